@@ -1,0 +1,328 @@
+import datetime
+
+from gensearch.generation.v1 import generation_service_pb2 as _generation_service_pb2
+from gensearch.retrieval.v1 import retrieval_service_pb2 as _retrieval_service_pb2
+from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Generate(_message.Message):
+    __slots__ = ("single_prompt", "grouped_task", "grouped_properties", "provider", "model", "temperature", "max_tokens", "max_concurrency", "timeout", "debug", "stream_tokens")
+    SINGLE_PROMPT_FIELD_NUMBER: _ClassVar[int]
+    GROUPED_TASK_FIELD_NUMBER: _ClassVar[int]
+    GROUPED_PROPERTIES_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    DEBUG_FIELD_NUMBER: _ClassVar[int]
+    STREAM_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    single_prompt: str
+    grouped_task: str
+    grouped_properties: _containers.RepeatedScalarFieldContainer[str]
+    provider: str
+    model: str
+    temperature: float
+    max_tokens: int
+    max_concurrency: int
+    timeout: _duration_pb2.Duration
+    debug: bool
+    stream_tokens: bool
+    def __init__(self, single_prompt: _Optional[str] = ..., grouped_task: _Optional[str] = ..., grouped_properties: _Optional[_Iterable[str]] = ..., provider: _Optional[str] = ..., model: _Optional[str] = ..., temperature: _Optional[float] = ..., max_tokens: _Optional[int] = ..., max_concurrency: _Optional[int] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., debug: _Optional[bool] = ..., stream_tokens: _Optional[bool] = ...) -> None: ...
+
+class GenerationError(_message.Message):
+    __slots__ = ("code", "status", "message", "reason")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    status: str
+    message: str
+    reason: str
+    def __init__(self, code: _Optional[int] = ..., status: _Optional[str] = ..., message: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class GenerationResult(_message.Message):
+    __slots__ = ("result", "error", "usage", "model", "finish_reason", "prompt")
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    result: str
+    error: GenerationError
+    usage: _generation_service_pb2.Usage
+    model: str
+    finish_reason: str
+    prompt: str
+    def __init__(self, result: _Optional[str] = ..., error: _Optional[_Union[GenerationError, _Mapping]] = ..., usage: _Optional[_Union[_generation_service_pb2.Usage, _Mapping]] = ..., model: _Optional[str] = ..., finish_reason: _Optional[str] = ..., prompt: _Optional[str] = ...) -> None: ...
+
+class GenerativeHit(_message.Message):
+    __slots__ = ("hit", "generation")
+    HIT_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    hit: _retrieval_service_pb2.Hit
+    generation: GenerationResult
+    def __init__(self, hit: _Optional[_Union[_retrieval_service_pb2.Hit, _Mapping]] = ..., generation: _Optional[_Union[GenerationResult, _Mapping]] = ...) -> None: ...
+
+class GenerativeSearchRequest(_message.Message):
+    __slots__ = ("collection", "near_text", "near_vector", "keyword", "hybrid", "filter", "limit", "offset", "return_properties", "generate")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    NEAR_TEXT_FIELD_NUMBER: _ClassVar[int]
+    NEAR_VECTOR_FIELD_NUMBER: _ClassVar[int]
+    KEYWORD_FIELD_NUMBER: _ClassVar[int]
+    HYBRID_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    RETURN_PROPERTIES_FIELD_NUMBER: _ClassVar[int]
+    GENERATE_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    near_text: _retrieval_service_pb2.NearText
+    near_vector: _retrieval_service_pb2.NearVector
+    keyword: _retrieval_service_pb2.Keyword
+    hybrid: _retrieval_service_pb2.Hybrid
+    filter: _retrieval_service_pb2.Filter
+    limit: int
+    offset: int
+    return_properties: _containers.RepeatedScalarFieldContainer[str]
+    generate: Generate
+    def __init__(self, collection: _Optional[str] = ..., near_text: _Optional[_Union[_retrieval_service_pb2.NearText, _Mapping]] = ..., near_vector: _Optional[_Union[_retrieval_service_pb2.NearVector, _Mapping]] = ..., keyword: _Optional[_Union[_retrieval_service_pb2.Keyword, _Mapping]] = ..., hybrid: _Optional[_Union[_retrieval_service_pb2.Hybrid, _Mapping]] = ..., filter: _Optional[_Union[_retrieval_service_pb2.Filter, _Mapping]] = ..., limit: _Optional[int] = ..., offset: _Optional[int] = ..., return_properties: _Optional[_Iterable[str]] = ..., generate: _Optional[_Union[Generate, _Mapping]] = ...) -> None: ...
+
+class GenerativeSearchResponse(_message.Message):
+    __slots__ = ("hits", "grouped", "usage")
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    GROUPED_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    hits: _containers.RepeatedCompositeFieldContainer[GenerativeHit]
+    grouped: GenerationResult
+    usage: _generation_service_pb2.Usage
+    def __init__(self, hits: _Optional[_Iterable[_Union[GenerativeHit, _Mapping]]] = ..., grouped: _Optional[_Union[GenerationResult, _Mapping]] = ..., usage: _Optional[_Union[_generation_service_pb2.Usage, _Mapping]] = ...) -> None: ...
+
+class StreamGenerativeSearchRequest(_message.Message):
+    __slots__ = ("collection", "near_text", "near_vector", "keyword", "hybrid", "filter", "limit", "offset", "return_properties", "generate")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    NEAR_TEXT_FIELD_NUMBER: _ClassVar[int]
+    NEAR_VECTOR_FIELD_NUMBER: _ClassVar[int]
+    KEYWORD_FIELD_NUMBER: _ClassVar[int]
+    HYBRID_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    RETURN_PROPERTIES_FIELD_NUMBER: _ClassVar[int]
+    GENERATE_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    near_text: _retrieval_service_pb2.NearText
+    near_vector: _retrieval_service_pb2.NearVector
+    keyword: _retrieval_service_pb2.Keyword
+    hybrid: _retrieval_service_pb2.Hybrid
+    filter: _retrieval_service_pb2.Filter
+    limit: int
+    offset: int
+    return_properties: _containers.RepeatedScalarFieldContainer[str]
+    generate: Generate
+    def __init__(self, collection: _Optional[str] = ..., near_text: _Optional[_Union[_retrieval_service_pb2.NearText, _Mapping]] = ..., near_vector: _Optional[_Union[_retrieval_service_pb2.NearVector, _Mapping]] = ..., keyword: _Optional[_Union[_retrieval_service_pb2.Keyword, _Mapping]] = ..., hybrid: _Optional[_Union[_retrieval_service_pb2.Hybrid, _Mapping]] = ..., filter: _Optional[_Union[_retrieval_service_pb2.Filter, _Mapping]] = ..., limit: _Optional[int] = ..., offset: _Optional[int] = ..., return_properties: _Optional[_Iterable[str]] = ..., generate: _Optional[_Union[Generate, _Mapping]] = ...) -> None: ...
+
+class HitsEvent(_message.Message):
+    __slots__ = ("hits",)
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    hits: _containers.RepeatedCompositeFieldContainer[_retrieval_service_pb2.Hit]
+    def __init__(self, hits: _Optional[_Iterable[_Union[_retrieval_service_pb2.Hit, _Mapping]]] = ...) -> None: ...
+
+class HitResultEvent(_message.Message):
+    __slots__ = ("hit_index", "generation")
+    HIT_INDEX_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    hit_index: int
+    generation: GenerationResult
+    def __init__(self, hit_index: _Optional[int] = ..., generation: _Optional[_Union[GenerationResult, _Mapping]] = ...) -> None: ...
+
+class TokenEvent(_message.Message):
+    __slots__ = ("hit_index", "grouped", "delta")
+    HIT_INDEX_FIELD_NUMBER: _ClassVar[int]
+    GROUPED_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    hit_index: int
+    grouped: bool
+    delta: str
+    def __init__(self, hit_index: _Optional[int] = ..., grouped: _Optional[bool] = ..., delta: _Optional[str] = ...) -> None: ...
+
+class DoneEvent(_message.Message):
+    __slots__ = ("usage",)
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    usage: _generation_service_pb2.Usage
+    def __init__(self, usage: _Optional[_Union[_generation_service_pb2.Usage, _Mapping]] = ...) -> None: ...
+
+class StreamGenerativeSearchResponse(_message.Message):
+    __slots__ = ("hits", "hit_result", "token", "grouped", "done")
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    HIT_RESULT_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    GROUPED_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    hits: HitsEvent
+    hit_result: HitResultEvent
+    token: TokenEvent
+    grouped: GenerationResult
+    done: DoneEvent
+    def __init__(self, hits: _Optional[_Union[HitsEvent, _Mapping]] = ..., hit_result: _Optional[_Union[HitResultEvent, _Mapping]] = ..., token: _Optional[_Union[TokenEvent, _Mapping]] = ..., grouped: _Optional[_Union[GenerationResult, _Mapping]] = ..., done: _Optional[_Union[DoneEvent, _Mapping]] = ...) -> None: ...
+
+class AskRequest(_message.Message):
+    __slots__ = ("collection", "llm_question", "llm_model", "provider", "conversation_id", "new_conversation", "context_size", "interaction_size", "timeout", "system_prompt", "user_instructions", "context_field_list", "near_text", "near_vector", "keyword", "hybrid", "filter", "rewrite_query", "temperature", "max_tokens", "debug")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    LLM_QUESTION_FIELD_NUMBER: _ClassVar[int]
+    LLM_MODEL_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    NEW_CONVERSATION_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_SIZE_FIELD_NUMBER: _ClassVar[int]
+    INTERACTION_SIZE_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    SYSTEM_PROMPT_FIELD_NUMBER: _ClassVar[int]
+    USER_INSTRUCTIONS_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_LIST_FIELD_NUMBER: _ClassVar[int]
+    NEAR_TEXT_FIELD_NUMBER: _ClassVar[int]
+    NEAR_VECTOR_FIELD_NUMBER: _ClassVar[int]
+    KEYWORD_FIELD_NUMBER: _ClassVar[int]
+    HYBRID_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    REWRITE_QUERY_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    DEBUG_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    llm_question: str
+    llm_model: str
+    provider: str
+    conversation_id: str
+    new_conversation: bool
+    context_size: int
+    interaction_size: int
+    timeout: _duration_pb2.Duration
+    system_prompt: str
+    user_instructions: str
+    context_field_list: _containers.RepeatedScalarFieldContainer[str]
+    near_text: _retrieval_service_pb2.NearText
+    near_vector: _retrieval_service_pb2.NearVector
+    keyword: _retrieval_service_pb2.Keyword
+    hybrid: _retrieval_service_pb2.Hybrid
+    filter: _retrieval_service_pb2.Filter
+    rewrite_query: bool
+    temperature: float
+    max_tokens: int
+    debug: bool
+    def __init__(self, collection: _Optional[str] = ..., llm_question: _Optional[str] = ..., llm_model: _Optional[str] = ..., provider: _Optional[str] = ..., conversation_id: _Optional[str] = ..., new_conversation: _Optional[bool] = ..., context_size: _Optional[int] = ..., interaction_size: _Optional[int] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., system_prompt: _Optional[str] = ..., user_instructions: _Optional[str] = ..., context_field_list: _Optional[_Iterable[str]] = ..., near_text: _Optional[_Union[_retrieval_service_pb2.NearText, _Mapping]] = ..., near_vector: _Optional[_Union[_retrieval_service_pb2.NearVector, _Mapping]] = ..., keyword: _Optional[_Union[_retrieval_service_pb2.Keyword, _Mapping]] = ..., hybrid: _Optional[_Union[_retrieval_service_pb2.Hybrid, _Mapping]] = ..., filter: _Optional[_Union[_retrieval_service_pb2.Filter, _Mapping]] = ..., rewrite_query: _Optional[bool] = ..., temperature: _Optional[float] = ..., max_tokens: _Optional[int] = ..., debug: _Optional[bool] = ...) -> None: ...
+
+class Citation(_message.Message):
+    __slots__ = ("number", "id")
+    NUMBER_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    number: int
+    id: str
+    def __init__(self, number: _Optional[int] = ..., id: _Optional[str] = ...) -> None: ...
+
+class Trimmed(_message.Message):
+    __slots__ = ("history_turns", "hits")
+    HISTORY_TURNS_FIELD_NUMBER: _ClassVar[int]
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    history_turns: int
+    hits: int
+    def __init__(self, history_turns: _Optional[int] = ..., hits: _Optional[int] = ...) -> None: ...
+
+class AskResponse(_message.Message):
+    __slots__ = ("answer", "citations", "hits", "usage", "conversation_id", "interaction_id", "rewritten_query", "trimmed", "model", "prompt")
+    ANSWER_FIELD_NUMBER: _ClassVar[int]
+    CITATIONS_FIELD_NUMBER: _ClassVar[int]
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    INTERACTION_ID_FIELD_NUMBER: _ClassVar[int]
+    REWRITTEN_QUERY_FIELD_NUMBER: _ClassVar[int]
+    TRIMMED_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    answer: str
+    citations: _containers.RepeatedCompositeFieldContainer[Citation]
+    hits: _containers.RepeatedCompositeFieldContainer[_retrieval_service_pb2.Hit]
+    usage: _generation_service_pb2.Usage
+    conversation_id: str
+    interaction_id: str
+    rewritten_query: str
+    trimmed: Trimmed
+    model: str
+    prompt: _containers.RepeatedCompositeFieldContainer[_generation_service_pb2.Message]
+    def __init__(self, answer: _Optional[str] = ..., citations: _Optional[_Iterable[_Union[Citation, _Mapping]]] = ..., hits: _Optional[_Iterable[_Union[_retrieval_service_pb2.Hit, _Mapping]]] = ..., usage: _Optional[_Union[_generation_service_pb2.Usage, _Mapping]] = ..., conversation_id: _Optional[str] = ..., interaction_id: _Optional[str] = ..., rewritten_query: _Optional[str] = ..., trimmed: _Optional[_Union[Trimmed, _Mapping]] = ..., model: _Optional[str] = ..., prompt: _Optional[_Iterable[_Union[_generation_service_pb2.Message, _Mapping]]] = ...) -> None: ...
+
+class StreamAskRequest(_message.Message):
+    __slots__ = ("collection", "llm_question", "llm_model", "provider", "conversation_id", "new_conversation", "context_size", "interaction_size", "timeout", "system_prompt", "user_instructions", "context_field_list", "near_text", "near_vector", "keyword", "hybrid", "filter", "rewrite_query", "temperature", "max_tokens", "debug")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    LLM_QUESTION_FIELD_NUMBER: _ClassVar[int]
+    LLM_MODEL_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    NEW_CONVERSATION_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_SIZE_FIELD_NUMBER: _ClassVar[int]
+    INTERACTION_SIZE_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    SYSTEM_PROMPT_FIELD_NUMBER: _ClassVar[int]
+    USER_INSTRUCTIONS_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_LIST_FIELD_NUMBER: _ClassVar[int]
+    NEAR_TEXT_FIELD_NUMBER: _ClassVar[int]
+    NEAR_VECTOR_FIELD_NUMBER: _ClassVar[int]
+    KEYWORD_FIELD_NUMBER: _ClassVar[int]
+    HYBRID_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    REWRITE_QUERY_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    DEBUG_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    llm_question: str
+    llm_model: str
+    provider: str
+    conversation_id: str
+    new_conversation: bool
+    context_size: int
+    interaction_size: int
+    timeout: _duration_pb2.Duration
+    system_prompt: str
+    user_instructions: str
+    context_field_list: _containers.RepeatedScalarFieldContainer[str]
+    near_text: _retrieval_service_pb2.NearText
+    near_vector: _retrieval_service_pb2.NearVector
+    keyword: _retrieval_service_pb2.Keyword
+    hybrid: _retrieval_service_pb2.Hybrid
+    filter: _retrieval_service_pb2.Filter
+    rewrite_query: bool
+    temperature: float
+    max_tokens: int
+    debug: bool
+    def __init__(self, collection: _Optional[str] = ..., llm_question: _Optional[str] = ..., llm_model: _Optional[str] = ..., provider: _Optional[str] = ..., conversation_id: _Optional[str] = ..., new_conversation: _Optional[bool] = ..., context_size: _Optional[int] = ..., interaction_size: _Optional[int] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., system_prompt: _Optional[str] = ..., user_instructions: _Optional[str] = ..., context_field_list: _Optional[_Iterable[str]] = ..., near_text: _Optional[_Union[_retrieval_service_pb2.NearText, _Mapping]] = ..., near_vector: _Optional[_Union[_retrieval_service_pb2.NearVector, _Mapping]] = ..., keyword: _Optional[_Union[_retrieval_service_pb2.Keyword, _Mapping]] = ..., hybrid: _Optional[_Union[_retrieval_service_pb2.Hybrid, _Mapping]] = ..., filter: _Optional[_Union[_retrieval_service_pb2.Filter, _Mapping]] = ..., rewrite_query: _Optional[bool] = ..., temperature: _Optional[float] = ..., max_tokens: _Optional[int] = ..., debug: _Optional[bool] = ...) -> None: ...
+
+class StreamAskResponse(_message.Message):
+    __slots__ = ("context", "delta", "answer")
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_FIELD_NUMBER: _ClassVar[int]
+    context: AskContextEvent
+    delta: str
+    answer: AskResponse
+    def __init__(self, context: _Optional[_Union[AskContextEvent, _Mapping]] = ..., delta: _Optional[str] = ..., answer: _Optional[_Union[AskResponse, _Mapping]] = ...) -> None: ...
+
+class AskContextEvent(_message.Message):
+    __slots__ = ("hits", "rewritten_query", "conversation_id")
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    REWRITTEN_QUERY_FIELD_NUMBER: _ClassVar[int]
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    hits: _containers.RepeatedCompositeFieldContainer[_retrieval_service_pb2.Hit]
+    rewritten_query: str
+    conversation_id: str
+    def __init__(self, hits: _Optional[_Iterable[_Union[_retrieval_service_pb2.Hit, _Mapping]]] = ..., rewritten_query: _Optional[str] = ..., conversation_id: _Optional[str] = ...) -> None: ...

