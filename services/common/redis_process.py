@@ -95,7 +95,7 @@ class RedisProcess:
                 if self._proc is not None and self._proc.returncode is not None:
                     raise RuntimeError(f"redis exited with code {self._proc.returncode}")
                 try:
-                    if await client.ping():
+                    if await client.ping():  # type: ignore[misc]
                         return
                 except (aioredis.ConnectionError, aioredis.TimeoutError, OSError):
                     pass
