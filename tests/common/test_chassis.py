@@ -1,0 +1,251 @@
+"""The chassis every service shares: errors, auth, health, reflection, metrics, shutdown.
+
+A real grpc.aio server on a free port with a tiny generic service and a real channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_status import rpc_status
+from pydantic import SecretStr
+
+from services.common.auth import current_user
+from services.common.errors import InvalidArgument, NotFound
+from services.common.server import GrpcServer
+from services.common.settings import CommonSettings
+
+SERVICE = "gensearch.test.v1.TestService"
+
+
+def _ident(b: bytes) -> bytes:
+    return b
+
+
+async def whoami(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    return current_user().encode()
+
+
+async def fail(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    kind = request.decode()
+    if kind == "invalid":
+        raise InvalidArgument("page_size must not be negative", field="page_size")
+    if kind == "missing":
+        raise NotFound("conversation not found", field="conversation_id")
+    raise RuntimeError("secret internals /etc/passwd")
+
+
+async def slow(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    await asyncio.sleep(float(request.decode()))
+    return b"done"
+
+
+async def stream(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+    yield b"one"
+    raise InvalidArgument("bad after first", field="stream_field")
+
+
+def _register(_servicer: object, server: grpc.aio.Server) -> None:
+    unary = {
+        name: grpc.unary_unary_rpc_method_handler(
+            fn, request_deserializer=_ident, response_serializer=_ident
+        )
+        for name, fn in {"WhoAmI": whoami, "Fail": fail, "Slow": slow}.items()
+    }
+    unary["Stream"] = grpc.unary_stream_rpc_method_handler(
+        stream, request_deserializer=_ident, response_serializer=_ident
+    )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, unary),))
+
+
+async def _start(metrics: bool = False, **settings: object) -> tuple[GrpcServer, grpc.aio.Channel]:
+    server = GrpcServer(
+        CommonSettings(**settings),  # type: ignore[arg-type]
+        port=0,
+        metrics_port=0 if metrics else None,
+    )
+    server.add_service(_register, None, SERVICE)
+    port = await server.start()
+    return server, grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+
+
+def _call(channel: grpc.aio.Channel, method: str) -> grpc.aio.UnaryUnaryMultiCallable:
+    return channel.unary_unary(f"/{SERVICE}/{method}", _ident, _ident)
+
+
+@pytest.fixture
+async def open_server() -> AsyncIterator[grpc.aio.Channel]:
+    server, channel = await _start()
+    yield channel
+    await channel.close()
+    await server.stop(0)
+
+
+@pytest.fixture
+async def keyed_server() -> AsyncIterator[grpc.aio.Channel]:
+    server, channel = await _start(
+        api_keys=SecretStr("alice:key-alice,bob:key-bob"),
+        internal_token=SecretStr("internal-secret"),
+    )
+    yield channel
+    await channel.close()
+    await server.stop(0)
+
+
+def _error_info(err: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
+    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    assert status is not None, "no rich status details"
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info
+    raise AssertionError("no ErrorInfo detail")
+
+
+async def test_no_keys_means_anonymous(open_server: grpc.aio.Channel) -> None:
+    assert await _call(open_server, "WhoAmI")(b"") == b"anonymous"
+
+
+async def test_domain_error_becomes_rich_status(open_server: grpc.aio.Channel) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await _call(open_server, "Fail")(b"invalid")
+    err = caught.value
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "page_size" in (err.details() or "")
+    info = _error_info(err)
+    assert (info.domain, info.reason, info.metadata["field"]) == (
+        "gensearch",
+        "INVALID_ARGUMENT",
+        "page_size",
+    )
+    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    assert status is not None
+    bad = error_details_pb2.BadRequest()
+    assert any(d.Unpack(bad) for d in status.details if d.Is(bad.DESCRIPTOR))
+    assert bad.field_violations[0].field == "page_size"
+
+
+async def test_not_found_maps_to_not_found(open_server: grpc.aio.Channel) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await _call(open_server, "Fail")(b"missing")
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert _error_info(caught.value).metadata["field"] == "conversation_id"
+
+
+async def test_unexpected_exception_is_internal_without_internals(
+    open_server: grpc.aio.Channel,
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await _call(open_server, "Fail")(b"boom")
+    assert caught.value.code() == grpc.StatusCode.INTERNAL
+    assert "passwd" not in (caught.value.details() or "")
+    assert "Traceback" not in (caught.value.details() or "")
+
+
+async def test_error_after_stream_started(open_server: grpc.aio.Channel) -> None:
+    call = open_server.unary_stream(f"/{SERVICE}/Stream", _ident, _ident)(b"")
+    received = []
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for item in call:
+            received.append(item)
+    assert received == [b"one"]
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert _error_info(caught.value).metadata["field"] == "stream_field"
+
+
+@pytest.mark.parametrize(
+    ("metadata", "reason"),
+    [
+        ((), "MISSING_CREDENTIALS"),
+        ((("authorization", "Bearer nope"),), "INVALID_API_KEY"),
+        ((("authorization", "Basic key-alice"),), "MISSING_CREDENTIALS"),
+        # A forged identity header without the internal token is not believed.
+        ((("x-gensearch-user", "alice"),), "MISSING_CREDENTIALS"),
+        (
+            (("x-gensearch-internal-token", "wrong"), ("x-gensearch-user", "a")),
+            "INVALID_INTERNAL_TOKEN",
+        ),
+        ((("x-gensearch-internal-token", "internal-secret"),), "MISSING_FORWARDED_USER"),
+    ],
+)
+async def test_rejected_credentials(
+    keyed_server: grpc.aio.Channel, metadata: tuple[tuple[str, str], ...], reason: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await _call(keyed_server, "WhoAmI")(b"", metadata=metadata)
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert _error_info(caught.value).reason == reason
+    assert "key-alice" not in (caught.value.details() or "")
+
+
+async def test_api_key_and_forwarded_identity(keyed_server: grpc.aio.Channel) -> None:
+    who = _call(keyed_server, "WhoAmI")
+    assert await who(b"", metadata=(("authorization", "Bearer key-bob"),)) == b"bob"
+    forwarded = (("x-gensearch-internal-token", "internal-secret"), ("x-gensearch-user", "carol"))
+    assert await who(b"", metadata=forwarded) == b"carol"
+
+
+async def test_health_and_reflection_need_no_key(keyed_server: grpc.aio.Channel) -> None:
+    health = health_pb2_grpc.HealthStub(keyed_server)
+    for service in ("", SERVICE):
+        reply = await health.Check(health_pb2.HealthCheckRequest(service=service))
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    stub = reflection_pb2_grpc.ServerReflectionStub(keyed_server)
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+
+    async def one() -> AsyncIterator[reflection_pb2.ServerReflectionRequest]:
+        yield request
+
+    names = set()
+    async for reply in stub.ServerReflectionInfo(one()):
+        names |= {s.name for s in reply.list_services_response.service}
+    assert {SERVICE, "grpc.health.v1.Health"} <= names
+
+
+async def test_graceful_shutdown_finishes_in_flight_calls() -> None:
+    server, channel = await _start()
+    health = health_pb2_grpc.HealthStub(channel)
+    in_flight = asyncio.ensure_future(_call(channel, "Slow")(b"0.5"))
+    await asyncio.sleep(0.1)
+    stopping = asyncio.ensure_future(server.stop(5))
+    await asyncio.sleep(0.05)
+    assert await in_flight == b"done"
+    await stopping
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    await channel.close()
+
+
+async def test_health_goes_not_serving_before_stop() -> None:
+    server, channel = await _start()
+    await server.health.enter_graceful_shutdown()
+    reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+    assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    await channel.close()
+    await server.stop(0)
+
+
+async def test_metrics_endpoint_counts_calls_and_codes() -> None:
+    server, channel = await _start(metrics=True)
+    await _call(channel, "WhoAmI")(b"")
+    with pytest.raises(grpc.aio.AioRpcError):
+        await _call(channel, "Fail")(b"invalid")
+    url = f"http://127.0.0.1:{server.metrics_port}/metrics"
+    body = (await asyncio.to_thread(lambda: urllib.request.urlopen(url).read())).decode()
+    assert f'gensearch_grpc_requests_total{{code="OK",method="WhoAmI",service="{SERVICE}"}}' in body
+    assert (
+        'gensearch_grpc_requests_total{code="INVALID_ARGUMENT",method="Fail",'
+        f'service="{SERVICE}"}}' in body
+    )
+    assert "gensearch_grpc_request_duration_seconds_bucket" in body
+    await channel.close()
+    await server.stop(0)

@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+from pydantic import SecretStr
+
+from services.common.logs import RedactingJsonFormatter, redact, register_secret
+from services.common.settings import CommonSettings
+
+
+def test_registered_secret_and_key_patterns_are_redacted() -> None:
+    register_secret("hunter2-super-secret")
+    text = redact("key hunter2-super-secret and Bearer abc.def and sk-abcdefghijkl and api_key=xyz")
+    assert "hunter2" not in text
+    assert "abc.def" not in text
+    assert "sk-abcdefghijkl" not in text
+    assert "xyz" not in text
+
+
+def test_json_log_records_are_redacted() -> None:
+    register_secret("topsecretvalue")
+    formatter = RedactingJsonFormatter("%(levelname)s %(message)s")
+    record = logging.LogRecord(
+        "t", logging.INFO, __file__, 1, "calling with %s", ("topsecretvalue",), None
+    )
+    record.headers = {"authorization": "Bearer topsecretvalue"}
+    line = formatter.format(record)
+    assert "topsecretvalue" not in line
+    assert json.loads(line)["message"] == "calling with [REDACTED]"
+
+
+def test_api_keys_parse_and_errors_hide_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GENSEARCH_API_KEYS", "alice:k1, bob:k2")
+    assert CommonSettings().api_key_map() == {"k1": "alice", "k2": "bob"}
+    bad = CommonSettings(api_keys=SecretStr("alice-without-colon-k9"))
+    with pytest.raises(ValueError) as caught:
+        bad.api_key_map()
+    assert "k9" not in str(caught.value)
+    assert "k1" not in repr(CommonSettings())
