@@ -54,6 +54,8 @@ class GrpcServer:
             ("grpc.max_send_message_length", settings.max_message_bytes),
             ("grpc.so_reuseport", 0),
         ]
+        if settings.max_connection_age > 0:
+            options.append(("grpc.max_connection_age_ms", int(settings.max_connection_age * 1000)))
         self.server = grpc.aio.server(
             interceptors=[ChassisInterceptor(self.authenticator)], options=options
         )

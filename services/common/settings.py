@@ -29,6 +29,10 @@ class CommonSettings(BaseSettings):
     grace_period: float = Field(default=10.0, ge=0)
     # Largest gRPC message accepted, in bytes.
     max_message_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    # Seconds after which the server asks a client to reconnect (HTTP/2 GOAWAY; calls in
+    # flight finish first). 0 = never. Clients that balance over DNS (dns:/// targets with
+    # round_robin) resolve again on reconnect, so this is how they find new replicas.
+    max_connection_age: float = Field(default=0.0, ge=0)
 
     @field_validator("log_level")
     @classmethod

@@ -1,0 +1,568 @@
+"""The kustomize base and overlays: they render, pass strict schema validation offline, and
+agree with the services' own settings (ports, env names, probes, images)."""
+
+from __future__ import annotations
+
+import json
+import re
+from urllib.parse import urlsplit
+
+import kubernetes_validate
+import pytest
+
+from tests.deploy.manifests import (
+    K8S_VERSION,
+    OVERLAYS,
+    REPO,
+    SERVICES,
+    Doc,
+    config,
+    container,
+    container_ports,
+    containers,
+    env_names,
+    find,
+    named_ports,
+    of_kind,
+    pod_labels,
+    pod_spec,
+    render,
+    selects,
+    service_selects,
+    settings_class,
+    workloads,
+)
+from tests.deploy.netpol import Endpoint, can_connect
+
+ALL = ("base", *(f"overlays/{o}" for o in OVERLAYS))
+OUR_IMAGES = {"gensearch", "gensearch-llm"}
+PLACEHOLDER = "CHANGE-ME"
+
+
+def _image_name(image: str) -> str:
+    """'registry/x/gensearch:0.1.0' -> 'registry/x/gensearch'."""
+    name = image.split("@", 1)[0]
+    return name.rsplit(":", 1)[0] if ":" in name.rsplit("/", 1)[-1] else name
+
+
+def _env(docs: tuple[Doc, ...], secrets: bool = True) -> dict[str, str]:
+    """What a service container sees: the ConfigMap, plus the placeholder Secrets if any."""
+    import base64
+
+    env = dict(config(docs))
+    if secrets:
+        for secret in of_kind(docs, "Secret"):
+            for key, value in (secret.get("data") or {}).items():
+                env[key] = base64.b64decode(value).decode()
+    return env
+
+
+# --- rendering and schemas -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ALL)
+def test_renders_and_validates_strictly(path: str) -> None:
+    docs = render(path)
+    assert docs
+    seen: set[tuple[str, str]] = set()
+    for doc in docs:
+        key = (doc["kind"], doc["metadata"]["name"])
+        assert key not in seen, f"duplicate {key}"
+        seen.add(key)
+        # strict: unknown fields are errors too (a typo is not silently ignored).
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def test_validation_would_catch_a_mistake() -> None:
+    """Guard against a validator that accepts anything: a probe on a named port is
+    invalid for gRPC probes, and an unknown field fails strict mode."""
+    deployment = dict(find(render("base"), "Deployment", "gateway"))
+    broken = {
+        **deployment,
+        "spec": {
+            **deployment["spec"],
+            "template": {
+                **deployment["spec"]["template"],
+                "spec": {
+                    **pod_spec(deployment),
+                    "containers": [
+                        {**container(deployment), "readinessProbe": {"grpc": {"port": "grpc"}}}
+                    ],
+                },
+            },
+        },
+    }
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, K8S_VERSION, strict=True)
+    typo = {**deployment, "spec": {**deployment["spec"], "replica": 2}}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(typo, K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("path", ALL)
+def test_every_object_is_part_of_gensearch(path: str) -> None:
+    for doc in render(path):
+        if doc["kind"] == "Namespace":
+            continue
+        assert doc["metadata"].get("labels", {}).get("app.kubernetes.io/part-of") == "gensearch"
+
+
+# --- security and resources ------------------------------------------------------------
+
+
+def _live_updated(workload: Doc) -> bool:
+    """Dev only: the four services run under watchfiles so Tilt can sync code into /app."""
+    return container(workload).get("command", [None])[0] == "watchfiles"
+
+
+@pytest.mark.parametrize("path", ALL)
+def test_every_workload_is_hardened_and_bounded(path: str) -> None:
+    docs = render(path)
+    accounts = {d["metadata"]["name"] for d in of_kind(docs, "ServiceAccount")}
+    assert workloads(docs)
+    for workload in workloads(docs):
+        name = workload["metadata"]["name"]
+        spec = pod_spec(workload)
+        pod_sc = spec["securityContext"]
+        assert pod_sc["runAsNonRoot"] is True, name
+        assert pod_sc["runAsUser"] == 10001, name
+        assert pod_sc["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        assert spec["serviceAccountName"] in accounts, name
+        assert spec["automountServiceAccountToken"] is False, name
+        for c in containers(workload):
+            sc = c["securityContext"]
+            assert sc["runAsNonRoot"] is True, name
+            assert sc["runAsUser"] == 10001, name
+            assert sc["allowPrivilegeEscalation"] is False, name
+            assert sc["capabilities"] == {"drop": ["ALL"]}, name
+            assert sc["seccompProfile"] == {"type": "RuntimeDefault"}, name
+            if path == "overlays/dev" and _live_updated(workload):
+                assert sc["readOnlyRootFilesystem"] is False, name
+            else:
+                assert sc["readOnlyRootFilesystem"] is True, name
+            for bound in ("requests", "limits"):
+                assert set(c["resources"][bound]) >= {"cpu", "memory"}, (name, bound)
+            # A read-only root needs somewhere to write temp files.
+            mounts = {m["mountPath"] for m in c.get("volumeMounts", [])}
+            assert "/tmp" in mounts, name
+            image = c["image"]
+            if _image_name(image).rsplit("/", 1)[-1] not in OUR_IMAGES:
+                tag = image.rsplit(":", 1)[-1] if ":" in image else ""
+                assert tag and tag != "latest", f"{name}: third-party image {image} is not pinned"
+
+
+def test_only_dev_live_update_relaxes_the_root_filesystem() -> None:
+    relaxed = {w["metadata"]["name"] for w in workloads(render("overlays/dev")) if _live_updated(w)}
+    assert relaxed == set(SERVICES)
+    for path in ("base", "overlays/prod"):
+        assert not any(_live_updated(w) for w in workloads(render(path)))
+
+
+# --- the four services agree with their settings ----------------------------------------
+
+
+@pytest.mark.parametrize("path", ALL)
+@pytest.mark.parametrize("service", list(SERVICES))
+def test_ports_probes_and_services_agree(path: str, service: str) -> None:
+    docs = render(path)
+    _, _, grpc_port, metrics_port = SERVICES[service]
+    env = config(docs)
+    deployment = find(docs, "Deployment", service)
+    ports = named_ports(deployment)
+    assert ports["grpc"] == grpc_port == int(env[f"GENSEARCH_{service.upper()}_PORT"])
+    assert ports["metrics"] == metrics_port == int(env[f"GENSEARCH_{service.upper()}_METRICS_PORT"])
+    main = container(deployment)
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert main[probe]["grpc"] == {"port": grpc_port}, probe
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(metrics_port)
+    svc = find(docs, "Service", service)
+    assert service_selects(svc, deployment)
+    by_name = {p["name"]: p for p in svc["spec"]["ports"]}
+    assert by_name["grpc"]["port"] == grpc_port and by_name["grpc"]["targetPort"] == "grpc"
+    assert by_name["metrics"]["port"] == metrics_port
+    assert by_name["metrics"]["targetPort"] == "metrics"
+    refs = [ref["name"] for e in main["envFrom"] for ref in e.values()]
+    assert any(r.startswith("gensearch-config") for r in refs)
+    assert "gensearch-auth" in refs
+
+
+@pytest.mark.parametrize("service", list(SERVICES))
+def test_settings_defaults_match_the_manifests(service: str) -> None:
+    cls = settings_class(service)
+    _, _, grpc_port, metrics_port = SERVICES[service]
+    assert cls.model_fields[f"{service}_port"].default == grpc_port
+    assert cls.model_fields[f"{service}_metrics_port"].default == metrics_port
+    ports = named_ports(find(render("base"), "Deployment", service))
+    assert ports == {"grpc": grpc_port, "metrics": metrics_port}
+
+
+@pytest.mark.parametrize("path", ["base", "overlays/prod"])
+@pytest.mark.parametrize("service", list(SERVICES))
+def test_command_runs_the_service_module(path: str, service: str) -> None:
+    main = container(find(render(path), "Deployment", service))
+    assert main["command"] == ["python", "-m", f"services.{service}"]
+    assert (REPO / "services" / service / "__main__.py").is_file()
+
+
+def _valid_env_names(env: dict[str, str]) -> set[str]:
+    names: set[str] = set()
+    for service in SERVICES:
+        names |= env_names(settings_class(service))
+    # Generation also reads per-provider variables, GENSEARCH_<PROVIDER>_<FIELD>.
+    try:
+        from services.generation import settings as gen
+    except ImportError as err:
+        pytest.skip(f"services.generation.settings is not importable yet: {err}")
+    providers = set(gen.PRESETS)
+    providers |= {str(p.get("name")) for p in json.loads(env.get("GENSEARCH_PROVIDERS") or "[]")}
+    suffixes = gen._ENV_FIELDS
+    for provider in providers:
+        for suffix in suffixes:
+            names.add(f"GENSEARCH_{provider.upper().replace('-', '_')}_{suffix}")
+    return names
+
+
+@pytest.mark.parametrize("path", ALL)
+def test_every_gensearch_variable_is_a_setting(path: str) -> None:
+    env = _env(render(path))
+    valid = _valid_env_names(env)
+    unknown = sorted(k for k in env if k.startswith("GENSEARCH_") and k not in valid)
+    assert not unknown, f"ConfigMap/Secret keys no service reads: {unknown}"
+
+
+@pytest.mark.parametrize("path", ALL)
+@pytest.mark.parametrize("service", list(SERVICES))
+def test_settings_load_from_the_rendered_environment(
+    path: str, service: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Values parse too: each service builds its settings from exactly what the pod gets."""
+    import os
+
+    cls = settings_class(service)
+    for key in list(os.environ):
+        if key.startswith("GENSEARCH_"):
+            monkeypatch.delenv(key)
+    for key, value in _env(render(path)).items():
+        monkeypatch.setenv(key, value)
+    settings = cls()
+    assert settings.host == "0.0.0.0"
+    assert getattr(settings, f"{service}_port") == SERVICES[service][2]
+    settings.api_key_map()
+    if service == "generation":
+        providers = settings.provider_configs()
+        assert settings.default_provider in providers
+
+
+# --- addresses point at real Services ------------------------------------------------
+
+
+def _target(docs: tuple[Doc, ...], host: str, port: int) -> tuple[Doc, Doc]:
+    """The Service called ``host`` exposing ``port``, and the one workload it selects."""
+    service = find(docs, "Service", host)
+    assert port in {p["port"] for p in service["spec"]["ports"]}, (host, port)
+    selected = [w for w in workloads(docs) if service_selects(service, w)]
+    assert len(selected) == 1, (host, [w["metadata"]["name"] for w in selected])
+    spec_port = next(p for p in service["spec"]["ports"] if p["port"] == port)
+    target = spec_port.get("targetPort", port)
+    ports = named_ports(selected[0])
+    assert (ports.get(target) if isinstance(target, str) else target) in container_ports(
+        selected[0]
+    )
+    return service, selected[0]
+
+
+@pytest.mark.parametrize("path", ALL)
+def test_addresses_point_at_services(path: str) -> None:
+    docs = render(path)
+    env = config(docs)
+    for service in ("memory", "retrieval"):
+        host, port = env[f"GENSEARCH_{service.upper()}_ADDR"].rsplit(":", 1)
+        _, workload = _target(docs, host, int(port))
+        assert workload["metadata"]["name"] == service
+    redis = urlsplit(env["GENSEARCH_REDIS_URL"])
+    assert redis.scheme == "redis" and redis.hostname and redis.port
+    assert _target(docs, redis.hostname, redis.port)[1]["metadata"]["name"] == "redis"
+    qdrant = urlsplit(env["GENSEARCH_QDRANT_URL"])
+    assert qdrant.hostname and qdrant.port
+    assert _target(docs, qdrant.hostname, qdrant.port)[1]["metadata"]["name"] == "qdrant"
+
+
+@pytest.mark.parametrize("path", ALL)
+def test_generation_is_balanced_per_call_through_a_headless_service(path: str) -> None:
+    docs = render(path)
+    match = re.fullmatch(r"dns:///([a-z0-9-]+):(\d+)", config(docs)["GENSEARCH_GENERATION_ADDR"])
+    assert match, "the gateway must resolve every generation replica (dns:/// target)"
+    service, workload = _target(docs, match[1], int(match[2]))
+    assert service["spec"]["clusterIP"] == "None"
+    assert workload["metadata"]["name"] == "generation"
+    assert int(match[2]) == SERVICES["generation"][2]
+
+
+# --- lifecycle, scaling, storage ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ALL)
+def test_termination_grace_covers_drain(path: str) -> None:
+    docs = render(path)
+    grace = float(config(docs)["GENSEARCH_GRACE_PERIOD"])
+    for service in SERVICES:
+        deployment = find(docs, "Deployment", service)
+        pre_stop = container(deployment)["lifecycle"]["preStop"]["exec"]["command"]
+        assert pre_stop[0] == "sleep"
+        budget = pod_spec(deployment)["terminationGracePeriodSeconds"]
+        assert budget > grace + float(pre_stop[1]), service
+
+
+@pytest.mark.parametrize("path", ["base", "overlays/prod"])
+@pytest.mark.parametrize("service", ["gateway", "generation"])
+def test_autoscaled_and_disruption_budgeted(path: str, service: str) -> None:
+    docs = render(path)
+    deployment = find(docs, "Deployment", service)
+    # The HPA owns the replica count; a field here would reset it on every apply.
+    assert "replicas" not in deployment["spec"]
+    hpa = find(docs, "HorizontalPodAutoscaler", service)
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": service,
+    }
+    assert 2 <= hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"]
+    # CPU utilisation needs CPU requests to mean anything.
+    assert container(deployment)["resources"]["requests"]["cpu"]
+    pdb = find(docs, "PodDisruptionBudget", service)
+    assert pdb["apiVersion"] == "policy/v1"
+    assert selects(pdb["spec"]["selector"], pod_labels(deployment))
+
+
+def test_prod_scales_wider_than_base() -> None:
+    for service in ("gateway", "generation"):
+        base = find(render("base"), "HorizontalPodAutoscaler", service)["spec"]
+        prod = find(render("overlays/prod"), "HorizontalPodAutoscaler", service)["spec"]
+        assert prod["minReplicas"] > base["minReplicas"]
+        assert prod["maxReplicas"] > base["maxReplicas"]
+    for service in ("memory", "retrieval"):
+        assert find(render("overlays/prod"), "Deployment", service)["spec"]["replicas"] > 1
+
+
+def test_dev_runs_one_of_each_without_autoscaling() -> None:
+    docs = render("overlays/dev")
+    for workload in workloads(docs):
+        assert workload["spec"]["replicas"] == 1, workload["metadata"]["name"]
+    assert not of_kind(docs, "HorizontalPodAutoscaler")
+    assert not of_kind(docs, "PodDisruptionBudget")
+
+
+@pytest.mark.parametrize("path", ALL)
+def test_redis_keeps_an_append_only_file_on_a_volume(path: str) -> None:
+    redis = find(render(path), "StatefulSet", "redis")
+    main = container(redis)
+    assert re.fullmatch(r"redis:\d+\.\d+\.\d+(-alpine)?", main["image"])
+    args = main["args"]
+    assert args[0] == "redis-server"
+    assert args[args.index("--appendonly") + 1] == "yes"
+    assert args[args.index("--appendfsync") + 1] in ("always", "everysec")
+    data_dir = args[args.index("--dir") + 1]
+    claims = {t["metadata"]["name"] for t in redis["spec"]["volumeClaimTemplates"]}
+    mounts = {m["mountPath"]: m["name"] for m in main["volumeMounts"]}
+    assert mounts[data_dir] in claims
+
+
+@pytest.mark.parametrize("path", ALL)
+def test_qdrant_writes_only_to_volumes(path: str) -> None:
+    qdrant = find(render(path), "StatefulSet", "qdrant")
+    main = container(qdrant)
+    assert re.fullmatch(r"qdrant/qdrant:v\d+\.\d+\.\d+", main["image"])
+    assert container_ports(qdrant) >= {6333, 6334}
+    mounts = {m["mountPath"]: m["name"] for m in main["volumeMounts"]}
+    claims = {t["metadata"]["name"] for t in qdrant["spec"]["volumeClaimTemplates"]}
+    env = {e["name"]: e["value"] for e in main["env"]}
+    assert mounts[env["QDRANT__STORAGE__STORAGE_PATH"]] in claims
+    # The root filesystem is read-only: every other path Qdrant writes is a mount.
+    for key in ("QDRANT__STORAGE__SNAPSHOTS_PATH", "QDRANT_INIT_FILE_PATH"):
+        path_value = env[key]
+        assert any(path_value == m or path_value.startswith(m + "/") for m in mounts), key
+
+
+# --- secrets -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["base", "overlays/dev"])
+def test_base_secrets_are_obvious_placeholders(path: str) -> None:
+    import base64
+
+    docs = render(path)
+    secrets = {s["metadata"]["name"]: s for s in of_kind(docs, "Secret")}
+    assert set(secrets) == {"gensearch-auth", "gensearch-provider-keys"}
+    for secret in secrets.values():
+        for key, value in secret["data"].items():
+            assert PLACEHOLDER in base64.b64decode(value).decode(), key
+    assert set(secrets["gensearch-auth"]["data"]) == {
+        "GENSEARCH_API_KEYS",
+        "GENSEARCH_INTERNAL_TOKEN",
+    }
+
+
+def test_provider_keys_are_the_variables_the_presets_read() -> None:
+    try:
+        from services.generation.settings import PRESETS
+    except ImportError as err:
+        pytest.skip(f"services.generation.settings is not importable yet: {err}")
+    keys = set(find(render("base"), "Secret", "gensearch-provider-keys")["data"])
+    read = {env for preset in PRESETS.values() for env in preset.get("api_key_env", [])}
+    assert keys <= read
+    assert {"OPENAI_APIKEY", "ANYSCALE_APIKEY"} <= keys
+
+
+def test_prod_ships_no_placeholder_secrets() -> None:
+    docs = render("overlays/prod")
+    assert not of_kind(docs, "Secret")
+    # ... but still expects the real ones under the same names.
+    for service in SERVICES:
+        refs = {
+            e["secretRef"]["name"]
+            for e in container(find(docs, "Deployment", service))["envFrom"]
+            if "secretRef" in e
+        }
+        assert "gensearch-auth" in refs
+
+
+def test_only_services_calling_providers_get_their_keys() -> None:
+    docs = render("base")
+    for service in SERVICES:
+        refs = {
+            e["secretRef"]["name"]
+            for e in container(find(docs, "Deployment", service))["envFrom"]
+            if "secretRef" in e
+        }
+        wants_keys = service in ("generation", "retrieval")
+        assert ("gensearch-provider-keys" in refs) == wants_keys, service
+
+
+# --- images and the LLM per overlay ----------------------------------------------------
+
+
+def test_images_per_overlay() -> None:
+    for path in ("base", "overlays/dev"):
+        for workload in workloads(render(path)):
+            name = workload["metadata"]["name"]
+            image = container(workload)["image"]
+            if name in SERVICES:
+                assert image == "gensearch"
+            if name == "local-llm":
+                assert image == "gensearch-llm"
+    prod = render("overlays/prod")
+    ours = {container(find(prod, "Deployment", s))["image"] for s in SERVICES}
+    assert len(ours) == 1
+    (image,) = ours
+    assert _image_name(image).endswith("/gensearch") and not image.endswith(":latest")
+
+
+def test_dev_generation_uses_the_in_cluster_local_model() -> None:
+    docs = render("overlays/dev")
+    env = config(docs)
+    assert env["GENSEARCH_DEFAULT_PROVIDER"] == "local"
+    url = urlsplit(env["GENSEARCH_LOCAL_BASE_URL"])
+    assert url.hostname and url.port
+    _, workload = _target(docs, url.hostname, url.port)
+    assert workload["metadata"]["name"] == "local-llm"
+    main = container(workload)
+    assert main["command"][:7] == [
+        "python",
+        "-m",
+        "services.generation.local_llm",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(url.port),
+    ]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert main[probe]["httpGet"]["path"] == "/v1/models"
+    try:
+        from services.generation.settings import LOCAL_PORT
+    except ImportError as err:
+        pytest.skip(f"services.generation.settings is not importable yet: {err}")
+    assert url.port == LOCAL_PORT
+
+
+def test_prod_uses_a_hosted_provider() -> None:
+    env = config(render("overlays/prod"))
+    provider = env["GENSEARCH_DEFAULT_PROVIDER"]
+    assert provider not in ("local", "")
+    assert "local-llm" not in {w["metadata"]["name"] for w in workloads(render("overlays/prod"))}
+    try:
+        from services.generation.settings import PRESETS
+    except ImportError as err:
+        pytest.skip(f"services.generation.settings is not importable yet: {err}")
+    assert PRESETS[provider]["base_url"].startswith("https://")
+
+
+# --- network policies ------------------------------------------------------------------
+
+NAMESPACE = "gensearch"
+OUTSIDE_POD = Endpoint("default/client", "default", {"kubernetes.io/metadata.name": "default"})
+PROMETHEUS = Endpoint(
+    "monitoring/prometheus",
+    "monitoring",
+    {"kubernetes.io/metadata.name": "monitoring", "gensearch.io/monitoring": "true"},
+    {"app.kubernetes.io/name": "prometheus"},
+)
+KUBE_DNS = Endpoint(
+    "kube-system/coredns",
+    "kube-system",
+    {"kubernetes.io/metadata.name": "kube-system"},
+    {"k8s-app": "kube-dns"},
+)
+INTERNET = Endpoint("internet", None)
+
+
+def _endpoints(docs: tuple[Doc, ...]) -> dict[str, Endpoint]:
+    ns_labels = {"kubernetes.io/metadata.name": NAMESPACE}
+    return {
+        w["metadata"]["name"]: Endpoint(
+            w["metadata"]["name"], NAMESPACE, ns_labels, pod_labels(w), named_ports(w)
+        )
+        for w in workloads(docs)
+    }
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_network_policies(overlay: str) -> None:
+    docs = render(f"overlays/{overlay}")
+    policies = of_kind(docs, "NetworkPolicy")
+    pods = _endpoints(docs)
+    sources = [*pods.values(), OUTSIDE_POD, PROMETHEUS, INTERNET]
+
+    def reachable_from(dst: str, port: int) -> set[str]:
+        assert port in pods[dst].ports.values(), (dst, port)
+        return {s.name for s in sources if can_connect(policies, s, pods[dst], port)}
+
+    for service in ("memory", "retrieval", "generation"):
+        assert reachable_from(service, SERVICES[service][2]) == {"gateway"}, service
+    assert reachable_from("redis", 6379) == {"memory"}
+    assert reachable_from("qdrant", 6333) == {"retrieval"}
+    assert reachable_from("qdrant", 6334) == {"retrieval"}
+    # The front door is open to clients in other namespaces.
+    assert {"default/client", "monitoring/prometheus"} <= reachable_from("gateway", 50050)
+    # Metrics: only from a namespace labelled for monitoring.
+    for service, (_, _, _, metrics) in SERVICES.items():
+        assert reachable_from(service, metrics) == {"monitoring/prometheus"}, service
+    # Every pod resolves names; nothing else leaves except what a service needs.
+    for pod in pods.values():
+        assert can_connect(policies, pod, KUBE_DNS, 53), pod.name
+    leaves = {p.name for p in pods.values() if can_connect(policies, p, INTERNET, 443)}
+    assert leaves == {"generation", "retrieval"}
+    if overlay == "dev":
+        assert reachable_from("local-llm", 8088) == {"generation"}
+
+
+def test_network_policy_evaluator_is_not_vacuous() -> None:
+    """Without the policies everything reaches everything; the matrix above is earned."""
+    docs = render("overlays/dev")
+    pods = _endpoints(docs)
+    assert can_connect([], OUTSIDE_POD, pods["redis"], 6379)
+    only_default_deny = [
+        p for p in of_kind(docs, "NetworkPolicy") if p["metadata"]["name"] == "default-deny"
+    ]
+    assert not can_connect(only_default_deny, pods["gateway"], pods["memory"], 50051)
