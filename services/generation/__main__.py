@@ -1,0 +1,71 @@
+"""Serve the generation service: ``python -m services.generation``.
+
+With ``GENSEARCH_LOCAL_LLM_AUTOSTART=true`` the local llama.cpp server is started first, on
+the host and port of the ``local`` provider's base URL, and stopped after the service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from urllib.parse import urlsplit
+
+from gensearch.generation.v1 import generation_service_pb2_grpc as pb_grpc
+
+from services.common.logs import configure_logging
+from services.common.server import GrpcServer, run_until_signal
+from services.generation.keys import env_key
+from services.generation.registry import ProviderRegistry
+from services.generation.servicer import GenerationServicer
+from services.generation.settings import GenerationSettings
+from services.generation.validation import Limits
+
+SERVICE_NAME = "gensearch.generation.v1.GenerationService"
+
+
+async def build_server(settings: GenerationSettings, *, port: int | None = None) -> GrpcServer:
+    registry = ProviderRegistry.from_settings(settings)
+    for config in registry.configs():
+        env_key(config)  # registers environment keys with the log redactor up front
+    limits = Limits(
+        max_messages=settings.max_messages,
+        max_prompt_chars=settings.max_prompt_chars,
+        max_stop_sequences=settings.max_stop_sequences,
+    )
+    server = GrpcServer(
+        settings,
+        port=settings.generation_port if port is None else port,
+        metrics_port=settings.generation_metrics_port,
+    )
+    server.add_service(
+        pb_grpc.add_GenerationServiceServicer_to_server,
+        GenerationServicer(registry, limits, settings.default_timeout),
+        SERVICE_NAME,
+    )
+    server.on_stop(registry.close)
+    return server
+
+
+async def _serve(settings: GenerationSettings) -> None:
+    llm = None
+    if settings.local_llm_autostart:
+        from services.generation.local_llm import LocalLLMServer
+
+        url = urlsplit(settings.provider_configs()["local"].base_url)
+        llm = LocalLLMServer(host=url.hostname or "127.0.0.1", port=url.port or 8088)
+        await llm.start()
+    try:
+        server = await build_server(settings)
+        await run_until_signal(server)
+    finally:
+        if llm is not None:
+            await llm.stop()
+
+
+def main() -> None:
+    settings = GenerationSettings()
+    configure_logging(settings.log_level, service="generation")
+    asyncio.run(_serve(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""Provider API keys: a per-request key in gRPC metadata wins over the environment.
+
+Every key we see is registered with the log redactor before it is used, so it can never
+appear in a log line; keys travel only in upstream request headers.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+
+from services.common.logs import register_secret
+from services.generation.settings import ProviderConfig
+
+Metadata = Iterable[tuple[str, str | bytes]] | None
+
+
+def env_key(config: ProviderConfig, environ: Mapping[str, str] | None = None) -> str | None:
+    env = os.environ if environ is None else environ
+    for name in config.api_key_env:
+        value = env.get(name, "").strip()
+        if value:
+            register_secret(value)
+            return value
+    return None
+
+
+def request_key(config: ProviderConfig, metadata: Metadata) -> str | None:
+    header = config.key_header
+    for key, value in metadata or ():
+        if key.lower() == header and isinstance(value, str) and value.strip():
+            register_secret(value.strip())
+            return value.strip()
+    return None
+
+
+def resolve_key(
+    config: ProviderConfig, metadata: Metadata, environ: Mapping[str, str] | None = None
+) -> str | None:
+    """``x-<provider>-api-key`` from the call, else the provider's environment variable."""
+    return request_key(config, metadata) or env_key(config, environ)

@@ -1,0 +1,27 @@
+"""Prometheus metrics of upstream LLM calls (the chassis counts the gRPC side)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+UPSTREAM_REQUESTS = Counter(
+    "gensearch_llm_requests_total",
+    "Finished upstream LLM exchanges (retries included) by provider and outcome.",
+    ["provider", "outcome"],
+)
+UPSTREAM_RETRIES = Counter(
+    "gensearch_llm_retries_total",
+    "Upstream attempts retried, by provider and cause (HTTP status or fault kind).",
+    ["provider", "cause"],
+)
+UPSTREAM_TOKENS = Counter(
+    "gensearch_llm_tokens_total",
+    "Tokens used upstream (estimated when the provider reports none).",
+    ["provider", "kind"],
+)
+TIME_TO_FIRST_TOKEN = Histogram(
+    "gensearch_llm_time_to_first_token_seconds",
+    "Time from the start of a streamed exchange to its first text delta.",
+    ["provider"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)

@@ -1,0 +1,127 @@
+"""The provider port: what the generation service needs from an LLM API.
+
+An adapter turns a ``CompletionRequest`` into one upstream exchange (retries included) and
+answers with a ``Completion``, or with ``StreamChunk``s for a stream. Adapters raise
+``services.common.errors.ServiceError`` subclasses with the upstream fault already mapped
+(see ``services.generation.upstream``), so the servicer never sees HTTP.
+
+OpenAI-compatible chat completions is the only kind today; another API (Anthropic's
+messages, say) is one more class implementing ``Provider``.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import math
+from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass, field
+
+from services.generation.settings import ProviderConfig
+
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    role: str  # one of ROLES
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class CompletionRequest:
+    """A validated request; ``None`` means "the provider's default"."""
+
+    model: str
+    messages: Sequence[ChatMessage]
+    temperature: float | None = None
+    max_tokens: int | None = None
+    top_p: float | None = None
+    stop: Sequence[str] = ()
+    # Never logged, never part of the body: adapters put it in a header.
+    api_key: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    estimated: bool = False
+
+
+@dataclass(slots=True)
+class DebugInfo:
+    url: str
+    request_body: str  # exactly the bytes sent upstream (keys travel in headers only)
+    attempts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    text: str
+    model: str
+    finish_reason: str
+    usage: Usage
+    debug: DebugInfo
+
+
+@dataclass(frozen=True, slots=True)
+class StreamChunk:
+    """Either a text delta, or (last) the finished completion with an empty delta."""
+
+    delta: str = ""
+    final: Completion | None = None
+
+
+class Deadline:
+    """An absolute point in loop time by which the whole upstream exchange must end."""
+
+    __slots__ = ("expires_at",)
+
+    def __init__(self, seconds: float) -> None:
+        self.expires_at = asyncio.get_running_loop().time() + max(0.0, seconds)
+
+    def remaining(self) -> float:
+        return max(0.0, self.expires_at - asyncio.get_running_loop().time())
+
+    @property
+    def expired(self) -> bool:
+        return self.remaining() <= 0.0
+
+
+def estimate_tokens(text: str) -> int:
+    """~4 characters per token: the usual rule of thumb for English with BPE tokenizers."""
+    return math.ceil(len(text) / 4) if text else 0
+
+
+def estimate_usage(messages: Sequence[ChatMessage], completion: str) -> Usage:
+    prompt = sum(estimate_tokens(m.content) for m in messages)
+    done = estimate_tokens(completion)
+    return Usage(prompt, done, prompt + done, estimated=True)
+
+
+class Provider(abc.ABC):
+    """One configured LLM endpoint."""
+
+    def __init__(self, config: ProviderConfig) -> None:
+        self.config = config
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @abc.abstractmethod
+    async def complete(self, request: CompletionRequest, deadline: Deadline) -> Completion:
+        """One completion; retries within ``deadline``."""
+
+    @abc.abstractmethod
+    def stream(
+        self, request: CompletionRequest, deadline: Deadline
+    ) -> AsyncGenerator[StreamChunk, None]:
+        """Text deltas as they arrive, then one chunk with ``final`` set. Closing the
+        iterator early (the caller went away) cancels the upstream request."""
+
+    async def close(self) -> None:
+        """Release connections (called once at shutdown)."""
+        return None

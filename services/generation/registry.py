@@ -1,0 +1,59 @@
+"""The configured providers, by name."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from services.common.errors import InvalidArgument
+from services.generation.providers import Provider, make_provider
+from services.generation.retry import RetryPolicy
+from services.generation.settings import GenerationSettings, ProviderConfig
+
+
+class ProviderRegistry:
+    def __init__(self, providers: Mapping[str, Provider], default: str) -> None:
+        if default not in providers:
+            raise ValueError(f"default provider {default!r} is not configured")
+        self._providers = dict(providers)
+        self.default = default
+
+    @classmethod
+    def from_settings(
+        cls, settings: GenerationSettings, configs: Mapping[str, ProviderConfig] | None = None
+    ) -> ProviderRegistry:
+        retry = RetryPolicy(
+            max_attempts=settings.retry_max_attempts,
+            base_backoff=settings.retry_base_backoff,
+            max_backoff=settings.retry_max_backoff,
+            retry_after_max=settings.retry_after_max,
+        )
+        configs = configs if configs is not None else settings.provider_configs()
+        providers = {
+            name: make_provider(
+                config,
+                retry=retry,
+                connect_timeout=settings.connect_timeout,
+                read_timeout=settings.read_timeout,
+            )
+            for name, config in configs.items()
+        }
+        return cls(providers, settings.default_provider)
+
+    def get(self, name: str) -> Provider:
+        """The provider called ``name`` (empty: the default)."""
+        key = name.strip().lower() or self.default
+        provider = self._providers.get(key)
+        if provider is None:
+            raise InvalidArgument(
+                f"unknown provider {name!r}; configured: {', '.join(sorted(self._providers))}",
+                field="provider",
+                reason="UNKNOWN_PROVIDER",
+            )
+        return provider
+
+    def configs(self) -> list[ProviderConfig]:
+        return [p.config for p in self._providers.values()]
+
+    async def close(self) -> None:
+        for provider in self._providers.values():
+            await provider.close()

@@ -1,0 +1,225 @@
+"""Generation settings: ports, retries, timeouts and the LLM providers.
+
+Providers are resolved in three layers, later ones winning:
+
+1. the built-in presets (``PRESETS``: openai, anyscale, vllm, ollama, local);
+2. ``GENSEARCH_PROVIDERS``: a JSON list of provider objects. An entry whose ``name`` is a
+   preset changes only the fields it gives; a new name adds a provider (then ``base_url``
+   and ``default_model`` are required);
+3. per-field variables for any provider ``<NAME>`` (upper case, ``-`` as ``_``):
+   ``GENSEARCH_<NAME>_BASE_URL``, ``_MODEL``, ``_MODELS`` (comma list), ``_API_KEY_ENV``
+   (comma list), ``_MAX_CONCURRENCY``, ``_TEMPERATURE``, ``_CONTEXT_WINDOW``.
+   e.g. ``GENSEARCH_LOCAL_BASE_URL=http://10.0.0.5:8088/v1``.
+
+API keys are never settings: a provider names the environment variable(s) that hold its
+key, and a caller may send ``x-<provider>-api-key`` per request.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from services.common.settings import CommonSettings
+
+LOCAL_MODEL = "smollm2-135m-instruct"
+LOCAL_PORT = 8088
+_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+
+
+class ProviderConfig(BaseModel):
+    """One LLM endpoint."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    # Only OpenAI-compatible chat completions today; the provider port admits other kinds.
+    kind: Literal["openai_compatible"] = "openai_compatible"
+    base_url: str
+    default_model: str
+    # A fixed list of models: anything else is refused before calling upstream. Empty: the
+    # upstream decides (an unknown model comes back as 404 model_not_found).
+    models: list[str] = Field(default_factory=list)
+    # Environment variables tried in order for the API key.
+    api_key_env: list[str] = Field(default_factory=list)
+    # Refuse calls without a key instead of sending them upstream to be rejected.
+    requires_key: bool = False
+    max_concurrency: int = Field(default=16, ge=1, le=10_000)
+    # Used when the request leaves temperature unset; None = the upstream's default.
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    # Prompts estimated above this many tokens are refused; None = unknown.
+    context_window: int | None = Field(default=None, ge=1)
+    # Ask for usage in streams (stream_options.include_usage); some servers reject it.
+    stream_usage: bool = True
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError("provider names are lower-case letters, digits, '-' or '_'")
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("base_url must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("api_key_env", "models", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @property
+    def key_header(self) -> str:
+        """The gRPC metadata key carrying a per-request API key."""
+        return f"x-{self.name}-api-key"
+
+    @property
+    def known_models(self) -> list[str]:
+        """The default model first, then the other fixed models."""
+        return [self.default_model, *(m for m in self.models if m != self.default_model)]
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "openai": {
+        "base_url": "https://api.openai.com/v1",
+        "default_model": "gpt-4o-mini",
+        "api_key_env": ["OPENAI_APIKEY", "OPENAI_API_KEY"],
+        "requires_key": True,
+        "max_concurrency": 32,
+        "context_window": 128_000,
+    },
+    "anyscale": {
+        "base_url": "https://api.endpoints.anyscale.com/v1",
+        "default_model": "meta-llama/Llama-2-70b-chat-hf",
+        "api_key_env": ["ANYSCALE_APIKEY", "ANYSCALE_API_KEY"],
+        "requires_key": True,
+        "temperature": 0.0,
+        "max_concurrency": 16,
+        "context_window": 4096,
+    },
+    "vllm": {
+        "base_url": "http://127.0.0.1:8000/v1",
+        "default_model": "default",
+        "api_key_env": ["VLLM_API_KEY"],
+        "max_concurrency": 64,
+    },
+    "ollama": {
+        "base_url": "http://127.0.0.1:11434/v1",
+        "default_model": "llama3.2",
+        "api_key_env": ["OLLAMA_API_KEY"],
+        "max_concurrency": 4,
+    },
+    "local": {
+        "base_url": f"http://127.0.0.1:{LOCAL_PORT}/v1",
+        "default_model": LOCAL_MODEL,
+        "models": [LOCAL_MODEL],
+        # One small model on CPU: more than a few at once only queue inside llama.cpp.
+        "max_concurrency": 4,
+        "context_window": 2048,
+    },
+}
+
+_ENV_FIELDS: dict[str, str] = {
+    "BASE_URL": "base_url",
+    "MODEL": "default_model",
+    "MODELS": "models",
+    "API_KEY_ENV": "api_key_env",
+    "MAX_CONCURRENCY": "max_concurrency",
+    "TEMPERATURE": "temperature",
+    "CONTEXT_WINDOW": "context_window",
+}
+
+
+def resolve_providers(
+    overrides: list[dict[str, Any]], environ: Mapping[str, str] | None = None
+) -> dict[str, ProviderConfig]:
+    """Presets, then ``GENSEARCH_PROVIDERS`` entries, then ``GENSEARCH_<NAME>_*`` variables."""
+    env = os.environ if environ is None else environ
+    merged: dict[str, dict[str, Any]] = {name: dict(p) for name, p in PRESETS.items()}
+    for entry in overrides:
+        name = str(entry.get("name", ""))
+        merged[name] = {**merged.get(name, {}), **{k: v for k, v in entry.items() if k != "name"}}
+    providers: dict[str, ProviderConfig] = {}
+    for name, fields in merged.items():
+        prefix = "GENSEARCH_" + name.upper().replace("-", "_") + "_"
+        for suffix, field in _ENV_FIELDS.items():
+            value = env.get(prefix + suffix)
+            if value is None or value == "":
+                continue
+            fields[field] = value
+            if field == "default_model" and fields.get("models") and not env.get(prefix + "MODELS"):
+                # A new model on a provider with a fixed list replaces that list.
+                fields["models"] = [value]
+        try:
+            providers[name] = ProviderConfig(name=name, **fields)
+        except ValidationError as err:
+            raise ValueError(f"provider {name!r} is misconfigured: {_errors(err)}") from None
+    return providers
+
+
+def _errors(err: ValidationError) -> str:
+    # Only field locations and messages: never echo input values.
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'provider'}: {e['msg']}" for e in err.errors()
+    )
+
+
+class GenerationSettings(CommonSettings):
+    generation_port: int = Field(default=50053, ge=0, le=65535)
+    # None: no metrics endpoint (tests); 0: a free port.
+    generation_metrics_port: int | None = Field(default=9093, ge=0, le=65535)
+
+    default_provider: str = "local"
+    # JSON list of provider objects (see the module docstring); parsed by pydantic-settings.
+    providers: list[dict[str, Any]] = Field(default_factory=list)
+
+    # Retries of 429/500/502/503/504 and connection errors, always within the call deadline.
+    retry_max_attempts: int = Field(default=4, ge=1, le=1000)
+    retry_base_backoff: float = Field(default=0.25, ge=0)
+    retry_max_backoff: float = Field(default=8.0, ge=0)
+    # A Retry-After longer than this is not waited for (the error is returned instead).
+    retry_after_max: float = Field(default=60.0, ge=0)
+
+    connect_timeout: float = Field(default=5.0, gt=0)
+    # Longest silence between two bytes of an upstream answer.
+    read_timeout: float = Field(default=120.0, gt=0)
+    # Bound of the whole upstream exchange when the gRPC call carries no deadline.
+    default_timeout: float = Field(default=300.0, gt=0)
+
+    # Request limits.
+    max_messages: int = Field(default=512, ge=1)
+    max_prompt_chars: int = Field(default=1_000_000, ge=1)
+    max_stop_sequences: int = Field(default=4, ge=0)
+
+    # Start the local llama.cpp server with the service (python -m services.generation).
+    local_llm_autostart: bool = False
+
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _parse_providers(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = json.loads(value) if value.strip() else []
+        if isinstance(value, dict):
+            value = [value]
+        return value
+
+    def provider_configs(
+        self, environ: Mapping[str, str] | None = None
+    ) -> dict[str, ProviderConfig]:
+        providers = resolve_providers(self.providers, environ)
+        if self.default_provider not in providers:
+            raise ValueError(
+                f"GENSEARCH_DEFAULT_PROVIDER={self.default_provider!r} is not a configured "
+                f"provider ({', '.join(sorted(providers))})"
+            )
+        return providers

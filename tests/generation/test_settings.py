@@ -1,0 +1,102 @@
+"""Provider presets and how the environment overrides and extends them."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.generation.settings import LOCAL_MODEL, GenerationSettings, resolve_providers
+
+
+def test_presets() -> None:
+    providers = resolve_providers([], environ={})
+    assert set(providers) == {"openai", "anyscale", "vllm", "ollama", "local"}
+    anyscale = providers["anyscale"]
+    assert anyscale.base_url == "https://api.endpoints.anyscale.com/v1"
+    assert anyscale.default_model == "meta-llama/Llama-2-70b-chat-hf"
+    assert anyscale.temperature == 0.0
+    assert anyscale.api_key_env[0] == "ANYSCALE_APIKEY"
+    assert anyscale.key_header == "x-anyscale-api-key"
+    openai = providers["openai"]
+    assert openai.base_url == "https://api.openai.com/v1"
+    assert {"OPENAI_APIKEY", "OPENAI_API_KEY"} <= set(openai.api_key_env)
+    assert providers["vllm"].base_url == "http://127.0.0.1:8000/v1"
+    assert providers["ollama"].base_url == "http://127.0.0.1:11434/v1"
+    local = providers["local"]
+    assert local.default_model == LOCAL_MODEL
+    assert local.models == [LOCAL_MODEL]
+    assert not local.requires_key
+
+
+def test_default_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("DEFAULT_PROVIDER", "PROVIDERS", "GENERATION_PORT", "GENERATION_METRICS_PORT"):
+        monkeypatch.delenv(f"GENSEARCH_{name}", raising=False)
+    settings = GenerationSettings()
+    assert settings.generation_port == 50053
+    assert settings.generation_metrics_port == 9093
+    assert settings.default_provider == "local"
+    assert "local" in settings.provider_configs(environ={})
+
+
+def test_providers_json_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "GENSEARCH_PROVIDERS",
+        '[{"name": "mistral", "base_url": "https://api.mistral.ai/v1/", '
+        '"default_model": "mistral-small", "api_key_env": "MISTRAL_API_KEY", '
+        '"requires_key": true, "max_concurrency": 3},'
+        ' {"name": "anyscale", "default_model": "mistralai/Mixtral-8x7B-Instruct-v0.1"}]',
+    )
+    monkeypatch.setenv("GENSEARCH_DEFAULT_PROVIDER", "mistral")
+    settings = GenerationSettings()
+    providers = settings.provider_configs(environ={})
+    mistral = providers["mistral"]
+    assert mistral.base_url == "https://api.mistral.ai/v1"  # trailing slash dropped
+    assert mistral.api_key_env == ["MISTRAL_API_KEY"]
+    assert mistral.max_concurrency == 3
+    assert mistral.key_header == "x-mistral-api-key"
+    # A preset entry changes only what it names.
+    anyscale = providers["anyscale"]
+    assert anyscale.default_model == "mistralai/Mixtral-8x7B-Instruct-v0.1"
+    assert anyscale.base_url == "https://api.endpoints.anyscale.com/v1"
+    assert anyscale.temperature == 0.0
+
+
+def test_per_field_variables() -> None:
+    env = {
+        "GENSEARCH_LOCAL_BASE_URL": "http://10.0.0.5:9000/v1",
+        "GENSEARCH_LOCAL_MODEL": "qwen2.5-0.5b",
+        "GENSEARCH_VLLM_MAX_CONCURRENCY": "128",
+        "GENSEARCH_OPENAI_TEMPERATURE": "0.2",
+        "GENSEARCH_OLLAMA_MODELS": "llama3.2,qwen2.5",
+        "GENSEARCH_OPENAI_API_KEY_ENV": "MY_OPENAI_KEY",
+    }
+    providers = resolve_providers([], environ=env)
+    assert providers["local"].base_url == "http://10.0.0.5:9000/v1"
+    assert providers["local"].default_model == "qwen2.5-0.5b"
+    assert providers["local"].models == ["qwen2.5-0.5b"]  # the fixed list follows the model
+    assert providers["vllm"].max_concurrency == 128
+    assert providers["openai"].temperature == 0.2
+    assert providers["ollama"].models == ["llama3.2", "qwen2.5"]
+    assert providers["openai"].api_key_env == ["MY_OPENAI_KEY"]
+
+
+def test_unknown_default_provider_is_refused() -> None:
+    settings = GenerationSettings(default_provider="nope", providers=[])
+    with pytest.raises(ValueError, match="nope"):
+        settings.provider_configs(environ={})
+
+
+@pytest.mark.parametrize(
+    ("entry", "complaint"),
+    [
+        ({"name": "new"}, "base_url"),
+        ({"name": "new", "base_url": "ftp://x", "default_model": "m"}, "base_url"),
+        ({"name": "Bad Name", "base_url": "http://x", "default_model": "m"}, "name"),
+        ({"name": "local", "max_concurrency": 0}, "max_concurrency"),
+        ({"name": "local", "temperature": 3}, "temperature"),
+        ({"name": "local", "api_key": "sk-should-not-be-here"}, "api_key"),
+    ],
+)
+def test_misconfigured_providers(entry: dict[str, object], complaint: str) -> None:
+    with pytest.raises(ValueError, match=complaint) as caught:
+        resolve_providers([entry], environ={})
+    assert "sk-should-not-be-here" not in str(caught.value)

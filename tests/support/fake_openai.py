@@ -1,0 +1,658 @@
+"""A scriptable loopback server speaking the OpenAI HTTP API, for tests and benchmarks.
+
+Real HTTP on 127.0.0.1 (port 0 = a free port), so the code under test uses its real
+HTTP client; nothing is patched.
+
+Quick start::
+
+    from tests.support.fake_openai import Behaviour, FakeOpenAI
+
+    async with FakeOpenAI(latency=0.0) as fake:
+        fake.base_url                      # "http://127.0.0.1:PORT/v1"
+        fake.reply = "a fixed answer"      # or a function: request body (dict) -> text
+        fake.enqueue(Behaviour.rate_limited(retry_after=1), Behaviour.ok())
+        ...                                # point the client at fake.base_url
+        fake.chat_requests[-1].json        # what the client sent
+        fake.chat_requests[-1].headers["Authorization"]
+        fake.max_concurrent                # highest number of requests in flight at once
+
+Endpoints
+    ``POST /v1/chat/completions``  unary, or ``"stream": true`` -> SSE ``data: {...}`` chunks
+        (``chat.completion.chunk``: a first chunk with the role, one chunk per word of the
+        reply, a chunk with ``finish_reason``, then ``data: [DONE]``). With
+        ``"stream_options": {"include_usage": true}`` a last chunk with ``choices: []`` and
+        ``usage`` comes before ``[DONE]``. ``max_tokens`` cuts the reply (one word = one
+        token) and sets ``finish_reason: "length"``; a ``stop`` string cuts it too.
+    ``GET /v1/models``  the ``models`` given to the constructor.
+    ``POST /v1/embeddings``  deterministic unit vectors (``embedding_dim`` floats), one per
+        input string, derived from a hash of the text.
+
+Constructor / attributes (all attributes may be changed while the server runs)
+    ``latency``        seconds to wait before answering each request (default 0).
+    ``chunk_delay``    seconds between stream chunks (default 0).
+    ``reply``          ``str`` or ``Callable[[dict], str]``; default :func:`echo_last_user`.
+    ``models``         names listed by /v1/models (default ``("fake-model",)``).
+    ``reject_unknown_models``  answer 404 ``model_not_found`` (as OpenAI does) for a model
+                       not in ``models`` (default False: any model is accepted).
+    ``api_key``        when set, a request without ``Authorization: Bearer <api_key>`` gets
+                       401 ``invalid_api_key``.
+    ``include_usage``  when False the server never reports usage (default True).
+    ``record``         keep every request in ``requests`` (default True; benches may turn it
+                       off to save memory).
+
+Per-request behaviours (:class:`Behaviour`), consumed first-in first-out by chat and
+embedding requests; when the queue is empty the default (a normal answer) applies:
+    ``Behaviour.ok(text=None, latency=None, chunk_delay=None, usage=None)``
+    ``Behaviour.error(status, body=None, headers=None)``  e.g. 400, 404, 500, 503
+    ``Behaviour.rate_limited(retry_after="1")``  429 with a ``Retry-After`` header (seconds
+        or an HTTP-date; ``None`` = no header)
+    ``Behaviour.unauthorized()``  401 ``invalid_api_key``
+    ``Behaviour.model_not_found(model="x")``  404 ``model_not_found``
+    ``Behaviour.reset()``  accept the request, then abort the TCP connection without a reply
+    ``Behaviour.malformed()``  200 with a body that is not JSON (for a stream: one good chunk,
+        then a ``data:`` line that is not JSON)
+    ``Behaviour.cut_stream(after_chunks=2)``  stream a few chunks, then close the connection
+        (no ``finish_reason``, no ``[DONE]``); for a unary request, a truncated body
+    ``Behaviour.slow_stream(chunk_delay)``  a normal answer with a delay between chunks
+    ``Behaviour.hang(seconds=3600)``  wait that long before answering
+``fake.enqueue(*behaviours)``, ``fake.fail_next(n, behaviour)``, ``fake.clear_queue()``.
+
+Recording
+    ``requests``        every :class:`RecordedRequest` (method, path, headers, json, times)
+    ``chat_requests``   only the chat completions
+    ``concurrent`` / ``max_concurrent``   chat + embedding requests in flight now / at most
+    ``disconnects``     requests whose client went away before the answer was complete
+    ``disconnected``    an ``asyncio.Event`` set on the first such disconnect
+    ``served``          chat + embedding requests received so far
+    ``await wait_for_requests(n, timeout=5)``   until ``served >= n``
+    ``reset_stats()``   forget requests, counters and disconnects
+
+A :class:`RecordedRequest` carries ``received_at``, ``first_chunk_at`` (when the first SSE
+chunk carrying text was written to the socket) and ``finished_at``, all ``time.perf_counter()``
+values, so a benchmark in the same process can measure what happens after the server wrote
+a byte. ``client_disconnected`` is True when the client hung up mid-answer.
+
+``FakeOpenAI`` may also run in a background thread with its own event loop (for benches that
+must not share a loop with the code they measure): ``with FakeOpenAI().in_thread() as fake:``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import itertools
+import json
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+Reply = str | Callable[[dict[str, Any]], str]
+
+
+def echo_last_user(body: dict[str, Any]) -> str:
+    """The content of the last user message (the default reply)."""
+    for message in reversed(body.get("messages") or []):
+        if isinstance(message, dict) and message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, str):
+                return content
+            if isinstance(content, list):  # content parts
+                return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return "ok"
+
+
+def count_tokens(text: str) -> int:
+    """The fake's tokenizer: one word = one token."""
+    return len(text.split())
+
+
+@dataclass
+class Behaviour:
+    """How the server answers one request (see the module docstring for constructors)."""
+
+    kind: str = "ok"  # ok | error | reset | malformed | cut | hang
+    status: int = 200
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+    text: str | None = None
+    latency: float | None = None
+    chunk_delay: float | None = None
+    usage: bool | None = None
+    after_chunks: int = 2
+
+    @classmethod
+    def ok(
+        cls,
+        text: str | None = None,
+        *,
+        latency: float | None = None,
+        chunk_delay: float | None = None,
+        usage: bool | None = None,
+    ) -> Behaviour:
+        return cls(text=text, latency=latency, chunk_delay=chunk_delay, usage=usage)
+
+    @classmethod
+    def error(
+        cls, status: int, body: Any = None, headers: dict[str, str] | None = None
+    ) -> Behaviour:
+        if body is None:
+            body = {
+                "error": {
+                    "message": f"fake upstream error {status}",
+                    "type": "server_error" if status >= 500 else "invalid_request_error",
+                    "param": None,
+                    "code": None,
+                }
+            }
+        return cls(kind="error", status=status, body=body, headers=dict(headers or {}))
+
+    @classmethod
+    def rate_limited(cls, retry_after: str | float | None = "1") -> Behaviour:
+        headers = {} if retry_after is None else {"Retry-After": str(retry_after)}
+        body = {
+            "error": {
+                "message": "Rate limit reached",
+                "type": "requests",
+                "param": None,
+                "code": "rate_limit_exceeded",
+            }
+        }
+        return cls.error(429, body, headers)
+
+    @classmethod
+    def unauthorized(cls) -> Behaviour:
+        body = {
+            "error": {
+                "message": "Incorrect API key provided.",
+                "type": "invalid_request_error",
+                "param": None,
+                "code": "invalid_api_key",
+            }
+        }
+        return cls.error(401, body)
+
+    @classmethod
+    def model_not_found(cls, model: str = "unknown-model") -> Behaviour:
+        return cls.error(404, _model_not_found_body(model))
+
+    @classmethod
+    def reset(cls) -> Behaviour:
+        return cls(kind="reset")
+
+    @classmethod
+    def malformed(cls) -> Behaviour:
+        return cls(kind="malformed")
+
+    @classmethod
+    def cut_stream(cls, after_chunks: int = 2) -> Behaviour:
+        return cls(kind="cut", after_chunks=after_chunks)
+
+    @classmethod
+    def slow_stream(cls, chunk_delay: float) -> Behaviour:
+        return cls(chunk_delay=chunk_delay)
+
+    @classmethod
+    def hang(cls, seconds: float = 3600.0) -> Behaviour:
+        return cls(latency=seconds)
+
+
+@dataclass
+class RecordedRequest:
+    method: str
+    path: str
+    headers: dict[str, str]
+    json: Any
+    received_at: float
+    first_chunk_at: float | None = None
+    finished_at: float | None = None
+    client_disconnected: bool = False
+    behaviour: str = "ok"
+
+
+def _model_not_found_body(model: str) -> dict[str, Any]:
+    return {
+        "error": {
+            "message": f"The model `{model}` does not exist or you do not have access to it.",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "model_not_found",
+        }
+    }
+
+
+class FakeOpenAI:
+    def __init__(
+        self,
+        *,
+        latency: float = 0.0,
+        chunk_delay: float = 0.0,
+        reply: Reply | None = None,
+        models: tuple[str, ...] | list[str] = ("fake-model",),
+        reject_unknown_models: bool = False,
+        api_key: str | None = None,
+        include_usage: bool = True,
+        embedding_dim: int = 8,
+        record: bool = True,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        self.latency = latency
+        self.chunk_delay = chunk_delay
+        self.reply: Reply = reply if reply is not None else echo_last_user
+        self.models = list(models)
+        self.reject_unknown_models = reject_unknown_models
+        self.api_key = api_key
+        self.include_usage = include_usage
+        self.embedding_dim = embedding_dim
+        self.record = record
+        self.host = host
+        self.port = port
+        self.requests: list[RecordedRequest] = []
+        self.concurrent = 0
+        self.max_concurrent = 0
+        self.disconnects = 0
+        self.served = 0
+        self.disconnected = asyncio.Event()
+        self._arrived = asyncio.Event()
+        self._queue: deque[Behaviour] = deque()
+        self._ids = itertools.count(1)
+        self._runner: web.AppRunner | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    async def start(self) -> FakeOpenAI:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/v1/embeddings", self._embeddings)
+        # handler_cancellation: a client that hangs up cancels the handler at once, which is
+        # how the tests observe that an upstream request was really cancelled.
+        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port, backlog=1024)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        self.disconnected = asyncio.Event()
+        self._arrived = asyncio.Event()
+        return self
+
+    async def stop(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    async def __aenter__(self) -> FakeOpenAI:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @contextlib.contextmanager
+    def in_thread(self) -> Iterator[FakeOpenAI]:
+        """Serve from a daemon thread with its own event loop (blocking context manager)."""
+        loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            loop.run_until_complete(self.start())
+            ready.set()
+            loop.run_forever()
+
+        thread = threading.Thread(target=run, name="fake-openai", daemon=True)
+        thread.start()
+        ready.wait(10)
+        try:
+            yield self
+        finally:
+            asyncio.run_coroutine_threadsafe(self.stop(), loop).result(10)
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(10)
+            loop.close()
+
+    # -- scripting -------------------------------------------------------------------------
+    def enqueue(self, *behaviours: Behaviour) -> None:
+        self._queue.extend(behaviours)
+
+    def fail_next(self, count: int, behaviour: Behaviour) -> None:
+        self._queue.extend([behaviour] * count)
+
+    def clear_queue(self) -> None:
+        self._queue.clear()
+
+    @property
+    def pending(self) -> int:
+        """Scripted behaviours not consumed yet."""
+        return len(self._queue)
+
+    @property
+    def chat_requests(self) -> list[RecordedRequest]:
+        return [r for r in self.requests if r.path.endswith("/chat/completions")]
+
+    async def wait_for_requests(self, count: int = 1, timeout: float = 5.0) -> None:
+        """Wait until ``count`` chat/embedding requests have arrived in all."""
+        async with asyncio.timeout(timeout):
+            while self.served < count:
+                self._arrived.clear()
+                await self._arrived.wait()
+
+    def reset_stats(self) -> None:
+        self.requests.clear()
+        self.concurrent = 0
+        self.max_concurrent = 0
+        self.disconnects = 0
+        self.served = 0
+        self.disconnected = asyncio.Event()
+
+    # -- handlers --------------------------------------------------------------------------
+    async def _models(self, request: web.Request) -> web.StreamResponse:
+        data = [{"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in self.models]
+        return web.json_response({"object": "list", "data": data})
+
+    async def _begin(self, request: web.Request) -> tuple[RecordedRequest, Behaviour]:
+        received = time.perf_counter()
+        raw = await request.read()
+        try:
+            body: Any = json.loads(raw) if raw else None
+        except ValueError:
+            body = raw.decode("utf-8", "replace")
+        behaviour = self._queue.popleft() if self._queue else Behaviour()
+        rec = RecordedRequest(
+            method=request.method,
+            path=request.path,
+            headers=dict(request.headers),
+            json=body,
+            received_at=received,
+            behaviour=behaviour.kind,
+        )
+        if self.record:
+            self.requests.append(rec)
+        self.served += 1
+        self._arrived.set()
+        return rec, behaviour
+
+    def _auth_error(self, request: web.Request) -> web.Response | None:
+        if self.api_key is None:
+            return None
+        if request.headers.get("Authorization") == f"Bearer {self.api_key}":
+            return None
+        body = Behaviour.unauthorized().body
+        return web.json_response(body, status=401)
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        self.concurrent += 1
+        self.max_concurrent = max(self.max_concurrent, self.concurrent)
+        rec: RecordedRequest | None = None
+        try:
+            rec, behaviour = await self._begin(request)
+            return await self._answer_chat(request, rec, behaviour)
+        except (asyncio.CancelledError, ConnectionResetError):
+            if rec is not None:
+                self._note_disconnect(rec)
+            raise
+        finally:
+            self.concurrent -= 1
+            if rec is not None:
+                rec.finished_at = time.perf_counter()
+
+    def _note_disconnect(self, rec: RecordedRequest) -> None:
+        rec.client_disconnected = True
+        self.disconnects += 1
+        self.disconnected.set()
+
+    async def _answer_chat(
+        self, request: web.Request, rec: RecordedRequest, behaviour: Behaviour
+    ) -> web.StreamResponse:
+        body = rec.json if isinstance(rec.json, dict) else {}
+        stream = bool(body.get("stream"))
+        latency = self.latency if behaviour.latency is None else behaviour.latency
+        if latency > 0:
+            await asyncio.sleep(latency)
+        if behaviour.kind == "reset":
+            return self._abort(request)
+        if behaviour.kind == "error":
+            return _error_response(behaviour)
+        denied = self._auth_error(request)
+        if denied is not None:
+            return denied
+        if not isinstance(rec.json, dict) or not isinstance(body.get("messages"), list):
+            return _error_response(
+                Behaviour.error(
+                    400,
+                    {
+                        "error": {
+                            "message": "'messages' is a required property",
+                            "type": "invalid_request_error",
+                            "param": "messages",
+                            "code": None,
+                        }
+                    },
+                )
+            )
+        model = str(body.get("model") or (self.models[0] if self.models else "fake-model"))
+        if self.reject_unknown_models and model not in self.models:
+            return web.json_response(_model_not_found_body(model), status=404)
+        if behaviour.kind == "malformed" and not stream:
+            return web.Response(
+                status=200,
+                text='{"id": "chatcmpl-broken", "choices": [{',
+                content_type="application/json",
+            )
+        text = behaviour.text if behaviour.text is not None else self._reply_text(body)
+        words, finish = _cut(text, body)
+        usage = {
+            "prompt_tokens": sum(
+                count_tokens(str(m.get("content", "")))
+                for m in body["messages"]
+                if isinstance(m, dict)
+            ),
+            "completion_tokens": len(words),
+        }
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        with_usage = self.include_usage if behaviour.usage is None else behaviour.usage
+        ident = f"chatcmpl-fake{next(self._ids)}"
+        if not stream:
+            if behaviour.kind == "cut":
+                return self._abort(request, partial=b'{"id": "' + ident.encode())
+            payload: dict[str, Any] = {
+                "id": ident,
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "".join(words)},
+                        "finish_reason": finish,
+                    }
+                ],
+            }
+            if with_usage:
+                payload["usage"] = usage
+            return web.json_response(payload)
+        delay = self.chunk_delay if behaviour.chunk_delay is None else behaviour.chunk_delay
+        want_usage = with_usage and bool((body.get("stream_options") or {}).get("include_usage"))
+        return await self._stream(
+            request,
+            rec,
+            behaviour,
+            ident,
+            model,
+            words,
+            finish,
+            usage if want_usage else None,
+            delay,
+        )
+
+    def _reply_text(self, body: dict[str, Any]) -> str:
+        return self.reply(body) if callable(self.reply) else self.reply
+
+    async def _stream(
+        self,
+        request: web.Request,
+        rec: RecordedRequest,
+        behaviour: Behaviour,
+        ident: str,
+        model: str,
+        words: list[str],
+        finish: str,
+        usage: dict[str, int] | None,
+        delay: float,
+    ) -> web.StreamResponse:
+        resp = web.StreamResponse(
+            status=200,
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"},
+        )
+        await resp.prepare(request)
+        created = int(time.time())
+
+        def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+            data = {
+                "id": ident,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+            }
+            return b"data: " + json.dumps(data).encode() + b"\n\n"
+
+        try:
+            await resp.write(chunk({"role": "assistant", "content": ""}))
+            for n, word in enumerate(words):
+                if n and delay > 0:
+                    await asyncio.sleep(delay)
+                if behaviour.kind == "cut" and n >= behaviour.after_chunks:
+                    # A moment for the client to take what was sent: a reader usually drops
+                    # buffered bytes once it sees the connection fail.
+                    await asyncio.sleep(0.05)
+                    self._abort(request, flush=True)
+                    return resp
+                if behaviour.kind == "malformed" and n >= 1:
+                    await resp.write(b'data: {"id": "broken", "choices": [{"delta": \n\n')
+                    await resp.write(b"data: [DONE]\n\n")
+                    return resp
+                await resp.write(chunk({"content": word}))
+                if rec.first_chunk_at is None:
+                    rec.first_chunk_at = time.perf_counter()
+            if behaviour.kind == "cut":
+                self._abort(request, flush=True)
+                return resp
+            await resp.write(chunk({}, finish))
+            if usage is not None:
+                last = {
+                    "id": ident,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": model,
+                    "choices": [],
+                    "usage": usage,
+                }
+                await resp.write(b"data: " + json.dumps(last).encode() + b"\n\n")
+            await resp.write(b"data: [DONE]\n\n")
+            await resp.write_eof()
+        except ConnectionResetError:
+            self._note_disconnect(rec)
+        return resp
+
+    def _abort(
+        self, request: web.Request, partial: bytes = b"", *, flush: bool = False
+    ) -> web.Response:
+        """Drop the connection: abort (RST-like, buffered bytes lost) or, with ``flush``,
+        close after what was written so far has been sent (an answer cut short)."""
+        transport = request.transport
+        if transport is not None:
+            if partial:
+                head = (
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: 1000\r\n\r\n" + partial
+                )
+                transport.write(head)
+            if flush or partial:
+                transport.close()
+            else:
+                transport.abort()
+        # aiohttp cannot send this: the connection is gone. It only satisfies the handler.
+        return web.Response(status=500)
+
+    async def _embeddings(self, request: web.Request) -> web.StreamResponse:
+        self.concurrent += 1
+        self.max_concurrent = max(self.max_concurrent, self.concurrent)
+        try:
+            rec, behaviour = await self._begin(request)
+            latency = self.latency if behaviour.latency is None else behaviour.latency
+            if latency > 0:
+                await asyncio.sleep(latency)
+            if behaviour.kind == "reset":
+                return self._abort(request)
+            if behaviour.kind == "error":
+                return _error_response(behaviour)
+            if behaviour.kind == "malformed":
+                return web.Response(text="{not json", content_type="application/json")
+            denied = self._auth_error(request)
+            if denied is not None:
+                return denied
+            body = rec.json if isinstance(rec.json, dict) else {}
+            inputs = body.get("input")
+            texts = [inputs] if isinstance(inputs, str) else list(inputs or [])
+            data = [
+                {"object": "embedding", "index": i, "embedding": self._vector(str(t))}
+                for i, t in enumerate(texts)
+            ]
+            tokens = sum(count_tokens(str(t)) for t in texts)
+            return web.json_response(
+                {
+                    "object": "list",
+                    "data": data,
+                    "model": body.get("model") or "fake-embedding",
+                    "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+                }
+            )
+        finally:
+            self.concurrent -= 1
+
+    def _vector(self, text: str) -> list[float]:
+        digest = hashlib.sha256(text.encode()).digest()
+        raw = [(digest[i % len(digest)] - 127.5) / 127.5 for i in range(self.embedding_dim)]
+        norm = math.sqrt(sum(x * x for x in raw)) or 1.0
+        return [x / norm for x in raw]
+
+
+def _cut(text: str, body: dict[str, Any]) -> tuple[list[str], str]:
+    """Split the reply into word tokens (each keeps its leading space) and apply stop and
+    max_tokens the way an OpenAI server does."""
+    finish = "stop"
+    stop = body.get("stop")
+    stops = [stop] if isinstance(stop, str) else [s for s in (stop or []) if isinstance(s, str)]
+    for s in stops:
+        if s and s in text:
+            text = text[: text.index(s)]
+    words: list[str] = []
+    for i, word in enumerate(text.split(" ")):
+        piece = word if i == 0 else " " + word
+        if piece:
+            words.append(piece)
+    limit = body.get("max_tokens", body.get("max_completion_tokens"))
+    if isinstance(limit, int) and limit >= 0 and len(words) > limit:
+        words = words[:limit]
+        finish = "length"
+    return words, finish
+
+
+def _error_response(behaviour: Behaviour) -> web.Response:
+    if isinstance(behaviour.body, dict | list):
+        return web.json_response(behaviour.body, status=behaviour.status, headers=behaviour.headers)
+    return web.Response(
+        status=behaviour.status, text=str(behaviour.body or ""), headers=behaviour.headers
+    )
