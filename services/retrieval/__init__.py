@@ -1,0 +1,1 @@
+"""The retrieval service: collections, ingest and search over Qdrant."""

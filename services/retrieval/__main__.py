@@ -1,0 +1,82 @@
+"""``python -m services.retrieval``: serve RetrievalService until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+
+from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as pb_grpc
+from qdrant_client import AsyncQdrantClient
+
+from services.common.logs import configure_logging, register_secret
+from services.common.server import GrpcServer, run_until_signal
+from services.retrieval.catalog import Catalog
+from services.retrieval.edge_store import EdgeStore
+from services.retrieval.embedders import Embedders, LocalEmbedder
+from services.retrieval.server_store import ServerStore
+from services.retrieval.servicer import RetrievalServicer
+from services.retrieval.settings import RetrievalSettings
+from services.retrieval.store import VectorStore
+
+SERVICE_NAME = "gensearch.retrieval.v1.RetrievalService"
+
+
+def make_store(settings: RetrievalSettings) -> VectorStore:
+    """qdrant-edge under <data_dir>/qdrant, or a Qdrant server when qdrant_url is set."""
+    url = settings.qdrant_url.strip()
+    if not url:
+        return EdgeStore(settings.data_dir / "qdrant")
+    if url == ":memory:":
+        return ServerStore(AsyncQdrantClient(location=":memory:"))
+    api_key = settings.qdrant_api_key.get_secret_value() or None
+    register_secret(api_key)
+    return ServerStore(
+        AsyncQdrantClient(url=url, api_key=api_key, timeout=int(settings.qdrant_timeout))
+    )
+
+
+async def build_server(
+    settings: RetrievalSettings,
+    *,
+    port: int | None = None,
+    metrics_port: int | None = None,
+    store: VectorStore | None = None,
+    local_embedder: LocalEmbedder | None = None,
+) -> GrpcServer:
+    """Open the store and load the schemas; the caller starts the server.
+
+    ``store`` and ``local_embedder`` let tests share an engine or a loaded model.
+    """
+    store = store or make_store(settings)
+    await store.open()
+    embedders = Embedders(settings, local=local_embedder)
+    catalog = Catalog(store, embedders, settings)
+    try:
+        await catalog.load()
+    except BaseException:
+        await store.close()
+        raise
+    server = GrpcServer(
+        settings,
+        port=settings.retrieval_port if port is None else port,
+        metrics_port=metrics_port,
+    )
+    servicer = RetrievalServicer(settings, store, catalog, embedders)
+    server.add_service(pb_grpc.add_RetrievalServiceServicer_to_server, servicer, SERVICE_NAME)
+    server.on_stop(store.close)
+    server.on_stop(embedders.close)
+    return server
+
+
+def main() -> None:
+    settings = RetrievalSettings()
+    configure_logging(settings.log_level, service="retrieval")
+
+    async def serve() -> None:
+        server = await build_server(settings, metrics_port=settings.retrieval_metrics_port)
+        await run_until_signal(server)
+
+    asyncio.run(serve())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""BM25 sparse vectors, made without a model.
+
+We reuse qdrant-edge's ``Bm25`` (the same algorithm as Qdrant's server-side ``Qdrant/bm25``):
+word tokenizer, lower-casing, English stop words and Snowball stemming, tokens hashed to
+sparse indices. A document's values are the BM25 term-frequency part
+``tf·(k+1) / (tf + k·(1 - b + b·len/avg_len))``; a query's values are 1 per unique token.
+The IDF part is left to the engine (``Modifier.IDF`` on the sparse vector), which keeps it
+exact as documents come and go — computing IDF ourselves would mean rewriting every vector
+whenever the corpus changes. The same function feeds both adapters, so keyword scores
+agree between them.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import qdrant_edge
+
+from services.retrieval.store import SparseVector
+
+_local = threading.local()
+
+
+def _model() -> qdrant_edge.Bm25:
+    # One model per thread: cheap to build, and no shared state between worker threads.
+    model = getattr(_local, "model", None)
+    if model is None:
+        model = _local.model = qdrant_edge.Bm25()
+    return model
+
+
+def document_vector(text: str) -> SparseVector | None:
+    """The stored vector of a document's text; None when it has no indexable word."""
+    vec = _model().embed_document(text)
+    if not vec.indices:
+        return None
+    return SparseVector(indices=list(vec.indices), values=list(vec.values))
+
+
+def query_vector(text: str) -> SparseVector | None:
+    """The query vector of a keyword search; None when only stop words remain."""
+    vec = _model().embed_query(text)
+    if not vec.indices:
+        return None
+    return SparseVector(indices=list(vec.indices), values=list(vec.values))

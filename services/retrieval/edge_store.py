@@ -1,0 +1,314 @@
+"""``VectorStore`` on qdrant-edge: the embedded engine, one shard per collection.
+
+Layout under ``<data_dir>/qdrant``::
+
+    collections/<name>/        the engine's shard (segments + write-ahead log)
+    collections/<name>.json    the collection's schema, written atomically and fsync'd
+
+The shard is created before its schema file and the schema file removed before its shard,
+so a schema file always names a complete shard; a shard without one is left over from a
+crash half-way through and is removed at start-up.
+
+qdrant-edge is synchronous and a shard may be opened by one process only (its WAL is
+locked), so every call runs on one dedicated thread: the event loop never blocks and calls
+never race. Writes go through the engine's WAL before ``update`` returns, so an acknowledged
+write survives ``kill -9``; ``flush`` (after bulk loads and on close) makes the segments
+themselves durable and keeps WAL replay at start-up short.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import qdrant_edge as qe
+
+from services.common.errors import AlreadyExists, NotFound
+from services.retrieval import filters as f
+from services.retrieval.store import (
+    DENSE,
+    SPARSE,
+    CollectionLayout,
+    FoundPoint,
+    SparseVector,
+    StoredPoint,
+)
+
+log = logging.getLogger("gensearch.retrieval.edge")
+T = TypeVar("T")
+
+_DISTANCES = {
+    "cosine": qe.Distance.Cosine,
+    "dot": qe.Distance.Dot,
+    "euclid": qe.Distance.Euclid,
+}
+
+
+def to_edge_filter(node: f.Node | None) -> qe.Filter | None:
+    if node is None:
+        return None
+    if isinstance(node, f.Bool):
+        return qe.Filter(
+            must=[_condition(n) for n in node.must] or None,
+            should=[_condition(n) for n in node.should] or None,
+            must_not=[_condition(n) for n in node.must_not] or None,
+        )
+    return qe.Filter(must=[_condition(node)])
+
+
+def _condition(node: f.Node) -> Any:
+    if isinstance(node, f.Bool):
+        return to_edge_filter(node)
+    if isinstance(node, f.Match):
+        return qe.FieldCondition(node.key, match=qe.MatchValue(node.value))
+    if isinstance(node, f.MatchAny):
+        values: Any = list(node.values)
+        return qe.FieldCondition(node.key, match=qe.MatchAny(values))
+    if isinstance(node, f.Range):
+        rng = qe.RangeFloat(gt=node.gt, gte=node.gte, lt=node.lt, lte=node.lte)
+        return qe.FieldCondition(node.key, range=rng)
+    return qe.FieldCondition(node.key, match=qe.MatchText(node.text))
+
+
+def write_json_atomically(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, ensure_ascii=False, indent=1)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class EdgeStore:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self._dir = self.root / "collections"
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qdrant-edge")
+        self._shards: dict[str, qe.EdgeShard] = {}
+        self._schemas: dict[str, dict[str, Any]] = {}
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, *args)
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def open(self) -> None:
+        await self._run(self._open)
+
+    def _open(self) -> None:
+        self._dir.mkdir(parents=True, exist_ok=True)
+        for schema_file in sorted(self._dir.glob("*.json")):
+            name = schema_file.stem
+            schema = json.loads(schema_file.read_text(encoding="utf-8"))
+            self._shards[name] = qe.EdgeShard.load(str(self._dir / name))
+            self._schemas[name] = schema
+        for entry in self._dir.iterdir():
+            if entry.is_dir() and entry.name not in self._shards:
+                log.warning("removing a shard without schema", extra={"path": str(entry)})
+                shutil.rmtree(entry)
+            elif entry.name.endswith(".json.tmp"):
+                entry.unlink()
+        log.info(
+            "qdrant-edge opened", extra={"root": str(self.root), "collections": len(self._shards)}
+        )
+
+    async def close(self) -> None:
+        await self._run(self._close)
+        self._executor.shutdown(wait=True)
+
+    def _close(self) -> None:
+        for name, shard in list(self._shards.items()):
+            try:
+                shard.flush()
+                shard.close()
+            except Exception:
+                log.exception("closing shard %s failed", name)
+        self._shards.clear()
+
+    # -- collections --------------------------------------------------------------------
+
+    async def create_collection(self, layout: CollectionLayout, schema: dict[str, Any]) -> None:
+        await self._run(self._create, layout, schema)
+
+    def _create(self, layout: CollectionLayout, schema: dict[str, Any]) -> None:
+        if layout.name in self._shards:
+            raise AlreadyExists(
+                f"collection {layout.name!r} already exists", field="collection.name"
+            )
+        path = self._dir / layout.name
+        if path.exists():
+            shutil.rmtree(path)
+        dense = qe.EdgeVectorParams(size=layout.dimensions, distance=_DISTANCES[layout.distance])
+        sparse = (
+            {SPARSE: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)} if layout.sparse else None
+        )
+        config = qe.EdgeConfig(vectors={DENSE: dense}, sparse_vectors=sparse)
+        shard = qe.EdgeShard.create(str(path), config)
+        try:
+            write_json_atomically(self._dir / f"{layout.name}.json", schema)
+        except BaseException:
+            shard.close()
+            shutil.rmtree(path, ignore_errors=True)
+            raise
+        self._shards[layout.name] = shard
+        self._schemas[layout.name] = schema
+
+    async def delete_collection(self, name: str) -> bool:
+        return await self._run(self._delete_collection, name)
+
+    def _delete_collection(self, name: str) -> bool:
+        shard = self._shards.pop(name, None)
+        self._schemas.pop(name, None)
+        if shard is None:
+            return False
+        with contextlib.suppress(Exception):
+            shard.close()
+        (self._dir / f"{name}.json").unlink(missing_ok=True)
+        fsync_dir(self._dir)
+        shutil.rmtree(self._dir / name, ignore_errors=True)
+        return True
+
+    async def schemas(self) -> list[dict[str, Any]]:
+        return await self._run(lambda: list(self._schemas.values()))
+
+    def _shard(self, name: str) -> qe.EdgeShard:
+        shard = self._shards.get(name)
+        if shard is None:
+            raise NotFound(f"collection {name!r} not found", field="collection")
+        return shard
+
+    # -- points -------------------------------------------------------------------------
+
+    async def upsert(self, name: str, points: list[StoredPoint]) -> None:
+        await self._run(self._upsert, name, points)
+
+    def _upsert(self, name: str, points: list[StoredPoint]) -> None:
+        shard = self._shard(name)
+        edge_points = []
+        for point in points:
+            vectors: dict[str, Any] = {}
+            if point.dense is not None:
+                vectors[DENSE] = point.dense
+            if point.sparse is not None:
+                vectors[SPARSE] = qe.SparseVector(point.sparse.indices, point.sparse.values)
+            edge_points.append(qe.Point(point.id, vectors, point.payload))
+        shard.update(qe.UpdateOperation.upsert_points(edge_points))
+
+    async def retrieve(self, name: str, ids: list[str], with_vector: bool) -> list[FoundPoint]:
+        return await self._run(self._retrieve, name, ids, with_vector)
+
+    def _retrieve(self, name: str, ids: list[str], with_vector: bool) -> list[FoundPoint]:
+        records = self._shard(name).retrieve(
+            list(ids), with_payload=True, with_vector=[DENSE] if with_vector else False
+        )
+        return [_found(r.id, r.payload, 0.0, r.vector) for r in records]
+
+    async def delete_ids(self, name: str, ids: list[str]) -> int:
+        return await self._run(self._delete_ids, name, ids)
+
+    def _delete_ids(self, name: str, ids: list[str]) -> int:
+        shard = self._shard(name)
+        existing = shard.retrieve(list(ids), with_payload=False, with_vector=False)
+        if existing:
+            shard.update(qe.UpdateOperation.delete_points([r.id for r in existing]))
+        return len(existing)
+
+    async def delete_matching(self, name: str, where: f.Node) -> int:
+        return await self._run(self._delete_matching, name, where)
+
+    def _delete_matching(self, name: str, where: f.Node) -> int:
+        shard = self._shard(name)
+        edge_filter = to_edge_filter(where)
+        count = shard.count(qe.CountRequest(exact=True, filter=edge_filter))
+        if count:
+            assert edge_filter is not None
+            shard.update(qe.UpdateOperation.delete_points_by_filter(edge_filter))
+        return int(count)
+
+    async def count(self, name: str, where: f.Node | None) -> int:
+        return await self._run(self._count, name, where)
+
+    def _count(self, name: str, where: f.Node | None) -> int:
+        request = qe.CountRequest(exact=True, filter=to_edge_filter(where))
+        return int(self._shard(name).count(request))
+
+    async def query_dense(
+        self,
+        name: str,
+        vector: list[float],
+        where: f.Node | None,
+        limit: int,
+        offset: int,
+        with_vector: bool,
+    ) -> list[FoundPoint]:
+        query = qe.Query.Nearest(list(vector), using=DENSE)
+        return await self._run(self._query, name, query, where, limit, offset, with_vector)
+
+    async def query_sparse(
+        self,
+        name: str,
+        vector: SparseVector,
+        where: f.Node | None,
+        limit: int,
+        offset: int,
+        with_vector: bool,
+    ) -> list[FoundPoint]:
+        query = qe.Query.Nearest(qe.SparseVector(vector.indices, vector.values), using=SPARSE)
+        return await self._run(self._query, name, query, where, limit, offset, with_vector)
+
+    def _query(
+        self,
+        name: str,
+        query: Any,
+        where: f.Node | None,
+        limit: int,
+        offset: int,
+        with_vector: bool,
+    ) -> list[FoundPoint]:
+        request = qe.QueryRequest(
+            limit=limit,
+            offset=offset,
+            query=query,
+            filter=to_edge_filter(where),
+            with_payload=True,
+            with_vector=[DENSE] if with_vector else False,
+        )
+        return [
+            _found(p.id, p.payload, p.score, p.vector) for p in self._shard(name).query(request)
+        ]
+
+    def query_now(self, name: str, vector: list[float], limit: int) -> list[FoundPoint]:
+        """A dense query on the calling thread (benchmarks time the bare engine with it)."""
+        query = qe.Query.Nearest(list(vector), using=DENSE)
+        return self._query(name, query, None, limit, 0, False)
+
+    async def optimize(self, name: str) -> None:
+        await self._run(self._optimize, name)
+
+    def _optimize(self, name: str) -> None:
+        shard = self._shard(name)
+        shard.optimize()
+        shard.flush()
+
+
+def _found(point_id: Any, payload: Any, score: float, vector: Any) -> FoundPoint:
+    dense = vector.get(DENSE) if isinstance(vector, dict) else None
+    return FoundPoint(id=str(point_id), payload=payload or {}, score=float(score), dense=dense)

@@ -1,0 +1,211 @@
+"""Our ``Filter`` (a tree of conditions on properties) checked against the schema and turned
+into a small engine-neutral tree, which each storage adapter maps to its Qdrant models.
+
+Semantics follow Qdrant's: a condition on an array property holds when one element matches
+(so EQUAL on a text array means "contains"); NOT_EQUAL holds when no element equals the value,
+and also when the property is absent. Numbers are compared as floats, dates by their UTC
+timestamp, and TEXT_MATCH needs every word of the value in the property (case-insensitive).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
+from google.protobuf import json_format
+
+from services.common.errors import InvalidArgument
+from services.retrieval.schema import ObjectInvalid, parse_date
+
+MAX_DEPTH = 8
+MAX_CONDITIONS = 256
+MAX_LIST = 1024
+
+Scalar = str | int | bool
+
+
+@dataclass(frozen=True)
+class Match:
+    key: str
+    value: Scalar
+
+
+@dataclass(frozen=True)
+class MatchAny:
+    key: str
+    values: tuple[str, ...] | tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Range:
+    key: str
+    gt: float | None = None
+    gte: float | None = None
+    lt: float | None = None
+    lte: float | None = None
+
+
+@dataclass(frozen=True)
+class Text:
+    key: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Bool:
+    must: tuple[Node, ...] = ()
+    should: tuple[Node, ...] = ()
+    must_not: tuple[Node, ...] = ()
+
+
+Node = Match | MatchAny | Range | Text | Bool
+
+_RANGE_OPS = {
+    pb.OPERATOR_LESS_THAN: "lt",
+    pb.OPERATOR_LESS_THAN_EQUAL: "lte",
+    pb.OPERATOR_GREATER_THAN: "gt",
+    pb.OPERATOR_GREATER_THAN_EQUAL: "gte",
+}
+
+
+def build_filter(message: pb.Filter, types: dict[str, int], field: str = "filter") -> Node:
+    """Validate ``message`` against the property ``types``; errors name the offending field."""
+    counter = [0]
+    return _node(message, types, field, 0, counter)
+
+
+def _node(message: pb.Filter, types: dict[str, int], field: str, depth: int, n: list[int]) -> Node:
+    if depth > MAX_DEPTH:
+        raise InvalidArgument(f"{field}: filters nest at most {MAX_DEPTH} deep", field=field)
+    kind = message.WhichOneof("filter")
+    if kind is None:
+        raise InvalidArgument(
+            f"{field} is empty: set condition, all_of, any_of or none_of", field=field
+        )
+    if kind == "condition":
+        n[0] += 1
+        if n[0] > MAX_CONDITIONS:
+            raise InvalidArgument(
+                f"a filter holds at most {MAX_CONDITIONS} conditions", field=field
+            )
+        return _condition(message.condition, types, f"{field}.condition")
+    group: pb.FilterGroup = getattr(message, kind)
+    where = f"{field}.{kind}.filters"
+    if not group.filters:
+        raise InvalidArgument(f"{where} must not be empty", field=where)
+    children = tuple(
+        _node(child, types, f"{where}[{i}]", depth + 1, n) for i, child in enumerate(group.filters)
+    )
+    if kind == "all_of":
+        return Bool(must=children)
+    if kind == "any_of":
+        return Bool(should=children)
+    return Bool(must_not=children)
+
+
+def _condition(cond: pb.Condition, types: dict[str, int], field: str) -> Node:
+    name = cond.property
+    if not name:
+        raise InvalidArgument(f"{field}.property is required", field=f"{field}.property")
+    data_type = types.get(name)
+    if data_type is None:
+        raise InvalidArgument(
+            f"{field}.property: no property {name[:64]!r} in this collection",
+            field=f"{field}.property",
+            reason="UNKNOWN_PROPERTY",
+        )
+    op = cond.operator
+    value_field = f"{field}.value"
+    if not cond.HasField("value"):
+        raise InvalidArgument(f"{value_field} is required", field=value_field)
+    value = json_format.MessageToDict(cond.value)
+    is_date = data_type == pb.DATA_TYPE_DATE
+
+    if op in (pb.OPERATOR_EQUAL, pb.OPERATOR_NOT_EQUAL):
+        leaf = _equal(name, data_type, _scalar(data_type, value, value_field))
+        return leaf if op == pb.OPERATOR_EQUAL else Bool(must_not=(leaf,))
+    if op in _RANGE_OPS:
+        if data_type not in (pb.DATA_TYPE_INT, pb.DATA_TYPE_NUMBER, pb.DATA_TYPE_DATE):
+            raise InvalidArgument(
+                f"{field}.operator: {name!r} is not a number or date, so it has no order",
+                field=f"{field}.operator",
+            )
+        bound = _scalar(data_type, value, value_field)
+        key = f"ts.{name}" if is_date else f"p.{name}"
+        return Range(key=key, **{_RANGE_OPS[op]: float(bound)})  # type: ignore[arg-type]
+    if op in (pb.OPERATOR_CONTAINS_ANY, pb.OPERATOR_CONTAINS_ALL):
+        if op == pb.OPERATOR_CONTAINS_ALL and data_type != pb.DATA_TYPE_TEXT_ARRAY:
+            raise InvalidArgument(
+                f"{field}.operator: CONTAINS_ALL needs a text array property",
+                field=f"{field}.operator",
+            )
+        if not isinstance(value, list) or not value:
+            raise InvalidArgument(f"{value_field} must be a non-empty list", field=value_field)
+        if len(value) > MAX_LIST:
+            raise InvalidArgument(
+                f"{value_field} holds more than {MAX_LIST} values", field=value_field
+            )
+        items = [_scalar(data_type, v, f"{value_field}[{i}]") for i, v in enumerate(value)]
+        if op == pb.OPERATOR_CONTAINS_ALL:
+            return Bool(must=tuple(_equal(name, data_type, v) for v in items))
+        if data_type in (pb.DATA_TYPE_TEXT, pb.DATA_TYPE_TEXT_ARRAY):
+            return MatchAny(key=f"p.{name}", values=tuple(str(v) for v in items))
+        if data_type == pb.DATA_TYPE_INT:
+            return MatchAny(key=f"p.{name}", values=tuple(int(v) for v in items))
+        return Bool(should=tuple(_equal(name, data_type, v) for v in items))
+    if op == pb.OPERATOR_TEXT_MATCH:
+        if data_type not in (pb.DATA_TYPE_TEXT, pb.DATA_TYPE_TEXT_ARRAY):
+            raise InvalidArgument(
+                f"{field}.operator: TEXT_MATCH needs a text property", field=f"{field}.operator"
+            )
+        if not isinstance(value, str) or not any(ch.isalnum() for ch in value):
+            raise InvalidArgument(f"{value_field} must be a string with words", field=value_field)
+        return Text(key=f"p.{name}", text=value)
+    raise InvalidArgument(f"{field}.operator is required", field=f"{field}.operator")
+
+
+def _equal(name: str, data_type: int, value: Any) -> Node:
+    if data_type == pb.DATA_TYPE_DATE:
+        return Range(key=f"ts.{name}", gte=value, lte=value)
+    if data_type == pb.DATA_TYPE_NUMBER:
+        # Qdrant's exact match takes no floats; a closed interval of one point does.
+        return Range(key=f"p.{name}", gte=value, lte=value)
+    if data_type == pb.DATA_TYPE_BOOL:
+        return Match(key=f"b.{name}", value=int(value))
+    return Match(key=f"p.{name}", value=value)
+
+
+def _scalar(data_type: int, value: Any, field: str) -> Any:
+    """One value of the property's (element) type; dates become epoch seconds."""
+    ok: Any = None
+    if data_type in (pb.DATA_TYPE_TEXT, pb.DATA_TYPE_TEXT_ARRAY):
+        ok = value if isinstance(value, str) else None
+        expected = "a string"
+    elif data_type == pb.DATA_TYPE_INT:
+        is_int = _is_number(value) and float(value).is_integer() and abs(value) < 2**63
+        ok = int(value) if is_int else None
+        expected = "an integer"
+    elif data_type == pb.DATA_TYPE_NUMBER:
+        ok = float(value) if _is_number(value) and math.isfinite(value) else None
+        expected = "a number"
+    elif data_type == pb.DATA_TYPE_BOOL:
+        ok = value if isinstance(value, bool) else None
+        expected = "a bool"
+    else:
+        expected = "an RFC 3339 date-time string"
+        if isinstance(value, str):
+            try:
+                ok = parse_date(value, field).timestamp()
+            except ObjectInvalid:
+                ok = None
+    if ok is None:
+        raise InvalidArgument(
+            f"{field} must be {expected} for this property", field=field, reason="WRONG_TYPE"
+        )
+    return ok
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)

@@ -1,0 +1,367 @@
+"""Collection schemas: validating a new collection and checking objects against it."""
+
+from __future__ import annotations
+
+import math
+import re
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
+from google.protobuf import json_format
+
+from services.common.errors import InvalidArgument
+
+COLLECTION_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,62}")
+PROPERTY_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+MAX_PROPERTIES = 256
+MAX_DIMENSIONS = 65_536
+MAX_DESCRIPTION = 4096
+MAX_PROMPT = 32_768
+TEXT_TYPES = (pb.DATA_TYPE_TEXT, pb.DATA_TYPE_TEXT_ARRAY)
+TYPE_NAMES: dict[int, str] = {
+    pb.DATA_TYPE_TEXT: "text",
+    pb.DATA_TYPE_TEXT_ARRAY: "text array",
+    pb.DATA_TYPE_INT: "int",
+    pb.DATA_TYPE_NUMBER: "number",
+    pb.DATA_TYPE_BOOL: "bool",
+    pb.DATA_TYPE_DATE: "date",
+}
+DISTANCES: dict[int, str] = {
+    pb.DISTANCE_COSINE: "cosine",
+    pb.DISTANCE_DOT: "dot",
+    pb.DISTANCE_EUCLID: "euclid",
+}
+INT64 = 2**63
+OPENAI_DEFAULT_MODEL = "text-embedding-3-small"
+
+
+def check_collection_name(name: str, field: str) -> str:
+    if not name:
+        raise InvalidArgument(f"{field} is required", field=field)
+    if not COLLECTION_NAME.fullmatch(name):
+        raise InvalidArgument(
+            f"{field} must match [A-Za-z][A-Za-z0-9_-]{{0,62}}", field=field, reason="BAD_NAME"
+        )
+    return name
+
+
+def validate_new_collection(
+    collection: pb.Collection, *, local_model_name: str, local_dimensions: int | None
+) -> pb.Collection:
+    """A normalized copy of ``collection`` with every default filled in.
+
+    ``local_dimensions`` is the local model's vector size (needed only for LOCAL).
+    """
+    out = pb.Collection()
+    out.CopyFrom(collection)
+    out.ClearField("create_time")
+    check_collection_name(out.name, "collection.name")
+    if len(out.description) > MAX_DESCRIPTION:
+        raise InvalidArgument(
+            f"collection.description is longer than {MAX_DESCRIPTION} characters",
+            field="collection.description",
+        )
+    if len(out.properties) > MAX_PROPERTIES:
+        raise InvalidArgument(
+            f"a collection has at most {MAX_PROPERTIES} properties", field="collection.properties"
+        )
+    types: dict[str, int] = {}
+    for i, prop in enumerate(out.properties):
+        where = f"collection.properties[{i}]"
+        if not PROPERTY_NAME.fullmatch(prop.name):
+            raise InvalidArgument(
+                f"{where}.name must match [A-Za-z_][A-Za-z0-9_]{{0,63}}",
+                field=f"{where}.name",
+                reason="BAD_NAME",
+            )
+        if prop.name in types:
+            raise InvalidArgument(
+                f"property {prop.name!r} is declared twice", field=f"{where}.name"
+            )
+        if prop.data_type not in TYPE_NAMES:
+            raise InvalidArgument(f"{where}.data_type is required", field=f"{where}.data_type")
+        if len(prop.description) > MAX_DESCRIPTION:
+            raise InvalidArgument(f"{where}.description is too long", field=f"{where}.description")
+        types[prop.name] = prop.data_type
+    _validate_vectorizer(out.vectorizer, types, local_model_name, local_dimensions)
+    if not out.HasField("keyword_index"):
+        out.keyword_index = True
+    _validate_generative(out.generative, types)
+    return out
+
+
+def _validate_vectorizer(
+    vec: pb.Vectorizer, types: dict[str, int], local_model_name: str, local_dimensions: int | None
+) -> None:
+    where = "collection.vectorizer"
+    if vec.kind == pb.VECTORIZER_KIND_UNSPECIFIED:
+        vec.kind = pb.VECTORIZER_KIND_LOCAL
+    if vec.distance == pb.DISTANCE_UNSPECIFIED:
+        vec.distance = pb.DISTANCE_COSINE
+    if vec.distance not in DISTANCES:
+        raise InvalidArgument(f"{where}.distance is unknown", field=f"{where}.distance")
+    if vec.dimensions < 0 or vec.dimensions > MAX_DIMENSIONS:
+        raise InvalidArgument(
+            f"{where}.dimensions must be in 1..{MAX_DIMENSIONS}", field=f"{where}.dimensions"
+        )
+    if vec.kind == pb.VECTORIZER_KIND_LOCAL:
+        if vec.model and vec.model != local_model_name:
+            raise InvalidArgument(
+                f"{where}.model: the local vectorizer serves {local_model_name!r} only",
+                field=f"{where}.model",
+            )
+        vec.model = local_model_name
+        assert local_dimensions is not None
+        if vec.dimensions and vec.dimensions != local_dimensions:
+            raise InvalidArgument(
+                f"{where}.dimensions: {local_model_name} makes {local_dimensions}-dimensional "
+                "vectors",
+                field=f"{where}.dimensions",
+            )
+        vec.dimensions = local_dimensions
+    elif vec.kind == pb.VECTORIZER_KIND_OPENAI_COMPATIBLE:
+        if not vec.base_url.startswith(("http://", "https://")):
+            raise InvalidArgument(
+                f"{where}.base_url must be an http(s) URL", field=f"{where}.base_url"
+            )
+        if vec.api_key_env and not ENV_NAME.fullmatch(vec.api_key_env):
+            raise InvalidArgument(
+                f"{where}.api_key_env must name an environment variable",
+                field=f"{where}.api_key_env",
+            )
+        vec.model = vec.model or OPENAI_DEFAULT_MODEL
+        if not vec.dimensions:
+            raise InvalidArgument(
+                f"{where}.dimensions is required for an OpenAI-compatible vectorizer",
+                field=f"{where}.dimensions",
+            )
+    elif vec.kind == pb.VECTORIZER_KIND_NONE:
+        if not vec.dimensions:
+            raise InvalidArgument(
+                f"{where}.dimensions is required when callers supply vectors",
+                field=f"{where}.dimensions",
+            )
+        if vec.source_properties:
+            raise InvalidArgument(
+                f"{where}.source_properties needs a vectorizer", field=f"{where}.source_properties"
+            )
+    else:
+        raise InvalidArgument(f"{where}.kind is unknown", field=f"{where}.kind")
+    for i, name in enumerate(vec.source_properties):
+        if types.get(name) not in TEXT_TYPES:
+            raise InvalidArgument(
+                f"{where}.source_properties[{i}]: {name!r} is not a text property",
+                field=f"{where}.source_properties[{i}]",
+            )
+
+
+def _validate_generative(gen: pb.GenerativeConfig, types: dict[str, int]) -> None:
+    where = "collection.generative"
+    if gen.HasField("temperature") and not (0.0 <= gen.temperature <= 2.0):
+        raise InvalidArgument(
+            f"{where}.temperature must be in [0, 2]", field=f"{where}.temperature"
+        )
+    if gen.HasField("max_tokens") and gen.max_tokens <= 0:
+        raise InvalidArgument(f"{where}.max_tokens must be positive", field=f"{where}.max_tokens")
+    for name in ("system_prompt", "user_instructions"):
+        if len(getattr(gen, name)) > MAX_PROMPT:
+            raise InvalidArgument(f"{where}.{name} is too long", field=f"{where}.{name}")
+    for i, name in enumerate(gen.context_fields):
+        if name not in types:
+            raise InvalidArgument(
+                f"{where}.context_fields[{i}]: no property {name!r}",
+                field=f"{where}.context_fields[{i}]",
+            )
+
+
+@dataclass
+class Schema:
+    """A stored collection with quick lookups."""
+
+    collection: pb.Collection
+    types: dict[str, int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.types = {p.name: p.data_type for p in self.collection.properties}
+
+    @property
+    def name(self) -> str:
+        return self.collection.name
+
+    @property
+    def kind(self) -> int:
+        return self.collection.vectorizer.kind
+
+    @property
+    def dimensions(self) -> int:
+        return self.collection.vectorizer.dimensions
+
+    @property
+    def distance(self) -> str:
+        return DISTANCES[self.collection.vectorizer.distance]
+
+    @property
+    def keyword(self) -> bool:
+        return self.collection.keyword_index
+
+    @property
+    def embeds(self) -> bool:
+        return self.kind != pb.VECTORIZER_KIND_NONE
+
+    def text_properties(self) -> list[str]:
+        return [name for name, t in self.types.items() if t in TEXT_TYPES]
+
+    def source_properties(self) -> list[str]:
+        return list(self.collection.vectorizer.source_properties) or self.text_properties()
+
+    def to_json(self) -> dict[str, Any]:
+        return json_format.MessageToDict(self.collection, preserving_proto_field_name=True)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Schema:
+        collection = pb.Collection()
+        json_format.ParseDict(data, collection, ignore_unknown_fields=True)
+        return cls(collection)
+
+
+@dataclass
+class PreparedObject:
+    """An object that passed validation, ready to embed and store."""
+
+    index: int
+    id: str
+    payload: dict[str, Any]
+    vector: list[float] | None
+
+
+class ObjectInvalid(Exception):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+def check_uuid(value: str, field: str) -> str:
+    """The canonical (lower-case, hyphenated) form of a UUID string."""
+    try:
+        return str(uuid.UUID(value))
+    except (ValueError, AttributeError, TypeError):
+        raise InvalidArgument(
+            f"{field} must be a UUID, got {value[:80]!r}", field=field, reason="BAD_UUID"
+        ) from None
+
+
+def check_vector(vector: list[float], dimensions: int, field: str) -> list[float]:
+    if len(vector) != dimensions:
+        raise InvalidArgument(
+            f"{field} has {len(vector)} dimensions, the collection expects {dimensions}",
+            field=field,
+            reason="DIMENSION_MISMATCH",
+        )
+    if not all(math.isfinite(x) for x in vector):
+        raise InvalidArgument(f"{field} holds NaN or infinity", field=field)
+    return list(vector)
+
+
+def prepare_object(schema: Schema, index: int, obj: pb.DataObject) -> PreparedObject:
+    """Check one object against the schema; raises ObjectInvalid naming the field relative to
+    the object (``properties.year``, ``vector``), as ``ObjectError.field`` reports it."""
+    if obj.id:
+        try:
+            object_id = str(uuid.UUID(obj.id))
+        except ValueError:
+            raise ObjectInvalid("id", f"not a UUID: {obj.id[:80]!r}") from None
+    else:
+        object_id = str(uuid.uuid4())
+    vector: list[float] | None = None
+    if len(obj.vector):
+        try:
+            vector = check_vector(list(obj.vector), schema.dimensions, "vector")
+        except InvalidArgument as err:
+            raise ObjectInvalid("vector", err.message) from None
+    elif not schema.embeds:
+        raise ObjectInvalid("vector", "required: the collection has no vectorizer")
+    props: dict[str, Any] = {}
+    stamps: dict[str, float] = {}
+    # qdrant-edge 0.9 matches MatchValue(True) against the integer 1 and never against a
+    # stored JSON true, so bools are filtered through a 0/1 copy (both adapters alike).
+    flags: dict[str, int] = {}
+    raw = json_format.MessageToDict(obj.properties) if obj.HasField("properties") else {}
+    for name, value in raw.items():
+        path = f"properties.{name}"
+        data_type = schema.types.get(name)
+        if data_type is None:
+            raise ObjectInvalid(path, f"unknown property {name!r}")
+        if value is None:
+            continue
+        props[name] = coerce_value(data_type, value, path)
+        if data_type == pb.DATA_TYPE_DATE:
+            stamps[name] = parse_date(props[name], path).timestamp()
+        elif data_type == pb.DATA_TYPE_BOOL:
+            flags[name] = int(props[name])
+    payload: dict[str, Any] = {"p": props}
+    if stamps:
+        payload["ts"] = stamps
+    if flags:
+        payload["b"] = flags
+    return PreparedObject(index=index, id=object_id, payload=payload, vector=vector)
+
+
+def coerce_value(data_type: int, value: Any, path: str) -> Any:
+    """``value`` (decoded from a protobuf Value) as stored for ``data_type``."""
+    expected = TYPE_NAMES[data_type]
+    if data_type == pb.DATA_TYPE_TEXT:
+        if isinstance(value, str):
+            return value
+    elif data_type == pb.DATA_TYPE_TEXT_ARRAY:
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return value
+    elif data_type == pb.DATA_TYPE_INT:
+        if _is_number(value) and float(value).is_integer() and abs(value) < INT64:
+            return int(value)
+    elif data_type == pb.DATA_TYPE_NUMBER:
+        if _is_number(value) and math.isfinite(value):
+            return float(value)
+    elif data_type == pb.DATA_TYPE_BOOL:
+        if isinstance(value, bool):
+            return value
+    elif data_type == pb.DATA_TYPE_DATE and isinstance(value, str):
+        return format_date(parse_date(value, path))
+    raise ObjectInvalid(path, f"expected {expected}, got {_describe(value)}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a bool"
+    if isinstance(value, int | float):
+        return f"the number {value!r}"
+    if isinstance(value, str):
+        return f"the string {value[:40]!r}"
+    if isinstance(value, list):
+        return "a list"
+    return "an object"
+
+
+def parse_date(value: str, path: str) -> datetime:
+    """An RFC 3339 timestamp with a time zone offset (``Z`` or ``+hh:mm``)."""
+    try:
+        parsed = datetime.fromisoformat(value) if "T" in value.upper() else None
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.tzinfo is None:
+        raise ObjectInvalid(path, f"expected an RFC 3339 date-time with offset, got {value[:40]!r}")
+    return parsed
+
+
+def format_date(value: datetime) -> str:
+    """Dates are stored in UTC, RFC 3339, so equal instants compare equal as strings."""
+    text = value.astimezone(UTC).isoformat()
+    return text.replace("+00:00", "Z")

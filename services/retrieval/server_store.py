@@ -1,0 +1,246 @@
+"""``VectorStore`` on a Qdrant server through ``AsyncQdrantClient``.
+
+Each collection is a Qdrant collection of the same name; its schema travels in the
+collection's ``metadata`` (key ``gensearch_schema``), so every retrieval replica pointed at
+the server sees the same collections and the schema dies with the data. Qdrant collections
+without that key are not ours and are ignored. Writes wait for the server's acknowledgement
+(``wait=True``): acknowledged means in Qdrant's WAL. ``AsyncQdrantClient(":memory:")`` (the
+client's in-process engine) runs the same code in tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+from qdrant_client import AsyncQdrantClient, models
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+from services.common.errors import AlreadyExists, NotFound, Unavailable
+from services.retrieval import filters as f
+from services.retrieval.store import (
+    DENSE,
+    SPARSE,
+    CollectionLayout,
+    FoundPoint,
+    SparseVector,
+    StoredPoint,
+)
+
+log = logging.getLogger("gensearch.retrieval.qdrant")
+SCHEMA_KEY = "gensearch_schema"
+
+_DISTANCES = {
+    "cosine": models.Distance.COSINE,
+    "dot": models.Distance.DOT,
+    "euclid": models.Distance.EUCLID,
+}
+
+
+def to_qdrant_filter(node: f.Node | None) -> models.Filter | None:
+    if node is None:
+        return None
+    if isinstance(node, f.Bool):
+        return models.Filter(
+            must=[_condition(n) for n in node.must] or None,
+            should=[_condition(n) for n in node.should] or None,
+            must_not=[_condition(n) for n in node.must_not] or None,
+        )
+    return models.Filter(must=[_condition(node)])
+
+
+def _condition(node: f.Node) -> Any:
+    if isinstance(node, f.Bool):
+        return to_qdrant_filter(node)
+    if isinstance(node, f.Match):
+        return models.FieldCondition(key=node.key, match=models.MatchValue(value=node.value))
+    if isinstance(node, f.MatchAny):
+        values: Any = list(node.values)
+        return models.FieldCondition(key=node.key, match=models.MatchAny(any=values))
+    if isinstance(node, f.Range):
+        rng = models.Range(gt=node.gt, gte=node.gte, lt=node.lt, lte=node.lte)
+        return models.FieldCondition(key=node.key, range=rng)
+    return models.FieldCondition(key=node.key, match=models.MatchText(text=node.text))
+
+
+@contextlib.contextmanager
+def _guard(name: str | None = None) -> Iterator[None]:
+    """Engine failures as statuses: a missing collection, or a server we cannot reach."""
+    try:
+        yield
+    except UnexpectedResponse as err:
+        if err.status_code == 404 and name is not None:
+            raise NotFound(f"collection {name!r} not found", field="collection") from None
+        raise Unavailable(
+            f"Qdrant answered HTTP {err.status_code}", reason="QDRANT_ERROR"
+        ) from None
+    except (ResponseHandlingException, httpx.HTTPError, ConnectionError, TimeoutError) as err:
+        raise Unavailable(
+            f"Qdrant is unreachable ({type(err).__name__})", reason="QDRANT_UNAVAILABLE"
+        ) from None
+    except ValueError as err:
+        # The in-process engine reports a missing collection this way.
+        if name is not None and "not found" in str(err):
+            raise NotFound(f"collection {name!r} not found", field="collection") from None
+        raise
+
+
+class ServerStore:
+    def __init__(self, client: AsyncQdrantClient) -> None:
+        self.client = client
+
+    async def open(self) -> None:
+        with _guard():
+            await self.client.get_collections()
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    async def create_collection(self, layout: CollectionLayout, schema: dict[str, Any]) -> None:
+        with _guard():
+            if await self.client.collection_exists(layout.name):
+                raise AlreadyExists(
+                    f"collection {layout.name!r} already exists", field="collection.name"
+                )
+            sparse = (
+                {SPARSE: models.SparseVectorParams(modifier=models.Modifier.IDF)}
+                if layout.sparse
+                else None
+            )
+            await self.client.create_collection(
+                layout.name,
+                vectors_config={
+                    DENSE: models.VectorParams(
+                        size=layout.dimensions, distance=_DISTANCES[layout.distance]
+                    )
+                },
+                sparse_vectors_config=sparse,
+                metadata={SCHEMA_KEY: schema},
+            )
+
+    async def delete_collection(self, name: str) -> bool:
+        with _guard(name):
+            if not await self.client.collection_exists(name):
+                return False
+            return bool(await self.client.delete_collection(name))
+
+    async def schemas(self) -> list[dict[str, Any]]:
+        out = []
+        with _guard():
+            for description in (await self.client.get_collections()).collections:
+                info = await self.client.get_collection(description.name)
+                schema = (info.config.metadata or {}).get(SCHEMA_KEY)
+                if isinstance(schema, dict):
+                    out.append(schema)
+        return out
+
+    async def upsert(self, name: str, points: list[StoredPoint]) -> None:
+        structs = []
+        for point in points:
+            vectors: dict[str, Any] = {}
+            if point.dense is not None:
+                vectors[DENSE] = point.dense
+            if point.sparse is not None:
+                vectors[SPARSE] = models.SparseVector(
+                    indices=point.sparse.indices, values=point.sparse.values
+                )
+            structs.append(models.PointStruct(id=point.id, vector=vectors, payload=point.payload))
+        with _guard(name):
+            await self.client.upsert(name, points=structs, wait=True)
+
+    async def retrieve(self, name: str, ids: list[str], with_vector: bool) -> list[FoundPoint]:
+        with _guard(name):
+            records = await self.client.retrieve(
+                name,
+                ids=list(ids),
+                with_payload=True,
+                with_vectors=[DENSE] if with_vector else False,
+            )
+        return [_found(r.id, r.payload, 0.0, r.vector) for r in records]
+
+    async def delete_ids(self, name: str, ids: list[str]) -> int:
+        with _guard(name):
+            existing = await self.client.retrieve(
+                name, ids=list(ids), with_payload=False, with_vectors=False
+            )
+            if existing:
+                await self.client.delete(
+                    name,
+                    points_selector=models.PointIdsList(points=[r.id for r in existing]),
+                    wait=True,
+                )
+        return len(existing)
+
+    async def delete_matching(self, name: str, where: f.Node) -> int:
+        selector = to_qdrant_filter(where)
+        assert selector is not None
+        with _guard(name):
+            count = (await self.client.count(name, count_filter=selector, exact=True)).count
+            if count:
+                await self.client.delete(
+                    name, points_selector=models.FilterSelector(filter=selector), wait=True
+                )
+        return int(count)
+
+    async def count(self, name: str, where: f.Node | None) -> int:
+        with _guard(name):
+            result = await self.client.count(name, count_filter=to_qdrant_filter(where), exact=True)
+        return int(result.count)
+
+    async def query_dense(
+        self,
+        name: str,
+        vector: list[float],
+        where: f.Node | None,
+        limit: int,
+        offset: int,
+        with_vector: bool,
+    ) -> list[FoundPoint]:
+        return await self._query(name, list(vector), DENSE, where, limit, offset, with_vector)
+
+    async def query_sparse(
+        self,
+        name: str,
+        vector: SparseVector,
+        where: f.Node | None,
+        limit: int,
+        offset: int,
+        with_vector: bool,
+    ) -> list[FoundPoint]:
+        query = models.SparseVector(indices=vector.indices, values=vector.values)
+        return await self._query(name, query, SPARSE, where, limit, offset, with_vector)
+
+    async def _query(
+        self,
+        name: str,
+        query: Any,
+        using: str,
+        where: f.Node | None,
+        limit: int,
+        offset: int,
+        with_vector: bool,
+    ) -> list[FoundPoint]:
+        with _guard(name):
+            response = await self.client.query_points(
+                name,
+                query=query,
+                using=using,
+                query_filter=to_qdrant_filter(where),
+                limit=limit,
+                offset=offset or None,
+                with_payload=True,
+                with_vectors=[DENSE] if with_vector else False,
+            )
+        return [_found(p.id, p.payload, p.score, p.vector) for p in response.points]
+
+    async def optimize(self, name: str) -> None:
+        # A Qdrant server optimizes in the background on its own.
+        return None
+
+
+def _found(point_id: Any, payload: Any, score: float, vector: Any) -> FoundPoint:
+    dense = vector.get(DENSE) if isinstance(vector, dict) else None
+    return FoundPoint(id=str(point_id), payload=payload or {}, score=float(score), dense=dense)

@@ -1,0 +1,245 @@
+"""The gRPC face of the retrieval service: validate the request, call the domain, answer."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
+from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as pb_grpc
+from google.protobuf import struct_pb2
+
+from services.common.errors import InvalidArgument, NotFound, ServiceError
+from services.retrieval.catalog import Catalog
+from services.retrieval.embedders import Embedders
+from services.retrieval.filters import Node, build_filter
+from services.retrieval.ingest import write_batch
+from services.retrieval.schema import Schema, check_uuid
+from services.retrieval.search import Page, Searcher
+from services.retrieval.settings import RetrievalSettings
+from services.retrieval.store import PROPS, FoundPoint, VectorStore
+
+DEFAULT_LIMIT = 10
+
+
+class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
+    def __init__(
+        self,
+        settings: RetrievalSettings,
+        store: VectorStore,
+        catalog: Catalog,
+        embedders: Embedders,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._catalog = catalog
+        self._embedders = embedders
+        self._searcher = Searcher(
+            store, embedders, candidates=settings.hybrid_candidates, rrf_k=settings.rrf_k
+        )
+
+    # -- collections ----------------------------------------------------------------------
+
+    async def CreateCollection(
+        self, request: pb.CreateCollectionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateCollectionResponse:
+        if not request.HasField("collection"):
+            raise InvalidArgument("collection is required", field="collection")
+        schema = await self._catalog.create(request.collection)
+        return pb.CreateCollectionResponse(collection=schema.collection)
+
+    async def GetCollection(
+        self, request: pb.GetCollectionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetCollectionResponse:
+        schema = await self._catalog.get(request.name, field="name")
+        count = await self._store.count(schema.name, None)
+        return pb.GetCollectionResponse(collection=schema.collection, object_count=count)
+
+    async def ListCollections(
+        self, request: pb.ListCollectionsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListCollectionsResponse:
+        schemas, token = await self._catalog.page(request.page_size, request.page_token)
+        return pb.ListCollectionsResponse(
+            collections=[s.collection for s in schemas], next_page_token=token
+        )
+
+    async def DeleteCollection(
+        self, request: pb.DeleteCollectionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteCollectionResponse:
+        await self._catalog.delete(request.name)
+        return pb.DeleteCollectionResponse()
+
+    # -- objects --------------------------------------------------------------------------
+
+    async def UpsertObjects(
+        self, request: pb.UpsertObjectsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UpsertObjectsResponse:
+        schema = await self._catalog.get(request.collection)
+        self._check_batch(len(request.objects))
+        result = await self._write(schema, request.objects, 0)
+        return pb.UpsertObjectsResponse(ids=result.ids, errors=result.errors)
+
+    async def ImportObjects(
+        self,
+        request_iterator: AsyncIterator[pb.ImportObjectsRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> pb.ImportObjectsResponse:
+        schema: Schema | None = None
+        received = imported = 0
+        errors: list[pb.ObjectError] = []
+        message_no = 0
+        async for message in request_iterator:
+            try:
+                if schema is None:
+                    if not message.collection:
+                        raise InvalidArgument(
+                            "the first message must name the collection", field="collection"
+                        )
+                    schema = await self._catalog.get(message.collection)
+                elif message.collection and message.collection != schema.name:
+                    raise InvalidArgument(
+                        "every message must name the same collection (or none)",
+                        field="collection",
+                    )
+                self._check_batch(len(message.objects), message_no)
+                result = await self._write(schema, message.objects, received)
+            except ServiceError as err:
+                # Earlier messages are stored; say so, so the client knows where to resume.
+                err.metadata.update(
+                    {"received_count": str(received), "imported_count": str(imported)}
+                )
+                err.message += f" (message {message_no}; {imported} objects imported before it)"
+                raise
+            received += len(message.objects)
+            imported += len(result.ids)
+            errors.extend(result.errors)
+            message_no += 1
+        if schema is None:
+            raise InvalidArgument("the stream carried no message", field="collection")
+        if imported:
+            await self._store.optimize(schema.name)
+        return pb.ImportObjectsResponse(
+            received_count=received, imported_count=imported, errors=errors
+        )
+
+    async def _write(self, schema: Schema, objects: Any, first_index: int) -> Any:
+        try:
+            return await write_batch(
+                schema, objects, self._store, self._embedders, first_index=first_index
+            )
+        except NotFound:
+            self._catalog.forget(schema.name)
+            raise
+
+    def _check_batch(
+        self, size: int, message_no: int | None = None, field: str = "objects"
+    ) -> None:
+        limit = self._settings.max_batch_size
+        if size > limit:
+            where = "" if message_no is None else f" in message {message_no}"
+            raise InvalidArgument(
+                f"{field} holds {size} entries{where}, more than the limit of {limit}; "
+                "nothing of it was written: split it into smaller batches",
+                field=field,
+                reason="BATCH_TOO_LARGE",
+            )
+
+    async def GetObject(
+        self, request: pb.GetObjectRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetObjectResponse:
+        schema = await self._catalog.get(request.collection)
+        object_id = check_uuid(request.id, "id")
+        found = await self._store.retrieve(schema.name, [object_id], request.include_vector)
+        if not found:
+            raise NotFound(f"object {object_id} not found in {schema.name!r}", field="id")
+        point = found[0]
+        obj = pb.DataObject(id=point.id, properties=_struct(point.payload.get(PROPS, {})))
+        if point.dense is not None:
+            obj.vector.extend(point.dense)
+        return pb.GetObjectResponse(object=obj)
+
+    async def DeleteObjects(
+        self, request: pb.DeleteObjectsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteObjectsResponse:
+        schema = await self._catalog.get(request.collection)
+        has_filter = request.HasField("filter")
+        if request.ids and has_filter:
+            raise InvalidArgument("give ids or filter, not both", field="filter")
+        if request.ids:
+            self._check_batch(len(request.ids), field="ids")
+            ids = [check_uuid(v, f"ids[{i}]") for i, v in enumerate(request.ids)]
+            deleted = await self._store.delete_ids(schema.name, ids)
+        elif has_filter:
+            where = build_filter(request.filter, schema.types)
+            deleted = await self._store.delete_matching(schema.name, where)
+        else:
+            raise InvalidArgument("give ids or filter", field="ids")
+        return pb.DeleteObjectsResponse(deleted_count=deleted)
+
+    async def CountObjects(
+        self, request: pb.CountObjectsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CountObjectsResponse:
+        schema = await self._catalog.get(request.collection)
+        where = build_filter(request.filter, schema.types) if request.HasField("filter") else None
+        return pb.CountObjectsResponse(count=await self._store.count(schema.name, where))
+
+    # -- search ---------------------------------------------------------------------------
+
+    async def Search(
+        self, request: pb.SearchRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SearchResponse:
+        schema = await self._catalog.get(request.collection)
+        page = self._page(request)
+        where: Node | None = None
+        if request.HasField("filter"):
+            where = build_filter(request.filter, schema.types)
+        wanted = _return_properties(schema, request.return_properties)
+        result = await self._searcher.search(schema, request, where, page)
+        return pb.SearchResponse(
+            hits=[_hit(h, wanted) for h in result.hits],
+            embed_ms=result.embed_ms,
+            query_ms=result.query_ms,
+        )
+
+    def _page(self, request: pb.SearchRequest) -> Page:
+        limit = request.limit or DEFAULT_LIMIT
+        if limit < 0 or limit > self._settings.max_limit:
+            raise InvalidArgument(
+                f"limit must be in 1..{self._settings.max_limit} (0 means {DEFAULT_LIMIT})",
+                field="limit",
+            )
+        if request.offset < 0:
+            raise InvalidArgument("offset must not be negative", field="offset")
+        if request.offset + limit > self._settings.max_offset + self._settings.max_limit:
+            raise InvalidArgument(
+                f"offset must be at most {self._settings.max_offset}", field="offset"
+            )
+        return Page(limit=limit, offset=request.offset, with_vector=request.include_vector)
+
+
+def _return_properties(schema: Schema, names: Any) -> list[str] | None:
+    for i, name in enumerate(names):
+        if name not in schema.types:
+            raise InvalidArgument(
+                f"return_properties[{i}]: no property {name[:64]!r} in this collection",
+                field=f"return_properties[{i}]",
+                reason="UNKNOWN_PROPERTY",
+            )
+    return list(names) or None
+
+
+def _struct(values: dict[str, Any]) -> struct_pb2.Struct:
+    out = struct_pb2.Struct()
+    out.update(values)
+    return out
+
+
+def _hit(point: FoundPoint, wanted: list[str] | None) -> pb.Hit:
+    props = point.payload.get(PROPS, {})
+    if wanted is not None:
+        props = {k: props[k] for k in wanted if k in props}
+    hit = pb.Hit(id=point.id, properties=_struct(props), score=point.score)
+    if point.dense is not None:
+        hit.vector.extend(point.dense)
+    return hit

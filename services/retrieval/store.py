@@ -1,0 +1,109 @@
+"""The ``VectorStore`` port: what the service needs from a vector engine.
+
+Two adapters implement it: ``EdgeStore`` (embedded qdrant-edge, one shard per collection)
+and ``ServerStore`` (a Qdrant server through ``AsyncQdrantClient``). Everything that decides
+*what* is stored or returned — validation, embedding, BM25 vectors, fusion — lives above the
+port, so both adapters give the same answers (the congruence tests hold them to it).
+
+Each collection is one Qdrant collection/shard with a named dense vector ``dense`` and, when
+the keyword index is on, a named sparse vector ``bm25`` whose IDF the engine computes.
+Payload layout: ``{"p": {<property>: value}, "ts": {<date property>: epoch seconds},
+"b": {<bool property>: 0 or 1}}`` — user properties under their own key, so no property name
+can collide with ours; filters on dates and bools use the numeric copies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from services.retrieval.filters import Node
+
+DENSE = "dense"
+SPARSE = "bm25"
+PROPS = "p"
+TIMESTAMPS = "ts"
+
+
+@dataclass(frozen=True)
+class CollectionLayout:
+    """What the engine must know about a collection."""
+
+    name: str
+    dimensions: int
+    distance: str  # "cosine" | "dot" | "euclid"
+    sparse: bool
+
+
+@dataclass(frozen=True)
+class SparseVector:
+    indices: list[int]
+    values: list[float]
+
+
+@dataclass
+class StoredPoint:
+    id: str
+    payload: dict[str, Any]
+    dense: list[float] | None = None
+    sparse: SparseVector | None = None
+
+
+@dataclass
+class FoundPoint:
+    id: str
+    payload: dict[str, Any]
+    score: float = 0.0
+    dense: list[float] | None = field(default=None, repr=False)
+
+
+class VectorStore(Protocol):
+    """Async engine operations; adapters raise ``services.common.errors`` errors."""
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def create_collection(self, layout: CollectionLayout, schema: dict[str, Any]) -> None:
+        """Create the collection and persist ``schema``; AlreadyExists if the name is taken."""
+
+    async def delete_collection(self, name: str) -> bool:
+        """Drop the collection and its schema; False when there was none."""
+
+    async def schemas(self) -> list[dict[str, Any]]:
+        """Every stored collection schema."""
+
+    async def upsert(self, name: str, points: list[StoredPoint]) -> None: ...
+
+    async def retrieve(self, name: str, ids: list[str], with_vector: bool) -> list[FoundPoint]: ...
+
+    async def delete_ids(self, name: str, ids: list[str]) -> int:
+        """Delete these ids; returns how many existed."""
+
+    async def delete_matching(self, name: str, where: Node) -> int:
+        """Delete every point matching ``where``; returns how many there were."""
+
+    async def count(self, name: str, where: Node | None) -> int: ...
+
+    async def query_dense(
+        self,
+        name: str,
+        vector: list[float],
+        where: Node | None,
+        limit: int,
+        offset: int,
+        with_vector: bool,
+    ) -> list[FoundPoint]: ...
+
+    async def query_sparse(
+        self,
+        name: str,
+        vector: SparseVector,
+        where: Node | None,
+        limit: int,
+        offset: int,
+        with_vector: bool,
+    ) -> list[FoundPoint]: ...
+
+    async def optimize(self, name: str) -> None:
+        """Let the engine build its indexes after a bulk load."""

@@ -1,0 +1,176 @@
+"""Retrieval fixtures: a real server (gRPC on port 0) over a real Qdrant engine.
+
+``retrieval`` runs on the embedded qdrant-edge engine in a temp dir; ``make_retrieval``
+builds more (the congruence tests build one per adapter). The MiniLM model is loaded once
+per test session and shared by every server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
+from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as pb_grpc
+from google.protobuf import struct_pb2
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from qdrant_client import AsyncQdrantClient
+
+from services.common.server import GrpcServer
+from services.retrieval.__main__ import build_server
+from services.retrieval.edge_store import EdgeStore
+from services.retrieval.embedders import LocalEmbedder
+from services.retrieval.server_store import ServerStore
+from services.retrieval.settings import RetrievalSettings
+from services.retrieval.store import VectorStore
+
+
+@pytest.fixture(scope="session")
+def local_embedder() -> LocalEmbedder:
+    embedder = LocalEmbedder(batch_size=64)
+    embedder.load()
+    return embedder
+
+
+@dataclass
+class Retrieval:
+    server: GrpcServer
+    channel: grpc.aio.Channel
+    stub: pb_grpc.RetrievalServiceStub
+    settings: RetrievalSettings
+    store: VectorStore
+
+    async def stop(self) -> None:
+        await self.channel.close()
+        await self.server.stop(0)
+
+
+MakeRetrieval = Callable[..., Awaitable[Retrieval]]
+
+
+@pytest.fixture
+async def make_retrieval(
+    tmp_path: Path, local_embedder: LocalEmbedder
+) -> AsyncIterator[MakeRetrieval]:
+    started: list[Retrieval] = []
+
+    async def make(
+        adapter: str = "edge", data_dir: Path | None = None, **overrides: Any
+    ) -> Retrieval:
+        settings = RetrievalSettings(data_dir=data_dir or tmp_path / "data", **overrides)
+        store: VectorStore
+        if adapter == "edge":
+            store = EdgeStore(settings.data_dir / "qdrant")
+        else:
+            store = ServerStore(AsyncQdrantClient(location=":memory:"))
+        server = await build_server(settings, port=0, store=store, local_embedder=local_embedder)
+        port = await server.start()
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        harness = Retrieval(server, channel, pb_grpc.RetrievalServiceStub(channel), settings, store)
+        started.append(harness)
+        return harness
+
+    yield make
+    for harness in started:
+        with contextlib.suppress(Exception):  # some tests stop their server themselves
+            await harness.stop()
+
+
+@pytest.fixture
+async def retrieval(make_retrieval: MakeRetrieval) -> Retrieval:
+    return await make_retrieval()
+
+
+@pytest.fixture
+def stub(retrieval: Retrieval) -> pb_grpc.RetrievalServiceStub:
+    return retrieval.stub
+
+
+def struct(values: dict[str, Any]) -> struct_pb2.Struct:
+    out = struct_pb2.Struct()
+    out.update(values)
+    return out
+
+
+def obj(props: dict[str, Any], id: str = "", vector: Iterable[float] = ()) -> pb.DataObject:
+    return pb.DataObject(id=id, properties=struct(props), vector=list(vector))
+
+
+def props(*specs: tuple[str, int]) -> list[pb.Property]:
+    return [pb.Property(name=n, data_type=t) for n, t in specs]
+
+
+ARTICLE_PROPS = props(
+    ("title", pb.DATA_TYPE_TEXT),
+    ("body", pb.DATA_TYPE_TEXT),
+    ("tags", pb.DATA_TYPE_TEXT_ARRAY),
+    ("year", pb.DATA_TYPE_INT),
+    ("rating", pb.DATA_TYPE_NUMBER),
+    ("published", pb.DATA_TYPE_BOOL),
+    ("date", pb.DATA_TYPE_DATE),
+)
+
+
+def vector_collection(name: str, dims: int = 4, **kw: Any) -> pb.Collection:
+    """A collection whose callers supply vectors (no model needed)."""
+    return pb.Collection(
+        name=name,
+        properties=ARTICLE_PROPS,
+        vectorizer=pb.Vectorizer(kind=pb.VECTORIZER_KIND_NONE, dimensions=dims),
+        **kw,
+    )
+
+
+def error_info(err: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
+    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    assert status is not None, "no rich status details"
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info
+    raise AssertionError("no ErrorInfo in the status")
+
+
+async def expect_error(
+    call: Awaitable[Any], code: grpc.StatusCode, field: str | None = None
+) -> grpc.aio.AioRpcError:
+    try:
+        await call
+    except grpc.aio.AioRpcError as err:
+        assert err.code() == code, f"{err.code()} {err.details()}"
+        if field is not None:
+            assert error_info(err).metadata.get("field") == field, err.details()
+        return err
+    raise AssertionError(f"expected {code}, the call succeeded")
+
+
+def cond(prop: str, op: int, value: Any) -> pb.Filter:
+    v = struct_pb2.Value()
+    if isinstance(value, list):
+        v.list_value.extend(value)
+    elif isinstance(value, bool):
+        v.bool_value = value
+    elif isinstance(value, int | float):
+        v.number_value = value
+    else:
+        v.string_value = value
+    return pb.Filter(condition=pb.Condition(property=prop, operator=op, value=v))
+
+
+def all_of(*filters: pb.Filter) -> pb.Filter:
+    return pb.Filter(all_of=pb.FilterGroup(filters=list(filters)))
+
+
+def any_of(*filters: pb.Filter) -> pb.Filter:
+    return pb.Filter(any_of=pb.FilterGroup(filters=list(filters)))
+
+
+def none_of(*filters: pb.Filter) -> pb.Filter:
+    return pb.Filter(none_of=pb.FilterGroup(filters=list(filters)))

@@ -1,0 +1,182 @@
+"""CreateCollection, GetCollection, ListCollections, DeleteCollection and their errors."""
+
+from __future__ import annotations
+
+import grpc
+from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
+
+from tests.retrieval.conftest import (
+    ARTICLE_PROPS,
+    Retrieval,
+    expect_error,
+    props,
+    vector_collection,
+)
+
+
+async def test_create_get_list_delete(retrieval: Retrieval) -> None:
+    stub = retrieval.stub
+    collection = vector_collection(
+        "Articles",
+        description="news",
+        generative=pb.GenerativeConfig(
+            provider="openai",
+            model="gpt-4o-mini",
+            temperature=0.2,
+            max_tokens=256,
+            system_prompt="Be brief.",
+            user_instructions="Answer from the context.",
+            context_fields=["title", "body"],
+        ),
+    )
+    created = (
+        await stub.CreateCollection(pb.CreateCollectionRequest(collection=collection))
+    ).collection
+    assert created.name == "Articles"
+    assert created.keyword_index is True  # unset means on
+    assert created.vectorizer.distance == pb.DISTANCE_COSINE
+    assert created.create_time.seconds > 0
+    assert created.generative.temperature == 0.2
+    got = await stub.GetCollection(pb.GetCollectionRequest(name="Articles"))
+    assert got.collection == created
+    assert got.object_count == 0
+    listed = await stub.ListCollections(pb.ListCollectionsRequest())
+    assert [c.name for c in listed.collections] == ["Articles"]
+    await stub.DeleteCollection(pb.DeleteCollectionRequest(name="Articles"))
+    await expect_error(
+        stub.GetCollection(pb.GetCollectionRequest(name="Articles")),
+        grpc.StatusCode.NOT_FOUND,
+        "name",
+    )
+    # The name is free again.
+    await stub.CreateCollection(pb.CreateCollectionRequest(collection=collection))
+
+
+async def test_local_vectorizer_defaults(retrieval: Retrieval) -> None:
+    created = (
+        await retrieval.stub.CreateCollection(
+            pb.CreateCollectionRequest(
+                collection=pb.Collection(name="Docs", properties=ARTICLE_PROPS)
+            )
+        )
+    ).collection
+    assert created.vectorizer.kind == pb.VECTORIZER_KIND_LOCAL
+    assert created.vectorizer.dimensions == 384
+    assert created.vectorizer.model == "all-MiniLM-L6-v2"
+
+
+async def test_list_pages(retrieval: Retrieval) -> None:
+    stub = retrieval.stub
+    names = [f"C{i:02d}" for i in range(7)]
+    for name in reversed(names):
+        await stub.CreateCollection(pb.CreateCollectionRequest(collection=vector_collection(name)))
+    seen: list[str] = []
+    token = ""
+    while True:
+        page = await stub.ListCollections(pb.ListCollectionsRequest(page_size=3, page_token=token))
+        seen += [c.name for c in page.collections]
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == names
+    await expect_error(
+        stub.ListCollections(pb.ListCollectionsRequest(page_size=-1)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "page_size",
+    )
+    await expect_error(
+        stub.ListCollections(pb.ListCollectionsRequest(page_token="garbage!")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "page_token",
+    )
+
+
+async def test_collection_errors(retrieval: Retrieval) -> None:
+    stub = retrieval.stub
+    await stub.CreateCollection(pb.CreateCollectionRequest(collection=vector_collection("Taken")))
+    await expect_error(
+        stub.CreateCollection(pb.CreateCollectionRequest(collection=vector_collection("Taken"))),
+        grpc.StatusCode.ALREADY_EXISTS,
+        "collection.name",
+    )
+    invalid = [
+        (vector_collection(""), "collection.name"),
+        (vector_collection("1abc"), "collection.name"),
+        (vector_collection("has space"), "collection.name"),
+        (vector_collection("x" * 64), "collection.name"),
+        (vector_collection("../etc"), "collection.name"),
+        (
+            pb.Collection(name="P", properties=props(("bad-name", pb.DATA_TYPE_TEXT))),
+            "collection.properties[0].name",
+        ),
+        (
+            pb.Collection(
+                name="P", properties=props(("a", pb.DATA_TYPE_TEXT), ("a", pb.DATA_TYPE_INT))
+            ),
+            "collection.properties[1].name",
+        ),
+        (
+            pb.Collection(name="P", properties=[pb.Property(name="a")]),
+            "collection.properties[0].data_type",
+        ),
+        (
+            pb.Collection(name="P", vectorizer=pb.Vectorizer(kind=pb.VECTORIZER_KIND_NONE)),
+            "collection.vectorizer.dimensions",
+        ),
+        (
+            pb.Collection(
+                name="P",
+                vectorizer=pb.Vectorizer(kind=pb.VECTORIZER_KIND_OPENAI_COMPATIBLE, dimensions=8),
+            ),
+            "collection.vectorizer.base_url",
+        ),
+        (
+            pb.Collection(name="P", vectorizer=pb.Vectorizer(dimensions=100)),
+            "collection.vectorizer.dimensions",
+        ),
+        (
+            pb.Collection(name="P", vectorizer=pb.Vectorizer(model="some-other-model")),
+            "collection.vectorizer.model",
+        ),
+        (
+            pb.Collection(
+                name="P",
+                properties=ARTICLE_PROPS,
+                vectorizer=pb.Vectorizer(source_properties=["year"]),
+            ),
+            "collection.vectorizer.source_properties[0]",
+        ),
+        (
+            vector_collection("P", generative=pb.GenerativeConfig(temperature=3.0)),
+            "collection.generative.temperature",
+        ),
+        (
+            vector_collection("P", generative=pb.GenerativeConfig(context_fields=["nope"])),
+            "collection.generative.context_fields[0]",
+        ),
+    ]
+    for collection, field in invalid:
+        await expect_error(
+            stub.CreateCollection(pb.CreateCollectionRequest(collection=collection)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            field,
+        )
+    await expect_error(
+        stub.CreateCollection(pb.CreateCollectionRequest()),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "collection",
+    )
+    for call, field in [
+        (stub.GetCollection(pb.GetCollectionRequest(name="Missing")), "name"),
+        (stub.DeleteCollection(pb.DeleteCollectionRequest(name="Missing")), "name"),
+        (stub.CountObjects(pb.CountObjectsRequest(collection="Missing")), "collection"),
+        (stub.UpsertObjects(pb.UpsertObjectsRequest(collection="Missing")), "collection"),
+    ]:
+        await expect_error(call, grpc.StatusCode.NOT_FOUND, field)
+    await expect_error(
+        stub.GetCollection(pb.GetCollectionRequest(name="bad name")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "name",
+    )
+    listed = await stub.ListCollections(pb.ListCollectionsRequest())
+    assert [c.name for c in listed.collections] == ["Taken"]

@@ -1,0 +1,240 @@
+"""UpsertObjects, ImportObjects, GetObject, DeleteObjects, CountObjects and their errors."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
+
+from tests.retrieval.conftest import (
+    Retrieval,
+    cond,
+    error_info,
+    expect_error,
+    obj,
+    vector_collection,
+)
+from tests.retrieval.data import DIMS, article_objects, articles
+
+V = [0.1] * DIMS
+
+
+@pytest.fixture
+async def stub(retrieval: Retrieval) -> Any:
+    await retrieval.stub.CreateCollection(
+        pb.CreateCollectionRequest(collection=vector_collection("Articles", DIMS))
+    )
+    return retrieval.stub
+
+
+async def count(stub: Any, flt: pb.Filter | None = None) -> int:
+    request = pb.CountObjectsRequest(collection="Articles", filter=flt)
+    return (await stub.CountObjects(request)).count
+
+
+async def test_upsert_get_replace(stub: Any) -> None:
+    resp = await stub.UpsertObjects(
+        pb.UpsertObjectsRequest(collection="Articles", objects=article_objects())
+    )
+    assert resp.ids == [a["id"] for a in articles()]
+    assert await count(stub) == 12
+    first = articles()[0]
+    got = (await stub.GetObject(pb.GetObjectRequest(collection="Articles", id=first["id"]))).object
+    assert got.id == first["id"]
+    assert dict(got.properties)["title"] == first["props"]["title"]
+    assert list(got.properties["tags"]) == first["props"]["tags"]
+    assert got.properties["year"] == first["props"]["year"]
+    assert not got.vector
+    with_vector = await stub.GetObject(
+        pb.GetObjectRequest(collection="Articles", id=first["id"].upper(), include_vector=True)
+    )
+    assert list(with_vector.object.vector) == pytest.approx(first["vector"], abs=1e-6)
+    # Same id again: replaced, not duplicated.
+    await stub.UpsertObjects(
+        pb.UpsertObjectsRequest(
+            collection="Articles", objects=[obj({"title": "new"}, id=first["id"], vector=V)]
+        )
+    )
+    assert await count(stub) == 12
+    got = (await stub.GetObject(pb.GetObjectRequest(collection="Articles", id=first["id"]))).object
+    assert dict(got.properties) == {"title": "new"}
+
+
+async def test_ids_generated_and_dates_normalized(stub: Any) -> None:
+    resp = await stub.UpsertObjects(
+        pb.UpsertObjectsRequest(
+            collection="Articles",
+            objects=[obj({"date": "2024-05-01T14:30:00+02:00", "year": 2024.0}, vector=V)],
+        )
+    )
+    [new_id] = resp.ids
+    assert uuid.UUID(new_id).version == 4
+    got = (await stub.GetObject(pb.GetObjectRequest(collection="Articles", id=new_id))).object
+    assert got.properties["date"] == "2024-05-01T12:30:00Z"
+
+
+async def test_invalid_objects_reported_rest_lands(stub: Any) -> None:
+    good = articles()[:2]
+    objects = [
+        obj(good[0]["props"], id=good[0]["id"], vector=good[0]["vector"]),
+        obj({"colour": "red"}, vector=V),  # unknown property
+        obj({"year": "2020"}, vector=V),  # wrong type
+        obj({"year": 2020.5}, vector=V),  # not an integer
+        obj({"tags": ["a", 1]}, vector=V),  # not all strings
+        obj({"date": "May 1st"}, vector=V),
+        obj({"published": "yes"}, vector=V),
+        obj({"title": "x"}, id="not-a-uuid", vector=V),
+        obj({"title": "x"}, vector=[1.0, 2.0]),  # dimension mismatch
+        obj({"title": "x"}),  # no vector, no vectorizer
+        obj(good[1]["props"], id=good[1]["id"], vector=good[1]["vector"]),
+    ]
+    resp = await stub.UpsertObjects(pb.UpsertObjectsRequest(collection="Articles", objects=objects))
+    assert resp.ids == [good[0]["id"], good[1]["id"]]
+    assert [(e.index, e.field) for e in resp.errors] == [
+        (1, "properties.colour"),
+        (2, "properties.year"),
+        (3, "properties.year"),
+        (4, "properties.tags"),
+        (5, "properties.date"),
+        (6, "properties.published"),
+        (7, "id"),
+        (8, "vector"),
+        (9, "vector"),
+    ]
+    assert all(e.message for e in resp.errors)
+    assert resp.errors[6].id == "not-a-uuid"
+    assert await count(stub) == 2
+
+
+async def test_oversized_batch_writes_nothing(make_retrieval: Any) -> None:
+    harness = await make_retrieval(max_batch_size=5)
+    stub = harness.stub
+    await stub.CreateCollection(pb.CreateCollectionRequest(collection=vector_collection("A", DIMS)))
+    err = await expect_error(
+        stub.UpsertObjects(pb.UpsertObjectsRequest(collection="A", objects=article_objects()[:6])),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "objects",
+    )
+    assert "5" in (err.details() or "")
+    assert (await stub.CountObjects(pb.CountObjectsRequest(collection="A"))).count == 0
+    await expect_error(
+        stub.DeleteObjects(
+            pb.DeleteObjectsRequest(collection="A", ids=[str(uuid.uuid4()) for _ in range(6)])
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "ids",
+    )
+
+    async def stream() -> AsyncIterator[pb.ImportObjectsRequest]:
+        yield pb.ImportObjectsRequest(collection="A", objects=article_objects()[:4])
+        yield pb.ImportObjectsRequest(objects=article_objects()[4:10])  # 6 > 5
+
+    err = await expect_error(
+        stub.ImportObjects(stream()), grpc.StatusCode.INVALID_ARGUMENT, "objects"
+    )
+    # The first message landed, and the error says so.
+    assert error_info(err).metadata["imported_count"] == "4"
+    assert (await stub.CountObjects(pb.CountObjectsRequest(collection="A"))).count == 4
+
+
+async def test_import_stream(stub: Any) -> None:
+    objects = article_objects()
+
+    async def stream() -> AsyncIterator[pb.ImportObjectsRequest]:
+        yield pb.ImportObjectsRequest(collection="Articles", objects=objects[:5])
+        yield pb.ImportObjectsRequest(objects=[obj({"nope": 1}, vector=V), *objects[5:8]])
+        yield pb.ImportObjectsRequest(collection="Articles", objects=objects[8:])
+
+    resp = await stub.ImportObjects(stream())
+    assert resp.received_count == 13
+    assert resp.imported_count == 12
+    assert [(e.index, e.field) for e in resp.errors] == [(5, "properties.nope")]
+    assert await count(stub) == 12
+
+    async def no_name() -> AsyncIterator[pb.ImportObjectsRequest]:
+        yield pb.ImportObjectsRequest(objects=objects[:1])
+
+    await expect_error(
+        stub.ImportObjects(no_name()),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "collection",
+    )
+
+    async def other_name() -> AsyncIterator[pb.ImportObjectsRequest]:
+        yield pb.ImportObjectsRequest(collection="Articles", objects=objects[:1])
+        yield pb.ImportObjectsRequest(collection="Other", objects=objects[1:2])
+
+    await expect_error(
+        stub.ImportObjects(other_name()),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "collection",
+    )
+
+    async def missing() -> AsyncIterator[pb.ImportObjectsRequest]:
+        yield pb.ImportObjectsRequest(collection="Missing", objects=objects[:1])
+
+    await expect_error(
+        stub.ImportObjects(missing()),
+        grpc.StatusCode.NOT_FOUND,
+        "collection",
+    )
+
+
+async def test_delete_by_ids_and_filter(stub: Any) -> None:
+    await stub.UpsertObjects(
+        pb.UpsertObjectsRequest(collection="Articles", objects=article_objects())
+    )
+    ids = [a["id"] for a in articles()]
+    resp = await stub.DeleteObjects(
+        pb.DeleteObjectsRequest(collection="Articles", ids=[ids[0], ids[1], str(uuid.uuid4())])
+    )
+    assert resp.deleted_count == 2
+    await expect_error(
+        stub.GetObject(pb.GetObjectRequest(collection="Articles", id=ids[0])),
+        grpc.StatusCode.NOT_FOUND,
+        "id",
+    )
+    science = cond("tags", pb.OPERATOR_EQUAL, "science")
+    expected = sum(1 for a in articles()[2:] if "science" in a["props"]["tags"])
+    assert await count(stub, science) == expected
+    resp = await stub.DeleteObjects(pb.DeleteObjectsRequest(collection="Articles", filter=science))
+    assert resp.deleted_count == expected
+    assert await count(stub, science) == 0
+    assert await count(stub) == 10 - expected
+
+
+async def test_object_request_errors(stub: Any) -> None:
+    s = stub
+    cases = [
+        (s.GetObject(pb.GetObjectRequest(collection="Articles", id="nope")), "id"),
+        (s.GetObject(pb.GetObjectRequest(collection="Articles")), "id"),
+        (s.DeleteObjects(pb.DeleteObjectsRequest(collection="Articles")), "ids"),
+        (
+            s.DeleteObjects(
+                pb.DeleteObjectsRequest(collection="Articles", ids=[str(uuid.uuid4()), "x"])
+            ),
+            "ids[1]",
+        ),
+        (
+            s.DeleteObjects(
+                pb.DeleteObjectsRequest(
+                    collection="Articles",
+                    ids=[str(uuid.uuid4())],
+                    filter=cond("year", pb.OPERATOR_EQUAL, 1),
+                )
+            ),
+            "filter",
+        ),
+        (s.UpsertObjects(pb.UpsertObjectsRequest(collection="")), "collection"),
+    ]
+    for call, field in cases:
+        await expect_error(call, grpc.StatusCode.INVALID_ARGUMENT, field)
+    await expect_error(
+        s.GetObject(pb.GetObjectRequest(collection="Articles", id=str(uuid.uuid4()))),
+        grpc.StatusCode.NOT_FOUND,
+        "id",
+    )

@@ -1,0 +1,120 @@
+"""The OpenAI-compatible vectorizer against a real loopback HTTP server."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
+
+from tests.retrieval.conftest import ARTICLE_PROPS, Retrieval, error_info, expect_error, obj
+from tests.support.fake_openai import Behaviour, FakeOpenAI
+
+KEY_ENV = "GENSEARCH_TEST_EMBED_KEY"
+
+
+@pytest.fixture
+async def fake(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeOpenAI]:
+    monkeypatch.setenv(KEY_ENV, "sk-test-embedding-key-123")
+    async with FakeOpenAI(embedding_dim=16, api_key="sk-test-embedding-key-123") as server:
+        yield server
+
+
+@pytest.fixture
+async def stub(retrieval: Retrieval, fake: FakeOpenAI) -> Any:
+    collection = pb.Collection(
+        name="Remote",
+        properties=ARTICLE_PROPS,
+        vectorizer=pb.Vectorizer(
+            kind=pb.VECTORIZER_KIND_OPENAI_COMPATIBLE,
+            base_url=fake.base_url,
+            model="text-embedding-3-small",
+            api_key_env=KEY_ENV,
+            dimensions=16,
+            source_properties=["title"],
+        ),
+    )
+    await retrieval.stub.CreateCollection(pb.CreateCollectionRequest(collection=collection))
+    return retrieval.stub
+
+
+async def test_embeds_objects_and_queries(stub: Any, fake: FakeOpenAI) -> None:
+    titles = ["red apples", "green pears", "blue berries"]
+    resp = await stub.UpsertObjects(
+        pb.UpsertObjectsRequest(
+            collection="Remote", objects=[obj({"title": t, "body": "ignored"}) for t in titles]
+        )
+    )
+    assert len(resp.ids) == 3 and not resp.errors
+    sent = [r for r in fake.requests if r.path.endswith("/embeddings")]
+    assert sent[0].json["input"] == titles  # one batched request, source property only
+    assert sent[0].json["model"] == "text-embedding-3-small"
+    assert sent[0].headers["Authorization"] == "Bearer sk-test-embedding-key-123"
+    # The fake's vectors are a hash of the text: the exact text comes out on top.
+    res = await stub.Search(
+        pb.SearchRequest(collection="Remote", near_text=pb.NearText(text="green pears"))
+    )
+    assert res.hits[0].properties["title"] == "green pears"
+    assert res.hits[0].score == pytest.approx(1.0, abs=1e-4)
+    assert res.embed_ms > 0
+    res = await stub.Search(
+        pb.SearchRequest(collection="Remote", hybrid=pb.Hybrid(text="blue berries"))
+    )
+    assert res.hits[0].properties["title"] == "blue berries"
+
+
+async def test_failing_endpoint_is_unavailable_and_writes_nothing(
+    stub: Any, fake: FakeOpenAI
+) -> None:
+    fake.fail_next(10, Behaviour.error(500))
+    err = await expect_error(
+        stub.UpsertObjects(
+            pb.UpsertObjectsRequest(collection="Remote", objects=[obj({"title": "x"})])
+        ),
+        grpc.StatusCode.UNAVAILABLE,
+    )
+    assert error_info(err).reason == "EMBEDDINGS_UNAVAILABLE"
+    assert "sk-test" not in (err.details() or "")
+    assert (await stub.CountObjects(pb.CountObjectsRequest(collection="Remote"))).count == 0
+    await expect_error(
+        stub.Search(pb.SearchRequest(collection="Remote", near_text=pb.NearText(text="x"))),
+        grpc.StatusCode.UNAVAILABLE,
+    )
+    fake.clear_queue()
+
+    # A transient 503 is retried and the write lands.
+    fake.enqueue(Behaviour.error(503))
+    resp = await stub.UpsertObjects(
+        pb.UpsertObjectsRequest(collection="Remote", objects=[obj({"title": "y"})])
+    )
+    assert len(resp.ids) == 1
+
+    # A refused key is not retried; still UNAVAILABLE, never INTERNAL.
+    fake.enqueue(Behaviour.unauthorized())
+    await expect_error(
+        stub.UpsertObjects(
+            pb.UpsertObjectsRequest(collection="Remote", objects=[obj({"title": "z"})])
+        ),
+        grpc.StatusCode.UNAVAILABLE,
+    )
+
+
+async def test_unreachable_endpoint(retrieval: Retrieval) -> None:
+    collection = pb.Collection(
+        name="Gone",
+        properties=ARTICLE_PROPS,
+        vectorizer=pb.Vectorizer(
+            kind=pb.VECTORIZER_KIND_OPENAI_COMPATIBLE,
+            base_url="http://127.0.0.1:9/v1",
+            dimensions=4,
+        ),
+    )
+    await retrieval.stub.CreateCollection(pb.CreateCollectionRequest(collection=collection))
+    await expect_error(
+        retrieval.stub.UpsertObjects(
+            pb.UpsertObjectsRequest(collection="Gone", objects=[obj({"title": "x"})])
+        ),
+        grpc.StatusCode.UNAVAILABLE,
+    )

@@ -1,0 +1,187 @@
+"""Search in every mode, paging, returned properties, vectors, and request errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import pytest
+from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
+
+from tests.retrieval.conftest import Retrieval, cond, expect_error, vector_collection
+from tests.retrieval.data import DIMS, article_objects, articles
+
+
+@pytest.fixture
+async def stub(retrieval: Retrieval) -> Any:
+    s = retrieval.stub
+    await s.CreateCollection(pb.CreateCollectionRequest(collection=vector_collection("A", DIMS)))
+    await s.UpsertObjects(pb.UpsertObjectsRequest(collection="A", objects=article_objects()))
+    return s
+
+
+def ranked_by_cosine(query: list[float]) -> list[str]:
+    scored = [
+        (sum(a * b for a, b in zip(query, art["vector"], strict=True)), art["id"])
+        for art in articles()
+    ]
+    return [pid for _, pid in sorted(scored, reverse=True)]
+
+
+async def test_near_vector_order_paging_and_projection(stub: Any) -> None:
+    query = articles()[3]["vector"]
+    expected = ranked_by_cosine(query)
+    res = await stub.Search(
+        pb.SearchRequest(collection="A", near_vector=pb.NearVector(vector=query))
+    )
+    assert [h.id for h in res.hits] == expected[:10]  # default limit 10
+    assert res.hits[0].score == pytest.approx(1.0, abs=1e-4)
+    assert res.hits[0].score >= res.hits[1].score
+    assert res.query_ms > 0 and res.embed_ms == 0
+    page = await stub.Search(
+        pb.SearchRequest(
+            collection="A",
+            near_vector=pb.NearVector(vector=query),
+            limit=3,
+            offset=4,
+            return_properties=["title", "year"],
+            include_vector=True,
+        )
+    )
+    assert [h.id for h in page.hits] == expected[4:7]
+    assert set(page.hits[0].properties.keys()) == {"title", "year"}
+    assert len(page.hits[0].vector) == DIMS
+
+
+async def test_keyword(stub: Any) -> None:
+    res = await stub.Search(
+        pb.SearchRequest(collection="A", keyword=pb.Keyword(text="sourdough bread baking"))
+    )
+    assert res.hits[0].properties["title"] == "Bread baking with sourdough starters"
+    assert all(h.score > 0 for h in res.hits)
+    # Stemming: "networks" finds "network"-free text only by its stem.
+    res = await stub.Search(pb.SearchRequest(collection="A", keyword=pb.Keyword(text="network")))
+    assert [h.properties["title"] for h in res.hits] == ["Training neural networks on a laptop"]
+    # Only stop words: no hits, no error.
+    res = await stub.Search(pb.SearchRequest(collection="A", keyword=pb.Keyword(text="the and of")))
+    assert not res.hits
+    # With a filter.
+    res = await stub.Search(
+        pb.SearchRequest(
+            collection="A",
+            keyword=pb.Keyword(text="science physics computing"),
+            filter=cond("year", pb.OPERATOR_GREATER_THAN, 2016),
+        )
+    )
+    assert res.hits and all(h.properties["year"] > 2016 for h in res.hits)
+
+
+async def test_hybrid_alpha(stub: Any) -> None:
+    target = articles()[6]  # "The physics of black holes"
+    other = articles()[9]["vector"]
+    dense_only = await stub.Search(
+        pb.SearchRequest(
+            collection="A", hybrid=pb.Hybrid(text="black holes", vector=other, alpha=1.0)
+        )
+    )
+    assert [h.id for h in dense_only.hits] == ranked_by_cosine(other)[:10]
+    keyword_only = await stub.Search(
+        pb.SearchRequest(
+            collection="A", hybrid=pb.Hybrid(text="black holes", vector=other, alpha=0.0)
+        )
+    )
+    assert [h.id for h in keyword_only.hits] == [target["id"]]
+    mixed = await stub.Search(
+        pb.SearchRequest(
+            collection="A", hybrid=pb.Hybrid(text="black holes", vector=target["vector"])
+        )
+    )
+    # First in both lists: first in the fusion, with the highest possible score.
+    assert mixed.hits[0].id == target["id"]
+    assert mixed.hits[0].score == pytest.approx(0.5 / 61 + 0.5 / 61)
+    assert len(mixed.hits) == 10
+
+
+async def test_search_errors(stub: Any) -> None:
+    vec = pb.NearVector(vector=[0.1] * DIMS)
+    invalid = [
+        (pb.SearchRequest(collection="A"), "query"),
+        (
+            pb.SearchRequest(collection="A", near_vector=pb.NearVector(vector=[0.1] * 3)),
+            "near_vector.vector",
+        ),
+        (
+            pb.SearchRequest(
+                collection="A", near_vector=pb.NearVector(vector=[float("nan")] * DIMS)
+            ),
+            "near_vector.vector",
+        ),
+        (pb.SearchRequest(collection="A", near_vector=vec, limit=101), "limit"),
+        (pb.SearchRequest(collection="A", near_vector=vec, limit=-1), "limit"),
+        (pb.SearchRequest(collection="A", near_vector=vec, offset=-1), "offset"),
+        (pb.SearchRequest(collection="A", near_vector=vec, offset=1_000_000), "offset"),
+        (
+            pb.SearchRequest(collection="A", near_vector=vec, return_properties=["nope"]),
+            "return_properties[0]",
+        ),
+        (pb.SearchRequest(collection="A", keyword=pb.Keyword(text=" ")), "keyword.text"),
+        (pb.SearchRequest(collection="A", near_text=pb.NearText(text="physics")), "near_text"),
+        (pb.SearchRequest(collection="A", hybrid=pb.Hybrid(text="x")), "hybrid.vector"),
+        (
+            pb.SearchRequest(
+                collection="A", hybrid=pb.Hybrid(text="x", alpha=1.5, vector=[0.1] * DIMS)
+            ),
+            "hybrid.alpha",
+        ),
+        (
+            pb.SearchRequest(collection="A", hybrid=pb.Hybrid(text="x", vector=[0.1] * 2)),
+            "hybrid.vector",
+        ),
+        (pb.SearchRequest(collection="bad name", near_vector=vec), "collection"),
+    ]
+    for request, field in invalid:
+        await expect_error(stub.Search(request), grpc.StatusCode.INVALID_ARGUMENT, field)
+    await expect_error(
+        stub.Search(pb.SearchRequest(collection="Missing", near_vector=vec)),
+        grpc.StatusCode.NOT_FOUND,
+        "collection",
+    )
+
+
+async def test_no_keyword_index(retrieval: Retrieval) -> None:
+    s = retrieval.stub
+    await s.CreateCollection(
+        pb.CreateCollectionRequest(collection=vector_collection("NoKw", DIMS, keyword_index=False))
+    )
+    await s.UpsertObjects(pb.UpsertObjectsRequest(collection="NoKw", objects=article_objects()))
+    await expect_error(
+        s.Search(pb.SearchRequest(collection="NoKw", keyword=pb.Keyword(text="physics"))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "keyword",
+    )
+    res = await s.Search(
+        pb.SearchRequest(
+            collection="NoKw",
+            hybrid=pb.Hybrid(text="physics", alpha=1.0, vector=articles()[0]["vector"]),
+        )
+    )
+    assert res.hits[0].id == articles()[0]["id"]
+
+
+async def test_euclid_scores_higher_is_better(retrieval: Retrieval) -> None:
+    s = retrieval.stub
+    collection = pb.Collection(
+        name="E",
+        vectorizer=pb.Vectorizer(
+            kind=pb.VECTORIZER_KIND_NONE, dimensions=2, distance=pb.DISTANCE_EUCLID
+        ),
+    )
+    await s.CreateCollection(pb.CreateCollectionRequest(collection=collection))
+    objs = [pb.DataObject(vector=[float(i), 0.0]) for i in range(5)]
+    await s.UpsertObjects(pb.UpsertObjectsRequest(collection="E", objects=objs))
+    res = await s.Search(
+        pb.SearchRequest(collection="E", near_vector=pb.NearVector(vector=[0.0, 0.0]))
+    )
+    scores = [h.score for h in res.hits]
+    assert scores == sorted(scores, reverse=True)
+    assert scores[0] == pytest.approx(0.0)
