@@ -1,0 +1,67 @@
+"""What the gateway needs to know about a collection (schema, generative defaults), read
+from retrieval's GetCollection and kept for a moment so a burst of searches asks once."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import grpc
+from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
+
+from services.common.errors import from_rpc_error
+from services.gateway.clients import Caller, Downstream
+
+_TEXT = (ret_pb.DATA_TYPE_TEXT, ret_pb.DATA_TYPE_TEXT_ARRAY)
+
+
+@dataclass(frozen=True)
+class CollectionInfo:
+    collection: ret_pb.Collection
+    properties: Mapping[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, collection: ret_pb.Collection) -> CollectionInfo:
+        return cls(collection, {p.name: p.data_type for p in collection.properties})
+
+    @property
+    def generative(self) -> ret_pb.GenerativeConfig:
+        return self.collection.generative
+
+    @property
+    def text_properties(self) -> list[str]:
+        return [p.name for p in self.collection.properties if p.data_type in _TEXT]
+
+    @property
+    def has_vectorizer(self) -> bool:
+        return self.collection.vectorizer.kind != ret_pb.VECTORIZER_KIND_NONE
+
+
+class Catalog:
+    def __init__(self, downstream: Downstream, ttl: float) -> None:
+        self._downstream = downstream
+        self._ttl = ttl
+        # Keyed by user too: whether a caller may read a collection is retrieval's call.
+        self._cache: dict[tuple[str, str], tuple[float, CollectionInfo]] = {}
+
+    async def get(self, name: str, caller: Caller, timeout: float | None) -> CollectionInfo:
+        key = (caller.user, name)
+        now = time.monotonic()
+        cached = self._cache.get(key)
+        if cached is not None and now - cached[0] < self._ttl:
+            return cached[1]
+        try:
+            response = await self._downstream.retrieval.GetCollection(
+                ret_pb.GetCollectionRequest(name=name),
+                metadata=caller.identity,
+                timeout=timeout,
+            )
+        except grpc.aio.AioRpcError as err:
+            raise from_rpc_error(err) from None
+        info = CollectionInfo.of(response.collection)
+        if self._ttl > 0:
+            if len(self._cache) > 1024:
+                self._cache.clear()
+            self._cache[key] = (now, info)
+        return info

@@ -1,0 +1,91 @@
+"""Conversation helpers: history from stored turns, question rewriting, citations."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from gensearch.generation.v1 import generation_service_pb2 as gen_pb
+
+USER = gen_pb.ROLE_USER
+ASSISTANT = gen_pb.ROLE_ASSISTANT
+SYSTEM = gen_pb.ROLE_SYSTEM
+
+
+@dataclass(frozen=True)
+class Turn:
+    question: str
+    answer: str
+
+
+def recent_turns(newest_first: Sequence[Turn], size: int) -> list[Turn]:
+    """The ``size`` most recent turns, oldest first (memory lists newest first)."""
+    if size <= 0:
+        return []
+    return list(reversed(newest_first[:size]))
+
+
+def history_messages(turns: Sequence[Turn]) -> list[gen_pb.Message]:
+    """Chronological turns as alternating user/assistant messages."""
+    messages: list[gen_pb.Message] = []
+    for turn in turns:
+        messages.append(gen_pb.Message(role=USER, content=turn.question))
+        messages.append(gen_pb.Message(role=ASSISTANT, content=turn.answer))
+    return messages
+
+
+REWRITE_SYSTEM_PROMPT = (
+    "You rewrite a follow-up question into a standalone search query. Use the conversation "
+    "only to resolve references (it, they, that one, the second...). Reply with the query "
+    "alone: no quotes, no explanation."
+)
+
+
+def rewrite_messages(turns: Sequence[Turn], question: str) -> list[gen_pb.Message]:
+    """One transcript in one user message: small models follow that better than a replay
+    of the chat, and the model must not answer the question here, only restate it."""
+    transcript = "\n".join(f"User: {t.question}\nAssistant: {t.answer}" for t in turns)
+    return [
+        gen_pb.Message(role=SYSTEM, content=REWRITE_SYSTEM_PROMPT),
+        gen_pb.Message(
+            role=USER,
+            content=(
+                f"Conversation:\n{transcript}\n\nFollow-up question: {question}\n\n"
+                "Standalone search query:"
+            ),
+        ),
+    ]
+
+
+def clean_rewrite(text: str, fallback: str, *, max_chars: int = 1000) -> str:
+    """First non-empty line of the model's reply, unquoted; the question if unusable."""
+    for line in text.strip().splitlines():
+        line = line.strip()
+        for prefix in (
+            "standalone search query:",
+            "standalone question:",
+            "search query:",
+            "query:",
+        ):
+            if line.lower().startswith(prefix):
+                line = line[len(prefix) :].strip()
+        line = line.strip("\"'` ")
+        if line:
+            return line[:max_chars]
+    return fallback
+
+
+_CITATION = re.compile(r"\[(\s*\d+\s*(?:[,;]\s*\d+\s*)*)\]")
+
+
+def cited_numbers(answer: str, count: int) -> list[int]:
+    """The ``[n]`` markers (also ``[1, 3]``) the answer uses, in order of first use,
+    keeping only numbers of hits that were in the prompt."""
+    seen: dict[int, None] = {}
+    for match in _CITATION.finditer(answer):
+        for raw in re.split(r"[,;]", match.group(1)):
+            number = int(raw)
+            if 1 <= number <= count:
+                seen.setdefault(number)
+    return list(seen)

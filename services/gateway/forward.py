@@ -1,0 +1,86 @@
+"""The memory and retrieval APIs served on the gateway's address.
+
+Every call goes downstream unchanged with the caller's identity (as the gateway
+authenticated it) and the caller's remaining deadline; the downstream status, with its
+reason and field, comes back unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from gensearch.memory.v1 import memory_service_pb2_grpc as mem_grpc
+from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as ret_grpc
+
+from services.common.auth import current_user
+from services.common.errors import from_rpc_error
+from services.gateway.clients import Caller, caller_from
+
+
+class _Forwarder:
+    def __init__(self, stub: Any, internal_token: str) -> None:
+        self._stub = stub
+        self._token = internal_token
+
+    def _caller(self, context: grpc.aio.ServicerContext) -> Caller:
+        return caller_from(current_user(), context.invocation_metadata(), self._token)
+
+
+def _unary(method: str) -> Any:
+    async def forward(self: _Forwarder, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        call = getattr(self._stub, method)
+        try:
+            return await call(
+                request,
+                metadata=self._caller(context).identity,
+                timeout=context.time_remaining(),
+            )
+        except grpc.aio.AioRpcError as err:
+            raise from_rpc_error(err) from None
+
+    forward.__name__ = method
+    return forward
+
+
+def _client_stream(method: str) -> Any:
+    async def forward(
+        self: _Forwarder, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+    ) -> Any:
+        call = getattr(self._stub, method)
+        try:
+            return await call(
+                requests,
+                metadata=self._caller(context).identity,
+                timeout=context.time_remaining(),
+            )
+        except grpc.aio.AioRpcError as err:
+            raise from_rpc_error(err) from None
+
+    forward.__name__ = method
+    return forward
+
+
+class MemoryForwarder(_Forwarder, mem_grpc.MemoryServiceServicer):
+    CreateConversation = _unary("CreateConversation")
+    GetConversation = _unary("GetConversation")
+    ListConversations = _unary("ListConversations")
+    UpdateConversation = _unary("UpdateConversation")
+    DeleteConversation = _unary("DeleteConversation")
+    CreateInteraction = _unary("CreateInteraction")
+    GetInteraction = _unary("GetInteraction")
+    ListInteractions = _unary("ListInteractions")
+
+
+class RetrievalForwarder(_Forwarder, ret_grpc.RetrievalServiceServicer):
+    CreateCollection = _unary("CreateCollection")
+    GetCollection = _unary("GetCollection")
+    ListCollections = _unary("ListCollections")
+    DeleteCollection = _unary("DeleteCollection")
+    UpsertObjects = _unary("UpsertObjects")
+    ImportObjects = _client_stream("ImportObjects")
+    GetObject = _unary("GetObject")
+    DeleteObjects = _unary("DeleteObjects")
+    CountObjects = _unary("CountObjects")
+    Search = _unary("Search")

@@ -1,0 +1,94 @@
+"""One call to the generation service, unary or streamed, as a GenerationResult."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import grpc
+from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
+from gensearch.generation.v1 import generation_service_pb2 as gen_pb
+
+from services.common.errors import from_rpc_error
+from services.gateway.clients import Caller, Downstream
+from services.gateway.errors import HitError
+
+
+@dataclass(frozen=True)
+class Options:
+    provider: str = ""
+    model: str = ""
+    temperature: float | None = None
+    max_tokens: int | None = None
+
+
+def _request(
+    cls: type[gen_pb.GenerateRequest] | type[gen_pb.StreamGenerateRequest],
+    options: Options,
+    messages: Sequence[gen_pb.Message],
+) -> gen_pb.GenerateRequest | gen_pb.StreamGenerateRequest:
+    request = cls(provider=options.provider, model=options.model, messages=messages)
+    if options.temperature is not None:
+        request.temperature = options.temperature
+    if options.max_tokens is not None:
+        request.max_tokens = options.max_tokens
+    return request
+
+
+async def complete(
+    downstream: Downstream,
+    caller: Caller,
+    options: Options,
+    messages: Sequence[gen_pb.Message],
+    *,
+    timeout: float | None,
+    emit: Callable[[str], None] | None = None,
+) -> gw_pb.GenerationResult:
+    """Ask the model; with ``emit``, stream and hand each text delta to it as it comes."""
+    metadata = caller.generation_metadata
+    try:
+        if emit is None:
+            request = _request(gen_pb.GenerateRequest, options, messages)
+            response = await downstream.generation.Generate(
+                request, metadata=metadata, timeout=timeout
+            )
+            return gw_pb.GenerationResult(
+                result=response.text,
+                usage=response.usage,
+                model=response.model,
+                finish_reason=response.finish_reason,
+            )
+        stream_request = _request(gen_pb.StreamGenerateRequest, options, messages)
+        call = downstream.generation.StreamGenerate(
+            stream_request, metadata=metadata, timeout=timeout
+        )
+        parts: list[str] = []
+        result = gw_pb.GenerationResult()
+        async for chunk in call:
+            if chunk.delta:
+                parts.append(chunk.delta)
+                emit(chunk.delta)
+            if chunk.finish_reason or chunk.HasField("usage"):
+                result.usage.CopyFrom(chunk.usage)
+                result.model = chunk.model
+                result.finish_reason = chunk.finish_reason
+        result.result = "".join(parts)
+        return result
+    except grpc.aio.AioRpcError as err:
+        raise from_rpc_error(err) from None
+
+
+def error_result(error: HitError, prompt: str = "") -> gw_pb.GenerationResult:
+    return gw_pb.GenerationResult(
+        error=gw_pb.GenerationError(
+            code=error.number, status=error.status, message=error.message, reason=error.reason
+        ),
+        prompt=prompt,
+    )
+
+
+def add_usage(total: gen_pb.Usage, more: gen_pb.Usage) -> None:
+    total.prompt_tokens += more.prompt_tokens
+    total.completion_tokens += more.completion_tokens
+    total.total_tokens += more.total_tokens
+    total.estimated = total.estimated or more.estimated

@@ -1,0 +1,21 @@
+"""Gateway-specific metrics, beside the chassis' per-RPC ones."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+GENERATIONS = Counter(
+    "gensearch_gateway_generations_total",
+    "Generation outcomes of generative searches, per hit or grouped, by status code.",
+    ["kind", "code"],
+)
+FANOUT_SIZE = Histogram(
+    "gensearch_gateway_fanout_hits",
+    "Per-hit generation calls of one generative search.",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200),
+)
+TRIMMED = Counter(
+    "gensearch_gateway_ask_trimmed_total",
+    "What the context-window guard removed from Ask prompts.",
+    ["what"],
+)

@@ -1,0 +1,55 @@
+"""Settings of the gateway (env prefix ``GENSEARCH_``)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from services.common.settings import CommonSettings
+
+
+class GatewaySettings(CommonSettings):
+    gateway_port: int = Field(default=50050, ge=0, le=65535)
+    # None: no metrics endpoint (tests); 0: any free port.
+    gateway_metrics_port: int | None = Field(default=9090, ge=0, le=65535)
+
+    # Downstream services: host:port, or dns:///host:port to spread calls over every
+    # address the name resolves to (client-side round-robin across replicas).
+    memory_addr: str = "127.0.0.1:50051"
+    retrieval_addr: str = "127.0.0.1:50052"
+    generation_addr: str = "127.0.0.1:50053"
+
+    # Per-hit generation calls in flight at once: the default, and the most a request
+    # may ask for.
+    default_max_concurrency: int = Field(default=32, ge=1)
+    max_concurrency_limit: int = Field(default=256, ge=1)
+    # Most hits a generative search may ask for (limit).
+    max_hits: int = Field(default=100, ge=1)
+    # Longest template / task / question accepted, in characters.
+    max_prompt_chars: int = Field(default=32_000, ge=100)
+    # Generation budget when neither the request nor the call has a deadline, seconds.
+    default_generation_timeout: float = Field(default=120.0, gt=0)
+
+    # Used when neither the request nor the collection names them; empty: the
+    # generation service's own default.
+    default_provider: str = ""
+    default_model: str = ""
+
+    # Context window (tokens) by model name: the longest key contained in the model name
+    # wins (case-insensitive); models matching no key get default_context_window.
+    # Env: GENSEARCH_CONTEXT_WINDOWS='{"smollm2": 2048, "gpt-4o": 128000}'.
+    context_windows: dict[str, int] = Field(default_factory=lambda: {"smollm2": 2048})
+    default_context_window: int = Field(default=8192, ge=256)
+    # Tokens kept free for the answer when the request sets no max_tokens.
+    answer_reserve_tokens: int = Field(default=512, ge=16)
+
+    # Ask defaults and limits.
+    ask_context_size: int = Field(default=5, ge=0)
+    ask_interaction_size: int = Field(default=10, ge=0)
+    ask_timeout: float = Field(default=30.0, gt=0)
+    max_ask_timeout: float = Field(default=600.0, gt=0)
+    max_context_size: int = Field(default=50, ge=1)
+    max_interaction_size: int = Field(default=100, ge=1)
+    # Rewrite follow-up questions into standalone queries unless the request says no.
+    rewrite_query: bool = True
+    # Cache of collection schemas and generative defaults, seconds (0: ask every time).
+    collection_cache_ttl: float = Field(default=2.0, ge=0)

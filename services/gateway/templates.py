@@ -1,0 +1,157 @@
+"""Prompt templates: ``{property}`` placeholders filled from a hit, ``{{``/``}}`` literal.
+
+A template is parsed and checked against the collection's schema once, before any LLM
+call; rendering then happens per hit and fails only for that hit.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from services.common.errors import FailedPrecondition, InvalidArgument
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+
+
+@dataclass(frozen=True)
+class Placeholder:
+    name: str
+
+
+@dataclass(frozen=True)
+class Template:
+    source: str
+    parts: tuple[str | Placeholder, ...]
+
+    @property
+    def properties(self) -> tuple[str, ...]:
+        """Placeholder names in order of first appearance."""
+        seen: dict[str, None] = {}
+        for part in self.parts:
+            if isinstance(part, Placeholder):
+                seen.setdefault(part.name)
+        return tuple(seen)
+
+
+class MissingProperty(FailedPrecondition):
+    """A hit lacks (or has an empty) property the template needs."""
+
+    default_reason = "MISSING_PROPERTY"
+
+
+def parse(source: str, *, field: str) -> Template:
+    """Split ``source`` into literal text and placeholders; bad syntax is INVALID_ARGUMENT."""
+    parts: list[str | Placeholder] = []
+    literal: list[str] = []
+    i, n = 0, len(source)
+    while i < n:
+        ch = source[i]
+        if ch == "{":
+            if source.startswith("{{", i):
+                literal.append("{")
+                i += 2
+                continue
+            end = source.find("}", i + 1)
+            if end < 0:
+                raise InvalidArgument(
+                    f"unclosed '{{' at position {i}; write '{{{{' for a literal brace",
+                    field=field,
+                    reason="INVALID_TEMPLATE",
+                )
+            name = source[i + 1 : end]
+            if not _NAME.fullmatch(name):
+                raise InvalidArgument(
+                    f"invalid placeholder {{{name}}} at position {i}: expected a property "
+                    "name; write '{{' and '}}' for literal braces",
+                    field=field,
+                    reason="INVALID_TEMPLATE",
+                )
+            if literal:
+                parts.append("".join(literal))
+                literal = []
+            parts.append(Placeholder(name))
+            i = end + 1
+        elif ch == "}":
+            if source.startswith("}}", i):
+                literal.append("}")
+                i += 2
+                continue
+            raise InvalidArgument(
+                f"unmatched '}}' at position {i}; write '}}}}' for a literal brace",
+                field=field,
+                reason="INVALID_TEMPLATE",
+            )
+        else:
+            literal.append(ch)
+            i += 1
+    if literal:
+        parts.append("".join(literal))
+    return Template(source, tuple(parts))
+
+
+def parse_single_prompt(source: str, schema: Collection[str], *, field: str) -> Template:
+    """A per-hit template must name at least one property, and only known ones."""
+    template = parse(source, field=field)
+    if not template.properties:
+        raise InvalidArgument(
+            "single_prompt has no {property} placeholder: every hit would get the same "
+            "prompt; use grouped_task for one call over all hits",
+            field=field,
+            reason="NO_PLACEHOLDER",
+        )
+    check_known(template.properties, schema, field=field)
+    return template
+
+
+def check_known(names: Collection[str], schema: Collection[str], *, field: str) -> None:
+    unknown = [name for name in names if name not in schema]
+    if unknown:
+        raise InvalidArgument(
+            f"unknown property {unknown[0]!r}: the collection has "
+            f"{', '.join(sorted(schema)) or 'no properties'}",
+            field=field,
+            reason="UNKNOWN_PROPERTY",
+            metadata={"property": unknown[0]},
+        )
+
+
+def is_empty(value: Any) -> bool:
+    return value is None or (isinstance(value, str | list | dict) and len(value) == 0)
+
+
+def to_text(value: Any) -> str:
+    """Text as it is; anything else JSON-encoded (integral numbers without '.0', since
+    protobuf Struct carries every number as a double)."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(_plain(value), ensure_ascii=False)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def render(template: Template, properties: Mapping[str, Any]) -> str:
+    out: list[str] = []
+    for part in template.parts:
+        if isinstance(part, str):
+            out.append(part)
+            continue
+        value = properties.get(part.name)
+        if is_empty(value):
+            raise MissingProperty(
+                f"the hit has no value for property {part.name!r} used in the template",
+                metadata={"property": part.name},
+            )
+        out.append(to_text(value))
+    return "".join(out)

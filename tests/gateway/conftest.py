@@ -1,0 +1,231 @@
+"""The whole stack on loopback: memory (real Redis), retrieval (real qdrant-edge in a temp
+dir), generation (pointed at the fake OpenAI server) and the gateway in front, every one
+a real gRPC server on a free port, talked to through real channels."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from gensearch.gateway.v1 import gateway_service_pb2_grpc as gw_grpc
+from gensearch.memory.v1 import memory_service_pb2_grpc as mem_grpc
+from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
+from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as ret_grpc
+from google.protobuf import struct_pb2
+
+from services.common.redis_process import RedisProcess, free_port
+from services.common.server import GrpcServer
+from services.gateway.__main__ import build_server as build_gateway
+from services.gateway.settings import GatewaySettings
+from services.generation.__main__ import build_server as build_generation
+from services.generation.settings import GenerationSettings
+from services.memory.__main__ import build_server as build_memory
+from services.memory.settings import MemorySettings
+from services.retrieval.__main__ import build_server as build_retrieval
+from services.retrieval.settings import RetrievalSettings
+from tests.support.fake_openai import FakeOpenAI
+
+TOKEN = "gateway-test-internal-token"
+KEYS = "alice:key-alice-123,bob:key-bob-456"
+ALICE = (("authorization", "Bearer key-alice-123"),)
+BOB = (("authorization", "Bearer key-bob-456"),)
+DIM = 4
+
+
+@dataclass
+class Stack:
+    fake: FakeOpenAI
+    gateway: GrpcServer
+    channel: grpc.aio.Channel
+    stub: gw_grpc.GatewayServiceAsyncStub
+    memory: mem_grpc.MemoryServiceAsyncStub  # through the gateway
+    retrieval: ret_grpc.RetrievalServiceAsyncStub  # through the gateway
+    retrieval_direct: ret_grpc.RetrievalServiceAsyncStub
+    servers: dict[str, GrpcServer] = field(default_factory=dict)
+    channels: list[grpc.aio.Channel] = field(default_factory=list)
+    memory_settings: MemorySettings | None = None
+
+    async def stop_service(self, name: str) -> None:
+        await self.servers[name].stop(0)
+
+
+StackFactory = Callable[..., Awaitable[Stack]]
+
+
+def fake_provider(fake: FakeOpenAI, **fields: Any) -> dict[str, Any]:
+    return {
+        "name": "fake",
+        "base_url": fake.base_url,
+        "default_model": "fake-model",
+        "max_concurrency": 256,
+        **fields,
+    }
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def shared_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
+    """One real Redis for every gateway test (starting one costs about a second on a busy
+    machine); each stack keeps its memory under its own key prefix, so stacks never see
+    each other's conversations."""
+    loop = asyncio.new_event_loop()
+    server = RedisProcess(tmp_path_factory.mktemp("gateway-redis"), appendfsync="everysec")
+    loop.run_until_complete(server.start())
+    try:
+        yield server
+    finally:
+        loop.run_until_complete(server.stop())
+        loop.close()
+
+
+@pytest.fixture
+async def stack_factory(
+    tmp_path: Path, shared_redis: RedisProcess, fake: FakeOpenAI
+) -> AsyncIterator[StackFactory]:
+    """``await stack_factory(**gateway_settings)``; ``generation=False`` leaves the
+    generation address pointing at a port where nothing listens; ``shared`` settings go to
+    all four services."""
+    stacks: list[Stack] = []
+
+    async def start(
+        *,
+        generation: bool = True,
+        provider: dict[str, Any] | None = None,
+        shared: dict[str, Any] | None = None,
+        **overrides: Any,
+    ) -> Stack:
+        servers: dict[str, GrpcServer] = {}
+        common: dict[str, Any] = {"internal_token": TOKEN, "grace_period": 0.5, **(shared or {})}
+        memory_settings = MemorySettings(
+            redis_url=shared_redis.url,
+            key_prefix=f"gw-{uuid.uuid4().hex[:12]}",
+            memory_metrics_port=None,
+            **common,
+        )
+        servers["memory"] = await build_memory(memory_settings, port=0)
+        data = tmp_path / f"stack{len(stacks)}"
+        servers["retrieval"] = await build_retrieval(
+            RetrievalSettings(data_dir=data, **common), port=0
+        )
+        if generation:
+            servers["generation"] = await build_generation(
+                GenerationSettings(
+                    providers=[provider or fake_provider(fake)],
+                    default_provider=(provider or {}).get("name", "fake"),
+                    generation_metrics_port=None,
+                    retry_max_attempts=1,
+                    **common,
+                ),
+                port=0,
+            )
+        ports = {name: await server.start() for name, server in servers.items()}
+        gen_port = ports.get("generation") or free_port()
+        settings: dict[str, Any] = {
+            "memory_addr": f"127.0.0.1:{ports['memory']}",
+            "retrieval_addr": f"127.0.0.1:{ports['retrieval']}",
+            "generation_addr": f"127.0.0.1:{gen_port}",
+            "gateway_metrics_port": None,
+            "api_keys": KEYS,
+            "collection_cache_ttl": 0,
+            **common,
+            **overrides,
+        }
+        gateway = await build_gateway(GatewaySettings(**settings), port=0)
+        port = await gateway.start()
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        direct = grpc.aio.insecure_channel(f"127.0.0.1:{ports['retrieval']}")
+        stack = Stack(
+            fake=fake,
+            gateway=gateway,
+            channel=channel,
+            stub=gw_grpc.GatewayServiceStub(channel),  # type: ignore[arg-type]
+            memory=mem_grpc.MemoryServiceStub(channel),  # type: ignore[arg-type]
+            retrieval=ret_grpc.RetrievalServiceStub(channel),  # type: ignore[arg-type]
+            retrieval_direct=ret_grpc.RetrievalServiceStub(direct),  # type: ignore[arg-type]
+            servers=servers,
+            channels=[channel, direct],
+            memory_settings=memory_settings,
+        )
+        stacks.append(stack)
+        return stack
+
+    yield start
+    for stack in stacks:
+        for channel in stack.channels:
+            await channel.close()
+        await stack.gateway.stop(0)
+        for server in stack.servers.values():
+            with contextlib.suppress(Exception):
+                await server.stop(0)
+
+
+@pytest.fixture
+async def stack(stack_factory: StackFactory) -> Stack:
+    return await stack_factory()
+
+
+def _book(title: str, body: str, year: int, tags: list[str]) -> dict[str, Any]:
+    return {"title": title, "body": body, "year": year, "tags": tags}
+
+
+BOOKS = [
+    _book("Dune", "A desert planet and the spice melange.", 1965, ["sf", "desert"]),
+    _book("Neuromancer", "A hacker in a cyberpunk future.", 1984, ["sf"]),
+    _book("Emma", "A matchmaker in an English village.", 1815, ["classic"]),
+    _book("Untitled draft", "", 2020, []),
+    _book("Foundation", "A galactic empire falls; psychohistory plans its return.", 1951, ["sf"]),
+]
+
+
+def vector(i: int) -> list[float]:
+    v = [0.1] * DIM
+    v[i % DIM] = 1.0
+    return v
+
+
+async def create_books(
+    stack: Stack,
+    name: str = "Books",
+    *,
+    books: list[dict[str, Any]] | None = None,
+    metadata: tuple[tuple[str, str], ...] = ALICE,
+    generative: ret_pb.GenerativeConfig | None = None,
+) -> list[str]:
+    """A collection without a vectorizer (no embedding model needed) and its objects;
+    returns the object ids in insertion order."""
+    collection = ret_pb.Collection(
+        name=name,
+        properties=[
+            ret_pb.Property(name="title", data_type=ret_pb.DATA_TYPE_TEXT),
+            ret_pb.Property(name="body", data_type=ret_pb.DATA_TYPE_TEXT),
+            ret_pb.Property(name="year", data_type=ret_pb.DATA_TYPE_INT),
+            ret_pb.Property(name="tags", data_type=ret_pb.DATA_TYPE_TEXT_ARRAY),
+        ],
+        vectorizer=ret_pb.Vectorizer(kind=ret_pb.VECTORIZER_KIND_NONE, dimensions=DIM),
+        generative=generative or ret_pb.GenerativeConfig(provider="fake", model="fake-model"),
+    )
+    await stack.retrieval.CreateCollection(
+        ret_pb.CreateCollectionRequest(collection=collection), metadata=metadata
+    )
+    objects = []
+    for i, book in enumerate(books if books is not None else BOOKS):
+        props = struct_pb2.Struct()
+        props.update(book)
+        objects.append(ret_pb.DataObject(properties=props, vector=vector(i)))
+    response = await stack.retrieval.UpsertObjects(
+        ret_pb.UpsertObjectsRequest(collection=name, objects=objects), metadata=metadata
+    )
+    assert not response.errors, response.errors
+    return list(response.ids)

@@ -1,0 +1,428 @@
+"""Ask and StreamAsk: a conversation over several turns (history, rewriting, storage,
+citations), ownership, memory outages, the timeout and the context-window guard."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import grpc
+import pytest
+from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
+from gensearch.memory.v1 import memory_service_pb2 as mem_pb
+from gensearch.memory.v1 import memory_service_pb2_grpc as mem_grpc
+from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
+from google.protobuf import duration_pb2, json_format, struct_pb2
+
+from services.gateway.conversation import REWRITE_SYSTEM_PROMPT
+from services.memory.__main__ import build_server as build_memory
+from tests.gateway.conftest import ALICE, BOB, DIM, TOKEN, Stack, StackFactory, create_books
+from tests.support.fake_openai import Behaviour
+
+REWRITES = {
+    "When was it written?": "Dune desert spice year",
+    "Who wrote the second one?": "Neuromancer hacker author",
+}
+
+
+def scripted(body: dict[str, Any]) -> str:
+    """Rewrites by table; answers cite the first result."""
+    messages = body["messages"]
+    if messages[0]["content"] == REWRITE_SYSTEM_PROMPT:
+        question = messages[-1]["content"].split("Follow-up question: ")[1].split("\n")[0]
+        return REWRITES.get(question, question)
+    question = messages[-1]["content"].rsplit("Question: ", 1)[1]
+    return f"Answer to {question!r} from [1] and [2]."
+
+
+def _answer_requests(stack: Stack) -> list[dict[str, Any]]:
+    return [
+        r.json
+        for r in stack.fake.chat_requests
+        if r.json["messages"][0]["content"] != REWRITE_SYSTEM_PROMPT
+    ]
+
+
+async def test_three_turn_conversation(stack: Stack) -> None:
+    ids = await create_books(stack)
+    stack.fake.reply = scripted
+
+    first = await stack.stub.Ask(
+        gw_pb.AskRequest(
+            collection="Books", llm_question="Tell me about desert planets", new_conversation=True
+        ),
+        metadata=ALICE,
+    )
+    assert first.conversation_id and first.interaction_id
+    assert first.rewritten_query == ""  # no history yet: nothing to rewrite
+    assert first.answer == "Answer to 'Tell me about desert planets' from [1] and [2]."
+    assert first.hits[0].id == ids[0]  # keyword search on the question (no vectorizer)
+    # The answer cites [1] and [2]; only numbers of hits in the prompt count.
+    expected = [(n, first.hits[n - 1].id) for n in (1, 2) if n <= len(first.hits)]
+    assert [(c.number, c.id) for c in first.citations] == expected
+    conversation = first.conversation_id
+
+    second = await stack.stub.Ask(
+        gw_pb.AskRequest(
+            collection="Books", llm_question="When was it written?", conversation_id=conversation
+        ),
+        metadata=ALICE,
+    )
+    # Rewritten from the history, then retrieved with the standalone query.
+    assert second.rewritten_query == "Dune desert spice year"
+    assert second.hits[0].id == ids[0]
+    assert second.conversation_id == conversation
+
+    third = await stack.stub.Ask(
+        gw_pb.AskRequest(
+            collection="Books",
+            llm_question="Who wrote the second one?",
+            conversation_id=conversation,
+        ),
+        metadata=ALICE,
+    )
+    assert third.rewritten_query == "Neuromancer hacker author"
+    assert third.hits[0].id == ids[1]
+    # The answer prompt: system, the two earlier turns in chronological order, question.
+    sent = _answer_requests(stack)[-1]["messages"]
+    assert [m["role"] for m in sent] == [
+        "system", "user", "assistant", "user", "assistant", "user"
+    ]  # fmt: skip
+    assert sent[1]["content"] == "Tell me about desert planets"
+    assert sent[2]["content"] == first.answer
+    assert sent[3]["content"] == "When was it written?"
+    assert sent[4]["content"] == second.answer
+    assert sent[5]["content"].endswith("Question: Who wrote the second one?")
+    assert "[1]\ntitle: Neuromancer\nbody: A hacker" in sent[5]["content"]
+    assert third.usage.prompt_tokens > 0 and third.usage.completion_tokens > 0
+
+    # Storage: three interactions, newest first, with what produced them.
+    stored = await stack.memory.ListInteractions(
+        mem_pb.ListInteractionsRequest(conversation_id=conversation), metadata=ALICE
+    )
+    assert [i.input for i in stored.interactions] == [
+        "Who wrote the second one?",
+        "When was it written?",
+        "Tell me about desert planets",
+    ]
+    latest = stored.interactions[0]
+    assert latest.interaction_id == third.interaction_id
+    assert latest.response == third.answer
+    assert latest.origin == "fake-model"
+    assert "{question}" in latest.prompt_template
+    info = json_format.MessageToDict(latest.additional_info)
+    assert info["rewritten_query"] == "Neuromancer hacker author"
+    assert info["hit_ids"] == [h.id for h in third.hits]
+    assert info["citations"] == [{"number": c.number, "id": c.id} for c in third.citations]
+    assert third.citations[0].id == third.hits[0].id
+    assert info["usage"]["total_tokens"] == third.usage.total_tokens
+
+    # Only the most recent turns go to the model: interaction_size=1 sends the third.
+    await stack.stub.Ask(
+        gw_pb.AskRequest(
+            collection="Books",
+            llm_question="And the first?",
+            conversation_id=conversation,
+            interaction_size=1,
+            rewrite_query=False,
+        ),
+        metadata=ALICE,
+    )
+    sent = _answer_requests(stack)[-1]["messages"]
+    assert [m["content"] for m in sent[1:3]] == ["Who wrote the second one?", third.answer]
+    assert len(sent) == 4
+
+
+async def test_ask_without_memory_stores_nothing(stack: Stack) -> None:
+    await create_books(stack)
+    answer = await stack.stub.Ask(
+        gw_pb.AskRequest(
+            collection="Books", llm_question="a desert planet or a hacker?", context_size=2
+        ),
+        metadata=ALICE,
+    )
+    assert answer.interaction_id == "" and answer.conversation_id == ""
+    assert len(answer.hits) == 2
+    listed = await stack.memory.ListConversations(mem_pb.ListConversationsRequest(), metadata=ALICE)
+    assert list(listed.conversations) == []
+
+
+async def test_someone_elses_conversation_is_not_found(stack: Stack) -> None:
+    await create_books(stack)
+    made = await stack.memory.CreateConversation(
+        mem_pb.CreateConversationRequest(name="alice's"), metadata=ALICE
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stack.stub.Ask(
+            gw_pb.AskRequest(
+                collection="Books",
+                llm_question="What did alice ask?",
+                conversation_id=made.conversation.conversation_id,
+            ),
+            metadata=BOB,
+        )
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert stack.fake.chat_requests == []
+
+
+async def test_memory_down_is_unavailable_and_nothing_generated(stack: Stack) -> None:
+    await create_books(stack)
+    made = await stack.memory.CreateConversation(mem_pb.CreateConversationRequest(), metadata=ALICE)
+    await stack.stop_service("memory")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stack.stub.Ask(
+            gw_pb.AskRequest(
+                collection="Books",
+                llm_question="Anything?",
+                conversation_id=made.conversation.conversation_id,
+            ),
+            metadata=ALICE,
+            timeout=10,
+        )
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert stack.fake.chat_requests == []
+
+
+async def test_failed_generation_stores_no_turn(stack: Stack) -> None:
+    await create_books(stack)
+    stack.fake.enqueue(Behaviour.error(400))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stack.stub.Ask(
+            gw_pb.AskRequest(collection="Books", llm_question="desert?", new_conversation=True),
+            metadata=ALICE,
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    listed = await stack.memory.ListConversations(mem_pb.ListConversationsRequest(), metadata=ALICE)
+    assert list(listed.conversations) == []
+
+
+async def test_timeout_is_enforced(stack: Stack) -> None:
+    await create_books(stack)
+    stack.fake.latency = 5
+    started = time.perf_counter()
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stack.stub.Ask(
+            gw_pb.AskRequest(
+                collection="Books",
+                llm_question="desert?",
+                new_conversation=True,
+                timeout=duration_pb2.Duration(nanos=400_000_000),
+            ),
+            metadata=ALICE,
+        )
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert time.perf_counter() - started < 2
+    listed = await stack.memory.ListConversations(mem_pb.ListConversationsRequest(), metadata=ALICE)
+    assert list(listed.conversations) == []
+
+
+async def test_context_window_guard_trims_history_then_hits(
+    stack_factory: StackFactory,
+) -> None:
+    stack = await stack_factory(context_windows={"tiny": 250}, answer_reserve_tokens=64)
+    await create_books(stack)
+    made = await stack.memory.CreateConversation(mem_pb.CreateConversationRequest(), metadata=ALICE)
+    conversation = made.conversation.conversation_id
+    for i in range(4):
+        await stack.memory.CreateInteraction(
+            mem_pb.CreateInteractionRequest(
+                conversation_id=conversation,
+                input=f"old question {i} " + "word " * 40,
+                response=f"old answer {i} " + "word " * 40,
+            ),
+            metadata=ALICE,
+        )
+    answer = await stack.stub.Ask(
+        gw_pb.AskRequest(
+            collection="Books",
+            llm_question="desert planet spice?",
+            near_vector=ret_pb.NearVector(vector=[0.5] * DIM),
+            llm_model="tiny-model",
+            conversation_id=conversation,
+            rewrite_query=False,
+            debug=True,
+        ),
+        metadata=ALICE,
+    )
+    assert answer.trimmed.history_turns == 4
+    assert answer.trimmed.hits >= 1
+    kept = [m.content for m in answer.prompt]
+    assert not any("old question" in c for c in kept)
+    assert len(answer.hits) == 5  # all retrieved hits are returned; the prompt had fewer
+    assert f"[{5 - answer.trimmed.hits}]" in kept[-1]
+    assert f"[{5 - answer.trimmed.hits + 1}]" not in kept[-1]
+
+    # A roomier window keeps the most recent turns and drops the oldest first.
+    stack2 = await stack_factory(context_windows={"tiny": 600}, answer_reserve_tokens=64)
+    await create_books(stack2, name="Books")
+    made2 = await stack2.memory.CreateConversation(
+        mem_pb.CreateConversationRequest(), metadata=ALICE
+    )
+    for i in range(4):
+        await stack2.memory.CreateInteraction(
+            mem_pb.CreateInteractionRequest(
+                conversation_id=made2.conversation.conversation_id,
+                input=f"old question {i} " + "word " * 40,
+                response=f"old answer {i} " + "word " * 40,
+            ),
+            metadata=ALICE,
+        )
+    roomy = await stack2.stub.Ask(
+        gw_pb.AskRequest(
+            collection="Books",
+            llm_question="desert planet spice?",
+            near_vector=ret_pb.NearVector(vector=[0.5] * DIM),
+            llm_model="tiny-model",
+            conversation_id=made2.conversation.conversation_id,
+            rewrite_query=False,
+            debug=True,
+        ),
+        metadata=ALICE,
+    )
+    assert 0 < roomy.trimmed.history_turns < 4 and roomy.trimmed.hits == 0
+    questions = [m.content.split(" word")[0] for m in roomy.prompt if "old question" in m.content]
+    assert questions == [f"old question {i}" for i in range(roomy.trimmed.history_turns, 4)]
+
+
+async def test_stream_ask(stack: Stack) -> None:
+    ids = await create_books(stack)
+    stack.fake.reply = scripted
+    events = [
+        e
+        async for e in stack.stub.StreamAsk(
+            gw_pb.StreamAskRequest(
+                collection="Books", llm_question="desert planets", new_conversation=True
+            ),
+            metadata=ALICE,
+        )
+    ]
+    assert events[0].WhichOneof("event") == "context"
+    assert events[0].context.hits[0].id == ids[0]
+    assert events[-1].WhichOneof("event") == "answer"
+    deltas = [e.delta for e in events[1:-1]]
+    assert all(e.WhichOneof("event") == "delta" for e in events[1:-1]) and len(deltas) > 3
+    answer = events[-1].answer
+    assert "".join(deltas) == answer.answer
+    assert answer.interaction_id and answer.conversation_id
+    assert [c.number for c in answer.citations] == [1]  # [2] is not a hit it was given
+
+
+async def test_ask_validation(stack: Stack) -> None:
+    cases = [
+        (gw_pb.AskRequest(collection="Books"), "llm_question"),
+        (gw_pb.AskRequest(llm_question="q"), "collection"),
+        (
+            gw_pb.AskRequest(
+                collection="Books", llm_question="q", conversation_id="x", new_conversation=True
+            ),
+            "new_conversation",
+        ),
+        (gw_pb.AskRequest(collection="Books", llm_question="q", context_size=-1), "context_size"),
+        (
+            gw_pb.AskRequest(
+                collection="Books", llm_question="q", timeout=duration_pb2.Duration(seconds=-1)
+            ),
+            "timeout",
+        ),
+    ]
+    for request, field in cases:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stack.stub.Ask(request, metadata=ALICE)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, field
+        assert field in (err.value.details() or ""), field
+
+
+async def test_default_query_is_hybrid_over_the_rewritten_question(stack: Stack) -> None:
+    """A collection with an embedder (the fake's /v1/embeddings): the default retrieval
+    embeds the standalone query and fuses it with keyword search."""
+    collection = ret_pb.Collection(
+        name="Embedded",
+        properties=[ret_pb.Property(name="title", data_type=ret_pb.DATA_TYPE_TEXT)],
+        vectorizer=ret_pb.Vectorizer(
+            kind=ret_pb.VECTORIZER_KIND_OPENAI_COMPATIBLE,
+            base_url=stack.fake.base_url,
+            model="fake-embedding",
+            dimensions=stack.fake.embedding_dim,
+        ),
+    )
+    await stack.retrieval.CreateCollection(
+        ret_pb.CreateCollectionRequest(collection=collection), metadata=ALICE
+    )
+    objects = []
+    for title in ("Dune desert spice", "Neuromancer hacker", "Emma matchmaker"):
+        props = struct_pb2.Struct()
+        props.update({"title": title})
+        objects.append(ret_pb.DataObject(properties=props))
+    await stack.retrieval.UpsertObjects(
+        ret_pb.UpsertObjectsRequest(collection="Embedded", objects=objects), metadata=ALICE
+    )
+    stack.fake.reply = scripted
+    first = await stack.stub.Ask(
+        gw_pb.AskRequest(
+            collection="Embedded",
+            llm_question="Tell me about desert planets",
+            new_conversation=True,
+        ),
+        metadata=ALICE,
+    )
+    second = await stack.stub.Ask(
+        gw_pb.AskRequest(
+            collection="Embedded",
+            llm_question="When was it written?",
+            conversation_id=first.conversation_id,
+        ),
+        metadata=ALICE,
+    )
+    assert second.rewritten_query == "Dune desert spice year"
+    embedded = [r.json["input"] for r in stack.fake.requests if r.path.endswith("/embeddings")]
+    flat = [t for item in embedded for t in ([item] if isinstance(item, str) else item)]
+    assert "Tell me about desert planets" in flat
+    assert "Dune desert spice year" in flat  # the dense side used the standalone query
+    assert "When was it written?" not in flat
+    assert second.hits[0].properties.fields["title"].string_value == "Dune desert spice"
+
+
+async def test_memory_lost_before_the_turn_is_stored(stack_factory: StackFactory) -> None:
+    """Memory dies while the model answers: the caller gets UNAVAILABLE and the
+    conversation is exactly as it was (read back through a fresh memory service)."""
+    stack = await stack_factory()
+    await create_books(stack)
+    made = await stack.memory.CreateConversation(mem_pb.CreateConversationRequest(), metadata=ALICE)
+    conversation = made.conversation.conversation_id
+    stopping: list[asyncio.Task[None]] = []
+
+    def stop_memory_then_answer(body: dict[str, Any]) -> str:
+        stopping.append(asyncio.ensure_future(stack.stop_service("memory")))
+        return "an answer that will not be stored [1]"
+
+    stack.fake.reply = stop_memory_then_answer
+    stack.fake.latency = 0.3  # memory is gone before the answer comes back
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stack.stub.Ask(
+            gw_pb.AskRequest(
+                collection="Books", llm_question="desert?", conversation_id=conversation
+            ),
+            metadata=ALICE,
+            timeout=10,
+        )
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    await asyncio.gather(*stopping)
+
+    assert stack.memory_settings is not None
+    fresh = await build_memory(stack.memory_settings, port=0)  # same Redis, same keys
+    port = await fresh.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            memory = mem_grpc.MemoryServiceStub(channel)
+            identity = (("x-gensearch-internal-token", TOKEN), ("x-gensearch-user", "alice"))
+            got = await memory.GetConversation(
+                mem_pb.GetConversationRequest(conversation_id=conversation), metadata=identity
+            )
+            assert got.conversation.interaction_count == 0
+            listed = await memory.ListConversations(
+                mem_pb.ListConversationsRequest(), metadata=identity
+            )
+            assert [c.conversation_id for c in listed.conversations] == [conversation]
+    finally:
+        await fresh.stop(0)

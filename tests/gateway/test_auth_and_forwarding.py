@@ -1,0 +1,273 @@
+"""One address, one key: identity and provider keys through the gateway, and the memory
+and retrieval APIs forwarded with their statuses unchanged."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
+from gensearch.memory.v1 import memory_service_pb2 as mem_pb
+from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
+from google.protobuf import struct_pb2
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from tests.gateway.conftest import (
+    ALICE,
+    BOB,
+    DIM,
+    KEYS,
+    Stack,
+    StackFactory,
+    create_books,
+    vector,
+)
+from tests.gateway.test_generative_search import _near
+
+PROVIDER_KEY = "sk-test-provider-key-0123456789"
+
+
+def _error_info(err: grpc.aio.AioRpcError) -> tuple[str, str]:
+    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    assert status is not None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info.reason, info.metadata.get("field", "")
+    raise AssertionError("no ErrorInfo")
+
+
+async def test_callers_need_a_key(stack: Stack) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stack.stub.Ask(gw_pb.AskRequest(collection="Books", llm_question="q"))
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stack.memory.ListConversations(
+            mem_pb.ListConversationsRequest(), metadata=(("authorization", "Bearer wrong"),)
+        )
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_conversations_are_private_through_the_gateway(stack: Stack) -> None:
+    await create_books(stack)
+    alice = await stack.stub.Ask(
+        gw_pb.AskRequest(collection="Books", llm_question="desert?", new_conversation=True),
+        metadata=ALICE,
+    )
+    conversation = alice.conversation_id
+    got = await stack.memory.GetConversation(
+        mem_pb.GetConversationRequest(conversation_id=conversation), metadata=ALICE
+    )
+    assert got.conversation.user == "alice"
+    for call in (
+        stack.memory.GetConversation(
+            mem_pb.GetConversationRequest(conversation_id=conversation), metadata=BOB
+        ),
+        stack.memory.ListInteractions(
+            mem_pb.ListInteractionsRequest(conversation_id=conversation), metadata=BOB
+        ),
+        stack.memory.GetInteraction(
+            mem_pb.GetInteractionRequest(interaction_id=alice.interaction_id), metadata=BOB
+        ),
+        stack.stub.Ask(
+            gw_pb.AskRequest(collection="Books", llm_question="and?", conversation_id=conversation),
+            metadata=BOB,
+        ),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    bobs = await stack.memory.ListConversations(mem_pb.ListConversationsRequest(), metadata=BOB)
+    assert list(bobs.conversations) == []
+    alices = await stack.memory.ListConversations(mem_pb.ListConversationsRequest(), metadata=ALICE)
+    assert [c.conversation_id for c in alices.conversations] == [conversation]
+
+
+@pytest.fixture
+def all_logs(caplog: pytest.LogCaptureFixture) -> AsyncIterator[pytest.LogCaptureFixture]:
+    with caplog.at_level(logging.DEBUG):
+        yield caplog
+
+
+async def test_provider_keys_are_forwarded_and_never_logged(
+    stack_factory: StackFactory, all_logs: pytest.LogCaptureFixture
+) -> None:
+    stack = await stack_factory(log_level="DEBUG")
+    stack.fake.api_key = PROVIDER_KEY  # the fake LLM now demands this key
+    await create_books(stack)
+    request = _near(limit=2, single_prompt="{title}", grouped_task="Compare")
+
+    without = await stack.stub.GenerativeSearch(request, metadata=ALICE)
+    assert {h.generation.error.status for h in without.hits} == {"UNAUTHENTICATED"}
+
+    with_key = (*ALICE, ("x-fake-api-key", PROVIDER_KEY))
+    response = await stack.stub.GenerativeSearch(request, metadata=with_key)
+    assert all(h.generation.result for h in response.hits)
+    assert response.grouped.result
+    sent = stack.fake.chat_requests[-1]
+    assert sent.headers["Authorization"] == f"Bearer {PROVIDER_KEY}"
+    # The key travels in headers only: never in the prompt or the body.
+    assert PROVIDER_KEY not in str(sent.json)
+
+    answer = await stack.stub.Ask(
+        gw_pb.AskRequest(collection="Books", llm_question="desert?", new_conversation=True),
+        metadata=with_key,
+    )
+    assert answer.answer and PROVIDER_KEY not in str(answer)
+    stored = await stack.memory.GetInteraction(
+        mem_pb.GetInteractionRequest(interaction_id=answer.interaction_id), metadata=ALICE
+    )
+    assert PROVIDER_KEY not in str(stored)
+    # Nothing any of the four services logged holds the key.
+    assert all_logs.records, "expected some log records"
+    assert PROVIDER_KEY not in all_logs.text
+    for record in all_logs.records:
+        assert PROVIDER_KEY not in str(record.__dict__)
+
+
+async def test_memory_rpcs_are_forwarded(stack: Stack) -> None:
+    made = await stack.memory.CreateConversation(
+        mem_pb.CreateConversationRequest(name="first"), metadata=ALICE
+    )
+    conversation = made.conversation.conversation_id
+    assert made.conversation.user == "alice"
+    renamed = await stack.memory.UpdateConversation(
+        mem_pb.UpdateConversationRequest(conversation_id=conversation, name="renamed"),
+        metadata=ALICE,
+    )
+    assert renamed.conversation.name == "renamed"
+    info = struct_pb2.Struct()
+    info.update({"k": "v"})
+    turn = await stack.memory.CreateInteraction(
+        mem_pb.CreateInteractionRequest(
+            conversation_id=conversation, input="q", response="a", additional_info=info
+        ),
+        metadata=ALICE,
+    )
+    got = await stack.memory.GetInteraction(
+        mem_pb.GetInteractionRequest(interaction_id=turn.interaction.interaction_id),
+        metadata=ALICE,
+    )
+    assert got.interaction.additional_info == info
+    listed = await stack.memory.ListInteractions(
+        mem_pb.ListInteractionsRequest(conversation_id=conversation), metadata=ALICE
+    )
+    assert [i.input for i in listed.interactions] == ["q"]
+    convs = await stack.memory.ListConversations(
+        mem_pb.ListConversationsRequest(page_size=5), metadata=ALICE
+    )
+    assert convs.conversations[0].interaction_count == 1
+    await stack.memory.DeleteConversation(
+        mem_pb.DeleteConversationRequest(conversation_id=conversation), metadata=ALICE
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stack.memory.GetConversation(
+            mem_pb.GetConversationRequest(conversation_id=conversation), metadata=ALICE
+        )
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    # A field error keeps its reason and field on the way back.
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stack.memory.ListConversations(
+            mem_pb.ListConversationsRequest(page_size=-1), metadata=ALICE
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert _error_info(err.value)[1] == "page_size"
+
+
+async def test_retrieval_rpcs_are_forwarded(stack: Stack) -> None:
+    ids = await create_books(stack)  # CreateCollection + UpsertObjects through the gateway
+    got = await stack.retrieval.GetCollection(
+        ret_pb.GetCollectionRequest(name="Books"), metadata=ALICE
+    )
+    assert got.object_count == 5
+    listed = await stack.retrieval.ListCollections(ret_pb.ListCollectionsRequest(), metadata=ALICE)
+    assert [c.name for c in listed.collections] == ["Books"]
+
+    async def batches() -> AsyncIterator[ret_pb.ImportObjectsRequest]:
+        for start in (0, 3):
+            objects = []
+            for i in range(start, start + 3):
+                props = struct_pb2.Struct()
+                props.update({"title": f"Imported {i}", "year": 2000 + i})
+                objects.append(ret_pb.DataObject(properties=props, vector=vector(i)))
+            yield ret_pb.ImportObjectsRequest(
+                collection="Books" if start == 0 else "", objects=objects
+            )
+
+    imported = await stack.retrieval.ImportObjects(batches(), metadata=ALICE)
+    assert (imported.received_count, imported.imported_count) == (6, 6)
+    count = await stack.retrieval.CountObjects(
+        ret_pb.CountObjectsRequest(collection="Books"), metadata=ALICE
+    )
+    assert count.count == 11
+    obj = await stack.retrieval.GetObject(
+        ret_pb.GetObjectRequest(collection="Books", id=ids[0], include_vector=True),
+        metadata=ALICE,
+    )
+    assert obj.object.properties.fields["title"].string_value == "Dune"
+    assert len(obj.object.vector) == DIM
+    search = ret_pb.SearchRequest(collection="Books", keyword=ret_pb.Keyword(text="desert"))
+    via_gateway = await stack.retrieval.Search(search, metadata=ALICE)
+    direct = await stack.retrieval_direct.Search(search, metadata=(("x", "y"),))
+    assert [h.id for h in via_gateway.hits] == [h.id for h in direct.hits] == [ids[0]]
+    deleted = await stack.retrieval.DeleteObjects(
+        ret_pb.DeleteObjectsRequest(collection="Books", ids=ids[:2]), metadata=ALICE
+    )
+    assert deleted.deleted_count == 2
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stack.retrieval.Search(
+            ret_pb.SearchRequest(collection="Books", limit=-1, keyword=ret_pb.Keyword(text="x")),
+            metadata=ALICE,
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert _error_info(err.value)[1] == "limit"
+    await stack.retrieval.DeleteCollection(
+        ret_pb.DeleteCollectionRequest(name="Books"), metadata=ALICE
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stack.retrieval.GetCollection(
+            ret_pb.GetCollectionRequest(name="Books"), metadata=ALICE
+        )
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_forwarded_deadline_and_downstream_outage(stack: Stack) -> None:
+    await stack.stop_service("retrieval")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stack.retrieval.ListCollections(
+            ret_pb.ListCollectionsRequest(), metadata=ALICE, timeout=5
+        )
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_without_internal_token_each_service_checks_the_key(
+    stack_factory: StackFactory,
+) -> None:
+    """No shared secret: the gateway passes the caller's own key on, and every service
+    authenticates it (all configured with the same keys)."""
+    stack = await stack_factory(shared={"internal_token": "", "api_keys": KEYS})
+    await create_books(stack)
+    answer = await stack.stub.Ask(
+        gw_pb.AskRequest(collection="Books", llm_question="desert?", new_conversation=True),
+        metadata=ALICE,
+    )
+    got = await stack.memory.GetConversation(
+        mem_pb.GetConversationRequest(conversation_id=answer.conversation_id), metadata=ALICE
+    )
+    assert got.conversation.user == "alice"
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stack.memory.GetConversation(
+            mem_pb.GetConversationRequest(conversation_id=answer.conversation_id), metadata=BOB
+        )
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    # A client cannot pose as the gateway: its own x-gensearch-* headers are not believed.
+    forged = (*BOB, ("x-gensearch-internal-token", "guess"), ("x-gensearch-user", "alice"))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stack.memory.GetConversation(
+            mem_pb.GetConversationRequest(conversation_id=answer.conversation_id), metadata=forged
+        )
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED

@@ -1,0 +1,115 @@
+"""The bounded fan-out: concurrency, per-job errors, the budget, completion order."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+
+from services.common.errors import Unavailable
+from services.gateway.fanout import Delta, Emit, Job, Outcome, fan_out, fan_out_stream
+
+
+def _sleeper(delay: float, value: str, tracker: list[int] | None = None) -> Job[str]:
+    async def job(emit: Emit) -> str:
+        if tracker is not None:
+            tracker[0] += 1
+            tracker[1] = max(tracker[1], tracker[0])
+        try:
+            emit(value[:1])
+            await asyncio.sleep(delay)
+            return value
+        finally:
+            if tracker is not None:
+                tracker[0] -= 1
+
+    return job
+
+
+async def test_concurrency_is_bounded_and_all_finish() -> None:
+    tracker = [0, 0]
+    jobs = {i: _sleeper(0.02, f"v{i}", tracker) for i in range(20)}
+    outcomes = await fan_out(jobs, max_concurrency=4, timeout=5)
+    assert tracker[1] == 4
+    assert [outcomes[i].value for i in range(20)] == [f"v{i}" for i in range(20)]
+
+
+async def test_one_failure_does_not_fail_the_rest() -> None:
+    async def boom(emit: Emit) -> str:
+        raise Unavailable("generation is down", reason="BACKEND_DOWN")
+
+    async def crash(emit: Emit) -> str:
+        raise RuntimeError("secret internals")
+
+    jobs: dict[int, Job[str]] = {0: _sleeper(0, "ok"), 1: boom, 2: crash}
+    outcomes = await fan_out(jobs, max_concurrency=8, timeout=5)
+    assert outcomes[0].value == "ok" and outcomes[0].error is None
+    err = outcomes[1].error
+    assert err is not None and err.code == grpc.StatusCode.UNAVAILABLE
+    assert err.reason == "BACKEND_DOWN" and err.number == 14
+    crashed = outcomes[2].error
+    assert crashed is not None and crashed.code == grpc.StatusCode.INTERNAL
+    assert "secret" not in crashed.message
+
+
+async def test_timeout_keeps_finished_results() -> None:
+    jobs = {0: _sleeper(0.01, "fast"), 1: _sleeper(5, "slow"), 2: _sleeper(0.02, "fast2")}
+    started = asyncio.get_running_loop().time()
+    outcomes = await fan_out(jobs, max_concurrency=8, timeout=0.3)
+    elapsed = asyncio.get_running_loop().time() - started
+    assert elapsed < 2
+    assert outcomes[0].value == "fast" and outcomes[2].value == "fast2"
+    err = outcomes[1].error
+    assert err is not None and err.code == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+async def test_queued_jobs_also_time_out() -> None:
+    jobs = {i: _sleeper(0.2, str(i)) for i in range(4)}
+    outcomes = await fan_out(jobs, max_concurrency=1, timeout=0.3)
+    done = [i for i, o in outcomes.items() if o.error is None]
+    assert done == [0]
+    assert all(outcomes[i].error is not None for i in (1, 2, 3))
+
+
+async def test_stream_yields_in_completion_order_with_deltas() -> None:
+    jobs = {0: _sleeper(0.15, "zero"), 1: _sleeper(0.01, "one"), 2: _sleeper(0.08, "two")}
+    events = [e async for e in fan_out_stream(jobs, max_concurrency=8, timeout=5)]
+    outcomes = [e.index for e in events if isinstance(e, Outcome)]
+    assert outcomes == [1, 2, 0]
+    deltas = [e for e in events if isinstance(e, Delta)]
+    assert {d.index for d in deltas} == {0, 1, 2}
+    # Each job's delta comes before its outcome.
+    for delta in deltas:
+        pos_delta = events.index(delta)
+        pos_outcome = next(
+            i for i, e in enumerate(events) if isinstance(e, Outcome) and e.index == delta.index
+        )
+        assert pos_delta < pos_outcome
+
+
+async def test_unbounded_job_does_not_take_a_slot() -> None:
+    tracker = [0, 0]
+    jobs = {i: _sleeper(0.05, str(i), tracker) for i in range(3)}
+    jobs[-1] = _sleeper(0.05, "grouped", tracker)
+    outcomes = await fan_out(jobs, max_concurrency=1, timeout=5, unbounded={-1})
+    assert tracker[1] == 2
+    assert outcomes[-1].value == "grouped"
+
+
+async def test_abandoning_the_stream_cancels_jobs() -> None:
+    cancelled = asyncio.Event()
+
+    async def slow(emit: Emit) -> str:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return "never"
+
+    stream = fan_out_stream({0: _sleeper(0, "a"), 1: slow}, max_concurrency=4, timeout=None)
+    async for event in stream:
+        if isinstance(event, Outcome):
+            break
+    await stream.aclose()
+    assert cancelled.is_set()

@@ -1,0 +1,261 @@
+"""GenerativeSearch through the whole stack: per-hit results and errors, templates,
+grouped prompts, defaults, the concurrency bound, the budget, a dead generation service."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+import pytest
+from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
+from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
+from google.protobuf import duration_pb2
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from prometheus_client import REGISTRY
+
+from tests.gateway.conftest import ALICE, BOOKS, DIM, Stack, StackFactory, create_books
+from tests.support.fake_openai import Behaviour
+
+
+def _near(limit: int = 5, **generate: object) -> gw_pb.GenerativeSearchRequest:
+    return gw_pb.GenerativeSearchRequest(
+        collection="Books",
+        near_vector=ret_pb.NearVector(vector=[0.5] * DIM),
+        limit=limit,
+        generate=gw_pb.Generate(**generate),  # type: ignore[arg-type]
+    )
+
+
+def _bad_request_field(err: grpc.aio.AioRpcError) -> str:
+    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    assert status is not None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            return bad.field_violations[0].field
+    raise AssertionError("no BadRequest detail")
+
+
+def _count(kind: str, code: str) -> float:
+    labels = {"kind": kind, "code": code}
+    return REGISTRY.get_sample_value("gensearch_gateway_generations_total", labels) or 0.0
+
+
+def _title(hit: gw_pb.GenerativeHit) -> str:
+    return hit.hit.properties.fields["title"].string_value
+
+
+async def test_per_hit_results_and_errors_side_by_side(stack: Stack) -> None:
+    await create_books(stack)
+    # One upstream answer fails (whichever hit's request arrives first): only that hit.
+    stack.fake.enqueue(Behaviour.error(400))
+    before = {code: _count("single", code) for code in ("OK", "FAILED_PRECONDITION")}
+    response = await stack.stub.GenerativeSearch(
+        _near(single_prompt="Summarise {title}: {body}", debug=True), metadata=ALICE
+    )
+    assert len(response.hits) == 5
+    by_title = {_title(h): h.generation for h in response.hits}
+    draft = by_title.pop("Untitled draft")
+    assert draft.error.reason == "MISSING_PROPERTY"
+    assert draft.error.status == "FAILED_PRECONDITION"
+    assert "'body'" in draft.error.message
+    assert not draft.result
+    failed = [t for t, g in by_title.items() if g.HasField("error")]
+    assert len(failed) == 1
+    assert by_title[failed[0]].error.status == "INVALID_ARGUMENT"
+    ok = {t: g for t, g in by_title.items() if not g.HasField("error")}
+    assert len(ok) == 3
+    for title, generation in ok.items():
+        book = next(b for b in BOOKS if b["title"] == title)
+        expected = f"Summarise {title}: {book['body']}"
+        assert generation.result == expected  # the fake echoes the prompt
+        assert generation.prompt == expected  # debug
+        assert generation.usage.total_tokens > 0
+        assert generation.model == "fake-model"
+    assert response.usage.total_tokens == sum(g.usage.total_tokens for g in ok.values())
+    assert len(stack.fake.chat_requests) == 4  # the draft never reached the LLM
+    assert _count("single", "OK") - before["OK"] == 3
+    assert _count("single", "FAILED_PRECONDITION") - before["FAILED_PRECONDITION"] == 1
+
+
+@pytest.mark.parametrize(
+    ("prompt", "words"),
+    [
+        ("Tell me a joke about {{braces}}", ["placeholder"]),
+        ("About {title} by {author}", ["'author'"]),
+        ("About {title", ["unclosed"]),
+    ],
+)
+async def test_template_errors_fail_before_any_llm_call(
+    stack: Stack, prompt: str, words: list[str]
+) -> None:
+    await create_books(stack)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stack.stub.GenerativeSearch(_near(single_prompt=prompt), metadata=ALICE)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    for word in words:
+        assert word in (err.value.details() or "")
+    assert _bad_request_field(err.value) == "generate.single_prompt"
+    assert stack.fake.chat_requests == []
+
+
+async def test_unknown_grouped_property_is_rejected(stack: Stack) -> None:
+    await create_books(stack)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stack.stub.GenerativeSearch(
+            _near(grouped_task="Compare", grouped_properties=["nope"]), metadata=ALICE
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert _bad_request_field(err.value) == "generate.grouped_properties"
+
+
+async def test_grouped_prompt_over_selected_properties(stack: Stack) -> None:
+    await create_books(stack)
+    response = await stack.stub.GenerativeSearch(
+        _near(limit=3, grouped_task="Which is oldest?", grouped_properties=["title", "year"]),
+        metadata=ALICE,
+    )
+    assert len(stack.fake.chat_requests) == 1
+    grouped = response.grouped.result
+    assert grouped.startswith("Which is oldest?")
+    titles = [_title(h) for h in response.hits]
+    for number, title in enumerate(titles, start=1):
+        assert f"[{number}]\ntitle: {title}\nyear: " in grouped
+    assert "body" not in grouped
+    assert all(not h.HasField("generation") for h in response.hits)
+    assert response.usage.total_tokens == response.grouped.usage.total_tokens > 0
+
+
+async def test_options_default_from_collection_then_request(stack: Stack) -> None:
+    await create_books(
+        stack,
+        generative=ret_pb.GenerativeConfig(
+            provider="fake", model="collection-model", temperature=0.3, max_tokens=40
+        ),
+    )
+    await stack.stub.GenerativeSearch(_near(limit=1, single_prompt="{title}"), metadata=ALICE)
+    sent = stack.fake.chat_requests[-1].json
+    assert (sent["model"], sent["temperature"], sent["max_tokens"]) == ("collection-model", 0.3, 40)
+    await stack.stub.GenerativeSearch(
+        _near(limit=1, single_prompt="{title}", model="request-model", temperature=0.9),
+        metadata=ALICE,
+    )
+    sent = stack.fake.chat_requests[-1].json
+    assert (sent["model"], sent["temperature"], sent["max_tokens"]) == ("request-model", 0.9, 40)
+
+
+async def test_return_properties_are_honoured_while_templates_see_theirs(stack: Stack) -> None:
+    await create_books(stack, books=[b for b in BOOKS if b["body"]])
+    request = _near(limit=2, single_prompt="{body}")
+    request.return_properties.append("title")
+    response = await stack.stub.GenerativeSearch(request, metadata=ALICE)
+    for hit in response.hits:
+        assert set(hit.hit.properties.fields) == {"title"}
+        assert hit.generation.result  # rendered from body, which was not returned
+
+
+async def test_concurrency_is_bounded(stack: Stack) -> None:
+    books = [{"title": f"Book {i}", "body": "x", "year": 2000, "tags": []} for i in range(12)]
+    await create_books(stack, books=books)
+    stack.fake.latency = 0.3  # long enough that every admitted call overlaps the others
+    response = await stack.stub.GenerativeSearch(
+        _near(limit=12, single_prompt="{title}", max_concurrency=3), metadata=ALICE
+    )
+    assert all(h.generation.result for h in response.hits)
+    assert stack.fake.max_concurrent == 3
+    stack.fake.reset_stats()
+    await stack.stub.GenerativeSearch(_near(limit=12, single_prompt="{title}"), metadata=ALICE)
+    assert stack.fake.max_concurrent == 12  # default 32: all at once
+
+
+async def test_timeout_keeps_finished_hits(stack: Stack) -> None:
+    await create_books(stack)
+    stack.fake.enqueue(Behaviour.hang(30), Behaviour.hang(30))
+    started = time.perf_counter()
+    response = await stack.stub.GenerativeSearch(
+        _near(
+            single_prompt="{title}",
+            max_concurrency=8,
+            timeout=duration_pb2.Duration(nanos=500_000_000),
+        ),
+        metadata=ALICE,
+        timeout=10,
+    )
+    elapsed = time.perf_counter() - started
+    assert elapsed < 3
+    statuses = sorted(h.generation.error.status or "OK" for h in response.hits)
+    assert statuses == ["DEADLINE_EXCEEDED", "DEADLINE_EXCEEDED", "OK", "OK", "OK"]
+    # The abandoned upstream requests were really cancelled.
+    await asyncio.wait_for(stack.fake.disconnected.wait(), 5)
+
+
+async def test_call_deadline_is_the_budget_when_no_timeout(stack: Stack) -> None:
+    await create_books(stack)
+    stack.fake.enqueue(Behaviour.hang(30))
+    response = await stack.stub.GenerativeSearch(
+        _near(limit=2, single_prompt="{title}"), metadata=ALICE, timeout=1.5
+    )
+    statuses = sorted(h.generation.error.status or "OK" for h in response.hits)
+    assert statuses == ["DEADLINE_EXCEEDED", "OK"]
+
+
+async def test_generation_down_gives_per_hit_unavailable(stack_factory: StackFactory) -> None:
+    stack = await stack_factory(generation=False)
+    await create_books(stack)
+    response = await stack.stub.GenerativeSearch(
+        _near(single_prompt="{title}", grouped_task="Compare"), metadata=ALICE, timeout=10
+    )
+    assert len(response.hits) == 5
+    assert {h.generation.error.status for h in response.hits} == {"UNAVAILABLE"}
+    assert {h.generation.error.code for h in response.hits} == {14}
+    assert response.grouped.error.status == "UNAVAILABLE"
+
+
+async def test_search_without_generation_is_a_plain_search(stack: Stack) -> None:
+    ids = await create_books(stack)
+    response = await stack.stub.GenerativeSearch(
+        gw_pb.GenerativeSearchRequest(
+            collection="Books", keyword=ret_pb.Keyword(text="desert spice"), limit=3
+        ),
+        metadata=ALICE,
+    )
+    assert response.hits[0].hit.id == ids[0]
+    assert not response.hits[0].HasField("generation")
+    assert stack.fake.chat_requests == []
+
+
+async def test_search_errors_pass_through(stack: Stack) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stack.stub.GenerativeSearch(_near(), metadata=ALICE)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stack.stub.GenerativeSearch(_near(limit=1000), metadata=ALICE)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert _bad_request_field(err.value) == "limit"
+
+
+@pytest.mark.parametrize(
+    ("generate", "field"),
+    [
+        ({"single_prompt": "{title}", "max_concurrency": -1}, "generate.max_concurrency"),
+        ({"single_prompt": "{title}", "temperature": 3.0}, "generate.temperature"),
+        ({"single_prompt": "{title}", "max_tokens": 0}, "generate.max_tokens"),
+        (
+            {"single_prompt": "{title}", "timeout": duration_pb2.Duration(seconds=-1)},
+            "generate.timeout",
+        ),
+        ({"grouped_properties": ["title"]}, "generate.grouped_properties"),
+        ({"single_prompt": "{title}" * 10_000}, "generate.single_prompt"),
+    ],
+)
+async def test_generate_options_are_validated(
+    stack: Stack, generate: dict[str, object], field: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stack.stub.GenerativeSearch(_near(**generate), metadata=ALICE)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert _bad_request_field(err.value) == field
+    assert stack.fake.chat_requests == []

@@ -1,0 +1,89 @@
+"""Generation replicas share the fan-out: client-side round-robin over every address of
+the target (``ipv4:a,b`` here; ``dns:///name:port`` in a cluster)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
+from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
+
+from services.common.server import GrpcServer
+from services.generation.__main__ import build_server as build_generation
+from services.generation.settings import GenerationSettings
+from tests.gateway.conftest import ALICE, DIM, TOKEN, StackFactory, create_books, fake_provider
+from tests.support.fake_openai import FakeOpenAI
+
+
+async def _replica(fake: FakeOpenAI) -> GrpcServer:
+    server = await build_generation(
+        GenerationSettings(
+            providers=[fake_provider(fake)],
+            default_provider="fake",
+            generation_metrics_port=None,
+            internal_token=TOKEN,
+        ),
+        port=0,
+    )
+    await server.start()
+    return server
+
+
+@pytest.fixture
+async def replicas() -> AsyncIterator[list[tuple[GrpcServer, FakeOpenAI]]]:
+    started: list[tuple[GrpcServer, FakeOpenAI]] = []
+    for _ in range(2):
+        fake = await FakeOpenAI().start()
+        started.append((await _replica(fake), fake))
+    yield started
+    for server, fake in started:
+        await server.stop(0)
+        await fake.stop()
+
+
+def _request(limit: int) -> gw_pb.GenerativeSearchRequest:
+    return gw_pb.GenerativeSearchRequest(
+        collection="Books",
+        near_vector=ret_pb.NearVector(vector=[0.5] * DIM),
+        limit=limit,
+        generate=gw_pb.Generate(single_prompt="{title}"),
+    )
+
+
+async def test_calls_spread_over_generation_replicas(
+    stack_factory: StackFactory, replicas: list[tuple[GrpcServer, FakeOpenAI]]
+) -> None:
+    target = "ipv4:" + ",".join(f"127.0.0.1:{server.port}" for server, _ in replicas)
+    stack = await stack_factory(generation=False, generation_addr=target)
+    await create_books(stack)
+    for _ in range(4):
+        response = await stack.stub.GenerativeSearch(_request(4), metadata=ALICE)
+        assert all(h.generation.result for h in response.hits)
+    counts = [len(fake.chat_requests) for _, fake in replicas]
+    assert sum(counts) == 16
+    assert min(counts) >= 4, counts  # round-robin: both replicas got a fair share
+
+    # One replica gone: the other takes every call.
+    await replicas[0][0].stop(0)
+    for _, fake in replicas:
+        fake.reset_stats()
+    for _ in range(2):
+        response = await stack.stub.GenerativeSearch(_request(4), metadata=ALICE)
+        statuses = {h.generation.error.status or "OK" for h in response.hits}
+        # Calls already routed to the dying replica may fail once; later ones must not.
+    assert statuses == {"OK"}
+    assert len(replicas[1][1].chat_requests) >= 4
+
+
+async def test_dns_target(stack_factory: StackFactory, fake: FakeOpenAI) -> None:
+    server = await _replica(fake)
+    try:
+        stack = await stack_factory(
+            generation=False, generation_addr=f"dns:///localhost:{server.port}"
+        )
+        await create_books(stack)
+        response = await stack.stub.GenerativeSearch(_request(2), metadata=ALICE)
+        assert all(h.generation.result for h in response.hits)
+    finally:
+        await server.stop(0)

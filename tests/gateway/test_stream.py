@@ -1,0 +1,122 @@
+"""StreamGenerativeSearch: hits first, per-hit results in completion order tagged with
+their index, token deltas, the grouped result, then usage."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
+from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
+
+from tests.gateway.conftest import ALICE, BOOKS, DIM, Stack, create_books
+from tests.support.fake_openai import Behaviour
+
+
+def _request(**generate: object) -> gw_pb.StreamGenerativeSearchRequest:
+    return gw_pb.StreamGenerativeSearchRequest(
+        collection="Books",
+        near_vector=ret_pb.NearVector(vector=[0.5] * DIM),
+        limit=4,
+        generate=gw_pb.Generate(**generate),  # type: ignore[arg-type]
+    )
+
+
+async def test_stream_order_and_tagging(stack: Stack) -> None:
+    await create_books(stack, books=[b for b in BOOKS if b["body"]])
+    # The first requests to arrive answer last: completion order differs from hit order.
+    stack.fake.enqueue(*(Behaviour.ok(latency=0.3 - 0.1 * i) for i in range(4)))
+    events = [
+        e
+        async for e in stack.stub.StreamGenerativeSearch(
+            _request(single_prompt="Title: {title}", grouped_task="Compare"), metadata=ALICE
+        )
+    ]
+    kinds = [e.WhichOneof("event") for e in events]
+    assert kinds == ["hits"] + ["hit_result"] * 4 + ["grouped", "done"]
+    hits = events[0].hits.hits
+    results = [e.hit_result for e in events[1:5]]
+    assert sorted(r.hit_index for r in results) == [0, 1, 2, 3]
+    for result in results:
+        title = hits[result.hit_index].properties.fields["title"].string_value
+        assert result.generation.result == f"Title: {title}"  # tagged with the right hit
+    # Completion order, as the fake server finished them.
+    finished = sorted(
+        (r for r in stack.fake.chat_requests if r.json["messages"][0]["content"] != "Compare"),
+        key=lambda r: r.finished_at or 0,
+    )
+    order = [r.json["messages"][-1]["content"] for r in finished]
+    order = [c for c in order if c.startswith("Title: ")]
+    assert [r.generation.result for r in results] == order
+    assert events[5].grouped.result.startswith("Compare")
+    usage = events[-1].done.usage
+    assert usage.total_tokens == sum(r.generation.usage.total_tokens for r in results) + (
+        events[5].grouped.usage.total_tokens
+    )
+
+
+async def test_stream_token_deltas(stack: Stack) -> None:
+    await create_books(stack, books=[b for b in BOOKS if b["body"]])
+    events = [
+        e
+        async for e in stack.stub.StreamGenerativeSearch(
+            _request(single_prompt="Say {title} now", grouped_task="All", stream_tokens=True),
+            metadata=ALICE,
+        )
+    ]
+    assert events[0].WhichOneof("event") == "hits"
+    assert events[-1].WhichOneof("event") == "done"
+    text: dict[int, str] = {}
+    grouped_text = ""
+    finished: set[int] = set()
+    for event in events[1:-1]:
+        kind = event.WhichOneof("event")
+        if kind == "token":
+            if event.token.grouped:
+                grouped_text += event.token.delta
+            else:
+                assert event.token.hit_index not in finished  # deltas come before the result
+                text[event.token.hit_index] = (
+                    text.get(event.token.hit_index, "") + event.token.delta
+                )
+        elif kind == "hit_result":
+            finished.add(event.hit_result.hit_index)
+            assert text[event.hit_result.hit_index] == event.hit_result.generation.result
+        elif kind == "grouped":
+            assert grouped_text == event.grouped.result
+    assert finished == {0, 1, 2, 3}
+    assert all(len(t.split()) == 3 for t in text.values())
+
+
+async def test_stream_missing_property_comes_right_after_hits(stack: Stack) -> None:
+    await create_books(stack)
+    request = _request(single_prompt="{body}")
+    request.limit = 5
+    events = [e async for e in stack.stub.StreamGenerativeSearch(request, metadata=ALICE)]
+    hits = events[0].hits.hits
+    first = events[1].hit_result
+    assert hits[first.hit_index].properties.fields["title"].string_value == "Untitled draft"
+    assert first.generation.error.reason == "MISSING_PROPERTY"
+    assert sum(1 for e in events if e.WhichOneof("event") == "hit_result") == 5
+
+
+async def test_client_going_away_cancels_upstream_calls(stack: Stack) -> None:
+    await create_books(stack, books=[b for b in BOOKS if b["body"]])
+    stack.fake.latency = 30
+    call = stack.stub.StreamGenerativeSearch(_request(single_prompt="{title}"), metadata=ALICE)
+    first = await call.read()
+    assert first.WhichOneof("event") == "hits"  # type: ignore[union-attr]
+    await _until(lambda: stack.fake.concurrent == 4)
+    call.cancel()
+    # The gateway cancels its generation calls, which abort their HTTP requests.
+    await _until(lambda: stack.fake.disconnects == 4)
+    assert stack.fake.concurrent == 0
+
+
+async def _until(condition: Callable[[], bool], timeout: float = 5) -> None:
+    """Poll a counter of the fake server (it offers no event for these)."""
+    for _ in range(int(timeout / 0.02)):
+        if condition():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition not reached")

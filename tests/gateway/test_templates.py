@@ -1,0 +1,100 @@
+"""Templates and the grouped prompt: pure functions, no service needed."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from services.common.errors import FailedPrecondition, InvalidArgument
+from services.gateway.grouped import grouped_prompt
+from services.gateway.templates import parse, parse_single_prompt, render
+
+SCHEMA = {"title", "body", "year", "tags", "price", "meta"}
+FIELD = "generate.single_prompt"
+
+
+def test_placeholders_and_literal_braces() -> None:
+    template = parse_single_prompt(
+        "Summarise {title} ({year}) as {{json}}: {{}}", SCHEMA, field=FIELD
+    )
+    assert template.properties == ("title", "year")
+    out = render(template, {"title": "Dune", "year": 1965.0})
+    assert out == "Summarise Dune (1965) as {json}: {}"
+
+
+def test_non_text_values_are_json() -> None:
+    template = parse("{tags}|{price}|{meta}|{year}", field=FIELD)
+    out = render(template, {"tags": ["a", "b"], "price": 2.5, "meta": {"k": True}, "year": 3.0})
+    assert out == '["a", "b"]|2.5|{"k": true}|3'
+
+
+def test_no_placeholder_is_invalid() -> None:
+    with pytest.raises(InvalidArgument) as err:
+        parse_single_prompt("Tell me a joke about {{braces}}", SCHEMA, field=FIELD)
+    assert err.value.field == FIELD
+    assert err.value.reason == "NO_PLACEHOLDER"
+
+
+def test_unknown_property_is_invalid_and_named() -> None:
+    with pytest.raises(InvalidArgument) as err:
+        parse_single_prompt("About {title} by {author}", SCHEMA, field=FIELD)
+    assert "'author'" in err.value.message
+    assert err.value.field == FIELD
+    assert err.value.metadata["property"] == "author"
+
+
+@pytest.mark.parametrize("source", ["open { brace", "x } y", "{not a name}", "{}", "{a.b}"])
+def test_bad_syntax_is_invalid(source: str) -> None:
+    with pytest.raises(InvalidArgument) as err:
+        parse(source, field=FIELD)
+    assert err.value.field == FIELD
+    assert err.value.reason == "INVALID_TEMPLATE"
+
+
+@pytest.mark.parametrize("props", [{}, {"title": ""}, {"title": None}, {"title": []}])
+def test_missing_or_empty_property_fails_that_hit(props: dict[str, object]) -> None:
+    template = parse("About {title}", field=FIELD)
+    with pytest.raises(FailedPrecondition) as err:
+        render(template, props)
+    assert err.value.reason == "MISSING_PROPERTY"
+    assert "'title'" in err.value.message
+
+
+def test_zero_and_false_are_values_not_missing() -> None:
+    template = parse("{year} {flag}", field=FIELD)
+    assert render(template, {"year": 0.0, "flag": False}) == "0 false"
+
+
+def test_grouped_prompt_numbers_and_labels_hits() -> None:
+    hits = [{"title": "A", "year": 2001.0, "body": "x"}, {"title": "B", "body": ""}]
+    prompt = grouped_prompt("Compare these.", hits)
+    assert prompt.startswith("Compare these.\n\nSearch results:\n\n[1]\n")
+    assert "[1]\nbody: x\ntitle: A\nyear: 2001" in prompt
+    assert "[2]\ntitle: B" in prompt  # empty body left out
+    only = grouped_prompt("Compare.", hits, ["title"])
+    assert "body" not in only and "year" not in only
+    assert "[1]\ntitle: A\n\n[2]\ntitle: B" in only
+
+
+@given(st.text(max_size=200))
+def test_any_text_parses_or_is_a_clear_invalid_argument(source: str) -> None:
+    try:
+        template = parse(source, field=FIELD)
+    except InvalidArgument as err:
+        assert err.field == FIELD and err.reason == "INVALID_TEMPLATE"
+        return
+    # Rendering with every placeholder filled gives back the source with braces unescaped.
+    values = {name: f"<{name}>" for name in template.properties}
+    expected = source
+    for name in template.properties:
+        expected = expected.replace("{" + name + "}", f"<{name}>")
+    expected = expected.replace("{{", "{").replace("}}", "}")
+    if "{{" not in source and "}}" not in source:
+        assert render(template, values) == expected
+
+
+@given(st.text(alphabet=st.characters(blacklist_characters="{}"), max_size=100))
+def test_escaped_braces_round_trip(text: str) -> None:
+    source = "{{" + text + "}}"
+    assert render(parse(source, field=FIELD), {}) == "{" + text + "}"
