@@ -1,0 +1,275 @@
+"""Memory service throughput and list latency, side by side with a bare grpc.aio echo.
+
+    .venv/bin/python bench/memory.py [--seconds 3] [--appendfsync everysec|always]
+
+One run: a child process serves a bare ``grpc.aio`` echo (one generic unary method, bytes
+in, same bytes out, no interceptor) and the memory service (its own Redis with AOF); this
+process drives both over loopback with a bounded number of calls in flight, and prints the
+rates, their ratio to the echo, and ListInteractions latency for a 10-interaction and a
+10,000-interaction conversation (first page and a page from the middle).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "gen")]
+
+import grpc  # noqa: E402
+from gensearch.memory.v1 import memory_service_pb2 as pb  # noqa: E402
+from gensearch.memory.v1 import memory_service_pb2_grpc as pb_grpc  # noqa: E402
+
+ECHO_METHOD = "/bench.v1.EchoService/Echo"
+Call = Callable[[], Awaitable[Any]]
+
+
+# ---- the server side (child process) ---------------------------------------------------
+
+
+async def _serve(appendfsync: str) -> None:
+    from services.common.redis_process import RedisProcess
+    from services.memory.__main__ import build_server
+    from services.memory.settings import MemorySettings
+
+    data = Path(tempfile.mkdtemp(prefix="bench-memory-"))
+    redis = RedisProcess(data / "redis", appendfsync=appendfsync)
+    await redis.start()
+
+    echo = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+
+    async def echo_call(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return request
+
+    handler = grpc.method_handlers_generic_handler(
+        "bench.v1.EchoService", {"Echo": grpc.unary_unary_rpc_method_handler(echo_call)}
+    )
+    echo.add_generic_rpc_handlers((handler,))
+    echo_port = echo.add_insecure_port("127.0.0.1:0")
+    await echo.start()
+
+    settings = MemorySettings(redis_url=redis.url, memory_metrics_port=None, data_dir=data)
+    memory = await build_server(settings, port=0)
+    memory_port = await memory.start()
+
+    print(json.dumps({"echo": echo_port, "memory": memory_port, "redis": redis.url}), flush=True)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    await echo.stop(0)
+    await memory.stop(0)
+    await redis.stop()
+    shutil.rmtree(data, ignore_errors=True)
+
+
+# ---- the client side -------------------------------------------------------------------
+
+
+async def _rate(call_factory: Callable[[int], Call], in_flight: int, seconds: float) -> dict:
+    """Calls per second with ``in_flight`` workers, each calling back to back."""
+    latencies: list[float] = []
+    deadline = time.perf_counter() + seconds
+
+    async def worker(w: int) -> None:
+        call = call_factory(w)
+        while time.perf_counter() < deadline:
+            t = time.perf_counter()
+            await call()
+            latencies.append(time.perf_counter() - t)
+
+    # Warm up connections and code paths before timing.
+    warm = [call_factory(w) for w in range(in_flight)]
+    await asyncio.gather(*(c() for c in warm))
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(w) for w in range(in_flight)))
+    elapsed = time.perf_counter() - started
+    return {"rate": len(latencies) / elapsed, **_percentiles(latencies)}
+
+
+def _percentiles(latencies: list[float]) -> dict:
+    cuts = statistics.quantiles(latencies, n=100, method="inclusive")
+    return {"p50_ms": cuts[49] * 1000, "p99_ms": cuts[98] * 1000}
+
+
+async def _latency(call: Call, count: int) -> dict:
+    for _ in range(20):
+        await call()
+    latencies = []
+    for _ in range(count):
+        t = time.perf_counter()
+        await call()
+        latencies.append(time.perf_counter() - t)
+    return _percentiles(latencies)
+
+
+async def _fill(redis_url: str, cid: str, count: int) -> None:
+    """Bulk-load a conversation through the real store code (faster than over gRPC)."""
+    from services.common.auth import ANONYMOUS
+    from services.memory.store import MemoryStore, connect
+
+    store = MemoryStore(connect(redis_url))
+    sem = asyncio.Semaphore(64)
+
+    async def one(n: int) -> None:
+        async with sem:
+            interaction = pb.Interaction(
+                input=f"question {n}", response="an answer of a typical length " * 4, origin="bench"
+            )
+            await store.create_interaction(ANONYMOUS, cid, interaction, "")
+
+    await asyncio.gather(*(one(n) for n in range(count)))
+    await store.close()
+
+
+async def _bench(args: argparse.Namespace) -> None:
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--serve", "--appendfsync", args.appendfsync,
+        stdout=asyncio.subprocess.PIPE, cwd=ROOT,
+    )  # fmt: skip
+    assert child.stdout is not None
+    ports = json.loads(await child.stdout.readline())
+    try:
+        await _measure(args, ports)
+    finally:
+        child.send_signal(signal.SIGTERM)
+        await child.wait()
+
+
+async def _measure(args: argparse.Namespace, ports: dict) -> None:
+    echo_ch = grpc.aio.insecure_channel(f"127.0.0.1:{ports['echo']}")
+    mem_ch = grpc.aio.insecure_channel(f"127.0.0.1:{ports['memory']}")
+    echo = echo_ch.unary_unary(ECHO_METHOD)
+    stub = pb_grpc.MemoryServiceStub(mem_ch)
+
+    payload = pb.CreateInteractionRequest(
+        conversation_id="0190a6f2-8c4e-7b3a-9f1d-2e5c6a7b8c9d",
+        input="What is the capital of France?",
+        response="The capital of France is Paris. " * 4,
+        origin="bench",
+    ).SerializeToString()
+
+    convs = [
+        (
+            await stub.CreateConversation(pb.CreateConversationRequest(name=f"w{w}"))
+        ).conversation.conversation_id
+        for w in range(32)
+    ]
+
+    def echo_factory(w: int) -> Call:
+        return lambda: echo(payload)
+
+    def create_factory(w: int) -> Call:
+        request = pb.CreateInteractionRequest(
+            conversation_id=convs[w],
+            input="What is the capital of France?",
+            response="The capital of France is Paris. " * 4,
+            origin="bench",
+        )
+        return lambda: stub.CreateInteraction(request)
+
+    small = (await stub.CreateConversation(pb.CreateConversationRequest())).conversation
+    await _fill(ports["redis"], small.conversation_id, 10)
+    big = (await stub.CreateConversation(pb.CreateConversationRequest())).conversation
+    await _fill(ports["redis"], big.conversation_id, 10_000)
+
+    def get_factory(w: int) -> Call:
+        request = pb.GetConversationRequest(conversation_id=convs[w])
+        return lambda: stub.GetConversation(request)
+
+    def list_factory(w: int) -> Call:
+        request = pb.ListInteractionsRequest(conversation_id=small.conversation_id, page_size=10)
+        return lambda: stub.ListInteractions(request)
+
+    rows: list[tuple[str, dict]] = []
+    for in_flight in (1, 32):
+        echo_r = await _rate(echo_factory, in_flight, args.seconds)
+        create_r = await _rate(create_factory, in_flight, args.seconds)
+        list_r = await _rate(list_factory, in_flight, args.seconds)
+        get_r = await _rate(get_factory, in_flight, args.seconds)
+        rows += [
+            (f"echo                 x{in_flight:<2}", {**echo_r, "ratio": 1.0}),
+            (
+                f"GetConversation      x{in_flight:<2}",
+                {**get_r, "ratio": get_r["rate"] / echo_r["rate"]},
+            ),
+            (
+                f"CreateInteraction    x{in_flight:<2}",
+                {**create_r, "ratio": create_r["rate"] / echo_r["rate"]},
+            ),
+            (
+                f"ListInteractions(10) x{in_flight:<2}",
+                {**list_r, "ratio": list_r["rate"] / echo_r["rate"]},
+            ),
+        ]
+
+    # A page from the middle of the long conversation: page there, then time that page.
+    token = ""
+    for _ in range(50):
+        page = await stub.ListInteractions(
+            pb.ListInteractionsRequest(
+                conversation_id=big.conversation_id, page_size=100, page_token=token
+            )
+        )
+        token = page.next_page_token
+
+    def list_call(cid: str, page_token: str = "") -> Call:
+        request = pb.ListInteractionsRequest(
+            conversation_id=cid, page_size=10, page_token=page_token
+        )
+        return lambda: stub.ListInteractions(request)
+
+    cases = [
+        ("10 interactions, first page", list_call(small.conversation_id)),
+        ("10,000 interactions, first page", list_call(big.conversation_id)),
+        ("10,000 interactions, page at 5,000", list_call(big.conversation_id, token)),
+    ]
+    lat = [(name, await _latency(call, args.samples)) for name, call in cases]
+
+    print(f"\nappendfsync={args.appendfsync}, {args.seconds:g} s per row, cpus={os.cpu_count()}")
+    print(f"{'calls':<26}{'calls/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'vs echo':>9}")
+    for name, r in rows:
+        print(
+            f"{name:<26}{r['rate']:>10,.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['ratio']:>8.0%}"
+        )
+    print(f"\n{'ListInteractions page_size=10, 1 in flight':<44}{'p50 ms':>8}{'p99 ms':>8}")
+    for name, r in lat:
+        print(f"{name:<44}{r['p50_ms']:>8.2f}{r['p99_ms']:>8.2f}")
+    ratio = lat[1][1]["p50_ms"] / lat[0][1]["p50_ms"]
+    print(f"\nlist p50 10,000 vs 10 interactions: {ratio:.2f}x (target: ~1, independent of length)")
+    create_ratios = [r["ratio"] for n, r in rows if n.startswith("CreateInteraction")]
+    print(
+        "CreateInteraction vs echo: "
+        + ", ".join(f"{r:.0%}" for r in create_ratios)
+        + " (x1, x32; target >= 70%)"
+    )
+    await echo_ch.close()
+    await mem_ch.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=3.0, help="per throughput row")
+    parser.add_argument("--samples", type=int, default=1000, help="per latency row")
+    parser.add_argument("--appendfsync", default="everysec", choices=["always", "everysec", "no"])
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        asyncio.run(_serve(args.appendfsync))
+    else:
+        asyncio.run(_bench(args))
+
+
+if __name__ == "__main__":
+    main()

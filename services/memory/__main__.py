@@ -1,0 +1,76 @@
+"""Serve the memory service: ``python -m services.memory``.
+
+With ``GENSEARCH_REDIS_URL`` unset it starts its own Redis-protocol server (append-only
+file in ``<GENSEARCH_DATA_DIR>/redis``) and stops it on shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from urllib.parse import urlsplit
+
+from gensearch.memory.v1 import memory_service_pb2_grpc as pb_grpc
+
+from services.common.logs import configure_logging, register_secret
+from services.common.redis_process import RedisProcess
+from services.common.server import GrpcServer, run_until_signal
+from services.memory.servicer import MemoryServicer
+from services.memory.settings import MemorySettings
+from services.memory.store import MemoryStore, connect
+
+SERVICE_NAME = "gensearch.memory.v1.MemoryService"
+log = logging.getLogger("gensearch.memory")
+
+
+async def build_server(settings: MemorySettings, *, port: int | None = None) -> GrpcServer:
+    server = GrpcServer(
+        settings,
+        port=settings.memory_port if port is None else port,
+        metrics_port=settings.memory_metrics_port,
+    )
+    url = settings.redis_url.get_secret_value()
+    embedded: RedisProcess | None = None
+    if url:
+        register_secret(urlsplit(url).password)
+    else:
+        embedded = RedisProcess(settings.data_dir / "redis", appendfsync=settings.redis_appendfsync)
+        await embedded.start()
+        url = embedded.url
+    client = connect(
+        url,
+        socket_timeout=settings.redis_socket_timeout,
+        connect_timeout=settings.redis_connect_timeout,
+        health_check_interval=settings.redis_health_check_interval,
+        max_connections=settings.redis_max_connections,
+    )
+    store = MemoryStore(
+        client, key_prefix=settings.key_prefix, request_id_ttl=settings.request_id_ttl_seconds
+    )
+    server.add_service(
+        pb_grpc.add_MemoryServiceServicer_to_server, MemoryServicer(store, settings), SERVICE_NAME
+    )
+    if embedded is not None:
+        # on_stop callbacks run in reverse: the client closes first, then Redis flushes its
+        # append-only file and exits.
+        server.on_stop(embedded.stop)
+    server.on_stop(store.close)
+    log.info(
+        "memory store",
+        extra={"embedded": embedded is not None, "key_prefix": settings.key_prefix},
+    )
+    return server
+
+
+def main() -> None:
+    settings = MemorySettings()
+    configure_logging(settings.log_level, service="memory")
+    asyncio.run(_serve(settings))
+
+
+async def _serve(settings: MemorySettings) -> None:
+    await run_until_signal(await build_server(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""Opaque, signed page tokens for keyset pagination.
+
+A token carries which list it belongs to (conversations, or the interactions of one
+conversation) and the cursor: the sort key of the last item returned. The next page starts
+strictly after it, so items created in between never shift the pages (no skip, no
+repeat), unlike an offset. The HMAC stops clients from forging cursors; the version lets
+the format change later without misreading old tokens.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+
+from services.common.errors import InvalidArgument
+
+VERSION = 1
+MAX_TOKEN_CHARS = 512
+_MAC_BYTES = 16
+
+
+class PageTokens:
+    def __init__(self, secret: bytes) -> None:
+        if len(secret) < 16:
+            raise ValueError("page token secret must be at least 16 bytes")
+        self._secret = secret
+
+    def _mac(self, payload: bytes) -> bytes:
+        return hmac.new(self._secret, payload, hashlib.sha256).digest()[:_MAC_BYTES]
+
+    def encode(self, kind: str, scope: str, cursor: str) -> str:
+        payload = json.dumps([VERSION, kind, scope, cursor], separators=(",", ":")).encode()
+        raw = payload + self._mac(payload)
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    def decode(self, token: str, kind: str, scope: str) -> str:
+        """The cursor in ``token``; INVALID_ARGUMENT unless it was made by us for this list."""
+        if len(token) > MAX_TOKEN_CHARS:
+            raise _invalid("page_token is too long")
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        except (binascii.Error, ValueError):
+            raise _invalid("page_token is not a token this service issued") from None
+        payload, mac = raw[:-_MAC_BYTES], raw[-_MAC_BYTES:]
+        if len(raw) <= _MAC_BYTES or not hmac.compare_digest(mac, self._mac(payload)):
+            raise _invalid("page_token is not a token this service issued")
+        try:
+            version, token_kind, token_scope, cursor = json.loads(payload)
+        except (ValueError, TypeError):
+            raise _invalid("page_token is not a token this service issued") from None
+        if version != VERSION:
+            raise _invalid("page_token is from an incompatible version; start from page one")
+        if token_kind != kind or token_scope != scope or not isinstance(cursor, str):
+            raise _invalid("page_token belongs to a different list")
+        return cursor
+
+
+def _invalid(message: str) -> InvalidArgument:
+    return InvalidArgument(message, field="page_token", reason="INVALID_PAGE_TOKEN")

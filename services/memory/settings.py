@@ -1,0 +1,57 @@
+"""Settings of the memory service (env prefix ``GENSEARCH_``)."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+
+from services.common.settings import CommonSettings
+
+MIB = 1024 * 1024
+
+
+class MemorySettings(CommonSettings):
+    memory_port: int = Field(default=50051, ge=0, le=65535)
+    # None: no metrics endpoint (tests); 0: any free port.
+    memory_metrics_port: int | None = Field(default=9091, ge=0, le=65535)
+
+    # redis://[user:password@]host:port/db or rediss://... Empty: start an embedded
+    # Redis-protocol server with its append-only file in <data_dir>/redis.
+    redis_url: SecretStr = SecretStr("")
+    # fsync policy of the embedded server's AOF. A clean restart (SIGTERM) loses nothing
+    # with any of them. "always": an acknowledged write also survives kill -9 of Redis or
+    # a power cut, but every write waits for the disk (~4 ms here, see
+    # docs/bench-memory.md); "everysec" (Redis' own default): a crash may lose the last
+    # second of writes.
+    redis_appendfsync: Literal["always", "everysec", "no"] = "everysec"
+    # Every key starts with this; several deployments can share one Redis.
+    key_prefix: str = "gensearch"
+    redis_socket_timeout: float = Field(default=2.0, gt=0)
+    redis_connect_timeout: float = Field(default=1.0, gt=0)
+    # Seconds a pooled connection may sit idle before it is pinged before use.
+    redis_health_check_interval: int = Field(default=10, ge=0)
+    redis_max_connections: int = Field(default=256, ge=1)
+
+    # Signs page tokens. Empty: a random secret is created once in Redis (SET NX), so
+    # every replica and every restart agree.
+    page_token_secret: SecretStr = SecretStr("")
+    # How long a request_id of CreateInteraction is remembered for retries.
+    request_id_ttl_seconds: int = Field(default=24 * 3600, ge=1)
+
+    # Size limits (UTF-8 bytes) of every text field a client sends.
+    max_text_bytes: int = Field(default=MIB, ge=1)  # input and response
+    max_prompt_template_bytes: int = Field(default=MIB, ge=1)
+    max_name_bytes: int = Field(default=1024, ge=1)
+    max_origin_bytes: int = Field(default=1024, ge=1)
+    max_additional_info_bytes: int = Field(default=MIB, ge=1)  # serialized Struct
+    max_request_id_bytes: int = Field(default=128, ge=1)
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _plain_prefix(cls, value: str) -> str:
+        # Braces would change the Redis Cluster hash tag the key layout relies on.
+        if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", value):
+            raise ValueError("key_prefix: 1-64 characters from A-Z a-z 0-9 _ . : -")
+        return value

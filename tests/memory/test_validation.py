@@ -1,0 +1,224 @@
+"""Bad input of every field: the status code and the field named in ErrorInfo."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import grpc
+import pytest
+from gensearch.memory.v1 import memory_service_pb2 as pb
+from google.protobuf import struct_pb2
+
+from tests.memory.conftest import ALICE, Memory, MemoryFactory
+from tests.memory.helpers import expect_error
+
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+BAD_IDS = [
+    "",
+    "nope",
+    "0190a6f2-8c4e-7b3a-9f1d-2e5c6a7b8c9",
+    "0190a6f2_8c4e_7b3a_9f1d_2e5c6a7b8c9d",
+    "{0190a6f2-8c4e-7b3a-9f1d-2e5c6a7b8c9d}",
+    "0190a6f2-8c4e-7b3a-9f1d-2e5c6a7b8c9z",
+    "../../etc",
+    "x" * 10_000,
+]
+
+
+@pytest.fixture
+async def small(memory_factory: MemoryFactory) -> Memory:
+    """A service with tiny limits, so every limit can be hit cheaply."""
+    return await memory_factory(
+        max_text_bytes=10,
+        max_prompt_template_bytes=11,
+        max_name_bytes=12,
+        max_origin_bytes=13,
+        max_additional_info_bytes=14,
+        max_request_id_bytes=15,
+    )
+
+
+async def _conversation(memory: Memory) -> str:
+    answer = await memory.stub.CreateConversation(pb.CreateConversationRequest(), metadata=ALICE)
+    return answer.conversation.conversation_id
+
+
+async def test_bad_ids(memory: Memory) -> None:
+    for bad in BAD_IDS:
+        await _bad_ids(memory, bad)
+
+
+async def _bad_ids(memory: Memory, bad: str) -> None:
+    s = memory.stub
+    calls: list[Callable[[], Awaitable[object]]] = [
+        lambda: s.GetConversation(pb.GetConversationRequest(conversation_id=bad), metadata=ALICE),
+        lambda: s.UpdateConversation(
+            pb.UpdateConversationRequest(conversation_id=bad, name="n"), metadata=ALICE
+        ),
+        lambda: s.DeleteConversation(
+            pb.DeleteConversationRequest(conversation_id=bad), metadata=ALICE
+        ),
+        lambda: s.CreateInteraction(
+            pb.CreateInteractionRequest(conversation_id=bad, input="i"), metadata=ALICE
+        ),
+        lambda: s.ListInteractions(pb.ListInteractionsRequest(conversation_id=bad), metadata=ALICE),
+    ]
+    for call in calls:
+        await expect_error(call(), INVALID, "conversation_id")
+    call = s.GetInteraction(pb.GetInteractionRequest(interaction_id=bad), metadata=ALICE)
+    await expect_error(call, INVALID, "interaction_id")
+
+
+async def test_text_limits(small: Memory) -> None:
+    cid = await _conversation(small)
+    s = small.stub
+
+    def interaction(**fields: object) -> Awaitable[object]:
+        return s.CreateInteraction(
+            pb.CreateInteractionRequest(conversation_id=cid, **fields),  # type: ignore[arg-type]
+            metadata=ALICE,
+        )
+
+    await expect_error(interaction(input="x" * 11), INVALID, "input")
+    await expect_error(interaction(input="é" * 6), INVALID, "input")  # 12 bytes, 6 characters
+    await expect_error(interaction(response="x" * 11), INVALID, "response")
+    await expect_error(interaction(prompt_template="x" * 12), INVALID, "prompt_template")
+    await expect_error(interaction(origin="x" * 14), INVALID, "origin")
+    await expect_error(interaction(request_id="x" * 16), INVALID, "request_id")
+    big = struct_pb2.Struct()
+    big.update({"key": "a long enough value"})
+    await expect_error(interaction(additional_info=big), INVALID, "additional_info")
+    await expect_error(
+        s.CreateConversation(pb.CreateConversationRequest(name="x" * 13), metadata=ALICE),
+        INVALID,
+        "name",
+    )
+    await expect_error(
+        s.UpdateConversation(
+            pb.UpdateConversationRequest(conversation_id=cid, name="x" * 13), metadata=ALICE
+        ),
+        INVALID,
+        "name",
+    )
+
+    # Exactly at the limits is fine, and nothing was stored by the rejected calls.
+    ok = await interaction(
+        input="x" * 10, response="é" * 5, prompt_template="x" * 11, origin="x" * 13,
+        request_id="x" * 15,
+    )  # fmt: skip
+    assert ok.interaction.response == "é" * 5  # type: ignore[attr-defined]
+    conv = await s.GetConversation(pb.GetConversationRequest(conversation_id=cid), metadata=ALICE)
+    assert conv.conversation.interaction_count == 1
+
+
+async def test_default_limit_is_one_mebibyte(memory: Memory) -> None:
+    cid = await _conversation(memory)
+    mib = 1024 * 1024
+    ok = await memory.stub.CreateInteraction(
+        pb.CreateInteractionRequest(conversation_id=cid, input="x" * mib, response="y" * mib),
+        metadata=ALICE,
+    )
+    assert len(ok.interaction.input) == mib
+    await expect_error(
+        memory.stub.CreateInteraction(
+            pb.CreateInteractionRequest(conversation_id=cid, input="x" * (mib + 1)), metadata=ALICE
+        ),
+        INVALID,
+        "input",
+    )
+
+
+async def test_page_size(memory: Memory) -> None:
+    cid = await _conversation(memory)
+    for _ in range(105):
+        await memory.stub.CreateInteraction(
+            pb.CreateInteractionRequest(conversation_id=cid, input="i"), metadata=ALICE
+        )
+    s = memory.stub
+
+    async def size(page_size: int) -> int:
+        answer = await s.ListInteractions(
+            pb.ListInteractionsRequest(conversation_id=cid, page_size=page_size), metadata=ALICE
+        )
+        return len(answer.interactions)
+
+    assert await size(0) == 10
+    assert await size(1) == 1
+    assert await size(100) == 100
+    assert await size(101) == 100
+    assert await size(2**31 - 1) == 100
+    for bad in (-1, -(2**31)):
+        await expect_error(
+            s.ListInteractions(
+                pb.ListInteractionsRequest(conversation_id=cid, page_size=bad), metadata=ALICE
+            ),
+            INVALID,
+            "page_size",
+        )
+        await expect_error(
+            s.ListConversations(pb.ListConversationsRequest(page_size=bad), metadata=ALICE),
+            INVALID,
+            "page_size",
+        )
+
+
+async def test_forged_tampered_and_foreign_page_tokens(memory: Memory) -> None:
+    s = memory.stub
+    a, b = await _conversation(memory), await _conversation(memory)
+    for cid in (a, b):
+        for _ in range(3):
+            await s.CreateInteraction(
+                pb.CreateInteractionRequest(conversation_id=cid, input="i"), metadata=ALICE
+            )
+    page = await s.ListInteractions(
+        pb.ListInteractionsRequest(conversation_id=a, page_size=1), metadata=ALICE
+    )
+    token = page.next_page_token
+    assert token
+    conv_page = await s.ListConversations(pb.ListConversationsRequest(page_size=1), metadata=ALICE)
+    assert conv_page.next_page_token
+    flipped = token[:-3] + ("A" if token[-3] != "A" else "B") + token[-2:]
+
+    bad_tokens = ["garbage", "!!!", flipped, token[:-1], "x" * 600, conv_page.next_page_token]
+    for bad in bad_tokens:
+        await expect_error(
+            s.ListInteractions(
+                pb.ListInteractionsRequest(conversation_id=a, page_token=bad), metadata=ALICE
+            ),
+            INVALID,
+            "page_token",
+        )
+    # A token of conversation a does not page conversation b.
+    await expect_error(
+        s.ListInteractions(
+            pb.ListInteractionsRequest(conversation_id=b, page_token=token), metadata=ALICE
+        ),
+        INVALID,
+        "page_token",
+    )
+    # An interactions token is no conversations token.
+    await expect_error(
+        s.ListConversations(pb.ListConversationsRequest(page_token=token), metadata=ALICE),
+        INVALID,
+        "page_token",
+    )
+
+
+async def test_tokens_from_another_secret_are_rejected(memory_factory: MemoryFactory) -> None:
+    one = await memory_factory(page_token_secret="s" * 32)
+    two = await memory_factory(page_token_secret="t" * 32)
+    shared = await memory_factory()  # secret created once in Redis
+    shared2 = await memory_factory()
+    for _ in range(2):
+        await one.stub.CreateConversation(pb.CreateConversationRequest(), metadata=ALICE)
+    for issuer, reader, accepted in ((one, two, False), (shared, shared2, True)):
+        page = await issuer.stub.ListConversations(
+            pb.ListConversationsRequest(page_size=1), metadata=ALICE
+        )
+        call = reader.stub.ListConversations(
+            pb.ListConversationsRequest(page_token=page.next_page_token), metadata=ALICE
+        )
+        if accepted:
+            assert len((await call).conversations) == 1
+        else:
+            await expect_error(call, INVALID, "page_token")
