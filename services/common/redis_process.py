@@ -17,6 +17,8 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
+from services.common.child_process import die_with_parent
+
 log = logging.getLogger("gensearch.redis")
 
 
@@ -83,6 +85,7 @@ class RedisProcess:
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C in a terminal goes to us; we stop it in order.
+            preexec_fn=die_with_parent(),
         )
         await self._wait_ready(timeout)
         log.info("redis started", extra={"url": self.url, "binary": self.binary})

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import aiohttp
 
+from services.common.child_process import die_with_parent
 from services.generation.settings import LOCAL_MODEL, LOCAL_PORT
 
 log = logging.getLogger("gensearch.local_llm")
@@ -169,6 +170,7 @@ class LocalLLMServer:
             stdout=self._log,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C reaches us; we stop the child in order.
+            preexec_fn=die_with_parent(),
         )
         try:
             await self._wait_ready(timeout)
