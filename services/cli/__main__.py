@@ -1,0 +1,172 @@
+"""``gensearch``: run the stack, and talk to it over gRPC.
+
+Every command but ``up`` is a gRPC client of the gateway (one address, one key). Results
+go to stdout (tables, or JSON with ``--json``); errors are one line on stderr and a
+non-zero exit code, never a traceback (set ``GENSEARCH_DEBUG=1`` to see one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import traceback
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, NoReturn
+
+import grpc
+
+# Only the light parts: the services themselves are imported by `up` when it starts them.
+from services.cli import admin, conversations, importer, query, stack
+from services.cli.client import Client, CliError, Connection, describe_rpc_error
+
+Handler = Callable[[Client, argparse.Namespace], Awaitable[int]]
+
+
+class Parser(argparse.ArgumentParser):
+    """Usage mistakes are one line too, pointing at --help."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see: {self.prog} --help)\n")
+
+
+def _client_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    """Connection and output flags, accepted before and after the subcommand."""
+    default: Any = argparse.SUPPRESS if suppress else None
+    group = parser.add_argument_group("connection and output")
+    group.add_argument(
+        "--address",
+        default=default,
+        help="gateway host:port (env GENSEARCH_ADDRESS, default 127.0.0.1:50050)",
+    )
+    group.add_argument(
+        "--api-key",
+        default=default,
+        help="API key sent as 'authorization: Bearer' (env GENSEARCH_API_KEY)",
+    )
+    group.add_argument(
+        "--llm-key",
+        action="append",
+        default=default if suppress else [],
+        metavar="PROVIDER=KEY",
+        help="LLM provider key for this call, sent as x-PROVIDER-api-key (repeatable)",
+    )
+    group.add_argument(
+        "--json",
+        action="store_true",
+        default=default if suppress else False,
+        help="print JSON for scripts instead of tables",
+    )
+    group.add_argument(
+        "--timeout",
+        type=float,
+        default=default,
+        metavar="SECONDS",
+        help="deadline of each call (default: per command)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(
+        prog="gensearch",
+        description="Generative and conversational search over gRPC.",
+    )
+    _client_options(parser, suppress=False)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, help_text: str, **kwargs: Any) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text, **kwargs)
+        _client_options(p, suppress=True)
+        return p
+
+    up = sub.add_parser(
+        "up",
+        help="run the whole stack in the foreground (Ctrl-C stops it)",
+        description="Run Redis, the vector store, the embedding model, the local LLM server "
+        "and the four services in one foreground process; Ctrl-C stops everything.",
+    )
+    stack.add_arguments(up)
+
+    status = command("status", "health of the gateway and the services behind it")
+    admin.add_status_arguments(status)
+
+    cols = command("collections", "create, list, show or delete collections")
+    admin.add_collection_arguments(cols, _client_options)
+
+    imp = command("import", "load objects from a JSON Lines file")
+    importer.add_arguments(imp)
+
+    search = command("search", "search a collection, optionally generating on the hits")
+    query.add_search_arguments(search)
+
+    ask = command("ask", "ask a question about a collection; continues the last conversation")
+    query.add_ask_arguments(ask)
+
+    convs = command("conversations", "list, show or delete your conversations")
+    conversations.add_arguments(convs, _client_options)
+    return parser
+
+
+HANDLERS: dict[str, Handler] = {
+    "status": admin.status,
+    "collections": admin.collections,
+    "import": importer.run,
+    "search": query.search,
+    "ask": query.ask,
+    "conversations": conversations.run,
+}
+
+
+async def _run_client(handler: Handler, args: argparse.Namespace) -> int:
+    conn = Connection.from_env(
+        address=args.address,
+        api_key=args.api_key,
+        llm_keys=args.llm_key or (),
+        timeout=args.timeout,
+    )
+    async with Client(conn) as client:
+        try:
+            return await handler(client, args)
+        except grpc.aio.AioRpcError as err:
+            raise CliError(describe_rpc_error(err, conn.address)) from None
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help, or a usage error already printed as one line
+        return done.code if isinstance(done.code, int) else 1
+    if args.command == "up":
+        return stack.main(args)
+    return asyncio.run(_run_client(HANDLERS[args.command], args))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except CliError as err:
+        _error(str(err))
+        return err.exit_code
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return 130
+    except BrokenPipeError:
+        # `gensearch ... | head`: the reader left; nothing worth saying.
+        return 1
+    except Exception as err:
+        if os.environ.get("GENSEARCH_DEBUG"):
+            traceback.print_exc()
+        _error(f"{type(err).__name__}: {err}" if str(err) else type(err).__name__)
+        return 1
+
+
+def _error(message: str) -> None:
+    sys.stdout.flush()
+    sys.stderr.write(f"error: {' '.join(message.split())}\n")
+    sys.stderr.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,412 @@
+"""``gensearch status`` and ``gensearch collections create|list|show|delete``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from gensearch.gateway.v1 import gateway_service_pb2
+from gensearch.memory.v1 import memory_service_pb2
+from gensearch.retrieval.v1 import retrieval_service_pb2 as rpb
+from google.protobuf import json_format
+
+from services.cli.client import Client, CliError, check_health, describe_rpc_error
+from services.cli.output import dump_json, message_dict, table
+
+# Service names each part registers with grpc.health.v1.
+GATEWAY_SERVICE = gateway_service_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name
+PARTS = {
+    "memory": memory_service_pb2.DESCRIPTOR.services_by_name["MemoryService"].full_name,
+    "retrieval": rpb.DESCRIPTOR.services_by_name["RetrievalService"].full_name,
+    "generation": "gensearch.generation.v1.GenerationService",
+}
+
+TYPES = {
+    "text": rpb.DATA_TYPE_TEXT,
+    "text[]": rpb.DATA_TYPE_TEXT_ARRAY,
+    "text_array": rpb.DATA_TYPE_TEXT_ARRAY,
+    "int": rpb.DATA_TYPE_INT,
+    "number": rpb.DATA_TYPE_NUMBER,
+    "bool": rpb.DATA_TYPE_BOOL,
+    "date": rpb.DATA_TYPE_DATE,
+}
+TYPE_NAMES = {
+    rpb.DATA_TYPE_TEXT: "text",
+    rpb.DATA_TYPE_TEXT_ARRAY: "text[]",
+    rpb.DATA_TYPE_INT: "int",
+    rpb.DATA_TYPE_NUMBER: "number",
+    rpb.DATA_TYPE_BOOL: "bool",
+    rpb.DATA_TYPE_DATE: "date",
+}
+VECTORIZERS = {
+    "none": rpb.VECTORIZER_KIND_NONE,
+    "local": rpb.VECTORIZER_KIND_LOCAL,
+    "openai": rpb.VECTORIZER_KIND_OPENAI_COMPATIBLE,
+}
+VECTORIZER_NAMES = {v: k for k, v in VECTORIZERS.items()}
+VECTORIZER_NAMES[rpb.VECTORIZER_KIND_UNSPECIFIED] = "local"
+
+
+# --- status -------------------------------------------------------------------------------
+
+
+def add_status_arguments(parser: argparse.ArgumentParser) -> None:
+    for part in PARTS:
+        parser.add_argument(
+            f"--{part}-address",
+            metavar="HOST:PORT",
+            help=f"check the {part} service directly here (env GENSEARCH_{part.upper()}_ADDR); "
+            "default: through the gateway",
+        )
+
+
+UNKNOWN = "UNKNOWN"
+
+
+@dataclass
+class PartStatus:
+    part: str
+    address: str
+    status: str
+    detail: str = ""
+    ms: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "SERVING"
+
+
+async def status(client: Client, args: argparse.Namespace) -> int:
+    """Gateway health, then each service: directly when its address is known (flag, env, or
+    the stack file ``gensearch up`` writes), else through the gateway with a cheap call."""
+    timeout = client.timeout(3.0) or 3.0
+    running = _stack_addresses(client.conn.address)
+    checks: list[Awaitable[PartStatus]] = [_gateway_status(client, timeout)]
+    for part in PARTS:
+        direct = (
+            getattr(args, f"{part}_address", None)
+            or os.environ.get(f"GENSEARCH_{part.upper()}_ADDR")
+            or running.get(part)
+        )
+        if direct:
+            checks.append(_direct_status(part, direct, timeout))
+        else:
+            checks.append(_via_gateway_status(client, part, timeout))
+    results = await asyncio.gather(*checks)
+    healthy = all(r.ok or r.status == UNKNOWN for r in results)
+    if args.json:
+        dump_json(
+            {
+                "ok": healthy,
+                "parts": [
+                    {
+                        "part": r.part,
+                        "address": r.address,
+                        "status": r.status,
+                        "detail": r.detail,
+                        "ms": round(r.ms, 2),
+                    }
+                    for r in results
+                ],
+            }
+        )
+    else:
+        table(
+            ["part", "address", "status", "ms", "detail"],
+            [(r.part, r.address, r.status, f"{r.ms:.1f}", r.detail) for r in results],
+        )
+    return 0 if healthy else 1
+
+
+def _stack_addresses(gateway_address: str) -> dict[str, str]:
+    """Addresses from a local ``gensearch up``, if it is the gateway we talk to."""
+    from services.cli.stack import read_stack_file
+
+    running = read_stack_file()
+    if running.get("gateway") != gateway_address:
+        return {}
+    return {k: v for k, v in running.items() if k in PARTS and isinstance(v, str)}
+
+
+async def _timed(
+    part: str, address: str, probe: Callable[[], Awaitable[str]], *, direct: bool = False
+) -> PartStatus:
+    started = time.perf_counter()
+    detail = ""
+    try:
+        state = await probe()
+    except grpc.aio.AioRpcError as err:
+        state = err.code().name
+        what = f"the {part} service" if direct else "the gateway"
+        detail = describe_rpc_error(err, "", what).split(": ", 1)[-1]
+    if state == "UNKNOWN_SERVICE":
+        detail = detail or "the service is not registered there"
+    return PartStatus(part, address, state, detail, (time.perf_counter() - started) * 1000)
+
+
+async def _gateway_status(client: Client, timeout: float) -> PartStatus:
+    address = client.conn.address
+
+    async def probe() -> str:
+        return await check_health(address, GATEWAY_SERVICE, timeout)
+
+    return await _timed("gateway", address, probe)
+
+
+async def _direct_status(part: str, address: str, timeout: float) -> PartStatus:
+    async def probe() -> str:
+        return await check_health(address, PARTS[part], timeout)
+
+    return await _timed(part, address, probe, direct=True)
+
+
+async def _via_gateway_status(client: Client, part: str, timeout: float) -> PartStatus:
+    """A cheap forwarded call proves the gateway reaches the service and it answers."""
+    address = f"via {client.conn.address}"
+    md = client.metadata
+
+    async def probe() -> str:
+        if part == "memory":
+            await client.memory.ListConversations(
+                memory_service_pb2.ListConversationsRequest(page_size=1),
+                metadata=md,
+                timeout=timeout,
+            )
+        elif part == "retrieval":
+            await client.retrieval.ListCollections(
+                rpb.ListCollectionsRequest(page_size=1), metadata=md, timeout=timeout
+            )
+        else:
+            return UNKNOWN
+        return "SERVING"
+
+    result = await _timed(part, address, probe)
+    if result.status == UNKNOWN:
+        result.detail = f"not visible through the gateway; pass --{part}-address to check it"
+    return result
+
+
+# --- collections ---------------------------------------------------------------------------
+
+
+def add_collection_arguments(
+    parser: argparse.ArgumentParser,
+    client_options: Callable[..., None],
+) -> None:
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    def action(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        client_options(p, suppress=True)
+        return p
+
+    create = action("create", "create a collection")
+    create.add_argument("--name", required=True)
+    create.add_argument("--description", default="")
+    create.add_argument(
+        "--property",
+        action="append",
+        default=[],
+        metavar="NAME:TYPE",
+        help=f"a property; TYPE is one of {', '.join(sorted(TYPES))} (repeatable)",
+    )
+    create.add_argument("--vectorizer", choices=sorted(VECTORIZERS), default="local")
+    create.add_argument("--dimensions", type=int, default=0, help="vector size (none, openai)")
+    create.add_argument("--embedding-model", default="", help="embedding model name")
+    create.add_argument("--embedding-base-url", default="", help="openai: endpoint base URL")
+    create.add_argument(
+        "--embedding-api-key-env", default="", help="openai: env var holding the key"
+    )
+    create.add_argument(
+        "--source-property",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="text property to embed (repeatable; default: every text property)",
+    )
+    create.add_argument(
+        "--distance", choices=["cosine", "dot", "euclid"], default="", help="default cosine"
+    )
+    create.add_argument(
+        "--no-keyword-index", action="store_true", help="do not build the BM25 index"
+    )
+    create.add_argument("--provider", default="", help="generative default: LLM provider")
+    create.add_argument("--model", default="", help="generative default: LLM model")
+    create.add_argument("--max-tokens", type=int, default=None, help="generative default")
+    create.add_argument("--temperature", type=float, default=None, help="generative default")
+    create.add_argument(
+        "--context-field",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="property given to the LLM as context (repeatable)",
+    )
+
+    list_ = action("list", "list collections with their object counts")
+    list_.add_argument("--page-size", type=int, default=100)
+
+    show = action("show", "show a collection's schema and settings")
+    show.add_argument("name")
+
+    delete = action("delete", "delete a collection and all its objects")
+    delete.add_argument("name")
+
+
+def parse_property(spec: str) -> rpb.Property:
+    name, _, kind = spec.partition(":")
+    name, kind = name.strip(), (kind.strip().lower() or "text")
+    if not name:
+        raise CliError(f"--property {spec!r}: expected NAME:TYPE, e.g. title:text")
+    if kind not in TYPES:
+        raise CliError(f"--property {spec!r}: TYPE must be one of {', '.join(sorted(TYPES))}")
+    return rpb.Property(name=name, data_type=TYPES[kind])
+
+
+def build_collection(args: argparse.Namespace) -> rpb.Collection:
+    vectorizer = rpb.Vectorizer(
+        kind=VECTORIZERS[args.vectorizer],
+        model=args.embedding_model,
+        base_url=args.embedding_base_url,
+        api_key_env=args.embedding_api_key_env,
+        dimensions=args.dimensions,
+        source_properties=args.source_property,
+    )
+    if args.distance:
+        vectorizer.distance = rpb.Distance.Value(f"DISTANCE_{args.distance.upper()}")  # type: ignore[assignment]
+    generative = rpb.GenerativeConfig(
+        provider=args.provider, model=args.model, context_fields=args.context_field
+    )
+    if args.max_tokens is not None:
+        generative.max_tokens = args.max_tokens
+    if args.temperature is not None:
+        generative.temperature = args.temperature
+    return rpb.Collection(
+        name=args.name,
+        description=args.description,
+        properties=[parse_property(p) for p in args.property],
+        vectorizer=vectorizer,
+        keyword_index=not args.no_keyword_index,
+        generative=generative,
+    )
+
+
+async def collections(client: Client, args: argparse.Namespace) -> int:
+    timeout = client.timeout(30.0)
+    md = client.metadata
+    if args.action == "create":
+        reply = await client.retrieval.CreateCollection(
+            rpb.CreateCollectionRequest(collection=build_collection(args)),
+            metadata=md,
+            timeout=timeout,
+        )
+        if args.json:
+            dump_json(message_dict(reply.collection))
+        else:
+            print(f"created collection {reply.collection.name}")
+            print_collection(reply.collection, None)
+        return 0
+    if args.action == "show":
+        got = await client.retrieval.GetCollection(
+            rpb.GetCollectionRequest(name=args.name), metadata=md, timeout=timeout
+        )
+        if args.json:
+            dump_json({**message_dict(got.collection), "object_count": got.object_count})
+        else:
+            print_collection(got.collection, got.object_count)
+        return 0
+    if args.action == "delete":
+        await client.retrieval.DeleteCollection(
+            rpb.DeleteCollectionRequest(name=args.name), metadata=md, timeout=timeout
+        )
+        if args.json:
+            dump_json({"deleted": args.name})
+        else:
+            print(f"deleted collection {args.name}")
+        return 0
+    found = await list_collections(client, args.page_size, timeout)
+    counts = await asyncio.gather(*(_count(client, c.name, timeout) for c in found))
+    if args.json:
+        dump_json(
+            [{**message_dict(c), "object_count": n} for c, n in zip(found, counts, strict=True)]
+        )
+        return 0
+    table(
+        ["name", "objects", "vectorizer", "properties", "created"],
+        [
+            (
+                c.name,
+                "?" if n is None else n,
+                VECTORIZER_NAMES.get(c.vectorizer.kind, "?"),
+                ", ".join(f"{p.name}:{TYPE_NAMES.get(p.data_type, '?')}" for p in c.properties),
+                _time(c) or "",
+            )
+            for c, n in zip(found, counts, strict=True)
+        ],
+    )
+    return 0
+
+
+async def list_collections(
+    client: Client, page_size: int, timeout: float | None
+) -> list[rpb.Collection]:
+    found: list[rpb.Collection] = []
+    token = ""
+    while True:
+        page = await client.retrieval.ListCollections(
+            rpb.ListCollectionsRequest(page_size=page_size, page_token=token),
+            metadata=client.metadata,
+            timeout=timeout,
+        )
+        found.extend(page.collections)
+        token = page.next_page_token
+        if not token:
+            return found
+
+
+async def _count(client: Client, name: str, timeout: float | None) -> int | None:
+    try:
+        got = await client.retrieval.GetCollection(
+            rpb.GetCollectionRequest(name=name), metadata=client.metadata, timeout=timeout
+        )
+    except grpc.aio.AioRpcError:
+        return None  # deleted meanwhile: the list is still worth printing
+    return int(got.object_count)
+
+
+def _time(collection: rpb.Collection) -> str | None:
+    if not collection.HasField("create_time"):
+        return None
+    return collection.create_time.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def print_collection(c: rpb.Collection, object_count: int | None) -> None:
+    vec = c.vectorizer
+    rows: list[tuple[str, Any]] = [
+        ("name", c.name),
+        ("description", c.description),
+        ("objects", object_count),
+        ("vectorizer", VECTORIZER_NAMES.get(vec.kind, "?")),
+        ("embedding model", vec.model),
+        ("dimensions", vec.dimensions or None),
+        ("embedded properties", ", ".join(vec.source_properties)),
+        ("keyword index", "off" if c.HasField("keyword_index") and not c.keyword_index else "on"),
+        ("created", _time(c)),
+    ]
+    gen = json_format.MessageToDict(c.generative, preserving_proto_field_name=True)
+    for key, value in gen.items():
+        rows.append((f"generative {key}", ", ".join(value) if isinstance(value, list) else value))
+    for key, value in rows:
+        if value not in (None, ""):
+            print(f"{key + ':':<22}{value}")
+    if c.properties:
+        print()
+        table(
+            ["property", "type", "description"],
+            [(p.name, TYPE_NAMES.get(p.data_type, "?"), p.description) for p in c.properties],
+        )

@@ -1,0 +1,232 @@
+"""The demo ``gensearch up --demo`` runs once the stack is serving.
+
+It creates the demo collection if it is missing (local MiniLM vectorizer, keyword index on,
+generative defaults pointing at the stack's LLM), imports the Python language reference
+passages if the collection is empty, then runs one generative search (a per-hit prompt on
+three hits and a grouped task) and a two-turn conversation, printed as they stream in.
+Everything goes through the gateway over gRPC, exactly as a client would.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import grpc
+from gensearch.gateway.v1 import gateway_service_pb2 as gpb
+from gensearch.retrieval.v1 import retrieval_service_pb2 as rpb
+from google.protobuf import duration_pb2
+
+from services.cli import corpus, render, state
+from services.cli.client import Client, Connection
+from services.cli.importer import import_objects
+from services.cli.output import Progress
+
+if TYPE_CHECKING:
+    from services.cli.stack import Stack
+
+COLLECTION = "PythonReference"
+SEARCH_QUERY = "How do I catch an exception and always run clean-up code?"
+SINGLE_PROMPT = (
+    "Here is a passage from the Python reference titled {title}:\n\n{text}\n\n"
+    "In one short sentence, what does this passage explain?"
+)
+GROUPED_TASK = (
+    "Using only these passages, explain briefly how a Python program handles an exception "
+    "and runs clean-up code."
+)
+QUESTIONS = (
+    "What does the assert statement do?",
+    "How can those checks be switched off?",
+)
+HITS = 3
+# Small answers keep the CPU-only local model quick; a real endpoint is not slowed by them.
+MAX_TOKENS = 120
+# Generous: a 2-core machine running the local model may queue several calls.
+CALL_TIMEOUT = 180.0
+
+
+def collection_spec(provider: str, model: str) -> rpb.Collection:
+    text = rpb.DATA_TYPE_TEXT
+    return rpb.Collection(
+        name=COLLECTION,
+        description="The Python language reference topics that ship with CPython (pydoc).",
+        properties=[
+            rpb.Property(name="title", data_type=text, description="topic name and part"),
+            rpb.Property(name="topic", data_type=text, description="pydoc topic name"),
+            rpb.Property(name="part", data_type=rpb.DATA_TYPE_INT, description="part number"),
+            rpb.Property(name="text", data_type=text, description="the passage"),
+        ],
+        vectorizer=rpb.Vectorizer(
+            kind=rpb.VECTORIZER_KIND_LOCAL, source_properties=["title", "text"]
+        ),
+        keyword_index=True,
+        generative=rpb.GenerativeConfig(
+            provider=provider,
+            model=model,
+            max_tokens=MAX_TOKENS,
+            temperature=0.2,
+            context_fields=["title", "text"],
+        ),
+    )
+
+
+# Topics the demo's questions are about: a capped import keeps them.
+DEMO_TOPICS = ("assert", "try", "exceptions", "raise")
+
+
+def demo_passages(limit: int | None) -> list[corpus.Passage]:
+    return corpus.passages(max_passages=limit, prefer=DEMO_TOPICS)
+
+
+def corpus_lines(passages: list[corpus.Passage]) -> Iterator[str]:
+    for passage in passages:
+        yield json.dumps({"id": passage.id, "properties": passage.properties()})
+
+
+def section(title: str) -> None:
+    print(f"\n── {title} " + "─" * max(0, 60 - len(title)), flush=True)
+
+
+async def ensure_corpus(client: Client, provider: str, model: str, limit: int | None) -> int:
+    """Create and fill the demo collection unless it exists already; returns its size."""
+    md = client.metadata
+    try:
+        got = await client.retrieval.GetCollection(
+            rpb.GetCollectionRequest(name=COLLECTION), metadata=md, timeout=30
+        )
+        count = int(got.object_count)
+        created = False
+    except grpc.aio.AioRpcError as err:
+        if err.code() != grpc.StatusCode.NOT_FOUND:
+            raise
+        await client.retrieval.CreateCollection(
+            rpb.CreateCollectionRequest(collection=collection_spec(provider, model)),
+            metadata=md,
+            timeout=30,
+        )
+        count, created = 0, True
+    if count:
+        print(f"demo collection {COLLECTION}: {count} passages (kept from the last run)")
+        return count
+    print(
+        f"demo collection {COLLECTION}: {'created' if created else 'empty'}; importing the "
+        "Python language reference (pydoc topics), embedded with MiniLM on this CPU",
+        flush=True,
+    )
+    selected = demo_passages(limit)
+    progress = Progress(len(selected), label="  importing", unit="passages")
+    result = await import_objects(
+        client,
+        COLLECTION,
+        corpus_lines(selected),
+        batch_size=32,
+        objects_per_call=64,
+        progress=progress,
+    )
+    failed = f"; {len(result.errors)} failed" if result.errors else ""
+    print(
+        f"  imported {result.imported} passages in {result.seconds:.1f}s "
+        f"({result.rate:.1f} passages/s){failed}",
+        flush=True,
+    )
+    for error in result.errors[:5]:
+        print(f"  {error}")
+    return result.imported
+
+
+def _generate(provider: str, model: str, max_tokens: int) -> gpb.Generate:
+    return gpb.Generate(
+        single_prompt=SINGLE_PROMPT,
+        grouped_task=GROUPED_TASK,
+        grouped_properties=["title", "text"],
+        provider=provider,
+        model=model,
+        max_tokens=max_tokens,
+        temperature=0.2,
+        stream_tokens=True,
+        timeout=duration_pb2.Duration(seconds=int(CALL_TIMEOUT)),
+    )
+
+
+async def generative_search(
+    client: Client, provider: str, model: str, max_tokens: int = MAX_TOKENS
+) -> float | None:
+    section("generative search")
+    print(f"hybrid search: {SEARCH_QUERY!r}, top {HITS}")
+    print(f"per hit:  {' '.join(SINGLE_PROMPT.split())!r}")
+    print(f"grouped:  {GROUPED_TASK!r}\n", flush=True)
+    call = client.gateway.StreamGenerativeSearch(
+        gpb.StreamGenerativeSearchRequest(
+            collection=COLLECTION,
+            hybrid=rpb.Hybrid(text=SEARCH_QUERY),
+            limit=HITS,
+            return_properties=["title", "text"],
+            generate=_generate(provider, model, max_tokens),
+        ),
+        metadata=client.metadata,
+        timeout=CALL_TIMEOUT + 10,
+    )
+    return await render.stream_search(call)
+
+
+async def conversation(
+    client: Client, provider: str, model: str, max_tokens: int = MAX_TOKENS
+) -> str:
+    section("conversation")
+    conversation_id = ""
+    for turn, question in enumerate(QUESTIONS):
+        print(f"you: {question}")
+        print("gensearch: ", end="", flush=True)
+        request = gpb.StreamAskRequest(
+            collection=COLLECTION,
+            llm_question=question,
+            provider=provider,
+            llm_model=model,
+            conversation_id=conversation_id,
+            new_conversation=turn == 0,
+            context_size=HITS,
+            max_tokens=max_tokens,
+            temperature=0.2,
+            timeout=duration_pb2.Duration(seconds=int(CALL_TIMEOUT)),
+        )
+        call = client.gateway.StreamAsk(
+            request, metadata=client.metadata, timeout=CALL_TIMEOUT + 10
+        )
+        final = await render.stream_ask(call)
+        if final is not None:
+            conversation_id = final.conversation_id or conversation_id
+        print()
+    return conversation_id
+
+
+async def run(stack: Stack, began: float) -> None:
+    args = stack.args
+    provider, model = args.llm_provider, args.llm_model
+    max_tokens = getattr(args, "demo_max_tokens", MAX_TOKENS) or MAX_TOKENS
+    conn = Connection(address=stack.gateway_address, api_key=stack.api_key)
+    async with Client(conn) as client:
+        await ensure_corpus(client, provider, model, args.demo_limit or None)
+        search_started = time.perf_counter()
+        first_answer = await generative_search(client, provider, model, max_tokens)
+        search_done = time.perf_counter()
+        conversation_id = await conversation(client, provider, model, max_tokens)
+    done = time.perf_counter()
+    section("done")
+    if first_answer is not None:
+        print(f"first answer printed {first_answer - began:.1f}s after start")
+    print(
+        f"generative search {search_done - search_started:.1f}s, conversation "
+        f"{done - search_done:.1f}s; demo finished {done - began:.1f}s after start"
+    )
+    if conversation_id:
+        # `gensearch ask` continues the demo conversation from here.
+        state.LastConversation(None, stack.gateway_address).set(conversation_id)
+        print(f'continue the conversation: gensearch ask -c {COLLECTION} "your question"')
+    print(
+        "note: the bundled SmolLM2-135M model is tiny and its answers are weak; point "
+        "--llm-provider/--llm-base-url at a real endpoint for good ones",
+        flush=True,
+    )

@@ -1,0 +1,231 @@
+"""``gensearch import FILE --collection C``: JSON Lines into a collection, streamed in batches.
+
+Each line is one object: either ``{"id"?, "properties": {...}, "vector"?}`` or a bare
+properties object. Lines that are not valid JSON objects are reported with their line number
+and skipped; objects the service rejects come back as per-object errors, mapped to their
+line. Neither stops the import.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import sys
+import time
+from collections.abc import AsyncIterator, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from gensearch.retrieval.v1 import retrieval_service_pb2 as rpb
+
+from services.cli.client import Client, CliError
+from services.cli.output import Progress, dump_json, note
+
+ENVELOPE_KEYS = {"id", "properties", "vector"}
+# Exit code when the import ran but some lines or objects were rejected.
+PARTIAL = 2
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", help="JSON Lines file ('-' for stdin)")
+    parser.add_argument("--collection", "-c", required=True)
+    parser.add_argument("--batch-size", type=int, default=100, help="objects per message")
+    parser.add_argument(
+        "--objects-per-call",
+        type=int,
+        default=1000,
+        help="objects per ImportObjects stream; the progress advances per stream",
+    )
+    parser.add_argument(
+        "--show-errors", type=int, default=20, metavar="N", help="errors listed (default 20)"
+    )
+
+
+@dataclass
+class LineError:
+    line: int
+    message: str
+    id: str = ""
+    field: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"line": self.line, "id": self.id, "field": self.field, "message": self.message}
+
+    def __str__(self) -> str:
+        where = f"{self.field}: " if self.field else ""
+        ident = f" (id {self.id})" if self.id else ""
+        return f"line {self.line}: {where}{self.message}{ident}"
+
+
+@dataclass
+class ImportResult:
+    received: int = 0
+    imported: int = 0
+    seconds: float = 0.0
+    errors: list[LineError] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return self.imported / self.seconds if self.seconds > 0 else 0.0
+
+
+def parse_line(text: str) -> rpb.DataObject:
+    """One JSON Lines record -> DataObject; ValueError with a readable message otherwise."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"not valid JSON: {err.msg} at column {err.colno}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a JSON object, got {type(value).__name__}")
+    envelope = isinstance(value.get("properties"), dict) and set(value) <= ENVELOPE_KEYS
+    props = value["properties"] if envelope else value
+    obj = rpb.DataObject()
+    if envelope:
+        ident = value.get("id")
+        if ident is not None:
+            if not isinstance(ident, str):
+                raise ValueError("id must be a string")
+            obj.id = ident
+        vector = value.get("vector")
+        if vector is not None:
+            if not isinstance(vector, list) or not all(
+                isinstance(x, int | float) and not isinstance(x, bool) for x in vector
+            ):
+                raise ValueError("vector must be a list of numbers")
+            if not all(math.isfinite(x) for x in vector):
+                raise ValueError("vector must hold finite numbers")
+            obj.vector.extend(float(x) for x in vector)
+    try:
+        obj.properties.update(props)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"properties: {err}") from None
+    return obj
+
+
+def read_objects(
+    lines: Iterable[str], errors: list[LineError]
+) -> Iterator[tuple[int, rpb.DataObject]]:
+    """(line number, object) for every good line; bad lines land in ``errors``."""
+    for number, text in enumerate(lines, start=1):
+        if not text.strip():
+            continue
+        try:
+            yield number, parse_line(text)
+        except ValueError as err:
+            errors.append(LineError(number, str(err)))
+
+
+def _count_lines(path: Path) -> int | None:
+    try:
+        with path.open("rb") as handle:
+            return sum(1 for line in handle if line.strip())
+    except OSError:
+        return None
+
+
+async def import_objects(
+    client: Client,
+    collection: str,
+    lines: Iterable[str],
+    *,
+    batch_size: int = 100,
+    objects_per_call: int = 1000,
+    progress: Progress | None = None,
+) -> ImportResult:
+    """Stream the good lines in batches over ImportObjects; map the replies back to lines.
+
+    A client stream is only acknowledged at its end, and HTTP/2 buffering lets the sender
+    run far ahead of the server; so the objects go in several streams of
+    ``objects_per_call`` each, and the progress advances as each one is acknowledged.
+    """
+    if batch_size < 1:
+        raise CliError("--batch-size must be at least 1")
+    objects_per_call = max(objects_per_call, batch_size)
+    result = ImportResult()
+    started = time.perf_counter()
+    parsed = read_objects(lines, result.errors)
+    sent_any = False
+    while True:
+        malformed_before = len(result.errors)
+        chunk = list(itertools.islice(parsed, objects_per_call))
+        if not chunk and sent_any:
+            break
+        # An empty stream still names the collection, so a wrong name is reported.
+        reply = await client.retrieval.ImportObjects(
+            _requests(collection, [obj for _, obj in chunk], batch_size),
+            metadata=client.metadata,
+            timeout=client.timeout(None),
+        )
+        sent_any = True
+        result.received += int(reply.received_count)
+        result.imported += int(reply.imported_count)
+        for err in reply.errors:
+            line = chunk[err.index][0] if 0 <= err.index < len(chunk) else -1
+            result.errors.append(LineError(line, err.message, err.id, err.field))
+        if progress:
+            progress.advance(len(chunk) + len(result.errors) - malformed_before - len(reply.errors))
+        if len(chunk) < objects_per_call:
+            break
+    result.seconds = time.perf_counter() - started
+    result.errors.sort(key=lambda e: e.line)
+    if progress:
+        progress.finish()
+    return result
+
+
+async def _requests(
+    collection: str, objects: list[rpb.DataObject], batch_size: int
+) -> AsyncIterator[rpb.ImportObjectsRequest]:
+    yield rpb.ImportObjectsRequest(collection=collection, objects=objects[:batch_size])
+    for start in range(batch_size, len(objects), batch_size):
+        yield rpb.ImportObjectsRequest(objects=objects[start : start + batch_size])
+
+
+def open_input(name: str) -> tuple[IO[str], int | None]:
+    """The file (or stdin for '-') and its number of non-blank lines when known."""
+    if name == "-":
+        return sys.stdin, None
+    path = Path(name)
+    if not path.is_file():
+        raise CliError(f"{name}: no such file")
+    return path.open(encoding="utf-8"), _count_lines(path)
+
+
+async def run(client: Client, args: argparse.Namespace) -> int:
+    handle, total = open_input(args.file)
+    with handle:
+        progress = None if args.json else Progress(total, label="importing")
+        result = await import_objects(
+            client,
+            args.collection,
+            handle,
+            batch_size=args.batch_size,
+            objects_per_call=args.objects_per_call,
+            progress=progress,
+        )
+    failed = len(result.errors)
+    if args.json:
+        dump_json(
+            {
+                "collection": args.collection,
+                "received": result.received,
+                "imported": result.imported,
+                "failed": failed,
+                "seconds": round(result.seconds, 3),
+                "objects_per_second": round(result.rate, 1),
+                "errors": [e.as_dict() for e in result.errors],
+            }
+        )
+    else:
+        print(
+            f"imported {result.imported} objects into {args.collection} in "
+            f"{result.seconds:.1f}s ({result.rate:,.0f} objects/s); {failed} failed"
+        )
+        for err in result.errors[: args.show_errors]:
+            note(f"  {err}")
+        if failed > args.show_errors:
+            note(f"  ... and {failed - args.show_errors} more (--show-errors N, or --json)")
+    return PARTIAL if failed else 0

@@ -1,0 +1,264 @@
+"""Readable renderings of search hits, generated results and answers (for people)."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+import time
+from collections.abc import AsyncIterable, Sequence
+from typing import Any
+
+from gensearch.gateway.v1 import gateway_service_pb2 as gpb
+from gensearch.generation.v1 import generation_service_pb2 as genpb
+from gensearch.retrieval.v1 import retrieval_service_pb2 as rpb
+from google.protobuf import json_format
+
+from services.cli.output import one_line, table, terminal_width
+
+SNIPPET_CHARS = 160
+TITLE_KEYS = ("title", "name", "question", "heading")
+TEXT_KEYS = ("text", "content", "body", "answer", "description")
+
+
+def props(hit: rpb.Hit) -> dict[str, Any]:
+    return json_format.MessageToDict(hit.properties)
+
+
+def hit_title(hit: rpb.Hit) -> str:
+    values = props(hit)
+    for key in TITLE_KEYS:
+        if isinstance(values.get(key), str) and values[key]:
+            return str(values[key])
+    return hit.id
+
+
+def hit_snippet(hit: rpb.Hit, width: int = SNIPPET_CHARS) -> str:
+    values = props(hit)
+    for key in TEXT_KEYS:
+        if isinstance(values.get(key), str):
+            return one_line(values[key], width)
+    texts = [v for k, v in values.items() if isinstance(v, str) and k not in TITLE_KEYS]
+    return one_line(max(texts, key=len), width) if texts else ""
+
+
+def hits_table(hits: Sequence[rpb.Hit]) -> None:
+    keys: list[str] = []
+    rows = [props(h) for h in hits]
+    for row in rows:
+        keys.extend(k for k in row if k not in keys)
+    table(
+        ["#", "score", "id", *keys],
+        [
+            (i, f"{h.score:.4f}", h.id[:8], *(_cell(row.get(k)) for k in keys))
+            for i, (h, row) in enumerate(zip(hits, rows, strict=True), start=1)
+        ],
+    )
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value)
+    return str(value)
+
+
+def _wrap(text: str, indent: str = "    ") -> str:
+    width = max(terminal_width() - len(indent), 20)
+    paragraphs = [p for p in text.strip().split("\n")]
+    lines: list[str] = []
+    for para in paragraphs:
+        wrapped = textwrap.wrap(para, width) or [""]
+        lines.extend(indent + line for line in wrapped)
+    return "\n".join(lines)
+
+
+def print_hit(number: int, hit: rpb.Hit) -> None:
+    print(f"[{number}] {hit_title(hit)}  (score {hit.score:.3f})")
+    snippet = hit_snippet(hit)
+    if snippet:
+        print(_wrap(snippet))
+
+
+def describe_generation(gen: gpb.GenerationResult) -> str:
+    if gen.HasField("error") and (gen.error.status or gen.error.message):
+        return f"error: {gen.error.status or gen.error.code}: {gen.error.message}"
+    return gen.result.strip() or "(empty answer)"
+
+
+def usage_line(usage: genpb.Usage) -> str:
+    estimated = " (estimated)" if usage.estimated else ""
+    return (
+        f"usage: {usage.prompt_tokens} prompt + {usage.completion_tokens} completion = "
+        f"{usage.total_tokens} tokens{estimated}"
+    )
+
+
+def generative(reply: gpb.GenerativeSearchResponse) -> None:
+    if not reply.hits:
+        print("(no hits)")
+    for number, item in enumerate(reply.hits, start=1):
+        print_hit(number, item.hit)
+        if item.HasField("generation"):
+            print(_wrap("→ " + describe_generation(item.generation)))
+            if item.generation.prompt:
+                print(_wrap("prompt: " + item.generation.prompt, indent="      "))
+        print()
+    if reply.HasField("grouped"):
+        print("grouped result:")
+        print(_wrap(describe_generation(reply.grouped)))
+        print()
+    if reply.HasField("usage") and reply.usage.total_tokens:
+        print(usage_line(reply.usage))
+
+
+class _GroupedPrinter:
+    """Grouped tokens print live, but only once every per-hit result is out: interleaving
+    them with per-hit results mid-line would be unreadable."""
+
+    def __init__(self) -> None:
+        self.held: list[str] = []
+        self.live = False
+        self.started = False
+
+    def delta(self, text: str) -> None:
+        if self.live:
+            self._write(text)
+        else:
+            self.held.append(text)
+
+    def release(self) -> None:
+        self.live = True
+        if self.held:
+            self._write("".join(self.held))
+            self.held.clear()
+
+    def _write(self, text: str) -> None:
+        if not self.started:
+            sys.stdout.write("\ngrouped result:\n    ")
+            self.started = True
+        sys.stdout.write(text.replace("\n", "\n    "))
+        sys.stdout.flush()
+
+    def finish(self, result: gpb.GenerationResult) -> None:
+        self.release()
+        failed = result.HasField("error") and bool(result.error.status or result.error.message)
+        if self.started:
+            print()
+            if failed:
+                print(_wrap(describe_generation(result)))
+        else:
+            print("\ngrouped result:")
+            print(_wrap(describe_generation(result)))
+        sys.stdout.flush()
+
+
+async def stream_search(
+    events: AsyncIterable[gpb.StreamGenerativeSearchResponse], *, per_hit: bool = True
+) -> float | None:
+    """Print each event as it arrives: hits, per-hit results (in completion order), the
+    grouped result token by token, usage. ``per_hit``: whether per-hit results will come.
+
+    Returns when (``time.perf_counter()``) the first generated text was printed.
+    """
+    hits: list[rpb.Hit] = []
+    pending = 0
+    grouped = _GroupedPrinter()
+    first: float | None = None
+    async for event in events:
+        kind = event.WhichOneof("event")
+        if kind == "hits":
+            hits = list(event.hits.hits)
+            pending = len(hits) if per_hit else 0
+            print(f"{len(hits)} hits" + (":" if hits else ""))
+            for number, hit in enumerate(hits, start=1):
+                print_hit(number, hit)
+            print(flush=True)
+            if not pending:
+                grouped.release()
+        elif kind == "hit_result":
+            first = first or time.perf_counter()
+            index = event.hit_result.hit_index
+            title = hit_title(hits[index]) if 0 <= index < len(hits) else f"hit {index}"
+            print(f"[{index + 1}] {title} →")
+            print(_wrap(describe_generation(event.hit_result.generation)), flush=True)
+            pending -= 1
+            if pending <= 0:
+                grouped.release()
+        elif kind == "token" and event.token.grouped:
+            grouped.delta(event.token.delta)
+            if grouped.live:
+                first = first or time.perf_counter()
+        elif kind == "grouped":
+            grouped.finish(event.grouped)
+            first = first or time.perf_counter()
+        elif kind == "done" and event.done.usage.total_tokens:
+            print("\n" + usage_line(event.done.usage), flush=True)
+    return first
+
+
+def sources_line(reply: gpb.AskResponse) -> str:
+    titles = {h.id: hit_title(h) for h in reply.hits}
+    cited = [f"[{c.number}] {titles.get(c.id, c.id)}" for c in reply.citations]
+    return "sources: " + ("; ".join(cited) if cited else "none cited")
+
+
+def answer_footer(reply: gpb.AskResponse) -> list[str]:
+    lines = [sources_line(reply)]
+    facts = []
+    if reply.conversation_id:
+        facts.append(f"conversation {reply.conversation_id}")
+    if reply.model:
+        facts.append(f"model {reply.model}")
+    if reply.usage.total_tokens:
+        facts.append(f"{reply.usage.total_tokens} tokens")
+    if reply.rewritten_query:
+        facts.append(f"searched for {reply.rewritten_query!r}")
+    if reply.trimmed.hits or reply.trimmed.history_turns:
+        facts.append(
+            f"trimmed to fit: {reply.trimmed.hits} hits, {reply.trimmed.history_turns} turns"
+        )
+    if facts:
+        lines.append(" · ".join(facts))
+    return lines
+
+
+def answer(reply: gpb.AskResponse, *, show_hits: bool = False) -> None:
+    print(reply.answer.strip() or "(empty answer)")
+    print()
+    for line in answer_footer(reply):
+        print(line)
+    if show_hits:
+        _print_hits(reply.hits)
+
+
+def _print_hits(hits: Sequence[rpb.Hit]) -> None:
+    print()
+    for number, hit in enumerate(hits, start=1):
+        print_hit(number, hit)
+
+
+async def stream_ask(
+    events: AsyncIterable[gpb.StreamAskResponse], *, show_hits: bool = False
+) -> gpb.AskResponse | None:
+    final: gpb.AskResponse | None = None
+    streamed = False
+    async for event in events:
+        kind = event.WhichOneof("event")
+        if kind == "delta":
+            streamed = True
+            sys.stdout.write(event.delta)
+            sys.stdout.flush()
+        elif kind == "answer":
+            final = event.answer
+            if not streamed:
+                sys.stdout.write(final.answer.strip() or "(empty answer)")
+            print("\n")
+            for line in answer_footer(final):
+                print(line)
+            if show_hits:
+                _print_hits(final.hits)
+            sys.stdout.flush()
+    return final

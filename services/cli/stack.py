@@ -1,0 +1,550 @@
+"""``gensearch up``: the whole stack in one foreground process.
+
+One asyncio process serves the four gRPC services in-process (each service's own
+``build_server``); two child processes do what Python should not: a Redis-protocol server
+(AOF in ``<data dir>/redis``) and the local LLM server (``llama_cpp.server`` with the
+bundled SmolLM2 model). Each part is replaceable by configuration: ``--redis-url``,
+``--qdrant-url``, ``--llm-provider``/``--llm-base-url`` (then no local LLM is started).
+
+Start order: Redis, the LLM server and the embedding model (side by side), then memory,
+retrieval and generation, then the gateway (which needs their addresses). Ctrl-C or SIGTERM
+stops them in the reverse order: the gateway first, Redis and the LLM server last. Data
+stays in the data dir, so the next ``up`` finds its collections and conversations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import signal
+import sys
+import time
+import warnings
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from pydantic import SecretStr, ValidationError
+
+from services.cli.client import CliError, check_health
+
+if TYPE_CHECKING:
+    from services.common.server import GrpcServer
+
+STACK_FILE = "stack.json"
+GRACE_SECONDS = 5.0
+DEFAULT_DEMO_LIMIT = 300
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise CliError(f"{name} must be an integer, not {raw!r}") from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    env = os.environ.get
+    parser.add_argument(
+        "--data-dir",
+        default=env("GENSEARCH_DATA_DIR", "data"),
+        help="where Redis's AOF and the Qdrant data live (env GENSEARCH_DATA_DIR, default ./data)",
+    )
+    parser.add_argument(
+        "--host", default=env("GENSEARCH_HOST", "127.0.0.1"), help="bind address of every part"
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=_env_int("GENSEARCH_GATEWAY_PORT", 50050),
+        help="gateway port (env GENSEARCH_GATEWAY_PORT, default 50050; 0 = any free port)",
+    )
+    parser.add_argument(
+        "--redis-url",
+        default=env("GENSEARCH_REDIS_URL", ""),
+        help="use this Redis instead of starting one (env GENSEARCH_REDIS_URL)",
+    )
+    parser.add_argument(
+        "--qdrant-url",
+        default=env("GENSEARCH_QDRANT_URL", ""),
+        help="use this Qdrant server instead of the embedded engine (env GENSEARCH_QDRANT_URL)",
+    )
+    parser.add_argument(
+        "--llm-provider",
+        default=env("GENSEARCH_DEFAULT_PROVIDER", "local"),
+        help="default LLM provider: local (started here), openai, anyscale, vllm, ollama … "
+        "(env GENSEARCH_DEFAULT_PROVIDER)",
+    )
+    parser.add_argument(
+        "--llm-base-url",
+        default="",
+        help="OpenAI-compatible base URL of the provider, e.g. http://127.0.0.1:8000/v1 "
+        "(then no local LLM server is started)",
+    )
+    parser.add_argument("--llm-model", default="", help="the provider's default model")
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="load the demo corpus (once) and run a generative search and a conversation",
+    )
+    parser.add_argument(
+        "--demo-limit",
+        type=int,
+        # All 525 passages take 30-85 s to embed on 2 busy cores; 300 keep the first answer
+        # quick and still span every topic (see docs/cli.md).
+        default=_env_int("GENSEARCH_DEMO_LIMIT", DEFAULT_DEMO_LIMIT),
+        help=f"import at most this many demo passages (env GENSEARCH_DEMO_LIMIT, default "
+        f"{DEFAULT_DEMO_LIMIT}; 0 = all of them)",
+    )
+    parser.add_argument(
+        "--demo-max-tokens",
+        type=int,
+        default=_env_int("GENSEARCH_DEMO_MAX_TOKENS", 120),
+        help="longest demo answer in tokens (env GENSEARCH_DEMO_MAX_TOKENS, default 120)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default=env("GENSEARCH_LOG_LEVEL", "WARNING"),
+        help="service logs on stderr (env GENSEARCH_LOG_LEVEL, default WARNING)",
+    )
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def _quiet_libraries() -> None:
+    # The embedding model is on disk; progress bars and hub lookups would only add noise.
+    for name, value in (
+        ("HF_HUB_OFFLINE", "1"),
+        ("TRANSFORMERS_OFFLINE", "1"),
+        ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
+        ("TRANSFORMERS_VERBOSITY", "error"),
+        ("TQDM_DISABLE", "1"),
+        ("TOKENIZERS_PARALLELISM", "false"),
+    ):
+        os.environ.setdefault(name, value)
+    # Library deprecation notices are for their developers, not for someone running a demo.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+@dataclass
+class Part:
+    name: str
+    address: str
+    service: str
+    server: GrpcServer
+
+
+@dataclass
+class Stack:
+    """The running parts, stopped in reverse start order by ``close``."""
+
+    args: argparse.Namespace
+    data_dir: Path
+    token: str
+    parts: dict[str, Part] = field(default_factory=dict)
+    api_key: str = ""
+    # Child processes we started (anything with a ``running`` property), watched while up.
+    children: dict[str, Any] = field(default_factory=dict)
+    _exit: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
+
+    @property
+    def gateway_address(self) -> str:
+        return self.parts["gateway"].address
+
+    def push(self, label: str, stop: Callable[[], Awaitable[Any]]) -> None:
+        async def stopping() -> None:
+            started = time.perf_counter()
+            try:
+                await stop()
+            except Exception as err:
+                say(f"  {label:<11} stop failed: {type(err).__name__}: {err}")
+                return
+            say(f"  {label:<11} stopped ({time.perf_counter() - started:.1f}s)")
+
+        self._exit.push_async_callback(stopping)
+
+    async def close(self) -> None:
+        await self._exit.aclose()
+
+
+async def start(args: argparse.Namespace) -> Stack:
+    """Start every part, in order, printing a line as each is ready.
+
+    On failure (or cancellation) whatever already started is stopped before re-raising.
+    """
+    from services.common.logs import configure_logging
+
+    configure_logging(args.log_level.upper(), service="gensearch")
+    data_dir = _prepare_data_dir(args.data_dir)
+    token = os.environ.get("GENSEARCH_INTERNAL_TOKEN") or secrets.token_urlsafe(32)
+    stack = Stack(args=args, data_dir=data_dir, token=token)
+    try:
+        await _start_parts(stack)
+    except BaseException as err:
+        await stack.close()
+        if isinstance(err, ValidationError):
+            # Locations and messages only: a rejected value may be a secret.
+            problems = "; ".join(
+                f"GENSEARCH_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+                for e in err.errors()
+            )
+            raise CliError(f"invalid setting: {problems}") from None
+        raise
+    return stack
+
+
+def _prepare_data_dir(name: str) -> Path:
+    data_dir = Path(name).expanduser().resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return data_dir
+
+
+async def _start_parts(stack: Stack) -> None:
+    args = stack.args
+    say(f"starting gensearch (data in {stack.data_dir})")
+    redis_url, llm_base_url, embedder = await _start_backends(stack)
+
+    from services.gateway.__main__ import build_server as build_gateway
+    from services.gateway.settings import GatewaySettings
+    from services.generation.__main__ import build_server as build_generation
+    from services.generation.settings import GenerationSettings
+    from services.memory.__main__ import build_server as build_memory
+    from services.memory.settings import MemorySettings
+    from services.retrieval.__main__ import build_server as build_retrieval
+    from services.retrieval.settings import RetrievalSettings
+
+    shared: dict[str, Any] = {
+        "data_dir": stack.data_dir,
+        "host": args.host,
+        "internal_token": stack.token,
+        "log_level": args.log_level.upper(),
+    }
+    memory_settings = MemorySettings(**shared, redis_url=SecretStr(redis_url))
+    retrieval_settings = RetrievalSettings(**shared, qdrant_url=args.qdrant_url)
+    generation_settings = GenerationSettings(
+        **shared,
+        default_provider=args.llm_provider,
+        providers=_provider_overrides(args, llm_base_url),
+    )
+    keys = memory_settings.api_key_map()
+    stack.api_key = next(iter(keys), "")
+
+    async def memory() -> GrpcServer:
+        return await build_memory(memory_settings)
+
+    async def retrieval() -> GrpcServer:
+        return await build_retrieval(
+            retrieval_settings,
+            metrics_port=retrieval_settings.retrieval_metrics_port,
+            local_embedder=embedder,
+        )
+
+    async def generation() -> GrpcServer:
+        return await build_generation(generation_settings)
+
+    # One at a time: each start is quick, and a failure names its part.
+    for name, build in (("memory", memory), ("retrieval", retrieval), ("generation", generation)):
+        await _serve(stack, name, build)
+
+    gateway_settings = GatewaySettings(
+        **shared,
+        memory_addr=stack.parts["memory"].address,
+        retrieval_addr=stack.parts["retrieval"].address,
+        generation_addr=stack.parts["generation"].address,
+    )
+
+    async def gateway() -> GrpcServer:
+        return await build_gateway(gateway_settings, port=args.port)
+
+    await _serve(stack, "gateway", gateway)
+    await _wait_serving(stack)
+    _write_stack_file(stack)
+    stack._exit.push_async_callback(_remove_stack_file, stack)
+
+
+async def _start_backends(stack: Stack) -> tuple[str, str, Any]:
+    """Redis, the local LLM server and the embedding model, side by side (they are slow)."""
+    args = stack.args
+    tasks: dict[str, asyncio.Task[Any]] = {}
+    if not args.redis_url:
+        tasks["redis"] = asyncio.create_task(_start_redis(stack))
+    if _wants_local_llm(args):
+        tasks["llm"] = asyncio.create_task(_start_llm(stack))
+    tasks["embeddings"] = asyncio.create_task(_load_embedder(stack))
+    try:
+        await asyncio.gather(*tasks.values())
+    except BaseException:
+        for task in tasks.values():
+            task.cancel()
+        await asyncio.gather(*tasks.values(), return_exceptions=True)
+        raise
+    redis_url = tasks["redis"].result() if "redis" in tasks else args.redis_url
+    if "redis" not in tasks:
+        say(f"  {'redis':<11} external {_redact_url(args.redis_url)}")
+    llm_base_url = tasks["llm"].result() if "llm" in tasks else args.llm_base_url
+    if "llm" not in tasks:
+        where = llm_base_url or "its configured endpoint"
+        say(f"  {'llm':<11} external provider {args.llm_provider!r} at {where}")
+    if args.qdrant_url:
+        say(f"  {'qdrant':<11} external {_redact_url(args.qdrant_url)}")
+    else:
+        say(f"  {'qdrant':<11} embedded engine in {stack.data_dir / 'qdrant'}")
+    return redis_url, llm_base_url, tasks["embeddings"].result()
+
+
+def _wants_local_llm(args: argparse.Namespace) -> bool:
+    return (
+        args.llm_provider == "local"
+        and not args.llm_base_url
+        and not os.environ.get("GENSEARCH_LOCAL_BASE_URL")
+    )
+
+
+async def _start_redis(stack: Stack) -> str:
+    from services.common.redis_process import RedisProcess
+    from services.memory.settings import MemorySettings
+
+    started = time.perf_counter()
+    fsync = MemorySettings().redis_appendfsync
+    redis = RedisProcess(stack.data_dir / "redis", appendfsync=fsync, host="127.0.0.1")
+    try:
+        await redis.start()
+    except BaseException:
+        await redis.stop()
+        raise
+    stack.push("redis", redis.stop)
+    stack.children["redis"] = redis
+    say(
+        f"  {'redis':<11} ready    {redis.url} (AOF in {redis.data_dir}) "
+        f"{time.perf_counter() - started:.1f}s"
+    )
+    return redis.url
+
+
+async def _start_llm(stack: Stack) -> str:
+    from services.generation.local_llm import LocalLLMServer, LocalLLMUnavailable
+
+    started = time.perf_counter()
+    llm = LocalLLMServer(host="127.0.0.1")
+    try:
+        base_url = await llm.start()
+    except LocalLLMUnavailable as err:
+        raise CliError(
+            f"{err} (or run with --llm-provider openai --llm-key … / --llm-base-url URL)"
+        ) from None
+    except BaseException:
+        await llm.stop()
+        raise
+    stack.push("llm", llm.stop)
+    stack.children["llm"] = llm
+    say(f"  {'llm':<11} ready    {base_url} ({llm.alias}) {time.perf_counter() - started:.1f}s")
+    return base_url
+
+
+async def _load_embedder(stack: Stack) -> Any:
+    from services.retrieval.embedders import LocalEmbedder
+    from services.retrieval.settings import RetrievalSettings
+
+    started = time.perf_counter()
+    settings = RetrievalSettings()
+    path = Path(settings.local_model_path) if settings.local_model_path else None
+    embedder = LocalEmbedder(path, batch_size=settings.embed_batch_size)
+
+    async def close() -> None:
+        embedder.close()
+
+    stack.push("embeddings", close)
+    dims = await embedder.dimensions()
+    say(
+        f"  {'embeddings':<11} ready    {settings.local_model_name} ({dims} dimensions) "
+        f"{time.perf_counter() - started:.1f}s"
+    )
+    return embedder
+
+
+def _provider_overrides(args: argparse.Namespace, base_url: str) -> list[dict[str, Any]]:
+    from services.generation.settings import GenerationSettings
+
+    overrides = list(GenerationSettings().providers)
+    entry: dict[str, Any] = {"name": args.llm_provider}
+    if base_url:
+        entry["base_url"] = base_url
+    if args.llm_model:
+        entry["default_model"] = args.llm_model
+        entry["models"] = [args.llm_model]
+    if len(entry) > 1:
+        overrides.append(entry)
+    return overrides
+
+
+async def _serve(stack: Stack, name: str, build: Callable[[], Awaitable[GrpcServer]]) -> None:
+    started = time.perf_counter()
+    server = await build()
+    try:
+        port = await server.start()
+    except (RuntimeError, OSError) as err:
+        await server.stop(0)
+        if isinstance(err, OSError):  # the gRPC port is bound by now: the metrics port is not
+            where, hint = (
+                f"metrics port {server.metrics_port}",
+                f"GENSEARCH_{name.upper()}_METRICS_PORT",
+            )
+        else:
+            where = f"{server.host}:{server.port}"
+            hint = "--port" if name == "gateway" else f"GENSEARCH_{name.upper()}_PORT"
+        raise CliError(
+            f"{name}: cannot listen on {where} ({err}); another gensearch running? "
+            f"choose another port with {hint} (0 = any free port)"
+        ) from None
+    address = f"{_client_host(server.host)}:{port}"
+    service = server.service_names[0]
+    stack.parts[name] = Part(name, address, service, server)
+    stack.push(name, lambda: server.stop(GRACE_SECONDS))
+    say(f"  {name:<11} started  {address} {time.perf_counter() - started:.1f}s")
+
+
+def _client_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+
+
+async def _wait_serving(stack: Stack, timeout: float = 30.0) -> None:
+    """Every part must answer its gRPC health check with SERVING over a real channel."""
+    deadline = time.monotonic() + timeout
+    for part in stack.parts.values():
+        while True:
+            try:
+                status = await check_health(part.address, part.service, timeout=2.0)
+            except grpc.aio.AioRpcError as err:
+                status = err.code().name
+            if status == "SERVING":
+                say(f"  {part.name:<11} SERVING  (grpc.health.v1 {part.service})")
+                break
+            if time.monotonic() > deadline:
+                raise CliError(f"{part.name} did not become SERVING in {timeout}s ({status})")
+            await asyncio.sleep(0.1)
+
+
+def _write_stack_file(stack: Stack) -> None:
+    """Where each part listens, so ``gensearch status`` can check them one by one."""
+    data = {"pid": os.getpid(), **{name: part.address for name, part in stack.parts.items()}}
+    (stack.data_dir / STACK_FILE).write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+
+
+async def _remove_stack_file(stack: Stack) -> None:
+    with contextlib.suppress(OSError):
+        (stack.data_dir / STACK_FILE).unlink()
+
+
+def read_stack_file(data_dir: str | Path | None = None) -> dict[str, Any]:
+    """The addresses of a running ``gensearch up`` (empty when there is none)."""
+    base = Path(data_dir or os.environ.get("GENSEARCH_DATA_DIR") or "data")
+    try:
+        data = json.loads((base / STACK_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _redact_url(url: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+async def run(args: argparse.Namespace) -> int:
+    _quiet_libraries()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()  # set by a signal, or by a child process dying
+    signalled = asyncio.Event()
+
+    def on_signal() -> None:
+        signalled.set()
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    serving = asyncio.Event()
+    main_task = asyncio.create_task(_up(args, stop, serving))
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({main_task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if not main_task.done() and not serving.is_set():
+            # Ctrl-C (or a dead child) during start-up or the demo: cancel it; _up stops
+            # what had started.
+            main_task.cancel()
+        try:
+            return await main_task
+        except asyncio.CancelledError:
+            # Stopped by the user: a clean exit. Otherwise a child died (already reported).
+            return 0 if signalled.is_set() else 1
+    finally:
+        stopper.cancel()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+async def _watch_children(stack: Stack, stop: asyncio.Event) -> str:
+    """Returns the name of the first child process that exits on its own."""
+    while not stop.is_set():
+        for name, child in stack.children.items():
+            if not child.running:
+                return name
+        await asyncio.sleep(0.5)
+    return ""
+
+
+async def _up(args: argparse.Namespace, stop: asyncio.Event, serving: asyncio.Event) -> int:
+    began = time.perf_counter()
+    stack = await start(args)
+    # A dead Redis or LLM server would turn every call into an error: stop instead.
+    watcher = asyncio.create_task(_watch_children(stack, stop))
+    watcher.add_done_callback(lambda _: stop.set())
+    try:
+        say(
+            f"gensearch is up in {time.perf_counter() - began:.1f}s: gateway at "
+            f"{stack.gateway_address} (try: gensearch --address {stack.gateway_address} status)"
+        )
+        if args.demo:
+            from services.cli import demo
+
+            await demo.run(stack, began)
+        serving.set()
+        say("serving; press Ctrl-C to stop")
+        await stop.wait()
+    finally:
+        watcher.cancel()
+        died = watcher.result() if watcher.done() and not watcher.cancelled() else ""
+        if died:
+            say(f"\n{died} exited unexpectedly")
+        # Shielded: a second Ctrl-C must not leave children behind.
+        say("\nstopping (gateway first, Redis and the LLM server last)")
+        await asyncio.shield(stack.close())
+        say(f"stopped; data kept in {stack.data_dir}")
+    if died:
+        raise CliError(f"{died} exited unexpectedly; everything else was stopped")
+    return 0
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        return asyncio.run(run(args))
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        sys.stdout.flush()

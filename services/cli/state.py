@@ -1,0 +1,63 @@
+"""What the CLI remembers between runs: the last conversation, per gateway address.
+
+``gensearch ask`` continues it by default. The file is ``<state dir>/last_conversation``,
+a small JSON object ``{gateway address: conversation id}`` (a conversation only exists on
+the server that created it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+
+FILE_NAME = "last_conversation"
+
+
+def state_dir(explicit: str | None = None) -> Path:
+    chosen = (
+        explicit
+        or os.environ.get("GENSEARCH_STATE_DIR")
+        or os.environ.get("GENSEARCH_DATA_DIR")
+        or str(Path.home() / ".gensearch")
+    )
+    return Path(chosen).expanduser()
+
+
+class LastConversation:
+    def __init__(self, directory: str | None, address: str) -> None:
+        self.path = state_dir(directory) / FILE_NAME
+        self.address = address
+
+    def _load(self) -> dict[str, str]:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(data, dict):
+            return {}
+        return {str(k): str(v) for k, v in data.items() if isinstance(v, str)}
+
+    def get(self) -> str:
+        return self._load().get(self.address, "")
+
+    def set(self, conversation_id: str) -> None:
+        data = self._load()
+        data[self.address] = conversation_id
+        self._save(data)
+
+    def clear(self, conversation_id: str | None = None) -> None:
+        """Forget the remembered conversation (only if it is ``conversation_id``, when given)."""
+        data = self._load()
+        if self.address in data and conversation_id in (None, data[self.address]):
+            del data[self.address]
+            self._save(data)
+
+    def _save(self, data: dict[str, str]) -> None:
+        # Remembering is a convenience: a read-only home must not fail the command.
+        with contextlib.suppress(OSError):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+            tmp.replace(self.path)

@@ -1,0 +1,128 @@
+"""A real stack for the CLI tests, started once by ``gensearch up``'s own code.
+
+The stack (Redis child process, qdrant-edge in a temp dir, the MiniLM embedder, the four
+services on free ports) runs on an event loop in a background thread, with the loopback
+fake OpenAI server as the LLM. Tests call the CLI's ``main([...])`` synchronously in the
+main thread, exactly as the console script does, and read what it printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import threading
+from collections.abc import Coroutine, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+from unittest import mock
+
+import pytest
+
+from services.cli import stack as stack_mod
+from services.cli.__main__ import main
+from tests.support.fake_openai import FakeOpenAI
+
+T = TypeVar("T")
+
+# Every port free, metrics too: tests must not collide with a running stack.
+FREE_PORTS = {
+    "GENSEARCH_MEMORY_PORT": "0",
+    "GENSEARCH_RETRIEVAL_PORT": "0",
+    "GENSEARCH_GENERATION_PORT": "0",
+    "GENSEARCH_GATEWAY_METRICS_PORT": "0",
+    "GENSEARCH_MEMORY_METRICS_PORT": "0",
+    "GENSEARCH_RETRIEVAL_METRICS_PORT": "0",
+    "GENSEARCH_GENERATION_METRICS_PORT": "0",
+}
+
+
+class LoopThread:
+    """An event loop in a daemon thread; ``run`` executes a coroutine there and waits."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 180) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+@dataclass
+class RunningStack:
+    stack: stack_mod.Stack
+    fake: FakeOpenAI
+    loop: LoopThread
+    data_dir: Path
+
+    @property
+    def address(self) -> str:
+        return self.stack.gateway_address
+
+    def address_of(self, part: str) -> str:
+        return self.stack.parts[part].address
+
+
+def up_args(data_dir: Path, **overrides: Any) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    stack_mod.add_arguments(parser)
+    args = parser.parse_args(["--data-dir", str(data_dir), "--port", "0"])
+    for key, value in overrides.items():
+        setattr(args, key, value)
+    return args
+
+
+@pytest.fixture(scope="session")
+def running_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
+    data_dir = tmp_path_factory.mktemp("stack") / "data"
+    loop = LoopThread()
+    fake = FakeOpenAI()
+    loop.run(fake.start())
+    args = up_args(data_dir, llm_base_url=fake.base_url, log_level="WARNING")
+    with mock.patch.dict(os.environ, FREE_PORTS):
+        stack_mod._quiet_libraries()
+        stack = loop.run(stack_mod.start(args))
+    try:
+        yield RunningStack(stack=stack, fake=fake, loop=loop, data_dir=data_dir)
+    finally:
+        loop.run(stack.close())
+        loop.run(fake.stop())
+        loop.close()
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def cli(
+    running_stack: RunningStack,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Any:
+    """``cli("collections", "list")`` runs ``gensearch --address <stack> collections list``."""
+    monkeypatch.setenv("GENSEARCH_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.delenv("GENSEARCH_ADDRESS", raising=False)
+    monkeypatch.delenv("GENSEARCH_DATA_DIR", raising=False)
+    for part in ("MEMORY", "RETRIEVAL", "GENERATION"):
+        monkeypatch.delenv(f"GENSEARCH_{part}_ADDR", raising=False)
+    monkeypatch.chdir(tmp_path)  # no ./data/stack.json of a real `up` in the way
+
+    def run(*argv: str, address: str | None = None) -> Result:
+        capsys.readouterr()
+        code = main(["--address", address or running_stack.address, *argv])
+        captured = capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+
+    return run

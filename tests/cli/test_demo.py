@@ -1,0 +1,63 @@
+"""The demo run of ``gensearch up --demo`` against the test stack (fake LLM, real rest)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.cli import demo
+from tests.cli.conftest import RunningStack
+
+
+def test_demo_imports_once_then_searches_and_converses(
+    cli: Any,
+    running_stack: RunningStack,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake = running_stack.fake
+    fake.reply = lambda body: f"ANSWER#{len(fake.chat_requests)}"
+    monkeypatch.setattr(running_stack.stack.args, "demo_limit", 24)
+    capsys.readouterr()
+
+    running_stack.loop.run(demo.run(running_stack.stack, time.perf_counter()))
+    out = capsys.readouterr().out
+    assert f"demo collection {demo.COLLECTION}: created" in out
+    assert "imported 24 passages" in out
+    # hits, then a result per hit, then the grouped result, then the two turns
+    assert out.index("3 hits:") < out.index("→") < out.index("grouped result:")
+    assert out.count(" →\n") == 3
+    assert out.index("── conversation") < out.index(f"you: {demo.QUESTIONS[0]}")
+    assert out.index(f"you: {demo.QUESTIONS[0]}") < out.index(f"you: {demo.QUESTIONS[1]}")
+    assert out.count("sources:") == 2
+    assert "first answer printed" in out
+
+    # What went to the LLM: per-hit prompts filled from the hits, the provider's model.
+    prompts = [r.json["messages"][-1]["content"] for r in fake.chat_requests]
+    assert sum("In one short sentence" in p for p in prompts) == 3
+    assert any(demo.GROUPED_TASK in p for p in prompts)
+    per_hit = [r for r in fake.chat_requests if "In one short sentence" in str(r.json)]
+    assert all(r.json.get("max_tokens") == demo.MAX_TOKENS for r in per_hit)
+
+    # The two turns are one conversation, and `gensearch ask` would continue it.
+    remembered = json.loads((tmp_path / "state" / "last_conversation").read_text())
+    conversation_id = remembered[running_stack.address]
+    shown = cli("conversations", "show", conversation_id, "--json")
+    turns = json.loads(shown.out)["interactions"]
+    assert [t["input"] for t in turns] == list(demo.QUESTIONS)
+
+    # A second run reuses the collection: no import.
+    running_stack.loop.run(demo.run(running_stack.stack, time.perf_counter()))
+    again = capsys.readouterr().out
+    assert "24 passages (kept from the last run)" in again
+    assert "importing" not in again
+
+    listed = json.loads(cli("collections", "show", demo.COLLECTION, "--json").out)
+    assert listed["vectorizer"]["kind"] == "VECTORIZER_KIND_LOCAL"
+    assert listed["keyword_index"] is True
+    assert listed["generative"]["provider"] == "local"

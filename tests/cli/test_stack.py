@@ -1,0 +1,94 @@
+"""``gensearch up``'s parts are replaceable: an external Redis and Qdrant, an external LLM."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from unittest import mock
+
+import pytest
+import redis.asyncio as aioredis
+from gensearch.gateway.v1 import gateway_service_pb2 as gpb
+from gensearch.memory.v1 import memory_service_pb2 as mpb
+from gensearch.retrieval.v1 import retrieval_service_pb2 as rpb
+from google.protobuf import struct_pb2
+
+from services.cli import stack as stack_mod
+from services.cli.client import Client, Connection, check_health
+from services.common.redis_process import RedisProcess
+from tests.cli.conftest import FREE_PORTS, up_args
+from tests.support.fake_openai import FakeOpenAI
+
+
+def struct(value: dict[str, object]) -> struct_pb2.Struct:
+    out = struct_pb2.Struct()
+    out.update(value)
+    return out
+
+
+async def test_external_redis_qdrant_and_llm(
+    redis_server: RedisProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data_dir = tmp_path / "data"
+    async with FakeOpenAI() as fake:
+        args = up_args(
+            data_dir,
+            redis_url=redis_server.url,
+            qdrant_url=":memory:",
+            llm_provider="vllm",
+            llm_base_url=fake.base_url,
+            llm_model="served-model",
+        )
+        with mock.patch.dict(os.environ, FREE_PORTS):
+            stack = await stack_mod.start(args)
+        try:
+            out = capsys.readouterr().out
+            assert f"redis       external {redis_server.url}" in out
+            assert "llm         external provider 'vllm'" in out
+            assert "qdrant      external :memory:" in out
+            assert "redis       ready" not in out
+            for part in stack.parts.values():
+                assert await check_health(part.address, part.service) == "SERVING"
+
+            async with Client(Connection(address=stack.gateway_address)) as client:
+                created = await client.memory.CreateConversation(
+                    mpb.CreateConversationRequest(name="kept in your Redis")
+                )
+                await client.retrieval.CreateCollection(
+                    rpb.CreateCollectionRequest(
+                        collection=rpb.Collection(
+                            name="Docs",
+                            properties=[rpb.Property(name="text", data_type=rpb.DATA_TYPE_TEXT)],
+                        )
+                    )
+                )
+                await client.retrieval.UpsertObjects(
+                    rpb.UpsertObjectsRequest(
+                        collection="Docs",
+                        objects=[rpb.DataObject(properties=struct({"text": "hello world"}))],
+                    )
+                )
+                found = await client.gateway.GenerativeSearch(
+                    gpb.GenerativeSearchRequest(
+                        collection="Docs",
+                        keyword=rpb.Keyword(text="hello"),
+                        generate=gpb.Generate(single_prompt="Echo {text}"),
+                    )
+                )
+            assert found.hits[0].generation.result == "Echo hello world"
+            # The stack's default provider and model went to the given endpoint.
+            assert fake.chat_requests[-1].json["model"] == "served-model"
+            # The gateway forwarded to a memory service writing into the given Redis.
+            direct = aioredis.from_url(redis_server.url)
+            try:
+                keys = [k async for k in direct.scan_iter(match="*")]
+            finally:
+                await direct.aclose()
+            assert any(created.conversation.conversation_id.encode() in k for k in keys)
+        finally:
+            await stack.close()
+    # Nothing of ours was started: the given Redis still runs; no embedded Qdrant data.
+    assert redis_server.running
+    assert not (data_dir / "qdrant").exists()
+    assert not (data_dir / "redis").exists()
+    assert not (data_dir / stack_mod.STACK_FILE).exists()

