@@ -23,7 +23,7 @@ class MemorySettings(CommonSettings):
     # fsync policy of the embedded server's AOF. A clean restart (SIGTERM) loses nothing
     # with any of them. "always": an acknowledged write also survives kill -9 of Redis or
     # a power cut, but every write waits for the disk (~4 ms here, see
-    # docs/bench-memory.md); "everysec" (Redis' own default): a crash may lose the last
+    # docs/benchmarks.md); "everysec" (Redis' own default): a crash may lose the last
     # second of writes.
     redis_appendfsync: Literal["always", "everysec", "no"] = "everysec"
     # Every key starts with this; several deployments can share one Redis.
