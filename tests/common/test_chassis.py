@@ -21,6 +21,7 @@ from services.common.auth import current_user
 from services.common.errors import InvalidArgument, NotFound
 from services.common.server import GrpcServer
 from services.common.settings import CommonSettings
+from tests.support.rpc import error_info as _error_info
 
 SERVICE = "gensearch.test.v1.TestService"
 
@@ -97,17 +98,6 @@ async def keyed_server() -> AsyncIterator[grpc.aio.Channel]:
     yield channel
     await channel.close()
     await server.stop(0)
-
-
-def _error_info(err: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
-    status = rpc_status.from_call(err)  # type: ignore[arg-type]
-    assert status is not None, "no rich status details"
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return info
-    raise AssertionError("no ErrorInfo detail")
 
 
 async def test_no_keys_means_anonymous(open_server: grpc.aio.Channel) -> None:

@@ -12,8 +12,6 @@ from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.memory.v1 import memory_service_pb2 as mem_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from google.protobuf import struct_pb2
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from tests.gateway.conftest import (
     ALICE,
@@ -26,19 +24,14 @@ from tests.gateway.conftest import (
     vector,
 )
 from tests.gateway.test_generative_search import _near
+from tests.support.rpc import error_info
 
 PROVIDER_KEY = "sk-test-provider-key-0123456789"
 
 
 def _error_info(err: grpc.aio.AioRpcError) -> tuple[str, str]:
-    status = rpc_status.from_call(err)  # type: ignore[arg-type]
-    assert status is not None
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return info.reason, info.metadata.get("field", "")
-    raise AssertionError("no ErrorInfo")
+    info = error_info(err)
+    return info.reason, info.metadata.get("field", "")
 
 
 async def test_callers_need_a_key(stack: Stack) -> None:

@@ -11,12 +11,11 @@ import pytest
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from google.protobuf import duration_pb2
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from prometheus_client import REGISTRY
 
 from tests.gateway.conftest import ALICE, BOOKS, DIM, Stack, StackFactory, create_books
 from tests.support.fake_openai import Behaviour
+from tests.support.rpc import bad_request_field as _bad_request_field
 
 
 def _near(limit: int = 5, **generate: object) -> gw_pb.GenerativeSearchRequest:
@@ -26,17 +25,6 @@ def _near(limit: int = 5, **generate: object) -> gw_pb.GenerativeSearchRequest:
         limit=limit,
         generate=gw_pb.Generate(**generate),  # type: ignore[arg-type]
     )
-
-
-def _bad_request_field(err: grpc.aio.AioRpcError) -> str:
-    status = rpc_status.from_call(err)  # type: ignore[arg-type]
-    assert status is not None
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            return bad.field_violations[0].field
-    raise AssertionError("no BadRequest detail")
 
 
 def _count(kind: str, code: str) -> float:

@@ -13,8 +13,6 @@ import grpc
 import pytest
 from gensearch.generation.v1 import generation_service_pb2 as pb
 from gensearch.generation.v1 import generation_service_pb2_grpc as pb_grpc
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from services.common.server import GrpcServer
 from services.generation import local_llm
@@ -94,17 +92,6 @@ async def service(fake: FakeOpenAI, start_service: StartService) -> Service:
 
 def user(text: str) -> pb.Message:
     return pb.Message(role=pb.ROLE_USER, content=text)
-
-
-def error_info(err: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
-    status = rpc_status.from_call(err)  # type: ignore[arg-type]
-    assert status is not None, "no rich status details"
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return info
-    raise AssertionError("no ErrorInfo in the status")
 
 
 @pytest.fixture(scope="session")

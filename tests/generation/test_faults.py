@@ -9,8 +9,9 @@ import grpc
 import pytest
 from gensearch.generation.v1 import generation_service_pb2 as pb
 
-from tests.generation.conftest import Service, StartService, error_info, fake_provider, user
+from tests.generation.conftest import Service, StartService, fake_provider, user
 from tests.support.fake_openai import Behaviour, FakeOpenAI
+from tests.support.rpc import error_info
 
 
 def ask(text: str = "hi", **fields: object) -> pb.GenerateRequest:

@@ -8,8 +8,9 @@ import grpc
 import pytest
 from gensearch.generation.v1 import generation_service_pb2 as pb
 
-from tests.generation.conftest import Service, StartService, error_info, fake_provider, user
+from tests.generation.conftest import Service, StartService, fake_provider, user
 from tests.support.fake_openai import FakeOpenAI
+from tests.support.rpc import error_info
 
 
 async def test_generate_returns_text_usage_and_finish_reason(

@@ -20,11 +20,11 @@ from tests.generation.conftest import (
     FAKE_KEY_ENV,
     Service,
     StartService,
-    error_info,
     fake_provider,
     user,
 )
 from tests.support.fake_openai import Behaviour, FakeOpenAI
+from tests.support.rpc import error_info
 
 ENV_KEY = "sk-envkey-0123456789abcdef"
 REQUEST_KEY = "sk-requestkey-fedcba9876543210"

@@ -13,7 +13,8 @@ from gensearch.generation.v1 import generation_service_pb2 as pb
 
 from services.generation import local_llm
 from services.generation.settings import LOCAL_MODEL
-from tests.generation.conftest import Service, StartService, error_info, user
+from tests.generation.conftest import Service, StartService, user
+from tests.support.rpc import error_info
 
 pytestmark = [pytest.mark.llm, pytest.mark.slow]
 

@@ -11,7 +11,8 @@ from gensearch.memory.v1 import memory_service_pb2 as pb
 from services.common.redis_process import RedisProcess
 from services.memory.__main__ import build_server
 from tests.memory.conftest import ALICE, Memory, MemoryFactory, make_settings
-from tests.memory.helpers import error_info, expect_error, rpc_error
+from tests.memory.helpers import expect_error, rpc_error
+from tests.support.rpc import error_info
 
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
 

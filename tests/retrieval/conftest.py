@@ -18,8 +18,6 @@ import pytest
 from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as pb_grpc
 from google.protobuf import struct_pb2
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from qdrant_client import AsyncQdrantClient
 
 from services.common.server import GrpcServer
@@ -29,6 +27,7 @@ from services.retrieval.embedders import LocalEmbedder
 from services.retrieval.server_store import ServerStore
 from services.retrieval.settings import RetrievalSettings
 from services.retrieval.store import VectorStore
+from tests.support.rpc import error_info
 
 
 @pytest.fixture(scope="session")
@@ -125,17 +124,6 @@ def vector_collection(name: str, dims: int = 4, **kw: Any) -> pb.Collection:
         vectorizer=pb.Vectorizer(kind=pb.VECTORIZER_KIND_NONE, dimensions=dims),
         **kw,
     )
-
-
-def error_info(err: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
-    status = rpc_status.from_call(err)  # type: ignore[arg-type]
-    assert status is not None, "no rich status details"
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return info
-    raise AssertionError("no ErrorInfo in the status")
 
 
 async def expect_error(

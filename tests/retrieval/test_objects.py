@@ -13,12 +13,12 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 from tests.retrieval.conftest import (
     Retrieval,
     cond,
-    error_info,
     expect_error,
     obj,
     vector_collection,
 )
 from tests.retrieval.data import DIMS, article_objects, articles
+from tests.support.rpc import error_info
 
 V = [0.1] * DIMS
 

@@ -9,8 +9,9 @@ import grpc
 import pytest
 from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 
-from tests.retrieval.conftest import ARTICLE_PROPS, Retrieval, error_info, expect_error, obj
+from tests.retrieval.conftest import ARTICLE_PROPS, Retrieval, expect_error, obj
 from tests.support.fake_openai import Behaviour, FakeOpenAI
+from tests.support.rpc import error_info
 
 KEY_ENV = "GENSEARCH_TEST_EMBED_KEY"
 

@@ -1,0 +1,30 @@
+"""Reading the rich error details (google.rpc.ErrorInfo, BadRequest) of a failed call."""
+
+from __future__ import annotations
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+
+def _detail(err: grpc.aio.AioRpcError, kind: type) -> object:
+    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    assert status is not None, f"no rich status details in {err!r}"
+    for detail in status.details:
+        if detail.Is(kind.DESCRIPTOR):  # type: ignore[attr-defined]
+            message = kind()
+            detail.Unpack(message)
+            return message
+    raise AssertionError(f"no {kind.__name__} detail in {err!r}")
+
+
+def error_info(err: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
+    info = _detail(err, error_details_pb2.ErrorInfo)
+    assert isinstance(info, error_details_pb2.ErrorInfo)
+    return info
+
+
+def bad_request_field(err: grpc.aio.AioRpcError) -> str:
+    bad = _detail(err, error_details_pb2.BadRequest)
+    assert isinstance(bad, error_details_pb2.BadRequest)
+    return bad.field_violations[0].field
