@@ -1,12 +1,16 @@
 """Serve the generation service: ``python -m services.generation``.
 
-With ``GENSEARCH_LOCAL_LLM_AUTOSTART=true`` the local llama.cpp server is started first, on
-the host and port of the ``local`` provider's base URL, and stopped after the service.
+The local llama.cpp server is started first (on the host and port of the ``local``
+provider's base URL) and stopped after the service when ``GENSEARCH_LOCAL_LLM_AUTOSTART``
+is true, or when it is unset and a fresh machine needs it: the default provider is
+``local``, its URL is on loopback, llama-cpp-python is installed and nothing answers there.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import importlib.util
 from urllib.parse import urlsplit
 
 from gensearch.generation.v1 import generation_service_pb2_grpc as pb_grpc
@@ -45,13 +49,45 @@ async def build_server(settings: GenerationSettings, *, port: int | None = None)
     return server
 
 
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+async def _answers(host: str, port: int) -> bool:
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 1.0)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
+
+
+async def local_llm_address(settings: GenerationSettings) -> tuple[str, int] | None:
+    """Where to start the local model server, or None when it should not be started."""
+    local = settings.provider_configs().get("local")
+    if local is None or settings.local_llm_autostart is False:
+        return None
+    url = urlsplit(local.base_url)
+    host, port = url.hostname or "127.0.0.1", url.port or 8088
+    if settings.local_llm_autostart:
+        return host, port
+    auto = (
+        settings.default_provider == "local"
+        and host in LOOPBACK
+        and importlib.util.find_spec("llama_cpp") is not None
+        and not await _answers(host, port)
+    )
+    return (host, port) if auto else None
+
+
 async def _serve(settings: GenerationSettings) -> None:
     llm = None
-    if settings.local_llm_autostart:
+    address = await local_llm_address(settings)
+    if address is not None:
         from services.generation.local_llm import LocalLLMServer
 
-        url = urlsplit(settings.provider_configs()["local"].base_url)
-        llm = LocalLLMServer(host=url.hostname or "127.0.0.1", port=url.port or 8088)
+        llm = LocalLLMServer(host=address[0], port=address[1])
         await llm.start()
     try:
         server = await build_server(settings)

@@ -202,7 +202,9 @@ class GenerationSettings(CommonSettings):
     max_stop_sequences: int = Field(default=4, ge=0)
 
     # Start the local llama.cpp server with the service (python -m services.generation).
-    local_llm_autostart: bool = False
+    # Unset: start it when the default provider is `local`, its base URL is on loopback,
+    # llama-cpp-python is installed and nothing answers there yet (a fresh machine).
+    local_llm_autostart: bool | None = None
 
     @field_validator("providers", mode="before")
     @classmethod
