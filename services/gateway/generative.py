@@ -186,14 +186,18 @@ class GenerativeSearch:
             self._search(search, caller, call_remaining),
             return_exceptions=True,
         )
-        for item in results:
-            if isinstance(item, BaseException):
-                raise item
         info, found = results[0], results[1]
-        assert isinstance(info, CollectionInfo) and isinstance(found, ret_pb.SearchResponse)
+        if isinstance(info, BaseException):
+            raise info
+        # The templates are checked before the search's own error surfaces: a template naming
+        # an unknown property also makes the widened return_properties fail, and the caller
+        # must hear about the field they wrote, not the one we added.
         if single is not None:
             templates.parse_single_prompt(g.single_prompt, info.properties, field=single_field)
         templates.check_known(g.grouped_properties, info.properties, field=grouped_field)
+        if isinstance(found, BaseException):
+            raise found
+        assert isinstance(info, CollectionInfo) and isinstance(found, ret_pb.SearchResponse)
 
         s = self._settings
         plan = Plan(

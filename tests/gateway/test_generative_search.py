@@ -100,6 +100,31 @@ async def test_unknown_grouped_property_is_rejected(stack: Stack) -> None:
     assert _bad_request_field(err.value) == "generate.grouped_properties"
 
 
+@pytest.mark.parametrize(
+    ("generate", "field"),
+    [
+        ({"single_prompt": "About {author}"}, "generate.single_prompt"),
+        (
+            {"grouped_task": "Compare", "grouped_properties": ["nope"]},
+            "generate.grouped_properties",
+        ),
+    ],
+)
+async def test_unknown_template_property_named_even_with_return_properties(
+    stack: Stack, generate: dict[str, object], field: str
+) -> None:
+    # The gateway widens return_properties with the templates' properties; the error must
+    # still name the field the caller wrote, not the widened search.
+    await create_books(stack)
+    request = _near(**generate)
+    request.return_properties.append("title")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stack.stub.GenerativeSearch(request, metadata=ALICE)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert _bad_request_field(err.value) == field
+    assert stack.fake.chat_requests == []
+
+
 async def test_grouped_prompt_over_selected_properties(stack: Stack) -> None:
     await create_books(stack)
     response = await stack.stub.GenerativeSearch(
