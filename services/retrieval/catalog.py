@@ -60,6 +60,7 @@ class Catalog:
             collection,
             local_model_name=self._settings.local_model_name,
             local_dimensions=local_dims,
+            policy=self._settings.embedding_policy(),
         )
         normalized.create_time.FromNanoseconds(time.time_ns() // 1000 * 1000)
         schema = Schema(normalized)

@@ -21,9 +21,9 @@ from typing import Any, Protocol
 import aiohttp
 from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 
-from services.common.errors import FailedPrecondition, Unavailable
+from services.common.errors import FailedPrecondition, InvalidArgument, Unavailable
 from services.common.logs import register_secret
-from services.retrieval.schema import Schema
+from services.retrieval.schema import Schema, check_endpoint
 from services.retrieval.settings import RetrievalSettings
 
 # Weights come from disk; a missing file must fail, not trigger a download.
@@ -209,6 +209,11 @@ class Embedders:
         if vec.kind == pb.VECTORIZER_KIND_LOCAL:
             return self.local
         if vec.kind == pb.VECTORIZER_KIND_OPENAI_COMPATIBLE:
+            # Again at use: the collection may predate a tighter policy.
+            try:
+                check_endpoint(vec, self._settings.embedding_policy(), "vectorizer")
+            except InvalidArgument as err:
+                raise FailedPrecondition(err.message, reason=err.reason) from None
             api_key = os.environ.get(vec.api_key_env, "") if vec.api_key_env else ""
             register_secret(api_key)
             return OpenAIEmbedder(

@@ -8,11 +8,13 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 from google.protobuf import json_format
 
 from services.common.errors import InvalidArgument
+from services.retrieval.settings import EmbeddingPolicy
 
 COLLECTION_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,62}")
 PROPERTY_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
@@ -50,7 +52,11 @@ def check_collection_name(name: str, field: str) -> str:
 
 
 def validate_new_collection(
-    collection: pb.Collection, *, local_model_name: str, local_dimensions: int | None
+    collection: pb.Collection,
+    *,
+    local_model_name: str,
+    local_dimensions: int | None,
+    policy: EmbeddingPolicy,
 ) -> pb.Collection:
     """A normalized copy of ``collection`` with every default filled in.
 
@@ -87,7 +93,7 @@ def validate_new_collection(
         if len(prop.description) > MAX_DESCRIPTION:
             raise InvalidArgument(f"{where}.description is too long", field=f"{where}.description")
         types[prop.name] = prop.data_type
-    _validate_vectorizer(out.vectorizer, types, local_model_name, local_dimensions)
+    _validate_vectorizer(out.vectorizer, types, local_model_name, local_dimensions, policy)
     if not out.HasField("keyword_index"):
         out.keyword_index = True
     _validate_generative(out.generative, types)
@@ -95,7 +101,11 @@ def validate_new_collection(
 
 
 def _validate_vectorizer(
-    vec: pb.Vectorizer, types: dict[str, int], local_model_name: str, local_dimensions: int | None
+    vec: pb.Vectorizer,
+    types: dict[str, int],
+    local_model_name: str,
+    local_dimensions: int | None,
+    policy: EmbeddingPolicy,
 ) -> None:
     where = "collection.vectorizer"
     if vec.kind == pb.VECTORIZER_KIND_UNSPECIFIED:
@@ -133,6 +143,7 @@ def _validate_vectorizer(
                 f"{where}.api_key_env must name an environment variable",
                 field=f"{where}.api_key_env",
             )
+        check_endpoint(vec, policy, where)
         vec.model = vec.model or OPENAI_DEFAULT_MODEL
         if not vec.dimensions:
             raise InvalidArgument(
@@ -365,3 +376,23 @@ def format_date(value: datetime) -> str:
     """Dates are stored in UTC, RFC 3339, so equal instants compare equal as strings."""
     text = value.astimezone(UTC).isoformat()
     return text.replace("+00:00", "Z")
+
+
+def check_endpoint(vec: pb.Vectorizer, policy: EmbeddingPolicy, where: str) -> None:
+    """Refuse an embeddings endpoint the operator has not allowed: the service would send
+    it the named environment variable's value as a bearer token."""
+    if vec.api_key_env and not policy.key_env_allowed(vec.api_key_env):
+        raise InvalidArgument(
+            f"{where}.api_key_env: {vec.api_key_env!r} is not an allowed key variable "
+            "(the operator lists them in GENSEARCH_EMBEDDING_KEY_ENVS)",
+            field=f"{where}.api_key_env",
+            reason="KEY_ENV_NOT_ALLOWED",
+        )
+    host = urlsplit(vec.base_url).hostname or ""
+    if not policy.host_allowed(host):
+        raise InvalidArgument(
+            f"{where}.base_url: host {host!r} is not allowed "
+            "(the operator lists them in GENSEARCH_EMBEDDING_ALLOWED_HOSTS)",
+            field=f"{where}.base_url",
+            reason="HOST_NOT_ALLOWED",
+        )

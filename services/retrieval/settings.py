@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from pydantic import Field, SecretStr
 
 from services.common.settings import CommonSettings
@@ -41,7 +43,39 @@ class RetrievalSettings(CommonSettings):
     embed_timeout: float = Field(default=30.0, gt=0)
     # Retries of an embeddings request on 429 / 5xx / connection errors.
     embed_retries: int = Field(default=2, ge=0, le=10)
+    # Which environment variables a collection's OpenAI-compatible vectorizer may name as
+    # its api_key_env (comma-separated). The service sends that variable's value to the
+    # collection's base_url, so this is the operator's choice, never the caller's; names
+    # starting with GENSEARCH_ are refused whatever this says.
+    embedding_key_envs: str = "OPENAI_API_KEY,OPENAI_APIKEY"
+    # Hosts a collection's embeddings base_url may point at (comma-separated); empty: any.
+    embedding_allowed_hosts: str = ""
+
+    def embedding_policy(self) -> EmbeddingPolicy:
+        return EmbeddingPolicy(
+            key_envs=frozenset(_split(self.embedding_key_envs)),
+            hosts=frozenset(h.lower() for h in _split(self.embedding_allowed_hosts)),
+        )
+
     # Candidates each side of a hybrid query contributes before fusion (at least offset+limit).
     hybrid_candidates: int = Field(default=50, ge=1, le=10_000)
     # The k of reciprocal rank fusion: 1 / (k + rank).
     rrf_k: int = Field(default=60, ge=1)
+
+
+def _split(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+@dataclass(frozen=True)
+class EmbeddingPolicy:
+    """What a caller-defined embeddings endpoint may use: it receives a secret."""
+
+    key_envs: frozenset[str]
+    hosts: frozenset[str]
+
+    def key_env_allowed(self, name: str) -> bool:
+        return name in self.key_envs and not name.upper().startswith("GENSEARCH_")
+
+    def host_allowed(self, host: str) -> bool:
+        return not self.hosts or host.lower() in self.hosts

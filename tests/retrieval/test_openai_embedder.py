@@ -9,11 +9,11 @@ import grpc
 import pytest
 from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 
-from tests.retrieval.conftest import ARTICLE_PROPS, Retrieval, expect_error, obj
+from tests.retrieval.conftest import ARTICLE_PROPS, MakeRetrieval, Retrieval, expect_error, obj
 from tests.support.fake_openai import Behaviour, FakeOpenAI
 from tests.support.rpc import error_info
 
-KEY_ENV = "GENSEARCH_TEST_EMBED_KEY"
+KEY_ENV = "TEST_EMBED_KEY"
 
 
 @pytest.fixture
@@ -23,22 +23,77 @@ async def fake(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeOpenAI]:
         yield server
 
 
-@pytest.fixture
-async def stub(retrieval: Retrieval, fake: FakeOpenAI) -> Any:
-    collection = pb.Collection(
+def remote(base_url: str, key_env: str = KEY_ENV) -> pb.Collection:
+    return pb.Collection(
         name="Remote",
         properties=ARTICLE_PROPS,
         vectorizer=pb.Vectorizer(
             kind=pb.VECTORIZER_KIND_OPENAI_COMPATIBLE,
-            base_url=fake.base_url,
+            base_url=base_url,
             model="text-embedding-3-small",
-            api_key_env=KEY_ENV,
+            api_key_env=key_env,
             dimensions=16,
             source_properties=["title"],
         ),
     )
-    await retrieval.stub.CreateCollection(pb.CreateCollectionRequest(collection=collection))
+
+
+@pytest.fixture
+async def retrieval(make_retrieval: MakeRetrieval) -> Retrieval:
+    # The operator allows the test's key variable (and only it) for embeddings endpoints.
+    return await make_retrieval(embedding_key_envs=KEY_ENV)
+
+
+@pytest.fixture
+async def stub(retrieval: Retrieval, fake: FakeOpenAI) -> Any:
+    await retrieval.stub.CreateCollection(
+        pb.CreateCollectionRequest(collection=remote(fake.base_url))
+    )
     return retrieval.stub
+
+
+@pytest.mark.parametrize("key_env", ["GENSEARCH_INTERNAL_TOKEN", "GENSEARCH_API_KEYS", "HOME"])
+async def test_a_collection_cannot_name_a_variable_the_operator_did_not_allow(
+    retrieval: Retrieval, fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch, key_env: str
+) -> None:
+    # The service would send that variable's value to the caller's URL as a bearer token.
+    monkeypatch.setenv(key_env, "internal-secret-value")
+    err = await expect_error(
+        retrieval.stub.CreateCollection(
+            pb.CreateCollectionRequest(collection=remote(fake.base_url, key_env))
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "collection.vectorizer.api_key_env",
+    )
+    assert error_info(err).reason == "KEY_ENV_NOT_ALLOWED"
+    assert fake.requests == []
+
+
+async def test_even_an_allowed_prefix_cannot_unlock_gensearch_variables(
+    make_retrieval: MakeRetrieval, fake: FakeOpenAI
+) -> None:
+    harness = await make_retrieval(embedding_key_envs="GENSEARCH_INTERNAL_TOKEN")
+    await expect_error(
+        harness.stub.CreateCollection(
+            pb.CreateCollectionRequest(collection=remote(fake.base_url, "GENSEARCH_INTERNAL_TOKEN"))
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "collection.vectorizer.api_key_env",
+    )
+
+
+async def test_embedding_hosts_can_be_restricted(
+    make_retrieval: MakeRetrieval, fake: FakeOpenAI
+) -> None:
+    harness = await make_retrieval(
+        embedding_key_envs=KEY_ENV, embedding_allowed_hosts="embeddings.internal"
+    )
+    err = await expect_error(
+        harness.stub.CreateCollection(pb.CreateCollectionRequest(collection=remote(fake.base_url))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "collection.vectorizer.base_url",
+    )
+    assert error_info(err).reason == "HOST_NOT_ALLOWED"
 
 
 async def test_embeds_objects_and_queries(stub: Any, fake: FakeOpenAI) -> None:
