@@ -9,12 +9,19 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from collections import OrderedDict
 from typing import Any
 
 from pythonjsonlogger.json import JsonFormatter
 
 REDACTED = "[REDACTED]"
-_secrets: set[str] = set()
+# Secrets from configuration, kept for the life of the process.
+_pinned: set[str] = set()
+# Secrets that arrive with requests (per-call provider keys): a bounded, most recently
+# used set, so callers sending ever new keys cannot grow memory or slow every log line.
+_transient: OrderedDict[str, None] = OrderedDict()
+MAX_TRANSIENT_SECRETS = 256
+_known: re.Pattern[str] | None = None
 _PATTERNS = [
     re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+"),
     re.compile(r"\bsk-[A-Za-z0-9_-]{8,}"),
@@ -24,15 +31,37 @@ _PATTERNS = [
 ]
 
 
-def register_secret(value: str | None) -> None:
-    """Never log this value (ignored when too short to be a real secret)."""
-    if value and len(value) >= 4:
-        _secrets.add(value)
+def register_secret(value: str | None, *, transient: bool = False) -> None:
+    """Never log this value (ignored when too short to be a real secret).
+
+    ``transient`` is for values that arrive with requests rather than from configuration.
+    """
+    if not value or len(value) < 4 or value in _pinned:
+        return
+    if transient:
+        if value in _transient:
+            _transient.move_to_end(value)
+            return
+        _transient[value] = None
+        if len(_transient) > MAX_TRANSIENT_SECRETS:
+            _transient.popitem(last=False)
+    else:
+        _pinned.add(value)
+        _transient.pop(value, None)
+    _compile()
+
+
+def _compile() -> None:
+    global _known
+    # Longest first, so a secret containing another is replaced whole.
+    values = sorted(_pinned.union(_transient), key=len, reverse=True)
+    _known = re.compile("|".join(map(re.escape, values))) if values else None
 
 
 def redact(text: str) -> str:
-    for secret in sorted(_secrets, key=len, reverse=True):
-        text = text.replace(secret, REDACTED)
+    known = _known
+    if known is not None:
+        text = known.sub(REDACTED, text)
     for pattern in _PATTERNS:
         text = pattern.sub(lambda m: (m.group(1) if m.groups() else "") + REDACTED, text)
     return text

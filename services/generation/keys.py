@@ -29,7 +29,7 @@ def request_key(config: ProviderConfig, metadata: Metadata) -> str | None:
     header = config.key_header
     for key, value in metadata or ():
         if key.lower() == header and isinstance(value, str) and value.strip():
-            register_secret(value.strip())
+            register_secret(value.strip(), transient=True)
             return value.strip()
     return None
 

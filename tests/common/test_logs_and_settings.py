@@ -39,3 +39,16 @@ def test_api_keys_parse_and_errors_hide_keys(monkeypatch: pytest.MonkeyPatch) ->
         bad.api_key_map()
     assert "k9" not in str(caught.value)
     assert "k1" not in repr(CommonSettings())
+
+
+def test_request_keys_are_redacted_but_bounded() -> None:
+    from services.common import logs
+
+    register_secret("pinned-config-secret-0001")
+    for i in range(logs.MAX_TRANSIENT_SECRETS + 500):
+        register_secret(f"request-key-{i:06d}", transient=True)
+    assert len(logs._transient) == logs.MAX_TRANSIENT_SECRETS
+    newest = f"request-key-{logs.MAX_TRANSIENT_SECRETS + 499:06d}"
+    assert redact(f"x {newest} y") == "x [REDACTED] y"
+    # Configuration secrets are never evicted by request traffic.
+    assert "pinned-config-secret-0001" not in redact("pinned-config-secret-0001")
