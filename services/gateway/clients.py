@@ -27,8 +27,9 @@ RETRIEVAL_SERVICE = "gensearch.retrieval.v1.RetrievalService"
 GENERATION_SERVICE = "gensearch.generation.v1.GenerationService"
 
 # Reads, plus CreateInteraction, which memory makes idempotent per request_id (the
-# gateway always sends one). Generate is not here: the generation service already retries
-# upstream within the deadline, and a second layer would multiply attempts.
+# gateway always sends one: Ask sets it, the forwarded API fills it in when empty).
+# Generate is not here: the generation service already retries upstream within the
+# deadline, and a second layer would multiply attempts.
 RETRYABLE: dict[str, tuple[str, ...]] = {
     MEMORY_SERVICE: (
         "GetConversation",

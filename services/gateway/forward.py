@@ -7,7 +7,8 @@ reason and field, comes back unchanged.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -28,9 +29,11 @@ class _Forwarder:
         return caller_from(current_user(), context.invocation_metadata(), self._token)
 
 
-def _unary(method: str) -> Any:
+def _unary(method: str, prepare: Callable[[Any], None] | None = None) -> Any:
     async def forward(self: _Forwarder, request: Any, context: grpc.aio.ServicerContext) -> Any:
         call = getattr(self._stub, method)
+        if prepare is not None:
+            prepare(request)
         try:
             return await call(
                 request,
@@ -62,13 +65,20 @@ def _client_stream(method: str) -> Any:
     return forward
 
 
+def _idempotent(request: Any) -> None:
+    # The memory channel retries CreateInteraction on UNAVAILABLE; a request_id makes a
+    # retry of a write that did land return it instead of storing it twice.
+    if not request.request_id:
+        request.request_id = uuid.uuid4().hex
+
+
 class MemoryForwarder(_Forwarder, mem_grpc.MemoryServiceServicer):
     CreateConversation = _unary("CreateConversation")
     GetConversation = _unary("GetConversation")
     ListConversations = _unary("ListConversations")
     UpdateConversation = _unary("UpdateConversation")
     DeleteConversation = _unary("DeleteConversation")
-    CreateInteraction = _unary("CreateInteraction")
+    CreateInteraction = _unary("CreateInteraction", _idempotent)
     GetInteraction = _unary("GetInteraction")
     ListInteractions = _unary("ListInteractions")
 

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
+import redis.asyncio as aioredis
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.memory.v1 import memory_service_pb2 as mem_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
@@ -169,6 +170,27 @@ async def test_memory_rpcs_are_forwarded(stack: Stack) -> None:
         )
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert _error_info(err.value)[1] == "page_size"
+
+
+async def test_forwarded_create_interaction_gets_an_idempotency_key(stack: Stack) -> None:
+    # The gateway retries CreateInteraction on UNAVAILABLE; without a request_id a retry of
+    # a write that landed would store it twice, so the gateway fills one in.
+    assert stack.memory_settings is not None
+    made = await stack.memory.CreateConversation(mem_pb.CreateConversationRequest(), metadata=ALICE)
+    turn = await stack.memory.CreateInteraction(
+        mem_pb.CreateInteractionRequest(
+            conversation_id=made.conversation.conversation_id, input="q", response="a"
+        ),
+        metadata=ALICE,
+    )
+    redis = aioredis.Redis.from_url(stack.memory_settings.redis_url.get_secret_value())
+    try:
+        prefix = stack.memory_settings.key_prefix
+        keys = [k async for k in redis.scan_iter(match=f"{prefix}:*:req:*")]
+        assert len(keys) == 1
+        assert (await redis.get(keys[0])).decode() == turn.interaction.interaction_id
+    finally:
+        await redis.aclose()
 
 
 async def test_retrieval_rpcs_are_forwarded(stack: Stack) -> None:
