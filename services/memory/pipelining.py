@@ -75,7 +75,11 @@ class AutoPipeline:
                 results = await pipe.execute(raise_on_error=False)
                 for i, (args, script, _) in enumerate(batch):
                     if isinstance(results[i], NoScriptError):
-                        results[i] = await self._one(args, script)
+                        # Only this command's outcome: the others already committed.
+                        try:
+                            results[i] = await self._one(args, script)
+                        except Exception as err:
+                            results[i] = err
         except Exception as err:
             for _, _, future in batch:
                 if not future.done():

@@ -10,6 +10,7 @@ Key layout (``P`` = key prefix, ``U`` = first 20 hex digits of sha256(user)):
     P:{u:U}:int:<iid>          HASH  conversation_id, data (the serialized
                                      gensearch.memory.v1.Interaction), request_id (if given)
     P:{u:U}:req:<request_id>   STRING  interaction id, expires after request_id_ttl_seconds
+    P:{u:U}:receipt:<op>       STRING  cid of a DeleteConversation call, for 60 s (see below)
 
 ``{u:U}`` is the Redis Cluster hash tag: every key of one user lives in one hash slot, so
 the Lua scripts below, which touch several of them, stay atomic on a cluster too. Because
@@ -31,6 +32,7 @@ import hashlib
 import os
 import re
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -122,10 +124,18 @@ return conversation(KEYS[1])
 """
 )
 
-# KEYS: conv, ints, convs. ARGV: user, tag, cid. Returns 1, or 0 when not found.
+DELETE_RECEIPT_TTL_MS = 60_000
+
+# KEYS: conv, ints, convs, receipt. ARGV: user, tag, cid, receipt ttl ms. Returns 1, or 0
+# when not found. The receipt (keyed by a per-call id) makes redis-py's own re-send of
+# this script after a lost reply answer "deleted", while a new DeleteConversation call
+# (a new id) still finds nothing and answers NOT_FOUND.
 _DELETE_CONVERSATION = """
 local h = redis.call('HMGET', KEYS[1], 'user', 'update_time')
-if h[1] ~= ARGV[1] then return 0 end
+if h[1] ~= ARGV[1] then
+  if redis.call('GET', KEYS[4]) == ARGV[3] then return 1 end
+  return 0
+end
 for _, iid in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
   local key = ARGV[2] .. ':int:' .. iid
   local rid = redis.call('HGET', key, 'request_id')
@@ -137,6 +147,7 @@ for _, iid in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
 end
 redis.call('UNLINK', KEYS[1], KEYS[2])
 redis.call('ZREM', KEYS[3], string.format('%015d', tonumber(h[2])) .. ':' .. ARGV[3])
+redis.call('SET', KEYS[4], ARGV[3], 'PX', ARGV[4])
 return 1
 """
 
@@ -369,8 +380,13 @@ class MemoryStore:
         with _redis_errors():
             deleted = await self._pipe.script(
                 self._delete_conversation,
-                keys=[f"{tag}:conv:{cid}", f"{tag}:conv:{cid}:ints", f"{tag}:convs"],
-                args=[user, tag, cid],
+                keys=[
+                    f"{tag}:conv:{cid}",
+                    f"{tag}:conv:{cid}:ints",
+                    f"{tag}:convs",
+                    f"{tag}:receipt:{uuid.uuid4().hex}",
+                ],
+                args=[user, tag, cid, DELETE_RECEIPT_TTL_MS],
             )
         if not deleted:
             raise conversation_not_found(cid)
