@@ -23,6 +23,8 @@ from services.retrieval.store import CollectionLayout, VectorStore
 DEFAULT_PAGE_SIZE = 10
 MAX_PAGE_SIZE = 100
 
+MISS_RELOAD_SECONDS = 0.5
+
 
 class Catalog:
     def __init__(
@@ -33,15 +35,22 @@ class Catalog:
         self._settings = settings
         self._schemas: dict[str, Schema] = {}
         self._lock = asyncio.Lock()
+        self._loaded_at = -MISS_RELOAD_SECONDS
 
     async def load(self) -> None:
-        schemas = [Schema.from_json(data) for data in await self._store.schemas()]
-        self._schemas = {s.name: s for s in schemas}
+        # Under the lock: a snapshot read before a concurrent create or delete must not
+        # overwrite what that call did.
+        async with self._lock:
+            schemas = [Schema.from_json(data) for data in await self._store.schemas()]
+            self._schemas = {s.name: s for s in schemas}
+            self._loaded_at = time.monotonic()
 
     async def get(self, name: str, field: str = "collection") -> Schema:
         check_collection_name(name, field)
         schema = self._schemas.get(name)
-        if schema is None:
+        # Another replica (on a shared Qdrant server) may have made it: look again, but
+        # at most every MISS_RELOAD_SECONDS, so unknown names cannot force a scan each.
+        if schema is None and time.monotonic() - self._loaded_at >= MISS_RELOAD_SECONDS:
             await self.load()
             schema = self._schemas.get(name)
         if schema is None:
