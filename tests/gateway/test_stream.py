@@ -4,6 +4,7 @@ their index, token deltas, the grouped result, then usage."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
@@ -86,6 +87,12 @@ async def test_stream_token_deltas(stack: Stack) -> None:
             assert grouped_text == event.grouped.result
     assert finished == {0, 1, 2, 3}
     assert all(len(t.split()) == 3 for t in text.values())
+    # Exactly one grouped result, with text, after the last per-hit result.
+    kinds = [e.WhichOneof("event") for e in events]
+    assert kinds.count("grouped") == 1
+    last_hit = max(i for i, k in enumerate(kinds) if k == "hit_result")
+    assert kinds.index("grouped") > last_hit
+    assert grouped_text and grouped_text == events[kinds.index("grouped")].grouped.result
 
 
 async def test_stream_missing_property_comes_right_after_hits(stack: Stack) -> None:
@@ -120,3 +127,20 @@ async def _until(condition: Callable[[], bool], timeout: float = 5) -> None:
             return
         await asyncio.sleep(0.02)
     raise AssertionError("condition not reached")
+
+
+async def test_tokens_are_relayed_while_the_model_is_still_writing(stack: Stack) -> None:
+    # Not a latency threshold: an ordering. The first token must reach the client before
+    # the (slow) upstream stream has finished, i.e. nothing buffers the answer.
+    await create_books(stack, books=[b for b in BOOKS if b["body"]])
+    stack.fake.chunk_delay = 0.15
+    request = _request(single_prompt="Say {title} right now please", stream_tokens=True)
+    request.limit = 1
+    first_token_at = None
+    async for event in stack.stub.StreamGenerativeSearch(request, metadata=ALICE):
+        if event.WhichOneof("event") == "token" and first_token_at is None:
+            first_token_at = time.perf_counter()
+    chats = [r for r in stack.fake.requests if r.path.endswith("/chat/completions")]
+    assert first_token_at is not None and len(chats) == 1
+    assert chats[0].finished_at is not None
+    assert first_token_at < chats[0].finished_at
