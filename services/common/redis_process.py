@@ -46,7 +46,7 @@ class RedisProcess:
         *,
         port: int = 0,
         host: str = "127.0.0.1",
-        appendfsync: str = "always",
+        appendfsync: str = "everysec",
         binary: str | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
