@@ -35,9 +35,14 @@ def set_current_user(user: str) -> None:
 
 
 class Authenticator:
-    def __init__(self, api_keys: dict[str, str], internal_token: str) -> None:
+    def __init__(
+        self, api_keys: dict[str, str], internal_token: str, *, accept_forwarded: bool = True
+    ) -> None:
         self._keys = api_keys
-        self._token = internal_token.encode()
+        # The public front door (the gateway) never takes an identity from its callers'
+        # headers: it is the one that forwards identities, not one that receives them.
+        self._token = internal_token.encode() if accept_forwarded else b""
+        self._accept_forwarded = accept_forwarded
 
     @property
     def open(self) -> bool:
@@ -49,7 +54,7 @@ class Authenticator:
         for key, value in metadata or ():
             if isinstance(value, str):
                 headers[key.lower()] = value
-        token = headers.get(TOKEN_HEADER)
+        token = headers.get(TOKEN_HEADER) if self._accept_forwarded else None
         if token is not None:
             if not self._token or not hmac.compare_digest(token.encode(), self._token):
                 raise Unauthenticated("invalid internal token", reason="INVALID_INTERNAL_TOKEN")

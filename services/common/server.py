@@ -39,6 +39,7 @@ class GrpcServer:
         port: int,
         metrics_port: int | None = None,
         host: str | None = None,
+        accept_forwarded_identity: bool = True,
     ) -> None:
         keys = settings.api_key_map()
         token = settings.internal_token.get_secret_value()
@@ -48,7 +49,7 @@ class GrpcServer:
         self.host = host or settings.host
         self.port = port
         self.metrics_port = metrics_port
-        self.authenticator = Authenticator(keys, token)
+        self.authenticator = Authenticator(keys, token, accept_forwarded=accept_forwarded_identity)
         options = [
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),

@@ -26,6 +26,7 @@ async def build_server(settings: GatewaySettings, *, port: int | None = None) ->
         settings,
         port=settings.gateway_port if port is None else port,
         metrics_port=settings.gateway_metrics_port,
+        accept_forwarded_identity=False,
     )
     downstream = Downstream(settings)
     catalog = Catalog(downstream, settings.collection_cache_ttl)

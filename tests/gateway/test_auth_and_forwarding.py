@@ -19,6 +19,7 @@ from tests.gateway.conftest import (
     BOB,
     DIM,
     KEYS,
+    TOKEN,
     Stack,
     StackFactory,
     create_books,
@@ -44,6 +45,22 @@ async def test_callers_need_a_key(stack: Stack) -> None:
             mem_pb.ListConversationsRequest(), metadata=(("authorization", "Bearer wrong"),)
         )
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_the_gateway_never_takes_an_identity_from_its_callers(stack: Stack) -> None:
+    # Even a caller who knows the internal token cannot pose as another user at the front
+    # door: the gateway forwards identities, it does not receive them.
+    made = await stack.memory.CreateConversation(mem_pb.CreateConversationRequest(), metadata=ALICE)
+    posing = (("x-gensearch-internal-token", TOKEN), ("x-gensearch-user", "alice"))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stack.memory.GetConversation(
+            mem_pb.GetConversationRequest(conversation_id=made.conversation.conversation_id),
+            metadata=(*BOB, *posing),
+        )
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND  # bob stays bob
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stack.memory.ListConversations(mem_pb.ListConversationsRequest(), metadata=posing)
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED  # and no key is no key
 
 
 async def test_conversations_are_private_through_the_gateway(stack: Stack) -> None:
@@ -279,10 +296,11 @@ async def test_without_internal_token_each_service_checks_the_key(
             mem_pb.GetConversationRequest(conversation_id=answer.conversation_id), metadata=BOB
         )
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
-    # A client cannot pose as the gateway: its own x-gensearch-* headers are not believed.
+    # A client cannot pose as the gateway: its own x-gensearch-* headers are ignored, so
+    # bob stays bob.
     forged = (*BOB, ("x-gensearch-internal-token", "guess"), ("x-gensearch-user", "alice"))
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stack.memory.GetConversation(
             mem_pb.GetConversationRequest(conversation_id=answer.conversation_id), metadata=forged
         )
-    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
