@@ -325,7 +325,9 @@ async def _start_redis(stack: Stack) -> str:
         await redis.stop()
         raise
     stack.push("redis", redis.stop)
-    stack.children["redis"] = redis
+    # Restarted in place if it dies (same port, same AOF): the memory service's client
+    # reconnects by itself, so a Redis crash costs a moment of UNAVAILABLE, not the stack.
+    redis.supervise()
     say(
         f"  {'redis':<11} ready    {redis.url} (AOF in {redis.data_dir}) "
         f"{time.perf_counter() - started:.1f}s"
@@ -512,7 +514,8 @@ async def _watch_children(stack: Stack, stop: asyncio.Event) -> str:
 async def _up(args: argparse.Namespace, stop: asyncio.Event, serving: asyncio.Event) -> int:
     began = time.perf_counter()
     stack = await start(args)
-    # A dead Redis or LLM server would turn every call into an error: stop instead.
+    # A dead LLM server would turn every call into an error: stop instead. (Redis is
+    # restarted in place by its supervisor.)
     watcher = asyncio.create_task(_watch_children(stack, stop))
     watcher.add_done_callback(lambda _: stop.set())
     try:

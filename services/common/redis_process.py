@@ -20,6 +20,8 @@ import redis.asyncio as aioredis
 from services.common.child_process import die_with_parent
 
 log = logging.getLogger("gensearch.redis")
+RESTART_DELAY = 0.2
+MAX_RESTART_DELAY = 5.0
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -55,6 +57,8 @@ class RedisProcess:
         self.appendfsync = appendfsync
         self.binary = binary or find_binary()
         self._proc: asyncio.subprocess.Process | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._stopping = False
 
     @property
     def url(self) -> str:
@@ -64,7 +68,34 @@ class RedisProcess:
     def running(self) -> bool:
         return self._proc is not None and self._proc.returncode is None
 
+    def supervise(self) -> None:
+        """Restart the server (same port, same data) whenever it exits on its own: a crash or
+        an OOM kill must not leave the service that owns it failing for good."""
+        if self._supervisor is None:
+            self._supervisor = asyncio.get_running_loop().create_task(self._keep_alive())
+
+    async def _keep_alive(self) -> None:
+        delay = RESTART_DELAY
+        while not self._stopping:
+            proc = self._proc
+            if proc is not None:
+                await proc.wait()
+                if self._stopping or self._proc is not proc:
+                    continue
+                log.warning("redis exited on its own; restarting", extra={"code": proc.returncode})
+                self._proc = None
+            await asyncio.sleep(delay)
+            if self._stopping:
+                return
+            try:
+                await self.start()
+                delay = RESTART_DELAY
+            except Exception as err:
+                log.warning("redis restart failed: %s", err)
+                delay = min(delay * 2, MAX_RESTART_DELAY)
+
     async def start(self, timeout: float = 10.0) -> None:
+        self._stopping = False
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = [
             self.binary,
@@ -113,6 +144,12 @@ class RedisProcess:
 
     async def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM: Redis flushes the AOF and exits."""
+        self._stopping = True
+        supervisor, self._supervisor = self._supervisor, None
+        if supervisor is not None:
+            supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await supervisor
         proc, self._proc = self._proc, None
         if proc is None or proc.returncode is not None:
             return

@@ -36,6 +36,7 @@ async def build_server(settings: MemorySettings, *, port: int | None = None) -> 
     else:
         embedded = RedisProcess(settings.data_dir / "redis", appendfsync=settings.redis_appendfsync)
         await embedded.start()
+        embedded.supervise()
         url = embedded.url
     client = connect(
         url,

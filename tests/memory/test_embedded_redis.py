@@ -1,0 +1,85 @@
+"""The memory service's own Redis is restarted when it dies, and the service recovers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+import grpc
+import redis.asyncio as aioredis
+from gensearch.memory.v1 import memory_service_pb2 as pb
+from gensearch.memory.v1 import memory_service_pb2_grpc as pb_grpc
+
+from services.common.redis_process import RedisProcess
+from services.memory.__main__ import build_server
+from services.memory.settings import MemorySettings
+
+
+def _redis_pid_serving(data_dir: Path) -> int:
+    # Redis changes into its --dir, so its working directory identifies it.
+    wanted = str(data_dir.resolve())
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (
+                os.readlink(entry / "cwd") == wanted
+                and b"redis" in (entry / "cmdline").read_bytes()
+            ):
+                return int(entry.name)
+        except OSError:
+            continue
+    raise AssertionError(f"no redis process serving {wanted}")
+
+
+async def test_supervised_redis_comes_back_with_its_data(tmp_path: Path) -> None:
+    server = RedisProcess(tmp_path / "redis", appendfsync="always")
+    await server.start()
+    server.supervise()
+    try:
+        client = aioredis.Redis.from_url(server.url)
+        await client.set("kept", "1")
+        await client.aclose()
+        os.kill(_redis_pid_serving(server.data_dir), signal.SIGKILL)  # a crash
+        client = aioredis.Redis.from_url(server.url)
+        try:
+            value = None
+            for _ in range(100):
+                try:
+                    value = await client.get("kept")
+                    break
+                except (aioredis.ConnectionError, aioredis.ResponseError):
+                    await asyncio.sleep(0.1)
+            assert value == b"1"
+        finally:
+            await client.aclose()
+    finally:
+        await server.stop()
+    assert not server.running
+
+
+async def test_memory_recovers_when_its_own_redis_is_killed(tmp_path: Path) -> None:
+    settings = MemorySettings(
+        data_dir=tmp_path, memory_metrics_port=None, redis_appendfsync="always"
+    )
+    server = await build_server(settings, port=0)
+    port = await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.MemoryServiceStub(channel)
+            made = await stub.CreateConversation(pb.CreateConversationRequest(name="kept"))
+            request = pb.GetConversationRequest(conversation_id=made.conversation.conversation_id)
+            os.kill(_redis_pid_serving(tmp_path / "redis"), signal.SIGKILL)
+            got = None
+            for _ in range(100):
+                try:
+                    got = await stub.GetConversation(request, timeout=2)
+                    break
+                except grpc.aio.AioRpcError as err:
+                    assert err.code() == grpc.StatusCode.UNAVAILABLE
+                    await asyncio.sleep(0.1)
+            assert got is not None and got.conversation.name == "kept"
+    finally:
+        await server.stop(0)
