@@ -111,12 +111,11 @@ class RedisProcess:
             "--loglevel", "warning",
         ]  # fmt: skip
         self._proc = await asyncio.create_subprocess_exec(
-            *args,
+            *die_with_parent(args),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C in a terminal goes to us; we stop it in order.
-            preexec_fn=die_with_parent(),
         )
         await self._wait_ready(timeout)
         log.info("redis started", extra={"url": self.url, "binary": self.binary})

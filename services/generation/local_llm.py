@@ -165,12 +165,11 @@ class LocalLLMServer:
             extra_args=self.extra_args,
         )
         self._proc = await asyncio.create_subprocess_exec(
-            *args,
+            *die_with_parent(args),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=self._log,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C reaches us; we stop the child in order.
-            preexec_fn=die_with_parent(),
         )
         try:
             await self._wait_ready(timeout)
