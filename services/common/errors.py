@@ -29,6 +29,9 @@ class ServiceError(Exception):
         reason: str | None = None,
         metadata: dict[str, str] | None = None,
     ) -> None:
+        if field and field not in message:
+            # A client reading only the message should still learn which field is at fault.
+            message = f"{field}: {message}"
         super().__init__(message)
         self.message = message
         self.field = field
