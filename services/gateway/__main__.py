@@ -15,6 +15,7 @@ from services.gateway.catalog import Catalog
 from services.gateway.clients import MEMORY_SERVICE, RETRIEVAL_SERVICE, Downstream
 from services.gateway.forward import MemoryForwarder, RetrievalForwarder
 from services.gateway.generative import GenerativeSearch
+from services.gateway.models import ModelCatalog
 from services.gateway.servicer import GatewayServicer
 from services.gateway.settings import GatewaySettings
 
@@ -30,10 +31,11 @@ async def build_server(settings: GatewaySettings, *, port: int | None = None) ->
     )
     downstream = Downstream(settings)
     catalog = Catalog(downstream, settings.collection_cache_ttl)
+    models = ModelCatalog(downstream)
     token = settings.internal_token.get_secret_value()
     servicer = GatewayServicer(
-        GenerativeSearch(downstream, catalog, settings),
-        AskService(downstream, catalog, settings),
+        GenerativeSearch(downstream, catalog, models, settings),
+        AskService(downstream, catalog, models, settings),
         token,
     )
     server.add_service(gw_grpc.add_GatewayServiceServicer_to_server, servicer, GATEWAY_SERVICE)

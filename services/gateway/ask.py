@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
@@ -40,6 +39,7 @@ from services.gateway.conversation import (
 )
 from services.gateway.generator import Options, add_usage, complete
 from services.gateway.metrics import TRIMMED
+from services.gateway.models import ModelCatalog
 from services.gateway.prompting import (
     DEFAULT_SYSTEM_PROMPT,
     PROMPT_TEMPLATE,
@@ -54,18 +54,23 @@ log = logging.getLogger("gensearch.gateway.ask")
 AskLike = gw_pb.AskRequest | gw_pb.StreamAskRequest
 T = TypeVar("T")
 _TEXT_QUERIES = ("near_text", "keyword", "hybrid")
-_MODELS_TTL = 60.0
 _NAME_CHARS = 120
 # Largest page memory serves.
 _MEMORY_PAGE = 100
 
 
 class AskService:
-    def __init__(self, downstream: Downstream, catalog: Catalog, settings: GatewaySettings):
+    def __init__(
+        self,
+        downstream: Downstream,
+        catalog: Catalog,
+        models: ModelCatalog,
+        settings: GatewaySettings,
+    ):
         self._downstream = downstream
         self._catalog = catalog
+        self._models = models
         self._settings = settings
-        self._models: tuple[float, gen_pb.ListModelsResponse] | None = None
 
     # -- entry points ----------------------------------------------------------------------
     def budget(self, request: AskLike, call_remaining: float | None) -> float:
@@ -428,7 +433,8 @@ class AskService:
     ) -> tuple[int, str]:
         s = self._settings
         name, fallback = options.model, s.default_context_window
-        provider = await self._provider(options.provider, caller, deadline)
+        # None when generation cannot tell: that only costs a default context window.
+        provider = await self._models.provider(options.provider, caller, min(_left(deadline), 2.0))
         if provider is not None:
             name = name or provider.default_model
             if provider.context_window > 0 and (
@@ -436,24 +442,6 @@ class AskService:
             ):
                 fallback = provider.context_window
         return context_window_for(name, s.context_windows, fallback), name
-
-    async def _provider(self, name: str, caller: Caller, deadline: float) -> gen_pb.Provider | None:
-        """The provider's description from the generation service (cached); None when it
-        cannot tell, which only costs a default context window."""
-        now = time.monotonic()
-        if self._models is None or now - self._models[0] > _MODELS_TTL:
-            try:
-                models = await self._downstream.generation.ListModels(
-                    gen_pb.ListModelsRequest(),
-                    metadata=caller.identity,
-                    timeout=min(_left(deadline), 2.0),
-                )
-            except grpc.aio.AioRpcError:
-                return None
-            self._models = (now, models)
-        models = self._models[1]
-        wanted = name or models.default_provider
-        return next((p for p in models.providers if p.name == wanted), None)
 
     async def _store(
         self,

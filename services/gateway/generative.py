@@ -27,6 +27,7 @@ from services.gateway.fanout import Delta, Emit, Job, Outcome, fan_out, fan_out_
 from services.gateway.generator import Options, add_usage, complete, error_result
 from services.gateway.grouped import grouped_prompt
 from services.gateway.metrics import FANOUT_SIZE, GENERATIONS
+from services.gateway.models import ModelCatalog
 from services.gateway.settings import GatewaySettings
 
 GROUPED = -1
@@ -65,9 +66,16 @@ def _seconds(duration: Any) -> float:
 
 
 class GenerativeSearch:
-    def __init__(self, downstream: Downstream, catalog: Catalog, settings: GatewaySettings):
+    def __init__(
+        self,
+        downstream: Downstream,
+        catalog: Catalog,
+        models: ModelCatalog,
+        settings: GatewaySettings,
+    ):
         self._downstream = downstream
         self._catalog = catalog
+        self._models = models
         self._settings = settings
 
     # -- validation ------------------------------------------------------------------------
@@ -214,6 +222,9 @@ class GenerativeSearch:
             timeout=self._budget(g, call_deadline),
         )
         options = self._options(g, info)
+        await self._models.check_provider(
+            options.provider, "generate.provider", caller, min(plan.timeout or 2.0, 2.0)
+        )
         deadline = loop.time() + (plan.timeout or 0)
         properties = [json_format.MessageToDict(hit.properties) for hit in plan.hits]
 

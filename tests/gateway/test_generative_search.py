@@ -125,6 +125,18 @@ async def test_unknown_template_property_named_even_with_return_properties(
     assert stack.fake.chat_requests == []
 
 
+async def test_unknown_provider_fails_the_request_not_every_hit(stack: Stack) -> None:
+    await create_books(stack)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stack.stub.GenerativeSearch(
+            _near(single_prompt="About {title}", provider="nope"), metadata=ALICE
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert _bad_request_field(err.value) == "generate.provider"
+    assert "nope" in (err.value.details() or "")
+    assert stack.fake.chat_requests == []
+
+
 async def test_grouped_prompt_over_selected_properties(stack: Stack) -> None:
     await create_books(stack)
     response = await stack.stub.GenerativeSearch(
