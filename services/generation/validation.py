@@ -42,6 +42,10 @@ def build_request(
                 f"messages[{i}].role must be ROLE_SYSTEM, ROLE_USER or ROLE_ASSISTANT",
                 field=f"messages[{i}].role",
             )
+        if not m.content.strip():
+            raise InvalidArgument(
+                f"messages[{i}].content must not be empty", field=f"messages[{i}].content"
+            )
         chars += len(m.content)
         messages.append(ChatMessage(role, m.content))
     if chars > limits.max_prompt_chars:
@@ -65,11 +69,10 @@ def build_request(
     top_p = msg.top_p if msg.HasField("top_p") else None
     if top_p is not None and not (math.isfinite(top_p) and 0.0 < top_p <= 1.0):
         raise InvalidArgument("top_p must be in (0, 1]", field="top_p")
+    # An optional field: unset means the provider's default; set, it must allow an answer.
     max_tokens = msg.max_tokens if msg.HasField("max_tokens") else None
-    if max_tokens is not None and max_tokens < 0:
-        raise InvalidArgument("max_tokens must not be negative", field="max_tokens")
-    # 0 reads as "not set" (a proto default copied along by a client), not "say nothing".
-    max_tokens = max_tokens or None
+    if max_tokens is not None and max_tokens < 1:
+        raise InvalidArgument("max_tokens must be at least 1", field="max_tokens")
 
     stop = list(msg.stop)
     if len(stop) > limits.max_stop_sequences:

@@ -177,6 +177,11 @@ async def test_list_models(
         ({"temperature": -0.1}, "temperature"),
         ({"temperature": float("nan")}, "temperature"),
         ({"max_tokens": -1}, "max_tokens"),
+        ({"max_tokens": 0}, "max_tokens"),
+        (
+            {"messages": [user("a"), pb.Message(role=pb.ROLE_USER, content="  ")]},
+            "messages[1].content",
+        ),
         ({"top_p": 0.0}, "top_p"),
         ({"top_p": 1.5}, "top_p"),
         ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
@@ -244,6 +249,6 @@ async def test_context_window_guard(fake: FakeOpenAI, start_service: StartServic
     assert fake.chat_requests == []
 
 
-async def test_max_tokens_zero_means_provider_default(service: Service, fake: FakeOpenAI) -> None:
-    await service.stub.Generate(pb.GenerateRequest(messages=[user("hi")], max_tokens=0), timeout=5)
+async def test_unset_max_tokens_means_provider_default(service: Service, fake: FakeOpenAI) -> None:
+    await service.stub.Generate(pb.GenerateRequest(messages=[user("hi")]), timeout=5)
     assert "max_tokens" not in fake.chat_requests[-1].json
