@@ -133,23 +133,40 @@ _BY_CODE: dict[grpc.StatusCode, type[ServiceError]] = {
 }
 
 
-def from_rpc_error(error: grpc.aio.AioRpcError) -> ServiceError:
+def from_rpc_error(error: grpc.aio.AioRpcError, service: str = "") -> ServiceError:
     """Rebuild a domain error from a downstream call's status, keeping reason and field,
-    so the gateway passes a dependency's answer through unchanged."""
+    so the gateway passes a dependency's answer through unchanged.
+
+    Our services always attach an ErrorInfo; a status without one was made by the channel
+    itself (nothing listening, a connection reset, a deadline), and its text is transport
+    detail ("connections to all backends failing; last error: ...") that means nothing to
+    a client: it is replaced by a plain sentence naming ``service``.
+    """
     code = error.code()
     cls = _BY_CODE.get(code)
     if cls is None:
         cls = Unavailable if code == grpc.StatusCode.UNKNOWN else Internal
-    reason, field, metadata = None, None, None
     status = rpc_status.from_call(error)  # type: ignore[arg-type]
     if status is not None:
         for detail in status.details:
             if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
                 info = error_details_pb2.ErrorInfo()
                 detail.Unpack(info)
-                reason, metadata = info.reason, dict(info.metadata)
-                field = metadata.get("field")
-    return cls(error.details() or code.name, field=field, reason=reason, metadata=metadata)
+                metadata = dict(info.metadata)
+                return cls(
+                    error.details() or code.name,
+                    field=metadata.get("field"),
+                    reason=info.reason,
+                    metadata=metadata,
+                )
+    what = f"the {service} service" if service else "a downstream service"
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN):
+        return Unavailable(
+            f"{what} is unavailable; try again shortly", reason="DOWNSTREAM_UNAVAILABLE"
+        )
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return DeadlineExceeded(f"{what} did not answer in time", reason="DOWNSTREAM_TIMEOUT")
+    return cls(error.details() or code.name)
 
 
 def code_name(code: int) -> str:

@@ -329,7 +329,7 @@ class AskService:
                 return []
             _, turns = await asyncio.gather(get, newest())
         except grpc.aio.AioRpcError as err:
-            raise from_rpc_error(err) from None
+            raise from_rpc_error(err, "memory") from None
         return turns
 
     def _context_fields(self, request: AskLike, info: CollectionInfo) -> list[str]:
@@ -425,7 +425,7 @@ class AskService:
                 search, metadata=caller.identity, timeout=_left(deadline)
             )
         except grpc.aio.AioRpcError as err:
-            raise from_rpc_error(err) from None
+            raise from_rpc_error(err, "retrieval") from None
         return list(response.hits)
 
     async def _context_window(
@@ -480,7 +480,7 @@ class AskService:
         except grpc.aio.AioRpcError as err:
             if created:
                 await self._forget(conversation_id, caller)
-            raise from_rpc_error(err) from None
+            raise from_rpc_error(err, "memory") from None
         except BaseException:
             if created:
                 await self._forget(conversation_id, caller)

@@ -58,7 +58,7 @@ class Catalog:
                 timeout=timeout,
             )
         except grpc.aio.AioRpcError as err:
-            raise from_rpc_error(err) from None
+            raise from_rpc_error(err, "retrieval") from None
         info = CollectionInfo.of(response.collection)
         if self._ttl > 0:
             if len(self._cache) > 1024:

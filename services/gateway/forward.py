@@ -21,6 +21,8 @@ from services.gateway.clients import Caller, caller_from
 
 
 class _Forwarder:
+    service = ""
+
     def __init__(self, stub: Any, internal_token: str) -> None:
         self._stub = stub
         self._token = internal_token
@@ -41,7 +43,7 @@ def _unary(method: str, prepare: Callable[[Any], None] | None = None) -> Any:
                 timeout=context.time_remaining(),
             )
         except grpc.aio.AioRpcError as err:
-            raise from_rpc_error(err) from None
+            raise from_rpc_error(err, self.service) from None
 
     forward.__name__ = method
     return forward
@@ -59,7 +61,7 @@ def _client_stream(method: str) -> Any:
                 timeout=context.time_remaining(),
             )
         except grpc.aio.AioRpcError as err:
-            raise from_rpc_error(err) from None
+            raise from_rpc_error(err, self.service) from None
 
     forward.__name__ = method
     return forward
@@ -73,6 +75,8 @@ def _idempotent(request: Any) -> None:
 
 
 class MemoryForwarder(_Forwarder, mem_grpc.MemoryServiceServicer):
+    service = "memory"
+
     CreateConversation = _unary("CreateConversation")
     GetConversation = _unary("GetConversation")
     ListConversations = _unary("ListConversations")
@@ -84,6 +88,8 @@ class MemoryForwarder(_Forwarder, mem_grpc.MemoryServiceServicer):
 
 
 class RetrievalForwarder(_Forwarder, ret_grpc.RetrievalServiceServicer):
+    service = "retrieval"
+
     CreateCollection = _unary("CreateCollection")
     GetCollection = _unary("GetCollection")
     ListCollections = _unary("ListCollections")

@@ -139,7 +139,7 @@ class GenerativeSearch:
                 search, metadata=caller.identity, timeout=timeout
             )
         except grpc.aio.AioRpcError as err:
-            raise from_rpc_error(err) from None
+            raise from_rpc_error(err, "retrieval") from None
 
     def _options(self, g: gw_pb.Generate, info: CollectionInfo) -> Options:
         defaults = info.generative

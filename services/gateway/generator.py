@@ -75,7 +75,7 @@ async def complete(
         result.result = "".join(parts)
         return result
     except grpc.aio.AioRpcError as err:
-        raise from_rpc_error(err) from None
+        raise from_rpc_error(err, "generation") from None
 
 
 def error_result(error: HitError, prompt: str = "") -> gw_pb.GenerationResult:

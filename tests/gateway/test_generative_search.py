@@ -237,6 +237,11 @@ async def test_generation_down_gives_per_hit_unavailable(stack_factory: StackFac
     assert {h.generation.error.status for h in response.hits} == {"UNAVAILABLE"}
     assert {h.generation.error.code for h in response.hits} == {14}
     assert response.grouped.error.status == "UNAVAILABLE"
+    # A plain sentence and a reason, not the channel's transport detail.
+    assert {h.generation.error.message for h in response.hits} == {
+        "the generation service is unavailable; try again shortly"
+    }
+    assert {h.generation.error.reason for h in response.hits} == {"DOWNSTREAM_UNAVAILABLE"}
 
 
 async def test_search_without_generation_is_a_plain_search(stack: Stack) -> None:
