@@ -28,8 +28,9 @@ GENERATION_SERVICE = "gensearch.generation.v1.GenerationService"
 
 # Reads, plus CreateInteraction, which memory makes idempotent per request_id (the
 # gateway always sends one: Ask sets it, the forwarded API fills it in when empty).
-# Generate is not here: the generation service already retries upstream within the
-# deadline, and a second layer would multiply attempts.
+# Generate and Search are not here: the generation service retries its LLM and retrieval
+# its embeddings endpoint within the deadline, and a second layer would multiply upstream
+# attempts (calls that never reached a server are still retried transparently by gRPC).
 RETRYABLE: dict[str, tuple[str, ...]] = {
     MEMORY_SERVICE: (
         "GetConversation",
@@ -43,7 +44,6 @@ RETRYABLE: dict[str, tuple[str, ...]] = {
         "ListCollections",
         "GetObject",
         "CountObjects",
-        "Search",
     ),
     GENERATION_SERVICE: ("ListModels",),
 }
