@@ -32,6 +32,8 @@ _EXEMPT = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 class ChassisInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, authenticator: Authenticator) -> None:
         self._auth = authenticator
+        # Set by the server once its services are known (metrics label).
+        self.server_name = ""
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
@@ -45,20 +47,20 @@ class ChassisInterceptor(grpc.aio.ServerInterceptor):
             return handler
         cached = self._wrapped.get(method)
         if cached is None or cached[0] is not handler:
-            cached = (handler, _MethodWrapper(method, self._auth).wrap(handler))
+            cached = (handler, _MethodWrapper(method, self._auth, self.server_name).wrap(handler))
             self._wrapped[method] = cached
         return cached[1]
 
 
 class _MethodWrapper:
-    def __init__(self, method: str, auth: Authenticator) -> None:
+    def __init__(self, method: str, auth: Authenticator, server: str) -> None:
         service, name = split_method(method)
         self.method = method
         self.auth = auth
-        self.service, self.name = service, name
-        self.latency = LATENCY.labels(service, name)
-        self.in_flight = IN_FLIGHT.labels(service, name)
-        self.ok = REQUESTS.labels(service, name, "OK")
+        self.labels = (server, service, name)
+        self.latency = LATENCY.labels(*self.labels)
+        self.in_flight = IN_FLIGHT.labels(*self.labels)
+        self.ok = REQUESTS.labels(*self.labels, "OK")
 
     def _begin(self, context: grpc.aio.ServicerContext) -> float:
         # Raises Unauthenticated before the servicer runs.
@@ -72,7 +74,7 @@ class _MethodWrapper:
             self.ok.inc()
         else:
             name = code.name if isinstance(code, grpc.StatusCode) else str(code)
-            REQUESTS.labels(self.service, self.name, name).inc()
+            REQUESTS.labels(*self.labels, name).inc()
         self.latency.observe(time.perf_counter() - started)
         self.in_flight.dec()
 
@@ -85,7 +87,7 @@ class _MethodWrapper:
             log.exception("unhandled error in %s", self.method, exc_info=err)
             status = Internal("internal error").to_status()
         if context.code() is None:
-            REQUESTS.labels(self.service, self.name, status.code.name).inc()
+            REQUESTS.labels(*self.labels, status.code.name).inc()
         await context.abort(status.code, status.details, status.trailing_metadata)
 
     def unary_response(self, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:

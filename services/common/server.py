@@ -23,7 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from services.common.auth import Authenticator
 from services.common.interceptor import ChassisInterceptor
 from services.common.logs import register_secret
-from services.common.metrics import serve_metrics
+from services.common.metrics import serve_metrics, server_name
 from services.common.settings import CommonSettings
 
 log = logging.getLogger("gensearch.server")
@@ -57,9 +57,8 @@ class GrpcServer:
         ]
         if settings.max_connection_age > 0:
             options.append(("grpc.max_connection_age_ms", int(settings.max_connection_age * 1000)))
-        self.server = grpc.aio.server(
-            interceptors=[ChassisInterceptor(self.authenticator)], options=options
-        )
+        self.interceptor = ChassisInterceptor(self.authenticator)
+        self.server = grpc.aio.server(interceptors=[self.interceptor], options=options)
         self.health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self._service_names: list[str] = []
@@ -78,6 +77,8 @@ class GrpcServer:
         return tuple(self._service_names)
 
     async def start(self) -> int:
+        if self._service_names:
+            self.interceptor.server_name = server_name(self._service_names[0])
         names = (
             *self._service_names,
             reflection.SERVICE_NAME,

@@ -231,9 +231,11 @@ async def test_metrics_endpoint_counts_calls_and_codes() -> None:
         await _call(channel, "Fail")(b"invalid")
     url = f"http://127.0.0.1:{server.metrics_port}/metrics"
     body = (await asyncio.to_thread(lambda: urllib.request.urlopen(url).read())).decode()
-    assert f'gensearch_grpc_requests_total{{code="OK",method="WhoAmI",service="{SERVICE}"}}' in body
+    # `server` names the process that served the call (the gateway also serves memory's API).
+    ok = 'gensearch_grpc_requests_total{code="OK",method="WhoAmI",server="test",'
+    assert f'{ok}service="{SERVICE}"}}' in body
     assert (
-        'gensearch_grpc_requests_total{code="INVALID_ARGUMENT",method="Fail",'
+        'gensearch_grpc_requests_total{code="INVALID_ARGUMENT",method="Fail",server="test",'
         f'service="{SERVICE}"}}' in body
     )
     assert "gensearch_grpc_request_duration_seconds_bucket" in body
