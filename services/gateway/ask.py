@@ -345,27 +345,7 @@ class AskService:
         return fields or list(info.generative.context_fields) or info.text_properties
 
     def _options(self, request: AskLike, info: CollectionInfo) -> Options:
-        d = info.generative
-        temperature = (
-            request.temperature
-            if request.HasField("temperature")
-            else d.temperature
-            if d.HasField("temperature")
-            else None
-        )
-        max_tokens = (
-            request.max_tokens
-            if request.HasField("max_tokens")
-            else d.max_tokens
-            if d.HasField("max_tokens")
-            else None
-        )
-        return Options(
-            provider=request.provider or d.provider or self._settings.default_provider,
-            model=request.llm_model or d.model or self._settings.default_model,
-            temperature=temperature,
-            max_tokens=max_tokens,
-        )
+        return Options.resolve(request, request.llm_model, info.generative, self._settings)
 
     async def _rewrite(
         self,

@@ -142,27 +142,7 @@ class GenerativeSearch:
             raise from_rpc_error(err, "retrieval") from None
 
     def _options(self, g: gw_pb.Generate, info: CollectionInfo) -> Options:
-        defaults = info.generative
-        temperature = (
-            g.temperature
-            if g.HasField("temperature")
-            else defaults.temperature
-            if defaults.HasField("temperature")
-            else None
-        )
-        max_tokens = (
-            g.max_tokens
-            if g.HasField("max_tokens")
-            else defaults.max_tokens
-            if defaults.HasField("max_tokens")
-            else None
-        )
-        return Options(
-            provider=g.provider or defaults.provider or self._settings.default_provider,
-            model=g.model or defaults.model or self._settings.default_model,
-            temperature=temperature,
-            max_tokens=max_tokens,
-        )
+        return Options.resolve(g, g.model, info.generative, self._settings)
 
     def _budget(self, g: gw_pb.Generate, call_deadline: float | None) -> float:
         budget = _seconds(g.timeout) if g.HasField("timeout") else None

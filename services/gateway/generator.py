@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.generation.v1 import generation_service_pb2 as gen_pb
+from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 
 from services.common.errors import from_rpc_error
 from services.gateway.clients import Caller, Downstream
 from services.gateway.errors import HitError
+from services.gateway.settings import GatewaySettings
 
 
 @dataclass(frozen=True)
@@ -20,6 +23,30 @@ class Options:
     model: str = ""
     temperature: float | None = None
     max_tokens: int | None = None
+
+    @classmethod
+    def resolve(
+        cls,
+        request: Any,
+        model: str,
+        collection: ret_pb.GenerativeConfig,
+        settings: GatewaySettings,
+    ) -> Options:
+        """The request's choice, else the collection's generative defaults, else the
+        service's. ``request`` has provider, temperature and max_tokens (Generate, Ask)."""
+
+        def first(field: str) -> Any:
+            for source in (request, collection):
+                if source.HasField(field):
+                    return getattr(source, field)
+            return None
+
+        return cls(
+            provider=request.provider or collection.provider or settings.default_provider,
+            model=model or collection.model or settings.default_model,
+            temperature=first("temperature"),
+            max_tokens=first("max_tokens"),
+        )
 
 
 def _request(
