@@ -8,7 +8,7 @@ reason and field, comes back unchanged.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -31,7 +31,10 @@ class _Forwarder:
         return caller_from(current_user(), context.invocation_metadata(), self._token)
 
 
-def _unary(method: str, prepare: Callable[[Any], None] | None = None) -> Any:
+def _forward(method: str, prepare: Callable[[Any], None] | None = None) -> Any:
+    """A servicer method that sends the call on unchanged. For a client-streaming method
+    ``request`` is the stream of requests, which the stub accepts just the same."""
+
     async def forward(self: _Forwarder, request: Any, context: grpc.aio.ServicerContext) -> Any:
         call = getattr(self._stub, method)
         if prepare is not None:
@@ -39,24 +42,6 @@ def _unary(method: str, prepare: Callable[[Any], None] | None = None) -> Any:
         try:
             return await call(
                 request,
-                metadata=self._caller(context).identity,
-                timeout=context.time_remaining(),
-            )
-        except grpc.aio.AioRpcError as err:
-            raise from_rpc_error(err, self.service) from None
-
-    forward.__name__ = method
-    return forward
-
-
-def _client_stream(method: str) -> Any:
-    async def forward(
-        self: _Forwarder, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
-    ) -> Any:
-        call = getattr(self._stub, method)
-        try:
-            return await call(
-                requests,
                 metadata=self._caller(context).identity,
                 timeout=context.time_remaining(),
             )
@@ -77,26 +62,26 @@ def _idempotent(request: Any) -> None:
 class MemoryForwarder(_Forwarder, mem_grpc.MemoryServiceServicer):
     service = "memory"
 
-    CreateConversation = _unary("CreateConversation")
-    GetConversation = _unary("GetConversation")
-    ListConversations = _unary("ListConversations")
-    UpdateConversation = _unary("UpdateConversation")
-    DeleteConversation = _unary("DeleteConversation")
-    CreateInteraction = _unary("CreateInteraction", _idempotent)
-    GetInteraction = _unary("GetInteraction")
-    ListInteractions = _unary("ListInteractions")
+    CreateConversation = _forward("CreateConversation")
+    GetConversation = _forward("GetConversation")
+    ListConversations = _forward("ListConversations")
+    UpdateConversation = _forward("UpdateConversation")
+    DeleteConversation = _forward("DeleteConversation")
+    CreateInteraction = _forward("CreateInteraction", _idempotent)
+    GetInteraction = _forward("GetInteraction")
+    ListInteractions = _forward("ListInteractions")
 
 
 class RetrievalForwarder(_Forwarder, ret_grpc.RetrievalServiceServicer):
     service = "retrieval"
 
-    CreateCollection = _unary("CreateCollection")
-    GetCollection = _unary("GetCollection")
-    ListCollections = _unary("ListCollections")
-    DeleteCollection = _unary("DeleteCollection")
-    UpsertObjects = _unary("UpsertObjects")
-    ImportObjects = _client_stream("ImportObjects")
-    GetObject = _unary("GetObject")
-    DeleteObjects = _unary("DeleteObjects")
-    CountObjects = _unary("CountObjects")
-    Search = _unary("Search")
+    CreateCollection = _forward("CreateCollection")
+    GetCollection = _forward("GetCollection")
+    ListCollections = _forward("ListCollections")
+    DeleteCollection = _forward("DeleteCollection")
+    UpsertObjects = _forward("UpsertObjects")
+    ImportObjects = _forward("ImportObjects")
+    GetObject = _forward("GetObject")
+    DeleteObjects = _forward("DeleteObjects")
+    CountObjects = _forward("CountObjects")
+    Search = _forward("Search")
