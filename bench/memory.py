@@ -1,12 +1,16 @@
 """Memory service throughput and list latency, side by side with a bare grpc.aio echo.
 
-    .venv/bin/python bench/memory.py [--seconds 3] [--appendfsync everysec|always]
+    .venv/bin/python bench/memory.py [--seconds 3] [--rounds 6]
+        [--appendfsync everysec|always|no] [--redis unix|tcp]
 
 One run: a child process serves a bare ``grpc.aio`` echo (one generic unary method, bytes
-in, same bytes out, no interceptor) and the memory service (its own Redis with AOF); this
-process drives both over loopback with a bounded number of calls in flight, and prints the
-rates, their ratio to the echo, and ListInteractions latency for a 10-interaction and a
-10,000-interaction conversation (first page and a page from the middle).
+in, same bytes out, nothing around it) and the memory service (full chassis, its own Redis
+with AOF, reached like the embedded default: over a unix socket); this process drives both
+over loopback with 1 and 32 calls in flight. The kinds of call take turns in short
+interleaved slices, so a burst of load from elsewhere hits them alike; it prints the
+rates, their ratio to the echo (median of the per-round ratios), and ListInteractions
+latency for a 10-interaction and a 10,000-interaction conversation (first page and a page
+from the middle).
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ Call = Callable[[], Awaitable[Any]]
 # ---- the server side (child process) ---------------------------------------------------
 
 
-async def _serve(appendfsync: str) -> None:
+async def _serve(appendfsync: str, transport: str) -> None:
     from services.common.redis_process import RedisProcess
     from services.memory.__main__ import build_server
     from services.memory.settings import MemorySettings
@@ -60,7 +64,8 @@ async def _serve(appendfsync: str) -> None:
     echo_port = echo.add_insecure_port("127.0.0.1:0")
     await echo.start()
 
-    settings = MemorySettings(redis_url=redis.url, memory_metrics_port=None, data_dir=data)
+    url = redis.socket_url if transport == "unix" else redis.url
+    settings = MemorySettings(redis_url=url, memory_metrics_port=None, data_dir=data)
     memory = await build_server(settings, port=0)
     memory_port = await memory.start()
 
@@ -77,8 +82,9 @@ async def _serve(appendfsync: str) -> None:
 # ---- the client side -------------------------------------------------------------------
 
 
-async def _rate(call_factory: Callable[[int], Call], in_flight: int, seconds: float) -> dict:
-    """Calls per second with ``in_flight`` workers, each calling back to back."""
+async def _run(call_factory: Callable[[int], Call], in_flight: int, seconds: float) -> tuple:
+    """Calls per second with ``in_flight`` workers, each calling back to back, and the
+    latencies of the calls."""
     latencies: list[float] = []
     deadline = time.perf_counter() + seconds
 
@@ -89,13 +95,35 @@ async def _rate(call_factory: Callable[[int], Call], in_flight: int, seconds: fl
             await call()
             latencies.append(time.perf_counter() - t)
 
-    # Warm up connections and code paths before timing.
-    warm = [call_factory(w) for w in range(in_flight)]
-    await asyncio.gather(*(c() for c in warm))
     started = time.perf_counter()
     await asyncio.gather(*(worker(w) for w in range(in_flight)))
-    elapsed = time.perf_counter() - started
-    return {"rate": len(latencies) / elapsed, **_percentiles(latencies)}
+    return len(latencies) / (time.perf_counter() - started), latencies
+
+
+async def _compare(
+    factories: dict[str, Callable[[int], Call]], in_flight: int, seconds: float, rounds: int
+) -> dict[str, dict]:
+    """Every kind of call, ``seconds`` each, measured in ``rounds`` interleaved slices: a
+    burst of background load hits all of them alike instead of one row. Ratios to the
+    first kind (the echo) are the median of the per-round ratios."""
+    for factory in factories.values():  # warm up connections and code paths
+        await asyncio.gather(*(factory(w)() for w in range(in_flight)))
+    rates: dict[str, list[float]] = {name: [] for name in factories}
+    latencies: dict[str, list[float]] = {name: [] for name in factories}
+    for _ in range(rounds):
+        for name, factory in factories.items():
+            rate, lat = await _run(factory, in_flight, seconds / rounds)
+            rates[name].append(rate)
+            latencies[name] += lat
+    base = next(iter(rates.values()))
+    return {
+        name: {
+            "rate": statistics.median(r),
+            "ratio": statistics.median(x / b for x, b in zip(r, base, strict=True)),
+            **_percentiles(latencies[name]),
+        }
+        for name, r in rates.items()
+    }
 
 
 def _percentiles(latencies: list[float]) -> dict:
@@ -135,7 +163,8 @@ async def _fill(redis_url: str, cid: str, count: int) -> None:
 
 async def _bench(args: argparse.Namespace) -> None:
     child = await asyncio.create_subprocess_exec(
-        sys.executable, __file__, "--serve", "--appendfsync", args.appendfsync,
+        sys.executable, __file__, "--serve",
+        "--appendfsync", args.appendfsync, "--redis", args.redis,
         stdout=asyncio.subprocess.PIPE, cwd=ROOT,
     )  # fmt: skip
     assert child.stdout is not None
@@ -192,27 +221,16 @@ async def _measure(args: argparse.Namespace, ports: dict) -> None:
         request = pb.ListInteractionsRequest(conversation_id=small.conversation_id, page_size=10)
         return lambda: stub.ListInteractions(request)
 
+    factories = {
+        "echo": echo_factory,
+        "GetConversation": get_factory,
+        "CreateInteraction": create_factory,
+        "ListInteractions(10)": list_factory,
+    }
     rows: list[tuple[str, dict]] = []
     for in_flight in (1, 32):
-        echo_r = await _rate(echo_factory, in_flight, args.seconds)
-        create_r = await _rate(create_factory, in_flight, args.seconds)
-        list_r = await _rate(list_factory, in_flight, args.seconds)
-        get_r = await _rate(get_factory, in_flight, args.seconds)
-        rows += [
-            (f"echo                 x{in_flight:<2}", {**echo_r, "ratio": 1.0}),
-            (
-                f"GetConversation      x{in_flight:<2}",
-                {**get_r, "ratio": get_r["rate"] / echo_r["rate"]},
-            ),
-            (
-                f"CreateInteraction    x{in_flight:<2}",
-                {**create_r, "ratio": create_r["rate"] / echo_r["rate"]},
-            ),
-            (
-                f"ListInteractions(10) x{in_flight:<2}",
-                {**list_r, "ratio": list_r["rate"] / echo_r["rate"]},
-            ),
-        ]
+        measured = await _compare(factories, in_flight, args.seconds, args.rounds)
+        rows += [(f"{name:<21}x{in_flight:<2}", r) for name, r in measured.items()]
 
     # A page from the middle of the long conversation: page there, then time that page.
     token = ""
@@ -237,7 +255,10 @@ async def _measure(args: argparse.Namespace, ports: dict) -> None:
     ]
     lat = [(name, await _latency(call, args.samples)) for name, call in cases]
 
-    print(f"\nappendfsync={args.appendfsync}, {args.seconds:g} s per row, cpus={os.cpu_count()}")
+    print(
+        f"\nappendfsync={args.appendfsync}, redis over {args.redis}, {args.seconds:g} s per row "
+        f"in {args.rounds} interleaved rounds, cpus={os.cpu_count()}"
+    )
     print(f"{'calls':<26}{'calls/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'vs echo':>9}")
     for name, r in rows:
         print(
@@ -261,12 +282,17 @@ async def _measure(args: argparse.Namespace, ports: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=3.0, help="per throughput row")
+    parser.add_argument("--rounds", type=int, default=6, help="interleaved slices per row")
     parser.add_argument("--samples", type=int, default=1000, help="per latency row")
     parser.add_argument("--appendfsync", default="everysec", choices=["always", "everysec", "no"])
+    parser.add_argument(
+        "--redis", default="unix", choices=["unix", "tcp"],
+        help="how the memory service reaches its Redis (the embedded default: unix)",
+    )  # fmt: skip
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        asyncio.run(_serve(args.appendfsync))
+        asyncio.run(_serve(args.appendfsync, args.redis))
     else:
         asyncio.run(_bench(args))
 

@@ -332,7 +332,7 @@ async def _start_redis(stack: Stack) -> str:
         f"  {'redis':<11} ready    {redis.url} (AOF in {redis.data_dir}) "
         f"{time.perf_counter() - started:.1f}s"
     )
-    return redis.url
+    return redis.socket_url
 
 
 async def _start_llm(stack: Stack) -> str:

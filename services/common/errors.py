@@ -1,6 +1,6 @@
 """Domain errors and their mapping to rich gRPC statuses.
 
-Servicers and domain code raise these; the chassis interceptor turns them into a status
+Servicers and domain code raise these; the chassis (``chassis.py``) turns them into a status
 code, a message and ``google.rpc.ErrorInfo`` (domain ``gensearch``) plus ``BadRequest``
 details for field violations. Nothing else builds a status by hand.
 """

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import shutil
 import socket
+import tempfile
 from pathlib import Path
 
 import redis.asyncio as aioredis
@@ -59,10 +60,19 @@ class RedisProcess:
         self._proc: asyncio.subprocess.Process | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._stopping = False
+        self._socket_dir: Path | None = None
 
     @property
     def url(self) -> str:
         return f"redis://{self.host}:{self.port}/0"
+
+    @property
+    def socket_url(self) -> str:
+        """The same server on its unix socket: a local client's round trip costs about a
+        third less CPU than over loopback TCP, on both sides (docs/benchmarks.md)."""
+        if self._socket_dir is None:
+            raise RuntimeError("redis is not started")
+        return f"unix://{self._socket_dir / 'redis.sock'}?db=0"
 
     @property
     def running(self) -> bool:
@@ -97,10 +107,15 @@ class RedisProcess:
     async def start(self, timeout: float = 10.0) -> None:
         self._stopping = False
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self._socket_dir is None:
+            # Not in data_dir: a socket path must stay under ~100 bytes. Private (0700).
+            self._socket_dir = Path(tempfile.mkdtemp(prefix="gensearch-redis-"))
         args = [
             self.binary,
             "--bind", self.host,
             "--port", str(self.port),
+            "--unixsocket", str(self._socket_dir / "redis.sock"),
+            "--unixsocketperm", "700",
             "--dir", str(self.data_dir.resolve()),
             "--appendonly", "yes",
             "--appendfsync", self.appendfsync,
@@ -150,14 +165,16 @@ class RedisProcess:
             with contextlib.suppress(asyncio.CancelledError):
                 await supervisor
         proc, self._proc = self._proc, None
-        if proc is None or proc.returncode is not None:
-            return
-        proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), timeout)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+        if proc is not None and proc.returncode is None:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), timeout)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        if self._socket_dir is not None:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
+            self._socket_dir = None
 
     async def kill(self) -> None:
         """SIGKILL: no chance to flush (what a crash looks like)."""

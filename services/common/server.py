@@ -1,7 +1,8 @@
 """Server bootstrap shared by every service.
 
-``GrpcServer`` wires a ``grpc.aio`` server with the chassis interceptor, gRPC health
-checking, server reflection and (optionally) a Prometheus endpoint. ``run_service`` runs it
+``GrpcServer`` wires a ``grpc.aio`` server with the chassis (identity, errors and metrics
+around every method of our services), gRPC health checking, server reflection and
+(optionally) a Prometheus endpoint. ``run_until_signal`` runs it
 until SIGTERM/SIGINT, then shuts down gracefully: health goes NOT_SERVING first (so
 Kubernetes stops routing), in-flight calls get ``grace_period`` seconds to finish.
 """
@@ -21,7 +22,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from services.common.auth import Authenticator
-from services.common.interceptor import ChassisInterceptor
+from services.common.chassis import ChassisRegistry
 from services.common.logs import register_secret
 from services.common.metrics import serve_metrics, server_name
 from services.common.settings import CommonSettings
@@ -57,15 +58,19 @@ class GrpcServer:
         ]
         if settings.max_connection_age > 0:
             options.append(("grpc.max_connection_age_ms", int(settings.max_connection_age * 1000)))
-        self.interceptor = ChassisInterceptor(self.authenticator)
-        self.server = grpc.aio.server(interceptors=[self.interceptor], options=options)
+        self.server = grpc.aio.server(options=options)
+        self._chassis: ChassisRegistry | None = None
         self.health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self._service_names: list[str] = []
         self._on_stop: list[Callable[[], Awaitable[None]]] = []
 
     def add_service(self, registrar: Registrar, servicer: Any, full_name: str) -> None:
-        registrar(servicer, self.server)
+        """Registers a servicer through its generated ``add_*_to_server`` function, with the
+        chassis around every method. The first service names the server in metrics."""
+        if self._chassis is None:
+            self._chassis = ChassisRegistry(self.server, self.authenticator, server_name(full_name))
+        registrar(servicer, self._chassis)
         self._service_names.append(full_name)
 
     def on_stop(self, callback: Callable[[], Awaitable[None]]) -> None:
@@ -77,8 +82,6 @@ class GrpcServer:
         return tuple(self._service_names)
 
     async def start(self) -> int:
-        if self._service_names:
-            self.interceptor.server_name = server_name(self._service_names[0])
         names = (
             *self._service_names,
             reflection.SERVICE_NAME,

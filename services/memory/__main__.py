@@ -37,13 +37,11 @@ async def build_server(settings: MemorySettings, *, port: int | None = None) -> 
         embedded = RedisProcess(settings.data_dir / "redis", appendfsync=settings.redis_appendfsync)
         await embedded.start()
         embedded.supervise()
-        url = embedded.url
+        url = embedded.socket_url
     client = connect(
         url,
         socket_timeout=settings.redis_socket_timeout,
         connect_timeout=settings.redis_connect_timeout,
-        health_check_interval=settings.redis_health_check_interval,
-        max_connections=settings.redis_max_connections,
     )
     store = MemoryStore(
         client, key_prefix=settings.key_prefix, request_id_ttl=settings.request_id_ttl_seconds

@@ -11,7 +11,6 @@ import os
 import re
 import threading
 import time
-import uuid
 
 _TAIL_BITS = 74
 _TAIL_MAX = (1 << _TAIL_BITS) - 1
@@ -46,7 +45,8 @@ class UUIDv7Generator:
             | (0b10 << 62)  # variant
             | (tail & ((1 << 62) - 1))  # rand_b: 62 bits
         )
-        return str(uuid.UUID(int=value)), ms
+        h = f"{value:032x}"
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}", ms
 
 
 def parse_id(value: str) -> str | None:

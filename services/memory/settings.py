@@ -28,11 +28,10 @@ class MemorySettings(CommonSettings):
     redis_appendfsync: Literal["always", "everysec", "no"] = "everysec"
     # Every key starts with this; several deployments can share one Redis.
     key_prefix: str = "gensearch"
+    # Commands wait longer than this for Redis' next reply: the connection is dropped and
+    # its waiting calls answer UNAVAILABLE.
     redis_socket_timeout: float = Field(default=2.0, gt=0)
     redis_connect_timeout: float = Field(default=1.0, gt=0)
-    # Seconds a pooled connection may sit idle before it is pinged before use.
-    redis_health_check_interval: int = Field(default=10, ge=0)
-    redis_max_connections: int = Field(default=256, ge=1)
 
     # Signs page tokens. Empty: a random secret is created once in Redis (SET NX), so
     # every replica and every restart agree.

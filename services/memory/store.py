@@ -10,7 +10,6 @@ Key layout (``P`` = key prefix, ``U`` = first 20 hex digits of sha256(user)):
     P:{u:U}:int:<iid>          HASH  conversation_id, data (the serialized
                                      gensearch.memory.v1.Interaction), request_id (if given)
     P:{u:U}:req:<request_id>   STRING  interaction id, expires after request_id_ttl_seconds
-    P:{u:U}:receipt:<op>       STRING  cid of a DeleteConversation call, for 60 s (see below)
 
 ``{u:U}`` is the Redis Cluster hash tag: every key of one user lives in one hash slot, so
 the Lua scripts below, which touch several of them, stay atomic on a cluster too. Because
@@ -27,30 +26,24 @@ field evolution rules keep old records readable as the message grows.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import re
 import time
-import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-import redis.asyncio as aioredis
 from gensearch.memory.v1 import memory_service_pb2 as pb
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import BusyLoadingError, ReadOnlyError
 
 from services.common.errors import Internal, InvalidArgument, NotFound, Unavailable
 from services.memory.ids import UUIDv7Generator
-from services.memory.pipelining import AutoPipeline
+from services.memory.redis_link import LinkError, RedisLink, ReplyError, Script
 
-# Redis answers these while it cannot serve (starting, failing over, read-only replica).
-_UNAVAILABLE_REPLIES = ("LOADING", "MASTERDOWN", "READONLY", "TRYAGAIN", "CLUSTERDOWN", "BUSY")
+# Redis answers these while it cannot serve (starting, failing over, read-only replica);
+# redis-py turns LOADING and READONLY into the classes below, the rest stay plain replies.
+_UNAVAILABLE_REPLIES = ("MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "BUSY")
+_UNAVAILABLE_ERRORS = (BusyLoadingError, ReadOnlyError)
 _URL_CREDENTIALS = re.compile(r"(\w+://)[^@/\s]*@")
 
 
@@ -96,14 +89,13 @@ end
 """
 
 # Moves a conversation to its new place in the user's list; update_time never goes back,
-# even if replicas' clocks disagree.
+# even if replicas' clocks disagree. Further field/value pairs are set in the same HSET.
 _TOUCH = """
-local function touch(conv, convs, cid, now_ms, old)
+local function touch(conv, convs, cid, now_ms, old, ...)
   local now = tonumber(now_ms)
   local prev = tonumber(old)
   if now < prev then now = prev end
-  local stamp = string.format('%d', now)
-  redis.call('HSET', conv, 'update_time', stamp)
+  redis.call('HSET', conv, 'update_time', string.format('%d', now), ...)
   if now ~= prev then
     redis.call('ZREM', convs, string.format('%015d', prev) .. ':' .. cid)
     redis.call('ZADD', convs, 0, string.format('%015d', now) .. ':' .. cid)
@@ -124,18 +116,10 @@ return conversation(KEYS[1])
 """
 )
 
-DELETE_RECEIPT_TTL_MS = 60_000
-
-# KEYS: conv, ints, convs, receipt. ARGV: user, tag, cid, receipt ttl ms. Returns 1, or 0
-# when not found. The receipt (keyed by a per-call id) makes redis-py's own re-send of
-# this script after a lost reply answer "deleted", while a new DeleteConversation call
-# (a new id) still finds nothing and answers NOT_FOUND.
+# KEYS: conv, ints, convs. ARGV: user, tag, cid. Returns 1, or 0 when not found.
 _DELETE_CONVERSATION = """
 local h = redis.call('HMGET', KEYS[1], 'user', 'update_time')
-if h[1] ~= ARGV[1] then
-  if redis.call('GET', KEYS[4]) == ARGV[3] then return 1 end
-  return 0
-end
+if h[1] ~= ARGV[1] then return 0 end
 for _, iid in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
   local key = ARGV[2] .. ':int:' .. iid
   local rid = redis.call('HGET', key, 'request_id')
@@ -147,19 +131,17 @@ for _, iid in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
 end
 redis.call('UNLINK', KEYS[1], KEYS[2])
 redis.call('ZREM', KEYS[3], string.format('%015d', tonumber(h[2])) .. ':' .. ARGV[3])
-redis.call('SET', KEYS[4], ARGV[3], 'PX', ARGV[4])
 return 1
 """
 
 # KEYS: conv, ints, int, convs, req.
 # ARGV: user, tag, cid, iid, now_ms, request_id, ttl_ms, serialized interaction.
-# Returns {0} not found, {1} created, {2, cid, data} already created by this request_id
-# (or by this very call, when redis-py retried it after a dropped connection).
+# Returns {0} not found, {1} created, {2, cid, data} already created by this request_id.
 _CREATE_INTERACTION = (
     _READ
     + _TOUCH
     + """
-local h = redis.call('HMGET', KEYS[1], 'user', 'update_time')
+local h = redis.call('HMGET', KEYS[1], 'user', 'update_time', 'interaction_count')
 if h[1] ~= ARGV[1] then return {0} end
 if ARGV[6] ~= '' then
   local prev = redis.call('GET', KEYS[5])
@@ -168,18 +150,13 @@ if ARGV[6] ~= '' then
     if found[1] then return {2, found[1], found[2]} end
   end
 end
-if redis.call('EXISTS', KEYS[3]) == 1 then
-  local found = interaction(KEYS[3])
-  return {2, found[1], found[2]}
-end
 redis.call('HSET', KEYS[3], 'conversation_id', ARGV[3], 'data', ARGV[8])
 if ARGV[6] ~= '' then
   redis.call('HSET', KEYS[3], 'request_id', ARGV[6])
   redis.call('SET', KEYS[5], ARGV[4], 'PX', ARGV[7])
 end
 redis.call('ZADD', KEYS[2], 0, ARGV[4])
-redis.call('HINCRBY', KEYS[1], 'interaction_count', 1)
-touch(KEYS[1], KEYS[4], ARGV[3], ARGV[5], h[2])
+touch(KEYS[1], KEYS[4], ARGV[3], ARGV[5], h[2], 'interaction_count', tonumber(h[3]) + 1)
 return {1}
 """
 )
@@ -231,43 +208,34 @@ return out
 )
 
 
-def connect(
-    url: str,
-    *,
-    socket_timeout: float = 2.0,
-    connect_timeout: float = 1.0,
-    health_check_interval: int = 10,
-    max_connections: int = 256,
-) -> aioredis.Redis:
-    """A client that reconnects by itself: a dead connection is dropped from the pool and
-    the next call dials again; transient failures are retried briefly, then surface."""
-    return aioredis.Redis.from_url(
-        url,
-        socket_timeout=socket_timeout,
-        socket_connect_timeout=connect_timeout,
-        health_check_interval=health_check_interval,
-        max_connections=max_connections,
-        retry=Retry(ExponentialWithJitterBackoff(base=0.02, cap=0.2), retries=2),
-        decode_responses=False,
-    )
+def connect(url: str, *, socket_timeout: float = 2.0, connect_timeout: float = 1.0) -> RedisLink:
+    """A link that dials on demand: after a lost connection the next call dials again."""
+    return RedisLink(url, command_timeout=socket_timeout, connect_timeout=connect_timeout)
 
 
-@contextlib.contextmanager
-def _redis_errors() -> Iterator[None]:
-    try:
-        yield
-    except (RedisConnectionError, RedisTimeoutError, OSError) as err:
-        raise Unavailable(
-            f"memory store unavailable: {_describe(err)}", reason="STORE_UNAVAILABLE"
-        ) from None
-    except ResponseError as err:
-        if str(err).startswith(_UNAVAILABLE_REPLIES):
+class _RedisErrors:
+    """``with _redis_errors:`` turns store failures into service errors. A class, not a
+    generator-based context manager: it wraps every command, and this costs a third."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, err: BaseException | None, _: Any) -> None:
+        if err is None:
+            return
+        if isinstance(err, LinkError | OSError):
             raise Unavailable(
                 f"memory store unavailable: {_describe(err)}", reason="STORE_UNAVAILABLE"
             ) from None
-        raise Internal(f"memory store error: {_describe(err)}") from None
-    except RedisError as err:
-        raise Internal(f"memory store error: {_describe(err)}") from None
+        if isinstance(err, ReplyError):
+            if isinstance(err, _UNAVAILABLE_ERRORS) or str(err).startswith(_UNAVAILABLE_REPLIES):
+                raise Unavailable(
+                    f"memory store unavailable: {_describe(err)}", reason="STORE_UNAVAILABLE"
+                ) from None
+            raise Internal(f"memory store error: {_describe(err)}") from None
+
+
+_redis_errors = _RedisErrors()
 
 
 def _describe(err: BaseException) -> str:
@@ -301,24 +269,23 @@ def interaction_not_found(iid: str) -> NotFound:
 
 class MemoryStore:
     def __init__(
-        self, client: aioredis.Redis, *, key_prefix: str = "gensearch", request_id_ttl: int = 86400
+        self, link: RedisLink, *, key_prefix: str = "gensearch", request_id_ttl: int = 86400
     ) -> None:
-        self._redis = client
+        self._redis = link
         self._prefix = key_prefix
         self._request_ttl_ms = request_id_ttl * 1000
         self._ids = UUIDv7Generator()
-        self._pipe = AutoPipeline(client)
-        self._create_conversation = client.register_script(_CREATE_CONVERSATION)
-        self._rename_conversation = client.register_script(_RENAME_CONVERSATION)
-        self._delete_conversation = client.register_script(_DELETE_CONVERSATION)
-        self._create_interaction = client.register_script(_CREATE_INTERACTION)
-        self._get_interaction = client.register_script(_GET_INTERACTION)
-        self._list_interactions = client.register_script(_LIST_INTERACTIONS)
-        self._list_conversations = client.register_script(_LIST_CONVERSATIONS)
+        self._create_conversation = Script(_CREATE_CONVERSATION)
+        self._rename_conversation = Script(_RENAME_CONVERSATION)
+        self._delete_conversation = Script(_DELETE_CONVERSATION)
+        self._create_interaction = Script(_CREATE_INTERACTION)
+        self._get_interaction = Script(_GET_INTERACTION)
+        self._list_interactions = Script(_LIST_INTERACTIONS)
+        self._list_conversations = Script(_LIST_CONVERSATIONS)
         self._tags: dict[str, str] = {}
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        await self._redis.close()
 
     def tag(self, user: str) -> str:
         """Key prefix of everything ``user`` owns, including the cluster hash tag."""
@@ -333,9 +300,9 @@ class MemoryStore:
     async def shared_secret(self) -> bytes:
         """A random secret created once per key prefix, the same for every replica."""
         key = f"{self._prefix}:page-token-secret"
-        with _redis_errors():
-            await self._redis.set(key, os.urandom(32).hex(), nx=True)
-            value = await self._redis.get(key)
+        with _redis_errors:
+            await self._redis.execute("SET", key, os.urandom(32).hex(), "NX")
+            value = await self._redis.execute("GET", key)
         if not value:
             raise Unavailable("memory store unavailable: page token secret missing")
         return bytes(value)
@@ -343,10 +310,8 @@ class MemoryStore:
     async def create_conversation(self, user: str, name: str) -> ConversationRecord:
         tag = self.tag(user)
         cid, now = self._ids.new()
-        with _redis_errors():
-            # Answers 0 only when redis-py retried this very call after its reply was lost:
-            # the conversation exists then, too.
-            await self._pipe.script(
+        with _redis_errors:
+            await self._redis.script(
                 self._create_conversation,
                 keys=[f"{tag}:conv:{cid}", f"{tag}:convs"],
                 args=[user, name, now, f"{now:015d}:{cid}"],
@@ -354,8 +319,8 @@ class MemoryStore:
         return ConversationRecord(cid, user, name, now, now, 0)
 
     async def get_conversation(self, user: str, cid: str) -> ConversationRecord:
-        with _redis_errors():
-            row = await self._pipe.command(
+        with _redis_errors:
+            row = await self._redis.execute(
                 "HMGET", f"{self.tag(user)}:conv:{cid}", *CONVERSATION_FIELDS
             )
         if row[0] is None or row[0].decode() != user:
@@ -365,8 +330,8 @@ class MemoryStore:
     async def rename_conversation(self, user: str, cid: str, name: str) -> ConversationRecord:
         tag = self.tag(user)
         now = time.time_ns() // 1_000_000
-        with _redis_errors():
-            row = await self._pipe.script(
+        with _redis_errors:
+            row = await self._redis.script(
                 self._rename_conversation,
                 keys=[f"{tag}:conv:{cid}", f"{tag}:convs"],
                 args=[user, name, now, cid],
@@ -377,16 +342,11 @@ class MemoryStore:
 
     async def delete_conversation(self, user: str, cid: str) -> None:
         tag = self.tag(user)
-        with _redis_errors():
-            deleted = await self._pipe.script(
+        with _redis_errors:
+            deleted = await self._redis.script(
                 self._delete_conversation,
-                keys=[
-                    f"{tag}:conv:{cid}",
-                    f"{tag}:conv:{cid}:ints",
-                    f"{tag}:convs",
-                    f"{tag}:receipt:{uuid.uuid4().hex}",
-                ],
-                args=[user, tag, cid, DELETE_RECEIPT_TTL_MS],
+                keys=[f"{tag}:conv:{cid}", f"{tag}:conv:{cid}:ints", f"{tag}:convs"],
+                args=[user, tag, cid],
             )
         if not deleted:
             raise conversation_not_found(cid)
@@ -396,8 +356,8 @@ class MemoryStore:
     ) -> Page[ConversationRecord]:
         tag = self.tag(user)
         start = f"({cursor}" if cursor else "+"
-        with _redis_errors():
-            out = await self._pipe.script(
+        with _redis_errors:
+            out = await self._redis.script(
                 self._list_conversations, keys=[f"{tag}:convs"], args=[tag, start, page_size]
             )
         items = [_conversation(out[i].decode()[16:], out[i + 1]) for i in range(1, len(out), 2)]
@@ -415,8 +375,8 @@ class MemoryStore:
         interaction.interaction_id = iid
         interaction.conversation_id = cid
         interaction.create_time.FromMilliseconds(now)
-        with _redis_errors():
-            out = await self._pipe.script(
+        with _redis_errors:
+            out = await self._redis.script(
                 self._create_interaction,
                 keys=[
                     f"{tag}:conv:{cid}",
@@ -445,8 +405,8 @@ class MemoryStore:
 
     async def get_interaction(self, user: str, iid: str) -> pb.Interaction:
         tag = self.tag(user)
-        with _redis_errors():
-            data = await self._pipe.script(
+        with _redis_errors:
+            data = await self._redis.script(
                 self._get_interaction, keys=[f"{tag}:int:{iid}"], args=[user, tag]
             )
         if data is None:
@@ -459,8 +419,8 @@ class MemoryStore:
         """A page of serialized ``Interaction`` messages, newest first."""
         tag = self.tag(user)
         start = f"({cursor}" if cursor else "+"
-        with _redis_errors():
-            out: Any = await self._pipe.script(
+        with _redis_errors:
+            out: Any = await self._redis.script(
                 self._list_interactions,
                 keys=[f"{tag}:conv:{cid}", f"{tag}:conv:{cid}:ints"],
                 args=[user, tag, start, page_size],

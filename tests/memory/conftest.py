@@ -29,7 +29,6 @@ def make_settings(redis_url: str, **overrides: Any) -> MemorySettings:
         "api_keys": KEYS,
         "internal_token": INTERNAL_TOKEN,
         "grace_period": 1.0,
-        "redis_health_check_interval": 1,
     }
     values.update(overrides)
     return MemorySettings(**values)

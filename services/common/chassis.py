@@ -1,12 +1,14 @@
-"""One server interceptor for the whole chassis: identity, error mapping, metrics.
+"""The chassis around every RPC of our services: identity, error mapping, metrics.
 
 Servicers raise ``ServiceError`` subclasses; this turns them into rich statuses. Any other
 exception becomes INTERNAL with a generic message (the traceback goes to the log, never to
-the client). Health checking and reflection are exempt from authentication so probes and
-``grpcurl list`` work without a key.
+the client).
 
-Each method's handler is wrapped once and cached, with its metric series bound up front:
-this sits on every call's hot path.
+Each method handler is wrapped once, when its service is registered, with its metric
+series bound up front. A ``grpc.aio`` server interceptor would do the same per call, at
+the price of several coroutines and a handler lookup on every call (~13 % of a bare
+unary call's server CPU, docs/benchmarks.md). Health checking and reflection are
+registered unwrapped, so probes and ``grpcurl list`` work without a key.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import grpc
@@ -26,30 +28,48 @@ from services.common.metrics import IN_FLIGHT, LATENCY, REQUESTS, split_method
 
 log = logging.getLogger("gensearch.rpc")
 
-_EXEMPT = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+class ChassisRegistry:
+    """Stands in for the ``grpc.aio.Server`` that generated ``add_*_to_server`` functions
+    register with: it wraps every method handler, then registers it on the real server."""
+
+    def __init__(self, server: grpc.aio.Server, auth: Authenticator, server_name: str) -> None:
+        self._server = server
+        self._auth = auth
+        self._server_name = server_name
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        wrapped = self._wrapped.get(method)
+        if wrapped is None:
+            wrapped = _MethodWrapper(method, self._auth, self._server_name).wrap(handler)
+            self._wrapped[method] = wrapped
+        return wrapped
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: Mapping[str, grpc.RpcMethodHandler]
+    ) -> None:
+        self._server.add_registered_method_handlers(  # type: ignore[attr-defined]
+            service, {name: self.wrap(f"/{service}/{name}", h) for name, h in handlers.items()}
+        )
+
+    def add_generic_rpc_handlers(self, handlers: Iterable[grpc.GenericRpcHandler]) -> None:
+        self._server.add_generic_rpc_handlers(tuple(_WrappedGeneric(h, self) for h in handlers))
 
 
-class ChassisInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, authenticator: Authenticator) -> None:
-        self._auth = authenticator
-        # Set by the server once its services are known (metrics label).
-        self.server_name = ""
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+class _WrappedGeneric(grpc.GenericRpcHandler):
+    # Calls that core did not match to a registered method come this way.
+    def __init__(self, inner: grpc.GenericRpcHandler, registry: ChassisRegistry) -> None:
+        self._inner = inner
+        self._registry = registry
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or method.startswith(_EXEMPT):
-            return handler
-        cached = self._wrapped.get(method)
-        if cached is None or cached[0] is not handler:
-            cached = (handler, _MethodWrapper(method, self._auth, self.server_name).wrap(handler))
-            self._wrapped[method] = cached
-        return cached[1]
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        handler = self._inner.service(handler_call_details)
+        if handler is None:
+            return None
+        return self._registry.wrap(handler_call_details.method, handler)  # type: ignore[attr-defined]
 
 
 class _MethodWrapper:

@@ -1,0 +1,172 @@
+"""The pipelined Redis link against a real Redis: replies reach their own callers, errors
+stay with their command, and a frozen, killed or restarted Redis is survived."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from services.common.redis_process import RedisProcess, free_port
+from services.memory.redis_link import LinkError, LinkTimeout, RedisLink, ReplyError, Script
+
+
+async def test_concurrent_commands_get_their_own_replies(redis_server: RedisProcess) -> None:
+    link = RedisLink(redis_server.url)
+    try:
+        sets = await asyncio.gather(*(link.execute("SET", f"k{n}", n) for n in range(300)))
+        assert sets == [b"OK"] * 300
+        gets = await asyncio.gather(*(link.execute("GET", f"k{n}") for n in range(300)))
+        assert gets == [str(n).encode() for n in range(300)]
+        # One bad command fails alone, in the middle of a burst.
+        results = await asyncio.gather(
+            link.execute("GET", "k1"),
+            link.execute("INCR", "k1", "too", "many"),
+            link.execute("HGET", "k2", "field"),  # wrong type
+            link.execute("GET", "k3"),
+            return_exceptions=True,
+        )
+        assert results[0] == b"1"
+        assert isinstance(results[1], ReplyError) and "wrong number" in str(results[1])
+        assert isinstance(results[2], ReplyError) and str(results[2]).startswith("WRONGTYPE")
+        assert results[3] == b"3"
+    finally:
+        await link.close()
+
+
+async def test_a_cancelled_caller_does_not_shift_the_replies(redis_server: RedisProcess) -> None:
+    link = RedisLink(redis_server.url)
+    try:
+        await link.execute("SET", "a", "1")
+        for _ in range(20):
+            gone = asyncio.ensure_future(link.execute("GET", "a"))
+            await asyncio.sleep(0)
+            gone.cancel()
+            assert await link.execute("ECHO", "mine") == b"mine"
+    finally:
+        await link.close()
+
+
+async def test_scripts_are_loaded_again_after_script_flush(redis_server: RedisProcess) -> None:
+    link = RedisLink(redis_server.url)
+    script = Script("return redis.call('INCRBY', KEYS[1], ARGV[1])")
+    try:
+        assert await link.script(script, ["n"], [2]) == 2
+        await link.execute("SCRIPT", "FLUSH")
+        # Concurrent callers all hit NOSCRIPT, load it and still run exactly once each.
+        await asyncio.gather(*(link.script(script, ["n"], [1]) for _ in range(30)))
+        assert await link.execute("GET", "n") == b"32"
+        with pytest.raises(ReplyError):
+            await link.script(Script("return redis.call('NOPE')"), [], [])
+    finally:
+        await link.close()
+
+
+async def test_a_frozen_redis_times_out_then_the_link_recovers(
+    redis_server: RedisProcess,
+) -> None:
+    link = RedisLink(redis_server.url, command_timeout=0.3)
+    pid = redis_server._proc.pid  # type: ignore[union-attr]
+    try:
+        await link.execute("PING")
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            waiting = [asyncio.ensure_future(link.execute("INCR", "c")) for _ in range(5)]
+            started = asyncio.get_running_loop().time()
+            results = await asyncio.gather(*waiting, return_exceptions=True)
+            waited = asyncio.get_running_loop().time() - started
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert all(isinstance(r, LinkTimeout) for r in results), results
+        assert 0.25 < waited < 2.0
+        assert await link.execute("PING") == b"PONG"
+    finally:
+        await link.close()
+
+
+async def test_a_killed_redis_fails_fast_and_the_link_recovers(
+    redis_server: RedisProcess,
+) -> None:
+    link = RedisLink(redis_server.url, connect_timeout=0.5)
+    try:
+        await link.execute("SET", "kept", "yes")
+        await redis_server.kill()
+        with pytest.raises(LinkError):
+            await link.execute("GET", "kept")
+        with pytest.raises(LinkError, match="could not connect"):
+            await link.execute("GET", "kept")
+        await redis_server.start()
+        assert await link.execute("GET", "kept") == b"yes"
+    finally:
+        await link.close()
+
+
+async def test_nothing_listening_is_a_link_error() -> None:
+    link = RedisLink(f"redis://127.0.0.1:{free_port()}", connect_timeout=0.5)
+    with pytest.raises(LinkError, match="could not connect"):
+        await link.execute("PING")
+    await link.close()
+
+
+async def test_credentials_and_database_from_the_url(redis_server: RedisProcess) -> None:
+    admin = aioredis.Redis.from_url(redis_server.url)
+    await admin.execute_command("ACL", "SETUSER", "tester", "on", ">s3cret", "~*", "+@all")
+    host = f"127.0.0.1:{redis_server.port}"
+    good = RedisLink(f"redis://tester:s3cret@{host}/3")
+    bad = RedisLink(f"redis://tester:wrong@{host}/0")
+    try:
+        assert await good.execute("ACL", "WHOAMI") == b"tester"
+        await good.execute("SET", "in-three", "x")
+        assert await admin.get("in-three") is None
+        assert await aioredis.Redis.from_url(f"redis://{host}/3").get("in-three") == b"x"
+        with pytest.raises(LinkError, match=r"could not connect.*(invalid|WRONGPASS)"):
+            await bad.execute("PING")
+    finally:
+        await good.close()
+        await bad.close()
+        await admin.execute_command("ACL", "DELUSER", "tester")
+        await admin.aclose()
+
+
+async def test_close_fails_waiting_calls_and_refuses_new_ones(
+    redis_server: RedisProcess,
+) -> None:
+    link = RedisLink(redis_server.url)
+    await link.execute("PING")
+    waiting = asyncio.ensure_future(link.execute("BLPOP", "never", 5))
+    await asyncio.sleep(0.05)
+    await link.close()
+    with pytest.raises(LinkError):
+        await waiting
+    with pytest.raises(LinkError, match="closed"):
+        await link.execute("PING")
+
+
+async def test_the_embedded_server_listens_on_a_private_unix_socket(
+    redis_server: RedisProcess,
+) -> None:
+    url = redis_server.socket_url
+    path = Path(url.removeprefix("unix://").split("?")[0])
+    assert _is_private_socket(path)
+    link = RedisLink(url)
+    try:
+        await link.execute("SET", "via", "socket")
+        tcp = RedisLink(redis_server.url)
+        assert await tcp.execute("GET", "via") == b"socket"
+        await tcp.close()
+    finally:
+        await link.close()
+    await redis_server.stop()
+    assert not _exists(path.parent)
+
+
+def _is_private_socket(path: Path) -> bool:
+    return path.is_socket() and path.parent.stat().st_mode & 0o077 == 0
+
+
+def _exists(path: Path) -> bool:
+    return path.exists()
