@@ -126,8 +126,6 @@ class _Pipe:
                     held, self._held = self._held, []
                     self._unanswered = len(waiters)  # every waiter left is a held command
                     self._write(held)
-        except asyncio.CancelledError:
-            raise
         except (RedisError, OSError, IndexError) as err:
             self.abort(LinkError(f"connection to Redis lost: {err}"))
 
