@@ -145,9 +145,10 @@ async def _latency(call: Call, count: int) -> dict:
 async def _fill(redis_url: str, cid: str, count: int) -> None:
     """Bulk-load a conversation through the real store code (faster than over gRPC)."""
     from services.common.auth import ANONYMOUS
-    from services.memory.store import MemoryStore, connect
+    from services.memory.redis_link import RedisLink
+    from services.memory.store import MemoryStore
 
-    store = MemoryStore(connect(redis_url))
+    store = MemoryStore(RedisLink(redis_url))
     sem = asyncio.Semaphore(64)
 
     async def one(n: int) -> None:

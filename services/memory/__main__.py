@@ -15,9 +15,10 @@ from gensearch.memory.v1 import memory_service_pb2_grpc as pb_grpc
 from services.common.logs import configure_logging, register_secret
 from services.common.redis_process import RedisProcess
 from services.common.server import GrpcServer, run_until_signal
+from services.memory.redis_link import RedisLink
 from services.memory.servicer import MemoryServicer
 from services.memory.settings import MemorySettings
-from services.memory.store import MemoryStore, connect
+from services.memory.store import MemoryStore
 
 SERVICE_NAME = "gensearch.memory.v1.MemoryService"
 log = logging.getLogger("gensearch.memory")
@@ -38,13 +39,13 @@ async def build_server(settings: MemorySettings, *, port: int | None = None) -> 
         await embedded.start()
         embedded.supervise()
         url = embedded.socket_url
-    client = connect(
+    link = RedisLink(
         url,
-        socket_timeout=settings.redis_socket_timeout,
+        command_timeout=settings.redis_socket_timeout,
         connect_timeout=settings.redis_connect_timeout,
     )
     store = MemoryStore(
-        client, key_prefix=settings.key_prefix, request_id_ttl=settings.request_id_ttl_seconds
+        link, key_prefix=settings.key_prefix, request_id_ttl=settings.request_id_ttl_seconds
     )
     server.add_service(
         pb_grpc.add_MemoryServiceServicer_to_server, MemoryServicer(store, settings), SERVICE_NAME

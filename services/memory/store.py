@@ -34,16 +34,16 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from gensearch.memory.v1 import memory_service_pb2 as pb
-from redis.exceptions import BusyLoadingError, ReadOnlyError
+from redis.exceptions import BusyLoadingError, ReadOnlyError, RedisError
 
 from services.common.errors import Internal, InvalidArgument, NotFound, Unavailable
 from services.memory.ids import UUIDv7Generator
 from services.memory.redis_link import LinkError, RedisLink, ReplyError, Script
 
 # Redis answers these while it cannot serve (starting, failing over, read-only replica);
-# redis-py turns LOADING and READONLY into the classes below, the rest stay plain replies.
+# redis-py turns LOADING and READONLY into classes, the rest stay plain replies.
 _UNAVAILABLE_REPLIES = ("MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "BUSY")
-_UNAVAILABLE_ERRORS = (BusyLoadingError, ReadOnlyError)
+_UNAVAILABLE_ERRORS = (LinkError, OSError, BusyLoadingError, ReadOnlyError)
 _URL_CREDENTIALS = re.compile(r"(\w+://)[^@/\s]*@")
 
 
@@ -208,14 +208,9 @@ return out
 )
 
 
-def connect(url: str, *, socket_timeout: float = 2.0, connect_timeout: float = 1.0) -> RedisLink:
-    """A link that dials on demand: after a lost connection the next call dials again."""
-    return RedisLink(url, command_timeout=socket_timeout, connect_timeout=connect_timeout)
-
-
 class _RedisErrors:
-    """``with _redis_errors:`` turns store failures into service errors. A class, not a
-    generator-based context manager: it wraps every command, and this costs a third."""
+    """``with _redis_errors:`` turns store failures into service errors. A plain class
+    rather than ``@contextmanager``, whose generator machinery would run on every command."""
 
     def __enter__(self) -> None:
         return None
@@ -223,15 +218,13 @@ class _RedisErrors:
     def __exit__(self, kind: type[BaseException] | None, err: BaseException | None, _: Any) -> None:
         if err is None:
             return
-        if isinstance(err, LinkError | OSError):
+        if isinstance(err, _UNAVAILABLE_ERRORS) or (
+            isinstance(err, ReplyError) and str(err).startswith(_UNAVAILABLE_REPLIES)
+        ):
             raise Unavailable(
                 f"memory store unavailable: {_describe(err)}", reason="STORE_UNAVAILABLE"
             ) from None
-        if isinstance(err, ReplyError):
-            if isinstance(err, _UNAVAILABLE_ERRORS) or str(err).startswith(_UNAVAILABLE_REPLIES):
-                raise Unavailable(
-                    f"memory store unavailable: {_describe(err)}", reason="STORE_UNAVAILABLE"
-                ) from None
+        if isinstance(err, RedisError):
             raise Internal(f"memory store error: {_describe(err)}") from None
 
 
