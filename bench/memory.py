@@ -1,16 +1,16 @@
 """Memory service throughput and list latency, side by side with a bare grpc.aio echo.
 
-    .venv/bin/python bench/memory.py [--seconds 3] [--rounds 6]
+    .venv/bin/python bench/memory.py [--seconds 3] [--rounds 6] [--in-flight 1,32]
         [--appendfsync everysec|always|no] [--redis unix|tcp]
 
 One run: a child process serves a bare ``grpc.aio`` echo (one generic unary method, bytes
 in, same bytes out, nothing around it) and the memory service (full chassis, its own Redis
 with AOF, reached like the embedded default: over a unix socket); this process drives both
-over loopback with 1 and 32 calls in flight. The kinds of call take turns in short
-interleaved slices, so a burst of load from elsewhere hits them alike; it prints the
-rates, their ratio to the echo (median of the per-round ratios), and ListInteractions
-latency for a 10-interaction and a 10,000-interaction conversation (first page and a page
-from the middle).
+over loopback with 1 and 32 calls in flight (``--in-flight`` for other levels). The kinds
+of call take turns in short interleaved slices, so a burst of load from elsewhere hits
+them alike; it prints the rates, their ratio to the echo (median of the per-round
+ratios), and ListInteractions latency for a 10-interaction and a 10,000-interaction
+conversation (first page and a page from the middle).
 """
 
 from __future__ import annotations
@@ -229,7 +229,7 @@ async def _measure(args: argparse.Namespace, ports: dict) -> None:
         "ListInteractions(10)": list_factory,
     }
     rows: list[tuple[str, dict]] = []
-    for in_flight in (1, 32):
+    for in_flight in args.in_flight:
         measured = await _compare(factories, in_flight, args.seconds, args.rounds)
         rows += [(f"{name:<21}x{in_flight:<2}", r) for name, r in measured.items()]
 
@@ -271,10 +271,11 @@ async def _measure(args: argparse.Namespace, ports: dict) -> None:
     ratio = lat[1][1]["p50_ms"] / lat[0][1]["p50_ms"]
     print(f"\nlist p50 10,000 vs 10 interactions: {ratio:.2f}x (target: ~1, independent of length)")
     create_ratios = [r["ratio"] for n, r in rows if n.startswith("CreateInteraction")]
+    levels = ", ".join(f"x{n}" for n in args.in_flight)
     print(
         "CreateInteraction vs echo: "
         + ", ".join(f"{r:.0%}" for r in create_ratios)
-        + " (x1, x32; target >= 70%)"
+        + f" ({levels}; target >= 70%)"
     )
     await echo_ch.close()
     await mem_ch.close()
@@ -285,6 +286,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="per throughput row")
     parser.add_argument("--rounds", type=int, default=6, help="interleaved slices per row")
     parser.add_argument("--samples", type=int, default=1000, help="per latency row")
+    parser.add_argument(
+        "--in-flight", type=lambda v: [int(n) for n in v.split(",")], default=[1, 32],
+        help="comma-separated concurrency levels (default 1,32)",
+    )  # fmt: skip
     parser.add_argument("--appendfsync", default="everysec", choices=["always", "everysec", "no"])
     parser.add_argument(
         "--redis", default="unix", choices=["unix", "tcp"],

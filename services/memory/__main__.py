@@ -43,6 +43,7 @@ async def build_server(settings: MemorySettings, *, port: int | None = None) -> 
         url,
         command_timeout=settings.redis_socket_timeout,
         connect_timeout=settings.redis_connect_timeout,
+        batch_window=settings.redis_batch_window,
     )
     store = MemoryStore(
         link, key_prefix=settings.key_prefix, request_id_ttl=settings.request_id_ttl_seconds
