@@ -1,7 +1,7 @@
 """Memory service throughput and list latency, side by side with a bare grpc.aio echo.
 
     .venv/bin/python bench/memory.py [--seconds 3] [--rounds 6] [--in-flight 1,32]
-        [--appendfsync everysec|always|no] [--redis unix|tcp]
+        [--appendfsync everysec|always|no] [--redis unix|tcp] [--batch-window S]
 
 One run: a child process serves a bare ``grpc.aio`` echo (one generic unary method, bytes
 in, same bytes out, nothing around it) and the memory service (full chassis, its own Redis
@@ -43,7 +43,7 @@ Call = Callable[[], Awaitable[Any]]
 # ---- the server side (child process) ---------------------------------------------------
 
 
-async def _serve(appendfsync: str, transport: str) -> None:
+async def _serve(appendfsync: str, transport: str, batch_window: float | None) -> None:
     from services.common.redis_process import RedisProcess
     from services.memory.__main__ import build_server
     from services.memory.settings import MemorySettings
@@ -65,7 +65,8 @@ async def _serve(appendfsync: str, transport: str) -> None:
     await echo.start()
 
     url = redis.socket_url if transport == "unix" else redis.url
-    settings = MemorySettings(redis_url=url, memory_metrics_port=None, data_dir=data)
+    window = {} if batch_window is None else {"redis_batch_window": batch_window}
+    settings = MemorySettings(redis_url=url, memory_metrics_port=None, data_dir=data, **window)
     memory = await build_server(settings, port=0)
     memory_port = await memory.start()
 
@@ -166,6 +167,7 @@ async def _bench(args: argparse.Namespace) -> None:
     child = await asyncio.create_subprocess_exec(
         sys.executable, __file__, "--serve",
         "--appendfsync", args.appendfsync, "--redis", args.redis,
+        *(["--batch-window", str(args.batch_window)] if args.batch_window is not None else []),
         stdout=asyncio.subprocess.PIPE, cwd=ROOT,
     )  # fmt: skip
     assert child.stdout is not None
@@ -257,7 +259,9 @@ async def _measure(args: argparse.Namespace, ports: dict) -> None:
     lat = [(name, await _latency(call, args.samples)) for name, call in cases]
 
     print(
-        f"\nappendfsync={args.appendfsync}, redis over {args.redis}, {args.seconds:g} s per row "
+        f"\nappendfsync={args.appendfsync}, redis over {args.redis}, batch window "
+        f"{'default' if args.batch_window is None else f'{args.batch_window:g} s'}, "
+        f"{args.seconds:g} s per row "
         f"in {args.rounds} interleaved rounds, cpus={os.cpu_count()}"
     )
     print(f"{'calls':<26}{'calls/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'vs echo':>9}")
@@ -295,10 +299,14 @@ def main() -> None:
         "--redis", default="unix", choices=["unix", "tcp"],
         help="how the memory service reaches its Redis (the embedded default: unix)",
     )  # fmt: skip
+    parser.add_argument(
+        "--batch-window", type=float, default=None,
+        help="the service's GENSEARCH_REDIS_BATCH_WINDOW in seconds (default: its default)",
+    )  # fmt: skip
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        asyncio.run(_serve(args.appendfsync, args.redis))
+        asyncio.run(_serve(args.appendfsync, args.redis, args.batch_window))
     else:
         asyncio.run(_bench(args))
 
