@@ -124,10 +124,10 @@ class _Pipe(asyncio.Protocol):
     # Batching. Holding commands while replies are outstanding groups only what arrives
     # within one Redis round trip; at a few thousand RPCs a second a round trip rarely
     # overlaps the next RPC, and each command paid its own write, wake-up and read in the
-    # service and in Redis. So once commands do overlap (more callers than one round trip
-    # serves), the link waits up to ``batch_window`` for more before the next write; the
-    # first such batch teaches it how many callers there are, and later batches go out
-    # as soon as that many commands are in. A lone caller never overlaps and never waits.
+    # service and in Redis. So once three or more commands wait at once (more callers
+    # than one round trip serves), the link waits up to ``batch_window`` for more before
+    # the next write; that first batch teaches it how many callers there are, and later
+    # batches go out as soon as that many commands are in. One or two callers never wait.
 
     def _batching(self) -> bool:
         if self._target and self._loop.time() > self._last_write + self._window:
@@ -135,8 +135,10 @@ class _Pipe(asyncio.Protocol):
         return self._target > 0
 
     def _hold(self, packed: bytes) -> None:
-        if self._unanswered and not self._target and self._window:
-            self._target = _UNBOUNDED  # the first batch: whatever one window brings
+        if not self._target and self._window and len(self._waiters) > _MIN_BATCH:
+            # Enough callers at once for a batch worth waiting for: the first batch is
+            # whatever one window brings.
+            self._target = _UNBOUNDED
         held = self._held
         held.append(packed)
         if not self._target:
