@@ -92,6 +92,7 @@ class _Pipe(asyncio.Protocol):
         self._held: list[bytes] = []
         self._window = batch_window
         self._target = 0  # while batching: the batch size that goes out at once; else 0
+        self._sizes: deque[int] = deque(maxlen=4)  # of the last batches, while batching
         self._deadline = 0.0  # while batching: when the held commands go out anyway
         self._flush_timer: asyncio.TimerHandle | None = None
         self._last_write = 0.0
@@ -134,11 +135,13 @@ class _Pipe(asyncio.Protocol):
             self._target = 0  # the load that taught the batch size has gone
         return self._target > 0
 
+    def _start_batching(self) -> None:
+        self._target = _UNBOUNDED  # the first batch: whatever one window brings
+        self._sizes.clear()
+
     def _hold(self, packed: bytes) -> None:
         if not self._target and self._window and len(self._waiters) > _MIN_BATCH:
-            # Enough callers at once for a batch worth waiting for: the first batch is
-            # whatever one window brings.
-            self._target = _UNBOUNDED
+            self._start_batching()  # enough callers at once for a batch worth waiting for
         held = self._held
         held.append(packed)
         if not self._target:
@@ -160,8 +163,12 @@ class _Pipe(asyncio.Protocol):
             self._flush_timer.cancel()
             self._flush_timer = None
         if self._target:
-            # Batches of one or two save too little to make anybody wait for them.
-            self._target = len(held) if len(held) > _MIN_BATCH else 0
+            # The largest of the last few batches: one short batch (a caller was slow,
+            # the window ended early) must not shrink the next ones. Batches of one or
+            # two save too little to make anybody wait for them.
+            self._sizes.append(len(held))
+            target = max(self._sizes)
+            self._target = target if target > _MIN_BATCH else 0
         self._write(held)
 
     def _write(self, commands: list[bytes]) -> None:
