@@ -32,9 +32,9 @@ class MemorySettings(CommonSettings):
     # its waiting calls answer UNAVAILABLE.
     redis_socket_timeout: float = Field(default=2.0, gt=0)
     redis_connect_timeout: float = Field(default=1.0, gt=0)
-    # Under overlapping load, how long a command may wait for others to share its write to
-    # Redis (seconds). A lone caller never waits; 0 sends held commands as soon as the
-    # replies on the wire are in.
+    # Once three or more commands wait at once, how long a command may wait for others to
+    # share its write to Redis (seconds). One or two callers never wait; 0 sends held
+    # commands as soon as the replies on the wire are in.
     redis_batch_window: float = Field(default=0.002, ge=0, le=0.1)
 
     # Signs page tokens. Empty: a random secret is created once in Redis (SET NX), so

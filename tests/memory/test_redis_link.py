@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import shutil
 import signal
 from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 
-from services.common.redis_process import RedisProcess, free_port
+from services.common.redis_process import RedisProcess, find_binary, free_port
 from services.memory.redis_link import LinkError, LinkTimeout, RedisLink, ReplyError, Script
 
 
@@ -75,7 +76,7 @@ async def test_overlapping_callers_share_writes(redis_server: RedisProcess) -> N
         async with asyncio.timeout(20):
             await asyncio.gather(*(_worker(link, f"v{n}", rounds) for n in range(workers)))
         reads = (await admin.info("stats"))["total_reads_processed"] - before
-        # ~32 here; without the window ~135, as most commands find nothing on the wire.
+        # ~37 here; without the window ~135, as most commands find nothing on the wire.
         assert reads < workers * rounds / 8, reads
     finally:
         await link.close()
@@ -240,3 +241,45 @@ def _is_private_socket(path: Path) -> bool:
 
 def _exists(path: Path) -> bool:
     return path.exists()
+
+
+async def test_tls_is_dialled_by_redis_py_and_spoken_by_the_link(tmp_path: Path) -> None:
+    """rediss:// goes through redis-py's TLS dial; the link then speaks on the TLS
+    transport it took over (commands, a concurrent burst, an error reply)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    made = await asyncio.create_subprocess_exec(
+        "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+        "-keyout", str(key), "-out", str(cert),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    assert await made.wait() == 0
+    port = free_port()
+    server = await asyncio.create_subprocess_exec(
+        find_binary(), "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+        "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+        "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no",
+        "--save", "", "--appendonly", "no", "--dir", str(tmp_path),
+        stdout=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    link = RedisLink(f"rediss://127.0.0.1:{port}?ssl_ca_certs={cert}", connect_timeout=0.5)
+    try:
+        for _ in range(50):  # until the server listens
+            try:
+                assert await link.execute("PING") == b"PONG"
+                break
+            except LinkError:
+                await asyncio.sleep(0.1)
+        else:
+            pytest.fail("the TLS Redis did not come up")
+        values = await asyncio.gather(*(link.execute("ECHO", "x" * n) for n in range(200)))
+        assert values == [b"x" * n for n in range(200)]
+        with pytest.raises(ReplyError):
+            await link.execute("NOSUCHCOMMAND")
+        assert await link.execute("ECHO", "after") == b"after"
+    finally:
+        await link.close()
+        server.terminate()
+        await server.wait()
