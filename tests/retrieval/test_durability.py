@@ -11,11 +11,11 @@ from pathlib import Path
 import grpc
 from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as pb_grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.redis_process import free_port
 from tests.retrieval.conftest import MakeRetrieval, vector_collection
 from tests.retrieval.data import DIMS, article_objects, articles
+from tests.support.processes import wait_serving
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -56,21 +56,6 @@ async def test_restart_keeps_schema_and_objects(
     assert res.hits[0].properties["title"].startswith("Bread")
 
 
-async def _wait_serving(address: str, proc: asyncio.subprocess.Process) -> None:
-    async with grpc.aio.insecure_channel(address) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        for _ in range(300):
-            assert proc.returncode is None, "the service exited"
-            try:
-                resp = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if resp.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.aio.AioRpcError:
-                pass
-            await asyncio.sleep(0.1)
-    raise AssertionError("the service never became ready")
-
-
 async def test_kill_9_after_acknowledged_write(
     make_retrieval: MakeRetrieval, tmp_path: Path
 ) -> None:
@@ -91,7 +76,7 @@ async def test_kill_9_after_acknowledged_write(
     )  # fmt: skip
     try:
         address = f"127.0.0.1:{port}"
-        await _wait_serving(address, proc)
+        await wait_serving(address, proc)
         async with grpc.aio.insecure_channel(address) as channel:
             stub = pb_grpc.RetrievalServiceStub(channel)
             await stub.CreateCollection(
