@@ -93,7 +93,7 @@ class _Pipe(asyncio.Protocol):
         self._window = batch_window
         self._target = 0  # while batching: the batch size that goes out at once; else 0
         self._sizes: deque[int] = deque(maxlen=4)  # of the last batches, while batching
-        self._deadline = 0.0  # while batching: when the held commands go out anyway
+        # While batching: ends the window of the held commands; None once it has ended.
         self._flush_timer: asyncio.TimerHandle | None = None
         self._last_write = 0.0
         self._timeout = command_timeout
@@ -147,8 +147,7 @@ class _Pipe(asyncio.Protocol):
         if not self._target:
             return  # goes out with the replies of those on the wire
         if len(held) == 1:
-            self._deadline = self._loop.time() + self._window
-            self._flush_timer = self._loop.call_at(self._deadline, self._flush_due)
+            self._flush_timer = self._loop.call_later(self._window, self._flush_due)
         if not self._unanswered and len(held) >= self._target:
             self._flush()
 
@@ -197,8 +196,8 @@ class _Pipe(asyncio.Protocol):
         held = self._held
         if self._unanswered or not held:
             return
-        if not self._target or len(held) >= self._target or self._loop.time() >= self._deadline:
-            self._flush()
+        if not self._target or len(held) >= self._target or self._flush_timer is None:
+            self._flush()  # (a window that has ended left its held commands waiting here)
 
     def eof_received(self) -> bool:
         return False  # close the transport; connection_lost follows
