@@ -6,7 +6,7 @@ answers every call with the status a test scripts (the way our services answer: 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,12 +83,19 @@ async def scripted() -> AsyncIterator[Scripted]:
     await server.stop(0)
 
 
-def _assert_passed_through(err: grpc.aio.AioRpcError, code: grpc.StatusCode, field: str) -> None:
-    assert err.code() == code, err
-    assert err.details() == f"{field}: scripted {code.name}"
-    info = error_info(err)
-    assert (info.reason, info.domain) == (f"SCRIPTED_{code.name}", "gensearch")
-    assert info.metadata["field"] == field
+async def _assert_passed_through(
+    calls: dict[str, Awaitable[Any]], code: grpc.StatusCode, field: str
+) -> None:
+    """Each call fails with the scripted status: code, message, reason and field."""
+    for path, call in calls.items():
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        err = caught.value
+        assert err.code() == code, path
+        assert err.details() == f"{field}: scripted {code.name}", path
+        info = error_info(err)
+        assert (info.reason, info.domain) == (f"SCRIPTED_{code.name}", "gensearch"), path
+        assert info.metadata["field"] == field, path
 
 
 @pytest.mark.parametrize("code", CODES, ids=lambda c: c.name)
@@ -108,11 +115,7 @@ async def test_memory_errors_pass_through(
             timeout=10,
         ),
     }
-    for path, call in calls.items():
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await call
-        assert caught.value.code() == code, path
-        _assert_passed_through(caught.value, code, "conversation_id")
+    await _assert_passed_through(calls, code, "conversation_id")
     assert scripted.calls >= 2
 
 
@@ -138,11 +141,7 @@ async def test_retrieval_errors_pass_through(
             )
         ),
     }
-    for path, call in calls.items():
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await call
-        assert caught.value.code() == code, path
-        _assert_passed_through(caught.value, code, "collection")
+    await _assert_passed_through(calls, code, "collection")
 
 
 async def _drain(stream: Any) -> None:
