@@ -127,7 +127,10 @@ class OpenAICompatibleProvider(Provider):
             on_retry=lambda cause: UPSTREAM_RETRIES.labels(self.name, cause).inc(),
         )
 
-    def _fail(self, fault: UpstreamFault, request: CompletionRequest, span: Span) -> Exception:
+    def _fail(
+        self, fault: UpstreamFault, request: CompletionRequest, span: Span, attempts: int
+    ) -> Exception:
+        fault.attempts = attempts
         UPSTREAM_REQUESTS.labels(
             self.name, fault.cause if fault.kind == "http" else fault.kind
         ).inc()
@@ -155,11 +158,26 @@ class OpenAICompatibleProvider(Provider):
         if completion.finish_reason:
             span.set_attribute("gen_ai.response.finish_reasons", [completion.finish_reason])
 
-    async def _retry(self, retrier: Retrier, fault: UpstreamFault) -> bool:
-        fault.attempts = retrier.attempts
+    @staticmethod
+    async def _retry(retrier: Retrier, fault: UpstreamFault) -> bool:
         return await retrier.pause(
             retryable=fault.retryable, retry_after=fault.retry_after, cause=fault.cause
         )
+
+    @staticmethod
+    async def _send(
+        client: openai.AsyncOpenAI,
+        params: dict[str, Any],
+        headers: ExtraHeaders,
+        debug: DebugInfo,
+    ) -> object:
+        """One request; ``debug`` gets the body exactly as sent (``with_raw_response`` keeps
+        the request). Unary: the parsed answer; ``stream=True``: an ``AsyncStream``."""
+        raw = await client.chat.completions.with_raw_response.create(
+            **params, extra_headers=headers
+        )
+        debug.request_body = raw.http_request.content.decode()
+        return raw.parse()
 
     # -- unary -----------------------------------------------------------------------------
     async def complete(self, request: CompletionRequest, deadline: Deadline) -> Completion:
@@ -177,7 +195,7 @@ class OpenAICompatibleProvider(Provider):
                 except UpstreamFault as fault:
                     if await self._retry(retrier, fault):
                         continue
-                    raise self._fail(fault, request, span) from None
+                    raise self._fail(fault, request, span, retrier.attempts) from None
                 self._succeeded(completion, span)
                 return completion
 
@@ -192,12 +210,7 @@ class OpenAICompatibleProvider(Provider):
     ) -> Completion:
         try:
             async with asyncio.timeout_at(deadline.expires_at), self._limit:
-                # with_raw_response: the request as sent, for `debug` (the exact body).
-                raw = await client.chat.completions.with_raw_response.create(
-                    **params, extra_headers=headers
-                )
-                debug.request_body = raw.http_request.content.decode()
-                data = raw.parse()
+                data = await self._send(client, params, headers, debug)
         except UPSTREAM_ERRORS as err:
             raise fault_from_error(err) from None
         return _parse_completion(data, request, debug)
@@ -232,8 +245,7 @@ class OpenAICompatibleProvider(Provider):
                     # Once text reached the caller a retry would repeat it: the fault is final.
                     if not state.emitted and await self._retry(retrier, fault):
                         continue
-                    fault.attempts = retrier.attempts
-                    raise self._fail(fault, request, span) from None
+                    raise self._fail(fault, request, span, retrier.attempts) from None
                 break
             text = "".join(state.parts)
             final = Completion(
@@ -263,13 +275,10 @@ class OpenAICompatibleProvider(Provider):
         try:
             try:
                 async with asyncio.timeout_at(deadline.expires_at):
-                    raw = await client.chat.completions.with_raw_response.create(
-                        **params, extra_headers=headers
-                    )
-                debug.request_body = raw.http_request.content.decode()
-                chunks: openai.AsyncStream[ChatCompletionChunk] = raw.parse()
+                    chunks = await self._send(client, params, headers, debug)
             except UPSTREAM_ERRORS as err:
                 raise fault_from_error(err) from None
+            assert isinstance(chunks, openai.AsyncStream)
             # Closing the stream closes its response: an unfinished answer drops the
             # connection, so the upstream stops generating for a caller who has gone.
             async with chunks:
