@@ -25,9 +25,10 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-import aiohttp
+import openai
 
 from services.common.child_process import die_with_parent
+from services.common.openai_api import OpenAIClients, authorized
 from services.generation.settings import LOCAL_MODEL, LOCAL_PORT
 
 log = logging.getLogger("gensearch.local_llm")
@@ -180,22 +181,30 @@ class LocalLLMServer:
         return self.base_url
 
     async def _wait_ready(self, timeout: float) -> None:
+        """Until ``GET /v1/models`` answers (through the SDK, as the service will call it)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        url = f"{self.base_url}/models"
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+        clients = OpenAIClients()
+        client, headers = authorized(
+            clients.get(self.base_url, connect_timeout=2, read_timeout=2), None
+        )
+        try:
             while True:
                 if self._proc is not None and self._proc.returncode is not None:
                     raise RuntimeError(
                         f"llama_cpp.server exited with code {self._proc.returncode}: {self._tail()}"
                     )
-                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                    async with session.get(url) as resp:
-                        if resp.status == 200:
-                            return
+                with contextlib.suppress(openai.OpenAIError, TimeoutError):
+                    async with asyncio.timeout(2):
+                        await client.models.list(extra_headers=headers)
+                    return
                 if loop.time() > deadline:
-                    raise TimeoutError(f"llama_cpp.server did not answer on {url} in {timeout}s")
+                    raise TimeoutError(
+                        f"llama_cpp.server did not answer on {self.base_url}/models in {timeout}s"
+                    )
                 await asyncio.sleep(0.1)
+        finally:
+            await clients.close()
 
     def _tail(self, size: int = 2000) -> str:
         if self._log is None:

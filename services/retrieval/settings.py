@@ -39,9 +39,10 @@ class RetrievalSettings(CommonSettings):
     local_embed_threads: int = Field(default=1, ge=0, le=256)
     # Texts per forward pass of the local model.
     embed_batch_size: int = Field(default=64, ge=1, le=4096)
-    # Seconds an OpenAI-compatible embeddings request may take.
+    # Seconds an OpenAI-compatible embeddings request may take, its retries included.
     embed_timeout: float = Field(default=30.0, gt=0)
-    # Retries of an embeddings request on 429 / 5xx / connection errors.
+    # Retries of an embeddings request (408, 409, 429, 5xx, connection errors; the shared
+    # policy of services/common/upstream_retry.py).
     embed_retries: int = Field(default=2, ge=0, le=10)
     # Which environment variables a collection's OpenAI-compatible vectorizer may name as
     # its api_key_env (comma-separated). The service sends that variable's value to the
