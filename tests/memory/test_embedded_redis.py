@@ -15,20 +15,18 @@ from gensearch.memory.v1 import memory_service_pb2_grpc as pb_grpc
 from services.common.redis_process import RedisProcess
 from services.memory.__main__ import build_server
 from services.memory.settings import MemorySettings
+from tests.support.processes import descendants
 
 
 def _redis_pid_serving(data_dir: Path) -> int:
-    # Redis changes into its --dir, so its working directory identifies it.
+    """The pid of the server this test process started for ``data_dir``: among our own
+    descendants (by pid, never by name: the binary may be redis-server or valkey-server),
+    the one whose working directory is the data directory (Redis changes into --dir)."""
     wanted = str(data_dir.resolve())
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for pid in descendants(os.getpid()):
         try:
-            if (
-                os.readlink(entry / "cwd") == wanted
-                and b"redis" in (entry / "cmdline").read_bytes()
-            ):
-                return int(entry.name)
+            if os.readlink(f"/proc/{pid}/cwd") == wanted:
+                return pid
         except OSError:
             continue
     raise AssertionError(f"no redis process serving {wanted}")
