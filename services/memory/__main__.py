@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 from gensearch.memory.v1 import memory_service_pb2_grpc as pb_grpc
 
+from services.common.errors import Unavailable
 from services.common.logs import configure_logging, register_secret
 from services.common.redis_process import RedisProcess
 from services.common.server import GrpcServer, run_until_signal
@@ -49,6 +50,10 @@ async def build_server(settings: MemorySettings, *, port: int | None = None) -> 
     store = MemoryStore(
         redis, key_prefix=settings.key_prefix, request_id_ttl=settings.request_id_ttl_seconds
     )
+    try:
+        await store.load_scripts()
+    except Unavailable as err:  # Redis down at start: served UNAVAILABLE until it is back
+        log.warning("memory store unavailable at start: %s", err)
     server.add_service(
         pb_grpc.add_MemoryServiceServicer_to_server, MemoryServicer(store, settings), SERVICE_NAME
     )

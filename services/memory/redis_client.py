@@ -5,7 +5,8 @@ replies are parsed by hiredis (redis-py picks it when installed), and redis-py's
 ``socket_timeout`` / ``socket_connect_timeout`` bound every wait.
 
 One rule is ours: **a command is never sent twice.** redis-py retries a command after a
-``ConnectionError`` or ``TimeoutError`` by default (three times, for both clients). After a
+``ConnectionError`` or ``TimeoutError`` by default (``Redis(...)`` and ``RedisCluster``:
+three times). After a
 lost connection nobody can know whether Redis ran the command, and a write re-run could
 store an interaction twice, so both clients get a retry policy of zero retries; the call
 fails with UNAVAILABLE and the caller decides (a ``request_id`` makes its retry safe). What

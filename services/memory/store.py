@@ -177,6 +177,21 @@ class MemoryStore:
         self._list_interactions = script("list_interactions")
         self._list_conversations = script("list_conversations")
 
+    async def load_scripts(self) -> None:
+        """Loads every script now (SCRIPT LOAD; on a cluster, into every master).
+
+        Not needed for correctness (a script Redis lacks is loaded on first use) but for
+        availability on a cluster: redis-py loads a missing script into *every* master, so
+        a script first used while one master is down would fail for the users of the
+        healthy ones too. Loaded at start, it is already where it is needed."""
+        scripts = [
+            self._create_conversation, self._rename_conversation, self._delete_conversation,
+            self._create_interaction, self._get_interaction, self._list_interactions,
+            self._list_conversations,
+        ]  # fmt: skip
+        for script in scripts:
+            await _redis(self._redis.script_load(script.script))
+
     async def close(self) -> None:
         await self._redis.aclose()
 
