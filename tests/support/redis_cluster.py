@@ -55,8 +55,16 @@ class Node:
 
 
 class LocalCluster:
-    def __init__(self, base_dir: Path, masters: int = 3, binary: str | None = None) -> None:
+    def __init__(
+        self,
+        base_dir: Path,
+        masters: int = 3,
+        *,
+        appendfsync: str = "always",
+        binary: str | None = None,
+    ) -> None:
         self.binary = binary or find_binary()
+        self.appendfsync = appendfsync
         share = REDIS_CLUSTER_HASH_SLOTS // masters
         self.nodes = [
             Node(
@@ -109,7 +117,7 @@ class LocalCluster:
             "--cluster-require-full-coverage", "no",
             "--dir", str(node.data_dir.resolve()),
             "--appendonly", "yes",
-            "--appendfsync", "always",
+            "--appendfsync", self.appendfsync,
             "--save", "",
             "--daemonize", "no",
             "--logfile", "",
