@@ -158,8 +158,9 @@ def tls_redis(tmp_path: Path) -> Iterator[tuple[int, Path]]:
             yield port, cert  # still running: it listens with TLS
             return
         # Exited at once: a server built without TLS says so ("Failed finding TLS support").
-        said = output.decode(errors="replace").strip().splitlines()[-1:] or ["(nothing)"]
-        pytest.skip(f"{find_binary()} lacks TLS support (it said: {said[0][-120:]})")
+        last = (output.decode(errors="replace").strip().splitlines() or ["(nothing)"])[-1]
+        said = last.rpartition(" # ")[2][:120]  # the message, without pid and timestamp
+        pytest.skip(f"{find_binary()} lacks TLS support (it said: {said})")
     finally:
         if server.poll() is None:
             server.terminate()
