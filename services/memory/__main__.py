@@ -1,7 +1,8 @@
 """Serve the memory service: ``python -m services.memory``.
 
 With ``GENSEARCH_REDIS_URL`` unset it starts its own Redis-protocol server (append-only
-file in ``<GENSEARCH_DATA_DIR>/redis``) and stops it on shutdown.
+file in ``<GENSEARCH_DATA_DIR>/redis``) and stops it on shutdown. With
+``GENSEARCH_REDIS_CLUSTER=true`` the URL names a node of a Redis Cluster.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ from urllib.parse import urlsplit
 
 from gensearch.memory.v1 import memory_service_pb2_grpc as pb_grpc
 
+from services.common.errors import Unavailable
 from services.common.logs import configure_logging, register_secret
 from services.common.redis_process import RedisProcess
 from services.common.server import GrpcServer, run_until_signal
-from services.memory.redis_link import RedisLink
+from services.memory.redis_client import connect
 from services.memory.servicer import MemoryServicer
 from services.memory.settings import MemorySettings
 from services.memory.store import MemoryStore
@@ -39,15 +41,19 @@ async def build_server(settings: MemorySettings, *, port: int | None = None) -> 
         await embedded.start()
         embedded.supervise()
         url = embedded.socket_url
-    link = RedisLink(
+    redis = connect(
         url,
-        command_timeout=settings.redis_socket_timeout,
+        cluster=settings.redis_cluster,
+        socket_timeout=settings.redis_socket_timeout,
         connect_timeout=settings.redis_connect_timeout,
-        batch_window=settings.redis_batch_window,
     )
     store = MemoryStore(
-        link, key_prefix=settings.key_prefix, request_id_ttl=settings.request_id_ttl_seconds
+        redis, key_prefix=settings.key_prefix, request_id_ttl=settings.request_id_ttl_seconds
     )
+    try:
+        await store.load_scripts()
+    except Unavailable as err:  # Redis down at start: served UNAVAILABLE until it is back
+        log.warning("memory store unavailable at start: %s", err)
     server.add_service(
         pb_grpc.add_MemoryServiceServicer_to_server, MemoryServicer(store, settings), SERVICE_NAME
     )
@@ -58,7 +64,11 @@ async def build_server(settings: MemorySettings, *, port: int | None = None) -> 
     server.on_stop(store.close)
     log.info(
         "memory store",
-        extra={"embedded": embedded is not None, "key_prefix": settings.key_prefix},
+        extra={
+            "embedded": embedded is not None,
+            "cluster": settings.redis_cluster,
+            "key_prefix": settings.key_prefix,
+        },
     )
     return server
 

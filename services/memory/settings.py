@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from services.common.settings import CommonSettings
 
@@ -28,14 +28,14 @@ class MemorySettings(CommonSettings):
     redis_appendfsync: Literal["always", "everysec", "no"] = "everysec"
     # Every key starts with this; several deployments can share one Redis.
     key_prefix: str = "gensearch"
-    # Commands wait longer than this for Redis' next reply: the connection is dropped and
-    # its waiting calls answer UNAVAILABLE.
+    # The URL names one node of a Redis Cluster (any node; the client discovers the
+    # rest and routes each user's keys, which share one hash slot, to its node).
+    # Needs redis_url; an embedded server is never a cluster.
+    redis_cluster: bool = False
+    # redis-py's own timeouts (seconds): a reply that takes longer fails its call with
+    # UNAVAILABLE, and the call is not sent again (docs/memory.md).
     redis_socket_timeout: float = Field(default=2.0, gt=0)
     redis_connect_timeout: float = Field(default=1.0, gt=0)
-    # Once three or more commands wait at once, how long a command may wait for others to
-    # share its write to Redis (seconds). One or two callers never wait; 0 sends held
-    # commands as soon as the replies on the wire are in.
-    redis_batch_window: float = Field(default=0.002, ge=0, le=0.1)
 
     # Signs page tokens. Empty: a random secret is created once in Redis (SET NX), so
     # every replica and every restart agree.
@@ -58,3 +58,9 @@ class MemorySettings(CommonSettings):
         if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", value):
             raise ValueError("key_prefix: 1-64 characters from A-Z a-z 0-9 _ . : -")
         return value
+
+    @model_validator(mode="after")
+    def _cluster_needs_url(self) -> MemorySettings:
+        if self.redis_cluster and not self.redis_url.get_secret_value():
+            raise ValueError("redis_cluster needs redis_url: the embedded server is standalone")
+        return self

@@ -15,23 +15,7 @@ from gensearch.memory.v1 import memory_service_pb2_grpc as pb_grpc
 from services.common.redis_process import RedisProcess
 from services.memory.__main__ import build_server
 from services.memory.settings import MemorySettings
-
-
-def _redis_pid_serving(data_dir: Path) -> int:
-    # Redis changes into its --dir, so its working directory identifies it.
-    wanted = str(data_dir.resolve())
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if (
-                os.readlink(entry / "cwd") == wanted
-                and b"redis" in (entry / "cmdline").read_bytes()
-            ):
-                return int(entry.name)
-        except OSError:
-            continue
-    raise AssertionError(f"no redis process serving {wanted}")
+from tests.memory.helpers import redis_pid
 
 
 async def test_supervised_redis_comes_back_with_its_data(tmp_path: Path) -> None:
@@ -42,7 +26,7 @@ async def test_supervised_redis_comes_back_with_its_data(tmp_path: Path) -> None
         client = aioredis.Redis.from_url(server.url)
         await client.set("kept", "1")
         await client.aclose()
-        os.kill(_redis_pid_serving(server.data_dir), signal.SIGKILL)  # a crash
+        os.kill(redis_pid(server.data_dir), signal.SIGKILL)  # a crash
         client = aioredis.Redis.from_url(server.url)
         try:
             value = None
@@ -71,7 +55,7 @@ async def test_memory_recovers_when_its_own_redis_is_killed(tmp_path: Path) -> N
             stub = pb_grpc.MemoryServiceStub(channel)
             made = await stub.CreateConversation(pb.CreateConversationRequest(name="kept"))
             request = pb.GetConversationRequest(conversation_id=made.conversation.conversation_id)
-            os.kill(_redis_pid_serving(tmp_path / "redis"), signal.SIGKILL)
+            os.kill(redis_pid(tmp_path / "redis"), signal.SIGKILL)
             got = None
             for _ in range(100):
                 try:
