@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 from collections import OrderedDict
 from collections.abc import Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import openai
@@ -24,15 +25,16 @@ from opentelemetry.trace import Span, SpanKind, StatusCode, Tracer
 
 from services.common.errors import ServiceError
 
-# The SDK refuses to build a client without credentials; every call then either swaps in the
-# caller's key (``with_options``) or omits the Authorization header (see ``authorized``), so
-# this value is never sent.
+# The SDK refuses to build a client without credentials; every call then either sends the
+# caller's key (an ``Authorization`` header per request) or omits the Authorization header
+# (see ``authorized``), so this value is never sent.
 NO_KEY = "no-key"
 MAX_CLIENTS = 64
 # Span attribute: attempts made, first included (not a semantic-convention name).
 ATTEMPTS = "gensearch.upstream.attempts"
 
 ExtraHeaders = dict[str, str | openai.Omit]
+_NO_AMBIENT_IDS: Any = {"OpenAI-Organization": openai.omit, "OpenAI-Project": openai.omit}
 
 
 class OpenAIClients:
@@ -59,6 +61,10 @@ class OpenAIClients:
             max_retries=0,
             timeout=openai.Timeout(None, connect=connect_timeout, read=read_timeout),
             http_client=self._http,
+            # The SDK would otherwise read OPENAI_ORG_ID / OPENAI_PROJECT_ID from the
+            # environment and send the operator's ids to every endpoint, including ones a
+            # collection names.
+            default_headers=_NO_AMBIENT_IDS,
         )
         self._clients[key] = client
         if len(self._clients) > self._max_clients:
@@ -75,9 +81,11 @@ def authorized(
 ) -> tuple[openai.AsyncOpenAI, ExtraHeaders]:
     """The client and extra headers for one call: ``Authorization: Bearer <api_key>``, or no
     Authorization header at all when there is no key (llama.cpp, vLLM and Ollama need none,
-    and a placeholder key must not travel)."""
+    and a placeholder key must not travel). The key travels as a per-request header (the
+    SDK's ``extra_headers``) rather than through ``with_options``, which would build a new
+    client on every call."""
     if api_key:
-        return client.with_options(api_key=api_key), {}
+        return client, {"Authorization": f"Bearer {api_key}"}
     return client, {"Authorization": openai.omit}
 
 

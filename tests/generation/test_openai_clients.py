@@ -42,3 +42,25 @@ async def test_the_key_travels_per_request_and_a_missing_key_sends_no_header() -
             assert base.api_key == NO_KEY
     finally:
         await clients.close()
+
+
+async def test_the_operators_org_and_project_ids_never_travel(monkeypatch) -> None:
+    # The SDK reads these from the environment; they must not reach an endpoint a
+    # collection or a request names.
+    monkeypatch.setenv("OPENAI_ORG_ID", "org-operator-secret")
+    monkeypatch.setenv("OPENAI_PROJECT_ID", "proj-operator-secret")
+    clients = OpenAIClients()
+    try:
+        async with FakeOpenAI() as fake:
+            client, headers = authorized(
+                clients.get(fake.base_url, connect_timeout=5, read_timeout=60), "sk-caller-key-1234"
+            )
+            await client.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": "hi"}], extra_headers=headers
+            )
+            sent = {k.lower(): v for k, v in fake.chat_requests[-1].headers.items()}
+            assert "openai-organization" not in sent
+            assert "openai-project" not in sent
+            assert "operator-secret" not in str(sent)
+    finally:
+        await clients.close()
