@@ -20,6 +20,7 @@ from gensearch.memory.v1 import memory_service_pb2_grpc as mem_grpc
 from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as ret_grpc
 
 from services.common.auth import TOKEN_HEADER, USER_HEADER, forwarded_identity
+from services.common.tracing import client_interceptors
 from services.gateway.settings import GatewaySettings
 
 MEMORY_SERVICE = "gensearch.memory.v1.MemoryService"
@@ -81,7 +82,9 @@ def make_channel(target: str, service: str, settings: GatewaySettings) -> grpc.a
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.keepalive_timeout_ms", 10_000),
     ]
-    return grpc.aio.insecure_channel(target, options=options)
+    return grpc.aio.insecure_channel(
+        target, options=options, interceptors=client_interceptors("gateway")
+    )
 
 
 @dataclass(frozen=True)

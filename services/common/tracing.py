@@ -1,0 +1,134 @@
+"""OpenTelemetry tracing for every service, configured by the standard ``OTEL_*`` variables.
+
+Export is off by default; the OTLP/gRPC exporter (batched) is used when
+``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` or ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set (and
+``OTEL_TRACES_EXPORTER`` is not ``none``). ``OTEL_SDK_DISABLED=true`` turns tracing off
+altogether: no spans, no trace ids in logs, no client interceptors.
+
+Each service gets its own ``TracerProvider`` (resource ``service.name=gensearch-<service>``,
+or ``OTEL_SERVICE_NAME``) so that under ``gensearch up``, where all four share a process,
+each span still names the service that made it. The providers share one set of span
+processors; the first provider made is also the global one that library code and
+``trace.get_tracer(__name__)`` use (in a deployment, one service per process, that is the
+right one).
+
+Server spans come from the chassis (``services/common/chassis.py``); client spans from
+``client_interceptors()`` on the caller's channels; both carry the W3C ``traceparent`` in
+gRPC metadata, so one trace crosses all four services.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+from collections.abc import Mapping, Sequence
+
+import grpc
+from opentelemetry import trace
+from opentelemetry.environment_variables import OTEL_TRACES_EXPORTER
+from opentelemetry.instrumentation.grpc import aio_client_interceptors
+from opentelemetry.propagators.textmap import Getter
+from opentelemetry.sdk.environment_variables import (
+    OTEL_EXPORTER_OTLP_ENDPOINT,
+    OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
+    OTEL_SDK_DISABLED,
+    OTEL_SERVICE_NAME,
+)
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import SpanProcessor, SynchronousMultiSpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+
+TRACER_NAME = "gensearch"
+
+# Shared by every provider of the process: adding one processor reaches them all.
+_processors = SynchronousMultiSpanProcessor()
+_providers: dict[str, TracerProvider] = {}
+_exporter_checked = False
+
+
+def disabled(environ: Mapping[str, str] = os.environ) -> bool:
+    return environ.get(OTEL_SDK_DISABLED, "").strip().lower() == "true"
+
+
+def exporter_from_env(environ: Mapping[str, str] = os.environ) -> SpanExporter | None:
+    """The OTLP exporter when an OTLP endpoint is configured, else None (export off)."""
+    if environ.get(OTEL_TRACES_EXPORTER, "otlp").strip().lower() == "none":
+        return None
+    if not (
+        environ.get(OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) or environ.get(OTEL_EXPORTER_OTLP_ENDPOINT)
+    ):
+        return None
+    # Imported here: it pulls in a gRPC channel stack nobody needs while export is off.
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+    # Reads the endpoint, headers, certificates, compression and timeout from the
+    # environment itself.
+    return OTLPSpanExporter()
+
+
+def add_span_processor(processor: SpanProcessor) -> None:
+    """Every span of every service of this process goes to ``processor`` too (tests use an
+    in-memory exporter this way)."""
+    _processors.add_span_processor(processor)
+
+
+def _configure_export() -> None:
+    global _exporter_checked
+    if _exporter_checked:
+        return
+    _exporter_checked = True
+    exporter = exporter_from_env()
+    if exporter is not None:
+        add_span_processor(BatchSpanProcessor(exporter))
+    # Flushes the batch at exit (the providers themselves do not register, so that the
+    # shared processors are shut down once).
+    atexit.register(_processors.shutdown)
+
+
+def tracer_provider(service: str) -> TracerProvider | None:
+    """The provider of ``service`` ('memory', 'gateway' …); None when the SDK is disabled."""
+    if disabled():
+        return None
+    provider = _providers.get(service)
+    if provider is None:
+        _configure_export()
+        name = os.environ.get(OTEL_SERVICE_NAME) or f"gensearch-{service}"
+        provider = TracerProvider(
+            resource=Resource.create({SERVICE_NAME: name}),
+            active_span_processor=_processors,
+            shutdown_on_exit=False,
+        )
+        _providers[service] = provider
+        if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+            trace.set_tracer_provider(provider)
+    return provider
+
+
+def tracer(service: str) -> trace.Tracer | None:
+    """The tracer for ``service``'s own spans; None when tracing is disabled."""
+    provider = tracer_provider(service)
+    return None if provider is None else provider.get_tracer(TRACER_NAME)
+
+
+def client_interceptors(service: str | None = None) -> list[grpc.aio.ClientInterceptor]:
+    """Interceptors for a ``grpc.aio`` channel: a CLIENT span per call, and the trace
+    context injected into the call's metadata, for all four call shapes. ``service`` names
+    the calling service (its provider makes the spans); by default the global provider."""
+    if disabled():
+        return []
+    provider = tracer_provider(service) if service else None
+    return list(aio_client_interceptors(tracer_provider=provider))
+
+
+class _MetadataGetter(Getter[Sequence[tuple[str, str | bytes]]]):
+    """Reads propagation headers from gRPC invocation metadata (a sequence of pairs)."""
+
+    def get(self, carrier: Sequence[tuple[str, str | bytes]], key: str) -> list[str] | None:
+        values = [v for k, v in carrier if k == key and isinstance(v, str)]
+        return values or None
+
+    def keys(self, carrier: Sequence[tuple[str, str | bytes]]) -> list[str]:
+        return [k for k, _ in carrier]
+
+
+metadata_getter = _MetadataGetter()

@@ -1,0 +1,48 @@
+"""Finished spans of every service in the test process, in memory.
+
+A tracer provider's span processors cannot be removed, so one recorder is added to the
+shared processors (``services.common.tracing``) once per process and only keeps spans while
+a test holds the ``spans`` fixture: the rest of the suite leaves nothing behind. Use it with
+``from tests.support.spans import spans_fixture  # noqa: F401``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from functools import cache
+
+import pytest
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from services.common import tracing
+
+
+class _Recorder(SimpleSpanProcessor):
+    recording = False
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if self.recording:
+            super().on_end(span)
+
+
+@cache
+def _recorder() -> tuple[_Recorder, InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    recorder = _Recorder(exporter)
+    tracing.add_span_processor(recorder)
+    return recorder, exporter
+
+
+@pytest.fixture(name="spans")
+def spans_fixture() -> Iterator[InMemorySpanExporter]:
+    """``spans.get_finished_spans()``: the spans ended during this test."""
+    recorder, exporter = _recorder()
+    exporter.clear()
+    recorder.recording = True
+    try:
+        yield exporter
+    finally:
+        recorder.recording = False
+        exporter.clear()
