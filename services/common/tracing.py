@@ -19,14 +19,17 @@ gRPC metadata, so one trace crosses all four services.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import grpc
+from grpc.aio import ClientCallDetails
 from opentelemetry import trace
 from opentelemetry.environment_variables import OTEL_TRACES_EXPORTER
-from opentelemetry.instrumentation.grpc import aio_client_interceptors
+from opentelemetry.propagate import inject
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.sdk.environment_variables import (
     OTEL_EXPORTER_OTLP_ENDPOINT,
@@ -116,8 +119,120 @@ def client_interceptors(service: str | None = None) -> list[grpc.aio.ClientInter
     the calling service (its provider makes the spans); by default the global provider."""
     if disabled():
         return []
-    provider = tracer_provider(service) if service else None
-    return list(aio_client_interceptors(tracer_provider=provider))
+    provider = tracer_provider(service) if service else trace.get_tracer_provider()
+    spans = _ClientSpans(provider.get_tracer(TRACER_NAME))  # type: ignore[union-attr]
+    return [
+        _UnaryUnary(spans),
+        _UnaryStream(spans),
+        _StreamUnary(spans),
+        _StreamStream(spans),
+    ]
+
+
+# Not opentelemetry-instrumentation-grpc's aio_client_interceptors(): they wait for the
+# status inside the interceptor, so cancelling the caller (the gateway does, at a deadline
+# or when its own client goes away) no longer cancels the RPC, and the callee keeps
+# generating. These hand grpc the call itself and never stand in its way.
+
+
+class _ClientSpans:
+    def __init__(self, tracer: trace.Tracer) -> None:
+        self._tracer = tracer
+        # Streaming calls end their span from a task waiting for the status; kept here
+        # so it is not garbage-collected before it runs.
+        self._pending: set[asyncio.Task[None]] = set()
+
+    def start(self, details: ClientCallDetails) -> tuple[trace.Span, ClientCallDetails]:
+        method = details.method.decode() if isinstance(details.method, bytes) else details.method
+        service, _, name = method.lstrip("/").partition("/")
+        span = self._tracer.start_span(
+            method,
+            kind=trace.SpanKind.CLIENT,
+            attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
+        )
+        metadata = grpc.aio.Metadata(*(details.metadata or ()))
+        inject(metadata, context=trace.set_span_in_context(span))
+        return span, details._replace(metadata=metadata)
+
+    @staticmethod
+    def end(span: trace.Span, code: grpc.StatusCode) -> None:
+        span.set_attribute("rpc.grpc.status_code", code.value[0])
+        if code != grpc.StatusCode.OK:
+            span.set_status(trace.StatusCode.ERROR, code.name)
+        span.end()
+
+    def end_when_done(self, span: trace.Span, call: grpc.aio.Call) -> None:
+        async def finish() -> None:
+            self.end(span, await call.code())
+
+        task = asyncio.get_running_loop().create_task(finish())
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+
+class _UnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):
+    def __init__(self, spans: _ClientSpans) -> None:
+        self._spans = spans
+
+    async def intercept_unary_unary(
+        self, continuation: Callable[..., Any], details: ClientCallDetails, request: Any
+    ) -> Any:
+        span, details = self._spans.start(details)
+        code = grpc.StatusCode.UNKNOWN
+        try:
+            call = await continuation(details, request)
+            try:
+                # Awaiting the call (not its status) cancels the RPC if we are cancelled.
+                await call
+                code = grpc.StatusCode.OK
+            except grpc.aio.AioRpcError as err:
+                code = err.code()
+            return call  # done: the caller gets its response or the same error
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        finally:
+            self._spans.end(span, code)
+
+
+class _UnaryStream(grpc.aio.UnaryStreamClientInterceptor):
+    def __init__(self, spans: _ClientSpans) -> None:
+        self._spans = spans
+
+    async def intercept_unary_stream(
+        self, continuation: Callable[..., Any], details: ClientCallDetails, request: Any
+    ) -> Any:
+        span, details = self._spans.start(details)
+        call = await continuation(details, request)
+        self._spans.end_when_done(span, call)
+        return call
+
+
+class _StreamUnary(grpc.aio.StreamUnaryClientInterceptor):
+    def __init__(self, spans: _ClientSpans) -> None:
+        self._spans = spans
+
+    async def intercept_stream_unary(
+        self, continuation: Callable[..., Any], details: ClientCallDetails, requests: Any
+    ) -> Any:
+        span, details = self._spans.start(details)
+        # Not awaited here: a caller writing with call.write() needs the call first.
+        call = await continuation(details, requests)
+        self._spans.end_when_done(span, call)
+        return call
+
+
+class _StreamStream(grpc.aio.StreamStreamClientInterceptor):
+    def __init__(self, spans: _ClientSpans) -> None:
+        self._spans = spans
+
+    async def intercept_stream_stream(
+        self, continuation: Callable[..., Any], details: ClientCallDetails, requests: Any
+    ) -> Any:
+        span, details = self._spans.start(details)
+        call = await continuation(details, requests)
+        self._spans.end_when_done(span, call)
+        return call
 
 
 class _MetadataGetter(Getter[Sequence[tuple[str, str | bytes]]]):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -74,6 +75,16 @@ def _server_span(spans: InMemorySpanExporter, method: str) -> ReadableSpan:
     return span
 
 
+async def _server_finished(spans: InMemorySpanExporter, count: int) -> None:
+    """Wait for ``count`` server spans. A failed call's status reaches the client as the
+    servicer aborts, a moment before the chassis ends its span and writes its access line."""
+    for _ in range(500):
+        if sum(s.kind == SpanKind.SERVER for s in spans.get_finished_spans()) >= count:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"fewer than {count} server spans ended")
+
+
 def _client_span(spans: InMemorySpanExporter, method: str) -> ReadableSpan:
     (span,) = [
         s
@@ -124,6 +135,7 @@ async def test_every_call_shape_carries_the_trace(
     with pytest.raises(grpc.aio.AioRpcError):
         async for _ in stream:
             pass
+    await _server_finished(spans, 4)
     for method in ("WhoAmI", "Collect", "Chat", "Stream"):
         # client span -> traceparent in the call's metadata -> server span
         server, client = _server_span(spans, method), _client_span(spans, method)
@@ -137,6 +149,21 @@ async def test_every_call_shape_carries_the_trace(
     assert failed.status.status_code == StatusCode.UNSET
 
 
+async def test_cancelling_the_caller_cancels_the_call(
+    traced: grpc.aio.Channel, spans: InMemorySpanExporter
+) -> None:
+    call = traced.unary_unary(f"/{SERVICE}/Slow", _ident, _ident)
+    task = asyncio.ensure_future(call(b"30", metadata=BOB))
+    await asyncio.sleep(0.3)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # The server stops too, long before its 30 s, and both sides record the cancellation.
+    await _server_finished(spans, 1)
+    for span in (_server_span(spans, "Slow"), _client_span(spans, "Slow")):
+        assert span.attributes is not None and span.attributes["rpc.grpc.status_code"] == 1
+
+
 async def test_internal_error_marks_the_span_without_secrets(
     traced: grpc.aio.Channel, spans: InMemorySpanExporter
 ) -> None:
@@ -144,6 +171,7 @@ async def test_internal_error_marks_the_span_without_secrets(
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await traced.unary_unary(f"/{SERVICE}/Fail", _ident, _ident)(b"boom", metadata=BOB)
     assert caught.value.code() == grpc.StatusCode.INTERNAL
+    await _server_finished(spans, 1)
     span = _server_span(spans, "Fail")
     assert span.status.status_code == StatusCode.ERROR
     (event,) = [e for e in span.events if e.name == "exception"]
@@ -162,6 +190,7 @@ async def test_access_line_per_call(
         )
         with pytest.raises(grpc.aio.AioRpcError):
             await plain.unary_unary(f"/{SERVICE}/Fail", _ident, _ident)(b"invalid", metadata=BOB)
+    await _server_finished(spans, 2)
     ok, failed = (json.loads(line) for line in access_lines.getvalue().splitlines())
     server = _server_span(spans, "WhoAmI")
     assert ok["method"] == f"/{SERVICE}/WhoAmI"
@@ -182,7 +211,10 @@ async def test_unauthenticated_call_is_logged_and_traced(
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError):
         await traced.unary_unary(f"/{SERVICE}/WhoAmI", _ident, _ident)(b"")
-    (line,) = (json.loads(line) for line in access_lines.getvalue().splitlines())
+    await _server_finished(spans, 1)
+    lines = [json.loads(line) for line in access_lines.getvalue().splitlines()]
+    assert len(lines) == 1, lines
+    (line,) = lines
     assert (line["code"], line["user"]) == ("UNAUTHENTICATED", "anonymous")
     span = _server_span(spans, "WhoAmI")
     assert span.attributes is not None and span.attributes["rpc.grpc.status_code"] == 16
