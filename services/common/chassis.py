@@ -39,14 +39,14 @@ from opentelemetry.trace import (
 
 from services.common.auth import Authenticator, current_user, set_current_user
 from services.common.errors import Internal, ServiceError
-from services.common.logs import redact
+from services.common.logs import ACCESS_LOGGER, redact
 from services.common.metrics import MethodMetrics, grpc_type, split_method
 from services.common.tracing import metadata_getter
 
 log = logging.getLogger("gensearch.rpc")
 # One line per RPC (method, code, duration, user, trace id) at INFO: off with
 # GENSEARCH_LOG_LEVEL=WARNING, or by raising this logger's level alone.
-access_log = logging.getLogger("gensearch.access")
+access_log = logging.getLogger(ACCESS_LOGGER)
 
 # Codes that make a SERVER span an error (OpenTelemetry's RPC semantic conventions); the
 # others are the caller's mistake, not the server's.

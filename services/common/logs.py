@@ -82,9 +82,13 @@ def _scrub(value: Any) -> Any:
     return value
 
 
-# Fields the formatter writes itself, which cannot hold a secret: not scrubbed, which keeps
-# the per-RPC access line cheap.
+# Fields the formatter writes itself, which cannot hold a secret, are not scrubbed; nor is
+# the chassis' access line (services/common/chassis.py), written once per RPC from values it
+# made itself: a registered method name, a status code, the authenticated user, a duration.
+# Scrubbing those four would be a third of the line's cost.
 _OWN_FIELDS = frozenset({"time", "level", "name", "service", "trace_id", "span_id"})
+ACCESS_LOGGER = "gensearch.access"
+_ACCESS_FIELDS = _OWN_FIELDS | {"message", "method", "code", "user", "duration_ms"}
 
 
 class RedactingJsonFormatter(JsonFormatter):
@@ -104,8 +108,9 @@ class RedactingJsonFormatter(JsonFormatter):
             log_data["span_id"] = format_span_id(context.span_id)
 
     def process_log_record(self, log_data: dict[str, Any]) -> dict[str, Any]:
+        safe = _ACCESS_FIELDS if log_data.get("name") == ACCESS_LOGGER else _OWN_FIELDS
         return {
-            k: v if k in _OWN_FIELDS else _scrub(v)
+            k: v if k in safe else _scrub(v)
             for k, v in super().process_log_record(log_data).items()
         }
 

@@ -40,6 +40,7 @@ from opentelemetry.sdk.environment_variables import (
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import SpanProcessor, SynchronousMultiSpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 
 TRACER_NAME = "gensearch"
 
@@ -47,6 +48,7 @@ TRACER_NAME = "gensearch"
 _processors = SynchronousMultiSpanProcessor()
 _providers: dict[str, TracerProvider] = {}
 _exporter_checked = False
+_exporting = False
 
 
 def disabled(environ: Mapping[str, str] = os.environ) -> bool:
@@ -71,8 +73,11 @@ def exporter_from_env(environ: Mapping[str, str] = os.environ) -> SpanExporter |
 
 def add_span_processor(processor: SpanProcessor) -> None:
     """Every span of every service of this process goes to ``processor`` too (tests use an
-    in-memory exporter this way)."""
+    in-memory exporter this way). Providers made from now on record spans."""
+    global _exporting
     _processors.add_span_processor(processor)
+    _exporting = True
+    _providers.clear()
 
 
 def _configure_export() -> None:
@@ -97,6 +102,10 @@ def tracer_provider(service: str) -> TracerProvider | None:
         _configure_export()
         name = os.environ.get(OTEL_SERVICE_NAME) or f"gensearch-{service}"
         provider = TracerProvider(
+            # Exporting: the SDK's sampler (OTEL_TRACES_SAMPLER, default parent-based always
+            # on). Not: a trace started here gets ids (for the logs and the services it
+            # calls) but records nothing nobody would receive, a third of a span's cost.
+            sampler=None if _exporting else ParentBased(ALWAYS_OFF),
             resource=Resource.create({SERVICE_NAME: name}),
             active_span_processor=_processors,
             shutdown_on_exit=False,

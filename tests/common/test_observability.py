@@ -281,3 +281,23 @@ def test_sdk_disabled_means_no_tracing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OTEL_SDK_DISABLED", "false")
     assert tracing.tracer("anything") is not None
     assert len(tracing.client_interceptors("gateway")) == 4
+
+
+def test_without_export_spans_have_ids_but_record_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    # As in a process with no exporter and no other processor.
+    monkeypatch.setattr(tracing, "_exporting", False)
+    monkeypatch.setattr(tracing, "_providers", {})
+    tracer = tracing.tracer("quiet")
+    assert tracer is not None
+    with tracer.start_as_current_span("root") as span:
+        assert not span.is_recording()
+        assert span.get_span_context().is_valid
+        assert _format()["trace_id"] == trace.format_trace_id(span.get_span_context().trace_id)
+    # A caller that samples its trace is followed.
+    sampled = trace.NonRecordingSpan(
+        trace.SpanContext(
+            int(TRACE_ID, 16), int(PARENT_ID, 16), True, trace.TraceFlags(trace.TraceFlags.SAMPLED)
+        )
+    )
+    with tracer.start_as_current_span("child", trace.set_span_in_context(sampled)) as child:
+        assert child.is_recording()

@@ -1,15 +1,15 @@
 """Finished spans of every service in the test process, in memory.
 
 A tracer provider's span processors cannot be removed, so one recorder is added to the
-shared processors (``services.common.tracing``) once per process and only keeps spans while
-a test holds the ``spans`` fixture: the rest of the suite leaves nothing behind. Use it with
+shared processors (``services.common.tracing``) once per process, when this module is
+imported, and only keeps spans while a test holds the ``spans`` fixture: the rest of the
+suite leaves nothing behind. Use it with
 ``from tests.support.spans import spans_fixture  # noqa: F401``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from functools import cache
 
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan
@@ -27,18 +27,17 @@ class _Recorder(SimpleSpanProcessor):
             super().on_end(span)
 
 
-@cache
-def _recorder() -> tuple[_Recorder, InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    recorder = _Recorder(exporter)
-    tracing.add_span_processor(recorder)
-    return recorder, exporter
+_exporter = InMemorySpanExporter()
+_recorder = _Recorder(_exporter)
+# On import, i.e. before any test builds a server: services trace as if exporting only
+# when something receives their spans.
+tracing.add_span_processor(_recorder)
 
 
 @pytest.fixture(name="spans")
 def spans_fixture() -> Iterator[InMemorySpanExporter]:
     """``spans.get_finished_spans()``: the spans ended during this test."""
-    recorder, exporter = _recorder()
+    recorder, exporter = _recorder, _exporter
     exporter.clear()
     recorder.recording = True
     try:
