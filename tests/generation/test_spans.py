@@ -12,9 +12,6 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from tests.generation.conftest import FAKE_KEY_ENV, Service, user
 from tests.support.fake_openai import Behaviour, FakeOpenAI
-from tests.support.spans import span_exporter, spans
-
-__all__ = ["span_exporter", "spans"]  # fixtures
 
 PROMPT = "what is the secret recipe of the sauce"
 REQUEST_KEY = "sk-requestkey-span-0123456789"

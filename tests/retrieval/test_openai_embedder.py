@@ -15,9 +15,6 @@ from opentelemetry.trace import SpanKind, StatusCode
 from tests.retrieval.conftest import ARTICLE_PROPS, MakeRetrieval, Retrieval, expect_error, obj
 from tests.support.fake_openai import Behaviour, FakeOpenAI
 from tests.support.rpc import error_info
-from tests.support.spans import span_exporter, spans
-
-__all__ = ["span_exporter", "spans"]  # fixtures
 
 KEY_ENV = "TEST_EMBED_KEY"
 

@@ -1,16 +1,10 @@
-"""Spans recorded in memory, for tests of the tracing hooks.
+"""Finished spans of every service in the test process, in memory.
 
-The OpenTelemetry API has one global tracer provider per process and it can be set only once,
-so this installs the SDK's provider once per test session (or joins the one already
-installed) and records every span with an ``InMemorySpanExporter``. Our modules take their
-tracers from the API (``trace.get_tracer``), which follows the global provider, so nothing is
-patched.
-
-    from tests.support.spans import spans  # noqa: F401  (the fixture)
-
-    async def test_x(spans: InMemorySpanExporter) -> None:
-        ...
-        [span] = [s for s in spans.get_finished_spans() if s.name == "chat m"]
+A tracer provider's span processors cannot be removed, so one recorder is added to the
+shared processors (``services.common.tracing``) once per process, when this module is
+imported, and only keeps spans while a test holds the ``spans`` fixture: the rest of the
+suite leaves nothing behind. ``tests/conftest.py`` makes the ``spans`` fixture available to
+every test.
 """
 
 from __future__ import annotations
@@ -18,28 +12,36 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-
-@pytest.fixture(scope="session")
-def span_exporter() -> Iterator[InMemorySpanExporter]:
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
-        provider = TracerProvider()
-        trace.set_tracer_provider(provider)
-        if trace.get_tracer_provider() is not provider:
-            pytest.skip("another kind of tracer provider is installed in this process")
-    exporter = InMemorySpanExporter()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    yield exporter
-    exporter.shutdown()  # later spans are dropped, not kept in memory
+from services.common import tracing
 
 
-@pytest.fixture
-def spans(span_exporter: InMemorySpanExporter) -> InMemorySpanExporter:
-    """The session's exporter, emptied for this test."""
-    span_exporter.clear()
-    return span_exporter
+class _Recorder(SimpleSpanProcessor):
+    recording = False
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if self.recording:
+            super().on_end(span)
+
+
+_exporter = InMemorySpanExporter()
+_recorder = _Recorder(_exporter)
+# On import, i.e. before any test builds a server: services trace as if exporting only
+# when something receives their spans.
+tracing.add_span_processor(_recorder)
+
+
+@pytest.fixture(name="spans")
+def spans_fixture() -> Iterator[InMemorySpanExporter]:
+    """``spans.get_finished_spans()``: the spans ended during this test."""
+    recorder, exporter = _recorder, _exporter
+    exporter.clear()
+    recorder.recording = True
+    try:
+        yield exporter
+    finally:
+        recorder.recording = False
+        exporter.clear()

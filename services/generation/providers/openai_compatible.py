@@ -21,7 +21,6 @@ import openai
 from openai.types import CompletionUsage
 from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessage
 from openai.types.chat.chat_completion_chunk import Choice as ChunkChoice
-from opentelemetry import trace
 from opentelemetry.trace import Span
 
 from services.common.openai_api import (
@@ -31,6 +30,7 @@ from services.common.openai_api import (
     record_usage,
     upstream_span,
 )
+from services.common.tracing import service_tracer
 from services.common.upstream_retry import Deadline, Retrier, RetryPolicy
 from services.generation.metrics import (
     TIME_TO_FIRST_TOKEN,
@@ -56,7 +56,6 @@ from services.generation.upstream import (
 )
 
 log = logging.getLogger("gensearch.generation.openai")
-tracer = trace.get_tracer("gensearch.generation")
 
 
 class OpenAICompatibleProvider(Provider):
@@ -111,7 +110,7 @@ class OpenAICompatibleProvider(Provider):
         self, request: CompletionRequest, *, attach: bool = True
     ) -> contextlib.AbstractContextManager[Span]:
         return upstream_span(
-            tracer,
+            service_tracer("generation"),
             "chat",
             request.model,
             provider=self.name,
