@@ -44,7 +44,7 @@ Call = Callable[[], Awaitable[Any]]
 
 
 async def _serve(appendfsync: str, transport: str, batch_window: float | None) -> None:
-    from services.common.redis_process import RedisProcess
+    from services.devlaunch.redis_server import RedisProcess
     from services.memory.__main__ import build_server
     from services.memory.settings import MemorySettings
 
@@ -66,7 +66,7 @@ async def _serve(appendfsync: str, transport: str, batch_window: float | None) -
 
     url = redis.socket_url if transport == "unix" else redis.url
     window = {} if batch_window is None else {"redis_batch_window": batch_window}
-    settings = MemorySettings(redis_url=url, memory_metrics_port=None, data_dir=data, **window)
+    settings = MemorySettings(redis_url=url, metrics_port=None, data_dir=data, **window)
     memory = await build_server(settings, port=0)
     memory_port = await memory.start()
 
@@ -301,7 +301,7 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument(
         "--batch-window", type=float, default=None,
-        help="the service's GENSEARCH_REDIS_BATCH_WINDOW in seconds (default: its default)",
+        help="the service's GENSEARCH_MEMORY_REDIS_BATCH_WINDOW in seconds (default: its default)",
     )  # fmt: skip
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()

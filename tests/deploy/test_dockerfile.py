@@ -86,7 +86,9 @@ def test_code_lands_where_the_editable_install_points() -> None:
     """The builder installs the project editable at /app (paths /app and /app/gen), so
     the final stages must put the code exactly there."""
     assert value(DOCKERFILE, "builder", "WORKDIR") == "/app"
-    for target in ("llm", "runtime", "dev"):
+    # The llm image holds no project code: it runs llama_cpp.server alone.
+    assert "services" not in copy_destinations(DOCKERFILE, "llm")
+    for target in ("runtime", "dev"):
         copies = copy_destinations(DOCKERFILE, target)
         assert copies["services"] == "/app/services", target
         assert copies["gen"] == "/app/gen", target

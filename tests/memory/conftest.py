@@ -11,8 +11,8 @@ import pytest
 import redis.asyncio as aioredis
 from gensearch.memory.v1 import memory_service_pb2_grpc as pb_grpc
 
-from services.common.redis_process import RedisProcess
 from services.common.server import GrpcServer
+from services.devlaunch.redis_server import RedisProcess
 from services.memory.__main__ import build_server
 from services.memory.settings import MemorySettings
 
@@ -25,7 +25,7 @@ BOB = (("authorization", "Bearer kb"),)
 def make_settings(redis_url: str, **overrides: Any) -> MemorySettings:
     values: dict[str, Any] = {
         "redis_url": redis_url,
-        "memory_metrics_port": None,
+        "metrics_port": None,
         "api_keys": KEYS,
         "internal_token": INTERNAL_TOKEN,
         "grace_period": 1.0,

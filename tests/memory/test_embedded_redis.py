@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from pathlib import Path
@@ -12,26 +13,22 @@ import redis.asyncio as aioredis
 from gensearch.memory.v1 import memory_service_pb2 as pb
 from gensearch.memory.v1 import memory_service_pb2_grpc as pb_grpc
 
-from services.common.redis_process import RedisProcess
+from services.devlaunch.redis_server import RedisProcess
 from services.memory.__main__ import build_server
 from services.memory.settings import MemorySettings
+from tests.support.processes import descendants
 
 
 def _redis_pid_serving(data_dir: Path) -> int:
-    # Redis changes into its --dir, so its working directory identifies it.
+    """The Redis this test process started (a descendant, by pid) that serves ``data_dir``:
+    Redis changes into its --dir. Never by process name: the bundled binary is
+    valkey-server, and a server may rewrite its command line."""
     wanted = str(data_dir.resolve())
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if (
-                os.readlink(entry / "cwd") == wanted
-                and b"redis" in (entry / "cmdline").read_bytes()
-            ):
-                return int(entry.name)
-        except OSError:
-            continue
-    raise AssertionError(f"no redis process serving {wanted}")
+    for pid in descendants(os.getpid()):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{pid}/cwd") == wanted:
+                return pid
+    raise AssertionError(f"no process of ours serving {wanted}")
 
 
 async def test_supervised_redis_comes_back_with_its_data(tmp_path: Path) -> None:
@@ -42,7 +39,8 @@ async def test_supervised_redis_comes_back_with_its_data(tmp_path: Path) -> None
         client = aioredis.Redis.from_url(server.url)
         await client.set("kept", "1")
         await client.aclose()
-        os.kill(_redis_pid_serving(server.data_dir), signal.SIGKILL)  # a crash
+        assert server.pid is not None
+        os.kill(server.pid, signal.SIGKILL)  # a crash
         client = aioredis.Redis.from_url(server.url)
         try:
             value = None
@@ -61,9 +59,7 @@ async def test_supervised_redis_comes_back_with_its_data(tmp_path: Path) -> None
 
 
 async def test_memory_recovers_when_its_own_redis_is_killed(tmp_path: Path) -> None:
-    settings = MemorySettings(
-        data_dir=tmp_path, memory_metrics_port=None, redis_appendfsync="always"
-    )
+    settings = MemorySettings(data_dir=tmp_path, metrics_port=None, redis_appendfsync="always")
     server = await build_server(settings, port=0)
     port = await server.start()
     try:

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from services.common.redis_process import RedisProcess, find_binary, free_port
+from services.devlaunch.processes import free_port
+from services.devlaunch.redis_server import RedisProcess, find_binary
 from services.memory.redis_link import LinkError, LinkTimeout, RedisLink, ReplyError, Script
 
 

@@ -13,7 +13,7 @@ SCRIPT = textwrap.dedent(
     """
     import asyncio, sys
     from pathlib import Path
-    from services.common.redis_process import RedisProcess
+    from services.devlaunch.redis_server import RedisProcess
 
     async def main():
         redis = RedisProcess(Path(sys.argv[1]))
