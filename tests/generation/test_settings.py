@@ -28,8 +28,8 @@ def test_presets() -> None:
 
 
 def test_default_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("DEFAULT_PROVIDER", "PROVIDERS", "GENERATION_PORT", "GENERATION_METRICS_PORT"):
-        monkeypatch.delenv(f"GENSEARCH_{name}", raising=False)
+    for name in ("DEFAULT_PROVIDER", "PROVIDERS", "PORT", "METRICS_PORT"):
+        monkeypatch.delenv(f"GENSEARCH_GENERATION_{name}", raising=False)
     settings = GenerationSettings()
     assert settings.port == 50053
     assert settings.metrics_port == 9093
