@@ -39,11 +39,13 @@ from services.cli.client import CliError, check_health
 
 if TYPE_CHECKING:
     from services.common.server import GrpcServer
+    from services.common.settings import CommonSettings
     from services.generation.settings import GenerationSettings
     from services.memory.settings import MemorySettings
     from services.retrieval.settings import RetrievalSettings
 
 STACK_FILE = "stack.json"
+PARTS = ("memory", "retrieval", "generation")  # what the gateway calls
 GRACE_SECONDS = 5.0
 DEFAULT_DEMO_LIMIT = 300
 
@@ -209,10 +211,8 @@ async def start(args: argparse.Namespace) -> Stack:
 
 def _setting_problems(err: ValidationError) -> str:
     """Variable names and messages only: a rejected value may be a secret."""
-    from services.common.settings import CommonSettings
-
     classes = {cls.__name__: cls for cls in _settings_classes()}
-    cls: type[CommonSettings] | None = classes.get(err.title)
+    cls = classes.get(err.title)
     env_of = {field: name for name, field in cls.env_names().items()} if cls else {}
     problems = []
     for e in err.errors():
@@ -221,7 +221,7 @@ def _setting_problems(err: ValidationError) -> str:
     return "; ".join(problems)
 
 
-def _settings_classes() -> tuple[type[Any], ...]:
+def _settings_classes() -> tuple[type[CommonSettings], ...]:
     from services.gateway.settings import GatewaySettings
     from services.generation.settings import GenerationSettings
     from services.memory.settings import MemorySettings
@@ -242,20 +242,28 @@ async def _start_parts(stack: Stack) -> None:
 
     from services.common.settings import warn_unknown_variables
     from services.gateway.__main__ import build_server as build_gateway
+    from services.gateway.settings import GatewaySettings
     from services.generation.__main__ import build_server as build_generation
     from services.memory.__main__ import build_server as build_memory
+    from services.memory.settings import MemorySettings
     from services.retrieval.__main__ import build_server as build_retrieval
+    from services.retrieval.settings import RetrievalSettings
 
-    memory_cls, retrieval_cls, _, gateway_cls = _settings_classes()
+    # Each service reads the rest of its settings from its own namespace, as when run alone.
     shared: dict[str, Any] = {
         "data_dir": stack.data_dir,
         "host": args.host,
         "internal_token": stack.token,
         "log_level": args.log_level.upper(),
     }
-    memory_settings = memory_cls(**shared, redis_url=SecretStr(args.redis_url))
-    retrieval_settings = retrieval_cls(**shared, qdrant_url=args.qdrant_url)
+    memory_settings = MemorySettings(**shared, redis_url=SecretStr(args.redis_url))
+    retrieval_settings = RetrievalSettings(**shared, qdrant_url=args.qdrant_url)
     generation_settings = _generation_settings(args, shared)
+    gateway_settings = GatewaySettings(**shared)
+    # Before the slow parts: all four run here, so a variable none of them reads is a typo.
+    warn_unknown_variables(
+        memory_settings, retrieval_settings, generation_settings, gateway_settings
+    )
     redis_url, embedder = await _start_backends(
         stack, memory_settings, retrieval_settings, generation_settings
     )
@@ -280,14 +288,8 @@ async def _start_parts(stack: Stack) -> None:
     for name, build in (("memory", memory), ("retrieval", retrieval), ("generation", generation)):
         await _serve(stack, name, build)
 
-    gateway_settings = gateway_cls(
-        **shared,
-        memory_addr=stack.parts["memory"].address,
-        retrieval_addr=stack.parts["retrieval"].address,
-        generation_addr=stack.parts["generation"].address,
-    )
-    warn_unknown_variables(
-        memory_settings, retrieval_settings, generation_settings, gateway_settings
+    gateway_settings = gateway_settings.model_copy(
+        update={f"{name}_addr": stack.parts[name].address for name in PARTS}
     )
 
     async def gateway() -> GrpcServer:
