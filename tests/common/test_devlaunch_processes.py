@@ -18,7 +18,7 @@ SCRIPT = textwrap.dedent(
     async def main():
         redis = RedisProcess(Path(sys.argv[1]))
         await redis.start()
-        print(redis._proc.pid, flush=True)
+        print(redis.pid, flush=True)
         await asyncio.sleep(60)
 
     asyncio.run(main())
