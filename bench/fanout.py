@@ -49,8 +49,9 @@ from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as ret_grpc  # noq
 from google.protobuf import struct_pb2  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 
-from services.common.redis_process import RedisProcess, free_port  # noqa: E402
 from services.common.server import GrpcServer  # noqa: E402
+from services.devlaunch.processes import free_port  # noqa: E402
+from services.devlaunch.redis_server import RedisProcess  # noqa: E402
 from services.gateway.__main__ import build_server as build_gateway  # noqa: E402
 from services.gateway.settings import GatewaySettings  # noqa: E402
 from services.memory.__main__ import build_server as build_memory  # noqa: E402
@@ -148,8 +149,8 @@ class Bench:
                 "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'gen'}",
                 "GENSEARCH_GENERATION_PORT": str(gen_port),
                 "GENSEARCH_GENERATION_METRICS_PORT": "0",
-                "GENSEARCH_PROVIDERS": json.dumps([provider]),
-                "GENSEARCH_DEFAULT_PROVIDER": "fake",
+                "GENSEARCH_GENERATION_PROVIDERS": json.dumps([provider]),
+                "GENSEARCH_GENERATION_DEFAULT_PROVIDER": "fake",
                 "GENSEARCH_INTERNAL_TOKEN": TOKEN,
                 "GENSEARCH_LOG_LEVEL": "WARNING",
             },
@@ -160,7 +161,7 @@ class Bench:
         await self.redis.start()
         common: dict[str, Any] = {"internal_token": TOKEN, "log_level": "WARNING"}
         memory = await build_memory(
-            MemorySettings(redis_url=self.redis.url, memory_metrics_port=None, **common), port=0
+            MemorySettings(redis_url=self.redis.url, metrics_port=None, **common), port=0
         )
         retrieval = await build_retrieval(
             RetrievalSettings(data_dir=self.data / "retrieval", **common), port=0
@@ -172,7 +173,7 @@ class Bench:
                 memory_addr=f"127.0.0.1:{ports[0]}",
                 retrieval_addr=f"127.0.0.1:{ports[1]}",
                 generation_addr=f"127.0.0.1:{gen_port}",
-                gateway_metrics_port=None,
+                metrics_port=None,
                 default_max_concurrency=self.concurrency,
                 **common,
             ),

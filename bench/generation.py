@@ -42,8 +42,8 @@ import grpc  # noqa: E402
 from gensearch.generation.v1 import generation_service_pb2 as pb  # noqa: E402
 from gensearch.generation.v1 import generation_service_pb2_grpc as pb_grpc  # noqa: E402
 
-from services.common.redis_process import free_port  # noqa: E402
-from services.generation import local_llm  # noqa: E402
+from services.devlaunch import llm_server as local_llm  # noqa: E402
+from services.devlaunch.processes import free_port  # noqa: E402
 from services.generation.__main__ import build_server  # noqa: E402
 from services.generation.settings import LOCAL_MODEL, GenerationSettings  # noqa: E402
 from tests.support.fake_openai import FakeOpenAI  # noqa: E402
@@ -81,7 +81,7 @@ class ServiceUnderTest:
             settings = GenerationSettings(
                 providers=providers,
                 default_provider="bench",
-                generation_metrics_port=None,
+                metrics_port=None,
                 log_level="WARNING",
             )
             self._server = await build_server(settings, port=self.port)
@@ -91,8 +91,8 @@ class ServiceUnderTest:
                 **os.environ,
                 "GENSEARCH_GENERATION_PORT": str(self.port),
                 "GENSEARCH_GENERATION_METRICS_PORT": "0",
-                "GENSEARCH_DEFAULT_PROVIDER": "bench",
-                "GENSEARCH_PROVIDERS": json.dumps(providers),
+                "GENSEARCH_GENERATION_DEFAULT_PROVIDER": "bench",
+                "GENSEARCH_GENERATION_PROVIDERS": json.dumps(providers),
                 "GENSEARCH_LOG_LEVEL": "WARNING",
             }
             self._proc = await asyncio.create_subprocess_exec(

@@ -8,7 +8,7 @@ Everything runs as deployed, each server in its own process, all on loopback TCP
 - **echo**: a bare ``grpc.aio`` server in a process of its own (one generic unary method,
   bytes in, the same bytes out): the floor of any gRPC call;
 - **service**: ``python -m services.memory`` pointed at the Redis of the mode (a
-  standalone server, or a three-master cluster with ``GENSEARCH_REDIS_CLUSTER=true``),
+  standalone server, or a three-master cluster with ``GENSEARCH_MEMORY_REDIS_CLUSTER=true``),
   called with CreateInteraction;
 - **redis-py**: this process running the service's own create script
   (``services/memory/lua/create_interaction.lua``, EVALSHA through ``register_script``)
@@ -46,7 +46,8 @@ from gensearch.memory.v1 import memory_service_pb2 as pb  # noqa: E402
 from gensearch.memory.v1 import memory_service_pb2_grpc as pb_grpc  # noqa: E402
 
 from services.common.auth import ANONYMOUS  # noqa: E402
-from services.common.redis_process import RedisProcess, free_port  # noqa: E402
+from services.devlaunch.processes import free_port  # noqa: E402
+from services.devlaunch.redis_server import RedisProcess  # noqa: E402
 from services.memory.ids import UUIDv7Generator  # noqa: E402
 from services.memory.redis_client import RedisClient, connect  # noqa: E402
 from services.memory.store import MemoryStore, lua_source  # noqa: E402
@@ -103,8 +104,8 @@ async def _memory_process(redis_url: str, cluster: bool, data: Path) -> AsyncIte
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("GENSEARCH_")}
     env.update(
-        GENSEARCH_REDIS_URL=redis_url,
-        GENSEARCH_REDIS_CLUSTER="true" if cluster else "false",
+        GENSEARCH_MEMORY_REDIS_URL=redis_url,
+        GENSEARCH_MEMORY_REDIS_CLUSTER="true" if cluster else "false",
         GENSEARCH_MEMORY_PORT=str(port),
         GENSEARCH_MEMORY_METRICS_PORT="0",
         GENSEARCH_DATA_DIR=str(data),

@@ -10,6 +10,7 @@ from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as ret_grpc
 
 from services.common.logs import configure_logging
 from services.common.server import GrpcServer, run_until_signal
+from services.common.settings import warn_unknown_variables
 from services.common.tracing import client_interceptors
 from services.gateway.ask import AskService
 from services.gateway.backends import Backends
@@ -25,8 +26,8 @@ GATEWAY_SERVICE = "gensearch.gateway.v1.GatewayService"
 async def build_server(settings: GatewaySettings, *, port: int | None = None) -> GrpcServer:
     server = GrpcServer(
         settings,
-        port=settings.gateway_port if port is None else port,
-        metrics_port=settings.gateway_metrics_port,
+        port=settings.port if port is None else port,
+        metrics_port=settings.metrics_port,
         accept_forwarded_identity=False,
     )
     # Every downstream call gets a CLIENT span and carries the trace context.
@@ -52,6 +53,7 @@ async def build_server(settings: GatewaySettings, *, port: int | None = None) ->
 def main() -> None:
     settings = GatewaySettings()
     configure_logging(settings.log_level, service="gateway")
+    warn_unknown_variables(settings)
     asyncio.run(_serve(settings))
 
 

@@ -1,4 +1,4 @@
-"""Settings of the memory service (env prefix ``GENSEARCH_``)."""
+"""Settings of the memory service (namespace ``GENSEARCH_MEMORY_``)."""
 
 from __future__ import annotations
 
@@ -6,19 +6,23 @@ import re
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import SettingsConfigDict
 
-from services.common.settings import CommonSettings
+from services.common.settings import NAMESPACES, CommonSettings
 
 MIB = 1024 * 1024
 
 
 class MemorySettings(CommonSettings):
-    memory_port: int = Field(default=50051, ge=0, le=65535)
+    model_config = SettingsConfigDict(env_prefix=NAMESPACES["memory"])
+
+    port: int = Field(default=50051, ge=0, le=65535)
     # None: no metrics endpoint (tests); 0: any free port.
-    memory_metrics_port: int | None = Field(default=9091, ge=0, le=65535)
+    metrics_port: int | None = Field(default=9091, ge=0, le=65535)
 
     # redis://[user:password@]host:port/db or rediss://... Empty: start an embedded
-    # Redis-protocol server with its append-only file in <data_dir>/redis.
+    # Redis-protocol server with its append-only file in <data_dir>/redis (a dev-only
+    # launcher, services/devlaunch; every Kubernetes overlay sets a URL).
     redis_url: SecretStr = SecretStr("")
     # fsync policy of the embedded server's AOF. A clean restart (SIGTERM) loses nothing
     # with any of them. "always": an acknowledged write also survives kill -9 of Redis or

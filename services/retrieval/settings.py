@@ -1,19 +1,22 @@
-"""Retrieval settings (env prefix ``GENSEARCH_``)."""
+"""Retrieval settings (namespace ``GENSEARCH_RETRIEVAL_``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from pydantic import Field, SecretStr
+from pydantic_settings import SettingsConfigDict
 
-from services.common.settings import CommonSettings
+from services.common.settings import NAMESPACES, CommonSettings
 
 
 class RetrievalSettings(CommonSettings):
-    retrieval_port: int = Field(default=50052, ge=0, le=65535)
+    model_config = SettingsConfigDict(env_prefix=NAMESPACES["retrieval"])
+
+    port: int = Field(default=50052, ge=0, le=65535)
     # None: no metrics endpoint; 0: a free port. `python -m services.retrieval` serves it;
     # build_server serves it only when given metrics_port (tests leave it off).
-    retrieval_metrics_port: int | None = Field(default=9092, ge=0, le=65535)
+    metrics_port: int | None = Field(default=9092, ge=0, le=65535)
     # Empty: the embedded qdrant-edge engine under <data_dir>/qdrant. "http://host:6333" (or
     # ":memory:", the client's in-process engine, for experiments) selects a Qdrant server.
     qdrant_url: str = ""

