@@ -38,7 +38,7 @@ from opentelemetry.trace import (
 )
 
 from services.common.auth import Authenticator, current_user, set_current_user
-from services.common.errors import Internal, ServiceError
+from services.common.errors import Internal, InvalidArgument, ServiceError
 from services.common.logs import ACCESS_LOGGER, redact
 from services.common.metrics import MethodMetrics, grpc_type, split_method
 from services.common.tracing import metadata_getter
@@ -200,17 +200,22 @@ class _MethodWrapper:
             return grpc.StatusCode.DEADLINE_EXCEEDED
         return grpc.StatusCode.CANCELLED
 
-    def _received(self, request: Any, streaming: bool) -> Any:
-        if not streaming:
+    def _accept(self, request: Any, streaming: bool, context: grpc.aio.ServicerContext) -> Any:
+        """Counts the request, authenticates the caller (Unauthenticated before the
+        servicer runs, and before a malformed request is reported) and hands on the request
+        or, when streaming, a counting iterator over the requests."""
+        if streaming:
+            request = self._counted(request)
+        else:
             self.metrics.received.inc()
-            return request
-        return self._counted(request)
+        set_current_user(self.auth.authenticate(context.invocation_metadata()))  # type: ignore[arg-type]
+        return request if streaming else _parsed(request)
 
     async def _counted(self, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
         received = self.metrics.received
         async for request in requests:
             received.inc()
-            yield request
+            yield _parsed(request)
 
     def unary_response(
         self, fn: Callable[..., Awaitable[Any]], request_streaming: bool
@@ -219,9 +224,7 @@ class _MethodWrapper:
             begun = self._begin(context)
             code = None
             try:
-                request = self._received(request, request_streaming)
-                # Raises Unauthenticated before the servicer runs.
-                set_current_user(self.auth.authenticate(context.invocation_metadata()))  # type: ignore[arg-type]
+                request = self._accept(request, request_streaming, context)
                 response = await fn(request, context)
                 self.metrics.sent.inc()
                 return response
@@ -250,8 +253,7 @@ class _MethodWrapper:
             code = None
             sent = self.metrics.sent
             try:
-                request = self._received(request, request_streaming)
-                set_current_user(self.auth.authenticate(context.invocation_metadata()))  # type: ignore[arg-type]
+                request = self._accept(request, request_streaming, context)
                 async for item in fn(request, context):
                     yield item
                     sent.inc()
@@ -271,7 +273,7 @@ class _MethodWrapper:
 
     def wrap(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         kwargs = {
-            "request_deserializer": handler.request_deserializer,
+            "request_deserializer": _tolerant(handler.request_deserializer),
             "response_serializer": handler.response_serializer,
         }
         if handler.unary_unary:
@@ -289,3 +291,55 @@ class _MethodWrapper:
         return grpc.stream_stream_rpc_method_handler(
             self.stream_response(handler.stream_stream, True), **kwargs
         )
+
+
+class _Undecodable:
+    """Stands in for a request message protobuf could not parse. grpc-python answers a
+    deserializer's exception itself, as UNKNOWN quoting the Python exception; handed to
+    the handler instead, it becomes INVALID_ARGUMENT with ErrorInfo like any bad input."""
+
+    __slots__ = ("error", "message_type")
+
+    def __init__(self, error: Exception, message_type: str) -> None:
+        self.error = error
+        self.message_type = message_type
+
+
+def _tolerant(
+    deserializer: Callable[[bytes], Any] | None,
+) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+    # Generated handlers deserialize with ``<Message>.FromString``, bound to the class.
+    cls = getattr(deserializer, "__self__", None)
+    message_type = getattr(getattr(cls, "DESCRIPTOR", None), "full_name", "request")
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as err:  # protobuf's DecodeError, or a custom deserializer's
+            return _Undecodable(err, message_type)
+
+    return parse
+
+
+def _parsed(request: Any) -> Any:
+    if not isinstance(request, _Undecodable):
+        return request
+    # upb names the limit it hit ("Exceeded upb_DecodeOptions_MaxDepth"), nothing more.
+    if "MaxDepth" in str(request.error):
+        raise InvalidArgument(
+            f"the request nests deeper than protobuf parses ({_PARSE_DEPTH} message levels, "
+            "about 32 levels of objects and lists); nothing of it was processed",
+            reason="NESTING_TOO_DEEP",
+            metadata={"message_type": request.message_type},
+        )
+    raise InvalidArgument(
+        f"the request is not a valid {request.message_type} message",
+        reason="MALFORMED_REQUEST",
+        metadata={"message_type": request.message_type},
+    )
+
+
+# protobuf's default recursion limit when parsing.
+_PARSE_DEPTH = 100

@@ -9,8 +9,12 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import NAMESPACES, CommonSettings
+from services.common.values import DEFAULT_MAX_DEPTH
 
 MIB = 1024 * 1024
+# Room in a ListInteractions response for what is not interaction data (the page token,
+# field tags and lengths).
+PAGE_HEADROOM = 16 * 1024
 
 
 class MemorySettings(CommonSettings):
@@ -54,6 +58,15 @@ class MemorySettings(CommonSettings):
     max_origin_bytes: int = Field(default=1024, ge=1)
     max_additional_info_bytes: int = Field(default=MIB, ge=1)  # serialized Struct
     max_request_id_bytes: int = Field(default=128, ge=1)
+    # Deepest nesting of objects and lists in additional_info (services/common/values.py).
+    # At most 32: deeper, a stored Struct would no longer parse inside the responses that
+    # carry it (protobuf stops at 100 message levels).
+    max_value_depth: int = Field(default=DEFAULT_MAX_DEPTH, ge=1, le=DEFAULT_MAX_DEPTH)
+    # Largest ListInteractions page, in serialized bytes: a page ends early (and says so
+    # through next_page_token) rather than exceed it, and a single interaction larger than
+    # this is refused when created, so every stored one can be read back. Below gRPC's
+    # default 4 MiB receive limit, so clients with default settings can read any page.
+    max_page_bytes: int = Field(default=3 * MIB, ge=64 * 1024)
 
     @field_validator("key_prefix")
     @classmethod
@@ -67,4 +80,13 @@ class MemorySettings(CommonSettings):
     def _cluster_needs_url(self) -> MemorySettings:
         if self.redis_cluster and not self.redis_url.get_secret_value():
             raise ValueError("redis_cluster needs redis_url: the embedded server is standalone")
+        return self
+
+    @model_validator(mode="after")
+    def _page_fits_a_message(self) -> MemorySettings:
+        if self.max_page_bytes + PAGE_HEADROOM > self.max_message_bytes:
+            raise ValueError(
+                f"max_page_bytes ({self.max_page_bytes}) must stay {PAGE_HEADROOM} bytes "
+                f"below max_message_bytes ({self.max_message_bytes})"
+            )
         return self

@@ -10,7 +10,7 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as pb_grpc
 from google.protobuf import struct_pb2
 
-from services.common.errors import InvalidArgument, NotFound, ServiceError
+from services.common.errors import InvalidArgument, NotFound, ServiceError, quote
 from services.retrieval.catalog import Catalog
 from services.retrieval.embedders import Embedders
 from services.retrieval.filters import Node, build_filter
@@ -126,11 +126,19 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
     async def _write(self, schema: Schema, objects: Any, first_index: int) -> Any:
         try:
             return await write_batch(
-                schema, objects, self._store, self._embedders, first_index=first_index
+                schema,
+                objects,
+                self._store,
+                self._embedders,
+                first_index=first_index,
+                max_value_depth=self._settings.max_value_depth,
             )
         except NotFound:
             self._catalog.forget(schema.name)
             raise
+
+    def _filter(self, message: pb.Filter, schema: Schema) -> Node:
+        return build_filter(message, schema.types, max_value_depth=self._settings.max_value_depth)
 
     def _check_batch(
         self, size: int, message_no: int | None = None, field: str = "objects"
@@ -171,7 +179,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
             ids = [check_uuid(v, f"ids[{i}]") for i, v in enumerate(request.ids)]
             deleted = await self._store.delete_ids(schema.name, ids)
         elif has_filter:
-            where = build_filter(request.filter, schema.types)
+            where = self._filter(request.filter, schema)
             deleted = await self._store.delete_matching(schema.name, where)
         else:
             raise InvalidArgument("give ids or filter", field="ids")
@@ -181,7 +189,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         self, request: pb.CountObjectsRequest, context: grpc.aio.ServicerContext
     ) -> pb.CountObjectsResponse:
         schema = await self._catalog.get(request.collection)
-        where = build_filter(request.filter, schema.types) if request.HasField("filter") else None
+        where = self._filter(request.filter, schema) if request.HasField("filter") else None
         return pb.CountObjectsResponse(count=await self._store.count(schema.name, where))
 
     # -- search ---------------------------------------------------------------------------
@@ -193,7 +201,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         page = self._page(request)
         where: Node | None = None
         if request.HasField("filter"):
-            where = build_filter(request.filter, schema.types)
+            where = self._filter(request.filter, schema)
         wanted = _return_properties(schema, request.return_properties)
         result = await self._searcher.search(schema, request, where, page)
         return pb.SearchResponse(
@@ -222,7 +230,7 @@ def _return_properties(schema: Schema, names: Any) -> list[str] | None:
     for i, name in enumerate(names):
         if name not in schema.types:
             raise InvalidArgument(
-                f"return_properties[{i}]: no property {name[:64]!r} in this collection",
+                f"return_properties[{i}]: no property {quote(name)} in this collection",
                 field=f"return_properties[{i}]",
                 reason="UNKNOWN_PROPERTY",
             )
