@@ -65,8 +65,8 @@ def parse(source: str, *, field: str) -> Template:
             name = source[i + 1 : end]
             if not _NAME.fullmatch(name):
                 raise InvalidArgument(
-                    f"invalid placeholder {{{name}}} at position {i}: expected a property "
-                    "name; write '{{' and '}}' for literal braces",
+                    f"invalid placeholder {quote('{' + name + '}')} at position {i}: expected "
+                    "a property name; write '{{' and '}}' for literal braces",
                     field=field,
                     reason="INVALID_TEMPLATE",
                 )

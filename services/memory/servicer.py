@@ -107,7 +107,7 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
                     reason="FIELD_TOO_LARGE",
                 )
             interaction.additional_info.CopyFrom(request.additional_info)
-        _check_fits_a_page(interaction, s.max_page_bytes)
+        _check_fits_a_page(interaction, s.page_bytes)
         stored = await self._store.create_interaction(current_user(), cid, interaction, request_id)
         return pb.CreateInteractionResponse(interaction=stored)
 
@@ -128,7 +128,7 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
             tokens = await self._page_tokens()
             cursor = tokens.decode(request.page_token, _INTERACTIONS, cid)
         page = await self._store.list_interactions(
-            current_user(), cid, size, cursor, self._settings.max_page_bytes
+            current_user(), cid, size, cursor, self._settings.page_bytes
         )
         token = ""
         if page.next_cursor is not None:

@@ -12,9 +12,6 @@ from services.common.settings import NAMESPACES, CommonSettings
 from services.common.values import DEFAULT_MAX_DEPTH
 
 MIB = 1024 * 1024
-# Room in a ListInteractions response for what is not interaction data (the page token,
-# field tags and lengths).
-PAGE_HEADROOM = 16 * 1024
 
 
 class MemorySettings(CommonSettings):
@@ -65,7 +62,8 @@ class MemorySettings(CommonSettings):
     # Largest ListInteractions page, in serialized bytes: a page ends early (and says so
     # through next_page_token) rather than exceed it, and a single interaction larger than
     # this is refused when created, so every stored one can be read back. Below gRPC's
-    # default 4 MiB receive limit, so clients with default settings can read any page.
+    # default 4 MiB receive limit, so clients with default settings can read any page;
+    # lowered to 7/8 of max_message_bytes when that is smaller (see page_bytes).
     max_page_bytes: int = Field(default=3 * MIB, ge=64 * 1024)
 
     @field_validator("key_prefix")
@@ -82,11 +80,8 @@ class MemorySettings(CommonSettings):
             raise ValueError("redis_cluster needs redis_url: the embedded server is standalone")
         return self
 
-    @model_validator(mode="after")
-    def _page_fits_a_message(self) -> MemorySettings:
-        if self.max_page_bytes + PAGE_HEADROOM > self.max_message_bytes:
-            raise ValueError(
-                f"max_page_bytes ({self.max_page_bytes}) must stay {PAGE_HEADROOM} bytes "
-                f"below max_message_bytes ({self.max_message_bytes})"
-            )
-        return self
+    @property
+    def page_bytes(self) -> int:
+        """``max_page_bytes``, lowered when needed so a page fits a ``max_message_bytes``
+        message with room to spare (the page token, field tags and lengths)."""
+        return min(self.max_page_bytes, self.max_message_bytes - self.max_message_bytes // 8)
