@@ -295,3 +295,18 @@ async def test_ask_on_a_conversation_of_large_turns_answers(
         mem_pb.ListInteractionsRequest(conversation_id=cid, page_size=100), metadata=ALICE
     )
     assert 0 < len(listed.interactions) < 17 and listed.next_page_token
+
+
+async def test_an_unparsable_message_in_a_forwarded_stream_is_answered(stack: Stack) -> None:
+    """The gateway forwards ImportObjects as a stream: a message it cannot parse used to
+    cancel the downstream call and leave the caller waiting for its deadline."""
+    await create_books(stack)
+    first = ret_pb.ImportObjectsRequest(collection="Books")
+    deep = ret_pb.ImportObjectsRequest()
+    value = deep.objects.add().properties.fields["tags"]
+    for _ in range(60):
+        value = value.list_value.values.add()
+    value.string_value = "x"
+    for importer in (stack.retrieval, stack.retrieval_direct):
+        err = await failure(importer.ImportObjects(iter([first, deep]), metadata=ALICE, timeout=20))
+        assert_invalid(err, None, "NESTING_TOO_DEEP")
