@@ -9,7 +9,7 @@ past the first checks and into the code behind them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -167,16 +167,21 @@ def _well_known(name: str, known: Sequence[str]) -> st.SearchStrategy[Filler] | 
 
 
 class RequestStrategies:
-    """One strategy per message type, cached; ``known`` strings are drawn often."""
+    """One strategy per message type, cached. A string field named in ``hints`` draws
+    half of its values from there (the collection that exists, its property names, real
+    ids), so requests get past the first lookups; any string may be one of ``known``."""
 
-    def __init__(self, known: Sequence[str]) -> None:
+    def __init__(self, known: Sequence[str], hints: Mapping[str, Sequence[str]]) -> None:
         self.known = list(known)
+        self.hints = {name: list(values) for name, values in hints.items()}
         self._cache: dict[tuple[str, int], st.SearchStrategy[Filler]] = {}
 
-    def strings(self) -> st.SearchStrategy[str]:
-        return st.one_of(
+    def strings(self, field: str = "") -> st.SearchStrategy[str]:
+        anything = st.one_of(
             st.sampled_from(self.known), st.sampled_from(ODD_STRINGS), st.text(max_size=24)
         )
+        hinted = self.hints.get(field)
+        return st.one_of(st.sampled_from(hinted), anything) if hinted else anything
 
     def message(self, descriptor: pb_descriptor.Descriptor, depth: int = 0) -> Any:
         key = (descriptor.full_name, depth)
@@ -189,17 +194,26 @@ class RequestStrategies:
         return cached
 
     def _fields(self, descriptor: pb_descriptor.Descriptor, depth: int) -> Any:
-        optional = {}
+        """Each field present or not; of each oneof (a real one, not a proto3 ``optional``)
+        at most one member, chosen evenly."""
+        optional: dict[str, Any] = {}
+        oneofs: dict[str, list[Any]] = {}
         for field in descriptor.fields:
             if field.type == FD.TYPE_MESSAGE and depth >= MAX_DEPTH:
                 continue
             single = self._single(field, depth)
-            if field.is_repeated:
-                optional[field.name] = st.lists(single, max_size=MAX_REPEATED)
+            value = st.lists(single, max_size=MAX_REPEATED) if field.is_repeated else single
+            group = field.containing_oneof
+            if group is not None and len(group.fields) > 1:
+                oneofs.setdefault(group.name, []).append(
+                    value.map(lambda v, name=field.name: {name: v})
+                )
             else:
-                optional[field.name] = single
-        return st.fixed_dictionaries({}, optional=optional).map(
-            lambda chosen: _MessageFiller(descriptor, chosen)
+                optional[field.name] = value
+        parts = [st.fixed_dictionaries({}, optional=optional)]
+        parts.extend(st.one_of(st.just({}), *members) for members in oneofs.values())
+        return st.tuples(*parts).map(
+            lambda dicts: _MessageFiller(descriptor, {k: v for d in dicts for k, v in d.items()})
         )
 
     def _single(self, field: pb_descriptor.FieldDescriptor, depth: int) -> Any:
@@ -207,7 +221,7 @@ class RequestStrategies:
         if kind == FD.TYPE_MESSAGE:
             return st.deferred(lambda: self.message(field.message_type, depth + 1))
         if kind == FD.TYPE_STRING:
-            return self.strings()
+            return self.strings(field.name)
         if kind == FD.TYPE_BYTES:
             return st.binary(max_size=32)
         if kind == FD.TYPE_BOOL:
