@@ -7,7 +7,7 @@ service stops answering health checks afterwards.
 Hypothesis draws the requests from the message descriptors (strategies.py). Its example
 database is off and its random choices derandomized, so a CI run is reproducible; a
 failure prints the method and the request that caused it. ``GENSEARCH_FUZZ_EXAMPLES`` sets
-the examples per method (default 40; the whole run takes a minute or two).
+the examples per method (default 60; the whole run takes about a minute).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from tests.gateway.conftest import ALICE, TOKEN, Stack, create_books
 
 pytestmark = pytest.mark.slow
 
-EXAMPLES = int(os.environ.get("GENSEARCH_FUZZ_EXAMPLES", "40"))
+EXAMPLES = int(os.environ.get("GENSEARCH_FUZZ_EXAMPLES", "60"))
 MAX_RESPONSE_BYTES = 4 * 1024 * 1024
 CALL_TIMEOUT = 10.0
 FORBIDDEN = (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN)
