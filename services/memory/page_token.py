@@ -1,11 +1,11 @@
 """Opaque, signed page tokens for keyset pagination.
 
 A token carries which list it belongs to (conversations, or the interactions of one
-conversation), whom it was issued to (a digest of tenant and user: a token handed to
-alice is refused for bob, and for alice of another tenant) and the cursor: the sort key of
-the last item returned. The next page starts strictly after it, so items created in between never shift the pages (no skip, no
-repeat), unlike an offset. The HMAC stops clients from forging cursors; the version lets
-the format change later without misreading old tokens.
+conversation), whom it was issued to (a digest of tenant and user: a token handed to alice
+is refused for bob, and for alice of another tenant) and the cursor: the sort key of the
+last item returned. The next page starts strictly after it, so items created in between
+never shift the pages (no skip, no repeat), unlike an offset. The HMAC stops clients from
+forging cursors; the version lets the format change later without misreading old tokens.
 """
 
 from __future__ import annotations
