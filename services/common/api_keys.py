@@ -20,12 +20,20 @@ fault, never a key: they reach logs.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from services.common.auth import Identity, Role, check_tenant, check_user, parse_role
+from services.common.auth import (
+    DEFAULT_TENANT,
+    Identity,
+    Role,
+    check_tenant,
+    check_user,
+    parse_role,
+)
 
 _FIELDS = ("key", "user", "tenant", "role")
 MAX_KEYS = 100_000
@@ -133,4 +141,18 @@ def load_keys(raw_env: str, path: Path | None) -> dict[str, Identity]:
     if path is not None:
         for key, identity in parse_file(path).items():
             _add(keys, key, identity, "GENSEARCH_API_KEYS_FILE")
+    _check_legacy_owners(keys.values())
     return keys
+
+
+def _check_legacy_owners(identities: Iterable[Identity]) -> None:
+    # Conversations of the tenant "default" and of a user alone in a tenant of its own
+    # name keep their pre-tenant keys (services/memory/store.py, Owner.digest): one user
+    # name in both would be one owner.
+    pairs = {(i.tenant, i.user) for i in identities}
+    for tenant, user in sorted(pairs):
+        if tenant == DEFAULT_TENANT and (user, user) in pairs:
+            raise ApiKeyError(
+                f"the user {user[:64]!r} is in the tenant {DEFAULT_TENANT!r} and in the tenant "
+                f"{user[:64]!r}: give it one of them (their conversations would be shared)"
+            )

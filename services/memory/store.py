@@ -1,7 +1,8 @@
 """Conversations and interactions in Redis.
 
-Key layout (``P`` = key prefix, ``U`` = first 20 hex digits of sha256(user) for the tenant
-``default``, of sha256(tenant + NUL + user) for any other — see ``Owner``):
+Key layout (``P`` = key prefix, ``U`` = first 20 hex digits of sha256(tenant + NUL + user),
+or of sha256(user) as before tenants for the tenant ``default`` and for a user alone in a
+tenant of its own name — see ``Owner.digest``):
 
     P:{u:U}:convs              ZSET  the user's conversations, members "<update_ms:015d>:<cid>"
                                      (score 0, lexicographic order = update_time order)
@@ -86,10 +87,17 @@ class Owner:
     user: str
 
     def digest(self) -> str:
-        """``U`` in the key layout. The default tenant hashes the user alone, as before
-        tenants existed, so its keys are unchanged; any other tenant hashes tenant, NUL,
-        user (no name holds a NUL, so no two owners share a digest)."""
-        text = self.user if self.tenant == DEFAULT_TENANT else self.key
+        """``U`` in the key layout.
+
+        Before tenants, it was sha256(user). It stays so for the two kinds of owner that
+        existed then: anyone of the tenant ``default`` (``anonymous`` on an open server)
+        and a user alone in a tenant of its own name (an API key given as ``user:key``),
+        so their conversations are where they were. Any other owner hashes tenant, NUL,
+        user (no name holds a NUL, so no two such owners share a digest). The key
+        configuration refuses a user both in ``default`` and in a tenant of its name,
+        the one pair that would share keys (``api_keys.py``)."""
+        legacy = self.tenant in (DEFAULT_TENANT, self.user)
+        text = self.user if legacy else self.key
         return hashlib.sha256(text.encode()).hexdigest()[:20]
 
     @property

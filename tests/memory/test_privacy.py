@@ -152,7 +152,8 @@ async def test_forwarded_identity(memory: Memory) -> None:
         NOT_FOUND,
     )
     # ... but the gateway acting as alice sees exactly what alice sees.
-    as_alice = forwarded_identity(_reader("alice"), INTERNAL_TOKEN)
+    # (The key "alice:ka" is alice alone in the tenant "alice".)
+    as_alice = forwarded_identity(Identity("alice", "alice", Role.READER), INTERNAL_TOKEN)
     mine = await s.CreateConversation(pb.CreateConversationRequest(), metadata=ALICE)
     listed = await s.ListConversations(pb.ListConversationsRequest(), metadata=as_alice)
     assert [c.conversation_id for c in listed.conversations] == [mine.conversation.conversation_id]
