@@ -7,7 +7,8 @@ call.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import grpc
@@ -61,7 +62,8 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
     ) -> pb.GetCollectionResponse:
         tenant = require_role(Role.READER).tenant
         schema = await self._catalog.get(tenant, request.name, field="name")
-        count = await self._store.count(schema.store_name, None)
+        with self._dropped(schema):
+            count = await self._store.count(schema.store_name, None)
         return pb.GetCollectionResponse(collection=schema.collection, object_count=count)
 
     async def ListCollections(
@@ -128,18 +130,26 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         if schema is None:
             raise InvalidArgument("the stream carried no message", field="collection")
         if imported:
-            await self._store.optimize(schema.store_name)
+            with self._dropped(schema):
+                await self._store.optimize(schema.store_name)
         return pb.ImportObjectsResponse(
             received_count=received, imported_count=imported, errors=errors
         )
 
     async def _write(self, schema: Schema, objects: Any, first_index: int) -> Any:
-        try:
+        with self._dropped(schema):
             return await write_batch(
                 schema, objects, self._store, self._embedders, first_index=first_index
             )
+
+    @contextlib.contextmanager
+    def _dropped(self, schema: Schema) -> Iterator[None]:
+        """Around engine calls: a collection dropped since we looked it up (by another call
+        or replica) answers like any missing collection, under the caller's name for it,
+        never the engine's."""
+        try:
+            yield
         except NotFound:
-            # Dropped since we looked it up: answer as for any missing collection.
             self._catalog.forget(schema)
             raise not_found(schema.name, "collection") from None
 
@@ -161,7 +171,10 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
     ) -> pb.GetObjectResponse:
         schema = await self._catalog.get(require_role(Role.READER).tenant, request.collection)
         object_id = check_uuid(request.id, "id")
-        found = await self._store.retrieve(schema.store_name, [object_id], request.include_vector)
+        with self._dropped(schema):
+            found = await self._store.retrieve(
+                schema.store_name, [object_id], request.include_vector
+            )
         if not found:
             raise NotFound(f"object {object_id} not found in {schema.name!r}", field="id")
         point = found[0]
@@ -180,10 +193,12 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         if request.ids:
             self._check_batch(len(request.ids), field="ids")
             ids = [check_uuid(v, f"ids[{i}]") for i, v in enumerate(request.ids)]
-            deleted = await self._store.delete_ids(schema.store_name, ids)
+            with self._dropped(schema):
+                deleted = await self._store.delete_ids(schema.store_name, ids)
         elif has_filter:
             where = build_filter(request.filter, schema.types)
-            deleted = await self._store.delete_matching(schema.store_name, where)
+            with self._dropped(schema):
+                deleted = await self._store.delete_matching(schema.store_name, where)
         else:
             raise InvalidArgument("give ids or filter", field="ids")
         return pb.DeleteObjectsResponse(deleted_count=deleted)
@@ -193,7 +208,9 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
     ) -> pb.CountObjectsResponse:
         schema = await self._catalog.get(require_role(Role.READER).tenant, request.collection)
         where = build_filter(request.filter, schema.types) if request.HasField("filter") else None
-        return pb.CountObjectsResponse(count=await self._store.count(schema.store_name, where))
+        with self._dropped(schema):
+            count = await self._store.count(schema.store_name, where)
+        return pb.CountObjectsResponse(count=count)
 
     # -- search ---------------------------------------------------------------------------
 
@@ -206,7 +223,8 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         if request.HasField("filter"):
             where = build_filter(request.filter, schema.types)
         wanted = _return_properties(schema, request.return_properties)
-        result = await self._searcher.search(schema, request, where, page)
+        with self._dropped(schema):
+            result = await self._searcher.search(schema, request, where, page)
         return pb.SearchResponse(
             hits=[_hit(h, wanted) for h in result.hits],
             embed_ms=result.embed_ms,

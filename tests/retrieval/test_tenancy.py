@@ -244,3 +244,19 @@ async def test_api_keys_give_tenant_and_role(make_retrieval: MakeRetrieval) -> N
 
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
 DENIED = grpc.StatusCode.PERMISSION_DENIED
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+async def test_a_collection_dropped_under_a_call_keeps_the_callers_name(
+    make_retrieval: MakeRetrieval, adapter: str
+) -> None:
+    from services.retrieval.tenancy import storage_name
+
+    r = await start(make_retrieval, adapter)
+    await create(r, GLOBEX)
+    # Dropped behind the catalog's back (as another replica on a shared server would).
+    assert await r.store.delete_collection(storage_name("globex", "Docs"))
+    err = await expect_error(
+        r.stub.CountObjects(pb.CountObjectsRequest(collection="Docs"), metadata=GLOBEX), NOT_FOUND
+    )
+    assert err.details() == "collection 'Docs' not found"  # not the engine's name
