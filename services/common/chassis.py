@@ -37,7 +37,7 @@ from opentelemetry.trace import (
     set_span_in_context,
 )
 
-from services.common.auth import Authenticator, current_user, set_current_user
+from services.common.auth import Authenticator, current_identity, set_current_identity
 from services.common.errors import Internal, ServiceError
 from services.common.logs import ACCESS_LOGGER, redact
 from services.common.metrics import MethodMetrics, grpc_type, split_method
@@ -167,7 +167,8 @@ class _MethodWrapper:
                     "method": self.method,
                     "code": code.name,
                     "duration_ms": round(seconds * 1000, 3),
-                    "user": current_user(),
+                    "user": current_identity().user,
+                    "tenant": current_identity().tenant,
                 },
             )
         if span is not None:
@@ -221,7 +222,7 @@ class _MethodWrapper:
             try:
                 request = self._received(request, request_streaming)
                 # Raises Unauthenticated before the servicer runs.
-                set_current_user(self.auth.authenticate(context.invocation_metadata()))  # type: ignore[arg-type]
+                set_current_identity(self.auth.authenticate(context.invocation_metadata()))  # type: ignore[arg-type]
                 response = await fn(request, context)
                 self.metrics.sent.inc()
                 return response
@@ -251,7 +252,7 @@ class _MethodWrapper:
             sent = self.metrics.sent
             try:
                 request = self._received(request, request_streaming)
-                set_current_user(self.auth.authenticate(context.invocation_metadata()))  # type: ignore[arg-type]
+                set_current_identity(self.auth.authenticate(context.invocation_metadata()))  # type: ignore[arg-type]
                 async for item in fn(request, context):
                     yield item
                     sent.inc()

@@ -4,9 +4,9 @@ Each service's class sets ``env_prefix`` to its own namespace, so the memory ser
 ``port`` is ``GENSEARCH_MEMORY_PORT`` and the gateway's is ``GENSEARCH_GATEWAY_PORT``; no
 variable name means two things. Only what is truly the same for every service is read
 unprefixed: ``GENSEARCH_HOST``, ``GENSEARCH_DATA_DIR``, ``GENSEARCH_API_KEYS``,
-``GENSEARCH_INTERNAL_TOKEN`` and ``GENSEARCH_LOG_LEVEL`` (fields with an explicit
-``validation_alias``). Server knobs that a service may need differently (grace period,
-message size, connection age) live in each namespace.
+``GENSEARCH_API_KEYS_FILE``, ``GENSEARCH_INTERNAL_TOKEN`` and ``GENSEARCH_LOG_LEVEL``
+(fields with an explicit ``validation_alias``). Server knobs that a service may need
+differently (grace period, message size, connection age) live in each namespace.
 
 ``warn_unknown_variables`` names, at start, every ``GENSEARCH_*`` variable that no part of
 the running process reads: a typo would otherwise be silently ignored.
@@ -21,6 +21,9 @@ from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.common.api_keys import load_keys
+from services.common.auth import Identity
 
 log = logging.getLogger("gensearch.settings")
 
@@ -65,8 +68,11 @@ class CommonSettings(BaseSettings):
     # Bind address of gRPC and metrics servers; 0.0.0.0 in containers.
     host: str = Field(default="127.0.0.1", validation_alias="GENSEARCH_HOST")
     data_dir: Path = Field(default=Path("data"), validation_alias="GENSEARCH_DATA_DIR")
-    # "alice:key1,bob:key2". Empty: every caller is the user "anonymous".
+    # "alice:key1,bob@acme/reader:key2" (syntax in services/common/api_keys.py). Empty, and
+    # no keys file: every caller is the user "anonymous", admin of the tenant "default".
     api_keys: SecretStr = Field(default=SecretStr(""), validation_alias="GENSEARCH_API_KEYS")
+    # A YAML file of keys (key, user, tenant, role), e.g. mounted from a Secret.
+    api_keys_file: Path | None = Field(default=None, validation_alias="GENSEARCH_API_KEYS_FILE")
     # Shared secret that lets a trusted peer (the gateway) assert the caller's identity
     # with the x-gensearch-user header. Empty: forwarded identities are not accepted.
     internal_token: SecretStr = Field(
@@ -89,17 +95,10 @@ class CommonSettings(BaseSettings):
     def _upper(cls, value: str) -> str:
         return value.upper()
 
-    def api_key_map(self) -> dict[str, str]:
-        """API key -> user, parsed from ``api_keys``."""
-        keys: dict[str, str] = {}
-        raw = self.api_keys.get_secret_value()
-        for pair in filter(None, (p.strip() for p in raw.split(","))):
-            user, sep, key = pair.partition(":")
-            if not sep or not user.strip() or not key.strip():
-                # Never echo the pair itself: it holds a key.
-                raise ValueError("GENSEARCH_API_KEYS must be comma-separated user:key pairs")
-            keys[key.strip()] = user.strip()
-        return keys
+    def api_key_map(self) -> dict[str, Identity]:
+        """API key -> identity, from ``api_keys`` and ``api_keys_file`` (``ValueError``
+        naming the entry, never the key, when either is malformed)."""
+        return load_keys(self.api_keys.get_secret_value(), self.api_keys_file)
 
     @classmethod
     def env_names(cls) -> dict[str, str]:

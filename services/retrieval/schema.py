@@ -13,8 +13,10 @@ from urllib.parse import urlsplit
 from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 from google.protobuf import json_format
 
+from services.common.auth import DEFAULT_TENANT
 from services.common.errors import InvalidArgument
 from services.retrieval.settings import EmbeddingPolicy
+from services.retrieval.tenancy import TENANT_KEY, storage_name
 
 COLLECTION_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,62}")
 PROPERTY_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
@@ -191,9 +193,10 @@ def _validate_generative(gen: pb.GenerativeConfig, types: dict[str, int]) -> Non
 
 @dataclass
 class Schema:
-    """A stored collection with quick lookups."""
+    """A stored collection with quick lookups; ``tenant`` owns it."""
 
     collection: pb.Collection
+    tenant: str = DEFAULT_TENANT
     types: dict[str, int] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -202,6 +205,11 @@ class Schema:
     @property
     def name(self) -> str:
         return self.collection.name
+
+    @property
+    def store_name(self) -> str:
+        """The collection's name in the engine (``tenancy.storage_name``)."""
+        return storage_name(self.tenant, self.name)
 
     @property
     def kind(self) -> int:
@@ -230,13 +238,15 @@ class Schema:
         return list(self.collection.vectorizer.source_properties) or self.text_properties()
 
     def to_json(self) -> dict[str, Any]:
-        return json_format.MessageToDict(self.collection, preserving_proto_field_name=True)
+        data = json_format.MessageToDict(self.collection, preserving_proto_field_name=True)
+        data[TENANT_KEY] = self.tenant
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Schema:
         collection = pb.Collection()
         json_format.ParseDict(data, collection, ignore_unknown_fields=True)
-        return cls(collection)
+        return cls(collection, str(data.get(TENANT_KEY, DEFAULT_TENANT)))
 
 
 @dataclass

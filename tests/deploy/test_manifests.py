@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
 import kubernetes_validate
@@ -426,7 +426,7 @@ def test_base_secrets_are_obvious_placeholders(path: str) -> None:
 
     docs = render(path)
     secrets = {s["metadata"]["name"]: s for s in of_kind(docs, "Secret")}
-    assert set(secrets) == {"gensearch-auth", "gensearch-provider-keys"}
+    assert set(secrets) == {"gensearch-auth", "gensearch-api-keys", "gensearch-provider-keys"}
     for secret in secrets.values():
         for key, value in secret["data"].items():
             assert PLACEHOLDER in base64.b64decode(value).decode(), key
@@ -434,6 +434,47 @@ def test_base_secrets_are_obvious_placeholders(path: str) -> None:
         "GENSEARCH_API_KEYS",
         "GENSEARCH_INTERNAL_TOKEN",
     }
+
+
+KEYS_SECRET = "gensearch-api-keys"
+
+
+@pytest.mark.parametrize("path", ALL)
+def test_the_gateway_mounts_the_api_keys_file_from_a_secret(path: str, tmp_path: Path) -> None:
+    """GENSEARCH_API_KEYS_FILE on the gateway names a file in a read-only volume of the
+    Secret gensearch-api-keys; no other service gets it (a file it cannot read would stop
+    it); where the Secret ships (placeholders), the file parses."""
+    import base64
+
+    from services.common.api_keys import parse_file
+
+    docs = render(path)
+    for service in SERVICES:
+        env = {
+            e["name"]: e.get("value")
+            for e in container(find(docs, "Deployment", service)).get("env", [])
+        }
+        assert ("GENSEARCH_API_KEYS_FILE" in env) == (service == "gateway"), service
+    gateway = find(docs, "Deployment", "gateway")
+    main = container(gateway)
+    file = PurePosixPath(
+        next(e["value"] for e in main["env"] if e["name"] == "GENSEARCH_API_KEYS_FILE")
+    )
+    mounts = {m["mountPath"]: m for m in main["volumeMounts"]}
+    mount = mounts[str(file.parent)]
+    assert mount.get("readOnly") is True
+    volume = next(v for v in pod_spec(gateway)["volumes"] if v["name"] == mount["name"])
+    assert volume["secret"]["secretName"] == KEYS_SECRET
+    secrets = {s["metadata"]["name"]: s for s in of_kind(docs, "Secret")}
+    if path == "overlays/prod":
+        assert KEYS_SECRET not in secrets  # created out of band
+        return
+    data = secrets[KEYS_SECRET]["data"]
+    assert set(data) == {file.name}
+    local = tmp_path / file.name
+    local.write_bytes(base64.b64decode(data[file.name]))
+    keys = parse_file(local)
+    assert keys and all(PLACEHOLDER in key for key in keys)
 
 
 def test_provider_keys_are_the_variables_the_presets_read() -> None:
