@@ -98,12 +98,14 @@ class Quotas:
         concurrent_calls: int,
         llm_calls_per_minute: int,
         max_lease: float,
+        lease_slack: float = LEASE_SLACK_SECONDS,
     ) -> None:
         self._redis = redis
         self._prefix = key_prefix
         self.concurrent_calls = concurrent_calls
         self.llm_calls_per_minute = llm_calls_per_minute
         self._max_lease = max_lease
+        self._lease_slack = lease_slack
         # redis-py annotates register_script's self as Redis; RedisCluster has it too.
         self._enter: AsyncScript = redis.register_script(_script("quota_enter"))  # type: ignore[misc]
         self._charge: AsyncScript = redis.register_script(_script("quota_charge"))  # type: ignore[misc]
@@ -136,7 +138,7 @@ class Quotas:
     def _lease_ms(self, context: grpc.aio.ServicerContext) -> int:
         remaining = context.time_remaining()
         lease = self._max_lease if remaining is None else min(remaining, self._max_lease)
-        return int((max(lease, 0.0) + LEASE_SLACK_SECONDS) * 1000)
+        return int((max(lease, 0.0) + self._lease_slack) * 1000)
 
     @contextlib.asynccontextmanager
     async def admit(self, method: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:

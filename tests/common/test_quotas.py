@@ -1,0 +1,103 @@
+"""The quota scripts on a real Redis: slots of a crashed replica free themselves, the
+per-minute window refuses and says how long to wait, tenants are counted apart, and a
+Redis that is down lets calls through."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from services.common.auth import set_current_user
+from services.common.quotas import QuotaExceeded, Quotas
+from services.common.redis_client import connect
+from services.devlaunch.processes import free_port
+from services.devlaunch.redis_server import RedisProcess
+
+
+class _Context:
+    """What ``admit`` reads of a call: its remaining time."""
+
+    def __init__(self, remaining: float | None) -> None:
+        self.remaining = remaining
+
+    def time_remaining(self) -> float | None:
+        return self.remaining
+
+
+def _quotas(url: str, **limits: Any) -> Quotas:
+    redis = connect(url, cluster=False, socket_timeout=0.5, connect_timeout=0.5)
+    values: dict[str, Any] = {
+        "key_prefix": "test",
+        "concurrent_calls": 0,
+        "llm_calls_per_minute": 0,
+        "max_lease": 60.0,
+        "lease_slack": 0.0,
+        **limits,
+    }
+    return Quotas(redis, **values)
+
+
+async def test_a_crashed_replicas_slots_free_themselves(redis_server: RedisProcess) -> None:
+    quotas = _quotas(redis_server.url, concurrent_calls=1)
+    try:
+        set_current_user("alice")
+        crashed = quotas.admit("/x/Y", _Context(0.3))  # type: ignore[arg-type]
+        await crashed.__aenter__()  # entered, never left: its replica "crashed"
+        with pytest.raises(QuotaExceeded) as caught:
+            async with quotas.admit("/x/Y", _Context(5)):  # type: ignore[arg-type]
+                pass
+        assert caught.value.metadata == {"quota": "concurrent_calls", "limit": "1"}
+        set_current_user("bob")  # another tenant is not affected
+        async with quotas.admit("/x/Y", _Context(5)):  # type: ignore[arg-type]
+            pass
+        set_current_user("alice")
+        await asyncio.sleep(0.5)  # the lease (0.3 s) ended
+        async with quotas.admit("/x/Y", _Context(5)):  # type: ignore[arg-type]
+            pass
+    finally:
+        await quotas.close()
+
+
+async def test_llm_calls_per_minute(redis_server: RedisProcess) -> None:
+    quotas = _quotas(redis_server.url, llm_calls_per_minute=3)
+    try:
+        set_current_user("carol")
+        for _ in range(3):
+            await quotas.charge_llm()
+        with pytest.raises(QuotaExceeded) as caught:
+            await quotas.charge_llm()
+        assert 0 < caught.value.retry_after <= 60
+        assert caught.value.to_status().code.name == "RESOURCE_EXHAUSTED"
+    finally:
+        await quotas.close()
+
+
+async def test_keys_share_one_cluster_slot_per_tenant(redis_server: RedisProcess) -> None:
+    quotas = _quotas(redis_server.url, concurrent_calls=5, llm_calls_per_minute=5)
+    try:
+        set_current_user("dave")
+        async with quotas.admit("/x/Y", _Context(None)):  # type: ignore[arg-type]
+            await quotas.charge_llm()
+            direct = connect(redis_server.url, cluster=False, socket_timeout=1, connect_timeout=1)
+            try:
+                keys = sorted([k async for k in direct.scan_iter(match="test:quota:*")])
+            finally:
+                await direct.aclose()
+        tags = {k.split(b"{")[1].split(b"}")[0] for k in keys}
+        assert len(keys) == 2 and len(tags) == 1, keys
+    finally:
+        await quotas.close()
+
+
+async def test_redis_down_lets_calls_through() -> None:
+    quotas = _quotas(
+        f"redis://127.0.0.1:{free_port()}/0", concurrent_calls=1, llm_calls_per_minute=1
+    )
+    try:
+        for _ in range(3):
+            async with quotas.admit("/x/Y", _Context(1)):  # type: ignore[arg-type]
+                await quotas.charge_llm()
+    finally:
+        await quotas.close()
