@@ -1,5 +1,6 @@
 """The chassis around every RPC of our services: identity, error mapping, metrics, a
-server span and an access log line.
+server span and an access log line; also each method's request size limit (checked on the
+raw bytes, before parsing) and, on the gateway, the admission guard of per-tenant quotas.
 
 Servicers raise ``ServiceError`` subclasses; this turns them into rich statuses. Any other
 exception becomes INTERNAL with a generic message (the traceback goes to the log, never to

@@ -5,6 +5,10 @@ tracing and the access log around every method of our services), gRPC health che
 server reflection and (optionally) a Prometheus endpoint. ``run_until_signal`` runs it
 until SIGTERM/SIGINT, then shuts down gracefully: health goes NOT_SERVING first (so
 Kubernetes stops routing), in-flight calls get ``grace_period`` seconds to finish.
+
+The server holds its limits under abuse (docs/operations.md#limits): request sizes per
+method, idle and silent connections closed, keepalive, caps on streams per connection and
+on calls per process, and the soft open-file limit raised to the hard one at start.
 """
 
 from __future__ import annotations

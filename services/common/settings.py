@@ -6,7 +6,7 @@ variable name means two things. Only what is truly the same for every service is
 unprefixed: ``GENSEARCH_HOST``, ``GENSEARCH_DATA_DIR``, ``GENSEARCH_API_KEYS``,
 ``GENSEARCH_INTERNAL_TOKEN`` and ``GENSEARCH_LOG_LEVEL`` (fields with an explicit
 ``validation_alias``). Server knobs that a service may need differently (grace period,
-message size, connection age) live in each namespace.
+message sizes, connection lifetimes, keepalive, concurrency caps) live in each namespace.
 
 ``warn_unknown_variables`` names, at start, every ``GENSEARCH_*`` variable that no part of
 the running process reads: a typo would otherwise be silently ignored.
