@@ -40,9 +40,10 @@ from opentelemetry.trace import (
 )
 
 from services.common.auth import Authenticator, current_user, set_current_user
-from services.common.errors import Internal, ResourceExhausted, ServiceError
+from services.common.errors import Internal, ServiceError
 from services.common.logs import ACCESS_LOGGER, redact
 from services.common.metrics import MethodMetrics, grpc_type, split_method
+from services.common.request_size import TooLarge, bounded
 from services.common.tracing import metadata_getter
 
 log = logging.getLogger("gensearch.rpc")
@@ -325,7 +326,7 @@ class _MethodWrapper:
         """``limit``: the largest request accepted, when smaller than gRPC's own."""
         deserializer = handler.request_deserializer
         if limit is not None and deserializer is not None:
-            deserializer = _bounded(deserializer, limit, self.method)
+            deserializer = bounded(deserializer, limit, self.method)
         kwargs = {
             "request_deserializer": deserializer,
             "response_serializer": handler.response_serializer,
@@ -345,35 +346,3 @@ class _MethodWrapper:
         return grpc.stream_stream_rpc_method_handler(
             self.stream_response(handler.stream_stream, True), **kwargs
         )
-
-
-class TooLarge:
-    """Stands in for a request over its method's limit: the deserializer hands it over
-    instead of parsing, and the handler answers RESOURCE_EXHAUSTED once the caller is
-    authenticated (an exception in a deserializer would reach the client as UNKNOWN)."""
-
-    __slots__ = ("limit", "method", "size")
-
-    def __init__(self, size: int, limit: int, method: str) -> None:
-        self.size = size
-        self.limit = limit
-        self.method = method
-
-    def error(self) -> ResourceExhausted:
-        return ResourceExhausted(
-            f"the request is {self.size} bytes; {split_method(self.method)[1]} accepts at "
-            f"most {self.limit}",
-            reason="REQUEST_TOO_LARGE",
-            metadata={"limit_bytes": str(self.limit), "size_bytes": str(self.size)},
-        )
-
-
-def _bounded(
-    deserializer: Callable[[bytes], Any], limit: int, method: str
-) -> Callable[[bytes], Any]:
-    def deserialize(data: bytes) -> Any:
-        if len(data) > limit:
-            return TooLarge(len(data), limit, method)
-        return deserializer(data)
-
-    return deserialize
