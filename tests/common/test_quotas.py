@@ -5,6 +5,7 @@ Redis that is down lets calls through."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from services.common.quotas import QuotaExceeded, Quotas
 from services.common.redis_client import connect
 from services.devlaunch.processes import free_port
 from services.devlaunch.redis_server import RedisProcess
+from tests.support.redis_cluster import LocalCluster
 
 
 class _Context:
@@ -26,8 +28,8 @@ class _Context:
         return self.remaining
 
 
-def _quotas(url: str, **limits: Any) -> Quotas:
-    redis = connect(url, cluster=False, socket_timeout=0.5, connect_timeout=0.5)
+def _quotas(url: str, *, cluster: bool = False, **limits: Any) -> Quotas:
+    redis = connect(url, cluster=cluster, socket_timeout=0.5, connect_timeout=0.5)
     values: dict[str, Any] = {
         "key_prefix": "test",
         "concurrent_calls": 0,
@@ -101,3 +103,25 @@ async def test_redis_down_lets_calls_through() -> None:
                 await quotas.charge_llm()
     finally:
         await quotas.close()
+
+
+async def test_quotas_on_a_redis_cluster(tmp_path: Path) -> None:
+    cluster = LocalCluster(tmp_path / "cluster")
+    try:
+        await cluster.start()
+        quotas = _quotas(cluster.url, cluster=True, concurrent_calls=1, llm_calls_per_minute=2)
+        try:
+            for user in ("erin", "frank", "grace"):  # tenants on different nodes
+                set_current_user(user)
+                async with quotas.admit("/x/Y", _Context(5)):  # type: ignore[arg-type]
+                    await quotas.charge_llm()
+                    await quotas.charge_llm()
+                    with pytest.raises(QuotaExceeded):
+                        await quotas.charge_llm()
+                    with pytest.raises(QuotaExceeded):
+                        async with quotas.admit("/x/Y", _Context(5)):  # type: ignore[arg-type]
+                            pass
+        finally:
+            await quotas.close()
+    finally:
+        cluster.stop()
