@@ -111,7 +111,7 @@ async def test_quotas_on_a_redis_cluster(tmp_path: Path) -> None:
         await cluster.start()
         quotas = _quotas(cluster.url, cluster=True, concurrent_calls=1, llm_calls_per_minute=2)
         try:
-            for user in ("erin", "frank", "grace"):  # tenants on different nodes
+            for user in ("erin", "frank", "grace"):  # hash tags spread them over the nodes
                 set_current_user(user)
                 async with quotas.admit("/x/Y", _Context(5)):  # type: ignore[arg-type]
                     await quotas.charge_llm()
