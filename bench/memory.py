@@ -46,10 +46,10 @@ from gensearch.memory.v1 import memory_service_pb2 as pb  # noqa: E402
 from gensearch.memory.v1 import memory_service_pb2_grpc as pb_grpc  # noqa: E402
 
 from services.common.auth import ANONYMOUS, DEFAULT_TENANT  # noqa: E402
+from services.common.redis_client import RedisClient, connect  # noqa: E402
 from services.devlaunch.processes import free_port  # noqa: E402
 from services.devlaunch.redis_server import RedisProcess  # noqa: E402
 from services.memory.ids import UUIDv7Generator  # noqa: E402
-from services.memory.redis_client import RedisClient, connect  # noqa: E402
 from services.memory.store import (  # noqa: E402
     MemoryStore,
     Owner,

@@ -55,8 +55,8 @@ from redis.typing import EncodableT
 
 from services.common.auth import DEFAULT_TENANT
 from services.common.errors import Internal, InvalidArgument, NotFound, Unavailable
+from services.common.redis_client import RedisClient
 from services.memory.ids import UUIDv7Generator
-from services.memory.redis_client import RedisClient
 
 # Redis cannot serve now but may soon: down or unreachable, loading its data, a read-only
 # replica after a failover, a cluster that is down or resharding (CLUSTERDOWN, MASTERDOWN

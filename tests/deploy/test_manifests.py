@@ -600,6 +600,29 @@ def _endpoints(docs: tuple[Doc, ...]) -> dict[str, Endpoint]:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
+def test_limits_and_quotas_are_set(overlay: str) -> None:
+    """The gateway counts quotas in the Redis StatefulSet, and every service's request
+    limits leave no method at gRPC's old 64 MiB (docs/operations.md#limits)."""
+    from services.gateway.settings import GatewaySettings
+    from services.memory.settings import MemorySettings
+    from services.retrieval.settings import RetrievalSettings
+
+    docs = render(f"overlays/{overlay}")
+    env = config(docs)
+    redis = urlsplit(env["GENSEARCH_GATEWAY_REDIS_URL"])
+    assert _target(docs, redis.hostname or "", redis.port or 6379)[1]["kind"] == "StatefulSet"
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        for cls in (GatewaySettings, MemorySettings, RetrievalSettings):
+            settings = cls()
+            assert settings.largest_request() <= 16 * 1024 * 1024, cls.__name__
+            assert settings.max_concurrent_rpcs > 0, cls.__name__
+        gateway = GatewaySettings()
+        assert gateway.quota_concurrent_calls > 0 and gateway.quota_llm_calls_per_minute > 0
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_network_policies(overlay: str) -> None:
     docs = render(f"overlays/{overlay}")
     policies = of_kind(docs, "NetworkPolicy")
@@ -612,7 +635,8 @@ def test_network_policies(overlay: str) -> None:
 
     for service in ("memory", "retrieval", "generation"):
         assert reachable_from(service, SERVICES[service][2]) == {"gateway"}, service
-    assert reachable_from("redis", 6379) == {"memory"}
+    # The gateway counts per-tenant quotas in Redis (GENSEARCH_GATEWAY_REDIS_URL).
+    assert reachable_from("redis", 6379) == {"memory", "gateway"}
     assert reachable_from("qdrant", 6333) == {"retrieval"}
     assert reachable_from("qdrant", 6334) == {"retrieval"}
     # The front door is open to clients in other namespaces.
