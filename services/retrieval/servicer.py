@@ -12,7 +12,7 @@ from google.protobuf import struct_pb2
 
 from services.common.errors import InvalidArgument, NotFound, ServiceError
 from services.retrieval.catalog import Catalog
-from services.retrieval.embedders import Embedders
+from services.retrieval.embedders import Embedders, use_caller_key
 from services.retrieval.filters import Node, build_filter
 from services.retrieval.ingest import write_batch
 from services.retrieval.schema import Schema, check_uuid
@@ -75,6 +75,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
     async def UpsertObjects(
         self, request: pb.UpsertObjectsRequest, context: grpc.aio.ServicerContext
     ) -> pb.UpsertObjectsResponse:
+        use_caller_key(context.invocation_metadata())  # type: ignore[arg-type]
         schema = await self._catalog.get(request.collection)
         self._check_batch(len(request.objects))
         result = await self._write(schema, request.objects, 0)
@@ -85,6 +86,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         request_iterator: AsyncIterator[pb.ImportObjectsRequest],
         context: grpc.aio.ServicerContext,
     ) -> pb.ImportObjectsResponse:
+        use_caller_key(context.invocation_metadata())  # type: ignore[arg-type]
         schema: Schema | None = None
         received = imported = 0
         errors: list[pb.ObjectError] = []
@@ -189,6 +191,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
     async def Search(
         self, request: pb.SearchRequest, context: grpc.aio.ServicerContext
     ) -> pb.SearchResponse:
+        use_caller_key(context.invocation_metadata())  # type: ignore[arg-type]
         schema = await self._catalog.get(request.collection)
         page = self._page(request)
         where: Node | None = None
