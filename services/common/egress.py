@@ -134,9 +134,11 @@ def split_url(url: str) -> tuple[str, str, int, str]:
         raise UrlRefused(f"{echo(url)}: credentials, escapes and fragments are not allowed")
     host = (parts.hostname or "").rstrip(".")
     try:
-        port = parts.port or DEFAULT_PORTS[scheme]
+        port = DEFAULT_PORTS[scheme] if parts.port is None else parts.port
     except ValueError:
-        raise UrlRefused(f"{echo(url)} has an invalid port") from None
+        port = 0
+    if not 0 < port < 65536:
+        raise UrlRefused(f"{echo(url)} has an invalid port")
     if _address(host) is None and not _valid_name(host):
         raise UrlRefused(f"host {echo(host)} is not a host name or address")
     rest = parts.path.rstrip("/") + (f"?{parts.query}" if parts.query else "")

@@ -109,6 +109,8 @@ def allowed(allowlist: str, url: str) -> bool:
         ("api.example.com", "https://evil.test#@api.example.com/v1", False),
         ("api.example.com", "https://api.example.com /v1", False),
         ("api.example.com", "ftp://api.example.com/v1", False),
+        ("api.example.com", "https://api.example.com:0/v1", False),
+        ("api.example.com", "https://api.example.com:99999/v1", False),
         ("api.example.com", "api.example.com/v1", False),
         ("*", "https://127.1/v1", False),
         ("*", "https://0x7f000001/v1", False),
