@@ -13,7 +13,9 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
+from pydantic import ValidationError
 
+from services.retrieval.settings import RetrievalSettings
 from tests.retrieval.conftest import ARTICLE_PROPS, MakeRetrieval, expect_error, obj
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.rpc import error_info
@@ -280,3 +282,25 @@ async def test_a_collection_is_checked_again_when_used(
     )
     assert error_info(err).reason == "URL_NOT_ALLOWED"
     assert attacker.requests == []
+
+
+# -- the operator's settings ----------------------------------------------------------------
+
+
+def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GENSEARCH_RETRIEVAL_ALLOWED_HOSTS", "*.example.com, http://10.0.0.0/8")
+    monkeypatch.setenv(
+        "GENSEARCH_RETRIEVAL_EMBEDDING_KEY_URLS", '{"TEI_KEY": "http://TEI.internal:8080/v1/"}'
+    )
+    policy = RetrievalSettings().embedding_policy()
+    assert len(policy.egress.entries) == 2
+    assert policy.key_urls == {"TEI_KEY": "http://tei.internal:8080/v1"}
+
+
+def test_a_bad_allowlist_stops_the_service_and_names_the_entry(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("GENSEARCH_RETRIEVAL_ALLOWED_HOSTS", "api.example.com, https://x.test/v1")
+    with pytest.raises(ValidationError) as err:
+        RetrievalSettings()
+    assert "'https://x.test/v1'" in str(err.value)
