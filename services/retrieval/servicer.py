@@ -19,7 +19,7 @@ from google.protobuf import struct_pb2
 from services.common.auth import Role, require_role
 from services.common.errors import InvalidArgument, NotFound, ServiceError
 from services.retrieval.catalog import Catalog, not_found
-from services.retrieval.embedders import Embedders
+from services.retrieval.embedders import Embedders, use_caller_key
 from services.retrieval.filters import Node, build_filter
 from services.retrieval.ingest import write_batch
 from services.retrieval.schema import Schema, check_uuid
@@ -86,6 +86,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
     async def UpsertObjects(
         self, request: pb.UpsertObjectsRequest, context: grpc.aio.ServicerContext
     ) -> pb.UpsertObjectsResponse:
+        use_caller_key(context.invocation_metadata())  # type: ignore[arg-type]
         schema = await self._catalog.get(require_role(Role.WRITER).tenant, request.collection)
         self._check_batch(len(request.objects))
         result = await self._write(schema, request.objects, 0)
@@ -96,6 +97,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         request_iterator: AsyncIterator[pb.ImportObjectsRequest],
         context: grpc.aio.ServicerContext,
     ) -> pb.ImportObjectsResponse:
+        use_caller_key(context.invocation_metadata())  # type: ignore[arg-type]
         tenant = require_role(Role.WRITER).tenant
         schema: Schema | None = None
         received = imported = 0
@@ -217,6 +219,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
     async def Search(
         self, request: pb.SearchRequest, context: grpc.aio.ServicerContext
     ) -> pb.SearchResponse:
+        use_caller_key(context.invocation_metadata())  # type: ignore[arg-type]
         schema = await self._catalog.get(require_role(Role.READER).tenant, request.collection)
         page = self._page(request)
         where: Node | None = None
