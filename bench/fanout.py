@@ -49,6 +49,7 @@ from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as ret_grpc  # noq
 from google.protobuf import struct_pb2  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 
+from services.common.auth import DEFAULT_TENANT, Identity, Role, forwarded_identity  # noqa: E402
 from services.common.server import GrpcServer  # noqa: E402
 from services.devlaunch.processes import free_port  # noqa: E402
 from services.devlaunch.redis_server import RedisProcess  # noqa: E402
@@ -248,7 +249,7 @@ class Bench:
         return await timed(call)
 
     async def sequential(self, n: int) -> float:
-        identity = (("x-gensearch-internal-token", TOKEN), ("x-gensearch-user", "bench"))
+        identity = forwarded_identity(Identity("bench", DEFAULT_TENANT, Role.READER), TOKEN)
 
         async def call() -> None:
             for i in range(n):

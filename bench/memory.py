@@ -45,12 +45,16 @@ import grpc  # noqa: E402
 from gensearch.memory.v1 import memory_service_pb2 as pb  # noqa: E402
 from gensearch.memory.v1 import memory_service_pb2_grpc as pb_grpc  # noqa: E402
 
-from services.common.auth import ANONYMOUS  # noqa: E402
+from services.common.auth import ANONYMOUS, DEFAULT_TENANT  # noqa: E402
+from services.common.redis_client import RedisClient, connect  # noqa: E402
 from services.devlaunch.processes import free_port  # noqa: E402
 from services.devlaunch.redis_server import RedisProcess  # noqa: E402
 from services.memory.ids import UUIDv7Generator  # noqa: E402
-from services.memory.redis_client import RedisClient, connect  # noqa: E402
-from services.memory.store import MemoryStore, lua_source  # noqa: E402
+from services.memory.store import (  # noqa: E402
+    MemoryStore,
+    Owner,
+    lua_source,
+)
 from tests.support.redis_cluster import LocalCluster  # noqa: E402
 
 ECHO_METHOD = "/bench.v1.EchoService/Echo"
@@ -183,7 +187,7 @@ class _Floor:
 
     def __init__(self, redis: RedisClient) -> None:
         self._redis = redis
-        self._tag = MemoryStore(redis).tag(ANONYMOUS)
+        self._tag = MemoryStore(redis).tag(Owner(DEFAULT_TENANT, ANONYMOUS))
         self._script = redis.register_script(lua_source("create_interaction"))  # type: ignore[misc]
         self._ids = UUIDv7Generator()
 

@@ -288,9 +288,12 @@ async def _start_parts(stack: Stack) -> None:
     for name, build in (("memory", memory), ("retrieval", retrieval), ("generation", generation)):
         await _serve(stack, name, build)
 
-    gateway_settings = gateway_settings.model_copy(
-        update={f"{name}_addr": stack.parts[name].address for name in PARTS}
-    )
+    addresses: dict[str, Any] = {f"{name}_addr": stack.parts[name].address for name in PARTS}
+    if not gateway_settings.redis_url.get_secret_value():
+        # The quotas count in the memory service's Redis unless told otherwise.
+        addresses["redis_url"] = memory_settings.redis_url
+        addresses["redis_cluster"] = memory_settings.redis_cluster
+    gateway_settings = gateway_settings.model_copy(update=addresses)
 
     async def gateway() -> GrpcServer:
         return await build_gateway(gateway_settings, port=args.port)

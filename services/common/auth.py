@@ -1,44 +1,136 @@
-"""Caller identity.
+"""Caller identity: a user in a tenant, with a role.
 
 Two ways in:
 
-* a client sends ``authorization: Bearer <key>``; ``GENSEARCH_API_KEYS`` maps the key to a
-  user. With no keys configured every caller is ``anonymous``.
+* a client sends ``authorization: Bearer <key>``; the configured keys
+  (``GENSEARCH_API_KEYS`` and/or ``GENSEARCH_API_KEYS_FILE``, parsed in ``api_keys.py``)
+  map the key to an ``Identity``. With no keys configured every caller is ``anonymous``,
+  admin of the tenant ``default``.
 * a trusted peer (the gateway) sends ``x-gensearch-internal-token: <GENSEARCH_INTERNAL_TOKEN>``
-  and ``x-gensearch-user: <user>``: it has already authenticated the caller and forwards
-  who it is. Without a configured internal token that header is never believed.
+  with ``x-gensearch-user``, ``x-gensearch-tenant`` and ``x-gensearch-role``: it has already
+  authenticated the caller and forwards who it is. Without a configured internal token
+  those headers are never believed.
+
+Roles are ordered, each including the ones below it: ``admin`` (create, update, delete
+collections) ⊃ ``writer`` (import, upsert, delete objects) ⊃ ``reader`` (search,
+generative search, ask, its own conversations). A service checks the role an RPC needs
+with ``require_role``.
 """
 
 from __future__ import annotations
 
+import enum
 import hmac
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
+from dataclasses import dataclass
 
-from services.common.errors import Unauthenticated
+from services.common.errors import PermissionDenied, Unauthenticated
 
 ANONYMOUS = "anonymous"
+DEFAULT_TENANT = "default"
 USER_HEADER = "x-gensearch-user"
+TENANT_HEADER = "x-gensearch-tenant"
+ROLE_HEADER = "x-gensearch-role"
 TOKEN_HEADER = "x-gensearch-internal-token"
-MAX_USER_LEN = 256
+MAX_NAME_LEN = 256
+# Printable ASCII, no control characters: user and tenant names travel in gRPC metadata
+# and in logs, and "\0" separates tenant from user where both are hashed together. Stores
+# never use a tenant name as is (they hash it), so no other character is special.
+_NAME_CHARS = re.compile(r"[\x20-\x7e]+")
 
-_current_user: ContextVar[str] = ContextVar("gensearch_user", default=ANONYMOUS)
+
+class Role(enum.StrEnum):
+    """Declared from least to most: a role may do everything the roles before it may."""
+
+    READER = "reader"
+    WRITER = "writer"
+    ADMIN = "admin"
+
+    def includes(self, other: Role) -> bool:
+        order = list(Role)
+        return order.index(self) >= order.index(other)
+
+
+@dataclass(frozen=True)
+class Identity:
+    user: str
+    tenant: str
+    role: Role
+
+
+def _check_name(value: str, what: str) -> str | None:
+    if not value or len(value) > MAX_NAME_LEN:
+        return f"a {what} name must be 1..{MAX_NAME_LEN} characters"
+    if not _NAME_CHARS.fullmatch(value) or value != value.strip():
+        return f"a {what} name must be printable ASCII without surrounding spaces"
+    return None
+
+
+def check_user(user: str) -> str | None:
+    """Why ``user`` is not a valid user name, or None."""
+    return _check_name(user, "user")
+
+
+def check_tenant(tenant: str) -> str | None:
+    """Why ``tenant`` is not a valid tenant name, or None."""
+    return _check_name(tenant, "tenant")
+
+
+def parse_role(value: str) -> Role | None:
+    try:
+        return Role(value)
+    except ValueError:
+        return None
+
+
+OPEN_IDENTITY = Identity(ANONYMOUS, DEFAULT_TENANT, Role.ADMIN)
+
+_current: ContextVar[Identity] = ContextVar("gensearch_identity", default=OPEN_IDENTITY)
+
+
+def current_identity() -> Identity:
+    """The authenticated caller of the RPC being served."""
+    return _current.get()
 
 
 def current_user() -> str:
-    """The authenticated caller of the RPC being served."""
-    return _current_user.get()
+    return _current.get().user
 
 
-def set_current_user(user: str) -> None:
-    _current_user.set(user)
+def current_tenant() -> str:
+    """The tenant of the RPC being served (what quotas and storage are keyed by)."""
+    return _current.get().tenant
+
+
+def set_current_identity(identity: Identity) -> None:
+    _current.set(identity)
+
+
+def require_role(role: Role) -> Identity:
+    """The current identity, if its role includes ``role``; PERMISSION_DENIED naming the
+    role needed otherwise."""
+    identity = _current.get()
+    if not identity.role.includes(role):
+        raise PermissionDenied(
+            f"this call needs the role {role.value!r} (or higher); "
+            f"the caller has {identity.role.value!r}",
+            reason="ROLE_REQUIRED",
+            metadata={"required_role": role.value, "role": identity.role.value},
+        )
+    return identity
 
 
 class Authenticator:
     def __init__(
-        self, api_keys: dict[str, str], internal_token: str, *, accept_forwarded: bool = True
+        self,
+        api_keys: Mapping[str, Identity],
+        internal_token: str,
+        *,
+        accept_forwarded: bool = True,
     ) -> None:
-        self._keys = api_keys
+        self._keys = dict(api_keys)
         # The public front door (the gateway) never takes an identity from its callers'
         # headers: it is the one that forwards identities, not one that receives them.
         self._token = internal_token.encode() if accept_forwarded else b""
@@ -49,7 +141,7 @@ class Authenticator:
         """True when no API keys are configured (everyone is anonymous)."""
         return not self._keys
 
-    def authenticate(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
+    def authenticate(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> Identity:
         headers: dict[str, str] = {}
         for key, value in metadata or ():
             if isinstance(value, str):
@@ -58,16 +150,9 @@ class Authenticator:
         if token is not None:
             if not self._token or not hmac.compare_digest(token.encode(), self._token):
                 raise Unauthenticated("invalid internal token", reason="INVALID_INTERNAL_TOKEN")
-            user = headers.get(USER_HEADER, "").strip()
-            if not user or len(user) > MAX_USER_LEN:
-                raise Unauthenticated(
-                    f"{USER_HEADER} must name the forwarded user",
-                    field=USER_HEADER,
-                    reason="MISSING_FORWARDED_USER",
-                )
-            return user
+            return _forwarded(headers)
         if self.open:
-            return ANONYMOUS
+            return OPEN_IDENTITY
         auth = headers.get("authorization", "")
         scheme, _, key = auth.partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
@@ -75,12 +160,40 @@ class Authenticator:
                 "missing credentials: send metadata 'authorization: Bearer <api key>'",
                 reason="MISSING_CREDENTIALS",
             )
-        for known, user in self._keys.items():
-            if hmac.compare_digest(key.strip().encode(), known.encode()):
-                return user
+        wanted = key.strip().encode()
+        for known, identity in self._keys.items():
+            if hmac.compare_digest(wanted, known.encode()):
+                return identity
         raise Unauthenticated("invalid API key", reason="INVALID_API_KEY")
 
 
-def forwarded_identity(user: str, internal_token: str) -> tuple[tuple[str, str], ...]:
-    """Metadata a trusted peer sends so the callee acts as ``user``."""
-    return ((TOKEN_HEADER, internal_token), (USER_HEADER, user))
+def _forwarded(headers: Mapping[str, str]) -> Identity:
+    """The identity a trusted peer asserts; every part must be there and valid."""
+    user = headers.get(USER_HEADER, "")
+    tenant = headers.get(TENANT_HEADER, "")
+    role = parse_role(headers.get(ROLE_HEADER, ""))
+    if check_user(user) is not None:
+        raise _bad_forward(USER_HEADER, "MISSING_FORWARDED_USER")
+    if check_tenant(tenant) is not None:
+        raise _bad_forward(TENANT_HEADER, "MISSING_FORWARDED_TENANT")
+    if role is None:
+        raise _bad_forward(ROLE_HEADER, "MISSING_FORWARDED_ROLE")
+    return Identity(user, tenant, role)
+
+
+def _bad_forward(header: str, reason: str) -> Unauthenticated:
+    return Unauthenticated(
+        f"{header} must name the forwarded caller's {header.rsplit('-', 1)[-1]}",
+        field=header,
+        reason=reason,
+    )
+
+
+def forwarded_identity(identity: Identity, internal_token: str) -> tuple[tuple[str, str], ...]:
+    """Metadata a trusted peer sends so the callee acts as ``identity``."""
+    return (
+        (TOKEN_HEADER, internal_token),
+        (USER_HEADER, identity.user),
+        (TENANT_HEADER, identity.tenant),
+        (ROLE_HEADER, identity.role.value),
+    )

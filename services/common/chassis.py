@@ -1,5 +1,6 @@
 """The chassis around every RPC of our services: identity, error mapping, metrics, a
-server span and an access log line.
+server span and an access log line; also each method's request size limit (checked on the
+raw bytes, before parsing) and, on the gateway, the admission guard of per-tenant quotas.
 
 Servicers raise ``ServiceError`` subclasses; this turns them into rich statuses. Any other
 exception becomes INTERNAL with a generic message (the traceback goes to the log, never to
@@ -18,6 +19,7 @@ spans match. Health checking and reflection are registered unwrapped, so probes 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import time
@@ -37,10 +39,11 @@ from opentelemetry.trace import (
     set_span_in_context,
 )
 
-from services.common.auth import Authenticator, current_user, set_current_user
+from services.common.auth import Authenticator, current_identity, set_current_identity
 from services.common.errors import Internal, InvalidArgument, ServiceError
 from services.common.logs import ACCESS_LOGGER, redact
 from services.common.metrics import MethodMetrics, grpc_type, split_method
+from services.common.request_size import TooLarge, bounded
 from services.common.tracing import metadata_getter
 
 log = logging.getLogger("gensearch.rpc")
@@ -61,45 +64,80 @@ SERVER_ERRORS = frozenset(
     }
 )
 
+# The admission guard (the gateway's quotas): called with the full method name and the
+# context once the caller is authenticated, it returns the async context manager the call
+# runs in; entering it may raise a ServiceError (RESOURCE_EXHAUSTED).
+Admission = Callable[[str, grpc.aio.ServicerContext], contextlib.AbstractAsyncContextManager[Any]]
+_ADMITTED: contextlib.AbstractAsyncContextManager[Any] = contextlib.nullcontext()
+
 # What _begin hands to _end: start time, server span and the context token to detach.
 Begun = tuple[float, Span | None, object]
 
 
 class ChassisRegistry:
     """Stands in for the ``grpc.aio.Server`` that generated ``add_*_to_server`` functions
-    register with: it wraps every method handler, then registers it on the real server."""
+    register with: it wraps every method handler; ``register`` then puts them on the real
+    server (built once every service is known, since gRPC's receive limit is the largest
+    method's)."""
 
     def __init__(
         self,
-        server: grpc.aio.Server,
         auth: Authenticator,
         server_name: str,
         tracer: Tracer | None = None,
+        *,
+        request_limit: Callable[[str], int],
+        admission: Admission | None = None,
     ) -> None:
-        self._server = server
         self._auth = auth
         self._server_name = server_name
         self._tracer = tracer
+        self._request_limit = request_limit
+        self._admission = admission
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+        self._registered: list[tuple[str, dict[str, grpc.RpcMethodHandler]]] = []
+        self._generic: list[grpc.GenericRpcHandler] = []
+        self._largest = 0
 
     def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         wrapped = self._wrapped.get(method)
         if wrapped is None:
-            wrapped = _MethodWrapper(
-                method, handler, self._auth, self._server_name, self._tracer
-            ).wrap(handler)
+            limit = self._request_limit(split_method(method)[1])
+            wrapper = _MethodWrapper(
+                method, handler, self._auth, self._server_name, self._tracer, self._admission
+            )
+            # gRPC itself enforces the largest limit; only smaller ones need a check here.
+            wrapped = wrapper.wrap(handler, limit if limit < self._largest else None)
             self._wrapped[method] = wrapped
         return wrapped
+
+    def largest_request(self) -> int:
+        """The largest request limit among the methods registered so far."""
+        return max(
+            (self._request_limit(name) for _, handlers in self._registered for name in handlers),
+            default=self._request_limit(""),
+        )
 
     def add_registered_method_handlers(
         self, service: str, handlers: Mapping[str, grpc.RpcMethodHandler]
     ) -> None:
-        self._server.add_registered_method_handlers(  # type: ignore[attr-defined]
-            service, {name: self.wrap(f"/{service}/{name}", h) for name, h in handlers.items()}
-        )
+        self._registered.append((service, dict(handlers)))
 
     def add_generic_rpc_handlers(self, handlers: Iterable[grpc.GenericRpcHandler]) -> None:
-        self._server.add_generic_rpc_handlers(tuple(_WrappedGeneric(h, self) for h in handlers))
+        self._generic.extend(_WrappedGeneric(h, self) for h in handlers)
+
+    def register(self, server: grpc.aio.Server) -> None:
+        """Puts every wrapped handler on ``server``. Each method refuses a request over its
+        own limit unparsed; gRPC refuses one over the largest limit (``largest_request``,
+        the server's receive limit) without reading it."""
+        self._largest = self.largest_request()
+        for service, handlers in self._registered:
+            wrapped = {
+                name: self.wrap(f"/{service}/{name}", handler) for name, handler in handlers.items()
+            }
+            server.add_registered_method_handlers(service, wrapped)  # type: ignore[attr-defined]
+        if self._generic:
+            server.add_generic_rpc_handlers(tuple(self._generic))
 
 
 class _WrappedGeneric(grpc.GenericRpcHandler):
@@ -125,8 +163,10 @@ class _MethodWrapper:
         auth: Authenticator,
         server: str,
         tracer: Tracer | None,
+        admission: Admission | None = None,
     ) -> None:
         service, name = split_method(method)
+        self.admission = admission
         self.method = method
         self.auth = auth
         kind = grpc_type(handler.request_streaming, handler.response_streaming)
@@ -167,7 +207,8 @@ class _MethodWrapper:
                     "method": self.method,
                     "code": code.name,
                     "duration_ms": round(seconds * 1000, 3),
-                    "user": current_user(),
+                    "user": current_identity().user,
+                    "tenant": current_identity().tenant,
                 },
             )
         if span is not None:
@@ -200,22 +241,29 @@ class _MethodWrapper:
             return grpc.StatusCode.DEADLINE_EXCEEDED
         return grpc.StatusCode.CANCELLED
 
-    def _accept(self, request: Any, streaming: bool, context: grpc.aio.ServicerContext) -> Any:
-        """Counts the request, authenticates the caller (Unauthenticated before the
-        servicer runs, and before a malformed request is reported) and hands on the request
-        or, when streaming, a counting iterator over the requests."""
-        if streaming:
-            request = self._counted(request)
-        else:
+    def _received(self, request: Any, streaming: bool) -> Any:
+        if not streaming:
             self.metrics.received.inc()
-        set_current_user(self.auth.authenticate(context.invocation_metadata()))  # type: ignore[arg-type]
-        return request if streaming else _parsed(request)
+            if isinstance(request, TooLarge | _Undecodable):
+                raise request.error()
+            return request
+        return self._counted(request)
 
     async def _counted(self, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
         received = self.metrics.received
         async for request in requests:
             received.inc()
-            yield _parsed(request)
+            if isinstance(request, TooLarge | _Undecodable):
+                raise request.error()
+            yield request
+
+    def _authenticated(self, context: grpc.aio.ServicerContext) -> Any:
+        """Raises Unauthenticated before the servicer runs; then the admission guard
+        (quotas) for the caller, if the server has one."""
+        set_current_identity(self.auth.authenticate(context.invocation_metadata()))  # type: ignore[arg-type]
+        if self.admission is None:
+            return _ADMITTED
+        return self.admission(self.method, context)
 
     def unary_response(
         self, fn: Callable[..., Awaitable[Any]], request_streaming: bool
@@ -224,8 +272,10 @@ class _MethodWrapper:
             begun = self._begin(context)
             code = None
             try:
-                request = self._accept(request, request_streaming, context)
-                response = await fn(request, context)
+                guard = self._authenticated(context)
+                request = self._received(request, request_streaming)
+                async with guard:
+                    response = await fn(request, context)
                 self.metrics.sent.inc()
                 return response
             except AbortError:
@@ -253,10 +303,12 @@ class _MethodWrapper:
             code = None
             sent = self.metrics.sent
             try:
-                request = self._accept(request, request_streaming, context)
-                async for item in fn(request, context):
-                    yield item
-                    sent.inc()
+                guard = self._authenticated(context)
+                request = self._received(request, request_streaming)
+                async with guard:
+                    async for item in fn(request, context):
+                        yield item
+                        sent.inc()
             except AbortError:
                 raise
             except asyncio.CancelledError:
@@ -271,9 +323,13 @@ class _MethodWrapper:
 
         return gen
 
-    def wrap(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    def wrap(self, handler: grpc.RpcMethodHandler, limit: int | None) -> grpc.RpcMethodHandler:
+        """``limit``: the largest request accepted, when smaller than gRPC's own."""
+        deserializer = _tolerant(handler.request_deserializer)
+        if limit is not None and deserializer is not None:
+            deserializer = bounded(deserializer, limit, self.method)
         kwargs = {
-            "request_deserializer": _tolerant(handler.request_deserializer),
+            "request_deserializer": deserializer,
             "response_serializer": handler.response_serializer,
         }
         if handler.unary_unary:
@@ -296,18 +352,37 @@ class _MethodWrapper:
 class _Undecodable:
     """Stands in for a request message protobuf could not parse. grpc-python answers a
     deserializer's exception itself, as UNKNOWN quoting the Python exception; handed to
-    the handler instead, it becomes INVALID_ARGUMENT with ErrorInfo like any bad input."""
+    the handler instead, it becomes INVALID_ARGUMENT with ErrorInfo like any bad input
+    (once the caller is authenticated, as ``TooLarge`` does)."""
 
-    __slots__ = ("error", "message_type")
+    __slots__ = ("error_text", "message_type")
 
     def __init__(self, error: Exception, message_type: str) -> None:
-        self.error = error
+        self.error_text = str(error)
         self.message_type = message_type
 
+    def error(self) -> InvalidArgument:
+        metadata = {"message_type": self.message_type}
+        # upb names the limit it hit ("Exceeded upb_DecodeOptions_MaxDepth"), nothing more.
+        if "MaxDepth" in self.error_text:
+            return InvalidArgument(
+                f"the request nests deeper than protobuf parses ({_PARSE_DEPTH} message "
+                "levels, about 32 levels of objects and lists); nothing of it was processed",
+                reason="NESTING_TOO_DEEP",
+                metadata=metadata,
+            )
+        return InvalidArgument(
+            f"the request is not a valid {self.message_type} message",
+            reason="MALFORMED_REQUEST",
+            metadata=metadata,
+        )
 
-def _tolerant(
-    deserializer: Callable[[bytes], Any] | None,
-) -> Callable[[bytes], Any] | None:
+
+# protobuf's default recursion limit when parsing.
+_PARSE_DEPTH = 100
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
     if deserializer is None:
         return None
     # Generated handlers deserialize with ``<Message>.FromString``, bound to the class.
@@ -321,25 +396,3 @@ def _tolerant(
             return _Undecodable(err, message_type)
 
     return parse
-
-
-def _parsed(request: Any) -> Any:
-    if not isinstance(request, _Undecodable):
-        return request
-    # upb names the limit it hit ("Exceeded upb_DecodeOptions_MaxDepth"), nothing more.
-    if "MaxDepth" in str(request.error):
-        raise InvalidArgument(
-            f"the request nests deeper than protobuf parses ({_PARSE_DEPTH} message levels, "
-            "about 32 levels of objects and lists); nothing of it was processed",
-            reason="NESTING_TOO_DEEP",
-            metadata={"message_type": request.message_type},
-        )
-    raise InvalidArgument(
-        f"the request is not a valid {request.message_type} message",
-        reason="MALFORMED_REQUEST",
-        metadata={"message_type": request.message_type},
-    )
-
-
-# protobuf's default recursion limit when parsing.
-_PARSE_DEPTH = 100

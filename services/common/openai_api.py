@@ -9,6 +9,14 @@ own, so dropping one from the cache needs no cleanup; ``close()`` closes the tra
 The SDK's retries are off (``max_retries=0``): ``services.common.upstream_retry`` is the one
 policy. Proxies and certificates from the environment are not used (``trust_env=False``),
 as before the SDK: an LLM endpoint is reached directly.
+
+URLs a caller named (a collection's vectorizer endpoint) go through their own
+``OpenAIClients(egress=policy)``, never the operator's: its aiohttp connector checks every
+name it resolves and every address it connects to against the operator's allowlist
+(``services.common.egress``), and it follows no redirect (a redirect would name a host
+nobody checked). The SDK's ``DefaultAioHttpClient`` takes such a connector through its
+``transport``: the ``httpx-aiohttp`` package's ``AiohttpTransport(client=...)``, the
+transport the SDK itself is built on, with our session.
 """
 
 from __future__ import annotations
@@ -19,10 +27,14 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
+import aiohttp
 import openai
+from aiohttp.abc import AbstractResolver
+from httpx_aiohttp.httpx2 import AiohttpTransport
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, StatusCode, Tracer
 
+from services.common.egress import EgressPolicy, EgressResolver, guarded_connector
 from services.common.errors import ServiceError
 
 # The SDK refuses to build a client without credentials; every call then either sends the
@@ -38,10 +50,26 @@ _NO_AMBIENT_IDS: Any = {"OpenAI-Organization": openai.omit, "OpenAI-Project": op
 
 
 class OpenAIClients:
-    """``AsyncOpenAI`` clients by (base_url, timeouts), on one shared aiohttp transport."""
+    """``AsyncOpenAI`` clients by (base_url, timeouts), on one shared aiohttp transport.
 
-    def __init__(self, *, max_clients: int = MAX_CLIENTS) -> None:
-        self._http = openai.DefaultAioHttpClient(trust_env=False)
+    ``egress``: the clients are for URLs callers named; every connection passes that
+    policy, redirects are not followed. ``resolver`` resolves names for those connections
+    (default: aiohttp's own; tests give one that maps names of their own).
+    """
+
+    def __init__(
+        self,
+        *,
+        max_clients: int = MAX_CLIENTS,
+        egress: EgressPolicy | None = None,
+        resolver: AbstractResolver | None = None,
+    ) -> None:
+        self._resolver = None if egress is None else EgressResolver(egress, resolver)
+        self._http = (
+            openai.DefaultAioHttpClient(trust_env=False)
+            if self._resolver is None
+            else _guarded_http_client(self._resolver)
+        )
         self._clients: OrderedDict[tuple[str, float, float], openai.AsyncOpenAI] = OrderedDict()
         self._max_clients = max_clients
 
@@ -74,6 +102,19 @@ class OpenAIClients:
     async def close(self) -> None:
         self._clients.clear()
         await self._http.aclose()
+        if self._resolver is not None:
+            await self._resolver.close()
+
+
+def _guarded_http_client(resolver: EgressResolver) -> openai.DefaultAioHttpClient:
+    def session() -> aiohttp.ClientSession:
+        # Called by the transport on its first request, inside the event loop.
+        return aiohttp.ClientSession(
+            connector=guarded_connector(resolver, ssl=transport.ssl_context)
+        )
+
+    transport = AiohttpTransport(trust_env=False, client=session)
+    return openai.DefaultAioHttpClient(transport=transport, trust_env=False, follow_redirects=False)
 
 
 def authorized(

@@ -5,6 +5,10 @@ tracing and the access log around every method of our services), gRPC health che
 server reflection and (optionally) a Prometheus endpoint. ``run_until_signal`` runs it
 until SIGTERM/SIGINT, then shuts down gracefully: health goes NOT_SERVING first (so
 Kubernetes stops routing), in-flight calls get ``grace_period`` seconds to finish.
+
+The server holds its limits under abuse (docs/operations.md#limits): request sizes per
+method, idle and silent connections closed, keepalive, caps on streams per connection and
+on calls per process, and the soft open-file limit raised to the hard one at start.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -22,7 +27,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from services.common.auth import Authenticator
-from services.common.chassis import ChassisRegistry
+from services.common.chassis import Admission, ChassisRegistry
 from services.common.logs import register_secret
 from services.common.metrics import serve_metrics, server_name
 from services.common.settings import CommonSettings
@@ -42,7 +47,10 @@ class GrpcServer:
         metrics_port: int | None = None,
         host: str | None = None,
         accept_forwarded_identity: bool = True,
+        admission: Admission | None = None,
     ) -> None:
+        """``admission`` (the gateway's quotas) guards every call of our services once
+        its caller is authenticated."""
         keys = settings.api_key_map()
         token = settings.internal_token.get_secret_value()
         for secret in (*keys, token):
@@ -52,19 +60,19 @@ class GrpcServer:
         self.port = port
         self.metrics_port = metrics_port
         self.authenticator = Authenticator(keys, token, accept_forwarded=accept_forwarded_identity)
-        options = [
-            ("grpc.max_receive_message_length", settings.max_message_bytes),
-            ("grpc.max_send_message_length", settings.max_message_bytes),
-            ("grpc.so_reuseport", 0),
-        ]
-        if settings.max_connection_age > 0:
-            options.append(("grpc.max_connection_age_ms", int(settings.max_connection_age * 1000)))
-        self.server = grpc.aio.server(options=options)
+        self._admission = admission
+        # Built by start(): the receive limit gRPC enforces depends on the methods served.
+        self._server: grpc.aio.Server | None = None
         self._chassis: ChassisRegistry | None = None
         self.health = HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self._service_names: list[str] = []
         self._on_stop: list[Callable[[], Awaitable[None]]] = []
+
+    @property
+    def server(self) -> grpc.aio.Server:
+        if self._server is None:
+            raise RuntimeError("the server is built by start()")
+        return self._server
 
     def add_service(self, registrar: Registrar, servicer: Any, full_name: str) -> None:
         """Registers a servicer through its generated ``add_*_to_server`` function, with the
@@ -72,7 +80,13 @@ class GrpcServer:
         traces (``service.name=gensearch-<name>``)."""
         if self._chassis is None:
             name = server_name(full_name)
-            self._chassis = ChassisRegistry(self.server, self.authenticator, name, tracer(name))
+            self._chassis = ChassisRegistry(
+                self.authenticator,
+                name,
+                tracer(name),
+                request_limit=self.settings.request_limit,
+                admission=self._admission,
+            )
         registrar(servicer, self._chassis)
         self._service_names.append(full_name)
 
@@ -84,7 +98,22 @@ class GrpcServer:
     def service_names(self) -> Sequence[str]:
         return tuple(self._service_names)
 
+    def _build(self) -> grpc.aio.Server:
+        largest = self.settings.max_request_bytes
+        if self._chassis is not None:
+            largest = self._chassis.largest_request()
+        server = grpc.aio.server(
+            options=server_options(self.settings, largest),
+            maximum_concurrent_rpcs=self.settings.max_concurrent_rpcs or None,
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        if self._chassis is not None:
+            self._chassis.register(server)
+        return server
+
     async def start(self) -> int:
+        raise_file_limit()
+        self._server = self._build()
         names = (
             *self._service_names,
             reflection.SERVICE_NAME,
@@ -120,6 +149,52 @@ class GrpcServer:
 
     async def wait_for_termination(self) -> None:
         await self.server.wait_for_termination()
+
+
+def _ms(seconds: float) -> int:
+    return int(seconds * 1000)
+
+
+def server_options(settings: CommonSettings, largest_request: int) -> list[tuple[str, int]]:
+    """The channel arguments of a service's gRPC server: message sizes, connection
+    lifetimes, keepalive (docs/operations.md#limits)."""
+    options = [
+        # gRPC refuses a longer message from its length prefix, before reading it: the
+        # chassis then holds each method to its own, smaller limit (chassis.py).
+        ("grpc.max_receive_message_length", largest_request),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+        ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
+        # A socket that never speaks HTTP/2 is closed after this (gRPC's default: 120 s).
+        ("grpc.server_handshake_timeout_ms", _ms(settings.handshake_timeout)),
+        ("grpc.keepalive_time_ms", _ms(settings.keepalive_time)),
+        ("grpc.keepalive_timeout_ms", _ms(settings.keepalive_timeout)),
+        # Idle connections are closed by max_connection_idle, not kept alive by pings.
+        ("grpc.keepalive_permit_without_calls", 0),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.http2.min_ping_interval_without_data_ms", _ms(settings.keepalive_min_ping_interval)),
+    ]
+    if settings.max_connection_idle > 0:
+        options.append(("grpc.max_connection_idle_ms", _ms(settings.max_connection_idle)))
+    if settings.max_connection_age > 0:
+        options.append(("grpc.max_connection_age_ms", _ms(settings.max_connection_age)))
+    return options
+
+
+def raise_file_limit() -> int:
+    """Raises this process's soft limit of open files to its hard limit (each connection
+    holds a descriptor; the soft limit is often 1024 while the hard one is far higher) and
+    returns the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as err:  # e.g. macOS caps it below RLIM_INFINITY
+            log.warning("could not raise the open-file limit: %s", err)
+            return soft
+        log.info("open-file limit raised", extra={"from": soft, "to": hard})
+        return hard
+    return soft
 
 
 async def run_until_signal(server: GrpcServer) -> None:

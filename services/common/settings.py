@@ -4,9 +4,10 @@ Each service's class sets ``env_prefix`` to its own namespace, so the memory ser
 ``port`` is ``GENSEARCH_MEMORY_PORT`` and the gateway's is ``GENSEARCH_GATEWAY_PORT``; no
 variable name means two things. Only what is truly the same for every service is read
 unprefixed: ``GENSEARCH_HOST``, ``GENSEARCH_DATA_DIR``, ``GENSEARCH_API_KEYS``,
-``GENSEARCH_INTERNAL_TOKEN`` and ``GENSEARCH_LOG_LEVEL`` (fields with an explicit
-``validation_alias``). Server knobs that a service may need differently (grace period,
-message size, connection age) live in each namespace.
+``GENSEARCH_API_KEYS_FILE``, ``GENSEARCH_INTERNAL_TOKEN`` and ``GENSEARCH_LOG_LEVEL``
+(fields with an explicit ``validation_alias``). Server knobs that a service may need
+differently (grace period, message sizes, connection lifetimes, keepalive, concurrency caps)
+live in each namespace.
 
 ``warn_unknown_variables`` names, at start, every ``GENSEARCH_*`` variable that no part of
 the running process reads: a typo would otherwise be silently ignored.
@@ -22,7 +23,20 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.common.api_keys import load_keys
+from services.common.auth import Identity
+
 log = logging.getLogger("gensearch.settings")
+
+MIB = 1024 * 1024
+# Methods whose request may exceed max_request_bytes: one import batch (retrieval, and the
+# gateway that forwards it) and an interaction at the memory service's text limits (four
+# fields of 1 MiB each).
+REQUEST_LIMITS: dict[str, int] = {
+    "ImportObjects": 16 * MIB,
+    "UpsertObjects": 16 * MIB,
+    "CreateInteraction": 8 * MIB,
+}
 
 PREFIX = "GENSEARCH_"
 # Every service's namespace; a variable in one of them belongs to that service alone.
@@ -65,8 +79,11 @@ class CommonSettings(BaseSettings):
     # Bind address of gRPC and metrics servers; 0.0.0.0 in containers.
     host: str = Field(default="127.0.0.1", validation_alias="GENSEARCH_HOST")
     data_dir: Path = Field(default=Path("data"), validation_alias="GENSEARCH_DATA_DIR")
-    # "alice:key1,bob:key2". Empty: every caller is the user "anonymous".
+    # "alice:key1,bob@acme/reader:key2" (syntax in services/common/api_keys.py). Empty, and
+    # no keys file: every caller is the user "anonymous", admin of the tenant "default".
     api_keys: SecretStr = Field(default=SecretStr(""), validation_alias="GENSEARCH_API_KEYS")
+    # A YAML file of keys (key, user, tenant, role), e.g. mounted from a Secret.
+    api_keys_file: Path | None = Field(default=None, validation_alias="GENSEARCH_API_KEYS_FILE")
     # Shared secret that lets a trusted peer (the gateway) assert the caller's identity
     # with the x-gensearch-user header. Empty: forwarded identities are not accepted.
     internal_token: SecretStr = Field(
@@ -77,29 +94,56 @@ class CommonSettings(BaseSettings):
     # --- per service (in the service's namespace) ---
     # Seconds in-flight calls get to finish on SIGTERM.
     grace_period: float = Field(default=10.0, ge=0)
-    # Largest gRPC message accepted, in bytes.
-    max_message_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    # Largest gRPC message sent (and, by the gateway, received from a downstream service).
+    max_message_bytes: int = Field(default=64 * MIB, ge=1024)
+    # Largest request message of a method without a limit of its own (request_limits).
+    # gRPC itself refuses a larger message from its length prefix, before buffering it.
+    max_request_bytes: int = Field(default=4 * MIB, ge=1024)
+    # Methods that need more, by name (a method a service does not serve is ignored).
+    # The largest of these is what gRPC buffers before the chassis sees a message, so a
+    # small method's oversized request is refused unparsed but not unread
+    # (docs/operations.md#limits). Env: JSON, e.g. '{"ImportObjects": 33554432}'.
+    request_limits: dict[str, int] = Field(default_factory=lambda: dict(REQUEST_LIMITS))
+    # Calls served at once by the whole server; more get RESOURCE_EXHAUSTED from gRPC.
+    # 0 = no limit.
+    max_concurrent_rpcs: int = Field(default=1000, ge=0)
+    # Calls at once on one client connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS);
+    # a client queues the rest.
+    max_concurrent_streams: int = Field(default=1024, ge=1)
     # Seconds after which the server asks a client to reconnect (HTTP/2 GOAWAY; calls in
     # flight finish first). 0 = never. Clients that balance over DNS (dns:/// targets with
     # round_robin) resolve again on reconnect, so this is how they find new replicas.
     max_connection_age: float = Field(default=0.0, ge=0)
+    # Seconds a connection with no call in progress stays open (GOAWAY after). 0 = never.
+    max_connection_idle: float = Field(default=300.0, ge=0)
+    # Seconds a new connection gets to open HTTP/2 (send its preface and SETTINGS) before it
+    # is closed: a socket that never speaks holds a file descriptor until then.
+    handshake_timeout: float = Field(default=10.0, gt=0)
+    # The server pings a client after this many seconds without activity on a connection
+    # with calls in progress, and drops it when no answer comes within keepalive_timeout.
+    keepalive_time: float = Field(default=60.0, gt=0)
+    keepalive_timeout: float = Field(default=20.0, gt=0)
+    # Shortest interval between a client's pings the server tolerates (the gateway's
+    # channels ping every 30 s); a client pinging faster is disconnected (too_many_pings).
+    keepalive_min_ping_interval: float = Field(default=10.0, gt=0)
 
     @field_validator("log_level")
     @classmethod
     def _upper(cls, value: str) -> str:
         return value.upper()
 
-    def api_key_map(self) -> dict[str, str]:
-        """API key -> user, parsed from ``api_keys``."""
-        keys: dict[str, str] = {}
-        raw = self.api_keys.get_secret_value()
-        for pair in filter(None, (p.strip() for p in raw.split(","))):
-            user, sep, key = pair.partition(":")
-            if not sep or not user.strip() or not key.strip():
-                # Never echo the pair itself: it holds a key.
-                raise ValueError("GENSEARCH_API_KEYS must be comma-separated user:key pairs")
-            keys[key.strip()] = user.strip()
-        return keys
+    def request_limit(self, method: str) -> int:
+        """Largest request of ``method`` (its name, e.g. ``ImportObjects``), in bytes."""
+        return self.request_limits.get(method, self.max_request_bytes)
+
+    def largest_request(self) -> int:
+        """What gRPC may buffer for one message: the largest limit of any method."""
+        return max(self.max_request_bytes, *self.request_limits.values())
+
+    def api_key_map(self) -> dict[str, Identity]:
+        """API key -> identity, from ``api_keys`` and ``api_keys_file`` (``ValueError``
+        naming the entry, never the key, when either is malformed)."""
+        return load_keys(self.api_keys.get_secret_value(), self.api_keys_file)
 
     @classmethod
     def env_names(cls) -> dict[str, str]:

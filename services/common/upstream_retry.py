@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import openai
 
+from services.common.egress import refusal
+
 log = logging.getLogger("gensearch.upstream.retry")
 
 RETRYABLE_STATUS = frozenset({408, 409, 429})
@@ -40,6 +42,8 @@ def is_transient(err: BaseException) -> bool:
     """Whether an SDK error is worth another attempt (see the module docstring)."""
     if isinstance(err, openai.APIStatusError):
         return retryable_status(err.status_code)
+    if refusal(err) is not None:
+        return False  # the operator's allowlist refused the connection: it will again
     # APITimeoutError is a subclass: the SDK's read timeout, and (on the aiohttp transport)
     # a connection the server dropped.
     return isinstance(err, openai.APIConnectionError)

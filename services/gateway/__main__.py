@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+from urllib.parse import urlsplit
 
 from gensearch.gateway.v1 import gateway_service_pb2_grpc as gw_grpc
 from gensearch.memory.v1 import memory_service_pb2_grpc as mem_grpc
 from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as ret_grpc
 
-from services.common.logs import configure_logging
+from services.common.logs import configure_logging, register_secret
+from services.common.quotas import Quotas
+from services.common.redis_client import connect
 from services.common.server import GrpcServer, run_until_signal
 from services.common.settings import warn_unknown_variables
 from services.common.tracing import client_interceptors
@@ -21,18 +25,24 @@ from services.gateway.servicer import GatewayServicer
 from services.gateway.settings import GatewaySettings
 
 GATEWAY_SERVICE = "gensearch.gateway.v1.GatewayService"
+log = logging.getLogger("gensearch.gateway")
 
 
 async def build_server(settings: GatewaySettings, *, port: int | None = None) -> GrpcServer:
+    quotas = build_quotas(settings)
     server = GrpcServer(
         settings,
         port=settings.port if port is None else port,
         metrics_port=settings.metrics_port,
         accept_forwarded_identity=False,
+        admission=quotas.admit if quotas is not None else None,
     )
     # Every downstream call gets a CLIENT span and carries the trace context.
     backends = Backends.build(settings, interceptors=client_interceptors("gateway"))
     clients = backends.clients
+    if quotas is not None:
+        clients.generation.before_generate = quotas.charge_llm
+        server.on_stop(quotas.close)
     token = settings.internal_token.get_secret_value()
     servicer = GatewayServicer(GenerativeSearch(backends), AskService(backends), token)
     server.add_service(gw_grpc.add_GatewayServiceServicer_to_server, servicer, GATEWAY_SERVICE)
@@ -48,6 +58,31 @@ async def build_server(settings: GatewaySettings, *, port: int | None = None) ->
     )
     server.on_stop(clients.close)
     return server
+
+
+def build_quotas(settings: GatewaySettings) -> Quotas | None:
+    """The per-tenant quotas on the configured Redis; None (quotas off) without one."""
+    url = settings.redis_url.get_secret_value()
+    if not url:
+        log.warning(
+            "per-tenant quotas are off: GENSEARCH_GATEWAY_REDIS_URL is not set "
+            "(docs/operations.md#quotas)"
+        )
+        return None
+    register_secret(urlsplit(url).password)
+    redis = connect(
+        url,
+        cluster=settings.redis_cluster,
+        socket_timeout=settings.redis_socket_timeout,
+        connect_timeout=settings.redis_connect_timeout,
+    )
+    return Quotas(
+        redis,
+        key_prefix=settings.quota_key_prefix,
+        concurrent_calls=settings.quota_concurrent_calls,
+        llm_calls_per_minute=settings.quota_llm_calls_per_minute,
+        max_lease=settings.quota_max_lease,
+    )
 
 
 def main() -> None:

@@ -40,11 +40,13 @@ class Catalog:
     def __init__(self, retrieval: RetrievalClient, ttl: float) -> None:
         self._retrieval = retrieval
         self._ttl = ttl
-        # Keyed by user too: whether a caller may read a collection is retrieval's call.
-        self._cache: dict[tuple[str, str], tuple[float, CollectionInfo]] = {}
+        # Keyed by tenant (names are unique per tenant only: the same name in two tenants
+        # is two collections) and by user (whether a caller may read a collection is
+        # retrieval's call, never this cache's).
+        self._cache: dict[tuple[str, str, str], tuple[float, CollectionInfo]] = {}
 
     async def get(self, name: str, caller: Caller, timeout: float | None) -> CollectionInfo:
-        key = (caller.user, name)
+        key = (caller.tenant, caller.user, name)
         now = time.monotonic()
         cached = self._cache.get(key)
         if cached is not None and now - cached[0] < self._ttl:

@@ -8,6 +8,7 @@ import grpc
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.gateway.v1 import gateway_service_pb2_grpc as gw_grpc
 
+from services.common.auth import Role, require_role
 from services.gateway.ask import AskService
 from services.gateway.clients import Caller, caller_of
 from services.gateway.generative import GenerativeSearch
@@ -20,6 +21,9 @@ class GatewayServicer(gw_grpc.GatewayServiceServicer):
         self._token = internal_token
 
     def _caller(self, context: grpc.aio.ServicerContext) -> Caller:
+        # Generative search and Ask read a collection (and Ask the caller's own
+        # conversations): role reader. Retrieval and memory check again themselves.
+        require_role(Role.READER)
         return caller_of(context, self._token)
 
     async def GenerativeSearch(

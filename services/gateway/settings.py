@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import NAMESPACES, CommonSettings
@@ -62,3 +62,27 @@ class GatewaySettings(CommonSettings):
     rewrite_query: bool = True
     # Cache of collection schemas and generative defaults, seconds (0: ask every time).
     collection_cache_ttl: float = Field(default=2.0, ge=0)
+
+    # --- per-tenant quotas (docs/operations.md#quotas), counted in Redis ---
+    # redis://... shared by every gateway replica. Empty: no quotas (logged at start);
+    # `gensearch up` passes the Redis it starts for memory.
+    redis_url: SecretStr = SecretStr("")
+    # The URL names a node of a Redis Cluster.
+    redis_cluster: bool = False
+    redis_socket_timeout: float = Field(default=0.5, gt=0)
+    redis_connect_timeout: float = Field(default=0.5, gt=0)
+    # Calls of one tenant in progress at once, across replicas (health excluded). 0: no limit.
+    quota_concurrent_calls: int = Field(default=64, ge=0)
+    # LLM calls of one tenant per minute (one per hit, grouped call, Ask answer or question
+    # rewrite), across replicas. 0: no limit.
+    quota_llm_calls_per_minute: int = Field(default=1200, ge=0)
+    # Longest a call holds its concurrent slot without a deadline (seconds); a call with
+    # a deadline holds it until then. A crashed replica's slots free themselves after it.
+    quota_max_lease: float = Field(default=900.0, gt=0)
+    quota_key_prefix: str = "gensearch"
+
+    @model_validator(mode="after")
+    def _cluster_needs_url(self) -> GatewaySettings:
+        if self.redis_cluster and not self.redis_url.get_secret_value():
+            raise ValueError("redis_cluster needs redis_url")
+        return self

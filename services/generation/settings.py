@@ -8,7 +8,8 @@ Providers are resolved in three layers, later ones winning:
    and ``default_model`` are required);
 3. per-field variables for any provider ``<NAME>`` (upper case, ``-`` as ``_``):
    ``GENSEARCH_GENERATION_<NAME>_BASE_URL``, ``_MODEL``, ``_MODELS`` (comma list), ``_API_KEY_ENV``
-   (comma list), ``_MAX_CONCURRENCY``, ``_TEMPERATURE``, ``_CONTEXT_WINDOW``.
+   (comma list), ``_MAX_CONCURRENCY``, ``_TEMPERATURE``, ``_CONTEXT_WINDOW``,
+   ``_FIRST_BYTE_TIMEOUT``.
    e.g. ``GENSEARCH_GENERATION_LOCAL_BASE_URL=http://10.0.0.5:8088/v1``.
 
 API keys are never settings: a provider names the environment variable(s) that hold its
@@ -57,6 +58,11 @@ class ProviderConfig(BaseModel):
     context_window: int | None = Field(default=None, ge=1)
     # Ask for usage in streams (stream_options.include_usage); some servers reject it.
     stream_usage: bool = True
+    # Seconds an attempt may wait, once it holds a concurrency slot, for the upstream's
+    # first byte: a stream's first chunk, a unary call's whole answer (so it also bounds
+    # generation time there). Past it the slot is freed and the attempt fails (retried
+    # within the call's deadline). None: only the deadline bounds it.
+    first_byte_timeout: float | None = Field(default=60.0, gt=0)
 
     @field_validator("name")
     @classmethod
@@ -138,6 +144,7 @@ _ENV_FIELDS: dict[str, str] = {
     "MAX_CONCURRENCY": "max_concurrency",
     "TEMPERATURE": "temperature",
     "CONTEXT_WINDOW": "context_window",
+    "FIRST_BYTE_TIMEOUT": "first_byte_timeout",
 }
 
 

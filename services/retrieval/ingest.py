@@ -86,7 +86,7 @@ async def write_batch(
         return result
     keyword_fields = schema.text_properties() if schema.keyword else []
     points = await asyncio.to_thread(_points, kept, keyword_fields)
-    await store.upsert(schema.name, points)
+    await store.upsert(schema.store_name, points)
     result.ids = [p.id for p in kept]
     result.errors.sort(key=lambda e: e.index)
     return result

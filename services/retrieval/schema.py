@@ -8,18 +8,18 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 from google.protobuf import json_format
 
+from services.common.auth import DEFAULT_TENANT
 from services.common.errors import InvalidArgument, quote
 from services.common.values import DEFAULT_MAX_DEPTH, check_value
-from services.retrieval.settings import EmbeddingPolicy
+from services.retrieval.endpoints import ENV_NAME, EmbeddingPolicy
+from services.retrieval.tenancy import TENANT_KEY, storage_name
 
 COLLECTION_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,62}")
 PROPERTY_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
-ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 MAX_PROPERTIES = 256
 MAX_DIMENSIONS = 65_536
 MAX_DESCRIPTION = 4096
@@ -144,7 +144,7 @@ def _validate_vectorizer(
                 f"{where}.api_key_env must name an environment variable",
                 field=f"{where}.api_key_env",
             )
-        check_endpoint(vec, policy, where)
+        policy.endpoint(vec, where)
         vec.model = vec.model or OPENAI_DEFAULT_MODEL
         if not vec.dimensions:
             raise InvalidArgument(
@@ -192,9 +192,10 @@ def _validate_generative(gen: pb.GenerativeConfig, types: dict[str, int]) -> Non
 
 @dataclass
 class Schema:
-    """A stored collection with quick lookups."""
+    """A stored collection with quick lookups; ``tenant`` owns it."""
 
     collection: pb.Collection
+    tenant: str = DEFAULT_TENANT
     types: dict[str, int] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -203,6 +204,11 @@ class Schema:
     @property
     def name(self) -> str:
         return self.collection.name
+
+    @property
+    def store_name(self) -> str:
+        """The collection's name in the engine (``tenancy.storage_name``)."""
+        return storage_name(self.tenant, self.name)
 
     @property
     def kind(self) -> int:
@@ -231,13 +237,15 @@ class Schema:
         return list(self.collection.vectorizer.source_properties) or self.text_properties()
 
     def to_json(self) -> dict[str, Any]:
-        return json_format.MessageToDict(self.collection, preserving_proto_field_name=True)
+        data = json_format.MessageToDict(self.collection, preserving_proto_field_name=True)
+        data[TENANT_KEY] = self.tenant
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Schema:
         collection = pb.Collection()
         json_format.ParseDict(data, collection, ignore_unknown_fields=True)
-        return cls(collection)
+        return cls(collection, str(data.get(TENANT_KEY, DEFAULT_TENANT)))
 
 
 @dataclass
@@ -386,23 +394,3 @@ def format_date(value: datetime) -> str:
     """Dates are stored in UTC, RFC 3339, so equal instants compare equal as strings."""
     text = value.astimezone(UTC).isoformat()
     return text.replace("+00:00", "Z")
-
-
-def check_endpoint(vec: pb.Vectorizer, policy: EmbeddingPolicy, where: str) -> None:
-    """Refuse an embeddings endpoint the operator has not allowed: the service would send
-    it the named environment variable's value as a bearer token."""
-    if vec.api_key_env and not policy.key_env_allowed(vec.api_key_env):
-        raise InvalidArgument(
-            f"{where}.api_key_env: {quote(vec.api_key_env)} is not an allowed key variable "
-            "(the operator lists them in GENSEARCH_RETRIEVAL_EMBEDDING_KEY_ENVS)",
-            field=f"{where}.api_key_env",
-            reason="KEY_ENV_NOT_ALLOWED",
-        )
-    host = urlsplit(vec.base_url).hostname or ""
-    if not policy.host_allowed(host):
-        raise InvalidArgument(
-            f"{where}.base_url: host {quote(host)} is not allowed "
-            "(the operator lists them in GENSEARCH_RETRIEVAL_EMBEDDING_ALLOWED_HOSTS)",
-            field=f"{where}.base_url",
-            reason="HOST_NOT_ALLOWED",
-        )

@@ -113,7 +113,7 @@ class Searcher:
     ) -> SearchResult:
         started = time.perf_counter()
         hits = await self._store.query_dense(
-            schema.name, vector, where, page.limit, page.offset, page.with_vector
+            schema.store_name, vector, where, page.limit, page.offset, page.with_vector
         )
         query_ms = (time.perf_counter() - started) * 1000
         if schema.distance == "euclid":
@@ -130,7 +130,7 @@ class Searcher:
             return SearchResult(hits=[])
         started = time.perf_counter()
         hits = await self._store.query_sparse(
-            schema.name, vector, where, page.limit, page.offset, page.with_vector
+            schema.store_name, vector, where, page.limit, page.offset, page.with_vector
         )
         return SearchResult(hits=canonical(hits), query_ms=(time.perf_counter() - started) * 1000)
 

@@ -1,8 +1,14 @@
-"""The gRPC face of the retrieval service: validate the request, call the domain, answer."""
+"""The gRPC face of the retrieval service: validate the request, call the domain, answer.
+
+Every RPC is scoped to the caller's tenant and checks the caller's role first (collections:
+admin; objects: writer; reads: reader), here in the service itself, whoever forwards the
+call.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import grpc
@@ -10,9 +16,10 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as pb_grpc
 from google.protobuf import struct_pb2
 
+from services.common.auth import Role, require_role
 from services.common.errors import InvalidArgument, NotFound, ServiceError, quote
-from services.retrieval.catalog import Catalog
-from services.retrieval.embedders import Embedders
+from services.retrieval.catalog import Catalog, not_found
+from services.retrieval.embedders import Embedders, use_caller_key
 from services.retrieval.filters import Node, build_filter
 from services.retrieval.ingest import write_batch
 from services.retrieval.schema import Schema, check_uuid
@@ -44,22 +51,26 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
     async def CreateCollection(
         self, request: pb.CreateCollectionRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateCollectionResponse:
+        tenant = require_role(Role.ADMIN).tenant
         if not request.HasField("collection"):
             raise InvalidArgument("collection is required", field="collection")
-        schema = await self._catalog.create(request.collection)
+        schema = await self._catalog.create(tenant, request.collection)
         return pb.CreateCollectionResponse(collection=schema.collection)
 
     async def GetCollection(
         self, request: pb.GetCollectionRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetCollectionResponse:
-        schema = await self._catalog.get(request.name, field="name")
-        count = await self._store.count(schema.name, None)
+        tenant = require_role(Role.READER).tenant
+        schema = await self._catalog.get(tenant, request.name, field="name")
+        with self._dropped(schema):
+            count = await self._store.count(schema.store_name, None)
         return pb.GetCollectionResponse(collection=schema.collection, object_count=count)
 
     async def ListCollections(
         self, request: pb.ListCollectionsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListCollectionsResponse:
-        schemas, token = await self._catalog.page(request.page_size, request.page_token)
+        tenant = require_role(Role.READER).tenant
+        schemas, token = await self._catalog.page(tenant, request.page_size, request.page_token)
         return pb.ListCollectionsResponse(
             collections=[s.collection for s in schemas], next_page_token=token
         )
@@ -67,7 +78,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
     async def DeleteCollection(
         self, request: pb.DeleteCollectionRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeleteCollectionResponse:
-        await self._catalog.delete(request.name)
+        await self._catalog.delete(require_role(Role.ADMIN).tenant, request.name)
         return pb.DeleteCollectionResponse()
 
     # -- objects --------------------------------------------------------------------------
@@ -75,7 +86,8 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
     async def UpsertObjects(
         self, request: pb.UpsertObjectsRequest, context: grpc.aio.ServicerContext
     ) -> pb.UpsertObjectsResponse:
-        schema = await self._catalog.get(request.collection)
+        use_caller_key(context.invocation_metadata())  # type: ignore[arg-type]
+        schema = await self._catalog.get(require_role(Role.WRITER).tenant, request.collection)
         self._check_batch(len(request.objects))
         result = await self._write(schema, request.objects, 0)
         return pb.UpsertObjectsResponse(ids=result.ids, errors=result.errors)
@@ -85,6 +97,8 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         request_iterator: AsyncIterator[pb.ImportObjectsRequest],
         context: grpc.aio.ServicerContext,
     ) -> pb.ImportObjectsResponse:
+        use_caller_key(context.invocation_metadata())  # type: ignore[arg-type]
+        tenant = require_role(Role.WRITER).tenant
         schema: Schema | None = None
         received = imported = 0
         errors: list[pb.ObjectError] = []
@@ -96,7 +110,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
                         raise InvalidArgument(
                             "the first message must name the collection", field="collection"
                         )
-                    schema = await self._catalog.get(message.collection)
+                    schema = await self._catalog.get(tenant, message.collection)
                 elif message.collection and message.collection != schema.name:
                     raise InvalidArgument(
                         "every message must name the same collection (or none)",
@@ -118,13 +132,14 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         if schema is None:
             raise InvalidArgument("the stream carried no message", field="collection")
         if imported:
-            await self._store.optimize(schema.name)
+            with self._dropped(schema):
+                await self._store.optimize(schema.store_name)
         return pb.ImportObjectsResponse(
             received_count=received, imported_count=imported, errors=errors
         )
 
     async def _write(self, schema: Schema, objects: Any, first_index: int) -> Any:
-        try:
+        with self._dropped(schema):
             return await write_batch(
                 schema,
                 objects,
@@ -133,9 +148,17 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
                 first_index=first_index,
                 max_value_depth=self._settings.max_value_depth,
             )
+
+    @contextlib.contextmanager
+    def _dropped(self, schema: Schema) -> Iterator[None]:
+        """Around engine calls: a collection dropped since we looked it up (by another call
+        or replica) answers like any missing collection, under the caller's name for it,
+        never the engine's."""
+        try:
+            yield
         except NotFound:
-            self._catalog.forget(schema.name)
-            raise
+            self._catalog.forget(schema)
+            raise not_found(schema.name, "collection") from None
 
     def _filter(self, message: pb.Filter, schema: Schema) -> Node:
         return build_filter(message, schema.types, max_value_depth=self._settings.max_value_depth)
@@ -156,9 +179,12 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
     async def GetObject(
         self, request: pb.GetObjectRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetObjectResponse:
-        schema = await self._catalog.get(request.collection)
+        schema = await self._catalog.get(require_role(Role.READER).tenant, request.collection)
         object_id = check_uuid(request.id, "id")
-        found = await self._store.retrieve(schema.name, [object_id], request.include_vector)
+        with self._dropped(schema):
+            found = await self._store.retrieve(
+                schema.store_name, [object_id], request.include_vector
+            )
         if not found:
             raise NotFound(f"object {object_id} not found in {schema.name!r}", field="id")
         point = found[0]
@@ -170,17 +196,19 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
     async def DeleteObjects(
         self, request: pb.DeleteObjectsRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeleteObjectsResponse:
-        schema = await self._catalog.get(request.collection)
+        schema = await self._catalog.get(require_role(Role.WRITER).tenant, request.collection)
         has_filter = request.HasField("filter")
         if request.ids and has_filter:
             raise InvalidArgument("give ids or filter, not both", field="filter")
         if request.ids:
             self._check_batch(len(request.ids), field="ids")
             ids = [check_uuid(v, f"ids[{i}]") for i, v in enumerate(request.ids)]
-            deleted = await self._store.delete_ids(schema.name, ids)
+            with self._dropped(schema):
+                deleted = await self._store.delete_ids(schema.store_name, ids)
         elif has_filter:
             where = self._filter(request.filter, schema)
-            deleted = await self._store.delete_matching(schema.name, where)
+            with self._dropped(schema):
+                deleted = await self._store.delete_matching(schema.store_name, where)
         else:
             raise InvalidArgument("give ids or filter", field="ids")
         return pb.DeleteObjectsResponse(deleted_count=deleted)
@@ -188,22 +216,26 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
     async def CountObjects(
         self, request: pb.CountObjectsRequest, context: grpc.aio.ServicerContext
     ) -> pb.CountObjectsResponse:
-        schema = await self._catalog.get(request.collection)
+        schema = await self._catalog.get(require_role(Role.READER).tenant, request.collection)
         where = self._filter(request.filter, schema) if request.HasField("filter") else None
-        return pb.CountObjectsResponse(count=await self._store.count(schema.name, where))
+        with self._dropped(schema):
+            count = await self._store.count(schema.store_name, where)
+        return pb.CountObjectsResponse(count=count)
 
     # -- search ---------------------------------------------------------------------------
 
     async def Search(
         self, request: pb.SearchRequest, context: grpc.aio.ServicerContext
     ) -> pb.SearchResponse:
-        schema = await self._catalog.get(request.collection)
+        use_caller_key(context.invocation_metadata())  # type: ignore[arg-type]
+        schema = await self._catalog.get(require_role(Role.READER).tenant, request.collection)
         page = self._page(request)
         where: Node | None = None
         if request.HasField("filter"):
             where = self._filter(request.filter, schema)
         wanted = _return_properties(schema, request.return_properties)
-        result = await self._searcher.search(schema, request, where, page)
+        with self._dropped(schema):
+            result = await self._searcher.search(schema, request, where, page)
         return pb.SearchResponse(
             hits=[_hit(h, wanted) for h in result.hits],
             embed_ms=result.embed_ms,

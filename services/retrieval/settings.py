@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from services.common.egress import EgressPolicy, UrlRefused, canonical_url
 from services.common.settings import NAMESPACES, CommonSettings
 from services.common.values import DEFAULT_MAX_DEPTH
+from services.retrieval.endpoints import DEFAULT_KEY_URLS, ENV_NAME, EmbeddingPolicy
 
 
 class RetrievalSettings(CommonSettings):
@@ -52,39 +52,43 @@ class RetrievalSettings(CommonSettings):
     # Retries of an embeddings request (408, 409, 429, 5xx, connection errors; the shared
     # policy of services/common/upstream_retry.py).
     embed_retries: int = Field(default=2, ge=0, le=10)
-    # Which environment variables a collection's OpenAI-compatible vectorizer may name as
-    # its api_key_env (comma-separated). The service sends that variable's value to the
-    # collection's base_url, so this is the operator's choice, never the caller's; names
-    # starting with GENSEARCH_ are refused whatever this says.
-    embedding_key_envs: str = "OPENAI_API_KEY,OPENAI_APIKEY"
-    # Hosts a collection's embeddings base_url may point at (comma-separated); empty: any.
-    embedding_allowed_hosts: str = ""
-
-    def embedding_policy(self) -> EmbeddingPolicy:
-        return EmbeddingPolicy(
-            key_envs=frozenset(_split(self.embedding_key_envs)),
-            hosts=frozenset(h.lower() for h in _split(self.embedding_allowed_hosts)),
-        )
+    # Where callers may point a collection's OpenAI-compatible vectorizer (base_url): the
+    # operator's allowlist (services/common/egress.py; docs/retrieval.md). Comma-separated
+    # entries: host[:port], *.domain, * (any public host), address[:port] or network (CIDR);
+    # http:// before an entry also allows plain http. Empty: callers may name no URL.
+    # Loopback, private, link-local and metadata addresses need an address/network entry,
+    # and every connection is checked again when it is made.
+    allowed_hosts: str = ""
+    # The operator's embeddings endpoints: key variable -> the one base URL its value may be
+    # sent to (JSON object). A collection naming that base URL may name that variable as
+    # api_key_env; no other URL ever receives it. GENSEARCH_* variables are refused.
+    embedding_key_urls: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_KEY_URLS))
 
     # Candidates each side of a hybrid query contributes before fusion (at least offset+limit).
     hybrid_candidates: int = Field(default=50, ge=1, le=10_000)
     # The k of reciprocal rank fusion: 1 / (k + rank).
     rrf_k: int = Field(default=60, ge=1)
 
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _valid_allowlist(cls, value: str) -> str:
+        EgressPolicy.parse(value)  # ValueError names the bad entry
+        return value
 
-def _split(value: str) -> list[str]:
-    return [part.strip() for part in value.split(",") if part.strip()]
+    @field_validator("embedding_key_urls")
+    @classmethod
+    def _valid_key_urls(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, url in value.items():
+            if not ENV_NAME.fullmatch(name) or name.upper().startswith("GENSEARCH_"):
+                raise ValueError(f"{name[:64]!r} cannot hold an embeddings key")
+            try:
+                canonical_url(url)
+            except UrlRefused as err:
+                raise ValueError(f"the base URL paired with {name}: {err.why}") from None
+        return value
 
-
-@dataclass(frozen=True)
-class EmbeddingPolicy:
-    """What a caller-defined embeddings endpoint may use: it receives a secret."""
-
-    key_envs: frozenset[str]
-    hosts: frozenset[str]
-
-    def key_env_allowed(self, name: str) -> bool:
-        return name in self.key_envs and not name.upper().startswith("GENSEARCH_")
-
-    def host_allowed(self, host: str) -> bool:
-        return not self.hosts or host.lower() in self.hosts
+    def embedding_policy(self) -> EmbeddingPolicy:
+        return EmbeddingPolicy(
+            egress=EgressPolicy.parse(self.allowed_hosts),
+            key_urls={name: canonical_url(url) for name, url in self.embedding_key_urls.items()},
+        )

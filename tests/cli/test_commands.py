@@ -429,7 +429,9 @@ def keyed_gateway(running_stack: RunningStack) -> Iterator[str]:
     from services.gateway.settings import GatewaySettings
 
     settings = GatewaySettings(
-        api_keys=SecretStr("alice:alice-key,bob:bob-key"),
+        # In the tenant "default", where the open stack's collections are ("alice:<key>"
+        # would be alice alone in a tenant "alice", with none of them).
+        api_keys=SecretStr("alice@default/reader:alice-key,bob@default/reader:bob-key"),
         internal_token=SecretStr(running_stack.stack.token),
         memory_addr=running_stack.address_of("memory"),
         retrieval_addr=running_stack.address_of("retrieval"),

@@ -85,6 +85,8 @@ async def test_external_redis_qdrant_and_llm(
             finally:
                 await direct.aclose()
             assert any(created.conversation.conversation_id.encode() in k for k in keys)
+            # The gateway counted its per-tenant LLM quota in the same Redis.
+            assert any(b":quota:" in k and k.endswith(b":llm") for k in keys)
         finally:
             await stack.close()
     # Nothing of ours was started: the given Redis still runs; no embedded Qdrant data.

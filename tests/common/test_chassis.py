@@ -182,6 +182,19 @@ async def test_error_after_stream_started(open_server: grpc.aio.Channel) -> None
             "INVALID_INTERNAL_TOKEN",
         ),
         ((("x-gensearch-internal-token", "internal-secret"),), "MISSING_FORWARDED_USER"),
+        (
+            (("x-gensearch-internal-token", "internal-secret"), ("x-gensearch-user", "a")),
+            "MISSING_FORWARDED_TENANT",
+        ),
+        (
+            (
+                ("x-gensearch-internal-token", "internal-secret"),
+                ("x-gensearch-user", "a"),
+                ("x-gensearch-tenant", "acme"),
+                ("x-gensearch-role", "root"),
+            ),
+            "MISSING_FORWARDED_ROLE",
+        ),
     ],
 )
 async def test_rejected_credentials(
@@ -197,7 +210,12 @@ async def test_rejected_credentials(
 async def test_api_key_and_forwarded_identity(keyed_server: grpc.aio.Channel) -> None:
     who = _call(keyed_server, "WhoAmI")
     assert await who(b"", metadata=(("authorization", "Bearer key-bob"),)) == b"bob"
-    forwarded = (("x-gensearch-internal-token", "internal-secret"), ("x-gensearch-user", "carol"))
+    forwarded = (
+        ("x-gensearch-internal-token", "internal-secret"),
+        ("x-gensearch-user", "carol"),
+        ("x-gensearch-tenant", "acme"),
+        ("x-gensearch-role", "reader"),
+    )
     assert await who(b"", metadata=forwarded) == b"carol"
 
 

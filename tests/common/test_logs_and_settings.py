@@ -6,6 +6,7 @@ import logging
 import pytest
 from pydantic import SecretStr
 
+from services.common.auth import Identity, Role
 from services.common.logs import RedactingJsonFormatter, redact, register_secret
 from services.common.settings import CommonSettings
 
@@ -33,7 +34,10 @@ def test_json_log_records_are_redacted() -> None:
 
 def test_api_keys_parse_and_errors_hide_keys(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GENSEARCH_API_KEYS", "alice:k1, bob:k2")
-    assert CommonSettings().api_key_map() == {"k1": "alice", "k2": "bob"}
+    assert CommonSettings().api_key_map() == {
+        "k1": Identity("alice", "alice", Role.ADMIN),
+        "k2": Identity("bob", "bob", Role.ADMIN),
+    }
     bad = CommonSettings(api_keys=SecretStr("alice-without-colon-k9"))
     with pytest.raises(ValueError) as caught:
         bad.api_key_map()

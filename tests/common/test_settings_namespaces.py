@@ -27,7 +27,7 @@ SERVICES: dict[str, type[CommonSettings]] = {
     "retrieval": RetrievalSettings,
     "generation": GenerationSettings,
 }
-SHARED = {"GENSEARCH_HOST", "GENSEARCH_DATA_DIR", "GENSEARCH_API_KEYS"}
+SHARED = {"GENSEARCH_HOST", "GENSEARCH_DATA_DIR", "GENSEARCH_API_KEYS", "GENSEARCH_API_KEYS_FILE"}
 SHARED |= {"GENSEARCH_INTERNAL_TOKEN", "GENSEARCH_LOG_LEVEL"}
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
 import kubernetes_validate
@@ -426,7 +426,7 @@ def test_base_secrets_are_obvious_placeholders(path: str) -> None:
 
     docs = render(path)
     secrets = {s["metadata"]["name"]: s for s in of_kind(docs, "Secret")}
-    assert set(secrets) == {"gensearch-auth", "gensearch-provider-keys"}
+    assert set(secrets) == {"gensearch-auth", "gensearch-api-keys", "gensearch-provider-keys"}
     for secret in secrets.values():
         for key, value in secret["data"].items():
             assert PLACEHOLDER in base64.b64decode(value).decode(), key
@@ -434,6 +434,47 @@ def test_base_secrets_are_obvious_placeholders(path: str) -> None:
         "GENSEARCH_API_KEYS",
         "GENSEARCH_INTERNAL_TOKEN",
     }
+
+
+KEYS_SECRET = "gensearch-api-keys"
+
+
+@pytest.mark.parametrize("path", ALL)
+def test_the_gateway_mounts_the_api_keys_file_from_a_secret(path: str, tmp_path: Path) -> None:
+    """GENSEARCH_API_KEYS_FILE on the gateway names a file in a read-only volume of the
+    Secret gensearch-api-keys; no other service gets it (a file it cannot read would stop
+    it); where the Secret ships (placeholders), the file parses."""
+    import base64
+
+    from services.common.api_keys import parse_file
+
+    docs = render(path)
+    for service in SERVICES:
+        env = {
+            e["name"]: e.get("value")
+            for e in container(find(docs, "Deployment", service)).get("env", [])
+        }
+        assert ("GENSEARCH_API_KEYS_FILE" in env) == (service == "gateway"), service
+    gateway = find(docs, "Deployment", "gateway")
+    main = container(gateway)
+    file = PurePosixPath(
+        next(e["value"] for e in main["env"] if e["name"] == "GENSEARCH_API_KEYS_FILE")
+    )
+    mounts = {m["mountPath"]: m for m in main["volumeMounts"]}
+    mount = mounts[str(file.parent)]
+    assert mount.get("readOnly") is True
+    volume = next(v for v in pod_spec(gateway)["volumes"] if v["name"] == mount["name"])
+    assert volume["secret"]["secretName"] == KEYS_SECRET
+    secrets = {s["metadata"]["name"]: s for s in of_kind(docs, "Secret")}
+    if path == "overlays/prod":
+        assert KEYS_SECRET not in secrets  # created out of band
+        return
+    data = secrets[KEYS_SECRET]["data"]
+    assert set(data) == {file.name}
+    local = tmp_path / file.name
+    local.write_bytes(base64.b64decode(data[file.name]))
+    keys = parse_file(local)
+    assert keys and all(PLACEHOLDER in key for key in keys)
 
 
 def test_provider_keys_are_the_variables_the_presets_read() -> None:
@@ -559,6 +600,29 @@ def _endpoints(docs: tuple[Doc, ...]) -> dict[str, Endpoint]:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
+def test_limits_and_quotas_are_set(overlay: str) -> None:
+    """The gateway counts quotas in the Redis StatefulSet, and every service's request
+    limits leave no method at gRPC's old 64 MiB (docs/operations.md#limits)."""
+    from services.gateway.settings import GatewaySettings
+    from services.memory.settings import MemorySettings
+    from services.retrieval.settings import RetrievalSettings
+
+    docs = render(f"overlays/{overlay}")
+    env = config(docs)
+    redis = urlsplit(env["GENSEARCH_GATEWAY_REDIS_URL"])
+    assert _target(docs, redis.hostname or "", redis.port or 6379)[1]["kind"] == "StatefulSet"
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        for cls in (GatewaySettings, MemorySettings, RetrievalSettings):
+            settings = cls()
+            assert settings.largest_request() <= 16 * 1024 * 1024, cls.__name__
+            assert settings.max_concurrent_rpcs > 0, cls.__name__
+        gateway = GatewaySettings()
+        assert gateway.quota_concurrent_calls > 0 and gateway.quota_llm_calls_per_minute > 0
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_network_policies(overlay: str) -> None:
     docs = render(f"overlays/{overlay}")
     policies = of_kind(docs, "NetworkPolicy")
@@ -571,7 +635,8 @@ def test_network_policies(overlay: str) -> None:
 
     for service in ("memory", "retrieval", "generation"):
         assert reachable_from(service, SERVICES[service][2]) == {"gateway"}, service
-    assert reachable_from("redis", 6379) == {"memory"}
+    # The gateway counts per-tenant quotas in Redis (GENSEARCH_GATEWAY_REDIS_URL).
+    assert reachable_from("redis", 6379) == {"memory", "gateway"}
     assert reachable_from("qdrant", 6333) == {"retrieval"}
     assert reachable_from("qdrant", 6334) == {"retrieval"}
     # The front door is open to clients in other namespaces.

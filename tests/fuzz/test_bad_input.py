@@ -19,7 +19,7 @@ from google.protobuf import struct_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from services.common.auth import forwarded_identity
+from services.common.auth import Identity, Role, forwarded_identity
 from services.common.errors import MAX_MESSAGE_CHARS, MAX_METADATA_CHARS
 from tests.gateway.conftest import ALICE, TOKEN, Stack, StackFactory, create_books, vector
 from tests.support.rpc import error_info
@@ -27,6 +27,8 @@ from tests.support.rpc import error_info
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FINITE = [float("nan"), float("inf"), float("-inf")]
 HUGE = "p" * 8192
+# Alice as the gateway vouches for her, for calls straight to a service.
+AS_ALICE = forwarded_identity(Identity("alice", "alice", Role.ADMIN), TOKEN)
 
 
 async def failure(call: Awaitable[Any]) -> grpc.aio.AioRpcError:
@@ -68,8 +70,8 @@ def filtered_calls(stack: Stack, where: ret_pb.Filter) -> dict[str, Callable[[],
     generative = {"collection": "Books", "near_vector": _near(), "filter": where}
     ask = {"collection": "Books", "llm_question": "which?", "filter": where}
     return {
-        "Search": lambda: stack.retrieval_direct.Search(search, metadata=ALICE),
-        "CountObjects": lambda: stack.retrieval_direct.CountObjects(count, metadata=ALICE),
+        "Search": lambda: stack.retrieval_direct.Search(search, metadata=AS_ALICE),
+        "CountObjects": lambda: stack.retrieval_direct.CountObjects(count, metadata=AS_ALICE),
         "DeleteObjects": lambda: stack.retrieval.DeleteObjects(delete, metadata=ALICE),
         "gateway Search": lambda: stack.retrieval.Search(search, metadata=ALICE),
         "GenerativeSearch": lambda: stack.stub.GenerativeSearch(
@@ -164,7 +166,7 @@ async def test_filters_nested_too_deep_are_invalid_argument(stack: Stack) -> Non
         ask = gw_pb.AskRequest(collection="Books", llm_question="q")
         _deep_filter(ask, levels)
         for call in (
-            stack.retrieval_direct.CountObjects(count, metadata=ALICE),
+            stack.retrieval_direct.CountObjects(count, metadata=AS_ALICE),
             stack.retrieval.CountObjects(count, metadata=ALICE),
             stack.stub.Ask(ask, metadata=ALICE),
         ):
@@ -207,7 +209,6 @@ async def test_client_values_are_echoed_as_a_short_prefix(stack: Stack) -> None:
     generation = grpc.aio.insecure_channel(f"127.0.0.1:{stack.servers['generation'].port}")
     stack.channels.append(generation)
     generate = gen_grpc.GenerationServiceStub(generation)  # type: ignore[arg-type]
-    identity = forwarded_identity("alice", TOKEN)
     hello = [gen_pb.Message(role=gen_pb.ROLE_USER, content="hi")]
     near = _near()
     calls = [
@@ -227,7 +228,7 @@ async def test_client_values_are_echoed_as_a_short_prefix(stack: Stack) -> None:
             ),
             metadata=ALICE,
         ),
-        generate.Generate(gen_pb.GenerateRequest(provider=HUGE, messages=hello), metadata=identity),
+        generate.Generate(gen_pb.GenerateRequest(provider=HUGE, messages=hello), metadata=AS_ALICE),
         stack.retrieval.Search(
             ret_pb.SearchRequest(collection="Books", near_vector=near, return_properties=[HUGE]),
             metadata=ALICE,
@@ -307,6 +308,8 @@ async def test_an_unparsable_message_in_a_forwarded_stream_is_answered(stack: St
     for _ in range(60):
         value = value.list_value.values.add()
     value.string_value = "x"
-    for importer in (stack.retrieval, stack.retrieval_direct):
-        err = await failure(importer.ImportObjects(iter([first, deep]), metadata=ALICE, timeout=20))
+    for importer, metadata in ((stack.retrieval, ALICE), (stack.retrieval_direct, AS_ALICE)):
+        err = await failure(
+            importer.ImportObjects(iter([first, deep]), metadata=metadata, timeout=20)
+        )
         assert_invalid(err, None, "NESTING_TOO_DEEP")

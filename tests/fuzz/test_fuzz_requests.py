@@ -30,7 +30,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
-from services.common.auth import forwarded_identity
+from services.common.auth import Identity, Role, forwarded_identity
 from tests.fuzz.strategies import RequestStrategies
 from tests.gateway.conftest import ALICE, TOKEN, Stack, create_books
 
@@ -180,7 +180,7 @@ async def test_no_request_gets_internal_or_unknown(stack: Stack) -> None:
         "single_prompt": ["{title}", "{year}: {tags}"],
     }
     strategies = RequestStrategies(known, hints)
-    identity = forwarded_identity("alice", TOKEN)
+    identity = forwarded_identity(Identity("alice", "alice", Role.ADMIN), TOKEN)
     direct = {
         name: grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
         for name, server in stack.servers.items()

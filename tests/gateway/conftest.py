@@ -117,8 +117,9 @@ async def stack_factory(
         )
         servers["memory"] = await build_memory(memory_settings, port=0)
         data = tmp_path / f"stack{len(stacks)}"
+        # The operator allows collections to name the loopback fake as their vectorizer.
         servers["retrieval"] = await build_retrieval(
-            RetrievalSettings(data_dir=data, **common), port=0
+            RetrievalSettings(data_dir=data, allowed_hosts="http://127.0.0.1", **common), port=0
         )
         if generation:
             servers["generation"] = await build_generation(

@@ -15,6 +15,7 @@ from gensearch.memory.v1 import memory_service_pb2_grpc as mem_grpc
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from google.protobuf import duration_pb2, json_format, struct_pb2
 
+from services.common.auth import Identity, Role, forwarded_identity
 from services.gateway.conversation import REWRITE_SYSTEM_PROMPT
 from services.memory.__main__ import build_server as build_memory
 from tests.gateway.conftest import ALICE, BOB, DIM, TOKEN, Stack, StackFactory, create_books
@@ -415,7 +416,8 @@ async def test_memory_lost_before_the_turn_is_stored(stack_factory: StackFactory
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             memory = mem_grpc.MemoryServiceStub(channel)
-            identity = (("x-gensearch-internal-token", TOKEN), ("x-gensearch-user", "alice"))
+            alice = Identity("alice", "alice", Role.ADMIN)  # GENSEARCH_API_KEYS "alice:<key>"
+            identity = forwarded_identity(alice, TOKEN)
             got = await memory.GetConversation(
                 mem_pb.GetConversationRequest(conversation_id=conversation), metadata=identity
             )

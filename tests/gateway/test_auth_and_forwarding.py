@@ -14,6 +14,7 @@ from gensearch.memory.v1 import memory_service_pb2 as mem_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from google.protobuf import struct_pb2
 
+from services.common.auth import Identity, Role, forwarded_identity
 from tests.gateway.conftest import (
     ALICE,
     BOB,
@@ -244,8 +245,14 @@ async def test_retrieval_rpcs_are_forwarded(stack: Stack) -> None:
     assert len(obj.object.vector) == DIM
     search = ret_pb.SearchRequest(collection="Books", keyword=ret_pb.Keyword(text="desert"))
     via_gateway = await stack.retrieval.Search(search, metadata=ALICE)
-    direct = await stack.retrieval_direct.Search(search, metadata=(("x", "y"),))
+    # Directly, as the gateway forwards alice ("alice:<key>": alice alone in her tenant).
+    as_alice = forwarded_identity(Identity("alice", "alice", Role.ADMIN), TOKEN)
+    direct = await stack.retrieval_direct.Search(search, metadata=as_alice)
     assert [h.id for h in via_gateway.hits] == [h.id for h in direct.hits] == [ids[0]]
+    # Anyone else (here: anonymous, of the tenant "default") has no collection "Books".
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stack.retrieval_direct.Search(search, metadata=(("x", "y"),))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
     deleted = await stack.retrieval.DeleteObjects(
         ret_pb.DeleteObjectsRequest(collection="Books", ids=ids[:2]), metadata=ALICE
     )

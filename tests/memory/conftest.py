@@ -17,10 +17,10 @@ import pytest
 import pytest_asyncio
 from gensearch.memory.v1 import memory_service_pb2_grpc as pb_grpc
 
+from services.common.redis_client import RedisClient, connect
 from services.common.server import GrpcServer
 from services.devlaunch.redis_server import RedisProcess
 from services.memory.__main__ import build_server
-from services.memory.redis_client import RedisClient, connect
 from services.memory.settings import MemorySettings
 from tests.support.redis_cluster import LocalCluster
 

@@ -13,7 +13,7 @@ import pytest
 from gensearch.memory.v1 import memory_service_pb2 as pb
 from gensearch.memory.v1 import memory_service_pb2_grpc as pb_grpc
 
-from services.common.auth import forwarded_identity
+from services.common.auth import DEFAULT_TENANT, Identity, Role, forwarded_identity
 from services.memory.__main__ import build_server
 from tests.memory.conftest import INTERNAL_TOKEN, Memory, make_settings
 from tests.memory.helpers import expect_error
@@ -25,7 +25,7 @@ Metadata = tuple[tuple[str, str], ...]
 
 
 def _as(user: str) -> Metadata:
-    return forwarded_identity(user, INTERNAL_TOKEN)
+    return forwarded_identity(Identity(user, DEFAULT_TENANT, Role.READER), INTERNAL_TOKEN)
 
 
 def _hash_tag(user: str) -> str:

@@ -11,7 +11,7 @@ from gensearch.memory.v1 import memory_service_pb2 as pb
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.common.auth import forwarded_identity
+from services.common.auth import DEFAULT_TENANT, Identity, Role, forwarded_identity
 from tests.memory.conftest import INTERNAL_TOKEN, Memory
 
 EXAMPLES = settings(
@@ -28,7 +28,8 @@ scenarios = st.tuples(
 
 
 def _as_new_user() -> tuple[tuple[str, str], ...]:
-    return forwarded_identity(f"user-{uuid.uuid4()}", INTERNAL_TOKEN)
+    user = f"user-{uuid.uuid4()}"
+    return forwarded_identity(Identity(user, DEFAULT_TENANT, Role.READER), INTERNAL_TOKEN)
 
 
 async def _interactions_scenario(

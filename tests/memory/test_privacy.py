@@ -5,9 +5,14 @@ from __future__ import annotations
 import grpc
 from gensearch.memory.v1 import memory_service_pb2 as pb
 
-from services.common.auth import forwarded_identity
+from services.common.auth import DEFAULT_TENANT, Identity, Role, forwarded_identity
 from tests.memory.conftest import ALICE, BOB, INTERNAL_TOKEN, Memory, MemoryFactory
 from tests.memory.helpers import expect_error
+
+
+def _reader(user: str) -> Identity:
+    return Identity(user, DEFAULT_TENANT, Role.READER)
+
 
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
 UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
@@ -134,7 +139,7 @@ async def test_unauthenticated_calls(memory: Memory) -> None:
 
 async def test_forwarded_identity(memory: Memory) -> None:
     s = memory.stub
-    as_carol = forwarded_identity("carol", INTERNAL_TOKEN)
+    as_carol = forwarded_identity(_reader("carol"), INTERNAL_TOKEN)
     conv = (
         await s.CreateConversation(pb.CreateConversationRequest(name="c"), metadata=as_carol)
     ).conversation
@@ -147,14 +152,16 @@ async def test_forwarded_identity(memory: Memory) -> None:
         NOT_FOUND,
     )
     # ... but the gateway acting as alice sees exactly what alice sees.
-    as_alice = forwarded_identity("alice", INTERNAL_TOKEN)
+    # (The key "alice:ka" is alice alone in the tenant "alice".)
+    as_alice = forwarded_identity(Identity("alice", "alice", Role.READER), INTERNAL_TOKEN)
     mine = await s.CreateConversation(pb.CreateConversationRequest(), metadata=ALICE)
     listed = await s.ListConversations(pb.ListConversationsRequest(), metadata=as_alice)
     assert [c.conversation_id for c in listed.conversations] == [mine.conversation.conversation_id]
 
     await expect_error(
         s.ListConversations(
-            pb.ListConversationsRequest(), metadata=forwarded_identity("alice", "wrong-token")
+            pb.ListConversationsRequest(),
+            metadata=forwarded_identity(_reader("alice"), "wrong-token"),
         ),
         UNAUTHENTICATED,
     )
@@ -176,7 +183,7 @@ async def test_forwarded_identity_needs_a_configured_token(memory_factory: Memor
     memory = await memory_factory(internal_token="")
     await expect_error(
         memory.stub.ListConversations(
-            pb.ListConversationsRequest(), metadata=forwarded_identity("alice", "anything")
+            pb.ListConversationsRequest(), metadata=forwarded_identity(_reader("alice"), "anything")
         ),
         UNAUTHENTICATED,
     )

@@ -15,14 +15,15 @@ from pathlib import Path
 import pytest
 from gensearch.memory.v1 import memory_service_pb2 as pb
 
+from services.common.auth import DEFAULT_TENANT
 from services.common.errors import Unavailable
+from services.common.redis_client import connect
 from services.devlaunch.processes import free_port
 from services.devlaunch.redis_server import RedisProcess, find_binary
-from services.memory.redis_client import connect
-from services.memory.store import MemoryStore
+from services.memory.store import MemoryStore, Owner
 from tests.memory.conftest import Memory
 
-ALICE = "alice"
+ALICE = Owner(DEFAULT_TENANT, "alice")
 
 
 async def test_scripts_are_loaded_again_after_script_flush(memory: Memory) -> None:

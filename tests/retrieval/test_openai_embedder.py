@@ -1,4 +1,8 @@
-"""The OpenAI-compatible vectorizer against a real loopback HTTP server."""
+"""The OpenAI-compatible vectorizer against a real loopback HTTP server.
+
+Here the fake is the operator's endpoint: the operator pairs the test's key variable with
+its base URL (``embedding_key_urls``). Callers' URLs and the allowlist: ``test_egress.py``.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,9 @@ import pytest
 from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
+from pydantic import ValidationError
 
+from services.retrieval.settings import RetrievalSettings
 from tests.retrieval.conftest import ARTICLE_PROPS, MakeRetrieval, Retrieval, expect_error, obj
 from tests.support.fake_openai import Behaviour, FakeOpenAI
 from tests.support.rpc import error_info
@@ -42,9 +48,9 @@ def remote(base_url: str, key_env: str = KEY_ENV) -> pb.Collection:
 
 
 @pytest.fixture
-async def retrieval(make_retrieval: MakeRetrieval) -> Retrieval:
-    # The operator allows the test's key variable (and only it) for embeddings endpoints.
-    return await make_retrieval(embedding_key_envs=KEY_ENV)
+async def retrieval(make_retrieval: MakeRetrieval, fake: FakeOpenAI) -> Retrieval:
+    # The operator's endpoint: the test's key variable goes to the fake, and only there.
+    return await make_retrieval(embedding_key_urls={KEY_ENV: fake.base_url})
 
 
 @pytest.fixture
@@ -56,47 +62,27 @@ async def stub(retrieval: Retrieval, fake: FakeOpenAI) -> Any:
 
 
 @pytest.mark.parametrize("key_env", ["GENSEARCH_INTERNAL_TOKEN", "GENSEARCH_API_KEYS", "HOME"])
-async def test_a_collection_cannot_name_a_variable_the_operator_did_not_allow(
+async def test_a_collection_cannot_name_a_variable_the_operator_did_not_pair_with_its_url(
     retrieval: Retrieval, fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch, key_env: str
 ) -> None:
-    # The service would send that variable's value to the caller's URL as a bearer token.
+    # The service would send that variable's value to the collection's URL as a bearer token.
     monkeypatch.setenv(key_env, "internal-secret-value")
     err = await expect_error(
         retrieval.stub.CreateCollection(
             pb.CreateCollectionRequest(collection=remote(fake.base_url, key_env))
         ),
-        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.PERMISSION_DENIED,
         "collection.vectorizer.api_key_env",
     )
-    assert error_info(err).reason == "KEY_ENV_NOT_ALLOWED"
+    assert error_info(err).reason == "KEY_NOT_ALLOWED"
     assert fake.requests == []
 
 
-async def test_even_an_allowed_prefix_cannot_unlock_gensearch_variables(
-    make_retrieval: MakeRetrieval, fake: FakeOpenAI
-) -> None:
-    harness = await make_retrieval(embedding_key_envs="GENSEARCH_INTERNAL_TOKEN")
-    await expect_error(
-        harness.stub.CreateCollection(
-            pb.CreateCollectionRequest(collection=remote(fake.base_url, "GENSEARCH_INTERNAL_TOKEN"))
-        ),
-        grpc.StatusCode.INVALID_ARGUMENT,
-        "collection.vectorizer.api_key_env",
-    )
-
-
-async def test_embedding_hosts_can_be_restricted(
-    make_retrieval: MakeRetrieval, fake: FakeOpenAI
-) -> None:
-    harness = await make_retrieval(
-        embedding_key_envs=KEY_ENV, embedding_allowed_hosts="embeddings.internal"
-    )
-    err = await expect_error(
-        harness.stub.CreateCollection(pb.CreateCollectionRequest(collection=remote(fake.base_url))),
-        grpc.StatusCode.INVALID_ARGUMENT,
-        "collection.vectorizer.base_url",
-    )
-    assert error_info(err).reason == "HOST_NOT_ALLOWED"
+@pytest.mark.parametrize("key_env", ["GENSEARCH_INTERNAL_TOKEN", "gensearch_api_keys", "A B"])
+def test_the_operator_cannot_pair_a_service_variable_with_an_endpoint(key_env: str) -> None:
+    with pytest.raises(ValidationError) as err:
+        RetrievalSettings(embedding_key_urls={key_env: "https://api.example.com/v1"})
+    assert "cannot hold an embeddings key" in str(err.value)
 
 
 async def test_embeds_objects_and_queries(stub: Any, fake: FakeOpenAI) -> None:
@@ -160,7 +146,8 @@ async def test_failing_endpoint_is_unavailable_and_writes_nothing(
     )
 
 
-async def test_unreachable_endpoint(retrieval: Retrieval) -> None:
+async def test_unreachable_endpoint(make_retrieval: MakeRetrieval) -> None:
+    retrieval = await make_retrieval(allowed_hosts="http://127.0.0.1")
     collection = pb.Collection(
         name="Gone",
         properties=ARTICLE_PROPS,
@@ -194,7 +181,7 @@ async def test_retry_after_is_honoured(stub: Any, fake: FakeOpenAI) -> None:
 async def test_a_hanging_endpoint_fails_within_the_timeout(
     make_retrieval: MakeRetrieval, fake: FakeOpenAI
 ) -> None:
-    harness = await make_retrieval(embedding_key_envs=KEY_ENV, embed_timeout=0.5)
+    harness = await make_retrieval(embedding_key_urls={KEY_ENV: fake.base_url}, embed_timeout=0.5)
     await harness.stub.CreateCollection(
         pb.CreateCollectionRequest(collection=remote(fake.base_url))
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from gensearch.generation.v1 import generation_service_pb2 as gen_pb
 from gensearch.generation.v1 import generation_service_pb2_grpc as gen_grpc
@@ -17,6 +17,10 @@ class GenerationClient(ServiceClient):
     proto_service = GENERATION_SERVICE
     stub_class = gen_grpc.GenerationServiceStub
 
+    #: Awaited before each Generate and StreamGenerate (the per-tenant LLM quota); it
+    #: raises to refuse the call.
+    before_generate: Callable[[], Awaitable[None]] | None = None
+
     def metadata(self, caller: Caller) -> Metadata:
         # The caller's own provider keys go to the generation service only.
         return caller.identity + caller.provider_keys
@@ -24,12 +28,27 @@ class GenerationClient(ServiceClient):
     async def generate(
         self, request: gen_pb.GenerateRequest, caller: Caller, timeout: float | None
     ) -> gen_pb.GenerateResponse:
+        if self.before_generate is not None:
+            await self.before_generate()
         return await self.unary("Generate", request, caller, timeout)
 
     def stream_generate(
         self, request: gen_pb.StreamGenerateRequest, caller: Caller, timeout: float | None
     ) -> AsyncIterator[gen_pb.StreamGenerateResponse]:
-        return self.stream("StreamGenerate", request, caller, timeout)
+        if self.before_generate is None:
+            return self.stream("StreamGenerate", request, caller, timeout)
+        return self._metered_stream(self.before_generate, request, caller, timeout)
+
+    async def _metered_stream(
+        self,
+        before: Callable[[], Awaitable[None]],
+        request: gen_pb.StreamGenerateRequest,
+        caller: Caller,
+        timeout: float | None,
+    ) -> AsyncIterator[gen_pb.StreamGenerateResponse]:
+        await before()
+        async for chunk in self.stream("StreamGenerate", request, caller, timeout):
+            yield chunk
 
     async def list_models(self, caller: Caller, timeout: float | None) -> gen_pb.ListModelsResponse:
         return await self.unary("ListModels", gen_pb.ListModelsRequest(), caller, timeout)

@@ -5,8 +5,9 @@ from __future__ import annotations
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as ret_grpc
 
+from services.common.egress import EMBEDDING_KEY_HEADER
 from services.gateway.clients.base import ServiceClient
-from services.gateway.clients.caller import Caller
+from services.gateway.clients.caller import Caller, Metadata
 from services.gateway.clients.channel import RETRIEVAL_SERVICE
 
 
@@ -14,6 +15,12 @@ class RetrievalClient(ServiceClient):
     service = "retrieval"
     proto_service = RETRIEVAL_SERVICE
     stub_class = ret_grpc.RetrievalServiceStub
+
+    def metadata(self, caller: Caller) -> Metadata:
+        # The caller's own key for a collection's embeddings endpoint (never the keys meant
+        # for LLM providers: those go to the generation service only).
+        keys = tuple((k, v) for k, v in caller.provider_keys if k == EMBEDDING_KEY_HEADER)
+        return caller.identity + keys
 
     async def search(
         self, request: ret_pb.SearchRequest, caller: Caller, timeout: float | None

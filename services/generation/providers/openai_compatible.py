@@ -209,10 +209,33 @@ class OpenAICompatibleProvider(Provider):
     ) -> Completion:
         try:
             async with asyncio.timeout_at(deadline.expires_at), self._limit:
-                data = await self._send(client, params, headers, debug)
+                first_byte = self._first_byte_at(deadline)
+                try:
+                    async with asyncio.timeout_at(first_byte):
+                        data = await self._send(client, params, headers, debug)
+                except TimeoutError:
+                    raise self._timeout(first_byte, deadline) from None
         except UPSTREAM_ERRORS as err:
             raise fault_from_error(err) from None
         return _parse_completion(data, request, debug)
+
+    def _first_byte_at(self, deadline: Deadline) -> float:
+        """When (loop time) an attempt that holds a slot must have heard from upstream:
+        a hanging upstream must not keep a slot for the whole deadline, while calls
+        queued behind it starve."""
+        limit = self.config.first_byte_timeout
+        if limit is None:
+            return deadline.expires_at
+        return min(deadline.expires_at, asyncio.get_running_loop().time() + limit)
+
+    def _timeout(self, first_byte: float, deadline: Deadline) -> UpstreamFault:
+        if first_byte < deadline.expires_at:
+            return UpstreamFault(
+                "first_byte_timeout",
+                f"no answer began within {self.config.first_byte_timeout:g} s",
+                retryable=True,
+            )
+        return UpstreamFault("timeout")
 
     # -- streaming -------------------------------------------------------------------------
     async def stream(
@@ -272,9 +295,13 @@ class OpenAICompatibleProvider(Provider):
         except TimeoutError:
             raise UpstreamFault("timeout") from None
         try:
+            # Until the first chunk arrives, reads are bounded by the first-byte timeout.
+            bound = self._first_byte_at(deadline)
             try:
-                async with asyncio.timeout_at(deadline.expires_at):
+                async with asyncio.timeout_at(bound):
                     chunks = await self._send(client, params, headers, debug)
+            except TimeoutError:
+                raise self._timeout(bound, deadline) from None
             except UPSTREAM_ERRORS as err:
                 raise fault_from_error(err) from None
             assert isinstance(chunks, openai.AsyncStream)
@@ -285,12 +312,15 @@ class OpenAICompatibleProvider(Provider):
                     # Each read alone is bounded: a timeout around a yield would fire in our
                     # caller's code instead of here.
                     try:
-                        async with asyncio.timeout_at(deadline.expires_at):
+                        async with asyncio.timeout_at(bound):
                             chunk = await anext(chunks, None)
+                    except TimeoutError:
+                        raise self._timeout(bound, deadline) from None
                     except UPSTREAM_ERRORS as err:
                         raise _stream_fault(err) from None
                     if chunk is None:
                         break
+                    bound = deadline.expires_at
                     for delta in _absorb(chunk, state):
                         yield delta
             if state.finish_reason is None:

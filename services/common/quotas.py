@@ -1,0 +1,174 @@
+"""Per-tenant quotas, counted in Redis so they hold across every gateway replica.
+
+Two quotas (docs/operations.md#quotas):
+
+* **concurrent calls**: every call of the gateway's services (health and reflection are
+  never counted) holds a slot while it runs. Slots are members of a ZSET scored by the end
+  of their lease (the call's deadline, capped), so the slots of a replica that crashed free
+  themselves when their leases end.
+* **LLM calls per minute**: each call to the generation service (one per hit, the grouped
+  call, each Ask answer and question rewrite) is counted in a fixed one-minute window on
+  Redis' clock.
+
+Both are atomic Lua scripts (``lua/quota_*.lua``). Keys carry a Redis Cluster hash tag per
+tenant, so one tenant's quota lives in one slot. Over a quota the call gets
+RESOURCE_EXHAUSTED with ``ErrorInfo`` (reason ``QUOTA_EXCEEDED``, metadata ``quota`` and
+``limit``) and ``RetryInfo`` (when to try again).
+
+A quota that cannot be checked (Redis down) lets the call through and logs a warning:
+quotas guard against abuse and must not turn a Redis outage into a gateway outage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import grpc
+from google.protobuf import duration_pb2
+from google.rpc import error_details_pb2, status_pb2
+from redis.commands.core import AsyncScript
+from redis.exceptions import RedisClusterException, RedisError
+
+from services.common.auth import current_tenant
+from services.common.errors import ResourceExhausted
+from services.common.redis_client import RedisClient
+
+log = logging.getLogger("gensearch.quotas")
+
+_LUA = resources.files("services.common") / "lua"
+WINDOW_MS = 60_000
+# When a concurrent-calls quota is full nobody knows when a slot frees: a short wait.
+CONCURRENT_RETRY_SECONDS = 1.0
+# A lease outlasts the call's deadline by this much (clock skew, the reply in flight).
+LEASE_SLACK_SECONDS = 5.0
+# Redis errors are logged at most this often (seconds): one line per outage, not per call.
+_WARN_EVERY = 30.0
+
+
+def _tenant() -> str:
+    """The tenant a call counts against: the authenticated caller's."""
+    return current_tenant()
+
+
+@cache
+def _script(name: str) -> str:
+    return (_LUA / f"{name}.lua").read_text()
+
+
+class QuotaExceeded(ResourceExhausted):
+    """RESOURCE_EXHAUSTED with ErrorInfo and a ``google.rpc.RetryInfo`` detail."""
+
+    def __init__(self, quota: str, limit: int, retry_after: float) -> None:
+        super().__init__(
+            f"quota {quota} ({limit}) exceeded; retry in {retry_after:.1f} s",
+            reason="QUOTA_EXCEEDED",
+            metadata={"quota": quota, "limit": str(limit)},
+        )
+        self.retry_after = retry_after
+
+    def to_proto(self) -> status_pb2.Status:
+        status = super().to_proto()
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(int(self.retry_after * 1e9))
+        status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+        return status
+
+
+class Quotas:
+    """The gateway's quotas; ``admit`` is the chassis' admission guard and ``charge_llm``
+    runs before each generation call."""
+
+    CONCURRENT = "concurrent_calls"
+    LLM_PER_MINUTE = "llm_calls_per_minute"
+
+    def __init__(
+        self,
+        redis: RedisClient,
+        *,
+        key_prefix: str,
+        concurrent_calls: int,
+        llm_calls_per_minute: int,
+        max_lease: float,
+        lease_slack: float = LEASE_SLACK_SECONDS,
+    ) -> None:
+        self._redis = redis
+        self._prefix = key_prefix
+        self.concurrent_calls = concurrent_calls
+        self.llm_calls_per_minute = llm_calls_per_minute
+        self._max_lease = max_lease
+        self._lease_slack = lease_slack
+        # redis-py annotates register_script's self as Redis; RedisCluster has it too.
+        self._enter: AsyncScript = redis.register_script(_script("quota_enter"))  # type: ignore[misc]
+        self._charge: AsyncScript = redis.register_script(_script("quota_charge"))  # type: ignore[misc]
+        self._warned_at = 0.0
+        self._tags: dict[str, str] = {}
+
+    def _key(self, tenant: str, name: str) -> str:
+        tag = self._tags.get(tenant)
+        if tag is None:
+            digest = hashlib.sha256(tenant.encode()).hexdigest()[:20]
+            tag = self._tags[tenant] = f"{self._prefix}:quota:{{t:{digest}}}"
+            if len(self._tags) > 100_000:  # bounded: tenants come from configured keys
+                self._tags.clear()
+        return f"{tag}:{name}"
+
+    def _unchecked(self, err: BaseException) -> None:
+        now = time.monotonic()
+        if now - self._warned_at >= _WARN_EVERY:
+            self._warned_at = now
+            log.warning("quotas not checked, Redis failed: %s", type(err).__name__)
+
+    async def _run(self, script: AsyncScript, key: str, *args: Any) -> Any:
+        """The script's reply, or None when Redis failed (the call goes through)."""
+        try:
+            return await script(keys=[key], args=list(args))
+        except (RedisError, RedisClusterException, OSError) as err:
+            self._unchecked(err)
+            return None
+
+    def _lease_ms(self, context: grpc.aio.ServicerContext) -> int:
+        remaining = context.time_remaining()
+        lease = self._max_lease if remaining is None else min(remaining, self._max_lease)
+        return int((max(lease, 0.0) + self._lease_slack) * 1000)
+
+    @contextlib.asynccontextmanager
+    async def admit(self, method: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+        """Holds one of the tenant's concurrent-call slots while the call runs."""
+        if self.concurrent_calls <= 0:
+            yield
+            return
+        key = self._key(_tenant(), "calls")
+        call_id = uuid.uuid4().hex
+        entered = await self._run(
+            self._enter, key, self.concurrent_calls, self._lease_ms(context), call_id
+        )
+        if entered == 0:
+            raise QuotaExceeded(self.CONCURRENT, self.concurrent_calls, CONCURRENT_RETRY_SECONDS)
+        try:
+            yield
+        finally:
+            if entered is not None:
+                try:
+                    await self._redis.zrem(key, call_id)
+                except (RedisError, RedisClusterException, OSError) as err:
+                    self._unchecked(err)  # the lease frees the slot
+
+    async def charge_llm(self) -> None:
+        """Counts one LLM call; raises QuotaExceeded when the minute's quota is used."""
+        if self.llm_calls_per_minute <= 0:
+            return
+        key = self._key(_tenant(), "llm")
+        wait_ms = await self._run(self._charge, key, self.llm_calls_per_minute, WINDOW_MS)
+        if wait_ms is not None and int(wait_ms) >= 0:
+            raise QuotaExceeded(self.LLM_PER_MINUTE, self.llm_calls_per_minute, int(wait_ms) / 1000)
+
+    async def close(self) -> None:
+        await self._redis.aclose()

@@ -1,0 +1,91 @@
+"""Where a collection's OpenAI-compatible vectorizer may send texts, and with whose key.
+
+Two kinds of endpoint:
+
+* **the operator's**: a base URL the operator paired with a key variable in
+  ``GENSEARCH_RETRIEVAL_EMBEDDING_KEY_URLS`` (by default ``OPENAI_API_KEY`` and
+  ``OPENAI_APIKEY`` with ``https://api.openai.com/v1``). A collection naming that base URL
+  may name that variable as ``api_key_env``: the operator's key goes to the URL the
+  operator configured it with, and nowhere else. Reached through the operator's HTTP
+  client, without the allowlist (the operator chose it).
+* **a caller's**: any other base URL. It must pass the operator's allowlist
+  (``GENSEARCH_RETRIEVAL_ALLOWED_HOSTS``, empty by default: no caller URL at all), checked
+  here and again on every connection (``services.common.egress``). It gets no key of the
+  operator's: only the key the caller sends with the request (``x-embedding-api-key``).
+
+Every refusal is PERMISSION_DENIED naming the field, with reason ``URL_NOT_ALLOWED`` or
+``KEY_NOT_ALLOWED``, and echoes at most a short prefix of what was refused.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
+
+from services.common.egress import (
+    EMBEDDING_KEY_HEADER,
+    URL_NOT_ALLOWED,
+    EgressPolicy,
+    UrlRefused,
+    canonical_url,
+    echo,
+)
+from services.common.errors import PermissionDenied
+
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+KEY_NOT_ALLOWED = "KEY_NOT_ALLOWED"
+ALLOWLIST_SETTING = "GENSEARCH_RETRIEVAL_ALLOWED_HOSTS"
+KEY_URLS_SETTING = "GENSEARCH_RETRIEVAL_EMBEDDING_KEY_URLS"
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+# The operator's default pairs: an OpenAI key goes to OpenAI.
+DEFAULT_KEY_URLS = {"OPENAI_API_KEY": OPENAI_BASE_URL, "OPENAI_APIKEY": OPENAI_BASE_URL}
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A vectorizer's endpoint once the policy has accepted it."""
+
+    base_url: str
+    # The operator configured this base URL (its HTTP client, no allowlist).
+    operator: bool
+    # The operator's key variable to send there ("" for none).
+    key_env: str
+
+
+@dataclass(frozen=True)
+class EmbeddingPolicy:
+    """The operator's allowlist for callers' URLs, and which key variable goes where."""
+
+    egress: EgressPolicy = field(default_factory=EgressPolicy)
+    # key variable -> the canonical base URL (``canonical_url``) its value may be sent to.
+    key_urls: Mapping[str, str] = field(default_factory=dict)
+
+    def endpoint(self, vec: pb.Vectorizer, where: str) -> Endpoint:
+        """The endpoint of ``vec`` if the operator allows it; PERMISSION_DENIED otherwise.
+        ``where`` is the vectorizer's field path (``collection.vectorizer``)."""
+        try:
+            canonical = canonical_url(vec.base_url)
+        except UrlRefused:
+            canonical = ""
+        operator = bool(canonical) and canonical in self.key_urls.values()
+        if not operator:
+            try:
+                self.egress.check_url(vec.base_url)
+            except UrlRefused as err:
+                raise PermissionDenied(
+                    f"{where}.base_url: {err.why} ({ALLOWLIST_SETTING})",
+                    field=f"{where}.base_url",
+                    reason=URL_NOT_ALLOWED,
+                ) from None
+        if vec.api_key_env and self.key_urls.get(vec.api_key_env) != canonical:
+            raise PermissionDenied(
+                f"{where}.api_key_env: the operator's key {echo(vec.api_key_env)} is sent "
+                f"only to the base URL the operator paired it with ({KEY_URLS_SETTING}); "
+                f"send your own key for this endpoint in the {EMBEDDING_KEY_HEADER} metadata",
+                field=f"{where}.api_key_env",
+                reason=KEY_NOT_ALLOWED,
+            )
+        return Endpoint(base_url=vec.base_url, operator=operator, key_env=vec.api_key_env)

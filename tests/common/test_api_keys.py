@@ -1,0 +1,124 @@
+"""API keys: the variable (historical and extended forms) and the YAML file, validated
+strictly, with errors that name the entry and never a key."""
+
+from __future__ import annotations
+
+import contextvars
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from services.common.api_keys import ApiKeyError, load_keys, parse_env, parse_file
+from services.common.auth import DEFAULT_TENANT, Identity, Role, require_role, set_current_identity
+from services.common.errors import PermissionDenied
+from services.common.settings import CommonSettings
+
+SECRET = "s3cr3t-key-value"
+
+
+def test_the_historical_form_is_a_user_alone_in_its_tenant_as_admin() -> None:
+    assert parse_env("alice:k1, bob:k:2") == {
+        "k1": Identity("alice", "alice", Role.ADMIN),
+        "k:2": Identity("bob", "bob", Role.ADMIN),  # the key is all after the first ':'
+    }
+    # An e-mail address is a user name, not a tenant.
+    assert parse_env("ann@example.com:k3") == {
+        "k3": Identity("ann@example.com", "ann@example.com", Role.ADMIN)
+    }
+
+
+def test_the_extended_form_names_tenant_and_role() -> None:
+    assert parse_env(
+        "alice@acme/writer:k1,ann@example.com@acme/reader:k2,root@default/admin:k3"
+    ) == {
+        "k1": Identity("alice", "acme", Role.WRITER),
+        "k2": Identity("ann@example.com", "acme", Role.READER),
+        "k3": Identity("root", DEFAULT_TENANT, Role.ADMIN),
+    }
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        f"alice-{SECRET}",  # no colon
+        f":{SECRET}",  # no user
+        f"alice/admin:{SECRET}",  # extended form without a tenant
+        f"alice@/reader:{SECRET}",  # empty tenant
+        f"alice:{SECRET},bob:{SECRET}",  # one key twice
+        f"bad\tuser:{SECRET}",  # a control character
+        f"carol@default/reader:{SECRET}-1,carol:{SECRET}-2",  # one name in two legacy places
+    ],
+)
+def test_bad_variables_are_refused_without_echoing_the_key(raw: str) -> None:
+    with pytest.raises(ApiKeyError) as caught:
+        load_keys(raw, None)
+    assert SECRET not in str(caught.value)
+    assert "GENSEARCH_API_KEYS" in str(caught.value) or "tenant" in str(caught.value)
+
+
+def test_a_good_file(tmp_path: Path) -> None:
+    path = tmp_path / "keys.yaml"
+    path.write_text(
+        "keys:\n"
+        f"  - key: {SECRET}-a\n    user: alice\n    tenant: acme\n    role: admin\n"
+        f"  - {{key: '{SECRET}-b', user: bob, tenant: acme, role: reader}}\n"
+    )
+    assert parse_file(path) == {
+        f"{SECRET}-a": Identity("alice", "acme", Role.ADMIN),
+        f"{SECRET}-b": Identity("bob", "acme", Role.READER),
+    }
+    # Beside the variable, through the settings every service reads.
+    settings = CommonSettings(api_keys=SecretStr("zed:kz"), api_keys_file=path)
+    keys = settings.api_key_map()
+    assert keys["kz"] == Identity("zed", "zed", Role.ADMIN) and len(keys) == 3
+    assert SECRET not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("text", "names"),
+    [
+        (f"- key: {SECRET}\n", "mapping with one field"),
+        (f"keys: {SECRET}\n", "must be a list"),
+        (f"keys:\n  - key: {SECRET}\n    user: a\n    tenant: t\n", "keys[0]: 'role'"),
+        (f"keys:\n  - {{key: {SECRET}, user: a, tenant: t, role: root}}\n", "keys[0]: 'role'"),
+        (f"keys:\n  - {{key: {SECRET}, user: a, tenant: t, role: admin, x: 1}}\n", "unknown"),
+        (f"keys:\n  - {{key: {SECRET}, user: 7, tenant: t, role: admin}}\n", "keys[0]: 'user'"),
+        (
+            f"keys:\n  - {{key: {SECRET}, user: a, tenant: t, role: admin}}\n"
+            f"  - {{key: {SECRET}, user: b, tenant: t, role: reader}}\n",
+            "keys[1]",
+        ),
+        (f"keys:\n  - {{key: '{SECRET}', user: a\n", "not valid YAML"),
+        (f"keys:\n  - {{key: ' {SECRET}', user: a, tenant: t, role: admin}}\n", "'key'"),
+    ],
+)
+def test_bad_files_are_refused_without_echoing_a_key(tmp_path: Path, text: str, names: str) -> None:
+    path = tmp_path / "keys.yaml"
+    path.write_text(text)
+    with pytest.raises(ApiKeyError) as caught:
+        parse_file(path)
+    assert names in str(caught.value)
+    assert SECRET not in str(caught.value)
+
+
+def test_a_missing_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ApiKeyError, match="cannot be read"):
+        CommonSettings(api_keys_file=tmp_path / "absent.yaml").api_key_map()
+
+
+def test_roles_are_ordered() -> None:
+    assert Role.ADMIN.includes(Role.WRITER) and Role.ADMIN.includes(Role.READER)
+    assert Role.WRITER.includes(Role.READER) and not Role.WRITER.includes(Role.ADMIN)
+    assert not Role.READER.includes(Role.WRITER)
+
+    def as_writer() -> None:
+        set_current_identity(Identity("w", "t", Role.WRITER))
+        assert require_role(Role.READER).user == "w"
+        require_role(Role.ADMIN)
+
+    with pytest.raises(PermissionDenied) as caught:
+        contextvars.copy_context().run(as_writer)  # the identity stays in that context
+    assert caught.value.reason == "ROLE_REQUIRED"
+    assert caught.value.metadata == {"required_role": "admin", "role": "writer"}
+    assert "'admin'" in caught.value.message

@@ -1,0 +1,132 @@
+"""The quota scripts on a real Redis: slots of a crashed replica free themselves, the
+per-minute window refuses and says how long to wait, tenants are counted apart, and a
+Redis that is down lets calls through."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.common.auth import Identity, Role, set_current_identity
+from services.common.quotas import QuotaExceeded, Quotas
+from services.common.redis_client import connect
+from services.devlaunch.processes import free_port
+from services.devlaunch.redis_server import RedisProcess
+from tests.support.redis_cluster import LocalCluster
+
+
+def _as_tenant(tenant: str) -> None:
+    """Quotas count per tenant: the caller is a user alone in the tenant ``tenant``."""
+    set_current_identity(Identity(tenant, tenant, Role.ADMIN))
+
+
+class _Context:
+    """What ``admit`` reads of a call: its remaining time."""
+
+    def __init__(self, remaining: float | None) -> None:
+        self.remaining = remaining
+
+    def time_remaining(self) -> float | None:
+        return self.remaining
+
+
+def _quotas(url: str, *, cluster: bool = False, **limits: Any) -> Quotas:
+    redis = connect(url, cluster=cluster, socket_timeout=0.5, connect_timeout=0.5)
+    values: dict[str, Any] = {
+        "key_prefix": "test",
+        "concurrent_calls": 0,
+        "llm_calls_per_minute": 0,
+        "max_lease": 60.0,
+        "lease_slack": 0.0,
+        **limits,
+    }
+    return Quotas(redis, **values)
+
+
+async def test_a_crashed_replicas_slots_free_themselves(redis_server: RedisProcess) -> None:
+    quotas = _quotas(redis_server.url, concurrent_calls=1)
+    try:
+        _as_tenant("alice")
+        crashed = quotas.admit("/x/Y", _Context(0.3))  # type: ignore[arg-type]
+        await crashed.__aenter__()  # entered, never left: its replica "crashed"
+        with pytest.raises(QuotaExceeded) as caught:
+            async with quotas.admit("/x/Y", _Context(5)):  # type: ignore[arg-type]
+                pass
+        assert caught.value.metadata == {"quota": "concurrent_calls", "limit": "1"}
+        _as_tenant("bob")  # another tenant is not affected
+        async with quotas.admit("/x/Y", _Context(5)):  # type: ignore[arg-type]
+            pass
+        _as_tenant("alice")
+        await asyncio.sleep(0.5)  # the lease (0.3 s) ended
+        async with quotas.admit("/x/Y", _Context(5)):  # type: ignore[arg-type]
+            pass
+    finally:
+        await quotas.close()
+
+
+async def test_llm_calls_per_minute(redis_server: RedisProcess) -> None:
+    quotas = _quotas(redis_server.url, llm_calls_per_minute=3)
+    try:
+        _as_tenant("carol")
+        for _ in range(3):
+            await quotas.charge_llm()
+        with pytest.raises(QuotaExceeded) as caught:
+            await quotas.charge_llm()
+        assert 0 < caught.value.retry_after <= 60
+        assert caught.value.to_status().code.name == "RESOURCE_EXHAUSTED"
+    finally:
+        await quotas.close()
+
+
+async def test_keys_share_one_cluster_slot_per_tenant(redis_server: RedisProcess) -> None:
+    quotas = _quotas(redis_server.url, concurrent_calls=5, llm_calls_per_minute=5)
+    try:
+        _as_tenant("dave")
+        async with quotas.admit("/x/Y", _Context(None)):  # type: ignore[arg-type]
+            await quotas.charge_llm()
+            direct = connect(redis_server.url, cluster=False, socket_timeout=1, connect_timeout=1)
+            try:
+                keys = sorted([k async for k in direct.scan_iter(match="test:quota:*")])
+            finally:
+                await direct.aclose()
+        tags = {k.split(b"{")[1].split(b"}")[0] for k in keys}
+        assert len(keys) == 2 and len(tags) == 1, keys
+    finally:
+        await quotas.close()
+
+
+async def test_redis_down_lets_calls_through() -> None:
+    quotas = _quotas(
+        f"redis://127.0.0.1:{free_port()}/0", concurrent_calls=1, llm_calls_per_minute=1
+    )
+    try:
+        for _ in range(3):
+            async with quotas.admit("/x/Y", _Context(1)):  # type: ignore[arg-type]
+                await quotas.charge_llm()
+    finally:
+        await quotas.close()
+
+
+async def test_quotas_on_a_redis_cluster(tmp_path: Path) -> None:
+    cluster = LocalCluster(tmp_path / "cluster")
+    try:
+        await cluster.start()
+        quotas = _quotas(cluster.url, cluster=True, concurrent_calls=1, llm_calls_per_minute=2)
+        try:
+            for user in ("erin", "frank", "grace"):  # hash tags spread them over the nodes
+                _as_tenant(user)
+                async with quotas.admit("/x/Y", _Context(5)):  # type: ignore[arg-type]
+                    await quotas.charge_llm()
+                    await quotas.charge_llm()
+                    with pytest.raises(QuotaExceeded):
+                        await quotas.charge_llm()
+                    with pytest.raises(QuotaExceeded):
+                        async with quotas.admit("/x/Y", _Context(5)):  # type: ignore[arg-type]
+                            pass
+        finally:
+            await quotas.close()
+    finally:
+        cluster.stop()

@@ -1,0 +1,49 @@
+"""The caller's key for a collection's embeddings endpoint, through the gateway: it reaches
+the retrieval service (and so the collection's URL), and the keys meant for LLM providers
+never do."""
+
+from __future__ import annotations
+
+from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
+from google.protobuf import struct_pb2
+
+from tests.gateway.conftest import ALICE, Stack
+
+EMBEDDING_KEY = "sk-alice-embeddings-0123456789"
+LLM_KEY = "sk-alice-llm-provider-9876543210"
+
+
+async def test_only_the_embedding_key_travels_to_the_embeddings_endpoint(stack: Stack) -> None:
+    collection = ret_pb.Collection(
+        name="Embedded",
+        properties=[ret_pb.Property(name="title", data_type=ret_pb.DATA_TYPE_TEXT)],
+        vectorizer=ret_pb.Vectorizer(
+            kind=ret_pb.VECTORIZER_KIND_OPENAI_COMPATIBLE,
+            base_url=stack.fake.base_url,  # a caller's URL the operator allowed
+            dimensions=stack.fake.embedding_dim,
+        ),
+    )
+    await stack.retrieval.CreateCollection(
+        ret_pb.CreateCollectionRequest(collection=collection), metadata=ALICE
+    )
+    props = struct_pb2.Struct()
+    props.update({"title": "Dune"})
+    metadata = (
+        *ALICE,
+        ("x-embedding-api-key", EMBEDDING_KEY),
+        ("x-openai-api-key", LLM_KEY),
+        ("x-fake-api-key", LLM_KEY),
+    )
+    await stack.retrieval.UpsertObjects(
+        ret_pb.UpsertObjectsRequest(
+            collection="Embedded", objects=[ret_pb.DataObject(properties=props)]
+        ),
+        metadata=metadata,
+    )
+    await stack.retrieval.Search(
+        ret_pb.SearchRequest(collection="Embedded", near_text=ret_pb.NearText(text="Dune")),
+        metadata=ALICE,
+    )
+    sent = [r for r in stack.fake.requests if r.path.endswith("/embeddings")]
+    assert [r.headers.get("Authorization", "") for r in sent] == [f"Bearer {EMBEDDING_KEY}", ""]
+    assert all(LLM_KEY not in str(r.headers) for r in stack.fake.requests)

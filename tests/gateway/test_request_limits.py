@@ -1,0 +1,96 @@
+"""Receive limits per method (issue 12).
+
+Reproduced before: 20 unauthenticated 60 MB requests grew the gateway from 61 MB to 1 GiB,
+since every method accepted 64 MiB messages. Now a method takes at most
+``max_request_bytes`` (4 MiB) unless ``request_limits`` names it (an import batch:
+16 MiB). gRPC refuses anything over the largest limit from the message's length prefix;
+the chassis refuses a smaller method's oversized request before parsing it. Peak memory
+under the attack is measured by ``bench/abuse.py`` (docs/benchmarks.md), not here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
+from gensearch.gateway.v1 import gateway_service_pb2_grpc as gw_grpc
+from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
+from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as ret_grpc
+
+from services.common.server import GrpcServer
+from services.devlaunch.processes import free_port
+from services.gateway.__main__ import build_server
+from services.gateway.settings import GatewaySettings
+from tests.gateway.conftest import ALICE, KEYS
+from tests.support.rpc import error_info
+
+MIB = 1024 * 1024
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[grpc.aio.Channel]:
+    nowhere = f"127.0.0.1:{free_port()}"
+    settings = GatewaySettings(
+        api_keys=KEYS,
+        metrics_port=None,
+        memory_addr=nowhere,
+        retrieval_addr=nowhere,
+        generation_addr=nowhere,
+    )
+    server: GrpcServer = await build_server(settings, port=0)
+    port = await server.start()
+    channel = grpc.aio.insecure_channel(
+        f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 64 * MIB)]
+    )
+    yield channel
+    await channel.close()
+    await server.stop(0)
+
+
+def _search(size: int) -> gw_pb.GenerativeSearchRequest:
+    return gw_pb.GenerativeSearchRequest(
+        collection="Books", generate=gw_pb.Generate(single_prompt="x" * size)
+    )
+
+
+async def test_a_small_method_refuses_a_large_request_unparsed(
+    gateway: grpc.aio.Channel,
+) -> None:
+    stub = gw_grpc.GatewayServiceStub(gateway)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.GenerativeSearch(_search(5 * MIB), metadata=ALICE, timeout=10)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    info = error_info(caught.value)
+    assert info.reason == "REQUEST_TOO_LARGE"
+    assert info.metadata["limit_bytes"] == str(4 * MIB)
+    assert "GenerativeSearch accepts at most 4194304" in caught.value.details()
+
+
+async def test_an_unauthenticated_large_request_learns_nothing_more(
+    gateway: grpc.aio.Channel,
+) -> None:
+    stub = gw_grpc.GatewayServiceStub(gateway)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.GenerativeSearch(_search(5 * MIB), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_grpc_refuses_what_no_method_accepts(gateway: grpc.aio.Channel) -> None:
+    stub = gw_grpc.GatewayServiceStub(gateway)
+    for metadata in (ALICE, ()):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.GenerativeSearch(_search(60 * MIB), metadata=metadata, timeout=20)
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+async def test_an_import_batch_may_be_larger(gateway: grpc.aio.Channel) -> None:
+    stub = ret_grpc.RetrievalServiceStub(gateway)
+    batch = ret_pb.UpsertObjectsRequest(
+        collection="Books", objects=[ret_pb.DataObject(vector=[0.5] * (5 * MIB // 4))]
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.UpsertObjects(batch, metadata=ALICE, timeout=10)
+    # Accepted and forwarded; nothing listens downstream in this test.
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE

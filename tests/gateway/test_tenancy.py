@@ -1,0 +1,146 @@
+"""Tenants and roles through the gateway: the gateway forwards (user, tenant, role), the
+services enforce them, and the gateway's own collection cache never crosses tenants."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
+from gensearch.memory.v1 import memory_service_pb2 as mem_pb
+from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
+
+from tests.gateway.conftest import DIM, Stack, StackFactory, create_books, vector
+from tests.gateway.test_generative_search import _near
+from tests.support.rpc import error_info
+
+KEYS = ",".join(
+    [
+        "alice@acme/admin:key-alice-acme",
+        "wes@acme/writer:key-wes-acme",
+        "rita@acme/reader:key-rita-acme",
+        "bob@globex/admin:key-bob-globex",
+        "alice@globex/admin:key-alice-globex",
+    ]
+)
+
+
+def key(name: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer key-{name}"),)
+
+
+ALICE, WES, RITA = key("alice-acme"), key("wes-acme"), key("rita-acme")
+BOB, ALICE_OF_GLOBEX = key("bob-globex"), key("alice-globex")
+
+
+@pytest.fixture
+async def tenants(stack_factory: StackFactory) -> Stack:
+    # Every service gets the keys; the gateway forwards identities with the internal token.
+    return await stack_factory(shared={"api_keys": KEYS}, collection_cache_ttl=60)
+
+
+async def rpc_error(call: object) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call  # type: ignore[misc]
+    return caught.value
+
+
+async def test_another_tenant_cannot_list_read_search_or_delete(tenants: Stack) -> None:
+    s = tenants
+    await create_books(s, metadata=ALICE)
+    for who in (BOB, ALICE_OF_GLOBEX):
+        listed = await s.retrieval.ListCollections(ret_pb.ListCollectionsRequest(), metadata=who)
+        assert list(listed.collections) == []
+        for call in (
+            s.retrieval.GetCollection(ret_pb.GetCollectionRequest(name="Books"), metadata=who),
+            s.retrieval.DeleteCollection(
+                ret_pb.DeleteCollectionRequest(name="Books"), metadata=who
+            ),
+            s.retrieval.Search(
+                ret_pb.SearchRequest(
+                    collection="Books", near_vector=ret_pb.NearVector(vector=vector(0))
+                ),
+                metadata=who,
+            ),
+            s.stub.GenerativeSearch(_near(single_prompt="{title}"), metadata=who),
+            s.stub.Ask(gw_pb.AskRequest(collection="Books", llm_question="q"), metadata=who),
+        ):
+            err = await rpc_error(call)
+            assert err.code() == grpc.StatusCode.NOT_FOUND, err.details()
+            assert "Books" in (err.details() or "")
+    got = await s.retrieval.GetCollection(ret_pb.GetCollectionRequest(name="Books"), metadata=ALICE)
+    assert got.object_count == 5
+
+
+async def test_roles_through_the_gateway(tenants: Stack) -> None:
+    s = tenants
+    await create_books(s, metadata=ALICE)
+    collection = ret_pb.Collection(
+        name="Other",
+        vectorizer=ret_pb.Vectorizer(kind=ret_pb.VECTORIZER_KIND_NONE, dimensions=DIM),
+    )
+    create = ret_pb.CreateCollectionRequest(collection=collection)
+    drop = ret_pb.DeleteCollectionRequest(name="Books")
+    upsert = ret_pb.UpsertObjectsRequest(
+        collection="Books", objects=[ret_pb.DataObject(vector=vector(1))]
+    )
+    cases = [
+        (s.retrieval.CreateCollection(create, metadata=RITA), "admin", "reader"),
+        (s.retrieval.DeleteCollection(drop, metadata=RITA), "admin", "reader"),
+        (s.retrieval.DeleteCollection(drop, metadata=WES), "admin", "writer"),
+        (s.retrieval.UpsertObjects(upsert, metadata=RITA), "writer", "reader"),
+    ]
+    for call, needed, has in cases:
+        err = await rpc_error(call)
+        assert err.code() == grpc.StatusCode.PERMISSION_DENIED, err.details()
+        info = error_info(err)
+        assert info.reason == "ROLE_REQUIRED"
+        assert dict(info.metadata) == {"required_role": needed, "role": has}
+        assert f"'{needed}'" in (err.details() or "")
+    # A reader searches, generates and keeps conversations of its own.
+    result = await s.stub.GenerativeSearch(_near(limit=2, single_prompt="{title}"), metadata=RITA)
+    assert len(result.hits) == 2
+    made = await s.memory.CreateConversation(mem_pb.CreateConversationRequest(), metadata=RITA)
+    assert made.conversation.user == "rita"
+    await s.retrieval.UpsertObjects(upsert, metadata=WES)
+    got = await s.retrieval.GetCollection(ret_pb.GetCollectionRequest(name="Books"), metadata=RITA)
+    assert got.object_count == 6
+
+
+async def test_the_collection_cache_is_per_tenant(tenants: Stack) -> None:
+    # The same user name and collection name in two tenants: two collections with their own
+    # generative defaults. With a 60 s cache, each must still get its own.
+    s = tenants
+    acme = ret_pb.GenerativeConfig(provider="fake", model="model-of-acme")
+    globex = ret_pb.GenerativeConfig(provider="fake", model="model-of-globex")
+    await create_books(s, metadata=ALICE, generative=acme)
+    await create_books(s, metadata=ALICE_OF_GLOBEX, generative=globex)
+    for who, model in ((ALICE, "model-of-acme"), (ALICE_OF_GLOBEX, "model-of-globex")) * 2:
+        await s.stub.GenerativeSearch(_near(limit=1, single_prompt="{title}"), metadata=who)
+        assert s.fake.chat_requests[-1].json["model"] == model
+
+
+async def test_conversations_are_per_tenant_through_the_gateway(tenants: Stack) -> None:
+    s = tenants
+    made = await s.memory.CreateConversation(
+        mem_pb.CreateConversationRequest(name="acme's"), metadata=ALICE
+    )
+    cid = made.conversation.conversation_id
+    err = await rpc_error(
+        s.memory.GetConversation(
+            mem_pb.GetConversationRequest(conversation_id=cid), metadata=ALICE_OF_GLOBEX
+        )
+    )
+    assert err.code() == grpc.StatusCode.NOT_FOUND
+    for _ in range(2):
+        await s.memory.CreateConversation(mem_pb.CreateConversationRequest(), metadata=ALICE)
+    page = await s.memory.ListConversations(
+        mem_pb.ListConversationsRequest(page_size=1), metadata=ALICE
+    )
+    err = await rpc_error(
+        s.memory.ListConversations(
+            mem_pb.ListConversationsRequest(page_size=1, page_token=page.next_page_token),
+            metadata=ALICE_OF_GLOBEX,
+        )
+    )
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_info(err).metadata.get("field") == "page_token"

@@ -1,0 +1,306 @@
+"""Where the retrieval service sends data and keys: only where the operator allows.
+
+The attacker's server is the loopback fake (``tests/support/fake_openai.py``), the service
+is the real one on a real port, and the only thing between them is real HTTP: nothing is
+patched. ``localhost`` is the name that resolves to a loopback address, so a name the
+allowlist accepts can be shown to fail at connect time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
+from pydantic import ValidationError
+
+from services.retrieval.settings import RetrievalSettings
+from tests.retrieval.conftest import ARTICLE_PROPS, MakeRetrieval, expect_error, obj
+from tests.support.fake_openai import FakeOpenAI
+from tests.support.rpc import error_info
+
+OPERATOR_KEY = "sk-operator-secret-0123456789"
+CALLER_KEY = "sk-caller-own-key-9876543210"
+CALLER_KEY_HEADER = "x-embedding-api-key"
+
+
+@pytest.fixture
+async def attacker(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeOpenAI]:
+    """A server the caller controls; the operator's environment holds an OpenAI key."""
+    monkeypatch.setenv("OPENAI_API_KEY", OPERATOR_KEY)
+    monkeypatch.setenv("OPENAI_APIKEY", OPERATOR_KEY)
+    async with FakeOpenAI(embedding_dim=8) as server:
+        yield server
+
+
+def vectorizing(base_url: str, key_env: str = "", name: str = "Stolen") -> pb.Collection:
+    return pb.Collection(
+        name=name,
+        properties=ARTICLE_PROPS,
+        vectorizer=pb.Vectorizer(
+            kind=pb.VECTORIZER_KIND_OPENAI_COMPATIBLE,
+            base_url=base_url,
+            api_key_env=key_env,
+            dimensions=8,
+        ),
+    )
+
+
+def authorizations(fake: FakeOpenAI) -> list[str]:
+    return [r.headers.get("Authorization", "") for r in fake.requests]
+
+
+def leaked(fake: FakeOpenAI) -> bool:
+    return any(OPERATOR_KEY in value for value in authorizations(fake))
+
+
+# -- the reproduced attack -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "allowed_hosts",
+    [
+        "",  # the default: callers may name no URL at all
+        "http://127.0.0.1",  # the operator allows the server, not the key
+    ],
+)
+async def test_reproduced_a_collection_cannot_send_the_operators_key_to_its_own_server(
+    make_retrieval: MakeRetrieval, attacker: FakeOpenAI, allowed_hosts: str
+) -> None:
+    """Before: a user created a collection whose vectorizer URL pointed at their own server
+    with key variable OPENAI_API_KEY, and one upsert later that server received
+    ``Authorization: Bearer <the operator's key>``."""
+    retrieval = await make_retrieval(allowed_hosts=allowed_hosts)
+    refused: grpc.aio.AioRpcError | None = None
+    try:
+        await retrieval.stub.CreateCollection(
+            pb.CreateCollectionRequest(collection=vectorizing(attacker.base_url, "OPENAI_API_KEY"))
+        )
+        await retrieval.stub.UpsertObjects(
+            pb.UpsertObjectsRequest(collection="Stolen", objects=[obj({"title": "bait"})])
+        )
+    except grpc.aio.AioRpcError as err:
+        refused = err
+    assert not leaked(attacker), "the operator's key reached the caller's server"
+    assert refused is not None, "the collection was accepted"
+    assert refused.code() == grpc.StatusCode.PERMISSION_DENIED, refused.details()
+    field = error_info(refused).metadata["field"]
+    assert field in ("collection.vectorizer.base_url", "collection.vectorizer.api_key_env")
+    assert attacker.requests == []
+
+
+# -- the allowlist ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://api.example.com/v1",
+        "https://169.254.169.254/latest/meta-data",
+        "http://metadata.google.internal/computeMetadata/v1",
+        "http://localhost:8080/v1",
+        "http://127.0.0.1:8080/v1",
+        "http://[::1]:8080/v1",
+        "http://10.0.0.5:8080/v1",
+    ],
+)
+async def test_by_default_callers_may_name_no_url(make_retrieval: MakeRetrieval, url: str) -> None:
+    retrieval = await make_retrieval()
+    err = await expect_error(
+        retrieval.stub.CreateCollection(pb.CreateCollectionRequest(collection=vectorizing(url))),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "collection.vectorizer.base_url",
+    )
+    assert error_info(err).reason == "URL_NOT_ALLOWED"
+    assert "GENSEARCH_RETRIEVAL_ALLOWED_HOSTS" in (err.details() or "")
+
+
+@pytest.mark.parametrize(
+    ("allowed_hosts", "url"),
+    [
+        ("*", "http://{fake}/v1"),  # any public host: loopback is not one
+        ("*.example.com, http://*.example.com", "http://{fake}/v1"),
+        ("127.0.0.1", "http://{fake}/v1"),  # https only
+        ("http://127.0.0.1:1", "http://{fake}/v1"),  # another port
+        ("http://10.0.0.0/8", "http://{fake}/v1"),
+        ("http://169.254.0.0/16", "http://169.254.169.254/latest"),  # metadata: exactly
+    ],
+)
+async def test_urls_outside_the_allowlist_are_refused(
+    make_retrieval: MakeRetrieval, attacker: FakeOpenAI, allowed_hosts: str, url: str
+) -> None:
+    retrieval = await make_retrieval(allowed_hosts=allowed_hosts)
+    url = url.format(fake=f"127.0.0.1:{attacker.port}")
+    err = await expect_error(
+        retrieval.stub.CreateCollection(pb.CreateCollectionRequest(collection=vectorizing(url))),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "collection.vectorizer.base_url",
+    )
+    assert error_info(err).reason == "URL_NOT_ALLOWED"
+
+
+async def test_a_refusal_echoes_only_a_short_prefix_of_the_url(
+    make_retrieval: MakeRetrieval,
+) -> None:
+    retrieval = await make_retrieval(allowed_hosts="api.example.com")
+    host = "x" * 60 + ".evil.example"
+    url = f"https://{host}/v1/" + "p" * 4000
+    err = await expect_error(
+        retrieval.stub.CreateCollection(pb.CreateCollectionRequest(collection=vectorizing(url))),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "collection.vectorizer.base_url",
+    )
+    details = err.details() or ""
+    assert host not in details and "p" * 100 not in details
+    assert len(details) < 400
+
+
+async def test_an_allowed_url_gets_only_the_key_its_caller_sent(
+    make_retrieval: MakeRetrieval, attacker: FakeOpenAI
+) -> None:
+    retrieval = await make_retrieval(allowed_hosts="http://127.0.0.1")
+    await retrieval.stub.CreateCollection(
+        pb.CreateCollectionRequest(collection=vectorizing(attacker.base_url))
+    )
+    upsert = pb.UpsertObjectsRequest(collection="Stolen", objects=[obj({"title": "mine"})])
+    await retrieval.stub.UpsertObjects(upsert)
+    await retrieval.stub.UpsertObjects(upsert, metadata=((CALLER_KEY_HEADER, CALLER_KEY),))
+    search = pb.SearchRequest(collection="Stolen", near_text=pb.NearText(text="mine"))
+    hits = await retrieval.stub.Search(search, metadata=((CALLER_KEY_HEADER, CALLER_KEY),))
+    assert hits.hits[0].properties["title"] == "mine"
+    # No key at all without one from the caller; the caller's own key when sent.
+    assert authorizations(attacker) == ["", f"Bearer {CALLER_KEY}", f"Bearer {CALLER_KEY}"]
+    assert not leaked(attacker)
+
+
+async def test_the_operators_key_goes_to_the_url_it_is_paired_with_and_no_other(
+    make_retrieval: MakeRetrieval, attacker: FakeOpenAI
+) -> None:
+    """The operator pairs its key with its own endpoint (here a second fake); a collection
+    may use it there, never on a look-alike URL, even one the allowlist accepts."""
+    async with FakeOpenAI(embedding_dim=8, api_key=OPERATOR_KEY) as operator:
+        retrieval = await make_retrieval(
+            allowed_hosts="http://127.0.0.1, http://localhost",  # every look-alike passes
+            embedding_key_urls={"OPENAI_API_KEY": operator.base_url},
+        )
+        own = vectorizing(operator.base_url + "/", "OPENAI_API_KEY", name="Operator")
+        await retrieval.stub.CreateCollection(pb.CreateCollectionRequest(collection=own))
+        await retrieval.stub.UpsertObjects(
+            pb.UpsertObjectsRequest(collection="Operator", objects=[obj({"title": "fine"})])
+        )
+        assert [r.headers["Authorization"] for r in operator.requests] == [f"Bearer {OPERATOR_KEY}"]
+        look_alikes = [
+            attacker.base_url,
+            operator.base_url + "/embeddings/..",
+            operator.base_url.replace("/v1", "/v2"),
+            operator.base_url.replace("127.0.0.1", "localhost"),
+        ]
+        for url in look_alikes:
+            err = await expect_error(
+                retrieval.stub.CreateCollection(
+                    pb.CreateCollectionRequest(collection=vectorizing(url, "OPENAI_API_KEY"))
+                ),
+                grpc.StatusCode.PERMISSION_DENIED,
+                "collection.vectorizer.api_key_env",
+            )
+            assert error_info(err).reason == "KEY_NOT_ALLOWED"
+    assert attacker.requests == []
+
+
+async def test_the_operators_endpoint_needs_no_allowlist_entry(
+    make_retrieval: MakeRetrieval, attacker: FakeOpenAI
+) -> None:
+    # The operator configured it (here on loopback): it is not a caller's URL.
+    retrieval = await make_retrieval(embedding_key_urls={"OPENAI_API_KEY": attacker.base_url})
+    await retrieval.stub.CreateCollection(
+        pb.CreateCollectionRequest(collection=vectorizing(attacker.base_url, "OPENAI_API_KEY"))
+    )
+    await retrieval.stub.UpsertObjects(
+        pb.UpsertObjectsRequest(collection="Stolen", objects=[obj({"title": "ok"})])
+    )
+    assert authorizations(attacker) == [f"Bearer {OPERATOR_KEY}"]
+
+
+# -- at connect time ----------------------------------------------------------------------
+
+
+async def test_a_name_that_resolves_to_loopback_is_refused_when_connecting(
+    make_retrieval: MakeRetrieval, attacker: FakeOpenAI
+) -> None:
+    """DNS rebinding, reduced to its core: the allowlist names a host, the host resolves
+    to an address the allowlist does not name. ``localhost`` passes the name check when
+    the collection is created; the connection is refused, nothing is sent."""
+    url = attacker.base_url.replace("127.0.0.1", "localhost")
+    retrieval = await make_retrieval(allowed_hosts="http://localhost")
+    await retrieval.stub.CreateCollection(pb.CreateCollectionRequest(collection=vectorizing(url)))
+    err = await expect_error(
+        retrieval.stub.UpsertObjects(
+            pb.UpsertObjectsRequest(collection="Stolen", objects=[obj({"title": "x"})]),
+            metadata=((CALLER_KEY_HEADER, CALLER_KEY),),
+        ),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "collection.vectorizer.base_url",
+    )
+    assert error_info(err).reason == "URL_NOT_ALLOWED"
+    assert error_info(err).metadata["collection"] == "Stolen"
+    assert "resolves to an address" in (err.details() or "")
+    assert attacker.requests == []
+    count = await retrieval.stub.CountObjects(pb.CountObjectsRequest(collection="Stolen"))
+    assert count.count == 0
+
+    # Once the operator names the loopback address itself, the same collection works.
+    allowed = await make_retrieval(
+        allowed_hosts="http://localhost, 127.0.0.1",
+        data_dir=retrieval.settings.data_dir.parent / "other",
+    )
+    await allowed.stub.CreateCollection(pb.CreateCollectionRequest(collection=vectorizing(url)))
+    await allowed.stub.UpsertObjects(
+        pb.UpsertObjectsRequest(collection="Stolen", objects=[obj({"title": "x"})])
+    )
+    assert len(attacker.requests) == 1
+
+
+async def test_a_collection_is_checked_again_when_used(
+    make_retrieval: MakeRetrieval, attacker: FakeOpenAI
+) -> None:
+    """A collection made under a wider allowlist stops working when the operator narrows
+    it: the URL is checked on every use, not only when the collection is created."""
+    before = await make_retrieval(allowed_hosts="http://127.0.0.1")
+    await before.stub.CreateCollection(
+        pb.CreateCollectionRequest(collection=vectorizing(attacker.base_url))
+    )
+    data_dir = before.settings.data_dir
+    await before.stop()
+    after = await make_retrieval(data_dir=data_dir)
+    err = await expect_error(
+        after.stub.UpsertObjects(
+            pb.UpsertObjectsRequest(collection="Stolen", objects=[obj({"title": "x"})])
+        ),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "collection.vectorizer.base_url",
+    )
+    assert error_info(err).reason == "URL_NOT_ALLOWED"
+    assert attacker.requests == []
+
+
+# -- the operator's settings ----------------------------------------------------------------
+
+
+def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GENSEARCH_RETRIEVAL_ALLOWED_HOSTS", "*.example.com, http://10.0.0.0/8")
+    monkeypatch.setenv(
+        "GENSEARCH_RETRIEVAL_EMBEDDING_KEY_URLS", '{"TEI_KEY": "http://TEI.internal:8080/v1/"}'
+    )
+    policy = RetrievalSettings().embedding_policy()
+    assert len(policy.egress.entries) == 2
+    assert policy.key_urls == {"TEI_KEY": "http://tei.internal:8080/v1"}
+
+
+def test_a_bad_allowlist_stops_the_service_and_names_the_entry(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("GENSEARCH_RETRIEVAL_ALLOWED_HOSTS", "api.example.com, https://x.test/v1")
+    with pytest.raises(ValidationError) as err:
+        RetrievalSettings()
+    assert "'https://x.test/v1'" in str(err.value)

@@ -1,0 +1,262 @@
+"""Tenants own their collections, enforced by the retrieval service itself: each test runs
+on both adapters (embedded qdrant-edge, and AsyncQdrantClient for a Qdrant server), with
+identities forwarded as the gateway forwards them."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import grpc
+import pytest
+from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
+from pydantic import SecretStr
+
+from tests.retrieval.conftest import MakeRetrieval, Retrieval, expect_error, obj, vector_collection
+from tests.support.rpc import error_info
+
+TOKEN = "retrieval-tenancy-internal-token"
+ADAPTERS = ("edge", "server")
+Metadata = tuple[tuple[str, str], ...]
+
+
+def as_(user: str, tenant: str, role: str = "admin") -> Metadata:
+    # The headers the gateway sends (services/common/auth.py, forwarded_identity), spelled
+    # out so this file runs on code from before tenants too (and fails there).
+    return (
+        ("x-gensearch-internal-token", TOKEN),
+        ("x-gensearch-user", user),
+        ("x-gensearch-tenant", tenant),
+        ("x-gensearch-role", role),
+    )
+
+
+ACME = as_("alice", "acme")
+GLOBEX = as_("bob", "globex")
+# The same user name in another tenant is another caller.
+ALICE_OF_GLOBEX = as_("alice", "globex")
+
+
+async def start(make_retrieval: MakeRetrieval, adapter: str, **kw: Any) -> Retrieval:
+    return await make_retrieval(adapter, internal_token=SecretStr(TOKEN), **kw)
+
+
+async def create(r: Retrieval, who: Metadata, name: str = "Docs", n: int = 3) -> list[str]:
+    await r.stub.CreateCollection(
+        pb.CreateCollectionRequest(collection=vector_collection(name)), metadata=who
+    )
+    objects = [obj({"title": f"{name} {i}"}, vector=[1.0, i, 0.5, 0.0]) for i in range(n)]
+    done = await r.stub.UpsertObjects(
+        pb.UpsertObjectsRequest(collection=name, objects=objects), metadata=who
+    )
+    assert not done.errors
+    return list(done.ids)
+
+
+def answer(err: grpc.aio.AioRpcError) -> tuple[Any, ...]:
+    info = error_info(err)
+    return err.code(), err.details(), info.reason, dict(info.metadata)
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+async def test_another_tenants_collection_is_not_found_like_a_missing_one(
+    make_retrieval: MakeRetrieval, adapter: str
+) -> None:
+    r = await start(make_retrieval, adapter)
+    s = r.stub
+    probe = pb.GetCollectionRequest(name="Docs")
+    before = answer(await expect_error(s.GetCollection(probe, metadata=GLOBEX), NOT_FOUND))
+    ids = await create(r, ACME)
+
+    after = answer(await expect_error(s.GetCollection(probe, metadata=GLOBEX), NOT_FOUND))
+    assert after == before  # code, message, reason and metadata: nothing tells them apart
+    listed = await s.ListCollections(pb.ListCollectionsRequest(), metadata=GLOBEX)
+    assert list(listed.collections) == []
+    for who in (GLOBEX, ALICE_OF_GLOBEX):
+        for call in (
+            s.Search(
+                pb.SearchRequest(collection="Docs", near_vector=pb.NearVector(vector=[1, 0, 0, 0])),
+                metadata=who,
+            ),
+            s.CountObjects(pb.CountObjectsRequest(collection="Docs"), metadata=who),
+            s.GetObject(pb.GetObjectRequest(collection="Docs", id=ids[0]), metadata=who),
+            s.UpsertObjects(
+                pb.UpsertObjectsRequest(
+                    collection="Docs", objects=[obj({"title": "x"}, vector=[1, 1, 1, 1])]
+                ),
+                metadata=who,
+            ),
+            s.DeleteObjects(pb.DeleteObjectsRequest(collection="Docs", ids=ids), metadata=who),
+        ):
+            await expect_error(call, NOT_FOUND, "collection")
+        deleted = await expect_error(
+            s.DeleteCollection(pb.DeleteCollectionRequest(name="Docs"), metadata=who), NOT_FOUND
+        )
+        assert "Docs" in (deleted.details() or "")
+    # acme's collection is untouched by all of it.
+    got = await s.GetCollection(probe, metadata=ACME)
+    assert got.object_count == 3
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+async def test_the_same_name_in_two_tenants_holds_two_data_sets(
+    make_retrieval: MakeRetrieval, adapter: str
+) -> None:
+    r = await start(make_retrieval, adapter)
+    s = r.stub
+    acme_ids = await create(r, ACME, n=3)
+    globex_ids = await create(r, GLOBEX, n=5)
+    assert not set(acme_ids) & set(globex_ids)
+    for who, mine in ((ACME, acme_ids), (GLOBEX, globex_ids)):
+        count = await s.CountObjects(pb.CountObjectsRequest(collection="Docs"), metadata=who)
+        assert count.count == len(mine)
+        found = await s.Search(
+            pb.SearchRequest(
+                collection="Docs", near_vector=pb.NearVector(vector=[1, 1, 1, 1]), limit=20
+            ),
+            metadata=who,
+        )
+        assert sorted(h.id for h in found.hits) == sorted(mine)
+        listed = await s.ListCollections(pb.ListCollectionsRequest(), metadata=who)
+        assert [c.name for c in listed.collections] == ["Docs"]
+    # Names are unique per tenant: acme cannot make a second "Docs".
+    await expect_error(
+        s.CreateCollection(
+            pb.CreateCollectionRequest(collection=vector_collection("Docs")), metadata=ACME
+        ),
+        grpc.StatusCode.ALREADY_EXISTS,
+    )
+    await s.DeleteCollection(pb.DeleteCollectionRequest(name="Docs"), metadata=GLOBEX)
+    count = await s.CountObjects(pb.CountObjectsRequest(collection="Docs"), metadata=ACME)
+    assert count.count == 3
+    await expect_error(
+        s.CountObjects(pb.CountObjectsRequest(collection="Docs"), metadata=GLOBEX), NOT_FOUND
+    )
+
+
+def role_error(err: grpc.aio.AioRpcError, needed: str, has: str) -> None:
+    info = error_info(err)
+    assert info.reason == "ROLE_REQUIRED"
+    assert dict(info.metadata) == {"required_role": needed, "role": has}
+    assert repr(needed) in (err.details() or "")
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+async def test_roles(make_retrieval: MakeRetrieval, adapter: str) -> None:
+    r = await start(make_retrieval, adapter)
+    s = r.stub
+    reader, writer = as_("rita", "acme", "reader"), as_("wes", "acme", "writer")
+    ids = await create(r, ACME)
+    new = pb.CreateCollectionRequest(collection=vector_collection("Other"))
+    drop = pb.DeleteCollectionRequest(name="Docs")
+    for who, has in ((reader, "reader"), (writer, "writer")):
+        role_error(await expect_error(s.CreateCollection(new, metadata=who), DENIED), "admin", has)
+        role_error(await expect_error(s.DeleteCollection(drop, metadata=who), DENIED), "admin", has)
+    upsert = pb.UpsertObjectsRequest(collection="Docs", objects=[obj({}, vector=[0, 0, 1, 0])])
+    role_error(
+        await expect_error(s.UpsertObjects(upsert, metadata=reader), DENIED),
+        "writer",
+        "reader",
+    )
+
+    async def one_batch() -> Any:
+        yield pb.ImportObjectsRequest(collection="Docs", objects=upsert.objects)
+
+    role_error(
+        await expect_error(s.ImportObjects(one_batch(), metadata=reader), DENIED),
+        "writer",
+        "reader",
+    )
+    delete = pb.DeleteObjectsRequest(collection="Docs", ids=ids[:1])
+    role_error(
+        await expect_error(s.DeleteObjects(delete, metadata=reader), DENIED),
+        "writer",
+        "reader",
+    )
+    # Nothing of it happened.
+    count = await s.CountObjects(pb.CountObjectsRequest(collection="Docs"), metadata=reader)
+    assert count.count == 3
+    # A writer writes; a reader reads; an admin does both.
+    await s.UpsertObjects(upsert, metadata=writer)
+    await s.DeleteObjects(delete, metadata=writer)
+    await s.ImportObjects(one_batch(), metadata=ACME)
+    got = await s.GetCollection(pb.GetCollectionRequest(name="Docs"), metadata=reader)
+    assert got.object_count == 4
+    await s.DeleteCollection(drop, metadata=ACME)
+
+
+async def test_tenants_survive_a_restart_and_default_keeps_todays_names(
+    make_retrieval: MakeRetrieval, tmp_path: Any
+) -> None:
+    from services.retrieval.tenancy import TENANT_KEY, storage_name
+
+    data = tmp_path / "kept"
+    r = await start(make_retrieval, "edge", data_dir=data)
+    default = as_("anonymous", "default")
+    await create(r, default, "Legacy", n=2)
+    await create(r, ACME, "Docs", n=3)
+    await r.stop()
+    collections = data / "qdrant" / "collections"
+    # The default tenant's collection has today's engine name; acme's a derived one.
+    assert (collections / "Legacy").is_dir()
+    hashed = storage_name("acme", "Docs")
+    assert hashed.startswith("_t") and "acme" not in hashed
+    assert (collections / hashed).is_dir() and not (collections / "Docs").exists()
+    # A schema written before tenants existed has no tenant key: it is the default's.
+    legacy = collections / "Legacy.json"
+    schema = json.loads(legacy.read_text())
+    assert schema.pop(TENANT_KEY) == "default"
+    legacy.write_text(json.dumps(schema))
+
+    r = await start(make_retrieval, "edge", data_dir=data)
+    s = r.stub
+    got = await s.GetCollection(pb.GetCollectionRequest(name="Legacy"), metadata=default)
+    assert got.object_count == 2
+    got = await s.GetCollection(pb.GetCollectionRequest(name="Docs"), metadata=ACME)
+    assert got.object_count == 3
+    await expect_error(
+        s.GetCollection(pb.GetCollectionRequest(name="Docs"), metadata=default), NOT_FOUND
+    )
+    await expect_error(
+        s.GetCollection(pb.GetCollectionRequest(name="Legacy"), metadata=ACME), NOT_FOUND
+    )
+
+
+async def test_api_keys_give_tenant_and_role(make_retrieval: MakeRetrieval) -> None:
+    keys = "ann@acme/admin:key-ann-1,rob@acme/reader:key-rob-2,zed:key-zed-3"
+    r = await make_retrieval("edge", api_keys=SecretStr(keys))
+    ann, rob, zed = (
+        ((("authorization", f"Bearer {k}"),)) for k in ("key-ann-1", "key-rob-2", "key-zed-3")
+    )
+    await create(r, ann)
+    got = await r.stub.GetCollection(pb.GetCollectionRequest(name="Docs"), metadata=rob)
+    assert got.object_count == 3
+    err = await expect_error(
+        r.stub.DeleteCollection(pb.DeleteCollectionRequest(name="Docs"), metadata=rob), DENIED
+    )
+    role_error(err, "admin", "reader")
+    # "zed:key" is zed alone in the tenant "zed", admin there.
+    await expect_error(
+        r.stub.GetCollection(pb.GetCollectionRequest(name="Docs"), metadata=zed), NOT_FOUND
+    )
+    await create(r, zed)
+
+
+NOT_FOUND = grpc.StatusCode.NOT_FOUND
+DENIED = grpc.StatusCode.PERMISSION_DENIED
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+async def test_a_collection_dropped_under_a_call_keeps_the_callers_name(
+    make_retrieval: MakeRetrieval, adapter: str
+) -> None:
+    from services.retrieval.tenancy import storage_name
+
+    r = await start(make_retrieval, adapter)
+    await create(r, GLOBEX)
+    # Dropped behind the catalog's back (as another replica on a shared server would).
+    assert await r.store.delete_collection(storage_name("globex", "Docs"))
+    err = await expect_error(
+        r.stub.CountObjects(pb.CountObjectsRequest(collection="Docs"), metadata=GLOBEX), NOT_FOUND
+    )
+    assert err.details() == "collection 'Docs' not found"  # not the engine's name
