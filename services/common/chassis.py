@@ -271,6 +271,7 @@ class _MethodWrapper:
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
             begun = self._begin(context)
             code = None
+            requests = request
             try:
                 guard = self._authenticated(context)
                 request = self._received(request, request_streaming)
@@ -286,6 +287,8 @@ class _MethodWrapper:
             except Exception as err:
                 status = self._fail(err)
                 code = status.code
+                if request_streaming:
+                    await _drain(requests)
                 await context.abort(status.code, status.details, status.trailing_metadata)
             finally:
                 self._end(context, begun, code)
@@ -347,6 +350,25 @@ class _MethodWrapper:
         return grpc.stream_stream_rpc_method_handler(
             self.stream_response(handler.stream_stream, True), **kwargs
         )
+
+
+# How long a failed client-streaming call keeps reading what its client still sends.
+DRAIN_SECONDS = 2.0
+
+
+async def _drain(requests: AsyncIterator[Any]) -> None:
+    """Reads, and drops, the rest of a client stream before the call ends with an error.
+
+    A grpc-python asyncio client still writing when our status arrives reports INTERNAL
+    ("Internal error from Core") instead of that status (grpc/grpc#36066): the gateway,
+    forwarding ImportObjects, did so when retrieval refused an early message. Reading on
+    until the client half-closes (for DRAIN_SECONDS at most) lets it see the real status.
+    Any failure here (the stream broken, or read elsewhere at the same time) ends the
+    drain; the status is sent all the same."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(DRAIN_SECONDS):
+            async for _ in requests:
+                pass
 
 
 class _Undecodable:

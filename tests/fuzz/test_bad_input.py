@@ -313,3 +313,16 @@ async def test_an_unparsable_message_in_a_forwarded_stream_is_answered(stack: St
             importer.ImportObjects(iter([first, deep]), metadata=metadata, timeout=20)
         )
         assert_invalid(err, None, "NESTING_TOO_DEEP")
+
+
+async def test_a_stream_refused_early_keeps_its_status_through_the_gateway(stack: Stack) -> None:
+    """Retrieval refuses ImportObjects at its first message while the gateway is still
+    forwarding the rest: grpc-python's asyncio client (the gateway's) used to report
+    INTERNAL "Internal error from Core" instead of retrieval's status (grpc/grpc#36066)."""
+    await create_books(stack)
+    filler = ret_pb.DataObject(id="x" * 65_536)
+    stream = [ret_pb.ImportObjectsRequest(objects=[filler]) for _ in range(64)]
+    for _ in range(5):
+        err = await failure(stack.retrieval.ImportObjects(iter(stream), metadata=ALICE))
+        assert err.code() == INVALID, (err.code(), err.details())
+        assert error_info(err).metadata["field"] == "collection"
