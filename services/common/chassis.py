@@ -40,9 +40,10 @@ from opentelemetry.trace import (
 )
 
 from services.common.auth import Authenticator, current_identity, set_current_identity
-from services.common.errors import Internal, InvalidArgument, ServiceError
+from services.common.errors import Internal, ServiceError
 from services.common.logs import ACCESS_LOGGER, redact
 from services.common.metrics import MethodMetrics, grpc_type, split_method
+from services.common.request_parse import Undecodable, tolerant
 from services.common.request_size import TooLarge, bounded
 from services.common.tracing import metadata_getter
 
@@ -244,7 +245,7 @@ class _MethodWrapper:
     def _received(self, request: Any, streaming: bool) -> Any:
         if not streaming:
             self.metrics.received.inc()
-            if isinstance(request, TooLarge | _Undecodable):
+            if isinstance(request, TooLarge | Undecodable):
                 raise request.error()
             return request
         return self._counted(request)
@@ -253,7 +254,7 @@ class _MethodWrapper:
         received = self.metrics.received
         async for request in requests:
             received.inc()
-            if isinstance(request, TooLarge | _Undecodable):
+            if isinstance(request, TooLarge | Undecodable):
                 raise request.error()
             yield request
 
@@ -328,7 +329,7 @@ class _MethodWrapper:
 
     def wrap(self, handler: grpc.RpcMethodHandler, limit: int | None) -> grpc.RpcMethodHandler:
         """``limit``: the largest request accepted, when smaller than gRPC's own."""
-        deserializer = _tolerant(handler.request_deserializer)
+        deserializer = tolerant(handler.request_deserializer)
         if limit is not None and deserializer is not None:
             deserializer = bounded(deserializer, limit, self.method)
         kwargs = {
@@ -369,52 +370,3 @@ async def _drain(requests: AsyncIterator[Any]) -> None:
         async with asyncio.timeout(DRAIN_SECONDS):
             async for _ in requests:
                 pass
-
-
-class _Undecodable:
-    """Stands in for a request message protobuf could not parse. grpc-python answers a
-    deserializer's exception itself, as UNKNOWN quoting the Python exception; handed to
-    the handler instead, it becomes INVALID_ARGUMENT with ErrorInfo like any bad input
-    (once the caller is authenticated, as ``TooLarge`` does)."""
-
-    __slots__ = ("error_text", "message_type")
-
-    def __init__(self, error: Exception, message_type: str) -> None:
-        self.error_text = str(error)
-        self.message_type = message_type
-
-    def error(self) -> InvalidArgument:
-        metadata = {"message_type": self.message_type}
-        # upb names the limit it hit ("Exceeded upb_DecodeOptions_MaxDepth"), nothing more.
-        if "MaxDepth" in self.error_text:
-            return InvalidArgument(
-                f"the request nests deeper than protobuf parses ({_PARSE_DEPTH} message "
-                "levels, about 32 levels of objects and lists); nothing of it was processed",
-                reason="NESTING_TOO_DEEP",
-                metadata=metadata,
-            )
-        return InvalidArgument(
-            f"the request is not a valid {self.message_type} message",
-            reason="MALFORMED_REQUEST",
-            metadata=metadata,
-        )
-
-
-# protobuf's default recursion limit when parsing.
-_PARSE_DEPTH = 100
-
-
-def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
-    if deserializer is None:
-        return None
-    # Generated handlers deserialize with ``<Message>.FromString``, bound to the class.
-    cls = getattr(deserializer, "__self__", None)
-    message_type = getattr(getattr(cls, "DESCRIPTOR", None), "full_name", "request")
-
-    def parse(data: bytes) -> Any:
-        try:
-            return deserializer(data)
-        except Exception as err:  # protobuf's DecodeError, or a custom deserializer's
-            return _Undecodable(err, message_type)
-
-    return parse
