@@ -5,6 +5,7 @@ UNKNOWN, RESOURCE_EXHAUSTED, or the value stored or echoed whole)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -322,7 +323,36 @@ async def test_a_stream_refused_early_keeps_its_status_through_the_gateway(stack
     await create_books(stack)
     filler = ret_pb.DataObject(id="x" * 65_536)
     stream = [ret_pb.ImportObjectsRequest(objects=[filler]) for _ in range(64)]
-    for _ in range(5):
+    for _ in range(10):
         err = await failure(stack.retrieval.ImportObjects(iter(stream), metadata=ALICE))
         assert err.code() == INVALID, (err.code(), err.details())
         assert error_info(err).metadata["field"] == "collection"
+
+
+async def test_a_burst_cut_by_a_stopping_service_never_reads_internal(stack: Stack) -> None:
+    """Issue 12: under bursts the gateway turned a downstream CANCELLED into INTERNAL
+    (fixed with the other gateway errors; covered here with the rest of the bad inputs).
+    Twenty Asks are waiting on a slow LLM when generation stops without grace: each
+    answers CANCELLED or UNAVAILABLE, never INTERNAL or UNKNOWN."""
+    await create_books(stack)
+    stack.fake.latency = 2.0
+    asks = [
+        asyncio.ensure_future(
+            stack.stub.Ask(
+                gw_pb.AskRequest(collection="Books", llm_question=f"q{n}", context_size=1),
+                metadata=ALICE,
+                timeout=30,
+            )
+        )
+        for n in range(20)
+    ]
+    await asyncio.sleep(0.5)
+    await stack.stop_service("generation")
+    codes = set()
+    for ask in asks:
+        try:
+            await ask
+            codes.add(grpc.StatusCode.OK)
+        except grpc.aio.AioRpcError as err:
+            codes.add(err.code())
+    assert codes <= {grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE}, codes
