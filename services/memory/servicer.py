@@ -99,7 +99,6 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
             input=text, prompt_template=template, response=response, origin=origin
         )
         if request.HasField("additional_info"):
-            check_value(request.additional_info, "additional_info", s.max_value_depth)
             size = request.additional_info.ByteSize()
             if size > s.max_additional_info_bytes:
                 raise InvalidArgument(
@@ -108,6 +107,8 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
                     field="additional_info",
                     reason="FIELD_TOO_LARGE",
                 )
+            # After the size check: the walk is bounded by it.
+            check_value(request.additional_info, "additional_info", s.max_value_depth)
             interaction.additional_info.CopyFrom(request.additional_info)
         _check_fits_a_page(interaction, s.page_bytes)
         stored = await self._store.create_interaction(_owner(), cid, interaction, request_id)
