@@ -43,6 +43,7 @@ from services.common.auth import Authenticator, current_identity, set_current_id
 from services.common.errors import Internal, ServiceError
 from services.common.logs import ACCESS_LOGGER, redact
 from services.common.metrics import MethodMetrics, grpc_type, split_method
+from services.common.request_parse import Undecodable, tolerant
 from services.common.request_size import TooLarge, bounded
 from services.common.tracing import metadata_getter
 
@@ -244,7 +245,7 @@ class _MethodWrapper:
     def _received(self, request: Any, streaming: bool) -> Any:
         if not streaming:
             self.metrics.received.inc()
-            if isinstance(request, TooLarge):
+            if isinstance(request, TooLarge | Undecodable):
                 raise request.error()
             return request
         return self._counted(request)
@@ -253,7 +254,7 @@ class _MethodWrapper:
         received = self.metrics.received
         async for request in requests:
             received.inc()
-            if isinstance(request, TooLarge):
+            if isinstance(request, TooLarge | Undecodable):
                 raise request.error()
             yield request
 
@@ -271,6 +272,7 @@ class _MethodWrapper:
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
             begun = self._begin(context)
             code = None
+            requests = request
             try:
                 guard = self._authenticated(context)
                 request = self._received(request, request_streaming)
@@ -286,6 +288,8 @@ class _MethodWrapper:
             except Exception as err:
                 status = self._fail(err)
                 code = status.code
+                if request_streaming:
+                    await _drain(requests)
                 await context.abort(status.code, status.details, status.trailing_metadata)
             finally:
                 self._end(context, begun, code)
@@ -325,7 +329,7 @@ class _MethodWrapper:
 
     def wrap(self, handler: grpc.RpcMethodHandler, limit: int | None) -> grpc.RpcMethodHandler:
         """``limit``: the largest request accepted, when smaller than gRPC's own."""
-        deserializer = handler.request_deserializer
+        deserializer = tolerant(handler.request_deserializer)
         if limit is not None and deserializer is not None:
             deserializer = bounded(deserializer, limit, self.method)
         kwargs = {
@@ -347,3 +351,22 @@ class _MethodWrapper:
         return grpc.stream_stream_rpc_method_handler(
             self.stream_response(handler.stream_stream, True), **kwargs
         )
+
+
+# How long a failed client-streaming call keeps reading what its client still sends.
+DRAIN_SECONDS = 2.0
+
+
+async def _drain(requests: AsyncIterator[Any]) -> None:
+    """Reads, and drops, the rest of a client stream before the call ends with an error.
+
+    A grpc-python asyncio client still writing when our status arrives reports INTERNAL
+    ("Internal error from Core") instead of that status (grpc/grpc#36066): the gateway,
+    forwarding ImportObjects, did so when retrieval refused an early message. Reading on
+    until the client half-closes (for DRAIN_SECONDS at most) lets it see the real status.
+    Any failure here (the stream broken, or read elsewhere at the same time) ends the
+    drain; the status is sent all the same."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(DRAIN_SECONDS):
+            async for _ in requests:
+                pass

@@ -3,6 +3,11 @@
 Servicers and domain code raise these; the chassis (``chassis.py``) turns them into a status
 code, a message and ``google.rpc.ErrorInfo`` (domain ``gensearch``) plus ``BadRequest``
 details for field violations. Nothing else builds a status by hand.
+
+Client values in messages are quoted with ``quote`` (a short prefix, never the whole
+value: an 8 KB provider name once came back whole), and ``to_proto`` caps the message and
+every metadata value, so no status can grow past gRPC's header limits whatever a caller
+sends.
 """
 
 from __future__ import annotations
@@ -13,6 +18,23 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 DOMAIN = "gensearch"
+# Longest message, field name and metadata value a status carries (characters); the
+# whole status travels in one trailing header, which gRPC caps at 16 KiB.
+MAX_MESSAGE_CHARS = 1024
+MAX_METADATA_CHARS = 256
+QUOTE_CHARS = 64
+
+
+def quote(value: str, limit: int = QUOTE_CHARS) -> str:
+    """``value`` as an error message quotes a client's input: ``repr`` of at most
+    ``limit`` characters, saying how long the whole was when cut."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}… ({len(value)} characters)"
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class ServiceError(Exception):
@@ -33,7 +55,7 @@ class ServiceError(Exception):
             # A client reading only the message should still learn which field is at fault.
             message = f"{field}: {message}"
         super().__init__(message)
-        self.message = message
+        self.message = _cut(message, MAX_MESSAGE_CHARS)
         self.field = field
         self.reason = reason or self.default_reason
         self.metadata = dict(metadata or {})
@@ -44,20 +66,21 @@ class ServiceError(Exception):
         return rpc_status.to_status(self.to_proto())
 
     def to_proto(self) -> status_pb2.Status:
-        info = error_details_pb2.ErrorInfo(
-            reason=self.reason, domain=DOMAIN, metadata=self.metadata
-        )
+        # The last line of defence against echoed input: every text is capped here.
+        message = _cut(self.message, MAX_MESSAGE_CHARS)
+        metadata = {k: _cut(v, MAX_METADATA_CHARS) for k, v in self.metadata.items()}
+        info = error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN, metadata=metadata)
         details = [_pack(info)]
         if self.field:
             bad = error_details_pb2.BadRequest(
                 field_violations=[
                     error_details_pb2.BadRequest.FieldViolation(
-                        field=self.field, description=self.message
+                        field=_cut(self.field, MAX_METADATA_CHARS), description=message
                     )
                 ]
             )
             details.append(_pack(bad))
-        return status_pb2.Status(code=self.code.value[0], message=self.message, details=details)
+        return status_pb2.Status(code=self.code.value[0], message=message, details=details)
 
 
 def _pack(message: object) -> any_pb2.Any:

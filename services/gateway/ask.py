@@ -43,7 +43,7 @@ from services.gateway.prompting import (
     ContextHit,
     fit_prompt,
 )
-from services.gateway.turns import additional_info, read_history, store_turn
+from services.gateway.turns import History, additional_info, read_history, store_turn
 
 log = logging.getLogger("gensearch.gateway.ask")
 
@@ -88,7 +88,7 @@ class AskService:
         # Memory first (with the collection alongside): nothing is generated for a
         # conversation we cannot read, or may not.
         history, info = await self._history_and_collection(request, params, caller, deadline)
-        turns = recent_turns(history, params.interaction_size)
+        turns = recent_turns(history.turns, params.interaction_size)
         context_fields = ask_request.context_fields(request, info)
         options = Options.resolve(request, request.llm_model, info.generative, self._b.settings)
         usage = gen_pb.Usage()
@@ -137,6 +137,7 @@ class AskService:
             context_window=window,
             answer_tokens=min(options.max_tokens or s.answer_reserve_tokens, window // 2),
         )
+        history.note_left_out(prompt)
         _note_trimming(prompt, model_name, window)
 
         deltas: asyncio.Queue[str | None] = asyncio.Queue()
@@ -215,15 +216,16 @@ class AskService:
         params: ask_request.AskParams,
         caller: Caller,
         deadline: float,
-    ) -> tuple[list[Turn], CollectionInfo]:
+    ) -> tuple[History, CollectionInfo]:
         """The conversation's newest turns (newest first) and the collection, read at once."""
         info_call = self._b.catalog.get(request.collection, caller, time_left(deadline))
         if not request.conversation_id:
-            return [], await self._within(deadline, info_call)
+            return History([]), await self._within(deadline, info_call)
         history_call = read_history(
             self._b.clients.memory,
             request.conversation_id,
             params.interaction_size,
+            self._b.settings.ask_history_chars,
             caller,
             deadline,
         )
@@ -234,7 +236,7 @@ class AskService:
         for item in (history, info):
             if isinstance(item, BaseException):
                 raise item
-        assert isinstance(history, list) and isinstance(info, CollectionInfo)
+        assert isinstance(history, History) and isinstance(info, CollectionInfo)
         return history, info
 
     async def _rewrite(

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 
-from services.common.errors import InvalidArgument
+from services.common.errors import InvalidArgument, quote
 from services.gateway.catalog import CollectionInfo
 from services.gateway.request_parts import (
     check_length,
@@ -94,7 +94,7 @@ def context_fields(request: AskLike, info: CollectionInfo) -> list[str]:
     unknown = [f for f in fields if f not in info.properties]
     if unknown:
         raise InvalidArgument(
-            f"unknown property {unknown[0]!r} in context_field_list",
+            f"unknown property {quote(unknown[0])} in context_field_list",
             field="context_field_list",
             reason="UNKNOWN_PROPERTY",
             metadata={"property": unknown[0]},

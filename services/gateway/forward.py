@@ -9,13 +9,14 @@ reason and field, comes back unchanged.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
 from gensearch.memory.v1 import memory_service_pb2_grpc as mem_grpc
 from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as ret_grpc
 
+from services.common.errors import ServiceError
 from services.gateway.clients import caller_of
 from services.gateway.clients.base import ServiceClient
 
@@ -34,10 +35,39 @@ def _forward(method: str, prepare: Callable[[Any], None] | None = None) -> Any:
         if prepare is not None:
             prepare(request)
         caller = caller_of(context, self._token)
-        return await self._client.unary(method, request, caller, context.time_remaining())
+        if not isinstance(request, AsyncIterator):
+            return await self._client.unary(method, request, caller, context.time_remaining())
+        relay = _Relay(request)
+        try:
+            answer = await self._client.unary(method, relay, caller, context.time_remaining())
+        finally:
+            relay.raise_failure()
+        return answer
 
     forward.__name__ = method
     return forward
+
+
+class _Relay:
+    """A client stream passed downstream, stopping at a message that fails here (one
+    protobuf cannot parse, say). grpc-python would swallow that error while it reads the
+    stream for the downstream call and cancel the call, leaving our caller waiting for its
+    deadline; instead the downstream stream ends, and the error is the answer."""
+
+    def __init__(self, requests: AsyncIterator[Any]) -> None:
+        self._requests = requests
+        self._failure: ServiceError | None = None
+
+    async def __aiter__(self) -> AsyncIterator[Any]:
+        try:
+            async for request in self._requests:
+                yield request
+        except ServiceError as err:
+            self._failure = err
+
+    def raise_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure
 
 
 def _idempotent(request: Any) -> None:

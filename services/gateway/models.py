@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 from gensearch.generation.v1 import generation_service_pb2 as gen_pb
 
-from services.common.errors import InvalidArgument, ServiceError
+from services.common.errors import InvalidArgument, ServiceError, quote
 from services.gateway.clients import Caller, GenerationClient
 from services.gateway.generator import Options
 from services.gateway.prompting import context_window_for
@@ -49,7 +49,7 @@ class ModelCatalog:
         if not any(p.name.lower() == name.lower() for p in models.providers):
             known = ", ".join(sorted(p.name for p in models.providers))
             raise InvalidArgument(
-                f"unknown provider {name!r} (configured: {known})",
+                f"unknown provider {quote(name)} (configured: {known})",
                 field=field,
                 reason="UNKNOWN_PROVIDER",
             )

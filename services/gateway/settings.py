@@ -52,6 +52,12 @@ class GatewaySettings(CommonSettings):
     max_ask_timeout: float = Field(default=600.0, gt=0)
     max_context_size: int = Field(default=50, ge=1)
     max_interaction_size: int = Field(default=100, ge=1)
+    # Characters of past turns (questions and answers) an Ask reads at most; older turns
+    # are left unread and counted in trimmed.history_turns, so a conversation of huge
+    # turns never fails a question. ~146k tokens at 3.5 characters a token: more than
+    # common context windows hold, and the rewrite prompt stays under generation's
+    # default prompt limit (1M characters).
+    ask_history_chars: int = Field(default=512_000, ge=1000)
     # Rewrite follow-up questions into standalone queries unless the request says no.
     rewrite_query: bool = True
     # Cache of collection schemas and generative defaults, seconds (0: ask every time).

@@ -12,7 +12,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from services.common.errors import FailedPrecondition, InvalidArgument
+from services.common.errors import FailedPrecondition, InvalidArgument, quote
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
@@ -65,8 +65,8 @@ def parse(source: str, *, field: str) -> Template:
             name = source[i + 1 : end]
             if not _NAME.fullmatch(name):
                 raise InvalidArgument(
-                    f"invalid placeholder {{{name}}} at position {i}: expected a property "
-                    "name; write '{{' and '}}' for literal braces",
+                    f"invalid placeholder {quote('{' + name + '}')} at position {i}: expected "
+                    "a property name; write '{{' and '}}' for literal braces",
                     field=field,
                     reason="INVALID_TEMPLATE",
                 )
@@ -111,7 +111,7 @@ def check_known(names: Collection[str], schema: Collection[str], *, field: str) 
     unknown = [name for name in names if name not in schema]
     if unknown:
         raise InvalidArgument(
-            f"unknown property {unknown[0]!r}: the collection has "
+            f"unknown property {quote(unknown[0])}: the collection has "
             f"{', '.join(sorted(schema)) or 'no properties'}",
             field=field,
             reason="UNKNOWN_PROPERTY",

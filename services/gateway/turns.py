@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
@@ -18,22 +19,46 @@ from services.common.errors import ServiceError
 from services.gateway.clients import Caller, MemoryClient
 from services.gateway.conversation import Turn
 from services.gateway.deadline import time_left
+from services.gateway.prompting import AskPrompt
 
 _NAME_CHARS = 120
 # Largest page memory serves.
 _MEMORY_PAGE = 100
 
 
+@dataclass
+class History:
+    """The newest turns read (newest first, memory's order), and how many of the
+    ``size`` asked for were left out because they would not fit the character budget."""
+
+    turns: list[Turn]
+    left_out: int = 0
+
+    def note_left_out(self, prompt: AskPrompt) -> None:
+        """Counts the turns left unread as trimmed, beside those the prompt dropped."""
+        if self.left_out:
+            prompt.trimmed_turns += self.left_out
+            prompt.notes.append(f"left the {self.left_out} oldest turn(s) of history unread")
+
+
 async def read_history(
-    memory: MemoryClient, conversation_id: str, size: int, caller: Caller, deadline: float
-) -> list[Turn]:
-    """The conversation's ``size`` newest turns, newest first (memory's order); reading
-    the conversation first makes a missing or foreign one NOT_FOUND even when ``size``
-    is 0."""
+    memory: MemoryClient,
+    conversation_id: str,
+    size: int,
+    max_chars: int,
+    caller: Caller,
+    deadline: float,
+) -> History:
+    """The conversation's ``size`` newest turns, as many as fit ``max_chars`` characters
+    (questions and answers): a conversation of huge turns leaves its older ones out rather
+    than fail the question (the prompt keeps fewer still, to fit the model's window).
+    Reading the conversation first makes a missing or foreign one NOT_FOUND even when
+    ``size`` is 0."""
 
     async def newest() -> list[Turn]:
         turns: list[Turn] = []
         token = ""
+        chars = 0
         while len(turns) < size:
             page = await memory.list_interactions(
                 mem_pb.ListInteractionsRequest(
@@ -44,7 +69,11 @@ async def read_history(
                 caller,
                 time_left(deadline),
             )
-            turns.extend(Turn(i.input, i.response) for i in page.interactions)
+            for i in page.interactions:
+                chars += len(i.input) + len(i.response)
+                if chars > max_chars:
+                    return turns
+                turns.append(Turn(i.input, i.response))
             token = page.next_page_token
             if not token or not page.interactions:
                 break
@@ -53,9 +82,10 @@ async def read_history(
     get = memory.get_conversation(conversation_id, caller, time_left(deadline))
     if size == 0:
         await get
-        return []
-    _, turns = await asyncio.gather(get, newest())
-    return turns
+        return History([])
+    conversation, turns = await asyncio.gather(get, newest())
+    available = min(size, conversation.interaction_count)
+    return History(turns, max(0, available - len(turns)))
 
 
 async def store_turn(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from services.common.errors import InvalidArgument
+from services.common.errors import InvalidArgument, quote
 from services.common.openai_api import OpenAIClients
 from services.common.upstream_retry import RetryPolicy
 from services.generation.providers import Provider, make_provider
@@ -55,7 +55,7 @@ class ProviderRegistry:
         provider = self._providers.get(key)
         if provider is None:
             raise InvalidArgument(
-                f"unknown provider {name!r}; configured: {', '.join(sorted(self._providers))}",
+                f"unknown provider {quote(name)}; configured: {', '.join(sorted(self._providers))}",
                 field="provider",
                 reason="UNKNOWN_PROVIDER",
             )

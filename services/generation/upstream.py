@@ -19,6 +19,7 @@ from services.common.errors import (
     ServiceError,
     Unauthenticated,
     Unavailable,
+    quote,
 )
 from services.common.logs import redact
 from services.common.upstream_retry import is_transient, server_wait
@@ -176,7 +177,7 @@ def to_service_error(fault: UpstreamFault, provider: str, model: str) -> Service
         )
     if _mentions_model(fault):
         return InvalidArgument(
-            f"unknown model {model!r} for provider {provider!r}",
+            f"unknown model {quote(model)} for provider {provider!r}",
             field="model",
             reason="UNKNOWN_MODEL",
             metadata=meta,

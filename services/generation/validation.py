@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from gensearch.generation.v1 import generation_service_pb2 as pb
 
-from services.common.errors import InvalidArgument
+from services.common.errors import InvalidArgument, quote
 from services.generation.providers.base import ChatMessage, CompletionRequest, estimate_tokens
 from services.generation.settings import ProviderConfig
 
@@ -57,7 +57,7 @@ def build_request(
     model = msg.model.strip() or config.default_model
     if config.models and model not in config.models:
         raise InvalidArgument(
-            f"unknown model {model!r} for provider {config.name!r}; "
+            f"unknown model {quote(model)} for provider {config.name!r}; "
             f"known: {', '.join(config.known_models)}",
             field="model",
             reason="UNKNOWN_MODEL",

@@ -11,6 +11,7 @@ from google.protobuf import timestamp_pb2
 
 from services.common.auth import current_identity
 from services.common.errors import InvalidArgument
+from services.common.values import check_value
 from services.memory.ids import parse_id
 from services.memory.page_token import PageTokens
 from services.memory.settings import MemorySettings
@@ -106,7 +107,10 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
                     field="additional_info",
                     reason="FIELD_TOO_LARGE",
                 )
+            # After the size check: the walk is bounded by it.
+            check_value(request.additional_info, "additional_info", s.max_value_depth)
             interaction.additional_info.CopyFrom(request.additional_info)
+        _check_fits_a_page(interaction, s.page_bytes)
         stored = await self._store.create_interaction(_owner(), cid, interaction, request_id)
         return pb.CreateInteractionResponse(interaction=stored)
 
@@ -127,7 +131,9 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
         if request.page_token:
             tokens = await self._page_tokens()
             cursor = tokens.decode(request.page_token, _INTERACTIONS, cid, owner.key)
-        page = await self._store.list_interactions(owner, cid, size, cursor)
+        page = await self._store.list_interactions(
+            owner, cid, size, cursor, self._settings.page_bytes
+        )
         token = ""
         if page.next_cursor is not None:
             tokens = await self._page_tokens()
@@ -166,6 +172,31 @@ def _text(value: str, field: str, limit: int) -> str:
             reason="FIELD_TOO_LARGE",
         )
     return value
+
+
+# Room for what the store adds to an interaction (ids, create_time) and for its framing in
+# a page.
+_STORED_FIELDS_BYTES = 128
+
+
+def _check_fits_a_page(interaction: pb.Interaction, max_page_bytes: int) -> None:
+    """Every stored interaction can be read back: alone, it fits a ListInteractions page."""
+    size = interaction.ByteSize() + _STORED_FIELDS_BYTES
+    if size <= max_page_bytes:
+        return
+    sizes = {
+        "input": len(interaction.input.encode()),
+        "prompt_template": len(interaction.prompt_template.encode()),
+        "response": len(interaction.response.encode()),
+        "additional_info": interaction.additional_info.ByteSize(),
+    }
+    largest = max(sizes, key=sizes.__getitem__)
+    raise InvalidArgument(
+        f"the interaction is {size} bytes serialized, more than a page holds "
+        f"({max_page_bytes}); {largest} is the largest part ({sizes[largest]} bytes)",
+        field=largest,
+        reason="INTERACTION_TOO_LARGE",
+    )
 
 
 def _page_size(value: int) -> int:

@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import NAMESPACES, CommonSettings
+from services.common.values import DEFAULT_MAX_DEPTH
 
 MIB = 1024 * 1024
 
@@ -54,6 +55,16 @@ class MemorySettings(CommonSettings):
     max_origin_bytes: int = Field(default=1024, ge=1)
     max_additional_info_bytes: int = Field(default=MIB, ge=1)  # serialized Struct
     max_request_id_bytes: int = Field(default=128, ge=1)
+    # Deepest nesting of objects and lists in additional_info (services/common/values.py).
+    # At most 32: deeper, a stored Struct would no longer parse inside the responses that
+    # carry it (protobuf stops at 100 message levels).
+    max_value_depth: int = Field(default=DEFAULT_MAX_DEPTH, ge=1, le=DEFAULT_MAX_DEPTH)
+    # Largest ListInteractions page, in serialized bytes: a page ends early (and says so
+    # through next_page_token) rather than exceed it, and a single interaction larger than
+    # this is refused when created, so every stored one can be read back. Below gRPC's
+    # default 4 MiB receive limit, so clients with default settings can read any page;
+    # lowered to 7/8 of max_message_bytes when that is smaller (see page_bytes).
+    max_page_bytes: int = Field(default=3 * MIB, ge=64 * 1024)
 
     @field_validator("key_prefix")
     @classmethod
@@ -68,3 +79,9 @@ class MemorySettings(CommonSettings):
         if self.redis_cluster and not self.redis_url.get_secret_value():
             raise ValueError("redis_cluster needs redis_url: the embedded server is standalone")
         return self
+
+    @property
+    def page_bytes(self) -> int:
+        """``max_page_bytes``, lowered when needed so a page fits a ``max_message_bytes``
+        message with room to spare (the page token, field tags and lengths)."""
+        return min(self.max_page_bytes, self.max_message_bytes - self.max_message_bytes // 8)

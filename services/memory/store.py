@@ -343,15 +343,17 @@ class MemoryStore:
         return pb.Interaction.FromString(data)
 
     async def list_interactions(
-        self, owner: Owner, cid: str, page_size: int, cursor: str | None
+        self, owner: Owner, cid: str, page_size: int, cursor: str | None, max_bytes: int
     ) -> Page[bytes]:
-        """A page of serialized ``Interaction`` messages, newest first."""
+        """A page of serialized ``Interaction`` messages, newest first: at most
+        ``page_size`` of them, and fewer when more would exceed ``max_bytes`` (then
+        ``next_cursor`` continues right after the last one returned)."""
         tag = self.tag(owner)
         start = f"({cursor}" if cursor else "+"
         out = await _redis(
             self._list_interactions(
                 keys=[f"{tag}:conv:{cid}", f"{tag}:conv:{cid}:ints"],
-                args=[owner.user, tag, start, page_size],
+                args=[owner.user, tag, start, page_size, max_bytes],
             )
         )
         if out is None:

@@ -16,7 +16,8 @@ from typing import Any
 from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 from google.protobuf import json_format
 
-from services.common.errors import InvalidArgument
+from services.common.errors import InvalidArgument, quote
+from services.common.values import DEFAULT_MAX_DEPTH, check_value
 from services.retrieval.schema import ObjectInvalid, parse_date
 
 MAX_DEPTH = 8
@@ -70,13 +71,28 @@ _RANGE_OPS = {
 }
 
 
-def build_filter(message: pb.Filter, types: dict[str, int], field: str = "filter") -> Node:
-    """Validate ``message`` against the property ``types``; errors name the offending field."""
-    counter = [0]
-    return _node(message, types, field, 0, counter)
+def build_filter(
+    message: pb.Filter,
+    types: dict[str, int],
+    field: str = "filter",
+    *,
+    max_value_depth: int = DEFAULT_MAX_DEPTH,
+) -> Node:
+    """Validate ``message`` against the property ``types``; errors name the offending field.
+    ``max_value_depth`` bounds the nesting inside each condition's value."""
+    return _node(message, _Walk(types, max_value_depth), field, 0)
 
 
-def _node(message: pb.Filter, types: dict[str, int], field: str, depth: int, n: list[int]) -> Node:
+@dataclass
+class _Walk:
+    """What one filter's checks share: the schema, the limit, the conditions seen."""
+
+    types: dict[str, int]
+    max_value_depth: int
+    conditions: int = 0
+
+
+def _node(message: pb.Filter, b: _Walk, field: str, depth: int) -> Node:
     if depth > MAX_DEPTH:
         raise InvalidArgument(f"{field}: filters nest at most {MAX_DEPTH} deep", field=field)
     kind = message.WhichOneof("filter")
@@ -85,18 +101,18 @@ def _node(message: pb.Filter, types: dict[str, int], field: str, depth: int, n: 
             f"{field} is empty: set condition, all_of, any_of or none_of", field=field
         )
     if kind == "condition":
-        n[0] += 1
-        if n[0] > MAX_CONDITIONS:
+        b.conditions += 1
+        if b.conditions > MAX_CONDITIONS:
             raise InvalidArgument(
                 f"a filter holds at most {MAX_CONDITIONS} conditions", field=field
             )
-        return _condition(message.condition, types, f"{field}.condition")
+        return _condition(message.condition, b, f"{field}.condition")
     group: pb.FilterGroup = getattr(message, kind)
     where = f"{field}.{kind}.filters"
     if not group.filters:
         raise InvalidArgument(f"{where} must not be empty", field=where)
     children = tuple(
-        _node(child, types, f"{where}[{i}]", depth + 1, n) for i, child in enumerate(group.filters)
+        _node(child, b, f"{where}[{i}]", depth + 1) for i, child in enumerate(group.filters)
     )
     if kind == "all_of":
         return Bool(must=children)
@@ -105,14 +121,14 @@ def _node(message: pb.Filter, types: dict[str, int], field: str, depth: int, n: 
     return Bool(must_not=children)
 
 
-def _condition(cond: pb.Condition, types: dict[str, int], field: str) -> Node:
+def _condition(cond: pb.Condition, b: _Walk, field: str) -> Node:
     name = cond.property
     if not name:
         raise InvalidArgument(f"{field}.property is required", field=f"{field}.property")
-    data_type = types.get(name)
+    data_type = b.types.get(name)
     if data_type is None:
         raise InvalidArgument(
-            f"{field}.property: no property {name[:64]!r} in this collection",
+            f"{field}.property: no property {quote(name)} in this collection",
             field=f"{field}.property",
             reason="UNKNOWN_PROPERTY",
         )
@@ -120,6 +136,8 @@ def _condition(cond: pb.Condition, types: dict[str, int], field: str) -> Node:
     value_field = f"{field}.value"
     if not cond.HasField("value"):
         raise InvalidArgument(f"{value_field} is required", field=value_field)
+    # Before json_format, which refuses NaN and ±Infinity with a bare ValueError.
+    check_value(cond.value, value_field, b.max_value_depth)
     value = json_format.MessageToDict(cond.value)
     is_date = data_type == pb.DATA_TYPE_DATE
 
@@ -129,7 +147,7 @@ def _condition(cond: pb.Condition, types: dict[str, int], field: str) -> Node:
     if op in _RANGE_OPS:
         if data_type not in (pb.DATA_TYPE_INT, pb.DATA_TYPE_NUMBER, pb.DATA_TYPE_DATE):
             raise InvalidArgument(
-                f"{field}.operator: {name!r} is not a number or date, so it has no order",
+                f"{field}.operator: {quote(name)} is not a number or date, so it has no order",
                 field=f"{field}.operator",
             )
         bound = _scalar(data_type, value, value_field)

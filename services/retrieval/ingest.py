@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 
+from services.common.values import DEFAULT_MAX_DEPTH
 from services.retrieval import bm25
 from services.retrieval.embedders import Embedders
 from services.retrieval.schema import ObjectInvalid, PreparedObject, Schema, prepare_object
@@ -43,12 +44,13 @@ async def write_batch(
     embedders: Embedders,
     *,
     first_index: int = 0,
+    max_value_depth: int = DEFAULT_MAX_DEPTH,
 ) -> BatchResult:
     result = BatchResult()
     ready: list[PreparedObject] = []
     for i, obj in enumerate(objects):
         try:
-            ready.append(prepare_object(schema, first_index + i, obj))
+            ready.append(prepare_object(schema, first_index + i, obj, max_value_depth))
         except ObjectInvalid as err:
             result.errors.append(
                 pb.ObjectError(

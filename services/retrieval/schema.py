@@ -13,7 +13,8 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 from google.protobuf import json_format
 
 from services.common.auth import DEFAULT_TENANT
-from services.common.errors import InvalidArgument
+from services.common.errors import InvalidArgument, quote
+from services.common.values import DEFAULT_MAX_DEPTH, check_value
 from services.retrieval.endpoints import ENV_NAME, EmbeddingPolicy
 from services.retrieval.tenancy import TENANT_KEY, storage_name
 
@@ -86,7 +87,7 @@ def validate_new_collection(
             )
         if prop.name in types:
             raise InvalidArgument(
-                f"property {prop.name!r} is declared twice", field=f"{where}.name"
+                f"property {quote(prop.name)} is declared twice", field=f"{where}.name"
             )
         if prop.data_type not in TYPE_NAMES:
             raise InvalidArgument(f"{where}.data_type is required", field=f"{where}.data_type")
@@ -165,7 +166,7 @@ def _validate_vectorizer(
     for i, name in enumerate(vec.source_properties):
         if types.get(name) not in TEXT_TYPES:
             raise InvalidArgument(
-                f"{where}.source_properties[{i}]: {name!r} is not a text property",
+                f"{where}.source_properties[{i}]: {quote(name)} is not a text property",
                 field=f"{where}.source_properties[{i}]",
             )
 
@@ -184,7 +185,7 @@ def _validate_generative(gen: pb.GenerativeConfig, types: dict[str, int]) -> Non
     for i, name in enumerate(gen.context_fields):
         if name not in types:
             raise InvalidArgument(
-                f"{where}.context_fields[{i}]: no property {name!r}",
+                f"{where}.context_fields[{i}]: no property {quote(name)}",
                 field=f"{where}.context_fields[{i}]",
             )
 
@@ -270,7 +271,7 @@ def check_uuid(value: str, field: str) -> str:
         return str(uuid.UUID(value))
     except (ValueError, AttributeError, TypeError):
         raise InvalidArgument(
-            f"{field} must be a UUID, got {value[:80]!r}", field=field, reason="BAD_UUID"
+            f"{field} must be a UUID, got {quote(value)}", field=field, reason="BAD_UUID"
         ) from None
 
 
@@ -286,14 +287,16 @@ def check_vector(vector: list[float], dimensions: int, field: str) -> list[float
     return list(vector)
 
 
-def prepare_object(schema: Schema, index: int, obj: pb.DataObject) -> PreparedObject:
+def prepare_object(
+    schema: Schema, index: int, obj: pb.DataObject, max_value_depth: int = DEFAULT_MAX_DEPTH
+) -> PreparedObject:
     """Check one object against the schema; raises ObjectInvalid naming the field relative to
     the object (``properties.year``, ``vector``), as ``ObjectError.field`` reports it."""
     if obj.id:
         try:
             object_id = str(uuid.UUID(obj.id))
         except ValueError:
-            raise ObjectInvalid("id", f"not a UUID: {obj.id[:80]!r}") from None
+            raise ObjectInvalid("id", f"not a UUID: {quote(obj.id)}") from None
     else:
         object_id = str(uuid.uuid4())
     vector: list[float] | None = None
@@ -309,12 +312,19 @@ def prepare_object(schema: Schema, index: int, obj: pb.DataObject) -> PreparedOb
     # qdrant-edge 0.9 matches MatchValue(True) against the integer 1 and never against a
     # stored JSON true, so bools are filtered through a 0/1 copy (both adapters alike).
     flags: dict[str, int] = {}
-    raw = json_format.MessageToDict(obj.properties) if obj.HasField("properties") else {}
+    raw: dict[str, Any] = {}
+    if obj.HasField("properties"):
+        try:
+            # Before json_format, which refuses NaN and ±Infinity with a bare ValueError.
+            check_value(obj.properties, "properties", max_value_depth)
+        except InvalidArgument as err:
+            raise ObjectInvalid(err.field or "properties", err.message) from None
+        raw = json_format.MessageToDict(obj.properties)
     for name, value in raw.items():
         path = f"properties.{name}"
         data_type = schema.types.get(name)
         if data_type is None:
-            raise ObjectInvalid(path, f"unknown property {name!r}")
+            raise ObjectInvalid(path, f"unknown property {quote(name)}")
         if value is None:
             continue
         props[name] = coerce_value(data_type, value, path)
@@ -363,7 +373,7 @@ def _describe(value: Any) -> str:
     if isinstance(value, int | float):
         return f"the number {value!r}"
     if isinstance(value, str):
-        return f"the string {value[:40]!r}"
+        return f"the string {quote(value)}"
     if isinstance(value, list):
         return "a list"
     return "an object"
@@ -376,7 +386,7 @@ def parse_date(value: str, path: str) -> datetime:
     except ValueError:
         parsed = None
     if parsed is None or parsed.tzinfo is None:
-        raise ObjectInvalid(path, f"expected an RFC 3339 date-time with offset, got {value[:40]!r}")
+        raise ObjectInvalid(path, f"expected an RFC 3339 date-time with offset, got {quote(value)}")
     return parsed
 
 

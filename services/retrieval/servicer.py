@@ -17,7 +17,7 @@ from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as pb_grpc
 from google.protobuf import struct_pb2
 
 from services.common.auth import Role, require_role
-from services.common.errors import InvalidArgument, NotFound, ServiceError
+from services.common.errors import InvalidArgument, NotFound, ServiceError, quote
 from services.retrieval.catalog import Catalog, not_found
 from services.retrieval.embedders import Embedders, use_caller_key
 from services.retrieval.filters import Node, build_filter
@@ -141,7 +141,12 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
     async def _write(self, schema: Schema, objects: Any, first_index: int) -> Any:
         with self._dropped(schema):
             return await write_batch(
-                schema, objects, self._store, self._embedders, first_index=first_index
+                schema,
+                objects,
+                self._store,
+                self._embedders,
+                first_index=first_index,
+                max_value_depth=self._settings.max_value_depth,
             )
 
     @contextlib.contextmanager
@@ -154,6 +159,9 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         except NotFound:
             self._catalog.forget(schema)
             raise not_found(schema.name, "collection") from None
+
+    def _filter(self, message: pb.Filter, schema: Schema) -> Node:
+        return build_filter(message, schema.types, max_value_depth=self._settings.max_value_depth)
 
     def _check_batch(
         self, size: int, message_no: int | None = None, field: str = "objects"
@@ -198,7 +206,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
             with self._dropped(schema):
                 deleted = await self._store.delete_ids(schema.store_name, ids)
         elif has_filter:
-            where = build_filter(request.filter, schema.types)
+            where = self._filter(request.filter, schema)
             with self._dropped(schema):
                 deleted = await self._store.delete_matching(schema.store_name, where)
         else:
@@ -209,7 +217,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         self, request: pb.CountObjectsRequest, context: grpc.aio.ServicerContext
     ) -> pb.CountObjectsResponse:
         schema = await self._catalog.get(require_role(Role.READER).tenant, request.collection)
-        where = build_filter(request.filter, schema.types) if request.HasField("filter") else None
+        where = self._filter(request.filter, schema) if request.HasField("filter") else None
         with self._dropped(schema):
             count = await self._store.count(schema.store_name, where)
         return pb.CountObjectsResponse(count=count)
@@ -224,7 +232,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         page = self._page(request)
         where: Node | None = None
         if request.HasField("filter"):
-            where = build_filter(request.filter, schema.types)
+            where = self._filter(request.filter, schema)
         wanted = _return_properties(schema, request.return_properties)
         with self._dropped(schema):
             result = await self._searcher.search(schema, request, where, page)
@@ -254,7 +262,7 @@ def _return_properties(schema: Schema, names: Any) -> list[str] | None:
     for i, name in enumerate(names):
         if name not in schema.types:
             raise InvalidArgument(
-                f"return_properties[{i}]: no property {name[:64]!r} in this collection",
+                f"return_properties[{i}]: no property {quote(name)} in this collection",
                 field=f"return_properties[{i}]",
                 reason="UNKNOWN_PROPERTY",
             )

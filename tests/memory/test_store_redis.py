@@ -38,7 +38,7 @@ async def test_scripts_are_loaded_again_after_script_flush(memory: Memory) -> No
             for n in range(20)
         )
     )
-    page = await store.list_interactions(ALICE, conv.conversation_id, 100, None)
+    page = await store.list_interactions(ALICE, conv.conversation_id, 100, None, 1 << 20)
     assert len(page.items) == len(made) == 20
     assert (await store.get_conversation(ALICE, conv.conversation_id)).interaction_count == 20
 
@@ -103,7 +103,7 @@ async def test_a_write_whose_reply_is_lost_is_not_sent_again(redis_server: Redis
             await store.create_interaction(ALICE, conv.conversation_id, pb.Interaction(), "")
         assert proxy.cuts == 1
         # It ran once in Redis and was not sent again (redis-py's default would retry).
-        page = await store.list_interactions(ALICE, conv.conversation_id, 10, None)
+        page = await store.list_interactions(ALICE, conv.conversation_id, 10, None, 1 << 20)
         assert len(page.items) == 1
     finally:
         await store.close()

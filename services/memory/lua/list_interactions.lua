@@ -1,12 +1,22 @@
--- KEYS: conv, ints. ARGV: user, tag, start bound, page size.
+-- KEYS: conv, ints. ARGV: user, tag, start bound, page size, page byte budget.
 -- Returns nil when the conversation is not the caller's, else {last id or '', data1, ...}
--- where the last id is set only when more items follow.
+-- where the last id is set only when more items follow. A page also ends before the item
+-- that would take it over the byte budget (an item costs its data plus 5 bytes of protobuf
+-- framing), so the reply always fits a gRPC message; it holds at least one item.
 if redis.call('HGET', KEYS[1], 'user') ~= ARGV[1] then return false end
 local n = tonumber(ARGV[4])
+local budget = tonumber(ARGV[5])
 local ids = redis.call('ZRANGE', KEYS[2], ARGV[3], '-', 'BYLEX', 'REV', 'LIMIT', 0, n + 1)
 local out = {''}
-if #ids > n then out[1] = ids[n] end
+local used = 0
 for i = 1, math.min(n, #ids) do
-  out[i + 1] = redis.call('HGET', ARGV[2] .. ':int:' .. ids[i], 'data')
+  local data = redis.call('HGET', ARGV[2] .. ':int:' .. ids[i], 'data')
+  used = used + #data + 5
+  if i > 1 and used > budget then
+    out[1] = ids[i - 1]
+    return out
+  end
+  out[i + 1] = data
 end
+if #ids > n then out[1] = ids[n] end
 return out

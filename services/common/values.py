@@ -1,0 +1,68 @@
+"""Checks on the JSON-like values clients send (``google.protobuf.Struct`` / ``Value`` /
+``ListValue``): filter values, object properties, ``additional_info``.
+
+Two things protobuf itself allows but nothing downstream can hold:
+
+* NaN and ±Infinity: JSON has no such numbers, so ``json_format`` refuses them (a
+  ``ValueError`` that used to surface as INTERNAL) and no store could keep them;
+* very deep nesting: a value nested near protobuf's own parsing limit (100 message levels)
+  can be stored but no longer read back inside a larger response message.
+
+Both become INVALID_ARGUMENT naming the exact field (``filter.condition.value[2]``,
+``additional_info.a.b``). The walk is iterative, so depth never costs Python recursion.
+"""
+
+from __future__ import annotations
+
+import math
+
+from google.protobuf import struct_pb2
+
+from services.common.errors import InvalidArgument
+
+# The default of each service's ``max_value_depth`` setting: objects and lists inside one
+# another, the outermost counting as 1. Deeper than anything a client needs, and shallow
+# enough that the stored value still fits protobuf's parsing limit inside every response
+# that carries it.
+DEFAULT_MAX_DEPTH = 32
+# Keys are client text: a path quotes at most this much of each.
+_KEY_CHARS = 64
+
+Node = struct_pb2.Value | struct_pb2.Struct | struct_pb2.ListValue
+
+
+def check_value(value: Node, field: str, max_depth: int = DEFAULT_MAX_DEPTH) -> None:
+    """Raise INVALID_ARGUMENT naming the first NaN/±Infinity inside ``value``, or the
+    first container nested deeper than ``max_depth``."""
+    pending: list[tuple[Node, str, int]] = [(value, field, 0)]
+    while pending:
+        node, path, depth = pending.pop()
+        if isinstance(node, struct_pb2.Value):
+            kind = node.WhichOneof("kind")
+            if kind == "number_value":
+                if not math.isfinite(node.number_value):
+                    raise InvalidArgument(
+                        f"{path} is {node.number_value}: JSON numbers are finite",
+                        field=path,
+                        reason="NUMBER_NOT_FINITE",
+                    )
+            elif kind == "struct_value":
+                pending.append((node.struct_value, path, depth))
+            elif kind == "list_value":
+                pending.append((node.list_value, path, depth))
+            continue
+        depth += 1
+        if depth > max_depth:
+            raise InvalidArgument(
+                f"{path} nests objects and lists more than {max_depth} deep",
+                field=path,
+                reason="NESTING_TOO_DEEP",
+                metadata={"max_depth": str(max_depth)},
+            )
+        if isinstance(node, struct_pb2.Struct):
+            # Reversed onto the stack, so the first offender in reading order is named.
+            for key, child in reversed(list(node.fields.items())):
+                pending.append((child, f"{path}.{key[:_KEY_CHARS]}", depth))
+        else:
+            for i in reversed(range(len(node.values))):
+                pending.append((node.values[i], f"{path}[{i}]", depth))
