@@ -91,13 +91,16 @@ def _open_idle(port: int, count: int) -> list[socket.socket]:
 
 
 def _closed_by_peer(sockets: list[socket.socket]) -> int:
+    """Sockets the gateway has closed: read what it sent (its HTTP/2 SETTINGS, then a
+    GOAWAY) up to the end of the stream."""
     closed = 0
     for s in sockets:
         try:
-            if s.recv(1, socket.MSG_PEEK) == b"":
-                closed += 1
+            while s.recv(65536):
+                pass
+            closed += 1  # end of stream
         except BlockingIOError:
-            pass  # still open, nothing to read
+            pass  # still open
         except OSError:
             closed += 1  # reset
     return closed
