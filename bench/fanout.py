@@ -55,6 +55,7 @@ from services.gateway.settings import GatewaySettings  # noqa: E402
 DIM = 8
 OBJECTS = 120
 DEFAULT_LIMIT: int = GatewaySettings.model_fields["default_max_concurrency"].default
+FULL_SIZES = (1, 10, 25, 50, 100)
 HEADLINE_SIZES = (10, 25, 100)
 
 
@@ -63,6 +64,7 @@ class Bench:
         self.stack = stack
         self.latency = latency
         self.jitter = jitter
+        self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
 
     async def start(self) -> None:
         stack = self.stack
@@ -76,7 +78,6 @@ class Bench:
         self.gw_retrieval = ret_grpc.RetrievalServiceStub(gw_channel)
         self.retrieval = ret_grpc.RetrievalServiceStub(stack.channel(retrieval))
         self.generation = gen_grpc.GenerationServiceStub(stack.channel(generation))
-        self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         await self._load()
 
     async def close(self) -> None:
@@ -304,20 +305,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--latency", type=float, default=0.2, help="fake LLM latency L, s")
     parser.add_argument("--jitter", type=float, default=0.1, help="spread of L (0.1: ±10 %%)")
-    parser.add_argument("--sizes", default="1,10,25,50,100")
+    parser.add_argument("--sizes", help="N, comma-separated (default 1,10,25,50,100)")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=500, help="overhead samples")
+    parser.add_argument("--rounds", type=int, help="overhead samples (default 500)")
     parser.add_argument("--token-rounds", type=int, default=30)
     parser.add_argument(
         "--summary",
         action="store_true",
-        help="headline figures only (N = 10, 25, 100; fewer samples), JSON on the last line",
+        help="headline figures only (default N = 10, 25, 100; fewer samples), JSON last",
     )
     args = parser.parse_args()
-    if args.summary:
-        args.sizes = ",".join(map(str, HEADLINE_SIZES))
-        args.rounds = min(args.rounds, 300)
-    args.sizes = [int(size) for size in args.sizes.split(",")]
+    sizes = args.sizes or ",".join(map(str, HEADLINE_SIZES if args.summary else FULL_SIZES))
+    args.sizes = [int(size) for size in sizes.split(",")]
+    args.rounds = args.rounds or (300 if args.summary else 500)
     logging.basicConfig(level=logging.WARNING)
     asyncio.run(run(args))
 

@@ -275,20 +275,20 @@ async def run(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--sizes", default="10000,100000")
-    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--sizes", help="objects, comma-separated (default 10000,100000)")
+    parser.add_argument("--queries", type=int, help="per size (default 1000)")
     parser.add_argument("--embed-objects", type=int, default=2000)
     parser.add_argument("--embed-queries", type=int, default=200)
     parser.add_argument("--embed-threads", type=int, default=1, help="torch threads (0 = all)")
     parser.add_argument(
         "--summary",
         action="store_true",
-        help=f"headline figures only ({HEADLINE_SIZE:,} objects, no embedding), JSON last",
+        help=f"headline figures only (default {HEADLINE_SIZE:,} objects; no embedding), JSON last",
     )
     args = parser.parse_args()
-    if args.summary:
-        args.sizes, args.queries = str(HEADLINE_SIZE), min(args.queries, 500)
-    args.sizes = [int(s) for s in args.sizes.split(",")]
+    sizes = args.sizes or (str(HEADLINE_SIZE) if args.summary else "10000,100000")
+    args.sizes = [int(size) for size in sizes.split(",")]
+    args.queries = args.queries or (500 if args.summary else 1000)
     logging.basicConfig(level=logging.WARNING)
     asyncio.run(run(args))
 
