@@ -9,6 +9,7 @@ the last line of its standard output, one JSON object::
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -66,18 +67,26 @@ class Figures:
 
 
 def parse_figures(stdout: str) -> list[Figure]:
-    """The figures a run printed as JSON on its last line: ``{"figures": [...]}`` as above,
-    or any other JSON object, whose numbers become figures named by their path."""
-    lines = [line for line in stdout.splitlines() if line.strip()]
-    if not lines:
-        raise ValueError("no output")
-    data = json.loads(lines[-1])
+    """The figures a run printed as JSON at the end of its output: ``{"figures": [...]}`` as
+    above, or any other JSON object, whose numbers become figures named by their path."""
+    data = _last_json(stdout)
     if isinstance(data, dict) and isinstance(data.get("figures"), list):
         return [
             Figure(str(f["name"]), float(f["value"]), str(f.get("unit", "")), f.get("target", ""))
             for f in data["figures"]
         ]
     return [Figure(name, value, "") for name, value in _numbers(data, "")]
+
+
+def _last_json(text: str) -> Any:
+    """The JSON document that ends ``text``: its last line, or one spread over the last
+    lines (from the last line that opens it)."""
+    lines = text.rstrip().splitlines()
+    for start in range(len(lines) - 1, -1, -1):
+        if lines[start].lstrip().startswith(("{", "[")):
+            with contextlib.suppress(ValueError):
+                return json.loads("\n".join(lines[start:]))
+    raise ValueError("no JSON at the end of the output")
 
 
 def _numbers(data: Any, path: str) -> list[tuple[str, float]]:
