@@ -2,10 +2,10 @@
 
 The retrieval service runs as deployed (bench/stack.py): its own process, qdrant-edge in
 its data dir; this process is the client, one call in flight. The engine's own time is
-measured in this process, on the service's very shard and for the same queries: a
-qdrant-edge shard may be opened by one process at a time, so for each size the service
-answers the queries, stops, and the bench opens the shard (``EdgeStore.query_now``) and
-times them again; the service starts again for the next size. Measured:
+measured in this process on a byte copy of the service's shard, taken once the import has
+been indexed and flushed (a qdrant-edge shard opens in one process at a time): the same
+segments and HNSW graph, checked by comparing hits. Each query goes to the engine copy and
+through gRPC in turn, so load from elsewhere hits both alike. Measured:
 
   * import throughput (objects/s) with client vectors: 384-dim vectors in 1000-object
     UpsertObjects batches (no embedding), then the index build (ImportObjects ends with
@@ -27,6 +27,7 @@ import asyncio
 import logging
 import os
 import random
+import shutil
 import statistics
 import sys
 import time
@@ -173,19 +174,16 @@ class Bench:
             await self.stub(channel).CreateCollection(create)
         rows = []
         loaded = 0
-        for n, size in enumerate(self.args.sizes):
-            if n:
-                await self.service.start()  # the engine phase of the last size stopped it
-            objects = vector_objects(size - loaded, self.rng)
-            queries = [v.tolist() for v in unit_vectors(self.args.queries, self.rng)]
-            row = SizeRow(size)
-            async with grpc.aio.insecure_channel(self.service.address) as channel:
-                await self.load(self.stub(channel), objects, first=not loaded)
-                await self.search(self.stub(channel), queries, row)
-            loaded = size
-            await self.service.stop()
-            await self.engine(queries, row)
-            rows.append(row)
+        async with grpc.aio.insecure_channel(self.service.address) as channel:
+            stub = self.stub(channel)
+            for size in self.args.sizes:
+                await self.load(stub, vector_objects(size - loaded, self.rng), first=not loaded)
+                loaded = size
+                # float32 values, as a protobuf `repeated float` carries them: both paths
+                # query the engine with the very same numbers.
+                vectors = unit_vectors(self.args.queries, self.rng).astype(np.float32)
+                queries = [v.tolist() for v in vectors]
+                rows.append(await self.search(stub, queries, SizeRow(size)))
         return rows
 
     async def load(
@@ -213,32 +211,48 @@ class Bench:
 
     async def search(
         self, stub: pb_grpc.RetrievalServiceStub, queries: list[list[float]], row: SizeRow
-    ) -> None:
-        requests = [
-            pb.SearchRequest(collection="Vectors", near_vector=pb.NearVector(vector=q), limit=10)
-            for q in queries
-        ]
-        for request in requests[:50]:  # warm-up
-            await stub.Search(request)
-        for request in requests:
-            started = time.perf_counter()
-            res = await stub.Search(request)
-            row.grpc_ms.append((time.perf_counter() - started) * 1000)
-            row.server_ms.append(res.query_ms)
-
-    async def engine(self, queries: list[list[float]], row: SizeRow) -> None:
-        """The same queries on the same shard, straight on the engine in this process."""
-        store = EdgeStore(self.stack.work / "retrieval" / "qdrant")
-        await store.open()
+    ) -> SizeRow:
+        """Each query through gRPC and straight on a copy of the service's shard, in turn."""
+        store = await self.engine_copy()
         try:
-            for q in queries[:50]:  # warm-up
-                store.query_now("Vectors", q, 10)
-            for q in queries:
+            requests = [
+                pb.SearchRequest(
+                    collection="Vectors", near_vector=pb.NearVector(vector=q), limit=10
+                )
+                for q in queries
+            ]
+            for q, request in zip(queries[:50], requests[:50], strict=True):  # warm-up
+                found = [p.id for p in store.query_now("Vectors", q, 10)]
+                hits = [h.id for h in (await stub.Search(request)).hits]
+                # Proof that the copy is the service's index: the same hits (the service
+                # orders equal scores by id, the engine may not).
+                assert sorted(found) == sorted(hits), (found, hits)
+            for q, request in zip(queries, requests, strict=True):
                 started = time.perf_counter()
                 store.query_now("Vectors", q, 10)
                 row.engine_ms.append((time.perf_counter() - started) * 1000)
+                started = time.perf_counter()
+                res = await stub.Search(request)
+                row.grpc_ms.append((time.perf_counter() - started) * 1000)
+                row.server_ms.append(res.query_ms)
         finally:
             await store.close()
+        return row
+
+    async def engine_copy(self) -> EdgeStore:
+        """The engine on a copy of the service's data, opened in this process.
+
+        A qdrant-edge shard opens in one process at a time (its WAL is locked). After
+        ImportObjects the service has optimized and flushed the shard and nothing writes to
+        it, so a byte copy holds the same segments and the same HNSW graph: the engine
+        answers the same queries with the same hits (checked above), timed alone, in turn
+        with the calls through gRPC so that load from elsewhere hits both alike."""
+        copy = self.stack.work / "engine-copy"
+        await asyncio.to_thread(shutil.rmtree, copy, True)
+        await asyncio.to_thread(shutil.copytree, self.stack.work / "retrieval" / "qdrant", copy)
+        store = EdgeStore(copy)
+        await store.open()
+        return store
 
     def report(self, rows: list[SizeRow]) -> None:
         print(f"\nnear_vector top-10, {DIM} dims, one call in flight (ms); {machine()}")
