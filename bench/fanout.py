@@ -10,7 +10,8 @@ Measured side by side:
     the gateway's default max_concurrency and (past it) with max_concurrency = N, beside
     the same N calls made straight to the endpoint: plain ``asyncio.gather`` of N HTTP
     requests (the floor), a pool of 10 at a time (Weaviate's way), LangChain's
-    ``ChatOpenAI(...).abatch``, and a sequential loop through the generation service;
+    ``ChatOpenAI(...).abatch``; and through the generation service without the gateway:
+    N Generate calls at once, and a sequential loop;
   * gateway overhead: a search with no generation through the gateway vs calling
     retrieval directly (p50, p90), and a forwarded RetrievalService/Search;
   * first-token latency through StreamGenerativeSearch, from the fake endpoint making its
@@ -146,13 +147,20 @@ class Bench:
 
         return await timed(lambda: asyncio.gather(*(one(i) for i in range(n))))
 
+    async def _generate(self, i: int) -> None:
+        message = gen_pb.Message(role=gen_pb.ROLE_USER, content=f"Summarise Book {i}")
+        await self.generation.Generate(
+            gen_pb.GenerateRequest(messages=[message]), metadata=IDENTITY, timeout=60
+        )
+
+    async def generation_gather(self, n: int) -> float:
+        """N Generate calls at once straight to the generation service (no gateway)."""
+        return await timed(lambda: asyncio.gather(*(self._generate(i) for i in range(n))))
+
     async def sequential(self, n: int) -> float:
         async def call() -> None:
             for i in range(n):
-                message = gen_pb.Message(role=gen_pb.ROLE_USER, content=f"Summarise Book {i}")
-                await self.generation.Generate(
-                    gen_pb.GenerateRequest(messages=[message]), metadata=IDENTITY, timeout=60
-                )
+                await self._generate(i)
 
         return await timed(call)
 
@@ -239,6 +247,7 @@ async def fanout_table(bench: Bench, args: argparse.Namespace, figures: Figures)
     ]
     if not args.summary:
         columns += [
+            Column("generation, gather", bench.generation_gather),
             Column("pool of 10", bench.pool, once=True),
             Column("LangChain abatch", bench.langchain),
             # A sequential loop takes N x L: measured while that stays short.
