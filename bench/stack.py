@@ -46,7 +46,6 @@ HOST = "GENSEARCH_HOST"
 DATA_DIR = "GENSEARCH_DATA_DIR"
 INTERNAL_TOKEN = "GENSEARCH_INTERNAL_TOKEN"
 LOG_LEVEL = "GENSEARCH_LOG_LEVEL"
-GRACE_PERIOD = "GENSEARCH_GRACE_PERIOD"
 
 MEMORY_PORT = "GENSEARCH_MEMORY_PORT"
 MEMORY_METRICS_PORT = "GENSEARCH_MEMORY_METRICS_PORT"
@@ -195,7 +194,6 @@ class Stack:
             DATA_DIR: str(data),
             INTERNAL_TOKEN: TOKEN,
             LOG_LEVEL: self.log_level,
-            GRACE_PERIOD: "2",
         }
 
     async def _service(self, name: str, port_var: str, env: dict[str, str]) -> ServiceProcess:
