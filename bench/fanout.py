@@ -223,7 +223,7 @@ class Column:
 
 
 def fanout_target(n: int) -> str:
-    """The architecture's target (architecture §6): at default settings."""
+    """The target of architecture §6 (at default settings)."""
     return "≤ 1.10 x L" if n <= 25 else "≤ 1.3 x L" if n <= 100 else ""
 
 
@@ -255,17 +255,22 @@ async def fanout_table(bench: Bench, args: argparse.Namespace, figures: Figures)
         ]
     print(
         f"fan-out, fake LLM latency L = {latency * 1000:.0f} ms ± {args.jitter:.0%}, "
-        f"median of {args.repeat} (pool and sequential: one run); {machine()}"
+        f"median of {args.repeat} interleaved rounds (pool and sequential: one run); {machine()}"
     )
     print(f"{'N':>4} | " + " | ".join(f"{c.title:>18}" for c in columns))
     for n in args.sizes:
+        # Rounds of one call of each kind, so that load from elsewhere hits all alike.
+        times: dict[str, list[float]] = {c.title: [] for c in columns if c.when(n)}
+        for round_no in range(args.repeat):
+            for column in columns:
+                if column.when(n) and (round_no == 0 or not column.once):
+                    times[column.title].append(await column.measure(n))
         cells = []
         for column in columns:
-            if not column.when(n):
+            if column.title not in times:
                 cells.append(f"{'—':>18}")
                 continue
-            runs = 1 if column.once else args.repeat
-            seconds = statistics.median([await column.measure(n) for _ in range(runs)])
+            seconds = statistics.median(times[column.title])
             cells.append(f"{seconds * 1000:7.0f} ms {seconds / latency:5.2f}xL")
             if column.figure:
                 figure = column.figure.format(n=n)
