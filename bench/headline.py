@@ -53,6 +53,19 @@ async def summary_flag(name: str) -> str | None:
     return next((flag for flag in SUMMARY_FLAGS if flag in usage), None)
 
 
+async def commit() -> str:
+    """The checked-out commit (and whether the tree has changes), to say what was measured."""
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            "git", "describe", "--always", "--dirty", cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+    except OSError:
+        return "unknown"
+    out = (await proc.communicate())[0].decode().strip()
+    return out if proc.returncode == 0 and out else "unknown"
+
+
 async def run_once(name: str, flag: str) -> list[Figure]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -129,7 +142,8 @@ async def main() -> None:
     minutes = (time.monotonic() - started) / 60
     finished = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     title = (
-        f"gensearch headline figures ({args.runs} runs each, bench/headline.py)\n"
+        f"gensearch headline figures ({args.runs} runs each, bench/headline.py, commit "
+        f"{await commit()})\n"
         f"started {header_line}\nfinished {minutes:.1f} min later, load average {finished}"
     )
     print()
