@@ -142,8 +142,8 @@ async def main() -> None:
     minutes = (time.monotonic() - started) / 60
     finished = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     title = (
-        f"gensearch headline figures ({args.runs} runs each, bench/headline.py, commit "
-        f"{await commit()})\n"
+        f"gensearch headline figures ({args.runs} run{'s' * (args.runs != 1)} each, "
+        f"bench/headline.py, commit {await commit()})\n"
         f"started {header_line}\nfinished {minutes:.1f} min later, load average {finished}"
     )
     print()
