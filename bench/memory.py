@@ -1,31 +1,40 @@
-"""Memory service throughput and list latency, side by side with a bare grpc.aio echo.
+"""Memory service: CreateInteraction beside its two floors, standalone and Redis Cluster.
 
-    .venv/bin/python bench/memory.py [--seconds 3] [--rounds 6] [--in-flight 1,32]
-        [--appendfsync everysec|always|no] [--redis unix|tcp] [--batch-window S]
+    .venv/bin/python bench/memory.py [--rounds 5] [--slice 0.6] [--in-flight 1,32]
+        [--modes standalone,cluster] [--appendfsync everysec] [--no-list]
 
-One run: a child process serves a bare ``grpc.aio`` echo (one generic unary method, bytes
-in, same bytes out, nothing around it) and the memory service (full chassis, its own Redis
-with AOF, reached like the embedded default: over a unix socket); this process drives both
-over loopback with 1 and 32 calls in flight (``--in-flight`` for other levels). The kinds
-of call take turns in short interleaved slices, so a burst of load from elsewhere hits
-them alike; it prints the rates, their ratio to the echo (median of the per-round
-ratios), and ListInteractions latency for a 10-interaction and a 10,000-interaction
-conversation (first page and a page from the middle).
+Everything runs as deployed, each server in its own process, all on loopback TCP:
+
+- **echo**: a bare ``grpc.aio`` server in a process of its own (one generic unary method,
+  bytes in, the same bytes out): the floor of any gRPC call;
+- **service**: ``python -m services.memory`` pointed at the Redis of the mode (a
+  standalone server, or a three-master cluster with ``GENSEARCH_MEMORY_REDIS_CLUSTER=true``),
+  called with CreateInteraction;
+- **redis-py**: this process running the service's own create script
+  (``services/memory/lua/create_interaction.lua``, EVALSHA through ``register_script``)
+  with the same keys and arguments the store sends: the floor of the Redis work.
+
+The three kinds take turns in short slices, ``--rounds`` times, so a burst of load from
+elsewhere hits them alike; each row gives the median calls/s of the rounds and their range,
+and the service's rate as a share of each floor (median of the per-round ratios). Then, on
+the standalone server, ListInteractions latency for a 10- and a 10,000-interaction
+conversation (page size 10): a page costs the same however long the conversation is.
+There is no target for CreateInteraction: the floors show where its time goes.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
-import shutil
 import signal
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,279 +45,292 @@ import grpc  # noqa: E402
 from gensearch.memory.v1 import memory_service_pb2 as pb  # noqa: E402
 from gensearch.memory.v1 import memory_service_pb2_grpc as pb_grpc  # noqa: E402
 
+from services.common.auth import ANONYMOUS  # noqa: E402
+from services.devlaunch.processes import free_port  # noqa: E402
+from services.devlaunch.redis_server import RedisProcess  # noqa: E402
+from services.memory.ids import UUIDv7Generator  # noqa: E402
+from services.memory.redis_client import RedisClient, connect  # noqa: E402
+from services.memory.store import MemoryStore, lua_source  # noqa: E402
+from tests.support.redis_cluster import LocalCluster  # noqa: E402
+
 ECHO_METHOD = "/bench.v1.EchoService/Echo"
 Call = Callable[[], Awaitable[Any]]
+QUESTION = "What is the capital of France?"
+ANSWER = "The capital of France is Paris. " * 4
 
 
-# ---- the server side (child process) ---------------------------------------------------
+# ---- the echo server (child process) ---------------------------------------------------
 
 
-async def _serve(appendfsync: str, transport: str, batch_window: float | None) -> None:
-    from services.common.redis_process import RedisProcess
-    from services.memory.__main__ import build_server
-    from services.memory.settings import MemorySettings
+async def _serve_echo() -> None:
+    server = grpc.aio.server()
 
-    data = Path(tempfile.mkdtemp(prefix="bench-memory-"))
-    redis = RedisProcess(data / "redis", appendfsync=appendfsync)
-    await redis.start()
-
-    echo = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-
-    async def echo_call(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    async def echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         return request
 
     handler = grpc.method_handlers_generic_handler(
-        "bench.v1.EchoService", {"Echo": grpc.unary_unary_rpc_method_handler(echo_call)}
+        "bench.v1.EchoService", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}
     )
-    echo.add_generic_rpc_handlers((handler,))
-    echo_port = echo.add_insecure_port("127.0.0.1:0")
-    await echo.start()
-
-    url = redis.socket_url if transport == "unix" else redis.url
-    window = {} if batch_window is None else {"redis_batch_window": batch_window}
-    settings = MemorySettings(redis_url=url, memory_metrics_port=None, data_dir=data, **window)
-    memory = await build_server(settings, port=0)
-    memory_port = await memory.start()
-
-    print(json.dumps({"echo": echo_port, "memory": memory_port, "redis": redis.url}), flush=True)
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(json.dumps({"port": port}), flush=True)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     await stop.wait()
-    await echo.stop(0)
-    await memory.stop(0)
-    await redis.stop()
-    shutil.rmtree(data, ignore_errors=True)
+    await server.stop(0)
 
 
-# ---- the client side -------------------------------------------------------------------
+# ---- processes -------------------------------------------------------------------------
 
 
-async def _run(call_factory: Callable[[int], Call], in_flight: int, seconds: float) -> tuple:
-    """Calls per second with ``in_flight`` workers, each calling back to back, and the
-    latencies of the calls."""
-    latencies: list[float] = []
-    deadline = time.perf_counter() + seconds
-
-    async def worker(w: int) -> None:
-        call = call_factory(w)
-        while time.perf_counter() < deadline:
-            t = time.perf_counter()
-            await call()
-            latencies.append(time.perf_counter() - t)
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker(w) for w in range(in_flight)))
-    return len(latencies) / (time.perf_counter() - started), latencies
-
-
-async def _compare(
-    factories: dict[str, Callable[[int], Call]], in_flight: int, seconds: float, rounds: int
-) -> dict[str, dict]:
-    """Every kind of call, ``seconds`` each, measured in ``rounds`` interleaved slices: a
-    burst of background load hits all of them alike instead of one row. Ratios to the
-    first kind (the echo) are the median of the per-round ratios."""
-    for factory in factories.values():  # warm up connections and code paths
-        await asyncio.gather(*(factory(w)() for w in range(in_flight)))
-    rates: dict[str, list[float]] = {name: [] for name in factories}
-    latencies: dict[str, list[float]] = {name: [] for name in factories}
-    for _ in range(rounds):
-        for name, factory in factories.items():
-            rate, lat = await _run(factory, in_flight, seconds / rounds)
-            rates[name].append(rate)
-            latencies[name] += lat
-    base = next(iter(rates.values()))
-    return {
-        name: {
-            "rate": statistics.median(r),
-            "ratio": statistics.median(x / b for x, b in zip(r, base, strict=True)),
-            **_percentiles(latencies[name]),
-        }
-        for name, r in rates.items()
-    }
-
-
-def _percentiles(latencies: list[float]) -> dict:
-    cuts = statistics.quantiles(latencies, n=100, method="inclusive")
-    return {"p50_ms": cuts[49] * 1000, "p99_ms": cuts[98] * 1000}
-
-
-async def _latency(call: Call, count: int) -> dict:
-    for _ in range(20):
-        await call()
-    latencies = []
-    for _ in range(count):
-        t = time.perf_counter()
-        await call()
-        latencies.append(time.perf_counter() - t)
-    return _percentiles(latencies)
-
-
-async def _fill(redis_url: str, cid: str, count: int) -> None:
-    """Bulk-load a conversation through the real store code (faster than over gRPC)."""
-    from services.common.auth import ANONYMOUS
-    from services.memory.redis_link import RedisLink
-    from services.memory.store import MemoryStore
-
-    store = MemoryStore(RedisLink(redis_url))
-    sem = asyncio.Semaphore(64)
-
-    async def one(n: int) -> None:
-        async with sem:
-            interaction = pb.Interaction(
-                input=f"question {n}", response="an answer of a typical length " * 4, origin="bench"
-            )
-            await store.create_interaction(ANONYMOUS, cid, interaction, "")
-
-    await asyncio.gather(*(one(n) for n in range(count)))
-    await store.close()
-
-
-async def _bench(args: argparse.Namespace) -> None:
+@contextlib.asynccontextmanager
+async def _echo_process() -> AsyncIterator[str]:
     child = await asyncio.create_subprocess_exec(
-        sys.executable, __file__, "--serve",
-        "--appendfsync", args.appendfsync, "--redis", args.redis,
-        *(["--batch-window", str(args.batch_window)] if args.batch_window is not None else []),
-        stdout=asyncio.subprocess.PIPE, cwd=ROOT,
-    )  # fmt: skip
+        sys.executable, __file__, "--serve-echo", stdout=asyncio.subprocess.PIPE, cwd=ROOT
+    )
     assert child.stdout is not None
-    ports = json.loads(await child.stdout.readline())
     try:
-        await _measure(args, ports)
+        port = json.loads(await child.stdout.readline())["port"]
+        yield f"127.0.0.1:{port}"
     finally:
         child.send_signal(signal.SIGTERM)
         await child.wait()
 
 
-async def _measure(args: argparse.Namespace, ports: dict) -> None:
-    echo_ch = grpc.aio.insecure_channel(f"127.0.0.1:{ports['echo']}")
-    mem_ch = grpc.aio.insecure_channel(f"127.0.0.1:{ports['memory']}")
-    echo = echo_ch.unary_unary(ECHO_METHOD)
-    stub = pb_grpc.MemoryServiceStub(mem_ch)
+@contextlib.asynccontextmanager
+async def _memory_process(redis_url: str, cluster: bool, data: Path) -> AsyncIterator[str]:
+    """``python -m services.memory`` as deployed, configured by environment."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GENSEARCH_")}
+    env.update(
+        GENSEARCH_MEMORY_REDIS_URL=redis_url,
+        GENSEARCH_MEMORY_REDIS_CLUSTER="true" if cluster else "false",
+        GENSEARCH_MEMORY_PORT=str(port),
+        GENSEARCH_MEMORY_METRICS_PORT="0",
+        GENSEARCH_DATA_DIR=str(data),
+        GENSEARCH_LOG_LEVEL="WARNING",
+    )
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.memory", cwd=ROOT, env=env
+    )
+    address = f"127.0.0.1:{port}"
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            await asyncio.wait_for(channel.channel_ready(), 60)
+        yield address
+    finally:
+        child.send_signal(signal.SIGTERM)
+        await child.wait()
 
-    payload = pb.CreateInteractionRequest(
-        conversation_id="0190a6f2-8c4e-7b3a-9f1d-2e5c6a7b8c9d",
-        input="What is the capital of France?",
-        response="The capital of France is Paris. " * 4,
-        origin="bench",
-    ).SerializeToString()
 
-    convs = [
-        (
-            await stub.CreateConversation(pb.CreateConversationRequest(name=f"w{w}"))
-        ).conversation.conversation_id
-        for w in range(32)
-    ]
+@contextlib.asynccontextmanager
+async def _redis(mode: str, data: Path, appendfsync: str) -> AsyncIterator[str]:
+    if mode == "cluster":
+        cluster = LocalCluster(data / "cluster", appendfsync=appendfsync)
+        try:
+            await cluster.start()
+            yield cluster.url
+        finally:
+            cluster.stop()
+    else:
+        server = RedisProcess(data / "redis", appendfsync=appendfsync)
+        await server.start()
+        try:
+            yield server.url
+        finally:
+            await server.stop()
 
-    def echo_factory(w: int) -> Call:
-        return lambda: echo(payload)
 
-    def create_factory(w: int) -> Call:
-        request = pb.CreateInteractionRequest(
-            conversation_id=convs[w],
-            input="What is the capital of France?",
-            response="The capital of France is Paris. " * 4,
-            origin="bench",
-        )
-        return lambda: stub.CreateInteraction(request)
+# ---- measuring -------------------------------------------------------------------------
 
-    small = (await stub.CreateConversation(pb.CreateConversationRequest())).conversation
-    await _fill(ports["redis"], small.conversation_id, 10)
-    big = (await stub.CreateConversation(pb.CreateConversationRequest())).conversation
-    await _fill(ports["redis"], big.conversation_id, 10_000)
 
-    def get_factory(w: int) -> Call:
-        request = pb.GetConversationRequest(conversation_id=convs[w])
-        return lambda: stub.GetConversation(request)
+async def _rate(call_factory: Callable[[int], Call], in_flight: int, seconds: float) -> float:
+    """Calls per second with ``in_flight`` workers, each calling back to back."""
+    done = 0
+    deadline = time.perf_counter() + seconds
 
-    def list_factory(w: int) -> Call:
-        request = pb.ListInteractionsRequest(conversation_id=small.conversation_id, page_size=10)
-        return lambda: stub.ListInteractions(request)
+    async def worker(w: int) -> None:
+        nonlocal done
+        call = call_factory(w)
+        while time.perf_counter() < deadline:
+            await call()
+            done += 1
 
-    factories = {
-        "echo": echo_factory,
-        "GetConversation": get_factory,
-        "CreateInteraction": create_factory,
-        "ListInteractions(10)": list_factory,
-    }
-    rows: list[tuple[str, dict]] = []
-    for in_flight in args.in_flight:
-        measured = await _compare(factories, in_flight, args.seconds, args.rounds)
-        rows += [(f"{name:<21}x{in_flight:<2}", r) for name, r in measured.items()]
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(w) for w in range(in_flight)))
+    return done / (time.perf_counter() - started)
 
-    # A page from the middle of the long conversation: page there, then time that page.
-    token = ""
-    for _ in range(50):
-        page = await stub.ListInteractions(
-            pb.ListInteractionsRequest(
-                conversation_id=big.conversation_id, page_size=100, page_token=token
+
+async def _interleaved(
+    factories: dict[str, Callable[[int], Call]], in_flight: int, rounds: int, seconds: float
+) -> dict[str, list[float]]:
+    for factory in factories.values():  # warm up connections, scripts and code paths
+        await asyncio.gather(*(factory(w)() for w in range(in_flight)))
+    rates: dict[str, list[float]] = {name: [] for name in factories}
+    for _ in range(rounds):
+        for name, factory in factories.items():
+            rates[name].append(await _rate(factory, in_flight, seconds))
+    return rates
+
+
+def _spread(values: list[float], fmt: str) -> str:
+    return f"{statistics.median(values):{fmt}} ({min(values):{fmt}}-{max(values):{fmt}})"
+
+
+class _Floor:
+    """redis-py running the create script itself, with the keys and arguments of the store."""
+
+    def __init__(self, redis: RedisClient) -> None:
+        self._redis = redis
+        self._tag = MemoryStore(redis).tag(ANONYMOUS)
+        self._script = redis.register_script(lua_source("create_interaction"))  # type: ignore[misc]
+        self._ids = UUIDv7Generator()
+
+    def call(self, cid: str) -> Call:
+        tag = self._tag
+        data = pb.Interaction(
+            conversation_id=cid, input=QUESTION, response=ANSWER, origin="bench"
+        ).SerializeToString()
+
+        def create() -> Awaitable[Any]:
+            iid, now = self._ids.new()
+            keys = [f"{tag}:conv:{cid}", f"{tag}:conv:{cid}:ints", f"{tag}:int:{iid}",
+                    f"{tag}:convs", f"{tag}:req:"]  # fmt: skip
+            return self._script(keys=keys, args=[ANONYMOUS, tag, cid, iid, now, "", 1000, data])
+
+        return create
+
+    async def check_created_by_service(self, cid: str) -> None:
+        if not await self._redis.exists(f"{self._tag}:conv:{cid}"):
+            raise SystemExit(
+                "the memory service does not use the Redis this bench started "
+                "(were its GENSEARCH_* setting names changed?)"
             )
+
+
+async def _mode(mode: str, echo_address: str, args: argparse.Namespace) -> list[str]:
+    data = Path(tempfile.mkdtemp(prefix=f"bench-memory-{mode}-"))
+    lines = []
+    async with (
+        _redis(mode, data, args.appendfsync) as url,
+        _memory_process(url, mode == "cluster", data) as address,
+        grpc.aio.insecure_channel(echo_address) as echo_channel,
+        grpc.aio.insecure_channel(address) as channel,
+    ):
+        redis = connect(url, cluster=mode == "cluster", socket_timeout=5, connect_timeout=2)
+        floor = _Floor(redis)
+        stub = pb_grpc.MemoryServiceStub(channel)
+        echo = echo_channel.unary_unary(ECHO_METHOD)
+        width = max(args.in_flight)
+        convs = [
+            (
+                await stub.CreateConversation(pb.CreateConversationRequest(name=f"w{w}"))
+            ).conversation.conversation_id
+            for w in range(2 * width)
+        ]
+        await floor.check_created_by_service(convs[0])
+        payload = pb.CreateInteractionRequest(
+            conversation_id=convs[0], input=QUESTION, response=ANSWER, origin="bench"
+        ).SerializeToString()
+
+        def service(w: int) -> Call:
+            request = pb.CreateInteractionRequest(
+                conversation_id=convs[w], input=QUESTION, response=ANSWER, origin="bench"
+            )
+            return lambda: stub.CreateInteraction(request)
+
+        factories = {
+            "echo": lambda w: lambda: echo(payload),
+            "redis-py": lambda w: floor.call(convs[width + w]),
+            "service": service,
+        }
+        for in_flight in args.in_flight:
+            rates = await _interleaved(factories, in_flight, args.rounds, args.slice)
+            service_rates = rates["service"]
+            for name, values in rates.items():
+                share = ""
+                if name != "service":
+                    ratios = [s / v for s, v in zip(service_rates, values, strict=True)]
+                    share = f"service = {_spread(ratios, '.0%')} of it"
+                lines.append(
+                    f"{mode:<11}x{in_flight:<3}{name:<10}{_spread(values, ',.0f'):>24}  {share}"
+                )
+        if mode == "standalone" and args.list:
+            lines += await _list_latency(stub, floor, args.samples)
+        await redis.aclose()
+    return lines
+
+
+async def _list_latency(stub: pb_grpc.MemoryServiceStub, floor: _Floor, samples: int) -> list[str]:
+    async def conversation(size: int) -> str:
+        cid = (await stub.CreateConversation(pb.CreateConversationRequest())).conversation
+        create = floor.call(cid.conversation_id)
+        for start in range(0, size, 200):
+            await asyncio.gather(*(create() for _ in range(min(200, size - start))))
+        return cid.conversation_id
+
+    small, big = await conversation(10), await conversation(10_000)
+    token = ""
+    for _ in range(50):  # to the middle of the long one, 100 at a time
+        page = await stub.ListInteractions(
+            pb.ListInteractionsRequest(conversation_id=big, page_size=100, page_token=token)
         )
         token = page.next_page_token
 
-    def list_call(cid: str, page_token: str = "") -> Call:
+    async def p50(cid: str, page_token: str = "") -> float:
         request = pb.ListInteractionsRequest(
             conversation_id=cid, page_size=10, page_token=page_token
         )
-        return lambda: stub.ListInteractions(request)
+        for _ in range(20):
+            await stub.ListInteractions(request)
+        times = []
+        for _ in range(samples):
+            started = time.perf_counter()
+            await stub.ListInteractions(request)
+            times.append(time.perf_counter() - started)
+        return statistics.median(times) * 1000
 
-    cases = [
-        ("10 interactions, first page", list_call(small.conversation_id)),
-        ("10,000 interactions, first page", list_call(big.conversation_id)),
-        ("10,000 interactions, page at 5,000", list_call(big.conversation_id, token)),
+    return [
+        "",
+        "ListInteractions, page_size 10, 1 in flight (standalone): p50 "
+        f"{await p50(small):.2f} ms (10 interactions), {await p50(big):.2f} ms (10,000, first "
+        f"page), {await p50(big, token):.2f} ms (10,000, page at 5,000)",
     ]
-    lat = [(name, await _latency(call, args.samples)) for name, call in cases]
 
+
+async def _bench(args: argparse.Namespace) -> None:
+    started = time.perf_counter()
+    lines = []
+    async with _echo_process() as echo_address:
+        for mode in args.modes:
+            lines += await _mode(mode, echo_address, args)
     print(
-        f"\nappendfsync={args.appendfsync}, redis over {args.redis}, batch window "
-        f"{'default' if args.batch_window is None else f'{args.batch_window:g} s'}, "
-        f"{args.seconds:g} s per row "
-        f"in {args.rounds} interleaved rounds, cpus={os.cpu_count()}"
+        f"\nmemory bench {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores, "
+        f"appendfsync {args.appendfsync}, {args.rounds} interleaved rounds of {args.slice:g} s"
     )
-    print(f"{'calls':<26}{'calls/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'vs echo':>9}")
-    for name, r in rows:
-        print(
-            f"{name:<26}{r['rate']:>10,.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['ratio']:>8.0%}"
-        )
-    print(f"\n{'ListInteractions page_size=10, 1 in flight':<44}{'p50 ms':>8}{'p99 ms':>8}")
-    for name, r in lat:
-        print(f"{name:<44}{r['p50_ms']:>8.2f}{r['p99_ms']:>8.2f}")
-    ratio = lat[1][1]["p50_ms"] / lat[0][1]["p50_ms"]
-    print(f"\nlist p50 10,000 vs 10 interactions: {ratio:.2f}x (target: ~1, independent of length)")
-    create_ratios = [r["ratio"] for n, r in rows if n.startswith("CreateInteraction")]
-    levels = ", ".join(f"x{n}" for n in args.in_flight)
-    print(
-        "CreateInteraction vs echo: "
-        + ", ".join(f"{r:.0%}" for r in create_ratios)
-        + f" ({levels}; target >= 70%)"
-    )
-    await echo_ch.close()
-    await mem_ch.close()
+    print(f"{'mode':<11}{'calls':<14}{'calls/s median (range)':>24}")
+    print("\n".join(lines))
+    print(f"\n({time.perf_counter() - started:.0f} s)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=3.0, help="per throughput row")
-    parser.add_argument("--rounds", type=int, default=6, help="interleaved slices per row")
-    parser.add_argument("--samples", type=int, default=1000, help="per latency row")
-    parser.add_argument(
-        "--in-flight", type=lambda v: [int(n) for n in v.split(",")], default=[1, 32],
-        help="comma-separated concurrency levels (default 1,32)",
-    )  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved slices per kind")
+    parser.add_argument("--slice", type=float, default=0.6, help="seconds per slice")
+    parser.add_argument("--samples", type=int, default=300, help="per list latency row")
+
+    def levels(value: str) -> list[int]:
+        return [int(n) for n in value.split(",")]
+
+    parser.add_argument("--in-flight", type=levels, default=[1, 32], help="default 1,32")
+    parser.add_argument("--modes", type=lambda v: v.split(","), default=["standalone", "cluster"])
     parser.add_argument("--appendfsync", default="everysec", choices=["always", "everysec", "no"])
-    parser.add_argument(
-        "--redis", default="unix", choices=["unix", "tcp"],
-        help="how the memory service reaches its Redis (the embedded default: unix)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--batch-window", type=float, default=None,
-        help="the service's GENSEARCH_REDIS_BATCH_WINDOW in seconds (default: its default)",
-    )  # fmt: skip
-    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--no-list", dest="list", action="store_false", help="skip list latency")
+    parser.add_argument("--serve-echo", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.serve:
-        asyncio.run(_serve(args.appendfsync, args.redis, args.batch_window))
-    else:
-        asyncio.run(_bench(args))
+    asyncio.run(_serve_echo() if args.serve_echo else _bench(args))
 
 
 if __name__ == "__main__":

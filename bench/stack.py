@@ -35,13 +35,12 @@ if str(ROOT) not in sys.path:
 
 import grpc  # noqa: E402
 
-from services.common.child_process import die_with_parent  # noqa: E402
-from services.common.redis_process import free_port  # noqa: E402
+from services.devlaunch.processes import die_with_parent, free_port  # noqa: E402
 from tests.support.processes import wait_serving  # noqa: E402
 
 # -- environment variable names ---------------------------------------------------------
-# Today's names: GENSEARCH_ + the settings field (services/*/settings.py). Issue 11 §4
-# moves per-service settings into per-service namespaces; rename them here only.
+# Shared settings are GENSEARCH_<FIELD>, a service's own GENSEARCH_<SERVICE>_<FIELD>
+# (services/common/settings.py, services/*/settings.py). Renamed: change them here only.
 HOST = "GENSEARCH_HOST"
 DATA_DIR = "GENSEARCH_DATA_DIR"
 INTERNAL_TOKEN = "GENSEARCH_INTERNAL_TOKEN"
@@ -49,26 +48,26 @@ LOG_LEVEL = "GENSEARCH_LOG_LEVEL"
 
 MEMORY_PORT = "GENSEARCH_MEMORY_PORT"
 MEMORY_METRICS_PORT = "GENSEARCH_MEMORY_METRICS_PORT"
-MEMORY_REDIS_URL = "GENSEARCH_REDIS_URL"  # empty: the service starts its own Redis
+MEMORY_REDIS_URL = "GENSEARCH_MEMORY_REDIS_URL"  # empty: the service starts its own Redis
 
 RETRIEVAL_PORT = "GENSEARCH_RETRIEVAL_PORT"
 RETRIEVAL_METRICS_PORT = "GENSEARCH_RETRIEVAL_METRICS_PORT"
-RETRIEVAL_QDRANT_URL = "GENSEARCH_QDRANT_URL"  # empty: qdrant-edge in the data dir
-RETRIEVAL_MAX_BATCH_SIZE = "GENSEARCH_MAX_BATCH_SIZE"
-RETRIEVAL_LOCAL_EMBED_THREADS = "GENSEARCH_LOCAL_EMBED_THREADS"
+RETRIEVAL_QDRANT_URL = "GENSEARCH_RETRIEVAL_QDRANT_URL"  # empty: qdrant-edge in the data dir
+RETRIEVAL_MAX_BATCH_SIZE = "GENSEARCH_RETRIEVAL_MAX_BATCH_SIZE"
+RETRIEVAL_LOCAL_EMBED_THREADS = "GENSEARCH_RETRIEVAL_LOCAL_EMBED_THREADS"
 
 GENERATION_PORT = "GENSEARCH_GENERATION_PORT"
 GENERATION_METRICS_PORT = "GENSEARCH_GENERATION_METRICS_PORT"
-GENERATION_PROVIDERS = "GENSEARCH_PROVIDERS"
-GENERATION_DEFAULT_PROVIDER = "GENSEARCH_DEFAULT_PROVIDER"
-GENERATION_LOCAL_LLM_AUTOSTART = "GENSEARCH_LOCAL_LLM_AUTOSTART"
+GENERATION_PROVIDERS = "GENSEARCH_GENERATION_PROVIDERS"
+GENERATION_DEFAULT_PROVIDER = "GENSEARCH_GENERATION_DEFAULT_PROVIDER"
+GENERATION_LOCAL_LLM_AUTOSTART = "GENSEARCH_GENERATION_LOCAL_LLM_AUTOSTART"
 
 GATEWAY_PORT = "GENSEARCH_GATEWAY_PORT"
 GATEWAY_METRICS_PORT = "GENSEARCH_GATEWAY_METRICS_PORT"
-GATEWAY_MEMORY_ADDR = "GENSEARCH_MEMORY_ADDR"
-GATEWAY_RETRIEVAL_ADDR = "GENSEARCH_RETRIEVAL_ADDR"
-GATEWAY_GENERATION_ADDR = "GENSEARCH_GENERATION_ADDR"
-GATEWAY_DEFAULT_MAX_CONCURRENCY = "GENSEARCH_DEFAULT_MAX_CONCURRENCY"
+GATEWAY_MEMORY_ADDR = "GENSEARCH_GATEWAY_MEMORY_ADDR"
+GATEWAY_RETRIEVAL_ADDR = "GENSEARCH_GATEWAY_RETRIEVAL_ADDR"
+GATEWAY_GENERATION_ADDR = "GENSEARCH_GATEWAY_GENERATION_ADDR"
+GATEWAY_DEFAULT_MAX_CONCURRENCY = "GENSEARCH_GATEWAY_DEFAULT_MAX_CONCURRENCY"
 
 # -- what every benchmark shares --------------------------------------------------------
 TOKEN = "bench-internal-token"
@@ -132,6 +131,12 @@ class ServiceProcess:
             await self.stop()
             tail = self.log.read_text(errors="replace")[-3000:]
             raise RuntimeError(f"services.{self.name} did not serve ({err}):\n{tail}") from None
+        # A service names the GENSEARCH_ variables it does not know: a renamed setting would
+        # otherwise leave the benchmark measuring defaults.
+        unknown = [x for x in self.log.read_text().splitlines() if "unknown GENSEARCH_" in x]
+        if unknown:
+            await self.stop()
+            raise RuntimeError(f"services.{self.name}: {unknown[0]}")
         return self
 
     async def stop(self) -> None:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from services.common.redis_process import RedisProcess
+from services.devlaunch.redis_server import RedisProcess
+from tests.support.spans import spans_fixture  # noqa: F401  (the `spans` fixture)
 
 # Model weights come from packages on disk, never from a hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -61,7 +61,8 @@ def add_status_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
             f"--{part}-address",
             metavar="HOST:PORT",
-            help=f"check the {part} service directly here (env GENSEARCH_{part.upper()}_ADDR); "
+            help=f"check the {part} service directly here (env "
+            f"GENSEARCH_GATEWAY_{part.upper()}_ADDR, as the gateway reads it); "
             "default: through the gateway",
         )
 
@@ -91,7 +92,7 @@ async def status(client: Client, args: argparse.Namespace) -> int:
     for part in PARTS:
         direct = (
             getattr(args, f"{part}_address", None)
-            or os.environ.get(f"GENSEARCH_{part.upper()}_ADDR")
+            or os.environ.get(f"GENSEARCH_GATEWAY_{part.upper()}_ADDR")
             or running.get(part)
         )
         if direct:

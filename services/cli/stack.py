@@ -3,8 +3,11 @@
 One asyncio process serves the four gRPC services in-process (each service's own
 ``build_server``); two child processes do what Python should not: a Redis-protocol server
 (AOF in ``<data dir>/redis``) and the local LLM server (``llama_cpp.server`` with the
-bundled SmolLM2 model). Each part is replaceable by configuration: ``--redis-url``,
+bundled SmolLM2 model), started by the same dev-only launchers (``services.devlaunch``)
+a service run alone uses. Each part is replaceable by configuration: ``--redis-url``,
 ``--qdrant-url``, ``--llm-provider``/``--llm-base-url`` (then no local LLM is started).
+Every service reads the rest of its settings from its own ``GENSEARCH_<SERVICE>_*``
+variables, as it does when run alone.
 
 Start order: Redis, the LLM server and the embedding model (side by side), then memory,
 retrieval and generation, then the gateway (which needs their addresses). Ctrl-C or SIGTERM
@@ -36,8 +39,13 @@ from services.cli.client import CliError, check_health
 
 if TYPE_CHECKING:
     from services.common.server import GrpcServer
+    from services.common.settings import CommonSettings
+    from services.generation.settings import GenerationSettings
+    from services.memory.settings import MemorySettings
+    from services.retrieval.settings import RetrievalSettings
 
 STACK_FILE = "stack.json"
+PARTS = ("memory", "retrieval", "generation")  # what the gateway calls
 GRACE_SECONDS = 5.0
 DEFAULT_DEMO_LIMIT = 300
 
@@ -70,19 +78,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--redis-url",
-        default=env("GENSEARCH_REDIS_URL", ""),
-        help="use this Redis instead of starting one (env GENSEARCH_REDIS_URL)",
+        default=env("GENSEARCH_MEMORY_REDIS_URL", ""),
+        help="use this Redis instead of starting one (env GENSEARCH_MEMORY_REDIS_URL)",
     )
     parser.add_argument(
         "--qdrant-url",
-        default=env("GENSEARCH_QDRANT_URL", ""),
-        help="use this Qdrant server instead of the embedded engine (env GENSEARCH_QDRANT_URL)",
+        default=env("GENSEARCH_RETRIEVAL_QDRANT_URL", ""),
+        help="use this Qdrant server instead of the embedded engine "
+        "(env GENSEARCH_RETRIEVAL_QDRANT_URL)",
     )
     parser.add_argument(
         "--llm-provider",
-        default=env("GENSEARCH_DEFAULT_PROVIDER", "local"),
+        default=env("GENSEARCH_GENERATION_DEFAULT_PROVIDER", "local"),
         help="default LLM provider: local (started here), openai, anyscale, vllm, ollama … "
-        "(env GENSEARCH_DEFAULT_PROVIDER)",
+        "(env GENSEARCH_GENERATION_DEFAULT_PROVIDER)",
     )
     parser.add_argument(
         "--llm-base-url",
@@ -195,14 +204,30 @@ async def start(args: argparse.Namespace) -> Stack:
     except BaseException as err:
         await stack.close()
         if isinstance(err, ValidationError):
-            # Locations and messages only: a rejected value may be a secret.
-            problems = "; ".join(
-                f"GENSEARCH_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
-                for e in err.errors()
-            )
-            raise CliError(f"invalid setting: {problems}") from None
+            raise CliError(f"invalid setting: {_setting_problems(err)}") from None
         raise
     return stack
+
+
+def _setting_problems(err: ValidationError) -> str:
+    """Variable names and messages only: a rejected value may be a secret."""
+    classes = {cls.__name__: cls for cls in _settings_classes()}
+    cls = classes.get(err.title)
+    env_of = {field: name for name, field in cls.env_names().items()} if cls else {}
+    problems = []
+    for e in err.errors():
+        field = str(e["loc"][0]) if e["loc"] else ""
+        problems.append(f"{env_of.get(field, field.upper())}: {e['msg']}")
+    return "; ".join(problems)
+
+
+def _settings_classes() -> tuple[type[CommonSettings], ...]:
+    from services.gateway.settings import GatewaySettings
+    from services.generation.settings import GenerationSettings
+    from services.memory.settings import MemorySettings
+    from services.retrieval.settings import RetrievalSettings
+
+    return MemorySettings, RetrievalSettings, GenerationSettings, GatewaySettings
 
 
 def _prepare_data_dir(name: str) -> Path:
@@ -214,30 +239,35 @@ def _prepare_data_dir(name: str) -> Path:
 async def _start_parts(stack: Stack) -> None:
     args = stack.args
     say(f"starting gensearch (data in {stack.data_dir})")
-    redis_url, llm_base_url, embedder = await _start_backends(stack)
 
+    from services.common.settings import warn_unknown_variables
     from services.gateway.__main__ import build_server as build_gateway
     from services.gateway.settings import GatewaySettings
     from services.generation.__main__ import build_server as build_generation
-    from services.generation.settings import GenerationSettings
     from services.memory.__main__ import build_server as build_memory
     from services.memory.settings import MemorySettings
     from services.retrieval.__main__ import build_server as build_retrieval
     from services.retrieval.settings import RetrievalSettings
 
+    # Each service reads the rest of its settings from its own namespace, as when run alone.
     shared: dict[str, Any] = {
         "data_dir": stack.data_dir,
         "host": args.host,
         "internal_token": stack.token,
         "log_level": args.log_level.upper(),
     }
-    memory_settings = MemorySettings(**shared, redis_url=SecretStr(redis_url))
+    memory_settings = MemorySettings(**shared, redis_url=SecretStr(args.redis_url))
     retrieval_settings = RetrievalSettings(**shared, qdrant_url=args.qdrant_url)
-    generation_settings = GenerationSettings(
-        **shared,
-        default_provider=args.llm_provider,
-        providers=_provider_overrides(args, llm_base_url),
+    generation_settings = _generation_settings(args, shared)
+    gateway_settings = GatewaySettings(**shared)
+    # Before the slow parts: all four run here, so a variable none of them reads is a typo.
+    warn_unknown_variables(
+        memory_settings, retrieval_settings, generation_settings, gateway_settings
     )
+    redis_url, embedder = await _start_backends(
+        stack, memory_settings, retrieval_settings, generation_settings
+    )
+    memory_settings = memory_settings.model_copy(update={"redis_url": SecretStr(redis_url)})
     keys = memory_settings.api_key_map()
     stack.api_key = next(iter(keys), "")
 
@@ -247,7 +277,7 @@ async def _start_parts(stack: Stack) -> None:
     async def retrieval() -> GrpcServer:
         return await build_retrieval(
             retrieval_settings,
-            metrics_port=retrieval_settings.retrieval_metrics_port,
+            metrics_port=retrieval_settings.metrics_port,
             local_embedder=embedder,
         )
 
@@ -258,11 +288,8 @@ async def _start_parts(stack: Stack) -> None:
     for name, build in (("memory", memory), ("retrieval", retrieval), ("generation", generation)):
         await _serve(stack, name, build)
 
-    gateway_settings = GatewaySettings(
-        **shared,
-        memory_addr=stack.parts["memory"].address,
-        retrieval_addr=stack.parts["retrieval"].address,
-        generation_addr=stack.parts["generation"].address,
+    gateway_settings = gateway_settings.model_copy(
+        update={f"{name}_addr": stack.parts[name].address for name in PARTS}
     )
 
     async def gateway() -> GrpcServer:
@@ -274,15 +301,20 @@ async def _start_parts(stack: Stack) -> None:
     stack._exit.push_async_callback(_remove_stack_file, stack)
 
 
-async def _start_backends(stack: Stack) -> tuple[str, str, Any]:
+async def _start_backends(
+    stack: Stack,
+    memory: MemorySettings,
+    retrieval: RetrievalSettings,
+    generation: GenerationSettings,
+) -> tuple[str, Any]:
     """Redis, the local LLM server and the embedding model, side by side (they are slow)."""
     args = stack.args
     tasks: dict[str, asyncio.Task[Any]] = {}
     if not args.redis_url:
-        tasks["redis"] = asyncio.create_task(_start_redis(stack))
-    if _wants_local_llm(args):
-        tasks["llm"] = asyncio.create_task(_start_llm(stack))
-    tasks["embeddings"] = asyncio.create_task(_load_embedder(stack))
+        tasks["redis"] = asyncio.create_task(_start_redis(stack, memory))
+    if generation.local_llm_autostart:
+        tasks["llm"] = asyncio.create_task(_start_llm(stack, generation))
+    tasks["embeddings"] = asyncio.create_task(_load_embedder(stack, retrieval))
     try:
         await asyncio.gather(*tasks.values())
     except BaseException:
@@ -293,41 +325,45 @@ async def _start_backends(stack: Stack) -> tuple[str, str, Any]:
     redis_url = tasks["redis"].result() if "redis" in tasks else args.redis_url
     if "redis" not in tasks:
         say(f"  {'redis':<11} external {_redact_url(args.redis_url)}")
-    llm_base_url = tasks["llm"].result() if "llm" in tasks else args.llm_base_url
     if "llm" not in tasks:
-        where = llm_base_url or "its configured endpoint"
+        where = args.llm_base_url or "its configured endpoint"
         say(f"  {'llm':<11} external provider {args.llm_provider!r} at {where}")
     if args.qdrant_url:
         say(f"  {'qdrant':<11} external {_redact_url(args.qdrant_url)}")
     else:
         say(f"  {'qdrant':<11} embedded engine in {stack.data_dir / 'qdrant'}")
-    return redis_url, llm_base_url, tasks["embeddings"].result()
+    return redis_url, tasks["embeddings"].result()
 
 
-def _wants_local_llm(args: argparse.Namespace) -> bool:
-    return (
+def _generation_settings(args: argparse.Namespace, shared: dict[str, Any]) -> GenerationSettings:
+    """The local provider on a free loopback port with autostart on, unless the user named
+    another provider or a base URL; the launcher then starts it from these settings, as it
+    does for ``python -m services.generation``."""
+    from services.devlaunch.processes import free_port
+    from services.generation.settings import GenerationSettings, provider_prefix
+
+    wants_local = (
         args.llm_provider == "local"
         and not args.llm_base_url
-        and not os.environ.get("GENSEARCH_LOCAL_BASE_URL")
+        and not os.environ.get(provider_prefix("local") + "BASE_URL")
+    )
+    base_url = f"http://127.0.0.1:{free_port()}/v1" if wants_local else args.llm_base_url
+    return GenerationSettings(
+        **shared,
+        default_provider=args.llm_provider,
+        providers=_provider_overrides(args, base_url),
+        local_llm_autostart=wants_local,
     )
 
 
-async def _start_redis(stack: Stack) -> str:
-    from services.common.redis_process import RedisProcess
-    from services.memory.settings import MemorySettings
+async def _start_redis(stack: Stack, settings: MemorySettings) -> str:
+    from services.devlaunch.redis_server import start_embedded
 
     started = time.perf_counter()
-    fsync = MemorySettings().redis_appendfsync
-    redis = RedisProcess(stack.data_dir / "redis", appendfsync=fsync, host="127.0.0.1")
-    try:
-        await redis.start()
-    except BaseException:
-        await redis.stop()
-        raise
-    stack.push("redis", redis.stop)
+    redis = await start_embedded(stack.data_dir / "redis", appendfsync=settings.redis_appendfsync)
     # Restarted in place if it dies (same port, same AOF): the memory service's client
     # reconnects by itself, so a Redis crash costs a moment of UNAVAILABLE, not the stack.
-    redis.supervise()
+    stack.push("redis", redis.stop)
     say(
         f"  {'redis':<11} ready    {redis.url} (AOF in {redis.data_dir}) "
         f"{time.perf_counter() - started:.1f}s"
@@ -335,32 +371,27 @@ async def _start_redis(stack: Stack) -> str:
     return redis.socket_url
 
 
-async def _start_llm(stack: Stack) -> str:
-    from services.generation.local_llm import LocalLLMServer, LocalLLMUnavailable
+async def _start_llm(stack: Stack, settings: GenerationSettings) -> None:
+    from services.devlaunch.llm_server import LocalLLMUnavailable, start_local_llm
 
     started = time.perf_counter()
-    llm = LocalLLMServer(host="127.0.0.1")
     try:
-        base_url = await llm.start()
+        llm = await start_local_llm(settings)
     except LocalLLMUnavailable as err:
         raise CliError(
             f"{err} (or run with --llm-provider openai --llm-key … / --llm-base-url URL)"
         ) from None
-    except BaseException:
-        await llm.stop()
-        raise
+    if llm is None:  # pragma: no cover - autostart is on whenever this runs
+        return
     stack.push("llm", llm.stop)
     stack.children["llm"] = llm
-    say(f"  {'llm':<11} ready    {base_url} ({llm.alias}) {time.perf_counter() - started:.1f}s")
-    return base_url
+    say(f"  {'llm':<11} ready    {llm.base_url} ({llm.alias}) {time.perf_counter() - started:.1f}s")
 
 
-async def _load_embedder(stack: Stack) -> Any:
+async def _load_embedder(stack: Stack, settings: RetrievalSettings) -> Any:
     from services.retrieval.embedders import LocalEmbedder
-    from services.retrieval.settings import RetrievalSettings
 
     started = time.perf_counter()
-    settings = RetrievalSettings()
     path = Path(settings.local_model_path) if settings.local_model_path else None
     embedder = LocalEmbedder(path, batch_size=settings.embed_batch_size)
 

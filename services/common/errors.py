@@ -111,6 +111,14 @@ class Unavailable(ServiceError):
     default_reason = "UNAVAILABLE"
 
 
+class Cancelled(ServiceError):
+    """A downstream call cancelled on the far side (its server shutting down, say): the
+    gateway's caller hears CANCELLED too, not INTERNAL."""
+
+    code = grpc.StatusCode.CANCELLED
+    default_reason = "CANCELLED"
+
+
 class Internal(ServiceError):
     code = grpc.StatusCode.INTERNAL
     default_reason = "INTERNAL"
@@ -119,6 +127,7 @@ class Internal(ServiceError):
 _BY_CODE: dict[grpc.StatusCode, type[ServiceError]] = {
     cls.code: cls
     for cls in (
+        Cancelled,
         InvalidArgument,
         NotFound,
         AlreadyExists,

@@ -1,8 +1,8 @@
 """Server bootstrap shared by every service.
 
-``GrpcServer`` wires a ``grpc.aio`` server with the chassis (identity, errors and metrics
-around every method of our services), gRPC health checking, server reflection and
-(optionally) a Prometheus endpoint. ``run_until_signal`` runs it
+``GrpcServer`` wires a ``grpc.aio`` server with the chassis (identity, errors, metrics,
+tracing and the access log around every method of our services), gRPC health checking,
+server reflection and (optionally) a Prometheus endpoint. ``run_until_signal`` runs it
 until SIGTERM/SIGINT, then shuts down gracefully: health goes NOT_SERVING first (so
 Kubernetes stops routing), in-flight calls get ``grace_period`` seconds to finish.
 """
@@ -26,6 +26,7 @@ from services.common.chassis import ChassisRegistry
 from services.common.logs import register_secret
 from services.common.metrics import serve_metrics, server_name
 from services.common.settings import CommonSettings
+from services.common.tracing import tracer
 
 log = logging.getLogger("gensearch.server")
 
@@ -67,9 +68,11 @@ class GrpcServer:
 
     def add_service(self, registrar: Registrar, servicer: Any, full_name: str) -> None:
         """Registers a servicer through its generated ``add_*_to_server`` function, with the
-        chassis around every method. The first service names the server in metrics."""
+        chassis around every method. The first service names the server in metrics and
+        traces (``service.name=gensearch-<name>``)."""
         if self._chassis is None:
-            self._chassis = ChassisRegistry(self.server, self.authenticator, server_name(full_name))
+            name = server_name(full_name)
+            self._chassis = ChassisRegistry(self.server, self.authenticator, name, tracer(name))
         registrar(servicer, self._chassis)
         self._service_names.append(full_name)
 

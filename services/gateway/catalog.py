@@ -7,11 +7,9 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-import grpc
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 
-from services.common.errors import from_rpc_error
-from services.gateway.clients import Caller, Downstream
+from services.gateway.clients import Caller, RetrievalClient
 
 _TEXT = (ret_pb.DATA_TYPE_TEXT, ret_pb.DATA_TYPE_TEXT_ARRAY)
 
@@ -39,8 +37,8 @@ class CollectionInfo:
 
 
 class Catalog:
-    def __init__(self, downstream: Downstream, ttl: float) -> None:
-        self._downstream = downstream
+    def __init__(self, retrieval: RetrievalClient, ttl: float) -> None:
+        self._retrieval = retrieval
         self._ttl = ttl
         # Keyed by user too: whether a caller may read a collection is retrieval's call.
         self._cache: dict[tuple[str, str], tuple[float, CollectionInfo]] = {}
@@ -51,15 +49,7 @@ class Catalog:
         cached = self._cache.get(key)
         if cached is not None and now - cached[0] < self._ttl:
             return cached[1]
-        try:
-            response = await self._downstream.retrieval.GetCollection(
-                ret_pb.GetCollectionRequest(name=name),
-                metadata=caller.identity,
-                timeout=timeout,
-            )
-        except grpc.aio.AioRpcError as err:
-            raise from_rpc_error(err, "retrieval") from None
-        info = CollectionInfo.of(response.collection)
+        info = CollectionInfo.of(await self._retrieval.get_collection(name, caller, timeout))
         if self._ttl > 0:
             if len(self._cache) > 1024:
                 self._cache.clear()

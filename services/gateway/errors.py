@@ -31,12 +31,28 @@ class HitError:
     def of(cls, err: BaseException) -> HitError:
         """What a caller may see of ``err``: a ServiceError as it is, a timeout as
         DEADLINE_EXCEEDED, anything else as a generic INTERNAL (details go to the log)."""
-        if isinstance(err, ServiceError):
-            return cls(err.code, err.message, err.reason)
-        if isinstance(err, TimeoutError | asyncio.TimeoutError):
-            return deadline_exceeded()
+        known = _known(err)
+        if known is not None:
+            return known
         log.error("unexpected error in a generation call", exc_info=err)
         return cls(grpc.StatusCode.INTERNAL, "internal error", "INTERNAL")
+
+    @staticmethod
+    def outcome(err: BaseException) -> str:
+        """The status name a trace records for ``err`` (CANCELLED when the fan-out stopped
+        the call: its budget ran out or its caller left)."""
+        if isinstance(err, asyncio.CancelledError):
+            return "CANCELLED"
+        known = _known(err)
+        return "INTERNAL" if known is None else known.status
+
+
+def _known(err: BaseException) -> HitError | None:
+    if isinstance(err, ServiceError):
+        return HitError(err.code, err.message, err.reason)
+    if isinstance(err, TimeoutError | asyncio.TimeoutError):
+        return deadline_exceeded()
+    return None
 
 
 def deadline_exceeded() -> HitError:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -40,7 +40,7 @@ async def fan_out_stream(
     max_concurrency: int,
     timeout: float | None,
     unbounded: Collection[int] = (),
-) -> AsyncIterator[Delta | Outcome[T]]:
+) -> AsyncGenerator[Delta | Outcome[T], None]:
     """Yield deltas and outcomes as they happen; exactly one outcome per job.
 
     Jobs listed in ``unbounded`` (the grouped call) do not take a concurrency slot.
@@ -103,18 +103,9 @@ async def fan_out_stream(
                 await task
 
 
-async def fan_out(
-    jobs: Mapping[int, Job[T]],
-    *,
-    max_concurrency: int,
-    timeout: float | None,
-    unbounded: Collection[int] = (),
+async def collect_outcomes(
+    events: AsyncGenerator[Delta | Outcome[T], None],
 ) -> dict[int, Outcome[T]]:
-    """Every job's outcome, keyed by its index."""
-    outcomes: dict[int, Outcome[T]] = {}
-    async for event in fan_out_stream(
-        jobs, max_concurrency=max_concurrency, timeout=timeout, unbounded=unbounded
-    ):
-        if isinstance(event, Outcome):
-            outcomes[event.index] = event
-    return outcomes
+    """Every job's outcome from ``fan_out_stream``, keyed by its index (deltas dropped)."""
+    async with contextlib.aclosing(events):
+        return {event.index: event async for event in events if isinstance(event, Outcome)}

@@ -1,6 +1,7 @@
 """The memory and retrieval APIs served on the gateway's address.
 
-Every call goes downstream unchanged with the caller's identity (as the gateway
+Every call goes downstream unchanged, through the same client (channel, identity, error
+mapping) the gateway's own calls use, with the caller's identity (as the gateway
 authenticated it) and the caller's remaining deadline; the downstream status, with its
 reason and field, comes back unchanged.
 """
@@ -15,20 +16,14 @@ import grpc
 from gensearch.memory.v1 import memory_service_pb2_grpc as mem_grpc
 from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as ret_grpc
 
-from services.common.auth import current_user
-from services.common.errors import from_rpc_error
-from services.gateway.clients import Caller, caller_from
+from services.gateway.clients import caller_of
+from services.gateway.clients.base import ServiceClient
 
 
 class _Forwarder:
-    service = ""
-
-    def __init__(self, stub: Any, internal_token: str) -> None:
-        self._stub = stub
+    def __init__(self, client: ServiceClient, internal_token: str) -> None:
+        self._client = client
         self._token = internal_token
-
-    def _caller(self, context: grpc.aio.ServicerContext) -> Caller:
-        return caller_from(current_user(), context.invocation_metadata(), self._token)
 
 
 def _forward(method: str, prepare: Callable[[Any], None] | None = None) -> Any:
@@ -36,17 +31,10 @@ def _forward(method: str, prepare: Callable[[Any], None] | None = None) -> Any:
     ``request`` is the stream of requests, which the stub accepts just the same."""
 
     async def forward(self: _Forwarder, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        call = getattr(self._stub, method)
         if prepare is not None:
             prepare(request)
-        try:
-            return await call(
-                request,
-                metadata=self._caller(context).identity,
-                timeout=context.time_remaining(),
-            )
-        except grpc.aio.AioRpcError as err:
-            raise from_rpc_error(err, self.service) from None
+        caller = caller_of(context, self._token)
+        return await self._client.unary(method, request, caller, context.time_remaining())
 
     forward.__name__ = method
     return forward
@@ -60,8 +48,6 @@ def _idempotent(request: Any) -> None:
 
 
 class MemoryForwarder(_Forwarder, mem_grpc.MemoryServiceServicer):
-    service = "memory"
-
     CreateConversation = _forward("CreateConversation")
     GetConversation = _forward("GetConversation")
     ListConversations = _forward("ListConversations")
@@ -73,8 +59,6 @@ class MemoryForwarder(_Forwarder, mem_grpc.MemoryServiceServicer):
 
 
 class RetrievalForwarder(_Forwarder, ret_grpc.RetrievalServiceServicer):
-    service = "retrieval"
-
     CreateCollection = _forward("CreateCollection")
     GetCollection = _forward("GetCollection")
     ListCollections = _forward("ListCollections")

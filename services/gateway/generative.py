@@ -2,37 +2,46 @@
 
 The plan (search, templates checked against the schema, prompts rendered per hit) is
 made before any LLM call; the calls then fan out, bounded and under one budget, and every
-hit ends with its own result or its own error.
+hit ends with its own result or its own error. The request's checks live in
+``generative_request``.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypeVar
 
-import grpc
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.generation.v1 import generation_service_pb2 as gen_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from google.protobuf import json_format
+from opentelemetry import trace
 
-from services.common.errors import InvalidArgument, ServiceError, from_rpc_error
-from services.gateway import templates
-from services.gateway.catalog import Catalog, CollectionInfo
-from services.gateway.clients import Caller, Downstream
+from services.common.errors import ServiceError
+from services.common.tracing import service_tracer
+from services.gateway import generative_request, templates
+from services.gateway.backends import Backends
+from services.gateway.catalog import CollectionInfo
+from services.gateway.clients import Caller
+from services.gateway.deadline import time_left
 from services.gateway.errors import HitError
-from services.gateway.fanout import Delta, Emit, Job, Outcome, fan_out, fan_out_stream
+from services.gateway.fanout import (
+    Delta,
+    Emit,
+    Job,
+    Outcome,
+    collect_outcomes,
+    fan_out_stream,
+)
+from services.gateway.generative_request import SearchLike
 from services.gateway.generator import Options, add_usage, complete, error_result
 from services.gateway.grouped import grouped_prompt
 from services.gateway.metrics import FANOUT_SIZE, GENERATIONS
-from services.gateway.models import ModelCatalog
-from services.gateway.settings import GatewaySettings
 
 GROUPED = -1
-SearchLike = gw_pb.GenerativeSearchRequest | gw_pb.StreamGenerativeSearchRequest
-_QUERIES = ("near_text", "near_vector", "keyword", "hybrid")
+T = TypeVar("T")
 
 
 @dataclass
@@ -60,101 +69,40 @@ class Plan:
         outcome.value.prompt = prompt
         return outcome.value
 
+    def events(self) -> AsyncGenerator[Delta | Outcome[gw_pb.GenerationResult], None]:
+        """The jobs fanned out: deltas and one outcome per job, as they happen."""
+        return fan_out_stream(
+            self.jobs,
+            max_concurrency=self.max_concurrency,
+            timeout=self.timeout,
+            unbounded={GROUPED},
+        )
 
-def _seconds(duration: Any) -> float:
-    return float(duration.seconds) + duration.nanos / 1e9
+
+async def traced(index: int, attributes: dict[str, str | int], call: Awaitable[T]) -> T:
+    """``call`` inside its own span (a hit's, or the grouped call's), ended with the
+    outcome's status name; never the prompt."""
+    name = "generate grouped" if index == GROUPED else f"generate hit {index}"
+    with service_tracer("gateway").start_as_current_span(
+        name, attributes=attributes, record_exception=False, set_status_on_exception=False
+    ) as span:
+        try:
+            result = await call
+        except BaseException as err:
+            outcome = HitError.outcome(err)
+            span.set_attribute("gensearch.outcome", outcome)
+            span.set_status(trace.StatusCode.ERROR, outcome)
+            raise
+        span.set_attribute("gensearch.outcome", "OK")
+        return result
 
 
 class GenerativeSearch:
-    def __init__(
-        self,
-        downstream: Downstream,
-        catalog: Catalog,
-        models: ModelCatalog,
-        settings: GatewaySettings,
-    ):
-        self._downstream = downstream
-        self._catalog = catalog
-        self._models = models
-        self._settings = settings
-
-    # -- validation ------------------------------------------------------------------------
-    def _validate(self, request: SearchLike) -> None:
-        s = self._settings
-        if not request.collection:
-            raise InvalidArgument("collection is required", field="collection")
-        if request.limit < 0 or request.limit > s.max_hits:
-            raise InvalidArgument(
-                f"limit must be between 0 and {s.max_hits}", field="limit", reason="OUT_OF_RANGE"
-            )
-        g = request.generate
-        for name in ("single_prompt", "grouped_task"):
-            if len(getattr(g, name)) > s.max_prompt_chars:
-                raise InvalidArgument(
-                    f"{name} is longer than {s.max_prompt_chars} characters",
-                    field=f"generate.{name}",
-                )
-        if g.grouped_properties and not g.grouped_task:
-            raise InvalidArgument(
-                "grouped_properties needs a grouped_task", field="generate.grouped_properties"
-            )
-        if g.max_concurrency < 0:
-            raise InvalidArgument(
-                "max_concurrency must not be negative", field="generate.max_concurrency"
-            )
-        if g.HasField("timeout") and _seconds(g.timeout) <= 0:
-            raise InvalidArgument("timeout must be positive", field="generate.timeout")
-        if g.HasField("temperature") and not 0 <= g.temperature <= 2:
-            raise InvalidArgument(
-                "temperature must be between 0 and 2", field="generate.temperature"
-            )
-        if g.HasField("max_tokens") and g.max_tokens < 1:
-            raise InvalidArgument("max_tokens must be at least 1", field="generate.max_tokens")
-
-    # -- planning --------------------------------------------------------------------------
-    def _search_request(self, request: SearchLike, extra: list[str]) -> ret_pb.SearchRequest:
-        search = ret_pb.SearchRequest(
-            collection=request.collection,
-            limit=request.limit,
-            offset=request.offset,
-            return_properties=request.return_properties,
-        )
-        kind = request.WhichOneof("query")
-        if kind is not None:
-            getattr(search, kind).CopyFrom(getattr(request, kind))
-        if request.HasField("filter"):
-            search.filter.CopyFrom(request.filter)
-        if request.return_properties:
-            # The templates need their properties even when the caller did not ask for them.
-            for name in extra:
-                if name not in search.return_properties:
-                    search.return_properties.append(name)
-        return search
-
-    async def _search(
-        self, search: ret_pb.SearchRequest, caller: Caller, timeout: float | None
-    ) -> ret_pb.SearchResponse:
-        try:
-            return await self._downstream.retrieval.Search(
-                search, metadata=caller.identity, timeout=timeout
-            )
-        except grpc.aio.AioRpcError as err:
-            raise from_rpc_error(err, "retrieval") from None
-
-    def _options(self, g: gw_pb.Generate, info: CollectionInfo) -> Options:
-        return Options.resolve(g, g.model, info.generative, self._settings)
-
-    def _budget(self, g: gw_pb.Generate, call_deadline: float | None) -> float:
-        budget = _seconds(g.timeout) if g.HasField("timeout") else None
-        if call_deadline is not None:
-            call_remaining = call_deadline - asyncio.get_running_loop().time()
-            # Leave time to send the partial results before the caller gives up.
-            cap = call_remaining - min(0.25, call_remaining * 0.1)
-            budget = cap if budget is None else min(budget, cap)
-        return self._settings.default_generation_timeout if budget is None else budget
+    def __init__(self, backends: Backends) -> None:
+        self._b = backends
 
     async def plan(self, request: SearchLike, caller: Caller, call_remaining: float | None) -> Plan:
-        self._validate(request)
+        generative_request.validate(request, self._b.settings)
         loop = asyncio.get_running_loop()
         call_deadline = None if call_remaining is None else loop.time() + call_remaining
         g = request.generate
@@ -163,15 +111,16 @@ class GenerativeSearch:
         wants_generation = bool(g.single_prompt or g.grouped_task)
         extra = list(single.properties) if single else []
         extra += [p for p in g.grouped_properties if p not in extra]
-        search = self._search_request(request, extra)
+        search = generative_request.search_request(request, extra)
+        retrieval = self._b.clients.retrieval
 
         if not wants_generation:
-            response = await self._search(search, caller, call_remaining)
+            response = await retrieval.search(search, caller, call_remaining)
             return Plan(hits=list(response.hits))
 
         results = await asyncio.gather(
-            self._catalog.get(request.collection, caller, call_remaining),
-            self._search(search, caller, call_remaining),
+            self._b.catalog.get(request.collection, caller, call_remaining),
+            retrieval.search(search, caller, call_remaining),
             return_exceptions=True,
         )
         info, found = results[0], results[1]
@@ -187,7 +136,7 @@ class GenerativeSearch:
             raise found
         assert isinstance(info, CollectionInfo) and isinstance(found, ret_pb.SearchResponse)
 
-        s = self._settings
+        s = self._b.settings
         plan = Plan(
             hits=list(found.hits),
             single=single is not None,
@@ -195,33 +144,37 @@ class GenerativeSearch:
             debug=g.debug,
             stream_tokens=isinstance(request, gw_pb.StreamGenerativeSearchRequest)
             and g.stream_tokens,
-            max_concurrency=min(
-                g.max_concurrency or s.default_max_concurrency, s.max_concurrency_limit
-            ),
+            max_concurrency=generative_request.max_concurrency(g, s),
             # Measured now: the search already spent part of the caller's deadline.
-            timeout=self._budget(g, call_deadline),
+            timeout=generative_request.budget(g, call_deadline, s),
         )
-        options = self._options(g, info)
-        await self._models.check_provider(
+        options = Options.resolve(g, g.model, info.generative, s)
+        await self._b.models.check_provider(
             options.provider, "generate.provider", caller, min(plan.timeout or 2.0, 2.0)
         )
         deadline = loop.time() + (plan.timeout or 0)
         properties = [json_format.MessageToDict(hit.properties) for hit in plan.hits]
 
-        def job(prompt: str) -> Job[gw_pb.GenerationResult]:
+        def job(index: int, prompt: str) -> Job[gw_pb.GenerationResult]:
+            attributes: dict[str, str | int] = (
+                {"gensearch.hits": len(plan.hits)}
+                if index == GROUPED
+                else {"gensearch.hit.index": index, "gensearch.object.id": plan.hits[index].id}
+            )
+
             async def run(emit: Emit) -> gw_pb.GenerationResult:
                 messages = [gen_pb.Message(role=gen_pb.ROLE_USER, content=prompt)]
-                # Slightly past the fan-out budget: the fan-out cancels first and reports
-                # DEADLINE_EXCEEDED itself; this only bounds the downstream call.
-                timeout = max(deadline - loop.time(), 0) + 1.0
-                return await complete(
-                    self._downstream,
+                call = complete(
+                    self._b.clients.generation,
                     caller,
                     options,
                     messages,
-                    timeout=timeout,
+                    # Slightly past the fan-out budget: the fan-out cancels first and
+                    # reports DEADLINE_EXCEEDED itself; this only bounds the downstream call.
+                    timeout=time_left(deadline, floor=0) + 1.0,
                     emit=emit if plan.stream_tokens else None,
                 )
+                return await traced(index, attributes, call)
 
             return run
 
@@ -233,14 +186,14 @@ class GenerativeSearch:
                     plan.failed[index] = HitError.of(err)
                     continue
                 plan.prompts[index] = prompt
-                plan.jobs[index] = job(prompt)
+                plan.jobs[index] = job(index, prompt)
             FANOUT_SIZE.observe(len(plan.hits))
         if g.grouped_task:
             # Only what the caller asked to see: not the extras fetched for the templates.
             only = list(g.grouped_properties) or list(request.return_properties)
             grouped = grouped_prompt(g.grouped_task, properties, only)
             plan.prompts[GROUPED] = grouped
-            plan.jobs[GROUPED] = job(grouped)
+            plan.jobs[GROUPED] = job(GROUPED, grouped)
         if request.return_properties:
             _strip(plan.hits, set(request.return_properties))
         return plan
@@ -255,14 +208,7 @@ class GenerativeSearch:
             i: Outcome(i, error=e) for i, e in plan.failed.items()
         }
         if plan.jobs:
-            outcomes.update(
-                await fan_out(
-                    plan.jobs,
-                    max_concurrency=plan.max_concurrency,
-                    timeout=plan.timeout,
-                    unbounded={GROUPED},
-                )
-            )
+            outcomes.update(await collect_outcomes(plan.events()))
         for index, hit in enumerate(plan.hits):
             generative = response.hits.add(hit=hit)
             if plan.single:
@@ -290,13 +236,7 @@ class GenerativeSearch:
             yield Event(hit_result=gw_pb.HitResultEvent(hit_index=index, generation=result))
         grouped: gw_pb.GenerationResult | None = None
         if plan.jobs:
-            events = fan_out_stream(
-                plan.jobs,
-                max_concurrency=plan.max_concurrency,
-                timeout=plan.timeout,
-                unbounded={GROUPED},
-            )
-            async for event in events:
+            async for event in plan.events():
                 if isinstance(event, Delta):
                     token = gw_pb.TokenEvent(delta=event.text)
                     if event.index == GROUPED:

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-import grpc
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.generation.v1 import generation_service_pb2 as gen_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 
-from services.common.errors import from_rpc_error
-from services.gateway.clients import Caller, Downstream
+from services.gateway.clients import Caller, GenerationClient
 from services.gateway.errors import HitError
 from services.gateway.settings import GatewaySettings
 
@@ -49,11 +47,10 @@ class Options:
         )
 
 
-def _request(
-    cls: type[gen_pb.GenerateRequest] | type[gen_pb.StreamGenerateRequest],
-    options: Options,
-    messages: Sequence[gen_pb.Message],
-) -> gen_pb.GenerateRequest | gen_pb.StreamGenerateRequest:
+R = TypeVar("R", gen_pb.GenerateRequest, gen_pb.StreamGenerateRequest)
+
+
+def _request(cls: type[R], options: Options, messages: Sequence[gen_pb.Message]) -> R:
     request = cls(provider=options.provider, model=options.model, messages=messages)
     if options.temperature is not None:
         request.temperature = options.temperature
@@ -63,7 +60,7 @@ def _request(
 
 
 async def complete(
-    downstream: Downstream,
+    generation: GenerationClient,
     caller: Caller,
     options: Options,
     messages: Sequence[gen_pb.Message],
@@ -72,37 +69,28 @@ async def complete(
     emit: Callable[[str], None] | None = None,
 ) -> gw_pb.GenerationResult:
     """Ask the model; with ``emit``, stream and hand each text delta to it as it comes."""
-    metadata = caller.generation_metadata
-    try:
-        if emit is None:
-            request = _request(gen_pb.GenerateRequest, options, messages)
-            response = await downstream.generation.Generate(
-                request, metadata=metadata, timeout=timeout
-            )
-            return gw_pb.GenerationResult(
-                result=response.text,
-                usage=response.usage,
-                model=response.model,
-                finish_reason=response.finish_reason,
-            )
-        stream_request = _request(gen_pb.StreamGenerateRequest, options, messages)
-        call = downstream.generation.StreamGenerate(
-            stream_request, metadata=metadata, timeout=timeout
+    if emit is None:
+        request = _request(gen_pb.GenerateRequest, options, messages)
+        response = await generation.generate(request, caller, timeout)
+        return gw_pb.GenerationResult(
+            result=response.text,
+            usage=response.usage,
+            model=response.model,
+            finish_reason=response.finish_reason,
         )
-        parts: list[str] = []
-        result = gw_pb.GenerationResult()
-        async for chunk in call:
-            if chunk.delta:
-                parts.append(chunk.delta)
-                emit(chunk.delta)
-            if chunk.finish_reason or chunk.HasField("usage"):
-                result.usage.CopyFrom(chunk.usage)
-                result.model = chunk.model
-                result.finish_reason = chunk.finish_reason
-        result.result = "".join(parts)
-        return result
-    except grpc.aio.AioRpcError as err:
-        raise from_rpc_error(err, "generation") from None
+    stream_request = _request(gen_pb.StreamGenerateRequest, options, messages)
+    parts: list[str] = []
+    result = gw_pb.GenerationResult()
+    async for chunk in generation.stream_generate(stream_request, caller, timeout):
+        if chunk.delta:
+            parts.append(chunk.delta)
+            emit(chunk.delta)
+        if chunk.finish_reason or chunk.HasField("usage"):
+            result.usage.CopyFrom(chunk.usage)
+            result.model = chunk.model
+            result.finish_reason = chunk.finish_reason
+    result.result = "".join(parts)
+    return result
 
 
 def error_result(error: HitError, prompt: str = "") -> gw_pb.GenerationResult:

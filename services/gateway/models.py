@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 
-import grpc
 from gensearch.generation.v1 import generation_service_pb2 as gen_pb
 
-from services.common.errors import InvalidArgument
-from services.gateway.clients import Caller, Downstream
+from services.common.errors import InvalidArgument, ServiceError
+from services.gateway.clients import Caller, GenerationClient
+from services.gateway.generator import Options
+from services.gateway.prompting import context_window_for
 
 TTL_SECONDS = 60.0
 
 
 class ModelCatalog:
-    def __init__(self, downstream: Downstream) -> None:
-        self._downstream = downstream
+    def __init__(self, generation: GenerationClient) -> None:
+        self._generation = generation
         self._cached: tuple[float, gen_pb.ListModelsResponse] | None = None
 
     async def models(self, caller: Caller, timeout: float) -> gen_pb.ListModelsResponse | None:
@@ -23,10 +25,8 @@ class ModelCatalog:
         now = time.monotonic()
         if self._cached is None or now - self._cached[0] > TTL_SECONDS:
             try:
-                models = await self._downstream.generation.ListModels(
-                    gen_pb.ListModelsRequest(), metadata=caller.identity, timeout=timeout
-                )
-            except grpc.aio.AioRpcError:
+                models = await self._generation.list_models(caller, timeout)
+            except ServiceError:
                 return None
             self._cached = (now, models)
         return self._cached[1]
@@ -53,3 +53,25 @@ class ModelCatalog:
                 field=field,
                 reason="UNKNOWN_PROVIDER",
             )
+
+    async def context_window(
+        self,
+        options: Options,
+        windows: Mapping[str, int],
+        default: int,
+        caller: Caller,
+        timeout: float,
+    ) -> tuple[int, str]:
+        """The context window of the model ``options`` will use, and that model's name:
+        the configured ``windows`` first, else what the provider reports for its default
+        model, else ``default``."""
+        name, fallback = options.model, default
+        # None when generation cannot tell: that only costs a default context window.
+        provider = await self.provider(options.provider, caller, timeout)
+        if provider is not None:
+            name = name or provider.default_model
+            if provider.context_window > 0 and (
+                not options.model or options.model == provider.default_model
+            ):
+                fallback = provider.context_window
+        return context_window_for(name, windows, fallback), name

@@ -72,16 +72,12 @@ def question_message(
 
 
 def build_messages(
-    system_prompt: str,
-    turns: Sequence[Turn],
-    hits: Sequence[ContextHit],
-    context_fields: Sequence[str],
-    user_instructions: str,
-    question: str,
+    system_prompt: str, turns: Sequence[Turn], question: gen_pb.Message
 ) -> list[gen_pb.Message]:
+    """The system prompt, the turns as a chat, then the question with its context."""
     messages = [gen_pb.Message(role=SYSTEM, content=system_prompt)] if system_prompt else []
     messages.extend(history_messages(turns))
-    messages.append(question_message(hits, context_fields, user_instructions, question))
+    messages.append(question)
     return messages
 
 
@@ -103,9 +99,8 @@ def fit_prompt(
     hits = list(hits)
     dropped_turns = dropped_hits = 0
     while True:
-        messages = build_messages(
-            system_prompt, turns, hits, context_fields, user_instructions, question
-        )
+        asked = question_message(hits, context_fields, user_instructions, question)
+        messages = build_messages(system_prompt, turns, asked)
         tokens = message_tokens(messages)
         if tokens <= budget:
             break

@@ -8,9 +8,8 @@ import grpc
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.gateway.v1 import gateway_service_pb2_grpc as gw_grpc
 
-from services.common.auth import current_user
 from services.gateway.ask import AskService
-from services.gateway.clients import Caller, caller_from
+from services.gateway.clients import Caller, caller_of
 from services.gateway.generative import GenerativeSearch
 
 
@@ -21,7 +20,7 @@ class GatewayServicer(gw_grpc.GatewayServiceServicer):
         self._token = internal_token
 
     def _caller(self, context: grpc.aio.ServicerContext) -> Caller:
-        return caller_from(current_user(), context.invocation_metadata(), self._token)
+        return caller_of(context, self._token)
 
     async def GenerativeSearch(
         self, request: gw_pb.GenerativeSearchRequest, context: grpc.aio.ServicerContext

@@ -1,16 +1,19 @@
-"""Settings of the gateway (env prefix ``GENSEARCH_``)."""
+"""Settings of the gateway (namespace ``GENSEARCH_GATEWAY_``, e.g. ``GENSEARCH_GATEWAY_PORT``)."""
 
 from __future__ import annotations
 
 from pydantic import Field
+from pydantic_settings import SettingsConfigDict
 
-from services.common.settings import CommonSettings
+from services.common.settings import NAMESPACES, CommonSettings
 
 
 class GatewaySettings(CommonSettings):
-    gateway_port: int = Field(default=50050, ge=0, le=65535)
+    model_config = SettingsConfigDict(env_prefix=NAMESPACES["gateway"])
+
+    port: int = Field(default=50050, ge=0, le=65535)
     # None: no metrics endpoint (tests); 0: any free port.
-    gateway_metrics_port: int | None = Field(default=9090, ge=0, le=65535)
+    metrics_port: int | None = Field(default=9090, ge=0, le=65535)
 
     # Downstream services: host:port, or dns:///host:port to spread calls over every
     # address the name resolves to (client-side round-robin across replicas).
@@ -36,7 +39,7 @@ class GatewaySettings(CommonSettings):
 
     # Context window (tokens) by model name: the longest key contained in the model name
     # wins (case-insensitive); models matching no key get default_context_window.
-    # Env: GENSEARCH_CONTEXT_WINDOWS='{"smollm2": 2048, "gpt-4o": 128000}'.
+    # Env: GENSEARCH_GATEWAY_CONTEXT_WINDOWS='{"smollm2": 2048, "gpt-4o": 128000}'.
     context_windows: dict[str, int] = Field(default_factory=lambda: {"smollm2": 2048})
     default_context_window: int = Field(default=8192, ge=256)
     # Tokens kept free for the answer when the request sets no max_tokens.

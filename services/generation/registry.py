@@ -5,17 +5,25 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from services.common.errors import InvalidArgument
+from services.common.openai_api import OpenAIClients
+from services.common.upstream_retry import RetryPolicy
 from services.generation.providers import Provider, make_provider
-from services.generation.retry import RetryPolicy
 from services.generation.settings import GenerationSettings, ProviderConfig
 
 
 class ProviderRegistry:
-    def __init__(self, providers: Mapping[str, Provider], default: str) -> None:
+    def __init__(
+        self,
+        providers: Mapping[str, Provider],
+        default: str,
+        clients: OpenAIClients | None = None,
+    ) -> None:
         if default not in providers:
             raise ValueError(f"default provider {default!r} is not configured")
         self._providers = dict(providers)
         self.default = default
+        # The SDK clients (one HTTP transport) the providers share; closed with the registry.
+        self._clients = clients
 
     @classmethod
     def from_settings(
@@ -28,16 +36,18 @@ class ProviderRegistry:
             retry_after_max=settings.retry_after_max,
         )
         configs = configs if configs is not None else settings.provider_configs()
+        clients = OpenAIClients()
         providers = {
             name: make_provider(
                 config,
+                clients=clients,
                 retry=retry,
                 connect_timeout=settings.connect_timeout,
                 read_timeout=settings.read_timeout,
             )
             for name, config in configs.items()
         }
-        return cls(providers, settings.default_provider)
+        return cls(providers, settings.default_provider, clients)
 
     def get(self, name: str) -> Provider:
         """The provider called ``name`` (empty: the default)."""
@@ -57,3 +67,5 @@ class ProviderRegistry:
     async def close(self) -> None:
         for provider in self._providers.values():
             await provider.close()
+        if self._clients is not None:
+            await self._clients.close()

@@ -9,11 +9,11 @@ import grpc
 from gensearch.generation.v1 import generation_service_pb2 as pb
 from gensearch.generation.v1 import generation_service_pb2_grpc as pb_grpc
 
+from services.common.upstream_retry import Deadline
 from services.generation.keys import env_key, resolve_key
 from services.generation.providers.base import (
     Completion,
     CompletionRequest,
-    Deadline,
     DebugInfo,
     Provider,
     Usage,

@@ -3,13 +3,13 @@
 Providers are resolved in three layers, later ones winning:
 
 1. the built-in presets (``PRESETS``: openai, anyscale, vllm, ollama, local);
-2. ``GENSEARCH_PROVIDERS``: a JSON list of provider objects. An entry whose ``name`` is a
+2. ``GENSEARCH_GENERATION_PROVIDERS``: a JSON list of provider objects. An entry whose ``name`` is a
    preset changes only the fields it gives; a new name adds a provider (then ``base_url``
    and ``default_model`` are required);
 3. per-field variables for any provider ``<NAME>`` (upper case, ``-`` as ``_``):
-   ``GENSEARCH_<NAME>_BASE_URL``, ``_MODEL``, ``_MODELS`` (comma list), ``_API_KEY_ENV``
+   ``GENSEARCH_GENERATION_<NAME>_BASE_URL``, ``_MODEL``, ``_MODELS`` (comma list), ``_API_KEY_ENV``
    (comma list), ``_MAX_CONCURRENCY``, ``_TEMPERATURE``, ``_CONTEXT_WINDOW``.
-   e.g. ``GENSEARCH_LOCAL_BASE_URL=http://10.0.0.5:8088/v1``.
+   e.g. ``GENSEARCH_GENERATION_LOCAL_BASE_URL=http://10.0.0.5:8088/v1``.
 
 API keys are never settings: a provider names the environment variable(s) that hold its
 key, and a caller may send ``x-<provider>-api-key`` per request.
@@ -24,8 +24,9 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import SettingsConfigDict
 
-from services.common.settings import CommonSettings
+from services.common.settings import NAMESPACES, CommonSettings
 
 LOCAL_MODEL = "smollm2-135m-instruct"
 LOCAL_PORT = 8088
@@ -143,7 +144,7 @@ _ENV_FIELDS: dict[str, str] = {
 def resolve_providers(
     overrides: list[dict[str, Any]], environ: Mapping[str, str] | None = None
 ) -> dict[str, ProviderConfig]:
-    """Presets, then ``GENSEARCH_PROVIDERS`` entries, then ``GENSEARCH_<NAME>_*`` variables."""
+    """Presets, then ``providers`` entries, then ``GENSEARCH_GENERATION_<NAME>_*`` variables."""
     env = os.environ if environ is None else environ
     merged: dict[str, dict[str, Any]] = {name: dict(p) for name, p in PRESETS.items()}
     for entry in overrides:
@@ -151,7 +152,7 @@ def resolve_providers(
         merged[name] = {**merged.get(name, {}), **{k: v for k, v in entry.items() if k != "name"}}
     providers: dict[str, ProviderConfig] = {}
     for name, fields in merged.items():
-        prefix = "GENSEARCH_" + name.upper().replace("-", "_") + "_"
+        prefix = provider_prefix(name)
         for suffix, field in _ENV_FIELDS.items():
             value = env.get(prefix + suffix)
             if value is None or value == "":
@@ -174,10 +175,17 @@ def _errors(err: ValidationError) -> str:
     )
 
 
+def provider_prefix(name: str) -> str:
+    """``GENSEARCH_GENERATION_<NAME>_``: where a provider's per-field variables start."""
+    return NAMESPACES["generation"] + name.upper().replace("-", "_") + "_"
+
+
 class GenerationSettings(CommonSettings):
-    generation_port: int = Field(default=50053, ge=0, le=65535)
+    model_config = SettingsConfigDict(env_prefix=NAMESPACES["generation"])
+
+    port: int = Field(default=50053, ge=0, le=65535)
     # None: no metrics endpoint (tests); 0: a free port.
-    generation_metrics_port: int | None = Field(default=9093, ge=0, le=65535)
+    metrics_port: int | None = Field(default=9093, ge=0, le=65535)
 
     default_provider: str = "local"
     # JSON list of provider objects (see the module docstring); parsed by pydantic-settings.
@@ -201,7 +209,8 @@ class GenerationSettings(CommonSettings):
     max_prompt_chars: int = Field(default=1_000_000, ge=1)
     max_stop_sequences: int = Field(default=4, ge=0)
 
-    # Start the local llama.cpp server with the service (python -m services.generation).
+    # Start the local llama.cpp server with the service (python -m services.generation; a
+    # dev-only launcher, services/devlaunch: every Kubernetes overlay sets it false).
     # Unset: start it when the default provider is `local`, its base URL is on loopback,
     # llama-cpp-python is installed and nothing answers there yet (a fresh machine).
     local_llm_autostart: bool | None = None
@@ -221,7 +230,15 @@ class GenerationSettings(CommonSettings):
         providers = resolve_providers(self.providers, environ)
         if self.default_provider not in providers:
             raise ValueError(
-                f"GENSEARCH_DEFAULT_PROVIDER={self.default_provider!r} is not a configured "
-                f"provider ({', '.join(sorted(providers))})"
+                f"GENSEARCH_GENERATION_DEFAULT_PROVIDER={self.default_provider!r} is not a "
+                f"configured provider ({', '.join(sorted(providers))})"
             )
         return providers
+
+    def reads(self, name: str) -> bool:
+        """Also ``GENSEARCH_GENERATION_<PROVIDER>_<FIELD>`` of a known provider: a typo in
+        the provider's name is an unknown variable too."""
+        if super().reads(name):
+            return True
+        names = set(PRESETS) | {str(entry.get("name", "")) for entry in self.providers}
+        return any(name == provider_prefix(n) + suffix for n in names for suffix in _ENV_FIELDS)

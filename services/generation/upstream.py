@@ -1,18 +1,14 @@
 """Upstream faults, and what each becomes for our caller.
 
-Adapters describe what went wrong with an ``UpstreamFault`` (an HTTP status, a dropped
-connection, a deadline, a malformed answer); the retry loop decides on it; whatever is left
-becomes a ``ServiceError`` here, in one table. Messages name the provider, never the key,
-and upstream 401/403 bodies are never echoed (some quote part of the key).
+The provider adapter turns whatever an attempt raised (an SDK error, a deadline, a malformed
+answer) into an ``UpstreamFault``; the retry loop decides on it; whatever is left becomes a
+``ServiceError`` here, in one table. Messages name the provider, never the key, and
+upstream 401/403 bodies are never echoed (some quote part of the key).
 """
 
 from __future__ import annotations
 
-import email.utils
-import json
-import time
-from collections.abc import Mapping
-from typing import Any
+import openai
 
 from services.common.errors import (
     DeadlineExceeded,
@@ -25,10 +21,13 @@ from services.common.errors import (
     Unavailable,
 )
 from services.common.logs import redact
+from services.common.upstream_retry import is_transient, server_wait
 
-RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 BAD_UPSTREAM_RESPONSE = "BAD_UPSTREAM_RESPONSE"
 _MAX_MESSAGE = 300
+# What an attempt may raise besides UpstreamFault: the SDK's errors, a body that is not
+# JSON (the SDK's json.loads), the call's deadline (asyncio.timeout_at).
+UPSTREAM_ERRORS = (openai.OpenAIError, ValueError, TimeoutError)
 
 
 class UpstreamFault(Exception):
@@ -36,7 +35,8 @@ class UpstreamFault(Exception):
 
     kind: ``http`` (a non-2xx status), ``connection`` (refused, reset, cut short),
     ``timeout`` (the call's deadline passed), ``bad_response`` (not the protocol),
-    ``missing_key`` (no API key for a provider that needs one).
+    ``stream_error`` (an error event inside a stream), ``missing_key`` (no API key for a
+    provider that needs one).
     """
 
     def __init__(
@@ -47,7 +47,7 @@ class UpstreamFault(Exception):
         status: int | None = None,
         code: str | None = None,
         retry_after: float | None = None,
-        retryable: bool | None = None,
+        retryable: bool = False,
     ) -> None:
         super().__init__(detail or kind)
         self.kind = kind
@@ -55,59 +55,52 @@ class UpstreamFault(Exception):
         self.status = status
         self.code = code
         self.retry_after = retry_after
-        self.attempts = 0
-        if retryable is None:
-            retryable = kind == "connection" or (kind == "http" and status in RETRYABLE_STATUS)
         self.retryable = retryable
+        self.attempts = 0
+
+    @property
+    def cause(self) -> str:
+        """A label for logs and metrics: the HTTP status, else the kind."""
+        return str(self.status) if self.status is not None else self.kind
 
 
-def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
-    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or HTTP-date)."""
-    millis = headers.get("retry-after-ms")
-    if millis:
-        try:
-            return max(0.0, float(millis) / 1000.0)
-        except ValueError:
-            pass
-    value = headers.get("Retry-After") or headers.get("retry-after")
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+def fault_from_error(err: BaseException) -> UpstreamFault:
+    """The fault behind an exception from one of ``UPSTREAM_ERRORS``."""
+    if isinstance(err, openai.APIStatusError):
+        message, code = _error_fields(err.body)
+        return UpstreamFault(
+            "http",
+            message,
+            status=err.status_code,
+            code=code if code is not None else err.code,
+            retry_after=server_wait(err),
+            retryable=is_transient(err),
+        )
+    if isinstance(err, openai.APIConnectionError):
+        return UpstreamFault("connection", _root_cause(err), retryable=True)
+    if isinstance(err, openai.APIError):  # an error event inside a stream
+        return UpstreamFault("stream_error", err.message)
+    if isinstance(err, TimeoutError):
+        return UpstreamFault("timeout")
+    return UpstreamFault("bad_response", "the body is not JSON")
 
 
-def fault_from_response(status: int, headers: Mapping[str, str], raw: bytes) -> UpstreamFault:
-    message, code = _error_fields(raw)
-    return UpstreamFault(
-        "http",
-        message,
-        status=status,
-        code=code,
-        retry_after=parse_retry_after(headers),
-    )
-
-
-def _error_fields(raw: bytes) -> tuple[str, str | None]:
-    """The message and code of an OpenAI-style error body (``{"error": {...}}``), or of the
-    flat variants vLLM and others send."""
-    try:
-        data: Any = json.loads(raw)
-    except ValueError:
-        return raw[:_MAX_MESSAGE].decode("utf-8", "replace").strip(), None
-    err = data.get("error", data) if isinstance(data, dict) else data
-    if isinstance(err, dict):
-        message = err.get("message") or err.get("detail") or ""
-        code = err.get("code")
+def _error_fields(body: object) -> tuple[str, str | None]:
+    """Message and code of an error body: the SDK hands over OpenAI's ``error`` object, or
+    the flat variants vLLM and others send, or the raw text."""
+    if isinstance(body, dict):
+        message = body.get("message") or body.get("detail") or ""
+        code = body.get("code")
         return str(message), (str(code) if code is not None else None)
-    return str(err), None
+    return ("" if body is None else str(body)[:_MAX_MESSAGE]), None
+
+
+def _root_cause(err: BaseException) -> str:
+    """The transport's own exception name (e.g. ClientConnectorError, ServerDisconnectedError):
+    the SDK's message is only "Connection error." """
+    while err.__cause__ is not None:
+        err = err.__cause__
+    return type(err).__name__
 
 
 def _mentions_model(fault: UpstreamFault) -> bool:

@@ -1,7 +1,9 @@
 """Serve the memory service: ``python -m services.memory``.
 
-With ``GENSEARCH_REDIS_URL`` unset it starts its own Redis-protocol server (append-only
-file in ``<GENSEARCH_DATA_DIR>/redis``) and stops it on shutdown.
+With ``GENSEARCH_MEMORY_REDIS_URL`` unset it starts its own Redis-protocol server (a
+dev-only launcher, ``services.devlaunch.redis_server``; append-only file in
+``<GENSEARCH_DATA_DIR>/redis``) and stops it on shutdown. With
+``GENSEARCH_MEMORY_REDIS_CLUSTER=true`` the URL names a node of a Redis Cluster.
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ from urllib.parse import urlsplit
 
 from gensearch.memory.v1 import memory_service_pb2_grpc as pb_grpc
 
+from services.common.errors import Unavailable
 from services.common.logs import configure_logging, register_secret
-from services.common.redis_process import RedisProcess
 from services.common.server import GrpcServer, run_until_signal
-from services.memory.redis_link import RedisLink
+from services.common.settings import warn_unknown_variables
+from services.devlaunch.redis_server import RedisProcess, start_embedded
+from services.memory.redis_client import connect
 from services.memory.servicer import MemoryServicer
 from services.memory.settings import MemorySettings
 from services.memory.store import MemoryStore
@@ -27,27 +31,31 @@ log = logging.getLogger("gensearch.memory")
 async def build_server(settings: MemorySettings, *, port: int | None = None) -> GrpcServer:
     server = GrpcServer(
         settings,
-        port=settings.memory_port if port is None else port,
-        metrics_port=settings.memory_metrics_port,
+        port=settings.port if port is None else port,
+        metrics_port=settings.metrics_port,
     )
     url = settings.redis_url.get_secret_value()
     embedded: RedisProcess | None = None
     if url:
         register_secret(urlsplit(url).password)
     else:
-        embedded = RedisProcess(settings.data_dir / "redis", appendfsync=settings.redis_appendfsync)
-        await embedded.start()
-        embedded.supervise()
+        embedded = await start_embedded(
+            settings.data_dir / "redis", appendfsync=settings.redis_appendfsync
+        )
         url = embedded.socket_url
-    link = RedisLink(
+    redis = connect(
         url,
-        command_timeout=settings.redis_socket_timeout,
+        cluster=settings.redis_cluster,
+        socket_timeout=settings.redis_socket_timeout,
         connect_timeout=settings.redis_connect_timeout,
-        batch_window=settings.redis_batch_window,
     )
     store = MemoryStore(
-        link, key_prefix=settings.key_prefix, request_id_ttl=settings.request_id_ttl_seconds
+        redis, key_prefix=settings.key_prefix, request_id_ttl=settings.request_id_ttl_seconds
     )
+    try:
+        await store.load_scripts()
+    except Unavailable as err:  # Redis down at start: served UNAVAILABLE until it is back
+        log.warning("memory store unavailable at start: %s", err)
     server.add_service(
         pb_grpc.add_MemoryServiceServicer_to_server, MemoryServicer(store, settings), SERVICE_NAME
     )
@@ -58,7 +66,11 @@ async def build_server(settings: MemorySettings, *, port: int | None = None) -> 
     server.on_stop(store.close)
     log.info(
         "memory store",
-        extra={"embedded": embedded is not None, "key_prefix": settings.key_prefix},
+        extra={
+            "embedded": embedded is not None,
+            "cluster": settings.redis_cluster,
+            "key_prefix": settings.key_prefix,
+        },
     )
     return server
 
@@ -66,6 +78,7 @@ async def build_server(settings: MemorySettings, *, port: int | None = None) -> 
 def main() -> None:
     settings = MemorySettings()
     configure_logging(settings.log_level, service="memory")
+    warn_unknown_variables(settings)
     asyncio.run(_serve(settings))
 
 

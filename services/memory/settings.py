@@ -1,24 +1,28 @@
-"""Settings of the memory service (env prefix ``GENSEARCH_``)."""
+"""Settings of the memory service (namespace ``GENSEARCH_MEMORY_``)."""
 
 from __future__ import annotations
 
 import re
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import SettingsConfigDict
 
-from services.common.settings import CommonSettings
+from services.common.settings import NAMESPACES, CommonSettings
 
 MIB = 1024 * 1024
 
 
 class MemorySettings(CommonSettings):
-    memory_port: int = Field(default=50051, ge=0, le=65535)
+    model_config = SettingsConfigDict(env_prefix=NAMESPACES["memory"])
+
+    port: int = Field(default=50051, ge=0, le=65535)
     # None: no metrics endpoint (tests); 0: any free port.
-    memory_metrics_port: int | None = Field(default=9091, ge=0, le=65535)
+    metrics_port: int | None = Field(default=9091, ge=0, le=65535)
 
     # redis://[user:password@]host:port/db or rediss://... Empty: start an embedded
-    # Redis-protocol server with its append-only file in <data_dir>/redis.
+    # Redis-protocol server with its append-only file in <data_dir>/redis (a dev-only
+    # launcher, services/devlaunch; every Kubernetes overlay sets a URL).
     redis_url: SecretStr = SecretStr("")
     # fsync policy of the embedded server's AOF. A clean restart (SIGTERM) loses nothing
     # with any of them. "always": an acknowledged write also survives kill -9 of Redis or
@@ -28,14 +32,14 @@ class MemorySettings(CommonSettings):
     redis_appendfsync: Literal["always", "everysec", "no"] = "everysec"
     # Every key starts with this; several deployments can share one Redis.
     key_prefix: str = "gensearch"
-    # Commands wait longer than this for Redis' next reply: the connection is dropped and
-    # its waiting calls answer UNAVAILABLE.
+    # The URL names one node of a Redis Cluster (any node; the client discovers the
+    # rest and routes each user's keys, which share one hash slot, to its node).
+    # Needs redis_url; an embedded server is never a cluster.
+    redis_cluster: bool = False
+    # redis-py's own timeouts (seconds): a reply that takes longer fails its call with
+    # UNAVAILABLE, and the call is not sent again (docs/memory.md).
     redis_socket_timeout: float = Field(default=2.0, gt=0)
     redis_connect_timeout: float = Field(default=1.0, gt=0)
-    # Once three or more commands wait at once, how long a command may wait for others to
-    # share its write to Redis (seconds). One or two callers never wait; 0 sends held
-    # commands as soon as the replies on the wire are in.
-    redis_batch_window: float = Field(default=0.002, ge=0, le=0.1)
 
     # Signs page tokens. Empty: a random secret is created once in Redis (SET NX), so
     # every replica and every restart agree.
@@ -58,3 +62,9 @@ class MemorySettings(CommonSettings):
         if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", value):
             raise ValueError("key_prefix: 1-64 characters from A-Z a-z 0-9 _ . : -")
         return value
+
+    @model_validator(mode="after")
+    def _cluster_needs_url(self) -> MemorySettings:
+        if self.redis_cluster and not self.redis_url.get_secret_value():
+            raise ValueError("redis_cluster needs redis_url: the embedded server is standalone")
+        return self

@@ -9,6 +9,7 @@ from qdrant_client import AsyncQdrantClient
 
 from services.common.logs import configure_logging, register_secret
 from services.common.server import GrpcServer, run_until_signal
+from services.common.settings import warn_unknown_variables
 from services.retrieval.catalog import Catalog
 from services.retrieval.edge_store import EdgeStore
 from services.retrieval.embedders import Embedders, LocalEmbedder
@@ -57,7 +58,7 @@ async def build_server(
         raise
     server = GrpcServer(
         settings,
-        port=settings.retrieval_port if port is None else port,
+        port=settings.port if port is None else port,
         metrics_port=metrics_port,
     )
     servicer = RetrievalServicer(settings, store, catalog, embedders)
@@ -70,9 +71,10 @@ async def build_server(
 def main() -> None:
     settings = RetrievalSettings()
     configure_logging(settings.log_level, service="retrieval")
+    warn_unknown_variables(settings)
 
     async def serve() -> None:
-        server = await build_server(settings, metrics_port=settings.retrieval_metrics_port)
+        server = await build_server(settings, metrics_port=settings.metrics_port)
         await run_until_signal(server)
 
     asyncio.run(serve())

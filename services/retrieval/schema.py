@@ -384,7 +384,7 @@ def check_endpoint(vec: pb.Vectorizer, policy: EmbeddingPolicy, where: str) -> N
     if vec.api_key_env and not policy.key_env_allowed(vec.api_key_env):
         raise InvalidArgument(
             f"{where}.api_key_env: {vec.api_key_env!r} is not an allowed key variable "
-            "(the operator lists them in GENSEARCH_EMBEDDING_KEY_ENVS)",
+            "(the operator lists them in GENSEARCH_RETRIEVAL_EMBEDDING_KEY_ENVS)",
             field=f"{where}.api_key_env",
             reason="KEY_ENV_NOT_ALLOWED",
         )
@@ -392,7 +392,7 @@ def check_endpoint(vec: pb.Vectorizer, policy: EmbeddingPolicy, where: str) -> N
     if not policy.host_allowed(host):
         raise InvalidArgument(
             f"{where}.base_url: host {host!r} is not allowed "
-            "(the operator lists them in GENSEARCH_EMBEDDING_ALLOWED_HOSTS)",
+            "(the operator lists them in GENSEARCH_RETRIEVAL_EMBEDDING_ALLOWED_HOSTS)",
             field=f"{where}.base_url",
             reason="HOST_NOT_ALLOWED",
         )

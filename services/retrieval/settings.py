@@ -1,19 +1,22 @@
-"""Retrieval settings (env prefix ``GENSEARCH_``)."""
+"""Retrieval settings (namespace ``GENSEARCH_RETRIEVAL_``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from pydantic import Field, SecretStr
+from pydantic_settings import SettingsConfigDict
 
-from services.common.settings import CommonSettings
+from services.common.settings import NAMESPACES, CommonSettings
 
 
 class RetrievalSettings(CommonSettings):
-    retrieval_port: int = Field(default=50052, ge=0, le=65535)
+    model_config = SettingsConfigDict(env_prefix=NAMESPACES["retrieval"])
+
+    port: int = Field(default=50052, ge=0, le=65535)
     # None: no metrics endpoint; 0: a free port. `python -m services.retrieval` serves it;
     # build_server serves it only when given metrics_port (tests leave it off).
-    retrieval_metrics_port: int | None = Field(default=9092, ge=0, le=65535)
+    metrics_port: int | None = Field(default=9092, ge=0, le=65535)
     # Empty: the embedded qdrant-edge engine under <data_dir>/qdrant. "http://host:6333" (or
     # ":memory:", the client's in-process engine, for experiments) selects a Qdrant server.
     qdrant_url: str = ""
@@ -39,9 +42,10 @@ class RetrievalSettings(CommonSettings):
     local_embed_threads: int = Field(default=1, ge=0, le=256)
     # Texts per forward pass of the local model.
     embed_batch_size: int = Field(default=64, ge=1, le=4096)
-    # Seconds an OpenAI-compatible embeddings request may take.
+    # Seconds an OpenAI-compatible embeddings request may take, its retries included.
     embed_timeout: float = Field(default=30.0, gt=0)
-    # Retries of an embeddings request on 429 / 5xx / connection errors.
+    # Retries of an embeddings request (408, 409, 429, 5xx, connection errors; the shared
+    # policy of services/common/upstream_retry.py).
     embed_retries: int = Field(default=2, ge=0, le=10)
     # Which environment variables a collection's OpenAI-compatible vectorizer may name as
     # its api_key_env (comma-separated). The service sends that variable's value to the

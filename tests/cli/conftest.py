@@ -116,7 +116,7 @@ def cli(
     monkeypatch.delenv("GENSEARCH_ADDRESS", raising=False)
     monkeypatch.delenv("GENSEARCH_DATA_DIR", raising=False)
     for part in ("MEMORY", "RETRIEVAL", "GENERATION"):
-        monkeypatch.delenv(f"GENSEARCH_{part}_ADDR", raising=False)
+        monkeypatch.delenv(f"GENSEARCH_GATEWAY_{part}_ADDR", raising=False)
     monkeypatch.chdir(tmp_path)  # no ./data/stack.json of a real `up` in the way
 
     def run(*argv: str, address: str | None = None) -> Result:

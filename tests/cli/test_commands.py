@@ -434,7 +434,7 @@ def keyed_gateway(running_stack: RunningStack) -> Iterator[str]:
         memory_addr=running_stack.address_of("memory"),
         retrieval_addr=running_stack.address_of("retrieval"),
         generation_addr=running_stack.address_of("generation"),
-        gateway_metrics_port=None,
+        metrics_port=None,
     )
 
     async def start() -> Any:

@@ -15,7 +15,7 @@ from google.protobuf import struct_pb2
 
 from services.cli import stack as stack_mod
 from services.cli.client import Client, Connection, check_health
-from services.common.redis_process import RedisProcess
+from services.devlaunch.redis_server import RedisProcess
 from tests.cli.conftest import FREE_PORTS, up_args
 from tests.support.fake_openai import FakeOpenAI
 

@@ -15,6 +15,7 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
+from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
 from services.common.auth import current_user
@@ -53,6 +54,17 @@ async def stream(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIter
     raise InvalidArgument("bad after first", field="stream_field")
 
 
+async def collect(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> bytes:
+    return b"".join([r async for r in requests])
+
+
+async def chat(
+    requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+) -> AsyncIterator[bytes]:
+    async for request in requests:
+        yield request.upper()
+
+
 def _register(_servicer: object, server: grpc.aio.Server) -> None:
     unary = {
         name: grpc.unary_unary_rpc_method_handler(
@@ -62,6 +74,12 @@ def _register(_servicer: object, server: grpc.aio.Server) -> None:
     }
     unary["Stream"] = grpc.unary_stream_rpc_method_handler(
         stream, request_deserializer=_ident, response_serializer=_ident
+    )
+    unary["Collect"] = grpc.stream_unary_rpc_method_handler(
+        collect, request_deserializer=_ident, response_serializer=_ident
+    )
+    unary["Chat"] = grpc.stream_stream_rpc_method_handler(
+        chat, request_deserializer=_ident, response_serializer=_ident
     )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, unary),))
 
@@ -224,20 +242,59 @@ async def test_health_goes_not_serving_before_stop() -> None:
     await server.stop(0)
 
 
-async def test_metrics_endpoint_counts_calls_and_codes() -> None:
+def _sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_metrics_follow_grpc_prometheus_conventions() -> None:
     server, channel = await _start(metrics=True)
+    unary = {"grpc_type": "unary", "grpc_service": SERVICE}
+    failed = {**unary, "grpc_method": "Fail", "grpc_code": "InvalidArgument"}
+    before = _sample("grpc_server_handled_total", **failed)
     await _call(channel, "WhoAmI")(b"")
     with pytest.raises(grpc.aio.AioRpcError):
         await _call(channel, "Fail")(b"invalid")
+    # One failed call is counted once, with the Go spelling of its code (a moment after the
+    # client has its status: the servicer's abort sends it before the chassis counts).
+    for _ in range(500):
+        if _sample("grpc_server_handled_total", **failed) > before:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+    assert _sample("grpc_server_handled_total", **failed) == before + 1
+
+    async def three() -> AsyncIterator[bytes]:
+        for item in (b"a", b"b", b"c"):
+            yield item
+
+    replies = channel.stream_stream(f"/{SERVICE}/Chat", _ident, _ident)(three())
+    assert [r async for r in replies] == [b"A", b"B", b"C"]
+    chat = {"grpc_type": "bidi_stream", "grpc_service": SERVICE, "grpc_method": "Chat"}
+
     url = f"http://127.0.0.1:{server.metrics_port}/metrics"
     body = (await asyncio.to_thread(lambda: urllib.request.urlopen(url).read())).decode()
-    # `server` names the process that served the call (the gateway also serves memory's API).
-    ok = 'gensearch_grpc_requests_total{code="OK",method="WhoAmI",server="test",'
-    assert f'{ok}service="{SERVICE}"}}' in body
+    labels = f'grpc_method="WhoAmI",grpc_service="{SERVICE}",grpc_type="unary"'
+    assert f"grpc_server_started_total{{{labels}}}" in body
+    assert f'grpc_server_handled_total{{grpc_code="OK",{labels}}}' in body
+    assert f'grpc_server_handling_seconds_bucket{{{labels},le="0.005"}}' in body
+    assert f"grpc_server_msg_received_total{{{labels}}}" in body
+    assert f"grpc_server_msg_sent_total{{{labels}}}" in body
+    # Our own gauge, beside them: calls in progress by serving process.
+    in_flight = f'grpc_method="WhoAmI",grpc_service="{SERVICE}",server="test"'
+    assert f"gensearch_grpc_server_in_flight{{{in_flight}}} 0.0" in body
+    for name in ("grpc_server_msg_received_total", "grpc_server_msg_sent_total"):
+        assert (
+            f'{name}{{grpc_method="Chat",grpc_service="{SERVICE}",grpc_type="bidi_stream"}}' in body
+        )
+    assert _sample("grpc_server_msg_received_total", **chat) >= 3
     assert (
-        'gensearch_grpc_requests_total{code="INVALID_ARGUMENT",method="Fail",server="test",'
-        f'service="{SERVICE}"}}' in body
+        _sample(
+            "gensearch_grpc_server_in_flight",
+            server="test",
+            grpc_service=SERVICE,
+            grpc_method="WhoAmI",
+        )
+        == 0
     )
-    assert "gensearch_grpc_request_duration_seconds_bucket" in body
     await channel.close()
     await server.stop(0)

@@ -160,9 +160,3 @@ def settings_class(service: str) -> type[Any]:
         pytest.skip(f"{module_name} is not importable yet: {err}")
     cls: type[Any] = getattr(module, class_name)
     return cls
-
-
-def env_names(cls: type[Any]) -> set[str]:
-    """The environment variables a pydantic-settings class reads."""
-    prefix = cls.model_config.get("env_prefix", "")
-    return {f"{prefix}{name}".upper() for name in cls.model_fields}

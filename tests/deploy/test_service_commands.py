@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from services.common.redis_process import RedisProcess, free_port
+from services.devlaunch.processes import free_port
+from services.devlaunch.redis_server import RedisProcess
 from tests.deploy.manifests import REPO, SERVICES, config, container, find, of_kind, render
 from tests.support.processes import wait_serving
 
@@ -38,9 +39,9 @@ def _pod_env(service: str, tmp_path: Path, redis_url: str) -> tuple[dict[str, st
             "GENSEARCH_DATA_DIR": str(tmp_path / "data"),
             f"GENSEARCH_{service.upper()}_PORT": str(grpc_port),
             f"GENSEARCH_{service.upper()}_METRICS_PORT": str(metrics_port),
-            "GENSEARCH_REDIS_URL": redis_url,
+            "GENSEARCH_MEMORY_REDIS_URL": redis_url,
             # In the cluster: the Qdrant StatefulSet; here the embedded engine.
-            "GENSEARCH_QDRANT_URL": "",
+            "GENSEARCH_RETRIEVAL_QDRANT_URL": "",
         }
     )
     return env, grpc_port, metrics_port
@@ -59,6 +60,8 @@ async def test_container_command_serves_and_stops_cleanly(
     command = container(find(render("base"), "Deployment", service))["command"]
     assert command[:2] == ["python", "-m"]
     env, grpc_port, metrics_port = _pod_env(service, tmp_path, redis_server.url)
+    typo = f"GENSEARCH_{service.upper()}_GRACE_PERIDO"  # a typo, named in a warning at start
+    env[typo] = "30"
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         *command[1:],
@@ -77,12 +80,20 @@ async def test_container_command_serves_and_stops_cleanly(
             output = (await proc.communicate())[0].decode(errors="replace")
             raise AssertionError(f"{' '.join(command)} did not serve:\n{output[-3000:]}") from None
         body = await asyncio.to_thread(_metrics, metrics_port)
-        assert "gensearch_grpc_requests_total" in body
+        assert "grpc_server_handled_total" in body
         assert "process_resident_memory_bytes" in body
         proc.send_signal(signal.SIGTERM)
-        grace = float(env["GENSEARCH_GRACE_PERIOD"])
+        grace = float(env[f"GENSEARCH_{service.upper()}_GRACE_PERIOD"])
         output = (await asyncio.wait_for(proc.communicate(), grace + 20))[0]
         assert proc.returncode == 0, output.decode(errors="replace")[-3000:]
+        # The typo is named; the other services' keys in the shared ConfigMap are not.
+        warnings = [
+            line
+            for line in output.decode(errors="replace").splitlines()
+            if "unknown GENSEARCH_" in line
+        ]
+        assert len(warnings) == 1 and typo in warnings[0], warnings
+        assert "GENSEARCH_GATEWAY_MEMORY_ADDR" not in warnings[0]
         # Secrets from the Secret never reach the logs.
         for key in ("GENSEARCH_API_KEYS", "GENSEARCH_INTERNAL_TOKEN"):
             secret = env[key].split(":", 1)[-1]

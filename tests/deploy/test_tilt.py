@@ -156,3 +156,22 @@ def test_tiltfile_applies_tilt_yaml_and_nothing_else() -> None:
         if isinstance(node, ast.Constant) and isinstance(node.value, str)
     }
     assert literals - keys == {"tilt.yaml"}
+
+
+def test_dependency_changes_rebuild_instead_of_syncing() -> None:
+    """What the builder installs dependencies from (pyproject.toml and the lock) makes Tilt
+    rebuild the image: a synced lock would change nothing inside the container."""
+    for image in TILT["images"]:
+        live = image.get("live_update")
+        if not live:
+            continue
+        builder = stages(REPO / image["dockerfile"])["builder"]
+        copied = {
+            part
+            for keyword, args in builder.instructions
+            if keyword == "COPY"
+            for part in args.split()[:-1]
+            if not part.startswith("--")
+        }
+        assert {"pyproject.toml", "requirements.lock"} <= copied
+        assert copied <= set(live["fall_back_on"]) | {"README.md"}, image["ref"]

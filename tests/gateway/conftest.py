@@ -20,8 +20,9 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as ret_grpc
 from google.protobuf import struct_pb2
 
-from services.common.redis_process import RedisProcess, free_port
 from services.common.server import GrpcServer
+from services.devlaunch.processes import free_port
+from services.devlaunch.redis_server import RedisProcess
 from services.gateway.__main__ import build_server as build_gateway
 from services.gateway.settings import GatewaySettings
 from services.generation.__main__ import build_server as build_generation
@@ -111,7 +112,7 @@ async def stack_factory(
         memory_settings = MemorySettings(
             redis_url=shared_redis.url,
             key_prefix=f"gw-{uuid.uuid4().hex[:12]}",
-            memory_metrics_port=None,
+            metrics_port=None,
             **common,
         )
         servers["memory"] = await build_memory(memory_settings, port=0)
@@ -124,7 +125,7 @@ async def stack_factory(
                 GenerationSettings(
                     providers=[provider or fake_provider(fake)],
                     default_provider=(provider or {}).get("name", "fake"),
-                    generation_metrics_port=None,
+                    metrics_port=None,
                     retry_max_attempts=1,
                     **common,
                 ),
@@ -136,7 +137,7 @@ async def stack_factory(
             "memory_addr": f"127.0.0.1:{ports['memory']}",
             "retrieval_addr": f"127.0.0.1:{ports['retrieval']}",
             "generation_addr": f"127.0.0.1:{gen_port}",
-            "gateway_metrics_port": None,
+            "metrics_port": None,
             "api_keys": KEYS,
             "collection_cache_ttl": 0,
             **common,

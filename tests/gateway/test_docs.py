@@ -64,3 +64,16 @@ async def test_python_client_example_runs(stack: Stack) -> None:
         mem_pb.ListConversationsRequest(), metadata=ALICE
     )
     assert conversations.conversations[0].interaction_count == 2
+
+
+def test_the_code_layout_names_every_module() -> None:
+    package = DOC.parents[1] / "services" / "gateway"
+    layout = DOC.read_text().split("## Code layout", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"`([\w/]+\.py)`", layout))
+    modules = {
+        path.relative_to(package).as_posix()
+        for path in package.rglob("*.py")
+        if path != package / "__init__.py"  # empty
+    }
+    assert modules - named == set()
+    assert named - modules == set()

@@ -7,7 +7,14 @@ import asyncio
 import grpc
 
 from services.common.errors import Unavailable
-from services.gateway.fanout import Delta, Emit, Job, Outcome, fan_out, fan_out_stream
+from services.gateway.fanout import (
+    Delta,
+    Emit,
+    Job,
+    Outcome,
+    collect_outcomes,
+    fan_out_stream,
+)
 
 
 def _sleeper(delay: float, value: str, tracker: list[int] | None = None) -> Job[str]:
@@ -29,7 +36,7 @@ def _sleeper(delay: float, value: str, tracker: list[int] | None = None) -> Job[
 async def test_concurrency_is_bounded_and_all_finish() -> None:
     tracker = [0, 0]
     jobs = {i: _sleeper(0.02, f"v{i}", tracker) for i in range(20)}
-    outcomes = await fan_out(jobs, max_concurrency=4, timeout=5)
+    outcomes = await collect_outcomes(fan_out_stream(jobs, max_concurrency=4, timeout=5))
     assert tracker[1] == 4
     assert [outcomes[i].value for i in range(20)] == [f"v{i}" for i in range(20)]
 
@@ -42,7 +49,7 @@ async def test_one_failure_does_not_fail_the_rest() -> None:
         raise RuntimeError("secret internals")
 
     jobs: dict[int, Job[str]] = {0: _sleeper(0, "ok"), 1: boom, 2: crash}
-    outcomes = await fan_out(jobs, max_concurrency=8, timeout=5)
+    outcomes = await collect_outcomes(fan_out_stream(jobs, max_concurrency=8, timeout=5))
     assert outcomes[0].value == "ok" and outcomes[0].error is None
     err = outcomes[1].error
     assert err is not None and err.code == grpc.StatusCode.UNAVAILABLE
@@ -55,7 +62,7 @@ async def test_one_failure_does_not_fail_the_rest() -> None:
 async def test_timeout_keeps_finished_results() -> None:
     jobs = {0: _sleeper(0.01, "fast"), 1: _sleeper(5, "slow"), 2: _sleeper(0.02, "fast2")}
     started = asyncio.get_running_loop().time()
-    outcomes = await fan_out(jobs, max_concurrency=8, timeout=0.3)
+    outcomes = await collect_outcomes(fan_out_stream(jobs, max_concurrency=8, timeout=0.3))
     elapsed = asyncio.get_running_loop().time() - started
     assert elapsed < 2
     assert outcomes[0].value == "fast" and outcomes[2].value == "fast2"
@@ -65,7 +72,7 @@ async def test_timeout_keeps_finished_results() -> None:
 
 async def test_queued_jobs_also_time_out() -> None:
     jobs = {i: _sleeper(0.2, str(i)) for i in range(4)}
-    outcomes = await fan_out(jobs, max_concurrency=1, timeout=0.3)
+    outcomes = await collect_outcomes(fan_out_stream(jobs, max_concurrency=1, timeout=0.3))
     done = [i for i, o in outcomes.items() if o.error is None]
     assert done == [0]
     assert all(outcomes[i].error is not None for i in (1, 2, 3))
@@ -91,7 +98,9 @@ async def test_unbounded_job_does_not_take_a_slot() -> None:
     tracker = [0, 0]
     jobs = {i: _sleeper(0.05, str(i), tracker) for i in range(3)}
     jobs[-1] = _sleeper(0.05, "grouped", tracker)
-    outcomes = await fan_out(jobs, max_concurrency=1, timeout=5, unbounded={-1})
+    outcomes = await collect_outcomes(
+        fan_out_stream(jobs, max_concurrency=1, timeout=5, unbounded={-1})
+    )
     assert tracker[1] == 2
     assert outcomes[-1].value == "grouped"
 

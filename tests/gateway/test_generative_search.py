@@ -11,6 +11,7 @@ import pytest
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from google.protobuf import duration_pb2
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import REGISTRY
 
 from tests.gateway.conftest import ALICE, BOOKS, DIM, Stack, StackFactory, create_books
@@ -289,3 +290,40 @@ async def test_generate_options_are_validated(
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert _bad_request_field(err.value) == field
     assert stack.fake.chat_requests == []
+
+
+async def test_one_span_per_hit_and_one_for_the_grouped_call(
+    stack: Stack, spans: InMemorySpanExporter
+) -> None:
+    ids = await create_books(stack)
+    stack.fake.enqueue(Behaviour.error(400))  # one hit's call fails
+    spans.clear()
+    response = await stack.stub.GenerativeSearch(
+        _near(limit=3, single_prompt="Tell me about {title}", grouped_task="Compare them"),
+        metadata=ALICE,
+    )
+    generate = [s for s in spans.get_finished_spans() if s.name.startswith("generate ")]
+    by_name = {s.name: s for s in generate}
+    assert sorted(by_name) == [
+        "generate grouped",
+        "generate hit 0",
+        "generate hit 1",
+        "generate hit 2",
+    ]
+    outcomes = []
+    for index, hit in enumerate(response.hits):
+        attributes = by_name[f"generate hit {index}"].attributes or {}
+        assert attributes["gensearch.hit.index"] == index
+        assert attributes["gensearch.object.id"] == hit.hit.id and hit.hit.id in ids
+        expected = hit.generation.error.status or "OK"
+        assert attributes["gensearch.outcome"] == expected
+        outcomes.append(expected)
+    grouped = by_name["generate grouped"].attributes or {}
+    assert grouped["gensearch.hits"] == 3
+    assert grouped["gensearch.outcome"] == (response.grouped.error.status or "OK")
+    # Whichever call met the upstream 400, exactly one span says so.
+    outcomes.append(str(grouped["gensearch.outcome"]))
+    assert sorted(outcomes) == ["INVALID_ARGUMENT", "OK", "OK", "OK"]
+    # Prompts never go into traces.
+    for span in generate:
+        assert not any("Tell me about" in str(v) for v in (span.attributes or {}).values())

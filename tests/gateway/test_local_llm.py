@@ -10,7 +10,7 @@ from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.memory.v1 import memory_service_pb2 as mem_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 
-from services.generation import local_llm
+from services.devlaunch import llm_server as local_llm
 from services.generation.settings import LOCAL_MODEL
 from tests.gateway.conftest import ALICE, DIM, StackFactory, create_books
 

@@ -13,7 +13,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from services.common.redis_process import free_port
+from services.devlaunch.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,8 +24,8 @@ async def test_module_serves_until_sigterm() -> None:
         **os.environ,
         "GENSEARCH_GATEWAY_PORT": str(port),
         "GENSEARCH_GATEWAY_METRICS_PORT": "0",
-        "GENSEARCH_GENERATION_ADDR": "dns:///localhost:1",
-        "GENSEARCH_CONTEXT_WINDOWS": '{"smollm2": 2048, "big": 100000}',
+        "GENSEARCH_GATEWAY_GENERATION_ADDR": "dns:///localhost:1",
+        "GENSEARCH_GATEWAY_CONTEXT_WINDOWS": '{"smollm2": 2048, "big": 100000}',
         "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'gen'}",
     }
     proc = await asyncio.create_subprocess_exec(

@@ -21,7 +21,7 @@ async def _replica(fake: FakeOpenAI) -> GrpcServer:
         GenerationSettings(
             providers=[fake_provider(fake)],
             default_provider="fake",
-            generation_metrics_port=None,
+            metrics_port=None,
             internal_token=TOKEN,
         ),
         port=0,

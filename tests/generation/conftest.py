@@ -15,7 +15,7 @@ from gensearch.generation.v1 import generation_service_pb2 as pb
 from gensearch.generation.v1 import generation_service_pb2_grpc as pb_grpc
 
 from services.common.server import GrpcServer
-from services.generation import local_llm
+from services.devlaunch import llm_server as local_llm
 from services.generation.__main__ import build_server
 from services.generation.settings import GenerationSettings
 from tests.support.fake_openai import FakeOpenAI
@@ -46,7 +46,7 @@ def make_settings(providers: list[dict[str, Any]], **overrides: Any) -> Generati
     values: dict[str, Any] = {
         "providers": providers,
         "default_provider": "fake",
-        "generation_metrics_port": None,
+        "metrics_port": None,
         # Fast backoff keeps retry tests quick; Retry-After is still honoured as sent.
         "retry_base_backoff": 0.01,
         "retry_max_backoff": 0.05,

@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from services.common.redis_process import free_port
-from services.generation.__main__ import local_llm_address
+from services.devlaunch.llm_server import local_llm_address
+from services.devlaunch.processes import free_port
 from services.generation.settings import GenerationSettings
 
 needs_llama = pytest.mark.skipif(
@@ -28,7 +28,7 @@ async def listener() -> AsyncIterator[int]:
 
 
 def _local_at(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
-    monkeypatch.setenv("GENSEARCH_LOCAL_BASE_URL", url)
+    monkeypatch.setenv("GENSEARCH_GENERATION_LOCAL_BASE_URL", url)
 
 
 @needs_llama

@@ -333,3 +333,20 @@ async def test_service_recovers_after_faults(service: Service, fake: FakeOpenAI)
     fake.clear_queue()
     reply = await service.stub.Generate(ask("back"), timeout=10)
     assert reply.text == "back"
+
+
+@pytest.mark.parametrize("status", [408, 409, 501])
+async def test_timeouts_conflicts_and_every_5xx_are_retried(
+    service: Service, fake: FakeOpenAI, status: int
+) -> None:
+    fake.enqueue(Behaviour.error(status))
+    reply = await service.stub.Generate(ask(), timeout=10)
+    assert reply.debug.attempts == 2
+
+
+async def test_retry_after_ms_is_honoured(service: Service, fake: FakeOpenAI) -> None:
+    fake.enqueue(Behaviour.error(503, headers={"retry-after-ms": "400"}))
+    reply = await service.stub.Generate(ask(), timeout=10)
+    assert reply.debug.attempts == 2
+    gap = fake.chat_requests[1].received_at - fake.chat_requests[0].received_at
+    assert gap >= 0.38  # the server's wait, not our 10-50 ms test backoff

@@ -15,7 +15,7 @@ import pytest
 from gensearch.generation.v1 import generation_service_pb2 as pb
 from gensearch.generation.v1 import generation_service_pb2_grpc as pb_grpc
 
-from services.common.redis_process import free_port
+from services.devlaunch.processes import free_port
 from tests.generation.conftest import (
     FAKE_KEY_ENV,
     Service,
@@ -156,9 +156,9 @@ async def test_service_process_never_logs_keys(fake: FakeOpenAI) -> None:
         "GENSEARCH_GENERATION_PORT": str(port),
         "GENSEARCH_GENERATION_METRICS_PORT": "0",
         "GENSEARCH_LOG_LEVEL": "DEBUG",
-        "GENSEARCH_DEFAULT_PROVIDER": "fake",
-        "GENSEARCH_PROVIDERS": json.dumps([fake_provider(fake)]),
-        "GENSEARCH_RETRY_BASE_BACKOFF": "0.01",
+        "GENSEARCH_GENERATION_DEFAULT_PROVIDER": "fake",
+        "GENSEARCH_GENERATION_PROVIDERS": json.dumps([fake_provider(fake)]),
+        "GENSEARCH_GENERATION_RETRY_BASE_BACKOFF": "0.01",
         FAKE_KEY_ENV: ENV_KEY,
     }
     proc = await asyncio.create_subprocess_exec(

@@ -11,7 +11,7 @@ import grpc
 import pytest
 from gensearch.generation.v1 import generation_service_pb2 as pb
 
-from services.generation import local_llm
+from services.devlaunch import llm_server as local_llm
 from services.generation.settings import LOCAL_MODEL
 from tests.generation.conftest import Service, StartService, user
 from tests.support.rpc import error_info
@@ -29,7 +29,7 @@ async def local_service(
     local_llm_url: str, start_service: StartService, monkeypatch: pytest.MonkeyPatch
 ) -> Service:
     # The `local` preset, moved to the test server's port the way a user would do it.
-    monkeypatch.setenv("GENSEARCH_LOCAL_BASE_URL", local_llm_url)
+    monkeypatch.setenv("GENSEARCH_GENERATION_LOCAL_BASE_URL", local_llm_url)
     return await start_service([], default_provider="local")
 
 

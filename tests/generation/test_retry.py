@@ -1,14 +1,31 @@
-"""Backoff with full jitter and Retry-After parsing."""
+"""The shared retry policy: backoff with full jitter, Retry-After parsing, which SDK errors
+are retried, and the deadline bound."""
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import time
 
+import httpx2
+import openai
 import pytest
 
-from services.generation.retry import RetryPolicy
-from services.generation.upstream import UpstreamFault, parse_retry_after
+from services.common.upstream_retry import (
+    Deadline,
+    Retrier,
+    RetryPolicy,
+    is_transient,
+    parse_retry_after,
+    server_wait,
+)
+
+REQUEST = httpx2.Request("POST", "http://127.0.0.1:9/v1/chat/completions")
+
+
+def status_error(status: int, headers: dict[str, str] | None = None) -> openai.APIStatusError:
+    response = httpx2.Response(status, headers=headers, request=REQUEST)
+    return openai.APIStatusError(f"Error code: {status}", response=response, body=None)
 
 
 @pytest.mark.parametrize(
@@ -48,21 +65,54 @@ def test_full_jitter_stays_under_the_exponential_ceiling() -> None:
 
 def test_retry_after_wins_over_backoff_up_to_a_cap() -> None:
     policy = RetryPolicy(base_backoff=0.1, max_backoff=1.0, retry_after_max=10)
-    fault = UpstreamFault("http", status=429, retry_after=4.0)
-    assert policy.delay(1, fault) == 4.0
-    assert policy.delay(1, UpstreamFault("http", status=429, retry_after=11.0)) is None
+    assert policy.delay(1, 4.0) == 4.0
+    assert policy.delay(1, 11.0) is None
 
 
 @pytest.mark.parametrize(
     ("status", "retryable"),
-    [(429, True), (500, True), (502, True), (503, True), (504, True), (400, False),
-     (401, False), (403, False), (404, False), (501, False)],
+    [(408, True), (409, True), (429, True), (500, True), (501, True), (502, True), (503, True),
+     (504, True), (400, False), (401, False), (403, False), (404, False), (422, False)],
 )  # fmt: skip
 def test_which_statuses_are_retried(status: int, retryable: bool) -> None:
-    assert UpstreamFault("http", status=status).retryable is retryable
+    assert is_transient(status_error(status)) is retryable
 
 
-def test_connection_faults_are_retried_malformed_answers_are_not() -> None:
-    assert UpstreamFault("connection").retryable
-    assert not UpstreamFault("bad_response").retryable
-    assert not UpstreamFault("timeout", retryable=False).retryable
+def test_connection_errors_are_retried_other_errors_are_not() -> None:
+    assert is_transient(openai.APIConnectionError(request=REQUEST))
+    assert is_transient(openai.APITimeoutError(request=REQUEST))
+    assert not is_transient(ValueError("not JSON"))
+    assert not is_transient(TimeoutError())  # the call's own deadline: final
+
+
+def test_server_wait_reads_the_error_response_headers() -> None:
+    assert server_wait(status_error(429, {"retry-after-ms": "1500"})) == 1.5
+    assert server_wait(status_error(503, {"Retry-After": "2"})) == 2.0
+    assert server_wait(status_error(500)) is None
+    assert server_wait(openai.APIConnectionError(request=REQUEST)) is None
+
+
+async def test_retrier_counts_attempts_and_stops_at_max_attempts() -> None:
+    causes: list[str] = []
+    retrier = Retrier(
+        RetryPolicy(max_attempts=3, base_backoff=0.0), Deadline(10), "p", on_retry=causes.append
+    )
+    outcomes = []
+    for _ in range(4):
+        retrier.begin()
+        outcomes.append(await retrier.pause(retryable=True, retry_after=None, cause="503"))
+    assert outcomes == [True, True, False, False]
+    assert causes == ["503", "503"]
+    retrier = Retrier(RetryPolicy(), Deadline(10), "p")
+    retrier.begin()
+    assert not await retrier.pause(retryable=False, retry_after=None, cause="400")
+
+
+async def test_retrier_never_sleeps_past_the_deadline() -> None:
+    retrier = Retrier(RetryPolicy(max_attempts=100), Deadline(0.5), "p")
+    retrier.begin()
+    started = asyncio.get_running_loop().time()
+    # The server asks for more than is left: the fault is returned at once.
+    assert not await retrier.pause(retryable=True, retry_after=1.0, cause="429")
+    assert asyncio.get_running_loop().time() - started < 0.05
+    assert await retrier.pause(retryable=True, retry_after=0.1, cause="429")

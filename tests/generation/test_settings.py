@@ -28,24 +28,24 @@ def test_presets() -> None:
 
 
 def test_default_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("DEFAULT_PROVIDER", "PROVIDERS", "GENERATION_PORT", "GENERATION_METRICS_PORT"):
-        monkeypatch.delenv(f"GENSEARCH_{name}", raising=False)
+    for name in ("DEFAULT_PROVIDER", "PROVIDERS", "PORT", "METRICS_PORT"):
+        monkeypatch.delenv(f"GENSEARCH_GENERATION_{name}", raising=False)
     settings = GenerationSettings()
-    assert settings.generation_port == 50053
-    assert settings.generation_metrics_port == 9093
+    assert settings.port == 50053
+    assert settings.metrics_port == 9093
     assert settings.default_provider == "local"
     assert "local" in settings.provider_configs(environ={})
 
 
 def test_providers_json_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(
-        "GENSEARCH_PROVIDERS",
+        "GENSEARCH_GENERATION_PROVIDERS",
         '[{"name": "mistral", "base_url": "https://api.mistral.ai/v1/", '
         '"default_model": "mistral-small", "api_key_env": "MISTRAL_API_KEY", '
         '"requires_key": true, "max_concurrency": 3},'
         ' {"name": "anyscale", "default_model": "mistralai/Mixtral-8x7B-Instruct-v0.1"}]',
     )
-    monkeypatch.setenv("GENSEARCH_DEFAULT_PROVIDER", "mistral")
+    monkeypatch.setenv("GENSEARCH_GENERATION_DEFAULT_PROVIDER", "mistral")
     settings = GenerationSettings()
     providers = settings.provider_configs(environ={})
     mistral = providers["mistral"]
@@ -62,12 +62,12 @@ def test_providers_json_from_the_environment(monkeypatch: pytest.MonkeyPatch) ->
 
 def test_per_field_variables() -> None:
     env = {
-        "GENSEARCH_LOCAL_BASE_URL": "http://10.0.0.5:9000/v1",
-        "GENSEARCH_LOCAL_MODEL": "qwen2.5-0.5b",
-        "GENSEARCH_VLLM_MAX_CONCURRENCY": "128",
-        "GENSEARCH_OPENAI_TEMPERATURE": "0.2",
-        "GENSEARCH_OLLAMA_MODELS": "llama3.2,qwen2.5",
-        "GENSEARCH_OPENAI_API_KEY_ENV": "MY_OPENAI_KEY",
+        "GENSEARCH_GENERATION_LOCAL_BASE_URL": "http://10.0.0.5:9000/v1",
+        "GENSEARCH_GENERATION_LOCAL_MODEL": "qwen2.5-0.5b",
+        "GENSEARCH_GENERATION_VLLM_MAX_CONCURRENCY": "128",
+        "GENSEARCH_GENERATION_OPENAI_TEMPERATURE": "0.2",
+        "GENSEARCH_GENERATION_OLLAMA_MODELS": "llama3.2,qwen2.5",
+        "GENSEARCH_GENERATION_OPENAI_API_KEY_ENV": "MY_OPENAI_KEY",
     }
     providers = resolve_providers([], environ=env)
     assert providers["local"].base_url == "http://10.0.0.5:9000/v1"

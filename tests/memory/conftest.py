@@ -1,4 +1,10 @@
-"""Fixtures of the memory tests: the real service on a free port against a real Redis."""
+"""Fixtures of the memory tests: the real service on a free port against a real Redis.
+
+Every test that uses the service runs twice, against a standalone server and against a
+real three-master Redis Cluster (one per session, flushed before each test), unless its
+module sets ``BACKENDS = ("standalone",)`` or the test takes ``redis_server`` itself (it
+stops, kills or restarts the standalone server).
+"""
 
 from __future__ import annotations
 
@@ -8,13 +14,15 @@ from typing import Any
 
 import grpc
 import pytest
-import redis.asyncio as aioredis
+import pytest_asyncio
 from gensearch.memory.v1 import memory_service_pb2_grpc as pb_grpc
 
-from services.common.redis_process import RedisProcess
 from services.common.server import GrpcServer
+from services.devlaunch.redis_server import RedisProcess
 from services.memory.__main__ import build_server
+from services.memory.redis_client import RedisClient, connect
 from services.memory.settings import MemorySettings
+from tests.support.redis_cluster import LocalCluster
 
 KEYS = "alice:ka,bob:kb"
 INTERNAL_TOKEN = "internal-test-token"
@@ -22,10 +30,22 @@ ALICE = (("authorization", "Bearer ka"),)
 BOB = (("authorization", "Bearer kb"),)
 
 
+BACKENDS = ("standalone", "cluster")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend" not in metafunc.fixturenames:
+        return
+    backends = getattr(metafunc.module, "BACKENDS", BACKENDS)
+    if "redis_server" in metafunc.fixturenames:
+        backends = ("standalone",)
+    metafunc.parametrize("backend", backends)
+
+
 def make_settings(redis_url: str, **overrides: Any) -> MemorySettings:
     values: dict[str, Any] = {
         "redis_url": redis_url,
-        "memory_metrics_port": None,
+        "metrics_port": None,
         "api_keys": KEYS,
         "internal_token": INTERNAL_TOKEN,
         "grace_period": 1.0,
@@ -39,7 +59,7 @@ class Memory:
     server: GrpcServer
     channel: grpc.aio.Channel
     stub: pb_grpc.MemoryServiceStub
-    redis: aioredis.Redis
+    redis: RedisClient  # the test's own client, beside the service's
     settings: MemorySettings
 
     @property
@@ -50,23 +70,50 @@ class Memory:
 MemoryFactory = Callable[..., Awaitable[Memory]]
 
 
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LocalCluster]:
+    cluster = LocalCluster(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        await cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@dataclass
+class Target:
+    """The Redis a test's memory services use."""
+
+    url: str
+    cluster: LocalCluster | None
+
+
 @pytest.fixture
-async def memory_factory(redis_server: RedisProcess) -> AsyncIterator[MemoryFactory]:
+def target(backend: str, request: pytest.FixtureRequest) -> Target:
+    # Looked up here, not requested by name: a standalone test must not start a cluster,
+    # and "redis_server" in a test's own arguments means standalone only (see above).
+    if backend == "cluster":
+        cluster: LocalCluster = request.getfixturevalue("redis_cluster")
+        return Target(cluster.url, cluster)
+    server: RedisProcess = request.getfixturevalue("redis_server")
+    return Target(server.url, None)
+
+
+@pytest.fixture
+async def memory_factory(target: Target) -> AsyncIterator[MemoryFactory]:
     """Starts memory services (with settings overrides) against the test's Redis."""
+    clustered = target.cluster is not None
+    if target.cluster is not None:
+        await target.cluster.flush()  # a clean cluster for every test, as a fresh server is
     started: list[Memory] = []
 
     async def start(**overrides: Any) -> Memory:
-        settings = make_settings(redis_server.url, **overrides)
+        settings = make_settings(target.url, redis_cluster=clustered, **overrides)
         server = await build_server(settings, port=0)
         await server.start()
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
-        memory = Memory(
-            server,
-            channel,
-            pb_grpc.MemoryServiceStub(channel),
-            aioredis.Redis.from_url(redis_server.url),
-            settings,
-        )
+        redis = connect(target.url, cluster=clustered, socket_timeout=5, connect_timeout=2)
+        memory = Memory(server, channel, pb_grpc.MemoryServiceStub(channel), redis, settings)
         started.append(memory)
         return memory
 

@@ -8,7 +8,7 @@ import contextlib
 import grpc
 from gensearch.memory.v1 import memory_service_pb2 as pb
 
-from services.common.redis_process import RedisProcess
+from services.devlaunch.redis_server import RedisProcess
 from services.memory.__main__ import build_server
 from tests.memory.conftest import ALICE, Memory, MemoryFactory, make_settings
 from tests.memory.helpers import expect_error, rpc_error

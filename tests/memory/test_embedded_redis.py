@@ -8,30 +8,15 @@ import signal
 from pathlib import Path
 
 import grpc
+import pytest
 import redis.asyncio as aioredis
 from gensearch.memory.v1 import memory_service_pb2 as pb
 from gensearch.memory.v1 import memory_service_pb2_grpc as pb_grpc
 
-from services.common.redis_process import RedisProcess
+from services.devlaunch.redis_server import RedisProcess, bundled_binary, find_binary
 from services.memory.__main__ import build_server
 from services.memory.settings import MemorySettings
-
-
-def _redis_pid_serving(data_dir: Path) -> int:
-    # Redis changes into its --dir, so its working directory identifies it.
-    wanted = str(data_dir.resolve())
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if (
-                os.readlink(entry / "cwd") == wanted
-                and b"redis" in (entry / "cmdline").read_bytes()
-            ):
-                return int(entry.name)
-        except OSError:
-            continue
-    raise AssertionError(f"no redis process serving {wanted}")
+from tests.memory.helpers import redis_pid
 
 
 async def test_supervised_redis_comes_back_with_its_data(tmp_path: Path) -> None:
@@ -42,7 +27,8 @@ async def test_supervised_redis_comes_back_with_its_data(tmp_path: Path) -> None
         client = aioredis.Redis.from_url(server.url)
         await client.set("kept", "1")
         await client.aclose()
-        os.kill(_redis_pid_serving(server.data_dir), signal.SIGKILL)  # a crash
+        assert server.pid is not None
+        os.kill(server.pid, signal.SIGKILL)  # a crash
         client = aioredis.Redis.from_url(server.url)
         try:
             value = None
@@ -61,9 +47,7 @@ async def test_supervised_redis_comes_back_with_its_data(tmp_path: Path) -> None
 
 
 async def test_memory_recovers_when_its_own_redis_is_killed(tmp_path: Path) -> None:
-    settings = MemorySettings(
-        data_dir=tmp_path, memory_metrics_port=None, redis_appendfsync="always"
-    )
+    settings = MemorySettings(data_dir=tmp_path, metrics_port=None, redis_appendfsync="always")
     server = await build_server(settings, port=0)
     port = await server.start()
     try:
@@ -71,7 +55,7 @@ async def test_memory_recovers_when_its_own_redis_is_killed(tmp_path: Path) -> N
             stub = pb_grpc.MemoryServiceStub(channel)
             made = await stub.CreateConversation(pb.CreateConversationRequest(name="kept"))
             request = pb.GetConversationRequest(conversation_id=made.conversation.conversation_id)
-            os.kill(_redis_pid_serving(tmp_path / "redis"), signal.SIGKILL)
+            os.kill(redis_pid(tmp_path / "redis"), signal.SIGKILL)
             got = None
             for _ in range(100):
                 try:
@@ -83,3 +67,22 @@ async def test_memory_recovers_when_its_own_redis_is_killed(tmp_path: Path) -> N
             assert got is not None and got.conversation.name == "kept"
     finally:
         await server.stop(0)
+
+
+def test_the_server_binary_can_be_chosen(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """GENSEARCH_REDIS_SERVER: `bundled` wins over a redis-server on PATH (CI sets it), a
+    path or command name is taken as is, and a wrong one fails naming the variable."""
+    fake = tmp_path / "redis-server"
+    fake.write_text("#!/bin/sh\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ.get('PATH', '')}")
+    monkeypatch.delenv("GENSEARCH_REDIS_SERVER", raising=False)
+    assert find_binary() == str(fake)  # the default prefers a redis-server on PATH
+    monkeypatch.setenv("GENSEARCH_REDIS_SERVER", "bundled")
+    assert find_binary() == bundled_binary() != str(fake)
+    assert Path(bundled_binary()).name == "valkey-server"
+    monkeypatch.setenv("GENSEARCH_REDIS_SERVER", str(fake))
+    assert find_binary() == str(fake)
+    monkeypatch.setenv("GENSEARCH_REDIS_SERVER", "no-such-redis-server")
+    with pytest.raises(RuntimeError, match="GENSEARCH_REDIS_SERVER"):
+        find_binary()

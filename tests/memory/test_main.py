@@ -12,7 +12,7 @@ import grpc
 from gensearch.memory.v1 import memory_service_pb2 as pb
 from gensearch.memory.v1 import memory_service_pb2_grpc as pb_grpc
 
-from services.common.redis_process import free_port
+from services.devlaunch.processes import free_port
 from tests.support.processes import alive, descendants, wait_serving
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,7 +24,7 @@ async def _start(data_dir: Path, port: int) -> asyncio.subprocess.Process:
         GENSEARCH_DATA_DIR=str(data_dir),
         GENSEARCH_MEMORY_PORT=str(port),
         GENSEARCH_MEMORY_METRICS_PORT="0",
-        GENSEARCH_GRACE_PERIOD="2",
+        GENSEARCH_MEMORY_GRACE_PERIOD="2",
     )
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "services.memory", cwd=ROOT, env=env,

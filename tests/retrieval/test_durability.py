@@ -12,7 +12,7 @@ import grpc
 from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as pb_grpc
 
-from services.common.redis_process import free_port
+from services.devlaunch.processes import free_port
 from tests.retrieval.conftest import MakeRetrieval, vector_collection
 from tests.retrieval.data import DIMS, article_objects, articles
 from tests.support.processes import wait_serving
@@ -66,7 +66,7 @@ async def test_kill_9_after_acknowledged_write(
         "GENSEARCH_DATA_DIR": str(data_dir),
         "GENSEARCH_RETRIEVAL_PORT": str(port),
         "GENSEARCH_RETRIEVAL_METRICS_PORT": "0",
-        "GENSEARCH_QDRANT_URL": "",
+        "GENSEARCH_RETRIEVAL_QDRANT_URL": "",
         "GENSEARCH_API_KEYS": "",
         "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "gen")]),
     }

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 import pytest
 from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
 
 from tests.retrieval.conftest import ARTICLE_PROPS, MakeRetrieval, Retrieval, expect_error, obj
 from tests.support.fake_openai import Behaviour, FakeOpenAI
@@ -174,3 +177,66 @@ async def test_unreachable_endpoint(retrieval: Retrieval) -> None:
         ),
         grpc.StatusCode.UNAVAILABLE,
     )
+
+
+async def test_retry_after_is_honoured(stub: Any, fake: FakeOpenAI) -> None:
+    # The same policy as the LLM calls: the server's Retry-After, not our backoff.
+    fake.enqueue(Behaviour.rate_limited(retry_after="1"))
+    resp = await stub.UpsertObjects(
+        pb.UpsertObjectsRequest(collection="Remote", objects=[obj({"title": "late"})])
+    )
+    assert len(resp.ids) == 1
+    sent = [r for r in fake.requests if r.path.endswith("/embeddings")]
+    assert len(sent) == 2
+    assert sent[1].received_at - sent[0].received_at >= 0.95
+
+
+async def test_a_hanging_endpoint_fails_within_the_timeout(
+    make_retrieval: MakeRetrieval, fake: FakeOpenAI
+) -> None:
+    harness = await make_retrieval(embedding_key_envs=KEY_ENV, embed_timeout=0.5)
+    await harness.stub.CreateCollection(
+        pb.CreateCollectionRequest(collection=remote(fake.base_url))
+    )
+    fake.enqueue(Behaviour.hang())
+    started = time.perf_counter()
+    err = await expect_error(
+        harness.stub.UpsertObjects(
+            pb.UpsertObjectsRequest(collection="Remote", objects=[obj({"title": "x"})])
+        ),
+        grpc.StatusCode.UNAVAILABLE,
+    )
+    assert time.perf_counter() - started < 2
+    assert error_info(err).reason == "EMBEDDINGS_UNAVAILABLE"
+
+
+async def test_each_embeddings_call_has_a_span(
+    stub: Any, fake: FakeOpenAI, spans: InMemorySpanExporter
+) -> None:
+    await stub.UpsertObjects(
+        pb.UpsertObjectsRequest(
+            collection="Remote", objects=[obj({"title": "red apples and pears"})]
+        )
+    )
+    fake.fail_next(3, Behaviour.error(500))
+    await expect_error(
+        stub.Search(pb.SearchRequest(collection="Remote", near_text=pb.NearText(text="pears"))),
+        grpc.StatusCode.UNAVAILABLE,
+    )
+    ok, failed = [
+        s for s in spans.get_finished_spans() if s.name == "embeddings text-embedding-3-small"
+    ]
+    assert ok.kind == SpanKind.CLIENT
+    attrs = dict(ok.attributes or {})
+    assert attrs["gen_ai.operation.name"] == "embeddings"
+    assert attrs["gen_ai.request.model"] == "text-embedding-3-small"
+    assert attrs["gen_ai.usage.input_tokens"] == 4  # the fake counts words
+    assert attrs["gensearch.upstream.attempts"] == 1
+    assert ok.status.status_code == StatusCode.UNSET
+    assert failed.status.status_code == StatusCode.ERROR
+    assert (failed.attributes or {})["error.type"] == "EMBEDDINGS_UNAVAILABLE"
+    assert (failed.attributes or {})["gensearch.upstream.attempts"] == 3
+    for span in (ok, failed):
+        text = " ".join(str(v) for v in (span.attributes or {}).values())
+        assert "sk-test" not in text
+        assert "apples" not in text and "pears" not in text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from pathlib import Path
 
@@ -52,6 +53,15 @@ def descendants(pid: int) -> set[int]:
         frontier.extend(children - found)
         found |= children
     return found
+
+
+def executable(pid: int) -> str:
+    """The resolved path of the program ``pid`` runs ("" once it is gone): unlike its name
+    or command line, which a server may rewrite, this names the binary for sure."""
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return ""
 
 
 def alive(pid: int) -> bool:

@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+from services.common.openai_api import OpenAIClients
+from services.common.upstream_retry import RetryPolicy
 from services.generation.providers.base import Provider
 from services.generation.providers.openai_compatible import OpenAICompatibleProvider
-from services.generation.retry import RetryPolicy
 from services.generation.settings import ProviderConfig
 
 
 def make_provider(
-    config: ProviderConfig, *, retry: RetryPolicy, connect_timeout: float, read_timeout: float
+    config: ProviderConfig,
+    *,
+    clients: OpenAIClients,
+    retry: RetryPolicy,
+    connect_timeout: float,
+    read_timeout: float,
 ) -> Provider:
     """The adapter for a provider's ``kind`` (one kind today; Anthropic would be another)."""
     if config.kind == "openai_compatible":
-        return OpenAICompatibleProvider(
-            config, retry=retry, connect_timeout=connect_timeout, read_timeout=read_timeout
+        client = clients.get(
+            config.base_url, connect_timeout=connect_timeout, read_timeout=read_timeout
         )
+        return OpenAICompatibleProvider(config, client=client, retry=retry)
     raise ValueError(f"provider {config.name!r}: unsupported kind {config.kind!r}")
 
 

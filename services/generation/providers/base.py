@@ -3,7 +3,8 @@
 An adapter turns a ``CompletionRequest`` into one upstream exchange (retries included) and
 answers with a ``Completion``, or with ``StreamChunk``s for a stream. Adapters raise
 ``services.common.errors.ServiceError`` subclasses with the upstream fault already mapped
-(see ``services.generation.upstream``), so the servicer never sees HTTP.
+(see ``services.generation.upstream``), so the servicer never sees HTTP. ``Deadline`` (from
+``services.common.upstream_retry``) bounds the whole exchange, retries included.
 
 OpenAI-compatible chat completions is the only kind today; another API (Anthropic's
 messages, say) is one more class implementing ``Provider``.
@@ -12,11 +13,11 @@ messages, say) is one more class implementing ``Provider``.
 from __future__ import annotations
 
 import abc
-import asyncio
 import math
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 
+from services.common.upstream_retry import Deadline
 from services.generation.settings import ProviderConfig
 
 ROLES = ("system", "user", "assistant")
@@ -38,7 +39,7 @@ class CompletionRequest:
     max_tokens: int | None = None
     top_p: float | None = None
     stop: Sequence[str] = ()
-    # Never logged, never part of the body: adapters put it in a header.
+    # Never logged, never part of the body: adapters send it as the bearer token only.
     api_key: str | None = field(default=None, repr=False)
 
 
@@ -72,22 +73,6 @@ class StreamChunk:
 
     delta: str = ""
     final: Completion | None = None
-
-
-class Deadline:
-    """An absolute point in loop time by which the whole upstream exchange must end."""
-
-    __slots__ = ("expires_at",)
-
-    def __init__(self, seconds: float) -> None:
-        self.expires_at = asyncio.get_running_loop().time() + max(0.0, seconds)
-
-    def remaining(self) -> float:
-        return max(0.0, self.expires_at - asyncio.get_running_loop().time())
-
-    @property
-    def expired(self) -> bool:
-        return self.remaining() <= 0.0
 
 
 def estimate_tokens(text: str) -> int:

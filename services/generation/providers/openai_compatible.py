@@ -1,80 +1,77 @@
-"""Adapter for OpenAI-compatible chat completions (OpenAI, Anyscale, vLLM, Ollama, llama.cpp).
+"""Adapter for OpenAI-compatible chat completions (OpenAI, Anyscale, vLLM, Ollama, llama.cpp)
+through the official ``openai`` SDK (``AsyncOpenAI`` on its aiohttp transport).
 
-One ``aiohttp.ClientSession`` per provider (keep-alive connections, pool sized to the
-provider's concurrency limit); a semaphore holds in-flight upstream requests at that limit.
-Every await on the network is bounded by the call's deadline; retries happen only before
-the answer started (for a stream: before the first text delta reached our caller).
+The SDK speaks HTTP and server-sent events; this adapter adds what the service promises on
+top: a semaphore holding in-flight requests at the provider's limit, the shared retry policy
+(``services.common.upstream_retry``) inside the call's deadline, retries only before the
+answer started (for a stream: before the first text delta reached our caller), usage, and
+a span per call.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import AsyncGenerator
 from typing import Any
 
-import aiohttp
+import openai
+from openai.types import CompletionUsage
+from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessage
+from openai.types.chat.chat_completion_chunk import Choice as ChunkChoice
+from opentelemetry.trace import Span
 
-from services.generation.metrics import TIME_TO_FIRST_TOKEN, UPSTREAM_REQUESTS, UPSTREAM_TOKENS
+from services.common.openai_api import (
+    ATTEMPTS,
+    ExtraHeaders,
+    authorized,
+    record_usage,
+    upstream_span,
+)
+from services.common.tracing import service_tracer
+from services.common.upstream_retry import Deadline, Retrier, RetryPolicy
+from services.generation.metrics import (
+    TIME_TO_FIRST_TOKEN,
+    UPSTREAM_REQUESTS,
+    UPSTREAM_RETRIES,
+    UPSTREAM_TOKENS,
+)
 from services.generation.providers.base import (
     Completion,
     CompletionRequest,
-    Deadline,
     DebugInfo,
     Provider,
     StreamChunk,
     Usage,
     estimate_usage,
 )
-from services.generation.retry import Retrier, RetryPolicy
 from services.generation.settings import ProviderConfig
-from services.generation.upstream import UpstreamFault, fault_from_response, to_service_error
+from services.generation.upstream import (
+    UPSTREAM_ERRORS,
+    UpstreamFault,
+    fault_from_error,
+    to_service_error,
+)
 
 log = logging.getLogger("gensearch.generation.openai")
 
 
 class OpenAICompatibleProvider(Provider):
     def __init__(
-        self,
-        config: ProviderConfig,
-        *,
-        retry: RetryPolicy,
-        connect_timeout: float = 5.0,
-        read_timeout: float = 120.0,
+        self, config: ProviderConfig, *, client: openai.AsyncOpenAI, retry: RetryPolicy
     ) -> None:
         super().__init__(config)
         self.retry = retry
         self.url = f"{config.base_url}/chat/completions"
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=connect_timeout, sock_read=read_timeout
-        )
+        self._client = client
         self._limit = asyncio.Semaphore(config.max_concurrency)
-        self._session: aiohttp.ClientSession | None = None
 
     # -- plumbing --------------------------------------------------------------------------
-    def _client(self) -> aiohttp.ClientSession:
-        # Created on first use: a session belongs to the running event loop.
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(
-                limit=self.config.max_concurrency, limit_per_host=0, ttl_dns_cache=300
-            )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                timeout=self._timeout,
-                headers={"User-Agent": "gensearch-generation/0.1"},
-            )
-        return self._session
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    def build_body(self, request: CompletionRequest, *, stream: bool) -> dict[str, Any]:
-        body: dict[str, Any] = {
+    def build_params(self, request: CompletionRequest, *, stream: bool) -> dict[str, Any]:
+        """Keyword arguments of ``chat.completions.create`` (unset ones are not sent)."""
+        params: dict[str, Any] = {
             "model": request.model,
             "messages": [{"role": m.role, "content": m.content} for m in request.messages],
         }
@@ -82,20 +79,20 @@ class OpenAICompatibleProvider(Provider):
         if temperature is None:
             temperature = self.config.temperature
         if temperature is not None:
-            body["temperature"] = temperature
+            params["temperature"] = temperature
         if request.max_tokens is not None:
-            body["max_tokens"] = request.max_tokens
+            params["max_tokens"] = request.max_tokens
         if request.top_p is not None:
-            body["top_p"] = request.top_p
+            params["top_p"] = request.top_p
         if request.stop:
-            body["stop"] = list(request.stop)
+            params["stop"] = list(request.stop)
         if stream:
-            body["stream"] = True
+            params["stream"] = True
             if self.config.stream_usage:
-                body["stream_options"] = {"include_usage": True}
-        return body
+                params["stream_options"] = {"include_usage": True}
+        return params
 
-    def _headers(self, request: CompletionRequest, *, stream: bool) -> dict[str, str]:
+    def _authorized(self, request: CompletionRequest) -> tuple[openai.AsyncOpenAI, ExtraHeaders]:
         if request.api_key is None and self.config.requires_key:
             envs = " or ".join(self.config.api_key_env) or "its key variable"
             raise to_service_error(
@@ -103,20 +100,40 @@ class OpenAICompatibleProvider(Provider):
                     "missing_key",
                     f"provider {self.name!r} needs an API key: send metadata "
                     f"'{self.config.key_header}' or set {envs}",
-                    retryable=False,
                 ),
                 self.name,
                 request.model,
             )
-        headers = {"Content-Type": "application/json"}
-        headers["Accept"] = "text/event-stream" if stream else "application/json"
-        if request.api_key:
-            headers["Authorization"] = f"Bearer {request.api_key}"
-        return headers
+        return authorized(self._client, request.api_key)
 
-    def _fail(self, fault: UpstreamFault, request: CompletionRequest, attempts: int) -> Exception:
-        fault.attempts = max(fault.attempts, attempts)
-        UPSTREAM_REQUESTS.labels(self.name, _outcome(fault)).inc()
+    def _span(
+        self, request: CompletionRequest, *, attach: bool = True
+    ) -> contextlib.AbstractContextManager[Span]:
+        return upstream_span(
+            service_tracer("generation"),
+            "chat",
+            request.model,
+            provider=self.name,
+            base_url=self.config.base_url,
+            attach=attach,
+        )
+
+    def _retrier(self, deadline: Deadline) -> Retrier:
+        return Retrier(
+            self.retry,
+            deadline,
+            self.name,
+            on_retry=lambda cause: UPSTREAM_RETRIES.labels(self.name, cause).inc(),
+        )
+
+    def _fail(
+        self, fault: UpstreamFault, request: CompletionRequest, span: Span, attempts: int
+    ) -> Exception:
+        fault.attempts = attempts
+        UPSTREAM_REQUESTS.labels(
+            self.name, fault.cause if fault.kind == "http" else fault.kind
+        ).inc()
+        span.set_attribute(ATTEMPTS, fault.attempts)
         log.warning(
             "upstream call failed",
             extra={
@@ -129,128 +146,163 @@ class OpenAICompatibleProvider(Provider):
         )
         return to_service_error(fault, self.name, request.model)
 
-    def _succeeded(self, usage: Usage) -> None:
+    def _succeeded(self, completion: Completion, span: Span) -> None:
+        usage = completion.usage
         UPSTREAM_REQUESTS.labels(self.name, "ok").inc()
         UPSTREAM_TOKENS.labels(self.name, "prompt").inc(usage.prompt_tokens)
         UPSTREAM_TOKENS.labels(self.name, "completion").inc(usage.completion_tokens)
+        record_usage(span, usage.prompt_tokens, usage.completion_tokens)
+        span.set_attribute(ATTEMPTS, completion.debug.attempts)
+        span.set_attribute("gen_ai.response.model", completion.model)
+        if completion.finish_reason:
+            span.set_attribute("gen_ai.response.finish_reasons", [completion.finish_reason])
+
+    @staticmethod
+    async def _retry(retrier: Retrier, fault: UpstreamFault) -> bool:
+        return await retrier.pause(
+            retryable=fault.retryable, retry_after=fault.retry_after, cause=fault.cause
+        )
+
+    @staticmethod
+    async def _send(
+        client: openai.AsyncOpenAI,
+        params: dict[str, Any],
+        headers: ExtraHeaders,
+        debug: DebugInfo,
+    ) -> object:
+        """One request; ``debug`` gets the body exactly as sent (``with_raw_response`` keeps
+        the request). Unary: the parsed answer; ``stream=True``: an ``AsyncStream``."""
+        raw = await client.chat.completions.with_raw_response.create(
+            **params, extra_headers=headers
+        )
+        debug.request_body = raw.http_request.content.decode()
+        return raw.parse()
 
     # -- unary -----------------------------------------------------------------------------
     async def complete(self, request: CompletionRequest, deadline: Deadline) -> Completion:
-        raw_body = _dumps(self.build_body(request, stream=False))
-        headers = self._headers(request, stream=False)
-        debug = DebugInfo(url=self.url, request_body=raw_body.decode())
-        retrier = Retrier(self.retry, deadline, self.name)
-        while True:
-            debug.attempts = retrier.begin()
-            try:
-                data = await self._post_json(raw_body, headers, deadline)
-                completion = _parse_completion(data, request, debug)
-            except UpstreamFault as fault:
-                if await retrier.before_retry(fault):
-                    continue
-                raise self._fail(fault, request, retrier.attempts) from None
-            self._succeeded(completion.usage)
-            return completion
+        client, headers = self._authorized(request)
+        params = self.build_params(request, stream=False)
+        debug = DebugInfo(url=self.url, request_body="")
+        retrier = self._retrier(deadline)
+        with self._span(request) as span:
+            while True:
+                debug.attempts = retrier.begin()
+                try:
+                    completion = await self._complete_once(
+                        client, params, headers, deadline, request, debug
+                    )
+                except UpstreamFault as fault:
+                    if await self._retry(retrier, fault):
+                        continue
+                    raise self._fail(fault, request, span, retrier.attempts) from None
+                self._succeeded(completion, span)
+                return completion
 
-    async def _post_json(self, body: bytes, headers: dict[str, str], deadline: Deadline) -> Any:
+    async def _complete_once(
+        self,
+        client: openai.AsyncOpenAI,
+        params: dict[str, Any],
+        headers: ExtraHeaders,
+        deadline: Deadline,
+        request: CompletionRequest,
+        debug: DebugInfo,
+    ) -> Completion:
         try:
             async with asyncio.timeout_at(deadline.expires_at), self._limit:
-                try:
-                    async with self._client().post(self.url, data=body, headers=headers) as resp:
-                        raw = await resp.read()
-                        if resp.status != 200:
-                            raise fault_from_response(resp.status, resp.headers, raw)
-                except aiohttp.ClientError as err:
-                    raise _connection_fault(err) from None
-        except TimeoutError:
-            raise UpstreamFault("timeout", retryable=False) from None
-        try:
-            return json.loads(raw)
-        except ValueError:
-            raise UpstreamFault("bad_response", "the body is not JSON") from None
+                data = await self._send(client, params, headers, debug)
+        except UPSTREAM_ERRORS as err:
+            raise fault_from_error(err) from None
+        return _parse_completion(data, request, debug)
 
     # -- streaming -------------------------------------------------------------------------
     async def stream(
         self, request: CompletionRequest, deadline: Deadline
     ) -> AsyncGenerator[StreamChunk, None]:
-        raw_body = _dumps(self.build_body(request, stream=True))
-        headers = self._headers(request, stream=True)
-        debug = DebugInfo(url=self.url, request_body=raw_body.decode())
-        retrier = Retrier(self.retry, deadline, self.name)
+        client, headers = self._authorized(request)
+        params = self.build_params(request, stream=True)
+        debug = DebugInfo(url=self.url, request_body="")
+        retrier = self._retrier(deadline)
         started = time.perf_counter()
-        while True:
-            debug.attempts = retrier.begin()
-            state = _StreamState(request.model)
-            try:
-                # aclosing: when our caller stops early, the HTTP response closes now, not
-                # whenever the garbage collector finalizes the generator.
-                async with contextlib.aclosing(
-                    self._stream_once(raw_body, headers, deadline, state)
-                ) as deltas:
-                    async for delta in deltas:
-                        if not state.emitted:
-                            TIME_TO_FIRST_TOKEN.labels(self.name).observe(
-                                time.perf_counter() - started
-                            )
-                            state.emitted = True
-                        yield StreamChunk(delta=delta)
-            except UpstreamFault as fault:
-                # Once text reached the caller a retry would repeat it: the fault is final.
-                if not state.emitted and await retrier.before_retry(fault):
-                    continue
-                raise self._fail(fault, request, retrier.attempts) from None
-            break
-        text = "".join(state.parts)
-        usage = state.usage or estimate_usage(request.messages, text)
-        self._succeeded(usage)
-        yield StreamChunk(
-            final=Completion(
+        with self._span(request, attach=False) as span:
+            while True:
+                debug.attempts = retrier.begin()
+                state = _StreamState(request.model)
+                try:
+                    # aclosing: when our caller stops early, the HTTP response closes now, not
+                    # whenever the garbage collector finalizes the generator.
+                    async with contextlib.aclosing(
+                        self._stream_once(client, params, headers, deadline, state, debug)
+                    ) as deltas:
+                        async for delta in deltas:
+                            if not state.emitted:
+                                TIME_TO_FIRST_TOKEN.labels(self.name).observe(
+                                    time.perf_counter() - started
+                                )
+                                state.emitted = True
+                            yield StreamChunk(delta=delta)
+                except UpstreamFault as fault:
+                    # Once text reached the caller a retry would repeat it: the fault is final.
+                    if not state.emitted and await self._retry(retrier, fault):
+                        continue
+                    raise self._fail(fault, request, span, retrier.attempts) from None
+                break
+            text = "".join(state.parts)
+            final = Completion(
                 text=text,
                 model=state.model,
                 finish_reason=state.finish_reason or "",
-                usage=usage,
+                usage=state.usage or estimate_usage(request.messages, text),
                 debug=debug,
             )
-        )
+            self._succeeded(final, span)
+        yield StreamChunk(final=final)
 
     async def _stream_once(
-        self, body: bytes, headers: dict[str, str], deadline: Deadline, state: _StreamState
+        self,
+        client: openai.AsyncOpenAI,
+        params: dict[str, Any],
+        headers: ExtraHeaders,
+        deadline: Deadline,
+        state: _StreamState,
+        debug: DebugInfo,
     ) -> AsyncGenerator[str, None]:
-        resp: aiohttp.ClientResponse | None = None
+        try:
+            async with asyncio.timeout_at(deadline.expires_at):
+                await self._limit.acquire()
+        except TimeoutError:
+            raise UpstreamFault("timeout") from None
         try:
             try:
                 async with asyncio.timeout_at(deadline.expires_at):
-                    await self._limit.acquire()
-            except TimeoutError:
-                raise UpstreamFault("timeout", retryable=False) from None
-            try:
-                try:
-                    async with asyncio.timeout_at(deadline.expires_at):
-                        resp = await self._client().post(self.url, data=body, headers=headers)
-                        if resp.status != 200:
-                            raw = await resp.read()
-                            raise fault_from_response(resp.status, resp.headers, raw)
-                except aiohttp.ClientError as err:
-                    raise _connection_fault(err) from None
-                except TimeoutError:
-                    raise UpstreamFault("timeout", retryable=False) from None
-                async with contextlib.aclosing(_read_sse(resp, deadline, state)) as deltas:
-                    async for delta in deltas:
+                    chunks = await self._send(client, params, headers, debug)
+            except UPSTREAM_ERRORS as err:
+                raise fault_from_error(err) from None
+            assert isinstance(chunks, openai.AsyncStream)
+            # Closing the stream closes its response: an unfinished answer drops the
+            # connection, so the upstream stops generating for a caller who has gone.
+            async with chunks:
+                while True:
+                    # Each read alone is bounded: a timeout around a yield would fire in our
+                    # caller's code instead of here.
+                    try:
+                        async with asyncio.timeout_at(deadline.expires_at):
+                            chunk = await anext(chunks, None)
+                    except UPSTREAM_ERRORS as err:
+                        raise _stream_fault(err) from None
+                    if chunk is None:
+                        break
+                    for delta in _absorb(chunk, state):
                         yield delta
-            finally:
-                self._limit.release()
+            if state.finish_reason is None:
+                raise UpstreamFault(
+                    "bad_response", "the stream ended before the model finished", retryable=True
+                )
         finally:
-            if resp is not None:
-                # close(), not release(): an unfinished answer must drop the connection so
-                # the upstream stops generating for a caller who has gone.
-                if state.done:
-                    resp.release()
-                else:
-                    resp.close()
+            self._limit.release()
 
 
 class _StreamState:
-    __slots__ = ("done", "emitted", "finish_reason", "model", "parts", "usage")
+    __slots__ = ("emitted", "finish_reason", "model", "parts", "usage")
 
     def __init__(self, model: str) -> None:
         self.model = model
@@ -258,149 +310,76 @@ class _StreamState:
         self.finish_reason: str | None = None
         self.usage: Usage | None = None
         self.emitted = False
-        self.done = False
 
 
-async def _read_sse(
-    resp: aiohttp.ClientResponse, deadline: Deadline, state: _StreamState
-) -> AsyncGenerator[str, None]:
-    """Server-sent events (``data:`` lines, a blank line ends an event) until ``[DONE]``."""
-    data_lines: list[str] = []
-    content = resp.content
-    while True:
-        try:
-            async with asyncio.timeout_at(deadline.expires_at):
-                line = await content.readline()
-        except TimeoutError:
-            raise UpstreamFault("timeout", retryable=False) from None
-        except aiohttp.ClientPayloadError:
-            # Retryable as a dropped connection, as long as no text reached the caller yet.
-            raise UpstreamFault(
-                "bad_response", "the stream was cut before it finished", retryable=True
-            ) from None
-        except aiohttp.ClientError as err:
-            fault = _connection_fault(err)
-            raise UpstreamFault(
-                "bad_response", f"the stream broke off ({fault.detail})", retryable=True
-            ) from None
-        except ValueError:  # a line over aiohttp's limit
-            raise UpstreamFault("bad_response", "an event line is too long") from None
-        if not line:  # EOF
-            if data_lines:
-                for delta in _dispatch("\n".join(data_lines), state):
-                    yield delta
-            if state.finish_reason is None and not state.done:
-                raise UpstreamFault(
-                    "bad_response", "the stream ended before the model finished", retryable=True
-                )
-            state.done = True
-            return
-        text = line.decode("utf-8", "replace").rstrip("\r\n")
-        if not text:
-            if data_lines:
-                event, data_lines = "\n".join(data_lines), []
-                for delta in _dispatch(event, state):
-                    yield delta
-                if state.done:
-                    return
-            continue
-        if text.startswith("data:"):
-            data_lines.append(text[6:] if text.startswith("data: ") else text[5:])
-        # Comments (":"), "event:", "id:" and "retry:" lines carry nothing we use.
+def _stream_fault(err: BaseException) -> UpstreamFault:
+    fault = fault_from_error(err)
+    if fault.kind == "connection":
+        # Retryable as a dropped connection, as long as no text reached the caller yet.
+        return UpstreamFault(
+            "bad_response", f"the stream broke off ({fault.detail})", retryable=True
+        )
+    if fault.kind == "bad_response":
+        return UpstreamFault("bad_response", "a stream event is not JSON")
+    return fault
 
 
-def _dispatch(data: str, state: _StreamState) -> list[str]:
-    if data.strip() == "[DONE]":
-        state.done = True
-        return []
-    try:
-        chunk = json.loads(data)
-    except ValueError:
-        raise UpstreamFault("bad_response", "a stream event is not JSON") from None
-    if not isinstance(chunk, dict):
+def _absorb(chunk: object, state: _StreamState) -> list[str]:
+    """The text deltas of one chunk; model, usage and finish reason go into ``state``."""
+    if not isinstance(chunk, ChatCompletionChunk):
         raise UpstreamFault("bad_response", "a stream event is not a JSON object")
-    if "error" in chunk:
-        err = chunk["error"]
-        message = err.get("message", "") if isinstance(err, dict) else str(err)
-        raise UpstreamFault("stream_error", str(message), retryable=False)
-    if isinstance(chunk.get("model"), str) and chunk["model"]:
-        state.model = chunk["model"]
-    usage = _parse_usage(chunk.get("usage"))
+    if chunk.model:
+        state.model = chunk.model
+    usage = _usage(chunk.usage)
     if usage is not None:
         state.usage = usage
-    choices = chunk.get("choices")
-    if not isinstance(choices, list):
+    if not isinstance(chunk.choices, list):
         if usage is None:
             raise UpstreamFault("bad_response", "a stream event has no choices")
         return []
     deltas: list[str] = []
-    for choice in choices:
-        if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+    for choice in chunk.choices:
+        if not isinstance(choice, ChunkChoice) or choice.index not in (0, None):
             continue
-        delta = choice.get("delta") or {}
-        piece = delta.get("content") if isinstance(delta, dict) else None
+        piece = getattr(choice.delta, "content", None)
         if isinstance(piece, str) and piece:
             state.parts.append(piece)
             deltas.append(piece)
-        if choice.get("finish_reason"):
-            state.finish_reason = str(choice["finish_reason"])
+        if choice.finish_reason:
+            state.finish_reason = str(choice.finish_reason)
     return deltas
 
 
-def _parse_completion(data: Any, request: CompletionRequest, debug: DebugInfo) -> Completion:
-    if not isinstance(data, dict):
+def _parse_completion(data: object, request: CompletionRequest, debug: DebugInfo) -> Completion:
+    # Responses are not validated by the SDK (a missing field is None, and a body that is
+    # not an object comes back as it is), so the shape is checked here.
+    if not isinstance(data, ChatCompletion):
         raise UpstreamFault("bad_response", "the body is not a JSON object")
-    choices = data.get("choices")
-    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+    choices = data.choices
+    if not isinstance(choices, list) or not choices:
         raise UpstreamFault("bad_response", "the body has no choices")
     choice = choices[0]
-    message = choice.get("message")
-    if not isinstance(message, dict):
+    message = getattr(choice, "message", None)
+    if not isinstance(message, ChatCompletionMessage):
         raise UpstreamFault("bad_response", "the first choice has no message")
-    content = message.get("content")
+    content = message.content
     if content is not None and not isinstance(content, str):
         raise UpstreamFault("bad_response", "the message content is not text")
     text = content or ""
-    usage = _parse_usage(data.get("usage")) or estimate_usage(request.messages, text)
-    model = data.get("model")
     return Completion(
         text=text,
-        model=model if isinstance(model, str) and model else request.model,
-        finish_reason=str(choice.get("finish_reason") or ""),
-        usage=usage,
+        model=data.model if isinstance(data.model, str) and data.model else request.model,
+        finish_reason=str(getattr(choice, "finish_reason", None) or ""),
+        usage=_usage(data.usage) or estimate_usage(request.messages, text),
         debug=debug,
     )
 
 
-def _parse_usage(raw: Any) -> Usage | None:
-    if not isinstance(raw, dict):
+def _usage(raw: object) -> Usage | None:
+    if not isinstance(raw, CompletionUsage):
         return None
-    prompt, completion = raw.get("prompt_tokens"), raw.get("completion_tokens")
+    prompt, completion = raw.prompt_tokens, raw.completion_tokens
     if not isinstance(prompt, int) or not isinstance(completion, int):
         return None
-    total = raw.get("total_tokens")
+    total = raw.total_tokens
     return Usage(prompt, completion, total if isinstance(total, int) else prompt + completion)
-
-
-def _connection_fault(err: aiohttp.ClientError) -> UpstreamFault:
-    if isinstance(err, aiohttp.ServerTimeoutError):
-        detail = "no data from the server within the read timeout"
-    elif isinstance(err, aiohttp.ClientConnectorError):
-        detail = "connection refused or unreachable"
-    elif isinstance(err, aiohttp.ServerDisconnectedError):
-        detail = "the server closed the connection"
-    elif isinstance(err, aiohttp.ClientPayloadError):
-        detail = "the response was cut short"
-    elif isinstance(err, aiohttp.ClientOSError):
-        detail = "connection reset"
-    else:
-        detail = type(err).__name__
-    return UpstreamFault("connection", detail)
-
-
-def _outcome(fault: UpstreamFault) -> str:
-    return str(fault.status) if fault.kind == "http" else fault.kind
-
-
-def _dumps(body: dict[str, Any]) -> bytes:
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()

@@ -13,12 +13,12 @@ SCRIPT = textwrap.dedent(
     """
     import asyncio, sys
     from pathlib import Path
-    from services.common.redis_process import RedisProcess
+    from services.devlaunch.redis_server import RedisProcess
 
     async def main():
         redis = RedisProcess(Path(sys.argv[1]))
         await redis.start()
-        print(redis._proc.pid, flush=True)
+        print(redis.pid, flush=True)
         await asyncio.sleep(60)
 
     asyncio.run(main())

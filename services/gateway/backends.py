@@ -1,0 +1,36 @@
+"""What the orchestration of a call works with, built once per gateway process."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import grpc
+
+from services.gateway.catalog import Catalog
+from services.gateway.clients import Downstream
+from services.gateway.models import ModelCatalog
+from services.gateway.settings import GatewaySettings
+
+
+@dataclass(frozen=True)
+class Backends:
+    clients: Downstream
+    catalog: Catalog
+    models: ModelCatalog
+    settings: GatewaySettings
+
+    @classmethod
+    def build(
+        cls,
+        settings: GatewaySettings,
+        interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+    ) -> Backends:
+        """``interceptors`` go on every downstream channel (see ``clients.channel``)."""
+        clients = Downstream(settings, interceptors)
+        return cls(
+            clients=clients,
+            catalog=Catalog(clients.retrieval, settings.collection_cache_ttl),
+            models=ModelCatalog(clients.generation),
+            settings=settings,
+        )

@@ -1,0 +1,47 @@
+"""The memory service, as the gateway calls it."""
+
+from __future__ import annotations
+
+from gensearch.memory.v1 import memory_service_pb2 as mem_pb
+from gensearch.memory.v1 import memory_service_pb2_grpc as mem_grpc
+
+from services.gateway.clients.base import ServiceClient
+from services.gateway.clients.caller import Caller
+from services.gateway.clients.channel import MEMORY_SERVICE
+
+
+class MemoryClient(ServiceClient):
+    service = "memory"
+    proto_service = MEMORY_SERVICE
+    stub_class = mem_grpc.MemoryServiceStub
+
+    async def get_conversation(
+        self, conversation_id: str, caller: Caller, timeout: float | None
+    ) -> mem_pb.Conversation:
+        request = mem_pb.GetConversationRequest(conversation_id=conversation_id)
+        response = await self.unary("GetConversation", request, caller, timeout)
+        return response.conversation
+
+    async def list_interactions(
+        self, request: mem_pb.ListInteractionsRequest, caller: Caller, timeout: float | None
+    ) -> mem_pb.ListInteractionsResponse:
+        return await self.unary("ListInteractions", request, caller, timeout)
+
+    async def create_conversation(
+        self, name: str, caller: Caller, timeout: float | None
+    ) -> mem_pb.Conversation:
+        request = mem_pb.CreateConversationRequest(name=name)
+        response = await self.unary("CreateConversation", request, caller, timeout)
+        return response.conversation
+
+    async def create_interaction(
+        self, request: mem_pb.CreateInteractionRequest, caller: Caller, timeout: float | None
+    ) -> mem_pb.Interaction:
+        response = await self.unary("CreateInteraction", request, caller, timeout)
+        return response.interaction
+
+    async def delete_conversation(
+        self, conversation_id: str, caller: Caller, timeout: float | None
+    ) -> None:
+        request = mem_pb.DeleteConversationRequest(conversation_id=conversation_id)
+        await self.unary("DeleteConversation", request, caller, timeout)

@@ -1,0 +1,79 @@
+"""A GenerativeSearch (or StreamGenerativeSearch) request: its checks, the search it makes
+and the generation budget it gets."""
+
+from __future__ import annotations
+
+import asyncio
+
+from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
+from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
+
+from services.common.errors import InvalidArgument
+from services.gateway.request_parts import (
+    check_length,
+    check_sampling,
+    copy_query,
+    require,
+    seconds,
+)
+from services.gateway.settings import GatewaySettings
+
+SearchLike = gw_pb.GenerativeSearchRequest | gw_pb.StreamGenerativeSearchRequest
+_GENERATE = "generate."
+
+
+def validate(request: SearchLike, settings: GatewaySettings) -> None:
+    s = settings
+    require(request, "collection")
+    if request.limit < 0 or request.limit > s.max_hits:
+        raise InvalidArgument(
+            f"limit must be between 0 and {s.max_hits}", field="limit", reason="OUT_OF_RANGE"
+        )
+    g = request.generate
+    check_length(g, ("single_prompt", "grouped_task"), s.max_prompt_chars, prefix=_GENERATE)
+    if g.grouped_properties and not g.grouped_task:
+        raise InvalidArgument(
+            "grouped_properties needs a grouped_task", field="generate.grouped_properties"
+        )
+    if g.max_concurrency < 0:
+        raise InvalidArgument(
+            "max_concurrency must not be negative", field="generate.max_concurrency"
+        )
+    if g.HasField("timeout") and seconds(g.timeout) <= 0:
+        raise InvalidArgument("timeout must be positive", field="generate.timeout")
+    check_sampling(g, prefix=_GENERATE)
+
+
+def search_request(request: SearchLike, extra: list[str]) -> ret_pb.SearchRequest:
+    """The caller's search, returning also the ``extra`` properties the templates need
+    when the caller narrowed ``return_properties``."""
+    search = ret_pb.SearchRequest(
+        collection=request.collection,
+        limit=request.limit,
+        offset=request.offset,
+        return_properties=request.return_properties,
+    )
+    copy_query(request, search)
+    if request.return_properties:
+        for name in extra:
+            if name not in search.return_properties:
+                search.return_properties.append(name)
+    return search
+
+
+def max_concurrency(g: gw_pb.Generate, settings: GatewaySettings) -> int:
+    return min(
+        g.max_concurrency or settings.default_max_concurrency, settings.max_concurrency_limit
+    )
+
+
+def budget(g: gw_pb.Generate, call_deadline: float | None, settings: GatewaySettings) -> float:
+    """Seconds the generation phase may take: the request's timeout, else the call's
+    deadline less a margin, else the default."""
+    value = seconds(g.timeout) if g.HasField("timeout") else None
+    if call_deadline is not None:
+        call_remaining = call_deadline - asyncio.get_running_loop().time()
+        # Leave time to send the partial results before the caller gives up.
+        cap = call_remaining - min(0.25, call_remaining * 0.1)
+        value = cap if value is None else min(value, cap)
+    return settings.default_generation_timeout if value is None else value

@@ -1,0 +1,47 @@
+"""Checks and pieces every gateway request type shares, written once: durations, text
+limits, the sampling options (temperature, max_tokens) and the search query."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
+from google.protobuf import duration_pb2
+
+from services.common.errors import InvalidArgument
+
+
+def seconds(duration: duration_pb2.Duration) -> float:
+    return duration.ToNanoseconds() / 1e9
+
+
+def require(message: Any, name: str, *, prefix: str = "") -> None:
+    if not getattr(message, name):
+        raise InvalidArgument(f"{name} is required", field=prefix + name)
+
+
+def check_length(message: Any, names: tuple[str, ...], limit: int, *, prefix: str = "") -> None:
+    """Each text field in ``names`` is at most ``limit`` characters."""
+    for name in names:
+        if len(getattr(message, name)) > limit:
+            raise InvalidArgument(f"{name} is longer than {limit} characters", field=prefix + name)
+
+
+def check_sampling(message: Any, *, prefix: str = "") -> None:
+    """``temperature`` and ``max_tokens`` (Generate, Ask): checked here so a bad value is
+    one clear error, not the same error on every hit of a fan-out."""
+    if message.HasField("temperature") and not 0 <= message.temperature <= 2:
+        raise InvalidArgument("temperature must be between 0 and 2", field=f"{prefix}temperature")
+    if message.HasField("max_tokens") and message.max_tokens < 1:
+        raise InvalidArgument("max_tokens must be at least 1", field=f"{prefix}max_tokens")
+
+
+def copy_query(request: Any, search: ret_pb.SearchRequest) -> str | None:
+    """Copy the request's query (its ``query`` oneof) and filter into ``search``; the kind
+    of query copied, or None when the request has none."""
+    kind: str | None = request.WhichOneof("query")
+    if kind is not None:
+        getattr(search, kind).CopyFrom(getattr(request, kind))
+    if request.HasField("filter"):
+        search.filter.CopyFrom(request.filter)
+    return kind

@@ -1,0 +1,124 @@
+"""A conversation's turns in memory: the recent ones read before an answer, the new one
+stored after it (in one idempotent write, so a failure leaves nothing half stored)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from typing import Any
+
+from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
+from gensearch.generation.v1 import generation_service_pb2 as gen_pb
+from gensearch.memory.v1 import memory_service_pb2 as mem_pb
+from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
+from google.protobuf import struct_pb2
+
+from services.common.errors import ServiceError
+from services.gateway.clients import Caller, MemoryClient
+from services.gateway.conversation import Turn
+from services.gateway.deadline import time_left
+
+_NAME_CHARS = 120
+# Largest page memory serves.
+_MEMORY_PAGE = 100
+
+
+async def read_history(
+    memory: MemoryClient, conversation_id: str, size: int, caller: Caller, deadline: float
+) -> list[Turn]:
+    """The conversation's ``size`` newest turns, newest first (memory's order); reading
+    the conversation first makes a missing or foreign one NOT_FOUND even when ``size``
+    is 0."""
+
+    async def newest() -> list[Turn]:
+        turns: list[Turn] = []
+        token = ""
+        while len(turns) < size:
+            page = await memory.list_interactions(
+                mem_pb.ListInteractionsRequest(
+                    conversation_id=conversation_id,
+                    page_size=min(size - len(turns), _MEMORY_PAGE),
+                    page_token=token,
+                ),
+                caller,
+                time_left(deadline),
+            )
+            turns.extend(Turn(i.input, i.response) for i in page.interactions)
+            token = page.next_page_token
+            if not token or not page.interactions:
+                break
+        return turns[:size]
+
+    get = memory.get_conversation(conversation_id, caller, time_left(deadline))
+    if size == 0:
+        await get
+        return []
+    _, turns = await asyncio.gather(get, newest())
+    return turns
+
+
+async def store_turn(
+    memory: MemoryClient,
+    conversation_id: str,
+    interaction: mem_pb.CreateInteractionRequest,
+    caller: Caller,
+    deadline: float,
+) -> tuple[str, str]:
+    """Store ``interaction`` in ``conversation_id``, or in a new conversation named after
+    its input when ``conversation_id`` is empty; the conversation and interaction ids."""
+    created = False
+    try:
+        if not conversation_id:
+            made = await memory.create_conversation(
+                title(interaction.input), caller, time_left(deadline)
+            )
+            conversation_id, created = made.conversation_id, True
+        interaction.conversation_id = conversation_id
+        # Retries (channel policy) of this write land once.
+        interaction.request_id = uuid.uuid4().hex
+        stored = await memory.create_interaction(interaction, caller, time_left(deadline))
+    except BaseException:
+        if created:
+            await _forget(memory, conversation_id, caller)
+        raise
+    return conversation_id, stored.interaction_id
+
+
+async def _forget(memory: MemoryClient, conversation_id: str, caller: Caller) -> None:
+    """Best effort: do not leave an empty conversation behind a failed turn."""
+    with contextlib.suppress(ServiceError, asyncio.CancelledError):
+        await memory.delete_conversation(conversation_id, caller, 2.0)
+
+
+def title(question: str) -> str:
+    line = " ".join(question.split())
+    return line if len(line) <= _NAME_CHARS else line[: _NAME_CHARS - 1] + "…"
+
+
+def additional_info(
+    hits: list[ret_pb.Hit],
+    citations: list[gw_pb.Citation],
+    usage: gen_pb.Usage,
+    rewritten: str,
+    response: gw_pb.AskResponse,
+) -> struct_pb2.Struct:
+    """What a reader of the stored turn may want beside the answer."""
+    data: dict[str, Any] = {
+        "hit_ids": [hit.id for hit in hits],
+        "citations": [{"number": c.number, "id": c.id} for c in citations],
+        "usage": {
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.total_tokens,
+            "estimated": usage.estimated,
+        },
+        "rewritten_query": rewritten,
+        "trimmed": {
+            "history_turns": response.trimmed.history_turns,
+            "hits": response.trimmed.hits,
+        },
+    }
+    info = struct_pb2.Struct()
+    info.update(data)
+    return info

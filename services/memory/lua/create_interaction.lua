@@ -1,0 +1,21 @@
+-- needs: read touch
+-- KEYS: conv, ints, int, convs, req.
+-- ARGV: user, tag, cid, iid, now_ms, request_id, ttl_ms, serialized interaction.
+-- Returns {0} not found, {1} created, {2, cid, data} already created by this request_id.
+local h = redis.call('HMGET', KEYS[1], 'user', 'update_time', 'interaction_count')
+if h[1] ~= ARGV[1] then return {0} end
+if ARGV[6] ~= '' then
+  local prev = redis.call('GET', KEYS[5])
+  if prev then
+    local found = interaction(ARGV[2] .. ':int:' .. prev)
+    if found[1] then return {2, found[1], found[2]} end
+  end
+end
+redis.call('HSET', KEYS[3], 'conversation_id', ARGV[3], 'data', ARGV[8])
+if ARGV[6] ~= '' then
+  redis.call('HSET', KEYS[3], 'request_id', ARGV[6])
+  redis.call('SET', KEYS[5], ARGV[4], 'PX', ARGV[7])
+end
+redis.call('ZADD', KEYS[2], 0, ARGV[4])
+touch(KEYS[1], KEYS[4], ARGV[3], ARGV[5], h[2], 'interaction_count', tonumber(h[3]) + 1)
+return {1}

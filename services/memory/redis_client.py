@@ -1,0 +1,52 @@
+"""The memory service's Redis client: ``redis.asyncio``, standalone or Redis Cluster.
+
+A pooled client as its maintainers intend it: connections are opened on demand and reused,
+replies are parsed by hiredis (redis-py picks it when installed), and redis-py's
+``socket_timeout`` / ``socket_connect_timeout`` bound every wait.
+
+One rule is ours: **a command is never sent twice.** redis-py retries a command after a
+``ConnectionError`` or ``TimeoutError`` by default (``Redis(...)`` and ``RedisCluster``:
+three times). After a
+lost connection nobody can know whether Redis ran the command, and a write re-run could
+store an interaction twice, so both clients get a retry policy of zero retries; the call
+fails with UNAVAILABLE and the caller decides (a ``request_id`` makes its retry safe). What
+stays automatic is what cannot run a command twice: a pooled connection that Redis closed
+while idle is dialled again before anything is written on it; a script Redis forgot
+(NOSCRIPT: it did not run) is loaded and run by ``register_script``'s object; and in a
+cluster, MOVED/ASK/TRYAGAIN redirections (the node did not run it) are followed.
+"""
+
+from __future__ import annotations
+
+from typing import TypeAlias
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+RedisClient: TypeAlias = Redis | RedisCluster
+
+
+def connect(
+    url: str, *, cluster: bool, socket_timeout: float, connect_timeout: float
+) -> RedisClient:
+    """A client for ``url``; with ``cluster``, ``url`` names any node of a Redis Cluster and
+    the client discovers the others (``CLUSTER SLOTS``) and routes each key to its node."""
+    # Zero retries: see the module docstring. For RedisCluster this is also the count of
+    # its own retry-after-reinitialize loop on ConnectionError/TimeoutError/CLUSTERDOWN;
+    # its view of the cluster is still refreshed for the next call.
+    never_resend = Retry(NoBackoff(), 0)
+    if cluster:
+        return RedisCluster.from_url(
+            url,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=connect_timeout,
+            retry=never_resend,
+        )
+    return Redis.from_url(
+        url,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=connect_timeout,
+        retry=never_resend,
+    )

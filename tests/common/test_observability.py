@@ -1,0 +1,302 @@
+"""Traces, log lines and the access log from the chassis, on a real server and channel."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import re
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+
+import grpc
+import pytest
+from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+
+from services.common import tracing
+from services.common.chassis import access_log
+from services.common.logs import json_formatter, register_secret
+from services.common.server import GrpcServer
+from services.common.settings import CommonSettings
+from tests.common.test_chassis import SERVICE, _ident, _register
+
+TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
+PARENT_ID = "b7ad6b7169203331"
+TRACEPARENT = (("traceparent", f"00-{TRACE_ID}-{PARENT_ID}-01"),)
+ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+
+
+@pytest.fixture
+async def address() -> AsyncIterator[str]:
+    """The test service (API keys on), served by the chassis."""
+    server = GrpcServer(CommonSettings(api_keys="bob:key-bob"), port=0)  # type: ignore[arg-type]
+    server.add_service(_register, None, SERVICE)
+    yield f"127.0.0.1:{await server.start()}"
+    await server.stop(0)
+
+
+@pytest.fixture
+async def traced(address: str) -> AsyncIterator[grpc.aio.Channel]:
+    """A channel to it with the client interceptors, as the gateway has."""
+    channel = grpc.aio.insecure_channel(address, interceptors=tracing.client_interceptors("client"))
+    yield channel
+    await channel.close()
+
+
+@pytest.fixture
+def access_lines() -> Iterator[io.StringIO]:
+    """The access log as the services write it (JSON, formatted on the calling task)."""
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(json_formatter("test"))
+    level = access_log.level
+    access_log.addHandler(handler)
+    access_log.setLevel(logging.INFO)
+    yield out
+    access_log.removeHandler(handler)
+    access_log.setLevel(level)
+
+
+BOB = (("authorization", "Bearer key-bob"),)
+
+
+def _server_span(spans: InMemorySpanExporter, method: str) -> ReadableSpan:
+    (span,) = [
+        s
+        for s in spans.get_finished_spans()
+        if s.kind == SpanKind.SERVER and s.name == f"/{SERVICE}/{method}"
+    ]
+    return span
+
+
+async def _server_finished(spans: InMemorySpanExporter, count: int) -> None:
+    """Wait for ``count`` server spans. A failed call's status reaches the client as the
+    servicer aborts, a moment before the chassis ends its span and writes its access line."""
+    for _ in range(500):
+        if sum(s.kind == SpanKind.SERVER for s in spans.get_finished_spans()) >= count:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"fewer than {count} server spans ended")
+
+
+def _client_span(spans: InMemorySpanExporter, method: str) -> ReadableSpan:
+    (span,) = [
+        s
+        for s in spans.get_finished_spans()
+        if s.kind == SpanKind.CLIENT and s.name == f"/{SERVICE}/{method}"
+    ]
+    return span
+
+
+async def test_server_span_continues_the_callers_trace(
+    address: str, spans: InMemorySpanExporter
+) -> None:
+    # A caller without our interceptors, sending its own W3C traceparent.
+    plain = grpc.aio.insecure_channel(address)
+    call = plain.unary_unary(f"/{SERVICE}/WhoAmI", _ident, _ident)
+    assert await call(b"", metadata=BOB + TRACEPARENT) == b"bob"
+    await plain.close()
+    server = _server_span(spans, "WhoAmI")
+    assert server.parent is not None and server.parent.span_id == int(PARENT_ID, 16)
+    assert server.parent.is_remote
+    assert server.context.trace_id == int(TRACE_ID, 16)
+    assert server.attributes == {
+        "rpc.system": "grpc",
+        "rpc.service": SERVICE,
+        "rpc.method": "WhoAmI",
+        "rpc.grpc.status_code": 0,
+    }
+    assert server.resource.attributes["service.name"] == "gensearch-test"
+    # Credentials travel in the same metadata; they never become attributes.
+    assert "key-bob" not in json.dumps(dict(server.attributes or {}))
+
+
+async def test_every_call_shape_carries_the_trace(
+    traced: grpc.aio.Channel, spans: InMemorySpanExporter
+) -> None:
+    async def two() -> AsyncIterator[bytes]:
+        yield b"a"
+        yield b"b"
+
+    assert await traced.unary_unary(f"/{SERVICE}/WhoAmI", _ident, _ident)(b"", metadata=BOB) == (
+        b"bob"
+    )
+    collect = traced.stream_unary(f"/{SERVICE}/Collect", _ident, _ident)
+    assert await collect(two(), metadata=BOB) == b"ab"
+    chat = traced.stream_stream(f"/{SERVICE}/Chat", _ident, _ident)(two(), metadata=BOB)
+    assert [r async for r in chat] == [b"A", b"B"]
+    stream = traced.unary_stream(f"/{SERVICE}/Stream", _ident, _ident)(b"", metadata=BOB)
+    with pytest.raises(grpc.aio.AioRpcError):
+        async for _ in stream:
+            pass
+    await _server_finished(spans, 4)
+    for method in ("WhoAmI", "Collect", "Chat", "Stream"):
+        # client span -> traceparent in the call's metadata -> server span
+        server, client = _server_span(spans, method), _client_span(spans, method)
+        assert server.parent is not None and server.parent.span_id == client.context.span_id
+        assert server.context.trace_id == client.context.trace_id
+        assert client.resource.attributes["service.name"] == "gensearch-client"
+        assert "key-bob" not in json.dumps(dict(client.attributes or {}))
+    # A client's mistake is not the server's error; its code is on the span.
+    failed = _server_span(spans, "Stream")
+    assert failed.attributes is not None and failed.attributes["rpc.grpc.status_code"] == 3
+    assert failed.status.status_code == StatusCode.UNSET
+
+
+async def test_cancelling_the_caller_cancels_the_call(
+    traced: grpc.aio.Channel, spans: InMemorySpanExporter
+) -> None:
+    call = traced.unary_unary(f"/{SERVICE}/Slow", _ident, _ident)
+    task = asyncio.ensure_future(call(b"30", metadata=BOB))
+    await asyncio.sleep(0.3)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # The server stops too, long before its 30 s, and both sides record the cancellation.
+    await _server_finished(spans, 1)
+    for span in (_server_span(spans, "Slow"), _client_span(spans, "Slow")):
+        assert span.attributes is not None and span.attributes["rpc.grpc.status_code"] == 1
+
+
+async def test_internal_error_marks_the_span_without_secrets(
+    traced: grpc.aio.Channel, spans: InMemorySpanExporter
+) -> None:
+    register_secret("passwd")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await traced.unary_unary(f"/{SERVICE}/Fail", _ident, _ident)(b"boom", metadata=BOB)
+    assert caught.value.code() == grpc.StatusCode.INTERNAL
+    await _server_finished(spans, 1)
+    span = _server_span(spans, "Fail")
+    assert span.status.status_code == StatusCode.ERROR
+    (event,) = [e for e in span.events if e.name == "exception"]
+    assert event.attributes is not None
+    assert event.attributes["exception.type"] == "RuntimeError"
+    assert "passwd" not in str(event.attributes["exception.message"])
+    assert "[REDACTED]" in str(event.attributes["exception.message"])
+
+
+async def test_access_line_per_call(
+    address: str, spans: InMemorySpanExporter, access_lines: io.StringIO
+) -> None:
+    async with grpc.aio.insecure_channel(address) as plain:
+        await plain.unary_unary(f"/{SERVICE}/WhoAmI", _ident, _ident)(
+            b"", metadata=BOB + TRACEPARENT
+        )
+        with pytest.raises(grpc.aio.AioRpcError):
+            await plain.unary_unary(f"/{SERVICE}/Fail", _ident, _ident)(b"invalid", metadata=BOB)
+    await _server_finished(spans, 2)
+    ok, failed = (json.loads(line) for line in access_lines.getvalue().splitlines())
+    server = _server_span(spans, "WhoAmI")
+    assert ok["method"] == f"/{SERVICE}/WhoAmI"
+    assert ok["code"] == "OK"
+    assert ok["user"] == "bob"
+    assert (ok["level"], ok["name"], ok["service"]) == ("INFO", "gensearch.access", "test")
+    assert 0 <= ok["duration_ms"] < 10_000
+    assert ok["trace_id"] == TRACE_ID
+    assert ok["span_id"] == f"{server.context.span_id:016x}"
+    assert ISO_UTC.match(ok["time"])
+    assert (failed["method"], failed["code"]) == (f"/{SERVICE}/Fail", "INVALID_ARGUMENT")
+    assert failed["trace_id"] != TRACE_ID
+    assert "key-bob" not in access_lines.getvalue()
+
+
+async def test_unauthenticated_call_is_logged_and_traced(
+    traced: grpc.aio.Channel, spans: InMemorySpanExporter, access_lines: io.StringIO
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError):
+        await traced.unary_unary(f"/{SERVICE}/WhoAmI", _ident, _ident)(b"")
+    await _server_finished(spans, 1)
+    lines = [json.loads(line) for line in access_lines.getvalue().splitlines()]
+    assert len(lines) == 1, lines
+    (line,) = lines
+    assert (line["code"], line["user"]) == ("UNAUTHENTICATED", "anonymous")
+    span = _server_span(spans, "WhoAmI")
+    assert span.attributes is not None and span.attributes["rpc.grpc.status_code"] == 16
+
+
+def _format(record_time: float | None = None) -> dict[str, object]:
+    formatter = json_formatter("test")
+    record = logging.LogRecord("t", logging.INFO, __file__, 1, "hello", (), None)
+    if record_time is not None:
+        record.created = record_time
+        record.msecs = (record_time % 1) * 1000
+    return json.loads(formatter.format(record))  # type: ignore[no-any-return]
+
+
+def test_log_lines_carry_the_current_trace() -> None:
+    assert "trace_id" not in _format()
+    tracer = TracerProvider().get_tracer("test")
+    with tracer.start_as_current_span("work") as span:
+        line = _format()
+    assert line["trace_id"] == trace.format_trace_id(span.get_span_context().trace_id)
+    assert line["span_id"] == trace.format_span_id(span.get_span_context().span_id)
+
+
+def test_log_time_is_iso_8601_utc() -> None:
+    moment = datetime(2026, 12, 2, 3, 4, 5, 123500, tzinfo=UTC)
+    assert _format(moment.timestamp())["time"] == "2026-12-02T03:04:05.123Z"
+    assert ISO_UTC.match(str(_format()["time"]))
+
+
+@pytest.mark.parametrize(
+    ("env", "exported"),
+    [
+        ({}, False),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317"}, True),
+        ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://collector:4317"}, True),
+        (
+            {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317",
+                "OTEL_TRACES_EXPORTER": "none",
+            },
+            False,
+        ),
+    ],
+)
+def test_otlp_exporter_only_with_an_endpoint(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], exported: bool
+) -> None:
+    for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    exporter = tracing.exporter_from_env()
+    # Made, never used: nothing is sent anywhere.
+    assert isinstance(exporter, OTLPSpanExporter) == exported
+    assert (exporter is None) != exported
+    if exporter is not None:
+        exporter.shutdown()
+
+
+def test_sdk_disabled_means_no_tracing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    assert tracing.tracer("anything") is None
+    assert tracing.client_interceptors("gateway") == []
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "false")
+    assert tracing.tracer("anything") is not None
+    assert len(tracing.client_interceptors("gateway")) == 4
+
+
+def test_without_export_spans_have_ids_but_record_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    # As in a process with no exporter and no other processor.
+    monkeypatch.setattr(tracing, "_exporting", False)
+    monkeypatch.setattr(tracing, "_providers", {})
+    tracer = tracing.tracer("quiet")
+    assert tracer is not None
+    with tracer.start_as_current_span("root") as span:
+        assert not span.is_recording()
+        assert span.get_span_context().is_valid
+        assert _format()["trace_id"] == trace.format_trace_id(span.get_span_context().trace_id)
+    # A caller that samples its trace is followed.
+    sampled = trace.NonRecordingSpan(
+        trace.SpanContext(
+            int(TRACE_ID, 16), int(PARENT_ID, 16), True, trace.TraceFlags(trace.TraceFlags.SAMPLED)
+        )
+    )
+    with tracer.start_as_current_span("child", trace.set_span_in_context(sampled)) as child:
+        assert child.is_recording()

@@ -1,0 +1,182 @@
+"""A downstream failure reaches the gateway's caller with its own code, message, reason
+and field, whichever path the call took: the forwarded APIs, Ask, GenerativeSearch, and
+each hit's generation call. The failing service is a real gRPC server on loopback that
+answers every call with the status a test scripts (the way our services answer: a
+``google.rpc.Status`` with an ErrorInfo)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import pytest
+from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
+from gensearch.memory.v1 import memory_service_pb2 as mem_pb
+from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from tests.gateway.conftest import ALICE, StackFactory, create_books
+from tests.gateway.test_generative_search import _near
+from tests.support.rpc import error_info
+
+CODES = [
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.PERMISSION_DENIED,
+]
+
+
+@dataclass
+class Scripted:
+    """A server that fails every call (unary or server-streaming) with ``status``."""
+
+    address: str
+    status: grpc.Status | None = None
+    calls: int = 0
+
+    def fail_with(self, code: grpc.StatusCode, reason: str, field: str) -> None:
+        info = any_pb2.Any()
+        info.Pack(
+            error_details_pb2.ErrorInfo(
+                reason=reason, domain="gensearch", metadata={"field": field}
+            )
+        )
+        proto = status_pb2.Status(
+            code=code.value[0], message=f"{field}: scripted {code.name}", details=[info]
+        )
+        self.status = rpc_status.to_status(proto)
+
+
+class _FailEverything(grpc.GenericRpcHandler):
+    def __init__(self, script: Scripted) -> None:
+        self._script = script
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        async def fail(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            self._script.calls += 1
+            assert self._script.status is not None
+            await context.abort_with_status(self._script.status)
+
+        async def fail_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await fail(request, context)
+            yield b""  # never reached: makes this a server-streaming handler
+
+        if details.method.endswith("/StreamGenerate"):  # type: ignore[attr-defined]
+            return grpc.unary_stream_rpc_method_handler(fail_stream)
+        return grpc.unary_unary_rpc_method_handler(fail)
+
+
+@pytest.fixture
+async def scripted() -> AsyncIterator[Scripted]:
+    server = grpc.aio.server()
+    port = server.add_insecure_port("127.0.0.1:0")
+    script = Scripted(f"127.0.0.1:{port}")
+    server.add_generic_rpc_handlers((_FailEverything(script),))
+    await server.start()
+    yield script
+    await server.stop(0)
+
+
+async def _assert_passed_through(
+    calls: dict[str, Awaitable[Any]], code: grpc.StatusCode, field: str
+) -> None:
+    """Each call fails with the scripted status: code, message, reason and field."""
+    for path, call in calls.items():
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        err = caught.value
+        assert err.code() == code, path
+        assert err.details() == f"{field}: scripted {code.name}", path
+        info = error_info(err)
+        assert (info.reason, info.domain) == (f"SCRIPTED_{code.name}", "gensearch"), path
+        assert info.metadata["field"] == field, path
+
+
+@pytest.mark.parametrize("code", CODES, ids=lambda c: c.name)
+async def test_memory_errors_pass_through(
+    stack_factory: StackFactory, scripted: Scripted, code: grpc.StatusCode
+) -> None:
+    stack = await stack_factory(generation=False, memory_addr=scripted.address)
+    await create_books(stack)
+    scripted.fail_with(code, f"SCRIPTED_{code.name}", "conversation_id")
+    calls = {
+        "forwarded": stack.memory.GetConversation(
+            mem_pb.GetConversationRequest(conversation_id="c1"), metadata=ALICE, timeout=10
+        ),
+        "Ask": stack.stub.Ask(
+            gw_pb.AskRequest(collection="Books", llm_question="q?", conversation_id="c1"),
+            metadata=ALICE,
+            timeout=10,
+        ),
+    }
+    await _assert_passed_through(calls, code, "conversation_id")
+    assert scripted.calls >= 2
+
+
+@pytest.mark.parametrize("code", CODES, ids=lambda c: c.name)
+async def test_retrieval_errors_pass_through(
+    stack_factory: StackFactory, scripted: Scripted, code: grpc.StatusCode
+) -> None:
+    stack = await stack_factory(generation=False, retrieval_addr=scripted.address)
+    scripted.fail_with(code, f"SCRIPTED_{code.name}", "collection")
+    search = ret_pb.SearchRequest(collection="Books", keyword=ret_pb.Keyword(text="x"))
+    calls = {
+        "forwarded": stack.retrieval.Search(search, metadata=ALICE, timeout=10),
+        "GenerativeSearch": stack.stub.GenerativeSearch(
+            _near(single_prompt="{title}"), metadata=ALICE, timeout=10
+        ),
+        "StreamGenerativeSearch": _drain(
+            stack.stub.StreamGenerativeSearch(
+                gw_pb.StreamGenerativeSearchRequest(
+                    collection="Books", keyword=ret_pb.Keyword(text="x")
+                ),
+                metadata=ALICE,
+                timeout=10,
+            )
+        ),
+    }
+    await _assert_passed_through(calls, code, "collection")
+
+
+async def _drain(stream: Any) -> None:
+    async for _ in stream:
+        pass
+
+
+@pytest.mark.parametrize("code", CODES, ids=lambda c: c.name)
+async def test_generation_errors_stay_on_their_hit(
+    stack_factory: StackFactory, scripted: Scripted, code: grpc.StatusCode
+) -> None:
+    stack = await stack_factory(generation=False, generation_addr=scripted.address)
+    await create_books(stack)
+    scripted.fail_with(code, f"SCRIPTED_{code.name}", "messages")
+    for stream_tokens in (False, True):
+        request = _near(limit=2, single_prompt="{title}", grouped_task="Compare")
+        if stream_tokens:
+            events = stack.stub.StreamGenerativeSearch(
+                gw_pb.StreamGenerativeSearchRequest(
+                    collection=request.collection,
+                    near_vector=request.near_vector,
+                    limit=2,
+                    generate=gw_pb.Generate(
+                        single_prompt="{title}", grouped_task="Compare", stream_tokens=True
+                    ),
+                ),
+                metadata=ALICE,
+                timeout=10,
+            )
+            results = [e.hit_result.generation async for e in events if e.HasField("hit_result")]
+        else:
+            response = await stack.stub.GenerativeSearch(request, metadata=ALICE, timeout=10)
+            results = [h.generation for h in response.hits] + [response.grouped]
+        assert len(results) >= 2
+        for result in results:
+            assert (result.error.code, result.error.status) == (code.value[0], code.name)
+            assert result.error.reason == f"SCRIPTED_{code.name}"
+            assert result.error.message == f"messages: scripted {code.name}"

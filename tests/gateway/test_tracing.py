@@ -1,0 +1,127 @@
+"""One trace per request across all four services (real gRPC servers on loopback, the fake
+LLM), collected in memory."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
+from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+
+from tests.gateway.conftest import ALICE, BOOKS, DIM, Stack, create_books
+
+GENERATE = "/gensearch.generation.v1.GenerationService/Generate"
+SERVICES = {"gateway", "retrieval", "generation", "memory"}
+
+
+def _trace_of(spans: InMemorySpanExporter, root_name: str) -> list[ReadableSpan]:
+    """Every span in the trace whose root is the gateway's server span ``root_name``."""
+    finished = spans.get_finished_spans()
+    (root,) = [s for s in finished if s.name == root_name and s.kind == SpanKind.SERVER]
+    assert root.parent is None  # the test client sends no trace context
+    trace_id = root.context.trace_id
+    return [s for s in finished if s.context.trace_id == trace_id]
+
+
+def _service(span: ReadableSpan) -> str:
+    return str(span.resource.attributes["service.name"]).removeprefix("gensearch-")
+
+
+def _rpc(trace: list[ReadableSpan], kind: SpanKind, name: str) -> list[ReadableSpan]:
+    return [s for s in trace if s.kind == kind and s.name == name]
+
+
+def _assert_connected(trace: list[ReadableSpan]) -> None:
+    """One tree: every span but the root has its parent in the trace."""
+    ids = {s.context.span_id for s in trace}
+    roots = [s for s in trace if s.parent is None]
+    assert len(roots) == 1, [s.name for s in roots]
+    for span in trace:
+        assert span.parent is None or span.parent.span_id in ids, span.name
+
+
+def _assert_rpc_pairs(trace: list[ReadableSpan]) -> None:
+    """Each downstream server span is the child of the gateway's client span for it."""
+    by_id = {s.context.span_id: s for s in trace}
+    for server in (s for s in trace if s.kind == SpanKind.SERVER and s.parent is not None):
+        client = by_id[server.parent.span_id]  # type: ignore[union-attr]
+        assert (client.kind, client.name) == (SpanKind.CLIENT, server.name)
+        assert _service(client) == "gateway"
+
+
+async def _generative_search(stack: Stack) -> list[ReadableSpan]:
+    await create_books(stack)
+    response = await stack.stub.GenerativeSearch(
+        gw_pb.GenerativeSearchRequest(
+            collection="Books",
+            near_vector=ret_pb.NearVector(vector=[0.5] * DIM),
+            limit=len(BOOKS),
+            generate=gw_pb.Generate(single_prompt="Summarise {title}"),
+        ),
+        metadata=ALICE,
+    )
+    assert len(response.hits) == len(BOOKS)
+    assert all(h.generation.result for h in response.hits)
+    return response  # type: ignore[return-value]
+
+
+async def test_generative_search_is_one_trace(stack: Stack, spans: InMemorySpanExporter) -> None:
+    await _generative_search(stack)
+    trace = _trace_of(spans, "/gensearch.gateway.v1.GatewayService/GenerativeSearch")
+    _assert_connected(trace)
+    _assert_rpc_pairs(trace)
+    assert {_service(s) for s in trace} == {"gateway", "retrieval", "generation"}
+    servers = Counter(s.name for s in trace if s.kind == SpanKind.SERVER)
+    assert servers["/gensearch.retrieval.v1.RetrievalService/Search"] == 1
+    # One generation call per hit, each its own server span.
+    assert servers[GENERATE] == len(BOOKS)
+    assert len(_rpc(trace, SpanKind.CLIENT, GENERATE)) == len(BOOKS)
+    assert all(_service(s) == "generation" for s in _rpc(trace, SpanKind.SERVER, GENERATE))
+
+
+async def test_ask_is_one_trace_across_all_four_services(
+    stack: Stack, spans: InMemorySpanExporter
+) -> None:
+    await create_books(stack)
+    answer = await stack.stub.Ask(
+        gw_pb.AskRequest(
+            collection="Books", llm_question="Tell me about desert planets", new_conversation=True
+        ),
+        metadata=ALICE,
+    )
+    assert answer.answer and answer.interaction_id
+    trace = _trace_of(spans, "/gensearch.gateway.v1.GatewayService/Ask")
+    _assert_connected(trace)
+    _assert_rpc_pairs(trace)
+    assert {_service(s) for s in trace} == SERVICES
+    servers = Counter(s.name for s in trace if s.kind == SpanKind.SERVER)
+    assert servers["/gensearch.retrieval.v1.RetrievalService/Search"] == 1
+    assert servers[GENERATE] == 1
+    assert servers["/gensearch.memory.v1.MemoryService/CreateInteraction"] == 1
+    # Every service's part is in it, on its own server spans.
+    assert {_service(s) for s in trace if s.kind == SpanKind.SERVER} == SERVICES
+
+
+async def test_generative_search_has_a_span_per_hit_and_per_llm_call(
+    stack: Stack, spans: InMemorySpanExporter
+) -> None:
+    await _generative_search(stack)
+    trace = _trace_of(spans, "/gensearch.gateway.v1.GatewayService/GenerativeSearch")
+    by_id = {s.context.span_id: s for s in trace}
+    # Per hit: a gateway span between the request and that hit's generation call.
+    hits = {by_id[c.parent.span_id] for c in _rpc(trace, SpanKind.CLIENT, GENERATE) if c.parent}
+    assert len(hits) == len(BOOKS)
+    assert all(h.kind == SpanKind.INTERNAL and _service(h) == "gateway" for h in hits)
+    # Per LLM call (OpenTelemetry GenAI conventions: "chat <model>", a CLIENT span) in the
+    # generation service, under the Generate server span that made it.
+    llm = [s for s in trace if s.name.startswith("chat ")]
+    assert len(llm) == len(BOOKS)
+    for call in llm:
+        assert call.kind == SpanKind.CLIENT and _service(call) == "generation"
+        parent = call
+        while parent.parent is not None and parent.name != GENERATE:
+            parent = by_id[parent.parent.span_id]
+        assert parent.name == GENERATE and parent.kind == SpanKind.SERVER

@@ -1,0 +1,163 @@
+"""The memory service on a real three-master Redis Cluster: one user's keys in one slot,
+and a node that dies takes down only the users whose slots it serves, until it returns."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from gensearch.memory.v1 import memory_service_pb2 as pb
+from gensearch.memory.v1 import memory_service_pb2_grpc as pb_grpc
+
+from services.common.auth import forwarded_identity
+from services.memory.__main__ import build_server
+from tests.memory.conftest import INTERNAL_TOKEN, Memory, make_settings
+from tests.memory.helpers import expect_error
+from tests.support.redis_cluster import LocalCluster, Node
+from tests.support.rpc import error_info
+
+BACKENDS = ("cluster",)
+Metadata = tuple[tuple[str, str], ...]
+
+
+def _as(user: str) -> Metadata:
+    return forwarded_identity(user, INTERNAL_TOKEN)
+
+
+def _hash_tag(user: str) -> str:
+    # The store's hash tag of a user (services/memory/store.py, MemoryStore.tag).
+    return "{u:" + hashlib.sha256(user.encode()).hexdigest()[:20] + "}"
+
+
+async def _conversation_with_interactions(stub: pb_grpc.MemoryServiceStub, user: str) -> str:
+    who = _as(user)
+    made = await stub.CreateConversation(pb.CreateConversationRequest(name=user), metadata=who)
+    cid = made.conversation.conversation_id
+    for n in range(3):
+        await stub.CreateInteraction(
+            pb.CreateInteractionRequest(conversation_id=cid, input=f"q{n}", request_id=f"r{n}"),
+            metadata=who,
+        )
+    return cid
+
+
+async def test_each_users_keys_share_one_slot(memory: Memory, redis_cluster: LocalCluster) -> None:
+    users = [f"user-{n}" for n in range(12)]
+    for user in users:
+        await _conversation_with_interactions(memory.stub, user)
+    nodes_used = set()
+    for node in redis_cluster.nodes:
+        async with node.client() as client:
+            keys = [key.decode() async for key in client.scan_iter(count=1000)]
+            for user in users:
+                mine = [key for key in keys if _hash_tag(user) in key]
+                if not mine:
+                    continue
+                nodes_used.add(node.port)
+                # conversation list, conversation, its interaction list, 3 interactions and
+                # 3 request ids: all on this node, all in one slot.
+                assert len(mine) == 9, mine
+                slots = {await client.execute_command("CLUSTER", "KEYSLOT", key) for key in mine}
+                assert len(slots) == 1, slots
+    assert len(nodes_used) == 3, "twelve users should land on all three masters"
+
+
+@pytest.fixture
+async def own_cluster(tmp_path: Path) -> AsyncIterator[LocalCluster]:
+    """A cluster of this test's own: it kills a node, which the shared one must not see."""
+    cluster = LocalCluster(tmp_path / "cluster")
+    try:
+        await cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def _users_by_node(cluster: LocalCluster) -> dict[int, str]:
+    """One user per node, keyed by the node's port."""
+    found: dict[int, str] = {}
+    n = 0
+    while len(found) < len(cluster.nodes):
+        user = f"u{n}"
+        found.setdefault(cluster.node_for(_hash_tag(user)).port, user)
+        n += 1
+    return found
+
+
+@pytest.mark.slow
+async def test_a_killed_node_fails_only_its_slots_until_it_returns(
+    own_cluster: LocalCluster,
+) -> None:
+    server = await build_server(make_settings(own_cluster.url, redis_cluster=True), port=0)
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.MemoryServiceStub(channel)
+            users = _users_by_node(own_cluster)
+            cids = {
+                user: await _conversation_with_interactions(stub, user) for user in users.values()
+            }
+            # Not the node named in the service's URL: its discovery must find the others.
+            victim: Node = own_cluster.nodes[1]
+            doomed = users[victim.port]
+            others = [user for port, user in users.items() if port != victim.port]
+
+            own_cluster.kill(victim)
+            for _ in range(3):  # again and again: each failure refreshes the client's map
+                err = await expect_error(
+                    stub.ListInteractions(
+                        pb.ListInteractionsRequest(conversation_id=cids[doomed]),
+                        metadata=_as(doomed),
+                    ),
+                    grpc.StatusCode.UNAVAILABLE,
+                )
+                assert error_info(err).reason == "STORE_UNAVAILABLE"
+                await expect_error(
+                    stub.CreateInteraction(
+                        pb.CreateInteractionRequest(conversation_id=cids[doomed], input="lost?"),
+                        metadata=_as(doomed),
+                    ),
+                    grpc.StatusCode.UNAVAILABLE,
+                )
+                for user in others:  # the other nodes' users are served throughout
+                    await stub.CreateInteraction(
+                        pb.CreateInteractionRequest(conversation_id=cids[user], input="more"),
+                        metadata=_as(user),
+                    )
+                    listed = await stub.ListInteractions(
+                        pb.ListInteractionsRequest(conversation_id=cids[user]),
+                        metadata=_as(user),
+                    )
+                    assert listed.interactions[0].input == "more"
+
+            await own_cluster.restart(victim)
+            listed = await _until_served(stub, cids[doomed], _as(doomed))
+            # AOF (fsync always): every write acknowledged before the kill is back.
+            assert [i.input for i in listed.interactions] == ["q2", "q1", "q0"]
+            made = await stub.CreateInteraction(
+                pb.CreateInteractionRequest(conversation_id=cids[doomed], input="back"),
+                metadata=_as(doomed),
+            )
+            assert made.interaction.input == "back"
+    finally:
+        await server.stop(0)
+
+
+async def _until_served(
+    stub: pb_grpc.MemoryServiceStub, cid: str, who: Metadata, timeout: float = 20.0
+) -> pb.ListInteractionsResponse:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            return await stub.ListInteractions(
+                pb.ListInteractionsRequest(conversation_id=cid), metadata=who
+            )
+        except grpc.aio.AioRpcError as err:
+            assert err.code() == grpc.StatusCode.UNAVAILABLE, err
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.1)
