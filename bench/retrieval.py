@@ -11,8 +11,8 @@ through gRPC in turn, so load from elsewhere hits both alike. Measured:
     UpsertObjects batches (no embedding), then the index build (ImportObjects ends with
     the engine's optimize);
   * Search (near_vector, top 10) p50/p99 through gRPC at each size, beside the engine's
-    own p50/p99 for the same queries, and the engine time the service reports itself
-    (``query_ms``);
+    own p50/p99 for the same queries, the engine time the service reports itself
+    (``query_ms``) and a bare gRPC round trip to the same process (grpc.health.v1 Check);
   * import with local embedding (short texts, MiniLM in the service), embedding time per
     query (MiniLM timed in this process) and near_text Search p50 through gRPC.
 
@@ -45,6 +45,7 @@ import numpy as np  # noqa: E402
 from gensearch.retrieval.v1 import retrieval_service_pb2 as pb  # noqa: E402
 from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as pb_grpc  # noqa: E402
 from google.protobuf import struct_pb2  # noqa: E402
+from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 
 from bench.report import Figures, machine, pct  # noqa: E402
 from bench.stack import ServiceProcess, Stack  # noqa: E402
@@ -102,6 +103,7 @@ class SizeRow:
     size: int
     grpc_ms: list[float] = field(default_factory=list)
     server_ms: list[float] = field(default_factory=list)
+    health_ms: list[float] = field(default_factory=list)
     engine_ms: list[float] = field(default_factory=list)
 
 
@@ -112,6 +114,7 @@ class Bench:
         self.rng = random.Random(1)
         self.figures = Figures()
         self.service: ServiceProcess
+        self.health: health_pb2_grpc.HealthStub
 
     async def start(self) -> None:
         self.service = await self.stack.retrieval(max_batch_size=BATCH)
@@ -176,6 +179,7 @@ class Bench:
         loaded = 0
         async with grpc.aio.insecure_channel(self.service.address) as channel:
             stub = self.stub(channel)
+            self.health = health_pb2_grpc.HealthStub(channel)
             for size in self.args.sizes:
                 await self.load(stub, vector_objects(size - loaded, self.rng), first=not loaded)
                 loaded = size
@@ -235,6 +239,10 @@ class Bench:
                 res = await stub.Search(request)
                 row.grpc_ms.append((time.perf_counter() - started) * 1000)
                 row.server_ms.append(res.query_ms)
+                # A bare round trip to the same process: gRPC's own share of the above.
+                started = time.perf_counter()
+                await self.health.Check(health_pb2.HealthCheckRequest())
+                row.health_ms.append((time.perf_counter() - started) * 1000)
         finally:
             await store.close()
         return row
@@ -258,14 +266,15 @@ class Bench:
         print(f"\nnear_vector top-10, {DIM} dims, one call in flight (ms); {machine()}")
         print(
             f"{'objects':>8} | {'engine p50':>10} {'p99':>6} | {'gRPC p50':>8} {'p99':>6} | "
-            f"{'gRPC - engine p50':>17} | {'query_ms p50':>12}"
+            f"{'gRPC - engine p50':>17} | {'query_ms p50':>12} | {'Health/Check p50':>16}"
         )
         for row in rows:
             e50, g50 = statistics.median(row.engine_ms), statistics.median(row.grpc_ms)
             print(
                 f"{row.size:>8} | {e50:>10.3f} {pct(row.engine_ms, 0.99):>6.3f} | {g50:>8.3f} "
                 f"{pct(row.grpc_ms, 0.99):>6.3f} | {g50 - e50:>+17.3f} | "
-                f"{statistics.median(row.server_ms):>12.3f}"
+                f"{statistics.median(row.server_ms):>12.3f} | "
+                f"{statistics.median(row.health_ms):>16.3f}"
             )
             self.figures.add(
                 f"retrieval Search over the engine p50 ({row.size:,} x {DIM} dims)",
