@@ -8,6 +8,8 @@ L = 200 ms ± 10 %), the generation service as its own process with a provider f
 Measured side by side, same request body:
   1. Generate through the service vs a direct aiohttp POST to the endpoint, with 1 and
      64 calls in flight: calls/s and the ratio (target: >= 70 % of direct at 64 in flight);
+     beside them the same call through the official openai SDK from this process (how the
+     service calls the endpoint), to tell the SDK's cost from the service's;
   2. StreamGenerate first-token latency: from the endpoint making its answer (stamped with
      the shared monotonic clock, see bench/fake_llm.py) to the client reading the first
      delta, beside the same gap for a direct aiohttp SSE read (target: <= 5 ms);
@@ -35,6 +37,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "gen")]
 import aiohttp  # noqa: E402
 from gensearch.generation.v1 import generation_service_pb2 as pb  # noqa: E402
 from gensearch.generation.v1 import generation_service_pb2_grpc as pb_grpc  # noqa: E402
+from openai import AsyncOpenAI, DefaultAioHttpClient  # noqa: E402
 
 from bench.fake_llm import TAIL, first_token_gap  # noqa: E402
 from bench.report import machine, markdown, pct  # noqa: E402
@@ -46,6 +49,14 @@ PROMPT = "Summarise the plot of Moby Dick in one sentence."
 MESSAGES = [{"role": "user", "content": PROMPT}]
 LATENCIES = {"fast": 0.0, "slow": 0.2}  # provider name -> fake endpoint latency, s
 Row = tuple[str, ...]
+THROUGHPUT_HEADER = (
+    "upstream latency",
+    "in flight",
+    "aiohttp calls/s",
+    "openai SDK calls/s",
+    "service calls/s",
+    "service / aiohttp",
+)
 
 
 async def throughput(call: Callable[[], Awaitable[None]], in_flight: int, total: int) -> float:
@@ -73,7 +84,10 @@ class Bench:
         rows: list[Row] = []
         body = {"model": "fake-model", "messages": MESSAGES}
         connector = aiohttp.TCPConnector(limit=256)
-        async with aiohttp.ClientSession(connector=connector) as session:
+        async with (
+            aiohttp.ClientSession(connector=connector) as session,
+            AsyncOpenAI(api_key="bench", http_client=DefaultAioHttpClient()) as sdk,
+        ):
             for name, latency in LATENCIES.items():
                 url = f"{self.urls[name]}/chat/completions"
                 request = pb.GenerateRequest(
@@ -85,21 +99,30 @@ class Bench:
                         data = await resp.json()
                         assert data["choices"][0]["message"]["content"].endswith(TAIL)
 
+                async def direct_sdk(base_url: str = self.urls[name]) -> None:
+                    # The official SDK, as the service calls the endpoint (aiohttp transport).
+                    reply = await sdk.with_options(base_url=base_url).chat.completions.create(
+                        model="fake-model", messages=[{"role": "user", "content": PROMPT}]
+                    )
+                    assert (reply.choices[0].message.content or "").endswith(TAIL)
+
                 async def through_service(request: pb.GenerateRequest = request) -> None:
                     reply = await self.stub.Generate(request, metadata=IDENTITY, timeout=30)
                     assert reply.text.endswith(TAIL)
 
                 for in_flight in (1, 64):
                     total = self._calls(latency, in_flight)
-                    await throughput(direct, in_flight, min(total, 2 * in_flight))  # warm-up
-                    await throughput(through_service, in_flight, min(total, 2 * in_flight))
+                    for call in (direct, direct_sdk, through_service):  # warm-up
+                        await throughput(call, in_flight, min(total, 2 * in_flight))
                     d = await throughput(direct, in_flight, total)
+                    k = await throughput(direct_sdk, in_flight, total)
                     s = await throughput(through_service, in_flight, total)
-                    rate = [f"{d:,.0f}", f"{s:,.0f}", f"{s / d:.0%}"]
+                    rate = [f"{d:,.0f}", f"{k:,.0f}", f"{s:,.0f}", f"{s / d:.0%}"]
                     rows.append((f"{latency * 1000:.0f} ms", str(in_flight), *rate))
                     print(
                         f"  L={latency * 1000:3.0f} ms in_flight={in_flight:3d}: direct "
-                        f"{d:8.1f}/s  service {s:8.1f}/s  ratio {s / d:.0%}",
+                        f"{d:8.1f}/s  openai SDK {k:8.1f}/s  service {s:8.1f}/s  "
+                        f"ratio {s / d:.0%}",
                         flush=True,
                     )
         return rows
@@ -239,7 +262,7 @@ async def run(args: argparse.Namespace) -> None:
             print("local model (SmolLM2-135M on llama.cpp, through the service):")
             llm_rows = await bench.local_model()
     for header, rows in (
-        (("upstream latency", "in flight", "direct calls/s", "service calls/s", "ratio"), tput),
+        (THROUGHPUT_HEADER, tput),
         (("upstream latency", "path", "p50 ms", "p95 ms", "max ms"), ttft),
         (("prompt tokens", "time to first token ms", "decode tokens/s"), llm_rows),
     ):
