@@ -86,8 +86,14 @@ class Bench:
         connector = aiohttp.TCPConnector(limit=256)
         async with (
             aiohttp.ClientSession(connector=connector) as session,
-            AsyncOpenAI(api_key="bench", http_client=DefaultAioHttpClient()) as sdk,
+            contextlib.AsyncExitStack() as clients,
         ):
+            sdks = {
+                name: await clients.enter_async_context(
+                    AsyncOpenAI(api_key="bench", base_url=url, http_client=DefaultAioHttpClient())
+                )
+                for name, url in self.urls.items()
+            }
             for name, latency in LATENCIES.items():
                 url = f"{self.urls[name]}/chat/completions"
                 request = pb.GenerateRequest(
@@ -99,9 +105,9 @@ class Bench:
                         data = await resp.json()
                         assert data["choices"][0]["message"]["content"].endswith(TAIL)
 
-                async def direct_sdk(base_url: str = self.urls[name]) -> None:
+                async def direct_sdk(sdk: AsyncOpenAI = sdks[name]) -> None:
                     # The official SDK, as the service calls the endpoint (aiohttp transport).
-                    reply = await sdk.with_options(base_url=base_url).chat.completions.create(
+                    reply = await sdk.chat.completions.create(
                         model="fake-model", messages=[{"role": "user", "content": PROMPT}]
                     )
                     assert (reply.choices[0].message.content or "").endswith(TAIL)
