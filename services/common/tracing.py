@@ -137,12 +137,7 @@ def client_interceptors(service: str | None = None) -> list[grpc.aio.ClientInter
         return []
     provider = tracer_provider(service) if service else trace.get_tracer_provider()
     spans = _ClientSpans(provider.get_tracer(TRACER_NAME))  # type: ignore[union-attr]
-    return [
-        _UnaryUnary(spans),
-        _UnaryStream(spans),
-        _StreamUnary(spans),
-        _StreamStream(spans),
-    ]
+    return [_UnaryUnary(spans), _UnaryStream(spans), _StreamUnary(spans), _StreamStream(spans)]
 
 
 # Not opentelemetry-instrumentation-grpc's aio_client_interceptors(): they wait for the
@@ -212,44 +207,35 @@ class _UnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):
             self._spans.end(span, code)
 
 
-class _UnaryStream(grpc.aio.UnaryStreamClientInterceptor):
+class _Streaming:
+    """The call shapes with a request or response stream: the span ends when the call's
+    status is in, from a task, since the caller reads or writes the call itself. One
+    subclass per shape: grpc.aio files each interceptor under the first shape it is an
+    instance of, so one object cannot serve all three."""
+
     def __init__(self, spans: _ClientSpans) -> None:
         self._spans = spans
 
-    async def intercept_unary_stream(
+    async def _intercept(
         self, continuation: Callable[..., Any], details: ClientCallDetails, request: Any
     ) -> Any:
         span, details = self._spans.start(details)
+        # Not awaited here: a caller writing with call.write() needs the call first.
         call = await continuation(details, request)
         self._spans.end_when_done(span, call)
         return call
 
 
-class _StreamUnary(grpc.aio.StreamUnaryClientInterceptor):
-    def __init__(self, spans: _ClientSpans) -> None:
-        self._spans = spans
-
-    async def intercept_stream_unary(
-        self, continuation: Callable[..., Any], details: ClientCallDetails, requests: Any
-    ) -> Any:
-        span, details = self._spans.start(details)
-        # Not awaited here: a caller writing with call.write() needs the call first.
-        call = await continuation(details, requests)
-        self._spans.end_when_done(span, call)
-        return call
+class _UnaryStream(_Streaming, grpc.aio.UnaryStreamClientInterceptor):
+    intercept_unary_stream = _Streaming._intercept
 
 
-class _StreamStream(grpc.aio.StreamStreamClientInterceptor):
-    def __init__(self, spans: _ClientSpans) -> None:
-        self._spans = spans
+class _StreamUnary(_Streaming, grpc.aio.StreamUnaryClientInterceptor):
+    intercept_stream_unary = _Streaming._intercept
 
-    async def intercept_stream_stream(
-        self, continuation: Callable[..., Any], details: ClientCallDetails, requests: Any
-    ) -> Any:
-        span, details = self._spans.start(details)
-        call = await continuation(details, requests)
-        self._spans.end_when_done(span, call)
-        return call
+
+class _StreamStream(_Streaming, grpc.aio.StreamStreamClientInterceptor):
+    intercept_stream_stream = _Streaming._intercept
 
 
 class _MetadataGetter(Getter[Sequence[tuple[str, str | bytes]]]):
