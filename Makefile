@@ -72,11 +72,10 @@ test: lint typecheck buflint pytest
 run: $(STAMP)
 	$(PY) -m services.cli up --demo
 
+# The README's headline table, measured afresh (median and range of 3 runs each, with the
+# date and load); the full benchmarks are bench/*.py, see docs/benchmarks.md.
 bench: $(STAMP)
-	$(PY) bench/memory.py
-	$(PY) bench/retrieval.py
-	$(PY) bench/generation.py
-	$(PY) bench/fanout.py
+	$(PY) bench/headline.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

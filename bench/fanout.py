@@ -1,45 +1,44 @@
 """Fan-out benchmark: generative search with one LLM call per hit, through the gateway.
 
-One run, everything on loopback, laid out as deployed: the fake OpenAI-compatible server
-(sleeping L seconds before each answer) and the generation service each in their own
-process; memory (own Redis), retrieval (qdrant-edge in a temp dir) and the gateway in this
-one, beside the client.
+One run, everything on loopback and laid out as deployed (bench/stack.py): the fake
+OpenAI-compatible endpoint (answering after L x uniform(0.9, 1.1) seconds) and the four
+services, gateway, memory (its own Redis), retrieval (qdrant-edge) and generation, each
+its own process; this process holds only the clients.
 
 Measured side by side:
-  * end-to-end GenerativeSearch time for N hits with single_prompt, as a ratio to L,
-    beside (a) the same N generations as a sequential loop (generation service, one call
-    after another) and (b) LangChain's ``ChatOpenAI(...).abatch`` against the same fake
-    server;
+  * end-to-end GenerativeSearch time for N hits with single_prompt, as a ratio to L, with
+    the gateway's default max_concurrency and (past it) with max_concurrency = N, beside
+    the same N calls made straight to the endpoint: plain ``asyncio.gather`` of N HTTP
+    requests (the floor), a pool of 10 at a time (Weaviate's way), LangChain's
+    ``ChatOpenAI(...).abatch``; and through the generation service without the gateway:
+    N Generate calls at once, and a sequential loop;
   * gateway overhead: a search with no generation through the gateway vs calling
     retrieval directly (p50, p90), and a forwarded RetrievalService/Search;
-  * first-token latency through StreamGenerativeSearch: the fake server stamps its first
-    text chunk with ``time.perf_counter()`` (CLOCK_MONOTONIC, shared by the processes of a
-    Linux machine) just before writing it; the client subtracts that from the time it
-    reads the token event.
+  * first-token latency through StreamGenerativeSearch, from the fake endpoint making its
+    answer (bench/fake_llm.py stamps it with the shared monotonic clock) to the client
+    reading the token event.
 
-    .venv/bin/python bench/fanout.py [--latency 0.2] [--sizes 1,10,25,50] [--repeat 3]
+    .venv/bin/python bench/fanout.py [--latency 0.2] [--sizes 1,10,25,50,100] [--repeat 3]
+    .venv/bin/python bench/fanout.py --summary     # the headline figures only, as JSON
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
-import os
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "gen")]
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import grpc  # noqa: E402
+import aiohttp  # noqa: E402
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb  # noqa: E402
 from gensearch.gateway.v1 import gateway_service_pb2_grpc as gw_grpc  # noqa: E402
 from gensearch.generation.v1 import generation_service_pb2 as gen_pb  # noqa: E402
@@ -47,150 +46,43 @@ from gensearch.generation.v1 import generation_service_pb2_grpc as gen_grpc  # n
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb  # noqa: E402
 from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as ret_grpc  # noqa: E402
 from google.protobuf import struct_pb2  # noqa: E402
-from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
+from pydantic import SecretStr  # noqa: E402
 
-from services.common.auth import DEFAULT_TENANT, Identity, Role, forwarded_identity  # noqa: E402
-from services.common.server import GrpcServer  # noqa: E402
-from services.devlaunch.processes import free_port  # noqa: E402
-from services.devlaunch.redis_server import RedisProcess  # noqa: E402
-from services.gateway.__main__ import build_server as build_gateway  # noqa: E402
+from bench.fake_llm import first_token_gap  # noqa: E402
+from bench.report import Figures, machine, pct, timed  # noqa: E402
+from bench.stack import IDENTITY, Stack, provider  # noqa: E402
 from services.gateway.settings import GatewaySettings  # noqa: E402
-from services.memory.__main__ import build_server as build_memory  # noqa: E402
-from services.memory.settings import MemorySettings  # noqa: E402
-from services.retrieval.__main__ import build_server as build_retrieval  # noqa: E402
-from services.retrieval.settings import RetrievalSettings  # noqa: E402
 
-TOKEN = "bench-internal-token"
 DIM = 8
-OBJECTS = 60
-
-FAKE_SERVER = """
-import asyncio, sys, time
-sys.path[:0] = [{root!r}]
-from tests.support.fake_openai import FakeOpenAI
-
-def stamped(body):
-    # The first word is when this answer was made; the first text chunk follows at once.
-    return f"{{time.perf_counter():.6f}} and the rest of a short answer"
-
-async def main():
-    fake = FakeOpenAI(latency=float(sys.argv[1]), reply=stamped, record=False)
-    await fake.start()
-    print(fake.port, flush=True)
-    await asyncio.Event().wait()
-
-asyncio.run(main())
-"""
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-async def timed(fn: Callable[[], Awaitable[Any]]) -> float:
-    started = time.perf_counter()
-    await fn()
-    return time.perf_counter() - started
-
-
-async def spawn(*args: str, env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        *args,
-        cwd=ROOT,
-        env={**os.environ, **(env or {})},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-
-
-async def wait_serving(address: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while True:
-            try:
-                await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                return
-            except grpc.aio.AioRpcError:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.1)
+OBJECTS = 120
+DEFAULT_LIMIT: int = GatewaySettings.model_fields["default_max_concurrency"].default
+FULL_SIZES = (1, 10, 25, 50, 100)
+HEADLINE_SIZES = (10, 25, 100)
 
 
 class Bench:
-    def __init__(self, latency: float, data: Path, concurrency: int) -> None:
+    def __init__(self, stack: Stack, latency: float, jitter: float) -> None:
+        self.stack = stack
         self.latency = latency
-        self.data = data
-        self.concurrency = concurrency
-        self.servers: list[GrpcServer] = []
-        self.processes: list[asyncio.subprocess.Process] = []
-        self.channels: list[grpc.aio.Channel] = []
-        self.redis = RedisProcess(data / "redis", appendfsync="everysec")
+        self.jitter = jitter
+        self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
 
     async def start(self) -> None:
-        fake = await spawn(
-            sys.executable, "-c", FAKE_SERVER.format(root=str(ROOT)), str(self.latency)
+        stack = self.stack
+        self.llm_url = await stack.fake_llm(self.latency, jitter=self.jitter)
+        memory, retrieval, generation = await asyncio.gather(
+            stack.memory(), stack.retrieval(), stack.generation({"fake": provider(self.llm_url)})
         )
-        self.processes.append(fake)
-        assert fake.stdout is not None
-        self.fake_url = f"http://127.0.0.1:{int(await fake.stdout.readline())}/v1"
-        gen_port = free_port()
-        provider = {
-            "name": "fake",
-            "base_url": self.fake_url,
-            "default_model": "fake-model",
-            "max_concurrency": 256,
-        }
-        generation = await spawn(
-            sys.executable,
-            "-m",
-            "services.generation",
-            env={
-                "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'gen'}",
-                "GENSEARCH_GENERATION_PORT": str(gen_port),
-                "GENSEARCH_GENERATION_METRICS_PORT": "0",
-                "GENSEARCH_GENERATION_PROVIDERS": json.dumps([provider]),
-                "GENSEARCH_GENERATION_DEFAULT_PROVIDER": "fake",
-                "GENSEARCH_INTERNAL_TOKEN": TOKEN,
-                "GENSEARCH_LOG_LEVEL": "WARNING",
-            },
-        )
-        self.processes.append(generation)
-        await wait_serving(f"127.0.0.1:{gen_port}")
-
-        await self.redis.start()
-        common: dict[str, Any] = {"internal_token": TOKEN, "log_level": "WARNING"}
-        memory = await build_memory(
-            MemorySettings(redis_url=self.redis.url, metrics_port=None, **common), port=0
-        )
-        retrieval = await build_retrieval(
-            RetrievalSettings(data_dir=self.data / "retrieval", **common), port=0
-        )
-        self.servers = [memory, retrieval]
-        ports = [await s.start() for s in self.servers]
-        gateway = await build_gateway(
-            GatewaySettings(
-                memory_addr=f"127.0.0.1:{ports[0]}",
-                retrieval_addr=f"127.0.0.1:{ports[1]}",
-                generation_addr=f"127.0.0.1:{gen_port}",
-                metrics_port=None,
-                default_max_concurrency=self.concurrency,
-                **common,
-            ),
-            port=0,
-        )
-        self.servers.append(gateway)
-        gw_port = await gateway.start()
-        gw_channel = grpc.aio.insecure_channel(f"127.0.0.1:{gw_port}")
-        ret_channel = grpc.aio.insecure_channel(f"127.0.0.1:{ports[1]}")
-        gen_channel = grpc.aio.insecure_channel(f"127.0.0.1:{gen_port}")
-        self.channels = [gw_channel, ret_channel, gen_channel]
+        gateway = await stack.gateway(memory, retrieval, generation)
+        gw_channel = stack.channel(gateway)
         self.gateway = gw_grpc.GatewayServiceStub(gw_channel)
         self.gw_retrieval = ret_grpc.RetrievalServiceStub(gw_channel)
-        self.retrieval = ret_grpc.RetrievalServiceStub(ret_channel)
-        self.generation = gen_grpc.GenerationServiceStub(gen_channel)
+        self.retrieval = ret_grpc.RetrievalServiceStub(stack.channel(retrieval))
+        self.generation = gen_grpc.GenerationServiceStub(stack.channel(generation))
         await self._load()
+
+    async def close(self) -> None:
+        await self.http.close()
 
     async def _load(self) -> None:
         await self.retrieval.CreateCollection(
@@ -217,28 +109,15 @@ class Bench:
             ret_pb.UpsertObjectsRequest(collection="Bench", objects=objects)
         )
 
-    async def stop(self) -> None:
-        for channel in self.channels:
-            await channel.close()
-        for server in reversed(self.servers):
-            await server.stop(0)
-        await self.redis.stop()
-        for proc in reversed(self.processes):
-            if proc.returncode is None:
-                proc.terminate()
-                try:
-                    await asyncio.wait_for(proc.wait(), 10)
-                except TimeoutError:
-                    proc.kill()
-                    await proc.wait()
-
-    # -- the measurements ------------------------------------------------------------------
-    async def gateway_fanout(self, n: int) -> float:
+    # -- fan-out ---------------------------------------------------------------------------
+    async def gateway_fanout(self, n: int, max_concurrency: int = 0) -> float:
         request = gw_pb.GenerativeSearchRequest(
             collection="Bench",
             near_vector=ret_pb.NearVector(vector=[0.5] * DIM),
             limit=n,
-            generate=gw_pb.Generate(single_prompt="Summarise {title}: {body}"),
+            generate=gw_pb.Generate(
+                single_prompt="Summarise {title}: {body}", max_concurrency=max_concurrency
+            ),
         )
 
         async def call() -> None:
@@ -248,20 +127,40 @@ class Bench:
 
         return await timed(call)
 
-    async def sequential(self, n: int) -> float:
-        identity = forwarded_identity(Identity("bench", DEFAULT_TENANT, Role.READER), TOKEN)
+    async def _post(self, i: int) -> None:
+        body = {"model": "fake-model", "messages": [{"role": "user", "content": f"Book {i}"}]}
+        async with self.http.post(f"{self.llm_url}/chat/completions", json=body) as resp:
+            resp.raise_for_status()
+            await resp.json()
 
+    async def gather(self, n: int) -> float:
+        """The floor: N HTTP requests at once, straight to the endpoint."""
+        return await timed(lambda: asyncio.gather(*(self._post(i) for i in range(n))))
+
+    async def pool(self, n: int, size: int = 10) -> float:
+        """N HTTP requests, ``size`` at a time (a fixed worker pool, as Weaviate does)."""
+        gate = asyncio.Semaphore(size)
+
+        async def one(i: int) -> None:
+            async with gate:
+                await self._post(i)
+
+        return await timed(lambda: asyncio.gather(*(one(i) for i in range(n))))
+
+    async def _generate(self, i: int) -> None:
+        message = gen_pb.Message(role=gen_pb.ROLE_USER, content=f"Summarise Book {i}")
+        await self.generation.Generate(
+            gen_pb.GenerateRequest(messages=[message]), metadata=IDENTITY, timeout=60
+        )
+
+    async def generation_gather(self, n: int) -> float:
+        """N Generate calls at once straight to the generation service (no gateway)."""
+        return await timed(lambda: asyncio.gather(*(self._generate(i) for i in range(n))))
+
+    async def sequential(self, n: int) -> float:
         async def call() -> None:
             for i in range(n):
-                await self.generation.Generate(
-                    gen_pb.GenerateRequest(
-                        messages=[
-                            gen_pb.Message(role=gen_pb.ROLE_USER, content=f"Summarise Book {i}")
-                        ]
-                    ),
-                    metadata=identity,
-                    timeout=60,
-                )
+                await self._generate(i)
 
         return await timed(call)
 
@@ -269,17 +168,18 @@ class Bench:
         from langchain_openai import ChatOpenAI
 
         chat = ChatOpenAI(
-            base_url=self.fake_url, api_key="bench", model="fake-model", max_retries=0
+            base_url=self.llm_url, api_key=SecretStr("bench"), model="fake-model", max_retries=0
         )
         prompts = [f"Summarise Book {i}" for i in range(n)]
         return await timed(lambda: chat.abatch(prompts))  # type: ignore[arg-type]
 
+    # -- the gateway's own cost ------------------------------------------------------------
     async def overhead(self, rounds: int) -> dict[str, list[float]]:
         query = ret_pb.NearVector(vector=[0.5] * DIM)
         search = ret_pb.SearchRequest(collection="Bench", near_vector=query, limit=10)
         generative = gw_pb.GenerativeSearchRequest(collection="Bench", near_vector=query, limit=10)
         calls: dict[str, Callable[[], Awaitable[Any]]] = {
-            "direct": lambda: self.retrieval.Search(search),
+            "direct": lambda: self.retrieval.Search(search, metadata=IDENTITY),
             "gateway": lambda: self.gateway.GenerativeSearch(generative),
             "forwarded": lambda: self.gw_retrieval.Search(search),
         }
@@ -301,73 +201,137 @@ class Bench:
         )
         gaps: list[float] = []
         for _ in range(rounds):
-            first: str | None = None
-            received = 0.0
+            gap: float | None = None
             async for event in self.gateway.StreamGenerativeSearch(request, timeout=30):
-                if event.WhichOneof("event") == "token" and first is None:
-                    received = time.perf_counter()
-                    first = event.token.delta
-            assert first is not None
-            gaps.append(received - float(first))
+                if event.WhichOneof("event") == "token" and gap is None:
+                    gap = first_token_gap(event.token.delta, time.perf_counter())
+            assert gap is not None
+            gaps.append(gap)
         return gaps
 
 
-async def run(args: argparse.Namespace) -> None:
+@dataclass
+class Column:
+    """One way of making N calls: how to time it, for which N, and its headline name."""
+
+    title: str
+    measure: Callable[[int], Awaitable[float]]
+    figure: str = ""  # "{n}" is replaced by N; empty: not a headline figure
+    target: Callable[[int], str] = lambda n: ""
+    when: Callable[[int], bool] = lambda n: True
+    once: bool = False  # one run instead of the median of --repeat
+
+
+def fanout_target(n: int) -> str:
+    """The target of architecture §6 (at default settings)."""
+    return "≤ 1.10 x L" if n <= 25 else "≤ 1.3 x L" if n <= 100 else ""
+
+
+async def fanout_table(bench: Bench, args: argparse.Namespace, figures: Figures) -> None:
     latency = args.latency
-    sizes = [int(size) for size in args.sizes.split(",")]
-    with tempfile.TemporaryDirectory() as tmp:
-        bench = Bench(latency, Path(tmp), args.concurrency)
-        await bench.start()
+    columns = [
+        Column(
+            f"gateway (limit {DEFAULT_LIMIT})",
+            bench.gateway_fanout,
+            "fan-out N={n}, gateway defaults / L",
+            target=fanout_target,
+        ),
+        Column(
+            "gateway (limit N)",
+            lambda n: bench.gateway_fanout(n, n),
+            "fan-out N={n}, gateway max_concurrency=N / L",
+            target=fanout_target,
+            when=lambda n: n > DEFAULT_LIMIT,
+        ),
+        Column("gather (floor)", bench.gather, "fan-out N={n}, asyncio.gather floor / L"),
+    ]
+    if not args.summary:
+        columns += [
+            Column("generation, gather", bench.generation_gather),
+            Column("pool of 10", bench.pool, once=True),
+            Column("LangChain abatch", bench.langchain),
+            # A sequential loop takes N x L: measured while that stays short.
+            Column("sequential", bench.sequential, when=lambda n: n * latency <= 6, once=True),
+        ]
+    print(
+        f"fan-out, fake LLM latency L = {latency * 1000:.0f} ms ± {args.jitter:.0%}, "
+        f"median of {args.repeat} interleaved rounds (pool and sequential: one run); {machine()}"
+    )
+    print(f"{'N':>4} | " + " | ".join(f"{c.title:>18}" for c in columns))
+    for n in args.sizes:
+        # Rounds of one call of each kind, so that load from elsewhere hits all alike.
+        times: dict[str, list[float]] = {c.title: [] for c in columns if c.when(n)}
+        for round_no in range(args.repeat):
+            for column in columns:
+                if column.when(n) and (round_no == 0 or not column.once):
+                    times[column.title].append(await column.measure(n))
+        cells = []
+        for column in columns:
+            if column.title not in times:
+                cells.append(f"{'—':>18}")
+                continue
+            seconds = statistics.median(times[column.title])
+            cells.append(f"{seconds * 1000:7.0f} ms {seconds / latency:5.2f}xL")
+            if column.figure:
+                figure = column.figure.format(n=n)
+                figures.add(figure, seconds / latency, "x L", column.target(n))
+        print(f"{n:>4} | " + " | ".join(cells), flush=True)
+
+
+async def run(args: argparse.Namespace) -> None:
+    figures = Figures()
+    async with Stack() as stack:
+        bench = Bench(stack, args.latency, args.jitter)
         try:
+            await bench.start()
             await bench.gateway_fanout(1)  # warm the channels
-            print(
-                f"fan-out, fake LLM latency L = {latency * 1000:.0f} ms, gateway "
-                f"max_concurrency = {args.concurrency}, median of {args.repeat}; "
-                f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
-            )
-            header = f"{'N':>4} | {'gateway':>16} | {'sequential':>16} | {'LangChain abatch':>16}"
-            print(header)
-            print("-" * len(header))
-
-            def cell(seconds: float) -> str:
-                return f"{seconds * 1000:7.0f} ms {seconds / latency:5.2f}xL"
-
-            for n in sizes:
-                gw = statistics.median([await bench.gateway_fanout(n) for _ in range(args.repeat)])
-                seq = await bench.sequential(n)
-                lc = statistics.median([await bench.langchain(n) for _ in range(args.repeat)])
-                print(f"{n:>4} | {cell(gw)} | {cell(seq)} | {cell(lc)}")
+            await fanout_table(bench, args, figures)
 
             samples = await bench.overhead(args.rounds)
             p50 = {k: pct(v, 0.5) * 1000 for k, v in samples.items()}
             p90 = {k: pct(v, 0.9) * 1000 for k, v in samples.items()}
-            print(f"\nsearch without generation, {args.rounds} calls each (ms)")
+            print(f"\nsearch without generation, {args.rounds} calls each, interleaved (ms)")
             for name in ("direct", "gateway", "forwarded"):
                 print(f"  {name:<10} p50 {p50[name]:6.3f}  p90 {p90[name]:6.3f}")
+            gateway = p50["gateway"] - p50["direct"]
+            forwarded = p50["forwarded"] - p50["direct"]
             print(
-                f"  gateway overhead p50 {p50['gateway'] - p50['direct']:+.3f} ms "
-                f"(GenerativeSearch), {p50['forwarded'] - p50['direct']:+.3f} ms (forwarded Search)"
+                f"  gateway overhead p50 {gateway:+.3f} ms (GenerativeSearch), "
+                f"{forwarded:+.3f} ms (forwarded Search)"
             )
+            figures.add("gateway overhead p50, search without generation", gateway, "ms", "≤ 2 ms")
 
             gaps = await bench.first_token(args.token_rounds)
+            first = pct(gaps, 0.5) * 1000
             print(
                 f"\nfirst token through StreamGenerativeSearch, {args.token_rounds} streams: "
-                f"p50 {pct(gaps, 0.5) * 1000:.2f} ms, p90 {pct(gaps, 0.9) * 1000:.2f} ms after "
-                "the LLM server made it (LLM server -> generation -> gateway -> client)"
+                f"p50 {first:.2f} ms, p90 {pct(gaps, 0.9) * 1000:.2f} ms after the LLM "
+                "endpoint made it (endpoint -> generation -> gateway -> client)"
             )
+            figures.add("first token through StreamGenerativeSearch p50", first, "ms", "≤ 5 ms")
         finally:
-            await bench.stop()
+            await bench.close()
+    if args.summary:
+        figures.emit()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--latency", type=float, default=0.2, help="fake LLM latency, seconds")
-    parser.add_argument("--sizes", default="1,10,25,50")
+    parser.add_argument("--latency", type=float, default=0.2, help="fake LLM latency L, s")
+    parser.add_argument("--jitter", type=float, default=0.1, help="spread of L (0.1: ±10 %%)")
+    parser.add_argument("--sizes", help="N, comma-separated (default 1,10,25,50,100)")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--concurrency", type=int, default=32, help="gateway default")
-    parser.add_argument("--rounds", type=int, default=500, help="overhead samples")
+    parser.add_argument("--rounds", type=int, help="overhead samples (default 500)")
     parser.add_argument("--token-rounds", type=int, default=30)
+    parser.add_argument(
+        "--summary",
+        action="store_true",
+        help="headline figures only (default N = 10, 25, 100; fewer samples), JSON last",
+    )
     args = parser.parse_args()
+    sizes = args.sizes or ",".join(map(str, HEADLINE_SIZES if args.summary else FULL_SIZES))
+    args.sizes = [int(size) for size in sizes.split(",")]
+    args.rounds = args.rounds or (300 if args.summary else 500)
     logging.basicConfig(level=logging.WARNING)
     asyncio.run(run(args))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 import pytest
 
@@ -57,11 +59,25 @@ async def test_unary_stream_usage_and_scripted_errors() -> None:
 
 
 def test_runs_in_a_thread() -> None:
-    import asyncio
-
     async def call(url: str) -> str:
         async with aiohttp.ClientSession() as http, http.post(url, json=BODY) as resp:
             return str((await resp.json())["choices"][0]["message"]["content"])
 
     with FakeOpenAI().in_thread() as fake:
         assert asyncio.run(call(f"{fake.base_url}/chat/completions")) == "hello big world"
+
+
+async def test_latency_jitter_spreads_the_wait_within_its_bounds() -> None:
+    async with FakeOpenAI(latency=0.1, latency_jitter=0.5) as fake, aiohttp.ClientSession() as http:
+        url = f"{fake.base_url}/chat/completions"
+
+        async def call() -> None:
+            async with http.post(url, json=BODY) as resp:
+                await resp.read()
+
+        await asyncio.gather(*(call() for _ in range(20)))
+        waits = [r.finished_at - r.received_at for r in fake.requests if r.finished_at]
+    assert len(waits) == 20
+    # Each waits 0.1 s x uniform(0.5, 1.5): never less than 0.05 s, and not all alike.
+    assert min(waits) >= 0.05
+    assert max(waits) - min(waits) >= 0.02

@@ -29,6 +29,10 @@ Endpoints
 
 Constructor / attributes (all attributes may be changed while the server runs)
     ``latency``        seconds to wait before answering each request (default 0).
+    ``latency_jitter`` spread of that wait as a fraction: each request waits ``latency``
+                       times a uniform factor in [1 - jitter, 1 + jitter] (default 0, a
+                       fixed wait; benchmarks use ~0.1, as a real endpoint never answers
+                       every call in exactly the same time).
     ``chunk_delay``    seconds between stream chunks (default 0).
     ``reply``          ``str`` or ``Callable[[dict], str]``; default :func:`echo_last_user`.
     ``models``         names listed by /v1/models (default ``("fake-model",)``).
@@ -84,6 +88,7 @@ import hashlib
 import itertools
 import json
 import math
+import random
 import threading
 import time
 from collections import deque
@@ -232,6 +237,7 @@ class FakeOpenAI:
         self,
         *,
         latency: float = 0.0,
+        latency_jitter: float = 0.0,
         chunk_delay: float = 0.0,
         reply: Reply | None = None,
         models: tuple[str, ...] | list[str] = ("fake-model",),
@@ -244,6 +250,7 @@ class FakeOpenAI:
         port: int = 0,
     ) -> None:
         self.latency = latency
+        self.latency_jitter = latency_jitter
         self.chunk_delay = chunk_delay
         self.reply: Reply = reply if reply is not None else echo_last_user
         self.models = list(models)
@@ -407,6 +414,15 @@ class FakeOpenAI:
             if rec is not None:
                 rec.finished_at = time.perf_counter()
 
+    async def _wait(self, behaviour: Behaviour) -> None:
+        """The latency before an answer: the behaviour's own, else the (jittered) default."""
+        latency = behaviour.latency
+        if latency is None:
+            spread = self.latency_jitter
+            latency = self.latency * (random.uniform(1 - spread, 1 + spread) if spread else 1)
+        if latency > 0:
+            await asyncio.sleep(latency)
+
     def _note_disconnect(self, rec: RecordedRequest) -> None:
         rec.client_disconnected = True
         self.disconnects += 1
@@ -417,9 +433,7 @@ class FakeOpenAI:
     ) -> web.StreamResponse:
         body = rec.json if isinstance(rec.json, dict) else {}
         stream = bool(body.get("stream"))
-        latency = self.latency if behaviour.latency is None else behaviour.latency
-        if latency > 0:
-            await asyncio.sleep(latency)
+        await self._wait(behaviour)
         if behaviour.kind == "reset":
             return self._abort(request)
         if behaviour.kind == "error":
@@ -591,9 +605,7 @@ class FakeOpenAI:
         self.max_concurrent = max(self.max_concurrent, self.concurrent)
         try:
             rec, behaviour = await self._begin(request)
-            latency = self.latency if behaviour.latency is None else behaviour.latency
-            if latency > 0:
-                await asyncio.sleep(latency)
+            await self._wait(behaviour)
             if behaviour.kind == "reset":
                 return self._abort(request)
             if behaviour.kind == "error":

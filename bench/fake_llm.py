@@ -1,0 +1,65 @@
+"""The benchmarks' LLM endpoint: tests/support/fake_openai.py served from its own process.
+
+    .venv/bin/python bench/fake_llm.py --latency 0.2 [--jitter 0.1] [--port 0]
+
+Prints its port on the first line of stdout once it listens, then serves until SIGTERM.
+Every answer waits ``latency`` x uniform(1 - jitter, 1 + jitter) seconds, and its first
+word is ``time.perf_counter()`` taken when the answer is made, right before the first
+bytes of it are written: CLOCK_MONOTONIC, which every process of a Linux machine shares,
+so a client in another process can tell how long the first token took to reach it
+(``first_token_gap``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.support.fake_openai import FakeOpenAI  # noqa: E402
+
+TAIL = "and the rest of a short answer"
+
+
+def stamped(body: dict[str, Any]) -> str:
+    return f"{time.perf_counter():.6f} {TAIL}"
+
+
+def first_token_gap(first_delta: str, received: float) -> float:
+    """Seconds from the fake making an answer to a client reading its first token."""
+    return received - float(first_delta.split()[0])
+
+
+async def serve(latency: float, jitter: float, port: int) -> None:
+    fake = FakeOpenAI(
+        latency=latency, latency_jitter=jitter, reply=stamped, record=False, port=port
+    )
+    await fake.start()
+    print(fake.port, flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await fake.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--latency", type=float, default=0.2, help="seconds before answering")
+    parser.add_argument("--jitter", type=float, default=0.1, help="spread of the latency")
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args()
+    asyncio.run(serve(args.latency, args.jitter, args.port))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,279 @@
+"""The processes a benchmark measures, each started as it is deployed.
+
+Every service runs as its own process, ``python -m services.<name>``, configured by
+environment variables only, on a free loopback port, and counts as started once its gRPC
+health check answers SERVING. The fake LLM endpoint (``tests/support/fake_openai.py``) is a
+process of its own too (``bench/fake_llm.py``). A benchmark's own process holds only its
+clients and, where it compares against them, the engines it times directly.
+
+The names of the environment variables the services read live in this module and nowhere
+else under ``bench/``: when a setting is renamed, change it here.
+
+    async with Stack() as stack:
+        llm = await stack.fake_llm(latency=0.2)
+        generation = await stack.generation({"fake": provider(llm)})
+        ...
+        stub = RetrievalServiceStub(stack.channel(retrieval))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import tempfile
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path[:0] = [str(ROOT), str(ROOT / "gen")]
+
+import grpc  # noqa: E402
+
+from services.common.auth import DEFAULT_TENANT, Identity, Role, forwarded_identity  # noqa: E402
+from services.devlaunch.processes import die_with_parent, free_port  # noqa: E402
+from tests.support.processes import wait_serving  # noqa: E402
+
+# -- environment variable names ---------------------------------------------------------
+# Shared settings are GENSEARCH_<FIELD>, a service's own GENSEARCH_<SERVICE>_<FIELD>
+# (services/common/settings.py, services/*/settings.py). Renamed: change them here only.
+HOST = "GENSEARCH_HOST"
+DATA_DIR = "GENSEARCH_DATA_DIR"
+INTERNAL_TOKEN = "GENSEARCH_INTERNAL_TOKEN"
+LOG_LEVEL = "GENSEARCH_LOG_LEVEL"
+
+MEMORY_PORT = "GENSEARCH_MEMORY_PORT"
+MEMORY_METRICS_PORT = "GENSEARCH_MEMORY_METRICS_PORT"
+MEMORY_REDIS_URL = "GENSEARCH_MEMORY_REDIS_URL"  # empty: the service starts its own Redis
+
+RETRIEVAL_PORT = "GENSEARCH_RETRIEVAL_PORT"
+RETRIEVAL_METRICS_PORT = "GENSEARCH_RETRIEVAL_METRICS_PORT"
+RETRIEVAL_QDRANT_URL = "GENSEARCH_RETRIEVAL_QDRANT_URL"  # empty: qdrant-edge in the data dir
+RETRIEVAL_MAX_BATCH_SIZE = "GENSEARCH_RETRIEVAL_MAX_BATCH_SIZE"
+RETRIEVAL_LOCAL_EMBED_THREADS = "GENSEARCH_RETRIEVAL_LOCAL_EMBED_THREADS"
+
+GENERATION_PORT = "GENSEARCH_GENERATION_PORT"
+GENERATION_METRICS_PORT = "GENSEARCH_GENERATION_METRICS_PORT"
+GENERATION_PROVIDERS = "GENSEARCH_GENERATION_PROVIDERS"
+GENERATION_DEFAULT_PROVIDER = "GENSEARCH_GENERATION_DEFAULT_PROVIDER"
+GENERATION_LOCAL_LLM_AUTOSTART = "GENSEARCH_GENERATION_LOCAL_LLM_AUTOSTART"
+
+GATEWAY_PORT = "GENSEARCH_GATEWAY_PORT"
+GATEWAY_METRICS_PORT = "GENSEARCH_GATEWAY_METRICS_PORT"
+GATEWAY_MEMORY_ADDR = "GENSEARCH_GATEWAY_MEMORY_ADDR"
+GATEWAY_RETRIEVAL_ADDR = "GENSEARCH_GATEWAY_RETRIEVAL_ADDR"
+GATEWAY_GENERATION_ADDR = "GENSEARCH_GATEWAY_GENERATION_ADDR"
+GATEWAY_DEFAULT_MAX_CONCURRENCY = "GENSEARCH_GATEWAY_DEFAULT_MAX_CONCURRENCY"
+
+# -- what every benchmark shares --------------------------------------------------------
+TOKEN = "bench-internal-token"
+# Metadata a trusted peer (the gateway) sends; benches calling a service directly send it
+# too, so both paths run the same identity checks.
+IDENTITY = forwarded_identity(Identity("bench", DEFAULT_TENANT, Role.ADMIN), TOKEN)
+START_TIMEOUT = 120.0
+STOP_TIMEOUT = 15.0
+
+
+def provider(base_url: str, model: str = "fake-model", concurrency: int = 256) -> dict[str, Any]:
+    """An OpenAI-compatible provider of the generation service (GENSEARCH_PROVIDERS entry).
+    The fake endpoint takes any number of calls at once, so its limit is set high: the
+    benches measure our fan-out, not a provider's cap."""
+    return {"base_url": base_url, "default_model": model, "max_concurrency": concurrency}
+
+
+def base_environment() -> dict[str, str]:
+    """This process's environment without any GENSEARCH_ setting (a stray one would change
+    what is measured), with the generated code on the path and quiet libraries."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GENSEARCH_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "gen")])
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return env
+
+
+class ServiceProcess:
+    """One ``python -m services.<name>``; ``start`` again after ``stop`` serves the same
+    data dir on a new port."""
+
+    def __init__(self, name: str, port_var: str, env: dict[str, str], log: Path) -> None:
+        self.name = name
+        self.port_var = port_var
+        self.env = env
+        self.log = log
+        self.port = 0
+        self.proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def start(self) -> ServiceProcess:
+        self.port = free_port()
+        argv = die_with_parent([sys.executable, "-m", f"services.{self.name}"])
+        log = await asyncio.to_thread(open, self.log, "ab")
+        with log:
+            self.proc = await asyncio.create_subprocess_exec(
+                *argv,
+                cwd=ROOT,
+                env={**self.env, self.port_var: str(self.port)},
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,  # a terminal's Ctrl-C reaches the bench only
+            )
+        try:
+            await wait_serving(self.address, self.proc, timeout=START_TIMEOUT)
+        except AssertionError as err:
+            await self.stop()
+            tail = self.log.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"services.{self.name} did not serve ({err}):\n{tail}") from None
+        # A service names the GENSEARCH_ variables it does not know: a renamed setting would
+        # otherwise leave the benchmark measuring defaults.
+        unknown = [x for x in self.log.read_text().splitlines() if "unknown GENSEARCH_" in x]
+        if unknown:
+            await self.stop()
+            raise RuntimeError(f"services.{self.name}: {unknown[0]}")
+        return self
+
+    async def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            await stop_process(proc)
+
+
+async def stop_process(proc: asyncio.subprocess.Process) -> None:
+    """SIGTERM (the graceful shutdown a service gets in Kubernetes), SIGKILL if it hangs."""
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), STOP_TIMEOUT)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+
+
+class Stack:
+    """The processes of one benchmark run, stopped in reverse start order on exit."""
+
+    def __init__(self, log_level: str = "WARNING") -> None:
+        self._tmp = tempfile.TemporaryDirectory(prefix="gensearch-bench-")
+        self.work = Path(self._tmp.name)
+        self.log_level = log_level
+        self._services: list[ServiceProcess] = []
+        self._others: list[asyncio.subprocess.Process] = []
+        self._channels: list[grpc.aio.Channel] = []
+
+    async def __aenter__(self) -> Stack:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        for channel in self._channels:
+            await channel.close()
+        for service in reversed(self._services):
+            await service.stop()
+        for proc in reversed(self._others):
+            await stop_process(proc)
+        self._tmp.cleanup()
+
+    def channel(self, target: ServiceProcess | str) -> grpc.aio.Channel:
+        """A channel to a service, closed with the stack."""
+        address = target.address if isinstance(target, ServiceProcess) else target
+        channel = grpc.aio.insecure_channel(address)
+        self._channels.append(channel)
+        return channel
+
+    def _common(self, name: str) -> dict[str, str]:
+        data = self.work / name
+        data.mkdir(exist_ok=True)
+        return {
+            **base_environment(),
+            HOST: "127.0.0.1",
+            DATA_DIR: str(data),
+            INTERNAL_TOKEN: TOKEN,
+            LOG_LEVEL: self.log_level,
+        }
+
+    async def _service(self, name: str, port_var: str, env: dict[str, str]) -> ServiceProcess:
+        service = ServiceProcess(name, port_var, env, self.work / f"{name}.log")
+        self._services.append(service)
+        return await service.start()
+
+    # -- the services -----------------------------------------------------------------------
+    async def memory(self) -> ServiceProcess:
+        """The memory service on the Redis it starts itself (the embedded default)."""
+        env = {**self._common("memory"), MEMORY_METRICS_PORT: "0", MEMORY_REDIS_URL: ""}
+        return await self._service("memory", MEMORY_PORT, env)
+
+    async def retrieval(self, *, max_batch_size: int | None = None) -> ServiceProcess:
+        """The retrieval service on qdrant-edge in its data dir (``self.work/retrieval``)."""
+        env = {**self._common("retrieval"), RETRIEVAL_METRICS_PORT: "0", RETRIEVAL_QDRANT_URL: ""}
+        if max_batch_size is not None:
+            env[RETRIEVAL_MAX_BATCH_SIZE] = str(max_batch_size)
+        return await self._service("retrieval", RETRIEVAL_PORT, env)
+
+    async def generation(self, providers: dict[str, dict[str, Any]]) -> ServiceProcess:
+        """The generation service with these providers (name -> fields, see ``provider``);
+        the first is the default."""
+        entries = [{"name": name, **fields} for name, fields in providers.items()]
+        env = {
+            **self._common("generation"),
+            GENERATION_METRICS_PORT: "0",
+            GENERATION_PROVIDERS: json.dumps(entries),
+            GENERATION_DEFAULT_PROVIDER: next(iter(providers)),
+            GENERATION_LOCAL_LLM_AUTOSTART: "false",
+        }
+        return await self._service("generation", GENERATION_PORT, env)
+
+    async def gateway(
+        self,
+        memory: ServiceProcess,
+        retrieval: ServiceProcess,
+        generation: ServiceProcess,
+        *,
+        max_concurrency: int | None = None,
+    ) -> ServiceProcess:
+        """The gateway in front of the three; ``max_concurrency`` None keeps its default."""
+        env = {
+            **self._common("gateway"),
+            GATEWAY_METRICS_PORT: "0",
+            GATEWAY_MEMORY_ADDR: memory.address,
+            GATEWAY_RETRIEVAL_ADDR: retrieval.address,
+            GATEWAY_GENERATION_ADDR: generation.address,
+        }
+        if max_concurrency is not None:
+            env[GATEWAY_DEFAULT_MAX_CONCURRENCY] = str(max_concurrency)
+        return await self._service("gateway", GATEWAY_PORT, env)
+
+    # -- the LLM endpoint -------------------------------------------------------------------
+    async def fake_llm(self, latency: float, *, jitter: float = 0.1) -> str:
+        """A fake OpenAI-compatible endpoint in its own process; returns its base URL.
+
+        Each answer waits ``latency`` seconds times a uniform factor in
+        [1 - jitter, 1 + jitter], so N calls at once finish over a spread, as on a real
+        endpoint. Each answer's first word is ``time.perf_counter()`` taken right before it
+        is written (see bench/fake_llm.py)."""
+        argv = [sys.executable, str(ROOT / "bench" / "fake_llm.py")]
+        argv += ["--latency", str(latency), "--jitter", str(jitter)]
+        proc = await asyncio.create_subprocess_exec(
+            *die_with_parent(argv),
+            cwd=ROOT,
+            env=base_environment(),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            start_new_session=True,
+        )
+        self._others.append(proc)
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT)
+        if not line.strip():
+            raise RuntimeError(f"the fake LLM did not start (exit code {await proc.wait()})")
+        return f"http://127.0.0.1:{int(line)}/v1"

@@ -1,0 +1,57 @@
+"""The benchmarks still run: each starts the services as deployed (bench/stack.py: one
+process per service, configured by environment) and prints its headline figures. Tiny
+sizes, so a renamed setting or a changed RPC fails here rather than in the next
+``make bench``."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.report import Figure, parse_figures
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+async def summary(bench: str, *args: str) -> dict[str, Figure]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(ROOT / "bench" / f"{bench}.py"),
+        "--summary",
+        *args,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode(errors="replace")[-3000:]
+    return {f.name: f for f in parse_figures(out.decode())}
+
+
+async def test_fanout_measures_the_gateway_beside_its_floor() -> None:
+    figures = await summary(
+        "fanout", "--latency", "0.05", "--sizes", "3,40", "--repeat", "1", "--rounds", "20",
+        "--token-rounds", "3",
+    )  # fmt: skip
+    fanout = [f for name, f in figures.items() if name.startswith("fan-out")]
+    # N = 3 and 40 through the gateway at its defaults and beside gather; past the default
+    # limit of 32 also with max_concurrency = N.
+    assert len(fanout) == 5, sorted(figures)
+    # Every answer waits at least 0.9 x L, so nothing finishes sooner: a ratio below that
+    # would mean the calls never reached the fake endpoint.
+    assert all(f.value >= 0.9 and f.unit == "x L" for f in fanout), fanout
+    overhead = figures["gateway overhead p50, search without generation"]
+    first = figures["first token through StreamGenerativeSearch p50"]
+    assert overhead.unit == first.unit == "ms"
+    assert 0 < first.value < 1000
+
+
+async def test_retrieval_times_grpc_beside_the_engine() -> None:
+    figures = await summary("retrieval", "--sizes", "300", "--queries", "20")
+    assert figures["import with client vectors (300 x 384 dims)"].value > 0
+    over = figures["retrieval Search over the engine p50 (300 x 384 dims)"]
+    assert over.unit == "ms" and over.target
