@@ -45,6 +45,7 @@ import grpc  # noqa: E402
 from gensearch.memory.v1 import memory_service_pb2 as pb  # noqa: E402
 from gensearch.memory.v1 import memory_service_pb2_grpc as pb_grpc  # noqa: E402
 
+from bench.report import Figures  # noqa: E402
 from services.common.auth import ANONYMOUS, DEFAULT_TENANT  # noqa: E402
 from services.common.redis_client import RedisClient, connect  # noqa: E402
 from services.devlaunch.processes import free_port  # noqa: E402
@@ -213,7 +214,9 @@ class _Floor:
             )
 
 
-async def _mode(mode: str, echo_address: str, args: argparse.Namespace) -> list[str]:
+async def _mode(
+    mode: str, echo_address: str, args: argparse.Namespace, figures: Figures
+) -> list[str]:
     data = Path(tempfile.mkdtemp(prefix=f"bench-memory-{mode}-"))
     lines = []
     async with (
@@ -252,6 +255,7 @@ async def _mode(mode: str, echo_address: str, args: argparse.Namespace) -> list[
         for in_flight in args.in_flight:
             rates = await _interleaved(factories, in_flight, args.rounds, args.slice)
             service_rates = rates["service"]
+            _headline(figures, mode, in_flight, rates)
             for name, values in rates.items():
                 share = ""
                 if name != "service":
@@ -264,6 +268,17 @@ async def _mode(mode: str, echo_address: str, args: argparse.Namespace) -> list[
             lines += await _list_latency(stub, floor, args.samples)
         await redis.aclose()
     return lines
+
+
+def _headline(figures: Figures, mode: str, in_flight: int, rates: dict[str, list[float]]) -> None:
+    """CreateInteraction's rate and its share of each floor (medians of the per-round
+    ratios), as bench/headline.py shows them."""
+    service = rates["service"]
+    where = f"CreateInteraction {mode} x{in_flight}"
+    figures.add(f"{where}", statistics.median(service), "calls/s")
+    for floor in ("echo", "redis-py"):
+        ratios = [a / b for a, b in zip(service, rates[floor], strict=True)]
+        figures.add(f"{where} / {floor}", 100 * statistics.median(ratios), "%")
 
 
 async def _list_latency(stub: pb_grpc.MemoryServiceStub, floor: _Floor, samples: int) -> list[str]:
@@ -306,9 +321,10 @@ async def _list_latency(stub: pb_grpc.MemoryServiceStub, floor: _Floor, samples:
 async def _bench(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     lines = []
+    figures = Figures()
     async with _echo_process() as echo_address:
         for mode in args.modes:
-            lines += await _mode(mode, echo_address, args)
+            lines += await _mode(mode, echo_address, args, figures)
     print(
         f"\nmemory bench {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
         f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores, "
@@ -317,6 +333,8 @@ async def _bench(args: argparse.Namespace) -> None:
     print(f"{'mode':<11}{'calls':<14}{'calls/s median (range)':>24}")
     print("\n".join(lines))
     print(f"\n({time.perf_counter() - started:.0f} s)")
+    if args.summary:
+        figures.emit()  # last line: bench/headline.py reads it
 
 
 def main() -> None:
@@ -332,8 +350,14 @@ def main() -> None:
     parser.add_argument("--modes", type=lambda v: v.split(","), default=["standalone", "cluster"])
     parser.add_argument("--appendfsync", default="everysec", choices=["always", "everysec", "no"])
     parser.add_argument("--no-list", dest="list", action="store_false", help="skip list latency")
+    parser.add_argument(
+        "--summary", action="store_true",
+        help="the headline figures only (no list latency), as JSON on the last line",
+    )  # fmt: skip
     parser.add_argument("--serve-echo", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.summary:
+        args.list = False
     asyncio.run(_serve_echo() if args.serve_echo else _bench(args))
 
 
