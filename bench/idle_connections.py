@@ -2,9 +2,10 @@
 
 Issue 12 reproduced ~20,000 idle TCP connections exhausting the gateway's file descriptors,
 so that new clients' health checks timed out for ~120 s. This starts the gateway as its own
-process (``python -m services.gateway``) with a hard limit of open files below the attack
-(``--fd-limit``, so the service cannot raise it away), opens ``--connections`` TCP
-connections that never speak HTTP/2, and meanwhile asks a fresh client for a health check
+process (``python -m services.gateway``) with a hard limit of open files (``--fd-limit``;
+``--fd-soft`` starts it with a lower soft limit, as containers often do), opens
+``--connections`` TCP connections that never speak HTTP/2, and meanwhile asks a fresh client
+for a health check
 every ``--interval`` seconds, each with a ``--probe-timeout`` deadline. It reports the
 longest time health went unanswered (from the first failed probe to the next answer) and
 how many of the silent sockets the gateway had closed by the end.
@@ -52,7 +53,7 @@ async def _probe(address: str, timeout: float) -> bool:
 
 
 async def _start_gateway(
-    tree: Path, port: int, fd_limit: int, data: Path
+    tree: Path, port: int, fd_limit: int, data: Path, fd_soft: int | None = None
 ) -> asyncio.subprocess.Process:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GENSEARCH_")}
     env.update(
@@ -63,8 +64,8 @@ async def _start_gateway(
         PYTHONPATH=f"{tree}:{tree / 'gen'}",
     )
 
-    def limit() -> None:  # in the child, before exec: soft = hard = fd_limit
-        resource.setrlimit(resource.RLIMIT_NOFILE, (fd_limit, fd_limit))
+    def limit() -> None:  # in the child, before exec
+        resource.setrlimit(resource.RLIMIT_NOFILE, (fd_soft or fd_limit, fd_limit))
 
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "services.gateway", cwd=tree, env=env, preexec_fn=limit,
@@ -115,7 +116,9 @@ async def _run(args: argparse.Namespace) -> None:
     port = _free_port()
     address = f"127.0.0.1:{port}"
     with tempfile.TemporaryDirectory(prefix="bench-idle-") as data:
-        gateway = await _start_gateway(args.tree.resolve(), port, args.fd_limit, Path(data))
+        gateway = await _start_gateway(
+            args.tree.resolve(), port, args.fd_limit, Path(data), args.fd_soft
+        )
         try:
             sockets = _open_idle(port, args.connections)
             started = time.monotonic()
@@ -146,7 +149,8 @@ async def _run(args: argparse.Namespace) -> None:
     still = " (still unanswered at the end)" if down_since is not None else ""
     print(f"tree: {args.tree.resolve()}")
     print(
-        f"{args.connections} idle connections, gateway limited to {args.fd_limit} open files,"
+        f"{args.connections} idle connections, gateway started with a limit of"
+        f" {args.fd_soft or args.fd_limit} open files (hard {args.fd_limit}),"
         f" {args.seconds:.0f} s, a probe every {args.interval} s ({args.probe_timeout} s deadline)"
     )
     print(f"health probes failed: {failed} of {probes}")
@@ -158,7 +162,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tree", type=Path, default=ROOT, help="checkout whose gateway runs")
     parser.add_argument("--connections", type=int, default=3000)
-    parser.add_argument("--fd-limit", type=int, default=1024, help="the gateway's open files")
+    parser.add_argument("--fd-limit", type=int, default=1024, help="the gateway's hard limit")
+    parser.add_argument(
+        "--fd-soft", type=int, default=None,
+        help="the gateway's soft limit at start (default: the hard one); a container's is"
+        " often 1024 under a much higher hard limit",
+    )  # fmt: skip
     parser.add_argument("--seconds", type=float, default=40.0)
     parser.add_argument("--interval", type=float, default=0.5)
     parser.add_argument("--probe-timeout", type=float, default=2.0)
