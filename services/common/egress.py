@@ -126,13 +126,17 @@ def split_url(url: str) -> tuple[str, str, int, str]:
     ``rest`` is the path (trailing slashes dropped) and query."""
     if len(url) > MAX_URL or any(c.isspace() or c == "\\" or ord(c) < 32 for c in url):
         raise UrlRefused(f"{echo(url)} is not a plain URL")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        hostname = parts.hostname
+    except ValueError:  # e.g. an unbalanced "[" in the host
+        raise UrlRefused(f"{echo(url)} is not a plain URL") from None
     scheme = parts.scheme.lower()
     if scheme not in DEFAULT_PORTS:
         raise UrlRefused(f"{echo(url)} is not an https URL")
     if "@" in parts.netloc or "%" in parts.netloc or parts.fragment or "#" in url:
         raise UrlRefused(f"{echo(url)}: credentials, escapes and fragments are not allowed")
-    host = (parts.hostname or "").rstrip(".")
+    host = (hostname or "").rstrip(".")
     try:
         port = DEFAULT_PORTS[scheme] if parts.port is None else parts.port
     except ValueError:
@@ -269,13 +273,12 @@ class Entry:
         embedded = _embedded_ipv4(address)
         if embedded is not None:
             candidates.append(embedded)
-        for candidate in candidates:
-            if candidate.version != self.network.version or candidate not in self.network:
-                continue
-            if candidate in METADATA_ADDRESSES and self.network.num_addresses != 1:
-                continue
-            return True
-        return False
+        # A metadata address, however it is spelled (NAT64, 6to4, IPv4-mapped), only by an
+        # entry naming exactly that one address.
+        metadata = any(c in METADATA_ADDRESSES for c in candidates)
+        if metadata and self.network.num_addresses != 1:
+            return False
+        return any(c.version == self.network.version and c in self.network for c in candidates)
 
 
 def _port(text: str, entry: str) -> int:

@@ -116,6 +116,10 @@ def allowed(allowlist: str, url: str) -> bool:
         ("*", "https://0x7f000001/v1", False),
         ("*", "https://2130706433/v1", False),
         ("*", "https://%6c%6fcalhost/v1", False),
+        # malformed hosts are refused, never an exception of the URL parser
+        ("*", "https://[::1/v1", False),
+        ("*", "https://a]b.com/v1", False),
+        ("*", "https://[zz]/v1", False),
         # the default: nothing at all
         ("", "https://api.openai.com/v1", False),
         ("", "http://127.0.0.1:8080/v1", False),
@@ -158,6 +162,18 @@ def test_special_addresses(address: str) -> None:
 )
 def test_public_addresses(address: str) -> None:
     assert not is_special(ipaddress.ip_address(address))
+
+
+@pytest.mark.parametrize(
+    ("entry", "address"),
+    [("64:ff9b::/96", "64:ff9b::a9fe:a9fe"), ("2002::/16", "2002:a9fe:a9fe::"),
+     ("::ffff:0:0/96", "::ffff:169.254.169.254"), ("169.254.0.0/16", "169.254.169.254")],
+)  # fmt: skip
+def test_a_metadata_address_in_any_spelling_needs_its_own_entry(entry: str, address: str) -> None:
+    # A network entry around the metadata address (NAT64, 6to4, IPv4-mapped) is not enough.
+    ip = ipaddress.ip_address(address)
+    assert not EgressPolicy.parse(entry).address_allowed(ip, 443)
+    assert EgressPolicy.parse(f"{entry}, 169.254.169.254, {address}").address_allowed(ip, 443)
 
 
 def test_a_refusal_echoes_only_a_short_prefix() -> None:
