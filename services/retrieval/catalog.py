@@ -23,7 +23,6 @@ from services.retrieval.embedders import Embedders
 from services.retrieval.schema import Schema, check_collection_name, validate_new_collection
 from services.retrieval.settings import RetrievalSettings
 from services.retrieval.store import CollectionLayout, VectorStore
-from services.retrieval.tenancy import storage_name
 
 DEFAULT_PAGE_SIZE = 10
 MAX_PAGE_SIZE = 100
@@ -102,10 +101,12 @@ class Catalog:
         return schema
 
     async def delete(self, tenant: str, name: str) -> None:
-        check_collection_name(name, "name")
+        # Only a collection this tenant made through us: the engine may hold others (another
+        # application's on a shared Qdrant server) under a name ours could map to.
+        schema = await self.get(tenant, name, "name")
         async with self._lock:
             self._schemas.pop((tenant, name), None)
-            if not await self._store.delete_collection(storage_name(tenant, name)):
+            if not await self._store.delete_collection(schema.store_name):
                 raise not_found(name, "name")
 
     async def page(self, tenant: str, page_size: int, page_token: str) -> tuple[list[Schema], str]:
