@@ -79,9 +79,12 @@ class Catalog:
         normalized.create_time.FromNanoseconds(time.time_ns() // 1000 * 1000)
         schema = Schema(normalized, tenant)
         async with self._lock:
-            if len(self._schemas) >= self._settings.max_collections:
+            # Per tenant: one tenant cannot use up another's room, nor learn from a refusal
+            # that other tenants' collections exist.
+            held = sum(1 for owner, _ in self._schemas if owner == tenant)
+            if held >= self._settings.max_collections:
                 raise FailedPrecondition(
-                    f"this service holds at most {self._settings.max_collections} collections",
+                    f"a tenant holds at most {self._settings.max_collections} collections",
                     reason="TOO_MANY_COLLECTIONS",
                 )
             layout = CollectionLayout(

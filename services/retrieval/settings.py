@@ -30,7 +30,7 @@ class RetrievalSettings(CommonSettings):
     max_offset: int = Field(default=10_000, ge=0)
     # Objects per UpsertObjects request and per ImportObjects message.
     max_batch_size: int = Field(default=1000, ge=1, le=100_000)
-    # Collections one service holds.
+    # Collections one tenant holds (each tenant counts its own).
     max_collections: int = Field(default=1000, ge=1)
     # Deepest nesting of objects and lists in a filter value or an object's properties
     # (services/common/values.py); deeper values are INVALID_ARGUMENT. At most 32: a

@@ -260,3 +260,24 @@ async def test_a_collection_dropped_under_a_call_keeps_the_callers_name(
         r.stub.CountObjects(pb.CountObjectsRequest(collection="Docs"), metadata=GLOBEX), NOT_FOUND
     )
     assert err.details() == "collection 'Docs' not found"  # not the engine's name
+
+
+async def test_the_collection_limit_counts_each_tenant_apart(
+    make_retrieval: MakeRetrieval,
+) -> None:
+    # One tenant at its limit neither blocks another nor tells it that collections exist.
+    r = await start(make_retrieval, "edge", max_collections=2)
+    for name in ("A", "B"):
+        await r.stub.CreateCollection(
+            pb.CreateCollectionRequest(collection=vector_collection(name)), metadata=ACME
+        )
+    await expect_error(
+        r.stub.CreateCollection(
+            pb.CreateCollectionRequest(collection=vector_collection("C")), metadata=ACME
+        ),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    )
+    for name in ("A", "B"):
+        await r.stub.CreateCollection(
+            pb.CreateCollectionRequest(collection=vector_collection(name)), metadata=GLOBEX
+        )
