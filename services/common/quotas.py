@@ -4,8 +4,9 @@ Two quotas (docs/operations.md#quotas):
 
 * **concurrent calls**: every call of the gateway's services (health and reflection are
   never counted) holds a slot while it runs. Slots are members of a ZSET scored by the end
-  of their lease (the call's deadline, capped), so the slots of a replica that crashed free
-  themselves when their leases end.
+  of their lease: a short lease (the call's deadline, at most ``lease`` seconds) that the
+  call renews while it runs, so a long call keeps its slot however long it lasts, and the
+  slots of a replica that crashed free themselves within one lease.
 * **LLM calls per minute**: each call to the generation service (one per hit, the grouped
   call, each Ask answer and question rewrite) is counted in a fixed one-minute window on
   Redis' clock.
@@ -21,6 +22,7 @@ quotas guard against abuse and must not turn a Redis outage into a gateway outag
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import logging
@@ -49,6 +51,9 @@ WINDOW_MS = 60_000
 CONCURRENT_RETRY_SECONDS = 1.0
 # A lease outlasts the call's deadline by this much (clock skew, the reply in flight).
 LEASE_SLACK_SECONDS = 5.0
+# A running call renews its lease this many times per lease: one late or failed renewal
+# does not cost it its slot.
+RENEWALS_PER_LEASE = 3
 # Redis errors are logged at most this often (seconds): one line per outage, not per call.
 _WARN_EVERY = 30.0
 
@@ -96,18 +101,21 @@ class Quotas:
         key_prefix: str,
         concurrent_calls: int,
         llm_calls_per_minute: int,
-        max_lease: float,
+        lease: float,
         lease_slack: float = LEASE_SLACK_SECONDS,
     ) -> None:
         self._redis = redis
         self._prefix = key_prefix
         self.concurrent_calls = concurrent_calls
         self.llm_calls_per_minute = llm_calls_per_minute
-        self._max_lease = max_lease
+        self._lease = lease
         self._lease_slack = lease_slack
         # redis-py annotates register_script's self as Redis; RedisCluster has it too.
         self._enter: AsyncScript = redis.register_script(_script("quota_enter"))  # type: ignore[misc]
         self._charge: AsyncScript = redis.register_script(_script("quota_charge"))  # type: ignore[misc]
+        self._renew: AsyncScript = redis.register_script(_script("quota_renew"))  # type: ignore[misc]
+        # Releases of slots whose call was cancelled while entering: referenced until done.
+        self._releasing: set[asyncio.Task[None]] = set()
         self._warned_at = 0.0
         self._tags: dict[str, str] = {}
 
@@ -136,8 +144,23 @@ class Quotas:
 
     def _lease_ms(self, context: grpc.aio.ServicerContext) -> int:
         remaining = context.time_remaining()
-        lease = self._max_lease if remaining is None else min(remaining, self._max_lease)
+        lease = self._lease if remaining is None else min(remaining, self._lease)
         return int((max(lease, 0.0) + self._lease_slack) * 1000)
+
+    async def _release(self, key: str, call_id: str) -> None:
+        try:
+            await self._redis.zrem(key, call_id)
+        except (RedisError, RedisClusterException, OSError) as err:
+            self._unchecked(err)  # the lease frees the slot
+
+    async def _renew_while_running(
+        self, key: str, call_id: str, context: grpc.aio.ServicerContext
+    ) -> None:
+        """Renews the slot's lease until cancelled (the call ended); a failed renewal is
+        logged and retried at the next period, never fails the call."""
+        while True:
+            await asyncio.sleep(self._lease / RENEWALS_PER_LEASE)
+            await self._run(self._renew, key, self._lease_ms(context), call_id)
 
     @contextlib.asynccontextmanager
     async def admit(self, method: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
@@ -147,19 +170,36 @@ class Quotas:
             return
         key = self._key(_tenant(), "calls")
         call_id = uuid.uuid4().hex
-        entered = await self._run(
-            self._enter, key, self.concurrent_calls, self._lease_ms(context), call_id
-        )
+        try:
+            entered = await self._run(
+                self._enter, key, self.concurrent_calls, self._lease_ms(context), call_id
+            )
+        except BaseException:
+            # Cancelled (or failed) with the script in flight: Redis may have taken the slot
+            # all the same. Release it whatever happened (ZREM of an absent member is a
+            # no-op), shielded so a second cancellation does not stop it.
+            release = asyncio.create_task(self._release(key, call_id))
+            self._releasing.add(release)
+            release.add_done_callback(self._releasing.discard)
+            await asyncio.shield(release)
+            raise
         if entered == 0:
             raise QuotaExceeded(self.CONCURRENT, self.concurrent_calls, CONCURRENT_RETRY_SECONDS)
+        renewal = (
+            None
+            if entered is None  # Redis failed: nothing to renew
+            else asyncio.create_task(
+                # Named so a test can stop renewals the way a crashed replica does.
+                self._renew_while_running(key, call_id, context),
+                name=f"quota-renewal-{call_id}",
+            )
+        )
         try:
             yield
         finally:
-            if entered is not None:
-                try:
-                    await self._redis.zrem(key, call_id)
-                except (RedisError, RedisClusterException, OSError) as err:
-                    self._unchecked(err)  # the lease frees the slot
+            if renewal is not None:
+                renewal.cancel()
+                await self._release(key, call_id)
 
     async def charge_llm(self) -> None:
         """Counts one LLM call; raises QuotaExceeded when the minute's quota is used."""

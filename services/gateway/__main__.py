@@ -81,7 +81,7 @@ def build_quotas(settings: GatewaySettings) -> Quotas | None:
         key_prefix=settings.quota_key_prefix,
         concurrent_calls=settings.quota_concurrent_calls,
         llm_calls_per_minute=settings.quota_llm_calls_per_minute,
-        max_lease=settings.quota_max_lease,
+        lease=settings.quota_lease,
     )
 
 

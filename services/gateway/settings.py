@@ -76,9 +76,10 @@ class GatewaySettings(CommonSettings):
     # LLM calls of one tenant per minute (one per hit, grouped call, Ask answer or question
     # rewrite), across replicas. 0: no limit.
     quota_llm_calls_per_minute: int = Field(default=1200, ge=0)
-    # Longest a call holds its concurrent slot without a deadline (seconds); a call with
-    # a deadline holds it until then. A crashed replica's slots free themselves after it.
-    quota_max_lease: float = Field(default=900.0, gt=0)
+    # Lease of a concurrent-call slot (seconds, plus 5 s slack; shorter when the call's
+    # deadline is nearer): a running call renews it every third of it, however long the
+    # call lasts, so a crashed replica's slots free themselves within one lease.
+    quota_lease: float = Field(default=30.0, gt=0)
     quota_key_prefix: str = "gensearch"
 
     @model_validator(mode="after")

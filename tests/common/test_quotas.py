@@ -33,13 +33,13 @@ class _Context:
         return self.remaining
 
 
-def _quotas(url: str, *, cluster: bool = False, **limits: Any) -> Quotas:
-    redis = connect(url, cluster=cluster, socket_timeout=0.5, connect_timeout=0.5)
+def _quotas(url: str, *, cluster: bool = False, timeout: float = 0.5, **limits: Any) -> Quotas:
+    redis = connect(url, cluster=cluster, socket_timeout=timeout, connect_timeout=timeout)
     values: dict[str, Any] = {
         "key_prefix": "test",
         "concurrent_calls": 0,
         "llm_calls_per_minute": 0,
-        "max_lease": 60.0,
+        "lease": 60.0,
         "lease_slack": 0.0,
         **limits,
     }
@@ -64,6 +64,83 @@ async def test_a_crashed_replicas_slots_free_themselves(redis_server: RedisProce
         async with quotas.admit("/x/Y", _Context(5)):  # type: ignore[arg-type]
             pass
     finally:
+        await quotas.close()
+
+
+def _stop_renewals() -> None:
+    """What a crashed replica does: its calls' leases are no longer renewed."""
+    for task in asyncio.all_tasks():
+        if task.get_name().startswith("quota-renewal-"):
+            task.cancel()
+
+
+async def test_a_long_call_keeps_its_slot_past_its_first_lease(
+    redis_server: RedisProcess,
+) -> None:
+    # A tenant cannot outwait its slots: a call without a deadline that runs for several
+    # leases still holds its slot (the lease is renewed), so a second call is refused.
+    quotas = _quotas(redis_server.url, concurrent_calls=1, lease=0.3)
+    try:
+        _as_tenant("heidi")
+        async with quotas.admit("/x/Y", _Context(None)):  # type: ignore[arg-type]
+            await asyncio.sleep(1.2)  # four leases
+            with pytest.raises(QuotaExceeded):
+                async with quotas.admit("/x/Y", _Context(None)):  # type: ignore[arg-type]
+                    pass
+        async with quotas.admit("/x/Y", _Context(None)):  # type: ignore[arg-type]
+            pass  # the long call left: its slot is free at once
+    finally:
+        await quotas.close()
+
+
+async def test_a_crashed_replicas_renewed_slots_free_themselves_within_a_lease(
+    redis_server: RedisProcess,
+) -> None:
+    quotas = _quotas(redis_server.url, concurrent_calls=1, lease=0.3)
+    try:
+        _as_tenant("ivan")
+        crashed = quotas.admit("/x/Y", _Context(None))  # type: ignore[arg-type]
+        await crashed.__aenter__()  # entered, never left ...
+        await asyncio.sleep(0.5)  # ... renewed while its replica lived,
+        with pytest.raises(QuotaExceeded):
+            async with quotas.admit("/x/Y", _Context(None)):  # type: ignore[arg-type]
+                pass
+        _stop_renewals()  # ... which then "crashed"
+        await asyncio.sleep(0.5)  # the lease (0.3 s) ended
+        async with quotas.admit("/x/Y", _Context(None)):  # type: ignore[arg-type]
+            pass
+    finally:
+        await quotas.close()
+
+
+async def test_a_call_cancelled_while_entering_leaves_no_slot(redis_server: RedisProcess) -> None:
+    quotas = _quotas(redis_server.url, concurrent_calls=1, lease=60.0, timeout=5)
+    busy = connect(redis_server.url, cluster=False, socket_timeout=5, connect_timeout=1)
+    try:
+        _as_tenant("judy")
+        async with quotas.admit("/x/Y", _Context(None)):  # type: ignore[arg-type]
+            pass  # the enter script is loaded: the next enter is one EVALSHA
+
+        async def enter() -> None:
+            async with quotas.admit("/x/Y", _Context(None)):  # type: ignore[arg-type]
+                await asyncio.Event().wait()  # pragma: no cover - never entered
+
+        # A script keeps Redis busy for 0.8 s (of CPU): the enter is sent but waits in
+        # Redis' socket buffer, and runs (ZADD) after its caller was cancelled.
+        spin = "local t0 = os.clock() while os.clock() - t0 < 0.8 do end return 0"
+        blocking = asyncio.create_task(busy.eval(spin, 0))
+        await asyncio.sleep(0.1)
+        entering = asyncio.create_task(enter())
+        await asyncio.sleep(0.2)
+        assert not entering.done()
+        entering.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await entering
+        await blocking
+        async with quotas.admit("/x/Y", _Context(None)):  # type: ignore[arg-type]
+            pass  # the cancelled call's slot was released, not held for its 60 s lease
+    finally:
+        await busy.aclose()
         await quotas.close()
 
 
