@@ -17,8 +17,6 @@ from gensearch.generation.v1 import generation_service_pb2_grpc as gen_grpc
 from gensearch.memory.v1 import memory_service_pb2 as mem_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from google.protobuf import struct_pb2
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from services.common.auth import Identity, Role, forwarded_identity
 from services.common.errors import MAX_MESSAGE_CHARS, MAX_METADATA_CHARS
@@ -194,13 +192,8 @@ def _assert_short(err: grpc.aio.AioRpcError) -> None:
     details = err.details() or ""
     assert HUGE not in details and len(details) <= MAX_MESSAGE_CHARS, details
     assert "8192 characters" in details or "p" * 64 not in details, details
-    status = rpc_status.from_call(err)  # type: ignore[arg-type]
-    assert status is not None
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            assert all(len(v) <= MAX_METADATA_CHARS for v in info.metadata.values()), info
+    info = error_info(err)
+    assert all(len(v) <= MAX_METADATA_CHARS for v in info.metadata.values()), info
 
 
 async def test_client_values_are_echoed_as_a_short_prefix(stack: Stack) -> None:

@@ -16,15 +16,13 @@ import pytest
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.gateway.v1 import gateway_service_pb2_grpc as gw_grpc
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
-from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_status import rpc_status
 
 from services.common.server import GrpcServer
 from services.devlaunch.redis_server import RedisProcess
 from services.gateway.__main__ import build_server as build_gateway
 from tests.gateway.conftest import ALICE, BOB, DIM, Stack, StackFactory, create_books
-from tests.support.rpc import error_info
+from tests.support.rpc import error_info, retry_delay
 
 
 def _search(**generate: Any) -> gw_pb.GenerativeSearchRequest:
@@ -34,17 +32,6 @@ def _search(**generate: Any) -> gw_pb.GenerativeSearchRequest:
         limit=3,
         generate=gw_pb.Generate(**generate),
     )
-
-
-def _retry_delay(err: grpc.aio.AioRpcError) -> float:
-    status = rpc_status.from_call(err)  # type: ignore[arg-type]
-    assert status is not None
-    for detail in status.details:
-        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-            info = error_details_pb2.RetryInfo()
-            detail.Unpack(info)
-            return info.retry_delay.ToNanoseconds() / 1e9
-    raise AssertionError(f"no RetryInfo in {err!r}")
 
 
 class Replicas:
@@ -96,7 +83,7 @@ async def test_concurrent_calls_quota_holds_across_replicas(replicas_factory: An
     assert info.reason == "QUOTA_EXCEEDED"
     assert info.metadata["quota"] == "concurrent_calls"
     assert info.metadata["limit"] == "2"
-    assert 0 < _retry_delay(caught.value) <= 5
+    assert 0 < retry_delay(caught.value) <= 5
     # Bob is another tenant: his quota is his own.
     r.stack.fake.latency = 0.0
     assert len((await r.b.GenerativeSearch(request, metadata=BOB, timeout=5)).hits) == 3
@@ -153,4 +140,4 @@ async def test_an_llm_call_over_quota_carries_retry_info(replicas_factory: Any) 
         )
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert error_info(caught.value).metadata["quota"] == "llm_calls_per_minute"
-    assert 0 < _retry_delay(caught.value) <= 60
+    assert 0 < retry_delay(caught.value) <= 60

@@ -1,4 +1,5 @@
-"""Reading the rich error details (google.rpc.ErrorInfo, BadRequest) of a failed call."""
+"""Reading the rich error details (google.rpc.ErrorInfo, BadRequest, RetryInfo) of a failed
+call."""
 
 from __future__ import annotations
 
@@ -28,3 +29,10 @@ def bad_request_field(err: grpc.aio.AioRpcError) -> str:
     bad = _detail(err, error_details_pb2.BadRequest)
     assert isinstance(bad, error_details_pb2.BadRequest)
     return bad.field_violations[0].field
+
+
+def retry_delay(err: grpc.aio.AioRpcError) -> float:
+    """Seconds the google.rpc.RetryInfo detail asks the caller to wait."""
+    info = _detail(err, error_details_pb2.RetryInfo)
+    assert isinstance(info, error_details_pb2.RetryInfo)
+    return info.retry_delay.ToNanoseconds() / 1e9
