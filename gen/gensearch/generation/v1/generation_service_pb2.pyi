@@ -213,9 +213,11 @@ class Provider(_message.Message):
     def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[ProviderKind, str]] = ..., base_url: _Optional[str] = ..., default_model: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., api_key_env: _Optional[str] = ..., api_key_configured: _Optional[bool] = ..., max_concurrency: _Optional[int] = ..., context_window: _Optional[int] = ..., models_checked: _Optional[bool] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
-    __slots__ = ("providers", "default_provider")
+    __slots__ = ("providers", "default_provider", "allowed_hosts")
     PROVIDERS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_HOSTS_FIELD_NUMBER: _ClassVar[int]
     providers: _containers.RepeatedCompositeFieldContainer[Provider]
     default_provider: str
-    def __init__(self, providers: _Optional[_Iterable[_Union[Provider, _Mapping]]] = ..., default_provider: _Optional[str] = ...) -> None: ...
+    allowed_hosts: str
+    def __init__(self, providers: _Optional[_Iterable[_Union[Provider, _Mapping]]] = ..., default_provider: _Optional[str] = ..., allowed_hosts: _Optional[str] = ...) -> None: ...
