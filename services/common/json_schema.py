@@ -12,6 +12,7 @@ a URL is an unresolvable reference, never a fetch.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -123,7 +124,27 @@ def parse_output(text: str, validator: Draft202012Validator) -> tuple[dict[str, 
         return None, "the schema has a $ref to nothing"
     if not isinstance(value, dict):
         return None, "the answer is not a JSON object"
+    if not _finite_numbers(value):
+        # A Struct holds numbers as doubles: 1e400 or a 400-digit integer cannot travel.
+        return None, "a number is out of the range of a double"
     return value, ""
+
+
+def _finite_numbers(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, int | float) and not isinstance(item, bool):
+            try:
+                if not math.isfinite(float(item)):
+                    return False
+            except OverflowError:
+                return False
+    return True
 
 
 def _unfence(text: str) -> str:

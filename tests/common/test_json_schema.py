@@ -86,3 +86,7 @@ def test_outputs() -> None:
     assert value is None and why.startswith("at n:")
     value, why = parse_output("Sure! Here it is", validator)
     assert value is None and "not JSON" in why
+    # What a Struct (doubles) cannot hold is invalid output, never a crash later.
+    for text in ('{"n": 1, "x": 1e400}', '{"n": ' + "9" * 400 + "}", '{"n": 1, "x": NaN}'):
+        value, why = parse_output(text, validator)
+        assert value is None and why
