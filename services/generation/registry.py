@@ -25,7 +25,9 @@ class ProviderRegistry:
         clients: OpenAIClients | None = None,
         *,
         egress: EgressPolicy | None = None,
-        settings: GenerationSettings | None = None,
+        retry: RetryPolicy | None = None,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 120.0,
     ) -> None:
         if default not in providers:
             raise ValueError(f"default provider {default!r} is not configured")
@@ -36,7 +38,9 @@ class ProviderRegistry:
         # URLs callers name: the operator's allowlist, checked here and on every connection
         # by the clients' own transport (services.common.egress), never the operator's one.
         self.egress = egress or EgressPolicy()
-        self._settings = settings or GenerationSettings(default_provider=default)
+        # How providers at callers' URLs are made: as the configured ones are.
+        self._retry = retry or RetryPolicy()
+        self._timeouts = (connect_timeout, read_timeout)
         self._caller_clients: OpenAIClients | None = None
         self._caller_providers: OrderedDict[tuple[str, str], Provider] = OrderedDict()
 
@@ -61,7 +65,9 @@ class ProviderRegistry:
             settings.default_provider,
             clients,
             egress=EgressPolicy.parse(settings.allowed_hosts),
-            settings=settings,
+            retry=_retry(settings),
+            connect_timeout=settings.connect_timeout,
+            read_timeout=settings.read_timeout,
         )
 
     def get(self, name: str, field: str = "provider") -> Provider:
@@ -99,13 +105,12 @@ class ProviderRegistry:
         config = provider.config.model_copy(
             update={"base_url": base_url.rstrip("/"), "requires_key": False}
         )
-        s = self._settings
         made = make_provider(
             config,
             clients=self._caller_clients,
-            retry=_retry(s),
-            connect_timeout=s.connect_timeout,
-            read_timeout=s.read_timeout,
+            retry=self._retry,
+            connect_timeout=self._timeouts[0],
+            read_timeout=self._timeouts[1],
         )
         self._caller_providers[key] = made
         if len(self._caller_providers) > MAX_CALLER_ENDPOINTS:
