@@ -373,3 +373,22 @@ async def test_the_operators_key_never_goes_to_a_callers_url(
         assert OPERATOR_KEY not in json.dumps(request.headers)
     await stack.stub.GenerativeSearch(_search(single_prompt="About {title}"), metadata=ALICE)
     assert stack.fake.chat_requests[-1].headers["Authorization"] == f"Bearer {OPERATOR_KEY}"
+
+
+@pytest.mark.parametrize("checked", [True, False])
+async def test_the_model_check_follows_the_providers_setting(
+    stack_factory: StackFactory, fake: FakeOpenAI, checked: bool
+) -> None:
+    stack = await stack_factory(
+        provider=fake_provider(fake, models=["fake-model"], check_models=checked)
+    )
+    await create_books(stack, books=WITH_BODY)
+    request = _search(single_prompt="About {title}", model="newer-model")
+    if checked:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stack.stub.GenerativeSearch(request, metadata=ALICE)
+        assert error_info(caught.value).metadata["field"] == "generate.model"
+        assert fake.chat_requests == []
+    else:
+        response = await stack.stub.GenerativeSearch(request, metadata=ALICE)
+        assert {h.generation.model for h in response.hits} == {"newer-model"}
