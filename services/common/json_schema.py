@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,11 @@ from referencing.exceptions import Unresolvable
 from services.common.errors import InvalidArgument
 
 INVALID_SCHEMA = "INVALID_SCHEMA"
+# Validators of schemas already accepted, by their canonical JSON: checking a schema
+# against the metaschema costs ~1.5 ms, and a fan-out of N hits sends the same schema N
+# times (measured 2026-12-02 under load; a cached lookup is the cost of one json.dumps).
+MAX_CACHED = 256
+_accepted: OrderedDict[str, Draft202012Validator] = OrderedDict()
 # Characters of a validation error quoted back (to the caller and to the model).
 MAX_ERROR_CHARS = 400
 
@@ -80,13 +86,18 @@ def check_schema(
             field=field,
             reason=INVALID_SCHEMA,
         )
-    size = len(json.dumps(schema, separators=(",", ":")))
+    canonical = json.dumps(schema, separators=(",", ":"), sort_keys=True)
+    size = len(canonical)
     if size > limits.max_chars:
         raise InvalidArgument(
             f"the schema is {size} characters as JSON; at most {limits.max_chars} are allowed",
             field=field,
             reason=INVALID_SCHEMA,
         )
+    cached = _accepted.get(canonical)
+    if cached is not None:
+        _accepted.move_to_end(canonical)
+        return cached
     try:
         Draft202012Validator.check_schema(schema)
     except SchemaError as err:
@@ -103,7 +114,11 @@ def check_schema(
             field=field,
             reason=INVALID_SCHEMA,
         )
-    return Draft202012Validator(dict(schema), registry=Registry())
+    validator = Draft202012Validator(dict(schema), registry=Registry())
+    _accepted[canonical] = validator
+    if len(_accepted) > MAX_CACHED:
+        _accepted.popitem(last=False)
+    return validator
 
 
 def parse_output(text: str, validator: Draft202012Validator) -> tuple[dict[str, Any] | None, str]:

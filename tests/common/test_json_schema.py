@@ -90,3 +90,15 @@ def test_outputs() -> None:
     for text in ('{"n": 1, "x": 1e400}', '{"n": ' + "9" * 400 + "}", '{"n": 1, "x": NaN}'):
         value, why = parse_output(text, validator)
         assert value is None and why
+
+
+def test_an_accepted_schema_is_checked_once() -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}}
+    first = check_schema(schema, FIELD, SchemaLimits())
+    same = check_schema(
+        {"properties": {"a": {"type": "string"}}, "type": "object"}, FIELD, SchemaLimits()
+    )
+    assert same is first
+    # The limits still apply to a schema already accepted under looser ones.
+    with pytest.raises(InvalidArgument):
+        check_schema(schema, FIELD, SchemaLimits(max_chars=10))
