@@ -13,7 +13,7 @@ import pytest
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.generation.v1 import generation_service_pb2 as gen_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import duration_pb2, json_format, struct_pb2
 
 from tests.gateway.conftest import (
     ALICE,
@@ -392,3 +392,24 @@ async def test_the_model_check_follows_the_providers_setting(
     else:
         response = await stack.stub.GenerativeSearch(request, metadata=ALICE)
         assert {h.generation.model for h in response.hits} == {"newer-model"}
+
+
+async def test_a_hanging_primary_falls_back_within_the_hits_budget(stack: Stack) -> None:
+    await create_books(stack, books=WITH_BODY)
+    stack.fake.by_model["primary"] = Behaviour.hang(60)
+    events = [
+        e
+        async for e in stack.stub.StreamGenerativeSearch(
+            _stream(
+                single_prompt="About {title}",
+                model="primary",
+                stream_tokens=True,
+                timeout=duration_pb2.Duration(seconds=4),
+                fallback=[gen_pb.ModelChoice(provider="fake", model="backup")],
+            ),
+            metadata=ALICE,
+        )
+    ]
+    results = [e.hit_result.generation for e in events if e.HasField("hit_result")]
+    assert [r.error.status for r in results if r.HasField("error")] == []
+    assert {(r.model, r.fallback_index) for r in results} == {("backup", 1)}
