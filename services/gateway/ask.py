@@ -176,6 +176,7 @@ class AskService:
             rewritten_query=rewritten,
             trimmed=gw_pb.Trimmed(history_turns=prompt.trimmed_turns, hits=prompt.trimmed_hits),
             model=result.model or options.model,
+            provider=result.provider,
         )
         if request.debug:
             response.prompt.extend(prompt.messages)

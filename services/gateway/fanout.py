@@ -12,12 +12,19 @@ import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from services.gateway.errors import HitError, deadline_exceeded
 
 T = TypeVar("T")
-Emit = Callable[[str], None]
+
+
+class Emit(Protocol):
+    """Hands a job's text delta on; ``restart``: the job's deltas so far are void."""
+
+    def __call__(self, text: str, restart: bool = False) -> None: ...
+
+
 Job = Callable[[Emit], Awaitable[T]]
 
 
@@ -32,6 +39,7 @@ class Outcome(Generic[T]):
 class Delta:
     index: int
     text: str
+    restart: bool = False
 
 
 async def fan_out_stream(
@@ -53,9 +61,9 @@ async def fan_out_stream(
     events: asyncio.Queue[Delta | Outcome[T]] = asyncio.Queue()
 
     async def run(index: int, job: Job[T]) -> None:
-        def emit(text: str) -> None:
-            if text:
-                events.put_nowait(Delta(index, text))
+        def emit(text: str, restart: bool = False) -> None:
+            if text or restart:
+                events.put_nowait(Delta(index, text, restart))
 
         try:
             if index in unbounded:

@@ -149,9 +149,7 @@ class GenerativeSearch:
             timeout=generative_request.budget(g, call_deadline, s),
         )
         options = Options.resolve(g, g.model, info.generative, s)
-        await self._b.models.check_provider(
-            options.provider, "generate.provider", caller, min(plan.timeout or 2.0, 2.0)
-        )
+        await self._b.models.check_choices(options, caller, min(plan.timeout or 2.0, 2.0))
         deadline = loop.time() + (plan.timeout or 0)
         properties = [json_format.MessageToDict(hit.properties) for hit in plan.hits]
 
@@ -173,6 +171,7 @@ class GenerativeSearch:
                     # reports DEADLINE_EXCEEDED itself; this only bounds the downstream call.
                     timeout=time_left(deadline, floor=0) + 1.0,
                     emit=emit if plan.stream_tokens else None,
+                    restart=lambda: emit("", restart=True),
                 )
                 return await traced(index, attributes, call)
 
@@ -238,7 +237,7 @@ class GenerativeSearch:
         if plan.jobs:
             async for event in plan.events():
                 if isinstance(event, Delta):
-                    token = gw_pb.TokenEvent(delta=event.text)
+                    token = gw_pb.TokenEvent(delta=event.text, restart=event.restart)
                     if event.index == GROUPED:
                         token.grouped = True
                     else:

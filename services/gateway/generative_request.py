@@ -7,8 +7,10 @@ import asyncio
 
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
+from google.protobuf import json_format
 
 from services.common.errors import InvalidArgument
+from services.common.json_schema import SchemaLimits, check_schema
 from services.gateway.request_parts import (
     check_length,
     check_sampling,
@@ -42,6 +44,38 @@ def validate(request: SearchLike, settings: GatewaySettings) -> None:
     if g.HasField("timeout") and seconds(g.timeout) <= 0:
         raise InvalidArgument("timeout must be positive", field="generate.timeout")
     check_sampling(g, prefix=_GENERATE)
+    check_structured_options(g, s)
+
+
+def check_structured_options(g: gw_pb.Generate, s: GatewaySettings) -> None:
+    """stop, fallback and response_format: bounded and well formed before any call (the
+    generation service checks them again; here a mistake is one error, not one per hit).
+    Provider and model names are checked against ListModels by the plan."""
+    if len(g.stop) > s.max_stop_sequences:
+        raise InvalidArgument(
+            f"at most {s.max_stop_sequences} stop sequences are allowed", field="generate.stop"
+        )
+    for i, stop in enumerate(g.stop):
+        if not stop or len(stop) > s.max_stop_chars:
+            raise InvalidArgument(
+                f"a stop sequence has 1 to {s.max_stop_chars} characters",
+                field=f"generate.stop[{i}]",
+            )
+    if len(g.fallback) > s.max_fallbacks:
+        raise InvalidArgument(
+            f"at most {s.max_fallbacks} fallback pairs are allowed",
+            field="generate.fallback",
+            reason="OUT_OF_RANGE",
+        )
+    for i, choice in enumerate(g.fallback):
+        if not choice.provider.strip():
+            raise InvalidArgument("provider is required", field=f"generate.fallback[{i}].provider")
+    if g.HasField("response_format"):
+        check_schema(
+            json_format.MessageToDict(g.response_format.json_schema),
+            "generate.response_format.json_schema",
+            SchemaLimits(max_chars=s.max_schema_chars, max_depth=s.max_schema_depth),
+        )
 
 
 def search_request(request: SearchLike, extra: list[str]) -> ret_pb.SearchRequest:

@@ -21,6 +21,18 @@ class Options:
     model: str = ""
     temperature: float | None = None
     max_tokens: int | None = None
+    # The rest of the sampling parameters, the JSON schema, the fallback chain and a
+    # caller's base URL: passed to the generation service as they are (Generate only).
+    top_p: float | None = None
+    stop: tuple[str, ...] = ()
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    seed: int | None = None
+    response_format: gen_pb.ResponseFormat | None = None
+    fallback: tuple[tuple[str, str], ...] = ()
+    # Where the chain came from, for error fields: the request's or the collection's.
+    fallback_field: str = "generate.fallback"
+    base_url: str = ""
 
     @classmethod
     def resolve(
@@ -39,11 +51,32 @@ class Options:
                     return getattr(source, field)
             return None
 
+        def own(field: str) -> Any:
+            fields = request.DESCRIPTOR.fields_by_name
+            if field in fields and request.HasField(field):
+                return getattr(request, field)
+            return None
+
+        # The request's own chain, else the collection's (a Generate block has one; Ask
+        # uses the collection's).
+        chain = list(getattr(request, "fallback", ()))
+        fallback_field = "generate.fallback"
+        if not chain:
+            chain, fallback_field = list(collection.fallback), "collection.generative.fallback"
         return cls(
             provider=request.provider or collection.provider or settings.default_provider,
             model=model or collection.model or settings.default_model,
             temperature=first("temperature"),
             max_tokens=first("max_tokens"),
+            top_p=own("top_p"),
+            stop=tuple(getattr(request, "stop", ())),
+            frequency_penalty=own("frequency_penalty"),
+            presence_penalty=own("presence_penalty"),
+            seed=own("seed"),
+            response_format=own("response_format"),
+            fallback=tuple((c.provider, c.model) for c in chain),
+            fallback_field=fallback_field,
+            base_url=getattr(request, "base_url", ""),
         )
 
 
@@ -51,11 +84,28 @@ R = TypeVar("R", gen_pb.GenerateRequest, gen_pb.StreamGenerateRequest)
 
 
 def _request(cls: type[R], options: Options, messages: Sequence[gen_pb.Message]) -> R:
-    request = cls(provider=options.provider, model=options.model, messages=messages)
-    if options.temperature is not None:
-        request.temperature = options.temperature
-    if options.max_tokens is not None:
-        request.max_tokens = options.max_tokens
+    o = options
+    request = cls(
+        provider=o.provider,
+        model=o.model,
+        messages=messages,
+        stop=o.stop,
+        fallback=[gen_pb.ModelChoice(provider=p, model=m) for p, m in o.fallback],
+        base_url=o.base_url,
+    )
+    for name in (
+        "temperature",
+        "max_tokens",
+        "top_p",
+        "frequency_penalty",
+        "presence_penalty",
+        "seed",
+    ):
+        value = getattr(o, name)
+        if value is not None:
+            setattr(request, name, value)
+    if o.response_format is not None:
+        request.response_format.CopyFrom(o.response_format)
     return request
 
 
@@ -67,21 +117,32 @@ async def complete(
     *,
     timeout: float | None,
     emit: Callable[[str], None] | None = None,
+    restart: Callable[[], None] | None = None,
 ) -> gw_pb.GenerationResult:
-    """Ask the model; with ``emit``, stream and hand each text delta to it as it comes."""
+    """Ask the model; with ``emit``, stream and hand each text delta to it as it comes
+    (``restart``: the deltas so far are void, a corrective retry's follow)."""
     if emit is None:
         request = _request(gen_pb.GenerateRequest, options, messages)
         response = await generation.generate(request, caller, timeout)
-        return gw_pb.GenerationResult(
+        result = gw_pb.GenerationResult(
             result=response.text,
             usage=response.usage,
             model=response.model,
             finish_reason=response.finish_reason,
+            provider=response.provider,
+            fallback_index=response.fallback_index,
         )
+        if response.HasField("structured"):
+            result.structured.CopyFrom(response.structured)
+        return result
     stream_request = _request(gen_pb.StreamGenerateRequest, options, messages)
     parts: list[str] = []
     result = gw_pb.GenerationResult()
     async for chunk in generation.stream_generate(stream_request, caller, timeout):
+        if chunk.restart:
+            parts.clear()
+            if restart is not None:
+                restart()
         if chunk.delta:
             parts.append(chunk.delta)
             emit(chunk.delta)
@@ -89,6 +150,10 @@ async def complete(
             result.usage.CopyFrom(chunk.usage)
             result.model = chunk.model
             result.finish_reason = chunk.finish_reason
+            result.provider = chunk.provider
+            result.fallback_index = chunk.fallback_index
+            if chunk.HasField("structured"):
+                result.structured.CopyFrom(chunk.structured)
     result.result = "".join(parts)
     return result
 

@@ -7,7 +7,8 @@ from collections.abc import Mapping
 
 from gensearch.generation.v1 import generation_service_pb2 as gen_pb
 
-from services.common.errors import InvalidArgument, ServiceError, quote
+from services.common.egress import URL_NOT_ALLOWED, EgressPolicy, UrlRefused
+from services.common.errors import InvalidArgument, PermissionDenied, ServiceError, quote
 from services.gateway.clients import Caller, GenerationClient
 from services.gateway.generator import Options
 from services.gateway.prompting import context_window_for
@@ -53,6 +54,51 @@ class ModelCatalog:
                 field=field,
                 reason="UNKNOWN_PROVIDER",
             )
+
+    async def check_choices(
+        self, options: Options, caller: Caller, timeout: float, *, prefix: str = "generate."
+    ) -> None:
+        """Before any call is fanned out: every provider of the chain is configured, every
+        model is one its provider knows (where the provider checks), and a caller's
+        base_url is on the operator's allowlist (the generation service checks all of it
+        again, and the URL once more on every connection). One clear error instead of the
+        same one on every hit."""
+        models = await self.models(caller, timeout)
+        if models is None:  # generation unreachable: each hit will say so itself
+            return
+        pairs = [(options.provider, options.model, prefix, bool(options.base_url))]
+        pairs += [
+            (p, m, f"{options.fallback_field}[{i}].", False)
+            for i, (p, m) in enumerate(options.fallback)
+        ]
+        for provider_name, model, where, callers_url in pairs:
+            wanted = (provider_name or models.default_provider).lower()
+            provider = next((p for p in models.providers if p.name.lower() == wanted), None)
+            if provider is None:
+                known = ", ".join(sorted(p.name for p in models.providers))
+                raise InvalidArgument(
+                    f"unknown provider {quote(provider_name)} (configured: {known})",
+                    field=f"{where}provider",
+                    reason="UNKNOWN_PROVIDER",
+                )
+            chosen = model or provider.default_model
+            if provider.models_checked and not callers_url and chosen not in provider.models:
+                raise InvalidArgument(
+                    f"unknown model {quote(chosen)} for provider {provider.name!r}; "
+                    f"known: {', '.join(provider.models)}",
+                    field=f"{where}model",
+                    reason="UNKNOWN_MODEL",
+                )
+        if options.base_url:
+            try:
+                EgressPolicy.parse(models.allowed_hosts).check_url(options.base_url)
+            except (UrlRefused, ValueError) as err:
+                why = err.why if isinstance(err, UrlRefused) else "the allowlist is unreadable"
+                raise PermissionDenied(
+                    f"{why} (GENSEARCH_GENERATION_ALLOWED_HOSTS)",
+                    field=f"{prefix}base_url",
+                    reason=URL_NOT_ALLOWED,
+                ) from None
 
     async def context_window(
         self,

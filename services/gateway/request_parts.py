@@ -3,6 +3,7 @@ limits, the sampling options (temperature, max_tokens) and the search query."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
@@ -28,12 +29,21 @@ def check_length(message: Any, names: tuple[str, ...], limit: int, *, prefix: st
 
 
 def check_sampling(message: Any, *, prefix: str = "") -> None:
-    """``temperature`` and ``max_tokens`` (Generate, Ask): checked here so a bad value is
-    one clear error, not the same error on every hit of a fan-out."""
+    """``temperature`` and ``max_tokens`` (Generate, Ask), and where the message has them
+    ``top_p`` and the penalties (Generate): checked here so a bad value is one clear
+    error, not the same error on every hit of a fan-out."""
     if message.HasField("temperature") and not 0 <= message.temperature <= 2:
         raise InvalidArgument("temperature must be between 0 and 2", field=f"{prefix}temperature")
     if message.HasField("max_tokens") and message.max_tokens < 1:
         raise InvalidArgument("max_tokens must be at least 1", field=f"{prefix}max_tokens")
+    fields = message.DESCRIPTOR.fields_by_name
+    if "top_p" in fields and message.HasField("top_p") and not 0 < message.top_p <= 1:
+        raise InvalidArgument("top_p must be in (0, 1]", field=f"{prefix}top_p")
+    for name in ("frequency_penalty", "presence_penalty"):
+        if name in fields and message.HasField(name):
+            value = getattr(message, name)
+            if not (math.isfinite(value) and -2 <= value <= 2):
+                raise InvalidArgument(f"{name} must be between -2 and 2", field=prefix + name)
 
 
 def copy_query(request: Any, search: ret_pb.SearchRequest) -> str | None:

@@ -29,6 +29,14 @@ class GatewaySettings(CommonSettings):
     max_hits: int = Field(default=100, ge=1)
     # Longest template / task / question accepted, in characters.
     max_prompt_chars: int = Field(default=32_000, ge=100)
+    # generate.stop: sequences and characters each.
+    max_stop_sequences: int = Field(default=4, ge=0)
+    max_stop_chars: int = Field(default=256, ge=1)
+    # generate.fallback: (provider, model) pairs after the primary one.
+    max_fallbacks: int = Field(default=4, ge=0, le=32)
+    # generate.response_format.json_schema: size as compact JSON, and nesting depth.
+    max_schema_chars: int = Field(default=65_536, ge=2)
+    max_schema_depth: int = Field(default=32, ge=1)
     # Generation budget when neither the request nor the call has a deadline, seconds.
     default_generation_timeout: float = Field(default=120.0, gt=0)
 

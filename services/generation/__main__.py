@@ -11,11 +11,13 @@ import asyncio
 
 from gensearch.generation.v1 import generation_service_pb2_grpc as pb_grpc
 
+from services.common.json_schema import SchemaLimits
 from services.common.logs import configure_logging
 from services.common.server import GrpcServer, run_until_signal
 from services.common.settings import warn_unknown_variables
 from services.devlaunch.llm_server import start_local_llm
 from services.generation.keys import env_key
+from services.generation.planning import Planner
 from services.generation.registry import ProviderRegistry
 from services.generation.servicer import GenerationServicer
 from services.generation.settings import GenerationSettings
@@ -32,7 +34,13 @@ async def build_server(settings: GenerationSettings, *, port: int | None = None)
         max_messages=settings.max_messages,
         max_prompt_chars=settings.max_prompt_chars,
         max_stop_sequences=settings.max_stop_sequences,
+        max_stop_chars=settings.max_stop_chars,
+        max_fallbacks=settings.max_fallbacks,
+        schema=SchemaLimits(
+            max_chars=settings.max_schema_chars, max_depth=settings.max_schema_depth
+        ),
     )
+    planner = Planner(registry, limits, settings.default_timeout, settings.fallback_time_share)
     server = GrpcServer(
         settings,
         port=settings.port if port is None else port,
@@ -40,7 +48,7 @@ async def build_server(settings: GenerationSettings, *, port: int | None = None)
     )
     server.add_service(
         pb_grpc.add_GenerationServiceServicer_to_server,
-        GenerationServicer(registry, limits, settings.default_timeout),
+        GenerationServicer(planner, settings.allowed_hosts),
         SERVICE_NAME,
     )
     server.on_stop(registry.close)

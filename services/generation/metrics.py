@@ -25,3 +25,15 @@ TIME_TO_FIRST_TOKEN = Histogram(
     ["provider"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+FALLBACKS = Counter(
+    "gensearch_llm_fallbacks_total",
+    "Calls that moved on to the next pair of their fallback chain, by the provider that "
+    "failed and the status it failed with.",
+    ["provider", "status"],
+)
+INVALID_OUTPUTS = Counter(
+    "gensearch_llm_invalid_outputs_total",
+    "Answers that did not match the request's JSON schema, by provider and whether it was "
+    "the first answer (then corrected once) or the corrective retry's (then an error).",
+    ["provider", "attempt"],
+)

@@ -1,14 +1,20 @@
-"""The configured providers, by name."""
+"""The configured providers, by name, and the same providers at a caller's base URL."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Mapping
 
-from services.common.errors import InvalidArgument, quote
+from services.common.egress import URL_NOT_ALLOWED, EgressPolicy, UrlRefused, canonical_url
+from services.common.errors import InvalidArgument, PermissionDenied, quote
 from services.common.openai_api import OpenAIClients
 from services.common.upstream_retry import RetryPolicy
 from services.generation.providers import Provider, make_provider
 from services.generation.settings import GenerationSettings, ProviderConfig
+from services.generation.upstream import ALLOWLIST_SETTING
+
+# Providers kept for callers' base URLs (each holds its own concurrency limit).
+MAX_CALLER_ENDPOINTS = 64
 
 
 class ProviderRegistry:
@@ -17,6 +23,11 @@ class ProviderRegistry:
         providers: Mapping[str, Provider],
         default: str,
         clients: OpenAIClients | None = None,
+        *,
+        egress: EgressPolicy | None = None,
+        retry: RetryPolicy | None = None,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 120.0,
     ) -> None:
         if default not in providers:
             raise ValueError(f"default provider {default!r} is not configured")
@@ -24,48 +35,104 @@ class ProviderRegistry:
         self.default = default
         # The SDK clients (one HTTP transport) the providers share; closed with the registry.
         self._clients = clients
+        # URLs callers name: the operator's allowlist, checked here and on every connection
+        # by the clients' own transport (services.common.egress), never the operator's one.
+        self.egress = egress or EgressPolicy()
+        # How providers at callers' URLs are made: as the configured ones are.
+        self._retry = retry or RetryPolicy()
+        self._timeouts = (connect_timeout, read_timeout)
+        self._caller_clients: OpenAIClients | None = None
+        self._caller_providers: OrderedDict[tuple[str, str], Provider] = OrderedDict()
 
     @classmethod
     def from_settings(
         cls, settings: GenerationSettings, configs: Mapping[str, ProviderConfig] | None = None
     ) -> ProviderRegistry:
-        retry = RetryPolicy(
-            max_attempts=settings.retry_max_attempts,
-            base_backoff=settings.retry_base_backoff,
-            max_backoff=settings.retry_max_backoff,
-            retry_after_max=settings.retry_after_max,
-        )
         configs = configs if configs is not None else settings.provider_configs()
         clients = OpenAIClients()
         providers = {
             name: make_provider(
                 config,
                 clients=clients,
-                retry=retry,
+                retry=_retry(settings),
                 connect_timeout=settings.connect_timeout,
                 read_timeout=settings.read_timeout,
             )
             for name, config in configs.items()
         }
-        return cls(providers, settings.default_provider, clients)
+        return cls(
+            providers,
+            settings.default_provider,
+            clients,
+            egress=EgressPolicy.parse(settings.allowed_hosts),
+            retry=_retry(settings),
+            connect_timeout=settings.connect_timeout,
+            read_timeout=settings.read_timeout,
+        )
 
-    def get(self, name: str) -> Provider:
+    def get(self, name: str, field: str = "provider") -> Provider:
         """The provider called ``name`` (empty: the default)."""
         key = name.strip().lower() or self.default
         provider = self._providers.get(key)
         if provider is None:
             raise InvalidArgument(
                 f"unknown provider {quote(name)}; configured: {', '.join(sorted(self._providers))}",
-                field="provider",
+                field=field,
                 reason="UNKNOWN_PROVIDER",
             )
         return provider
+
+    def at_caller_url(self, provider: Provider, base_url: str) -> Provider:
+        """``provider`` at a base URL the caller named, if the operator's allowlist allows
+        it (PERMISSION_DENIED naming ``base_url`` otherwise). It never sends the operator's
+        key: callers of it pass only the caller's own key, and it requires none."""
+        try:
+            self.egress.check_url(base_url)
+            canonical = canonical_url(base_url)
+        except UrlRefused as err:
+            raise PermissionDenied(
+                f"base_url: {err.why} ({ALLOWLIST_SETTING})",
+                field="base_url",
+                reason=URL_NOT_ALLOWED,
+            ) from None
+        key = (provider.name, canonical)
+        cached = self._caller_providers.get(key)
+        if cached is not None:
+            self._caller_providers.move_to_end(key)
+            return cached
+        if self._caller_clients is None:
+            self._caller_clients = OpenAIClients(egress=self.egress)
+        config = provider.config.model_copy(
+            update={"base_url": base_url.rstrip("/"), "requires_key": False}
+        )
+        made = make_provider(
+            config,
+            clients=self._caller_clients,
+            retry=self._retry,
+            connect_timeout=self._timeouts[0],
+            read_timeout=self._timeouts[1],
+        )
+        self._caller_providers[key] = made
+        if len(self._caller_providers) > MAX_CALLER_ENDPOINTS:
+            self._caller_providers.popitem(last=False)
+        return made
 
     def configs(self) -> list[ProviderConfig]:
         return [p.config for p in self._providers.values()]
 
     async def close(self) -> None:
-        for provider in self._providers.values():
+        for provider in [*self._providers.values(), *self._caller_providers.values()]:
             await provider.close()
         if self._clients is not None:
             await self._clients.close()
+        if self._caller_clients is not None:
+            await self._caller_clients.close()
+
+
+def _retry(settings: GenerationSettings) -> RetryPolicy:
+    return RetryPolicy(
+        max_attempts=settings.retry_max_attempts,
+        base_backoff=settings.retry_base_backoff,
+        max_backoff=settings.retry_max_backoff,
+        retry_after_max=settings.retry_after_max,
+    )

@@ -1,83 +1,76 @@
-"""gRPC face of the generation service: validate, call the provider, build the answer."""
+"""gRPC face of the generation service: plan the request, answer it, build the reply."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 from gensearch.generation.v1 import generation_service_pb2 as pb
 from gensearch.generation.v1 import generation_service_pb2_grpc as pb_grpc
+from google.protobuf import struct_pb2
 
-from services.common.upstream_retry import Deadline
-from services.generation.keys import env_key, resolve_key
-from services.generation.providers.base import (
-    Completion,
-    CompletionRequest,
-    DebugInfo,
-    Provider,
-    Usage,
-)
-from services.generation.registry import ProviderRegistry
-from services.generation.validation import Limits, build_request
+from services.generation import answering
+from services.generation.keys import env_key
+from services.generation.planning import Planner
+from services.generation.providers.base import DebugInfo, Usage
 
 _KINDS = {"openai_compatible": pb.PROVIDER_KIND_OPENAI_COMPATIBLE}
 
 
 class GenerationServicer(pb_grpc.GenerationServiceServicer):
-    def __init__(self, registry: ProviderRegistry, limits: Limits, default_timeout: float) -> None:
-        self._registry = registry
-        self._limits = limits
-        self._default_timeout = default_timeout
+    def __init__(self, planner: Planner, allowed_hosts: str = "") -> None:
+        self._planner = planner
+        self._registry = planner.registry
+        self._allowed_hosts = allowed_hosts
 
-    def _prepare(
+    def _plan(
         self,
         request: pb.GenerateRequest | pb.StreamGenerateRequest,
         context: grpc.aio.ServicerContext,
-    ) -> tuple[Provider, CompletionRequest, Deadline]:
-        provider = self._registry.get(request.provider)
-        key = resolve_key(provider.config, context.invocation_metadata())
-        completion_request = build_request(request, provider.config, self._limits, key)
-        # The caller's deadline bounds everything upstream, retries included.
-        remaining = context.time_remaining()
-        timeout = (
-            self._default_timeout if remaining is None else min(remaining, self._default_timeout)
-        )
-        return provider, completion_request, Deadline(timeout)
+    ) -> answering.Plan:
+        return self._planner.plan(request, context.invocation_metadata(), context.time_remaining())
 
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> pb.GenerateResponse:
-        provider, completion_request, deadline = self._prepare(request, context)
-        done = await provider.complete(completion_request, deadline)
+        answer = await answering.generate(self._plan(request, context))
+        done = answer.completion
         return pb.GenerateResponse(
             text=done.text,
             model=done.model,
             finish_reason=done.finish_reason,
             usage=_usage(done.usage),
             debug=_debug(done.debug) if request.debug else None,
-            provider=provider.name,
+            provider=answer.target.provider.name,
+            structured=_struct(answer.structured),
+            fallback_index=answer.target.index,
+            corrected=answer.corrected,
         )
 
     async def StreamGenerate(
         self, request: pb.StreamGenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StreamGenerateResponse]:
-        provider, completion_request, deadline = self._prepare(request, context)
-        final: Completion | None = None
-        async with contextlib.aclosing(provider.stream(completion_request, deadline)) as chunks:
-            async for chunk in chunks:
-                if chunk.final is not None:
-                    final = chunk.final
-                elif chunk.delta:
-                    yield pb.StreamGenerateResponse(delta=chunk.delta)
-        if final is not None:
-            yield pb.StreamGenerateResponse(
-                model=final.model,
-                finish_reason=final.finish_reason,
-                usage=_usage(final.usage),
-                debug=_debug(final.debug) if request.debug else None,
-                provider=provider.name,
-            )
+        plan = self._plan(request, context)
+        async with contextlib.aclosing(answering.stream(plan)) as events:
+            async for event in events:
+                if event.restart:
+                    yield pb.StreamGenerateResponse(restart=True)
+                elif event.delta:
+                    yield pb.StreamGenerateResponse(delta=event.delta)
+                elif event.answer is not None:
+                    final = event.answer.completion
+                    yield pb.StreamGenerateResponse(
+                        model=final.model,
+                        finish_reason=final.finish_reason,
+                        usage=_usage(final.usage),
+                        debug=_debug(final.debug) if request.debug else None,
+                        provider=event.answer.target.provider.name,
+                        structured=_struct(event.answer.structured),
+                        fallback_index=event.answer.target.index,
+                        corrected=event.answer.corrected,
+                    )
 
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
@@ -93,10 +86,23 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
                 api_key_configured=env_key(c) is not None,
                 max_concurrency=c.max_concurrency,
                 context_window=c.context_window or 0,
+                models_checked=c.check_models and bool(c.models),
             )
             for c in self._registry.configs()
         ]
-        return pb.ListModelsResponse(providers=providers, default_provider=self._registry.default)
+        return pb.ListModelsResponse(
+            providers=providers,
+            default_provider=self._registry.default,
+            allowed_hosts=self._allowed_hosts,
+        )
+
+
+def _struct(value: dict[str, Any] | None) -> struct_pb2.Struct | None:
+    if value is None:
+        return None
+    struct = struct_pb2.Struct()
+    struct.update(value)
+    return struct
 
 
 def _usage(usage: Usage) -> pb.Usage:

@@ -9,7 +9,8 @@ Providers are resolved in three layers, later ones winning:
 3. per-field variables for any provider ``<NAME>`` (upper case, ``-`` as ``_``):
    ``GENSEARCH_GENERATION_<NAME>_BASE_URL``, ``_MODEL``, ``_MODELS`` (comma list), ``_API_KEY_ENV``
    (comma list), ``_MAX_CONCURRENCY``, ``_TEMPERATURE``, ``_CONTEXT_WINDOW``,
-   ``_FIRST_BYTE_TIMEOUT``.
+   ``_FIRST_BYTE_TIMEOUT``, ``_CHECK_MODELS`` (false: a model outside ``models`` goes
+   upstream, for endpoints that add models).
    e.g. ``GENSEARCH_GENERATION_LOCAL_BASE_URL=http://10.0.0.5:8088/v1``.
 
 API keys are never settings: a provider names the environment variable(s) that hold its
@@ -27,11 +28,31 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from services.common.egress import EgressPolicy
 from services.common.settings import NAMESPACES, CommonSettings
 
 LOCAL_MODEL = "smollm2-135m-instruct"
 LOCAL_PORT = 8088
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+ANYSCALE_MODELS = (
+    "meta-llama/Llama-2-70b-chat-hf",
+    "meta-llama/Llama-2-13b-chat-hf",
+    "meta-llama/Llama-2-7b-chat-hf",
+    "codellama/CodeLlama-34b-Instruct-hf",
+    "HuggingFaceH4/zephyr-7b-beta",
+    "mistralai/Mistral-7B-Instruct-v0.1",
+)
+# The chat models Weaviate's generative-openai module documents, plus current ones.
+OPENAI_MODELS = (
+    "gpt-4o-mini",
+    "gpt-4o",
+    "gpt-4.1",
+    "gpt-4.1-mini",
+    "gpt-4.1-nano",
+    "gpt-4-turbo",
+    "gpt-4",
+    "gpt-3.5-turbo",
+)
 
 
 class ProviderConfig(BaseModel):
@@ -44,9 +65,13 @@ class ProviderConfig(BaseModel):
     kind: Literal["openai_compatible"] = "openai_compatible"
     base_url: str
     default_model: str
-    # A fixed list of models: anything else is refused before calling upstream. Empty: the
+    # The models known for this endpoint (ListModels shows them, the default first). With
+    # ``check_models`` anything else is refused before calling upstream. Empty: the
     # upstream decides (an unknown model comes back as 404 model_not_found).
     models: list[str] = Field(default_factory=list)
+    # Refuse a model outside ``models`` (and the default) before any call. Off for
+    # endpoints that add models faster than a list is updated.
+    check_models: bool = True
     # Environment variables tried in order for the API key.
     api_key_env: list[str] = Field(default_factory=list)
     # Refuse calls without a key instead of sending them upstream to be rejected.
@@ -100,6 +125,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "openai": {
         "base_url": "https://api.openai.com/v1",
         "default_model": "gpt-4o-mini",
+        "models": list(OPENAI_MODELS),
+        # OpenAI ships new models often: the list is shown, not enforced.
+        "check_models": False,
         "api_key_env": ["OPENAI_APIKEY", "OPENAI_API_KEY"],
         "requires_key": True,
         "max_concurrency": 32,
@@ -108,6 +136,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "anyscale": {
         "base_url": "https://api.endpoints.anyscale.com/v1",
         "default_model": "meta-llama/Llama-2-70b-chat-hf",
+        # The models Weaviate's generative-anyscale module documents.
+        "models": list(ANYSCALE_MODELS),
         "api_key_env": ["ANYSCALE_APIKEY", "ANYSCALE_API_KEY"],
         "requires_key": True,
         "temperature": 0.0,
@@ -145,6 +175,7 @@ _ENV_FIELDS: dict[str, str] = {
     "TEMPERATURE": "temperature",
     "CONTEXT_WINDOW": "context_window",
     "FIRST_BYTE_TIMEOUT": "first_byte_timeout",
+    "CHECK_MODELS": "check_models",
 }
 
 
@@ -215,12 +246,31 @@ class GenerationSettings(CommonSettings):
     max_messages: int = Field(default=512, ge=1)
     max_prompt_chars: int = Field(default=1_000_000, ge=1)
     max_stop_sequences: int = Field(default=4, ge=0)
+    max_stop_chars: int = Field(default=256, ge=1)
+    # (provider, model) pairs a request may name after its primary one.
+    max_fallbacks: int = Field(default=4, ge=0, le=32)
+    # With more pairs to try, one pair may spend at most this share of the time left, so
+    # a pair that times out still leaves time for the next (the last pair gets it all).
+    fallback_time_share: float = Field(default=0.5, gt=0, le=1)
+    # A response_format JSON schema: its size as compact JSON and its nesting depth.
+    max_schema_chars: int = Field(default=65_536, ge=2)
+    max_schema_depth: int = Field(default=32, ge=1)
+    # Hosts a request's base_url may name (services/common/egress.py syntax; empty: none).
+    # Loopback, private, link-local and metadata addresses need an address/network entry;
+    # every connection is checked again when it is made.
+    allowed_hosts: str = ""
 
     # Start the local llama.cpp server with the service (python -m services.generation; a
     # dev-only launcher, services/devlaunch: every Kubernetes overlay sets it false).
     # Unset: start it when the default provider is `local`, its base URL is on loopback,
     # llama-cpp-python is installed and nothing answers there yet (a fresh machine).
     local_llm_autostart: bool | None = None
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _valid_allowlist(cls, value: str) -> str:
+        EgressPolicy.parse(value)  # ValueError names the bad entry
+        return value
 
     @field_validator("providers", mode="before")
     @classmethod

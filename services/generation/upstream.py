@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import openai
 
+from services.common.egress import URL_NOT_ALLOWED, refusal
 from services.common.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -25,6 +26,7 @@ from services.common.logs import redact
 from services.common.upstream_retry import is_transient, server_wait
 
 BAD_UPSTREAM_RESPONSE = "BAD_UPSTREAM_RESPONSE"
+ALLOWLIST_SETTING = "GENSEARCH_GENERATION_ALLOWED_HOSTS"
 _MAX_MESSAGE = 300
 # What an attempt may raise besides UpstreamFault: the SDK's errors, a body that is not
 # JSON (the SDK's json.loads), the call's deadline (asyncio.timeout_at).
@@ -38,7 +40,7 @@ class UpstreamFault(Exception):
     ``timeout`` (the call's deadline passed), ``first_byte_timeout`` (the provider's
     ``first_byte_timeout`` passed before its answer began), ``bad_response`` (not the protocol),
     ``stream_error`` (an error event inside a stream), ``missing_key`` (no API key for a
-    provider that needs one).
+    provider that needs one), ``refused`` (a caller's base URL refused at connect time).
     """
 
     def __init__(
@@ -78,6 +80,11 @@ def fault_from_error(err: BaseException) -> UpstreamFault:
             retry_after=server_wait(err),
             retryable=is_transient(err),
         )
+    refused = refusal(err)
+    if refused is not None:
+        # A caller's base URL refused at connect time (a name that resolved to an address
+        # the operator has not allowed: DNS rebinding, or simply localhost). Not retried.
+        return UpstreamFault("refused", refused.why)
     if isinstance(err, openai.APIConnectionError):
         return UpstreamFault("connection", _root_cause(err), retryable=True)
     if isinstance(err, openai.APIError):  # an error event inside a stream
@@ -123,6 +130,13 @@ def to_service_error(fault: UpstreamFault, provider: str, model: str) -> Service
         meta["upstream_status"] = str(fault.status)
     tries = f" after {fault.attempts} attempts" if fault.attempts > 1 else ""
     status = fault.status
+    if fault.kind == "refused":
+        return PermissionDenied(
+            f"base_url: {fault.detail} ({ALLOWLIST_SETTING}); nothing was sent",
+            field="base_url",
+            reason=URL_NOT_ALLOWED,
+            metadata=meta,
+        )
     if fault.kind == "missing_key":
         return Unauthenticated(fault.detail, reason="MISSING_PROVIDER_API_KEY", metadata=meta)
     if fault.kind == "timeout":

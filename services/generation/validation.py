@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 
 from gensearch.generation.v1 import generation_service_pb2 as pb
+from google.protobuf import json_format
+from jsonschema import Draft202012Validator
 
 from services.common.errors import InvalidArgument, quote
-from services.generation.providers.base import ChatMessage, CompletionRequest, estimate_tokens
+from services.common.json_schema import SchemaLimits, check_schema
+from services.generation.providers.base import (
+    ChatMessage,
+    CompletionRequest,
+    JsonSchemaFormat,
+    estimate_tokens,
+)
 from services.generation.settings import ProviderConfig
 
 ROLE_NAMES = {pb.ROLE_SYSTEM: "system", pb.ROLE_USER: "user", pb.ROLE_ASSISTANT: "assistant"}
@@ -19,6 +28,64 @@ class Limits:
     max_messages: int = 512
     max_prompt_chars: int = 1_000_000
     max_stop_sequences: int = 4
+    max_stop_chars: int = 256
+    max_fallbacks: int = 4
+    schema: SchemaLimits = field(default_factory=SchemaLimits)
+
+
+_FORMAT_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def check_model(model: str, config: ProviderConfig, field: str) -> None:
+    """A model outside the provider's known list, refused before any call (unless the
+    operator turned the check off for an endpoint that adds models)."""
+    if config.check_models and config.models and model not in config.known_models:
+        raise InvalidArgument(
+            f"unknown model {quote(model)} for provider {config.name!r}; "
+            f"known: {', '.join(config.known_models)}",
+            field=field,
+            reason="UNKNOWN_MODEL",
+        )
+
+
+def check_context_window(messages: list[ChatMessage], config: ProviderConfig) -> None:
+    if config.context_window is not None:
+        prompt = sum(estimate_tokens(m.content) for m in messages)
+        if prompt > config.context_window:
+            raise InvalidArgument(
+                f"the prompt (~{prompt} tokens) exceeds the context window of provider "
+                f"{config.name!r} ({config.context_window} tokens)",
+                field="messages",
+                reason="CONTEXT_WINDOW_EXCEEDED",
+            )
+
+
+def response_format(
+    msg: pb.GenerateRequest | pb.StreamGenerateRequest, limits: Limits
+) -> tuple[JsonSchemaFormat, Draft202012Validator] | None:
+    """The request's JSON schema format and its validator (None without one)."""
+    if not msg.HasField("response_format"):
+        return None
+    fmt = msg.response_format
+    name = fmt.name or "response"
+    if not _FORMAT_NAME.fullmatch(name):
+        raise InvalidArgument(
+            "response_format.name must be 1-64 letters, digits, '_' or '-'",
+            field="response_format.name",
+        )
+    schema = json_format.MessageToDict(fmt.json_schema)
+    validator = check_schema(schema, "response_format.json_schema", limits.schema)
+    strict = fmt.strict if fmt.HasField("strict") else None
+    return JsonSchemaFormat(name=name, schema=schema, strict=strict), validator
+
+
+def _penalty(msg: pb.GenerateRequest | pb.StreamGenerateRequest, name: str) -> float | None:
+    if not msg.HasField(name):
+        return None
+    value = float(getattr(msg, name))
+    if not (math.isfinite(value) and -2.0 <= value <= 2.0):
+        raise InvalidArgument(f"{name} must be between -2 and 2", field=name)
+    return value
 
 
 def build_request(
@@ -26,7 +93,12 @@ def build_request(
     config: ProviderConfig,
     limits: Limits,
     api_key: str | None,
+    *,
+    fmt: JsonSchemaFormat | None = None,
+    check_models: bool = True,
 ) -> CompletionRequest:
+    """The primary (provider, model)'s request. ``check_models`` False: a caller's own
+    base URL, whose models the provider's list does not describe."""
     if not msg.messages:
         raise InvalidArgument("messages must not be empty", field="messages")
     if len(msg.messages) > limits.max_messages:
@@ -55,13 +127,8 @@ def build_request(
         )
 
     model = msg.model.strip() or config.default_model
-    if config.models and model not in config.models:
-        raise InvalidArgument(
-            f"unknown model {quote(model)} for provider {config.name!r}; "
-            f"known: {', '.join(config.known_models)}",
-            field="model",
-            reason="UNKNOWN_MODEL",
-        )
+    if check_models:
+        check_model(model, config, "model")
 
     temperature = msg.temperature if msg.HasField("temperature") else None
     if temperature is not None and not (math.isfinite(temperature) and 0.0 <= temperature <= 2.0):
@@ -79,18 +146,19 @@ def build_request(
         raise InvalidArgument(
             f"at most {limits.max_stop_sequences} stop sequences are allowed", field="stop"
         )
-    if any(not s for s in stop):
-        raise InvalidArgument("stop sequences must not be empty", field="stop")
-
-    if config.context_window is not None:
-        prompt = sum(estimate_tokens(m.content) for m in messages)
-        if prompt > config.context_window:
+    for i, s in enumerate(stop):
+        if not s:
+            raise InvalidArgument("stop sequences must not be empty", field=f"stop[{i}]")
+        if len(s) > limits.max_stop_chars:
             raise InvalidArgument(
-                f"the prompt (~{prompt} tokens) exceeds the context window of provider "
-                f"{config.name!r} ({config.context_window} tokens)",
-                field="messages",
-                reason="CONTEXT_WINDOW_EXCEEDED",
+                f"a stop sequence is at most {limits.max_stop_chars} characters",
+                field=f"stop[{i}]",
             )
+    frequency_penalty = _penalty(msg, "frequency_penalty")
+    presence_penalty = _penalty(msg, "presence_penalty")
+    seed = msg.seed if msg.HasField("seed") else None
+
+    check_context_window(messages, config)
 
     return CompletionRequest(
         model=model,
@@ -99,5 +167,9 @@ def build_request(
         max_tokens=max_tokens,
         top_p=top_p,
         stop=stop,
+        frequency_penalty=frequency_penalty,
+        presence_penalty=presence_penalty,
+        seed=seed,
+        response_format=fmt,
         api_key=api_key,
     )

@@ -24,6 +24,10 @@ MAX_PROPERTIES = 256
 MAX_DIMENSIONS = 65_536
 MAX_DESCRIPTION = 4096
 MAX_PROMPT = 32_768
+# A collection's generative fallback chain: pairs, and characters of a provider or model
+# name (which providers exist is the generation service's to say, when the chain is used).
+MAX_FALLBACKS = 8
+MAX_NAME = 256
 TEXT_TYPES = (pb.DATA_TYPE_TEXT, pb.DATA_TYPE_TEXT_ARRAY)
 TYPE_NAMES: dict[int, str] = {
     pb.DATA_TYPE_TEXT: "text",
@@ -182,6 +186,22 @@ def _validate_generative(gen: pb.GenerativeConfig, types: dict[str, int]) -> Non
     for name in ("system_prompt", "user_instructions"):
         if len(getattr(gen, name)) > MAX_PROMPT:
             raise InvalidArgument(f"{where}.{name} is too long", field=f"{where}.{name}")
+    if len(gen.fallback) > MAX_FALLBACKS:
+        raise InvalidArgument(
+            f"{where}.fallback has at most {MAX_FALLBACKS} pairs", field=f"{where}.fallback"
+        )
+    for i, pair in enumerate(gen.fallback):
+        if not pair.provider.strip():
+            raise InvalidArgument(
+                f"{where}.fallback[{i}].provider is required",
+                field=f"{where}.fallback[{i}].provider",
+            )
+        for name in ("provider", "model"):
+            if len(getattr(pair, name)) > MAX_NAME:
+                raise InvalidArgument(
+                    f"{where}.fallback[{i}].{name} is too long",
+                    field=f"{where}.fallback[{i}].{name}",
+                )
     for i, name in enumerate(gen.context_fields):
         if name not in types:
             raise InvalidArgument(

@@ -22,6 +22,11 @@ URLISH = re.compile(r"(^|_)(url|uri|urls|endpoint|host|hostname|address|addr|dom
 # field -> where it is checked against the allowlist
 CHECKED = {
     "gensearch.retrieval.v1.Vectorizer.base_url": "services/retrieval/endpoints.py",
+    # A per-request LLM base URL (issue 13): generation's registry.at_caller_url, and its
+    # clients' connector on every connection; the gateway checks it first (models.py).
+    "gensearch.generation.v1.GenerateRequest.base_url": "services/generation/registry.py",
+    "gensearch.generation.v1.StreamGenerateRequest.base_url": "services/generation/registry.py",
+    "gensearch.gateway.v1.Generate.base_url": "services/gateway/models.py",
 }
 
 
@@ -48,8 +53,12 @@ def test_every_url_a_request_can_carry_is_checked() -> None:
     assert found == set(CHECKED)
 
 
-def test_the_generation_service_takes_no_url_from_a_request() -> None:
-    """Provider base URLs come from the operator's settings only."""
+def test_the_generation_service_takes_only_its_checked_base_url() -> None:
+    """Provider base URLs come from the operator's settings, or from a request's
+    ``base_url`` on the operator's allowlist (tests/generation/test_structured_and_sampling.py
+    shows it refused off the list and never given the operator's key)."""
     service = generation_service_pb2.DESCRIPTOR.services_by_name["GenerationService"]
     for method in service.methods:
-        assert not list(url_fields(method.input_type, set())), method.full_name
+        for name in url_fields(method.input_type, set()):
+            assert name.endswith("GenerateRequest.base_url"), name
+            assert name in CHECKED

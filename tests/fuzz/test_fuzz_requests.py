@@ -178,6 +178,9 @@ async def test_no_request_gets_internal_or_unknown(stack: Stack) -> None:
         "provider": ["fake"],
         "model": ["fake-model"],
         "single_prompt": ["{title}", "{year}: {tags}"],
+        # Caller base URLs: none is on the (empty) allowlist, metadata ones least of all.
+        "base_url": ["http://127.0.0.1:1/v1", "http://169.254.169.254/v1", "https://a.example"],
+        "stop": ["\n", "END"],
     }
     strategies = RequestStrategies(known, hints)
     identity = forwarded_identity(Identity("alice", "alice", Role.ADMIN), TOKEN)

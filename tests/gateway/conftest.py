@@ -97,7 +97,8 @@ async def stack_factory(
 ) -> AsyncIterator[StackFactory]:
     """``await stack_factory(**gateway_settings)``; ``generation=False`` leaves the
     generation address pointing at a port where nothing listens; ``shared`` settings go to
-    all four services."""
+    all four services, ``generation_settings`` to generation only, ``extra_providers``
+    beside the fake one."""
     stacks: list[Stack] = []
 
     async def start(
@@ -105,6 +106,8 @@ async def stack_factory(
         generation: bool = True,
         provider: dict[str, Any] | None = None,
         shared: dict[str, Any] | None = None,
+        extra_providers: list[dict[str, Any]] | None = None,
+        generation_settings: dict[str, Any] | None = None,
         **overrides: Any,
     ) -> Stack:
         servers: dict[str, GrpcServer] = {}
@@ -124,10 +127,10 @@ async def stack_factory(
         if generation:
             servers["generation"] = await build_generation(
                 GenerationSettings(
-                    providers=[provider or fake_provider(fake)],
+                    providers=[provider or fake_provider(fake), *(extra_providers or [])],
                     default_provider=(provider or {}).get("name", "fake"),
                     metrics_port=None,
-                    retry_max_attempts=1,
+                    **{"retry_max_attempts": 1, **(generation_settings or {})},
                     **common,
                 ),
                 port=0,

@@ -185,7 +185,7 @@ async def test_list_models(
         ({"top_p": 0.0}, "top_p"),
         ({"top_p": 1.5}, "top_p"),
         ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
-        ({"stop": [""]}, "stop"),
+        ({"stop": [""]}, "stop[0]"),
         ({"provider": "nope"}, "provider"),
     ],
 )

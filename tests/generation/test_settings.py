@@ -100,3 +100,27 @@ def test_misconfigured_providers(entry: dict[str, object], complaint: str) -> No
     with pytest.raises(ValueError, match=complaint) as caught:
         resolve_providers([entry], environ={})
     assert "sk-should-not-be-here" not in str(caught.value)
+
+
+def test_presets_carry_their_known_models() -> None:
+    providers = resolve_providers([], environ={})
+    anyscale = providers["anyscale"]
+    assert anyscale.known_models == [
+        "meta-llama/Llama-2-70b-chat-hf",
+        "meta-llama/Llama-2-13b-chat-hf",
+        "meta-llama/Llama-2-7b-chat-hf",
+        "codellama/CodeLlama-34b-Instruct-hf",
+        "HuggingFaceH4/zephyr-7b-beta",
+        "mistralai/Mistral-7B-Instruct-v0.1",
+    ]
+    assert anyscale.check_models
+    # OpenAI's list is shown, not enforced: it adds models faster than a list is updated.
+    assert "gpt-4o" in providers["openai"].models and not providers["openai"].check_models
+    off = resolve_providers([], environ={"GENSEARCH_GENERATION_ANYSCALE_CHECK_MODELS": "false"})
+    assert not off["anyscale"].check_models
+
+
+def test_the_base_url_allowlist_is_checked_at_load() -> None:
+    assert GenerationSettings(allowed_hosts="*.example.com, http://10.0.0.0/8").allowed_hosts
+    with pytest.raises(ValueError, match="allowlist entry"):
+        GenerationSettings(allowed_hosts="https://example.com/path")

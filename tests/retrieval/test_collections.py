@@ -154,6 +154,24 @@ async def test_collection_errors(retrieval: Retrieval) -> None:
             vector_collection("P", generative=pb.GenerativeConfig(context_fields=["nope"])),
             "collection.generative.context_fields[0]",
         ),
+        (
+            vector_collection(
+                "P",
+                generative=pb.GenerativeConfig(
+                    fallback=[pb.GenerativeModel(provider="openai"), pb.GenerativeModel()]
+                ),
+            ),
+            "collection.generative.fallback[1].provider",
+        ),
+        (
+            vector_collection(
+                "P",
+                generative=pb.GenerativeConfig(
+                    fallback=[pb.GenerativeModel(provider="openai")] * 9
+                ),
+            ),
+            "collection.generative.fallback",
+        ),
     ]
     for collection, field in invalid:
         await expect_error(

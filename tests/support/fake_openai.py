@@ -61,6 +61,13 @@ embedding requests; when the queue is empty the default (a normal answer) applie
     ``Behaviour.hang(seconds=3600)``  wait that long before answering
 ``fake.enqueue(*behaviours)``, ``fake.fail_next(n, behaviour)``, ``fake.clear_queue()``.
 
+Per-model behaviours (a fallback chain names several models of one endpoint): a request
+naming ``model`` first takes the next behaviour of ``fake.enqueue_for_model(model, *b)``
+(FIFO), else ``fake.by_model[model]`` (every request for it), else the shared queue:
+    fake.by_model["big-model"] = Behaviour.error(503)      # always failing
+    fake.enqueue_for_model("json-model", Behaviour.ok(text="not json"),
+                           Behaviour.ok(text='{"title": "x"}'))
+
 Recording
     ``requests``        every :class:`RecordedRequest` (method, path, headers, json, times)
     ``chat_requests``   only the chat completions
@@ -269,6 +276,8 @@ class FakeOpenAI:
         self.disconnected = asyncio.Event()
         self._arrived = asyncio.Event()
         self._queue: deque[Behaviour] = deque()
+        self.by_model: dict[str, Behaviour] = {}
+        self._model_queues: dict[str, deque[Behaviour]] = {}
         self._ids = itertools.count(1)
         self._runner: web.AppRunner | None = None
 
@@ -336,8 +345,22 @@ class FakeOpenAI:
     def fail_next(self, count: int, behaviour: Behaviour) -> None:
         self._queue.extend([behaviour] * count)
 
+    def enqueue_for_model(self, model: str, *behaviours: Behaviour) -> None:
+        self._model_queues.setdefault(model, deque()).extend(behaviours)
+
     def clear_queue(self) -> None:
         self._queue.clear()
+        self._model_queues.clear()
+
+    def _next_behaviour(self, body: Any) -> Behaviour:
+        model = body.get("model") if isinstance(body, dict) else None
+        if isinstance(model, str):
+            queue = self._model_queues.get(model)
+            if queue:
+                return queue.popleft()
+            if model in self.by_model:
+                return self.by_model[model]
+        return self._queue.popleft() if self._queue else Behaviour()
 
     @property
     def pending(self) -> int:
@@ -375,7 +398,7 @@ class FakeOpenAI:
             body: Any = json.loads(raw) if raw else None
         except ValueError:
             body = raw.decode("utf-8", "replace")
-        behaviour = self._queue.popleft() if self._queue else Behaviour()
+        behaviour = self._next_behaviour(body)
         rec = RecordedRequest(
             method=request.method,
             path=request.path,

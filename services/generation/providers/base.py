@@ -16,6 +16,7 @@ import abc
 import math
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from services.common.upstream_retry import Deadline
 from services.generation.settings import ProviderConfig
@@ -30,6 +31,15 @@ class ChatMessage:
 
 
 @dataclass(frozen=True, slots=True)
+class JsonSchemaFormat:
+    """``response_format: {"type": "json_schema", ...}``: the schema the answer must match."""
+
+    name: str
+    schema: dict[str, Any]
+    strict: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class CompletionRequest:
     """A validated request; ``None`` means "the provider's default"."""
 
@@ -39,6 +49,10 @@ class CompletionRequest:
     max_tokens: int | None = None
     top_p: float | None = None
     stop: Sequence[str] = ()
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    seed: int | None = None
+    response_format: JsonSchemaFormat | None = None
     # Never logged, never part of the body: adapters send it as the bearer token only.
     api_key: str | None = field(default=None, repr=False)
 

@@ -42,6 +42,7 @@ from services.generation.providers.base import (
     Completion,
     CompletionRequest,
     DebugInfo,
+    JsonSchemaFormat,
     Provider,
     StreamChunk,
     Usage,
@@ -86,6 +87,14 @@ class OpenAICompatibleProvider(Provider):
             params["top_p"] = request.top_p
         if request.stop:
             params["stop"] = list(request.stop)
+        if request.frequency_penalty is not None:
+            params["frequency_penalty"] = request.frequency_penalty
+        if request.presence_penalty is not None:
+            params["presence_penalty"] = request.presence_penalty
+        if request.seed is not None:
+            params["seed"] = request.seed
+        if request.response_format is not None:
+            params["response_format"] = json_schema_format(request.response_format)
         if stream:
             params["stream"] = True
             if self.config.stream_usage:
@@ -378,6 +387,14 @@ def _absorb(chunk: object, state: _StreamState) -> list[str]:
         if choice.finish_reason:
             state.finish_reason = str(choice.finish_reason)
     return deltas
+
+
+def json_schema_format(fmt: JsonSchemaFormat) -> dict[str, Any]:
+    """OpenAI's ``response_format`` for a JSON schema (``strict`` only when asked)."""
+    spec: dict[str, Any] = {"name": fmt.name, "schema": fmt.schema}
+    if fmt.strict is not None:
+        spec["strict"] = fmt.strict
+    return {"type": "json_schema", "json_schema": spec}
 
 
 def _parse_completion(data: object, request: CompletionRequest, debug: DebugInfo) -> Completion:

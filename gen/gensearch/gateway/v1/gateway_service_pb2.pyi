@@ -3,6 +3,7 @@ import datetime
 from gensearch.generation.v1 import generation_service_pb2 as _generation_service_pb2
 from gensearch.retrieval.v1 import retrieval_service_pb2 as _retrieval_service_pb2
 from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -12,7 +13,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Generate(_message.Message):
-    __slots__ = ("single_prompt", "grouped_task", "grouped_properties", "provider", "model", "temperature", "max_tokens", "max_concurrency", "timeout", "debug", "stream_tokens")
+    __slots__ = ("single_prompt", "grouped_task", "grouped_properties", "provider", "model", "temperature", "max_tokens", "max_concurrency", "timeout", "debug", "stream_tokens", "top_p", "stop", "frequency_penalty", "presence_penalty", "seed", "response_format", "fallback", "base_url")
     SINGLE_PROMPT_FIELD_NUMBER: _ClassVar[int]
     GROUPED_TASK_FIELD_NUMBER: _ClassVar[int]
     GROUPED_PROPERTIES_FIELD_NUMBER: _ClassVar[int]
@@ -24,6 +25,14 @@ class Generate(_message.Message):
     TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     DEBUG_FIELD_NUMBER: _ClassVar[int]
     STREAM_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TOP_P_FIELD_NUMBER: _ClassVar[int]
+    STOP_FIELD_NUMBER: _ClassVar[int]
+    FREQUENCY_PENALTY_FIELD_NUMBER: _ClassVar[int]
+    PRESENCE_PENALTY_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_FIELD_NUMBER: _ClassVar[int]
+    BASE_URL_FIELD_NUMBER: _ClassVar[int]
     single_prompt: str
     grouped_task: str
     grouped_properties: _containers.RepeatedScalarFieldContainer[str]
@@ -35,7 +44,15 @@ class Generate(_message.Message):
     timeout: _duration_pb2.Duration
     debug: bool
     stream_tokens: bool
-    def __init__(self, single_prompt: _Optional[str] = ..., grouped_task: _Optional[str] = ..., grouped_properties: _Optional[_Iterable[str]] = ..., provider: _Optional[str] = ..., model: _Optional[str] = ..., temperature: _Optional[float] = ..., max_tokens: _Optional[int] = ..., max_concurrency: _Optional[int] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., debug: _Optional[bool] = ..., stream_tokens: _Optional[bool] = ...) -> None: ...
+    top_p: float
+    stop: _containers.RepeatedScalarFieldContainer[str]
+    frequency_penalty: float
+    presence_penalty: float
+    seed: int
+    response_format: _generation_service_pb2.ResponseFormat
+    fallback: _containers.RepeatedCompositeFieldContainer[_generation_service_pb2.ModelChoice]
+    base_url: str
+    def __init__(self, single_prompt: _Optional[str] = ..., grouped_task: _Optional[str] = ..., grouped_properties: _Optional[_Iterable[str]] = ..., provider: _Optional[str] = ..., model: _Optional[str] = ..., temperature: _Optional[float] = ..., max_tokens: _Optional[int] = ..., max_concurrency: _Optional[int] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., debug: _Optional[bool] = ..., stream_tokens: _Optional[bool] = ..., top_p: _Optional[float] = ..., stop: _Optional[_Iterable[str]] = ..., frequency_penalty: _Optional[float] = ..., presence_penalty: _Optional[float] = ..., seed: _Optional[int] = ..., response_format: _Optional[_Union[_generation_service_pb2.ResponseFormat, _Mapping]] = ..., fallback: _Optional[_Iterable[_Union[_generation_service_pb2.ModelChoice, _Mapping]]] = ..., base_url: _Optional[str] = ...) -> None: ...
 
 class GenerationError(_message.Message):
     __slots__ = ("code", "status", "message", "reason")
@@ -50,20 +67,26 @@ class GenerationError(_message.Message):
     def __init__(self, code: _Optional[int] = ..., status: _Optional[str] = ..., message: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class GenerationResult(_message.Message):
-    __slots__ = ("result", "error", "usage", "model", "finish_reason", "prompt")
+    __slots__ = ("result", "error", "usage", "model", "finish_reason", "prompt", "provider", "structured", "fallback_index")
     RESULT_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    STRUCTURED_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_INDEX_FIELD_NUMBER: _ClassVar[int]
     result: str
     error: GenerationError
     usage: _generation_service_pb2.Usage
     model: str
     finish_reason: str
     prompt: str
-    def __init__(self, result: _Optional[str] = ..., error: _Optional[_Union[GenerationError, _Mapping]] = ..., usage: _Optional[_Union[_generation_service_pb2.Usage, _Mapping]] = ..., model: _Optional[str] = ..., finish_reason: _Optional[str] = ..., prompt: _Optional[str] = ...) -> None: ...
+    provider: str
+    structured: _struct_pb2.Struct
+    fallback_index: int
+    def __init__(self, result: _Optional[str] = ..., error: _Optional[_Union[GenerationError, _Mapping]] = ..., usage: _Optional[_Union[_generation_service_pb2.Usage, _Mapping]] = ..., model: _Optional[str] = ..., finish_reason: _Optional[str] = ..., prompt: _Optional[str] = ..., provider: _Optional[str] = ..., structured: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., fallback_index: _Optional[int] = ...) -> None: ...
 
 class GenerativeHit(_message.Message):
     __slots__ = ("hit", "generation")
@@ -146,14 +169,16 @@ class HitResultEvent(_message.Message):
     def __init__(self, hit_index: _Optional[int] = ..., generation: _Optional[_Union[GenerationResult, _Mapping]] = ...) -> None: ...
 
 class TokenEvent(_message.Message):
-    __slots__ = ("hit_index", "grouped", "delta")
+    __slots__ = ("hit_index", "grouped", "delta", "restart")
     HIT_INDEX_FIELD_NUMBER: _ClassVar[int]
     GROUPED_FIELD_NUMBER: _ClassVar[int]
     DELTA_FIELD_NUMBER: _ClassVar[int]
+    RESTART_FIELD_NUMBER: _ClassVar[int]
     hit_index: int
     grouped: bool
     delta: str
-    def __init__(self, hit_index: _Optional[int] = ..., grouped: _Optional[bool] = ..., delta: _Optional[str] = ...) -> None: ...
+    restart: bool
+    def __init__(self, hit_index: _Optional[int] = ..., grouped: _Optional[bool] = ..., delta: _Optional[str] = ..., restart: _Optional[bool] = ...) -> None: ...
 
 class DoneEvent(_message.Message):
     __slots__ = ("usage",)
@@ -238,7 +263,7 @@ class Trimmed(_message.Message):
     def __init__(self, history_turns: _Optional[int] = ..., hits: _Optional[int] = ...) -> None: ...
 
 class AskResponse(_message.Message):
-    __slots__ = ("answer", "citations", "hits", "usage", "conversation_id", "interaction_id", "rewritten_query", "trimmed", "model", "prompt")
+    __slots__ = ("answer", "citations", "hits", "usage", "conversation_id", "interaction_id", "rewritten_query", "trimmed", "model", "prompt", "provider")
     ANSWER_FIELD_NUMBER: _ClassVar[int]
     CITATIONS_FIELD_NUMBER: _ClassVar[int]
     HITS_FIELD_NUMBER: _ClassVar[int]
@@ -249,6 +274,7 @@ class AskResponse(_message.Message):
     TRIMMED_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
     answer: str
     citations: _containers.RepeatedCompositeFieldContainer[Citation]
     hits: _containers.RepeatedCompositeFieldContainer[_retrieval_service_pb2.Hit]
@@ -259,7 +285,8 @@ class AskResponse(_message.Message):
     trimmed: Trimmed
     model: str
     prompt: _containers.RepeatedCompositeFieldContainer[_generation_service_pb2.Message]
-    def __init__(self, answer: _Optional[str] = ..., citations: _Optional[_Iterable[_Union[Citation, _Mapping]]] = ..., hits: _Optional[_Iterable[_Union[_retrieval_service_pb2.Hit, _Mapping]]] = ..., usage: _Optional[_Union[_generation_service_pb2.Usage, _Mapping]] = ..., conversation_id: _Optional[str] = ..., interaction_id: _Optional[str] = ..., rewritten_query: _Optional[str] = ..., trimmed: _Optional[_Union[Trimmed, _Mapping]] = ..., model: _Optional[str] = ..., prompt: _Optional[_Iterable[_Union[_generation_service_pb2.Message, _Mapping]]] = ...) -> None: ...
+    provider: str
+    def __init__(self, answer: _Optional[str] = ..., citations: _Optional[_Iterable[_Union[Citation, _Mapping]]] = ..., hits: _Optional[_Iterable[_Union[_retrieval_service_pb2.Hit, _Mapping]]] = ..., usage: _Optional[_Union[_generation_service_pb2.Usage, _Mapping]] = ..., conversation_id: _Optional[str] = ..., interaction_id: _Optional[str] = ..., rewritten_query: _Optional[str] = ..., trimmed: _Optional[_Union[Trimmed, _Mapping]] = ..., model: _Optional[str] = ..., prompt: _Optional[_Iterable[_Union[_generation_service_pb2.Message, _Mapping]]] = ..., provider: _Optional[str] = ...) -> None: ...
 
 class StreamAskRequest(_message.Message):
     __slots__ = ("collection", "llm_question", "llm_model", "provider", "conversation_id", "new_conversation", "context_size", "interaction_size", "timeout", "system_prompt", "user_instructions", "context_field_list", "near_text", "near_vector", "keyword", "hybrid", "filter", "rewrite_query", "temperature", "max_tokens", "debug")

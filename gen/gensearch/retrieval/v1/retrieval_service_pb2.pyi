@@ -102,7 +102,7 @@ class Vectorizer(_message.Message):
     def __init__(self, kind: _Optional[_Union[VectorizerKind, str]] = ..., model: _Optional[str] = ..., base_url: _Optional[str] = ..., api_key_env: _Optional[str] = ..., dimensions: _Optional[int] = ..., source_properties: _Optional[_Iterable[str]] = ..., distance: _Optional[_Union[Distance, str]] = ...) -> None: ...
 
 class GenerativeConfig(_message.Message):
-    __slots__ = ("provider", "model", "temperature", "max_tokens", "system_prompt", "user_instructions", "context_fields")
+    __slots__ = ("provider", "model", "temperature", "max_tokens", "system_prompt", "user_instructions", "context_fields", "fallback")
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
@@ -110,6 +110,7 @@ class GenerativeConfig(_message.Message):
     SYSTEM_PROMPT_FIELD_NUMBER: _ClassVar[int]
     USER_INSTRUCTIONS_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELDS_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_FIELD_NUMBER: _ClassVar[int]
     provider: str
     model: str
     temperature: float
@@ -117,7 +118,16 @@ class GenerativeConfig(_message.Message):
     system_prompt: str
     user_instructions: str
     context_fields: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, provider: _Optional[str] = ..., model: _Optional[str] = ..., temperature: _Optional[float] = ..., max_tokens: _Optional[int] = ..., system_prompt: _Optional[str] = ..., user_instructions: _Optional[str] = ..., context_fields: _Optional[_Iterable[str]] = ...) -> None: ...
+    fallback: _containers.RepeatedCompositeFieldContainer[GenerativeModel]
+    def __init__(self, provider: _Optional[str] = ..., model: _Optional[str] = ..., temperature: _Optional[float] = ..., max_tokens: _Optional[int] = ..., system_prompt: _Optional[str] = ..., user_instructions: _Optional[str] = ..., context_fields: _Optional[_Iterable[str]] = ..., fallback: _Optional[_Iterable[_Union[GenerativeModel, _Mapping]]] = ...) -> None: ...
+
+class GenerativeModel(_message.Message):
+    __slots__ = ("provider", "model")
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    provider: str
+    model: str
+    def __init__(self, provider: _Optional[str] = ..., model: _Optional[str] = ...) -> None: ...
 
 class Collection(_message.Message):
     __slots__ = ("name", "description", "properties", "vectorizer", "keyword_index", "generative", "create_time")

@@ -1,0 +1,154 @@
+"""One answer for a planned request: the fallback chain, then (with a JSON schema) the
+answer validated, corrected once, or refused.
+
+Validation lives in the generation service, not the gateway: every caller of Generate
+(the gateway's per-hit and grouped calls, Ask, any other client) gets the same guarantee,
+and the corrective retry is one more upstream call, which is this service's job (same
+provider, key, retries and deadline as the first).
+
+With a schema, a valid answer comes back parsed (a dict, sent as a Struct beside the
+text). An invalid one gets ONE corrective retry on the pair that answered: the model sees
+its own answer and the validation error and is asked for corrected JSON only. Still
+invalid: FAILED_PRECONDITION with reason ``INVALID_OUTPUT`` (the model could not produce
+what was asked; retrying the same request is up to the caller).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from jsonschema import Draft202012Validator
+
+from services.common.errors import FailedPrecondition
+from services.common.json_schema import parse_output
+from services.common.upstream_retry import Deadline
+from services.generation import fallback
+from services.generation.fallback import Target
+from services.generation.metrics import INVALID_OUTPUTS
+from services.generation.providers.base import ChatMessage, Completion, CompletionRequest, Usage
+
+INVALID_OUTPUT = "INVALID_OUTPUT"
+CORRECTION = (
+    "Your answer above does not satisfy the required JSON schema: {why}. "
+    "Reply with the corrected JSON object only, with no other text."
+)
+
+
+@dataclass(frozen=True)
+class Plan:
+    chain: Sequence[Target]
+    deadline: Deadline
+    # Share of the time left one pair may spend while more pairs remain.
+    share: float
+    validator: Draft202012Validator | None = None
+
+
+@dataclass(frozen=True)
+class Answer:
+    target: Target
+    completion: Completion
+    structured: dict[str, Any] | None = None
+    corrected: bool = False
+
+
+@dataclass(frozen=True)
+class Event:
+    """A text delta; or ``restart`` (discard the deltas so far); or, last, the answer."""
+
+    delta: str = ""
+    restart: bool = False
+    answer: Answer | None = None
+
+
+def _corrective(request: CompletionRequest, output: str, why: str) -> CompletionRequest:
+    messages = [
+        *request.messages,
+        ChatMessage("assistant", output or "(empty)"),
+        ChatMessage("user", CORRECTION.format(why=why)),
+    ]
+    return dataclasses.replace(request, messages=messages)
+
+
+def _invalid(target: Target, why: str) -> FailedPrecondition:
+    INVALID_OUTPUTS.labels(target.provider.name, "retry").inc()
+    return FailedPrecondition(
+        f"the answer of provider {target.provider.name!r} does not match "
+        f"response_format.json_schema, even after one corrective retry: {why}",
+        reason=INVALID_OUTPUT,
+        metadata={"provider": target.provider.name, "model": target.request.model},
+    )
+
+
+def _sum(first: Completion, second: Completion) -> Completion:
+    """The corrective answer, with the usage of both calls (the caller paid for both)."""
+    a, b = first.usage, second.usage
+    usage = Usage(
+        a.prompt_tokens + b.prompt_tokens,
+        a.completion_tokens + b.completion_tokens,
+        a.total_tokens + b.total_tokens,
+        a.estimated or b.estimated,
+    )
+    second.debug.attempts += first.debug.attempts
+    return dataclasses.replace(second, usage=usage)
+
+
+async def generate(plan: Plan) -> Answer:
+    target, done = await fallback.complete(plan.chain, plan.deadline, plan.share)
+    if plan.validator is None:
+        return Answer(target, done)
+    value, why = parse_output(done.text, plan.validator)
+    if value is not None:
+        return Answer(target, done, value)
+    INVALID_OUTPUTS.labels(target.provider.name, "first").inc()
+    retry = await target.provider.complete(
+        _corrective(target.request, done.text, why), plan.deadline
+    )
+    value, why = parse_output(retry.text, plan.validator)
+    if value is None:
+        raise _invalid(target, why)
+    return Answer(target, _sum(done, retry), value, corrected=True)
+
+
+async def stream(plan: Plan) -> AsyncGenerator[Event, None]:
+    first: tuple[Target, Completion] | None = None
+    parts: list[str] = []
+    async with contextlib.aclosing(fallback.stream(plan.chain, plan.deadline, plan.share)) as it:
+        async for target, chunk in it:
+            if chunk.final is not None:
+                first = (target, chunk.final)
+            elif chunk.delta:
+                parts.append(chunk.delta)
+                yield Event(delta=chunk.delta)
+    if first is None:
+        return
+    target, done = first
+    if plan.validator is None:
+        yield Event(answer=Answer(target, done))
+        return
+    text = "".join(parts)
+    value, why = parse_output(text, plan.validator)
+    if value is not None:
+        yield Event(answer=Answer(target, done, value))
+        return
+    INVALID_OUTPUTS.labels(target.provider.name, "first").inc()
+    yield Event(restart=True)
+    parts.clear()
+    retry: Completion | None = None
+    request = _corrective(target.request, text, why)
+    async with contextlib.aclosing(target.provider.stream(request, plan.deadline)) as chunks:
+        async for chunk in chunks:
+            if chunk.final is not None:
+                retry = chunk.final
+            elif chunk.delta:
+                parts.append(chunk.delta)
+                yield Event(delta=chunk.delta)
+    if retry is None:
+        return
+    value, why = parse_output("".join(parts), plan.validator)
+    if value is None:
+        raise _invalid(target, why)
+    yield Event(answer=Answer(target, _sum(done, retry), value, corrected=True))

@@ -1,0 +1,121 @@
+"""Fallback chains: a request's (provider, model) pairs tried in order.
+
+The provider adapter already retried within its own pair (429 with Retry-After, 5xx,
+dropped connections); what it still raises decides here whether the next pair is worth
+trying:
+
+* falls back: the upstream is unavailable (5xx, connection failures, malformed answers),
+  timed out, or kept rate limiting until retries were exhausted — UNAVAILABLE,
+  DEADLINE_EXCEEDED or RESOURCE_EXHAUSTED;
+* does not: everything the caller or the operator must fix — a 4xx other than 429, an
+  unknown model, a missing or rejected key, bad input, a refused URL. Another model would
+  get the same request and fail the same way, or hide a mistake.
+
+Time: all pairs share the call's deadline. While more pairs remain, one pair may spend at
+most ``share`` of the time left (so a pair that hangs still leaves time for the next); the
+last pair gets all of it.
+
+A stream falls back only before its first text delta: once text reached our caller,
+another model cannot continue it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass
+
+import grpc
+
+from services.common.errors import ServiceError
+from services.common.upstream_retry import Deadline
+from services.generation.metrics import FALLBACKS
+from services.generation.providers.base import (
+    Completion,
+    CompletionRequest,
+    Provider,
+    StreamChunk,
+)
+
+log = logging.getLogger("gensearch.generation.fallback")
+
+FALLBACK_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One pair of the chain: ``index`` 0 is the primary, n is ``fallback[n-1]``."""
+
+    index: int
+    provider: Provider
+    request: CompletionRequest
+
+
+def falls_back(err: ServiceError) -> bool:
+    return err.code in FALLBACK_CODES
+
+
+def _deadline_for(deadline: Deadline, share: float, last: bool) -> Deadline:
+    return deadline if last else Deadline(deadline.remaining() * share)
+
+
+def _moving_on(target: Target, err: ServiceError) -> None:
+    FALLBACKS.labels(target.provider.name, err.code.name).inc()
+    log.warning(
+        "falling back to the next provider/model",
+        extra={
+            "provider": target.provider.name,
+            "model": target.request.model,
+            "fallback_index": target.index,
+            "status": err.code.name,
+            "reason": err.reason,
+        },
+    )
+
+
+async def complete(
+    chain: Sequence[Target], deadline: Deadline, share: float
+) -> tuple[Target, Completion]:
+    """The first pair's completion that succeeds; the last error when none does."""
+    for position, target in enumerate(chain):
+        last = position == len(chain) - 1
+        try:
+            done = await target.provider.complete(
+                target.request, _deadline_for(deadline, share, last)
+            )
+        except ServiceError as err:
+            if last or not falls_back(err) or deadline.expired:
+                raise
+            _moving_on(target, err)
+            continue
+        return target, done
+    raise AssertionError("an empty fallback chain")  # pragma: no cover - never empty
+
+
+async def stream(
+    chain: Sequence[Target], deadline: Deadline, share: float
+) -> AsyncGenerator[tuple[Target, StreamChunk], None]:
+    """The first pair's stream that gets going: a pair failing before its first text
+    delta gives way to the next; after it, its error is the stream's."""
+    for position, target in enumerate(chain):
+        last = position == len(chain) - 1
+        sent = False
+        try:
+            async with contextlib.aclosing(
+                target.provider.stream(target.request, _deadline_for(deadline, share, last))
+            ) as chunks:
+                async for chunk in chunks:
+                    sent = sent or bool(chunk.delta)
+                    yield target, chunk
+            return
+        except ServiceError as err:
+            if sent or last or not falls_back(err) or deadline.expired:
+                raise
+            _moving_on(target, err)

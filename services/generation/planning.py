@@ -1,0 +1,99 @@
+"""A Generate / StreamGenerate request turned into an ``answering.Plan``: every check
+made, every (provider, model) pair of the chain resolved with its key, before any call.
+
+Keys: the primary at the operator's URL gets the caller's ``x-<provider>-api-key`` or the
+operator's key variable; at a caller's ``base_url`` only the caller's own key, or none
+(the operator's key goes only to the operator's URLs). Fallback pairs are the operator's
+configured endpoints, each with its own key the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+
+from gensearch.generation.v1 import generation_service_pb2 as pb
+
+from services.common.errors import InvalidArgument
+from services.common.upstream_retry import Deadline
+from services.generation.answering import Plan
+from services.generation.fallback import Target
+from services.generation.keys import request_key, resolve_key
+from services.generation.registry import ProviderRegistry
+from services.generation.validation import (
+    Limits,
+    build_request,
+    check_context_window,
+    check_model,
+    response_format,
+)
+
+Metadata = Iterable[tuple[str, str | bytes]] | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Planner:
+    registry: ProviderRegistry
+    limits: Limits
+    default_timeout: float
+    # See GenerationSettings.fallback_time_share.
+    fallback_share: float = 0.5
+
+    def plan(
+        self,
+        msg: pb.GenerateRequest | pb.StreamGenerateRequest,
+        metadata: Metadata,
+        time_remaining: float | None,
+    ) -> Plan:
+        fmt = response_format(msg, self.limits)
+        provider = self.registry.get(msg.provider)
+        base_url = msg.base_url.strip()
+        if base_url:
+            key = request_key(provider.config, metadata)
+            provider = self.registry.at_caller_url(provider, base_url)
+        else:
+            key = resolve_key(provider.config, metadata)
+        request = build_request(
+            msg,
+            provider.config,
+            self.limits,
+            key,
+            fmt=None if fmt is None else fmt[0],
+            check_models=not base_url,
+        )
+        chain = [Target(0, provider, request)]
+        if len(msg.fallback) > self.limits.max_fallbacks:
+            raise InvalidArgument(
+                f"at most {self.limits.max_fallbacks} fallback pairs are allowed",
+                field="fallback",
+                reason="OUT_OF_RANGE",
+            )
+        for i, choice in enumerate(msg.fallback):
+            where = f"fallback[{i}]"
+            if not choice.provider.strip():
+                raise InvalidArgument("provider is required", field=f"{where}.provider")
+            other = self.registry.get(choice.provider, field=f"{where}.provider")
+            model = choice.model.strip() or other.config.default_model
+            check_model(model, other.config, f"{where}.model")
+            check_context_window(list(request.messages), other.config)
+            chain.append(
+                Target(
+                    i + 1,
+                    other,
+                    dataclasses.replace(
+                        request, model=model, api_key=resolve_key(other.config, metadata)
+                    ),
+                )
+            )
+        # The caller's deadline bounds everything upstream, retries and fallbacks included.
+        timeout = (
+            self.default_timeout
+            if time_remaining is None
+            else min(time_remaining, self.default_timeout)
+        )
+        return Plan(
+            chain=chain,
+            deadline=Deadline(timeout),
+            share=self.fallback_share,
+            validator=None if fmt is None else fmt[1],
+        )

@@ -1,0 +1,104 @@
+"""Callers' JSON Schemas and model outputs (services/common/json_schema.py): any schema is
+either accepted or refused with INVALID_ARGUMENT naming the field, and validating any
+output against an accepted schema never raises."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from services.common.errors import InvalidArgument
+from services.common.json_schema import SchemaLimits, check_schema, parse_output
+
+FIELD = "generate.response_format.json_schema"
+KEYWORDS = [
+    "type", "properties", "required", "items", "$ref", "$defs", "$id", "$anchor",
+    "$dynamicRef", "pattern", "format", "enum", "const", "allOf", "anyOf", "oneOf", "not",
+    "minimum", "maxLength", "additionalProperties", "patternProperties", "if", "then",
+]  # fmt: skip
+SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=False),
+    st.sampled_from(["object", "string", "integer", "#", "#/$defs/a", "(", "[a-", "x://y", ""]),
+    st.text(max_size=8),
+)
+JSON = st.recursive(
+    SCALARS,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.dictionaries(
+            st.one_of(st.sampled_from(KEYWORDS), st.text(max_size=4)), inner, max_size=5
+        ),
+    ),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(
+    schema=st.dictionaries(st.sampled_from(KEYWORDS), JSON, max_size=6).map(
+        lambda d: {**d, "type": "object"}
+    ),
+    output=JSON,
+)
+def test_any_schema_is_accepted_or_refused_and_any_output_checked(
+    schema: dict[str, Any], output: Any
+) -> None:
+    import json
+
+    try:
+        validator = check_schema(schema, FIELD, SchemaLimits(max_chars=10_000, max_depth=12))
+    except InvalidArgument as err:
+        assert err.field == FIELD
+        return
+    value, why = parse_output(json.dumps(output), validator)
+    assert (value is None) == bool(why)
+
+
+def test_bounds_and_root() -> None:
+    limits = SchemaLimits(max_chars=100, max_depth=3)
+    for schema in (
+        {"type": "object", "description": "x" * 200},
+        {"type": "object", "properties": {"a": {"type": "object", "properties": {"b": {}}}}},
+        {"type": "array"},
+        {"type": "object", "properties": {"a": {"$ref": "https://example.com/s.json"}}},
+        {},
+    ):
+        with pytest.raises(InvalidArgument) as caught:
+            check_schema(schema, FIELD, limits)
+        assert caught.value.field == FIELD
+
+
+def test_outputs() -> None:
+    validator = check_schema(
+        {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]},
+        FIELD,
+        SchemaLimits(),
+    )
+    assert parse_output('{"n": 1}', validator) == ({"n": 1}, "")
+    assert parse_output('```json\n{"n": 2}\n```', validator) == ({"n": 2}, "")
+    value, why = parse_output('{"n": "one"}', validator)
+    assert value is None and why.startswith("at n:")
+    value, why = parse_output("Sure! Here it is", validator)
+    assert value is None and "not JSON" in why
+    # What a Struct (doubles) cannot hold is invalid output, never a crash later.
+    for text in ('{"n": 1, "x": 1e400}', '{"n": ' + "9" * 400 + "}", '{"n": 1, "x": NaN}'):
+        value, why = parse_output(text, validator)
+        assert value is None and why
+
+
+def test_an_accepted_schema_is_checked_once() -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}}
+    first = check_schema(schema, FIELD, SchemaLimits())
+    same = check_schema(
+        {"properties": {"a": {"type": "string"}}, "type": "object"}, FIELD, SchemaLimits()
+    )
+    assert same is first
+    # The limits still apply to a schema already accepted under looser ones.
+    with pytest.raises(InvalidArgument):
+        check_schema(schema, FIELD, SchemaLimits(max_chars=10))

@@ -1,0 +1,415 @@
+"""Fallback chains, sampling parameters, JSON-schema outputs, caller base URLs and known
+models through the gateway (GenerativeSearch and its streaming form, Ask), against the
+loopback fake."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
+from gensearch.generation.v1 import generation_service_pb2 as gen_pb
+from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
+from google.protobuf import duration_pb2, json_format, struct_pb2
+
+from tests.gateway.conftest import (
+    ALICE,
+    BOOKS,
+    DIM,
+    Stack,
+    StackFactory,
+    create_books,
+    fake_provider,
+)
+from tests.support.fake_openai import Behaviour, FakeOpenAI
+from tests.support.rpc import error_info
+
+WITH_BODY = [b for b in BOOKS if b["body"]]
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"title": {"type": "string"}, "n": {"type": "integer"}},
+    "required": ["title"],
+}
+
+
+def _schema() -> gen_pb.ResponseFormat:
+    s = struct_pb2.Struct()
+    s.update(SCHEMA)
+    return gen_pb.ResponseFormat(json_schema=s)
+
+
+def _search(limit: int = 4, **generate: Any) -> gw_pb.GenerativeSearchRequest:
+    return gw_pb.GenerativeSearchRequest(
+        collection="Books",
+        near_vector=ret_pb.NearVector(vector=[0.5] * DIM),
+        limit=limit,
+        generate=gw_pb.Generate(**generate),
+    )
+
+
+def _stream(limit: int = 4, **generate: Any) -> gw_pb.StreamGenerativeSearchRequest:
+    return gw_pb.StreamGenerativeSearchRequest(
+        collection="Books",
+        near_vector=ret_pb.NearVector(vector=[0.5] * DIM),
+        limit=limit,
+        generate=gw_pb.Generate(**generate),
+    )
+
+
+def _title(hit: gw_pb.GenerativeHit) -> str:
+    return hit.hit.properties.fields["title"].string_value
+
+
+def _models(fake: FakeOpenAI) -> list[str]:
+    return [r.json["model"] for r in fake.chat_requests]
+
+
+@pytest.fixture
+async def fake2() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI() as server:
+        yield server
+
+
+# -- fallback -------------------------------------------------------------------------------
+async def test_per_hit_fallback_names_the_pair_that_answered(
+    stack_factory: StackFactory, fake2: FakeOpenAI
+) -> None:
+    stack = await stack_factory(
+        extra_providers=[fake_provider(fake2, name="backup", default_model="b-model")]
+    )
+    await create_books(stack, books=WITH_BODY)
+    stack.fake.by_model["primary"] = Behaviour.error(503)
+    fake2.reply = "backup answer"
+    response = await stack.stub.GenerativeSearch(
+        _search(
+            single_prompt="About {title}",
+            grouped_task="Compare",
+            model="primary",
+            fallback=[gen_pb.ModelChoice(provider="backup")],
+        ),
+        metadata=ALICE,
+    )
+    for hit in [*(h.generation for h in response.hits), response.grouped]:
+        assert hit.result == "backup answer"
+        assert (hit.provider, hit.model, hit.fallback_index) == ("backup", "b-model", 1)
+    assert set(_models(stack.fake)) == {"primary"}
+    assert len(fake2.chat_requests) == 5
+
+
+async def test_a_collections_chain_applies_and_a_400_does_not_fall_back(stack: Stack) -> None:
+    generative = ret_pb.GenerativeConfig(
+        provider="fake",
+        model="primary",
+        fallback=[ret_pb.GenerativeModel(provider="fake", model="backup")],
+    )
+    await create_books(stack, books=WITH_BODY, generative=generative)
+    stack.fake.by_model["primary"] = Behaviour.error(500)
+    response = await stack.stub.GenerativeSearch(
+        _search(single_prompt="About {title}"), metadata=ALICE
+    )
+    assert {h.generation.model for h in response.hits} == {"backup"}
+    assert {h.generation.fallback_index for h in response.hits} == {1}
+    stack.fake.reset_stats()
+    stack.fake.by_model["primary"] = Behaviour.error(400)
+    response = await stack.stub.GenerativeSearch(
+        _search(single_prompt="About {title}"), metadata=ALICE
+    )
+    assert {h.generation.error.status for h in response.hits} == {"INVALID_ARGUMENT"}
+    assert set(_models(stack.fake)) == {"primary"}
+
+
+async def test_streaming_falls_back_before_the_first_token(stack: Stack) -> None:
+    await create_books(stack, books=WITH_BODY)
+    stack.fake.by_model["primary"] = Behaviour.error(503)
+    events = [
+        e
+        async for e in stack.stub.StreamGenerativeSearch(
+            _stream(
+                single_prompt="About {title}",
+                model="primary",
+                stream_tokens=True,
+                fallback=[gen_pb.ModelChoice(provider="fake", model="backup")],
+            ),
+            metadata=ALICE,
+        )
+    ]
+    results = [e.hit_result.generation for e in events if e.WhichOneof("event") == "hit_result"]
+    assert len(results) == 4
+    assert {(r.model, r.fallback_index) for r in results} == {("backup", 1)}
+    tokens = [e.token for e in events if e.WhichOneof("event") == "token"]
+    assert tokens and not any(t.restart for t in tokens)
+
+
+@pytest.mark.parametrize(
+    ("fallback", "field"),
+    [
+        (
+            [gen_pb.ModelChoice(provider="fake"), gen_pb.ModelChoice(provider="nope")],
+            "generate.fallback[1].provider",
+        ),
+        ([gen_pb.ModelChoice(provider="")], "generate.fallback[0].provider"),
+        ([gen_pb.ModelChoice(provider="anyscale", model="gpt-4")], "generate.fallback[0].model"),
+        ([gen_pb.ModelChoice(provider="fake")] * 9, "generate.fallback"),
+    ],
+)
+async def test_bad_chains_fail_the_request_before_any_call(
+    stack: Stack, fallback: list[gen_pb.ModelChoice], field: str
+) -> None:
+    await create_books(stack, books=WITH_BODY)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stack.stub.GenerativeSearch(
+            _search(single_prompt="About {title}", fallback=fallback), metadata=ALICE
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_info(caught.value).metadata["field"] == field
+    assert stack.fake.chat_requests == []
+
+
+async def test_a_collections_unknown_fallback_provider_is_named(stack: Stack) -> None:
+    generative = ret_pb.GenerativeConfig(
+        provider="fake", fallback=[ret_pb.GenerativeModel(provider="gone")]
+    )
+    await create_books(stack, books=WITH_BODY, generative=generative)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stack.stub.GenerativeSearch(_search(single_prompt="About {title}"), metadata=ALICE)
+    field = error_info(caught.value).metadata["field"]
+    assert field == "collection.generative.fallback[0].provider"
+
+
+async def test_ask_names_the_provider_that_answered(stack: Stack) -> None:
+    generative = ret_pb.GenerativeConfig(
+        provider="fake",
+        model="primary",
+        fallback=[ret_pb.GenerativeModel(provider="fake", model="backup")],
+    )
+    await create_books(stack, books=WITH_BODY, generative=generative)
+    stack.fake.by_model["primary"] = Behaviour.error(503)
+    reply = await stack.stub.Ask(
+        gw_pb.AskRequest(
+            collection="Books",
+            llm_question="Which book is about a desert?",
+            near_vector=ret_pb.NearVector(vector=[0.5] * DIM),
+        ),
+        metadata=ALICE,
+    )
+    assert (reply.provider, reply.model) == ("fake", "backup")
+
+
+# -- sampling -------------------------------------------------------------------------------
+async def test_every_sampling_parameter_reaches_the_provider(stack: Stack) -> None:
+    await create_books(stack, books=WITH_BODY)
+    stack.fake.reply = '{"title": "x"}'
+    generate: dict[str, Any] = {
+        "single_prompt": "About {title}",
+        "grouped_task": "Compare",
+        "top_p": 0.8,
+        "stop": ["\n\n"],
+        "frequency_penalty": 0.5,
+        "presence_penalty": -0.5,
+        "seed": 7,
+        "response_format": _schema(),
+    }
+    await stack.stub.GenerativeSearch(_search(**generate), metadata=ALICE)
+    async for _ in stack.stub.StreamGenerativeSearch(
+        _stream(stream_tokens=True, **generate), metadata=ALICE
+    ):
+        pass
+    assert len(stack.fake.chat_requests) == 10
+    for request in stack.fake.chat_requests:
+        sent = request.json
+        assert (sent["top_p"], sent["stop"], sent["seed"]) == (0.8, ["\n\n"], 7)
+        assert (sent["frequency_penalty"], sent["presence_penalty"]) == (0.5, -0.5)
+        assert sent["response_format"]["json_schema"]["schema"] == SCHEMA
+
+
+@pytest.mark.parametrize(
+    ("generate", "field"),
+    [
+        ({"top_p": 0.0}, "generate.top_p"),
+        ({"frequency_penalty": 3.0}, "generate.frequency_penalty"),
+        ({"presence_penalty": float("nan")}, "generate.presence_penalty"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "generate.stop"),
+        ({"stop": ["x" * 1000]}, "generate.stop[0]"),
+        ({"response_format": gen_pb.ResponseFormat()}, "generate.response_format.json_schema"),
+        ({"model": "gpt-4", "provider": "anyscale"}, "generate.model"),
+    ],
+)
+async def test_bad_options_fail_the_request_naming_the_field(
+    stack: Stack, generate: dict[str, Any], field: str
+) -> None:
+    await create_books(stack, books=WITH_BODY)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stack.stub.GenerativeSearch(
+            _search(single_prompt="About {title}", **generate), metadata=ALICE
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_info(caught.value).metadata["field"] == field
+    assert stack.fake.chat_requests == []
+
+
+# -- JSON schema ------------------------------------------------------------------------------
+def _json_replies(fake: FakeOpenAI) -> None:
+    """Per title: Dune answers invalid JSON once then valid; Emma never valid; the rest
+    valid at once; the grouped task valid."""
+    seen: dict[str, int] = {}
+
+    def reply(body: dict[str, Any]) -> str:
+        prompt = body["messages"][0]["content"]
+        if prompt.startswith("Compare"):
+            return '{"title": "all", "n": 4}'
+        title = prompt.removeprefix("Extract ").strip()
+        seen[title] = seen.get(title, 0) + 1
+        if title == "Emma" or (title == "Dune" and seen[title] == 1):
+            return '{"n": "not a number"}'
+        return json.dumps({"title": title, "n": len(title)})
+
+    fake.reply = reply
+
+
+async def test_schema_outputs_per_hit_and_grouped(stack: Stack) -> None:
+    await create_books(stack, books=WITH_BODY)
+    _json_replies(stack.fake)
+    response = await stack.stub.GenerativeSearch(
+        _search(single_prompt="Extract {title}", grouped_task="Compare", response_format=_schema()),
+        metadata=ALICE,
+    )
+    by_title = {_title(h): h.generation for h in response.hits}
+    emma = by_title.pop("Emma")
+    assert emma.error.reason == "INVALID_OUTPUT" and not emma.HasField("structured")
+    for title, result in by_title.items():
+        assert json_format.MessageToDict(result.structured) == {"title": title, "n": len(title)}
+        assert json.loads(result.result) == {"title": title, "n": len(title)}
+    assert json_format.MessageToDict(response.grouped.structured) == {"title": "all", "n": 4}
+    # Dune was corrected once, Emma retried once and no more: 4 hits + 2 retries + grouped.
+    assert len(stack.fake.chat_requests) == 7
+
+
+async def test_streamed_schema_outputs_restart_for_a_correction(stack: Stack) -> None:
+    await create_books(stack, books=WITH_BODY)
+    _json_replies(stack.fake)
+    events = [
+        e
+        async for e in stack.stub.StreamGenerativeSearch(
+            _stream(
+                single_prompt="Extract {title}",
+                grouped_task="Compare",
+                response_format=_schema(),
+                stream_tokens=True,
+            ),
+            metadata=ALICE,
+        )
+    ]
+    hits = events[0].hits.hits
+    titles = [h.properties.fields["title"].string_value for h in hits]
+    restarts = {
+        titles[e.token.hit_index] for e in events if e.HasField("token") and e.token.restart
+    }
+    assert restarts == {"Dune", "Emma"}
+    results = {
+        titles[e.hit_result.hit_index]: e.hit_result.generation
+        for e in events
+        if e.HasField("hit_result")
+    }
+    assert results["Emma"].error.reason == "INVALID_OUTPUT"
+    assert json_format.MessageToDict(results["Dune"].structured) == {"title": "Dune", "n": 4}
+    grouped = next(e.grouped for e in events if e.HasField("grouped"))
+    assert json_format.MessageToDict(grouped.structured) == {"title": "all", "n": 4}
+
+
+# -- caller base URL -------------------------------------------------------------------------
+OPERATOR_KEY = "sk-operator-gw-789"
+
+
+async def test_a_callers_base_url_is_allowed_only_on_the_allowlist(
+    stack_factory: StackFactory, fake2: FakeOpenAI
+) -> None:
+    stack = await stack_factory(
+        generation_settings={"allowed_hosts": "http://127.0.0.1:" + str(fake2.port)},
+    )
+    await create_books(stack, books=WITH_BODY)
+    fake2.reply = "theirs"
+    response = await stack.stub.GenerativeSearch(
+        _search(single_prompt="About {title}", base_url=fake2.base_url), metadata=ALICE
+    )
+    assert {h.generation.result for h in response.hits} == {"theirs"}
+    assert stack.fake.chat_requests == []
+    assert all("Authorization" not in r.headers for r in fake2.chat_requests)
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stack.stub.GenerativeSearch(
+            _search(single_prompt="About {title}", base_url=stack.fake.base_url),
+            metadata=ALICE,
+        )
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    info = error_info(caught.value)
+    assert (info.reason, info.metadata["field"]) == ("URL_NOT_ALLOWED", "generate.base_url")
+    assert stack.fake.chat_requests == []
+
+
+async def test_the_operators_key_never_goes_to_a_callers_url(
+    stack_factory: StackFactory,
+    fake: FakeOpenAI,
+    fake2: FakeOpenAI,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("GENSEARCH_TEST_GW_FAKE_KEY", OPERATOR_KEY)
+    # The operator's provider has a key in the environment.
+    stack = await stack_factory(
+        provider=fake_provider(fake, api_key_env=["GENSEARCH_TEST_GW_FAKE_KEY"]),
+        generation_settings={"allowed_hosts": "http://127.0.0.1"},
+    )
+    await create_books(stack, books=WITH_BODY)
+    async for _ in stack.stub.StreamGenerativeSearch(
+        _stream(single_prompt="About {title}", base_url=fake2.base_url, stream_tokens=True),
+        metadata=(*ALICE, ("x-fake-api-key", "sk-callers-own")),
+    ):
+        pass
+    assert len(fake2.chat_requests) == 4
+    for request in fake2.chat_requests:
+        assert request.headers["Authorization"] == "Bearer sk-callers-own"
+        assert OPERATOR_KEY not in json.dumps(request.headers)
+    await stack.stub.GenerativeSearch(_search(single_prompt="About {title}"), metadata=ALICE)
+    assert stack.fake.chat_requests[-1].headers["Authorization"] == f"Bearer {OPERATOR_KEY}"
+
+
+@pytest.mark.parametrize("checked", [True, False])
+async def test_the_model_check_follows_the_providers_setting(
+    stack_factory: StackFactory, fake: FakeOpenAI, checked: bool
+) -> None:
+    stack = await stack_factory(
+        provider=fake_provider(fake, models=["fake-model"], check_models=checked)
+    )
+    await create_books(stack, books=WITH_BODY)
+    request = _search(single_prompt="About {title}", model="newer-model")
+    if checked:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stack.stub.GenerativeSearch(request, metadata=ALICE)
+        assert error_info(caught.value).metadata["field"] == "generate.model"
+        assert fake.chat_requests == []
+    else:
+        response = await stack.stub.GenerativeSearch(request, metadata=ALICE)
+        assert {h.generation.model for h in response.hits} == {"newer-model"}
+
+
+async def test_a_hanging_primary_falls_back_within_the_hits_budget(stack: Stack) -> None:
+    await create_books(stack, books=WITH_BODY)
+    stack.fake.by_model["primary"] = Behaviour.hang(60)
+    events = [
+        e
+        async for e in stack.stub.StreamGenerativeSearch(
+            _stream(
+                single_prompt="About {title}",
+                model="primary",
+                stream_tokens=True,
+                timeout=duration_pb2.Duration(seconds=4),
+                fallback=[gen_pb.ModelChoice(provider="fake", model="backup")],
+            ),
+            metadata=ALICE,
+        )
+    ]
+    results = [e.hit_result.generation for e in events if e.HasField("hit_result")]
+    assert [r.error.status for r in results if r.HasField("error")] == []
+    assert {(r.model, r.fallback_index) for r in results} == {("backup", 1)}

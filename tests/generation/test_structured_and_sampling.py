@@ -1,0 +1,328 @@
+"""Sampling parameters, JSON-schema output, per-request base URLs and known models on the
+generation service alone, against the loopback fake."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import grpc
+import pytest
+from gensearch.generation.v1 import generation_service_pb2 as pb
+from google.protobuf import json_format, struct_pb2
+
+from services.generation.settings import ANYSCALE_MODELS
+from tests.generation.conftest import FAKE_KEY_ENV, Service, StartService, fake_provider, user
+from tests.support.fake_openai import Behaviour, FakeOpenAI
+from tests.support.rpc import error_info
+
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"title": {"type": "string"}, "year": {"type": "integer"}},
+    "required": ["title", "year"],
+    "additionalProperties": False,
+}
+
+
+def struct(value: dict[str, Any]) -> struct_pb2.Struct:
+    s = struct_pb2.Struct()
+    s.update(value)
+    return s
+
+
+def fmt(schema: dict[str, Any] | None = None, **fields: Any) -> pb.ResponseFormat:
+    return pb.ResponseFormat(json_schema=struct(schema or SCHEMA), **fields)
+
+
+async def drain(call: Any) -> list[Any]:
+    return [event async for event in call]
+
+
+async def test_every_sampling_parameter_reaches_upstream_as_sent(
+    service: Service, fake: FakeOpenAI
+) -> None:
+    fake.reply = '{"title": "Dune", "year": 1965}'
+    fields: dict[str, Any] = {
+        "messages": [user("hi")],
+        "top_p": 0.5,
+        "stop": ["END", "###"],
+        "frequency_penalty": -1.5,
+        "presence_penalty": 0.25,
+        "seed": 42,
+        "response_format": fmt(name="book", strict=True),
+    }
+    await service.stub.Generate(pb.GenerateRequest(**fields), timeout=5)
+    await drain(service.stub.StreamGenerate(pb.StreamGenerateRequest(**fields), timeout=5))
+    for request in fake.chat_requests:
+        sent = request.json
+        assert sent["top_p"] == 0.5
+        assert sent["stop"] == ["END", "###"]
+        assert sent["frequency_penalty"] == -1.5
+        assert sent["presence_penalty"] == 0.25
+        assert sent["seed"] == 42
+        assert sent["response_format"] == {
+            "type": "json_schema",
+            "json_schema": {"name": "book", "schema": SCHEMA, "strict": True},
+        }
+
+
+async def test_unset_parameters_are_not_sent(service: Service, fake: FakeOpenAI) -> None:
+    await service.stub.Generate(pb.GenerateRequest(messages=[user("hi")]), timeout=5)
+    sent = fake.chat_requests[-1].json
+    for name in ("top_p", "stop", "frequency_penalty", "presence_penalty", "seed"):
+        assert name not in sent
+    assert "response_format" not in sent
+    # Zero is a value, not "unset": proto3 optional keeps them apart.
+    await service.stub.Generate(
+        pb.GenerateRequest(messages=[user("hi")], seed=0, frequency_penalty=0.0), timeout=5
+    )
+    sent = fake.chat_requests[-1].json
+    assert sent["seed"] == 0 and sent["frequency_penalty"] == 0.0
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"frequency_penalty": 2.5}, "frequency_penalty"),
+        ({"presence_penalty": -3.0}, "presence_penalty"),
+        ({"presence_penalty": float("inf")}, "presence_penalty"),
+        ({"stop": ["x" * 300]}, "stop[0]"),
+        ({"response_format": pb.ResponseFormat()}, "response_format.json_schema"),
+        ({"response_format": fmt({"type": "array"})}, "response_format.json_schema"),
+        (
+            {"response_format": fmt({"type": "object", "properties": {"a": {"type": 5}}})},
+            "response_format.json_schema",
+        ),
+        (
+            {"response_format": fmt({"type": "object", "properties": {"a": {"$ref": "http://x"}}})},
+            "response_format.json_schema",
+        ),
+        ({"response_format": fmt(name="no spaces")}, "response_format.name"),
+    ],
+)
+async def test_bad_values_are_refused_naming_the_field(
+    service: Service, fake: FakeOpenAI, fields: dict[str, Any], field: str
+) -> None:
+    for call, message in (
+        (service.stub.Generate, pb.GenerateRequest),
+        (service.stub.StreamGenerate, pb.StreamGenerateRequest),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            result = call(message(messages=[user("hi")], **fields), timeout=5)
+            if hasattr(result, "__aiter__"):
+                await drain(result)
+            else:
+                await result
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert error_info(caught.value).metadata["field"] == field
+    assert fake.chat_requests == []
+
+
+async def test_a_too_deep_schema_is_refused(fake: FakeOpenAI, start_service: StartService) -> None:
+    svc = await start_service([fake_provider(fake)], max_schema_depth=4)
+    deep: dict[str, Any] = {"type": "object"}
+    for _ in range(5):
+        deep = {"type": "object", "properties": {"a": deep}}
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await svc.stub.Generate(
+            pb.GenerateRequest(messages=[user("hi")], response_format=fmt(deep)), timeout=5
+        )
+    assert error_info(caught.value).metadata["field"] == "response_format.json_schema"
+
+
+async def test_a_valid_answer_comes_back_as_a_struct(service: Service, fake: FakeOpenAI) -> None:
+    fake.reply = '```json\n{"title": "Dune", "year": 1965}\n```'
+    reply = await service.stub.Generate(
+        pb.GenerateRequest(messages=[user("hi")], response_format=fmt()), timeout=5
+    )
+    assert json_format.MessageToDict(reply.structured) == {"title": "Dune", "year": 1965}
+    assert reply.text.startswith("```json")
+    assert not reply.corrected
+    assert len(fake.chat_requests) == 1
+
+
+async def test_an_invalid_answer_gets_one_corrective_retry(
+    service: Service, fake: FakeOpenAI
+) -> None:
+    fake.enqueue(
+        Behaviour.ok(text='{"title": "Dune", "year": "nineteen"}'),
+        Behaviour.ok(text='{"title": "Dune", "year": 1965}'),
+    )
+    reply = await service.stub.Generate(
+        pb.GenerateRequest(messages=[user("extract")], response_format=fmt()), timeout=5
+    )
+    assert json_format.MessageToDict(reply.structured) == {"title": "Dune", "year": 1965}
+    assert reply.corrected
+    first, second = fake.chat_requests
+    sent = second.json["messages"]
+    assert sent[0] == {"role": "user", "content": "extract"}
+    assert sent[1] == {"role": "assistant", "content": '{"title": "Dune", "year": "nineteen"}'}
+    assert sent[2]["role"] == "user" and "at year" in sent[2]["content"]
+    assert second.json["response_format"] == first.json["response_format"]
+    # The caller pays for both calls.
+    assert reply.usage.completion_tokens == 4 + 4
+
+
+async def test_invalid_twice_is_invalid_output(service: Service, fake: FakeOpenAI) -> None:
+    fake.reply = "not json at all"
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.Generate(
+            pb.GenerateRequest(messages=[user("hi")], response_format=fmt()), timeout=5
+        )
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error_info(caught.value).reason == "INVALID_OUTPUT"
+    assert len(fake.chat_requests) == 2  # one corrective retry, no more
+
+
+async def test_stream_with_schema_restarts_for_the_correction(
+    service: Service, fake: FakeOpenAI
+) -> None:
+    fake.enqueue(
+        Behaviour.ok(text='{"title": 1}'), Behaviour.ok(text='{"title": "Dune", "year": 1}')
+    )
+    events = await drain(
+        service.stub.StreamGenerate(
+            pb.StreamGenerateRequest(messages=[user("hi")], response_format=fmt()), timeout=5
+        )
+    )
+    restart = next(i for i, e in enumerate(events) if e.restart)
+    assert "".join(e.delta for e in events[:restart]) == '{"title": 1}'
+    assert "".join(e.delta for e in events[restart:]) == '{"title": "Dune", "year": 1}'
+    final = events[-1]
+    assert json_format.MessageToDict(final.structured) == {"title": "Dune", "year": 1}
+    assert final.corrected
+
+
+async def test_stream_invalid_twice_ends_with_invalid_output(
+    service: Service, fake: FakeOpenAI
+) -> None:
+    fake.reply = "[1, 2]"
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await drain(
+            service.stub.StreamGenerate(
+                pb.StreamGenerateRequest(messages=[user("hi")], response_format=fmt()),
+                timeout=5,
+            )
+        )
+    assert error_info(caught.value).reason == "INVALID_OUTPUT"
+
+
+# -- per-request base URL -------------------------------------------------------------------
+OPERATOR_KEY = "sk-operator-secret-123"
+CALLER_KEY = "sk-caller-own-456"
+
+
+async def test_base_url_on_the_allowlist_gets_only_the_callers_key(
+    fake: FakeOpenAI, start_service: StartService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(FAKE_KEY_ENV, OPERATOR_KEY)
+    async with FakeOpenAI() as theirs:
+        svc = await start_service([fake_provider(fake)], allowed_hosts="http://127.0.0.1")
+        theirs.reply = "from the caller's endpoint"
+        request = pb.GenerateRequest(messages=[user("hi")], base_url=theirs.base_url)
+        reply = await svc.stub.Generate(request, timeout=5)
+        assert reply.text == "from the caller's endpoint"
+        assert "Authorization" not in theirs.chat_requests[-1].headers
+        await svc.stub.Generate(request, timeout=5, metadata=(("x-fake-api-key", CALLER_KEY),))
+        assert theirs.chat_requests[-1].headers["Authorization"] == f"Bearer {CALLER_KEY}"
+        # Any model: the provider's list describes the operator's endpoint, not this one.
+        await drain(
+            svc.stub.StreamGenerate(
+                pb.StreamGenerateRequest(
+                    messages=[user("hi")], base_url=theirs.base_url, model="their-model"
+                ),
+                timeout=5,
+            )
+        )
+        assert theirs.chat_requests[-1].json["model"] == "their-model"
+        for r in theirs.requests:
+            assert OPERATOR_KEY not in json.dumps(r.headers)
+    assert fake.chat_requests == []
+    # The operator's own URL still gets the operator's key.
+    await svc.stub.Generate(pb.GenerateRequest(messages=[user("hi")]), timeout=5)
+    assert fake.chat_requests[-1].headers["Authorization"] == f"Bearer {OPERATOR_KEY}"
+
+
+@pytest.mark.parametrize(
+    ("allowed", "url"),
+    [
+        ("", "http://127.0.0.1:{port}/v1"),  # nothing allowed by default
+        ("http://10.0.0.0/8", "http://127.0.0.1:{port}/v1"),
+        ("127.0.0.1", "http://127.0.0.1:{port}/v1"),  # https only without http://
+        ("*", "http://169.254.169.254/v1"),
+        ("http://localhost", "http://localhost:{port}/v1"),  # refused at connect time
+    ],
+)
+async def test_base_url_off_the_allowlist_is_refused_before_any_byte(
+    fake: FakeOpenAI, start_service: StartService, allowed: str, url: str
+) -> None:
+    svc = await start_service([fake_provider(fake)], allowed_hosts=allowed, retry_max_attempts=3)
+    base_url = url.format(port=fake.port)
+    for call, message in (
+        (svc.stub.Generate, pb.GenerateRequest),
+        (svc.stub.StreamGenerate, pb.StreamGenerateRequest),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            result = call(message(messages=[user("hi")], base_url=base_url), timeout=5)
+            if hasattr(result, "__aiter__"):
+                await drain(result)
+            else:
+                await result
+        assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        info = error_info(caught.value)
+        assert (info.reason, info.metadata["field"]) == ("URL_NOT_ALLOWED", "base_url")
+    assert fake.requests == []
+
+
+# -- known models ---------------------------------------------------------------------------
+async def test_list_models_shows_the_anyscale_models(service: Service) -> None:
+    reply = await service.stub.ListModels(pb.ListModelsRequest(), timeout=5)
+    anyscale = next(p for p in reply.providers if p.name == "anyscale")
+    assert list(anyscale.models) == list(ANYSCALE_MODELS)
+    assert anyscale.models[0] == "meta-llama/Llama-2-70b-chat-hf" == anyscale.default_model
+    assert anyscale.models_checked
+    openai = next(p for p in reply.providers if p.name == "openai")
+    assert "gpt-4o-mini" in openai.models and not openai.models_checked
+
+
+async def test_a_model_outside_the_list_is_refused_before_any_call(
+    fake: FakeOpenAI, start_service: StartService
+) -> None:
+    svc = await start_service(
+        [fake_provider(fake), {"name": "anyscale", "base_url": fake.base_url}]
+    )
+    key = (("x-anyscale-api-key", "k"),)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await svc.stub.Generate(
+            pb.GenerateRequest(messages=[user("hi")], provider="anyscale", model="gpt-4"),
+            timeout=5,
+            metadata=key,
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_info(caught.value).metadata["field"] == "model"
+    assert fake.chat_requests == []
+    reply = await svc.stub.Generate(
+        pb.GenerateRequest(
+            messages=[user("hi")], provider="anyscale", model="HuggingFaceH4/zephyr-7b-beta"
+        ),
+        timeout=5,
+        metadata=key,
+    )
+    assert reply.model == "HuggingFaceH4/zephyr-7b-beta"
+
+
+async def test_the_operator_can_turn_the_model_check_off(
+    fake: FakeOpenAI, start_service: StartService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GENSEARCH_GENERATION_ANYSCALE_CHECK_MODELS", "false")
+    svc = await start_service(
+        [fake_provider(fake), {"name": "anyscale", "base_url": fake.base_url}]
+    )
+    reply = await svc.stub.Generate(
+        pb.GenerateRequest(messages=[user("hi")], provider="anyscale", model="brand-new-model"),
+        timeout=5,
+        metadata=(("x-anyscale-api-key", "k"),),
+    )
+    assert reply.model == "brand-new-model"
+    models = await svc.stub.ListModels(pb.ListModelsRequest(), timeout=5)
+    assert not next(p for p in models.providers if p.name == "anyscale").models_checked
