@@ -9,6 +9,7 @@ from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 
 from services.common.errors import InvalidArgument
+from services.gateway import generation_cache
 from services.gateway.request_parts import (
     check_length,
     check_sampling,
@@ -29,7 +30,12 @@ def validate(request: SearchLike, settings: GatewaySettings) -> None:
         raise InvalidArgument(
             f"limit must be between 0 and {s.max_hits}", field="limit", reason="OUT_OF_RANGE"
         )
-    g = request.generate
+    validate_generate(request.generate, s)
+
+
+def validate_generate(g: gw_pb.Generate, settings: GatewaySettings) -> None:
+    """The ``generate`` block, whatever it runs over (a search, named objects)."""
+    s = settings
     check_length(g, ("single_prompt", "grouped_task"), s.max_prompt_chars, prefix=_GENERATE)
     if g.grouped_properties and not g.grouped_task:
         raise InvalidArgument(
@@ -42,6 +48,15 @@ def validate(request: SearchLike, settings: GatewaySettings) -> None:
     if g.HasField("timeout") and seconds(g.timeout) <= 0:
         raise InvalidArgument("timeout must be positive", field="generate.timeout")
     check_sampling(g, prefix=_GENERATE)
+    # The cache block's own checks (mode, ttl bounds), before any search or call.
+    generation_cache.resolve(
+        g.cache.mode,
+        g.cache.ttl if g.cache.HasField("ttl") else None,
+        False,
+        ret_pb.CacheDefaults(),
+        s,
+        field="generate.cache",
+    )
 
 
 def search_request(request: SearchLike, extra: list[str]) -> ret_pb.SearchRequest:

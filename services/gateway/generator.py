@@ -50,7 +50,9 @@ class Options:
 R = TypeVar("R", gen_pb.GenerateRequest, gen_pb.StreamGenerateRequest)
 
 
-def _request(cls: type[R], options: Options, messages: Sequence[gen_pb.Message]) -> R:
+def generate_request(cls: type[R], options: Options, messages: Sequence[gen_pb.Message]) -> R:
+    """The generation request for ``options`` and ``messages``: the one place it is built,
+    for the call and for the generation cache's key (``generation_cache.cache_request``)."""
     request = cls(provider=options.provider, model=options.model, messages=messages)
     if options.temperature is not None:
         request.temperature = options.temperature
@@ -70,7 +72,7 @@ async def complete(
 ) -> gw_pb.GenerationResult:
     """Ask the model; with ``emit``, stream and hand each text delta to it as it comes."""
     if emit is None:
-        request = _request(gen_pb.GenerateRequest, options, messages)
+        request = generate_request(gen_pb.GenerateRequest, options, messages)
         response = await generation.generate(request, caller, timeout)
         return gw_pb.GenerationResult(
             result=response.text,
@@ -78,7 +80,7 @@ async def complete(
             model=response.model,
             finish_reason=response.finish_reason,
         )
-    stream_request = _request(gen_pb.StreamGenerateRequest, options, messages)
+    stream_request = generate_request(gen_pb.StreamGenerateRequest, options, messages)
     parts: list[str] = []
     result = gw_pb.GenerationResult()
     async for chunk in generation.stream_generate(stream_request, caller, timeout):
