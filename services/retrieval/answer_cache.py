@@ -39,7 +39,8 @@ from services.retrieval.store import PROPS, CollectionLayout, StoredPoint, Vecto
 MIN_SIMILARITY = 0.5
 # Nearest entries read per lookup: expired ones are skipped (and deleted), so a few stale
 # neighbours never hide a live one just behind them.
-_CANDIDATES = 8
+_CANDIDATES = 16
+_MAX_CONTEXT_KEY = 128
 
 
 def cache_store_name(schema: Schema) -> str:
@@ -73,6 +74,7 @@ class AnswerCache:
                 field="min_similarity",
                 reason="OUT_OF_RANGE",
             )
+        _check_context_key(request.context_key)
         vector = await self._vector(request.question)
         name = cache_store_name(schema)
         try:
@@ -87,6 +89,8 @@ class AnswerCache:
         for point in points:
             if point.id in expired or point.score < request.min_similarity:
                 continue
+            if point.payload.get("k", "") != request.context_key:
+                continue  # answered under other settings (model, prompt, filter...)
             props = point.payload.get(PROPS, {})
             return pb.LookupCachedAnswerResponse(
                 found=True,
@@ -113,13 +117,15 @@ class AnswerCache:
                 field="ttl",
                 reason="OUT_OF_RANGE",
             )
+        _check_context_key(request.context_key)
         vector = await self._vector(request.question)
         name = cache_store_name(schema)
         point = StoredPoint(
-            # One entry per question text: storing it again replaces the answer.
-            id=str(uuid.uuid5(uuid.NAMESPACE_URL, request.question)),
+            # One entry per question text and context: storing it again replaces it.
+            id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"{request.context_key}\0{request.question}")),
             payload={
                 PROPS: {"q": request.question, "a": base64.b64encode(request.answer).decode()},
+                "k": request.context_key,
                 "exp": time.time() + ttl,
             },
             dense=vector,
@@ -152,3 +158,10 @@ class AnswerCache:
             raise InvalidArgument(
                 f"question is longer than {limit} characters", field="question", reason="TOO_LONG"
             )
+
+
+def _check_context_key(key: str) -> None:
+    if len(key) > _MAX_CONTEXT_KEY:
+        raise InvalidArgument(
+            f"context_key is longer than {_MAX_CONTEXT_KEY} characters", field="context_key"
+        )

@@ -409,14 +409,16 @@ class SearchResponse(_message.Message):
     def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., embed_ms: _Optional[float] = ..., query_ms: _Optional[float] = ...) -> None: ...
 
 class LookupCachedAnswerRequest(_message.Message):
-    __slots__ = ("collection", "question", "min_similarity")
+    __slots__ = ("collection", "question", "min_similarity", "context_key")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     QUESTION_FIELD_NUMBER: _ClassVar[int]
     MIN_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_KEY_FIELD_NUMBER: _ClassVar[int]
     collection: str
     question: str
     min_similarity: float
-    def __init__(self, collection: _Optional[str] = ..., question: _Optional[str] = ..., min_similarity: _Optional[float] = ...) -> None: ...
+    context_key: str
+    def __init__(self, collection: _Optional[str] = ..., question: _Optional[str] = ..., min_similarity: _Optional[float] = ..., context_key: _Optional[str] = ...) -> None: ...
 
 class LookupCachedAnswerResponse(_message.Message):
     __slots__ = ("found", "answer", "question", "similarity")
@@ -431,16 +433,18 @@ class LookupCachedAnswerResponse(_message.Message):
     def __init__(self, found: _Optional[bool] = ..., answer: _Optional[bytes] = ..., question: _Optional[str] = ..., similarity: _Optional[float] = ...) -> None: ...
 
 class StoreCachedAnswerRequest(_message.Message):
-    __slots__ = ("collection", "question", "answer", "ttl")
+    __slots__ = ("collection", "question", "answer", "ttl", "context_key")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     QUESTION_FIELD_NUMBER: _ClassVar[int]
     ANSWER_FIELD_NUMBER: _ClassVar[int]
     TTL_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_KEY_FIELD_NUMBER: _ClassVar[int]
     collection: str
     question: str
     answer: bytes
     ttl: _duration_pb2.Duration
-    def __init__(self, collection: _Optional[str] = ..., question: _Optional[str] = ..., answer: _Optional[bytes] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    context_key: str
+    def __init__(self, collection: _Optional[str] = ..., question: _Optional[str] = ..., answer: _Optional[bytes] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., context_key: _Optional[str] = ...) -> None: ...
 
 class StoreCachedAnswerResponse(_message.Message):
     __slots__ = ()
