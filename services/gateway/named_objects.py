@@ -100,7 +100,13 @@ class NamedObjects:
 
         info: CollectionInfo | None = None
         if request.collection:
-            info = await self._b.catalog.get(request.collection, caller, call_remaining)
+            try:
+                info = await self._b.catalog.get(request.collection, caller, call_remaining)
+            except NotFound:
+                # GetCollection names its own field (name); the caller's is collection.
+                raise NotFound(
+                    f"collection {request.collection!r} not found", field="collection"
+                ) from None
             check_templates(g, info)
             templates.check_known(
                 request.return_properties, info.properties, field="return_properties"
