@@ -16,7 +16,7 @@ import grpc
 from gensearch.memory.v1 import memory_service_pb2_grpc as mem_grpc
 from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as ret_grpc
 
-from services.common.errors import ServiceError
+from services.common.errors import PermissionDenied, ServiceError
 from services.gateway.clients import caller_of
 from services.gateway.clients.base import ServiceClient
 
@@ -46,6 +46,20 @@ def _forward(method: str, prepare: Callable[[Any], None] | None = None) -> Any:
 
     forward.__name__ = method
     return forward
+
+
+def _internal(method: str) -> Any:
+    """A method only the gateway itself calls downstream (the semantic answer cache): a
+    client storing answers under its tenant's questions could poison that cache."""
+
+    async def refuse(self: _Forwarder, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        raise PermissionDenied(
+            f"{method} is internal to the services and not served by the gateway",
+            reason="INTERNAL_METHOD",
+        )
+
+    refuse.__name__ = method
+    return refuse
 
 
 class _Relay:
@@ -99,3 +113,5 @@ class RetrievalForwarder(_Forwarder, ret_grpc.RetrievalServiceServicer):
     DeleteObjects = _forward("DeleteObjects")
     CountObjects = _forward("CountObjects")
     Search = _forward("Search")
+    LookupCachedAnswer = _internal("LookupCachedAnswer")
+    StoreCachedAnswer = _internal("StoreCachedAnswer")

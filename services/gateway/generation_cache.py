@@ -59,7 +59,7 @@ class Mode(enum.Enum):
         return self is not Mode.BYPASS
 
 
-_MODES = {
+_MODES: dict[int, Mode] = {
     gw_pb.CACHE_MODE_USE: Mode.USE,
     gw_pb.CACHE_MODE_REFRESH: Mode.REFRESH,
     gw_pb.CACHE_MODE_BYPASS: Mode.BYPASS,

@@ -148,3 +148,19 @@ async def test_bad_cache_settings_name_the_field(
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error_info(caught.value).metadata["field"] == f"semantic_cache.{field}"
     assert calls(sem) == 0
+
+
+async def test_clients_cannot_reach_the_cache_rpcs_through_the_gateway(sem: Stack) -> None:
+    store = ret_pb.StoreCachedAnswerRequest(
+        collection="Books", question=Q1, answer=b"poison", context_key="k"
+    )
+    store.ttl.FromSeconds(60)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await sem.retrieval.StoreCachedAnswer(store, metadata=ALICE)
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await sem.retrieval.LookupCachedAnswer(
+            ret_pb.LookupCachedAnswerRequest(collection="Books", question=Q1, min_similarity=0.9),
+            metadata=ALICE,
+        )
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
