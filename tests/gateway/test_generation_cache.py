@@ -137,16 +137,16 @@ async def test_an_answer_lives_for_its_ttl(
     cached: Stack, shared_redis: RedisProcess, prefix: str
 ) -> None:
     await create_books(cached, metadata=ALICE)
-    await cached.stub.GenerativeSearch(search(ttl_s=0.3, grouped=False), metadata=ALICE)
+    await cached.stub.GenerativeSearch(search(ttl_s=1.5, grouped=False), metadata=ALICE)
     redis = Redis.from_url(shared_redis.url)
     try:
         keys = [k async for k in redis.scan_iter(match=f"{prefix}:gencache:*")]
         assert len(keys) == 5
         for key in keys:
-            assert 0 < await redis.pttl(key) <= 300
+            assert 0 < await redis.pttl(key) <= 1500
     finally:
         await redis.aclose()
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(2.0)
     before = calls(cached)
     late = await cached.stub.GenerativeSearch(search(grouped=False), metadata=ALICE)
     assert calls(cached) == before + 5
