@@ -8,6 +8,7 @@ call.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -29,6 +30,7 @@ from services.retrieval.settings import RetrievalSettings
 from services.retrieval.store import PROPS, FoundPoint, VectorStore
 
 DEFAULT_LIMIT = 10
+log = logging.getLogger("gensearch.retrieval")
 
 
 class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
@@ -83,9 +85,12 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         tenant = require_role(Role.ADMIN).tenant
         schema = await self._catalog.get(tenant, request.name, field="name")
         await self._catalog.delete(tenant, request.name)
-        # Its cached answers go with it (a recreated collection would miss them anyway:
-        # their place is named after the creation time).
-        await self._answers.drop(schema)
+        # Its cached answers go with it. Best effort: the collection is gone either way,
+        # and a recreated one would miss them (their place is named after create_time).
+        try:
+            await self._answers.drop(schema)
+        except Exception:
+            log.exception("dropping the answer cache of a deleted collection failed")
         return pb.DeleteCollectionResponse()
 
     # -- objects --------------------------------------------------------------------------

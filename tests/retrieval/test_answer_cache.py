@@ -141,3 +141,24 @@ async def test_an_unknown_collection_is_not_found(make_retrieval: MakeRetrieval)
         await r.stub.LookupCachedAnswer(request, metadata=ACME)
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
     assert error_info(caught.value).metadata["field"] == "collection"
+
+
+@pytest.mark.parametrize(
+    ("defaults", "field"),
+    [
+        (pb.CacheDefaults(ttl=ttl(-1)), "collection.generative.cache.ttl"),
+        (pb.CacheDefaults(min_similarity=0.1), "collection.generative.cache.min_similarity"),
+    ],
+)
+async def test_bad_collection_cache_defaults_name_the_field(
+    make_retrieval: MakeRetrieval, defaults: pb.CacheDefaults, field: str
+) -> None:
+    r = await make_retrieval("edge", internal_token=SecretStr(TOKEN))
+    collection = vector_collection("Docs")
+    collection.generative.cache.CopyFrom(defaults)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await r.stub.CreateCollection(
+            pb.CreateCollectionRequest(collection=collection), metadata=ACME
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_info(caught.value).metadata["field"] == field
