@@ -60,8 +60,13 @@ def prefix() -> str:
 
 @pytest.fixture
 async def cached(stack_factory: StackFactory, shared_redis: RedisProcess, prefix: str) -> Stack:
+    # The gateway keeps collections for a minute (the default is 2 s; the stack's 0): a
+    # deleted and recreated collection must still start cold.
     return await stack_factory(
-        shared={"api_keys": KEYS}, redis_url=shared_redis.url, quota_key_prefix=prefix
+        shared={"api_keys": KEYS},
+        redis_url=shared_redis.url,
+        quota_key_prefix=prefix,
+        collection_cache_ttl=60,
     )
 
 
