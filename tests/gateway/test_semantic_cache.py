@@ -164,3 +164,27 @@ async def test_clients_cannot_reach_the_cache_rpcs_through_the_gateway(sem: Stac
             metadata=ALICE,
         )
     assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_a_collection_can_turn_it_on_by_default(sem: Stack) -> None:
+    on = ret_pb.GenerativeConfig(
+        provider="fake",
+        model="fake-model",
+        cache=ret_pb.CacheDefaults(semantic=True, min_similarity=0.5),
+    )
+    await create_books(sem, "Cached", metadata=ALICE, generative=on)
+    plain = gw_pb.AskRequest(collection="Cached", llm_question=Q1, context_size=2)
+    first = await sem.stub.Ask(plain, metadata=ALICE)
+    made = calls(sem)
+    plain.llm_question = Q2
+    second = await sem.stub.Ask(plain, metadata=ALICE)
+    assert not first.cached and second.cached and calls(sem) == made
+    plain.semantic_cache.mode = gw_pb.CACHE_MODE_BYPASS  # the request still decides
+    assert not (await sem.stub.Ask(plain, metadata=ALICE)).cached
+    # Off by default elsewhere: Books has no cache defaults.
+    await sem.stub.Ask(gw_pb.AskRequest(collection="Books", llm_question=Q1), metadata=ALICE)
+    made = calls(sem)
+    again = await sem.stub.Ask(
+        gw_pb.AskRequest(collection="Books", llm_question=Q1), metadata=ALICE
+    )
+    assert not again.cached and calls(sem) == made + 1
