@@ -69,6 +69,7 @@ GATEWAY_MEMORY_ADDR = "GENSEARCH_GATEWAY_MEMORY_ADDR"
 GATEWAY_RETRIEVAL_ADDR = "GENSEARCH_GATEWAY_RETRIEVAL_ADDR"
 GATEWAY_GENERATION_ADDR = "GENSEARCH_GATEWAY_GENERATION_ADDR"
 GATEWAY_DEFAULT_MAX_CONCURRENCY = "GENSEARCH_GATEWAY_DEFAULT_MAX_CONCURRENCY"
+GATEWAY_REDIS_URL = "GENSEARCH_GATEWAY_REDIS_URL"  # quotas and the generation cache
 
 # -- what every benchmark shares --------------------------------------------------------
 TOKEN = "bench-internal-token"
@@ -240,8 +241,10 @@ class Stack:
         generation: ServiceProcess,
         *,
         max_concurrency: int | None = None,
+        redis_url: str | None = None,
     ) -> ServiceProcess:
-        """The gateway in front of the three; ``max_concurrency`` None keeps its default."""
+        """The gateway in front of the three; ``max_concurrency`` None keeps its default;
+        ``redis_url`` gives it a Redis (quotas, the generation cache)."""
         env = {
             **self._common("gateway"),
             GATEWAY_METRICS_PORT: "0",
@@ -251,6 +254,8 @@ class Stack:
         }
         if max_concurrency is not None:
             env[GATEWAY_DEFAULT_MAX_CONCURRENCY] = str(max_concurrency)
+        if redis_url is not None:
+            env[GATEWAY_REDIS_URL] = redis_url
         return await self._service("gateway", GATEWAY_PORT, env)
 
     # -- the LLM endpoint -------------------------------------------------------------------

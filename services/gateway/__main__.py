@@ -21,6 +21,7 @@ from services.gateway.backends import Backends
 from services.gateway.clients.channel import MEMORY_SERVICE, RETRIEVAL_SERVICE
 from services.gateway.forward import MemoryForwarder, RetrievalForwarder
 from services.gateway.generative import GenerativeSearch
+from services.gateway.named_objects import NamedObjects
 from services.gateway.servicer import GatewayServicer
 from services.gateway.settings import GatewaySettings
 
@@ -44,7 +45,8 @@ async def build_server(settings: GatewaySettings, *, port: int | None = None) ->
         clients.generation.before_generate = quotas.charge_llm
         server.on_stop(quotas.close)
     token = settings.internal_token.get_secret_value()
-    servicer = GatewayServicer(GenerativeSearch(backends), AskService(backends), token)
+    search = GenerativeSearch(backends)
+    servicer = GatewayServicer(search, AskService(backends), NamedObjects(backends, search), token)
     server.add_service(gw_grpc.add_GatewayServiceServicer_to_server, servicer, GATEWAY_SERVICE)
     server.add_service(
         mem_grpc.add_MemoryServiceServicer_to_server,
@@ -53,10 +55,11 @@ async def build_server(settings: GatewaySettings, *, port: int | None = None) ->
     )
     server.add_service(
         ret_grpc.add_RetrievalServiceServicer_to_server,
-        RetrievalForwarder(clients.retrieval, token),
+        RetrievalForwarder(clients.retrieval, token, backends.catalog),
         RETRIEVAL_SERVICE,
     )
     server.on_stop(clients.close)
+    server.on_stop(backends.cache.close)
     return server
 
 

@@ -22,6 +22,7 @@ from google.protobuf import json_format
 
 from services.common.errors import DeadlineExceeded, ServiceError
 from services.gateway import ask_request
+from services.gateway.ask_cache import SemanticAnswers, replay
 from services.gateway.ask_request import AskLike
 from services.gateway.backends import Backends
 from services.gateway.catalog import CollectionInfo
@@ -53,6 +54,7 @@ T = TypeVar("T")
 class AskService:
     def __init__(self, backends: Backends) -> None:
         self._b = backends
+        self._semantic = SemanticAnswers(backends)
 
     # -- entry points ----------------------------------------------------------------------
     async def ask(
@@ -92,6 +94,17 @@ class AskService:
         context_fields = ask_request.context_fields(request, info)
         options = Options.resolve(request, request.llm_model, info.generative, self._b.settings)
         usage = gen_pb.Usage()
+
+        # The semantic answer cache (ask_cache.py): never with a conversation.
+        semantic, threshold = self._semantic.policy(request, info)
+        if semantic.mode.reads:
+            cached = await self._semantic.lookup(
+                request, info, options, threshold, caller, time_left(deadline)
+            )
+            if cached is not None:
+                for event in replay(cached, stream=stream):
+                    yield event
+                return
 
         rewritten = ""
         if turns and params.rewrite:
@@ -200,6 +213,10 @@ class AskService:
                     caller,
                     deadline,
                 ),
+            )
+        if semantic.mode.writes:
+            await self._semantic.store(
+                request, info, options, semantic, response, caller, time_left(deadline)
             )
         yield gw_pb.StreamAskResponse(answer=response)
 

@@ -9,6 +9,7 @@ import grpc
 
 from services.gateway.catalog import Catalog
 from services.gateway.clients import Downstream
+from services.gateway.generation_cache import GenerationCache
 from services.gateway.models import ModelCatalog
 from services.gateway.settings import GatewaySettings
 
@@ -19,6 +20,7 @@ class Backends:
     catalog: Catalog
     models: ModelCatalog
     settings: GatewaySettings
+    cache: GenerationCache
 
     @classmethod
     def build(
@@ -33,4 +35,5 @@ class Backends:
             catalog=Catalog(clients.retrieval, settings.collection_cache_ttl),
             models=ModelCatalog(clients.generation),
             settings=settings,
+            cache=GenerationCache.build(settings),
         )

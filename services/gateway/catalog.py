@@ -45,6 +45,11 @@ class Catalog:
         # retrieval's call, never this cache's).
         self._cache: dict[tuple[str, str, str], tuple[float, CollectionInfo]] = {}
 
+    def forget(self, tenant: str, name: str) -> None:
+        """Drop what is kept of ``tenant``'s collection ``name`` (for every user)."""
+        for key in [k for k in self._cache if k[0] == tenant and k[2] == name]:
+            del self._cache[key]
+
     async def get(self, name: str, caller: Caller, timeout: float | None) -> CollectionInfo:
         key = (caller.tenant, caller.user, name)
         now = time.monotonic()

@@ -16,8 +16,9 @@ import grpc
 from gensearch.memory.v1 import memory_service_pb2_grpc as mem_grpc
 from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as ret_grpc
 
-from services.common.errors import ServiceError
-from services.gateway.clients import caller_of
+from services.common.errors import PermissionDenied, ServiceError
+from services.gateway.catalog import Catalog
+from services.gateway.clients import Caller, caller_of
 from services.gateway.clients.base import ServiceClient
 
 
@@ -25,6 +26,9 @@ class _Forwarder:
     def __init__(self, client: ServiceClient, internal_token: str) -> None:
         self._client = client
         self._token = internal_token
+
+    def done(self, method: str, request: Any, caller: Caller) -> None:
+        """Called after ``method`` succeeded downstream."""
 
 
 def _forward(method: str, prepare: Callable[[Any], None] | None = None) -> Any:
@@ -36,7 +40,9 @@ def _forward(method: str, prepare: Callable[[Any], None] | None = None) -> Any:
             prepare(request)
         caller = caller_of(context, self._token)
         if not isinstance(request, AsyncIterator):
-            return await self._client.unary(method, request, caller, context.time_remaining())
+            answer = await self._client.unary(method, request, caller, context.time_remaining())
+            self.done(method, request, caller)
+            return answer
         relay = _Relay(request)
         try:
             answer = await self._client.unary(method, relay, caller, context.time_remaining())
@@ -46,6 +52,20 @@ def _forward(method: str, prepare: Callable[[Any], None] | None = None) -> Any:
 
     forward.__name__ = method
     return forward
+
+
+def _internal(method: str) -> Any:
+    """A method only the gateway itself calls downstream (the semantic answer cache): a
+    client storing answers under its tenant's questions could poison that cache."""
+
+    async def refuse(self: _Forwarder, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        raise PermissionDenied(
+            f"{method} is internal to the services and not served by the gateway",
+            reason="INTERNAL_METHOD",
+        )
+
+    refuse.__name__ = method
+    return refuse
 
 
 class _Relay:
@@ -89,6 +109,19 @@ class MemoryForwarder(_Forwarder, mem_grpc.MemoryServiceServicer):
 
 
 class RetrievalForwarder(_Forwarder, ret_grpc.RetrievalServiceServicer):
+    def __init__(
+        self, client: ServiceClient, internal_token: str, catalog: Catalog | None = None
+    ) -> None:
+        super().__init__(client, internal_token)
+        self._catalog = catalog
+
+    def done(self, method: str, request: Any, caller: Caller) -> None:
+        # This replica forgets a deleted collection at once (others within their
+        # collection_cache_ttl): a collection recreated under the name is another one, with
+        # another creation time, which scopes its generation cache entries.
+        if method == "DeleteCollection" and self._catalog is not None:
+            self._catalog.forget(caller.tenant, request.name)
+
     CreateCollection = _forward("CreateCollection")
     GetCollection = _forward("GetCollection")
     ListCollections = _forward("ListCollections")
@@ -99,3 +132,5 @@ class RetrievalForwarder(_Forwarder, ret_grpc.RetrievalServiceServicer):
     DeleteObjects = _forward("DeleteObjects")
     CountObjects = _forward("CountObjects")
     Search = _forward("Search")
+    LookupCachedAnswer = _internal("LookupCachedAnswer")
+    StoreCachedAnswer = _internal("StoreCachedAnswer")

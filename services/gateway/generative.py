@@ -21,7 +21,7 @@ from opentelemetry import trace
 
 from services.common.errors import ServiceError
 from services.common.tracing import service_tracer
-from services.gateway import generative_request, templates
+from services.gateway import generation_cache, generative_request, templates
 from services.gateway.backends import Backends
 from services.gateway.catalog import CollectionInfo
 from services.gateway.clients import Caller
@@ -35,10 +35,13 @@ from services.gateway.fanout import (
     collect_outcomes,
     fan_out_stream,
 )
+from services.gateway.generation_cache import Policy, Scope
 from services.gateway.generative_request import SearchLike
 from services.gateway.generator import Options, add_usage, complete, error_result
 from services.gateway.grouped import grouped_prompt
 from services.gateway.metrics import FANOUT_SIZE, GENERATIONS
+from services.gateway.settings import GatewaySettings
+from services.gateway.templates import Template
 
 GROUPED = -1
 T = TypeVar("T")
@@ -54,6 +57,8 @@ class Plan:
     jobs: dict[int, Job[gw_pb.GenerationResult]] = field(default_factory=dict)
     failed: dict[int, HitError] = field(default_factory=dict)
     prompts: dict[int, str] = field(default_factory=dict)
+    # Answers the generation cache already held: no job runs for them.
+    cached: dict[int, gw_pb.GenerationResult] = field(default_factory=dict)
     max_concurrency: int = 1
     timeout: float | None = None
 
@@ -64,8 +69,9 @@ class Plan:
         if outcome.error is not None:
             GENERATIONS.labels(kind, outcome.error.status).inc()
             return error_result(outcome.error, prompt)
-        GENERATIONS.labels(kind, "OK").inc()
         assert outcome.value is not None
+        if not outcome.value.cached:  # a cached answer is counted by the cache's metric
+            GENERATIONS.labels(kind, "OK").inc()
         outcome.value.prompt = prompt
         return outcome.value
 
@@ -106,8 +112,7 @@ class GenerativeSearch:
         loop = asyncio.get_running_loop()
         call_deadline = None if call_remaining is None else loop.time() + call_remaining
         g = request.generate
-        single_field, grouped_field = "generate.single_prompt", "generate.grouped_properties"
-        single = templates.parse(g.single_prompt, field=single_field) if g.single_prompt else None
+        single = parse_single(g)
         wants_generation = bool(g.single_prompt or g.grouped_task)
         extra = list(single.properties) if single else []
         extra += [p for p in g.grouped_properties if p not in extra]
@@ -129,27 +134,59 @@ class GenerativeSearch:
         # The templates are checked before the search's own error surfaces: a template naming
         # an unknown property also makes the widened return_properties fail, and the caller
         # must hear about the field they wrote, not the one we added.
-        if single is not None:
-            templates.parse_single_prompt(g.single_prompt, info.properties, field=single_field)
-        templates.check_known(g.grouped_properties, info.properties, field=grouped_field)
+        assert isinstance(info, CollectionInfo)
+        check_templates(g, info)
         if isinstance(found, BaseException):
             raise found
-        assert isinstance(info, CollectionInfo) and isinstance(found, ret_pb.SearchResponse)
-
-        s = self._b.settings
-        plan = Plan(
+        assert isinstance(found, ret_pb.SearchResponse)
+        return await self.build(
             hits=list(found.hits),
+            info=info,
+            generate=g,
+            return_properties=list(request.return_properties),
+            streaming=isinstance(request, gw_pb.StreamGenerativeSearchRequest),
+            call_deadline=call_deadline,
+            caller=caller,
+        )
+
+    async def build(
+        self,
+        *,
+        hits: list[ret_pb.Hit],
+        info: CollectionInfo | None,
+        generate: gw_pb.Generate,
+        return_properties: list[str],
+        streaming: bool,
+        call_deadline: float | None,
+        caller: Caller,
+        failed: dict[int, HitError] | None = None,
+    ) -> Plan:
+        """The generation plan over ``hits`` (found by a search, or named by the caller:
+        ``named_objects``), templates already checked. ``failed`` hits (objects not found)
+        keep their error, get no call and stay out of the grouped prompt. ``info`` is None
+        for inline objects without a collection."""
+        g = generate
+        s = self._b.settings
+        loop = asyncio.get_running_loop()
+        single = parse_single(g)
+        collection = info.collection if info is not None else ret_pb.Collection()
+        plan = Plan(
+            hits=hits,
             single=single is not None,
             grouped=bool(g.grouped_task),
             debug=g.debug,
-            stream_tokens=isinstance(request, gw_pb.StreamGenerativeSearchRequest)
-            and g.stream_tokens,
+            stream_tokens=streaming and g.stream_tokens,
+            failed=dict(failed or {}),
             max_concurrency=generative_request.max_concurrency(g, s),
             # Measured now: the search already spent part of the caller's deadline.
             timeout=generative_request.budget(g, call_deadline, s),
         )
-        options = Options.resolve(g, g.model, info.generative, s)
+        options = Options.resolve(g, g.model, collection.generative, s)
         await self._b.models.check_choices(options, caller, min(plan.timeout or 2.0, 2.0))
+        cache = self._b.cache
+        policy = generation_cache_policy(g, collection, s) if cache.available else Policy()
+        scope = Scope(caller.tenant, collection.name, collection.create_time.ToNanoseconds())
+        keys: dict[int, str] = {}
         deadline = loop.time() + (plan.timeout or 0)
         properties = [json_format.MessageToDict(hit.properties) for hit in plan.hits]
 
@@ -159,9 +196,11 @@ class GenerativeSearch:
                 if index == GROUPED
                 else {"gensearch.hit.index": index, "gensearch.object.id": plan.hits[index].id}
             )
+            messages = [gen_pb.Message(role=gen_pb.ROLE_USER, content=prompt)]
+            if policy.mode is not generation_cache.Mode.BYPASS:
+                keys[index] = cache.key(scope, options, messages)
 
             async def run(emit: Emit) -> gw_pb.GenerationResult:
-                messages = [gen_pb.Message(role=gen_pb.ROLE_USER, content=prompt)]
                 call = complete(
                     self._b.clients.generation,
                     caller,
@@ -173,12 +212,17 @@ class GenerativeSearch:
                     emit=emit if plan.stream_tokens else None,
                     restart=lambda: emit("", restart=True),
                 )
-                return await traced(index, attributes, call)
+                result = await traced(index, attributes, call)
+                if policy.mode.writes:
+                    await cache.put(keys[index], result, policy.ttl)
+                return result
 
             return run
 
         if single is not None:
             for index, props in enumerate(properties):
+                if index in plan.failed:
+                    continue
                 try:
                     prompt = templates.render(single, props)
                 except ServiceError as err:
@@ -189,12 +233,17 @@ class GenerativeSearch:
             FANOUT_SIZE.observe(len(plan.hits))
         if g.grouped_task:
             # Only what the caller asked to see: not the extras fetched for the templates.
-            only = list(g.grouped_properties) or list(request.return_properties)
-            grouped = grouped_prompt(g.grouped_task, properties, only)
+            only = list(g.grouped_properties) or return_properties
+            present = [p for i, p in enumerate(properties) if i not in (failed or {})]
+            grouped = grouped_prompt(g.grouped_task, present, only)
             plan.prompts[GROUPED] = grouped
             plan.jobs[GROUPED] = job(GROUPED, grouped)
-        if request.return_properties:
-            _strip(plan.hits, set(request.return_properties))
+        if policy.mode.reads:
+            plan.cached = await cache.get_many(keys)
+            for index in plan.cached:
+                del plan.jobs[index]
+        if return_properties:
+            _strip(plan.hits, set(return_properties))
         return plan
 
     # -- running ---------------------------------------------------------------------------
@@ -202,23 +251,7 @@ class GenerativeSearch:
         self, request: gw_pb.GenerativeSearchRequest, caller: Caller, call_remaining: float | None
     ) -> gw_pb.GenerativeSearchResponse:
         plan = await self.plan(request, caller, call_remaining)
-        response = gw_pb.GenerativeSearchResponse()
-        outcomes: dict[int, Outcome[gw_pb.GenerationResult]] = {
-            i: Outcome(i, error=e) for i, e in plan.failed.items()
-        }
-        if plan.jobs:
-            outcomes.update(await collect_outcomes(plan.events()))
-        for index, hit in enumerate(plan.hits):
-            generative = response.hits.add(hit=hit)
-            if plan.single:
-                result = plan.result(outcomes[index])
-                generative.generation.CopyFrom(result)
-                add_usage(response.usage, result.usage)
-        if plan.grouped:
-            result = plan.result(outcomes[GROUPED])
-            response.grouped.CopyFrom(result)
-            add_usage(response.usage, result.usage)
-        return response
+        return await respond(plan, gw_pb.GenerativeSearchResponse())
 
     async def stream(
         self,
@@ -226,35 +259,111 @@ class GenerativeSearch:
         caller: Caller,
         call_remaining: float | None,
     ) -> AsyncIterator[gw_pb.StreamGenerativeSearchResponse]:
-        Event = gw_pb.StreamGenerativeSearchResponse
         plan = await self.plan(request, caller, call_remaining)
-        yield Event(hits=gw_pb.HitsEvent(hits=plan.hits))
-        usage = gen_pb.Usage()
-        for index, error in sorted(plan.failed.items()):
-            result = plan.result(Outcome(index, error=error))
+        async for event in stream_events(plan, gw_pb.StreamGenerativeSearchResponse):
+            yield event
+
+
+def parse_single(g: gw_pb.Generate) -> Template | None:
+    if not g.single_prompt:
+        return None
+    return templates.parse(g.single_prompt, field="generate.single_prompt")
+
+
+def check_templates(g: gw_pb.Generate, info: CollectionInfo) -> None:
+    """The templates name only properties of the collection."""
+    if g.single_prompt:
+        templates.parse_single_prompt(
+            g.single_prompt, info.properties, field="generate.single_prompt"
+        )
+    templates.check_known(
+        g.grouped_properties, info.properties, field="generate.grouped_properties"
+    )
+
+
+def generation_cache_policy(
+    g: gw_pb.Generate, collection: ret_pb.Collection, settings: GatewaySettings
+) -> Policy:
+    defaults = collection.generative.cache
+    return generation_cache.resolve(
+        g.cache.mode,
+        g.cache.ttl if g.cache.HasField("ttl") else None,
+        defaults.generation,
+        defaults,
+        settings,
+        field="generate.cache",
+    )
+
+
+R = TypeVar("R", gw_pb.GenerativeSearchResponse, gw_pb.GenerateOnObjectsResponse)
+E = TypeVar("E", gw_pb.StreamGenerativeSearchResponse, gw_pb.StreamGenerateOnObjectsResponse)
+
+
+async def respond(plan: Plan, response: R) -> R:
+    """Run ``plan`` and fill ``response`` (either RPC's unary answer: same fields)."""
+    outcomes: dict[int, Outcome[gw_pb.GenerationResult]] = {
+        i: Outcome(i, error=e) for i, e in plan.failed.items()
+    }
+    outcomes.update({i: Outcome(i, value=v) for i, v in plan.cached.items()})
+    if plan.jobs:
+        outcomes.update(await collect_outcomes(plan.events()))
+    for index, hit in enumerate(plan.hits):
+        generative = response.hits.add(hit=hit)
+        if plan.single:
+            result = plan.result(outcomes[index])
+            generative.generation.CopyFrom(result)
+            add_usage(response.usage, result.usage)
+    if plan.grouped:
+        result = plan.result(outcomes[GROUPED])
+        response.grouped.CopyFrom(result)
+        add_usage(response.usage, result.usage)
+    return response
+
+
+async def stream_events(plan: Plan, Event: type[E]) -> AsyncIterator[E]:
+    """Run ``plan`` as events (either RPC's stream: same events): hits; errors known
+    before any call and cached answers; then results as calls finish; grouped; done."""
+    yield Event(hits=gw_pb.HitsEvent(hits=plan.hits))
+    usage = gen_pb.Usage()
+    for index, error in sorted(plan.failed.items()):
+        result = plan.result(Outcome(index, error=error))
+        yield Event(hit_result=gw_pb.HitResultEvent(hit_index=index, generation=result))
+    grouped: gw_pb.GenerationResult | None = None
+    for index, value in sorted(plan.cached.items()):
+        result = plan.result(Outcome(index, value=value))
+        if plan.stream_tokens and result.result:
+            # The whole answer as one delta, so a client that assembles tokens has it.
+            token = gw_pb.TokenEvent(delta=result.result)
+            if index == GROUPED:
+                token.grouped = True
+            else:
+                token.hit_index = index
+            yield Event(token=token)
+        if index == GROUPED:
+            grouped = result
+        else:
             yield Event(hit_result=gw_pb.HitResultEvent(hit_index=index, generation=result))
-        grouped: gw_pb.GenerationResult | None = None
-        if plan.jobs:
-            async for event in plan.events():
-                if isinstance(event, Delta):
-                    token = gw_pb.TokenEvent(delta=event.text, restart=event.restart)
-                    if event.index == GROUPED:
-                        token.grouped = True
-                    else:
-                        token.hit_index = event.index
-                    yield Event(token=token)
-                    continue
-                result = plan.result(event)
-                add_usage(usage, result.usage)
+    if plan.jobs:
+        async for event in plan.events():
+            if isinstance(event, Delta):
+                token = gw_pb.TokenEvent(delta=event.text, restart=event.restart)
                 if event.index == GROUPED:
-                    grouped = result  # sent after every per-hit result
+                    token.grouped = True
                 else:
-                    yield Event(
-                        hit_result=gw_pb.HitResultEvent(hit_index=event.index, generation=result)
-                    )
-        if grouped is not None:
-            yield Event(grouped=grouped)
-        yield Event(done=gw_pb.DoneEvent(usage=usage))
+                    token.hit_index = event.index
+                yield Event(token=token)
+                continue
+            result = plan.result(event)
+            add_usage(usage, result.usage)
+            if event.index == GROUPED:
+                grouped = result  # sent after every per-hit result
+            else:
+                yield Event(
+                    hit_result=gw_pb.HitResultEvent(hit_index=event.index, generation=result)
+                )
+    if grouped is not None:
+        yield Event(grouped=grouped)
+    yield Event(done=gw_pb.DoneEvent(usage=usage))
 
 
 def _strip(hits: list[ret_pb.Hit], keep: set[str]) -> None:

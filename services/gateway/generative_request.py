@@ -11,6 +11,7 @@ from google.protobuf import json_format
 
 from services.common.errors import InvalidArgument
 from services.common.json_schema import SchemaLimits, check_schema
+from services.gateway import generation_cache
 from services.gateway.request_parts import (
     check_length,
     check_sampling,
@@ -31,7 +32,12 @@ def validate(request: SearchLike, settings: GatewaySettings) -> None:
         raise InvalidArgument(
             f"limit must be between 0 and {s.max_hits}", field="limit", reason="OUT_OF_RANGE"
         )
-    g = request.generate
+    validate_generate(request.generate, s)
+
+
+def validate_generate(g: gw_pb.Generate, settings: GatewaySettings) -> None:
+    """The ``generate`` block, whatever it runs over (a search, named objects)."""
+    s = settings
     check_length(g, ("single_prompt", "grouped_task"), s.max_prompt_chars, prefix=_GENERATE)
     if g.grouped_properties and not g.grouped_task:
         raise InvalidArgument(
@@ -45,6 +51,15 @@ def validate(request: SearchLike, settings: GatewaySettings) -> None:
         raise InvalidArgument("timeout must be positive", field="generate.timeout")
     check_sampling(g, prefix=_GENERATE)
     check_structured_options(g, s)
+    # The cache block's own checks (mode, ttl bounds), before any search or call.
+    generation_cache.resolve(
+        g.cache.mode,
+        g.cache.ttl if g.cache.HasField("ttl") else None,
+        False,
+        ret_pb.CacheDefaults(),
+        s,
+        field="generate.cache",
+    )
 
 
 def check_structured_options(g: gw_pb.Generate, s: GatewaySettings) -> None:

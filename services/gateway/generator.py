@@ -83,7 +83,9 @@ class Options:
 R = TypeVar("R", gen_pb.GenerateRequest, gen_pb.StreamGenerateRequest)
 
 
-def _request(cls: type[R], options: Options, messages: Sequence[gen_pb.Message]) -> R:
+def generate_request(cls: type[R], options: Options, messages: Sequence[gen_pb.Message]) -> R:
+    """The generation request for ``options`` and ``messages``: the one place it is built,
+    for the call and for the generation cache's key (``generation_cache.cache_request``)."""
     o = options
     request = cls(
         provider=o.provider,
@@ -122,7 +124,7 @@ async def complete(
     """Ask the model; with ``emit``, stream and hand each text delta to it as it comes
     (``restart``: the deltas so far are void, a corrective retry's follow)."""
     if emit is None:
-        request = _request(gen_pb.GenerateRequest, options, messages)
+        request = generate_request(gen_pb.GenerateRequest, options, messages)
         response = await generation.generate(request, caller, timeout)
         result = gw_pb.GenerationResult(
             result=response.text,
@@ -135,7 +137,7 @@ async def complete(
         if response.HasField("structured"):
             result.structured.CopyFrom(response.structured)
         return result
-    stream_request = _request(gen_pb.StreamGenerateRequest, options, messages)
+    stream_request = generate_request(gen_pb.StreamGenerateRequest, options, messages)
     parts: list[str] = []
     result = gw_pb.GenerationResult()
     async for chunk in generation.stream_generate(stream_request, caller, timeout):

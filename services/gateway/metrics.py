@@ -19,3 +19,8 @@ TRIMMED = Counter(
     "What the context-window guard removed from Ask prompts.",
     ["what"],
 )
+CACHE_LOOKUPS = Counter(
+    "gensearch_gateway_cache_lookups_total",
+    "Answer cache lookups (exact: per hit or grouped; semantic: per Ask), by outcome.",
+    ["cache", "outcome"],
+)

@@ -90,6 +90,24 @@ class GatewaySettings(CommonSettings):
     quota_lease: float = Field(default=30.0, gt=0)
     quota_key_prefix: str = "gensearch"
 
+    # --- answer caches (docs/gateway.md#caches): exact in the Redis above, semantic in
+    # retrieval. Lifetime of a stored answer when neither the request nor the collection
+    # sets one, and the longest any may ask for, seconds.
+    cache_default_ttl: float = Field(default=3600.0, gt=0)
+    cache_max_ttl: float = Field(default=7 * 86400.0, gt=0)
+    # Semantic cache: cosine similarity a stored question needs when neither the request
+    # nor the collection sets one (requests may choose within [0.5, 1]).
+    semantic_cache_min_similarity: float = Field(default=0.92, ge=0.5, le=1.0)
+
+    # --- GenerateOnObjects: the most bytes one inline object may hold (serialized) ---
+    max_inline_object_bytes: int = Field(default=65_536, ge=256)
+
+    @model_validator(mode="after")
+    def _ttl_within_max(self) -> GatewaySettings:
+        if self.cache_default_ttl > self.cache_max_ttl:
+            raise ValueError("cache_default_ttl must not exceed cache_max_ttl")
+        return self
+
     @model_validator(mode="after")
     def _cluster_needs_url(self) -> GatewaySettings:
         if self.redis_cluster and not self.redis_url.get_secret_value():

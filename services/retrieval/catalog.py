@@ -19,6 +19,7 @@ import time
 from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 
 from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from services.retrieval.answer_cache_marker import is_cache_schema
 from services.retrieval.embedders import Embedders
 from services.retrieval.schema import Schema, check_collection_name, validate_new_collection
 from services.retrieval.settings import RetrievalSettings
@@ -45,7 +46,9 @@ class Catalog:
         # Under the lock: a snapshot read before a concurrent create or delete must not
         # overwrite what that call did.
         async with self._lock:
-            schemas = [Schema.from_json(data) for data in await self._store.schemas()]
+            # Not the answer cache's hidden collections: they are no one's collection.
+            stored = [d for d in await self._store.schemas() if not is_cache_schema(d)]
+            schemas = [Schema.from_json(data) for data in stored]
             self._schemas = {(s.tenant, s.name): s for s in schemas}
             self._loaded_at = time.monotonic()
 

@@ -208,6 +208,16 @@ def _validate_generative(gen: pb.GenerativeConfig, types: dict[str, int]) -> Non
                 f"{where}.context_fields[{i}]: no property {quote(name)}",
                 field=f"{where}.context_fields[{i}]",
             )
+    cache = gen.cache
+    # Upper bounds are the gateway's (its CACHE_MAX_TTL caps what it uses); here only what
+    # no setting can make sense of.
+    if cache.HasField("ttl") and cache.ttl.ToNanoseconds() <= 0:
+        raise InvalidArgument(f"{where}.cache.ttl must be positive", field=f"{where}.cache.ttl")
+    if cache.HasField("min_similarity") and not 0.5 <= cache.min_similarity <= 1:
+        raise InvalidArgument(
+            f"{where}.cache.min_similarity must be in [0.5, 1]",
+            field=f"{where}.cache.min_similarity",
+        )
 
 
 @dataclass

@@ -8,6 +8,7 @@ call.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -18,6 +19,7 @@ from google.protobuf import struct_pb2
 
 from services.common.auth import Role, require_role
 from services.common.errors import InvalidArgument, NotFound, ServiceError, quote
+from services.retrieval.answer_cache import AnswerCache
 from services.retrieval.catalog import Catalog, not_found
 from services.retrieval.embedders import Embedders, use_caller_key
 from services.retrieval.filters import Node, build_filter
@@ -28,6 +30,7 @@ from services.retrieval.settings import RetrievalSettings
 from services.retrieval.store import PROPS, FoundPoint, VectorStore
 
 DEFAULT_LIMIT = 10
+log = logging.getLogger("gensearch.retrieval")
 
 
 class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
@@ -38,6 +41,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         catalog: Catalog,
         embedders: Embedders,
     ) -> None:
+        self._answers = AnswerCache(store, catalog, embedders, settings)
         self._settings = settings
         self._store = store
         self._catalog = catalog
@@ -78,7 +82,15 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
     async def DeleteCollection(
         self, request: pb.DeleteCollectionRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeleteCollectionResponse:
-        await self._catalog.delete(require_role(Role.ADMIN).tenant, request.name)
+        tenant = require_role(Role.ADMIN).tenant
+        schema = await self._catalog.get(tenant, request.name, field="name")
+        await self._catalog.delete(tenant, request.name)
+        # Its cached answers go with it. Best effort: the collection is gone either way,
+        # and a recreated one would miss them (their place is named after create_time).
+        try:
+            await self._answers.drop(schema)
+        except Exception:
+            log.exception("dropping the answer cache of a deleted collection failed")
         return pb.DeleteCollectionResponse()
 
     # -- objects --------------------------------------------------------------------------
@@ -241,6 +253,21 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
             embed_ms=result.embed_ms,
             query_ms=result.query_ms,
         )
+
+    # -- semantic answer cache (internal: the gateway's Ask; not forwarded to clients) ---
+
+    async def LookupCachedAnswer(
+        self, request: pb.LookupCachedAnswerRequest, context: grpc.aio.ServicerContext
+    ) -> pb.LookupCachedAnswerResponse:
+        return await self._answers.lookup(require_role(Role.READER).tenant, request)
+
+    async def StoreCachedAnswer(
+        self, request: pb.StoreCachedAnswerRequest, context: grpc.aio.ServicerContext
+    ) -> pb.StoreCachedAnswerResponse:
+        # Reader, like the Ask whose answer it keeps: the gateway calls it for any caller
+        # who may ask; the entry is scoped to the caller's tenant and collection.
+        await self._answers.store(require_role(Role.READER).tenant, request)
+        return pb.StoreCachedAnswerResponse()
 
     def _page(self, request: pb.SearchRequest) -> Page:
         limit = request.limit or DEFAULT_LIMIT

@@ -69,6 +69,12 @@ class RetrievalSettings(CommonSettings):
     # The k of reciprocal rank fusion: 1 / (k + rank).
     rrf_k: int = Field(default=60, ge=1)
 
+    # The semantic answer cache (LookupCachedAnswer / StoreCachedAnswer, answer_cache.py):
+    # the longest question and answer an entry holds, and the longest an entry may live.
+    max_cached_question_chars: int = Field(default=8000, ge=100)
+    max_cached_answer_bytes: int = Field(default=1_048_576, ge=1024)
+    max_cached_answer_ttl: float = Field(default=30 * 86400.0, gt=0)
+
     @field_validator("allowed_hosts")
     @classmethod
     def _valid_allowlist(cls, value: str) -> str:

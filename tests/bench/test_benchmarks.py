@@ -55,3 +55,8 @@ async def test_retrieval_times_grpc_beside_the_engine() -> None:
     assert figures["import with client vectors (300 x 384 dims)"].value > 0
     over = figures["retrieval Search over the engine p50 (300 x 384 dims)"]
     assert over.unit == "ms" and over.target
+
+
+async def test_cache_bench_serves_repeats_from_the_cache() -> None:
+    figures = await summary("cache", "--rounds", "5", "--latency", "0.05")
+    assert figures["cached 10-hit GenerativeSearch p50"].value > 0

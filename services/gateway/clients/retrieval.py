@@ -33,3 +33,20 @@ class RetrievalClient(ServiceClient):
         request = ret_pb.GetCollectionRequest(name=name)
         response = await self.unary("GetCollection", request, caller, timeout)
         return response.collection
+
+    async def get_object(
+        self, collection: str, object_id: str, caller: Caller, timeout: float | None
+    ) -> ret_pb.DataObject:
+        request = ret_pb.GetObjectRequest(collection=collection, id=object_id)
+        response = await self.unary("GetObject", request, caller, timeout)
+        return response.object
+
+    async def lookup_cached_answer(
+        self, request: ret_pb.LookupCachedAnswerRequest, caller: Caller, timeout: float | None
+    ) -> ret_pb.LookupCachedAnswerResponse:
+        return await self.unary("LookupCachedAnswer", request, caller, timeout)
+
+    async def store_cached_answer(
+        self, request: ret_pb.StoreCachedAnswerRequest, caller: Caller, timeout: float | None
+    ) -> None:
+        await self.unary("StoreCachedAnswer", request, caller, timeout)

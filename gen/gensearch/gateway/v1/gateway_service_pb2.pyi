@@ -5,6 +5,7 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as _retrieval_service_p
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
@@ -12,8 +13,37 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class CacheMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CACHE_MODE_UNSPECIFIED: _ClassVar[CacheMode]
+    CACHE_MODE_USE: _ClassVar[CacheMode]
+    CACHE_MODE_REFRESH: _ClassVar[CacheMode]
+    CACHE_MODE_BYPASS: _ClassVar[CacheMode]
+CACHE_MODE_UNSPECIFIED: CacheMode
+CACHE_MODE_USE: CacheMode
+CACHE_MODE_REFRESH: CacheMode
+CACHE_MODE_BYPASS: CacheMode
+
+class GenerationCache(_message.Message):
+    __slots__ = ("mode", "ttl")
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    TTL_FIELD_NUMBER: _ClassVar[int]
+    mode: CacheMode
+    ttl: _duration_pb2.Duration
+    def __init__(self, mode: _Optional[_Union[CacheMode, str]] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class SemanticCache(_message.Message):
+    __slots__ = ("mode", "min_similarity", "ttl")
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    MIN_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    TTL_FIELD_NUMBER: _ClassVar[int]
+    mode: CacheMode
+    min_similarity: float
+    ttl: _duration_pb2.Duration
+    def __init__(self, mode: _Optional[_Union[CacheMode, str]] = ..., min_similarity: _Optional[float] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
 class Generate(_message.Message):
-    __slots__ = ("single_prompt", "grouped_task", "grouped_properties", "provider", "model", "temperature", "max_tokens", "max_concurrency", "timeout", "debug", "stream_tokens", "top_p", "stop", "frequency_penalty", "presence_penalty", "seed", "response_format", "fallback", "base_url")
+    __slots__ = ("single_prompt", "grouped_task", "grouped_properties", "provider", "model", "temperature", "max_tokens", "max_concurrency", "timeout", "debug", "stream_tokens", "top_p", "stop", "frequency_penalty", "presence_penalty", "seed", "response_format", "fallback", "base_url", "cache")
     SINGLE_PROMPT_FIELD_NUMBER: _ClassVar[int]
     GROUPED_TASK_FIELD_NUMBER: _ClassVar[int]
     GROUPED_PROPERTIES_FIELD_NUMBER: _ClassVar[int]
@@ -33,6 +63,7 @@ class Generate(_message.Message):
     RESPONSE_FORMAT_FIELD_NUMBER: _ClassVar[int]
     FALLBACK_FIELD_NUMBER: _ClassVar[int]
     BASE_URL_FIELD_NUMBER: _ClassVar[int]
+    CACHE_FIELD_NUMBER: _ClassVar[int]
     single_prompt: str
     grouped_task: str
     grouped_properties: _containers.RepeatedScalarFieldContainer[str]
@@ -52,7 +83,8 @@ class Generate(_message.Message):
     response_format: _generation_service_pb2.ResponseFormat
     fallback: _containers.RepeatedCompositeFieldContainer[_generation_service_pb2.ModelChoice]
     base_url: str
-    def __init__(self, single_prompt: _Optional[str] = ..., grouped_task: _Optional[str] = ..., grouped_properties: _Optional[_Iterable[str]] = ..., provider: _Optional[str] = ..., model: _Optional[str] = ..., temperature: _Optional[float] = ..., max_tokens: _Optional[int] = ..., max_concurrency: _Optional[int] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., debug: _Optional[bool] = ..., stream_tokens: _Optional[bool] = ..., top_p: _Optional[float] = ..., stop: _Optional[_Iterable[str]] = ..., frequency_penalty: _Optional[float] = ..., presence_penalty: _Optional[float] = ..., seed: _Optional[int] = ..., response_format: _Optional[_Union[_generation_service_pb2.ResponseFormat, _Mapping]] = ..., fallback: _Optional[_Iterable[_Union[_generation_service_pb2.ModelChoice, _Mapping]]] = ..., base_url: _Optional[str] = ...) -> None: ...
+    cache: GenerationCache
+    def __init__(self, single_prompt: _Optional[str] = ..., grouped_task: _Optional[str] = ..., grouped_properties: _Optional[_Iterable[str]] = ..., provider: _Optional[str] = ..., model: _Optional[str] = ..., temperature: _Optional[float] = ..., max_tokens: _Optional[int] = ..., max_concurrency: _Optional[int] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., debug: _Optional[bool] = ..., stream_tokens: _Optional[bool] = ..., top_p: _Optional[float] = ..., stop: _Optional[_Iterable[str]] = ..., frequency_penalty: _Optional[float] = ..., presence_penalty: _Optional[float] = ..., seed: _Optional[int] = ..., response_format: _Optional[_Union[_generation_service_pb2.ResponseFormat, _Mapping]] = ..., fallback: _Optional[_Iterable[_Union[_generation_service_pb2.ModelChoice, _Mapping]]] = ..., base_url: _Optional[str] = ..., cache: _Optional[_Union[GenerationCache, _Mapping]] = ...) -> None: ...
 
 class GenerationError(_message.Message):
     __slots__ = ("code", "status", "message", "reason")
@@ -67,7 +99,7 @@ class GenerationError(_message.Message):
     def __init__(self, code: _Optional[int] = ..., status: _Optional[str] = ..., message: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class GenerationResult(_message.Message):
-    __slots__ = ("result", "error", "usage", "model", "finish_reason", "prompt", "provider", "structured", "fallback_index")
+    __slots__ = ("result", "error", "usage", "model", "finish_reason", "prompt", "provider", "structured", "fallback_index", "cached")
     RESULT_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
@@ -77,6 +109,7 @@ class GenerationResult(_message.Message):
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
     STRUCTURED_FIELD_NUMBER: _ClassVar[int]
     FALLBACK_INDEX_FIELD_NUMBER: _ClassVar[int]
+    CACHED_FIELD_NUMBER: _ClassVar[int]
     result: str
     error: GenerationError
     usage: _generation_service_pb2.Usage
@@ -86,7 +119,8 @@ class GenerationResult(_message.Message):
     provider: str
     structured: _struct_pb2.Struct
     fallback_index: int
-    def __init__(self, result: _Optional[str] = ..., error: _Optional[_Union[GenerationError, _Mapping]] = ..., usage: _Optional[_Union[_generation_service_pb2.Usage, _Mapping]] = ..., model: _Optional[str] = ..., finish_reason: _Optional[str] = ..., prompt: _Optional[str] = ..., provider: _Optional[str] = ..., structured: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., fallback_index: _Optional[int] = ...) -> None: ...
+    cached: bool
+    def __init__(self, result: _Optional[str] = ..., error: _Optional[_Union[GenerationError, _Mapping]] = ..., usage: _Optional[_Union[_generation_service_pb2.Usage, _Mapping]] = ..., model: _Optional[str] = ..., finish_reason: _Optional[str] = ..., prompt: _Optional[str] = ..., provider: _Optional[str] = ..., structured: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., fallback_index: _Optional[int] = ..., cached: _Optional[bool] = ...) -> None: ...
 
 class GenerativeHit(_message.Message):
     __slots__ = ("hit", "generation")
@@ -201,7 +235,7 @@ class StreamGenerativeSearchResponse(_message.Message):
     def __init__(self, hits: _Optional[_Union[HitsEvent, _Mapping]] = ..., hit_result: _Optional[_Union[HitResultEvent, _Mapping]] = ..., token: _Optional[_Union[TokenEvent, _Mapping]] = ..., grouped: _Optional[_Union[GenerationResult, _Mapping]] = ..., done: _Optional[_Union[DoneEvent, _Mapping]] = ...) -> None: ...
 
 class AskRequest(_message.Message):
-    __slots__ = ("collection", "llm_question", "llm_model", "provider", "conversation_id", "new_conversation", "context_size", "interaction_size", "timeout", "system_prompt", "user_instructions", "context_field_list", "near_text", "near_vector", "keyword", "hybrid", "filter", "rewrite_query", "temperature", "max_tokens", "debug")
+    __slots__ = ("collection", "llm_question", "llm_model", "provider", "conversation_id", "new_conversation", "context_size", "interaction_size", "timeout", "system_prompt", "user_instructions", "context_field_list", "near_text", "near_vector", "keyword", "hybrid", "filter", "rewrite_query", "temperature", "max_tokens", "debug", "semantic_cache")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     LLM_QUESTION_FIELD_NUMBER: _ClassVar[int]
     LLM_MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -223,6 +257,7 @@ class AskRequest(_message.Message):
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     DEBUG_FIELD_NUMBER: _ClassVar[int]
+    SEMANTIC_CACHE_FIELD_NUMBER: _ClassVar[int]
     collection: str
     llm_question: str
     llm_model: str
@@ -244,7 +279,8 @@ class AskRequest(_message.Message):
     temperature: float
     max_tokens: int
     debug: bool
-    def __init__(self, collection: _Optional[str] = ..., llm_question: _Optional[str] = ..., llm_model: _Optional[str] = ..., provider: _Optional[str] = ..., conversation_id: _Optional[str] = ..., new_conversation: _Optional[bool] = ..., context_size: _Optional[int] = ..., interaction_size: _Optional[int] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., system_prompt: _Optional[str] = ..., user_instructions: _Optional[str] = ..., context_field_list: _Optional[_Iterable[str]] = ..., near_text: _Optional[_Union[_retrieval_service_pb2.NearText, _Mapping]] = ..., near_vector: _Optional[_Union[_retrieval_service_pb2.NearVector, _Mapping]] = ..., keyword: _Optional[_Union[_retrieval_service_pb2.Keyword, _Mapping]] = ..., hybrid: _Optional[_Union[_retrieval_service_pb2.Hybrid, _Mapping]] = ..., filter: _Optional[_Union[_retrieval_service_pb2.Filter, _Mapping]] = ..., rewrite_query: _Optional[bool] = ..., temperature: _Optional[float] = ..., max_tokens: _Optional[int] = ..., debug: _Optional[bool] = ...) -> None: ...
+    semantic_cache: SemanticCache
+    def __init__(self, collection: _Optional[str] = ..., llm_question: _Optional[str] = ..., llm_model: _Optional[str] = ..., provider: _Optional[str] = ..., conversation_id: _Optional[str] = ..., new_conversation: _Optional[bool] = ..., context_size: _Optional[int] = ..., interaction_size: _Optional[int] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., system_prompt: _Optional[str] = ..., user_instructions: _Optional[str] = ..., context_field_list: _Optional[_Iterable[str]] = ..., near_text: _Optional[_Union[_retrieval_service_pb2.NearText, _Mapping]] = ..., near_vector: _Optional[_Union[_retrieval_service_pb2.NearVector, _Mapping]] = ..., keyword: _Optional[_Union[_retrieval_service_pb2.Keyword, _Mapping]] = ..., hybrid: _Optional[_Union[_retrieval_service_pb2.Hybrid, _Mapping]] = ..., filter: _Optional[_Union[_retrieval_service_pb2.Filter, _Mapping]] = ..., rewrite_query: _Optional[bool] = ..., temperature: _Optional[float] = ..., max_tokens: _Optional[int] = ..., debug: _Optional[bool] = ..., semantic_cache: _Optional[_Union[SemanticCache, _Mapping]] = ...) -> None: ...
 
 class Citation(_message.Message):
     __slots__ = ("number", "id")
@@ -263,7 +299,7 @@ class Trimmed(_message.Message):
     def __init__(self, history_turns: _Optional[int] = ..., hits: _Optional[int] = ...) -> None: ...
 
 class AskResponse(_message.Message):
-    __slots__ = ("answer", "citations", "hits", "usage", "conversation_id", "interaction_id", "rewritten_query", "trimmed", "model", "prompt", "provider")
+    __slots__ = ("answer", "citations", "hits", "usage", "conversation_id", "interaction_id", "rewritten_query", "trimmed", "model", "prompt", "provider", "cached", "cached_question", "cached_similarity")
     ANSWER_FIELD_NUMBER: _ClassVar[int]
     CITATIONS_FIELD_NUMBER: _ClassVar[int]
     HITS_FIELD_NUMBER: _ClassVar[int]
@@ -275,6 +311,9 @@ class AskResponse(_message.Message):
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    CACHED_FIELD_NUMBER: _ClassVar[int]
+    CACHED_QUESTION_FIELD_NUMBER: _ClassVar[int]
+    CACHED_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
     answer: str
     citations: _containers.RepeatedCompositeFieldContainer[Citation]
     hits: _containers.RepeatedCompositeFieldContainer[_retrieval_service_pb2.Hit]
@@ -286,10 +325,13 @@ class AskResponse(_message.Message):
     model: str
     prompt: _containers.RepeatedCompositeFieldContainer[_generation_service_pb2.Message]
     provider: str
-    def __init__(self, answer: _Optional[str] = ..., citations: _Optional[_Iterable[_Union[Citation, _Mapping]]] = ..., hits: _Optional[_Iterable[_Union[_retrieval_service_pb2.Hit, _Mapping]]] = ..., usage: _Optional[_Union[_generation_service_pb2.Usage, _Mapping]] = ..., conversation_id: _Optional[str] = ..., interaction_id: _Optional[str] = ..., rewritten_query: _Optional[str] = ..., trimmed: _Optional[_Union[Trimmed, _Mapping]] = ..., model: _Optional[str] = ..., prompt: _Optional[_Iterable[_Union[_generation_service_pb2.Message, _Mapping]]] = ..., provider: _Optional[str] = ...) -> None: ...
+    cached: bool
+    cached_question: str
+    cached_similarity: float
+    def __init__(self, answer: _Optional[str] = ..., citations: _Optional[_Iterable[_Union[Citation, _Mapping]]] = ..., hits: _Optional[_Iterable[_Union[_retrieval_service_pb2.Hit, _Mapping]]] = ..., usage: _Optional[_Union[_generation_service_pb2.Usage, _Mapping]] = ..., conversation_id: _Optional[str] = ..., interaction_id: _Optional[str] = ..., rewritten_query: _Optional[str] = ..., trimmed: _Optional[_Union[Trimmed, _Mapping]] = ..., model: _Optional[str] = ..., prompt: _Optional[_Iterable[_Union[_generation_service_pb2.Message, _Mapping]]] = ..., provider: _Optional[str] = ..., cached: _Optional[bool] = ..., cached_question: _Optional[str] = ..., cached_similarity: _Optional[float] = ...) -> None: ...
 
 class StreamAskRequest(_message.Message):
-    __slots__ = ("collection", "llm_question", "llm_model", "provider", "conversation_id", "new_conversation", "context_size", "interaction_size", "timeout", "system_prompt", "user_instructions", "context_field_list", "near_text", "near_vector", "keyword", "hybrid", "filter", "rewrite_query", "temperature", "max_tokens", "debug")
+    __slots__ = ("collection", "llm_question", "llm_model", "provider", "conversation_id", "new_conversation", "context_size", "interaction_size", "timeout", "system_prompt", "user_instructions", "context_field_list", "near_text", "near_vector", "keyword", "hybrid", "filter", "rewrite_query", "temperature", "max_tokens", "debug", "semantic_cache")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     LLM_QUESTION_FIELD_NUMBER: _ClassVar[int]
     LLM_MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -311,6 +353,7 @@ class StreamAskRequest(_message.Message):
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     DEBUG_FIELD_NUMBER: _ClassVar[int]
+    SEMANTIC_CACHE_FIELD_NUMBER: _ClassVar[int]
     collection: str
     llm_question: str
     llm_model: str
@@ -332,7 +375,8 @@ class StreamAskRequest(_message.Message):
     temperature: float
     max_tokens: int
     debug: bool
-    def __init__(self, collection: _Optional[str] = ..., llm_question: _Optional[str] = ..., llm_model: _Optional[str] = ..., provider: _Optional[str] = ..., conversation_id: _Optional[str] = ..., new_conversation: _Optional[bool] = ..., context_size: _Optional[int] = ..., interaction_size: _Optional[int] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., system_prompt: _Optional[str] = ..., user_instructions: _Optional[str] = ..., context_field_list: _Optional[_Iterable[str]] = ..., near_text: _Optional[_Union[_retrieval_service_pb2.NearText, _Mapping]] = ..., near_vector: _Optional[_Union[_retrieval_service_pb2.NearVector, _Mapping]] = ..., keyword: _Optional[_Union[_retrieval_service_pb2.Keyword, _Mapping]] = ..., hybrid: _Optional[_Union[_retrieval_service_pb2.Hybrid, _Mapping]] = ..., filter: _Optional[_Union[_retrieval_service_pb2.Filter, _Mapping]] = ..., rewrite_query: _Optional[bool] = ..., temperature: _Optional[float] = ..., max_tokens: _Optional[int] = ..., debug: _Optional[bool] = ...) -> None: ...
+    semantic_cache: SemanticCache
+    def __init__(self, collection: _Optional[str] = ..., llm_question: _Optional[str] = ..., llm_model: _Optional[str] = ..., provider: _Optional[str] = ..., conversation_id: _Optional[str] = ..., new_conversation: _Optional[bool] = ..., context_size: _Optional[int] = ..., interaction_size: _Optional[int] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., system_prompt: _Optional[str] = ..., user_instructions: _Optional[str] = ..., context_field_list: _Optional[_Iterable[str]] = ..., near_text: _Optional[_Union[_retrieval_service_pb2.NearText, _Mapping]] = ..., near_vector: _Optional[_Union[_retrieval_service_pb2.NearVector, _Mapping]] = ..., keyword: _Optional[_Union[_retrieval_service_pb2.Keyword, _Mapping]] = ..., hybrid: _Optional[_Union[_retrieval_service_pb2.Hybrid, _Mapping]] = ..., filter: _Optional[_Union[_retrieval_service_pb2.Filter, _Mapping]] = ..., rewrite_query: _Optional[bool] = ..., temperature: _Optional[float] = ..., max_tokens: _Optional[int] = ..., debug: _Optional[bool] = ..., semantic_cache: _Optional[_Union[SemanticCache, _Mapping]] = ...) -> None: ...
 
 class StreamAskResponse(_message.Message):
     __slots__ = ("context", "delta", "answer")
@@ -353,3 +397,67 @@ class AskContextEvent(_message.Message):
     rewritten_query: str
     conversation_id: str
     def __init__(self, hits: _Optional[_Iterable[_Union[_retrieval_service_pb2.Hit, _Mapping]]] = ..., rewritten_query: _Optional[str] = ..., conversation_id: _Optional[str] = ...) -> None: ...
+
+class InlineObjects(_message.Message):
+    __slots__ = ("objects",)
+    OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    objects: _containers.RepeatedCompositeFieldContainer[_struct_pb2.Struct]
+    def __init__(self, objects: _Optional[_Iterable[_Union[_struct_pb2.Struct, _Mapping]]] = ...) -> None: ...
+
+class ObjectIds(_message.Message):
+    __slots__ = ("ids",)
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GenerateOnObjectsRequest(_message.Message):
+    __slots__ = ("collection", "ids", "inline", "return_properties", "generate")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    INLINE_FIELD_NUMBER: _ClassVar[int]
+    RETURN_PROPERTIES_FIELD_NUMBER: _ClassVar[int]
+    GENERATE_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    ids: ObjectIds
+    inline: InlineObjects
+    return_properties: _containers.RepeatedScalarFieldContainer[str]
+    generate: Generate
+    def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Union[ObjectIds, _Mapping]] = ..., inline: _Optional[_Union[InlineObjects, _Mapping]] = ..., return_properties: _Optional[_Iterable[str]] = ..., generate: _Optional[_Union[Generate, _Mapping]] = ...) -> None: ...
+
+class GenerateOnObjectsResponse(_message.Message):
+    __slots__ = ("hits", "grouped", "usage")
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    GROUPED_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    hits: _containers.RepeatedCompositeFieldContainer[GenerativeHit]
+    grouped: GenerationResult
+    usage: _generation_service_pb2.Usage
+    def __init__(self, hits: _Optional[_Iterable[_Union[GenerativeHit, _Mapping]]] = ..., grouped: _Optional[_Union[GenerationResult, _Mapping]] = ..., usage: _Optional[_Union[_generation_service_pb2.Usage, _Mapping]] = ...) -> None: ...
+
+class StreamGenerateOnObjectsRequest(_message.Message):
+    __slots__ = ("collection", "ids", "inline", "return_properties", "generate")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    INLINE_FIELD_NUMBER: _ClassVar[int]
+    RETURN_PROPERTIES_FIELD_NUMBER: _ClassVar[int]
+    GENERATE_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    ids: ObjectIds
+    inline: InlineObjects
+    return_properties: _containers.RepeatedScalarFieldContainer[str]
+    generate: Generate
+    def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Union[ObjectIds, _Mapping]] = ..., inline: _Optional[_Union[InlineObjects, _Mapping]] = ..., return_properties: _Optional[_Iterable[str]] = ..., generate: _Optional[_Union[Generate, _Mapping]] = ...) -> None: ...
+
+class StreamGenerateOnObjectsResponse(_message.Message):
+    __slots__ = ("hits", "hit_result", "token", "grouped", "done")
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    HIT_RESULT_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    GROUPED_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    hits: HitsEvent
+    hit_result: HitResultEvent
+    token: TokenEvent
+    grouped: GenerationResult
+    done: DoneEvent
+    def __init__(self, hits: _Optional[_Union[HitsEvent, _Mapping]] = ..., hit_result: _Optional[_Union[HitResultEvent, _Mapping]] = ..., token: _Optional[_Union[TokenEvent, _Mapping]] = ..., grouped: _Optional[_Union[GenerationResult, _Mapping]] = ..., done: _Optional[_Union[DoneEvent, _Mapping]] = ...) -> None: ...

@@ -60,6 +60,16 @@ class GatewayServiceStub:
                 request_serializer=gensearch_dot_gateway_dot_v1_dot_gateway__service__pb2.StreamAskRequest.SerializeToString,
                 response_deserializer=gensearch_dot_gateway_dot_v1_dot_gateway__service__pb2.StreamAskResponse.FromString,
                 _registered_method=True)
+        self.GenerateOnObjects = channel.unary_unary(
+                '/gensearch.gateway.v1.GatewayService/GenerateOnObjects',
+                request_serializer=gensearch_dot_gateway_dot_v1_dot_gateway__service__pb2.GenerateOnObjectsRequest.SerializeToString,
+                response_deserializer=gensearch_dot_gateway_dot_v1_dot_gateway__service__pb2.GenerateOnObjectsResponse.FromString,
+                _registered_method=True)
+        self.StreamGenerateOnObjects = channel.unary_stream(
+                '/gensearch.gateway.v1.GatewayService/StreamGenerateOnObjects',
+                request_serializer=gensearch_dot_gateway_dot_v1_dot_gateway__service__pb2.StreamGenerateOnObjectsRequest.SerializeToString,
+                response_deserializer=gensearch_dot_gateway_dot_v1_dot_gateway__service__pb2.StreamGenerateOnObjectsResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
@@ -98,6 +108,22 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GenerateOnObjects(self, request, context):
+        """The `generate` block of a generative search over objects the caller names: by id
+        from a collection, or inline as properties. No search. A missing id is that object's
+        own NOT_FOUND error; the call still answers for the rest.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamGenerateOnObjects(self, request, context):
+        """Streaming form: the same events as StreamGenerativeSearch.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -120,6 +146,16 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.StreamAsk,
                     request_deserializer=gensearch_dot_gateway_dot_v1_dot_gateway__service__pb2.StreamAskRequest.FromString,
                     response_serializer=gensearch_dot_gateway_dot_v1_dot_gateway__service__pb2.StreamAskResponse.SerializeToString,
+            ),
+            'GenerateOnObjects': grpc.unary_unary_rpc_method_handler(
+                    servicer.GenerateOnObjects,
+                    request_deserializer=gensearch_dot_gateway_dot_v1_dot_gateway__service__pb2.GenerateOnObjectsRequest.FromString,
+                    response_serializer=gensearch_dot_gateway_dot_v1_dot_gateway__service__pb2.GenerateOnObjectsResponse.SerializeToString,
+            ),
+            'StreamGenerateOnObjects': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamGenerateOnObjects,
+                    request_deserializer=gensearch_dot_gateway_dot_v1_dot_gateway__service__pb2.StreamGenerateOnObjectsRequest.FromString,
+                    response_serializer=gensearch_dot_gateway_dot_v1_dot_gateway__service__pb2.StreamGenerateOnObjectsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -236,6 +272,60 @@ class GatewayService:
             '/gensearch.gateway.v1.GatewayService/StreamAsk',
             gensearch_dot_gateway_dot_v1_dot_gateway__service__pb2.StreamAskRequest.SerializeToString,
             gensearch_dot_gateway_dot_v1_dot_gateway__service__pb2.StreamAskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GenerateOnObjects(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gensearch.gateway.v1.GatewayService/GenerateOnObjects',
+            gensearch_dot_gateway_dot_v1_dot_gateway__service__pb2.GenerateOnObjectsRequest.SerializeToString,
+            gensearch_dot_gateway_dot_v1_dot_gateway__service__pb2.GenerateOnObjectsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamGenerateOnObjects(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/gensearch.gateway.v1.GatewayService/StreamGenerateOnObjects',
+            gensearch_dot_gateway_dot_v1_dot_gateway__service__pb2.StreamGenerateOnObjectsRequest.SerializeToString,
+            gensearch_dot_gateway_dot_v1_dot_gateway__service__pb2.StreamGenerateOnObjectsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -47,6 +47,13 @@ class GatewayServiceStub:
     Ask: _grpc.UnaryUnaryMultiCallable[_gateway_service_pb2.AskRequest, _gateway_service_pb2.AskResponse]
     """Conversational search: answer a question from the top hits and recent turns."""
     StreamAsk: _grpc.UnaryStreamMultiCallable[_gateway_service_pb2.StreamAskRequest, _gateway_service_pb2.StreamAskResponse]
+    GenerateOnObjects: _grpc.UnaryUnaryMultiCallable[_gateway_service_pb2.GenerateOnObjectsRequest, _gateway_service_pb2.GenerateOnObjectsResponse]
+    """The `generate` block of a generative search over objects the caller names: by id
+    from a collection, or inline as properties. No search. A missing id is that object's
+    own NOT_FOUND error; the call still answers for the rest.
+    """
+    StreamGenerateOnObjects: _grpc.UnaryStreamMultiCallable[_gateway_service_pb2.StreamGenerateOnObjectsRequest, _gateway_service_pb2.StreamGenerateOnObjectsResponse]
+    """Streaming form: the same events as StreamGenerativeSearch."""
 
 @_typing.type_check_only
 class GatewayServiceAsyncStub(GatewayServiceStub):
@@ -67,6 +74,13 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     Ask: _aio.UnaryUnaryMultiCallable[_gateway_service_pb2.AskRequest, _gateway_service_pb2.AskResponse]  # type: ignore[assignment]
     """Conversational search: answer a question from the top hits and recent turns."""
     StreamAsk: _aio.UnaryStreamMultiCallable[_gateway_service_pb2.StreamAskRequest, _gateway_service_pb2.StreamAskResponse]  # type: ignore[assignment]
+    GenerateOnObjects: _aio.UnaryUnaryMultiCallable[_gateway_service_pb2.GenerateOnObjectsRequest, _gateway_service_pb2.GenerateOnObjectsResponse]  # type: ignore[assignment]
+    """The `generate` block of a generative search over objects the caller names: by id
+    from a collection, or inline as properties. No search. A missing id is that object's
+    own NOT_FOUND error; the call still answers for the rest.
+    """
+    StreamGenerateOnObjects: _aio.UnaryStreamMultiCallable[_gateway_service_pb2.StreamGenerateOnObjectsRequest, _gateway_service_pb2.StreamGenerateOnObjectsResponse]  # type: ignore[assignment]
+    """Streaming form: the same events as StreamGenerativeSearch."""
 
 class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     """The front door: generative search (a search, then one LLM call per hit and/or one over
@@ -108,5 +122,24 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _gateway_service_pb2.StreamAskRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_gateway_service_pb2.StreamAskResponse], _abc.AsyncIterator[_gateway_service_pb2.StreamAskResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GenerateOnObjects(
+        self,
+        request: _gateway_service_pb2.GenerateOnObjectsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_service_pb2.GenerateOnObjectsResponse, _abc.Awaitable[_gateway_service_pb2.GenerateOnObjectsResponse]]:
+        """The `generate` block of a generative search over objects the caller names: by id
+        from a collection, or inline as properties. No search. A missing id is that object's
+        own NOT_FOUND error; the call still answers for the rest.
+        """
+
+    @_abc_1.abstractmethod
+    def StreamGenerateOnObjects(
+        self,
+        request: _gateway_service_pb2.StreamGenerateOnObjectsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_gateway_service_pb2.StreamGenerateOnObjectsResponse], _abc.AsyncIterator[_gateway_service_pb2.StreamGenerateOnObjectsResponse]]:
+        """Streaming form: the same events as StreamGenerativeSearch."""
 
 def add_GatewayServiceServicer_to_server(servicer: GatewayServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,5 +1,6 @@
 import datetime
 
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -102,7 +103,7 @@ class Vectorizer(_message.Message):
     def __init__(self, kind: _Optional[_Union[VectorizerKind, str]] = ..., model: _Optional[str] = ..., base_url: _Optional[str] = ..., api_key_env: _Optional[str] = ..., dimensions: _Optional[int] = ..., source_properties: _Optional[_Iterable[str]] = ..., distance: _Optional[_Union[Distance, str]] = ...) -> None: ...
 
 class GenerativeConfig(_message.Message):
-    __slots__ = ("provider", "model", "temperature", "max_tokens", "system_prompt", "user_instructions", "context_fields", "fallback")
+    __slots__ = ("provider", "model", "temperature", "max_tokens", "system_prompt", "user_instructions", "context_fields", "fallback", "cache")
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
@@ -111,6 +112,7 @@ class GenerativeConfig(_message.Message):
     USER_INSTRUCTIONS_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELDS_FIELD_NUMBER: _ClassVar[int]
     FALLBACK_FIELD_NUMBER: _ClassVar[int]
+    CACHE_FIELD_NUMBER: _ClassVar[int]
     provider: str
     model: str
     temperature: float
@@ -119,7 +121,8 @@ class GenerativeConfig(_message.Message):
     user_instructions: str
     context_fields: _containers.RepeatedScalarFieldContainer[str]
     fallback: _containers.RepeatedCompositeFieldContainer[GenerativeModel]
-    def __init__(self, provider: _Optional[str] = ..., model: _Optional[str] = ..., temperature: _Optional[float] = ..., max_tokens: _Optional[int] = ..., system_prompt: _Optional[str] = ..., user_instructions: _Optional[str] = ..., context_fields: _Optional[_Iterable[str]] = ..., fallback: _Optional[_Iterable[_Union[GenerativeModel, _Mapping]]] = ...) -> None: ...
+    cache: CacheDefaults
+    def __init__(self, provider: _Optional[str] = ..., model: _Optional[str] = ..., temperature: _Optional[float] = ..., max_tokens: _Optional[int] = ..., system_prompt: _Optional[str] = ..., user_instructions: _Optional[str] = ..., context_fields: _Optional[_Iterable[str]] = ..., fallback: _Optional[_Iterable[_Union[GenerativeModel, _Mapping]]] = ..., cache: _Optional[_Union[CacheDefaults, _Mapping]] = ...) -> None: ...
 
 class GenerativeModel(_message.Message):
     __slots__ = ("provider", "model")
@@ -128,6 +131,18 @@ class GenerativeModel(_message.Message):
     provider: str
     model: str
     def __init__(self, provider: _Optional[str] = ..., model: _Optional[str] = ...) -> None: ...
+
+class CacheDefaults(_message.Message):
+    __slots__ = ("generation", "semantic", "ttl", "min_similarity")
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    SEMANTIC_FIELD_NUMBER: _ClassVar[int]
+    TTL_FIELD_NUMBER: _ClassVar[int]
+    MIN_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    generation: bool
+    semantic: bool
+    ttl: _duration_pb2.Duration
+    min_similarity: float
+    def __init__(self, generation: _Optional[bool] = ..., semantic: _Optional[bool] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., min_similarity: _Optional[float] = ...) -> None: ...
 
 class Collection(_message.Message):
     __slots__ = ("name", "description", "properties", "vectorizer", "keyword_index", "generative", "create_time")
@@ -402,3 +417,45 @@ class SearchResponse(_message.Message):
     embed_ms: float
     query_ms: float
     def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., embed_ms: _Optional[float] = ..., query_ms: _Optional[float] = ...) -> None: ...
+
+class LookupCachedAnswerRequest(_message.Message):
+    __slots__ = ("collection", "question", "min_similarity", "context_key")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    QUESTION_FIELD_NUMBER: _ClassVar[int]
+    MIN_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_KEY_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    question: str
+    min_similarity: float
+    context_key: str
+    def __init__(self, collection: _Optional[str] = ..., question: _Optional[str] = ..., min_similarity: _Optional[float] = ..., context_key: _Optional[str] = ...) -> None: ...
+
+class LookupCachedAnswerResponse(_message.Message):
+    __slots__ = ("found", "answer", "question", "similarity")
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_FIELD_NUMBER: _ClassVar[int]
+    QUESTION_FIELD_NUMBER: _ClassVar[int]
+    SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    found: bool
+    answer: bytes
+    question: str
+    similarity: float
+    def __init__(self, found: _Optional[bool] = ..., answer: _Optional[bytes] = ..., question: _Optional[str] = ..., similarity: _Optional[float] = ...) -> None: ...
+
+class StoreCachedAnswerRequest(_message.Message):
+    __slots__ = ("collection", "question", "answer", "ttl", "context_key")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    QUESTION_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_FIELD_NUMBER: _ClassVar[int]
+    TTL_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_KEY_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    question: str
+    answer: bytes
+    ttl: _duration_pb2.Duration
+    context_key: str
+    def __init__(self, collection: _Optional[str] = ..., question: _Optional[str] = ..., answer: _Optional[bytes] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., context_key: _Optional[str] = ...) -> None: ...
+
+class StoreCachedAnswerResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

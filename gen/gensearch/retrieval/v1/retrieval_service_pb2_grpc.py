@@ -86,6 +86,16 @@ class RetrievalServiceStub:
                 request_serializer=gensearch_dot_retrieval_dot_v1_dot_retrieval__service__pb2.SearchRequest.SerializeToString,
                 response_deserializer=gensearch_dot_retrieval_dot_v1_dot_retrieval__service__pb2.SearchResponse.FromString,
                 _registered_method=True)
+        self.LookupCachedAnswer = channel.unary_unary(
+                '/gensearch.retrieval.v1.RetrievalService/LookupCachedAnswer',
+                request_serializer=gensearch_dot_retrieval_dot_v1_dot_retrieval__service__pb2.LookupCachedAnswerRequest.SerializeToString,
+                response_deserializer=gensearch_dot_retrieval_dot_v1_dot_retrieval__service__pb2.LookupCachedAnswerResponse.FromString,
+                _registered_method=True)
+        self.StoreCachedAnswer = channel.unary_unary(
+                '/gensearch.retrieval.v1.RetrievalService/StoreCachedAnswer',
+                request_serializer=gensearch_dot_retrieval_dot_v1_dot_retrieval__service__pb2.StoreCachedAnswerRequest.SerializeToString,
+                response_deserializer=gensearch_dot_retrieval_dot_v1_dot_retrieval__service__pb2.StoreCachedAnswerResponse.FromString,
+                _registered_method=True)
 
 
 class RetrievalServiceServicer:
@@ -158,6 +168,21 @@ class RetrievalServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LookupCachedAnswer(self, request, context):
+        """The semantic answer cache (used by the gateway's Ask): the stored answer whose
+        question is nearest in meaning to this one, if near enough. Entries live in a hidden
+        engine collection per (tenant, collection), dropped with the collection.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StoreCachedAnswer(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RetrievalServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -210,6 +235,16 @@ def add_RetrievalServiceServicer_to_server(servicer, server):
                     servicer.Search,
                     request_deserializer=gensearch_dot_retrieval_dot_v1_dot_retrieval__service__pb2.SearchRequest.FromString,
                     response_serializer=gensearch_dot_retrieval_dot_v1_dot_retrieval__service__pb2.SearchResponse.SerializeToString,
+            ),
+            'LookupCachedAnswer': grpc.unary_unary_rpc_method_handler(
+                    servicer.LookupCachedAnswer,
+                    request_deserializer=gensearch_dot_retrieval_dot_v1_dot_retrieval__service__pb2.LookupCachedAnswerRequest.FromString,
+                    response_serializer=gensearch_dot_retrieval_dot_v1_dot_retrieval__service__pb2.LookupCachedAnswerResponse.SerializeToString,
+            ),
+            'StoreCachedAnswer': grpc.unary_unary_rpc_method_handler(
+                    servicer.StoreCachedAnswer,
+                    request_deserializer=gensearch_dot_retrieval_dot_v1_dot_retrieval__service__pb2.StoreCachedAnswerRequest.FromString,
+                    response_serializer=gensearch_dot_retrieval_dot_v1_dot_retrieval__service__pb2.StoreCachedAnswerResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -484,6 +519,60 @@ class RetrievalService:
             '/gensearch.retrieval.v1.RetrievalService/Search',
             gensearch_dot_retrieval_dot_v1_dot_retrieval__service__pb2.SearchRequest.SerializeToString,
             gensearch_dot_retrieval_dot_v1_dot_retrieval__service__pb2.SearchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LookupCachedAnswer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gensearch.retrieval.v1.RetrievalService/LookupCachedAnswer',
+            gensearch_dot_retrieval_dot_v1_dot_retrieval__service__pb2.LookupCachedAnswerRequest.SerializeToString,
+            gensearch_dot_retrieval_dot_v1_dot_retrieval__service__pb2.LookupCachedAnswerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StoreCachedAnswer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gensearch.retrieval.v1.RetrievalService/StoreCachedAnswer',
+            gensearch_dot_retrieval_dot_v1_dot_retrieval__service__pb2.StoreCachedAnswerRequest.SerializeToString,
+            gensearch_dot_retrieval_dot_v1_dot_retrieval__service__pb2.StoreCachedAnswerResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -51,6 +51,12 @@ class RetrievalServiceStub:
     """Deletes objects by ids or by filter (exactly one of them)."""
     CountObjects: _grpc.UnaryUnaryMultiCallable[_retrieval_service_pb2.CountObjectsRequest, _retrieval_service_pb2.CountObjectsResponse]
     Search: _grpc.UnaryUnaryMultiCallable[_retrieval_service_pb2.SearchRequest, _retrieval_service_pb2.SearchResponse]
+    LookupCachedAnswer: _grpc.UnaryUnaryMultiCallable[_retrieval_service_pb2.LookupCachedAnswerRequest, _retrieval_service_pb2.LookupCachedAnswerResponse]
+    """The semantic answer cache (used by the gateway's Ask): the stored answer whose
+    question is nearest in meaning to this one, if near enough. Entries live in a hidden
+    engine collection per (tenant, collection), dropped with the collection.
+    """
+    StoreCachedAnswer: _grpc.UnaryUnaryMultiCallable[_retrieval_service_pb2.StoreCachedAnswerRequest, _retrieval_service_pb2.StoreCachedAnswerResponse]
 
 @_typing.type_check_only
 class RetrievalServiceAsyncStub(RetrievalServiceStub):
@@ -75,6 +81,12 @@ class RetrievalServiceAsyncStub(RetrievalServiceStub):
     """Deletes objects by ids or by filter (exactly one of them)."""
     CountObjects: _aio.UnaryUnaryMultiCallable[_retrieval_service_pb2.CountObjectsRequest, _retrieval_service_pb2.CountObjectsResponse]  # type: ignore[assignment]
     Search: _aio.UnaryUnaryMultiCallable[_retrieval_service_pb2.SearchRequest, _retrieval_service_pb2.SearchResponse]  # type: ignore[assignment]
+    LookupCachedAnswer: _aio.UnaryUnaryMultiCallable[_retrieval_service_pb2.LookupCachedAnswerRequest, _retrieval_service_pb2.LookupCachedAnswerResponse]  # type: ignore[assignment]
+    """The semantic answer cache (used by the gateway's Ask): the stored answer whose
+    question is nearest in meaning to this one, if near enough. Entries live in a hidden
+    engine collection per (tenant, collection), dropped with the collection.
+    """
+    StoreCachedAnswer: _aio.UnaryUnaryMultiCallable[_retrieval_service_pb2.StoreCachedAnswerRequest, _retrieval_service_pb2.StoreCachedAnswerResponse]  # type: ignore[assignment]
 
 class RetrievalServiceServicer(metaclass=_abc_1.ABCMeta):
     """Collections of typed objects, stored in Qdrant, searched by vector, keyword (BM25) or
@@ -156,5 +168,23 @@ class RetrievalServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _retrieval_service_pb2.SearchRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_retrieval_service_pb2.SearchResponse, _abc.Awaitable[_retrieval_service_pb2.SearchResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def LookupCachedAnswer(
+        self,
+        request: _retrieval_service_pb2.LookupCachedAnswerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_retrieval_service_pb2.LookupCachedAnswerResponse, _abc.Awaitable[_retrieval_service_pb2.LookupCachedAnswerResponse]]:
+        """The semantic answer cache (used by the gateway's Ask): the stored answer whose
+        question is nearest in meaning to this one, if near enough. Entries live in a hidden
+        engine collection per (tenant, collection), dropped with the collection.
+        """
+
+    @_abc_1.abstractmethod
+    def StoreCachedAnswer(
+        self,
+        request: _retrieval_service_pb2.StoreCachedAnswerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_retrieval_service_pb2.StoreCachedAnswerResponse, _abc.Awaitable[_retrieval_service_pb2.StoreCachedAnswerResponse]]: ...
 
 def add_RetrievalServiceServicer_to_server(servicer: RetrievalServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,170 @@
+"""The semantic answer cache of Ask: a question close enough in meaning to one already
+answered over the same collection, in the same tenant and under the same settings, gets
+the stored answer, marked cached, with no retrieval and no LLM call.
+
+Only for an Ask without a conversation (no ``conversation_id``, no ``new_conversation``):
+an answer that depends on history must never be reused, and a turn stored in memory records
+an answer generated for it. The entries live in the retrieval service, beside the engine
+that holds the collection (``LookupCachedAnswer`` / ``StoreCachedAnswer``): retrieval owns
+Qdrant, the embedders and tenancy, and drops the entries with the collection.
+
+Nearness is not sameness of everything else: the stored entry carries a digest of what
+besides the question decides the answer (``context_key``: the request without the question
+and per-call switches, the resolved model, the collection's generative defaults); only an
+entry with the same digest can answer. Best effort: a failed lookup is a miss and a failed
+store is logged; the cache never fails a question.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
+from gensearch.generation.v1 import generation_service_pb2 as gen_pb
+from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
+from google.protobuf import duration_pb2
+
+from services.common.errors import InvalidArgument, ServiceError
+from services.gateway import generation_cache
+from services.gateway.ask_request import AskLike
+from services.gateway.backends import Backends
+from services.gateway.catalog import CollectionInfo
+from services.gateway.clients import Caller
+from services.gateway.generation_cache import Policy
+from services.gateway.generator import Options, generate_request
+from services.gateway.metrics import CACHE_LOOKUPS
+
+log = logging.getLogger("gensearch.gateway.ask")
+
+MIN_SIMILARITY = 0.5
+# Fields of an Ask that do not change its answer, or are the question itself.
+_PER_CALL = ("llm_question", "timeout", "debug", "semantic_cache")
+
+
+class SemanticAnswers:
+    def __init__(self, backends: Backends) -> None:
+        self._b = backends
+
+    def policy(self, request: AskLike, info: CollectionInfo) -> tuple[Policy, float]:
+        """What this Ask does with the cache, and the similarity a match needs."""
+        s = self._b.settings
+        c = request.semantic_cache
+        defaults = info.generative.cache
+        policy = generation_cache.resolve(
+            c.mode,
+            c.ttl if c.HasField("ttl") else None,
+            defaults.semantic,
+            defaults,
+            s,
+            field="semantic_cache",
+        )
+        if c.HasField("min_similarity"):
+            if not MIN_SIMILARITY <= c.min_similarity <= 1:
+                raise InvalidArgument(
+                    f"semantic_cache.min_similarity must be between {MIN_SIMILARITY} and 1",
+                    field="semantic_cache.min_similarity",
+                    reason="OUT_OF_RANGE",
+                )
+            threshold = c.min_similarity
+        elif defaults.HasField("min_similarity"):
+            threshold = min(max(defaults.min_similarity, MIN_SIMILARITY), 1.0)
+        else:
+            threshold = s.semantic_cache_min_similarity
+        if request.conversation_id or request.new_conversation:
+            policy = Policy()  # history (or a turn to store): never from the cache
+        return policy, threshold
+
+    async def lookup(
+        self,
+        request: AskLike,
+        info: CollectionInfo,
+        options: Options,
+        threshold: float,
+        caller: Caller,
+        timeout: float,
+    ) -> gw_pb.AskResponse | None:
+        lookup = ret_pb.LookupCachedAnswerRequest(
+            collection=request.collection,
+            question=request.llm_question,
+            min_similarity=threshold,
+            context_key=context_key(request, info, options),
+        )
+        try:
+            found = await self._b.clients.retrieval.lookup_cached_answer(lookup, caller, timeout)
+        except ServiceError as err:
+            log.warning("semantic cache lookup failed", extra={"reason": err.reason})
+            CACHE_LOOKUPS.labels("semantic", "error").inc()
+            return None
+        if not found.found:
+            CACHE_LOOKUPS.labels("semantic", "miss").inc()
+            return None
+        answer = gw_pb.AskResponse()
+        try:
+            answer.ParseFromString(found.answer)
+        except Exception:
+            return None
+        CACHE_LOOKUPS.labels("semantic", "hit").inc()
+        answer.cached = True
+        answer.cached_question = found.question
+        answer.cached_similarity = found.similarity
+        return answer
+
+    async def store(
+        self,
+        request: AskLike,
+        info: CollectionInfo,
+        options: Options,
+        policy: Policy,
+        response: gw_pb.AskResponse,
+        caller: Caller,
+        timeout: float,
+    ) -> None:
+        kept = gw_pb.AskResponse()
+        kept.CopyFrom(response)
+        # What belongs to this call only: its spending, its debug prompt.
+        for name in ("usage", "prompt", "conversation_id", "interaction_id"):
+            kept.ClearField(name)
+        ttl = duration_pb2.Duration()
+        ttl.FromNanoseconds(int(policy.ttl * 1e9))
+        store = ret_pb.StoreCachedAnswerRequest(
+            collection=request.collection,
+            question=request.llm_question,
+            answer=kept.SerializeToString(),
+            ttl=ttl,
+            context_key=context_key(request, info, options),
+        )
+        try:
+            await self._b.clients.retrieval.store_cached_answer(store, caller, timeout)
+        except ServiceError as err:
+            log.warning("semantic cache store failed", extra={"reason": err.reason})
+
+
+def context_key(request: AskLike, info: CollectionInfo, options: Options) -> str:
+    """A digest of everything but the question that decides an Ask's answer: the request
+    itself (every field, so fields added later count too) less the question and per-call
+    switches, the resolved model and sampling, and the collection's generative defaults."""
+    ask = gw_pb.AskRequest()
+    ask.ParseFromString(request.SerializeToString())  # Ask and StreamAsk share numbering
+    for name in _PER_CALL:
+        ask.ClearField(name)
+    digest = hashlib.sha256()
+    digest.update(ask.SerializeToString(deterministic=True))
+    digest.update(
+        generate_request(gen_pb.GenerateRequest, options, []).SerializeToString(deterministic=True)
+    )
+    generative = ret_pb.GenerativeConfig()
+    generative.CopyFrom(info.generative)
+    generative.ClearField("cache")
+    digest.update(generative.SerializeToString(deterministic=True))
+    return digest.hexdigest()
+
+
+def replay(answer: gw_pb.AskResponse, *, stream: bool) -> list[gw_pb.StreamAskResponse]:
+    """A cached answer as the events of an Ask: its context, its text as one delta when
+    streaming, the answer."""
+    events = [gw_pb.StreamAskResponse(context=gw_pb.AskContextEvent(hits=answer.hits))]
+    if stream and answer.answer:
+        events.append(gw_pb.StreamAskResponse(delta=answer.answer))
+    events.append(gw_pb.StreamAskResponse(answer=answer))
+    return events

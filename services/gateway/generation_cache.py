@@ -1,0 +1,204 @@
+"""The exact generation cache: a per-hit or grouped answer kept in Redis and reused when
+everything that decides it is the same.
+
+The key is built from one thing: the generation request itself (``cache_request``), the
+``gensearch.generation.v1.GenerateRequest`` the gateway would send, serialised
+deterministically — provider, model, every sampling parameter and the rendered messages.
+Nothing is picked field by field, so a field added to GenerateRequest later (top_p, stop,
+a seed, a response format, a fallback chain…) is part of the key without touching this
+module; only per-call switches that do not change the answer (``debug``) are cleared. A
+changed object renders another prompt, so it misses.
+
+Scope: the key also carries the tenant, the collection and the collection's creation time
+(``Scope``), hashed into a Redis Cluster hash tag. So an answer never serves another tenant,
+a collection recreated under the same name starts cold (its old entries only wait for
+their TTL, bounded by ``cache_max_ttl``), and all the keys of one request share a slot:
+one MGET reads them all, on a cluster too.
+
+Best effort: with no Redis configured, or Redis failing, the call generates as if the
+cache were off (logged, counted); a cache never fails a search. Errors are never stored.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
+from gensearch.generation.v1 import generation_service_pb2 as gen_pb
+from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
+from google.protobuf import duration_pb2
+from redis.exceptions import RedisError
+
+from services.common.errors import InvalidArgument
+from services.common.logs import register_secret
+from services.common.redis_client import RedisClient, connect
+from services.gateway.generator import Options, generate_request
+from services.gateway.metrics import CACHE_LOOKUPS
+from services.gateway.request_parts import seconds
+from services.gateway.settings import GatewaySettings
+
+log = logging.getLogger("gensearch.gateway.cache")
+
+
+class Mode(enum.Enum):
+    USE = "use"
+    REFRESH = "refresh"
+    BYPASS = "bypass"
+
+    @property
+    def reads(self) -> bool:
+        return self is Mode.USE
+
+    @property
+    def writes(self) -> bool:
+        return self is not Mode.BYPASS
+
+
+_MODES: dict[int, Mode] = {
+    gw_pb.CACHE_MODE_USE: Mode.USE,
+    gw_pb.CACHE_MODE_REFRESH: Mode.REFRESH,
+    gw_pb.CACHE_MODE_BYPASS: Mode.BYPASS,
+}
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What one request does with a cache, and how long what it stores lives."""
+
+    mode: Mode = Mode.BYPASS
+    ttl: float = 0.0
+
+
+def resolve(
+    mode: int,
+    ttl: duration_pb2.Duration | None,
+    enabled_by_default: bool,
+    defaults: ret_pb.CacheDefaults,
+    settings: GatewaySettings,
+    *,
+    field: str,
+) -> Policy:
+    """The request's mode, else the collection's default (on or off); its TTL, else the
+    collection's, else the service's, never above ``cache_max_ttl``. ``field`` names the
+    request's cache block in errors (``generate.cache``, ``semantic_cache``)."""
+    if mode not in _MODES and mode != gw_pb.CACHE_MODE_UNSPECIFIED:
+        raise InvalidArgument(f"{field}.mode: unknown mode {mode}", field=f"{field}.mode")
+    chosen = _MODES.get(mode) or (Mode.USE if enabled_by_default else Mode.BYPASS)
+    limit = settings.cache_max_ttl
+    if ttl is not None:
+        value = seconds(ttl)
+        if not 0 < value <= limit:
+            raise InvalidArgument(
+                f"{field}.ttl must be positive and at most {limit:g} s",
+                field=f"{field}.ttl",
+                reason="OUT_OF_RANGE",
+                metadata={"max_seconds": f"{limit:g}"},
+            )
+    elif defaults.HasField("ttl") and seconds(defaults.ttl) > 0:
+        value = min(seconds(defaults.ttl), limit)
+    else:
+        value = min(settings.cache_default_ttl, limit)
+    return Policy(chosen, value)
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Whose answers: a tenant's, for one collection as created at one moment (inline
+    objects without a collection: the tenant's, collection empty)."""
+
+    tenant: str
+    collection: str = ""
+    created_ns: int = 0
+
+    def tag(self) -> str:
+        raw = f"{self.tenant}\0{self.collection}\0{self.created_ns}".encode()
+        return hashlib.sha256(raw).hexdigest()[:32]
+
+
+def cache_request(options: Options, messages: Sequence[gen_pb.Message]) -> bytes:
+    """Everything that decides a generation's output, as bytes: the GenerateRequest the
+    gateway sends for it (the same function builds both), minus per-call switches."""
+    request = generate_request(gen_pb.GenerateRequest, options, messages)
+    request.ClearField("debug")  # asks for the upstream request back; the answer is the same
+    return request.SerializeToString(deterministic=True)
+
+
+class GenerationCache:
+    def __init__(self, redis: RedisClient | None, prefix: str) -> None:
+        self._redis = redis
+        self._prefix = prefix
+
+    @classmethod
+    def build(cls, settings: GatewaySettings) -> GenerationCache:
+        """On the Redis the quotas use (same URL and timeouts, its own pool); without one,
+        a cache that is always off."""
+        url = settings.redis_url.get_secret_value()
+        if not url:
+            return cls(None, settings.quota_key_prefix)
+        register_secret(urlsplit(url).password)
+        redis = connect(
+            url,
+            cluster=settings.redis_cluster,
+            socket_timeout=settings.redis_socket_timeout,
+            connect_timeout=settings.redis_connect_timeout,
+        )
+        return cls(redis, settings.quota_key_prefix)
+
+    @property
+    def available(self) -> bool:
+        return self._redis is not None
+
+    def key(self, scope: Scope, options: Options, messages: Sequence[gen_pb.Message]) -> str:
+        digest = hashlib.sha256(cache_request(options, messages)).hexdigest()
+        # The hash tag ({...}) keeps one scope's keys in one cluster slot.
+        return f"{self._prefix}:gencache:{{{scope.tag()}}}:{digest}"
+
+    async def get_many(self, keys: Mapping[int, str]) -> dict[int, gw_pb.GenerationResult]:
+        """The stored results among ``keys`` (all of one scope), marked cached."""
+        if self._redis is None or not keys:
+            return {}
+        indexes = list(keys)
+        try:
+            values = await self._redis.mget([keys[i] for i in indexes])
+        except RedisError as err:
+            log.warning("generation cache read failed", extra={"error": type(err).__name__})
+            CACHE_LOOKUPS.labels("exact", "error").inc(len(keys))
+            return {}
+        found: dict[int, gw_pb.GenerationResult] = {}
+        for index, value in zip(indexes, values, strict=True):
+            if value is None:
+                continue
+            result = gw_pb.GenerationResult()
+            try:
+                result.ParseFromString(value)
+            except Exception:  # a value some other writer left: a miss
+                continue
+            result.cached = True
+            found[index] = result
+        CACHE_LOOKUPS.labels("exact", "hit").inc(len(found))
+        CACHE_LOOKUPS.labels("exact", "miss").inc(len(keys) - len(found))
+        return found
+
+    async def put(self, key: str, result: gw_pb.GenerationResult, ttl: float) -> None:
+        """Keep a successful result (never an error) for ``ttl`` seconds."""
+        if self._redis is None or result.HasField("error") or ttl <= 0:
+            return
+        # The whole result (so fields added to it later are kept too) but what belongs to
+        # this call: usage (a cached answer spends no tokens), the debug prompt, the mark.
+        stored = gw_pb.GenerationResult()
+        stored.CopyFrom(result)
+        for name in ("usage", "prompt", "cached"):
+            stored.ClearField(name)
+        try:
+            await self._redis.set(key, stored.SerializeToString(), px=max(1, int(ttl * 1000)))
+        except RedisError as err:
+            log.warning("generation cache write failed", extra={"error": type(err).__name__})
+
+    async def close(self) -> None:
+        if self._redis is not None:
+            await self._redis.aclose()

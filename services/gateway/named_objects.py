@@ -1,0 +1,197 @@
+"""Generation over objects the caller names (GenerateOnObjects): the ``generate`` block of a
+generative search, with no search.
+
+The objects come by id from a collection (read through retrieval, with the caller's
+identity, so tenancy is retrieval's as for any read) or inline as properties. Then the plan
+is the generative search's own (``GenerativeSearch.build``): same templates, fan-out,
+grouped prompt, cache, unary and streamed answers.
+
+Decisions: a well-formed id that the collection does not hold (never written, deleted, or
+another tenant's: retrieval cannot tell them apart, nor can we) is that object's own
+NOT_FOUND error, like any per-hit failure, and stays out of the grouped prompt; the call
+answers for the rest. A malformed id, an unknown or foreign collection, too many objects or
+an oversized inline object fail the whole call with INVALID_ARGUMENT / NOT_FOUND naming the
+field, before any LLM call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import grpc
+from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
+from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
+from google.protobuf import struct_pb2
+
+from services.common.errors import InvalidArgument, NotFound
+from services.common.values import check_value
+from services.gateway import generative_request, templates
+from services.gateway.backends import Backends
+from services.gateway.catalog import CollectionInfo
+from services.gateway.clients import Caller
+from services.gateway.errors import HitError
+from services.gateway.generative import (
+    GenerativeSearch,
+    Plan,
+    check_templates,
+    respond,
+    stream_events,
+)
+
+ObjectsLike = gw_pb.GenerateOnObjectsRequest | gw_pb.StreamGenerateOnObjectsRequest
+
+
+class NamedObjects:
+    def __init__(self, backends: Backends, search: GenerativeSearch) -> None:
+        self._b = backends
+        self._search = search
+
+    async def run(
+        self, request: gw_pb.GenerateOnObjectsRequest, caller: Caller, call_remaining: float | None
+    ) -> gw_pb.GenerateOnObjectsResponse:
+        plan = await self.plan(request, caller, call_remaining)
+        return await respond(plan, gw_pb.GenerateOnObjectsResponse())
+
+    async def stream(
+        self,
+        request: gw_pb.StreamGenerateOnObjectsRequest,
+        caller: Caller,
+        call_remaining: float | None,
+    ) -> AsyncIterator[gw_pb.StreamGenerateOnObjectsResponse]:
+        plan = await self.plan(request, caller, call_remaining)
+        async for event in stream_events(plan, gw_pb.StreamGenerateOnObjectsResponse):
+            yield event
+
+    async def plan(
+        self, request: ObjectsLike, caller: Caller, call_remaining: float | None
+    ) -> Plan:
+        s = self._b.settings
+        loop = asyncio.get_running_loop()
+        call_deadline = None if call_remaining is None else loop.time() + call_remaining
+        g = request.generate
+        generative_request.validate_generate(g, s)
+        if not (g.single_prompt or g.grouped_task):
+            raise InvalidArgument(
+                "give generate.single_prompt, generate.grouped_task or both",
+                field="generate.single_prompt",
+            )
+        kind = request.WhichOneof("objects")
+        if kind == "ids":
+            count, what = len(request.ids.ids), "ids.ids"
+        elif kind == "inline":
+            count, what = len(request.inline.objects), "inline.objects"
+        else:
+            raise InvalidArgument("give ids or inline objects", field="ids")
+        if not 1 <= count <= s.max_hits:
+            raise InvalidArgument(
+                f"{what} must hold between 1 and {s.max_hits} entries",
+                field=what,
+                reason="OUT_OF_RANGE",
+                metadata={"max": str(s.max_hits)},
+            )
+        if kind == "ids":
+            ids = [_check_id(v, f"ids.ids[{i}]") for i, v in enumerate(request.ids.ids)]
+            generative_request.require(request, "collection")
+        else:
+            for i, obj in enumerate(request.inline.objects):
+                self._check_inline(obj, f"inline.objects[{i}]")
+
+        info: CollectionInfo | None = None
+        if request.collection:
+            try:
+                info = await self._b.catalog.get(request.collection, caller, call_remaining)
+            except NotFound:
+                # GetCollection names its own field (name); the caller's is collection.
+                raise NotFound(
+                    f"collection {request.collection!r} not found", field="collection"
+                ) from None
+            check_templates(g, info)
+            templates.check_known(
+                request.return_properties, info.properties, field="return_properties"
+            )
+        failed: dict[int, HitError] = {}
+        if kind == "ids":
+            assert info is not None
+            hits = await self._fetch(request.collection, ids, caller, call_remaining, failed)
+        else:
+            hits = [ret_pb.Hit(properties=obj) for obj in request.inline.objects]
+            if info is None:
+                # No schema: the objects' own property names are what templates may name.
+                names = {name for obj in request.inline.objects for name in obj.fields}
+                if g.single_prompt:
+                    templates.parse_single_prompt(
+                        g.single_prompt, names, field="generate.single_prompt"
+                    )
+                templates.check_known(
+                    g.grouped_properties, names, field="generate.grouped_properties"
+                )
+            else:
+                for i, obj in enumerate(request.inline.objects):
+                    for name in obj.fields:
+                        if name not in info.properties:
+                            raise InvalidArgument(
+                                f"inline.objects[{i}]: no property {name[:64]!r} in "
+                                f"collection {info.collection.name!r}",
+                                field=f"inline.objects[{i}].{name[:64]}",
+                                reason="UNKNOWN_PROPERTY",
+                            )
+        return await self._search.build(
+            hits=hits,
+            info=info,
+            generate=g,
+            return_properties=list(request.return_properties),
+            streaming=isinstance(request, gw_pb.StreamGenerateOnObjectsRequest),
+            call_deadline=call_deadline,
+            caller=caller,
+            failed=failed,
+        )
+
+    def _check_inline(self, obj: struct_pb2.Struct, field: str) -> None:
+        limit = self._b.settings.max_inline_object_bytes
+        if obj.ByteSize() > limit:
+            raise InvalidArgument(
+                f"{field} is larger than {limit} bytes",
+                field=field,
+                reason="TOO_LARGE",
+                metadata={"max_bytes": str(limit)},
+            )
+        check_value(obj, field)
+
+    async def _fetch(
+        self,
+        collection: str,
+        ids: list[str],
+        caller: Caller,
+        timeout: float | None,
+        failed: dict[int, HitError],
+    ) -> list[ret_pb.Hit]:
+        """The objects, in the order given; an id the collection does not hold is a hit
+        with that id, no properties and its own NOT_FOUND in ``failed``."""
+        retrieval = self._b.clients.retrieval
+        found = await asyncio.gather(
+            *(retrieval.get_object(collection, i, caller, timeout) for i in ids),
+            return_exceptions=True,
+        )
+        hits: list[ret_pb.Hit] = []
+        for index, (object_id, got) in enumerate(zip(ids, found, strict=True)):
+            if isinstance(got, NotFound):
+                failed[index] = HitError(
+                    grpc.StatusCode.NOT_FOUND,
+                    f"object {object_id} not found in {collection!r}",
+                    "OBJECT_NOT_FOUND",
+                )
+                hits.append(ret_pb.Hit(id=object_id))
+                continue
+            if isinstance(got, BaseException):
+                raise got
+            hits.append(ret_pb.Hit(id=got.id, properties=got.properties))
+        return hits
+
+
+def _check_id(value: str, field: str) -> str:
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise InvalidArgument(f"{field} is not a UUID", field=field, reason="INVALID_ID") from None

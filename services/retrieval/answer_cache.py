@@ -1,0 +1,167 @@
+"""The semantic answer cache: answers stored beside the question vectors they answered,
+looked up by nearness in meaning (the gateway's Ask uses it for questions without history).
+
+Layout: one hidden engine collection per (tenant, collection), named ``_a`` + sha256(tenant,
+name, the collection's create_time). So entries never cross tenants (another tenant's
+collection has another name, and the lookup starts from the caller's own collection, which
+another tenant's is not found as), a dropped collection takes its entries with it
+(``drop``), and a collection recreated under the same name starts empty even if a drop was
+missed (another create_time, another hidden collection).
+
+The hidden collections carry a schema marked ``CACHE_MARKER`` so the catalog never lists
+them; the ``_a`` prefix cannot collide with a collection name (those start with a letter)
+nor with ``tenancy.storage_name`` (``_t``).
+
+Question vectors come from the service's local model whatever the collection's vectorizer:
+it is in-process, needs no key and costs nothing per question, and collections without a
+vectorizer can cache too. The answer is opaque bytes: this service stores, never reads it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import time
+import uuid
+
+from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
+
+from services.common.errors import AlreadyExists, InvalidArgument, NotFound
+from services.retrieval.answer_cache_marker import CACHE_MARKER
+from services.retrieval.catalog import Catalog
+from services.retrieval.embedders import Embedders
+from services.retrieval.schema import Schema
+from services.retrieval.settings import RetrievalSettings
+from services.retrieval.store import PROPS, CollectionLayout, StoredPoint, VectorStore
+
+MIN_SIMILARITY = 0.5
+# Nearest entries read per lookup: expired ones are skipped (and deleted), so a few stale
+# neighbours never hide a live one just behind them.
+_CANDIDATES = 16
+_MAX_CONTEXT_KEY = 128
+
+
+def cache_store_name(schema: Schema) -> str:
+    stamp = schema.collection.create_time.ToNanoseconds()
+    digest = hashlib.sha256(f"{schema.tenant}\0{schema.name}\0{stamp}".encode()).hexdigest()
+    return f"_a{digest}"
+
+
+class AnswerCache:
+    def __init__(
+        self,
+        store: VectorStore,
+        catalog: Catalog,
+        embedders: Embedders,
+        settings: RetrievalSettings,
+    ) -> None:
+        self._store = store
+        self._catalog = catalog
+        self._embedders = embedders
+        self._settings = settings
+        self._create_lock = asyncio.Lock()
+
+    async def lookup(
+        self, tenant: str, request: pb.LookupCachedAnswerRequest
+    ) -> pb.LookupCachedAnswerResponse:
+        schema = await self._catalog.get(tenant, request.collection)
+        self._check_question(request.question)
+        if not MIN_SIMILARITY <= request.min_similarity <= 1:
+            raise InvalidArgument(
+                f"min_similarity must be between {MIN_SIMILARITY} and 1",
+                field="min_similarity",
+                reason="OUT_OF_RANGE",
+            )
+        _check_context_key(request.context_key)
+        vector = await self._vector(request.question)
+        name = cache_store_name(schema)
+        try:
+            points = await self._store.query_dense(name, vector, None, _CANDIDATES, 0, False)
+        except NotFound:
+            return pb.LookupCachedAnswerResponse()  # nothing stored yet
+        now = time.time()
+        expired = [p.id for p in points if float(p.payload.get("exp", 0)) <= now]
+        if expired:
+            with contextlib.suppress(NotFound):
+                await self._store.delete_ids(name, expired)
+        for point in points:
+            if point.id in expired or point.score < request.min_similarity:
+                continue
+            if point.payload.get("k", "") != request.context_key:
+                continue  # answered under other settings (model, prompt, filter...)
+            props = point.payload.get(PROPS, {})
+            return pb.LookupCachedAnswerResponse(
+                found=True,
+                answer=base64.b64decode(props.get("a", "")),
+                question=str(props.get("q", "")),
+                similarity=point.score,
+            )
+        return pb.LookupCachedAnswerResponse()
+
+    async def store(self, tenant: str, request: pb.StoreCachedAnswerRequest) -> None:
+        schema = await self._catalog.get(tenant, request.collection)
+        self._check_question(request.question)
+        s = self._settings
+        if len(request.answer) > s.max_cached_answer_bytes:
+            raise InvalidArgument(
+                f"answer is longer than {s.max_cached_answer_bytes} bytes",
+                field="answer",
+                reason="TOO_LARGE",
+            )
+        ttl = request.ttl.ToNanoseconds() / 1e9
+        if not 0 < ttl <= s.max_cached_answer_ttl:
+            raise InvalidArgument(
+                f"ttl must be positive and at most {s.max_cached_answer_ttl:g} s",
+                field="ttl",
+                reason="OUT_OF_RANGE",
+            )
+        _check_context_key(request.context_key)
+        vector = await self._vector(request.question)
+        name = cache_store_name(schema)
+        point = StoredPoint(
+            # One entry per question text and context: storing it again replaces it.
+            id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"{request.context_key}\0{request.question}")),
+            payload={
+                PROPS: {"q": request.question, "a": base64.b64encode(request.answer).decode()},
+                "k": request.context_key,
+                "exp": time.time() + ttl,
+            },
+            dense=vector,
+        )
+        try:
+            await self._store.upsert(name, [point])
+        except NotFound:
+            await self._create(name, schema, len(vector))
+            await self._store.upsert(name, [point])
+
+    async def drop(self, schema: Schema) -> None:
+        """Forget every answer cached for ``schema``'s collection."""
+        await self._store.delete_collection(cache_store_name(schema))
+
+    async def _create(self, name: str, schema: Schema, dimensions: int) -> None:
+        layout = CollectionLayout(name=name, dimensions=dimensions, distance="cosine", sparse=False)
+        marker = {CACHE_MARKER: True, "tenant": schema.tenant, "collection": schema.name}
+        async with self._create_lock:
+            with contextlib.suppress(AlreadyExists):  # another call made it first
+                await self._store.create_collection(layout, marker)
+
+    async def _vector(self, question: str) -> list[float]:
+        return (await self._embedders.local.embed([question]))[0]
+
+    def _check_question(self, question: str) -> None:
+        if not question.strip():
+            raise InvalidArgument("question is required", field="question")
+        limit = self._settings.max_cached_question_chars
+        if len(question) > limit:
+            raise InvalidArgument(
+                f"question is longer than {limit} characters", field="question", reason="TOO_LONG"
+            )
+
+
+def _check_context_key(key: str) -> None:
+    if len(key) > _MAX_CONTEXT_KEY:
+        raise InvalidArgument(
+            f"context_key is longer than {_MAX_CONTEXT_KEY} characters", field="context_key"
+        )

@@ -1,0 +1,319 @@
+"""The exact generation cache through the whole stack, on a real Redis (standalone, and a
+real three-master cluster for the key layout): modes, TTL, what makes a miss, tenants,
+collection deletion, errors never stored, streaming, bad cache settings."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
+from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
+from google.protobuf import duration_pb2, struct_pb2
+from redis.asyncio import Redis
+
+from services.devlaunch.redis_server import RedisProcess
+from tests.gateway.conftest import BOOKS, DIM, Stack, StackFactory, create_books, vector
+from tests.support.fake_openai import Behaviour
+from tests.support.redis_cluster import LocalCluster
+from tests.support.rpc import error_info
+
+KEYS = "alice@acme/admin:key-alice-acme,bob@globex/admin:key-bob-globex"
+ALICE = (("authorization", "Bearer key-alice-acme"),)
+BOB = (("authorization", "Bearer key-bob-globex"),)
+USE, REFRESH, BYPASS = gw_pb.CACHE_MODE_USE, gw_pb.CACHE_MODE_REFRESH, gw_pb.CACHE_MODE_BYPASS
+
+
+def ttl(seconds: float) -> duration_pb2.Duration:
+    d = duration_pb2.Duration()
+    d.FromNanoseconds(int(seconds * 1e9))
+    return d
+
+
+def search(
+    mode: int = USE, *, limit: int = 5, ttl_s: float | None = None, grouped: bool = True
+) -> gw_pb.GenerativeSearchRequest:
+    cache = gw_pb.GenerationCache(mode=mode)  # type: ignore[arg-type]
+    if ttl_s is not None:
+        cache.ttl.CopyFrom(ttl(ttl_s))
+    return gw_pb.GenerativeSearchRequest(
+        collection="Books",
+        near_vector=ret_pb.NearVector(vector=[0.5] * DIM),
+        limit=limit,
+        generate=gw_pb.Generate(
+            single_prompt="Title: {title}",
+            grouped_task="Which is oldest?" if grouped else "",
+            cache=cache,
+        ),
+    )
+
+
+@pytest.fixture
+def prefix() -> str:
+    # A key prefix of its own: stacks share the session's Redis.
+    return f"gc-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def cached(stack_factory: StackFactory, shared_redis: RedisProcess, prefix: str) -> Stack:
+    # The gateway keeps collections for a minute (the default is 2 s; the stack's 0): a
+    # deleted and recreated collection must still start cold.
+    return await stack_factory(
+        shared={"api_keys": KEYS},
+        redis_url=shared_redis.url,
+        quota_key_prefix=prefix,
+        collection_cache_ttl=60,
+    )
+
+
+def calls(stack: Stack) -> int:
+    return len(stack.fake.chat_requests)
+
+
+def results(response: gw_pb.GenerativeSearchResponse) -> dict[str, gw_pb.GenerationResult]:
+    return {h.hit.id: h.generation for h in response.hits}
+
+
+async def test_use_answers_a_repeat_from_the_cache_with_no_llm_call(cached: Stack) -> None:
+    await create_books(cached, metadata=ALICE)
+    first = await cached.stub.GenerativeSearch(search(), metadata=ALICE)
+    # 5 hits + grouped: every one generated now.
+    made = calls(cached)
+    assert made == 6
+    assert not any(g.cached for g in results(first).values()) and not first.grouped.cached
+    second = await cached.stub.GenerativeSearch(search(), metadata=ALICE)
+    assert calls(cached) == made  # no new call at all
+    for hit_id, generation in results(second).items():
+        assert generation.cached
+        assert generation.result == results(first)[hit_id].result
+        assert not generation.HasField("usage") or generation.usage.total_tokens == 0
+    assert second.grouped.cached and second.grouped.result == first.grouped.result
+    assert second.usage.total_tokens == 0 < first.usage.total_tokens
+
+
+async def test_refresh_regenerates_and_stores_bypass_neither(cached: Stack) -> None:
+    await create_books(cached, metadata=ALICE)
+    await cached.stub.GenerativeSearch(search(USE), metadata=ALICE)
+    before = calls(cached)
+    refreshed = await cached.stub.GenerativeSearch(search(REFRESH), metadata=ALICE)
+    assert calls(cached) == before + 6
+    assert not any(g.cached for g in results(refreshed).values())
+    bypassed = await cached.stub.GenerativeSearch(search(BYPASS), metadata=ALICE)
+    assert calls(cached) == before + 12
+    assert not any(g.cached for g in results(bypassed).values())
+    again = await cached.stub.GenerativeSearch(search(USE), metadata=ALICE)
+    assert calls(cached) == before + 12
+    assert all(g.cached for g in results(again).values())
+
+
+async def test_refresh_replaces_the_stored_answer(cached: Stack) -> None:
+    await create_books(cached, metadata=ALICE)
+    cached.fake.enqueue(*[Behaviour.ok("old answer")] * 6)
+    await cached.stub.GenerativeSearch(search(USE), metadata=ALICE)
+    await cached.stub.GenerativeSearch(search(REFRESH), metadata=ALICE)  # default: echo
+    again = await cached.stub.GenerativeSearch(search(USE), metadata=ALICE)
+    assert all(g.cached and g.result != "old answer" for g in results(again).values())
+
+
+async def test_unspecified_follows_the_collection_default(cached: Stack) -> None:
+    await create_books(cached, metadata=ALICE)  # no cache defaults: off
+    await cached.stub.GenerativeSearch(search(gw_pb.CACHE_MODE_UNSPECIFIED), metadata=ALICE)
+    before = calls(cached)
+    await cached.stub.GenerativeSearch(search(gw_pb.CACHE_MODE_UNSPECIFIED), metadata=ALICE)
+    assert calls(cached) == before + 6  # nothing was stored
+    on = ret_pb.GenerativeConfig(
+        provider="fake", model="fake-model", cache=ret_pb.CacheDefaults(generation=True)
+    )
+    await create_books(cached, "Cached", metadata=ALICE, generative=on)
+    request = search(gw_pb.CACHE_MODE_UNSPECIFIED)
+    request.collection = "Cached"
+    await cached.stub.GenerativeSearch(request, metadata=ALICE)
+    before = calls(cached)
+    second = await cached.stub.GenerativeSearch(request, metadata=ALICE)
+    assert calls(cached) == before
+    assert all(g.cached for g in results(second).values())
+
+
+async def test_an_answer_lives_for_its_ttl(
+    cached: Stack, shared_redis: RedisProcess, prefix: str
+) -> None:
+    await create_books(cached, metadata=ALICE)
+    await cached.stub.GenerativeSearch(search(ttl_s=1.5, grouped=False), metadata=ALICE)
+    redis = Redis.from_url(shared_redis.url)
+    try:
+        keys = [k async for k in redis.scan_iter(match=f"{prefix}:gencache:*")]
+        assert len(keys) == 5
+        for key in keys:
+            assert 0 < await redis.pttl(key) <= 1500
+    finally:
+        await redis.aclose()
+    await asyncio.sleep(2.0)
+    before = calls(cached)
+    late = await cached.stub.GenerativeSearch(search(grouped=False), metadata=ALICE)
+    assert calls(cached) == before + 5
+    assert not any(g.cached for g in results(late).values())
+
+
+async def test_a_changed_object_misses_and_the_rest_hit(cached: Stack) -> None:
+    ids = await create_books(cached, metadata=ALICE)
+    await cached.stub.GenerativeSearch(search(), metadata=ALICE)
+    props = struct_pb2.Struct()
+    props.update({**BOOKS[0], "title": "Dune Messiah"})
+    await cached.retrieval.UpsertObjects(
+        ret_pb.UpsertObjectsRequest(
+            collection="Books",
+            objects=[ret_pb.DataObject(id=ids[0], properties=props, vector=vector(0))],
+        ),
+        metadata=ALICE,
+    )
+    before = calls(cached)
+    second = await cached.stub.GenerativeSearch(search(), metadata=ALICE)
+    by_id = results(second)
+    assert not by_id[ids[0]].cached and "Dune Messiah" in by_id[ids[0]].result
+    assert all(g.cached for i, g in by_id.items() if i != ids[0])
+    # The changed hit and the grouped prompt (it lists every hit) miss.
+    assert calls(cached) == before + 2
+    assert not second.grouped.cached
+
+
+async def test_answers_never_cross_tenants(cached: Stack) -> None:
+    await create_books(cached, metadata=ALICE)
+    await create_books(cached, metadata=BOB)  # same name, same objects, other tenant
+    await cached.stub.GenerativeSearch(search(), metadata=ALICE)
+    before = calls(cached)
+    bobs = await cached.stub.GenerativeSearch(search(), metadata=BOB)
+    assert calls(cached) == before + 6
+    assert not any(g.cached for g in results(bobs).values())
+
+
+async def test_a_recreated_collection_starts_cold(cached: Stack) -> None:
+    ids = await create_books(cached, metadata=ALICE)
+    await cached.stub.GenerativeSearch(search(), metadata=ALICE)
+    await cached.retrieval.DeleteCollection(
+        ret_pb.DeleteCollectionRequest(name="Books"), metadata=ALICE
+    )
+    # Same name, same objects under the same ids: same prompts, yet another collection.
+    await create_books(cached, metadata=ALICE, books=[])
+    objects = []
+    for i, book in enumerate(BOOKS):
+        props = struct_pb2.Struct()
+        props.update(book)
+        objects.append(ret_pb.DataObject(id=ids[i], properties=props, vector=vector(i)))
+    await cached.retrieval.UpsertObjects(
+        ret_pb.UpsertObjectsRequest(collection="Books", objects=objects), metadata=ALICE
+    )
+    before = calls(cached)
+    fresh = await cached.stub.GenerativeSearch(search(), metadata=ALICE)
+    assert calls(cached) == before + 6
+    assert not any(g.cached for g in results(fresh).values())
+
+
+async def test_errors_are_never_cached(cached: Stack) -> None:
+    await create_books(cached, metadata=ALICE)
+    cached.fake.enqueue(Behaviour.error(400))  # whichever call comes first fails
+    first = await cached.stub.GenerativeSearch(search(grouped=False), metadata=ALICE)
+    failed = [i for i, g in results(first).items() if g.HasField("error")]
+    assert len(failed) == 1
+    before = calls(cached)
+    second = await cached.stub.GenerativeSearch(search(grouped=False), metadata=ALICE)
+    assert calls(cached) == before + 1  # only the failed one asks again
+    by_id = results(second)
+    assert not by_id[failed[0]].cached and by_id[failed[0]].result
+    assert all(g.cached for i, g in by_id.items() if i != failed[0])
+
+
+async def test_streaming_marks_cached_results(cached: Stack) -> None:
+    await create_books(cached, metadata=ALICE)
+    unary = search()
+    request = gw_pb.StreamGenerativeSearchRequest()
+    request.ParseFromString(unary.SerializeToString())
+    request.generate.stream_tokens = True
+    async for _ in cached.stub.StreamGenerativeSearch(request, metadata=ALICE):
+        pass
+    before = calls(cached)
+    events = [e async for e in cached.stub.StreamGenerativeSearch(request, metadata=ALICE)]
+    assert calls(cached) == before
+    kinds = [e.WhichOneof("event") for e in events]
+    assert kinds[0] == "hits" and kinds[-1] == "done"
+    per_hit = [e.hit_result for e in events if e.HasField("hit_result")]
+    assert len(per_hit) == 5
+    generated = [r for r in per_hit if not r.generation.HasField("error")]
+    assert len(generated) == 5 and all(r.generation.cached for r in generated)
+    tokens = {e.token.hit_index: e.token.delta for e in events if e.HasField("token")}
+    for r in generated:
+        assert tokens[r.hit_index] == r.generation.result  # the whole text as one delta
+    grouped = [e.grouped for e in events if e.HasField("grouped")]
+    assert len(grouped) == 1 and grouped[0].cached
+
+
+@pytest.mark.parametrize(
+    ("cache", "field"),
+    [
+        (gw_pb.GenerationCache(mode=USE, ttl=ttl(10 * 86400)), "generate.cache.ttl"),
+        (gw_pb.GenerationCache(mode=USE, ttl=ttl(-1)), "generate.cache.ttl"),
+        (gw_pb.GenerationCache(mode=42), "generate.cache.mode"),  # type: ignore[arg-type]
+    ],
+)
+async def test_bad_cache_settings_name_the_field(
+    cached: Stack, cache: gw_pb.GenerationCache, field: str
+) -> None:
+    await create_books(cached, metadata=ALICE)
+    request = search()
+    request.generate.cache.CopyFrom(cache)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await cached.stub.GenerativeSearch(request, metadata=ALICE)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_info(caught.value).metadata["field"] == field
+    assert calls(cached) == 0
+
+
+async def test_without_redis_the_cache_is_off(stack_factory: StackFactory) -> None:
+    stack = await stack_factory(shared={"api_keys": KEYS})
+    await create_books(stack, metadata=ALICE)
+    await stack.stub.GenerativeSearch(search(), metadata=ALICE)
+    before = calls(stack)
+    again = await stack.stub.GenerativeSearch(search(), metadata=ALICE)
+    assert calls(stack) == before + 6
+    assert not any(g.cached for g in results(again).values())
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[LocalCluster]:
+    own = LocalCluster(tmp_path / "cluster")
+    try:
+        await own.start()
+        yield own
+    finally:
+        own.stop()
+
+
+@pytest.mark.slow
+async def test_on_a_cluster_one_requests_keys_share_a_slot(
+    stack_factory: StackFactory, cluster: LocalCluster
+) -> None:
+    stack = await stack_factory(
+        shared={"api_keys": KEYS}, redis_url=cluster.url, redis_cluster=True
+    )
+    await create_books(stack, metadata=ALICE)
+    await create_books(stack, metadata=BOB)
+    await stack.stub.GenerativeSearch(search(), metadata=ALICE)
+    await stack.stub.GenerativeSearch(search(), metadata=BOB)
+    slots: dict[bytes, int] = {}
+    for node in cluster.nodes:
+        client = node.client()
+        try:
+            async for key in client.scan_iter(match="*:gencache:*"):
+                slots[key] = await client.execute_command("CLUSTER", "KEYSLOT", key)
+        finally:
+            await client.aclose()
+    assert len(slots) == 12  # 5 hits + grouped, twice
+    # One slot per (tenant, collection): one MGET reads a request's keys.
+    assert len(set(slots.values())) == 2
+    before = calls(stack)
+    again = await stack.stub.GenerativeSearch(search(), metadata=ALICE)
+    assert calls(stack) == before
+    assert all(g.cached for g in results(again).values())

@@ -1,0 +1,175 @@
+"""GenerateOnObjects / StreamGenerateOnObjects: the generate block over objects named by id
+or given inline, no search; per-object NOT_FOUND, whole-call errors naming the field, the
+generation cache applied the same way."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import grpc
+import pytest
+from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
+from google.protobuf import struct_pb2
+
+from services.devlaunch.redis_server import RedisProcess
+from tests.gateway.conftest import ALICE, Stack, StackFactory, create_books
+from tests.support.rpc import error_info
+
+
+def struct(values: dict[str, Any]) -> struct_pb2.Struct:
+    s = struct_pb2.Struct()
+    s.update(values)
+    return s
+
+
+def by_ids(ids: list[str], **generate: Any) -> gw_pb.GenerateOnObjectsRequest:
+    return gw_pb.GenerateOnObjectsRequest(
+        collection="Books",
+        ids=gw_pb.ObjectIds(ids=ids),
+        generate=gw_pb.Generate(**generate),
+    )
+
+
+def inline(objects: list[dict[str, Any]], **generate: Any) -> gw_pb.GenerateOnObjectsRequest:
+    return gw_pb.GenerateOnObjectsRequest(
+        inline=gw_pb.InlineObjects(objects=[struct(o) for o in objects]),
+        generate=gw_pb.Generate(**generate),
+    )
+
+
+async def invalid(stack: Stack, request: gw_pb.GenerateOnObjectsRequest) -> tuple[Any, str]:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stack.stub.GenerateOnObjects(request, metadata=ALICE)
+    return caught.value.code(), error_info(caught.value).metadata.get("field", "")
+
+
+async def test_ids_in_the_order_given_with_a_missing_one_as_its_own_error(stack: Stack) -> None:
+    ids = await create_books(stack)
+    missing = str(uuid.uuid4())
+    request = by_ids(
+        [ids[2], missing, ids[0]],
+        single_prompt="Title: {title}",
+        grouped_task="Compare them",
+        debug=True,
+    )
+    response = await stack.stub.GenerateOnObjects(request, metadata=ALICE)
+    assert [h.hit.id for h in response.hits] == [ids[2], missing, ids[0]]
+    emma, gone, dune = (h.generation for h in response.hits)
+    assert emma.result.endswith("Title: Emma") and dune.result.endswith("Title: Dune")
+    assert gone.error.status == "NOT_FOUND" and gone.error.reason == "OBJECT_NOT_FOUND"
+    assert response.hits[0].hit.properties.fields["year"].number_value == 1815
+    # The grouped prompt holds the two found objects, numbered in the order given.
+    assert "[1]\nbody: A matchmaker" in response.grouped.prompt
+    assert "[2]\nbody: A desert planet" in response.grouped.prompt
+    assert "[3]" not in response.grouped.prompt
+    assert len(stack.fake.chat_requests) == 3  # two objects + grouped: none for the missing
+
+
+async def test_inline_objects_without_a_collection(stack: Stack) -> None:
+    objects = [{"name": "tea", "price": 3}, {"name": "cake", "price": 4.5}]
+    response = await stack.stub.GenerateOnObjects(
+        inline(objects, single_prompt="Describe {name} at {price}", grouped_task="Total?"),
+        metadata=ALICE,
+    )
+    assert [h.generation.result for h in response.hits] == [
+        "Describe tea at 3",
+        "Describe cake at 4.5",
+    ]
+    assert all(h.hit.id == "" for h in response.hits)
+    assert response.grouped.result and response.usage.total_tokens > 0
+
+
+async def test_inline_objects_checked_against_a_named_collection(stack: Stack) -> None:
+    await create_books(stack)
+    request = inline([{"title": "Kim", "body": "India."}], single_prompt="About {title}")
+    request.collection = "Books"
+    response = await stack.stub.GenerateOnObjects(request, metadata=ALICE)
+    assert response.hits[0].generation.result == "About Kim"
+    bad = inline([{"title": "Kim", "author": "Kipling"}], single_prompt="About {title}")
+    bad.collection = "Books"
+    assert await invalid(stack, bad) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "inline.objects[0].author",
+    )
+
+
+async def test_streaming_with_ids(stack: Stack) -> None:
+    ids = await create_books(stack)
+    request = gw_pb.StreamGenerateOnObjectsRequest()
+    request.ParseFromString(
+        by_ids([ids[1], ids[4]], single_prompt="T {title}", grouped_task="G").SerializeToString()
+    )
+    request.generate.stream_tokens = True
+    events = [e async for e in stack.stub.StreamGenerateOnObjects(request, metadata=ALICE)]
+    kinds = [e.WhichOneof("event") for e in events]
+    assert kinds[0] == "hits" and kinds[-2:] == ["grouped", "done"]
+    assert [h.id for h in events[0].hits.hits] == [ids[1], ids[4]]
+    results = {
+        e.hit_result.hit_index: e.hit_result.generation.result
+        for e in events[1:-2]
+        if e.HasField("hit_result")
+    }
+    assert results == {0: "T Neuromancer", 1: "T Foundation"}
+    assert any(e.HasField("token") for e in events)
+
+
+async def test_the_cache_applies_to_named_objects(
+    stack_factory: StackFactory, shared_redis: RedisProcess
+) -> None:
+    stack = await stack_factory(
+        redis_url=shared_redis.url, quota_key_prefix=f"no-{uuid.uuid4().hex[:8]}"
+    )
+    ids = await create_books(stack)
+    cache = gw_pb.GenerationCache(mode=gw_pb.CACHE_MODE_USE)
+    request = by_ids(ids[:3], single_prompt="T {title}", cache=cache)
+    await stack.stub.GenerateOnObjects(request, metadata=ALICE)
+    before = len(stack.fake.chat_requests)
+    again = await stack.stub.GenerateOnObjects(request, metadata=ALICE)
+    assert len(stack.fake.chat_requests) == before
+    assert all(h.generation.cached for h in again.hits)
+
+
+@pytest.mark.parametrize(
+    ("request_", "field"),
+    [
+        (gw_pb.GenerateOnObjectsRequest(generate=gw_pb.Generate(grouped_task="x")), "ids"),
+        (by_ids([]), "generate.single_prompt"),
+        (by_ids([], grouped_task="x"), "ids.ids"),
+        (by_ids(["00000000-0000-0000-0000-000000000001", "nope"], grouped_task="x"), "ids.ids[1]"),
+        (by_ids([str(uuid.UUID(int=i)) for i in range(101)], grouped_task="x"), "ids.ids"),
+        (inline([{"a": 1}], single_prompt="no placeholder"), "generate.single_prompt"),
+        (inline([{"a": 1}], single_prompt="{b}"), "generate.single_prompt"),
+        (inline([{"a": "x" * 70_000}], grouped_task="x"), "inline.objects[0]"),
+        (inline([{"a": float("nan")}], grouped_task="x"), "inline.objects[0].a"),
+        (by_ids([str(uuid.uuid4())], single_prompt="{nope}"), "generate.single_prompt"),
+    ],
+)
+async def test_bad_requests_name_the_field(
+    stack: Stack, request_: gw_pb.GenerateOnObjectsRequest, field: str
+) -> None:
+    await create_books(stack)
+    code, named = await invalid(stack, request_)
+    assert (code, named) == (grpc.StatusCode.INVALID_ARGUMENT, field)
+    assert not stack.fake.chat_requests
+
+
+async def test_another_tenants_collection_and_objects_are_not_found(
+    stack_factory: StackFactory,
+) -> None:
+    keys = "alice@acme/admin:key-alice-acme,bob@globex/admin:key-bob-globex"
+    alice = (("authorization", "Bearer key-alice-acme"),)
+    bob = (("authorization", "Bearer key-bob-globex"),)
+    stack = await stack_factory(shared={"api_keys": keys})
+    ids = await create_books(stack, metadata=alice)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stack.stub.GenerateOnObjects(by_ids(ids, grouped_task="x"), metadata=bob)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert error_info(caught.value).metadata["field"] == "collection"
+    # Bob's own collection of that name does not hold Alice's objects.
+    await create_books(stack, metadata=bob, books=[])
+    response = await stack.stub.GenerateOnObjects(
+        by_ids(ids[:2], single_prompt="{title}"), metadata=bob
+    )
+    assert [h.generation.error.status for h in response.hits] == ["NOT_FOUND"] * 2
+    assert not stack.fake.chat_requests

@@ -1,0 +1,190 @@
+"""The semantic answer cache of Ask, through the whole stack: question vectors from the
+retrieval service's local model in the real qdrant-edge engine; hits and misses around the
+threshold, other settings, tenants, conversations, collection deletion, streaming."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
+from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
+
+from tests.gateway.conftest import Stack, StackFactory, create_books
+from tests.support.rpc import error_info
+
+KEYS = "alice@acme/admin:key-alice-acme,bob@globex/admin:key-bob-globex"
+ALICE = (("authorization", "Bearer key-alice-acme"),)
+BOB = (("authorization", "Bearer key-bob-globex"),)
+
+Q1 = "Which book is set on a desert planet?"
+Q2 = "Which novel takes place on a desert planet?"
+UNRELATED = "How long should sourdough bread rise before baking?"
+
+
+def ask(question: str, min_similarity: float | None = None, **fields: Any) -> gw_pb.AskRequest:
+    cache = gw_pb.SemanticCache(mode=gw_pb.CACHE_MODE_USE)
+    if min_similarity is not None:
+        cache.min_similarity = min_similarity
+    return gw_pb.AskRequest(
+        collection="Books", llm_question=question, context_size=2, semantic_cache=cache, **fields
+    )
+
+
+@pytest.fixture
+async def sem(stack_factory: StackFactory) -> Stack:
+    stack = await stack_factory(shared={"api_keys": KEYS})
+    await create_books(stack, metadata=ALICE)
+    return stack
+
+
+def answer_caches(root: Path) -> list[Path]:
+    """The engine's hidden answer-cache shards under a stack's data dirs."""
+    return [p for p in root.rglob("_a*") if p.is_dir()]
+
+
+def calls(stack: Stack) -> int:
+    return len(stack.fake.chat_requests)
+
+
+async def test_a_close_question_gets_the_stored_answer(sem: Stack) -> None:
+    first = await sem.stub.Ask(ask(Q1), metadata=ALICE)
+    assert not first.cached and first.answer
+    made = calls(sem)
+    second = await sem.stub.Ask(ask(Q2, 0.5), metadata=ALICE)
+    assert calls(sem) == made  # no LLM call
+    assert second.cached and second.answer == first.answer
+    assert second.cached_question == Q1
+    assert 0.5 <= second.cached_similarity < 1
+    assert [h.id for h in second.hits] == [h.id for h in first.hits]
+    assert second.usage.total_tokens == 0
+    unrelated = await sem.stub.Ask(ask(UNRELATED, 0.5), metadata=ALICE)
+    assert not unrelated.cached and calls(sem) == made + 1
+
+
+async def test_the_threshold_decides(sem: Stack) -> None:
+    await sem.stub.Ask(ask(Q1), metadata=ALICE)
+    near = (await sem.stub.Ask(ask(Q2, 0.5), metadata=ALICE)).cached_similarity
+    made = calls(sem)
+    just_below = await sem.stub.Ask(ask(Q2, max(0.5, near - 0.005)), metadata=ALICE)
+    assert just_below.cached and calls(sem) == made
+    just_above = await sem.stub.Ask(ask(Q2, min(1.0, near + 0.005)), metadata=ALICE)
+    assert not just_above.cached and calls(sem) == made + 1
+
+
+async def test_other_settings_never_share_an_answer(sem: Stack) -> None:
+    await sem.stub.Ask(ask(Q1), metadata=ALICE)
+    made = calls(sem)
+    other = await sem.stub.Ask(ask(Q1, system_prompt="Answer in French."), metadata=ALICE)
+    assert not other.cached and calls(sem) == made + 1
+    same = await sem.stub.Ask(ask(Q1), metadata=ALICE)
+    assert same.cached and calls(sem) == made + 1
+
+
+async def test_a_conversation_never_uses_it(sem: Stack) -> None:
+    await sem.stub.Ask(ask(Q1), metadata=ALICE)
+    made = calls(sem)
+    started = await sem.stub.Ask(ask(Q1, new_conversation=True), metadata=ALICE)
+    assert not started.cached and started.interaction_id
+    follow = await sem.stub.Ask(
+        ask(Q1, conversation_id=started.conversation_id, rewrite_query=False), metadata=ALICE
+    )
+    assert not follow.cached and follow.interaction_id
+    assert calls(sem) == made + 2
+
+
+async def test_answers_never_cross_tenants(sem: Stack) -> None:
+    await sem.stub.Ask(ask(Q1), metadata=ALICE)
+    await create_books(sem, metadata=BOB)  # same name, same objects
+    made = calls(sem)
+    bobs = await sem.stub.Ask(ask(Q1), metadata=BOB)
+    assert not bobs.cached and calls(sem) == made + 1
+
+
+async def test_deleting_the_collection_drops_its_answers(sem: Stack, tmp_path: Path) -> None:
+    await sem.stub.Ask(ask(Q1), metadata=ALICE)
+    hidden = answer_caches(tmp_path)
+    assert len(hidden) == 1  # the collection's answer cache, in the engine
+    listed = await sem.retrieval.ListCollections(ret_pb.ListCollectionsRequest(), metadata=ALICE)
+    assert [c.name for c in listed.collections] == ["Books"]  # never listed
+    await sem.retrieval.DeleteCollection(
+        ret_pb.DeleteCollectionRequest(name="Books"), metadata=ALICE
+    )
+    assert answer_caches(tmp_path) == []
+    await create_books(sem, metadata=ALICE)
+    made = calls(sem)
+    fresh = await sem.stub.Ask(ask(Q1), metadata=ALICE)
+    assert not fresh.cached and calls(sem) == made + 1
+
+
+async def test_stream_ask_replays_a_cached_answer(sem: Stack) -> None:
+    first = await sem.stub.Ask(ask(Q1), metadata=ALICE)
+    request = gw_pb.StreamAskRequest()
+    request.ParseFromString(ask(Q1).SerializeToString())
+    made = calls(sem)
+    events = [e async for e in sem.stub.StreamAsk(request, metadata=ALICE)]
+    assert [e.WhichOneof("event") for e in events] == ["context", "delta", "answer"]
+    assert events[1].delta == first.answer
+    assert events[2].answer.cached and calls(sem) == made
+
+
+@pytest.mark.parametrize(
+    ("cache", "field"),
+    [
+        (gw_pb.SemanticCache(mode=gw_pb.CACHE_MODE_USE, min_similarity=0.2), "min_similarity"),
+        (gw_pb.SemanticCache(mode=gw_pb.CACHE_MODE_USE, min_similarity=1.5), "min_similarity"),
+        (gw_pb.SemanticCache(mode=7), "mode"),  # type: ignore[arg-type]
+    ],
+)
+async def test_bad_cache_settings_name_the_field(
+    sem: Stack, cache: gw_pb.SemanticCache, field: str
+) -> None:
+    request = ask(Q1)
+    request.semantic_cache.CopyFrom(cache)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await sem.stub.Ask(request, metadata=ALICE)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_info(caught.value).metadata["field"] == f"semantic_cache.{field}"
+    assert calls(sem) == 0
+
+
+async def test_clients_cannot_reach_the_cache_rpcs_through_the_gateway(sem: Stack) -> None:
+    store = ret_pb.StoreCachedAnswerRequest(
+        collection="Books", question=Q1, answer=b"poison", context_key="k"
+    )
+    store.ttl.FromSeconds(60)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await sem.retrieval.StoreCachedAnswer(store, metadata=ALICE)
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await sem.retrieval.LookupCachedAnswer(
+            ret_pb.LookupCachedAnswerRequest(collection="Books", question=Q1, min_similarity=0.9),
+            metadata=ALICE,
+        )
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_a_collection_can_turn_it_on_by_default(sem: Stack) -> None:
+    on = ret_pb.GenerativeConfig(
+        provider="fake",
+        model="fake-model",
+        cache=ret_pb.CacheDefaults(semantic=True, min_similarity=0.5),
+    )
+    await create_books(sem, "Cached", metadata=ALICE, generative=on)
+    plain = gw_pb.AskRequest(collection="Cached", llm_question=Q1, context_size=2)
+    first = await sem.stub.Ask(plain, metadata=ALICE)
+    made = calls(sem)
+    plain.llm_question = Q2
+    second = await sem.stub.Ask(plain, metadata=ALICE)
+    assert not first.cached and second.cached and calls(sem) == made
+    plain.semantic_cache.mode = gw_pb.CACHE_MODE_BYPASS  # the request still decides
+    assert not (await sem.stub.Ask(plain, metadata=ALICE)).cached
+    # Off by default elsewhere: Books has no cache defaults.
+    await sem.stub.Ask(gw_pb.AskRequest(collection="Books", llm_question=Q1), metadata=ALICE)
+    made = calls(sem)
+    again = await sem.stub.Ask(
+        gw_pb.AskRequest(collection="Books", llm_question=Q1), metadata=ALICE
+    )
+    assert not again.cached and calls(sem) == made + 1
