@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import gensearch.client
+from gensearch.client import Gensearch
 
 from tests.cli.conftest import RunningStack
 
@@ -20,6 +21,9 @@ def test_the_example_is_under_30_lines() -> None:
 
 
 def test_the_readme_flow_runs_through_the_client(running_stack: RunningStack) -> None:
+    with Gensearch(running_stack.address) as client:
+        if client.collections.exists("Books"):  # the README walk-through's
+            client.collections.delete("Books")
     # The program imports gensearch.client exactly as this test process does.
     client_root = Path(gensearch.client.__file__).resolve().parents[2]
     path = os.pathsep.join([str(client_root), *sys.path])
