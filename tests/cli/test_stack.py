@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from unittest import mock
 
@@ -94,3 +95,34 @@ async def test_external_redis_qdrant_and_llm(
     assert not (data_dir / "qdrant").exists()
     assert not (data_dir / "redis").exists()
     assert not (data_dir / stack_mod.STACK_FILE).exists()
+
+
+def test_a_busy_port_is_one_line_before_anything_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from services.cli.__main__ import main
+
+    with socket.socket() as taken, mock.patch.dict(os.environ, FREE_PORTS):
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        os.environ["GENSEARCH_MEMORY_METRICS_PORT"] = str(port)
+        code = main(["up", "--data-dir", str(tmp_path / "data"), "--port", str(port)])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert captured.err.count("\n") == 1, captured.err
+    assert captured.err.startswith(
+        f"error: already in use on 127.0.0.1: gateway port {port}, memory metrics port {port} "
+    )
+    assert "--port, GENSEARCH_MEMORY_METRICS_PORT" in captured.err
+    # Nothing started: no Redis, no model, no "starting" line.
+    assert "starting" not in captured.out and not (tmp_path / "data" / "redis").exists()
+
+
+def test_busy_ports_ignores_port_zero_and_free_ports() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert stack_mod.busy_ports("127.0.0.1", {"a": 0, "b": port}) == [f"b port {port}"]
+    assert stack_mod.busy_ports("127.0.0.1", {"b": port}) == []
