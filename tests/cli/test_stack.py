@@ -9,22 +9,13 @@ from unittest import mock
 
 import pytest
 import redis.asyncio as aioredis
-from gensearch.gateway.v1 import gateway_service_pb2 as gpb
-from gensearch.memory.v1 import memory_service_pb2 as mpb
-from gensearch.retrieval.v1 import retrieval_service_pb2 as rpb
-from google.protobuf import struct_pb2
+from gensearch.client import AsyncGensearch
 
 from services.cli import stack as stack_mod
-from services.cli.client import Client, Connection, check_health
+from services.cli.client import check_health
 from services.devlaunch.redis_server import RedisProcess
 from tests.cli.conftest import FREE_PORTS, up_args
 from tests.support.fake_openai import FakeOpenAI
-
-
-def struct(value: dict[str, object]) -> struct_pb2.Struct:
-    out = struct_pb2.Struct()
-    out.update(value)
-    return out
 
 
 async def test_external_redis_qdrant_and_llm(
@@ -51,32 +42,12 @@ async def test_external_redis_qdrant_and_llm(
             for part in stack.parts.values():
                 assert await check_health(part.address, part.service) == "SERVING"
 
-            async with Client(Connection(address=stack.gateway_address)) as client:
-                created = await client.memory.CreateConversation(
-                    mpb.CreateConversationRequest(name="kept in your Redis")
-                )
-                await client.retrieval.CreateCollection(
-                    rpb.CreateCollectionRequest(
-                        collection=rpb.Collection(
-                            name="Docs",
-                            properties=[rpb.Property(name="text", data_type=rpb.DATA_TYPE_TEXT)],
-                        )
-                    )
-                )
-                await client.retrieval.UpsertObjects(
-                    rpb.UpsertObjectsRequest(
-                        collection="Docs",
-                        objects=[rpb.DataObject(properties=struct({"text": "hello world"}))],
-                    )
-                )
-                found = await client.gateway.GenerativeSearch(
-                    gpb.GenerativeSearchRequest(
-                        collection="Docs",
-                        keyword=rpb.Keyword(text="hello"),
-                        generate=gpb.Generate(single_prompt="Echo {text}"),
-                    )
-                )
-            assert found.hits[0].generation.result == "Echo hello world"
+            async with AsyncGensearch(stack.gateway_address) as client:
+                created = await client.conversations.create("kept in your Redis")
+                docs = await client.collections.create("Docs", {"text": "text"})
+                await docs.data.insert({"text": "hello world"})
+                found = await docs.generate.keyword("hello", single_prompt="Echo {text}")
+            assert found.hits[0].result == "Echo hello world"
             # The stack's default provider and model went to the given endpoint.
             assert fake.chat_requests[-1].json["model"] == "served-model"
             # The gateway forwarded to a memory service writing into the given Redis.
@@ -85,7 +56,7 @@ async def test_external_redis_qdrant_and_llm(
                 keys = [k async for k in direct.scan_iter(match="*")]
             finally:
                 await direct.aclose()
-            assert any(created.conversation.conversation_id.encode() in k for k in keys)
+            assert any(created.id.encode() in k for k in keys)
             # The gateway counted its per-tenant LLM quota in the same Redis.
             assert any(b":quota:" in k and k.endswith(b":llm") for k in keys)
         finally:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any
@@ -174,19 +174,27 @@ class Collections:
         return await self.create_from(spec, timeout=timeout)
 
     async def create_from(
-        self, collection: t.Collection, *, timeout: Timeout = DEFAULT
+        self, collection: t.Collection | rpb.Collection, *, timeout: Timeout = DEFAULT
     ) -> AsyncCollection:
+        """Create a collection from a full ``Collection`` (or its proto message)."""
+        spec = (
+            collection
+            if isinstance(collection, rpb.Collection)
+            else t.to_proto(collection, rpb.Collection)
+        )
         reply = await self._t.unary(
             self._t.retrieval.CreateCollection,
-            rpb.CreateCollectionRequest(collection=t.to_proto(collection, rpb.Collection)),
+            rpb.CreateCollectionRequest(collection=spec),
             timeout,
         )
         handle = AsyncCollection(self._t, collection.name)
-        handle._schema = t.from_proto(t.Collection, reply.collection)
+        handle.schema = t.from_proto(t.Collection, reply.collection)
         return handle
 
-    async def list(self, *, page_size: int = 100, timeout: Timeout = DEFAULT) -> list[t.Collection]:
-        """Every collection (all pages)."""
+    async def list(
+        self, *, limit: int | None = None, page_size: int = 100, timeout: Timeout = DEFAULT
+    ) -> list[t.Collection]:
+        """Every collection (all pages), or the first ``limit``."""
         found: list[t.Collection] = []
         token = ""
         while True:
@@ -197,8 +205,8 @@ class Collections:
             )
             found.extend(t.from_proto(t.Collection, c) for c in page.collections)
             token = page.next_page_token
-            if not token:
-                return found
+            if not token or (limit is not None and len(found) >= limit):
+                return found[:limit]
 
     async def exists(self, name: str, *, timeout: Timeout = DEFAULT) -> bool:
         try:
@@ -220,7 +228,8 @@ class AsyncCollection:
     def __init__(self, transport: Transport, name: str) -> None:
         self._t = transport
         self.name = name
-        self._schema: t.Collection | None = None
+        # The schema and settings last read (by ``config()``, ``create``, or a query).
+        self.schema: t.Collection | None = None
         self.data = Data(self)
         self.query = Query(self)
         self.generate = Generate(self)
@@ -236,17 +245,17 @@ class AsyncCollection:
         )
         got = t.from_proto(t.Collection, reply.collection)
         got.object_count = int(reply.object_count)
-        self._schema = got
+        self.schema = got
         return got
 
     async def property_types(self) -> dict[str, str]:
         """Property name -> data type (fetched once per handle; {} when unreadable)."""
-        if self._schema is None:
+        if self.schema is None:
             try:
                 await self.config()
             except GensearchError:
                 return {}
-        return self._schema.property_types() if self._schema else {}
+        return self.schema.property_types() if self.schema else {}
 
     async def count(self, filter: FilterLike | None = None, *, timeout: Timeout = DEFAULT) -> int:
         request = rpb.CountObjectsRequest(**_clean({"collection": self.name, "filter": filter}))
@@ -332,13 +341,14 @@ class AsyncCollection:
             if kind == "context":
                 context = t.from_proto(t.AskContextEvent, event.context)
                 context.hits = await self._hits(event.context.hits)
+                context.raw = event
                 yield context
             elif kind == "delta":
-                yield t.AnswerDelta(event.delta)
+                yield t.AnswerDelta(event.delta, raw=event)
             elif kind == "answer":
                 answer = t.from_proto(t.Answer, event.answer)
                 answer.hits = await self._hits(event.answer.hits)
-                yield t.AnswerEvent(answer)
+                yield t.AnswerEvent(answer, raw=event)
 
     def chat(self, conversation_id: str = "") -> Chat:
         """A conversation: each ``ask`` continues it (the first one starts it)."""
@@ -374,6 +384,8 @@ class Chat:
         ):
             if isinstance(event, t.AskContextEvent) and event.conversation_id:
                 self.conversation_id = event.conversation_id
+            elif isinstance(event, t.AnswerEvent) and event.answer.conversation_id:
+                self.conversation_id = event.answer.conversation_id
             yield event
 
 
@@ -444,15 +456,21 @@ class Data:
         batch_size: int = 100,
         objects_per_call: int = 1000,
         timeout: Timeout = None,
+        on_sent: Callable[[int], None] | None = None,
     ) -> t.WriteResult:
         """Bulk load over ImportObjects (client streaming), ``batch_size`` objects a message.
 
         The objects go in streams of ``objects_per_call`` (each acknowledged before the
-        next); ``errors[i].index`` is the object's position in ``objects``.
+        next); ``errors[i].index`` is the object's position in ``objects``. ``on_sent(n)``
+        is called as each message of ``n`` objects goes out (for a progress bar).
         """
         result = t.WriteResult()
         async for part in self.import_iter(
-            objects, batch_size=batch_size, objects_per_call=objects_per_call, timeout=timeout
+            objects,
+            batch_size=batch_size,
+            objects_per_call=objects_per_call,
+            timeout=timeout,
+            on_sent=on_sent,
         ):
             result.received += part.received
             result.imported += part.imported
@@ -466,6 +484,7 @@ class Data:
         batch_size: int = 100,
         objects_per_call: int = 1000,
         timeout: Timeout = None,
+        on_sent: Callable[[int], None] | None = None,
     ) -> AsyncIterator[t.WriteResult]:
         """``import_`` one acknowledged stream at a time (for progress reporting)."""
         if batch_size < 1:
@@ -481,7 +500,9 @@ class Data:
             first = False
             # An empty stream still names the collection, so a wrong name is reported.
             reply = await self._t.client_stream(
-                self._t.retrieval.ImportObjects, _batches(self._c.name, chunk, batch_size), timeout
+                self._t.retrieval.ImportObjects,
+                _batches(self._c.name, chunk, batch_size, on_sent),
+                timeout,
             )
             errors = []
             for err in reply.errors:
@@ -525,11 +546,17 @@ class Data:
 
 
 async def _batches(
-    collection: str, objects: list[rpb.DataObject], size: int
+    collection: str,
+    objects: list[rpb.DataObject],
+    size: int,
+    on_sent: Callable[[int], None] | None = None,
 ) -> AsyncIterator[rpb.ImportObjectsRequest]:
-    yield rpb.ImportObjectsRequest(collection=collection, objects=objects[:size])
-    for start in range(size, len(objects), size):
-        yield rpb.ImportObjectsRequest(objects=objects[start : start + size])
+    for start in range(0, max(len(objects), 1), size):
+        batch = objects[start : start + size]
+        # The first message names the collection (even an empty stream's).
+        yield rpb.ImportObjectsRequest(collection=collection if not start else "", objects=batch)
+        if on_sent is not None and batch:
+            on_sent(len(batch))
 
 
 # --- search ----------------------------------------------------------------------------------
@@ -674,16 +701,21 @@ class GenerateStream(_Searcher):
         stream = self._t.server_stream(self._t.gateway.StreamGenerativeSearch, request, timeout)
         async for event in stream:
             which = event.WhichOneof("event")
+            converted: t.SearchEvent
             if which == "hits":
-                yield t.HitsEvent(hits=await self._c._hits(event.hits.hits))
+                converted = t.HitsEvent(hits=await self._c._hits(event.hits.hits))
             elif which == "hit_result":
-                yield t.from_proto(t.HitResultEvent, event.hit_result)
+                converted = t.from_proto(t.HitResultEvent, event.hit_result)
             elif which == "token":
-                yield t.from_proto(t.TokenEvent, event.token)
+                converted = t.from_proto(t.TokenEvent, event.token)
             elif which == "grouped":
-                yield t.GroupedEvent(t.from_proto(t.GenerationResult, event.grouped))
+                converted = t.GroupedEvent(t.from_proto(t.GenerationResult, event.grouped))
             elif which == "done":
-                yield t.from_proto(t.DoneEvent, event.done)
+                converted = t.from_proto(t.DoneEvent, event.done)
+            else:
+                continue  # an event kind newer than this client
+            converted.raw = event
+            yield converted
 
 
 # --- conversations ---------------------------------------------------------------------------
@@ -725,16 +757,23 @@ class Conversations:
     ) -> AsyncIterator[t.Conversation]:
         token = ""
         while True:
-            page = await self._t.unary(
-                self._t.memory.ListConversations,
-                mpb.ListConversationsRequest(page_size=page_size, page_token=token),
-                timeout,
-            )
-            for conv in page.conversations:
-                yield t.from_proto(t.Conversation, conv)
-            token = page.next_page_token
+            page, token = await self.page(page_size=page_size, page_token=token, timeout=timeout)
+            for conv in page:
+                yield conv
             if not token:
                 return
+
+    async def page(
+        self, *, page_size: int = 10, page_token: str = "", timeout: Timeout = DEFAULT
+    ) -> tuple[list[t.Conversation], str]:
+        """One page and the token of the next ("" after the last)."""
+        reply = await self._t.unary(
+            self._t.memory.ListConversations,
+            mpb.ListConversationsRequest(page_size=page_size, page_token=page_token),
+            timeout,
+        )
+        found = [t.from_proto(t.Conversation, c) for c in reply.conversations]
+        return found, reply.next_page_token
 
     async def delete(self, conversation_id: str, *, timeout: Timeout = DEFAULT) -> None:
         await self._t.unary(

@@ -346,7 +346,8 @@ class GenerativeSearchResult:
         return len(self.hits)
 
 
-# Streamed generative search: one of these per event, in arrival order.
+# Streamed generative search: one of these per event, in arrival order. Each event's
+# ``raw`` is the stream message it came from.
 
 
 @_proto("gensearch.gateway.v1.HitsEvent")
@@ -355,6 +356,7 @@ class HitsEvent:
     """First: the search results."""
 
     hits: list[Hit] = field(default_factory=list)
+    raw: Any = field(default=None, repr=False, compare=False)
 
 
 @_proto("gensearch.gateway.v1.HitResultEvent")
@@ -364,6 +366,7 @@ class HitResultEvent:
 
     hit_index: int = 0
     generation: GenerationResult | None = None
+    raw: Any = field(default=None, repr=False, compare=False)
 
 
 @_proto("gensearch.gateway.v1.TokenEvent")
@@ -372,6 +375,7 @@ class TokenEvent:
     hit_index: int = 0
     grouped: bool = False
     delta: str = ""
+    raw: Any = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -379,12 +383,14 @@ class GroupedEvent:
     """The grouped result."""
 
     generation: GenerationResult
+    raw: Any = field(default=None, repr=False, compare=False)
 
 
 @_proto("gensearch.gateway.v1.DoneEvent")
 @dataclass
 class DoneEvent:
     usage: Usage | None = None
+    raw: Any = field(default=None, repr=False, compare=False)
 
 
 SearchEvent = HitsEvent | HitResultEvent | TokenEvent | GroupedEvent | DoneEvent
@@ -434,6 +440,7 @@ class AskContextEvent:
     hits: list[Hit] = field(default_factory=list)
     rewritten_query: str = ""
     conversation_id: str = ""
+    raw: Any = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -441,6 +448,7 @@ class AnswerDelta:
     """A piece of the answer's text."""
 
     delta: str
+    raw: Any = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -448,6 +456,7 @@ class AnswerEvent:
     """Last: the whole answer."""
 
     answer: Answer
+    raw: Any = field(default=None, repr=False, compare=False)
 
 
 AskEvent = AskContextEvent | AnswerDelta | AnswerEvent
