@@ -21,6 +21,7 @@ from gensearch.client import (
     types,
 )
 
+from services.common.errors import FailedPrecondition, NotFound, ServiceError
 from tests.cli.conftest import RunningStack
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -251,3 +252,23 @@ def test_every_reason_the_services_emit_has_its_class() -> None:
     codes = {code.name for code in grpc.StatusCode}
     missing = sorted(r for r in emitted - codes if errors.error_class(r) is None)
     assert not missing, f"add classes to clients/python/gensearch/client/errors.py: {missing}"
+
+
+def _rpc_error(error: ServiceError) -> grpc.aio.AioRpcError:
+    status = error.to_status()
+    return grpc.aio.AioRpcError(
+        status.code,
+        grpc.aio.Metadata(),
+        grpc.aio.Metadata(*status.trailing_metadata),
+        details=status.details,
+    )
+
+
+def test_a_reason_under_an_unusual_code_matches_both_classes() -> None:
+    sent = FailedPrecondition("no vectorizer here", reason="NO_VECTORIZER", field="near_text")
+    err = errors.from_rpc_error(_rpc_error(sent))
+    assert isinstance(err, errors.NoVectorizerError)
+    assert isinstance(err, errors.FailedPreconditionError)
+    assert err.field == "near_text" and err.domain == "gensearch"
+    unknown = errors.from_rpc_error(_rpc_error(NotFound("gone", reason="SOMETHING_NEW")))
+    assert type(unknown) is errors.NotFoundError and unknown.reason == "SOMETHING_NEW"

@@ -15,12 +15,13 @@ client does not name yet pass straight through to the request message.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import itertools
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import grpc
 from gensearch.client import types as t
@@ -119,7 +120,7 @@ class AsyncGensearch:
     async def close(self) -> None:
         await self._t.close()
 
-    async def __aenter__(self) -> AsyncGensearch:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(
@@ -193,9 +194,9 @@ class Collections:
 
     async def list(
         self, *, limit: int | None = None, page_size: int = 100, timeout: Timeout = DEFAULT
-    ) -> list[t.Collection]:
+    ) -> builtins.list[t.Collection]:
         """Every collection (all pages), or the first ``limit``."""
-        found: list[t.Collection] = []
+        found: builtins.list[t.Collection] = []
         token = ""
         while True:
             page = await self._t.unary(
@@ -743,9 +744,9 @@ class Conversations:
 
     async def list(
         self, *, limit: int | None = None, page_size: int = 100, timeout: Timeout = DEFAULT
-    ) -> list[t.Conversation]:
+    ) -> builtins.list[t.Conversation]:
         """Most recently updated first; all of them, or the first ``limit``."""
-        found: list[t.Conversation] = []
+        found: builtins.list[t.Conversation] = []
         async for conv in self.iter(page_size=page_size, timeout=timeout):
             found.append(conv)
             if limit is not None and len(found) >= limit:
@@ -765,7 +766,7 @@ class Conversations:
 
     async def page(
         self, *, page_size: int = 10, page_token: str = "", timeout: Timeout = DEFAULT
-    ) -> tuple[list[t.Conversation], str]:
+    ) -> tuple[builtins.list[t.Conversation], str]:
         """One page and the token of the next ("" after the last)."""
         reply = await self._t.unary(
             self._t.memory.ListConversations,
@@ -789,9 +790,9 @@ class Conversations:
         limit: int | None = None,
         oldest_first: bool = False,
         timeout: Timeout = DEFAULT,
-    ) -> list[t.Interaction]:
+    ) -> builtins.list[t.Interaction]:
         """The turns, newest first (or the ``limit`` most recent; ``oldest_first`` to read)."""
-        found: list[t.Interaction] = []
+        found: builtins.list[t.Interaction] = []
         token = ""
         while limit is None or len(found) < limit:
             size = 100 if limit is None else min(100, limit - len(found))

@@ -10,7 +10,6 @@ the code's class with ``.reason`` still set.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -395,10 +394,17 @@ def error_class(reason: str) -> type[GensearchError] | None:
     return _BY_REASON.get(reason)
 
 
-@functools.cache
-def _combined(reason_cls: type[GensearchError], code_cls: type[GensearchError]) -> type:
+_COMBINED: dict[tuple[str, str], type[GensearchError]] = {}
+
+
+def _combined(
+    reason_cls: type[GensearchError], code_cls: type[GensearchError]
+) -> type[GensearchError]:
     # A reason sent with another code than usual still matches both `except` clauses.
-    return type(reason_cls.__name__, (reason_cls, code_cls), {"__module__": __name__})
+    key = (reason_cls.__name__, code_cls.__name__)
+    if key not in _COMBINED:
+        _COMBINED[key] = type(reason_cls.__name__, (reason_cls, code_cls), {"__module__": __name__})
+    return _COMBINED[key]
 
 
 def from_rpc_error(err: grpc.aio.AioRpcError | grpc.RpcError) -> GensearchError:

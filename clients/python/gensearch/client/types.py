@@ -33,7 +33,7 @@ def _proto(full_name: str) -> Any:
     return register
 
 
-def _enum_name(fd: FieldDescriptor, number: int) -> str:
+def _enum_name(fd: Any, number: int) -> str:
     value = fd.enum_type.values_by_number.get(number)
     if value is None:
         return str(number)
@@ -44,7 +44,7 @@ def _enum_name(fd: FieldDescriptor, number: int) -> str:
     return value.name.removeprefix(prefix + "_").lower()
 
 
-def _value(fd: FieldDescriptor, value: Any) -> Any:
+def _value(fd: Any, value: Any) -> Any:
     if fd.type == FieldDescriptor.TYPE_ENUM:
         return _enum_name(fd, value)
     if fd.type != FieldDescriptor.TYPE_MESSAGE:
@@ -62,7 +62,7 @@ def _value(fd: FieldDescriptor, value: Any) -> Any:
 
 def from_proto(cls: type[T], message: Message) -> T:
     """``cls`` filled from ``message`` by field name (fields it does not name are left out)."""
-    fields = message.DESCRIPTOR.fields_by_name
+    fields: Any = message.DESCRIPTOR.fields_by_name
     kwargs: dict[str, Any] = {}
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         if f.name == "raw":
@@ -84,7 +84,7 @@ def from_proto(cls: type[T], message: Message) -> T:
     return cls(**kwargs)
 
 
-def _enum_number(fd: FieldDescriptor, value: Any) -> int:
+def _enum_number(fd: Any, value: Any) -> int:
     if isinstance(value, int):
         return value
     prefix = "".join(
@@ -109,7 +109,7 @@ def to_proto(obj: Any, message_cls: type[M]) -> M:
         if isinstance(obj, dict)
         else {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj) if f.name != "raw"}
     )
-    fields = message_cls.DESCRIPTOR.fields_by_name
+    fields: Any = message_cls.DESCRIPTOR.fields_by_name
     kwargs: dict[str, Any] = {}
     for name, value in values.items():
         fd = fields.get(name)
@@ -131,7 +131,7 @@ def to_proto(obj: Any, message_cls: type[M]) -> M:
     return message_cls(**kwargs)
 
 
-def _message_class(fd: FieldDescriptor) -> type[Message]:
+def _message_class(fd: Any) -> type[Message]:
     from google.protobuf import message_factory
 
     return message_factory.GetMessageClass(fd.message_type)
