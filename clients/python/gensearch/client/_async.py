@@ -26,7 +26,7 @@ from typing import Any, Self
 import grpc
 from gensearch.client import types as t
 from gensearch.client._transport import DEFAULT, RetryPolicy, Timeout, Transport
-from gensearch.client.errors import GensearchError, NotFoundError
+from gensearch.client.errors import GensearchError, InvalidArgumentError, NotFoundError
 from gensearch.client.filters import FilterLike, as_filter, to_struct_dict
 from gensearch.gateway.v1 import gateway_service_pb2 as gpb
 from gensearch.memory.v1 import memory_service_pb2 as mpb
@@ -45,8 +45,8 @@ def _clean(fields: Mapping[str, Any]) -> dict[str, Any]:
             continue
         if name == "filter":
             value = as_filter(value)
-        elif isinstance(value, timedelta | datetime):
-            pass  # protobuf takes them for Duration / Timestamp fields itself
+        # timedelta / datetime stay as they are: protobuf takes them for Duration and
+        # Timestamp fields itself.
         out[name] = value
     return out
 
@@ -430,7 +430,7 @@ class Data:
         )
         if result.errors:
             err = result.errors[0]
-            raise GensearchError(
+            raise InvalidArgumentError(
                 err.message, code=grpc.StatusCode.INVALID_ARGUMENT, metadata={"field": err.field}
             )
         return result.ids[0]

@@ -201,7 +201,7 @@ class DataObject:
 
     properties: dict[str, Any] = field(default_factory=dict)
     id: str = ""
-    vector: list[float] = field(default_factory=list)
+    vector: list[float] = field(default_factory=list, repr=False)
     raw: Any = field(default=None, repr=False, compare=False)
 
 
@@ -236,7 +236,7 @@ class Hit:
     id: str
     properties: dict[str, Any] = field(default_factory=dict)
     score: float = 0.0
-    vector: list[float] = field(default_factory=list)
+    vector: list[float] = field(default_factory=list, repr=False)
     raw: Any = field(default=None, repr=False, compare=False)
 
     def __getitem__(self, name: str) -> Any:
