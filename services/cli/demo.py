@@ -165,8 +165,8 @@ async def conversation(
             context_size=HITS,
             max_tokens=max_tokens,
             temperature=0.2,
-            timeout=timedelta(seconds=CALL_TIMEOUT),
-            call_timeout=CALL_TIMEOUT + 10,
+            answer_timeout=timedelta(seconds=CALL_TIMEOUT),
+            timeout=CALL_TIMEOUT + 10,
         )
         await render.stream_ask(events)
         print()

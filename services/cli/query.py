@@ -256,10 +256,10 @@ def _ask_fields(args: argparse.Namespace, conversation_id: str, new: bool) -> di
     if args.filter:
         fields["filter"] = parse_filter(args.filter)
     if args.timeout is not None:
-        fields["timeout"] = timedelta(seconds=args.timeout)
+        fields["answer_timeout"] = timedelta(seconds=args.timeout)
     # The server enforces the Ask budget (30 s unless --timeout); the channel deadline
     # leaves it room to answer with its own DEADLINE_EXCEEDED.
-    fields["call_timeout"] = args.timeout + 5 if args.timeout is not None else None
+    fields["timeout"] = args.timeout + 5 if args.timeout is not None else None
     return fields
 
 

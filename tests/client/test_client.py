@@ -162,7 +162,9 @@ async def test_streamed_generative_search(client: AsyncGensearch) -> None:
 async def test_ask_chat_and_conversations(client: AsyncGensearch) -> None:
     books = client.collections.get(await _books(client))
     chat = books.chat()
-    first = await chat.ask("Which book is set on a desert planet?", timeout=timedelta(seconds=30))
+    first = await chat.ask(
+        "Which book is set on a desert planet?", answer_timeout=timedelta(seconds=30), timeout=60
+    )
     assert first.answer and first.conversation_id == chat.conversation_id
     assert first.hits and isinstance(first.hits[0]["year"], int)
     events = [e async for e in chat.ask_stream("When was it written?")]

@@ -18,10 +18,10 @@ from __future__ import annotations
 import builtins
 import contextlib
 import itertools
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Generic, Self, TypeVar
 
 import grpc
 from gensearch.client import types as t
@@ -289,15 +289,16 @@ class AsyncCollection:
         new_conversation: bool = False,
         context_size: int | None = None,
         interaction_size: int | None = None,
-        timeout: timedelta | None = None,
-        call_timeout: Timeout = DEFAULT,
+        answer_timeout: timedelta | None = None,
+        timeout: Timeout = DEFAULT,
         **fields: Any,
     ) -> t.Answer:
         """Answer ``question`` from the top hits (and the conversation's recent turns).
 
-        ``timeout`` is the server's budget for the turn (default 30 s); ``call_timeout`` the
-        gRPC deadline. Other AskRequest fields (``llm_model``, ``provider``, ``filter``,
-        ``system_prompt``, ``near_text``, ``debug`` …) pass through.
+        ``answer_timeout`` is the server's budget for the turn (AskRequest.timeout, default
+        30 s); ``timeout`` the call's deadline, as everywhere. Other AskRequest fields
+        (``llm_model``, ``provider``, ``filter``, ``system_prompt``, ``near_text``,
+        ``debug`` …) pass through.
         """
         request = self._ask_request(
             gpb.AskRequest,
@@ -307,11 +308,11 @@ class AsyncCollection:
                 new_conversation=new_conversation,
                 context_size=context_size,
                 interaction_size=interaction_size,
-                timeout=timeout,
+                timeout=answer_timeout,
                 **fields,
             ),
         )
-        reply = await self._t.unary(self._t.gateway.Ask, request, call_timeout)
+        reply = await self._t.unary(self._t.gateway.Ask, request, timeout)
         answer = t.from_proto(t.Answer, reply)
         answer.hits = await self._hits(reply.hits)
         return answer
@@ -322,8 +323,8 @@ class AsyncCollection:
         *,
         conversation_id: str = "",
         new_conversation: bool = False,
-        timeout: timedelta | None = None,
-        call_timeout: Timeout = DEFAULT,
+        answer_timeout: timedelta | None = None,
+        timeout: Timeout = DEFAULT,
         **fields: Any,
     ) -> AsyncIterator[t.AskEvent]:
         """Like ``ask``, streamed: an ``AskContextEvent``, ``AnswerDelta``s, an ``AnswerEvent``."""
@@ -333,11 +334,11 @@ class AsyncCollection:
             dict(
                 conversation_id=conversation_id,
                 new_conversation=new_conversation,
-                timeout=timeout,
+                timeout=answer_timeout,
                 **fields,
             ),
         )
-        async for event in self._t.server_stream(self._t.gateway.StreamAsk, request, call_timeout):
+        async for event in self._t.server_stream(self._t.gateway.StreamAsk, request, timeout):
             kind = event.WhichOneof("event")
             if kind == "context":
                 context = t.from_proto(t.AskContextEvent, event.context)
@@ -563,35 +564,82 @@ async def _batches(
 # --- search ----------------------------------------------------------------------------------
 
 
-class _Searcher:
-    """near_text / keyword / hybrid / near_vector, each turned into one request."""
+R = TypeVar("R")
+
+
+class _Searcher(Generic[R]):
+    """near_text / keyword / hybrid / near_vector, each turned into one request. The common
+    fields are named; any other field of the request passes through as a keyword."""
 
     def __init__(self, collection: AsyncCollection) -> None:
         self._c = collection
         self._t = collection._t
 
-    async def _run(self, kind: str, value: Any, fields: dict[str, Any]) -> Any:
+    def _run(self, kind: str, value: Any, fields: dict[str, Any]) -> R:
         raise NotImplementedError
 
-    async def near_text(self, text: str, **fields: Any) -> Any:
-        return await self._run("near_text", text, fields)
+    def near_text(
+        self,
+        text: str,
+        *,
+        limit: int | None = None,
+        offset: int | None = None,
+        filter: FilterLike | None = None,
+        return_properties: Sequence[str] | None = None,
+        timeout: Timeout = DEFAULT,
+        **fields: Any,
+    ) -> R:
+        """Dense search by the embedding of ``text``."""
+        common = _common(limit, offset, filter, return_properties, timeout)
+        return self._run("near_text", text, {**common, **fields})
 
-    async def keyword(self, text: str, **fields: Any) -> Any:
-        return await self._run("keyword", text, fields)
+    def keyword(
+        self,
+        text: str,
+        *,
+        limit: int | None = None,
+        offset: int | None = None,
+        filter: FilterLike | None = None,
+        return_properties: Sequence[str] | None = None,
+        timeout: Timeout = DEFAULT,
+        **fields: Any,
+    ) -> R:
+        """BM25 keyword search."""
+        common = _common(limit, offset, filter, return_properties, timeout)
+        return self._run("keyword", text, {**common, **fields})
 
-    async def hybrid(
+    def hybrid(
         self,
         text: str,
         *,
         alpha: float | None = None,
         vector: Sequence[float] = (),
+        limit: int | None = None,
+        offset: int | None = None,
+        filter: FilterLike | None = None,
+        return_properties: Sequence[str] | None = None,
+        timeout: Timeout = DEFAULT,
         **fields: Any,
-    ) -> Any:
+    ) -> R:
+        """Dense and BM25 fused (RRF); ``alpha`` weighs the dense side (default 0.5)."""
         value = {"text": text, "alpha": alpha, "vector": list(vector)}
-        return await self._run("hybrid", value, fields)
+        common = _common(limit, offset, filter, return_properties, timeout)
+        return self._run("hybrid", value, {**common, **fields})
 
-    async def near_vector(self, vector: Sequence[float], **fields: Any) -> Any:
-        return await self._run("near_vector", vector, fields)
+    def near_vector(
+        self,
+        vector: Sequence[float],
+        *,
+        limit: int | None = None,
+        offset: int | None = None,
+        filter: FilterLike | None = None,
+        return_properties: Sequence[str] | None = None,
+        timeout: Timeout = DEFAULT,
+        **fields: Any,
+    ) -> R:
+        """Dense search by a vector of your own."""
+        common = _common(limit, offset, filter, return_properties, timeout)
+        return self._run("near_vector", vector, {**common, **fields})
 
     def _request(self, cls: type[Message], kind: str, value: Any, fields: dict[str, Any]) -> Any:
         fields.pop("timeout", None)
@@ -600,44 +648,36 @@ class _Searcher:
         return request
 
 
-class Query(_Searcher):
-    """Search: ``await books.query.near_text("sand", limit=3, filter=..., return_properties=[..])``
-    returns a ``SearchResult`` (iterable of ``Hit``)."""
+def _common(
+    limit: int | None,
+    offset: int | None,
+    filter: FilterLike | None,
+    return_properties: Sequence[str] | None,
+    timeout: Timeout,
+) -> dict[str, Any]:
+    return {
+        "limit": limit,
+        "offset": offset,
+        "filter": filter,
+        "return_properties": list(return_properties) if return_properties else None,
+        "timeout": timeout,
+    }
 
-    async def _run(self, kind: str, value: Any, fields: dict[str, Any]) -> t.SearchResult:
+
+class Query(_Searcher[Awaitable[t.SearchResult]]):
+    """Search: ``await books.query.near_text("sand", limit=3, filter=..., return_properties=[..])``
+    returns a ``SearchResult`` (iterable of ``Hit``); ``include_vector=True`` adds vectors."""
+
+    def _run(self, kind: str, value: Any, fields: dict[str, Any]) -> Awaitable[t.SearchResult]:
+        return self._search(kind, value, fields)
+
+    async def _search(self, kind: str, value: Any, fields: dict[str, Any]) -> t.SearchResult:
         timeout = fields.get("timeout", DEFAULT)
         request = self._request(rpb.SearchRequest, kind, value, fields)
         reply = await self._t.unary(self._t.retrieval.Search, request, timeout)
         result = t.from_proto(t.SearchResult, reply)
         result.hits = await self._c._hits(reply.hits)
         return result
-
-    # Typed signatures for the common fields (the rest pass through as keywords).
-    async def near_text(  # type: ignore[override]
-        self,
-        text: str,
-        *,
-        limit: int | None = None,
-        offset: int | None = None,
-        filter: FilterLike | None = None,
-        return_properties: Sequence[str] | None = None,
-        include_vector: bool | None = None,
-        timeout: Timeout = DEFAULT,
-        **fields: Any,
-    ) -> t.SearchResult:
-        return await self._run(
-            "near_text",
-            text,
-            dict(
-                limit=limit,
-                offset=offset,
-                filter=filter,
-                return_properties=return_properties,
-                include_vector=include_vector,
-                timeout=timeout,
-                **fields,
-            ),
-        )
 
 
 def _generate_message(fields: dict[str, Any]) -> gpb.Generate:
@@ -648,14 +688,21 @@ def _generate_message(fields: dict[str, Any]) -> gpb.Generate:
     return gpb.Generate(**_clean(chosen))
 
 
-class Generate(_Searcher):
+class Generate(_Searcher[Awaitable[t.GenerativeSearchResult]]):
     """Generative search: a search, then ``single_prompt`` (one LLM call per hit, ``{property}``
     filled from the hit) and/or ``grouped_task`` (one call over all hits). Any field of
     ``Generate`` (``grouped_properties``, ``provider``, ``model``, ``temperature``,
     ``max_tokens``, ``max_concurrency``, ``debug``; ``generation_timeout`` for its
     ``timeout``) is a keyword here; ``timeout`` is the call's deadline."""
 
-    async def _run(self, kind: str, value: Any, fields: dict[str, Any]) -> t.GenerativeSearchResult:
+    def _run(
+        self, kind: str, value: Any, fields: dict[str, Any]
+    ) -> Awaitable[t.GenerativeSearchResult]:
+        return self._generate(kind, value, fields)
+
+    async def _generate(
+        self, kind: str, value: Any, fields: dict[str, Any]
+    ) -> t.GenerativeSearchResult:
         timeout = fields.get("timeout", DEFAULT)
         generate = _generate_message(fields)
         request = self._request(gpb.GenerativeSearchRequest, kind, value, fields)
@@ -668,29 +715,13 @@ class Generate(_Searcher):
         return result
 
 
-class GenerateStream(_Searcher):
+class GenerateStream(_Searcher[AsyncIterator[t.SearchEvent]]):
     """``async for event in books.generate_stream.near_text(...)``: a ``HitsEvent``, then
     ``HitResultEvent``s in completion order (``TokenEvent``s with ``stream_tokens=True``),
-    a ``GroupedEvent``, a ``DoneEvent``."""
+    a ``GroupedEvent``, a ``DoneEvent``. The same keywords as ``generate``."""
 
-    def _run(self, kind: str, value: Any, fields: dict[str, Any]) -> Any:  # type: ignore[override]
+    def _run(self, kind: str, value: Any, fields: dict[str, Any]) -> AsyncIterator[t.SearchEvent]:
         return self._events(kind, value, fields)
-
-    def near_text(self, text: str, **fields: Any) -> AsyncIterator[t.SearchEvent]:  # type: ignore[override]
-        return self._events("near_text", text, fields)
-
-    def keyword(self, text: str, **fields: Any) -> AsyncIterator[t.SearchEvent]:  # type: ignore[override]
-        return self._events("keyword", text, fields)
-
-    def hybrid(  # type: ignore[override]
-        self, text: str, *, alpha: float | None = None, vector: Sequence[float] = (), **fields: Any
-    ) -> AsyncIterator[t.SearchEvent]:
-        return self._events(
-            "hybrid", {"text": text, "alpha": alpha, "vector": list(vector)}, fields
-        )
-
-    def near_vector(self, vector: Sequence[float], **fields: Any) -> AsyncIterator[t.SearchEvent]:  # type: ignore[override]
-        return self._events("near_vector", vector, fields)
 
     async def _events(
         self, kind: str, value: Any, fields: dict[str, Any]
