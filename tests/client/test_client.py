@@ -274,3 +274,10 @@ def test_a_reason_under_an_unusual_code_matches_both_classes() -> None:
     assert err.field == "near_text" and err.domain == "gensearch"
     unknown = errors.from_rpc_error(_rpc_error(NotFound("gone", reason="SOMETHING_NEW")))
     assert type(unknown) is errors.NotFoundError and unknown.reason == "SOMETHING_NEW"
+
+
+async def test_the_blocking_client_works_inside_a_running_loop(running_stack: RunningStack) -> None:
+    """As in a notebook: the blocking client runs its own loop in a thread."""
+    with Gensearch(running_stack.address) as client:
+        assert client.health() == "SERVING"
+        assert isinstance(client.collections.list(limit=1), list)
