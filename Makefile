@@ -54,8 +54,8 @@ gen: $(STAMP)
 	$(PY) scripts/gen_protos.py
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check services tests bench scripts
-	$(VENV)/bin/ruff format --check services tests bench scripts
+	$(VENV)/bin/ruff check services clients tests bench scripts
+	$(VENV)/bin/ruff format --check services clients tests bench scripts
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy

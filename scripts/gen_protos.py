@@ -16,6 +16,7 @@ from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTOS = ROOT / "protos"
+NAMESPACE_INIT = '__path__ = __import__("pkgutil").extend_path(__path__, __name__)\n'
 
 
 def _plugin(name: str) -> str:
@@ -49,6 +50,9 @@ def generate(out: Path) -> None:
         while pkg != out:
             (pkg / "__init__.py").touch()
             pkg = pkg.parent
+    # ...except that `gensearch` itself is shared with the hand-written client
+    # (clients/python/gensearch/client): a pkgutil-style namespace package joins the two.
+    (out / "gensearch" / "__init__.py").write_text(NAMESPACE_INIT)
 
 
 def main() -> None:

@@ -9,19 +9,32 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import os
 import sys
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NoReturn
 
-import grpc
+from gensearch.client import GensearchError
 
 # Only the light parts: the services themselves are imported by `up` when it starts them.
 from services.cli import admin, conversations, importer, query, stack
-from services.cli.client import Client, CliError, Connection, describe_rpc_error
+from services.cli.client import Client, CliError, Connection, describe_error
 
 Handler = Callable[[Client, argparse.Namespace], Awaitable[int]]
+
+
+def version() -> str:
+    """The installed distribution's version (the source tree's, when not installed)."""
+    try:
+        return importlib.metadata.version("gensearch")
+    except importlib.metadata.PackageNotFoundError:
+        import tomllib
+        from pathlib import Path
+
+        pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+        return str(tomllib.loads(pyproject.read_text())["project"]["version"])
 
 
 class Parser(argparse.ArgumentParser):
@@ -72,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="gensearch",
         description="Generative and conversational search over gRPC.",
     )
+    parser.add_argument("--version", action="version", version=f"gensearch {version()}")
     _client_options(parser, suppress=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -128,8 +142,8 @@ async def _run_client(handler: Handler, args: argparse.Namespace) -> int:
     async with Client(conn) as client:
         try:
             return await handler(client, args)
-        except grpc.aio.AioRpcError as err:
-            raise CliError(describe_rpc_error(err, conn.address)) from None
+        except GensearchError as err:
+            raise CliError(describe_error(err, conn.address)) from None
 
 
 def _main(argv: Sequence[str] | None) -> int:

@@ -10,13 +10,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
+from gensearch.client import GensearchError
 from gensearch.gateway.v1 import gateway_service_pb2
 from gensearch.memory.v1 import memory_service_pb2
 from gensearch.retrieval.v1 import retrieval_service_pb2 as rpb
 from google.protobuf import json_format
 
-from services.cli.client import Client, CliError, check_health, describe_rpc_error
+from services.cli.client import Client, CliError, check_health, describe_error
 from services.cli.output import dump_json, message_dict, table
 
 # Service names each part registers with grpc.health.v1.
@@ -142,10 +142,10 @@ async def _timed(
     detail = ""
     try:
         state = await probe()
-    except grpc.aio.AioRpcError as err:
-        state = err.code().name
+    except GensearchError as err:
+        state = err.code.name
         what = f"the {part} service" if direct else "the gateway"
-        detail = describe_rpc_error(err, "", what).split(": ", 1)[-1]
+        detail = describe_error(err, "", what).split(": ", 1)[-1]
     if state == "UNKNOWN_SERVICE":
         detail = detail or "the service is not registered there"
     return PartStatus(part, address, state, detail, (time.perf_counter() - started) * 1000)
@@ -170,19 +170,12 @@ async def _direct_status(part: str, address: str, timeout: float) -> PartStatus:
 async def _via_gateway_status(client: Client, part: str, timeout: float) -> PartStatus:
     """A cheap forwarded call proves the gateway reaches the service and it answers."""
     address = f"via {client.conn.address}"
-    md = client.metadata
 
     async def probe() -> str:
         if part == "memory":
-            await client.memory.ListConversations(
-                memory_service_pb2.ListConversationsRequest(page_size=1),
-                metadata=md,
-                timeout=timeout,
-            )
+            await client.conversations.list(limit=1, page_size=1, timeout=timeout)
         elif part == "retrieval":
-            await client.retrieval.ListCollections(
-                rpb.ListCollectionsRequest(page_size=1), metadata=md, timeout=timeout
-            )
+            await client.collections.list(limit=1, page_size=1, timeout=timeout)
         else:
             return UNKNOWN
         return "SERVING"
@@ -299,38 +292,33 @@ def build_collection(args: argparse.Namespace) -> rpb.Collection:
 
 async def collections(client: Client, args: argparse.Namespace) -> int:
     timeout = client.timeout(30.0)
-    md = client.metadata
     if args.action == "create":
-        reply = await client.retrieval.CreateCollection(
-            rpb.CreateCollectionRequest(collection=build_collection(args)),
-            metadata=md,
-            timeout=timeout,
-        )
+        created = await client.collections.create_from(build_collection(args), timeout=timeout)
+        assert created.schema is not None
+        spec = created.schema.raw
         if args.json:
-            dump_json(message_dict(reply.collection))
+            dump_json(message_dict(spec))
         else:
-            print(f"created collection {reply.collection.name}")
-            print_collection(reply.collection, None)
+            print(f"created collection {spec.name}")
+            print_collection(spec, None)
         return 0
     if args.action == "show":
-        got = await client.retrieval.GetCollection(
-            rpb.GetCollectionRequest(name=args.name), metadata=md, timeout=timeout
-        )
+        got = await client.collections.get(args.name).config(timeout=timeout)
         if args.json:
-            dump_json({**message_dict(got.collection), "object_count": got.object_count})
+            dump_json({**message_dict(got.raw), "object_count": got.object_count})
         else:
-            print_collection(got.collection, got.object_count)
+            print_collection(got.raw, got.object_count)
         return 0
     if args.action == "delete":
-        await client.retrieval.DeleteCollection(
-            rpb.DeleteCollectionRequest(name=args.name), metadata=md, timeout=timeout
-        )
+        await client.collections.delete(args.name, timeout=timeout)
         if args.json:
             dump_json({"deleted": args.name})
         else:
             print(f"deleted collection {args.name}")
         return 0
-    found = await list_collections(client, args.page_size, timeout)
+    found = [
+        c.raw for c in await client.collections.list(page_size=args.page_size, timeout=timeout)
+    ]
     counts = await asyncio.gather(*(_count(client, c.name, timeout) for c in found))
     if args.json:
         dump_json(
@@ -353,31 +341,12 @@ async def collections(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-async def list_collections(
-    client: Client, page_size: int, timeout: float | None
-) -> list[rpb.Collection]:
-    found: list[rpb.Collection] = []
-    token = ""
-    while True:
-        page = await client.retrieval.ListCollections(
-            rpb.ListCollectionsRequest(page_size=page_size, page_token=token),
-            metadata=client.metadata,
-            timeout=timeout,
-        )
-        found.extend(page.collections)
-        token = page.next_page_token
-        if not token:
-            return found
-
-
 async def _count(client: Client, name: str, timeout: float | None) -> int | None:
     try:
-        got = await client.retrieval.GetCollection(
-            rpb.GetCollectionRequest(name=name), metadata=client.metadata, timeout=timeout
-        )
-    except grpc.aio.AioRpcError:
+        got = await client.collections.get(name).config(timeout=timeout)
+    except GensearchError:
         return None  # deleted meanwhile: the list is still worth printing
-    return int(got.object_count)
+    return got.object_count
 
 
 def _time(collection: rpb.Collection) -> str | None:

@@ -1,4 +1,4 @@
-"""The CLI's one connection: a gRPC channel to the gateway, with the caller's credentials.
+"""The CLI's one connection: the Python client (gensearch.client) with the caller's credentials.
 
 The gateway serves GatewayService, and forwards MemoryService and RetrievalService with the
 caller's identity, so one address and one key reach everything. Credentials travel as
@@ -12,15 +12,10 @@ import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
 
 import grpc
-from gensearch.gateway.v1 import gateway_service_pb2_grpc
-from gensearch.memory.v1 import memory_service_pb2_grpc
-from gensearch.retrieval.v1 import retrieval_service_pb2_grpc
-from google.rpc import error_details_pb2
+from gensearch.client import AsyncGensearch, GensearchError, from_rpc_error
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_status import rpc_status
 
 DEFAULT_ADDRESS = "127.0.0.1:50050"
 _PROVIDER_KEY = "[a-z0-9][a-z0-9_-]*"
@@ -80,42 +75,27 @@ def parse_llm_keys(values: Sequence[str]) -> dict[str, str]:
     return keys
 
 
-class Client:
-    """Async stubs on one channel; use as ``async with Client(conn) as client``."""
+class Client(AsyncGensearch):
+    """The Python client (gensearch.client) on the CLI's connection; use as
+    ``async with Client(conn) as client``."""
 
     def __init__(self, conn: Connection) -> None:
-        self.conn = conn
-        self.channel = grpc.aio.insecure_channel(
+        super().__init__(
             conn.address,
-            options=[
-                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-                ("grpc.max_send_message_length", 64 * 1024 * 1024),
-            ],
+            api_key=conn.api_key,
+            llm_keys=conn.llm_keys,
+            # Per command (``timeout(default)``); None: no deadline unless --timeout.
+            timeout=conn.timeout,
         )
-        self.gateway = gateway_service_pb2_grpc.GatewayServiceStub(self.channel)
-        self.memory = memory_service_pb2_grpc.MemoryServiceStub(self.channel)
-        self.retrieval = retrieval_service_pb2_grpc.RetrievalServiceStub(self.channel)
-        self.health = health_pb2_grpc.HealthStub(self.channel)
-        self.metadata = conn.metadata()
+        self.conn = conn
 
     def timeout(self, default: float | None) -> float | None:
         return self.conn.timeout if self.conn.timeout is not None else default
 
-    async def __aenter__(self) -> Client:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.channel.close()
-
 
 async def check_health(address: str, service: str = "", timeout: float = 3.0) -> str:
     """The grpc.health.v1 status name of ``service`` at ``address`` (UNKNOWN_SERVICE when it
-    is not registered there); other failures raise ``grpc.aio.AioRpcError``."""
+    is not registered there); other failures raise ``GensearchError``."""
     async with grpc.aio.insecure_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
@@ -125,16 +105,14 @@ async def check_health(address: str, service: str = "", timeout: float = 3.0) ->
         except grpc.aio.AioRpcError as err:
             if err.code() == grpc.StatusCode.NOT_FOUND:
                 return "UNKNOWN_SERVICE"
-            raise
+            raise from_rpc_error(err) from err
     return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
 
-def describe_rpc_error(
-    err: grpc.aio.AioRpcError, address: str = "", what: str = "the gateway"
-) -> str:
+def describe_error(err: GensearchError, address: str = "", what: str = "the gateway") -> str:
     """One line: ``NOT_FOUND: conversation not found (field conversation_id)``."""
-    code = err.code()
-    message = (err.details() or "").strip() or code.name
+    code = err.code
+    message = err.message.strip() or code.name
     if code == grpc.StatusCode.UNAVAILABLE and _is_connect_failure(message):
         where = f" at {address}" if address else ""
         hint = (
@@ -145,7 +123,12 @@ def describe_rpc_error(
         return f"UNAVAILABLE: cannot reach {what}{where}{hint}"
     if code == grpc.StatusCode.DEADLINE_EXCEEDED and message.lower() == "deadline exceeded":
         message = "the call took longer than its deadline (raise it with --timeout)"
-    fields = _fields(err)
+    fields = list(
+        dict.fromkeys(
+            [*(v.field for v in err.field_violations if v.field)]
+            + ([err.metadata["field"]] if err.metadata.get("field") else [])
+        )
+    )
     suffix = f" (field {', '.join(fields)})" if fields else ""
     return f"{code.name}: {' '.join(message.split())}{suffix}"
 
@@ -156,25 +139,3 @@ def _is_connect_failure(message: str) -> bool:
         hint in lowered
         for hint in ("failed to connect", "connection refused", "dns resolution", "unreachable")
     )
-
-
-def _fields(err: grpc.aio.AioRpcError) -> list[str]:
-    try:
-        status = rpc_status.from_call(err)  # type: ignore[arg-type]
-    except Exception:
-        # A malformed status detail must not turn a clear error into a traceback.
-        return []
-    if status is None:
-        return []
-    fields: list[str] = []
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            fields.extend(v.field for v in bad.field_violations if v.field)
-        elif detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            if info.metadata.get("field"):
-                fields.append(info.metadata["field"])
-    return list(dict.fromkeys(fields))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from datetime import datetime
 
-from gensearch.memory.v1 import memory_service_pb2 as mpb
-from google.protobuf import timestamp_pb2
+from gensearch.client import Conversation
 
 from services.cli import state
 from services.cli.client import Client
@@ -35,50 +35,40 @@ def add_arguments(parser: argparse.ArgumentParser, client_options: Callable[...,
     delete.add_argument("--state-dir", help=argparse.SUPPRESS)
 
 
-def _when(ts: timestamp_pb2.Timestamp) -> str:
-    if not ts.seconds and not ts.nanos:
-        return ""
-    return ts.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
+def _when(ts: datetime | None) -> str:
+    return ts.strftime("%Y-%m-%d %H:%M:%S") if ts else ""
 
 
 async def run(client: Client, args: argparse.Namespace) -> int:
     timeout = client.timeout(30.0)
-    md = client.metadata
     if args.action == "list":
-        found: list[mpb.Conversation] = []
+        found: list[Conversation] = []
         token = args.page_token
         while True:
-            page = await client.memory.ListConversations(
-                mpb.ListConversationsRequest(page_size=args.page_size, page_token=token),
-                metadata=md,
-                timeout=timeout,
+            page, token = await client.conversations.page(
+                page_size=args.page_size, page_token=token, timeout=timeout
             )
-            found.extend(page.conversations)
-            token = page.next_page_token
+            found.extend(page)
             if not token or not args.all:
                 break
         if args.json:
             dump_json(
                 {
-                    "conversations": [message_dict(c) for c in found],
+                    "conversations": [message_dict(c.raw) for c in found],
                     "next_page_token": token,
                 }
             )
             return 0
         table(
             ["id", "name", "turns", "updated"],
-            [(c.conversation_id, c.name, c.interaction_count, _when(c.update_time)) for c in found],
+            [(c.id, c.name, c.interaction_count, _when(c.update_time)) for c in found],
         )
         if token:
             print(f"(more: --page-token {token}, or --all)")
         return 0
 
     if args.action == "delete":
-        await client.memory.DeleteConversation(
-            mpb.DeleteConversationRequest(conversation_id=args.conversation_id),
-            metadata=md,
-            timeout=timeout,
-        )
+        await client.conversations.delete(args.conversation_id, timeout=timeout)
         state.LastConversation(args.state_dir, client.conn.address).clear(args.conversation_id)
         if args.json:
             dump_json({"deleted": args.conversation_id})
@@ -86,38 +76,20 @@ async def run(client: Client, args: argparse.Namespace) -> int:
             print(f"deleted conversation {args.conversation_id}")
         return 0
 
-    got = await client.memory.GetConversation(
-        mpb.GetConversationRequest(conversation_id=args.conversation_id),
-        metadata=md,
-        timeout=timeout,
+    conv = await client.conversations.get(args.conversation_id, timeout=timeout)
+    turns = await client.conversations.interactions(
+        args.conversation_id, limit=args.limit, timeout=timeout
     )
-    turns: list[mpb.Interaction] = []
-    token = ""
-    while len(turns) < args.limit:
-        page = await client.memory.ListInteractions(
-            mpb.ListInteractionsRequest(
-                conversation_id=args.conversation_id,
-                page_size=min(100, args.limit - len(turns)),
-                page_token=token,
-            ),
-            metadata=md,
-            timeout=timeout,
-        )
-        turns.extend(page.interactions)
-        token = page.next_page_token
-        if not token:
-            break
     turns.reverse()  # the API lists newest first; a transcript reads oldest first
-    conv = got.conversation
     if args.json:
         dump_json(
             {
-                "conversation": message_dict(conv),
-                "interactions": [message_dict(t) for t in turns],
+                "conversation": message_dict(conv.raw),
+                "interactions": [message_dict(t.raw) for t in turns],
             }
         )
         return 0
-    print(f"conversation {conv.conversation_id}: {conv.name}")
+    print(f"conversation {conv.id}: {conv.name}")
     print(
         f"{conv.interaction_count} turns · created {_when(conv.create_time)} · "
         f"updated {_when(conv.update_time)}"
@@ -127,6 +99,6 @@ async def run(client: Client, args: argparse.Namespace) -> int:
         print(f"[{_when(turn.create_time)}] you: {turn.input}")
         origin = f" ({turn.origin})" if turn.origin else ""
         print(f"answer{origin}: {turn.response.strip()}")
-    if token:
+    if conv.interaction_count > len(turns):
         print(f"\n(older turns not shown: --limit {args.limit * 2})")
     return 0

@@ -4,7 +4,8 @@ It creates the demo collection if it is missing (local MiniLM vectorizer, keywor
 generative defaults pointing at the stack's LLM), imports the Python language reference
 passages if the collection is empty, then runs one generative search (a per-hit prompt on
 three hits and a grouped task) and a two-turn conversation, printed as they stream in.
-Everything goes through the gateway over gRPC, exactly as a client would.
+Everything goes through the gateway with the Python client (gensearch.client), exactly as
+a user's program would.
 """
 
 from __future__ import annotations
@@ -12,12 +13,11 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
-import grpc
-from gensearch.gateway.v1 import gateway_service_pb2 as gpb
-from gensearch.retrieval.v1 import retrieval_service_pb2 as rpb
-from google.protobuf import duration_pb2
+from gensearch.client import Collection, GenerativeConfig, Property, Vectorizer
+from gensearch.client.errors import NotFoundError
 
 from services.cli import corpus, render, state
 from services.cli.client import Client, Connection
@@ -48,22 +48,19 @@ MAX_TOKENS = 120
 CALL_TIMEOUT = 180.0
 
 
-def collection_spec(provider: str, model: str) -> rpb.Collection:
-    text = rpb.DATA_TYPE_TEXT
-    return rpb.Collection(
+def collection_spec(provider: str, model: str) -> Collection:
+    return Collection(
         name=COLLECTION,
         description="The Python language reference topics that ship with CPython (pydoc).",
         properties=[
-            rpb.Property(name="title", data_type=text, description="topic name and part"),
-            rpb.Property(name="topic", data_type=text, description="pydoc topic name"),
-            rpb.Property(name="part", data_type=rpb.DATA_TYPE_INT, description="part number"),
-            rpb.Property(name="text", data_type=text, description="the passage"),
+            Property("title", "text", "topic name and part"),
+            Property("topic", "text", "pydoc topic name"),
+            Property("part", "int", "part number"),
+            Property("text", "text", "the passage"),
         ],
-        vectorizer=rpb.Vectorizer(
-            kind=rpb.VECTORIZER_KIND_LOCAL, source_properties=["title", "text"]
-        ),
+        vectorizer=Vectorizer(kind="local", source_properties=["title", "text"]),
         keyword_index=True,
-        generative=rpb.GenerativeConfig(
+        generative=GenerativeConfig(
             provider=provider,
             model=model,
             max_tokens=MAX_TOKENS,
@@ -92,21 +89,12 @@ def section(title: str) -> None:
 
 async def ensure_corpus(client: Client, provider: str, model: str, limit: int | None) -> int:
     """Create and fill the demo collection unless it exists already; returns its size."""
-    md = client.metadata
     try:
-        got = await client.retrieval.GetCollection(
-            rpb.GetCollectionRequest(name=COLLECTION), metadata=md, timeout=30
-        )
-        count = int(got.object_count)
+        got = await client.collections.get(COLLECTION).config(timeout=30)
+        count = got.object_count or 0
         created = False
-    except grpc.aio.AioRpcError as err:
-        if err.code() != grpc.StatusCode.NOT_FOUND:
-            raise
-        await client.retrieval.CreateCollection(
-            rpb.CreateCollectionRequest(collection=collection_spec(provider, model)),
-            metadata=md,
-            timeout=30,
-        )
+    except NotFoundError:
+        await client.collections.create_from(collection_spec(provider, model), timeout=30)
         count, created = 0, True
     if count:
         print(f"demo collection {COLLECTION}: {count} passages (kept from the last run)")
@@ -137,8 +125,17 @@ async def ensure_corpus(client: Client, provider: str, model: str, limit: int | 
     return result.imported
 
 
-def _generate(provider: str, model: str, max_tokens: int) -> gpb.Generate:
-    return gpb.Generate(
+async def generative_search(
+    client: Client, provider: str, model: str, max_tokens: int = MAX_TOKENS
+) -> float | None:
+    section("generative search")
+    print(f"hybrid search: {SEARCH_QUERY!r}, top {HITS}")
+    print(f"per hit:  {' '.join(SINGLE_PROMPT.split())!r}")
+    print(f"grouped:  {GROUPED_TASK!r}\n", flush=True)
+    events = client.collections.get(COLLECTION).generate_stream.hybrid(
+        SEARCH_QUERY,
+        limit=HITS,
+        return_properties=["title", "text"],
         single_prompt=SINGLE_PROMPT,
         grouped_task=GROUPED_TASK,
         grouped_properties=["title", "text"],
@@ -147,59 +144,33 @@ def _generate(provider: str, model: str, max_tokens: int) -> gpb.Generate:
         max_tokens=max_tokens,
         temperature=0.2,
         stream_tokens=True,
-        timeout=duration_pb2.Duration(seconds=int(CALL_TIMEOUT)),
-    )
-
-
-async def generative_search(
-    client: Client, provider: str, model: str, max_tokens: int = MAX_TOKENS
-) -> float | None:
-    section("generative search")
-    print(f"hybrid search: {SEARCH_QUERY!r}, top {HITS}")
-    print(f"per hit:  {' '.join(SINGLE_PROMPT.split())!r}")
-    print(f"grouped:  {GROUPED_TASK!r}\n", flush=True)
-    call = client.gateway.StreamGenerativeSearch(
-        gpb.StreamGenerativeSearchRequest(
-            collection=COLLECTION,
-            hybrid=rpb.Hybrid(text=SEARCH_QUERY),
-            limit=HITS,
-            return_properties=["title", "text"],
-            generate=_generate(provider, model, max_tokens),
-        ),
-        metadata=client.metadata,
+        generation_timeout=timedelta(seconds=CALL_TIMEOUT),
         timeout=CALL_TIMEOUT + 10,
     )
-    return await render.stream_search(call)
+    return await render.stream_search(events)
 
 
 async def conversation(
     client: Client, provider: str, model: str, max_tokens: int = MAX_TOKENS
 ) -> str:
     section("conversation")
-    conversation_id = ""
-    for turn, question in enumerate(QUESTIONS):
+    chat = client.collections.get(COLLECTION).chat()
+    for question in QUESTIONS:
         print(f"you: {question}")
         print("gensearch: ", end="", flush=True)
-        request = gpb.StreamAskRequest(
-            collection=COLLECTION,
-            llm_question=question,
+        events = chat.ask_stream(
+            question,
             provider=provider,
             llm_model=model,
-            conversation_id=conversation_id,
-            new_conversation=turn == 0,
             context_size=HITS,
             max_tokens=max_tokens,
             temperature=0.2,
-            timeout=duration_pb2.Duration(seconds=int(CALL_TIMEOUT)),
+            answer_timeout=timedelta(seconds=CALL_TIMEOUT),
+            timeout=CALL_TIMEOUT + 10,
         )
-        call = client.gateway.StreamAsk(
-            request, metadata=client.metadata, timeout=CALL_TIMEOUT + 10
-        )
-        final = await render.stream_ask(call)
-        if final is not None:
-            conversation_id = final.conversation_id or conversation_id
+        await render.stream_ask(events)
         print()
-    return conversation_id
+    return chat.conversation_id
 
 
 async def run(stack: Stack, began: float) -> None:

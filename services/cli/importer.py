@@ -9,17 +9,16 @@ line. Neither stops the import.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import math
 import sys
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from gensearch.retrieval.v1 import retrieval_service_pb2 as rpb
+from gensearch.client import DataObject
 
 from services.cli.client import Client, CliError
 from services.cli.output import Progress, dump_json, note
@@ -37,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--objects-per-call",
         type=int,
         default=1000,
-        help="objects per ImportObjects stream; the progress advances per stream",
+        help="objects per ImportObjects stream (each acknowledged before the next)",
     )
     parser.add_argument(
         "--show-errors", type=int, default=20, metavar="N", help="errors listed (default 20)"
@@ -72,7 +71,7 @@ class ImportResult:
         return self.imported / self.seconds if self.seconds > 0 else 0.0
 
 
-def parse_line(text: str) -> rpb.DataObject:
+def parse_line(text: str) -> DataObject:
     """One JSON Lines record -> DataObject; ValueError with a readable message otherwise."""
     try:
         value = json.loads(text)
@@ -82,7 +81,7 @@ def parse_line(text: str) -> rpb.DataObject:
         raise ValueError(f"expected a JSON object, got {type(value).__name__}")
     envelope = isinstance(value.get("properties"), dict) and set(value) <= ENVELOPE_KEYS
     props = value["properties"] if envelope else value
-    obj = rpb.DataObject()
+    obj = DataObject(properties=dict(props))
     if envelope:
         ident = value.get("id")
         if ident is not None:
@@ -97,17 +96,11 @@ def parse_line(text: str) -> rpb.DataObject:
                 raise ValueError("vector must be a list of numbers")
             if not all(math.isfinite(x) for x in vector):
                 raise ValueError("vector must hold finite numbers")
-            obj.vector.extend(float(x) for x in vector)
-    try:
-        obj.properties.update(props)
-    except (ValueError, TypeError) as err:
-        raise ValueError(f"properties: {err}") from None
+            obj.vector = [float(x) for x in vector]
     return obj
 
 
-def read_objects(
-    lines: Iterable[str], errors: list[LineError]
-) -> Iterator[tuple[int, rpb.DataObject]]:
+def read_objects(lines: Iterable[str], errors: list[LineError]) -> Iterator[tuple[int, DataObject]]:
     """(line number, object) for every good line; bad lines land in ``errors``."""
     for number, text in enumerate(lines, start=1):
         if not text.strip():
@@ -135,53 +128,40 @@ async def import_objects(
     objects_per_call: int = 1000,
     progress: Progress | None = None,
 ) -> ImportResult:
-    """Stream the good lines in batches over ImportObjects; map the replies back to lines.
-
-    A client stream is only acknowledged at its end, and HTTP/2 buffering lets the sender
-    run far ahead of the server; so the objects go in several streams of
-    ``objects_per_call`` each, and the progress advances as each one is acknowledged.
-    """
+    """Stream the good lines in batches over ImportObjects (the client's ``import_``); map
+    the per-object errors back to lines. The progress advances as each batch goes out."""
     if batch_size < 1:
         raise CliError("--batch-size must be at least 1")
-    objects_per_call = max(objects_per_call, batch_size)
     result = ImportResult()
     started = time.perf_counter()
-    parsed = read_objects(lines, result.errors)
-    sent_any = False
-    while True:
-        malformed_before = len(result.errors)
-        chunk = list(itertools.islice(parsed, objects_per_call))
-        if not chunk and sent_any:
-            break
-        # An empty stream still names the collection, so a wrong name is reported.
-        reply = await client.retrieval.ImportObjects(
-            _requests(collection, [obj for _, obj in chunk], batch_size),
-            metadata=client.metadata,
+    line_of: list[int] = []  # object index -> line number
+
+    def objects() -> Iterator[DataObject]:
+        for number, obj in read_objects(lines, result.errors):
+            line_of.append(number)
+            yield obj
+
+    try:
+        written = await client.collections.get(collection).data.import_(
+            objects(),
+            batch_size=batch_size,
+            objects_per_call=objects_per_call,
             timeout=client.timeout(None),
+            on_sent=progress.advance if progress else None,
         )
-        sent_any = True
-        result.received += int(reply.received_count)
-        result.imported += int(reply.imported_count)
-        for err in reply.errors:
-            line = chunk[err.index][0] if 0 <= err.index < len(chunk) else -1
-            result.errors.append(LineError(line, err.message, err.id, err.field))
+    except BaseException:
         if progress:
-            progress.advance(len(chunk) + len(result.errors) - malformed_before - len(reply.errors))
-        if len(chunk) < objects_per_call:
-            break
+            progress.abort()
+        raise
+    if progress:  # every line read, malformed ones included
+        progress.finish(len(line_of) + len(result.errors))
+    result.received, result.imported = written.received, written.imported
+    for err in written.errors:
+        line = line_of[err.index] if 0 <= err.index < len(line_of) else -1
+        result.errors.append(LineError(line, err.message, err.id, err.field))
     result.seconds = time.perf_counter() - started
     result.errors.sort(key=lambda e: e.line)
-    if progress:
-        progress.finish()
     return result
-
-
-async def _requests(
-    collection: str, objects: list[rpb.DataObject], batch_size: int
-) -> AsyncIterator[rpb.ImportObjectsRequest]:
-    yield rpb.ImportObjectsRequest(collection=collection, objects=objects[:batch_size])
-    for start in range(batch_size, len(objects), batch_size):
-        yield rpb.ImportObjectsRequest(objects=objects[start : start + batch_size])
 
 
 def open_input(name: str) -> tuple[IO[str], int | None]:

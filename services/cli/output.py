@@ -9,23 +9,59 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any, TextIO
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.progress import Progress as RichProgress
+from rich.text import Text
 
 
-def message_dict(message: Message) -> dict[str, Any]:
-    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+def message_dict(message: Message, types: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The API's JSON form (proto field names), with the numbers of ``int`` properties
+    (``types``: the collection's property name -> data type) as integers: a ``Struct``
+    holds every number as a double, so 1965 would print as 1965.0."""
+    value = json_format.MessageToDict(message, preserving_proto_field_name=True)
+    if types:
+        _integers(value, types)
+    return value
+
+
+def _integers(value: Any, types: Mapping[str, str]) -> None:
+    if isinstance(value, list):
+        for item in value:
+            _integers(item, types)
+    elif isinstance(value, dict):
+        for key, inner in value.items():
+            if key == "properties" and isinstance(inner, dict):
+                for name, number in inner.items():
+                    integral = isinstance(number, float) and number.is_integer()
+                    if integral and types.get(name) == "int":
+                        inner[name] = int(number)
+            else:
+                _integers(inner, types)
+
+
+def _default(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else str(value)
 
 
 def dump_json(value: Any, stream: TextIO | None = None, *, line: bool = False) -> None:
     """Indented JSON; ``line=True``: one compact line (JSON Lines, for streamed events)."""
     out = stream or sys.stdout
     indent = None if line else 2
-    out.write(json.dumps(value, indent=indent, ensure_ascii=False, default=str))
+    out.write(json.dumps(value, indent=indent, ensure_ascii=False, default=_default))
     out.write("\n")
     out.flush()
 
@@ -77,52 +113,59 @@ def note(text: str) -> None:
     sys.stderr.flush()
 
 
-class Progress:
-    """A plain-text progress bar with a rate, on stderr.
+class _Rate(ProgressColumn):
+    def __init__(self, unit: str) -> None:
+        super().__init__()
+        self.unit = unit
 
-    On a terminal it redraws one line; otherwise (CI logs, pipes) it prints a line every few
-    seconds so logs stay short.
+    def render(self, task: Task) -> Text:
+        elapsed = task.finished_time if task.finished else task.elapsed
+        rate = task.completed / elapsed if elapsed else 0.0
+        return Text(f"{rate:,.0f} {self.unit}/s")
+
+
+class Progress:
+    """A progress bar with a rate, on stderr (rich).
+
+    Redrawn by time (10 times a second on a terminal), however the work advances; a
+    non-terminal (CI logs, pipes) gets only the final line.
     """
 
     def __init__(self, total: int | None, label: str = "importing", unit: str = "objects"):
         self.total = total
-        self.label = label
         self.unit = unit
-        self.done = 0
-        self.started = time.perf_counter()
-        self._last_draw = 0.0
-        self._tty = sys.stderr.isatty()
+        self._bar = RichProgress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn() if total else TextColumn("{task.completed}"),
+            TextColumn(unit),
+            _Rate(unit),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            refresh_per_second=10,
+        )
+        self._task = self._bar.add_task(label, total=total)
+        self._bar.start()
+        self._open = True
 
     @property
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.started
-
-    @property
-    def rate(self) -> float:
-        return self.done / self.elapsed if self.elapsed > 0 else 0.0
+    def done(self) -> int:
+        return int(self._bar.tasks[0].completed)
 
     def advance(self, count: int) -> None:
-        self.done += count
-        now = time.perf_counter()
-        if now - self._last_draw >= (0.1 if self._tty else 5.0):
-            self._last_draw = now
-            self._draw(final=False)
+        self._bar.advance(self._task, count)
 
     def finish(self, done: int | None = None) -> None:
+        if not self._open:
+            return
+        self._open = False
         if done is not None:
-            self.done = done
-        self._draw(final=True)
+            self._bar.update(self._task, completed=done)
+        self._bar.stop_task(self._task)
+        self._bar.stop()
 
-    def _draw(self, final: bool) -> None:
-        if self.total:
-            filled = int(30 * min(self.done, self.total) / self.total)
-            bar = "[" + "#" * filled + "." * (30 - filled) + "]"
-            count = f"{self.done}/{self.total} {self.unit}"
-        else:
-            bar, count = "", f"{self.done} {self.unit}"
-        text = f"{self.label} {bar} {count}  {self.rate:,.0f} {self.unit}/s  {self.elapsed:.1f}s"
-        if self._tty:
-            sys.stderr.write("\r" + text + ("\n" if final else ""))
-        else:
-            sys.stderr.write(text + "\n")
-        sys.stderr.flush()
+    def abort(self) -> None:
+        """Stop without a last line: the error that stopped the work says it all."""
+        if self._open:
+            self._bar.update(self._task, visible=False)
+            self.finish()

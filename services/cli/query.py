@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+from datetime import timedelta
 from typing import Any
 
-import grpc
-from gensearch.gateway.v1 import gateway_service_pb2 as gpb
+from gensearch.client import types as t
+from gensearch.client.errors import NotFoundError
 from gensearch.retrieval.v1 import retrieval_service_pb2 as rpb
-from google.protobuf import duration_pb2, json_format
+from google.protobuf import json_format
 
 from services.cli import render, state
 from services.cli.client import Client, CliError
@@ -79,7 +80,7 @@ def add_ask_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--state-dir",
         help="where the last conversation id is kept "
-        "(default: $GENSEARCH_STATE_DIR, else $GENSEARCH_DATA_DIR, else ~/.gensearch)",
+        "(default: $GENSEARCH_STATE_DIR, else ~/.gensearch; the same for every command)",
     )
 
 
@@ -156,33 +157,32 @@ def parse_vector(text: str) -> list[float]:
     return [float(x) for x in value]
 
 
-def query_fields(args: argparse.Namespace) -> dict[str, Any]:
-    """The oneof query and the common search fields, as request keyword arguments."""
-    fields: dict[str, Any] = {}
+def check_query(args: argparse.Namespace) -> None:
     if args.alpha is not None and args.hybrid is None:
         raise CliError("--alpha only applies to --hybrid")
-    if args.near_text is not None:
-        fields["near_text"] = rpb.NearText(text=args.near_text)
-    elif args.keyword is not None:
-        fields["keyword"] = rpb.Keyword(text=args.keyword)
-    elif args.hybrid is not None:
-        hybrid = rpb.Hybrid(text=args.hybrid)
-        if args.alpha is not None:
-            hybrid.alpha = args.alpha
-        fields["hybrid"] = hybrid
-    else:
-        fields["near_vector"] = rpb.NearVector(vector=parse_vector(args.near_vector))
+
+
+def run_query(searcher: Any, args: argparse.Namespace, **fields: Any) -> Any:
+    """The chosen query (near_text, keyword, hybrid or near_vector) on ``searcher``
+    (``collection.query``, ``.generate`` or ``.generate_stream``)."""
     if args.filter:
         fields["filter"] = parse_filter(args.filter)
-    return fields
+    if args.near_text is not None:
+        return searcher.near_text(args.near_text, **fields)
+    if args.keyword is not None:
+        return searcher.keyword(args.keyword, **fields)
+    if args.hybrid is not None:
+        return searcher.hybrid(args.hybrid, alpha=args.alpha, **fields)
+    return searcher.near_vector(parse_vector(args.near_vector), **fields)
 
 
-def build_generate(args: argparse.Namespace, *, stream: bool) -> gpb.Generate | None:
+def generate_fields(args: argparse.Namespace, *, stream: bool) -> dict[str, Any] | None:
+    """The Generate fields from the flags (None: plain search)."""
     if not args.single_prompt and not args.grouped_task:
         if args.grouped_property:
             raise CliError("--grouped-property needs --grouped-task")
         return None
-    gen = gpb.Generate(
+    return dict(
         single_prompt=args.single_prompt or "",
         grouped_task=args.grouped_task or "",
         grouped_properties=args.grouped_property,
@@ -191,59 +191,46 @@ def build_generate(args: argparse.Namespace, *, stream: bool) -> gpb.Generate | 
         max_concurrency=args.max_concurrency,
         debug=args.debug,
         stream_tokens=stream,
+        temperature=args.temperature,
+        max_tokens=args.max_tokens,
     )
-    if args.temperature is not None:
-        gen.temperature = args.temperature
-    if args.max_tokens is not None:
-        gen.max_tokens = args.max_tokens
-    return gen
 
 
 # --- search ----------------------------------------------------------------------------------
 
 
 async def search(client: Client, args: argparse.Namespace) -> int:
-    fields = query_fields(args)
-    common = dict(
-        collection=args.collection,
+    check_query(args)
+    generate = generate_fields(args, stream=args.stream)
+    collection = client.collections.get(args.collection)
+    # Property types: integers print as integers; table columns follow the schema.
+    types = await collection.property_types()
+    common: dict[str, Any] = dict(
         limit=args.limit,
         offset=args.offset,
         return_properties=args.property,
-        **fields,
+        timeout=client.timeout(None if generate else 30.0),
     )
-    generate = build_generate(args, stream=args.stream)
-    timeout = client.timeout(None if generate else 30.0)
     if args.stream:
-        request = gpb.StreamGenerativeSearchRequest(**common)
-        if generate is not None:
-            request.generate.CopyFrom(generate)
-        call = client.gateway.StreamGenerativeSearch(
-            request, metadata=client.metadata, timeout=timeout
-        )
+        events = run_query(collection.generate_stream, args, **common, **(generate or {}))
         if args.json:
-            async for event in call:
-                dump_json(message_dict(event), line=True)
+            async for event in events:
+                dump_json(message_dict(event.raw, types), line=True)
             return 0
-        await render.stream_search(call, per_hit=bool(args.single_prompt))
+        await render.stream_search(events, per_hit=bool(args.single_prompt))
         return 0
     if generate is None:
-        reply = await client.retrieval.Search(
-            rpb.SearchRequest(**common), metadata=client.metadata, timeout=timeout
-        )
+        found = await run_query(collection.query, args, **common)
         if args.json:
-            dump_json(message_dict(reply))
+            dump_json(message_dict(found.raw, types))
         else:
-            render.hits_table(reply.hits)
+            render.hits_table(found.hits, args.property or list(types))
         return 0
-    gen_reply = await client.gateway.GenerativeSearch(
-        gpb.GenerativeSearchRequest(generate=generate, **common),
-        metadata=client.metadata,
-        timeout=timeout,
-    )
+    generated = await run_query(collection.generate, args, **common, **generate)
     if args.json:
-        dump_json(message_dict(gen_reply))
+        dump_json(message_dict(generated.raw, types))
     else:
-        render.generative(gen_reply)
+        render.generative(generated)
     return 0
 
 
@@ -252,8 +239,6 @@ async def search(client: Client, args: argparse.Namespace) -> int:
 
 def _ask_fields(args: argparse.Namespace, conversation_id: str, new: bool) -> dict[str, Any]:
     fields: dict[str, Any] = dict(
-        collection=args.collection,
-        llm_question=args.question,
         llm_model=args.model,
         provider=args.provider,
         conversation_id=conversation_id,
@@ -261,19 +246,20 @@ def _ask_fields(args: argparse.Namespace, conversation_id: str, new: bool) -> di
         system_prompt=args.system_prompt,
         user_instructions=args.user_instructions,
         context_field_list=args.context_field,
+        context_size=args.context_size,
+        interaction_size=args.interaction_size,
+        temperature=args.temperature,
+        max_tokens=args.max_tokens,
     )
-    for name in ("context_size", "interaction_size", "temperature", "max_tokens"):
-        value = getattr(args, name)
-        if value is not None:
-            fields[name] = value
     if args.no_rewrite:
         fields["rewrite_query"] = False
     if args.filter:
         fields["filter"] = parse_filter(args.filter)
     if args.timeout is not None:
-        fields["timeout"] = duration_pb2.Duration(
-            seconds=int(args.timeout), nanos=int((args.timeout % 1) * 1e9)
-        )
+        fields["answer_timeout"] = timedelta(seconds=args.timeout)
+    # The server enforces the Ask budget (30 s unless --timeout); the channel deadline
+    # leaves it room to answer with its own DEADLINE_EXCEEDED.
+    fields["timeout"] = args.timeout + 5 if args.timeout is not None else None
     return fields
 
 
@@ -289,8 +275,8 @@ async def ask(client: Client, args: argparse.Namespace) -> int:
         conversation_id, new = remembered, not remembered
     try:
         answer = await _ask_once(client, args, conversation_id, new)
-    except grpc.aio.AioRpcError as err:
-        if not remembered or err.code() != grpc.StatusCode.NOT_FOUND:
+    except NotFoundError:
+        if not remembered:
             raise
         # The remembered conversation was deleted (or belongs to another server or user).
         note(f"(conversation {remembered} is gone; starting a new one)")
@@ -303,31 +289,26 @@ async def ask(client: Client, args: argparse.Namespace) -> int:
 
 async def _ask_once(
     client: Client, args: argparse.Namespace, conversation_id: str, new: bool
-) -> gpb.AskResponse:
+) -> t.Answer:
+    collection = client.collections.get(args.collection)
+    types = await collection.property_types()
     fields = _ask_fields(args, conversation_id, new)
-    # The server enforces the Ask budget (30 s unless --timeout); the channel deadline
-    # leaves it room to answer with its own DEADLINE_EXCEEDED.
-    deadline = args.timeout + 5 if args.timeout is not None else None
     if args.stream:
-        call = client.gateway.StreamAsk(
-            gpb.StreamAskRequest(**fields), metadata=client.metadata, timeout=deadline
-        )
-        final: gpb.AskResponse | None = None
+        events = collection.ask_stream(args.question, **fields)
+        final: t.Answer | None = None
         if args.json:
-            async for event in call:
-                dump_json(message_dict(event), line=True)
-                if event.HasField("answer"):
+            async for event in events:
+                dump_json(message_dict(event.raw, types), line=True)
+                if isinstance(event, t.AnswerEvent):
                     final = event.answer
         else:
-            final = await render.stream_ask(call, show_hits=args.show_hits)
+            final = await render.stream_ask(events, show_hits=args.show_hits)
         if final is None:
             raise CliError("the answer stream ended without an answer")
         return final
-    reply = await client.gateway.Ask(
-        gpb.AskRequest(**fields), metadata=client.metadata, timeout=deadline
-    )
+    reply = await collection.ask(args.question, **fields)
     if args.json:
-        dump_json(message_dict(reply))
+        dump_json(message_dict(reply.raw, types))
     else:
         render.answer(reply, show_hits=args.show_hits)
     return reply

@@ -6,12 +6,10 @@ import sys
 import textwrap
 import time
 from collections.abc import AsyncIterable, Sequence
+from datetime import datetime
 from typing import Any
 
-from gensearch.gateway.v1 import gateway_service_pb2 as gpb
-from gensearch.generation.v1 import generation_service_pb2 as genpb
-from gensearch.retrieval.v1 import retrieval_service_pb2 as rpb
-from google.protobuf import json_format
+from gensearch.client import types as t
 
 from services.cli.output import one_line, table, terminal_width
 
@@ -20,20 +18,16 @@ TITLE_KEYS = ("title", "name", "question", "heading")
 TEXT_KEYS = ("text", "content", "body", "answer", "description")
 
 
-def props(hit: rpb.Hit) -> dict[str, Any]:
-    return json_format.MessageToDict(hit.properties)
-
-
-def hit_title(hit: rpb.Hit) -> str:
-    values = props(hit)
+def hit_title(hit: t.Hit) -> str:
+    values = hit.properties
     for key in TITLE_KEYS:
         if isinstance(values.get(key), str) and values[key]:
             return str(values[key])
     return hit.id
 
 
-def hit_snippet(hit: rpb.Hit, width: int = SNIPPET_CHARS) -> str:
-    values = props(hit)
+def hit_snippet(hit: t.Hit, width: int = SNIPPET_CHARS) -> str:
+    values = hit.properties
     for key in TEXT_KEYS:
         if isinstance(values.get(key), str):
             return one_line(values[key], width)
@@ -41,9 +35,12 @@ def hit_snippet(hit: rpb.Hit, width: int = SNIPPET_CHARS) -> str:
     return one_line(max(texts, key=len), width) if texts else ""
 
 
-def hits_table(hits: Sequence[rpb.Hit]) -> None:
-    keys: list[str] = []
-    rows = [props(h) for h in hits]
+def hits_table(hits: Sequence[t.Hit], order: Sequence[str] = ()) -> None:
+    """One row per hit; property columns in ``order`` (the collection's schema order, or
+    the properties asked for), then any others as they come."""
+    rows = [h.properties for h in hits]
+    present = {k for row in rows for k in row}
+    keys = [k for k in order if k in present]
     for row in rows:
         keys.extend(k for k in row if k not in keys)
     table(
@@ -62,6 +59,8 @@ def _cell(value: Any) -> str:
         return str(int(value))
     if isinstance(value, list):
         return ", ".join(str(v) for v in value)
+    if isinstance(value, datetime):
+        return value.isoformat()
     return str(value)
 
 
@@ -75,20 +74,20 @@ def _wrap(text: str, indent: str = "    ") -> str:
     return "\n".join(lines)
 
 
-def print_hit(number: int, hit: rpb.Hit) -> None:
+def print_hit(number: int, hit: t.Hit) -> None:
     print(f"[{number}] {hit_title(hit)}  (score {hit.score:.3f})")
     snippet = hit_snippet(hit)
     if snippet:
         print(_wrap(snippet))
 
 
-def describe_generation(gen: gpb.GenerationResult) -> str:
-    if gen.HasField("error") and (gen.error.status or gen.error.message):
+def describe_generation(gen: t.GenerationResult) -> str:
+    if gen.error is not None and (gen.error.status or gen.error.message):
         return f"error: {gen.error.status or gen.error.code}: {gen.error.message}"
     return gen.result.strip() or "(empty answer)"
 
 
-def usage_line(usage: genpb.Usage) -> str:
+def usage_line(usage: t.Usage) -> str:
     estimated = " (estimated)" if usage.estimated else ""
     return (
         f"usage: {usage.prompt_tokens} prompt + {usage.completion_tokens} completion = "
@@ -96,21 +95,21 @@ def usage_line(usage: genpb.Usage) -> str:
     )
 
 
-def generative(reply: gpb.GenerativeSearchResponse) -> None:
+def generative(reply: t.GenerativeSearchResult) -> None:
     if not reply.hits:
         print("(no hits)")
     for number, item in enumerate(reply.hits, start=1):
         print_hit(number, item.hit)
-        if item.HasField("generation"):
+        if item.generation is not None:
             print(_wrap("→ " + describe_generation(item.generation)))
             if item.generation.prompt:
                 print(_wrap("prompt: " + item.generation.prompt, indent="      "))
         print()
-    if reply.HasField("grouped"):
+    if reply.grouped is not None:
         print("grouped result:")
         print(_wrap(describe_generation(reply.grouped)))
         print()
-    if reply.HasField("usage") and reply.usage.total_tokens:
+    if reply.usage is not None and reply.usage.total_tokens:
         print(usage_line(reply.usage))
 
 
@@ -142,9 +141,9 @@ class _GroupedPrinter:
         sys.stdout.write(text.replace("\n", "\n    "))
         sys.stdout.flush()
 
-    def finish(self, result: gpb.GenerationResult) -> None:
+    def finish(self, result: t.GenerationResult) -> None:
         self.release()
-        failed = result.HasField("error") and bool(result.error.status or result.error.message)
+        failed = result.error is not None and bool(result.error.status or result.error.message)
         if self.started:
             print()
             if failed:
@@ -156,21 +155,20 @@ class _GroupedPrinter:
 
 
 async def stream_search(
-    events: AsyncIterable[gpb.StreamGenerativeSearchResponse], *, per_hit: bool = True
+    events: AsyncIterable[t.SearchEvent], *, per_hit: bool = True
 ) -> float | None:
     """Print each event as it arrives: hits, per-hit results (in completion order), the
     grouped result token by token, usage. ``per_hit``: whether per-hit results will come.
 
     Returns when (``time.perf_counter()``) the first generated text was printed.
     """
-    hits: list[rpb.Hit] = []
+    hits: list[t.Hit] = []
     pending = 0
     grouped = _GroupedPrinter()
     first: float | None = None
     async for event in events:
-        kind = event.WhichOneof("event")
-        if kind == "hits":
-            hits = list(event.hits.hits)
+        if isinstance(event, t.HitsEvent):
+            hits = list(event.hits)
             pending = len(hits) if per_hit else 0
             print(f"{len(hits)} hits" + (":" if hits else ""))
             for number, hit in enumerate(hits, start=1):
@@ -178,45 +176,45 @@ async def stream_search(
             print(flush=True)
             if not pending:
                 grouped.release()
-        elif kind == "hit_result":
+        elif isinstance(event, t.HitResultEvent):
             first = first or time.perf_counter()
-            index = event.hit_result.hit_index
+            index = event.hit_index
             title = hit_title(hits[index]) if 0 <= index < len(hits) else f"hit {index}"
             print(f"[{index + 1}] {title} →")
-            print(_wrap(describe_generation(event.hit_result.generation)), flush=True)
+            print(_wrap(describe_generation(event.generation or t.GenerationResult())), flush=True)
             pending -= 1
             if pending <= 0:
                 grouped.release()
-        elif kind == "token" and event.token.grouped:
-            grouped.delta(event.token.delta)
+        elif isinstance(event, t.TokenEvent) and event.grouped:
+            grouped.delta(event.delta)
             if grouped.live:
                 first = first or time.perf_counter()
-        elif kind == "grouped":
-            grouped.finish(event.grouped)
+        elif isinstance(event, t.GroupedEvent):
+            grouped.finish(event.generation)
             first = first or time.perf_counter()
-        elif kind == "done" and event.done.usage.total_tokens:
-            print("\n" + usage_line(event.done.usage), flush=True)
+        elif isinstance(event, t.DoneEvent) and event.usage and event.usage.total_tokens:
+            print("\n" + usage_line(event.usage), flush=True)
     return first
 
 
-def sources_line(reply: gpb.AskResponse) -> str:
+def sources_line(reply: t.Answer) -> str:
     titles = {h.id: hit_title(h) for h in reply.hits}
     cited = [f"[{c.number}] {titles.get(c.id, c.id)}" for c in reply.citations]
     return "sources: " + ("; ".join(cited) if cited else "none cited")
 
 
-def answer_footer(reply: gpb.AskResponse) -> list[str]:
+def answer_footer(reply: t.Answer) -> list[str]:
     lines = [sources_line(reply)]
     facts = []
     if reply.conversation_id:
         facts.append(f"conversation {reply.conversation_id}")
     if reply.model:
         facts.append(f"model {reply.model}")
-    if reply.usage.total_tokens:
+    if reply.usage and reply.usage.total_tokens:
         facts.append(f"{reply.usage.total_tokens} tokens")
     if reply.rewritten_query:
         facts.append(f"searched for {reply.rewritten_query!r}")
-    if reply.trimmed.hits or reply.trimmed.history_turns:
+    if reply.trimmed and (reply.trimmed.hits or reply.trimmed.history_turns):
         facts.append(
             f"trimmed to fit: {reply.trimmed.hits} hits, {reply.trimmed.history_turns} turns"
         )
@@ -225,7 +223,7 @@ def answer_footer(reply: gpb.AskResponse) -> list[str]:
     return lines
 
 
-def answer(reply: gpb.AskResponse, *, show_hits: bool = False) -> None:
+def answer(reply: t.Answer, *, show_hits: bool = False) -> None:
     print(reply.answer.strip() or "(empty answer)")
     print()
     for line in answer_footer(reply):
@@ -234,24 +232,23 @@ def answer(reply: gpb.AskResponse, *, show_hits: bool = False) -> None:
         _print_hits(reply.hits)
 
 
-def _print_hits(hits: Sequence[rpb.Hit]) -> None:
+def _print_hits(hits: Sequence[t.Hit]) -> None:
     print()
     for number, hit in enumerate(hits, start=1):
         print_hit(number, hit)
 
 
 async def stream_ask(
-    events: AsyncIterable[gpb.StreamAskResponse], *, show_hits: bool = False
-) -> gpb.AskResponse | None:
-    final: gpb.AskResponse | None = None
+    events: AsyncIterable[t.AskEvent], *, show_hits: bool = False
+) -> t.Answer | None:
+    final: t.Answer | None = None
     streamed = False
     async for event in events:
-        kind = event.WhichOneof("event")
-        if kind == "delta":
+        if isinstance(event, t.AnswerDelta):
             streamed = True
             sys.stdout.write(event.delta)
             sys.stdout.flush()
-        elif kind == "answer":
+        elif isinstance(event, t.AnswerEvent):
             final = event.answer
             if not streamed:
                 sys.stdout.write(final.answer.strip() or "(empty answer)")

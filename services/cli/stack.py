@@ -24,6 +24,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import sys
 import time
 import warnings
@@ -236,9 +237,49 @@ def _prepare_data_dir(name: str) -> Path:
     return data_dir
 
 
+def busy_ports(host: str, wanted: dict[str, int]) -> list[str]:
+    """The parts whose port (name -> port; 0 = any free port) cannot be bound on ``host``.
+
+    Checked before anything starts: a busy port found by the gRPC server itself is
+    reported late (after Redis and the models have loaded) and after gRPC's own log line.
+    """
+    busy = []
+    for name, port in wanted.items():
+        if not port:
+            continue
+        try:
+            family, kind, proto, _, where = socket.getaddrinfo(
+                host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )[0]
+            with socket.socket(family, kind, proto) as probe:
+                probe.bind(where)
+        except OSError:
+            busy.append(f"{name} port {port}")
+    return busy
+
+
+def _check_ports(args: argparse.Namespace, settings: dict[str, Any]) -> None:
+    wanted = {"gateway": args.port}
+    for name, part in settings.items():
+        if name != "gateway":
+            wanted[name] = part.port
+    for name, part in settings.items():
+        wanted[f"{name} metrics"] = part.metrics_port
+    busy = busy_ports(args.host, wanted)
+    if busy:
+        hints = ", ".join(
+            "--port" if b.startswith("gateway port") else
+            f"GENSEARCH_{b.split()[0].upper()}_{'METRICS_' if 'metrics' in b else ''}PORT"
+            for b in busy
+        )  # fmt: skip
+        raise CliError(
+            f"already in use on {args.host}: {', '.join(busy)} (another gensearch running?); "
+            f"choose others with {hints} (0 = any free port); nothing was started"
+        )
+
+
 async def _start_parts(stack: Stack) -> None:
     args = stack.args
-    say(f"starting gensearch (data in {stack.data_dir})")
 
     from services.common.settings import warn_unknown_variables
     from services.gateway.__main__ import build_server as build_gateway
@@ -260,6 +301,16 @@ async def _start_parts(stack: Stack) -> None:
     retrieval_settings = RetrievalSettings(**shared, qdrant_url=args.qdrant_url)
     generation_settings = _generation_settings(args, shared)
     gateway_settings = GatewaySettings(**shared)
+    _check_ports(
+        args,
+        {
+            "memory": memory_settings,
+            "retrieval": retrieval_settings,
+            "generation": generation_settings,
+            "gateway": gateway_settings,
+        },
+    )
+    say(f"starting gensearch (data in {stack.data_dir})")
     # Before the slow parts: all four run here, so a variable none of them reads is a typo.
     warn_unknown_variables(
         memory_settings, retrieval_settings, generation_settings, gateway_settings

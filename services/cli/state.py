@@ -3,6 +3,13 @@
 ``gensearch ask`` continues it by default. The file is ``<state dir>/last_conversation``,
 a small JSON object ``{gateway address: conversation id}`` (a conversation only exists on
 the server that created it).
+
+One state location for every command (``up --demo`` writes it, ``ask`` reads it):
+``--state-dir``, else ``$GENSEARCH_STATE_DIR``, else ``~/.gensearch``. Not the data dir:
+that belongs to the server ``up`` runs (``--data-dir``, ``GENSEARCH_DATA_DIR``), which a
+client command neither knows nor needs; mixing the two once made ``ask`` after
+``up --demo`` start a new conversation. Addresses are normalised (``localhost`` is
+``127.0.0.1``), so ``--address localhost:50050`` finds what the demo remembered.
 """
 
 from __future__ import annotations
@@ -16,19 +23,21 @@ FILE_NAME = "last_conversation"
 
 
 def state_dir(explicit: str | None = None) -> Path:
-    chosen = (
-        explicit
-        or os.environ.get("GENSEARCH_STATE_DIR")
-        or os.environ.get("GENSEARCH_DATA_DIR")
-        or str(Path.home() / ".gensearch")
-    )
+    chosen = explicit or os.environ.get("GENSEARCH_STATE_DIR") or str(Path.home() / ".gensearch")
     return Path(chosen).expanduser()
+
+
+def _address_key(address: str) -> str:
+    host, sep, port = address.rpartition(":")
+    if sep and host.lower() in ("localhost", "[::1]", "0.0.0.0"):
+        return f"127.0.0.1:{port}"
+    return address
 
 
 class LastConversation:
     def __init__(self, directory: str | None, address: str) -> None:
         self.path = state_dir(directory) / FILE_NAME
-        self.address = address
+        self.address = _address_key(address)
 
     def _load(self) -> dict[str, str]:
         try:

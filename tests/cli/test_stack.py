@@ -3,27 +3,19 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from unittest import mock
 
 import pytest
 import redis.asyncio as aioredis
-from gensearch.gateway.v1 import gateway_service_pb2 as gpb
-from gensearch.memory.v1 import memory_service_pb2 as mpb
-from gensearch.retrieval.v1 import retrieval_service_pb2 as rpb
-from google.protobuf import struct_pb2
+from gensearch.client import AsyncGensearch
 
 from services.cli import stack as stack_mod
-from services.cli.client import Client, Connection, check_health
+from services.cli.client import check_health
 from services.devlaunch.redis_server import RedisProcess
 from tests.cli.conftest import FREE_PORTS, up_args
 from tests.support.fake_openai import FakeOpenAI
-
-
-def struct(value: dict[str, object]) -> struct_pb2.Struct:
-    out = struct_pb2.Struct()
-    out.update(value)
-    return out
 
 
 async def test_external_redis_qdrant_and_llm(
@@ -50,32 +42,12 @@ async def test_external_redis_qdrant_and_llm(
             for part in stack.parts.values():
                 assert await check_health(part.address, part.service) == "SERVING"
 
-            async with Client(Connection(address=stack.gateway_address)) as client:
-                created = await client.memory.CreateConversation(
-                    mpb.CreateConversationRequest(name="kept in your Redis")
-                )
-                await client.retrieval.CreateCollection(
-                    rpb.CreateCollectionRequest(
-                        collection=rpb.Collection(
-                            name="Docs",
-                            properties=[rpb.Property(name="text", data_type=rpb.DATA_TYPE_TEXT)],
-                        )
-                    )
-                )
-                await client.retrieval.UpsertObjects(
-                    rpb.UpsertObjectsRequest(
-                        collection="Docs",
-                        objects=[rpb.DataObject(properties=struct({"text": "hello world"}))],
-                    )
-                )
-                found = await client.gateway.GenerativeSearch(
-                    gpb.GenerativeSearchRequest(
-                        collection="Docs",
-                        keyword=rpb.Keyword(text="hello"),
-                        generate=gpb.Generate(single_prompt="Echo {text}"),
-                    )
-                )
-            assert found.hits[0].generation.result == "Echo hello world"
+            async with AsyncGensearch(stack.gateway_address) as client:
+                created = await client.conversations.create("kept in your Redis")
+                docs = await client.collections.create("Docs", {"text": "text"})
+                await docs.data.insert({"text": "hello world"})
+                found = await docs.generate.keyword("hello", single_prompt="Echo {text}")
+            assert found.hits[0].result == "Echo hello world"
             # The stack's default provider and model went to the given endpoint.
             assert fake.chat_requests[-1].json["model"] == "served-model"
             # The gateway forwarded to a memory service writing into the given Redis.
@@ -84,7 +56,7 @@ async def test_external_redis_qdrant_and_llm(
                 keys = [k async for k in direct.scan_iter(match="*")]
             finally:
                 await direct.aclose()
-            assert any(created.conversation.conversation_id.encode() in k for k in keys)
+            assert any(created.id.encode() in k for k in keys)
             # The gateway counted its per-tenant LLM quota in the same Redis.
             assert any(b":quota:" in k and k.endswith(b":llm") for k in keys)
         finally:
@@ -94,3 +66,34 @@ async def test_external_redis_qdrant_and_llm(
     assert not (data_dir / "qdrant").exists()
     assert not (data_dir / "redis").exists()
     assert not (data_dir / stack_mod.STACK_FILE).exists()
+
+
+def test_a_busy_port_is_one_line_before_anything_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from services.cli.__main__ import main
+
+    with socket.socket() as taken, mock.patch.dict(os.environ, FREE_PORTS):
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        os.environ["GENSEARCH_MEMORY_METRICS_PORT"] = str(port)
+        code = main(["up", "--data-dir", str(tmp_path / "data"), "--port", str(port)])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert captured.err.count("\n") == 1, captured.err
+    assert captured.err.startswith(
+        f"error: already in use on 127.0.0.1: gateway port {port}, memory metrics port {port} "
+    )
+    assert "--port, GENSEARCH_MEMORY_METRICS_PORT" in captured.err
+    # Nothing started: no Redis, no model, no "starting" line.
+    assert "starting" not in captured.out and not (tmp_path / "data" / "redis").exists()
+
+
+def test_busy_ports_ignores_port_zero_and_free_ports() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert stack_mod.busy_ports("127.0.0.1", {"a": 0, "b": port}) == [f"b port {port}"]
+    assert stack_mod.busy_ports("127.0.0.1", {"b": port}) == []

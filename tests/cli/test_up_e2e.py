@@ -152,17 +152,20 @@ def test_up_demo_then_ctrl_c_leaves_nothing_and_keeps_data(
         assert redis_binary in {executable(pid) for pid in children}, commands
         assert (data / "stack.json").is_file()
 
-        # A second stack on the same gateway port fails in one line and cleans up after itself.
+        # A second stack on the same gateway port fails in one line before starting anything
+        # (ports are checked first: no gRPC log line, no Redis started and stopped).
         clash = subprocess.run(
             [sys.executable, "-m", "services.cli", "up", "--data-dir", str(tmp_path / "other"),
              "--port", gateway.rsplit(":", 1)[1], "--llm-base-url", "http://127.0.0.1:9/v1"],
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=180,
         )  # fmt: skip
         assert clash.returncode == 1, clash.stdout + clash.stderr
-        errors = [line for line in clash.stderr.splitlines() if line.startswith("error:")]
-        assert len(errors) == 1 and "gateway: cannot listen" in errors[0], clash.stderr
-        assert "Traceback" not in clash.stderr
-        assert "redis       stopped" in clash.stdout
+        port = gateway.rsplit(":", 1)[1]
+        assert clash.stderr.splitlines() == [
+            f"error: already in use on 127.0.0.1: gateway port {port} (another gensearch "
+            "running?); choose others with --port (0 = any free port); nothing was started"
+        ], clash.stderr
+        assert "starting" not in clash.stdout and "redis" not in clash.stdout
 
         up.wait_for("imported 24 passages", timeout=180)
         up.wait_for("grouped result:", timeout=300)

@@ -1,0 +1,869 @@
+"""``AsyncGensearch``: the whole API through the gateway, with plain Python values.
+
+    async with AsyncGensearch("localhost:50050", api_key="...") as client:
+        books = client.collections.get("Books")
+        hits = await books.query.near_text("sand and spice", limit=3)
+        found = await books.generate.hybrid("science fiction", single_prompt="Teaser: {title}")
+        chat = books.chat()
+        print(await chat.ask("Which book is set on a desert planet?"))
+        print(await chat.ask("When was it written?"))
+
+Every method takes the request's fields as keyword arguments (plain values: dicts for
+properties, ``Filter`` or dicts for filters, ``timedelta`` for durations); fields this
+client does not name yet pass straight through to the request message.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import itertools
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Any, Generic, Self, TypeVar
+
+import grpc
+from gensearch.client import types as t
+from gensearch.client._transport import DEFAULT, RetryPolicy, Timeout, Transport
+from gensearch.client.errors import GensearchError, InvalidArgumentError, NotFoundError
+from gensearch.client.filters import FilterLike, as_filter, to_struct_dict
+from gensearch.gateway.v1 import gateway_service_pb2 as gpb
+from gensearch.memory.v1 import memory_service_pb2 as mpb
+from gensearch.retrieval.v1 import retrieval_service_pb2 as rpb
+from google.protobuf.message import Message
+from grpc_health.v1 import health_pb2
+
+QUERY_KINDS = ("near_text", "keyword", "hybrid", "near_vector")
+
+
+def _clean(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """Request keyword arguments: None means unset; filters and durations converted."""
+    out: dict[str, Any] = {}
+    for name, value in fields.items():
+        if value is None:
+            continue
+        if name == "filter":
+            value = as_filter(value)
+        # timedelta / datetime stay as they are: protobuf takes them for Duration and
+        # Timestamp fields itself.
+        out[name] = value
+    return out
+
+
+def _data_object(value: t.DataObject | Mapping[str, Any]) -> rpb.DataObject:
+    if isinstance(value, t.DataObject):
+        return rpb.DataObject(
+            id=value.id, properties=to_struct_dict(value.properties), vector=value.vector
+        )
+    return rpb.DataObject(properties=to_struct_dict(dict(value)))
+
+
+def coerce_properties(properties: dict[str, Any], types: Mapping[str, str]) -> dict[str, Any]:
+    """Struct numbers are doubles: INT properties back to ``int``, DATE ones to ``datetime``."""
+    out = dict(properties)
+    for name, value in properties.items():
+        kind = types.get(name)
+        if kind == "int" and isinstance(value, float) and value.is_integer():
+            out[name] = int(value)
+        elif kind == "date" and isinstance(value, str):
+            with contextlib.suppress(ValueError):  # not a date after all: left as sent
+                out[name] = datetime.fromisoformat(value)
+    return out
+
+
+class AsyncGensearch:
+    """A client of the gateway (one address, one key, every API).
+
+    ``timeout``: the default deadline of every call (per-call ``timeout=`` wins); ``retry``:
+    gRPC retries of idempotent reads (``None`` turns them off); ``llm_keys``: provider keys
+    sent as ``x-<provider>-api-key``; ``credentials``: TLS (default plaintext).
+    """
+
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        api_key: str | None = None,
+        llm_keys: Mapping[str, str] | None = None,
+        timeout: Timeout = 60.0,
+        retry: RetryPolicy | None = RetryPolicy(),
+        credentials: grpc.ChannelCredentials | None = None,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        self._t = Transport(
+            address,
+            api_key=api_key,
+            llm_keys=llm_keys,
+            timeout=timeout,
+            retry=retry,
+            credentials=credentials,
+            options=options,
+        )
+        self.collections = Collections(self._t)
+        self.conversations = Conversations(self._t)
+
+    @property
+    def address(self) -> str:
+        return self._t.address
+
+    def __repr__(self) -> str:
+        return f"AsyncGensearch({self._t.address!r})"
+
+    async def health(self, service: str = "", *, timeout: Timeout = DEFAULT) -> str:
+        """The grpc.health.v1 status name, e.g. ``"SERVING"``."""
+        reply = await self._t.unary(
+            self._t.health.Check, health_pb2.HealthCheckRequest(service=service), timeout
+        )
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+    async def close(self) -> None:
+        await self._t.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+# --- collections -----------------------------------------------------------------------------
+
+
+PropertiesSpec = Sequence[t.Property] | Mapping[str, str]
+
+
+class Collections:
+    def __init__(self, transport: Transport) -> None:
+        self._t = transport
+
+    def get(self, name: str) -> AsyncCollection:
+        """A handle on a collection (no call is made)."""
+        return AsyncCollection(self._t, name)
+
+    async def create(
+        self,
+        name: str,
+        properties: PropertiesSpec = (),
+        *,
+        description: str = "",
+        vectorizer: t.Vectorizer | str = "local",
+        generative: t.GenerativeConfig | None = None,
+        keyword_index: bool | None = None,
+        timeout: Timeout = DEFAULT,
+    ) -> AsyncCollection:
+        """Create a collection; ``properties`` as ``{"title": "text", "year": "int"}`` or a
+        list of ``Property``. Returns its handle."""
+        props = (
+            [t.Property(n, kind) for n, kind in properties.items()]
+            if isinstance(properties, Mapping)
+            else list(properties)
+        )
+        spec = t.Collection(
+            name=name,
+            description=description,
+            properties=props,
+            vectorizer=t.Vectorizer(kind=vectorizer) if isinstance(vectorizer, str) else vectorizer,
+            keyword_index=keyword_index,
+            generative=generative,
+        )
+        return await self.create_from(spec, timeout=timeout)
+
+    async def create_from(
+        self, collection: t.Collection | rpb.Collection, *, timeout: Timeout = DEFAULT
+    ) -> AsyncCollection:
+        """Create a collection from a full ``Collection`` (or its proto message)."""
+        spec = (
+            collection
+            if isinstance(collection, rpb.Collection)
+            else t.to_proto(collection, rpb.Collection)
+        )
+        reply = await self._t.unary(
+            self._t.retrieval.CreateCollection,
+            rpb.CreateCollectionRequest(collection=spec),
+            timeout,
+        )
+        handle = AsyncCollection(self._t, collection.name)
+        handle.schema = t.from_proto(t.Collection, reply.collection)
+        return handle
+
+    async def list(
+        self, *, limit: int | None = None, page_size: int = 100, timeout: Timeout = DEFAULT
+    ) -> builtins.list[t.Collection]:
+        """Every collection (all pages), or the first ``limit``."""
+        found: builtins.list[t.Collection] = []
+        token = ""
+        while True:
+            page = await self._t.unary(
+                self._t.retrieval.ListCollections,
+                rpb.ListCollectionsRequest(page_size=page_size, page_token=token),
+                timeout,
+            )
+            found.extend(t.from_proto(t.Collection, c) for c in page.collections)
+            token = page.next_page_token
+            if not token or (limit is not None and len(found) >= limit):
+                return found[:limit]
+
+    async def exists(self, name: str, *, timeout: Timeout = DEFAULT) -> bool:
+        try:
+            await self.get(name).config(timeout=timeout)
+        except NotFoundError:
+            return False
+        return True
+
+    async def delete(self, name: str, *, timeout: Timeout = DEFAULT) -> None:
+        await self._t.unary(
+            self._t.retrieval.DeleteCollection, rpb.DeleteCollectionRequest(name=name), timeout
+        )
+
+
+class AsyncCollection:
+    """One collection: ``.data`` (write, read, delete objects), ``.query`` (search),
+    ``.generate`` (generative search), ``.generate_stream``, ``.ask``, ``.chat()``."""
+
+    def __init__(self, transport: Transport, name: str) -> None:
+        self._t = transport
+        self.name = name
+        # The schema and settings last read (by ``config()``, ``create``, or a query).
+        self.schema: t.Collection | None = None
+        self.data = Data(self)
+        self.query = Query(self)
+        self.generate = Generate(self)
+        self.generate_stream = GenerateStream(self)
+
+    def __repr__(self) -> str:
+        return f"AsyncCollection({self.name!r})"
+
+    async def config(self, *, timeout: Timeout = DEFAULT) -> t.Collection:
+        """The schema and settings, with ``object_count``."""
+        reply = await self._t.unary(
+            self._t.retrieval.GetCollection, rpb.GetCollectionRequest(name=self.name), timeout
+        )
+        got = t.from_proto(t.Collection, reply.collection)
+        got.object_count = int(reply.object_count)
+        self.schema = got
+        return got
+
+    async def property_types(self) -> dict[str, str]:
+        """Property name -> data type (fetched once per handle; {} when unreadable)."""
+        if self.schema is None:
+            try:
+                await self.config()
+            except GensearchError:
+                return {}
+        return self.schema.property_types() if self.schema else {}
+
+    async def count(self, filter: FilterLike | None = None, *, timeout: Timeout = DEFAULT) -> int:
+        request = rpb.CountObjectsRequest(**_clean({"collection": self.name, "filter": filter}))
+        reply = await self._t.unary(self._t.retrieval.CountObjects, request, timeout)
+        return int(reply.count)
+
+    async def _hits(self, hits: Iterable[rpb.Hit]) -> list[t.Hit]:
+        types = await self.property_types()
+        out = []
+        for hit in hits:
+            converted = t.from_proto(t.Hit, hit)
+            converted.properties = coerce_properties(converted.properties, types)
+            out.append(converted)
+        return out
+
+    # --- conversational search -----------------------------------------------------------
+
+    def _ask_request(self, cls: type[Message], question: str, fields: dict[str, Any]) -> Any:
+        query = {k: fields.pop(k) for k in QUERY_KINDS if k in fields}
+        request = cls(**_clean({"collection": self.name, "llm_question": question, **fields}))
+        for kind, value in query.items():
+            _set_query(request, kind, value)
+        return request
+
+    async def ask(
+        self,
+        question: str,
+        *,
+        conversation_id: str = "",
+        new_conversation: bool = False,
+        context_size: int | None = None,
+        interaction_size: int | None = None,
+        answer_timeout: timedelta | None = None,
+        timeout: Timeout = DEFAULT,
+        **fields: Any,
+    ) -> t.Answer:
+        """Answer ``question`` from the top hits (and the conversation's recent turns).
+
+        ``answer_timeout`` is the server's budget for the turn (AskRequest.timeout, default
+        30 s); ``timeout`` the call's deadline, as everywhere. Other AskRequest fields
+        (``llm_model``, ``provider``, ``filter``, ``system_prompt``, ``near_text``,
+        ``debug`` …) pass through.
+        """
+        request = self._ask_request(
+            gpb.AskRequest,
+            question,
+            dict(
+                conversation_id=conversation_id,
+                new_conversation=new_conversation,
+                context_size=context_size,
+                interaction_size=interaction_size,
+                timeout=answer_timeout,
+                **fields,
+            ),
+        )
+        reply = await self._t.unary(self._t.gateway.Ask, request, timeout)
+        answer = t.from_proto(t.Answer, reply)
+        answer.hits = await self._hits(reply.hits)
+        return answer
+
+    async def ask_stream(
+        self,
+        question: str,
+        *,
+        conversation_id: str = "",
+        new_conversation: bool = False,
+        answer_timeout: timedelta | None = None,
+        timeout: Timeout = DEFAULT,
+        **fields: Any,
+    ) -> AsyncIterator[t.AskEvent]:
+        """Like ``ask``, streamed: an ``AskContextEvent``, ``AnswerDelta``s, an ``AnswerEvent``."""
+        request = self._ask_request(
+            gpb.StreamAskRequest,
+            question,
+            dict(
+                conversation_id=conversation_id,
+                new_conversation=new_conversation,
+                timeout=answer_timeout,
+                **fields,
+            ),
+        )
+        async for event in self._t.server_stream(self._t.gateway.StreamAsk, request, timeout):
+            kind = event.WhichOneof("event")
+            if kind == "context":
+                context = t.from_proto(t.AskContextEvent, event.context)
+                context.hits = await self._hits(event.context.hits)
+                context.raw = event
+                yield context
+            elif kind == "delta":
+                yield t.AnswerDelta(event.delta, raw=event)
+            elif kind == "answer":
+                answer = t.from_proto(t.Answer, event.answer)
+                answer.hits = await self._hits(event.answer.hits)
+                yield t.AnswerEvent(answer, raw=event)
+
+    def chat(self, conversation_id: str = "") -> Chat:
+        """A conversation: each ``ask`` continues it (the first one starts it)."""
+        return Chat(self, conversation_id)
+
+
+class Chat:
+    """Turns of one conversation; ``conversation_id`` is set after the first answer."""
+
+    def __init__(self, collection: AsyncCollection, conversation_id: str = "") -> None:
+        self.collection = collection
+        self.conversation_id = conversation_id
+
+    def __repr__(self) -> str:
+        return f"Chat({self.collection.name!r}, conversation_id={self.conversation_id!r})"
+
+    async def ask(self, question: str, **fields: Any) -> t.Answer:
+        answer = await self.collection.ask(
+            question,
+            conversation_id=self.conversation_id,
+            new_conversation=not self.conversation_id,
+            **fields,
+        )
+        self.conversation_id = answer.conversation_id or self.conversation_id
+        return answer
+
+    async def ask_stream(self, question: str, **fields: Any) -> AsyncIterator[t.AskEvent]:
+        async for event in self.collection.ask_stream(
+            question,
+            conversation_id=self.conversation_id,
+            new_conversation=not self.conversation_id,
+            **fields,
+        ):
+            if isinstance(event, t.AskContextEvent) and event.conversation_id:
+                self.conversation_id = event.conversation_id
+            elif isinstance(event, t.AnswerEvent) and event.answer.conversation_id:
+                self.conversation_id = event.answer.conversation_id
+            yield event
+
+
+def _set_query(request: Any, kind: str, value: Any) -> None:
+    """The oneof query from a plain value: text for near_text/keyword/hybrid, a list of
+    floats for near_vector, or a dict of the query message's fields."""
+    field = getattr(request, kind)
+    if isinstance(value, Message):
+        field.CopyFrom(value)
+    elif isinstance(value, Mapping):
+        field.CopyFrom(type(field)(**_clean(value)))
+    elif kind == "near_vector":
+        field.vector.extend(float(x) for x in value)
+    else:
+        field.text = str(value)
+
+
+# --- objects ---------------------------------------------------------------------------------
+
+
+ObjectLike = t.DataObject | Mapping[str, Any]
+
+
+class Data:
+    def __init__(self, collection: AsyncCollection) -> None:
+        self._c = collection
+        self._t = collection._t
+
+    async def insert(
+        self,
+        properties: Mapping[str, Any],
+        *,
+        id: str = "",
+        vector: Sequence[float] = (),
+        timeout: Timeout = DEFAULT,
+    ) -> str:
+        """Write one object; returns its id. A rejected object raises its error."""
+        result = await self.insert_many(
+            [t.DataObject(properties=dict(properties), id=id, vector=list(vector))],
+            timeout=timeout,
+        )
+        if result.errors:
+            err = result.errors[0]
+            raise InvalidArgumentError(
+                err.message, code=grpc.StatusCode.INVALID_ARGUMENT, metadata={"field": err.field}
+            )
+        return result.ids[0]
+
+    async def insert_many(
+        self, objects: Iterable[ObjectLike], *, timeout: Timeout = DEFAULT
+    ) -> t.WriteResult:
+        """One UpsertObjects call: invalid objects come back as ``errors``, the rest land."""
+        batch = [_data_object(o) for o in objects]
+        reply = await self._t.unary(
+            self._t.retrieval.UpsertObjects,
+            rpb.UpsertObjectsRequest(collection=self._c.name, objects=batch),
+            timeout,
+        )
+        errors = [t.from_proto(t.ObjectError, e) for e in reply.errors]
+        return t.WriteResult(
+            ids=list(reply.ids), errors=errors, received=len(batch), imported=len(reply.ids)
+        )
+
+    async def import_(
+        self,
+        objects: Iterable[ObjectLike],
+        *,
+        batch_size: int = 100,
+        objects_per_call: int = 1000,
+        timeout: Timeout = None,
+        on_sent: Callable[[int], None] | None = None,
+    ) -> t.WriteResult:
+        """Bulk load over ImportObjects (client streaming), ``batch_size`` objects a message.
+
+        The objects go in streams of ``objects_per_call`` (each acknowledged before the
+        next); ``errors[i].index`` is the object's position in ``objects``. ``on_sent(n)``
+        is called as each message of ``n`` objects goes out (for a progress bar).
+        """
+        result = t.WriteResult()
+        async for part in self.import_iter(
+            objects,
+            batch_size=batch_size,
+            objects_per_call=objects_per_call,
+            timeout=timeout,
+            on_sent=on_sent,
+        ):
+            result.received += part.received
+            result.imported += part.imported
+            result.errors.extend(part.errors)
+        return result
+
+    async def import_iter(
+        self,
+        objects: Iterable[ObjectLike],
+        *,
+        batch_size: int = 100,
+        objects_per_call: int = 1000,
+        timeout: Timeout = None,
+        on_sent: Callable[[int], None] | None = None,
+    ) -> AsyncIterator[t.WriteResult]:
+        """``import_`` one acknowledged stream at a time (for progress reporting)."""
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        per_call = max(objects_per_call, batch_size)
+        source = iter(objects)
+        offset = 0
+        first = True
+        while True:
+            chunk = [_data_object(o) for o in itertools.islice(source, per_call)]
+            if not chunk and not first:
+                return
+            first = False
+            # An empty stream still names the collection, so a wrong name is reported.
+            reply = await self._t.client_stream(
+                self._t.retrieval.ImportObjects,
+                _batches(self._c.name, chunk, batch_size, on_sent),
+                timeout,
+            )
+            errors = []
+            for err in reply.errors:
+                converted = t.from_proto(t.ObjectError, err)
+                converted.index += offset
+                errors.append(converted)
+            yield t.WriteResult(
+                errors=errors,
+                received=int(reply.received_count),
+                imported=int(reply.imported_count),
+            )
+            offset += len(chunk)
+            if len(chunk) < per_call:
+                return
+
+    async def get(
+        self, id: str, *, include_vector: bool = False, timeout: Timeout = DEFAULT
+    ) -> t.DataObject:
+        reply = await self._t.unary(
+            self._t.retrieval.GetObject,
+            rpb.GetObjectRequest(collection=self._c.name, id=id, include_vector=include_vector),
+            timeout,
+        )
+        obj = t.from_proto(t.DataObject, reply.object)
+        obj.properties = coerce_properties(obj.properties, await self._c.property_types())
+        return obj
+
+    async def delete(
+        self,
+        ids: Sequence[str] = (),
+        *,
+        filter: FilterLike | None = None,
+        timeout: Timeout = DEFAULT,
+    ) -> int:
+        """Delete by ids or by filter; returns how many went."""
+        request = rpb.DeleteObjectsRequest(
+            **_clean({"collection": self._c.name, "ids": list(ids), "filter": filter})
+        )
+        reply = await self._t.unary(self._t.retrieval.DeleteObjects, request, timeout)
+        return int(reply.deleted_count)
+
+
+async def _batches(
+    collection: str,
+    objects: list[rpb.DataObject],
+    size: int,
+    on_sent: Callable[[int], None] | None = None,
+) -> AsyncIterator[rpb.ImportObjectsRequest]:
+    for start in range(0, max(len(objects), 1), size):
+        batch = objects[start : start + size]
+        # The first message names the collection (even an empty stream's).
+        yield rpb.ImportObjectsRequest(collection=collection if not start else "", objects=batch)
+        if on_sent is not None and batch:
+            on_sent(len(batch))
+
+
+# --- search ----------------------------------------------------------------------------------
+
+
+R = TypeVar("R")
+
+
+class _Searcher(Generic[R]):
+    """near_text / keyword / hybrid / near_vector, each turned into one request. The common
+    fields are named; any other field of the request passes through as a keyword."""
+
+    def __init__(self, collection: AsyncCollection) -> None:
+        self._c = collection
+        self._t = collection._t
+
+    def _run(self, kind: str, value: Any, fields: dict[str, Any]) -> R:
+        raise NotImplementedError
+
+    def near_text(
+        self,
+        text: str,
+        *,
+        limit: int | None = None,
+        offset: int | None = None,
+        filter: FilterLike | None = None,
+        return_properties: Sequence[str] | None = None,
+        timeout: Timeout = DEFAULT,
+        **fields: Any,
+    ) -> R:
+        """Dense search by the embedding of ``text``."""
+        common = _common(limit, offset, filter, return_properties, timeout)
+        return self._run("near_text", text, {**common, **fields})
+
+    def keyword(
+        self,
+        text: str,
+        *,
+        limit: int | None = None,
+        offset: int | None = None,
+        filter: FilterLike | None = None,
+        return_properties: Sequence[str] | None = None,
+        timeout: Timeout = DEFAULT,
+        **fields: Any,
+    ) -> R:
+        """BM25 keyword search."""
+        common = _common(limit, offset, filter, return_properties, timeout)
+        return self._run("keyword", text, {**common, **fields})
+
+    def hybrid(
+        self,
+        text: str,
+        *,
+        alpha: float | None = None,
+        vector: Sequence[float] = (),
+        limit: int | None = None,
+        offset: int | None = None,
+        filter: FilterLike | None = None,
+        return_properties: Sequence[str] | None = None,
+        timeout: Timeout = DEFAULT,
+        **fields: Any,
+    ) -> R:
+        """Dense and BM25 fused (RRF); ``alpha`` weighs the dense side (default 0.5)."""
+        value = {"text": text, "alpha": alpha, "vector": list(vector)}
+        common = _common(limit, offset, filter, return_properties, timeout)
+        return self._run("hybrid", value, {**common, **fields})
+
+    def near_vector(
+        self,
+        vector: Sequence[float],
+        *,
+        limit: int | None = None,
+        offset: int | None = None,
+        filter: FilterLike | None = None,
+        return_properties: Sequence[str] | None = None,
+        timeout: Timeout = DEFAULT,
+        **fields: Any,
+    ) -> R:
+        """Dense search by a vector of your own."""
+        common = _common(limit, offset, filter, return_properties, timeout)
+        return self._run("near_vector", vector, {**common, **fields})
+
+    def _request(self, cls: type[Message], kind: str, value: Any, fields: dict[str, Any]) -> Any:
+        fields.pop("timeout", None)
+        request = cls(**_clean({"collection": self._c.name, **fields}))
+        _set_query(request, kind, value)
+        return request
+
+
+def _common(
+    limit: int | None,
+    offset: int | None,
+    filter: FilterLike | None,
+    return_properties: Sequence[str] | None,
+    timeout: Timeout,
+) -> dict[str, Any]:
+    return {
+        "limit": limit,
+        "offset": offset,
+        "filter": filter,
+        "return_properties": list(return_properties) if return_properties else None,
+        "timeout": timeout,
+    }
+
+
+class Query(_Searcher[Awaitable[t.SearchResult]]):
+    """Search: ``await books.query.near_text("sand", limit=3, filter=..., return_properties=[..])``
+    returns a ``SearchResult`` (iterable of ``Hit``); ``include_vector=True`` adds vectors."""
+
+    def _run(self, kind: str, value: Any, fields: dict[str, Any]) -> Awaitable[t.SearchResult]:
+        return self._search(kind, value, fields)
+
+    async def _search(self, kind: str, value: Any, fields: dict[str, Any]) -> t.SearchResult:
+        timeout = fields.get("timeout", DEFAULT)
+        request = self._request(rpb.SearchRequest, kind, value, fields)
+        reply = await self._t.unary(self._t.retrieval.Search, request, timeout)
+        result = t.from_proto(t.SearchResult, reply)
+        result.hits = await self._c._hits(reply.hits)
+        return result
+
+
+def _generate_message(fields: dict[str, Any]) -> gpb.Generate:
+    names = set(gpb.Generate.DESCRIPTOR.fields_by_name)
+    chosen = {k: fields.pop(k) for k in list(fields) if k in names and k != "timeout"}
+    if "generation_timeout" in fields:
+        chosen["timeout"] = fields.pop("generation_timeout")
+    return gpb.Generate(**_clean(chosen))
+
+
+class Generate(_Searcher[Awaitable[t.GenerativeSearchResult]]):
+    """Generative search: a search, then ``single_prompt`` (one LLM call per hit, ``{property}``
+    filled from the hit) and/or ``grouped_task`` (one call over all hits). Any field of
+    ``Generate`` (``grouped_properties``, ``provider``, ``model``, ``temperature``,
+    ``max_tokens``, ``max_concurrency``, ``debug``; ``generation_timeout`` for its
+    ``timeout``) is a keyword here; ``timeout`` is the call's deadline."""
+
+    def _run(
+        self, kind: str, value: Any, fields: dict[str, Any]
+    ) -> Awaitable[t.GenerativeSearchResult]:
+        return self._generate(kind, value, fields)
+
+    async def _generate(
+        self, kind: str, value: Any, fields: dict[str, Any]
+    ) -> t.GenerativeSearchResult:
+        timeout = fields.get("timeout", DEFAULT)
+        generate = _generate_message(fields)
+        request = self._request(gpb.GenerativeSearchRequest, kind, value, fields)
+        request.generate.CopyFrom(generate)
+        reply = await self._t.unary(self._t.gateway.GenerativeSearch, request, timeout)
+        result = t.from_proto(t.GenerativeSearchResult, reply)
+        hits = await self._c._hits(h.hit for h in reply.hits)
+        for item, hit in zip(result.hits, hits, strict=True):
+            item.hit = hit
+        return result
+
+
+class GenerateStream(_Searcher[AsyncIterator[t.SearchEvent]]):
+    """``async for event in books.generate_stream.near_text(...)``: a ``HitsEvent``, then
+    ``HitResultEvent``s in completion order (``TokenEvent``s with ``stream_tokens=True``),
+    a ``GroupedEvent``, a ``DoneEvent``. The same keywords as ``generate``."""
+
+    def _run(self, kind: str, value: Any, fields: dict[str, Any]) -> AsyncIterator[t.SearchEvent]:
+        return self._events(kind, value, fields)
+
+    async def _events(
+        self, kind: str, value: Any, fields: dict[str, Any]
+    ) -> AsyncIterator[t.SearchEvent]:
+        timeout = fields.get("timeout", DEFAULT)
+        generate = _generate_message(fields)
+        request = self._request(gpb.StreamGenerativeSearchRequest, kind, value, fields)
+        request.generate.CopyFrom(generate)
+        stream = self._t.server_stream(self._t.gateway.StreamGenerativeSearch, request, timeout)
+        async for event in stream:
+            which = event.WhichOneof("event")
+            converted: t.SearchEvent
+            if which == "hits":
+                converted = t.HitsEvent(hits=await self._c._hits(event.hits.hits))
+            elif which == "hit_result":
+                converted = t.from_proto(t.HitResultEvent, event.hit_result)
+            elif which == "token":
+                converted = t.from_proto(t.TokenEvent, event.token)
+            elif which == "grouped":
+                converted = t.GroupedEvent(t.from_proto(t.GenerationResult, event.grouped))
+            elif which == "done":
+                converted = t.from_proto(t.DoneEvent, event.done)
+            else:
+                continue  # an event kind newer than this client
+            converted.raw = event
+            yield converted
+
+
+# --- conversations ---------------------------------------------------------------------------
+
+
+class Conversations:
+    """Your conversations (MemoryService through the gateway; only yours are visible)."""
+
+    def __init__(self, transport: Transport) -> None:
+        self._t = transport
+
+    async def create(self, name: str = "", *, timeout: Timeout = DEFAULT) -> t.Conversation:
+        reply = await self._t.unary(
+            self._t.memory.CreateConversation, mpb.CreateConversationRequest(name=name), timeout
+        )
+        return t.from_proto(t.Conversation, reply.conversation)
+
+    async def get(self, conversation_id: str, *, timeout: Timeout = DEFAULT) -> t.Conversation:
+        reply = await self._t.unary(
+            self._t.memory.GetConversation,
+            mpb.GetConversationRequest(conversation_id=conversation_id),
+            timeout,
+        )
+        return t.from_proto(t.Conversation, reply.conversation)
+
+    async def list(
+        self, *, limit: int | None = None, page_size: int = 100, timeout: Timeout = DEFAULT
+    ) -> builtins.list[t.Conversation]:
+        """Most recently updated first; all of them, or the first ``limit``."""
+        found: builtins.list[t.Conversation] = []
+        async for conv in self.iter(page_size=page_size, timeout=timeout):
+            found.append(conv)
+            if limit is not None and len(found) >= limit:
+                break
+        return found
+
+    async def iter(
+        self, *, page_size: int = 100, timeout: Timeout = DEFAULT
+    ) -> AsyncIterator[t.Conversation]:
+        token = ""
+        while True:
+            page, token = await self.page(page_size=page_size, page_token=token, timeout=timeout)
+            for conv in page:
+                yield conv
+            if not token:
+                return
+
+    async def page(
+        self, *, page_size: int = 10, page_token: str = "", timeout: Timeout = DEFAULT
+    ) -> tuple[builtins.list[t.Conversation], str]:
+        """One page and the token of the next ("" after the last)."""
+        reply = await self._t.unary(
+            self._t.memory.ListConversations,
+            mpb.ListConversationsRequest(page_size=page_size, page_token=page_token),
+            timeout,
+        )
+        found = [t.from_proto(t.Conversation, c) for c in reply.conversations]
+        return found, reply.next_page_token
+
+    async def delete(self, conversation_id: str, *, timeout: Timeout = DEFAULT) -> None:
+        await self._t.unary(
+            self._t.memory.DeleteConversation,
+            mpb.DeleteConversationRequest(conversation_id=conversation_id),
+            timeout,
+        )
+
+    async def interactions(
+        self,
+        conversation_id: str,
+        *,
+        limit: int | None = None,
+        oldest_first: bool = False,
+        timeout: Timeout = DEFAULT,
+    ) -> builtins.list[t.Interaction]:
+        """The turns, newest first (or the ``limit`` most recent; ``oldest_first`` to read)."""
+        found: builtins.list[t.Interaction] = []
+        token = ""
+        while limit is None or len(found) < limit:
+            size = 100 if limit is None else min(100, limit - len(found))
+            page = await self._t.unary(
+                self._t.memory.ListInteractions,
+                mpb.ListInteractionsRequest(
+                    conversation_id=conversation_id, page_size=size, page_token=token
+                ),
+                timeout,
+            )
+            found.extend(t.from_proto(t.Interaction, i) for i in page.interactions)
+            token = page.next_page_token
+            if not token:
+                break
+        if oldest_first:
+            found.reverse()
+        return found
+
+    async def add_interaction(
+        self,
+        conversation_id: str,
+        input: str,
+        response: str = "",
+        *,
+        additional_info: Mapping[str, Any] | None = None,
+        timeout: Timeout = DEFAULT,
+        **fields: Any,
+    ) -> t.Interaction:
+        request = mpb.CreateInteractionRequest(
+            **_clean(
+                {
+                    "conversation_id": conversation_id,
+                    "input": input,
+                    "response": response,
+                    "additional_info": to_struct_dict(dict(additional_info))
+                    if additional_info
+                    else None,
+                    **fields,
+                }
+            )
+        )
+        reply = await self._t.unary(self._t.memory.CreateInteraction, request, timeout)
+        return t.from_proto(t.Interaction, reply.interaction)

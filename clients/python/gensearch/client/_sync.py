@@ -1,0 +1,122 @@
+"""``Gensearch``: the same API as ``AsyncGensearch``, blocking.
+
+One private event loop runs in a daemon thread; every call is the async client's, run
+there and waited for, and async iterators become plain iterators. So both clients behave
+the same by construction, and the blocking one works inside a running loop (Jupyter) too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Iterator
+from types import TracebackType
+from typing import Any
+
+from gensearch.client._async import (
+    AsyncCollection,
+    AsyncGensearch,
+    Chat,
+    Collections,
+    Conversations,
+    Data,
+    _Searcher,
+)
+
+_NAMESPACES = (AsyncCollection, Chat, Collections, Conversations, Data, _Searcher)
+
+
+class _Loop:
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(
+            target=self.loop.run_forever, name="gensearch-client", daemon=True
+        )
+        self.thread.start()
+
+    def run(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def iterate(self, stream: AsyncIterator[Any]) -> Iterator[Any]:
+        try:
+            while True:
+                try:
+                    yield self.run(stream.__anext__())
+                except StopAsyncIteration:
+                    return
+        finally:
+            closer = getattr(stream, "aclose", None)
+            if closer is not None:
+                self.run(closer())
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+
+class _Blocking:
+    """Wraps an async namespace: coroutines are awaited, async iterators iterated."""
+
+    def __init__(self, target: Any, loop: _Loop) -> None:
+        object.__setattr__(self, "_target", target)
+        object.__setattr__(self, "_loop", loop)
+
+    def _wrap(self, value: Any) -> Any:
+        if asyncio.iscoroutine(value):
+            return self._wrap(self._loop.run(value))
+        if isinstance(value, AsyncIterator):
+            return (self._wrap(v) for v in self._loop.iterate(value))
+        if isinstance(value, _NAMESPACES):
+            return _Blocking(value, self._loop)
+        return value
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._target, name)
+        if callable(value) and not isinstance(value, (*_NAMESPACES, type)):
+
+            def call(*args: Any, **kwargs: Any) -> Any:
+                return self._wrap(value(*args, **kwargs))
+
+            call.__name__ = name
+            call.__doc__ = value.__doc__
+            return call
+        return self._wrap(value)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._target, name, value)
+
+    def __repr__(self) -> str:
+        return repr(self._target).replace("Async", "", 1)
+
+    def __dir__(self) -> list[str]:
+        return dir(self._target)
+
+
+class Gensearch(_Blocking):
+    """Blocking client: ``with Gensearch("localhost:50050") as client: ...``; same
+    arguments, namespaces and results as ``AsyncGensearch``."""
+
+    def __init__(self, address: str | None = None, **options: Any) -> None:
+        loop = _Loop()
+
+        async def make() -> AsyncGensearch:
+            # The channel belongs to the loop it was made on.
+            return AsyncGensearch(address, **options)
+
+        super().__init__(loop.run(make()), loop)
+
+    def close(self) -> None:
+        self._loop.run(self._target.close())
+        self._loop.close()
+
+    def __enter__(self) -> Gensearch:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,159 @@
+"""The one channel: address, credentials, deadlines, retries, and error mapping.
+
+Retries are gRPC's own (a service config on the channel), for idempotent reads only: a
+retried CreateCollection, ImportObjects, GenerativeSearch or Ask could write twice or pay
+for the LLM twice. Every failed call leaves here as a ``GensearchError``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import grpc
+from gensearch.client.errors import from_rpc_error
+from gensearch.gateway.v1 import gateway_service_pb2_grpc
+from gensearch.memory.v1 import memory_service_pb2_grpc
+from gensearch.retrieval.v1 import retrieval_service_pb2_grpc
+from grpc_health.v1 import health_pb2_grpc
+
+DEFAULT_ADDRESS = "127.0.0.1:50050"
+# A deadline: seconds, a timedelta, or None for none.
+Timeout = float | timedelta | None
+
+
+class _Default:
+    def __repr__(self) -> str:
+        return "DEFAULT"
+
+
+DEFAULT: Any = _Default()
+
+# Safe to repeat: reads. (Writes, generation and Ask are never retried by the client.)
+IDEMPOTENT: dict[str, tuple[str, ...]] = {
+    "gensearch.retrieval.v1.RetrievalService": (
+        "GetCollection",
+        "ListCollections",
+        "GetObject",
+        "CountObjects",
+        "Search",
+    ),
+    "gensearch.memory.v1.MemoryService": (
+        "GetConversation",
+        "ListConversations",
+        "GetInteraction",
+        "ListInteractions",
+    ),
+    "grpc.health.v1.Health": ("Check",),
+}
+
+
+def seconds(timeout: Timeout) -> float | None:
+    if isinstance(timeout, timedelta):
+        return timeout.total_seconds()
+    return None if timeout is None else float(timeout)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """gRPC retries for idempotent reads (exponential backoff with jitter, by gRPC)."""
+
+    max_attempts: int = 4
+    initial_backoff: timedelta = timedelta(milliseconds=200)
+    max_backoff: timedelta = timedelta(seconds=5)
+    backoff_multiplier: float = 2.0
+    status_codes: tuple[str, ...] = ("UNAVAILABLE",)
+
+    def service_config(self) -> str:
+        def fmt(delta: timedelta) -> str:
+            return f"{delta.total_seconds():.3f}s"
+
+        policy = {
+            "maxAttempts": self.max_attempts,
+            "initialBackoff": fmt(self.initial_backoff),
+            "maxBackoff": fmt(self.max_backoff),
+            "backoffMultiplier": self.backoff_multiplier,
+            "retryableStatusCodes": list(self.status_codes),
+        }
+        names = [
+            {"service": service, "method": method}
+            for service, methods in IDEMPOTENT.items()
+            for method in methods
+        ]
+        return json.dumps({"methodConfig": [{"name": names, "retryPolicy": policy}]})
+
+
+class Transport:
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        api_key: str | None = None,
+        llm_keys: Mapping[str, str] | None = None,
+        timeout: Timeout = 60.0,
+        retry: RetryPolicy | None = RetryPolicy(),
+        credentials: grpc.ChannelCredentials | None = None,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        self.address = address or os.environ.get("GENSEARCH_ADDRESS") or DEFAULT_ADDRESS
+        key = api_key if api_key is not None else os.environ.get("GENSEARCH_API_KEY", "")
+        pairs: list[tuple[str, str]] = []
+        if key:
+            # As services/common/auth.py reads it.
+            pairs.append(("authorization", f"Bearer {key}"))
+        for provider, provider_key in sorted((llm_keys or {}).items()):
+            pairs.append((f"x-{provider.lower()}-api-key", provider_key))
+        self.metadata = tuple(pairs)
+        self.timeout = seconds(timeout)
+        opts: list[tuple[str, Any]] = [
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            ("grpc.enable_retries", 1 if retry else 0),
+        ]
+        if retry:
+            opts.append(("grpc.service_config", retry.service_config()))
+        opts.extend(options)
+        if credentials is None:
+            self.channel = grpc.aio.insecure_channel(self.address, options=opts)
+        else:
+            self.channel = grpc.aio.secure_channel(self.address, credentials, options=opts)
+        self.gateway = gateway_service_pb2_grpc.GatewayServiceStub(self.channel)
+        self.retrieval = retrieval_service_pb2_grpc.RetrievalServiceStub(self.channel)
+        self.memory = memory_service_pb2_grpc.MemoryServiceStub(self.channel)
+        self.health = health_pb2_grpc.HealthStub(self.channel)
+
+    def _deadline(self, timeout: Timeout) -> float | None:
+        return self.timeout if timeout is DEFAULT else seconds(timeout)
+
+    async def unary(self, method: Any, request: Any, timeout: Timeout = DEFAULT) -> Any:
+        try:
+            return await method(request, metadata=self.metadata, timeout=self._deadline(timeout))
+        except grpc.aio.AioRpcError as err:
+            raise from_rpc_error(err) from err
+
+    async def server_stream(
+        self, method: Any, request: Any, timeout: Timeout = DEFAULT
+    ) -> AsyncIterator[Any]:
+        call = method(request, metadata=self.metadata, timeout=self._deadline(timeout))
+        try:
+            async for reply in call:
+                yield reply
+        except grpc.aio.AioRpcError as err:
+            raise from_rpc_error(err) from err
+        finally:
+            call.cancel()  # a consumer that stops early must not leave the call running
+
+    async def client_stream(
+        self, method: Any, requests: AsyncIterable[Any], timeout: Timeout = DEFAULT
+    ) -> Any:
+        try:
+            return await method(requests, metadata=self.metadata, timeout=self._deadline(timeout))
+        except grpc.aio.AioRpcError as err:
+            raise from_rpc_error(err) from err
+
+    async def close(self) -> None:
+        await self.channel.close()

@@ -1,0 +1,447 @@
+"""Errors: one exception class per status code, and one per ``ErrorInfo`` reason.
+
+Every failed call raises a ``GensearchError`` subclass carrying what the service sent: the
+status code, the message, the ``google.rpc.ErrorInfo`` (reason, domain, metadata) and the
+``google.rpc.BadRequest`` field violations. A reason class subclasses the class of the code
+the services send it with, so both ``except NotFoundError`` and
+``except ConversationNotFoundError`` work; a reason this client does not know yet raises
+the code's class with ``.reason`` still set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+_BY_CODE: dict[grpc.StatusCode, type[GensearchError]] = {}
+_BY_REASON: dict[str, type[GensearchError]] = {}
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    field: str
+    description: str
+
+
+class GensearchError(Exception):
+    """A call failed. ``code`` is the gRPC status; ``reason``/``metadata`` come from ErrorInfo."""
+
+    # The status code this class stands for (None: any).
+    status_code: ClassVar[grpc.StatusCode | None] = None
+    # The ErrorInfo reason this class stands for (None: a code class).
+    error_reason: ClassVar[str | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        reason = cls.__dict__.get("error_reason")
+        if reason:
+            _BY_REASON.setdefault(reason, cls)
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: grpc.StatusCode = grpc.StatusCode.UNKNOWN,
+        reason: str = "",
+        domain: str = "",
+        metadata: dict[str, str] | None = None,
+        field_violations: list[FieldViolation] | None = None,
+        retry_delay: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.reason = reason
+        self.domain = domain
+        self.metadata = dict(metadata or {})
+        self.field_violations = list(field_violations or [])
+        # From google.rpc.RetryInfo, when the service says when to try again (seconds).
+        self.retry_delay = retry_delay
+
+    @property
+    def field(self) -> str:
+        """The request field at fault ("" when none was named)."""
+        if self.metadata.get("field"):
+            return self.metadata["field"]
+        return self.field_violations[0].field if self.field_violations else ""
+
+    def __str__(self) -> str:
+        where = f" (field {self.field})" if self.field and self.field not in self.message else ""
+        reason = f" [{self.reason}]" if self.reason and self.reason != self.code.name else ""
+        return f"{self.code.name}{reason}: {self.message}{where}"
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(code={self.code.name}, reason={self.reason!r}, "
+            f"message={self.message!r}, metadata={self.metadata!r})"
+        )
+
+
+def _code(code: grpc.StatusCode) -> Any:
+    def register(cls: type[GensearchError]) -> type[GensearchError]:
+        cls.status_code = code
+        _BY_CODE[code] = cls
+        return cls
+
+    return register
+
+
+@_code(grpc.StatusCode.INVALID_ARGUMENT)
+class InvalidArgumentError(GensearchError):
+    pass
+
+
+@_code(grpc.StatusCode.NOT_FOUND)
+class NotFoundError(GensearchError):
+    pass
+
+
+@_code(grpc.StatusCode.ALREADY_EXISTS)
+class AlreadyExistsError(GensearchError):
+    pass
+
+
+@_code(grpc.StatusCode.FAILED_PRECONDITION)
+class FailedPreconditionError(GensearchError):
+    pass
+
+
+@_code(grpc.StatusCode.UNAUTHENTICATED)
+class UnauthenticatedError(GensearchError):
+    pass
+
+
+@_code(grpc.StatusCode.PERMISSION_DENIED)
+class PermissionDeniedError(GensearchError):
+    pass
+
+
+@_code(grpc.StatusCode.RESOURCE_EXHAUSTED)
+class ResourceExhaustedError(GensearchError):
+    pass
+
+
+@_code(grpc.StatusCode.DEADLINE_EXCEEDED)
+class DeadlineExceededError(GensearchError):
+    pass
+
+
+@_code(grpc.StatusCode.UNAVAILABLE)
+class UnavailableError(GensearchError):
+    pass
+
+
+@_code(grpc.StatusCode.CANCELLED)
+class CancelledError(GensearchError):
+    pass
+
+
+@_code(grpc.StatusCode.OUT_OF_RANGE)
+class OutOfRangeError(GensearchError):
+    pass
+
+
+@_code(grpc.StatusCode.UNIMPLEMENTED)
+class UnimplementedError(GensearchError):
+    pass
+
+
+@_code(grpc.StatusCode.INTERNAL)
+class InternalError(GensearchError):
+    pass
+
+
+# The reasons the services emit (grep `reason=` in services/; tests/client checks the list
+# is complete), each under the code it is sent with: the class name is the reason in
+# CamelCase plus Error.
+
+
+class BadNameError(InvalidArgumentError):
+    error_reason = "BAD_NAME"
+
+
+class BadUuidError(InvalidArgumentError):
+    error_reason = "BAD_UUID"
+
+
+class BatchTooLargeError(InvalidArgumentError):
+    error_reason = "BATCH_TOO_LARGE"
+
+
+class ContextWindowExceededError(InvalidArgumentError):
+    error_reason = "CONTEXT_WINDOW_EXCEEDED"
+
+
+class DimensionMismatchError(InvalidArgumentError):
+    error_reason = "DIMENSION_MISMATCH"
+
+
+class FieldTooLargeError(InvalidArgumentError):
+    error_reason = "FIELD_TOO_LARGE"
+
+
+class InteractionTooLargeError(InvalidArgumentError):
+    error_reason = "INTERACTION_TOO_LARGE"
+
+
+class InvalidIdError(InvalidArgumentError):
+    error_reason = "INVALID_ID"
+
+
+class InvalidPageSizeError(InvalidArgumentError):
+    error_reason = "INVALID_PAGE_SIZE"
+
+
+class InvalidPageTokenError(InvalidArgumentError):
+    error_reason = "INVALID_PAGE_TOKEN"
+
+
+class InvalidTemplateError(InvalidArgumentError):
+    error_reason = "INVALID_TEMPLATE"
+
+
+class MalformedRequestError(InvalidArgumentError):
+    error_reason = "MALFORMED_REQUEST"
+
+
+class MissingFieldError(InvalidArgumentError):
+    error_reason = "MISSING_FIELD"
+
+
+class NestingTooDeepError(InvalidArgumentError):
+    error_reason = "NESTING_TOO_DEEP"
+
+
+class NoKeywordIndexError(InvalidArgumentError):
+    error_reason = "NO_KEYWORD_INDEX"
+
+
+class NoPlaceholderError(InvalidArgumentError):
+    error_reason = "NO_PLACEHOLDER"
+
+
+class NoVectorizerError(InvalidArgumentError):
+    error_reason = "NO_VECTORIZER"
+
+
+class NumberNotFiniteError(InvalidArgumentError):
+    error_reason = "NUMBER_NOT_FINITE"
+
+
+# Not OutOfRangeError: that is the OUT_OF_RANGE status code's class.
+class ValueOutOfRangeError(InvalidArgumentError):
+    error_reason = "OUT_OF_RANGE"
+
+
+class PromptTooLongError(InvalidArgumentError):
+    error_reason = "PROMPT_TOO_LONG"
+
+
+class RequestIdReusedError(InvalidArgumentError):
+    error_reason = "REQUEST_ID_REUSED"
+
+
+class UnknownModelError(InvalidArgumentError):
+    error_reason = "UNKNOWN_MODEL"
+
+
+class UnknownPropertyError(InvalidArgumentError):
+    error_reason = "UNKNOWN_PROPERTY"
+
+
+class UnknownProviderError(InvalidArgumentError):
+    error_reason = "UNKNOWN_PROVIDER"
+
+
+class UpstreamRejectedRequestError(InvalidArgumentError):
+    error_reason = "UPSTREAM_REJECTED_REQUEST"
+
+
+class WrongTypeError(InvalidArgumentError):
+    error_reason = "WRONG_TYPE"
+
+
+class ConversationNotFoundError(NotFoundError):
+    error_reason = "CONVERSATION_NOT_FOUND"
+
+
+class InteractionNotFoundError(NotFoundError):
+    error_reason = "INTERACTION_NOT_FOUND"
+
+
+class EmbeddingDimensionMismatchError(FailedPreconditionError):
+    error_reason = "EMBEDDING_DIMENSION_MISMATCH"
+
+
+class LocalModelMissingError(FailedPreconditionError):
+    error_reason = "LOCAL_MODEL_MISSING"
+
+
+class MissingPropertyError(FailedPreconditionError):
+    error_reason = "MISSING_PROPERTY"
+
+
+class TooManyCollectionsError(FailedPreconditionError):
+    error_reason = "TOO_MANY_COLLECTIONS"
+
+
+class UpstreamNotFoundError(FailedPreconditionError):
+    error_reason = "UPSTREAM_NOT_FOUND"
+
+
+class InvalidApiKeyError(UnauthenticatedError):
+    error_reason = "INVALID_API_KEY"
+
+
+class InvalidInternalTokenError(UnauthenticatedError):
+    error_reason = "INVALID_INTERNAL_TOKEN"
+
+
+class MissingCredentialsError(UnauthenticatedError):
+    error_reason = "MISSING_CREDENTIALS"
+
+
+class MissingProviderApiKeyError(UnauthenticatedError):
+    error_reason = "MISSING_PROVIDER_API_KEY"
+
+
+class UpstreamUnauthenticatedError(UnauthenticatedError):
+    error_reason = "UPSTREAM_UNAUTHENTICATED"
+
+
+class KeyNotAllowedError(PermissionDeniedError):
+    error_reason = "KEY_NOT_ALLOWED"
+
+
+class RoleRequiredError(PermissionDeniedError):
+    error_reason = "ROLE_REQUIRED"
+
+
+class UpstreamPermissionDeniedError(PermissionDeniedError):
+    error_reason = "UPSTREAM_PERMISSION_DENIED"
+
+
+class UrlNotAllowedError(PermissionDeniedError):
+    error_reason = "URL_NOT_ALLOWED"
+
+
+class QuotaExceededError(ResourceExhaustedError):
+    error_reason = "QUOTA_EXCEEDED"
+
+
+class RequestTooLargeError(ResourceExhaustedError):
+    error_reason = "REQUEST_TOO_LARGE"
+
+
+class UpstreamRateLimitedError(ResourceExhaustedError):
+    error_reason = "UPSTREAM_RATE_LIMITED"
+
+
+class DownstreamTimeoutError(DeadlineExceededError):
+    error_reason = "DOWNSTREAM_TIMEOUT"
+
+
+class UpstreamFirstByteTimeoutError(DeadlineExceededError):
+    error_reason = "UPSTREAM_FIRST_BYTE_TIMEOUT"
+
+
+class UpstreamTimeoutError(DeadlineExceededError):
+    error_reason = "UPSTREAM_TIMEOUT"
+
+
+class BadUpstreamResponseError(UnavailableError):
+    error_reason = "BAD_UPSTREAM_RESPONSE"
+
+
+class DownstreamUnavailableError(UnavailableError):
+    error_reason = "DOWNSTREAM_UNAVAILABLE"
+
+
+class EmbeddingsUnavailableError(UnavailableError):
+    error_reason = "EMBEDDINGS_UNAVAILABLE"
+
+
+class QdrantErrorError(UnavailableError):
+    error_reason = "QDRANT_ERROR"
+
+
+class QdrantUnavailableError(UnavailableError):
+    error_reason = "QDRANT_UNAVAILABLE"
+
+
+class StoreUnavailableError(UnavailableError):
+    error_reason = "STORE_UNAVAILABLE"
+
+
+class UpstreamConnectionFailedError(UnavailableError):
+    error_reason = "UPSTREAM_CONNECTION_FAILED"
+
+
+class UpstreamStreamErrorError(UnavailableError):
+    error_reason = "UPSTREAM_STREAM_ERROR"
+
+
+class UpstreamUnavailableError(UnavailableError):
+    error_reason = "UPSTREAM_UNAVAILABLE"
+
+
+def error_class(reason: str) -> type[GensearchError] | None:
+    """The class raised for ``reason`` (None for a reason this client does not know)."""
+    return _BY_REASON.get(reason)
+
+
+_COMBINED: dict[tuple[str, str], type[GensearchError]] = {}
+
+
+def _combined(
+    reason_cls: type[GensearchError], code_cls: type[GensearchError]
+) -> type[GensearchError]:
+    # A reason sent with another code than usual still matches both `except` clauses.
+    key = (reason_cls.__name__, code_cls.__name__)
+    if key not in _COMBINED:
+        _COMBINED[key] = type(reason_cls.__name__, (reason_cls, code_cls), {"__module__": __name__})
+    return _COMBINED[key]
+
+
+def from_rpc_error(err: grpc.aio.AioRpcError | grpc.RpcError) -> GensearchError:
+    """The exception for a failed call, with its ErrorInfo and BadRequest details."""
+    code: grpc.StatusCode = err.code()  # type: ignore[attr-defined]
+    message = " ".join((err.details() or "").split()) or code.name  # type: ignore[attr-defined]
+    reason = domain = ""
+    metadata: dict[str, str] = {}
+    violations: list[FieldViolation] = []
+    retry_delay: float | None = None
+    try:
+        status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    except Exception:  # a malformed detail must not hide the error itself
+        status = None
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            reason, domain, metadata = info.reason, info.domain, dict(info.metadata)
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            violations.extend(FieldViolation(v.field, v.description) for v in bad.field_violations)
+        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            retry = error_details_pb2.RetryInfo()
+            detail.Unpack(retry)
+            retry_delay = retry.retry_delay.ToTimedelta().total_seconds()
+    code_cls = _BY_CODE.get(code, GensearchError)
+    cls = _BY_REASON.get(reason, code_cls)
+    if not issubclass(cls, code_cls):
+        cls = _combined(cls, code_cls)
+    return cls(
+        message,
+        code=code,
+        reason=reason or code.name,
+        domain=domain,
+        metadata=metadata,
+        field_violations=violations,
+        retry_delay=retry_delay,
+    )

@@ -1,0 +1,535 @@
+"""Typed results: plain dataclasses with plain Python values.
+
+``Struct`` becomes ``dict``, ``Timestamp`` an aware ``datetime``, ``Duration`` a
+``timedelta``, an enum its short lower-case name (``DATA_TYPE_TEXT`` -> ``"text"``), an
+unset optional field ``None``. Conversion is generic (``from_proto``): a dataclass names the
+proto fields it exposes, so a field added to a proto is one line here; every result also
+keeps the message it came from in ``raw`` for fields this client does not know yet.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from google.protobuf import json_format
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+
+T = TypeVar("T")
+M = TypeVar("M", bound=Message)
+
+# Proto message full name -> the dataclass it becomes.
+_TYPES: dict[str, type[Any]] = {}
+
+
+def _proto(full_name: str) -> Any:
+    def register(cls: type[T]) -> type[T]:
+        _TYPES[full_name] = cls
+        return cls
+
+    return register
+
+
+def _enum_name(fd: Any, number: int) -> str:
+    value = fd.enum_type.values_by_number.get(number)
+    if value is None:
+        return str(number)
+    # DATA_TYPE_TEXT in enum DataType -> "text": strip the enum's own prefix.
+    prefix = "".join(
+        f"_{c}" if c.isupper() and i else c for i, c in enumerate(fd.enum_type.name)
+    ).upper()
+    return value.name.removeprefix(prefix + "_").lower()
+
+
+def _value(fd: Any, value: Any) -> Any:
+    if fd.type == FieldDescriptor.TYPE_ENUM:
+        return _enum_name(fd, value)
+    if fd.type != FieldDescriptor.TYPE_MESSAGE:
+        return value
+    name = fd.message_type.full_name
+    if name == "google.protobuf.Timestamp":
+        return value.ToDatetime(tzinfo=UTC)
+    if name == "google.protobuf.Duration":
+        return value.ToTimedelta()
+    if name in ("google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.ListValue"):
+        return json_format.MessageToDict(value)
+    target = _TYPES.get(name)
+    return from_proto(target, value) if target else value
+
+
+def from_proto(cls: type[T], message: Message) -> T:
+    """``cls`` filled from ``message`` by field name (fields it does not name are left out)."""
+    fields: Any = message.DESCRIPTOR.fields_by_name
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name == "raw":
+            kwargs["raw"] = message
+            continue
+        fd = fields.get(f.name)
+        if fd is None or not f.init:
+            continue
+        value = getattr(message, f.name)
+        if fd.is_repeated:
+            if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
+                kwargs[f.name] = dict(value)
+            else:
+                kwargs[f.name] = [_value(fd, v) for v in value]
+        elif fd.has_presence and not message.HasField(f.name):
+            kwargs[f.name] = None
+        else:
+            kwargs[f.name] = _value(fd, value)
+    return cls(**kwargs)
+
+
+def _enum_number(fd: Any, value: Any) -> int:
+    if isinstance(value, int):
+        return value
+    prefix = "".join(
+        f"_{c}" if c.isupper() and i else c for i, c in enumerate(fd.enum_type.name)
+    ).upper()
+    name = str(value).upper()
+    for candidate in (name, f"{prefix}_{name}"):
+        found = fd.enum_type.values_by_name.get(candidate)
+        if found is not None:
+            return int(found.number)
+    choices = ", ".join(
+        v.name.removeprefix(prefix + "_").lower() for v in fd.enum_type.values if v.number
+    )
+    raise ValueError(f"{fd.name}: {value!r} is not one of {choices}")
+
+
+def to_proto(obj: Any, message_cls: type[M]) -> M:
+    """The reverse of ``from_proto``: a dataclass (or a plain dict) as ``message_cls``.
+    Fields left ``None`` stay unset; enums take their short names."""
+    values = (
+        obj
+        if isinstance(obj, dict)
+        else {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj) if f.name != "raw"}
+    )
+    fields: Any = message_cls.DESCRIPTOR.fields_by_name
+    kwargs: dict[str, Any] = {}
+    for name, value in values.items():
+        fd = fields.get(name)
+        if fd is None:
+            if name in ("object_count",):  # output-only extras of a dataclass
+                continue
+            raise TypeError(f"{message_cls.DESCRIPTOR.name} has no field {name!r}")
+        if value is None:
+            continue
+        repeated = fd.is_repeated
+        items = list(value) if repeated else [value]
+        if fd.type == FieldDescriptor.TYPE_ENUM:
+            items = [_enum_number(fd, v) for v in items]
+        elif fd.type == FieldDescriptor.TYPE_MESSAGE and fd.message_type.full_name in _TYPES:
+            items = [
+                to_proto(v, _message_class(fd)) if not isinstance(v, Message) else v for v in items
+            ]
+        kwargs[name] = items if repeated else items[0]
+    return message_cls(**kwargs)
+
+
+def _message_class(fd: Any) -> type[Message]:
+    from google.protobuf import message_factory
+
+    return message_factory.GetMessageClass(fd.message_type)
+
+
+# --- retrieval -------------------------------------------------------------------------------
+
+
+@_proto("gensearch.retrieval.v1.Property")
+@dataclass
+class Property:
+    """A collection property; ``data_type``: text, text_array, int, number, bool, date."""
+
+    name: str
+    data_type: str = "text"
+    description: str = ""
+
+
+@_proto("gensearch.retrieval.v1.Vectorizer")
+@dataclass
+class Vectorizer:
+    """``kind``: local (default), none (you bring vectors) or openai_compatible."""
+
+    kind: str = "local"
+    model: str = ""
+    base_url: str = ""
+    api_key_env: str = ""
+    dimensions: int = 0
+    source_properties: list[str] = field(default_factory=list)
+    distance: str = "unspecified"
+
+
+@_proto("gensearch.retrieval.v1.GenerativeConfig")
+@dataclass
+class GenerativeConfig:
+    provider: str = ""
+    model: str = ""
+    temperature: float | None = None
+    max_tokens: int | None = None
+    system_prompt: str = ""
+    user_instructions: str = ""
+    context_fields: list[str] = field(default_factory=list)
+
+
+@_proto("gensearch.retrieval.v1.Collection")
+@dataclass
+class Collection:
+    name: str
+    description: str = ""
+    properties: list[Property] = field(default_factory=list)
+    vectorizer: Vectorizer | None = None
+    keyword_index: bool | None = None
+    generative: GenerativeConfig | None = None
+    create_time: datetime | None = None
+    # GetCollection only: how many objects it holds.
+    object_count: int | None = None
+    raw: Any = field(default=None, repr=False, compare=False)
+
+    def property_types(self) -> dict[str, str]:
+        return {p.name: p.data_type for p in self.properties}
+
+
+@_proto("gensearch.retrieval.v1.DataObject")
+@dataclass
+class DataObject:
+    """An object to store (``id`` generated when empty) or one read back."""
+
+    properties: dict[str, Any] = field(default_factory=dict)
+    id: str = ""
+    vector: list[float] = field(default_factory=list, repr=False)
+    raw: Any = field(default=None, repr=False, compare=False)
+
+
+@_proto("gensearch.retrieval.v1.ObjectError")
+@dataclass
+class ObjectError:
+    """Why one object was not written: its position in what you passed, its id, the field."""
+
+    index: int
+    id: str = ""
+    field: str = ""
+    message: str = ""
+
+
+@dataclass
+class WriteResult:
+    """What an insert or import did: the ids written (request order) and per-object errors."""
+
+    ids: list[str] = field(default_factory=list)
+    errors: list[ObjectError] = field(default_factory=list)
+    received: int = 0
+    imported: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+@_proto("gensearch.retrieval.v1.Hit")
+@dataclass
+class Hit:
+    id: str
+    properties: dict[str, Any] = field(default_factory=dict)
+    score: float = 0.0
+    vector: list[float] = field(default_factory=list, repr=False)
+    raw: Any = field(default=None, repr=False, compare=False)
+
+    def __getitem__(self, name: str) -> Any:
+        return self.properties[name]
+
+
+@_proto("gensearch.retrieval.v1.SearchResponse")
+@dataclass
+class SearchResult:
+    hits: list[Hit] = field(default_factory=list)
+    embed_ms: float = 0.0
+    query_ms: float = 0.0
+    raw: Any = field(default=None, repr=False, compare=False)
+
+    def __iter__(self) -> Any:
+        return iter(self.hits)
+
+    def __len__(self) -> int:
+        return len(self.hits)
+
+    def __getitem__(self, index: int) -> Hit:
+        return self.hits[index]
+
+
+# --- generation ------------------------------------------------------------------------------
+
+
+@_proto("gensearch.generation.v1.Usage")
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    estimated: bool = False
+
+
+@_proto("gensearch.generation.v1.Message")
+@dataclass
+class ChatMessage:
+    role: str = ""
+    content: str = ""
+
+
+@_proto("gensearch.gateway.v1.GenerationError")
+@dataclass
+class GenerationError:
+    """A failure scoped to one hit (or the grouped call); ``reason`` is the ErrorInfo reason."""
+
+    code: int = 0
+    status: str = ""
+    message: str = ""
+    reason: str = ""
+
+
+@_proto("gensearch.gateway.v1.GenerationResult")
+@dataclass
+class GenerationResult:
+    result: str = ""
+    error: GenerationError | None = None
+    usage: Usage | None = None
+    model: str = ""
+    finish_reason: str = ""
+    prompt: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def __str__(self) -> str:
+        if self.error is not None:
+            return f"[{self.error.status}] {self.error.message}"
+        return self.result
+
+
+@_proto("gensearch.gateway.v1.GenerativeHit")
+@dataclass
+class GenerativeHit:
+    hit: Hit
+    generation: GenerationResult | None = None
+
+    @property
+    def id(self) -> str:
+        return self.hit.id
+
+    @property
+    def properties(self) -> dict[str, Any]:
+        return self.hit.properties
+
+    @property
+    def result(self) -> str:
+        """The per-hit answer ("" when it failed or none was asked)."""
+        return self.generation.result if self.generation else ""
+
+
+@_proto("gensearch.gateway.v1.GenerativeSearchResponse")
+@dataclass
+class GenerativeSearchResult:
+    hits: list[GenerativeHit] = field(default_factory=list)
+    grouped: GenerationResult | None = None
+    usage: Usage | None = None
+    raw: Any = field(default=None, repr=False, compare=False)
+
+    def __iter__(self) -> Any:
+        return iter(self.hits)
+
+    def __len__(self) -> int:
+        return len(self.hits)
+
+
+# Streamed generative search: one of these per event, in arrival order. Each event's
+# ``raw`` is the stream message it came from.
+
+
+@_proto("gensearch.gateway.v1.HitsEvent")
+@dataclass
+class HitsEvent:
+    """First: the search results."""
+
+    hits: list[Hit] = field(default_factory=list)
+    raw: Any = field(default=None, repr=False, compare=False)
+
+
+@_proto("gensearch.gateway.v1.HitResultEvent")
+@dataclass
+class HitResultEvent:
+    """A per-hit generation finished (completion order); ``hit_index`` into HitsEvent.hits."""
+
+    hit_index: int = 0
+    generation: GenerationResult | None = None
+    raw: Any = field(default=None, repr=False, compare=False)
+
+
+@_proto("gensearch.gateway.v1.TokenEvent")
+@dataclass
+class TokenEvent:
+    hit_index: int = 0
+    grouped: bool = False
+    delta: str = ""
+    raw: Any = field(default=None, repr=False, compare=False)
+
+
+@dataclass
+class GroupedEvent:
+    """The grouped result."""
+
+    generation: GenerationResult
+    raw: Any = field(default=None, repr=False, compare=False)
+
+
+@_proto("gensearch.gateway.v1.DoneEvent")
+@dataclass
+class DoneEvent:
+    usage: Usage | None = None
+    raw: Any = field(default=None, repr=False, compare=False)
+
+
+SearchEvent = HitsEvent | HitResultEvent | TokenEvent | GroupedEvent | DoneEvent
+
+
+# --- ask -------------------------------------------------------------------------------------
+
+
+@_proto("gensearch.gateway.v1.Citation")
+@dataclass
+class Citation:
+    number: int = 0
+    id: str = ""
+
+
+@_proto("gensearch.gateway.v1.Trimmed")
+@dataclass
+class Trimmed:
+    history_turns: int = 0
+    hits: int = 0
+
+
+@_proto("gensearch.gateway.v1.AskResponse")
+@dataclass
+class Answer:
+    answer: str = ""
+    citations: list[Citation] = field(default_factory=list)
+    hits: list[Hit] = field(default_factory=list)
+    usage: Usage | None = None
+    conversation_id: str = ""
+    interaction_id: str = ""
+    rewritten_query: str = ""
+    trimmed: Trimmed | None = None
+    model: str = ""
+    prompt: list[ChatMessage] = field(default_factory=list)
+    raw: Any = field(default=None, repr=False, compare=False)
+
+    def __str__(self) -> str:
+        return self.answer
+
+
+@_proto("gensearch.gateway.v1.AskContextEvent")
+@dataclass
+class AskContextEvent:
+    """First: the hits used and the rewritten query."""
+
+    hits: list[Hit] = field(default_factory=list)
+    rewritten_query: str = ""
+    conversation_id: str = ""
+    raw: Any = field(default=None, repr=False, compare=False)
+
+
+@dataclass
+class AnswerDelta:
+    """A piece of the answer's text."""
+
+    delta: str
+    raw: Any = field(default=None, repr=False, compare=False)
+
+
+@dataclass
+class AnswerEvent:
+    """Last: the whole answer."""
+
+    answer: Answer
+    raw: Any = field(default=None, repr=False, compare=False)
+
+
+AskEvent = AskContextEvent | AnswerDelta | AnswerEvent
+
+
+# --- memory ----------------------------------------------------------------------------------
+
+
+@_proto("gensearch.memory.v1.Conversation")
+@dataclass
+class Conversation:
+    conversation_id: str
+    name: str = ""
+    user: str = ""
+    create_time: datetime | None = None
+    update_time: datetime | None = None
+    interaction_count: int = 0
+    raw: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def id(self) -> str:
+        return self.conversation_id
+
+
+@_proto("gensearch.memory.v1.Interaction")
+@dataclass
+class Interaction:
+    interaction_id: str
+    conversation_id: str = ""
+    input: str = ""
+    prompt_template: str = ""
+    response: str = ""
+    origin: str = ""
+    additional_info: dict[str, Any] = field(default_factory=dict)
+    create_time: datetime | None = None
+    raw: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def id(self) -> str:
+        return self.interaction_id
+
+
+__all__ = [
+    "Answer",
+    "AnswerDelta",
+    "AnswerEvent",
+    "AskContextEvent",
+    "AskEvent",
+    "ChatMessage",
+    "Citation",
+    "Collection",
+    "Conversation",
+    "DataObject",
+    "DoneEvent",
+    "GenerationError",
+    "GenerationResult",
+    "GenerativeConfig",
+    "GenerativeHit",
+    "GenerativeSearchResult",
+    "GroupedEvent",
+    "Hit",
+    "HitResultEvent",
+    "HitsEvent",
+    "Interaction",
+    "ObjectError",
+    "Property",
+    "SearchEvent",
+    "SearchResult",
+    "TokenEvent",
+    "Trimmed",
+    "Usage",
+    "Vectorizer",
+    "WriteResult",
+    "from_proto",
+    "to_proto",
+]

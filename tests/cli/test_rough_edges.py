@@ -1,0 +1,127 @@
+"""The rough edges a newcomer met (issue 16): --version, the progress bar, column order,
+integers in --json, one state location. Against the real stack (see conftest)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from gensearch.client import Gensearch
+
+from services.cli import importer, state
+from services.cli.__main__ import main
+from services.cli.client import Client, Connection
+from services.cli.output import Progress
+from tests.cli.conftest import RunningStack
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"gensearch {_installed_version()}"
+
+
+def _installed_version() -> str:
+    from services.cli.__main__ import version
+
+    found = version()
+    assert found and found[0].isdigit()
+    return found
+
+
+@pytest.fixture
+def ordered(cli: Any, tmp_path: Path) -> str:
+    """Properties in a non-alphabetical schema order, year an int."""
+    name = f"Ordered_{uuid.uuid4().hex[:8]}"
+    created = cli(
+        "collections", "create", "--name", name, "--property", "zeta:text",
+        "--property", "year:int", "--property", "alpha:text",
+    )  # fmt: skip
+    assert created.code == 0, created.err
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps({"alpha": "a desert story", "zeta": "Dune", "year": 1965}) + "\n")
+    assert cli("import", str(path), "--collection", name).code == 0
+    return name
+
+
+def test_table_columns_follow_the_schema(cli: Any, ordered: str) -> None:
+    result = cli("search", "-c", ordered, "--keyword", "desert")
+    assert result.code == 0, result.err
+    header, row = result.out.splitlines()[:2]
+    assert header.split() == ["#", "SCORE", "ID", "ZETA", "YEAR", "ALPHA"]
+    assert row.split()[3:5] == ["Dune", "1965"]
+    # Asked-for properties keep the order asked.
+    picked = cli("search", "-c", ordered, "--keyword", "desert", "--property", "alpha",
+                 "--property", "zeta")  # fmt: skip
+    assert picked.out.splitlines()[0].split() == ["#", "SCORE", "ID", "ALPHA", "ZETA"]
+
+
+def test_json_prints_integers_as_integers(
+    cli: Any, ordered: str, running_stack: RunningStack
+) -> None:
+    plain = cli("search", "-c", ordered, "--keyword", "desert", "--json")
+    assert '"year": 1965' in plain.out and "1965.0" not in plain.out
+    assert json.loads(plain.out)["hits"][0]["properties"]["year"] == 1965
+    generated = cli("search", "-c", ordered, "--keyword", "desert", "--json",
+                    "--single-prompt", "About {zeta}")  # fmt: skip
+    assert generated.code == 0, generated.err
+    assert '"year": 1965' in generated.out and "1965.0" not in generated.out
+    streamed = cli("search", "-c", ordered, "--keyword", "desert", "--json", "--stream",
+                   "--single-prompt", "About {zeta}")  # fmt: skip
+    assert '"year": 1965' in streamed.out and "1965.0" not in streamed.out
+    asked = cli("ask", "-c", ordered, "Which year?", "--no-memory", "--json")
+    assert asked.code == 0, asked.err
+    assert '"year": 1965' in asked.out and "1965.0" not in asked.out
+
+
+class CountingProgress(Progress):
+    def __init__(self, total: int | None) -> None:
+        super().__init__(total)
+        self.advances: list[int] = []
+
+    def advance(self, count: int) -> None:
+        self.advances.append(count)
+        super().advance(count)
+
+
+def test_the_import_progress_moves_with_every_batch(running_stack: RunningStack, cli: Any) -> None:
+    """A 2,000-line file used to move the bar twice (once per 1,000-object stream)."""
+    name = f"Progress_{uuid.uuid4().hex[:8]}"
+    assert cli("collections", "create", "--name", name, "--property", "n:int",
+               "--vectorizer", "none", "--dimensions", "2").code == 0  # fmt: skip
+    lines = [json.dumps({"properties": {"n": i}, "vector": [1.0, float(i)]}) for i in range(2000)]
+    progress = CountingProgress(len(lines))
+
+    async def run() -> importer.ImportResult:
+        async with Client(Connection(address=running_stack.address)) as client:
+            return await importer.import_objects(client, name, lines, progress=progress)
+
+    result = running_stack.loop.run(run())
+    assert result.imported == 2000 and not result.errors
+    assert len(progress.advances) == 20 and sum(progress.advances) == 2000
+    assert progress.done == 2000
+
+
+def test_ask_continues_the_demo_conversation_wherever_the_data_dir(
+    cli: Any,
+    running_stack: RunningStack,
+    ordered: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`up --demo` remembers its conversation; a later `ask` (another shell: no
+    GENSEARCH_DATA_DIR, `localhost` for the address) continues it."""
+    monkeypatch.delenv("GENSEARCH_STATE_DIR")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    with Gensearch(running_stack.address) as client:
+        demo_turn = client.collections.get(ordered).chat().ask("First question?")
+    monkeypatch.setenv("GENSEARCH_DATA_DIR", str(tmp_path / "data"))  # as `up` ran
+    state.LastConversation(None, running_stack.stack.gateway_address).set(demo_turn.conversation_id)
+    monkeypatch.delenv("GENSEARCH_DATA_DIR")
+    port = running_stack.address.rpartition(":")[2]
+    asked = cli("ask", "-c", ordered, "And then?", "--json", address=f"localhost:{port}")
+    assert asked.code == 0, asked.err
+    assert json.loads(asked.out)["conversation_id"] == demo_turn.conversation_id
+    assert (tmp_path / "home" / ".gensearch" / "last_conversation").exists()

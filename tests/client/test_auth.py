@@ -1,0 +1,50 @@
+"""API keys as the services read them (services/common/auth.py): ``authorization: Bearer``.
+
+A real memory service with keys configured, on the real Redis; the client talks to it
+directly, as the README's "memory API on its own" does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from gensearch.client import AsyncGensearch, errors
+
+from services.devlaunch.redis_server import RedisProcess
+from services.memory.__main__ import build_server
+from services.memory.settings import MemorySettings
+
+
+@pytest.fixture
+async def memory_address(redis_server: RedisProcess) -> AsyncIterator[str]:
+    settings = MemorySettings(
+        redis_url=redis_server.url, metrics_port=None, api_keys="alice:ka,bob:kb"
+    )
+    server = await build_server(settings, port=0)
+    await server.start()
+    try:
+        yield f"127.0.0.1:{server.port}"
+    finally:
+        await server.stop(0)
+
+
+async def test_the_key_decides_who_you_are(memory_address: str) -> None:
+    async with AsyncGensearch(memory_address, api_key="ka") as alice:
+        mine = await alice.conversations.create("Trip to Lisbon")
+        assert mine.user == "alice"
+        await alice.conversations.add_interaction(
+            mine.id, "Best time to visit?", "Spring.", additional_info={"hits": ["doc-12"]}
+        )
+        (turn,) = await alice.conversations.interactions(mine.id)
+        assert turn.additional_info == {"hits": ["doc-12"]}
+    async with AsyncGensearch(memory_address, api_key="kb") as bob:
+        with pytest.raises(errors.ConversationNotFoundError):  # another user's: not found
+            await bob.conversations.get(mine.id)
+    async with AsyncGensearch(memory_address, api_key="wrong") as stranger:
+        with pytest.raises(errors.InvalidApiKeyError) as caught:
+            await stranger.conversations.list()
+        assert isinstance(caught.value, errors.UnauthenticatedError)
+    async with AsyncGensearch(memory_address, api_key="") as nobody:
+        with pytest.raises(errors.MissingCredentialsError):
+            await nobody.conversations.list()

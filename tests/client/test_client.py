@@ -1,0 +1,283 @@
+"""gensearch.client against the real stack (gateway, retrieval on qdrant-edge, memory on
+Redis, generation on the loopback fake LLM)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import grpc
+import pytest
+from gensearch.client import (
+    AsyncGensearch,
+    Filter,
+    Gensearch,
+    RetryPolicy,
+    errors,
+    types,
+)
+
+from services.common.errors import FailedPrecondition, NotFound, ServiceError
+from tests.cli.conftest import RunningStack
+
+ROOT = Path(__file__).resolve().parents[2]
+_names = itertools.count()
+BOOKS = [
+    {"title": "Dune", "body": "A desert planet and the spice melange.", "year": 1965},
+    {"title": "Neuromancer", "body": "A hacker in a cyberpunk future.", "year": 1984},
+    {"title": "Foundation", "body": "A galactic empire falls.", "year": 1951},
+]
+
+
+@pytest.fixture
+async def client(running_stack: RunningStack) -> AsyncIterator[AsyncGensearch]:
+    async with AsyncGensearch(running_stack.address, timeout=60) as c:
+        yield c
+
+
+async def _books(client: AsyncGensearch) -> str:
+    name = f"ClientBooks{next(_names)}"
+    books = await client.collections.create(
+        name,
+        {"title": "text", "body": "text", "year": "int", "published": "date"},
+        generative=types.GenerativeConfig(max_tokens=64),
+    )
+    result = await books.data.import_(BOOKS, batch_size=2, objects_per_call=2)
+    assert result.imported == 3 and not result.errors
+    return name
+
+
+async def test_collections_create_config_list_delete(client: AsyncGensearch) -> None:
+    name = await _books(client)
+    books = client.collections.get(name)
+    config = await books.config()
+    assert [(p.name, p.data_type) for p in config.properties] == [
+        ("title", "text"),
+        ("body", "text"),
+        ("year", "int"),
+        ("published", "date"),
+    ]
+    assert config.object_count == 3 and config.vectorizer and config.vectorizer.kind == "local"
+    assert isinstance(config.create_time, datetime) and config.create_time.tzinfo
+    assert name in [c.name for c in await client.collections.list(page_size=1)]
+    assert await client.collections.exists(name)
+    await client.collections.delete(name)
+    assert not await client.collections.exists(name)
+    with pytest.raises(errors.NotFoundError) as caught:
+        await books.config()
+    assert caught.value.code == grpc.StatusCode.NOT_FOUND and caught.value.domain == "gensearch"
+
+
+async def test_import_reports_each_rejected_object(client: AsyncGensearch) -> None:
+    name = await _books(client)
+    books = client.collections.get(name)
+    objects = [
+        {"title": "Solaris", "year": 1961},
+        {"title": "Bad", "year": "not a year"},
+        types.DataObject(id="not-a-uuid", properties={"title": "Bad id"}),
+        {"title": "Hyperion", "year": 1989, "published": datetime(1989, 5, 26)},
+    ]
+    result = await books.data.import_(objects, batch_size=1, objects_per_call=2)
+    assert result.received == 4 and result.imported == 2
+    assert [(e.index, e.field) for e in result.errors] == [(1, "properties.year"), (2, "id")]
+    assert (await books.count()) == 5
+    assert await books.count(Filter.by_property("year") > 1960) == 4
+    written = await books.data.insert_many([{"title": "Ubik", "year": 1969}, {"year": 1.5}])
+    assert len(written.ids) == 1 and written.errors[0].index == 1
+    got = await books.data.get(written.ids[0])
+    assert got.properties == {"title": "Ubik", "year": 1969} and isinstance(
+        got.properties["year"], int
+    )
+    assert await books.data.delete(filter={"condition": {
+        "property": "title", "operator": "OPERATOR_EQUAL", "value": "Ubik"}}) == 1  # fmt: skip
+
+
+async def test_search_modes_filters_and_plain_values(client: AsyncGensearch) -> None:
+    books = client.collections.get(await _books(client))
+    near = await books.query.near_text("sand and spice", limit=3)
+    assert near[0]["title"] == "Dune" and len(near) == 3
+    assert all(isinstance(h["year"], int) for h in near)
+    keyword = await books.query.keyword("hacker", return_properties=["title"])
+    assert [h.properties for h in keyword] == [{"title": "Neuromancer"}]
+    old = await books.query.hybrid(
+        "empire", alpha=0.5, filter=(Filter.by_property("year") < 1970)
+        & ~Filter.by_property("title").equal("Dune"),
+    )  # fmt: skip
+    assert [h["title"] for h in old] == ["Foundation"]
+    vector = await books.query.near_text("spice", include_vector=True, limit=1)
+    assert len(vector[0].vector) == 384
+    assert vector.hits[0].raw.id == vector[0].id  # the message it came from
+
+
+async def test_generative_search_single_and_grouped(
+    client: AsyncGensearch, running_stack: RunningStack
+) -> None:
+    books = client.collections.get(await _books(client))
+    found = await books.generate.near_text(
+        "science fiction",
+        limit=3,
+        single_prompt="Teaser for {title} ({year})",
+        grouped_task="Which is the oldest?",
+        grouped_properties=["title", "year"],
+        generation_timeout=timedelta(seconds=30),
+        debug=True,
+    )
+    assert len(found) == 3 and found.grouped and found.grouped.ok
+    for item in found:
+        assert item.generation and item.generation.ok and item.result
+        # The template saw the integer, not 1965.0.
+        assert f"({item.properties['year']})" in item.generation.prompt
+    assert found.usage and found.usage.total_tokens > 0
+
+
+async def test_a_failed_hit_carries_its_own_error(client: AsyncGensearch) -> None:
+    books = client.collections.get(await _books(client))
+    found = await books.generate.keyword("desert", single_prompt="About {published}")
+    assert found.hits[0].generation and not found.hits[0].generation.ok
+    error = found.hits[0].generation.error
+    assert error and error.reason == "MISSING_PROPERTY" and error.status == "FAILED_PRECONDITION"
+
+
+async def test_streamed_generative_search(client: AsyncGensearch) -> None:
+    books = client.collections.get(await _books(client))
+    events = [
+        e
+        async for e in books.generate_stream.hybrid(
+            "space", limit=2, single_prompt="Summarise {body}", grouped_task="Compare them",
+            stream_tokens=True,
+        )
+    ]  # fmt: skip
+    assert isinstance(events[0], types.HitsEvent) and len(events[0].hits) == 2
+    assert isinstance(events[-1], types.DoneEvent)
+    per_hit = [e for e in events if isinstance(e, types.HitResultEvent)]
+    assert sorted(e.hit_index for e in per_hit) == [0, 1]
+    assert any(isinstance(e, types.TokenEvent) for e in events)
+    assert any(isinstance(e, types.GroupedEvent) and e.generation.ok for e in events)
+
+
+async def test_ask_chat_and_conversations(client: AsyncGensearch) -> None:
+    books = client.collections.get(await _books(client))
+    chat = books.chat()
+    first = await chat.ask(
+        "Which book is set on a desert planet?", answer_timeout=timedelta(seconds=30), timeout=60
+    )
+    assert first.answer and first.conversation_id == chat.conversation_id
+    assert first.hits and isinstance(first.hits[0]["year"], int)
+    events = [e async for e in chat.ask_stream("When was it written?")]
+    assert isinstance(events[0], types.AskContextEvent)
+    assert any(isinstance(e, types.AnswerDelta) for e in events)
+    final = events[-1]
+    assert isinstance(final, types.AnswerEvent)
+    assert final.answer.conversation_id == first.conversation_id
+    assert final.answer.rewritten_query
+
+    conversations = client.conversations
+    assert chat.conversation_id in [c.id for c in await conversations.list()]
+    got = await conversations.get(chat.conversation_id)
+    assert got.interaction_count == 2 and isinstance(got.update_time, datetime)
+    turns = await conversations.interactions(chat.conversation_id, oldest_first=True)
+    assert [t.input for t in turns] == [
+        "Which book is set on a desert planet?",
+        "When was it written?",
+    ]
+    assert len(await conversations.interactions(chat.conversation_id, limit=1)) == 1
+    await conversations.delete(chat.conversation_id)
+    with pytest.raises(errors.ConversationNotFoundError) as caught:
+        await conversations.get(chat.conversation_id)
+    assert isinstance(caught.value, errors.NotFoundError)
+    assert caught.value.reason == "CONVERSATION_NOT_FOUND"
+
+
+async def test_errors_carry_error_info_and_bad_request(client: AsyncGensearch) -> None:
+    with pytest.raises(errors.BadNameError) as caught:
+        await client.collections.create("no spaces allowed", {"title": "text"})
+    err = caught.value
+    assert isinstance(err, errors.InvalidArgumentError)
+    assert err.code == grpc.StatusCode.INVALID_ARGUMENT and err.reason == "BAD_NAME"
+    assert err.field == "collection.name" and err.field_violations[0].field == "collection.name"
+    assert "BAD_NAME" in str(err) and "BadNameError" in repr(err)
+
+    books = client.collections.get(await _books(client))
+    with pytest.raises(errors.UnknownPropertyError):
+        await books.query.keyword("x", filter=Filter.by_property("nope").equal(1))
+    with pytest.raises(errors.NoPlaceholderError):
+        await books.generate.keyword("x", single_prompt="no placeholder")
+
+
+async def test_unreachable_gateway_is_unavailable_after_retries() -> None:
+    retry = RetryPolicy(max_attempts=2, initial_backoff=timedelta(milliseconds=10))
+    async with AsyncGensearch("127.0.0.1:1", retry=retry, timeout=10) as client:
+        with pytest.raises(errors.UnavailableError):
+            await client.collections.list()
+
+
+def test_retries_cover_only_idempotent_reads() -> None:
+    config = json.loads(RetryPolicy(max_attempts=3).service_config())
+    (method_config,) = config["methodConfig"]
+    methods = {n["method"] for n in method_config["name"]}
+    assert {"Search", "GetCollection", "ListInteractions"} <= methods
+    writes = {"CreateCollection", "ImportObjects", "UpsertObjects", "GenerativeSearch", "Ask"}
+    assert not methods & writes
+    assert method_config["retryPolicy"]["maxAttempts"] == 3
+
+
+def test_the_blocking_client(running_stack: RunningStack) -> None:
+    with Gensearch(running_stack.address) as client:
+        assert client.health() == "SERVING"
+        name = f"SyncBooks{next(_names)}"
+        books = client.collections.create(name, {"title": "text", "body": "text", "year": "int"})
+        assert books.data.import_(BOOKS).imported == 3
+        assert books.query.keyword("desert")[0]["year"] == 1965
+        events = list(books.generate_stream.keyword("desert", single_prompt="Say {title}"))
+        assert isinstance(events[0], types.HitsEvent) and isinstance(events[-1], types.DoneEvent)
+        chat = books.chat()
+        chat.ask("Which book is set on a desert planet?")
+        assert chat.conversation_id and "Collection" in repr(books)
+        with pytest.raises(errors.NotFoundError):
+            client.collections.get("Missing").config()
+
+
+def test_every_reason_the_services_emit_has_its_class() -> None:
+    """A reason added in services/ needs its class in gensearch.client.errors."""
+    emitted: set[str] = set()
+    constants: dict[str, str] = {}
+    for path in (ROOT / "services").rglob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        emitted.update(re.findall(r'reason\s*=\s*"([A-Z][A-Z_]+)"', text))
+        constants.update(re.findall(r'^([A-Z][A-Z_]+) = "([A-Z][A-Z_]+)"$', text, re.M))
+        emitted.update(constants.get(n, "") for n in re.findall(r"reason=([A-Z][A-Z_]+)\b", text))
+    emitted.discard("")
+    codes = {code.name for code in grpc.StatusCode}
+    missing = sorted(r for r in emitted - codes if errors.error_class(r) is None)
+    assert not missing, f"add classes to clients/python/gensearch/client/errors.py: {missing}"
+
+
+def _rpc_error(error: ServiceError) -> grpc.aio.AioRpcError:
+    status = error.to_status()
+    return grpc.aio.AioRpcError(
+        status.code,
+        grpc.aio.Metadata(),
+        grpc.aio.Metadata(*status.trailing_metadata),
+        details=status.details,
+    )
+
+
+def test_a_reason_under_an_unusual_code_matches_both_classes() -> None:
+    sent = FailedPrecondition("no vectorizer here", reason="NO_VECTORIZER", field="near_text")
+    err = errors.from_rpc_error(_rpc_error(sent))
+    assert isinstance(err, errors.NoVectorizerError)
+    assert isinstance(err, errors.FailedPreconditionError)
+    assert err.field == "near_text" and err.domain == "gensearch"
+    unknown = errors.from_rpc_error(_rpc_error(NotFound("gone", reason="SOMETHING_NEW")))
+    assert type(unknown) is errors.NotFoundError and unknown.reason == "SOMETHING_NEW"
+
+
+async def test_the_blocking_client_works_inside_a_running_loop(running_stack: RunningStack) -> None:
+    """As in a notebook: the blocking client runs its own loop in a thread."""
+    with Gensearch(running_stack.address) as client:
+        assert client.health() == "SERVING"
+        assert isinstance(client.collections.list(limit=1), list)
