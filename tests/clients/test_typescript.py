@@ -1,0 +1,85 @@
+"""The TypeScript client (clients/typescript): its example runs the README's main flow
+against the real stack under Node, through generated code only, and a rich error arrives
+as the generated google.rpc.ErrorInfo and BadRequest."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+
+import pytest
+from gensearch.memory.v1 import memory_service_pb2 as mem
+
+from tests.gateway.conftest import ALICE, StackFactory
+
+pytestmark = pytest.mark.slow  # loads the local embedding model, compiles TypeScript
+
+EXAMPLE_MAX_LINES = 30
+
+
+async def _run(node: str, script: Path, port: int, key: str) -> str:
+    env = {**os.environ, "GENSEARCH_URL": f"http://127.0.0.1:{port}", "GENSEARCH_KEY": key}
+    # The servers run on this event loop: the client must not block it.
+    proc = await asyncio.create_subprocess_exec(
+        node, str(script), env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 240)
+    assert proc.returncode == 0, f"{script.name} failed:\n{out.decode()}{err.decode()}"
+    return out.decode()
+
+
+def test_example_is_short() -> None:
+    source = Path(__file__).resolve().parents[2] / "clients/typescript/src/example.ts"
+    assert len(source.read_text().splitlines()) < EXAMPLE_MAX_LINES
+
+
+async def test_example_runs_the_readme_flow(
+    stack_factory: StackFactory, node: str, typescript_build: Path
+) -> None:
+    stack = await stack_factory()
+    out = await _run(node, typescript_build / "example.js", stack.gateway.port, "key-alice-123")
+    lines = out.splitlines()
+    assert "imported 3" in lines
+    hits = [line.split(" ", 1)[1] for line in lines if line.startswith("hit ")]
+    # Struct properties arrive as plain values: strings and numbers, no Value wrappers.
+    assert hits[0] == "Dune 1965", out
+    assert sorted(hits) == ["Dune 1965", "Foundation 1951", "Neuromancer 1984"]
+    # The fake LLM echoes the prompt, so each teaser is the template filled from its hit.
+    teasers = [line for line in lines if line.startswith("teaser ")]
+    assert len(teasers) == 3, out
+    for line in teasers:
+        title = line.split(" ")[1]
+        assert f"-> One-line teaser for {title}: " in line, line
+    grouped = next(line for line in lines if line.startswith("grouped "))
+    assert "Which is the oldest?" in grouped
+    turns = [line.split(" ", 3)[2:] for line in lines if line.startswith("turn ")]
+    assert len(turns) == 2, out
+    (conversation, first), (again, second) = turns
+    assert conversation and again == conversation, out
+    # The echoed prompt holds the question (the answers are JSON strings: one line each).
+    assert "Which book is set on a desert planet?" in json.loads(first)
+    assert json.loads(second)
+    # Both turns were stored in the one conversation, as alice's.
+    stored = await stack.memory.ListInteractions(
+        mem.ListInteractionsRequest(conversation_id=conversation), metadata=ALICE
+    )
+    assert [i.input for i in stored.interactions] == [
+        "When was it written?",
+        "Which book is set on a desert planet?",
+    ]
+
+
+async def test_rich_error_reads_as_generated_error_info(
+    stack_factory: StackFactory, node: str, typescript_build: Path
+) -> None:
+    stack = await stack_factory()
+    out = await _run(node, typescript_build / "errors.js", stack.gateway.port, "key-alice-123")
+    error = json.loads(out)
+    assert error["code"] == "InvalidArgument"
+    assert error["reason"] == "BAD_NAME"
+    assert error["domain"] == "gensearch"
+    assert error["fields"] == ["collection.name"]
+    assert "collection.name" in error["message"]
