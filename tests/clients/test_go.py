@@ -15,12 +15,10 @@ import pytest
 
 from tests.gateway.conftest import StackFactory
 
-pytestmark = pytest.mark.slow  # compiles Go, loads the local embedding model
-
 ROOT = Path(__file__).resolve().parents[2]
 # Where Debian's golang-*-dev packages put their sources (GOPATH layout).
 DEBIAN_GOCODE = Path("/usr/share/gocode")
-# The import path of clients/go (its go.mod and buf.gen.yaml name the same).
+# The import path of clients/go (clients/go/buf.gen.yaml generates under the same).
 MODULE = "gensearch/clients/go"
 
 
@@ -48,6 +46,7 @@ def go_example(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return binary
 
 
+@pytest.mark.slow  # compiles Go, loads the local embedding model
 async def test_go_example_runs_the_readme_flow(
     stack_factory: StackFactory, go_example: Path
 ) -> None:
@@ -77,3 +76,13 @@ async def test_go_example_runs_the_readme_flow(
     assert "Which book is set on a desert planet?" in turns[0][1]
     assert "error InvalidArgument BAD_NAME gensearch" in lines
     assert "field collection.name" in lines
+
+
+def test_go_example_is_gofmt_clean() -> None:
+    gofmt = shutil.which("gofmt")
+    if gofmt is None:
+        pytest.skip("gofmt is not installed (Debian: golang-go)")
+    proc = subprocess.run(
+        [gofmt, "-l", str(ROOT / "clients" / "go")], capture_output=True, text=True, check=True
+    )
+    assert proc.stdout == "", f"not gofmt-formatted: {proc.stdout}"

@@ -14,8 +14,6 @@ from gensearch.memory.v1 import memory_service_pb2 as mem
 
 from tests.gateway.conftest import ALICE, StackFactory
 
-pytestmark = pytest.mark.slow  # loads the local embedding model, compiles TypeScript
-
 EXAMPLE_MAX_LINES = 30
 
 
@@ -36,6 +34,7 @@ def test_example_is_short() -> None:
     assert len(source.read_text().splitlines()) < EXAMPLE_MAX_LINES
 
 
+@pytest.mark.slow  # compiles TypeScript, loads the local embedding model
 async def test_example_runs_the_readme_flow(
     stack_factory: StackFactory, node: str, typescript_build: Path
 ) -> None:
@@ -72,6 +71,7 @@ async def test_example_runs_the_readme_flow(
     ]
 
 
+@pytest.mark.slow
 async def test_rich_error_reads_as_generated_error_info(
     stack_factory: StackFactory, node: str, typescript_build: Path
 ) -> None:
