@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from gensearch.memory.v1 import memory_service_pb2 as mem
 from tests.gateway.conftest import ALICE, StackFactory
 
 EXAMPLE_MAX_LINES = 30
+SRC = Path(__file__).resolve().parents[2] / "clients" / "typescript" / "src"
 
 
 async def _run(node: str, script: Path, port: int, key: str) -> str:
@@ -29,9 +31,15 @@ async def _run(node: str, script: Path, port: int, key: str) -> str:
     return out.decode()
 
 
-def test_example_is_short() -> None:
-    source = Path(__file__).resolve().parents[2] / "clients/typescript/src/example.ts"
-    assert len(source.read_text().splitlines()) < EXAMPLE_MAX_LINES
+def test_example_is_short_and_uses_generated_code_only() -> None:
+    """Under 30 lines, and nothing converts by hand: the example imports only the generated
+    modules and Connect (no @bufbuild/protobuf helpers such as fromJson or create)."""
+    source = (SRC / "example.ts").read_text()
+    assert len(source.splitlines()) < EXAMPLE_MAX_LINES
+    imported = set(re.findall(r'^import .* from "([^"]+)";$', source, re.M))
+    assert imported, "no imports found"
+    for module in imported:
+        assert module.startswith(("./gen/", "@connectrpc/")), module
 
 
 @pytest.mark.slow  # compiles TypeScript, loads the local embedding model
@@ -83,3 +91,12 @@ async def test_rich_error_reads_as_generated_error_info(
     assert error["domain"] == "gensearch"
     assert error["fields"] == ["collection.name"]
     assert "collection.name" in error["message"]
+
+
+@pytest.mark.slow
+async def test_health_through_the_vendored_proto(
+    stack_factory: StackFactory, node: str, typescript_build: Path
+) -> None:
+    stack = await stack_factory()
+    out = await _run(node, typescript_build / "health.js", stack.gateway.port, "")
+    assert out.strip() == "SERVING"
