@@ -71,6 +71,20 @@ def test_vendored_protos_have_not_drifted(tmp_path: Path) -> None:
         )
 
 
+def test_every_proto_compiles_from_this_tree_alone(tmp_path: Path) -> None:
+    """protoc needs nothing but protos/ (and the well-known types every protoc ships) for
+    every file a client generates from, ours and the vendored ones."""
+    protos = ROOT / "protos"
+    files = sorted(str(p.relative_to(protos)) for p in protos.rglob("*.proto"))
+    assert set(VENDORED) <= set(files)
+    well_known = Path(protoc.__file__).parent / "_proto"
+    out = tmp_path / "all.binpb"
+    code = protoc.main(["grpc_tools.protoc", f"-I{protos}", f"-I{well_known}", f"-o{out}", *files])
+    assert code == 0
+    compiled = {f.name for f in descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes()).file}
+    assert compiled == set(files)
+
+
 def test_vendored_health_proto_is_the_package_descriptor(tmp_path: Path) -> None:
     """The health .proto written back from grpcio-health-checking's descriptor compiles to
     that same descriptor: every message, field, enum value, method and option."""
