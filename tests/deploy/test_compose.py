@@ -186,6 +186,13 @@ def test_services_run_as_the_pods_do() -> None:
         assert service["cap_drop"] == security["capabilities"]["drop"], name
 
 
+def test_stop_grace_periods_are_the_pods() -> None:
+    for name, service in COMPOSE["services"].items():
+        workload = _workload(name)
+        seconds = workload["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        assert service["stop_grace_period"] == f"{seconds}s", name
+
+
 def test_generation_answers_to_the_gateways_headless_name() -> None:
     address = config(_dev())["GENSEARCH_GATEWAY_GENERATION_ADDR"]
     host = address.removeprefix("dns:///").rsplit(":", 1)[0]
