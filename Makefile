@@ -17,13 +17,17 @@ PIP_INDEX_ARGS := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 # Extra pip-compile flags for `make lock`, e.g. LOCK_ARGS=--upgrade to move every pin.
 LOCK_ARGS ?=
 STAMP := $(VENV)/.installed
+# The TypeScript client's packages (protoc-gen-es, Connect, tsc), exactly as
+# clients/typescript/package-lock.json pins them; npm writes this file on every install.
+TS := clients/typescript
+NODE_STAMP := $(TS)/node_modules/.package-lock.json
 
-.PHONY: help install lock gen lint typecheck buflint pytest test run bench clean
+.PHONY: help install node lock gen lint typecheck buflint pytest test run bench clean
 
 help:
 	@echo "make run    - start the whole stack on embedded defaults and run the demo"
 	@echo "make test   - lint, type-check, buf lint and the whole test suite"
-	@echo "make gen    - regenerate gen/ from protos/"
+	@echo "make gen    - vendor the third-party protos, regenerate gen/ and the TypeScript and Go clients"
 	@echo "make lock   - regenerate requirements.lock from pyproject.toml"
 	@echo "make bench  - run the benchmarks in bench/"
 
@@ -41,6 +45,13 @@ $(STAMP): pyproject.toml $(LOCK) | $(PY)
 
 install: $(STAMP)
 
+# Node.js 20 and npm (README requirements); `npm ci` installs only what the lock names.
+$(NODE_STAMP): $(TS)/package.json $(TS)/package-lock.json
+	npm ci --prefix $(TS) --no-audit --no-fund
+	touch $(NODE_STAMP)
+
+node: $(NODE_STAMP)
+
 # Needs only pip-tools, not an install through the old lock (which may be what no longer
 # fits pyproject.toml).
 # Existing pins are kept unless LOCK_ARGS=--upgrade.
@@ -50,8 +61,14 @@ lock: | $(PY)
 		--strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links $(PIP_INDEX_ARGS) $(LOCK_ARGS) \
 		--output-file $(LOCK) pyproject.toml
 
-gen: $(STAMP)
+# Third-party protos from the installed packages, then Python (gen/), then TypeScript and
+# Go (scripts/gen_clients.py; GEN_ARGS="--skip go" where protoc-gen-go is not installed).
+# Tests fail when any of them drifts from protos/.
+GEN_ARGS ?=
+gen: $(STAMP) $(NODE_STAMP)
+	$(PY) scripts/vendor_protos.py
 	$(PY) scripts/gen_protos.py
+	$(PY) scripts/gen_clients.py $(GEN_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check services clients tests bench scripts
@@ -60,11 +77,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
+# Our protos only: the vendored google/ and grpc/ ones are other projects' (buf.yaml).
 buflint: $(STAMP)
 	$(VENV)/bin/buf lint
-	$(VENV)/bin/buf format --diff --exit-code
+	$(VENV)/bin/buf format --diff --exit-code --exclude-path protos/google --exclude-path protos/grpc
 
-pytest: $(STAMP)
+pytest: $(STAMP) $(NODE_STAMP)
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
 
 test: lint typecheck buflint pytest
@@ -78,4 +96,4 @@ bench: $(STAMP)
 	$(PY) bench/headline.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(TS)/node_modules $(TS)/dist

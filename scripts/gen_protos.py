@@ -3,6 +3,10 @@
 Messages get grpcio-tools' `.pyi` stubs; services get mypy-protobuf's typed gRPC stubs
 (sync and async). The proto package equals the Python import path
 (`gensearch.memory.v1`), so generated imports need no rewriting.
+
+Only our own protos (protos/gensearch/) become Python here: the vendored google.rpc and
+grpc.health protos (scripts/vendor_protos.py) are for other languages' clients, and in
+Python the googleapis-common-protos and grpcio-health-checking packages provide them.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ def _plugin(name: str) -> str:
 
 def generate(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    protos = sorted(str(p.relative_to(PROTOS)) for p in PROTOS.rglob("*.proto"))
+    protos = sorted(str(p.relative_to(PROTOS)) for p in (PROTOS / "gensearch").rglob("*.proto"))
     well_known = Path(protoc.__file__).parent / "_proto"
     args = [
         "grpc_tools.protoc",
