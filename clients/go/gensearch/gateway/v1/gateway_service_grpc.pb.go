@@ -24,6 +24,12 @@ type GatewayServiceClient interface {
 	// Conversational search: answer a question from the top hits and recent turns.
 	Ask(ctx context.Context, in *AskRequest, opts ...grpc.CallOption) (*AskResponse, error)
 	StreamAsk(ctx context.Context, in *StreamAskRequest, opts ...grpc.CallOption) (GatewayService_StreamAskClient, error)
+	// The `generate` block of a generative search over objects the caller names: by id
+	// from a collection, or inline as properties. No search. A missing id is that object's
+	// own NOT_FOUND error; the call still answers for the rest.
+	GenerateOnObjects(ctx context.Context, in *GenerateOnObjectsRequest, opts ...grpc.CallOption) (*GenerateOnObjectsResponse, error)
+	// Streaming form: the same events as StreamGenerativeSearch.
+	StreamGenerateOnObjects(ctx context.Context, in *StreamGenerateOnObjectsRequest, opts ...grpc.CallOption) (GatewayService_StreamGenerateOnObjectsClient, error)
 }
 
 type gatewayServiceClient struct {
@@ -116,6 +122,47 @@ func (x *gatewayServiceStreamAskClient) Recv() (*StreamAskResponse, error) {
 	return m, nil
 }
 
+func (c *gatewayServiceClient) GenerateOnObjects(ctx context.Context, in *GenerateOnObjectsRequest, opts ...grpc.CallOption) (*GenerateOnObjectsResponse, error) {
+	out := new(GenerateOnObjectsResponse)
+	err := c.cc.Invoke(ctx, "/gensearch.gateway.v1.GatewayService/GenerateOnObjects", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *gatewayServiceClient) StreamGenerateOnObjects(ctx context.Context, in *StreamGenerateOnObjectsRequest, opts ...grpc.CallOption) (GatewayService_StreamGenerateOnObjectsClient, error) {
+	stream, err := c.cc.NewStream(ctx, &_GatewayService_serviceDesc.Streams[2], "/gensearch.gateway.v1.GatewayService/StreamGenerateOnObjects", opts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &gatewayServiceStreamGenerateOnObjectsClient{stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+type GatewayService_StreamGenerateOnObjectsClient interface {
+	Recv() (*StreamGenerateOnObjectsResponse, error)
+	grpc.ClientStream
+}
+
+type gatewayServiceStreamGenerateOnObjectsClient struct {
+	grpc.ClientStream
+}
+
+func (x *gatewayServiceStreamGenerateOnObjectsClient) Recv() (*StreamGenerateOnObjectsResponse, error) {
+	m := new(StreamGenerateOnObjectsResponse)
+	if err := x.ClientStream.RecvMsg(m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
 // GatewayServiceServer is the server API for GatewayService service.
 // All implementations must embed UnimplementedGatewayServiceServer
 // for forward compatibility
@@ -127,6 +174,12 @@ type GatewayServiceServer interface {
 	// Conversational search: answer a question from the top hits and recent turns.
 	Ask(context.Context, *AskRequest) (*AskResponse, error)
 	StreamAsk(*StreamAskRequest, GatewayService_StreamAskServer) error
+	// The `generate` block of a generative search over objects the caller names: by id
+	// from a collection, or inline as properties. No search. A missing id is that object's
+	// own NOT_FOUND error; the call still answers for the rest.
+	GenerateOnObjects(context.Context, *GenerateOnObjectsRequest) (*GenerateOnObjectsResponse, error)
+	// Streaming form: the same events as StreamGenerativeSearch.
+	StreamGenerateOnObjects(*StreamGenerateOnObjectsRequest, GatewayService_StreamGenerateOnObjectsServer) error
 	mustEmbedUnimplementedGatewayServiceServer()
 }
 
@@ -145,6 +198,12 @@ func (UnimplementedGatewayServiceServer) Ask(context.Context, *AskRequest) (*Ask
 }
 func (UnimplementedGatewayServiceServer) StreamAsk(*StreamAskRequest, GatewayService_StreamAskServer) error {
 	return status.Errorf(codes.Unimplemented, "method StreamAsk not implemented")
+}
+func (UnimplementedGatewayServiceServer) GenerateOnObjects(context.Context, *GenerateOnObjectsRequest) (*GenerateOnObjectsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GenerateOnObjects not implemented")
+}
+func (UnimplementedGatewayServiceServer) StreamGenerateOnObjects(*StreamGenerateOnObjectsRequest, GatewayService_StreamGenerateOnObjectsServer) error {
+	return status.Errorf(codes.Unimplemented, "method StreamGenerateOnObjects not implemented")
 }
 func (UnimplementedGatewayServiceServer) mustEmbedUnimplementedGatewayServiceServer() {}
 
@@ -237,6 +296,45 @@ func (x *gatewayServiceStreamAskServer) Send(m *StreamAskResponse) error {
 	return x.ServerStream.SendMsg(m)
 }
 
+func _GatewayService_GenerateOnObjects_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GenerateOnObjectsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GatewayServiceServer).GenerateOnObjects(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/gensearch.gateway.v1.GatewayService/GenerateOnObjects",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GatewayServiceServer).GenerateOnObjects(ctx, req.(*GenerateOnObjectsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _GatewayService_StreamGenerateOnObjects_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(StreamGenerateOnObjectsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(GatewayServiceServer).StreamGenerateOnObjects(m, &gatewayServiceStreamGenerateOnObjectsServer{stream})
+}
+
+type GatewayService_StreamGenerateOnObjectsServer interface {
+	Send(*StreamGenerateOnObjectsResponse) error
+	grpc.ServerStream
+}
+
+type gatewayServiceStreamGenerateOnObjectsServer struct {
+	grpc.ServerStream
+}
+
+func (x *gatewayServiceStreamGenerateOnObjectsServer) Send(m *StreamGenerateOnObjectsResponse) error {
+	return x.ServerStream.SendMsg(m)
+}
+
 var _GatewayService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "gensearch.gateway.v1.GatewayService",
 	HandlerType: (*GatewayServiceServer)(nil),
@@ -249,6 +347,10 @@ var _GatewayService_serviceDesc = grpc.ServiceDesc{
 			MethodName: "Ask",
 			Handler:    _GatewayService_Ask_Handler,
 		},
+		{
+			MethodName: "GenerateOnObjects",
+			Handler:    _GatewayService_GenerateOnObjects_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
@@ -259,6 +361,11 @@ var _GatewayService_serviceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "StreamAsk",
 			Handler:       _GatewayService_StreamAsk_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "StreamGenerateOnObjects",
+			Handler:       _GatewayService_StreamGenerateOnObjects_Handler,
 			ServerStreams: true,
 		},
 	},

@@ -32,6 +32,11 @@ type RetrievalServiceClient interface {
 	DeleteObjects(ctx context.Context, in *DeleteObjectsRequest, opts ...grpc.CallOption) (*DeleteObjectsResponse, error)
 	CountObjects(ctx context.Context, in *CountObjectsRequest, opts ...grpc.CallOption) (*CountObjectsResponse, error)
 	Search(ctx context.Context, in *SearchRequest, opts ...grpc.CallOption) (*SearchResponse, error)
+	// The semantic answer cache (used by the gateway's Ask): the stored answer whose
+	// question is nearest in meaning to this one, if near enough. Entries live in a hidden
+	// engine collection per (tenant, collection), dropped with the collection.
+	LookupCachedAnswer(ctx context.Context, in *LookupCachedAnswerRequest, opts ...grpc.CallOption) (*LookupCachedAnswerResponse, error)
+	StoreCachedAnswer(ctx context.Context, in *StoreCachedAnswerRequest, opts ...grpc.CallOption) (*StoreCachedAnswerResponse, error)
 }
 
 type retrievalServiceClient struct {
@@ -157,6 +162,24 @@ func (c *retrievalServiceClient) Search(ctx context.Context, in *SearchRequest, 
 	return out, nil
 }
 
+func (c *retrievalServiceClient) LookupCachedAnswer(ctx context.Context, in *LookupCachedAnswerRequest, opts ...grpc.CallOption) (*LookupCachedAnswerResponse, error) {
+	out := new(LookupCachedAnswerResponse)
+	err := c.cc.Invoke(ctx, "/gensearch.retrieval.v1.RetrievalService/LookupCachedAnswer", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *retrievalServiceClient) StoreCachedAnswer(ctx context.Context, in *StoreCachedAnswerRequest, opts ...grpc.CallOption) (*StoreCachedAnswerResponse, error) {
+	out := new(StoreCachedAnswerResponse)
+	err := c.cc.Invoke(ctx, "/gensearch.retrieval.v1.RetrievalService/StoreCachedAnswer", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // RetrievalServiceServer is the server API for RetrievalService service.
 // All implementations must embed UnimplementedRetrievalServiceServer
 // for forward compatibility
@@ -176,6 +199,11 @@ type RetrievalServiceServer interface {
 	DeleteObjects(context.Context, *DeleteObjectsRequest) (*DeleteObjectsResponse, error)
 	CountObjects(context.Context, *CountObjectsRequest) (*CountObjectsResponse, error)
 	Search(context.Context, *SearchRequest) (*SearchResponse, error)
+	// The semantic answer cache (used by the gateway's Ask): the stored answer whose
+	// question is nearest in meaning to this one, if near enough. Entries live in a hidden
+	// engine collection per (tenant, collection), dropped with the collection.
+	LookupCachedAnswer(context.Context, *LookupCachedAnswerRequest) (*LookupCachedAnswerResponse, error)
+	StoreCachedAnswer(context.Context, *StoreCachedAnswerRequest) (*StoreCachedAnswerResponse, error)
 	mustEmbedUnimplementedRetrievalServiceServer()
 }
 
@@ -212,6 +240,12 @@ func (UnimplementedRetrievalServiceServer) CountObjects(context.Context, *CountO
 }
 func (UnimplementedRetrievalServiceServer) Search(context.Context, *SearchRequest) (*SearchResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Search not implemented")
+}
+func (UnimplementedRetrievalServiceServer) LookupCachedAnswer(context.Context, *LookupCachedAnswerRequest) (*LookupCachedAnswerResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method LookupCachedAnswer not implemented")
+}
+func (UnimplementedRetrievalServiceServer) StoreCachedAnswer(context.Context, *StoreCachedAnswerRequest) (*StoreCachedAnswerResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method StoreCachedAnswer not implemented")
 }
 func (UnimplementedRetrievalServiceServer) mustEmbedUnimplementedRetrievalServiceServer() {}
 
@@ -414,6 +448,42 @@ func _RetrievalService_Search_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _RetrievalService_LookupCachedAnswer_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(LookupCachedAnswerRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RetrievalServiceServer).LookupCachedAnswer(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/gensearch.retrieval.v1.RetrievalService/LookupCachedAnswer",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RetrievalServiceServer).LookupCachedAnswer(ctx, req.(*LookupCachedAnswerRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _RetrievalService_StoreCachedAnswer_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(StoreCachedAnswerRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RetrievalServiceServer).StoreCachedAnswer(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/gensearch.retrieval.v1.RetrievalService/StoreCachedAnswer",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RetrievalServiceServer).StoreCachedAnswer(ctx, req.(*StoreCachedAnswerRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _RetrievalService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "gensearch.retrieval.v1.RetrievalService",
 	HandlerType: (*RetrievalServiceServer)(nil),
@@ -453,6 +523,14 @@ var _RetrievalService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Search",
 			Handler:    _RetrievalService_Search_Handler,
+		},
+		{
+			MethodName: "LookupCachedAnswer",
+			Handler:    _RetrievalService_LookupCachedAnswer_Handler,
+		},
+		{
+			MethodName: "StoreCachedAnswer",
+			Handler:    _RetrievalService_StoreCachedAnswer_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

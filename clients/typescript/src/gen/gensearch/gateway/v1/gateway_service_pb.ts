@@ -2,21 +2,86 @@
 // @generated from file gensearch/gateway/v1/gateway_service.proto (package gensearch.gateway.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { Message as Message$1, Usage } from "../../generation/v1/generation_service_pb.js";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { Message as Message$1, ModelChoice, ResponseFormat, Usage } from "../../generation/v1/generation_service_pb.js";
 import { file_gensearch_generation_v1_generation_service } from "../../generation/v1/generation_service_pb.js";
 import type { Filter, Hit, Hybrid, Keyword, NearText, NearVector } from "../../retrieval/v1/retrieval_service_pb.js";
 import { file_gensearch_retrieval_v1_retrieval_service } from "../../retrieval/v1/retrieval_service_pb.js";
 import type { Duration } from "@bufbuild/protobuf/wkt";
-import { file_google_protobuf_duration } from "@bufbuild/protobuf/wkt";
-import type { Message } from "@bufbuild/protobuf";
+import { file_google_protobuf_duration, file_google_protobuf_struct } from "@bufbuild/protobuf/wkt";
+import type { JsonObject, Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file gensearch/gateway/v1/gateway_service.proto.
  */
 export const file_gensearch_gateway_v1_gateway_service: GenFile = /*@__PURE__*/
-  fileDesc("CipnZW5zZWFyY2gvZ2F0ZXdheS92MS9nYXRld2F5X3NlcnZpY2UucHJvdG8SFGdlbnNlYXJjaC5nYXRld2F5LnYxIrECCghHZW5lcmF0ZRIVCg1zaW5nbGVfcHJvbXB0GAEgASgJEhQKDGdyb3VwZWRfdGFzaxgCIAEoCRIaChJncm91cGVkX3Byb3BlcnRpZXMYAyADKAkSEAoIcHJvdmlkZXIYBCABKAkSDQoFbW9kZWwYBSABKAkSGAoLdGVtcGVyYXR1cmUYBiABKAFIAIgBARIXCgptYXhfdG9rZW5zGAcgASgFSAGIAQESFwoPbWF4X2NvbmN1cnJlbmN5GAggASgFEioKB3RpbWVvdXQYCSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SDQoFZGVidWcYCiABKAgSFQoNc3RyZWFtX3Rva2VucxgLIAEoCEIOCgxfdGVtcGVyYXR1cmVCDQoLX21heF90b2tlbnMiUAoPR2VuZXJhdGlvbkVycm9yEgwKBGNvZGUYASABKAUSDgoGc3RhdHVzGAIgASgJEg8KB21lc3NhZ2UYAyABKAkSDgoGcmVhc29uGAQgASgJIr0BChBHZW5lcmF0aW9uUmVzdWx0Eg4KBnJlc3VsdBgBIAEoCRI0CgVlcnJvchgCIAEoCzIlLmdlbnNlYXJjaC5nYXRld2F5LnYxLkdlbmVyYXRpb25FcnJvchItCgV1c2FnZRgDIAEoCzIeLmdlbnNlYXJjaC5nZW5lcmF0aW9uLnYxLlVzYWdlEg0KBW1vZGVsGAQgASgJEhUKDWZpbmlzaF9yZWFzb24YBSABKAkSDgoGcHJvbXB0GAYgASgJInUKDUdlbmVyYXRpdmVIaXQSKAoDaGl0GAEgASgLMhsuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5IaXQSOgoKZ2VuZXJhdGlvbhgCIAEoCzImLmdlbnNlYXJjaC5nYXRld2F5LnYxLkdlbmVyYXRpb25SZXN1bHQiqgMKF0dlbmVyYXRpdmVTZWFyY2hSZXF1ZXN0EhIKCmNvbGxlY3Rpb24YASABKAkSNQoJbmVhcl90ZXh0GAIgASgLMiAuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5OZWFyVGV4dEgAEjkKC25lYXJfdmVjdG9yGAMgASgLMiIuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5OZWFyVmVjdG9ySAASMgoHa2V5d29yZBgEIAEoCzIfLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuS2V5d29yZEgAEjAKBmh5YnJpZBgFIAEoCzIeLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuSHlicmlkSAASLgoGZmlsdGVyGAYgASgLMh4uZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5GaWx0ZXISDQoFbGltaXQYByABKAUSDgoGb2Zmc2V0GAggASgFEhkKEXJldHVybl9wcm9wZXJ0aWVzGAkgAygJEjAKCGdlbmVyYXRlGAogASgLMh4uZ2Vuc2VhcmNoLmdhdGV3YXkudjEuR2VuZXJhdGVCBwoFcXVlcnkitQEKGEdlbmVyYXRpdmVTZWFyY2hSZXNwb25zZRIxCgRoaXRzGAEgAygLMiMuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuR2VuZXJhdGl2ZUhpdBI3Cgdncm91cGVkGAIgASgLMiYuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuR2VuZXJhdGlvblJlc3VsdBItCgV1c2FnZRgDIAEoCzIeLmdlbnNlYXJjaC5nZW5lcmF0aW9uLnYxLlVzYWdlIrADCh1TdHJlYW1HZW5lcmF0aXZlU2VhcmNoUmVxdWVzdBISCgpjb2xsZWN0aW9uGAEgASgJEjUKCW5lYXJfdGV4dBgCIAEoCzIgLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuTmVhclRleHRIABI5CgtuZWFyX3ZlY3RvchgDIAEoCzIiLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuTmVhclZlY3RvckgAEjIKB2tleXdvcmQYBCABKAsyHy5nZW5zZWFyY2gucmV0cmlldmFsLnYxLktleXdvcmRIABIwCgZoeWJyaWQYBSABKAsyHi5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkh5YnJpZEgAEi4KBmZpbHRlchgGIAEoCzIeLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuRmlsdGVyEg0KBWxpbWl0GAcgASgFEg4KBm9mZnNldBgIIAEoBRIZChFyZXR1cm5fcHJvcGVydGllcxgJIAMoCRIwCghnZW5lcmF0ZRgKIAEoCzIeLmdlbnNlYXJjaC5nYXRld2F5LnYxLkdlbmVyYXRlQgcKBXF1ZXJ5IjYKCUhpdHNFdmVudBIpCgRoaXRzGAEgAygLMhsuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5IaXQiXwoOSGl0UmVzdWx0RXZlbnQSEQoJaGl0X2luZGV4GAEgASgFEjoKCmdlbmVyYXRpb24YAiABKAsyJi5nZW5zZWFyY2guZ2F0ZXdheS52MS5HZW5lcmF0aW9uUmVzdWx0Ij8KClRva2VuRXZlbnQSEQoJaGl0X2luZGV4GAEgASgFEg8KB2dyb3VwZWQYAiABKAgSDQoFZGVsdGEYAyABKAkiOgoJRG9uZUV2ZW50Ei0KBXVzYWdlGAEgASgLMh4uZ2Vuc2VhcmNoLmdlbmVyYXRpb24udjEuVXNhZ2UitQIKHlN0cmVhbUdlbmVyYXRpdmVTZWFyY2hSZXNwb25zZRIvCgRoaXRzGAEgASgLMh8uZ2Vuc2VhcmNoLmdhdGV3YXkudjEuSGl0c0V2ZW50SAASOgoKaGl0X3Jlc3VsdBgCIAEoCzIkLmdlbnNlYXJjaC5nYXRld2F5LnYxLkhpdFJlc3VsdEV2ZW50SAASMQoFdG9rZW4YAyABKAsyIC5nZW5zZWFyY2guZ2F0ZXdheS52MS5Ub2tlbkV2ZW50SAASOQoHZ3JvdXBlZBgEIAEoCzImLmdlbnNlYXJjaC5nYXRld2F5LnYxLkdlbmVyYXRpb25SZXN1bHRIABIvCgRkb25lGAUgASgLMh8uZ2Vuc2VhcmNoLmdhdGV3YXkudjEuRG9uZUV2ZW50SABCBwoFZXZlbnQiiAYKCkFza1JlcXVlc3QSEgoKY29sbGVjdGlvbhgBIAEoCRIUCgxsbG1fcXVlc3Rpb24YAiABKAkSEQoJbGxtX21vZGVsGAMgASgJEhAKCHByb3ZpZGVyGAQgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgFIAEoCRIYChBuZXdfY29udmVyc2F0aW9uGAYgASgIEhkKDGNvbnRleHRfc2l6ZRgHIAEoBUgBiAEBEh0KEGludGVyYWN0aW9uX3NpemUYCCABKAVIAogBARIqCgd0aW1lb3V0GAkgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhUKDXN5c3RlbV9wcm9tcHQYCiABKAkSGQoRdXNlcl9pbnN0cnVjdGlvbnMYCyABKAkSGgoSY29udGV4dF9maWVsZF9saXN0GAwgAygJEjUKCW5lYXJfdGV4dBgNIAEoCzIgLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuTmVhclRleHRIABI5CgtuZWFyX3ZlY3RvchgOIAEoCzIiLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuTmVhclZlY3RvckgAEjIKB2tleXdvcmQYDyABKAsyHy5nZW5zZWFyY2gucmV0cmlldmFsLnYxLktleXdvcmRIABIwCgZoeWJyaWQYECABKAsyHi5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkh5YnJpZEgAEi4KBmZpbHRlchgRIAEoCzIeLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuRmlsdGVyEhoKDXJld3JpdGVfcXVlcnkYEiABKAhIA4gBARIYCgt0ZW1wZXJhdHVyZRgTIAEoAUgEiAEBEhcKCm1heF90b2tlbnMYFCABKAVIBYgBARINCgVkZWJ1ZxgVIAEoCEIHCgVxdWVyeUIPCg1fY29udGV4dF9zaXplQhMKEV9pbnRlcmFjdGlvbl9zaXplQhAKDl9yZXdyaXRlX3F1ZXJ5Qg4KDF90ZW1wZXJhdHVyZUINCgtfbWF4X3Rva2VucyImCghDaXRhdGlvbhIOCgZudW1iZXIYASABKAUSCgoCaWQYAiABKAkiLgoHVHJpbW1lZBIVCg1oaXN0b3J5X3R1cm5zGAEgASgFEgwKBGhpdHMYAiABKAUi5QIKC0Fza1Jlc3BvbnNlEg4KBmFuc3dlchgBIAEoCRIxCgljaXRhdGlvbnMYAiADKAsyHi5nZW5zZWFyY2guZ2F0ZXdheS52MS5DaXRhdGlvbhIpCgRoaXRzGAMgAygLMhsuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5IaXQSLQoFdXNhZ2UYBCABKAsyHi5nZW5zZWFyY2guZ2VuZXJhdGlvbi52MS5Vc2FnZRIXCg9jb252ZXJzYXRpb25faWQYBSABKAkSFgoOaW50ZXJhY3Rpb25faWQYBiABKAkSFwoPcmV3cml0dGVuX3F1ZXJ5GAcgASgJEi4KB3RyaW1tZWQYCCABKAsyHS5nZW5zZWFyY2guZ2F0ZXdheS52MS5UcmltbWVkEg0KBW1vZGVsGAkgASgJEjAKBnByb21wdBgKIAMoCzIgLmdlbnNlYXJjaC5nZW5lcmF0aW9uLnYxLk1lc3NhZ2UijgYKEFN0cmVhbUFza1JlcXVlc3QSEgoKY29sbGVjdGlvbhgBIAEoCRIUCgxsbG1fcXVlc3Rpb24YAiABKAkSEQoJbGxtX21vZGVsGAMgASgJEhAKCHByb3ZpZGVyGAQgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgFIAEoCRIYChBuZXdfY29udmVyc2F0aW9uGAYgASgIEhkKDGNvbnRleHRfc2l6ZRgHIAEoBUgBiAEBEh0KEGludGVyYWN0aW9uX3NpemUYCCABKAVIAogBARIqCgd0aW1lb3V0GAkgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhUKDXN5c3RlbV9wcm9tcHQYCiABKAkSGQoRdXNlcl9pbnN0cnVjdGlvbnMYCyABKAkSGgoSY29udGV4dF9maWVsZF9saXN0GAwgAygJEjUKCW5lYXJfdGV4dBgNIAEoCzIgLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuTmVhclRleHRIABI5CgtuZWFyX3ZlY3RvchgOIAEoCzIiLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuTmVhclZlY3RvckgAEjIKB2tleXdvcmQYDyABKAsyHy5nZW5zZWFyY2gucmV0cmlldmFsLnYxLktleXdvcmRIABIwCgZoeWJyaWQYECABKAsyHi5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkh5YnJpZEgAEi4KBmZpbHRlchgRIAEoCzIeLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuRmlsdGVyEhoKDXJld3JpdGVfcXVlcnkYEiABKAhIA4gBARIYCgt0ZW1wZXJhdHVyZRgTIAEoAUgEiAEBEhcKCm1heF90b2tlbnMYFCABKAVIBYgBARINCgVkZWJ1ZxgVIAEoCEIHCgVxdWVyeUIPCg1fY29udGV4dF9zaXplQhMKEV9pbnRlcmFjdGlvbl9zaXplQhAKDl9yZXdyaXRlX3F1ZXJ5Qg4KDF90ZW1wZXJhdHVyZUINCgtfbWF4X3Rva2VucyKcAQoRU3RyZWFtQXNrUmVzcG9uc2USOAoHY29udGV4dBgBIAEoCzIlLmdlbnNlYXJjaC5nYXRld2F5LnYxLkFza0NvbnRleHRFdmVudEgAEg8KBWRlbHRhGAIgASgJSAASMwoGYW5zd2VyGAMgASgLMiEuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuQXNrUmVzcG9uc2VIAEIHCgVldmVudCJuCg9Bc2tDb250ZXh0RXZlbnQSKQoEaGl0cxgBIAMoCzIbLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuSGl0EhcKD3Jld3JpdHRlbl9xdWVyeRgCIAEoCRIXCg9jb252ZXJzYXRpb25faWQYAyABKAkytwMKDkdhdGV3YXlTZXJ2aWNlEnEKEEdlbmVyYXRpdmVTZWFyY2gSLS5nZW5zZWFyY2guZ2F0ZXdheS52MS5HZW5lcmF0aXZlU2VhcmNoUmVxdWVzdBouLmdlbnNlYXJjaC5nYXRld2F5LnYxLkdlbmVyYXRpdmVTZWFyY2hSZXNwb25zZRKFAQoWU3RyZWFtR2VuZXJhdGl2ZVNlYXJjaBIzLmdlbnNlYXJjaC5nYXRld2F5LnYxLlN0cmVhbUdlbmVyYXRpdmVTZWFyY2hSZXF1ZXN0GjQuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuU3RyZWFtR2VuZXJhdGl2ZVNlYXJjaFJlc3BvbnNlMAESSgoDQXNrEiAuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuQXNrUmVxdWVzdBohLmdlbnNlYXJjaC5nYXRld2F5LnYxLkFza1Jlc3BvbnNlEl4KCVN0cmVhbUFzaxImLmdlbnNlYXJjaC5nYXRld2F5LnYxLlN0cmVhbUFza1JlcXVlc3QaJy5nZW5zZWFyY2guZ2F0ZXdheS52MS5TdHJlYW1Bc2tSZXNwb25zZTABYgZwcm90bzM", [file_gensearch_generation_v1_generation_service, file_gensearch_retrieval_v1_retrieval_service, file_google_protobuf_duration]);
+  fileDesc("CipnZW5zZWFyY2gvZ2F0ZXdheS92MS9nYXRld2F5X3NlcnZpY2UucHJvdG8SFGdlbnNlYXJjaC5nYXRld2F5LnYxImgKD0dlbmVyYXRpb25DYWNoZRItCgRtb2RlGAEgASgOMh8uZ2Vuc2VhcmNoLmdhdGV3YXkudjEuQ2FjaGVNb2RlEiYKA3R0bBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiKWAQoNU2VtYW50aWNDYWNoZRItCgRtb2RlGAEgASgOMh8uZ2Vuc2VhcmNoLmdhdGV3YXkudjEuQ2FjaGVNb2RlEhsKDm1pbl9zaW1pbGFyaXR5GAIgASgBSACIAQESJgoDdHRsGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uQhEKD19taW5fc2ltaWxhcml0eSKlBQoIR2VuZXJhdGUSFQoNc2luZ2xlX3Byb21wdBgBIAEoCRIUCgxncm91cGVkX3Rhc2sYAiABKAkSGgoSZ3JvdXBlZF9wcm9wZXJ0aWVzGAMgAygJEhAKCHByb3ZpZGVyGAQgASgJEg0KBW1vZGVsGAUgASgJEhgKC3RlbXBlcmF0dXJlGAYgASgBSACIAQESFwoKbWF4X3Rva2VucxgHIAEoBUgBiAEBEhcKD21heF9jb25jdXJyZW5jeRgIIAEoBRIqCgd0aW1lb3V0GAkgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEg0KBWRlYnVnGAogASgIEhUKDXN0cmVhbV90b2tlbnMYCyABKAgSEgoFdG9wX3AYKCABKAFIAogBARIMCgRzdG9wGCkgAygJEh4KEWZyZXF1ZW5jeV9wZW5hbHR5GCogASgBSAOIAQESHQoQcHJlc2VuY2VfcGVuYWx0eRgrIAEoAUgEiAEBEhEKBHNlZWQYLCABKANIBYgBARJACg9yZXNwb25zZV9mb3JtYXQYLSABKAsyJy5nZW5zZWFyY2guZ2VuZXJhdGlvbi52MS5SZXNwb25zZUZvcm1hdBI2CghmYWxsYmFjaxguIAMoCzIkLmdlbnNlYXJjaC5nZW5lcmF0aW9uLnYxLk1vZGVsQ2hvaWNlEhAKCGJhc2VfdXJsGC8gASgJEjQKBWNhY2hlGDwgASgLMiUuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuR2VuZXJhdGlvbkNhY2hlQg4KDF90ZW1wZXJhdHVyZUINCgtfbWF4X3Rva2Vuc0IICgZfdG9wX3BCFAoSX2ZyZXF1ZW5jeV9wZW5hbHR5QhMKEV9wcmVzZW5jZV9wZW5hbHR5QgcKBV9zZWVkIlAKD0dlbmVyYXRpb25FcnJvchIMCgRjb2RlGAEgASgFEg4KBnN0YXR1cxgCIAEoCRIPCgdtZXNzYWdlGAMgASgJEg4KBnJlYXNvbhgEIAEoCSKkAgoQR2VuZXJhdGlvblJlc3VsdBIOCgZyZXN1bHQYASABKAkSNAoFZXJyb3IYAiABKAsyJS5nZW5zZWFyY2guZ2F0ZXdheS52MS5HZW5lcmF0aW9uRXJyb3ISLQoFdXNhZ2UYAyABKAsyHi5nZW5zZWFyY2guZ2VuZXJhdGlvbi52MS5Vc2FnZRINCgVtb2RlbBgEIAEoCRIVCg1maW5pc2hfcmVhc29uGAUgASgJEg4KBnByb21wdBgGIAEoCRIQCghwcm92aWRlchgoIAEoCRIrCgpzdHJ1Y3R1cmVkGCkgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIWCg5mYWxsYmFja19pbmRleBgqIAEoBRIOCgZjYWNoZWQYPCABKAgidQoNR2VuZXJhdGl2ZUhpdBIoCgNoaXQYASABKAsyGy5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkhpdBI6CgpnZW5lcmF0aW9uGAIgASgLMiYuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuR2VuZXJhdGlvblJlc3VsdCKqAwoXR2VuZXJhdGl2ZVNlYXJjaFJlcXVlc3QSEgoKY29sbGVjdGlvbhgBIAEoCRI1CgluZWFyX3RleHQYAiABKAsyIC5nZW5zZWFyY2gucmV0cmlldmFsLnYxLk5lYXJUZXh0SAASOQoLbmVhcl92ZWN0b3IYAyABKAsyIi5nZW5zZWFyY2gucmV0cmlldmFsLnYxLk5lYXJWZWN0b3JIABIyCgdrZXl3b3JkGAQgASgLMh8uZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5LZXl3b3JkSAASMAoGaHlicmlkGAUgASgLMh4uZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5IeWJyaWRIABIuCgZmaWx0ZXIYBiABKAsyHi5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkZpbHRlchINCgVsaW1pdBgHIAEoBRIOCgZvZmZzZXQYCCABKAUSGQoRcmV0dXJuX3Byb3BlcnRpZXMYCSADKAkSMAoIZ2VuZXJhdGUYCiABKAsyHi5nZW5zZWFyY2guZ2F0ZXdheS52MS5HZW5lcmF0ZUIHCgVxdWVyeSK1AQoYR2VuZXJhdGl2ZVNlYXJjaFJlc3BvbnNlEjEKBGhpdHMYASADKAsyIy5nZW5zZWFyY2guZ2F0ZXdheS52MS5HZW5lcmF0aXZlSGl0EjcKB2dyb3VwZWQYAiABKAsyJi5nZW5zZWFyY2guZ2F0ZXdheS52MS5HZW5lcmF0aW9uUmVzdWx0Ei0KBXVzYWdlGAMgASgLMh4uZ2Vuc2VhcmNoLmdlbmVyYXRpb24udjEuVXNhZ2UisAMKHVN0cmVhbUdlbmVyYXRpdmVTZWFyY2hSZXF1ZXN0EhIKCmNvbGxlY3Rpb24YASABKAkSNQoJbmVhcl90ZXh0GAIgASgLMiAuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5OZWFyVGV4dEgAEjkKC25lYXJfdmVjdG9yGAMgASgLMiIuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5OZWFyVmVjdG9ySAASMgoHa2V5d29yZBgEIAEoCzIfLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuS2V5d29yZEgAEjAKBmh5YnJpZBgFIAEoCzIeLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuSHlicmlkSAASLgoGZmlsdGVyGAYgASgLMh4uZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5GaWx0ZXISDQoFbGltaXQYByABKAUSDgoGb2Zmc2V0GAggASgFEhkKEXJldHVybl9wcm9wZXJ0aWVzGAkgAygJEjAKCGdlbmVyYXRlGAogASgLMh4uZ2Vuc2VhcmNoLmdhdGV3YXkudjEuR2VuZXJhdGVCBwoFcXVlcnkiNgoJSGl0c0V2ZW50EikKBGhpdHMYASADKAsyGy5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkhpdCJfCg5IaXRSZXN1bHRFdmVudBIRCgloaXRfaW5kZXgYASABKAUSOgoKZ2VuZXJhdGlvbhgCIAEoCzImLmdlbnNlYXJjaC5nYXRld2F5LnYxLkdlbmVyYXRpb25SZXN1bHQiUAoKVG9rZW5FdmVudBIRCgloaXRfaW5kZXgYASABKAUSDwoHZ3JvdXBlZBgCIAEoCBINCgVkZWx0YRgDIAEoCRIPCgdyZXN0YXJ0GCggASgIIjoKCURvbmVFdmVudBItCgV1c2FnZRgBIAEoCzIeLmdlbnNlYXJjaC5nZW5lcmF0aW9uLnYxLlVzYWdlIrUCCh5TdHJlYW1HZW5lcmF0aXZlU2VhcmNoUmVzcG9uc2USLwoEaGl0cxgBIAEoCzIfLmdlbnNlYXJjaC5nYXRld2F5LnYxLkhpdHNFdmVudEgAEjoKCmhpdF9yZXN1bHQYAiABKAsyJC5nZW5zZWFyY2guZ2F0ZXdheS52MS5IaXRSZXN1bHRFdmVudEgAEjEKBXRva2VuGAMgASgLMiAuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuVG9rZW5FdmVudEgAEjkKB2dyb3VwZWQYBCABKAsyJi5nZW5zZWFyY2guZ2F0ZXdheS52MS5HZW5lcmF0aW9uUmVzdWx0SAASLwoEZG9uZRgFIAEoCzIfLmdlbnNlYXJjaC5nYXRld2F5LnYxLkRvbmVFdmVudEgAQgcKBWV2ZW50IsUGCgpBc2tSZXF1ZXN0EhIKCmNvbGxlY3Rpb24YASABKAkSFAoMbGxtX3F1ZXN0aW9uGAIgASgJEhEKCWxsbV9tb2RlbBgDIAEoCRIQCghwcm92aWRlchgEIAEoCRIXCg9jb252ZXJzYXRpb25faWQYBSABKAkSGAoQbmV3X2NvbnZlcnNhdGlvbhgGIAEoCBIZCgxjb250ZXh0X3NpemUYByABKAVIAYgBARIdChBpbnRlcmFjdGlvbl9zaXplGAggASgFSAKIAQESKgoHdGltZW91dBgJIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIVCg1zeXN0ZW1fcHJvbXB0GAogASgJEhkKEXVzZXJfaW5zdHJ1Y3Rpb25zGAsgASgJEhoKEmNvbnRleHRfZmllbGRfbGlzdBgMIAMoCRI1CgluZWFyX3RleHQYDSABKAsyIC5nZW5zZWFyY2gucmV0cmlldmFsLnYxLk5lYXJUZXh0SAASOQoLbmVhcl92ZWN0b3IYDiABKAsyIi5nZW5zZWFyY2gucmV0cmlldmFsLnYxLk5lYXJWZWN0b3JIABIyCgdrZXl3b3JkGA8gASgLMh8uZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5LZXl3b3JkSAASMAoGaHlicmlkGBAgASgLMh4uZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5IeWJyaWRIABIuCgZmaWx0ZXIYESABKAsyHi5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkZpbHRlchIaCg1yZXdyaXRlX3F1ZXJ5GBIgASgISAOIAQESGAoLdGVtcGVyYXR1cmUYEyABKAFIBIgBARIXCgptYXhfdG9rZW5zGBQgASgFSAWIAQESDQoFZGVidWcYFSABKAgSOwoOc2VtYW50aWNfY2FjaGUYPCABKAsyIy5nZW5zZWFyY2guZ2F0ZXdheS52MS5TZW1hbnRpY0NhY2hlQgcKBXF1ZXJ5Qg8KDV9jb250ZXh0X3NpemVCEwoRX2ludGVyYWN0aW9uX3NpemVCEAoOX3Jld3JpdGVfcXVlcnlCDgoMX3RlbXBlcmF0dXJlQg0KC19tYXhfdG9rZW5zIiYKCENpdGF0aW9uEg4KBm51bWJlchgBIAEoBRIKCgJpZBgCIAEoCSIuCgdUcmltbWVkEhUKDWhpc3RvcnlfdHVybnMYASABKAUSDAoEaGl0cxgCIAEoBSK7AwoLQXNrUmVzcG9uc2USDgoGYW5zd2VyGAEgASgJEjEKCWNpdGF0aW9ucxgCIAMoCzIeLmdlbnNlYXJjaC5nYXRld2F5LnYxLkNpdGF0aW9uEikKBGhpdHMYAyADKAsyGy5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkhpdBItCgV1c2FnZRgEIAEoCzIeLmdlbnNlYXJjaC5nZW5lcmF0aW9uLnYxLlVzYWdlEhcKD2NvbnZlcnNhdGlvbl9pZBgFIAEoCRIWCg5pbnRlcmFjdGlvbl9pZBgGIAEoCRIXCg9yZXdyaXR0ZW5fcXVlcnkYByABKAkSLgoHdHJpbW1lZBgIIAEoCzIdLmdlbnNlYXJjaC5nYXRld2F5LnYxLlRyaW1tZWQSDQoFbW9kZWwYCSABKAkSMAoGcHJvbXB0GAogAygLMiAuZ2Vuc2VhcmNoLmdlbmVyYXRpb24udjEuTWVzc2FnZRIQCghwcm92aWRlchgoIAEoCRIOCgZjYWNoZWQYPCABKAgSFwoPY2FjaGVkX3F1ZXN0aW9uGD0gASgJEhkKEWNhY2hlZF9zaW1pbGFyaXR5GD4gASgBIssGChBTdHJlYW1Bc2tSZXF1ZXN0EhIKCmNvbGxlY3Rpb24YASABKAkSFAoMbGxtX3F1ZXN0aW9uGAIgASgJEhEKCWxsbV9tb2RlbBgDIAEoCRIQCghwcm92aWRlchgEIAEoCRIXCg9jb252ZXJzYXRpb25faWQYBSABKAkSGAoQbmV3X2NvbnZlcnNhdGlvbhgGIAEoCBIZCgxjb250ZXh0X3NpemUYByABKAVIAYgBARIdChBpbnRlcmFjdGlvbl9zaXplGAggASgFSAKIAQESKgoHdGltZW91dBgJIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIVCg1zeXN0ZW1fcHJvbXB0GAogASgJEhkKEXVzZXJfaW5zdHJ1Y3Rpb25zGAsgASgJEhoKEmNvbnRleHRfZmllbGRfbGlzdBgMIAMoCRI1CgluZWFyX3RleHQYDSABKAsyIC5nZW5zZWFyY2gucmV0cmlldmFsLnYxLk5lYXJUZXh0SAASOQoLbmVhcl92ZWN0b3IYDiABKAsyIi5nZW5zZWFyY2gucmV0cmlldmFsLnYxLk5lYXJWZWN0b3JIABIyCgdrZXl3b3JkGA8gASgLMh8uZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5LZXl3b3JkSAASMAoGaHlicmlkGBAgASgLMh4uZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5IeWJyaWRIABIuCgZmaWx0ZXIYESABKAsyHi5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkZpbHRlchIaCg1yZXdyaXRlX3F1ZXJ5GBIgASgISAOIAQESGAoLdGVtcGVyYXR1cmUYEyABKAFIBIgBARIXCgptYXhfdG9rZW5zGBQgASgFSAWIAQESDQoFZGVidWcYFSABKAgSOwoOc2VtYW50aWNfY2FjaGUYPCABKAsyIy5nZW5zZWFyY2guZ2F0ZXdheS52MS5TZW1hbnRpY0NhY2hlQgcKBXF1ZXJ5Qg8KDV9jb250ZXh0X3NpemVCEwoRX2ludGVyYWN0aW9uX3NpemVCEAoOX3Jld3JpdGVfcXVlcnlCDgoMX3RlbXBlcmF0dXJlQg0KC19tYXhfdG9rZW5zIpwBChFTdHJlYW1Bc2tSZXNwb25zZRI4Cgdjb250ZXh0GAEgASgLMiUuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuQXNrQ29udGV4dEV2ZW50SAASDwoFZGVsdGEYAiABKAlIABIzCgZhbnN3ZXIYAyABKAsyIS5nZW5zZWFyY2guZ2F0ZXdheS52MS5Bc2tSZXNwb25zZUgAQgcKBWV2ZW50Im4KD0Fza0NvbnRleHRFdmVudBIpCgRoaXRzGAEgAygLMhsuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5IaXQSFwoPcmV3cml0dGVuX3F1ZXJ5GAIgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgDIAEoCSI5Cg1JbmxpbmVPYmplY3RzEigKB29iamVjdHMYASADKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0IhgKCU9iamVjdElkcxILCgNpZHMYASADKAki7QEKGEdlbmVyYXRlT25PYmplY3RzUmVxdWVzdBISCgpjb2xsZWN0aW9uGAEgASgJEi4KA2lkcxgCIAEoCzIfLmdlbnNlYXJjaC5nYXRld2F5LnYxLk9iamVjdElkc0gAEjUKBmlubGluZRgDIAEoCzIjLmdlbnNlYXJjaC5nYXRld2F5LnYxLklubGluZU9iamVjdHNIABIZChFyZXR1cm5fcHJvcGVydGllcxgEIAMoCRIwCghnZW5lcmF0ZRgFIAEoCzIeLmdlbnNlYXJjaC5nYXRld2F5LnYxLkdlbmVyYXRlQgkKB29iamVjdHMitgEKGUdlbmVyYXRlT25PYmplY3RzUmVzcG9uc2USMQoEaGl0cxgBIAMoCzIjLmdlbnNlYXJjaC5nYXRld2F5LnYxLkdlbmVyYXRpdmVIaXQSNwoHZ3JvdXBlZBgCIAEoCzImLmdlbnNlYXJjaC5nYXRld2F5LnYxLkdlbmVyYXRpb25SZXN1bHQSLQoFdXNhZ2UYAyABKAsyHi5nZW5zZWFyY2guZ2VuZXJhdGlvbi52MS5Vc2FnZSLzAQoeU3RyZWFtR2VuZXJhdGVPbk9iamVjdHNSZXF1ZXN0EhIKCmNvbGxlY3Rpb24YASABKAkSLgoDaWRzGAIgASgLMh8uZ2Vuc2VhcmNoLmdhdGV3YXkudjEuT2JqZWN0SWRzSAASNQoGaW5saW5lGAMgASgLMiMuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuSW5saW5lT2JqZWN0c0gAEhkKEXJldHVybl9wcm9wZXJ0aWVzGAQgAygJEjAKCGdlbmVyYXRlGAUgASgLMh4uZ2Vuc2VhcmNoLmdhdGV3YXkudjEuR2VuZXJhdGVCCQoHb2JqZWN0cyK2AgofU3RyZWFtR2VuZXJhdGVPbk9iamVjdHNSZXNwb25zZRIvCgRoaXRzGAEgASgLMh8uZ2Vuc2VhcmNoLmdhdGV3YXkudjEuSGl0c0V2ZW50SAASOgoKaGl0X3Jlc3VsdBgCIAEoCzIkLmdlbnNlYXJjaC5nYXRld2F5LnYxLkhpdFJlc3VsdEV2ZW50SAASMQoFdG9rZW4YAyABKAsyIC5nZW5zZWFyY2guZ2F0ZXdheS52MS5Ub2tlbkV2ZW50SAASOQoHZ3JvdXBlZBgEIAEoCzImLmdlbnNlYXJjaC5nYXRld2F5LnYxLkdlbmVyYXRpb25SZXN1bHRIABIvCgRkb25lGAUgASgLMh8uZ2Vuc2VhcmNoLmdhdGV3YXkudjEuRG9uZUV2ZW50SABCBwoFZXZlbnQqagoJQ2FjaGVNb2RlEhoKFkNBQ0hFX01PREVfVU5TUEVDSUZJRUQQABISCg5DQUNIRV9NT0RFX1VTRRABEhYKEkNBQ0hFX01PREVfUkVGUkVTSBACEhUKEUNBQ0hFX01PREVfQllQQVNTEAMyuAUKDkdhdGV3YXlTZXJ2aWNlEnEKEEdlbmVyYXRpdmVTZWFyY2gSLS5nZW5zZWFyY2guZ2F0ZXdheS52MS5HZW5lcmF0aXZlU2VhcmNoUmVxdWVzdBouLmdlbnNlYXJjaC5nYXRld2F5LnYxLkdlbmVyYXRpdmVTZWFyY2hSZXNwb25zZRKFAQoWU3RyZWFtR2VuZXJhdGl2ZVNlYXJjaBIzLmdlbnNlYXJjaC5nYXRld2F5LnYxLlN0cmVhbUdlbmVyYXRpdmVTZWFyY2hSZXF1ZXN0GjQuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuU3RyZWFtR2VuZXJhdGl2ZVNlYXJjaFJlc3BvbnNlMAESSgoDQXNrEiAuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuQXNrUmVxdWVzdBohLmdlbnNlYXJjaC5nYXRld2F5LnYxLkFza1Jlc3BvbnNlEl4KCVN0cmVhbUFzaxImLmdlbnNlYXJjaC5nYXRld2F5LnYxLlN0cmVhbUFza1JlcXVlc3QaJy5nZW5zZWFyY2guZ2F0ZXdheS52MS5TdHJlYW1Bc2tSZXNwb25zZTABEnQKEUdlbmVyYXRlT25PYmplY3RzEi4uZ2Vuc2VhcmNoLmdhdGV3YXkudjEuR2VuZXJhdGVPbk9iamVjdHNSZXF1ZXN0Gi8uZ2Vuc2VhcmNoLmdhdGV3YXkudjEuR2VuZXJhdGVPbk9iamVjdHNSZXNwb25zZRKIAQoXU3RyZWFtR2VuZXJhdGVPbk9iamVjdHMSNC5nZW5zZWFyY2guZ2F0ZXdheS52MS5TdHJlYW1HZW5lcmF0ZU9uT2JqZWN0c1JlcXVlc3QaNS5nZW5zZWFyY2guZ2F0ZXdheS52MS5TdHJlYW1HZW5lcmF0ZU9uT2JqZWN0c1Jlc3BvbnNlMAFiBnByb3RvMw", [file_gensearch_generation_v1_generation_service, file_gensearch_retrieval_v1_retrieval_service, file_google_protobuf_duration, file_google_protobuf_struct]);
+
+/**
+ * The exact generation cache: a per-hit or grouped answer is reused when everything
+ * that decides it (provider, model, sampling parameters, the rendered prompt) is the
+ * same, within the caller's tenant and collection.
+ *
+ * @generated from message gensearch.gateway.v1.GenerationCache
+ */
+export type GenerationCache = Message<"gensearch.gateway.v1.GenerationCache"> & {
+  /**
+   * @generated from field: gensearch.gateway.v1.CacheMode mode = 1;
+   */
+  mode: CacheMode;
+
+  /**
+   * How long a stored answer lives; unset: the collection's, else the service's
+   * default; at most the service's maximum.
+   *
+   * @generated from field: google.protobuf.Duration ttl = 2;
+   */
+  ttl?: Duration | undefined;
+};
+
+/**
+ * Describes the message gensearch.gateway.v1.GenerationCache.
+ * Use `create(GenerationCacheSchema)` to create a new message.
+ */
+export const GenerationCacheSchema: GenMessage<GenerationCache> = /*@__PURE__*/
+  messageDesc(file_gensearch_gateway_v1_gateway_service, 0);
+
+/**
+ * The semantic answer cache of Ask (questions without conversation history only): a
+ * question close enough in meaning to one already answered over the same collection
+ * returns the stored answer.
+ *
+ * @generated from message gensearch.gateway.v1.SemanticCache
+ */
+export type SemanticCache = Message<"gensearch.gateway.v1.SemanticCache"> & {
+  /**
+   * @generated from field: gensearch.gateway.v1.CacheMode mode = 1;
+   */
+  mode: CacheMode;
+
+  /**
+   * Cosine similarity a stored question needs to count as the same question, in
+   * [0.5, 1]; unset: the collection's, else the service's default.
+   *
+   * @generated from field: optional double min_similarity = 2;
+   */
+  minSimilarity?: number | undefined;
+
+  /**
+   * How long a stored answer lives; same defaults and maximum as GenerationCache.ttl.
+   *
+   * @generated from field: google.protobuf.Duration ttl = 3;
+   */
+  ttl?: Duration | undefined;
+};
+
+/**
+ * Describes the message gensearch.gateway.v1.SemanticCache.
+ * Use `create(SemanticCacheSchema)` to create a new message.
+ */
+export const SemanticCacheSchema: GenMessage<SemanticCache> = /*@__PURE__*/
+  messageDesc(file_gensearch_gateway_v1_gateway_service, 1);
 
 /**
  * What to generate on the hits of a search.
@@ -96,6 +161,72 @@ export type Generate = Message<"gensearch.gateway.v1.Generate"> & {
    * @generated from field: bool stream_tokens = 11;
    */
   streamTokens: boolean;
+
+  /**
+   * Sampling (passed to the provider as given; unset: the provider's default).
+   * top_p in (0, 1].
+   *
+   * @generated from field: optional double top_p = 40;
+   */
+  topP?: number | undefined;
+
+  /**
+   * At most GENSEARCH_GATEWAY_MAX_STOP_SEQUENCES, each at most
+   * GENSEARCH_GATEWAY_MAX_STOP_CHARS characters.
+   *
+   * @generated from field: repeated string stop = 41;
+   */
+  stop: string[];
+
+  /**
+   * Each in [-2, 2].
+   *
+   * @generated from field: optional double frequency_penalty = 42;
+   */
+  frequencyPenalty?: number | undefined;
+
+  /**
+   * @generated from field: optional double presence_penalty = 43;
+   */
+  presencePenalty?: number | undefined;
+
+  /**
+   * @generated from field: optional int64 seed = 44;
+   */
+  seed?: bigint | undefined;
+
+  /**
+   * JSON output matching a schema: every per-hit and grouped answer is validated; a valid
+   * one comes back as `structured` beside the text, an invalid one (after one corrective
+   * retry) is that hit's error with reason INVALID_OUTPUT.
+   *
+   * @generated from field: gensearch.generation.v1.ResponseFormat response_format = 45;
+   */
+  responseFormat?: ResponseFormat | undefined;
+
+  /**
+   * (provider, model) pairs tried in order when a hit fails with a 5xx, a timeout or
+   * retries exhausted; default: the collection's `generative.fallback`. Streaming falls
+   * back only before a hit's first token was sent.
+   *
+   * @generated from field: repeated gensearch.generation.v1.ModelChoice fallback = 46;
+   */
+  fallback: ModelChoice[];
+
+  /**
+   * Per-request base URL for the provider ("dynamic" RAG): hosts on the operator's
+   * allowlist only, and only with your own key (x-<provider>-api-key) or none.
+   *
+   * @generated from field: string base_url = 47;
+   */
+  baseUrl: string;
+
+  /**
+   * Reuse answers generated before (per hit and grouped).
+   *
+   * @generated from field: gensearch.gateway.v1.GenerationCache cache = 60;
+   */
+  cache?: GenerationCache | undefined;
 };
 
 /**
@@ -103,7 +234,7 @@ export type Generate = Message<"gensearch.gateway.v1.Generate"> & {
  * Use `create(GenerateSchema)` to create a new message.
  */
 export const GenerateSchema: GenMessage<Generate> = /*@__PURE__*/
-  messageDesc(file_gensearch_gateway_v1_gateway_service, 0);
+  messageDesc(file_gensearch_gateway_v1_gateway_service, 2);
 
 /**
  * A failure scoped to one hit (or to the grouped call): never fails the whole search.
@@ -143,7 +274,7 @@ export type GenerationError = Message<"gensearch.gateway.v1.GenerationError"> & 
  * Use `create(GenerationErrorSchema)` to create a new message.
  */
 export const GenerationErrorSchema: GenMessage<GenerationError> = /*@__PURE__*/
-  messageDesc(file_gensearch_gateway_v1_gateway_service, 1);
+  messageDesc(file_gensearch_gateway_v1_gateway_service, 3);
 
 /**
  * @generated from message gensearch.gateway.v1.GenerationResult
@@ -184,6 +315,34 @@ export type GenerationResult = Message<"gensearch.gateway.v1.GenerationResult"> 
    * @generated from field: string prompt = 6;
    */
   prompt: string;
+
+  /**
+   * The provider that answered (with `model`, the pair of a fallback chain that answered).
+   *
+   * @generated from field: string provider = 40;
+   */
+  provider: string;
+
+  /**
+   * With response_format: the answer parsed and validated against the schema.
+   *
+   * @generated from field: google.protobuf.Struct structured = 41;
+   */
+  structured?: JsonObject | undefined;
+
+  /**
+   * 0: the primary answered; n: generate.fallback[n-1] (or the collection's) did.
+   *
+   * @generated from field: int32 fallback_index = 42;
+   */
+  fallbackIndex: number;
+
+  /**
+   * The answer came from the generation cache (no LLM call was made for it).
+   *
+   * @generated from field: bool cached = 60;
+   */
+  cached: boolean;
 };
 
 /**
@@ -191,7 +350,7 @@ export type GenerationResult = Message<"gensearch.gateway.v1.GenerationResult"> 
  * Use `create(GenerationResultSchema)` to create a new message.
  */
 export const GenerationResultSchema: GenMessage<GenerationResult> = /*@__PURE__*/
-  messageDesc(file_gensearch_gateway_v1_gateway_service, 2);
+  messageDesc(file_gensearch_gateway_v1_gateway_service, 4);
 
 /**
  * @generated from message gensearch.gateway.v1.GenerativeHit
@@ -215,7 +374,7 @@ export type GenerativeHit = Message<"gensearch.gateway.v1.GenerativeHit"> & {
  * Use `create(GenerativeHitSchema)` to create a new message.
  */
 export const GenerativeHitSchema: GenMessage<GenerativeHit> = /*@__PURE__*/
-  messageDesc(file_gensearch_gateway_v1_gateway_service, 3);
+  messageDesc(file_gensearch_gateway_v1_gateway_service, 5);
 
 /**
  * @generated from message gensearch.gateway.v1.GenerativeSearchRequest
@@ -286,7 +445,7 @@ export type GenerativeSearchRequest = Message<"gensearch.gateway.v1.GenerativeSe
  * Use `create(GenerativeSearchRequestSchema)` to create a new message.
  */
 export const GenerativeSearchRequestSchema: GenMessage<GenerativeSearchRequest> = /*@__PURE__*/
-  messageDesc(file_gensearch_gateway_v1_gateway_service, 4);
+  messageDesc(file_gensearch_gateway_v1_gateway_service, 6);
 
 /**
  * @generated from message gensearch.gateway.v1.GenerativeSearchResponse
@@ -317,7 +476,7 @@ export type GenerativeSearchResponse = Message<"gensearch.gateway.v1.GenerativeS
  * Use `create(GenerativeSearchResponseSchema)` to create a new message.
  */
 export const GenerativeSearchResponseSchema: GenMessage<GenerativeSearchResponse> = /*@__PURE__*/
-  messageDesc(file_gensearch_gateway_v1_gateway_service, 5);
+  messageDesc(file_gensearch_gateway_v1_gateway_service, 7);
 
 /**
  * Same fields as GenerativeSearchRequest.
@@ -390,7 +549,7 @@ export type StreamGenerativeSearchRequest = Message<"gensearch.gateway.v1.Stream
  * Use `create(StreamGenerativeSearchRequestSchema)` to create a new message.
  */
 export const StreamGenerativeSearchRequestSchema: GenMessage<StreamGenerativeSearchRequest> = /*@__PURE__*/
-  messageDesc(file_gensearch_gateway_v1_gateway_service, 6);
+  messageDesc(file_gensearch_gateway_v1_gateway_service, 8);
 
 /**
  * First event: the search results.
@@ -409,7 +568,7 @@ export type HitsEvent = Message<"gensearch.gateway.v1.HitsEvent"> & {
  * Use `create(HitsEventSchema)` to create a new message.
  */
 export const HitsEventSchema: GenMessage<HitsEvent> = /*@__PURE__*/
-  messageDesc(file_gensearch_gateway_v1_gateway_service, 7);
+  messageDesc(file_gensearch_gateway_v1_gateway_service, 9);
 
 /**
  * A per-hit generation finished (events arrive in completion order).
@@ -433,7 +592,7 @@ export type HitResultEvent = Message<"gensearch.gateway.v1.HitResultEvent"> & {
  * Use `create(HitResultEventSchema)` to create a new message.
  */
 export const HitResultEventSchema: GenMessage<HitResultEvent> = /*@__PURE__*/
-  messageDesc(file_gensearch_gateway_v1_gateway_service, 8);
+  messageDesc(file_gensearch_gateway_v1_gateway_service, 10);
 
 /**
  * A piece of generated text.
@@ -459,6 +618,14 @@ export type TokenEvent = Message<"gensearch.gateway.v1.TokenEvent"> & {
    * @generated from field: string delta = 3;
    */
   delta: string;
+
+  /**
+   * With response_format: discard this hit's (or the grouped) deltas so far, they did not
+   * match the schema; a corrective retry's deltas follow. Carries no delta.
+   *
+   * @generated from field: bool restart = 40;
+   */
+  restart: boolean;
 };
 
 /**
@@ -466,7 +633,7 @@ export type TokenEvent = Message<"gensearch.gateway.v1.TokenEvent"> & {
  * Use `create(TokenEventSchema)` to create a new message.
  */
 export const TokenEventSchema: GenMessage<TokenEvent> = /*@__PURE__*/
-  messageDesc(file_gensearch_gateway_v1_gateway_service, 9);
+  messageDesc(file_gensearch_gateway_v1_gateway_service, 11);
 
 /**
  * Last event.
@@ -485,7 +652,7 @@ export type DoneEvent = Message<"gensearch.gateway.v1.DoneEvent"> & {
  * Use `create(DoneEventSchema)` to create a new message.
  */
 export const DoneEventSchema: GenMessage<DoneEvent> = /*@__PURE__*/
-  messageDesc(file_gensearch_gateway_v1_gateway_service, 10);
+  messageDesc(file_gensearch_gateway_v1_gateway_service, 12);
 
 /**
  * @generated from message gensearch.gateway.v1.StreamGenerativeSearchResponse
@@ -532,7 +699,7 @@ export type StreamGenerativeSearchResponse = Message<"gensearch.gateway.v1.Strea
  * Use `create(StreamGenerativeSearchResponseSchema)` to create a new message.
  */
 export const StreamGenerativeSearchResponseSchema: GenMessage<StreamGenerativeSearchResponse> = /*@__PURE__*/
-  messageDesc(file_gensearch_gateway_v1_gateway_service, 11);
+  messageDesc(file_gensearch_gateway_v1_gateway_service, 13);
 
 /**
  * @generated from message gensearch.gateway.v1.AskRequest
@@ -678,6 +845,14 @@ export type AskRequest = Message<"gensearch.gateway.v1.AskRequest"> & {
    * @generated from field: bool debug = 21;
    */
   debug: boolean;
+
+  /**
+   * Answer from the semantic cache when a close enough question was answered before.
+   * Ignored when the question has conversation history.
+   *
+   * @generated from field: gensearch.gateway.v1.SemanticCache semantic_cache = 60;
+   */
+  semanticCache?: SemanticCache | undefined;
 };
 
 /**
@@ -685,7 +860,7 @@ export type AskRequest = Message<"gensearch.gateway.v1.AskRequest"> & {
  * Use `create(AskRequestSchema)` to create a new message.
  */
 export const AskRequestSchema: GenMessage<AskRequest> = /*@__PURE__*/
-  messageDesc(file_gensearch_gateway_v1_gateway_service, 12);
+  messageDesc(file_gensearch_gateway_v1_gateway_service, 14);
 
 /**
  * @generated from message gensearch.gateway.v1.Citation
@@ -711,7 +886,7 @@ export type Citation = Message<"gensearch.gateway.v1.Citation"> & {
  * Use `create(CitationSchema)` to create a new message.
  */
 export const CitationSchema: GenMessage<Citation> = /*@__PURE__*/
-  messageDesc(file_gensearch_gateway_v1_gateway_service, 13);
+  messageDesc(file_gensearch_gateway_v1_gateway_service, 15);
 
 /**
  * What the context-window guard removed so the prompt fits.
@@ -735,7 +910,7 @@ export type Trimmed = Message<"gensearch.gateway.v1.Trimmed"> & {
  * Use `create(TrimmedSchema)` to create a new message.
  */
 export const TrimmedSchema: GenMessage<Trimmed> = /*@__PURE__*/
-  messageDesc(file_gensearch_gateway_v1_gateway_service, 14);
+  messageDesc(file_gensearch_gateway_v1_gateway_service, 16);
 
 /**
  * @generated from message gensearch.gateway.v1.AskResponse
@@ -796,6 +971,32 @@ export type AskResponse = Message<"gensearch.gateway.v1.AskResponse"> & {
    * @generated from field: repeated gensearch.generation.v1.Message prompt = 10;
    */
   prompt: Message$1[];
+
+  /**
+   * The provider that answered (the collection's fallback chain may have moved on).
+   *
+   * @generated from field: string provider = 40;
+   */
+  provider: string;
+
+  /**
+   * The answer came from the semantic cache: no retrieval and no LLM call were made.
+   *
+   * @generated from field: bool cached = 60;
+   */
+  cached: boolean;
+
+  /**
+   * With cached: the stored question it matched, and how close it was (cosine).
+   *
+   * @generated from field: string cached_question = 61;
+   */
+  cachedQuestion: string;
+
+  /**
+   * @generated from field: double cached_similarity = 62;
+   */
+  cachedSimilarity: number;
 };
 
 /**
@@ -803,7 +1004,7 @@ export type AskResponse = Message<"gensearch.gateway.v1.AskResponse"> & {
  * Use `create(AskResponseSchema)` to create a new message.
  */
 export const AskResponseSchema: GenMessage<AskResponse> = /*@__PURE__*/
-  messageDesc(file_gensearch_gateway_v1_gateway_service, 15);
+  messageDesc(file_gensearch_gateway_v1_gateway_service, 17);
 
 /**
  * Same fields as AskRequest.
@@ -924,6 +1125,11 @@ export type StreamAskRequest = Message<"gensearch.gateway.v1.StreamAskRequest"> 
    * @generated from field: bool debug = 21;
    */
   debug: boolean;
+
+  /**
+   * @generated from field: gensearch.gateway.v1.SemanticCache semantic_cache = 60;
+   */
+  semanticCache?: SemanticCache | undefined;
 };
 
 /**
@@ -931,7 +1137,7 @@ export type StreamAskRequest = Message<"gensearch.gateway.v1.StreamAskRequest"> 
  * Use `create(StreamAskRequestSchema)` to create a new message.
  */
 export const StreamAskRequestSchema: GenMessage<StreamAskRequest> = /*@__PURE__*/
-  messageDesc(file_gensearch_gateway_v1_gateway_service, 16);
+  messageDesc(file_gensearch_gateway_v1_gateway_service, 18);
 
 /**
  * Events: context (hits, rewritten query) first, then token deltas, then the full answer.
@@ -968,7 +1174,7 @@ export type StreamAskResponse = Message<"gensearch.gateway.v1.StreamAskResponse"
  * Use `create(StreamAskResponseSchema)` to create a new message.
  */
 export const StreamAskResponseSchema: GenMessage<StreamAskResponse> = /*@__PURE__*/
-  messageDesc(file_gensearch_gateway_v1_gateway_service, 17);
+  messageDesc(file_gensearch_gateway_v1_gateway_service, 19);
 
 /**
  * @generated from message gensearch.gateway.v1.AskContextEvent
@@ -995,7 +1201,266 @@ export type AskContextEvent = Message<"gensearch.gateway.v1.AskContextEvent"> & 
  * Use `create(AskContextEventSchema)` to create a new message.
  */
 export const AskContextEventSchema: GenMessage<AskContextEvent> = /*@__PURE__*/
-  messageDesc(file_gensearch_gateway_v1_gateway_service, 18);
+  messageDesc(file_gensearch_gateway_v1_gateway_service, 20);
+
+/**
+ * Objects given inline, with no collection behind them.
+ *
+ * @generated from message gensearch.gateway.v1.InlineObjects
+ */
+export type InlineObjects = Message<"gensearch.gateway.v1.InlineObjects"> & {
+  /**
+   * Each object's properties; at most the service's max_hits objects, each at most
+   * max_inline_object_bytes serialized.
+   *
+   * @generated from field: repeated google.protobuf.Struct objects = 1;
+   */
+  objects: JsonObject[];
+};
+
+/**
+ * Describes the message gensearch.gateway.v1.InlineObjects.
+ * Use `create(InlineObjectsSchema)` to create a new message.
+ */
+export const InlineObjectsSchema: GenMessage<InlineObjects> = /*@__PURE__*/
+  messageDesc(file_gensearch_gateway_v1_gateway_service, 21);
+
+/**
+ * Objects of a collection, by id.
+ *
+ * @generated from message gensearch.gateway.v1.ObjectIds
+ */
+export type ObjectIds = Message<"gensearch.gateway.v1.ObjectIds"> & {
+  /**
+   * UUIDs, at most the service's max_hits.
+   *
+   * @generated from field: repeated string ids = 1;
+   */
+  ids: string[];
+};
+
+/**
+ * Describes the message gensearch.gateway.v1.ObjectIds.
+ * Use `create(ObjectIdsSchema)` to create a new message.
+ */
+export const ObjectIdsSchema: GenMessage<ObjectIds> = /*@__PURE__*/
+  messageDesc(file_gensearch_gateway_v1_gateway_service, 22);
+
+/**
+ * @generated from message gensearch.gateway.v1.GenerateOnObjectsRequest
+ */
+export type GenerateOnObjectsRequest = Message<"gensearch.gateway.v1.GenerateOnObjectsRequest"> & {
+  /**
+   * With ids: the collection holding them (required). With inline objects: optional;
+   * when given, its schema checks the templates and property names, and its generative
+   * defaults apply.
+   *
+   * @generated from field: string collection = 1;
+   */
+  collection: string;
+
+  /**
+   * @generated from oneof gensearch.gateway.v1.GenerateOnObjectsRequest.objects
+   */
+  objects: {
+    /**
+     * @generated from field: gensearch.gateway.v1.ObjectIds ids = 2;
+     */
+    value: ObjectIds;
+    case: "ids";
+  } | {
+    /**
+     * @generated from field: gensearch.gateway.v1.InlineObjects inline = 3;
+     */
+    value: InlineObjects;
+    case: "inline";
+  } | { case: undefined; value?: undefined };
+
+  /**
+   * Properties returned with each object (and in the grouped prompt unless
+   * grouped_properties says otherwise); empty: all of them.
+   *
+   * @generated from field: repeated string return_properties = 4;
+   */
+  returnProperties: string[];
+
+  /**
+   * @generated from field: gensearch.gateway.v1.Generate generate = 5;
+   */
+  generate?: Generate | undefined;
+};
+
+/**
+ * Describes the message gensearch.gateway.v1.GenerateOnObjectsRequest.
+ * Use `create(GenerateOnObjectsRequestSchema)` to create a new message.
+ */
+export const GenerateOnObjectsRequestSchema: GenMessage<GenerateOnObjectsRequest> = /*@__PURE__*/
+  messageDesc(file_gensearch_gateway_v1_gateway_service, 23);
+
+/**
+ * @generated from message gensearch.gateway.v1.GenerateOnObjectsResponse
+ */
+export type GenerateOnObjectsResponse = Message<"gensearch.gateway.v1.GenerateOnObjectsResponse"> & {
+  /**
+   * In the order given; hit.id is empty for inline objects.
+   *
+   * @generated from field: repeated gensearch.gateway.v1.GenerativeHit hits = 1;
+   */
+  hits: GenerativeHit[];
+
+  /**
+   * @generated from field: gensearch.gateway.v1.GenerationResult grouped = 2;
+   */
+  grouped?: GenerationResult | undefined;
+
+  /**
+   * @generated from field: gensearch.generation.v1.Usage usage = 3;
+   */
+  usage?: Usage | undefined;
+};
+
+/**
+ * Describes the message gensearch.gateway.v1.GenerateOnObjectsResponse.
+ * Use `create(GenerateOnObjectsResponseSchema)` to create a new message.
+ */
+export const GenerateOnObjectsResponseSchema: GenMessage<GenerateOnObjectsResponse> = /*@__PURE__*/
+  messageDesc(file_gensearch_gateway_v1_gateway_service, 24);
+
+/**
+ * Same fields as GenerateOnObjectsRequest.
+ *
+ * @generated from message gensearch.gateway.v1.StreamGenerateOnObjectsRequest
+ */
+export type StreamGenerateOnObjectsRequest = Message<"gensearch.gateway.v1.StreamGenerateOnObjectsRequest"> & {
+  /**
+   * @generated from field: string collection = 1;
+   */
+  collection: string;
+
+  /**
+   * @generated from oneof gensearch.gateway.v1.StreamGenerateOnObjectsRequest.objects
+   */
+  objects: {
+    /**
+     * @generated from field: gensearch.gateway.v1.ObjectIds ids = 2;
+     */
+    value: ObjectIds;
+    case: "ids";
+  } | {
+    /**
+     * @generated from field: gensearch.gateway.v1.InlineObjects inline = 3;
+     */
+    value: InlineObjects;
+    case: "inline";
+  } | { case: undefined; value?: undefined };
+
+  /**
+   * @generated from field: repeated string return_properties = 4;
+   */
+  returnProperties: string[];
+
+  /**
+   * @generated from field: gensearch.gateway.v1.Generate generate = 5;
+   */
+  generate?: Generate | undefined;
+};
+
+/**
+ * Describes the message gensearch.gateway.v1.StreamGenerateOnObjectsRequest.
+ * Use `create(StreamGenerateOnObjectsRequestSchema)` to create a new message.
+ */
+export const StreamGenerateOnObjectsRequestSchema: GenMessage<StreamGenerateOnObjectsRequest> = /*@__PURE__*/
+  messageDesc(file_gensearch_gateway_v1_gateway_service, 25);
+
+/**
+ * The same events as StreamGenerativeSearchResponse.
+ *
+ * @generated from message gensearch.gateway.v1.StreamGenerateOnObjectsResponse
+ */
+export type StreamGenerateOnObjectsResponse = Message<"gensearch.gateway.v1.StreamGenerateOnObjectsResponse"> & {
+  /**
+   * @generated from oneof gensearch.gateway.v1.StreamGenerateOnObjectsResponse.event
+   */
+  event: {
+    /**
+     * @generated from field: gensearch.gateway.v1.HitsEvent hits = 1;
+     */
+    value: HitsEvent;
+    case: "hits";
+  } | {
+    /**
+     * @generated from field: gensearch.gateway.v1.HitResultEvent hit_result = 2;
+     */
+    value: HitResultEvent;
+    case: "hitResult";
+  } | {
+    /**
+     * @generated from field: gensearch.gateway.v1.TokenEvent token = 3;
+     */
+    value: TokenEvent;
+    case: "token";
+  } | {
+    /**
+     * @generated from field: gensearch.gateway.v1.GenerationResult grouped = 4;
+     */
+    value: GenerationResult;
+    case: "grouped";
+  } | {
+    /**
+     * @generated from field: gensearch.gateway.v1.DoneEvent done = 5;
+     */
+    value: DoneEvent;
+    case: "done";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message gensearch.gateway.v1.StreamGenerateOnObjectsResponse.
+ * Use `create(StreamGenerateOnObjectsResponseSchema)` to create a new message.
+ */
+export const StreamGenerateOnObjectsResponseSchema: GenMessage<StreamGenerateOnObjectsResponse> = /*@__PURE__*/
+  messageDesc(file_gensearch_gateway_v1_gateway_service, 26);
+
+/**
+ * How a request uses a cache of generated answers.
+ *
+ * @generated from enum gensearch.gateway.v1.CacheMode
+ */
+export enum CacheMode {
+  /**
+   * The collection's default (GenerativeConfig.cache); off when it sets none.
+   *
+   * @generated from enum value: CACHE_MODE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Answer from the cache when it holds the answer; store fresh answers.
+   *
+   * @generated from enum value: CACHE_MODE_USE = 1;
+   */
+  USE = 1,
+
+  /**
+   * Never read the cache, but store fresh answers (replacing what it held).
+   *
+   * @generated from enum value: CACHE_MODE_REFRESH = 2;
+   */
+  REFRESH = 2,
+
+  /**
+   * Neither read nor write the cache.
+   *
+   * @generated from enum value: CACHE_MODE_BYPASS = 3;
+   */
+  BYPASS = 3,
+}
+
+/**
+ * Describes the enum gensearch.gateway.v1.CacheMode.
+ */
+export const CacheModeSchema: GenEnum<CacheMode> = /*@__PURE__*/
+  enumDesc(file_gensearch_gateway_v1_gateway_service, 0);
 
 /**
  * The front door: generative search (a search, then one LLM call per hit and/or one over
@@ -1044,6 +1509,28 @@ export const GatewayService: GenService<{
     methodKind: "server_streaming";
     input: typeof StreamAskRequestSchema;
     output: typeof StreamAskResponseSchema;
+  },
+  /**
+   * The `generate` block of a generative search over objects the caller names: by id
+   * from a collection, or inline as properties. No search. A missing id is that object's
+   * own NOT_FOUND error; the call still answers for the rest.
+   *
+   * @generated from rpc gensearch.gateway.v1.GatewayService.GenerateOnObjects
+   */
+  generateOnObjects: {
+    methodKind: "unary";
+    input: typeof GenerateOnObjectsRequestSchema;
+    output: typeof GenerateOnObjectsResponseSchema;
+  },
+  /**
+   * Streaming form: the same events as StreamGenerativeSearch.
+   *
+   * @generated from rpc gensearch.gateway.v1.GatewayService.StreamGenerateOnObjects
+   */
+  streamGenerateOnObjects: {
+    methodKind: "server_streaming";
+    input: typeof StreamGenerateOnObjectsRequestSchema;
+    output: typeof StreamGenerateOnObjectsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_gensearch_gateway_v1_gateway_service, 0);

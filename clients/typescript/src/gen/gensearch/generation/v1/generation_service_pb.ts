@@ -4,13 +4,14 @@
 
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { Message as Message$1 } from "@bufbuild/protobuf";
+import { file_google_protobuf_struct } from "@bufbuild/protobuf/wkt";
+import type { JsonObject, Message as Message$1 } from "@bufbuild/protobuf";
 
 /**
  * Describes the file gensearch/generation/v1/generation_service.proto.
  */
 export const file_gensearch_generation_v1_generation_service: GenFile = /*@__PURE__*/
-  fileDesc("CjBnZW5zZWFyY2gvZ2VuZXJhdGlvbi92MS9nZW5lcmF0aW9uX3NlcnZpY2UucHJvdG8SF2dlbnNlYXJjaC5nZW5lcmF0aW9uLnYxIkcKB01lc3NhZ2USKwoEcm9sZRgBIAEoDjIdLmdlbnNlYXJjaC5nZW5lcmF0aW9uLnYxLlJvbGUSDwoHY29udGVudBgCIAEoCSJiCgVVc2FnZRIVCg1wcm9tcHRfdG9rZW5zGAEgASgFEhkKEWNvbXBsZXRpb25fdG9rZW5zGAIgASgFEhQKDHRvdGFsX3Rva2VucxgDIAEoBRIRCgllc3RpbWF0ZWQYBCABKAgiPAoFRGVidWcSCwoDdXJsGAEgASgJEhQKDHJlcXVlc3RfYm9keRgCIAEoCRIQCghhdHRlbXB0cxgDIAEoBSLzAQoPR2VuZXJhdGVSZXF1ZXN0EhAKCHByb3ZpZGVyGAEgASgJEg0KBW1vZGVsGAIgASgJEjIKCG1lc3NhZ2VzGAMgAygLMiAuZ2Vuc2VhcmNoLmdlbmVyYXRpb24udjEuTWVzc2FnZRIYCgt0ZW1wZXJhdHVyZRgEIAEoAUgAiAEBEhcKCm1heF90b2tlbnMYBSABKAVIAYgBARISCgV0b3BfcBgGIAEoAUgCiAEBEgwKBHN0b3AYByADKAkSDQoFZGVidWcYCCABKAhCDgoMX3RlbXBlcmF0dXJlQg0KC19tYXhfdG9rZW5zQggKBl90b3BfcCK2AQoQR2VuZXJhdGVSZXNwb25zZRIMCgR0ZXh0GAEgASgJEg0KBW1vZGVsGAIgASgJEhUKDWZpbmlzaF9yZWFzb24YAyABKAkSLQoFdXNhZ2UYBCABKAsyHi5nZW5zZWFyY2guZ2VuZXJhdGlvbi52MS5Vc2FnZRItCgVkZWJ1ZxgFIAEoCzIeLmdlbnNlYXJjaC5nZW5lcmF0aW9uLnYxLkRlYnVnEhAKCHByb3ZpZGVyGAYgASgJIvkBChVTdHJlYW1HZW5lcmF0ZVJlcXVlc3QSEAoIcHJvdmlkZXIYASABKAkSDQoFbW9kZWwYAiABKAkSMgoIbWVzc2FnZXMYAyADKAsyIC5nZW5zZWFyY2guZ2VuZXJhdGlvbi52MS5NZXNzYWdlEhgKC3RlbXBlcmF0dXJlGAQgASgBSACIAQESFwoKbWF4X3Rva2VucxgFIAEoBUgBiAEBEhIKBXRvcF9wGAYgASgBSAKIAQESDAoEc3RvcBgHIAMoCRINCgVkZWJ1ZxgIIAEoCEIOCgxfdGVtcGVyYXR1cmVCDQoLX21heF90b2tlbnNCCAoGX3RvcF9wIr0BChZTdHJlYW1HZW5lcmF0ZVJlc3BvbnNlEg0KBWRlbHRhGAEgASgJEg0KBW1vZGVsGAIgASgJEhUKDWZpbmlzaF9yZWFzb24YAyABKAkSLQoFdXNhZ2UYBCABKAsyHi5nZW5zZWFyY2guZ2VuZXJhdGlvbi52MS5Vc2FnZRItCgVkZWJ1ZxgFIAEoCzIeLmdlbnNlYXJjaC5nZW5lcmF0aW9uLnYxLkRlYnVnEhAKCHByb3ZpZGVyGAYgASgJIhMKEUxpc3RNb2RlbHNSZXF1ZXN0IugBCghQcm92aWRlchIMCgRuYW1lGAEgASgJEjMKBGtpbmQYAiABKA4yJS5nZW5zZWFyY2guZ2VuZXJhdGlvbi52MS5Qcm92aWRlcktpbmQSEAoIYmFzZV91cmwYAyABKAkSFQoNZGVmYXVsdF9tb2RlbBgEIAEoCRIOCgZtb2RlbHMYBSADKAkSEwoLYXBpX2tleV9lbnYYBiABKAkSGgoSYXBpX2tleV9jb25maWd1cmVkGAcgASgIEhcKD21heF9jb25jdXJyZW5jeRgIIAEoBRIWCg5jb250ZXh0X3dpbmRvdxgJIAEoBSJkChJMaXN0TW9kZWxzUmVzcG9uc2USNAoJcHJvdmlkZXJzGAEgAygLMiEuZ2Vuc2VhcmNoLmdlbmVyYXRpb24udjEuUHJvdmlkZXISGAoQZGVmYXVsdF9wcm92aWRlchgCIAEoCSpQCgRSb2xlEhQKEFJPTEVfVU5TUEVDSUZJRUQQABIPCgtST0xFX1NZU1RFTRABEg0KCVJPTEVfVVNFUhACEhIKDlJPTEVfQVNTSVNUQU5UEAMqUgoMUHJvdmlkZXJLaW5kEh0KGVBST1ZJREVSX0tJTkRfVU5TUEVDSUZJRUQQABIjCh9QUk9WSURFUl9LSU5EX09QRU5BSV9DT01QQVRJQkxFEAEy0AIKEUdlbmVyYXRpb25TZXJ2aWNlEl8KCEdlbmVyYXRlEiguZ2Vuc2VhcmNoLmdlbmVyYXRpb24udjEuR2VuZXJhdGVSZXF1ZXN0GikuZ2Vuc2VhcmNoLmdlbmVyYXRpb24udjEuR2VuZXJhdGVSZXNwb25zZRJzCg5TdHJlYW1HZW5lcmF0ZRIuLmdlbnNlYXJjaC5nZW5lcmF0aW9uLnYxLlN0cmVhbUdlbmVyYXRlUmVxdWVzdBovLmdlbnNlYXJjaC5nZW5lcmF0aW9uLnYxLlN0cmVhbUdlbmVyYXRlUmVzcG9uc2UwARJlCgpMaXN0TW9kZWxzEiouZ2Vuc2VhcmNoLmdlbmVyYXRpb24udjEuTGlzdE1vZGVsc1JlcXVlc3QaKy5nZW5zZWFyY2guZ2VuZXJhdGlvbi52MS5MaXN0TW9kZWxzUmVzcG9uc2ViBnByb3RvMw");
+  fileDesc("CjBnZW5zZWFyY2gvZ2VuZXJhdGlvbi92MS9nZW5lcmF0aW9uX3NlcnZpY2UucHJvdG8SF2dlbnNlYXJjaC5nZW5lcmF0aW9uLnYxIkcKB01lc3NhZ2USKwoEcm9sZRgBIAEoDjIdLmdlbnNlYXJjaC5nZW5lcmF0aW9uLnYxLlJvbGUSDwoHY29udGVudBgCIAEoCSJiCgVVc2FnZRIVCg1wcm9tcHRfdG9rZW5zGAEgASgFEhkKEWNvbXBsZXRpb25fdG9rZW5zGAIgASgFEhQKDHRvdGFsX3Rva2VucxgDIAEoBRIRCgllc3RpbWF0ZWQYBCABKAgiPAoFRGVidWcSCwoDdXJsGAEgASgJEhQKDHJlcXVlc3RfYm9keRgCIAEoCRIQCghhdHRlbXB0cxgDIAEoBSKFBAoPR2VuZXJhdGVSZXF1ZXN0EhAKCHByb3ZpZGVyGAEgASgJEg0KBW1vZGVsGAIgASgJEjIKCG1lc3NhZ2VzGAMgAygLMiAuZ2Vuc2VhcmNoLmdlbmVyYXRpb24udjEuTWVzc2FnZRIYCgt0ZW1wZXJhdHVyZRgEIAEoAUgAiAEBEhcKCm1heF90b2tlbnMYBSABKAVIAYgBARISCgV0b3BfcBgGIAEoAUgCiAEBEgwKBHN0b3AYByADKAkSDQoFZGVidWcYCCABKAgSHgoRZnJlcXVlbmN5X3BlbmFsdHkYKCABKAFIA4gBARIdChBwcmVzZW5jZV9wZW5hbHR5GCkgASgBSASIAQESEQoEc2VlZBgqIAEoA0gFiAEBEkAKD3Jlc3BvbnNlX2Zvcm1hdBgrIAEoCzInLmdlbnNlYXJjaC5nZW5lcmF0aW9uLnYxLlJlc3BvbnNlRm9ybWF0EjYKCGZhbGxiYWNrGCwgAygLMiQuZ2Vuc2VhcmNoLmdlbmVyYXRpb24udjEuTW9kZWxDaG9pY2USEAoIYmFzZV91cmwYLSABKAlCDgoMX3RlbXBlcmF0dXJlQg0KC19tYXhfdG9rZW5zQggKBl90b3BfcEIUChJfZnJlcXVlbmN5X3BlbmFsdHlCEwoRX3ByZXNlbmNlX3BlbmFsdHlCBwoFX3NlZWQijgIKEEdlbmVyYXRlUmVzcG9uc2USDAoEdGV4dBgBIAEoCRINCgVtb2RlbBgCIAEoCRIVCg1maW5pc2hfcmVhc29uGAMgASgJEi0KBXVzYWdlGAQgASgLMh4uZ2Vuc2VhcmNoLmdlbmVyYXRpb24udjEuVXNhZ2USLQoFZGVidWcYBSABKAsyHi5nZW5zZWFyY2guZ2VuZXJhdGlvbi52MS5EZWJ1ZxIQCghwcm92aWRlchgGIAEoCRIrCgpzdHJ1Y3R1cmVkGCggASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIWCg5mYWxsYmFja19pbmRleBgpIAEoBRIRCgljb3JyZWN0ZWQYKiABKAgiiwQKFVN0cmVhbUdlbmVyYXRlUmVxdWVzdBIQCghwcm92aWRlchgBIAEoCRINCgVtb2RlbBgCIAEoCRIyCghtZXNzYWdlcxgDIAMoCzIgLmdlbnNlYXJjaC5nZW5lcmF0aW9uLnYxLk1lc3NhZ2USGAoLdGVtcGVyYXR1cmUYBCABKAFIAIgBARIXCgptYXhfdG9rZW5zGAUgASgFSAGIAQESEgoFdG9wX3AYBiABKAFIAogBARIMCgRzdG9wGAcgAygJEg0KBWRlYnVnGAggASgIEh4KEWZyZXF1ZW5jeV9wZW5hbHR5GCggASgBSAOIAQESHQoQcHJlc2VuY2VfcGVuYWx0eRgpIAEoAUgEiAEBEhEKBHNlZWQYKiABKANIBYgBARJACg9yZXNwb25zZV9mb3JtYXQYKyABKAsyJy5nZW5zZWFyY2guZ2VuZXJhdGlvbi52MS5SZXNwb25zZUZvcm1hdBI2CghmYWxsYmFjaxgsIAMoCzIkLmdlbnNlYXJjaC5nZW5lcmF0aW9uLnYxLk1vZGVsQ2hvaWNlEhAKCGJhc2VfdXJsGC0gASgJQg4KDF90ZW1wZXJhdHVyZUINCgtfbWF4X3Rva2Vuc0IICgZfdG9wX3BCFAoSX2ZyZXF1ZW5jeV9wZW5hbHR5QhMKEV9wcmVzZW5jZV9wZW5hbHR5QgcKBV9zZWVkIqYCChZTdHJlYW1HZW5lcmF0ZVJlc3BvbnNlEg0KBWRlbHRhGAEgASgJEg0KBW1vZGVsGAIgASgJEhUKDWZpbmlzaF9yZWFzb24YAyABKAkSLQoFdXNhZ2UYBCABKAsyHi5nZW5zZWFyY2guZ2VuZXJhdGlvbi52MS5Vc2FnZRItCgVkZWJ1ZxgFIAEoCzIeLmdlbnNlYXJjaC5nZW5lcmF0aW9uLnYxLkRlYnVnEhAKCHByb3ZpZGVyGAYgASgJEisKCnN0cnVjdHVyZWQYKCABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EhYKDmZhbGxiYWNrX2luZGV4GCkgASgFEhEKCWNvcnJlY3RlZBgqIAEoCBIPCgdyZXN0YXJ0GCsgASgIIi4KC01vZGVsQ2hvaWNlEhAKCHByb3ZpZGVyGAEgASgJEg0KBW1vZGVsGAIgASgJImwKDlJlc3BvbnNlRm9ybWF0EiwKC2pzb25fc2NoZW1hGAEgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIMCgRuYW1lGAIgASgJEhMKBnN0cmljdBgDIAEoCEgAiAEBQgkKB19zdHJpY3QiEwoRTGlzdE1vZGVsc1JlcXVlc3QigAIKCFByb3ZpZGVyEgwKBG5hbWUYASABKAkSMwoEa2luZBgCIAEoDjIlLmdlbnNlYXJjaC5nZW5lcmF0aW9uLnYxLlByb3ZpZGVyS2luZBIQCghiYXNlX3VybBgDIAEoCRIVCg1kZWZhdWx0X21vZGVsGAQgASgJEg4KBm1vZGVscxgFIAMoCRITCgthcGlfa2V5X2VudhgGIAEoCRIaChJhcGlfa2V5X2NvbmZpZ3VyZWQYByABKAgSFwoPbWF4X2NvbmN1cnJlbmN5GAggASgFEhYKDmNvbnRleHRfd2luZG93GAkgASgFEhYKDm1vZGVsc19jaGVja2VkGCggASgIInsKEkxpc3RNb2RlbHNSZXNwb25zZRI0Cglwcm92aWRlcnMYASADKAsyIS5nZW5zZWFyY2guZ2VuZXJhdGlvbi52MS5Qcm92aWRlchIYChBkZWZhdWx0X3Byb3ZpZGVyGAIgASgJEhUKDWFsbG93ZWRfaG9zdHMYKCABKAkqUAoEUm9sZRIUChBST0xFX1VOU1BFQ0lGSUVEEAASDwoLUk9MRV9TWVNURU0QARINCglST0xFX1VTRVIQAhISCg5ST0xFX0FTU0lTVEFOVBADKlIKDFByb3ZpZGVyS2luZBIdChlQUk9WSURFUl9LSU5EX1VOU1BFQ0lGSUVEEAASIwofUFJPVklERVJfS0lORF9PUEVOQUlfQ09NUEFUSUJMRRABMtACChFHZW5lcmF0aW9uU2VydmljZRJfCghHZW5lcmF0ZRIoLmdlbnNlYXJjaC5nZW5lcmF0aW9uLnYxLkdlbmVyYXRlUmVxdWVzdBopLmdlbnNlYXJjaC5nZW5lcmF0aW9uLnYxLkdlbmVyYXRlUmVzcG9uc2UScwoOU3RyZWFtR2VuZXJhdGUSLi5nZW5zZWFyY2guZ2VuZXJhdGlvbi52MS5TdHJlYW1HZW5lcmF0ZVJlcXVlc3QaLy5nZW5zZWFyY2guZ2VuZXJhdGlvbi52MS5TdHJlYW1HZW5lcmF0ZVJlc3BvbnNlMAESZQoKTGlzdE1vZGVscxIqLmdlbnNlYXJjaC5nZW5lcmF0aW9uLnYxLkxpc3RNb2RlbHNSZXF1ZXN0GisuZ2Vuc2VhcmNoLmdlbmVyYXRpb24udjEuTGlzdE1vZGVsc1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_struct]);
 
 /**
  * @generated from message gensearch.generation.v1.Message
@@ -150,6 +151,53 @@ export type GenerateRequest = Message$1<"gensearch.generation.v1.GenerateRequest
    * @generated from field: bool debug = 8;
    */
   debug: boolean;
+
+  /**
+   * Sampling beyond temperature and top_p; unset means the provider's default.
+   * Each in [-2, 2].
+   *
+   * @generated from field: optional double frequency_penalty = 40;
+   */
+  frequencyPenalty?: number | undefined;
+
+  /**
+   * @generated from field: optional double presence_penalty = 41;
+   */
+  presencePenalty?: number | undefined;
+
+  /**
+   * Best-effort determinism where the provider supports it.
+   *
+   * @generated from field: optional int64 seed = 42;
+   */
+  seed?: bigint | undefined;
+
+  /**
+   * Structured output: the answer must be JSON matching this schema. It is validated here;
+   * a valid answer comes back as `structured`, an invalid one gets one corrective retry
+   * and then fails with reason INVALID_OUTPUT.
+   *
+   * @generated from field: gensearch.generation.v1.ResponseFormat response_format = 43;
+   */
+  responseFormat?: ResponseFormat | undefined;
+
+  /**
+   * Tried in order when the primary (provider, model) fails with a 5xx, a timeout or
+   * retries exhausted (never on a 4xx other than 429, nor on bad input). A stream falls
+   * back only before its first delta was sent.
+   *
+   * @generated from field: repeated gensearch.generation.v1.ModelChoice fallback = 44;
+   */
+  fallback: ModelChoice[];
+
+  /**
+   * A per-request base URL for the (OpenAI-compatible) provider: allowed only to hosts
+   * on the operator's allowlist (GENSEARCH_GENERATION_ALLOWED_HOSTS). The operator's key
+   * is never sent there: only the caller's own `x-<provider>-api-key`, or no key.
+   *
+   * @generated from field: string base_url = 45;
+   */
+  baseUrl: string;
 };
 
 /**
@@ -198,6 +246,27 @@ export type GenerateResponse = Message$1<"gensearch.generation.v1.GenerateRespon
    * @generated from field: string provider = 6;
    */
   provider: string;
+
+  /**
+   * With response_format: the answer parsed and validated against the schema.
+   *
+   * @generated from field: google.protobuf.Struct structured = 40;
+   */
+  structured?: JsonObject | undefined;
+
+  /**
+   * Which (provider, model) answered: 0 the primary, n the request's fallback[n-1].
+   *
+   * @generated from field: int32 fallback_index = 41;
+   */
+  fallbackIndex: number;
+
+  /**
+   * True when the first answer did not match the schema and the corrective retry's did.
+   *
+   * @generated from field: bool corrected = 42;
+   */
+  corrected: boolean;
 };
 
 /**
@@ -252,6 +321,53 @@ export type StreamGenerateRequest = Message$1<"gensearch.generation.v1.StreamGen
    * @generated from field: bool debug = 8;
    */
   debug: boolean;
+
+  /**
+   * Sampling beyond temperature and top_p; unset means the provider's default.
+   * Each in [-2, 2].
+   *
+   * @generated from field: optional double frequency_penalty = 40;
+   */
+  frequencyPenalty?: number | undefined;
+
+  /**
+   * @generated from field: optional double presence_penalty = 41;
+   */
+  presencePenalty?: number | undefined;
+
+  /**
+   * Best-effort determinism where the provider supports it.
+   *
+   * @generated from field: optional int64 seed = 42;
+   */
+  seed?: bigint | undefined;
+
+  /**
+   * Structured output: the answer must be JSON matching this schema. It is validated here;
+   * a valid answer comes back as `structured`, an invalid one gets one corrective retry
+   * and then fails with reason INVALID_OUTPUT.
+   *
+   * @generated from field: gensearch.generation.v1.ResponseFormat response_format = 43;
+   */
+  responseFormat?: ResponseFormat | undefined;
+
+  /**
+   * Tried in order when the primary (provider, model) fails with a 5xx, a timeout or
+   * retries exhausted (never on a 4xx other than 429, nor on bad input). A stream falls
+   * back only before its first delta was sent.
+   *
+   * @generated from field: repeated gensearch.generation.v1.ModelChoice fallback = 44;
+   */
+  fallback: ModelChoice[];
+
+  /**
+   * A per-request base URL for the (OpenAI-compatible) provider: allowed only to hosts
+   * on the operator's allowlist (GENSEARCH_GENERATION_ALLOWED_HOSTS). The operator's key
+   * is never sent there: only the caller's own `x-<provider>-api-key`, or no key.
+   *
+   * @generated from field: string base_url = 45;
+   */
+  baseUrl: string;
 };
 
 /**
@@ -297,6 +413,35 @@ export type StreamGenerateResponse = Message$1<"gensearch.generation.v1.StreamGe
    * @generated from field: string provider = 6;
    */
   provider: string;
+
+  /**
+   * Final message, with response_format: the answer parsed and validated.
+   *
+   * @generated from field: google.protobuf.Struct structured = 40;
+   */
+  structured?: JsonObject | undefined;
+
+  /**
+   * Final message: which (provider, model) answered (see GenerateResponse).
+   *
+   * @generated from field: int32 fallback_index = 41;
+   */
+  fallbackIndex: number;
+
+  /**
+   * Final message: as in GenerateResponse.
+   *
+   * @generated from field: bool corrected = 42;
+   */
+  corrected: boolean;
+
+  /**
+   * With response_format: the deltas sent so far did not match the schema; discard them,
+   * the deltas of a corrective retry follow. Carries no delta itself.
+   *
+   * @generated from field: bool restart = 43;
+   */
+  restart: boolean;
 };
 
 /**
@@ -305,6 +450,65 @@ export type StreamGenerateResponse = Message$1<"gensearch.generation.v1.StreamGe
  */
 export const StreamGenerateResponseSchema: GenMessage<StreamGenerateResponse> = /*@__PURE__*/
   messageDesc(file_gensearch_generation_v1_generation_service, 6);
+
+/**
+ * One (provider, model) of a fallback chain. Empty model: the provider's default.
+ *
+ * @generated from message gensearch.generation.v1.ModelChoice
+ */
+export type ModelChoice = Message$1<"gensearch.generation.v1.ModelChoice"> & {
+  /**
+   * @generated from field: string provider = 1;
+   */
+  provider: string;
+
+  /**
+   * @generated from field: string model = 2;
+   */
+  model: string;
+};
+
+/**
+ * Describes the message gensearch.generation.v1.ModelChoice.
+ * Use `create(ModelChoiceSchema)` to create a new message.
+ */
+export const ModelChoiceSchema: GenMessage<ModelChoice> = /*@__PURE__*/
+  messageDesc(file_gensearch_generation_v1_generation_service, 7);
+
+/**
+ * Ask for JSON output matching a schema (OpenAI's `response_format: json_schema`).
+ *
+ * @generated from message gensearch.generation.v1.ResponseFormat
+ */
+export type ResponseFormat = Message$1<"gensearch.generation.v1.ResponseFormat"> & {
+  /**
+   * A JSON Schema (draft 2020-12) for the answer; required. Its size and depth are bounded.
+   *
+   * @generated from field: google.protobuf.Struct json_schema = 1;
+   */
+  jsonSchema?: JsonObject | undefined;
+
+  /**
+   * Name sent upstream with the schema; default "response". [A-Za-z0-9_-]{1,64}.
+   *
+   * @generated from field: string name = 2;
+   */
+  name: string;
+
+  /**
+   * Ask the provider to enforce the schema strictly (OpenAI `strict`); unset: not sent.
+   *
+   * @generated from field: optional bool strict = 3;
+   */
+  strict?: boolean | undefined;
+};
+
+/**
+ * Describes the message gensearch.generation.v1.ResponseFormat.
+ * Use `create(ResponseFormatSchema)` to create a new message.
+ */
+export const ResponseFormatSchema: GenMessage<ResponseFormat> = /*@__PURE__*/
+  messageDesc(file_gensearch_generation_v1_generation_service, 8);
 
 /**
  * @generated from message gensearch.generation.v1.ListModelsRequest
@@ -317,7 +521,7 @@ export type ListModelsRequest = Message$1<"gensearch.generation.v1.ListModelsReq
  * Use `create(ListModelsRequestSchema)` to create a new message.
  */
 export const ListModelsRequestSchema: GenMessage<ListModelsRequest> = /*@__PURE__*/
-  messageDesc(file_gensearch_generation_v1_generation_service, 7);
+  messageDesc(file_gensearch_generation_v1_generation_service, 9);
 
 /**
  * @generated from message gensearch.generation.v1.Provider
@@ -375,6 +579,14 @@ export type Provider = Message$1<"gensearch.generation.v1.Provider"> & {
    * @generated from field: int32 context_window = 9;
    */
   contextWindow: number;
+
+  /**
+   * A model outside `models` is refused before any call (false: the endpoint adds models
+   * the list does not know, and the upstream decides).
+   *
+   * @generated from field: bool models_checked = 40;
+   */
+  modelsChecked: boolean;
 };
 
 /**
@@ -382,7 +594,7 @@ export type Provider = Message$1<"gensearch.generation.v1.Provider"> & {
  * Use `create(ProviderSchema)` to create a new message.
  */
 export const ProviderSchema: GenMessage<Provider> = /*@__PURE__*/
-  messageDesc(file_gensearch_generation_v1_generation_service, 8);
+  messageDesc(file_gensearch_generation_v1_generation_service, 10);
 
 /**
  * @generated from message gensearch.generation.v1.ListModelsResponse
@@ -397,6 +609,14 @@ export type ListModelsResponse = Message$1<"gensearch.generation.v1.ListModelsRe
    * @generated from field: string default_provider = 2;
    */
   defaultProvider: string;
+
+  /**
+   * The operator's allowlist for a request's base_url (GENSEARCH_GENERATION_ALLOWED_HOSTS),
+   * so the gateway can refuse a URL before fanning out; empty: no caller URL is allowed.
+   *
+   * @generated from field: string allowed_hosts = 40;
+   */
+  allowedHosts: string;
 };
 
 /**
@@ -404,7 +624,7 @@ export type ListModelsResponse = Message$1<"gensearch.generation.v1.ListModelsRe
  * Use `create(ListModelsResponseSchema)` to create a new message.
  */
 export const ListModelsResponseSchema: GenMessage<ListModelsResponse> = /*@__PURE__*/
-  messageDesc(file_gensearch_generation_v1_generation_service, 9);
+  messageDesc(file_gensearch_generation_v1_generation_service, 11);
 
 /**
  * @generated from enum gensearch.generation.v1.Role

@@ -4,15 +4,15 @@
 
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { Timestamp, Value } from "@bufbuild/protobuf/wkt";
-import { file_google_protobuf_struct, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { Duration, Timestamp, Value } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { JsonObject, Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file gensearch/retrieval/v1/retrieval_service.proto.
  */
 export const file_gensearch_retrieval_v1_retrieval_service: GenFile = /*@__PURE__*/
-  fileDesc("Ci5nZW5zZWFyY2gvcmV0cmlldmFsL3YxL3JldHJpZXZhbF9zZXJ2aWNlLnByb3RvEhZnZW5zZWFyY2gucmV0cmlldmFsLnYxImIKCFByb3BlcnR5EgwKBG5hbWUYASABKAkSMwoJZGF0YV90eXBlGAIgASgOMiAuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5EYXRhVHlwZRITCgtkZXNjcmlwdGlvbhgDIAEoCSLbAQoKVmVjdG9yaXplchI0CgRraW5kGAEgASgOMiYuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5WZWN0b3JpemVyS2luZBINCgVtb2RlbBgCIAEoCRIQCghiYXNlX3VybBgDIAEoCRITCgthcGlfa2V5X2VudhgEIAEoCRISCgpkaW1lbnNpb25zGAUgASgFEhkKEXNvdXJjZV9wcm9wZXJ0aWVzGAYgAygJEjIKCGRpc3RhbmNlGAcgASgOMiAuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5EaXN0YW5jZSLPAQoQR2VuZXJhdGl2ZUNvbmZpZxIQCghwcm92aWRlchgBIAEoCRINCgVtb2RlbBgCIAEoCRIYCgt0ZW1wZXJhdHVyZRgDIAEoAUgAiAEBEhcKCm1heF90b2tlbnMYBCABKAVIAYgBARIVCg1zeXN0ZW1fcHJvbXB0GAUgASgJEhkKEXVzZXJfaW5zdHJ1Y3Rpb25zGAYgASgJEhYKDmNvbnRleHRfZmllbGRzGAcgAygJQg4KDF90ZW1wZXJhdHVyZUINCgtfbWF4X3Rva2VucyK6AgoKQ29sbGVjdGlvbhIMCgRuYW1lGAEgASgJEhMKC2Rlc2NyaXB0aW9uGAIgASgJEjQKCnByb3BlcnRpZXMYAyADKAsyIC5nZW5zZWFyY2gucmV0cmlldmFsLnYxLlByb3BlcnR5EjYKCnZlY3Rvcml6ZXIYBCABKAsyIi5nZW5zZWFyY2gucmV0cmlldmFsLnYxLlZlY3Rvcml6ZXISGgoNa2V5d29yZF9pbmRleBgFIAEoCEgAiAEBEjwKCmdlbmVyYXRpdmUYBiABKAsyKC5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkdlbmVyYXRpdmVDb25maWcSLwoLY3JlYXRlX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQhAKDl9rZXl3b3JkX2luZGV4IlUKCkRhdGFPYmplY3QSCgoCaWQYASABKAkSKwoKcHJvcGVydGllcxgCIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSDgoGdmVjdG9yGAMgAygCIkgKC09iamVjdEVycm9yEg0KBWluZGV4GAEgASgDEgoKAmlkGAIgASgJEg0KBWZpZWxkGAMgASgJEg8KB21lc3NhZ2UYBCABKAkiUQoXQ3JlYXRlQ29sbGVjdGlvblJlcXVlc3QSNgoKY29sbGVjdGlvbhgBIAEoCzIiLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuQ29sbGVjdGlvbiJSChhDcmVhdGVDb2xsZWN0aW9uUmVzcG9uc2USNgoKY29sbGVjdGlvbhgBIAEoCzIiLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuQ29sbGVjdGlvbiIkChRHZXRDb2xsZWN0aW9uUmVxdWVzdBIMCgRuYW1lGAEgASgJImUKFUdldENvbGxlY3Rpb25SZXNwb25zZRI2Cgpjb2xsZWN0aW9uGAEgASgLMiIuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5Db2xsZWN0aW9uEhQKDG9iamVjdF9jb3VudBgCIAEoAyI/ChZMaXN0Q29sbGVjdGlvbnNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJImsKF0xpc3RDb2xsZWN0aW9uc1Jlc3BvbnNlEjcKC2NvbGxlY3Rpb25zGAEgAygLMiIuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5Db2xsZWN0aW9uEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSInChdEZWxldGVDb2xsZWN0aW9uUmVxdWVzdBIMCgRuYW1lGAEgASgJIhoKGERlbGV0ZUNvbGxlY3Rpb25SZXNwb25zZSJfChRVcHNlcnRPYmplY3RzUmVxdWVzdBISCgpjb2xsZWN0aW9uGAEgASgJEjMKB29iamVjdHMYAiADKAsyIi5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkRhdGFPYmplY3QiWQoVVXBzZXJ0T2JqZWN0c1Jlc3BvbnNlEgsKA2lkcxgBIAMoCRIzCgZlcnJvcnMYAiADKAsyIy5nZW5zZWFyY2gucmV0cmlldmFsLnYxLk9iamVjdEVycm9yIl8KFEltcG9ydE9iamVjdHNSZXF1ZXN0EhIKCmNvbGxlY3Rpb24YASABKAkSMwoHb2JqZWN0cxgCIAMoCzIiLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuRGF0YU9iamVjdCJ8ChVJbXBvcnRPYmplY3RzUmVzcG9uc2USFgoOcmVjZWl2ZWRfY291bnQYASABKAMSFgoOaW1wb3J0ZWRfY291bnQYAiABKAMSMwoGZXJyb3JzGAMgAygLMiMuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5PYmplY3RFcnJvciJKChBHZXRPYmplY3RSZXF1ZXN0EhIKCmNvbGxlY3Rpb24YASABKAkSCgoCaWQYAiABKAkSFgoOaW5jbHVkZV92ZWN0b3IYAyABKAgiRwoRR2V0T2JqZWN0UmVzcG9uc2USMgoGb2JqZWN0GAEgASgLMiIuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5EYXRhT2JqZWN0ImcKFERlbGV0ZU9iamVjdHNSZXF1ZXN0EhIKCmNvbGxlY3Rpb24YASABKAkSCwoDaWRzGAIgAygJEi4KBmZpbHRlchgDIAEoCzIeLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuRmlsdGVyIi4KFURlbGV0ZU9iamVjdHNSZXNwb25zZRIVCg1kZWxldGVkX2NvdW50GAEgASgDIlkKE0NvdW50T2JqZWN0c1JlcXVlc3QSEgoKY29sbGVjdGlvbhgBIAEoCRIuCgZmaWx0ZXIYAiABKAsyHi5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkZpbHRlciIlChRDb3VudE9iamVjdHNSZXNwb25zZRINCgVjb3VudBgBIAEoAyIYCghOZWFyVGV4dBIMCgR0ZXh0GAEgASgJIhwKCk5lYXJWZWN0b3ISDgoGdmVjdG9yGAEgAygCIhcKB0tleXdvcmQSDAoEdGV4dBgBIAEoCSJECgZIeWJyaWQSDAoEdGV4dBgBIAEoCRISCgVhbHBoYRgCIAEoAkgAiAEBEg4KBnZlY3RvchgDIAMoAkIICgZfYWxwaGEi8AEKBkZpbHRlchI2Cgljb25kaXRpb24YASABKAsyIS5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkNvbmRpdGlvbkgAEjUKBmFsbF9vZhgCIAEoCzIjLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuRmlsdGVyR3JvdXBIABI1CgZhbnlfb2YYAyABKAsyIy5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkZpbHRlckdyb3VwSAASNgoHbm9uZV9vZhgEIAEoCzIjLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuRmlsdGVyR3JvdXBIAEIICgZmaWx0ZXIiPgoLRmlsdGVyR3JvdXASLwoHZmlsdGVycxgBIAMoCzIeLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuRmlsdGVyIngKCUNvbmRpdGlvbhIQCghwcm9wZXJ0eRgBIAEoCRIyCghvcGVyYXRvchgCIAEoDjIgLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuT3BlcmF0b3ISJQoFdmFsdWUYAyABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUihgMKDVNlYXJjaFJlcXVlc3QSEgoKY29sbGVjdGlvbhgBIAEoCRI1CgluZWFyX3RleHQYAiABKAsyIC5nZW5zZWFyY2gucmV0cmlldmFsLnYxLk5lYXJUZXh0SAASOQoLbmVhcl92ZWN0b3IYAyABKAsyIi5nZW5zZWFyY2gucmV0cmlldmFsLnYxLk5lYXJWZWN0b3JIABIyCgdrZXl3b3JkGAQgASgLMh8uZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5LZXl3b3JkSAASMAoGaHlicmlkGAUgASgLMh4uZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5IeWJyaWRIABIuCgZmaWx0ZXIYBiABKAsyHi5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkZpbHRlchINCgVsaW1pdBgHIAEoBRIOCgZvZmZzZXQYCCABKAUSGQoRcmV0dXJuX3Byb3BlcnRpZXMYCSADKAkSFgoOaW5jbHVkZV92ZWN0b3IYCiABKAhCBwoFcXVlcnkiXQoDSGl0EgoKAmlkGAEgASgJEisKCnByb3BlcnRpZXMYAiABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0Eg0KBXNjb3JlGAMgASgCEg4KBnZlY3RvchgEIAMoAiJfCg5TZWFyY2hSZXNwb25zZRIpCgRoaXRzGAEgAygLMhsuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5IaXQSEAoIZW1iZWRfbXMYAiABKAESEAoIcXVlcnlfbXMYAyABKAEqpAEKCERhdGFUeXBlEhkKFURBVEFfVFlQRV9VTlNQRUNJRklFRBAAEhIKDkRBVEFfVFlQRV9URVhUEAESGAoUREFUQV9UWVBFX1RFWFRfQVJSQVkQAhIRCg1EQVRBX1RZUEVfSU5UEAMSFAoQREFUQV9UWVBFX05VTUJFUhAEEhIKDkRBVEFfVFlQRV9CT09MEAUSEgoOREFUQV9UWVBFX0RBVEUQBiqNAQoOVmVjdG9yaXplcktpbmQSHwobVkVDVE9SSVpFUl9LSU5EX1VOU1BFQ0lGSUVEEAASGAoUVkVDVE9SSVpFUl9LSU5EX05PTkUQARIZChVWRUNUT1JJWkVSX0tJTkRfTE9DQUwQAhIlCiFWRUNUT1JJWkVSX0tJTkRfT1BFTkFJX0NPTVBBVElCTEUQAypgCghEaXN0YW5jZRIYChRESVNUQU5DRV9VTlNQRUNJRklFRBAAEhMKD0RJU1RBTkNFX0NPU0lORRABEhAKDERJU1RBTkNFX0RPVBACEhMKD0RJU1RBTkNFX0VVQ0xJRBADKpECCghPcGVyYXRvchIYChRPUEVSQVRPUl9VTlNQRUNJRklFRBAAEhIKDk9QRVJBVE9SX0VRVUFMEAESFgoST1BFUkFUT1JfTk9UX0VRVUFMEAISFgoST1BFUkFUT1JfTEVTU19USEFOEAMSHAoYT1BFUkFUT1JfTEVTU19USEFOX0VRVUFMEAQSGQoVT1BFUkFUT1JfR1JFQVRFUl9USEFOEAUSHwobT1BFUkFUT1JfR1JFQVRFUl9USEFOX0VRVUFMEAYSGQoVT1BFUkFUT1JfQ09OVEFJTlNfQU5ZEAcSGQoVT1BFUkFUT1JfQ09OVEFJTlNfQUxMEAgSFwoTT1BFUkFUT1JfVEVYVF9NQVRDSBAJMtQIChBSZXRyaWV2YWxTZXJ2aWNlEnUKEENyZWF0ZUNvbGxlY3Rpb24SLy5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkNyZWF0ZUNvbGxlY3Rpb25SZXF1ZXN0GjAuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5DcmVhdGVDb2xsZWN0aW9uUmVzcG9uc2USbAoNR2V0Q29sbGVjdGlvbhIsLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuR2V0Q29sbGVjdGlvblJlcXVlc3QaLS5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkdldENvbGxlY3Rpb25SZXNwb25zZRJyCg9MaXN0Q29sbGVjdGlvbnMSLi5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkxpc3RDb2xsZWN0aW9uc1JlcXVlc3QaLy5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkxpc3RDb2xsZWN0aW9uc1Jlc3BvbnNlEnUKEERlbGV0ZUNvbGxlY3Rpb24SLy5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkRlbGV0ZUNvbGxlY3Rpb25SZXF1ZXN0GjAuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5EZWxldGVDb2xsZWN0aW9uUmVzcG9uc2USbAoNVXBzZXJ0T2JqZWN0cxIsLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuVXBzZXJ0T2JqZWN0c1JlcXVlc3QaLS5nZW5zZWFyY2gucmV0cmlldmFsLnYxLlVwc2VydE9iamVjdHNSZXNwb25zZRJuCg1JbXBvcnRPYmplY3RzEiwuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5JbXBvcnRPYmplY3RzUmVxdWVzdBotLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuSW1wb3J0T2JqZWN0c1Jlc3BvbnNlKAESYAoJR2V0T2JqZWN0EiguZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5HZXRPYmplY3RSZXF1ZXN0GikuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5HZXRPYmplY3RSZXNwb25zZRJsCg1EZWxldGVPYmplY3RzEiwuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5EZWxldGVPYmplY3RzUmVxdWVzdBotLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuRGVsZXRlT2JqZWN0c1Jlc3BvbnNlEmkKDENvdW50T2JqZWN0cxIrLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuQ291bnRPYmplY3RzUmVxdWVzdBosLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuQ291bnRPYmplY3RzUmVzcG9uc2USVwoGU2VhcmNoEiUuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5TZWFyY2hSZXF1ZXN0GiYuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5TZWFyY2hSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("Ci5nZW5zZWFyY2gvcmV0cmlldmFsL3YxL3JldHJpZXZhbF9zZXJ2aWNlLnByb3RvEhZnZW5zZWFyY2gucmV0cmlldmFsLnYxImIKCFByb3BlcnR5EgwKBG5hbWUYASABKAkSMwoJZGF0YV90eXBlGAIgASgOMiAuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5EYXRhVHlwZRITCgtkZXNjcmlwdGlvbhgDIAEoCSLbAQoKVmVjdG9yaXplchI0CgRraW5kGAEgASgOMiYuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5WZWN0b3JpemVyS2luZBINCgVtb2RlbBgCIAEoCRIQCghiYXNlX3VybBgDIAEoCRITCgthcGlfa2V5X2VudhgEIAEoCRISCgpkaW1lbnNpb25zGAUgASgFEhkKEXNvdXJjZV9wcm9wZXJ0aWVzGAYgAygJEjIKCGRpc3RhbmNlGAcgASgOMiAuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5EaXN0YW5jZSLAAgoQR2VuZXJhdGl2ZUNvbmZpZxIQCghwcm92aWRlchgBIAEoCRINCgVtb2RlbBgCIAEoCRIYCgt0ZW1wZXJhdHVyZRgDIAEoAUgAiAEBEhcKCm1heF90b2tlbnMYBCABKAVIAYgBARIVCg1zeXN0ZW1fcHJvbXB0GAUgASgJEhkKEXVzZXJfaW5zdHJ1Y3Rpb25zGAYgASgJEhYKDmNvbnRleHRfZmllbGRzGAcgAygJEjkKCGZhbGxiYWNrGCggAygLMicuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5HZW5lcmF0aXZlTW9kZWwSNAoFY2FjaGUYPCABKAsyJS5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkNhY2hlRGVmYXVsdHNCDgoMX3RlbXBlcmF0dXJlQg0KC19tYXhfdG9rZW5zIjIKD0dlbmVyYXRpdmVNb2RlbBIQCghwcm92aWRlchgBIAEoCRINCgVtb2RlbBgCIAEoCSKNAQoNQ2FjaGVEZWZhdWx0cxISCgpnZW5lcmF0aW9uGAEgASgIEhAKCHNlbWFudGljGAIgASgIEiYKA3R0bBgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIbCg5taW5fc2ltaWxhcml0eRgEIAEoAUgAiAEBQhEKD19taW5fc2ltaWxhcml0eSK6AgoKQ29sbGVjdGlvbhIMCgRuYW1lGAEgASgJEhMKC2Rlc2NyaXB0aW9uGAIgASgJEjQKCnByb3BlcnRpZXMYAyADKAsyIC5nZW5zZWFyY2gucmV0cmlldmFsLnYxLlByb3BlcnR5EjYKCnZlY3Rvcml6ZXIYBCABKAsyIi5nZW5zZWFyY2gucmV0cmlldmFsLnYxLlZlY3Rvcml6ZXISGgoNa2V5d29yZF9pbmRleBgFIAEoCEgAiAEBEjwKCmdlbmVyYXRpdmUYBiABKAsyKC5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkdlbmVyYXRpdmVDb25maWcSLwoLY3JlYXRlX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQhAKDl9rZXl3b3JkX2luZGV4IlUKCkRhdGFPYmplY3QSCgoCaWQYASABKAkSKwoKcHJvcGVydGllcxgCIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSDgoGdmVjdG9yGAMgAygCIkgKC09iamVjdEVycm9yEg0KBWluZGV4GAEgASgDEgoKAmlkGAIgASgJEg0KBWZpZWxkGAMgASgJEg8KB21lc3NhZ2UYBCABKAkiUQoXQ3JlYXRlQ29sbGVjdGlvblJlcXVlc3QSNgoKY29sbGVjdGlvbhgBIAEoCzIiLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuQ29sbGVjdGlvbiJSChhDcmVhdGVDb2xsZWN0aW9uUmVzcG9uc2USNgoKY29sbGVjdGlvbhgBIAEoCzIiLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuQ29sbGVjdGlvbiIkChRHZXRDb2xsZWN0aW9uUmVxdWVzdBIMCgRuYW1lGAEgASgJImUKFUdldENvbGxlY3Rpb25SZXNwb25zZRI2Cgpjb2xsZWN0aW9uGAEgASgLMiIuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5Db2xsZWN0aW9uEhQKDG9iamVjdF9jb3VudBgCIAEoAyI/ChZMaXN0Q29sbGVjdGlvbnNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJImsKF0xpc3RDb2xsZWN0aW9uc1Jlc3BvbnNlEjcKC2NvbGxlY3Rpb25zGAEgAygLMiIuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5Db2xsZWN0aW9uEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSInChdEZWxldGVDb2xsZWN0aW9uUmVxdWVzdBIMCgRuYW1lGAEgASgJIhoKGERlbGV0ZUNvbGxlY3Rpb25SZXNwb25zZSJfChRVcHNlcnRPYmplY3RzUmVxdWVzdBISCgpjb2xsZWN0aW9uGAEgASgJEjMKB29iamVjdHMYAiADKAsyIi5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkRhdGFPYmplY3QiWQoVVXBzZXJ0T2JqZWN0c1Jlc3BvbnNlEgsKA2lkcxgBIAMoCRIzCgZlcnJvcnMYAiADKAsyIy5nZW5zZWFyY2gucmV0cmlldmFsLnYxLk9iamVjdEVycm9yIl8KFEltcG9ydE9iamVjdHNSZXF1ZXN0EhIKCmNvbGxlY3Rpb24YASABKAkSMwoHb2JqZWN0cxgCIAMoCzIiLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuRGF0YU9iamVjdCJ8ChVJbXBvcnRPYmplY3RzUmVzcG9uc2USFgoOcmVjZWl2ZWRfY291bnQYASABKAMSFgoOaW1wb3J0ZWRfY291bnQYAiABKAMSMwoGZXJyb3JzGAMgAygLMiMuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5PYmplY3RFcnJvciJKChBHZXRPYmplY3RSZXF1ZXN0EhIKCmNvbGxlY3Rpb24YASABKAkSCgoCaWQYAiABKAkSFgoOaW5jbHVkZV92ZWN0b3IYAyABKAgiRwoRR2V0T2JqZWN0UmVzcG9uc2USMgoGb2JqZWN0GAEgASgLMiIuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5EYXRhT2JqZWN0ImcKFERlbGV0ZU9iamVjdHNSZXF1ZXN0EhIKCmNvbGxlY3Rpb24YASABKAkSCwoDaWRzGAIgAygJEi4KBmZpbHRlchgDIAEoCzIeLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuRmlsdGVyIi4KFURlbGV0ZU9iamVjdHNSZXNwb25zZRIVCg1kZWxldGVkX2NvdW50GAEgASgDIlkKE0NvdW50T2JqZWN0c1JlcXVlc3QSEgoKY29sbGVjdGlvbhgBIAEoCRIuCgZmaWx0ZXIYAiABKAsyHi5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkZpbHRlciIlChRDb3VudE9iamVjdHNSZXNwb25zZRINCgVjb3VudBgBIAEoAyIYCghOZWFyVGV4dBIMCgR0ZXh0GAEgASgJIhwKCk5lYXJWZWN0b3ISDgoGdmVjdG9yGAEgAygCIhcKB0tleXdvcmQSDAoEdGV4dBgBIAEoCSJECgZIeWJyaWQSDAoEdGV4dBgBIAEoCRISCgVhbHBoYRgCIAEoAkgAiAEBEg4KBnZlY3RvchgDIAMoAkIICgZfYWxwaGEi8AEKBkZpbHRlchI2Cgljb25kaXRpb24YASABKAsyIS5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkNvbmRpdGlvbkgAEjUKBmFsbF9vZhgCIAEoCzIjLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuRmlsdGVyR3JvdXBIABI1CgZhbnlfb2YYAyABKAsyIy5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkZpbHRlckdyb3VwSAASNgoHbm9uZV9vZhgEIAEoCzIjLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuRmlsdGVyR3JvdXBIAEIICgZmaWx0ZXIiPgoLRmlsdGVyR3JvdXASLwoHZmlsdGVycxgBIAMoCzIeLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuRmlsdGVyIngKCUNvbmRpdGlvbhIQCghwcm9wZXJ0eRgBIAEoCRIyCghvcGVyYXRvchgCIAEoDjIgLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuT3BlcmF0b3ISJQoFdmFsdWUYAyABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUihgMKDVNlYXJjaFJlcXVlc3QSEgoKY29sbGVjdGlvbhgBIAEoCRI1CgluZWFyX3RleHQYAiABKAsyIC5nZW5zZWFyY2gucmV0cmlldmFsLnYxLk5lYXJUZXh0SAASOQoLbmVhcl92ZWN0b3IYAyABKAsyIi5nZW5zZWFyY2gucmV0cmlldmFsLnYxLk5lYXJWZWN0b3JIABIyCgdrZXl3b3JkGAQgASgLMh8uZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5LZXl3b3JkSAASMAoGaHlicmlkGAUgASgLMh4uZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5IeWJyaWRIABIuCgZmaWx0ZXIYBiABKAsyHi5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkZpbHRlchINCgVsaW1pdBgHIAEoBRIOCgZvZmZzZXQYCCABKAUSGQoRcmV0dXJuX3Byb3BlcnRpZXMYCSADKAkSFgoOaW5jbHVkZV92ZWN0b3IYCiABKAhCBwoFcXVlcnkiXQoDSGl0EgoKAmlkGAEgASgJEisKCnByb3BlcnRpZXMYAiABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0Eg0KBXNjb3JlGAMgASgCEg4KBnZlY3RvchgEIAMoAiJfCg5TZWFyY2hSZXNwb25zZRIpCgRoaXRzGAEgAygLMhsuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5IaXQSEAoIZW1iZWRfbXMYAiABKAESEAoIcXVlcnlfbXMYAyABKAEibgoZTG9va3VwQ2FjaGVkQW5zd2VyUmVxdWVzdBISCgpjb2xsZWN0aW9uGAEgASgJEhAKCHF1ZXN0aW9uGAIgASgJEhYKDm1pbl9zaW1pbGFyaXR5GAMgASgBEhMKC2NvbnRleHRfa2V5GAQgASgJImEKGkxvb2t1cENhY2hlZEFuc3dlclJlc3BvbnNlEg0KBWZvdW5kGAEgASgIEg4KBmFuc3dlchgCIAEoDBIQCghxdWVzdGlvbhgDIAEoCRISCgpzaW1pbGFyaXR5GAQgASgBIo0BChhTdG9yZUNhY2hlZEFuc3dlclJlcXVlc3QSEgoKY29sbGVjdGlvbhgBIAEoCRIQCghxdWVzdGlvbhgCIAEoCRIOCgZhbnN3ZXIYAyABKAwSJgoDdHRsGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhMKC2NvbnRleHRfa2V5GAUgASgJIhsKGVN0b3JlQ2FjaGVkQW5zd2VyUmVzcG9uc2UqpAEKCERhdGFUeXBlEhkKFURBVEFfVFlQRV9VTlNQRUNJRklFRBAAEhIKDkRBVEFfVFlQRV9URVhUEAESGAoUREFUQV9UWVBFX1RFWFRfQVJSQVkQAhIRCg1EQVRBX1RZUEVfSU5UEAMSFAoQREFUQV9UWVBFX05VTUJFUhAEEhIKDkRBVEFfVFlQRV9CT09MEAUSEgoOREFUQV9UWVBFX0RBVEUQBiqNAQoOVmVjdG9yaXplcktpbmQSHwobVkVDVE9SSVpFUl9LSU5EX1VOU1BFQ0lGSUVEEAASGAoUVkVDVE9SSVpFUl9LSU5EX05PTkUQARIZChVWRUNUT1JJWkVSX0tJTkRfTE9DQUwQAhIlCiFWRUNUT1JJWkVSX0tJTkRfT1BFTkFJX0NPTVBBVElCTEUQAypgCghEaXN0YW5jZRIYChRESVNUQU5DRV9VTlNQRUNJRklFRBAAEhMKD0RJU1RBTkNFX0NPU0lORRABEhAKDERJU1RBTkNFX0RPVBACEhMKD0RJU1RBTkNFX0VVQ0xJRBADKpECCghPcGVyYXRvchIYChRPUEVSQVRPUl9VTlNQRUNJRklFRBAAEhIKDk9QRVJBVE9SX0VRVUFMEAESFgoST1BFUkFUT1JfTk9UX0VRVUFMEAISFgoST1BFUkFUT1JfTEVTU19USEFOEAMSHAoYT1BFUkFUT1JfTEVTU19USEFOX0VRVUFMEAQSGQoVT1BFUkFUT1JfR1JFQVRFUl9USEFOEAUSHwobT1BFUkFUT1JfR1JFQVRFUl9USEFOX0VRVUFMEAYSGQoVT1BFUkFUT1JfQ09OVEFJTlNfQU5ZEAcSGQoVT1BFUkFUT1JfQ09OVEFJTlNfQUxMEAgSFwoTT1BFUkFUT1JfVEVYVF9NQVRDSBAJMssKChBSZXRyaWV2YWxTZXJ2aWNlEnUKEENyZWF0ZUNvbGxlY3Rpb24SLy5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkNyZWF0ZUNvbGxlY3Rpb25SZXF1ZXN0GjAuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5DcmVhdGVDb2xsZWN0aW9uUmVzcG9uc2USbAoNR2V0Q29sbGVjdGlvbhIsLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuR2V0Q29sbGVjdGlvblJlcXVlc3QaLS5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkdldENvbGxlY3Rpb25SZXNwb25zZRJyCg9MaXN0Q29sbGVjdGlvbnMSLi5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkxpc3RDb2xsZWN0aW9uc1JlcXVlc3QaLy5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkxpc3RDb2xsZWN0aW9uc1Jlc3BvbnNlEnUKEERlbGV0ZUNvbGxlY3Rpb24SLy5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkRlbGV0ZUNvbGxlY3Rpb25SZXF1ZXN0GjAuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5EZWxldGVDb2xsZWN0aW9uUmVzcG9uc2USbAoNVXBzZXJ0T2JqZWN0cxIsLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuVXBzZXJ0T2JqZWN0c1JlcXVlc3QaLS5nZW5zZWFyY2gucmV0cmlldmFsLnYxLlVwc2VydE9iamVjdHNSZXNwb25zZRJuCg1JbXBvcnRPYmplY3RzEiwuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5JbXBvcnRPYmplY3RzUmVxdWVzdBotLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuSW1wb3J0T2JqZWN0c1Jlc3BvbnNlKAESYAoJR2V0T2JqZWN0EiguZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5HZXRPYmplY3RSZXF1ZXN0GikuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5HZXRPYmplY3RSZXNwb25zZRJsCg1EZWxldGVPYmplY3RzEiwuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5EZWxldGVPYmplY3RzUmVxdWVzdBotLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuRGVsZXRlT2JqZWN0c1Jlc3BvbnNlEmkKDENvdW50T2JqZWN0cxIrLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuQ291bnRPYmplY3RzUmVxdWVzdBosLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuQ291bnRPYmplY3RzUmVzcG9uc2USVwoGU2VhcmNoEiUuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5TZWFyY2hSZXF1ZXN0GiYuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5TZWFyY2hSZXNwb25zZRJ7ChJMb29rdXBDYWNoZWRBbnN3ZXISMS5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkxvb2t1cENhY2hlZEFuc3dlclJlcXVlc3QaMi5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkxvb2t1cENhY2hlZEFuc3dlclJlc3BvbnNlEngKEVN0b3JlQ2FjaGVkQW5zd2VyEjAuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5TdG9yZUNhY2hlZEFuc3dlclJlcXVlc3QaMS5nZW5zZWFyY2gucmV0cmlldmFsLnYxLlN0b3JlQ2FjaGVkQW5zd2VyUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * @generated from message gensearch.retrieval.v1.Property
@@ -146,6 +146,21 @@ export type GenerativeConfig = Message<"gensearch.retrieval.v1.GenerativeConfig"
    * @generated from field: repeated string context_fields = 7;
    */
   contextFields: string[];
+
+  /**
+   * Fallback chain for generation over this collection: tried in order when a call fails
+   * with a 5xx, a timeout or retries exhausted. A request's own chain wins.
+   *
+   * @generated from field: repeated gensearch.retrieval.v1.GenerativeModel fallback = 40;
+   */
+  fallback: GenerativeModel[];
+
+  /**
+   * Cache defaults for requests that leave their cache mode unspecified.
+   *
+   * @generated from field: gensearch.retrieval.v1.CacheDefaults cache = 60;
+   */
+  cache?: CacheDefaults | undefined;
 };
 
 /**
@@ -154,6 +169,72 @@ export type GenerativeConfig = Message<"gensearch.retrieval.v1.GenerativeConfig"
  */
 export const GenerativeConfigSchema: GenMessage<GenerativeConfig> = /*@__PURE__*/
   messageDesc(file_gensearch_retrieval_v1_retrieval_service, 2);
+
+/**
+ * One (provider, model) of a fallback chain; empty model: the provider's default.
+ *
+ * @generated from message gensearch.retrieval.v1.GenerativeModel
+ */
+export type GenerativeModel = Message<"gensearch.retrieval.v1.GenerativeModel"> & {
+  /**
+   * @generated from field: string provider = 1;
+   */
+  provider: string;
+
+  /**
+   * @generated from field: string model = 2;
+   */
+  model: string;
+};
+
+/**
+ * Describes the message gensearch.retrieval.v1.GenerativeModel.
+ * Use `create(GenerativeModelSchema)` to create a new message.
+ */
+export const GenerativeModelSchema: GenMessage<GenerativeModel> = /*@__PURE__*/
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 3);
+
+/**
+ * A collection's defaults for the gateway's answer caches.
+ *
+ * @generated from message gensearch.retrieval.v1.CacheDefaults
+ */
+export type CacheDefaults = Message<"gensearch.retrieval.v1.CacheDefaults"> & {
+  /**
+   * Generative search and GenerateOnObjects use the exact generation cache.
+   *
+   * @generated from field: bool generation = 1;
+   */
+  generation: boolean;
+
+  /**
+   * Ask (without history) uses the semantic answer cache.
+   *
+   * @generated from field: bool semantic = 2;
+   */
+  semantic: boolean;
+
+  /**
+   * Lifetime of a stored answer; unset: the gateway's default.
+   *
+   * @generated from field: google.protobuf.Duration ttl = 3;
+   */
+  ttl?: Duration | undefined;
+
+  /**
+   * Semantic cache threshold (cosine), in [0.5, 1]; unset: the gateway's default.
+   *
+   * @generated from field: optional double min_similarity = 4;
+   */
+  minSimilarity?: number | undefined;
+};
+
+/**
+ * Describes the message gensearch.retrieval.v1.CacheDefaults.
+ * Use `create(CacheDefaultsSchema)` to create a new message.
+ */
+export const CacheDefaultsSchema: GenMessage<CacheDefaults> = /*@__PURE__*/
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 4);
 
 /**
  * @generated from message gensearch.retrieval.v1.Collection
@@ -206,7 +287,7 @@ export type Collection = Message<"gensearch.retrieval.v1.Collection"> & {
  * Use `create(CollectionSchema)` to create a new message.
  */
 export const CollectionSchema: GenMessage<Collection> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 3);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 5);
 
 /**
  * A stored object.
@@ -241,7 +322,7 @@ export type DataObject = Message<"gensearch.retrieval.v1.DataObject"> & {
  * Use `create(DataObjectSchema)` to create a new message.
  */
 export const DataObjectSchema: GenMessage<DataObject> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 4);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 6);
 
 /**
  * Why one object of a batch was not written.
@@ -281,7 +362,7 @@ export type ObjectError = Message<"gensearch.retrieval.v1.ObjectError"> & {
  * Use `create(ObjectErrorSchema)` to create a new message.
  */
 export const ObjectErrorSchema: GenMessage<ObjectError> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 5);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 7);
 
 /**
  * @generated from message gensearch.retrieval.v1.CreateCollectionRequest
@@ -298,7 +379,7 @@ export type CreateCollectionRequest = Message<"gensearch.retrieval.v1.CreateColl
  * Use `create(CreateCollectionRequestSchema)` to create a new message.
  */
 export const CreateCollectionRequestSchema: GenMessage<CreateCollectionRequest> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 6);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 8);
 
 /**
  * @generated from message gensearch.retrieval.v1.CreateCollectionResponse
@@ -315,7 +396,7 @@ export type CreateCollectionResponse = Message<"gensearch.retrieval.v1.CreateCol
  * Use `create(CreateCollectionResponseSchema)` to create a new message.
  */
 export const CreateCollectionResponseSchema: GenMessage<CreateCollectionResponse> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 7);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 9);
 
 /**
  * @generated from message gensearch.retrieval.v1.GetCollectionRequest
@@ -332,7 +413,7 @@ export type GetCollectionRequest = Message<"gensearch.retrieval.v1.GetCollection
  * Use `create(GetCollectionRequestSchema)` to create a new message.
  */
 export const GetCollectionRequestSchema: GenMessage<GetCollectionRequest> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 8);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 10);
 
 /**
  * @generated from message gensearch.retrieval.v1.GetCollectionResponse
@@ -356,7 +437,7 @@ export type GetCollectionResponse = Message<"gensearch.retrieval.v1.GetCollectio
  * Use `create(GetCollectionResponseSchema)` to create a new message.
  */
 export const GetCollectionResponseSchema: GenMessage<GetCollectionResponse> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 9);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 11);
 
 /**
  * @generated from message gensearch.retrieval.v1.ListCollectionsRequest
@@ -380,7 +461,7 @@ export type ListCollectionsRequest = Message<"gensearch.retrieval.v1.ListCollect
  * Use `create(ListCollectionsRequestSchema)` to create a new message.
  */
 export const ListCollectionsRequestSchema: GenMessage<ListCollectionsRequest> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 10);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 12);
 
 /**
  * @generated from message gensearch.retrieval.v1.ListCollectionsResponse
@@ -402,7 +483,7 @@ export type ListCollectionsResponse = Message<"gensearch.retrieval.v1.ListCollec
  * Use `create(ListCollectionsResponseSchema)` to create a new message.
  */
 export const ListCollectionsResponseSchema: GenMessage<ListCollectionsResponse> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 11);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 13);
 
 /**
  * @generated from message gensearch.retrieval.v1.DeleteCollectionRequest
@@ -419,7 +500,7 @@ export type DeleteCollectionRequest = Message<"gensearch.retrieval.v1.DeleteColl
  * Use `create(DeleteCollectionRequestSchema)` to create a new message.
  */
 export const DeleteCollectionRequestSchema: GenMessage<DeleteCollectionRequest> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 12);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 14);
 
 /**
  * @generated from message gensearch.retrieval.v1.DeleteCollectionResponse
@@ -432,7 +513,7 @@ export type DeleteCollectionResponse = Message<"gensearch.retrieval.v1.DeleteCol
  * Use `create(DeleteCollectionResponseSchema)` to create a new message.
  */
 export const DeleteCollectionResponseSchema: GenMessage<DeleteCollectionResponse> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 13);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 15);
 
 /**
  * @generated from message gensearch.retrieval.v1.UpsertObjectsRequest
@@ -454,7 +535,7 @@ export type UpsertObjectsRequest = Message<"gensearch.retrieval.v1.UpsertObjects
  * Use `create(UpsertObjectsRequestSchema)` to create a new message.
  */
 export const UpsertObjectsRequestSchema: GenMessage<UpsertObjectsRequest> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 14);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 16);
 
 /**
  * @generated from message gensearch.retrieval.v1.UpsertObjectsResponse
@@ -478,7 +559,7 @@ export type UpsertObjectsResponse = Message<"gensearch.retrieval.v1.UpsertObject
  * Use `create(UpsertObjectsResponseSchema)` to create a new message.
  */
 export const UpsertObjectsResponseSchema: GenMessage<UpsertObjectsResponse> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 15);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 17);
 
 /**
  * @generated from message gensearch.retrieval.v1.ImportObjectsRequest
@@ -502,7 +583,7 @@ export type ImportObjectsRequest = Message<"gensearch.retrieval.v1.ImportObjects
  * Use `create(ImportObjectsRequestSchema)` to create a new message.
  */
 export const ImportObjectsRequestSchema: GenMessage<ImportObjectsRequest> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 16);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 18);
 
 /**
  * @generated from message gensearch.retrieval.v1.ImportObjectsResponse
@@ -529,7 +610,7 @@ export type ImportObjectsResponse = Message<"gensearch.retrieval.v1.ImportObject
  * Use `create(ImportObjectsResponseSchema)` to create a new message.
  */
 export const ImportObjectsResponseSchema: GenMessage<ImportObjectsResponse> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 17);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 19);
 
 /**
  * @generated from message gensearch.retrieval.v1.GetObjectRequest
@@ -556,7 +637,7 @@ export type GetObjectRequest = Message<"gensearch.retrieval.v1.GetObjectRequest"
  * Use `create(GetObjectRequestSchema)` to create a new message.
  */
 export const GetObjectRequestSchema: GenMessage<GetObjectRequest> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 18);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 20);
 
 /**
  * @generated from message gensearch.retrieval.v1.GetObjectResponse
@@ -573,7 +654,7 @@ export type GetObjectResponse = Message<"gensearch.retrieval.v1.GetObjectRespons
  * Use `create(GetObjectResponseSchema)` to create a new message.
  */
 export const GetObjectResponseSchema: GenMessage<GetObjectResponse> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 19);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 21);
 
 /**
  * @generated from message gensearch.retrieval.v1.DeleteObjectsRequest
@@ -602,7 +683,7 @@ export type DeleteObjectsRequest = Message<"gensearch.retrieval.v1.DeleteObjects
  * Use `create(DeleteObjectsRequestSchema)` to create a new message.
  */
 export const DeleteObjectsRequestSchema: GenMessage<DeleteObjectsRequest> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 20);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 22);
 
 /**
  * @generated from message gensearch.retrieval.v1.DeleteObjectsResponse
@@ -619,7 +700,7 @@ export type DeleteObjectsResponse = Message<"gensearch.retrieval.v1.DeleteObject
  * Use `create(DeleteObjectsResponseSchema)` to create a new message.
  */
 export const DeleteObjectsResponseSchema: GenMessage<DeleteObjectsResponse> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 21);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 23);
 
 /**
  * @generated from message gensearch.retrieval.v1.CountObjectsRequest
@@ -643,7 +724,7 @@ export type CountObjectsRequest = Message<"gensearch.retrieval.v1.CountObjectsRe
  * Use `create(CountObjectsRequestSchema)` to create a new message.
  */
 export const CountObjectsRequestSchema: GenMessage<CountObjectsRequest> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 22);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 24);
 
 /**
  * @generated from message gensearch.retrieval.v1.CountObjectsResponse
@@ -660,7 +741,7 @@ export type CountObjectsResponse = Message<"gensearch.retrieval.v1.CountObjectsR
  * Use `create(CountObjectsResponseSchema)` to create a new message.
  */
 export const CountObjectsResponseSchema: GenMessage<CountObjectsResponse> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 23);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 25);
 
 /**
  * Dense search by the embedding of a text.
@@ -679,7 +760,7 @@ export type NearText = Message<"gensearch.retrieval.v1.NearText"> & {
  * Use `create(NearTextSchema)` to create a new message.
  */
 export const NearTextSchema: GenMessage<NearText> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 24);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 26);
 
 /**
  * Dense search by a caller-supplied vector.
@@ -698,7 +779,7 @@ export type NearVector = Message<"gensearch.retrieval.v1.NearVector"> & {
  * Use `create(NearVectorSchema)` to create a new message.
  */
 export const NearVectorSchema: GenMessage<NearVector> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 25);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 27);
 
 /**
  * BM25 keyword search.
@@ -717,7 +798,7 @@ export type Keyword = Message<"gensearch.retrieval.v1.Keyword"> & {
  * Use `create(KeywordSchema)` to create a new message.
  */
 export const KeywordSchema: GenMessage<Keyword> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 26);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 28);
 
 /**
  * Dense and BM25 results fused with (weighted) reciprocal rank fusion.
@@ -750,7 +831,7 @@ export type Hybrid = Message<"gensearch.retrieval.v1.Hybrid"> & {
  * Use `create(HybridSchema)` to create a new message.
  */
 export const HybridSchema: GenMessage<Hybrid> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 27);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 29);
 
 /**
  * A boolean tree of conditions on properties.
@@ -799,7 +880,7 @@ export type Filter = Message<"gensearch.retrieval.v1.Filter"> & {
  * Use `create(FilterSchema)` to create a new message.
  */
 export const FilterSchema: GenMessage<Filter> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 28);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 30);
 
 /**
  * @generated from message gensearch.retrieval.v1.FilterGroup
@@ -816,7 +897,7 @@ export type FilterGroup = Message<"gensearch.retrieval.v1.FilterGroup"> & {
  * Use `create(FilterGroupSchema)` to create a new message.
  */
 export const FilterGroupSchema: GenMessage<FilterGroup> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 29);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 31);
 
 /**
  * @generated from message gensearch.retrieval.v1.Condition
@@ -845,7 +926,7 @@ export type Condition = Message<"gensearch.retrieval.v1.Condition"> & {
  * Use `create(ConditionSchema)` to create a new message.
  */
 export const ConditionSchema: GenMessage<Condition> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 30);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 32);
 
 /**
  * @generated from message gensearch.retrieval.v1.SearchRequest
@@ -922,7 +1003,7 @@ export type SearchRequest = Message<"gensearch.retrieval.v1.SearchRequest"> & {
  * Use `create(SearchRequestSchema)` to create a new message.
  */
 export const SearchRequestSchema: GenMessage<SearchRequest> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 31);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 33);
 
 /**
  * @generated from message gensearch.retrieval.v1.Hit
@@ -956,7 +1037,7 @@ export type Hit = Message<"gensearch.retrieval.v1.Hit"> & {
  * Use `create(HitSchema)` to create a new message.
  */
 export const HitSchema: GenMessage<Hit> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 32);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 34);
 
 /**
  * @generated from message gensearch.retrieval.v1.SearchResponse
@@ -987,7 +1068,136 @@ export type SearchResponse = Message<"gensearch.retrieval.v1.SearchResponse"> & 
  * Use `create(SearchResponseSchema)` to create a new message.
  */
 export const SearchResponseSchema: GenMessage<SearchResponse> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 33);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 35);
+
+/**
+ * @generated from message gensearch.retrieval.v1.LookupCachedAnswerRequest
+ */
+export type LookupCachedAnswerRequest = Message<"gensearch.retrieval.v1.LookupCachedAnswerRequest"> & {
+  /**
+   * @generated from field: string collection = 1;
+   */
+  collection: string;
+
+  /**
+   * @generated from field: string question = 2;
+   */
+  question: string;
+
+  /**
+   * Cosine similarity a stored question needs, in [0.5, 1].
+   *
+   * @generated from field: double min_similarity = 3;
+   */
+  minSimilarity: number;
+
+  /**
+   * Only entries stored with this same key match: the caller's digest of everything
+   * besides the question that decides the answer (model, prompts, filters...).
+   *
+   * @generated from field: string context_key = 4;
+   */
+  contextKey: string;
+};
+
+/**
+ * Describes the message gensearch.retrieval.v1.LookupCachedAnswerRequest.
+ * Use `create(LookupCachedAnswerRequestSchema)` to create a new message.
+ */
+export const LookupCachedAnswerRequestSchema: GenMessage<LookupCachedAnswerRequest> = /*@__PURE__*/
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 36);
+
+/**
+ * @generated from message gensearch.retrieval.v1.LookupCachedAnswerResponse
+ */
+export type LookupCachedAnswerResponse = Message<"gensearch.retrieval.v1.LookupCachedAnswerResponse"> & {
+  /**
+   * False: nothing near enough (or nothing alive) was stored.
+   *
+   * @generated from field: bool found = 1;
+   */
+  found: boolean;
+
+  /**
+   * The stored answer, opaque to this service (the gateway stores an AskResponse).
+   *
+   * @generated from field: bytes answer = 2;
+   */
+  answer: Uint8Array;
+
+  /**
+   * @generated from field: string question = 3;
+   */
+  question: string;
+
+  /**
+   * @generated from field: double similarity = 4;
+   */
+  similarity: number;
+};
+
+/**
+ * Describes the message gensearch.retrieval.v1.LookupCachedAnswerResponse.
+ * Use `create(LookupCachedAnswerResponseSchema)` to create a new message.
+ */
+export const LookupCachedAnswerResponseSchema: GenMessage<LookupCachedAnswerResponse> = /*@__PURE__*/
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 37);
+
+/**
+ * @generated from message gensearch.retrieval.v1.StoreCachedAnswerRequest
+ */
+export type StoreCachedAnswerRequest = Message<"gensearch.retrieval.v1.StoreCachedAnswerRequest"> & {
+  /**
+   * @generated from field: string collection = 1;
+   */
+  collection: string;
+
+  /**
+   * @generated from field: string question = 2;
+   */
+  question: string;
+
+  /**
+   * Opaque to this service; at most max_cached_answer_bytes.
+   *
+   * @generated from field: bytes answer = 3;
+   */
+  answer: Uint8Array;
+
+  /**
+   * Lifetime; required, at most the service's max_cached_answer_ttl.
+   *
+   * @generated from field: google.protobuf.Duration ttl = 4;
+   */
+  ttl?: Duration | undefined;
+
+  /**
+   * See LookupCachedAnswerRequest.context_key.
+   *
+   * @generated from field: string context_key = 5;
+   */
+  contextKey: string;
+};
+
+/**
+ * Describes the message gensearch.retrieval.v1.StoreCachedAnswerRequest.
+ * Use `create(StoreCachedAnswerRequestSchema)` to create a new message.
+ */
+export const StoreCachedAnswerRequestSchema: GenMessage<StoreCachedAnswerRequest> = /*@__PURE__*/
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 38);
+
+/**
+ * @generated from message gensearch.retrieval.v1.StoreCachedAnswerResponse
+ */
+export type StoreCachedAnswerResponse = Message<"gensearch.retrieval.v1.StoreCachedAnswerResponse"> & {
+};
+
+/**
+ * Describes the message gensearch.retrieval.v1.StoreCachedAnswerResponse.
+ * Use `create(StoreCachedAnswerResponseSchema)` to create a new message.
+ */
+export const StoreCachedAnswerResponseSchema: GenMessage<StoreCachedAnswerResponse> = /*@__PURE__*/
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 39);
 
 /**
  * The type of a collection property.
@@ -1273,6 +1483,26 @@ export const RetrievalService: GenService<{
     methodKind: "unary";
     input: typeof SearchRequestSchema;
     output: typeof SearchResponseSchema;
+  },
+  /**
+   * The semantic answer cache (used by the gateway's Ask): the stored answer whose
+   * question is nearest in meaning to this one, if near enough. Entries live in a hidden
+   * engine collection per (tenant, collection), dropped with the collection.
+   *
+   * @generated from rpc gensearch.retrieval.v1.RetrievalService.LookupCachedAnswer
+   */
+  lookupCachedAnswer: {
+    methodKind: "unary";
+    input: typeof LookupCachedAnswerRequestSchema;
+    output: typeof LookupCachedAnswerResponseSchema;
+  },
+  /**
+   * @generated from rpc gensearch.retrieval.v1.RetrievalService.StoreCachedAnswer
+   */
+  storeCachedAnswer: {
+    methodKind: "unary";
+    input: typeof StoreCachedAnswerRequestSchema;
+    output: typeof StoreCachedAnswerResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_gensearch_retrieval_v1_retrieval_service, 0);
