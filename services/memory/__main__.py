@@ -20,6 +20,8 @@ from services.common.redis_client import connect
 from services.common.server import GrpcServer, run_until_signal
 from services.common.settings import warn_unknown_variables
 from services.devlaunch.redis_server import RedisProcess, start_embedded
+from services.memory.indexer import Indexer
+from services.memory.search_index import make_index
 from services.memory.servicer import MemoryServicer
 from services.memory.settings import MemorySettings
 from services.memory.store import MemoryStore
@@ -56,23 +58,50 @@ async def build_server(settings: MemorySettings, *, port: int | None = None) -> 
         await store.load_scripts()
     except Unavailable as err:  # Redis down at start: served UNAVAILABLE until it is back
         log.warning("memory store unavailable at start: %s", err)
+    indexer = _indexer(settings, store)
     server.add_service(
-        pb_grpc.add_MemoryServiceServicer_to_server, MemoryServicer(store, settings), SERVICE_NAME
+        pb_grpc.add_MemoryServiceServicer_to_server,
+        MemoryServicer(store, settings, indexer),
+        SERVICE_NAME,
     )
     if embedded is not None:
         # on_stop callbacks run in reverse: the client closes first, then Redis flushes its
         # append-only file and exits.
         server.on_stop(embedded.stop)
     server.on_stop(store.close)
+    if indexer is not None:
+        # Runs before store.close (reverse order): index jobs under way still reach Redis.
+        server.on_stop(indexer.close)
     log.info(
         "memory store",
         extra={
             "embedded": embedded is not None,
             "cluster": settings.redis_cluster,
             "key_prefix": settings.key_prefix,
+            "search_index": settings.search_index,
         },
     )
     return server
+
+
+def _indexer(settings: MemorySettings, store: MemoryStore) -> Indexer | None:
+    """SearchInteractions' index when search_index is on; its retry loop started."""
+    api_key = settings.search_qdrant_api_key.get_secret_value()
+    register_secret(api_key or None)
+    index = make_index(
+        mode=settings.search_index,
+        data_dir=settings.data_dir,
+        qdrant_url=settings.search_qdrant_url,
+        qdrant_api_key=api_key,
+        collection=f"{settings.search_collection}",
+        model_path=settings.search_model_path,
+        embed_threads=settings.search_embed_threads,
+    )
+    if index is None:
+        return None
+    indexer = Indexer(store, index, settings.search_retry_seconds)
+    indexer.start()
+    return indexer
 
 
 def main() -> None:

@@ -1,0 +1,166 @@
+"""Keeping the search index in step with Redis, and searching it.
+
+Redis is the truth; the index (``search_index.py``) is derived from it and may lag:
+
+- Writes to the index run *after* the Redis write, in background tasks: they never delay a
+  turn nor fail it. A job that fails (index unreachable, model error) is put in an outbox
+  in Redis (``store.outbox_*``) and retried every ``search_retry_seconds`` by every
+  replica until it succeeds; a retried "index" job reads the interaction from Redis again,
+  so one deleted meanwhile is not brought back.
+- Every hit is re-read from Redis before it is returned, as the caller: a turn deleted or
+  expired (retention) but still in the index, or one indexed after its conversation was
+  deleted, is never returned, and its entries are removed from the index on the way.
+
+A replica killed between the Redis write and the index write loses that index job (the
+turn itself is stored); such a turn is not found by search. docs/memory.md says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from typing import Any
+
+from gensearch.memory.v1 import memory_service_pb2 as pb
+
+from services.common.errors import ServiceError
+from services.memory.search_index import InteractionIndex
+from services.memory.store import MemoryStore, Owner
+
+log = logging.getLogger("gensearch.memory.indexer")
+
+_INDEX = "index"
+_DROP_INTERACTION = "drop-interaction"
+_DROP_CONVERSATION = "drop-conversation"
+_DRAIN_BATCH = 100
+# How many candidates to rank per result asked for: room for stale entries the Redis check
+# drops.
+_CANDIDATES_PER_HIT = 2
+
+
+class Indexer:
+    def __init__(self, store: MemoryStore, index: InteractionIndex, retry_seconds: float):
+        self._store = store
+        self._index = index
+        self._retry = retry_seconds
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._drainer: asyncio.Task[None] | None = None
+
+    @property
+    def index(self) -> InteractionIndex:
+        return self._index
+
+    def start(self) -> None:
+        self._drainer = asyncio.get_running_loop().create_task(self._drain_forever())
+
+    async def close(self) -> None:
+        if self._drainer is not None:
+            self._drainer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._drainer
+        # Jobs under way finish (they are short); what fails waits in the outbox.
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=5.0)
+        await self._index.close()
+
+    async def idle(self) -> None:
+        """Waits for the jobs started so far (tests, shutdown)."""
+        while self._tasks:
+            await asyncio.wait(set(self._tasks))
+
+    # -- jobs ---------------------------------------------------------------------------
+    def stored(self, owner: Owner, interaction: pb.Interaction) -> None:
+        self._spawn([_INDEX, owner.tenant, owner.user, interaction.interaction_id], interaction)
+
+    def conversation_deleted(self, owner: Owner, cid: str) -> None:
+        self._spawn([_DROP_CONVERSATION, owner.tenant, owner.user, cid])
+
+    def interaction_deleted(self, owner: Owner, iid: str) -> None:
+        self._spawn([_DROP_INTERACTION, owner.tenant, owner.user, iid])
+
+    def _spawn(self, job: list[str], interaction: pb.Interaction | None = None) -> None:
+        task = asyncio.get_running_loop().create_task(self._run(job, interaction))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, job: list[str], interaction: pb.Interaction | None) -> None:
+        try:
+            await self._apply(job, interaction)
+        except Exception as err:
+            log.warning(
+                "search index update failed; queued for retry",
+                extra={"job": job[0], "error": _describe(err)},
+            )
+            due = time.time_ns() // 1_000_000 + int(self._retry * 1000)
+            try:
+                await self._store.outbox_add(json.dumps(job), due)
+            except ServiceError as outbox_err:
+                log.error(
+                    "search index job lost: neither the index nor Redis took it",
+                    extra={"job": job[0], "error": _describe(outbox_err)},
+                )
+
+    async def _apply(self, job: list[str], interaction: pb.Interaction | None) -> None:
+        op, tenant, user, ident = job
+        owner = Owner(tenant, user)
+        if op == _INDEX:
+            if interaction is None:
+                # A retry: what Redis holds now (nothing if the turn is gone).
+                found = (await self._store.get_interactions(owner, [ident]))[0]
+                if found is None:
+                    return
+                interaction = found
+            await self._index.add(owner, interaction)
+        elif op == _DROP_INTERACTION:
+            await self._index.remove_interaction(owner, ident)
+        elif op == _DROP_CONVERSATION:
+            await self._index.remove_conversation(owner, ident)
+
+    async def drain(self) -> int:
+        """Tries the outbox's due jobs once; how many succeeded."""
+        done = 0
+        now = time.time_ns() // 1_000_000
+        for member in await self._store.outbox_due(now, _DRAIN_BATCH):
+            try:
+                job = json.loads(member)
+                await self._apply(job, None)
+            except (ValueError, TypeError) as err:  # not ours: drop it
+                log.error("bad outbox entry dropped", extra={"error": _describe(err)})
+            except Exception as err:
+                log.warning("search index retry failed", extra={"error": _describe(err)})
+                await self._store.outbox_add(member, now + int(self._retry * 1000))
+                continue
+            await self._store.outbox_remove(member)
+            done += 1
+        return done
+
+    async def _drain_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._retry)
+            try:
+                await self.drain()
+            except Exception as err:  # Redis down: next time
+                log.warning("search outbox unreadable", extra={"error": _describe(err)})
+
+    # -- search -------------------------------------------------------------------------
+    async def search(
+        self, owner: Owner, query: str, cid: str, mode: int, limit: int
+    ) -> list[pb.InteractionHit]:
+        hits = await self._index.search(owner, query, cid, mode, limit * _CANDIDATES_PER_HIT)
+        found = await self._store.get_interactions(owner, [h.interaction_id for h in hits])
+        out: list[pb.InteractionHit] = []
+        for hit, interaction in zip(hits, found, strict=True):
+            if interaction is None:
+                # Gone from Redis (deleted, expired) but not yet from the index.
+                self.interaction_deleted(owner, hit.interaction_id)
+                continue
+            if len(out) < limit:
+                out.append(pb.InteractionHit(interaction=interaction, score=hit.score))
+        return out
+
+
+def _describe(err: BaseException) -> Any:
+    return (str(err) or type(err).__name__)[:300]
