@@ -26,7 +26,7 @@ from typing import Any
 
 from gensearch.memory.v1 import memory_service_pb2 as pb
 
-from services.common.errors import ServiceError
+from services.common.errors import ServiceError, Unavailable
 from services.memory.search_index import InteractionIndex
 from services.memory.store import MemoryStore, Owner
 
@@ -149,7 +149,16 @@ class Indexer:
     async def search(
         self, owner: Owner, query: str, cid: str, mode: int, limit: int
     ) -> list[pb.InteractionHit]:
-        hits = await self._index.search(owner, query, cid, mode, limit * _CANDIDATES_PER_HIT)
+        try:
+            hits = await self._index.search(owner, query, cid, mode, limit * _CANDIDATES_PER_HIT)
+        except ServiceError:
+            raise
+        except Exception as err:  # the engine or the model failed: not the caller's doing
+            log.warning("search index failed", extra={"error": _describe(err)})
+            raise Unavailable(
+                "the interaction search index is unavailable; try again later",
+                reason="SEARCH_INDEX_UNAVAILABLE",
+            ) from None
         found = await self._store.get_interactions(owner, [h.interaction_id for h in hits])
         out: list[pb.InteractionHit] = []
         for hit, interaction in zip(hits, found, strict=True):
