@@ -57,6 +57,7 @@ class TurnTraces:
     def add(self, trace: mem_pb.Trace) -> None:
         if self._max_bytes <= 0:
             return
+        trace.trace_number = len(self.traces)  # as memory numbers it: counted in the bound
         bound(trace, self._max_bytes)
         self.traces.append(trace)
 
