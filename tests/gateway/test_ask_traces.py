@@ -91,10 +91,7 @@ async def test_a_turn_stores_its_rewrite_retrieval_and_generation(stack: Stack) 
     assert produced["model"] == second.model
     answer_usage = produced["usage"]
     rewrite_usage = _dict(rewrite.output)["usage"]
-    assert (
-        answer_usage["total_tokens"] + rewrite_usage["total_tokens"]
-        == second.usage.total_tokens
-    )
+    assert answer_usage["total_tokens"] + rewrite_usage["total_tokens"] == second.usage.total_tokens
     assert produced["finish_reason"] == "stop" and produced["streamed"] is False
     for trace in (rewrite, retrieval, generation):
         assert trace.HasField("start_time") and trace.HasField("duration")
@@ -201,9 +198,7 @@ async def test_update_interaction_through_the_gateway(stack: Stack) -> None:
 async def test_search_interactions_through_the_gateway(
     stack_factory: StackFactory, tmp_path: Path
 ) -> None:
-    stack = await stack_factory(
-        memory={"search_index": "keyword", "data_dir": tmp_path / "memory"}
-    )
+    stack = await stack_factory(memory={"search_index": "keyword", "data_dir": tmp_path / "memory"})
     await create_books(stack)
     await create_books(stack, metadata=BOB)  # bob is another tenant: a collection of his own
     stack.fake.reply = scripted
