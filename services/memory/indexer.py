@@ -36,6 +36,9 @@ _INDEX = "index"
 _DROP_INTERACTION = "drop-interaction"
 _DROP_CONVERSATION = "drop-conversation"
 _DRAIN_BATCH = 100
+# Index jobs running at once in one replica; beyond, a job goes straight to the outbox
+# (memory stays bounded when turns come faster than the model embeds them).
+MAX_RUNNING_JOBS = 256
 # How many candidates to rank per result asked for: room for stale entries the Redis check
 # drops.
 _CANDIDATES_PER_HIT = 2
@@ -82,7 +85,11 @@ class Indexer:
         self._spawn([_DROP_INTERACTION, owner.tenant, owner.user, iid])
 
     def _spawn(self, job: list[str], interaction: pb.Interaction | None = None) -> None:
-        task = asyncio.get_running_loop().create_task(self._run(job, interaction))
+        if len(self._tasks) >= MAX_RUNNING_JOBS:
+            coroutine = self._defer(job)
+        else:
+            coroutine = self._run(job, interaction)
+        task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -94,14 +101,18 @@ class Indexer:
                 "search index update failed; queued for retry",
                 extra={"job": job[0], "error": _describe(err)},
             )
-            due = time.time_ns() // 1_000_000 + int(self._retry * 1000)
-            try:
-                await self._store.outbox_add(json.dumps(job), due)
-            except ServiceError as outbox_err:
-                log.error(
-                    "search index job lost: neither the index nor Redis took it",
-                    extra={"job": job[0], "error": _describe(outbox_err)},
-                )
+            await self._defer(job)
+
+    async def _defer(self, job: list[str]) -> None:
+        """Puts ``job`` in the outbox, for the retry loop."""
+        due = time.time_ns() // 1_000_000 + int(self._retry * 1000)
+        try:
+            await self._store.outbox_add(json.dumps(job), due)
+        except ServiceError as err:
+            log.error(
+                "search index job lost: neither the index nor Redis took it",
+                extra={"job": job[0], "error": _describe(err)},
+            )
 
     async def _apply(self, job: list[str], interaction: pb.Interaction | None) -> None:
         op, tenant, user, ident = job

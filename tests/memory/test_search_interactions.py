@@ -279,3 +279,16 @@ async def test_hybrid_search_finds_a_turn_by_meaning(
     hybrid = await search(memory, ALICE, "French city on the Seine")
     assert hybrid[0] == paris
     assert await search(memory, BOB, "recipe for making a loaf") == [bobs]
+
+
+async def test_jobs_beyond_the_running_limit_wait_in_the_outbox(
+    memory_factory: MemoryFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.memory import indexer
+
+    monkeypatch.setattr(indexer, "MAX_RUNNING_JOBS", 0)  # every job is one too many
+    memory = await keyword_memory(memory_factory, tmp_path)
+    cid = await conversation(memory, ALICE)
+    iid = await turn(memory, ALICE, cid, "otter habitats", "rivers and coasts")
+    # Deferred, not dropped: the retry loop indexes it.
+    assert await search_until(memory, ALICE, "otter", [iid]) == [iid]
