@@ -205,7 +205,7 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
             cursor = tokens.decode(request.page_token, _TRACES, iid, owner.key)
             after = int(cursor) if cursor.isdigit() else -1
         stored = await self._store.get_interaction_traces(owner, iid)
-        items, last = traces.page(stored, after, size)
+        items, last = traces.page(stored, after, size, self._settings.page_bytes)
         token = ""
         if last is not None:
             tokens = await self._page_tokens()

@@ -102,11 +102,18 @@ def count(stored: bytes) -> int:
     return len(pb.ListInteractionTracesResponse.FromString(stored).traces) if stored else 0
 
 
-def page(stored: bytes, after: int, size: int) -> tuple[list[pb.Trace], int | None]:
-    """The traces numbered after ``after`` (-1: from the first), at most ``size``; and the
-    number of the last one returned when more follow, else None."""
+def page(stored: bytes, after: int, size: int, max_bytes: int) -> tuple[list[pb.Trace], int | None]:
+    """The traces numbered after ``after`` (-1: from the first): at most ``size``, and
+    fewer when more would pass ``max_bytes`` serialized (at least one); and the number of
+    the last one returned when more follow, else None."""
     traces = pb.ListInteractionTracesResponse.FromString(stored).traces if stored else []
     rest = [t for t in traces if t.trace_number > after]
-    items = rest[:size]
-    more = len(rest) > size
+    items: list[pb.Trace] = []
+    used = 0
+    for trace in rest[:size]:
+        used += trace.ByteSize() + 8  # its framing in the reply, generously
+        if items and used > max_bytes:
+            break
+        items.append(trace)
+    more = len(rest) > len(items)
     return items, (items[-1].trace_number if more and items else None)

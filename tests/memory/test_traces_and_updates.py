@@ -262,3 +262,41 @@ async def test_deleting_the_conversation_deletes_its_traces(memory: Memory) -> N
     )
     keys = [k async for k in memory.redis.scan_iter(match="*")]
     assert not [k for k in keys if b":int:" in k]
+
+
+async def test_a_trace_page_fits_the_page_budget(memory_factory: MemoryFactory) -> None:
+    memory = await memory_factory(max_page_bytes=64 * 1024, max_trace_bytes=30_000)
+    big = [
+        pb.Trace(step=pb.STEP_OTHER, input=_struct(text=f"{n}" + "y" * 25_000)) for n in range(4)
+    ]
+    interaction = await _turn(memory, big)
+    numbers: list[int] = []
+    token = ""
+    pages = 0
+    while True:
+        page = await memory.stub.ListInteractionTraces(
+            pb.ListInteractionTracesRequest(
+                interaction_id=interaction.interaction_id, page_size=100, page_token=token
+            ),
+            metadata=ALICE,
+        )
+        pages += 1
+        assert page.ByteSize() <= 64 * 1024
+        numbers += [t.trace_number for t in page.traces]
+        token = page.next_page_token
+        if not token:
+            break
+    assert numbers == [0, 1, 2, 3] and pages == 2
+
+
+async def test_bad_traces_name_the_field(memory: Memory) -> None:
+    await expect_error(
+        _turn(memory, [pb.Trace(step=pb.STEP_RETRIEVAL), pb.Trace(step=99)]),  # type: ignore[arg-type]
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "traces[1].step",
+    )
+    await expect_error(
+        _turn(memory, [pb.Trace(step=pb.STEP_RETRIEVAL, output=_struct(score=float("nan")))]),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "traces[0].output.score",
+    )
