@@ -51,6 +51,7 @@ class Indexer:
         self._retry = retry_seconds
         self._tasks: set[asyncio.Task[None]] = set()
         self._drainer: asyncio.Task[None] | None = None
+        self._closed = False
 
     @property
     def index(self) -> InteractionIndex:
@@ -60,6 +61,9 @@ class Indexer:
         self._drainer = asyncio.get_running_loop().create_task(self._drain_forever())
 
     async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         if self._drainer is not None:
             self._drainer.cancel()
             with contextlib.suppress(asyncio.CancelledError):

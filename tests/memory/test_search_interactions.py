@@ -15,6 +15,8 @@ import grpc
 import pytest
 from gensearch.memory.v1 import memory_service_pb2 as pb
 
+from services.retrieval.edge_store import EdgeStore
+from services.retrieval.filters import Match
 from tests.memory.conftest import INTERNAL_TOKEN, Memory, MemoryFactory
 from tests.memory.helpers import expect_error
 
@@ -169,9 +171,12 @@ async def test_deleted_conversations_and_expired_turns_leave_search(
     cid = await conversation(memory, ALICE)
     keep_cid = await conversation(memory, ALICE)
     gone = await turn(memory, ALICE, cid, "tulip bulbs", "plant in autumn")
+    # Never searched for after the deletion: only the deletion itself can drop it.
+    unseen = await turn(memory, ALICE, cid, "daffodil care", "deadhead them")
     kept = await turn(memory, ALICE, keep_cid, "tulip colors", "red and yellow")
     expiring = await turn(memory, ALICE, keep_cid, "tulip water", "moderately")
     assert len(await search_until(memory, ALICE, "tulip", [gone, kept, expiring])) == 3
+    assert await search_until(memory, ALICE, "daffodil", [unseen]) == [unseen]
 
     await memory.stub.DeleteConversation(
         pb.DeleteConversationRequest(conversation_id=cid), metadata=ALICE
@@ -185,6 +190,21 @@ async def test_deleted_conversations_and_expired_turns_leave_search(
     await memory.redis.pexpire(keys[0], 1)
     assert await eventually(lambda: _gone(memory, keys[0]))
     assert await search(memory, ALICE, "tulip") == [kept]
+
+    # And the index itself forgot them: the deleted conversation's entries at once, the
+    # expired turn's when a search met it. (Stopping the service ends its index jobs and
+    # frees the engine's files for a look of our own.)
+    await memory.server.stop(0)
+    engine = EdgeStore(tmp_path / "memory-index")
+    await engine.open()
+    try:
+        count = {
+            iid: await engine.count(memory.settings.search_collection, Match("i", iid))
+            for iid in (gone, unseen, kept, expiring)
+        }
+    finally:
+        await engine.close()
+    assert count == {gone: 0, unseen: 0, kept: 2, expiring: 0}  # two entries a turn: input, response
 
 
 async def test_a_failing_index_never_loses_the_turn(
@@ -292,3 +312,18 @@ async def test_jobs_beyond_the_running_limit_wait_in_the_outbox(
     iid = await turn(memory, ALICE, cid, "otter habitats", "rivers and coasts")
     # Deferred, not dropped: the retry loop indexes it.
     assert await search_until(memory, ALICE, "otter", [iid]) == [iid]
+
+
+async def test_the_qdrant_server_adapter_serves_search_too(memory_factory: MemoryFactory) -> None:
+    # ServerStore, the adapter used with GENSEARCH_MEMORY_SEARCH_QDRANT_URL (":memory:" is
+    # qdrant-client's local mode: the same adapter code, no server process).
+    memory = await memory_factory(search_index="keyword", search_qdrant_url=":memory:")
+    cid = await conversation(memory, ALICE)
+    iid = await turn(memory, ALICE, cid, "lighthouse keepers", "on rocky islands")
+    bobs = await turn(memory, BOB, await conversation(memory, BOB), "lighthouse", "beam")
+    assert await search_until(memory, ALICE, "lighthouse", [iid]) == [iid]
+    assert await search_until(memory, BOB, "lighthouse", [bobs]) == [bobs]
+    await memory.stub.DeleteConversation(
+        pb.DeleteConversationRequest(conversation_id=cid), metadata=ALICE
+    )
+    assert await search(memory, ALICE, "lighthouse") == []
