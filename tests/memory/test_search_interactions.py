@@ -204,7 +204,8 @@ async def test_deleted_conversations_and_expired_turns_leave_search(
         }
     finally:
         await engine.close()
-    assert count == {gone: 0, unseen: 0, kept: 2, expiring: 0}  # two entries a turn: input, response
+    # Two entries a turn: its input and its response.
+    assert count == {gone: 0, unseen: 0, kept: 2, expiring: 0}
 
 
 async def test_a_failing_index_never_loses_the_turn(
