@@ -99,7 +99,7 @@ def _indexer(settings: MemorySettings, store: MemoryStore) -> Indexer | None:
     )
     if index is None:
         return None
-    indexer = Indexer(store, index, settings.search_retry_seconds)
+    indexer = Indexer(store, index, settings.search_retry_seconds, settings.search_sweep_seconds)
     indexer.start()
     return indexer
 

@@ -36,6 +36,7 @@ _INDEX = "index"
 _DROP_INTERACTION = "drop-interaction"
 _DROP_CONVERSATION = "drop-conversation"
 _DRAIN_BATCH = 100
+_SWEEP_PAGE = 256
 # Index jobs running at once in one replica; beyond, a job goes straight to the outbox
 # (memory stays bounded when turns come faster than the model embeds them).
 MAX_RUNNING_JOBS = 256
@@ -45,12 +46,20 @@ _CANDIDATES_PER_HIT = 2
 
 
 class Indexer:
-    def __init__(self, store: MemoryStore, index: InteractionIndex, retry_seconds: float):
+    def __init__(
+        self,
+        store: MemoryStore,
+        index: InteractionIndex,
+        retry_seconds: float,
+        sweep_seconds: float = 3600.0,
+    ):
         self._store = store
         self._index = index
         self._retry = retry_seconds
+        self._sweep_every = sweep_seconds
         self._tasks: set[asyncio.Task[None]] = set()
         self._drainer: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self._closed = False
 
     @property
@@ -58,16 +67,19 @@ class Indexer:
         return self._index
 
     def start(self) -> None:
-        self._drainer = asyncio.get_running_loop().create_task(self._drain_forever())
+        loop = asyncio.get_running_loop()
+        self._drainer = loop.create_task(self._drain_forever())
+        self._sweeper = loop.create_task(self._sweep_forever())
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        if self._drainer is not None:
-            self._drainer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._drainer
+        for task in (self._drainer, self._sweeper):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         # Jobs under way finish (they are short); what fails waits in the outbox.
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=5.0)
@@ -159,6 +171,43 @@ class Indexer:
                 await self.drain()
             except Exception as err:  # Redis down: next time
                 log.warning("search outbox unreadable", extra={"error": _describe(err)})
+
+    async def sweep(self) -> int:
+        """One pass over the whole index: entries whose turn Redis no longer holds
+        (deleted, evicted or expired by retention, whatever did it) are removed; how many.
+        Entries are only ever written after their turn, so a live turn is never swept."""
+        removed = 0
+        offset: str | None = None
+        while True:
+            points, offset = await self._index.scroll(offset, _SWEEP_PAGE)
+            by_owner: dict[Owner, dict[str, list[str]]] = {}
+            for point in points:
+                owner = Owner(str(point.payload.get("t", "")), str(point.payload.get("u", "")))
+                iid = str(point.payload.get("i", ""))
+                by_owner.setdefault(owner, {}).setdefault(iid, []).append(point.id)
+            stale: list[str] = []
+            for owner, entries in by_owner.items():
+                iids = list(entries)
+                found = await self._store.get_interactions(owner, iids)
+                for iid, interaction in zip(iids, found, strict=True):
+                    if interaction is None:
+                        stale.extend(entries[iid])
+            if stale:
+                await self._index.remove_entries(stale)
+                removed += len(stale)
+            if offset is None:
+                return removed
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._sweep_every)
+            try:
+                # One replica a period: the others find the lock taken.
+                if await self._store.try_lock("search-sweep", int(self._sweep_every * 1000)):
+                    removed = await self.sweep()
+                    log.info("search index swept", extra={"removed": removed})
+            except Exception as err:  # Redis or the index down: next period
+                log.warning("search index sweep failed", extra={"error": _describe(err)})
 
     # -- search -------------------------------------------------------------------------
     async def search(

@@ -138,6 +138,21 @@ class InteractionIndex:
         where = Bool(must=(*_owned(owner), Match("c", cid)))
         await self._store.delete_matching(self._collection, where)
 
+    async def scroll(self, offset: str | None, limit: int) -> tuple[list[FoundPoint], str | None]:
+        """Every entry of every owner, a page at a time (the sweep)."""
+        await self._ready()
+        return await self._store.scroll(self._collection, offset, limit)
+
+    async def remove_entries(self, ids: list[str]) -> None:
+        await self._ready()
+        await self._store.delete_ids(self._collection, ids)
+
+    async def count(self, owner: Owner, iid: str | None = None) -> int:
+        """The owner's entries (of one interaction when given): two per indexed turn."""
+        await self._ready()
+        conditions = _owned(owner) if iid is None else (*_owned(owner), Match("i", iid))
+        return await self._store.count(self._collection, Bool(must=conditions))
+
     async def search(
         self, owner: Owner, query: str, cid: str, mode: int, candidates: int
     ) -> list[IndexHit]:

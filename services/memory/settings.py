@@ -92,6 +92,10 @@ class MemorySettings(CommonSettings):
     # Indexing runs after the turn is stored and never fails it; what failed waits in an
     # outbox in Redis and is tried again every this many seconds.
     search_retry_seconds: float = Field(default=5.0, gt=0)
+    # Every this many seconds one replica walks the whole index and removes the entries of
+    # turns Redis no longer holds (expired by retention, evicted, deleted): a search never
+    # returns those anyway (every hit is re-read from Redis), this keeps the index small.
+    search_sweep_seconds: float = Field(default=3600.0, gt=0)
 
     @field_validator("key_prefix")
     @classmethod

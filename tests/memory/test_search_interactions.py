@@ -328,3 +328,21 @@ async def test_the_qdrant_server_adapter_serves_search_too(memory_factory: Memor
         pb.DeleteConversationRequest(conversation_id=cid), metadata=ALICE
     )
     assert await search(memory, ALICE, "lighthouse") == []
+
+
+async def test_the_service_sweeps_its_index_periodically(
+    memory_factory: MemoryFactory, tmp_path: Path
+) -> None:
+    memory = await keyword_memory(memory_factory, tmp_path, search_sweep_seconds=0.2)
+    cid = await conversation(memory, ALICE)
+    iid = await turn(memory, ALICE, cid, "walrus tusks", "ivory")
+    assert await search_until(memory, ALICE, "walrus", [iid]) == [iid]
+    # A sweep took the lock (one replica a period) and ran; what it removes is
+    # test_search_sweep.py's subject.
+    lock = f"{memory.settings.key_prefix}:lock:search-sweep"
+    assert await eventually(lambda: _exists(memory, lock))
+    assert await search(memory, ALICE, "walrus") == [iid]  # a live turn is never swept
+
+
+async def _exists(memory: Memory, key: str) -> bool:
+    return bool(await memory.redis.exists(key))

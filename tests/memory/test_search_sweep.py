@@ -1,0 +1,68 @@
+"""The index sweep: entries of turns that Redis no longer holds — expired by retention,
+deleted or evicted by anything that did not tell the index — are removed, and live ones
+kept. Real Redis (standalone and cluster), the real qdrant-edge engine, no gRPC: the
+sweep's effect is read in the engine itself."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+from gensearch.memory.v1 import memory_service_pb2 as pb
+
+from services.common.redis_client import connect
+from services.memory.indexer import Indexer
+from services.memory.search_index import InteractionIndex
+from services.memory.store import MemoryStore, Owner
+from services.retrieval.edge_store import EdgeStore
+from tests.memory.conftest import Target
+
+ALICE = Owner("acme", "alice")
+BOB = Owner("acme", "bob")
+
+
+async def test_the_sweep_removes_what_redis_no_longer_holds(target: Target, tmp_path: Path) -> None:
+    redis = connect(
+        target.url, cluster=target.cluster is not None, socket_timeout=5, connect_timeout=2
+    )
+    store = MemoryStore(redis, key_prefix=f"sweep-{uuid.uuid4().hex[:8]}")
+    index = InteractionIndex(EdgeStore(tmp_path / "index"), None, "sweep")
+    indexer = Indexer(store, index, retry_seconds=60.0)
+    try:
+
+        async def turn(owner: Owner, cid: str, text: str) -> str:
+            stored = await store.create_interaction(
+                owner, cid, pb.Interaction(input=text, response=f"about {text}"), ""
+            )
+            indexer.stored(owner, stored)
+            return stored.interaction_id
+
+        kept_conv = (await store.create_conversation(ALICE, "kept")).conversation_id
+        gone_conv = (await store.create_conversation(ALICE, "gone")).conversation_id
+        bob_conv = (await store.create_conversation(BOB, "bob")).conversation_id
+        kept = await turn(ALICE, kept_conv, "puffins")
+        expired = await turn(ALICE, kept_conv, "gannets")
+        deleted = await turn(ALICE, gone_conv, "terns")
+        bobs = await turn(BOB, bob_conv, "puffins")
+        await indexer.idle()
+        counts = {iid: await index.count(o, iid) for o, iid in _all(kept, expired, deleted, bobs)}
+        assert set(counts.values()) == {2}  # input and response of each
+
+        # Behind the index's back: Redis expires one turn, a whole conversation goes.
+        tag = store.tag(ALICE)
+        await redis.pexpire(f"{tag}:int:{expired}", 1)
+        await store.delete_conversation(ALICE, gone_conv)
+        while await redis.exists(f"{tag}:int:{expired}"):
+            await redis.pexpire(f"{tag}:int:{expired}", 1)
+
+        assert await indexer.sweep() == 4
+        counts = {iid: await index.count(o, iid) for o, iid in _all(kept, expired, deleted, bobs)}
+        assert counts == {kept: 2, expired: 0, deleted: 0, bobs: 2}
+        assert await indexer.sweep() == 0  # nothing left to do
+    finally:
+        await indexer.close()
+        await redis.aclose()
+
+
+def _all(kept: str, expired: str, deleted: str, bobs: str) -> list[tuple[Owner, str]]:
+    return [(ALICE, kept), (ALICE, expired), (ALICE, deleted), (BOB, bobs)]
