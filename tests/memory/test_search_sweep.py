@@ -8,25 +8,38 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
+import pytest
 from gensearch.memory.v1 import memory_service_pb2 as pb
+from qdrant_client import AsyncQdrantClient
 
 from services.common.redis_client import connect
 from services.memory.indexer import Indexer
 from services.memory.search_index import InteractionIndex
 from services.memory.store import MemoryStore, Owner
 from services.retrieval.edge_store import EdgeStore
+from services.retrieval.server_store import ServerStore
 from tests.memory.conftest import Target
 
 ALICE = Owner("acme", "alice")
 BOB = Owner("acme", "bob")
 
 
-async def test_the_sweep_removes_what_redis_no_longer_holds(target: Target, tmp_path: Path) -> None:
+@pytest.mark.parametrize("engine", ["edge", "server"])
+async def test_the_sweep_removes_what_redis_no_longer_holds(
+    target: Target, tmp_path: Path, engine: str
+) -> None:
     redis = connect(
         target.url, cluster=target.cluster is not None, socket_timeout=5, connect_timeout=2
     )
     store = MemoryStore(redis, key_prefix=f"sweep-{uuid.uuid4().hex[:8]}")
-    index = InteractionIndex(EdgeStore(tmp_path / "index"), None, "sweep")
+    # The embedded engine, and the adapter used with a Qdrant server (qdrant-client's
+    # local mode: the same adapter code, no server process); both scroll.
+    vectors = (
+        EdgeStore(tmp_path / "index")
+        if engine == "edge"
+        else ServerStore(AsyncQdrantClient(location=":memory:"))
+    )
+    index = InteractionIndex(vectors, None, "sweep")
     indexer = Indexer(store, index, retry_seconds=60.0)
     try:
 
