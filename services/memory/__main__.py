@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from gensearch.memory.v1 import memory_service_pb2_grpc as pb_grpc
@@ -20,11 +21,12 @@ from services.common.redis_client import connect
 from services.common.server import GrpcServer, run_until_signal
 from services.common.settings import warn_unknown_variables
 from services.devlaunch.redis_server import RedisProcess, start_embedded
-from services.memory.indexer import Indexer
-from services.memory.search_index import make_index
 from services.memory.servicer import MemoryServicer
 from services.memory.settings import MemorySettings
 from services.memory.store import MemoryStore
+
+if TYPE_CHECKING:
+    from services.memory.indexer import Indexer
 
 SERVICE_NAME = "gensearch.memory.v1.MemoryService"
 log = logging.getLogger("gensearch.memory")
@@ -85,7 +87,13 @@ async def build_server(settings: MemorySettings, *, port: int | None = None) -> 
 
 
 def _indexer(settings: MemorySettings, store: MemoryStore) -> Indexer | None:
-    """SearchInteractions' index when search_index is on; its retry loop started."""
+    """SearchInteractions' index when search_index is on; its retry loop started.
+    Imported here: the engine, BM25 and embedder modules cost seconds of start-up."""
+    if settings.search_index == "off":
+        return None
+    from services.memory.indexer import Indexer
+    from services.memory.search_index import make_index
+
     api_key = settings.search_qdrant_api_key.get_secret_value()
     register_secret(api_key or None)
     index = make_index(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from gensearch.memory.v1 import memory_service_pb2 as pb
@@ -15,10 +15,12 @@ from services.common.errors import Aborted, FailedPrecondition, InvalidArgument
 from services.common.values import check_value
 from services.memory import traces
 from services.memory.ids import parse_id
-from services.memory.indexer import Indexer
 from services.memory.page_token import PageTokens
 from services.memory.settings import MemorySettings
 from services.memory.store import ConversationRecord, MemoryStore, Owner
+
+if TYPE_CHECKING:  # the search index (and what it imports) loads only when it is on
+    from services.memory.indexer import Indexer
 
 DEFAULT_PAGE_SIZE = 10
 MAX_PAGE_SIZE = 100
