@@ -11,7 +11,7 @@ from gensearch.memory.v1 import memory_service_pb2_grpc as pb_grpc
 from google.protobuf import timestamp_pb2
 
 from services.common.auth import current_identity
-from services.common.errors import Aborted, FailedPrecondition, InvalidArgument
+from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.values import check_value
 from services.memory import traces
 from services.memory.ids import parse_id
@@ -28,9 +28,6 @@ _CONVERSATIONS = "c"
 _INTERACTIONS = "i"
 _TRACES = "t"
 DEFAULT_SEARCH_LIMIT = 10
-# Concurrent UpdateInteraction calls on one interaction: each retries its compare-and-set
-# this many times before giving up with ABORTED.
-_UPDATE_ATTEMPTS = 8
 _ADDITIONAL_INFO = "additional_info"
 
 
@@ -167,10 +164,9 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
         keys = _update_paths(request)
         new_info = request.interaction.additional_info
         _check_additional_info(new_info, self._settings, "interaction.additional_info")
-        owner = _owner()
-        for _ in range(_UPDATE_ATTEMPTS):
-            old = await self._store.get_interaction_data(owner, iid)
-            interaction = pb.Interaction.FromString(old)
+        settings = self._settings
+
+        def change(interaction: pb.Interaction) -> None:
             if keys is None:
                 interaction.additional_info.CopyFrom(new_info)
             else:
@@ -181,19 +177,13 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
                     elif key in fields:
                         del fields[key]
             _check_additional_info(
-                interaction.additional_info, self._settings, "interaction.additional_info"
+                interaction.additional_info, settings, "interaction.additional_info"
             )
             interaction.update_time.GetCurrentTime()
-            _check_fits_a_page(interaction, self._settings.page_bytes)
-            if await self._store.replace_interaction(
-                owner, iid, old, interaction.SerializeToString()
-            ):
-                return pb.UpdateInteractionResponse(interaction=interaction)
-        raise Aborted(
-            "the interaction kept changing while it was updated; try again",
-            reason="CONCURRENT_UPDATE",
-            metadata={"interaction_id": iid},
-        )
+            _check_fits_a_page(interaction, settings.page_bytes)
+
+        updated = await self._store.update_interaction(_owner(), iid, change)
+        return pb.UpdateInteractionResponse(interaction=updated)
 
     async def ListInteractionTraces(
         self, request: pb.ListInteractionTracesRequest, context: grpc.aio.ServicerContext

@@ -36,7 +36,7 @@ import hashlib
 import os
 import re
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -57,7 +57,7 @@ from redis.exceptions import (
 from redis.typing import EncodableT
 
 from services.common.auth import DEFAULT_TENANT
-from services.common.errors import Internal, InvalidArgument, NotFound, Unavailable
+from services.common.errors import Aborted, Internal, InvalidArgument, NotFound, Unavailable
 from services.common.redis_client import RedisClient
 from services.memory.ids import UUIDv7Generator
 
@@ -80,6 +80,8 @@ _LUA = resources.files("services.memory") / "lua"
 _NEEDS = "-- needs:"
 
 T = TypeVar("T")
+# Compare-and-set attempts of one UpdateInteraction before it gives up with ABORTED.
+UPDATE_ATTEMPTS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -392,9 +394,27 @@ class MemoryStore:
             raise interaction_not_found(iid)
         return bytes(data)
 
-    async def replace_interaction(self, owner: Owner, iid: str, old: bytes, new: bytes) -> bool:
+    async def update_interaction(
+        self, owner: Owner, iid: str, change: Callable[[pb.Interaction], None]
+    ) -> pb.Interaction:
+        """Applies ``change`` to the stored interaction and writes it back, atomically
+        against concurrent updates: a compare-and-set, read again and retried when another
+        update landed in between (ABORTED after UPDATE_ATTEMPTS lost races in a row)."""
+        for _ in range(UPDATE_ATTEMPTS):
+            old = await self.get_interaction_data(owner, iid)
+            interaction = pb.Interaction.FromString(old)
+            change(interaction)
+            if await self._replace_interaction(owner, iid, old, interaction.SerializeToString()):
+                return interaction
+        raise Aborted(
+            "the interaction kept changing while it was updated; try again",
+            reason="CONCURRENT_UPDATE",
+            metadata={"interaction_id": iid},
+        )
+
+    async def _replace_interaction(self, owner: Owner, iid: str, old: bytes, new: bytes) -> bool:
         """Compare-and-set of the interaction's data: False when it changed since ``old``
-        was read (read it again and retry); NOT_FOUND when it is gone or not the caller's."""
+        was read; NOT_FOUND when it is gone or not the caller's."""
         tag = self.tag(owner)
         status = await _redis(
             self._update_interaction(keys=[f"{tag}:int:{iid}"], args=[owner.user, tag, old, new])
