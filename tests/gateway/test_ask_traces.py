@@ -240,3 +240,44 @@ async def _error(call: Any) -> grpc.aio.AioRpcError:
     except grpc.aio.AioRpcError as err:
         return err
     raise AssertionError("the call succeeded")
+
+
+async def test_an_index_outage_never_costs_an_ask_its_turn(
+    stack_factory: StackFactory, tmp_path: Path
+) -> None:
+    data = tmp_path / "memory"
+    data.mkdir()
+    blocker = data / "memory-index"
+    blocker.write_text("the index cannot open here")
+    stack = await stack_factory(
+        memory={"search_index": "keyword", "data_dir": data, "search_retry_seconds": 0.2}
+    )
+    await create_books(stack)
+    stack.fake.reply = scripted
+    answer = await stack.stub.Ask(
+        gw_pb.AskRequest(collection="Books", llm_question="spice melange", new_conversation=True),
+        metadata=ALICE,
+    )
+    stored = await stack.memory.ListInteractions(
+        mem_pb.ListInteractionsRequest(conversation_id=answer.conversation_id), metadata=ALICE
+    )
+    assert [i.interaction_id for i in stored.interactions] == [answer.interaction_id]
+    assert len(await _traces(stack, answer.interaction_id)) == 2
+    err = await _error(
+        stack.memory.SearchInteractions(
+            mem_pb.SearchInteractionsRequest(query="spice"), metadata=ALICE
+        )
+    )
+    assert err.code() == grpc.StatusCode.UNAVAILABLE
+    blocker.unlink()  # the index comes back; the outbox catches up
+    for _ in range(1200):
+        try:
+            found = await stack.memory.SearchInteractions(
+                mem_pb.SearchInteractionsRequest(query="spice"), metadata=ALICE
+            )
+        except grpc.aio.AioRpcError:
+            found = mem_pb.SearchInteractionsResponse()
+        if found.hits:
+            break
+        await asyncio.sleep(0.05)
+    assert [h.interaction.interaction_id for h in found.hits] == [answer.interaction_id]
