@@ -26,7 +26,7 @@ from typing import Any
 
 from gensearch.memory.v1 import memory_service_pb2 as pb
 
-from services.common.errors import ServiceError, Unavailable
+from services.common.errors import NotFound, ServiceError, Unavailable
 from services.memory.search_index import InteractionIndex
 from services.memory.store import MemoryStore, Owner
 
@@ -37,6 +37,8 @@ _DROP_INTERACTION = "drop-interaction"
 _DROP_CONVERSATION = "drop-conversation"
 _DRAIN_BATCH = 100
 _SWEEP_PAGE = 256
+# A page of turns read while catching up (the store's page budget, in bytes).
+_CATCH_UP_PAGE_BYTES = 4 * 1024 * 1024
 # Index jobs running at once in one replica; beyond, a job goes straight to the outbox
 # (memory stays bounded when turns come faster than the model embeds them).
 MAX_RUNNING_JOBS = 256
@@ -172,11 +174,16 @@ class Indexer:
             except Exception as err:  # Redis down: next time
                 log.warning("search outbox unreadable", extra={"error": _describe(err)})
 
-    async def sweep(self) -> int:
+    async def sweep(self, since_ms: int | None = None) -> int:
         """One pass over the whole index: entries whose turn Redis no longer holds
         (deleted, evicted or expired by retention, whatever did it) are removed; how many.
-        Entries are only ever written after their turn, so a live turn is never swept."""
+        Entries are only ever written after their turn, so a live turn is never swept.
+
+        With ``since_ms``, it also catches up: the turns made since then by every owner
+        the index knows, and missing from it (their job lost with a killed replica), are
+        indexed."""
         removed = 0
+        owners: set[Owner] = set()
         offset: str | None = None
         while True:
             points, offset = await self._index.scroll(offset, _SWEEP_PAGE)
@@ -185,6 +192,7 @@ class Indexer:
                 owner = Owner(str(point.payload.get("t", "")), str(point.payload.get("u", "")))
                 iid = str(point.payload.get("i", ""))
                 by_owner.setdefault(owner, {}).setdefault(iid, []).append(point.id)
+            owners.update(by_owner)
             stale: list[str] = []
             for owner, entries in by_owner.items():
                 iids = list(entries)
@@ -196,7 +204,49 @@ class Indexer:
                 await self._index.remove_entries(stale)
                 removed += len(stale)
             if offset is None:
-                return removed
+                break
+        if since_ms is not None:
+            for owner in owners:
+                await self.catch_up(owner, since_ms)
+        return removed
+
+    async def catch_up(self, owner: Owner, since_ms: int) -> int:
+        """Indexes the owner's turns created since ``since_ms`` that the index lacks; how
+        many. Walks only recent activity: conversations newest-updated first, and in each
+        its turns newest first, both stopping at ``since_ms``."""
+        added = 0
+        cursor: str | None = None
+        while True:
+            page = await self._store.list_conversations(owner, _SWEEP_PAGE, cursor)
+            recent = [c for c in page.items if c.update_ms >= since_ms]
+            for conversation in recent:
+                added += await self._catch_up_conversation(
+                    owner, conversation.conversation_id, since_ms
+                )
+            if len(recent) < len(page.items) or page.next_cursor is None:
+                return added
+            cursor = page.next_cursor
+
+    async def _catch_up_conversation(self, owner: Owner, cid: str, since_ms: int) -> int:
+        added = 0
+        cursor: str | None = None
+        while True:
+            try:
+                page = await self._store.list_interactions(
+                    owner, cid, _SWEEP_PAGE, cursor, _CATCH_UP_PAGE_BYTES
+                )
+            except NotFound:  # deleted meanwhile
+                return added
+            turns = [pb.Interaction.FromString(data) for data in page.items]
+            recent = [t for t in turns if t.create_time.ToMilliseconds() >= since_ms]
+            present = await self._index.indexed([t.interaction_id for t in recent])
+            for turn in recent:
+                if turn.interaction_id not in present:
+                    await self._index.add(owner, turn)
+                    added += 1
+            if len(recent) < len(turns) or page.next_cursor is None:
+                return added
+            cursor = page.next_cursor
 
     async def _sweep_forever(self) -> None:
         while True:
@@ -204,7 +254,9 @@ class Indexer:
             try:
                 # One replica a period: the others find the lock taken.
                 if await self._store.try_lock("search-sweep", int(self._sweep_every * 1000)):
-                    removed = await self.sweep()
+                    # Two periods back: a sweep that did not run (no replica up) is covered.
+                    since = time.time_ns() // 1_000_000 - int(2 * self._sweep_every * 1000)
+                    removed = await self.sweep(since)
                     log.info("search index swept", extra={"removed": removed})
             except Exception as err:  # Redis or the index down: next period
                 log.warning("search index sweep failed", extra={"error": _describe(err)})

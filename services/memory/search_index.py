@@ -119,7 +119,7 @@ class InteractionIndex:
         }
         points = [
             StoredPoint(
-                id=str(uuid.uuid5(_POINTS, f"{iid}:{kind}")),
+                id=point_id(iid, kind),
                 payload={**payload, "k": kind},
                 dense=vector,
                 sparse=words,
@@ -127,6 +127,13 @@ class InteractionIndex:
             for (kind, _), vector, words in zip(texts, dense, sparse, strict=True)
         ]
         await self._store.upsert(self._collection, points)
+
+    async def indexed(self, iids: list[str]) -> set[str]:
+        """Which of ``iids`` have entries (by their input's or response's point id)."""
+        await self._ready()
+        ids = {point_id(iid, kind): iid for iid in iids for kind in _KINDS}
+        found = await self._store.retrieve(self._collection, list(ids), False)
+        return {ids[point.id] for point in found if point.id in ids}
 
     async def remove_interaction(self, owner: Owner, iid: str) -> None:
         await self._ready()
@@ -206,6 +213,10 @@ class InteractionIndex:
         if mode not in pb.SearchMode.values():
             raise FailedPrecondition(f"unknown mode {mode}", field="mode")
         return mode
+
+
+def point_id(iid: str, kind: str) -> str:
+    return str(uuid.uuid5(_POINTS, f"{iid}:{kind}"))
 
 
 def _owned(owner: Owner) -> tuple[Node, ...]:

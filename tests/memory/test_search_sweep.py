@@ -5,6 +5,8 @@ sweep's effect is read in the engine itself."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from pathlib import Path
 
@@ -79,3 +81,43 @@ async def test_the_sweep_removes_what_redis_no_longer_holds(
 
 def _all(kept: str, expired: str, deleted: str, bobs: str) -> list[tuple[Owner, str]]:
     return [(ALICE, kept), (ALICE, expired), (ALICE, deleted), (BOB, bobs)]
+
+
+async def test_the_sweep_catches_up_on_lost_index_jobs(target: Target, tmp_path: Path) -> None:
+    redis = connect(
+        target.url, cluster=target.cluster is not None, socket_timeout=5, connect_timeout=2
+    )
+    store = MemoryStore(redis, key_prefix=f"catchup-{uuid.uuid4().hex[:8]}")
+    index = InteractionIndex(EdgeStore(tmp_path / "index"), None, "catchup")
+    indexer = Indexer(store, index, retry_seconds=60.0)
+    try:
+
+        async def turn(cid: str, text: str, *, indexed: bool) -> str:
+            stored = await store.create_interaction(
+                ALICE, cid, pb.Interaction(input=text, response="noted"), ""
+            )
+            if indexed:
+                indexer.stored(ALICE, stored)
+            # else: as if the replica was killed before its index job ran
+            return stored.interaction_id
+
+        old_conv = (await store.create_conversation(ALICE, "old")).conversation_id
+        too_old = await turn(old_conv, "before the window", indexed=False)
+        await asyncio.sleep(0.01)
+        since = time.time_ns() // 1_000_000
+        await asyncio.sleep(0.01)
+        new_conv = (await store.create_conversation(ALICE, "new")).conversation_id
+        known = await turn(new_conv, "indexed as usual", indexed=True)
+        lost = await turn(new_conv, "its job was lost", indexed=False)
+        lost_elsewhere = await turn(old_conv, "lost in an older conversation", indexed=False)
+        await indexer.idle()
+        assert [await index.count(ALICE, i) for i in (too_old, known, lost)] == [0, 2, 0]
+
+        assert await indexer.sweep(since) == 0  # nothing to remove
+        counts = [await index.count(ALICE, i) for i in (too_old, known, lost, lost_elsewhere)]
+        # The recent lost ones are back, in whichever conversation; older ones are out of
+        # the window it walks.
+        assert counts == [0, 2, 2, 2]
+    finally:
+        await indexer.close()
+        await redis.aclose()
