@@ -142,6 +142,13 @@ class Cancelled(ServiceError):
     default_reason = "CANCELLED"
 
 
+class Aborted(ServiceError):
+    """A concurrency conflict the caller may retry (an update that kept losing a race)."""
+
+    code = grpc.StatusCode.ABORTED
+    default_reason = "ABORTED"
+
+
 class Internal(ServiceError):
     code = grpc.StatusCode.INTERNAL
     default_reason = "INTERNAL"
@@ -160,6 +167,7 @@ _BY_CODE: dict[grpc.StatusCode, type[ServiceError]] = {
         ResourceExhausted,
         DeadlineExceeded,
         Unavailable,
+        Aborted,
         Internal,
     )
 }

@@ -21,9 +21,10 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from google.protobuf import json_format
 
 from services.common.errors import DeadlineExceeded, ServiceError
-from services.gateway import ask_request
+from services.gateway import ask_request, ask_traces
 from services.gateway.ask_cache import SemanticAnswers, replay
 from services.gateway.ask_request import AskLike
+from services.gateway.ask_traces import TurnTraces
 from services.gateway.backends import Backends
 from services.gateway.catalog import CollectionInfo
 from services.gateway.clients import Caller
@@ -94,6 +95,7 @@ class AskService:
         context_fields = ask_request.context_fields(request, info)
         options = Options.resolve(request, request.llm_model, info.generative, self._b.settings)
         usage = gen_pb.Usage()
+        traces = TurnTraces(self._b.settings.ask_trace_bytes)
 
         # The semantic answer cache (ask_cache.py): never with a conversation.
         semantic, threshold = self._semantic.policy(request, info)
@@ -108,17 +110,29 @@ class AskService:
 
         rewritten = ""
         if turns and params.rewrite:
-            rewritten = await self._rewrite(turns, question, options, caller, deadline, usage)
+            rewritten = await self._rewrite(
+                turns, question, options, caller, deadline, usage, traces
+            )
 
         hits: list[ret_pb.Hit] = []
         if params.context_size > 0:
-            search = ask_request.search_request(
-                request, info, rewritten or question, params.context_size
+            query = rewritten or question
+            search = ask_request.search_request(request, info, query, params.context_size)
+            step = traces.start(
+                mem_pb.STEP_RETRIEVAL,
+                {"collection": request.collection, "query": query, "limit": params.context_size},
             )
             found = await self._within(
                 deadline, self._b.clients.retrieval.search(search, caller, time_left(deadline))
             )
             hits = list(found.hits)
+            step.done(
+                {
+                    "hits": ask_traces.hits(hits),
+                    "embed_ms": found.embed_ms,
+                    "query_ms": found.query_ms,
+                }
+            )
         yield gw_pb.StreamAskResponse(
             context=gw_pb.AskContextEvent(
                 hits=hits, rewritten_query=rewritten, conversation_id=request.conversation_id
@@ -153,6 +167,15 @@ class AskService:
         history.note_left_out(prompt)
         _note_trimming(prompt, model_name, window)
 
+        generating = traces.start(
+            mem_pb.STEP_GENERATION,
+            {
+                "provider": options.provider,
+                "model": options.model,
+                "messages": ask_traces.messages(prompt.messages),
+            },
+        )
+        first_token_ms: float | None = None
         deltas: asyncio.Queue[str | None] = asyncio.Queue()
         generation = asyncio.ensure_future(
             self._within(
@@ -170,12 +193,24 @@ class AskService:
         generation.add_done_callback(lambda _: deltas.put_nowait(None))
         try:
             while (delta := await deltas.get()) is not None:
+                if first_token_ms is None:
+                    first_token_ms = generating.since_start_ms()
                 yield gw_pb.StreamAskResponse(delta=delta)
             result = await generation
         finally:
             generation.cancel()
         add_usage(usage, result.usage)
         answer = result.result
+        generated: dict[str, object] = {
+            "model": result.model,
+            "finish_reason": result.finish_reason,
+            "usage": ask_traces.usage(result.usage),
+            "answer_chars": len(answer),
+            "streamed": stream,
+        }
+        if first_token_ms is not None:
+            generated["first_token_ms"] = first_token_ms
+        generating.done(generated)
         used = context_hits[: prompt.hits_used]
         citations = [
             gw_pb.Citation(number=n, id=used[n - 1].id) for n in cited_numbers(answer, len(used))
@@ -203,6 +238,7 @@ class AskService:
                 response=response.answer,
                 origin=response.model or "unknown",
                 additional_info=additional_info(hits, citations, usage, rewritten, response),
+                traces=traces.traces,
             )
             response.conversation_id, response.interaction_id = await self._within(
                 deadline,
@@ -265,8 +301,14 @@ class AskService:
         caller: Caller,
         deadline: float,
         usage: gen_pb.Usage,
+        traces: TurnTraces,
     ) -> str:
         rewrite_options = Options(options.provider, options.model, 0.0, 64)
+        sent = rewrite_messages(turns, question)
+        step = traces.start(
+            mem_pb.STEP_QUESTION_REWRITE,
+            {"question": question, "model": options.model, "messages": ask_traces.messages(sent)},
+        )
         try:
             result = await self._within(
                 deadline,
@@ -274,7 +316,7 @@ class AskService:
                     self._b.clients.generation,
                     caller,
                     rewrite_options,
-                    rewrite_messages(turns, question),
+                    sent,
                     timeout=time_left(deadline),
                 ),
             )
@@ -284,9 +326,14 @@ class AskService:
             # Retrieval with the question as asked beats no answer; the answer call will
             # report a generation outage on its own.
             log.warning("question rewriting failed", extra={"reason": err.reason})
+            step.done({"query": "", "error": err.reason or "failed"})
             return ""
         add_usage(usage, result.usage)
-        return clean_rewrite(result.result, question)
+        rewritten = clean_rewrite(result.result, question)
+        step.done(
+            {"query": rewritten, "reply": result.result, "usage": ask_traces.usage(result.usage)}
+        )
+        return rewritten
 
 
 def _note_trimming(prompt: AskPrompt, model: str, window: int) -> None:

@@ -106,6 +106,9 @@ class MemoryForwarder(_Forwarder, mem_grpc.MemoryServiceServicer):
     CreateInteraction = _forward("CreateInteraction", _idempotent)
     GetInteraction = _forward("GetInteraction")
     ListInteractions = _forward("ListInteractions")
+    UpdateInteraction = _forward("UpdateInteraction")
+    ListInteractionTraces = _forward("ListInteractionTraces")
+    SearchInteractions = _forward("SearchInteractions")
 
 
 class RetrievalForwarder(_Forwarder, ret_grpc.RetrievalServiceServicer):

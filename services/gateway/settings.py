@@ -66,6 +66,10 @@ class GatewaySettings(CommonSettings):
     # common context windows hold, and the rewrite prompt stays under generation's
     # default prompt limit (1M characters).
     ask_history_chars: int = Field(default=512_000, ge=1000)
+    # Each trace an Ask stores with its turn (rewrite, retrieval, generation) is cut to this
+    # many serialized bytes before it is sent (long strings shortened, marked truncated);
+    # memory applies its own max_trace_bytes too. 0: store no traces.
+    ask_trace_bytes: int = Field(default=64 * 1024, ge=0, le=1024 * 1024)
     # Rewrite follow-up questions into standalone queries unless the request says no.
     rewrite_query: bool = True
     # Cache of collection schemas and generative defaults, seconds (0: ask every time).

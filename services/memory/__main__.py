@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from gensearch.memory.v1 import memory_service_pb2_grpc as pb_grpc
@@ -23,6 +24,9 @@ from services.devlaunch.redis_server import RedisProcess, start_embedded
 from services.memory.servicer import MemoryServicer
 from services.memory.settings import MemorySettings
 from services.memory.store import MemoryStore
+
+if TYPE_CHECKING:
+    from services.memory.indexer import Indexer
 
 SERVICE_NAME = "gensearch.memory.v1.MemoryService"
 log = logging.getLogger("gensearch.memory")
@@ -56,23 +60,56 @@ async def build_server(settings: MemorySettings, *, port: int | None = None) -> 
         await store.load_scripts()
     except Unavailable as err:  # Redis down at start: served UNAVAILABLE until it is back
         log.warning("memory store unavailable at start: %s", err)
+    indexer = _indexer(settings, store)
     server.add_service(
-        pb_grpc.add_MemoryServiceServicer_to_server, MemoryServicer(store, settings), SERVICE_NAME
+        pb_grpc.add_MemoryServiceServicer_to_server,
+        MemoryServicer(store, settings, indexer),
+        SERVICE_NAME,
     )
     if embedded is not None:
         # on_stop callbacks run in reverse: the client closes first, then Redis flushes its
         # append-only file and exits.
         server.on_stop(embedded.stop)
     server.on_stop(store.close)
+    if indexer is not None:
+        # Runs before store.close (reverse order): index jobs under way still reach Redis.
+        server.on_stop(indexer.close)
     log.info(
         "memory store",
         extra={
             "embedded": embedded is not None,
             "cluster": settings.redis_cluster,
             "key_prefix": settings.key_prefix,
+            "search_index": settings.search_index,
         },
     )
     return server
+
+
+def _indexer(settings: MemorySettings, store: MemoryStore) -> Indexer | None:
+    """SearchInteractions' index when search_index is on; its retry loop started.
+    Imported here: the engine, BM25 and embedder modules cost seconds of start-up."""
+    if settings.search_index == "off":
+        return None
+    from services.memory.indexer import Indexer
+    from services.memory.search_index import make_index
+
+    api_key = settings.search_qdrant_api_key.get_secret_value()
+    register_secret(api_key or None)
+    index = make_index(
+        mode=settings.search_index,
+        data_dir=settings.data_dir,
+        qdrant_url=settings.search_qdrant_url,
+        qdrant_api_key=api_key,
+        collection=f"{settings.search_collection}",
+        model_path=settings.search_model_path,
+        embed_threads=settings.search_embed_threads,
+    )
+    if index is None:
+        return None
+    indexer = Indexer(store, index, settings.search_retry_seconds, settings.search_sweep_seconds)
+    indexer.start()
+    return indexer
 
 
 def main() -> None:

@@ -66,6 +66,37 @@ class MemorySettings(CommonSettings):
     # lowered to 7/8 of max_message_bytes when that is smaller (see page_bytes).
     max_page_bytes: int = Field(default=3 * MIB, ge=64 * 1024)
 
+    # Traces of an interaction (CreateInteraction.traces): at most max_traces, each at
+    # most max_trace_bytes serialized; a larger one is shortened (long strings cut, marked
+    # truncated) rather than refused, so a turn is never lost to its traces.
+    max_traces: int = Field(default=16, ge=1, le=256)
+    max_trace_bytes: int = Field(default=64 * 1024, ge=1024, le=MIB)
+
+    # SearchInteractions (docs/memory.md). "off": no index, the RPC is FAILED_PRECONDITION.
+    # "keyword": BM25 only, no model. "hybrid": BM25 and the local MiniLM vectors of input
+    # and response (the model loads on first use, ~0.5 GB of memory with torch).
+    # Off by default: the embedded index is one process's (qdrant-edge locks its files), so
+    # several replicas need search_qdrant_url, and the model is heavy for this service.
+    search_index: Literal["off", "keyword", "hybrid"] = "off"
+    # Empty: the embedded qdrant-edge engine under <data_dir>/memory-index. Else a Qdrant
+    # server ("http://host:6333"; ":memory:" for tests), in a collection of its own.
+    search_qdrant_url: str = ""
+    search_qdrant_api_key: SecretStr = SecretStr("")
+    search_collection: str = Field(default="gensearch_memory", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    # A directory with a sentence-transformers model; empty: the bundled all-MiniLM-L6-v2.
+    search_model_path: str = ""
+    search_embed_threads: int = Field(default=1, ge=0, le=256)
+    # Largest SearchInteractions limit, and longest query (UTF-8 bytes).
+    max_search_limit: int = Field(default=50, ge=1, le=1000)
+    max_search_query_bytes: int = Field(default=4096, ge=1)
+    # Indexing runs after the turn is stored and never fails it; what failed waits in an
+    # outbox in Redis and is tried again every this many seconds.
+    search_retry_seconds: float = Field(default=5.0, gt=0)
+    # Every this many seconds one replica walks the whole index and removes the entries of
+    # turns Redis no longer holds (expired by retention, evicted, deleted): a search never
+    # returns those anyway (every hit is re-read from Redis), this keeps the index small.
+    search_sweep_seconds: float = Field(default=3600.0, gt=0)
+
     @field_validator("key_prefix")
     @classmethod
     def _plain_prefix(cls, value: str) -> str:

@@ -10,7 +10,10 @@ tenant of its own name — see ``Owner.digest``):
     P:{u:U}:conv:<cid>:ints    ZSET  the conversation's interaction ids (score 0; UUIDv7
                                      strings sort by creation time)
     P:{u:U}:int:<iid>          HASH  conversation_id, data (the serialized
-                                     gensearch.memory.v1.Interaction), request_id (if given)
+                                     gensearch.memory.v1.Interaction), request_id (if given),
+                                     traces (if any: a serialized ListInteractionTracesResponse
+                                     holding only its traces; a field of the interaction, so
+                                     it is written, expires and is deleted with it)
     P:{u:U}:req:<request_id>   STRING  interaction id, expires after request_id_ttl_seconds
 
 ``{u:U}`` is the Redis Cluster hash tag: every key of one owner (a user of a tenant) lives
@@ -33,7 +36,7 @@ import hashlib
 import os
 import re
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -54,7 +57,7 @@ from redis.exceptions import (
 from redis.typing import EncodableT
 
 from services.common.auth import DEFAULT_TENANT
-from services.common.errors import Internal, InvalidArgument, NotFound, Unavailable
+from services.common.errors import Aborted, Internal, InvalidArgument, NotFound, Unavailable
 from services.common.redis_client import RedisClient
 from services.memory.ids import UUIDv7Generator
 
@@ -77,6 +80,8 @@ _LUA = resources.files("services.memory") / "lua"
 _NEEDS = "-- needs:"
 
 T = TypeVar("T")
+# Compare-and-set attempts of one UpdateInteraction before it gives up with ABORTED.
+UPDATE_ATTEMPTS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +212,9 @@ class MemoryStore:
         self._get_interaction = script("get_interaction")
         self._list_interactions = script("list_interactions")
         self._list_conversations = script("list_conversations")
+        self._get_interaction_traces = script("get_interaction_traces")
+        self._update_interaction = script("update_interaction")
+        self._get_interactions = script("get_interactions")
 
     async def load_scripts(self) -> None:
         """Loads every script now (SCRIPT LOAD; on a cluster, into every master).
@@ -218,7 +226,8 @@ class MemoryStore:
         scripts = [
             self._create_conversation, self._rename_conversation, self._delete_conversation,
             self._create_interaction, self._get_interaction, self._list_interactions,
-            self._list_conversations,
+            self._list_conversations, self._get_interaction_traces, self._update_interaction,
+            self._get_interactions,
         ]  # fmt: skip
         for script in scripts:
             await _redis(self._redis.script_load(script.script))
@@ -300,9 +309,15 @@ class MemoryStore:
         return Page(items, f"{last.update_ms:015d}:{last.conversation_id}")
 
     async def create_interaction(
-        self, owner: Owner, cid: str, interaction: pb.Interaction, request_id: str
+        self,
+        owner: Owner,
+        cid: str,
+        interaction: pb.Interaction,
+        request_id: str,
+        traces: bytes = b"",
     ) -> pb.Interaction:
-        """Stores ``interaction`` (its id, conversation and create_time are set here)."""
+        """Stores ``interaction`` (its id, conversation and create_time are set here) with
+        its serialized ``traces``, in one atomic step."""
         tag = self.tag(owner)
         iid, now = self._ids.new()
         interaction.interaction_id = iid
@@ -317,7 +332,7 @@ class MemoryStore:
         ]
         args: list[EncodableT] = [
             owner.user, tag, cid, iid, now, request_id, self._request_ttl_ms,
-            interaction.SerializeToString(),
+            interaction.SerializeToString(), traces,
         ]  # fmt: skip
         out = await _redis(self._create_interaction(keys=keys, args=args))
         status = out[0]
@@ -359,3 +374,91 @@ class MemoryStore:
         if out is None:
             raise conversation_not_found(cid)
         return Page(out[1:], out[0].decode() or None)
+
+    async def get_interaction_traces(self, owner: Owner, iid: str) -> bytes:
+        """The interaction's serialized traces (b"" when it has none)."""
+        tag = self.tag(owner)
+        out = await _redis(
+            self._get_interaction_traces(keys=[f"{tag}:int:{iid}"], args=[owner.user, tag])
+        )
+        if out is None:
+            raise interaction_not_found(iid)
+        return bytes(out[0])
+
+    async def get_interaction_data(self, owner: Owner, iid: str) -> bytes:
+        tag = self.tag(owner)
+        data = await _redis(
+            self._get_interaction(keys=[f"{tag}:int:{iid}"], args=[owner.user, tag])
+        )
+        if data is None:
+            raise interaction_not_found(iid)
+        return bytes(data)
+
+    async def update_interaction(
+        self, owner: Owner, iid: str, change: Callable[[pb.Interaction], None]
+    ) -> pb.Interaction:
+        """Applies ``change`` to the stored interaction and writes it back, atomically
+        against concurrent updates: a compare-and-set, read again and retried when another
+        update landed in between (ABORTED after UPDATE_ATTEMPTS lost races in a row)."""
+        for _ in range(UPDATE_ATTEMPTS):
+            old = await self.get_interaction_data(owner, iid)
+            interaction = pb.Interaction.FromString(old)
+            change(interaction)
+            if await self._replace_interaction(owner, iid, old, interaction.SerializeToString()):
+                return interaction
+        raise Aborted(
+            "the interaction kept changing while it was updated; try again",
+            reason="CONCURRENT_UPDATE",
+            metadata={"interaction_id": iid},
+        )
+
+    async def _replace_interaction(self, owner: Owner, iid: str, old: bytes, new: bytes) -> bool:
+        """Compare-and-set of the interaction's data: False when it changed since ``old``
+        was read; NOT_FOUND when it is gone or not the caller's."""
+        tag = self.tag(owner)
+        status = await _redis(
+            self._update_interaction(keys=[f"{tag}:int:{iid}"], args=[owner.user, tag, old, new])
+        )
+        if status == 0:
+            raise interaction_not_found(iid)
+        return bool(status == 1)
+
+    async def get_interactions(self, owner: Owner, iids: list[str]) -> list[pb.Interaction | None]:
+        """Each of ``iids`` that exists and is the caller's, else None, in one round trip."""
+        if not iids:
+            return []
+        tag = self.tag(owner)
+        out = await _redis(
+            self._get_interactions(
+                keys=[f"{tag}:int:{iid}" for iid in iids], args=[owner.user, tag]
+            )
+        )
+        return [pb.Interaction.FromString(data) if data else None for data in out]
+
+    # -- the search index's outbox -------------------------------------------------------
+    # P:search-outbox  ZSET  index work that failed, scored by when to try it again (ms).
+    # One key for the whole service (not an owner's): the retry loop finds all of it with
+    # one read. Its members name the owner, so they never need another key to be acted on.
+
+    def _outbox(self) -> str:
+        return f"{self._prefix}:search-outbox"
+
+    async def outbox_add(self, job: str, due_ms: int) -> None:
+        await _redis(self._redis.zadd(self._outbox(), {job: due_ms}))
+
+    async def outbox_due(self, now_ms: int, count: int) -> list[str]:
+        out = await _redis(
+            self._redis.zrangebyscore(self._outbox(), "-inf", now_ms, start=0, num=count)
+        )
+        return [bytes(member).decode() for member in out]
+
+    async def outbox_remove(self, job: str) -> None:
+        await _redis(self._redis.zrem(self._outbox(), job))
+
+    async def try_lock(self, name: str, ttl_ms: int) -> bool:
+        """True for the one caller that takes ``P:lock:<name>`` until it expires."""
+        key = f"{self._prefix}:lock:{name}"
+        return bool(await _redis(self._redis.set(key, "1", nx=True, px=max(ttl_ms, 1))))
+
+    async def outbox_size(self) -> int:
+        return int(await _redis(self._redis.zcard(self._outbox())))

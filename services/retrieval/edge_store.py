@@ -250,6 +250,19 @@ class EdgeStore:
         request = qe.CountRequest(exact=True, filter=to_edge_filter(where))
         return int(self._shard(name).count(request))
 
+    async def scroll(
+        self, name: str, offset: str | None, limit: int
+    ) -> tuple[list[FoundPoint], str | None]:
+        return await self._run(self._scroll, name, offset, limit)
+
+    def _scroll(
+        self, name: str, offset: str | None, limit: int
+    ) -> tuple[list[FoundPoint], str | None]:
+        request = qe.ScrollRequest(offset=offset, limit=limit, with_payload=True)
+        records, next_offset = self._shard(name).scroll(request)
+        points = [_found(r.id, r.payload, 0.0, None) for r in records]
+        return points, None if next_offset is None else str(next_offset)
+
     async def query_dense(
         self,
         name: str,

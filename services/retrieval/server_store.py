@@ -190,6 +190,16 @@ class ServerStore:
             result = await self.client.count(name, count_filter=to_qdrant_filter(where), exact=True)
         return int(result.count)
 
+    async def scroll(
+        self, name: str, offset: str | None, limit: int
+    ) -> tuple[list[FoundPoint], str | None]:
+        with _guard(name):
+            records, next_offset = await self.client.scroll(
+                name, offset=offset, limit=limit, with_payload=True, with_vectors=False
+            )
+        points = [_found(r.id, r.payload, 0.0, None) for r in records]
+        return points, None if next_offset is None else str(next_offset)
+
     async def query_dense(
         self,
         name: str,

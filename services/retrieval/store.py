@@ -85,6 +85,12 @@ class VectorStore(Protocol):
 
     async def count(self, name: str, where: Node | None) -> int: ...
 
+    async def scroll(
+        self, name: str, offset: str | None, limit: int
+    ) -> tuple[list[FoundPoint], str | None]:
+        """Every point in id order, ``limit`` at a time, with payloads: the page from
+        ``offset`` (None: the first) and the offset of the next page (None: the last)."""
+
     async def query_dense(
         self,
         name: str,

@@ -97,8 +97,8 @@ async def stack_factory(
 ) -> AsyncIterator[StackFactory]:
     """``await stack_factory(**gateway_settings)``; ``generation=False`` leaves the
     generation address pointing at a port where nothing listens; ``shared`` settings go to
-    all four services, ``generation_settings`` to generation only, ``extra_providers``
-    beside the fake one."""
+    all four services, ``generation_settings`` to generation only, ``memory`` settings to
+    memory alone, ``extra_providers`` beside the fake one."""
     stacks: list[Stack] = []
 
     async def start(
@@ -108,6 +108,7 @@ async def stack_factory(
         shared: dict[str, Any] | None = None,
         extra_providers: list[dict[str, Any]] | None = None,
         generation_settings: dict[str, Any] | None = None,
+        memory: dict[str, Any] | None = None,
         **overrides: Any,
     ) -> Stack:
         servers: dict[str, GrpcServer] = {}
@@ -117,6 +118,7 @@ async def stack_factory(
             key_prefix=f"gw-{uuid.uuid4().hex[:12]}",
             metrics_port=None,
             **common,
+            **(memory or {}),
         )
         servers["memory"] = await build_memory(memory_settings, port=0)
         data = tmp_path / f"stack{len(stacks)}"

@@ -31,6 +31,10 @@ RETRYABLE: dict[str, tuple[str, ...]] = {
         "GetInteraction",
         "ListInteractions",
         "CreateInteraction",
+        # Reads, and a write that sets a value (the same result however often it lands).
+        "ListInteractionTraces",
+        "SearchInteractions",
+        "UpdateInteraction",
     ),
     RETRIEVAL_SERVICE: (
         "GetCollection",

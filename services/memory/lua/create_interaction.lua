@@ -1,6 +1,8 @@
 -- needs: read touch
 -- KEYS: conv, ints, int, convs, req.
--- ARGV: user, tag, cid, iid, now_ms, request_id, ttl_ms, serialized interaction.
+-- ARGV: user, tag, cid, iid, now_ms, request_id, ttl_ms, serialized interaction,
+-- serialized traces ('' when none: a field of the interaction's hash, so they share its
+-- slot, its expiry and its deletion).
 -- Returns {0} not found, {1} created, {2, cid, data} already created by this request_id.
 local h = redis.call('HMGET', KEYS[1], 'user', 'update_time', 'interaction_count')
 if h[1] ~= ARGV[1] then return {0} end
@@ -12,6 +14,7 @@ if ARGV[6] ~= '' then
   end
 end
 redis.call('HSET', KEYS[3], 'conversation_id', ARGV[3], 'data', ARGV[8])
+if ARGV[9] ~= '' then redis.call('HSET', KEYS[3], 'traces', ARGV[9]) end
 if ARGV[6] ~= '' then
   redis.call('HSET', KEYS[3], 'request_id', ARGV[6])
   redis.call('SET', KEYS[5], ARGV[4], 'PX', ARGV[7])

@@ -22,53 +22,75 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
+from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(gensearch/memory/v1/memory_service.proto\x12\x13gensearch.memory.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc0\x01\n\x0c\x43onversation\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04user\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11interaction_count\x18\x06 \x01(\x03\"\xeb\x01\n\x0bInteraction\x12\x16\n\x0einteraction_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\r\n\x05input\x18\x03 \x01(\t\x12\x17\n\x0fprompt_template\x18\x04 \x01(\t\x12\x10\n\x08response\x18\x05 \x01(\t\x12\x0e\n\x06origin\x18\x06 \x01(\t\x12\x30\n\x0f\x61\x64\x64itional_info\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\")\n\x19\x43reateConversationRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"U\n\x1a\x43reateConversationResponse\x12\x37\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32!.gensearch.memory.v1.Conversation\"1\n\x16GetConversationRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\"R\n\x17GetConversationResponse\x12\x37\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32!.gensearch.memory.v1.Conversation\"A\n\x18ListConversationsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"n\n\x19ListConversationsResponse\x12\x38\n\rconversations\x18\x01 \x03(\x0b\x32!.gensearch.memory.v1.Conversation\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"B\n\x19UpdateConversationRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"U\n\x1aUpdateConversationResponse\x12\x37\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32!.gensearch.memory.v1.Conversation\"4\n\x19\x44\x65leteConversationRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\"\x1c\n\x1a\x44\x65leteConversationResponse\"\xc3\x01\n\x18\x43reateInteractionRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\r\n\x05input\x18\x02 \x01(\t\x12\x17\n\x0fprompt_template\x18\x03 \x01(\t\x12\x10\n\x08response\x18\x04 \x01(\t\x12\x0e\n\x06origin\x18\x05 \x01(\t\x12\x30\n\x0f\x61\x64\x64itional_info\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\nrequest_id\x18\x07 \x01(\t\"R\n\x19\x43reateInteractionResponse\x12\x35\n\x0binteraction\x18\x01 \x01(\x0b\x32 .gensearch.memory.v1.Interaction\"/\n\x15GetInteractionRequest\x12\x16\n\x0einteraction_id\x18\x01 \x01(\t\"O\n\x16GetInteractionResponse\x12\x35\n\x0binteraction\x18\x01 \x01(\x0b\x32 .gensearch.memory.v1.Interaction\"Y\n\x17ListInteractionsRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"k\n\x18ListInteractionsResponse\x12\x36\n\x0cinteractions\x18\x01 \x03(\x0b\x32 .gensearch.memory.v1.Interaction\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xa6\x07\n\rMemoryService\x12u\n\x12\x43reateConversation\x12..gensearch.memory.v1.CreateConversationRequest\x1a/.gensearch.memory.v1.CreateConversationResponse\x12l\n\x0fGetConversation\x12+.gensearch.memory.v1.GetConversationRequest\x1a,.gensearch.memory.v1.GetConversationResponse\x12r\n\x11ListConversations\x12-.gensearch.memory.v1.ListConversationsRequest\x1a..gensearch.memory.v1.ListConversationsResponse\x12u\n\x12UpdateConversation\x12..gensearch.memory.v1.UpdateConversationRequest\x1a/.gensearch.memory.v1.UpdateConversationResponse\x12u\n\x12\x44\x65leteConversation\x12..gensearch.memory.v1.DeleteConversationRequest\x1a/.gensearch.memory.v1.DeleteConversationResponse\x12r\n\x11\x43reateInteraction\x12-.gensearch.memory.v1.CreateInteractionRequest\x1a..gensearch.memory.v1.CreateInteractionResponse\x12i\n\x0eGetInteraction\x12*.gensearch.memory.v1.GetInteractionRequest\x1a+.gensearch.memory.v1.GetInteractionResponse\x12o\n\x10ListInteractions\x12,.gensearch.memory.v1.ListInteractionsRequest\x1a-.gensearch.memory.v1.ListInteractionsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(gensearch/memory/v1/memory_service.proto\x12\x13gensearch.memory.v1\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc0\x01\n\x0c\x43onversation\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04user\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11interaction_count\x18\x06 \x01(\x03\"\xb1\x02\n\x0bInteraction\x12\x16\n\x0einteraction_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\r\n\x05input\x18\x03 \x01(\t\x12\x17\n\x0fprompt_template\x18\x04 \x01(\t\x12\x10\n\x08response\x18\x05 \x01(\t\x12\x0e\n\x06origin\x18\x06 \x01(\t\x12\x30\n\x0f\x61\x64\x64itional_info\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18P \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0btrace_count\x18Q \x01(\x05\"\x87\x02\n\x05Trace\x12\x14\n\x0ctrace_number\x18\x01 \x01(\x05\x12\'\n\x04step\x18\x02 \x01(\x0e\x32\x19.gensearch.memory.v1.Step\x12&\n\x05input\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\'\n\x06output\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12.\n\nstart_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x08\x64uration\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x11\n\ttruncated\x18\x07 \x01(\x08\")\n\x19\x43reateConversationRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"U\n\x1a\x43reateConversationResponse\x12\x37\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32!.gensearch.memory.v1.Conversation\"1\n\x16GetConversationRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\"R\n\x17GetConversationResponse\x12\x37\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32!.gensearch.memory.v1.Conversation\"A\n\x18ListConversationsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"n\n\x19ListConversationsResponse\x12\x38\n\rconversations\x18\x01 \x03(\x0b\x32!.gensearch.memory.v1.Conversation\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"B\n\x19UpdateConversationRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"U\n\x1aUpdateConversationResponse\x12\x37\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32!.gensearch.memory.v1.Conversation\"4\n\x19\x44\x65leteConversationRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\"\x1c\n\x1a\x44\x65leteConversationResponse\"\xef\x01\n\x18\x43reateInteractionRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\r\n\x05input\x18\x02 \x01(\t\x12\x17\n\x0fprompt_template\x18\x03 \x01(\t\x12\x10\n\x08response\x18\x04 \x01(\t\x12\x0e\n\x06origin\x18\x05 \x01(\t\x12\x30\n\x0f\x61\x64\x64itional_info\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12*\n\x06traces\x18P \x03(\x0b\x32\x1a.gensearch.memory.v1.Trace\"R\n\x19\x43reateInteractionResponse\x12\x35\n\x0binteraction\x18\x01 \x01(\x0b\x32 .gensearch.memory.v1.Interaction\"/\n\x15GetInteractionRequest\x12\x16\n\x0einteraction_id\x18\x01 \x01(\t\"O\n\x16GetInteractionResponse\x12\x35\n\x0binteraction\x18\x01 \x01(\x0b\x32 .gensearch.memory.v1.Interaction\"Y\n\x17ListInteractionsRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"k\n\x18ListInteractionsResponse\x12\x36\n\x0cinteractions\x18\x01 \x03(\x0b\x32 .gensearch.memory.v1.Interaction\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x82\x01\n\x18UpdateInteractionRequest\x12\x35\n\x0binteraction\x18\x01 \x01(\x0b\x32 .gensearch.memory.v1.Interaction\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"R\n\x19UpdateInteractionResponse\x12\x35\n\x0binteraction\x18\x01 \x01(\x0b\x32 .gensearch.memory.v1.Interaction\"]\n\x1cListInteractionTracesRequest\x12\x16\n\x0einteraction_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"d\n\x1dListInteractionTracesResponse\x12*\n\x06traces\x18\x01 \x03(\x0b\x32\x1a.gensearch.memory.v1.Trace\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x81\x01\n\x19SearchInteractionsRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12-\n\x04mode\x18\x03 \x01(\x0e\x32\x1f.gensearch.memory.v1.SearchMode\x12\r\n\x05limit\x18\x04 \x01(\x05\"V\n\x0eInteractionHit\x12\x35\n\x0binteraction\x18\x01 \x01(\x0b\x32 .gensearch.memory.v1.Interaction\x12\r\n\x05score\x18\x02 \x01(\x01\"O\n\x1aSearchInteractionsResponse\x12\x31\n\x04hits\x18\x01 \x03(\x0b\x32#.gensearch.memory.v1.InteractionHit*p\n\x04Step\x12\x14\n\x10STEP_UNSPECIFIED\x10\x00\x12\x19\n\x15STEP_QUESTION_REWRITE\x10\x01\x12\x12\n\x0eSTEP_RETRIEVAL\x10\x02\x12\x13\n\x0fSTEP_GENERATION\x10\x03\x12\x0e\n\nSTEP_OTHER\x10\x04*t\n\nSearchMode\x12\x1b\n\x17SEARCH_MODE_UNSPECIFIED\x10\x00\x12\x16\n\x12SEARCH_MODE_HYBRID\x10\x01\x12\x18\n\x14SEARCH_MODE_SEMANTIC\x10\x02\x12\x17\n\x13SEARCH_MODE_KEYWORD\x10\x03\x32\x91\n\n\rMemoryService\x12u\n\x12\x43reateConversation\x12..gensearch.memory.v1.CreateConversationRequest\x1a/.gensearch.memory.v1.CreateConversationResponse\x12l\n\x0fGetConversation\x12+.gensearch.memory.v1.GetConversationRequest\x1a,.gensearch.memory.v1.GetConversationResponse\x12r\n\x11ListConversations\x12-.gensearch.memory.v1.ListConversationsRequest\x1a..gensearch.memory.v1.ListConversationsResponse\x12u\n\x12UpdateConversation\x12..gensearch.memory.v1.UpdateConversationRequest\x1a/.gensearch.memory.v1.UpdateConversationResponse\x12u\n\x12\x44\x65leteConversation\x12..gensearch.memory.v1.DeleteConversationRequest\x1a/.gensearch.memory.v1.DeleteConversationResponse\x12r\n\x11\x43reateInteraction\x12-.gensearch.memory.v1.CreateInteractionRequest\x1a..gensearch.memory.v1.CreateInteractionResponse\x12i\n\x0eGetInteraction\x12*.gensearch.memory.v1.GetInteractionRequest\x1a+.gensearch.memory.v1.GetInteractionResponse\x12o\n\x10ListInteractions\x12,.gensearch.memory.v1.ListInteractionsRequest\x1a-.gensearch.memory.v1.ListInteractionsResponse\x12r\n\x11UpdateInteraction\x12-.gensearch.memory.v1.UpdateInteractionRequest\x1a..gensearch.memory.v1.UpdateInteractionResponse\x12~\n\x15ListInteractionTraces\x12\x31.gensearch.memory.v1.ListInteractionTracesRequest\x1a\x32.gensearch.memory.v1.ListInteractionTracesResponse\x12u\n\x12SearchInteractions\x12..gensearch.memory.v1.SearchInteractionsRequest\x1a/.gensearch.memory.v1.SearchInteractionsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gensearch.memory.v1.memory_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CONVERSATION']._serialized_start=129
-  _globals['_CONVERSATION']._serialized_end=321
-  _globals['_INTERACTION']._serialized_start=324
-  _globals['_INTERACTION']._serialized_end=559
-  _globals['_CREATECONVERSATIONREQUEST']._serialized_start=561
-  _globals['_CREATECONVERSATIONREQUEST']._serialized_end=602
-  _globals['_CREATECONVERSATIONRESPONSE']._serialized_start=604
-  _globals['_CREATECONVERSATIONRESPONSE']._serialized_end=689
-  _globals['_GETCONVERSATIONREQUEST']._serialized_start=691
-  _globals['_GETCONVERSATIONREQUEST']._serialized_end=740
-  _globals['_GETCONVERSATIONRESPONSE']._serialized_start=742
-  _globals['_GETCONVERSATIONRESPONSE']._serialized_end=824
-  _globals['_LISTCONVERSATIONSREQUEST']._serialized_start=826
-  _globals['_LISTCONVERSATIONSREQUEST']._serialized_end=891
-  _globals['_LISTCONVERSATIONSRESPONSE']._serialized_start=893
-  _globals['_LISTCONVERSATIONSRESPONSE']._serialized_end=1003
-  _globals['_UPDATECONVERSATIONREQUEST']._serialized_start=1005
-  _globals['_UPDATECONVERSATIONREQUEST']._serialized_end=1071
-  _globals['_UPDATECONVERSATIONRESPONSE']._serialized_start=1073
-  _globals['_UPDATECONVERSATIONRESPONSE']._serialized_end=1158
-  _globals['_DELETECONVERSATIONREQUEST']._serialized_start=1160
-  _globals['_DELETECONVERSATIONREQUEST']._serialized_end=1212
-  _globals['_DELETECONVERSATIONRESPONSE']._serialized_start=1214
-  _globals['_DELETECONVERSATIONRESPONSE']._serialized_end=1242
-  _globals['_CREATEINTERACTIONREQUEST']._serialized_start=1245
-  _globals['_CREATEINTERACTIONREQUEST']._serialized_end=1440
-  _globals['_CREATEINTERACTIONRESPONSE']._serialized_start=1442
-  _globals['_CREATEINTERACTIONRESPONSE']._serialized_end=1524
-  _globals['_GETINTERACTIONREQUEST']._serialized_start=1526
-  _globals['_GETINTERACTIONREQUEST']._serialized_end=1573
-  _globals['_GETINTERACTIONRESPONSE']._serialized_start=1575
-  _globals['_GETINTERACTIONRESPONSE']._serialized_end=1654
-  _globals['_LISTINTERACTIONSREQUEST']._serialized_start=1656
-  _globals['_LISTINTERACTIONSREQUEST']._serialized_end=1745
-  _globals['_LISTINTERACTIONSRESPONSE']._serialized_start=1747
-  _globals['_LISTINTERACTIONSRESPONSE']._serialized_end=1854
-  _globals['_MEMORYSERVICE']._serialized_start=1857
-  _globals['_MEMORYSERVICE']._serialized_end=2791
+  _globals['_STEP']._serialized_start=3017
+  _globals['_STEP']._serialized_end=3129
+  _globals['_SEARCHMODE']._serialized_start=3131
+  _globals['_SEARCHMODE']._serialized_end=3247
+  _globals['_CONVERSATION']._serialized_start=195
+  _globals['_CONVERSATION']._serialized_end=387
+  _globals['_INTERACTION']._serialized_start=390
+  _globals['_INTERACTION']._serialized_end=695
+  _globals['_TRACE']._serialized_start=698
+  _globals['_TRACE']._serialized_end=961
+  _globals['_CREATECONVERSATIONREQUEST']._serialized_start=963
+  _globals['_CREATECONVERSATIONREQUEST']._serialized_end=1004
+  _globals['_CREATECONVERSATIONRESPONSE']._serialized_start=1006
+  _globals['_CREATECONVERSATIONRESPONSE']._serialized_end=1091
+  _globals['_GETCONVERSATIONREQUEST']._serialized_start=1093
+  _globals['_GETCONVERSATIONREQUEST']._serialized_end=1142
+  _globals['_GETCONVERSATIONRESPONSE']._serialized_start=1144
+  _globals['_GETCONVERSATIONRESPONSE']._serialized_end=1226
+  _globals['_LISTCONVERSATIONSREQUEST']._serialized_start=1228
+  _globals['_LISTCONVERSATIONSREQUEST']._serialized_end=1293
+  _globals['_LISTCONVERSATIONSRESPONSE']._serialized_start=1295
+  _globals['_LISTCONVERSATIONSRESPONSE']._serialized_end=1405
+  _globals['_UPDATECONVERSATIONREQUEST']._serialized_start=1407
+  _globals['_UPDATECONVERSATIONREQUEST']._serialized_end=1473
+  _globals['_UPDATECONVERSATIONRESPONSE']._serialized_start=1475
+  _globals['_UPDATECONVERSATIONRESPONSE']._serialized_end=1560
+  _globals['_DELETECONVERSATIONREQUEST']._serialized_start=1562
+  _globals['_DELETECONVERSATIONREQUEST']._serialized_end=1614
+  _globals['_DELETECONVERSATIONRESPONSE']._serialized_start=1616
+  _globals['_DELETECONVERSATIONRESPONSE']._serialized_end=1644
+  _globals['_CREATEINTERACTIONREQUEST']._serialized_start=1647
+  _globals['_CREATEINTERACTIONREQUEST']._serialized_end=1886
+  _globals['_CREATEINTERACTIONRESPONSE']._serialized_start=1888
+  _globals['_CREATEINTERACTIONRESPONSE']._serialized_end=1970
+  _globals['_GETINTERACTIONREQUEST']._serialized_start=1972
+  _globals['_GETINTERACTIONREQUEST']._serialized_end=2019
+  _globals['_GETINTERACTIONRESPONSE']._serialized_start=2021
+  _globals['_GETINTERACTIONRESPONSE']._serialized_end=2100
+  _globals['_LISTINTERACTIONSREQUEST']._serialized_start=2102
+  _globals['_LISTINTERACTIONSREQUEST']._serialized_end=2191
+  _globals['_LISTINTERACTIONSRESPONSE']._serialized_start=2193
+  _globals['_LISTINTERACTIONSRESPONSE']._serialized_end=2300
+  _globals['_UPDATEINTERACTIONREQUEST']._serialized_start=2303
+  _globals['_UPDATEINTERACTIONREQUEST']._serialized_end=2433
+  _globals['_UPDATEINTERACTIONRESPONSE']._serialized_start=2435
+  _globals['_UPDATEINTERACTIONRESPONSE']._serialized_end=2517
+  _globals['_LISTINTERACTIONTRACESREQUEST']._serialized_start=2519
+  _globals['_LISTINTERACTIONTRACESREQUEST']._serialized_end=2612
+  _globals['_LISTINTERACTIONTRACESRESPONSE']._serialized_start=2614
+  _globals['_LISTINTERACTIONTRACESRESPONSE']._serialized_end=2714
+  _globals['_SEARCHINTERACTIONSREQUEST']._serialized_start=2717
+  _globals['_SEARCHINTERACTIONSREQUEST']._serialized_end=2846
+  _globals['_INTERACTIONHIT']._serialized_start=2848
+  _globals['_INTERACTIONHIT']._serialized_end=2934
+  _globals['_SEARCHINTERACTIONSRESPONSE']._serialized_start=2936
+  _globals['_SEARCHINTERACTIONSRESPONSE']._serialized_end=3015
+  _globals['_MEMORYSERVICE']._serialized_start=3250
+  _globals['_MEMORYSERVICE']._serialized_end=4547
 # @@protoc_insertion_point(module_scope)

@@ -1,14 +1,41 @@
 import datetime
 
+from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class Step(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    STEP_UNSPECIFIED: _ClassVar[Step]
+    STEP_QUESTION_REWRITE: _ClassVar[Step]
+    STEP_RETRIEVAL: _ClassVar[Step]
+    STEP_GENERATION: _ClassVar[Step]
+    STEP_OTHER: _ClassVar[Step]
+
+class SearchMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SEARCH_MODE_UNSPECIFIED: _ClassVar[SearchMode]
+    SEARCH_MODE_HYBRID: _ClassVar[SearchMode]
+    SEARCH_MODE_SEMANTIC: _ClassVar[SearchMode]
+    SEARCH_MODE_KEYWORD: _ClassVar[SearchMode]
+STEP_UNSPECIFIED: Step
+STEP_QUESTION_REWRITE: Step
+STEP_RETRIEVAL: Step
+STEP_GENERATION: Step
+STEP_OTHER: Step
+SEARCH_MODE_UNSPECIFIED: SearchMode
+SEARCH_MODE_HYBRID: SearchMode
+SEARCH_MODE_SEMANTIC: SearchMode
+SEARCH_MODE_KEYWORD: SearchMode
 
 class Conversation(_message.Message):
     __slots__ = ("conversation_id", "name", "user", "create_time", "update_time", "interaction_count")
@@ -27,7 +54,7 @@ class Conversation(_message.Message):
     def __init__(self, conversation_id: _Optional[str] = ..., name: _Optional[str] = ..., user: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., interaction_count: _Optional[int] = ...) -> None: ...
 
 class Interaction(_message.Message):
-    __slots__ = ("interaction_id", "conversation_id", "input", "prompt_template", "response", "origin", "additional_info", "create_time")
+    __slots__ = ("interaction_id", "conversation_id", "input", "prompt_template", "response", "origin", "additional_info", "create_time", "update_time", "trace_count")
     INTERACTION_ID_FIELD_NUMBER: _ClassVar[int]
     CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
@@ -36,6 +63,8 @@ class Interaction(_message.Message):
     ORIGIN_FIELD_NUMBER: _ClassVar[int]
     ADDITIONAL_INFO_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    TRACE_COUNT_FIELD_NUMBER: _ClassVar[int]
     interaction_id: str
     conversation_id: str
     input: str
@@ -44,7 +73,27 @@ class Interaction(_message.Message):
     origin: str
     additional_info: _struct_pb2.Struct
     create_time: _timestamp_pb2.Timestamp
-    def __init__(self, interaction_id: _Optional[str] = ..., conversation_id: _Optional[str] = ..., input: _Optional[str] = ..., prompt_template: _Optional[str] = ..., response: _Optional[str] = ..., origin: _Optional[str] = ..., additional_info: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    update_time: _timestamp_pb2.Timestamp
+    trace_count: int
+    def __init__(self, interaction_id: _Optional[str] = ..., conversation_id: _Optional[str] = ..., input: _Optional[str] = ..., prompt_template: _Optional[str] = ..., response: _Optional[str] = ..., origin: _Optional[str] = ..., additional_info: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trace_count: _Optional[int] = ...) -> None: ...
+
+class Trace(_message.Message):
+    __slots__ = ("trace_number", "step", "input", "output", "start_time", "duration", "truncated")
+    TRACE_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    INPUT_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    DURATION_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    trace_number: int
+    step: Step
+    input: _struct_pb2.Struct
+    output: _struct_pb2.Struct
+    start_time: _timestamp_pb2.Timestamp
+    duration: _duration_pb2.Duration
+    truncated: bool
+    def __init__(self, trace_number: _Optional[int] = ..., step: _Optional[_Union[Step, str]] = ..., input: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., output: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., truncated: _Optional[bool] = ...) -> None: ...
 
 class CreateConversationRequest(_message.Message):
     __slots__ = ("name",)
@@ -111,7 +160,7 @@ class DeleteConversationResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class CreateInteractionRequest(_message.Message):
-    __slots__ = ("conversation_id", "input", "prompt_template", "response", "origin", "additional_info", "request_id")
+    __slots__ = ("conversation_id", "input", "prompt_template", "response", "origin", "additional_info", "request_id", "traces")
     CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
@@ -119,6 +168,7 @@ class CreateInteractionRequest(_message.Message):
     ORIGIN_FIELD_NUMBER: _ClassVar[int]
     ADDITIONAL_INFO_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    TRACES_FIELD_NUMBER: _ClassVar[int]
     conversation_id: str
     input: str
     prompt_template: str
@@ -126,7 +176,8 @@ class CreateInteractionRequest(_message.Message):
     origin: str
     additional_info: _struct_pb2.Struct
     request_id: str
-    def __init__(self, conversation_id: _Optional[str] = ..., input: _Optional[str] = ..., prompt_template: _Optional[str] = ..., response: _Optional[str] = ..., origin: _Optional[str] = ..., additional_info: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    traces: _containers.RepeatedCompositeFieldContainer[Trace]
+    def __init__(self, conversation_id: _Optional[str] = ..., input: _Optional[str] = ..., prompt_template: _Optional[str] = ..., response: _Optional[str] = ..., origin: _Optional[str] = ..., additional_info: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., request_id: _Optional[str] = ..., traces: _Optional[_Iterable[_Union[Trace, _Mapping]]] = ...) -> None: ...
 
 class CreateInteractionResponse(_message.Message):
     __slots__ = ("interaction",)
@@ -163,3 +214,61 @@ class ListInteractionsResponse(_message.Message):
     interactions: _containers.RepeatedCompositeFieldContainer[Interaction]
     next_page_token: str
     def __init__(self, interactions: _Optional[_Iterable[_Union[Interaction, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class UpdateInteractionRequest(_message.Message):
+    __slots__ = ("interaction", "update_mask")
+    INTERACTION_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_MASK_FIELD_NUMBER: _ClassVar[int]
+    interaction: Interaction
+    update_mask: _field_mask_pb2.FieldMask
+    def __init__(self, interaction: _Optional[_Union[Interaction, _Mapping]] = ..., update_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ...) -> None: ...
+
+class UpdateInteractionResponse(_message.Message):
+    __slots__ = ("interaction",)
+    INTERACTION_FIELD_NUMBER: _ClassVar[int]
+    interaction: Interaction
+    def __init__(self, interaction: _Optional[_Union[Interaction, _Mapping]] = ...) -> None: ...
+
+class ListInteractionTracesRequest(_message.Message):
+    __slots__ = ("interaction_id", "page_size", "page_token")
+    INTERACTION_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    interaction_id: str
+    page_size: int
+    page_token: str
+    def __init__(self, interaction_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListInteractionTracesResponse(_message.Message):
+    __slots__ = ("traces", "next_page_token")
+    TRACES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    traces: _containers.RepeatedCompositeFieldContainer[Trace]
+    next_page_token: str
+    def __init__(self, traces: _Optional[_Iterable[_Union[Trace, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class SearchInteractionsRequest(_message.Message):
+    __slots__ = ("query", "conversation_id", "mode", "limit")
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    query: str
+    conversation_id: str
+    mode: SearchMode
+    limit: int
+    def __init__(self, query: _Optional[str] = ..., conversation_id: _Optional[str] = ..., mode: _Optional[_Union[SearchMode, str]] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class InteractionHit(_message.Message):
+    __slots__ = ("interaction", "score")
+    INTERACTION_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    interaction: Interaction
+    score: float
+    def __init__(self, interaction: _Optional[_Union[Interaction, _Mapping]] = ..., score: _Optional[float] = ...) -> None: ...
+
+class SearchInteractionsResponse(_message.Message):
+    __slots__ = ("hits",)
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    hits: _containers.RepeatedCompositeFieldContainer[InteractionHit]
+    def __init__(self, hits: _Optional[_Iterable[_Union[InteractionHit, _Mapping]]] = ...) -> None: ...

@@ -79,6 +79,21 @@ class MemoryServiceStub:
                 request_serializer=gensearch_dot_memory_dot_v1_dot_memory__service__pb2.ListInteractionsRequest.SerializeToString,
                 response_deserializer=gensearch_dot_memory_dot_v1_dot_memory__service__pb2.ListInteractionsResponse.FromString,
                 _registered_method=True)
+        self.UpdateInteraction = channel.unary_unary(
+                '/gensearch.memory.v1.MemoryService/UpdateInteraction',
+                request_serializer=gensearch_dot_memory_dot_v1_dot_memory__service__pb2.UpdateInteractionRequest.SerializeToString,
+                response_deserializer=gensearch_dot_memory_dot_v1_dot_memory__service__pb2.UpdateInteractionResponse.FromString,
+                _registered_method=True)
+        self.ListInteractionTraces = channel.unary_unary(
+                '/gensearch.memory.v1.MemoryService/ListInteractionTraces',
+                request_serializer=gensearch_dot_memory_dot_v1_dot_memory__service__pb2.ListInteractionTracesRequest.SerializeToString,
+                response_deserializer=gensearch_dot_memory_dot_v1_dot_memory__service__pb2.ListInteractionTracesResponse.FromString,
+                _registered_method=True)
+        self.SearchInteractions = channel.unary_unary(
+                '/gensearch.memory.v1.MemoryService/SearchInteractions',
+                request_serializer=gensearch_dot_memory_dot_v1_dot_memory__service__pb2.SearchInteractionsRequest.SerializeToString,
+                response_deserializer=gensearch_dot_memory_dot_v1_dot_memory__service__pb2.SearchInteractionsResponse.FromString,
+                _registered_method=True)
 
 
 class MemoryServiceServicer:
@@ -146,6 +161,30 @@ class MemoryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateInteraction(self, request, context):
+        """Changes an interaction's additional_info (the only field that may change, as in
+        OpenSearch's memory API), as named by a field mask.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListInteractionTraces(self, request, context):
+        """Lists the traces (the steps that produced it) of one of the caller's interactions,
+        in the order the steps ran.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SearchInteractions(self, request, context):
+        """Finds the caller's own interactions by meaning and by keyword, optionally within one
+        conversation. Needs the search index (docs/memory.md); FAILED_PRECONDITION when it is off.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MemoryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -188,6 +227,21 @@ def add_MemoryServiceServicer_to_server(servicer, server):
                     servicer.ListInteractions,
                     request_deserializer=gensearch_dot_memory_dot_v1_dot_memory__service__pb2.ListInteractionsRequest.FromString,
                     response_serializer=gensearch_dot_memory_dot_v1_dot_memory__service__pb2.ListInteractionsResponse.SerializeToString,
+            ),
+            'UpdateInteraction': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateInteraction,
+                    request_deserializer=gensearch_dot_memory_dot_v1_dot_memory__service__pb2.UpdateInteractionRequest.FromString,
+                    response_serializer=gensearch_dot_memory_dot_v1_dot_memory__service__pb2.UpdateInteractionResponse.SerializeToString,
+            ),
+            'ListInteractionTraces': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListInteractionTraces,
+                    request_deserializer=gensearch_dot_memory_dot_v1_dot_memory__service__pb2.ListInteractionTracesRequest.FromString,
+                    response_serializer=gensearch_dot_memory_dot_v1_dot_memory__service__pb2.ListInteractionTracesResponse.SerializeToString,
+            ),
+            'SearchInteractions': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchInteractions,
+                    request_deserializer=gensearch_dot_memory_dot_v1_dot_memory__service__pb2.SearchInteractionsRequest.FromString,
+                    response_serializer=gensearch_dot_memory_dot_v1_dot_memory__service__pb2.SearchInteractionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -411,6 +465,87 @@ class MemoryService:
             '/gensearch.memory.v1.MemoryService/ListInteractions',
             gensearch_dot_memory_dot_v1_dot_memory__service__pb2.ListInteractionsRequest.SerializeToString,
             gensearch_dot_memory_dot_v1_dot_memory__service__pb2.ListInteractionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateInteraction(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gensearch.memory.v1.MemoryService/UpdateInteraction',
+            gensearch_dot_memory_dot_v1_dot_memory__service__pb2.UpdateInteractionRequest.SerializeToString,
+            gensearch_dot_memory_dot_v1_dot_memory__service__pb2.UpdateInteractionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListInteractionTraces(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gensearch.memory.v1.MemoryService/ListInteractionTraces',
+            gensearch_dot_memory_dot_v1_dot_memory__service__pb2.ListInteractionTracesRequest.SerializeToString,
+            gensearch_dot_memory_dot_v1_dot_memory__service__pb2.ListInteractionTracesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchInteractions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gensearch.memory.v1.MemoryService/SearchInteractions',
+            gensearch_dot_memory_dot_v1_dot_memory__service__pb2.SearchInteractionsRequest.SerializeToString,
+            gensearch_dot_memory_dot_v1_dot_memory__service__pb2.SearchInteractionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

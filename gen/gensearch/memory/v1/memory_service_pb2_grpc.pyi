@@ -56,6 +56,18 @@ class MemoryServiceStub:
     """Returns one interaction of the caller's."""
     ListInteractions: _grpc.UnaryUnaryMultiCallable[_memory_service_pb2.ListInteractionsRequest, _memory_service_pb2.ListInteractionsResponse]
     """Lists a conversation's interactions, newest first."""
+    UpdateInteraction: _grpc.UnaryUnaryMultiCallable[_memory_service_pb2.UpdateInteractionRequest, _memory_service_pb2.UpdateInteractionResponse]
+    """Changes an interaction's additional_info (the only field that may change, as in
+    OpenSearch's memory API), as named by a field mask.
+    """
+    ListInteractionTraces: _grpc.UnaryUnaryMultiCallable[_memory_service_pb2.ListInteractionTracesRequest, _memory_service_pb2.ListInteractionTracesResponse]
+    """Lists the traces (the steps that produced it) of one of the caller's interactions,
+    in the order the steps ran.
+    """
+    SearchInteractions: _grpc.UnaryUnaryMultiCallable[_memory_service_pb2.SearchInteractionsRequest, _memory_service_pb2.SearchInteractionsResponse]
+    """Finds the caller's own interactions by meaning and by keyword, optionally within one
+    conversation. Needs the search index (docs/memory.md); FAILED_PRECONDITION when it is off.
+    """
 
 @_typing.type_check_only
 class MemoryServiceAsyncStub(MemoryServiceStub):
@@ -85,6 +97,18 @@ class MemoryServiceAsyncStub(MemoryServiceStub):
     """Returns one interaction of the caller's."""
     ListInteractions: _aio.UnaryUnaryMultiCallable[_memory_service_pb2.ListInteractionsRequest, _memory_service_pb2.ListInteractionsResponse]  # type: ignore[assignment]
     """Lists a conversation's interactions, newest first."""
+    UpdateInteraction: _aio.UnaryUnaryMultiCallable[_memory_service_pb2.UpdateInteractionRequest, _memory_service_pb2.UpdateInteractionResponse]  # type: ignore[assignment]
+    """Changes an interaction's additional_info (the only field that may change, as in
+    OpenSearch's memory API), as named by a field mask.
+    """
+    ListInteractionTraces: _aio.UnaryUnaryMultiCallable[_memory_service_pb2.ListInteractionTracesRequest, _memory_service_pb2.ListInteractionTracesResponse]  # type: ignore[assignment]
+    """Lists the traces (the steps that produced it) of one of the caller's interactions,
+    in the order the steps ran.
+    """
+    SearchInteractions: _aio.UnaryUnaryMultiCallable[_memory_service_pb2.SearchInteractionsRequest, _memory_service_pb2.SearchInteractionsResponse]  # type: ignore[assignment]
+    """Finds the caller's own interactions by meaning and by keyword, optionally within one
+    conversation. Needs the search index (docs/memory.md); FAILED_PRECONDITION when it is off.
+    """
 
 class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
     """Conversation memory: conversations made of interactions (question/answer turns).
@@ -159,5 +183,35 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_memory_service_pb2.ListInteractionsResponse, _abc.Awaitable[_memory_service_pb2.ListInteractionsResponse]]:
         """Lists a conversation's interactions, newest first."""
+
+    @_abc_1.abstractmethod
+    def UpdateInteraction(
+        self,
+        request: _memory_service_pb2.UpdateInteractionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_memory_service_pb2.UpdateInteractionResponse, _abc.Awaitable[_memory_service_pb2.UpdateInteractionResponse]]:
+        """Changes an interaction's additional_info (the only field that may change, as in
+        OpenSearch's memory API), as named by a field mask.
+        """
+
+    @_abc_1.abstractmethod
+    def ListInteractionTraces(
+        self,
+        request: _memory_service_pb2.ListInteractionTracesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_memory_service_pb2.ListInteractionTracesResponse, _abc.Awaitable[_memory_service_pb2.ListInteractionTracesResponse]]:
+        """Lists the traces (the steps that produced it) of one of the caller's interactions,
+        in the order the steps ran.
+        """
+
+    @_abc_1.abstractmethod
+    def SearchInteractions(
+        self,
+        request: _memory_service_pb2.SearchInteractionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_memory_service_pb2.SearchInteractionsResponse, _abc.Awaitable[_memory_service_pb2.SearchInteractionsResponse]]:
+        """Finds the caller's own interactions by meaning and by keyword, optionally within one
+        conversation. Needs the search index (docs/memory.md); FAILED_PRECONDITION when it is off.
+        """
 
 def add_MemoryServiceServicer_to_server(servicer: MemoryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,291 @@
+"""Keeping the search index in step with Redis, and searching it.
+
+Redis is the truth; the index (``search_index.py``) is derived from it and may lag:
+
+- Writes to the index run *after* the Redis write, in background tasks: they never delay a
+  turn nor fail it. A job that fails (index unreachable, model error) is put in an outbox
+  in Redis (``store.outbox_*``) and retried every ``search_retry_seconds`` by every
+  replica until it succeeds; a retried "index" job reads the interaction from Redis again,
+  so one deleted meanwhile is not brought back.
+- Every hit is re-read from Redis before it is returned, as the caller: a turn deleted or
+  expired (retention) but still in the index, or one indexed after its conversation was
+  deleted, is never returned, and its entries are removed from the index on the way.
+
+A replica killed between the Redis write and the index write loses that index job (the
+turn itself is stored); such a turn is not found by search. docs/memory.md says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from typing import Any
+
+from gensearch.memory.v1 import memory_service_pb2 as pb
+
+from services.common.errors import NotFound, ServiceError, Unavailable
+from services.memory.search_index import InteractionIndex
+from services.memory.store import MemoryStore, Owner
+
+log = logging.getLogger("gensearch.memory.indexer")
+
+_INDEX = "index"
+_DROP_INTERACTION = "drop-interaction"
+_DROP_CONVERSATION = "drop-conversation"
+_DRAIN_BATCH = 100
+_SWEEP_PAGE = 256
+# A page of turns read while catching up (the store's page budget, in bytes).
+_CATCH_UP_PAGE_BYTES = 4 * 1024 * 1024
+# Index jobs running at once in one replica; beyond, a job goes straight to the outbox
+# (memory stays bounded when turns come faster than the model embeds them).
+MAX_RUNNING_JOBS = 256
+# How many candidates to rank per result asked for: room for stale entries the Redis check
+# drops.
+_CANDIDATES_PER_HIT = 2
+
+
+class Indexer:
+    def __init__(
+        self,
+        store: MemoryStore,
+        index: InteractionIndex,
+        retry_seconds: float,
+        sweep_seconds: float = 3600.0,
+    ):
+        self._store = store
+        self._index = index
+        self._retry = retry_seconds
+        self._sweep_every = sweep_seconds
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._drainer: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @property
+    def index(self) -> InteractionIndex:
+        return self._index
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._drainer = loop.create_task(self._drain_forever())
+        self._sweeper = loop.create_task(self._sweep_forever())
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for task in (self._drainer, self._sweeper):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        # Jobs under way finish (they are short); what fails waits in the outbox.
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=5.0)
+        await self._index.close()
+
+    async def idle(self) -> None:
+        """Waits for the jobs started so far (tests, shutdown)."""
+        while self._tasks:
+            await asyncio.wait(set(self._tasks))
+
+    # -- jobs ---------------------------------------------------------------------------
+    def stored(self, owner: Owner, interaction: pb.Interaction) -> None:
+        self._spawn([_INDEX, owner.tenant, owner.user, interaction.interaction_id], interaction)
+
+    def conversation_deleted(self, owner: Owner, cid: str) -> None:
+        self._spawn([_DROP_CONVERSATION, owner.tenant, owner.user, cid])
+
+    def interaction_deleted(self, owner: Owner, iid: str) -> None:
+        self._spawn([_DROP_INTERACTION, owner.tenant, owner.user, iid])
+
+    def _spawn(self, job: list[str], interaction: pb.Interaction | None = None) -> None:
+        if len(self._tasks) >= MAX_RUNNING_JOBS:
+            coroutine = self._defer(job)
+        else:
+            coroutine = self._run(job, interaction)
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, job: list[str], interaction: pb.Interaction | None) -> None:
+        try:
+            await self._apply(job, interaction)
+        except Exception as err:
+            log.warning(
+                "search index update failed; queued for retry",
+                extra={"job": job[0], "error": _describe(err)},
+            )
+            await self._defer(job)
+
+    async def _defer(self, job: list[str]) -> None:
+        """Puts ``job`` in the outbox, for the retry loop."""
+        due = time.time_ns() // 1_000_000 + int(self._retry * 1000)
+        try:
+            await self._store.outbox_add(json.dumps(job), due)
+        except ServiceError as err:
+            log.error(
+                "search index job lost: neither the index nor Redis took it",
+                extra={"job": job[0], "error": _describe(err)},
+            )
+
+    async def _apply(self, job: list[str], interaction: pb.Interaction | None) -> None:
+        op, tenant, user, ident = job
+        owner = Owner(tenant, user)
+        if op == _INDEX:
+            if interaction is None:
+                # A retry: what Redis holds now (nothing if the turn is gone).
+                found = (await self._store.get_interactions(owner, [ident]))[0]
+                if found is None:
+                    return
+                interaction = found
+            await self._index.add(owner, interaction)
+        elif op == _DROP_INTERACTION:
+            await self._index.remove_interaction(owner, ident)
+        elif op == _DROP_CONVERSATION:
+            await self._index.remove_conversation(owner, ident)
+
+    async def drain(self) -> int:
+        """Tries the outbox's due jobs once; how many succeeded."""
+        done = 0
+        now = time.time_ns() // 1_000_000
+        for member in await self._store.outbox_due(now, _DRAIN_BATCH):
+            try:
+                job = json.loads(member)
+                await self._apply(job, None)
+            except (ValueError, TypeError) as err:  # not ours: drop it
+                log.error("bad outbox entry dropped", extra={"error": _describe(err)})
+            except Exception as err:
+                log.warning("search index retry failed", extra={"error": _describe(err)})
+                await self._store.outbox_add(member, now + int(self._retry * 1000))
+                continue
+            await self._store.outbox_remove(member)
+            done += 1
+        return done
+
+    async def _drain_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._retry)
+            try:
+                await self.drain()
+            except Exception as err:  # Redis down: next time
+                log.warning("search outbox unreadable", extra={"error": _describe(err)})
+
+    async def sweep(self, since_ms: int | None = None) -> int:
+        """One pass over the whole index: entries whose turn Redis no longer holds
+        (deleted, evicted or expired by retention, whatever did it) are removed; how many.
+        Entries are only ever written after their turn, so a live turn is never swept.
+
+        With ``since_ms``, it also catches up: the turns made since then by every owner
+        the index knows, and missing from it (their job lost with a killed replica), are
+        indexed."""
+        removed = 0
+        owners: set[Owner] = set()
+        offset: str | None = None
+        while True:
+            points, offset = await self._index.scroll(offset, _SWEEP_PAGE)
+            by_owner: dict[Owner, dict[str, list[str]]] = {}
+            for point in points:
+                owner = Owner(str(point.payload.get("t", "")), str(point.payload.get("u", "")))
+                iid = str(point.payload.get("i", ""))
+                by_owner.setdefault(owner, {}).setdefault(iid, []).append(point.id)
+            owners.update(by_owner)
+            stale: list[str] = []
+            for owner, entries in by_owner.items():
+                iids = list(entries)
+                found = await self._store.get_interactions(owner, iids)
+                for iid, interaction in zip(iids, found, strict=True):
+                    if interaction is None:
+                        stale.extend(entries[iid])
+            if stale:
+                await self._index.remove_entries(stale)
+                removed += len(stale)
+            if offset is None:
+                break
+        if since_ms is not None:
+            for owner in owners:
+                await self.catch_up(owner, since_ms)
+        return removed
+
+    async def catch_up(self, owner: Owner, since_ms: int) -> int:
+        """Indexes the owner's turns created since ``since_ms`` that the index lacks; how
+        many. Walks only recent activity: conversations newest-updated first, and in each
+        its turns newest first, both stopping at ``since_ms``."""
+        added = 0
+        cursor: str | None = None
+        while True:
+            page = await self._store.list_conversations(owner, _SWEEP_PAGE, cursor)
+            recent = [c for c in page.items if c.update_ms >= since_ms]
+            for conversation in recent:
+                added += await self._catch_up_conversation(
+                    owner, conversation.conversation_id, since_ms
+                )
+            if len(recent) < len(page.items) or page.next_cursor is None:
+                return added
+            cursor = page.next_cursor
+
+    async def _catch_up_conversation(self, owner: Owner, cid: str, since_ms: int) -> int:
+        added = 0
+        cursor: str | None = None
+        while True:
+            try:
+                page = await self._store.list_interactions(
+                    owner, cid, _SWEEP_PAGE, cursor, _CATCH_UP_PAGE_BYTES
+                )
+            except NotFound:  # deleted meanwhile
+                return added
+            turns = [pb.Interaction.FromString(data) for data in page.items]
+            recent = [t for t in turns if t.create_time.ToMilliseconds() >= since_ms]
+            present = await self._index.indexed([t.interaction_id for t in recent])
+            for turn in recent:
+                if turn.interaction_id not in present:
+                    await self._index.add(owner, turn)
+                    added += 1
+            if len(recent) < len(turns) or page.next_cursor is None:
+                return added
+            cursor = page.next_cursor
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._sweep_every)
+            try:
+                # One replica a period: the others find the lock taken.
+                if await self._store.try_lock("search-sweep", int(self._sweep_every * 1000)):
+                    # Two periods back: a sweep that did not run (no replica up) is covered.
+                    since = time.time_ns() // 1_000_000 - int(2 * self._sweep_every * 1000)
+                    removed = await self.sweep(since)
+                    log.info("search index swept", extra={"removed": removed})
+            except Exception as err:  # Redis or the index down: next period
+                log.warning("search index sweep failed", extra={"error": _describe(err)})
+
+    # -- search -------------------------------------------------------------------------
+    async def search(
+        self, owner: Owner, query: str, cid: str, mode: int, limit: int
+    ) -> list[pb.InteractionHit]:
+        try:
+            hits = await self._index.search(owner, query, cid, mode, limit * _CANDIDATES_PER_HIT)
+        except ServiceError:
+            raise
+        except Exception as err:  # the engine or the model failed: not the caller's doing
+            log.warning("search index failed", extra={"error": _describe(err)})
+            raise Unavailable(
+                "the interaction search index is unavailable; try again later",
+                reason="SEARCH_INDEX_UNAVAILABLE",
+            ) from None
+        found = await self._store.get_interactions(owner, [h.interaction_id for h in hits])
+        out: list[pb.InteractionHit] = []
+        for hit, interaction in zip(hits, found, strict=True):
+            if interaction is None:
+                # Gone from Redis (deleted, expired) but not yet from the index.
+                self.interaction_deleted(owner, hit.interaction_id)
+                continue
+            if len(out) < limit:
+                out.append(pb.InteractionHit(interaction=interaction, score=hit.score))
+        return out
+
+
+def _describe(err: BaseException) -> Any:
+    return (str(err) or type(err).__name__)[:300]

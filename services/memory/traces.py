@@ -1,0 +1,119 @@
+"""Traces of an interaction: checked and bounded before they are stored, paged when read.
+
+An interaction's traces are stored as one serialized ``ListInteractionTracesResponse``
+holding only its ``traces`` (the message a page of them is anyway), in a field of the
+interaction's hash (``store.py``). They are bounded when written — at most ``max_traces``,
+each at most ``max_trace_bytes`` — so reading them back is bounded too, and a page is a
+slice of one parsed message.
+
+A trace larger than its bound is shortened, never refused: a turn must not be lost to the
+bookkeeping about it. Every string in its input and output is cut to the longest length
+that fits (ending with "…"), and as a last resort input and output are dropped; either way
+``truncated`` says so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+from gensearch.memory.v1 import memory_service_pb2 as pb
+from google.protobuf import struct_pb2
+
+from services.common.errors import InvalidArgument
+from services.common.values import check_value
+
+ELLIPSIS = "…"
+
+
+def prepare(traces: Sequence[pb.Trace], max_traces: int, max_bytes: int, max_depth: int) -> bytes:
+    """The traces as stored: numbered in order, each bounded; b"" when there are none."""
+    if not traces:
+        return b""
+    if len(traces) > max_traces:
+        raise InvalidArgument(
+            f"traces has {len(traces)} entries; the limit is {max_traces}",
+            field="traces",
+            reason="TOO_MANY_TRACES",
+        )
+    stored = pb.ListInteractionTracesResponse()
+    for number, trace in enumerate(traces):
+        for part in ("input", "output"):
+            if trace.HasField(part):
+                check_value(getattr(trace, part), f"traces[{number}].{part}", max_depth)
+        if trace.step not in pb.Step.values():
+            raise InvalidArgument(
+                f"traces[{number}].step is not a known step",
+                field=f"traces[{number}].step",
+                reason="INVALID_STEP",
+            )
+        kept = stored.traces.add()
+        kept.CopyFrom(trace)
+        kept.trace_number = number
+        bound(kept, max_bytes)
+    return stored.SerializeToString()
+
+
+def bound(trace: pb.Trace, max_bytes: int) -> None:
+    """Shortens ``trace`` in place to at most ``max_bytes`` serialized."""
+    if trace.ByteSize() <= max_bytes:
+        return
+    trace.truncated = True
+    longest = max((len(v.string_value) for v in _strings(trace)), default=0)
+    # The longest cap on string lengths that fits (binary search: sizes grow with the cap).
+    low, high, best = 0, longest, -1
+    while low <= high:
+        cap = (low + high) // 2
+        trial = pb.Trace()
+        trial.CopyFrom(trace)
+        _cap_strings(trial, cap)
+        if trial.ByteSize() <= max_bytes:
+            best, low = cap, cap + 1
+        else:
+            high = cap - 1
+    if best >= 0:
+        _cap_strings(trace, best)
+    if trace.ByteSize() > max_bytes:
+        trace.ClearField("input")
+        trace.ClearField("output")
+
+
+def _cap_strings(trace: pb.Trace, cap: int) -> None:
+    for value in _strings(trace):
+        if len(value.string_value) > cap:
+            value.string_value = value.string_value[: max(cap - 1, 0)] + ELLIPSIS
+
+
+def _strings(trace: pb.Trace) -> Iterator[struct_pb2.Value]:
+    stack: list[struct_pb2.Value] = []
+    for part in (trace.input, trace.output):
+        stack.extend(part.fields.values())
+    while stack:
+        value = stack.pop()
+        kind = value.WhichOneof("kind")
+        if kind == "string_value":
+            yield value
+        elif kind == "struct_value":
+            stack.extend(value.struct_value.fields.values())
+        elif kind == "list_value":
+            stack.extend(value.list_value.values)
+
+
+def count(stored: bytes) -> int:
+    return len(pb.ListInteractionTracesResponse.FromString(stored).traces) if stored else 0
+
+
+def page(stored: bytes, after: int, size: int, max_bytes: int) -> tuple[list[pb.Trace], int | None]:
+    """The traces numbered after ``after`` (-1: from the first): at most ``size``, and
+    fewer when more would pass ``max_bytes`` serialized (at least one); and the number of
+    the last one returned when more follow, else None."""
+    traces = pb.ListInteractionTracesResponse.FromString(stored).traces if stored else []
+    rest = [t for t in traces if t.trace_number > after]
+    items: list[pb.Trace] = []
+    used = 0
+    for trace in rest[:size]:
+        used += trace.ByteSize() + 8  # its framing in the reply, generously
+        if items and used > max_bytes:
+            break
+        items.append(trace)
+    more = len(rest) > len(items)
+    return items, (items[-1].trace_number if more and items else None)

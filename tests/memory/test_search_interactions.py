@@ -1,0 +1,348 @@
+"""SearchInteractions on the memory service alone: real Redis (standalone and a 3-master
+cluster) and the real Qdrant engine (qdrant-edge in the test's directory).
+
+The index is written after the turn, in the background: tests wait until search shows
+what they expect (a bounded wait, not a timing assertion)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+
+import grpc
+import pytest
+from gensearch.memory.v1 import memory_service_pb2 as pb
+
+from services.retrieval.edge_store import EdgeStore
+from services.retrieval.filters import Match
+from tests.memory.conftest import INTERNAL_TOKEN, Memory, MemoryFactory
+from tests.memory.helpers import expect_error
+
+Metadata = tuple[tuple[str, str], ...]
+WAIT_SECONDS = 60.0
+
+
+def as_(user: str, tenant: str = "default") -> Metadata:
+    return (
+        ("x-gensearch-internal-token", INTERNAL_TOKEN),
+        ("x-gensearch-user", user),
+        ("x-gensearch-tenant", tenant),
+        ("x-gensearch-role", "writer"),
+    )
+
+
+ALICE = as_("alice")
+BOB = as_("bob")
+
+
+async def keyword_memory(factory: MemoryFactory, tmp_path: Path, **overrides: object) -> Memory:
+    return await factory(
+        search_index="keyword", data_dir=tmp_path, search_retry_seconds=0.2, **overrides
+    )
+
+
+async def conversation(memory: Memory, who: Metadata) -> str:
+    made = await memory.stub.CreateConversation(pb.CreateConversationRequest(), metadata=who)
+    return made.conversation.conversation_id
+
+
+async def turn(memory: Memory, who: Metadata, cid: str, question: str, answer: str) -> str:
+    made = await memory.stub.CreateInteraction(
+        pb.CreateInteractionRequest(conversation_id=cid, input=question, response=answer),
+        metadata=who,
+    )
+    return made.interaction.interaction_id
+
+
+async def search(memory: Memory, who: Metadata, query: str, **fields: object) -> list[str]:
+    found = await memory.stub.SearchInteractions(
+        pb.SearchInteractionsRequest(query=query, **fields),  # type: ignore[arg-type]
+        metadata=who,
+    )
+    return [hit.interaction.interaction_id for hit in found.hits]
+
+
+async def search_until(
+    memory: Memory, who: Metadata, query: str, expected: Sequence[str], **fields: object
+) -> list[str]:
+    """Searches until the result (as a set) is ``expected``; the last result."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + WAIT_SECONDS
+    while True:
+        got = await search(memory, who, query, **fields)
+        if set(got) == set(expected) or loop.time() > end:
+            return got
+        await asyncio.sleep(0.05)
+
+
+async def eventually(check: Callable[[], Awaitable[bool]]) -> bool:
+    """Whether ``check`` came true within WAIT_SECONDS."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + WAIT_SECONDS
+    while True:
+        if await check():
+            return True
+        if loop.time() > end:
+            return False
+        await asyncio.sleep(0.02)
+
+
+async def test_keyword_search_finds_only_the_callers_turns(
+    memory_factory: MemoryFactory, tmp_path: Path
+) -> None:
+    memory = await keyword_memory(memory_factory, tmp_path)
+    a1, a2 = await conversation(memory, ALICE), await conversation(memory, ALICE)
+    b1 = await conversation(memory, BOB)
+    bread = await turn(memory, ALICE, a1, "How do I bake sourdough?", "Feed the starter first.")
+    paris = await turn(memory, ALICE, a2, "Capital of France?", "Paris, on the Seine.")
+    other = await turn(memory, ALICE, a2, "More sourdough tips?", "Longer proofing.")
+    bobs = await turn(memory, BOB, b1, "Sourdough starter smells odd", "Feed it sourdough flour.")
+
+    assert await search_until(memory, ALICE, "sourdough", [bread, other]) in (
+        [bread, other],
+        [other, bread],
+    )
+    assert await search_until(memory, BOB, "sourdough", [bobs]) == [bobs]
+    # By the response's words too, and within one conversation.
+    assert await search(memory, ALICE, "Seine") == [paris]
+    assert await search(memory, ALICE, "sourdough", conversation_id=a2) == [other]
+    found = await memory.stub.SearchInteractions(
+        pb.SearchInteractionsRequest(query="sourdough", limit=1), metadata=ALICE
+    )
+    assert len(found.hits) == 1 and found.hits[0].score > 0
+    assert found.hits[0].interaction.input in ("How do I bake sourdough?", "More sourdough tips?")
+    # Only stop words: nothing to look for, nothing found.
+    assert await search(memory, ALICE, "the of and") == []
+
+    # Another user's conversation as a filter is NOT_FOUND, like a missing one.
+    await expect_error(
+        memory.stub.SearchInteractions(
+            pb.SearchInteractionsRequest(query="sourdough", conversation_id=b1), metadata=ALICE
+        ),
+        grpc.StatusCode.NOT_FOUND,
+    )
+
+
+async def test_same_user_name_in_another_tenant_sees_nothing(
+    memory_factory: MemoryFactory, tmp_path: Path
+) -> None:
+    memory = await keyword_memory(memory_factory, tmp_path)
+    acme, globex = as_("alice", "acme"), as_("alice", "globex")
+    mine = await turn(memory, acme, await conversation(memory, acme), "quarterly revenue", "up")
+    assert await search_until(memory, acme, "revenue", [mine]) == [mine]
+    theirs = await turn(
+        memory, globex, await conversation(memory, globex), "revenue forecast", "flat"
+    )
+    assert await search_until(memory, globex, "revenue", [theirs]) == [theirs]
+    assert await search(memory, acme, "revenue") == [mine]
+    assert await search(memory, as_("alice", "initech"), "revenue") == []
+
+
+async def test_many_users_never_see_each_other(
+    memory_factory: MemoryFactory, tmp_path: Path
+) -> None:
+    """A randomized property (fixed seed): for every user and every word, search returns
+    exactly that user's turns holding the word — never another's, none of its own lost."""
+    memory = await keyword_memory(memory_factory, tmp_path)
+    rng = random.Random(14)
+    words = ["apple", "harbor", "violin", "glacier", "pepper", "saturn", "meadow"]
+    users = [as_(f"user{n}", rng.choice(["acme", "globex"])) for n in range(5)]
+    users.append(as_("user0", "initech"))  # a name reused in a third tenant
+    owned: dict[int, dict[str, set[str]]] = {n: {w: set() for w in words} for n in range(6)}
+    for n, who in enumerate(users):
+        cid = await conversation(memory, who)
+        for _ in range(rng.randint(1, 5)):
+            picked = rng.sample(words, 2)
+            iid = await turn(memory, who, cid, f"tell me about {picked[0]}", f"{picked[1]} it is")
+            for word in picked:
+                owned[n][word].add(iid)
+    for n, who in enumerate(users):
+        for word in words:
+            got = await search_until(memory, who, word, sorted(owned[n][word]), limit=50)
+            assert set(got) == owned[n][word], (n, word)
+
+
+async def test_deleted_conversations_and_expired_turns_leave_search(
+    memory_factory: MemoryFactory, tmp_path: Path
+) -> None:
+    memory = await keyword_memory(memory_factory, tmp_path)
+    cid = await conversation(memory, ALICE)
+    keep_cid = await conversation(memory, ALICE)
+    gone = await turn(memory, ALICE, cid, "tulip bulbs", "plant in autumn")
+    # Never searched for after the deletion: only the deletion itself can drop it.
+    unseen = await turn(memory, ALICE, cid, "daffodil care", "deadhead them")
+    kept = await turn(memory, ALICE, keep_cid, "tulip colors", "red and yellow")
+    expiring = await turn(memory, ALICE, keep_cid, "tulip water", "moderately")
+    assert len(await search_until(memory, ALICE, "tulip", [gone, kept, expiring])) == 3
+    assert await search_until(memory, ALICE, "daffodil", [unseen]) == [unseen]
+
+    await memory.stub.DeleteConversation(
+        pb.DeleteConversationRequest(conversation_id=cid), metadata=ALICE
+    )
+    # At once: hits are checked against Redis, whatever the index still holds.
+    assert set(await search(memory, ALICE, "tulip")) == {kept, expiring}
+
+    # A turn that Redis expires (retention) goes the same way, with no call to memory.
+    keys = [k async for k in memory.redis.scan_iter(match=f"*:int:{expiring}")]
+    assert len(keys) == 1
+    await memory.redis.pexpire(keys[0], 1)
+    assert await eventually(lambda: _gone(memory, keys[0]))
+    assert await search(memory, ALICE, "tulip") == [kept]
+
+    # And the index itself forgot them: the deleted conversation's entries at once, the
+    # expired turn's when a search met it. (Stopping the service ends its index jobs and
+    # frees the engine's files for a look of our own.)
+    await memory.server.stop(0)
+    engine = EdgeStore(tmp_path / "memory-index")
+    await engine.open()
+    try:
+        count = {
+            iid: await engine.count(memory.settings.search_collection, Match("i", iid))
+            for iid in (gone, unseen, kept, expiring)
+        }
+    finally:
+        await engine.close()
+    # Two entries a turn: its input and its response.
+    assert count == {gone: 0, unseen: 0, kept: 2, expiring: 0}
+
+
+async def test_a_failing_index_never_loses_the_turn(
+    memory_factory: MemoryFactory, tmp_path: Path
+) -> None:
+    # The embedded index cannot open: its directory is taken by a file.
+    blocker = tmp_path / "memory-index"
+    blocker.write_text("not a directory")
+    memory = await keyword_memory(memory_factory, tmp_path)
+    cid = await conversation(memory, ALICE)
+    iid = await turn(memory, ALICE, cid, "hedgehog hibernation", "from November")
+    got = await memory.stub.GetInteraction(
+        pb.GetInteractionRequest(interaction_id=iid), metadata=ALICE
+    )
+    assert got.interaction.input == "hedgehog hibernation"
+    await expect_error(
+        memory.stub.SearchInteractions(
+            pb.SearchInteractionsRequest(query="hedgehog"), metadata=ALICE
+        ),
+        grpc.StatusCode.UNAVAILABLE,
+    )
+    # The failed job waits in the outbox in Redis...
+    outbox = f"{memory.settings.key_prefix}:search-outbox"
+    assert await eventually(lambda: _size_is(memory, outbox, 1))
+    # ...and lands once the index is back.
+    blocker.unlink()
+    assert await search_until(memory, ALICE, "hedgehog", [iid]) == [iid]
+    assert await eventually(lambda: _size_is(memory, outbox, 0))
+
+
+async def _gone(memory: Memory, key: bytes) -> bool:
+    return not await memory.redis.exists(key)
+
+
+async def _size_is(memory: Memory, key: str, size: int) -> bool:
+    return bool(await memory.redis.zcard(key) == size)
+
+
+async def test_search_arguments_and_modes(memory_factory: MemoryFactory, tmp_path: Path) -> None:
+    off = await memory_factory()
+    await expect_error(
+        off.stub.SearchInteractions(pb.SearchInteractionsRequest(query="x"), metadata=ALICE),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    )
+    memory = await keyword_memory(memory_factory, tmp_path, max_search_limit=5)
+    for request, field in (
+        (pb.SearchInteractionsRequest(query=""), "query"),
+        (pb.SearchInteractionsRequest(query="  "), "query"),
+        (pb.SearchInteractionsRequest(query="x" * 5000), "query"),
+        (pb.SearchInteractionsRequest(query="x", limit=6), "limit"),
+        (pb.SearchInteractionsRequest(query="x", limit=-1), "limit"),
+        (pb.SearchInteractionsRequest(query="x", conversation_id="nope"), "conversation_id"),
+    ):
+        await expect_error(
+            memory.stub.SearchInteractions(request, metadata=ALICE),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            field,
+        )
+    # Keyword-only index: meaning-based modes are refused, naming the field.
+    for mode in (pb.SEARCH_MODE_SEMANTIC, pb.SEARCH_MODE_HYBRID):
+        await expect_error(
+            memory.stub.SearchInteractions(
+                pb.SearchInteractionsRequest(query="x", mode=mode), metadata=ALICE
+            ),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "mode",
+        )
+
+
+@pytest.mark.slow
+async def test_hybrid_search_finds_a_turn_by_meaning(
+    memory_factory: MemoryFactory, tmp_path: Path, backend: str
+) -> None:
+    if backend == "cluster":
+        pytest.skip("the index is the same on both backends; the model loads once here")
+    memory = await memory_factory(search_index="hybrid", data_dir=tmp_path)
+    cid = await conversation(memory, ALICE)
+    bread = await turn(
+        memory, ALICE, cid, "How do I bake sourdough bread?", "Feed the starter, knead, bake."
+    )
+    paris = await turn(memory, ALICE, cid, "What is the capital of France?", "Paris.")
+    bobs = await turn(
+        memory, BOB, await conversation(memory, BOB), "Best loaf recipe?", "Bake bread."
+    )
+    assert await search_until(memory, ALICE, "bread", [bread], mode=pb.SEARCH_MODE_KEYWORD) == [
+        bread
+    ]
+    # No word in common with the turn: found by meaning, and the right one first.
+    semantic = await search(memory, ALICE, "recipe for making a loaf", mode=pb.SEARCH_MODE_SEMANTIC)
+    assert semantic[0] == bread and set(semantic) == {bread, paris}
+    assert bobs not in semantic
+    hybrid = await search(memory, ALICE, "French city on the Seine")
+    assert hybrid[0] == paris
+    assert await search(memory, BOB, "recipe for making a loaf") == [bobs]
+
+
+async def test_jobs_beyond_the_running_limit_wait_in_the_outbox(
+    memory_factory: MemoryFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.memory import indexer
+
+    monkeypatch.setattr(indexer, "MAX_RUNNING_JOBS", 0)  # every job is one too many
+    memory = await keyword_memory(memory_factory, tmp_path)
+    cid = await conversation(memory, ALICE)
+    iid = await turn(memory, ALICE, cid, "otter habitats", "rivers and coasts")
+    # Deferred, not dropped: the retry loop indexes it.
+    assert await search_until(memory, ALICE, "otter", [iid]) == [iid]
+
+
+async def test_the_qdrant_server_adapter_serves_search_too(memory_factory: MemoryFactory) -> None:
+    # ServerStore, the adapter used with GENSEARCH_MEMORY_SEARCH_QDRANT_URL (":memory:" is
+    # qdrant-client's local mode: the same adapter code, no server process).
+    memory = await memory_factory(search_index="keyword", search_qdrant_url=":memory:")
+    cid = await conversation(memory, ALICE)
+    iid = await turn(memory, ALICE, cid, "lighthouse keepers", "on rocky islands")
+    bobs = await turn(memory, BOB, await conversation(memory, BOB), "lighthouse", "beam")
+    assert await search_until(memory, ALICE, "lighthouse", [iid]) == [iid]
+    assert await search_until(memory, BOB, "lighthouse", [bobs]) == [bobs]
+    await memory.stub.DeleteConversation(
+        pb.DeleteConversationRequest(conversation_id=cid), metadata=ALICE
+    )
+    assert await search(memory, ALICE, "lighthouse") == []
+
+
+async def test_the_service_sweeps_its_index_periodically(
+    memory_factory: MemoryFactory, tmp_path: Path
+) -> None:
+    memory = await keyword_memory(memory_factory, tmp_path, search_sweep_seconds=0.2)
+    cid = await conversation(memory, ALICE)
+    iid = await turn(memory, ALICE, cid, "walrus tusks", "ivory")
+    assert await search_until(memory, ALICE, "walrus", [iid]) == [iid]
+    # A sweep took the lock (one replica a period) and ran; what it removes is
+    # test_search_sweep.py's subject.
+    lock = f"{memory.settings.key_prefix}:lock:search-sweep"
+    assert await eventually(lambda: _exists(memory, lock))
+    assert await search(memory, ALICE, "walrus") == [iid]  # a live turn is never swept
+
+
+async def _exists(memory: Memory, key: str) -> bool:
+    return bool(await memory.redis.exists(key))

@@ -1,0 +1,123 @@
+"""The index sweep: entries of turns that Redis no longer holds — expired by retention,
+deleted or evicted by anything that did not tell the index — are removed, and live ones
+kept. Real Redis (standalone and cluster), the real qdrant-edge engine, no gRPC: the
+sweep's effect is read in the engine itself."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from gensearch.memory.v1 import memory_service_pb2 as pb
+from qdrant_client import AsyncQdrantClient
+
+from services.common.redis_client import connect
+from services.memory.indexer import Indexer
+from services.memory.search_index import InteractionIndex
+from services.memory.store import MemoryStore, Owner
+from services.retrieval.edge_store import EdgeStore
+from services.retrieval.server_store import ServerStore
+from tests.memory.conftest import Target
+
+ALICE = Owner("acme", "alice")
+BOB = Owner("acme", "bob")
+
+
+@pytest.mark.parametrize("engine", ["edge", "server"])
+async def test_the_sweep_removes_what_redis_no_longer_holds(
+    target: Target, tmp_path: Path, engine: str
+) -> None:
+    redis = connect(
+        target.url, cluster=target.cluster is not None, socket_timeout=5, connect_timeout=2
+    )
+    store = MemoryStore(redis, key_prefix=f"sweep-{uuid.uuid4().hex[:8]}")
+    # The embedded engine, and the adapter used with a Qdrant server (qdrant-client's
+    # local mode: the same adapter code, no server process); both scroll.
+    vectors = (
+        EdgeStore(tmp_path / "index")
+        if engine == "edge"
+        else ServerStore(AsyncQdrantClient(location=":memory:"))
+    )
+    index = InteractionIndex(vectors, None, "sweep")
+    indexer = Indexer(store, index, retry_seconds=60.0)
+    try:
+
+        async def turn(owner: Owner, cid: str, text: str) -> str:
+            stored = await store.create_interaction(
+                owner, cid, pb.Interaction(input=text, response=f"about {text}"), ""
+            )
+            indexer.stored(owner, stored)
+            return stored.interaction_id
+
+        kept_conv = (await store.create_conversation(ALICE, "kept")).conversation_id
+        gone_conv = (await store.create_conversation(ALICE, "gone")).conversation_id
+        bob_conv = (await store.create_conversation(BOB, "bob")).conversation_id
+        kept = await turn(ALICE, kept_conv, "puffins")
+        expired = await turn(ALICE, kept_conv, "gannets")
+        deleted = await turn(ALICE, gone_conv, "terns")
+        bobs = await turn(BOB, bob_conv, "puffins")
+        await indexer.idle()
+        counts = {iid: await index.count(o, iid) for o, iid in _all(kept, expired, deleted, bobs)}
+        assert set(counts.values()) == {2}  # input and response of each
+
+        # Behind the index's back: Redis expires one turn, a whole conversation goes.
+        tag = store.tag(ALICE)
+        await redis.pexpire(f"{tag}:int:{expired}", 1)
+        await store.delete_conversation(ALICE, gone_conv)
+        while await redis.exists(f"{tag}:int:{expired}"):
+            await redis.pexpire(f"{tag}:int:{expired}", 1)
+
+        assert await indexer.sweep() == 4
+        counts = {iid: await index.count(o, iid) for o, iid in _all(kept, expired, deleted, bobs)}
+        assert counts == {kept: 2, expired: 0, deleted: 0, bobs: 2}
+        assert await indexer.sweep() == 0  # nothing left to do
+    finally:
+        await indexer.close()
+        await redis.aclose()
+
+
+def _all(kept: str, expired: str, deleted: str, bobs: str) -> list[tuple[Owner, str]]:
+    return [(ALICE, kept), (ALICE, expired), (ALICE, deleted), (BOB, bobs)]
+
+
+async def test_the_sweep_catches_up_on_lost_index_jobs(target: Target, tmp_path: Path) -> None:
+    redis = connect(
+        target.url, cluster=target.cluster is not None, socket_timeout=5, connect_timeout=2
+    )
+    store = MemoryStore(redis, key_prefix=f"catchup-{uuid.uuid4().hex[:8]}")
+    index = InteractionIndex(EdgeStore(tmp_path / "index"), None, "catchup")
+    indexer = Indexer(store, index, retry_seconds=60.0)
+    try:
+
+        async def turn(cid: str, text: str, *, indexed: bool) -> str:
+            stored = await store.create_interaction(
+                ALICE, cid, pb.Interaction(input=text, response="noted"), ""
+            )
+            if indexed:
+                indexer.stored(ALICE, stored)
+            # else: as if the replica was killed before its index job ran
+            return stored.interaction_id
+
+        old_conv = (await store.create_conversation(ALICE, "old")).conversation_id
+        too_old = await turn(old_conv, "before the window", indexed=False)
+        await asyncio.sleep(0.01)
+        since = time.time_ns() // 1_000_000
+        await asyncio.sleep(0.01)
+        new_conv = (await store.create_conversation(ALICE, "new")).conversation_id
+        known = await turn(new_conv, "indexed as usual", indexed=True)
+        lost = await turn(new_conv, "its job was lost", indexed=False)
+        lost_elsewhere = await turn(old_conv, "lost in an older conversation", indexed=False)
+        await indexer.idle()
+        assert [await index.count(ALICE, i) for i in (too_old, known, lost)] == [0, 2, 0]
+
+        assert await indexer.sweep(since) == 0  # nothing to remove
+        counts = [await index.count(ALICE, i) for i in (too_old, known, lost, lost_elsewhere)]
+        # The recent lost ones are back, in whichever conversation; older ones are out of
+        # the window it walks.
+        assert counts == [0, 2, 2, 2]
+    finally:
+        await indexer.close()
+        await redis.aclose()
