@@ -86,6 +86,7 @@ class MemoryForwarder(_Forwarder, mem_grpc.MemoryServiceServicer):
     CreateInteraction = _forward("CreateInteraction", _idempotent)
     GetInteraction = _forward("GetInteraction")
     ListInteractions = _forward("ListInteractions")
+    UpdateConversationSummary = _forward("UpdateConversationSummary")
 
 
 class RetrievalForwarder(_Forwarder, ret_grpc.RetrievalServiceServicer):

@@ -22,53 +22,61 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
+from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(gensearch/memory/v1/memory_service.proto\x12\x13gensearch.memory.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc0\x01\n\x0c\x43onversation\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04user\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11interaction_count\x18\x06 \x01(\x03\"\xeb\x01\n\x0bInteraction\x12\x16\n\x0einteraction_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\r\n\x05input\x18\x03 \x01(\t\x12\x17\n\x0fprompt_template\x18\x04 \x01(\t\x12\x10\n\x08response\x18\x05 \x01(\t\x12\x0e\n\x06origin\x18\x06 \x01(\t\x12\x30\n\x0f\x61\x64\x64itional_info\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\")\n\x19\x43reateConversationRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"U\n\x1a\x43reateConversationResponse\x12\x37\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32!.gensearch.memory.v1.Conversation\"1\n\x16GetConversationRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\"R\n\x17GetConversationResponse\x12\x37\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32!.gensearch.memory.v1.Conversation\"A\n\x18ListConversationsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"n\n\x19ListConversationsResponse\x12\x38\n\rconversations\x18\x01 \x03(\x0b\x32!.gensearch.memory.v1.Conversation\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"B\n\x19UpdateConversationRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"U\n\x1aUpdateConversationResponse\x12\x37\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32!.gensearch.memory.v1.Conversation\"4\n\x19\x44\x65leteConversationRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\"\x1c\n\x1a\x44\x65leteConversationResponse\"\xc3\x01\n\x18\x43reateInteractionRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\r\n\x05input\x18\x02 \x01(\t\x12\x17\n\x0fprompt_template\x18\x03 \x01(\t\x12\x10\n\x08response\x18\x04 \x01(\t\x12\x0e\n\x06origin\x18\x05 \x01(\t\x12\x30\n\x0f\x61\x64\x64itional_info\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\nrequest_id\x18\x07 \x01(\t\"R\n\x19\x43reateInteractionResponse\x12\x35\n\x0binteraction\x18\x01 \x01(\x0b\x32 .gensearch.memory.v1.Interaction\"/\n\x15GetInteractionRequest\x12\x16\n\x0einteraction_id\x18\x01 \x01(\t\"O\n\x16GetInteractionResponse\x12\x35\n\x0binteraction\x18\x01 \x01(\x0b\x32 .gensearch.memory.v1.Interaction\"Y\n\x17ListInteractionsRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"k\n\x18ListInteractionsResponse\x12\x36\n\x0cinteractions\x18\x01 \x03(\x0b\x32 .gensearch.memory.v1.Interaction\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xa6\x07\n\rMemoryService\x12u\n\x12\x43reateConversation\x12..gensearch.memory.v1.CreateConversationRequest\x1a/.gensearch.memory.v1.CreateConversationResponse\x12l\n\x0fGetConversation\x12+.gensearch.memory.v1.GetConversationRequest\x1a,.gensearch.memory.v1.GetConversationResponse\x12r\n\x11ListConversations\x12-.gensearch.memory.v1.ListConversationsRequest\x1a..gensearch.memory.v1.ListConversationsResponse\x12u\n\x12UpdateConversation\x12..gensearch.memory.v1.UpdateConversationRequest\x1a/.gensearch.memory.v1.UpdateConversationResponse\x12u\n\x12\x44\x65leteConversation\x12..gensearch.memory.v1.DeleteConversationRequest\x1a/.gensearch.memory.v1.DeleteConversationResponse\x12r\n\x11\x43reateInteraction\x12-.gensearch.memory.v1.CreateInteractionRequest\x1a..gensearch.memory.v1.CreateInteractionResponse\x12i\n\x0eGetInteraction\x12*.gensearch.memory.v1.GetInteractionRequest\x1a+.gensearch.memory.v1.GetInteractionResponse\x12o\n\x10ListInteractions\x12,.gensearch.memory.v1.ListInteractionsRequest\x1a-.gensearch.memory.v1.ListInteractionsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(gensearch/memory/v1/memory_service.proto\x12\x13gensearch.memory.v1\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x81\x03\n\x0c\x43onversation\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04user\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11interaction_count\x18\x06 \x01(\x03\x12/\n\x0b\x65xpire_time\x18\x46 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x03ttl\x18G \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x11\n\tmax_turns\x18H \x01(\x03\x12\x39\n\x07summary\x18I \x01(\x0b\x32(.gensearch.memory.v1.ConversationSummary\x12\x18\n\x10summary_disabled\x18J \x01(\x08\"\xf3\x01\n\x13\x43onversationSummary\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x1e\n\x16through_interaction_id\x18\x02 \x01(\t\x12\x18\n\x10summarised_turns\x18\x03 \x01(\x03\x12\x15\n\rprompt_tokens\x18\x04 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x05 \x01(\x03\x12\r\n\x05\x66olds\x18\x06 \x01(\x03\x12/\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\"\n\x1a\x65victed_unsummarised_turns\x18\x08 \x01(\x03\"\xeb\x01\n\x0bInteraction\x12\x16\n\x0einteraction_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\r\n\x05input\x18\x03 \x01(\t\x12\x17\n\x0fprompt_template\x18\x04 \x01(\t\x12\x10\n\x08response\x18\x05 \x01(\t\x12\x0e\n\x06origin\x18\x06 \x01(\t\x12\x30\n\x0f\x61\x64\x64itional_info\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x91\x01\n\x19\x43reateConversationRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12&\n\x03ttl\x18\x46 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x16\n\tmax_turns\x18G \x01(\x03H\x00\x88\x01\x01\x12\x18\n\x10summary_disabled\x18H \x01(\x08\x42\x0c\n\n_max_turns\"U\n\x1a\x43reateConversationResponse\x12\x37\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32!.gensearch.memory.v1.Conversation\"1\n\x16GetConversationRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\"R\n\x17GetConversationResponse\x12\x37\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32!.gensearch.memory.v1.Conversation\"A\n\x18ListConversationsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"n\n\x19ListConversationsResponse\x12\x38\n\rconversations\x18\x01 \x03(\x0b\x32!.gensearch.memory.v1.Conversation\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xc8\x01\n\x19UpdateConversationRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12/\n\x0bupdate_mask\x18\x46 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12&\n\x03ttl\x18G \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x11\n\tmax_turns\x18H \x01(\x03\x12\x18\n\x10summary_disabled\x18I \x01(\x08\"U\n\x1aUpdateConversationResponse\x12\x37\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32!.gensearch.memory.v1.Conversation\"4\n\x19\x44\x65leteConversationRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\"\x1c\n\x1a\x44\x65leteConversationResponse\"\xc3\x01\n\x18\x43reateInteractionRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\r\n\x05input\x18\x02 \x01(\t\x12\x17\n\x0fprompt_template\x18\x03 \x01(\t\x12\x10\n\x08response\x18\x04 \x01(\t\x12\x0e\n\x06origin\x18\x05 \x01(\t\x12\x30\n\x0f\x61\x64\x64itional_info\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\nrequest_id\x18\x07 \x01(\t\"R\n\x19\x43reateInteractionResponse\x12\x35\n\x0binteraction\x18\x01 \x01(\x0b\x32 .gensearch.memory.v1.Interaction\"/\n\x15GetInteractionRequest\x12\x16\n\x0einteraction_id\x18\x01 \x01(\t\"O\n\x16GetInteractionResponse\x12\x35\n\x0binteraction\x18\x01 \x01(\x0b\x32 .gensearch.memory.v1.Interaction\"Y\n\x17ListInteractionsRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"k\n\x18ListInteractionsResponse\x12\x36\n\x0cinteractions\x18\x01 \x03(\x0b\x32 .gensearch.memory.v1.Interaction\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xde\x01\n UpdateConversationSummaryRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\'\n\x1f\x65xpected_through_interaction_id\x18\x03 \x01(\t\x12\x1e\n\x16through_interaction_id\x18\x04 \x01(\t\x12\x18\n\x10summarised_turns\x18\x05 \x01(\x03\x12\x15\n\rprompt_tokens\x18\x06 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x07 \x01(\x03\"\\\n!UpdateConversationSummaryResponse\x12\x37\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32!.gensearch.memory.v1.Conversation2\xb3\x08\n\rMemoryService\x12u\n\x12\x43reateConversation\x12..gensearch.memory.v1.CreateConversationRequest\x1a/.gensearch.memory.v1.CreateConversationResponse\x12l\n\x0fGetConversation\x12+.gensearch.memory.v1.GetConversationRequest\x1a,.gensearch.memory.v1.GetConversationResponse\x12r\n\x11ListConversations\x12-.gensearch.memory.v1.ListConversationsRequest\x1a..gensearch.memory.v1.ListConversationsResponse\x12u\n\x12UpdateConversation\x12..gensearch.memory.v1.UpdateConversationRequest\x1a/.gensearch.memory.v1.UpdateConversationResponse\x12u\n\x12\x44\x65leteConversation\x12..gensearch.memory.v1.DeleteConversationRequest\x1a/.gensearch.memory.v1.DeleteConversationResponse\x12r\n\x11\x43reateInteraction\x12-.gensearch.memory.v1.CreateInteractionRequest\x1a..gensearch.memory.v1.CreateInteractionResponse\x12i\n\x0eGetInteraction\x12*.gensearch.memory.v1.GetInteractionRequest\x1a+.gensearch.memory.v1.GetInteractionResponse\x12o\n\x10ListInteractions\x12,.gensearch.memory.v1.ListInteractionsRequest\x1a-.gensearch.memory.v1.ListInteractionsResponse\x12\x8a\x01\n\x19UpdateConversationSummary\x12\x35.gensearch.memory.v1.UpdateConversationSummaryRequest\x1a\x36.gensearch.memory.v1.UpdateConversationSummaryResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gensearch.memory.v1.memory_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CONVERSATION']._serialized_start=129
-  _globals['_CONVERSATION']._serialized_end=321
-  _globals['_INTERACTION']._serialized_start=324
-  _globals['_INTERACTION']._serialized_end=559
-  _globals['_CREATECONVERSATIONREQUEST']._serialized_start=561
-  _globals['_CREATECONVERSATIONREQUEST']._serialized_end=602
-  _globals['_CREATECONVERSATIONRESPONSE']._serialized_start=604
-  _globals['_CREATECONVERSATIONRESPONSE']._serialized_end=689
-  _globals['_GETCONVERSATIONREQUEST']._serialized_start=691
-  _globals['_GETCONVERSATIONREQUEST']._serialized_end=740
-  _globals['_GETCONVERSATIONRESPONSE']._serialized_start=742
-  _globals['_GETCONVERSATIONRESPONSE']._serialized_end=824
-  _globals['_LISTCONVERSATIONSREQUEST']._serialized_start=826
-  _globals['_LISTCONVERSATIONSREQUEST']._serialized_end=891
-  _globals['_LISTCONVERSATIONSRESPONSE']._serialized_start=893
-  _globals['_LISTCONVERSATIONSRESPONSE']._serialized_end=1003
-  _globals['_UPDATECONVERSATIONREQUEST']._serialized_start=1005
-  _globals['_UPDATECONVERSATIONREQUEST']._serialized_end=1071
-  _globals['_UPDATECONVERSATIONRESPONSE']._serialized_start=1073
-  _globals['_UPDATECONVERSATIONRESPONSE']._serialized_end=1158
-  _globals['_DELETECONVERSATIONREQUEST']._serialized_start=1160
-  _globals['_DELETECONVERSATIONREQUEST']._serialized_end=1212
-  _globals['_DELETECONVERSATIONRESPONSE']._serialized_start=1214
-  _globals['_DELETECONVERSATIONRESPONSE']._serialized_end=1242
-  _globals['_CREATEINTERACTIONREQUEST']._serialized_start=1245
-  _globals['_CREATEINTERACTIONREQUEST']._serialized_end=1440
-  _globals['_CREATEINTERACTIONRESPONSE']._serialized_start=1442
-  _globals['_CREATEINTERACTIONRESPONSE']._serialized_end=1524
-  _globals['_GETINTERACTIONREQUEST']._serialized_start=1526
-  _globals['_GETINTERACTIONREQUEST']._serialized_end=1573
-  _globals['_GETINTERACTIONRESPONSE']._serialized_start=1575
-  _globals['_GETINTERACTIONRESPONSE']._serialized_end=1654
-  _globals['_LISTINTERACTIONSREQUEST']._serialized_start=1656
-  _globals['_LISTINTERACTIONSREQUEST']._serialized_end=1745
-  _globals['_LISTINTERACTIONSRESPONSE']._serialized_start=1747
-  _globals['_LISTINTERACTIONSRESPONSE']._serialized_end=1854
-  _globals['_MEMORYSERVICE']._serialized_start=1857
-  _globals['_MEMORYSERVICE']._serialized_end=2791
+  _globals['_CONVERSATION']._serialized_start=195
+  _globals['_CONVERSATION']._serialized_end=580
+  _globals['_CONVERSATIONSUMMARY']._serialized_start=583
+  _globals['_CONVERSATIONSUMMARY']._serialized_end=826
+  _globals['_INTERACTION']._serialized_start=829
+  _globals['_INTERACTION']._serialized_end=1064
+  _globals['_CREATECONVERSATIONREQUEST']._serialized_start=1067
+  _globals['_CREATECONVERSATIONREQUEST']._serialized_end=1212
+  _globals['_CREATECONVERSATIONRESPONSE']._serialized_start=1214
+  _globals['_CREATECONVERSATIONRESPONSE']._serialized_end=1299
+  _globals['_GETCONVERSATIONREQUEST']._serialized_start=1301
+  _globals['_GETCONVERSATIONREQUEST']._serialized_end=1350
+  _globals['_GETCONVERSATIONRESPONSE']._serialized_start=1352
+  _globals['_GETCONVERSATIONRESPONSE']._serialized_end=1434
+  _globals['_LISTCONVERSATIONSREQUEST']._serialized_start=1436
+  _globals['_LISTCONVERSATIONSREQUEST']._serialized_end=1501
+  _globals['_LISTCONVERSATIONSRESPONSE']._serialized_start=1503
+  _globals['_LISTCONVERSATIONSRESPONSE']._serialized_end=1613
+  _globals['_UPDATECONVERSATIONREQUEST']._serialized_start=1616
+  _globals['_UPDATECONVERSATIONREQUEST']._serialized_end=1816
+  _globals['_UPDATECONVERSATIONRESPONSE']._serialized_start=1818
+  _globals['_UPDATECONVERSATIONRESPONSE']._serialized_end=1903
+  _globals['_DELETECONVERSATIONREQUEST']._serialized_start=1905
+  _globals['_DELETECONVERSATIONREQUEST']._serialized_end=1957
+  _globals['_DELETECONVERSATIONRESPONSE']._serialized_start=1959
+  _globals['_DELETECONVERSATIONRESPONSE']._serialized_end=1987
+  _globals['_CREATEINTERACTIONREQUEST']._serialized_start=1990
+  _globals['_CREATEINTERACTIONREQUEST']._serialized_end=2185
+  _globals['_CREATEINTERACTIONRESPONSE']._serialized_start=2187
+  _globals['_CREATEINTERACTIONRESPONSE']._serialized_end=2269
+  _globals['_GETINTERACTIONREQUEST']._serialized_start=2271
+  _globals['_GETINTERACTIONREQUEST']._serialized_end=2318
+  _globals['_GETINTERACTIONRESPONSE']._serialized_start=2320
+  _globals['_GETINTERACTIONRESPONSE']._serialized_end=2399
+  _globals['_LISTINTERACTIONSREQUEST']._serialized_start=2401
+  _globals['_LISTINTERACTIONSREQUEST']._serialized_end=2490
+  _globals['_LISTINTERACTIONSRESPONSE']._serialized_start=2492
+  _globals['_LISTINTERACTIONSRESPONSE']._serialized_end=2599
+  _globals['_UPDATECONVERSATIONSUMMARYREQUEST']._serialized_start=2602
+  _globals['_UPDATECONVERSATIONSUMMARYREQUEST']._serialized_end=2824
+  _globals['_UPDATECONVERSATIONSUMMARYRESPONSE']._serialized_start=2826
+  _globals['_UPDATECONVERSATIONSUMMARYRESPONSE']._serialized_end=2918
+  _globals['_MEMORYSERVICE']._serialized_start=2921
+  _globals['_MEMORYSERVICE']._serialized_end=3996
 # @@protoc_insertion_point(module_scope)

@@ -79,6 +79,11 @@ class MemoryServiceStub:
                 request_serializer=gensearch_dot_memory_dot_v1_dot_memory__service__pb2.ListInteractionsRequest.SerializeToString,
                 response_deserializer=gensearch_dot_memory_dot_v1_dot_memory__service__pb2.ListInteractionsResponse.FromString,
                 _registered_method=True)
+        self.UpdateConversationSummary = channel.unary_unary(
+                '/gensearch.memory.v1.MemoryService/UpdateConversationSummary',
+                request_serializer=gensearch_dot_memory_dot_v1_dot_memory__service__pb2.UpdateConversationSummaryRequest.SerializeToString,
+                response_deserializer=gensearch_dot_memory_dot_v1_dot_memory__service__pb2.UpdateConversationSummaryResponse.FromString,
+                _registered_method=True)
 
 
 class MemoryServiceServicer:
@@ -111,7 +116,8 @@ class MemoryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateConversation(self, request, context):
-        """Renames a conversation.
+        """Changes a conversation's name, time to live, maximum number of turns or summary
+        setting, as its update_mask says (an empty mask: the name alone).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -141,6 +147,16 @@ class MemoryServiceServicer:
 
     def ListInteractions(self, request, context):
         """Lists a conversation's interactions, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateConversationSummary(self, request, context):
+        """Replaces the conversation's rolling summary if it still covers the turns up to
+        expected_through_interaction_id (compare-and-set: ABORTED otherwise, so two writers
+        folding at once cannot overwrite each other); evicts the turns beyond max_turns that
+        the new summary covers.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -188,6 +204,11 @@ def add_MemoryServiceServicer_to_server(servicer, server):
                     servicer.ListInteractions,
                     request_deserializer=gensearch_dot_memory_dot_v1_dot_memory__service__pb2.ListInteractionsRequest.FromString,
                     response_serializer=gensearch_dot_memory_dot_v1_dot_memory__service__pb2.ListInteractionsResponse.SerializeToString,
+            ),
+            'UpdateConversationSummary': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateConversationSummary,
+                    request_deserializer=gensearch_dot_memory_dot_v1_dot_memory__service__pb2.UpdateConversationSummaryRequest.FromString,
+                    response_serializer=gensearch_dot_memory_dot_v1_dot_memory__service__pb2.UpdateConversationSummaryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -411,6 +432,33 @@ class MemoryService:
             '/gensearch.memory.v1.MemoryService/ListInteractions',
             gensearch_dot_memory_dot_v1_dot_memory__service__pb2.ListInteractionsRequest.SerializeToString,
             gensearch_dot_memory_dot_v1_dot_memory__service__pb2.ListInteractionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateConversationSummary(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gensearch.memory.v1.MemoryService/UpdateConversationSummary',
+            gensearch_dot_memory_dot_v1_dot_memory__service__pb2.UpdateConversationSummaryRequest.SerializeToString,
+            gensearch_dot_memory_dot_v1_dot_memory__service__pb2.UpdateConversationSummaryResponse.FromString,
             options,
             channel_credentials,
             insecure,

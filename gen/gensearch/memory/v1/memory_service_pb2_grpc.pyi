@@ -45,7 +45,9 @@ class MemoryServiceStub:
     ListConversations: _grpc.UnaryUnaryMultiCallable[_memory_service_pb2.ListConversationsRequest, _memory_service_pb2.ListConversationsResponse]
     """Lists the caller's conversations, most recently updated first."""
     UpdateConversation: _grpc.UnaryUnaryMultiCallable[_memory_service_pb2.UpdateConversationRequest, _memory_service_pb2.UpdateConversationResponse]
-    """Renames a conversation."""
+    """Changes a conversation's name, time to live, maximum number of turns or summary
+    setting, as its update_mask says (an empty mask: the name alone).
+    """
     DeleteConversation: _grpc.UnaryUnaryMultiCallable[_memory_service_pb2.DeleteConversationRequest, _memory_service_pb2.DeleteConversationResponse]
     """Deletes a conversation and all its interactions, atomically."""
     CreateInteraction: _grpc.UnaryUnaryMultiCallable[_memory_service_pb2.CreateInteractionRequest, _memory_service_pb2.CreateInteractionResponse]
@@ -56,6 +58,12 @@ class MemoryServiceStub:
     """Returns one interaction of the caller's."""
     ListInteractions: _grpc.UnaryUnaryMultiCallable[_memory_service_pb2.ListInteractionsRequest, _memory_service_pb2.ListInteractionsResponse]
     """Lists a conversation's interactions, newest first."""
+    UpdateConversationSummary: _grpc.UnaryUnaryMultiCallable[_memory_service_pb2.UpdateConversationSummaryRequest, _memory_service_pb2.UpdateConversationSummaryResponse]
+    """Replaces the conversation's rolling summary if it still covers the turns up to
+    expected_through_interaction_id (compare-and-set: ABORTED otherwise, so two writers
+    folding at once cannot overwrite each other); evicts the turns beyond max_turns that
+    the new summary covers.
+    """
 
 @_typing.type_check_only
 class MemoryServiceAsyncStub(MemoryServiceStub):
@@ -74,7 +82,9 @@ class MemoryServiceAsyncStub(MemoryServiceStub):
     ListConversations: _aio.UnaryUnaryMultiCallable[_memory_service_pb2.ListConversationsRequest, _memory_service_pb2.ListConversationsResponse]  # type: ignore[assignment]
     """Lists the caller's conversations, most recently updated first."""
     UpdateConversation: _aio.UnaryUnaryMultiCallable[_memory_service_pb2.UpdateConversationRequest, _memory_service_pb2.UpdateConversationResponse]  # type: ignore[assignment]
-    """Renames a conversation."""
+    """Changes a conversation's name, time to live, maximum number of turns or summary
+    setting, as its update_mask says (an empty mask: the name alone).
+    """
     DeleteConversation: _aio.UnaryUnaryMultiCallable[_memory_service_pb2.DeleteConversationRequest, _memory_service_pb2.DeleteConversationResponse]  # type: ignore[assignment]
     """Deletes a conversation and all its interactions, atomically."""
     CreateInteraction: _aio.UnaryUnaryMultiCallable[_memory_service_pb2.CreateInteractionRequest, _memory_service_pb2.CreateInteractionResponse]  # type: ignore[assignment]
@@ -85,6 +95,12 @@ class MemoryServiceAsyncStub(MemoryServiceStub):
     """Returns one interaction of the caller's."""
     ListInteractions: _aio.UnaryUnaryMultiCallable[_memory_service_pb2.ListInteractionsRequest, _memory_service_pb2.ListInteractionsResponse]  # type: ignore[assignment]
     """Lists a conversation's interactions, newest first."""
+    UpdateConversationSummary: _aio.UnaryUnaryMultiCallable[_memory_service_pb2.UpdateConversationSummaryRequest, _memory_service_pb2.UpdateConversationSummaryResponse]  # type: ignore[assignment]
+    """Replaces the conversation's rolling summary if it still covers the turns up to
+    expected_through_interaction_id (compare-and-set: ABORTED otherwise, so two writers
+    folding at once cannot overwrite each other); evicts the turns beyond max_turns that
+    the new summary covers.
+    """
 
 class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
     """Conversation memory: conversations made of interactions (question/answer turns).
@@ -124,7 +140,9 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _memory_service_pb2.UpdateConversationRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_memory_service_pb2.UpdateConversationResponse, _abc.Awaitable[_memory_service_pb2.UpdateConversationResponse]]:
-        """Renames a conversation."""
+        """Changes a conversation's name, time to live, maximum number of turns or summary
+        setting, as its update_mask says (an empty mask: the name alone).
+        """
 
     @_abc_1.abstractmethod
     def DeleteConversation(
@@ -159,5 +177,17 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_memory_service_pb2.ListInteractionsResponse, _abc.Awaitable[_memory_service_pb2.ListInteractionsResponse]]:
         """Lists a conversation's interactions, newest first."""
+
+    @_abc_1.abstractmethod
+    def UpdateConversationSummary(
+        self,
+        request: _memory_service_pb2.UpdateConversationSummaryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_memory_service_pb2.UpdateConversationSummaryResponse, _abc.Awaitable[_memory_service_pb2.UpdateConversationSummaryResponse]]:
+        """Replaces the conversation's rolling summary if it still covers the turns up to
+        expected_through_interaction_id (compare-and-set: ABORTED otherwise, so two writers
+        folding at once cannot overwrite each other); evicts the turns beyond max_turns that
+        the new summary covers.
+        """
 
 def add_MemoryServiceServicer_to_server(servicer: MemoryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
