@@ -11,6 +11,8 @@ from services.gateway.catalog import Catalog
 from services.gateway.clients import Downstream
 from services.gateway.models import ModelCatalog
 from services.gateway.settings import GatewaySettings
+from services.gateway.summarizer import Summarizer
+from services.gateway.tokens import Tokenizers
 
 
 @dataclass(frozen=True)
@@ -19,6 +21,8 @@ class Backends:
     catalog: Catalog
     models: ModelCatalog
     settings: GatewaySettings
+    tokenizers: Tokenizers
+    summarizer: Summarizer
 
     @classmethod
     def build(
@@ -33,4 +37,11 @@ class Backends:
             catalog=Catalog(clients.retrieval, settings.collection_cache_ttl),
             models=ModelCatalog(clients.generation),
             settings=settings,
+            tokenizers=Tokenizers(
+                settings.tokenize_urls,
+                timeout=settings.tokenize_timeout,
+                retry_seconds=settings.tokenize_retry_seconds,
+                cache_entries=settings.token_cache_entries,
+            ),
+            summarizer=Summarizer(clients.memory, clients.generation, settings),
         )

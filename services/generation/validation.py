@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from gensearch.generation.v1 import generation_service_pb2 as pb
 
 from services.common.errors import InvalidArgument, quote
-from services.generation.providers.base import ChatMessage, CompletionRequest, estimate_tokens
+from services.common.tokens import estimate_tokens
+from services.generation.providers.base import ChatMessage, CompletionRequest
 from services.generation.settings import ProviderConfig
 
 ROLE_NAMES = {pb.ROLE_SYSTEM: "system", pb.ROLE_USER: "user", pb.ROLE_ASSISTANT: "assistant"}
@@ -19,6 +20,10 @@ class Limits:
     max_messages: int = 512
     max_prompt_chars: int = 1_000_000
     max_stop_sequences: int = 4
+
+
+# How far the estimate may exceed a context window before a prompt is refused here.
+_ESTIMATE_SLACK = 1.25
 
 
 def build_request(
@@ -83,8 +88,11 @@ def build_request(
         raise InvalidArgument("stop sequences must not be empty", field="stop")
 
     if config.context_window is not None:
+        # Only what clearly cannot fit: the shared estimate is rough, and the gateway may
+        # have fitted the prompt with the model's real tokenizer (docs/gateway.md#history),
+        # which can count fewer tokens; the model server refuses the rest itself.
         prompt = sum(estimate_tokens(m.content) for m in messages)
-        if prompt > config.context_window:
+        if prompt > config.context_window * _ESTIMATE_SLACK:
             raise InvalidArgument(
                 f"the prompt (~{prompt} tokens) exceeds the context window of provider "
                 f"{config.name!r} ({config.context_window} tokens)",
