@@ -223,12 +223,14 @@ class AskService:
                     history,
                     turns,
                     prompt,
-                    response.interaction_id,
+                    (response.interaction_id, question, response.answer),
                     conversation_id=response.conversation_id,
                     caller=caller,
                     options=options,
                     window=window,
                     tokenizer=tokenizer,
+                    interaction_size=params.interaction_size,
+                    summary_tokens=s.summary_max_tokens + 16,
                 )
         yield gw_pb.StreamAskResponse(answer=response)
 

@@ -70,32 +70,43 @@ def fold_after_turn(
     history: History,
     turns: Sequence[Turn],
     prompt: AskPrompt,
-    new_interaction_id: str,
+    stored: tuple[str, str, str],
     *,
     conversation_id: str,
     caller: Caller,
     options: Options,
     window: int,
     tokenizer: Tokenizer,
+    interaction_size: int,
+    summary_tokens: int,
 ) -> bool:
-    """Queues a fold when turns wait for the summary: some were left out of this prompt
-    (budget or interaction_size) or lie beyond max_turns. ``turns`` are the prompt's
-    candidates, oldest first; the newest ``prompt.turns_used`` of them were sent."""
+    """Queues a fold when turns wait for the summary, or will at the next turn: some were
+    left out of this prompt (budget or interaction_size), lie beyond max_turns, or the
+    turn just stored (``stored``: its id, question and answer) will push the oldest one
+    sent out of the next prompt. ``summary_tokens``: room kept for the summary."""
     conversation = history.conversation
-    if conversation is None or not history.summary_on or not new_interaction_id:
+    new_id, question, answer = stored
+    if conversation is None or not history.summary_on or not new_id:
         return False
-    # Fold everything strictly older than keep_from.
-    keep_from = turns[len(turns) - prompt.turns_used].interaction_id if prompt.turns_used else ""
-    keep_from = keep_from or new_interaction_id
-    due = prompt.turns_used < len(turns) or history.older_unsummarised
-    newest_first = [new_interaction_id] + [t.interaction_id for t in reversed(turns)]
+    keep_tokens = prompt.history_budget - summary_tokens
+    new_turn = estimate_tokens(question) + estimate_tokens(answer) + 8
     limit = conversation.max_turns
-    if limit and conversation.interaction_count + 1 > limit:
-        due = True
-        if limit <= len(newest_first):
-            keep_from = min(keep_from, newest_first[limit - 1])
+    due = (
+        prompt.turns_used < len(turns)
+        or history.older_unsummarised
+        or (limit > 0 and conversation.interaction_count + 1 > limit)
+        or prompt.history_tokens + new_turn > keep_tokens
+    )
     if not due:
         return False
     return summarizer.submit(
-        FoldJob(caller, conversation_id, keep_from, options, window, tokenizer)
+        FoldJob(
+            caller,
+            conversation_id,
+            keep_turns=interaction_size,
+            keep_tokens=max(0, keep_tokens),
+            options=options,
+            window=window,
+            tokenizer=tokenizer,
+        )
     )

@@ -34,6 +34,7 @@ log = logging.getLogger("gensearch.gateway.summary")
 
 _PAGE = 100
 _OVERHEAD = 16  # message framing and the prompt's fixed lines
+_MESSAGE_OVERHEAD = 4
 
 SUMMARY_SYSTEM_PROMPT = (
     "You keep a running summary of a conversation between a user and an assistant. "
@@ -45,12 +46,16 @@ SUMMARY_SYSTEM_PROMPT = (
 
 @dataclass(frozen=True)
 class FoldJob:
-    """Fold the turns of ``conversation_id`` older than ``keep_from`` (the oldest turn the
-    last prompt carried; empty: every turn) that no summary covers yet."""
+    """Fold the turns of ``conversation_id`` that the next prompt will not carry and no
+    summary covers yet: all but the newest ``keep_turns`` that fit ``keep_tokens`` (the
+    last prompt's history budget less room for the summary) and the conversation's
+    max_turns. Decided in the background from what is stored then, the new turn
+    included, so the next prompt finds the turns it leaves out already summarised."""
 
     caller: Caller
     conversation_id: str
-    keep_from: str
+    keep_turns: int
+    keep_tokens: int
     options: Options
     window: int
     tokenizer: Tokenizer
@@ -150,7 +155,10 @@ class Summarizer:
             return
         summary = conversation.summary.text
         through = conversation.summary.through_interaction_id
-        pending = await self._unsummarised(job, through)
+        keep = job.keep_turns
+        if conversation.max_turns:
+            keep = min(keep, conversation.max_turns)
+        pending = await self._unsummarised(job, through, keep)
         while pending:
             batch = await self._batch(job, summary, pending)
             pending = pending[len(batch) :]
@@ -175,6 +183,7 @@ class Summarizer:
             text = result.result.strip()
             if not text:
                 SUMMARY_FOLDS.labels("failed").inc()
+                log.warning("summary fold: the model answered nothing")
                 return
             request = mem_pb.UpdateConversationSummaryRequest(
                 conversation_id=job.conversation_id,
@@ -192,13 +201,19 @@ class Summarizer:
                 # stands, and the next turn folds whatever is still pending.
                 outcome = "conflict" if err.reason == "SUMMARY_CHANGED" else "failed"
                 SUMMARY_FOLDS.labels(outcome).inc()
+                if outcome == "failed":
+                    log.warning("summary fold: not stored", extra={"reason": err.reason})
                 return
             SUMMARY_FOLDS.labels("folded").inc()
             summary, through = text, batch[-1].interaction_id
 
-    async def _unsummarised(self, job: FoldJob, through: str) -> list[Turn]:
-        """The turns older than ``keep_from`` and newer than ``through``, oldest first."""
+    async def _unsummarised(self, job: FoldJob, through: str, keep: int) -> list[Turn]:
+        """The turns newer than ``through`` that the next prompt will not carry, oldest
+        first: the newest ``keep`` of them stay if they fit ``job.keep_tokens``; once one
+        does not, it and every older one are pending."""
         found: list[Turn] = []
+        kept = used = 0
+        keeping = True
         token = ""
         read = 0
         while read < self._s.summary_max_read_turns:
@@ -209,12 +224,20 @@ class Summarizer:
                 job.caller,
                 self._s.summary_timeout,
             )
-            for i in page.interactions:
+            texts = [t for i in page.interactions for t in (i.input, i.response)]
+            counts = await job.tokenizer.count(texts) if keeping else []
+            for n, i in enumerate(page.interactions):
                 read += 1
                 if through and i.interaction_id <= through:
                     return found[::-1]
-                if not job.keep_from or i.interaction_id < job.keep_from:
-                    found.append(Turn(i.input, i.response, i.interaction_id))
+                if keeping:
+                    cost = counts[2 * n] + counts[2 * n + 1] + 2 * _MESSAGE_OVERHEAD
+                    if kept < keep and used + cost <= job.keep_tokens:
+                        kept += 1
+                        used += cost
+                        continue
+                    keeping = False
+                found.append(Turn(i.input, i.response, i.interaction_id))
             token = page.next_page_token
             if not token or not page.interactions:
                 break
