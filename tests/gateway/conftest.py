@@ -97,7 +97,7 @@ async def stack_factory(
 ) -> AsyncIterator[StackFactory]:
     """``await stack_factory(**gateway_settings)``; ``generation=False`` leaves the
     generation address pointing at a port where nothing listens; ``shared`` settings go to
-    all four services."""
+    all four services, ``memory`` settings to the memory service alone."""
     stacks: list[Stack] = []
 
     async def start(
@@ -105,15 +105,19 @@ async def stack_factory(
         generation: bool = True,
         provider: dict[str, Any] | None = None,
         shared: dict[str, Any] | None = None,
+        memory: dict[str, Any] | None = None,
         **overrides: Any,
     ) -> Stack:
         servers: dict[str, GrpcServer] = {}
         common: dict[str, Any] = {"internal_token": TOKEN, "grace_period": 0.5, **(shared or {})}
         memory_settings = MemorySettings(
-            redis_url=shared_redis.url,
-            key_prefix=f"gw-{uuid.uuid4().hex[:12]}",
-            metrics_port=None,
-            **common,
+            **{
+                "redis_url": shared_redis.url,
+                "key_prefix": f"gw-{uuid.uuid4().hex[:12]}",
+                "metrics_port": None,
+                **common,
+                **(memory or {}),  # e.g. a Redis Cluster's url and redis_cluster=True
+            }
         )
         servers["memory"] = await build_memory(memory_settings, port=0)
         data = tmp_path / f"stack{len(stacks)}"

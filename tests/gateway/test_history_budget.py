@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -14,7 +15,8 @@ import pytest
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.generation.v1 import generation_service_pb2 as gen_pb
 from gensearch.memory.v1 import memory_service_pb2 as mem_pb
-from google.protobuf import duration_pb2
+from gensearch.memory.v1 import memory_service_pb2_grpc as mem_grpc
+from google.protobuf import duration_pb2, field_mask_pb2
 
 from services.common.auth import Identity, Role, forwarded_identity
 from services.common.tokens import estimate_tokens
@@ -26,7 +28,9 @@ from services.gateway.prompting import SUMMARY_PREFIX
 from services.gateway.settings import GatewaySettings
 from services.gateway.summarizer import SUMMARY_SYSTEM_PROMPT, FoldJob
 from services.gateway.tokens import Estimate
-from tests.gateway.conftest import ALICE, TOKEN, Stack, StackFactory, create_books
+from tests.gateway.conftest import ALICE, BOB, TOKEN, Stack, StackFactory, create_books
+from tests.support.fake_openai import Behaviour
+from tests.support.redis_cluster import LocalCluster
 
 WINDOW = 1600
 RESERVE = 100
@@ -303,3 +307,107 @@ async def test_expired_conversation_through_the_gateway(stack_factory: StackFact
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await _ask(stack, cid, 1)
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_queued_fold_is_finished_at_shutdown(stack_factory: StackFactory) -> None:
+    stack = await _stack(stack_factory)
+    cid = await _conversation(stack)
+    ids = await _fill(stack, cid, 12)
+    stack.fake.enqueue(Behaviour.ok(), Behaviour.ok(latency=0.5))  # the answer, a slow fold
+    await _ask(stack, cid, 12)
+    await stack.gateway.stop(0)  # drains the summary queue before the channels close
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{stack.servers['memory'].port}")
+    try:
+        memory = mem_grpc.MemoryServiceStub(channel)
+        alice = forwarded_identity(Identity("alice", "alice", Role.ADMIN), TOKEN)
+        got = await memory.GetConversation(
+            mem_pb.GetConversationRequest(conversation_id=cid), metadata=alice
+        )
+    finally:
+        await channel.close()
+    assert got.conversation.summary.folds >= 1
+    assert got.conversation.summary.through_interaction_id >= ids[0]
+
+
+async def test_summary_and_retention_of_another_user_are_not_found(
+    stack_factory: StackFactory,
+) -> None:
+    stack = await _stack(stack_factory)
+    cid = await _conversation(stack)
+    ids = await _fill(stack, cid, 2)
+    for call in (
+        stack.memory.UpdateConversationSummary(
+            mem_pb.UpdateConversationSummaryRequest(
+                conversation_id=cid, text="x", through_interaction_id=ids[0]
+            ),
+            metadata=BOB,
+        ),
+        stack.memory.UpdateConversation(
+            mem_pb.UpdateConversationRequest(
+                conversation_id=cid,
+                max_turns=1,
+                update_mask=field_mask_pb2.FieldMask(paths=["max_turns"]),
+            ),
+            metadata=BOB,
+        ),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    got = await _get(stack, cid)
+    assert got.max_turns == 0 and not got.HasField("summary") and got.interaction_count == 2
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A real three-master Redis Cluster for this module's cluster tests (started on a
+    loop of its own, as the shared standalone server is)."""
+    loop = asyncio.new_event_loop()
+    local = LocalCluster(tmp_path_factory.mktemp("gateway-cluster"))
+    try:
+        loop.run_until_complete(local.start())
+        yield local
+    finally:
+        local.stop()
+        loop.close()
+
+
+@pytest.mark.slow
+async def test_budget_summary_eviction_and_expiry_on_a_cluster(
+    stack_factory: StackFactory, cluster: LocalCluster
+) -> None:
+    """The same guarantees with memory on Redis Cluster: folds, eviction folded into the
+    summary, concurrent turns, expiry."""
+    stack = await _stack(stack_factory, memory={"redis_url": cluster.url, "redis_cluster": True})
+    cid = await _conversation(stack, max_turns=3)
+    ids = []
+    for n in range(6):
+        ids.append((await _ask(stack, cid, n)).interaction_id)
+        if n >= 3:
+            await _summary_reaches(stack, cid, ids[n - 3])
+    both = await asyncio.gather(*(_ask(stack, cid, n) for n in (6, 7)))
+    conversation = await _get(stack, cid)
+    assert set(_labels(conversation.summary.text)) >= {0, 1, 2}
+    listed = await stack.memory.ListInteractions(
+        mem_pb.ListInteractionsRequest(conversation_id=cid), metadata=ALICE
+    )
+    kept = [i.interaction_id for i in listed.interactions]
+    assert {a.interaction_id for a in both} <= set(kept)  # neither concurrent turn lost
+    assert conversation.summary.evicted_unsummarised_turns == 0
+
+    short = await _conversation(stack, ttl=duration_pb2.Duration(seconds=1))
+    await _ask(stack, short, 0)
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 20
+    while True:
+        try:
+            await _get(stack, short)
+        except grpc.aio.AioRpcError as err:
+            assert err.code() == grpc.StatusCode.NOT_FOUND
+            break
+        assert loop.time() < end, "never expired"
+        await asyncio.sleep(0.1)
+    listed_conversations = await stack.memory.ListConversations(
+        mem_pb.ListConversationsRequest(), metadata=ALICE
+    )
+    assert [c.conversation_id for c in listed_conversations.conversations] == [cid]
