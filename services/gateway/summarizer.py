@@ -88,8 +88,9 @@ class Summarizer:
         self._closed = False
 
     def submit(self, job: FoldJob) -> bool:
-        """Queues ``job`` unless one for the same conversation waits already; False (and
-        counted) when the queue is full or the gateway is stopping."""
+        """Queues ``job`` unless one for the same conversation waits in the queue already
+        (not yet started: it will read the state this job would); False (and counted)
+        when the queue is full or the gateway is stopping."""
         key = (job.caller.tenant, job.caller.user, job.conversation_id)
         if key in self._pending:
             return True
@@ -110,10 +111,6 @@ class Summarizer:
             ]
         return True
 
-    async def idle(self) -> None:
-        """Until every queued fold is done (tests and drain)."""
-        await self._queue.join()
-
     async def drain(self) -> None:
         """Stop taking jobs, finish the queued ones within the drain timeout, stop."""
         self._closed = True
@@ -128,16 +125,21 @@ class Summarizer:
     async def _work(self) -> None:
         while True:
             got = await self._queue.get()
+            # Queued no more: a turn stored from now on queues its own job, which sees it
+            # (one that only waited in the queue needs none: this job reads the state now).
+            self._pending.discard((got.caller.tenant, got.caller.user, got.conversation_id))
             try:
                 await asyncio.wait_for(self.fold(got), self._s.summary_timeout)
             except TimeoutError:
                 SUMMARY_FOLDS.labels("failed").inc()
                 log.warning("summary fold timed out")
+            except ServiceError as err:  # memory or generation could not serve
+                SUMMARY_FOLDS.labels("failed").inc()
+                log.warning("summary fold failed", extra={"reason": err.reason})
             except Exception:  # a background task must survive any one fold
                 SUMMARY_FOLDS.labels("failed").inc()
                 log.exception("summary fold failed")
             finally:
-                self._pending.discard((got.caller.tenant, got.caller.user, got.conversation_id))
                 self._queue.task_done()
                 SUMMARY_QUEUE.set(self._queue.qsize())
 
