@@ -101,11 +101,17 @@ class LlamaCpp:
         if time.monotonic() < self._down_until:
             return None
         try:
-            return await self._client.count(texts)
+            counted = await self._client.count(texts)
         except TokenizeError as err:
-            log.warning("llama.cpp tokenize unavailable, estimating: %s", err)
+            # Said once per outage, not at every retry.
+            level = logging.DEBUG if self._down_until else logging.WARNING
+            log.log(level, "llama.cpp tokenize unavailable, estimating: %s", err)
             self._down_until = time.monotonic() + self._retry
             return None
+        if self._down_until:
+            log.info("llama.cpp tokenize answers again")
+            self._down_until = 0.0
+        return counted
 
 
 class Cached:
