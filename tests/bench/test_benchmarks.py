@@ -55,3 +55,22 @@ async def test_retrieval_times_grpc_beside_the_engine() -> None:
     assert figures["import with client vectors (300 x 384 dims)"].value > 0
     over = figures["retrieval Search over the engine p50 (300 x 384 dims)"]
     assert over.unit == "ms" and over.target
+
+
+async def test_memory_by_conversation_length_runs() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(ROOT / "bench" / "memory_ask.py"),
+        "--rounds",
+        "1",
+        "--asks",
+        "2",
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode(errors="replace")[-3000:]
+    text = out.decode()
+    for row in ("Ask, 2-turn", "Ask, 200-turn", "memory per turn, 200-turn"):
+        assert row in text, text
