@@ -40,7 +40,16 @@ class GatewaySettings(CommonSettings):
     # Context window (tokens) by model name: the longest key contained in the model name
     # wins (case-insensitive); models matching no key get default_context_window.
     # Env: GENSEARCH_GATEWAY_CONTEXT_WINDOWS='{"smollm2": 2048, "gpt-4o": 128000}'.
-    context_windows: dict[str, int] = Field(default_factory=lambda: {"smollm2": 2048})
+    # The defaults: the bundled model and OpenAI's current chat models (published windows).
+    context_windows: dict[str, int] = Field(
+        default_factory=lambda: {
+            "smollm2": 2048,
+            "gpt-3.5-turbo": 16_385,
+            "gpt-4-turbo": 128_000,
+            "gpt-4o": 128_000,
+            "gpt-4.1": 1_047_576,
+        }
+    )
     default_context_window: int = Field(default=8192, ge=256)
     # Tokens kept free for the answer when the request sets no max_tokens.
     answer_reserve_tokens: int = Field(default=512, ge=16)
