@@ -136,6 +136,8 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
     ) -> pb.UpdateConversationSummaryResponse:
         cid = _id(request.conversation_id, "conversation_id")
         text = _text(request.text, "text", self._settings.max_summary_bytes)
+        if not text.strip():
+            raise InvalidArgument("text is required", field="text", reason="MISSING_FIELD")
         expected = (
             _id(request.expected_through_interaction_id, "expected_through_interaction_id")
             if request.expected_through_interaction_id

@@ -260,6 +260,11 @@ async def test_summary_compare_and_set(memory: Memory) -> None:
         grpc.StatusCode.INVALID_ARGUMENT,
         "through_interaction_id",
     )
+    await expect_error(  # a summary needs text
+        _summarise(memory, cid, through, turns[3].interaction_id, " "),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "text",
+    )
     off = pb.UpdateConversationRequest(
         conversation_id=cid,
         summary_disabled=True,
@@ -277,3 +282,25 @@ async def test_concurrent_turns_lose_nothing(memory: Memory) -> None:
     await asyncio.gather(*(_turn(memory, cid, n) for n in range(20)))
     assert sorted(await _inputs(memory, cid)) == sorted(f"q{n}" for n in range(20))
     assert (await _get(memory, cid)).interaction_count == 20
+
+
+async def test_a_ttl_set_by_update_reaches_every_key(memory: Memory) -> None:
+    cid = (await _create(memory)).conversation_id
+    for n in range(3):
+        await _turn(memory, cid, n)
+    for key in await _tag_keys(memory):
+        assert await memory.redis.pttl(key) == -1, key
+    update = pb.UpdateConversationRequest(
+        conversation_id=cid,
+        ttl=duration_pb2.Duration(seconds=3600),
+        update_mask=field_mask_pb2.FieldMask(paths=["ttl"]),
+    )
+    updated = (await memory.stub.UpdateConversation(update, metadata=ALICE)).conversation
+    assert updated.HasField("expire_time") and updated.ttl.seconds == 3600
+    tag = MemoryStore(memory.redis).tag(OWNER)
+    for key in await _tag_keys(memory):
+        name = key.decode()
+        if name == keys.conversations(tag):
+            continue  # the owner's list of conversations outlives any one of them
+        # Each key of the conversation expires: its own at expire_time, interactions later.
+        assert 0 < await memory.redis.pttl(key) <= 2 * 3600_000, name
