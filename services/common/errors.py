@@ -109,6 +109,14 @@ class FailedPrecondition(ServiceError):
     default_reason = "FAILED_PRECONDITION"
 
 
+class Aborted(ServiceError):
+    """A concurrency conflict (a compare-and-set lost to another writer): read again and
+    retry (AIP-154's answer to a stale etag)."""
+
+    code = grpc.StatusCode.ABORTED
+    default_reason = "ABORTED"
+
+
 class Unauthenticated(ServiceError):
     code = grpc.StatusCode.UNAUTHENTICATED
     default_reason = "UNAUTHENTICATED"
@@ -142,13 +150,6 @@ class Cancelled(ServiceError):
     default_reason = "CANCELLED"
 
 
-class Aborted(ServiceError):
-    """A concurrency conflict the caller may retry (an update that kept losing a race)."""
-
-    code = grpc.StatusCode.ABORTED
-    default_reason = "ABORTED"
-
-
 class Internal(ServiceError):
     code = grpc.StatusCode.INTERNAL
     default_reason = "INTERNAL"
@@ -162,6 +163,7 @@ _BY_CODE: dict[grpc.StatusCode, type[ServiceError]] = {
         NotFound,
         AlreadyExists,
         FailedPrecondition,
+        Aborted,
         Unauthenticated,
         PermissionDenied,
         ResourceExhausted,

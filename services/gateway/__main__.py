@@ -60,6 +60,10 @@ async def build_server(settings: GatewaySettings, *, port: int | None = None) ->
     )
     server.on_stop(clients.close)
     server.on_stop(backends.cache.close)
+    server.on_stop(backends.tokenizers.close)
+    # Callbacks run last-registered first: queued summary folds finish before the
+    # downstream channels close.
+    server.on_stop(backends.summarizer.drain)
     return server
 
 

@@ -21,7 +21,7 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from google.protobuf import json_format
 
 from services.common.errors import DeadlineExceeded, ServiceError
-from services.gateway import ask_request, ask_traces
+from services.gateway import ask_request, ask_traces, history_budget
 from services.gateway.ask_cache import SemanticAnswers, replay
 from services.gateway.ask_request import AskLike
 from services.gateway.ask_traces import TurnTraces
@@ -43,7 +43,6 @@ from services.gateway.prompting import (
     PROMPT_TEMPLATE,
     AskPrompt,
     ContextHit,
-    fit_prompt,
 )
 from services.gateway.turns import History, additional_info, read_history, store_turn
 
@@ -90,7 +89,11 @@ class AskService:
 
         # Memory first (with the collection alongside): nothing is generated for a
         # conversation we cannot read, or may not.
-        history, info = await self._history_and_collection(request, params, caller, deadline)
+        s = self._b.settings
+        use_summary = s.summary_enabled and not request.summary_disabled
+        history, info = await self._history_and_collection(
+            request, params, caller, deadline, use_summary
+        )
         turns = recent_turns(history.turns, params.interaction_size)
         context_fields = ask_request.context_fields(request, info)
         options = Options.resolve(request, request.llm_model, info.generative, self._b.settings)
@@ -108,11 +111,43 @@ class AskService:
                     yield event
                 return
 
+        window, model_name, provider = await self._b.models.context_window(
+            options,
+            s.context_windows,
+            s.default_context_window,
+            caller,
+            min(time_left(deadline), 2.0),
+        )
+        tokenizer = self._b.tokenizers.for_model(provider, model_name)
+        answer_tokens = min(options.max_tokens or s.answer_reserve_tokens, window // 2)
+        system_prompt = (
+            request.system_prompt or info.generative.system_prompt or DEFAULT_SYSTEM_PROMPT
+        )
+        instructions = request.user_instructions or info.generative.user_instructions
+
+        def fitted(hits: list[ContextHit]) -> Awaitable[AskPrompt]:
+            return history_budget.fit(
+                tokenizer,
+                system_prompt=system_prompt,
+                summary=history.summary,
+                turns=turns,
+                hits=hits,
+                context_fields=context_fields,
+                user_instructions=instructions,
+                question=question,
+                context_window=window,
+                answer_tokens=answer_tokens,
+            )
+
         rewritten = ""
         if turns and params.rewrite:
-            rewritten = await self._rewrite(
-                turns, question, options, caller, deadline, usage, traces
-            )
+            # The turns the budget holds before any context is retrieved.
+            before = await fitted([])
+            recent = turns[len(turns) - before.turns_used :] if before.turns_used else []
+            if recent:
+                rewritten = await self._rewrite(
+                    recent, question, options, caller, deadline, usage, traces
+                )
 
         hits: list[ret_pb.Hit] = []
         if params.context_size > 0:
@@ -139,31 +174,10 @@ class AskService:
             )
         )
 
-        system_prompt = (
-            request.system_prompt or info.generative.system_prompt or DEFAULT_SYSTEM_PROMPT
-        )
-        instructions = request.user_instructions or info.generative.user_instructions
         context_hits = [
             ContextHit(hit.id, json_format.MessageToDict(hit.properties)) for hit in hits
         ]
-        s = self._b.settings
-        window, model_name = await self._b.models.context_window(
-            options,
-            s.context_windows,
-            s.default_context_window,
-            caller,
-            min(time_left(deadline), 2.0),
-        )
-        prompt = fit_prompt(
-            system_prompt=system_prompt,
-            turns=turns,
-            hits=context_hits,
-            context_fields=context_fields,
-            user_instructions=instructions,
-            question=question,
-            context_window=window,
-            answer_tokens=min(options.max_tokens or s.answer_reserve_tokens, window // 2),
-        )
+        prompt = await fitted(context_hits)
         history.note_left_out(prompt)
         _note_trimming(prompt, model_name, window)
 
@@ -225,6 +239,9 @@ class AskService:
             trimmed=gw_pb.Trimmed(history_turns=prompt.trimmed_turns, hits=prompt.trimmed_hits),
             model=result.model or options.model,
             provider=result.provider,
+            summary_used=prompt.summary_used,
+            history_tokens=prompt.history_tokens,
+            history_budget_tokens=prompt.history_budget,
         )
         if request.debug:
             response.prompt.extend(prompt.messages)
@@ -250,6 +267,22 @@ class AskService:
                     deadline,
                 ),
             )
+            if use_summary:
+                # After the turn is stored, in the background: never delays the answer.
+                history_budget.fold_after_turn(
+                    self._b.summarizer,
+                    history,
+                    turns,
+                    prompt,
+                    (response.interaction_id, question, response.answer),
+                    conversation_id=response.conversation_id,
+                    caller=caller,
+                    options=options,
+                    window=window,
+                    tokenizer=tokenizer,
+                    interaction_size=params.interaction_size,
+                    summary_tokens=s.summary_max_tokens + 16,
+                )
         if semantic.mode.writes:
             await self._semantic.store(
                 request, info, options, semantic, response, caller, time_left(deadline)
@@ -270,6 +303,7 @@ class AskService:
         params: ask_request.AskParams,
         caller: Caller,
         deadline: float,
+        use_summary: bool,
     ) -> tuple[History, CollectionInfo]:
         """The conversation's newest turns (newest first) and the collection, read at once."""
         info_call = self._b.catalog.get(request.collection, caller, time_left(deadline))
@@ -282,6 +316,7 @@ class AskService:
             self._b.settings.ask_history_chars,
             caller,
             deadline,
+            use_summary=use_summary,
         )
         history, info = await self._within(
             deadline, asyncio.gather(history_call, info_call, return_exceptions=True)

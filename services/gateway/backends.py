@@ -12,6 +12,8 @@ from services.gateway.clients import Downstream
 from services.gateway.generation_cache import GenerationCache
 from services.gateway.models import ModelCatalog
 from services.gateway.settings import GatewaySettings
+from services.gateway.summarizer import Summarizer
+from services.gateway.tokens import Tokenizers
 
 
 @dataclass(frozen=True)
@@ -21,6 +23,8 @@ class Backends:
     models: ModelCatalog
     settings: GatewaySettings
     cache: GenerationCache
+    tokenizers: Tokenizers
+    summarizer: Summarizer
 
     @classmethod
     def build(
@@ -36,4 +40,11 @@ class Backends:
             models=ModelCatalog(clients.generation),
             settings=settings,
             cache=GenerationCache.build(settings),
+            tokenizers=Tokenizers(
+                settings.tokenize_urls,
+                timeout=settings.tokenize_timeout,
+                retry_seconds=settings.tokenize_retry_seconds,
+                cache_entries=settings.token_cache_entries,
+            ),
+            summarizer=Summarizer(clients.memory, clients.generation, settings),
         )

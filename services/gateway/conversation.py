@@ -17,6 +17,8 @@ SYSTEM = gen_pb.ROLE_SYSTEM
 class Turn:
     question: str
     answer: str
+    # The stored interaction (empty for turns not read from memory).
+    interaction_id: str = ""
 
 
 def recent_turns(newest_first: Sequence[Turn], size: int) -> list[Turn]:

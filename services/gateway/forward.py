@@ -109,6 +109,7 @@ class MemoryForwarder(_Forwarder, mem_grpc.MemoryServiceServicer):
     UpdateInteraction = _forward("UpdateInteraction")
     ListInteractionTraces = _forward("ListInteractionTraces")
     SearchInteractions = _forward("SearchInteractions")
+    UpdateConversationSummary = _forward("UpdateConversationSummary")
 
 
 class RetrievalForwarder(_Forwarder, ret_grpc.RetrievalServiceServicer):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 GENERATIONS = Counter(
     "gensearch_gateway_generations_total",
@@ -23,4 +23,18 @@ CACHE_LOOKUPS = Counter(
     "gensearch_gateway_cache_lookups_total",
     "Answer cache lookups (exact: per hit or grouped; semantic: per Ask), by outcome.",
     ["cache", "outcome"],
+)
+SUMMARY_FOLDS = Counter(
+    "gensearch_gateway_summary_folds_total",
+    "Rolling-summary folds: folded, conflict (another fold won the compare-and-set), "
+    "failed, dropped (queue full or stopping).",
+    ["outcome"],
+)
+SUMMARY_TOKENS = Counter(
+    "gensearch_gateway_summary_tokens_total",
+    "LLM tokens spent on rolling summaries, prompt and completion.",
+    ["kind"],
+)
+SUMMARY_QUEUE = Gauge(
+    "gensearch_gateway_summary_queue", "Rolling-summary folds waiting in this replica."
 )

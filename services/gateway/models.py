@@ -107,17 +107,19 @@ class ModelCatalog:
         default: int,
         caller: Caller,
         timeout: float,
-    ) -> tuple[int, str]:
-        """The context window of the model ``options`` will use, and that model's name:
-        the configured ``windows`` first, else what the provider reports for its default
-        model, else ``default``."""
+    ) -> tuple[int, str, str]:
+        """The context window of the model ``options`` will use, that model's name and
+        its provider's: the configured ``windows`` first, else what the provider reports
+        for its default model, else ``default``."""
         name, fallback = options.model, default
+        provider_name = options.provider
         # None when generation cannot tell: that only costs a default context window.
         provider = await self.provider(options.provider, caller, timeout)
         if provider is not None:
             name = name or provider.default_model
+            provider_name = provider.name
             if provider.context_window > 0 and (
                 not options.model or options.model == provider.default_model
             ):
                 fallback = provider.context_window
-        return context_window_for(name, windows, fallback), name
+        return context_window_for(name, windows, fallback), name, provider_name

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from gensearch.generation.v1 import generation_service_pb2 as gen_pb
 
 from services.common.errors import InvalidArgument
+from services.common.tokens import estimate_tokens
 from services.gateway.conversation import SYSTEM, USER, Turn, history_messages
 from services.gateway.grouped import hit_block
 
@@ -26,22 +27,53 @@ PROMPT_TEMPLATE = (
 
 # Per-message framing tokens in chat templates (role markers, separators).
 _MESSAGE_OVERHEAD = 4
+# A joint between two parts of a message ("\n\n"): at most a token, counted as one.
+_JOINT = 1
+
+# The rolling summary, as the prompt carries it: a system message before the turns.
+SUMMARY_PREFIX = "Summary of the earlier conversation (older turns, not repeated below):\n"
+
+Count = Callable[[str], int]
 
 
-def estimate_tokens(text: str) -> int:
-    """A conservative estimate (about 3.5 characters per token for English prose; no
-    tokenizer of the remote model is at hand)."""
-    return (len(text) * 2 + 6) // 7
+def message_tokens(messages: Sequence[gen_pb.Message], count: Count = estimate_tokens) -> int:
+    return sum(count(m.content) + _MESSAGE_OVERHEAD for m in messages)
 
 
-def message_tokens(messages: Sequence[gen_pb.Message]) -> int:
-    return sum(estimate_tokens(m.content) + _MESSAGE_OVERHEAD for m in messages)
+def summary_message(summary: str) -> gen_pb.Message:
+    return gen_pb.Message(role=SYSTEM, content=SUMMARY_PREFIX + summary)
+
+
+def prompt_texts(
+    *,
+    system_prompt: str,
+    summary: str,
+    turns: Sequence[Turn],
+    hits: Sequence[ContextHit],
+    context_fields: Sequence[str],
+    user_instructions: str,
+    question: str,
+) -> list[str]:
+    """Every text ``fit_prompt`` counts, so a tokenizer that is a remote call can count
+    them all at once beforehand."""
+    texts = [system_prompt, _RESULTS_HEADER, _NO_RESULTS, user_instructions.strip()]
+    texts.append(f"Question: {question}")
+    if summary:
+        texts.append(SUMMARY_PREFIX + summary)
+    for turn in turns:
+        texts += [turn.question, turn.answer]
+    texts += [hit_block(i, hit.properties, context_fields) for i, hit in enumerate(hits, start=1)]
+    return texts
 
 
 @dataclass(frozen=True)
 class ContextHit:
     id: str
     properties: Mapping[str, Any]
+
+
+_RESULTS_HEADER = "Search results:\n\n"
+_NO_RESULTS = "(no results)"
 
 
 @dataclass
@@ -51,8 +83,13 @@ class AskPrompt:
     hits_used: int
     trimmed_turns: int = 0
     trimmed_hits: int = 0
+    # The prompt's tokens as counted (the model's tokenizer, or the estimate).
     estimated_tokens: int = 0
     notes: list[str] = field(default_factory=list)
+    summary_used: bool = False
+    # Tokens of history (summary and turns) in the prompt, and what history could have.
+    history_tokens: int = 0
+    history_budget: int = 0
 
 
 def question_message(
@@ -64,7 +101,7 @@ def question_message(
     blocks = "\n\n".join(
         hit_block(i, hit.properties, context_fields) for i, hit in enumerate(hits, start=1)
     )
-    parts = [f"Search results:\n\n{blocks or '(no results)'}"]
+    parts = [f"{_RESULTS_HEADER}{blocks or _NO_RESULTS}"]
     if user_instructions.strip():
         parts.append(user_instructions.strip())
     parts.append(f"Question: {question}")
@@ -72,10 +109,13 @@ def question_message(
 
 
 def build_messages(
-    system_prompt: str, turns: Sequence[Turn], question: gen_pb.Message
+    system_prompt: str, turns: Sequence[Turn], question: gen_pb.Message, summary: str = ""
 ) -> list[gen_pb.Message]:
-    """The system prompt, the turns as a chat, then the question with its context."""
+    """The system prompt, the summary, the turns as a chat, then the question with its
+    context."""
     messages = [gen_pb.Message(role=SYSTEM, content=system_prompt)] if system_prompt else []
+    if summary:
+        messages.append(summary_message(summary))
     messages.extend(history_messages(turns))
     messages.append(question)
     return messages
@@ -91,45 +131,73 @@ def fit_prompt(
     question: str,
     context_window: int,
     answer_tokens: int,
+    summary: str = "",
+    count: Count = estimate_tokens,
 ) -> AskPrompt:
-    """Build the prompt, dropping the oldest turns first and then the lowest-ranked hits
-    until it fits ``context_window`` minus the room kept for the answer."""
+    """The prompt within ``context_window`` minus ``answer_tokens``: the system prompt and
+    the question with its hits first; history gets what is left (the budget): the
+    summary, then the newest turns that fit (oldest dropped first). If the question and
+    hits alone do not fit, history goes entirely and the lowest-ranked hits after it.
+
+    Tokens are counted piece by piece with ``count`` (the model's tokenizer or the
+    estimate), each message with its framing, so fitting costs one count per piece."""
     budget = context_window - answer_tokens
     turns = list(turns)
-    hits = list(hits)
-    dropped_turns = dropped_hits = 0
-    while True:
-        asked = question_message(hits, context_fields, user_instructions, question)
-        messages = build_messages(system_prompt, turns, asked)
-        tokens = message_tokens(messages)
-        if tokens <= budget:
+    instructions = user_instructions.strip()
+    blocks = [count(hit_block(i, h.properties, context_fields)) for i, h in enumerate(hits, 1)]
+
+    def question_tokens(n_hits: int) -> int:
+        results = count(_RESULTS_HEADER) + (
+            sum(blocks[:n_hits]) + _JOINT * max(0, n_hits - 1) if n_hits else count(_NO_RESULTS)
+        )
+        rest = count(f"Question: {question}") + _JOINT
+        if instructions:
+            rest += count(instructions) + _JOINT
+        return results + rest + _MESSAGE_OVERHEAD
+
+    fixed = count(system_prompt) + _MESSAGE_OVERHEAD if system_prompt else 0
+    n_hits = len(hits)
+    while fixed + question_tokens(n_hits) > budget and n_hits:
+        n_hits -= 1
+    needed = fixed + question_tokens(n_hits)
+    if needed > budget:
+        raise InvalidArgument(
+            f"the question and instructions alone (~{needed} tokens) do not fit the "
+            f"model's context window of {context_window} tokens with {answer_tokens} "
+            "kept for the answer",
+            field="llm_question",
+            reason="PROMPT_TOO_LONG",
+        )
+    history_budget = budget - needed
+    used = 0
+    summary_tokens = count(SUMMARY_PREFIX + summary) + _MESSAGE_OVERHEAD if summary else 0
+    if summary_tokens > history_budget:
+        summary, summary_tokens = "", 0
+    used += summary_tokens
+    kept = 0
+    for turn in reversed(turns):
+        cost = count(turn.question) + count(turn.answer) + 2 * _MESSAGE_OVERHEAD
+        if used + cost > history_budget:
             break
-        if turns:
-            turns.pop(0)
-            dropped_turns += 1
-        elif hits:
-            hits.pop()
-            dropped_hits += 1
-        else:
-            raise InvalidArgument(
-                f"the question and instructions alone (~{tokens} tokens) do not fit the "
-                f"model's context window of {context_window} tokens with {answer_tokens} "
-                "kept for the answer",
-                field="llm_question",
-                reason="PROMPT_TOO_LONG",
-            )
+        used += cost
+        kept += 1
+    recent = turns[len(turns) - kept :] if kept else []
+    asked = question_message(hits[:n_hits], context_fields, user_instructions, question)
     prompt = AskPrompt(
-        messages=messages,
-        turns_used=len(turns),
-        hits_used=len(hits),
-        trimmed_turns=dropped_turns,
-        trimmed_hits=dropped_hits,
-        estimated_tokens=tokens,
+        messages=build_messages(system_prompt, recent, asked, summary),
+        turns_used=kept,
+        hits_used=n_hits,
+        trimmed_turns=len(turns) - kept,
+        trimmed_hits=len(hits) - n_hits,
+        estimated_tokens=needed + used,
+        summary_used=bool(summary),
+        history_tokens=used,
+        history_budget=history_budget,
     )
-    if dropped_turns:
-        prompt.notes.append(f"dropped the {dropped_turns} oldest turn(s) of history")
-    if dropped_hits:
-        prompt.notes.append(f"dropped the {dropped_hits} lowest-ranked hit(s)")
+    if prompt.trimmed_turns:
+        prompt.notes.append(f"dropped the {prompt.trimmed_turns} oldest turn(s) of history")
+    if prompt.trimmed_hits:
+        prompt.notes.append(f"dropped the {prompt.trimmed_hits} lowest-ranked hit(s)")
     return prompt
 
 

@@ -48,10 +48,44 @@ class GatewaySettings(CommonSettings):
     # Context window (tokens) by model name: the longest key contained in the model name
     # wins (case-insensitive); models matching no key get default_context_window.
     # Env: GENSEARCH_GATEWAY_CONTEXT_WINDOWS='{"smollm2": 2048, "gpt-4o": 128000}'.
-    context_windows: dict[str, int] = Field(default_factory=lambda: {"smollm2": 2048})
+    # The defaults: the bundled model and OpenAI's current chat models (published windows).
+    context_windows: dict[str, int] = Field(
+        default_factory=lambda: {
+            "smollm2": 2048,
+            "gpt-3.5-turbo": 16_385,
+            "gpt-4-turbo": 128_000,
+            "gpt-4o": 128_000,
+            "gpt-4.1": 1_047_576,
+        }
+    )
     default_context_window: int = Field(default=8192, ge=256)
     # Tokens kept free for the answer when the request sets no max_tokens.
     answer_reserve_tokens: int = Field(default=512, ge=16)
+    # Providers whose models are counted with a llama.cpp server's own /tokenize:
+    # provider name -> the server's root URL (the bundled model's server by default).
+    # OpenAI models are counted with tiktoken, others by estimate (docs/gateway.md#history).
+    tokenize_urls: dict[str, str] = Field(
+        default_factory=lambda: {"local": "http://127.0.0.1:8088"}
+    )
+    tokenize_timeout: float = Field(default=2.0, gt=0)
+    # After /tokenize failed, count by estimate for this long before asking it again.
+    tokenize_retry_seconds: float = Field(default=30.0, ge=0)
+    # Token counts remembered per tokenizer (by text digest): each past turn is counted once.
+    token_cache_entries: int = Field(default=20_000, ge=0)
+
+    # --- rolling summary of the turns the history budget leaves out (docs/gateway.md) ---
+    summary_enabled: bool = True
+    # Folds waiting at most (beyond: dropped and counted; the next turn asks again).
+    summary_queue_size: int = Field(default=256, ge=1)
+    summary_workers: int = Field(default=2, ge=1)
+    # Longest summary the LLM may write (tokens), and how long one fold may take.
+    summary_max_tokens: int = Field(default=400, ge=32)
+    summary_timeout: float = Field(default=60.0, gt=0)
+    # At shutdown, queued folds get this long to finish.
+    summary_drain_timeout: float = Field(default=10.0, ge=0)
+    # Turns one fold call takes at most, and turns a fold reads looking for pending ones.
+    summary_max_batch_turns: int = Field(default=50, ge=1)
+    summary_max_read_turns: int = Field(default=1000, ge=1)
 
     # Ask defaults and limits.
     ask_context_size: int = Field(default=5, ge=0)

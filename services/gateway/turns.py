@@ -29,10 +29,21 @@ _MEMORY_PAGE = 100
 @dataclass
 class History:
     """The newest turns read (newest first, memory's order), and how many of the
-    ``size`` asked for were left out because they would not fit the character budget."""
+    ``size`` asked for were left out because they would not fit the character budget.
+
+    With the summary in use, only turns newer than the ones it covers; ``summary`` is then
+    its text, and ``older_unsummarised`` says that turns older than those read are
+    covered by no summary yet (a fold is due)."""
 
     turns: list[Turn]
     left_out: int = 0
+    conversation: mem_pb.Conversation | None = None
+    summary: str = ""
+    older_unsummarised: bool = False
+
+    @property
+    def summary_on(self) -> bool:
+        return self.conversation is not None and not self.conversation.summary_disabled
 
     def note_left_out(self, prompt: AskPrompt) -> None:
         """Counts the turns left unread as trimmed, beside those the prompt dropped."""
@@ -48,22 +59,26 @@ async def read_history(
     max_chars: int,
     caller: Caller,
     deadline: float,
+    *,
+    use_summary: bool = True,
 ) -> History:
     """The conversation's ``size`` newest turns, as many as fit ``max_chars`` characters
     (questions and answers): a conversation of huge turns leaves its older ones out rather
     than fail the question (the prompt keeps fewer still, to fit the model's window).
-    Reading the conversation first makes a missing or foreign one NOT_FOUND even when
-    ``size`` is 0."""
+    With ``use_summary`` and the conversation's summary on, turns the summary covers are
+    not history (the summary stands for them); one turn more than ``size`` is read to
+    learn whether older ones still wait for the summary. Reading the conversation first
+    makes a missing or foreign one NOT_FOUND even when ``size`` is 0."""
 
-    async def newest() -> list[Turn]:
+    async def newest(wanted: int) -> list[Turn]:
         turns: list[Turn] = []
         token = ""
         chars = 0
-        while len(turns) < size:
+        while len(turns) < wanted:
             page = await memory.list_interactions(
                 mem_pb.ListInteractionsRequest(
                     conversation_id=conversation_id,
-                    page_size=min(size - len(turns), _MEMORY_PAGE),
+                    page_size=min(wanted - len(turns), _MEMORY_PAGE),
                     page_token=token,
                 ),
                 caller,
@@ -73,19 +88,38 @@ async def read_history(
                 chars += len(i.input) + len(i.response)
                 if chars > max_chars:
                     return turns
-                turns.append(Turn(i.input, i.response))
+                turns.append(Turn(i.input, i.response, i.interaction_id))
             token = page.next_page_token
             if not token or not page.interactions:
                 break
-        return turns[:size]
+        return turns[:wanted]
 
     get = memory.get_conversation(conversation_id, caller, time_left(deadline))
     if size == 0:
-        await get
-        return History([])
-    conversation, turns = await asyncio.gather(get, newest())
-    available = min(size, conversation.interaction_count)
-    return History(turns, max(0, available - len(turns)))
+        return History([], conversation=await get)
+    conversation, read = await asyncio.gather(get, newest(size + 1))
+    on = use_summary and not conversation.summary_disabled
+    through = conversation.summary.through_interaction_id if on else ""
+    kept: list[Turn] = []
+    boundary = older = False
+    for turn in read:
+        if through and turn.interaction_id <= through:
+            boundary = True
+            break
+        if len(kept) == size:
+            older = True
+            break
+        kept.append(turn)
+    else:
+        older = conversation.interaction_count > len(read)
+    left_out = 0 if boundary else max(0, min(size, conversation.interaction_count) - len(kept))
+    return History(
+        kept,
+        left_out,
+        conversation,
+        summary=conversation.summary.text if on else "",
+        older_unsummarised=on and older,
+    )
 
 
 async def store_turn(

@@ -12,13 +12,12 @@ from jsonschema import Draft202012Validator
 
 from services.common.errors import InvalidArgument, quote
 from services.common.json_schema import SchemaLimits, check_schema
-from services.generation.providers.base import (
-    ChatMessage,
-    CompletionRequest,
-    JsonSchemaFormat,
-    estimate_tokens,
-)
+from services.common.tokens import estimate_tokens
+from services.generation.providers.base import ChatMessage, CompletionRequest, JsonSchemaFormat
 from services.generation.settings import ProviderConfig
+
+# How far the estimate may exceed a context window before a prompt is refused here.
+_ESTIMATE_SLACK = 1.25
 
 ROLE_NAMES = {pb.ROLE_SYSTEM: "system", pb.ROLE_USER: "user", pb.ROLE_ASSISTANT: "assistant"}
 
@@ -50,8 +49,11 @@ def check_model(model: str, config: ProviderConfig, field: str) -> None:
 
 def check_context_window(messages: list[ChatMessage], config: ProviderConfig) -> None:
     if config.context_window is not None:
+        # Only what clearly cannot fit: the shared estimate is rough, and the gateway may
+        # have fitted the prompt with the model's real tokenizer (docs/gateway.md#history),
+        # which can count fewer tokens; the model server refuses the rest itself.
         prompt = sum(estimate_tokens(m.content) for m in messages)
-        if prompt > config.context_window:
+        if prompt > config.context_window * _ESTIMATE_SLACK:
             raise InvalidArgument(
                 f"the prompt (~{prompt} tokens) exceeds the context window of provider "
                 f"{config.name!r} ({config.context_window} tokens)",

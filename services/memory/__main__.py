@@ -54,7 +54,10 @@ async def build_server(settings: MemorySettings, *, port: int | None = None) -> 
         connect_timeout=settings.redis_connect_timeout,
     )
     store = MemoryStore(
-        redis, key_prefix=settings.key_prefix, request_id_ttl=settings.request_id_ttl_seconds
+        redis,
+        key_prefix=settings.key_prefix,
+        request_id_ttl=settings.request_id_ttl_seconds,
+        eviction_grace_turns=settings.eviction_grace_turns,
     )
     try:
         await store.load_scripts()

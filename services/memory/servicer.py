@@ -8,16 +8,23 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from gensearch.memory.v1 import memory_service_pb2 as pb
 from gensearch.memory.v1 import memory_service_pb2_grpc as pb_grpc
-from google.protobuf import timestamp_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
 
 from services.common.auth import current_identity
-from services.common.errors import FailedPrecondition, InvalidArgument
+from services.common.errors import Aborted, FailedPrecondition, InvalidArgument
 from services.common.values import check_value
 from services.memory import traces
 from services.memory.ids import parse_id
 from services.memory.page_token import PageTokens
 from services.memory.settings import MemorySettings
-from services.memory.store import ConversationRecord, MemoryStore, Owner
+from services.memory.store import (
+    ConversationRecord,
+    ConversationUpdate,
+    MemoryStore,
+    Owner,
+    Retention,
+    SummaryConflict,
+)
 
 if TYPE_CHECKING:  # the search index (and what it imports) loads only when it is on
     from services.memory.indexer import Indexer
@@ -52,9 +59,38 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
     async def CreateConversation(
         self, request: pb.CreateConversationRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateConversationResponse:
-        name = _text(request.name, "name", self._settings.max_name_bytes)
-        record = await self._store.create_conversation(_owner(), name)
+        s = self._settings
+        name = _text(request.name, "name", s.max_name_bytes)
+        retention = Retention(
+            ttl_ms=(
+                self._ttl_ms(request.ttl, "ttl")
+                if request.HasField("ttl")
+                else s.default_conversation_ttl_seconds * 1000
+            ),
+            max_turns=(
+                _max_turns(request.max_turns)
+                if request.HasField("max_turns")
+                else s.default_conversation_max_turns
+            ),
+            summary_disabled=request.summary_disabled,
+        )
+        record = await self._store.create_conversation(_owner(), name, retention)
         return pb.CreateConversationResponse(conversation=_conversation(record))
+
+    def _ttl_ms(self, ttl: duration_pb2.Duration, field: str) -> int:
+        limit = self._settings.max_conversation_ttl_seconds
+        ns = ttl.ToNanoseconds()
+        if ns < 0 or ttl.seconds > limit:
+            raise InvalidArgument(
+                f"{field} must be between 0 (no expiry) and {limit} s",
+                field=field,
+                reason="INVALID_TTL",
+            )
+        if 0 < ns < 1_000_000_000:
+            raise InvalidArgument(
+                f"{field} must be at least 1 s (or 0: no expiry)", field=field, reason="INVALID_TTL"
+            )
+        return ns // 1_000_000
 
     async def GetConversation(
         self, request: pb.GetConversationRequest, context: grpc.aio.ServicerContext
@@ -85,9 +121,64 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
         self, request: pb.UpdateConversationRequest, context: grpc.aio.ServicerContext
     ) -> pb.UpdateConversationResponse:
         cid = _id(request.conversation_id, "conversation_id")
-        name = _text(request.name, "name", self._settings.max_name_bytes)
-        record = await self._store.rename_conversation(_owner(), cid, name)
+        paths = list(request.update_mask.paths) or ["name"]
+        update = ConversationUpdate()
+        for path in paths:
+            if path == "name":
+                update.name = _text(request.name, "name", self._settings.max_name_bytes)
+            elif path == "ttl":
+                update.ttl_ms = self._ttl_ms(request.ttl, "ttl")
+            elif path == "max_turns":
+                update.max_turns = _max_turns(request.max_turns)
+            elif path == "summary_disabled":
+                update.summary_disabled = request.summary_disabled
+            else:
+                raise InvalidArgument(
+                    f"update_mask: {path!r} cannot be updated "
+                    "(name, ttl, max_turns, summary_disabled can)",
+                    field="update_mask",
+                    reason="INVALID_UPDATE_MASK",
+                )
+        record = await self._store.update_conversation(_owner(), cid, update)
         return pb.UpdateConversationResponse(conversation=_conversation(record))
+
+    async def UpdateConversationSummary(
+        self, request: pb.UpdateConversationSummaryRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UpdateConversationSummaryResponse:
+        cid = _id(request.conversation_id, "conversation_id")
+        text = _text(request.text, "text", self._settings.max_summary_bytes)
+        if not text.strip():
+            raise InvalidArgument("text is required", field="text", reason="MISSING_FIELD")
+        expected = (
+            _id(request.expected_through_interaction_id, "expected_through_interaction_id")
+            if request.expected_through_interaction_id
+            else ""
+        )
+        through = _id(request.through_interaction_id, "through_interaction_id")
+        for field in ("summarised_turns", "prompt_tokens", "completion_tokens"):
+            if getattr(request, field) < 0:
+                raise InvalidArgument(
+                    f"{field} must not be negative", field=field, reason="NEGATIVE_COUNT"
+                )
+        try:
+            record = await self._store.update_summary(
+                _owner(),
+                cid,
+                expected_through=expected,
+                through=through,
+                text=text,
+                turns=request.summarised_turns,
+                prompt_tokens=request.prompt_tokens,
+                completion_tokens=request.completion_tokens,
+            )
+        except SummaryConflict as conflict:
+            raise Aborted(
+                "the summary changed meanwhile: it now covers the turns up to "
+                f"{conflict.current or '(none)'}; read the conversation and fold again",
+                reason="SUMMARY_CHANGED",
+                metadata={"through_interaction_id": conflict.current},
+            ) from None
+        return pb.UpdateConversationSummaryResponse(conversation=_conversation(record))
 
     async def DeleteConversation(
         self, request: pb.DeleteConversationRequest, context: grpc.aio.ServicerContext
@@ -320,6 +411,16 @@ def _check_fits_a_page(interaction: pb.Interaction, max_page_bytes: int) -> None
     )
 
 
+def _max_turns(value: int) -> int:
+    if value < 0:
+        raise InvalidArgument(
+            "max_turns must not be negative (0: no limit)",
+            field="max_turns",
+            reason="INVALID_MAX_TURNS",
+        )
+    return value
+
+
 def _page_size(value: int) -> int:
     if value < 0:
         raise InvalidArgument(
@@ -335,7 +436,7 @@ def _timestamp(ms: int) -> timestamp_pb2.Timestamp:
 
 
 def _conversation(record: ConversationRecord) -> pb.Conversation:
-    return pb.Conversation(
+    conversation = pb.Conversation(
         conversation_id=record.conversation_id,
         name=record.name,
         user=record.user,
@@ -343,3 +444,25 @@ def _conversation(record: ConversationRecord) -> pb.Conversation:
         update_time=_timestamp(record.update_ms),
         interaction_count=record.interaction_count,
     )
+    r, summary = record.retention, record.summary
+    if record.expire_ms:
+        conversation.expire_time.CopyFrom(_timestamp(record.expire_ms))
+    if r.ttl_ms:
+        conversation.ttl.FromMilliseconds(r.ttl_ms)
+    conversation.max_turns = r.max_turns
+    conversation.summary_disabled = r.summary_disabled
+    if summary.through or summary.evicted_unsummarised:
+        conversation.summary.CopyFrom(
+            pb.ConversationSummary(
+                text=summary.text,
+                through_interaction_id=summary.through,
+                summarised_turns=summary.turns,
+                prompt_tokens=summary.prompt_tokens,
+                completion_tokens=summary.completion_tokens,
+                folds=summary.folds,
+                evicted_unsummarised_turns=summary.evicted_unsummarised,
+            )
+        )
+        if summary.update_ms:
+            conversation.summary.update_time.CopyFrom(_timestamp(summary.update_ms))
+    return conversation

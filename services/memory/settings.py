@@ -48,6 +48,19 @@ class MemorySettings(CommonSettings):
     # How long a request_id of CreateInteraction is remembered for retries.
     request_id_ttl_seconds: int = Field(default=24 * 3600, ge=1)
 
+    # Retention (docs/memory.md#retention). A conversation's time to live after its last
+    # activity (sliding) and most turns kept, when its creator sets none; 0: none. A
+    # request may set its own, within max_conversation_ttl_seconds.
+    default_conversation_ttl_seconds: int = Field(default=0, ge=0)
+    default_conversation_max_turns: int = Field(default=0, ge=0)
+    max_conversation_ttl_seconds: int = Field(default=10 * 366 * 86400, ge=1)
+    # Turns beyond max_turns wait for the summary to cover them before they are evicted;
+    # when none covers them for this many more turns, they go anyway (counted on the
+    # conversation as summary.evicted_unsummarised_turns).
+    eviction_grace_turns: int = Field(default=100, ge=0)
+    # Longest rolling summary accepted (UTF-8 bytes).
+    max_summary_bytes: int = Field(default=64 * 1024, ge=1)
+
     # Size limits (UTF-8 bytes) of every text field a client sends.
     max_text_bytes: int = Field(default=MIB, ge=1)  # input and response
     max_prompt_template_bytes: int = Field(default=MIB, ge=1)

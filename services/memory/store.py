@@ -1,20 +1,9 @@
 """Conversations and interactions in Redis.
 
-Key layout (``P`` = key prefix, ``U`` = first 20 hex digits of sha256(tenant + NUL + user),
-or of sha256(user) as before tenants for the tenant ``default`` and for a user alone in a
-tenant of its own name — see ``Owner.digest``):
-
-    P:{u:U}:convs              ZSET  the user's conversations, members "<update_ms:015d>:<cid>"
-                                     (score 0, lexicographic order = update_time order)
-    P:{u:U}:conv:<cid>         HASH  user, name, create_time, update_time, interaction_count
-    P:{u:U}:conv:<cid>:ints    ZSET  the conversation's interaction ids (score 0; UUIDv7
-                                     strings sort by creation time)
-    P:{u:U}:int:<iid>          HASH  conversation_id, data (the serialized
-                                     gensearch.memory.v1.Interaction), request_id (if given),
-                                     traces (if any: a serialized ListInteractionTracesResponse
-                                     holding only its traces; a field of the interaction, so
-                                     it is written, expires and is deleted with it)
-    P:{u:U}:req:<request_id>   STRING  interaction id, expires after request_id_ttl_seconds
+The key layout is in ``keys.py`` (and, for the keys a conversation owns, ``lua/keys.lua``);
+``U`` there is the first 20 hex digits of sha256(tenant + NUL + user), or of sha256(user)
+as before tenants for the tenant ``default`` and for a user alone in a tenant of its own
+name — see ``Owner.digest``.
 
 ``{u:U}`` is the Redis Cluster hash tag: every key of one owner (a user of a tenant) lives
 in one hash slot, so
@@ -37,7 +26,7 @@ import os
 import re
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from typing import Any, Generic, TypeVar
@@ -57,8 +46,16 @@ from redis.exceptions import (
 from redis.typing import EncodableT
 
 from services.common.auth import DEFAULT_TENANT
-from services.common.errors import Aborted, Internal, InvalidArgument, NotFound, Unavailable
+from services.common.errors import (
+    Aborted,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
 from services.common.redis_client import RedisClient
+from services.memory import keys
 from services.memory.ids import UUIDv7Generator
 
 # Redis cannot serve now but may soon: down or unreachable, loading its data, a read-only
@@ -112,6 +109,27 @@ class Owner:
 
 
 @dataclass(slots=True)
+class Summary:
+    text: str = ""
+    through: str = ""
+    turns: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    folds: int = 0
+    update_ms: int = 0
+    evicted_unsummarised: int = 0
+
+
+@dataclass(slots=True)
+class Retention:
+    """A conversation's retention: ttl_ms 0 is none, max_turns 0 is no limit."""
+
+    ttl_ms: int = 0
+    max_turns: int = 0
+    summary_disabled: bool = False
+
+
+@dataclass(slots=True)
 class ConversationRecord:
     conversation_id: str
     user: str
@@ -119,6 +137,27 @@ class ConversationRecord:
     create_ms: int
     update_ms: int
     interaction_count: int
+    expire_ms: int = 0
+    retention: Retention = field(default_factory=Retention)
+    summary: Summary = field(default_factory=Summary)
+
+
+@dataclass(slots=True)
+class ConversationUpdate:
+    """What UpdateConversation changes; None leaves a field as it is."""
+
+    name: str | None = None
+    ttl_ms: int | None = None
+    max_turns: int | None = None
+    summary_disabled: bool | None = None
+
+
+class SummaryConflict(Exception):
+    """The summary no longer covers what the writer expected (someone folded first)."""
+
+    def __init__(self, current: str) -> None:
+        super().__init__(current)
+        self.current = current
 
 
 @dataclass(slots=True)
@@ -129,7 +168,12 @@ class Page(Generic[T]):
 
 
 # The order of the fields in a conversation row; lua/read.lua returns the same.
-CONVERSATION_FIELDS = ("user", "name", "create_time", "update_time", "interaction_count")
+CONVERSATION_FIELDS = (
+    "user", "name", "create_time", "update_time", "interaction_count", "expire_time",
+    "ttl_ms", "max_turns", "summary_disabled", "summary", "summary_through",
+    "summary_turns", "summary_prompt_tokens", "summary_completion_tokens", "summary_folds",
+    "summary_update_time", "summary_evicted",
+)  # fmt: skip
 
 
 @cache
@@ -166,10 +210,28 @@ def _describe(err: BaseException) -> str:
     return _URL_CREDENTIALS.sub(r"\1", text)[:300]
 
 
-def _conversation(cid: str, row: list[bytes]) -> ConversationRecord:
-    user, name, create_ms, update_ms, count = row
+def _conversation(cid: str, row: list[bytes | None]) -> ConversationRecord:
+    # Fields after interaction_count are absent from conversations stored before them.
+    user, name, create_ms, update_ms, count = (v or b"" for v in row[:5])
+
+    def num(i: int) -> int:
+        value = row[i]
+        return int(value) if value else 0
+
+    def text(i: int) -> str:
+        value = row[i]
+        return value.decode() if value else ""
+
     return ConversationRecord(
-        cid, user.decode(), name.decode(), int(create_ms), int(update_ms), int(count)
+        cid,
+        user.decode(),
+        name.decode(),
+        int(create_ms),
+        int(update_ms),
+        int(count),
+        expire_ms=num(5),
+        retention=Retention(num(6), num(7), row[8] == b"1"),
+        summary=Summary(text(9), text(10), num(11), num(12), num(13), num(14), num(15), num(16)),
     )
 
 
@@ -192,9 +254,15 @@ def interaction_not_found(iid: str) -> NotFound:
 
 class MemoryStore:
     def __init__(
-        self, redis: RedisClient, *, key_prefix: str = "gensearch", request_id_ttl: int = 86400
+        self,
+        redis: RedisClient,
+        *,
+        key_prefix: str = "gensearch",
+        request_id_ttl: int = 86400,
+        eviction_grace_turns: int = 100,
     ) -> None:
         self._redis = redis
+        self._grace = eviction_grace_turns
         self._prefix = key_prefix
         self._request_ttl_ms = request_id_ttl * 1000
         self._ids = UUIDv7Generator()
@@ -206,7 +274,8 @@ class MemoryStore:
             return redis.register_script(lua_source(name))  # type: ignore[misc]
 
         self._create_conversation = script("create_conversation")
-        self._rename_conversation = script("rename_conversation")
+        self._update_conversation = script("update_conversation")
+        self._update_summary = script("update_summary")
         self._delete_conversation = script("delete_conversation")
         self._create_interaction = script("create_interaction")
         self._get_interaction = script("get_interaction")
@@ -224,7 +293,8 @@ class MemoryStore:
         a script first used while one master is down would fail for the users of the
         healthy ones too. Loaded at start, it is already where it is needed."""
         scripts = [
-            self._create_conversation, self._rename_conversation, self._delete_conversation,
+            self._create_conversation, self._update_conversation, self._delete_conversation,
+            self._update_summary,
             self._create_interaction, self._get_interaction, self._list_interactions,
             self._list_conversations, self._get_interaction_traces, self._update_interaction,
             self._get_interactions,
@@ -253,41 +323,106 @@ class MemoryStore:
             raise Unavailable("memory store unavailable: page token secret missing")
         return bytes(value)
 
-    async def create_conversation(self, owner: Owner, name: str) -> ConversationRecord:
+    async def create_conversation(
+        self, owner: Owner, name: str, retention: Retention | None = None
+    ) -> ConversationRecord:
         tag = self.tag(owner)
         cid, now = self._ids.new()
-        await _redis(
+        r = retention or Retention()
+        expire_ms = await _redis(
             self._create_conversation(
-                keys=[f"{tag}:conv:{cid}", f"{tag}:convs"],
-                args=[owner.user, name, now, f"{now:015d}:{cid}"],
+                keys=[keys.conversation(tag, cid), keys.conversations(tag)],
+                args=[
+                    owner.user, name, now, f"{now:015d}:{cid}", tag, cid, r.ttl_ms,
+                    r.max_turns, int(r.summary_disabled),
+                ],
             )
-        )
-        return ConversationRecord(cid, owner.user, name, now, now, 0)
+        )  # fmt: skip
+        return ConversationRecord(cid, owner.user, name, now, now, 0, int(expire_ms), r)
 
     async def get_conversation(self, owner: Owner, cid: str) -> ConversationRecord:
-        key = f"{self.tag(owner)}:conv:{cid}"
+        key = keys.conversation(self.tag(owner), cid)
         row = await _redis(self._redis.hmget(key, list(CONVERSATION_FIELDS)))
         if row[0] is None or row[0].decode() != owner.user:
             raise conversation_not_found(cid)
         return _conversation(cid, row)
 
-    async def rename_conversation(self, owner: Owner, cid: str, name: str) -> ConversationRecord:
+    async def update_conversation(
+        self, owner: Owner, cid: str, update: ConversationUpdate
+    ) -> ConversationRecord:
         tag = self.tag(owner)
         now = time.time_ns() // 1_000_000
+        args: list[EncodableT] = [owner.user, tag, cid, now, self._grace]
+        for value in (
+            update.name,
+            update.ttl_ms,
+            update.max_turns,
+            None if update.summary_disabled is None else int(update.summary_disabled),
+        ):
+            args += ["0", ""] if value is None else ["1", value]
         row = await _redis(
-            self._rename_conversation(
-                keys=[f"{tag}:conv:{cid}", f"{tag}:convs"], args=[owner.user, name, now, cid]
+            self._update_conversation(
+                keys=[keys.conversation(tag, cid), keys.conversations(tag)], args=args
             )
         )
         if not row:
             raise conversation_not_found(cid)
         return _conversation(cid, row)
 
+    async def update_summary(
+        self,
+        owner: Owner,
+        cid: str,
+        *,
+        expected_through: str,
+        through: str,
+        text: str,
+        turns: int,
+        prompt_tokens: int,
+        completion_tokens: int,
+    ) -> ConversationRecord:
+        """Compare-and-set of the rolling summary; SummaryConflict when the summary no
+        longer covers the turns up to ``expected_through``."""
+        tag = self.tag(owner)
+        now = time.time_ns() // 1_000_000
+        out = await _redis(
+            self._update_summary(
+                keys=[keys.conversation(tag, cid), keys.conversation_interactions(tag, cid)],
+                args=[
+                    owner.user, tag, cid, now, expected_through, through, text, turns,
+                    prompt_tokens, completion_tokens, self._grace,
+                ],
+            )
+        )  # fmt: skip
+        status = out[0]
+        if status == 0:
+            raise conversation_not_found(cid)
+        if status == 1:
+            raise SummaryConflict(out[1].decode())
+        if status == 2:
+            raise InvalidArgument(
+                "through_interaction_id must name an interaction of the conversation newer "
+                "than the one the summary covers",
+                field="through_interaction_id",
+                reason="INVALID_SUMMARY_RANGE",
+            )
+        if status == 3:
+            raise FailedPrecondition(
+                f"conversation {cid} has its summary disabled",
+                reason="SUMMARY_DISABLED",
+                metadata={"conversation_id": cid},
+            )
+        return _conversation(cid, out[1])
+
     async def delete_conversation(self, owner: Owner, cid: str) -> None:
         tag = self.tag(owner)
         deleted = await _redis(
             self._delete_conversation(
-                keys=[f"{tag}:conv:{cid}", f"{tag}:conv:{cid}:ints", f"{tag}:convs"],
+                keys=[
+                    keys.conversation(tag, cid),
+                    keys.conversation_interactions(tag, cid),
+                    keys.conversations(tag),
+                ],
                 args=[owner.user, tag, cid],
             )
         )
@@ -300,7 +435,7 @@ class MemoryStore:
         tag = self.tag(owner)
         start = f"({cursor}" if cursor else "+"
         out = await _redis(
-            self._list_conversations(keys=[f"{tag}:convs"], args=[tag, start, page_size])
+            self._list_conversations(keys=[keys.conversations(tag)], args=[tag, start, page_size])
         )
         items = [_conversation(out[i].decode()[16:], out[i + 1]) for i in range(1, len(out), 2)]
         if out[0] != 1 or not items:
@@ -323,18 +458,18 @@ class MemoryStore:
         interaction.interaction_id = iid
         interaction.conversation_id = cid
         interaction.create_time.FromMilliseconds(now)
-        keys = [
-            f"{tag}:conv:{cid}",
-            f"{tag}:conv:{cid}:ints",
-            f"{tag}:int:{iid}",
-            f"{tag}:convs",
-            f"{tag}:req:{request_id}",
+        names = [
+            keys.conversation(tag, cid),
+            keys.conversation_interactions(tag, cid),
+            keys.interaction(tag, iid),
+            keys.conversations(tag),
+            keys.request(tag, request_id),
         ]
         args: list[EncodableT] = [
             owner.user, tag, cid, iid, now, request_id, self._request_ttl_ms,
-            interaction.SerializeToString(), traces,
+            interaction.SerializeToString(), traces, self._grace,
         ]  # fmt: skip
-        out = await _redis(self._create_interaction(keys=keys, args=args))
+        out = await _redis(self._create_interaction(keys=names, args=args))
         status = out[0]
         if status == 0:
             raise conversation_not_found(cid)
@@ -351,7 +486,7 @@ class MemoryStore:
     async def get_interaction(self, owner: Owner, iid: str) -> pb.Interaction:
         tag = self.tag(owner)
         data = await _redis(
-            self._get_interaction(keys=[f"{tag}:int:{iid}"], args=[owner.user, tag])
+            self._get_interaction(keys=[keys.interaction(tag, iid)], args=[owner.user, tag])
         )
         if data is None:
             raise interaction_not_found(iid)
@@ -367,7 +502,7 @@ class MemoryStore:
         start = f"({cursor}" if cursor else "+"
         out = await _redis(
             self._list_interactions(
-                keys=[f"{tag}:conv:{cid}", f"{tag}:conv:{cid}:ints"],
+                keys=[keys.conversation(tag, cid), keys.conversation_interactions(tag, cid)],
                 args=[owner.user, tag, start, page_size, max_bytes],
             )
         )

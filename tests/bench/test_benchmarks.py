@@ -60,3 +60,22 @@ async def test_retrieval_times_grpc_beside_the_engine() -> None:
 async def test_cache_bench_serves_repeats_from_the_cache() -> None:
     figures = await summary("cache", "--rounds", "5", "--latency", "0.05")
     assert figures["cached 10-hit GenerativeSearch p50"].value > 0
+
+
+async def test_memory_by_conversation_length_runs() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(ROOT / "bench" / "memory_ask.py"),
+        "--rounds",
+        "1",
+        "--asks",
+        "2",
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode(errors="replace")[-3000:]
+    text = out.decode()
+    for row in ("Ask, 2-turn", "Ask, 200-turn", "memory per turn, 200-turn"):
+        assert row in text, text

@@ -114,11 +114,13 @@ async def stack_factory(
         servers: dict[str, GrpcServer] = {}
         common: dict[str, Any] = {"internal_token": TOKEN, "grace_period": 0.5, **(shared or {})}
         memory_settings = MemorySettings(
-            redis_url=shared_redis.url,
-            key_prefix=f"gw-{uuid.uuid4().hex[:12]}",
-            metrics_port=None,
-            **common,
-            **(memory or {}),
+            **{
+                "redis_url": shared_redis.url,
+                "key_prefix": f"gw-{uuid.uuid4().hex[:12]}",
+                "metrics_port": None,
+                **common,
+                **(memory or {}),  # e.g. a Redis Cluster's url and redis_cluster=True
+            }
         )
         servers["memory"] = await build_memory(memory_settings, port=0)
         data = tmp_path / f"stack{len(stacks)}"

@@ -24,6 +24,9 @@ Endpoints
         ``usage`` comes before ``[DONE]``. ``max_tokens`` cuts the reply (one word = one
         token) and sets ``finish_reason: "length"``; a ``stop`` string cuts it too.
     ``GET /v1/models``  the ``models`` given to the constructor.
+    ``POST /tokenize``  llama.cpp's endpoint (``{"content": text}`` -> ``{"tokens": [...]}``,
+        one token per word, :func:`count_tokens`); ``tokenize_up = False`` answers 503.
+        ``tokenize_calls`` counts the texts it was asked to tokenize.
     ``POST /v1/embeddings``  deterministic unit vectors (``embedding_dim`` floats), one per
         input string, derived from a hash of the text.
 
@@ -273,6 +276,8 @@ class FakeOpenAI:
         self.max_concurrent = 0
         self.disconnects = 0
         self.served = 0
+        self.tokenize_up = True
+        self.tokenize_calls = 0
         self.disconnected = asyncio.Event()
         self._arrived = asyncio.Event()
         self._queue: deque[Behaviour] = deque()
@@ -291,6 +296,7 @@ class FakeOpenAI:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/embeddings", self._embeddings)
+        app.router.add_post("/tokenize", self._tokenize)
         # handler_cancellation: a client that hangs up cancels the handler at once, which is
         # how the tests observe that an upstream request was really cancelled.
         self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
@@ -387,6 +393,14 @@ class FakeOpenAI:
         self.disconnected = asyncio.Event()
 
     # -- handlers --------------------------------------------------------------------------
+    async def _tokenize(self, request: web.Request) -> web.StreamResponse:
+        if not self.tokenize_up:
+            return web.json_response({"error": "unavailable"}, status=503)
+        body = await request.json()
+        self.tokenize_calls += 1
+        words = str(body.get("content", "")).split()
+        return web.json_response({"tokens": list(range(len(words)))})
+
     async def _models(self, request: web.Request) -> web.StreamResponse:
         data = [{"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in self.models]
         return web.json_response({"object": "list", "data": data})

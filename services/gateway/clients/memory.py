@@ -45,3 +45,12 @@ class MemoryClient(ServiceClient):
     ) -> None:
         request = mem_pb.DeleteConversationRequest(conversation_id=conversation_id)
         await self.unary("DeleteConversation", request, caller, timeout)
+
+    async def update_conversation_summary(
+        self,
+        request: mem_pb.UpdateConversationSummaryRequest,
+        caller: Caller,
+        timeout: float | None,
+    ) -> mem_pb.Conversation:
+        response = await self.unary("UpdateConversationSummary", request, caller, timeout)
+        return response.conversation

@@ -13,11 +13,11 @@ messages, say) is one more class implementing ``Provider``.
 from __future__ import annotations
 
 import abc
-import math
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.common.tokens import estimate_tokens
 from services.common.upstream_retry import Deadline
 from services.generation.settings import ProviderConfig
 
@@ -87,11 +87,6 @@ class StreamChunk:
 
     delta: str = ""
     final: Completion | None = None
-
-
-def estimate_tokens(text: str) -> int:
-    """~4 characters per token: the usual rule of thumb for English with BPE tokenizers."""
-    return math.ceil(len(text) / 4) if text else 0
 
 
 def estimate_usage(messages: Sequence[ChatMessage], completion: str) -> Usage:

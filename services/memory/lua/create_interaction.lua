@@ -1,8 +1,9 @@
--- needs: read touch
+-- needs: read touch keys retention
 -- KEYS: conv, ints, int, convs, req.
 -- ARGV: user, tag, cid, iid, now_ms, request_id, ttl_ms, serialized interaction,
 -- serialized traces ('' when none: a field of the interaction's hash, so they share its
--- slot, its expiry and its deletion).
+-- slot, its expiry and its deletion),
+-- eviction grace (turns).
 -- Returns {0} not found, {1} created, {2, cid, data} already created by this request_id.
 local h = redis.call('HMGET', KEYS[1], 'user', 'update_time', 'interaction_count')
 if h[1] ~= ARGV[1] then return {0} end
@@ -21,4 +22,11 @@ if ARGV[6] ~= '' then
 end
 redis.call('ZADD', KEYS[2], 0, ARGV[4])
 touch(KEYS[1], KEYS[4], ARGV[3], ARGV[5], h[2], 'interaction_count', tonumber(h[3]) + 1)
+evict(ARGV[2], ARGV[3], tonumber(ARGV[10]))
+local renewed = renew(ARGV[2], ARGV[3], tonumber(ARGV[5]))
+if renewed > 0 then
+  for _, key in ipairs(interaction_keys(ARGV[2], ARGV[4])) do
+    redis.call('PEXPIREAT', key, renewed)
+  end
+end
 return {1}

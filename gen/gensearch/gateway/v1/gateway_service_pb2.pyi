@@ -235,7 +235,7 @@ class StreamGenerativeSearchResponse(_message.Message):
     def __init__(self, hits: _Optional[_Union[HitsEvent, _Mapping]] = ..., hit_result: _Optional[_Union[HitResultEvent, _Mapping]] = ..., token: _Optional[_Union[TokenEvent, _Mapping]] = ..., grouped: _Optional[_Union[GenerationResult, _Mapping]] = ..., done: _Optional[_Union[DoneEvent, _Mapping]] = ...) -> None: ...
 
 class AskRequest(_message.Message):
-    __slots__ = ("collection", "llm_question", "llm_model", "provider", "conversation_id", "new_conversation", "context_size", "interaction_size", "timeout", "system_prompt", "user_instructions", "context_field_list", "near_text", "near_vector", "keyword", "hybrid", "filter", "rewrite_query", "temperature", "max_tokens", "debug", "semantic_cache")
+    __slots__ = ("collection", "llm_question", "llm_model", "provider", "conversation_id", "new_conversation", "context_size", "interaction_size", "timeout", "system_prompt", "user_instructions", "context_field_list", "near_text", "near_vector", "keyword", "hybrid", "filter", "rewrite_query", "temperature", "max_tokens", "debug", "semantic_cache", "summary_disabled")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     LLM_QUESTION_FIELD_NUMBER: _ClassVar[int]
     LLM_MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -258,6 +258,7 @@ class AskRequest(_message.Message):
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     DEBUG_FIELD_NUMBER: _ClassVar[int]
     SEMANTIC_CACHE_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_DISABLED_FIELD_NUMBER: _ClassVar[int]
     collection: str
     llm_question: str
     llm_model: str
@@ -280,7 +281,8 @@ class AskRequest(_message.Message):
     max_tokens: int
     debug: bool
     semantic_cache: SemanticCache
-    def __init__(self, collection: _Optional[str] = ..., llm_question: _Optional[str] = ..., llm_model: _Optional[str] = ..., provider: _Optional[str] = ..., conversation_id: _Optional[str] = ..., new_conversation: _Optional[bool] = ..., context_size: _Optional[int] = ..., interaction_size: _Optional[int] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., system_prompt: _Optional[str] = ..., user_instructions: _Optional[str] = ..., context_field_list: _Optional[_Iterable[str]] = ..., near_text: _Optional[_Union[_retrieval_service_pb2.NearText, _Mapping]] = ..., near_vector: _Optional[_Union[_retrieval_service_pb2.NearVector, _Mapping]] = ..., keyword: _Optional[_Union[_retrieval_service_pb2.Keyword, _Mapping]] = ..., hybrid: _Optional[_Union[_retrieval_service_pb2.Hybrid, _Mapping]] = ..., filter: _Optional[_Union[_retrieval_service_pb2.Filter, _Mapping]] = ..., rewrite_query: _Optional[bool] = ..., temperature: _Optional[float] = ..., max_tokens: _Optional[int] = ..., debug: _Optional[bool] = ..., semantic_cache: _Optional[_Union[SemanticCache, _Mapping]] = ...) -> None: ...
+    summary_disabled: bool
+    def __init__(self, collection: _Optional[str] = ..., llm_question: _Optional[str] = ..., llm_model: _Optional[str] = ..., provider: _Optional[str] = ..., conversation_id: _Optional[str] = ..., new_conversation: _Optional[bool] = ..., context_size: _Optional[int] = ..., interaction_size: _Optional[int] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., system_prompt: _Optional[str] = ..., user_instructions: _Optional[str] = ..., context_field_list: _Optional[_Iterable[str]] = ..., near_text: _Optional[_Union[_retrieval_service_pb2.NearText, _Mapping]] = ..., near_vector: _Optional[_Union[_retrieval_service_pb2.NearVector, _Mapping]] = ..., keyword: _Optional[_Union[_retrieval_service_pb2.Keyword, _Mapping]] = ..., hybrid: _Optional[_Union[_retrieval_service_pb2.Hybrid, _Mapping]] = ..., filter: _Optional[_Union[_retrieval_service_pb2.Filter, _Mapping]] = ..., rewrite_query: _Optional[bool] = ..., temperature: _Optional[float] = ..., max_tokens: _Optional[int] = ..., debug: _Optional[bool] = ..., semantic_cache: _Optional[_Union[SemanticCache, _Mapping]] = ..., summary_disabled: _Optional[bool] = ...) -> None: ...
 
 class Citation(_message.Message):
     __slots__ = ("number", "id")
@@ -299,7 +301,7 @@ class Trimmed(_message.Message):
     def __init__(self, history_turns: _Optional[int] = ..., hits: _Optional[int] = ...) -> None: ...
 
 class AskResponse(_message.Message):
-    __slots__ = ("answer", "citations", "hits", "usage", "conversation_id", "interaction_id", "rewritten_query", "trimmed", "model", "prompt", "provider", "cached", "cached_question", "cached_similarity")
+    __slots__ = ("answer", "citations", "hits", "usage", "conversation_id", "interaction_id", "rewritten_query", "trimmed", "model", "prompt", "provider", "cached", "cached_question", "cached_similarity", "summary_used", "history_tokens", "history_budget_tokens")
     ANSWER_FIELD_NUMBER: _ClassVar[int]
     CITATIONS_FIELD_NUMBER: _ClassVar[int]
     HITS_FIELD_NUMBER: _ClassVar[int]
@@ -314,6 +316,9 @@ class AskResponse(_message.Message):
     CACHED_FIELD_NUMBER: _ClassVar[int]
     CACHED_QUESTION_FIELD_NUMBER: _ClassVar[int]
     CACHED_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_USED_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_BUDGET_TOKENS_FIELD_NUMBER: _ClassVar[int]
     answer: str
     citations: _containers.RepeatedCompositeFieldContainer[Citation]
     hits: _containers.RepeatedCompositeFieldContainer[_retrieval_service_pb2.Hit]
@@ -328,10 +333,13 @@ class AskResponse(_message.Message):
     cached: bool
     cached_question: str
     cached_similarity: float
-    def __init__(self, answer: _Optional[str] = ..., citations: _Optional[_Iterable[_Union[Citation, _Mapping]]] = ..., hits: _Optional[_Iterable[_Union[_retrieval_service_pb2.Hit, _Mapping]]] = ..., usage: _Optional[_Union[_generation_service_pb2.Usage, _Mapping]] = ..., conversation_id: _Optional[str] = ..., interaction_id: _Optional[str] = ..., rewritten_query: _Optional[str] = ..., trimmed: _Optional[_Union[Trimmed, _Mapping]] = ..., model: _Optional[str] = ..., prompt: _Optional[_Iterable[_Union[_generation_service_pb2.Message, _Mapping]]] = ..., provider: _Optional[str] = ..., cached: _Optional[bool] = ..., cached_question: _Optional[str] = ..., cached_similarity: _Optional[float] = ...) -> None: ...
+    summary_used: bool
+    history_tokens: int
+    history_budget_tokens: int
+    def __init__(self, answer: _Optional[str] = ..., citations: _Optional[_Iterable[_Union[Citation, _Mapping]]] = ..., hits: _Optional[_Iterable[_Union[_retrieval_service_pb2.Hit, _Mapping]]] = ..., usage: _Optional[_Union[_generation_service_pb2.Usage, _Mapping]] = ..., conversation_id: _Optional[str] = ..., interaction_id: _Optional[str] = ..., rewritten_query: _Optional[str] = ..., trimmed: _Optional[_Union[Trimmed, _Mapping]] = ..., model: _Optional[str] = ..., prompt: _Optional[_Iterable[_Union[_generation_service_pb2.Message, _Mapping]]] = ..., provider: _Optional[str] = ..., cached: _Optional[bool] = ..., cached_question: _Optional[str] = ..., cached_similarity: _Optional[float] = ..., summary_used: _Optional[bool] = ..., history_tokens: _Optional[int] = ..., history_budget_tokens: _Optional[int] = ...) -> None: ...
 
 class StreamAskRequest(_message.Message):
-    __slots__ = ("collection", "llm_question", "llm_model", "provider", "conversation_id", "new_conversation", "context_size", "interaction_size", "timeout", "system_prompt", "user_instructions", "context_field_list", "near_text", "near_vector", "keyword", "hybrid", "filter", "rewrite_query", "temperature", "max_tokens", "debug", "semantic_cache")
+    __slots__ = ("collection", "llm_question", "llm_model", "provider", "conversation_id", "new_conversation", "context_size", "interaction_size", "timeout", "system_prompt", "user_instructions", "context_field_list", "near_text", "near_vector", "keyword", "hybrid", "filter", "rewrite_query", "temperature", "max_tokens", "debug", "semantic_cache", "summary_disabled")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     LLM_QUESTION_FIELD_NUMBER: _ClassVar[int]
     LLM_MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -354,6 +362,7 @@ class StreamAskRequest(_message.Message):
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     DEBUG_FIELD_NUMBER: _ClassVar[int]
     SEMANTIC_CACHE_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_DISABLED_FIELD_NUMBER: _ClassVar[int]
     collection: str
     llm_question: str
     llm_model: str
@@ -376,7 +385,8 @@ class StreamAskRequest(_message.Message):
     max_tokens: int
     debug: bool
     semantic_cache: SemanticCache
-    def __init__(self, collection: _Optional[str] = ..., llm_question: _Optional[str] = ..., llm_model: _Optional[str] = ..., provider: _Optional[str] = ..., conversation_id: _Optional[str] = ..., new_conversation: _Optional[bool] = ..., context_size: _Optional[int] = ..., interaction_size: _Optional[int] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., system_prompt: _Optional[str] = ..., user_instructions: _Optional[str] = ..., context_field_list: _Optional[_Iterable[str]] = ..., near_text: _Optional[_Union[_retrieval_service_pb2.NearText, _Mapping]] = ..., near_vector: _Optional[_Union[_retrieval_service_pb2.NearVector, _Mapping]] = ..., keyword: _Optional[_Union[_retrieval_service_pb2.Keyword, _Mapping]] = ..., hybrid: _Optional[_Union[_retrieval_service_pb2.Hybrid, _Mapping]] = ..., filter: _Optional[_Union[_retrieval_service_pb2.Filter, _Mapping]] = ..., rewrite_query: _Optional[bool] = ..., temperature: _Optional[float] = ..., max_tokens: _Optional[int] = ..., debug: _Optional[bool] = ..., semantic_cache: _Optional[_Union[SemanticCache, _Mapping]] = ...) -> None: ...
+    summary_disabled: bool
+    def __init__(self, collection: _Optional[str] = ..., llm_question: _Optional[str] = ..., llm_model: _Optional[str] = ..., provider: _Optional[str] = ..., conversation_id: _Optional[str] = ..., new_conversation: _Optional[bool] = ..., context_size: _Optional[int] = ..., interaction_size: _Optional[int] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., system_prompt: _Optional[str] = ..., user_instructions: _Optional[str] = ..., context_field_list: _Optional[_Iterable[str]] = ..., near_text: _Optional[_Union[_retrieval_service_pb2.NearText, _Mapping]] = ..., near_vector: _Optional[_Union[_retrieval_service_pb2.NearVector, _Mapping]] = ..., keyword: _Optional[_Union[_retrieval_service_pb2.Keyword, _Mapping]] = ..., hybrid: _Optional[_Union[_retrieval_service_pb2.Hybrid, _Mapping]] = ..., filter: _Optional[_Union[_retrieval_service_pb2.Filter, _Mapping]] = ..., rewrite_query: _Optional[bool] = ..., temperature: _Optional[float] = ..., max_tokens: _Optional[int] = ..., debug: _Optional[bool] = ..., semantic_cache: _Optional[_Union[SemanticCache, _Mapping]] = ..., summary_disabled: _Optional[bool] = ...) -> None: ...
 
 class StreamAskResponse(_message.Message):
     __slots__ = ("context", "delta", "answer")

@@ -38,20 +38,50 @@ SEARCH_MODE_SEMANTIC: SearchMode
 SEARCH_MODE_KEYWORD: SearchMode
 
 class Conversation(_message.Message):
-    __slots__ = ("conversation_id", "name", "user", "create_time", "update_time", "interaction_count")
+    __slots__ = ("conversation_id", "name", "user", "create_time", "update_time", "interaction_count", "expire_time", "ttl", "max_turns", "summary", "summary_disabled")
     CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     USER_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
     INTERACTION_COUNT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
+    TTL_FIELD_NUMBER: _ClassVar[int]
+    MAX_TURNS_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_DISABLED_FIELD_NUMBER: _ClassVar[int]
     conversation_id: str
     name: str
     user: str
     create_time: _timestamp_pb2.Timestamp
     update_time: _timestamp_pb2.Timestamp
     interaction_count: int
-    def __init__(self, conversation_id: _Optional[str] = ..., name: _Optional[str] = ..., user: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., interaction_count: _Optional[int] = ...) -> None: ...
+    expire_time: _timestamp_pb2.Timestamp
+    ttl: _duration_pb2.Duration
+    max_turns: int
+    summary: ConversationSummary
+    summary_disabled: bool
+    def __init__(self, conversation_id: _Optional[str] = ..., name: _Optional[str] = ..., user: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., interaction_count: _Optional[int] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_turns: _Optional[int] = ..., summary: _Optional[_Union[ConversationSummary, _Mapping]] = ..., summary_disabled: _Optional[bool] = ...) -> None: ...
+
+class ConversationSummary(_message.Message):
+    __slots__ = ("text", "through_interaction_id", "summarised_turns", "prompt_tokens", "completion_tokens", "folds", "update_time", "evicted_unsummarised_turns")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    THROUGH_INTERACTION_ID_FIELD_NUMBER: _ClassVar[int]
+    SUMMARISED_TURNS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    FOLDS_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    EVICTED_UNSUMMARISED_TURNS_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    through_interaction_id: str
+    summarised_turns: int
+    prompt_tokens: int
+    completion_tokens: int
+    folds: int
+    update_time: _timestamp_pb2.Timestamp
+    evicted_unsummarised_turns: int
+    def __init__(self, text: _Optional[str] = ..., through_interaction_id: _Optional[str] = ..., summarised_turns: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., folds: _Optional[int] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., evicted_unsummarised_turns: _Optional[int] = ...) -> None: ...
 
 class Interaction(_message.Message):
     __slots__ = ("interaction_id", "conversation_id", "input", "prompt_template", "response", "origin", "additional_info", "create_time", "update_time", "trace_count")
@@ -96,10 +126,16 @@ class Trace(_message.Message):
     def __init__(self, trace_number: _Optional[int] = ..., step: _Optional[_Union[Step, str]] = ..., input: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., output: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., truncated: _Optional[bool] = ...) -> None: ...
 
 class CreateConversationRequest(_message.Message):
-    __slots__ = ("name",)
+    __slots__ = ("name", "ttl", "max_turns", "summary_disabled")
     NAME_FIELD_NUMBER: _ClassVar[int]
+    TTL_FIELD_NUMBER: _ClassVar[int]
+    MAX_TURNS_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_DISABLED_FIELD_NUMBER: _ClassVar[int]
     name: str
-    def __init__(self, name: _Optional[str] = ...) -> None: ...
+    ttl: _duration_pb2.Duration
+    max_turns: int
+    summary_disabled: bool
+    def __init__(self, name: _Optional[str] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_turns: _Optional[int] = ..., summary_disabled: _Optional[bool] = ...) -> None: ...
 
 class CreateConversationResponse(_message.Message):
     __slots__ = ("conversation",)
@@ -136,12 +172,20 @@ class ListConversationsResponse(_message.Message):
     def __init__(self, conversations: _Optional[_Iterable[_Union[Conversation, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class UpdateConversationRequest(_message.Message):
-    __slots__ = ("conversation_id", "name")
+    __slots__ = ("conversation_id", "name", "update_mask", "ttl", "max_turns", "summary_disabled")
     CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_MASK_FIELD_NUMBER: _ClassVar[int]
+    TTL_FIELD_NUMBER: _ClassVar[int]
+    MAX_TURNS_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_DISABLED_FIELD_NUMBER: _ClassVar[int]
     conversation_id: str
     name: str
-    def __init__(self, conversation_id: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+    update_mask: _field_mask_pb2.FieldMask
+    ttl: _duration_pb2.Duration
+    max_turns: int
+    summary_disabled: bool
+    def __init__(self, conversation_id: _Optional[str] = ..., name: _Optional[str] = ..., update_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_turns: _Optional[int] = ..., summary_disabled: _Optional[bool] = ...) -> None: ...
 
 class UpdateConversationResponse(_message.Message):
     __slots__ = ("conversation",)
@@ -272,3 +316,27 @@ class SearchInteractionsResponse(_message.Message):
     HITS_FIELD_NUMBER: _ClassVar[int]
     hits: _containers.RepeatedCompositeFieldContainer[InteractionHit]
     def __init__(self, hits: _Optional[_Iterable[_Union[InteractionHit, _Mapping]]] = ...) -> None: ...
+
+class UpdateConversationSummaryRequest(_message.Message):
+    __slots__ = ("conversation_id", "text", "expected_through_interaction_id", "through_interaction_id", "summarised_turns", "prompt_tokens", "completion_tokens")
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_THROUGH_INTERACTION_ID_FIELD_NUMBER: _ClassVar[int]
+    THROUGH_INTERACTION_ID_FIELD_NUMBER: _ClassVar[int]
+    SUMMARISED_TURNS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    conversation_id: str
+    text: str
+    expected_through_interaction_id: str
+    through_interaction_id: str
+    summarised_turns: int
+    prompt_tokens: int
+    completion_tokens: int
+    def __init__(self, conversation_id: _Optional[str] = ..., text: _Optional[str] = ..., expected_through_interaction_id: _Optional[str] = ..., through_interaction_id: _Optional[str] = ..., summarised_turns: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ...) -> None: ...
+
+class UpdateConversationSummaryResponse(_message.Message):
+    __slots__ = ("conversation",)
+    CONVERSATION_FIELD_NUMBER: _ClassVar[int]
+    conversation: Conversation
+    def __init__(self, conversation: _Optional[_Union[Conversation, _Mapping]] = ...) -> None: ...

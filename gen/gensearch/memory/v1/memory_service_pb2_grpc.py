@@ -94,6 +94,11 @@ class MemoryServiceStub:
                 request_serializer=gensearch_dot_memory_dot_v1_dot_memory__service__pb2.SearchInteractionsRequest.SerializeToString,
                 response_deserializer=gensearch_dot_memory_dot_v1_dot_memory__service__pb2.SearchInteractionsResponse.FromString,
                 _registered_method=True)
+        self.UpdateConversationSummary = channel.unary_unary(
+                '/gensearch.memory.v1.MemoryService/UpdateConversationSummary',
+                request_serializer=gensearch_dot_memory_dot_v1_dot_memory__service__pb2.UpdateConversationSummaryRequest.SerializeToString,
+                response_deserializer=gensearch_dot_memory_dot_v1_dot_memory__service__pb2.UpdateConversationSummaryResponse.FromString,
+                _registered_method=True)
 
 
 class MemoryServiceServicer:
@@ -126,7 +131,8 @@ class MemoryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateConversation(self, request, context):
-        """Renames a conversation.
+        """Changes a conversation's name, time to live, maximum number of turns or summary
+        setting, as its update_mask says (an empty mask: the name alone).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -180,6 +186,16 @@ class MemoryServiceServicer:
     def SearchInteractions(self, request, context):
         """Finds the caller's own interactions by meaning and by keyword, optionally within one
         conversation. Needs the search index (docs/memory.md); FAILED_PRECONDITION when it is off.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateConversationSummary(self, request, context):
+        """Replaces the conversation's rolling summary if it still covers the turns up to
+        expected_through_interaction_id (compare-and-set: ABORTED otherwise, so two writers
+        folding at once cannot overwrite each other); evicts the turns beyond max_turns that
+        the new summary covers.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -242,6 +258,11 @@ def add_MemoryServiceServicer_to_server(servicer, server):
                     servicer.SearchInteractions,
                     request_deserializer=gensearch_dot_memory_dot_v1_dot_memory__service__pb2.SearchInteractionsRequest.FromString,
                     response_serializer=gensearch_dot_memory_dot_v1_dot_memory__service__pb2.SearchInteractionsResponse.SerializeToString,
+            ),
+            'UpdateConversationSummary': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateConversationSummary,
+                    request_deserializer=gensearch_dot_memory_dot_v1_dot_memory__service__pb2.UpdateConversationSummaryRequest.FromString,
+                    response_serializer=gensearch_dot_memory_dot_v1_dot_memory__service__pb2.UpdateConversationSummaryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -546,6 +567,33 @@ class MemoryService:
             '/gensearch.memory.v1.MemoryService/SearchInteractions',
             gensearch_dot_memory_dot_v1_dot_memory__service__pb2.SearchInteractionsRequest.SerializeToString,
             gensearch_dot_memory_dot_v1_dot_memory__service__pb2.SearchInteractionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateConversationSummary(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gensearch.memory.v1.MemoryService/UpdateConversationSummary',
+            gensearch_dot_memory_dot_v1_dot_memory__service__pb2.UpdateConversationSummaryRequest.SerializeToString,
+            gensearch_dot_memory_dot_v1_dot_memory__service__pb2.UpdateConversationSummaryResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -45,7 +45,9 @@ class MemoryServiceStub:
     ListConversations: _grpc.UnaryUnaryMultiCallable[_memory_service_pb2.ListConversationsRequest, _memory_service_pb2.ListConversationsResponse]
     """Lists the caller's conversations, most recently updated first."""
     UpdateConversation: _grpc.UnaryUnaryMultiCallable[_memory_service_pb2.UpdateConversationRequest, _memory_service_pb2.UpdateConversationResponse]
-    """Renames a conversation."""
+    """Changes a conversation's name, time to live, maximum number of turns or summary
+    setting, as its update_mask says (an empty mask: the name alone).
+    """
     DeleteConversation: _grpc.UnaryUnaryMultiCallable[_memory_service_pb2.DeleteConversationRequest, _memory_service_pb2.DeleteConversationResponse]
     """Deletes a conversation and all its interactions, atomically."""
     CreateInteraction: _grpc.UnaryUnaryMultiCallable[_memory_service_pb2.CreateInteractionRequest, _memory_service_pb2.CreateInteractionResponse]
@@ -68,6 +70,12 @@ class MemoryServiceStub:
     """Finds the caller's own interactions by meaning and by keyword, optionally within one
     conversation. Needs the search index (docs/memory.md); FAILED_PRECONDITION when it is off.
     """
+    UpdateConversationSummary: _grpc.UnaryUnaryMultiCallable[_memory_service_pb2.UpdateConversationSummaryRequest, _memory_service_pb2.UpdateConversationSummaryResponse]
+    """Replaces the conversation's rolling summary if it still covers the turns up to
+    expected_through_interaction_id (compare-and-set: ABORTED otherwise, so two writers
+    folding at once cannot overwrite each other); evicts the turns beyond max_turns that
+    the new summary covers.
+    """
 
 @_typing.type_check_only
 class MemoryServiceAsyncStub(MemoryServiceStub):
@@ -86,7 +94,9 @@ class MemoryServiceAsyncStub(MemoryServiceStub):
     ListConversations: _aio.UnaryUnaryMultiCallable[_memory_service_pb2.ListConversationsRequest, _memory_service_pb2.ListConversationsResponse]  # type: ignore[assignment]
     """Lists the caller's conversations, most recently updated first."""
     UpdateConversation: _aio.UnaryUnaryMultiCallable[_memory_service_pb2.UpdateConversationRequest, _memory_service_pb2.UpdateConversationResponse]  # type: ignore[assignment]
-    """Renames a conversation."""
+    """Changes a conversation's name, time to live, maximum number of turns or summary
+    setting, as its update_mask says (an empty mask: the name alone).
+    """
     DeleteConversation: _aio.UnaryUnaryMultiCallable[_memory_service_pb2.DeleteConversationRequest, _memory_service_pb2.DeleteConversationResponse]  # type: ignore[assignment]
     """Deletes a conversation and all its interactions, atomically."""
     CreateInteraction: _aio.UnaryUnaryMultiCallable[_memory_service_pb2.CreateInteractionRequest, _memory_service_pb2.CreateInteractionResponse]  # type: ignore[assignment]
@@ -108,6 +118,12 @@ class MemoryServiceAsyncStub(MemoryServiceStub):
     SearchInteractions: _aio.UnaryUnaryMultiCallable[_memory_service_pb2.SearchInteractionsRequest, _memory_service_pb2.SearchInteractionsResponse]  # type: ignore[assignment]
     """Finds the caller's own interactions by meaning and by keyword, optionally within one
     conversation. Needs the search index (docs/memory.md); FAILED_PRECONDITION when it is off.
+    """
+    UpdateConversationSummary: _aio.UnaryUnaryMultiCallable[_memory_service_pb2.UpdateConversationSummaryRequest, _memory_service_pb2.UpdateConversationSummaryResponse]  # type: ignore[assignment]
+    """Replaces the conversation's rolling summary if it still covers the turns up to
+    expected_through_interaction_id (compare-and-set: ABORTED otherwise, so two writers
+    folding at once cannot overwrite each other); evicts the turns beyond max_turns that
+    the new summary covers.
     """
 
 class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -148,7 +164,9 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _memory_service_pb2.UpdateConversationRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_memory_service_pb2.UpdateConversationResponse, _abc.Awaitable[_memory_service_pb2.UpdateConversationResponse]]:
-        """Renames a conversation."""
+        """Changes a conversation's name, time to live, maximum number of turns or summary
+        setting, as its update_mask says (an empty mask: the name alone).
+        """
 
     @_abc_1.abstractmethod
     def DeleteConversation(
@@ -212,6 +230,18 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_memory_service_pb2.SearchInteractionsResponse, _abc.Awaitable[_memory_service_pb2.SearchInteractionsResponse]]:
         """Finds the caller's own interactions by meaning and by keyword, optionally within one
         conversation. Needs the search index (docs/memory.md); FAILED_PRECONDITION when it is off.
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateConversationSummary(
+        self,
+        request: _memory_service_pb2.UpdateConversationSummaryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_memory_service_pb2.UpdateConversationSummaryResponse, _abc.Awaitable[_memory_service_pb2.UpdateConversationSummaryResponse]]:
+        """Replaces the conversation's rolling summary if it still covers the turns up to
+        expected_through_interaction_id (compare-and-set: ABORTED otherwise, so two writers
+        folding at once cannot overwrite each other); evicts the turns beyond max_turns that
+        the new summary covers.
         """
 
 def add_MemoryServiceServicer_to_server(servicer: MemoryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

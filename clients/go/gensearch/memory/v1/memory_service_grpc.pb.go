@@ -23,7 +23,8 @@ type MemoryServiceClient interface {
 	GetConversation(ctx context.Context, in *GetConversationRequest, opts ...grpc.CallOption) (*GetConversationResponse, error)
 	// Lists the caller's conversations, most recently updated first.
 	ListConversations(ctx context.Context, in *ListConversationsRequest, opts ...grpc.CallOption) (*ListConversationsResponse, error)
-	// Renames a conversation.
+	// Changes a conversation's name, time to live, maximum number of turns or summary
+	// setting, as its update_mask says (an empty mask: the name alone).
 	UpdateConversation(ctx context.Context, in *UpdateConversationRequest, opts ...grpc.CallOption) (*UpdateConversationResponse, error)
 	// Deletes a conversation and all its interactions, atomically.
 	DeleteConversation(ctx context.Context, in *DeleteConversationRequest, opts ...grpc.CallOption) (*DeleteConversationResponse, error)
@@ -34,6 +35,20 @@ type MemoryServiceClient interface {
 	GetInteraction(ctx context.Context, in *GetInteractionRequest, opts ...grpc.CallOption) (*GetInteractionResponse, error)
 	// Lists a conversation's interactions, newest first.
 	ListInteractions(ctx context.Context, in *ListInteractionsRequest, opts ...grpc.CallOption) (*ListInteractionsResponse, error)
+	// Changes an interaction's additional_info (the only field that may change, as in
+	// OpenSearch's memory API), as named by a field mask.
+	UpdateInteraction(ctx context.Context, in *UpdateInteractionRequest, opts ...grpc.CallOption) (*UpdateInteractionResponse, error)
+	// Lists the traces (the steps that produced it) of one of the caller's interactions,
+	// in the order the steps ran.
+	ListInteractionTraces(ctx context.Context, in *ListInteractionTracesRequest, opts ...grpc.CallOption) (*ListInteractionTracesResponse, error)
+	// Finds the caller's own interactions by meaning and by keyword, optionally within one
+	// conversation. Needs the search index (docs/memory.md); FAILED_PRECONDITION when it is off.
+	SearchInteractions(ctx context.Context, in *SearchInteractionsRequest, opts ...grpc.CallOption) (*SearchInteractionsResponse, error)
+	// Replaces the conversation's rolling summary if it still covers the turns up to
+	// expected_through_interaction_id (compare-and-set: ABORTED otherwise, so two writers
+	// folding at once cannot overwrite each other); evicts the turns beyond max_turns that
+	// the new summary covers.
+	UpdateConversationSummary(ctx context.Context, in *UpdateConversationSummaryRequest, opts ...grpc.CallOption) (*UpdateConversationSummaryResponse, error)
 }
 
 type memoryServiceClient struct {
@@ -116,6 +131,42 @@ func (c *memoryServiceClient) ListInteractions(ctx context.Context, in *ListInte
 	return out, nil
 }
 
+func (c *memoryServiceClient) UpdateInteraction(ctx context.Context, in *UpdateInteractionRequest, opts ...grpc.CallOption) (*UpdateInteractionResponse, error) {
+	out := new(UpdateInteractionResponse)
+	err := c.cc.Invoke(ctx, "/gensearch.memory.v1.MemoryService/UpdateInteraction", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *memoryServiceClient) ListInteractionTraces(ctx context.Context, in *ListInteractionTracesRequest, opts ...grpc.CallOption) (*ListInteractionTracesResponse, error) {
+	out := new(ListInteractionTracesResponse)
+	err := c.cc.Invoke(ctx, "/gensearch.memory.v1.MemoryService/ListInteractionTraces", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *memoryServiceClient) SearchInteractions(ctx context.Context, in *SearchInteractionsRequest, opts ...grpc.CallOption) (*SearchInteractionsResponse, error) {
+	out := new(SearchInteractionsResponse)
+	err := c.cc.Invoke(ctx, "/gensearch.memory.v1.MemoryService/SearchInteractions", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *memoryServiceClient) UpdateConversationSummary(ctx context.Context, in *UpdateConversationSummaryRequest, opts ...grpc.CallOption) (*UpdateConversationSummaryResponse, error) {
+	out := new(UpdateConversationSummaryResponse)
+	err := c.cc.Invoke(ctx, "/gensearch.memory.v1.MemoryService/UpdateConversationSummary", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // MemoryServiceServer is the server API for MemoryService service.
 // All implementations must embed UnimplementedMemoryServiceServer
 // for forward compatibility
@@ -126,7 +177,8 @@ type MemoryServiceServer interface {
 	GetConversation(context.Context, *GetConversationRequest) (*GetConversationResponse, error)
 	// Lists the caller's conversations, most recently updated first.
 	ListConversations(context.Context, *ListConversationsRequest) (*ListConversationsResponse, error)
-	// Renames a conversation.
+	// Changes a conversation's name, time to live, maximum number of turns or summary
+	// setting, as its update_mask says (an empty mask: the name alone).
 	UpdateConversation(context.Context, *UpdateConversationRequest) (*UpdateConversationResponse, error)
 	// Deletes a conversation and all its interactions, atomically.
 	DeleteConversation(context.Context, *DeleteConversationRequest) (*DeleteConversationResponse, error)
@@ -137,6 +189,20 @@ type MemoryServiceServer interface {
 	GetInteraction(context.Context, *GetInteractionRequest) (*GetInteractionResponse, error)
 	// Lists a conversation's interactions, newest first.
 	ListInteractions(context.Context, *ListInteractionsRequest) (*ListInteractionsResponse, error)
+	// Changes an interaction's additional_info (the only field that may change, as in
+	// OpenSearch's memory API), as named by a field mask.
+	UpdateInteraction(context.Context, *UpdateInteractionRequest) (*UpdateInteractionResponse, error)
+	// Lists the traces (the steps that produced it) of one of the caller's interactions,
+	// in the order the steps ran.
+	ListInteractionTraces(context.Context, *ListInteractionTracesRequest) (*ListInteractionTracesResponse, error)
+	// Finds the caller's own interactions by meaning and by keyword, optionally within one
+	// conversation. Needs the search index (docs/memory.md); FAILED_PRECONDITION when it is off.
+	SearchInteractions(context.Context, *SearchInteractionsRequest) (*SearchInteractionsResponse, error)
+	// Replaces the conversation's rolling summary if it still covers the turns up to
+	// expected_through_interaction_id (compare-and-set: ABORTED otherwise, so two writers
+	// folding at once cannot overwrite each other); evicts the turns beyond max_turns that
+	// the new summary covers.
+	UpdateConversationSummary(context.Context, *UpdateConversationSummaryRequest) (*UpdateConversationSummaryResponse, error)
 	mustEmbedUnimplementedMemoryServiceServer()
 }
 
@@ -167,6 +233,18 @@ func (UnimplementedMemoryServiceServer) GetInteraction(context.Context, *GetInte
 }
 func (UnimplementedMemoryServiceServer) ListInteractions(context.Context, *ListInteractionsRequest) (*ListInteractionsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListInteractions not implemented")
+}
+func (UnimplementedMemoryServiceServer) UpdateInteraction(context.Context, *UpdateInteractionRequest) (*UpdateInteractionResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method UpdateInteraction not implemented")
+}
+func (UnimplementedMemoryServiceServer) ListInteractionTraces(context.Context, *ListInteractionTracesRequest) (*ListInteractionTracesResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListInteractionTraces not implemented")
+}
+func (UnimplementedMemoryServiceServer) SearchInteractions(context.Context, *SearchInteractionsRequest) (*SearchInteractionsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method SearchInteractions not implemented")
+}
+func (UnimplementedMemoryServiceServer) UpdateConversationSummary(context.Context, *UpdateConversationSummaryRequest) (*UpdateConversationSummaryResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method UpdateConversationSummary not implemented")
 }
 func (UnimplementedMemoryServiceServer) mustEmbedUnimplementedMemoryServiceServer() {}
 
@@ -325,6 +403,78 @@ func _MemoryService_ListInteractions_Handler(srv interface{}, ctx context.Contex
 	return interceptor(ctx, in, info, handler)
 }
 
+func _MemoryService_UpdateInteraction_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateInteractionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MemoryServiceServer).UpdateInteraction(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/gensearch.memory.v1.MemoryService/UpdateInteraction",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MemoryServiceServer).UpdateInteraction(ctx, req.(*UpdateInteractionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _MemoryService_ListInteractionTraces_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListInteractionTracesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MemoryServiceServer).ListInteractionTraces(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/gensearch.memory.v1.MemoryService/ListInteractionTraces",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MemoryServiceServer).ListInteractionTraces(ctx, req.(*ListInteractionTracesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _MemoryService_SearchInteractions_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SearchInteractionsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MemoryServiceServer).SearchInteractions(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/gensearch.memory.v1.MemoryService/SearchInteractions",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MemoryServiceServer).SearchInteractions(ctx, req.(*SearchInteractionsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _MemoryService_UpdateConversationSummary_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateConversationSummaryRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MemoryServiceServer).UpdateConversationSummary(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/gensearch.memory.v1.MemoryService/UpdateConversationSummary",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MemoryServiceServer).UpdateConversationSummary(ctx, req.(*UpdateConversationSummaryRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _MemoryService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "gensearch.memory.v1.MemoryService",
 	HandlerType: (*MemoryServiceServer)(nil),
@@ -360,6 +510,22 @@ var _MemoryService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListInteractions",
 			Handler:    _MemoryService_ListInteractions_Handler,
+		},
+		{
+			MethodName: "UpdateInteraction",
+			Handler:    _MemoryService_UpdateInteraction_Handler,
+		},
+		{
+			MethodName: "ListInteractionTraces",
+			Handler:    _MemoryService_ListInteractionTraces_Handler,
+		},
+		{
+			MethodName: "SearchInteractions",
+			Handler:    _MemoryService_SearchInteractions_Handler,
+		},
+		{
+			MethodName: "UpdateConversationSummary",
+			Handler:    _MemoryService_UpdateConversationSummary_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -2,17 +2,17 @@
 // @generated from file gensearch/memory/v1/memory_service.proto (package gensearch.memory.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { Timestamp } from "@bufbuild/protobuf/wkt";
-import { file_google_protobuf_struct, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { Duration, FieldMask, Timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_struct, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { JsonObject, Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file gensearch/memory/v1/memory_service.proto.
  */
 export const file_gensearch_memory_v1_memory_service: GenFile = /*@__PURE__*/
-  fileDesc("CihnZW5zZWFyY2gvbWVtb3J5L3YxL21lbW9yeV9zZXJ2aWNlLnByb3RvEhNnZW5zZWFyY2gubWVtb3J5LnYxIsABCgxDb252ZXJzYXRpb24SFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEgwKBG5hbWUYAiABKAkSDAoEdXNlchgDIAEoCRIvCgtjcmVhdGVfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhkKEWludGVyYWN0aW9uX2NvdW50GAYgASgDIusBCgtJbnRlcmFjdGlvbhIWCg5pbnRlcmFjdGlvbl9pZBgBIAEoCRIXCg9jb252ZXJzYXRpb25faWQYAiABKAkSDQoFaW5wdXQYAyABKAkSFwoPcHJvbXB0X3RlbXBsYXRlGAQgASgJEhAKCHJlc3BvbnNlGAUgASgJEg4KBm9yaWdpbhgGIAEoCRIwCg9hZGRpdGlvbmFsX2luZm8YByABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0Ei8KC2NyZWF0ZV90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIpChlDcmVhdGVDb252ZXJzYXRpb25SZXF1ZXN0EgwKBG5hbWUYASABKAkiVQoaQ3JlYXRlQ29udmVyc2F0aW9uUmVzcG9uc2USNwoMY29udmVyc2F0aW9uGAEgASgLMiEuZ2Vuc2VhcmNoLm1lbW9yeS52MS5Db252ZXJzYXRpb24iMQoWR2V0Q29udmVyc2F0aW9uUmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkiUgoXR2V0Q29udmVyc2F0aW9uUmVzcG9uc2USNwoMY29udmVyc2F0aW9uGAEgASgLMiEuZ2Vuc2VhcmNoLm1lbW9yeS52MS5Db252ZXJzYXRpb24iQQoYTGlzdENvbnZlcnNhdGlvbnNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJIm4KGUxpc3RDb252ZXJzYXRpb25zUmVzcG9uc2USOAoNY29udmVyc2F0aW9ucxgBIAMoCzIhLmdlbnNlYXJjaC5tZW1vcnkudjEuQ29udmVyc2F0aW9uEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJCChlVcGRhdGVDb252ZXJzYXRpb25SZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIMCgRuYW1lGAIgASgJIlUKGlVwZGF0ZUNvbnZlcnNhdGlvblJlc3BvbnNlEjcKDGNvbnZlcnNhdGlvbhgBIAEoCzIhLmdlbnNlYXJjaC5tZW1vcnkudjEuQ29udmVyc2F0aW9uIjQKGURlbGV0ZUNvbnZlcnNhdGlvblJlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJIhwKGkRlbGV0ZUNvbnZlcnNhdGlvblJlc3BvbnNlIsMBChhDcmVhdGVJbnRlcmFjdGlvblJlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEg0KBWlucHV0GAIgASgJEhcKD3Byb21wdF90ZW1wbGF0ZRgDIAEoCRIQCghyZXNwb25zZRgEIAEoCRIOCgZvcmlnaW4YBSABKAkSMAoPYWRkaXRpb25hbF9pbmZvGAYgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBISCgpyZXF1ZXN0X2lkGAcgASgJIlIKGUNyZWF0ZUludGVyYWN0aW9uUmVzcG9uc2USNQoLaW50ZXJhY3Rpb24YASABKAsyIC5nZW5zZWFyY2gubWVtb3J5LnYxLkludGVyYWN0aW9uIi8KFUdldEludGVyYWN0aW9uUmVxdWVzdBIWCg5pbnRlcmFjdGlvbl9pZBgBIAEoCSJPChZHZXRJbnRlcmFjdGlvblJlc3BvbnNlEjUKC2ludGVyYWN0aW9uGAEgASgLMiAuZ2Vuc2VhcmNoLm1lbW9yeS52MS5JbnRlcmFjdGlvbiJZChdMaXN0SW50ZXJhY3Rpb25zUmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiawoYTGlzdEludGVyYWN0aW9uc1Jlc3BvbnNlEjYKDGludGVyYWN0aW9ucxgBIAMoCzIgLmdlbnNlYXJjaC5tZW1vcnkudjEuSW50ZXJhY3Rpb24SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJMqYHCg1NZW1vcnlTZXJ2aWNlEnUKEkNyZWF0ZUNvbnZlcnNhdGlvbhIuLmdlbnNlYXJjaC5tZW1vcnkudjEuQ3JlYXRlQ29udmVyc2F0aW9uUmVxdWVzdBovLmdlbnNlYXJjaC5tZW1vcnkudjEuQ3JlYXRlQ29udmVyc2F0aW9uUmVzcG9uc2USbAoPR2V0Q29udmVyc2F0aW9uEisuZ2Vuc2VhcmNoLm1lbW9yeS52MS5HZXRDb252ZXJzYXRpb25SZXF1ZXN0GiwuZ2Vuc2VhcmNoLm1lbW9yeS52MS5HZXRDb252ZXJzYXRpb25SZXNwb25zZRJyChFMaXN0Q29udmVyc2F0aW9ucxItLmdlbnNlYXJjaC5tZW1vcnkudjEuTGlzdENvbnZlcnNhdGlvbnNSZXF1ZXN0Gi4uZ2Vuc2VhcmNoLm1lbW9yeS52MS5MaXN0Q29udmVyc2F0aW9uc1Jlc3BvbnNlEnUKElVwZGF0ZUNvbnZlcnNhdGlvbhIuLmdlbnNlYXJjaC5tZW1vcnkudjEuVXBkYXRlQ29udmVyc2F0aW9uUmVxdWVzdBovLmdlbnNlYXJjaC5tZW1vcnkudjEuVXBkYXRlQ29udmVyc2F0aW9uUmVzcG9uc2USdQoSRGVsZXRlQ29udmVyc2F0aW9uEi4uZ2Vuc2VhcmNoLm1lbW9yeS52MS5EZWxldGVDb252ZXJzYXRpb25SZXF1ZXN0Gi8uZ2Vuc2VhcmNoLm1lbW9yeS52MS5EZWxldGVDb252ZXJzYXRpb25SZXNwb25zZRJyChFDcmVhdGVJbnRlcmFjdGlvbhItLmdlbnNlYXJjaC5tZW1vcnkudjEuQ3JlYXRlSW50ZXJhY3Rpb25SZXF1ZXN0Gi4uZ2Vuc2VhcmNoLm1lbW9yeS52MS5DcmVhdGVJbnRlcmFjdGlvblJlc3BvbnNlEmkKDkdldEludGVyYWN0aW9uEiouZ2Vuc2VhcmNoLm1lbW9yeS52MS5HZXRJbnRlcmFjdGlvblJlcXVlc3QaKy5nZW5zZWFyY2gubWVtb3J5LnYxLkdldEludGVyYWN0aW9uUmVzcG9uc2USbwoQTGlzdEludGVyYWN0aW9ucxIsLmdlbnNlYXJjaC5tZW1vcnkudjEuTGlzdEludGVyYWN0aW9uc1JlcXVlc3QaLS5nZW5zZWFyY2gubWVtb3J5LnYxLkxpc3RJbnRlcmFjdGlvbnNSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("CihnZW5zZWFyY2gvbWVtb3J5L3YxL21lbW9yeV9zZXJ2aWNlLnByb3RvEhNnZW5zZWFyY2gubWVtb3J5LnYxIoEDCgxDb252ZXJzYXRpb24SFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEgwKBG5hbWUYAiABKAkSDAoEdXNlchgDIAEoCRIvCgtjcmVhdGVfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhkKEWludGVyYWN0aW9uX2NvdW50GAYgASgDEi8KC2V4cGlyZV90aW1lGEYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBImCgN0dGwYRyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SEQoJbWF4X3R1cm5zGEggASgDEjkKB3N1bW1hcnkYSSABKAsyKC5nZW5zZWFyY2gubWVtb3J5LnYxLkNvbnZlcnNhdGlvblN1bW1hcnkSGAoQc3VtbWFyeV9kaXNhYmxlZBhKIAEoCCLzAQoTQ29udmVyc2F0aW9uU3VtbWFyeRIMCgR0ZXh0GAEgASgJEh4KFnRocm91Z2hfaW50ZXJhY3Rpb25faWQYAiABKAkSGAoQc3VtbWFyaXNlZF90dXJucxgDIAEoAxIVCg1wcm9tcHRfdG9rZW5zGAQgASgDEhkKEWNvbXBsZXRpb25fdG9rZW5zGAUgASgDEg0KBWZvbGRzGAYgASgDEi8KC3VwZGF0ZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIiChpldmljdGVkX3Vuc3VtbWFyaXNlZF90dXJucxgIIAEoAyKxAgoLSW50ZXJhY3Rpb24SFgoOaW50ZXJhY3Rpb25faWQYASABKAkSFwoPY29udmVyc2F0aW9uX2lkGAIgASgJEg0KBWlucHV0GAMgASgJEhcKD3Byb21wdF90ZW1wbGF0ZRgEIAEoCRIQCghyZXNwb25zZRgFIAEoCRIOCgZvcmlnaW4YBiABKAkSMAoPYWRkaXRpb25hbF9pbmZvGAcgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIvCgtjcmVhdGVfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYUCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC3RyYWNlX2NvdW50GFEgASgFIocCCgVUcmFjZRIUCgx0cmFjZV9udW1iZXIYASABKAUSJwoEc3RlcBgCIAEoDjIZLmdlbnNlYXJjaC5tZW1vcnkudjEuU3RlcBImCgVpbnB1dBgDIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSJwoGb3V0cHV0GAQgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIuCgpzdGFydF90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIrCghkdXJhdGlvbhgGIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIRCgl0cnVuY2F0ZWQYByABKAgikQEKGUNyZWF0ZUNvbnZlcnNhdGlvblJlcXVlc3QSDAoEbmFtZRgBIAEoCRImCgN0dGwYRiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SFgoJbWF4X3R1cm5zGEcgASgDSACIAQESGAoQc3VtbWFyeV9kaXNhYmxlZBhIIAEoCEIMCgpfbWF4X3R1cm5zIlUKGkNyZWF0ZUNvbnZlcnNhdGlvblJlc3BvbnNlEjcKDGNvbnZlcnNhdGlvbhgBIAEoCzIhLmdlbnNlYXJjaC5tZW1vcnkudjEuQ29udmVyc2F0aW9uIjEKFkdldENvbnZlcnNhdGlvblJlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJIlIKF0dldENvbnZlcnNhdGlvblJlc3BvbnNlEjcKDGNvbnZlcnNhdGlvbhgBIAEoCzIhLmdlbnNlYXJjaC5tZW1vcnkudjEuQ29udmVyc2F0aW9uIkEKGExpc3RDb252ZXJzYXRpb25zUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSJuChlMaXN0Q29udmVyc2F0aW9uc1Jlc3BvbnNlEjgKDWNvbnZlcnNhdGlvbnMYASADKAsyIS5nZW5zZWFyY2gubWVtb3J5LnYxLkNvbnZlcnNhdGlvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiyAEKGVVwZGF0ZUNvbnZlcnNhdGlvblJlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEgwKBG5hbWUYAiABKAkSLwoLdXBkYXRlX21hc2sYRiABKAsyGi5nb29nbGUucHJvdG9idWYuRmllbGRNYXNrEiYKA3R0bBhHIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIRCgltYXhfdHVybnMYSCABKAMSGAoQc3VtbWFyeV9kaXNhYmxlZBhJIAEoCCJVChpVcGRhdGVDb252ZXJzYXRpb25SZXNwb25zZRI3Cgxjb252ZXJzYXRpb24YASABKAsyIS5nZW5zZWFyY2gubWVtb3J5LnYxLkNvbnZlcnNhdGlvbiI0ChlEZWxldGVDb252ZXJzYXRpb25SZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCSIcChpEZWxldGVDb252ZXJzYXRpb25SZXNwb25zZSLvAQoYQ3JlYXRlSW50ZXJhY3Rpb25SZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRINCgVpbnB1dBgCIAEoCRIXCg9wcm9tcHRfdGVtcGxhdGUYAyABKAkSEAoIcmVzcG9uc2UYBCABKAkSDgoGb3JpZ2luGAUgASgJEjAKD2FkZGl0aW9uYWxfaW5mbxgGIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSEgoKcmVxdWVzdF9pZBgHIAEoCRIqCgZ0cmFjZXMYUCADKAsyGi5nZW5zZWFyY2gubWVtb3J5LnYxLlRyYWNlIlIKGUNyZWF0ZUludGVyYWN0aW9uUmVzcG9uc2USNQoLaW50ZXJhY3Rpb24YASABKAsyIC5nZW5zZWFyY2gubWVtb3J5LnYxLkludGVyYWN0aW9uIi8KFUdldEludGVyYWN0aW9uUmVxdWVzdBIWCg5pbnRlcmFjdGlvbl9pZBgBIAEoCSJPChZHZXRJbnRlcmFjdGlvblJlc3BvbnNlEjUKC2ludGVyYWN0aW9uGAEgASgLMiAuZ2Vuc2VhcmNoLm1lbW9yeS52MS5JbnRlcmFjdGlvbiJZChdMaXN0SW50ZXJhY3Rpb25zUmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiawoYTGlzdEludGVyYWN0aW9uc1Jlc3BvbnNlEjYKDGludGVyYWN0aW9ucxgBIAMoCzIgLmdlbnNlYXJjaC5tZW1vcnkudjEuSW50ZXJhY3Rpb24SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIoIBChhVcGRhdGVJbnRlcmFjdGlvblJlcXVlc3QSNQoLaW50ZXJhY3Rpb24YASABKAsyIC5nZW5zZWFyY2gubWVtb3J5LnYxLkludGVyYWN0aW9uEi8KC3VwZGF0ZV9tYXNrGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLkZpZWxkTWFzayJSChlVcGRhdGVJbnRlcmFjdGlvblJlc3BvbnNlEjUKC2ludGVyYWN0aW9uGAEgASgLMiAuZ2Vuc2VhcmNoLm1lbW9yeS52MS5JbnRlcmFjdGlvbiJdChxMaXN0SW50ZXJhY3Rpb25UcmFjZXNSZXF1ZXN0EhYKDmludGVyYWN0aW9uX2lkGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJImQKHUxpc3RJbnRlcmFjdGlvblRyYWNlc1Jlc3BvbnNlEioKBnRyYWNlcxgBIAMoCzIaLmdlbnNlYXJjaC5tZW1vcnkudjEuVHJhY2USFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIoEBChlTZWFyY2hJbnRlcmFjdGlvbnNSZXF1ZXN0Eg0KBXF1ZXJ5GAEgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgCIAEoCRItCgRtb2RlGAMgASgOMh8uZ2Vuc2VhcmNoLm1lbW9yeS52MS5TZWFyY2hNb2RlEg0KBWxpbWl0GAQgASgFIlYKDkludGVyYWN0aW9uSGl0EjUKC2ludGVyYWN0aW9uGAEgASgLMiAuZ2Vuc2VhcmNoLm1lbW9yeS52MS5JbnRlcmFjdGlvbhINCgVzY29yZRgCIAEoASJPChpTZWFyY2hJbnRlcmFjdGlvbnNSZXNwb25zZRIxCgRoaXRzGAEgAygLMiMuZ2Vuc2VhcmNoLm1lbW9yeS52MS5JbnRlcmFjdGlvbkhpdCLeAQogVXBkYXRlQ29udmVyc2F0aW9uU3VtbWFyeVJlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEgwKBHRleHQYAiABKAkSJwofZXhwZWN0ZWRfdGhyb3VnaF9pbnRlcmFjdGlvbl9pZBgDIAEoCRIeChZ0aHJvdWdoX2ludGVyYWN0aW9uX2lkGAQgASgJEhgKEHN1bW1hcmlzZWRfdHVybnMYBSABKAMSFQoNcHJvbXB0X3Rva2VucxgGIAEoAxIZChFjb21wbGV0aW9uX3Rva2VucxgHIAEoAyJcCiFVcGRhdGVDb252ZXJzYXRpb25TdW1tYXJ5UmVzcG9uc2USNwoMY29udmVyc2F0aW9uGAEgASgLMiEuZ2Vuc2VhcmNoLm1lbW9yeS52MS5Db252ZXJzYXRpb24qcAoEU3RlcBIUChBTVEVQX1VOU1BFQ0lGSUVEEAASGQoVU1RFUF9RVUVTVElPTl9SRVdSSVRFEAESEgoOU1RFUF9SRVRSSUVWQUwQAhITCg9TVEVQX0dFTkVSQVRJT04QAxIOCgpTVEVQX09USEVSEAQqdAoKU2VhcmNoTW9kZRIbChdTRUFSQ0hfTU9ERV9VTlNQRUNJRklFRBAAEhYKElNFQVJDSF9NT0RFX0hZQlJJRBABEhgKFFNFQVJDSF9NT0RFX1NFTUFOVElDEAISFwoTU0VBUkNIX01PREVfS0VZV09SRBADMp4LCg1NZW1vcnlTZXJ2aWNlEnUKEkNyZWF0ZUNvbnZlcnNhdGlvbhIuLmdlbnNlYXJjaC5tZW1vcnkudjEuQ3JlYXRlQ29udmVyc2F0aW9uUmVxdWVzdBovLmdlbnNlYXJjaC5tZW1vcnkudjEuQ3JlYXRlQ29udmVyc2F0aW9uUmVzcG9uc2USbAoPR2V0Q29udmVyc2F0aW9uEisuZ2Vuc2VhcmNoLm1lbW9yeS52MS5HZXRDb252ZXJzYXRpb25SZXF1ZXN0GiwuZ2Vuc2VhcmNoLm1lbW9yeS52MS5HZXRDb252ZXJzYXRpb25SZXNwb25zZRJyChFMaXN0Q29udmVyc2F0aW9ucxItLmdlbnNlYXJjaC5tZW1vcnkudjEuTGlzdENvbnZlcnNhdGlvbnNSZXF1ZXN0Gi4uZ2Vuc2VhcmNoLm1lbW9yeS52MS5MaXN0Q29udmVyc2F0aW9uc1Jlc3BvbnNlEnUKElVwZGF0ZUNvbnZlcnNhdGlvbhIuLmdlbnNlYXJjaC5tZW1vcnkudjEuVXBkYXRlQ29udmVyc2F0aW9uUmVxdWVzdBovLmdlbnNlYXJjaC5tZW1vcnkudjEuVXBkYXRlQ29udmVyc2F0aW9uUmVzcG9uc2USdQoSRGVsZXRlQ29udmVyc2F0aW9uEi4uZ2Vuc2VhcmNoLm1lbW9yeS52MS5EZWxldGVDb252ZXJzYXRpb25SZXF1ZXN0Gi8uZ2Vuc2VhcmNoLm1lbW9yeS52MS5EZWxldGVDb252ZXJzYXRpb25SZXNwb25zZRJyChFDcmVhdGVJbnRlcmFjdGlvbhItLmdlbnNlYXJjaC5tZW1vcnkudjEuQ3JlYXRlSW50ZXJhY3Rpb25SZXF1ZXN0Gi4uZ2Vuc2VhcmNoLm1lbW9yeS52MS5DcmVhdGVJbnRlcmFjdGlvblJlc3BvbnNlEmkKDkdldEludGVyYWN0aW9uEiouZ2Vuc2VhcmNoLm1lbW9yeS52MS5HZXRJbnRlcmFjdGlvblJlcXVlc3QaKy5nZW5zZWFyY2gubWVtb3J5LnYxLkdldEludGVyYWN0aW9uUmVzcG9uc2USbwoQTGlzdEludGVyYWN0aW9ucxIsLmdlbnNlYXJjaC5tZW1vcnkudjEuTGlzdEludGVyYWN0aW9uc1JlcXVlc3QaLS5nZW5zZWFyY2gubWVtb3J5LnYxLkxpc3RJbnRlcmFjdGlvbnNSZXNwb25zZRJyChFVcGRhdGVJbnRlcmFjdGlvbhItLmdlbnNlYXJjaC5tZW1vcnkudjEuVXBkYXRlSW50ZXJhY3Rpb25SZXF1ZXN0Gi4uZ2Vuc2VhcmNoLm1lbW9yeS52MS5VcGRhdGVJbnRlcmFjdGlvblJlc3BvbnNlEn4KFUxpc3RJbnRlcmFjdGlvblRyYWNlcxIxLmdlbnNlYXJjaC5tZW1vcnkudjEuTGlzdEludGVyYWN0aW9uVHJhY2VzUmVxdWVzdBoyLmdlbnNlYXJjaC5tZW1vcnkudjEuTGlzdEludGVyYWN0aW9uVHJhY2VzUmVzcG9uc2USdQoSU2VhcmNoSW50ZXJhY3Rpb25zEi4uZ2Vuc2VhcmNoLm1lbW9yeS52MS5TZWFyY2hJbnRlcmFjdGlvbnNSZXF1ZXN0Gi8uZ2Vuc2VhcmNoLm1lbW9yeS52MS5TZWFyY2hJbnRlcmFjdGlvbnNSZXNwb25zZRKKAQoZVXBkYXRlQ29udmVyc2F0aW9uU3VtbWFyeRI1LmdlbnNlYXJjaC5tZW1vcnkudjEuVXBkYXRlQ29udmVyc2F0aW9uU3VtbWFyeVJlcXVlc3QaNi5nZW5zZWFyY2gubWVtb3J5LnYxLlVwZGF0ZUNvbnZlcnNhdGlvblN1bW1hcnlSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * A conversation: an ordered series of interactions owned by one user.
@@ -57,6 +57,42 @@ export type Conversation = Message<"gensearch.memory.v1.Conversation"> & {
    * @generated from field: int64 interaction_count = 6;
    */
   interactionCount: bigint;
+
+  /**
+   * When the conversation and everything in it disappear (unset: never). The time to
+   * live is sliding: every new turn (and every update) moves it to now + ttl.
+   *
+   * @generated from field: google.protobuf.Timestamp expire_time = 70;
+   */
+  expireTime?: Timestamp | undefined;
+
+  /**
+   * Time to live after the last activity; zero: none.
+   *
+   * @generated from field: google.protobuf.Duration ttl = 71;
+   */
+  ttl?: Duration | undefined;
+
+  /**
+   * Most turns kept; older ones are evicted once the summary covers them. Zero: no limit.
+   *
+   * @generated from field: int64 max_turns = 72;
+   */
+  maxTurns: bigint;
+
+  /**
+   * The rolling summary of the turns that no longer fit the history sent to the model.
+   *
+   * @generated from field: gensearch.memory.v1.ConversationSummary summary = 73;
+   */
+  summary?: ConversationSummary | undefined;
+
+  /**
+   * No summary is made or used for this conversation (and eviction waits for none).
+   *
+   * @generated from field: bool summary_disabled = 74;
+   */
+  summaryDisabled: boolean;
 };
 
 /**
@@ -65,6 +101,71 @@ export type Conversation = Message<"gensearch.memory.v1.Conversation"> & {
  */
 export const ConversationSchema: GenMessage<Conversation> = /*@__PURE__*/
   messageDesc(file_gensearch_memory_v1_memory_service, 0);
+
+/**
+ * A rolling summary of a conversation's older turns, made by the LLM.
+ *
+ * @generated from message gensearch.memory.v1.ConversationSummary
+ */
+export type ConversationSummary = Message<"gensearch.memory.v1.ConversationSummary"> & {
+  /**
+   * @generated from field: string text = 1;
+   */
+  text: string;
+
+  /**
+   * The newest interaction the summary covers (empty: no summary yet).
+   *
+   * @generated from field: string through_interaction_id = 2;
+   */
+  throughInteractionId: string;
+
+  /**
+   * How many turns were folded into it, in total.
+   *
+   * @generated from field: int64 summarised_turns = 3;
+   */
+  summarisedTurns: bigint;
+
+  /**
+   * LLM tokens spent making it, in total.
+   *
+   * @generated from field: int64 prompt_tokens = 4;
+   */
+  promptTokens: bigint;
+
+  /**
+   * @generated from field: int64 completion_tokens = 5;
+   */
+  completionTokens: bigint;
+
+  /**
+   * Folds made (LLM calls).
+   *
+   * @generated from field: int64 folds = 6;
+   */
+  folds: bigint;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp update_time = 7;
+   */
+  updateTime?: Timestamp | undefined;
+
+  /**
+   * Oldest turns evicted by max_turns before any summary covered them (only when no
+   * summary was written for max_turns + the service's eviction grace turns).
+   *
+   * @generated from field: int64 evicted_unsummarised_turns = 8;
+   */
+  evictedUnsummarisedTurns: bigint;
+};
+
+/**
+ * Describes the message gensearch.memory.v1.ConversationSummary.
+ * Use `create(ConversationSummarySchema)` to create a new message.
+ */
+export const ConversationSummarySchema: GenMessage<ConversationSummary> = /*@__PURE__*/
+  messageDesc(file_gensearch_memory_v1_memory_service, 1);
 
 /**
  * One turn of a conversation.
@@ -123,6 +224,20 @@ export type Interaction = Message<"gensearch.memory.v1.Interaction"> & {
    * @generated from field: google.protobuf.Timestamp create_time = 8;
    */
   createTime?: Timestamp | undefined;
+
+  /**
+   * Set when additional_info was last changed by UpdateInteraction; unset before.
+   *
+   * @generated from field: google.protobuf.Timestamp update_time = 80;
+   */
+  updateTime?: Timestamp | undefined;
+
+  /**
+   * How many traces the interaction has (ListInteractionTraces reads them).
+   *
+   * @generated from field: int32 trace_count = 81;
+   */
+  traceCount: number;
 };
 
 /**
@@ -130,7 +245,65 @@ export type Interaction = Message<"gensearch.memory.v1.Interaction"> & {
  * Use `create(InteractionSchema)` to create a new message.
  */
 export const InteractionSchema: GenMessage<Interaction> = /*@__PURE__*/
-  messageDesc(file_gensearch_memory_v1_memory_service, 1);
+  messageDesc(file_gensearch_memory_v1_memory_service, 2);
+
+/**
+ * One step of the work that produced an interaction (OpenSearch calls these traces).
+ *
+ * @generated from message gensearch.memory.v1.Trace
+ */
+export type Trace = Message<"gensearch.memory.v1.Trace"> & {
+  /**
+   * Position among the interaction's traces, from 0, in the order the steps ran.
+   *
+   * @generated from field: int32 trace_number = 1;
+   */
+  traceNumber: number;
+
+  /**
+   * @generated from field: gensearch.memory.v1.Step step = 2;
+   */
+  step: Step;
+
+  /**
+   * What the step was given, e.g. for generation the messages sent and the model.
+   *
+   * @generated from field: google.protobuf.Struct input = 3;
+   */
+  input?: JsonObject | undefined;
+
+  /**
+   * What it produced, e.g. for retrieval the hits with their ids and scores.
+   *
+   * @generated from field: google.protobuf.Struct output = 4;
+   */
+  output?: JsonObject | undefined;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp start_time = 5;
+   */
+  startTime?: Timestamp | undefined;
+
+  /**
+   * @generated from field: google.protobuf.Duration duration = 6;
+   */
+  duration?: Duration | undefined;
+
+  /**
+   * True when the memory service shortened input or output to fit max_trace_bytes
+   * (long strings are cut and end with "…"; as a last resort both are dropped).
+   *
+   * @generated from field: bool truncated = 7;
+   */
+  truncated: boolean;
+};
+
+/**
+ * Describes the message gensearch.memory.v1.Trace.
+ * Use `create(TraceSchema)` to create a new message.
+ */
+export const TraceSchema: GenMessage<Trace> = /*@__PURE__*/
+  messageDesc(file_gensearch_memory_v1_memory_service, 3);
 
 /**
  * @generated from message gensearch.memory.v1.CreateConversationRequest
@@ -142,6 +315,27 @@ export type CreateConversationRequest = Message<"gensearch.memory.v1.CreateConve
    * @generated from field: string name = 1;
    */
   name: string;
+
+  /**
+   * Time to live after the last activity; unset: the service's default; zero: none.
+   *
+   * @generated from field: google.protobuf.Duration ttl = 70;
+   */
+  ttl?: Duration | undefined;
+
+  /**
+   * Most turns kept; unset: the service's default; zero: no limit.
+   *
+   * @generated from field: optional int64 max_turns = 71;
+   */
+  maxTurns?: bigint | undefined;
+
+  /**
+   * Make and use no rolling summary for this conversation.
+   *
+   * @generated from field: bool summary_disabled = 72;
+   */
+  summaryDisabled: boolean;
 };
 
 /**
@@ -149,7 +343,7 @@ export type CreateConversationRequest = Message<"gensearch.memory.v1.CreateConve
  * Use `create(CreateConversationRequestSchema)` to create a new message.
  */
 export const CreateConversationRequestSchema: GenMessage<CreateConversationRequest> = /*@__PURE__*/
-  messageDesc(file_gensearch_memory_v1_memory_service, 2);
+  messageDesc(file_gensearch_memory_v1_memory_service, 4);
 
 /**
  * @generated from message gensearch.memory.v1.CreateConversationResponse
@@ -166,7 +360,7 @@ export type CreateConversationResponse = Message<"gensearch.memory.v1.CreateConv
  * Use `create(CreateConversationResponseSchema)` to create a new message.
  */
 export const CreateConversationResponseSchema: GenMessage<CreateConversationResponse> = /*@__PURE__*/
-  messageDesc(file_gensearch_memory_v1_memory_service, 3);
+  messageDesc(file_gensearch_memory_v1_memory_service, 5);
 
 /**
  * @generated from message gensearch.memory.v1.GetConversationRequest
@@ -183,7 +377,7 @@ export type GetConversationRequest = Message<"gensearch.memory.v1.GetConversatio
  * Use `create(GetConversationRequestSchema)` to create a new message.
  */
 export const GetConversationRequestSchema: GenMessage<GetConversationRequest> = /*@__PURE__*/
-  messageDesc(file_gensearch_memory_v1_memory_service, 4);
+  messageDesc(file_gensearch_memory_v1_memory_service, 6);
 
 /**
  * @generated from message gensearch.memory.v1.GetConversationResponse
@@ -200,7 +394,7 @@ export type GetConversationResponse = Message<"gensearch.memory.v1.GetConversati
  * Use `create(GetConversationResponseSchema)` to create a new message.
  */
 export const GetConversationResponseSchema: GenMessage<GetConversationResponse> = /*@__PURE__*/
-  messageDesc(file_gensearch_memory_v1_memory_service, 5);
+  messageDesc(file_gensearch_memory_v1_memory_service, 7);
 
 /**
  * @generated from message gensearch.memory.v1.ListConversationsRequest
@@ -226,7 +420,7 @@ export type ListConversationsRequest = Message<"gensearch.memory.v1.ListConversa
  * Use `create(ListConversationsRequestSchema)` to create a new message.
  */
 export const ListConversationsRequestSchema: GenMessage<ListConversationsRequest> = /*@__PURE__*/
-  messageDesc(file_gensearch_memory_v1_memory_service, 6);
+  messageDesc(file_gensearch_memory_v1_memory_service, 8);
 
 /**
  * @generated from message gensearch.memory.v1.ListConversationsResponse
@@ -250,7 +444,7 @@ export type ListConversationsResponse = Message<"gensearch.memory.v1.ListConvers
  * Use `create(ListConversationsResponseSchema)` to create a new message.
  */
 export const ListConversationsResponseSchema: GenMessage<ListConversationsResponse> = /*@__PURE__*/
-  messageDesc(file_gensearch_memory_v1_memory_service, 7);
+  messageDesc(file_gensearch_memory_v1_memory_service, 9);
 
 /**
  * @generated from message gensearch.memory.v1.UpdateConversationRequest
@@ -267,6 +461,30 @@ export type UpdateConversationRequest = Message<"gensearch.memory.v1.UpdateConve
    * @generated from field: string name = 2;
    */
   name: string;
+
+  /**
+   * Which fields to change: name, ttl, max_turns, summary_disabled. Empty: name.
+   *
+   * @generated from field: google.protobuf.FieldMask update_mask = 70;
+   */
+  updateMask?: FieldMask | undefined;
+
+  /**
+   * Zero or unset (with ttl in the mask): no expiry.
+   *
+   * @generated from field: google.protobuf.Duration ttl = 71;
+   */
+  ttl?: Duration | undefined;
+
+  /**
+   * @generated from field: int64 max_turns = 72;
+   */
+  maxTurns: bigint;
+
+  /**
+   * @generated from field: bool summary_disabled = 73;
+   */
+  summaryDisabled: boolean;
 };
 
 /**
@@ -274,7 +492,7 @@ export type UpdateConversationRequest = Message<"gensearch.memory.v1.UpdateConve
  * Use `create(UpdateConversationRequestSchema)` to create a new message.
  */
 export const UpdateConversationRequestSchema: GenMessage<UpdateConversationRequest> = /*@__PURE__*/
-  messageDesc(file_gensearch_memory_v1_memory_service, 8);
+  messageDesc(file_gensearch_memory_v1_memory_service, 10);
 
 /**
  * @generated from message gensearch.memory.v1.UpdateConversationResponse
@@ -291,7 +509,7 @@ export type UpdateConversationResponse = Message<"gensearch.memory.v1.UpdateConv
  * Use `create(UpdateConversationResponseSchema)` to create a new message.
  */
 export const UpdateConversationResponseSchema: GenMessage<UpdateConversationResponse> = /*@__PURE__*/
-  messageDesc(file_gensearch_memory_v1_memory_service, 9);
+  messageDesc(file_gensearch_memory_v1_memory_service, 11);
 
 /**
  * @generated from message gensearch.memory.v1.DeleteConversationRequest
@@ -308,7 +526,7 @@ export type DeleteConversationRequest = Message<"gensearch.memory.v1.DeleteConve
  * Use `create(DeleteConversationRequestSchema)` to create a new message.
  */
 export const DeleteConversationRequestSchema: GenMessage<DeleteConversationRequest> = /*@__PURE__*/
-  messageDesc(file_gensearch_memory_v1_memory_service, 10);
+  messageDesc(file_gensearch_memory_v1_memory_service, 12);
 
 /**
  * @generated from message gensearch.memory.v1.DeleteConversationResponse
@@ -321,7 +539,7 @@ export type DeleteConversationResponse = Message<"gensearch.memory.v1.DeleteConv
  * Use `create(DeleteConversationResponseSchema)` to create a new message.
  */
 export const DeleteConversationResponseSchema: GenMessage<DeleteConversationResponse> = /*@__PURE__*/
-  messageDesc(file_gensearch_memory_v1_memory_service, 11);
+  messageDesc(file_gensearch_memory_v1_memory_service, 13);
 
 /**
  * @generated from message gensearch.memory.v1.CreateInteractionRequest
@@ -364,6 +582,14 @@ export type CreateInteractionRequest = Message<"gensearch.memory.v1.CreateIntera
    * @generated from field: string request_id = 7;
    */
   requestId: string;
+
+  /**
+   * The steps that produced the response, stored with the interaction in the same atomic
+   * write (at most max_traces; each cut to max_trace_bytes, marked truncated).
+   *
+   * @generated from field: repeated gensearch.memory.v1.Trace traces = 80;
+   */
+  traces: Trace[];
 };
 
 /**
@@ -371,7 +597,7 @@ export type CreateInteractionRequest = Message<"gensearch.memory.v1.CreateIntera
  * Use `create(CreateInteractionRequestSchema)` to create a new message.
  */
 export const CreateInteractionRequestSchema: GenMessage<CreateInteractionRequest> = /*@__PURE__*/
-  messageDesc(file_gensearch_memory_v1_memory_service, 12);
+  messageDesc(file_gensearch_memory_v1_memory_service, 14);
 
 /**
  * @generated from message gensearch.memory.v1.CreateInteractionResponse
@@ -388,7 +614,7 @@ export type CreateInteractionResponse = Message<"gensearch.memory.v1.CreateInter
  * Use `create(CreateInteractionResponseSchema)` to create a new message.
  */
 export const CreateInteractionResponseSchema: GenMessage<CreateInteractionResponse> = /*@__PURE__*/
-  messageDesc(file_gensearch_memory_v1_memory_service, 13);
+  messageDesc(file_gensearch_memory_v1_memory_service, 15);
 
 /**
  * @generated from message gensearch.memory.v1.GetInteractionRequest
@@ -405,7 +631,7 @@ export type GetInteractionRequest = Message<"gensearch.memory.v1.GetInteractionR
  * Use `create(GetInteractionRequestSchema)` to create a new message.
  */
 export const GetInteractionRequestSchema: GenMessage<GetInteractionRequest> = /*@__PURE__*/
-  messageDesc(file_gensearch_memory_v1_memory_service, 14);
+  messageDesc(file_gensearch_memory_v1_memory_service, 16);
 
 /**
  * @generated from message gensearch.memory.v1.GetInteractionResponse
@@ -422,7 +648,7 @@ export type GetInteractionResponse = Message<"gensearch.memory.v1.GetInteraction
  * Use `create(GetInteractionResponseSchema)` to create a new message.
  */
 export const GetInteractionResponseSchema: GenMessage<GetInteractionResponse> = /*@__PURE__*/
-  messageDesc(file_gensearch_memory_v1_memory_service, 15);
+  messageDesc(file_gensearch_memory_v1_memory_service, 17);
 
 /**
  * @generated from message gensearch.memory.v1.ListInteractionsRequest
@@ -453,7 +679,7 @@ export type ListInteractionsRequest = Message<"gensearch.memory.v1.ListInteracti
  * Use `create(ListInteractionsRequestSchema)` to create a new message.
  */
 export const ListInteractionsRequestSchema: GenMessage<ListInteractionsRequest> = /*@__PURE__*/
-  messageDesc(file_gensearch_memory_v1_memory_service, 16);
+  messageDesc(file_gensearch_memory_v1_memory_service, 18);
 
 /**
  * @generated from message gensearch.memory.v1.ListInteractionsResponse
@@ -479,7 +705,354 @@ export type ListInteractionsResponse = Message<"gensearch.memory.v1.ListInteract
  * Use `create(ListInteractionsResponseSchema)` to create a new message.
  */
 export const ListInteractionsResponseSchema: GenMessage<ListInteractionsResponse> = /*@__PURE__*/
-  messageDesc(file_gensearch_memory_v1_memory_service, 17);
+  messageDesc(file_gensearch_memory_v1_memory_service, 19);
+
+/**
+ * @generated from message gensearch.memory.v1.UpdateInteractionRequest
+ */
+export type UpdateInteractionRequest = Message<"gensearch.memory.v1.UpdateInteractionRequest"> & {
+  /**
+   * interaction_id names the interaction; additional_info carries the new value.
+   *
+   * @generated from field: gensearch.memory.v1.Interaction interaction = 1;
+   */
+  interaction?: Interaction | undefined;
+
+  /**
+   * "additional_info" replaces it whole; "additional_info.<key>" sets that top-level key
+   * (or removes it when the new value lacks it). Empty: "additional_info". Any other
+   * path is INVALID_ARGUMENT (no other field of an interaction may change).
+   *
+   * @generated from field: google.protobuf.FieldMask update_mask = 2;
+   */
+  updateMask?: FieldMask | undefined;
+};
+
+/**
+ * Describes the message gensearch.memory.v1.UpdateInteractionRequest.
+ * Use `create(UpdateInteractionRequestSchema)` to create a new message.
+ */
+export const UpdateInteractionRequestSchema: GenMessage<UpdateInteractionRequest> = /*@__PURE__*/
+  messageDesc(file_gensearch_memory_v1_memory_service, 20);
+
+/**
+ * @generated from message gensearch.memory.v1.UpdateInteractionResponse
+ */
+export type UpdateInteractionResponse = Message<"gensearch.memory.v1.UpdateInteractionResponse"> & {
+  /**
+   * @generated from field: gensearch.memory.v1.Interaction interaction = 1;
+   */
+  interaction?: Interaction | undefined;
+};
+
+/**
+ * Describes the message gensearch.memory.v1.UpdateInteractionResponse.
+ * Use `create(UpdateInteractionResponseSchema)` to create a new message.
+ */
+export const UpdateInteractionResponseSchema: GenMessage<UpdateInteractionResponse> = /*@__PURE__*/
+  messageDesc(file_gensearch_memory_v1_memory_service, 21);
+
+/**
+ * @generated from message gensearch.memory.v1.ListInteractionTracesRequest
+ */
+export type ListInteractionTracesRequest = Message<"gensearch.memory.v1.ListInteractionTracesRequest"> & {
+  /**
+   * @generated from field: string interaction_id = 1;
+   */
+  interactionId: string;
+
+  /**
+   * Default 10; values above 100 are coerced to 100; negative is INVALID_ARGUMENT.
+   *
+   * @generated from field: int32 page_size = 2;
+   */
+  pageSize: number;
+
+  /**
+   * Opaque token from a previous response's next_page_token.
+   *
+   * @generated from field: string page_token = 3;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message gensearch.memory.v1.ListInteractionTracesRequest.
+ * Use `create(ListInteractionTracesRequestSchema)` to create a new message.
+ */
+export const ListInteractionTracesRequestSchema: GenMessage<ListInteractionTracesRequest> = /*@__PURE__*/
+  messageDesc(file_gensearch_memory_v1_memory_service, 22);
+
+/**
+ * @generated from message gensearch.memory.v1.ListInteractionTracesResponse
+ */
+export type ListInteractionTracesResponse = Message<"gensearch.memory.v1.ListInteractionTracesResponse"> & {
+  /**
+   * In the order the steps ran.
+   *
+   * @generated from field: repeated gensearch.memory.v1.Trace traces = 1;
+   */
+  traces: Trace[];
+
+  /**
+   * Empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message gensearch.memory.v1.ListInteractionTracesResponse.
+ * Use `create(ListInteractionTracesResponseSchema)` to create a new message.
+ */
+export const ListInteractionTracesResponseSchema: GenMessage<ListInteractionTracesResponse> = /*@__PURE__*/
+  messageDesc(file_gensearch_memory_v1_memory_service, 23);
+
+/**
+ * @generated from message gensearch.memory.v1.SearchInteractionsRequest
+ */
+export type SearchInteractionsRequest = Message<"gensearch.memory.v1.SearchInteractionsRequest"> & {
+  /**
+   * What to look for.
+   *
+   * @generated from field: string query = 1;
+   */
+  query: string;
+
+  /**
+   * Only within this conversation of the caller's (NOT_FOUND if it is not one).
+   *
+   * @generated from field: string conversation_id = 2;
+   */
+  conversationId: string;
+
+  /**
+   * @generated from field: gensearch.memory.v1.SearchMode mode = 3;
+   */
+  mode: SearchMode;
+
+  /**
+   * Default 10; at most max_search_limit (INVALID_ARGUMENT above it or negative).
+   *
+   * @generated from field: int32 limit = 4;
+   */
+  limit: number;
+};
+
+/**
+ * Describes the message gensearch.memory.v1.SearchInteractionsRequest.
+ * Use `create(SearchInteractionsRequestSchema)` to create a new message.
+ */
+export const SearchInteractionsRequestSchema: GenMessage<SearchInteractionsRequest> = /*@__PURE__*/
+  messageDesc(file_gensearch_memory_v1_memory_service, 24);
+
+/**
+ * One interaction found.
+ *
+ * @generated from message gensearch.memory.v1.InteractionHit
+ */
+export type InteractionHit = Message<"gensearch.memory.v1.InteractionHit"> & {
+  /**
+   * @generated from field: gensearch.memory.v1.Interaction interaction = 1;
+   */
+  interaction?: Interaction | undefined;
+
+  /**
+   * Higher is better; its scale depends on the mode (fused ranks for HYBRID).
+   *
+   * @generated from field: double score = 2;
+   */
+  score: number;
+};
+
+/**
+ * Describes the message gensearch.memory.v1.InteractionHit.
+ * Use `create(InteractionHitSchema)` to create a new message.
+ */
+export const InteractionHitSchema: GenMessage<InteractionHit> = /*@__PURE__*/
+  messageDesc(file_gensearch_memory_v1_memory_service, 25);
+
+/**
+ * @generated from message gensearch.memory.v1.SearchInteractionsResponse
+ */
+export type SearchInteractionsResponse = Message<"gensearch.memory.v1.SearchInteractionsResponse"> & {
+  /**
+   * Best first; only interactions that still exist and are the caller's.
+   *
+   * @generated from field: repeated gensearch.memory.v1.InteractionHit hits = 1;
+   */
+  hits: InteractionHit[];
+};
+
+/**
+ * Describes the message gensearch.memory.v1.SearchInteractionsResponse.
+ * Use `create(SearchInteractionsResponseSchema)` to create a new message.
+ */
+export const SearchInteractionsResponseSchema: GenMessage<SearchInteractionsResponse> = /*@__PURE__*/
+  messageDesc(file_gensearch_memory_v1_memory_service, 26);
+
+/**
+ * @generated from message gensearch.memory.v1.UpdateConversationSummaryRequest
+ */
+export type UpdateConversationSummaryRequest = Message<"gensearch.memory.v1.UpdateConversationSummaryRequest"> & {
+  /**
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+
+  /**
+   * The new summary text.
+   *
+   * @generated from field: string text = 2;
+   */
+  text: string;
+
+  /**
+   * The interaction the current summary covers up to (empty: none yet).
+   *
+   * @generated from field: string expected_through_interaction_id = 3;
+   */
+  expectedThroughInteractionId: string;
+
+  /**
+   * The newest interaction the new summary covers: an interaction of this conversation,
+   * newer than expected_through_interaction_id.
+   *
+   * @generated from field: string through_interaction_id = 4;
+   */
+  throughInteractionId: string;
+
+  /**
+   * Turns folded in by this update.
+   *
+   * @generated from field: int64 summarised_turns = 5;
+   */
+  summarisedTurns: bigint;
+
+  /**
+   * LLM tokens this fold cost.
+   *
+   * @generated from field: int64 prompt_tokens = 6;
+   */
+  promptTokens: bigint;
+
+  /**
+   * @generated from field: int64 completion_tokens = 7;
+   */
+  completionTokens: bigint;
+};
+
+/**
+ * Describes the message gensearch.memory.v1.UpdateConversationSummaryRequest.
+ * Use `create(UpdateConversationSummaryRequestSchema)` to create a new message.
+ */
+export const UpdateConversationSummaryRequestSchema: GenMessage<UpdateConversationSummaryRequest> = /*@__PURE__*/
+  messageDesc(file_gensearch_memory_v1_memory_service, 27);
+
+/**
+ * @generated from message gensearch.memory.v1.UpdateConversationSummaryResponse
+ */
+export type UpdateConversationSummaryResponse = Message<"gensearch.memory.v1.UpdateConversationSummaryResponse"> & {
+  /**
+   * @generated from field: gensearch.memory.v1.Conversation conversation = 1;
+   */
+  conversation?: Conversation | undefined;
+};
+
+/**
+ * Describes the message gensearch.memory.v1.UpdateConversationSummaryResponse.
+ * Use `create(UpdateConversationSummaryResponseSchema)` to create a new message.
+ */
+export const UpdateConversationSummaryResponseSchema: GenMessage<UpdateConversationSummaryResponse> = /*@__PURE__*/
+  messageDesc(file_gensearch_memory_v1_memory_service, 28);
+
+/**
+ * Which step a trace records.
+ *
+ * @generated from enum gensearch.memory.v1.Step
+ */
+export enum Step {
+  /**
+   * @generated from enum value: STEP_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The follow-up question rewritten into a standalone query.
+   *
+   * @generated from enum value: STEP_QUESTION_REWRITE = 1;
+   */
+  QUESTION_REWRITE = 1,
+
+  /**
+   * The search for context.
+   *
+   * @generated from enum value: STEP_RETRIEVAL = 2;
+   */
+  RETRIEVAL = 2,
+
+  /**
+   * The answer's LLM call.
+   *
+   * @generated from enum value: STEP_GENERATION = 3;
+   */
+  GENERATION = 3,
+
+  /**
+   * Anything else a client records.
+   *
+   * @generated from enum value: STEP_OTHER = 4;
+   */
+  OTHER = 4,
+}
+
+/**
+ * Describes the enum gensearch.memory.v1.Step.
+ */
+export const StepSchema: GenEnum<Step> = /*@__PURE__*/
+  enumDesc(file_gensearch_memory_v1_memory_service, 0);
+
+/**
+ * How SearchInteractions matches.
+ *
+ * @generated from enum gensearch.memory.v1.SearchMode
+ */
+export enum SearchMode {
+  /**
+   * HYBRID when the index has vectors (search_index=hybrid), else KEYWORD.
+   *
+   * @generated from enum value: SEARCH_MODE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Vectors and BM25 keywords, fused by reciprocal rank.
+   *
+   * @generated from enum value: SEARCH_MODE_HYBRID = 1;
+   */
+  HYBRID = 1,
+
+  /**
+   * By meaning only (vectors of input and response).
+   *
+   * @generated from enum value: SEARCH_MODE_SEMANTIC = 2;
+   */
+  SEMANTIC = 2,
+
+  /**
+   * BM25 keywords only.
+   *
+   * @generated from enum value: SEARCH_MODE_KEYWORD = 3;
+   */
+  KEYWORD = 3,
+}
+
+/**
+ * Describes the enum gensearch.memory.v1.SearchMode.
+ */
+export const SearchModeSchema: GenEnum<SearchMode> = /*@__PURE__*/
+  enumDesc(file_gensearch_memory_v1_memory_service, 1);
 
 /**
  * Conversation memory: conversations made of interactions (question/answer turns).
@@ -522,7 +1095,8 @@ export const MemoryService: GenService<{
     output: typeof ListConversationsResponseSchema;
   },
   /**
-   * Renames a conversation.
+   * Changes a conversation's name, time to live, maximum number of turns or summary
+   * setting, as its update_mask says (an empty mask: the name alone).
    *
    * @generated from rpc gensearch.memory.v1.MemoryService.UpdateConversation
    */
@@ -571,6 +1145,52 @@ export const MemoryService: GenService<{
     methodKind: "unary";
     input: typeof ListInteractionsRequestSchema;
     output: typeof ListInteractionsResponseSchema;
+  },
+  /**
+   * Changes an interaction's additional_info (the only field that may change, as in
+   * OpenSearch's memory API), as named by a field mask.
+   *
+   * @generated from rpc gensearch.memory.v1.MemoryService.UpdateInteraction
+   */
+  updateInteraction: {
+    methodKind: "unary";
+    input: typeof UpdateInteractionRequestSchema;
+    output: typeof UpdateInteractionResponseSchema;
+  },
+  /**
+   * Lists the traces (the steps that produced it) of one of the caller's interactions,
+   * in the order the steps ran.
+   *
+   * @generated from rpc gensearch.memory.v1.MemoryService.ListInteractionTraces
+   */
+  listInteractionTraces: {
+    methodKind: "unary";
+    input: typeof ListInteractionTracesRequestSchema;
+    output: typeof ListInteractionTracesResponseSchema;
+  },
+  /**
+   * Finds the caller's own interactions by meaning and by keyword, optionally within one
+   * conversation. Needs the search index (docs/memory.md); FAILED_PRECONDITION when it is off.
+   *
+   * @generated from rpc gensearch.memory.v1.MemoryService.SearchInteractions
+   */
+  searchInteractions: {
+    methodKind: "unary";
+    input: typeof SearchInteractionsRequestSchema;
+    output: typeof SearchInteractionsResponseSchema;
+  },
+  /**
+   * Replaces the conversation's rolling summary if it still covers the turns up to
+   * expected_through_interaction_id (compare-and-set: ABORTED otherwise, so two writers
+   * folding at once cannot overwrite each other); evicts the turns beyond max_turns that
+   * the new summary covers.
+   *
+   * @generated from rpc gensearch.memory.v1.MemoryService.UpdateConversationSummary
+   */
+  updateConversationSummary: {
+    methodKind: "unary";
+    input: typeof UpdateConversationSummaryRequestSchema;
+    output: typeof UpdateConversationSummaryResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_gensearch_memory_v1_memory_service, 0);

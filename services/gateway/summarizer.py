@@ -1,0 +1,272 @@
+"""The rolling summary: turns that fall out of the history a prompt can carry are folded
+into a summary of the conversation by the LLM, after the turn is stored.
+
+Folding never delays an answer: ``Summarizer.submit`` puts a job on a bounded queue
+(full: the job is dropped and counted; the next turn of that conversation submits
+another) and a few workers fold in the background. Stopping the gateway drains the queue
+(``drain``, within ``summary_drain_timeout``).
+
+Several replicas may fold one conversation at once: memory's UpdateConversationSummary is
+a compare-and-set on the interaction the summary covers up to, so the slower writer gets
+ABORTED and drops its fold (the summary it would have replaced already moved on).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from gensearch.generation.v1 import generation_service_pb2 as gen_pb
+from gensearch.memory.v1 import memory_service_pb2 as mem_pb
+
+from services.common.errors import ServiceError
+from services.gateway.clients import Caller, GenerationClient, MemoryClient
+from services.gateway.conversation import SYSTEM, USER, Turn
+from services.gateway.generator import Options, complete
+from services.gateway.metrics import SUMMARY_FOLDS, SUMMARY_QUEUE, SUMMARY_TOKENS
+from services.gateway.settings import GatewaySettings
+from services.gateway.tokens import Tokenizer
+
+log = logging.getLogger("gensearch.gateway.summary")
+
+_PAGE = 100
+_OVERHEAD = 16  # message framing and the prompt's fixed lines
+_MESSAGE_OVERHEAD = 4
+
+SUMMARY_SYSTEM_PROMPT = (
+    "You keep a running summary of a conversation between a user and an assistant. "
+    "Merge the new turns into the current summary. Keep facts, names, numbers, decisions, "
+    "open questions and the user's stated preferences; drop pleasantries and repetition. "
+    "Write plain prose of at most {words} words. Reply with the updated summary alone."
+)
+
+
+@dataclass(frozen=True)
+class FoldJob:
+    """Fold the turns of ``conversation_id`` that the next prompt will not carry and no
+    summary covers yet: all but the newest ``keep_turns`` that fit ``keep_tokens`` (the
+    last prompt's history budget less room for the summary) and the conversation's
+    max_turns. Decided in the background from what is stored then, the new turn
+    included, so the next prompt finds the turns it leaves out already summarised."""
+
+    caller: Caller
+    conversation_id: str
+    keep_turns: int
+    keep_tokens: int
+    options: Options
+    window: int
+    tokenizer: Tokenizer
+
+
+def fold_messages(summary: str, turns: Sequence[Turn], words: int) -> list[gen_pb.Message]:
+    transcript = "\n".join(f"User: {t.question}\nAssistant: {t.answer}" for t in turns)
+    return [
+        gen_pb.Message(role=SYSTEM, content=SUMMARY_SYSTEM_PROMPT.format(words=words)),
+        gen_pb.Message(
+            role=USER,
+            content=(
+                f"Current summary:\n{summary or '(none yet)'}\n\n"
+                f"New turns, oldest first:\n{transcript}\n\nUpdated summary:"
+            ),
+        ),
+    ]
+
+
+class Summarizer:
+    def __init__(
+        self, memory: MemoryClient, generation: GenerationClient, settings: GatewaySettings
+    ) -> None:
+        self._memory = memory
+        self._generation = generation
+        self._s = settings
+        self._queue: asyncio.Queue[FoldJob] = asyncio.Queue(settings.summary_queue_size)
+        self._pending: set[tuple[str, str, str]] = set()
+        self._workers: list[asyncio.Task[None]] = []
+        self._closed = False
+
+    def submit(self, job: FoldJob) -> bool:
+        """Queues ``job`` unless one for the same conversation waits in the queue already
+        (not yet started: it will read the state this job would); False (and counted)
+        when the queue is full or the gateway is stopping."""
+        key = (job.caller.tenant, job.caller.user, job.conversation_id)
+        if key in self._pending:
+            return True
+        if self._closed:
+            SUMMARY_FOLDS.labels("dropped").inc()
+            return False
+        try:
+            self._queue.put_nowait(job)
+        except asyncio.QueueFull:
+            SUMMARY_FOLDS.labels("dropped").inc()
+            log.warning("summary queue full: fold dropped (the next turn will ask again)")
+            return False
+        self._pending.add(key)
+        SUMMARY_QUEUE.set(self._queue.qsize())
+        if not self._workers:
+            self._workers = [
+                asyncio.create_task(self._work()) for _ in range(self._s.summary_workers)
+            ]
+        return True
+
+    async def drain(self) -> None:
+        """Stop taking jobs, finish the queued ones within the drain timeout, stop."""
+        self._closed = True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._queue.join(), self._s.summary_drain_timeout)
+        for worker in self._workers:
+            worker.cancel()
+        for worker in self._workers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker
+
+    async def _work(self) -> None:
+        while True:
+            got = await self._queue.get()
+            # Queued no more: a turn stored from now on queues its own job, which sees it
+            # (one that only waited in the queue needs none: this job reads the state now).
+            self._pending.discard((got.caller.tenant, got.caller.user, got.conversation_id))
+            try:
+                await asyncio.wait_for(self.fold(got), self._s.summary_timeout)
+            except TimeoutError:
+                SUMMARY_FOLDS.labels("failed").inc()
+                log.warning("summary fold timed out")
+            except ServiceError as err:  # memory or generation could not serve
+                SUMMARY_FOLDS.labels("failed").inc()
+                log.warning("summary fold failed", extra={"reason": err.reason})
+            except Exception:  # a background task must survive any one fold
+                SUMMARY_FOLDS.labels("failed").inc()
+                log.exception("summary fold failed")
+            finally:
+                self._queue.task_done()
+                SUMMARY_QUEUE.set(self._queue.qsize())
+
+    async def fold(self, job: FoldJob) -> None:
+        """Folds the job's pending turns, in batches that fit the model, oldest first."""
+        timeout = self._s.summary_timeout
+        try:
+            conversation = await self._memory.get_conversation(
+                job.conversation_id, job.caller, timeout
+            )
+        except ServiceError:  # deleted or expired meanwhile, or memory away: nothing to do
+            SUMMARY_FOLDS.labels("failed").inc()
+            return
+        if conversation.summary_disabled:
+            return
+        summary = conversation.summary.text
+        through = conversation.summary.through_interaction_id
+        keep = job.keep_turns
+        if conversation.max_turns:
+            keep = min(keep, conversation.max_turns)
+        pending = await self._unsummarised(job, through, keep)
+        while pending:
+            batch = await self._batch(job, summary, pending)
+            pending = pending[len(batch) :]
+            words = max(50, self._s.summary_max_tokens * 3 // 4)
+            options = Options(
+                job.options.provider, job.options.model, 0.0, self._s.summary_max_tokens
+            )
+            try:
+                result = await complete(
+                    self._generation,
+                    job.caller,
+                    options,
+                    fold_messages(summary, batch, words),
+                    timeout=timeout,
+                )
+            except ServiceError as err:
+                SUMMARY_FOLDS.labels("failed").inc()
+                log.warning("summary fold: generation failed", extra={"reason": err.reason})
+                return
+            SUMMARY_TOKENS.labels("prompt").inc(result.usage.prompt_tokens)
+            SUMMARY_TOKENS.labels("completion").inc(result.usage.completion_tokens)
+            text = result.result.strip()
+            if not text:
+                SUMMARY_FOLDS.labels("failed").inc()
+                log.warning("summary fold: the model answered nothing")
+                return
+            request = mem_pb.UpdateConversationSummaryRequest(
+                conversation_id=job.conversation_id,
+                text=text,
+                expected_through_interaction_id=through,
+                through_interaction_id=batch[-1].interaction_id,
+                summarised_turns=len(batch),
+                prompt_tokens=result.usage.prompt_tokens,
+                completion_tokens=result.usage.completion_tokens,
+            )
+            try:
+                await self._memory.update_conversation_summary(request, job.caller, timeout)
+            except ServiceError as err:
+                # ABORTED: another fold (another replica) got there first; its summary
+                # stands, and the next turn folds whatever is still pending.
+                outcome = "conflict" if err.reason == "SUMMARY_CHANGED" else "failed"
+                SUMMARY_FOLDS.labels(outcome).inc()
+                if outcome == "failed":
+                    log.warning("summary fold: not stored", extra={"reason": err.reason})
+                return
+            SUMMARY_FOLDS.labels("folded").inc()
+            summary, through = text, batch[-1].interaction_id
+
+    async def _unsummarised(self, job: FoldJob, through: str, keep: int) -> list[Turn]:
+        """The turns newer than ``through`` that the next prompt will not carry, oldest
+        first: the newest ``keep`` of them stay if they fit ``job.keep_tokens``; once one
+        does not, it and every older one are pending."""
+        found: list[Turn] = []
+        kept = used = 0
+        keeping = True
+        token = ""
+        read = 0
+        while read < self._s.summary_max_read_turns:
+            page = await self._memory.list_interactions(
+                mem_pb.ListInteractionsRequest(
+                    conversation_id=job.conversation_id, page_size=_PAGE, page_token=token
+                ),
+                job.caller,
+                self._s.summary_timeout,
+            )
+            texts = [t for i in page.interactions for t in (i.input, i.response)]
+            counts = await job.tokenizer.count(texts) if keeping else []
+            for n, i in enumerate(page.interactions):
+                read += 1
+                if through and i.interaction_id <= through:
+                    return found[::-1]
+                if keeping:
+                    cost = counts[2 * n] + counts[2 * n + 1] + 2 * _MESSAGE_OVERHEAD
+                    if kept < keep and used + cost <= job.keep_tokens:
+                        kept += 1
+                        used += cost
+                        continue
+                    keeping = False
+                found.append(Turn(i.input, i.response, i.interaction_id))
+            token = page.next_page_token
+            if not token or not page.interactions:
+                break
+        return found[::-1]
+
+    async def _batch(self, job: FoldJob, summary: str, pending: list[Turn]) -> list[Turn]:
+        """The oldest pending turns whose fold prompt fits the model's window (at least
+        one, cut to fit if it alone is too long)."""
+        budget = job.window - self._s.summary_max_tokens - _OVERHEAD
+        fixed = sum(await job.tokenizer.count([SUMMARY_SYSTEM_PROMPT, summary]))
+        room = budget - fixed
+        candidates = pending[: self._s.summary_max_batch_turns]
+        counts = await job.tokenizer.count(
+            [t for turn in candidates for t in (turn.question, turn.answer)]
+        )
+        batch: list[Turn] = []
+        used = 0
+        for i, turn in enumerate(candidates):
+            cost = counts[2 * i] + counts[2 * i + 1] + 4
+            if batch and used + cost > room:
+                break
+            if not batch and cost > room:
+                # One turn larger than the model's window: its start, within the room.
+                chars = max(200, room * 3)
+                turn = Turn(
+                    turn.question[: chars // 2], turn.answer[: chars // 2], turn.interaction_id
+                )
+            batch.append(turn)
+            used += cost
+        return batch

@@ -1,0 +1,56 @@
+"""Names of the memory service's Redis keys, in one place (``P`` = key prefix, ``U`` =
+the owner's digest, ``store.Owner.digest``; ``tag`` = ``P:{u:U}``, the cluster hash tag
+that puts every key of one owner in one slot):
+
+    tag:convs                 ZSET  the owner's conversations, "<update_ms:015d>:<cid>"
+    tag:conv:<cid>            HASH  the conversation (name, times, counts, retention,
+                                    summary: store.CONVERSATION_FIELDS)
+    tag:conv:<cid>:ints       ZSET  its interaction ids (UUIDv7: by creation time)
+    tag:int:<iid>             HASH  conversation_id, data (serialized Interaction),
+                                    request_id, traces (a serialized
+                                    ListInteractionTracesResponse holding only its traces:
+                                    a field, so written, expired and deleted with it)
+    tag:req:<request_id>      STRING  an interaction id, for request_id_ttl_seconds
+
+The keys *of a conversation* (expired, evicted and deleted with it) are listed by
+``lua/keys.lua``: ``conversation_keys`` (the hash and the id list) and, for each of its
+interactions, ``interaction_keys`` (today only ``tag:int:<iid>``; traces are a field of its
+hash and need nothing). A feature that stores more keys under a conversation or an
+interaction adds them to those two functions and to the functions below, and sets a new key's expiry
+with ``renew``'s result (``lua/retention.lua``) in the script that creates it: then it
+expires, is evicted and deleted with its conversation without further code. Nothing may
+read an interaction's keys without checking its conversation hash (owner, existence):
+the hash expires first (see retention.lua), and that is when the turn is gone.
+"""
+
+from __future__ import annotations
+
+
+def conversations(tag: str) -> str:
+    return f"{tag}:convs"
+
+
+def conversation(tag: str, cid: str) -> str:
+    return f"{tag}:conv:{cid}"
+
+
+def conversation_interactions(tag: str, cid: str) -> str:
+    return f"{tag}:conv:{cid}:ints"
+
+
+def interaction(tag: str, iid: str) -> str:
+    return f"{tag}:int:{iid}"
+
+
+def request(tag: str, request_id: str) -> str:
+    return f"{tag}:req:{request_id}"
+
+
+def conversation_keys(tag: str, cid: str) -> list[str]:
+    """The conversation's own keys (``conversation_keys`` in lua/keys.lua)."""
+    return [conversation(tag, cid), conversation_interactions(tag, cid)]
+
+
+def interaction_keys(tag: str, iid: str) -> list[str]:
+    """One interaction's keys (``interaction_keys`` in lua/keys.lua)."""
+    return [interaction(tag, iid)]

@@ -1,0 +1,21 @@
+-- needs: read keys retention
+-- KEYS: conv, ints. ARGV: user, tag, cid, now_ms, expected through, new through, text,
+-- turns folded, prompt tokens, completion tokens, eviction grace.
+-- Compare-and-set: the summary changes only if it still covers the turns up to the
+-- expected interaction. Returns {0} not found, {1, current through} conflict,
+-- {2} new through is not a newer interaction of the conversation, {3} summary disabled,
+-- {4, row} done. Evicts the turns beyond max_turns the new summary covers.
+local h = redis.call('HMGET', KEYS[1], 'user', 'summary_through', 'summary_disabled')
+if h[1] ~= ARGV[1] then return {0} end
+local current = h[2] or ''
+if current ~= ARGV[5] then return {1, current} end
+if h[3] == '1' then return {3} end
+if ARGV[6] <= current or not redis.call('ZSCORE', KEYS[2], ARGV[6]) then return {2} end
+redis.call('HSET', KEYS[1], 'summary', ARGV[7], 'summary_through', ARGV[6],
+           'summary_update_time', ARGV[4])
+redis.call('HINCRBY', KEYS[1], 'summary_turns', ARGV[8])
+redis.call('HINCRBY', KEYS[1], 'summary_prompt_tokens', ARGV[9])
+redis.call('HINCRBY', KEYS[1], 'summary_completion_tokens', ARGV[10])
+redis.call('HINCRBY', KEYS[1], 'summary_folds', 1)
+evict(ARGV[2], ARGV[3], tonumber(ARGV[11]))
+return {4, conversation(KEYS[1])}

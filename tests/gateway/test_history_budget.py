@@ -1,0 +1,413 @@
+"""History by token budget and the rolling summary, through the gateway: the prompt the
+fake LLM receives carries the summary, then the newest turns that fit, newest last; turns
+that fall out are folded after the answer; the summary can be turned off; max_turns
+eviction is folded; concurrent folds and turns lose nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import pytest
+from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
+from gensearch.generation.v1 import generation_service_pb2 as gen_pb
+from gensearch.memory.v1 import memory_service_pb2 as mem_pb
+from gensearch.memory.v1 import memory_service_pb2_grpc as mem_grpc
+from google.protobuf import duration_pb2, field_mask_pb2
+
+from services.common.auth import Identity, Role, forwarded_identity
+from services.common.tokens import estimate_tokens
+from services.gateway.backends import Backends
+from services.gateway.clients import Caller
+from services.gateway.conversation import REWRITE_SYSTEM_PROMPT
+from services.gateway.generator import Options
+from services.gateway.prompting import SUMMARY_PREFIX
+from services.gateway.settings import GatewaySettings
+from services.gateway.summarizer import SUMMARY_SYSTEM_PROMPT, FoldJob
+from services.gateway.tokens import Estimate
+from tests.gateway.conftest import ALICE, BOB, TOKEN, Stack, StackFactory, create_books
+from tests.support.fake_openai import Behaviour
+from tests.support.redis_cluster import LocalCluster
+
+WINDOW = 1600
+RESERVE = 100
+FILLER = "lorem ipsum dolor sit amet " * 12  # ~320 characters, ~90 estimated tokens
+_FOLD_HEAD = SUMMARY_SYSTEM_PROMPT.split("{")[0]
+_LABEL = re.compile(r"\bq(\d+)\b")
+
+
+def is_fold(body: dict[str, Any]) -> bool:
+    return body["messages"][0]["content"].startswith(_FOLD_HEAD)
+
+
+def reply(body: dict[str, Any]) -> str:
+    """Folds answer with the labels (q<n>) of every turn they cover, old and new, so the
+    test can tell exactly what a summary covers; answers are long, like real ones."""
+    text = body["messages"][-1]["content"]
+    if is_fold(body):
+        labels = sorted({int(n) for n in _LABEL.findall(text)})
+        return "covers " + " ".join(f"q{n}" for n in labels)
+    if body["messages"][0]["content"] == REWRITE_SYSTEM_PROMPT:
+        return "standalone query"
+    question = text.rsplit("Question: ", 1)[1].split()[0]
+    return f"answer to {question} " + FILLER
+
+
+async def _stack(stack_factory: StackFactory, **settings: Any) -> Stack:
+    stack = await stack_factory(
+        context_windows={"fake-model": WINDOW}, answer_reserve_tokens=RESERVE, **settings
+    )
+    await create_books(stack)
+    stack.fake.reply = reply
+    return stack
+
+
+async def _conversation(stack: Stack, **fields: Any) -> str:
+    made = await stack.memory.CreateConversation(
+        mem_pb.CreateConversationRequest(**fields), metadata=ALICE
+    )
+    return made.conversation.conversation_id
+
+
+async def _ask(stack: Stack, cid: str, n: int, **fields: Any) -> gw_pb.AskResponse:
+    return await stack.stub.Ask(
+        gw_pb.AskRequest(
+            collection="Books",
+            llm_question=f"q{n} {FILLER}",
+            conversation_id=cid,
+            context_size=2,
+            rewrite_query=False,
+            debug=True,
+            **fields,
+        ),
+        metadata=ALICE,
+    )
+
+
+async def _get(stack: Stack, cid: str) -> mem_pb.Conversation:
+    got = await stack.memory.GetConversation(
+        mem_pb.GetConversationRequest(conversation_id=cid), metadata=ALICE
+    )
+    return got.conversation
+
+
+async def _summary_reaches(stack: Stack, cid: str, through: str, limit: float = 30.0) -> None:
+    """Waits (polling, bounded) until the background fold covers ``through``."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + limit
+    while (await _get(stack, cid)).summary.through_interaction_id < through:
+        assert loop.time() < end, "the summary never caught up"
+        await asyncio.sleep(0.05)
+
+
+def _labels(text: str) -> list[int]:
+    return [int(n) for n in _LABEL.findall(text)]
+
+
+def _turn_labels(prompt: list[Any]) -> list[int]:
+    """The q<n> of each past turn's question in a prompt (user messages before the last)."""
+    return [
+        _labels(m.content)[0]
+        for m in prompt[:-1]
+        if m.role == gen_pb.ROLE_USER and _labels(m.content)
+    ]
+
+
+@pytest.mark.slow
+async def test_sixty_turns_fit_the_budget_with_a_summary(stack_factory: StackFactory) -> None:
+    stack = await _stack(stack_factory)
+    cid = await _conversation(stack)
+    ids: list[str] = []
+    last: gw_pb.AskResponse | None = None
+    for n in range(60):
+        last = await _ask(stack, cid, n)
+        ids.append(last.interaction_id)
+        assert last.history_tokens <= last.history_budget_tokens
+        sent = _turn_labels(list(last.prompt))
+        if sent and sent[0] > 0:
+            # Everything older than the oldest turn sent gets folded, in the background.
+            await _summary_reaches(stack, cid, ids[sent[0] - 1])
+    assert last is not None
+    prompt = list(last.prompt)
+    # The fake received exactly this prompt for the last answer.
+    received = [r.json for r in stack.fake.chat_requests if not is_fold(r.json)][-1]
+    assert [m["content"] for m in received["messages"]] == [m.content for m in prompt]
+
+    # System prompt, the summary, then the newest turns in order, newest last.
+    assert prompt[1].content.startswith(SUMMARY_PREFIX)
+    sent = _turn_labels(prompt)
+    assert sent == list(range(sent[0], 59)) and len(sent) >= 2
+    assert prompt[-1].content.endswith(f"Question: q59 {FILLER}".strip())
+    # The summary covers every turn older than those sent: nothing is lost in between.
+    assert set(_labels(prompt[1].content)) == set(range(sent[0]))
+    assert last.summary_used  # folded ahead: nothing had to be trimmed
+    # Within the budget (as counted; the fake provider's tokenizer is the estimate).
+    total = sum(estimate_tokens(m.content) + 4 for m in prompt)
+    assert total <= WINDOW - RESERVE
+
+    conversation = await _get(stack, cid)
+    assert conversation.summary.summarised_turns >= sent[0]  # and maybe ahead again
+    assert conversation.summary.folds >= 1
+    assert conversation.summary.prompt_tokens > 0 and conversation.summary.completion_tokens > 0
+    assert conversation.interaction_count == 60
+
+
+async def _fill(stack: Stack, cid: str, turns: int) -> list[str]:
+    ids = []
+    for n in range(turns):
+        made = await stack.memory.CreateInteraction(
+            mem_pb.CreateInteractionRequest(
+                conversation_id=cid, input=f"q{n} {FILLER}", response=f"answer {FILLER}"
+            ),
+            metadata=ALICE,
+        )
+        ids.append(made.interaction.interaction_id)
+    return ids
+
+
+async def test_summary_off_per_request_and_per_conversation(stack_factory: StackFactory) -> None:
+    stack = await _stack(stack_factory)
+    cid = await _conversation(stack)
+    await _fill(stack, cid, 12)
+    answer = await _ask(stack, cid, 12, summary_disabled=True)
+    assert not answer.summary_used and answer.trimmed.history_turns > 0
+    assert not any(m.content.startswith(SUMMARY_PREFIX) for m in answer.prompt)
+    # The newest turns that fit, no summary, and no fold asked for afterwards.
+    assert _turn_labels(list(answer.prompt))[-1] == 11
+    await asyncio.sleep(0.2)  # a fold, if one had been queued, would have started
+    assert not any(is_fold(r.json) for r in stack.fake.chat_requests)
+    assert not (await _get(stack, cid)).HasField("summary")
+
+    off = await _conversation(stack, summary_disabled=True)
+    await _fill(stack, off, 12)
+    answer = await _ask(stack, off, 12)
+    assert not answer.summary_used
+    await asyncio.sleep(0.2)
+    assert not any(is_fold(r.json) for r in stack.fake.chat_requests)
+
+    # With the summary on, the same conversation gets one.
+    answer = await _ask(stack, cid, 13)
+    await _summary_reaches(stack, cid, "0")
+    answer = await _ask(stack, cid, 14)
+    assert answer.summary_used
+    assert answer.prompt[1].content.startswith(SUMMARY_PREFIX)
+
+
+async def test_twenty_large_turns_fit_instead_of_failing(stack_factory: StackFactory) -> None:
+    stack = await _stack(stack_factory, summary_enabled=False)
+    cid = await _conversation(stack)
+    big = "word " * 1600  # 8000 characters: one turn is larger than the whole window
+    for n in range(20):
+        await stack.memory.CreateInteraction(
+            mem_pb.CreateInteractionRequest(
+                conversation_id=cid, input=f"q{n} {big}", response=f"a{n} {big}"
+            ),
+            metadata=ALICE,
+        )
+    answer = await stack.stub.Ask(
+        gw_pb.AskRequest(
+            collection="Books",
+            llm_question="q20 and now?",
+            conversation_id=cid,
+            interaction_size=20,
+            debug=True,
+        ),
+        metadata=ALICE,
+    )
+    assert answer.answer and answer.interaction_id
+    assert answer.trimmed.history_turns == 20
+    for request in stack.fake.chat_requests:  # the rewrite too: no turn fitted, none sent
+        total = sum(estimate_tokens(m["content"]) + 4 for m in request.json["messages"])
+        assert total <= WINDOW, request.json["messages"][0]["content"][:60]
+
+
+async def test_max_turns_eviction_is_folded_into_the_summary(
+    stack_factory: StackFactory,
+) -> None:
+    stack = await _stack(stack_factory)
+    cid = await _conversation(stack, max_turns=3)
+    ids = []
+    for n in range(7):
+        ids.append((await _ask(stack, cid, n)).interaction_id)
+        await stack.fake.wait_for_requests(0)
+        if n >= 3:
+            await _summary_reaches(stack, cid, ids[n - 3])
+    conversation = await _get(stack, cid)
+    assert conversation.interaction_count == 3
+    listed = await stack.memory.ListInteractions(
+        mem_pb.ListInteractionsRequest(conversation_id=cid), metadata=ALICE
+    )
+    assert [i.interaction_id for i in listed.interactions] == ids[:3:-1]
+    # Nothing evicted was lost: the summary covers every evicted turn.
+    assert set(_labels(conversation.summary.text)) >= {0, 1, 2, 3}
+    assert conversation.summary.evicted_unsummarised_turns == 0
+
+
+async def test_two_turns_at_once_lose_nothing(stack_factory: StackFactory) -> None:
+    stack = await _stack(stack_factory)
+    cid = await _conversation(stack)
+    answers = await asyncio.gather(*(_ask(stack, cid, n) for n in range(2)))
+    listed = await stack.memory.ListInteractions(
+        mem_pb.ListInteractionsRequest(conversation_id=cid), metadata=ALICE
+    )
+    assert {i.interaction_id for i in listed.interactions} == {a.interaction_id for a in answers}
+    assert (await _get(stack, cid)).interaction_count == 2
+
+
+async def test_concurrent_folds_do_not_clobber_each_other(stack_factory: StackFactory) -> None:
+    """Two replicas folding the same turns at once: memory's compare-and-set lets one
+    write; the other's fold is dropped."""
+    stack = await _stack(stack_factory)
+    cid = await _conversation(stack)
+    ids = await _fill(stack, cid, 6)
+    settings = GatewaySettings(
+        memory_addr=f"127.0.0.1:{stack.servers['memory'].port}",
+        generation_addr=f"127.0.0.1:{stack.servers['generation'].port}",
+        internal_token=TOKEN,
+        metrics_port=None,
+    )
+    replicas = [Backends.build(settings) for _ in range(2)]
+    alice = Identity("alice", "alice", Role.ADMIN)
+    caller = Caller(who=alice, identity=forwarded_identity(alice, TOKEN))
+    # Keep the two newest turns: fold the four before them.
+    job = FoldJob(caller, cid, 2, 10**6, Options("fake", "fake-model"), WINDOW, Estimate())
+    stack.fake.latency = 0.3  # both read the summary before either writes
+    try:
+        await asyncio.gather(*(b.summarizer.fold(job) for b in replicas))
+    finally:
+        for b in replicas:
+            await b.clients.close()
+    folds = [r for r in stack.fake.chat_requests if is_fold(r.json)]
+    assert len(folds) == 2
+    conversation = await _get(stack, cid)
+    assert conversation.summary.folds == 1
+    assert conversation.summary.through_interaction_id == ids[3]
+    assert set(_labels(conversation.summary.text)) == {0, 1, 2, 3}
+
+
+async def test_expired_conversation_through_the_gateway(stack_factory: StackFactory) -> None:
+    stack = await _stack(stack_factory)
+    cid = await _conversation(stack, ttl=duration_pb2.Duration(seconds=1))
+    answer = await _ask(stack, cid, 0)
+    assert answer.interaction_id
+    assert (await _get(stack, cid)).HasField("expire_time")
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 20
+    while True:
+        try:
+            await _get(stack, cid)
+        except grpc.aio.AioRpcError as err:
+            assert err.code() == grpc.StatusCode.NOT_FOUND
+            break
+        assert loop.time() < end, "never expired"
+        await asyncio.sleep(0.1)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await _ask(stack, cid, 1)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_queued_fold_is_finished_at_shutdown(stack_factory: StackFactory) -> None:
+    stack = await _stack(stack_factory)
+    cid = await _conversation(stack)
+    ids = await _fill(stack, cid, 12)
+    stack.fake.enqueue(Behaviour.ok(), Behaviour.ok(latency=0.5))  # the answer, a slow fold
+    await _ask(stack, cid, 12)
+    await stack.gateway.stop(0)  # drains the summary queue before the channels close
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{stack.servers['memory'].port}")
+    try:
+        memory = mem_grpc.MemoryServiceStub(channel)
+        alice = forwarded_identity(Identity("alice", "alice", Role.ADMIN), TOKEN)
+        got = await memory.GetConversation(
+            mem_pb.GetConversationRequest(conversation_id=cid), metadata=alice
+        )
+    finally:
+        await channel.close()
+    assert got.conversation.summary.folds >= 1
+    assert got.conversation.summary.through_interaction_id >= ids[0]
+
+
+async def test_summary_and_retention_of_another_user_are_not_found(
+    stack_factory: StackFactory,
+) -> None:
+    stack = await _stack(stack_factory)
+    cid = await _conversation(stack)
+    ids = await _fill(stack, cid, 2)
+    for call in (
+        stack.memory.UpdateConversationSummary(
+            mem_pb.UpdateConversationSummaryRequest(
+                conversation_id=cid, text="x", through_interaction_id=ids[0]
+            ),
+            metadata=BOB,
+        ),
+        stack.memory.UpdateConversation(
+            mem_pb.UpdateConversationRequest(
+                conversation_id=cid,
+                max_turns=1,
+                update_mask=field_mask_pb2.FieldMask(paths=["max_turns"]),
+            ),
+            metadata=BOB,
+        ),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    got = await _get(stack, cid)
+    assert got.max_turns == 0 and not got.HasField("summary") and got.interaction_count == 2
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A real three-master Redis Cluster for this module's cluster tests (started on a
+    loop of its own, as the shared standalone server is)."""
+    loop = asyncio.new_event_loop()
+    local = LocalCluster(tmp_path_factory.mktemp("gateway-cluster"))
+    try:
+        loop.run_until_complete(local.start())
+        yield local
+    finally:
+        local.stop()
+        loop.close()
+
+
+@pytest.mark.slow
+async def test_budget_summary_eviction_and_expiry_on_a_cluster(
+    stack_factory: StackFactory, cluster: LocalCluster
+) -> None:
+    """The same guarantees with memory on Redis Cluster: folds, eviction folded into the
+    summary, concurrent turns, expiry."""
+    stack = await _stack(stack_factory, memory={"redis_url": cluster.url, "redis_cluster": True})
+    cid = await _conversation(stack, max_turns=3)
+    ids = []
+    for n in range(6):
+        ids.append((await _ask(stack, cid, n)).interaction_id)
+        if n >= 3:
+            await _summary_reaches(stack, cid, ids[n - 3])
+    both = await asyncio.gather(*(_ask(stack, cid, n) for n in (6, 7)))
+    conversation = await _get(stack, cid)
+    assert set(_labels(conversation.summary.text)) >= {0, 1, 2}
+    listed = await stack.memory.ListInteractions(
+        mem_pb.ListInteractionsRequest(conversation_id=cid), metadata=ALICE
+    )
+    kept = [i.interaction_id for i in listed.interactions]
+    assert {a.interaction_id for a in both} <= set(kept)  # neither concurrent turn lost
+    assert conversation.summary.evicted_unsummarised_turns == 0
+
+    short = await _conversation(stack, ttl=duration_pb2.Duration(seconds=1))
+    await _ask(stack, short, 0)
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 20
+    while True:
+        try:
+            await _get(stack, short)
+        except grpc.aio.AioRpcError as err:
+            assert err.code() == grpc.StatusCode.NOT_FOUND
+            break
+        assert loop.time() < end, "never expired"
+        await asyncio.sleep(0.1)
+    listed_conversations = await stack.memory.ListConversations(
+        mem_pb.ListConversationsRequest(), metadata=ALICE
+    )
+    assert [c.conversation_id for c in listed_conversations.conversations] == [cid]
