@@ -15,7 +15,7 @@ from tests.gateway.conftest import ALICE, Stack, create_books
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "gateway.md"
 EXAMPLE = re.compile(
-    r"grpcurl -plaintext -H \"\$KEY\" -d '(?P<body>.*?)'\s*(?:\\\n\s*)?"
+    r"grpcurl -plaintext (?:-\S+ )*-H \"\$KEY\" (?:-H '[^']*' )*-d '(?P<body>.*?)'\s*(?:\\\n\s*)?"
     r"localhost:50050 (?P<method>\S+)",
     re.S,
 )
