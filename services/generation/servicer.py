@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import grpc
 from gensearch.generation.v1 import generation_service_pb2 as pb
 from gensearch.generation.v1 import generation_service_pb2_grpc as pb_grpc
+from google.protobuf import duration_pb2
 
 from services.common.upstream_retry import Deadline
 from services.generation.keys import env_key, resolve_key
@@ -57,6 +58,8 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
             usage=_usage(done.usage),
             debug=_debug(done.debug) if request.debug else None,
             provider=provider.name,
+            attempts=done.attempts,
+            wait_time=_duration(done.waited),
         )
 
     async def StreamGenerate(
@@ -77,6 +80,8 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
                 usage=_usage(final.usage),
                 debug=_debug(final.debug) if request.debug else None,
                 provider=provider.name,
+                attempts=final.attempts,
+                wait_time=_duration(final.waited),
             )
 
     async def ListModels(
@@ -91,7 +96,7 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
                 models=c.known_models,
                 api_key_env=",".join(c.api_key_env),
                 api_key_configured=env_key(c) is not None,
-                max_concurrency=c.max_concurrency,
+                max_concurrency=c.max_concurrency or c.max_in_flight or 0,
                 context_window=c.context_window or 0,
             )
             for c in self._registry.configs()
@@ -106,6 +111,12 @@ def _usage(usage: Usage) -> pb.Usage:
         total_tokens=usage.total_tokens,
         estimated=usage.estimated,
     )
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    value = duration_pb2.Duration()
+    value.FromNanoseconds(round(seconds * 1e9))
+    return value
 
 
 def _debug(debug: DebugInfo) -> pb.Debug:

@@ -22,39 +22,40 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n0gensearch/generation/v1/generation_service.proto\x12\x17gensearch.generation.v1\"G\n\x07Message\x12+\n\x04role\x18\x01 \x01(\x0e\x32\x1d.gensearch.generation.v1.Role\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"b\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x05\x12\x11\n\testimated\x18\x04 \x01(\x08\"<\n\x05\x44\x65\x62ug\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x14\n\x0crequest_body\x18\x02 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x03 \x01(\x05\"\xf3\x01\n\x0fGenerateRequest\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x32\n\x08messages\x18\x03 \x03(\x0b\x32 .gensearch.generation.v1.Message\x12\x18\n\x0btemperature\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x05 \x01(\x05H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x06 \x01(\x01H\x02\x88\x01\x01\x12\x0c\n\x04stop\x18\x07 \x03(\t\x12\r\n\x05\x64\x65\x62ug\x18\x08 \x01(\x08\x42\x0e\n\x0c_temperatureB\r\n\x0b_max_tokensB\x08\n\x06_top_p\"\xb6\x01\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12-\n\x05usage\x18\x04 \x01(\x0b\x32\x1e.gensearch.generation.v1.Usage\x12-\n\x05\x64\x65\x62ug\x18\x05 \x01(\x0b\x32\x1e.gensearch.generation.v1.Debug\x12\x10\n\x08provider\x18\x06 \x01(\t\"\xf9\x01\n\x15StreamGenerateRequest\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x32\n\x08messages\x18\x03 \x03(\x0b\x32 .gensearch.generation.v1.Message\x12\x18\n\x0btemperature\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x05 \x01(\x05H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x06 \x01(\x01H\x02\x88\x01\x01\x12\x0c\n\x04stop\x18\x07 \x03(\t\x12\r\n\x05\x64\x65\x62ug\x18\x08 \x01(\x08\x42\x0e\n\x0c_temperatureB\r\n\x0b_max_tokensB\x08\n\x06_top_p\"\xbd\x01\n\x16StreamGenerateResponse\x12\r\n\x05\x64\x65lta\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12-\n\x05usage\x18\x04 \x01(\x0b\x32\x1e.gensearch.generation.v1.Usage\x12-\n\x05\x64\x65\x62ug\x18\x05 \x01(\x0b\x32\x1e.gensearch.generation.v1.Debug\x12\x10\n\x08provider\x18\x06 \x01(\t\"\x13\n\x11ListModelsRequest\"\xe8\x01\n\x08Provider\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x33\n\x04kind\x18\x02 \x01(\x0e\x32%.gensearch.generation.v1.ProviderKind\x12\x10\n\x08\x62\x61se_url\x18\x03 \x01(\t\x12\x15\n\rdefault_model\x18\x04 \x01(\t\x12\x0e\n\x06models\x18\x05 \x03(\t\x12\x13\n\x0b\x61pi_key_env\x18\x06 \x01(\t\x12\x1a\n\x12\x61pi_key_configured\x18\x07 \x01(\x08\x12\x17\n\x0fmax_concurrency\x18\x08 \x01(\x05\x12\x16\n\x0e\x63ontext_window\x18\t \x01(\x05\"d\n\x12ListModelsResponse\x12\x34\n\tproviders\x18\x01 \x03(\x0b\x32!.gensearch.generation.v1.Provider\x12\x18\n\x10\x64\x65\x66\x61ult_provider\x18\x02 \x01(\t*P\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_SYSTEM\x10\x01\x12\r\n\tROLE_USER\x10\x02\x12\x12\n\x0eROLE_ASSISTANT\x10\x03*R\n\x0cProviderKind\x12\x1d\n\x19PROVIDER_KIND_UNSPECIFIED\x10\x00\x12#\n\x1fPROVIDER_KIND_OPENAI_COMPATIBLE\x10\x01\x32\xd0\x02\n\x11GenerationService\x12_\n\x08Generate\x12(.gensearch.generation.v1.GenerateRequest\x1a).gensearch.generation.v1.GenerateResponse\x12s\n\x0eStreamGenerate\x12..gensearch.generation.v1.StreamGenerateRequest\x1a/.gensearch.generation.v1.StreamGenerateResponse0\x01\x12\x65\n\nListModels\x12*.gensearch.generation.v1.ListModelsRequest\x1a+.gensearch.generation.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n0gensearch/generation/v1/generation_service.proto\x12\x17gensearch.generation.v1\x1a\x1egoogle/protobuf/duration.proto\"G\n\x07Message\x12+\n\x04role\x18\x01 \x01(\x0e\x32\x1d.gensearch.generation.v1.Role\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"b\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x05\x12\x11\n\testimated\x18\x04 \x01(\x08\"<\n\x05\x44\x65\x62ug\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x14\n\x0crequest_body\x18\x02 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x03 \x01(\x05\"\xf3\x01\n\x0fGenerateRequest\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x32\n\x08messages\x18\x03 \x03(\x0b\x32 .gensearch.generation.v1.Message\x12\x18\n\x0btemperature\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x05 \x01(\x05H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x06 \x01(\x01H\x02\x88\x01\x01\x12\x0c\n\x04stop\x18\x07 \x03(\t\x12\r\n\x05\x64\x65\x62ug\x18\x08 \x01(\x08\x42\x0e\n\x0c_temperatureB\r\n\x0b_max_tokensB\x08\n\x06_top_p\"\xf6\x01\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12-\n\x05usage\x18\x04 \x01(\x0b\x32\x1e.gensearch.generation.v1.Usage\x12-\n\x05\x64\x65\x62ug\x18\x05 \x01(\x0b\x32\x1e.gensearch.generation.v1.Debug\x12\x10\n\x08provider\x18\x06 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x1e \x01(\x05\x12,\n\twait_time\x18\x1f \x01(\x0b\x32\x19.google.protobuf.Duration\"\xf9\x01\n\x15StreamGenerateRequest\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x32\n\x08messages\x18\x03 \x03(\x0b\x32 .gensearch.generation.v1.Message\x12\x18\n\x0btemperature\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x05 \x01(\x05H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x06 \x01(\x01H\x02\x88\x01\x01\x12\x0c\n\x04stop\x18\x07 \x03(\t\x12\r\n\x05\x64\x65\x62ug\x18\x08 \x01(\x08\x42\x0e\n\x0c_temperatureB\r\n\x0b_max_tokensB\x08\n\x06_top_p\"\xfd\x01\n\x16StreamGenerateResponse\x12\r\n\x05\x64\x65lta\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12-\n\x05usage\x18\x04 \x01(\x0b\x32\x1e.gensearch.generation.v1.Usage\x12-\n\x05\x64\x65\x62ug\x18\x05 \x01(\x0b\x32\x1e.gensearch.generation.v1.Debug\x12\x10\n\x08provider\x18\x06 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x1e \x01(\x05\x12,\n\twait_time\x18\x1f \x01(\x0b\x32\x19.google.protobuf.Duration\"\x13\n\x11ListModelsRequest\"\xe8\x01\n\x08Provider\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x33\n\x04kind\x18\x02 \x01(\x0e\x32%.gensearch.generation.v1.ProviderKind\x12\x10\n\x08\x62\x61se_url\x18\x03 \x01(\t\x12\x15\n\rdefault_model\x18\x04 \x01(\t\x12\x0e\n\x06models\x18\x05 \x03(\t\x12\x13\n\x0b\x61pi_key_env\x18\x06 \x01(\t\x12\x1a\n\x12\x61pi_key_configured\x18\x07 \x01(\x08\x12\x17\n\x0fmax_concurrency\x18\x08 \x01(\x05\x12\x16\n\x0e\x63ontext_window\x18\t \x01(\x05\"d\n\x12ListModelsResponse\x12\x34\n\tproviders\x18\x01 \x03(\x0b\x32!.gensearch.generation.v1.Provider\x12\x18\n\x10\x64\x65\x66\x61ult_provider\x18\x02 \x01(\t*P\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_SYSTEM\x10\x01\x12\r\n\tROLE_USER\x10\x02\x12\x12\n\x0eROLE_ASSISTANT\x10\x03*R\n\x0cProviderKind\x12\x1d\n\x19PROVIDER_KIND_UNSPECIFIED\x10\x00\x12#\n\x1fPROVIDER_KIND_OPENAI_COMPATIBLE\x10\x01\x32\xd0\x02\n\x11GenerationService\x12_\n\x08Generate\x12(.gensearch.generation.v1.GenerateRequest\x1a).gensearch.generation.v1.GenerateResponse\x12s\n\x0eStreamGenerate\x12..gensearch.generation.v1.StreamGenerateRequest\x1a/.gensearch.generation.v1.StreamGenerateResponse0\x01\x12\x65\n\nListModels\x12*.gensearch.generation.v1.ListModelsRequest\x1a+.gensearch.generation.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gensearch.generation.v1.generation_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROLE']._serialized_start=1545
-  _globals['_ROLE']._serialized_end=1625
-  _globals['_PROVIDERKIND']._serialized_start=1627
-  _globals['_PROVIDERKIND']._serialized_end=1709
-  _globals['_MESSAGE']._serialized_start=77
-  _globals['_MESSAGE']._serialized_end=148
-  _globals['_USAGE']._serialized_start=150
-  _globals['_USAGE']._serialized_end=248
-  _globals['_DEBUG']._serialized_start=250
-  _globals['_DEBUG']._serialized_end=310
-  _globals['_GENERATEREQUEST']._serialized_start=313
-  _globals['_GENERATEREQUEST']._serialized_end=556
-  _globals['_GENERATERESPONSE']._serialized_start=559
-  _globals['_GENERATERESPONSE']._serialized_end=741
-  _globals['_STREAMGENERATEREQUEST']._serialized_start=744
-  _globals['_STREAMGENERATEREQUEST']._serialized_end=993
-  _globals['_STREAMGENERATERESPONSE']._serialized_start=996
-  _globals['_STREAMGENERATERESPONSE']._serialized_end=1185
-  _globals['_LISTMODELSREQUEST']._serialized_start=1187
-  _globals['_LISTMODELSREQUEST']._serialized_end=1206
-  _globals['_PROVIDER']._serialized_start=1209
-  _globals['_PROVIDER']._serialized_end=1441
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1443
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1543
-  _globals['_GENERATIONSERVICE']._serialized_start=1712
-  _globals['_GENERATIONSERVICE']._serialized_end=2048
+  _globals['_ROLE']._serialized_start=1705
+  _globals['_ROLE']._serialized_end=1785
+  _globals['_PROVIDERKIND']._serialized_start=1787
+  _globals['_PROVIDERKIND']._serialized_end=1869
+  _globals['_MESSAGE']._serialized_start=109
+  _globals['_MESSAGE']._serialized_end=180
+  _globals['_USAGE']._serialized_start=182
+  _globals['_USAGE']._serialized_end=280
+  _globals['_DEBUG']._serialized_start=282
+  _globals['_DEBUG']._serialized_end=342
+  _globals['_GENERATEREQUEST']._serialized_start=345
+  _globals['_GENERATEREQUEST']._serialized_end=588
+  _globals['_GENERATERESPONSE']._serialized_start=591
+  _globals['_GENERATERESPONSE']._serialized_end=837
+  _globals['_STREAMGENERATEREQUEST']._serialized_start=840
+  _globals['_STREAMGENERATEREQUEST']._serialized_end=1089
+  _globals['_STREAMGENERATERESPONSE']._serialized_start=1092
+  _globals['_STREAMGENERATERESPONSE']._serialized_end=1345
+  _globals['_LISTMODELSREQUEST']._serialized_start=1347
+  _globals['_LISTMODELSREQUEST']._serialized_end=1366
+  _globals['_PROVIDER']._serialized_start=1369
+  _globals['_PROVIDER']._serialized_end=1601
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1603
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1703
+  _globals['_GENERATIONSERVICE']._serialized_start=1872
+  _globals['_GENERATIONSERVICE']._serialized_end=2208
 # @@protoc_insertion_point(module_scope)

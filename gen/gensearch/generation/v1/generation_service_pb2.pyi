@@ -1,3 +1,6 @@
+import datetime
+
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -76,20 +79,24 @@ class GenerateRequest(_message.Message):
     def __init__(self, provider: _Optional[str] = ..., model: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., temperature: _Optional[float] = ..., max_tokens: _Optional[int] = ..., top_p: _Optional[float] = ..., stop: _Optional[_Iterable[str]] = ..., debug: _Optional[bool] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
-    __slots__ = ("text", "model", "finish_reason", "usage", "debug", "provider")
+    __slots__ = ("text", "model", "finish_reason", "usage", "debug", "provider", "attempts", "wait_time")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     DEBUG_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    WAIT_TIME_FIELD_NUMBER: _ClassVar[int]
     text: str
     model: str
     finish_reason: str
     usage: Usage
     debug: Debug
     provider: str
-    def __init__(self, text: _Optional[str] = ..., model: _Optional[str] = ..., finish_reason: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., debug: _Optional[_Union[Debug, _Mapping]] = ..., provider: _Optional[str] = ...) -> None: ...
+    attempts: int
+    wait_time: _duration_pb2.Duration
+    def __init__(self, text: _Optional[str] = ..., model: _Optional[str] = ..., finish_reason: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., debug: _Optional[_Union[Debug, _Mapping]] = ..., provider: _Optional[str] = ..., attempts: _Optional[int] = ..., wait_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class StreamGenerateRequest(_message.Message):
     __slots__ = ("provider", "model", "messages", "temperature", "max_tokens", "top_p", "stop", "debug")
@@ -112,20 +119,24 @@ class StreamGenerateRequest(_message.Message):
     def __init__(self, provider: _Optional[str] = ..., model: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., temperature: _Optional[float] = ..., max_tokens: _Optional[int] = ..., top_p: _Optional[float] = ..., stop: _Optional[_Iterable[str]] = ..., debug: _Optional[bool] = ...) -> None: ...
 
 class StreamGenerateResponse(_message.Message):
-    __slots__ = ("delta", "model", "finish_reason", "usage", "debug", "provider")
+    __slots__ = ("delta", "model", "finish_reason", "usage", "debug", "provider", "attempts", "wait_time")
     DELTA_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     DEBUG_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    WAIT_TIME_FIELD_NUMBER: _ClassVar[int]
     delta: str
     model: str
     finish_reason: str
     usage: Usage
     debug: Debug
     provider: str
-    def __init__(self, delta: _Optional[str] = ..., model: _Optional[str] = ..., finish_reason: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., debug: _Optional[_Union[Debug, _Mapping]] = ..., provider: _Optional[str] = ...) -> None: ...
+    attempts: int
+    wait_time: _duration_pb2.Duration
+    def __init__(self, delta: _Optional[str] = ..., model: _Optional[str] = ..., finish_reason: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., debug: _Optional[_Union[Debug, _Mapping]] = ..., provider: _Optional[str] = ..., attempts: _Optional[int] = ..., wait_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()
