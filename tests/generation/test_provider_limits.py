@@ -146,8 +146,7 @@ async def test_retry_after_holds_every_call_back(start_service: StartService) ->
         await asyncio.sleep(1.0 - time.monotonic() % 1.0 + 0.01)
         first = [asyncio.create_task(hit(f"first {i}")) for i in range(6)]
         async with asyncio.timeout(10):
-            while not fake.rate_limited:
-                await asyncio.sleep(0.01)
+            await fake.refused.wait()
         # Calls that arrive during the pause wait for it too.
         later = [asyncio.create_task(hit(f"later {i}")) for i in range(3)]
         replies = await asyncio.gather(*first, *later)
@@ -185,6 +184,7 @@ async def test_a_deadline_passing_in_the_queue_is_deadline_exceeded(
 ) -> None:
     service = await start_service([fake_provider(fake, max_concurrency=None, max_in_flight=1)])
     fake.enqueue(Behaviour.hang(3))
+
     async def slow_call() -> None:
         await service.stub.Generate(ask("slow"), timeout=10)
 

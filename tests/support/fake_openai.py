@@ -76,7 +76,8 @@ Recording
     ``served``          chat + embedding requests received so far
     ``window_counts``   chat requests *received* per window of ``rate_window`` (429s too):
                         ``max_per_window`` is the most any window saw; with a polite client
-                        it never exceeds ``rate_limit``. ``rate_limited``: 429s answered.
+                        it never exceeds ``rate_limit``. ``rate_limited``: 429s answered;
+                        ``refused``: an ``asyncio.Event`` set on the first one.
     ``await wait_for_requests(n, timeout=5)``   until ``served >= n``
     ``reset_stats()``   forget requests, counters and disconnects
 
@@ -276,6 +277,7 @@ class FakeOpenAI:
         self.rate_window = rate_window
         self.window_counts: dict[int, int] = {}
         self.rate_limited = 0
+        self.refused = asyncio.Event()
         self.requests: list[RecordedRequest] = []
         self.concurrent = 0
         self.max_concurrent = 0
@@ -307,6 +309,7 @@ class FakeOpenAI:
         assert server is not None
         self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
         self.disconnected = asyncio.Event()
+        self.refused = asyncio.Event()
         self._arrived = asyncio.Event()
         return self
 
@@ -387,6 +390,7 @@ class FakeOpenAI:
     def reset_stats(self) -> None:
         self.window_counts.clear()
         self.rate_limited = 0
+        self.refused = asyncio.Event()
         self.requests.clear()
         self.concurrent = 0
         self.max_concurrent = 0
@@ -438,6 +442,7 @@ class FakeOpenAI:
             wait = self._over_rate_limit()
             if wait is not None:
                 self.rate_limited += 1
+                self.refused.set()
                 rec.behaviour = "rate_limited"
                 limited = Behaviour.rate_limited(retry_after=math.ceil(wait))
                 limited.headers["retry-after-ms"] = str(math.ceil(wait * 1000))
