@@ -176,6 +176,8 @@ class AskService:
             rewritten_query=rewritten,
             trimmed=gw_pb.Trimmed(history_turns=prompt.trimmed_turns, hits=prompt.trimmed_hits),
             model=result.model or options.model,
+            attempts=result.attempts,
+            wait_time=result.wait_time,
         )
         if request.debug:
             response.prompt.extend(prompt.messages)
