@@ -24,6 +24,8 @@ Endpoints
         ``usage`` comes before ``[DONE]``. ``max_tokens`` cuts the reply (one word = one
         token) and sets ``finish_reason: "length"``; a ``stop`` string cuts it too.
     ``GET /v1/models``  the ``models`` given to the constructor.
+    ``GET /fake/stats``  the counters below as JSON (for a client in another process):
+        ``served``, ``rate_limited``, ``max_per_window``; ``POST /fake/reset`` resets them.
     ``POST /v1/embeddings``  deterministic unit vectors (``embedding_dim`` floats), one per
         input string, derived from a hash of the text.
 
@@ -298,6 +300,8 @@ class FakeOpenAI:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/fake/stats", self._stats)
+        app.router.add_post("/fake/reset", self._reset)
         app.router.add_post("/v1/embeddings", self._embeddings)
         # handler_cancellation: a client that hangs up cancels the handler at once, which is
         # how the tests observe that an upstream request was really cancelled.
@@ -399,6 +403,19 @@ class FakeOpenAI:
         self.disconnected = asyncio.Event()
 
     # -- handlers --------------------------------------------------------------------------
+    async def _stats(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response(
+            {
+                "served": self.served,
+                "rate_limited": self.rate_limited,
+                "max_per_window": self.max_per_window,
+            }
+        )
+
+    async def _reset(self, request: web.Request) -> web.StreamResponse:
+        self.reset_stats()
+        return web.json_response({})
+
     async def _models(self, request: web.Request) -> web.StreamResponse:
         data = [{"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in self.models]
         return web.json_response({"object": "list", "data": data})
