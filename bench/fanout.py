@@ -7,8 +7,8 @@ its own process; this process holds only the clients.
 
 Measured side by side:
   * end-to-end GenerativeSearch time for N hits with single_prompt, as a ratio to L, at
-    default settings (no fan-out cap, no provider cap: the gateway's max_hits is raised to
-    200 so that N = 200 fits; if the gateway's default cap is set, also with
+    default settings (no fan-out cap, no provider cap: the gateway's max_hits and
+    retrieval's max_limit are raised to 200 so that N = 200 fits; if the gateway's default cap is set, also with
     max_concurrency = N), beside
     the same N calls made straight to the endpoint: plain ``asyncio.gather`` of N HTTP
     requests (the floor), a pool of 10 at a time (Weaviate's way), LangChain's
@@ -79,7 +79,9 @@ class Bench:
         stack = self.stack
         self.llm_url = await stack.fake_llm(self.latency, jitter=self.jitter)
         memory, retrieval, generation = await asyncio.gather(
-            stack.memory(), stack.retrieval(), stack.generation({"fake": provider(self.llm_url)})
+            stack.memory(),
+            stack.retrieval(max_limit=MAX_HITS),
+            stack.generation({"fake": provider(self.llm_url)}),
         )
         gateway = await stack.gateway(memory, retrieval, generation, max_hits=MAX_HITS)
         self.processes = {"gateway": gateway, "generation": generation}
@@ -291,16 +293,21 @@ async def fanout_table(bench: Bench, args: argparse.Namespace, figures: Figures)
                 if column.when(n) and (round_no == 0 or not column.once):
                     times[column.title].append(await column.measure(n))
         cells = []
+        spread = []
         for column in columns:
             if column.title not in times:
                 cells.append(f"{'—':>18}")
+                spread.append("")
                 continue
             seconds = statistics.median(times[column.title])
             cells.append(f"{seconds * 1000:7.0f} ms {seconds / latency:5.2f}xL")
+            low, high = min(times[column.title]) / latency, max(times[column.title]) / latency
+            spread.append(f"{low:>9.2f}–{high:.2f}xL" if len(times[column.title]) > 1 else "")
             if column.figure:
                 figure = column.figure.format(n=n)
                 figures.add(figure, seconds / latency, "x L", column.target(n))
-        print(f"{n:>4} | " + " | ".join(cells), flush=True)
+        print(f"{n:>4} | " + " | ".join(cells))
+        print(f"{'':>4} | " + " | ".join(f"{s:>18}" for s in spread), flush=True)
 
 
 async def run(args: argparse.Namespace) -> None:

@@ -55,6 +55,7 @@ RETRIEVAL_PORT = "GENSEARCH_RETRIEVAL_PORT"
 RETRIEVAL_METRICS_PORT = "GENSEARCH_RETRIEVAL_METRICS_PORT"
 RETRIEVAL_QDRANT_URL = "GENSEARCH_RETRIEVAL_QDRANT_URL"  # empty: qdrant-edge in the data dir
 RETRIEVAL_MAX_BATCH_SIZE = "GENSEARCH_RETRIEVAL_MAX_BATCH_SIZE"
+RETRIEVAL_MAX_LIMIT = "GENSEARCH_RETRIEVAL_MAX_LIMIT"
 RETRIEVAL_LOCAL_EMBED_THREADS = "GENSEARCH_RETRIEVAL_LOCAL_EMBED_THREADS"
 
 GENERATION_PORT = "GENSEARCH_GENERATION_PORT"
@@ -220,11 +221,15 @@ class Stack:
         env = {**self._common("memory"), MEMORY_METRICS_PORT: "0", MEMORY_REDIS_URL: ""}
         return await self._service("memory", MEMORY_PORT, env)
 
-    async def retrieval(self, *, max_batch_size: int | None = None) -> ServiceProcess:
+    async def retrieval(
+        self, *, max_batch_size: int | None = None, max_limit: int | None = None
+    ) -> ServiceProcess:
         """The retrieval service on qdrant-edge in its data dir (``self.work/retrieval``)."""
         env = {**self._common("retrieval"), RETRIEVAL_METRICS_PORT: "0", RETRIEVAL_QDRANT_URL: ""}
         if max_batch_size is not None:
             env[RETRIEVAL_MAX_BATCH_SIZE] = str(max_batch_size)
+        if max_limit is not None:
+            env[RETRIEVAL_MAX_LIMIT] = str(max_limit)
         return await self._service("retrieval", RETRIEVAL_PORT, env)
 
     async def generation(
