@@ -8,8 +8,8 @@ its own process; this process holds only the clients.
 Measured side by side:
   * end-to-end GenerativeSearch time for N hits with single_prompt, as a ratio to L, at
     default settings (no fan-out cap, no provider cap: the gateway's max_hits and
-    retrieval's max_limit are raised to 200 so that N = 200 fits; if the gateway's default cap is set, also with
-    max_concurrency = N), beside
+    retrieval's max_limit are raised to 200 so that N = 200 fits; if the gateway's default
+    cap is set, also with max_concurrency = N), beside
     the same N calls made straight to the endpoint: plain ``asyncio.gather`` of N HTTP
     requests (the floor), a pool of 10 at a time (Weaviate's way), LangChain's
     ``ChatOpenAI(...).abatch``; and through the generation service without the gateway:
@@ -302,7 +302,7 @@ async def fanout_table(bench: Bench, args: argparse.Namespace, figures: Figures)
             seconds = statistics.median(times[column.title])
             cells.append(f"{seconds * 1000:7.0f} ms {seconds / latency:5.2f}xL")
             low, high = min(times[column.title]) / latency, max(times[column.title]) / latency
-            spread.append(f"{low:>9.2f}–{high:.2f}xL" if len(times[column.title]) > 1 else "")
+            spread.append(f"{low:>9.2f}-{high:.2f}xL" if len(times[column.title]) > 1 else "")
             if column.figure:
                 figure = column.figure.format(n=n)
                 figures.add(figure, seconds / latency, "x L", column.target(n))
