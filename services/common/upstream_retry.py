@@ -89,7 +89,9 @@ class RetryPolicy:
 
     def backoff(self, attempt: int) -> float:
         """Full jitter: uniform in [0, min(cap, base * 2^(attempt-1))]."""
-        ceiling = min(self.max_backoff, self.base_backoff * (2 ** (attempt - 1)))
+        # The exponent is bounded: 429s are retried for as long as the deadline allows, so
+        # attempts are not bounded by max_attempts there.
+        ceiling = min(self.max_backoff, self.base_backoff * (2 ** min(attempt - 1, 32)))
         return random.uniform(0.0, ceiling)
 
     def delay(self, attempt: int, retry_after: float | None) -> float | None:
