@@ -16,6 +16,9 @@ Measured:
   * beside it, the same N calls made straight to the endpoint 10 at a time with no retries
     (a Weaviate-style pool): how many fail.
 
+``--undeclared``: the generation replicas are not told the limit; they learn it from the
+429s (Retry-After for every call, adaptive concurrency).
+
 R = 600 a minute counted over 10 s windows (100 per window) keeps a run of 200 hits near
 20 s; the provider's settings say the same (requests_per_minute=600, rate_window=10).
 
@@ -127,7 +130,11 @@ async def run(args: argparse.Namespace) -> None:
         http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         try:
             llm = await stack.fake_llm(args.latency, rate_limit=per_window, rate_window=args.window)
-            declared = provider(llm, requests_per_minute=args.rpm, rate_window=args.window)
+            declared = (
+                provider(llm)
+                if args.undeclared
+                else provider(llm, requests_per_minute=args.rpm, rate_window=args.window)
+            )
             memory, retrieval, *generation = await asyncio.gather(
                 stack.memory(),
                 stack.retrieval(),
@@ -146,7 +153,8 @@ async def run(args: argparse.Namespace) -> None:
                 f"({per_window} a window), 429 + Retry-After past it; L = "
                 f"{args.latency * 1000:.0f} ms ± 10 %; N = {args.hits} hits as two searches "
                 f"of {args.hits // 2}, one per gateway (2 gateways, 2 generation replicas, one "
-                f"Redis); N / R = {allowed:.1f} s; {machine()}"
+                f"Redis); the limit {'is not declared' if args.undeclared else 'is declared'} "
+                f"to the generation service; N / R = {allowed:.1f} s; {machine()}"
             )
             ratios: list[float] = []
             for run_no in range(args.repeat):
@@ -196,6 +204,9 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=10.0, help="seconds")
     parser.add_argument("--latency", type=float, default=0.2)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--undeclared", action="store_true", help="do not tell the service the limit"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     asyncio.run(run(args))
