@@ -9,7 +9,10 @@ import math
 import grpc
 import pytest
 
+from services.common.redis_client import connect
 from services.common.upstream_retry import Deadline
+from services.devlaunch.processes import free_port
+from services.devlaunch.redis_server import RedisProcess
 from services.generation.adaptive import AdaptiveLimit
 from services.generation.admission import ProviderLimiter
 from services.generation.rate_buckets import (
@@ -17,6 +20,7 @@ from services.generation.rate_buckets import (
     Bucket,
     DeclaredLimits,
     LocalLimits,
+    RedisLimits,
 )
 from services.generation.settings import ProviderConfig
 from services.generation.upstream import UpstreamFault, to_service_error
@@ -154,3 +158,32 @@ async def test_waiters_are_admitted_by_first_arrival() -> None:
     await held.release(outcome="ok")
     await asyncio.gather(*tasks)
     assert order == ["early", "late"]
+
+
+async def test_tokens_are_corrected_in_redis_too(redis_server: RedisProcess) -> None:
+    declared = DeclaredLimits.of(_config(tokens_per_minute=6000, rate_burst=0.5))
+    redis = connect(redis_server.url, cluster=False, socket_timeout=1, connect_timeout=1)
+    try:
+        limits = RedisLimits(redis, declared, key_prefix="t")
+        assert await limits.admit("p:p", "a", 3000, 10) == 0
+        assert await limits.admit("p:p", "b", 1000, 10) > 0
+        await limits.release("p:p", "a", refund=2000)
+        assert await limits.admit("p:p", "b", 1000, 10) == 0
+        assert await redis.exists("t:limits:{p:p}:tokens")
+    finally:
+        await redis.aclose()
+
+
+async def test_a_redis_that_fails_does_not_fail_calls() -> None:
+    declared = DeclaredLimits.of(_config(requests_per_minute=60, max_in_flight=1))
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    redis = connect(url, cluster=False, socket_timeout=0.2, connect_timeout=0.2)
+    try:
+        limits = RedisLimits(redis, declared, key_prefix="t")
+        # Counted in memory instead: the limits still hold, in this process.
+        assert await limits.admit("p:p", "a", 1, 10) == 0
+        assert await limits.admit("p:p", "b", 1, 10) == FLIGHT_FULL
+        await limits.release("p:p", "a", refund=0)
+        assert await limits.admit("p:p", "b", 1, 10) == 0
+    finally:
+        await redis.aclose()
