@@ -88,7 +88,7 @@ class ProviderConfig(BaseModel):
     context_window: int | None = Field(default=None, ge=1)
     # Ask for usage in streams (stream_options.include_usage); some servers reject it.
     stream_usage: bool = True
-    # Seconds an attempt may wait, once it holds a concurrency slot, for the upstream's
+    # Seconds an attempt may wait, once admitted under the provider's limits, for the upstream's
     # first byte: a stream's first chunk, a unary call's whole answer (so it also bounds
     # generation time there). Past it the slot is freed and the attempt fails (retried
     # within the call's deadline). None: only the deadline bounds it.
