@@ -1,6 +1,7 @@
 """The benchmarks' LLM endpoint: tests/support/fake_openai.py served from its own process.
 
     .venv/bin/python bench/fake_llm.py --latency 0.2 [--jitter 0.1] [--port 0]
+        [--rate-limit R --rate-window W]   # a provider taking R requests per W seconds
 
 Prints its port on the first line of stdout once it listens, then serves until SIGTERM.
 Every answer waits ``latency`` x uniform(1 - jitter, 1 + jitter) seconds, and its first
@@ -38,9 +39,17 @@ def first_token_gap(first_delta: str, received: float) -> float:
     return received - float(first_delta.split()[0])
 
 
-async def serve(latency: float, jitter: float, port: int) -> None:
+async def serve(
+    latency: float, jitter: float, port: int, rate_limit: int | None, rate_window: float
+) -> None:
     fake = FakeOpenAI(
-        latency=latency, latency_jitter=jitter, reply=stamped, record=False, port=port
+        latency=latency,
+        latency_jitter=jitter,
+        reply=stamped,
+        record=False,
+        port=port,
+        rate_limit=rate_limit,
+        rate_window=rate_window,
     )
     await fake.start()
     print(fake.port, flush=True)
@@ -57,8 +66,10 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.2, help="seconds before answering")
     parser.add_argument("--jitter", type=float, default=0.1, help="spread of the latency")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--rate-limit", type=int, help="429 past this many requests a window")
+    parser.add_argument("--rate-window", type=float, default=60.0, help="seconds")
     args = parser.parse_args()
-    asyncio.run(serve(args.latency, args.jitter, args.port))
+    asyncio.run(serve(args.latency, args.jitter, args.port, args.rate_limit, args.rate_window))
 
 
 if __name__ == "__main__":

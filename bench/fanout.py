@@ -6,19 +6,23 @@ services, gateway, memory (its own Redis), retrieval (qdrant-edge) and generatio
 its own process; this process holds only the clients.
 
 Measured side by side:
-  * end-to-end GenerativeSearch time for N hits with single_prompt, as a ratio to L, with
-    the gateway's default max_concurrency and (past it) with max_concurrency = N, beside
+  * end-to-end GenerativeSearch time for N hits with single_prompt, as a ratio to L, at
+    default settings (no fan-out cap, no provider cap: the gateway's max_hits and
+    retrieval's max_limit are raised to 200 so that N = 200 fits; if the gateway's default
+    cap is set, also with max_concurrency = N), beside
     the same N calls made straight to the endpoint: plain ``asyncio.gather`` of N HTTP
     requests (the floor), a pool of 10 at a time (Weaviate's way), LangChain's
     ``ChatOpenAI(...).abatch``; and through the generation service without the gateway:
     N Generate calls at once, and a sequential loop;
+  * where the time goes at N = 100: CPU seconds per hit of the gateway and generation
+    processes (utime + stime from /proc/<pid>/stat over a few searches);
   * gateway overhead: a search with no generation through the gateway vs calling
     retrieval directly (p50, p90), and a forwarded RetrievalService/Search;
   * first-token latency through StreamGenerativeSearch, from the fake endpoint making its
     answer (bench/fake_llm.py stamps it with the shared monotonic clock) to the client
     reading the token event.
 
-    .venv/bin/python bench/fanout.py [--latency 0.2] [--sizes 1,10,25,50,100] [--repeat 3]
+    .venv/bin/python bench/fanout.py [--latency 0.2] [--sizes 1,10,25,50,100,200] [--repeat 3]
     .venv/bin/python bench/fanout.py --summary     # the headline figures only, as JSON
 """
 
@@ -27,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import statistics
 import sys
 import time
@@ -54,9 +59,12 @@ from bench.stack import IDENTITY, Stack, provider  # noqa: E402
 from services.gateway.settings import GatewaySettings  # noqa: E402
 
 DIM = 8
-OBJECTS = 120
+OBJECTS = 220
+MAX_HITS = 200
 DEFAULT_LIMIT: int = GatewaySettings.model_fields["default_max_concurrency"].default
-FULL_SIZES = (1, 10, 25, 50, 100)
+FULL_SIZES = (1, 10, 25, 50, 100, 200)
+CPU_HITS = 100
+CPU_ROUNDS = 5
 HEADLINE_SIZES = (10, 25, 100)
 
 
@@ -71,9 +79,12 @@ class Bench:
         stack = self.stack
         self.llm_url = await stack.fake_llm(self.latency, jitter=self.jitter)
         memory, retrieval, generation = await asyncio.gather(
-            stack.memory(), stack.retrieval(), stack.generation({"fake": provider(self.llm_url)})
+            stack.memory(),
+            stack.retrieval(max_limit=MAX_HITS),
+            stack.generation({"fake": provider(self.llm_url)}),
         )
-        gateway = await stack.gateway(memory, retrieval, generation)
+        gateway = await stack.gateway(memory, retrieval, generation, max_hits=MAX_HITS)
+        self.processes = {"gateway": gateway, "generation": generation}
         gw_channel = stack.channel(gateway)
         self.gateway = gw_grpc.GatewayServiceStub(gw_channel)
         self.gw_retrieval = ret_grpc.RetrievalServiceStub(gw_channel)
@@ -173,6 +184,15 @@ class Bench:
         prompts = [f"Summarise Book {i}" for i in range(n)]
         return await timed(lambda: chat.abatch(prompts))  # type: ignore[arg-type]
 
+    async def cpu_per_hit(self, n: int, rounds: int) -> dict[str, float]:
+        """CPU seconds (user + system) per hit of each service process over ``rounds``
+        searches of ``n`` hits."""
+        before = {name: cpu_seconds(p.proc.pid) for name, p in self.processes.items() if p.proc}
+        for _ in range(rounds):
+            await self.gateway_fanout(n)
+        after = {name: cpu_seconds(p.proc.pid) for name, p in self.processes.items() if p.proc}
+        return {name: (after[name] - before[name]) / (n * rounds) for name in before}
+
     # -- the gateway's own cost ------------------------------------------------------------
     async def overhead(self, rounds: int) -> dict[str, list[float]]:
         query = ret_pb.NearVector(vector=[0.5] * DIM)
@@ -210,6 +230,13 @@ class Bench:
         return gaps
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (fields 14 and 15 of /proc/<pid>/stat)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class Column:
     """One way of making N calls: how to time it, for which N, and its headline name."""
@@ -231,7 +258,7 @@ async def fanout_table(bench: Bench, args: argparse.Namespace, figures: Figures)
     latency = args.latency
     columns = [
         Column(
-            f"gateway (limit {DEFAULT_LIMIT})",
+            "gateway (defaults)" if not DEFAULT_LIMIT else f"gateway (limit {DEFAULT_LIMIT})",
             bench.gateway_fanout,
             "fan-out N={n}, gateway defaults / L",
             target=fanout_target,
@@ -241,7 +268,7 @@ async def fanout_table(bench: Bench, args: argparse.Namespace, figures: Figures)
             lambda n: bench.gateway_fanout(n, n),
             "fan-out N={n}, gateway max_concurrency=N / L",
             target=fanout_target,
-            when=lambda n: n > DEFAULT_LIMIT,
+            when=lambda n: bool(DEFAULT_LIMIT) and n > DEFAULT_LIMIT,
         ),
         Column("gather (floor)", bench.gather, "fan-out N={n}, asyncio.gather floor / L"),
     ]
@@ -266,16 +293,21 @@ async def fanout_table(bench: Bench, args: argparse.Namespace, figures: Figures)
                 if column.when(n) and (round_no == 0 or not column.once):
                     times[column.title].append(await column.measure(n))
         cells = []
+        spread = []
         for column in columns:
             if column.title not in times:
                 cells.append(f"{'—':>18}")
+                spread.append("")
                 continue
             seconds = statistics.median(times[column.title])
             cells.append(f"{seconds * 1000:7.0f} ms {seconds / latency:5.2f}xL")
+            low, high = min(times[column.title]) / latency, max(times[column.title]) / latency
+            spread.append(f"{low:>9.2f}-{high:.2f}xL" if len(times[column.title]) > 1 else "")
             if column.figure:
                 figure = column.figure.format(n=n)
                 figures.add(figure, seconds / latency, "x L", column.target(n))
-        print(f"{n:>4} | " + " | ".join(cells), flush=True)
+        print(f"{n:>4} | " + " | ".join(cells))
+        print(f"{'':>4} | " + " | ".join(f"{s:>18}" for s in spread), flush=True)
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -286,6 +318,14 @@ async def run(args: argparse.Namespace) -> None:
             await bench.start()
             await bench.gateway_fanout(1)  # warm the channels
             await fanout_table(bench, args, figures)
+
+            cpu = await bench.cpu_per_hit(CPU_HITS, CPU_ROUNDS)
+            print(
+                f"\nCPU per hit at N={CPU_HITS} ({CPU_ROUNDS} searches): "
+                + ", ".join(f"{name} {seconds * 1000:.2f} ms" for name, seconds in cpu.items())
+            )
+            for name, seconds in cpu.items():
+                figures.add(f"CPU per hit at N={CPU_HITS}, {name}", seconds * 1000, "ms")
 
             samples = await bench.overhead(args.rounds)
             p50 = {k: pct(v, 0.5) * 1000 for k, v in samples.items()}

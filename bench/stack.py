@@ -55,6 +55,7 @@ RETRIEVAL_PORT = "GENSEARCH_RETRIEVAL_PORT"
 RETRIEVAL_METRICS_PORT = "GENSEARCH_RETRIEVAL_METRICS_PORT"
 RETRIEVAL_QDRANT_URL = "GENSEARCH_RETRIEVAL_QDRANT_URL"  # empty: qdrant-edge in the data dir
 RETRIEVAL_MAX_BATCH_SIZE = "GENSEARCH_RETRIEVAL_MAX_BATCH_SIZE"
+RETRIEVAL_MAX_LIMIT = "GENSEARCH_RETRIEVAL_MAX_LIMIT"
 RETRIEVAL_LOCAL_EMBED_THREADS = "GENSEARCH_RETRIEVAL_LOCAL_EMBED_THREADS"
 
 GENERATION_PORT = "GENSEARCH_GENERATION_PORT"
@@ -62,6 +63,7 @@ GENERATION_METRICS_PORT = "GENSEARCH_GENERATION_METRICS_PORT"
 GENERATION_PROVIDERS = "GENSEARCH_GENERATION_PROVIDERS"
 GENERATION_DEFAULT_PROVIDER = "GENSEARCH_GENERATION_DEFAULT_PROVIDER"
 GENERATION_LOCAL_LLM_AUTOSTART = "GENSEARCH_GENERATION_LOCAL_LLM_AUTOSTART"
+GENERATION_REDIS_URL = "GENSEARCH_GENERATION_REDIS_URL"  # provider limits shared by replicas
 
 GATEWAY_PORT = "GENSEARCH_GATEWAY_PORT"
 GATEWAY_METRICS_PORT = "GENSEARCH_GATEWAY_METRICS_PORT"
@@ -70,6 +72,7 @@ GATEWAY_RETRIEVAL_ADDR = "GENSEARCH_GATEWAY_RETRIEVAL_ADDR"
 GATEWAY_GENERATION_ADDR = "GENSEARCH_GATEWAY_GENERATION_ADDR"
 GATEWAY_DEFAULT_MAX_CONCURRENCY = "GENSEARCH_GATEWAY_DEFAULT_MAX_CONCURRENCY"
 GATEWAY_REDIS_URL = "GENSEARCH_GATEWAY_REDIS_URL"  # quotas and the generation cache
+GATEWAY_MAX_HITS = "GENSEARCH_GATEWAY_MAX_HITS"
 
 # -- what every benchmark shares --------------------------------------------------------
 TOKEN = "bench-internal-token"
@@ -80,11 +83,16 @@ START_TIMEOUT = 120.0
 STOP_TIMEOUT = 15.0
 
 
-def provider(base_url: str, model: str = "fake-model", concurrency: int = 256) -> dict[str, Any]:
-    """An OpenAI-compatible provider of the generation service (GENSEARCH_PROVIDERS entry).
-    The fake endpoint takes any number of calls at once, so its limit is set high: the
-    benches measure our fan-out, not a provider's cap."""
-    return {"base_url": base_url, "default_model": model, "max_concurrency": concurrency}
+def provider(
+    base_url: str, model: str = "fake-model", concurrency: int | None = None, **limits: Any
+) -> dict[str, Any]:
+    """An OpenAI-compatible provider of the generation service (GENSEARCH_PROVIDERS entry)
+    at its defaults: no fixed cap unless ``concurrency`` is given; ``limits`` are declared
+    limits (requests_per_minute, rate_window, ...)."""
+    fields: dict[str, Any] = {"base_url": base_url, "default_model": model, **limits}
+    if concurrency is not None:
+        fields["max_concurrency"] = concurrency
+    return fields
 
 
 def base_environment() -> dict[str, str]:
@@ -214,16 +222,22 @@ class Stack:
         env = {**self._common("memory"), MEMORY_METRICS_PORT: "0", MEMORY_REDIS_URL: ""}
         return await self._service("memory", MEMORY_PORT, env)
 
-    async def retrieval(self, *, max_batch_size: int | None = None) -> ServiceProcess:
+    async def retrieval(
+        self, *, max_batch_size: int | None = None, max_limit: int | None = None
+    ) -> ServiceProcess:
         """The retrieval service on qdrant-edge in its data dir (``self.work/retrieval``)."""
         env = {**self._common("retrieval"), RETRIEVAL_METRICS_PORT: "0", RETRIEVAL_QDRANT_URL: ""}
         if max_batch_size is not None:
             env[RETRIEVAL_MAX_BATCH_SIZE] = str(max_batch_size)
+        if max_limit is not None:
+            env[RETRIEVAL_MAX_LIMIT] = str(max_limit)
         return await self._service("retrieval", RETRIEVAL_PORT, env)
 
-    async def generation(self, providers: dict[str, dict[str, Any]]) -> ServiceProcess:
+    async def generation(
+        self, providers: dict[str, dict[str, Any]], *, redis_url: str = ""
+    ) -> ServiceProcess:
         """The generation service with these providers (name -> fields, see ``provider``);
-        the first is the default."""
+        the first is the default. ``redis_url``: where provider limits are counted."""
         entries = [{"name": name, **fields} for name, fields in providers.items()]
         env = {
             **self._common("generation"),
@@ -231,6 +245,7 @@ class Stack:
             GENERATION_PROVIDERS: json.dumps(entries),
             GENERATION_DEFAULT_PROVIDER: next(iter(providers)),
             GENERATION_LOCAL_LLM_AUTOSTART: "false",
+            GENERATION_REDIS_URL: redis_url,
         }
         return await self._service("generation", GENERATION_PORT, env)
 
@@ -238,28 +253,44 @@ class Stack:
         self,
         memory: ServiceProcess,
         retrieval: ServiceProcess,
-        generation: ServiceProcess,
+        generation: ServiceProcess | list[ServiceProcess],
         *,
         max_concurrency: int | None = None,
         redis_url: str | None = None,
+        max_hits: int | None = None,
     ) -> ServiceProcess:
-        """The gateway in front of the three; ``max_concurrency`` None keeps its default;
-        ``redis_url`` gives it a Redis (quotas, the generation cache)."""
+        """The gateway in front of the three (several generation replicas: round robin over
+        them); ``max_concurrency`` and ``max_hits`` None keep the defaults; ``redis_url``
+        gives it a Redis (quotas, the generation cache)."""
+        replicas = generation if isinstance(generation, list) else [generation]
         env = {
             **self._common("gateway"),
             GATEWAY_METRICS_PORT: "0",
             GATEWAY_MEMORY_ADDR: memory.address,
             GATEWAY_RETRIEVAL_ADDR: retrieval.address,
-            GATEWAY_GENERATION_ADDR: generation.address,
+            GATEWAY_GENERATION_ADDR: (
+                replicas[0].address
+                if len(replicas) == 1
+                else "ipv4:" + ",".join(r.address for r in replicas)
+            ),
         }
         if max_concurrency is not None:
             env[GATEWAY_DEFAULT_MAX_CONCURRENCY] = str(max_concurrency)
         if redis_url is not None:
             env[GATEWAY_REDIS_URL] = redis_url
+        if max_hits is not None:
+            env[GATEWAY_MAX_HITS] = str(max_hits)
         return await self._service("gateway", GATEWAY_PORT, env)
 
     # -- the LLM endpoint -------------------------------------------------------------------
-    async def fake_llm(self, latency: float, *, jitter: float = 0.1) -> str:
+    async def fake_llm(
+        self,
+        latency: float,
+        *,
+        jitter: float = 0.1,
+        rate_limit: int | None = None,
+        rate_window: float = 60.0,
+    ) -> str:
         """A fake OpenAI-compatible endpoint in its own process; returns its base URL.
 
         Each answer waits ``latency`` seconds times a uniform factor in
@@ -268,6 +299,8 @@ class Stack:
         is written (see bench/fake_llm.py)."""
         argv = [sys.executable, str(ROOT / "bench" / "fake_llm.py")]
         argv += ["--latency", str(latency), "--jitter", str(jitter)]
+        if rate_limit is not None:
+            argv += ["--rate-limit", str(rate_limit), "--rate-window", str(rate_window)]
         proc = await asyncio.create_subprocess_exec(
             *die_with_parent(argv),
             cwd=ROOT,

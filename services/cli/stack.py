@@ -332,6 +332,15 @@ async def _start_parts(stack: Stack) -> None:
             local_embedder=embedder,
         )
 
+    if not generation_settings.redis_url.get_secret_value():
+        # Provider limits are counted in the memory service's Redis unless told otherwise.
+        generation_settings = generation_settings.model_copy(
+            update={
+                "redis_url": memory_settings.redis_url,
+                "redis_cluster": memory_settings.redis_cluster,
+            }
+        )
+
     async def generation() -> GrpcServer:
         return await build_generation(generation_settings)
 

@@ -89,7 +89,9 @@ class RetryPolicy:
 
     def backoff(self, attempt: int) -> float:
         """Full jitter: uniform in [0, min(cap, base * 2^(attempt-1))]."""
-        ceiling = min(self.max_backoff, self.base_backoff * (2 ** (attempt - 1)))
+        # The exponent is bounded: 429s are retried for as long as the deadline allows, so
+        # attempts are not bounded by max_attempts there.
+        ceiling = min(self.max_backoff, self.base_backoff * (2 ** min(attempt - 1, 32)))
         return random.uniform(0.0, ceiling)
 
     def delay(self, attempt: int, retry_after: float | None) -> float | None:
@@ -142,11 +144,29 @@ class Retrier:
 
     async def pause(self, *, retryable: bool, retry_after: float | None, cause: str) -> bool:
         """``cause`` (an HTTP status or a fault kind) labels logs and metrics."""
-        if not retryable or self.attempts >= self.policy.max_attempts:
+        wait = self.plan(retryable=retryable, retry_after=retry_after, cause=cause)
+        if wait is None:
             return False
+        await asyncio.sleep(wait)
+        return True
+
+    def plan(
+        self,
+        *,
+        retryable: bool,
+        retry_after: float | None,
+        cause: str,
+        rate_limited: bool = False,
+    ) -> float | None:
+        """The wait before the next attempt, or None when the fault is final; for callers
+        that wait their own way (a provider's queue). ``rate_limited`` (a 429): retried as
+        long as the deadline allows, whatever ``max_attempts`` says, since the provider
+        only asked us to slow down."""
+        if not retryable or (not rate_limited and self.attempts >= self.policy.max_attempts):
+            return None
         wait = self.policy.delay(self.attempts, retry_after)
         if wait is None or wait >= self.deadline.remaining():
-            return False
+            return None
         if self._on_retry is not None:
             self._on_retry(cause)
         log.warning(
@@ -158,5 +178,4 @@ class Retrier:
                 "wait_s": round(wait, 3),
             },
         )
-        await asyncio.sleep(wait)
-        return True
+        return wait

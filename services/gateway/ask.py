@@ -242,6 +242,8 @@ class AskService:
             summary_used=prompt.summary_used,
             history_tokens=prompt.history_tokens,
             history_budget_tokens=prompt.history_budget,
+            attempts=result.attempts,
+            wait_time=result.wait_time,
         )
         if request.debug:
             response.prompt.extend(prompt.messages)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import grpc
 
@@ -18,6 +19,8 @@ class HitError:
     code: grpc.StatusCode
     message: str
     reason: str
+    # The ErrorInfo metadata of the failed call (attempts, wait_ms, provider, ...).
+    metadata: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @property
     def status(self) -> str:
@@ -49,7 +52,7 @@ class HitError:
 
 def _known(err: BaseException) -> HitError | None:
     if isinstance(err, ServiceError):
-        return HitError(err.code, err.message, err.reason)
+        return HitError(err.code, err.message, err.reason, dict(err.metadata))
     if isinstance(err, TimeoutError | asyncio.TimeoutError):
         return deadline_exceeded()
     return None

@@ -1,4 +1,5 @@
-"""Run one job per hit concurrently, bounded, with a budget, and never fail as a whole.
+"""Run one job per hit concurrently (bounded when asked), with a budget, and never fail as
+a whole.
 
 Each job ends as an ``Outcome`` carrying its value or its own ``HitError``. When the
 budget runs out, finished jobs keep their values and the rest are cancelled and get
@@ -45,19 +46,21 @@ class Delta:
 async def fan_out_stream(
     jobs: Mapping[int, Job[T]],
     *,
-    max_concurrency: int,
+    max_concurrency: int | None,
     timeout: float | None,
     unbounded: Collection[int] = (),
 ) -> AsyncGenerator[Delta | Outcome[T], None]:
     """Yield deltas and outcomes as they happen; exactly one outcome per job.
 
-    Jobs listed in ``unbounded`` (the grouped call) do not take a concurrency slot.
+    Jobs listed in ``unbounded`` (the grouped call) do not take a concurrency slot;
+    ``max_concurrency`` None: no job waits for a slot (the generation service keeps to
+    the provider's limits).
     """
-    if max_concurrency < 1:
+    if max_concurrency is not None and max_concurrency < 1:
         raise ValueError("max_concurrency must be >= 1")
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + max(timeout, 0.0)
-    slots = asyncio.Semaphore(max_concurrency)
+    slots = None if max_concurrency is None else asyncio.Semaphore(max_concurrency)
     events: asyncio.Queue[Delta | Outcome[T]] = asyncio.Queue()
 
     async def run(index: int, job: Job[T]) -> None:
@@ -66,7 +69,7 @@ async def fan_out_stream(
                 events.put_nowait(Delta(index, text, restart))
 
         try:
-            if index in unbounded:
+            if slots is None or index in unbounded:
                 value = await job(emit)
             else:
                 async with slots:

@@ -44,6 +44,8 @@ from services.gateway.settings import GatewaySettings
 from services.gateway.templates import Template
 
 GROUPED = -1
+# Seconds a generation call's deadline outlasts the fan-out budget.
+DOWNSTREAM_MARGIN = 0.25
 T = TypeVar("T")
 
 
@@ -59,7 +61,7 @@ class Plan:
     prompts: dict[int, str] = field(default_factory=dict)
     # Answers the generation cache already held: no job runs for them.
     cached: dict[int, gw_pb.GenerationResult] = field(default_factory=dict)
-    max_concurrency: int = 1
+    max_concurrency: int | None = None
     timeout: float | None = None
 
     def result(self, outcome: Outcome[gw_pb.GenerationResult]) -> gw_pb.GenerationResult:
@@ -207,8 +209,10 @@ class GenerativeSearch:
                     options,
                     messages,
                     # Slightly past the fan-out budget: the fan-out cancels first and
-                    # reports DEADLINE_EXCEEDED itself; this only bounds the downstream call.
-                    timeout=time_left(deadline, floor=0) + 1.0,
+                    # reports DEADLINE_EXCEEDED itself; this bounds the downstream call, and
+                    # tells the generation service how long a hit may wait for the
+                    # provider's limits (a longer wait fails the hit at once, saying why).
+                    timeout=time_left(deadline, floor=0) + DOWNSTREAM_MARGIN,
                     emit=emit if plan.stream_tokens else None,
                     restart=lambda: emit("", restart=True),
                 )

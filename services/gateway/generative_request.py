@@ -110,10 +110,13 @@ def search_request(request: SearchLike, extra: list[str]) -> ret_pb.SearchReques
     return search
 
 
-def max_concurrency(g: gw_pb.Generate, settings: GatewaySettings) -> int:
-    return min(
-        g.max_concurrency or settings.default_max_concurrency, settings.max_concurrency_limit
-    )
+def max_concurrency(g: gw_pb.Generate, settings: GatewaySettings) -> int | None:
+    """Per-hit calls at once; None: every hit (no cap asked for nor configured)."""
+    wanted = g.max_concurrency or settings.default_max_concurrency
+    cap = settings.max_concurrency_limit
+    if not wanted:
+        return cap or None
+    return min(wanted, cap) if cap else wanted
 
 
 def budget(g: gw_pb.Generate, call_deadline: float | None, settings: GatewaySettings) -> float:

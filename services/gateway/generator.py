@@ -133,6 +133,8 @@ async def complete(
             finish_reason=response.finish_reason,
             provider=response.provider,
             fallback_index=response.fallback_index,
+            attempts=response.attempts,
+            wait_time=response.wait_time,
         )
         if response.HasField("structured"):
             result.structured.CopyFrom(response.structured)
@@ -156,17 +158,26 @@ async def complete(
             result.fallback_index = chunk.fallback_index
             if chunk.HasField("structured"):
                 result.structured.CopyFrom(chunk.structured)
+            result.attempts = chunk.attempts
+            result.wait_time.CopyFrom(chunk.wait_time)
     result.result = "".join(parts)
     return result
 
 
 def error_result(error: HitError, prompt: str = "") -> gw_pb.GenerationResult:
-    return gw_pb.GenerationResult(
+    result = gw_pb.GenerationResult(
         error=gw_pb.GenerationError(
             code=error.number, status=error.status, message=error.message, reason=error.reason
         ),
         prompt=prompt,
     )
+    # What the generation service reported of the failed call, when it got that far.
+    attempts, wait_ms = error.metadata.get("attempts"), error.metadata.get("wait_ms")
+    if attempts is not None and attempts.isdigit():
+        result.attempts = int(attempts)
+    if wait_ms is not None and wait_ms.isdigit():
+        result.wait_time.FromMilliseconds(int(wait_ms))
+    return result
 
 
 def add_usage(total: gen_pb.Usage, more: gen_pb.Usage) -> None:

@@ -22,9 +22,11 @@ class GatewaySettings(CommonSettings):
     generation_addr: str = "127.0.0.1:50053"
 
     # Per-hit generation calls in flight at once: the default, and the most a request
-    # may ask for.
-    default_max_concurrency: int = Field(default=32, ge=1)
-    max_concurrency_limit: int = Field(default=256, ge=1)
+    # may ask for. 0: no cap, every hit of a request (at most max_hits) at once; the
+    # generation service holds calls to each provider's declared and adaptive limits
+    # (docs/gateway.md#fan-out).
+    default_max_concurrency: int = Field(default=0, ge=0)
+    max_concurrency_limit: int = Field(default=0, ge=0)
     # Most hits a generative search may ask for (limit).
     max_hits: int = Field(default=100, ge=1)
     # Longest template / task / question accepted, in characters.

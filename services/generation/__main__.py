@@ -8,11 +8,14 @@ is true, or when it is unset and a fresh machine needs it.
 from __future__ import annotations
 
 import asyncio
+import logging
+from urllib.parse import urlsplit
 
 from gensearch.generation.v1 import generation_service_pb2_grpc as pb_grpc
 
 from services.common.json_schema import SchemaLimits
-from services.common.logs import configure_logging
+from services.common.logs import configure_logging, register_secret
+from services.common.redis_client import RedisClient, connect
 from services.common.server import GrpcServer, run_until_signal
 from services.common.settings import warn_unknown_variables
 from services.devlaunch.llm_server import start_local_llm
@@ -24,10 +27,36 @@ from services.generation.settings import GenerationSettings
 from services.generation.validation import Limits
 
 SERVICE_NAME = "gensearch.generation.v1.GenerationService"
+log = logging.getLogger("gensearch.generation")
+
+
+def limits_redis(settings: GenerationSettings) -> RedisClient | None:
+    """The Redis the providers' declared limits are counted in; None: in this process."""
+    url = settings.redis_url.get_secret_value()
+    declared = [
+        c.name
+        for c in settings.provider_configs().values()
+        if c.requests_per_minute or c.tokens_per_minute or c.max_in_flight
+    ]
+    if not url:
+        if declared:
+            log.warning(
+                "provider limits of %s are counted per replica: GENSEARCH_GENERATION_REDIS_URL "
+                "is not set (docs/generation.md#provider-limits)",
+                ", ".join(sorted(declared)),
+            )
+        return None
+    register_secret(urlsplit(url).password)
+    return connect(
+        url,
+        cluster=settings.redis_cluster,
+        socket_timeout=settings.redis_socket_timeout,
+        connect_timeout=settings.redis_connect_timeout,
+    )
 
 
 async def build_server(settings: GenerationSettings, *, port: int | None = None) -> GrpcServer:
-    registry = ProviderRegistry.from_settings(settings)
+    registry = ProviderRegistry.from_settings(settings, redis=limits_redis(settings))
     for config in registry.configs():
         env_key(config)  # registers environment keys with the log redactor up front
     limits = Limits(

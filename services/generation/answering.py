@@ -84,7 +84,8 @@ def _invalid(target: Target, why: str) -> FailedPrecondition:
 
 
 def _sum(first: Completion, second: Completion) -> Completion:
-    """The corrective answer, with the usage of both calls (the caller paid for both)."""
+    """The corrective answer, with the usage, attempts and waits of both calls (the
+    caller paid for both)."""
     a, b = first.usage, second.usage
     usage = Usage(
         a.prompt_tokens + b.prompt_tokens,
@@ -93,7 +94,12 @@ def _sum(first: Completion, second: Completion) -> Completion:
         a.estimated or b.estimated,
     )
     second.debug.attempts += first.debug.attempts
-    return dataclasses.replace(second, usage=usage)
+    return dataclasses.replace(
+        second,
+        usage=usage,
+        attempts=first.attempts + second.attempts,
+        waited=first.waited + second.waited,
+    )
 
 
 async def generate(plan: Plan) -> Answer:

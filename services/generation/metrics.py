@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 UPSTREAM_REQUESTS = Counter(
     "gensearch_llm_requests_total",
@@ -36,4 +36,20 @@ INVALID_OUTPUTS = Counter(
     "Answers that did not match the request's JSON schema, by provider and whether it was "
     "the first answer (then corrected once) or the corrective retry's (then an error).",
     ["provider", "attempt"],
+)
+CONCURRENCY_LIMIT = Gauge(
+    "gensearch_llm_concurrency_limit",
+    "Calls to a provider this replica lets run at once (adaptive, AIMD; +Inf: no limit).",
+    ["provider"],
+)
+IN_FLIGHT = Gauge(
+    "gensearch_llm_in_flight",
+    "Calls to a provider running now in this replica.",
+    ["provider"],
+)
+QUEUE_WAIT = Histogram(
+    "gensearch_llm_queue_wait_seconds",
+    "Time an attempt waited for the provider's limits before it started.",
+    ["provider"],
+    buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )

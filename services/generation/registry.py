@@ -8,13 +8,32 @@ from collections.abc import Mapping
 from services.common.egress import URL_NOT_ALLOWED, EgressPolicy, UrlRefused, canonical_url
 from services.common.errors import InvalidArgument, PermissionDenied, quote
 from services.common.openai_api import OpenAIClients
+from services.common.redis_client import RedisClient
 from services.common.upstream_retry import RetryPolicy
 from services.generation.providers import Provider, make_provider
+from services.generation.rate_buckets import (
+    DeclaredLimits,
+    LocalLimits,
+    RedisLimits,
+    SharedLimits,
+)
 from services.generation.settings import GenerationSettings, ProviderConfig
 from services.generation.upstream import ALLOWLIST_SETTING
 
 # Providers kept for callers' base URLs (each holds its own concurrency limit).
 MAX_CALLER_ENDPOINTS = 64
+
+
+def shared_limits(
+    config: ProviderConfig, redis: RedisClient | None, key_prefix: str
+) -> SharedLimits | None:
+    """Where a provider's declared limits are counted: Redis (every replica), else memory."""
+    declared = DeclaredLimits.of(config)
+    if not declared.any:
+        return None
+    if redis is None:
+        return LocalLimits(declared)
+    return RedisLimits(redis, declared, key_prefix=key_prefix)
 
 
 class ProviderRegistry:
@@ -28,6 +47,7 @@ class ProviderRegistry:
         retry: RetryPolicy | None = None,
         connect_timeout: float = 5.0,
         read_timeout: float = 120.0,
+        redis: RedisClient | None = None,
     ) -> None:
         if default not in providers:
             raise ValueError(f"default provider {default!r} is not configured")
@@ -43,10 +63,15 @@ class ProviderRegistry:
         self._timeouts = (connect_timeout, read_timeout)
         self._caller_clients: OpenAIClients | None = None
         self._caller_providers: OrderedDict[tuple[str, str], Provider] = OrderedDict()
+        # Where the providers' limits are counted; closed with the registry.
+        self._redis = redis
 
     @classmethod
     def from_settings(
-        cls, settings: GenerationSettings, configs: Mapping[str, ProviderConfig] | None = None
+        cls,
+        settings: GenerationSettings,
+        configs: Mapping[str, ProviderConfig] | None = None,
+        redis: RedisClient | None = None,
     ) -> ProviderRegistry:
         configs = configs if configs is not None else settings.provider_configs()
         clients = OpenAIClients()
@@ -57,6 +82,7 @@ class ProviderRegistry:
                 retry=_retry(settings),
                 connect_timeout=settings.connect_timeout,
                 read_timeout=settings.read_timeout,
+                shared_limits=shared_limits(config, redis, settings.limits_key_prefix),
             )
             for name, config in configs.items()
         }
@@ -68,6 +94,7 @@ class ProviderRegistry:
             retry=_retry(settings),
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.read_timeout,
+            redis=redis,
         )
 
     def get(self, name: str, field: str = "provider") -> Provider:
@@ -127,6 +154,8 @@ class ProviderRegistry:
             await self._clients.close()
         if self._caller_clients is not None:
             await self._caller_clients.close()
+        if self._redis is not None:
+            await self._redis.aclose()
 
 
 def _retry(settings: GenerationSettings) -> RetryPolicy:

@@ -9,7 +9,7 @@ from typing import Any
 import grpc
 from gensearch.generation.v1 import generation_service_pb2 as pb
 from gensearch.generation.v1 import generation_service_pb2_grpc as pb_grpc
-from google.protobuf import struct_pb2
+from google.protobuf import duration_pb2, struct_pb2
 
 from services.generation import answering
 from services.generation.keys import env_key
@@ -47,6 +47,8 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
             structured=_struct(answer.structured),
             fallback_index=answer.target.index,
             corrected=answer.corrected,
+            attempts=done.attempts,
+            wait_time=_duration(done.waited),
         )
 
     async def StreamGenerate(
@@ -70,6 +72,8 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
                         structured=_struct(event.answer.structured),
                         fallback_index=event.answer.target.index,
                         corrected=event.answer.corrected,
+                        attempts=final.attempts,
+                        wait_time=_duration(final.waited),
                     )
 
     async def ListModels(
@@ -84,7 +88,7 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
                 models=c.known_models,
                 api_key_env=",".join(c.api_key_env),
                 api_key_configured=env_key(c) is not None,
-                max_concurrency=c.max_concurrency,
+                max_concurrency=c.max_concurrency or c.max_in_flight or 0,
                 context_window=c.context_window or 0,
                 models_checked=c.check_models and bool(c.models),
             )
@@ -112,6 +116,12 @@ def _usage(usage: Usage) -> pb.Usage:
         total_tokens=usage.total_tokens,
         estimated=usage.estimated,
     )
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    value = duration_pb2.Duration()
+    value.FromNanoseconds(round(seconds * 1e9))
+    return value
 
 
 def _debug(debug: DebugInfo) -> pb.Debug:

@@ -10,7 +10,9 @@ Providers are resolved in three layers, later ones winning:
    ``GENSEARCH_GENERATION_<NAME>_BASE_URL``, ``_MODEL``, ``_MODELS`` (comma list), ``_API_KEY_ENV``
    (comma list), ``_MAX_CONCURRENCY``, ``_TEMPERATURE``, ``_CONTEXT_WINDOW``,
    ``_FIRST_BYTE_TIMEOUT``, ``_CHECK_MODELS`` (false: a model outside ``models`` goes
-   upstream, for endpoints that add models).
+   upstream, for endpoints that add models), and the provider's limits
+   ``_REQUESTS_PER_MINUTE``, ``_TOKENS_PER_MINUTE``, ``_MAX_IN_FLIGHT``, ``_RATE_WINDOW``,
+   ``_RATE_BURST``, ``_ADAPTIVE``, ``_LATENCY_FACTOR``.
    e.g. ``GENSEARCH_GENERATION_LOCAL_BASE_URL=http://10.0.0.5:8088/v1``.
 
 API keys are never settings: a provider names the environment variable(s) that hold its
@@ -25,7 +27,15 @@ import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import SettingsConfigDict
 
 from services.common.egress import EgressPolicy
@@ -76,14 +86,34 @@ class ProviderConfig(BaseModel):
     api_key_env: list[str] = Field(default_factory=list)
     # Refuse calls without a key instead of sending them upstream to be rejected.
     requires_key: bool = False
-    max_concurrency: int = Field(default=16, ge=1, le=10_000)
+    # Requests of this replica in flight at once, set by the operator. None (the default):
+    # no fixed cap; only the provider's declared limits below and the adaptive limit
+    # (docs/generation.md#provider-limits) hold calls back.
+    max_concurrency: int | None = Field(default=None, ge=1, le=10_000)
+    # What the provider allows, kept to across every replica together (token buckets and
+    # an in-flight count in Redis, GENSEARCH_GENERATION_REDIS_URL; in this process alone
+    # without it). None: not declared. Per minute, counted over `rate_window` seconds.
+    requests_per_minute: float | None = Field(default=None, gt=0)
+    tokens_per_minute: float | None = Field(default=None, gt=0)
+    max_in_flight: int | None = Field(default=None, ge=1, le=100_000)
+    # The period the provider counts its per-minute limits over (seconds): no span of this
+    # length ever sees more than the limit's share of it.
+    rate_window: float = Field(default=60.0, ge=1.0, le=3600.0)
+    # Share of a window's allowance that may start at once; the rest is spread evenly.
+    rate_burst: float = Field(default=0.1, gt=0, le=0.5)
+    # Adaptive concurrency (AIMD) between 1 and the caps above: halves on 429s and
+    # timeouts, shrinks by a tenth when latency rises past latency_factor x its baseline,
+    # grows by one per success. False: fixed caps only. latency_factor None: latency is
+    # not a signal (answers of very different lengths).
+    adaptive: bool = True
+    latency_factor: float | None = Field(default=3.0, gt=1.0)
     # Used when the request leaves temperature unset; None = the upstream's default.
     temperature: float | None = Field(default=None, ge=0, le=2)
     # Prompts estimated above this many tokens are refused; None = unknown.
     context_window: int | None = Field(default=None, ge=1)
     # Ask for usage in streams (stream_options.include_usage); some servers reject it.
     stream_usage: bool = True
-    # Seconds an attempt may wait, once it holds a concurrency slot, for the upstream's
+    # Seconds an attempt may wait, once admitted under the provider's limits, for the upstream's
     # first byte: a stream's first chunk, a unary call's whole answer (so it also bounds
     # generation time there). Past it the slot is freed and the attempt fails (retried
     # within the call's deadline). None: only the deadline bounds it.
@@ -130,7 +160,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "check_models": False,
         "api_key_env": ["OPENAI_APIKEY", "OPENAI_API_KEY"],
         "requires_key": True,
-        "max_concurrency": 32,
         "context_window": 128_000,
     },
     "anyscale": {
@@ -141,14 +170,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         "api_key_env": ["ANYSCALE_APIKEY", "ANYSCALE_API_KEY"],
         "requires_key": True,
         "temperature": 0.0,
-        "max_concurrency": 16,
         "context_window": 4096,
     },
     "vllm": {
         "base_url": "http://127.0.0.1:8000/v1",
         "default_model": "default",
         "api_key_env": ["VLLM_API_KEY"],
-        "max_concurrency": 64,
     },
     "ollama": {
         "base_url": "http://127.0.0.1:11434/v1",
@@ -172,6 +199,13 @@ _ENV_FIELDS: dict[str, str] = {
     "MODELS": "models",
     "API_KEY_ENV": "api_key_env",
     "MAX_CONCURRENCY": "max_concurrency",
+    "REQUESTS_PER_MINUTE": "requests_per_minute",
+    "TOKENS_PER_MINUTE": "tokens_per_minute",
+    "MAX_IN_FLIGHT": "max_in_flight",
+    "RATE_WINDOW": "rate_window",
+    "RATE_BURST": "rate_burst",
+    "ADAPTIVE": "adaptive",
+    "LATENCY_FACTOR": "latency_factor",
     "TEMPERATURE": "temperature",
     "CONTEXT_WINDOW": "context_window",
     "FIRST_BYTE_TIMEOUT": "first_byte_timeout",
@@ -229,12 +263,24 @@ class GenerationSettings(CommonSettings):
     # JSON list of provider objects (see the module docstring); parsed by pydantic-settings.
     providers: list[dict[str, Any]] = Field(default_factory=list)
 
-    # Retries of 429/500/502/503/504 and connection errors, always within the call deadline.
+    # Retries of 408/409/5xx and connection errors, always within the call deadline. A 429
+    # is retried for as long as the deadline allows (its attempts are not counted here).
     retry_max_attempts: int = Field(default=4, ge=1, le=1000)
     retry_base_backoff: float = Field(default=0.25, ge=0)
     retry_max_backoff: float = Field(default=8.0, ge=0)
     # A Retry-After longer than this is not waited for (the error is returned instead).
     retry_after_max: float = Field(default=60.0, ge=0)
+
+    # Where the providers' limits are counted so they hold across every replica
+    # (docs/generation.md#provider-limits): redis://... (the gateway's quota Redis does).
+    # Empty: each replica counts alone, in memory (logged at start). `gensearch up` passes
+    # the Redis it starts.
+    redis_url: SecretStr = SecretStr("")
+    # The URL names a node of a Redis Cluster.
+    redis_cluster: bool = False
+    redis_socket_timeout: float = Field(default=0.5, gt=0)
+    redis_connect_timeout: float = Field(default=0.5, gt=0)
+    limits_key_prefix: str = "gensearch"
 
     connect_timeout: float = Field(default=5.0, gt=0)
     # Longest silence between two bytes of an upstream answer.
@@ -271,6 +317,12 @@ class GenerationSettings(CommonSettings):
     def _valid_allowlist(cls, value: str) -> str:
         EgressPolicy.parse(value)  # ValueError names the bad entry
         return value
+
+    @model_validator(mode="after")
+    def _cluster_needs_url(self) -> GenerationSettings:
+        if self.redis_cluster and not self.redis_url.get_secret_value():
+            raise ValueError("redis_cluster needs redis_url")
+        return self
 
     @field_validator("providers", mode="before")
     @classmethod

@@ -40,7 +40,9 @@ class UpstreamFault(Exception):
     ``timeout`` (the call's deadline passed), ``first_byte_timeout`` (the provider's
     ``first_byte_timeout`` passed before its answer began), ``bad_response`` (not the protocol),
     ``stream_error`` (an error event inside a stream), ``missing_key`` (no API key for a
-    provider that needs one), ``refused`` (a caller's base URL refused at connect time).
+    provider that needs one), ``refused`` (a caller's base URL refused at connect time),
+    ``limit_wait`` (the provider's limits need a longer wait than the deadline leaves),
+    ``queue_timeout`` (the deadline passed while waiting for them).
     """
 
     def __init__(
@@ -61,6 +63,8 @@ class UpstreamFault(Exception):
         self.retry_after = retry_after
         self.retryable = retryable
         self.attempts = 0
+        # Seconds the call waited for the provider's limits, retries' waits included.
+        self.waited = 0.0
 
     @property
     def cause(self) -> str:
@@ -125,9 +129,15 @@ def _clean(detail: str) -> str:
 
 def to_service_error(fault: UpstreamFault, provider: str, model: str) -> ServiceError:
     """The status our caller gets for an upstream fault that retries did not cure."""
-    meta = {"provider": provider, "attempts": str(fault.attempts)}
+    meta = {
+        "provider": provider,
+        "attempts": str(fault.attempts),
+        "wait_ms": str(round(fault.waited * 1000)),
+    }
     if fault.status is not None:
         meta["upstream_status"] = str(fault.status)
+    if fault.retry_after is not None:
+        meta["retry_after_ms"] = str(round(fault.retry_after * 1000))
     tries = f" after {fault.attempts} attempts" if fault.attempts > 1 else ""
     status = fault.status
     if fault.kind == "refused":
@@ -143,6 +153,18 @@ def to_service_error(fault: UpstreamFault, provider: str, model: str) -> Service
         return DeadlineExceeded(
             f"provider {provider!r} did not answer within the deadline{tries}",
             reason="UPSTREAM_TIMEOUT",
+            metadata=meta,
+        )
+    if fault.kind == "limit_wait":
+        return ResourceExhausted(
+            f"provider {provider!r} is at its limits: {fault.detail}",
+            reason="PROVIDER_LIMIT_WAIT",
+            metadata=meta,
+        )
+    if fault.kind == "queue_timeout":
+        return DeadlineExceeded(
+            f"provider {provider!r}: {fault.detail}",
+            reason="PROVIDER_QUEUE_TIMEOUT",
             metadata=meta,
         )
     if fault.kind == "first_byte_timeout":
@@ -185,7 +207,12 @@ def to_service_error(fault: UpstreamFault, provider: str, model: str) -> Service
         )
     if status == 429:
         return ResourceExhausted(
-            f"provider {provider!r} is rate limiting (HTTP 429){tries}",
+            f"provider {provider!r} is rate limiting (HTTP 429){tries}"
+            + (
+                f" and asks to wait {fault.retry_after:.1f} s, longer than this call may"
+                if fault.retry_after is not None
+                else ""
+            ),
             reason="UPSTREAM_RATE_LIMITED",
             metadata=meta,
         )

@@ -38,9 +38,10 @@ async def test_fanout_measures_the_gateway_beside_its_floor() -> None:
         "--token-rounds", "3",
     )  # fmt: skip
     fanout = [f for name, f in figures.items() if name.startswith("fan-out")]
-    # N = 3 and 40 through the gateway at its defaults and beside gather; past the default
-    # limit of 32 also with max_concurrency = N.
-    assert len(fanout) == 5, sorted(figures)
+    # N = 3 and 40 through the gateway at its defaults (no cap) and beside gather.
+    assert len(fanout) == 4, sorted(figures)
+    cpu = [f for name, f in figures.items() if name.startswith("CPU per hit")]
+    assert len(cpu) == 2 and all(f.value > 0 and f.unit == "ms" for f in cpu), cpu
     # Every answer waits at least 0.9 x L, so nothing finishes sooner: a ratio below that
     # would mean the calls never reached the fake endpoint.
     assert all(f.value >= 0.9 and f.unit == "x L" for f in fanout), fanout
@@ -48,6 +49,22 @@ async def test_fanout_measures_the_gateway_beside_its_floor() -> None:
     first = figures["first token through StreamGenerativeSearch p50"]
     assert overhead.unit == first.unit == "ms"
     assert 0 < first.value < 1000
+
+
+async def test_rate_limits_keeps_two_gateways_within_the_providers_limit() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(ROOT / "bench" / "rate_limits.py"),
+        *("--hits", "20", "--rpm", "600", "--window", "1", "--repeat", "1"),
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode(errors="replace")[-3000:]
+    text = out.decode()
+    assert "20 hits, 0 failed" in text and "refused 0" in text, text
+    assert "pool of 10, no retries" in text
 
 
 async def test_retrieval_times_grpc_beside_the_engine() -> None:

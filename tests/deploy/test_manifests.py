@@ -635,8 +635,9 @@ def test_network_policies(overlay: str) -> None:
 
     for service in ("memory", "retrieval", "generation"):
         assert reachable_from(service, SERVICES[service][2]) == {"gateway"}, service
-    # The gateway counts per-tenant quotas in Redis (GENSEARCH_GATEWAY_REDIS_URL).
-    assert reachable_from("redis", 6379) == {"memory", "gateway"}
+    # The gateway counts per-tenant quotas in Redis (GENSEARCH_GATEWAY_REDIS_URL), the
+    # generation replicas their providers' limits (GENSEARCH_GENERATION_REDIS_URL).
+    assert reachable_from("redis", 6379) == {"memory", "gateway", "generation"}
     assert reachable_from("qdrant", 6333) == {"retrieval"}
     assert reachable_from("qdrant", 6334) == {"retrieval"}
     # The front door is open to clients in other namespaces.

@@ -68,13 +68,27 @@ async def test_always_500_is_unavailable_after_retries(service: Service, fake: F
     assert len(fake.chat_requests) == service.settings.retry_max_attempts == 4
 
 
-async def test_always_429_is_resource_exhausted(service: Service, fake: FakeOpenAI) -> None:
+async def test_429s_are_retried_past_max_attempts_while_the_deadline_allows(
+    service: Service, fake: FakeOpenAI
+) -> None:
     fake.fail_next(10, Behaviour.rate_limited(retry_after="0"))
+    reply = await service.stub.Generate(ask(), timeout=10)
+    assert reply.text == "hi"
+    assert reply.attempts == 11 > service.settings.retry_max_attempts
+    assert len(fake.chat_requests) == 11
+
+
+async def test_always_429_is_resource_exhausted_when_the_deadline_comes(
+    service: Service, fake: FakeOpenAI
+) -> None:
+    fake.fail_next(1000, Behaviour.rate_limited(retry_after="0.2"))
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await service.stub.Generate(ask(), timeout=10)
+        await service.stub.Generate(ask(), timeout=1)
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert error_info(caught.value).reason == "UPSTREAM_RATE_LIMITED"
-    assert len(fake.chat_requests) == 4
+    info = error_info(caught.value)
+    assert info.reason == "UPSTREAM_RATE_LIMITED"
+    assert int(info.metadata["attempts"]) == len(fake.chat_requests) > 1
+    assert info.metadata["retry_after_ms"] == "200"
 
 
 async def test_retry_after_beyond_the_deadline_is_not_waited_for(

@@ -124,3 +124,30 @@ def test_the_base_url_allowlist_is_checked_at_load() -> None:
     assert GenerationSettings(allowed_hosts="*.example.com, http://10.0.0.0/8").allowed_hosts
     with pytest.raises(ValueError, match="allowlist entry"):
         GenerationSettings(allowed_hosts="https://example.com/path")
+
+
+def test_no_fixed_caps_by_default_and_limits_from_the_environment() -> None:
+    providers = resolve_providers([], environ={})
+    for name in ("openai", "anyscale", "vllm"):
+        config = providers[name]
+        assert config.max_concurrency is None and config.max_in_flight is None, name
+        assert config.requests_per_minute is None and config.tokens_per_minute is None
+    env = {
+        "GENSEARCH_GENERATION_OPENAI_REQUESTS_PER_MINUTE": "3500",
+        "GENSEARCH_GENERATION_OPENAI_TOKENS_PER_MINUTE": "90000",
+        "GENSEARCH_GENERATION_OPENAI_MAX_IN_FLIGHT": "50",
+        "GENSEARCH_GENERATION_OPENAI_RATE_WINDOW": "10",
+        "GENSEARCH_GENERATION_OPENAI_RATE_BURST": "0.2",
+        "GENSEARCH_GENERATION_OPENAI_ADAPTIVE": "false",
+    }
+    openai = resolve_providers([], environ=env)["openai"]
+    assert (openai.requests_per_minute, openai.tokens_per_minute) == (3500, 90000)
+    assert (openai.max_in_flight, openai.rate_window, openai.rate_burst) == (50, 10, 0.2)
+    assert openai.adaptive is False
+    with pytest.raises(ValueError, match="rate_burst"):
+        resolve_providers([], environ={"GENSEARCH_GENERATION_OPENAI_RATE_BURST": "0.9"})
+
+
+def test_a_redis_cluster_needs_a_url() -> None:
+    with pytest.raises(ValueError, match="redis_cluster needs redis_url"):
+        GenerationSettings(redis_cluster=True)

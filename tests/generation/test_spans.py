@@ -80,7 +80,7 @@ async def test_a_failed_call_sets_error_status_and_reason(
 ) -> None:
     env_key = "sk-envkey-span-abcdef0123456"
     monkeypatch.setenv(FAKE_KEY_ENV, env_key)
-    fake.fail_next(10, Behaviour.rate_limited(retry_after="0"))
+    fake.fail_next(10, Behaviour.error(503))
     with pytest.raises(grpc.aio.AioRpcError):
         await service.stub.Generate(pb.GenerateRequest(messages=[user(PROMPT)]), timeout=10)
     fake.clear_queue()
@@ -92,7 +92,7 @@ async def test_a_failed_call_sets_error_status_and_reason(
             pass
     limited, refused = chat_spans(spans)
     assert limited.status.status_code == StatusCode.ERROR
-    assert (limited.attributes or {})["error.type"] == "UPSTREAM_RATE_LIMITED"
+    assert (limited.attributes or {})["error.type"] == "UPSTREAM_UNAVAILABLE"
     assert (limited.attributes or {})["gensearch.upstream.attempts"] == 4
     assert refused.status.status_code == StatusCode.ERROR
     assert (refused.attributes or {})["error.type"] == "UPSTREAM_UNAUTHENTICATED"

@@ -27,6 +27,8 @@ Endpoints
     ``POST /tokenize``  llama.cpp's endpoint (``{"content": text}`` -> ``{"tokens": [...]}``,
         one token per word, :func:`count_tokens`); ``tokenize_up = False`` answers 503.
         ``tokenize_calls`` counts the texts it was asked to tokenize.
+    ``GET /fake/stats``  the counters below as JSON (for a client in another process):
+        ``served``, ``rate_limited``, ``max_per_window``; ``POST /fake/reset`` resets them.
     ``POST /v1/embeddings``  deterministic unit vectors (``embedding_dim`` floats), one per
         input string, derived from a hash of the text.
 
@@ -46,6 +48,12 @@ Constructor / attributes (all attributes may be changed while the server runs)
     ``include_usage``  when False the server never reports usage (default True).
     ``record``         keep every request in ``requests`` (default True; benches may turn it
                        off to save memory).
+    ``rate_limit``     a provider limited to this many chat requests per ``rate_window``
+                       seconds (fixed windows of ``time.monotonic()``; default None: no
+                       limit). A request over it gets 429 ``rate_limit_exceeded`` with
+                       ``Retry-After`` (whole seconds, rounded up) and ``retry-after-ms``
+                       until the window ends, and is not answered otherwise.
+    ``rate_window``    the window of ``rate_limit`` in seconds (default 60).
 
 Per-request behaviours (:class:`Behaviour`), consumed first-in first-out by chat and
 embedding requests; when the queue is empty the default (a normal answer) applies:
@@ -78,6 +86,10 @@ Recording
     ``disconnects``     requests whose client went away before the answer was complete
     ``disconnected``    an ``asyncio.Event`` set on the first such disconnect
     ``served``          chat + embedding requests received so far
+    ``window_counts``   chat requests *received* per window of ``rate_window`` (429s too):
+                        ``max_per_window`` is the most any window saw; with a polite client
+                        it never exceeds ``rate_limit``. ``rate_limited``: 429s answered;
+                        ``refused``: an ``asyncio.Event`` set on the first one.
     ``await wait_for_requests(n, timeout=5)``   until ``served >= n``
     ``reset_stats()``   forget requests, counters and disconnects
 
@@ -258,6 +270,8 @@ class FakeOpenAI:
         record: bool = True,
         host: str = "127.0.0.1",
         port: int = 0,
+        rate_limit: int | None = None,
+        rate_window: float = 60.0,
     ) -> None:
         self.latency = latency
         self.latency_jitter = latency_jitter
@@ -271,6 +285,11 @@ class FakeOpenAI:
         self.record = record
         self.host = host
         self.port = port
+        self.rate_limit = rate_limit
+        self.rate_window = rate_window
+        self.window_counts: dict[int, int] = {}
+        self.rate_limited = 0
+        self.refused = asyncio.Event()
         self.requests: list[RecordedRequest] = []
         self.concurrent = 0
         self.max_concurrent = 0
@@ -295,6 +314,8 @@ class FakeOpenAI:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/fake/stats", self._stats)
+        app.router.add_post("/fake/reset", self._reset)
         app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_post("/tokenize", self._tokenize)
         # handler_cancellation: a client that hangs up cancels the handler at once, which is
@@ -307,6 +328,7 @@ class FakeOpenAI:
         assert server is not None
         self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
         self.disconnected = asyncio.Event()
+        self.refused = asyncio.Event()
         self._arrived = asyncio.Event()
         return self
 
@@ -384,7 +406,24 @@ class FakeOpenAI:
                 self._arrived.clear()
                 await self._arrived.wait()
 
+    @property
+    def max_per_window(self) -> int:
+        return max(self.window_counts.values(), default=0)
+
+    def _over_rate_limit(self) -> float | None:
+        """Counts a chat request in its window; the seconds until the window ends when the
+        request is over ``rate_limit``."""
+        now = time.monotonic()
+        window = int(now // self.rate_window)
+        count = self.window_counts[window] = self.window_counts.get(window, 0) + 1
+        if self.rate_limit is None or count <= self.rate_limit:
+            return None
+        return (window + 1) * self.rate_window - now
+
     def reset_stats(self) -> None:
+        self.window_counts.clear()
+        self.rate_limited = 0
+        self.refused = asyncio.Event()
         self.requests.clear()
         self.concurrent = 0
         self.max_concurrent = 0
@@ -400,6 +439,19 @@ class FakeOpenAI:
         self.tokenize_calls += 1
         words = str(body.get("content", "")).split()
         return web.json_response({"tokens": list(range(len(words)))})
+
+    async def _stats(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response(
+            {
+                "served": self.served,
+                "rate_limited": self.rate_limited,
+                "max_per_window": self.max_per_window,
+            }
+        )
+
+    async def _reset(self, request: web.Request) -> web.StreamResponse:
+        self.reset_stats()
+        return web.json_response({})
 
     async def _models(self, request: web.Request) -> web.StreamResponse:
         data = [{"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in self.models]
@@ -441,6 +493,14 @@ class FakeOpenAI:
         rec: RecordedRequest | None = None
         try:
             rec, behaviour = await self._begin(request)
+            wait = self._over_rate_limit()
+            if wait is not None:
+                self.rate_limited += 1
+                self.refused.set()
+                rec.behaviour = "rate_limited"
+                limited = Behaviour.rate_limited(retry_after=math.ceil(wait))
+                limited.headers["retry-after-ms"] = str(math.ceil(wait * 1000))
+                return _error_response(limited)
             return await self._answer_chat(request, rec, behaviour)
         except (asyncio.CancelledError, ConnectionResetError):
             if rec is not None:

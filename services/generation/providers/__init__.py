@@ -6,6 +6,7 @@ from services.common.openai_api import OpenAIClients
 from services.common.upstream_retry import RetryPolicy
 from services.generation.providers.base import Provider
 from services.generation.providers.openai_compatible import OpenAICompatibleProvider
+from services.generation.rate_buckets import SharedLimits
 from services.generation.settings import ProviderConfig
 
 
@@ -16,13 +17,16 @@ def make_provider(
     retry: RetryPolicy,
     connect_timeout: float,
     read_timeout: float,
+    shared_limits: SharedLimits | None = None,
 ) -> Provider:
     """The adapter for a provider's ``kind`` (one kind today; Anthropic would be another)."""
     if config.kind == "openai_compatible":
         client = clients.get(
             config.base_url, connect_timeout=connect_timeout, read_timeout=read_timeout
         )
-        return OpenAICompatibleProvider(config, client=client, retry=retry)
+        return OpenAICompatibleProvider(
+            config, client=client, retry=retry, shared_limits=shared_limits
+        )
     raise ValueError(f"provider {config.name!r}: unsupported kind {config.kind!r}")
 
 

@@ -79,6 +79,10 @@ class Completion:
     finish_reason: str
     usage: Usage
     debug: DebugInfo
+    # Upstream attempts made, and seconds spent waiting for the provider's limits (queue,
+    # Retry-After, backoff) before and between them.
+    attempts: int = 1
+    waited: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,16 +2,18 @@
 through the official ``openai`` SDK (``AsyncOpenAI`` on its aiohttp transport).
 
 The SDK speaks HTTP and server-sent events; this adapter adds what the service promises on
-top: a semaphore holding in-flight requests at the provider's limit, the shared retry policy
-(``services.common.upstream_retry``) inside the call's deadline, retries only before the
-answer started (for a stream: before the first text delta reached our caller), usage, and
-a span per call.
+top: every attempt waits its turn under the provider's limits (``services.generation.admission``:
+declared rate limits shared by every replica, adaptive concurrency, a 429's Retry-After
+for every call), the shared retry policy (``services.common.upstream_retry``) inside the
+call's deadline, retries only before the answer started (for a stream: before the first
+text delta reached our caller), usage, attempts and time waited, and a span per call.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncGenerator
@@ -32,6 +34,7 @@ from services.common.openai_api import (
 )
 from services.common.tracing import service_tracer
 from services.common.upstream_retry import Deadline, Retrier, RetryPolicy
+from services.generation.admission import Limiters, Permit, ProviderLimiter
 from services.generation.metrics import (
     TIME_TO_FIRST_TOKEN,
     UPSTREAM_REQUESTS,
@@ -46,8 +49,10 @@ from services.generation.providers.base import (
     Provider,
     StreamChunk,
     Usage,
+    estimate_tokens,
     estimate_usage,
 )
+from services.generation.rate_buckets import SharedLimits
 from services.generation.settings import ProviderConfig
 from services.generation.upstream import (
     UPSTREAM_ERRORS,
@@ -61,13 +66,18 @@ log = logging.getLogger("gensearch.generation.openai")
 
 class OpenAICompatibleProvider(Provider):
     def __init__(
-        self, config: ProviderConfig, *, client: openai.AsyncOpenAI, retry: RetryPolicy
+        self,
+        config: ProviderConfig,
+        *,
+        client: openai.AsyncOpenAI,
+        retry: RetryPolicy,
+        shared_limits: SharedLimits | None = None,
     ) -> None:
         super().__init__(config)
         self.retry = retry
         self.url = f"{config.base_url}/chat/completions"
         self._client = client
-        self._limit = asyncio.Semaphore(config.max_concurrency)
+        self.limiters = Limiters(config, shared_limits)
 
     # -- plumbing --------------------------------------------------------------------------
     def build_params(self, request: CompletionRequest, *, stream: bool) -> dict[str, Any]:
@@ -136,9 +146,10 @@ class OpenAICompatibleProvider(Provider):
         )
 
     def _fail(
-        self, fault: UpstreamFault, request: CompletionRequest, span: Span, attempts: int
+        self, fault: UpstreamFault, request: CompletionRequest, span: Span, turns: _Turns
     ) -> Exception:
-        fault.attempts = attempts
+        fault.attempts = turns.retrier.attempts
+        fault.waited = turns.waited
         UPSTREAM_REQUESTS.labels(
             self.name, fault.cause if fault.kind == "http" else fault.kind
         ).inc()
@@ -166,11 +177,12 @@ class OpenAICompatibleProvider(Provider):
         if completion.finish_reason:
             span.set_attribute("gen_ai.response.finish_reasons", [completion.finish_reason])
 
-    @staticmethod
-    async def _retry(retrier: Retrier, fault: UpstreamFault) -> bool:
-        return await retrier.pause(
-            retryable=fault.retryable, retry_after=fault.retry_after, cause=fault.cause
-        )
+    def _turns(self, request: CompletionRequest, deadline: Deadline) -> _Turns:
+        prompt = sum(estimate_tokens(m.content) for m in request.messages)
+        return _Turns(
+            self.limiters.get(request.api_key), self._retrier(deadline), deadline, prompt,
+            prompt + (request.max_tokens or COMPLETION_ESTIMATE),
+        )  # fmt: skip
 
     @staticmethod
     async def _send(
@@ -192,18 +204,28 @@ class OpenAICompatibleProvider(Provider):
         client, headers = self._authorized(request)
         params = self.build_params(request, stream=False)
         debug = DebugInfo(url=self.url, request_body="")
-        retrier = self._retrier(deadline)
+        turns = self._turns(request, deadline)
         with self._span(request) as span:
             while True:
-                debug.attempts = retrier.begin()
                 try:
-                    completion = await self._complete_once(
-                        client, params, headers, deadline, request, debug
-                    )
+                    permit = await turns.admit()
+                    debug.attempts = turns.retrier.attempts
+                    try:
+                        completion = await self._complete_once(
+                            client, params, headers, deadline, request, debug
+                        )
+                    except UpstreamFault as fault:
+                        if await turns.failed(permit, fault):
+                            continue
+                        raise
+                    except BaseException:
+                        # Cancelled (the caller left, or its budget ran out) mid-call.
+                        await asyncio.shield(permit.release(outcome="failed"))
+                        raise
                 except UpstreamFault as fault:
-                    if await self._retry(retrier, fault):
-                        continue
-                    raise self._fail(fault, request, span, retrier.attempts) from None
+                    raise self._fail(fault, request, span, turns) from None
+                await permit.release(outcome="ok", tokens=completion.usage.total_tokens)
+                completion = turns.report(completion)
                 self._succeeded(completion, span)
                 return completion
 
@@ -217,7 +239,7 @@ class OpenAICompatibleProvider(Provider):
         debug: DebugInfo,
     ) -> Completion:
         try:
-            async with asyncio.timeout_at(deadline.expires_at), self._limit:
+            async with asyncio.timeout_at(deadline.expires_at):
                 first_byte = self._first_byte_at(deadline)
                 try:
                     async with asyncio.timeout_at(first_byte):
@@ -253,30 +275,41 @@ class OpenAICompatibleProvider(Provider):
         client, headers = self._authorized(request)
         params = self.build_params(request, stream=True)
         debug = DebugInfo(url=self.url, request_body="")
-        retrier = self._retrier(deadline)
+        turns = self._turns(request, deadline)
         started = time.perf_counter()
         with self._span(request, attach=False) as span:
             while True:
-                debug.attempts = retrier.begin()
                 state = _StreamState(request.model)
                 try:
-                    # aclosing: when our caller stops early, the HTTP response closes now, not
-                    # whenever the garbage collector finalizes the generator.
-                    async with contextlib.aclosing(
-                        self._stream_once(client, params, headers, deadline, state, debug)
-                    ) as deltas:
-                        async for delta in deltas:
-                            if not state.emitted:
-                                TIME_TO_FIRST_TOKEN.labels(self.name).observe(
-                                    time.perf_counter() - started
-                                )
-                                state.emitted = True
-                            yield StreamChunk(delta=delta)
+                    permit = await turns.admit()
+                    debug.attempts = turns.retrier.attempts
+                    try:
+                        # aclosing: when our caller stops early, the HTTP response closes
+                        # now, not whenever the garbage collector finalizes the generator.
+                        async with contextlib.aclosing(
+                            self._stream_once(client, params, headers, deadline, state, debug)
+                        ) as deltas:
+                            async for delta in deltas:
+                                if not state.emitted:
+                                    TIME_TO_FIRST_TOKEN.labels(self.name).observe(
+                                        time.perf_counter() - started
+                                    )
+                                    state.emitted = True
+                                yield StreamChunk(delta=delta)
+                    except UpstreamFault as fault:
+                        # Once text reached the caller a retry would repeat it: final.
+                        if state.emitted:
+                            await permit.release(outcome="failed")
+                            raise
+                        if await turns.failed(permit, fault):
+                            continue
+                        raise
+                    except BaseException:
+                        # Our caller went away (or the deadline cancelled us) mid-answer.
+                        await asyncio.shield(permit.release(outcome="failed"))
+                        raise
                 except UpstreamFault as fault:
-                    # Once text reached the caller a retry would repeat it: the fault is final.
-                    if not state.emitted and await self._retry(retrier, fault):
-                        continue
-                    raise self._fail(fault, request, span, retrier.attempts) from None
+                    raise self._fail(fault, request, span, turns) from None
                 break
             text = "".join(state.parts)
             final = Completion(
@@ -286,6 +319,8 @@ class OpenAICompatibleProvider(Provider):
                 usage=state.usage or estimate_usage(request.messages, text),
                 debug=debug,
             )
+            await permit.release(outcome="ok", tokens=final.usage.total_tokens)
+            final = turns.report(final)
             self._succeeded(final, span)
         yield StreamChunk(final=final)
 
@@ -298,46 +333,103 @@ class OpenAICompatibleProvider(Provider):
         state: _StreamState,
         debug: DebugInfo,
     ) -> AsyncGenerator[str, None]:
+        # Until the first chunk arrives, reads are bounded by the first-byte timeout.
+        bound = self._first_byte_at(deadline)
         try:
-            async with asyncio.timeout_at(deadline.expires_at):
-                await self._limit.acquire()
+            async with asyncio.timeout_at(bound):
+                chunks = await self._send(client, params, headers, debug)
         except TimeoutError:
-            raise UpstreamFault("timeout") from None
-        try:
-            # Until the first chunk arrives, reads are bounded by the first-byte timeout.
-            bound = self._first_byte_at(deadline)
-            try:
-                async with asyncio.timeout_at(bound):
-                    chunks = await self._send(client, params, headers, debug)
-            except TimeoutError:
-                raise self._timeout(bound, deadline) from None
-            except UPSTREAM_ERRORS as err:
-                raise fault_from_error(err) from None
-            assert isinstance(chunks, openai.AsyncStream)
-            # Closing the stream closes its response: an unfinished answer drops the
-            # connection, so the upstream stops generating for a caller who has gone.
-            async with chunks:
-                while True:
-                    # Each read alone is bounded: a timeout around a yield would fire in our
-                    # caller's code instead of here.
-                    try:
-                        async with asyncio.timeout_at(bound):
-                            chunk = await anext(chunks, None)
-                    except TimeoutError:
-                        raise self._timeout(bound, deadline) from None
-                    except UPSTREAM_ERRORS as err:
-                        raise _stream_fault(err) from None
-                    if chunk is None:
-                        break
-                    bound = deadline.expires_at
-                    for delta in _absorb(chunk, state):
-                        yield delta
-            if state.finish_reason is None:
-                raise UpstreamFault(
-                    "bad_response", "the stream ended before the model finished", retryable=True
-                )
-        finally:
-            self._limit.release()
+            raise self._timeout(bound, deadline) from None
+        except UPSTREAM_ERRORS as err:
+            raise fault_from_error(err) from None
+        assert isinstance(chunks, openai.AsyncStream)
+        # Closing the stream closes its response: an unfinished answer drops the
+        # connection, so the upstream stops generating for a caller who has gone.
+        async with chunks:
+            while True:
+                # Each read alone is bounded: a timeout around a yield would fire in our
+                # caller's code instead of here.
+                try:
+                    async with asyncio.timeout_at(bound):
+                        chunk = await anext(chunks, None)
+                except TimeoutError:
+                    raise self._timeout(bound, deadline) from None
+                except UPSTREAM_ERRORS as err:
+                    raise _stream_fault(err) from None
+                if chunk is None:
+                    break
+                bound = deadline.expires_at
+                for delta in _absorb(chunk, state):
+                    yield delta
+        if state.finish_reason is None:
+            raise UpstreamFault(
+                "bad_response", "the stream ended before the model finished", retryable=True
+            )
+
+
+# Completion tokens assumed for a request without max_tokens, when the provider declares
+# tokens_per_minute: the estimate is corrected with the real usage once the call ends.
+COMPLETION_ESTIMATE = 256
+
+
+class _Turns:
+    """One call's attempts under the provider's limits: its place in the queue (kept across
+    retries), the attempts made and the time spent waiting."""
+
+    __slots__ = ("deadline", "estimate", "limiter", "prompt", "retrier", "ticket", "waited")
+
+    def __init__(
+        self,
+        limiter: ProviderLimiter,
+        retrier: Retrier,
+        deadline: Deadline,
+        prompt: int,
+        estimate: int,
+    ) -> None:
+        self.limiter = limiter
+        self.retrier = retrier
+        self.deadline = deadline
+        self.prompt = prompt
+        self.estimate = estimate
+        self.ticket = limiter.ticket()
+        self.waited = 0.0
+
+    async def admit(self) -> Permit:
+        permit = await self.limiter.acquire(self.ticket, self.estimate, self.deadline)
+        self.waited += permit.waited
+        self.retrier.begin()
+        return permit
+
+    async def failed(self, permit: Permit, fault: UpstreamFault) -> bool:
+        """Releases the attempt's permit; True when another attempt is worth making (after
+        the wait this sleeps, or that the queue imposes)."""
+        rate_limited = fault.status == 429
+        overloaded = rate_limited or fault.kind in ("timeout", "first_byte_timeout")
+        # A refused request used no tokens; a failed one is charged its prompt.
+        await permit.release(
+            outcome="overloaded" if overloaded else "failed",
+            tokens=0 if rate_limited else self.prompt,
+        )
+        wait = self.retrier.plan(
+            retryable=fault.retryable,
+            retry_after=fault.retry_after,
+            cause=fault.cause,
+            rate_limited=rate_limited,
+        )
+        if wait is None:
+            return False
+        if rate_limited and fault.retry_after is not None:
+            # Every call of the provider waits; this one keeps its place in the queue.
+            self.limiter.pause(wait)
+            return True
+        loop = asyncio.get_running_loop()
+        slept_from = loop.time()
+        await asyncio.sleep(wait)
+        self.waited += loop.time() - slept_from
+        return True
+
+    def report(self, completion: Completion) -> Completion:
+        return dataclasses.replace(completion, attempts=self.retrier.attempts, waited=self.waited)
 
 
 class _StreamState:

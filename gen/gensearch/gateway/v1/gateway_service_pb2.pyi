@@ -99,7 +99,7 @@ class GenerationError(_message.Message):
     def __init__(self, code: _Optional[int] = ..., status: _Optional[str] = ..., message: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class GenerationResult(_message.Message):
-    __slots__ = ("result", "error", "usage", "model", "finish_reason", "prompt", "provider", "structured", "fallback_index", "cached")
+    __slots__ = ("result", "error", "usage", "model", "finish_reason", "prompt", "provider", "structured", "fallback_index", "cached", "attempts", "wait_time")
     RESULT_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
@@ -110,6 +110,8 @@ class GenerationResult(_message.Message):
     STRUCTURED_FIELD_NUMBER: _ClassVar[int]
     FALLBACK_INDEX_FIELD_NUMBER: _ClassVar[int]
     CACHED_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    WAIT_TIME_FIELD_NUMBER: _ClassVar[int]
     result: str
     error: GenerationError
     usage: _generation_service_pb2.Usage
@@ -120,7 +122,9 @@ class GenerationResult(_message.Message):
     structured: _struct_pb2.Struct
     fallback_index: int
     cached: bool
-    def __init__(self, result: _Optional[str] = ..., error: _Optional[_Union[GenerationError, _Mapping]] = ..., usage: _Optional[_Union[_generation_service_pb2.Usage, _Mapping]] = ..., model: _Optional[str] = ..., finish_reason: _Optional[str] = ..., prompt: _Optional[str] = ..., provider: _Optional[str] = ..., structured: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., fallback_index: _Optional[int] = ..., cached: _Optional[bool] = ...) -> None: ...
+    attempts: int
+    wait_time: _duration_pb2.Duration
+    def __init__(self, result: _Optional[str] = ..., error: _Optional[_Union[GenerationError, _Mapping]] = ..., usage: _Optional[_Union[_generation_service_pb2.Usage, _Mapping]] = ..., model: _Optional[str] = ..., finish_reason: _Optional[str] = ..., prompt: _Optional[str] = ..., provider: _Optional[str] = ..., structured: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., fallback_index: _Optional[int] = ..., cached: _Optional[bool] = ..., attempts: _Optional[int] = ..., wait_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class GenerativeHit(_message.Message):
     __slots__ = ("hit", "generation")
@@ -301,7 +305,7 @@ class Trimmed(_message.Message):
     def __init__(self, history_turns: _Optional[int] = ..., hits: _Optional[int] = ...) -> None: ...
 
 class AskResponse(_message.Message):
-    __slots__ = ("answer", "citations", "hits", "usage", "conversation_id", "interaction_id", "rewritten_query", "trimmed", "model", "prompt", "provider", "cached", "cached_question", "cached_similarity", "summary_used", "history_tokens", "history_budget_tokens")
+    __slots__ = ("answer", "citations", "hits", "usage", "conversation_id", "interaction_id", "rewritten_query", "trimmed", "model", "prompt", "provider", "cached", "cached_question", "cached_similarity", "summary_used", "history_tokens", "history_budget_tokens", "attempts", "wait_time")
     ANSWER_FIELD_NUMBER: _ClassVar[int]
     CITATIONS_FIELD_NUMBER: _ClassVar[int]
     HITS_FIELD_NUMBER: _ClassVar[int]
@@ -319,6 +323,8 @@ class AskResponse(_message.Message):
     SUMMARY_USED_FIELD_NUMBER: _ClassVar[int]
     HISTORY_TOKENS_FIELD_NUMBER: _ClassVar[int]
     HISTORY_BUDGET_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    WAIT_TIME_FIELD_NUMBER: _ClassVar[int]
     answer: str
     citations: _containers.RepeatedCompositeFieldContainer[Citation]
     hits: _containers.RepeatedCompositeFieldContainer[_retrieval_service_pb2.Hit]
@@ -336,7 +342,9 @@ class AskResponse(_message.Message):
     summary_used: bool
     history_tokens: int
     history_budget_tokens: int
-    def __init__(self, answer: _Optional[str] = ..., citations: _Optional[_Iterable[_Union[Citation, _Mapping]]] = ..., hits: _Optional[_Iterable[_Union[_retrieval_service_pb2.Hit, _Mapping]]] = ..., usage: _Optional[_Union[_generation_service_pb2.Usage, _Mapping]] = ..., conversation_id: _Optional[str] = ..., interaction_id: _Optional[str] = ..., rewritten_query: _Optional[str] = ..., trimmed: _Optional[_Union[Trimmed, _Mapping]] = ..., model: _Optional[str] = ..., prompt: _Optional[_Iterable[_Union[_generation_service_pb2.Message, _Mapping]]] = ..., provider: _Optional[str] = ..., cached: _Optional[bool] = ..., cached_question: _Optional[str] = ..., cached_similarity: _Optional[float] = ..., summary_used: _Optional[bool] = ..., history_tokens: _Optional[int] = ..., history_budget_tokens: _Optional[int] = ...) -> None: ...
+    attempts: int
+    wait_time: _duration_pb2.Duration
+    def __init__(self, answer: _Optional[str] = ..., citations: _Optional[_Iterable[_Union[Citation, _Mapping]]] = ..., hits: _Optional[_Iterable[_Union[_retrieval_service_pb2.Hit, _Mapping]]] = ..., usage: _Optional[_Union[_generation_service_pb2.Usage, _Mapping]] = ..., conversation_id: _Optional[str] = ..., interaction_id: _Optional[str] = ..., rewritten_query: _Optional[str] = ..., trimmed: _Optional[_Union[Trimmed, _Mapping]] = ..., model: _Optional[str] = ..., prompt: _Optional[_Iterable[_Union[_generation_service_pb2.Message, _Mapping]]] = ..., provider: _Optional[str] = ..., cached: _Optional[bool] = ..., cached_question: _Optional[str] = ..., cached_similarity: _Optional[float] = ..., summary_used: _Optional[bool] = ..., history_tokens: _Optional[int] = ..., history_budget_tokens: _Optional[int] = ..., attempts: _Optional[int] = ..., wait_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class StreamAskRequest(_message.Message):
     __slots__ = ("collection", "llm_question", "llm_model", "provider", "conversation_id", "new_conversation", "context_size", "interaction_size", "timeout", "system_prompt", "user_instructions", "context_field_list", "near_text", "near_vector", "keyword", "hybrid", "filter", "rewrite_query", "temperature", "max_tokens", "debug", "semantic_cache", "summary_disabled")

@@ -22,44 +22,45 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n0gensearch/generation/v1/generation_service.proto\x12\x17gensearch.generation.v1\x1a\x1cgoogle/protobuf/struct.proto\"G\n\x07Message\x12+\n\x04role\x18\x01 \x01(\x0e\x32\x1d.gensearch.generation.v1.Role\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"b\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x05\x12\x11\n\testimated\x18\x04 \x01(\x08\"<\n\x05\x44\x65\x62ug\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x14\n\x0crequest_body\x18\x02 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x03 \x01(\x05\"\x85\x04\n\x0fGenerateRequest\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x32\n\x08messages\x18\x03 \x03(\x0b\x32 .gensearch.generation.v1.Message\x12\x18\n\x0btemperature\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x05 \x01(\x05H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x06 \x01(\x01H\x02\x88\x01\x01\x12\x0c\n\x04stop\x18\x07 \x03(\t\x12\r\n\x05\x64\x65\x62ug\x18\x08 \x01(\x08\x12\x1e\n\x11\x66requency_penalty\x18( \x01(\x01H\x03\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18) \x01(\x01H\x04\x88\x01\x01\x12\x11\n\x04seed\x18* \x01(\x03H\x05\x88\x01\x01\x12@\n\x0fresponse_format\x18+ \x01(\x0b\x32\'.gensearch.generation.v1.ResponseFormat\x12\x36\n\x08\x66\x61llback\x18, \x03(\x0b\x32$.gensearch.generation.v1.ModelChoice\x12\x10\n\x08\x62\x61se_url\x18- \x01(\tB\x0e\n\x0c_temperatureB\r\n\x0b_max_tokensB\x08\n\x06_top_pB\x14\n\x12_frequency_penaltyB\x13\n\x11_presence_penaltyB\x07\n\x05_seed\"\x8e\x02\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12-\n\x05usage\x18\x04 \x01(\x0b\x32\x1e.gensearch.generation.v1.Usage\x12-\n\x05\x64\x65\x62ug\x18\x05 \x01(\x0b\x32\x1e.gensearch.generation.v1.Debug\x12\x10\n\x08provider\x18\x06 \x01(\t\x12+\n\nstructured\x18( \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x16\n\x0e\x66\x61llback_index\x18) \x01(\x05\x12\x11\n\tcorrected\x18* \x01(\x08\"\x8b\x04\n\x15StreamGenerateRequest\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x32\n\x08messages\x18\x03 \x03(\x0b\x32 .gensearch.generation.v1.Message\x12\x18\n\x0btemperature\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x05 \x01(\x05H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x06 \x01(\x01H\x02\x88\x01\x01\x12\x0c\n\x04stop\x18\x07 \x03(\t\x12\r\n\x05\x64\x65\x62ug\x18\x08 \x01(\x08\x12\x1e\n\x11\x66requency_penalty\x18( \x01(\x01H\x03\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18) \x01(\x01H\x04\x88\x01\x01\x12\x11\n\x04seed\x18* \x01(\x03H\x05\x88\x01\x01\x12@\n\x0fresponse_format\x18+ \x01(\x0b\x32\'.gensearch.generation.v1.ResponseFormat\x12\x36\n\x08\x66\x61llback\x18, \x03(\x0b\x32$.gensearch.generation.v1.ModelChoice\x12\x10\n\x08\x62\x61se_url\x18- \x01(\tB\x0e\n\x0c_temperatureB\r\n\x0b_max_tokensB\x08\n\x06_top_pB\x14\n\x12_frequency_penaltyB\x13\n\x11_presence_penaltyB\x07\n\x05_seed\"\xa6\x02\n\x16StreamGenerateResponse\x12\r\n\x05\x64\x65lta\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12-\n\x05usage\x18\x04 \x01(\x0b\x32\x1e.gensearch.generation.v1.Usage\x12-\n\x05\x64\x65\x62ug\x18\x05 \x01(\x0b\x32\x1e.gensearch.generation.v1.Debug\x12\x10\n\x08provider\x18\x06 \x01(\t\x12+\n\nstructured\x18( \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x16\n\x0e\x66\x61llback_index\x18) \x01(\x05\x12\x11\n\tcorrected\x18* \x01(\x08\x12\x0f\n\x07restart\x18+ \x01(\x08\".\n\x0bModelChoice\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\"l\n\x0eResponseFormat\x12,\n\x0bjson_schema\x18\x01 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x06strict\x18\x03 \x01(\x08H\x00\x88\x01\x01\x42\t\n\x07_strict\"\x13\n\x11ListModelsRequest\"\x80\x02\n\x08Provider\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x33\n\x04kind\x18\x02 \x01(\x0e\x32%.gensearch.generation.v1.ProviderKind\x12\x10\n\x08\x62\x61se_url\x18\x03 \x01(\t\x12\x15\n\rdefault_model\x18\x04 \x01(\t\x12\x0e\n\x06models\x18\x05 \x03(\t\x12\x13\n\x0b\x61pi_key_env\x18\x06 \x01(\t\x12\x1a\n\x12\x61pi_key_configured\x18\x07 \x01(\x08\x12\x17\n\x0fmax_concurrency\x18\x08 \x01(\x05\x12\x16\n\x0e\x63ontext_window\x18\t \x01(\x05\x12\x16\n\x0emodels_checked\x18( \x01(\x08\"{\n\x12ListModelsResponse\x12\x34\n\tproviders\x18\x01 \x03(\x0b\x32!.gensearch.generation.v1.Provider\x12\x18\n\x10\x64\x65\x66\x61ult_provider\x18\x02 \x01(\t\x12\x15\n\rallowed_hosts\x18( \x01(\t*P\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_SYSTEM\x10\x01\x12\r\n\tROLE_USER\x10\x02\x12\x12\n\x0eROLE_ASSISTANT\x10\x03*R\n\x0cProviderKind\x12\x1d\n\x19PROVIDER_KIND_UNSPECIFIED\x10\x00\x12#\n\x1fPROVIDER_KIND_OPENAI_COMPATIBLE\x10\x01\x32\xd0\x02\n\x11GenerationService\x12_\n\x08Generate\x12(.gensearch.generation.v1.GenerateRequest\x1a).gensearch.generation.v1.GenerateResponse\x12s\n\x0eStreamGenerate\x12..gensearch.generation.v1.StreamGenerateRequest\x1a/.gensearch.generation.v1.StreamGenerateResponse0\x01\x12\x65\n\nListModels\x12*.gensearch.generation.v1.ListModelsRequest\x1a+.gensearch.generation.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n0gensearch/generation/v1/generation_service.proto\x12\x17gensearch.generation.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\"G\n\x07Message\x12+\n\x04role\x18\x01 \x01(\x0e\x32\x1d.gensearch.generation.v1.Role\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"b\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x05\x12\x11\n\testimated\x18\x04 \x01(\x08\"<\n\x05\x44\x65\x62ug\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x14\n\x0crequest_body\x18\x02 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x03 \x01(\x05\"\x85\x04\n\x0fGenerateRequest\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x32\n\x08messages\x18\x03 \x03(\x0b\x32 .gensearch.generation.v1.Message\x12\x18\n\x0btemperature\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x05 \x01(\x05H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x06 \x01(\x01H\x02\x88\x01\x01\x12\x0c\n\x04stop\x18\x07 \x03(\t\x12\r\n\x05\x64\x65\x62ug\x18\x08 \x01(\x08\x12\x1e\n\x11\x66requency_penalty\x18( \x01(\x01H\x03\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18) \x01(\x01H\x04\x88\x01\x01\x12\x11\n\x04seed\x18* \x01(\x03H\x05\x88\x01\x01\x12@\n\x0fresponse_format\x18+ \x01(\x0b\x32\'.gensearch.generation.v1.ResponseFormat\x12\x36\n\x08\x66\x61llback\x18, \x03(\x0b\x32$.gensearch.generation.v1.ModelChoice\x12\x10\n\x08\x62\x61se_url\x18- \x01(\tB\x0e\n\x0c_temperatureB\r\n\x0b_max_tokensB\x08\n\x06_top_pB\x14\n\x12_frequency_penaltyB\x13\n\x11_presence_penaltyB\x07\n\x05_seed\"\xce\x02\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12-\n\x05usage\x18\x04 \x01(\x0b\x32\x1e.gensearch.generation.v1.Usage\x12-\n\x05\x64\x65\x62ug\x18\x05 \x01(\x0b\x32\x1e.gensearch.generation.v1.Debug\x12\x10\n\x08provider\x18\x06 \x01(\t\x12+\n\nstructured\x18( \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x16\n\x0e\x66\x61llback_index\x18) \x01(\x05\x12\x11\n\tcorrected\x18* \x01(\x08\x12\x10\n\x08\x61ttempts\x18\x1e \x01(\x05\x12,\n\twait_time\x18\x1f \x01(\x0b\x32\x19.google.protobuf.Duration\"\x8b\x04\n\x15StreamGenerateRequest\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x32\n\x08messages\x18\x03 \x03(\x0b\x32 .gensearch.generation.v1.Message\x12\x18\n\x0btemperature\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x05 \x01(\x05H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x06 \x01(\x01H\x02\x88\x01\x01\x12\x0c\n\x04stop\x18\x07 \x03(\t\x12\r\n\x05\x64\x65\x62ug\x18\x08 \x01(\x08\x12\x1e\n\x11\x66requency_penalty\x18( \x01(\x01H\x03\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18) \x01(\x01H\x04\x88\x01\x01\x12\x11\n\x04seed\x18* \x01(\x03H\x05\x88\x01\x01\x12@\n\x0fresponse_format\x18+ \x01(\x0b\x32\'.gensearch.generation.v1.ResponseFormat\x12\x36\n\x08\x66\x61llback\x18, \x03(\x0b\x32$.gensearch.generation.v1.ModelChoice\x12\x10\n\x08\x62\x61se_url\x18- \x01(\tB\x0e\n\x0c_temperatureB\r\n\x0b_max_tokensB\x08\n\x06_top_pB\x14\n\x12_frequency_penaltyB\x13\n\x11_presence_penaltyB\x07\n\x05_seed\"\xe6\x02\n\x16StreamGenerateResponse\x12\r\n\x05\x64\x65lta\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12-\n\x05usage\x18\x04 \x01(\x0b\x32\x1e.gensearch.generation.v1.Usage\x12-\n\x05\x64\x65\x62ug\x18\x05 \x01(\x0b\x32\x1e.gensearch.generation.v1.Debug\x12\x10\n\x08provider\x18\x06 \x01(\t\x12+\n\nstructured\x18( \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x16\n\x0e\x66\x61llback_index\x18) \x01(\x05\x12\x11\n\tcorrected\x18* \x01(\x08\x12\x0f\n\x07restart\x18+ \x01(\x08\x12\x10\n\x08\x61ttempts\x18\x1e \x01(\x05\x12,\n\twait_time\x18\x1f \x01(\x0b\x32\x19.google.protobuf.Duration\".\n\x0bModelChoice\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\"l\n\x0eResponseFormat\x12,\n\x0bjson_schema\x18\x01 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x06strict\x18\x03 \x01(\x08H\x00\x88\x01\x01\x42\t\n\x07_strict\"\x13\n\x11ListModelsRequest\"\x80\x02\n\x08Provider\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x33\n\x04kind\x18\x02 \x01(\x0e\x32%.gensearch.generation.v1.ProviderKind\x12\x10\n\x08\x62\x61se_url\x18\x03 \x01(\t\x12\x15\n\rdefault_model\x18\x04 \x01(\t\x12\x0e\n\x06models\x18\x05 \x03(\t\x12\x13\n\x0b\x61pi_key_env\x18\x06 \x01(\t\x12\x1a\n\x12\x61pi_key_configured\x18\x07 \x01(\x08\x12\x17\n\x0fmax_concurrency\x18\x08 \x01(\x05\x12\x16\n\x0e\x63ontext_window\x18\t \x01(\x05\x12\x16\n\x0emodels_checked\x18( \x01(\x08\"{\n\x12ListModelsResponse\x12\x34\n\tproviders\x18\x01 \x03(\x0b\x32!.gensearch.generation.v1.Provider\x12\x18\n\x10\x64\x65\x66\x61ult_provider\x18\x02 \x01(\t\x12\x15\n\rallowed_hosts\x18( \x01(\t*P\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_SYSTEM\x10\x01\x12\r\n\tROLE_USER\x10\x02\x12\x12\n\x0eROLE_ASSISTANT\x10\x03*R\n\x0cProviderKind\x12\x1d\n\x19PROVIDER_KIND_UNSPECIFIED\x10\x00\x12#\n\x1fPROVIDER_KIND_OPENAI_COMPATIBLE\x10\x01\x32\xd0\x02\n\x11GenerationService\x12_\n\x08Generate\x12(.gensearch.generation.v1.GenerateRequest\x1a).gensearch.generation.v1.GenerateResponse\x12s\n\x0eStreamGenerate\x12..gensearch.generation.v1.StreamGenerateRequest\x1a/.gensearch.generation.v1.StreamGenerateResponse0\x01\x12\x65\n\nListModels\x12*.gensearch.generation.v1.ListModelsRequest\x1a+.gensearch.generation.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gensearch.generation.v1.generation_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROLE']._serialized_start=2521
-  _globals['_ROLE']._serialized_end=2601
-  _globals['_PROVIDERKIND']._serialized_start=2603
-  _globals['_PROVIDERKIND']._serialized_end=2685
-  _globals['_MESSAGE']._serialized_start=107
-  _globals['_MESSAGE']._serialized_end=178
-  _globals['_USAGE']._serialized_start=180
-  _globals['_USAGE']._serialized_end=278
-  _globals['_DEBUG']._serialized_start=280
-  _globals['_DEBUG']._serialized_end=340
-  _globals['_GENERATEREQUEST']._serialized_start=343
-  _globals['_GENERATEREQUEST']._serialized_end=860
-  _globals['_GENERATERESPONSE']._serialized_start=863
-  _globals['_GENERATERESPONSE']._serialized_end=1133
-  _globals['_STREAMGENERATEREQUEST']._serialized_start=1136
-  _globals['_STREAMGENERATEREQUEST']._serialized_end=1659
-  _globals['_STREAMGENERATERESPONSE']._serialized_start=1662
-  _globals['_STREAMGENERATERESPONSE']._serialized_end=1956
-  _globals['_MODELCHOICE']._serialized_start=1958
-  _globals['_MODELCHOICE']._serialized_end=2004
-  _globals['_RESPONSEFORMAT']._serialized_start=2006
-  _globals['_RESPONSEFORMAT']._serialized_end=2114
-  _globals['_LISTMODELSREQUEST']._serialized_start=2116
-  _globals['_LISTMODELSREQUEST']._serialized_end=2135
-  _globals['_PROVIDER']._serialized_start=2138
-  _globals['_PROVIDER']._serialized_end=2394
-  _globals['_LISTMODELSRESPONSE']._serialized_start=2396
-  _globals['_LISTMODELSRESPONSE']._serialized_end=2519
-  _globals['_GENERATIONSERVICE']._serialized_start=2688
-  _globals['_GENERATIONSERVICE']._serialized_end=3024
+  _globals['_ROLE']._serialized_start=2681
+  _globals['_ROLE']._serialized_end=2761
+  _globals['_PROVIDERKIND']._serialized_start=2763
+  _globals['_PROVIDERKIND']._serialized_end=2845
+  _globals['_MESSAGE']._serialized_start=139
+  _globals['_MESSAGE']._serialized_end=210
+  _globals['_USAGE']._serialized_start=212
+  _globals['_USAGE']._serialized_end=310
+  _globals['_DEBUG']._serialized_start=312
+  _globals['_DEBUG']._serialized_end=372
+  _globals['_GENERATEREQUEST']._serialized_start=375
+  _globals['_GENERATEREQUEST']._serialized_end=892
+  _globals['_GENERATERESPONSE']._serialized_start=895
+  _globals['_GENERATERESPONSE']._serialized_end=1229
+  _globals['_STREAMGENERATEREQUEST']._serialized_start=1232
+  _globals['_STREAMGENERATEREQUEST']._serialized_end=1755
+  _globals['_STREAMGENERATERESPONSE']._serialized_start=1758
+  _globals['_STREAMGENERATERESPONSE']._serialized_end=2116
+  _globals['_MODELCHOICE']._serialized_start=2118
+  _globals['_MODELCHOICE']._serialized_end=2164
+  _globals['_RESPONSEFORMAT']._serialized_start=2166
+  _globals['_RESPONSEFORMAT']._serialized_end=2274
+  _globals['_LISTMODELSREQUEST']._serialized_start=2276
+  _globals['_LISTMODELSREQUEST']._serialized_end=2295
+  _globals['_PROVIDER']._serialized_start=2298
+  _globals['_PROVIDER']._serialized_end=2554
+  _globals['_LISTMODELSRESPONSE']._serialized_start=2556
+  _globals['_LISTMODELSRESPONSE']._serialized_end=2679
+  _globals['_GENERATIONSERVICE']._serialized_start=2848
+  _globals['_GENERATIONSERVICE']._serialized_end=3184
 # @@protoc_insertion_point(module_scope)

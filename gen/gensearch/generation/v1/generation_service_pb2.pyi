@@ -1,3 +1,6 @@
+import datetime
+
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -89,7 +92,7 @@ class GenerateRequest(_message.Message):
     def __init__(self, provider: _Optional[str] = ..., model: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., temperature: _Optional[float] = ..., max_tokens: _Optional[int] = ..., top_p: _Optional[float] = ..., stop: _Optional[_Iterable[str]] = ..., debug: _Optional[bool] = ..., frequency_penalty: _Optional[float] = ..., presence_penalty: _Optional[float] = ..., seed: _Optional[int] = ..., response_format: _Optional[_Union[ResponseFormat, _Mapping]] = ..., fallback: _Optional[_Iterable[_Union[ModelChoice, _Mapping]]] = ..., base_url: _Optional[str] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
-    __slots__ = ("text", "model", "finish_reason", "usage", "debug", "provider", "structured", "fallback_index", "corrected")
+    __slots__ = ("text", "model", "finish_reason", "usage", "debug", "provider", "structured", "fallback_index", "corrected", "attempts", "wait_time")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
@@ -99,6 +102,8 @@ class GenerateResponse(_message.Message):
     STRUCTURED_FIELD_NUMBER: _ClassVar[int]
     FALLBACK_INDEX_FIELD_NUMBER: _ClassVar[int]
     CORRECTED_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    WAIT_TIME_FIELD_NUMBER: _ClassVar[int]
     text: str
     model: str
     finish_reason: str
@@ -108,7 +113,9 @@ class GenerateResponse(_message.Message):
     structured: _struct_pb2.Struct
     fallback_index: int
     corrected: bool
-    def __init__(self, text: _Optional[str] = ..., model: _Optional[str] = ..., finish_reason: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., debug: _Optional[_Union[Debug, _Mapping]] = ..., provider: _Optional[str] = ..., structured: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., fallback_index: _Optional[int] = ..., corrected: _Optional[bool] = ...) -> None: ...
+    attempts: int
+    wait_time: _duration_pb2.Duration
+    def __init__(self, text: _Optional[str] = ..., model: _Optional[str] = ..., finish_reason: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., debug: _Optional[_Union[Debug, _Mapping]] = ..., provider: _Optional[str] = ..., structured: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., fallback_index: _Optional[int] = ..., corrected: _Optional[bool] = ..., attempts: _Optional[int] = ..., wait_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class StreamGenerateRequest(_message.Message):
     __slots__ = ("provider", "model", "messages", "temperature", "max_tokens", "top_p", "stop", "debug", "frequency_penalty", "presence_penalty", "seed", "response_format", "fallback", "base_url")
@@ -143,7 +150,7 @@ class StreamGenerateRequest(_message.Message):
     def __init__(self, provider: _Optional[str] = ..., model: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., temperature: _Optional[float] = ..., max_tokens: _Optional[int] = ..., top_p: _Optional[float] = ..., stop: _Optional[_Iterable[str]] = ..., debug: _Optional[bool] = ..., frequency_penalty: _Optional[float] = ..., presence_penalty: _Optional[float] = ..., seed: _Optional[int] = ..., response_format: _Optional[_Union[ResponseFormat, _Mapping]] = ..., fallback: _Optional[_Iterable[_Union[ModelChoice, _Mapping]]] = ..., base_url: _Optional[str] = ...) -> None: ...
 
 class StreamGenerateResponse(_message.Message):
-    __slots__ = ("delta", "model", "finish_reason", "usage", "debug", "provider", "structured", "fallback_index", "corrected", "restart")
+    __slots__ = ("delta", "model", "finish_reason", "usage", "debug", "provider", "structured", "fallback_index", "corrected", "restart", "attempts", "wait_time")
     DELTA_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
@@ -154,6 +161,8 @@ class StreamGenerateResponse(_message.Message):
     FALLBACK_INDEX_FIELD_NUMBER: _ClassVar[int]
     CORRECTED_FIELD_NUMBER: _ClassVar[int]
     RESTART_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    WAIT_TIME_FIELD_NUMBER: _ClassVar[int]
     delta: str
     model: str
     finish_reason: str
@@ -164,7 +173,9 @@ class StreamGenerateResponse(_message.Message):
     fallback_index: int
     corrected: bool
     restart: bool
-    def __init__(self, delta: _Optional[str] = ..., model: _Optional[str] = ..., finish_reason: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., debug: _Optional[_Union[Debug, _Mapping]] = ..., provider: _Optional[str] = ..., structured: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., fallback_index: _Optional[int] = ..., corrected: _Optional[bool] = ..., restart: _Optional[bool] = ...) -> None: ...
+    attempts: int
+    wait_time: _duration_pb2.Duration
+    def __init__(self, delta: _Optional[str] = ..., model: _Optional[str] = ..., finish_reason: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., debug: _Optional[_Union[Debug, _Mapping]] = ..., provider: _Optional[str] = ..., structured: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., fallback_index: _Optional[int] = ..., corrected: _Optional[bool] = ..., restart: _Optional[bool] = ..., attempts: _Optional[int] = ..., wait_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class ModelChoice(_message.Message):
     __slots__ = ("provider", "model")

@@ -1,0 +1,239 @@
+"""When an upstream call may start: the provider's limits, in order of arrival.
+
+Every attempt of every call to a provider passes ``ProviderLimiter.acquire`` and holds the
+``Permit`` it gets while its request runs. A call may start when
+
+1. no ``Retry-After`` pause is running: a 429 stops every call of the provider (in this
+   replica) for as long as the provider asked, not only the one that got it;
+2. fewer calls run here than the adaptive limit (``services.generation.adaptive``) allows;
+3. the declared limits shared by every replica admit it (``services.generation.rate_buckets``).
+
+Calls wait first-in first-out by their *first* arrival: a call retried after a 429 keeps
+its ticket and so goes before calls that came after it. Only the call at the head of the
+queue asks the shared limits (one Redis round trip at a time per provider and replica).
+A wait the call's deadline cannot cover fails it at once with RESOURCE_EXHAUSTED instead
+of sleeping into the deadline; the deadline passing in the queue is DEADLINE_EXCEEDED.
+A provider that declares nothing and is not being throttled admits at once, with no
+Redis call and no await.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import math
+import uuid
+from dataclasses import dataclass, field
+
+from services.common.upstream_retry import Deadline
+from services.generation.adaptive import AdaptiveLimit
+from services.generation.metrics import CONCURRENCY_LIMIT, IN_FLIGHT, QUEUE_WAIT
+from services.generation.rate_buckets import FLIGHT_FULL, DeclaredLimits, SharedLimits, scope_of
+from services.generation.settings import ProviderConfig
+from services.generation.upstream import UpstreamFault
+
+# How often the head of the queue asks again when the shared in-flight limit is full and
+# no call of this replica ended (calls of other replicas end unseen).
+FLIGHT_POLL = 0.05
+
+
+@dataclass(order=True)
+class Ticket:
+    """A call's place in the queue, kept across its attempts."""
+
+    arrived: float
+    seq: int
+
+
+@dataclass(order=True)
+class _Waiter:
+    ticket: Ticket
+    turn: asyncio.Event = field(compare=False, default_factory=asyncio.Event)
+
+
+class Permit:
+    """One admitted attempt; ``release`` exactly once when it ends."""
+
+    __slots__ = ("_limiter", "call_id", "cost", "started", "waited")
+
+    def __init__(self, limiter: ProviderLimiter, call_id: str, cost: float, waited: float) -> None:
+        self._limiter = limiter
+        self.call_id = call_id
+        self.cost = cost
+        self.waited = waited
+        self.started = asyncio.get_running_loop().time()
+
+    async def release(self, *, outcome: str, tokens: float | None = None) -> None:
+        """``outcome``: ``ok``, ``overloaded`` (429, timeout) or ``failed`` (anything else).
+        ``tokens``: what the call really used, when known."""
+        await self._limiter._release(self, outcome, tokens)
+
+
+class ProviderLimiter:
+    """The queue of one provider (and API key) in this replica."""
+
+    def __init__(
+        self,
+        config: ProviderConfig,
+        scope: str,
+        shared: SharedLimits | None,
+    ) -> None:
+        self.name = config.name
+        self.scope = scope
+        self.declared = DeclaredLimits.of(config)
+        self._shared = shared if self.declared.any else None
+        caps = [c for c in (config.max_concurrency, config.max_in_flight) if c is not None]
+        ceiling = min(caps) if caps else None
+        self.adaptive = config.adaptive
+        self.limit = AdaptiveLimit(
+            ceiling, latency_factor=config.latency_factor if config.adaptive else None
+        )
+        self._fixed = math.inf if ceiling is None else ceiling
+        self._queue: list[_Waiter] = []
+        self._seq = itertools.count()
+        self.in_flight = 0
+        self._paused_until = 0.0
+        self._released = asyncio.Event()
+        self._publish()
+
+    def ticket(self) -> Ticket:
+        return Ticket(asyncio.get_running_loop().time(), next(self._seq))
+
+    @property
+    def idle(self) -> bool:
+        return self.in_flight == 0 and not self._queue
+
+    def pause(self, seconds: float) -> None:
+        """A 429 asked every call to wait ``seconds``."""
+        until = asyncio.get_running_loop().time() + seconds
+        self._paused_until = max(self._paused_until, until)
+
+    def _allows(self) -> bool:
+        limit = self.limit.limit if self.adaptive else self._fixed
+        return self.in_flight < limit
+
+    def _publish(self) -> None:
+        limit = self.limit.limit if self.adaptive else self._fixed
+        CONCURRENCY_LIMIT.labels(self.name).set(limit)
+        IN_FLIGHT.labels(self.name).set(self.in_flight)
+
+    async def acquire(self, ticket: Ticket, cost: float, deadline: Deadline) -> Permit:
+        loop = asyncio.get_running_loop()
+        entered = loop.time()
+        call_id = uuid.uuid4().hex
+        if (
+            not self._queue
+            and self._shared is None
+            and self._paused_until <= entered
+            and self._allows()
+        ):
+            return self._admitted(call_id, cost, 0.0)
+        waiter = _Waiter(ticket)
+        heapq.heappush(self._queue, waiter)
+        try:
+            async with asyncio.timeout_at(deadline.expires_at):
+                await self._wait_for_admission(waiter, call_id, cost, deadline)
+        except TimeoutError:
+            raise UpstreamFault(
+                "queue_timeout",
+                f"the deadline passed while waiting {loop.time() - entered:.1f} s for the "
+                "provider's limits",
+            ) from None
+        finally:
+            self._leave(waiter)
+        return self._admitted(call_id, cost, loop.time() - entered)
+
+    def _admitted(self, call_id: str, cost: float, waited: float) -> Permit:
+        self.in_flight += 1
+        self._publish()
+        QUEUE_WAIT.labels(self.name).observe(waited)
+        return Permit(self, call_id, cost, waited)
+
+    def _leave(self, waiter: _Waiter) -> None:
+        was_head = bool(self._queue) and self._queue[0] is waiter
+        try:
+            self._queue.remove(waiter)
+        except ValueError:
+            return
+        heapq.heapify(self._queue)
+        if self._queue and (was_head or not self._queue[0].turn.is_set()):
+            self._queue[0].turn.set()
+
+    async def _wait_for_admission(
+        self, waiter: _Waiter, call_id: str, cost: float, deadline: Deadline
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if self._queue[0] is not waiter:
+                waiter.turn.clear()
+                await waiter.turn.wait()
+                continue
+            now = loop.time()
+            if self._paused_until > now:
+                await self._sleep(self._paused_until - now, deadline, "a 429's Retry-After")
+                continue
+            if not self._allows():
+                self._released.clear()
+                await self._released.wait()
+                continue
+            if self._shared is None:
+                return
+            wait = await self._shared.admit(self.scope, call_id, cost, deadline.remaining())
+            if wait == 0:
+                return
+            if wait == FLIGHT_FULL:
+                self._released.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(FLIGHT_POLL):
+                        await self._released.wait()
+                continue
+            await self._sleep(wait, deadline, "the provider's rate limits")
+
+    async def _sleep(self, seconds: float, deadline: Deadline, why: str) -> None:
+        if seconds >= deadline.remaining():
+            raise UpstreamFault(
+                "limit_wait",
+                f"waiting {seconds:.1f} s for {why} would pass the deadline "
+                f"({deadline.remaining():.1f} s left)",
+                retry_after=seconds,
+            )
+        await asyncio.sleep(seconds)
+
+    async def _release(self, permit: Permit, outcome: str, tokens: float | None) -> None:
+        self.in_flight -= 1
+        latency = asyncio.get_running_loop().time() - permit.started
+        if outcome == "ok":
+            self.limit.succeeded(latency, self.in_flight + 1)
+        elif outcome == "overloaded":
+            self.limit.overloaded(self.in_flight + 1)
+        self._publish()
+        self._released.set()
+        if self._queue and not self._queue[0].turn.is_set():
+            self._queue[0].turn.set()
+        if self._shared is not None:
+            refund = 0.0 if tokens is None else permit.cost - tokens
+            await self._shared.release(self.scope, permit.call_id, refund)
+
+
+class Limiters:
+    """The queues of one provider, one per API key in use: a caller's own key has its own
+    limits at the provider (the declared ones are assumed for every key)."""
+
+    # Idle queues are dropped past this many (per-request keys come and go).
+    MAX_IDLE = 1000
+
+    def __init__(self, config: ProviderConfig, shared: SharedLimits | None) -> None:
+        self._config = config
+        self._shared = shared
+        self._by_scope: dict[str, ProviderLimiter] = {}
+
+    def get(self, api_key: str | None) -> ProviderLimiter:
+        scope = scope_of(self._config.name, api_key)
+        limiter = self._by_scope.get(scope)
+        if limiter is None:
+            if len(self._by_scope) >= self.MAX_IDLE:
+                self._by_scope = {s: q for s, q in self._by_scope.items() if not q.idle}
+            limiter = self._by_scope[scope] = ProviderLimiter(self._config, scope, self._shared)
+        return limiter

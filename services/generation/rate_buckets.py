@@ -1,0 +1,253 @@
+"""A provider's declared limits, counted where every replica sees them.
+
+``requests_per_minute`` and ``tokens_per_minute`` are token buckets; ``max_in_flight`` a set
+of leases. With Redis (``GENSEARCH_GENERATION_REDIS_URL``) one atomic script
+(``services/common/lua/provider_admit.lua``) checks and takes all three for every replica
+of the generation service together; keys carry a Redis Cluster hash tag per provider (and
+API key), so one provider's limits live in one slot. Without Redis the same arithmetic runs
+in this process alone (``LocalLimits``): the limits then hold per replica, so an operator
+running several replicas without Redis divides them by the replica count.
+
+A bucket's shape follows from the declared limit so that no span of ``rate_window`` seconds
+ever sees more than the limit's share of it, whatever the provider's own accounting
+(a fixed or a sliding window, or a bucket): ``capacity`` = ``rate_burst`` x the window's
+allowance may start at once, the rest refills evenly over the window.
+
+A Redis that fails is not a reason to fail calls: that call is counted in memory instead,
+and a warning is logged (at most every 30 s).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Protocol
+
+from redis.commands.core import AsyncScript
+from redis.exceptions import RedisClusterException, RedisError
+
+from services.common.redis_client import RedisClient
+from services.generation.settings import ProviderConfig
+
+log = logging.getLogger("gensearch.generation.limits")
+
+_LUA = resources.files("services.common") / "lua"
+_WARN_EVERY = 30.0
+# A lease outlives its call's deadline by this much (clock skew, the answer in flight).
+LEASE_SLACK = 5.0
+# Admission answers: go, wait this long, or ask again soon (in flight is full).
+FLIGHT_FULL = -1.0
+
+
+@cache
+def _script(name: str) -> str:
+    return (_LUA / f"{name}.lua").read_text()
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    capacity: float
+    per_second: float
+
+    @classmethod
+    def of(cls, per_minute: float | None, window: float, burst: float) -> Bucket | None:
+        """No span of ``window`` seconds admits more than ``per_minute`` x window / 60."""
+        if per_minute is None:
+            return None
+        allowance = per_minute * window / 60.0
+        capacity = max(1.0, math.floor(allowance * burst))
+        # capacity + per_second x window == allowance (below 2 per window: one at a time,
+        # at the limit's pace).
+        refill = allowance - capacity if allowance - capacity >= capacity else allowance
+        return cls(capacity, refill / window)
+
+
+@dataclass(frozen=True, slots=True)
+class DeclaredLimits:
+    requests: Bucket | None
+    tokens: Bucket | None
+    in_flight: int | None
+
+    @classmethod
+    def of(cls, config: ProviderConfig) -> DeclaredLimits:
+        window, burst = config.rate_window, config.rate_burst
+        return cls(
+            Bucket.of(config.requests_per_minute, window, burst),
+            Bucket.of(config.tokens_per_minute, window, burst),
+            config.max_in_flight,
+        )
+
+    @property
+    def any(self) -> bool:
+        return self.requests is not None or self.tokens is not None or self.in_flight is not None
+
+    @property
+    def ttl(self) -> float:
+        """Seconds after which an idle bucket is full again (and its key may go)."""
+        return (
+            max(
+                (b.capacity / b.per_second for b in (self.requests, self.tokens) if b is not None),
+                default=1.0,
+            )
+            + 1.0
+        )
+
+
+class SharedLimits(Protocol):
+    async def admit(self, scope: str, call_id: str, cost: float, lease: float) -> float:
+        """0: admitted; > 0: seconds until the buckets can pay; ``FLIGHT_FULL``."""
+
+    async def release(self, scope: str, call_id: str, refund: float) -> None:
+        """The call ended: it leaves the in-flight set; ``refund`` tokens go back."""
+
+
+class _LocalBucket:
+    __slots__ = ("level", "shape", "updated")
+
+    def __init__(self, shape: Bucket, now: float) -> None:
+        self.shape = shape
+        self.level = shape.capacity
+        self.updated = now
+
+    def refill(self, now: float) -> float:
+        self.level = min(
+            self.shape.capacity, self.level + max(0.0, now - self.updated) * self.shape.per_second
+        )
+        self.updated = now
+        return self.level
+
+
+class LocalLimits:
+    """The limits counted in this process (no Redis, or Redis failed for a call)."""
+
+    def __init__(self, limits: DeclaredLimits) -> None:
+        self.limits = limits
+        self._requests: dict[str, _LocalBucket] = {}
+        self._tokens: dict[str, _LocalBucket] = {}
+        self._flight: dict[str, set[str]] = {}
+
+    def _bucket(self, table: dict[str, _LocalBucket], shape: Bucket, scope: str) -> _LocalBucket:
+        bucket = table.get(scope)
+        if bucket is None:
+            bucket = table[scope] = _LocalBucket(shape, time.monotonic())
+        return bucket
+
+    async def admit(self, scope: str, call_id: str, cost: float, lease: float) -> float:
+        now = time.monotonic()
+        flight = self._flight.setdefault(scope, set())
+        if self.limits.in_flight is not None and len(flight) >= self.limits.in_flight:
+            return FLIGHT_FULL
+        wait = 0.0
+        req = tok = None
+        if self.limits.requests is not None:
+            req = self._bucket(self._requests, self.limits.requests, scope)
+            if req.refill(now) < 1:
+                wait = max(wait, (1 - req.level) / req.shape.per_second)
+        if self.limits.tokens is not None:
+            tok = self._bucket(self._tokens, self.limits.tokens, scope)
+            cost = min(cost, tok.shape.capacity)
+            if tok.refill(now) < cost:
+                wait = max(wait, (cost - tok.level) / tok.shape.per_second)
+        if wait > 0:
+            return wait
+        if req is not None:
+            req.level -= 1
+        if tok is not None:
+            tok.level -= cost
+        if self.limits.in_flight is not None:
+            flight.add(call_id)
+        return 0.0
+
+    async def release(self, scope: str, call_id: str, refund: float) -> None:
+        self._flight.get(scope, set()).discard(call_id)
+        if self.limits.tokens is not None and refund:
+            tok = self._bucket(self._tokens, self.limits.tokens, scope)
+            tok.refill(time.monotonic())
+            tok.level = min(tok.shape.capacity, tok.level + refund)
+
+
+class RedisLimits:
+    """The limits counted in Redis for every replica; in memory for a call Redis fails."""
+
+    def __init__(self, redis: RedisClient, limits: DeclaredLimits, *, key_prefix: str) -> None:
+        self.limits = limits
+        self._prefix = key_prefix
+        # redis-py annotates register_script's self as Redis; RedisCluster has it too.
+        self._admit: AsyncScript = redis.register_script(_script("provider_admit"))  # type: ignore[misc]
+        self._release: AsyncScript = redis.register_script(_script("provider_release"))  # type: ignore[misc]
+        self._fallback = LocalLimits(limits)
+        self._warned_at = -math.inf
+        # Calls admitted in memory (Redis failed): released there too.
+        self._local_calls: set[str] = set()
+
+    def keys(self, scope: str) -> tuple[str, str, str]:
+        tag = f"{self._prefix}:limits:{{{scope}}}"
+        return f"{tag}:requests", f"{tag}:tokens", f"{tag}:flight"
+
+    def _failed(self, err: BaseException) -> None:
+        now = time.monotonic()
+        if now - self._warned_at >= _WARN_EVERY:
+            self._warned_at = now
+            log.warning(
+                "provider limits counted in this process only, Redis failed: %s",
+                type(err).__name__,
+            )
+
+    async def admit(self, scope: str, call_id: str, cost: float, lease: float) -> float:
+        req, tok = self.limits.requests, self.limits.tokens
+        args = [
+            req.capacity if req else 0,
+            req.per_second / 1000 if req else 0,
+            tok.capacity if tok else 0,
+            tok.per_second / 1000 if tok else 0,
+            cost,
+            self.limits.in_flight or 0,
+            int((lease + LEASE_SLACK) * 1000),
+            call_id,
+            int(self.limits.ttl * 1000),
+        ]
+        try:
+            reply = await self._admit(keys=list(self.keys(scope)), args=args)
+        except (RedisError, RedisClusterException, OSError) as err:
+            self._failed(err)
+            wait = await self._fallback.admit(scope, call_id, cost, lease)
+            if wait == 0:
+                self._local_calls.add(call_id)
+            return wait
+        wait_ms = int(reply)
+        return FLIGHT_FULL if wait_ms < 0 else wait_ms / 1000
+
+    async def release(self, scope: str, call_id: str, refund: float) -> None:
+        if call_id in self._local_calls:
+            self._local_calls.discard(call_id)
+            await self._fallback.release(scope, call_id, refund)
+            return
+        tok = self.limits.tokens
+        _, tokens, flight = self.keys(scope)
+        args = [
+            tok.capacity if tok else 0,
+            tok.per_second / 1000 if tok else 0,
+            refund,
+            call_id,
+            int(self.limits.ttl * 1000),
+        ]
+        try:
+            await self._release(keys=[tokens, flight], args=args)
+        except Exception as err:
+            # Best effort: the lease frees the slot, and the call's outcome must not change.
+            self._failed(err)
+
+
+def scope_of(provider: str, api_key: str | None) -> str:
+    """Whose limits a call counts against: the provider's with the operator's key, or the
+    provider's with the caller's own key (its own limits at the provider). The key itself
+    never reaches Redis, only a digest of it."""
+    if api_key is None:
+        return f"p:{provider}"
+    digest = hashlib.sha256(api_key.encode()).hexdigest()[:16]
+    return f"p:{provider}:k:{digest}"

@@ -1,0 +1,189 @@
+"""Units of the provider limits: the AIMD controller on a fake clock, the bucket shapes,
+the in-process buckets, and the queue's faults and order."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import grpc
+import pytest
+
+from services.common.redis_client import connect
+from services.common.upstream_retry import Deadline
+from services.devlaunch.processes import free_port
+from services.devlaunch.redis_server import RedisProcess
+from services.generation.adaptive import AdaptiveLimit
+from services.generation.admission import ProviderLimiter
+from services.generation.rate_buckets import (
+    FLIGHT_FULL,
+    Bucket,
+    DeclaredLimits,
+    LocalLimits,
+    RedisLimits,
+)
+from services.generation.settings import ProviderConfig
+from services.generation.upstream import UpstreamFault, to_service_error
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_no_ceiling_means_no_limit_until_the_provider_pushes_back() -> None:
+    clock = Clock()
+    limit = AdaptiveLimit(None, clock=clock)
+    assert limit.limit == math.inf and limit.allows(10_000)
+    limit.overloaded(in_flight=40)
+    assert limit.limit == 20  # halved from what was running, not from infinity
+
+
+def test_429s_halve_once_per_cooldown_and_successes_grow_it_back() -> None:
+    clock = Clock()
+    limit = AdaptiveLimit(32, clock=clock)
+    assert limit.limit == 32
+    limit.overloaded(in_flight=32)
+    limit.overloaded(in_flight=32)  # the same wave of 429s: one decrease
+    assert limit.limit == 16
+    clock.now += 1
+    limit.overloaded(in_flight=16)
+    assert limit.limit == 8
+    for _ in range(5):
+        limit.succeeded(0.2, in_flight=8)
+    assert limit.limit == 13
+    for _ in range(100):
+        limit.succeeded(0.2, in_flight=8)
+    assert limit.limit == 32  # never past the ceiling
+    for _ in range(10):
+        clock.now += 1
+        limit.overloaded(in_flight=1)
+    assert limit.limit == 1  # never below one
+
+
+def test_rising_latency_shrinks_the_limit() -> None:
+    clock = Clock()
+    limit = AdaptiveLimit(100, latency_factor=3.0, clock=clock)
+    for _ in range(10):
+        limit.succeeded(0.1, in_flight=50)
+    assert limit.limit == 100
+    for _ in range(10):
+        clock.now += 1
+        limit.succeeded(1.0, in_flight=50)
+    assert limit.limit < 50
+    ignoring = AdaptiveLimit(100, latency_factor=None, clock=clock)
+    for latency in (0.1, 1.0, 5.0, 10.0):
+        clock.now += 1
+        ignoring.succeeded(latency, in_flight=50)
+    assert ignoring.limit == 100
+
+
+@pytest.mark.parametrize(
+    ("per_minute", "window", "burst", "capacity", "per_second"),
+    [(600, 10, 0.1, 10, 9.0), (60, 60, 0.1, 6, 0.9), (300, 1, 0.2, 1, 4.0), (60, 1, 0.1, 1, 1.0)],
+)
+def test_a_bucket_never_admits_more_than_the_limit_in_a_window(
+    per_minute: float, window: float, burst: float, capacity: float, per_second: float
+) -> None:
+    bucket = Bucket.of(per_minute, window, burst)
+    assert bucket == Bucket(capacity, pytest.approx(per_second))
+    allowance = per_minute * window / 60
+    assert bucket.capacity + bucket.per_second * window <= max(allowance, 2)
+
+
+def _config(**fields: object) -> ProviderConfig:
+    return ProviderConfig(name="p", base_url="http://127.0.0.1:9/v1", default_model="m", **fields)
+
+
+async def test_token_estimates_are_corrected_with_the_real_usage() -> None:
+    limits = LocalLimits(DeclaredLimits.of(_config(tokens_per_minute=6000, rate_burst=0.5)))
+    # 3000 at once, 50 a second after that.
+    assert await limits.admit("s", "a", 3000, 10) == 0
+    assert await limits.admit("s", "b", 1000, 10) > 0
+    await limits.release("s", "a", refund=2000)  # it used 1000 of the 3000 estimated
+    assert await limits.admit("s", "b", 1000, 10) == 0
+
+
+async def test_the_in_flight_limit_holds_until_a_call_ends() -> None:
+    limits = LocalLimits(DeclaredLimits.of(_config(max_in_flight=1)))
+    assert await limits.admit("s", "a", 1, 10) == 0
+    assert await limits.admit("s", "b", 1, 10) == FLIGHT_FULL
+    await limits.release("s", "a", refund=0)
+    assert await limits.admit("s", "b", 1, 10) == 0
+
+
+async def test_a_deadline_passing_in_the_queue_is_deadline_exceeded() -> None:
+    config = _config(max_in_flight=1)
+    limiter = ProviderLimiter(config, "p", LocalLimits(DeclaredLimits.of(config)))
+    first = await limiter.acquire(limiter.ticket(), 1, Deadline(5))
+    with pytest.raises(UpstreamFault) as caught:
+        await limiter.acquire(limiter.ticket(), 1, Deadline(0.1))
+    error = to_service_error(caught.value, "p", "m")
+    assert error.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert error.reason == "PROVIDER_QUEUE_TIMEOUT"
+    await first.release(outcome="ok")
+    second = await limiter.acquire(limiter.ticket(), 1, Deadline(1))  # the queue moved on
+    await second.release(outcome="ok")
+
+
+async def test_a_pause_longer_than_the_deadline_fails_at_once() -> None:
+    limiter = ProviderLimiter(_config(), "p", None)
+    limiter.pause(30)
+    with pytest.raises(UpstreamFault) as caught:
+        await asyncio.wait_for(limiter.acquire(limiter.ticket(), 1, Deadline(5)), 1)
+    error = to_service_error(caught.value, "p", "m")
+    assert error.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error.reason == "PROVIDER_LIMIT_WAIT"
+
+
+async def test_waiters_are_admitted_by_first_arrival() -> None:
+    limiter = ProviderLimiter(_config(max_concurrency=1), "p", None)
+    held = await limiter.acquire(limiter.ticket(), 1, Deadline(5))
+    early, late = limiter.ticket(), limiter.ticket()
+    order: list[str] = []
+
+    async def take(name: str, ticket: object) -> None:
+        permit = await limiter.acquire(ticket, 1, Deadline(5))  # type: ignore[arg-type]
+        order.append(name)
+        await permit.release(outcome="ok")
+
+    # The later ticket queues first; the earlier one (a retried call) still goes first.
+    tasks = [asyncio.create_task(take("late", late))]
+    await asyncio.sleep(0.01)
+    tasks.append(asyncio.create_task(take("early", early)))
+    await asyncio.sleep(0.01)
+    await held.release(outcome="ok")
+    await asyncio.gather(*tasks)
+    assert order == ["early", "late"]
+
+
+async def test_tokens_are_corrected_in_redis_too(redis_server: RedisProcess) -> None:
+    declared = DeclaredLimits.of(_config(tokens_per_minute=6000, rate_burst=0.5))
+    redis = connect(redis_server.url, cluster=False, socket_timeout=1, connect_timeout=1)
+    try:
+        limits = RedisLimits(redis, declared, key_prefix="t")
+        assert await limits.admit("p:p", "a", 3000, 10) == 0
+        assert await limits.admit("p:p", "b", 1000, 10) > 0
+        await limits.release("p:p", "a", refund=2000)
+        assert await limits.admit("p:p", "b", 1000, 10) == 0
+        assert await redis.exists("t:limits:{p:p}:tokens")
+    finally:
+        await redis.aclose()
+
+
+async def test_a_redis_that_fails_does_not_fail_calls() -> None:
+    declared = DeclaredLimits.of(_config(requests_per_minute=60, max_in_flight=1))
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    redis = connect(url, cluster=False, socket_timeout=0.2, connect_timeout=0.2)
+    try:
+        limits = RedisLimits(redis, declared, key_prefix="t")
+        # Counted in memory instead: the limits still hold, in this process.
+        assert await limits.admit("p:p", "a", 1, 10) == 0
+        assert await limits.admit("p:p", "b", 1, 10) == FLIGHT_FULL
+        await limits.release("p:p", "a", refund=0)
+        assert await limits.admit("p:p", "b", 1, 10) == 0
+    finally:
+        await redis.aclose()
