@@ -97,7 +97,11 @@ class RetryPolicy:
     def delay(self, attempt: int, retry_after: float | None) -> float | None:
         """Seconds before the next attempt, or None when the server asks for too long."""
         if retry_after is not None:
-            return retry_after if retry_after <= self.retry_after_max else None
+            if retry_after > self.retry_after_max:
+                return None
+            # At least the backoff: a server that says "Retry-After: 0" to every attempt
+            # (429s are retried for as long as the deadline allows) is not hammered.
+            return max(retry_after, self.backoff(attempt))
         return self.backoff(attempt)
 
 
