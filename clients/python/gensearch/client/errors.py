@@ -110,6 +110,11 @@ class FailedPreconditionError(GensearchError):
     pass
 
 
+@_code(grpc.StatusCode.ABORTED)
+class AbortedError(GensearchError):
+    """A compare-and-set lost to another writer: read again and retry."""
+
+
 @_code(grpc.StatusCode.UNAUTHENTICATED)
 class UnauthenticatedError(GensearchError):
     pass
@@ -387,6 +392,94 @@ class UpstreamStreamErrorError(UnavailableError):
 
 class UpstreamUnavailableError(UnavailableError):
     error_reason = "UPSTREAM_UNAVAILABLE"
+
+
+class FieldNotUpdatableError(InvalidArgumentError):
+    error_reason = "FIELD_NOT_UPDATABLE"
+
+
+class InvalidLimitError(InvalidArgumentError):
+    error_reason = "INVALID_LIMIT"
+
+
+class InvalidMaxTurnsError(InvalidArgumentError):
+    error_reason = "INVALID_MAX_TURNS"
+
+
+class InvalidSchemaError(InvalidArgumentError):
+    error_reason = "INVALID_SCHEMA"
+
+
+class InvalidStepError(InvalidArgumentError):
+    error_reason = "INVALID_STEP"
+
+
+class InvalidSummaryRangeError(InvalidArgumentError):
+    error_reason = "INVALID_SUMMARY_RANGE"
+
+
+class InvalidTtlError(InvalidArgumentError):
+    error_reason = "INVALID_TTL"
+
+
+class InvalidUpdateMaskError(InvalidArgumentError):
+    error_reason = "INVALID_UPDATE_MASK"
+
+
+class NegativeCountError(InvalidArgumentError):
+    error_reason = "NEGATIVE_COUNT"
+
+
+class TooLargeError(InvalidArgumentError):
+    error_reason = "TOO_LARGE"
+
+
+class TooLongError(InvalidArgumentError):
+    error_reason = "TOO_LONG"
+
+
+class TooManyTracesError(InvalidArgumentError):
+    error_reason = "TOO_MANY_TRACES"
+
+
+class InvalidOutputError(FailedPreconditionError):
+    error_reason = "INVALID_OUTPUT"
+
+
+class SearchDisabledError(FailedPreconditionError):
+    error_reason = "SEARCH_DISABLED"
+
+
+class SearchModeUnavailableError(FailedPreconditionError):
+    error_reason = "SEARCH_MODE_UNAVAILABLE"
+
+
+class SummaryDisabledError(FailedPreconditionError):
+    error_reason = "SUMMARY_DISABLED"
+
+
+class ConcurrentUpdateError(AbortedError):
+    error_reason = "CONCURRENT_UPDATE"
+
+
+class SummaryChangedError(AbortedError):
+    error_reason = "SUMMARY_CHANGED"
+
+
+class InternalMethodError(PermissionDeniedError):
+    error_reason = "INTERNAL_METHOD"
+
+
+class ProviderLimitWaitError(ResourceExhaustedError):
+    error_reason = "PROVIDER_LIMIT_WAIT"
+
+
+class ProviderQueueTimeoutError(DeadlineExceededError):
+    error_reason = "PROVIDER_QUEUE_TIMEOUT"
+
+
+class SearchIndexUnavailableError(UnavailableError):
+    error_reason = "SEARCH_INDEX_UNAVAILABLE"
 
 
 def error_class(reason: str) -> type[GensearchError] | None:
