@@ -39,22 +39,6 @@ class ModelCatalog:
         wanted = (name or models.default_provider).lower()
         return next((p for p in models.providers if p.name.lower() == wanted), None)
 
-    async def check_provider(self, name: str, field: str, caller: Caller, timeout: float) -> None:
-        """INVALID_ARGUMENT for a provider the generation service does not have, before any
-        call is fanned out (one clear error instead of the same one on every hit)."""
-        if not name:
-            return
-        models = await self.models(caller, timeout)
-        if models is None:  # generation unreachable: each hit will say so itself
-            return
-        if not any(p.name.lower() == name.lower() for p in models.providers):
-            known = ", ".join(sorted(p.name for p in models.providers))
-            raise InvalidArgument(
-                f"unknown provider {quote(name)} (configured: {known})",
-                field=field,
-                reason="UNKNOWN_PROVIDER",
-            )
-
     async def check_choices(
         self, options: Options, caller: Caller, timeout: float, *, prefix: str = "generate."
     ) -> None:
