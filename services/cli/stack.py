@@ -2,7 +2,7 @@
 
 One asyncio process serves the four gRPC services in-process (each service's own
 ``build_server``); two child processes do what Python should not: a Redis-protocol server
-(AOF in ``<data dir>/redis``) and the local LLM server (``llama_cpp.server`` with the
+(AOF in ``<data dir>/redis``) and the local LLM server (llama.cpp's ``llama-server`` with the
 bundled SmolLM2 model), started by the same dev-only launchers (``services.devlaunch``)
 a service run alone uses. Each part is replaceable by configuration: ``--redis-url``,
 ``--qdrant-url``, ``--llm-provider``/``--llm-base-url`` (then no local LLM is started).

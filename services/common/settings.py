@@ -57,6 +57,7 @@ TOOL_VARIABLES = frozenset(
         "GENSEARCH_DEMO_LIMIT",  # gensearch up --demo
         "GENSEARCH_DEMO_MAX_TOKENS",  # gensearch up --demo
         "GENSEARCH_REDIS_SERVER",  # dev launcher: which Redis-protocol binary to start
+        "GENSEARCH_LOCAL_LLM_SLOTS",  # dev launcher: requests the local model decodes at once
         "GENSEARCH_ALLOW_SKIP_KUBECTL",  # test suite: deploy tests may skip without kubectl
     }
 )

