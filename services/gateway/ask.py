@@ -21,7 +21,7 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from google.protobuf import json_format
 
 from services.common.errors import DeadlineExceeded, ServiceError
-from services.gateway import ask_request
+from services.gateway import ask_request, chunks, rerank
 from services.gateway.ask_cache import SemanticAnswers, replay
 from services.gateway.ask_request import AskLike
 from services.gateway.backends import Backends
@@ -92,6 +92,8 @@ class AskService:
         history, info = await self._history_and_collection(request, params, caller, deadline)
         turns = recent_turns(history.turns, params.interaction_size)
         context_fields = ask_request.context_fields(request, info)
+        # Checked before any LLM work; None: hits go to the prompt as they are.
+        expand_budget = chunks.budget_for(request, info, self._b.settings)
         options = Options.resolve(request, request.llm_model, info.generative, self._b.settings)
         usage = gen_pb.Usage()
 
@@ -115,6 +117,7 @@ class AskService:
             search = ask_request.search_request(
                 request, info, rewritten or question, params.context_size
             )
+            rerank.apply(search, request, info, rewritten or question)
             found = await self._within(
                 deadline, self._b.clients.retrieval.search(search, caller, time_left(deadline))
             )
@@ -129,9 +132,26 @@ class AskService:
             request.system_prompt or info.generative.system_prompt or DEFAULT_SYSTEM_PROMPT
         )
         instructions = request.user_instructions or info.generative.user_instructions
-        context_hits = [
-            ContextHit(hit.id, json_format.MessageToDict(hit.properties)) for hit in hits
-        ]
+        expansion: chunks.Expansion | None = None
+        if expand_budget is not None:
+            expansion = await self._within(
+                deadline,
+                chunks.expand(
+                    hits,
+                    info,
+                    request.expand_context,
+                    budget=expand_budget,
+                    text_fields=context_fields,
+                    retrieval=self._b.clients.retrieval,
+                    caller=caller,
+                    timeout=time_left(deadline),
+                ),
+            )
+            context_hits = expansion.context_hits()
+        else:
+            context_hits = [
+                ContextHit(hit.id, json_format.MessageToDict(hit.properties)) for hit in hits
+            ]
         s = self._b.settings
         window, model_name = await self._b.models.context_window(
             options,
@@ -180,6 +200,8 @@ class AskService:
         citations = [
             gw_pb.Citation(number=n, id=used[n - 1].id) for n in cited_numbers(answer, len(used))
         ]
+        if expansion is not None:
+            chunks.annotate(citations, expansion)
         response = gw_pb.AskResponse(
             answer=answer,
             citations=citations,
@@ -191,6 +213,8 @@ class AskService:
             model=result.model or options.model,
             provider=result.provider,
         )
+        if expansion is not None:
+            response.passages.extend(expansion.protos(prompt.hits_used))
         if request.debug:
             response.prompt.extend(prompt.messages)
         if request.conversation_id or request.new_conversation:

@@ -21,7 +21,7 @@ from opentelemetry import trace
 
 from services.common.errors import ServiceError
 from services.common.tracing import service_tracer
-from services.gateway import generation_cache, generative_request, templates
+from services.gateway import chunks, generation_cache, generative_request, rerank, templates
 from services.gateway.backends import Backends
 from services.gateway.catalog import CollectionInfo
 from services.gateway.clients import Caller
@@ -61,6 +61,8 @@ class Plan:
     cached: dict[int, gw_pb.GenerationResult] = field(default_factory=dict)
     max_concurrency: int = 1
     timeout: float | None = None
+    # With expand_context: the passages (GenerativeSearchResponse.passages).
+    passages: list[gw_pb.ContextPassage] = field(default_factory=list)
 
     def result(self, outcome: Outcome[gw_pb.GenerationResult]) -> gw_pb.GenerationResult:
         """The proto for one outcome (called once per outcome: it also counts it)."""
@@ -116,29 +118,46 @@ class GenerativeSearch:
         wants_generation = bool(g.single_prompt or g.grouped_task)
         extra = list(single.properties) if single else []
         extra += [p for p in g.grouped_properties if p not in extra]
-        search = generative_request.search_request(request, extra)
         retrieval = self._b.clients.retrieval
 
         if not wants_generation:
+            # Just a search: the request's own rerank block (a collection's default is for
+            # generation), no expansion.
+            search = generative_request.search_request(request, extra)
+            rerank.apply(search, request, None)
             response = await retrieval.search(search, caller, call_remaining)
             return Plan(hits=list(response.hits))
 
-        results = await asyncio.gather(
-            self._b.catalog.get(request.collection, caller, call_remaining),
-            retrieval.search(search, caller, call_remaining),
-            return_exceptions=True,
-        )
-        info, found = results[0], results[1]
-        if isinstance(info, BaseException):
-            raise info
-        # The templates are checked before the search's own error surfaces: a template naming
-        # an unknown property also makes the widened return_properties fail, and the caller
-        # must hear about the field they wrote, not the one we added.
-        assert isinstance(info, CollectionInfo)
+        # The collection first (the catalog keeps it a moment): its rerank default and its
+        # chunking shape the search, and the templates are checked before the search's own
+        # error surfaces (a template naming an unknown property also makes the widened
+        # return_properties fail, and the caller must hear about the field they wrote).
+        info = await self._b.catalog.get(request.collection, caller, call_remaining)
         check_templates(g, info)
-        if isinstance(found, BaseException):
-            raise found
-        assert isinstance(found, ret_pb.SearchResponse)
+        expand_budget = chunks.budget_for(request, info, self._b.settings)
+        if expand_budget is not None:
+            chunking = info.collection.chunking
+            extra += [
+                p for p in (chunking.document_property, chunking.order_property) if p not in extra
+            ]
+        search = generative_request.search_request(request, extra)
+        rerank.apply(search, request, info)
+        found = await retrieval.search(search, caller, call_remaining)
+        expansion: chunks.Expansion | None = None
+        if expand_budget is not None:
+            remaining = None if call_deadline is None else call_deadline - loop.time()
+            expansion = await chunks.expand(
+                found.hits,
+                info,
+                request.expand_context,
+                budget=expand_budget,
+                text_fields=list(g.grouped_properties)
+                or list(request.return_properties)
+                or info.text_properties,
+                retrieval=retrieval,
+                caller=caller,
+                timeout=remaining,
+            )
         return await self.build(
             hits=list(found.hits),
             info=info,
@@ -147,6 +166,7 @@ class GenerativeSearch:
             streaming=isinstance(request, gw_pb.StreamGenerativeSearchRequest),
             call_deadline=call_deadline,
             caller=caller,
+            expansion=expansion,
         )
 
     async def build(
@@ -160,6 +180,7 @@ class GenerativeSearch:
         call_deadline: float | None,
         caller: Caller,
         failed: dict[int, HitError] | None = None,
+        expansion: chunks.Expansion | None = None,
     ) -> Plan:
         """The generation plan over ``hits`` (found by a search, or named by the caller:
         ``named_objects``), templates already checked. ``failed`` hits (objects not found)
@@ -189,6 +210,13 @@ class GenerativeSearch:
         keys: dict[int, str] = {}
         deadline = loop.time() + (plan.timeout or 0)
         properties = [json_format.MessageToDict(hit.properties) for hit in plan.hits]
+        if expansion is not None:
+            # Each hit's prompt sees its passage; the grouped prompt, the passages.
+            plan.passages = expansion.protos()
+            properties = [
+                dict(expansion.hit_properties(hit.id) or props)
+                for hit, props in zip(plan.hits, properties, strict=True)
+            ]
 
         def job(index: int, prompt: str) -> Job[gw_pb.GenerationResult]:
             attributes: dict[str, str | int] = (
@@ -235,6 +263,8 @@ class GenerativeSearch:
             # Only what the caller asked to see: not the extras fetched for the templates.
             only = list(g.grouped_properties) or return_properties
             present = [p for i, p in enumerate(properties) if i not in (failed or {})]
+            if expansion is not None:
+                present = [p.properties for p in expansion.passages]
             grouped = grouped_prompt(g.grouped_task, present, only)
             plan.prompts[GROUPED] = grouped
             plan.jobs[GROUPED] = job(GROUPED, grouped)
@@ -251,7 +281,9 @@ class GenerativeSearch:
         self, request: gw_pb.GenerativeSearchRequest, caller: Caller, call_remaining: float | None
     ) -> gw_pb.GenerativeSearchResponse:
         plan = await self.plan(request, caller, call_remaining)
-        return await respond(plan, gw_pb.GenerativeSearchResponse())
+        response = await respond(plan, gw_pb.GenerativeSearchResponse())
+        response.passages.extend(plan.passages)
+        return response
 
     async def stream(
         self,
@@ -323,7 +355,7 @@ async def respond(plan: Plan, response: R) -> R:
 async def stream_events(plan: Plan, Event: type[E]) -> AsyncIterator[E]:
     """Run ``plan`` as events (either RPC's stream: same events): hits; errors known
     before any call and cached answers; then results as calls finish; grouped; done."""
-    yield Event(hits=gw_pb.HitsEvent(hits=plan.hits))
+    yield Event(hits=gw_pb.HitsEvent(hits=plan.hits, passages=plan.passages))
     usage = gen_pb.Usage()
     for index, error in sorted(plan.failed.items()):
         result = plan.result(Outcome(index, error=error))

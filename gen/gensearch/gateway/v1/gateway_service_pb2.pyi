@@ -199,10 +199,12 @@ class StreamGenerativeSearchRequest(_message.Message):
     def __init__(self, collection: _Optional[str] = ..., near_text: _Optional[_Union[_retrieval_service_pb2.NearText, _Mapping]] = ..., near_vector: _Optional[_Union[_retrieval_service_pb2.NearVector, _Mapping]] = ..., keyword: _Optional[_Union[_retrieval_service_pb2.Keyword, _Mapping]] = ..., hybrid: _Optional[_Union[_retrieval_service_pb2.Hybrid, _Mapping]] = ..., filter: _Optional[_Union[_retrieval_service_pb2.Filter, _Mapping]] = ..., limit: _Optional[int] = ..., offset: _Optional[int] = ..., return_properties: _Optional[_Iterable[str]] = ..., generate: _Optional[_Union[Generate, _Mapping]] = ..., rerank: _Optional[_Union[_retrieval_service_pb2.Rerank, _Mapping]] = ..., expand_context: _Optional[_Union[ContextExpansion, _Mapping]] = ...) -> None: ...
 
 class HitsEvent(_message.Message):
-    __slots__ = ("hits",)
+    __slots__ = ("hits", "passages")
     HITS_FIELD_NUMBER: _ClassVar[int]
+    PASSAGES_FIELD_NUMBER: _ClassVar[int]
     hits: _containers.RepeatedCompositeFieldContainer[_retrieval_service_pb2.Hit]
-    def __init__(self, hits: _Optional[_Iterable[_Union[_retrieval_service_pb2.Hit, _Mapping]]] = ...) -> None: ...
+    passages: _containers.RepeatedCompositeFieldContainer[ContextPassage]
+    def __init__(self, hits: _Optional[_Iterable[_Union[_retrieval_service_pb2.Hit, _Mapping]]] = ..., passages: _Optional[_Iterable[_Union[ContextPassage, _Mapping]]] = ...) -> None: ...
 
 class HitResultEvent(_message.Message):
     __slots__ = ("hit_index", "generation")
