@@ -63,6 +63,8 @@ def collection_spec(provider: str, model: str) -> rpb.Collection:
             kind=rpb.VECTORIZER_KIND_LOCAL, source_properties=["title", "text"]
         ),
         keyword_index=True,
+        # A topic's parts are chunks of one document: expand_context can widen a hit.
+        chunking=rpb.Chunking(document_property="topic", order_property="part"),
         generative=rpb.GenerativeConfig(
             provider=provider,
             model=model,
