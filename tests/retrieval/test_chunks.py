@@ -185,3 +185,30 @@ async def test_another_tenants_chunks_are_not_found(make_retrieval: MakeRetrieva
     await expect_error(
         harness.stub.GetChunks(request, metadata=as_("globex")), grpc.StatusCode.NOT_FOUND
     )
+
+
+@pytest.mark.parametrize("adapter", ["edge", "server"])
+async def test_both_adapters_read_the_same_chunks(
+    make_retrieval: MakeRetrieval, adapter: str
+) -> None:
+    harness = await make_retrieval(adapter)
+    stub = harness.stub
+    await stub.CreateCollection(
+        pb.CreateCollectionRequest(
+            collection=chunked(document_property="doc_id", order_property="chunk_index")
+        )
+    )
+    objects = [
+        obj({"doc_id": d, "chunk_index": i, "text": f"{d}-{i}"}, vector=[1.0, float(i)])
+        for d in ("a", "b")
+        for i in (3, 0, 2, 1)
+    ]
+    await stub.UpsertObjects(pb.UpsertObjectsRequest(collection="Docs", objects=objects))
+    response = await stub.GetChunks(
+        pb.GetChunksRequest(
+            collection="Docs",
+            ranges=[pb.ChunkRange(document=doc("b"), last=2), pb.ChunkRange(document=doc("a"))],
+        )
+    )
+    texts = [[c.properties["text"] for c in r.chunks] for r in response.ranges]
+    assert texts == [["b-0", "b-1", "b-2"], ["a-0", "a-1", "a-2", "a-3"]]
