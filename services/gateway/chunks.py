@@ -42,6 +42,7 @@ FIELD = "expand_context"
 # Longest overlap looked for between two neighbouring chunks' texts (characters).
 MAX_OVERLAP = 2000
 MIN_OVERLAP = 8
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 @dataclass
@@ -190,8 +191,8 @@ async def expand(
     for _, _, document, position in located:
         item = request.ranges.add(document=_value(document))
         if not expansion.whole_document:
-            item.first = int(position) - k
-            item.last = int(position) + k
+            item.first = max(int(position) - k, INT64_MIN)
+            item.last = min(int(position) + k, INT64_MAX)
     fetched: list[ret_pb.ChunkList] = []
     if located:
         fetched = list((await retrieval.get_chunks(request, caller, timeout)).ranges)

@@ -230,16 +230,23 @@ class Rerankers:
 
     # -- reranking -------------------------------------------------------------------------
     async def rerank(
-        self, plan: RerankPlan, schema: Schema, hits: list[FoundPoint], keep: int
+        self,
+        plan: RerankPlan,
+        schema: Schema,
+        hits: list[FoundPoint],
+        keep: int,
+        *,
+        time_left: float | None = None,
     ) -> list[tuple[FoundPoint, float]]:
-        """The best ``keep`` of ``hits`` with their rerank scores, best first."""
+        """The best ``keep`` of ``hits`` with their rerank scores, best first; a remote
+        call ends within ``rerank_timeout`` and within ``time_left`` (the RPC's deadline)."""
         if not hits or keep <= 0:
             return []
         documents = [self._document(hit, plan.properties) for hit in hits]
         if plan.local:
             assert plan.mmr_lambda is not None
             return await self._mmr(plan, schema, hits, documents, keep)
-        ranked = await self._remote(plan, documents, keep)
+        ranked = await self._remote(plan, documents, keep, time_left)
         return [(hits[index], score) for index, score in ranked]
 
     def _document(self, hit: FoundPoint, properties: Sequence[str]) -> str:
@@ -273,7 +280,7 @@ class Rerankers:
         return [(hits[i], score) for i, score in picked]
 
     async def _remote(
-        self, plan: RerankPlan, documents: list[str], keep: int
+        self, plan: RerankPlan, documents: list[str], keep: int, time_left: float | None
     ) -> list[tuple[int, float]]:
         api_key = "" if plan.operator else _caller_key.get()
         if plan.operator and plan.key_env:
@@ -291,7 +298,7 @@ class Rerankers:
         }
         if plan.model:
             body["model"] = plan.model
-        deadline = Deadline(timeout)
+        deadline = Deadline(timeout if time_left is None else min(timeout, time_left))
         host = urlsplit(plan.base_url).hostname or "rerank"
         retrier = Retrier(self._retry, deadline, plan.provider if plan.operator else host)
         with upstream_span(

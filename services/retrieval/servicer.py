@@ -253,7 +253,9 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         wanted = _return_properties(schema, request.return_properties)
         if request.HasField("rerank"):
             use_caller_rerank_key(context.invocation_metadata())  # type: ignore[arg-type]
-            return await self._reranked_search(schema, request, where, page, wanted)
+            return await self._reranked_search(
+                schema, request, where, page, wanted, context.time_remaining()
+            )
         with self._dropped(schema):
             result = await self._searcher.search(schema, request, where, page)
         return pb.SearchResponse(
@@ -269,6 +271,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         where: Node | None,
         page: Page,
         wanted: list[str] | None,
+        time_left: float | None,
     ) -> pb.SearchResponse:
         """Retrieve the plan's candidates (from the first hit), rerank them, then cut the
         page: each hit keeps its retrieval score beside its rerank score."""
