@@ -128,21 +128,7 @@ class GenerativeSearch:
             response = await retrieval.search(search, caller, call_remaining)
             return Plan(hits=list(response.hits))
 
-        # The collection first (the catalog keeps it a moment): its rerank default and its
-        # chunking shape the search, and the templates are checked before the search's own
-        # error surfaces (a template naming an unknown property also makes the widened
-        # return_properties fail, and the caller must hear about the field they wrote).
-        info = await self._b.catalog.get(request.collection, caller, call_remaining)
-        check_templates(g, info)
-        expand_budget = chunks.budget_for(request, info, self._b.settings)
-        if expand_budget is not None:
-            chunking = info.collection.chunking
-            extra += [
-                p for p in (chunking.document_property, chunking.order_property) if p not in extra
-            ]
-        search = generative_request.search_request(request, extra)
-        rerank.apply(search, request, info)
-        found = await retrieval.search(search, caller, call_remaining)
+        info, found, expand_budget = await self._search(request, extra, caller, call_remaining)
         expansion: chunks.Expansion | None = None
         if expand_budget is not None:
             remaining = None if call_deadline is None else call_deadline - loop.time()
@@ -168,6 +154,55 @@ class GenerativeSearch:
             caller=caller,
             expansion=expansion,
         )
+
+    async def _search(
+        self, request: SearchLike, extra: list[str], caller: Caller, call_remaining: float | None
+    ) -> tuple[CollectionInfo, ret_pb.SearchResponse, int | None]:
+        """The collection, the search (reranked: the request's block, else the collection's)
+        and, with ``expand_context``, the passages' token budget."""
+        g = request.generate
+        retrieval = self._b.clients.retrieval
+        if request.HasField("expand_context"):
+            # The collection first: its chunking shapes the search (the chunking properties
+            # come back with the hits) and is checked before any search or LLM call.
+            info = await self._b.catalog.get(request.collection, caller, call_remaining)
+            check_templates(g, info)
+            expand_budget = chunks.budget_for(request, info, self._b.settings)
+            chunking = info.collection.chunking
+            extra += [
+                p for p in (chunking.document_property, chunking.order_property) if p not in extra
+            ]
+            search = generative_request.search_request(request, extra)
+            rerank.apply(search, request, info)
+            found = await retrieval.search(search, caller, call_remaining)
+        else:
+            expand_budget = None
+            search = generative_request.search_request(request, extra)
+            rerank.apply(search, request, None)
+            results = await asyncio.gather(
+                self._b.catalog.get(request.collection, caller, call_remaining),
+                retrieval.search(search, caller, call_remaining),
+                return_exceptions=True,
+            )
+            got, searched = results[0], results[1]
+            if isinstance(got, BaseException):
+                raise got
+            # The templates are checked before the search's own error surfaces: a template
+            # naming an unknown property also makes the widened return_properties fail, and
+            # the caller must hear about the field they wrote, not the one we added.
+            assert isinstance(got, CollectionInfo)
+            info = got
+            check_templates(g, info)
+            if isinstance(searched, BaseException):
+                raise searched
+            assert isinstance(searched, ret_pb.SearchResponse)
+            found = searched
+            if not search.HasField("rerank") and info.collection.HasField("rerank"):
+                # The collection reranks by default: known only now, so search again with
+                # it (collections without a default pay nothing for the feature).
+                rerank.apply(search, request, info)
+                found = await retrieval.search(search, caller, call_remaining)
+        return info, found, expand_budget
 
     async def build(
         self,

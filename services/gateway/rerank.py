@@ -33,6 +33,8 @@ def apply(
     if request.HasField("rerank"):
         search.rerank.CopyFrom(request.rerank)
     elif info is not None and info.collection.HasField("rerank"):
+        if not question and search.WhichOneof("query") == "near_vector":
+            return  # no text to rank against: the default stays out of a vector search
         search.rerank.CopyFrom(info.collection.rerank)
     else:
         return

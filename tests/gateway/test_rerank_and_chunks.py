@@ -141,6 +141,17 @@ async def test_a_collections_default_rerank_applies(stack: Stack) -> None:
     response = await stack.stub.Ask(request, metadata=ALICE)
     assert titles(response.hits) == ["Emma", "Neuromancer"]
     assert len(stack.fake.rerank_requests) == 1
+    searched = generative(stack)
+    searched.collection = "Ranked"
+    searched.ClearField("rerank")
+    searched.hybrid.CopyFrom(ret_pb.Hybrid(text="a future village", vector=vector(0)))
+    found = await stack.stub.GenerativeSearch(searched, metadata=ALICE)
+    assert titles(h.hit for h in found.hits) == ["Emma", "Neuromancer"]
+    assert len(stack.fake.rerank_requests) == 2
+    # A near_vector search has no text to rank against: the default stays out of it.
+    searched.near_vector.CopyFrom(ret_pb.NearVector(vector=vector(0)))
+    unranked = await stack.stub.GenerativeSearch(searched, metadata=ALICE)
+    assert not unranked.hits[0].hit.HasField("rerank_score")
 
 
 async def create_books_into(stack: Stack, name: str) -> None:
