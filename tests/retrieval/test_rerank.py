@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
 
 from tests.retrieval.conftest import MakeRetrieval, Retrieval, expect_error, obj, props
 from tests.retrieval.conftest import vector_collection as vcol
@@ -303,3 +305,55 @@ async def test_a_hanging_provider_is_given_up_within_the_rerank_timeout(
         harness.stub.Search(search(provider="fake"), timeout=20), grpc.StatusCode.UNAVAILABLE
     )
     assert "no answer in time" in (err.details() or "")
+
+
+async def test_each_rerank_call_has_a_span(
+    retrieval: Retrieval, fake: FakeOpenAI, spans: InMemorySpanExporter
+) -> None:
+    await retrieval.stub.Search(search(provider="fake"))
+    fake.fail_next(3, Behaviour.error(500))
+    await expect_error(retrieval.stub.Search(search(provider="fake")), grpc.StatusCode.UNAVAILABLE)
+    ok, failed = [s for s in spans.get_finished_spans() if s.name == "rerank rr-1"]
+    assert ok.kind == SpanKind.CLIENT
+    attrs = dict(ok.attributes or {})
+    assert attrs["gen_ai.operation.name"] == "rerank"
+    assert attrs["gen_ai.provider.name"] == "fake"
+    assert attrs["gensearch.upstream.attempts"] == 1
+    assert failed.status.status_code == StatusCode.ERROR
+    assert (failed.attributes or {})["error.type"] == "RERANK_UNAVAILABLE"
+    assert (failed.attributes or {})["gensearch.upstream.attempts"] == 3
+    for span in (ok, failed):
+        text = " ".join(str(v) for v in (span.attributes or {}).values())
+        assert KEY not in text and "paris" not in text
+    await retrieval.stub.Search(search(mmr_lambda=0.5))
+    assert any(s.name == "rerank mmr" for s in spans.get_finished_spans())
+
+
+@pytest.mark.parametrize(
+    ("rerank", "field"),
+    [
+        (pb.Rerank(query="fixed"), "collection.rerank.query"),
+        (pb.Rerank(mmr_lambda=1.5), "collection.rerank.mmr_lambda"),
+        (pb.Rerank(candidates=-1), "collection.rerank.candidates"),
+        (pb.Rerank(properties=["year"]), "collection.rerank.properties[0]"),
+    ],
+)
+async def test_a_collections_rerank_default_is_checked(
+    retrieval: Retrieval, rerank: pb.Rerank, field: str
+) -> None:
+    collection = vcol("Defaults")
+    collection.rerank.CopyFrom(rerank)
+    await expect_error(
+        retrieval.stub.CreateCollection(pb.CreateCollectionRequest(collection=collection)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        field=field,
+    )
+
+
+async def test_a_collections_rerank_default_is_kept(retrieval: Retrieval) -> None:
+    collection = vcol("Defaults")
+    collection.rerank.CopyFrom(pb.Rerank(provider="fake", candidates=20))
+    created = await retrieval.stub.CreateCollection(
+        pb.CreateCollectionRequest(collection=collection)
+    )
+    assert created.collection.rerank.candidates == 20
