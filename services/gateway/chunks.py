@@ -187,21 +187,29 @@ async def expand(
             located.append((rank, hit, document, position))
 
     k = expansion.neighbors
+    # One range per distinct window (hits of one document share a whole-document range).
     request = ret_pb.GetChunksRequest(collection=info.collection.name)
+    range_of: dict[tuple[str, int | None, int | None], int] = {}
     for _, _, document, position in located:
+        bounds = _bounds(position, k, expansion.whole_document)
+        range_key = (_key(document), *bounds)
+        if range_key in range_of:
+            continue
+        range_of[range_key] = len(request.ranges)
         item = request.ranges.add(document=_value(document))
-        if not expansion.whole_document:
-            item.first = max(int(position) - k, INT64_MIN)
-            item.last = min(int(position) + k, INT64_MAX)
+        first, last = bounds
+        if first is not None and last is not None:
+            item.first, item.last = first, last
     fetched: list[ret_pb.ChunkList] = []
     if located:
         fetched = list((await retrieval.get_chunks(request, caller, timeout)).ranges)
 
     # Per document: every chunk seen (by id) and the windows of its hits.
     docs: dict[str, tuple[Any, dict[str, ret_pb.Hit], list[_Window]]] = {}
-    for (rank, hit, document, position), chunk_list in zip(located, fetched, strict=True):
-        key = _key(document)
-        _, chunks, windows = docs.setdefault(key, (document, {}, []))
+    for rank, hit, document, position in located:
+        bounds = _bounds(position, k, expansion.whole_document)
+        chunk_list = fetched[range_of[(_key(document), *bounds)]]
+        _, chunks, windows = docs.setdefault(_key(document), (document, {}, []))
         for chunk in [*chunk_list.chunks, hit]:
             chunks.setdefault(chunk.id, chunk)
         low, high = (
@@ -348,6 +356,12 @@ def _value(plain: Any) -> struct_pb2.Value:
     value = struct_pb2.Value()
     json_format.ParseDict(plain, value)
     return value
+
+
+def _bounds(position: float, k: int, whole: bool) -> tuple[int | None, int | None]:
+    if whole:
+        return None, None
+    return max(int(position) - k, INT64_MIN), min(int(position) + k, INT64_MAX)
 
 
 def _key(document: Any) -> str:
