@@ -339,7 +339,7 @@ class Rerankers:
                     ) from None
                 except ValueError:
                     payload = None
-                return _parse(payload, len(documents), plan.provider)
+                return parse_results(payload, len(documents), plan.provider)
 
 
 def _problem(err: BaseException) -> str:
@@ -353,14 +353,17 @@ def _problem(err: BaseException) -> str:
     return "malformed body"
 
 
-def _parse(payload: object, count: int, provider: str) -> list[tuple[int, float]]:
-    """``results`` as (index, score), best first; each index once, within the documents."""
+def parse_results(payload: object, count: int, provider: str) -> list[tuple[int, float]]:
+    """``results`` as (index, score), best first; each index once, within the documents
+    (``relevance_score``, or ``score`` as some servers name it)."""
     malformed = Unavailable(
         f"the rerank endpoint of {provider!r} answered with a malformed body",
         reason="RERANK_UNAVAILABLE",
         metadata={"provider": provider},
     )
-    results = payload.get("results") if isinstance(payload, dict) else None
+    # Cohere's shape ({"results": [...]}, vLLM, llama.cpp); a bare list of {index, score}
+    # is what Text Embeddings Inference's own /rerank answers.
+    results = payload.get("results") if isinstance(payload, dict) else payload
     if not isinstance(results, list):
         raise malformed
     ranked: dict[int, float] = {}

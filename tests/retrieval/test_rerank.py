@@ -357,3 +357,23 @@ async def test_a_collections_rerank_default_is_kept(retrieval: Retrieval) -> Non
         pb.CreateCollectionRequest(collection=collection)
     )
     assert created.collection.rerank.candidates == 20
+
+
+def test_answers_in_either_common_shape_are_read() -> None:
+    from services.retrieval.rerankers import parse_results
+
+    cohere = {
+        "results": [{"index": 1, "relevance_score": 0.9}, {"index": 0, "relevance_score": 0.2}]
+    }
+    assert parse_results(cohere, 2, "p") == [(1, 0.9), (0, 0.2)]
+    assert parse_results([{"index": 0, "score": 0.3}, {"index": 1, "score": 0.7}], 2, "p") == [
+        (1, 0.7),
+        (0, 0.3),
+    ]
+    for bad in (
+        {"results": [{"index": 5, "relevance_score": 1}]},
+        {"results": "x"},
+        [{"index": 0}],
+    ):
+        with pytest.raises(Exception, match="malformed"):
+            parse_results(bad, 2, "p")
