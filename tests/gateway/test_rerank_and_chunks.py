@@ -304,6 +304,15 @@ async def test_the_token_budget_keeps_the_hits_and_drops_the_farthest_chunks(
 
 async def test_whole_document_and_streaming(stack: Stack) -> None:
     ids = await create_docs(stack)
+    # GetChunks is forwarded like the rest of RetrievalService, as the caller.
+    forwarded = await stack.retrieval.GetChunks(
+        ret_pb.GetChunksRequest(
+            collection="Docs",
+            ranges=[ret_pb.ChunkRange(document=struct_pb2.Value(string_value="b"), first=2)],
+        ),
+        metadata=ALICE,
+    )
+    assert [c.id for c in forwarded.ranges[0].chunks] == [ids["b2"], ids["b3"]]
     request = gw_pb.StreamAskRequest()
     request.ParseFromString(zebra_ask(whole_document=True).SerializeToString())
     events = [e async for e in stack.stub.StreamAsk(request, metadata=ALICE)]
