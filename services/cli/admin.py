@@ -242,6 +242,14 @@ def add_collection_arguments(
         help="property given to the LLM as context (repeatable)",
     )
 
+    create.add_argument(
+        "--chunking",
+        default="",
+        metavar="DOC:ORDER",
+        help="objects are chunks: the document property and the position property, "
+        "e.g. doc_id:chunk_index (gensearch import --chunk-property writes them)",
+    )
+
     list_ = action("list", "list collections with their object counts")
     list_.add_argument("--page-size", type=int, default=100)
 
@@ -280,7 +288,7 @@ def build_collection(args: argparse.Namespace) -> rpb.Collection:
         generative.max_tokens = args.max_tokens
     if args.temperature is not None:
         generative.temperature = args.temperature
-    return rpb.Collection(
+    collection = rpb.Collection(
         name=args.name,
         description=args.description,
         properties=[parse_property(p) for p in args.property],
@@ -288,6 +296,15 @@ def build_collection(args: argparse.Namespace) -> rpb.Collection:
         keyword_index=not args.no_keyword_index,
         generative=generative,
     )
+    if getattr(args, "chunking", ""):
+        document, _, order = args.chunking.partition(":")
+        if not document.strip() or not order.strip():
+            raise CliError(
+                f"--chunking {args.chunking!r}: expected DOC:ORDER, e.g. doc_id:chunk_index"
+            )
+        collection.chunking.document_property = document.strip()
+        collection.chunking.order_property = order.strip()
+    return collection
 
 
 async def collections(client: Client, args: argparse.Namespace) -> int:

@@ -1,5 +1,8 @@
 """The demo corpus: CPython's language reference topics, chunked into passages.
 
+The demo collection declares its chunking (``topic`` is the document, ``part`` the position),
+so Ask and GenerativeSearch can widen a hit with the parts around it (``expand_context``).
+
 ``pydoc_data.topics`` ships with every CPython (it backs ``help("assert")``), so the demo
 has real text with no download. Each topic is split on blank lines and the paragraphs are
 packed into passages of roughly ``target``..``limit`` characters, so a passage is small
@@ -12,6 +15,8 @@ import re
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+
+from services.cli import chunking
 
 TARGET_CHARS = 800
 LIMIT_CHARS = 1200
@@ -72,28 +77,11 @@ def passages(
 
 
 def chunk_text(text: str, *, target: int = TARGET_CHARS, limit: int = LIMIT_CHARS) -> list[str]:
-    """Pack blank-line separated paragraphs into chunks of about ``target``..``limit`` chars."""
-    chunks: list[str] = []
-    current: list[str] = []
-    size = 0
-    for para in _paragraphs(text, limit):
-        added = len(para) + (2 if current else 0)
-        if current and size + added > limit:
-            chunks.append("\n\n".join(current))
-            current, size = [], 0
-            added = len(para)
-        current.append(para)
-        size += added
-        if size >= target:
-            chunks.append("\n\n".join(current))
-            current, size = [], 0
-    if current:
-        tail = "\n\n".join(current)
-        if chunks and len(tail) < MIN_TAIL_CHARS:
-            chunks[-1] = f"{chunks[-1]}\n\n{tail}"
-        else:
-            chunks.append(tail)
-    return chunks
+    """Pack blank-line separated paragraphs into chunks of about ``target``..``limit`` chars
+    (the importer's packing, ``services/cli/chunking.py``, without its overlap)."""
+    return chunking.pack(
+        _paragraphs(text, limit), target=target, limit=limit, min_tail=MIN_TAIL_CHARS
+    )
 
 
 def _paragraphs(text: str, limit: int) -> Iterator[str]:
@@ -102,18 +90,4 @@ def _paragraphs(text: str, limit: int) -> Iterator[str]:
         para = "\n".join(lines).strip("\n")
         if not para.strip():
             continue
-        yield from _split_long(para, limit)
-
-
-def _split_long(para: str, limit: int) -> Iterator[str]:
-    """A paragraph longer than ``limit`` is cut at line breaks, then at spaces."""
-    while len(para) > limit:
-        cut = para.rfind("\n", 0, limit)
-        if cut <= limit // 2:
-            cut = para.rfind(" ", 0, limit)
-        if cut <= 0:
-            cut = limit
-        yield para[:cut].rstrip()
-        para = para[cut:].lstrip()
-    if para:
-        yield para
+        yield from chunking.split_long(para, limit)

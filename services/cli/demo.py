@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from gensearch.client import Collection, GenerativeConfig, Property, Vectorizer
+from gensearch.client import Chunking, Collection, GenerativeConfig, Property, Vectorizer
 from gensearch.client.errors import NotFoundError
 
 from services.cli import corpus, render, state
@@ -60,6 +60,8 @@ def collection_spec(provider: str, model: str) -> Collection:
         ],
         vectorizer=Vectorizer(kind="local", source_properties=["title", "text"]),
         keyword_index=True,
+        # A topic's parts are chunks of one document: expand_context can widen a hit.
+        chunking=Chunking(document_property="topic", order_property="part"),
         generative=GenerativeConfig(
             provider=provider,
             model=model,

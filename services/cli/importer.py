@@ -20,6 +20,7 @@ from typing import IO, Any
 
 from gensearch.client import DataObject
 
+from services.cli.chunking import Chunker
 from services.cli.client import Client, CliError
 from services.cli.output import Progress, dump_json, note
 
@@ -41,6 +42,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--show-errors", type=int, default=20, metavar="N", help="errors listed (default 20)"
     )
+    chunks = parser.add_argument_group(
+        "chunking", "split a long text property into chunks (docs/cli.md#chunking)"
+    )
+    chunks.add_argument(
+        "--chunk-property", metavar="NAME", help="the text property to split; off when absent"
+    )
+    chunks.add_argument(
+        "--chunk-size", type=int, default=1000, metavar="CHARS", help="characters per chunk"
+    )
+    chunks.add_argument(
+        "--chunk-overlap",
+        type=int,
+        default=100,
+        metavar="CHARS",
+        help="characters each chunk repeats from the one before (whole words)",
+    )
+    chunks.add_argument("--document-property", default="doc_id", help="set to the document key")
+    chunks.add_argument("--order-property", default="chunk_index", help="set to the position")
+
+
+def chunker_of(args: argparse.Namespace) -> Chunker | None:
+    if not getattr(args, "chunk_property", None):
+        return None
+    chunker = Chunker(
+        property=args.chunk_property,
+        size=args.chunk_size,
+        overlap=args.chunk_overlap,
+        document_property=args.document_property,
+        order_property=args.order_property,
+    )
+    problem = chunker.check()
+    if problem:
+        raise CliError(problem)
+    return chunker
 
 
 @dataclass
@@ -100,15 +135,22 @@ def parse_line(text: str) -> DataObject:
     return obj
 
 
-def read_objects(lines: Iterable[str], errors: list[LineError]) -> Iterator[tuple[int, DataObject]]:
-    """(line number, object) for every good line; bad lines land in ``errors``."""
+def read_objects(
+    lines: Iterable[str], errors: list[LineError], chunker: Chunker | None = None
+) -> Iterator[tuple[int, DataObject]]:
+    """(line number, object) for every good line (each of its chunks with a ``chunker``);
+    bad lines land in ``errors``."""
     for number, text in enumerate(lines, start=1):
         if not text.strip():
             continue
         try:
-            yield number, parse_line(text)
+            obj = parse_line(text)
+            objects = chunker.split(obj) if chunker is not None else [obj]
         except ValueError as err:
             errors.append(LineError(number, str(err)))
+            continue
+        for item in objects:
+            yield number, item
 
 
 def _count_lines(path: Path) -> int | None:
@@ -127,6 +169,7 @@ async def import_objects(
     batch_size: int = 100,
     objects_per_call: int = 1000,
     progress: Progress | None = None,
+    chunker: Chunker | None = None,
 ) -> ImportResult:
     """Stream the good lines in batches over ImportObjects (the client's ``import_``); map
     the per-object errors back to lines. The progress advances as each batch goes out."""
@@ -137,7 +180,7 @@ async def import_objects(
     line_of: list[int] = []  # object index -> line number
 
     def objects() -> Iterator[DataObject]:
-        for number, obj in read_objects(lines, result.errors):
+        for number, obj in read_objects(lines, result.errors, chunker):
             line_of.append(number)
             yield obj
 
@@ -175,7 +218,10 @@ def open_input(name: str) -> tuple[IO[str], int | None]:
 
 
 async def run(client: Client, args: argparse.Namespace) -> int:
+    chunker = chunker_of(args)
     handle, total = open_input(args.file)
+    if chunker is not None:
+        total = None  # lines are known, chunks are not
     with handle:
         progress = None if args.json else Progress(total, label="importing")
         result = await import_objects(
@@ -185,6 +231,7 @@ async def run(client: Client, args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             objects_per_call=args.objects_per_call,
             progress=progress,
+            chunker=chunker,
         )
     failed = len(result.errors)
     if args.json:

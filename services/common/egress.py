@@ -54,6 +54,8 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # gRPC metadata carrying the caller's own key for an embeddings endpoint the caller named.
 EMBEDDING_KEY_HEADER = "x-embedding-api-key"
+# The caller's key for a /v1/rerank endpoint the caller named (Rerank.base_url).
+RERANK_KEY_HEADER = "x-rerank-api-key"
 # ErrorInfo reason of every refusal.
 URL_NOT_ALLOWED = "URL_NOT_ALLOWED"
 

@@ -21,7 +21,7 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from google.protobuf import json_format
 
 from services.common.errors import DeadlineExceeded, ServiceError
-from services.gateway import ask_request, ask_traces, history_budget
+from services.gateway import ask_request, ask_traces, chunks, history_budget, rerank
 from services.gateway.ask_cache import SemanticAnswers, replay
 from services.gateway.ask_request import AskLike
 from services.gateway.ask_traces import TurnTraces
@@ -96,6 +96,8 @@ class AskService:
         )
         turns = recent_turns(history.turns, params.interaction_size)
         context_fields = ask_request.context_fields(request, info)
+        # Checked before any LLM work; None: hits go to the prompt as they are.
+        expand_budget = chunks.budget_for(request, info, self._b.settings)
         options = Options.resolve(request, request.llm_model, info.generative, self._b.settings)
         usage = gen_pb.Usage()
         traces = TurnTraces(self._b.settings.ask_trace_bytes)
@@ -153,6 +155,7 @@ class AskService:
         if params.context_size > 0:
             query = rewritten or question
             search = ask_request.search_request(request, info, query, params.context_size)
+            rerank.apply(search, request, info, query)
             step = traces.start(
                 mem_pb.STEP_RETRIEVAL,
                 {"collection": request.collection, "query": query, "limit": params.context_size},
@@ -174,9 +177,26 @@ class AskService:
             )
         )
 
-        context_hits = [
-            ContextHit(hit.id, json_format.MessageToDict(hit.properties)) for hit in hits
-        ]
+        expansion: chunks.Expansion | None = None
+        if expand_budget is not None:
+            expansion = await self._within(
+                deadline,
+                chunks.expand(
+                    hits,
+                    info,
+                    request.expand_context,
+                    budget=expand_budget,
+                    text_fields=context_fields,
+                    retrieval=self._b.clients.retrieval,
+                    caller=caller,
+                    timeout=time_left(deadline),
+                ),
+            )
+            context_hits = expansion.context_hits()
+        else:
+            context_hits = [
+                ContextHit(hit.id, json_format.MessageToDict(hit.properties)) for hit in hits
+            ]
         prompt = await fitted(context_hits)
         history.note_left_out(prompt)
         _note_trimming(prompt, model_name, window)
@@ -229,6 +249,8 @@ class AskService:
         citations = [
             gw_pb.Citation(number=n, id=used[n - 1].id) for n in cited_numbers(answer, len(used))
         ]
+        if expansion is not None:
+            chunks.annotate(citations, expansion)
         response = gw_pb.AskResponse(
             answer=answer,
             citations=citations,
@@ -245,6 +267,8 @@ class AskService:
             attempts=result.attempts,
             wait_time=result.wait_time,
         )
+        if expansion is not None:
+            response.passages.extend(expansion.protos(prompt.hits_used))
         if request.debug:
             response.prompt.extend(prompt.messages)
         if request.conversation_id or request.new_conversation:

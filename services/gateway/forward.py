@@ -136,5 +136,6 @@ class RetrievalForwarder(_Forwarder, ret_grpc.RetrievalServiceServicer):
     DeleteObjects = _forward("DeleteObjects")
     CountObjects = _forward("CountObjects")
     Search = _forward("Search")
+    GetChunks = _forward("GetChunks")
     LookupCachedAnswer = _internal("LookupCachedAnswer")
     StoreCachedAnswer = _internal("StoreCachedAnswer")

@@ -21,7 +21,7 @@ from opentelemetry import trace
 
 from services.common.errors import ServiceError
 from services.common.tracing import service_tracer
-from services.gateway import generation_cache, generative_request, templates
+from services.gateway import chunks, generation_cache, generative_request, rerank, templates
 from services.gateway.backends import Backends
 from services.gateway.catalog import CollectionInfo
 from services.gateway.clients import Caller
@@ -63,6 +63,8 @@ class Plan:
     cached: dict[int, gw_pb.GenerationResult] = field(default_factory=dict)
     max_concurrency: int | None = None
     timeout: float | None = None
+    # With expand_context: the passages (GenerativeSearchResponse.passages).
+    passages: list[gw_pb.ContextPassage] = field(default_factory=list)
 
     def result(self, outcome: Outcome[gw_pb.GenerationResult]) -> gw_pb.GenerationResult:
         """The proto for one outcome (called once per outcome: it also counts it)."""
@@ -118,29 +120,32 @@ class GenerativeSearch:
         wants_generation = bool(g.single_prompt or g.grouped_task)
         extra = list(single.properties) if single else []
         extra += [p for p in g.grouped_properties if p not in extra]
-        search = generative_request.search_request(request, extra)
         retrieval = self._b.clients.retrieval
 
         if not wants_generation:
+            # Just a search: the request's own rerank block (a collection's default is for
+            # generation), no expansion.
+            search = generative_request.search_request(request, extra)
+            rerank.apply(search, request, None)
             response = await retrieval.search(search, caller, call_remaining)
             return Plan(hits=list(response.hits))
 
-        results = await asyncio.gather(
-            self._b.catalog.get(request.collection, caller, call_remaining),
-            retrieval.search(search, caller, call_remaining),
-            return_exceptions=True,
-        )
-        info, found = results[0], results[1]
-        if isinstance(info, BaseException):
-            raise info
-        # The templates are checked before the search's own error surfaces: a template naming
-        # an unknown property also makes the widened return_properties fail, and the caller
-        # must hear about the field they wrote, not the one we added.
-        assert isinstance(info, CollectionInfo)
-        check_templates(g, info)
-        if isinstance(found, BaseException):
-            raise found
-        assert isinstance(found, ret_pb.SearchResponse)
+        info, found, expand_budget = await self._search(request, extra, caller, call_remaining)
+        expansion: chunks.Expansion | None = None
+        if expand_budget is not None:
+            remaining = None if call_deadline is None else call_deadline - loop.time()
+            expansion = await chunks.expand(
+                found.hits,
+                info,
+                request.expand_context,
+                budget=expand_budget,
+                text_fields=list(g.grouped_properties)
+                or list(request.return_properties)
+                or info.text_properties,
+                retrieval=retrieval,
+                caller=caller,
+                timeout=remaining,
+            )
         return await self.build(
             hits=list(found.hits),
             info=info,
@@ -149,7 +154,57 @@ class GenerativeSearch:
             streaming=isinstance(request, gw_pb.StreamGenerativeSearchRequest),
             call_deadline=call_deadline,
             caller=caller,
+            expansion=expansion,
         )
+
+    async def _search(
+        self, request: SearchLike, extra: list[str], caller: Caller, call_remaining: float | None
+    ) -> tuple[CollectionInfo, ret_pb.SearchResponse, int | None]:
+        """The collection, the search (reranked: the request's block, else the collection's)
+        and, with ``expand_context``, the passages' token budget."""
+        g = request.generate
+        retrieval = self._b.clients.retrieval
+        if request.HasField("expand_context"):
+            # The collection first: its chunking shapes the search (the chunking properties
+            # come back with the hits) and is checked before any search or LLM call.
+            info = await self._b.catalog.get(request.collection, caller, call_remaining)
+            check_templates(g, info)
+            expand_budget = chunks.budget_for(request, info, self._b.settings)
+            chunking = info.collection.chunking
+            extra += [
+                p for p in (chunking.document_property, chunking.order_property) if p not in extra
+            ]
+            search = generative_request.search_request(request, extra)
+            rerank.apply(search, request, info)
+            found = await retrieval.search(search, caller, call_remaining)
+        else:
+            expand_budget = None
+            search = generative_request.search_request(request, extra)
+            rerank.apply(search, request, None)
+            results = await asyncio.gather(
+                self._b.catalog.get(request.collection, caller, call_remaining),
+                retrieval.search(search, caller, call_remaining),
+                return_exceptions=True,
+            )
+            got, searched = results[0], results[1]
+            if isinstance(got, BaseException):
+                raise got
+            # The templates are checked before the search's own error surfaces: a template
+            # naming an unknown property also makes the widened return_properties fail, and
+            # the caller must hear about the field they wrote, not the one we added.
+            assert isinstance(got, CollectionInfo)
+            info = got
+            check_templates(g, info)
+            if isinstance(searched, BaseException):
+                raise searched
+            assert isinstance(searched, ret_pb.SearchResponse)
+            found = searched
+            if not search.HasField("rerank") and info.collection.HasField("rerank"):
+                # The collection reranks by default: known only now, so search again with
+                # it (collections without a default pay nothing for the feature).
+                rerank.apply(search, request, info)
+                found = await retrieval.search(search, caller, call_remaining)
+        return info, found, expand_budget
 
     async def build(
         self,
@@ -162,6 +217,7 @@ class GenerativeSearch:
         call_deadline: float | None,
         caller: Caller,
         failed: dict[int, HitError] | None = None,
+        expansion: chunks.Expansion | None = None,
     ) -> Plan:
         """The generation plan over ``hits`` (found by a search, or named by the caller:
         ``named_objects``), templates already checked. ``failed`` hits (objects not found)
@@ -191,6 +247,13 @@ class GenerativeSearch:
         keys: dict[int, str] = {}
         deadline = loop.time() + (plan.timeout or 0)
         properties = [json_format.MessageToDict(hit.properties) for hit in plan.hits]
+        if expansion is not None:
+            # Each hit's prompt sees its passage; the grouped prompt, the passages.
+            plan.passages = expansion.protos()
+            properties = [
+                dict(expansion.hit_properties(hit.id) or props)
+                for hit, props in zip(plan.hits, properties, strict=True)
+            ]
 
         def job(index: int, prompt: str) -> Job[gw_pb.GenerationResult]:
             attributes: dict[str, str | int] = (
@@ -239,6 +302,8 @@ class GenerativeSearch:
             # Only what the caller asked to see: not the extras fetched for the templates.
             only = list(g.grouped_properties) or return_properties
             present = [p for i, p in enumerate(properties) if i not in (failed or {})]
+            if expansion is not None:
+                present = [p.properties for p in expansion.passages]
             grouped = grouped_prompt(g.grouped_task, present, only)
             plan.prompts[GROUPED] = grouped
             plan.jobs[GROUPED] = job(GROUPED, grouped)
@@ -255,7 +320,9 @@ class GenerativeSearch:
         self, request: gw_pb.GenerativeSearchRequest, caller: Caller, call_remaining: float | None
     ) -> gw_pb.GenerativeSearchResponse:
         plan = await self.plan(request, caller, call_remaining)
-        return await respond(plan, gw_pb.GenerativeSearchResponse())
+        response = await respond(plan, gw_pb.GenerativeSearchResponse())
+        response.passages.extend(plan.passages)
+        return response
 
     async def stream(
         self,
@@ -327,7 +394,7 @@ async def respond(plan: Plan, response: R) -> R:
 async def stream_events(plan: Plan, Event: type[E]) -> AsyncIterator[E]:
     """Run ``plan`` as events (either RPC's stream: same events): hits; errors known
     before any call and cached answers; then results as calls finish; grouped; done."""
-    yield Event(hits=gw_pb.HitsEvent(hits=plan.hits))
+    yield Event(hits=gw_pb.HitsEvent(hits=plan.hits, passages=plan.passages))
     usage = gen_pb.Usage()
     for index, error in sorted(plan.failed.items()):
         result = plan.result(Outcome(index, error=error))

@@ -108,6 +108,12 @@ class GatewaySettings(CommonSettings):
     ask_trace_bytes: int = Field(default=64 * 1024, ge=0, le=1024 * 1024)
     # Rewrite follow-up questions into standalone queries unless the request says no.
     rewrite_query: bool = True
+    # Chunk-aware context (expand_context; services/gateway/chunks.py): the most neighbours
+    # a request may ask for on each side of a hit, the passages' token budget when a
+    # request sets none, and the largest budget a request may set.
+    max_expansion_neighbors: int = Field(default=10, ge=0, le=1000)
+    expansion_tokens: int = Field(default=1500, ge=1)
+    max_expansion_tokens: int = Field(default=32_000, ge=1)
     # Cache of collection schemas and generative defaults, seconds (0: ask every time).
     collection_cache_ttl: float = Field(default=2.0, ge=0)
 

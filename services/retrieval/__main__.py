@@ -13,6 +13,7 @@ from services.common.settings import warn_unknown_variables
 from services.retrieval.catalog import Catalog
 from services.retrieval.edge_store import EdgeStore
 from services.retrieval.embedders import Embedders, LocalEmbedder
+from services.retrieval.rerankers import Rerankers
 from services.retrieval.server_store import ServerStore
 from services.retrieval.servicer import RetrievalServicer
 from services.retrieval.settings import RetrievalSettings
@@ -61,10 +62,12 @@ async def build_server(
         port=settings.port if port is None else port,
         metrics_port=metrics_port,
     )
-    servicer = RetrievalServicer(settings, store, catalog, embedders)
+    rerankers = Rerankers(settings, embedders.local)
+    servicer = RetrievalServicer(settings, store, catalog, embedders, rerankers)
     server.add_service(pb_grpc.add_RetrievalServiceServicer_to_server, servicer, SERVICE_NAME)
     server.on_stop(store.close)
     server.on_stop(embedders.close)
+    server.on_stop(rerankers.close)
     return server
 
 

@@ -313,6 +313,19 @@ class EdgeStore:
         query = qe.Query.Nearest(list(vector), using=DENSE)
         return self._query(name, query, None, limit, 0, False)
 
+    async def scroll_matching(
+        self, name: str, where: f.Node | None, limit: int
+    ) -> list[FoundPoint]:
+        return await self._run(self._scroll_matching, name, where, limit)
+
+    def _scroll_matching(self, name: str, where: f.Node | None, limit: int) -> list[FoundPoint]:
+        request = qe.ScrollRequest(
+            limit=limit, filter=to_edge_filter(where), with_payload=True, with_vector=False
+        )
+        result: Any = self._shard(name).scroll(request)
+        records = result[0] if isinstance(result, tuple) else result
+        return [_found(r.id, r.payload, 0.0, None) for r in records]
+
     async def optimize(self, name: str) -> None:
         await self._run(self._optimize, name)
 

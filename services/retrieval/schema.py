@@ -102,7 +102,78 @@ def validate_new_collection(
     if not out.HasField("keyword_index"):
         out.keyword_index = True
     _validate_generative(out.generative, types)
+    _validate_chunking(out, types)
+    _validate_rerank_default(out, types)
     return out
+
+
+# Types that can name a document (compared for equality) and order chunks in it.
+DOCUMENT_TYPES = (pb.DATA_TYPE_TEXT, pb.DATA_TYPE_INT)
+
+
+def _validate_chunking(collection: pb.Collection, types: dict[str, int]) -> None:
+    """``chunking`` names two distinct properties: a text or int document key and an int
+    position."""
+    if not collection.HasField("chunking"):
+        return
+    where = "collection.chunking"
+    chunking = collection.chunking
+    checks = (
+        ("document_property", DOCUMENT_TYPES, "a text or int"),
+        ("order_property", (pb.DATA_TYPE_INT,), "an int"),
+    )
+    for name, allowed, wanted in checks:
+        value = getattr(chunking, name)
+        if not value:
+            raise InvalidArgument(f"{where}.{name} is required", field=f"{where}.{name}")
+        kind = types.get(value)
+        if kind is None:
+            raise InvalidArgument(
+                f"{where}.{name}: no property {quote(value)}",
+                field=f"{where}.{name}",
+                reason="UNKNOWN_PROPERTY",
+            )
+        if kind not in allowed:
+            raise InvalidArgument(
+                f"{where}.{name}: {quote(value)} is a {TYPE_NAMES[kind]} property; it must be "
+                f"{wanted} property",
+                field=f"{where}.{name}",
+                reason="BAD_PROPERTY_TYPE",
+            )
+    if chunking.document_property == chunking.order_property:
+        raise InvalidArgument(
+            f"{where}.order_property must differ from document_property",
+            field=f"{where}.order_property",
+        )
+
+
+def _validate_rerank_default(collection: pb.Collection, types: dict[str, int]) -> None:
+    """What can be checked without the service's settings; the provider and the bounds
+    are checked again when a request uses the default."""
+    if not collection.HasField("rerank"):
+        return
+    where = "collection.rerank"
+    rerank = collection.rerank
+    if rerank.candidates < 0:
+        raise InvalidArgument(
+            f"{where}.candidates must not be negative", field=f"{where}.candidates"
+        )
+    if rerank.HasField("mmr_lambda") and not 0.0 <= rerank.mmr_lambda <= 1.0:
+        raise InvalidArgument(f"{where}.mmr_lambda must be in [0, 1]", field=f"{where}.mmr_lambda")
+    if rerank.query:
+        raise InvalidArgument(
+            f"{where}.query: a collection's default reranks against each request's query",
+            field=f"{where}.query",
+        )
+    for name in ("provider", "model", "base_url"):
+        if len(getattr(rerank, name)) > MAX_NAME * 8:
+            raise InvalidArgument(f"{where}.{name} is too long", field=f"{where}.{name}")
+    for i, name in enumerate(rerank.properties):
+        if types.get(name) not in TEXT_TYPES:
+            raise InvalidArgument(
+                f"{where}.properties[{i}]: {quote(name)} is not a text property",
+                field=f"{where}.properties[{i}]",
+            )
 
 
 def _validate_vectorizer(
@@ -259,6 +330,10 @@ class Schema:
     @property
     def embeds(self) -> bool:
         return self.kind != pb.VECTORIZER_KIND_NONE
+
+    @property
+    def chunking(self) -> pb.Chunking | None:
+        return self.collection.chunking if self.collection.HasField("chunking") else None
 
     def text_properties(self) -> list[str]:
         return [name for name, t in self.types.items() if t in TEXT_TYPES]

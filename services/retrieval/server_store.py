@@ -246,6 +246,19 @@ class ServerStore:
             )
         return [_found(p.id, p.payload, p.score, p.vector) for p in response.points]
 
+    async def scroll_matching(
+        self, name: str, where: f.Node | None, limit: int
+    ) -> list[FoundPoint]:
+        with _guard(name):
+            records, _ = await self.client.scroll(
+                name,
+                scroll_filter=to_qdrant_filter(where),
+                limit=limit,
+                with_payload=True,
+                with_vectors=False,
+            )
+        return [_found(r.id, r.payload, 0.0, None) for r in records]
+
     async def optimize(self, name: str) -> None:
         # A Qdrant server optimizes in the background on its own.
         return None

@@ -19,11 +19,13 @@ from google.protobuf import struct_pb2
 
 from services.common.auth import Role, require_role
 from services.common.errors import InvalidArgument, NotFound, ServiceError, quote
+from services.retrieval import chunks
 from services.retrieval.answer_cache import AnswerCache
 from services.retrieval.catalog import Catalog, not_found
 from services.retrieval.embedders import Embedders, use_caller_key
 from services.retrieval.filters import Node, build_filter
 from services.retrieval.ingest import write_batch
+from services.retrieval.rerankers import Rerankers, use_caller_rerank_key
 from services.retrieval.schema import Schema, check_uuid
 from services.retrieval.search import Page, Searcher
 from services.retrieval.settings import RetrievalSettings
@@ -40,7 +42,10 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         store: VectorStore,
         catalog: Catalog,
         embedders: Embedders,
+        rerankers: Rerankers | None = None,
     ) -> None:
+        # The rerank stage (rerankers.py); build_server passes one it closes on stop.
+        self._rerankers = rerankers or Rerankers(settings, embedders.local)
         self._answers = AnswerCache(store, catalog, embedders, settings)
         self._settings = settings
         self._store = store
@@ -246,12 +251,75 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         if request.HasField("filter"):
             where = self._filter(request.filter, schema)
         wanted = _return_properties(schema, request.return_properties)
+        if request.HasField("rerank"):
+            use_caller_rerank_key(context.invocation_metadata())  # type: ignore[arg-type]
+            return await self._reranked_search(
+                schema, request, where, page, wanted, context.time_remaining()
+            )
         with self._dropped(schema):
             result = await self._searcher.search(schema, request, where, page)
         return pb.SearchResponse(
             hits=[_hit(h, wanted) for h in result.hits],
             embed_ms=result.embed_ms,
             query_ms=result.query_ms,
+        )
+
+    async def _reranked_search(
+        self,
+        schema: Schema,
+        request: pb.SearchRequest,
+        where: Node | None,
+        page: Page,
+        wanted: list[str] | None,
+        time_left: float | None,
+    ) -> pb.SearchResponse:
+        """Retrieve the plan's candidates (from the first hit), rerank them, then cut the
+        page: each hit keeps its retrieval score beside its rerank score."""
+        plan = self._rerankers.plan(
+            request.rerank, schema, _query_text(request), page.offset + page.limit
+        )
+        inner = Page(
+            limit=plan.candidates,
+            offset=0,
+            with_vector=page.with_vector or plan.needs_vectors(schema),
+        )
+        with self._dropped(schema):
+            result = await self._searcher.search(schema, request, where, inner)
+        ranked = await self._rerankers.rerank(plan, schema, result.hits, page.offset + page.limit)
+        hits: list[pb.Hit] = []
+        for point, score in ranked[page.offset :]:
+            if not page.with_vector:
+                point.dense = None
+            hit = _hit(point, wanted)
+            hit.rerank_score = score
+            hits.append(hit)
+        return pb.SearchResponse(hits=hits, embed_ms=result.embed_ms, query_ms=result.query_ms)
+
+    async def GetChunks(
+        self, request: pb.GetChunksRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetChunksResponse:
+        schema = await self._catalog.get(require_role(Role.READER).tenant, request.collection)
+        chunking = chunks.check_ranges(schema, request, self._settings.max_limit)
+        wanted = _return_properties(schema, request.return_properties)
+        if wanted is not None:
+            # The chunking properties always come back: they say where a chunk belongs.
+            for name in (chunking.document_property, chunking.order_property):
+                if name not in wanted:
+                    wanted.append(name)
+        with self._dropped(schema):
+            found = await chunks.read_ranges(
+                self._store,
+                schema,
+                chunking,
+                list(request.ranges),
+                max_chunks=self._settings.max_chunks_per_range,
+                max_value_depth=self._settings.max_value_depth,
+            )
+        return pb.GetChunksResponse(
+            ranges=[
+                pb.ChunkList(chunks=[_hit(p, wanted) for p in points], truncated=truncated)
+                for points, truncated in found
+            ]
         )
 
     # -- semantic answer cache (internal: the gateway's Ask; not forwarded to clients) ---
@@ -294,6 +362,13 @@ def _return_properties(schema: Schema, names: Any) -> list[str] | None:
                 reason="UNKNOWN_PROPERTY",
             )
     return list(names) or None
+
+
+def _query_text(request: pb.SearchRequest) -> str:
+    mode = request.WhichOneof("query")
+    if mode in ("near_text", "keyword", "hybrid"):
+        return str(getattr(request, mode).text)
+    return ""
 
 
 def _struct(values: dict[str, Any]) -> struct_pb2.Struct:

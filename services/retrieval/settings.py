@@ -2,13 +2,46 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr, field_validator
+import re
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.egress import EgressPolicy, UrlRefused, canonical_url
 from services.common.settings import NAMESPACES, CommonSettings
 from services.common.values import DEFAULT_MAX_DEPTH
 from services.retrieval.endpoints import DEFAULT_KEY_URLS, ENV_NAME, EmbeddingPolicy
+
+RERANK_PROVIDER_NAME = r"[a-z0-9][a-z0-9_.-]{0,63}"
+
+
+class RerankProvider(BaseModel):
+    """An operator's /v1/rerank endpoint (Cohere's API shape; vLLM, TEI, llama.cpp)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Base URL the path /rerank is appended to, e.g. "http://tei:8080/v1".
+    base_url: str
+    # Environment variable holding its key (sent only to this base URL); empty: none.
+    api_key_env: str = ""
+    # Model sent when a request names none; empty: none sent (TEI serves one model).
+    model: str = ""
+
+    @field_validator("base_url")
+    @classmethod
+    def _valid_url(cls, value: str) -> str:
+        try:
+            canonical_url(value)
+        except UrlRefused as err:
+            raise ValueError(f"base_url: {err.why}") from None
+        return value
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _valid_env(cls, value: str) -> str:
+        if value and (not ENV_NAME.fullmatch(value) or value.upper().startswith("GENSEARCH_")):
+            raise ValueError(f"{value[:64]!r} cannot hold a rerank key")
+        return value
 
 
 class RetrievalSettings(CommonSettings):
@@ -74,6 +107,34 @@ class RetrievalSettings(CommonSettings):
     max_cached_question_chars: int = Field(default=8000, ge=100)
     max_cached_answer_bytes: int = Field(default=1_048_576, ge=1024)
     max_cached_answer_ttl: float = Field(default=30 * 86400.0, gt=0)
+
+    # Rerank stage of Search (services/retrieval/rerankers.py; docs/retrieval.md). The
+    # operator's /v1/rerank providers by name (JSON object: name -> {"base_url", "api_key_env",
+    # "model"}); "mmr" is the local one and cannot be redefined. A caller's own endpoint
+    # (Rerank.base_url) must pass allowed_hosts.
+    rerank_providers: dict[str, RerankProvider] = Field(default_factory=dict)
+    # Candidates retrieved before reranking when a request says none (raised to offset +
+    # limit), and the most a request may ask for.
+    rerank_candidates: int = Field(default=50, ge=1, le=10_000)
+    max_rerank_candidates: int = Field(default=200, ge=1, le=10_000)
+    # Characters of each hit's text sent to a reranker (the rest is cut).
+    max_rerank_document_chars: int = Field(default=4000, ge=100)
+    # Seconds a rerank request may take, its retries included, and its retries (the shared
+    # policy of services/common/upstream_retry.py).
+    rerank_timeout: float = Field(default=30.0, gt=0)
+    rerank_retries: int = Field(default=2, ge=0, le=10)
+    # Local MMR: weight of relevance against diversity when a request sets none.
+    mmr_lambda: float = Field(default=0.7, ge=0.0, le=1.0)
+    # GetChunks: the most chunks one range returns (a whole document included).
+    max_chunks_per_range: int = Field(default=200, ge=1, le=10_000)
+
+    @field_validator("rerank_providers")
+    @classmethod
+    def _valid_rerank_providers(cls, value: dict[str, RerankProvider]) -> dict[str, RerankProvider]:
+        for name in value:
+            if not re.fullmatch(RERANK_PROVIDER_NAME, name) or name == "mmr":
+                raise ValueError(f"{name[:64]!r} cannot name a rerank provider")
+        return value
 
     @field_validator("allowed_hosts")
     @classmethod

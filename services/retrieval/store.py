@@ -111,5 +111,8 @@ class VectorStore(Protocol):
         with_vector: bool,
     ) -> list[FoundPoint]: ...
 
+    async def scroll_matching(self, name: str, where: Node | None, limit: int) -> list[FoundPoint]:
+        """Up to ``limit`` points matching ``where``, in no particular order (no vectors)."""
+
     async def optimize(self, name: str) -> None:
         """Let the engine build its indexes after a bulk load."""

@@ -27,6 +27,9 @@ CHECKED = {
     "gensearch.generation.v1.GenerateRequest.base_url": "services/generation/registry.py",
     "gensearch.generation.v1.StreamGenerateRequest.base_url": "services/generation/registry.py",
     "gensearch.gateway.v1.Generate.base_url": "services/gateway/models.py",
+    # A caller's /v1/rerank endpoint (issue 15): checked when the search is planned, and on
+    # every connection by the caller clients' connector.
+    "gensearch.retrieval.v1.Rerank.base_url": "services/retrieval/rerankers.py",
 }
 
 

@@ -31,6 +31,10 @@ Endpoints
         ``served``, ``rate_limited``, ``max_per_window``; ``POST /fake/reset`` resets them.
     ``POST /v1/embeddings``  deterministic unit vectors (``embedding_dim`` floats), one per
         input string, derived from a hash of the text.
+    ``POST /v1/rerank``  the common rerank API (Cohere's shape, as served by vLLM, TEI and
+        llama.cpp): ``{model, query, documents, top_n}`` -> ``{results: [{index,
+        relevance_score}]}`` best first; scores from ``rerank_score(query, document)``
+        (default :func:`word_overlap`). Takes behaviours from the shared queue like chat.
 
 Constructor / attributes (all attributes may be changed while the server runs)
     ``latency``        seconds to wait before answering each request (default 0).
@@ -40,6 +44,8 @@ Constructor / attributes (all attributes may be changed while the server runs)
                        every call in exactly the same time).
     ``chunk_delay``    seconds between stream chunks (default 0).
     ``reply``          ``str`` or ``Callable[[dict], str]``; default :func:`echo_last_user`.
+    ``rerank_score``   ``Callable[[str, str], float]`` for /v1/rerank; default
+                       :func:`word_overlap`.
     ``models``         names listed by /v1/models (default ``("fake-model",)``).
     ``reject_unknown_models``  answer 404 ``model_not_found`` (as OpenAI does) for a model
                        not in ``models`` (default False: any model is accepted).
@@ -111,6 +117,7 @@ import itertools
 import json
 import math
 import random
+import re
 import threading
 import time
 from collections import deque
@@ -133,6 +140,13 @@ def echo_last_user(body: dict[str, Any]) -> str:
             if isinstance(content, list):  # content parts
                 return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
     return "ok"
+
+
+def word_overlap(query: str, document: str) -> float:
+    """The share of the query's words found in the document (case-insensitive)."""
+    words = {w for w in re.findall(r"\w+", query.lower())}
+    found = set(re.findall(r"\w+", document.lower()))
+    return len(words & found) / len(words) if words else 0.0
 
 
 def count_tokens(text: str) -> int:
@@ -283,6 +297,7 @@ class FakeOpenAI:
         self.include_usage = include_usage
         self.embedding_dim = embedding_dim
         self.record = record
+        self.rerank_score: Callable[[str, str], float] = word_overlap
         self.host = host
         self.port = port
         self.rate_limit = rate_limit
@@ -318,6 +333,7 @@ class FakeOpenAI:
         app.router.add_post("/fake/reset", self._reset)
         app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_post("/tokenize", self._tokenize)
+        app.router.add_post("/v1/rerank", self._rerank)
         # handler_cancellation: a client that hangs up cancels the handler at once, which is
         # how the tests observe that an upstream request was really cancelled.
         self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
@@ -730,6 +746,37 @@ class FakeOpenAI:
             )
         finally:
             self.concurrent -= 1
+
+    @property
+    def rerank_requests(self) -> list[RecordedRequest]:
+        return [r for r in self.requests if r.path == "/v1/rerank"]
+
+    async def _rerank(self, request: web.Request) -> web.StreamResponse:
+        rec, behaviour = await self._begin(request)
+        await self._wait(behaviour)
+        if behaviour.kind == "reset":
+            return self._abort(request)
+        if behaviour.kind == "error":
+            return _error_response(behaviour)
+        if behaviour.kind == "malformed":
+            return web.Response(text="{not json", content_type="application/json")
+        denied = self._auth_error(request)
+        if denied is not None:
+            return denied
+        body = rec.json if isinstance(rec.json, dict) else {}
+        query = str(body.get("query", ""))
+        documents = [str(d) for d in body.get("documents") or []]
+        scored = [
+            {"index": i, "relevance_score": self.rerank_score(query, d)}
+            for i, d in enumerate(documents)
+        ]
+        scored.sort(key=lambda r: (-r["relevance_score"], r["index"]))
+        top_n = body.get("top_n")
+        if isinstance(top_n, int) and top_n >= 0:
+            scored = scored[:top_n]
+        return web.json_response(
+            {"id": f"rerank-{next(self._ids)}", "model": body.get("model"), "results": scored}
+        )
 
     def _vector(self, text: str) -> list[float]:
         digest = hashlib.sha256(text.encode()).digest()

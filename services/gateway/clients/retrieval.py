@@ -5,7 +5,7 @@ from __future__ import annotations
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as ret_grpc
 
-from services.common.egress import EMBEDDING_KEY_HEADER
+from services.common.egress import EMBEDDING_KEY_HEADER, RERANK_KEY_HEADER
 from services.gateway.clients.base import ServiceClient
 from services.gateway.clients.caller import Caller, Metadata
 from services.gateway.clients.channel import RETRIEVAL_SERVICE
@@ -17,15 +17,25 @@ class RetrievalClient(ServiceClient):
     stub_class = ret_grpc.RetrievalServiceStub
 
     def metadata(self, caller: Caller) -> Metadata:
-        # The caller's own key for a collection's embeddings endpoint (never the keys meant
-        # for LLM providers: those go to the generation service only).
-        keys = tuple((k, v) for k, v in caller.provider_keys if k == EMBEDDING_KEY_HEADER)
+        # The caller's own keys for a collection's embeddings endpoint and for a rerank
+        # endpoint the caller named (never the keys meant for LLM providers: those go to
+        # the generation service only).
+        keys = tuple(
+            (k, v)
+            for k, v in caller.provider_keys
+            if k in (EMBEDDING_KEY_HEADER, RERANK_KEY_HEADER)
+        )
         return caller.identity + keys
 
     async def search(
         self, request: ret_pb.SearchRequest, caller: Caller, timeout: float | None
     ) -> ret_pb.SearchResponse:
         return await self.unary("Search", request, caller, timeout)
+
+    async def get_chunks(
+        self, request: ret_pb.GetChunksRequest, caller: Caller, timeout: float | None
+    ) -> ret_pb.GetChunksResponse:
+        return await self.unary("GetChunks", request, caller, timeout)
 
     async def get_collection(
         self, name: str, caller: Caller, timeout: float | None

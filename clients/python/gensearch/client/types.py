@@ -176,6 +176,17 @@ class GenerativeConfig:
     context_fields: list[str] = field(default_factory=list)
 
 
+@_proto("gensearch.retrieval.v1.Chunking")
+@dataclass
+class Chunking:
+    """Objects that are chunks of a document: which property names the document and
+    which orders its chunks (Ask and GenerativeSearch can then widen a hit with its
+    neighbours, ``expand_context``)."""
+
+    document_property: str = ""
+    order_property: str = ""
+
+
 @_proto("gensearch.retrieval.v1.Collection")
 @dataclass
 class Collection:
@@ -186,6 +197,7 @@ class Collection:
     keyword_index: bool | None = None
     generative: GenerativeConfig | None = None
     create_time: datetime | None = None
+    chunking: Chunking | None = None
     # GetCollection only: how many objects it holds.
     object_count: int | None = None
     raw: Any = field(default=None, repr=False, compare=False)
@@ -506,6 +518,7 @@ __all__ = [
     "AskContextEvent",
     "AskEvent",
     "ChatMessage",
+    "Chunking",
     "Citation",
     "Collection",
     "Conversation",

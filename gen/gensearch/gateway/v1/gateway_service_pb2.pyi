@@ -135,7 +135,7 @@ class GenerativeHit(_message.Message):
     def __init__(self, hit: _Optional[_Union[_retrieval_service_pb2.Hit, _Mapping]] = ..., generation: _Optional[_Union[GenerationResult, _Mapping]] = ...) -> None: ...
 
 class GenerativeSearchRequest(_message.Message):
-    __slots__ = ("collection", "near_text", "near_vector", "keyword", "hybrid", "filter", "limit", "offset", "return_properties", "generate")
+    __slots__ = ("collection", "near_text", "near_vector", "keyword", "hybrid", "filter", "limit", "offset", "return_properties", "generate", "rerank", "expand_context")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     NEAR_TEXT_FIELD_NUMBER: _ClassVar[int]
     NEAR_VECTOR_FIELD_NUMBER: _ClassVar[int]
@@ -146,6 +146,8 @@ class GenerativeSearchRequest(_message.Message):
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     RETURN_PROPERTIES_FIELD_NUMBER: _ClassVar[int]
     GENERATE_FIELD_NUMBER: _ClassVar[int]
+    RERANK_FIELD_NUMBER: _ClassVar[int]
+    EXPAND_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     collection: str
     near_text: _retrieval_service_pb2.NearText
     near_vector: _retrieval_service_pb2.NearVector
@@ -156,20 +158,24 @@ class GenerativeSearchRequest(_message.Message):
     offset: int
     return_properties: _containers.RepeatedScalarFieldContainer[str]
     generate: Generate
-    def __init__(self, collection: _Optional[str] = ..., near_text: _Optional[_Union[_retrieval_service_pb2.NearText, _Mapping]] = ..., near_vector: _Optional[_Union[_retrieval_service_pb2.NearVector, _Mapping]] = ..., keyword: _Optional[_Union[_retrieval_service_pb2.Keyword, _Mapping]] = ..., hybrid: _Optional[_Union[_retrieval_service_pb2.Hybrid, _Mapping]] = ..., filter: _Optional[_Union[_retrieval_service_pb2.Filter, _Mapping]] = ..., limit: _Optional[int] = ..., offset: _Optional[int] = ..., return_properties: _Optional[_Iterable[str]] = ..., generate: _Optional[_Union[Generate, _Mapping]] = ...) -> None: ...
+    rerank: _retrieval_service_pb2.Rerank
+    expand_context: ContextExpansion
+    def __init__(self, collection: _Optional[str] = ..., near_text: _Optional[_Union[_retrieval_service_pb2.NearText, _Mapping]] = ..., near_vector: _Optional[_Union[_retrieval_service_pb2.NearVector, _Mapping]] = ..., keyword: _Optional[_Union[_retrieval_service_pb2.Keyword, _Mapping]] = ..., hybrid: _Optional[_Union[_retrieval_service_pb2.Hybrid, _Mapping]] = ..., filter: _Optional[_Union[_retrieval_service_pb2.Filter, _Mapping]] = ..., limit: _Optional[int] = ..., offset: _Optional[int] = ..., return_properties: _Optional[_Iterable[str]] = ..., generate: _Optional[_Union[Generate, _Mapping]] = ..., rerank: _Optional[_Union[_retrieval_service_pb2.Rerank, _Mapping]] = ..., expand_context: _Optional[_Union[ContextExpansion, _Mapping]] = ...) -> None: ...
 
 class GenerativeSearchResponse(_message.Message):
-    __slots__ = ("hits", "grouped", "usage")
+    __slots__ = ("hits", "grouped", "usage", "passages")
     HITS_FIELD_NUMBER: _ClassVar[int]
     GROUPED_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
+    PASSAGES_FIELD_NUMBER: _ClassVar[int]
     hits: _containers.RepeatedCompositeFieldContainer[GenerativeHit]
     grouped: GenerationResult
     usage: _generation_service_pb2.Usage
-    def __init__(self, hits: _Optional[_Iterable[_Union[GenerativeHit, _Mapping]]] = ..., grouped: _Optional[_Union[GenerationResult, _Mapping]] = ..., usage: _Optional[_Union[_generation_service_pb2.Usage, _Mapping]] = ...) -> None: ...
+    passages: _containers.RepeatedCompositeFieldContainer[ContextPassage]
+    def __init__(self, hits: _Optional[_Iterable[_Union[GenerativeHit, _Mapping]]] = ..., grouped: _Optional[_Union[GenerationResult, _Mapping]] = ..., usage: _Optional[_Union[_generation_service_pb2.Usage, _Mapping]] = ..., passages: _Optional[_Iterable[_Union[ContextPassage, _Mapping]]] = ...) -> None: ...
 
 class StreamGenerativeSearchRequest(_message.Message):
-    __slots__ = ("collection", "near_text", "near_vector", "keyword", "hybrid", "filter", "limit", "offset", "return_properties", "generate")
+    __slots__ = ("collection", "near_text", "near_vector", "keyword", "hybrid", "filter", "limit", "offset", "return_properties", "generate", "rerank", "expand_context")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     NEAR_TEXT_FIELD_NUMBER: _ClassVar[int]
     NEAR_VECTOR_FIELD_NUMBER: _ClassVar[int]
@@ -180,6 +186,8 @@ class StreamGenerativeSearchRequest(_message.Message):
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     RETURN_PROPERTIES_FIELD_NUMBER: _ClassVar[int]
     GENERATE_FIELD_NUMBER: _ClassVar[int]
+    RERANK_FIELD_NUMBER: _ClassVar[int]
+    EXPAND_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     collection: str
     near_text: _retrieval_service_pb2.NearText
     near_vector: _retrieval_service_pb2.NearVector
@@ -190,13 +198,17 @@ class StreamGenerativeSearchRequest(_message.Message):
     offset: int
     return_properties: _containers.RepeatedScalarFieldContainer[str]
     generate: Generate
-    def __init__(self, collection: _Optional[str] = ..., near_text: _Optional[_Union[_retrieval_service_pb2.NearText, _Mapping]] = ..., near_vector: _Optional[_Union[_retrieval_service_pb2.NearVector, _Mapping]] = ..., keyword: _Optional[_Union[_retrieval_service_pb2.Keyword, _Mapping]] = ..., hybrid: _Optional[_Union[_retrieval_service_pb2.Hybrid, _Mapping]] = ..., filter: _Optional[_Union[_retrieval_service_pb2.Filter, _Mapping]] = ..., limit: _Optional[int] = ..., offset: _Optional[int] = ..., return_properties: _Optional[_Iterable[str]] = ..., generate: _Optional[_Union[Generate, _Mapping]] = ...) -> None: ...
+    rerank: _retrieval_service_pb2.Rerank
+    expand_context: ContextExpansion
+    def __init__(self, collection: _Optional[str] = ..., near_text: _Optional[_Union[_retrieval_service_pb2.NearText, _Mapping]] = ..., near_vector: _Optional[_Union[_retrieval_service_pb2.NearVector, _Mapping]] = ..., keyword: _Optional[_Union[_retrieval_service_pb2.Keyword, _Mapping]] = ..., hybrid: _Optional[_Union[_retrieval_service_pb2.Hybrid, _Mapping]] = ..., filter: _Optional[_Union[_retrieval_service_pb2.Filter, _Mapping]] = ..., limit: _Optional[int] = ..., offset: _Optional[int] = ..., return_properties: _Optional[_Iterable[str]] = ..., generate: _Optional[_Union[Generate, _Mapping]] = ..., rerank: _Optional[_Union[_retrieval_service_pb2.Rerank, _Mapping]] = ..., expand_context: _Optional[_Union[ContextExpansion, _Mapping]] = ...) -> None: ...
 
 class HitsEvent(_message.Message):
-    __slots__ = ("hits",)
+    __slots__ = ("hits", "passages")
     HITS_FIELD_NUMBER: _ClassVar[int]
+    PASSAGES_FIELD_NUMBER: _ClassVar[int]
     hits: _containers.RepeatedCompositeFieldContainer[_retrieval_service_pb2.Hit]
-    def __init__(self, hits: _Optional[_Iterable[_Union[_retrieval_service_pb2.Hit, _Mapping]]] = ...) -> None: ...
+    passages: _containers.RepeatedCompositeFieldContainer[ContextPassage]
+    def __init__(self, hits: _Optional[_Iterable[_Union[_retrieval_service_pb2.Hit, _Mapping]]] = ..., passages: _Optional[_Iterable[_Union[ContextPassage, _Mapping]]] = ...) -> None: ...
 
 class HitResultEvent(_message.Message):
     __slots__ = ("hit_index", "generation")
@@ -239,7 +251,7 @@ class StreamGenerativeSearchResponse(_message.Message):
     def __init__(self, hits: _Optional[_Union[HitsEvent, _Mapping]] = ..., hit_result: _Optional[_Union[HitResultEvent, _Mapping]] = ..., token: _Optional[_Union[TokenEvent, _Mapping]] = ..., grouped: _Optional[_Union[GenerationResult, _Mapping]] = ..., done: _Optional[_Union[DoneEvent, _Mapping]] = ...) -> None: ...
 
 class AskRequest(_message.Message):
-    __slots__ = ("collection", "llm_question", "llm_model", "provider", "conversation_id", "new_conversation", "context_size", "interaction_size", "timeout", "system_prompt", "user_instructions", "context_field_list", "near_text", "near_vector", "keyword", "hybrid", "filter", "rewrite_query", "temperature", "max_tokens", "debug", "semantic_cache", "summary_disabled")
+    __slots__ = ("collection", "llm_question", "llm_model", "provider", "conversation_id", "new_conversation", "context_size", "interaction_size", "timeout", "system_prompt", "user_instructions", "context_field_list", "near_text", "near_vector", "keyword", "hybrid", "filter", "rewrite_query", "temperature", "max_tokens", "debug", "semantic_cache", "summary_disabled", "rerank", "expand_context")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     LLM_QUESTION_FIELD_NUMBER: _ClassVar[int]
     LLM_MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -263,6 +275,8 @@ class AskRequest(_message.Message):
     DEBUG_FIELD_NUMBER: _ClassVar[int]
     SEMANTIC_CACHE_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_DISABLED_FIELD_NUMBER: _ClassVar[int]
+    RERANK_FIELD_NUMBER: _ClassVar[int]
+    EXPAND_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     collection: str
     llm_question: str
     llm_model: str
@@ -286,15 +300,45 @@ class AskRequest(_message.Message):
     debug: bool
     semantic_cache: SemanticCache
     summary_disabled: bool
-    def __init__(self, collection: _Optional[str] = ..., llm_question: _Optional[str] = ..., llm_model: _Optional[str] = ..., provider: _Optional[str] = ..., conversation_id: _Optional[str] = ..., new_conversation: _Optional[bool] = ..., context_size: _Optional[int] = ..., interaction_size: _Optional[int] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., system_prompt: _Optional[str] = ..., user_instructions: _Optional[str] = ..., context_field_list: _Optional[_Iterable[str]] = ..., near_text: _Optional[_Union[_retrieval_service_pb2.NearText, _Mapping]] = ..., near_vector: _Optional[_Union[_retrieval_service_pb2.NearVector, _Mapping]] = ..., keyword: _Optional[_Union[_retrieval_service_pb2.Keyword, _Mapping]] = ..., hybrid: _Optional[_Union[_retrieval_service_pb2.Hybrid, _Mapping]] = ..., filter: _Optional[_Union[_retrieval_service_pb2.Filter, _Mapping]] = ..., rewrite_query: _Optional[bool] = ..., temperature: _Optional[float] = ..., max_tokens: _Optional[int] = ..., debug: _Optional[bool] = ..., semantic_cache: _Optional[_Union[SemanticCache, _Mapping]] = ..., summary_disabled: _Optional[bool] = ...) -> None: ...
+    rerank: _retrieval_service_pb2.Rerank
+    expand_context: ContextExpansion
+    def __init__(self, collection: _Optional[str] = ..., llm_question: _Optional[str] = ..., llm_model: _Optional[str] = ..., provider: _Optional[str] = ..., conversation_id: _Optional[str] = ..., new_conversation: _Optional[bool] = ..., context_size: _Optional[int] = ..., interaction_size: _Optional[int] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., system_prompt: _Optional[str] = ..., user_instructions: _Optional[str] = ..., context_field_list: _Optional[_Iterable[str]] = ..., near_text: _Optional[_Union[_retrieval_service_pb2.NearText, _Mapping]] = ..., near_vector: _Optional[_Union[_retrieval_service_pb2.NearVector, _Mapping]] = ..., keyword: _Optional[_Union[_retrieval_service_pb2.Keyword, _Mapping]] = ..., hybrid: _Optional[_Union[_retrieval_service_pb2.Hybrid, _Mapping]] = ..., filter: _Optional[_Union[_retrieval_service_pb2.Filter, _Mapping]] = ..., rewrite_query: _Optional[bool] = ..., temperature: _Optional[float] = ..., max_tokens: _Optional[int] = ..., debug: _Optional[bool] = ..., semantic_cache: _Optional[_Union[SemanticCache, _Mapping]] = ..., summary_disabled: _Optional[bool] = ..., rerank: _Optional[_Union[_retrieval_service_pb2.Rerank, _Mapping]] = ..., expand_context: _Optional[_Union[ContextExpansion, _Mapping]] = ...) -> None: ...
 
 class Citation(_message.Message):
-    __slots__ = ("number", "id")
+    __slots__ = ("number", "id", "hit_ids")
     NUMBER_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
+    HIT_IDS_FIELD_NUMBER: _ClassVar[int]
     number: int
     id: str
-    def __init__(self, number: _Optional[int] = ..., id: _Optional[str] = ...) -> None: ...
+    hit_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, number: _Optional[int] = ..., id: _Optional[str] = ..., hit_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ContextExpansion(_message.Message):
+    __slots__ = ("neighbors", "whole_document", "max_tokens")
+    NEIGHBORS_FIELD_NUMBER: _ClassVar[int]
+    WHOLE_DOCUMENT_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    neighbors: int
+    whole_document: bool
+    max_tokens: int
+    def __init__(self, neighbors: _Optional[int] = ..., whole_document: _Optional[bool] = ..., max_tokens: _Optional[int] = ...) -> None: ...
+
+class ContextPassage(_message.Message):
+    __slots__ = ("number", "hit_ids", "chunk_ids", "document", "first", "last")
+    NUMBER_FIELD_NUMBER: _ClassVar[int]
+    HIT_IDS_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_IDS_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENT_FIELD_NUMBER: _ClassVar[int]
+    FIRST_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
+    number: int
+    hit_ids: _containers.RepeatedScalarFieldContainer[str]
+    chunk_ids: _containers.RepeatedScalarFieldContainer[str]
+    document: _struct_pb2.Value
+    first: int
+    last: int
+    def __init__(self, number: _Optional[int] = ..., hit_ids: _Optional[_Iterable[str]] = ..., chunk_ids: _Optional[_Iterable[str]] = ..., document: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., first: _Optional[int] = ..., last: _Optional[int] = ...) -> None: ...
 
 class Trimmed(_message.Message):
     __slots__ = ("history_turns", "hits")
@@ -305,7 +349,7 @@ class Trimmed(_message.Message):
     def __init__(self, history_turns: _Optional[int] = ..., hits: _Optional[int] = ...) -> None: ...
 
 class AskResponse(_message.Message):
-    __slots__ = ("answer", "citations", "hits", "usage", "conversation_id", "interaction_id", "rewritten_query", "trimmed", "model", "prompt", "provider", "cached", "cached_question", "cached_similarity", "summary_used", "history_tokens", "history_budget_tokens", "attempts", "wait_time")
+    __slots__ = ("answer", "citations", "hits", "usage", "conversation_id", "interaction_id", "rewritten_query", "trimmed", "model", "prompt", "provider", "cached", "cached_question", "cached_similarity", "summary_used", "history_tokens", "history_budget_tokens", "attempts", "wait_time", "passages")
     ANSWER_FIELD_NUMBER: _ClassVar[int]
     CITATIONS_FIELD_NUMBER: _ClassVar[int]
     HITS_FIELD_NUMBER: _ClassVar[int]
@@ -325,6 +369,7 @@ class AskResponse(_message.Message):
     HISTORY_BUDGET_TOKENS_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     WAIT_TIME_FIELD_NUMBER: _ClassVar[int]
+    PASSAGES_FIELD_NUMBER: _ClassVar[int]
     answer: str
     citations: _containers.RepeatedCompositeFieldContainer[Citation]
     hits: _containers.RepeatedCompositeFieldContainer[_retrieval_service_pb2.Hit]
@@ -344,10 +389,11 @@ class AskResponse(_message.Message):
     history_budget_tokens: int
     attempts: int
     wait_time: _duration_pb2.Duration
-    def __init__(self, answer: _Optional[str] = ..., citations: _Optional[_Iterable[_Union[Citation, _Mapping]]] = ..., hits: _Optional[_Iterable[_Union[_retrieval_service_pb2.Hit, _Mapping]]] = ..., usage: _Optional[_Union[_generation_service_pb2.Usage, _Mapping]] = ..., conversation_id: _Optional[str] = ..., interaction_id: _Optional[str] = ..., rewritten_query: _Optional[str] = ..., trimmed: _Optional[_Union[Trimmed, _Mapping]] = ..., model: _Optional[str] = ..., prompt: _Optional[_Iterable[_Union[_generation_service_pb2.Message, _Mapping]]] = ..., provider: _Optional[str] = ..., cached: _Optional[bool] = ..., cached_question: _Optional[str] = ..., cached_similarity: _Optional[float] = ..., summary_used: _Optional[bool] = ..., history_tokens: _Optional[int] = ..., history_budget_tokens: _Optional[int] = ..., attempts: _Optional[int] = ..., wait_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    passages: _containers.RepeatedCompositeFieldContainer[ContextPassage]
+    def __init__(self, answer: _Optional[str] = ..., citations: _Optional[_Iterable[_Union[Citation, _Mapping]]] = ..., hits: _Optional[_Iterable[_Union[_retrieval_service_pb2.Hit, _Mapping]]] = ..., usage: _Optional[_Union[_generation_service_pb2.Usage, _Mapping]] = ..., conversation_id: _Optional[str] = ..., interaction_id: _Optional[str] = ..., rewritten_query: _Optional[str] = ..., trimmed: _Optional[_Union[Trimmed, _Mapping]] = ..., model: _Optional[str] = ..., prompt: _Optional[_Iterable[_Union[_generation_service_pb2.Message, _Mapping]]] = ..., provider: _Optional[str] = ..., cached: _Optional[bool] = ..., cached_question: _Optional[str] = ..., cached_similarity: _Optional[float] = ..., summary_used: _Optional[bool] = ..., history_tokens: _Optional[int] = ..., history_budget_tokens: _Optional[int] = ..., attempts: _Optional[int] = ..., wait_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., passages: _Optional[_Iterable[_Union[ContextPassage, _Mapping]]] = ...) -> None: ...
 
 class StreamAskRequest(_message.Message):
-    __slots__ = ("collection", "llm_question", "llm_model", "provider", "conversation_id", "new_conversation", "context_size", "interaction_size", "timeout", "system_prompt", "user_instructions", "context_field_list", "near_text", "near_vector", "keyword", "hybrid", "filter", "rewrite_query", "temperature", "max_tokens", "debug", "semantic_cache", "summary_disabled")
+    __slots__ = ("collection", "llm_question", "llm_model", "provider", "conversation_id", "new_conversation", "context_size", "interaction_size", "timeout", "system_prompt", "user_instructions", "context_field_list", "near_text", "near_vector", "keyword", "hybrid", "filter", "rewrite_query", "temperature", "max_tokens", "debug", "semantic_cache", "summary_disabled", "rerank", "expand_context")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     LLM_QUESTION_FIELD_NUMBER: _ClassVar[int]
     LLM_MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -371,6 +417,8 @@ class StreamAskRequest(_message.Message):
     DEBUG_FIELD_NUMBER: _ClassVar[int]
     SEMANTIC_CACHE_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_DISABLED_FIELD_NUMBER: _ClassVar[int]
+    RERANK_FIELD_NUMBER: _ClassVar[int]
+    EXPAND_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     collection: str
     llm_question: str
     llm_model: str
@@ -394,7 +442,9 @@ class StreamAskRequest(_message.Message):
     debug: bool
     semantic_cache: SemanticCache
     summary_disabled: bool
-    def __init__(self, collection: _Optional[str] = ..., llm_question: _Optional[str] = ..., llm_model: _Optional[str] = ..., provider: _Optional[str] = ..., conversation_id: _Optional[str] = ..., new_conversation: _Optional[bool] = ..., context_size: _Optional[int] = ..., interaction_size: _Optional[int] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., system_prompt: _Optional[str] = ..., user_instructions: _Optional[str] = ..., context_field_list: _Optional[_Iterable[str]] = ..., near_text: _Optional[_Union[_retrieval_service_pb2.NearText, _Mapping]] = ..., near_vector: _Optional[_Union[_retrieval_service_pb2.NearVector, _Mapping]] = ..., keyword: _Optional[_Union[_retrieval_service_pb2.Keyword, _Mapping]] = ..., hybrid: _Optional[_Union[_retrieval_service_pb2.Hybrid, _Mapping]] = ..., filter: _Optional[_Union[_retrieval_service_pb2.Filter, _Mapping]] = ..., rewrite_query: _Optional[bool] = ..., temperature: _Optional[float] = ..., max_tokens: _Optional[int] = ..., debug: _Optional[bool] = ..., semantic_cache: _Optional[_Union[SemanticCache, _Mapping]] = ..., summary_disabled: _Optional[bool] = ...) -> None: ...
+    rerank: _retrieval_service_pb2.Rerank
+    expand_context: ContextExpansion
+    def __init__(self, collection: _Optional[str] = ..., llm_question: _Optional[str] = ..., llm_model: _Optional[str] = ..., provider: _Optional[str] = ..., conversation_id: _Optional[str] = ..., new_conversation: _Optional[bool] = ..., context_size: _Optional[int] = ..., interaction_size: _Optional[int] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., system_prompt: _Optional[str] = ..., user_instructions: _Optional[str] = ..., context_field_list: _Optional[_Iterable[str]] = ..., near_text: _Optional[_Union[_retrieval_service_pb2.NearText, _Mapping]] = ..., near_vector: _Optional[_Union[_retrieval_service_pb2.NearVector, _Mapping]] = ..., keyword: _Optional[_Union[_retrieval_service_pb2.Keyword, _Mapping]] = ..., hybrid: _Optional[_Union[_retrieval_service_pb2.Hybrid, _Mapping]] = ..., filter: _Optional[_Union[_retrieval_service_pb2.Filter, _Mapping]] = ..., rewrite_query: _Optional[bool] = ..., temperature: _Optional[float] = ..., max_tokens: _Optional[int] = ..., debug: _Optional[bool] = ..., semantic_cache: _Optional[_Union[SemanticCache, _Mapping]] = ..., summary_disabled: _Optional[bool] = ..., rerank: _Optional[_Union[_retrieval_service_pb2.Rerank, _Mapping]] = ..., expand_context: _Optional[_Union[ContextExpansion, _Mapping]] = ...) -> None: ...
 
 class StreamAskResponse(_message.Message):
     __slots__ = ("context", "delta", "answer")

@@ -145,7 +145,7 @@ class CacheDefaults(_message.Message):
     def __init__(self, generation: _Optional[bool] = ..., semantic: _Optional[bool] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., min_similarity: _Optional[float] = ...) -> None: ...
 
 class Collection(_message.Message):
-    __slots__ = ("name", "description", "properties", "vectorizer", "keyword_index", "generative", "create_time")
+    __slots__ = ("name", "description", "properties", "vectorizer", "keyword_index", "generative", "create_time", "chunking", "rerank")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     PROPERTIES_FIELD_NUMBER: _ClassVar[int]
@@ -153,6 +153,8 @@ class Collection(_message.Message):
     KEYWORD_INDEX_FIELD_NUMBER: _ClassVar[int]
     GENERATIVE_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    CHUNKING_FIELD_NUMBER: _ClassVar[int]
+    RERANK_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     properties: _containers.RepeatedCompositeFieldContainer[Property]
@@ -160,7 +162,35 @@ class Collection(_message.Message):
     keyword_index: bool
     generative: GenerativeConfig
     create_time: _timestamp_pb2.Timestamp
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., properties: _Optional[_Iterable[_Union[Property, _Mapping]]] = ..., vectorizer: _Optional[_Union[Vectorizer, _Mapping]] = ..., keyword_index: _Optional[bool] = ..., generative: _Optional[_Union[GenerativeConfig, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    chunking: Chunking
+    rerank: Rerank
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., properties: _Optional[_Iterable[_Union[Property, _Mapping]]] = ..., vectorizer: _Optional[_Union[Vectorizer, _Mapping]] = ..., keyword_index: _Optional[bool] = ..., generative: _Optional[_Union[GenerativeConfig, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., chunking: _Optional[_Union[Chunking, _Mapping]] = ..., rerank: _Optional[_Union[Rerank, _Mapping]] = ...) -> None: ...
+
+class Chunking(_message.Message):
+    __slots__ = ("document_property", "order_property")
+    DOCUMENT_PROPERTY_FIELD_NUMBER: _ClassVar[int]
+    ORDER_PROPERTY_FIELD_NUMBER: _ClassVar[int]
+    document_property: str
+    order_property: str
+    def __init__(self, document_property: _Optional[str] = ..., order_property: _Optional[str] = ...) -> None: ...
+
+class Rerank(_message.Message):
+    __slots__ = ("provider", "model", "candidates", "query", "properties", "mmr_lambda", "base_url")
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    PROPERTIES_FIELD_NUMBER: _ClassVar[int]
+    MMR_LAMBDA_FIELD_NUMBER: _ClassVar[int]
+    BASE_URL_FIELD_NUMBER: _ClassVar[int]
+    provider: str
+    model: str
+    candidates: int
+    query: str
+    properties: _containers.RepeatedScalarFieldContainer[str]
+    mmr_lambda: float
+    base_url: str
+    def __init__(self, provider: _Optional[str] = ..., model: _Optional[str] = ..., candidates: _Optional[int] = ..., query: _Optional[str] = ..., properties: _Optional[_Iterable[str]] = ..., mmr_lambda: _Optional[float] = ..., base_url: _Optional[str] = ...) -> None: ...
 
 class DataObject(_message.Message):
     __slots__ = ("id", "properties", "vector")
@@ -373,7 +403,7 @@ class Condition(_message.Message):
     def __init__(self, property: _Optional[str] = ..., operator: _Optional[_Union[Operator, str]] = ..., value: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "near_text", "near_vector", "keyword", "hybrid", "filter", "limit", "offset", "return_properties", "include_vector")
+    __slots__ = ("collection", "near_text", "near_vector", "keyword", "hybrid", "filter", "limit", "offset", "return_properties", "include_vector", "rerank")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     NEAR_TEXT_FIELD_NUMBER: _ClassVar[int]
     NEAR_VECTOR_FIELD_NUMBER: _ClassVar[int]
@@ -384,6 +414,7 @@ class SearchRequest(_message.Message):
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     RETURN_PROPERTIES_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_VECTOR_FIELD_NUMBER: _ClassVar[int]
+    RERANK_FIELD_NUMBER: _ClassVar[int]
     collection: str
     near_text: NearText
     near_vector: NearVector
@@ -394,19 +425,22 @@ class SearchRequest(_message.Message):
     offset: int
     return_properties: _containers.RepeatedScalarFieldContainer[str]
     include_vector: bool
-    def __init__(self, collection: _Optional[str] = ..., near_text: _Optional[_Union[NearText, _Mapping]] = ..., near_vector: _Optional[_Union[NearVector, _Mapping]] = ..., keyword: _Optional[_Union[Keyword, _Mapping]] = ..., hybrid: _Optional[_Union[Hybrid, _Mapping]] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., limit: _Optional[int] = ..., offset: _Optional[int] = ..., return_properties: _Optional[_Iterable[str]] = ..., include_vector: _Optional[bool] = ...) -> None: ...
+    rerank: Rerank
+    def __init__(self, collection: _Optional[str] = ..., near_text: _Optional[_Union[NearText, _Mapping]] = ..., near_vector: _Optional[_Union[NearVector, _Mapping]] = ..., keyword: _Optional[_Union[Keyword, _Mapping]] = ..., hybrid: _Optional[_Union[Hybrid, _Mapping]] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., limit: _Optional[int] = ..., offset: _Optional[int] = ..., return_properties: _Optional[_Iterable[str]] = ..., include_vector: _Optional[bool] = ..., rerank: _Optional[_Union[Rerank, _Mapping]] = ...) -> None: ...
 
 class Hit(_message.Message):
-    __slots__ = ("id", "properties", "score", "vector")
+    __slots__ = ("id", "properties", "score", "vector", "rerank_score")
     ID_FIELD_NUMBER: _ClassVar[int]
     PROPERTIES_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
+    RERANK_SCORE_FIELD_NUMBER: _ClassVar[int]
     id: str
     properties: _struct_pb2.Struct
     score: float
     vector: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, id: _Optional[str] = ..., properties: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., score: _Optional[float] = ..., vector: _Optional[_Iterable[float]] = ...) -> None: ...
+    rerank_score: float
+    def __init__(self, id: _Optional[str] = ..., properties: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., score: _Optional[float] = ..., vector: _Optional[_Iterable[float]] = ..., rerank_score: _Optional[float] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
     __slots__ = ("hits", "embed_ms", "query_ms")
@@ -459,3 +493,37 @@ class StoreCachedAnswerRequest(_message.Message):
 class StoreCachedAnswerResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class ChunkRange(_message.Message):
+    __slots__ = ("document", "first", "last")
+    DOCUMENT_FIELD_NUMBER: _ClassVar[int]
+    FIRST_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
+    document: _struct_pb2.Value
+    first: int
+    last: int
+    def __init__(self, document: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., first: _Optional[int] = ..., last: _Optional[int] = ...) -> None: ...
+
+class GetChunksRequest(_message.Message):
+    __slots__ = ("collection", "ranges", "return_properties")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    RANGES_FIELD_NUMBER: _ClassVar[int]
+    RETURN_PROPERTIES_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    ranges: _containers.RepeatedCompositeFieldContainer[ChunkRange]
+    return_properties: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, collection: _Optional[str] = ..., ranges: _Optional[_Iterable[_Union[ChunkRange, _Mapping]]] = ..., return_properties: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ChunkList(_message.Message):
+    __slots__ = ("chunks", "truncated")
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    chunks: _containers.RepeatedCompositeFieldContainer[Hit]
+    truncated: bool
+    def __init__(self, chunks: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., truncated: _Optional[bool] = ...) -> None: ...
+
+class GetChunksResponse(_message.Message):
+    __slots__ = ("ranges",)
+    RANGES_FIELD_NUMBER: _ClassVar[int]
+    ranges: _containers.RepeatedCompositeFieldContainer[ChunkList]
+    def __init__(self, ranges: _Optional[_Iterable[_Union[ChunkList, _Mapping]]] = ...) -> None: ...

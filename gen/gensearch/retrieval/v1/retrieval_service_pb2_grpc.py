@@ -96,6 +96,11 @@ class RetrievalServiceStub:
                 request_serializer=gensearch_dot_retrieval_dot_v1_dot_retrieval__service__pb2.StoreCachedAnswerRequest.SerializeToString,
                 response_deserializer=gensearch_dot_retrieval_dot_v1_dot_retrieval__service__pb2.StoreCachedAnswerResponse.FromString,
                 _registered_method=True)
+        self.GetChunks = channel.unary_unary(
+                '/gensearch.retrieval.v1.RetrievalService/GetChunks',
+                request_serializer=gensearch_dot_retrieval_dot_v1_dot_retrieval__service__pb2.GetChunksRequest.SerializeToString,
+                response_deserializer=gensearch_dot_retrieval_dot_v1_dot_retrieval__service__pb2.GetChunksResponse.FromString,
+                _registered_method=True)
 
 
 class RetrievalServiceServicer:
@@ -183,6 +188,15 @@ class RetrievalServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetChunks(self, request, context):
+        """Chunks of documents of a collection that declares `chunking`: for each range, the
+        chunks of one document between two positions, in document order. The gateway's Ask
+        and GenerativeSearch use it to widen hits into passages.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RetrievalServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -245,6 +259,11 @@ def add_RetrievalServiceServicer_to_server(servicer, server):
                     servicer.StoreCachedAnswer,
                     request_deserializer=gensearch_dot_retrieval_dot_v1_dot_retrieval__service__pb2.StoreCachedAnswerRequest.FromString,
                     response_serializer=gensearch_dot_retrieval_dot_v1_dot_retrieval__service__pb2.StoreCachedAnswerResponse.SerializeToString,
+            ),
+            'GetChunks': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetChunks,
+                    request_deserializer=gensearch_dot_retrieval_dot_v1_dot_retrieval__service__pb2.GetChunksRequest.FromString,
+                    response_serializer=gensearch_dot_retrieval_dot_v1_dot_retrieval__service__pb2.GetChunksResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -573,6 +592,33 @@ class RetrievalService:
             '/gensearch.retrieval.v1.RetrievalService/StoreCachedAnswer',
             gensearch_dot_retrieval_dot_v1_dot_retrieval__service__pb2.StoreCachedAnswerRequest.SerializeToString,
             gensearch_dot_retrieval_dot_v1_dot_retrieval__service__pb2.StoreCachedAnswerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetChunks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gensearch.retrieval.v1.RetrievalService/GetChunks',
+            gensearch_dot_retrieval_dot_v1_dot_retrieval__service__pb2.GetChunksRequest.SerializeToString,
+            gensearch_dot_retrieval_dot_v1_dot_retrieval__service__pb2.GetChunksResponse.FromString,
             options,
             channel_credentials,
             insecure,

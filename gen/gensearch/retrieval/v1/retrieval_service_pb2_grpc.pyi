@@ -57,6 +57,11 @@ class RetrievalServiceStub:
     engine collection per (tenant, collection), dropped with the collection.
     """
     StoreCachedAnswer: _grpc.UnaryUnaryMultiCallable[_retrieval_service_pb2.StoreCachedAnswerRequest, _retrieval_service_pb2.StoreCachedAnswerResponse]
+    GetChunks: _grpc.UnaryUnaryMultiCallable[_retrieval_service_pb2.GetChunksRequest, _retrieval_service_pb2.GetChunksResponse]
+    """Chunks of documents of a collection that declares `chunking`: for each range, the
+    chunks of one document between two positions, in document order. The gateway's Ask
+    and GenerativeSearch use it to widen hits into passages.
+    """
 
 @_typing.type_check_only
 class RetrievalServiceAsyncStub(RetrievalServiceStub):
@@ -87,6 +92,11 @@ class RetrievalServiceAsyncStub(RetrievalServiceStub):
     engine collection per (tenant, collection), dropped with the collection.
     """
     StoreCachedAnswer: _aio.UnaryUnaryMultiCallable[_retrieval_service_pb2.StoreCachedAnswerRequest, _retrieval_service_pb2.StoreCachedAnswerResponse]  # type: ignore[assignment]
+    GetChunks: _aio.UnaryUnaryMultiCallable[_retrieval_service_pb2.GetChunksRequest, _retrieval_service_pb2.GetChunksResponse]  # type: ignore[assignment]
+    """Chunks of documents of a collection that declares `chunking`: for each range, the
+    chunks of one document between two positions, in document order. The gateway's Ask
+    and GenerativeSearch use it to widen hits into passages.
+    """
 
 class RetrievalServiceServicer(metaclass=_abc_1.ABCMeta):
     """Collections of typed objects, stored in Qdrant, searched by vector, keyword (BM25) or
@@ -186,5 +196,16 @@ class RetrievalServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _retrieval_service_pb2.StoreCachedAnswerRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_retrieval_service_pb2.StoreCachedAnswerResponse, _abc.Awaitable[_retrieval_service_pb2.StoreCachedAnswerResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetChunks(
+        self,
+        request: _retrieval_service_pb2.GetChunksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_retrieval_service_pb2.GetChunksResponse, _abc.Awaitable[_retrieval_service_pb2.GetChunksResponse]]:
+        """Chunks of documents of a collection that declares `chunking`: for each range, the
+        chunks of one document between two positions, in document order. The gateway's Ask
+        and GenerativeSearch use it to widen hits into passages.
+        """
 
 def add_RetrievalServiceServicer_to_server(servicer: RetrievalServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

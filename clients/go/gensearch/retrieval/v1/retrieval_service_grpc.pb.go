@@ -37,6 +37,10 @@ type RetrievalServiceClient interface {
 	// engine collection per (tenant, collection), dropped with the collection.
 	LookupCachedAnswer(ctx context.Context, in *LookupCachedAnswerRequest, opts ...grpc.CallOption) (*LookupCachedAnswerResponse, error)
 	StoreCachedAnswer(ctx context.Context, in *StoreCachedAnswerRequest, opts ...grpc.CallOption) (*StoreCachedAnswerResponse, error)
+	// Chunks of documents of a collection that declares `chunking`: for each range, the
+	// chunks of one document between two positions, in document order. The gateway's Ask
+	// and GenerativeSearch use it to widen hits into passages.
+	GetChunks(ctx context.Context, in *GetChunksRequest, opts ...grpc.CallOption) (*GetChunksResponse, error)
 }
 
 type retrievalServiceClient struct {
@@ -180,6 +184,15 @@ func (c *retrievalServiceClient) StoreCachedAnswer(ctx context.Context, in *Stor
 	return out, nil
 }
 
+func (c *retrievalServiceClient) GetChunks(ctx context.Context, in *GetChunksRequest, opts ...grpc.CallOption) (*GetChunksResponse, error) {
+	out := new(GetChunksResponse)
+	err := c.cc.Invoke(ctx, "/gensearch.retrieval.v1.RetrievalService/GetChunks", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // RetrievalServiceServer is the server API for RetrievalService service.
 // All implementations must embed UnimplementedRetrievalServiceServer
 // for forward compatibility
@@ -204,6 +217,10 @@ type RetrievalServiceServer interface {
 	// engine collection per (tenant, collection), dropped with the collection.
 	LookupCachedAnswer(context.Context, *LookupCachedAnswerRequest) (*LookupCachedAnswerResponse, error)
 	StoreCachedAnswer(context.Context, *StoreCachedAnswerRequest) (*StoreCachedAnswerResponse, error)
+	// Chunks of documents of a collection that declares `chunking`: for each range, the
+	// chunks of one document between two positions, in document order. The gateway's Ask
+	// and GenerativeSearch use it to widen hits into passages.
+	GetChunks(context.Context, *GetChunksRequest) (*GetChunksResponse, error)
 	mustEmbedUnimplementedRetrievalServiceServer()
 }
 
@@ -246,6 +263,9 @@ func (UnimplementedRetrievalServiceServer) LookupCachedAnswer(context.Context, *
 }
 func (UnimplementedRetrievalServiceServer) StoreCachedAnswer(context.Context, *StoreCachedAnswerRequest) (*StoreCachedAnswerResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method StoreCachedAnswer not implemented")
+}
+func (UnimplementedRetrievalServiceServer) GetChunks(context.Context, *GetChunksRequest) (*GetChunksResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetChunks not implemented")
 }
 func (UnimplementedRetrievalServiceServer) mustEmbedUnimplementedRetrievalServiceServer() {}
 
@@ -484,6 +504,24 @@ func _RetrievalService_StoreCachedAnswer_Handler(srv interface{}, ctx context.Co
 	return interceptor(ctx, in, info, handler)
 }
 
+func _RetrievalService_GetChunks_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetChunksRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RetrievalServiceServer).GetChunks(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/gensearch.retrieval.v1.RetrievalService/GetChunks",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RetrievalServiceServer).GetChunks(ctx, req.(*GetChunksRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _RetrievalService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "gensearch.retrieval.v1.RetrievalService",
 	HandlerType: (*RetrievalServiceServer)(nil),
@@ -531,6 +569,10 @@ var _RetrievalService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "StoreCachedAnswer",
 			Handler:    _RetrievalService_StoreCachedAnswer_Handler,
+		},
+		{
+			MethodName: "GetChunks",
+			Handler:    _RetrievalService_GetChunks_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

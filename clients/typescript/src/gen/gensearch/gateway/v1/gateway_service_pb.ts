@@ -6,9 +6,9 @@ import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobu
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Message as Message$1, ModelChoice, ResponseFormat, Usage } from "../../generation/v1/generation_service_pb.js";
 import { file_gensearch_generation_v1_generation_service } from "../../generation/v1/generation_service_pb.js";
-import type { Filter, Hit, Hybrid, Keyword, NearText, NearVector } from "../../retrieval/v1/retrieval_service_pb.js";
+import type { Filter, Hit, Hybrid, Keyword, NearText, NearVector, Rerank } from "../../retrieval/v1/retrieval_service_pb.js";
 import { file_gensearch_retrieval_v1_retrieval_service } from "../../retrieval/v1/retrieval_service_pb.js";
-import type { Duration } from "@bufbuild/protobuf/wkt";
+import type { Duration, Value } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_duration, file_google_protobuf_struct } from "@bufbuild/protobuf/wkt";
 import type { JsonObject, Message } from "@bufbuild/protobuf";
 
@@ -16,7 +16,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file gensearch/gateway/v1/gateway_service.proto.
  */
 export const file_gensearch_gateway_v1_gateway_service: GenFile = /*@__PURE__*/
-  fileDesc("CipnZW5zZWFyY2gvZ2F0ZXdheS92MS9nYXRld2F5X3NlcnZpY2UucHJvdG8SFGdlbnNlYXJjaC5nYXRld2F5LnYxImgKD0dlbmVyYXRpb25DYWNoZRItCgRtb2RlGAEgASgOMh8uZ2Vuc2VhcmNoLmdhdGV3YXkudjEuQ2FjaGVNb2RlEiYKA3R0bBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiKWAQoNU2VtYW50aWNDYWNoZRItCgRtb2RlGAEgASgOMh8uZ2Vuc2VhcmNoLmdhdGV3YXkudjEuQ2FjaGVNb2RlEhsKDm1pbl9zaW1pbGFyaXR5GAIgASgBSACIAQESJgoDdHRsGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uQhEKD19taW5fc2ltaWxhcml0eSKlBQoIR2VuZXJhdGUSFQoNc2luZ2xlX3Byb21wdBgBIAEoCRIUCgxncm91cGVkX3Rhc2sYAiABKAkSGgoSZ3JvdXBlZF9wcm9wZXJ0aWVzGAMgAygJEhAKCHByb3ZpZGVyGAQgASgJEg0KBW1vZGVsGAUgASgJEhgKC3RlbXBlcmF0dXJlGAYgASgBSACIAQESFwoKbWF4X3Rva2VucxgHIAEoBUgBiAEBEhcKD21heF9jb25jdXJyZW5jeRgIIAEoBRIqCgd0aW1lb3V0GAkgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEg0KBWRlYnVnGAogASgIEhUKDXN0cmVhbV90b2tlbnMYCyABKAgSEgoFdG9wX3AYKCABKAFIAogBARIMCgRzdG9wGCkgAygJEh4KEWZyZXF1ZW5jeV9wZW5hbHR5GCogASgBSAOIAQESHQoQcHJlc2VuY2VfcGVuYWx0eRgrIAEoAUgEiAEBEhEKBHNlZWQYLCABKANIBYgBARJACg9yZXNwb25zZV9mb3JtYXQYLSABKAsyJy5nZW5zZWFyY2guZ2VuZXJhdGlvbi52MS5SZXNwb25zZUZvcm1hdBI2CghmYWxsYmFjaxguIAMoCzIkLmdlbnNlYXJjaC5nZW5lcmF0aW9uLnYxLk1vZGVsQ2hvaWNlEhAKCGJhc2VfdXJsGC8gASgJEjQKBWNhY2hlGDwgASgLMiUuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuR2VuZXJhdGlvbkNhY2hlQg4KDF90ZW1wZXJhdHVyZUINCgtfbWF4X3Rva2Vuc0IICgZfdG9wX3BCFAoSX2ZyZXF1ZW5jeV9wZW5hbHR5QhMKEV9wcmVzZW5jZV9wZW5hbHR5QgcKBV9zZWVkIlAKD0dlbmVyYXRpb25FcnJvchIMCgRjb2RlGAEgASgFEg4KBnN0YXR1cxgCIAEoCRIPCgdtZXNzYWdlGAMgASgJEg4KBnJlYXNvbhgEIAEoCSLkAgoQR2VuZXJhdGlvblJlc3VsdBIOCgZyZXN1bHQYASABKAkSNAoFZXJyb3IYAiABKAsyJS5nZW5zZWFyY2guZ2F0ZXdheS52MS5HZW5lcmF0aW9uRXJyb3ISLQoFdXNhZ2UYAyABKAsyHi5nZW5zZWFyY2guZ2VuZXJhdGlvbi52MS5Vc2FnZRINCgVtb2RlbBgEIAEoCRIVCg1maW5pc2hfcmVhc29uGAUgASgJEg4KBnByb21wdBgGIAEoCRIQCghwcm92aWRlchgoIAEoCRIrCgpzdHJ1Y3R1cmVkGCkgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIWCg5mYWxsYmFja19pbmRleBgqIAEoBRIOCgZjYWNoZWQYPCABKAgSEAoIYXR0ZW1wdHMYHiABKAUSLAoJd2FpdF90aW1lGB8gASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uInUKDUdlbmVyYXRpdmVIaXQSKAoDaGl0GAEgASgLMhsuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5IaXQSOgoKZ2VuZXJhdGlvbhgCIAEoCzImLmdlbnNlYXJjaC5nYXRld2F5LnYxLkdlbmVyYXRpb25SZXN1bHQiqgMKF0dlbmVyYXRpdmVTZWFyY2hSZXF1ZXN0EhIKCmNvbGxlY3Rpb24YASABKAkSNQoJbmVhcl90ZXh0GAIgASgLMiAuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5OZWFyVGV4dEgAEjkKC25lYXJfdmVjdG9yGAMgASgLMiIuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5OZWFyVmVjdG9ySAASMgoHa2V5d29yZBgEIAEoCzIfLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuS2V5d29yZEgAEjAKBmh5YnJpZBgFIAEoCzIeLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuSHlicmlkSAASLgoGZmlsdGVyGAYgASgLMh4uZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5GaWx0ZXISDQoFbGltaXQYByABKAUSDgoGb2Zmc2V0GAggASgFEhkKEXJldHVybl9wcm9wZXJ0aWVzGAkgAygJEjAKCGdlbmVyYXRlGAogASgLMh4uZ2Vuc2VhcmNoLmdhdGV3YXkudjEuR2VuZXJhdGVCBwoFcXVlcnkitQEKGEdlbmVyYXRpdmVTZWFyY2hSZXNwb25zZRIxCgRoaXRzGAEgAygLMiMuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuR2VuZXJhdGl2ZUhpdBI3Cgdncm91cGVkGAIgASgLMiYuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuR2VuZXJhdGlvblJlc3VsdBItCgV1c2FnZRgDIAEoCzIeLmdlbnNlYXJjaC5nZW5lcmF0aW9uLnYxLlVzYWdlIrADCh1TdHJlYW1HZW5lcmF0aXZlU2VhcmNoUmVxdWVzdBISCgpjb2xsZWN0aW9uGAEgASgJEjUKCW5lYXJfdGV4dBgCIAEoCzIgLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuTmVhclRleHRIABI5CgtuZWFyX3ZlY3RvchgDIAEoCzIiLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuTmVhclZlY3RvckgAEjIKB2tleXdvcmQYBCABKAsyHy5nZW5zZWFyY2gucmV0cmlldmFsLnYxLktleXdvcmRIABIwCgZoeWJyaWQYBSABKAsyHi5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkh5YnJpZEgAEi4KBmZpbHRlchgGIAEoCzIeLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuRmlsdGVyEg0KBWxpbWl0GAcgASgFEg4KBm9mZnNldBgIIAEoBRIZChFyZXR1cm5fcHJvcGVydGllcxgJIAMoCRIwCghnZW5lcmF0ZRgKIAEoCzIeLmdlbnNlYXJjaC5nYXRld2F5LnYxLkdlbmVyYXRlQgcKBXF1ZXJ5IjYKCUhpdHNFdmVudBIpCgRoaXRzGAEgAygLMhsuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5IaXQiXwoOSGl0UmVzdWx0RXZlbnQSEQoJaGl0X2luZGV4GAEgASgFEjoKCmdlbmVyYXRpb24YAiABKAsyJi5nZW5zZWFyY2guZ2F0ZXdheS52MS5HZW5lcmF0aW9uUmVzdWx0IlAKClRva2VuRXZlbnQSEQoJaGl0X2luZGV4GAEgASgFEg8KB2dyb3VwZWQYAiABKAgSDQoFZGVsdGEYAyABKAkSDwoHcmVzdGFydBgoIAEoCCI6CglEb25lRXZlbnQSLQoFdXNhZ2UYASABKAsyHi5nZW5zZWFyY2guZ2VuZXJhdGlvbi52MS5Vc2FnZSK1AgoeU3RyZWFtR2VuZXJhdGl2ZVNlYXJjaFJlc3BvbnNlEi8KBGhpdHMYASABKAsyHy5nZW5zZWFyY2guZ2F0ZXdheS52MS5IaXRzRXZlbnRIABI6CgpoaXRfcmVzdWx0GAIgASgLMiQuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuSGl0UmVzdWx0RXZlbnRIABIxCgV0b2tlbhgDIAEoCzIgLmdlbnNlYXJjaC5nYXRld2F5LnYxLlRva2VuRXZlbnRIABI5Cgdncm91cGVkGAQgASgLMiYuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuR2VuZXJhdGlvblJlc3VsdEgAEi8KBGRvbmUYBSABKAsyHy5nZW5zZWFyY2guZ2F0ZXdheS52MS5Eb25lRXZlbnRIAEIHCgVldmVudCLfBgoKQXNrUmVxdWVzdBISCgpjb2xsZWN0aW9uGAEgASgJEhQKDGxsbV9xdWVzdGlvbhgCIAEoCRIRCglsbG1fbW9kZWwYAyABKAkSEAoIcHJvdmlkZXIYBCABKAkSFwoPY29udmVyc2F0aW9uX2lkGAUgASgJEhgKEG5ld19jb252ZXJzYXRpb24YBiABKAgSGQoMY29udGV4dF9zaXplGAcgASgFSAGIAQESHQoQaW50ZXJhY3Rpb25fc2l6ZRgIIAEoBUgCiAEBEioKB3RpbWVvdXQYCSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SFQoNc3lzdGVtX3Byb21wdBgKIAEoCRIZChF1c2VyX2luc3RydWN0aW9ucxgLIAEoCRIaChJjb250ZXh0X2ZpZWxkX2xpc3QYDCADKAkSNQoJbmVhcl90ZXh0GA0gASgLMiAuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5OZWFyVGV4dEgAEjkKC25lYXJfdmVjdG9yGA4gASgLMiIuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5OZWFyVmVjdG9ySAASMgoHa2V5d29yZBgPIAEoCzIfLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuS2V5d29yZEgAEjAKBmh5YnJpZBgQIAEoCzIeLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuSHlicmlkSAASLgoGZmlsdGVyGBEgASgLMh4uZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5GaWx0ZXISGgoNcmV3cml0ZV9xdWVyeRgSIAEoCEgDiAEBEhgKC3RlbXBlcmF0dXJlGBMgASgBSASIAQESFwoKbWF4X3Rva2VucxgUIAEoBUgFiAEBEg0KBWRlYnVnGBUgASgIEjsKDnNlbWFudGljX2NhY2hlGDwgASgLMiMuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuU2VtYW50aWNDYWNoZRIYChBzdW1tYXJ5X2Rpc2FibGVkGEYgASgIQgcKBXF1ZXJ5Qg8KDV9jb250ZXh0X3NpemVCEwoRX2ludGVyYWN0aW9uX3NpemVCEAoOX3Jld3JpdGVfcXVlcnlCDgoMX3RlbXBlcmF0dXJlQg0KC19tYXhfdG9rZW5zIiYKCENpdGF0aW9uEg4KBm51bWJlchgBIAEoBRIKCgJpZBgCIAEoCSIuCgdUcmltbWVkEhUKDWhpc3RvcnlfdHVybnMYASABKAUSDAoEaGl0cxgCIAEoBSLIBAoLQXNrUmVzcG9uc2USDgoGYW5zd2VyGAEgASgJEjEKCWNpdGF0aW9ucxgCIAMoCzIeLmdlbnNlYXJjaC5nYXRld2F5LnYxLkNpdGF0aW9uEikKBGhpdHMYAyADKAsyGy5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkhpdBItCgV1c2FnZRgEIAEoCzIeLmdlbnNlYXJjaC5nZW5lcmF0aW9uLnYxLlVzYWdlEhcKD2NvbnZlcnNhdGlvbl9pZBgFIAEoCRIWCg5pbnRlcmFjdGlvbl9pZBgGIAEoCRIXCg9yZXdyaXR0ZW5fcXVlcnkYByABKAkSLgoHdHJpbW1lZBgIIAEoCzIdLmdlbnNlYXJjaC5nYXRld2F5LnYxLlRyaW1tZWQSDQoFbW9kZWwYCSABKAkSMAoGcHJvbXB0GAogAygLMiAuZ2Vuc2VhcmNoLmdlbmVyYXRpb24udjEuTWVzc2FnZRIQCghwcm92aWRlchgoIAEoCRIOCgZjYWNoZWQYPCABKAgSFwoPY2FjaGVkX3F1ZXN0aW9uGD0gASgJEhkKEWNhY2hlZF9zaW1pbGFyaXR5GD4gASgBEhQKDHN1bW1hcnlfdXNlZBhGIAEoCBIWCg5oaXN0b3J5X3Rva2VucxhHIAEoBRIdChVoaXN0b3J5X2J1ZGdldF90b2tlbnMYSCABKAUSEAoIYXR0ZW1wdHMYHiABKAUSLAoJd2FpdF90aW1lGB8gASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIuUGChBTdHJlYW1Bc2tSZXF1ZXN0EhIKCmNvbGxlY3Rpb24YASABKAkSFAoMbGxtX3F1ZXN0aW9uGAIgASgJEhEKCWxsbV9tb2RlbBgDIAEoCRIQCghwcm92aWRlchgEIAEoCRIXCg9jb252ZXJzYXRpb25faWQYBSABKAkSGAoQbmV3X2NvbnZlcnNhdGlvbhgGIAEoCBIZCgxjb250ZXh0X3NpemUYByABKAVIAYgBARIdChBpbnRlcmFjdGlvbl9zaXplGAggASgFSAKIAQESKgoHdGltZW91dBgJIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIVCg1zeXN0ZW1fcHJvbXB0GAogASgJEhkKEXVzZXJfaW5zdHJ1Y3Rpb25zGAsgASgJEhoKEmNvbnRleHRfZmllbGRfbGlzdBgMIAMoCRI1CgluZWFyX3RleHQYDSABKAsyIC5nZW5zZWFyY2gucmV0cmlldmFsLnYxLk5lYXJUZXh0SAASOQoLbmVhcl92ZWN0b3IYDiABKAsyIi5nZW5zZWFyY2gucmV0cmlldmFsLnYxLk5lYXJWZWN0b3JIABIyCgdrZXl3b3JkGA8gASgLMh8uZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5LZXl3b3JkSAASMAoGaHlicmlkGBAgASgLMh4uZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5IeWJyaWRIABIuCgZmaWx0ZXIYESABKAsyHi5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkZpbHRlchIaCg1yZXdyaXRlX3F1ZXJ5GBIgASgISAOIAQESGAoLdGVtcGVyYXR1cmUYEyABKAFIBIgBARIXCgptYXhfdG9rZW5zGBQgASgFSAWIAQESDQoFZGVidWcYFSABKAgSOwoOc2VtYW50aWNfY2FjaGUYPCABKAsyIy5nZW5zZWFyY2guZ2F0ZXdheS52MS5TZW1hbnRpY0NhY2hlEhgKEHN1bW1hcnlfZGlzYWJsZWQYRiABKAhCBwoFcXVlcnlCDwoNX2NvbnRleHRfc2l6ZUITChFfaW50ZXJhY3Rpb25fc2l6ZUIQCg5fcmV3cml0ZV9xdWVyeUIOCgxfdGVtcGVyYXR1cmVCDQoLX21heF90b2tlbnMinAEKEVN0cmVhbUFza1Jlc3BvbnNlEjgKB2NvbnRleHQYASABKAsyJS5nZW5zZWFyY2guZ2F0ZXdheS52MS5Bc2tDb250ZXh0RXZlbnRIABIPCgVkZWx0YRgCIAEoCUgAEjMKBmFuc3dlchgDIAEoCzIhLmdlbnNlYXJjaC5nYXRld2F5LnYxLkFza1Jlc3BvbnNlSABCBwoFZXZlbnQibgoPQXNrQ29udGV4dEV2ZW50EikKBGhpdHMYASADKAsyGy5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkhpdBIXCg9yZXdyaXR0ZW5fcXVlcnkYAiABKAkSFwoPY29udmVyc2F0aW9uX2lkGAMgASgJIjkKDUlubGluZU9iamVjdHMSKAoHb2JqZWN0cxgBIAMoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QiGAoJT2JqZWN0SWRzEgsKA2lkcxgBIAMoCSLtAQoYR2VuZXJhdGVPbk9iamVjdHNSZXF1ZXN0EhIKCmNvbGxlY3Rpb24YASABKAkSLgoDaWRzGAIgASgLMh8uZ2Vuc2VhcmNoLmdhdGV3YXkudjEuT2JqZWN0SWRzSAASNQoGaW5saW5lGAMgASgLMiMuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuSW5saW5lT2JqZWN0c0gAEhkKEXJldHVybl9wcm9wZXJ0aWVzGAQgAygJEjAKCGdlbmVyYXRlGAUgASgLMh4uZ2Vuc2VhcmNoLmdhdGV3YXkudjEuR2VuZXJhdGVCCQoHb2JqZWN0cyK2AQoZR2VuZXJhdGVPbk9iamVjdHNSZXNwb25zZRIxCgRoaXRzGAEgAygLMiMuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuR2VuZXJhdGl2ZUhpdBI3Cgdncm91cGVkGAIgASgLMiYuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuR2VuZXJhdGlvblJlc3VsdBItCgV1c2FnZRgDIAEoCzIeLmdlbnNlYXJjaC5nZW5lcmF0aW9uLnYxLlVzYWdlIvMBCh5TdHJlYW1HZW5lcmF0ZU9uT2JqZWN0c1JlcXVlc3QSEgoKY29sbGVjdGlvbhgBIAEoCRIuCgNpZHMYAiABKAsyHy5nZW5zZWFyY2guZ2F0ZXdheS52MS5PYmplY3RJZHNIABI1CgZpbmxpbmUYAyABKAsyIy5nZW5zZWFyY2guZ2F0ZXdheS52MS5JbmxpbmVPYmplY3RzSAASGQoRcmV0dXJuX3Byb3BlcnRpZXMYBCADKAkSMAoIZ2VuZXJhdGUYBSABKAsyHi5nZW5zZWFyY2guZ2F0ZXdheS52MS5HZW5lcmF0ZUIJCgdvYmplY3RzIrYCCh9TdHJlYW1HZW5lcmF0ZU9uT2JqZWN0c1Jlc3BvbnNlEi8KBGhpdHMYASABKAsyHy5nZW5zZWFyY2guZ2F0ZXdheS52MS5IaXRzRXZlbnRIABI6CgpoaXRfcmVzdWx0GAIgASgLMiQuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuSGl0UmVzdWx0RXZlbnRIABIxCgV0b2tlbhgDIAEoCzIgLmdlbnNlYXJjaC5nYXRld2F5LnYxLlRva2VuRXZlbnRIABI5Cgdncm91cGVkGAQgASgLMiYuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuR2VuZXJhdGlvblJlc3VsdEgAEi8KBGRvbmUYBSABKAsyHy5nZW5zZWFyY2guZ2F0ZXdheS52MS5Eb25lRXZlbnRIAEIHCgVldmVudCpqCglDYWNoZU1vZGUSGgoWQ0FDSEVfTU9ERV9VTlNQRUNJRklFRBAAEhIKDkNBQ0hFX01PREVfVVNFEAESFgoSQ0FDSEVfTU9ERV9SRUZSRVNIEAISFQoRQ0FDSEVfTU9ERV9CWVBBU1MQAzK4BQoOR2F0ZXdheVNlcnZpY2UScQoQR2VuZXJhdGl2ZVNlYXJjaBItLmdlbnNlYXJjaC5nYXRld2F5LnYxLkdlbmVyYXRpdmVTZWFyY2hSZXF1ZXN0Gi4uZ2Vuc2VhcmNoLmdhdGV3YXkudjEuR2VuZXJhdGl2ZVNlYXJjaFJlc3BvbnNlEoUBChZTdHJlYW1HZW5lcmF0aXZlU2VhcmNoEjMuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuU3RyZWFtR2VuZXJhdGl2ZVNlYXJjaFJlcXVlc3QaNC5nZW5zZWFyY2guZ2F0ZXdheS52MS5TdHJlYW1HZW5lcmF0aXZlU2VhcmNoUmVzcG9uc2UwARJKCgNBc2sSIC5nZW5zZWFyY2guZ2F0ZXdheS52MS5Bc2tSZXF1ZXN0GiEuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuQXNrUmVzcG9uc2USXgoJU3RyZWFtQXNrEiYuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuU3RyZWFtQXNrUmVxdWVzdBonLmdlbnNlYXJjaC5nYXRld2F5LnYxLlN0cmVhbUFza1Jlc3BvbnNlMAESdAoRR2VuZXJhdGVPbk9iamVjdHMSLi5nZW5zZWFyY2guZ2F0ZXdheS52MS5HZW5lcmF0ZU9uT2JqZWN0c1JlcXVlc3QaLy5nZW5zZWFyY2guZ2F0ZXdheS52MS5HZW5lcmF0ZU9uT2JqZWN0c1Jlc3BvbnNlEogBChdTdHJlYW1HZW5lcmF0ZU9uT2JqZWN0cxI0LmdlbnNlYXJjaC5nYXRld2F5LnYxLlN0cmVhbUdlbmVyYXRlT25PYmplY3RzUmVxdWVzdBo1LmdlbnNlYXJjaC5nYXRld2F5LnYxLlN0cmVhbUdlbmVyYXRlT25PYmplY3RzUmVzcG9uc2UwAWIGcHJvdG8z", [file_gensearch_generation_v1_generation_service, file_gensearch_retrieval_v1_retrieval_service, file_google_protobuf_duration, file_google_protobuf_struct]);
+  fileDesc("CipnZW5zZWFyY2gvZ2F0ZXdheS92MS9nYXRld2F5X3NlcnZpY2UucHJvdG8SFGdlbnNlYXJjaC5nYXRld2F5LnYxImgKD0dlbmVyYXRpb25DYWNoZRItCgRtb2RlGAEgASgOMh8uZ2Vuc2VhcmNoLmdhdGV3YXkudjEuQ2FjaGVNb2RlEiYKA3R0bBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiKWAQoNU2VtYW50aWNDYWNoZRItCgRtb2RlGAEgASgOMh8uZ2Vuc2VhcmNoLmdhdGV3YXkudjEuQ2FjaGVNb2RlEhsKDm1pbl9zaW1pbGFyaXR5GAIgASgBSACIAQESJgoDdHRsGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uQhEKD19taW5fc2ltaWxhcml0eSKlBQoIR2VuZXJhdGUSFQoNc2luZ2xlX3Byb21wdBgBIAEoCRIUCgxncm91cGVkX3Rhc2sYAiABKAkSGgoSZ3JvdXBlZF9wcm9wZXJ0aWVzGAMgAygJEhAKCHByb3ZpZGVyGAQgASgJEg0KBW1vZGVsGAUgASgJEhgKC3RlbXBlcmF0dXJlGAYgASgBSACIAQESFwoKbWF4X3Rva2VucxgHIAEoBUgBiAEBEhcKD21heF9jb25jdXJyZW5jeRgIIAEoBRIqCgd0aW1lb3V0GAkgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEg0KBWRlYnVnGAogASgIEhUKDXN0cmVhbV90b2tlbnMYCyABKAgSEgoFdG9wX3AYKCABKAFIAogBARIMCgRzdG9wGCkgAygJEh4KEWZyZXF1ZW5jeV9wZW5hbHR5GCogASgBSAOIAQESHQoQcHJlc2VuY2VfcGVuYWx0eRgrIAEoAUgEiAEBEhEKBHNlZWQYLCABKANIBYgBARJACg9yZXNwb25zZV9mb3JtYXQYLSABKAsyJy5nZW5zZWFyY2guZ2VuZXJhdGlvbi52MS5SZXNwb25zZUZvcm1hdBI2CghmYWxsYmFjaxguIAMoCzIkLmdlbnNlYXJjaC5nZW5lcmF0aW9uLnYxLk1vZGVsQ2hvaWNlEhAKCGJhc2VfdXJsGC8gASgJEjQKBWNhY2hlGDwgASgLMiUuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuR2VuZXJhdGlvbkNhY2hlQg4KDF90ZW1wZXJhdHVyZUINCgtfbWF4X3Rva2Vuc0IICgZfdG9wX3BCFAoSX2ZyZXF1ZW5jeV9wZW5hbHR5QhMKEV9wcmVzZW5jZV9wZW5hbHR5QgcKBV9zZWVkIlAKD0dlbmVyYXRpb25FcnJvchIMCgRjb2RlGAEgASgFEg4KBnN0YXR1cxgCIAEoCRIPCgdtZXNzYWdlGAMgASgJEg4KBnJlYXNvbhgEIAEoCSLkAgoQR2VuZXJhdGlvblJlc3VsdBIOCgZyZXN1bHQYASABKAkSNAoFZXJyb3IYAiABKAsyJS5nZW5zZWFyY2guZ2F0ZXdheS52MS5HZW5lcmF0aW9uRXJyb3ISLQoFdXNhZ2UYAyABKAsyHi5nZW5zZWFyY2guZ2VuZXJhdGlvbi52MS5Vc2FnZRINCgVtb2RlbBgEIAEoCRIVCg1maW5pc2hfcmVhc29uGAUgASgJEg4KBnByb21wdBgGIAEoCRIQCghwcm92aWRlchgoIAEoCRIrCgpzdHJ1Y3R1cmVkGCkgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIWCg5mYWxsYmFja19pbmRleBgqIAEoBRIOCgZjYWNoZWQYPCABKAgSEAoIYXR0ZW1wdHMYHiABKAUSLAoJd2FpdF90aW1lGB8gASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uInUKDUdlbmVyYXRpdmVIaXQSKAoDaGl0GAEgASgLMhsuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5IaXQSOgoKZ2VuZXJhdGlvbhgCIAEoCzImLmdlbnNlYXJjaC5nYXRld2F5LnYxLkdlbmVyYXRpb25SZXN1bHQinAQKF0dlbmVyYXRpdmVTZWFyY2hSZXF1ZXN0EhIKCmNvbGxlY3Rpb24YASABKAkSNQoJbmVhcl90ZXh0GAIgASgLMiAuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5OZWFyVGV4dEgAEjkKC25lYXJfdmVjdG9yGAMgASgLMiIuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5OZWFyVmVjdG9ySAASMgoHa2V5d29yZBgEIAEoCzIfLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuS2V5d29yZEgAEjAKBmh5YnJpZBgFIAEoCzIeLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuSHlicmlkSAASLgoGZmlsdGVyGAYgASgLMh4uZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5GaWx0ZXISDQoFbGltaXQYByABKAUSDgoGb2Zmc2V0GAggASgFEhkKEXJldHVybl9wcm9wZXJ0aWVzGAkgAygJEjAKCGdlbmVyYXRlGAogASgLMh4uZ2Vuc2VhcmNoLmdhdGV3YXkudjEuR2VuZXJhdGUSLwoGcmVyYW5rGIIBIAEoCzIeLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuUmVyYW5rEj8KDmV4cGFuZF9jb250ZXh0GIMBIAEoCzImLmdlbnNlYXJjaC5nYXRld2F5LnYxLkNvbnRleHRFeHBhbnNpb25CBwoFcXVlcnki7gEKGEdlbmVyYXRpdmVTZWFyY2hSZXNwb25zZRIxCgRoaXRzGAEgAygLMiMuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuR2VuZXJhdGl2ZUhpdBI3Cgdncm91cGVkGAIgASgLMiYuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuR2VuZXJhdGlvblJlc3VsdBItCgV1c2FnZRgDIAEoCzIeLmdlbnNlYXJjaC5nZW5lcmF0aW9uLnYxLlVzYWdlEjcKCHBhc3NhZ2VzGIIBIAMoCzIkLmdlbnNlYXJjaC5nYXRld2F5LnYxLkNvbnRleHRQYXNzYWdlIqIECh1TdHJlYW1HZW5lcmF0aXZlU2VhcmNoUmVxdWVzdBISCgpjb2xsZWN0aW9uGAEgASgJEjUKCW5lYXJfdGV4dBgCIAEoCzIgLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuTmVhclRleHRIABI5CgtuZWFyX3ZlY3RvchgDIAEoCzIiLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuTmVhclZlY3RvckgAEjIKB2tleXdvcmQYBCABKAsyHy5nZW5zZWFyY2gucmV0cmlldmFsLnYxLktleXdvcmRIABIwCgZoeWJyaWQYBSABKAsyHi5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkh5YnJpZEgAEi4KBmZpbHRlchgGIAEoCzIeLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuRmlsdGVyEg0KBWxpbWl0GAcgASgFEg4KBm9mZnNldBgIIAEoBRIZChFyZXR1cm5fcHJvcGVydGllcxgJIAMoCRIwCghnZW5lcmF0ZRgKIAEoCzIeLmdlbnNlYXJjaC5nYXRld2F5LnYxLkdlbmVyYXRlEi8KBnJlcmFuaxiCASABKAsyHi5nZW5zZWFyY2gucmV0cmlldmFsLnYxLlJlcmFuaxI/Cg5leHBhbmRfY29udGV4dBiDASABKAsyJi5nZW5zZWFyY2guZ2F0ZXdheS52MS5Db250ZXh0RXhwYW5zaW9uQgcKBXF1ZXJ5Im8KCUhpdHNFdmVudBIpCgRoaXRzGAEgAygLMhsuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5IaXQSNwoIcGFzc2FnZXMYggEgAygLMiQuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuQ29udGV4dFBhc3NhZ2UiXwoOSGl0UmVzdWx0RXZlbnQSEQoJaGl0X2luZGV4GAEgASgFEjoKCmdlbmVyYXRpb24YAiABKAsyJi5nZW5zZWFyY2guZ2F0ZXdheS52MS5HZW5lcmF0aW9uUmVzdWx0IlAKClRva2VuRXZlbnQSEQoJaGl0X2luZGV4GAEgASgFEg8KB2dyb3VwZWQYAiABKAgSDQoFZGVsdGEYAyABKAkSDwoHcmVzdGFydBgoIAEoCCI6CglEb25lRXZlbnQSLQoFdXNhZ2UYASABKAsyHi5nZW5zZWFyY2guZ2VuZXJhdGlvbi52MS5Vc2FnZSK1AgoeU3RyZWFtR2VuZXJhdGl2ZVNlYXJjaFJlc3BvbnNlEi8KBGhpdHMYASABKAsyHy5nZW5zZWFyY2guZ2F0ZXdheS52MS5IaXRzRXZlbnRIABI6CgpoaXRfcmVzdWx0GAIgASgLMiQuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuSGl0UmVzdWx0RXZlbnRIABIxCgV0b2tlbhgDIAEoCzIgLmdlbnNlYXJjaC5nYXRld2F5LnYxLlRva2VuRXZlbnRIABI5Cgdncm91cGVkGAQgASgLMiYuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuR2VuZXJhdGlvblJlc3VsdEgAEi8KBGRvbmUYBSABKAsyHy5nZW5zZWFyY2guZ2F0ZXdheS52MS5Eb25lRXZlbnRIAEIHCgVldmVudCLRBwoKQXNrUmVxdWVzdBISCgpjb2xsZWN0aW9uGAEgASgJEhQKDGxsbV9xdWVzdGlvbhgCIAEoCRIRCglsbG1fbW9kZWwYAyABKAkSEAoIcHJvdmlkZXIYBCABKAkSFwoPY29udmVyc2F0aW9uX2lkGAUgASgJEhgKEG5ld19jb252ZXJzYXRpb24YBiABKAgSGQoMY29udGV4dF9zaXplGAcgASgFSAGIAQESHQoQaW50ZXJhY3Rpb25fc2l6ZRgIIAEoBUgCiAEBEioKB3RpbWVvdXQYCSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SFQoNc3lzdGVtX3Byb21wdBgKIAEoCRIZChF1c2VyX2luc3RydWN0aW9ucxgLIAEoCRIaChJjb250ZXh0X2ZpZWxkX2xpc3QYDCADKAkSNQoJbmVhcl90ZXh0GA0gASgLMiAuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5OZWFyVGV4dEgAEjkKC25lYXJfdmVjdG9yGA4gASgLMiIuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5OZWFyVmVjdG9ySAASMgoHa2V5d29yZBgPIAEoCzIfLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuS2V5d29yZEgAEjAKBmh5YnJpZBgQIAEoCzIeLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuSHlicmlkSAASLgoGZmlsdGVyGBEgASgLMh4uZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5GaWx0ZXISGgoNcmV3cml0ZV9xdWVyeRgSIAEoCEgDiAEBEhgKC3RlbXBlcmF0dXJlGBMgASgBSASIAQESFwoKbWF4X3Rva2VucxgUIAEoBUgFiAEBEg0KBWRlYnVnGBUgASgIEjsKDnNlbWFudGljX2NhY2hlGDwgASgLMiMuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuU2VtYW50aWNDYWNoZRIYChBzdW1tYXJ5X2Rpc2FibGVkGEYgASgIEi8KBnJlcmFuaxiCASABKAsyHi5nZW5zZWFyY2gucmV0cmlldmFsLnYxLlJlcmFuaxI/Cg5leHBhbmRfY29udGV4dBiDASABKAsyJi5nZW5zZWFyY2guZ2F0ZXdheS52MS5Db250ZXh0RXhwYW5zaW9uQgcKBXF1ZXJ5Qg8KDV9jb250ZXh0X3NpemVCEwoRX2ludGVyYWN0aW9uX3NpemVCEAoOX3Jld3JpdGVfcXVlcnlCDgoMX3RlbXBlcmF0dXJlQg0KC19tYXhfdG9rZW5zIjgKCENpdGF0aW9uEg4KBm51bWJlchgBIAEoBRIKCgJpZBgCIAEoCRIQCgdoaXRfaWRzGIIBIAMoCSJlChBDb250ZXh0RXhwYW5zaW9uEhEKCW5laWdoYm9ycxgBIAEoBRIWCg53aG9sZV9kb2N1bWVudBgCIAEoCBIXCgptYXhfdG9rZW5zGAMgASgFSACIAQFCDQoLX21heF90b2tlbnMiiwEKDkNvbnRleHRQYXNzYWdlEg4KBm51bWJlchgBIAEoBRIPCgdoaXRfaWRzGAIgAygJEhEKCWNodW5rX2lkcxgDIAMoCRIoCghkb2N1bWVudBgEIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRINCgVmaXJzdBgFIAEoAxIMCgRsYXN0GAYgASgDIi4KB1RyaW1tZWQSFQoNaGlzdG9yeV90dXJucxgBIAEoBRIMCgRoaXRzGAIgASgFIoEFCgtBc2tSZXNwb25zZRIOCgZhbnN3ZXIYASABKAkSMQoJY2l0YXRpb25zGAIgAygLMh4uZ2Vuc2VhcmNoLmdhdGV3YXkudjEuQ2l0YXRpb24SKQoEaGl0cxgDIAMoCzIbLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuSGl0Ei0KBXVzYWdlGAQgASgLMh4uZ2Vuc2VhcmNoLmdlbmVyYXRpb24udjEuVXNhZ2USFwoPY29udmVyc2F0aW9uX2lkGAUgASgJEhYKDmludGVyYWN0aW9uX2lkGAYgASgJEhcKD3Jld3JpdHRlbl9xdWVyeRgHIAEoCRIuCgd0cmltbWVkGAggASgLMh0uZ2Vuc2VhcmNoLmdhdGV3YXkudjEuVHJpbW1lZBINCgVtb2RlbBgJIAEoCRIwCgZwcm9tcHQYCiADKAsyIC5nZW5zZWFyY2guZ2VuZXJhdGlvbi52MS5NZXNzYWdlEhAKCHByb3ZpZGVyGCggASgJEg4KBmNhY2hlZBg8IAEoCBIXCg9jYWNoZWRfcXVlc3Rpb24YPSABKAkSGQoRY2FjaGVkX3NpbWlsYXJpdHkYPiABKAESFAoMc3VtbWFyeV91c2VkGEYgASgIEhYKDmhpc3RvcnlfdG9rZW5zGEcgASgFEh0KFWhpc3RvcnlfYnVkZ2V0X3Rva2VucxhIIAEoBRIQCghhdHRlbXB0cxgeIAEoBRIsCgl3YWl0X3RpbWUYHyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SNwoIcGFzc2FnZXMYggEgAygLMiQuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuQ29udGV4dFBhc3NhZ2Ui1wcKEFN0cmVhbUFza1JlcXVlc3QSEgoKY29sbGVjdGlvbhgBIAEoCRIUCgxsbG1fcXVlc3Rpb24YAiABKAkSEQoJbGxtX21vZGVsGAMgASgJEhAKCHByb3ZpZGVyGAQgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgFIAEoCRIYChBuZXdfY29udmVyc2F0aW9uGAYgASgIEhkKDGNvbnRleHRfc2l6ZRgHIAEoBUgBiAEBEh0KEGludGVyYWN0aW9uX3NpemUYCCABKAVIAogBARIqCgd0aW1lb3V0GAkgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhUKDXN5c3RlbV9wcm9tcHQYCiABKAkSGQoRdXNlcl9pbnN0cnVjdGlvbnMYCyABKAkSGgoSY29udGV4dF9maWVsZF9saXN0GAwgAygJEjUKCW5lYXJfdGV4dBgNIAEoCzIgLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuTmVhclRleHRIABI5CgtuZWFyX3ZlY3RvchgOIAEoCzIiLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuTmVhclZlY3RvckgAEjIKB2tleXdvcmQYDyABKAsyHy5nZW5zZWFyY2gucmV0cmlldmFsLnYxLktleXdvcmRIABIwCgZoeWJyaWQYECABKAsyHi5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkh5YnJpZEgAEi4KBmZpbHRlchgRIAEoCzIeLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuRmlsdGVyEhoKDXJld3JpdGVfcXVlcnkYEiABKAhIA4gBARIYCgt0ZW1wZXJhdHVyZRgTIAEoAUgEiAEBEhcKCm1heF90b2tlbnMYFCABKAVIBYgBARINCgVkZWJ1ZxgVIAEoCBI7Cg5zZW1hbnRpY19jYWNoZRg8IAEoCzIjLmdlbnNlYXJjaC5nYXRld2F5LnYxLlNlbWFudGljQ2FjaGUSGAoQc3VtbWFyeV9kaXNhYmxlZBhGIAEoCBIvCgZyZXJhbmsYggEgASgLMh4uZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5SZXJhbmsSPwoOZXhwYW5kX2NvbnRleHQYgwEgASgLMiYuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuQ29udGV4dEV4cGFuc2lvbkIHCgVxdWVyeUIPCg1fY29udGV4dF9zaXplQhMKEV9pbnRlcmFjdGlvbl9zaXplQhAKDl9yZXdyaXRlX3F1ZXJ5Qg4KDF90ZW1wZXJhdHVyZUINCgtfbWF4X3Rva2VucyKcAQoRU3RyZWFtQXNrUmVzcG9uc2USOAoHY29udGV4dBgBIAEoCzIlLmdlbnNlYXJjaC5nYXRld2F5LnYxLkFza0NvbnRleHRFdmVudEgAEg8KBWRlbHRhGAIgASgJSAASMwoGYW5zd2VyGAMgASgLMiEuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuQXNrUmVzcG9uc2VIAEIHCgVldmVudCJuCg9Bc2tDb250ZXh0RXZlbnQSKQoEaGl0cxgBIAMoCzIbLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuSGl0EhcKD3Jld3JpdHRlbl9xdWVyeRgCIAEoCRIXCg9jb252ZXJzYXRpb25faWQYAyABKAkiOQoNSW5saW5lT2JqZWN0cxIoCgdvYmplY3RzGAEgAygLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdCIYCglPYmplY3RJZHMSCwoDaWRzGAEgAygJIu0BChhHZW5lcmF0ZU9uT2JqZWN0c1JlcXVlc3QSEgoKY29sbGVjdGlvbhgBIAEoCRIuCgNpZHMYAiABKAsyHy5nZW5zZWFyY2guZ2F0ZXdheS52MS5PYmplY3RJZHNIABI1CgZpbmxpbmUYAyABKAsyIy5nZW5zZWFyY2guZ2F0ZXdheS52MS5JbmxpbmVPYmplY3RzSAASGQoRcmV0dXJuX3Byb3BlcnRpZXMYBCADKAkSMAoIZ2VuZXJhdGUYBSABKAsyHi5nZW5zZWFyY2guZ2F0ZXdheS52MS5HZW5lcmF0ZUIJCgdvYmplY3RzIrYBChlHZW5lcmF0ZU9uT2JqZWN0c1Jlc3BvbnNlEjEKBGhpdHMYASADKAsyIy5nZW5zZWFyY2guZ2F0ZXdheS52MS5HZW5lcmF0aXZlSGl0EjcKB2dyb3VwZWQYAiABKAsyJi5nZW5zZWFyY2guZ2F0ZXdheS52MS5HZW5lcmF0aW9uUmVzdWx0Ei0KBXVzYWdlGAMgASgLMh4uZ2Vuc2VhcmNoLmdlbmVyYXRpb24udjEuVXNhZ2Ui8wEKHlN0cmVhbUdlbmVyYXRlT25PYmplY3RzUmVxdWVzdBISCgpjb2xsZWN0aW9uGAEgASgJEi4KA2lkcxgCIAEoCzIfLmdlbnNlYXJjaC5nYXRld2F5LnYxLk9iamVjdElkc0gAEjUKBmlubGluZRgDIAEoCzIjLmdlbnNlYXJjaC5nYXRld2F5LnYxLklubGluZU9iamVjdHNIABIZChFyZXR1cm5fcHJvcGVydGllcxgEIAMoCRIwCghnZW5lcmF0ZRgFIAEoCzIeLmdlbnNlYXJjaC5nYXRld2F5LnYxLkdlbmVyYXRlQgkKB29iamVjdHMitgIKH1N0cmVhbUdlbmVyYXRlT25PYmplY3RzUmVzcG9uc2USLwoEaGl0cxgBIAEoCzIfLmdlbnNlYXJjaC5nYXRld2F5LnYxLkhpdHNFdmVudEgAEjoKCmhpdF9yZXN1bHQYAiABKAsyJC5nZW5zZWFyY2guZ2F0ZXdheS52MS5IaXRSZXN1bHRFdmVudEgAEjEKBXRva2VuGAMgASgLMiAuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuVG9rZW5FdmVudEgAEjkKB2dyb3VwZWQYBCABKAsyJi5nZW5zZWFyY2guZ2F0ZXdheS52MS5HZW5lcmF0aW9uUmVzdWx0SAASLwoEZG9uZRgFIAEoCzIfLmdlbnNlYXJjaC5nYXRld2F5LnYxLkRvbmVFdmVudEgAQgcKBWV2ZW50KmoKCUNhY2hlTW9kZRIaChZDQUNIRV9NT0RFX1VOU1BFQ0lGSUVEEAASEgoOQ0FDSEVfTU9ERV9VU0UQARIWChJDQUNIRV9NT0RFX1JFRlJFU0gQAhIVChFDQUNIRV9NT0RFX0JZUEFTUxADMrgFCg5HYXRld2F5U2VydmljZRJxChBHZW5lcmF0aXZlU2VhcmNoEi0uZ2Vuc2VhcmNoLmdhdGV3YXkudjEuR2VuZXJhdGl2ZVNlYXJjaFJlcXVlc3QaLi5nZW5zZWFyY2guZ2F0ZXdheS52MS5HZW5lcmF0aXZlU2VhcmNoUmVzcG9uc2UShQEKFlN0cmVhbUdlbmVyYXRpdmVTZWFyY2gSMy5nZW5zZWFyY2guZ2F0ZXdheS52MS5TdHJlYW1HZW5lcmF0aXZlU2VhcmNoUmVxdWVzdBo0LmdlbnNlYXJjaC5nYXRld2F5LnYxLlN0cmVhbUdlbmVyYXRpdmVTZWFyY2hSZXNwb25zZTABEkoKA0FzaxIgLmdlbnNlYXJjaC5nYXRld2F5LnYxLkFza1JlcXVlc3QaIS5nZW5zZWFyY2guZ2F0ZXdheS52MS5Bc2tSZXNwb25zZRJeCglTdHJlYW1Bc2sSJi5nZW5zZWFyY2guZ2F0ZXdheS52MS5TdHJlYW1Bc2tSZXF1ZXN0GicuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuU3RyZWFtQXNrUmVzcG9uc2UwARJ0ChFHZW5lcmF0ZU9uT2JqZWN0cxIuLmdlbnNlYXJjaC5nYXRld2F5LnYxLkdlbmVyYXRlT25PYmplY3RzUmVxdWVzdBovLmdlbnNlYXJjaC5nYXRld2F5LnYxLkdlbmVyYXRlT25PYmplY3RzUmVzcG9uc2USiAEKF1N0cmVhbUdlbmVyYXRlT25PYmplY3RzEjQuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuU3RyZWFtR2VuZXJhdGVPbk9iamVjdHNSZXF1ZXN0GjUuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuU3RyZWFtR2VuZXJhdGVPbk9iamVjdHNSZXNwb25zZTABYgZwcm90bzM", [file_gensearch_generation_v1_generation_service, file_gensearch_retrieval_v1_retrieval_service, file_google_protobuf_duration, file_google_protobuf_struct]);
 
 /**
  * The exact generation cache: a per-hit or grouped answer is reused when everything
@@ -453,6 +453,20 @@ export type GenerativeSearchRequest = Message<"gensearch.gateway.v1.GenerativeSe
    * @generated from field: gensearch.gateway.v1.Generate generate = 10;
    */
   generate?: Generate | undefined;
+
+  /**
+   * Rerank the retrieved hits before generation; default: the collection's `rerank`.
+   *
+   * @generated from field: gensearch.retrieval.v1.Rerank rerank = 130;
+   */
+  rerank?: Rerank | undefined;
+
+  /**
+   * Widen each hit with its neighbouring chunks (collections with `chunking`).
+   *
+   * @generated from field: gensearch.gateway.v1.ContextExpansion expand_context = 131;
+   */
+  expandContext?: ContextExpansion | undefined;
 };
 
 /**
@@ -484,6 +498,13 @@ export type GenerativeSearchResponse = Message<"gensearch.gateway.v1.GenerativeS
    * @generated from field: gensearch.generation.v1.Usage usage = 3;
    */
   usage?: Usage | undefined;
+
+  /**
+   * With expand_context: the passages of the grouped prompt.
+   *
+   * @generated from field: repeated gensearch.gateway.v1.ContextPassage passages = 130;
+   */
+  passages: ContextPassage[];
 };
 
 /**
@@ -557,6 +578,20 @@ export type StreamGenerativeSearchRequest = Message<"gensearch.gateway.v1.Stream
    * @generated from field: gensearch.gateway.v1.Generate generate = 10;
    */
   generate?: Generate | undefined;
+
+  /**
+   * Rerank the retrieved hits before generation; default: the collection's `rerank`.
+   *
+   * @generated from field: gensearch.retrieval.v1.Rerank rerank = 130;
+   */
+  rerank?: Rerank | undefined;
+
+  /**
+   * Widen each hit with its neighbouring chunks (collections with `chunking`).
+   *
+   * @generated from field: gensearch.gateway.v1.ContextExpansion expand_context = 131;
+   */
+  expandContext?: ContextExpansion | undefined;
 };
 
 /**
@@ -576,6 +611,13 @@ export type HitsEvent = Message<"gensearch.gateway.v1.HitsEvent"> & {
    * @generated from field: repeated gensearch.retrieval.v1.Hit hits = 1;
    */
   hits: Hit[];
+
+  /**
+   * With expand_context: the passages of the grouped prompt.
+   *
+   * @generated from field: repeated gensearch.gateway.v1.ContextPassage passages = 130;
+   */
+  passages: ContextPassage[];
 };
 
 /**
@@ -876,6 +918,20 @@ export type AskRequest = Message<"gensearch.gateway.v1.AskRequest"> & {
    * @generated from field: bool summary_disabled = 70;
    */
   summaryDisabled: boolean;
+
+  /**
+   * Rerank the retrieved hits before generation; default: the collection's `rerank`.
+   *
+   * @generated from field: gensearch.retrieval.v1.Rerank rerank = 130;
+   */
+  rerank?: Rerank | undefined;
+
+  /**
+   * Widen each hit with its neighbouring chunks (collections with `chunking`).
+   *
+   * @generated from field: gensearch.gateway.v1.ContextExpansion expand_context = 131;
+   */
+  expandContext?: ContextExpansion | undefined;
 };
 
 /**
@@ -897,11 +953,18 @@ export type Citation = Message<"gensearch.gateway.v1.Citation"> & {
   number: number;
 
   /**
-   * The hit's object id.
+   * The hit's object id (with expand_context: the first hit of the passage).
    *
    * @generated from field: string id = 2;
    */
   id: string;
+
+  /**
+   * With expand_context: every hit the cited passage was built from, in rank order.
+   *
+   * @generated from field: repeated string hit_ids = 130;
+   */
+  hitIds: string[];
 };
 
 /**
@@ -910,6 +973,96 @@ export type Citation = Message<"gensearch.gateway.v1.Citation"> & {
  */
 export const CitationSchema: GenMessage<Citation> = /*@__PURE__*/
   messageDesc(file_gensearch_gateway_v1_gateway_service, 15);
+
+/**
+ * How hits are widened into passages of their documents before generation.
+ *
+ * @generated from message gensearch.gateway.v1.ContextExpansion
+ */
+export type ContextExpansion = Message<"gensearch.gateway.v1.ContextExpansion"> & {
+  /**
+   * Chunks taken before and after each hit, from the same document; at most the
+   * service's max_expansion_neighbors.
+   *
+   * @generated from field: int32 neighbors = 1;
+   */
+  neighbors: number;
+
+  /**
+   * The hit's whole document instead (still within max_tokens).
+   *
+   * @generated from field: bool whole_document = 2;
+   */
+  wholeDocument: boolean;
+
+  /**
+   * Estimated tokens all passages together may hold; unset: the service's default.
+   * Chunks farthest from their hit are left out first; a hit's own chunk always stays.
+   *
+   * @generated from field: optional int32 max_tokens = 3;
+   */
+  maxTokens?: number | undefined;
+};
+
+/**
+ * Describes the message gensearch.gateway.v1.ContextExpansion.
+ * Use `create(ContextExpansionSchema)` to create a new message.
+ */
+export const ContextExpansionSchema: GenMessage<ContextExpansion> = /*@__PURE__*/
+  messageDesc(file_gensearch_gateway_v1_gateway_service, 16);
+
+/**
+ * A passage given to the model: consecutive chunks of one document, merged from the
+ * expansions of one or more hits.
+ *
+ * @generated from message gensearch.gateway.v1.ContextPassage
+ */
+export type ContextPassage = Message<"gensearch.gateway.v1.ContextPassage"> & {
+  /**
+   * Its number in the prompt ([n]).
+   *
+   * @generated from field: int32 number = 1;
+   */
+  number: number;
+
+  /**
+   * Hits inside it, in rank order (the first gives the passage its place).
+   *
+   * @generated from field: repeated string hit_ids = 2;
+   */
+  hitIds: string[];
+
+  /**
+   * Every chunk in it, in document order.
+   *
+   * @generated from field: repeated string chunk_ids = 3;
+   */
+  chunkIds: string[];
+
+  /**
+   * The document (the chunking.document_property value) and the positions covered.
+   *
+   * @generated from field: google.protobuf.Value document = 4;
+   */
+  document?: Value | undefined;
+
+  /**
+   * @generated from field: int64 first = 5;
+   */
+  first: bigint;
+
+  /**
+   * @generated from field: int64 last = 6;
+   */
+  last: bigint;
+};
+
+/**
+ * Describes the message gensearch.gateway.v1.ContextPassage.
+ * Use `create(ContextPassageSchema)` to create a new message.
+ */
+export const ContextPassageSchema: GenMessage<ContextPassage> = /*@__PURE__*/
+  messageDesc(file_gensearch_gateway_v1_gateway_service, 17);
 
 /**
  * What the context-window guard removed so the prompt fits.
@@ -933,7 +1086,7 @@ export type Trimmed = Message<"gensearch.gateway.v1.Trimmed"> & {
  * Use `create(TrimmedSchema)` to create a new message.
  */
 export const TrimmedSchema: GenMessage<Trimmed> = /*@__PURE__*/
-  messageDesc(file_gensearch_gateway_v1_gateway_service, 16);
+  messageDesc(file_gensearch_gateway_v1_gateway_service, 18);
 
 /**
  * @generated from message gensearch.gateway.v1.AskResponse
@@ -1053,6 +1206,13 @@ export type AskResponse = Message<"gensearch.gateway.v1.AskResponse"> & {
    * @generated from field: google.protobuf.Duration wait_time = 31;
    */
   waitTime?: Duration | undefined;
+
+  /**
+   * With expand_context: the passages the prompt numbered.
+   *
+   * @generated from field: repeated gensearch.gateway.v1.ContextPassage passages = 130;
+   */
+  passages: ContextPassage[];
 };
 
 /**
@@ -1060,7 +1220,7 @@ export type AskResponse = Message<"gensearch.gateway.v1.AskResponse"> & {
  * Use `create(AskResponseSchema)` to create a new message.
  */
 export const AskResponseSchema: GenMessage<AskResponse> = /*@__PURE__*/
-  messageDesc(file_gensearch_gateway_v1_gateway_service, 17);
+  messageDesc(file_gensearch_gateway_v1_gateway_service, 19);
 
 /**
  * Same fields as AskRequest.
@@ -1191,6 +1351,20 @@ export type StreamAskRequest = Message<"gensearch.gateway.v1.StreamAskRequest"> 
    * @generated from field: bool summary_disabled = 70;
    */
   summaryDisabled: boolean;
+
+  /**
+   * Rerank the retrieved hits before generation; default: the collection's `rerank`.
+   *
+   * @generated from field: gensearch.retrieval.v1.Rerank rerank = 130;
+   */
+  rerank?: Rerank | undefined;
+
+  /**
+   * Widen each hit with its neighbouring chunks (collections with `chunking`).
+   *
+   * @generated from field: gensearch.gateway.v1.ContextExpansion expand_context = 131;
+   */
+  expandContext?: ContextExpansion | undefined;
 };
 
 /**
@@ -1198,7 +1372,7 @@ export type StreamAskRequest = Message<"gensearch.gateway.v1.StreamAskRequest"> 
  * Use `create(StreamAskRequestSchema)` to create a new message.
  */
 export const StreamAskRequestSchema: GenMessage<StreamAskRequest> = /*@__PURE__*/
-  messageDesc(file_gensearch_gateway_v1_gateway_service, 18);
+  messageDesc(file_gensearch_gateway_v1_gateway_service, 20);
 
 /**
  * Events: context (hits, rewritten query) first, then token deltas, then the full answer.
@@ -1235,7 +1409,7 @@ export type StreamAskResponse = Message<"gensearch.gateway.v1.StreamAskResponse"
  * Use `create(StreamAskResponseSchema)` to create a new message.
  */
 export const StreamAskResponseSchema: GenMessage<StreamAskResponse> = /*@__PURE__*/
-  messageDesc(file_gensearch_gateway_v1_gateway_service, 19);
+  messageDesc(file_gensearch_gateway_v1_gateway_service, 21);
 
 /**
  * @generated from message gensearch.gateway.v1.AskContextEvent
@@ -1262,7 +1436,7 @@ export type AskContextEvent = Message<"gensearch.gateway.v1.AskContextEvent"> & 
  * Use `create(AskContextEventSchema)` to create a new message.
  */
 export const AskContextEventSchema: GenMessage<AskContextEvent> = /*@__PURE__*/
-  messageDesc(file_gensearch_gateway_v1_gateway_service, 20);
+  messageDesc(file_gensearch_gateway_v1_gateway_service, 22);
 
 /**
  * Objects given inline, with no collection behind them.
@@ -1284,7 +1458,7 @@ export type InlineObjects = Message<"gensearch.gateway.v1.InlineObjects"> & {
  * Use `create(InlineObjectsSchema)` to create a new message.
  */
 export const InlineObjectsSchema: GenMessage<InlineObjects> = /*@__PURE__*/
-  messageDesc(file_gensearch_gateway_v1_gateway_service, 21);
+  messageDesc(file_gensearch_gateway_v1_gateway_service, 23);
 
 /**
  * Objects of a collection, by id.
@@ -1305,7 +1479,7 @@ export type ObjectIds = Message<"gensearch.gateway.v1.ObjectIds"> & {
  * Use `create(ObjectIdsSchema)` to create a new message.
  */
 export const ObjectIdsSchema: GenMessage<ObjectIds> = /*@__PURE__*/
-  messageDesc(file_gensearch_gateway_v1_gateway_service, 22);
+  messageDesc(file_gensearch_gateway_v1_gateway_service, 24);
 
 /**
  * @generated from message gensearch.gateway.v1.GenerateOnObjectsRequest
@@ -1356,7 +1530,7 @@ export type GenerateOnObjectsRequest = Message<"gensearch.gateway.v1.GenerateOnO
  * Use `create(GenerateOnObjectsRequestSchema)` to create a new message.
  */
 export const GenerateOnObjectsRequestSchema: GenMessage<GenerateOnObjectsRequest> = /*@__PURE__*/
-  messageDesc(file_gensearch_gateway_v1_gateway_service, 23);
+  messageDesc(file_gensearch_gateway_v1_gateway_service, 25);
 
 /**
  * @generated from message gensearch.gateway.v1.GenerateOnObjectsResponse
@@ -1385,7 +1559,7 @@ export type GenerateOnObjectsResponse = Message<"gensearch.gateway.v1.GenerateOn
  * Use `create(GenerateOnObjectsResponseSchema)` to create a new message.
  */
 export const GenerateOnObjectsResponseSchema: GenMessage<GenerateOnObjectsResponse> = /*@__PURE__*/
-  messageDesc(file_gensearch_gateway_v1_gateway_service, 24);
+  messageDesc(file_gensearch_gateway_v1_gateway_service, 26);
 
 /**
  * Same fields as GenerateOnObjectsRequest.
@@ -1431,7 +1605,7 @@ export type StreamGenerateOnObjectsRequest = Message<"gensearch.gateway.v1.Strea
  * Use `create(StreamGenerateOnObjectsRequestSchema)` to create a new message.
  */
 export const StreamGenerateOnObjectsRequestSchema: GenMessage<StreamGenerateOnObjectsRequest> = /*@__PURE__*/
-  messageDesc(file_gensearch_gateway_v1_gateway_service, 25);
+  messageDesc(file_gensearch_gateway_v1_gateway_service, 27);
 
 /**
  * The same events as StreamGenerativeSearchResponse.
@@ -1480,7 +1654,7 @@ export type StreamGenerateOnObjectsResponse = Message<"gensearch.gateway.v1.Stre
  * Use `create(StreamGenerateOnObjectsResponseSchema)` to create a new message.
  */
 export const StreamGenerateOnObjectsResponseSchema: GenMessage<StreamGenerateOnObjectsResponse> = /*@__PURE__*/
-  messageDesc(file_gensearch_gateway_v1_gateway_service, 26);
+  messageDesc(file_gensearch_gateway_v1_gateway_service, 28);
 
 /**
  * How a request uses a cache of generated answers.

@@ -12,7 +12,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file gensearch/retrieval/v1/retrieval_service.proto.
  */
 export const file_gensearch_retrieval_v1_retrieval_service: GenFile = /*@__PURE__*/
-  fileDesc("Ci5nZW5zZWFyY2gvcmV0cmlldmFsL3YxL3JldHJpZXZhbF9zZXJ2aWNlLnByb3RvEhZnZW5zZWFyY2gucmV0cmlldmFsLnYxImIKCFByb3BlcnR5EgwKBG5hbWUYASABKAkSMwoJZGF0YV90eXBlGAIgASgOMiAuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5EYXRhVHlwZRITCgtkZXNjcmlwdGlvbhgDIAEoCSLbAQoKVmVjdG9yaXplchI0CgRraW5kGAEgASgOMiYuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5WZWN0b3JpemVyS2luZBINCgVtb2RlbBgCIAEoCRIQCghiYXNlX3VybBgDIAEoCRITCgthcGlfa2V5X2VudhgEIAEoCRISCgpkaW1lbnNpb25zGAUgASgFEhkKEXNvdXJjZV9wcm9wZXJ0aWVzGAYgAygJEjIKCGRpc3RhbmNlGAcgASgOMiAuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5EaXN0YW5jZSLAAgoQR2VuZXJhdGl2ZUNvbmZpZxIQCghwcm92aWRlchgBIAEoCRINCgVtb2RlbBgCIAEoCRIYCgt0ZW1wZXJhdHVyZRgDIAEoAUgAiAEBEhcKCm1heF90b2tlbnMYBCABKAVIAYgBARIVCg1zeXN0ZW1fcHJvbXB0GAUgASgJEhkKEXVzZXJfaW5zdHJ1Y3Rpb25zGAYgASgJEhYKDmNvbnRleHRfZmllbGRzGAcgAygJEjkKCGZhbGxiYWNrGCggAygLMicuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5HZW5lcmF0aXZlTW9kZWwSNAoFY2FjaGUYPCABKAsyJS5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkNhY2hlRGVmYXVsdHNCDgoMX3RlbXBlcmF0dXJlQg0KC19tYXhfdG9rZW5zIjIKD0dlbmVyYXRpdmVNb2RlbBIQCghwcm92aWRlchgBIAEoCRINCgVtb2RlbBgCIAEoCSKNAQoNQ2FjaGVEZWZhdWx0cxISCgpnZW5lcmF0aW9uGAEgASgIEhAKCHNlbWFudGljGAIgASgIEiYKA3R0bBgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIbCg5taW5fc2ltaWxhcml0eRgEIAEoAUgAiAEBQhEKD19taW5fc2ltaWxhcml0eSK6AgoKQ29sbGVjdGlvbhIMCgRuYW1lGAEgASgJEhMKC2Rlc2NyaXB0aW9uGAIgASgJEjQKCnByb3BlcnRpZXMYAyADKAsyIC5nZW5zZWFyY2gucmV0cmlldmFsLnYxLlByb3BlcnR5EjYKCnZlY3Rvcml6ZXIYBCABKAsyIi5nZW5zZWFyY2gucmV0cmlldmFsLnYxLlZlY3Rvcml6ZXISGgoNa2V5d29yZF9pbmRleBgFIAEoCEgAiAEBEjwKCmdlbmVyYXRpdmUYBiABKAsyKC5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkdlbmVyYXRpdmVDb25maWcSLwoLY3JlYXRlX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQhAKDl9rZXl3b3JkX2luZGV4IlUKCkRhdGFPYmplY3QSCgoCaWQYASABKAkSKwoKcHJvcGVydGllcxgCIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSDgoGdmVjdG9yGAMgAygCIkgKC09iamVjdEVycm9yEg0KBWluZGV4GAEgASgDEgoKAmlkGAIgASgJEg0KBWZpZWxkGAMgASgJEg8KB21lc3NhZ2UYBCABKAkiUQoXQ3JlYXRlQ29sbGVjdGlvblJlcXVlc3QSNgoKY29sbGVjdGlvbhgBIAEoCzIiLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuQ29sbGVjdGlvbiJSChhDcmVhdGVDb2xsZWN0aW9uUmVzcG9uc2USNgoKY29sbGVjdGlvbhgBIAEoCzIiLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuQ29sbGVjdGlvbiIkChRHZXRDb2xsZWN0aW9uUmVxdWVzdBIMCgRuYW1lGAEgASgJImUKFUdldENvbGxlY3Rpb25SZXNwb25zZRI2Cgpjb2xsZWN0aW9uGAEgASgLMiIuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5Db2xsZWN0aW9uEhQKDG9iamVjdF9jb3VudBgCIAEoAyI/ChZMaXN0Q29sbGVjdGlvbnNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJImsKF0xpc3RDb2xsZWN0aW9uc1Jlc3BvbnNlEjcKC2NvbGxlY3Rpb25zGAEgAygLMiIuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5Db2xsZWN0aW9uEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSInChdEZWxldGVDb2xsZWN0aW9uUmVxdWVzdBIMCgRuYW1lGAEgASgJIhoKGERlbGV0ZUNvbGxlY3Rpb25SZXNwb25zZSJfChRVcHNlcnRPYmplY3RzUmVxdWVzdBISCgpjb2xsZWN0aW9uGAEgASgJEjMKB29iamVjdHMYAiADKAsyIi5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkRhdGFPYmplY3QiWQoVVXBzZXJ0T2JqZWN0c1Jlc3BvbnNlEgsKA2lkcxgBIAMoCRIzCgZlcnJvcnMYAiADKAsyIy5nZW5zZWFyY2gucmV0cmlldmFsLnYxLk9iamVjdEVycm9yIl8KFEltcG9ydE9iamVjdHNSZXF1ZXN0EhIKCmNvbGxlY3Rpb24YASABKAkSMwoHb2JqZWN0cxgCIAMoCzIiLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuRGF0YU9iamVjdCJ8ChVJbXBvcnRPYmplY3RzUmVzcG9uc2USFgoOcmVjZWl2ZWRfY291bnQYASABKAMSFgoOaW1wb3J0ZWRfY291bnQYAiABKAMSMwoGZXJyb3JzGAMgAygLMiMuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5PYmplY3RFcnJvciJKChBHZXRPYmplY3RSZXF1ZXN0EhIKCmNvbGxlY3Rpb24YASABKAkSCgoCaWQYAiABKAkSFgoOaW5jbHVkZV92ZWN0b3IYAyABKAgiRwoRR2V0T2JqZWN0UmVzcG9uc2USMgoGb2JqZWN0GAEgASgLMiIuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5EYXRhT2JqZWN0ImcKFERlbGV0ZU9iamVjdHNSZXF1ZXN0EhIKCmNvbGxlY3Rpb24YASABKAkSCwoDaWRzGAIgAygJEi4KBmZpbHRlchgDIAEoCzIeLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuRmlsdGVyIi4KFURlbGV0ZU9iamVjdHNSZXNwb25zZRIVCg1kZWxldGVkX2NvdW50GAEgASgDIlkKE0NvdW50T2JqZWN0c1JlcXVlc3QSEgoKY29sbGVjdGlvbhgBIAEoCRIuCgZmaWx0ZXIYAiABKAsyHi5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkZpbHRlciIlChRDb3VudE9iamVjdHNSZXNwb25zZRINCgVjb3VudBgBIAEoAyIYCghOZWFyVGV4dBIMCgR0ZXh0GAEgASgJIhwKCk5lYXJWZWN0b3ISDgoGdmVjdG9yGAEgAygCIhcKB0tleXdvcmQSDAoEdGV4dBgBIAEoCSJECgZIeWJyaWQSDAoEdGV4dBgBIAEoCRISCgVhbHBoYRgCIAEoAkgAiAEBEg4KBnZlY3RvchgDIAMoAkIICgZfYWxwaGEi8AEKBkZpbHRlchI2Cgljb25kaXRpb24YASABKAsyIS5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkNvbmRpdGlvbkgAEjUKBmFsbF9vZhgCIAEoCzIjLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuRmlsdGVyR3JvdXBIABI1CgZhbnlfb2YYAyABKAsyIy5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkZpbHRlckdyb3VwSAASNgoHbm9uZV9vZhgEIAEoCzIjLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuRmlsdGVyR3JvdXBIAEIICgZmaWx0ZXIiPgoLRmlsdGVyR3JvdXASLwoHZmlsdGVycxgBIAMoCzIeLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuRmlsdGVyIngKCUNvbmRpdGlvbhIQCghwcm9wZXJ0eRgBIAEoCRIyCghvcGVyYXRvchgCIAEoDjIgLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuT3BlcmF0b3ISJQoFdmFsdWUYAyABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUihgMKDVNlYXJjaFJlcXVlc3QSEgoKY29sbGVjdGlvbhgBIAEoCRI1CgluZWFyX3RleHQYAiABKAsyIC5nZW5zZWFyY2gucmV0cmlldmFsLnYxLk5lYXJUZXh0SAASOQoLbmVhcl92ZWN0b3IYAyABKAsyIi5nZW5zZWFyY2gucmV0cmlldmFsLnYxLk5lYXJWZWN0b3JIABIyCgdrZXl3b3JkGAQgASgLMh8uZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5LZXl3b3JkSAASMAoGaHlicmlkGAUgASgLMh4uZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5IeWJyaWRIABIuCgZmaWx0ZXIYBiABKAsyHi5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkZpbHRlchINCgVsaW1pdBgHIAEoBRIOCgZvZmZzZXQYCCABKAUSGQoRcmV0dXJuX3Byb3BlcnRpZXMYCSADKAkSFgoOaW5jbHVkZV92ZWN0b3IYCiABKAhCBwoFcXVlcnkiXQoDSGl0EgoKAmlkGAEgASgJEisKCnByb3BlcnRpZXMYAiABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0Eg0KBXNjb3JlGAMgASgCEg4KBnZlY3RvchgEIAMoAiJfCg5TZWFyY2hSZXNwb25zZRIpCgRoaXRzGAEgAygLMhsuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5IaXQSEAoIZW1iZWRfbXMYAiABKAESEAoIcXVlcnlfbXMYAyABKAEibgoZTG9va3VwQ2FjaGVkQW5zd2VyUmVxdWVzdBISCgpjb2xsZWN0aW9uGAEgASgJEhAKCHF1ZXN0aW9uGAIgASgJEhYKDm1pbl9zaW1pbGFyaXR5GAMgASgBEhMKC2NvbnRleHRfa2V5GAQgASgJImEKGkxvb2t1cENhY2hlZEFuc3dlclJlc3BvbnNlEg0KBWZvdW5kGAEgASgIEg4KBmFuc3dlchgCIAEoDBIQCghxdWVzdGlvbhgDIAEoCRISCgpzaW1pbGFyaXR5GAQgASgBIo0BChhTdG9yZUNhY2hlZEFuc3dlclJlcXVlc3QSEgoKY29sbGVjdGlvbhgBIAEoCRIQCghxdWVzdGlvbhgCIAEoCRIOCgZhbnN3ZXIYAyABKAwSJgoDdHRsGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhMKC2NvbnRleHRfa2V5GAUgASgJIhsKGVN0b3JlQ2FjaGVkQW5zd2VyUmVzcG9uc2UqpAEKCERhdGFUeXBlEhkKFURBVEFfVFlQRV9VTlNQRUNJRklFRBAAEhIKDkRBVEFfVFlQRV9URVhUEAESGAoUREFUQV9UWVBFX1RFWFRfQVJSQVkQAhIRCg1EQVRBX1RZUEVfSU5UEAMSFAoQREFUQV9UWVBFX05VTUJFUhAEEhIKDkRBVEFfVFlQRV9CT09MEAUSEgoOREFUQV9UWVBFX0RBVEUQBiqNAQoOVmVjdG9yaXplcktpbmQSHwobVkVDVE9SSVpFUl9LSU5EX1VOU1BFQ0lGSUVEEAASGAoUVkVDVE9SSVpFUl9LSU5EX05PTkUQARIZChVWRUNUT1JJWkVSX0tJTkRfTE9DQUwQAhIlCiFWRUNUT1JJWkVSX0tJTkRfT1BFTkFJX0NPTVBBVElCTEUQAypgCghEaXN0YW5jZRIYChRESVNUQU5DRV9VTlNQRUNJRklFRBAAEhMKD0RJU1RBTkNFX0NPU0lORRABEhAKDERJU1RBTkNFX0RPVBACEhMKD0RJU1RBTkNFX0VVQ0xJRBADKpECCghPcGVyYXRvchIYChRPUEVSQVRPUl9VTlNQRUNJRklFRBAAEhIKDk9QRVJBVE9SX0VRVUFMEAESFgoST1BFUkFUT1JfTk9UX0VRVUFMEAISFgoST1BFUkFUT1JfTEVTU19USEFOEAMSHAoYT1BFUkFUT1JfTEVTU19USEFOX0VRVUFMEAQSGQoVT1BFUkFUT1JfR1JFQVRFUl9USEFOEAUSHwobT1BFUkFUT1JfR1JFQVRFUl9USEFOX0VRVUFMEAYSGQoVT1BFUkFUT1JfQ09OVEFJTlNfQU5ZEAcSGQoVT1BFUkFUT1JfQ09OVEFJTlNfQUxMEAgSFwoTT1BFUkFUT1JfVEVYVF9NQVRDSBAJMssKChBSZXRyaWV2YWxTZXJ2aWNlEnUKEENyZWF0ZUNvbGxlY3Rpb24SLy5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkNyZWF0ZUNvbGxlY3Rpb25SZXF1ZXN0GjAuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5DcmVhdGVDb2xsZWN0aW9uUmVzcG9uc2USbAoNR2V0Q29sbGVjdGlvbhIsLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuR2V0Q29sbGVjdGlvblJlcXVlc3QaLS5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkdldENvbGxlY3Rpb25SZXNwb25zZRJyCg9MaXN0Q29sbGVjdGlvbnMSLi5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkxpc3RDb2xsZWN0aW9uc1JlcXVlc3QaLy5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkxpc3RDb2xsZWN0aW9uc1Jlc3BvbnNlEnUKEERlbGV0ZUNvbGxlY3Rpb24SLy5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkRlbGV0ZUNvbGxlY3Rpb25SZXF1ZXN0GjAuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5EZWxldGVDb2xsZWN0aW9uUmVzcG9uc2USbAoNVXBzZXJ0T2JqZWN0cxIsLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuVXBzZXJ0T2JqZWN0c1JlcXVlc3QaLS5nZW5zZWFyY2gucmV0cmlldmFsLnYxLlVwc2VydE9iamVjdHNSZXNwb25zZRJuCg1JbXBvcnRPYmplY3RzEiwuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5JbXBvcnRPYmplY3RzUmVxdWVzdBotLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuSW1wb3J0T2JqZWN0c1Jlc3BvbnNlKAESYAoJR2V0T2JqZWN0EiguZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5HZXRPYmplY3RSZXF1ZXN0GikuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5HZXRPYmplY3RSZXNwb25zZRJsCg1EZWxldGVPYmplY3RzEiwuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5EZWxldGVPYmplY3RzUmVxdWVzdBotLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuRGVsZXRlT2JqZWN0c1Jlc3BvbnNlEmkKDENvdW50T2JqZWN0cxIrLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuQ291bnRPYmplY3RzUmVxdWVzdBosLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuQ291bnRPYmplY3RzUmVzcG9uc2USVwoGU2VhcmNoEiUuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5TZWFyY2hSZXF1ZXN0GiYuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5TZWFyY2hSZXNwb25zZRJ7ChJMb29rdXBDYWNoZWRBbnN3ZXISMS5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkxvb2t1cENhY2hlZEFuc3dlclJlcXVlc3QaMi5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkxvb2t1cENhY2hlZEFuc3dlclJlc3BvbnNlEngKEVN0b3JlQ2FjaGVkQW5zd2VyEjAuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5TdG9yZUNhY2hlZEFuc3dlclJlcXVlc3QaMS5nZW5zZWFyY2gucmV0cmlldmFsLnYxLlN0b3JlQ2FjaGVkQW5zd2VyUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("Ci5nZW5zZWFyY2gvcmV0cmlldmFsL3YxL3JldHJpZXZhbF9zZXJ2aWNlLnByb3RvEhZnZW5zZWFyY2gucmV0cmlldmFsLnYxImIKCFByb3BlcnR5EgwKBG5hbWUYASABKAkSMwoJZGF0YV90eXBlGAIgASgOMiAuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5EYXRhVHlwZRITCgtkZXNjcmlwdGlvbhgDIAEoCSLbAQoKVmVjdG9yaXplchI0CgRraW5kGAEgASgOMiYuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5WZWN0b3JpemVyS2luZBINCgVtb2RlbBgCIAEoCRIQCghiYXNlX3VybBgDIAEoCRITCgthcGlfa2V5X2VudhgEIAEoCRISCgpkaW1lbnNpb25zGAUgASgFEhkKEXNvdXJjZV9wcm9wZXJ0aWVzGAYgAygJEjIKCGRpc3RhbmNlGAcgASgOMiAuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5EaXN0YW5jZSLAAgoQR2VuZXJhdGl2ZUNvbmZpZxIQCghwcm92aWRlchgBIAEoCRINCgVtb2RlbBgCIAEoCRIYCgt0ZW1wZXJhdHVyZRgDIAEoAUgAiAEBEhcKCm1heF90b2tlbnMYBCABKAVIAYgBARIVCg1zeXN0ZW1fcHJvbXB0GAUgASgJEhkKEXVzZXJfaW5zdHJ1Y3Rpb25zGAYgASgJEhYKDmNvbnRleHRfZmllbGRzGAcgAygJEjkKCGZhbGxiYWNrGCggAygLMicuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5HZW5lcmF0aXZlTW9kZWwSNAoFY2FjaGUYPCABKAsyJS5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkNhY2hlRGVmYXVsdHNCDgoMX3RlbXBlcmF0dXJlQg0KC19tYXhfdG9rZW5zIjIKD0dlbmVyYXRpdmVNb2RlbBIQCghwcm92aWRlchgBIAEoCRINCgVtb2RlbBgCIAEoCSKNAQoNQ2FjaGVEZWZhdWx0cxISCgpnZW5lcmF0aW9uGAEgASgIEhAKCHNlbWFudGljGAIgASgIEiYKA3R0bBgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIbCg5taW5fc2ltaWxhcml0eRgEIAEoAUgAiAEBQhEKD19taW5fc2ltaWxhcml0eSKgAwoKQ29sbGVjdGlvbhIMCgRuYW1lGAEgASgJEhMKC2Rlc2NyaXB0aW9uGAIgASgJEjQKCnByb3BlcnRpZXMYAyADKAsyIC5nZW5zZWFyY2gucmV0cmlldmFsLnYxLlByb3BlcnR5EjYKCnZlY3Rvcml6ZXIYBCABKAsyIi5nZW5zZWFyY2gucmV0cmlldmFsLnYxLlZlY3Rvcml6ZXISGgoNa2V5d29yZF9pbmRleBgFIAEoCEgAiAEBEjwKCmdlbmVyYXRpdmUYBiABKAsyKC5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkdlbmVyYXRpdmVDb25maWcSLwoLY3JlYXRlX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjMKCGNodW5raW5nGIIBIAEoCzIgLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuQ2h1bmtpbmcSLwoGcmVyYW5rGIMBIAEoCzIeLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuUmVyYW5rQhAKDl9rZXl3b3JkX2luZGV4Ij0KCENodW5raW5nEhkKEWRvY3VtZW50X3Byb3BlcnR5GAEgASgJEhYKDm9yZGVyX3Byb3BlcnR5GAIgASgJIpoBCgZSZXJhbmsSEAoIcHJvdmlkZXIYASABKAkSDQoFbW9kZWwYAiABKAkSEgoKY2FuZGlkYXRlcxgDIAEoBRINCgVxdWVyeRgEIAEoCRISCgpwcm9wZXJ0aWVzGAUgAygJEhcKCm1tcl9sYW1iZGEYBiABKAFIAIgBARIQCghiYXNlX3VybBgHIAEoCUINCgtfbW1yX2xhbWJkYSJVCgpEYXRhT2JqZWN0EgoKAmlkGAEgASgJEisKCnByb3BlcnRpZXMYAiABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0Eg4KBnZlY3RvchgDIAMoAiJICgtPYmplY3RFcnJvchINCgVpbmRleBgBIAEoAxIKCgJpZBgCIAEoCRINCgVmaWVsZBgDIAEoCRIPCgdtZXNzYWdlGAQgASgJIlEKF0NyZWF0ZUNvbGxlY3Rpb25SZXF1ZXN0EjYKCmNvbGxlY3Rpb24YASABKAsyIi5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkNvbGxlY3Rpb24iUgoYQ3JlYXRlQ29sbGVjdGlvblJlc3BvbnNlEjYKCmNvbGxlY3Rpb24YASABKAsyIi5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkNvbGxlY3Rpb24iJAoUR2V0Q29sbGVjdGlvblJlcXVlc3QSDAoEbmFtZRgBIAEoCSJlChVHZXRDb2xsZWN0aW9uUmVzcG9uc2USNgoKY29sbGVjdGlvbhgBIAEoCzIiLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuQ29sbGVjdGlvbhIUCgxvYmplY3RfY291bnQYAiABKAMiPwoWTGlzdENvbGxlY3Rpb25zUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSJrChdMaXN0Q29sbGVjdGlvbnNSZXNwb25zZRI3Cgtjb2xsZWN0aW9ucxgBIAMoCzIiLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuQ29sbGVjdGlvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiJwoXRGVsZXRlQ29sbGVjdGlvblJlcXVlc3QSDAoEbmFtZRgBIAEoCSIaChhEZWxldGVDb2xsZWN0aW9uUmVzcG9uc2UiXwoUVXBzZXJ0T2JqZWN0c1JlcXVlc3QSEgoKY29sbGVjdGlvbhgBIAEoCRIzCgdvYmplY3RzGAIgAygLMiIuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5EYXRhT2JqZWN0IlkKFVVwc2VydE9iamVjdHNSZXNwb25zZRILCgNpZHMYASADKAkSMwoGZXJyb3JzGAIgAygLMiMuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5PYmplY3RFcnJvciJfChRJbXBvcnRPYmplY3RzUmVxdWVzdBISCgpjb2xsZWN0aW9uGAEgASgJEjMKB29iamVjdHMYAiADKAsyIi5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkRhdGFPYmplY3QifAoVSW1wb3J0T2JqZWN0c1Jlc3BvbnNlEhYKDnJlY2VpdmVkX2NvdW50GAEgASgDEhYKDmltcG9ydGVkX2NvdW50GAIgASgDEjMKBmVycm9ycxgDIAMoCzIjLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuT2JqZWN0RXJyb3IiSgoQR2V0T2JqZWN0UmVxdWVzdBISCgpjb2xsZWN0aW9uGAEgASgJEgoKAmlkGAIgASgJEhYKDmluY2x1ZGVfdmVjdG9yGAMgASgIIkcKEUdldE9iamVjdFJlc3BvbnNlEjIKBm9iamVjdBgBIAEoCzIiLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuRGF0YU9iamVjdCJnChREZWxldGVPYmplY3RzUmVxdWVzdBISCgpjb2xsZWN0aW9uGAEgASgJEgsKA2lkcxgCIAMoCRIuCgZmaWx0ZXIYAyABKAsyHi5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkZpbHRlciIuChVEZWxldGVPYmplY3RzUmVzcG9uc2USFQoNZGVsZXRlZF9jb3VudBgBIAEoAyJZChNDb3VudE9iamVjdHNSZXF1ZXN0EhIKCmNvbGxlY3Rpb24YASABKAkSLgoGZmlsdGVyGAIgASgLMh4uZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5GaWx0ZXIiJQoUQ291bnRPYmplY3RzUmVzcG9uc2USDQoFY291bnQYASABKAMiGAoITmVhclRleHQSDAoEdGV4dBgBIAEoCSIcCgpOZWFyVmVjdG9yEg4KBnZlY3RvchgBIAMoAiIXCgdLZXl3b3JkEgwKBHRleHQYASABKAkiRAoGSHlicmlkEgwKBHRleHQYASABKAkSEgoFYWxwaGEYAiABKAJIAIgBARIOCgZ2ZWN0b3IYAyADKAJCCAoGX2FscGhhIvABCgZGaWx0ZXISNgoJY29uZGl0aW9uGAEgASgLMiEuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5Db25kaXRpb25IABI1CgZhbGxfb2YYAiABKAsyIy5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkZpbHRlckdyb3VwSAASNQoGYW55X29mGAMgASgLMiMuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5GaWx0ZXJHcm91cEgAEjYKB25vbmVfb2YYBCABKAsyIy5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkZpbHRlckdyb3VwSABCCAoGZmlsdGVyIj4KC0ZpbHRlckdyb3VwEi8KB2ZpbHRlcnMYASADKAsyHi5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkZpbHRlciJ4CglDb25kaXRpb24SEAoIcHJvcGVydHkYASABKAkSMgoIb3BlcmF0b3IYAiABKA4yIC5nZW5zZWFyY2gucmV0cmlldmFsLnYxLk9wZXJhdG9yEiUKBXZhbHVlGAMgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlIrcDCg1TZWFyY2hSZXF1ZXN0EhIKCmNvbGxlY3Rpb24YASABKAkSNQoJbmVhcl90ZXh0GAIgASgLMiAuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5OZWFyVGV4dEgAEjkKC25lYXJfdmVjdG9yGAMgASgLMiIuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5OZWFyVmVjdG9ySAASMgoHa2V5d29yZBgEIAEoCzIfLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuS2V5d29yZEgAEjAKBmh5YnJpZBgFIAEoCzIeLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuSHlicmlkSAASLgoGZmlsdGVyGAYgASgLMh4uZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5GaWx0ZXISDQoFbGltaXQYByABKAUSDgoGb2Zmc2V0GAggASgFEhkKEXJldHVybl9wcm9wZXJ0aWVzGAkgAygJEhYKDmluY2x1ZGVfdmVjdG9yGAogASgIEi8KBnJlcmFuaxiCASABKAsyHi5nZW5zZWFyY2gucmV0cmlldmFsLnYxLlJlcmFua0IHCgVxdWVyeSKKAQoDSGl0EgoKAmlkGAEgASgJEisKCnByb3BlcnRpZXMYAiABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0Eg0KBXNjb3JlGAMgASgCEg4KBnZlY3RvchgEIAMoAhIaCgxyZXJhbmtfc2NvcmUYggEgASgCSACIAQFCDwoNX3JlcmFua19zY29yZSJfCg5TZWFyY2hSZXNwb25zZRIpCgRoaXRzGAEgAygLMhsuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5IaXQSEAoIZW1iZWRfbXMYAiABKAESEAoIcXVlcnlfbXMYAyABKAEibgoZTG9va3VwQ2FjaGVkQW5zd2VyUmVxdWVzdBISCgpjb2xsZWN0aW9uGAEgASgJEhAKCHF1ZXN0aW9uGAIgASgJEhYKDm1pbl9zaW1pbGFyaXR5GAMgASgBEhMKC2NvbnRleHRfa2V5GAQgASgJImEKGkxvb2t1cENhY2hlZEFuc3dlclJlc3BvbnNlEg0KBWZvdW5kGAEgASgIEg4KBmFuc3dlchgCIAEoDBIQCghxdWVzdGlvbhgDIAEoCRISCgpzaW1pbGFyaXR5GAQgASgBIo0BChhTdG9yZUNhY2hlZEFuc3dlclJlcXVlc3QSEgoKY29sbGVjdGlvbhgBIAEoCRIQCghxdWVzdGlvbhgCIAEoCRIOCgZhbnN3ZXIYAyABKAwSJgoDdHRsGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhMKC2NvbnRleHRfa2V5GAUgASgJIhsKGVN0b3JlQ2FjaGVkQW5zd2VyUmVzcG9uc2UicAoKQ2h1bmtSYW5nZRIoCghkb2N1bWVudBgBIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRISCgVmaXJzdBgCIAEoA0gAiAEBEhEKBGxhc3QYAyABKANIAYgBAUIICgZfZmlyc3RCBwoFX2xhc3QidQoQR2V0Q2h1bmtzUmVxdWVzdBISCgpjb2xsZWN0aW9uGAEgASgJEjIKBnJhbmdlcxgCIAMoCzIiLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuQ2h1bmtSYW5nZRIZChFyZXR1cm5fcHJvcGVydGllcxgDIAMoCSJLCglDaHVua0xpc3QSKwoGY2h1bmtzGAEgAygLMhsuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5IaXQSEQoJdHJ1bmNhdGVkGAIgASgIIkYKEUdldENodW5rc1Jlc3BvbnNlEjEKBnJhbmdlcxgBIAMoCzIhLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuQ2h1bmtMaXN0KqQBCghEYXRhVHlwZRIZChVEQVRBX1RZUEVfVU5TUEVDSUZJRUQQABISCg5EQVRBX1RZUEVfVEVYVBABEhgKFERBVEFfVFlQRV9URVhUX0FSUkFZEAISEQoNREFUQV9UWVBFX0lOVBADEhQKEERBVEFfVFlQRV9OVU1CRVIQBBISCg5EQVRBX1RZUEVfQk9PTBAFEhIKDkRBVEFfVFlQRV9EQVRFEAYqjQEKDlZlY3Rvcml6ZXJLaW5kEh8KG1ZFQ1RPUklaRVJfS0lORF9VTlNQRUNJRklFRBAAEhgKFFZFQ1RPUklaRVJfS0lORF9OT05FEAESGQoVVkVDVE9SSVpFUl9LSU5EX0xPQ0FMEAISJQohVkVDVE9SSVpFUl9LSU5EX09QRU5BSV9DT01QQVRJQkxFEAMqYAoIRGlzdGFuY2USGAoURElTVEFOQ0VfVU5TUEVDSUZJRUQQABITCg9ESVNUQU5DRV9DT1NJTkUQARIQCgxESVNUQU5DRV9ET1QQAhITCg9ESVNUQU5DRV9FVUNMSUQQAyqRAgoIT3BlcmF0b3ISGAoUT1BFUkFUT1JfVU5TUEVDSUZJRUQQABISCg5PUEVSQVRPUl9FUVVBTBABEhYKEk9QRVJBVE9SX05PVF9FUVVBTBACEhYKEk9QRVJBVE9SX0xFU1NfVEhBThADEhwKGE9QRVJBVE9SX0xFU1NfVEhBTl9FUVVBTBAEEhkKFU9QRVJBVE9SX0dSRUFURVJfVEhBThAFEh8KG09QRVJBVE9SX0dSRUFURVJfVEhBTl9FUVVBTBAGEhkKFU9QRVJBVE9SX0NPTlRBSU5TX0FOWRAHEhkKFU9QRVJBVE9SX0NPTlRBSU5TX0FMTBAIEhcKE09QRVJBVE9SX1RFWFRfTUFUQ0gQCTKtCwoQUmV0cmlldmFsU2VydmljZRJ1ChBDcmVhdGVDb2xsZWN0aW9uEi8uZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5DcmVhdGVDb2xsZWN0aW9uUmVxdWVzdBowLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuQ3JlYXRlQ29sbGVjdGlvblJlc3BvbnNlEmwKDUdldENvbGxlY3Rpb24SLC5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkdldENvbGxlY3Rpb25SZXF1ZXN0Gi0uZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5HZXRDb2xsZWN0aW9uUmVzcG9uc2UScgoPTGlzdENvbGxlY3Rpb25zEi4uZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5MaXN0Q29sbGVjdGlvbnNSZXF1ZXN0Gi8uZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5MaXN0Q29sbGVjdGlvbnNSZXNwb25zZRJ1ChBEZWxldGVDb2xsZWN0aW9uEi8uZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5EZWxldGVDb2xsZWN0aW9uUmVxdWVzdBowLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuRGVsZXRlQ29sbGVjdGlvblJlc3BvbnNlEmwKDVVwc2VydE9iamVjdHMSLC5nZW5zZWFyY2gucmV0cmlldmFsLnYxLlVwc2VydE9iamVjdHNSZXF1ZXN0Gi0uZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5VcHNlcnRPYmplY3RzUmVzcG9uc2USbgoNSW1wb3J0T2JqZWN0cxIsLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuSW1wb3J0T2JqZWN0c1JlcXVlc3QaLS5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkltcG9ydE9iamVjdHNSZXNwb25zZSgBEmAKCUdldE9iamVjdBIoLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuR2V0T2JqZWN0UmVxdWVzdBopLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuR2V0T2JqZWN0UmVzcG9uc2USbAoNRGVsZXRlT2JqZWN0cxIsLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuRGVsZXRlT2JqZWN0c1JlcXVlc3QaLS5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkRlbGV0ZU9iamVjdHNSZXNwb25zZRJpCgxDb3VudE9iamVjdHMSKy5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkNvdW50T2JqZWN0c1JlcXVlc3QaLC5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkNvdW50T2JqZWN0c1Jlc3BvbnNlElcKBlNlYXJjaBIlLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuU2VhcmNoUmVxdWVzdBomLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuU2VhcmNoUmVzcG9uc2USewoSTG9va3VwQ2FjaGVkQW5zd2VyEjEuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5Mb29rdXBDYWNoZWRBbnN3ZXJSZXF1ZXN0GjIuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5Mb29rdXBDYWNoZWRBbnN3ZXJSZXNwb25zZRJ4ChFTdG9yZUNhY2hlZEFuc3dlchIwLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuU3RvcmVDYWNoZWRBbnN3ZXJSZXF1ZXN0GjEuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5TdG9yZUNhY2hlZEFuc3dlclJlc3BvbnNlEmAKCUdldENodW5rcxIoLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuR2V0Q2h1bmtzUmVxdWVzdBopLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuR2V0Q2h1bmtzUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * @generated from message gensearch.retrieval.v1.Property
@@ -280,6 +280,23 @@ export type Collection = Message<"gensearch.retrieval.v1.Collection"> & {
    * @generated from field: google.protobuf.Timestamp create_time = 7;
    */
   createTime?: Timestamp | undefined;
+
+  /**
+   * Objects are chunks of longer documents: which property names the document and which
+   * orders the chunks in it. Lets Ask and GenerativeSearch expand hits with their
+   * neighbouring chunks (GetChunks).
+   *
+   * @generated from field: gensearch.retrieval.v1.Chunking chunking = 130;
+   */
+  chunking?: Chunking | undefined;
+
+  /**
+   * Default rerank stage of the gateway's Ask and GenerativeSearch over this collection
+   * (used when a request sets none). Plain Search never reranks unless asked.
+   *
+   * @generated from field: gensearch.retrieval.v1.Rerank rerank = 131;
+   */
+  rerank?: Rerank | undefined;
 };
 
 /**
@@ -288,6 +305,105 @@ export type Collection = Message<"gensearch.retrieval.v1.Collection"> & {
  */
 export const CollectionSchema: GenMessage<Collection> = /*@__PURE__*/
   messageDesc(file_gensearch_retrieval_v1_retrieval_service, 5);
+
+/**
+ * How a collection's objects are chunks of documents.
+ *
+ * @generated from message gensearch.retrieval.v1.Chunking
+ */
+export type Chunking = Message<"gensearch.retrieval.v1.Chunking"> & {
+  /**
+   * The property naming the document a chunk belongs to (a text or int property).
+   *
+   * @generated from field: string document_property = 1;
+   */
+  documentProperty: string;
+
+  /**
+   * The property giving a chunk's position in its document (an int property).
+   *
+   * @generated from field: string order_property = 2;
+   */
+  orderProperty: string;
+};
+
+/**
+ * Describes the message gensearch.retrieval.v1.Chunking.
+ * Use `create(ChunkingSchema)` to create a new message.
+ */
+export const ChunkingSchema: GenMessage<Chunking> = /*@__PURE__*/
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 6);
+
+/**
+ * A rerank stage after retrieval: the search retrieves `candidates` hits, a reranker
+ * scores them against the query, and the best `limit` are returned, each with its
+ * retrieval `score` and its `rerank_score`.
+ *
+ * @generated from message gensearch.retrieval.v1.Rerank
+ */
+export type Rerank = Message<"gensearch.retrieval.v1.Rerank"> & {
+  /**
+   * Empty or "mmr": local maximal marginal relevance with the local embedder (no model
+   * download, no network). Otherwise the name of a /v1/rerank provider the operator
+   * configured (GENSEARCH_RETRIEVAL_RERANK_PROVIDERS).
+   *
+   * @generated from field: string provider = 1;
+   */
+  provider: string;
+
+  /**
+   * Model sent to the provider; empty: the provider's configured model.
+   *
+   * @generated from field: string model = 2;
+   */
+  model: string;
+
+  /**
+   * Hits retrieved before reranking (at least offset + limit); 0: the service's default,
+   * at most the service's maximum.
+   *
+   * @generated from field: int32 candidates = 3;
+   */
+  candidates: number;
+
+  /**
+   * Text the hits are ranked against; empty: the query's text.
+   *
+   * @generated from field: string query = 4;
+   */
+  query: string;
+
+  /**
+   * Properties joined into the text of each hit; empty: every text property.
+   *
+   * @generated from field: repeated string properties = 5;
+   */
+  properties: string[];
+
+  /**
+   * MMR only: weight of relevance against diversity, in [0, 1]; unset: the service's
+   * default (0.7). 1 is pure relevance.
+   *
+   * @generated from field: optional double mmr_lambda = 6;
+   */
+  mmrLambda?: number | undefined;
+
+  /**
+   * Instead of a configured provider: a caller's /v1/rerank endpoint (base URL, e.g.
+   * "https://rerank.example.com/v1"). Hosts on the operator's allowlist only; it gets only
+   * the key the caller sends in the x-rerank-api-key metadata.
+   *
+   * @generated from field: string base_url = 7;
+   */
+  baseUrl: string;
+};
+
+/**
+ * Describes the message gensearch.retrieval.v1.Rerank.
+ * Use `create(RerankSchema)` to create a new message.
+ */
+export const RerankSchema: GenMessage<Rerank> = /*@__PURE__*/
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 7);
 
 /**
  * A stored object.
@@ -322,7 +438,7 @@ export type DataObject = Message<"gensearch.retrieval.v1.DataObject"> & {
  * Use `create(DataObjectSchema)` to create a new message.
  */
 export const DataObjectSchema: GenMessage<DataObject> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 6);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 8);
 
 /**
  * Why one object of a batch was not written.
@@ -362,7 +478,7 @@ export type ObjectError = Message<"gensearch.retrieval.v1.ObjectError"> & {
  * Use `create(ObjectErrorSchema)` to create a new message.
  */
 export const ObjectErrorSchema: GenMessage<ObjectError> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 7);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 9);
 
 /**
  * @generated from message gensearch.retrieval.v1.CreateCollectionRequest
@@ -379,7 +495,7 @@ export type CreateCollectionRequest = Message<"gensearch.retrieval.v1.CreateColl
  * Use `create(CreateCollectionRequestSchema)` to create a new message.
  */
 export const CreateCollectionRequestSchema: GenMessage<CreateCollectionRequest> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 8);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 10);
 
 /**
  * @generated from message gensearch.retrieval.v1.CreateCollectionResponse
@@ -396,7 +512,7 @@ export type CreateCollectionResponse = Message<"gensearch.retrieval.v1.CreateCol
  * Use `create(CreateCollectionResponseSchema)` to create a new message.
  */
 export const CreateCollectionResponseSchema: GenMessage<CreateCollectionResponse> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 9);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 11);
 
 /**
  * @generated from message gensearch.retrieval.v1.GetCollectionRequest
@@ -413,7 +529,7 @@ export type GetCollectionRequest = Message<"gensearch.retrieval.v1.GetCollection
  * Use `create(GetCollectionRequestSchema)` to create a new message.
  */
 export const GetCollectionRequestSchema: GenMessage<GetCollectionRequest> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 10);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 12);
 
 /**
  * @generated from message gensearch.retrieval.v1.GetCollectionResponse
@@ -437,7 +553,7 @@ export type GetCollectionResponse = Message<"gensearch.retrieval.v1.GetCollectio
  * Use `create(GetCollectionResponseSchema)` to create a new message.
  */
 export const GetCollectionResponseSchema: GenMessage<GetCollectionResponse> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 11);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 13);
 
 /**
  * @generated from message gensearch.retrieval.v1.ListCollectionsRequest
@@ -461,7 +577,7 @@ export type ListCollectionsRequest = Message<"gensearch.retrieval.v1.ListCollect
  * Use `create(ListCollectionsRequestSchema)` to create a new message.
  */
 export const ListCollectionsRequestSchema: GenMessage<ListCollectionsRequest> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 12);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 14);
 
 /**
  * @generated from message gensearch.retrieval.v1.ListCollectionsResponse
@@ -483,7 +599,7 @@ export type ListCollectionsResponse = Message<"gensearch.retrieval.v1.ListCollec
  * Use `create(ListCollectionsResponseSchema)` to create a new message.
  */
 export const ListCollectionsResponseSchema: GenMessage<ListCollectionsResponse> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 13);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 15);
 
 /**
  * @generated from message gensearch.retrieval.v1.DeleteCollectionRequest
@@ -500,7 +616,7 @@ export type DeleteCollectionRequest = Message<"gensearch.retrieval.v1.DeleteColl
  * Use `create(DeleteCollectionRequestSchema)` to create a new message.
  */
 export const DeleteCollectionRequestSchema: GenMessage<DeleteCollectionRequest> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 14);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 16);
 
 /**
  * @generated from message gensearch.retrieval.v1.DeleteCollectionResponse
@@ -513,7 +629,7 @@ export type DeleteCollectionResponse = Message<"gensearch.retrieval.v1.DeleteCol
  * Use `create(DeleteCollectionResponseSchema)` to create a new message.
  */
 export const DeleteCollectionResponseSchema: GenMessage<DeleteCollectionResponse> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 15);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 17);
 
 /**
  * @generated from message gensearch.retrieval.v1.UpsertObjectsRequest
@@ -535,7 +651,7 @@ export type UpsertObjectsRequest = Message<"gensearch.retrieval.v1.UpsertObjects
  * Use `create(UpsertObjectsRequestSchema)` to create a new message.
  */
 export const UpsertObjectsRequestSchema: GenMessage<UpsertObjectsRequest> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 16);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 18);
 
 /**
  * @generated from message gensearch.retrieval.v1.UpsertObjectsResponse
@@ -559,7 +675,7 @@ export type UpsertObjectsResponse = Message<"gensearch.retrieval.v1.UpsertObject
  * Use `create(UpsertObjectsResponseSchema)` to create a new message.
  */
 export const UpsertObjectsResponseSchema: GenMessage<UpsertObjectsResponse> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 17);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 19);
 
 /**
  * @generated from message gensearch.retrieval.v1.ImportObjectsRequest
@@ -583,7 +699,7 @@ export type ImportObjectsRequest = Message<"gensearch.retrieval.v1.ImportObjects
  * Use `create(ImportObjectsRequestSchema)` to create a new message.
  */
 export const ImportObjectsRequestSchema: GenMessage<ImportObjectsRequest> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 18);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 20);
 
 /**
  * @generated from message gensearch.retrieval.v1.ImportObjectsResponse
@@ -610,7 +726,7 @@ export type ImportObjectsResponse = Message<"gensearch.retrieval.v1.ImportObject
  * Use `create(ImportObjectsResponseSchema)` to create a new message.
  */
 export const ImportObjectsResponseSchema: GenMessage<ImportObjectsResponse> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 19);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 21);
 
 /**
  * @generated from message gensearch.retrieval.v1.GetObjectRequest
@@ -637,7 +753,7 @@ export type GetObjectRequest = Message<"gensearch.retrieval.v1.GetObjectRequest"
  * Use `create(GetObjectRequestSchema)` to create a new message.
  */
 export const GetObjectRequestSchema: GenMessage<GetObjectRequest> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 20);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 22);
 
 /**
  * @generated from message gensearch.retrieval.v1.GetObjectResponse
@@ -654,7 +770,7 @@ export type GetObjectResponse = Message<"gensearch.retrieval.v1.GetObjectRespons
  * Use `create(GetObjectResponseSchema)` to create a new message.
  */
 export const GetObjectResponseSchema: GenMessage<GetObjectResponse> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 21);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 23);
 
 /**
  * @generated from message gensearch.retrieval.v1.DeleteObjectsRequest
@@ -683,7 +799,7 @@ export type DeleteObjectsRequest = Message<"gensearch.retrieval.v1.DeleteObjects
  * Use `create(DeleteObjectsRequestSchema)` to create a new message.
  */
 export const DeleteObjectsRequestSchema: GenMessage<DeleteObjectsRequest> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 22);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 24);
 
 /**
  * @generated from message gensearch.retrieval.v1.DeleteObjectsResponse
@@ -700,7 +816,7 @@ export type DeleteObjectsResponse = Message<"gensearch.retrieval.v1.DeleteObject
  * Use `create(DeleteObjectsResponseSchema)` to create a new message.
  */
 export const DeleteObjectsResponseSchema: GenMessage<DeleteObjectsResponse> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 23);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 25);
 
 /**
  * @generated from message gensearch.retrieval.v1.CountObjectsRequest
@@ -724,7 +840,7 @@ export type CountObjectsRequest = Message<"gensearch.retrieval.v1.CountObjectsRe
  * Use `create(CountObjectsRequestSchema)` to create a new message.
  */
 export const CountObjectsRequestSchema: GenMessage<CountObjectsRequest> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 24);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 26);
 
 /**
  * @generated from message gensearch.retrieval.v1.CountObjectsResponse
@@ -741,7 +857,7 @@ export type CountObjectsResponse = Message<"gensearch.retrieval.v1.CountObjectsR
  * Use `create(CountObjectsResponseSchema)` to create a new message.
  */
 export const CountObjectsResponseSchema: GenMessage<CountObjectsResponse> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 25);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 27);
 
 /**
  * Dense search by the embedding of a text.
@@ -760,7 +876,7 @@ export type NearText = Message<"gensearch.retrieval.v1.NearText"> & {
  * Use `create(NearTextSchema)` to create a new message.
  */
 export const NearTextSchema: GenMessage<NearText> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 26);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 28);
 
 /**
  * Dense search by a caller-supplied vector.
@@ -779,7 +895,7 @@ export type NearVector = Message<"gensearch.retrieval.v1.NearVector"> & {
  * Use `create(NearVectorSchema)` to create a new message.
  */
 export const NearVectorSchema: GenMessage<NearVector> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 27);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 29);
 
 /**
  * BM25 keyword search.
@@ -798,7 +914,7 @@ export type Keyword = Message<"gensearch.retrieval.v1.Keyword"> & {
  * Use `create(KeywordSchema)` to create a new message.
  */
 export const KeywordSchema: GenMessage<Keyword> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 28);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 30);
 
 /**
  * Dense and BM25 results fused with (weighted) reciprocal rank fusion.
@@ -831,7 +947,7 @@ export type Hybrid = Message<"gensearch.retrieval.v1.Hybrid"> & {
  * Use `create(HybridSchema)` to create a new message.
  */
 export const HybridSchema: GenMessage<Hybrid> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 29);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 31);
 
 /**
  * A boolean tree of conditions on properties.
@@ -880,7 +996,7 @@ export type Filter = Message<"gensearch.retrieval.v1.Filter"> & {
  * Use `create(FilterSchema)` to create a new message.
  */
 export const FilterSchema: GenMessage<Filter> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 30);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 32);
 
 /**
  * @generated from message gensearch.retrieval.v1.FilterGroup
@@ -897,7 +1013,7 @@ export type FilterGroup = Message<"gensearch.retrieval.v1.FilterGroup"> & {
  * Use `create(FilterGroupSchema)` to create a new message.
  */
 export const FilterGroupSchema: GenMessage<FilterGroup> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 31);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 33);
 
 /**
  * @generated from message gensearch.retrieval.v1.Condition
@@ -926,7 +1042,7 @@ export type Condition = Message<"gensearch.retrieval.v1.Condition"> & {
  * Use `create(ConditionSchema)` to create a new message.
  */
 export const ConditionSchema: GenMessage<Condition> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 32);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 34);
 
 /**
  * @generated from message gensearch.retrieval.v1.SearchRequest
@@ -996,6 +1112,13 @@ export type SearchRequest = Message<"gensearch.retrieval.v1.SearchRequest"> & {
    * @generated from field: bool include_vector = 10;
    */
   includeVector: boolean;
+
+  /**
+   * Rerank the retrieved candidates before the page is cut.
+   *
+   * @generated from field: gensearch.retrieval.v1.Rerank rerank = 130;
+   */
+  rerank?: Rerank | undefined;
 };
 
 /**
@@ -1003,7 +1126,7 @@ export type SearchRequest = Message<"gensearch.retrieval.v1.SearchRequest"> & {
  * Use `create(SearchRequestSchema)` to create a new message.
  */
 export const SearchRequestSchema: GenMessage<SearchRequest> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 33);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 35);
 
 /**
  * @generated from message gensearch.retrieval.v1.Hit
@@ -1030,6 +1153,14 @@ export type Hit = Message<"gensearch.retrieval.v1.Hit"> & {
    * @generated from field: repeated float vector = 4;
    */
   vector: number[];
+
+  /**
+   * With a rerank stage: the reranker's score (higher is better; hits are ordered by it,
+   * `score` keeps the retrieval score).
+   *
+   * @generated from field: optional float rerank_score = 130;
+   */
+  rerankScore?: number | undefined;
 };
 
 /**
@@ -1037,7 +1168,7 @@ export type Hit = Message<"gensearch.retrieval.v1.Hit"> & {
  * Use `create(HitSchema)` to create a new message.
  */
 export const HitSchema: GenMessage<Hit> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 34);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 36);
 
 /**
  * @generated from message gensearch.retrieval.v1.SearchResponse
@@ -1068,7 +1199,7 @@ export type SearchResponse = Message<"gensearch.retrieval.v1.SearchResponse"> & 
  * Use `create(SearchResponseSchema)` to create a new message.
  */
 export const SearchResponseSchema: GenMessage<SearchResponse> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 35);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 37);
 
 /**
  * @generated from message gensearch.retrieval.v1.LookupCachedAnswerRequest
@@ -1105,7 +1236,7 @@ export type LookupCachedAnswerRequest = Message<"gensearch.retrieval.v1.LookupCa
  * Use `create(LookupCachedAnswerRequestSchema)` to create a new message.
  */
 export const LookupCachedAnswerRequestSchema: GenMessage<LookupCachedAnswerRequest> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 36);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 38);
 
 /**
  * @generated from message gensearch.retrieval.v1.LookupCachedAnswerResponse
@@ -1141,7 +1272,7 @@ export type LookupCachedAnswerResponse = Message<"gensearch.retrieval.v1.LookupC
  * Use `create(LookupCachedAnswerResponseSchema)` to create a new message.
  */
 export const LookupCachedAnswerResponseSchema: GenMessage<LookupCachedAnswerResponse> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 37);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 39);
 
 /**
  * @generated from message gensearch.retrieval.v1.StoreCachedAnswerRequest
@@ -1184,7 +1315,7 @@ export type StoreCachedAnswerRequest = Message<"gensearch.retrieval.v1.StoreCach
  * Use `create(StoreCachedAnswerRequestSchema)` to create a new message.
  */
 export const StoreCachedAnswerRequestSchema: GenMessage<StoreCachedAnswerRequest> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 38);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 40);
 
 /**
  * @generated from message gensearch.retrieval.v1.StoreCachedAnswerResponse
@@ -1197,7 +1328,116 @@ export type StoreCachedAnswerResponse = Message<"gensearch.retrieval.v1.StoreCac
  * Use `create(StoreCachedAnswerResponseSchema)` to create a new message.
  */
 export const StoreCachedAnswerResponseSchema: GenMessage<StoreCachedAnswerResponse> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 39);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 41);
+
+/**
+ * One document's chunks between two positions (inclusive).
+ *
+ * @generated from message gensearch.retrieval.v1.ChunkRange
+ */
+export type ChunkRange = Message<"gensearch.retrieval.v1.ChunkRange"> & {
+  /**
+   * The document: a value of the collection's chunking.document_property.
+   *
+   * @generated from field: google.protobuf.Value document = 1;
+   */
+  document?: Value | undefined;
+
+  /**
+   * First and last position (chunking.order_property); unset: from the start / to the end.
+   *
+   * @generated from field: optional int64 first = 2;
+   */
+  first?: bigint | undefined;
+
+  /**
+   * @generated from field: optional int64 last = 3;
+   */
+  last?: bigint | undefined;
+};
+
+/**
+ * Describes the message gensearch.retrieval.v1.ChunkRange.
+ * Use `create(ChunkRangeSchema)` to create a new message.
+ */
+export const ChunkRangeSchema: GenMessage<ChunkRange> = /*@__PURE__*/
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 42);
+
+/**
+ * @generated from message gensearch.retrieval.v1.GetChunksRequest
+ */
+export type GetChunksRequest = Message<"gensearch.retrieval.v1.GetChunksRequest"> & {
+  /**
+   * @generated from field: string collection = 1;
+   */
+  collection: string;
+
+  /**
+   * At most the service's max_limit ranges.
+   *
+   * @generated from field: repeated gensearch.retrieval.v1.ChunkRange ranges = 2;
+   */
+  ranges: ChunkRange[];
+
+  /**
+   * Properties returned per chunk; empty means all.
+   *
+   * @generated from field: repeated string return_properties = 3;
+   */
+  returnProperties: string[];
+};
+
+/**
+ * Describes the message gensearch.retrieval.v1.GetChunksRequest.
+ * Use `create(GetChunksRequestSchema)` to create a new message.
+ */
+export const GetChunksRequestSchema: GenMessage<GetChunksRequest> = /*@__PURE__*/
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 43);
+
+/**
+ * @generated from message gensearch.retrieval.v1.ChunkList
+ */
+export type ChunkList = Message<"gensearch.retrieval.v1.ChunkList"> & {
+  /**
+   * In document order; at most the service's max_chunks_per_range.
+   *
+   * @generated from field: repeated gensearch.retrieval.v1.Hit chunks = 1;
+   */
+  chunks: Hit[];
+
+  /**
+   * More chunks matched than were returned.
+   *
+   * @generated from field: bool truncated = 2;
+   */
+  truncated: boolean;
+};
+
+/**
+ * Describes the message gensearch.retrieval.v1.ChunkList.
+ * Use `create(ChunkListSchema)` to create a new message.
+ */
+export const ChunkListSchema: GenMessage<ChunkList> = /*@__PURE__*/
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 44);
+
+/**
+ * @generated from message gensearch.retrieval.v1.GetChunksResponse
+ */
+export type GetChunksResponse = Message<"gensearch.retrieval.v1.GetChunksResponse"> & {
+  /**
+   * One per request range, in request order.
+   *
+   * @generated from field: repeated gensearch.retrieval.v1.ChunkList ranges = 1;
+   */
+  ranges: ChunkList[];
+};
+
+/**
+ * Describes the message gensearch.retrieval.v1.GetChunksResponse.
+ * Use `create(GetChunksResponseSchema)` to create a new message.
+ */
+export const GetChunksResponseSchema: GenMessage<GetChunksResponse> = /*@__PURE__*/
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 45);
 
 /**
  * The type of a collection property.
@@ -1503,6 +1743,18 @@ export const RetrievalService: GenService<{
     methodKind: "unary";
     input: typeof StoreCachedAnswerRequestSchema;
     output: typeof StoreCachedAnswerResponseSchema;
+  },
+  /**
+   * Chunks of documents of a collection that declares `chunking`: for each range, the
+   * chunks of one document between two positions, in document order. The gateway's Ask
+   * and GenerativeSearch use it to widen hits into passages.
+   *
+   * @generated from rpc gensearch.retrieval.v1.RetrievalService.GetChunks
+   */
+  getChunks: {
+    methodKind: "unary";
+    input: typeof GetChunksRequestSchema;
+    output: typeof GetChunksResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_gensearch_retrieval_v1_retrieval_service, 0);

@@ -1,0 +1,118 @@
+"""GetChunks: the chunks of one document between two positions, in document order.
+
+A collection that declares ``chunking`` stores documents as chunks: ``document_property``
+says which document a chunk belongs to, ``order_property`` its position. A range is turned
+into our own filter (document equal, position within bounds), checked against the schema
+like any filter, and read from the engine by scrolling; the engine's order is arbitrary, so
+the chunks are sorted by position here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
+from google.protobuf import struct_pb2
+
+from services.common.errors import FailedPrecondition, InvalidArgument
+from services.retrieval.filters import Node, build_filter
+from services.retrieval.schema import Schema
+from services.retrieval.store import PROPS, FoundPoint, VectorStore
+
+INT64 = 2**63
+
+
+def check_ranges(schema: Schema, request: pb.GetChunksRequest, max_ranges: int) -> pb.Chunking:
+    chunking = schema.chunking
+    if chunking is None:
+        raise FailedPrecondition(
+            f"collection {schema.name!r} declares no chunking (collection.chunking)",
+            field="collection",
+            reason="NO_CHUNKING",
+        )
+    if not request.ranges:
+        raise InvalidArgument("ranges is required", field="ranges")
+    if len(request.ranges) > max_ranges:
+        raise InvalidArgument(
+            f"ranges holds {len(request.ranges)} entries, more than the limit of {max_ranges}",
+            field="ranges",
+            reason="OUT_OF_RANGE",
+        )
+    document_type = schema.types[chunking.document_property]
+    for i, item in enumerate(request.ranges):
+        where = f"ranges[{i}]"
+        kind = item.document.WhichOneof("kind")
+        if document_type == pb.DATA_TYPE_TEXT:
+            ok = kind == "string_value" and bool(item.document.string_value)
+        else:
+            value = item.document.number_value
+            ok = kind == "number_value" and math.isfinite(value) and value == int(value)
+            ok = ok and -INT64 <= value < INT64
+        if not ok:
+            wanted = "a non-empty string" if document_type == pb.DATA_TYPE_TEXT else "an integer"
+            raise InvalidArgument(
+                f"{where}.document must be {wanted} (the type of {chunking.document_property!r})",
+                field=f"{where}.document",
+            )
+        if item.HasField("first") and item.HasField("last") and item.first > item.last:
+            raise InvalidArgument(
+                f"{where}.first must not be greater than {where}.last", field=f"{where}.first"
+            )
+    return chunking
+
+
+def range_filter(chunking: pb.Chunking, item: pb.ChunkRange) -> pb.Filter:
+    conditions = [
+        pb.Filter(
+            condition=pb.Condition(
+                property=chunking.document_property,
+                operator=pb.OPERATOR_EQUAL,
+                value=item.document,
+            )
+        )
+    ]
+    bounds = (("first", pb.OPERATOR_GREATER_THAN_EQUAL), ("last", pb.OPERATOR_LESS_THAN_EQUAL))
+    for name, operator in bounds:
+        if item.HasField(name):
+            conditions.append(
+                pb.Filter(
+                    condition=pb.Condition(
+                        property=chunking.order_property,
+                        operator=operator,
+                        value=struct_pb2.Value(number_value=getattr(item, name)),
+                    )
+                )
+            )
+    return pb.Filter(all_of=pb.FilterGroup(filters=conditions))
+
+
+async def read_ranges(
+    store: VectorStore,
+    schema: Schema,
+    chunking: pb.Chunking,
+    ranges: list[pb.ChunkRange],
+    *,
+    max_chunks: int,
+    max_value_depth: int,
+) -> list[tuple[list[FoundPoint], bool]]:
+    """Each range's chunks sorted by position, at most ``max_chunks`` (the first ones), and
+    whether more matched."""
+    wheres: list[Node] = [
+        build_filter(range_filter(chunking, item), schema.types, max_value_depth=max_value_depth)
+        for item in ranges
+    ]
+    found = await asyncio.gather(
+        *(store.scroll_matching(schema.store_name, where, max_chunks + 1) for where in wheres)
+    )
+    order = chunking.order_property
+    out: list[tuple[list[FoundPoint], bool]] = []
+    for points in found:
+        points.sort(key=lambda p: (_position(p, order), p.id))
+        out.append((points[:max_chunks], len(points) > max_chunks))
+    return out
+
+
+def _position(point: FoundPoint, order: str) -> float:
+    value = point.payload.get(PROPS, {}).get(order)
+    return float(value) if isinstance(value, int | float) else math.inf

@@ -1,0 +1,399 @@
+"""The rerank stage of a Search: retrieved candidates, re-scored against the query, best first.
+
+Two kinds of reranker:
+
+* **remote**: any endpoint speaking the common ``POST /rerank`` JSON API (Cohere's shape,
+  also served by vLLM, Text Embeddings Inference and llama.cpp's server in reranking mode):
+  ``{model, query, documents, top_n}`` -> ``{results: [{index, relevance_score}]}``. Either a
+  provider the operator named (``GENSEARCH_RETRIEVAL_RERANK_PROVIDERS``: its base URL, its
+  key from the environment, reached without the allowlist, like the operator's embeddings
+  endpoints), or a base URL the caller gave (``Rerank.base_url``): checked against the
+  allowlist (``GENSEARCH_RETRIEVAL_ALLOWED_HOSTS``) and again on every connection, with only
+  the key the caller sent (``x-rerank-api-key``). The call goes through the official
+  ``openai`` SDK's generic ``post`` (the SDK has no rerank method, but its transport, the
+  egress-checked connector and its error types are the ones the embedders use), under the
+  shared retry policy (``services.common.upstream_retry``) and within ``rerank_timeout``.
+* **local MMR** (``provider`` empty or ``"mmr"``): maximal marginal relevance with the local
+  embedder, no download and no network. Each pick maximises
+  ``lambda * sim(query, hit) - (1 - lambda) * max(sim(hit, picked))``: relevant hits first,
+  near-duplicates of what was already picked pushed down. A hit's ``rerank_score`` is that
+  marginal value when it was picked. A collection whose vectorizer is the local model
+  reuses its stored vectors; any other collection's hits are embedded here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterable, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import numpy as np
+import openai
+from aiohttp.abc import AbstractResolver
+from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
+
+from services.common.egress import (
+    RERANK_KEY_HEADER,
+    URL_NOT_ALLOWED,
+    EgressPolicy,
+    UrlRefused,
+    header_value,
+    refusal,
+)
+from services.common.errors import InvalidArgument, PermissionDenied, Unavailable, quote
+from services.common.logs import register_secret
+from services.common.openai_api import ATTEMPTS, OpenAIClients, authorized, upstream_span
+from services.common.tracing import service_tracer
+from services.common.upstream_retry import Deadline, Retrier, RetryPolicy, is_transient, server_wait
+from services.retrieval.embedders import LocalEmbedder
+from services.retrieval.endpoints import ALLOWLIST_SETTING
+from services.retrieval.schema import TEXT_TYPES, Schema
+from services.retrieval.settings import RetrievalSettings
+from services.retrieval.store import PROPS, FoundPoint
+
+MMR = "mmr"
+FIELD = "rerank"
+MAX_RERANK_QUERY = 16_384
+_caller_key: ContextVar[str] = ContextVar("gensearch_rerank_key", default="")
+
+
+def use_caller_rerank_key(metadata: Iterable[tuple[str, str | bytes]] | None) -> None:
+    """Take the caller's ``x-rerank-api-key`` (if any) for a caller-named rerank endpoint."""
+    key = header_value(metadata, RERANK_KEY_HEADER)
+    register_secret(key, transient=True)
+    _caller_key.set(key)
+
+
+@dataclass(frozen=True)
+class RerankPlan:
+    """A checked ``Rerank`` block: who reranks, over how many candidates, with which text."""
+
+    candidates: int
+    query: str
+    properties: list[str]
+    # Local MMR: lambda; remote: None.
+    mmr_lambda: float | None = None
+    provider: str = MMR
+    base_url: str = ""
+    model: str = ""
+    # The operator's endpoint (its key, its client) or a caller's.
+    operator: bool = False
+    key_env: str = ""
+
+    @property
+    def local(self) -> bool:
+        return self.mmr_lambda is not None
+
+    def needs_vectors(self, schema: Schema) -> bool:
+        """MMR reuses the stored vectors of a collection embedded by the local model."""
+        return self.local and _local_vectors(schema)
+
+
+def _local_vectors(schema: Schema) -> bool:
+    return schema.collection.vectorizer.kind == pb.VECTORIZER_KIND_LOCAL
+
+
+class Rerankers:
+    def __init__(
+        self,
+        settings: RetrievalSettings,
+        local: LocalEmbedder,
+        *,
+        resolver: AbstractResolver | None = None,
+    ) -> None:
+        self._settings = settings
+        self._local = local
+        self._egress = EgressPolicy.parse(settings.allowed_hosts)
+        self._operator_clients = OpenAIClients()
+        self._caller_clients = OpenAIClients(egress=self._egress, resolver=resolver)
+        self._retry = RetryPolicy(max_attempts=settings.rerank_retries + 1)
+
+    async def close(self) -> None:
+        await self._operator_clients.close()
+        await self._caller_clients.close()
+
+    # -- checks ----------------------------------------------------------------------------
+    def plan(self, rerank: pb.Rerank, schema: Schema, query_text: str, wanted: int) -> RerankPlan:
+        """Check ``rerank`` (fields named ``rerank.*``) for a page of ``wanted`` hits
+        (offset + limit) over ``schema``; ``query_text`` is the search's own text."""
+        s = self._settings
+        if rerank.candidates < 0 or rerank.candidates > s.max_rerank_candidates:
+            raise InvalidArgument(
+                f"{FIELD}.candidates must be in 0..{s.max_rerank_candidates}",
+                field=f"{FIELD}.candidates",
+                reason="OUT_OF_RANGE",
+            )
+        if rerank.candidates and rerank.candidates < wanted:
+            raise InvalidArgument(
+                f"{FIELD}.candidates ({rerank.candidates}) must be at least offset + limit "
+                f"({wanted})",
+                field=f"{FIELD}.candidates",
+                reason="OUT_OF_RANGE",
+            )
+        if wanted > s.max_rerank_candidates:
+            raise InvalidArgument(
+                f"offset + limit must be at most {s.max_rerank_candidates} with a rerank stage",
+                field="limit",
+                reason="OUT_OF_RANGE",
+            )
+        candidates = rerank.candidates or min(
+            max(s.rerank_candidates, wanted), s.max_rerank_candidates
+        )
+        query = rerank.query or query_text
+        if not query.strip():
+            raise InvalidArgument(
+                f"{FIELD}.query is required when the search has no text (near_vector)",
+                field=f"{FIELD}.query",
+            )
+        if len(query) > MAX_RERANK_QUERY:
+            raise InvalidArgument(
+                f"{FIELD}.query is longer than {MAX_RERANK_QUERY} characters",
+                field=f"{FIELD}.query",
+            )
+        properties = self._properties(rerank, schema)
+        common: dict[str, Any] = {
+            "candidates": candidates,
+            "query": query,
+            "properties": properties,
+        }
+        provider = rerank.provider.strip()
+        if rerank.base_url:
+            if provider and provider != MMR:
+                raise InvalidArgument(
+                    f"give {FIELD}.provider or {FIELD}.base_url, not both",
+                    field=f"{FIELD}.base_url",
+                )
+            try:
+                self._egress.check_url(rerank.base_url)
+            except UrlRefused as err:
+                raise PermissionDenied(
+                    f"{FIELD}.base_url: {err.why} ({ALLOWLIST_SETTING})",
+                    field=f"{FIELD}.base_url",
+                    reason=URL_NOT_ALLOWED,
+                ) from None
+            return RerankPlan(
+                **common, provider="endpoint", base_url=rerank.base_url, model=rerank.model
+            )
+        if rerank.HasField("mmr_lambda") and provider not in ("", MMR):
+            raise InvalidArgument(
+                f"{FIELD}.mmr_lambda applies to the local mmr reranker only",
+                field=f"{FIELD}.mmr_lambda",
+            )
+        if provider in ("", MMR):
+            value = rerank.mmr_lambda if rerank.HasField("mmr_lambda") else s.mmr_lambda
+            if not 0.0 <= value <= 1.0:  # NaN fails too
+                raise InvalidArgument(
+                    f"{FIELD}.mmr_lambda must be in [0, 1]",
+                    field=f"{FIELD}.mmr_lambda",
+                    reason="OUT_OF_RANGE",
+                )
+            if rerank.model:
+                raise InvalidArgument(
+                    f"{FIELD}.model: the local mmr reranker uses the local embedder",
+                    field=f"{FIELD}.model",
+                )
+            return RerankPlan(**common, mmr_lambda=value)
+        configured = s.rerank_providers.get(provider)
+        if configured is None:
+            known = ", ".join(sorted([MMR, *s.rerank_providers]))
+            raise InvalidArgument(
+                f"{FIELD}.provider: no rerank provider {quote(provider)} (known: {known})",
+                field=f"{FIELD}.provider",
+                reason="UNKNOWN_PROVIDER",
+                metadata={"provider": provider[:64]},
+            )
+        return RerankPlan(
+            **common,
+            provider=provider,
+            base_url=configured.base_url,
+            model=rerank.model or configured.model,
+            operator=True,
+            key_env=configured.api_key_env,
+        )
+
+    def _properties(self, rerank: pb.Rerank, schema: Schema) -> list[str]:
+        for i, name in enumerate(rerank.properties):
+            kind = schema.types.get(name)
+            if kind is None or kind not in TEXT_TYPES:
+                raise InvalidArgument(
+                    f"{FIELD}.properties[{i}]: {quote(name)} is not a text property of "
+                    "this collection",
+                    field=f"{FIELD}.properties[{i}]",
+                    reason="UNKNOWN_PROPERTY",
+                )
+        return list(rerank.properties) or [n for n, t in schema.types.items() if t in TEXT_TYPES]
+
+    # -- reranking -------------------------------------------------------------------------
+    async def rerank(
+        self,
+        plan: RerankPlan,
+        schema: Schema,
+        hits: list[FoundPoint],
+        keep: int,
+        *,
+        time_left: float | None = None,
+    ) -> list[tuple[FoundPoint, float]]:
+        """The best ``keep`` of ``hits`` with their rerank scores, best first; a remote
+        call ends within ``rerank_timeout`` and within ``time_left`` (the RPC's deadline)."""
+        if not hits or keep <= 0:
+            return []
+        documents = [self._document(hit, plan.properties) for hit in hits]
+        if plan.local:
+            assert plan.mmr_lambda is not None
+            return await self._mmr(plan, schema, hits, documents, keep)
+        ranked = await self._remote(plan, documents, keep, time_left)
+        return [(hits[index], score) for index, score in ranked]
+
+    def _document(self, hit: FoundPoint, properties: Sequence[str]) -> str:
+        values = hit.payload.get(PROPS, {})
+        parts: list[str] = []
+        for name in properties:
+            value = values.get(name)
+            if isinstance(value, list):
+                parts.extend(str(v) for v in value if v is not None)
+            elif value is not None:
+                parts.append(str(value))
+        return "\n".join(parts)[: self._settings.max_rerank_document_chars]
+
+    async def _mmr(
+        self,
+        plan: RerankPlan,
+        schema: Schema,
+        hits: list[FoundPoint],
+        documents: list[str],
+        keep: int,
+    ) -> list[tuple[FoundPoint, float]]:
+        assert plan.mmr_lambda is not None
+        tracer = service_tracer("retrieval")
+        with tracer.start_as_current_span("rerank mmr", attributes={"gensearch.hits": len(hits)}):
+            stored = plan.needs_vectors(schema) and all(h.dense is not None for h in hits)
+            texts = [plan.query] if stored else [plan.query, *documents]
+            vectors = await self._local.embed(texts)
+            query = np.asarray(vectors[0], dtype=np.float32)
+            docs = np.asarray([h.dense for h in hits] if stored else vectors[1:], dtype=np.float32)
+            picked = mmr(query, docs, plan.mmr_lambda, keep)
+        return [(hits[i], score) for i, score in picked]
+
+    async def _remote(
+        self, plan: RerankPlan, documents: list[str], keep: int, time_left: float | None
+    ) -> list[tuple[int, float]]:
+        api_key = "" if plan.operator else _caller_key.get()
+        if plan.operator and plan.key_env:
+            api_key = os.environ.get(plan.key_env, "")
+            register_secret(api_key)
+        clients = self._operator_clients if plan.operator else self._caller_clients
+        timeout = self._settings.rerank_timeout
+        client, headers = authorized(
+            clients.get(plan.base_url, connect_timeout=timeout, read_timeout=timeout), api_key
+        )
+        body: dict[str, Any] = {
+            "query": plan.query,
+            "documents": documents,
+            "top_n": min(keep, len(documents)),
+        }
+        if plan.model:
+            body["model"] = plan.model
+        deadline = Deadline(timeout if time_left is None else min(timeout, time_left))
+        host = urlsplit(plan.base_url).hostname or "rerank"
+        retrier = Retrier(self._retry, deadline, plan.provider if plan.operator else host)
+        with upstream_span(
+            service_tracer("retrieval"),
+            "rerank",
+            plan.model or "default",
+            provider=plan.provider,
+            base_url=plan.base_url,
+        ) as span:
+            while True:
+                span.set_attribute(ATTEMPTS, retrier.begin())
+                try:
+                    async with asyncio.timeout_at(deadline.expires_at):
+                        response = await client.post(
+                            "/rerank",
+                            cast_to=httpx.Response,
+                            body=body,
+                            options={"headers": headers},
+                        )
+                        payload = response.json()
+                except (openai.OpenAIError, TimeoutError) as err:
+                    refused = refusal(err)
+                    if refused is not None:
+                        raise PermissionDenied(
+                            f"{FIELD}.base_url: {refused.why} ({ALLOWLIST_SETTING})",
+                            field=f"{FIELD}.base_url",
+                            reason=URL_NOT_ALLOWED,
+                        ) from None
+                    problem = _problem(err)
+                    if await retrier.pause(
+                        retryable=is_transient(err), retry_after=server_wait(err), cause=problem
+                    ):
+                        continue
+                    raise Unavailable(
+                        f"the rerank endpoint of {plan.provider!r} failed ({problem})",
+                        reason="RERANK_UNAVAILABLE",
+                        metadata={"provider": plan.provider},
+                    ) from None
+                except ValueError:
+                    payload = None
+                return parse_results(payload, len(documents), plan.provider)
+
+
+def _problem(err: BaseException) -> str:
+    """What went wrong, in a few words safe to show (no body: it may quote the key)."""
+    if isinstance(err, openai.APIStatusError):
+        return f"HTTP {err.status_code}"
+    if isinstance(err, openai.APIConnectionError):
+        return "connection failed"
+    if isinstance(err, TimeoutError):
+        return "no answer in time"
+    return "malformed body"
+
+
+def parse_results(payload: object, count: int, provider: str) -> list[tuple[int, float]]:
+    """``results`` as (index, score), best first; each index once, within the documents
+    (``relevance_score``, or ``score`` as some servers name it)."""
+    malformed = Unavailable(
+        f"the rerank endpoint of {provider!r} answered with a malformed body",
+        reason="RERANK_UNAVAILABLE",
+        metadata={"provider": provider},
+    )
+    # Cohere's shape ({"results": [...]}, vLLM, llama.cpp); a bare list of {index, score}
+    # is what Text Embeddings Inference's own /rerank answers.
+    results = payload.get("results") if isinstance(payload, dict) else payload
+    if not isinstance(results, list):
+        raise malformed
+    ranked: dict[int, float] = {}
+    for row in results:
+        index = row.get("index") if isinstance(row, dict) else None
+        score = row.get("relevance_score", row.get("score")) if isinstance(row, dict) else None
+        if (
+            not isinstance(index, int)
+            or isinstance(index, bool)
+            or not 0 <= index < count
+            or not isinstance(score, int | float)
+            or index in ranked
+        ):
+            raise malformed
+        ranked[index] = float(score)
+    return sorted(ranked.items(), key=lambda item: (-item[1], item[0]))
+
+
+def mmr(query: Any, docs: Any, lam: float, keep: int) -> list[tuple[int, float]]:
+    """Maximal marginal relevance over unit vectors: (index, marginal score) in pick order.
+    Ties go to the earlier (better retrieved) hit."""
+    relevance = docs @ query
+    similarity = docs @ docs.T
+    remaining = list(range(len(docs)))
+    picked: list[tuple[int, float]] = []
+    redundancy = np.zeros(len(docs), dtype=np.float32)
+    while remaining and len(picked) < keep:
+        scores = [lam * float(relevance[i]) - (1.0 - lam) * float(redundancy[i]) for i in remaining]
+        best = max(range(len(remaining)), key=lambda k: (scores[k], -remaining[k]))
+        index = remaining.pop(best)
+        picked.append((index, scores[best]))
+        redundancy = np.maximum(redundancy, similarity[index])
+    return picked

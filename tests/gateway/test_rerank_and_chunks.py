@@ -1,0 +1,366 @@
+"""Reranking before generation and chunk-aware context, through the gateway (Ask and
+GenerativeSearch, unary and streaming), with the loopback fake as LLM and as reranker."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import pytest
+from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
+from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
+from google.protobuf import struct_pb2
+
+from services.gateway.chunks import join_overlapping, merge
+from services.gateway.prompting import estimate_tokens
+from tests.gateway.conftest import ALICE, DIM, Stack, create_books, vector
+from tests.support.rpc import error_info
+
+
+def prefer(document: str) -> float:
+    """The fake reranker's taste: Emma first, Neuromancer second, the rest nowhere."""
+    if "matchmaker" in document:
+        return 0.9
+    if "hacker" in document:
+        return 0.5
+    return 0.01
+
+
+def titles(hits: Any) -> list[str]:
+    return [h.properties["title"] for h in hits]
+
+
+async def expect(call: Any, code: grpc.StatusCode, field: str) -> grpc.aio.AioRpcError:
+    try:
+        await call
+    except grpc.aio.AioRpcError as err:
+        assert err.code() == code, err.details()
+        info = error_info(err)
+        assert info.metadata["field"] == field, err.details()
+        assert info.domain == "gensearch"
+        return err
+    raise AssertionError("the call succeeded")
+
+
+# -- rerank ------------------------------------------------------------------------------
+
+
+def ask(stack: Stack, **fields: Any) -> gw_pb.AskRequest:
+    return gw_pb.AskRequest(
+        collection="Books",
+        llm_question="a story about people",
+        near_vector=ret_pb.NearVector(vector=vector(0)),
+        context_size=2,
+        rerank=ret_pb.Rerank(base_url=stack.fake.base_url, candidates=5),
+        **fields,
+    )
+
+
+async def test_ask_keeps_the_top_context_size_after_rerank_with_both_scores(stack: Stack) -> None:
+    await create_books(stack)
+    stack.fake.rerank_score = lambda query, document: prefer(document)
+    stack.fake.reply = "It is Emma [1]."
+    plain = await stack.retrieval.Search(
+        ret_pb.SearchRequest(
+            collection="Books", near_vector=ret_pb.NearVector(vector=vector(0)), limit=5
+        ),
+        metadata=ALICE,
+    )
+    assert titles(plain.hits)[:2] != ["Emma", "Neuromancer"]
+    response = await stack.stub.Ask(ask(stack), metadata=ALICE)
+    assert titles(response.hits) == ["Emma", "Neuromancer"]
+    assert [round(h.rerank_score, 2) for h in response.hits] == [0.9, 0.5]
+    scores = {h.id: h.score for h in plain.hits}
+    assert [h.score for h in response.hits] == [pytest.approx(scores[h.id]) for h in response.hits]
+    assert response.citations[0].id == response.hits[0].id
+    [sent] = stack.fake.rerank_requests
+    assert sent.json["query"] == "a story about people"  # the question, for near_vector
+    assert len(sent.json["documents"]) == 5 and sent.json["top_n"] == 2
+    prompt = stack.fake.chat_requests[-1].json["messages"][-1]["content"]
+    assert prompt.index("Emma") < prompt.index("Neuromancer")
+    assert "Dune" not in prompt
+
+
+async def test_stream_ask_sends_the_reranked_hits_first(stack: Stack) -> None:
+    await create_books(stack)
+    stack.fake.rerank_score = lambda query, document: prefer(document)
+    request = gw_pb.StreamAskRequest()
+    request.ParseFromString(ask(stack).SerializeToString())
+    events = [e async for e in stack.stub.StreamAsk(request, metadata=ALICE)]
+    assert titles(events[0].context.hits) == ["Emma", "Neuromancer"]
+    assert events[0].context.hits[0].HasField("rerank_score")
+    assert titles(events[-1].answer.hits) == ["Emma", "Neuromancer"]
+
+
+def generative(stack: Stack, cls: Any = gw_pb.GenerativeSearchRequest, **fields: Any) -> Any:
+    return cls(
+        collection="Books",
+        near_vector=ret_pb.NearVector(vector=vector(0)),
+        limit=2,
+        rerank=ret_pb.Rerank(base_url=stack.fake.base_url, query="people", candidates=5),
+        generate=gw_pb.Generate(single_prompt="Summarise {title}", grouped_task="Compare"),
+        **fields,
+    )
+
+
+async def test_generative_search_keeps_the_top_limit_after_rerank(stack: Stack) -> None:
+    await create_books(stack)
+    stack.fake.rerank_score = lambda query, document: prefer(document)
+    response = await stack.stub.GenerativeSearch(generative(stack), metadata=ALICE)
+    assert titles(h.hit for h in response.hits) == ["Emma", "Neuromancer"]
+    assert all(h.hit.HasField("rerank_score") and h.hit.score for h in response.hits)
+    assert response.hits[0].generation.result
+    events = [
+        e
+        async for e in stack.stub.StreamGenerativeSearch(
+            generative(stack, gw_pb.StreamGenerativeSearchRequest), metadata=ALICE
+        )
+    ]
+    assert titles(events[0].hits.hits) == ["Emma", "Neuromancer"]
+    assert events[0].hits.hits[1].rerank_score == pytest.approx(0.5)
+
+
+async def test_a_collections_default_rerank_applies(stack: Stack) -> None:
+    await create_books(stack, "Books")
+    collection = (
+        await stack.retrieval.GetCollection(
+            ret_pb.GetCollectionRequest(name="Books"), metadata=ALICE
+        )
+    ).collection
+    collection.name = "Ranked"
+    collection.rerank.CopyFrom(ret_pb.Rerank(base_url=stack.fake.base_url, candidates=5))
+    collection.ClearField("create_time")
+    await stack.retrieval.CreateCollection(
+        ret_pb.CreateCollectionRequest(collection=collection), metadata=ALICE
+    )
+    await create_books_into(stack, "Ranked")
+    stack.fake.rerank_score = lambda query, document: prefer(document)
+    request = ask(stack)
+    request.ClearField("rerank")
+    request.collection = "Ranked"
+    response = await stack.stub.Ask(request, metadata=ALICE)
+    assert titles(response.hits) == ["Emma", "Neuromancer"]
+    assert len(stack.fake.rerank_requests) == 1
+    searched = generative(stack)
+    searched.collection = "Ranked"
+    searched.ClearField("rerank")
+    searched.hybrid.CopyFrom(ret_pb.Hybrid(text="a future village", vector=vector(0)))
+    found = await stack.stub.GenerativeSearch(searched, metadata=ALICE)
+    assert titles(h.hit for h in found.hits) == ["Emma", "Neuromancer"]
+    assert len(stack.fake.rerank_requests) == 2
+    # A near_vector search has no text to rank against: the default stays out of it.
+    searched.near_vector.CopyFrom(ret_pb.NearVector(vector=vector(0)))
+    unranked = await stack.stub.GenerativeSearch(searched, metadata=ALICE)
+    assert not unranked.hits[0].hit.HasField("rerank_score")
+
+
+async def create_books_into(stack: Stack, name: str) -> None:
+    from tests.gateway.conftest import BOOKS
+
+    objects = []
+    for i, book in enumerate(BOOKS):
+        props = struct_pb2.Struct()
+        props.update(book)
+        objects.append(ret_pb.DataObject(properties=props, vector=vector(i)))
+    await stack.retrieval.UpsertObjects(
+        ret_pb.UpsertObjectsRequest(collection=name, objects=objects), metadata=ALICE
+    )
+
+
+async def test_bad_rerank_and_expansion_blocks_name_their_field(stack: Stack) -> None:
+    await create_books(stack)
+    bad_provider = ask(stack)
+    bad_provider.rerank.CopyFrom(ret_pb.Rerank(provider="nope"))
+    await expect(
+        stack.stub.Ask(bad_provider, metadata=ALICE),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "rerank.provider",
+    )
+    few = generative(stack)
+    few.rerank.candidates = 1
+    await expect(
+        stack.stub.GenerativeSearch(few, metadata=ALICE),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "rerank.candidates",
+    )
+    elsewhere = ask(stack)
+    elsewhere.rerank.base_url = "https://rerank.example.com/v1"
+    await expect(
+        stack.stub.Ask(elsewhere, metadata=ALICE),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "rerank.base_url",
+    )
+    too_wide = ask(stack, expand_context=gw_pb.ContextExpansion(neighbors=10_000))
+    await expect(
+        stack.stub.Ask(too_wide, metadata=ALICE),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "expand_context.neighbors",
+    )
+    unchunked = ask(stack, expand_context=gw_pb.ContextExpansion(neighbors=1))
+    err = await expect(
+        stack.stub.Ask(unchunked, metadata=ALICE),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "expand_context",
+    )
+    assert error_info(err).reason == "NO_CHUNKING"
+    assert stack.fake.chat_requests == []  # nothing was generated for a bad request
+
+
+# -- chunk-aware context -----------------------------------------------------------------
+
+# Two documents in chunks; "zebra" is in a2, a3 and b1 only.
+CHUNKS = [
+    ("a", 0, "Alpha zero opens the story."),
+    ("a", 1, "Alpha one sets the scene."),
+    ("a", 2, "Alpha two has a zebra."),
+    ("a", 3, "Alpha three has another zebra."),
+    ("a", 4, "Alpha four goes on."),
+    ("a", 5, "Alpha five ends it."),
+    ("b", 0, "Beta zero begins."),
+    ("b", 1, "Beta one sees a zebra."),
+    ("b", 2, "Beta two walks."),
+    ("b", 3, "Beta three stops."),
+]
+
+
+async def create_docs(stack: Stack) -> dict[str, str]:
+    """Returns ids by "a2"-style names."""
+    collection = ret_pb.Collection(
+        name="Docs",
+        properties=[
+            ret_pb.Property(name="doc_id", data_type=ret_pb.DATA_TYPE_TEXT),
+            ret_pb.Property(name="chunk_index", data_type=ret_pb.DATA_TYPE_INT),
+            ret_pb.Property(name="text", data_type=ret_pb.DATA_TYPE_TEXT),
+        ],
+        vectorizer=ret_pb.Vectorizer(kind=ret_pb.VECTORIZER_KIND_NONE, dimensions=DIM),
+        chunking=ret_pb.Chunking(document_property="doc_id", order_property="chunk_index"),
+        generative=ret_pb.GenerativeConfig(provider="fake", model="fake-model"),
+    )
+    await stack.retrieval.CreateCollection(
+        ret_pb.CreateCollectionRequest(collection=collection), metadata=ALICE
+    )
+    objects = []
+    for i, (doc, index, text) in enumerate(CHUNKS):
+        props = struct_pb2.Struct()
+        props.update({"doc_id": doc, "chunk_index": index, "text": text})
+        objects.append(ret_pb.DataObject(properties=props, vector=vector(i)))
+    response = await stack.retrieval.UpsertObjects(
+        ret_pb.UpsertObjectsRequest(collection="Docs", objects=objects), metadata=ALICE
+    )
+    return {f"{d}{i}": oid for (d, i, _), oid in zip(CHUNKS, response.ids, strict=True)}
+
+
+def zebra_ask(**expansion: Any) -> gw_pb.AskRequest:
+    return gw_pb.AskRequest(
+        collection="Docs",
+        llm_question="zebra",
+        keyword=ret_pb.Keyword(text="zebra"),
+        context_size=3,
+        context_field_list=["text"],
+        expand_context=gw_pb.ContextExpansion(**expansion),
+    )
+
+
+async def test_ask_merges_overlapping_neighbourhoods_in_document_order(stack: Stack) -> None:
+    ids = await create_docs(stack)
+    stack.fake.reply = "Zebras appear in [1] and [2]."
+    response = await stack.stub.Ask(zebra_ask(neighbors=1), metadata=ALICE)
+    assert {h.id for h in response.hits} == {ids["a2"], ids["a3"], ids["b1"]}
+    by_doc = {p.document.string_value: p for p in response.passages}
+    a, b = by_doc["a"], by_doc["b"]
+    # a2 and a3 widened by one chunk each: one passage a1..a4, in document order.
+    assert (a.first, a.last) == (1, 4)
+    assert list(a.chunk_ids) == [ids[f"a{i}"] for i in (1, 2, 3, 4)]
+    assert set(a.hit_ids) == {ids["a2"], ids["a3"]}
+    assert (b.first, b.last) == (0, 2) and list(b.hit_ids) == [ids["b1"]]
+    # Passages are numbered by their best hit's rank; citations point at their hits.
+    assert [p.number for p in response.passages] == [1, 2]
+    first = response.passages[0]
+    assert response.citations[0].number == 1
+    assert response.citations[0].id == first.hit_ids[0]
+    assert list(response.citations[0].hit_ids) == list(first.hit_ids)
+    prompt = stack.fake.chat_requests[-1].json["messages"][-1]["content"]
+    block = prompt[prompt.index("Alpha one") : prompt.index("Alpha four goes on.")]
+    assert block.index("Alpha two") < block.index("Alpha three")
+    assert "Alpha zero" not in prompt and "Alpha five" not in prompt
+    assert prompt.count("[1]") == 1 and "[3]" not in prompt
+
+
+async def test_the_token_budget_keeps_the_hits_and_drops_the_farthest_chunks(
+    stack: Stack,
+) -> None:
+    ids = await create_docs(stack)
+    response = await stack.stub.Ask(zebra_ask(neighbors=3, max_tokens=1), metadata=ALICE)
+    chunks = {c for p in response.passages for c in p.chunk_ids}
+    assert chunks == {ids["a2"], ids["a3"], ids["b1"]}  # only the hits themselves
+    # Room for the hits and their nearest neighbours, not for the chunks two away.
+    text = {f"{d}{i}": t for d, i, t in CHUNKS}
+    near = ["a2", "a3", "b1", "a1", "a4", "b0", "b2"]
+    budget = sum(estimate_tokens(text[name]) for name in near)
+    roomy = await stack.stub.Ask(zebra_ask(neighbors=3, max_tokens=budget), metadata=ALICE)
+    kept = {c for p in roomy.passages for c in p.chunk_ids}
+    assert kept == {ids[name] for name in near}
+
+
+async def test_whole_document_and_streaming(stack: Stack) -> None:
+    ids = await create_docs(stack)
+    # GetChunks is forwarded like the rest of RetrievalService, as the caller.
+    forwarded = await stack.retrieval.GetChunks(
+        ret_pb.GetChunksRequest(
+            collection="Docs",
+            ranges=[ret_pb.ChunkRange(document=struct_pb2.Value(string_value="b"), first=2)],
+        ),
+        metadata=ALICE,
+    )
+    assert [c.id for c in forwarded.ranges[0].chunks] == [ids["b2"], ids["b3"]]
+    request = gw_pb.StreamAskRequest()
+    request.ParseFromString(zebra_ask(whole_document=True).SerializeToString())
+    events = [e async for e in stack.stub.StreamAsk(request, metadata=ALICE)]
+    answer = events[-1].answer
+    by_doc = {p.document.string_value: p for p in answer.passages}
+    assert list(by_doc["b"].chunk_ids) == [ids[f"b{i}"] for i in range(4)]
+    assert list(by_doc["a"].chunk_ids) == [ids[f"a{i}"] for i in range(6)]
+
+
+async def test_generative_search_groups_over_passages(stack: Stack) -> None:
+    ids = await create_docs(stack)
+    fields: dict[str, Any] = {
+        "collection": "Docs",
+        "keyword": ret_pb.Keyword(text="zebra"),
+        "limit": 3,
+        "return_properties": ["text"],
+        "expand_context": gw_pb.ContextExpansion(neighbors=1),
+        "generate": gw_pb.Generate(single_prompt="Explain: {text}", grouped_task="Summarise"),
+    }
+    response = await stack.stub.GenerativeSearch(
+        gw_pb.GenerativeSearchRequest(**fields), metadata=ALICE
+    )
+    assert len(response.hits) == 3 and len(response.passages) == 2
+    assert set(response.hits[0].hit.properties.keys()) == {"text"}  # as the caller asked
+    grouped = [r.json["messages"][-1]["content"] for r in stack.fake.chat_requests]
+    task = next(p for p in grouped if p.startswith("Summarise"))
+    assert "Alpha one sets the scene." in task and "[3]" not in task
+    # A hit's own prompt sees its passage.
+    b1 = next(h for h in response.hits if h.hit.id == ids["b1"])
+    assert "Beta zero begins." in b1.generation.result
+    events = [
+        e
+        async for e in stack.stub.StreamGenerativeSearch(
+            gw_pb.StreamGenerativeSearchRequest(**fields), metadata=ALICE
+        )
+    ]
+    assert len(events[0].hits.passages) == 2
+
+
+def test_merge_joins_texts_without_their_overlap() -> None:
+    assert join_overlapping("one two three four", "three four five six") == (
+        "one two three four five six"
+    )
+    assert join_overlapping("no shared words", "at all here") == "no shared words\nat all here"
+    merged = merge(
+        [
+            {"doc_id": "a", "chunk_index": 1, "text": "the quick brown fox"},
+            {"doc_id": "a", "chunk_index": 2, "text": "quick brown fox jumps"},
+        ]
+    )
+    assert merged == {"doc_id": "a", "chunk_index": 1, "text": "the quick brown fox jumps"}

@@ -1,0 +1,214 @@
+"""Collections of chunks: the chunking declaration and GetChunks."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
+from google.protobuf import struct_pb2
+from pydantic import SecretStr
+
+from services.common.auth import ROLE_HEADER, TENANT_HEADER, TOKEN_HEADER, USER_HEADER
+from tests.retrieval.conftest import MakeRetrieval, Retrieval, expect_error, obj, props
+
+CHUNK_PROPS = props(
+    ("doc_id", pb.DATA_TYPE_TEXT),
+    ("chunk_index", pb.DATA_TYPE_INT),
+    ("text", pb.DATA_TYPE_TEXT),
+    ("score", pb.DATA_TYPE_NUMBER),
+)
+
+
+def chunked(name: str = "Docs", **chunking: str) -> pb.Collection:
+    return pb.Collection(
+        name=name,
+        properties=CHUNK_PROPS,
+        vectorizer=pb.Vectorizer(kind=pb.VECTORIZER_KIND_NONE, dimensions=2),
+        chunking=pb.Chunking(**chunking),
+    )
+
+
+def doc(value: str) -> struct_pb2.Value:
+    return struct_pb2.Value(string_value=value)
+
+
+@pytest.mark.parametrize(
+    ("chunking", "field"),
+    [
+        ({"order_property": "chunk_index"}, "collection.chunking.document_property"),
+        ({"document_property": "doc_id"}, "collection.chunking.order_property"),
+        (
+            {"document_property": "nope", "order_property": "chunk_index"},
+            "collection.chunking.document_property",
+        ),
+        (
+            {"document_property": "doc_id", "order_property": "score"},
+            "collection.chunking.order_property",
+        ),
+        (
+            {"document_property": "score", "order_property": "chunk_index"},
+            "collection.chunking.document_property",
+        ),
+        (
+            {"document_property": "chunk_index", "order_property": "chunk_index"},
+            "collection.chunking.order_property",
+        ),
+    ],
+)
+async def test_chunking_names_existing_properties_of_suitable_types(
+    retrieval: Retrieval, chunking: dict[str, str], field: str
+) -> None:
+    await expect_error(
+        retrieval.stub.CreateCollection(pb.CreateCollectionRequest(collection=chunked(**chunking))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        field=field,
+    )
+
+
+@pytest.fixture
+async def docs(retrieval: Retrieval) -> Retrieval:
+    stub = retrieval.stub
+    created = await stub.CreateCollection(
+        pb.CreateCollectionRequest(
+            collection=chunked(document_property="doc_id", order_property="chunk_index")
+        )
+    )
+    assert created.collection.chunking.order_property == "chunk_index"
+    objects = [
+        obj({"doc_id": d, "chunk_index": i, "text": f"{d}-{i}"}, vector=[1.0, float(i)])
+        for d in ("a", "b")
+        for i in (4, 0, 3, 1, 2)  # stored out of order
+    ]
+    await stub.UpsertObjects(pb.UpsertObjectsRequest(collection="Docs", objects=objects))
+    return retrieval
+
+
+async def test_ranges_come_back_in_document_order(docs: Retrieval) -> None:
+    response = await docs.stub.GetChunks(
+        pb.GetChunksRequest(
+            collection="Docs",
+            ranges=[
+                pb.ChunkRange(document=doc("a"), first=1, last=3),
+                pb.ChunkRange(document=doc("b")),
+                pb.ChunkRange(document=doc("b"), first=3),
+                pb.ChunkRange(document=doc("zzz")),
+            ],
+            return_properties=["text"],
+        )
+    )
+    texts = [[c.properties["text"] for c in r.chunks] for r in response.ranges]
+    assert texts == [["a-1", "a-2", "a-3"], [f"b-{i}" for i in range(5)], ["b-3", "b-4"], []]
+    # The chunking properties always come back.
+    assert response.ranges[0].chunks[0].properties["chunk_index"] == 1
+    assert not any(r.truncated for r in response.ranges)
+
+
+async def test_a_long_document_is_cut_and_says_so(make_retrieval: MakeRetrieval) -> None:
+    harness = await make_retrieval(max_chunks_per_range=3)
+    stub = harness.stub
+    await stub.CreateCollection(
+        pb.CreateCollectionRequest(
+            collection=chunked(document_property="doc_id", order_property="chunk_index")
+        )
+    )
+    objects = [obj({"doc_id": "a", "chunk_index": i}, vector=[1.0, 0.0]) for i in range(5)]
+    await stub.UpsertObjects(pb.UpsertObjectsRequest(collection="Docs", objects=objects))
+    response = await stub.GetChunks(
+        pb.GetChunksRequest(collection="Docs", ranges=[pb.ChunkRange(document=doc("a"))])
+    )
+    assert len(response.ranges[0].chunks) == 3 and response.ranges[0].truncated
+
+
+async def test_bad_ranges_name_their_field(docs: Retrieval) -> None:
+    stub = docs.stub
+    cases = [
+        (pb.ChunkRange(document=struct_pb2.Value(number_value=1)), "ranges[0].document"),
+        (pb.ChunkRange(document=doc("a"), first=3, last=1), "ranges[0].first"),
+    ]
+    for chunk_range, field in cases:
+        await expect_error(
+            stub.GetChunks(pb.GetChunksRequest(collection="Docs", ranges=[chunk_range])),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            field=field,
+        )
+    await expect_error(
+        stub.GetChunks(pb.GetChunksRequest(collection="Docs")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        field="ranges",
+    )
+
+
+async def test_a_collection_without_chunking_is_a_failed_precondition(
+    retrieval: Retrieval,
+) -> None:
+    stub = retrieval.stub
+    plain = pb.Collection(
+        name="Plain",
+        properties=CHUNK_PROPS,
+        vectorizer=pb.Vectorizer(kind=pb.VECTORIZER_KIND_NONE, dimensions=2),
+    )
+    await stub.CreateCollection(pb.CreateCollectionRequest(collection=plain))
+    await expect_error(
+        stub.GetChunks(
+            pb.GetChunksRequest(collection="Plain", ranges=[pb.ChunkRange(document=doc("a"))])
+        ),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        field="collection",
+    )
+
+
+async def test_another_tenants_chunks_are_not_found(make_retrieval: MakeRetrieval) -> None:
+    token = "chunks-internal-token"
+    harness = await make_retrieval(internal_token=SecretStr(token))
+
+    def as_(tenant: str) -> tuple[tuple[str, str], ...]:
+        return (
+            (TOKEN_HEADER, token),
+            (USER_HEADER, "alice"),
+            (TENANT_HEADER, tenant),
+            (ROLE_HEADER, "admin"),
+        )
+
+    collection = chunked(document_property="doc_id", order_property="chunk_index")
+    await harness.stub.CreateCollection(
+        pb.CreateCollectionRequest(collection=collection), metadata=as_("acme")
+    )
+    await harness.stub.UpsertObjects(
+        pb.UpsertObjectsRequest(
+            collection="Docs", objects=[obj({"doc_id": "a", "chunk_index": 0}, vector=[1, 0])]
+        ),
+        metadata=as_("acme"),
+    )
+    request = pb.GetChunksRequest(collection="Docs", ranges=[pb.ChunkRange(document=doc("a"))])
+    mine = await harness.stub.GetChunks(request, metadata=as_("acme"))
+    assert len(mine.ranges[0].chunks) == 1
+    await expect_error(
+        harness.stub.GetChunks(request, metadata=as_("globex")), grpc.StatusCode.NOT_FOUND
+    )
+
+
+@pytest.mark.parametrize("adapter", ["edge", "server"])
+async def test_both_adapters_read_the_same_chunks(
+    make_retrieval: MakeRetrieval, adapter: str
+) -> None:
+    harness = await make_retrieval(adapter)
+    stub = harness.stub
+    await stub.CreateCollection(
+        pb.CreateCollectionRequest(
+            collection=chunked(document_property="doc_id", order_property="chunk_index")
+        )
+    )
+    objects = [
+        obj({"doc_id": d, "chunk_index": i, "text": f"{d}-{i}"}, vector=[1.0, float(i)])
+        for d in ("a", "b")
+        for i in (3, 0, 2, 1)
+    ]
+    await stub.UpsertObjects(pb.UpsertObjectsRequest(collection="Docs", objects=objects))
+    response = await stub.GetChunks(
+        pb.GetChunksRequest(
+            collection="Docs",
+            ranges=[pb.ChunkRange(document=doc("b"), last=2), pb.ChunkRange(document=doc("a"))],
+        )
+    )
+    texts = [[c.properties["text"] for c in r.chunks] for r in response.ranges]
+    assert texts == [["b-0", "b-1", "b-2"], ["a-0", "a-1", "a-2", "a-3"]]

@@ -1,0 +1,379 @@
+"""The rerank stage of Search: a /v1/rerank endpoint (the loopback fake) and local MMR."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+
+from tests.retrieval.conftest import MakeRetrieval, Retrieval, expect_error, obj, props
+from tests.retrieval.conftest import vector_collection as vcol
+from tests.support.fake_openai import Behaviour, FakeOpenAI, word_overlap
+from tests.support.rpc import error_info
+
+KEY_ENV = "TEST_RERANK_KEY"
+KEY = "sk-test-rerank-key-456"
+
+# Keyword search ranks by BM25; the fake reranker by the share of the query's words a
+# document holds: "tower" alone matches every document, only one holds all three words.
+DOCS = [
+    ("tower one", "the tower"),
+    ("tower two", "a tower tower tower tower tower"),
+    ("tower three", "tower of london bridge"),
+    ("tower four", "old tower in paris by the river"),
+    ("tower five", "tower tower"),
+    ("tower six", "tower"),
+]
+QUERY = "paris river tower"
+
+
+@pytest.fixture
+async def fake(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeOpenAI]:
+    monkeypatch.setenv(KEY_ENV, KEY)
+    async with FakeOpenAI() as server:
+        yield server
+
+
+@pytest.fixture
+async def retrieval(make_retrieval: MakeRetrieval, fake: FakeOpenAI) -> Retrieval:
+    providers = {"fake": {"base_url": fake.base_url, "api_key_env": KEY_ENV, "model": "rr-1"}}
+    harness = await make_retrieval(
+        rerank_providers=providers, rerank_retries=2, allowed_hosts="http://127.0.0.2"
+    )
+    await harness.stub.CreateCollection(pb.CreateCollectionRequest(collection=vcol("Towers")))
+    await harness.stub.UpsertObjects(
+        pb.UpsertObjectsRequest(
+            collection="Towers",
+            objects=[
+                obj({"title": t, "body": b}, vector=[1.0, float(i), 0.0, 0.0])
+                for i, (t, b) in enumerate(DOCS)
+            ],
+        )
+    )
+    return harness
+
+
+def search(**rerank: object) -> pb.SearchRequest:
+    return pb.SearchRequest(
+        collection="Towers",
+        keyword=pb.Keyword(text=QUERY),
+        limit=2,
+        rerank=pb.Rerank(**rerank),  # type: ignore[arg-type]
+    )
+
+
+async def test_a_provider_reranks_the_candidates_and_the_page_keeps_both_scores(
+    retrieval: Retrieval, fake: FakeOpenAI
+) -> None:
+    plain = await retrieval.stub.Search(
+        pb.SearchRequest(collection="Towers", keyword=pb.Keyword(text=QUERY), limit=6)
+    )
+    assert plain.hits[0].properties["title"] == "tower four"
+    # This reranker likes London best, whatever BM25 thinks.
+    fake.rerank_score = lambda q, d: 1.0 if "london" in d else word_overlap(q, d) / 2
+    response = await retrieval.stub.Search(search(provider="fake", candidates=6))
+    assert [h.properties["title"] for h in response.hits] == ["tower three", "tower four"]
+    assert [h.rerank_score for h in response.hits] == [pytest.approx(1.0), pytest.approx(0.5)]
+    by_id = {h.id: h.score for h in plain.hits}
+    for hit in response.hits:
+        assert hit.score == pytest.approx(by_id[hit.id])  # the retrieval score stays
+    [sent] = fake.rerank_requests
+    assert sent.json["model"] == "rr-1"
+    assert sent.json["query"] == QUERY
+    assert sent.json["top_n"] == 2
+    assert len(sent.json["documents"]) == 6
+    assert sent.headers["Authorization"] == f"Bearer {KEY}"
+
+
+async def test_offset_pages_through_the_reranked_order(
+    retrieval: Retrieval, fake: FakeOpenAI
+) -> None:
+    first = await retrieval.stub.Search(search(provider="fake", candidates=6))
+    request = search(provider="fake", candidates=6)
+    request.offset = 1
+    second = await retrieval.stub.Search(request)
+    assert second.hits[0].id == first.hits[1].id
+
+
+async def test_429_and_5xx_are_retried(retrieval: Retrieval, fake: FakeOpenAI) -> None:
+    fake.enqueue(Behaviour.rate_limited(retry_after="0"), Behaviour.error(503))
+    response = await retrieval.stub.Search(search(provider="fake", candidates=6))
+    assert response.hits[0].properties["title"] == "tower four"
+    assert len(fake.rerank_requests) == 3
+
+
+async def test_a_provider_that_keeps_failing_is_unavailable(
+    retrieval: Retrieval, fake: FakeOpenAI
+) -> None:
+    fake.fail_next(5, Behaviour.error(503))
+    err = await expect_error(
+        retrieval.stub.Search(search(provider="fake", candidates=6)), grpc.StatusCode.UNAVAILABLE
+    )
+    assert error_info(err).reason == "RERANK_UNAVAILABLE"
+    assert KEY not in (err.details() or "")
+    assert len(fake.rerank_requests) == 3  # rerank_retries=2
+
+
+async def test_a_malformed_answer_is_unavailable(retrieval: Retrieval, fake: FakeOpenAI) -> None:
+    fake.enqueue(Behaviour.malformed())
+    err = await expect_error(
+        retrieval.stub.Search(search(provider="fake")), grpc.StatusCode.UNAVAILABLE
+    )
+    assert error_info(err).reason == "RERANK_UNAVAILABLE"
+
+
+async def test_a_host_off_the_allowlist_is_refused_before_any_request(
+    retrieval: Retrieval, fake: FakeOpenAI
+) -> None:
+    err = await expect_error(
+        retrieval.stub.Search(search(base_url=fake.base_url)),
+        grpc.StatusCode.PERMISSION_DENIED,
+        field="rerank.base_url",
+    )
+    assert error_info(err).reason == "URL_NOT_ALLOWED"
+    assert fake.rerank_requests == []
+
+
+async def test_a_callers_endpoint_gets_the_callers_key_only(
+    make_retrieval: MakeRetrieval, fake: FakeOpenAI
+) -> None:
+    harness = await make_retrieval(
+        data_dir=None, allowed_hosts="http://127.0.0.1", rerank_providers={}
+    )
+    await harness.stub.CreateCollection(pb.CreateCollectionRequest(collection=vcol("Towers")))
+    await harness.stub.UpsertObjects(
+        pb.UpsertObjectsRequest(
+            collection="Towers",
+            objects=[
+                obj({"title": t, "body": b}, vector=[1, i, 0, 0]) for i, (t, b) in enumerate(DOCS)
+            ],
+        )
+    )
+    response = await harness.stub.Search(
+        search(base_url=fake.base_url), metadata=(("x-rerank-api-key", "caller-key"),)
+    )
+    assert response.hits[0].properties["title"] == "tower four"
+    [sent] = fake.rerank_requests
+    assert sent.headers["Authorization"] == "Bearer caller-key"
+    assert "model" not in sent.json
+
+
+@pytest.mark.parametrize(
+    ("rerank", "field", "code"),
+    [
+        ({"provider": "nope"}, "rerank.provider", grpc.StatusCode.INVALID_ARGUMENT),
+        (
+            {"provider": "fake", "candidates": 1},
+            "rerank.candidates",
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        ({"candidates": 100_000}, "rerank.candidates", grpc.StatusCode.INVALID_ARGUMENT),
+        ({"mmr_lambda": 2.0}, "rerank.mmr_lambda", grpc.StatusCode.INVALID_ARGUMENT),
+        (
+            {"provider": "fake", "mmr_lambda": 0.5},
+            "rerank.mmr_lambda",
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        ({"properties": ["year"]}, "rerank.properties[0]", grpc.StatusCode.INVALID_ARGUMENT),
+        (
+            {"provider": "fake", "base_url": "http://127.0.0.2/v1"},
+            "rerank.base_url",
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+    ],
+)
+async def test_bad_rerank_blocks_name_their_field(
+    retrieval: Retrieval, rerank: dict[str, object], field: str, code: grpc.StatusCode
+) -> None:
+    err = await expect_error(retrieval.stub.Search(search(**rerank)), code, field=field)
+    assert error_info(err).domain == "gensearch"
+
+
+async def test_near_vector_needs_a_rerank_query(retrieval: Retrieval) -> None:
+    request = pb.SearchRequest(
+        collection="Towers",
+        near_vector=pb.NearVector(vector=[1, 0, 0, 0]),
+        limit=2,
+        rerank=pb.Rerank(provider="fake"),
+    )
+    await expect_error(
+        retrieval.stub.Search(request), grpc.StatusCode.INVALID_ARGUMENT, field="rerank.query"
+    )
+    request.rerank.query = QUERY
+    response = await retrieval.stub.Search(request)
+    assert response.hits[0].properties["title"] == "tower four"
+
+
+def test_provider_settings_are_checked() -> None:
+    from pydantic import ValidationError
+
+    from services.retrieval.settings import RetrievalSettings
+
+    with pytest.raises(ValidationError):
+        RetrievalSettings(rerank_providers={"mmr": {"base_url": "http://x/v1"}})
+    with pytest.raises(ValidationError):
+        RetrievalSettings(rerank_providers={"a": {"base_url": "ftp://x"}})
+    with pytest.raises(ValidationError):
+        RetrievalSettings(
+            rerank_providers={"a": {"base_url": "http://x", "api_key_env": "GENSEARCH_X"}}
+        )
+    loaded = RetrievalSettings.model_validate(
+        {"rerank_providers": json.loads('{"tei": {"base_url": "http://tei:8080/v1"}}')}
+    )
+    assert loaded.rerank_providers["tei"].base_url == "http://tei:8080/v1"
+
+
+# -- local MMR --------------------------------------------------------------------------
+
+MMR_DOCS = [
+    "The Eiffel Tower is a wrought-iron lattice tower in Paris, France.",
+    "The Eiffel Tower is a wrought iron lattice tower located in Paris, France.",
+    "The Eiffel Tower, a wrought-iron lattice tower, stands in Paris in France.",
+    "Paris is the capital of France and home to the Louvre museum.",
+    "Bananas are rich in potassium.",
+]
+
+
+async def test_mmr_demotes_near_duplicates(retrieval: Retrieval) -> None:
+    stub = retrieval.stub
+    await stub.CreateCollection(
+        pb.CreateCollectionRequest(
+            collection=pb.Collection(name="Sights", properties=props(("text", pb.DATA_TYPE_TEXT)))
+        )
+    )
+    await stub.UpsertObjects(
+        pb.UpsertObjectsRequest(collection="Sights", objects=[obj({"text": t}) for t in MMR_DOCS])
+    )
+    query = "Eiffel Tower in Paris France"
+    plain = await stub.Search(
+        pb.SearchRequest(collection="Sights", near_text=pb.NearText(text=query), limit=3)
+    )
+    plain_texts = [h.properties["text"] for h in plain.hits]
+    assert MMR_DOCS[3] not in plain_texts  # the three near-duplicates come first
+    diverse = await stub.Search(
+        pb.SearchRequest(
+            collection="Sights",
+            near_text=pb.NearText(text=query),
+            limit=3,
+            rerank=pb.Rerank(provider="mmr", mmr_lambda=0.5, candidates=5),
+        )
+    )
+    texts = [h.properties["text"] for h in diverse.hits]
+    assert texts[0] == plain_texts[0]
+    assert MMR_DOCS[3] in texts[:2]  # the different passage moved above a duplicate
+    assert all(h.HasField("rerank_score") for h in diverse.hits)
+    assert not diverse.hits[0].vector  # vectors were read for MMR, not returned
+    # lambda 1 is pure relevance: the retrieval order.
+    relevance = await stub.Search(
+        pb.SearchRequest(
+            collection="Sights",
+            near_text=pb.NearText(text=query),
+            limit=3,
+            rerank=pb.Rerank(mmr_lambda=1.0),
+        )
+    )
+    assert [h.id for h in relevance.hits] == [h.id for h in plain.hits]
+
+
+async def test_mmr_embeds_hits_of_collections_without_the_local_model(
+    retrieval: Retrieval,
+) -> None:
+    response = await retrieval.stub.Search(search(mmr_lambda=0.7, candidates=6))
+    assert len(response.hits) == 2
+    assert all(h.HasField("rerank_score") for h in response.hits)
+
+
+async def test_a_hanging_provider_is_given_up_within_the_rerank_timeout(
+    make_retrieval: MakeRetrieval, fake: FakeOpenAI
+) -> None:
+    providers = {"fake": {"base_url": fake.base_url}}
+    harness = await make_retrieval(rerank_providers=providers, rerank_timeout=0.5)
+    await harness.stub.CreateCollection(pb.CreateCollectionRequest(collection=vcol("Towers")))
+    await harness.stub.UpsertObjects(
+        pb.UpsertObjectsRequest(
+            collection="Towers",
+            objects=[obj({"title": t, "body": b}, vector=[1, 0, 0, 0]) for t, b in DOCS],
+        )
+    )
+    fake.enqueue(Behaviour.hang(30))
+    err = await expect_error(
+        harness.stub.Search(search(provider="fake"), timeout=20), grpc.StatusCode.UNAVAILABLE
+    )
+    assert "no answer in time" in (err.details() or "")
+
+
+async def test_each_rerank_call_has_a_span(
+    retrieval: Retrieval, fake: FakeOpenAI, spans: InMemorySpanExporter
+) -> None:
+    await retrieval.stub.Search(search(provider="fake"))
+    fake.fail_next(3, Behaviour.error(500))
+    await expect_error(retrieval.stub.Search(search(provider="fake")), grpc.StatusCode.UNAVAILABLE)
+    ok, failed = [s for s in spans.get_finished_spans() if s.name == "rerank rr-1"]
+    assert ok.kind == SpanKind.CLIENT
+    attrs = dict(ok.attributes or {})
+    assert attrs["gen_ai.operation.name"] == "rerank"
+    assert attrs["gen_ai.provider.name"] == "fake"
+    assert attrs["gensearch.upstream.attempts"] == 1
+    assert failed.status.status_code == StatusCode.ERROR
+    assert (failed.attributes or {})["error.type"] == "RERANK_UNAVAILABLE"
+    assert (failed.attributes or {})["gensearch.upstream.attempts"] == 3
+    for span in (ok, failed):
+        text = " ".join(str(v) for v in (span.attributes or {}).values())
+        assert KEY not in text and "paris" not in text
+    await retrieval.stub.Search(search(mmr_lambda=0.5))
+    assert any(s.name == "rerank mmr" for s in spans.get_finished_spans())
+
+
+@pytest.mark.parametrize(
+    ("rerank", "field"),
+    [
+        (pb.Rerank(query="fixed"), "collection.rerank.query"),
+        (pb.Rerank(mmr_lambda=1.5), "collection.rerank.mmr_lambda"),
+        (pb.Rerank(candidates=-1), "collection.rerank.candidates"),
+        (pb.Rerank(properties=["year"]), "collection.rerank.properties[0]"),
+    ],
+)
+async def test_a_collections_rerank_default_is_checked(
+    retrieval: Retrieval, rerank: pb.Rerank, field: str
+) -> None:
+    collection = vcol("Defaults")
+    collection.rerank.CopyFrom(rerank)
+    await expect_error(
+        retrieval.stub.CreateCollection(pb.CreateCollectionRequest(collection=collection)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        field=field,
+    )
+
+
+async def test_a_collections_rerank_default_is_kept(retrieval: Retrieval) -> None:
+    collection = vcol("Defaults")
+    collection.rerank.CopyFrom(pb.Rerank(provider="fake", candidates=20))
+    created = await retrieval.stub.CreateCollection(
+        pb.CreateCollectionRequest(collection=collection)
+    )
+    assert created.collection.rerank.candidates == 20
+
+
+def test_answers_in_either_common_shape_are_read() -> None:
+    from services.retrieval.rerankers import parse_results
+
+    cohere = {
+        "results": [{"index": 1, "relevance_score": 0.9}, {"index": 0, "relevance_score": 0.2}]
+    }
+    assert parse_results(cohere, 2, "p") == [(1, 0.9), (0, 0.2)]
+    assert parse_results([{"index": 0, "score": 0.3}, {"index": 1, "score": 0.7}], 2, "p") == [
+        (1, 0.7),
+        (0, 0.3),
+    ]
+    for bad in (
+        {"results": [{"index": 5, "relevance_score": 1}]},
+        {"results": "x"},
+        [{"index": 0}],
+    ):
+        with pytest.raises(Exception, match="malformed"):
+            parse_results(bad, 2, "p")
