@@ -482,6 +482,18 @@ class SearchIndexUnavailableError(UnavailableError):
     error_reason = "SEARCH_INDEX_UNAVAILABLE"
 
 
+class BadPropertyTypeError(InvalidArgumentError):
+    error_reason = "BAD_PROPERTY_TYPE"
+
+
+class NoChunkingError(FailedPreconditionError):
+    error_reason = "NO_CHUNKING"
+
+
+class RerankUnavailableError(UnavailableError):
+    error_reason = "RERANK_UNAVAILABLE"
+
+
 def error_class(reason: str) -> type[GensearchError] | None:
     """The class raised for ``reason`` (None for a reason this client does not know)."""
     return _BY_REASON.get(reason)
