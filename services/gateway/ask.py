@@ -21,18 +21,12 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from google.protobuf import json_format
 
 from services.common.errors import DeadlineExceeded, ServiceError
-from services.gateway import ask_request
+from services.gateway import ask_request, citations, condense
 from services.gateway.ask_request import AskLike
 from services.gateway.backends import Backends
 from services.gateway.catalog import CollectionInfo
 from services.gateway.clients import Caller
-from services.gateway.conversation import (
-    Turn,
-    cited_numbers,
-    clean_rewrite,
-    recent_turns,
-    rewrite_messages,
-)
+from services.gateway.conversation import Turn, recent_turns
 from services.gateway.deadline import time_left
 from services.gateway.generator import Options, add_usage, complete
 from services.gateway.metrics import TRIMMED
@@ -93,14 +87,15 @@ class AskService:
         options = Options.resolve(request, request.llm_model, info.generative, self._b.settings)
         usage = gen_pb.Usage()
 
-        rewritten = ""
+        rewrite = condense.unchanged()
         if turns and params.rewrite:
-            rewritten = await self._rewrite(turns, question, options, caller, deadline, usage)
+            rewrite = await self._rewrite(turns, question, options, caller, deadline, usage)
+        rewritten = rewrite.query
 
         hits: list[ret_pb.Hit] = []
         if params.context_size > 0:
             search = ask_request.search_request(
-                request, info, rewritten or question, params.context_size
+                request, info, rewrite.search_text(question), params.context_size
             )
             found = await self._within(
                 deadline, self._b.clients.retrieval.search(search, caller, time_left(deadline))
@@ -108,7 +103,11 @@ class AskService:
             hits = list(found.hits)
         yield gw_pb.StreamAskResponse(
             context=gw_pb.AskContextEvent(
-                hits=hits, rewritten_query=rewritten, conversation_id=request.conversation_id
+                hits=hits,
+                rewritten_query=rewritten,
+                conversation_id=request.conversation_id,
+                rewrite_method=condense.method_value(rewrite),
+                rewrite_rejection=condense.rejection_value(rewrite),
             )
         )
 
@@ -163,13 +162,20 @@ class AskService:
             generation.cancel()
         add_usage(usage, result.usage)
         answer = result.result
-        used = context_hits[: prompt.hits_used]
-        citations = [
-            gw_pb.Citation(number=n, id=used[n - 1].id) for n in cited_numbers(answer, len(used))
-        ]
+        used = [(hit.id, hit.properties) for hit in context_hits[: prompt.hits_used]]
+        checked = citations.to_event(
+            citations.verify(answer, used, context_fields, s.citation_min_support)
+        )
+        if stream:
+            yield gw_pb.StreamAskResponse(citations=checked)
         response = gw_pb.AskResponse(
             answer=answer,
-            citations=citations,
+            citations=checked.citations,
+            sentences=checked.sentences,
+            citation_coverage=checked.citation_coverage,
+            dropped_citations=checked.dropped_citations,
+            rewrite_method=condense.method_value(rewrite),
+            rewrite_rejection=condense.rejection_value(rewrite),
             hits=hits,
             usage=usage,
             conversation_id=request.conversation_id,
@@ -189,7 +195,9 @@ class AskService:
                 prompt_template=template,
                 response=response.answer,
                 origin=response.model or "unknown",
-                additional_info=additional_info(hits, citations, usage, rewritten, response),
+                additional_info=additional_info(
+                    hits, list(checked.citations), usage, rewritten, response
+                ),
             )
             response.conversation_id, response.interaction_id = await self._within(
                 deadline,
@@ -248,8 +256,11 @@ class AskService:
         caller: Caller,
         deadline: float,
         usage: gen_pb.Usage,
-    ) -> str:
-        rewrite_options = Options(options.provider, options.model, 0.0, 64)
+    ) -> condense.Rewrite:
+        """The standalone query: the model's rewrite if it passes the checks in
+        ``condense``, else the deterministic fallback (also when the call fails)."""
+        prompt = condense.rewrite_prompt(options.provider, options.model, turns, question)
+        rewrite_options = Options(options.provider, options.model, 0.0, prompt.max_tokens)
         try:
             result = await self._within(
                 deadline,
@@ -257,19 +268,25 @@ class AskService:
                     self._b.clients.generation,
                     caller,
                     rewrite_options,
-                    rewrite_messages(turns, question),
+                    prompt.messages,
                     timeout=time_left(deadline),
                 ),
             )
         except DeadlineExceeded:
             raise
         except ServiceError as err:
-            # Retrieval with the question as asked beats no answer; the answer call will
+            # Retrieval with the fallback query beats no answer; the answer call will
             # report a generation outage on its own.
             log.warning("question rewriting failed", extra={"reason": err.reason})
-            return ""
+            return condense.failed(question, turns)
         add_usage(usage, result.usage)
-        return clean_rewrite(result.result, question)
+        rewrite = condense.decide(result.result, question, turns)
+        if rewrite.rejection is not None:
+            log.info(
+                "model rewrite rejected; using the fallback query",
+                extra={"rejection": rewrite.rejection.value},
+            )
+        return rewrite
 
 
 def _note_trimming(prompt: AskPrompt, model: str, window: int) -> None:

@@ -68,6 +68,9 @@ class GatewaySettings(CommonSettings):
     ask_history_chars: int = Field(default=512_000, ge=1000)
     # Rewrite follow-up questions into standalone queries unless the request says no.
     rewrite_query: bool = True
+    # A citation is "supported" when the best span of the cited hit holds at least this
+    # share of the citing sentence's content words (services/gateway/citations.py).
+    citation_min_support: float = Field(default=0.3, ge=0, le=1)
     # Cache of collection schemas and generative defaults, seconds (0: ask every time).
     collection_cache_ttl: float = Field(default=2.0, ge=0)
 
