@@ -205,6 +205,25 @@ def sources_line(reply: gpb.AskResponse) -> str:
     return "sources: " + ("; ".join(cited) if cited else "none cited")
 
 
+_REJECTIONS = {
+    gpb.REWRITE_REJECTION_EMPTY: "the model's rewrite was empty",
+    gpb.REWRITE_REJECTION_TOO_LONG: "the model's rewrite was too long",
+    gpb.REWRITE_REJECTION_COPIES_ANSWER: "the model's rewrite copied an earlier answer",
+    gpb.REWRITE_REJECTION_NO_SHARED_WORDS: "the model's rewrite was off topic",
+    gpb.REWRITE_REJECTION_MODEL_FAILED: "the rewrite call failed",
+}
+
+
+def _how(reply: gpb.AskResponse) -> str:
+    """How the search query was obtained (docs/gateway.md, "Question condensing")."""
+    if reply.rewrite_method == gpb.REWRITE_METHOD_MODEL:
+        return " (rewritten by the model)"
+    if reply.rewrite_method == gpb.REWRITE_METHOD_FALLBACK:
+        why = _REJECTIONS.get(reply.rewrite_rejection, "the model's rewrite was rejected")
+        return f" (fallback: {why})"
+    return ""
+
+
 def answer_footer(reply: gpb.AskResponse) -> list[str]:
     lines = [sources_line(reply)]
     facts = []
@@ -215,7 +234,10 @@ def answer_footer(reply: gpb.AskResponse) -> list[str]:
     if reply.usage.total_tokens:
         facts.append(f"{reply.usage.total_tokens} tokens")
     if reply.rewritten_query:
-        facts.append(f"searched for {reply.rewritten_query!r}")
+        facts.append(f"searched for {reply.rewritten_query!r}{_how(reply)}")
+    if reply.sentences:
+        supported = sum(s.supported for s in reply.sentences)
+        facts.append(f"{supported}/{len(reply.sentences)} sentences backed by a cited source")
     if reply.trimmed.hits or reply.trimmed.history_turns:
         facts.append(
             f"trimmed to fit: {reply.trimmed.hits} hits, {reply.trimmed.history_turns} turns"
