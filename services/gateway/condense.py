@@ -246,11 +246,25 @@ def rewrite_prompt(
 # -- the wire form ------------------------------------------------------------------------
 
 
-def method_value(rewrite: Rewrite) -> gw_pb.RewriteMethod.ValueType:
-    return gw_pb.RewriteMethod.Value(f"REWRITE_METHOD_{rewrite.method.value}")
+_METHODS = {
+    Method.UNCHANGED: gw_pb.REWRITE_METHOD_UNCHANGED,
+    Method.MODEL: gw_pb.REWRITE_METHOD_MODEL,
+    Method.FALLBACK: gw_pb.REWRITE_METHOD_FALLBACK,
+}
+_REJECTIONS = {
+    Rejection.EMPTY: gw_pb.REWRITE_REJECTION_EMPTY,
+    Rejection.TOO_LONG: gw_pb.REWRITE_REJECTION_TOO_LONG,
+    Rejection.COPIES_ANSWER: gw_pb.REWRITE_REJECTION_COPIES_ANSWER,
+    Rejection.NO_SHARED_WORDS: gw_pb.REWRITE_REJECTION_NO_SHARED_WORDS,
+    Rejection.MODEL_FAILED: gw_pb.REWRITE_REJECTION_MODEL_FAILED,
+}
 
 
-def rejection_value(rewrite: Rewrite) -> gw_pb.RewriteRejection.ValueType:
+def method_value(rewrite: Rewrite) -> gw_pb.RewriteMethod:
+    return _METHODS[rewrite.method]
+
+
+def rejection_value(rewrite: Rewrite) -> gw_pb.RewriteRejection:
     if rewrite.rejection is None:
         return gw_pb.REWRITE_REJECTION_UNSPECIFIED
-    return gw_pb.RewriteRejection.Value(f"REWRITE_REJECTION_{rewrite.rejection.value}")
+    return _REJECTIONS[rewrite.rejection]
