@@ -95,11 +95,11 @@ def test_small_model_prompt_is_few_shot_with_a_short_answer() -> None:
     assert prompt.max_tokens <= 32
     roles = [m.role for m in prompt.messages]
     user, assistant = gen_pb.ROLE_USER, gen_pb.ROLE_ASSISTANT
-    assert roles[0] == gen_pb.ROLE_SYSTEM and roles[1:5] == [user, assistant, user, assistant]
+    assert roles[0] == gen_pb.ROLE_SYSTEM and roles[1:7] == [user, assistant] * 3
+    # Only the last question and the follow-up: no answer to copy, no older turn.
     last = prompt.messages[-1].content
-    assert "q0" not in last and "What is Dune?" in last
-    assert last.endswith("Follow-up question: When was it written?")
-    assert len(last) < 500
+    assert last == "Previous question: What is Dune?\nFollow-up question: When was it written?"
+    assert not any("word word" in m.content for m in prompt.messages)
     # Other providers get the general instruction and the whole transcript.
     general = condense.rewrite_prompt("openai", "gpt-4o", long_turns, "When was it written?")
     assert general.messages[0].content == REWRITE_SYSTEM_PROMPT and general.max_tokens == 64
