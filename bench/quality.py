@@ -231,6 +231,7 @@ class Bench:
             scores.coverage.append(answer.citation_coverage)
             cited = {passage_key(answer.hits[c.number - 1]) for c in answer.citations}
             scores.cites_relevant.append(bool(cited & q.relevant))
+            log.info("answer to %r: %r", q.text, answer.answer[:300])
         for f in follow_ups:
             first = await self.ask(f.first)
             second = await self.ask(f.follow_up, first.conversation_id)

@@ -7,7 +7,8 @@ the sentence finds its support.
   markers right after the end (``... spice. [1]``) belong to the sentence before them.
   Abbreviations ("e.g. x") may split a sentence; harmless here.
 - Each ``[n]`` (also ``[1, 3]``) in a sentence is mapped to hit n of the prompt; numbers
-  that point at no hit in the prompt are dropped and reported with their offsets.
+  that point at no hit in the prompt are dropped and reported with their offsets. Inside
+  code (backtick spans, fenced blocks) brackets are indexes, not citations.
 - Support: for each cited hit, the candidate spans are the sentences of its string-valued
   context properties (those the model was shown), long ones cut into windows of
   ``WINDOW_WORDS`` words; the span sharing the largest share of the answer sentence's
@@ -46,6 +47,9 @@ _END = re.compile(
 # Markers (and the spaces before them) that directly follow a sentence's end.
 _TRAILING_MARKERS = re.compile(r"(?:[ \t]*\[\s*\d+\s*(?:[,;]\s*\d+\s*)*\])+[.!?]?")
 _WORD = re.compile(r"[^\W_]+")
+# Code in an answer (fenced blocks, also unclosed at the end, and inline spans): an index
+# like ``obj[0]`` there is not a citation.
+_CODE = re.compile(r"```.*?(?:```|\Z)|`[^`\n]*`", re.S)
 
 
 @dataclass(frozen=True)
@@ -181,12 +185,15 @@ def verify(
     ``fields`` the properties the model was shown (all string ones when empty)."""
     sentences: list[Sentence] = []
     dropped: list[Dropped] = []
+    code = [m.span() for m in _CODE.finditer(answer)]
     for index, span in enumerate(split_sentences(answer)):
         text = answer[span.start : span.end]
         sentence = Sentence(span)
         claim = set(content_words(_CITATION.sub(" ", text)))
         seen: set[int] = set()
         for marker in _CITATION.finditer(answer, span.start, span.end):
+            if any(start <= marker.start() < end for start, end in code):
+                continue
             for raw in _NUMBER.finditer(marker.group(1)):
                 number = int(raw.group())
                 if not 1 <= number <= len(hits):

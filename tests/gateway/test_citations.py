@@ -63,6 +63,15 @@ def test_spans_offsets_dropped_and_uncited() -> None:
     assert checked.coverage == pytest.approx(2 / 3)
 
 
+def test_brackets_in_code_are_not_citations() -> None:
+    answer = "Delete it with `del obj[0]` [1].\n```python\ndel obj[2]\n```\nSee [2]."
+    checked = verify(answer, HITS, ["title", "body"], 0.3)
+    assert checked.dropped == []
+    cited = [[c.number for c in s.citations] for s in checked.sentences]
+    assert [1] in cited and [2] in cited and [0] not in cited
+    assert sum(len(c) for c in cited) == 2
+
+
 def test_threshold_and_no_shared_word() -> None:
     answer = "Emma is set in 1815 [2]. Completely unrelated words [1]."
     strict = verify(answer, HITS, ["title", "body"], 0.5)
