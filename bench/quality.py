@@ -35,7 +35,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -180,7 +180,7 @@ class Bench:
             objects = []
             for passage in passages[start : start + 64]:
                 props = struct_pb2.Struct()
-                props.update(passage.properties())
+                props.update(cast(dict[str, Any], passage.properties()))
                 objects.append(ret_pb.DataObject(id=passage.id, properties=props))
             done = await self.retrieval.UpsertObjects(
                 ret_pb.UpsertObjectsRequest(collection=COLLECTION, objects=objects), timeout=600
@@ -243,7 +243,13 @@ class Bench:
             ranked = [passage_key(hit) for hit in second.hits]
             scores.follow_up_hit.append(bool(set(ranked) & f.relevant))
             scores.follow_up_rr.append(reciprocal_rank(ranked, f.relevant))
-            log.info("follow-up %r -> %r (%s)", f.follow_up, second.rewritten_query, method)
+            log.info(
+                "follow-up %r -> %r (%s); top %s",
+                f.follow_up,
+                second.rewritten_query,
+                method,
+                ranked[:3],
+            )
         return scores
 
 
@@ -265,7 +271,8 @@ async def run(args: argparse.Namespace) -> None:
     questions, follow_ups = load_questions()
     questions = questions[: args.questions] if args.questions else questions
     follow_ups = follow_ups[: args.follow_ups] if args.follow_ups is not None else follow_ups
-    topics = sorted({key.split(":")[0] for q in questions for key in q.relevant})
+    wanted = [q.relevant for q in questions] + [f.relevant for f in follow_ups]
+    topics = sorted({key.split(":")[0] for relevant in wanted for key in relevant})
     passages = corpus.passages(max_passages=args.passages or None, prefer=topics)
     figures = Figures()
     runs: dict[str, dict[str, list[float]]] = {}
