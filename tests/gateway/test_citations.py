@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from services.gateway.citations import Span, split_sentences, verify
 from tests.gateway.conftest import ALICE, Stack, create_books
@@ -219,3 +221,25 @@ async def test_unicode_answer_and_hits_through_the_gateway(stack: Stack) -> None
     assert citation.source_text == "Ça marche très bien à Zürich."
     assert (citation.answer_start, citation.answer_end) == (0, len(answer))
     assert final.citation_coverage == 1.0
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    answer=st.text(alphabet=st.characters(codec="utf-8"), max_size=200)
+    | st.lists(st.sampled_from(["[1]", "[2, 9]", ". ", "\n", "`", "```", "é😀", "word"])).map(
+        "".join
+    ),
+    body=st.text(max_size=200),
+)
+def test_any_answer_gives_offsets_inside_the_texts(answer: str, body: str) -> None:
+    hits = [("a", {"body": body}), ("b", {"body": "word é😀"})]
+    checked = verify(answer, hits, ["body"], 0.3)
+    assert 0.0 <= checked.coverage <= 1.0
+    for sentence in checked.sentences:
+        assert 0 <= sentence.span.start < sentence.span.end <= len(answer)
+        for c in sentence.citations:
+            value = dict(hits)[c.hit_id]["body"]
+            assert 0 <= c.source.start <= c.source.end <= len(value)
+            assert value[c.source.start : c.source.end] == c.text
+    for d in checked.dropped:
+        assert answer[d.marker.start : d.marker.end].startswith("[")
