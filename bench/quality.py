@@ -50,6 +50,8 @@ from google.protobuf import duration_pb2, struct_pb2  # noqa: E402
 from bench.report import Figures, machine  # noqa: E402
 from bench.stack import Stack, provider  # noqa: E402
 from services.cli import corpus, demo  # noqa: E402
+from services.gateway.condense import fallback_query  # noqa: E402
+from services.gateway.conversation import Turn  # noqa: E402
 from services.generation.settings import LOCAL_MODEL  # noqa: E402
 
 DATA = ROOT / "bench" / "data" / "quality_questions.json"
@@ -224,6 +226,22 @@ class Bench:
                 row.mrr.append(reciprocal_rank(ranked, q.relevant))
         return scores
 
+    async def follow_up_baselines(self, follow_ups: list[FollowUp]) -> dict[str, float]:
+        """Follow-up hit@k without an LLM: hybrid over the follow-up as asked, and over the
+        deterministic fallback query Ask uses when it rejects the model's rewrite."""
+        queries: dict[str, Callable[[FollowUp], str]] = {
+            "as asked": lambda f: f.follow_up,
+            "fallback query": lambda f: fallback_query(f.follow_up, [Turn(f.first, "")]),
+        }
+        out: dict[str, float] = {}
+        for name, query in queries.items():
+            hits = []
+            for f in follow_ups:
+                ranked = await hybrid(self, query(f), self.args.k)
+                hits.append(float(bool(set(ranked) & f.relevant)))
+            out[name] = _mean(hits)
+        return out
+
     async def ask_scores(self, questions: list[Question], follow_ups: list[FollowUp]) -> AskScores:
         scores = AskScores()
         for q in questions:
@@ -277,6 +295,7 @@ async def run(args: argparse.Namespace) -> None:
     figures = Figures()
     runs: dict[str, dict[str, list[float]]] = {}
     asked: list[AskScores] = []
+    baselines: dict[str, float] = {}
     async with Stack() as stack:
         bench = Bench(stack, args)
         try:
@@ -288,6 +307,8 @@ async def run(args: argparse.Namespace) -> None:
                     got = runs.setdefault(name, {"recall": [], "mrr": []})
                     got["recall"].append(_mean(row.recall))
                     got["mrr"].append(_mean(row.mrr))
+            if follow_ups:
+                baselines = await bench.follow_up_baselines(follow_ups)
             if args.llm != "none":
                 ask_questions = questions[: args.ask_questions]
                 asked.append(await bench.ask_scores(ask_questions, follow_ups))
@@ -301,6 +322,9 @@ async def run(args: argparse.Namespace) -> None:
         print(f"{name:<16} | {_spread(got['recall']):>22} | {_spread(got['mrr']):>22}")
         figures.add(f"quality {name} recall@{k}", statistics.median(got["recall"]), "")
         figures.add(f"quality {name} MRR", statistics.median(got["mrr"]), "")
+    for name, value in baselines.items():
+        print(f"follow-ups, hybrid over the {name}: relevant passage in the top {k} {value:.3f}")
+        figures.add(f"quality follow-up hit@{k}, hybrid over the {name}", value, "")
     for scores in asked:
         coverage = _mean(scores.coverage)
         cites = _mean([float(x) for x in scores.cites_relevant])
