@@ -8,7 +8,9 @@ from typing import Any
 import pytest
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.generation.v1 import generation_service_pb2 as gen_pb
+from gensearch.memory.v1 import memory_service_pb2 as mem_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
+from google.protobuf import json_format
 
 from services.gateway import condense
 from services.gateway.condense import Method, Rejection, check_rewrite, fallback_query
@@ -165,6 +167,12 @@ async def test_rejected_rewrite_falls_back(stack: Stack, rewrite: str, rejection
     assert second.rewrite_method == gw_pb.REWRITE_METHOD_FALLBACK
     assert second.rewrite_rejection == rejection
     assert second.rewritten_query == "When was it written? desert planet book"
+    stored = await stack.memory.GetInteraction(
+        mem_pb.GetInteractionRequest(interaction_id=second.interaction_id), metadata=ALICE
+    )
+    info = json_format.MessageToDict(stored.interaction.additional_info)
+    assert info["rewrite_method"] == "REWRITE_METHOD_FALLBACK"
+    assert info["citation_coverage"] == second.citation_coverage
     # The fallback query found the first turn's topic (keyword search: "desert planet").
     assert second.hits[0].id == ids[0]
 
