@@ -203,6 +203,25 @@ def sources_line(reply: t.Answer) -> str:
     return "sources: " + ("; ".join(cited) if cited else "none cited")
 
 
+_REJECTIONS = {
+    "empty": "the model's rewrite was empty",
+    "too_long": "the model's rewrite was too long",
+    "copies_answer": "the model's rewrite copied an earlier answer",
+    "no_shared_words": "the model's rewrite was off topic",
+    "model_failed": "the rewrite call failed",
+}
+
+
+def _how(reply: t.Answer) -> str:
+    """How the search query was obtained (docs/gateway.md, "Question condensing")."""
+    if reply.rewrite_method == "model":
+        return " (rewritten by the model)"
+    if reply.rewrite_method == "fallback":
+        why = _REJECTIONS.get(reply.rewrite_rejection, "the model's rewrite was rejected")
+        return f" (fallback: {why})"
+    return ""
+
+
 def answer_footer(reply: t.Answer) -> list[str]:
     lines = [sources_line(reply)]
     facts = []
@@ -213,7 +232,10 @@ def answer_footer(reply: t.Answer) -> list[str]:
     if reply.usage and reply.usage.total_tokens:
         facts.append(f"{reply.usage.total_tokens} tokens")
     if reply.rewritten_query:
-        facts.append(f"searched for {reply.rewritten_query!r}")
+        facts.append(f"searched for {reply.rewritten_query!r}{_how(reply)}")
+    if reply.sentences:
+        supported = sum(s.supported for s in reply.sentences)
+        facts.append(f"{supported}/{len(reply.sentences)} sentences backed by a cited source")
     if reply.trimmed and (reply.trimmed.hits or reply.trimmed.history_turns):
         facts.append(
             f"trimmed to fit: {reply.trimmed.hits} hits, {reply.trimmed.history_turns} turns"

@@ -21,20 +21,22 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from google.protobuf import json_format
 
 from services.common.errors import DeadlineExceeded, ServiceError
-from services.gateway import ask_request, ask_traces, chunks, history_budget, rerank
+from services.gateway import (
+    ask_request,
+    ask_traces,
+    chunks,
+    citations,
+    condense,
+    history_budget,
+    rerank,
+)
 from services.gateway.ask_cache import SemanticAnswers, replay
 from services.gateway.ask_request import AskLike
 from services.gateway.ask_traces import TurnTraces
 from services.gateway.backends import Backends
 from services.gateway.catalog import CollectionInfo
 from services.gateway.clients import Caller
-from services.gateway.conversation import (
-    Turn,
-    cited_numbers,
-    clean_rewrite,
-    recent_turns,
-    rewrite_messages,
-)
+from services.gateway.conversation import Turn, recent_turns
 from services.gateway.deadline import time_left
 from services.gateway.generator import Options, add_usage, complete
 from services.gateway.metrics import TRIMMED
@@ -141,19 +143,20 @@ class AskService:
                 answer_tokens=answer_tokens,
             )
 
-        rewritten = ""
+        rewrite = condense.unchanged()
         if turns and params.rewrite:
             # The turns the budget holds before any context is retrieved.
             before = await fitted([])
             recent = turns[len(turns) - before.turns_used :] if before.turns_used else []
             if recent:
-                rewritten = await self._rewrite(
+                rewrite = await self._rewrite(
                     recent, question, options, caller, deadline, usage, traces
                 )
+        rewritten = rewrite.query
 
         hits: list[ret_pb.Hit] = []
         if params.context_size > 0:
-            query = rewritten or question
+            query = rewrite.search_text(question)
             search = ask_request.search_request(request, info, query, params.context_size)
             rerank.apply(search, request, info, query)
             step = traces.start(
@@ -173,7 +176,11 @@ class AskService:
             )
         yield gw_pb.StreamAskResponse(
             context=gw_pb.AskContextEvent(
-                hits=hits, rewritten_query=rewritten, conversation_id=request.conversation_id
+                hits=hits,
+                rewritten_query=rewritten,
+                conversation_id=request.conversation_id,
+                rewrite_method=condense.method_value(rewrite),
+                rewrite_rejection=condense.rejection_value(rewrite),
             )
         )
 
@@ -245,15 +252,22 @@ class AskService:
         if first_token_ms is not None:
             generated["first_token_ms"] = first_token_ms
         generating.done(generated)
-        used = context_hits[: prompt.hits_used]
-        citations = [
-            gw_pb.Citation(number=n, id=used[n - 1].id) for n in cited_numbers(answer, len(used))
-        ]
+        used = [(hit.id, hit.properties) for hit in context_hits[: prompt.hits_used]]
+        checked = citations.to_event(
+            citations.verify(answer, used, context_fields, s.citation_min_support)
+        )
         if expansion is not None:
-            chunks.annotate(citations, expansion)
+            chunks.annotate(checked.citations, expansion)
+        if stream:
+            yield gw_pb.StreamAskResponse(citations=checked)
         response = gw_pb.AskResponse(
             answer=answer,
-            citations=citations,
+            citations=checked.citations,
+            sentences=checked.sentences,
+            citation_coverage=checked.citation_coverage,
+            dropped_citations=checked.dropped_citations,
+            rewrite_method=condense.method_value(rewrite),
+            rewrite_rejection=condense.rejection_value(rewrite),
             hits=hits,
             usage=usage,
             conversation_id=request.conversation_id,
@@ -280,7 +294,9 @@ class AskService:
                 prompt_template=template,
                 response=response.answer,
                 origin=response.model or "unknown",
-                additional_info=additional_info(hits, citations, usage, rewritten, response),
+                additional_info=additional_info(
+                    hits, list(checked.citations), usage, rewritten, response
+                ),
                 traces=traces.traces,
             )
             response.conversation_id, response.interaction_id = await self._within(
@@ -363,12 +379,18 @@ class AskService:
         deadline: float,
         usage: gen_pb.Usage,
         traces: TurnTraces,
-    ) -> str:
-        rewrite_options = Options(options.provider, options.model, 0.0, 64)
-        sent = rewrite_messages(turns, question)
+    ) -> condense.Rewrite:
+        """The standalone query: the model's rewrite if it passes the checks in
+        ``condense``, else the deterministic fallback (also when the call fails)."""
+        prompt = condense.rewrite_prompt(options.provider, options.model, turns, question)
+        rewrite_options = Options(options.provider, options.model, 0.0, prompt.max_tokens)
         step = traces.start(
             mem_pb.STEP_QUESTION_REWRITE,
-            {"question": question, "model": options.model, "messages": ask_traces.messages(sent)},
+            {
+                "question": question,
+                "model": options.model,
+                "messages": ask_traces.messages(prompt.messages),
+            },
         )
         try:
             result = await self._within(
@@ -377,24 +399,36 @@ class AskService:
                     self._b.clients.generation,
                     caller,
                     rewrite_options,
-                    sent,
+                    prompt.messages,
                     timeout=time_left(deadline),
                 ),
             )
         except DeadlineExceeded:
             raise
         except ServiceError as err:
-            # Retrieval with the question as asked beats no answer; the answer call will
+            # Retrieval with the fallback query beats no answer; the answer call will
             # report a generation outage on its own.
             log.warning("question rewriting failed", extra={"reason": err.reason})
-            step.done({"query": "", "error": err.reason or "failed"})
-            return ""
+            rewrite = condense.failed(question, turns)
+            step.done({"query": rewrite.query, "method": rewrite.method.value, "error": err.reason})
+            return rewrite
         add_usage(usage, result.usage)
-        rewritten = clean_rewrite(result.result, question)
+        rewrite = condense.decide(result.result, question, turns)
+        if rewrite.rejection is not None:
+            log.info(
+                "model rewrite rejected; using the fallback query",
+                extra={"rejection": rewrite.rejection.value},
+            )
         step.done(
-            {"query": rewritten, "reply": result.result, "usage": ask_traces.usage(result.usage)}
+            {
+                "query": rewrite.query,
+                "method": rewrite.method.value,
+                "rejection": rewrite.rejection.value if rewrite.rejection else "",
+                "reply": result.result,
+                "usage": ask_traces.usage(result.usage),
+            }
         )
-        return rewritten
+        return rewrite
 
 
 def _note_trimming(prompt: AskPrompt, model: str, window: int) -> None:

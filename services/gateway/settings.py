@@ -114,6 +114,9 @@ class GatewaySettings(CommonSettings):
     max_expansion_neighbors: int = Field(default=10, ge=0, le=1000)
     expansion_tokens: int = Field(default=1500, ge=1)
     max_expansion_tokens: int = Field(default=32_000, ge=1)
+    # A citation is "supported" when the best span of the cited hit holds at least this
+    # share of the citing sentence's content words (services/gateway/citations.py).
+    citation_min_support: float = Field(default=0.3, ge=0, le=1)
     # Cache of collection schemas and generative defaults, seconds (0: ask every time).
     collection_cache_ttl: float = Field(default=2.0, ge=0)
 

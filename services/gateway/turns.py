@@ -178,6 +178,8 @@ def additional_info(
             "estimated": usage.estimated,
         },
         "rewritten_query": rewritten,
+        "rewrite_method": gw_pb.RewriteMethod.Name(response.rewrite_method),
+        "citation_coverage": response.citation_coverage,
         "trimmed": {
             "history_turns": response.trimmed.history_turns,
             "hits": response.trimmed.hits,

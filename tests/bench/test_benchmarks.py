@@ -96,3 +96,22 @@ async def test_memory_by_conversation_length_runs() -> None:
     text = out.decode()
     for row in ("Ask, 2-turn", "Ask, 200-turn", "memory per turn, 200-turn"):
         assert row in text, text
+
+
+async def test_quality_reports_every_retrieval_mode_and_ask() -> None:
+    """bench/quality.py on a few passages and questions, the fake LLM standing in for the
+    bundled model (the plumbing of the Ask figures, not their values)."""
+    from bench.quality import MODES
+
+    figures = await summary(
+        "quality", "--llm", "fake", "--passages", "40", "--questions", "6",
+        "--ask-questions", "2", "--follow-ups", "1",
+    )  # fmt: skip
+    for mode in MODES:
+        recall, mrr = figures[f"quality {mode} recall@5"], figures[f"quality {mode} MRR"]
+        assert 0 <= mrr.value <= 1 and 0 <= recall.value <= 1
+    # Six questions about single passages on a 40-passage corpus: keyword search finds
+    # most; a broken metric or a search returning nothing shows as 0.
+    assert figures["quality keyword recall@5"].value > 0.5
+    assert 0 <= figures["quality Ask citation coverage (fake)"].value <= 1
+    assert figures["quality Ask follow-up hit@5 (fake)"].value in (0.0, 1.0)

@@ -9,7 +9,9 @@ import pytest
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.memory.v1 import memory_service_pb2 as mem_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
+from google.protobuf import struct_pb2
 
+from services.cli import demo
 from services.devlaunch import llm_server as local_llm
 from services.generation.settings import LOCAL_MODEL
 from tests.gateway.conftest import ALICE, DIM, StackFactory, create_books
@@ -93,3 +95,63 @@ async def test_generative_search_and_conversation_on_smollm2(
     )
     assert len(stored.interactions) == 2
     assert stored.interactions[0].origin
+
+
+async def test_demo_follow_up_retrieves_the_first_questions_topic(
+    stack_factory: StackFactory, llm: local_llm.LocalLLMServer
+) -> None:
+    """The demo's two turns on the demo corpus: "How can those checks be switched off?"
+    after "What does the assert statement do?" must search for assert, whether the small
+    model's rewrite passed the checks or the fallback query was used."""
+    provider = {
+        "name": "local",
+        "base_url": llm.base_url,
+        "default_model": LOCAL_MODEL,
+        "models": [LOCAL_MODEL],
+        "max_concurrency": 2,
+        "context_window": 2048,
+    }
+    stack = await stack_factory(provider=provider)
+    await stack.retrieval.CreateCollection(
+        ret_pb.CreateCollectionRequest(collection=demo.collection_spec("local", LOCAL_MODEL)),
+        metadata=ALICE,
+        timeout=60,
+    )
+    objects = []
+    for passage in demo.demo_passages(24):
+        props = struct_pb2.Struct()
+        props.update(passage.properties())
+        objects.append(ret_pb.DataObject(id=passage.id, properties=props))
+    upserted = await stack.retrieval.UpsertObjects(
+        ret_pb.UpsertObjectsRequest(collection=demo.COLLECTION, objects=objects),
+        metadata=ALICE,
+        timeout=300,
+    )
+    assert not upserted.errors
+
+    conversation_id = ""
+    answers: list[gw_pb.AskResponse] = []
+    for turn, question in enumerate(demo.QUESTIONS):
+        request = gw_pb.StreamAskRequest(
+            collection=demo.COLLECTION,
+            llm_question=question,
+            provider="local",
+            llm_model=LOCAL_MODEL,
+            conversation_id=conversation_id,
+            new_conversation=turn == 0,
+            context_size=demo.HITS,
+            max_tokens=demo.MAX_TOKENS,
+            temperature=0.2,
+        )
+        events = [e async for e in stack.stub.StreamAsk(request, metadata=ALICE, timeout=300)]
+        assert [e.WhichOneof("event") for e in events][-2:] == ["citations", "answer"]
+        answers.append(events[-1].answer)
+        conversation_id = events[-1].answer.conversation_id
+
+    first, second = answers
+    assert first.hits[0].properties.fields["topic"].string_value == "assert"
+    assert second.rewrite_method in (gw_pb.REWRITE_METHOD_MODEL, gw_pb.REWRITE_METHOD_FALLBACK)
+    assert "assert" in second.rewritten_query.lower()
+    topics = [h.properties.fields["topic"].string_value for h in second.hits]
+    assert topics[0] == "assert", (second.rewritten_query, topics)
+    assert 0.0 <= second.citation_coverage <= 1.0

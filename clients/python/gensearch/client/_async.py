@@ -327,7 +327,8 @@ class AsyncCollection:
         timeout: Timeout = DEFAULT,
         **fields: Any,
     ) -> AsyncIterator[t.AskEvent]:
-        """Like ``ask``, streamed: an ``AskContextEvent``, ``AnswerDelta``s, an ``AnswerEvent``."""
+        """Like ``ask``, streamed: an ``AskContextEvent``, ``AnswerDelta``s, a
+        ``CitationsEvent``, an ``AnswerEvent``."""
         request = self._ask_request(
             gpb.StreamAskRequest,
             question,
@@ -347,6 +348,10 @@ class AsyncCollection:
                 yield context
             elif kind == "delta":
                 yield t.AnswerDelta(event.delta, raw=event)
+            elif kind == "citations":
+                citations = t.from_proto(t.CitationsEvent, event.citations)
+                citations.raw = event
+                yield citations
             elif kind == "answer":
                 answer = t.from_proto(t.Answer, event.answer)
                 answer.hits = await self._hits(event.answer.hits)

@@ -414,8 +414,46 @@ SearchEvent = HitsEvent | HitResultEvent | TokenEvent | GroupedEvent | DoneEvent
 @_proto("gensearch.gateway.v1.Citation")
 @dataclass
 class Citation:
+    """``[number]`` in the answer cites hit ``id``; with the span of the hit's
+    ``property`` that best supports the citing sentence (offsets in code points, as
+    Python indexes strings: ``answer[answer_start:answer_end]``)."""
+
     number: int = 0
     id: str = ""
+    sentence: int = 0
+    answer_start: int = 0
+    answer_end: int = 0
+    property: str = ""
+    source_start: int = 0
+    source_end: int = 0
+    source_text: str = ""
+    support: float = 0.0
+    supported: bool = False
+    # With expand_context: every hit of the cited passage.
+    hit_ids: list[str] = field(default_factory=list)
+
+
+@_proto("gensearch.gateway.v1.AnswerSentence")
+@dataclass
+class AnswerSentence:
+    """One sentence of the answer (``answer[start:end]``) and its citations."""
+
+    start: int = 0
+    end: int = 0
+    citations: list[Citation] = field(default_factory=list)
+    cited: bool = False
+    supported: bool = False
+
+
+@_proto("gensearch.gateway.v1.DroppedCitation")
+@dataclass
+class DroppedCitation:
+    """A ``[number]`` marker that pointed at no hit of the prompt."""
+
+    number: int = 0
+    sentence: int = 0
+    start: int = 0
+    end: int = 0
 
 
 @_proto("gensearch.gateway.v1.Trimmed")
@@ -438,6 +476,21 @@ class Answer:
     trimmed: Trimmed | None = None
     model: str = ""
     prompt: list[ChatMessage] = field(default_factory=list)
+    # The provider that answered (a fallback chain may have moved on).
+    provider: str = ""
+    # Verified citations: the answer's sentences, the share of them with a supported
+    # citation, and markers that pointed at no hit.
+    sentences: list[AnswerSentence] = field(default_factory=list)
+    citation_coverage: float = 0.0
+    dropped_citations: list[DroppedCitation] = field(default_factory=list)
+    # How rewritten_query was obtained: "unchanged", "model" or "fallback" (then
+    # rewrite_rejection says why the model's rewrite was refused).
+    rewrite_method: str = ""
+    rewrite_rejection: str = ""
+    # Answered from the semantic cache (no retrieval, no LLM call).
+    cached: bool = False
+    # The prompt carried the conversation's rolling summary.
+    summary_used: bool = False
     raw: Any = field(default=None, repr=False, compare=False)
 
     def __str__(self) -> str:
@@ -452,6 +505,20 @@ class AskContextEvent:
     hits: list[Hit] = field(default_factory=list)
     rewritten_query: str = ""
     conversation_id: str = ""
+    rewrite_method: str = ""
+    rewrite_rejection: str = ""
+    raw: Any = field(default=None, repr=False, compare=False)
+
+
+@_proto("gensearch.gateway.v1.CitationsEvent")
+@dataclass
+class CitationsEvent:
+    """After the last delta, before the answer: the citation check of the whole answer."""
+
+    citations: list[Citation] = field(default_factory=list)
+    sentences: list[AnswerSentence] = field(default_factory=list)
+    citation_coverage: float = 0.0
+    dropped_citations: list[DroppedCitation] = field(default_factory=list)
     raw: Any = field(default=None, repr=False, compare=False)
 
 
@@ -471,7 +538,7 @@ class AnswerEvent:
     raw: Any = field(default=None, repr=False, compare=False)
 
 
-AskEvent = AskContextEvent | AnswerDelta | AnswerEvent
+AskEvent = AskContextEvent | AnswerDelta | CitationsEvent | AnswerEvent
 
 
 # --- memory ----------------------------------------------------------------------------------
@@ -515,15 +582,18 @@ __all__ = [
     "Answer",
     "AnswerDelta",
     "AnswerEvent",
+    "AnswerSentence",
     "AskContextEvent",
     "AskEvent",
     "ChatMessage",
     "Chunking",
     "Citation",
+    "CitationsEvent",
     "Collection",
     "Conversation",
     "DataObject",
     "DoneEvent",
+    "DroppedCitation",
     "GenerationError",
     "GenerationResult",
     "GenerativeConfig",

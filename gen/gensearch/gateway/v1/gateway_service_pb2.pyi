@@ -19,10 +19,36 @@ class CacheMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CACHE_MODE_USE: _ClassVar[CacheMode]
     CACHE_MODE_REFRESH: _ClassVar[CacheMode]
     CACHE_MODE_BYPASS: _ClassVar[CacheMode]
+
+class RewriteMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REWRITE_METHOD_UNSPECIFIED: _ClassVar[RewriteMethod]
+    REWRITE_METHOD_UNCHANGED: _ClassVar[RewriteMethod]
+    REWRITE_METHOD_MODEL: _ClassVar[RewriteMethod]
+    REWRITE_METHOD_FALLBACK: _ClassVar[RewriteMethod]
+
+class RewriteRejection(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REWRITE_REJECTION_UNSPECIFIED: _ClassVar[RewriteRejection]
+    REWRITE_REJECTION_EMPTY: _ClassVar[RewriteRejection]
+    REWRITE_REJECTION_TOO_LONG: _ClassVar[RewriteRejection]
+    REWRITE_REJECTION_COPIES_ANSWER: _ClassVar[RewriteRejection]
+    REWRITE_REJECTION_NO_SHARED_WORDS: _ClassVar[RewriteRejection]
+    REWRITE_REJECTION_MODEL_FAILED: _ClassVar[RewriteRejection]
 CACHE_MODE_UNSPECIFIED: CacheMode
 CACHE_MODE_USE: CacheMode
 CACHE_MODE_REFRESH: CacheMode
 CACHE_MODE_BYPASS: CacheMode
+REWRITE_METHOD_UNSPECIFIED: RewriteMethod
+REWRITE_METHOD_UNCHANGED: RewriteMethod
+REWRITE_METHOD_MODEL: RewriteMethod
+REWRITE_METHOD_FALLBACK: RewriteMethod
+REWRITE_REJECTION_UNSPECIFIED: RewriteRejection
+REWRITE_REJECTION_EMPTY: RewriteRejection
+REWRITE_REJECTION_TOO_LONG: RewriteRejection
+REWRITE_REJECTION_COPIES_ANSWER: RewriteRejection
+REWRITE_REJECTION_NO_SHARED_WORDS: RewriteRejection
+REWRITE_REJECTION_MODEL_FAILED: RewriteRejection
 
 class GenerationCache(_message.Message):
     __slots__ = ("mode", "ttl")
@@ -305,14 +331,70 @@ class AskRequest(_message.Message):
     def __init__(self, collection: _Optional[str] = ..., llm_question: _Optional[str] = ..., llm_model: _Optional[str] = ..., provider: _Optional[str] = ..., conversation_id: _Optional[str] = ..., new_conversation: _Optional[bool] = ..., context_size: _Optional[int] = ..., interaction_size: _Optional[int] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., system_prompt: _Optional[str] = ..., user_instructions: _Optional[str] = ..., context_field_list: _Optional[_Iterable[str]] = ..., near_text: _Optional[_Union[_retrieval_service_pb2.NearText, _Mapping]] = ..., near_vector: _Optional[_Union[_retrieval_service_pb2.NearVector, _Mapping]] = ..., keyword: _Optional[_Union[_retrieval_service_pb2.Keyword, _Mapping]] = ..., hybrid: _Optional[_Union[_retrieval_service_pb2.Hybrid, _Mapping]] = ..., filter: _Optional[_Union[_retrieval_service_pb2.Filter, _Mapping]] = ..., rewrite_query: _Optional[bool] = ..., temperature: _Optional[float] = ..., max_tokens: _Optional[int] = ..., debug: _Optional[bool] = ..., semantic_cache: _Optional[_Union[SemanticCache, _Mapping]] = ..., summary_disabled: _Optional[bool] = ..., rerank: _Optional[_Union[_retrieval_service_pb2.Rerank, _Mapping]] = ..., expand_context: _Optional[_Union[ContextExpansion, _Mapping]] = ...) -> None: ...
 
 class Citation(_message.Message):
-    __slots__ = ("number", "id", "hit_ids")
+    __slots__ = ("number", "id", "hit_ids", "sentence", "answer_start", "answer_end", "property", "source_start", "source_end", "source_text", "support", "supported")
     NUMBER_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     HIT_IDS_FIELD_NUMBER: _ClassVar[int]
+    SENTENCE_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_START_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_END_FIELD_NUMBER: _ClassVar[int]
+    PROPERTY_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_START_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_END_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_TEXT_FIELD_NUMBER: _ClassVar[int]
+    SUPPORT_FIELD_NUMBER: _ClassVar[int]
+    SUPPORTED_FIELD_NUMBER: _ClassVar[int]
     number: int
     id: str
     hit_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, number: _Optional[int] = ..., id: _Optional[str] = ..., hit_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    sentence: int
+    answer_start: int
+    answer_end: int
+    property: str
+    source_start: int
+    source_end: int
+    source_text: str
+    support: float
+    supported: bool
+    def __init__(self, number: _Optional[int] = ..., id: _Optional[str] = ..., hit_ids: _Optional[_Iterable[str]] = ..., sentence: _Optional[int] = ..., answer_start: _Optional[int] = ..., answer_end: _Optional[int] = ..., property: _Optional[str] = ..., source_start: _Optional[int] = ..., source_end: _Optional[int] = ..., source_text: _Optional[str] = ..., support: _Optional[float] = ..., supported: _Optional[bool] = ...) -> None: ...
+
+class AnswerSentence(_message.Message):
+    __slots__ = ("start", "end", "citations", "cited", "supported")
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    CITATIONS_FIELD_NUMBER: _ClassVar[int]
+    CITED_FIELD_NUMBER: _ClassVar[int]
+    SUPPORTED_FIELD_NUMBER: _ClassVar[int]
+    start: int
+    end: int
+    citations: _containers.RepeatedCompositeFieldContainer[Citation]
+    cited: bool
+    supported: bool
+    def __init__(self, start: _Optional[int] = ..., end: _Optional[int] = ..., citations: _Optional[_Iterable[_Union[Citation, _Mapping]]] = ..., cited: _Optional[bool] = ..., supported: _Optional[bool] = ...) -> None: ...
+
+class DroppedCitation(_message.Message):
+    __slots__ = ("number", "sentence", "start", "end")
+    NUMBER_FIELD_NUMBER: _ClassVar[int]
+    SENTENCE_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    number: int
+    sentence: int
+    start: int
+    end: int
+    def __init__(self, number: _Optional[int] = ..., sentence: _Optional[int] = ..., start: _Optional[int] = ..., end: _Optional[int] = ...) -> None: ...
+
+class CitationsEvent(_message.Message):
+    __slots__ = ("citations", "sentences", "citation_coverage", "dropped_citations")
+    CITATIONS_FIELD_NUMBER: _ClassVar[int]
+    SENTENCES_FIELD_NUMBER: _ClassVar[int]
+    CITATION_COVERAGE_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_CITATIONS_FIELD_NUMBER: _ClassVar[int]
+    citations: _containers.RepeatedCompositeFieldContainer[Citation]
+    sentences: _containers.RepeatedCompositeFieldContainer[AnswerSentence]
+    citation_coverage: float
+    dropped_citations: _containers.RepeatedCompositeFieldContainer[DroppedCitation]
+    def __init__(self, citations: _Optional[_Iterable[_Union[Citation, _Mapping]]] = ..., sentences: _Optional[_Iterable[_Union[AnswerSentence, _Mapping]]] = ..., citation_coverage: _Optional[float] = ..., dropped_citations: _Optional[_Iterable[_Union[DroppedCitation, _Mapping]]] = ...) -> None: ...
 
 class ContextExpansion(_message.Message):
     __slots__ = ("neighbors", "whole_document", "max_tokens")
@@ -349,7 +431,7 @@ class Trimmed(_message.Message):
     def __init__(self, history_turns: _Optional[int] = ..., hits: _Optional[int] = ...) -> None: ...
 
 class AskResponse(_message.Message):
-    __slots__ = ("answer", "citations", "hits", "usage", "conversation_id", "interaction_id", "rewritten_query", "trimmed", "model", "prompt", "provider", "cached", "cached_question", "cached_similarity", "summary_used", "history_tokens", "history_budget_tokens", "attempts", "wait_time", "passages")
+    __slots__ = ("answer", "citations", "hits", "usage", "conversation_id", "interaction_id", "rewritten_query", "trimmed", "model", "prompt", "provider", "cached", "cached_question", "cached_similarity", "summary_used", "history_tokens", "history_budget_tokens", "attempts", "wait_time", "passages", "sentences", "citation_coverage", "dropped_citations", "rewrite_method", "rewrite_rejection")
     ANSWER_FIELD_NUMBER: _ClassVar[int]
     CITATIONS_FIELD_NUMBER: _ClassVar[int]
     HITS_FIELD_NUMBER: _ClassVar[int]
@@ -370,6 +452,11 @@ class AskResponse(_message.Message):
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     WAIT_TIME_FIELD_NUMBER: _ClassVar[int]
     PASSAGES_FIELD_NUMBER: _ClassVar[int]
+    SENTENCES_FIELD_NUMBER: _ClassVar[int]
+    CITATION_COVERAGE_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_CITATIONS_FIELD_NUMBER: _ClassVar[int]
+    REWRITE_METHOD_FIELD_NUMBER: _ClassVar[int]
+    REWRITE_REJECTION_FIELD_NUMBER: _ClassVar[int]
     answer: str
     citations: _containers.RepeatedCompositeFieldContainer[Citation]
     hits: _containers.RepeatedCompositeFieldContainer[_retrieval_service_pb2.Hit]
@@ -390,7 +477,12 @@ class AskResponse(_message.Message):
     attempts: int
     wait_time: _duration_pb2.Duration
     passages: _containers.RepeatedCompositeFieldContainer[ContextPassage]
-    def __init__(self, answer: _Optional[str] = ..., citations: _Optional[_Iterable[_Union[Citation, _Mapping]]] = ..., hits: _Optional[_Iterable[_Union[_retrieval_service_pb2.Hit, _Mapping]]] = ..., usage: _Optional[_Union[_generation_service_pb2.Usage, _Mapping]] = ..., conversation_id: _Optional[str] = ..., interaction_id: _Optional[str] = ..., rewritten_query: _Optional[str] = ..., trimmed: _Optional[_Union[Trimmed, _Mapping]] = ..., model: _Optional[str] = ..., prompt: _Optional[_Iterable[_Union[_generation_service_pb2.Message, _Mapping]]] = ..., provider: _Optional[str] = ..., cached: _Optional[bool] = ..., cached_question: _Optional[str] = ..., cached_similarity: _Optional[float] = ..., summary_used: _Optional[bool] = ..., history_tokens: _Optional[int] = ..., history_budget_tokens: _Optional[int] = ..., attempts: _Optional[int] = ..., wait_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., passages: _Optional[_Iterable[_Union[ContextPassage, _Mapping]]] = ...) -> None: ...
+    sentences: _containers.RepeatedCompositeFieldContainer[AnswerSentence]
+    citation_coverage: float
+    dropped_citations: _containers.RepeatedCompositeFieldContainer[DroppedCitation]
+    rewrite_method: RewriteMethod
+    rewrite_rejection: RewriteRejection
+    def __init__(self, answer: _Optional[str] = ..., citations: _Optional[_Iterable[_Union[Citation, _Mapping]]] = ..., hits: _Optional[_Iterable[_Union[_retrieval_service_pb2.Hit, _Mapping]]] = ..., usage: _Optional[_Union[_generation_service_pb2.Usage, _Mapping]] = ..., conversation_id: _Optional[str] = ..., interaction_id: _Optional[str] = ..., rewritten_query: _Optional[str] = ..., trimmed: _Optional[_Union[Trimmed, _Mapping]] = ..., model: _Optional[str] = ..., prompt: _Optional[_Iterable[_Union[_generation_service_pb2.Message, _Mapping]]] = ..., provider: _Optional[str] = ..., cached: _Optional[bool] = ..., cached_question: _Optional[str] = ..., cached_similarity: _Optional[float] = ..., summary_used: _Optional[bool] = ..., history_tokens: _Optional[int] = ..., history_budget_tokens: _Optional[int] = ..., attempts: _Optional[int] = ..., wait_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., passages: _Optional[_Iterable[_Union[ContextPassage, _Mapping]]] = ..., sentences: _Optional[_Iterable[_Union[AnswerSentence, _Mapping]]] = ..., citation_coverage: _Optional[float] = ..., dropped_citations: _Optional[_Iterable[_Union[DroppedCitation, _Mapping]]] = ..., rewrite_method: _Optional[_Union[RewriteMethod, str]] = ..., rewrite_rejection: _Optional[_Union[RewriteRejection, str]] = ...) -> None: ...
 
 class StreamAskRequest(_message.Message):
     __slots__ = ("collection", "llm_question", "llm_model", "provider", "conversation_id", "new_conversation", "context_size", "interaction_size", "timeout", "system_prompt", "user_instructions", "context_field_list", "near_text", "near_vector", "keyword", "hybrid", "filter", "rewrite_query", "temperature", "max_tokens", "debug", "semantic_cache", "summary_disabled", "rerank", "expand_context")
@@ -447,24 +539,30 @@ class StreamAskRequest(_message.Message):
     def __init__(self, collection: _Optional[str] = ..., llm_question: _Optional[str] = ..., llm_model: _Optional[str] = ..., provider: _Optional[str] = ..., conversation_id: _Optional[str] = ..., new_conversation: _Optional[bool] = ..., context_size: _Optional[int] = ..., interaction_size: _Optional[int] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., system_prompt: _Optional[str] = ..., user_instructions: _Optional[str] = ..., context_field_list: _Optional[_Iterable[str]] = ..., near_text: _Optional[_Union[_retrieval_service_pb2.NearText, _Mapping]] = ..., near_vector: _Optional[_Union[_retrieval_service_pb2.NearVector, _Mapping]] = ..., keyword: _Optional[_Union[_retrieval_service_pb2.Keyword, _Mapping]] = ..., hybrid: _Optional[_Union[_retrieval_service_pb2.Hybrid, _Mapping]] = ..., filter: _Optional[_Union[_retrieval_service_pb2.Filter, _Mapping]] = ..., rewrite_query: _Optional[bool] = ..., temperature: _Optional[float] = ..., max_tokens: _Optional[int] = ..., debug: _Optional[bool] = ..., semantic_cache: _Optional[_Union[SemanticCache, _Mapping]] = ..., summary_disabled: _Optional[bool] = ..., rerank: _Optional[_Union[_retrieval_service_pb2.Rerank, _Mapping]] = ..., expand_context: _Optional[_Union[ContextExpansion, _Mapping]] = ...) -> None: ...
 
 class StreamAskResponse(_message.Message):
-    __slots__ = ("context", "delta", "answer")
+    __slots__ = ("context", "delta", "answer", "citations")
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
     DELTA_FIELD_NUMBER: _ClassVar[int]
     ANSWER_FIELD_NUMBER: _ClassVar[int]
+    CITATIONS_FIELD_NUMBER: _ClassVar[int]
     context: AskContextEvent
     delta: str
     answer: AskResponse
-    def __init__(self, context: _Optional[_Union[AskContextEvent, _Mapping]] = ..., delta: _Optional[str] = ..., answer: _Optional[_Union[AskResponse, _Mapping]] = ...) -> None: ...
+    citations: CitationsEvent
+    def __init__(self, context: _Optional[_Union[AskContextEvent, _Mapping]] = ..., delta: _Optional[str] = ..., answer: _Optional[_Union[AskResponse, _Mapping]] = ..., citations: _Optional[_Union[CitationsEvent, _Mapping]] = ...) -> None: ...
 
 class AskContextEvent(_message.Message):
-    __slots__ = ("hits", "rewritten_query", "conversation_id")
+    __slots__ = ("hits", "rewritten_query", "conversation_id", "rewrite_method", "rewrite_rejection")
     HITS_FIELD_NUMBER: _ClassVar[int]
     REWRITTEN_QUERY_FIELD_NUMBER: _ClassVar[int]
     CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    REWRITE_METHOD_FIELD_NUMBER: _ClassVar[int]
+    REWRITE_REJECTION_FIELD_NUMBER: _ClassVar[int]
     hits: _containers.RepeatedCompositeFieldContainer[_retrieval_service_pb2.Hit]
     rewritten_query: str
     conversation_id: str
-    def __init__(self, hits: _Optional[_Iterable[_Union[_retrieval_service_pb2.Hit, _Mapping]]] = ..., rewritten_query: _Optional[str] = ..., conversation_id: _Optional[str] = ...) -> None: ...
+    rewrite_method: RewriteMethod
+    rewrite_rejection: RewriteRejection
+    def __init__(self, hits: _Optional[_Iterable[_Union[_retrieval_service_pb2.Hit, _Mapping]]] = ..., rewritten_query: _Optional[str] = ..., conversation_id: _Optional[str] = ..., rewrite_method: _Optional[_Union[RewriteMethod, str]] = ..., rewrite_rejection: _Optional[_Union[RewriteRejection, str]] = ...) -> None: ...
 
 class InlineObjects(_message.Message):
     __slots__ = ("objects",)

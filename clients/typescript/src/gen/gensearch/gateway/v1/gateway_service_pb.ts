@@ -16,7 +16,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file gensearch/gateway/v1/gateway_service.proto.
  */
 export const file_gensearch_gateway_v1_gateway_service: GenFile = /*@__PURE__*/
-  fileDesc("CipnZW5zZWFyY2gvZ2F0ZXdheS92MS9nYXRld2F5X3NlcnZpY2UucHJvdG8SFGdlbnNlYXJjaC5nYXRld2F5LnYxImgKD0dlbmVyYXRpb25DYWNoZRItCgRtb2RlGAEgASgOMh8uZ2Vuc2VhcmNoLmdhdGV3YXkudjEuQ2FjaGVNb2RlEiYKA3R0bBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiKWAQoNU2VtYW50aWNDYWNoZRItCgRtb2RlGAEgASgOMh8uZ2Vuc2VhcmNoLmdhdGV3YXkudjEuQ2FjaGVNb2RlEhsKDm1pbl9zaW1pbGFyaXR5GAIgASgBSACIAQESJgoDdHRsGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uQhEKD19taW5fc2ltaWxhcml0eSKlBQoIR2VuZXJhdGUSFQoNc2luZ2xlX3Byb21wdBgBIAEoCRIUCgxncm91cGVkX3Rhc2sYAiABKAkSGgoSZ3JvdXBlZF9wcm9wZXJ0aWVzGAMgAygJEhAKCHByb3ZpZGVyGAQgASgJEg0KBW1vZGVsGAUgASgJEhgKC3RlbXBlcmF0dXJlGAYgASgBSACIAQESFwoKbWF4X3Rva2VucxgHIAEoBUgBiAEBEhcKD21heF9jb25jdXJyZW5jeRgIIAEoBRIqCgd0aW1lb3V0GAkgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEg0KBWRlYnVnGAogASgIEhUKDXN0cmVhbV90b2tlbnMYCyABKAgSEgoFdG9wX3AYKCABKAFIAogBARIMCgRzdG9wGCkgAygJEh4KEWZyZXF1ZW5jeV9wZW5hbHR5GCogASgBSAOIAQESHQoQcHJlc2VuY2VfcGVuYWx0eRgrIAEoAUgEiAEBEhEKBHNlZWQYLCABKANIBYgBARJACg9yZXNwb25zZV9mb3JtYXQYLSABKAsyJy5nZW5zZWFyY2guZ2VuZXJhdGlvbi52MS5SZXNwb25zZUZvcm1hdBI2CghmYWxsYmFjaxguIAMoCzIkLmdlbnNlYXJjaC5nZW5lcmF0aW9uLnYxLk1vZGVsQ2hvaWNlEhAKCGJhc2VfdXJsGC8gASgJEjQKBWNhY2hlGDwgASgLMiUuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuR2VuZXJhdGlvbkNhY2hlQg4KDF90ZW1wZXJhdHVyZUINCgtfbWF4X3Rva2Vuc0IICgZfdG9wX3BCFAoSX2ZyZXF1ZW5jeV9wZW5hbHR5QhMKEV9wcmVzZW5jZV9wZW5hbHR5QgcKBV9zZWVkIlAKD0dlbmVyYXRpb25FcnJvchIMCgRjb2RlGAEgASgFEg4KBnN0YXR1cxgCIAEoCRIPCgdtZXNzYWdlGAMgASgJEg4KBnJlYXNvbhgEIAEoCSLkAgoQR2VuZXJhdGlvblJlc3VsdBIOCgZyZXN1bHQYASABKAkSNAoFZXJyb3IYAiABKAsyJS5nZW5zZWFyY2guZ2F0ZXdheS52MS5HZW5lcmF0aW9uRXJyb3ISLQoFdXNhZ2UYAyABKAsyHi5nZW5zZWFyY2guZ2VuZXJhdGlvbi52MS5Vc2FnZRINCgVtb2RlbBgEIAEoCRIVCg1maW5pc2hfcmVhc29uGAUgASgJEg4KBnByb21wdBgGIAEoCRIQCghwcm92aWRlchgoIAEoCRIrCgpzdHJ1Y3R1cmVkGCkgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIWCg5mYWxsYmFja19pbmRleBgqIAEoBRIOCgZjYWNoZWQYPCABKAgSEAoIYXR0ZW1wdHMYHiABKAUSLAoJd2FpdF90aW1lGB8gASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uInUKDUdlbmVyYXRpdmVIaXQSKAoDaGl0GAEgASgLMhsuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5IaXQSOgoKZ2VuZXJhdGlvbhgCIAEoCzImLmdlbnNlYXJjaC5nYXRld2F5LnYxLkdlbmVyYXRpb25SZXN1bHQinAQKF0dlbmVyYXRpdmVTZWFyY2hSZXF1ZXN0EhIKCmNvbGxlY3Rpb24YASABKAkSNQoJbmVhcl90ZXh0GAIgASgLMiAuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5OZWFyVGV4dEgAEjkKC25lYXJfdmVjdG9yGAMgASgLMiIuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5OZWFyVmVjdG9ySAASMgoHa2V5d29yZBgEIAEoCzIfLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuS2V5d29yZEgAEjAKBmh5YnJpZBgFIAEoCzIeLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuSHlicmlkSAASLgoGZmlsdGVyGAYgASgLMh4uZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5GaWx0ZXISDQoFbGltaXQYByABKAUSDgoGb2Zmc2V0GAggASgFEhkKEXJldHVybl9wcm9wZXJ0aWVzGAkgAygJEjAKCGdlbmVyYXRlGAogASgLMh4uZ2Vuc2VhcmNoLmdhdGV3YXkudjEuR2VuZXJhdGUSLwoGcmVyYW5rGIIBIAEoCzIeLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuUmVyYW5rEj8KDmV4cGFuZF9jb250ZXh0GIMBIAEoCzImLmdlbnNlYXJjaC5nYXRld2F5LnYxLkNvbnRleHRFeHBhbnNpb25CBwoFcXVlcnki7gEKGEdlbmVyYXRpdmVTZWFyY2hSZXNwb25zZRIxCgRoaXRzGAEgAygLMiMuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuR2VuZXJhdGl2ZUhpdBI3Cgdncm91cGVkGAIgASgLMiYuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuR2VuZXJhdGlvblJlc3VsdBItCgV1c2FnZRgDIAEoCzIeLmdlbnNlYXJjaC5nZW5lcmF0aW9uLnYxLlVzYWdlEjcKCHBhc3NhZ2VzGIIBIAMoCzIkLmdlbnNlYXJjaC5nYXRld2F5LnYxLkNvbnRleHRQYXNzYWdlIqIECh1TdHJlYW1HZW5lcmF0aXZlU2VhcmNoUmVxdWVzdBISCgpjb2xsZWN0aW9uGAEgASgJEjUKCW5lYXJfdGV4dBgCIAEoCzIgLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuTmVhclRleHRIABI5CgtuZWFyX3ZlY3RvchgDIAEoCzIiLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuTmVhclZlY3RvckgAEjIKB2tleXdvcmQYBCABKAsyHy5nZW5zZWFyY2gucmV0cmlldmFsLnYxLktleXdvcmRIABIwCgZoeWJyaWQYBSABKAsyHi5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkh5YnJpZEgAEi4KBmZpbHRlchgGIAEoCzIeLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuRmlsdGVyEg0KBWxpbWl0GAcgASgFEg4KBm9mZnNldBgIIAEoBRIZChFyZXR1cm5fcHJvcGVydGllcxgJIAMoCRIwCghnZW5lcmF0ZRgKIAEoCzIeLmdlbnNlYXJjaC5nYXRld2F5LnYxLkdlbmVyYXRlEi8KBnJlcmFuaxiCASABKAsyHi5nZW5zZWFyY2gucmV0cmlldmFsLnYxLlJlcmFuaxI/Cg5leHBhbmRfY29udGV4dBiDASABKAsyJi5nZW5zZWFyY2guZ2F0ZXdheS52MS5Db250ZXh0RXhwYW5zaW9uQgcKBXF1ZXJ5Im8KCUhpdHNFdmVudBIpCgRoaXRzGAEgAygLMhsuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5IaXQSNwoIcGFzc2FnZXMYggEgAygLMiQuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuQ29udGV4dFBhc3NhZ2UiXwoOSGl0UmVzdWx0RXZlbnQSEQoJaGl0X2luZGV4GAEgASgFEjoKCmdlbmVyYXRpb24YAiABKAsyJi5nZW5zZWFyY2guZ2F0ZXdheS52MS5HZW5lcmF0aW9uUmVzdWx0IlAKClRva2VuRXZlbnQSEQoJaGl0X2luZGV4GAEgASgFEg8KB2dyb3VwZWQYAiABKAgSDQoFZGVsdGEYAyABKAkSDwoHcmVzdGFydBgoIAEoCCI6CglEb25lRXZlbnQSLQoFdXNhZ2UYASABKAsyHi5nZW5zZWFyY2guZ2VuZXJhdGlvbi52MS5Vc2FnZSK1AgoeU3RyZWFtR2VuZXJhdGl2ZVNlYXJjaFJlc3BvbnNlEi8KBGhpdHMYASABKAsyHy5nZW5zZWFyY2guZ2F0ZXdheS52MS5IaXRzRXZlbnRIABI6CgpoaXRfcmVzdWx0GAIgASgLMiQuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuSGl0UmVzdWx0RXZlbnRIABIxCgV0b2tlbhgDIAEoCzIgLmdlbnNlYXJjaC5nYXRld2F5LnYxLlRva2VuRXZlbnRIABI5Cgdncm91cGVkGAQgASgLMiYuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuR2VuZXJhdGlvblJlc3VsdEgAEi8KBGRvbmUYBSABKAsyHy5nZW5zZWFyY2guZ2F0ZXdheS52MS5Eb25lRXZlbnRIAEIHCgVldmVudCLRBwoKQXNrUmVxdWVzdBISCgpjb2xsZWN0aW9uGAEgASgJEhQKDGxsbV9xdWVzdGlvbhgCIAEoCRIRCglsbG1fbW9kZWwYAyABKAkSEAoIcHJvdmlkZXIYBCABKAkSFwoPY29udmVyc2F0aW9uX2lkGAUgASgJEhgKEG5ld19jb252ZXJzYXRpb24YBiABKAgSGQoMY29udGV4dF9zaXplGAcgASgFSAGIAQESHQoQaW50ZXJhY3Rpb25fc2l6ZRgIIAEoBUgCiAEBEioKB3RpbWVvdXQYCSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SFQoNc3lzdGVtX3Byb21wdBgKIAEoCRIZChF1c2VyX2luc3RydWN0aW9ucxgLIAEoCRIaChJjb250ZXh0X2ZpZWxkX2xpc3QYDCADKAkSNQoJbmVhcl90ZXh0GA0gASgLMiAuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5OZWFyVGV4dEgAEjkKC25lYXJfdmVjdG9yGA4gASgLMiIuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5OZWFyVmVjdG9ySAASMgoHa2V5d29yZBgPIAEoCzIfLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuS2V5d29yZEgAEjAKBmh5YnJpZBgQIAEoCzIeLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuSHlicmlkSAASLgoGZmlsdGVyGBEgASgLMh4uZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5GaWx0ZXISGgoNcmV3cml0ZV9xdWVyeRgSIAEoCEgDiAEBEhgKC3RlbXBlcmF0dXJlGBMgASgBSASIAQESFwoKbWF4X3Rva2VucxgUIAEoBUgFiAEBEg0KBWRlYnVnGBUgASgIEjsKDnNlbWFudGljX2NhY2hlGDwgASgLMiMuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuU2VtYW50aWNDYWNoZRIYChBzdW1tYXJ5X2Rpc2FibGVkGEYgASgIEi8KBnJlcmFuaxiCASABKAsyHi5nZW5zZWFyY2gucmV0cmlldmFsLnYxLlJlcmFuaxI/Cg5leHBhbmRfY29udGV4dBiDASABKAsyJi5nZW5zZWFyY2guZ2F0ZXdheS52MS5Db250ZXh0RXhwYW5zaW9uQgcKBXF1ZXJ5Qg8KDV9jb250ZXh0X3NpemVCEwoRX2ludGVyYWN0aW9uX3NpemVCEAoOX3Jld3JpdGVfcXVlcnlCDgoMX3RlbXBlcmF0dXJlQg0KC19tYXhfdG9rZW5zIjgKCENpdGF0aW9uEg4KBm51bWJlchgBIAEoBRIKCgJpZBgCIAEoCRIQCgdoaXRfaWRzGIIBIAMoCSJlChBDb250ZXh0RXhwYW5zaW9uEhEKCW5laWdoYm9ycxgBIAEoBRIWCg53aG9sZV9kb2N1bWVudBgCIAEoCBIXCgptYXhfdG9rZW5zGAMgASgFSACIAQFCDQoLX21heF90b2tlbnMiiwEKDkNvbnRleHRQYXNzYWdlEg4KBm51bWJlchgBIAEoBRIPCgdoaXRfaWRzGAIgAygJEhEKCWNodW5rX2lkcxgDIAMoCRIoCghkb2N1bWVudBgEIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRINCgVmaXJzdBgFIAEoAxIMCgRsYXN0GAYgASgDIi4KB1RyaW1tZWQSFQoNaGlzdG9yeV90dXJucxgBIAEoBRIMCgRoaXRzGAIgASgFIoEFCgtBc2tSZXNwb25zZRIOCgZhbnN3ZXIYASABKAkSMQoJY2l0YXRpb25zGAIgAygLMh4uZ2Vuc2VhcmNoLmdhdGV3YXkudjEuQ2l0YXRpb24SKQoEaGl0cxgDIAMoCzIbLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuSGl0Ei0KBXVzYWdlGAQgASgLMh4uZ2Vuc2VhcmNoLmdlbmVyYXRpb24udjEuVXNhZ2USFwoPY29udmVyc2F0aW9uX2lkGAUgASgJEhYKDmludGVyYWN0aW9uX2lkGAYgASgJEhcKD3Jld3JpdHRlbl9xdWVyeRgHIAEoCRIuCgd0cmltbWVkGAggASgLMh0uZ2Vuc2VhcmNoLmdhdGV3YXkudjEuVHJpbW1lZBINCgVtb2RlbBgJIAEoCRIwCgZwcm9tcHQYCiADKAsyIC5nZW5zZWFyY2guZ2VuZXJhdGlvbi52MS5NZXNzYWdlEhAKCHByb3ZpZGVyGCggASgJEg4KBmNhY2hlZBg8IAEoCBIXCg9jYWNoZWRfcXVlc3Rpb24YPSABKAkSGQoRY2FjaGVkX3NpbWlsYXJpdHkYPiABKAESFAoMc3VtbWFyeV91c2VkGEYgASgIEhYKDmhpc3RvcnlfdG9rZW5zGEcgASgFEh0KFWhpc3RvcnlfYnVkZ2V0X3Rva2VucxhIIAEoBRIQCghhdHRlbXB0cxgeIAEoBRIsCgl3YWl0X3RpbWUYHyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SNwoIcGFzc2FnZXMYggEgAygLMiQuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuQ29udGV4dFBhc3NhZ2Ui1wcKEFN0cmVhbUFza1JlcXVlc3QSEgoKY29sbGVjdGlvbhgBIAEoCRIUCgxsbG1fcXVlc3Rpb24YAiABKAkSEQoJbGxtX21vZGVsGAMgASgJEhAKCHByb3ZpZGVyGAQgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgFIAEoCRIYChBuZXdfY29udmVyc2F0aW9uGAYgASgIEhkKDGNvbnRleHRfc2l6ZRgHIAEoBUgBiAEBEh0KEGludGVyYWN0aW9uX3NpemUYCCABKAVIAogBARIqCgd0aW1lb3V0GAkgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhUKDXN5c3RlbV9wcm9tcHQYCiABKAkSGQoRdXNlcl9pbnN0cnVjdGlvbnMYCyABKAkSGgoSY29udGV4dF9maWVsZF9saXN0GAwgAygJEjUKCW5lYXJfdGV4dBgNIAEoCzIgLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuTmVhclRleHRIABI5CgtuZWFyX3ZlY3RvchgOIAEoCzIiLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuTmVhclZlY3RvckgAEjIKB2tleXdvcmQYDyABKAsyHy5nZW5zZWFyY2gucmV0cmlldmFsLnYxLktleXdvcmRIABIwCgZoeWJyaWQYECABKAsyHi5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkh5YnJpZEgAEi4KBmZpbHRlchgRIAEoCzIeLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuRmlsdGVyEhoKDXJld3JpdGVfcXVlcnkYEiABKAhIA4gBARIYCgt0ZW1wZXJhdHVyZRgTIAEoAUgEiAEBEhcKCm1heF90b2tlbnMYFCABKAVIBYgBARINCgVkZWJ1ZxgVIAEoCBI7Cg5zZW1hbnRpY19jYWNoZRg8IAEoCzIjLmdlbnNlYXJjaC5nYXRld2F5LnYxLlNlbWFudGljQ2FjaGUSGAoQc3VtbWFyeV9kaXNhYmxlZBhGIAEoCBIvCgZyZXJhbmsYggEgASgLMh4uZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5SZXJhbmsSPwoOZXhwYW5kX2NvbnRleHQYgwEgASgLMiYuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuQ29udGV4dEV4cGFuc2lvbkIHCgVxdWVyeUIPCg1fY29udGV4dF9zaXplQhMKEV9pbnRlcmFjdGlvbl9zaXplQhAKDl9yZXdyaXRlX3F1ZXJ5Qg4KDF90ZW1wZXJhdHVyZUINCgtfbWF4X3Rva2VucyKcAQoRU3RyZWFtQXNrUmVzcG9uc2USOAoHY29udGV4dBgBIAEoCzIlLmdlbnNlYXJjaC5nYXRld2F5LnYxLkFza0NvbnRleHRFdmVudEgAEg8KBWRlbHRhGAIgASgJSAASMwoGYW5zd2VyGAMgASgLMiEuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuQXNrUmVzcG9uc2VIAEIHCgVldmVudCJuCg9Bc2tDb250ZXh0RXZlbnQSKQoEaGl0cxgBIAMoCzIbLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuSGl0EhcKD3Jld3JpdHRlbl9xdWVyeRgCIAEoCRIXCg9jb252ZXJzYXRpb25faWQYAyABKAkiOQoNSW5saW5lT2JqZWN0cxIoCgdvYmplY3RzGAEgAygLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdCIYCglPYmplY3RJZHMSCwoDaWRzGAEgAygJIu0BChhHZW5lcmF0ZU9uT2JqZWN0c1JlcXVlc3QSEgoKY29sbGVjdGlvbhgBIAEoCRIuCgNpZHMYAiABKAsyHy5nZW5zZWFyY2guZ2F0ZXdheS52MS5PYmplY3RJZHNIABI1CgZpbmxpbmUYAyABKAsyIy5nZW5zZWFyY2guZ2F0ZXdheS52MS5JbmxpbmVPYmplY3RzSAASGQoRcmV0dXJuX3Byb3BlcnRpZXMYBCADKAkSMAoIZ2VuZXJhdGUYBSABKAsyHi5nZW5zZWFyY2guZ2F0ZXdheS52MS5HZW5lcmF0ZUIJCgdvYmplY3RzIrYBChlHZW5lcmF0ZU9uT2JqZWN0c1Jlc3BvbnNlEjEKBGhpdHMYASADKAsyIy5nZW5zZWFyY2guZ2F0ZXdheS52MS5HZW5lcmF0aXZlSGl0EjcKB2dyb3VwZWQYAiABKAsyJi5nZW5zZWFyY2guZ2F0ZXdheS52MS5HZW5lcmF0aW9uUmVzdWx0Ei0KBXVzYWdlGAMgASgLMh4uZ2Vuc2VhcmNoLmdlbmVyYXRpb24udjEuVXNhZ2Ui8wEKHlN0cmVhbUdlbmVyYXRlT25PYmplY3RzUmVxdWVzdBISCgpjb2xsZWN0aW9uGAEgASgJEi4KA2lkcxgCIAEoCzIfLmdlbnNlYXJjaC5nYXRld2F5LnYxLk9iamVjdElkc0gAEjUKBmlubGluZRgDIAEoCzIjLmdlbnNlYXJjaC5nYXRld2F5LnYxLklubGluZU9iamVjdHNIABIZChFyZXR1cm5fcHJvcGVydGllcxgEIAMoCRIwCghnZW5lcmF0ZRgFIAEoCzIeLmdlbnNlYXJjaC5nYXRld2F5LnYxLkdlbmVyYXRlQgkKB29iamVjdHMitgIKH1N0cmVhbUdlbmVyYXRlT25PYmplY3RzUmVzcG9uc2USLwoEaGl0cxgBIAEoCzIfLmdlbnNlYXJjaC5nYXRld2F5LnYxLkhpdHNFdmVudEgAEjoKCmhpdF9yZXN1bHQYAiABKAsyJC5nZW5zZWFyY2guZ2F0ZXdheS52MS5IaXRSZXN1bHRFdmVudEgAEjEKBXRva2VuGAMgASgLMiAuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuVG9rZW5FdmVudEgAEjkKB2dyb3VwZWQYBCABKAsyJi5nZW5zZWFyY2guZ2F0ZXdheS52MS5HZW5lcmF0aW9uUmVzdWx0SAASLwoEZG9uZRgFIAEoCzIfLmdlbnNlYXJjaC5nYXRld2F5LnYxLkRvbmVFdmVudEgAQgcKBWV2ZW50KmoKCUNhY2hlTW9kZRIaChZDQUNIRV9NT0RFX1VOU1BFQ0lGSUVEEAASEgoOQ0FDSEVfTU9ERV9VU0UQARIWChJDQUNIRV9NT0RFX1JFRlJFU0gQAhIVChFDQUNIRV9NT0RFX0JZUEFTUxADMrgFCg5HYXRld2F5U2VydmljZRJxChBHZW5lcmF0aXZlU2VhcmNoEi0uZ2Vuc2VhcmNoLmdhdGV3YXkudjEuR2VuZXJhdGl2ZVNlYXJjaFJlcXVlc3QaLi5nZW5zZWFyY2guZ2F0ZXdheS52MS5HZW5lcmF0aXZlU2VhcmNoUmVzcG9uc2UShQEKFlN0cmVhbUdlbmVyYXRpdmVTZWFyY2gSMy5nZW5zZWFyY2guZ2F0ZXdheS52MS5TdHJlYW1HZW5lcmF0aXZlU2VhcmNoUmVxdWVzdBo0LmdlbnNlYXJjaC5nYXRld2F5LnYxLlN0cmVhbUdlbmVyYXRpdmVTZWFyY2hSZXNwb25zZTABEkoKA0FzaxIgLmdlbnNlYXJjaC5nYXRld2F5LnYxLkFza1JlcXVlc3QaIS5nZW5zZWFyY2guZ2F0ZXdheS52MS5Bc2tSZXNwb25zZRJeCglTdHJlYW1Bc2sSJi5nZW5zZWFyY2guZ2F0ZXdheS52MS5TdHJlYW1Bc2tSZXF1ZXN0GicuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuU3RyZWFtQXNrUmVzcG9uc2UwARJ0ChFHZW5lcmF0ZU9uT2JqZWN0cxIuLmdlbnNlYXJjaC5nYXRld2F5LnYxLkdlbmVyYXRlT25PYmplY3RzUmVxdWVzdBovLmdlbnNlYXJjaC5nYXRld2F5LnYxLkdlbmVyYXRlT25PYmplY3RzUmVzcG9uc2USiAEKF1N0cmVhbUdlbmVyYXRlT25PYmplY3RzEjQuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuU3RyZWFtR2VuZXJhdGVPbk9iamVjdHNSZXF1ZXN0GjUuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuU3RyZWFtR2VuZXJhdGVPbk9iamVjdHNSZXNwb25zZTABYgZwcm90bzM", [file_gensearch_generation_v1_generation_service, file_gensearch_retrieval_v1_retrieval_service, file_google_protobuf_duration, file_google_protobuf_struct]);
+  fileDesc("CipnZW5zZWFyY2gvZ2F0ZXdheS92MS9nYXRld2F5X3NlcnZpY2UucHJvdG8SFGdlbnNlYXJjaC5nYXRld2F5LnYxImgKD0dlbmVyYXRpb25DYWNoZRItCgRtb2RlGAEgASgOMh8uZ2Vuc2VhcmNoLmdhdGV3YXkudjEuQ2FjaGVNb2RlEiYKA3R0bBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiKWAQoNU2VtYW50aWNDYWNoZRItCgRtb2RlGAEgASgOMh8uZ2Vuc2VhcmNoLmdhdGV3YXkudjEuQ2FjaGVNb2RlEhsKDm1pbl9zaW1pbGFyaXR5GAIgASgBSACIAQESJgoDdHRsGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uQhEKD19taW5fc2ltaWxhcml0eSKlBQoIR2VuZXJhdGUSFQoNc2luZ2xlX3Byb21wdBgBIAEoCRIUCgxncm91cGVkX3Rhc2sYAiABKAkSGgoSZ3JvdXBlZF9wcm9wZXJ0aWVzGAMgAygJEhAKCHByb3ZpZGVyGAQgASgJEg0KBW1vZGVsGAUgASgJEhgKC3RlbXBlcmF0dXJlGAYgASgBSACIAQESFwoKbWF4X3Rva2VucxgHIAEoBUgBiAEBEhcKD21heF9jb25jdXJyZW5jeRgIIAEoBRIqCgd0aW1lb3V0GAkgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEg0KBWRlYnVnGAogASgIEhUKDXN0cmVhbV90b2tlbnMYCyABKAgSEgoFdG9wX3AYKCABKAFIAogBARIMCgRzdG9wGCkgAygJEh4KEWZyZXF1ZW5jeV9wZW5hbHR5GCogASgBSAOIAQESHQoQcHJlc2VuY2VfcGVuYWx0eRgrIAEoAUgEiAEBEhEKBHNlZWQYLCABKANIBYgBARJACg9yZXNwb25zZV9mb3JtYXQYLSABKAsyJy5nZW5zZWFyY2guZ2VuZXJhdGlvbi52MS5SZXNwb25zZUZvcm1hdBI2CghmYWxsYmFjaxguIAMoCzIkLmdlbnNlYXJjaC5nZW5lcmF0aW9uLnYxLk1vZGVsQ2hvaWNlEhAKCGJhc2VfdXJsGC8gASgJEjQKBWNhY2hlGDwgASgLMiUuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuR2VuZXJhdGlvbkNhY2hlQg4KDF90ZW1wZXJhdHVyZUINCgtfbWF4X3Rva2Vuc0IICgZfdG9wX3BCFAoSX2ZyZXF1ZW5jeV9wZW5hbHR5QhMKEV9wcmVzZW5jZV9wZW5hbHR5QgcKBV9zZWVkIlAKD0dlbmVyYXRpb25FcnJvchIMCgRjb2RlGAEgASgFEg4KBnN0YXR1cxgCIAEoCRIPCgdtZXNzYWdlGAMgASgJEg4KBnJlYXNvbhgEIAEoCSLkAgoQR2VuZXJhdGlvblJlc3VsdBIOCgZyZXN1bHQYASABKAkSNAoFZXJyb3IYAiABKAsyJS5nZW5zZWFyY2guZ2F0ZXdheS52MS5HZW5lcmF0aW9uRXJyb3ISLQoFdXNhZ2UYAyABKAsyHi5nZW5zZWFyY2guZ2VuZXJhdGlvbi52MS5Vc2FnZRINCgVtb2RlbBgEIAEoCRIVCg1maW5pc2hfcmVhc29uGAUgASgJEg4KBnByb21wdBgGIAEoCRIQCghwcm92aWRlchgoIAEoCRIrCgpzdHJ1Y3R1cmVkGCkgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIWCg5mYWxsYmFja19pbmRleBgqIAEoBRIOCgZjYWNoZWQYPCABKAgSEAoIYXR0ZW1wdHMYHiABKAUSLAoJd2FpdF90aW1lGB8gASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uInUKDUdlbmVyYXRpdmVIaXQSKAoDaGl0GAEgASgLMhsuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5IaXQSOgoKZ2VuZXJhdGlvbhgCIAEoCzImLmdlbnNlYXJjaC5nYXRld2F5LnYxLkdlbmVyYXRpb25SZXN1bHQinAQKF0dlbmVyYXRpdmVTZWFyY2hSZXF1ZXN0EhIKCmNvbGxlY3Rpb24YASABKAkSNQoJbmVhcl90ZXh0GAIgASgLMiAuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5OZWFyVGV4dEgAEjkKC25lYXJfdmVjdG9yGAMgASgLMiIuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5OZWFyVmVjdG9ySAASMgoHa2V5d29yZBgEIAEoCzIfLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuS2V5d29yZEgAEjAKBmh5YnJpZBgFIAEoCzIeLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuSHlicmlkSAASLgoGZmlsdGVyGAYgASgLMh4uZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5GaWx0ZXISDQoFbGltaXQYByABKAUSDgoGb2Zmc2V0GAggASgFEhkKEXJldHVybl9wcm9wZXJ0aWVzGAkgAygJEjAKCGdlbmVyYXRlGAogASgLMh4uZ2Vuc2VhcmNoLmdhdGV3YXkudjEuR2VuZXJhdGUSLwoGcmVyYW5rGIIBIAEoCzIeLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuUmVyYW5rEj8KDmV4cGFuZF9jb250ZXh0GIMBIAEoCzImLmdlbnNlYXJjaC5nYXRld2F5LnYxLkNvbnRleHRFeHBhbnNpb25CBwoFcXVlcnki7gEKGEdlbmVyYXRpdmVTZWFyY2hSZXNwb25zZRIxCgRoaXRzGAEgAygLMiMuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuR2VuZXJhdGl2ZUhpdBI3Cgdncm91cGVkGAIgASgLMiYuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuR2VuZXJhdGlvblJlc3VsdBItCgV1c2FnZRgDIAEoCzIeLmdlbnNlYXJjaC5nZW5lcmF0aW9uLnYxLlVzYWdlEjcKCHBhc3NhZ2VzGIIBIAMoCzIkLmdlbnNlYXJjaC5nYXRld2F5LnYxLkNvbnRleHRQYXNzYWdlIqIECh1TdHJlYW1HZW5lcmF0aXZlU2VhcmNoUmVxdWVzdBISCgpjb2xsZWN0aW9uGAEgASgJEjUKCW5lYXJfdGV4dBgCIAEoCzIgLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuTmVhclRleHRIABI5CgtuZWFyX3ZlY3RvchgDIAEoCzIiLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuTmVhclZlY3RvckgAEjIKB2tleXdvcmQYBCABKAsyHy5nZW5zZWFyY2gucmV0cmlldmFsLnYxLktleXdvcmRIABIwCgZoeWJyaWQYBSABKAsyHi5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkh5YnJpZEgAEi4KBmZpbHRlchgGIAEoCzIeLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuRmlsdGVyEg0KBWxpbWl0GAcgASgFEg4KBm9mZnNldBgIIAEoBRIZChFyZXR1cm5fcHJvcGVydGllcxgJIAMoCRIwCghnZW5lcmF0ZRgKIAEoCzIeLmdlbnNlYXJjaC5nYXRld2F5LnYxLkdlbmVyYXRlEi8KBnJlcmFuaxiCASABKAsyHi5nZW5zZWFyY2gucmV0cmlldmFsLnYxLlJlcmFuaxI/Cg5leHBhbmRfY29udGV4dBiDASABKAsyJi5nZW5zZWFyY2guZ2F0ZXdheS52MS5Db250ZXh0RXhwYW5zaW9uQgcKBXF1ZXJ5Im8KCUhpdHNFdmVudBIpCgRoaXRzGAEgAygLMhsuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5IaXQSNwoIcGFzc2FnZXMYggEgAygLMiQuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuQ29udGV4dFBhc3NhZ2UiXwoOSGl0UmVzdWx0RXZlbnQSEQoJaGl0X2luZGV4GAEgASgFEjoKCmdlbmVyYXRpb24YAiABKAsyJi5nZW5zZWFyY2guZ2F0ZXdheS52MS5HZW5lcmF0aW9uUmVzdWx0IlAKClRva2VuRXZlbnQSEQoJaGl0X2luZGV4GAEgASgFEg8KB2dyb3VwZWQYAiABKAgSDQoFZGVsdGEYAyABKAkSDwoHcmVzdGFydBgoIAEoCCI6CglEb25lRXZlbnQSLQoFdXNhZ2UYASABKAsyHi5nZW5zZWFyY2guZ2VuZXJhdGlvbi52MS5Vc2FnZSK1AgoeU3RyZWFtR2VuZXJhdGl2ZVNlYXJjaFJlc3BvbnNlEi8KBGhpdHMYASABKAsyHy5nZW5zZWFyY2guZ2F0ZXdheS52MS5IaXRzRXZlbnRIABI6CgpoaXRfcmVzdWx0GAIgASgLMiQuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuSGl0UmVzdWx0RXZlbnRIABIxCgV0b2tlbhgDIAEoCzIgLmdlbnNlYXJjaC5nYXRld2F5LnYxLlRva2VuRXZlbnRIABI5Cgdncm91cGVkGAQgASgLMiYuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuR2VuZXJhdGlvblJlc3VsdEgAEi8KBGRvbmUYBSABKAsyHy5nZW5zZWFyY2guZ2F0ZXdheS52MS5Eb25lRXZlbnRIAEIHCgVldmVudCLRBwoKQXNrUmVxdWVzdBISCgpjb2xsZWN0aW9uGAEgASgJEhQKDGxsbV9xdWVzdGlvbhgCIAEoCRIRCglsbG1fbW9kZWwYAyABKAkSEAoIcHJvdmlkZXIYBCABKAkSFwoPY29udmVyc2F0aW9uX2lkGAUgASgJEhgKEG5ld19jb252ZXJzYXRpb24YBiABKAgSGQoMY29udGV4dF9zaXplGAcgASgFSAGIAQESHQoQaW50ZXJhY3Rpb25fc2l6ZRgIIAEoBUgCiAEBEioKB3RpbWVvdXQYCSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SFQoNc3lzdGVtX3Byb21wdBgKIAEoCRIZChF1c2VyX2luc3RydWN0aW9ucxgLIAEoCRIaChJjb250ZXh0X2ZpZWxkX2xpc3QYDCADKAkSNQoJbmVhcl90ZXh0GA0gASgLMiAuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5OZWFyVGV4dEgAEjkKC25lYXJfdmVjdG9yGA4gASgLMiIuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5OZWFyVmVjdG9ySAASMgoHa2V5d29yZBgPIAEoCzIfLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuS2V5d29yZEgAEjAKBmh5YnJpZBgQIAEoCzIeLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuSHlicmlkSAASLgoGZmlsdGVyGBEgASgLMh4uZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5GaWx0ZXISGgoNcmV3cml0ZV9xdWVyeRgSIAEoCEgDiAEBEhgKC3RlbXBlcmF0dXJlGBMgASgBSASIAQESFwoKbWF4X3Rva2VucxgUIAEoBUgFiAEBEg0KBWRlYnVnGBUgASgIEjsKDnNlbWFudGljX2NhY2hlGDwgASgLMiMuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuU2VtYW50aWNDYWNoZRIYChBzdW1tYXJ5X2Rpc2FibGVkGEYgASgIEi8KBnJlcmFuaxiCASABKAsyHi5nZW5zZWFyY2gucmV0cmlldmFsLnYxLlJlcmFuaxI/Cg5leHBhbmRfY29udGV4dBiDASABKAsyJi5nZW5zZWFyY2guZ2F0ZXdheS52MS5Db250ZXh0RXhwYW5zaW9uQgcKBXF1ZXJ5Qg8KDV9jb250ZXh0X3NpemVCEwoRX2ludGVyYWN0aW9uX3NpemVCEAoOX3Jld3JpdGVfcXVlcnlCDgoMX3RlbXBlcmF0dXJlQg0KC19tYXhfdG9rZW5zIuoBCghDaXRhdGlvbhIOCgZudW1iZXIYASABKAUSCgoCaWQYAiABKAkSEAoHaGl0X2lkcxiCASADKAkSEAoIc2VudGVuY2UYeCABKAUSFAoMYW5zd2VyX3N0YXJ0GHkgASgFEhIKCmFuc3dlcl9lbmQYeiABKAUSEAoIcHJvcGVydHkYeyABKAkSFAoMc291cmNlX3N0YXJ0GHwgASgFEhIKCnNvdXJjZV9lbmQYfSABKAUSEwoLc291cmNlX3RleHQYfiABKAkSDwoHc3VwcG9ydBh/IAEoARISCglzdXBwb3J0ZWQYgAEgASgIIoEBCg5BbnN3ZXJTZW50ZW5jZRINCgVzdGFydBgBIAEoBRILCgNlbmQYAiABKAUSMQoJY2l0YXRpb25zGAMgAygLMh4uZ2Vuc2VhcmNoLmdhdGV3YXkudjEuQ2l0YXRpb24SDQoFY2l0ZWQYBCABKAgSEQoJc3VwcG9ydGVkGAUgASgIIk8KD0Ryb3BwZWRDaXRhdGlvbhIOCgZudW1iZXIYASABKAUSEAoIc2VudGVuY2UYAiABKAUSDQoFc3RhcnQYAyABKAUSCwoDZW5kGAQgASgFItkBCg5DaXRhdGlvbnNFdmVudBIxCgljaXRhdGlvbnMYASADKAsyHi5nZW5zZWFyY2guZ2F0ZXdheS52MS5DaXRhdGlvbhI3CglzZW50ZW5jZXMYAiADKAsyJC5nZW5zZWFyY2guZ2F0ZXdheS52MS5BbnN3ZXJTZW50ZW5jZRIZChFjaXRhdGlvbl9jb3ZlcmFnZRgDIAEoARJAChFkcm9wcGVkX2NpdGF0aW9ucxgEIAMoCzIlLmdlbnNlYXJjaC5nYXRld2F5LnYxLkRyb3BwZWRDaXRhdGlvbiJlChBDb250ZXh0RXhwYW5zaW9uEhEKCW5laWdoYm9ycxgBIAEoBRIWCg53aG9sZV9kb2N1bWVudBgCIAEoCBIXCgptYXhfdG9rZW5zGAMgASgFSACIAQFCDQoLX21heF90b2tlbnMiiwEKDkNvbnRleHRQYXNzYWdlEg4KBm51bWJlchgBIAEoBRIPCgdoaXRfaWRzGAIgAygJEhEKCWNodW5rX2lkcxgDIAMoCRIoCghkb2N1bWVudBgEIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRINCgVmaXJzdBgFIAEoAxIMCgRsYXN0GAYgASgDIi4KB1RyaW1tZWQSFQoNaGlzdG9yeV90dXJucxgBIAEoBRIMCgRoaXRzGAIgASgFIpcHCgtBc2tSZXNwb25zZRIOCgZhbnN3ZXIYASABKAkSMQoJY2l0YXRpb25zGAIgAygLMh4uZ2Vuc2VhcmNoLmdhdGV3YXkudjEuQ2l0YXRpb24SKQoEaGl0cxgDIAMoCzIbLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuSGl0Ei0KBXVzYWdlGAQgASgLMh4uZ2Vuc2VhcmNoLmdlbmVyYXRpb24udjEuVXNhZ2USFwoPY29udmVyc2F0aW9uX2lkGAUgASgJEhYKDmludGVyYWN0aW9uX2lkGAYgASgJEhcKD3Jld3JpdHRlbl9xdWVyeRgHIAEoCRIuCgd0cmltbWVkGAggASgLMh0uZ2Vuc2VhcmNoLmdhdGV3YXkudjEuVHJpbW1lZBINCgVtb2RlbBgJIAEoCRIwCgZwcm9tcHQYCiADKAsyIC5nZW5zZWFyY2guZ2VuZXJhdGlvbi52MS5NZXNzYWdlEhAKCHByb3ZpZGVyGCggASgJEg4KBmNhY2hlZBg8IAEoCBIXCg9jYWNoZWRfcXVlc3Rpb24YPSABKAkSGQoRY2FjaGVkX3NpbWlsYXJpdHkYPiABKAESFAoMc3VtbWFyeV91c2VkGEYgASgIEhYKDmhpc3RvcnlfdG9rZW5zGEcgASgFEh0KFWhpc3RvcnlfYnVkZ2V0X3Rva2VucxhIIAEoBRIQCghhdHRlbXB0cxgeIAEoBRIsCgl3YWl0X3RpbWUYHyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SNwoIcGFzc2FnZXMYggEgAygLMiQuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuQ29udGV4dFBhc3NhZ2USNwoJc2VudGVuY2VzGHggAygLMiQuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuQW5zd2VyU2VudGVuY2USGQoRY2l0YXRpb25fY292ZXJhZ2UYeSABKAESQAoRZHJvcHBlZF9jaXRhdGlvbnMYeiADKAsyJS5nZW5zZWFyY2guZ2F0ZXdheS52MS5Ecm9wcGVkQ2l0YXRpb24SOwoOcmV3cml0ZV9tZXRob2QYeyABKA4yIy5nZW5zZWFyY2guZ2F0ZXdheS52MS5SZXdyaXRlTWV0aG9kEkEKEXJld3JpdGVfcmVqZWN0aW9uGHwgASgOMiYuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuUmV3cml0ZVJlamVjdGlvbiLXBwoQU3RyZWFtQXNrUmVxdWVzdBISCgpjb2xsZWN0aW9uGAEgASgJEhQKDGxsbV9xdWVzdGlvbhgCIAEoCRIRCglsbG1fbW9kZWwYAyABKAkSEAoIcHJvdmlkZXIYBCABKAkSFwoPY29udmVyc2F0aW9uX2lkGAUgASgJEhgKEG5ld19jb252ZXJzYXRpb24YBiABKAgSGQoMY29udGV4dF9zaXplGAcgASgFSAGIAQESHQoQaW50ZXJhY3Rpb25fc2l6ZRgIIAEoBUgCiAEBEioKB3RpbWVvdXQYCSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SFQoNc3lzdGVtX3Byb21wdBgKIAEoCRIZChF1c2VyX2luc3RydWN0aW9ucxgLIAEoCRIaChJjb250ZXh0X2ZpZWxkX2xpc3QYDCADKAkSNQoJbmVhcl90ZXh0GA0gASgLMiAuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5OZWFyVGV4dEgAEjkKC25lYXJfdmVjdG9yGA4gASgLMiIuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5OZWFyVmVjdG9ySAASMgoHa2V5d29yZBgPIAEoCzIfLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuS2V5d29yZEgAEjAKBmh5YnJpZBgQIAEoCzIeLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuSHlicmlkSAASLgoGZmlsdGVyGBEgASgLMh4uZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5GaWx0ZXISGgoNcmV3cml0ZV9xdWVyeRgSIAEoCEgDiAEBEhgKC3RlbXBlcmF0dXJlGBMgASgBSASIAQESFwoKbWF4X3Rva2VucxgUIAEoBUgFiAEBEg0KBWRlYnVnGBUgASgIEjsKDnNlbWFudGljX2NhY2hlGDwgASgLMiMuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuU2VtYW50aWNDYWNoZRIYChBzdW1tYXJ5X2Rpc2FibGVkGEYgASgIEi8KBnJlcmFuaxiCASABKAsyHi5nZW5zZWFyY2gucmV0cmlldmFsLnYxLlJlcmFuaxI/Cg5leHBhbmRfY29udGV4dBiDASABKAsyJi5nZW5zZWFyY2guZ2F0ZXdheS52MS5Db250ZXh0RXhwYW5zaW9uQgcKBXF1ZXJ5Qg8KDV9jb250ZXh0X3NpemVCEwoRX2ludGVyYWN0aW9uX3NpemVCEAoOX3Jld3JpdGVfcXVlcnlCDgoMX3RlbXBlcmF0dXJlQg0KC19tYXhfdG9rZW5zItcBChFTdHJlYW1Bc2tSZXNwb25zZRI4Cgdjb250ZXh0GAEgASgLMiUuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuQXNrQ29udGV4dEV2ZW50SAASDwoFZGVsdGEYAiABKAlIABIzCgZhbnN3ZXIYAyABKAsyIS5nZW5zZWFyY2guZ2F0ZXdheS52MS5Bc2tSZXNwb25zZUgAEjkKCWNpdGF0aW9ucxh4IAEoCzIkLmdlbnNlYXJjaC5nYXRld2F5LnYxLkNpdGF0aW9uc0V2ZW50SABCBwoFZXZlbnQi7gEKD0Fza0NvbnRleHRFdmVudBIpCgRoaXRzGAEgAygLMhsuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5IaXQSFwoPcmV3cml0dGVuX3F1ZXJ5GAIgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgDIAEoCRI7Cg5yZXdyaXRlX21ldGhvZBh4IAEoDjIjLmdlbnNlYXJjaC5nYXRld2F5LnYxLlJld3JpdGVNZXRob2QSQQoRcmV3cml0ZV9yZWplY3Rpb24YeSABKA4yJi5nZW5zZWFyY2guZ2F0ZXdheS52MS5SZXdyaXRlUmVqZWN0aW9uIjkKDUlubGluZU9iamVjdHMSKAoHb2JqZWN0cxgBIAMoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QiGAoJT2JqZWN0SWRzEgsKA2lkcxgBIAMoCSLtAQoYR2VuZXJhdGVPbk9iamVjdHNSZXF1ZXN0EhIKCmNvbGxlY3Rpb24YASABKAkSLgoDaWRzGAIgASgLMh8uZ2Vuc2VhcmNoLmdhdGV3YXkudjEuT2JqZWN0SWRzSAASNQoGaW5saW5lGAMgASgLMiMuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuSW5saW5lT2JqZWN0c0gAEhkKEXJldHVybl9wcm9wZXJ0aWVzGAQgAygJEjAKCGdlbmVyYXRlGAUgASgLMh4uZ2Vuc2VhcmNoLmdhdGV3YXkudjEuR2VuZXJhdGVCCQoHb2JqZWN0cyK2AQoZR2VuZXJhdGVPbk9iamVjdHNSZXNwb25zZRIxCgRoaXRzGAEgAygLMiMuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuR2VuZXJhdGl2ZUhpdBI3Cgdncm91cGVkGAIgASgLMiYuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuR2VuZXJhdGlvblJlc3VsdBItCgV1c2FnZRgDIAEoCzIeLmdlbnNlYXJjaC5nZW5lcmF0aW9uLnYxLlVzYWdlIvMBCh5TdHJlYW1HZW5lcmF0ZU9uT2JqZWN0c1JlcXVlc3QSEgoKY29sbGVjdGlvbhgBIAEoCRIuCgNpZHMYAiABKAsyHy5nZW5zZWFyY2guZ2F0ZXdheS52MS5PYmplY3RJZHNIABI1CgZpbmxpbmUYAyABKAsyIy5nZW5zZWFyY2guZ2F0ZXdheS52MS5JbmxpbmVPYmplY3RzSAASGQoRcmV0dXJuX3Byb3BlcnRpZXMYBCADKAkSMAoIZ2VuZXJhdGUYBSABKAsyHi5nZW5zZWFyY2guZ2F0ZXdheS52MS5HZW5lcmF0ZUIJCgdvYmplY3RzIrYCCh9TdHJlYW1HZW5lcmF0ZU9uT2JqZWN0c1Jlc3BvbnNlEi8KBGhpdHMYASABKAsyHy5nZW5zZWFyY2guZ2F0ZXdheS52MS5IaXRzRXZlbnRIABI6CgpoaXRfcmVzdWx0GAIgASgLMiQuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuSGl0UmVzdWx0RXZlbnRIABIxCgV0b2tlbhgDIAEoCzIgLmdlbnNlYXJjaC5nYXRld2F5LnYxLlRva2VuRXZlbnRIABI5Cgdncm91cGVkGAQgASgLMiYuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuR2VuZXJhdGlvblJlc3VsdEgAEi8KBGRvbmUYBSABKAsyHy5nZW5zZWFyY2guZ2F0ZXdheS52MS5Eb25lRXZlbnRIAEIHCgVldmVudCpqCglDYWNoZU1vZGUSGgoWQ0FDSEVfTU9ERV9VTlNQRUNJRklFRBAAEhIKDkNBQ0hFX01PREVfVVNFEAESFgoSQ0FDSEVfTU9ERV9SRUZSRVNIEAISFQoRQ0FDSEVfTU9ERV9CWVBBU1MQAyqEAQoNUmV3cml0ZU1ldGhvZBIeChpSRVdSSVRFX01FVEhPRF9VTlNQRUNJRklFRBAAEhwKGFJFV1JJVEVfTUVUSE9EX1VOQ0hBTkdFRBABEhgKFFJFV1JJVEVfTUVUSE9EX01PREVMEAISGwoXUkVXUklURV9NRVRIT0RfRkFMTEJBQ0sQAyriAQoQUmV3cml0ZVJlamVjdGlvbhIhCh1SRVdSSVRFX1JFSkVDVElPTl9VTlNQRUNJRklFRBAAEhsKF1JFV1JJVEVfUkVKRUNUSU9OX0VNUFRZEAESHgoaUkVXUklURV9SRUpFQ1RJT05fVE9PX0xPTkcQAhIjCh9SRVdSSVRFX1JFSkVDVElPTl9DT1BJRVNfQU5TV0VSEAMSJQohUkVXUklURV9SRUpFQ1RJT05fTk9fU0hBUkVEX1dPUkRTEAQSIgoeUkVXUklURV9SRUpFQ1RJT05fTU9ERUxfRkFJTEVEEAUyuAUKDkdhdGV3YXlTZXJ2aWNlEnEKEEdlbmVyYXRpdmVTZWFyY2gSLS5nZW5zZWFyY2guZ2F0ZXdheS52MS5HZW5lcmF0aXZlU2VhcmNoUmVxdWVzdBouLmdlbnNlYXJjaC5nYXRld2F5LnYxLkdlbmVyYXRpdmVTZWFyY2hSZXNwb25zZRKFAQoWU3RyZWFtR2VuZXJhdGl2ZVNlYXJjaBIzLmdlbnNlYXJjaC5nYXRld2F5LnYxLlN0cmVhbUdlbmVyYXRpdmVTZWFyY2hSZXF1ZXN0GjQuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuU3RyZWFtR2VuZXJhdGl2ZVNlYXJjaFJlc3BvbnNlMAESSgoDQXNrEiAuZ2Vuc2VhcmNoLmdhdGV3YXkudjEuQXNrUmVxdWVzdBohLmdlbnNlYXJjaC5nYXRld2F5LnYxLkFza1Jlc3BvbnNlEl4KCVN0cmVhbUFzaxImLmdlbnNlYXJjaC5nYXRld2F5LnYxLlN0cmVhbUFza1JlcXVlc3QaJy5nZW5zZWFyY2guZ2F0ZXdheS52MS5TdHJlYW1Bc2tSZXNwb25zZTABEnQKEUdlbmVyYXRlT25PYmplY3RzEi4uZ2Vuc2VhcmNoLmdhdGV3YXkudjEuR2VuZXJhdGVPbk9iamVjdHNSZXF1ZXN0Gi8uZ2Vuc2VhcmNoLmdhdGV3YXkudjEuR2VuZXJhdGVPbk9iamVjdHNSZXNwb25zZRKIAQoXU3RyZWFtR2VuZXJhdGVPbk9iamVjdHMSNC5nZW5zZWFyY2guZ2F0ZXdheS52MS5TdHJlYW1HZW5lcmF0ZU9uT2JqZWN0c1JlcXVlc3QaNS5nZW5zZWFyY2guZ2F0ZXdheS52MS5TdHJlYW1HZW5lcmF0ZU9uT2JqZWN0c1Jlc3BvbnNlMAFiBnByb3RvMw", [file_gensearch_generation_v1_generation_service, file_gensearch_retrieval_v1_retrieval_service, file_google_protobuf_duration, file_google_protobuf_struct]);
 
 /**
  * The exact generation cache: a per-hit or grouped answer is reused when everything
@@ -965,6 +965,62 @@ export type Citation = Message<"gensearch.gateway.v1.Citation"> & {
    * @generated from field: repeated string hit_ids = 130;
    */
   hitIds: string[];
+
+  /**
+   * Verification (see docs/gateway.md, "Verified citations"). Offsets are Unicode code
+   * points (not UTF-8 bytes, not UTF-16 units), half-open [start, end).
+   * The citing sentence: its index in AskResponse.sentences and its offsets in the answer.
+   *
+   * @generated from field: int32 sentence = 120;
+   */
+  sentence: number;
+
+  /**
+   * @generated from field: int32 answer_start = 121;
+   */
+  answerStart: number;
+
+  /**
+   * @generated from field: int32 answer_end = 122;
+   */
+  answerEnd: number;
+
+  /**
+   * The hit property holding the supporting span ("" when no word is shared), the span's
+   * offsets in that property's string value, and its text.
+   *
+   * @generated from field: string property = 123;
+   */
+  property: string;
+
+  /**
+   * @generated from field: int32 source_start = 124;
+   */
+  sourceStart: number;
+
+  /**
+   * @generated from field: int32 source_end = 125;
+   */
+  sourceEnd: number;
+
+  /**
+   * @generated from field: string source_text = 126;
+   */
+  sourceText: string;
+
+  /**
+   * Share of the sentence's content words found in the span (0..1).
+   *
+   * @generated from field: double support = 127;
+   */
+  support: number;
+
+  /**
+   * support reached the gateway's citation_min_support (and shares at least one word).
+   *
+   * @generated from field: bool supported = 128;
+   */
+  supported: boolean;
 };
 
 /**
@@ -973,6 +1029,123 @@ export type Citation = Message<"gensearch.gateway.v1.Citation"> & {
  */
 export const CitationSchema: GenMessage<Citation> = /*@__PURE__*/
   messageDesc(file_gensearch_gateway_v1_gateway_service, 15);
+
+/**
+ * One sentence of the answer: its offsets (code points, half-open), its citations.
+ *
+ * @generated from message gensearch.gateway.v1.AnswerSentence
+ */
+export type AnswerSentence = Message<"gensearch.gateway.v1.AnswerSentence"> & {
+  /**
+   * @generated from field: int32 start = 1;
+   */
+  start: number;
+
+  /**
+   * @generated from field: int32 end = 2;
+   */
+  end: number;
+
+  /**
+   * Its markers that point at a hit of the prompt, once per hit, with their support.
+   *
+   * @generated from field: repeated gensearch.gateway.v1.Citation citations = 3;
+   */
+  citations: Citation[];
+
+  /**
+   * False: the sentence cites nothing (flagged).
+   *
+   * @generated from field: bool cited = 4;
+   */
+  cited: boolean;
+
+  /**
+   * At least one of its citations is supported.
+   *
+   * @generated from field: bool supported = 5;
+   */
+  supported: boolean;
+};
+
+/**
+ * Describes the message gensearch.gateway.v1.AnswerSentence.
+ * Use `create(AnswerSentenceSchema)` to create a new message.
+ */
+export const AnswerSentenceSchema: GenMessage<AnswerSentence> = /*@__PURE__*/
+  messageDesc(file_gensearch_gateway_v1_gateway_service, 16);
+
+/**
+ * A [n] marker that points at no hit of the prompt: dropped, reported here.
+ *
+ * @generated from message gensearch.gateway.v1.DroppedCitation
+ */
+export type DroppedCitation = Message<"gensearch.gateway.v1.DroppedCitation"> & {
+  /**
+   * @generated from field: int32 number = 1;
+   */
+  number: number;
+
+  /**
+   * The sentence it was in (index in AskResponse.sentences).
+   *
+   * @generated from field: int32 sentence = 2;
+   */
+  sentence: number;
+
+  /**
+   * The marker's offsets in the answer (code points, half-open).
+   *
+   * @generated from field: int32 start = 3;
+   */
+  start: number;
+
+  /**
+   * @generated from field: int32 end = 4;
+   */
+  end: number;
+};
+
+/**
+ * Describes the message gensearch.gateway.v1.DroppedCitation.
+ * Use `create(DroppedCitationSchema)` to create a new message.
+ */
+export const DroppedCitationSchema: GenMessage<DroppedCitation> = /*@__PURE__*/
+  messageDesc(file_gensearch_gateway_v1_gateway_service, 17);
+
+/**
+ * The citation check of a streamed answer, sent after the last delta, before the answer.
+ *
+ * @generated from message gensearch.gateway.v1.CitationsEvent
+ */
+export type CitationsEvent = Message<"gensearch.gateway.v1.CitationsEvent"> & {
+  /**
+   * @generated from field: repeated gensearch.gateway.v1.Citation citations = 1;
+   */
+  citations: Citation[];
+
+  /**
+   * @generated from field: repeated gensearch.gateway.v1.AnswerSentence sentences = 2;
+   */
+  sentences: AnswerSentence[];
+
+  /**
+   * @generated from field: double citation_coverage = 3;
+   */
+  citationCoverage: number;
+
+  /**
+   * @generated from field: repeated gensearch.gateway.v1.DroppedCitation dropped_citations = 4;
+   */
+  droppedCitations: DroppedCitation[];
+};
+
+/**
+ * Describes the message gensearch.gateway.v1.CitationsEvent.
+ * Use `create(CitationsEventSchema)` to create a new message.
+ */
+export const CitationsEventSchema: GenMessage<CitationsEvent> = /*@__PURE__*/
+  messageDesc(file_gensearch_gateway_v1_gateway_service, 18);
 
 /**
  * How hits are widened into passages of their documents before generation.
@@ -1009,7 +1182,7 @@ export type ContextExpansion = Message<"gensearch.gateway.v1.ContextExpansion"> 
  * Use `create(ContextExpansionSchema)` to create a new message.
  */
 export const ContextExpansionSchema: GenMessage<ContextExpansion> = /*@__PURE__*/
-  messageDesc(file_gensearch_gateway_v1_gateway_service, 16);
+  messageDesc(file_gensearch_gateway_v1_gateway_service, 19);
 
 /**
  * A passage given to the model: consecutive chunks of one document, merged from the
@@ -1062,7 +1235,7 @@ export type ContextPassage = Message<"gensearch.gateway.v1.ContextPassage"> & {
  * Use `create(ContextPassageSchema)` to create a new message.
  */
 export const ContextPassageSchema: GenMessage<ContextPassage> = /*@__PURE__*/
-  messageDesc(file_gensearch_gateway_v1_gateway_service, 17);
+  messageDesc(file_gensearch_gateway_v1_gateway_service, 20);
 
 /**
  * What the context-window guard removed so the prompt fits.
@@ -1086,7 +1259,7 @@ export type Trimmed = Message<"gensearch.gateway.v1.Trimmed"> & {
  * Use `create(TrimmedSchema)` to create a new message.
  */
 export const TrimmedSchema: GenMessage<Trimmed> = /*@__PURE__*/
-  messageDesc(file_gensearch_gateway_v1_gateway_service, 18);
+  messageDesc(file_gensearch_gateway_v1_gateway_service, 21);
 
 /**
  * @generated from message gensearch.gateway.v1.AskResponse
@@ -1125,7 +1298,8 @@ export type AskResponse = Message<"gensearch.gateway.v1.AskResponse"> & {
   interactionId: string;
 
   /**
-   * The standalone query used for retrieval, when the question was rewritten.
+   * The standalone query used for retrieval: the model's checked rewrite or the fallback
+   * query (see rewrite_method); empty when the question was searched as asked.
    *
    * @generated from field: string rewritten_query = 7;
    */
@@ -1213,6 +1387,39 @@ export type AskResponse = Message<"gensearch.gateway.v1.AskResponse"> & {
    * @generated from field: repeated gensearch.gateway.v1.ContextPassage passages = 130;
    */
   passages: ContextPassage[];
+
+  /**
+   * The answer's sentences with their citations (see Citation).
+   *
+   * @generated from field: repeated gensearch.gateway.v1.AnswerSentence sentences = 120;
+   */
+  sentences: AnswerSentence[];
+
+  /**
+   * Share of the answer's sentences with at least one supported citation (0..1).
+   *
+   * @generated from field: double citation_coverage = 121;
+   */
+  citationCoverage: number;
+
+  /**
+   * Markers that pointed at no hit.
+   *
+   * @generated from field: repeated gensearch.gateway.v1.DroppedCitation dropped_citations = 122;
+   */
+  droppedCitations: DroppedCitation[];
+
+  /**
+   * How rewritten_query was obtained, and why a model rewrite was rejected.
+   *
+   * @generated from field: gensearch.gateway.v1.RewriteMethod rewrite_method = 123;
+   */
+  rewriteMethod: RewriteMethod;
+
+  /**
+   * @generated from field: gensearch.gateway.v1.RewriteRejection rewrite_rejection = 124;
+   */
+  rewriteRejection: RewriteRejection;
 };
 
 /**
@@ -1220,7 +1427,7 @@ export type AskResponse = Message<"gensearch.gateway.v1.AskResponse"> & {
  * Use `create(AskResponseSchema)` to create a new message.
  */
 export const AskResponseSchema: GenMessage<AskResponse> = /*@__PURE__*/
-  messageDesc(file_gensearch_gateway_v1_gateway_service, 19);
+  messageDesc(file_gensearch_gateway_v1_gateway_service, 22);
 
 /**
  * Same fields as AskRequest.
@@ -1372,10 +1579,11 @@ export type StreamAskRequest = Message<"gensearch.gateway.v1.StreamAskRequest"> 
  * Use `create(StreamAskRequestSchema)` to create a new message.
  */
 export const StreamAskRequestSchema: GenMessage<StreamAskRequest> = /*@__PURE__*/
-  messageDesc(file_gensearch_gateway_v1_gateway_service, 20);
+  messageDesc(file_gensearch_gateway_v1_gateway_service, 23);
 
 /**
- * Events: context (hits, rewritten query) first, then token deltas, then the full answer.
+ * Events: context (hits, rewritten query) first, then token deltas, then the citation
+ * check (citations), then the full answer.
  *
  * @generated from message gensearch.gateway.v1.StreamAskResponse
  */
@@ -1401,6 +1609,14 @@ export type StreamAskResponse = Message<"gensearch.gateway.v1.StreamAskResponse"
      */
     value: AskResponse;
     case: "answer";
+  } | {
+    /**
+     * After the last delta, before answer (which carries the same fields).
+     *
+     * @generated from field: gensearch.gateway.v1.CitationsEvent citations = 120;
+     */
+    value: CitationsEvent;
+    case: "citations";
   } | { case: undefined; value?: undefined };
 };
 
@@ -1409,7 +1625,7 @@ export type StreamAskResponse = Message<"gensearch.gateway.v1.StreamAskResponse"
  * Use `create(StreamAskResponseSchema)` to create a new message.
  */
 export const StreamAskResponseSchema: GenMessage<StreamAskResponse> = /*@__PURE__*/
-  messageDesc(file_gensearch_gateway_v1_gateway_service, 21);
+  messageDesc(file_gensearch_gateway_v1_gateway_service, 24);
 
 /**
  * @generated from message gensearch.gateway.v1.AskContextEvent
@@ -1429,6 +1645,16 @@ export type AskContextEvent = Message<"gensearch.gateway.v1.AskContextEvent"> & 
    * @generated from field: string conversation_id = 3;
    */
   conversationId: string;
+
+  /**
+   * @generated from field: gensearch.gateway.v1.RewriteMethod rewrite_method = 120;
+   */
+  rewriteMethod: RewriteMethod;
+
+  /**
+   * @generated from field: gensearch.gateway.v1.RewriteRejection rewrite_rejection = 121;
+   */
+  rewriteRejection: RewriteRejection;
 };
 
 /**
@@ -1436,7 +1662,7 @@ export type AskContextEvent = Message<"gensearch.gateway.v1.AskContextEvent"> & 
  * Use `create(AskContextEventSchema)` to create a new message.
  */
 export const AskContextEventSchema: GenMessage<AskContextEvent> = /*@__PURE__*/
-  messageDesc(file_gensearch_gateway_v1_gateway_service, 22);
+  messageDesc(file_gensearch_gateway_v1_gateway_service, 25);
 
 /**
  * Objects given inline, with no collection behind them.
@@ -1458,7 +1684,7 @@ export type InlineObjects = Message<"gensearch.gateway.v1.InlineObjects"> & {
  * Use `create(InlineObjectsSchema)` to create a new message.
  */
 export const InlineObjectsSchema: GenMessage<InlineObjects> = /*@__PURE__*/
-  messageDesc(file_gensearch_gateway_v1_gateway_service, 23);
+  messageDesc(file_gensearch_gateway_v1_gateway_service, 26);
 
 /**
  * Objects of a collection, by id.
@@ -1479,7 +1705,7 @@ export type ObjectIds = Message<"gensearch.gateway.v1.ObjectIds"> & {
  * Use `create(ObjectIdsSchema)` to create a new message.
  */
 export const ObjectIdsSchema: GenMessage<ObjectIds> = /*@__PURE__*/
-  messageDesc(file_gensearch_gateway_v1_gateway_service, 24);
+  messageDesc(file_gensearch_gateway_v1_gateway_service, 27);
 
 /**
  * @generated from message gensearch.gateway.v1.GenerateOnObjectsRequest
@@ -1530,7 +1756,7 @@ export type GenerateOnObjectsRequest = Message<"gensearch.gateway.v1.GenerateOnO
  * Use `create(GenerateOnObjectsRequestSchema)` to create a new message.
  */
 export const GenerateOnObjectsRequestSchema: GenMessage<GenerateOnObjectsRequest> = /*@__PURE__*/
-  messageDesc(file_gensearch_gateway_v1_gateway_service, 25);
+  messageDesc(file_gensearch_gateway_v1_gateway_service, 28);
 
 /**
  * @generated from message gensearch.gateway.v1.GenerateOnObjectsResponse
@@ -1559,7 +1785,7 @@ export type GenerateOnObjectsResponse = Message<"gensearch.gateway.v1.GenerateOn
  * Use `create(GenerateOnObjectsResponseSchema)` to create a new message.
  */
 export const GenerateOnObjectsResponseSchema: GenMessage<GenerateOnObjectsResponse> = /*@__PURE__*/
-  messageDesc(file_gensearch_gateway_v1_gateway_service, 26);
+  messageDesc(file_gensearch_gateway_v1_gateway_service, 29);
 
 /**
  * Same fields as GenerateOnObjectsRequest.
@@ -1605,7 +1831,7 @@ export type StreamGenerateOnObjectsRequest = Message<"gensearch.gateway.v1.Strea
  * Use `create(StreamGenerateOnObjectsRequestSchema)` to create a new message.
  */
 export const StreamGenerateOnObjectsRequestSchema: GenMessage<StreamGenerateOnObjectsRequest> = /*@__PURE__*/
-  messageDesc(file_gensearch_gateway_v1_gateway_service, 27);
+  messageDesc(file_gensearch_gateway_v1_gateway_service, 30);
 
 /**
  * The same events as StreamGenerativeSearchResponse.
@@ -1654,7 +1880,7 @@ export type StreamGenerateOnObjectsResponse = Message<"gensearch.gateway.v1.Stre
  * Use `create(StreamGenerateOnObjectsResponseSchema)` to create a new message.
  */
 export const StreamGenerateOnObjectsResponseSchema: GenMessage<StreamGenerateOnObjectsResponse> = /*@__PURE__*/
-  messageDesc(file_gensearch_gateway_v1_gateway_service, 28);
+  messageDesc(file_gensearch_gateway_v1_gateway_service, 31);
 
 /**
  * How a request uses a cache of generated answers.
@@ -1696,6 +1922,97 @@ export enum CacheMode {
  */
 export const CacheModeSchema: GenEnum<CacheMode> = /*@__PURE__*/
   enumDesc(file_gensearch_gateway_v1_gateway_service, 0);
+
+/**
+ * How the retrieval query was obtained from the question.
+ *
+ * @generated from enum gensearch.gateway.v1.RewriteMethod
+ */
+export enum RewriteMethod {
+  /**
+   * @generated from enum value: REWRITE_METHOD_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * No history, or rewriting off: the question as asked (rewritten_query is empty).
+   *
+   * @generated from enum value: REWRITE_METHOD_UNCHANGED = 1;
+   */
+  UNCHANGED = 1,
+
+  /**
+   * The model's rewrite, which passed every check.
+   *
+   * @generated from enum value: REWRITE_METHOD_MODEL = 2;
+   */
+  MODEL = 2,
+
+  /**
+   * The model's rewrite was rejected (rewrite_rejection says why): the question joined
+   * with the last user turn's key terms.
+   *
+   * @generated from enum value: REWRITE_METHOD_FALLBACK = 3;
+   */
+  FALLBACK = 3,
+}
+
+/**
+ * Describes the enum gensearch.gateway.v1.RewriteMethod.
+ */
+export const RewriteMethodSchema: GenEnum<RewriteMethod> = /*@__PURE__*/
+  enumDesc(file_gensearch_gateway_v1_gateway_service, 1);
+
+/**
+ * @generated from enum gensearch.gateway.v1.RewriteRejection
+ */
+export enum RewriteRejection {
+  /**
+   * @generated from enum value: REWRITE_REJECTION_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The rewrite had no words.
+   *
+   * @generated from enum value: REWRITE_REJECTION_EMPTY = 1;
+   */
+  EMPTY = 1,
+
+  /**
+   * Much longer than the question plus the last user question.
+   *
+   * @generated from enum value: REWRITE_REJECTION_TOO_LONG = 2;
+   */
+  TOO_LONG = 2,
+
+  /**
+   * A copy or near-copy of an earlier answer.
+   *
+   * @generated from enum value: REWRITE_REJECTION_COPIES_ANSWER = 3;
+   */
+  COPIES_ANSWER = 3,
+
+  /**
+   * No content word in common with the question or the recent history.
+   *
+   * @generated from enum value: REWRITE_REJECTION_NO_SHARED_WORDS = 4;
+   */
+  NO_SHARED_WORDS = 4,
+
+  /**
+   * The rewrite call failed (the generation service's error is logged).
+   *
+   * @generated from enum value: REWRITE_REJECTION_MODEL_FAILED = 5;
+   */
+  MODEL_FAILED = 5,
+}
+
+/**
+ * Describes the enum gensearch.gateway.v1.RewriteRejection.
+ */
+export const RewriteRejectionSchema: GenEnum<RewriteRejection> = /*@__PURE__*/
+  enumDesc(file_gensearch_gateway_v1_gateway_service, 2);
 
 /**
  * The front door: generative search (a search, then one LLM call per hit and/or one over

@@ -1,0 +1,269 @@
+"""Verified citations: which sentence of an answer cites which hit, and where in that hit
+the sentence finds its support.
+
+- The answer is split into sentences (``split_sentences``): a sentence ends at ``.``,
+  ``!``, ``?`` or an ellipsis followed by whitespace or the end, at the CJK full stop,
+  exclamation and question marks (no space needed), or at a line break; citation
+  markers right after the end (``... spice. [1]``) belong to the sentence before them.
+  Abbreviations ("e.g. x") may split a sentence; harmless here.
+- Each ``[n]`` (also ``[1, 3]``) in a sentence is mapped to hit n of the prompt; numbers
+  that point at no hit in the prompt are dropped and reported with their offsets. Inside
+  code (backtick spans, fenced blocks) brackets are indexes, not citations.
+- Support: for each cited hit, the candidate spans are the sentences of its string-valued
+  context properties (those the model was shown), long ones cut into windows of
+  ``WINDOW_WORDS`` words; the span sharing the largest share of the answer sentence's
+  content words wins (ties: the earlier property in context order, then the earlier span).
+  ``support`` is that share; a citation is *supported* when it is at least the threshold
+  (setting ``citation_min_support``) and at least one word is shared. With no word shared
+  there is no span (empty property, offsets 0). CJK text without spaces counts a whole
+  run of ideographs as one word, so its support is coarse.
+- ``coverage``: supported sentences / sentences (sentences with at least one word).
+
+Offsets are Unicode code points (Python ``str`` indices) into the answer and into the
+property's string value, half-open ``[start, end)``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
+
+from services.gateway.condense import content_words
+
+WINDOW_WORDS = 40
+
+_CITATION = re.compile(r"\[(\s*\d+\s*(?:[,;]\s*\d+\s*)*)\]")
+_NUMBER = re.compile(r"\d+")
+# The end of a sentence: terminal punctuation (with closing quotes/brackets) followed by
+# whitespace or the end of the text, or a line break.
+_END = re.compile(
+    r"[.!?\u2026]+[\"'\u201d\u2019)]*(?:\[\s*\d+\s*(?:[,;]\s*\d+\s*)*\])*(?=\s|$)"
+    r"|[\u3002\uff01\uff1f]+(?:\[\s*\d+\s*(?:[,;]\s*\d+\s*)*\])*|\n"
+)
+# Markers (and the spaces before them) that directly follow a sentence's end.
+_TRAILING_MARKERS = re.compile(r"(?:[ \t]*\[\s*\d+\s*(?:[,;]\s*\d+\s*)*\])+[.!?]?")
+_WORD = re.compile(r"[^\W_]+")
+# Code in an answer (fenced blocks, also unclosed at the end, and inline spans): an index
+# like ``obj[0]`` there is not a citation.
+_CODE = re.compile(r"```.*?(?:```|\Z)|`[^`\n]*`", re.S)
+
+
+@dataclass(frozen=True)
+class Span:
+    start: int
+    end: int
+
+
+@dataclass
+class Support:
+    number: int
+    hit_id: str
+    property: str = ""
+    source: Span = Span(0, 0)
+    text: str = ""
+    score: float = 0.0
+    supported: bool = False
+
+
+@dataclass
+class Sentence:
+    span: Span
+    citations: list[Support] = field(default_factory=list)
+
+    @property
+    def cited(self) -> bool:
+        return bool(self.citations)
+
+    @property
+    def supported(self) -> bool:
+        return any(c.supported for c in self.citations)
+
+
+@dataclass(frozen=True)
+class Dropped:
+    number: int
+    sentence: int
+    marker: Span
+
+
+@dataclass
+class Verified:
+    sentences: list[Sentence]
+    dropped: list[Dropped]
+
+    @property
+    def coverage(self) -> float:
+        if not self.sentences:
+            return 0.0
+        return sum(s.supported for s in self.sentences) / len(self.sentences)
+
+    def by_hit(self) -> list[tuple[int, Support]]:
+        """One citation per cited hit number, in order of first use: the strongest support
+        any sentence found for it, with that sentence's index."""
+        best: dict[int, tuple[int, Support]] = {}
+        for index, sentence in enumerate(self.sentences):
+            for support in sentence.citations:
+                held = best.get(support.number)
+                if held is None or support.score > held[1].score:
+                    best[support.number] = (index, support)
+        order: dict[int, None] = {}
+        for sentence in self.sentences:
+            for support in sentence.citations:
+                order.setdefault(support.number)
+        return [best[n] for n in order]
+
+
+def split_sentences(text: str) -> list[Span]:
+    """Sentence spans (trimmed of surrounding whitespace), only those with a word in them."""
+    spans: list[Span] = []
+    start = 0
+    for match in _END.finditer(text):
+        if match.start() < start:  # inside markers already given to the sentence before
+            continue
+        end = match.end()
+        if match.group() != "\n":
+            trailing = _TRAILING_MARKERS.match(text, end)
+            if trailing:
+                end = trailing.end()
+        spans.append(Span(start, end))
+        start = end
+    spans.append(Span(start, len(text)))
+    out = []
+    for span in spans:
+        piece = text[span.start : span.end]
+        stripped = piece.strip()
+        if not stripped or not _WORD.search(_CITATION.sub("", stripped)):
+            continue
+        lead = len(piece) - len(piece.lstrip())
+        out.append(Span(span.start + lead, span.start + lead + len(stripped)))
+    return out
+
+
+def candidate_spans(text: str) -> list[Span]:
+    """The property's sentences, long ones as overlapping windows of WINDOW_WORDS words."""
+    out: list[Span] = []
+    for sentence in split_sentences(text):
+        found = list(_WORD.finditer(text, sentence.start, sentence.end))
+        if len(found) <= WINDOW_WORDS:
+            out.append(sentence)
+            continue
+        step = WINDOW_WORDS // 2
+        for first in range(0, len(found) - step, step):
+            last = min(first + WINDOW_WORDS, len(found)) - 1
+            out.append(Span(found[first].start(), found[last].end()))
+    return out
+
+
+def best_support(
+    claim: set[str], properties: Mapping[str, Any], fields: Sequence[str]
+) -> tuple[str, Span, float]:
+    """The property and span sharing the largest share of ``claim``'s words."""
+    best: tuple[str, Span, float] = ("", Span(0, 0), -1.0)
+    for name in fields:
+        value = properties.get(name)
+        if not isinstance(value, str) or not value.strip():
+            continue
+        for span in candidate_spans(value):
+            shared = claim & set(content_words(value[span.start : span.end]))
+            score = len(shared) / len(claim) if claim else 0.0
+            if score > best[2]:
+                best = (name, span, score)
+    return best
+
+
+def verify(
+    answer: str,
+    hits: Sequence[tuple[str, Mapping[str, Any]]],
+    fields: Sequence[str],
+    threshold: float,
+) -> Verified:
+    """``hits`` are the (id, properties) of the hits in the prompt, numbered from 1;
+    ``fields`` the properties the model was shown (all string ones when empty)."""
+    sentences: list[Sentence] = []
+    dropped: list[Dropped] = []
+    code = [m.span() for m in _CODE.finditer(answer)]
+    for index, span in enumerate(split_sentences(answer)):
+        text = answer[span.start : span.end]
+        sentence = Sentence(span)
+        claim = set(content_words(_CITATION.sub(" ", text)))
+        seen: set[int] = set()
+        for marker in _CITATION.finditer(answer, span.start, span.end):
+            if any(start <= marker.start() < end for start, end in code):
+                continue
+            for raw in _NUMBER.finditer(marker.group(1)):
+                number = int(raw.group())
+                if not 1 <= number <= len(hits):
+                    dropped.append(Dropped(number, index, Span(marker.start(), marker.end())))
+                    continue
+                if number in seen:
+                    continue
+                seen.add(number)
+                hit_id, properties = hits[number - 1]
+                names = list(fields) or sorted(properties)
+                name, source, score = best_support(claim, properties, names)
+                support = Support(number, hit_id)
+                if name and score > 0:
+                    value = properties[name]
+                    support = Support(
+                        number,
+                        hit_id,
+                        name,
+                        source,
+                        value[source.start : source.end],
+                        score,
+                        score >= threshold,
+                    )
+                sentence.citations.append(support)
+        sentences.append(sentence)
+    return Verified(sentences, dropped)
+
+
+# -- the wire form ------------------------------------------------------------------------
+
+
+def _citation(sentence: int, span: Span, support: Support) -> gw_pb.Citation:
+    return gw_pb.Citation(
+        number=support.number,
+        id=support.hit_id,
+        sentence=sentence,
+        answer_start=span.start,
+        answer_end=span.end,
+        property=support.property,
+        source_start=support.source.start,
+        source_end=support.source.end,
+        source_text=support.text,
+        support=support.score,
+        supported=support.supported,
+    )
+
+
+def to_event(verified: Verified) -> gw_pb.CitationsEvent:
+    """The check as sent: ``citations`` one per cited hit (first use order, strongest
+    support), ``sentences`` each with its own, dropped markers, coverage."""
+    sentences = [
+        gw_pb.AnswerSentence(
+            start=s.span.start,
+            end=s.span.end,
+            citations=[_citation(i, s.span, c) for c in s.citations],
+            cited=s.cited,
+            supported=s.supported,
+        )
+        for i, s in enumerate(verified.sentences)
+    ]
+    return gw_pb.CitationsEvent(
+        citations=[
+            _citation(i, verified.sentences[i].span, support) for i, support in verified.by_hit()
+        ],
+        sentences=sentences,
+        citation_coverage=verified.coverage,
+        dropped_citations=[
+            gw_pb.DroppedCitation(
+                number=d.number, sentence=d.sentence, start=d.marker.start, end=d.marker.end
+            )
+            for d in verified.dropped
+        ],
+    )

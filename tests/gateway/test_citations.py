@@ -1,0 +1,245 @@
+"""Verified citations: sentences, spans and their offsets, dropped markers, uncited
+sentences, coverage; unary and streamed Ask; unicode in answers and hits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
+from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from services.gateway.citations import Span, split_sentences, verify
+from tests.gateway.conftest import ALICE, Stack, create_books
+
+
+def _texts(text: str) -> list[str]:
+    return [text[s.start : s.end] for s in split_sentences(text)]
+
+
+def test_sentences_keep_their_markers() -> None:
+    answer = (
+        "Dune is set on a desert planet [1]. It has spice. [2] Pi is 3.14 here!\n"
+        "- a list item [1, 2]\n\n   \n[3]"
+    )
+    assert _texts(answer) == [
+        "Dune is set on a desert planet [1].",
+        "It has spice. [2]",
+        "Pi is 3.14 here!",
+        "- a list item [1, 2]",
+    ]  # a lone marker with no words is not a sentence
+
+
+HITS = [
+    ("id-dune", {"title": "Dune", "body": "A desert planet. The spice melange is mined there."}),
+    ("id-emma", {"title": "Emma", "body": "A matchmaker in an English village.", "year": 1815}),
+]
+
+
+def test_spans_offsets_dropped_and_uncited() -> None:
+    answer = "The spice melange is mined on Dune [1]. Emma is set in 1815 [2][9]. Nothing here."
+    checked = verify(answer, HITS, ["title", "body"], 0.3)
+    first, second, third = checked.sentences
+    # Sentence offsets in the answer.
+    assert answer[first.span.start : first.span.end] == answer.split(" Emma")[0]
+    assert first.span == Span(0, 39)
+    # [1]: the body's second sentence holds 4 of {spice, melange, mined, dune}: 3/4.
+    (support,) = first.citations
+    assert (support.number, support.hit_id, support.property) == (1, "id-dune", "body")
+    body = HITS[0][1]["body"]
+    assert body[support.source.start : support.source.end] == "The spice melange is mined there."
+    assert support.text == "The spice melange is mined there."
+    assert support.score == pytest.approx(3 / 4) and support.supported
+    # [2]: "emma" is the title (1 of {emma, set, 1815}; the year is not a string).
+    (emma,) = second.citations
+    assert (emma.property, emma.text, emma.source) == ("title", "Emma", Span(0, 4))
+    assert emma.score == pytest.approx(1 / 3) and emma.supported
+    # [9] points at no hit: dropped, with the marker's offsets.
+    (dropped,) = checked.dropped
+    assert (dropped.number, dropped.sentence) == (9, 1)
+    assert answer[dropped.marker.start : dropped.marker.end] == "[9]"
+    # The third sentence cites nothing: flagged, and it lowers the coverage.
+    assert not third.cited and not third.supported
+    assert checked.coverage == pytest.approx(2 / 3)
+
+
+def test_brackets_in_code_are_not_citations() -> None:
+    answer = "Delete it with `del obj[0]` [1].\n```python\ndel obj[2]\n```\nSee [2]."
+    checked = verify(answer, HITS, ["title", "body"], 0.3)
+    assert checked.dropped == []
+    cited = [[c.number for c in s.citations] for s in checked.sentences]
+    assert [1] in cited and [2] in cited and [0] not in cited
+    assert sum(len(c) for c in cited) == 2
+
+
+def test_threshold_and_no_shared_word() -> None:
+    answer = "Emma is set in 1815 [2]. Completely unrelated words [1]."
+    strict = verify(answer, HITS, ["title", "body"], 0.5)
+    assert not strict.sentences[0].citations[0].supported  # 1/3 < 0.5
+    unrelated = strict.sentences[1].citations[0]
+    assert (unrelated.property, unrelated.source, unrelated.score) == ("", Span(0, 0), 0.0)
+    assert not unrelated.supported
+    assert strict.coverage == 0.0
+
+
+def test_only_the_context_fields_are_searched() -> None:
+    checked = verify("Dune [1].", HITS, ["body"], 0.3)
+    assert not checked.sentences[0].citations[0].supported  # the title was not shown
+
+
+def test_long_passages_are_searched_in_windows() -> None:
+    words = [f"w{i}" for i in range(200)]
+    body = " ".join(words)  # one 200-word "sentence"
+    checked = verify("About w150 and w151 [1].", [("x", {"body": body})], ["body"], 0.3)
+    support = checked.sentences[0].citations[0]
+    span = body[support.source.start : support.source.end]
+    assert "w150" in span and "w151" in span and len(span.split()) <= 40
+    assert support.score == 1.0
+
+
+def test_unicode_offsets_are_code_points() -> None:
+    hits = [("u", {"body": "Ünïcödé 😀 text. Ça marche très bien à Zürich."})]
+    answer = "😀😀 Intro sentence. Ça marche à Zürich 🎉 [1]. 日本語です。"
+    checked = verify(answer, hits, ["body"], 0.3)
+    assert [answer[s.span.start : s.span.end] for s in checked.sentences] == [
+        "😀😀 Intro sentence.",
+        "Ça marche à Zürich 🎉 [1].",
+        "日本語です。",
+    ]
+    support = checked.sentences[1].citations[0]
+    body = hits[0][1]["body"]
+    assert body[support.source.start : support.source.end] == "Ça marche très bien à Zürich."
+    # Code points, not UTF-8 bytes: the emoji before counts as one.
+    assert support.source.start == len("Ünïcödé 😀 text. ")
+    assert checked.sentences[1].span.start == len("😀😀 Intro sentence. ")
+
+
+# -- through the gateway ----------------------------------------------------------------
+
+ANSWER = "A desert planet and spice [1]. Cyberpunk hackers [2]. Unknown [7]. No source here."
+
+
+def _answering(text: str) -> Any:
+    return lambda body: text
+
+
+def _check(response: gw_pb.AskResponse | gw_pb.CitationsEvent, answer: str) -> None:
+    assert [(c.number, c.sentence) for c in response.citations] == [(1, 0), (2, 1)]
+    dune = response.citations[0]
+    assert (dune.property, dune.source_text) == ("body", "A desert planet and the spice melange.")
+    assert (dune.source_start, dune.source_end) == (0, 38)
+    assert answer[dune.answer_start : dune.answer_end] == "A desert planet and spice [1]."
+    assert dune.supported and dune.support == pytest.approx(1.0)
+    hacker = response.citations[1]
+    assert hacker.source_text == "A hacker in a cyberpunk future."
+    assert hacker.support == pytest.approx(0.5) and hacker.supported  # cyberpunk, not hackers
+    assert [(s.cited, s.supported) for s in response.sentences] == [
+        (True, True),
+        (True, True),
+        (False, False),
+        (False, False),
+    ]
+    (dropped,) = response.dropped_citations
+    assert (dropped.number, dropped.sentence) == (7, 2)
+    assert answer[dropped.start : dropped.end] == "[7]"
+    assert response.citation_coverage == pytest.approx(0.5)
+
+
+async def test_unary_ask_returns_verified_citations(stack: Stack) -> None:
+    ids = await create_books(stack)
+    stack.fake.reply = _answering(ANSWER)
+    response = await stack.stub.Ask(
+        gw_pb.AskRequest(
+            collection="Books",
+            llm_question="desert planet spice cyberpunk",
+            context_size=2,
+            context_field_list=["title", "body"],
+        ),
+        metadata=ALICE,
+    )
+    assert [h.id for h in response.hits] == [ids[0], ids[1]]
+    assert response.answer == ANSWER
+    _check(response, ANSWER)
+    assert [(c.number, c.id) for c in response.citations] == [(1, ids[0]), (2, ids[1])]
+
+
+async def test_stream_sends_citations_before_the_answer(stack: Stack) -> None:
+    ids = await create_books(stack)
+    stack.fake.reply = _answering(ANSWER)
+    events = [
+        e
+        async for e in stack.stub.StreamAsk(
+            gw_pb.StreamAskRequest(
+                collection="Books",
+                llm_question="desert planet spice cyberpunk",
+                context_size=2,
+                context_field_list=["title", "body"],
+            ),
+            metadata=ALICE,
+        )
+    ]
+    kinds = [e.WhichOneof("event") for e in events]
+    assert kinds[0] == "context" and kinds[-2:] == ["citations", "answer"]
+    assert set(kinds[1:-2]) == {"delta"}
+    assert events[0].context.hits[0].id == ids[0]
+    _check(events[-2].citations, ANSWER)
+    final = events[-1].answer
+    _check(final, ANSWER)
+    event = events[-2].citations
+    assert list(final.citations) == list(event.citations)
+    assert list(final.sentences) == list(event.sentences)
+
+
+async def test_unicode_answer_and_hits_through_the_gateway(stack: Stack) -> None:
+    books = [
+        {"title": "Zürich 😀", "body": "Ünïcödé 😀 text. Ça marche très bien à Zürich.", "year": 1,
+         "tags": []},
+    ]  # fmt: skip
+    await create_books(stack, books=books)
+    answer = "😀 Ça marche à Zürich [1]."
+    stack.fake.reply = _answering(answer)
+    events = [
+        e
+        async for e in stack.stub.StreamAsk(
+            gw_pb.StreamAskRequest(
+                collection="Books",
+                llm_question="Zürich",
+                context_field_list=["body"],
+                near_vector=ret_pb.NearVector(vector=[1.0, 0.1, 0.1, 0.1]),
+            ),
+            metadata=ALICE,
+        )
+    ]
+    final = events[-1].answer
+    assert final.answer == answer
+    (citation,) = final.citations
+    body = books[0]["body"]
+    assert isinstance(body, str)
+    assert body[citation.source_start : citation.source_end] == "Ça marche très bien à Zürich."
+    assert citation.source_text == "Ça marche très bien à Zürich."
+    assert (citation.answer_start, citation.answer_end) == (0, len(answer))
+    assert final.citation_coverage == 1.0
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    answer=st.text(alphabet=st.characters(codec="utf-8"), max_size=200)
+    | st.lists(st.sampled_from(["[1]", "[2, 9]", ". ", "\n", "`", "```", "é😀", "word"])).map(
+        "".join
+    ),
+    body=st.text(max_size=200),
+)
+def test_any_answer_gives_offsets_inside_the_texts(answer: str, body: str) -> None:
+    hits = [("a", {"body": body}), ("b", {"body": "word é😀"})]
+    checked = verify(answer, hits, ["body"], 0.3)
+    assert 0.0 <= checked.coverage <= 1.0
+    for sentence in checked.sentences:
+        assert 0 <= sentence.span.start < sentence.span.end <= len(answer)
+        for c in sentence.citations:
+            value = dict(hits)[c.hit_id]["body"]
+            assert 0 <= c.source.start <= c.source.end <= len(value)
+            assert value[c.source.start : c.source.end] == c.text
+    for d in checked.dropped:
+        assert answer[d.marker.start : d.marker.end].startswith("[")
