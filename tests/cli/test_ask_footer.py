@@ -3,6 +3,7 @@ and how many sentences a cited source backs."""
 
 from __future__ import annotations
 
+from gensearch.client import types as t
 from gensearch.gateway.v1 import gateway_service_pb2 as gpb
 
 from services.cli.render import answer_footer
@@ -15,7 +16,7 @@ def test_footer_names_the_fallback_and_the_backed_sentences() -> None:
         rewrite_rejection=gpb.REWRITE_REJECTION_COPIES_ANSWER,
         sentences=[gpb.AnswerSentence(supported=True), gpb.AnswerSentence()],
     )
-    facts = answer_footer(reply)[1]
+    facts = answer_footer(t.from_proto(t.Answer, reply))[1]
     assert (
         "searched for 'How can those checks be switched off? assert statement' "
         "(fallback: the model's rewrite copied an earlier answer)"
@@ -25,4 +26,5 @@ def test_footer_names_the_fallback_and_the_backed_sentences() -> None:
 
 def test_footer_of_a_model_rewrite() -> None:
     reply = gpb.AskResponse(rewritten_query="q", rewrite_method=gpb.REWRITE_METHOD_MODEL)
-    assert "searched for 'q' (rewritten by the model)" in answer_footer(reply)[1]
+    answer = t.from_proto(t.Answer, reply)
+    assert "searched for 'q' (rewritten by the model)" in answer_footer(answer)[1]
