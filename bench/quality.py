@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path[:0] = [str(ROOT), str(ROOT / "gen")]
 
+from gensearch.client.types import to_proto  # noqa: E402
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb  # noqa: E402
 from gensearch.gateway.v1 import gateway_service_pb2_grpc as gw_grpc  # noqa: E402
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb  # noqa: E402
@@ -187,7 +188,7 @@ class Bench:
             await self.llm_server.stop()
 
     async def load(self, passages: list[corpus.Passage]) -> float:
-        spec = demo.collection_spec(self.provider, self.model)
+        spec = to_proto(demo.collection_spec(self.provider, self.model), ret_pb.Collection)
         spec.name = COLLECTION
         await self.retrieval.CreateCollection(
             ret_pb.CreateCollectionRequest(collection=spec), timeout=60

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
+from gensearch.client.types import to_proto
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.memory.v1 import memory_service_pb2 as mem_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
@@ -113,7 +114,9 @@ async def test_demo_follow_up_retrieves_the_first_questions_topic(
     }
     stack = await stack_factory(provider=provider)
     await stack.retrieval.CreateCollection(
-        ret_pb.CreateCollectionRequest(collection=demo.collection_spec("local", LOCAL_MODEL)),
+        ret_pb.CreateCollectionRequest(
+            collection=to_proto(demo.collection_spec("local", LOCAL_MODEL), ret_pb.Collection)
+        ),
         metadata=ALICE,
         timeout=60,
     )
