@@ -51,6 +51,7 @@ from services.common.redis_client import RedisClient, connect  # noqa: E402
 from services.devlaunch.processes import free_port  # noqa: E402
 from services.devlaunch.redis_server import RedisProcess  # noqa: E402
 from services.memory.ids import UUIDv7Generator  # noqa: E402
+from services.memory.settings import MemorySettings  # noqa: E402
 from services.memory.store import (  # noqa: E402
     MemoryStore,
     Owner,
@@ -183,6 +184,10 @@ def _spread(values: list[float], fmt: str) -> str:
     return f"{statistics.median(values):{fmt}} ({min(values):{fmt}}-{max(values):{fmt}})"
 
 
+# MemorySettings' default eviction_grace_turns, as the store passes it.
+EVICTION_GRACE = MemorySettings.model_fields["eviction_grace_turns"].default
+
+
 class _Floor:
     """redis-py running the create script itself, with the keys and arguments of the store."""
 
@@ -202,7 +207,9 @@ class _Floor:
             iid, now = self._ids.new()
             keys = [f"{tag}:conv:{cid}", f"{tag}:conv:{cid}:ints", f"{tag}:int:{iid}",
                     f"{tag}:convs", f"{tag}:req:"]  # fmt: skip
-            return self._script(keys=keys, args=[ANONYMOUS, tag, cid, iid, now, "", 1000, data])
+            # As the store sends them: no traces, the default eviction grace.
+            args = [ANONYMOUS, tag, cid, iid, now, "", 1000, data, b"", EVICTION_GRACE]
+            return self._script(keys=keys, args=args)
 
         return create
 
