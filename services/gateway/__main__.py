@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from urllib.parse import urlsplit
 
 from gensearch.gateway.v1 import gateway_service_pb2_grpc as gw_grpc
 from gensearch.memory.v1 import memory_service_pb2_grpc as mem_grpc
 from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as ret_grpc
 
-from services.common.logs import configure_logging, register_secret
+from services.common.logs import configure_logging
 from services.common.quotas import Quotas
-from services.common.redis_client import connect
 from services.common.server import GrpcServer, run_until_signal
 from services.common.settings import warn_unknown_variables
 from services.common.tracing import client_interceptors
@@ -20,6 +18,7 @@ from services.gateway.ask import AskService
 from services.gateway.backends import Backends
 from services.gateway.clients.channel import MEMORY_SERVICE, RETRIEVAL_SERVICE
 from services.gateway.forward import MemoryForwarder, RetrievalForwarder
+from services.gateway.generation_cache import connect_redis
 from services.gateway.generative import GenerativeSearch
 from services.gateway.named_objects import NamedObjects
 from services.gateway.servicer import GatewayServicer
@@ -69,20 +68,13 @@ async def build_server(settings: GatewaySettings, *, port: int | None = None) ->
 
 def build_quotas(settings: GatewaySettings) -> Quotas | None:
     """The per-tenant quotas on the configured Redis; None (quotas off) without one."""
-    url = settings.redis_url.get_secret_value()
-    if not url:
+    redis = connect_redis(settings)
+    if redis is None:
         log.warning(
             "per-tenant quotas are off: GENSEARCH_GATEWAY_REDIS_URL is not set "
             "(docs/operations.md#quotas)"
         )
         return None
-    register_secret(urlsplit(url).password)
-    redis = connect(
-        url,
-        cluster=settings.redis_cluster,
-        socket_timeout=settings.redis_socket_timeout,
-        connect_timeout=settings.redis_connect_timeout,
-    )
     return Quotas(
         redis,
         key_prefix=settings.quota_key_prefix,

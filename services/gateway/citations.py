@@ -36,16 +36,19 @@ from services.gateway.condense import content_words
 
 WINDOW_WORDS = 40
 
-_CITATION = re.compile(r"\[(\s*\d+\s*(?:[,;]\s*\d+\s*)*)\]")
+# A marker's numbers ("1", "1, 3"), and the marker: "[1]", "[1, 3]".
+_NUMBERS = r"\s*\d+\s*(?:[,;]\s*\d+\s*)*"
+_MARKER = rf"\[{_NUMBERS}\]"
+_CITATION = re.compile(rf"\[({_NUMBERS})\]")
 _NUMBER = re.compile(r"\d+")
 # The end of a sentence: terminal punctuation (with closing quotes/brackets) followed by
 # whitespace or the end of the text, or a line break.
 _END = re.compile(
-    r"[.!?\u2026]+[\"'\u201d\u2019)]*(?:\[\s*\d+\s*(?:[,;]\s*\d+\s*)*\])*(?=\s|$)"
-    r"|[\u3002\uff01\uff1f]+(?:\[\s*\d+\s*(?:[,;]\s*\d+\s*)*\])*|\n"
+    rf"[.!?\u2026]+[\"'\u201d\u2019)]*(?:{_MARKER})*(?=\s|$)"
+    rf"|[\u3002\uff01\uff1f]+(?:{_MARKER})*|\n"
 )
 # Markers (and the spaces before them) that directly follow a sentence's end.
-_TRAILING_MARKERS = re.compile(r"(?:[ \t]*\[\s*\d+\s*(?:[,;]\s*\d+\s*)*\])+[.!?]?")
+_TRAILING_MARKERS = re.compile(rf"(?:[ \t]*{_MARKER})+[.!?]?")
 _WORD = re.compile(r"[^\W_]+")
 # Code in an answer (fenced blocks, also unclosed at the end, and inline spans): an index
 # like ``obj[0]`` there is not a citation.

@@ -128,6 +128,20 @@ def cache_request(options: Options, messages: Sequence[gen_pb.Message]) -> bytes
     return request.SerializeToString(deterministic=True)
 
 
+def connect_redis(settings: GatewaySettings) -> RedisClient | None:
+    """A client (its own pool) for the gateway's Redis; None when none is configured."""
+    url = settings.redis_url.get_secret_value()
+    if not url:
+        return None
+    register_secret(urlsplit(url).password)
+    return connect(
+        url,
+        cluster=settings.redis_cluster,
+        socket_timeout=settings.redis_socket_timeout,
+        connect_timeout=settings.redis_connect_timeout,
+    )
+
+
 class GenerationCache:
     def __init__(self, redis: RedisClient | None, prefix: str) -> None:
         self._redis = redis
@@ -137,17 +151,7 @@ class GenerationCache:
     def build(cls, settings: GatewaySettings) -> GenerationCache:
         """On the Redis the quotas use (same URL and timeouts, its own pool); without one,
         a cache that is always off."""
-        url = settings.redis_url.get_secret_value()
-        if not url:
-            return cls(None, settings.quota_key_prefix)
-        register_secret(urlsplit(url).password)
-        redis = connect(
-            url,
-            cluster=settings.redis_cluster,
-            socket_timeout=settings.redis_socket_timeout,
-            connect_timeout=settings.redis_connect_timeout,
-        )
-        return cls(redis, settings.quota_key_prefix)
+        return cls(connect_redis(settings), settings.quota_key_prefix)
 
     @property
     def available(self) -> bool:

@@ -301,9 +301,10 @@ class GenerativeSearch:
         if g.grouped_task:
             # Only what the caller asked to see: not the extras fetched for the templates.
             only = list(g.grouped_properties) or return_properties
-            present = [p for i, p in enumerate(properties) if i not in (failed or {})]
             if expansion is not None:
                 present = [p.properties for p in expansion.passages]
+            else:
+                present = [p for i, p in enumerate(properties) if i not in (failed or {})]
             grouped = grouped_prompt(g.grouped_task, present, only)
             plan.prompts[GROUPED] = grouped
             plan.jobs[GROUPED] = job(GROUPED, grouped)

@@ -34,10 +34,7 @@ class ModelCatalog:
 
     async def provider(self, name: str, caller: Caller, timeout: float) -> gen_pb.Provider | None:
         models = await self.models(caller, timeout)
-        if models is None:
-            return None
-        wanted = (name or models.default_provider).lower()
-        return next((p for p in models.providers if p.name.lower() == wanted), None)
+        return None if models is None else _find_provider(models, name)
 
     async def check_choices(
         self, options: Options, caller: Caller, timeout: float, *, prefix: str = "generate."
@@ -56,8 +53,7 @@ class ModelCatalog:
             for i, (p, m) in enumerate(options.fallback)
         ]
         for provider_name, model, where, callers_url in pairs:
-            wanted = (provider_name or models.default_provider).lower()
-            provider = next((p for p in models.providers if p.name.lower() == wanted), None)
+            provider = _find_provider(models, provider_name)
             if provider is None:
                 known = ", ".join(sorted(p.name for p in models.providers))
                 raise InvalidArgument(
@@ -107,3 +103,9 @@ class ModelCatalog:
             ):
                 fallback = provider.context_window
         return context_window_for(name, windows, fallback), name, provider_name
+
+
+def _find_provider(models: gen_pb.ListModelsResponse, name: str) -> gen_pb.Provider | None:
+    """The provider named ``name`` (case-insensitive; empty: the default one)."""
+    wanted = (name or models.default_provider).lower()
+    return next((p for p in models.providers if p.name.lower() == wanted), None)

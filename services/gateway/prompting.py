@@ -36,10 +36,6 @@ SUMMARY_PREFIX = "Summary of the earlier conversation (older turns, not repeated
 Count = Callable[[str], int]
 
 
-def message_tokens(messages: Sequence[gen_pb.Message], count: Count = estimate_tokens) -> int:
-    return sum(count(m.content) + _MESSAGE_OVERHEAD for m in messages)
-
-
 def summary_message(summary: str) -> gen_pb.Message:
     return gen_pb.Message(role=SYSTEM, content=SUMMARY_PREFIX + summary)
 

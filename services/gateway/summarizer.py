@@ -161,13 +161,11 @@ class Summarizer:
         if conversation.max_turns:
             keep = min(keep, conversation.max_turns)
         pending = await self._unsummarised(job, through, keep)
+        words = max(50, self._s.summary_max_tokens * 3 // 4)
+        options = Options(job.options.provider, job.options.model, 0.0, self._s.summary_max_tokens)
         while pending:
             batch = await self._batch(job, summary, pending)
             pending = pending[len(batch) :]
-            words = max(50, self._s.summary_max_tokens * 3 // 4)
-            options = Options(
-                job.options.provider, job.options.model, 0.0, self._s.summary_max_tokens
-            )
             try:
                 result = await complete(
                     self._generation,

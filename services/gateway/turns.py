@@ -16,6 +16,7 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from google.protobuf import struct_pb2
 
 from services.common.errors import ServiceError
+from services.gateway import ask_traces
 from services.gateway.clients import Caller, MemoryClient
 from services.gateway.conversation import Turn
 from services.gateway.deadline import time_left
@@ -171,12 +172,7 @@ def additional_info(
     data: dict[str, Any] = {
         "hit_ids": [hit.id for hit in hits],
         "citations": [{"number": c.number, "id": c.id} for c in citations],
-        "usage": {
-            "prompt_tokens": usage.prompt_tokens,
-            "completion_tokens": usage.completion_tokens,
-            "total_tokens": usage.total_tokens,
-            "estimated": usage.estimated,
-        },
+        "usage": ask_traces.usage(usage),
         "rewritten_query": rewritten,
         "rewrite_method": gw_pb.RewriteMethod.Name(response.rewrite_method),
         "citation_coverage": response.citation_coverage,

@@ -115,7 +115,10 @@ async def test_refresh_replaces_the_stored_answer(cached: Stack) -> None:
     cached.fake.enqueue(*[Behaviour.ok("old answer")] * 6)
     await cached.stub.GenerativeSearch(search(USE), metadata=ALICE)
     await cached.stub.GenerativeSearch(search(REFRESH), metadata=ALICE)  # default: echo
+    made = calls(cached)
     again = await cached.stub.GenerativeSearch(search(USE), metadata=ALICE)
+    assert calls(cached) == made  # every answer from the cache
+    assert len(results(again)) == 5
     assert all(g.cached and g.result != "old answer" for g in results(again).values())
 
 
