@@ -123,12 +123,10 @@ def describe_error(err: GensearchError, address: str = "", what: str = "the gate
         return f"UNAVAILABLE: cannot reach {what}{where}{hint}"
     if code == grpc.StatusCode.DEADLINE_EXCEEDED and message.lower() == "deadline exceeded":
         message = "the call took longer than its deadline (raise it with --timeout)"
-    fields = list(
-        dict.fromkeys(
-            [*(v.field for v in err.field_violations if v.field)]
-            + ([err.metadata["field"]] if err.metadata.get("field") else [])
-        )
-    )
+    fields = [v.field for v in err.field_violations if v.field]
+    if err.metadata.get("field"):
+        fields.append(err.metadata["field"])
+    fields = list(dict.fromkeys(fields))
     suffix = f" (field {', '.join(fields)})" if fields else ""
     return f"{code.name}: {' '.join(message.split())}{suffix}"
 
