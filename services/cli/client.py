@@ -14,10 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import grpc
-from gensearch.client import AsyncGensearch, GensearchError, from_rpc_error
+from gensearch.client import DEFAULT_ADDRESS, AsyncGensearch, GensearchError, from_rpc_error
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-DEFAULT_ADDRESS = "127.0.0.1:50050"
 _PROVIDER_KEY = "[a-z0-9][a-z0-9_-]*"
 
 
@@ -53,14 +52,6 @@ class Connection:
             llm_keys=parse_llm_keys(llm_keys),
             timeout=timeout,
         )
-
-    def metadata(self) -> tuple[tuple[str, str], ...]:
-        pairs: list[tuple[str, str]] = []
-        if self.api_key:
-            pairs.append(("authorization", f"Bearer {self.api_key}"))
-        for provider, key in sorted(self.llm_keys.items()):
-            pairs.append((f"x-{provider}-api-key", key))
-        return tuple(pairs)
 
 
 def parse_llm_keys(values: Sequence[str]) -> dict[str, str]:
