@@ -14,8 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import grpc
-from gensearch.client import DEFAULT_ADDRESS, AsyncGensearch, GensearchError, from_rpc_error
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from gensearch.client import DEFAULT_ADDRESS, AsyncGensearch, GensearchError
 
 _PROVIDER_KEY = "[a-z0-9][a-z0-9_-]*"
 
@@ -87,17 +86,14 @@ class Client(AsyncGensearch):
 async def check_health(address: str, service: str = "", timeout: float = 3.0) -> str:
     """The grpc.health.v1 status name of ``service`` at ``address`` (UNKNOWN_SERVICE when it
     is not registered there); other failures raise ``GensearchError``."""
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
+    # No credentials and no retries: a probe reports what it sees at once.
+    async with AsyncGensearch(address, api_key="", retry=None, timeout=timeout) as probe:
         try:
-            reply = await stub.Check(
-                health_pb2.HealthCheckRequest(service=service), timeout=timeout
-            )
-        except grpc.aio.AioRpcError as err:
-            if err.code() == grpc.StatusCode.NOT_FOUND:
+            return await probe.health(service)
+        except GensearchError as err:
+            if err.code == grpc.StatusCode.NOT_FOUND:
                 return "UNKNOWN_SERVICE"
-            raise from_rpc_error(err) from err
-    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+            raise
 
 
 def describe_error(err: GensearchError, address: str = "", what: str = "the gateway") -> str:
