@@ -28,10 +28,9 @@ from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb  # noqa: E402
 from gensearch.gateway.v1 import gateway_service_pb2_grpc as gw_grpc  # noqa: E402
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb  # noqa: E402
 from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as ret_grpc  # noqa: E402
-from google.protobuf import struct_pb2  # noqa: E402
 
 from bench.report import Figures, machine, pct  # noqa: E402
-from bench.stack import IDENTITY, Stack, provider  # noqa: E402
+from bench.stack import Stack, load_vectors, provider  # noqa: E402
 from services.devlaunch.redis_server import RedisProcess  # noqa: E402
 
 DIM = 8
@@ -50,29 +49,12 @@ def request(mode: int) -> gw_pb.GenerativeSearchRequest:
 
 
 async def load(retrieval: ret_grpc.RetrievalServiceStub) -> None:
-    await retrieval.CreateCollection(
-        ret_pb.CreateCollectionRequest(
-            collection=ret_pb.Collection(
-                name="Bench",
-                properties=[
-                    ret_pb.Property(name="title", data_type=ret_pb.DATA_TYPE_TEXT),
-                    ret_pb.Property(name="body", data_type=ret_pb.DATA_TYPE_TEXT),
-                ],
-                vectorizer=ret_pb.Vectorizer(kind=ret_pb.VECTORIZER_KIND_NONE, dimensions=DIM),
-                generative=ret_pb.GenerativeConfig(provider="fake", model="fake-model"),
-            )
-        ),
-        metadata=IDENTITY,
-    )
-    objects = []
-    for i in range(50):
-        props = struct_pb2.Struct()
-        props.update({"title": f"Book {i}", "body": f"the story number {i} about search"})
-        vec = [0.1] * DIM
-        vec[i % DIM] = 1.0 + i / 100
-        objects.append(ret_pb.DataObject(properties=props, vector=vec))
-    await retrieval.UpsertObjects(
-        ret_pb.UpsertObjectsRequest(collection="Bench", objects=objects), metadata=IDENTITY
+    await load_vectors(
+        retrieval,
+        "Bench",
+        [{"title": f"Book {i}", "body": f"the story number {i} about search"} for i in range(50)],
+        ret_pb.GenerativeConfig(provider="fake", model="fake-model"),
+        dim=DIM,
     )
 
 

@@ -50,12 +50,11 @@ from gensearch.generation.v1 import generation_service_pb2 as gen_pb  # noqa: E4
 from gensearch.generation.v1 import generation_service_pb2_grpc as gen_grpc  # noqa: E402
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb  # noqa: E402
 from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as ret_grpc  # noqa: E402
-from google.protobuf import struct_pb2  # noqa: E402
 from pydantic import SecretStr  # noqa: E402
 
 from bench.fake_llm import first_token_gap  # noqa: E402
 from bench.report import Figures, machine, pct, timed  # noqa: E402
-from bench.stack import IDENTITY, Stack, provider  # noqa: E402
+from bench.stack import IDENTITY, Stack, load_vectors, provider  # noqa: E402
 from services.gateway.settings import GatewaySettings  # noqa: E402
 
 DIM = 8
@@ -96,28 +95,15 @@ class Bench:
         await self.http.close()
 
     async def _load(self) -> None:
-        await self.retrieval.CreateCollection(
-            ret_pb.CreateCollectionRequest(
-                collection=ret_pb.Collection(
-                    name="Bench",
-                    properties=[
-                        ret_pb.Property(name="title", data_type=ret_pb.DATA_TYPE_TEXT),
-                        ret_pb.Property(name="body", data_type=ret_pb.DATA_TYPE_TEXT),
-                    ],
-                    vectorizer=ret_pb.Vectorizer(kind=ret_pb.VECTORIZER_KIND_NONE, dimensions=DIM),
-                    generative=ret_pb.GenerativeConfig(provider="fake", model="fake-model"),
-                )
-            )
-        )
-        objects = []
-        for i in range(OBJECTS):
-            props = struct_pb2.Struct()
-            props.update({"title": f"Book {i}", "body": f"the story number {i} about search"})
-            vec = [0.1] * DIM
-            vec[i % DIM] = 1.0 + i / 100
-            objects.append(ret_pb.DataObject(properties=props, vector=vec))
-        await self.retrieval.UpsertObjects(
-            ret_pb.UpsertObjectsRequest(collection="Bench", objects=objects)
+        await load_vectors(
+            self.retrieval,
+            "Bench",
+            [
+                {"title": f"Book {i}", "body": f"the story number {i} about search"}
+                for i in range(OBJECTS)
+            ],
+            ret_pb.GenerativeConfig(provider="fake", model="fake-model"),
+            dim=DIM,
         )
 
     # -- fan-out ---------------------------------------------------------------------------

@@ -39,10 +39,9 @@ from gensearch.generation.v1 import generation_service_pb2 as gen_pb  # noqa: E4
 from gensearch.generation.v1 import generation_service_pb2_grpc as gen_grpc  # noqa: E402
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb  # noqa: E402
 from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as ret_grpc  # noqa: E402
-from google.protobuf import struct_pb2  # noqa: E402
 
 from bench.report import machine, markdown  # noqa: E402
-from bench.stack import IDENTITY, Stack, provider  # noqa: E402
+from bench.stack import IDENTITY, Stack, load_vectors, provider  # noqa: E402
 from services.devlaunch import llm_server as local_llm  # noqa: E402
 from services.generation.settings import LOCAL_MODEL  # noqa: E402
 
@@ -83,33 +82,14 @@ class Bench:
         self.gateway = gw_grpc.GatewayServiceStub(stack.channel(gateway))
         self.generation = gen_grpc.GenerationServiceStub(stack.channel(generation))
         retrieval_stub = ret_grpc.RetrievalServiceStub(stack.channel(retrieval))
-        await retrieval_stub.CreateCollection(
-            ret_pb.CreateCollectionRequest(
-                collection=ret_pb.Collection(
-                    name="Books",
-                    properties=[
-                        ret_pb.Property(name="title", data_type=ret_pb.DATA_TYPE_TEXT),
-                        ret_pb.Property(name="body", data_type=ret_pb.DATA_TYPE_TEXT),
-                    ],
-                    vectorizer=ret_pb.Vectorizer(kind=ret_pb.VECTORIZER_KIND_NONE, dimensions=DIM),
-                    generative=ret_pb.GenerativeConfig(
-                        provider="local",
-                        model=LOCAL_MODEL,
-                        temperature=0.0,
-                        max_tokens=self.max_tokens,
-                    ),
-                )
-            )
-        )
-        objects = []
-        for i, (title, body) in enumerate(BOOKS):
-            props = struct_pb2.Struct()
-            props.update({"title": title, "body": body})
-            vec = [0.1] * DIM
-            vec[i % DIM] = 1.0 + i / 100
-            objects.append(ret_pb.DataObject(properties=props, vector=vec))
-        await retrieval_stub.UpsertObjects(
-            ret_pb.UpsertObjectsRequest(collection="Books", objects=objects)
+        await load_vectors(
+            retrieval_stub,
+            "Books",
+            [{"title": title, "body": body} for title, body in BOOKS],
+            ret_pb.GenerativeConfig(
+                provider="local", model=LOCAL_MODEL, temperature=0.0, max_tokens=self.max_tokens
+            ),
+            dim=DIM,
         )
 
     async def fanout(self, run: str) -> tuple[float, int]:

@@ -34,6 +34,9 @@ if str(ROOT) not in sys.path:
     sys.path[:0] = [str(ROOT), str(ROOT / "gen")]
 
 import grpc  # noqa: E402
+from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb  # noqa: E402
+from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as ret_grpc  # noqa: E402
+from google.protobuf import struct_pb2  # noqa: E402
 
 from services.common.auth import DEFAULT_TENANT, Identity, Role, forwarded_identity  # noqa: E402
 from services.devlaunch.processes import die_with_parent, free_port  # noqa: E402
@@ -93,6 +96,43 @@ def provider(
     if concurrency is not None:
         fields["max_concurrency"] = concurrency
     return fields
+
+
+async def load_vectors(
+    retrieval: ret_grpc.RetrievalServiceStub,
+    name: str,
+    rows: list[dict[str, str]],
+    generative: ret_pb.GenerativeConfig,
+    *,
+    dim: int = 8,
+    step: float = 100,
+) -> None:
+    """A collection ``name`` of text properties (the first row's keys), vectors given (no
+    vectorizer), with one object per row: its vector is 0.1 everywhere but
+    ``1 + i / step`` on axis ``i % dim``, so the objects are distinct and ranked."""
+    await retrieval.CreateCollection(
+        ret_pb.CreateCollectionRequest(
+            collection=ret_pb.Collection(
+                name=name,
+                properties=[
+                    ret_pb.Property(name=key, data_type=ret_pb.DATA_TYPE_TEXT) for key in rows[0]
+                ],
+                vectorizer=ret_pb.Vectorizer(kind=ret_pb.VECTORIZER_KIND_NONE, dimensions=dim),
+                generative=generative,
+            )
+        ),
+        metadata=IDENTITY,
+    )
+    objects = []
+    for i, row in enumerate(rows):
+        props = struct_pb2.Struct()
+        props.update(row)
+        vec = [0.1] * dim
+        vec[i % dim] = 1.0 + i / step
+        objects.append(ret_pb.DataObject(properties=props, vector=vec))
+    await retrieval.UpsertObjects(
+        ret_pb.UpsertObjectsRequest(collection=name, objects=objects), metadata=IDENTITY
+    )
 
 
 def base_environment() -> dict[str, str]:

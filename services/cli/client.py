@@ -14,10 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import grpc
-from gensearch.client import AsyncGensearch, GensearchError, from_rpc_error
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from gensearch.client import DEFAULT_ADDRESS, AsyncGensearch, GensearchError
 
-DEFAULT_ADDRESS = "127.0.0.1:50050"
 _PROVIDER_KEY = "[a-z0-9][a-z0-9_-]*"
 
 
@@ -54,14 +52,6 @@ class Connection:
             timeout=timeout,
         )
 
-    def metadata(self) -> tuple[tuple[str, str], ...]:
-        pairs: list[tuple[str, str]] = []
-        if self.api_key:
-            pairs.append(("authorization", f"Bearer {self.api_key}"))
-        for provider, key in sorted(self.llm_keys.items()):
-            pairs.append((f"x-{provider}-api-key", key))
-        return tuple(pairs)
-
 
 def parse_llm_keys(values: Sequence[str]) -> dict[str, str]:
     """``["openai=sk-...", ...]`` -> ``{"openai": "sk-..."}`` (the key is never echoed)."""
@@ -96,17 +86,14 @@ class Client(AsyncGensearch):
 async def check_health(address: str, service: str = "", timeout: float = 3.0) -> str:
     """The grpc.health.v1 status name of ``service`` at ``address`` (UNKNOWN_SERVICE when it
     is not registered there); other failures raise ``GensearchError``."""
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
+    # No credentials and no retries: a probe reports what it sees at once.
+    async with AsyncGensearch(address, api_key="", retry=None, timeout=timeout) as probe:
         try:
-            reply = await stub.Check(
-                health_pb2.HealthCheckRequest(service=service), timeout=timeout
-            )
-        except grpc.aio.AioRpcError as err:
-            if err.code() == grpc.StatusCode.NOT_FOUND:
+            return await probe.health(service)
+        except GensearchError as err:
+            if err.code == grpc.StatusCode.NOT_FOUND:
                 return "UNKNOWN_SERVICE"
-            raise from_rpc_error(err) from err
-    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+            raise
 
 
 def describe_error(err: GensearchError, address: str = "", what: str = "the gateway") -> str:
@@ -123,12 +110,10 @@ def describe_error(err: GensearchError, address: str = "", what: str = "the gate
         return f"UNAVAILABLE: cannot reach {what}{where}{hint}"
     if code == grpc.StatusCode.DEADLINE_EXCEEDED and message.lower() == "deadline exceeded":
         message = "the call took longer than its deadline (raise it with --timeout)"
-    fields = list(
-        dict.fromkeys(
-            [*(v.field for v in err.field_violations if v.field)]
-            + ([err.metadata["field"]] if err.metadata.get("field") else [])
-        )
-    )
+    fields = [v.field for v in err.field_violations if v.field]
+    if err.metadata.get("field"):
+        fields.append(err.metadata["field"])
+    fields = list(dict.fromkeys(fields))
     suffix = f" (field {', '.join(fields)})" if fields else ""
     return f"{code.name}: {' '.join(message.split())}{suffix}"
 
