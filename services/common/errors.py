@@ -169,7 +169,6 @@ _BY_CODE: dict[grpc.StatusCode, type[ServiceError]] = {
         ResourceExhausted,
         DeadlineExceeded,
         Unavailable,
-        Aborted,
         Internal,
     )
 }

@@ -64,7 +64,8 @@ def _tenant() -> str:
 
 
 @cache
-def _script(name: str) -> str:
+def lua_script(name: str) -> str:
+    """A script of ``services/common/lua`` (quotas' and generation's provider limits)."""
     return (_LUA / f"{name}.lua").read_text()
 
 
@@ -111,9 +112,9 @@ class Quotas:
         self._lease = lease
         self._lease_slack = lease_slack
         # redis-py annotates register_script's self as Redis; RedisCluster has it too.
-        self._enter: AsyncScript = redis.register_script(_script("quota_enter"))  # type: ignore[misc]
-        self._charge: AsyncScript = redis.register_script(_script("quota_charge"))  # type: ignore[misc]
-        self._renew: AsyncScript = redis.register_script(_script("quota_renew"))  # type: ignore[misc]
+        self._enter: AsyncScript = redis.register_script(lua_script("quota_enter"))  # type: ignore[misc]
+        self._charge: AsyncScript = redis.register_script(lua_script("quota_charge"))  # type: ignore[misc]
+        self._renew: AsyncScript = redis.register_script(lua_script("quota_renew"))  # type: ignore[misc]
         # Releases of slots whose call was cancelled while entering: referenced until done.
         self._releasing: set[asyncio.Task[None]] = set()
         self._warned_at = 0.0

@@ -9,8 +9,6 @@ prompt within the model's window rather than over it.
 
 from __future__ import annotations
 
-CHARS_PER_TOKEN = 3.5
-
 
 def estimate_tokens(text: str) -> int:
     """⌈len / 3.5⌉ in integers (0 for the empty text)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 from gensearch.generation.v1 import generation_service_pb2_grpc as pb_grpc
@@ -21,23 +22,22 @@ from services.common.settings import warn_unknown_variables
 from services.devlaunch.llm_server import start_local_llm
 from services.generation.keys import env_key
 from services.generation.planning import Planner
+from services.generation.rate_buckets import DeclaredLimits
 from services.generation.registry import ProviderRegistry
 from services.generation.servicer import GenerationServicer
-from services.generation.settings import GenerationSettings
+from services.generation.settings import GenerationSettings, ProviderConfig
 from services.generation.validation import Limits
 
 SERVICE_NAME = "gensearch.generation.v1.GenerationService"
 log = logging.getLogger("gensearch.generation")
 
 
-def limits_redis(settings: GenerationSettings) -> RedisClient | None:
+def limits_redis(
+    settings: GenerationSettings, configs: Mapping[str, ProviderConfig]
+) -> RedisClient | None:
     """The Redis the providers' declared limits are counted in; None: in this process."""
     url = settings.redis_url.get_secret_value()
-    declared = [
-        c.name
-        for c in settings.provider_configs().values()
-        if c.requests_per_minute or c.tokens_per_minute or c.max_in_flight
-    ]
+    declared = [c.name for c in configs.values() if DeclaredLimits.of(c).any]
     if not url:
         if declared:
             log.warning(
@@ -56,7 +56,10 @@ def limits_redis(settings: GenerationSettings) -> RedisClient | None:
 
 
 async def build_server(settings: GenerationSettings, *, port: int | None = None) -> GrpcServer:
-    registry = ProviderRegistry.from_settings(settings, redis=limits_redis(settings))
+    configs = settings.provider_configs()
+    registry = ProviderRegistry.from_settings(
+        settings, configs, redis=limits_redis(settings, configs)
+    )
     for config in registry.configs():
         env_key(config)  # registers environment keys with the log redactor up front
     limits = Limits(

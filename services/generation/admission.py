@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import heapq
 import itertools
-import math
 import uuid
 from dataclasses import dataclass, field
 
@@ -90,7 +89,6 @@ class ProviderLimiter:
         self.limit = AdaptiveLimit(
             ceiling, latency_factor=config.latency_factor if config.adaptive else None
         )
-        self._fixed = math.inf if ceiling is None else ceiling
         self._queue: list[_Waiter] = []
         self._seq = itertools.count()
         self.in_flight = 0
@@ -110,13 +108,16 @@ class ProviderLimiter:
         until = asyncio.get_running_loop().time() + seconds
         self._paused_until = max(self._paused_until, until)
 
+    @property
+    def _current_limit(self) -> float:
+        """The adaptive limit, or the fixed ceiling when the provider is not adaptive."""
+        return self.limit.limit if self.adaptive else self.limit.ceiling
+
     def _allows(self) -> bool:
-        limit = self.limit.limit if self.adaptive else self._fixed
-        return self.in_flight < limit
+        return self.in_flight < self._current_limit
 
     def _publish(self) -> None:
-        limit = self.limit.limit if self.adaptive else self._fixed
-        CONCURRENCY_LIMIT.labels(self.name).set(limit)
+        CONCURRENCY_LIMIT.labels(self.name).set(self._current_limit)
         IN_FLIGHT.labels(self.name).set(self.in_flight)
 
     async def acquire(self, ticket: Ticket, cost: float, deadline: Deadline) -> Permit:

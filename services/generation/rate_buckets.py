@@ -24,29 +24,22 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from functools import cache
-from importlib import resources
 from typing import Protocol
 
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisClusterException, RedisError
 
+from services.common.quotas import lua_script
 from services.common.redis_client import RedisClient
 from services.generation.settings import ProviderConfig
 
 log = logging.getLogger("gensearch.generation.limits")
 
-_LUA = resources.files("services.common") / "lua"
 _WARN_EVERY = 30.0
 # A lease outlives its call's deadline by this much (clock skew, the answer in flight).
 LEASE_SLACK = 5.0
 # Admission answers: go, wait this long, or ask again soon (in flight is full).
 FLIGHT_FULL = -1.0
-
-
-@cache
-def _script(name: str) -> str:
-    return (_LUA / f"{name}.lua").read_text()
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,8 +171,8 @@ class RedisLimits:
         self.limits = limits
         self._prefix = key_prefix
         # redis-py annotates register_script's self as Redis; RedisCluster has it too.
-        self._admit: AsyncScript = redis.register_script(_script("provider_admit"))  # type: ignore[misc]
-        self._release: AsyncScript = redis.register_script(_script("provider_release"))  # type: ignore[misc]
+        self._admit: AsyncScript = redis.register_script(lua_script("provider_admit"))  # type: ignore[misc]
+        self._release: AsyncScript = redis.register_script(lua_script("provider_release"))  # type: ignore[misc]
         self._fallback = LocalLimits(limits)
         self._warned_at = -math.inf
         # Calls admitted in memory (Redis failed): released there too.

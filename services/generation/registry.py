@@ -75,11 +75,17 @@ class ProviderRegistry:
     ) -> ProviderRegistry:
         configs = configs if configs is not None else settings.provider_configs()
         clients = OpenAIClients()
+        retry = RetryPolicy(
+            max_attempts=settings.retry_max_attempts,
+            base_backoff=settings.retry_base_backoff,
+            max_backoff=settings.retry_max_backoff,
+            retry_after_max=settings.retry_after_max,
+        )
         providers = {
             name: make_provider(
                 config,
                 clients=clients,
-                retry=_retry(settings),
+                retry=retry,
                 connect_timeout=settings.connect_timeout,
                 read_timeout=settings.read_timeout,
                 shared_limits=shared_limits(config, redis, settings.limits_key_prefix),
@@ -91,7 +97,7 @@ class ProviderRegistry:
             settings.default_provider,
             clients,
             egress=EgressPolicy.parse(settings.allowed_hosts),
-            retry=_retry(settings),
+            retry=retry,
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.read_timeout,
             redis=redis,
@@ -156,12 +162,3 @@ class ProviderRegistry:
             await self._caller_clients.close()
         if self._redis is not None:
             await self._redis.aclose()
-
-
-def _retry(settings: GenerationSettings) -> RetryPolicy:
-    return RetryPolicy(
-        max_attempts=settings.retry_max_attempts,
-        base_backoff=settings.retry_base_backoff,
-        max_backoff=settings.retry_max_backoff,
-        retry_after_max=settings.retry_after_max,
-    )

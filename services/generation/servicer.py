@@ -36,19 +36,8 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> pb.GenerateResponse:
         answer = await answering.generate(self._plan(request, context))
-        done = answer.completion
         return pb.GenerateResponse(
-            text=done.text,
-            model=done.model,
-            finish_reason=done.finish_reason,
-            usage=_usage(done.usage),
-            debug=_debug(done.debug) if request.debug else None,
-            provider=answer.target.provider.name,
-            structured=_struct(answer.structured),
-            fallback_index=answer.target.index,
-            corrected=answer.corrected,
-            attempts=done.attempts,
-            wait_time=_duration(done.waited),
+            text=answer.completion.text, **_answer_fields(answer, debug=request.debug)
         )
 
     async def StreamGenerate(
@@ -62,18 +51,8 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
                 elif event.delta:
                     yield pb.StreamGenerateResponse(delta=event.delta)
                 elif event.answer is not None:
-                    final = event.answer.completion
                     yield pb.StreamGenerateResponse(
-                        model=final.model,
-                        finish_reason=final.finish_reason,
-                        usage=_usage(final.usage),
-                        debug=_debug(final.debug) if request.debug else None,
-                        provider=event.answer.target.provider.name,
-                        structured=_struct(event.answer.structured),
-                        fallback_index=event.answer.target.index,
-                        corrected=event.answer.corrected,
-                        attempts=final.attempts,
-                        wait_time=_duration(final.waited),
+                        **_answer_fields(event.answer, debug=request.debug)
                     )
 
     async def ListModels(
@@ -99,6 +78,23 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
             default_provider=self._registry.default,
             allowed_hosts=self._allowed_hosts,
         )
+
+
+def _answer_fields(answer: answering.Answer, *, debug: bool) -> dict[str, Any]:
+    """The fields a unary reply and a stream's last message share."""
+    done = answer.completion
+    return {
+        "model": done.model,
+        "finish_reason": done.finish_reason,
+        "usage": _usage(done.usage),
+        "debug": _debug(done.debug) if debug else None,
+        "provider": answer.target.provider.name,
+        "structured": _struct(answer.structured),
+        "fallback_index": answer.target.index,
+        "corrected": answer.corrected,
+        "attempts": done.attempts,
+        "wait_time": _duration(done.waited),
+    }
 
 
 def _struct(value: dict[str, Any] | None) -> struct_pb2.Struct | None:

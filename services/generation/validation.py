@@ -12,8 +12,12 @@ from jsonschema import Draft202012Validator
 
 from services.common.errors import InvalidArgument, quote
 from services.common.json_schema import SchemaLimits, check_schema
-from services.common.tokens import estimate_tokens
-from services.generation.providers.base import ChatMessage, CompletionRequest, JsonSchemaFormat
+from services.generation.providers.base import (
+    ChatMessage,
+    CompletionRequest,
+    JsonSchemaFormat,
+    estimate_prompt_tokens,
+)
 from services.generation.settings import ProviderConfig
 
 # How far the estimate may exceed a context window before a prompt is refused here.
@@ -52,7 +56,7 @@ def check_context_window(messages: list[ChatMessage], config: ProviderConfig) ->
         # Only what clearly cannot fit: the shared estimate is rough, and the gateway may
         # have fitted the prompt with the model's real tokenizer (docs/gateway.md#history),
         # which can count fewer tokens; the model server refuses the rest itself.
-        prompt = sum(estimate_tokens(m.content) for m in messages)
+        prompt = estimate_prompt_tokens(messages)
         if prompt > config.context_window * _ESTIMATE_SLACK:
             raise InvalidArgument(
                 f"the prompt (~{prompt} tokens) exceeds the context window of provider "

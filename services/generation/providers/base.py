@@ -93,8 +93,12 @@ class StreamChunk:
     final: Completion | None = None
 
 
+def estimate_prompt_tokens(messages: Sequence[ChatMessage]) -> int:
+    return sum(estimate_tokens(m.content) for m in messages)
+
+
 def estimate_usage(messages: Sequence[ChatMessage], completion: str) -> Usage:
-    prompt = sum(estimate_tokens(m.content) for m in messages)
+    prompt = estimate_prompt_tokens(messages)
     done = estimate_tokens(completion)
     return Usage(prompt, done, prompt + done, estimated=True)
 

@@ -49,7 +49,7 @@ from services.generation.providers.base import (
     Provider,
     StreamChunk,
     Usage,
-    estimate_tokens,
+    estimate_prompt_tokens,
     estimate_usage,
 )
 from services.generation.rate_buckets import SharedLimits
@@ -178,7 +178,7 @@ class OpenAICompatibleProvider(Provider):
             span.set_attribute("gen_ai.response.finish_reasons", [completion.finish_reason])
 
     def _turns(self, request: CompletionRequest, deadline: Deadline) -> _Turns:
-        prompt = sum(estimate_tokens(m.content) for m in request.messages)
+        prompt = estimate_prompt_tokens(request.messages)
         return _Turns(
             self.limiters.get(request.api_key), self._retrier(deadline), deadline, prompt,
             prompt + (request.max_tokens or COMPLETION_ESTIMATE),
