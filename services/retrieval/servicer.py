@@ -285,7 +285,9 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         )
         with self._dropped(schema):
             result = await self._searcher.search(schema, request, where, inner)
-        ranked = await self._rerankers.rerank(plan, schema, result.hits, page.offset + page.limit)
+        ranked = await self._rerankers.rerank(
+            plan, schema, result.hits, page.offset + page.limit, time_left=time_left
+        )
         hits: list[pb.Hit] = []
         for point, score in ranked[page.offset :]:
             if not page.with_vector:
