@@ -514,7 +514,7 @@ class MemoryStore:
         """The interaction's serialized traces (b"" when it has none)."""
         tag = self.tag(owner)
         out = await _redis(
-            self._get_interaction_traces(keys=[f"{tag}:int:{iid}"], args=[owner.user, tag])
+            self._get_interaction_traces(keys=[keys.interaction(tag, iid)], args=[owner.user, tag])
         )
         if out is None:
             raise interaction_not_found(iid)
@@ -523,7 +523,7 @@ class MemoryStore:
     async def get_interaction_data(self, owner: Owner, iid: str) -> bytes:
         tag = self.tag(owner)
         data = await _redis(
-            self._get_interaction(keys=[f"{tag}:int:{iid}"], args=[owner.user, tag])
+            self._get_interaction(keys=[keys.interaction(tag, iid)], args=[owner.user, tag])
         )
         if data is None:
             raise interaction_not_found(iid)
@@ -552,7 +552,9 @@ class MemoryStore:
         was read; NOT_FOUND when it is gone or not the caller's."""
         tag = self.tag(owner)
         status = await _redis(
-            self._update_interaction(keys=[f"{tag}:int:{iid}"], args=[owner.user, tag, old, new])
+            self._update_interaction(
+                keys=[keys.interaction(tag, iid)], args=[owner.user, tag, old, new]
+            )
         )
         if status == 0:
             raise interaction_not_found(iid)
@@ -565,7 +567,7 @@ class MemoryStore:
         tag = self.tag(owner)
         out = await _redis(
             self._get_interactions(
-                keys=[f"{tag}:int:{iid}" for iid in iids], args=[owner.user, tag]
+                keys=[keys.interaction(tag, iid) for iid in iids], args=[owner.user, tag]
             )
         )
         return [pb.Interaction.FromString(data) if data else None for data in out]
