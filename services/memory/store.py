@@ -484,13 +484,7 @@ class MemoryStore:
         return interaction
 
     async def get_interaction(self, owner: Owner, iid: str) -> pb.Interaction:
-        tag = self.tag(owner)
-        data = await _redis(
-            self._get_interaction(keys=[keys.interaction(tag, iid)], args=[owner.user, tag])
-        )
-        if data is None:
-            raise interaction_not_found(iid)
-        return pb.Interaction.FromString(data)
+        return pb.Interaction.FromString(await self.get_interaction_data(owner, iid))
 
     async def list_interactions(
         self, owner: Owner, cid: str, page_size: int, cursor: str | None, max_bytes: int
