@@ -590,6 +590,3 @@ class MemoryStore:
         """True for the one caller that takes ``P:lock:<name>`` until it expires."""
         key = f"{self._prefix}:lock:{name}"
         return bool(await _redis(self._redis.set(key, "1", nx=True, px=max(ttl_ms, 1))))
-
-    async def outbox_size(self) -> int:
-        return int(await _redis(self._redis.zcard(self._outbox())))
