@@ -42,10 +42,10 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         store: VectorStore,
         catalog: Catalog,
         embedders: Embedders,
-        rerankers: Rerankers | None = None,
+        rerankers: Rerankers,
     ) -> None:
-        # The rerank stage (rerankers.py); build_server passes one it closes on stop.
-        self._rerankers = rerankers or Rerankers(settings, embedders.local)
+        # The rerank stage (rerankers.py); build_server closes it on stop.
+        self._rerankers = rerankers
         self._answers = AnswerCache(store, catalog, embedders, settings)
         self._settings = settings
         self._store = store
