@@ -88,8 +88,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         self, request: pb.DeleteCollectionRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeleteCollectionResponse:
         tenant = require_role(Role.ADMIN).tenant
-        schema = await self._catalog.get(tenant, request.name, field="name")
-        await self._catalog.delete(tenant, request.name)
+        schema = await self._catalog.delete(tenant, request.name)
         # Its cached answers go with it. Best effort: the collection is gone either way,
         # and a recreated one would miss them (their place is named after create_time).
         try:
