@@ -44,13 +44,3 @@ def interaction(tag: str, iid: str) -> str:
 
 def request(tag: str, request_id: str) -> str:
     return f"{tag}:req:{request_id}"
-
-
-def conversation_keys(tag: str, cid: str) -> list[str]:
-    """The conversation's own keys (``conversation_keys`` in lua/keys.lua)."""
-    return [conversation(tag, cid), conversation_interactions(tag, cid)]
-
-
-def interaction_keys(tag: str, iid: str) -> list[str]:
-    """One interaction's keys (``interaction_keys`` in lua/keys.lua)."""
-    return [interaction(tag, iid)]

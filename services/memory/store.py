@@ -484,13 +484,7 @@ class MemoryStore:
         return interaction
 
     async def get_interaction(self, owner: Owner, iid: str) -> pb.Interaction:
-        tag = self.tag(owner)
-        data = await _redis(
-            self._get_interaction(keys=[keys.interaction(tag, iid)], args=[owner.user, tag])
-        )
-        if data is None:
-            raise interaction_not_found(iid)
-        return pb.Interaction.FromString(data)
+        return pb.Interaction.FromString(await self.get_interaction_data(owner, iid))
 
     async def list_interactions(
         self, owner: Owner, cid: str, page_size: int, cursor: str | None, max_bytes: int
@@ -514,7 +508,7 @@ class MemoryStore:
         """The interaction's serialized traces (b"" when it has none)."""
         tag = self.tag(owner)
         out = await _redis(
-            self._get_interaction_traces(keys=[f"{tag}:int:{iid}"], args=[owner.user, tag])
+            self._get_interaction_traces(keys=[keys.interaction(tag, iid)], args=[owner.user, tag])
         )
         if out is None:
             raise interaction_not_found(iid)
@@ -523,7 +517,7 @@ class MemoryStore:
     async def get_interaction_data(self, owner: Owner, iid: str) -> bytes:
         tag = self.tag(owner)
         data = await _redis(
-            self._get_interaction(keys=[f"{tag}:int:{iid}"], args=[owner.user, tag])
+            self._get_interaction(keys=[keys.interaction(tag, iid)], args=[owner.user, tag])
         )
         if data is None:
             raise interaction_not_found(iid)
@@ -552,7 +546,9 @@ class MemoryStore:
         was read; NOT_FOUND when it is gone or not the caller's."""
         tag = self.tag(owner)
         status = await _redis(
-            self._update_interaction(keys=[f"{tag}:int:{iid}"], args=[owner.user, tag, old, new])
+            self._update_interaction(
+                keys=[keys.interaction(tag, iid)], args=[owner.user, tag, old, new]
+            )
         )
         if status == 0:
             raise interaction_not_found(iid)
@@ -565,7 +561,7 @@ class MemoryStore:
         tag = self.tag(owner)
         out = await _redis(
             self._get_interactions(
-                keys=[f"{tag}:int:{iid}" for iid in iids], args=[owner.user, tag]
+                keys=[keys.interaction(tag, iid) for iid in iids], args=[owner.user, tag]
             )
         )
         return [pb.Interaction.FromString(data) if data else None for data in out]
@@ -594,6 +590,3 @@ class MemoryStore:
         """True for the one caller that takes ``P:lock:<name>`` until it expires."""
         key = f"{self._prefix}:lock:{name}"
         return bool(await _redis(self._redis.set(key, "1", nx=True, px=max(ttl_ms, 1))))
-
-    async def outbox_size(self) -> int:
-        return int(await _redis(self._redis.zcard(self._outbox())))

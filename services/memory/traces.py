@@ -98,10 +98,6 @@ def _strings(trace: pb.Trace) -> Iterator[struct_pb2.Value]:
             stack.extend(value.list_value.values)
 
 
-def count(stored: bytes) -> int:
-    return len(pb.ListInteractionTracesResponse.FromString(stored).traces) if stored else 0
-
-
 def page(stored: bytes, after: int, size: int, max_bytes: int) -> tuple[list[pb.Trace], int | None]:
     """The traces numbered after ``after`` (-1: from the first): at most ``size``, and
     fewer when more would pass ``max_bytes`` serialized (at least one); and the number of

@@ -106,7 +106,8 @@ class Catalog:
             self._schemas[(tenant, schema.name)] = schema
         return schema
 
-    async def delete(self, tenant: str, name: str) -> None:
+    async def delete(self, tenant: str, name: str) -> Schema:
+        """Deletes the collection; the schema it had."""
         # Only a collection this tenant made through us: the engine may hold others (another
         # application's on a shared Qdrant server) under a name ours could map to.
         schema = await self.get(tenant, name, "name")
@@ -114,6 +115,7 @@ class Catalog:
             self._schemas.pop((tenant, name), None)
             if not await self._store.delete_collection(schema.store_name):
                 raise not_found(name, "name")
+        return schema
 
     async def page(self, tenant: str, page_size: int, page_token: str) -> tuple[list[Schema], str]:
         if page_size < 0:

@@ -322,8 +322,7 @@ class EdgeStore:
         request = qe.ScrollRequest(
             limit=limit, filter=to_edge_filter(where), with_payload=True, with_vector=False
         )
-        result: Any = self._shard(name).scroll(request)
-        records = result[0] if isinstance(result, tuple) else result
+        records, _ = self._shard(name).scroll(request)
         return [_found(r.id, r.payload, 0.0, None) for r in records]
 
     async def optimize(self, name: str) -> None:

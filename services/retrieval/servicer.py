@@ -42,10 +42,10 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         store: VectorStore,
         catalog: Catalog,
         embedders: Embedders,
-        rerankers: Rerankers | None = None,
+        rerankers: Rerankers,
     ) -> None:
-        # The rerank stage (rerankers.py); build_server passes one it closes on stop.
-        self._rerankers = rerankers or Rerankers(settings, embedders.local)
+        # The rerank stage (rerankers.py); build_server closes it on stop.
+        self._rerankers = rerankers
         self._answers = AnswerCache(store, catalog, embedders, settings)
         self._settings = settings
         self._store = store
@@ -88,8 +88,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         self, request: pb.DeleteCollectionRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeleteCollectionResponse:
         tenant = require_role(Role.ADMIN).tenant
-        schema = await self._catalog.get(tenant, request.name, field="name")
-        await self._catalog.delete(tenant, request.name)
+        schema = await self._catalog.delete(tenant, request.name)
         # Its cached answers go with it. Best effort: the collection is gone either way,
         # and a recreated one would miss them (their place is named after create_time).
         try:
@@ -285,7 +284,9 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         )
         with self._dropped(schema):
             result = await self._searcher.search(schema, request, where, inner)
-        ranked = await self._rerankers.rerank(plan, schema, result.hits, page.offset + page.limit)
+        ranked = await self._rerankers.rerank(
+            plan, schema, result.hits, page.offset + page.limit, time_left=time_left
+        )
         hits: list[pb.Hit] = []
         for point, score in ranked[page.offset :]:
             if not page.with_vector:
