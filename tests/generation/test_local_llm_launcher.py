@@ -21,6 +21,18 @@ def test_slots_setting_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
             local_llm.default_slots()
 
 
+def test_threads_setting_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(local_llm.THREADS_VARIABLE, "2")
+    assert local_llm.default_threads() == 2
+    assert local_llm.LocalLLMServer().n_threads == 2
+    monkeypatch.delenv(local_llm.THREADS_VARIABLE)
+    assert local_llm.default_threads() >= 1
+    for bad in ("0", "all", "100000"):
+        monkeypatch.setenv(local_llm.THREADS_VARIABLE, bad)
+        with pytest.raises(local_llm.LocalLLMUnavailable, match=local_llm.THREADS_VARIABLE):
+            local_llm.default_threads()
+
+
 def test_server_command_splits_the_context_across_slots() -> None:
     args = local_llm.server_command(
         Path("m.gguf"), host="127.0.0.1", port=1, n_ctx=1024, slots=8, binary="srv"
