@@ -1,6 +1,7 @@
 """The chassis around every RPC of our services: identity, error mapping, metrics, a
 server span and an access log line; also each method's request size limit (checked on the
-raw bytes, before parsing) and, on the gateway, the admission guard of per-tenant quotas.
+raw bytes, before parsing), the server's cap on calls at once (``call_slots.py``) and, on
+the gateway, the admission guard of per-tenant quotas.
 
 Servicers raise ``ServiceError`` subclasses; this turns them into rich statuses. Any other
 exception becomes INTERNAL with a generic message (the traceback goes to the log, never to
@@ -40,6 +41,7 @@ from opentelemetry.trace import (
 )
 
 from services.common.auth import Authenticator, current_identity, set_current_identity
+from services.common.call_slots import CallSlots
 from services.common.errors import Internal, ServiceError
 from services.common.logs import ACCESS_LOGGER, redact
 from services.common.metrics import MethodMetrics, grpc_type, split_method
@@ -89,8 +91,10 @@ class ChassisRegistry:
         *,
         request_limit: Callable[[str], int],
         admission: Admission | None = None,
+        call_slots: CallSlots | None = None,
     ) -> None:
         self._auth = auth
+        self._call_slots = call_slots
         self._server_name = server_name
         self._tracer = tracer
         self._request_limit = request_limit
@@ -105,7 +109,13 @@ class ChassisRegistry:
         if wrapped is None:
             limit = self._request_limit(split_method(method)[1])
             wrapper = _MethodWrapper(
-                method, handler, self._auth, self._server_name, self._tracer, self._admission
+                method,
+                handler,
+                self._auth,
+                self._server_name,
+                self._tracer,
+                self._admission,
+                self._call_slots,
             )
             # gRPC itself enforces the largest limit; only smaller ones need a check here.
             wrapped = wrapper.wrap(handler, limit if limit < self._largest else None)
@@ -165,9 +175,11 @@ class _MethodWrapper:
         server: str,
         tracer: Tracer | None,
         admission: Admission | None = None,
+        call_slots: CallSlots | None = None,
     ) -> None:
         service, name = split_method(method)
         self.admission = admission
+        self.call_slots = call_slots
         self.method = method
         self.auth = auth
         kind = grpc_type(handler.request_streaming, handler.response_streaming)
@@ -273,7 +285,13 @@ class _MethodWrapper:
             begun = self._begin(context)
             code = None
             requests = request
+            slots = self.call_slots
+            held = False
             try:
+                # First, before authentication: the cheapest refusal under a flood.
+                if slots is not None:
+                    slots.take()
+                    held = True
                 guard = self._authenticated(context)
                 request = self._received(request, request_streaming)
                 async with guard:
@@ -292,6 +310,8 @@ class _MethodWrapper:
                     await _drain(requests)
                 await context.abort(status.code, status.details, status.trailing_metadata)
             finally:
+                if held:
+                    slots.give_back()  # type: ignore[union-attr]
                 self._end(context, begun, code)
 
         return call
@@ -306,7 +326,12 @@ class _MethodWrapper:
             begun = self._begin(context)
             code = None
             sent = self.metrics.sent
+            slots = self.call_slots
+            held = False
             try:
+                if slots is not None:
+                    slots.take()
+                    held = True
                 guard = self._authenticated(context)
                 request = self._received(request, request_streaming)
                 async with guard:
@@ -323,6 +348,10 @@ class _MethodWrapper:
                 code = status.code
                 await context.abort(status.code, status.details, status.trailing_metadata)
             finally:
+                # Also when the client goes away mid-stream: the task running this
+                # generator is cancelled, and the CancelledError comes through here.
+                if held:
+                    slots.give_back()  # type: ignore[union-attr]
                 self._end(context, begun, code)
 
         return gen

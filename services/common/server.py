@@ -8,7 +8,8 @@ Kubernetes stops routing), in-flight calls get ``grace_period`` seconds to finis
 
 The server holds its limits under abuse (docs/operations.md#limits): request sizes per
 method, idle and silent connections closed, keepalive, caps on streams per connection and
-on calls per process, and the soft open-file limit raised to the hard one at start.
+on calls per process (held by the chassis, ``call_slots.py``, so its refusal carries an
+ErrorInfo like every other), and the soft open-file limit raised to the hard one at start.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from services.common.auth import Authenticator
+from services.common.call_slots import CallSlots
 from services.common.chassis import Admission, ChassisRegistry
 from services.common.logs import register_secret
 from services.common.metrics import serve_metrics, server_name
@@ -61,6 +63,10 @@ class GrpcServer:
         self.metrics_port = metrics_port
         self.authenticator = Authenticator(keys, token, accept_forwarded=accept_forwarded_identity)
         self._admission = admission
+        # One count for every service this server serves; health and reflection take none.
+        self.call_slots = CallSlots(
+            settings.max_concurrent_rpcs, f"{settings.namespace()}MAX_CONCURRENT_RPCS"
+        )
         # Built by start(): the receive limit gRPC enforces depends on the methods served.
         self._server: grpc.aio.Server | None = None
         self._chassis: ChassisRegistry | None = None
@@ -86,6 +92,7 @@ class GrpcServer:
                 tracer(name),
                 request_limit=self.settings.request_limit,
                 admission=self._admission,
+                call_slots=self.call_slots,
             )
         registrar(servicer, self._chassis)
         self._service_names.append(full_name)
@@ -102,10 +109,8 @@ class GrpcServer:
         largest = self.settings.max_request_bytes
         if self._chassis is not None:
             largest = self._chassis.largest_request()
-        server = grpc.aio.server(
-            options=server_options(self.settings, largest),
-            maximum_concurrent_rpcs=self.settings.max_concurrent_rpcs or None,
-        )
+        # Not gRPC's maximum_concurrent_rpcs: the chassis holds that cap (call_slots.py).
+        server = grpc.aio.server(options=server_options(self.settings, largest))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         if self._chassis is not None:
             self._chassis.register(server)

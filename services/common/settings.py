@@ -107,8 +107,9 @@ class CommonSettings(BaseSettings):
     # small method's oversized request is refused unparsed but not unread
     # (docs/operations.md#limits). Env: JSON, e.g. '{"ImportObjects": 33554432}'.
     request_limits: dict[str, int] = Field(default_factory=lambda: dict(REQUEST_LIMITS))
-    # Calls served at once by the whole server; more get RESOURCE_EXHAUSTED from gRPC.
-    # 0 = no limit.
+    # Calls of our services served at once by the whole server (health checks and
+    # reflection not counted); more get RESOURCE_EXHAUSTED, reason TOO_MANY_CONCURRENT_RPCS
+    # (services/common/call_slots.py). 0 = no limit.
     max_concurrent_rpcs: int = Field(default=1000, ge=0)
     # Calls at once on one client connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS);
     # a client queues the rest.

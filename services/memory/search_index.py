@@ -77,7 +77,13 @@ class InteractionIndex:
             await self._store.open()
             dims = await self._embedder.dimensions() if self._embedder else _NO_DENSE
             schema = {"kind": _SCHEMA_KIND, "name": self._collection, "dimensions": dims}
-            existing = [s for s in await self._store.schemas() if s.get("name") == self._collection]
+            # Ours by kind as well as name: on a Qdrant server shared with retrieval, a
+            # collection a caller named like ours is not this index (nor is it rebuilt).
+            existing = [
+                s
+                for s in await self._store.schemas()
+                if s.get("kind") == _SCHEMA_KIND and s.get("name") == self._collection
+            ]
             if existing and existing[0] != schema:
                 # Derived data made with another model or mode: start it again.
                 log.warning(

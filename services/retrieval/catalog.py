@@ -4,6 +4,13 @@ A collection is known by (tenant, name): names are unique within a tenant, the s
 two tenants is two collections (``tenancy.py`` says where each lives in the engine), and
 another tenant's collection is not found exactly like a missing one.
 
+The engine may hold more than collections: the answer cache's hidden ones, the memory
+service's interaction index (on a Qdrant server both services use), another application's.
+Only a schema this catalog wrote is a collection (``is_collection_schema``), so no caller,
+in no tenant, can read, search, write or drop anything else; and new collections live under
+derived engine names (``tenancy.py``), so a CreateCollection cannot collide with anything
+but the caller's own collection.
+
 Schemas are cached in memory and loaded from the store at start-up; a name missing from the
 cache is looked up in the store again, so replicas sharing a Qdrant server see collections
 another replica created.
@@ -14,14 +21,21 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import logging
 import time
+from typing import Any
 
 from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 
 from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from services.retrieval.answer_cache_marker import is_cache_schema
 from services.retrieval.embedders import Embedders
-from services.retrieval.schema import Schema, check_collection_name, validate_new_collection
+from services.retrieval.schema import (
+    COLLECTION_NAME,
+    Schema,
+    check_collection_name,
+    validate_new_collection,
+)
 from services.retrieval.settings import RetrievalSettings
 from services.retrieval.store import CollectionLayout, VectorStore
 
@@ -29,6 +43,39 @@ DEFAULT_PAGE_SIZE = 10
 MAX_PAGE_SIZE = 100
 
 MISS_RELOAD_SECONDS = 0.5
+
+log = logging.getLogger("gensearch.retrieval.catalog")
+# The key the memory service's interaction index marks its schema with (search_index.py):
+# schemas of our own that are not collections say what they are.
+_INDEX_KIND = "kind"
+
+
+def is_collection_schema(data: dict[str, Any]) -> bool:
+    """Whether a stored schema is a collection's (one ``Catalog.create`` wrote): not a
+    hidden answer cache, not another index of ours, and shaped as every collection's schema
+    is (a valid name; a vectorizer with its dimensions, which creation always fills in)."""
+    if is_cache_schema(data) or _INDEX_KIND in data:
+        return False
+    vectorizer = data.get("vectorizer")
+    name = data.get("name")
+    return (
+        isinstance(name, str)
+        and COLLECTION_NAME.fullmatch(name) is not None
+        and isinstance(vectorizer, dict)
+        and bool(vectorizer.get("dimensions"))
+    )
+
+
+def _parsed(stored: list[dict[str, Any]]) -> list[Schema]:
+    schemas = []
+    for data in stored:
+        if not is_collection_schema(data):
+            continue
+        try:
+            schemas.append(Schema.from_json(data))
+        except Exception:  # a schema we cannot read is no one's collection; serve the rest
+            log.warning("ignoring a stored schema that does not parse", exc_info=True)
+    return schemas
 
 
 class Catalog:
@@ -46,14 +93,19 @@ class Catalog:
         # Under the lock: a snapshot read before a concurrent create or delete must not
         # overwrite what that call did.
         async with self._lock:
-            # Not the answer cache's hidden collections: they are no one's collection.
-            stored = [d for d in await self._store.schemas() if not is_cache_schema(d)]
-            schemas = [Schema.from_json(data) for data in stored]
+            # Not the answer cache's hidden collections nor other indexes: no one's collection.
+            schemas = _parsed(await self._store.schemas())
             self._schemas = {(s.tenant, s.name): s for s in schemas}
             self._loaded_at = time.monotonic()
 
     async def get(self, tenant: str, name: str, field: str = "collection") -> Schema:
         check_collection_name(name, field)
+        schema = await self._lookup(tenant, name)
+        if schema is None:
+            raise not_found(name, field)
+        return schema
+
+    async def _lookup(self, tenant: str, name: str) -> Schema | None:
         key = (tenant, name)
         schema = self._schemas.get(key)
         # Another replica (on a shared Qdrant server) may have made it: look again, but
@@ -61,8 +113,6 @@ class Catalog:
         if schema is None and time.monotonic() - self._loaded_at >= MISS_RELOAD_SECONDS:
             await self.load()
             schema = self._schemas.get(key)
-        if schema is None:
-            raise not_found(name, field)
         return schema
 
     def forget(self, schema: Schema) -> None:
@@ -81,7 +131,13 @@ class Catalog:
         )
         normalized.create_time.FromNanoseconds(time.time_ns() // 1000 * 1000)
         schema = Schema(normalized, tenant)
+        # The caller's own collection under this name may sit at another engine name than a
+        # new one would (a default tenant's from before derived names): ask the catalog,
+        # not only the engine.
+        known = await self._lookup(tenant, schema.name)
         async with self._lock:
+            if known is not None or (tenant, schema.name) in self._schemas:
+                raise _already_exists(schema.name)
             # Per tenant: one tenant cannot use up another's room, nor learn from a refusal
             # that other tenants' collections exist.
             held = sum(1 for owner, _ in self._schemas if owner == tenant)
@@ -99,10 +155,9 @@ class Catalog:
             try:
                 await self._store.create_collection(layout, schema.to_json())
             except AlreadyExists:
-                # The engine names it by its storage name; the caller knows its own.
-                raise AlreadyExists(
-                    f"collection {schema.name!r} already exists", field="collection.name"
-                ) from None
+                # Only the caller's own collection has this derived name (made by another
+                # replica a moment ago); the engine's name for it stays ours to know.
+                raise _already_exists(schema.name) from None
             self._schemas[(tenant, schema.name)] = schema
         return schema
 
@@ -127,6 +182,10 @@ class Catalog:
         chosen = names[:size]
         next_token = _encode_token(chosen[-1]) if len(names) > size else ""
         return [self._schemas[(tenant, n)] for n in chosen], next_token
+
+
+def _already_exists(name: str) -> AlreadyExists:
+    return AlreadyExists(f"collection {name!r} already exists", field="collection.name")
 
 
 def not_found(name: str, field: str) -> NotFound:

@@ -16,7 +16,7 @@ from services.common.auth import DEFAULT_TENANT
 from services.common.errors import InvalidArgument, quote
 from services.common.values import DEFAULT_MAX_DEPTH, check_value
 from services.retrieval.endpoints import ENV_NAME, EmbeddingPolicy
-from services.retrieval.tenancy import TENANT_KEY, storage_name
+from services.retrieval.tenancy import DERIVED, NAMING_KEY, TENANT_KEY, engine_name
 
 COLLECTION_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,62}")
 PROPERTY_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
@@ -297,6 +297,9 @@ class Schema:
 
     collection: pb.Collection
     tenant: str = DEFAULT_TENANT
+    # False only for a default tenant's collection stored under its own name, from before
+    # every engine name was derived (``tenancy.py``).
+    derived_name: bool = True
     types: dict[str, int] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -308,8 +311,8 @@ class Schema:
 
     @property
     def store_name(self) -> str:
-        """The collection's name in the engine (``tenancy.storage_name``)."""
-        return storage_name(self.tenant, self.name)
+        """The collection's name in the engine (``tenancy.engine_name``)."""
+        return engine_name(self.tenant, self.name, self.derived_name)
 
     @property
     def kind(self) -> int:
@@ -344,13 +347,16 @@ class Schema:
     def to_json(self) -> dict[str, Any]:
         data = json_format.MessageToDict(self.collection, preserving_proto_field_name=True)
         data[TENANT_KEY] = self.tenant
+        if self.derived_name:
+            data[NAMING_KEY] = DERIVED
         return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Schema:
         collection = pb.Collection()
         json_format.ParseDict(data, collection, ignore_unknown_fields=True)
-        return cls(collection, str(data.get(TENANT_KEY, DEFAULT_TENANT)))
+        derived = data.get(NAMING_KEY) == DERIVED
+        return cls(collection, str(data.get(TENANT_KEY, DEFAULT_TENANT)), derived)
 
 
 @dataclass

@@ -4,7 +4,7 @@ identities forwarded as the gateway forwards them."""
 
 from __future__ import annotations
 
-import json
+import uuid
 from typing import Any
 
 import grpc
@@ -185,41 +185,69 @@ async def test_roles(make_retrieval: MakeRetrieval, adapter: str) -> None:
     await s.DeleteCollection(drop, metadata=ACME)
 
 
-async def test_tenants_survive_a_restart_and_default_keeps_todays_names(
+async def test_tenants_survive_a_restart_and_default_keeps_its_old_names(
     make_retrieval: MakeRetrieval, tmp_path: Any
 ) -> None:
-    from services.retrieval.tenancy import TENANT_KEY, storage_name
+    from services.retrieval.edge_store import EdgeStore
+    from services.retrieval.schema import Schema
+    from services.retrieval.store import CollectionLayout, StoredPoint
+    from services.retrieval.tenancy import NAMING_KEY, TENANT_KEY, storage_name
 
     data = tmp_path / "kept"
+    # A default tenant's collection as releases before derived names stored it: under its
+    # own name; one from before tenants existed has no tenant key either.
+    old = EdgeStore(data / "qdrant")
+    await old.open()
+    for name, stamp in (("Legacy", False), ("Older", True)):
+        collection = vector_collection(name)
+        collection.vectorizer.distance = pb.DISTANCE_COSINE
+        schema = Schema(collection).to_json()
+        schema.pop(NAMING_KEY)
+        if stamp:
+            schema.pop(TENANT_KEY)
+        await old.create_collection(CollectionLayout(name, 4, "cosine", False), schema)
+        points = [StoredPoint(str(uuid.uuid4()), {"p": {}}, [1.0, i, 0, 0]) for i in range(2)]
+        await old.upsert(name, points)
+    await old.close()
+
     r = await start(make_retrieval, "edge", data_dir=data)
     default = as_("anonymous", "default")
-    await create(r, default, "Legacy", n=2)
+    await create(r, default, "Fresh", n=1)
     await create(r, ACME, "Docs", n=3)
     await r.stop()
     collections = data / "qdrant" / "collections"
-    # The default tenant's collection has today's engine name; acme's a derived one.
-    assert (collections / "Legacy").is_dir()
-    hashed = storage_name("acme", "Docs")
-    assert hashed.startswith("_t") and "acme" not in hashed
-    assert (collections / hashed).is_dir() and not (collections / "Docs").exists()
-    # A schema written before tenants existed has no tenant key: it is the default's.
-    legacy = collections / "Legacy.json"
-    schema = json.loads(legacy.read_text())
-    assert schema.pop(TENANT_KEY) == "default"
-    legacy.write_text(json.dumps(schema))
+    # Old collections keep their engine names; every new one, the default tenant's
+    # included, has a derived one.
+    assert (collections / "Legacy").is_dir() and (collections / "Older").is_dir()
+    for tenant, name in (("default", "Fresh"), ("acme", "Docs")):
+        hashed = storage_name(tenant, name)
+        assert hashed.startswith("_t") and tenant not in hashed
+        assert (collections / hashed).is_dir() and not (collections / name).exists()
 
     r = await start(make_retrieval, "edge", data_dir=data)
     s = r.stub
-    got = await s.GetCollection(pb.GetCollectionRequest(name="Legacy"), metadata=default)
-    assert got.object_count == 2
+    for name, count in (("Legacy", 2), ("Older", 2), ("Fresh", 1)):
+        got = await s.GetCollection(pb.GetCollectionRequest(name=name), metadata=default)
+        assert got.object_count == count
+        await expect_error(
+            s.GetCollection(pb.GetCollectionRequest(name=name), metadata=ACME), NOT_FOUND
+        )
+    # An old collection is still the caller's own: no second one beside it.
+    await expect_error(
+        s.CreateCollection(
+            pb.CreateCollectionRequest(collection=vector_collection("Legacy")), metadata=default
+        ),
+        grpc.StatusCode.ALREADY_EXISTS,
+        "collection.name",
+    )
     got = await s.GetCollection(pb.GetCollectionRequest(name="Docs"), metadata=ACME)
     assert got.object_count == 3
     await expect_error(
         s.GetCollection(pb.GetCollectionRequest(name="Docs"), metadata=default), NOT_FOUND
     )
-    await expect_error(
-        s.GetCollection(pb.GetCollectionRequest(name="Legacy"), metadata=ACME), NOT_FOUND
-    )
+    await s.DeleteCollection(pb.DeleteCollectionRequest(name="Legacy"), metadata=default)
+    await r.stop()
+    assert not (collections / "Legacy").exists()
 
 
 async def test_api_keys_give_tenant_and_role(make_retrieval: MakeRetrieval) -> None:

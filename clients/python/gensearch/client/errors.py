@@ -342,6 +342,13 @@ class RequestTooLargeError(ResourceExhaustedError):
     error_reason = "REQUEST_TOO_LARGE"
 
 
+class TooManyConcurrentRpcsError(ResourceExhaustedError):
+    """The server is serving its limit of calls at once (metadata ``limit``, ``setting``):
+    retry shortly, or spread calls over more replicas."""
+
+    error_reason = "TOO_MANY_CONCURRENT_RPCS"
+
+
 class UpstreamRateLimitedError(ResourceExhaustedError):
     error_reason = "UPSTREAM_RATE_LIMITED"
 
