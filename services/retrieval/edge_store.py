@@ -251,14 +251,20 @@ class EdgeStore:
         return int(self._shard(name).count(request))
 
     async def scroll(
-        self, name: str, offset: str | None, limit: int
+        self, name: str, offset: str | None, limit: int, where: f.Node | None = None
     ) -> tuple[list[FoundPoint], str | None]:
-        return await self._run(self._scroll, name, offset, limit)
+        return await self._run(self._scroll, name, offset, limit, where)
 
     def _scroll(
-        self, name: str, offset: str | None, limit: int
+        self, name: str, offset: str | None, limit: int, where: f.Node | None
     ) -> tuple[list[FoundPoint], str | None]:
-        request = qe.ScrollRequest(offset=offset, limit=limit, with_payload=True)
+        request = qe.ScrollRequest(
+            offset=offset,
+            limit=limit,
+            filter=to_edge_filter(where),
+            with_payload=True,
+            with_vector=False,
+        )
         records, next_offset = self._shard(name).scroll(request)
         points = [_found(r.id, r.payload, 0.0, None) for r in records]
         return points, None if next_offset is None else str(next_offset)
@@ -312,18 +318,6 @@ class EdgeStore:
         """A dense query on the calling thread (benchmarks time the bare engine with it)."""
         query = qe.Query.Nearest(list(vector), using=DENSE)
         return self._query(name, query, None, limit, 0, False)
-
-    async def scroll_matching(
-        self, name: str, where: f.Node | None, limit: int
-    ) -> list[FoundPoint]:
-        return await self._run(self._scroll_matching, name, where, limit)
-
-    def _scroll_matching(self, name: str, where: f.Node | None, limit: int) -> list[FoundPoint]:
-        request = qe.ScrollRequest(
-            limit=limit, filter=to_edge_filter(where), with_payload=True, with_vector=False
-        )
-        records, _ = self._shard(name).scroll(request)
-        return [_found(r.id, r.payload, 0.0, None) for r in records]
 
     async def optimize(self, name: str) -> None:
         await self._run(self._optimize, name)

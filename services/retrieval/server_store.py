@@ -191,11 +191,16 @@ class ServerStore:
         return int(result.count)
 
     async def scroll(
-        self, name: str, offset: str | None, limit: int
+        self, name: str, offset: str | None, limit: int, where: f.Node | None = None
     ) -> tuple[list[FoundPoint], str | None]:
         with _guard(name):
             records, next_offset = await self.client.scroll(
-                name, offset=offset, limit=limit, with_payload=True, with_vectors=False
+                name,
+                scroll_filter=to_qdrant_filter(where),
+                offset=offset,
+                limit=limit,
+                with_payload=True,
+                with_vectors=False,
             )
         points = [_found(r.id, r.payload, 0.0, None) for r in records]
         return points, None if next_offset is None else str(next_offset)
@@ -245,19 +250,6 @@ class ServerStore:
                 with_vectors=[DENSE] if with_vector else False,
             )
         return [_found(p.id, p.payload, p.score, p.vector) for p in response.points]
-
-    async def scroll_matching(
-        self, name: str, where: f.Node | None, limit: int
-    ) -> list[FoundPoint]:
-        with _guard(name):
-            records, _ = await self.client.scroll(
-                name,
-                scroll_filter=to_qdrant_filter(where),
-                limit=limit,
-                with_payload=True,
-                with_vectors=False,
-            )
-        return [_found(r.id, r.payload, 0.0, None) for r in records]
 
     async def optimize(self, name: str) -> None:
         # A Qdrant server optimizes in the background on its own.
