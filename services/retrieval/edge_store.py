@@ -219,7 +219,7 @@ class EdgeStore:
         records = self._shard(name).retrieve(
             list(ids), with_payload=True, with_vector=[DENSE] if with_vector else False
         )
-        return [_found(r.id, r.payload, 0.0, r.vector) for r in records]
+        return [FoundPoint.of(r.id, r.payload, 0.0, r.vector) for r in records]
 
     async def delete_ids(self, name: str, ids: list[str]) -> int:
         return await self._run(self._delete_ids, name, ids)
@@ -266,7 +266,7 @@ class EdgeStore:
             with_vector=False,
         )
         records, next_offset = self._shard(name).scroll(request)
-        points = [_found(r.id, r.payload, 0.0, None) for r in records]
+        points = [FoundPoint.of(r.id, r.payload, 0.0, None) for r in records]
         return points, None if next_offset is None else str(next_offset)
 
     async def query_dense(
@@ -310,9 +310,8 @@ class EdgeStore:
             with_payload=True,
             with_vector=[DENSE] if with_vector else False,
         )
-        return [
-            _found(p.id, p.payload, p.score, p.vector) for p in self._shard(name).query(request)
-        ]
+        found = self._shard(name).query(request)
+        return [FoundPoint.of(p.id, p.payload, p.score, p.vector) for p in found]
 
     def query_now(self, name: str, vector: list[float], limit: int) -> list[FoundPoint]:
         """A dense query on the calling thread (benchmarks time the bare engine with it)."""
@@ -326,8 +325,3 @@ class EdgeStore:
         shard = self._shard(name)
         shard.optimize()
         shard.flush()
-
-
-def _found(point_id: Any, payload: Any, score: float, vector: Any) -> FoundPoint:
-    dense = vector.get(DENSE) if isinstance(vector, dict) else None
-    return FoundPoint(id=str(point_id), payload=payload or {}, score=float(score), dense=dense)

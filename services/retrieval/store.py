@@ -56,6 +56,12 @@ class FoundPoint:
     score: float = 0.0
     dense: list[float] | None = field(default=None, repr=False)
 
+    @classmethod
+    def of(cls, point_id: Any, payload: Any, score: float, vector: Any) -> FoundPoint:
+        """A point as either engine returns it (its named vectors a dict, when asked for)."""
+        dense = vector.get(DENSE) if isinstance(vector, dict) else None
+        return cls(id=str(point_id), payload=payload or {}, score=float(score), dense=dense)
+
 
 class VectorStore(Protocol):
     """Async engine operations; adapters raise ``services.common.errors`` errors."""
