@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -41,7 +40,7 @@ from gensearch.generation.v1 import generation_service_pb2_grpc as gen_grpc  # n
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb  # noqa: E402
 from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as ret_grpc  # noqa: E402
 
-from bench.report import machine, markdown  # noqa: E402
+from bench.report import machine, markdown, median_range  # noqa: E402
 from bench.stack import IDENTITY, Stack, load_vectors, provider  # noqa: E402
 from services.devlaunch import llm_server as local_llm  # noqa: E402
 from services.generation.settings import LOCAL_MODEL  # noqa: E402
@@ -130,12 +129,6 @@ class Bench:
         return time.perf_counter() - started, tokens
 
 
-def spread(values: list[float], fmt: str = "{:.2f}") -> str:
-    """Median and range."""
-    med = statistics.median(values)
-    return f"{fmt.format(med)} ({fmt.format(min(values))} to {fmt.format(max(values))})"
-
-
 async def run(args: argparse.Namespace) -> None:
     print(f"local model fan-out bench; {machine()}")
     if not local_llm.available():
@@ -180,7 +173,14 @@ async def run(args: argparse.Namespace) -> None:
     print(
         markdown(
             ("slots", "10 hits, GenerativeSearch s", "10 sequential Generate s", "speed-up"),
-            [(str(args.slots or llm.slots), spread(fan), spread(seq), spread(ratios) + " x")],
+            [
+                (
+                    str(args.slots or llm.slots),
+                    median_range(fan),
+                    median_range(seq),
+                    median_range(ratios) + " x",
+                )
+            ],
         )
     )
     print("median (range) over", args.runs, "runs; target: speed-up >= 2x")

@@ -45,7 +45,7 @@ import grpc  # noqa: E402
 from gensearch.memory.v1 import memory_service_pb2 as pb  # noqa: E402
 from gensearch.memory.v1 import memory_service_pb2_grpc as pb_grpc  # noqa: E402
 
-from bench.report import Figures  # noqa: E402
+from bench.report import Figures, median_range  # noqa: E402
 from services.common.auth import ANONYMOUS, DEFAULT_TENANT  # noqa: E402
 from services.common.redis_client import RedisClient, connect  # noqa: E402
 from services.devlaunch.processes import free_port  # noqa: E402
@@ -180,10 +180,6 @@ async def _interleaved(
     return rates
 
 
-def _spread(values: list[float], fmt: str) -> str:
-    return f"{statistics.median(values):{fmt}} ({min(values):{fmt}}-{max(values):{fmt}})"
-
-
 # MemorySettings' default eviction_grace_turns, as the store passes it.
 EVICTION_GRACE = MemorySettings.model_fields["eviction_grace_turns"].default
 
@@ -267,10 +263,9 @@ async def _mode(
                 share = ""
                 if name != "service":
                     ratios = [s / v for s, v in zip(service_rates, values, strict=True)]
-                    share = f"service = {_spread(ratios, '.0%')} of it"
-                lines.append(
-                    f"{mode:<11}x{in_flight:<3}{name:<10}{_spread(values, ',.0f'):>24}  {share}"
-                )
+                    share = f"service = {median_range(ratios, '.0%')} of it"
+                rate = median_range(values, ",.0f")
+                lines.append(f"{mode:<11}x{in_flight:<3}{name:<10}{rate:>24}  {share}")
         if mode == "standalone" and args.list:
             lines += await _list_latency(stub, floor, args.samples)
         await redis.aclose()

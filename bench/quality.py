@@ -48,7 +48,7 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb  # noqa: E402
 from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as ret_grpc  # noqa: E402
 from google.protobuf import duration_pb2, struct_pb2  # noqa: E402
 
-from bench.report import Figures, machine  # noqa: E402
+from bench.report import Figures, machine, median_range  # noqa: E402
 from bench.stack import Stack, provider  # noqa: E402
 from services.cli import corpus, demo  # noqa: E402
 from services.gateway.condense import fallback_query  # noqa: E402
@@ -294,13 +294,6 @@ def _mean(values: Sequence[float]) -> float:
     return statistics.fmean(values) if values else 0.0
 
 
-def _spread(values: Sequence[float]) -> str:
-    """Median and range over the runs."""
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.median(values):.3f} ({min(values):.3f}-{max(values):.3f})"
-
-
 async def run(args: argparse.Namespace) -> None:
     questions, follow_ups = load_questions()
     questions = questions[: args.questions] if args.questions else questions
@@ -335,7 +328,8 @@ async def run(args: argparse.Namespace) -> None:
     print(f"\nretrieval, {len(questions)} questions, {args.runs} run(s): median (range)")
     print(f"{'mode':<16} | {f'recall@{k}':>22} | {'MRR':>22}")
     for name, got in runs.items():
-        print(f"{name:<16} | {_spread(got['recall']):>22} | {_spread(got['mrr']):>22}")
+        recall, mrr = median_range(got["recall"], ".3f"), median_range(got["mrr"], ".3f")
+        print(f"{name:<16} | {recall:>22} | {mrr:>22}")
         figures.add(f"quality {name} recall@{k}", statistics.median(got["recall"]), "")
         figures.add(f"quality {name} MRR", statistics.median(got["mrr"]), "")
     for name, value in baselines.items():

@@ -1,5 +1,5 @@
-"""What the benchmarks share besides their processes: percentiles, the machine line, the
-figures a benchmark hands to bench/headline.py, and tables.
+"""What the benchmarks share besides their processes: percentiles, median and range, the
+machine line, the figures a benchmark hands to bench/headline.py, and tables.
 
 A benchmark run with ``--summary`` measures only its headline figures and prints them as
 the last line of its standard output, one JSON object::
@@ -14,6 +14,7 @@ import io
 import json
 import os
 import platform
+import statistics
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -26,6 +27,15 @@ def pct(values: Sequence[float], q: float) -> float:
     """The q-quantile by nearest rank (q = 0.5: the median sample)."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def median_range(values: Sequence[float], fmt: str = ".2f") -> str:
+    """Median and range of several runs, ``fmt`` a format spec: "1.20 (1.10-1.45)"; one run
+    is shown alone, as there is no range to give."""
+    if len(values) == 1:
+        return f"{values[0]:{fmt}}"
+    low, high = min(values), max(values)
+    return f"{statistics.median(values):{fmt}} ({low:{fmt}}-{high:{fmt}})"
 
 
 async def timed(fn: Callable[[], Awaitable[Any]]) -> float:

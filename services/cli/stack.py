@@ -237,43 +237,50 @@ def _prepare_data_dir(name: str) -> Path:
     return data_dir
 
 
-def busy_ports(host: str, wanted: dict[str, int]) -> list[str]:
-    """The parts whose port (name -> port; 0 = any free port) cannot be bound on ``host``.
+@dataclass(frozen=True, slots=True)
+class WantedPort:
+    """A port a part of the stack will bind, and how to choose another."""
+
+    what: str  # "gateway port", "memory metrics port"
+    port: int  # 0: any free port
+    option: str  # "--port", "GENSEARCH_MEMORY_METRICS_PORT"
+
+
+def busy_ports(host: str, wanted: list[WantedPort]) -> list[WantedPort]:
+    """The wanted ports (0 = any free port, never busy) that cannot be bound on ``host``.
 
     Checked before anything starts: a busy port found by the gRPC server itself is
     reported late (after Redis and the models have loaded) and after gRPC's own log line.
     """
     busy = []
-    for name, port in wanted.items():
-        if not port:
+    for want in wanted:
+        if not want.port:
             continue
         try:
             family, kind, proto, _, where = socket.getaddrinfo(
-                host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+                host or None, want.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
             )[0]
             with socket.socket(family, kind, proto) as probe:
                 probe.bind(where)
         except OSError:
-            busy.append(f"{name} port {port}")
+            busy.append(want)
     return busy
 
 
 def _check_ports(args: argparse.Namespace, settings: dict[str, Any]) -> None:
-    wanted = {"gateway": args.port}
+    wanted = [WantedPort("gateway port", args.port, "--port")]
     for name, part in settings.items():
         if name != "gateway":
-            wanted[name] = part.port
+            wanted.append(WantedPort(f"{name} port", part.port, f"GENSEARCH_{name.upper()}_PORT"))
     for name, part in settings.items():
-        wanted[f"{name} metrics"] = part.metrics_port
+        option = f"GENSEARCH_{name.upper()}_METRICS_PORT"
+        wanted.append(WantedPort(f"{name} metrics port", part.metrics_port, option))
     busy = busy_ports(args.host, wanted)
     if busy:
-        hints = ", ".join(
-            "--port" if b.startswith("gateway port") else
-            f"GENSEARCH_{b.split()[0].upper()}_{'METRICS_' if 'metrics' in b else ''}PORT"
-            for b in busy
-        )  # fmt: skip
+        ports = ", ".join(f"{b.what} {b.port}" for b in busy)
+        hints = ", ".join(b.option for b in busy)
         raise CliError(
-            f"already in use on {args.host}: {', '.join(busy)} (another gensearch running?); "
+            f"already in use on {args.host}: {ports} (another gensearch running?); "
             f"choose others with {hints} (0 = any free port); nothing was started"
         )
 

@@ -19,12 +19,15 @@ cluster, MOVED/ASK/TRYAGAIN redirections (the node did not run it) are followed.
 
 from __future__ import annotations
 
-from typing import TypeAlias
+from typing import Protocol, TypeAlias
+from urllib.parse import urlsplit
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+
+from services.common.logs import register_secret
 
 RedisClient: TypeAlias = Redis | RedisCluster
 
@@ -50,4 +53,28 @@ def connect(
         socket_timeout=socket_timeout,
         socket_connect_timeout=connect_timeout,
         retry=never_resend,
+    )
+
+
+class RedisSettings(Protocol):
+    """The Redis settings every service that uses Redis has (``GENSEARCH_<SVC>_REDIS_*``)."""
+
+    @property
+    def redis_cluster(self) -> bool: ...
+
+    @property
+    def redis_socket_timeout(self) -> float: ...
+
+    @property
+    def redis_connect_timeout(self) -> float: ...
+
+
+def connect_configured(url: str, settings: RedisSettings) -> RedisClient:
+    """``connect`` as a service's settings say; the URL's password never reaches a log."""
+    register_secret(urlsplit(url).password)
+    return connect(
+        url,
+        cluster=settings.redis_cluster,
+        socket_timeout=settings.redis_socket_timeout,
+        connect_timeout=settings.redis_connect_timeout,
     )

@@ -26,7 +26,6 @@ import hashlib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.generation.v1 import generation_service_pb2 as gen_pb
@@ -35,8 +34,7 @@ from google.protobuf import duration_pb2
 from redis.exceptions import RedisError
 
 from services.common.errors import InvalidArgument
-from services.common.logs import register_secret
-from services.common.redis_client import RedisClient, connect
+from services.common.redis_client import RedisClient, connect_configured
 from services.gateway.generator import Options, generate_request
 from services.gateway.metrics import CACHE_LOOKUPS
 from services.gateway.request_parts import seconds
@@ -133,13 +131,7 @@ def connect_redis(settings: GatewaySettings) -> RedisClient | None:
     url = settings.redis_url.get_secret_value()
     if not url:
         return None
-    register_secret(urlsplit(url).password)
-    return connect(
-        url,
-        cluster=settings.redis_cluster,
-        socket_timeout=settings.redis_socket_timeout,
-        connect_timeout=settings.redis_connect_timeout,
-    )
+    return connect_configured(url, settings)
 
 
 class GenerationCache:

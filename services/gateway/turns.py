@@ -16,6 +16,7 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from google.protobuf import struct_pb2
 
 from services.common.errors import ServiceError
+from services.common.well_known import struct
 from services.gateway import ask_traces
 from services.gateway.clients import Caller, MemoryClient
 from services.gateway.conversation import Turn
@@ -181,6 +182,4 @@ def additional_info(
             "hits": response.trimmed.hits,
         },
     }
-    info = struct_pb2.Struct()
-    info.update(data)
-    return info
+    return struct(data)

@@ -10,13 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
-from urllib.parse import urlsplit
 
 from gensearch.generation.v1 import generation_service_pb2_grpc as pb_grpc
 
 from services.common.json_schema import SchemaLimits
-from services.common.logs import configure_logging, register_secret
-from services.common.redis_client import RedisClient, connect
+from services.common.logs import configure_logging
+from services.common.redis_client import RedisClient, connect_configured
 from services.common.server import GrpcServer, run_until_signal
 from services.common.settings import warn_unknown_variables
 from services.devlaunch.llm_server import start_local_llm
@@ -46,13 +45,7 @@ def limits_redis(
                 ", ".join(sorted(declared)),
             )
         return None
-    register_secret(urlsplit(url).password)
-    return connect(
-        url,
-        cluster=settings.redis_cluster,
-        socket_timeout=settings.redis_socket_timeout,
-        connect_timeout=settings.redis_connect_timeout,
-    )
+    return connect_configured(url, settings)
 
 
 async def build_server(settings: GenerationSettings, *, port: int | None = None) -> GrpcServer:

@@ -51,9 +51,6 @@ class AdaptiveLimit:
         """Calls that may run at once (``math.inf``: no limit)."""
         return self._limit
 
-    def allows(self, in_flight: int) -> bool:
-        return in_flight < self._limit
-
     def _cooldown(self) -> float:
         return max(MIN_COOLDOWN, self._latency or 0.0)
 

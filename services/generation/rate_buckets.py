@@ -29,15 +29,13 @@ from typing import Protocol
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisClusterException, RedisError
 
-from services.common.quotas import lua_script
+from services.common.quotas import LEASE_SLACK_SECONDS, lua_script
 from services.common.redis_client import RedisClient
 from services.generation.settings import ProviderConfig
 
 log = logging.getLogger("gensearch.generation.limits")
 
 _WARN_EVERY = 30.0
-# A lease outlives its call's deadline by this much (clock skew, the answer in flight).
-LEASE_SLACK = 5.0
 # Admission answers: go, wait this long, or ask again soon (in flight is full).
 FLIGHT_FULL = -1.0
 
@@ -200,7 +198,7 @@ class RedisLimits:
             tok.per_second / 1000 if tok else 0,
             cost,
             self.limits.in_flight or 0,
-            int((lease + LEASE_SLACK) * 1000),
+            int((lease + LEASE_SLACK_SECONDS) * 1000),
             call_id,
             int(self.limits.ttl * 1000),
         ]

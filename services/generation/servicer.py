@@ -9,8 +9,8 @@ from typing import Any
 import grpc
 from gensearch.generation.v1 import generation_service_pb2 as pb
 from gensearch.generation.v1 import generation_service_pb2_grpc as pb_grpc
-from google.protobuf import duration_pb2, struct_pb2
 
+from services.common.well_known import duration, struct
 from services.generation import answering
 from services.generation.keys import env_key
 from services.generation.planning import Planner
@@ -89,20 +89,12 @@ def _answer_fields(answer: answering.Answer, *, debug: bool) -> dict[str, Any]:
         "usage": _usage(done.usage),
         "debug": _debug(done.debug) if debug else None,
         "provider": answer.target.provider.name,
-        "structured": _struct(answer.structured),
+        "structured": None if answer.structured is None else struct(answer.structured),
         "fallback_index": answer.target.index,
         "corrected": answer.corrected,
         "attempts": done.attempts,
-        "wait_time": _duration(done.waited),
+        "wait_time": duration(done.waited),
     }
-
-
-def _struct(value: dict[str, Any] | None) -> struct_pb2.Struct | None:
-    if value is None:
-        return None
-    struct = struct_pb2.Struct()
-    struct.update(value)
-    return struct
 
 
 def _usage(usage: Usage) -> pb.Usage:
@@ -112,12 +104,6 @@ def _usage(usage: Usage) -> pb.Usage:
         total_tokens=usage.total_tokens,
         estimated=usage.estimated,
     )
-
-
-def _duration(seconds: float) -> duration_pb2.Duration:
-    value = duration_pb2.Duration()
-    value.FromNanoseconds(round(seconds * 1e9))
-    return value
 
 
 def _debug(debug: DebugInfo) -> pb.Debug:

@@ -11,13 +11,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
 from gensearch.memory.v1 import memory_service_pb2_grpc as pb_grpc
 
 from services.common.errors import Unavailable
 from services.common.logs import configure_logging, register_secret
-from services.common.redis_client import connect
+from services.common.redis_client import connect_configured
 from services.common.server import GrpcServer, run_until_signal
 from services.common.settings import warn_unknown_variables
 from services.devlaunch.redis_server import RedisProcess, start_embedded
@@ -40,19 +39,12 @@ async def build_server(settings: MemorySettings, *, port: int | None = None) -> 
     )
     url = settings.redis_url.get_secret_value()
     embedded: RedisProcess | None = None
-    if url:
-        register_secret(urlsplit(url).password)
-    else:
+    if not url:
         embedded = await start_embedded(
             settings.data_dir / "redis", appendfsync=settings.redis_appendfsync
         )
         url = embedded.socket_url
-    redis = connect(
-        url,
-        cluster=settings.redis_cluster,
-        socket_timeout=settings.redis_socket_timeout,
-        connect_timeout=settings.redis_connect_timeout,
-    )
+    redis = connect_configured(url, settings)
     store = MemoryStore(
         redis,
         key_prefix=settings.key_prefix,

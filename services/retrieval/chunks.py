@@ -103,11 +103,11 @@ async def read_ranges(
         for item in ranges
     ]
     found = await asyncio.gather(
-        *(store.scroll_matching(schema.store_name, where, max_chunks + 1) for where in wheres)
+        *(store.scroll(schema.store_name, None, max_chunks + 1, where) for where in wheres)
     )
     order = chunking.order_property
     out: list[tuple[list[FoundPoint], bool]] = []
-    for points in found:
+    for points, _ in found:
         points.sort(key=lambda p: (_position(p, order), p.id))
         out.append((points[:max_chunks], len(points) > max_chunks))
     return out

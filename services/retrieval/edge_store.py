@@ -219,7 +219,7 @@ class EdgeStore:
         records = self._shard(name).retrieve(
             list(ids), with_payload=True, with_vector=[DENSE] if with_vector else False
         )
-        return [_found(r.id, r.payload, 0.0, r.vector) for r in records]
+        return [FoundPoint.of(r.id, r.payload, 0.0, r.vector) for r in records]
 
     async def delete_ids(self, name: str, ids: list[str]) -> int:
         return await self._run(self._delete_ids, name, ids)
@@ -251,16 +251,22 @@ class EdgeStore:
         return int(self._shard(name).count(request))
 
     async def scroll(
-        self, name: str, offset: str | None, limit: int
+        self, name: str, offset: str | None, limit: int, where: f.Node | None = None
     ) -> tuple[list[FoundPoint], str | None]:
-        return await self._run(self._scroll, name, offset, limit)
+        return await self._run(self._scroll, name, offset, limit, where)
 
     def _scroll(
-        self, name: str, offset: str | None, limit: int
+        self, name: str, offset: str | None, limit: int, where: f.Node | None
     ) -> tuple[list[FoundPoint], str | None]:
-        request = qe.ScrollRequest(offset=offset, limit=limit, with_payload=True)
+        request = qe.ScrollRequest(
+            offset=offset,
+            limit=limit,
+            filter=to_edge_filter(where),
+            with_payload=True,
+            with_vector=False,
+        )
         records, next_offset = self._shard(name).scroll(request)
-        points = [_found(r.id, r.payload, 0.0, None) for r in records]
+        points = [FoundPoint.of(r.id, r.payload, 0.0, None) for r in records]
         return points, None if next_offset is None else str(next_offset)
 
     async def query_dense(
@@ -304,26 +310,13 @@ class EdgeStore:
             with_payload=True,
             with_vector=[DENSE] if with_vector else False,
         )
-        return [
-            _found(p.id, p.payload, p.score, p.vector) for p in self._shard(name).query(request)
-        ]
+        found = self._shard(name).query(request)
+        return [FoundPoint.of(p.id, p.payload, p.score, p.vector) for p in found]
 
     def query_now(self, name: str, vector: list[float], limit: int) -> list[FoundPoint]:
         """A dense query on the calling thread (benchmarks time the bare engine with it)."""
         query = qe.Query.Nearest(list(vector), using=DENSE)
         return self._query(name, query, None, limit, 0, False)
-
-    async def scroll_matching(
-        self, name: str, where: f.Node | None, limit: int
-    ) -> list[FoundPoint]:
-        return await self._run(self._scroll_matching, name, where, limit)
-
-    def _scroll_matching(self, name: str, where: f.Node | None, limit: int) -> list[FoundPoint]:
-        request = qe.ScrollRequest(
-            limit=limit, filter=to_edge_filter(where), with_payload=True, with_vector=False
-        )
-        records, _ = self._shard(name).scroll(request)
-        return [_found(r.id, r.payload, 0.0, None) for r in records]
 
     async def optimize(self, name: str) -> None:
         await self._run(self._optimize, name)
@@ -332,8 +325,3 @@ class EdgeStore:
         shard = self._shard(name)
         shard.optimize()
         shard.flush()
-
-
-def _found(point_id: Any, payload: Any, score: float, vector: Any) -> FoundPoint:
-    dense = vector.get(DENSE) if isinstance(vector, dict) else None
-    return FoundPoint(id=str(point_id), payload=payload or {}, score=float(score), dense=dense)

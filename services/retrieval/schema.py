@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -168,12 +169,7 @@ def _validate_rerank_default(collection: pb.Collection, types: dict[str, int]) -
     for name in ("provider", "model", "base_url"):
         if len(getattr(rerank, name)) > MAX_NAME * 8:
             raise InvalidArgument(f"{where}.{name} is too long", field=f"{where}.{name}")
-    for i, name in enumerate(rerank.properties):
-        if types.get(name) not in TEXT_TYPES:
-            raise InvalidArgument(
-                f"{where}.properties[{i}]: {quote(name)} is not a text property",
-                field=f"{where}.properties[{i}]",
-            )
+    _check_text_properties(rerank.properties, types, f"{where}.properties")
 
 
 def _validate_vectorizer(
@@ -238,11 +234,14 @@ def _validate_vectorizer(
             )
     else:
         raise InvalidArgument(f"{where}.kind is unknown", field=f"{where}.kind")
-    for i, name in enumerate(vec.source_properties):
+    _check_text_properties(vec.source_properties, types, f"{where}.source_properties")
+
+
+def _check_text_properties(names: Iterable[str], types: dict[str, int], where: str) -> None:
+    for i, name in enumerate(names):
         if types.get(name) not in TEXT_TYPES:
             raise InvalidArgument(
-                f"{where}.source_properties[{i}]: {quote(name)} is not a text property",
-                field=f"{where}.source_properties[{i}]",
+                f"{where}[{i}]: {quote(name)} is not a text property", field=f"{where}[{i}]"
             )
 
 

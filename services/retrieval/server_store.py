@@ -159,7 +159,7 @@ class ServerStore:
                 with_payload=True,
                 with_vectors=[DENSE] if with_vector else False,
             )
-        return [_found(r.id, r.payload, 0.0, r.vector) for r in records]
+        return [FoundPoint.of(r.id, r.payload, 0.0, r.vector) for r in records]
 
     async def delete_ids(self, name: str, ids: list[str]) -> int:
         with _guard(name):
@@ -191,13 +191,18 @@ class ServerStore:
         return int(result.count)
 
     async def scroll(
-        self, name: str, offset: str | None, limit: int
+        self, name: str, offset: str | None, limit: int, where: f.Node | None = None
     ) -> tuple[list[FoundPoint], str | None]:
         with _guard(name):
             records, next_offset = await self.client.scroll(
-                name, offset=offset, limit=limit, with_payload=True, with_vectors=False
+                name,
+                scroll_filter=to_qdrant_filter(where),
+                offset=offset,
+                limit=limit,
+                with_payload=True,
+                with_vectors=False,
             )
-        points = [_found(r.id, r.payload, 0.0, None) for r in records]
+        points = [FoundPoint.of(r.id, r.payload, 0.0, None) for r in records]
         return points, None if next_offset is None else str(next_offset)
 
     async def query_dense(
@@ -244,26 +249,8 @@ class ServerStore:
                 with_payload=True,
                 with_vectors=[DENSE] if with_vector else False,
             )
-        return [_found(p.id, p.payload, p.score, p.vector) for p in response.points]
-
-    async def scroll_matching(
-        self, name: str, where: f.Node | None, limit: int
-    ) -> list[FoundPoint]:
-        with _guard(name):
-            records, _ = await self.client.scroll(
-                name,
-                scroll_filter=to_qdrant_filter(where),
-                limit=limit,
-                with_payload=True,
-                with_vectors=False,
-            )
-        return [_found(r.id, r.payload, 0.0, None) for r in records]
+        return [FoundPoint.of(p.id, p.payload, p.score, p.vector) for p in response.points]
 
     async def optimize(self, name: str) -> None:
         # A Qdrant server optimizes in the background on its own.
         return None
-
-
-def _found(point_id: Any, payload: Any, score: float, vector: Any) -> FoundPoint:
-    dense = vector.get(DENSE) if isinstance(vector, dict) else None
-    return FoundPoint(id=str(point_id), payload=payload or {}, score=float(score), dense=dense)

@@ -15,10 +15,10 @@ from typing import Any
 import grpc
 from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as pb_grpc
-from google.protobuf import struct_pb2
 
 from services.common.auth import Role, require_role
 from services.common.errors import InvalidArgument, NotFound, ServiceError, quote
+from services.common.well_known import struct
 from services.retrieval import chunks
 from services.retrieval.answer_cache import AnswerCache
 from services.retrieval.catalog import Catalog, not_found
@@ -204,7 +204,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         if not found:
             raise NotFound(f"object {object_id} not found in {schema.name!r}", field="id")
         point = found[0]
-        obj = pb.DataObject(id=point.id, properties=_struct(point.payload.get(PROPS, {})))
+        obj = pb.DataObject(id=point.id, properties=struct(point.payload.get(PROPS, {})))
         if point.dense is not None:
             obj.vector.extend(point.dense)
         return pb.GetObjectResponse(object=obj)
@@ -372,17 +372,11 @@ def _query_text(request: pb.SearchRequest) -> str:
     return ""
 
 
-def _struct(values: dict[str, Any]) -> struct_pb2.Struct:
-    out = struct_pb2.Struct()
-    out.update(values)
-    return out
-
-
 def _hit(point: FoundPoint, wanted: list[str] | None) -> pb.Hit:
     props = point.payload.get(PROPS, {})
     if wanted is not None:
         props = {k: props[k] for k in wanted if k in props}
-    hit = pb.Hit(id=point.id, properties=_struct(props), score=point.score)
+    hit = pb.Hit(id=point.id, properties=struct(props), score=point.score)
     if point.dense is not None:
         hit.vector.extend(point.dense)
     return hit

@@ -56,6 +56,12 @@ class FoundPoint:
     score: float = 0.0
     dense: list[float] | None = field(default=None, repr=False)
 
+    @classmethod
+    def of(cls, point_id: Any, payload: Any, score: float, vector: Any) -> FoundPoint:
+        """A point as either engine returns it (its named vectors a dict, when asked for)."""
+        dense = vector.get(DENSE) if isinstance(vector, dict) else None
+        return cls(id=str(point_id), payload=payload or {}, score=float(score), dense=dense)
+
 
 class VectorStore(Protocol):
     """Async engine operations; adapters raise ``services.common.errors`` errors."""
@@ -86,10 +92,11 @@ class VectorStore(Protocol):
     async def count(self, name: str, where: Node | None) -> int: ...
 
     async def scroll(
-        self, name: str, offset: str | None, limit: int
+        self, name: str, offset: str | None, limit: int, where: Node | None = None
     ) -> tuple[list[FoundPoint], str | None]:
-        """Every point in id order, ``limit`` at a time, with payloads: the page from
-        ``offset`` (None: the first) and the offset of the next page (None: the last)."""
+        """The points matching ``where`` (None: every point) in id order, ``limit`` at a
+        time, with payloads and no vectors: the page from ``offset`` (None: the first) and
+        the offset of the next page (None: the last)."""
 
     async def query_dense(
         self,
@@ -110,9 +117,6 @@ class VectorStore(Protocol):
         offset: int,
         with_vector: bool,
     ) -> list[FoundPoint]: ...
-
-    async def scroll_matching(self, name: str, where: Node | None, limit: int) -> list[FoundPoint]:
-        """Up to ``limit`` points matching ``where``, in no particular order (no vectors)."""
 
     async def optimize(self, name: str) -> None:
         """Let the engine build its indexes after a bulk load."""

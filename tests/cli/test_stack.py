@@ -95,5 +95,7 @@ def test_busy_ports_ignores_port_zero_and_free_ports() -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        assert stack_mod.busy_ports("127.0.0.1", {"a": 0, "b": port}) == [f"b port {port}"]
-    assert stack_mod.busy_ports("127.0.0.1", {"b": port}) == []
+        any_port = stack_mod.WantedPort("a port", 0, "A")
+        taken_port = stack_mod.WantedPort("b port", port, "B")
+        assert stack_mod.busy_ports("127.0.0.1", [any_port, taken_port]) == [taken_port]
+    assert stack_mod.busy_ports("127.0.0.1", [taken_port]) == []

@@ -34,12 +34,18 @@ class Clock:
         return self.now
 
 
-def test_no_ceiling_means_no_limit_until_the_provider_pushes_back() -> None:
-    clock = Clock()
-    limit = AdaptiveLimit(None, clock=clock)
-    assert limit.limit == math.inf and limit.allows(10_000)
-    limit.overloaded(in_flight=40)
-    assert limit.limit == 20  # halved from what was running, not from infinity
+async def test_no_ceiling_means_no_limit_until_the_provider_pushes_back() -> None:
+    limiter = ProviderLimiter(_config(), "p", None)
+    assert limiter.limit.limit == math.inf
+    # Every call is admitted at once: with any limit the last ones would wait and time out.
+    permits = [await limiter.acquire(limiter.ticket(), 1, Deadline(0.1)) for _ in range(1000)]
+    await permits.pop().release(outcome="overloaded")
+    assert limiter.limit.limit == 500  # halved from what was running, not from infinity
+    with pytest.raises(UpstreamFault) as caught:
+        await limiter.acquire(limiter.ticket(), 1, Deadline(0.1))  # 999 run, 500 may
+    assert to_service_error(caught.value, "p", "m").reason == "PROVIDER_QUEUE_TIMEOUT"
+    for permit in permits:
+        await permit.release(outcome="failed")
 
 
 def test_429s_halve_once_per_cooldown_and_successes_grow_it_back() -> None:

@@ -335,7 +335,7 @@ async def test_each_rerank_call_has_a_span(
         (pb.Rerank(query="fixed"), "collection.rerank.query"),
         (pb.Rerank(mmr_lambda=1.5), "collection.rerank.mmr_lambda"),
         (pb.Rerank(candidates=-1), "collection.rerank.candidates"),
-        (pb.Rerank(properties=["year"]), "collection.rerank.properties[0]"),
+        (pb.Rerank(properties=["title", "year"]), "collection.rerank.properties[1]"),
     ],
 )
 async def test_a_collections_rerank_default_is_checked(
