@@ -105,11 +105,9 @@ class AskService:
         traces = TurnTraces(self._b.settings.ask_trace_bytes)
 
         # The semantic answer cache (ask_cache.py): never with a conversation.
-        semantic, threshold = self._semantic.policy(request, info)
-        if semantic.mode.reads:
-            cached = await self._semantic.lookup(
-                request, info, options, threshold, caller, time_left(deadline)
-            )
+        semantic = self._semantic.plan(request, info, options)
+        if semantic.policy.mode.reads:
+            cached = await self._semantic.lookup(request, semantic, caller, time_left(deadline))
             if cached is not None:
                 for event in replay(cached, stream=stream):
                     yield event
@@ -325,10 +323,8 @@ class AskService:
                     interaction_size=params.interaction_size,
                     summary_tokens=s.summary_max_tokens + 16,
                 )
-        if semantic.mode.writes:
-            await self._semantic.store(
-                request, info, options, semantic, response, caller, time_left(deadline)
-            )
+        if semantic.policy.mode.writes:
+            await self._semantic.store(request, semantic, response, caller, time_left(deadline))
         yield gw_pb.StreamAskResponse(answer=response)
 
     # -- the steps -------------------------------------------------------------------------

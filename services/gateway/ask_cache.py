@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import dataclass
 
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.generation.v1 import generation_service_pb2 as gen_pb
@@ -42,12 +43,25 @@ MIN_SIMILARITY = 0.5
 _PER_CALL = ("llm_question", "timeout", "debug", "semantic_cache")
 
 
+@dataclass(frozen=True)
+class SemanticPlan:
+    """What one Ask does with the semantic cache."""
+
+    policy: Policy
+    # The similarity a stored question needs to answer this one.
+    threshold: float
+    # ``context_key`` of the Ask, computed once for its lookup and its store; empty when
+    # the Ask neither reads nor writes the cache.
+    key: str
+
+
 class SemanticAnswers:
     def __init__(self, backends: Backends) -> None:
         self._b = backends
 
-    def policy(self, request: AskLike, info: CollectionInfo) -> tuple[Policy, float]:
-        """What this Ask does with the cache, and the similarity a match needs."""
+    def plan(self, request: AskLike, info: CollectionInfo, options: Options) -> SemanticPlan:
+        """What this Ask does with the cache, the similarity a match needs and the key
+        its entries carry."""
         s = self._b.settings
         c = request.semantic_cache
         defaults = info.generative.cache
@@ -73,22 +87,18 @@ class SemanticAnswers:
             threshold = s.semantic_cache_min_similarity
         if request.conversation_id or request.new_conversation:
             policy = Policy()  # history (or a turn to store): never from the cache
-        return policy, threshold
+        used = policy.mode.reads or policy.mode.writes
+        key = context_key(request, info, options) if used else ""
+        return SemanticPlan(policy, threshold, key)
 
     async def lookup(
-        self,
-        request: AskLike,
-        info: CollectionInfo,
-        options: Options,
-        threshold: float,
-        caller: Caller,
-        timeout: float,
+        self, request: AskLike, plan: SemanticPlan, caller: Caller, timeout: float
     ) -> gw_pb.AskResponse | None:
         lookup = ret_pb.LookupCachedAnswerRequest(
             collection=request.collection,
             question=request.llm_question,
-            min_similarity=threshold,
-            context_key=context_key(request, info, options),
+            min_similarity=plan.threshold,
+            context_key=plan.key,
         )
         try:
             found = await self._b.clients.retrieval.lookup_cached_answer(lookup, caller, timeout)
@@ -113,9 +123,7 @@ class SemanticAnswers:
     async def store(
         self,
         request: AskLike,
-        info: CollectionInfo,
-        options: Options,
-        policy: Policy,
+        plan: SemanticPlan,
         response: gw_pb.AskResponse,
         caller: Caller,
         timeout: float,
@@ -126,13 +134,13 @@ class SemanticAnswers:
         for name in ("usage", "prompt", "conversation_id", "interaction_id"):
             kept.ClearField(name)
         ttl = duration_pb2.Duration()
-        ttl.FromNanoseconds(int(policy.ttl * 1e9))
+        ttl.FromNanoseconds(int(plan.policy.ttl * 1e9))
         store = ret_pb.StoreCachedAnswerRequest(
             collection=request.collection,
             question=request.llm_question,
             answer=kept.SerializeToString(),
             ttl=ttl,
-            context_key=context_key(request, info, options),
+            context_key=plan.key,
         )
         try:
             await self._b.clients.retrieval.store_cached_answer(store, caller, timeout)

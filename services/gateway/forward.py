@@ -139,3 +139,4 @@ class RetrievalForwarder(_Forwarder, ret_grpc.RetrievalServiceServicer):
     GetChunks = _forward("GetChunks")
     LookupCachedAnswer = _internal("LookupCachedAnswer")
     StoreCachedAnswer = _internal("StoreCachedAnswer")
+    BatchGetObjects = _forward("BatchGetObjects")

@@ -116,6 +116,8 @@ class GenerativeSearch:
         loop = asyncio.get_running_loop()
         call_deadline = None if call_remaining is None else loop.time() + call_remaining
         g = request.generate
+        # Parsed once: its syntax is checked here, its names against the schema once the
+        # collection is known, and the plan renders it per hit.
         single = parse_single(g)
         wants_generation = bool(g.single_prompt or g.grouped_task)
         extra = list(single.properties) if single else []
@@ -130,7 +132,9 @@ class GenerativeSearch:
             response = await retrieval.search(search, caller, call_remaining)
             return Plan(hits=list(response.hits))
 
-        info, found, expand_budget = await self._search(request, extra, caller, call_remaining)
+        info, found, expand_budget = await self._search(
+            request, single, extra, caller, call_remaining
+        )
         expansion: chunks.Expansion | None = None
         if expand_budget is not None:
             remaining = None if call_deadline is None else call_deadline - loop.time()
@@ -150,6 +154,7 @@ class GenerativeSearch:
             hits=list(found.hits),
             info=info,
             generate=g,
+            single=single,
             return_properties=list(request.return_properties),
             streaming=isinstance(request, gw_pb.StreamGenerativeSearchRequest),
             call_deadline=call_deadline,
@@ -158,7 +163,12 @@ class GenerativeSearch:
         )
 
     async def _search(
-        self, request: SearchLike, extra: list[str], caller: Caller, call_remaining: float | None
+        self,
+        request: SearchLike,
+        single: Template | None,
+        extra: list[str],
+        caller: Caller,
+        call_remaining: float | None,
     ) -> tuple[CollectionInfo, ret_pb.SearchResponse, int | None]:
         """The collection, the search (reranked: the request's block, else the collection's)
         and, with ``expand_context``, the passages' token budget."""
@@ -168,7 +178,7 @@ class GenerativeSearch:
             # The collection first: its chunking shapes the search (the chunking properties
             # come back with the hits) and is checked before any search or LLM call.
             info = await self._b.catalog.get(request.collection, caller, call_remaining)
-            check_templates(g, info)
+            check_templates(g, single, info)
             expand_budget = chunks.budget_for(request, info, self._b.settings)
             chunking = info.collection.chunking
             extra += [
@@ -180,7 +190,10 @@ class GenerativeSearch:
         else:
             expand_budget = None
             search = generative_request.search_request(request, extra)
-            rerank.apply(search, request, None)
+            # Concurrent with GetCollection, so the collection's default rerank is not known
+            # here: retrieval applies it (it reads the collection for the search anyway), in
+            # this one search.
+            rerank.apply_or_default(search, request)
             results = await asyncio.gather(
                 self._b.catalog.get(request.collection, caller, call_remaining),
                 retrieval.search(search, caller, call_remaining),
@@ -194,16 +207,11 @@ class GenerativeSearch:
             # the caller must hear about the field they wrote, not the one we added.
             assert isinstance(got, CollectionInfo)
             info = got
-            check_templates(g, info)
+            check_templates(g, single, info)
             if isinstance(searched, BaseException):
                 raise searched
             assert isinstance(searched, ret_pb.SearchResponse)
             found = searched
-            if not search.HasField("rerank") and info.collection.HasField("rerank"):
-                # The collection reranks by default: known only now, so search again with
-                # it (collections without a default pay nothing for the feature).
-                rerank.apply(search, request, info)
-                found = await retrieval.search(search, caller, call_remaining)
         return info, found, expand_budget
 
     async def build(
@@ -212,6 +220,7 @@ class GenerativeSearch:
         hits: list[ret_pb.Hit],
         info: CollectionInfo | None,
         generate: gw_pb.Generate,
+        single: Template | None,
         return_properties: list[str],
         streaming: bool,
         call_deadline: float | None,
@@ -220,13 +229,13 @@ class GenerativeSearch:
         expansion: chunks.Expansion | None = None,
     ) -> Plan:
         """The generation plan over ``hits`` (found by a search, or named by the caller:
-        ``named_objects``), templates already checked. ``failed`` hits (objects not found)
+        ``named_objects``), templates already checked (``single``: the parsed
+        ``generate.single_prompt``, if any). ``failed`` hits (objects not found)
         keep their error, get no call and stay out of the grouped prompt. ``info`` is None
         for inline objects without a collection."""
         g = generate
         s = self._b.settings
         loop = asyncio.get_running_loop()
-        single = parse_single(g)
         collection = info.collection if info is not None else ret_pb.Collection()
         plan = Plan(
             hits=hits,
@@ -342,12 +351,11 @@ def parse_single(g: gw_pb.Generate) -> Template | None:
     return templates.parse(g.single_prompt, field="generate.single_prompt")
 
 
-def check_templates(g: gw_pb.Generate, info: CollectionInfo) -> None:
-    """The templates name only properties of the collection."""
-    if g.single_prompt:
-        templates.parse_single_prompt(
-            g.single_prompt, info.properties, field="generate.single_prompt"
-        )
+def check_templates(g: gw_pb.Generate, single: Template | None, info: CollectionInfo) -> None:
+    """The templates (``single``: ``g.single_prompt`` parsed) name only properties of the
+    collection."""
+    if single is not None:
+        templates.check_single_prompt(single, info.properties, field="generate.single_prompt")
     templates.check_known(
         g.grouped_properties, info.properties, field="generate.grouped_properties"
     )

@@ -6,8 +6,9 @@ identity, so tenancy is retrieval's as for any read) or inline as properties. Th
 is the generative search's own (``GenerativeSearch.build``): same templates, fan-out,
 grouped prompt, cache, unary and streamed answers.
 
-Decisions: a well-formed id that the collection does not hold (never written, deleted, or
-another tenant's: retrieval cannot tell them apart, nor can we) is that object's own
+Decisions: the ids are read with one ``BatchGetObjects`` call. A well-formed id that the
+collection does not hold (never written, deleted, or another tenant's: retrieval lists them
+all alike in ``missing_ids``, and cannot tell them apart, nor can we) is that object's own
 NOT_FOUND error, like any per-hit failure, and stays out of the grouped prompt; the call
 answers for the rest. A malformed id, an unknown or foreign collection, too many objects or
 an oversized inline object fail the whole call with INVALID_ARGUMENT / NOT_FOUND naming the
@@ -36,6 +37,7 @@ from services.gateway.generative import (
     GenerativeSearch,
     Plan,
     check_templates,
+    parse_single,
     respond,
     stream_events,
 )
@@ -77,6 +79,7 @@ class NamedObjects:
                 "give generate.single_prompt, generate.grouped_task or both",
                 field="generate.single_prompt",
             )
+        single = parse_single(g)  # once: checked below, rendered per object by the plan
         kind = request.WhichOneof("objects")
         if kind == "ids":
             count, what = len(request.ids.ids), "ids.ids"
@@ -107,7 +110,7 @@ class NamedObjects:
                 raise NotFound(
                     f"collection {request.collection!r} not found", field="collection"
                 ) from None
-            check_templates(g, info)
+            check_templates(g, single, info)
             templates.check_known(
                 request.return_properties, info.properties, field="return_properties"
             )
@@ -120,10 +123,8 @@ class NamedObjects:
             if info is None:
                 # No schema: the objects' own property names are what templates may name.
                 names = {name for obj in request.inline.objects for name in obj.fields}
-                if g.single_prompt:
-                    templates.parse_single_prompt(
-                        g.single_prompt, names, field="generate.single_prompt"
-                    )
+                if single is not None:
+                    templates.check_single_prompt(single, names, field="generate.single_prompt")
                 templates.check_known(
                     g.grouped_properties, names, field="generate.grouped_properties"
                 )
@@ -141,6 +142,7 @@ class NamedObjects:
             hits=hits,
             info=info,
             generate=g,
+            single=single,
             return_properties=list(request.return_properties),
             streaming=isinstance(request, gw_pb.StreamGenerateOnObjectsRequest),
             call_deadline=call_deadline,
@@ -167,16 +169,20 @@ class NamedObjects:
         timeout: float | None,
         failed: dict[int, HitError],
     ) -> list[ret_pb.Hit]:
-        """The objects, in the order given; an id the collection does not hold is a hit
-        with that id, no properties and its own NOT_FOUND in ``failed``."""
-        retrieval = self._b.clients.retrieval
-        found = await asyncio.gather(
-            *(retrieval.get_object(collection, i, caller, timeout) for i in ids),
-            return_exceptions=True,
-        )
+        """The objects, in the order given (an id given twice is two hits), read in one
+        call; an id the collection does not hold is a hit with that id, no properties and
+        its own NOT_FOUND in ``failed``. ``ids`` are canonical, as retrieval answers them."""
+        request = ret_pb.BatchGetObjectsRequest(collection=collection, ids=ids)
+        try:
+            response = await self._b.clients.retrieval.batch_get_objects(request, caller, timeout)
+        except NotFound:
+            # The collection was there a moment ago (the catalog read it): dropped since.
+            raise NotFound(f"collection {collection!r} not found", field="collection") from None
+        found = {obj.id: obj for obj in response.objects}
         hits: list[ret_pb.Hit] = []
-        for index, (object_id, got) in enumerate(zip(ids, found, strict=True)):
-            if isinstance(got, NotFound):
+        for index, object_id in enumerate(ids):
+            got = found.get(object_id)
+            if got is None:
                 failed[index] = HitError(
                     grpc.StatusCode.NOT_FOUND,
                     f"object {object_id} not found in {collection!r}",
@@ -184,8 +190,6 @@ class NamedObjects:
                 )
                 hits.append(ret_pb.Hit(id=object_id))
                 continue
-            if isinstance(got, BaseException):
-                raise got
             hits.append(ret_pb.Hit(id=got.id, properties=got.properties))
         return hits
 

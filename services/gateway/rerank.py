@@ -40,3 +40,14 @@ def apply(
         return
     if not search.rerank.query and question:
         search.rerank.query = question
+
+
+def apply_or_default(search: ret_pb.SearchRequest, request: Reranked) -> None:
+    """The request's ``rerank`` block; without one, retrieval is asked to apply the
+    collection's default (``use_collection_rerank``), by the rule ``apply`` follows: not on a
+    near_vector search, which has no text to rank against. For a caller that searches
+    before it has read the collection: one search either way."""
+    if request.HasField("rerank"):
+        search.rerank.CopyFrom(request.rerank)
+    else:
+        search.use_collection_rerank = True

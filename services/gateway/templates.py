@@ -93,9 +93,9 @@ def parse(source: str, *, field: str) -> Template:
     return Template(source, tuple(parts))
 
 
-def parse_single_prompt(source: str, schema: Collection[str], *, field: str) -> Template:
-    """A per-hit template must name at least one property, and only known ones."""
-    template = parse(source, field=field)
+def check_single_prompt(template: Template, schema: Collection[str], *, field: str) -> None:
+    """A per-hit template (parsed once, by the caller) must name at least one property, and
+    only known ones."""
     if not template.properties:
         raise InvalidArgument(
             "single_prompt has no {property} placeholder: every hit would get the same "
@@ -104,7 +104,6 @@ def parse_single_prompt(source: str, schema: Collection[str], *, field: str) -> 
             reason="NO_PLACEHOLDER",
         )
     check_known(template.properties, schema, field=field)
-    return template
 
 
 def check_known(names: Collection[str], schema: Collection[str], *, field: str) -> None:

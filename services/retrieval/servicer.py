@@ -32,6 +32,8 @@ from services.retrieval.settings import RetrievalSettings
 from services.retrieval.store import PROPS, FoundPoint, VectorStore
 
 DEFAULT_LIMIT = 10
+# Query modes that carry text (a rerank stage can rank against it).
+_TEXT_QUERIES = ("near_text", "keyword", "hybrid")
 log = logging.getLogger("gensearch.retrieval")
 
 
@@ -203,11 +205,32 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
             )
         if not found:
             raise NotFound(f"object {object_id} not found in {schema.name!r}", field="id")
-        point = found[0]
-        obj = pb.DataObject(id=point.id, properties=struct(point.payload.get(PROPS, {})))
-        if point.dense is not None:
-            obj.vector.extend(point.dense)
-        return pb.GetObjectResponse(object=obj)
+        return pb.GetObjectResponse(object=_data_object(found[0]))
+
+    async def BatchGetObjects(
+        self, request: pb.BatchGetObjectsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.BatchGetObjectsResponse:
+        schema = await self._catalog.get(require_role(Role.READER).tenant, request.collection)
+        limit = self._settings.max_get_ids
+        if not 1 <= len(request.ids) <= limit:
+            raise InvalidArgument(
+                f"ids must hold between 1 and {limit} entries, not {len(request.ids)}",
+                field="ids",
+                reason="OUT_OF_RANGE",
+                metadata={"max": str(limit)},
+            )
+        # Canonical and each once (the engine answers an id once however often it is
+        # named); the answer follows the order ids were first given.
+        ids = list(dict.fromkeys(check_uuid(v, f"ids[{i}]") for i, v in enumerate(request.ids)))
+        with self._dropped(schema):
+            found = await self._store.retrieve(schema.store_name, ids, request.include_vector)
+        # The collection is the caller's tenant's own: another tenant's objects are not in
+        # it, so their ids are missing like ids never written.
+        by_id = {point.id: point for point in found}
+        return pb.BatchGetObjectsResponse(
+            objects=[_data_object(by_id[i]) for i in ids if i in by_id],
+            missing_ids=[i for i in ids if i not in by_id],
+        )
 
     async def DeleteObjects(
         self, request: pb.DeleteObjectsRequest, context: grpc.aio.ServicerContext
@@ -250,10 +273,11 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         if request.HasField("filter"):
             where = self._filter(request.filter, schema)
         wanted = _return_properties(schema, request.return_properties)
-        if request.HasField("rerank"):
+        rerank = _rerank_stage(request, schema)
+        if rerank is not None:
             use_caller_rerank_key(context.invocation_metadata())  # type: ignore[arg-type]
             return await self._reranked_search(
-                schema, request, where, page, wanted, context.time_remaining()
+                schema, request, rerank, where, page, wanted, context.time_remaining()
             )
         with self._dropped(schema):
             result = await self._searcher.search(schema, request, where, page)
@@ -267,6 +291,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         self,
         schema: Schema,
         request: pb.SearchRequest,
+        rerank: pb.Rerank,
         where: Node | None,
         page: Page,
         wanted: list[str] | None,
@@ -274,9 +299,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
     ) -> pb.SearchResponse:
         """Retrieve the plan's candidates (from the first hit), rerank them, then cut the
         page: each hit keeps its retrieval score beside its rerank score."""
-        plan = self._rerankers.plan(
-            request.rerank, schema, _query_text(request), page.offset + page.limit
-        )
+        plan = self._rerankers.plan(rerank, schema, _query_text(request), page.offset + page.limit)
         inner = Page(
             limit=plan.candidates,
             offset=0,
@@ -365,11 +388,34 @@ def _return_properties(schema: Schema, names: Any) -> list[str] | None:
     return list(names) or None
 
 
+def _rerank_stage(request: pb.SearchRequest, schema: Schema) -> pb.Rerank | None:
+    """The request's rerank block; else, when asked (``use_collection_rerank``), the
+    collection's default, unless the query has no text to rank against (near_vector); else
+    none."""
+    if request.HasField("rerank"):
+        return request.rerank
+    collection = schema.collection
+    if (
+        request.use_collection_rerank
+        and collection.HasField("rerank")
+        and request.WhichOneof("query") in _TEXT_QUERIES
+    ):
+        return collection.rerank
+    return None
+
+
 def _query_text(request: pb.SearchRequest) -> str:
     mode = request.WhichOneof("query")
-    if mode in ("near_text", "keyword", "hybrid"):
+    if mode in _TEXT_QUERIES:
         return str(getattr(request, mode).text)
     return ""
+
+
+def _data_object(point: FoundPoint) -> pb.DataObject:
+    obj = pb.DataObject(id=point.id, properties=struct(point.payload.get(PROPS, {})))
+    if point.dense is not None:
+        obj.vector.extend(point.dense)
+    return obj
 
 
 def _hit(point: FoundPoint, wanted: list[str] | None) -> pb.Hit:

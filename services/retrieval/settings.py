@@ -63,6 +63,9 @@ class RetrievalSettings(CommonSettings):
     max_offset: int = Field(default=10_000, ge=0)
     # Objects per UpsertObjects request and per ImportObjects message.
     max_batch_size: int = Field(default=1000, ge=1, le=100_000)
+    # Ids one BatchGetObjects may name (the gateway's GenerateOnObjects sends up to its
+    # max_hits ids in one call: keep this at least that).
+    max_get_ids: int = Field(default=1000, ge=1, le=100_000)
     # Collections one tenant holds (each tenant counts its own).
     max_collections: int = Field(default=1000, ge=1)
     # Deepest nesting of objects and lists in a filter value or an object's properties

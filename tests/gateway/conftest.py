@@ -19,6 +19,7 @@ from gensearch.memory.v1 import memory_service_pb2_grpc as mem_grpc
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as ret_grpc
 from google.protobuf import struct_pb2
+from prometheus_client import REGISTRY
 
 from services.common.server import GrpcServer
 from services.devlaunch.processes import free_port
@@ -183,6 +184,19 @@ async def stack_factory(
 @pytest.fixture
 async def stack(stack_factory: StackFactory) -> Stack:
     return await stack_factory()
+
+
+def started_calls(service: str, method: str) -> float:
+    """Unary calls of ``service``/``method`` started so far in this process, by the chassis
+    metric (counted before the handler runs, so a call answered is a call counted). The
+    gateway serves the forwarded RetrievalService under the same name: compare around
+    calls that reach retrieval from the gateway itself only."""
+    labels = {"grpc_type": "unary", "grpc_service": service, "grpc_method": method}
+    return REGISTRY.get_sample_value("grpc_server_started_total", labels) or 0.0
+
+
+def retrieval_calls(method: str) -> float:
+    return started_calls("gensearch.retrieval.v1.RetrievalService", method)
 
 
 def _book(title: str, body: str, year: int, tags: list[str]) -> dict[str, Any]:

@@ -10,10 +10,11 @@ import grpc
 import pytest
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
-from google.protobuf import duration_pb2
+from google.protobuf import duration_pb2, struct_pb2
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import REGISTRY
 
+from services.gateway import templates
 from tests.gateway.conftest import ALICE, BOOKS, DIM, Stack, StackFactory, create_books
 from tests.support.fake_openai import Behaviour
 from tests.support.rpc import bad_request_field as _bad_request_field
@@ -329,3 +330,40 @@ async def test_one_span_per_hit_and_one_for_the_grouped_call(
     # Prompts never go into traces.
     for span in generate:
         assert not any("Tell me about" in str(v) for v in (span.attributes or {}).values())
+
+
+async def test_single_prompt_is_parsed_once_per_request(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Parsed once, then checked against the schema and rendered per hit from that parse
+    (a spy around the real parser counts; nothing is replaced)."""
+    ids = await create_books(stack)
+    sources: list[str] = []
+    real = templates.parse
+
+    def counted(source: str, *, field: str) -> templates.Template:
+        sources.append(source)
+        return real(source, field=field)
+
+    monkeypatch.setattr(templates, "parse", counted)
+    prompt = "Summarise {title}"
+    response = await stack.stub.GenerativeSearch(
+        _near(single_prompt=prompt, grouped_task="Compare"), metadata=ALICE
+    )
+    assert all(h.generation.result.startswith("Summarise ") for h in response.hits)
+    assert sources == [prompt]
+    named = gw_pb.GenerateOnObjectsRequest(
+        collection="Books",
+        ids=gw_pb.ObjectIds(ids=ids[:3]),
+        generate=gw_pb.Generate(single_prompt=prompt),
+    )
+    assert len((await stack.stub.GenerateOnObjects(named, metadata=ALICE)).hits) == 3
+    assert sources == [prompt] * 2
+    tea = struct_pb2.Struct()
+    tea.update({"title": "Tea"})
+    inline = gw_pb.GenerateOnObjectsRequest(
+        inline=gw_pb.InlineObjects(objects=[tea]), generate=gw_pb.Generate(single_prompt=prompt)
+    )
+    answer = await stack.stub.GenerateOnObjects(inline, metadata=ALICE)
+    assert answer.hits[0].generation.result.endswith("Summarise Tea")
+    assert sources == [prompt] * 3

@@ -10,10 +10,11 @@ from typing import Any
 import grpc
 import pytest
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
+from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from google.protobuf import struct_pb2
 
 from services.devlaunch.redis_server import RedisProcess
-from tests.gateway.conftest import ALICE, Stack, StackFactory, create_books
+from tests.gateway.conftest import ALICE, Stack, StackFactory, create_books, retrieval_calls
 from tests.support.rpc import error_info
 
 
@@ -64,6 +65,42 @@ async def test_ids_in_the_order_given_with_a_missing_one_as_its_own_error(stack:
     assert "[2]\nbody: A desert planet" in response.grouped.prompt
     assert "[3]" not in response.grouped.prompt
     assert len(stack.fake.chat_requests) == 3  # two objects + grouped: none for the missing
+
+
+async def test_ids_are_read_in_one_batch_call(stack: Stack) -> None:
+    """However many ids (duplicates and a missing one too), one BatchGetObjects reaches
+    retrieval (counted on retrieval's own server) and no GetObject."""
+    ids = await create_books(stack)
+    missing = str(uuid.uuid4())
+    before = (retrieval_calls("BatchGetObjects"), retrieval_calls("GetObject"))
+    request = by_ids([*ids, missing.upper(), ids[0]], single_prompt="Title: {title}")
+    response = await stack.stub.GenerateOnObjects(request, metadata=ALICE)
+    after = (retrieval_calls("BatchGetObjects"), retrieval_calls("GetObject"))
+    assert after == (before[0] + 1, before[1])
+    assert [h.hit.id for h in response.hits] == [*ids, missing, ids[0]]
+    assert response.hits[-1].generation.result.endswith("Title: Dune")  # given twice: twice
+    assert response.hits[-2].generation.error.reason == "OBJECT_NOT_FOUND"
+    assert len(stack.fake.chat_requests) == len(ids) + 1
+
+
+async def test_batch_get_objects_is_forwarded_like_get_object(stack_factory: StackFactory) -> None:
+    keys = "alice@acme/admin:key-alice-acme,bob@globex/admin:key-bob-globex"
+    alice = (("authorization", "Bearer key-alice-acme"),)
+    bob = (("authorization", "Bearer key-bob-globex"),)
+    stack = await stack_factory(shared={"api_keys": keys})
+    ids = await create_books(stack, metadata=alice)
+    request = ret_pb.BatchGetObjectsRequest(collection="Books", ids=ids[:2], include_vector=True)
+    got = await stack.retrieval.BatchGetObjects(request, metadata=alice)
+    assert [o.id for o in got.objects] == ids[:2] and not got.missing_ids
+    assert got.objects[0].properties.fields["title"].string_value == "Dune"
+    assert all(o.vector for o in got.objects)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stack.retrieval.BatchGetObjects(request, metadata=bob)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert error_info(caught.value).metadata["field"] == "collection"
+    await create_books(stack, metadata=bob, books=[])
+    theirs = await stack.retrieval.BatchGetObjects(request, metadata=bob)
+    assert not theirs.objects and list(theirs.missing_ids) == ids[:2]
 
 
 async def test_inline_objects_without_a_collection(stack: Stack) -> None:

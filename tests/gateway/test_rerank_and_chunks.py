@@ -13,7 +13,7 @@ from google.protobuf import struct_pb2
 
 from services.gateway.chunks import join_overlapping, merge
 from services.gateway.prompting import estimate_tokens
-from tests.gateway.conftest import ALICE, DIM, Stack, create_books, vector
+from tests.gateway.conftest import ALICE, DIM, Stack, create_books, retrieval_calls, vector
 from tests.support.rpc import error_info
 
 
@@ -120,7 +120,8 @@ async def test_generative_search_keeps_the_top_limit_after_rerank(stack: Stack) 
     assert events[0].hits.hits[1].rerank_score == pytest.approx(0.5)
 
 
-async def test_a_collections_default_rerank_applies(stack: Stack) -> None:
+async def create_ranked(stack: Stack) -> None:
+    """ "Ranked": the books, in a collection that reranks by default (the fake's taste)."""
     await create_books(stack, "Books")
     collection = (
         await stack.retrieval.GetCollection(
@@ -135,6 +136,10 @@ async def test_a_collections_default_rerank_applies(stack: Stack) -> None:
     )
     await create_books_into(stack, "Ranked")
     stack.fake.rerank_score = lambda query, document: prefer(document)
+
+
+async def test_a_collections_default_rerank_applies(stack: Stack) -> None:
+    await create_ranked(stack)
     request = ask(stack)
     request.ClearField("rerank")
     request.collection = "Ranked"
@@ -152,6 +157,46 @@ async def test_a_collections_default_rerank_applies(stack: Stack) -> None:
     searched.near_vector.CopyFrom(ret_pb.NearVector(vector=vector(0)))
     unranked = await stack.stub.GenerativeSearch(searched, metadata=ALICE)
     assert not unranked.hits[0].hit.HasField("rerank_score")
+
+
+@pytest.mark.parametrize(
+    "cls", [gw_pb.GenerativeSearchRequest, gw_pb.StreamGenerativeSearchRequest]
+)
+async def test_a_collections_default_rerank_costs_one_search(stack: Stack, cls: Any) -> None:
+    """The default is applied by retrieval in the one search the gateway makes beside its
+    GetCollection (counted where the searches arrive: retrieval's own server), reranked
+    exactly as before; a request's own block and a near_vector search, one search too."""
+    await create_ranked(stack)
+    searched = generative(stack, cls)
+    searched.collection = "Ranked"
+    searched.ClearField("rerank")
+    searched.hybrid.CopyFrom(ret_pb.Hybrid(text="a future village", vector=vector(0)))
+
+    async def hits(request: Any) -> list[Any]:
+        before = retrieval_calls("Search")
+        if cls is gw_pb.GenerativeSearchRequest:
+            found = [
+                h.hit for h in (await stack.stub.GenerativeSearch(request, metadata=ALICE)).hits
+            ]
+        else:
+            events = [e async for e in stack.stub.StreamGenerativeSearch(request, metadata=ALICE)]
+            found = list(events[0].hits.hits)
+        assert retrieval_calls("Search") == before + 1
+        return found
+
+    ranked = await hits(searched)
+    assert titles(ranked) == ["Emma", "Neuromancer"]
+    assert [round(h.rerank_score, 2) for h in ranked] == [0.9, 0.5]
+    [sent] = stack.fake.rerank_requests
+    assert sent.json["query"] == "a future village"  # the search's own text
+    assert len(sent.json["documents"]) == 5  # the default's candidates
+    own = generative(stack, cls)
+    own.collection = "Ranked"
+    assert titles(await hits(own)) == ["Emma", "Neuromancer"]
+    assert stack.fake.rerank_requests[-1].json["query"] == "people"  # the request's block
+    searched.near_vector.CopyFrom(ret_pb.NearVector(vector=vector(0)))
+    assert not (await hits(searched))[0].HasField("rerank_score")
+    assert len(stack.fake.rerank_requests) == 2
 
 
 async def create_books_into(stack: Stack, name: str) -> None:

@@ -12,6 +12,7 @@ import pytest
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 
+from services.gateway import ask_cache
 from tests.gateway.conftest import Stack, StackFactory, create_books
 from tests.support.rpc import error_info
 
@@ -188,3 +189,27 @@ async def test_a_collection_can_turn_it_on_by_default(sem: Stack) -> None:
         gw_pb.AskRequest(collection="Books", llm_question=Q1), metadata=ALICE
     )
     assert not again.cached and calls(sem) == made + 1
+
+
+async def test_the_context_key_is_computed_once_per_ask(
+    sem: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A miss that is then stored, and a hit, each digest the request once (a spy around
+    the real digest counts; the entry it stores is the one a close question finds)."""
+    keys: list[str] = []
+    real = ask_cache.context_key
+
+    def counted(*args: Any) -> str:
+        keys.append(real(*args))
+        return keys[-1]
+
+    monkeypatch.setattr(ask_cache, "context_key", counted)
+    first = await sem.stub.Ask(ask(Q1), metadata=ALICE)
+    assert not first.cached and len(keys) == 1  # looked up, missed, stored: one digest
+    second = await sem.stub.Ask(ask(Q2, 0.5), metadata=ALICE)
+    assert second.cached and len(keys) == 2 and keys[0] == keys[1]
+    # Off for this Ask: nothing to digest.
+    off = ask(Q1)
+    off.semantic_cache.mode = gw_pb.CACHE_MODE_BYPASS
+    assert not (await sem.stub.Ask(off, metadata=ALICE)).cached
+    assert len(keys) == 2

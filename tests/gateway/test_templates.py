@@ -8,10 +8,16 @@ from hypothesis import strategies as st
 
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.gateway.grouped import grouped_prompt
-from services.gateway.templates import parse, parse_single_prompt, render
+from services.gateway.templates import Template, check_single_prompt, parse, render
 
 SCHEMA = {"title", "body", "year", "tags", "price", "meta"}
 FIELD = "generate.single_prompt"
+
+
+def parse_single_prompt(source: str, schema: set[str], *, field: str) -> Template:
+    template = parse(source, field=field)
+    check_single_prompt(template, schema, field=field)
+    return template
 
 
 def test_placeholders_and_literal_braces() -> None:

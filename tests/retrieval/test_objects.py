@@ -1,4 +1,5 @@
-"""UpsertObjects, ImportObjects, GetObject, DeleteObjects, CountObjects and their errors."""
+"""UpsertObjects, ImportObjects, GetObject, BatchGetObjects, DeleteObjects, CountObjects and
+their errors."""
 
 from __future__ import annotations
 
@@ -237,4 +238,52 @@ async def test_object_request_errors(stub: Any) -> None:
         s.GetObject(pb.GetObjectRequest(collection="Articles", id=str(uuid.uuid4()))),
         grpc.StatusCode.NOT_FOUND,
         "id",
+    )
+
+
+async def test_batch_get_objects_answers_found_and_missing_ids(stub: Any) -> None:
+    await stub.UpsertObjects(
+        pb.UpsertObjectsRequest(collection="Articles", objects=article_objects())
+    )
+    first, third = articles()[0], articles()[2]
+    missing = str(uuid.uuid4())
+    request = pb.BatchGetObjectsRequest(
+        collection="Articles",
+        # Any spelling of a UUID; an id given twice is read once.
+        ids=[third["id"], missing.upper(), first["id"].upper(), third["id"]],
+    )
+    got = await stub.BatchGetObjects(request)
+    assert [o.id for o in got.objects] == [third["id"], first["id"]]
+    assert list(got.missing_ids) == [missing]
+    assert dict(got.objects[1].properties)["title"] == first["props"]["title"]
+    assert not any(o.vector for o in got.objects)
+    request.include_vector = True
+    with_vectors = await stub.BatchGetObjects(request)
+    assert list(with_vectors.objects[1].vector) == pytest.approx(first["vector"], abs=1e-6)
+    none_there = await stub.BatchGetObjects(
+        pb.BatchGetObjectsRequest(collection="Articles", ids=[missing])
+    )
+    assert not none_there.objects and list(none_there.missing_ids) == [missing]
+
+
+async def test_batch_get_objects_errors(make_retrieval: Any) -> None:
+    harness = await make_retrieval(max_get_ids=3)
+    s = harness.stub
+    await s.CreateCollection(pb.CreateCollectionRequest(collection=vector_collection("A", DIMS)))
+    ids = [str(uuid.uuid4()) for _ in range(4)]
+    for request, field in (
+        (pb.BatchGetObjectsRequest(collection="A"), "ids"),
+        (pb.BatchGetObjectsRequest(collection="A", ids=[ids[0], "nope"]), "ids[1]"),
+    ):
+        await expect_error(s.BatchGetObjects(request), grpc.StatusCode.INVALID_ARGUMENT, field)
+    too_many = await expect_error(
+        s.BatchGetObjects(pb.BatchGetObjectsRequest(collection="A", ids=ids)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "ids",
+    )
+    assert error_info(too_many).metadata["max"] == "3"
+    await expect_error(
+        s.BatchGetObjects(pb.BatchGetObjectsRequest(collection="B", ids=ids[:1])),
+        grpc.StatusCode.NOT_FOUND,
+        "collection",
     )

@@ -377,3 +377,45 @@ def test_answers_in_either_common_shape_are_read() -> None:
     ):
         with pytest.raises(Exception, match="malformed"):
             parse_results(bad, 2, "p")
+
+
+async def test_use_collection_rerank_applies_the_collections_default(
+    retrieval: Retrieval, fake: FakeOpenAI
+) -> None:
+    """``use_collection_rerank``: the default reranks a text query (one search, no block
+    from the caller), never a near_vector one, and a request's own block wins."""
+    collection = vcol("Ranked")
+    collection.rerank.CopyFrom(pb.Rerank(provider="fake", candidates=6))
+    await retrieval.stub.CreateCollection(pb.CreateCollectionRequest(collection=collection))
+    await retrieval.stub.UpsertObjects(
+        pb.UpsertObjectsRequest(
+            collection="Ranked",
+            objects=[
+                obj({"title": t, "body": b}, vector=[1.0, float(i), 0.0, 0.0])
+                for i, (t, b) in enumerate(DOCS)
+            ],
+        )
+    )
+    fake.rerank_score = lambda q, d: 1.0 if "london" in d else word_overlap(q, d) / 2
+    request = pb.SearchRequest(collection="Ranked", keyword=pb.Keyword(text=QUERY), limit=2)
+    plain = await retrieval.stub.Search(request)
+    assert not plain.hits[0].HasField("rerank_score") and not fake.rerank_requests
+    request.use_collection_rerank = True
+    ranked = await retrieval.stub.Search(request)
+    assert [h.properties["title"] for h in ranked.hits] == ["tower three", "tower four"]
+    [sent] = fake.rerank_requests
+    assert sent.json["query"] == QUERY and len(sent.json["documents"]) == 6
+    # No text to rank against: the default stays out of a vector search.
+    by_vector = pb.SearchRequest(
+        collection="Ranked",
+        near_vector=pb.NearVector(vector=[1.0, 0.0, 0.0, 0.0]),
+        limit=2,
+        use_collection_rerank=True,
+    )
+    unranked = await retrieval.stub.Search(by_vector)
+    assert not unranked.hits[0].HasField("rerank_score")
+    assert len(fake.rerank_requests) == 1
+    # The request's own block wins over the default (MMR: no provider call).
+    request.rerank.CopyFrom(pb.Rerank(mmr_lambda=0.5, candidates=6))
+    await retrieval.stub.Search(request)
+    assert len(fake.rerank_requests) == 1

@@ -80,6 +80,7 @@ async def test_another_tenants_collection_is_not_found_like_a_missing_one(
             ),
             s.CountObjects(pb.CountObjectsRequest(collection="Docs"), metadata=who),
             s.GetObject(pb.GetObjectRequest(collection="Docs", id=ids[0]), metadata=who),
+            s.BatchGetObjects(pb.BatchGetObjectsRequest(collection="Docs", ids=ids), metadata=who),
             s.UpsertObjects(
                 pb.UpsertObjectsRequest(
                     collection="Docs", objects=[obj({"title": "x"}, vector=[1, 1, 1, 1])]
@@ -117,6 +118,14 @@ async def test_the_same_name_in_two_tenants_holds_two_data_sets(
             metadata=who,
         )
         assert sorted(h.id for h in found.hits) == sorted(mine)
+        # The other tenant's ids in a collection of the same name: missing, like ids
+        # never written; one's own are found.
+        theirs = globex_ids if mine is acme_ids else acme_ids
+        got = await s.BatchGetObjects(
+            pb.BatchGetObjectsRequest(collection="Docs", ids=[*theirs, *mine]), metadata=who
+        )
+        assert [o.id for o in got.objects] == mine
+        assert list(got.missing_ids) == theirs
         listed = await s.ListCollections(pb.ListCollectionsRequest(), metadata=who)
         assert [c.name for c in listed.collections] == ["Docs"]
     # Names are unique per tenant: acme cannot make a second "Docs".
@@ -182,6 +191,10 @@ async def test_roles(make_retrieval: MakeRetrieval, adapter: str) -> None:
     await s.ImportObjects(one_batch(), metadata=ACME)
     got = await s.GetCollection(pb.GetCollectionRequest(name="Docs"), metadata=reader)
     assert got.object_count == 4
+    read = await s.BatchGetObjects(
+        pb.BatchGetObjectsRequest(collection="Docs", ids=ids), metadata=reader
+    )
+    assert len(read.objects) + len(read.missing_ids) == 3
     await s.DeleteCollection(drop, metadata=ACME)
 
 

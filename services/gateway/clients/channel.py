@@ -40,6 +40,7 @@ RETRYABLE: dict[str, tuple[str, ...]] = {
         "GetCollection",
         "ListCollections",
         "GetObject",
+        "BatchGetObjects",
         "CountObjects",
     ),
     GENERATION_SERVICE: ("ListModels",),

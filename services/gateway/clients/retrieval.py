@@ -44,12 +44,10 @@ class RetrievalClient(ServiceClient):
         response = await self.unary("GetCollection", request, caller, timeout)
         return response.collection
 
-    async def get_object(
-        self, collection: str, object_id: str, caller: Caller, timeout: float | None
-    ) -> ret_pb.DataObject:
-        request = ret_pb.GetObjectRequest(collection=collection, id=object_id)
-        response = await self.unary("GetObject", request, caller, timeout)
-        return response.object
+    async def batch_get_objects(
+        self, request: ret_pb.BatchGetObjectsRequest, caller: Caller, timeout: float | None
+    ) -> ret_pb.BatchGetObjectsResponse:
+        return await self.unary("BatchGetObjects", request, caller, timeout)
 
     async def lookup_cached_answer(
         self, request: ret_pb.LookupCachedAnswerRequest, caller: Caller, timeout: float | None

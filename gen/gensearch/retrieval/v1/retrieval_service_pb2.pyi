@@ -316,6 +316,24 @@ class GetObjectResponse(_message.Message):
     object: DataObject
     def __init__(self, object: _Optional[_Union[DataObject, _Mapping]] = ...) -> None: ...
 
+class BatchGetObjectsRequest(_message.Message):
+    __slots__ = ("collection", "ids", "include_vector")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_VECTOR_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    include_vector: bool
+    def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., include_vector: _Optional[bool] = ...) -> None: ...
+
+class BatchGetObjectsResponse(_message.Message):
+    __slots__ = ("objects", "missing_ids")
+    OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    MISSING_IDS_FIELD_NUMBER: _ClassVar[int]
+    objects: _containers.RepeatedCompositeFieldContainer[DataObject]
+    missing_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, objects: _Optional[_Iterable[_Union[DataObject, _Mapping]]] = ..., missing_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class DeleteObjectsRequest(_message.Message):
     __slots__ = ("collection", "ids", "filter")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
@@ -403,7 +421,7 @@ class Condition(_message.Message):
     def __init__(self, property: _Optional[str] = ..., operator: _Optional[_Union[Operator, str]] = ..., value: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "near_text", "near_vector", "keyword", "hybrid", "filter", "limit", "offset", "return_properties", "include_vector", "rerank")
+    __slots__ = ("collection", "near_text", "near_vector", "keyword", "hybrid", "filter", "limit", "offset", "return_properties", "include_vector", "rerank", "use_collection_rerank")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     NEAR_TEXT_FIELD_NUMBER: _ClassVar[int]
     NEAR_VECTOR_FIELD_NUMBER: _ClassVar[int]
@@ -415,6 +433,7 @@ class SearchRequest(_message.Message):
     RETURN_PROPERTIES_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_VECTOR_FIELD_NUMBER: _ClassVar[int]
     RERANK_FIELD_NUMBER: _ClassVar[int]
+    USE_COLLECTION_RERANK_FIELD_NUMBER: _ClassVar[int]
     collection: str
     near_text: NearText
     near_vector: NearVector
@@ -426,7 +445,8 @@ class SearchRequest(_message.Message):
     return_properties: _containers.RepeatedScalarFieldContainer[str]
     include_vector: bool
     rerank: Rerank
-    def __init__(self, collection: _Optional[str] = ..., near_text: _Optional[_Union[NearText, _Mapping]] = ..., near_vector: _Optional[_Union[NearVector, _Mapping]] = ..., keyword: _Optional[_Union[Keyword, _Mapping]] = ..., hybrid: _Optional[_Union[Hybrid, _Mapping]] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., limit: _Optional[int] = ..., offset: _Optional[int] = ..., return_properties: _Optional[_Iterable[str]] = ..., include_vector: _Optional[bool] = ..., rerank: _Optional[_Union[Rerank, _Mapping]] = ...) -> None: ...
+    use_collection_rerank: bool
+    def __init__(self, collection: _Optional[str] = ..., near_text: _Optional[_Union[NearText, _Mapping]] = ..., near_vector: _Optional[_Union[NearVector, _Mapping]] = ..., keyword: _Optional[_Union[Keyword, _Mapping]] = ..., hybrid: _Optional[_Union[Hybrid, _Mapping]] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., limit: _Optional[int] = ..., offset: _Optional[int] = ..., return_properties: _Optional[_Iterable[str]] = ..., include_vector: _Optional[bool] = ..., rerank: _Optional[_Union[Rerank, _Mapping]] = ..., use_collection_rerank: _Optional[bool] = ...) -> None: ...
 
 class Hit(_message.Message):
     __slots__ = ("id", "properties", "score", "vector", "rerank_score")

@@ -101,6 +101,11 @@ class RetrievalServiceStub:
                 request_serializer=gensearch_dot_retrieval_dot_v1_dot_retrieval__service__pb2.GetChunksRequest.SerializeToString,
                 response_deserializer=gensearch_dot_retrieval_dot_v1_dot_retrieval__service__pb2.GetChunksResponse.FromString,
                 _registered_method=True)
+        self.BatchGetObjects = channel.unary_unary(
+                '/gensearch.retrieval.v1.RetrievalService/BatchGetObjects',
+                request_serializer=gensearch_dot_retrieval_dot_v1_dot_retrieval__service__pb2.BatchGetObjectsRequest.SerializeToString,
+                response_deserializer=gensearch_dot_retrieval_dot_v1_dot_retrieval__service__pb2.BatchGetObjectsResponse.FromString,
+                _registered_method=True)
 
 
 class RetrievalServiceServicer:
@@ -197,6 +202,17 @@ class RetrievalServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BatchGetObjects(self, request, context):
+        """Several objects of one collection by id, in one call (at most the configured
+        max_get_ids). Not atomic, unlike AIP-231's batch get: an id the collection does not
+        hold (never written, deleted, or only in another tenant's collection) is listed in
+        `missing_ids` and the call answers for the rest. A malformed id, too many ids or an
+        unknown collection fail the whole call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RetrievalServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -264,6 +280,11 @@ def add_RetrievalServiceServicer_to_server(servicer, server):
                     servicer.GetChunks,
                     request_deserializer=gensearch_dot_retrieval_dot_v1_dot_retrieval__service__pb2.GetChunksRequest.FromString,
                     response_serializer=gensearch_dot_retrieval_dot_v1_dot_retrieval__service__pb2.GetChunksResponse.SerializeToString,
+            ),
+            'BatchGetObjects': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchGetObjects,
+                    request_deserializer=gensearch_dot_retrieval_dot_v1_dot_retrieval__service__pb2.BatchGetObjectsRequest.FromString,
+                    response_serializer=gensearch_dot_retrieval_dot_v1_dot_retrieval__service__pb2.BatchGetObjectsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -619,6 +640,33 @@ class RetrievalService:
             '/gensearch.retrieval.v1.RetrievalService/GetChunks',
             gensearch_dot_retrieval_dot_v1_dot_retrieval__service__pb2.GetChunksRequest.SerializeToString,
             gensearch_dot_retrieval_dot_v1_dot_retrieval__service__pb2.GetChunksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchGetObjects(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gensearch.retrieval.v1.RetrievalService/BatchGetObjects',
+            gensearch_dot_retrieval_dot_v1_dot_retrieval__service__pb2.BatchGetObjectsRequest.SerializeToString,
+            gensearch_dot_retrieval_dot_v1_dot_retrieval__service__pb2.BatchGetObjectsResponse.FromString,
             options,
             channel_credentials,
             insecure,

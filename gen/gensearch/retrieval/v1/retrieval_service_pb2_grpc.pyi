@@ -62,6 +62,13 @@ class RetrievalServiceStub:
     chunks of one document between two positions, in document order. The gateway's Ask
     and GenerativeSearch use it to widen hits into passages.
     """
+    BatchGetObjects: _grpc.UnaryUnaryMultiCallable[_retrieval_service_pb2.BatchGetObjectsRequest, _retrieval_service_pb2.BatchGetObjectsResponse]
+    """Several objects of one collection by id, in one call (at most the configured
+    max_get_ids). Not atomic, unlike AIP-231's batch get: an id the collection does not
+    hold (never written, deleted, or only in another tenant's collection) is listed in
+    `missing_ids` and the call answers for the rest. A malformed id, too many ids or an
+    unknown collection fail the whole call.
+    """
 
 @_typing.type_check_only
 class RetrievalServiceAsyncStub(RetrievalServiceStub):
@@ -96,6 +103,13 @@ class RetrievalServiceAsyncStub(RetrievalServiceStub):
     """Chunks of documents of a collection that declares `chunking`: for each range, the
     chunks of one document between two positions, in document order. The gateway's Ask
     and GenerativeSearch use it to widen hits into passages.
+    """
+    BatchGetObjects: _aio.UnaryUnaryMultiCallable[_retrieval_service_pb2.BatchGetObjectsRequest, _retrieval_service_pb2.BatchGetObjectsResponse]  # type: ignore[assignment]
+    """Several objects of one collection by id, in one call (at most the configured
+    max_get_ids). Not atomic, unlike AIP-231's batch get: an id the collection does not
+    hold (never written, deleted, or only in another tenant's collection) is listed in
+    `missing_ids` and the call answers for the rest. A malformed id, too many ids or an
+    unknown collection fail the whole call.
     """
 
 class RetrievalServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -206,6 +220,19 @@ class RetrievalServiceServicer(metaclass=_abc_1.ABCMeta):
         """Chunks of documents of a collection that declares `chunking`: for each range, the
         chunks of one document between two positions, in document order. The gateway's Ask
         and GenerativeSearch use it to widen hits into passages.
+        """
+
+    @_abc_1.abstractmethod
+    def BatchGetObjects(
+        self,
+        request: _retrieval_service_pb2.BatchGetObjectsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_retrieval_service_pb2.BatchGetObjectsResponse, _abc.Awaitable[_retrieval_service_pb2.BatchGetObjectsResponse]]:
+        """Several objects of one collection by id, in one call (at most the configured
+        max_get_ids). Not atomic, unlike AIP-231's batch get: an id the collection does not
+        hold (never written, deleted, or only in another tenant's collection) is listed in
+        `missing_ids` and the call answers for the rest. A malformed id, too many ids or an
+        unknown collection fail the whole call.
         """
 
 def add_RetrievalServiceServicer_to_server(servicer: RetrievalServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -41,6 +41,12 @@ type RetrievalServiceClient interface {
 	// chunks of one document between two positions, in document order. The gateway's Ask
 	// and GenerativeSearch use it to widen hits into passages.
 	GetChunks(ctx context.Context, in *GetChunksRequest, opts ...grpc.CallOption) (*GetChunksResponse, error)
+	// Several objects of one collection by id, in one call (at most the configured
+	// max_get_ids). Not atomic, unlike AIP-231's batch get: an id the collection does not
+	// hold (never written, deleted, or only in another tenant's collection) is listed in
+	// `missing_ids` and the call answers for the rest. A malformed id, too many ids or an
+	// unknown collection fail the whole call.
+	BatchGetObjects(ctx context.Context, in *BatchGetObjectsRequest, opts ...grpc.CallOption) (*BatchGetObjectsResponse, error)
 }
 
 type retrievalServiceClient struct {
@@ -193,6 +199,15 @@ func (c *retrievalServiceClient) GetChunks(ctx context.Context, in *GetChunksReq
 	return out, nil
 }
 
+func (c *retrievalServiceClient) BatchGetObjects(ctx context.Context, in *BatchGetObjectsRequest, opts ...grpc.CallOption) (*BatchGetObjectsResponse, error) {
+	out := new(BatchGetObjectsResponse)
+	err := c.cc.Invoke(ctx, "/gensearch.retrieval.v1.RetrievalService/BatchGetObjects", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // RetrievalServiceServer is the server API for RetrievalService service.
 // All implementations must embed UnimplementedRetrievalServiceServer
 // for forward compatibility
@@ -221,6 +236,12 @@ type RetrievalServiceServer interface {
 	// chunks of one document between two positions, in document order. The gateway's Ask
 	// and GenerativeSearch use it to widen hits into passages.
 	GetChunks(context.Context, *GetChunksRequest) (*GetChunksResponse, error)
+	// Several objects of one collection by id, in one call (at most the configured
+	// max_get_ids). Not atomic, unlike AIP-231's batch get: an id the collection does not
+	// hold (never written, deleted, or only in another tenant's collection) is listed in
+	// `missing_ids` and the call answers for the rest. A malformed id, too many ids or an
+	// unknown collection fail the whole call.
+	BatchGetObjects(context.Context, *BatchGetObjectsRequest) (*BatchGetObjectsResponse, error)
 	mustEmbedUnimplementedRetrievalServiceServer()
 }
 
@@ -266,6 +287,9 @@ func (UnimplementedRetrievalServiceServer) StoreCachedAnswer(context.Context, *S
 }
 func (UnimplementedRetrievalServiceServer) GetChunks(context.Context, *GetChunksRequest) (*GetChunksResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method GetChunks not implemented")
+}
+func (UnimplementedRetrievalServiceServer) BatchGetObjects(context.Context, *BatchGetObjectsRequest) (*BatchGetObjectsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method BatchGetObjects not implemented")
 }
 func (UnimplementedRetrievalServiceServer) mustEmbedUnimplementedRetrievalServiceServer() {}
 
@@ -522,6 +546,24 @@ func _RetrievalService_GetChunks_Handler(srv interface{}, ctx context.Context, d
 	return interceptor(ctx, in, info, handler)
 }
 
+func _RetrievalService_BatchGetObjects_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(BatchGetObjectsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RetrievalServiceServer).BatchGetObjects(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/gensearch.retrieval.v1.RetrievalService/BatchGetObjects",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RetrievalServiceServer).BatchGetObjects(ctx, req.(*BatchGetObjectsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _RetrievalService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "gensearch.retrieval.v1.RetrievalService",
 	HandlerType: (*RetrievalServiceServer)(nil),
@@ -573,6 +615,10 @@ var _RetrievalService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetChunks",
 			Handler:    _RetrievalService_GetChunks_Handler,
+		},
+		{
+			MethodName: "BatchGetObjects",
+			Handler:    _RetrievalService_BatchGetObjects_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

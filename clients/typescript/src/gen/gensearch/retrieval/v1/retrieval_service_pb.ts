@@ -12,7 +12,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file gensearch/retrieval/v1/retrieval_service.proto.
  */
 export const file_gensearch_retrieval_v1_retrieval_service: GenFile = /*@__PURE__*/
-  fileDesc("Ci5nZW5zZWFyY2gvcmV0cmlldmFsL3YxL3JldHJpZXZhbF9zZXJ2aWNlLnByb3RvEhZnZW5zZWFyY2gucmV0cmlldmFsLnYxImIKCFByb3BlcnR5EgwKBG5hbWUYASABKAkSMwoJZGF0YV90eXBlGAIgASgOMiAuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5EYXRhVHlwZRITCgtkZXNjcmlwdGlvbhgDIAEoCSLbAQoKVmVjdG9yaXplchI0CgRraW5kGAEgASgOMiYuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5WZWN0b3JpemVyS2luZBINCgVtb2RlbBgCIAEoCRIQCghiYXNlX3VybBgDIAEoCRITCgthcGlfa2V5X2VudhgEIAEoCRISCgpkaW1lbnNpb25zGAUgASgFEhkKEXNvdXJjZV9wcm9wZXJ0aWVzGAYgAygJEjIKCGRpc3RhbmNlGAcgASgOMiAuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5EaXN0YW5jZSLAAgoQR2VuZXJhdGl2ZUNvbmZpZxIQCghwcm92aWRlchgBIAEoCRINCgVtb2RlbBgCIAEoCRIYCgt0ZW1wZXJhdHVyZRgDIAEoAUgAiAEBEhcKCm1heF90b2tlbnMYBCABKAVIAYgBARIVCg1zeXN0ZW1fcHJvbXB0GAUgASgJEhkKEXVzZXJfaW5zdHJ1Y3Rpb25zGAYgASgJEhYKDmNvbnRleHRfZmllbGRzGAcgAygJEjkKCGZhbGxiYWNrGCggAygLMicuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5HZW5lcmF0aXZlTW9kZWwSNAoFY2FjaGUYPCABKAsyJS5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkNhY2hlRGVmYXVsdHNCDgoMX3RlbXBlcmF0dXJlQg0KC19tYXhfdG9rZW5zIjIKD0dlbmVyYXRpdmVNb2RlbBIQCghwcm92aWRlchgBIAEoCRINCgVtb2RlbBgCIAEoCSKNAQoNQ2FjaGVEZWZhdWx0cxISCgpnZW5lcmF0aW9uGAEgASgIEhAKCHNlbWFudGljGAIgASgIEiYKA3R0bBgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIbCg5taW5fc2ltaWxhcml0eRgEIAEoAUgAiAEBQhEKD19taW5fc2ltaWxhcml0eSKgAwoKQ29sbGVjdGlvbhIMCgRuYW1lGAEgASgJEhMKC2Rlc2NyaXB0aW9uGAIgASgJEjQKCnByb3BlcnRpZXMYAyADKAsyIC5nZW5zZWFyY2gucmV0cmlldmFsLnYxLlByb3BlcnR5EjYKCnZlY3Rvcml6ZXIYBCABKAsyIi5nZW5zZWFyY2gucmV0cmlldmFsLnYxLlZlY3Rvcml6ZXISGgoNa2V5d29yZF9pbmRleBgFIAEoCEgAiAEBEjwKCmdlbmVyYXRpdmUYBiABKAsyKC5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkdlbmVyYXRpdmVDb25maWcSLwoLY3JlYXRlX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjMKCGNodW5raW5nGIIBIAEoCzIgLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuQ2h1bmtpbmcSLwoGcmVyYW5rGIMBIAEoCzIeLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuUmVyYW5rQhAKDl9rZXl3b3JkX2luZGV4Ij0KCENodW5raW5nEhkKEWRvY3VtZW50X3Byb3BlcnR5GAEgASgJEhYKDm9yZGVyX3Byb3BlcnR5GAIgASgJIpoBCgZSZXJhbmsSEAoIcHJvdmlkZXIYASABKAkSDQoFbW9kZWwYAiABKAkSEgoKY2FuZGlkYXRlcxgDIAEoBRINCgVxdWVyeRgEIAEoCRISCgpwcm9wZXJ0aWVzGAUgAygJEhcKCm1tcl9sYW1iZGEYBiABKAFIAIgBARIQCghiYXNlX3VybBgHIAEoCUINCgtfbW1yX2xhbWJkYSJVCgpEYXRhT2JqZWN0EgoKAmlkGAEgASgJEisKCnByb3BlcnRpZXMYAiABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0Eg4KBnZlY3RvchgDIAMoAiJICgtPYmplY3RFcnJvchINCgVpbmRleBgBIAEoAxIKCgJpZBgCIAEoCRINCgVmaWVsZBgDIAEoCRIPCgdtZXNzYWdlGAQgASgJIlEKF0NyZWF0ZUNvbGxlY3Rpb25SZXF1ZXN0EjYKCmNvbGxlY3Rpb24YASABKAsyIi5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkNvbGxlY3Rpb24iUgoYQ3JlYXRlQ29sbGVjdGlvblJlc3BvbnNlEjYKCmNvbGxlY3Rpb24YASABKAsyIi5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkNvbGxlY3Rpb24iJAoUR2V0Q29sbGVjdGlvblJlcXVlc3QSDAoEbmFtZRgBIAEoCSJlChVHZXRDb2xsZWN0aW9uUmVzcG9uc2USNgoKY29sbGVjdGlvbhgBIAEoCzIiLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuQ29sbGVjdGlvbhIUCgxvYmplY3RfY291bnQYAiABKAMiPwoWTGlzdENvbGxlY3Rpb25zUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSJrChdMaXN0Q29sbGVjdGlvbnNSZXNwb25zZRI3Cgtjb2xsZWN0aW9ucxgBIAMoCzIiLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuQ29sbGVjdGlvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiJwoXRGVsZXRlQ29sbGVjdGlvblJlcXVlc3QSDAoEbmFtZRgBIAEoCSIaChhEZWxldGVDb2xsZWN0aW9uUmVzcG9uc2UiXwoUVXBzZXJ0T2JqZWN0c1JlcXVlc3QSEgoKY29sbGVjdGlvbhgBIAEoCRIzCgdvYmplY3RzGAIgAygLMiIuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5EYXRhT2JqZWN0IlkKFVVwc2VydE9iamVjdHNSZXNwb25zZRILCgNpZHMYASADKAkSMwoGZXJyb3JzGAIgAygLMiMuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5PYmplY3RFcnJvciJfChRJbXBvcnRPYmplY3RzUmVxdWVzdBISCgpjb2xsZWN0aW9uGAEgASgJEjMKB29iamVjdHMYAiADKAsyIi5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkRhdGFPYmplY3QifAoVSW1wb3J0T2JqZWN0c1Jlc3BvbnNlEhYKDnJlY2VpdmVkX2NvdW50GAEgASgDEhYKDmltcG9ydGVkX2NvdW50GAIgASgDEjMKBmVycm9ycxgDIAMoCzIjLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuT2JqZWN0RXJyb3IiSgoQR2V0T2JqZWN0UmVxdWVzdBISCgpjb2xsZWN0aW9uGAEgASgJEgoKAmlkGAIgASgJEhYKDmluY2x1ZGVfdmVjdG9yGAMgASgIIkcKEUdldE9iamVjdFJlc3BvbnNlEjIKBm9iamVjdBgBIAEoCzIiLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuRGF0YU9iamVjdCJnChREZWxldGVPYmplY3RzUmVxdWVzdBISCgpjb2xsZWN0aW9uGAEgASgJEgsKA2lkcxgCIAMoCRIuCgZmaWx0ZXIYAyABKAsyHi5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkZpbHRlciIuChVEZWxldGVPYmplY3RzUmVzcG9uc2USFQoNZGVsZXRlZF9jb3VudBgBIAEoAyJZChNDb3VudE9iamVjdHNSZXF1ZXN0EhIKCmNvbGxlY3Rpb24YASABKAkSLgoGZmlsdGVyGAIgASgLMh4uZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5GaWx0ZXIiJQoUQ291bnRPYmplY3RzUmVzcG9uc2USDQoFY291bnQYASABKAMiGAoITmVhclRleHQSDAoEdGV4dBgBIAEoCSIcCgpOZWFyVmVjdG9yEg4KBnZlY3RvchgBIAMoAiIXCgdLZXl3b3JkEgwKBHRleHQYASABKAkiRAoGSHlicmlkEgwKBHRleHQYASABKAkSEgoFYWxwaGEYAiABKAJIAIgBARIOCgZ2ZWN0b3IYAyADKAJCCAoGX2FscGhhIvABCgZGaWx0ZXISNgoJY29uZGl0aW9uGAEgASgLMiEuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5Db25kaXRpb25IABI1CgZhbGxfb2YYAiABKAsyIy5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkZpbHRlckdyb3VwSAASNQoGYW55X29mGAMgASgLMiMuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5GaWx0ZXJHcm91cEgAEjYKB25vbmVfb2YYBCABKAsyIy5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkZpbHRlckdyb3VwSABCCAoGZmlsdGVyIj4KC0ZpbHRlckdyb3VwEi8KB2ZpbHRlcnMYASADKAsyHi5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkZpbHRlciJ4CglDb25kaXRpb24SEAoIcHJvcGVydHkYASABKAkSMgoIb3BlcmF0b3IYAiABKA4yIC5nZW5zZWFyY2gucmV0cmlldmFsLnYxLk9wZXJhdG9yEiUKBXZhbHVlGAMgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlIrcDCg1TZWFyY2hSZXF1ZXN0EhIKCmNvbGxlY3Rpb24YASABKAkSNQoJbmVhcl90ZXh0GAIgASgLMiAuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5OZWFyVGV4dEgAEjkKC25lYXJfdmVjdG9yGAMgASgLMiIuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5OZWFyVmVjdG9ySAASMgoHa2V5d29yZBgEIAEoCzIfLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuS2V5d29yZEgAEjAKBmh5YnJpZBgFIAEoCzIeLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuSHlicmlkSAASLgoGZmlsdGVyGAYgASgLMh4uZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5GaWx0ZXISDQoFbGltaXQYByABKAUSDgoGb2Zmc2V0GAggASgFEhkKEXJldHVybl9wcm9wZXJ0aWVzGAkgAygJEhYKDmluY2x1ZGVfdmVjdG9yGAogASgIEi8KBnJlcmFuaxiCASABKAsyHi5nZW5zZWFyY2gucmV0cmlldmFsLnYxLlJlcmFua0IHCgVxdWVyeSKKAQoDSGl0EgoKAmlkGAEgASgJEisKCnByb3BlcnRpZXMYAiABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0Eg0KBXNjb3JlGAMgASgCEg4KBnZlY3RvchgEIAMoAhIaCgxyZXJhbmtfc2NvcmUYggEgASgCSACIAQFCDwoNX3JlcmFua19zY29yZSJfCg5TZWFyY2hSZXNwb25zZRIpCgRoaXRzGAEgAygLMhsuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5IaXQSEAoIZW1iZWRfbXMYAiABKAESEAoIcXVlcnlfbXMYAyABKAEibgoZTG9va3VwQ2FjaGVkQW5zd2VyUmVxdWVzdBISCgpjb2xsZWN0aW9uGAEgASgJEhAKCHF1ZXN0aW9uGAIgASgJEhYKDm1pbl9zaW1pbGFyaXR5GAMgASgBEhMKC2NvbnRleHRfa2V5GAQgASgJImEKGkxvb2t1cENhY2hlZEFuc3dlclJlc3BvbnNlEg0KBWZvdW5kGAEgASgIEg4KBmFuc3dlchgCIAEoDBIQCghxdWVzdGlvbhgDIAEoCRISCgpzaW1pbGFyaXR5GAQgASgBIo0BChhTdG9yZUNhY2hlZEFuc3dlclJlcXVlc3QSEgoKY29sbGVjdGlvbhgBIAEoCRIQCghxdWVzdGlvbhgCIAEoCRIOCgZhbnN3ZXIYAyABKAwSJgoDdHRsGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhMKC2NvbnRleHRfa2V5GAUgASgJIhsKGVN0b3JlQ2FjaGVkQW5zd2VyUmVzcG9uc2UicAoKQ2h1bmtSYW5nZRIoCghkb2N1bWVudBgBIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRISCgVmaXJzdBgCIAEoA0gAiAEBEhEKBGxhc3QYAyABKANIAYgBAUIICgZfZmlyc3RCBwoFX2xhc3QidQoQR2V0Q2h1bmtzUmVxdWVzdBISCgpjb2xsZWN0aW9uGAEgASgJEjIKBnJhbmdlcxgCIAMoCzIiLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuQ2h1bmtSYW5nZRIZChFyZXR1cm5fcHJvcGVydGllcxgDIAMoCSJLCglDaHVua0xpc3QSKwoGY2h1bmtzGAEgAygLMhsuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5IaXQSEQoJdHJ1bmNhdGVkGAIgASgIIkYKEUdldENodW5rc1Jlc3BvbnNlEjEKBnJhbmdlcxgBIAMoCzIhLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuQ2h1bmtMaXN0KqQBCghEYXRhVHlwZRIZChVEQVRBX1RZUEVfVU5TUEVDSUZJRUQQABISCg5EQVRBX1RZUEVfVEVYVBABEhgKFERBVEFfVFlQRV9URVhUX0FSUkFZEAISEQoNREFUQV9UWVBFX0lOVBADEhQKEERBVEFfVFlQRV9OVU1CRVIQBBISCg5EQVRBX1RZUEVfQk9PTBAFEhIKDkRBVEFfVFlQRV9EQVRFEAYqjQEKDlZlY3Rvcml6ZXJLaW5kEh8KG1ZFQ1RPUklaRVJfS0lORF9VTlNQRUNJRklFRBAAEhgKFFZFQ1RPUklaRVJfS0lORF9OT05FEAESGQoVVkVDVE9SSVpFUl9LSU5EX0xPQ0FMEAISJQohVkVDVE9SSVpFUl9LSU5EX09QRU5BSV9DT01QQVRJQkxFEAMqYAoIRGlzdGFuY2USGAoURElTVEFOQ0VfVU5TUEVDSUZJRUQQABITCg9ESVNUQU5DRV9DT1NJTkUQARIQCgxESVNUQU5DRV9ET1QQAhITCg9ESVNUQU5DRV9FVUNMSUQQAyqRAgoIT3BlcmF0b3ISGAoUT1BFUkFUT1JfVU5TUEVDSUZJRUQQABISCg5PUEVSQVRPUl9FUVVBTBABEhYKEk9QRVJBVE9SX05PVF9FUVVBTBACEhYKEk9QRVJBVE9SX0xFU1NfVEhBThADEhwKGE9QRVJBVE9SX0xFU1NfVEhBTl9FUVVBTBAEEhkKFU9QRVJBVE9SX0dSRUFURVJfVEhBThAFEh8KG09QRVJBVE9SX0dSRUFURVJfVEhBTl9FUVVBTBAGEhkKFU9QRVJBVE9SX0NPTlRBSU5TX0FOWRAHEhkKFU9QRVJBVE9SX0NPTlRBSU5TX0FMTBAIEhcKE09QRVJBVE9SX1RFWFRfTUFUQ0gQCTKtCwoQUmV0cmlldmFsU2VydmljZRJ1ChBDcmVhdGVDb2xsZWN0aW9uEi8uZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5DcmVhdGVDb2xsZWN0aW9uUmVxdWVzdBowLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuQ3JlYXRlQ29sbGVjdGlvblJlc3BvbnNlEmwKDUdldENvbGxlY3Rpb24SLC5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkdldENvbGxlY3Rpb25SZXF1ZXN0Gi0uZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5HZXRDb2xsZWN0aW9uUmVzcG9uc2UScgoPTGlzdENvbGxlY3Rpb25zEi4uZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5MaXN0Q29sbGVjdGlvbnNSZXF1ZXN0Gi8uZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5MaXN0Q29sbGVjdGlvbnNSZXNwb25zZRJ1ChBEZWxldGVDb2xsZWN0aW9uEi8uZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5EZWxldGVDb2xsZWN0aW9uUmVxdWVzdBowLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuRGVsZXRlQ29sbGVjdGlvblJlc3BvbnNlEmwKDVVwc2VydE9iamVjdHMSLC5nZW5zZWFyY2gucmV0cmlldmFsLnYxLlVwc2VydE9iamVjdHNSZXF1ZXN0Gi0uZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5VcHNlcnRPYmplY3RzUmVzcG9uc2USbgoNSW1wb3J0T2JqZWN0cxIsLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuSW1wb3J0T2JqZWN0c1JlcXVlc3QaLS5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkltcG9ydE9iamVjdHNSZXNwb25zZSgBEmAKCUdldE9iamVjdBIoLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuR2V0T2JqZWN0UmVxdWVzdBopLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuR2V0T2JqZWN0UmVzcG9uc2USbAoNRGVsZXRlT2JqZWN0cxIsLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuRGVsZXRlT2JqZWN0c1JlcXVlc3QaLS5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkRlbGV0ZU9iamVjdHNSZXNwb25zZRJpCgxDb3VudE9iamVjdHMSKy5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkNvdW50T2JqZWN0c1JlcXVlc3QaLC5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkNvdW50T2JqZWN0c1Jlc3BvbnNlElcKBlNlYXJjaBIlLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuU2VhcmNoUmVxdWVzdBomLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuU2VhcmNoUmVzcG9uc2USewoSTG9va3VwQ2FjaGVkQW5zd2VyEjEuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5Mb29rdXBDYWNoZWRBbnN3ZXJSZXF1ZXN0GjIuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5Mb29rdXBDYWNoZWRBbnN3ZXJSZXNwb25zZRJ4ChFTdG9yZUNhY2hlZEFuc3dlchIwLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuU3RvcmVDYWNoZWRBbnN3ZXJSZXF1ZXN0GjEuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5TdG9yZUNhY2hlZEFuc3dlclJlc3BvbnNlEmAKCUdldENodW5rcxIoLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuR2V0Q2h1bmtzUmVxdWVzdBopLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuR2V0Q2h1bmtzUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("Ci5nZW5zZWFyY2gvcmV0cmlldmFsL3YxL3JldHJpZXZhbF9zZXJ2aWNlLnByb3RvEhZnZW5zZWFyY2gucmV0cmlldmFsLnYxImIKCFByb3BlcnR5EgwKBG5hbWUYASABKAkSMwoJZGF0YV90eXBlGAIgASgOMiAuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5EYXRhVHlwZRITCgtkZXNjcmlwdGlvbhgDIAEoCSLbAQoKVmVjdG9yaXplchI0CgRraW5kGAEgASgOMiYuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5WZWN0b3JpemVyS2luZBINCgVtb2RlbBgCIAEoCRIQCghiYXNlX3VybBgDIAEoCRITCgthcGlfa2V5X2VudhgEIAEoCRISCgpkaW1lbnNpb25zGAUgASgFEhkKEXNvdXJjZV9wcm9wZXJ0aWVzGAYgAygJEjIKCGRpc3RhbmNlGAcgASgOMiAuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5EaXN0YW5jZSLAAgoQR2VuZXJhdGl2ZUNvbmZpZxIQCghwcm92aWRlchgBIAEoCRINCgVtb2RlbBgCIAEoCRIYCgt0ZW1wZXJhdHVyZRgDIAEoAUgAiAEBEhcKCm1heF90b2tlbnMYBCABKAVIAYgBARIVCg1zeXN0ZW1fcHJvbXB0GAUgASgJEhkKEXVzZXJfaW5zdHJ1Y3Rpb25zGAYgASgJEhYKDmNvbnRleHRfZmllbGRzGAcgAygJEjkKCGZhbGxiYWNrGCggAygLMicuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5HZW5lcmF0aXZlTW9kZWwSNAoFY2FjaGUYPCABKAsyJS5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkNhY2hlRGVmYXVsdHNCDgoMX3RlbXBlcmF0dXJlQg0KC19tYXhfdG9rZW5zIjIKD0dlbmVyYXRpdmVNb2RlbBIQCghwcm92aWRlchgBIAEoCRINCgVtb2RlbBgCIAEoCSKNAQoNQ2FjaGVEZWZhdWx0cxISCgpnZW5lcmF0aW9uGAEgASgIEhAKCHNlbWFudGljGAIgASgIEiYKA3R0bBgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIbCg5taW5fc2ltaWxhcml0eRgEIAEoAUgAiAEBQhEKD19taW5fc2ltaWxhcml0eSKgAwoKQ29sbGVjdGlvbhIMCgRuYW1lGAEgASgJEhMKC2Rlc2NyaXB0aW9uGAIgASgJEjQKCnByb3BlcnRpZXMYAyADKAsyIC5nZW5zZWFyY2gucmV0cmlldmFsLnYxLlByb3BlcnR5EjYKCnZlY3Rvcml6ZXIYBCABKAsyIi5nZW5zZWFyY2gucmV0cmlldmFsLnYxLlZlY3Rvcml6ZXISGgoNa2V5d29yZF9pbmRleBgFIAEoCEgAiAEBEjwKCmdlbmVyYXRpdmUYBiABKAsyKC5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkdlbmVyYXRpdmVDb25maWcSLwoLY3JlYXRlX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjMKCGNodW5raW5nGIIBIAEoCzIgLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuQ2h1bmtpbmcSLwoGcmVyYW5rGIMBIAEoCzIeLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuUmVyYW5rQhAKDl9rZXl3b3JkX2luZGV4Ij0KCENodW5raW5nEhkKEWRvY3VtZW50X3Byb3BlcnR5GAEgASgJEhYKDm9yZGVyX3Byb3BlcnR5GAIgASgJIpoBCgZSZXJhbmsSEAoIcHJvdmlkZXIYASABKAkSDQoFbW9kZWwYAiABKAkSEgoKY2FuZGlkYXRlcxgDIAEoBRINCgVxdWVyeRgEIAEoCRISCgpwcm9wZXJ0aWVzGAUgAygJEhcKCm1tcl9sYW1iZGEYBiABKAFIAIgBARIQCghiYXNlX3VybBgHIAEoCUINCgtfbW1yX2xhbWJkYSJVCgpEYXRhT2JqZWN0EgoKAmlkGAEgASgJEisKCnByb3BlcnRpZXMYAiABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0Eg4KBnZlY3RvchgDIAMoAiJICgtPYmplY3RFcnJvchINCgVpbmRleBgBIAEoAxIKCgJpZBgCIAEoCRINCgVmaWVsZBgDIAEoCRIPCgdtZXNzYWdlGAQgASgJIlEKF0NyZWF0ZUNvbGxlY3Rpb25SZXF1ZXN0EjYKCmNvbGxlY3Rpb24YASABKAsyIi5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkNvbGxlY3Rpb24iUgoYQ3JlYXRlQ29sbGVjdGlvblJlc3BvbnNlEjYKCmNvbGxlY3Rpb24YASABKAsyIi5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkNvbGxlY3Rpb24iJAoUR2V0Q29sbGVjdGlvblJlcXVlc3QSDAoEbmFtZRgBIAEoCSJlChVHZXRDb2xsZWN0aW9uUmVzcG9uc2USNgoKY29sbGVjdGlvbhgBIAEoCzIiLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuQ29sbGVjdGlvbhIUCgxvYmplY3RfY291bnQYAiABKAMiPwoWTGlzdENvbGxlY3Rpb25zUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSJrChdMaXN0Q29sbGVjdGlvbnNSZXNwb25zZRI3Cgtjb2xsZWN0aW9ucxgBIAMoCzIiLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuQ29sbGVjdGlvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiJwoXRGVsZXRlQ29sbGVjdGlvblJlcXVlc3QSDAoEbmFtZRgBIAEoCSIaChhEZWxldGVDb2xsZWN0aW9uUmVzcG9uc2UiXwoUVXBzZXJ0T2JqZWN0c1JlcXVlc3QSEgoKY29sbGVjdGlvbhgBIAEoCRIzCgdvYmplY3RzGAIgAygLMiIuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5EYXRhT2JqZWN0IlkKFVVwc2VydE9iamVjdHNSZXNwb25zZRILCgNpZHMYASADKAkSMwoGZXJyb3JzGAIgAygLMiMuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5PYmplY3RFcnJvciJfChRJbXBvcnRPYmplY3RzUmVxdWVzdBISCgpjb2xsZWN0aW9uGAEgASgJEjMKB29iamVjdHMYAiADKAsyIi5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkRhdGFPYmplY3QifAoVSW1wb3J0T2JqZWN0c1Jlc3BvbnNlEhYKDnJlY2VpdmVkX2NvdW50GAEgASgDEhYKDmltcG9ydGVkX2NvdW50GAIgASgDEjMKBmVycm9ycxgDIAMoCzIjLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuT2JqZWN0RXJyb3IiSgoQR2V0T2JqZWN0UmVxdWVzdBISCgpjb2xsZWN0aW9uGAEgASgJEgoKAmlkGAIgASgJEhYKDmluY2x1ZGVfdmVjdG9yGAMgASgIIkcKEUdldE9iamVjdFJlc3BvbnNlEjIKBm9iamVjdBgBIAEoCzIiLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuRGF0YU9iamVjdCJRChZCYXRjaEdldE9iamVjdHNSZXF1ZXN0EhIKCmNvbGxlY3Rpb24YASABKAkSCwoDaWRzGAIgAygJEhYKDmluY2x1ZGVfdmVjdG9yGAMgASgIImMKF0JhdGNoR2V0T2JqZWN0c1Jlc3BvbnNlEjMKB29iamVjdHMYASADKAsyIi5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkRhdGFPYmplY3QSEwoLbWlzc2luZ19pZHMYAiADKAkiZwoURGVsZXRlT2JqZWN0c1JlcXVlc3QSEgoKY29sbGVjdGlvbhgBIAEoCRILCgNpZHMYAiADKAkSLgoGZmlsdGVyGAMgASgLMh4uZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5GaWx0ZXIiLgoVRGVsZXRlT2JqZWN0c1Jlc3BvbnNlEhUKDWRlbGV0ZWRfY291bnQYASABKAMiWQoTQ291bnRPYmplY3RzUmVxdWVzdBISCgpjb2xsZWN0aW9uGAEgASgJEi4KBmZpbHRlchgCIAEoCzIeLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuRmlsdGVyIiUKFENvdW50T2JqZWN0c1Jlc3BvbnNlEg0KBWNvdW50GAEgASgDIhgKCE5lYXJUZXh0EgwKBHRleHQYASABKAkiHAoKTmVhclZlY3RvchIOCgZ2ZWN0b3IYASADKAIiFwoHS2V5d29yZBIMCgR0ZXh0GAEgASgJIkQKBkh5YnJpZBIMCgR0ZXh0GAEgASgJEhIKBWFscGhhGAIgASgCSACIAQESDgoGdmVjdG9yGAMgAygCQggKBl9hbHBoYSLwAQoGRmlsdGVyEjYKCWNvbmRpdGlvbhgBIAEoCzIhLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuQ29uZGl0aW9uSAASNQoGYWxsX29mGAIgASgLMiMuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5GaWx0ZXJHcm91cEgAEjUKBmFueV9vZhgDIAEoCzIjLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuRmlsdGVyR3JvdXBIABI2Cgdub25lX29mGAQgASgLMiMuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5GaWx0ZXJHcm91cEgAQggKBmZpbHRlciI+CgtGaWx0ZXJHcm91cBIvCgdmaWx0ZXJzGAEgAygLMh4uZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5GaWx0ZXIieAoJQ29uZGl0aW9uEhAKCHByb3BlcnR5GAEgASgJEjIKCG9wZXJhdG9yGAIgASgOMiAuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5PcGVyYXRvchIlCgV2YWx1ZRgDIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZSLXAwoNU2VhcmNoUmVxdWVzdBISCgpjb2xsZWN0aW9uGAEgASgJEjUKCW5lYXJfdGV4dBgCIAEoCzIgLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuTmVhclRleHRIABI5CgtuZWFyX3ZlY3RvchgDIAEoCzIiLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuTmVhclZlY3RvckgAEjIKB2tleXdvcmQYBCABKAsyHy5nZW5zZWFyY2gucmV0cmlldmFsLnYxLktleXdvcmRIABIwCgZoeWJyaWQYBSABKAsyHi5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkh5YnJpZEgAEi4KBmZpbHRlchgGIAEoCzIeLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuRmlsdGVyEg0KBWxpbWl0GAcgASgFEg4KBm9mZnNldBgIIAEoBRIZChFyZXR1cm5fcHJvcGVydGllcxgJIAMoCRIWCg5pbmNsdWRlX3ZlY3RvchgKIAEoCBIvCgZyZXJhbmsYggEgASgLMh4uZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5SZXJhbmsSHgoVdXNlX2NvbGxlY3Rpb25fcmVyYW5rGJYBIAEoCEIHCgVxdWVyeSKKAQoDSGl0EgoKAmlkGAEgASgJEisKCnByb3BlcnRpZXMYAiABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0Eg0KBXNjb3JlGAMgASgCEg4KBnZlY3RvchgEIAMoAhIaCgxyZXJhbmtfc2NvcmUYggEgASgCSACIAQFCDwoNX3JlcmFua19zY29yZSJfCg5TZWFyY2hSZXNwb25zZRIpCgRoaXRzGAEgAygLMhsuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5IaXQSEAoIZW1iZWRfbXMYAiABKAESEAoIcXVlcnlfbXMYAyABKAEibgoZTG9va3VwQ2FjaGVkQW5zd2VyUmVxdWVzdBISCgpjb2xsZWN0aW9uGAEgASgJEhAKCHF1ZXN0aW9uGAIgASgJEhYKDm1pbl9zaW1pbGFyaXR5GAMgASgBEhMKC2NvbnRleHRfa2V5GAQgASgJImEKGkxvb2t1cENhY2hlZEFuc3dlclJlc3BvbnNlEg0KBWZvdW5kGAEgASgIEg4KBmFuc3dlchgCIAEoDBIQCghxdWVzdGlvbhgDIAEoCRISCgpzaW1pbGFyaXR5GAQgASgBIo0BChhTdG9yZUNhY2hlZEFuc3dlclJlcXVlc3QSEgoKY29sbGVjdGlvbhgBIAEoCRIQCghxdWVzdGlvbhgCIAEoCRIOCgZhbnN3ZXIYAyABKAwSJgoDdHRsGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhMKC2NvbnRleHRfa2V5GAUgASgJIhsKGVN0b3JlQ2FjaGVkQW5zd2VyUmVzcG9uc2UicAoKQ2h1bmtSYW5nZRIoCghkb2N1bWVudBgBIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRISCgVmaXJzdBgCIAEoA0gAiAEBEhEKBGxhc3QYAyABKANIAYgBAUIICgZfZmlyc3RCBwoFX2xhc3QidQoQR2V0Q2h1bmtzUmVxdWVzdBISCgpjb2xsZWN0aW9uGAEgASgJEjIKBnJhbmdlcxgCIAMoCzIiLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuQ2h1bmtSYW5nZRIZChFyZXR1cm5fcHJvcGVydGllcxgDIAMoCSJLCglDaHVua0xpc3QSKwoGY2h1bmtzGAEgAygLMhsuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5IaXQSEQoJdHJ1bmNhdGVkGAIgASgIIkYKEUdldENodW5rc1Jlc3BvbnNlEjEKBnJhbmdlcxgBIAMoCzIhLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuQ2h1bmtMaXN0KqQBCghEYXRhVHlwZRIZChVEQVRBX1RZUEVfVU5TUEVDSUZJRUQQABISCg5EQVRBX1RZUEVfVEVYVBABEhgKFERBVEFfVFlQRV9URVhUX0FSUkFZEAISEQoNREFUQV9UWVBFX0lOVBADEhQKEERBVEFfVFlQRV9OVU1CRVIQBBISCg5EQVRBX1RZUEVfQk9PTBAFEhIKDkRBVEFfVFlQRV9EQVRFEAYqjQEKDlZlY3Rvcml6ZXJLaW5kEh8KG1ZFQ1RPUklaRVJfS0lORF9VTlNQRUNJRklFRBAAEhgKFFZFQ1RPUklaRVJfS0lORF9OT05FEAESGQoVVkVDVE9SSVpFUl9LSU5EX0xPQ0FMEAISJQohVkVDVE9SSVpFUl9LSU5EX09QRU5BSV9DT01QQVRJQkxFEAMqYAoIRGlzdGFuY2USGAoURElTVEFOQ0VfVU5TUEVDSUZJRUQQABITCg9ESVNUQU5DRV9DT1NJTkUQARIQCgxESVNUQU5DRV9ET1QQAhITCg9ESVNUQU5DRV9FVUNMSUQQAyqRAgoIT3BlcmF0b3ISGAoUT1BFUkFUT1JfVU5TUEVDSUZJRUQQABISCg5PUEVSQVRPUl9FUVVBTBABEhYKEk9QRVJBVE9SX05PVF9FUVVBTBACEhYKEk9QRVJBVE9SX0xFU1NfVEhBThADEhwKGE9QRVJBVE9SX0xFU1NfVEhBTl9FUVVBTBAEEhkKFU9QRVJBVE9SX0dSRUFURVJfVEhBThAFEh8KG09QRVJBVE9SX0dSRUFURVJfVEhBTl9FUVVBTBAGEhkKFU9QRVJBVE9SX0NPTlRBSU5TX0FOWRAHEhkKFU9QRVJBVE9SX0NPTlRBSU5TX0FMTBAIEhcKE09QRVJBVE9SX1RFWFRfTUFUQ0gQCTKhDAoQUmV0cmlldmFsU2VydmljZRJ1ChBDcmVhdGVDb2xsZWN0aW9uEi8uZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5DcmVhdGVDb2xsZWN0aW9uUmVxdWVzdBowLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuQ3JlYXRlQ29sbGVjdGlvblJlc3BvbnNlEmwKDUdldENvbGxlY3Rpb24SLC5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkdldENvbGxlY3Rpb25SZXF1ZXN0Gi0uZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5HZXRDb2xsZWN0aW9uUmVzcG9uc2UScgoPTGlzdENvbGxlY3Rpb25zEi4uZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5MaXN0Q29sbGVjdGlvbnNSZXF1ZXN0Gi8uZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5MaXN0Q29sbGVjdGlvbnNSZXNwb25zZRJ1ChBEZWxldGVDb2xsZWN0aW9uEi8uZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5EZWxldGVDb2xsZWN0aW9uUmVxdWVzdBowLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuRGVsZXRlQ29sbGVjdGlvblJlc3BvbnNlEmwKDVVwc2VydE9iamVjdHMSLC5nZW5zZWFyY2gucmV0cmlldmFsLnYxLlVwc2VydE9iamVjdHNSZXF1ZXN0Gi0uZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5VcHNlcnRPYmplY3RzUmVzcG9uc2USbgoNSW1wb3J0T2JqZWN0cxIsLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuSW1wb3J0T2JqZWN0c1JlcXVlc3QaLS5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkltcG9ydE9iamVjdHNSZXNwb25zZSgBEmAKCUdldE9iamVjdBIoLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuR2V0T2JqZWN0UmVxdWVzdBopLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuR2V0T2JqZWN0UmVzcG9uc2USbAoNRGVsZXRlT2JqZWN0cxIsLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuRGVsZXRlT2JqZWN0c1JlcXVlc3QaLS5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkRlbGV0ZU9iamVjdHNSZXNwb25zZRJpCgxDb3VudE9iamVjdHMSKy5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkNvdW50T2JqZWN0c1JlcXVlc3QaLC5nZW5zZWFyY2gucmV0cmlldmFsLnYxLkNvdW50T2JqZWN0c1Jlc3BvbnNlElcKBlNlYXJjaBIlLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuU2VhcmNoUmVxdWVzdBomLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuU2VhcmNoUmVzcG9uc2USewoSTG9va3VwQ2FjaGVkQW5zd2VyEjEuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5Mb29rdXBDYWNoZWRBbnN3ZXJSZXF1ZXN0GjIuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5Mb29rdXBDYWNoZWRBbnN3ZXJSZXNwb25zZRJ4ChFTdG9yZUNhY2hlZEFuc3dlchIwLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuU3RvcmVDYWNoZWRBbnN3ZXJSZXF1ZXN0GjEuZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5TdG9yZUNhY2hlZEFuc3dlclJlc3BvbnNlEmAKCUdldENodW5rcxIoLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuR2V0Q2h1bmtzUmVxdWVzdBopLmdlbnNlYXJjaC5yZXRyaWV2YWwudjEuR2V0Q2h1bmtzUmVzcG9uc2UScgoPQmF0Y2hHZXRPYmplY3RzEi4uZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5CYXRjaEdldE9iamVjdHNSZXF1ZXN0Gi8uZ2Vuc2VhcmNoLnJldHJpZXZhbC52MS5CYXRjaEdldE9iamVjdHNSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * @generated from message gensearch.retrieval.v1.Property
@@ -773,6 +773,63 @@ export const GetObjectResponseSchema: GenMessage<GetObjectResponse> = /*@__PURE_
   messageDesc(file_gensearch_retrieval_v1_retrieval_service, 23);
 
 /**
+ * @generated from message gensearch.retrieval.v1.BatchGetObjectsRequest
+ */
+export type BatchGetObjectsRequest = Message<"gensearch.retrieval.v1.BatchGetObjectsRequest"> & {
+  /**
+   * @generated from field: string collection = 1;
+   */
+  collection: string;
+
+  /**
+   * UUIDs, 1 to max_get_ids of them; an id given twice is read once.
+   *
+   * @generated from field: repeated string ids = 2;
+   */
+  ids: string[];
+
+  /**
+   * @generated from field: bool include_vector = 3;
+   */
+  includeVector: boolean;
+};
+
+/**
+ * Describes the message gensearch.retrieval.v1.BatchGetObjectsRequest.
+ * Use `create(BatchGetObjectsRequestSchema)` to create a new message.
+ */
+export const BatchGetObjectsRequestSchema: GenMessage<BatchGetObjectsRequest> = /*@__PURE__*/
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 24);
+
+/**
+ * @generated from message gensearch.retrieval.v1.BatchGetObjectsResponse
+ */
+export type BatchGetObjectsResponse = Message<"gensearch.retrieval.v1.BatchGetObjectsResponse"> & {
+  /**
+   * The objects found, in the order their ids were first given.
+   *
+   * @generated from field: repeated gensearch.retrieval.v1.DataObject objects = 1;
+   */
+  objects: DataObject[];
+
+  /**
+   * The ids the collection does not hold, in canonical form (lower-case, hyphenated), in
+   * the order first given. Another tenant's object is missing exactly like one never
+   * written.
+   *
+   * @generated from field: repeated string missing_ids = 2;
+   */
+  missingIds: string[];
+};
+
+/**
+ * Describes the message gensearch.retrieval.v1.BatchGetObjectsResponse.
+ * Use `create(BatchGetObjectsResponseSchema)` to create a new message.
+ */
+export const BatchGetObjectsResponseSchema: GenMessage<BatchGetObjectsResponse> = /*@__PURE__*/
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 25);
+
+/**
  * @generated from message gensearch.retrieval.v1.DeleteObjectsRequest
  */
 export type DeleteObjectsRequest = Message<"gensearch.retrieval.v1.DeleteObjectsRequest"> & {
@@ -799,7 +856,7 @@ export type DeleteObjectsRequest = Message<"gensearch.retrieval.v1.DeleteObjects
  * Use `create(DeleteObjectsRequestSchema)` to create a new message.
  */
 export const DeleteObjectsRequestSchema: GenMessage<DeleteObjectsRequest> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 24);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 26);
 
 /**
  * @generated from message gensearch.retrieval.v1.DeleteObjectsResponse
@@ -816,7 +873,7 @@ export type DeleteObjectsResponse = Message<"gensearch.retrieval.v1.DeleteObject
  * Use `create(DeleteObjectsResponseSchema)` to create a new message.
  */
 export const DeleteObjectsResponseSchema: GenMessage<DeleteObjectsResponse> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 25);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 27);
 
 /**
  * @generated from message gensearch.retrieval.v1.CountObjectsRequest
@@ -840,7 +897,7 @@ export type CountObjectsRequest = Message<"gensearch.retrieval.v1.CountObjectsRe
  * Use `create(CountObjectsRequestSchema)` to create a new message.
  */
 export const CountObjectsRequestSchema: GenMessage<CountObjectsRequest> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 26);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 28);
 
 /**
  * @generated from message gensearch.retrieval.v1.CountObjectsResponse
@@ -857,7 +914,7 @@ export type CountObjectsResponse = Message<"gensearch.retrieval.v1.CountObjectsR
  * Use `create(CountObjectsResponseSchema)` to create a new message.
  */
 export const CountObjectsResponseSchema: GenMessage<CountObjectsResponse> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 27);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 29);
 
 /**
  * Dense search by the embedding of a text.
@@ -876,7 +933,7 @@ export type NearText = Message<"gensearch.retrieval.v1.NearText"> & {
  * Use `create(NearTextSchema)` to create a new message.
  */
 export const NearTextSchema: GenMessage<NearText> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 28);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 30);
 
 /**
  * Dense search by a caller-supplied vector.
@@ -895,7 +952,7 @@ export type NearVector = Message<"gensearch.retrieval.v1.NearVector"> & {
  * Use `create(NearVectorSchema)` to create a new message.
  */
 export const NearVectorSchema: GenMessage<NearVector> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 29);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 31);
 
 /**
  * BM25 keyword search.
@@ -914,7 +971,7 @@ export type Keyword = Message<"gensearch.retrieval.v1.Keyword"> & {
  * Use `create(KeywordSchema)` to create a new message.
  */
 export const KeywordSchema: GenMessage<Keyword> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 30);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 32);
 
 /**
  * Dense and BM25 results fused with (weighted) reciprocal rank fusion.
@@ -947,7 +1004,7 @@ export type Hybrid = Message<"gensearch.retrieval.v1.Hybrid"> & {
  * Use `create(HybridSchema)` to create a new message.
  */
 export const HybridSchema: GenMessage<Hybrid> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 31);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 33);
 
 /**
  * A boolean tree of conditions on properties.
@@ -996,7 +1053,7 @@ export type Filter = Message<"gensearch.retrieval.v1.Filter"> & {
  * Use `create(FilterSchema)` to create a new message.
  */
 export const FilterSchema: GenMessage<Filter> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 32);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 34);
 
 /**
  * @generated from message gensearch.retrieval.v1.FilterGroup
@@ -1013,7 +1070,7 @@ export type FilterGroup = Message<"gensearch.retrieval.v1.FilterGroup"> & {
  * Use `create(FilterGroupSchema)` to create a new message.
  */
 export const FilterGroupSchema: GenMessage<FilterGroup> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 33);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 35);
 
 /**
  * @generated from message gensearch.retrieval.v1.Condition
@@ -1042,7 +1099,7 @@ export type Condition = Message<"gensearch.retrieval.v1.Condition"> & {
  * Use `create(ConditionSchema)` to create a new message.
  */
 export const ConditionSchema: GenMessage<Condition> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 34);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 36);
 
 /**
  * @generated from message gensearch.retrieval.v1.SearchRequest
@@ -1119,6 +1176,16 @@ export type SearchRequest = Message<"gensearch.retrieval.v1.SearchRequest"> & {
    * @generated from field: gensearch.retrieval.v1.Rerank rerank = 130;
    */
   rerank?: Rerank | undefined;
+
+  /**
+   * Without a `rerank` block: rerank with the collection's default (`Collection.rerank`)
+   * when it has one and the query has text to rank against (near_text, keyword, hybrid;
+   * a near_vector search stays unranked). Ignored when `rerank` is given. The gateway's
+   * GenerativeSearch sets it, so one search applies the default.
+   *
+   * @generated from field: bool use_collection_rerank = 150;
+   */
+  useCollectionRerank: boolean;
 };
 
 /**
@@ -1126,7 +1193,7 @@ export type SearchRequest = Message<"gensearch.retrieval.v1.SearchRequest"> & {
  * Use `create(SearchRequestSchema)` to create a new message.
  */
 export const SearchRequestSchema: GenMessage<SearchRequest> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 35);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 37);
 
 /**
  * @generated from message gensearch.retrieval.v1.Hit
@@ -1168,7 +1235,7 @@ export type Hit = Message<"gensearch.retrieval.v1.Hit"> & {
  * Use `create(HitSchema)` to create a new message.
  */
 export const HitSchema: GenMessage<Hit> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 36);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 38);
 
 /**
  * @generated from message gensearch.retrieval.v1.SearchResponse
@@ -1199,7 +1266,7 @@ export type SearchResponse = Message<"gensearch.retrieval.v1.SearchResponse"> & 
  * Use `create(SearchResponseSchema)` to create a new message.
  */
 export const SearchResponseSchema: GenMessage<SearchResponse> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 37);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 39);
 
 /**
  * @generated from message gensearch.retrieval.v1.LookupCachedAnswerRequest
@@ -1236,7 +1303,7 @@ export type LookupCachedAnswerRequest = Message<"gensearch.retrieval.v1.LookupCa
  * Use `create(LookupCachedAnswerRequestSchema)` to create a new message.
  */
 export const LookupCachedAnswerRequestSchema: GenMessage<LookupCachedAnswerRequest> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 38);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 40);
 
 /**
  * @generated from message gensearch.retrieval.v1.LookupCachedAnswerResponse
@@ -1272,7 +1339,7 @@ export type LookupCachedAnswerResponse = Message<"gensearch.retrieval.v1.LookupC
  * Use `create(LookupCachedAnswerResponseSchema)` to create a new message.
  */
 export const LookupCachedAnswerResponseSchema: GenMessage<LookupCachedAnswerResponse> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 39);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 41);
 
 /**
  * @generated from message gensearch.retrieval.v1.StoreCachedAnswerRequest
@@ -1315,7 +1382,7 @@ export type StoreCachedAnswerRequest = Message<"gensearch.retrieval.v1.StoreCach
  * Use `create(StoreCachedAnswerRequestSchema)` to create a new message.
  */
 export const StoreCachedAnswerRequestSchema: GenMessage<StoreCachedAnswerRequest> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 40);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 42);
 
 /**
  * @generated from message gensearch.retrieval.v1.StoreCachedAnswerResponse
@@ -1328,7 +1395,7 @@ export type StoreCachedAnswerResponse = Message<"gensearch.retrieval.v1.StoreCac
  * Use `create(StoreCachedAnswerResponseSchema)` to create a new message.
  */
 export const StoreCachedAnswerResponseSchema: GenMessage<StoreCachedAnswerResponse> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 41);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 43);
 
 /**
  * One document's chunks between two positions (inclusive).
@@ -1361,7 +1428,7 @@ export type ChunkRange = Message<"gensearch.retrieval.v1.ChunkRange"> & {
  * Use `create(ChunkRangeSchema)` to create a new message.
  */
 export const ChunkRangeSchema: GenMessage<ChunkRange> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 42);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 44);
 
 /**
  * @generated from message gensearch.retrieval.v1.GetChunksRequest
@@ -1392,7 +1459,7 @@ export type GetChunksRequest = Message<"gensearch.retrieval.v1.GetChunksRequest"
  * Use `create(GetChunksRequestSchema)` to create a new message.
  */
 export const GetChunksRequestSchema: GenMessage<GetChunksRequest> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 43);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 45);
 
 /**
  * @generated from message gensearch.retrieval.v1.ChunkList
@@ -1418,7 +1485,7 @@ export type ChunkList = Message<"gensearch.retrieval.v1.ChunkList"> & {
  * Use `create(ChunkListSchema)` to create a new message.
  */
 export const ChunkListSchema: GenMessage<ChunkList> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 44);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 46);
 
 /**
  * @generated from message gensearch.retrieval.v1.GetChunksResponse
@@ -1437,7 +1504,7 @@ export type GetChunksResponse = Message<"gensearch.retrieval.v1.GetChunksRespons
  * Use `create(GetChunksResponseSchema)` to create a new message.
  */
 export const GetChunksResponseSchema: GenMessage<GetChunksResponse> = /*@__PURE__*/
-  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 45);
+  messageDesc(file_gensearch_retrieval_v1_retrieval_service, 47);
 
 /**
  * The type of a collection property.
@@ -1755,6 +1822,20 @@ export const RetrievalService: GenService<{
     methodKind: "unary";
     input: typeof GetChunksRequestSchema;
     output: typeof GetChunksResponseSchema;
+  },
+  /**
+   * Several objects of one collection by id, in one call (at most the configured
+   * max_get_ids). Not atomic, unlike AIP-231's batch get: an id the collection does not
+   * hold (never written, deleted, or only in another tenant's collection) is listed in
+   * `missing_ids` and the call answers for the rest. A malformed id, too many ids or an
+   * unknown collection fail the whole call.
+   *
+   * @generated from rpc gensearch.retrieval.v1.RetrievalService.BatchGetObjects
+   */
+  batchGetObjects: {
+    methodKind: "unary";
+    input: typeof BatchGetObjectsRequestSchema;
+    output: typeof BatchGetObjectsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_gensearch_retrieval_v1_retrieval_service, 0);
