@@ -8,8 +8,13 @@ Two quotas (docs/operations.md#quotas):
   call renews while it runs, so a long call keeps its slot however long it lasts, and the
   slots of a replica that crashed free themselves within one lease.
 * **LLM calls per minute**: each call to the generation service (one per hit, the grouped
-  call, each Ask answer and question rewrite) is counted in a fixed one-minute window on
-  Redis' clock.
+  call, each Ask answer and question rewrite, each summary fold) is counted in a fixed
+  one-minute window on Redis' clock before it is made, and refused when the window is
+  full. The generation service may make more than one upstream call for it (retries, a
+  fallback chain, a JSON schema's corrective retry) and says how many it made: the rest
+  are counted when that is known (``charge_llm_made``), never refused, since they were
+  made already. The count may then pass the quota, and the tenant's next calls are
+  refused until the window ends.
 
 Both are atomic Lua scripts (``lua/quota_*.lua``). Keys carry a Redis Cluster hash tag per
 tenant, so one tenant's quota lives in one slot. Over a quota the call gets
@@ -89,8 +94,9 @@ class QuotaExceeded(ResourceExhausted):
 
 
 class Quotas:
-    """The gateway's quotas; ``admit`` is the chassis' admission guard and ``charge_llm``
-    runs before each generation call."""
+    """The gateway's quotas; ``admit`` is the chassis' admission guard, ``charge_llm``
+    runs before each generation call and ``charge_llm_made`` after it, with the upstream
+    calls it made beyond the one admitted."""
 
     CONCURRENT = "concurrent_calls"
     LLM_PER_MINUTE = "llm_calls_per_minute"
@@ -205,14 +211,24 @@ class Quotas:
                 renewal.cancel()
                 await self._release(key, call_id)
 
-    async def charge_llm(self) -> None:
-        """Counts one LLM call; raises QuotaExceeded when the minute's quota is used."""
+    async def charge_llm(self, tenant: str | None = None) -> None:
+        """Counts one LLM call of ``tenant`` (default: the caller of the RPC being served);
+        raises QuotaExceeded when the minute's quota is used."""
         if self.llm_calls_per_minute <= 0:
             return
-        key = self._key(_tenant(), "llm")
+        key = self._key(tenant or _tenant(), "llm")
         wait_ms = await self._run(self._charge, key, self.llm_calls_per_minute, WINDOW_MS)
         if wait_ms is not None and int(wait_ms) >= 0:
             raise QuotaExceeded(self.LLM_PER_MINUTE, self.llm_calls_per_minute, int(wait_ms) / 1000)
+
+    async def charge_llm_made(self, calls: int, tenant: str | None = None) -> None:
+        """Counts ``calls`` LLM calls already made for ``tenant`` (default: the caller of
+        the RPC being served): never refuses, and may take the minute's count past the
+        quota (see the module's docstring)."""
+        if self.llm_calls_per_minute <= 0 or calls <= 0:
+            return
+        key = self._key(tenant or _tenant(), "llm")
+        await self._run(self._charge, key, self.llm_calls_per_minute, WINDOW_MS, calls)
 
     async def close(self) -> None:
         await self._redis.aclose()

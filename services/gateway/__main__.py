@@ -42,6 +42,7 @@ async def build_server(settings: GatewaySettings, *, port: int | None = None) ->
     clients = backends.clients
     if quotas is not None:
         clients.generation.before_generate = quotas.charge_llm
+        clients.generation.after_generate = quotas.charge_llm_made
         server.on_stop(quotas.close)
     token = settings.internal_token.get_secret_value()
     search = GenerativeSearch(backends)

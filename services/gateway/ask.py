@@ -100,7 +100,12 @@ class AskService:
         context_fields = ask_request.context_fields(request, info)
         # Checked before any LLM work; None: hits go to the prompt as they are.
         expand_budget = chunks.budget_for(request, info, self._b.settings)
-        options = Options.resolve(request, request.llm_model, info.generative, self._b.settings)
+        options = Options.resolve(request, request.llm_model, info.generative, s, prefix="")
+        # Every provider and model of the chain (the request's, else the collection's)
+        # before any LLM call, the question rewrite's included.
+        await self._b.models.check_choices(
+            options, caller, min(time_left(deadline), 2.0), prefix="", model_field="llm_model"
+        )
         usage = gen_pb.Usage()
         traces = TurnTraces(self._b.settings.ask_trace_bytes)
 
@@ -241,7 +246,9 @@ class AskService:
         add_usage(usage, result.usage)
         answer = result.result
         generated: dict[str, object] = {
+            "provider": result.provider,
             "model": result.model,
+            "fallback_index": result.fallback_index,
             "finish_reason": result.finish_reason,
             "usage": ask_traces.usage(result.usage),
             "answer_chars": len(answer),
@@ -273,6 +280,7 @@ class AskService:
             trimmed=gw_pb.Trimmed(history_turns=prompt.trimmed_turns, hits=prompt.trimmed_hits),
             model=result.model or options.model,
             provider=result.provider,
+            fallback_index=result.fallback_index,
             summary_used=prompt.summary_used,
             history_tokens=prompt.history_tokens,
             history_budget_tokens=prompt.history_budget,
@@ -377,7 +385,12 @@ class AskService:
         traces: TurnTraces,
     ) -> condense.Rewrite:
         """The standalone query: the model's rewrite if it passes the checks in
-        ``condense``, else the deterministic fallback (also when the call fails)."""
+        ``condense``, else the deterministic fallback (also when the call fails).
+
+        The primary (provider, model) alone, never the fallback chain: a failed rewrite
+        already has a fallback that costs no call and no time (the deterministic query),
+        the prompt is shaped for the primary model, and time a chain spent here would be
+        taken from the answer, which does fall back."""
         prompt = condense.rewrite_prompt(options.provider, options.model, turns, question)
         rewrite_options = Options(options.provider, options.model, 0.0, prompt.max_tokens)
         step = traces.start(

@@ -10,6 +10,7 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from services.common.errors import InvalidArgument, quote
 from services.gateway.catalog import CollectionInfo
 from services.gateway.request_parts import (
+    check_fallback,
     check_length,
     check_sampling,
     copy_query,
@@ -72,6 +73,7 @@ def validate(request: AskLike, settings: GatewaySettings) -> AskParams:
             field="interaction_size",
         )
     check_sampling(request)
+    check_fallback(request.fallback, s.max_fallbacks, "fallback")
     check_length(request, ("system_prompt", "user_instructions"), s.max_prompt_chars)
     return AskParams(
         question=request.llm_question.strip(),

@@ -13,6 +13,7 @@ from services.common.errors import InvalidArgument
 from services.common.json_schema import SchemaLimits, check_schema
 from services.gateway import generation_cache
 from services.gateway.request_parts import (
+    check_fallback,
     check_length,
     check_sampling,
     copy_query,
@@ -76,15 +77,7 @@ def check_structured_options(g: gw_pb.Generate, s: GatewaySettings) -> None:
                 f"a stop sequence has 1 to {s.max_stop_chars} characters",
                 field=f"generate.stop[{i}]",
             )
-    if len(g.fallback) > s.max_fallbacks:
-        raise InvalidArgument(
-            f"at most {s.max_fallbacks} fallback pairs are allowed",
-            field="generate.fallback",
-            reason="OUT_OF_RANGE",
-        )
-    for i, choice in enumerate(g.fallback):
-        if not choice.provider.strip():
-            raise InvalidArgument("provider is required", field=f"generate.fallback[{i}].provider")
+    check_fallback(g.fallback, s.max_fallbacks, "generate.fallback")
     if g.HasField("response_format"):
         check_schema(
             json_format.MessageToDict(g.response_format.json_schema),

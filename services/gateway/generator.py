@@ -22,7 +22,8 @@ class Options:
     temperature: float | None = None
     max_tokens: int | None = None
     # The rest of the sampling parameters, the JSON schema, the fallback chain and a
-    # caller's base URL: passed to the generation service as they are (Generate only).
+    # caller's base URL: passed to the generation service as they are (Generate only,
+    # but for the fallback chain, which Ask has too).
     top_p: float | None = None
     stop: tuple[str, ...] = ()
     frequency_penalty: float | None = None
@@ -41,9 +42,13 @@ class Options:
         model: str,
         collection: ret_pb.GenerativeConfig,
         settings: GatewaySettings,
+        *,
+        prefix: str = "generate.",
     ) -> Options:
         """The request's choice, else the collection's generative defaults, else the
-        service's. ``request`` has provider, temperature and max_tokens (Generate, Ask)."""
+        service's. ``request`` has provider, temperature, max_tokens and fallback
+        (Generate, Ask); ``prefix`` is where its fields sit in the RPC's request, for
+        error fields."""
 
         def first(field: str) -> Any:
             for source in (request, collection):
@@ -57,10 +62,9 @@ class Options:
                 return getattr(request, field)
             return None
 
-        # The request's own chain, else the collection's (a Generate block has one; Ask
-        # uses the collection's).
-        chain = list(getattr(request, "fallback", ()))
-        fallback_field = "generate.fallback"
+        # The request's own chain, else the collection's.
+        chain = list(request.fallback)
+        fallback_field = f"{prefix}fallback"
         if not chain:
             chain, fallback_field = list(collection.fallback), "collection.generative.fallback"
         return cls(

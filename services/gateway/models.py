@@ -37,28 +37,44 @@ class ModelCatalog:
         return None if models is None else _find_provider(models, name)
 
     async def check_choices(
-        self, options: Options, caller: Caller, timeout: float, *, prefix: str = "generate."
+        self,
+        options: Options,
+        caller: Caller,
+        timeout: float,
+        *,
+        prefix: str = "generate.",
+        model_field: str = "model",
     ) -> None:
-        """Before any call is fanned out: every provider of the chain is configured, every
-        model is one its provider knows (where the provider checks), and a caller's
-        base_url is on the operator's allowlist (the generation service checks all of it
-        again, and the URL once more on every connection). One clear error instead of the
-        same one on every hit."""
+        """Before any LLM call: every provider of the chain is configured, every model is
+        one its provider knows (where the provider checks), and a caller's base_url is on
+        the operator's allowlist (the generation service checks all of it again, and the
+        URL once more on every connection). One clear error instead of the same one on
+        every hit. The primary's fields are ``prefix`` + provider / ``model_field``
+        (Ask's model is ``llm_model``)."""
         models = await self.models(caller, timeout)
         if models is None:  # generation unreachable: each hit will say so itself
             return
-        pairs = [(options.provider, options.model, prefix, bool(options.base_url))]
+        pairs = [
+            (
+                options.provider,
+                options.model,
+                f"{prefix}provider",
+                f"{prefix}{model_field}",
+                bool(options.base_url),
+            )
+        ]
+        chain = options.fallback_field
         pairs += [
-            (p, m, f"{options.fallback_field}[{i}].", False)
+            (p, m, f"{chain}[{i}].provider", f"{chain}[{i}].model", False)
             for i, (p, m) in enumerate(options.fallback)
         ]
-        for provider_name, model, where, callers_url in pairs:
+        for provider_name, model, provider_field, model_at, callers_url in pairs:
             provider = _find_provider(models, provider_name)
             if provider is None:
                 known = ", ".join(sorted(p.name for p in models.providers))
                 raise InvalidArgument(
                     f"unknown provider {quote(provider_name)} (configured: {known})",
-                    field=f"{where}provider",
+                    field=provider_field,
                     reason="UNKNOWN_PROVIDER",
                 )
             chosen = model or provider.default_model
@@ -66,7 +82,7 @@ class ModelCatalog:
                 raise InvalidArgument(
                     f"unknown model {quote(chosen)} for provider {provider.name!r}; "
                     f"known: {', '.join(provider.models)}",
-                    field=f"{where}model",
+                    field=model_at,
                     reason="UNKNOWN_MODEL",
                 )
         if options.base_url:

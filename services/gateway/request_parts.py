@@ -1,11 +1,14 @@
 """Checks and pieces every gateway request type shares, written once: durations, text
-limits, the sampling options (temperature, max_tokens) and the search query."""
+limits, the sampling options (temperature, max_tokens), fallback chains and the search
+query."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
+from gensearch.generation.v1.generation_service_pb2 import ModelChoice
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from google.protobuf import duration_pb2
 
@@ -44,6 +47,18 @@ def check_sampling(message: Any, *, prefix: str = "") -> None:
             value = getattr(message, name)
             if not (math.isfinite(value) and -2 <= value <= 2):
                 raise InvalidArgument(f"{name} must be between -2 and 2", field=prefix + name)
+
+
+def check_fallback(chain: Sequence[ModelChoice], limit: int, field: str) -> None:
+    """A request's fallback chain, bounded and well formed before any call (providers
+    and models are checked against ListModels by ``ModelCatalog.check_choices``)."""
+    if len(chain) > limit:
+        raise InvalidArgument(
+            f"at most {limit} fallback pairs are allowed", field=field, reason="OUT_OF_RANGE"
+        )
+    for i, choice in enumerate(chain):
+        if not choice.provider.strip():
+            raise InvalidArgument("provider is required", field=f"{field}[{i}].provider")
 
 
 def copy_query(request: Any, search: ret_pb.SearchRequest) -> str | None:

@@ -34,7 +34,7 @@ class GatewaySettings(CommonSettings):
     # generate.stop: sequences and characters each.
     max_stop_sequences: int = Field(default=4, ge=0)
     max_stop_chars: int = Field(default=256, ge=1)
-    # generate.fallback: (provider, model) pairs after the primary one.
+    # generate.fallback and Ask's fallback: (provider, model) pairs after the primary one.
     max_fallbacks: int = Field(default=4, ge=0, le=32)
     # generate.response_format.json_schema: size as compact JSON, and nesting depth.
     max_schema_chars: int = Field(default=65_536, ge=2)

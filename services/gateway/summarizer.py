@@ -162,6 +162,10 @@ class Summarizer:
             keep = min(keep, conversation.max_turns)
         pending = await self._unsummarised(job, through, keep)
         words = max(50, self._s.summary_max_tokens * 3 // 4)
+        # The primary (provider, model) alone, not the turn's fallback chain: batches are
+        # sized to the primary's window (a fallback model's may be smaller, and the
+        # generation service refuses a chain whose pair cannot hold the prompt), and a
+        # failed fold costs nothing but time: the next turn folds what is still pending.
         options = Options(job.options.provider, job.options.model, 0.0, self._s.summary_max_tokens)
         while pending:
             batch = await self._batch(job, summary, pending)

@@ -11,6 +11,11 @@ text). An invalid one gets ONE corrective retry on the pair that answered: the m
 its own answer and the validation error and is asked for corrected JSON only. Still
 invalid: FAILED_PRECONDITION with reason ``INVALID_OUTPUT`` (the model could not produce
 what was asked; retrying the same request is up to the caller).
+
+Every request sent upstream on the way (each pair's attempts, the corrective retry's) is
+counted: the answer carries the count (``upstream_calls``), and so does the error when
+there is no answer (ErrorInfo metadata ``upstream_calls``), so a caller that meters LLM
+calls (the gateway's per-tenant quota) charges what was really spent.
 """
 
 from __future__ import annotations
@@ -23,11 +28,11 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
-from services.common.errors import FailedPrecondition
+from services.common.errors import FailedPrecondition, ServiceError
 from services.common.json_schema import parse_output
 from services.common.upstream_retry import Deadline
 from services.generation import fallback
-from services.generation.fallback import Target
+from services.generation.fallback import Calls, Target
 from services.generation.metrics import INVALID_OUTPUTS
 from services.generation.providers.base import ChatMessage, Completion, CompletionRequest, Usage
 
@@ -53,6 +58,8 @@ class Answer:
     completion: Completion
     structured: dict[str, Any] | None = None
     corrected: bool = False
+    # Requests sent upstream for this answer, failed pairs and corrective retry included.
+    upstream_calls: int = 0
 
 
 @dataclass(frozen=True)
@@ -105,16 +112,31 @@ def _sum(first: Completion, second: Completion) -> Completion:
 
 
 async def generate(plan: Plan) -> Answer:
-    target, done = await fallback.complete(plan.chain, plan.deadline, plan.share)
+    calls = Calls()
+    try:
+        answer = await _generate(plan, calls)
+    except ServiceError as err:
+        calls.charged_to(err)
+        raise
+    return dataclasses.replace(answer, upstream_calls=calls.made)
+
+
+async def _generate(plan: Plan, calls: Calls) -> Answer:
+    target, done = await fallback.complete(plan.chain, plan.deadline, plan.share, calls)
     if plan.validator is None:
         return Answer(target, done)
     value, why = parse_output(done.text, plan.validator)
     if value is not None:
         return Answer(target, done, value)
     INVALID_OUTPUTS.labels(target.provider.name, "first").inc()
-    retry = await target.provider.complete(
-        _corrective(target.request, done.text, why), plan.deadline
-    )
+    try:
+        retry = await target.provider.complete(
+            _corrective(target.request, done.text, why), plan.deadline
+        )
+    except ServiceError as err:
+        calls.failed(err)
+        raise
+    calls.made += retry.attempts
     value, why = parse_output(retry.text, plan.validator)
     if value is None:
         raise _invalid(target, why)
@@ -122,9 +144,24 @@ async def generate(plan: Plan) -> Answer:
 
 
 async def stream(plan: Plan) -> AsyncGenerator[Event, None]:
+    calls = Calls()
+    try:
+        async with contextlib.aclosing(_stream(plan, calls)) as events:
+            async for event in events:
+                if event.answer is not None:
+                    answer = dataclasses.replace(event.answer, upstream_calls=calls.made)
+                    event = Event(answer=answer)
+                yield event
+    except ServiceError as err:
+        calls.charged_to(err)
+        raise
+
+
+async def _stream(plan: Plan, calls: Calls) -> AsyncGenerator[Event, None]:
     first: tuple[Target, Completion] | None = None
     parts: list[str] = []
-    async with contextlib.aclosing(fallback.stream(plan.chain, plan.deadline, plan.share)) as it:
+    chain = fallback.stream(plan.chain, plan.deadline, plan.share, calls)
+    async with contextlib.aclosing(chain) as it:
         async for target, chunk in it:
             if chunk.final is not None:
                 first = (target, chunk.final)
@@ -147,13 +184,18 @@ async def stream(plan: Plan) -> AsyncGenerator[Event, None]:
     parts.clear()
     retry: Completion | None = None
     request = _corrective(target.request, text, why)
-    async with contextlib.aclosing(target.provider.stream(request, plan.deadline)) as chunks:
-        async for chunk in chunks:
-            if chunk.final is not None:
-                retry = chunk.final
-            elif chunk.delta:
-                parts.append(chunk.delta)
-                yield Event(delta=chunk.delta)
+    try:
+        async with contextlib.aclosing(target.provider.stream(request, plan.deadline)) as chunks:
+            async for chunk in chunks:
+                if chunk.final is not None:
+                    retry = chunk.final
+                    calls.made += retry.attempts
+                elif chunk.delta:
+                    parts.append(chunk.delta)
+                    yield Event(delta=chunk.delta)
+    except ServiceError as err:
+        calls.failed(err)
+        raise
     if retry is None:
         return
     value, why = parse_output("".join(parts), plan.validator)

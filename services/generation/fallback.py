@@ -17,6 +17,10 @@ last pair gets all of it.
 
 A stream falls back only before its first text delta: once text reached our caller,
 another model cannot continue it.
+
+Calls: every request a pair sent upstream (its retries included) is added to the
+answer's ``Calls``, whether the pair answered or failed, so the reply (or the error) can
+say how many LLM calls the answer really cost (``GenerateResponse.upstream_calls``).
 """
 
 from __future__ import annotations
@@ -47,6 +51,31 @@ FALLBACK_CODES = frozenset(
         grpc.StatusCode.RESOURCE_EXHAUSTED,
     }
 )
+
+
+# ErrorInfo metadata of a failed Generate: the requests it sent upstream in all.
+UPSTREAM_CALLS = "upstream_calls"
+
+
+@dataclass
+class Calls:
+    """Requests sent upstream for one answer: every attempt of every pair tried and of
+    a corrective retry."""
+
+    made: int = 0
+
+    def failed(self, err: ServiceError) -> None:
+        """Adds the attempts of a pair that raised: the provider adapter puts them in
+        the error's metadata (``upstream.to_service_error``; 0 when nothing was sent)."""
+        attempts = err.metadata.get("attempts", "")
+        if attempts.isdigit():
+            self.made += int(attempts)
+
+    def charged_to(self, err: ServiceError) -> ServiceError:
+        """``err`` carrying the count, for a caller that charges calls even when the
+        answer failed."""
+        err.metadata[UPSTREAM_CALLS] = str(self.made)
+        return err
 
 
 @dataclass(frozen=True)
@@ -81,9 +110,10 @@ def _moving_on(target: Target, err: ServiceError) -> None:
 
 
 async def complete(
-    chain: Sequence[Target], deadline: Deadline, share: float
+    chain: Sequence[Target], deadline: Deadline, share: float, calls: Calls
 ) -> tuple[Target, Completion]:
-    """The first pair's completion that succeeds; the last error when none does."""
+    """The first pair's completion that succeeds; the last error when none does. Every
+    pair's attempts are added to ``calls``."""
     for position, target in enumerate(chain):
         last = position == len(chain) - 1
         try:
@@ -91,19 +121,22 @@ async def complete(
                 target.request, _deadline_for(deadline, share, last)
             )
         except ServiceError as err:
+            calls.failed(err)
             if last or not falls_back(err) or deadline.expired:
                 raise
             _moving_on(target, err)
             continue
+        calls.made += done.attempts
         return target, done
     raise AssertionError("an empty fallback chain")  # pragma: no cover - never empty
 
 
 async def stream(
-    chain: Sequence[Target], deadline: Deadline, share: float
+    chain: Sequence[Target], deadline: Deadline, share: float, calls: Calls
 ) -> AsyncGenerator[tuple[Target, StreamChunk], None]:
     """The first pair's stream that gets going: a pair failing before its first text
-    delta gives way to the next; after it, its error is the stream's."""
+    delta gives way to the next; after it, its error is the stream's. Every pair's
+    attempts are added to ``calls`` (the answering pair's when its final chunk comes)."""
     for position, target in enumerate(chain):
         last = position == len(chain) - 1
         sent = False
@@ -113,9 +146,12 @@ async def stream(
             ) as chunks:
                 async for chunk in chunks:
                     sent = sent or bool(chunk.delta)
+                    if chunk.final is not None:
+                        calls.made += chunk.final.attempts
                     yield target, chunk
             return
         except ServiceError as err:
+            calls.failed(err)
             if sent or last or not falls_back(err) or deadline.expired:
                 raise
             _moving_on(target, err)

@@ -94,6 +94,7 @@ def _answer_fields(answer: answering.Answer, *, debug: bool) -> dict[str, Any]:
         "corrected": answer.corrected,
         "attempts": done.attempts,
         "wait_time": duration(done.waited),
+        "upstream_calls": answer.upstream_calls,
     }
 
 

@@ -192,6 +192,17 @@ async def test_ask_chat_and_conversations(client: AsyncGensearch) -> None:
     assert caught.value.reason == "CONVERSATION_NOT_FOUND"
 
 
+async def test_ask_passes_a_fallback_chain_through(client: AsyncGensearch) -> None:
+    books = client.collections.get(await _books(client))
+    question = "Which book is set on a desert planet?"
+    with pytest.raises(errors.InvalidArgumentError) as caught:
+        await books.ask(question, fallback=[{"provider": "no-such-provider"}])
+    assert caught.value.field == "fallback[0].provider"
+    # A chain the primary did not need: the primary answered.
+    answer = await books.ask(question, fallback=[{"provider": "local"}])
+    assert answer.answer and answer.fallback_index == 0 and answer.provider == "local"
+
+
 async def test_errors_carry_error_info_and_bad_request(client: AsyncGensearch) -> None:
     with pytest.raises(errors.BadNameError) as caught:
         await client.collections.create("no spaces allowed", {"title": "text"})

@@ -158,6 +158,31 @@ async def test_llm_calls_per_minute(redis_server: RedisProcess) -> None:
         await quotas.close()
 
 
+async def test_calls_already_made_are_counted_past_the_limit(redis_server: RedisProcess) -> None:
+    quotas = _quotas(redis_server.url, llm_calls_per_minute=3)
+    try:
+        _as_tenant("carol")
+        await quotas.charge_llm()
+        # A fallback's and a corrective retry's calls: counted, never refused, even past
+        # the limit ...
+        await quotas.charge_llm_made(4)
+        # ... so the tenant's next call is refused until the window ends.
+        with pytest.raises(QuotaExceeded):
+            await quotas.charge_llm()
+        # The tenant named wins over the task's identity (a background summary fold).
+        await quotas.charge_llm(tenant="heidi")
+        await quotas.charge_llm_made(2, tenant="heidi")
+        with pytest.raises(QuotaExceeded):
+            await quotas.charge_llm(tenant="heidi")
+        _as_tenant("heidi")
+        with pytest.raises(QuotaExceeded):
+            await quotas.charge_llm()
+        _as_tenant("ivan")
+        await quotas.charge_llm()
+    finally:
+        await quotas.close()
+
+
 async def test_keys_share_one_cluster_slot_per_tenant(redis_server: RedisProcess) -> None:
     quotas = _quotas(redis_server.url, concurrent_calls=5, llm_calls_per_minute=5)
     try:

@@ -297,8 +297,8 @@ class AsyncCollection:
 
         ``answer_timeout`` is the server's budget for the turn (AskRequest.timeout, default
         30 s); ``timeout`` the call's deadline, as everywhere. Other AskRequest fields
-        (``llm_model``, ``provider``, ``filter``, ``system_prompt``, ``near_text``,
-        ``debug`` …) pass through.
+        (``llm_model``, ``provider``, ``fallback``, ``filter``, ``system_prompt``,
+        ``near_text``, ``debug`` …) pass through.
         """
         request = self._ask_request(
             gpb.AskRequest,

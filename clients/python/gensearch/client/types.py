@@ -476,8 +476,10 @@ class Answer:
     trimmed: Trimmed | None = None
     model: str = ""
     prompt: list[ChatMessage] = field(default_factory=list)
-    # The provider that answered (a fallback chain may have moved on).
+    # The provider that answered (a fallback chain may have moved on), and which pair of
+    # the chain it was: 0 the primary, n fallback[n-1].
     provider: str = ""
+    fallback_index: int = 0
     # Verified citations: the answer's sentences, the share of them with a supported
     # citation, and markers that pointed at no hit.
     sentences: list[AnswerSentence] = field(default_factory=list)

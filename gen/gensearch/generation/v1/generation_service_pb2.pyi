@@ -92,7 +92,7 @@ class GenerateRequest(_message.Message):
     def __init__(self, provider: _Optional[str] = ..., model: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., temperature: _Optional[float] = ..., max_tokens: _Optional[int] = ..., top_p: _Optional[float] = ..., stop: _Optional[_Iterable[str]] = ..., debug: _Optional[bool] = ..., frequency_penalty: _Optional[float] = ..., presence_penalty: _Optional[float] = ..., seed: _Optional[int] = ..., response_format: _Optional[_Union[ResponseFormat, _Mapping]] = ..., fallback: _Optional[_Iterable[_Union[ModelChoice, _Mapping]]] = ..., base_url: _Optional[str] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
-    __slots__ = ("text", "model", "finish_reason", "usage", "debug", "provider", "structured", "fallback_index", "corrected", "attempts", "wait_time")
+    __slots__ = ("text", "model", "finish_reason", "usage", "debug", "provider", "structured", "fallback_index", "corrected", "attempts", "wait_time", "upstream_calls")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
@@ -104,6 +104,7 @@ class GenerateResponse(_message.Message):
     CORRECTED_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     WAIT_TIME_FIELD_NUMBER: _ClassVar[int]
+    UPSTREAM_CALLS_FIELD_NUMBER: _ClassVar[int]
     text: str
     model: str
     finish_reason: str
@@ -115,7 +116,8 @@ class GenerateResponse(_message.Message):
     corrected: bool
     attempts: int
     wait_time: _duration_pb2.Duration
-    def __init__(self, text: _Optional[str] = ..., model: _Optional[str] = ..., finish_reason: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., debug: _Optional[_Union[Debug, _Mapping]] = ..., provider: _Optional[str] = ..., structured: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., fallback_index: _Optional[int] = ..., corrected: _Optional[bool] = ..., attempts: _Optional[int] = ..., wait_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    upstream_calls: int
+    def __init__(self, text: _Optional[str] = ..., model: _Optional[str] = ..., finish_reason: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., debug: _Optional[_Union[Debug, _Mapping]] = ..., provider: _Optional[str] = ..., structured: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., fallback_index: _Optional[int] = ..., corrected: _Optional[bool] = ..., attempts: _Optional[int] = ..., wait_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., upstream_calls: _Optional[int] = ...) -> None: ...
 
 class StreamGenerateRequest(_message.Message):
     __slots__ = ("provider", "model", "messages", "temperature", "max_tokens", "top_p", "stop", "debug", "frequency_penalty", "presence_penalty", "seed", "response_format", "fallback", "base_url")
@@ -150,7 +152,7 @@ class StreamGenerateRequest(_message.Message):
     def __init__(self, provider: _Optional[str] = ..., model: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., temperature: _Optional[float] = ..., max_tokens: _Optional[int] = ..., top_p: _Optional[float] = ..., stop: _Optional[_Iterable[str]] = ..., debug: _Optional[bool] = ..., frequency_penalty: _Optional[float] = ..., presence_penalty: _Optional[float] = ..., seed: _Optional[int] = ..., response_format: _Optional[_Union[ResponseFormat, _Mapping]] = ..., fallback: _Optional[_Iterable[_Union[ModelChoice, _Mapping]]] = ..., base_url: _Optional[str] = ...) -> None: ...
 
 class StreamGenerateResponse(_message.Message):
-    __slots__ = ("delta", "model", "finish_reason", "usage", "debug", "provider", "structured", "fallback_index", "corrected", "restart", "attempts", "wait_time")
+    __slots__ = ("delta", "model", "finish_reason", "usage", "debug", "provider", "structured", "fallback_index", "corrected", "restart", "attempts", "wait_time", "upstream_calls")
     DELTA_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
@@ -163,6 +165,7 @@ class StreamGenerateResponse(_message.Message):
     RESTART_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     WAIT_TIME_FIELD_NUMBER: _ClassVar[int]
+    UPSTREAM_CALLS_FIELD_NUMBER: _ClassVar[int]
     delta: str
     model: str
     finish_reason: str
@@ -175,7 +178,8 @@ class StreamGenerateResponse(_message.Message):
     restart: bool
     attempts: int
     wait_time: _duration_pb2.Duration
-    def __init__(self, delta: _Optional[str] = ..., model: _Optional[str] = ..., finish_reason: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., debug: _Optional[_Union[Debug, _Mapping]] = ..., provider: _Optional[str] = ..., structured: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., fallback_index: _Optional[int] = ..., corrected: _Optional[bool] = ..., restart: _Optional[bool] = ..., attempts: _Optional[int] = ..., wait_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    upstream_calls: int
+    def __init__(self, delta: _Optional[str] = ..., model: _Optional[str] = ..., finish_reason: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., debug: _Optional[_Union[Debug, _Mapping]] = ..., provider: _Optional[str] = ..., structured: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., fallback_index: _Optional[int] = ..., corrected: _Optional[bool] = ..., restart: _Optional[bool] = ..., attempts: _Optional[int] = ..., wait_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., upstream_calls: _Optional[int] = ...) -> None: ...
 
 class ModelChoice(_message.Message):
     __slots__ = ("provider", "model")
