@@ -79,6 +79,11 @@ async def test_get_many_errors_name_the_field(client: AsyncGensearch) -> None:
     with pytest.raises(errors.InvalidArgumentError) as caught:
         await books.data.get_many([])
     assert caught.value.field == "ids"
+    too_many = [str(uuid.uuid4()) for _ in range(1001)]  # MAX_GET_IDS is 1000
+    with pytest.raises(errors.ValueOutOfRangeError) as caught:
+        await books.data.get_many(too_many)
+    assert isinstance(caught.value, errors.InvalidArgumentError)
+    assert caught.value.field == "ids" and caught.value.metadata["max"] == "1000"
     with pytest.raises(errors.NotFoundError) as caught:
         await client.collections.get(f"{name}Gone").data.get_many(ids)
     assert caught.value.field == "collection"
@@ -119,9 +124,9 @@ async def test_chunks_of_documents(client: AsyncGensearch) -> None:
     assert [c["text"] for c in faq] == ["faq"] and len(nothing) == 0
 
     plain = await client.collections.create(f"Plain{next(_names)}", {"title": "text"})
-    with pytest.raises(errors.FailedPreconditionError) as caught:
+    with pytest.raises(errors.NoChunkingError) as caught:
         await plain.data.chunks(["x"])
-    assert caught.value.reason == "NO_CHUNKING"
+    assert isinstance(caught.value, errors.FailedPreconditionError)
 
 
 async def test_interaction_its_traces_and_search(client: AsyncGensearch) -> None:
