@@ -76,6 +76,8 @@ async def test_get_many_errors_name_the_field(client: AsyncGensearch) -> None:
     with pytest.raises(errors.InvalidArgumentError) as caught:
         await books.data.get_many([ids[0], "not-a-uuid"])
     assert caught.value.field == "ids[1]"
+    with pytest.raises(TypeError):
+        await books.data.get_many(ids[0])
     with pytest.raises(errors.InvalidArgumentError) as caught:
         await books.data.get_many([])
     assert caught.value.field == "ids"

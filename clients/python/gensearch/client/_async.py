@@ -546,6 +546,8 @@ class Data:
         in ``missing_ids`` (canonical lower-case form) and the rest in ``objects``, in the
         order first given, each once. A malformed id, no ids or too many raise
         ``InvalidArgumentError`` naming the field; an unknown collection ``NotFoundError``."""
+        if isinstance(ids, str):  # would be read as one id per character
+            raise TypeError("get_many takes a list of ids (data.get reads one)")
         reply = await self._t.unary(
             self._t.retrieval.BatchGetObjects,
             rpb.BatchGetObjectsRequest(
