@@ -31,6 +31,7 @@ from gensearch.client.filters import FilterLike, as_filter, to_struct_dict
 from gensearch.gateway.v1 import gateway_service_pb2 as gpb
 from gensearch.memory.v1 import memory_service_pb2 as mpb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as rpb
+from google.protobuf import json_format
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2
 
@@ -537,6 +538,54 @@ class Data:
         obj.properties = coerce_properties(obj.properties, await self._c.property_types())
         return obj
 
+    async def get_many(
+        self, ids: Iterable[str], *, include_vector: bool = False, timeout: Timeout = DEFAULT
+    ) -> t.BatchGetResult:
+        """Several objects by id in one call (BatchGetObjects; at most the service's
+        ``MAX_GET_IDS``). Ids the collection does not hold are not an error: they come back
+        in ``missing_ids`` (canonical lower-case form) and the rest in ``objects``, in the
+        order first given, each once. A malformed id, no ids or too many raise
+        ``InvalidArgumentError`` naming the field; an unknown collection ``NotFoundError``."""
+        if isinstance(ids, str):  # would be read as one id per character
+            raise TypeError("get_many takes a list of ids (data.get reads one)")
+        reply = await self._t.unary(
+            self._t.retrieval.BatchGetObjects,
+            rpb.BatchGetObjectsRequest(
+                collection=self._c.name, ids=list(ids), include_vector=include_vector
+            ),
+            timeout,
+        )
+        result = t.from_proto(t.BatchGetResult, reply)
+        if result.objects:
+            types = await self._c.property_types()
+            for obj in result.objects:
+                obj.properties = coerce_properties(obj.properties, types)
+        return result
+
+    async def chunks(
+        self,
+        ranges: Iterable[t.ChunkRange | Any],
+        *,
+        return_properties: Sequence[str] | None = None,
+        timeout: Timeout = DEFAULT,
+    ) -> builtins.list[t.ChunkList]:
+        """Chunks of documents of a collection that declares ``chunking`` (GetChunks): per
+        range, one document's chunks between two positions, in document order. A range is
+        a ``ChunkRange(document, first=, last=)`` or a bare document value (all its chunks).
+        One ``ChunkList`` per range, in the order given."""
+        request = rpb.GetChunksRequest(
+            collection=self._c.name,
+            ranges=[_chunk_range(r) for r in ranges],
+            return_properties=list(return_properties or ()),
+        )
+        reply = await self._t.unary(self._t.retrieval.GetChunks, request, timeout)
+        lists = []
+        for message in reply.ranges:
+            converted = t.from_proto(t.ChunkList, message)
+            converted.chunks = await self._c._hits(message.chunks)
+            lists.append(converted)
+        return lists
+
     async def delete(
         self,
         ids: Sequence[str] = (),
@@ -550,6 +599,17 @@ class Data:
         )
         reply = await self._t.unary(self._t.retrieval.DeleteObjects, request, timeout)
         return int(reply.deleted_count)
+
+
+def _chunk_range(value: t.ChunkRange | Any) -> rpb.ChunkRange:
+    if isinstance(value, rpb.ChunkRange):
+        return value
+    if not isinstance(value, t.ChunkRange):
+        value = t.ChunkRange(value)
+    message = rpb.ChunkRange(first=value.first, last=value.last)
+    # A document value (a string, a number) converted by the protobuf library.
+    json_format.ParseDict(value.document, message.document)
+    return message
 
 
 async def _batches(
@@ -764,10 +824,13 @@ class Conversations:
     def __init__(self, transport: Transport) -> None:
         self._t = transport
 
-    async def create(self, name: str = "", *, timeout: Timeout = DEFAULT) -> t.Conversation:
-        reply = await self._t.unary(
-            self._t.memory.CreateConversation, mpb.CreateConversationRequest(name=name), timeout
-        )
+    async def create(
+        self, name: str = "", *, timeout: Timeout = DEFAULT, **fields: Any
+    ) -> t.Conversation:
+        """A new conversation; other CreateConversationRequest fields (``ttl`` as a
+        ``timedelta``, ``max_turns``, ``summary_disabled``) pass through."""
+        request = mpb.CreateConversationRequest(**_clean({"name": name, **fields}))
+        reply = await self._t.unary(self._t.memory.CreateConversation, request, timeout)
         return t.from_proto(t.Conversation, reply.conversation)
 
     async def get(self, conversation_id: str, *, timeout: Timeout = DEFAULT) -> t.Conversation:
@@ -846,6 +909,63 @@ class Conversations:
         if oldest_first:
             found.reverse()
         return found
+
+    async def get_interaction(
+        self, interaction_id: str, *, timeout: Timeout = DEFAULT
+    ) -> t.Interaction:
+        """One of your interactions (another user's is ``InteractionNotFoundError`` too)."""
+        reply = await self._t.unary(
+            self._t.memory.GetInteraction,
+            mpb.GetInteractionRequest(interaction_id=interaction_id),
+            timeout,
+        )
+        return t.from_proto(t.Interaction, reply.interaction)
+
+    async def traces(
+        self,
+        interaction_id: str,
+        *,
+        limit: int | None = None,
+        page_size: int = 100,
+        timeout: Timeout = DEFAULT,
+    ) -> builtins.list[t.Trace]:
+        """The steps that produced an interaction (rewrite, retrieval, generation …), in
+        the order they ran: all of them (every page), or the first ``limit``."""
+        found: builtins.list[t.Trace] = []
+        token = ""
+        while limit is None or len(found) < limit:
+            page = await self._t.unary(
+                self._t.memory.ListInteractionTraces,
+                mpb.ListInteractionTracesRequest(
+                    interaction_id=interaction_id, page_size=page_size, page_token=token
+                ),
+                timeout,
+            )
+            found.extend(t.from_proto(t.Trace, trace) for trace in page.traces)
+            token = page.next_page_token
+            if not token:
+                break
+        return found[:limit]
+
+    async def search(
+        self,
+        query: str,
+        *,
+        conversation_id: str = "",
+        mode: str | None = None,
+        limit: int | None = None,
+        timeout: Timeout = DEFAULT,
+    ) -> builtins.list[t.InteractionHit]:
+        """Your interactions by meaning and keyword (SearchInteractions), best first;
+        ``conversation_id`` keeps to one conversation; ``mode``: hybrid, semantic or
+        keyword (default: hybrid when the index has vectors). The index is the memory
+        service's option: with it off this raises ``SearchDisabledError``."""
+        request = t.to_proto(
+            {"query": query, "conversation_id": conversation_id, "mode": mode, "limit": limit},
+            mpb.SearchInteractionsRequest,
+        )
+        reply = await self._t.unary(self._t.memory.SearchInteractions, request, timeout)
+        return [t.from_proto(t.InteractionHit, hit) for hit in reply.hits]
 
     async def add_interaction(
         self,

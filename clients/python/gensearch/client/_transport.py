@@ -39,14 +39,18 @@ IDEMPOTENT: dict[str, tuple[str, ...]] = {
         "GetCollection",
         "ListCollections",
         "GetObject",
+        "BatchGetObjects",
         "CountObjects",
         "Search",
+        "GetChunks",
     ),
     "gensearch.memory.v1.MemoryService": (
         "GetConversation",
         "ListConversations",
         "GetInteraction",
         "ListInteractions",
+        "ListInteractionTraces",
+        "SearchInteractions",
     ),
     "grpc.health.v1.Health": ("Check",),
 }

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from google.protobuf import json_format
@@ -215,6 +215,66 @@ class DataObject:
     id: str = ""
     vector: list[float] = field(default_factory=list, repr=False)
     raw: Any = field(default=None, repr=False, compare=False)
+
+
+@_proto("gensearch.retrieval.v1.BatchGetObjectsResponse")
+@dataclass
+class BatchGetResult:
+    """What ``data.get_many`` found: the objects (in the order their ids were first given,
+    each once) and the ids the collection does not hold (canonical lower-case form, same
+    order; another tenant's object is missing exactly like one never written)."""
+
+    objects: list[DataObject] = field(default_factory=list)
+    missing_ids: list[str] = field(default_factory=list)
+    raw: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def ok(self) -> bool:
+        """Every id was found."""
+        return not self.missing_ids
+
+    def by_id(self) -> dict[str, DataObject]:
+        """The objects found, by id (as the service returned it: canonical form)."""
+        return {o.id: o for o in self.objects}
+
+    def __iter__(self) -> Any:
+        return iter(self.objects)
+
+    def __len__(self) -> int:
+        return len(self.objects)
+
+    def __getitem__(self, index: int) -> DataObject:
+        return self.objects[index]
+
+
+@dataclass
+class ChunkRange:
+    """For ``data.chunks``: one document (a value of the collection's
+    ``chunking.document_property``) between two positions, inclusive (``None``: from the
+    start / to the end)."""
+
+    document: Any
+    first: int | None = None
+    last: int | None = None
+
+
+@_proto("gensearch.retrieval.v1.ChunkList")
+@dataclass
+class ChunkList:
+    """One range's chunks, in document order; ``truncated``: more matched than came back."""
+
+    chunks: list[Hit] = field(default_factory=list)
+    truncated: bool = False
+    raw: Any = field(default=None, repr=False, compare=False)
+
+    def __iter__(self) -> Any:
+        return iter(self.chunks)
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, index: int) -> Hit:
+        return self.chunks[index]
 
 
 @_proto("gensearch.retrieval.v1.ObjectError")
@@ -546,6 +606,21 @@ AskEvent = AskContextEvent | AnswerDelta | CitationsEvent | AnswerEvent
 # --- memory ----------------------------------------------------------------------------------
 
 
+@_proto("gensearch.memory.v1.ConversationSummary")
+@dataclass
+class ConversationSummary:
+    """The rolling summary of a conversation's older turns (made by the LLM)."""
+
+    text: str = ""
+    through_interaction_id: str = ""
+    summarised_turns: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    folds: int = 0
+    update_time: datetime | None = None
+    evicted_unsummarised_turns: int = 0
+
+
 @_proto("gensearch.memory.v1.Conversation")
 @dataclass
 class Conversation:
@@ -555,6 +630,12 @@ class Conversation:
     create_time: datetime | None = None
     update_time: datetime | None = None
     interaction_count: int = 0
+    # Retention: when it disappears (None: never), the sliding time to live, most turns kept.
+    expire_time: datetime | None = None
+    ttl: timedelta | None = None
+    max_turns: int = 0
+    summary: ConversationSummary | None = None
+    summary_disabled: bool = False
     raw: Any = field(default=None, repr=False, compare=False)
 
     @property
@@ -573,11 +654,45 @@ class Interaction:
     origin: str = ""
     additional_info: dict[str, Any] = field(default_factory=dict)
     create_time: datetime | None = None
+    # Set when additional_info was last changed (UpdateInteraction); None before.
+    update_time: datetime | None = None
+    # How many traces it has (``conversations.traces`` reads them).
+    trace_count: int = 0
     raw: Any = field(default=None, repr=False, compare=False)
 
     @property
     def id(self) -> str:
         return self.interaction_id
+
+
+@_proto("gensearch.memory.v1.Trace")
+@dataclass
+class Trace:
+    """One step of the work that produced an interaction; ``step``: question_rewrite,
+    retrieval, generation or other."""
+
+    trace_number: int = 0
+    step: str = ""
+    input: dict[str, Any] = field(default_factory=dict)
+    output: dict[str, Any] = field(default_factory=dict)
+    start_time: datetime | None = None
+    duration: timedelta | None = None
+    truncated: bool = False
+    raw: Any = field(default=None, repr=False, compare=False)
+
+
+@_proto("gensearch.memory.v1.InteractionHit")
+@dataclass
+class InteractionHit:
+    """An interaction ``conversations.search`` found; higher ``score`` is better."""
+
+    interaction: Interaction
+    score: float = 0.0
+    raw: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def id(self) -> str:
+        return self.interaction.interaction_id
 
 
 __all__ = [
@@ -587,12 +702,16 @@ __all__ = [
     "AnswerSentence",
     "AskContextEvent",
     "AskEvent",
+    "BatchGetResult",
     "ChatMessage",
+    "ChunkList",
+    "ChunkRange",
     "Chunking",
     "Citation",
     "CitationsEvent",
     "Collection",
     "Conversation",
+    "ConversationSummary",
     "DataObject",
     "DoneEvent",
     "DroppedCitation",
@@ -606,11 +725,13 @@ __all__ = [
     "HitResultEvent",
     "HitsEvent",
     "Interaction",
+    "InteractionHit",
     "ObjectError",
     "Property",
     "SearchEvent",
     "SearchResult",
     "TokenEvent",
+    "Trace",
     "Trimmed",
     "Usage",
     "Vectorizer",
