@@ -55,7 +55,7 @@ async def build_server(settings: GatewaySettings, *, port: int | None = None) ->
     )
     server.add_service(
         ret_grpc.add_RetrievalServiceServicer_to_server,
-        RetrievalForwarder(clients.retrieval, token, backends.catalog),
+        RetrievalForwarder(clients.retrieval, token, backends.catalog, backends.cache),
         RETRIEVAL_SERVICE,
     )
     server.on_stop(clients.close)

@@ -20,6 +20,7 @@ from services.common.errors import PermissionDenied, ServiceError
 from services.gateway.catalog import Catalog
 from services.gateway.clients import Caller, caller_of
 from services.gateway.clients.base import ServiceClient
+from services.gateway.generation_cache import GenerationCache
 
 
 class _Forwarder:
@@ -27,8 +28,8 @@ class _Forwarder:
         self._client = client
         self._token = internal_token
 
-    def done(self, method: str, request: Any, caller: Caller) -> None:
-        """Called after ``method`` succeeded downstream."""
+    async def done(self, method: str, request: Any, caller: Caller) -> None:
+        """Called after ``method`` succeeded downstream, before the caller is answered."""
 
 
 def _forward(method: str, prepare: Callable[[Any], None] | None = None) -> Any:
@@ -41,7 +42,7 @@ def _forward(method: str, prepare: Callable[[Any], None] | None = None) -> Any:
         caller = caller_of(context, self._token)
         if not isinstance(request, AsyncIterator):
             answer = await self._client.unary(method, request, caller, context.time_remaining())
-            self.done(method, request, caller)
+            await self.done(method, request, caller)
             return answer
         relay = _Relay(request)
         try:
@@ -114,17 +115,27 @@ class MemoryForwarder(_Forwarder, mem_grpc.MemoryServiceServicer):
 
 class RetrievalForwarder(_Forwarder, ret_grpc.RetrievalServiceServicer):
     def __init__(
-        self, client: ServiceClient, internal_token: str, catalog: Catalog | None = None
+        self,
+        client: ServiceClient,
+        internal_token: str,
+        catalog: Catalog | None = None,
+        cache: GenerationCache | None = None,
     ) -> None:
         super().__init__(client, internal_token)
         self._catalog = catalog
+        self._cache = cache
 
-    def done(self, method: str, request: Any, caller: Caller) -> None:
+    async def done(self, method: str, request: Any, caller: Caller) -> None:
+        if method != "DeleteCollection":
+            return
         # This replica forgets a deleted collection at once (others within their
         # collection_cache_ttl): a collection recreated under the name is another one, with
         # another creation time, which scopes its generation cache entries.
-        if method == "DeleteCollection" and self._catalog is not None:
+        if self._catalog is not None:
             self._catalog.forget(caller.tenant, request.name)
+        # Its cached answers go with it (the semantic ones live in retrieval, dropped there).
+        if self._cache is not None:
+            await self._cache.drop_collection(caller.tenant, request.name)
 
     CreateCollection = _forward("CreateCollection")
     GetCollection = _forward("GetCollection")

@@ -11,9 +11,14 @@ changed object renders another prompt, so it misses.
 
 Scope: the key also carries the tenant, the collection and the collection's creation time
 (``Scope``), hashed into a Redis Cluster hash tag. So an answer never serves another tenant,
-a collection recreated under the same name starts cold (its old entries only wait for
-their TTL, bounded by ``cache_max_ttl``), and all the keys of one request share a slot:
-one MGET reads them all, on a cluster too.
+a collection recreated under the same name starts cold, and all the keys of one request
+share a slot: one MGET reads them all, on a cluster too.
+
+Dropped with the collection: every key stored for a tenant's collection is also named in a
+set per (tenant, collection) (``index_key``), and a DeleteCollection through the gateway
+deletes them all (``drop_collection``). A collection deleted some other way (straight on
+retrieval) cannot be reached through its old entries anyway: its successor has another
+creation time; they wait for their TTL, bounded by ``cache_max_ttl``.
 
 Best effort: with no Redis configured, or Redis failing, the call generates as if the
 cache were off (logged, counted); a cache never fails a search. Errors are never stored.
@@ -126,6 +131,10 @@ def cache_request(options: Options, messages: Sequence[gen_pb.Message]) -> bytes
     return request.SerializeToString(deterministic=True)
 
 
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
 def connect_redis(settings: GatewaySettings) -> RedisClient | None:
     """A client (its own pool) for the gateway's Redis; None when none is configured."""
     url = settings.redis_url.get_secret_value()
@@ -134,16 +143,27 @@ def connect_redis(settings: GatewaySettings) -> RedisClient | None:
     return connect_configured(url, settings)
 
 
+# Keys unlinked per command when a collection's entries are dropped.
+_DROP_BATCH = 500
+
+
 class GenerationCache:
-    def __init__(self, redis: RedisClient | None, prefix: str) -> None:
+    def __init__(self, redis: RedisClient | None, prefix: str, max_ttl: float) -> None:
         self._redis = redis
         self._prefix = prefix
+        self._max_ttl = max_ttl
 
     @classmethod
     def build(cls, settings: GatewaySettings) -> GenerationCache:
         """On the Redis the quotas use (same URL and timeouts, its own pool); without one,
         a cache that is always off."""
-        return cls(connect_redis(settings), settings.quota_key_prefix)
+        return cls(connect_redis(settings), settings.quota_key_prefix, settings.cache_max_ttl)
+
+    def index_key(self, tenant: str, collection: str) -> str:
+        """The set naming every key stored for ``tenant``'s ``collection`` (whatever its
+        creation time: all of them go when the name is deleted)."""
+        tag = Scope(tenant, collection).tag()
+        return f"{self._prefix}:gencache-keys:{{{tag}}}"
 
     @property
     def available(self) -> bool:
@@ -180,7 +200,7 @@ class GenerationCache:
         CACHE_LOOKUPS.labels("exact", "miss").inc(len(keys) - len(found))
         return found
 
-    async def put(self, key: str, result: gw_pb.GenerationResult, ttl: float) -> None:
+    async def put(self, scope: Scope, key: str, result: gw_pb.GenerationResult, ttl: float) -> None:
         """Keep a successful result (never an error) for ``ttl`` seconds."""
         if self._redis is None or result.HasField("error") or ttl <= 0:
             return
@@ -191,9 +211,47 @@ class GenerationCache:
         for name in ("usage", "prompt", "cached"):
             stored.ClearField(name)
         try:
-            await self._redis.set(key, stored.SerializeToString(), px=max(1, int(ttl * 1000)))
+            if not scope.collection:  # inline objects: nothing to drop them with
+                await self._redis.set(key, stored.SerializeToString(), px=_ms(ttl))
+                return
+            index = self.index_key(scope.tenant, scope.collection)
+            # Two slots on a cluster (the entry's and the index's): a pipeline, not MULTI.
+            # The index outlives every entry it names (no TTL is above the max).
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.set(key, stored.SerializeToString(), px=_ms(ttl))
+                pipe.sadd(index, key)
+                pipe.pexpire(index, _ms(self._max_ttl))
+                await pipe.execute()
         except RedisError as err:
             log.warning("generation cache write failed", extra={"error": type(err).__name__})
+
+    async def drop_collection(self, tenant: str, collection: str) -> int:
+        """Delete every entry stored for ``tenant``'s ``collection``, and its index; the
+        number of keys named. Best effort, like the rest of the cache: a Redis failure is
+        logged, and what was not dropped is unreachable and expires with its TTL."""
+        if self._redis is None:
+            return 0
+        index = self.index_key(tenant, collection)
+        dropped = 0
+        try:
+            batch: list[str] = []
+            async for member in self._redis.sscan_iter(index, count=_DROP_BATCH):
+                batch.append(member.decode() if isinstance(member, bytes) else member)
+                if len(batch) >= _DROP_BATCH:
+                    dropped += await self._unlink(batch)
+                    batch = []
+            dropped += await self._unlink(batch)
+            await self._redis.delete(index)
+        except RedisError as err:
+            log.warning("generation cache drop failed", extra={"error": type(err).__name__})
+        return dropped
+
+    async def _unlink(self, keys: list[str]) -> int:
+        # All of one request's keys share a slot, but a collection's span several (one per
+        # creation time): on a cluster, redis-py splits a multi-key UNLINK by slot.
+        if keys and self._redis is not None:
+            await self._redis.unlink(*keys)
+        return len(keys)
 
     async def close(self) -> None:
         if self._redis is not None:

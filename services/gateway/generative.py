@@ -290,7 +290,7 @@ class GenerativeSearch:
                 )
                 result = await traced(index, attributes, call)
                 if policy.mode.writes:
-                    await cache.put(keys[index], result, policy.ttl)
+                    await cache.put(scope, keys[index], result, policy.ttl)
                 return result
 
             return run

@@ -215,6 +215,57 @@ async def test_a_recreated_collection_starts_cold(cached: Stack) -> None:
     assert not any(g.cached for g in results(fresh).values())
 
 
+async def cache_keys(redis_url: str, prefix: str) -> list[bytes]:
+    client = Redis.from_url(redis_url)
+    try:
+        return [key async for key in client.scan_iter(match=f"{prefix}:gencache*")]
+    finally:
+        await client.aclose()
+
+
+async def test_deleting_a_collection_drops_its_entries(
+    cached: Stack, shared_redis: RedisProcess, prefix: str
+) -> None:
+    await create_books(cached, metadata=ALICE)
+    await create_books(cached, metadata=BOB)  # same name, other tenant: must stay
+    await create_books(cached, "Other", metadata=ALICE)  # other collection: must stay
+    await cached.stub.GenerativeSearch(search(), metadata=ALICE)
+    await cached.stub.GenerativeSearch(search(), metadata=BOB)
+    others = search()
+    others.collection = "Other"
+    await cached.stub.GenerativeSearch(others, metadata=ALICE)
+    entries = [k for k in await cache_keys(shared_redis.url, prefix) if b":gencache:" in k]
+    assert len(entries) == 18  # 5 hits + grouped, three times
+    await cached.retrieval.DeleteCollection(
+        ret_pb.DeleteCollectionRequest(name="Books"), metadata=ALICE
+    )
+    left = await cache_keys(shared_redis.url, prefix)
+    # Alice's Books entries and their index are gone as the delete returns; Bob's
+    # Books and Alice's Other are still served from the cache.
+    assert len([k for k in left if b":gencache:" in k]) == 12
+    assert len([k for k in left if b":gencache-keys:" in k]) == 2
+    before = calls(cached)
+    bobs = await cached.stub.GenerativeSearch(search(), metadata=BOB)
+    other = await cached.stub.GenerativeSearch(others, metadata=ALICE)
+    assert calls(cached) == before
+    assert all(g.cached for g in results(bobs).values())
+    assert all(g.cached for g in results(other).values())
+
+
+async def test_a_failed_delete_drops_nothing(
+    cached: Stack, shared_redis: RedisProcess, prefix: str
+) -> None:
+    await create_books(cached, metadata=ALICE)
+    await cached.stub.GenerativeSearch(search(), metadata=ALICE)
+    # Bob has no collection of that name: NOT_FOUND, and Alice's answers stay.
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await cached.retrieval.DeleteCollection(
+            ret_pb.DeleteCollectionRequest(name="Books"), metadata=BOB
+        )
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert len(await cache_keys(shared_redis.url, prefix)) == 7  # 6 entries and the index
+
+
 async def test_errors_are_never_cached(cached: Stack) -> None:
     await create_books(cached, metadata=ALICE)
     cached.fake.enqueue(Behaviour.error(400))  # whichever call comes first fails
@@ -320,3 +371,15 @@ async def test_on_a_cluster_one_requests_keys_share_a_slot(
     again = await stack.stub.GenerativeSearch(search(), metadata=ALICE)
     assert calls(stack) == before
     assert all(g.cached for g in results(again).values())
+    # A delete drops the collection's entries across the cluster's nodes; Bob's stay.
+    await stack.retrieval.DeleteCollection(
+        ret_pb.DeleteCollectionRequest(name="Books"), metadata=ALICE
+    )
+    left = 0
+    for node in cluster.nodes:
+        client = node.client()
+        try:
+            left += len([k async for k in client.scan_iter(match="*:gencache:*")])
+        finally:
+            await client.aclose()
+    assert left == 6
