@@ -20,6 +20,12 @@ class GatewaySettings(CommonSettings):
     memory_addr: str = "127.0.0.1:50051"
     retrieval_addr: str = "127.0.0.1:50052"
     generation_addr: str = "127.0.0.1:50053"
+    # Seconds, from a downstream client's first call, during which calls on a channel that
+    # has never connected wait for its first connection (never past their own deadline)
+    # before they are sent, so a gateway started before its services are up does not
+    # fail its first calls; after that, or once connected, a service that is down answers
+    # UNAVAILABLE at once (docs/gateway.md#channels-to-the-other-services). 0: no wait.
+    downstream_connect_wait: float = Field(default=3.0, ge=0)
 
     # Per-hit generation calls in flight at once: the default, and the most a request
     # may ask for. 0: no cap, every hit of a request (at most max_hits) at once; the

@@ -6,9 +6,11 @@ from __future__ import annotations
 import itertools
 import json
 import re
+from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any, NoReturn
 
 import grpc
 import pytest
@@ -20,6 +22,7 @@ from gensearch.client import (
     errors,
     types,
 )
+from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as ret_grpc
 
 from services.common.errors import FailedPrecondition, NotFound, ServiceError
 from tests.cli.conftest import RunningStack
@@ -219,9 +222,60 @@ async def test_errors_carry_error_info_and_bad_request(client: AsyncGensearch) -
         await books.generate.keyword("x", single_prompt="no placeholder")
 
 
-async def test_unreachable_gateway_is_unavailable_after_retries() -> None:
-    retry = RetryPolicy(max_attempts=2, initial_backoff=timedelta(milliseconds=10))
-    async with AsyncGensearch("127.0.0.1:1", retry=retry, timeout=10) as client:
+class _Draining(ret_grpc.RetrievalServiceServicer):
+    """A gateway that is reachable but answers every call UNAVAILABLE (a replica shutting
+    down, say), counting the attempts that reach it."""
+
+    def __init__(self) -> None:
+        self.attempts: Counter[str] = Counter()
+
+    async def _refuse(self, method: str, context: grpc.aio.ServicerContext) -> NoReturn:
+        self.attempts[method] += 1
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "draining")
+
+    async def ListCollections(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await self._refuse("ListCollections", context)
+
+    async def CreateCollection(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await self._refuse("CreateCollection", context)
+
+
+@pytest.fixture
+async def draining() -> AsyncIterator[tuple[str, _Draining]]:
+    servicer = _Draining()
+    server = grpc.aio.server()
+    ret_grpc.add_RetrievalServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        yield f"127.0.0.1:{port}", servicer
+    finally:
+        await server.stop(0)
+
+
+async def test_unavailable_gateway_is_unavailable_after_retries(
+    draining: tuple[str, _Draining],
+) -> None:
+    """The server counts what the channel's retry policy sends: every attempt of a read,
+    one of a write."""
+    address, servicer = draining
+    retry = RetryPolicy(max_attempts=3, initial_backoff=timedelta(milliseconds=10))
+    async with AsyncGensearch(address, retry=retry, timeout=10) as client:
+        with pytest.raises(errors.UnavailableError):
+            await client.collections.list()
+        with pytest.raises(errors.UnavailableError):
+            await client.collections.create("Books", {"title": "text"}, vectorizer="none")
+    assert servicer.attempts == {"ListCollections": 3, "CreateCollection": 1}
+
+    servicer.attempts.clear()
+    async with AsyncGensearch(address, retry=None, timeout=10) as client:
+        with pytest.raises(errors.UnavailableError):
+            await client.collections.list()
+    assert servicer.attempts == {"ListCollections": 1}
+
+
+async def test_unreachable_gateway_is_unavailable() -> None:
+    async with AsyncGensearch("127.0.0.1:1", timeout=10) as client:
         with pytest.raises(errors.UnavailableError):
             await client.collections.list()
 

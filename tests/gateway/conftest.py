@@ -39,6 +39,10 @@ KEYS = "alice:key-alice-123,bob:key-bob-456"
 ALICE = (("authorization", "Bearer key-alice-123"),)
 BOB = (("authorization", "Bearer key-bob-456"),)
 DIM = 4
+# The test's channels connect on their own: gRPC otherwise shares a subchannel, with its
+# reconnect backoff, with any channel of this process to the same address, e.g. one an
+# earlier test left failing to reach a port this stack's gateway has since been given.
+OWN_CONNECTIONS = [("grpc.use_local_subchannel_pool", 1)]
 
 
 @dataclass
@@ -154,8 +158,13 @@ async def stack_factory(
         }
         gateway = await build_gateway(GatewaySettings(**settings), port=0)
         port = await gateway.start()
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-        direct = grpc.aio.insecure_channel(f"127.0.0.1:{ports['retrieval']}")
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=OWN_CONNECTIONS)
+        direct = grpc.aio.insecure_channel(
+            f"127.0.0.1:{ports['retrieval']}", options=OWN_CONNECTIONS
+        )
+        # Ready means the test's channel has connected to the gateway (the gateway's own
+        # channels connect on its first calls, waiting for it: downstream_connect_wait).
+        await asyncio.wait_for(channel.channel_ready(), 30)
         stack = Stack(
             fake=fake,
             gateway=gateway,

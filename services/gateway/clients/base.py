@@ -1,6 +1,15 @@
 """What every downstream client shares: the caller's identity on each call, and the one
 place a failed call's ``AioRpcError`` becomes our ``ServiceError``.
 
+Calls are not held back while a channel reconnects (a service that is down answers
+UNAVAILABLE at once), with one exception: a channel that has never connected. gRPC fails a
+call without ``wait_for_ready`` as soon as a connection attempt has failed, so a gateway
+started a moment before its services (a rollout, ``gensearch up``) would fail its first
+calls, writes included, which nothing retries. Such calls first wait for the channel's
+first connection, within ``downstream_connect_wait`` of the client's first call and never
+past their deadline. Waiting before sending is safe for any method, writes included:
+nothing has reached the service yet.
+
 The typed clients (``memory``, ``retrieval``, ``generation``) and the forwarded APIs all
 call through ``unary``/``stream`` here, so a downstream status (code, message, reason,
 field) reaches the gateway's caller the same way whatever path the call took.
@@ -8,6 +17,7 @@ field) reaches the gateway's caller the same way whatever path the call took.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any, ClassVar
@@ -17,6 +27,7 @@ import grpc
 from services.common.errors import from_rpc_error
 from services.gateway.clients.caller import Caller, Metadata
 from services.gateway.clients.channel import make_channel
+from services.gateway.deadline import time_left
 from services.gateway.settings import GatewaySettings
 
 
@@ -37,6 +48,10 @@ class ServiceClient:
     ) -> None:
         self.channel = make_channel(target, self.proto_service, settings, interceptors)
         self._stub = self.stub_class(self.channel)
+        self._connect_wait = settings.downstream_connect_wait
+        self._connected = self._connect_wait == 0
+        # Loop time until which calls wait for the first connection, set by the first call.
+        self._wait_until: float | None = None
 
     def metadata(self, caller: Caller) -> Metadata:
         """What every call carries: the identity the gateway vouches for."""
@@ -49,9 +64,30 @@ class ServiceClient:
         except grpc.aio.AioRpcError as err:
             raise from_rpc_error(err, self.service) from None
 
+    async def _first_connection(self, timeout: float | None) -> float | None:
+        """While the channel has never connected, waits for its first connection (see the
+        module's docstring); returns what is left of the call's ``timeout``."""
+        if self._connected:
+            return timeout
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if self._wait_until is None:
+            self._wait_until = now + self._connect_wait
+        if now >= self._wait_until:
+            return timeout  # the window is over: fail fast, as on any channel
+        until = self._wait_until if timeout is None else min(self._wait_until, now + timeout)
+        try:
+            await asyncio.wait_for(self.channel.channel_ready(), until - now)
+        except TimeoutError:
+            pass  # the call goes out and fails as it would have; mapped in _mapped
+        else:
+            self._connected = True
+        return None if timeout is None else time_left(now + timeout)
+
     async def unary(self, method: str, request: Any, caller: Caller, timeout: float | None) -> Any:
         """One call with one response (``request`` may be a stream of requests for a
         client-streaming method)."""
+        timeout = await self._first_connection(timeout)
         with self._mapped():
             return await getattr(self._stub, method)(
                 request, metadata=self.metadata(caller), timeout=timeout
@@ -61,6 +97,7 @@ class ServiceClient:
         self, method: str, request: Any, caller: Caller, timeout: float | None
     ) -> AsyncIterator[Any]:
         """The responses of a server-streaming call as they come."""
+        timeout = await self._first_connection(timeout)
         call = getattr(self._stub, method)(request, metadata=self.metadata(caller), timeout=timeout)
         try:
             with self._mapped():

@@ -77,6 +77,12 @@ def make_channel(
     options = [
         ("grpc.service_config", service_config(service)),
         ("grpc.enable_retries", 1),
+        # Connections of its own: by default gRPC shares a subchannel (connection and
+        # reconnect backoff) among all channels of the process with the same target and
+        # arguments, so a new channel to an address another channel failed to reach starts
+        # in that channel's backoff and fails its first calls (in one process with several
+        # gateways: `gensearch up`, tests).
+        ("grpc.use_local_subchannel_pool", 1),
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
         # Notice a dead replica between calls, not only when a call fails on it.

@@ -1,0 +1,128 @@
+"""A gateway started before the services it forwards to are up: a call on a channel that
+has never connected waits for its first connection (``downstream_connect_wait``, never past
+the call's deadline) instead of failing, writes included; a service that does not come up
+still answers UNAVAILABLE. See docs/gateway.md#channels-to-the-other-services."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
+
+from services.retrieval.__main__ import build_server as build_retrieval
+from services.retrieval.settings import RetrievalSettings
+from tests.gateway.conftest import ALICE, DIM, TOKEN, StackFactory
+from tests.support.rpc import error_info
+
+
+class Refuser:
+    """A loopback listener that accepts and hangs up before HTTP/2: to a gRPC channel, a
+    failed connection attempt (not merely a port nobody listens on yet)."""
+
+    def __init__(self) -> None:
+        self.attempts = 0
+        self.attempted = asyncio.Event()
+        self.server: asyncio.Server | None = None
+
+    async def _hang_up(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.attempts += 1
+        self.attempted.set()
+        writer.close()
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._hang_up, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+            self.server = None
+
+
+@pytest.fixture
+async def refuser() -> AsyncIterator[Refuser]:
+    listener = Refuser()
+    yield listener
+    await listener.stop()
+
+
+def _create(name: str) -> ret_pb.CreateCollectionRequest:
+    return ret_pb.CreateCollectionRequest(
+        collection=ret_pb.Collection(
+            name=name,
+            properties=[ret_pb.Property(name="title", data_type=ret_pb.DATA_TYPE_TEXT)],
+            vectorizer=ret_pb.Vectorizer(kind=ret_pb.VECTORIZER_KIND_NONE, dimensions=DIM),
+        )
+    )
+
+
+async def test_a_write_waits_for_a_service_that_comes_up(
+    stack_factory: StackFactory, refuser: Refuser, tmp_path: Path
+) -> None:
+    port = await refuser.start()
+    stack = await stack_factory(retrieval_addr=f"127.0.0.1:{port}", downstream_connect_wait=60)
+    # CreateCollection is not retried by the channel: without the wait, the failed first
+    # connection attempt would fail it at once.
+    create = asyncio.ensure_future(
+        stack.retrieval.CreateCollection(_create("Late"), metadata=ALICE, timeout=60)
+    )
+    await asyncio.wait_for(refuser.attempted.wait(), 30)  # the gateway's attempt failed
+    await refuser.stop()
+    late = await build_retrieval(
+        RetrievalSettings(data_dir=tmp_path / "late", internal_token=TOKEN, grace_period=0.5),
+        port=port,
+    )
+    stack.servers["late-retrieval"] = late  # stopped with the stack
+    await late.start()
+
+    made = await create
+    assert made.collection.name == "Late"
+    got = await stack.retrieval.GetCollection(
+        ret_pb.GetCollectionRequest(name="Late"), metadata=ALICE, timeout=30
+    )
+    assert got.collection.name == "Late"
+
+
+async def test_a_service_that_does_not_come_up_is_unavailable(
+    stack_factory: StackFactory, refuser: Refuser
+) -> None:
+    port = await refuser.start()
+    stack = await stack_factory(retrieval_addr=f"127.0.0.1:{port}", downstream_connect_wait=1.5)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stack.retrieval.CreateCollection(_create("Never"), metadata=ALICE, timeout=60)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert error_info(caught.value).reason == "DOWNSTREAM_UNAVAILABLE"
+    assert refuser.attempts >= 1  # it did try
+
+
+async def test_a_new_gateway_does_not_inherit_another_channels_failures(
+    stack_factory: StackFactory, refuser: Refuser, tmp_path: Path
+) -> None:
+    """Two gateways in one process (``gensearch up``, these tests). Unless told otherwise,
+    gRPC shares a subchannel, with its reconnect backoff, among a process's channels with
+    the same target and arguments: the second gateway's first call would fail in the
+    backoff of the first gateway's failed attempts. No connection wait here, so only a
+    connection of the channel's own can save that call."""
+    port = await refuser.start()
+    target = f"127.0.0.1:{port}"
+    first = await stack_factory(retrieval_addr=target, downstream_connect_wait=0)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await first.retrieval.CreateCollection(_create("Early"), metadata=ALICE, timeout=30)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    # Built while the first gateway's channel keeps failing (and backing off longer).
+    second = await stack_factory(retrieval_addr=target, downstream_connect_wait=0)
+    await refuser.stop()
+    late = await build_retrieval(
+        RetrievalSettings(data_dir=tmp_path / "late", internal_token=TOKEN, grace_period=0.5),
+        port=port,
+    )
+    second.servers["late-retrieval"] = late  # stopped with the stack
+    await late.start()
+
+    made = await second.retrieval.CreateCollection(_create("Fresh"), metadata=ALICE, timeout=30)
+    assert made.collection.name == "Fresh"
