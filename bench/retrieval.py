@@ -49,7 +49,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 
 from bench.report import Figures, machine, pct  # noqa: E402
 from bench.stack import ServiceProcess, Stack  # noqa: E402
+from services.common.auth import DEFAULT_TENANT  # noqa: E402
 from services.retrieval.edge_store import EdgeStore  # noqa: E402
+from services.retrieval.tenancy import storage_name  # noqa: E402
+
+# The shard the service keeps "Vectors" in (the bench calls as the default tenant).
+ENGINE_NAME = storage_name(DEFAULT_TENANT, "Vectors")
 
 DIM = 384
 BATCH = 1000
@@ -226,14 +231,14 @@ class Bench:
                 for q in queries
             ]
             for q, request in zip(queries[:50], requests[:50], strict=True):  # warm-up
-                found = [p.id for p in store.query_now("Vectors", q, 10)]
+                found = [p.id for p in store.query_now(ENGINE_NAME, q, 10)]
                 hits = [h.id for h in (await stub.Search(request)).hits]
                 # Proof that the copy is the service's index: the same hits (the service
                 # orders equal scores by id, the engine may not).
                 assert sorted(found) == sorted(hits), (found, hits)
             for q, request in zip(queries, requests, strict=True):
                 started = time.perf_counter()
-                store.query_now("Vectors", q, 10)
+                store.query_now(ENGINE_NAME, q, 10)
                 row.engine_ms.append((time.perf_counter() - started) * 1000)
                 started = time.perf_counter()
                 res = await stub.Search(request)
