@@ -50,12 +50,19 @@ class Catalog:
         for key in [k for k in self._cache if k[0] == tenant and k[2] == name]:
             del self._cache[key]
 
-    async def get(self, name: str, caller: Caller, timeout: float | None) -> CollectionInfo:
-        key = (caller.tenant, caller.user, name)
-        now = time.monotonic()
-        cached = self._cache.get(key)
-        if cached is not None and now - cached[0] < self._ttl:
+    def peek(self, name: str, caller: Caller) -> CollectionInfo | None:
+        """What is kept of ``name`` for ``caller`` if still fresh, else None (no call)."""
+        cached = self._cache.get((caller.tenant, caller.user, name))
+        if cached is not None and time.monotonic() - cached[0] < self._ttl:
             return cached[1]
+        return None
+
+    async def get(self, name: str, caller: Caller, timeout: float | None) -> CollectionInfo:
+        known = self.peek(name, caller)
+        if known is not None:
+            return known
+        now = time.monotonic()
+        key = (caller.tenant, caller.user, name)
         info = CollectionInfo.of(await self._retrieval.get_collection(name, caller, timeout))
         if self._ttl > 0:
             if len(self._cache) > 1024:

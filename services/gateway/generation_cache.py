@@ -29,7 +29,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
@@ -126,9 +126,15 @@ class Scope:
 def cache_request(options: Options, messages: Sequence[gen_pb.Message]) -> bytes:
     """Everything that decides a generation's output, as bytes: the GenerateRequest the
     gateway sends for it (the same function builds both), minus per-call switches."""
+    return cache_request_message(options, messages).SerializeToString(deterministic=True)
+
+
+def cache_request_message(
+    options: Options, messages: Sequence[gen_pb.Message]
+) -> gen_pb.GenerateRequest:
     request = generate_request(gen_pb.GenerateRequest, options, messages)
     request.ClearField("debug")  # asks for the upstream request back; the answer is the same
-    return request.SerializeToString(deterministic=True)
+    return request
 
 
 def _ms(seconds: float) -> int:
@@ -170,9 +176,25 @@ class GenerationCache:
         return self._redis is not None
 
     def key(self, scope: Scope, options: Options, messages: Sequence[gen_pb.Message]) -> str:
-        digest = hashlib.sha256(cache_request(options, messages)).hexdigest()
+        return self.keys_for(scope, options)(messages)
+
+    def keys_for(self, scope: Scope, options: Options) -> Callable[[Sequence[gen_pb.Message]], str]:
+        """The key of each call of one request (one scope, one set of options), the parts
+        they share made once: the scope's hash tag, and the request without its messages,
+        to which each call's messages are added. Same bytes as ``cache_request`` (a test
+        holds them to it), at a fraction of its cost per hit."""
+        base = cache_request_message(options, ())
         # The hash tag ({...}) keeps one scope's keys in one cluster slot.
-        return f"{self._prefix}:gencache:{{{scope.tag()}}}:{digest}"
+        prefix = f"{self._prefix}:gencache:{{{scope.tag()}}}:"
+
+        def key(messages: Sequence[gen_pb.Message]) -> str:
+            request = gen_pb.GenerateRequest()
+            request.CopyFrom(base)
+            request.messages.extend(messages)
+            digest = hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()
+            return prefix + digest
+
+        return key
 
     async def get_many(self, keys: Mapping[int, str]) -> dict[int, gw_pb.GenerationResult]:
         """The stored results among ``keys`` (all of one scope), marked cached."""

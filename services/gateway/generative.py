@@ -190,29 +190,50 @@ class GenerativeSearch:
         else:
             expand_budget = None
             search = generative_request.search_request(request, extra)
-            # Concurrent with GetCollection, so the collection's default rerank is not known
-            # here: retrieval applies it (it reads the collection for the search anyway), in
-            # this one search.
-            rerank.apply_or_default(search, request)
-            results = await asyncio.gather(
-                self._b.catalog.get(request.collection, caller, call_remaining),
-                retrieval.search(search, caller, call_remaining),
-                return_exceptions=True,
-            )
-            got, searched = results[0], results[1]
-            if isinstance(got, BaseException):
-                raise got
-            # The templates are checked before the search's own error surfaces: a template
-            # naming an unknown property also makes the widened return_properties fail, and
-            # the caller must hear about the field they wrote, not the one we added.
-            assert isinstance(got, CollectionInfo)
-            info = got
-            check_templates(g, single, info)
-            if isinstance(searched, BaseException):
-                raise searched
-            assert isinstance(searched, ret_pb.SearchResponse)
-            found = searched
+            known = self._b.catalog.peek(request.collection, caller)
+            if known is not None:
+                # The collection was read moments ago: its default rerank is known, and the
+                # search alone is awaited (no tasks to run two calls at once).
+                info = known
+                check_templates(g, single, info)
+                rerank.apply(search, request, info)
+                found = await retrieval.search(search, caller, call_remaining)
+            else:
+                # Concurrent with GetCollection, so the collection's default rerank is not
+                # known here: retrieval applies it (it reads the collection for the search
+                # anyway), in this one search.
+                rerank.apply_or_default(search, request)
+                info, found = await self._collection_and_search(
+                    request, single, search, caller, call_remaining
+                )
         return info, found, expand_budget
+
+    async def _collection_and_search(
+        self,
+        request: SearchLike,
+        single: Template | None,
+        search: ret_pb.SearchRequest,
+        caller: Caller,
+        call_remaining: float | None,
+    ) -> tuple[CollectionInfo, ret_pb.SearchResponse]:
+        """The collection and the search, at once; the templates checked against it."""
+        results = await asyncio.gather(
+            self._b.catalog.get(request.collection, caller, call_remaining),
+            self._b.clients.retrieval.search(search, caller, call_remaining),
+            return_exceptions=True,
+        )
+        got, searched = results[0], results[1]
+        if isinstance(got, BaseException):
+            raise got
+        # The templates are checked before the search's own error surfaces: a template
+        # naming an unknown property also makes the widened return_properties fail, and
+        # the caller must hear about the field they wrote, not the one we added.
+        assert isinstance(got, CollectionInfo)
+        check_templates(request.generate, single, got)
+        if isinstance(searched, BaseException):
+            raise searched
+        assert isinstance(searched, ret_pb.SearchResponse)
+        return got, searched
 
     async def build(
         self,
@@ -254,6 +275,9 @@ class GenerativeSearch:
         policy = generation_cache_policy(g, collection, s) if cache.available else Policy()
         scope = Scope(caller.tenant, collection.name, collection.create_time.ToNanoseconds())
         keys: dict[int, str] = {}
+        key_of = (
+            None if policy.mode is generation_cache.Mode.BYPASS else cache.keys_for(scope, options)
+        )
         deadline = loop.time() + (plan.timeout or 0)
         properties = [json_format.MessageToDict(hit.properties) for hit in plan.hits]
         if expansion is not None:
@@ -271,8 +295,8 @@ class GenerativeSearch:
                 else {"gensearch.hit.index": index, "gensearch.object.id": plan.hits[index].id}
             )
             messages = [gen_pb.Message(role=gen_pb.ROLE_USER, content=prompt)]
-            if policy.mode is not generation_cache.Mode.BYPASS:
-                keys[index] = cache.key(scope, options, messages)
+            if key_of is not None:
+                keys[index] = key_of(messages)
 
             async def run(emit: Emit) -> gw_pb.GenerationResult:
                 call = complete(

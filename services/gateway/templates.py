@@ -6,6 +6,7 @@ call; rendering then happens per hit and fails only for that hit.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Collection, Mapping
@@ -43,6 +44,13 @@ class MissingProperty(FailedPrecondition):
     default_reason = "MISSING_PROPERTY"
 
 
+# Parsed templates kept by (source, field): a request's template is asked for by its checks
+# and by its plan, and a repeated search (the generation cache's common case) sends the
+# same one again. Templates are immutable, so sharing them is safe; errors are not kept.
+PARSED_TEMPLATES = 128
+
+
+@functools.lru_cache(maxsize=PARSED_TEMPLATES)
 def parse(source: str, *, field: str) -> Template:
     """Split ``source`` into literal text and placeholders; bad syntax is INVALID_ARGUMENT."""
     parts: list[str | Placeholder] = []

@@ -422,7 +422,9 @@ def _hit(point: FoundPoint, wanted: list[str] | None) -> pb.Hit:
     props = point.payload.get(PROPS, {})
     if wanted is not None:
         props = {k: props[k] for k in wanted if k in props}
-    hit = pb.Hit(id=point.id, properties=struct(props), score=point.score)
+    hit = pb.Hit(id=point.id, score=point.score)
+    # Filled in place: a Struct built apart would be copied into the hit.
+    hit.properties.update(props)
     if point.dense is not None:
         hit.vector.extend(point.dense)
     return hit

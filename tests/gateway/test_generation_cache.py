@@ -5,6 +5,7 @@ collection deletion, errors never stored, streaming, bad cache settings."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,11 +13,14 @@ from pathlib import Path
 import grpc
 import pytest
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
+from gensearch.generation.v1 import generation_service_pb2 as gen_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from google.protobuf import duration_pb2, struct_pb2
 from redis.asyncio import Redis
 
 from services.devlaunch.redis_server import RedisProcess
+from services.gateway.generation_cache import GenerationCache, Scope, cache_request
+from services.gateway.generator import Options
 from tests.gateway.conftest import BOOKS, DIM, Stack, StackFactory, create_books, vector
 from tests.support.fake_openai import Behaviour
 from tests.support.redis_cluster import LocalCluster
@@ -383,3 +387,29 @@ async def test_on_a_cluster_one_requests_keys_share_a_slot(
         finally:
             await client.aclose()
     assert left == 6
+
+
+def test_a_requests_keys_are_the_digest_of_each_whole_generate_request() -> None:
+    # keys_for makes the shared parts once; each key must still be the one the whole
+    # GenerateRequest (cache_request) gives, whatever the options hold.
+    options = Options(
+        provider="fake",
+        model="fake-model",
+        temperature=0.3,
+        max_tokens=64,
+        top_p=0.9,
+        stop=("END",),
+        seed=7,
+        response_format=gen_pb.ResponseFormat(name="answer"),
+        fallback=(("other", "small"),),
+    )
+    scope = Scope("acme", "Books", 123)
+    cache = GenerationCache(None, "gc", 3600)
+    key_of = cache.keys_for(scope, options)
+    for text in ("Title: Emma", "Title: Dune", ""):
+        messages = [gen_pb.Message(role=gen_pb.ROLE_USER, content=text)]
+        digest = hashlib.sha256(cache_request(options, messages)).hexdigest()
+        assert key_of(messages) == f"gc:gencache:{{{scope.tag()}}}:{digest}"
+        assert cache.key(scope, options, messages) == key_of(messages)
+    other = cache.keys_for(Scope("globex", "Books", 123), options)
+    assert other(messages) != key_of(messages)

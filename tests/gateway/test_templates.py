@@ -104,3 +104,15 @@ def test_any_text_parses_or_is_a_clear_invalid_argument(source: str) -> None:
 def test_escaped_braces_round_trip(text: str) -> None:
     source = "{{" + text + "}}"
     assert render(parse(source, field=FIELD), {}) == "{" + text + "}"
+
+
+def test_a_parsed_template_is_kept_and_errors_are_not() -> None:
+    # Kept: a request's checks and its plan ask for the same template.
+    first = parse("About {title}: {body}", field="generate.single_prompt")
+    assert parse("About {title}: {body}", field="generate.single_prompt") is first
+    assert first.properties == ("title", "body")
+    # Each field's errors name that field, every time.
+    for field in ("generate.single_prompt", "generate.single_prompt", "other"):
+        with pytest.raises(InvalidArgument) as caught:
+            parse("About {title", field=field)
+        assert caught.value.field == field
