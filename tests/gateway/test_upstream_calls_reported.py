@@ -71,9 +71,8 @@ async def metered(
     await create_books(stack)
     stack.fake.by_model["primary"] = Behaviour.error(503)
     fake2.reply = _backup_reply
-    m = Metered(stack, fake2, shared_redis, prefix)
-    await m.fresh_window()
-    return m
+    # The tests that compare with the quota's count call m.fresh_window() first.
+    return Metered(stack, fake2, shared_redis, prefix)
 
 
 def _schema() -> gen_pb.ResponseFormat:
@@ -124,6 +123,7 @@ def _sent_grouped(requests: list[RecordedRequest]) -> int:
 
 async def test_generative_search_reports_each_hits_calls_and_their_sum(metered: Metered) -> None:
     m = metered
+    await m.fresh_window()
     response = await m.stack.stub.GenerativeSearch(_search(), metadata=ALICE, timeout=30)
     sent = _requests(m)
     per_hit = {h.hit.properties["title"]: h.generation.upstream_calls for h in response.hits}
@@ -141,6 +141,7 @@ async def test_generative_search_reports_each_hits_calls_and_their_sum(metered: 
 
 async def test_the_stream_reports_them_on_each_result_and_on_done(metered: Metered) -> None:
     m = metered
+    await m.fresh_window()
     events = [
         e
         async for e in m.stack.stub.StreamGenerativeSearch(
@@ -163,6 +164,7 @@ async def test_the_stream_reports_them_on_each_result_and_on_done(metered: Meter
 
 async def test_generate_on_objects_and_a_failed_hit(metered: Metered) -> None:
     m = metered
+    await m.fresh_window()
 
     def inline(titles: list[str]) -> gw_pb.InlineObjects:
         objects = []
@@ -251,6 +253,7 @@ def _ask(conversation_id: str, **fields: Any) -> dict[str, Any]:
 
 async def test_ask_counts_its_rewrite_and_its_answer(metered: Metered) -> None:
     m = metered
+    await m.fresh_window()
     m.fake2.reply = "It was written in 1965 [1]."
     made = await m.stack.memory.CreateConversation(
         mem_pb.CreateConversationRequest(), metadata=ALICE
