@@ -12,6 +12,8 @@ sends.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
@@ -23,6 +25,11 @@ DOMAIN = "gensearch"
 MAX_MESSAGE_CHARS = 1024
 MAX_METADATA_CHARS = 256
 QUOTE_CHARS = 64
+
+# ErrorInfo metadata of a failed generation call: every request it sent upstream (the
+# generation service sets it, ``generation.fallback.Calls``; the gateway reads it to
+# charge the LLM-calls quota and to report the count on a failed hit).
+UPSTREAM_CALLS = "upstream_calls"
 
 
 def quote(value: str, limit: int = QUOTE_CHARS) -> str:
@@ -212,3 +219,10 @@ def from_rpc_error(error: grpc.aio.AioRpcError, service: str = "") -> ServiceErr
 
 def code_name(code: int) -> str:
     return code_pb2.Code.Name(code)
+
+
+def upstream_calls(metadata: Mapping[str, str]) -> int:
+    """The upstream calls a failed generation call made, as its ErrorInfo metadata says;
+    0 when it does not say (it failed before the generation service answered)."""
+    value = metadata.get(UPSTREAM_CALLS, "")
+    return int(value) if value.isdigit() else 0

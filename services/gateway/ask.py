@@ -15,12 +15,11 @@ from collections.abc import AsyncIterator, Awaitable
 from typing import TypeVar
 
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
-from gensearch.generation.v1 import generation_service_pb2 as gen_pb
 from gensearch.memory.v1 import memory_service_pb2 as mem_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from google.protobuf import json_format
 
-from services.common.errors import DeadlineExceeded, ServiceError
+from services.common.errors import DeadlineExceeded, ServiceError, upstream_calls
 from services.gateway import (
     ask_request,
     ask_traces,
@@ -38,7 +37,7 @@ from services.gateway.catalog import CollectionInfo
 from services.gateway.clients import Caller
 from services.gateway.conversation import Turn, recent_turns
 from services.gateway.deadline import time_left
-from services.gateway.generator import Options, add_usage, complete
+from services.gateway.generator import Options, Spent, complete
 from services.gateway.metrics import TRIMMED
 from services.gateway.prompting import (
     DEFAULT_SYSTEM_PROMPT,
@@ -106,7 +105,7 @@ class AskService:
         await self._b.models.check_choices(
             options, caller, min(time_left(deadline), 2.0), prefix="", model_field="llm_model"
         )
-        usage = gen_pb.Usage()
+        spent = Spent()  # tokens and upstream calls, of the rewrite and the answer
         traces = TurnTraces(self._b.settings.ask_trace_bytes)
 
         # The semantic answer cache (ask_cache.py): never with a conversation.
@@ -153,7 +152,7 @@ class AskService:
             recent = turns[len(turns) - before.turns_used :] if before.turns_used else []
             if recent:
                 rewrite = await self._rewrite(
-                    recent, question, options, caller, deadline, usage, traces
+                    recent, question, options, caller, deadline, spent, traces
                 )
         rewritten = rewrite.query
 
@@ -243,7 +242,7 @@ class AskService:
             result = await generation
         finally:
             generation.cancel()
-        add_usage(usage, result.usage)
+        spent.add(result)
         answer = result.result
         generated: dict[str, object] = {
             "provider": result.provider,
@@ -274,7 +273,8 @@ class AskService:
             rewrite_method=condense.method_value(rewrite),
             rewrite_rejection=condense.rejection_value(rewrite),
             hits=hits,
-            usage=usage,
+            usage=spent.usage,
+            upstream_calls=spent.upstream_calls,
             conversation_id=request.conversation_id,
             rewritten_query=rewritten,
             trimmed=gw_pb.Trimmed(history_turns=prompt.trimmed_turns, hits=prompt.trimmed_hits),
@@ -301,7 +301,7 @@ class AskService:
                 response=response.answer,
                 origin=response.model or "unknown",
                 additional_info=additional_info(
-                    hits, list(checked.citations), usage, rewritten, response
+                    hits, list(checked.citations), spent.usage, rewritten, response
                 ),
                 traces=traces.traces,
             )
@@ -381,7 +381,7 @@ class AskService:
         options: Options,
         caller: Caller,
         deadline: float,
-        usage: gen_pb.Usage,
+        spent: Spent,
         traces: TurnTraces,
     ) -> condense.Rewrite:
         """The standalone query: the model's rewrite if it passes the checks in
@@ -418,10 +418,11 @@ class AskService:
             # Retrieval with the fallback query beats no answer; the answer call will
             # report a generation outage on its own.
             log.warning("question rewriting failed", extra={"reason": err.reason})
+            spent.upstream_calls += upstream_calls(err.metadata)  # made, and charged
             rewrite = condense.failed(question, turns)
             step.done({"query": rewrite.query, "method": rewrite.method.value, "error": err.reason})
             return rewrite
-        add_usage(usage, result.usage)
+        spent.add(result)
         rewrite = condense.decide(result.result, question, turns)
         if rewrite.rejection is not None:
             log.info(

@@ -116,6 +116,7 @@ class SemanticAnswers:
             return None
         CACHE_LOOKUPS.labels("semantic", "hit").inc()
         answer.cached = True
+        answer.ClearField("upstream_calls")  # this call made none, whatever was stored
         answer.cached_question = found.question
         answer.cached_similarity = found.similarity
         return answer
@@ -131,7 +132,7 @@ class SemanticAnswers:
         kept = gw_pb.AskResponse()
         kept.CopyFrom(response)
         # What belongs to this call only: its spending, its debug prompt.
-        for name in ("usage", "prompt", "conversation_id", "interaction_id"):
+        for name in ("usage", "upstream_calls", "prompt", "conversation_id", "interaction_id"):
             kept.ClearField(name)
         ttl = duration_pb2.Duration()
         ttl.FromNanoseconds(int(plan.policy.ttl * 1e9))

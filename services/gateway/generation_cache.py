@@ -217,6 +217,7 @@ class GenerationCache:
             except Exception:  # a value some other writer left: a miss
                 continue
             result.cached = True
+            result.ClearField("upstream_calls")  # this call made none, whatever was stored
             found[index] = result
         CACHE_LOOKUPS.labels("exact", "hit").inc(len(found))
         CACHE_LOOKUPS.labels("exact", "miss").inc(len(keys) - len(found))
@@ -227,10 +228,11 @@ class GenerationCache:
         if self._redis is None or result.HasField("error") or ttl <= 0:
             return
         # The whole result (so fields added to it later are kept too) but what belongs to
-        # this call: usage (a cached answer spends no tokens), the debug prompt, the mark.
+        # this call: usage and upstream calls (a cached answer spends neither), the debug
+        # prompt, the mark.
         stored = gw_pb.GenerationResult()
         stored.CopyFrom(result)
-        for name in ("usage", "prompt", "cached"):
+        for name in ("usage", "upstream_calls", "prompt", "cached"):
             stored.ClearField(name)
         try:
             if not scope.collection:  # inline objects: nothing to drop them with

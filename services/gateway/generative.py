@@ -37,7 +37,7 @@ from services.gateway.fanout import (
 )
 from services.gateway.generation_cache import Policy, Scope
 from services.gateway.generative_request import SearchLike
-from services.gateway.generator import Options, add_usage, complete, error_result
+from services.gateway.generator import Options, Spent, add_usage, complete, error_result
 from services.gateway.grouped import grouped_prompt
 from services.gateway.metrics import FANOUT_SIZE, GENERATIONS
 from services.gateway.settings import GatewaySettings
@@ -417,10 +417,12 @@ async def respond(plan: Plan, response: R) -> R:
             result = plan.result(outcomes[index])
             generative.generation.CopyFrom(result)
             add_usage(response.usage, result.usage)
+            response.upstream_calls += result.upstream_calls
     if plan.grouped:
         result = plan.result(outcomes[GROUPED])
         response.grouped.CopyFrom(result)
         add_usage(response.usage, result.usage)
+        response.upstream_calls += result.upstream_calls
     return response
 
 
@@ -428,7 +430,8 @@ async def stream_events(plan: Plan, Event: type[E]) -> AsyncIterator[E]:
     """Run ``plan`` as events (either RPC's stream: same events): hits; errors known
     before any call and cached answers; then results as calls finish; grouped; done."""
     yield Event(hits=gw_pb.HitsEvent(hits=plan.hits, passages=plan.passages))
-    usage = gen_pb.Usage()
+    # Calls known to have failed before any LLM call, and cached answers, spent nothing.
+    spent = Spent()
     for index, error in sorted(plan.failed.items()):
         result = plan.result(Outcome(index, error=error))
         yield Event(hit_result=gw_pb.HitResultEvent(hit_index=index, generation=result))
@@ -458,7 +461,7 @@ async def stream_events(plan: Plan, Event: type[E]) -> AsyncIterator[E]:
                 yield Event(token=token)
                 continue
             result = plan.result(event)
-            add_usage(usage, result.usage)
+            spent.add(result)
             if event.index == GROUPED:
                 grouped = result  # sent after every per-hit result
             else:
@@ -467,7 +470,7 @@ async def stream_events(plan: Plan, Event: type[E]) -> AsyncIterator[E]:
                 )
     if grouped is not None:
         yield Event(grouped=grouped)
-    yield Event(done=gw_pb.DoneEvent(usage=usage))
+    yield Event(done=gw_pb.DoneEvent(usage=spent.usage, upstream_calls=spent.upstream_calls))
 
 
 def _strip(hits: list[ret_pb.Hit], keep: set[str]) -> None:

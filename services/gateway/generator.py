@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -10,6 +11,7 @@ from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.generation.v1 import generation_service_pb2 as gen_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 
+from services.common.errors import upstream_calls
 from services.gateway.clients import Caller, GenerationClient
 from services.gateway.errors import HitError
 from services.gateway.settings import GatewaySettings
@@ -139,6 +141,7 @@ async def complete(
             fallback_index=response.fallback_index,
             attempts=response.attempts,
             wait_time=response.wait_time,
+            upstream_calls=response.upstream_calls,
         )
         if response.HasField("structured"):
             result.structured.CopyFrom(response.structured)
@@ -164,6 +167,8 @@ async def complete(
                 result.structured.CopyFrom(chunk.structured)
             result.attempts = chunk.attempts
             result.wait_time.CopyFrom(chunk.wait_time)
+        if chunk.upstream_calls:  # on the last message only
+            result.upstream_calls = chunk.upstream_calls
     result.result = "".join(parts)
     return result
 
@@ -181,7 +186,20 @@ def error_result(error: HitError, prompt: str = "") -> gw_pb.GenerationResult:
         result.attempts = int(attempts)
     if wait_ms is not None and wait_ms.isdigit():
         result.wait_time.FromMilliseconds(int(wait_ms))
+    result.upstream_calls = upstream_calls(error.metadata)
     return result
+
+
+@dataclass
+class Spent:
+    """What a request's generation calls cost, summed: tokens and upstream calls."""
+
+    usage: gen_pb.Usage = dataclasses.field(default_factory=gen_pb.Usage)
+    upstream_calls: int = 0
+
+    def add(self, result: gw_pb.GenerationResult) -> None:
+        add_usage(self.usage, result.usage)
+        self.upstream_calls += result.upstream_calls
 
 
 def add_usage(total: gen_pb.Usage, more: gen_pb.Usage) -> None:

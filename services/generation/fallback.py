@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from services.common.errors import ServiceError
+from services.common.errors import UPSTREAM_CALLS, ServiceError
 from services.common.upstream_retry import Deadline
 from services.generation.metrics import FALLBACKS
 from services.generation.providers.base import (
@@ -51,10 +51,6 @@ FALLBACK_CODES = frozenset(
         grpc.StatusCode.RESOURCE_EXHAUSTED,
     }
 )
-
-
-# ErrorInfo metadata of a failed Generate: the requests it sent upstream in all.
-UPSTREAM_CALLS = "upstream_calls"
 
 
 @dataclass

@@ -135,6 +135,9 @@ async def test_generative_search_single_and_grouped(
         # The template saw the integer, not 1965.0.
         assert f"({item.properties['year']})" in item.generation.prompt
     assert found.usage and found.usage.total_tokens > 0
+    # One LLM call per hit and one grouped, each first time lucky: what the quota charged.
+    assert [i.generation.upstream_calls for i in found if i.generation] == [1, 1, 1]
+    assert found.grouped.upstream_calls == 1 and found.upstream_calls == 4
 
 
 async def test_a_failed_hit_carries_its_own_error(client: AsyncGensearch) -> None:
@@ -155,7 +158,7 @@ async def test_streamed_generative_search(client: AsyncGensearch) -> None:
         )
     ]  # fmt: skip
     assert isinstance(events[0], types.HitsEvent) and len(events[0].hits) == 2
-    assert isinstance(events[-1], types.DoneEvent)
+    assert isinstance(events[-1], types.DoneEvent) and events[-1].upstream_calls == 3
     per_hit = [e for e in events if isinstance(e, types.HitResultEvent)]
     assert sorted(e.hit_index for e in per_hit) == [0, 1]
     assert any(isinstance(e, types.TokenEvent) for e in events)
@@ -170,6 +173,7 @@ async def test_ask_chat_and_conversations(client: AsyncGensearch) -> None:
     )
     assert first.answer and first.conversation_id == chat.conversation_id
     assert first.hits and isinstance(first.hits[0]["year"], int)
+    assert first.upstream_calls == 1
     events = [e async for e in chat.ask_stream("When was it written?")]
     assert isinstance(events[0], types.AskContextEvent)
     assert any(isinstance(e, types.AnswerDelta) for e in events)
@@ -177,6 +181,7 @@ async def test_ask_chat_and_conversations(client: AsyncGensearch) -> None:
     assert isinstance(final, types.AnswerEvent)
     assert final.answer.conversation_id == first.conversation_id
     assert final.answer.rewritten_query
+    assert final.answer.upstream_calls == 2  # the question rewrite and the answer
 
     conversations = client.conversations
     assert chat.conversation_id in [c.id for c in await conversations.list()]

@@ -16,21 +16,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from gensearch.generation.v1 import generation_service_pb2 as gen_pb
 from gensearch.generation.v1 import generation_service_pb2_grpc as gen_grpc
 
-from services.common.errors import ServiceError
+from services.common.errors import ServiceError, upstream_calls
 from services.gateway.clients.base import ServiceClient
 from services.gateway.clients.caller import Caller, Metadata
 from services.gateway.clients.channel import GENERATION_SERVICE
-
-# ErrorInfo metadata of a failed Generate: the upstream calls it made (generation's
-# ``fallback.UPSTREAM_CALLS``).
-UPSTREAM_CALLS = "upstream_calls"
-
-
-def upstream_calls(err: ServiceError) -> int:
-    """The upstream calls a failed Generate made, as its error says; 0 when it does not
-    say (it failed before the generation service answered)."""
-    value = err.metadata.get(UPSTREAM_CALLS, "")
-    return int(value) if value.isdigit() else 0
 
 
 class GenerationClient(ServiceClient):
@@ -63,7 +52,7 @@ class GenerationClient(ServiceClient):
                 "Generate", request, caller, timeout
             )
         except ServiceError as err:
-            await self._charge_extra(upstream_calls(err), caller)
+            await self._charge_extra(upstream_calls(err.metadata), caller)
             raise
         await self._charge_extra(response.upstream_calls, caller)
         return response
@@ -91,7 +80,7 @@ class GenerationClient(ServiceClient):
                     await self._charge_extra(chunk.upstream_calls, caller)
                 yield chunk
         except ServiceError as err:
-            await self._charge_extra(upstream_calls(err), caller)
+            await self._charge_extra(upstream_calls(err.metadata), caller)
             raise
 
     async def list_models(self, caller: Caller, timeout: float | None) -> gen_pb.ListModelsResponse:

@@ -372,6 +372,9 @@ class GenerationResult:
     model: str = ""
     finish_reason: str = ""
     prompt: str = ""
+    # Requests this call sent upstream (fallback pairs, retries, a corrective retry): what
+    # the LLM-calls quota was charged for it; 0 for a cached answer.
+    upstream_calls: int = 0
 
     @property
     def ok(self) -> bool:
@@ -409,6 +412,8 @@ class GenerativeSearchResult:
     hits: list[GenerativeHit] = field(default_factory=list)
     grouped: GenerationResult | None = None
     usage: Usage | None = None
+    # Sum of upstream_calls over every per-hit and grouped result.
+    upstream_calls: int = 0
     raw: Any = field(default=None, repr=False, compare=False)
 
     def __iter__(self) -> Any:
@@ -462,6 +467,7 @@ class GroupedEvent:
 @dataclass
 class DoneEvent:
     usage: Usage | None = None
+    upstream_calls: int = 0
     raw: Any = field(default=None, repr=False, compare=False)
 
 
@@ -553,6 +559,8 @@ class Answer:
     cached: bool = False
     # The prompt carried the conversation's rolling summary.
     summary_used: bool = False
+    # Requests sent upstream for this Ask (question rewrite and answer); 0 when cached.
+    upstream_calls: int = 0
     raw: Any = field(default=None, repr=False, compare=False)
 
     def __str__(self) -> str:

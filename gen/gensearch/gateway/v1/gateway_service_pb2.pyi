@@ -125,7 +125,7 @@ class GenerationError(_message.Message):
     def __init__(self, code: _Optional[int] = ..., status: _Optional[str] = ..., message: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class GenerationResult(_message.Message):
-    __slots__ = ("result", "error", "usage", "model", "finish_reason", "prompt", "provider", "structured", "fallback_index", "cached", "attempts", "wait_time")
+    __slots__ = ("result", "error", "usage", "model", "finish_reason", "prompt", "provider", "structured", "fallback_index", "cached", "attempts", "wait_time", "upstream_calls")
     RESULT_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
@@ -138,6 +138,7 @@ class GenerationResult(_message.Message):
     CACHED_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     WAIT_TIME_FIELD_NUMBER: _ClassVar[int]
+    UPSTREAM_CALLS_FIELD_NUMBER: _ClassVar[int]
     result: str
     error: GenerationError
     usage: _generation_service_pb2.Usage
@@ -150,7 +151,8 @@ class GenerationResult(_message.Message):
     cached: bool
     attempts: int
     wait_time: _duration_pb2.Duration
-    def __init__(self, result: _Optional[str] = ..., error: _Optional[_Union[GenerationError, _Mapping]] = ..., usage: _Optional[_Union[_generation_service_pb2.Usage, _Mapping]] = ..., model: _Optional[str] = ..., finish_reason: _Optional[str] = ..., prompt: _Optional[str] = ..., provider: _Optional[str] = ..., structured: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., fallback_index: _Optional[int] = ..., cached: _Optional[bool] = ..., attempts: _Optional[int] = ..., wait_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    upstream_calls: int
+    def __init__(self, result: _Optional[str] = ..., error: _Optional[_Union[GenerationError, _Mapping]] = ..., usage: _Optional[_Union[_generation_service_pb2.Usage, _Mapping]] = ..., model: _Optional[str] = ..., finish_reason: _Optional[str] = ..., prompt: _Optional[str] = ..., provider: _Optional[str] = ..., structured: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., fallback_index: _Optional[int] = ..., cached: _Optional[bool] = ..., attempts: _Optional[int] = ..., wait_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., upstream_calls: _Optional[int] = ...) -> None: ...
 
 class GenerativeHit(_message.Message):
     __slots__ = ("hit", "generation")
@@ -189,16 +191,18 @@ class GenerativeSearchRequest(_message.Message):
     def __init__(self, collection: _Optional[str] = ..., near_text: _Optional[_Union[_retrieval_service_pb2.NearText, _Mapping]] = ..., near_vector: _Optional[_Union[_retrieval_service_pb2.NearVector, _Mapping]] = ..., keyword: _Optional[_Union[_retrieval_service_pb2.Keyword, _Mapping]] = ..., hybrid: _Optional[_Union[_retrieval_service_pb2.Hybrid, _Mapping]] = ..., filter: _Optional[_Union[_retrieval_service_pb2.Filter, _Mapping]] = ..., limit: _Optional[int] = ..., offset: _Optional[int] = ..., return_properties: _Optional[_Iterable[str]] = ..., generate: _Optional[_Union[Generate, _Mapping]] = ..., rerank: _Optional[_Union[_retrieval_service_pb2.Rerank, _Mapping]] = ..., expand_context: _Optional[_Union[ContextExpansion, _Mapping]] = ...) -> None: ...
 
 class GenerativeSearchResponse(_message.Message):
-    __slots__ = ("hits", "grouped", "usage", "passages")
+    __slots__ = ("hits", "grouped", "usage", "passages", "upstream_calls")
     HITS_FIELD_NUMBER: _ClassVar[int]
     GROUPED_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     PASSAGES_FIELD_NUMBER: _ClassVar[int]
+    UPSTREAM_CALLS_FIELD_NUMBER: _ClassVar[int]
     hits: _containers.RepeatedCompositeFieldContainer[GenerativeHit]
     grouped: GenerationResult
     usage: _generation_service_pb2.Usage
     passages: _containers.RepeatedCompositeFieldContainer[ContextPassage]
-    def __init__(self, hits: _Optional[_Iterable[_Union[GenerativeHit, _Mapping]]] = ..., grouped: _Optional[_Union[GenerationResult, _Mapping]] = ..., usage: _Optional[_Union[_generation_service_pb2.Usage, _Mapping]] = ..., passages: _Optional[_Iterable[_Union[ContextPassage, _Mapping]]] = ...) -> None: ...
+    upstream_calls: int
+    def __init__(self, hits: _Optional[_Iterable[_Union[GenerativeHit, _Mapping]]] = ..., grouped: _Optional[_Union[GenerationResult, _Mapping]] = ..., usage: _Optional[_Union[_generation_service_pb2.Usage, _Mapping]] = ..., passages: _Optional[_Iterable[_Union[ContextPassage, _Mapping]]] = ..., upstream_calls: _Optional[int] = ...) -> None: ...
 
 class StreamGenerativeSearchRequest(_message.Message):
     __slots__ = ("collection", "near_text", "near_vector", "keyword", "hybrid", "filter", "limit", "offset", "return_properties", "generate", "rerank", "expand_context")
@@ -257,10 +261,12 @@ class TokenEvent(_message.Message):
     def __init__(self, hit_index: _Optional[int] = ..., grouped: _Optional[bool] = ..., delta: _Optional[str] = ..., restart: _Optional[bool] = ...) -> None: ...
 
 class DoneEvent(_message.Message):
-    __slots__ = ("usage",)
+    __slots__ = ("usage", "upstream_calls")
     USAGE_FIELD_NUMBER: _ClassVar[int]
+    UPSTREAM_CALLS_FIELD_NUMBER: _ClassVar[int]
     usage: _generation_service_pb2.Usage
-    def __init__(self, usage: _Optional[_Union[_generation_service_pb2.Usage, _Mapping]] = ...) -> None: ...
+    upstream_calls: int
+    def __init__(self, usage: _Optional[_Union[_generation_service_pb2.Usage, _Mapping]] = ..., upstream_calls: _Optional[int] = ...) -> None: ...
 
 class StreamGenerativeSearchResponse(_message.Message):
     __slots__ = ("hits", "hit_result", "token", "grouped", "done")
@@ -433,7 +439,7 @@ class Trimmed(_message.Message):
     def __init__(self, history_turns: _Optional[int] = ..., hits: _Optional[int] = ...) -> None: ...
 
 class AskResponse(_message.Message):
-    __slots__ = ("answer", "citations", "hits", "usage", "conversation_id", "interaction_id", "rewritten_query", "trimmed", "model", "prompt", "provider", "cached", "cached_question", "cached_similarity", "summary_used", "history_tokens", "history_budget_tokens", "attempts", "wait_time", "passages", "sentences", "citation_coverage", "dropped_citations", "rewrite_method", "rewrite_rejection", "fallback_index")
+    __slots__ = ("answer", "citations", "hits", "usage", "conversation_id", "interaction_id", "rewritten_query", "trimmed", "model", "prompt", "provider", "cached", "cached_question", "cached_similarity", "summary_used", "history_tokens", "history_budget_tokens", "attempts", "wait_time", "passages", "sentences", "citation_coverage", "dropped_citations", "rewrite_method", "rewrite_rejection", "fallback_index", "upstream_calls")
     ANSWER_FIELD_NUMBER: _ClassVar[int]
     CITATIONS_FIELD_NUMBER: _ClassVar[int]
     HITS_FIELD_NUMBER: _ClassVar[int]
@@ -460,6 +466,7 @@ class AskResponse(_message.Message):
     REWRITE_METHOD_FIELD_NUMBER: _ClassVar[int]
     REWRITE_REJECTION_FIELD_NUMBER: _ClassVar[int]
     FALLBACK_INDEX_FIELD_NUMBER: _ClassVar[int]
+    UPSTREAM_CALLS_FIELD_NUMBER: _ClassVar[int]
     answer: str
     citations: _containers.RepeatedCompositeFieldContainer[Citation]
     hits: _containers.RepeatedCompositeFieldContainer[_retrieval_service_pb2.Hit]
@@ -486,7 +493,8 @@ class AskResponse(_message.Message):
     rewrite_method: RewriteMethod
     rewrite_rejection: RewriteRejection
     fallback_index: int
-    def __init__(self, answer: _Optional[str] = ..., citations: _Optional[_Iterable[_Union[Citation, _Mapping]]] = ..., hits: _Optional[_Iterable[_Union[_retrieval_service_pb2.Hit, _Mapping]]] = ..., usage: _Optional[_Union[_generation_service_pb2.Usage, _Mapping]] = ..., conversation_id: _Optional[str] = ..., interaction_id: _Optional[str] = ..., rewritten_query: _Optional[str] = ..., trimmed: _Optional[_Union[Trimmed, _Mapping]] = ..., model: _Optional[str] = ..., prompt: _Optional[_Iterable[_Union[_generation_service_pb2.Message, _Mapping]]] = ..., provider: _Optional[str] = ..., cached: _Optional[bool] = ..., cached_question: _Optional[str] = ..., cached_similarity: _Optional[float] = ..., summary_used: _Optional[bool] = ..., history_tokens: _Optional[int] = ..., history_budget_tokens: _Optional[int] = ..., attempts: _Optional[int] = ..., wait_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., passages: _Optional[_Iterable[_Union[ContextPassage, _Mapping]]] = ..., sentences: _Optional[_Iterable[_Union[AnswerSentence, _Mapping]]] = ..., citation_coverage: _Optional[float] = ..., dropped_citations: _Optional[_Iterable[_Union[DroppedCitation, _Mapping]]] = ..., rewrite_method: _Optional[_Union[RewriteMethod, str]] = ..., rewrite_rejection: _Optional[_Union[RewriteRejection, str]] = ..., fallback_index: _Optional[int] = ...) -> None: ...
+    upstream_calls: int
+    def __init__(self, answer: _Optional[str] = ..., citations: _Optional[_Iterable[_Union[Citation, _Mapping]]] = ..., hits: _Optional[_Iterable[_Union[_retrieval_service_pb2.Hit, _Mapping]]] = ..., usage: _Optional[_Union[_generation_service_pb2.Usage, _Mapping]] = ..., conversation_id: _Optional[str] = ..., interaction_id: _Optional[str] = ..., rewritten_query: _Optional[str] = ..., trimmed: _Optional[_Union[Trimmed, _Mapping]] = ..., model: _Optional[str] = ..., prompt: _Optional[_Iterable[_Union[_generation_service_pb2.Message, _Mapping]]] = ..., provider: _Optional[str] = ..., cached: _Optional[bool] = ..., cached_question: _Optional[str] = ..., cached_similarity: _Optional[float] = ..., summary_used: _Optional[bool] = ..., history_tokens: _Optional[int] = ..., history_budget_tokens: _Optional[int] = ..., attempts: _Optional[int] = ..., wait_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., passages: _Optional[_Iterable[_Union[ContextPassage, _Mapping]]] = ..., sentences: _Optional[_Iterable[_Union[AnswerSentence, _Mapping]]] = ..., citation_coverage: _Optional[float] = ..., dropped_citations: _Optional[_Iterable[_Union[DroppedCitation, _Mapping]]] = ..., rewrite_method: _Optional[_Union[RewriteMethod, str]] = ..., rewrite_rejection: _Optional[_Union[RewriteRejection, str]] = ..., fallback_index: _Optional[int] = ..., upstream_calls: _Optional[int] = ...) -> None: ...
 
 class StreamAskRequest(_message.Message):
     __slots__ = ("collection", "llm_question", "llm_model", "provider", "conversation_id", "new_conversation", "context_size", "interaction_size", "timeout", "system_prompt", "user_instructions", "context_field_list", "near_text", "near_vector", "keyword", "hybrid", "filter", "rewrite_query", "temperature", "max_tokens", "debug", "semantic_cache", "summary_disabled", "rerank", "expand_context", "fallback")
@@ -597,14 +605,16 @@ class GenerateOnObjectsRequest(_message.Message):
     def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Union[ObjectIds, _Mapping]] = ..., inline: _Optional[_Union[InlineObjects, _Mapping]] = ..., return_properties: _Optional[_Iterable[str]] = ..., generate: _Optional[_Union[Generate, _Mapping]] = ...) -> None: ...
 
 class GenerateOnObjectsResponse(_message.Message):
-    __slots__ = ("hits", "grouped", "usage")
+    __slots__ = ("hits", "grouped", "usage", "upstream_calls")
     HITS_FIELD_NUMBER: _ClassVar[int]
     GROUPED_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
+    UPSTREAM_CALLS_FIELD_NUMBER: _ClassVar[int]
     hits: _containers.RepeatedCompositeFieldContainer[GenerativeHit]
     grouped: GenerationResult
     usage: _generation_service_pb2.Usage
-    def __init__(self, hits: _Optional[_Iterable[_Union[GenerativeHit, _Mapping]]] = ..., grouped: _Optional[_Union[GenerationResult, _Mapping]] = ..., usage: _Optional[_Union[_generation_service_pb2.Usage, _Mapping]] = ...) -> None: ...
+    upstream_calls: int
+    def __init__(self, hits: _Optional[_Iterable[_Union[GenerativeHit, _Mapping]]] = ..., grouped: _Optional[_Union[GenerationResult, _Mapping]] = ..., usage: _Optional[_Union[_generation_service_pb2.Usage, _Mapping]] = ..., upstream_calls: _Optional[int] = ...) -> None: ...
 
 class StreamGenerateOnObjectsRequest(_message.Message):
     __slots__ = ("collection", "ids", "inline", "return_properties", "generate")
