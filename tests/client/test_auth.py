@@ -41,6 +41,17 @@ async def test_the_key_decides_who_you_are(memory_address: str) -> None:
     async with AsyncGensearch(memory_address, api_key="kb") as bob:
         with pytest.raises(errors.ConversationNotFoundError):  # another user's: not found
             await bob.conversations.get(mine.id)
+        # Nor can another user write to it.
+        with pytest.raises(errors.ConversationNotFoundError):
+            await bob.conversations.update(mine.id, name="mine now")
+        with pytest.raises(errors.ConversationNotFoundError):
+            await bob.conversations.update_summary(mine.id, "x", through_interaction_id=turn.id)
+        with pytest.raises(errors.InteractionNotFoundError):
+            await bob.conversations.update_interaction(turn.id, {"hits": []})
+    async with AsyncGensearch(memory_address, api_key="ka") as alice:
+        assert (await alice.conversations.get(mine.id)).name == "Trip to Lisbon"
+        (turn,) = await alice.conversations.interactions(mine.id)
+        assert turn.additional_info == {"hits": ["doc-12"]} and turn.update_time is None
     async with AsyncGensearch(memory_address, api_key="wrong") as stranger:
         with pytest.raises(errors.InvalidApiKeyError) as caught:
             await stranger.conversations.list()

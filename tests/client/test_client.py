@@ -290,7 +290,11 @@ def test_retries_cover_only_idempotent_reads() -> None:
     (method_config,) = config["methodConfig"]
     methods = {n["method"] for n in method_config["name"]}
     assert {"Search", "GetCollection", "ListInteractions"} <= methods
-    writes = {"CreateCollection", "ImportObjects", "UpsertObjects", "GenerativeSearch", "Ask"}
+    writes = {
+        "CreateCollection", "ImportObjects", "UpsertObjects", "GenerativeSearch", "Ask",
+        "UpdateConversation", "UpdateInteraction", "UpdateConversationSummary",
+        "GenerateOnObjects", "StreamGenerateOnObjects",
+    }  # fmt: skip
     assert not methods & writes
     assert method_config["retryPolicy"]["maxAttempts"] == 3
 

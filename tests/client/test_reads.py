@@ -1,6 +1,6 @@
 """The client's reads beyond search, through the real gateway stack: several objects by id
 (BatchGetObjects), document chunks (GetChunks), one interaction, its traces, and search over
-interactions; and which forwarded RPCs the client covers and retries."""
+interactions; and which forwarded and gateway RPCs the client covers and retries."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from gensearch.client import AsyncGensearch, Gensearch, RetryPolicy, errors, types
 from gensearch.client._transport import IDEMPOTENT
+from gensearch.gateway.v1 import gateway_service_pb2
 from gensearch.memory.v1 import memory_service_pb2
 from gensearch.retrieval.v1 import retrieval_service_pb2
 
@@ -180,9 +181,9 @@ async def test_interaction_its_traces_and_search(client: AsyncGensearch) -> None
 
 # --- which forwarded RPCs the client covers --------------------------------------------------
 
-# Forwarded by the gateway, not yet a client method (writes; reachable through the
-# generated stubs): listed so that a newly forwarded RPC fails the test below.
-NOT_IN_CLIENT = {"UpdateConversation", "UpdateInteraction", "UpdateConversationSummary"}
+# Forwarded by the gateway, not yet a client method (reachable through the generated
+# stubs): listed so that a newly forwarded RPC fails the test below. None today.
+NOT_IN_CLIENT: set[str] = set()
 READ = re.compile(r"^(Get|BatchGet|List|Count|Search)([A-Z]|$)")
 
 
@@ -201,6 +202,17 @@ def test_every_forwarded_rpc_has_a_client_method() -> None:
     assert {"BatchGetObjects", "GetChunks", "SearchInteractions"} <= forwarded
     called = set(re.findall(r"self\._t\.(?:retrieval|memory)\.([A-Za-z]+)", CLIENT.read_text()))
     assert forwarded - called == NOT_IN_CLIENT, "a forwarded RPC has no client method"
+    assert {"UpdateConversation", "UpdateInteraction", "UpdateConversationSummary"} <= called
+
+
+def test_every_gateway_rpc_has_a_client_method() -> None:
+    service = gateway_service_pb2.DESCRIPTOR.services_by_name["GatewayService"]
+    rpcs = set(service.methods_by_name)
+    assert {"GenerateOnObjects", "StreamGenerateOnObjects"} <= rpcs
+    called = set(re.findall(r"\.gateway\.([A-Za-z]+)\b", CLIENT.read_text()))
+    assert rpcs - called == set(), "a gateway RPC has no client method"
+    # Generation pays per call: never retried by the client.
+    assert not rpcs & {m for methods in IDEMPOTENT.values() for m in methods}
 
 
 def test_every_forwarded_read_is_retried_like_get_object() -> None:

@@ -31,7 +31,7 @@ from gensearch.client.filters import FilterLike, as_filter, to_struct_dict
 from gensearch.gateway.v1 import gateway_service_pb2 as gpb
 from gensearch.memory.v1 import memory_service_pb2 as mpb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as rpb
-from google.protobuf import json_format
+from google.protobuf import field_mask_pb2, json_format, struct_pb2
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2
 
@@ -103,6 +103,10 @@ class AsyncGensearch:
         )
         self.collections = Collections(self._t)
         self.conversations = Conversations(self._t)
+        # Generation over inline objects with no collection (a collection's handle has
+        # the same methods, and by_ids, under .generate / .generate_stream).
+        self.generate = InlineGenerate(self._t)
+        self.generate_stream = InlineGenerateStream(self._t)
 
     @property
     def address(self) -> str:
@@ -753,17 +757,228 @@ def _generate_message(fields: dict[str, Any]) -> gpb.Generate:
     return gpb.Generate(**_clean(chosen))
 
 
-class Generate(_Searcher[Awaitable[t.GenerativeSearchResult]]):
+# --- generation over named objects ----------------------------------------------------------
+
+
+InlineObject = t.DataObject | Mapping[str, Any]
+
+
+class _Inline(Generic[R]):
+    """``on_objects``: generation over objects given inline (GenerateOnObjects, no search)."""
+
+    def _run_objects(self, kind: str, value: Any, fields: dict[str, Any]) -> R:
+        raise NotImplementedError
+
+    def on_objects(
+        self,
+        objects: Iterable[InlineObject],
+        *,
+        single_prompt: str = "",
+        grouped_task: str = "",
+        return_properties: Sequence[str] | None = None,
+        timeout: Timeout = DEFAULT,
+        **fields: Any,
+    ) -> R:
+        """The ``generate`` block over ``objects`` given as properties (dicts or
+        ``DataObject``s): ``single_prompt`` is one LLM call per object, ``grouped_task``
+        one over all. On a collection's handle its schema checks the objects and templates
+        and its generative defaults apply; ``client.generate.on_objects`` needs none. Other
+        ``Generate`` fields (``provider``, ``model``, ``max_tokens``, ``generation_timeout``
+        …) are keywords, as for generative search."""
+        if isinstance(objects, Mapping | t.DataObject):
+            raise TypeError("on_objects takes a list of objects")
+        sent = builtins.list(objects)
+        return self._run_objects(
+            "inline",
+            sent,
+            _objects_fields(single_prompt, grouped_task, return_properties, timeout, fields),
+        )
+
+
+class _Named(_Inline[R]):
+    """``by_ids`` beside ``on_objects``: objects of this collection named by id."""
+
+    def by_ids(
+        self,
+        ids: Iterable[str],
+        *,
+        single_prompt: str = "",
+        grouped_task: str = "",
+        return_properties: Sequence[str] | None = None,
+        timeout: Timeout = DEFAULT,
+        **fields: Any,
+    ) -> R:
+        """The ``generate`` block over objects of this collection by id, in the order
+        given (an id given twice is two objects). An id the collection does not hold is
+        that object's own NOT_FOUND error (``OBJECT_NOT_FOUND``), not the call's; a
+        malformed id, no ids or more than the gateway's ``max_hits`` raise
+        ``InvalidArgumentError`` naming the field."""
+        if isinstance(ids, str):  # would be read as one id per character
+            raise TypeError("by_ids takes a list of ids")
+        return self._run_objects(
+            "ids",
+            builtins.list(ids),
+            _objects_fields(single_prompt, grouped_task, return_properties, timeout, fields),
+        )
+
+
+class InlineGenerate(_Inline[Awaitable[t.GenerateOnObjectsResult]]):
+    """``client.generate.on_objects([...], single_prompt=...)``: generation over objects
+    given inline, with no collection behind them."""
+
+    def __init__(self, transport: Transport) -> None:
+        self._t = transport
+
+    def _run_objects(
+        self, kind: str, value: Any, fields: dict[str, Any]
+    ) -> Awaitable[t.GenerateOnObjectsResult]:
+        return _generate_on_objects(self._t, None, kind, value, fields)
+
+
+class InlineGenerateStream(_Inline[AsyncIterator[t.SearchEvent]]):
+    """``client.generate_stream.on_objects([...])``: the streamed form (the events of
+    ``generate_stream``)."""
+
+    def __init__(self, transport: Transport) -> None:
+        self._t = transport
+
+    def _run_objects(
+        self, kind: str, value: Any, fields: dict[str, Any]
+    ) -> AsyncIterator[t.SearchEvent]:
+        return _stream_on_objects(self._t, None, kind, value, fields)
+
+
+def _objects_fields(
+    single_prompt: str,
+    grouped_task: str,
+    return_properties: Sequence[str] | None,
+    timeout: Timeout,
+    fields: dict[str, Any],
+) -> dict[str, Any]:
+    return {
+        "single_prompt": single_prompt,
+        "grouped_task": grouped_task,
+        "return_properties": builtins.list(return_properties) if return_properties else None,
+        "timeout": timeout,
+        **fields,
+    }
+
+
+def _objects_request(
+    cls: type[Message], collection: AsyncCollection | None, kind: str, value: Any, fields: Any
+) -> Any:
+    fields = dict(fields)
+    fields.pop("timeout", None)
+    generate = _generate_message(fields)
+    name = collection.name if collection is not None else ""
+    request: Any = cls(**_clean({"collection": name, **fields}))
+    request.generate.CopyFrom(generate)
+    if kind == "ids":
+        request.ids.ids.extend(value)
+        request.ids.SetInParent()  # no ids at all is still "ids", for the server to name
+    else:
+        request.inline.objects.extend(_inline_struct(o) for o in value)
+        request.inline.SetInParent()
+    return request
+
+
+def _inline_properties(obj: InlineObject) -> Mapping[str, Any]:
+    return obj.properties if isinstance(obj, t.DataObject) else obj
+
+
+def _inline_struct(obj: InlineObject) -> struct_pb2.Struct:
+    struct = struct_pb2.Struct()
+    json_format.ParseDict(to_struct_dict(dict(_inline_properties(obj))), struct)
+    return struct
+
+
+def _sent_types(obj: InlineObject) -> dict[str, str]:
+    """The kinds of an inline object's values that a ``Struct`` does not keep (every number
+    a double, a ``datetime`` a string), so they come back as they were given."""
+    kinds: dict[str, str] = {}
+    for name, value in _inline_properties(obj).items():
+        if isinstance(value, int) and not isinstance(value, bool):
+            kinds[str(name)] = "int"
+        elif isinstance(value, datetime):
+            kinds[str(name)] = "date"
+    return kinds
+
+
+def _objects_hits(
+    collection: AsyncCollection | None, kind: str, value: Any
+) -> Callable[[Iterable[rpb.Hit]], Awaitable[list[t.Hit]]]:
+    """How the answer's hits become ``Hit``s: by the collection's schema, or, for inline
+    objects with no collection, by the values sent (the hits come in the order given)."""
+    if collection is not None:
+        return collection._hits
+
+    async def convert(hits: Iterable[rpb.Hit]) -> list[t.Hit]:
+        out = []
+        for index, hit in enumerate(hits):
+            converted = t.from_proto(t.Hit, hit)
+            if kind == "inline" and index < len(value):
+                kinds = _sent_types(value[index])
+                converted.properties = coerce_properties(converted.properties, kinds)
+            out.append(converted)
+        return out
+
+    return convert
+
+
+async def _generate_on_objects(
+    transport: Transport,
+    collection: AsyncCollection | None,
+    kind: str,
+    value: Any,
+    fields: dict[str, Any],
+) -> t.GenerateOnObjectsResult:
+    timeout = fields.get("timeout", DEFAULT)
+    request = _objects_request(gpb.GenerateOnObjectsRequest, collection, kind, value, fields)
+    # Never retried (like generative search): a retry would pay for every call again.
+    reply = await transport.unary(transport.gateway.GenerateOnObjects, request, timeout)
+    result = t.from_proto(t.GenerateOnObjectsResult, reply)
+    hits = await _objects_hits(collection, kind, value)(h.hit for h in reply.hits)
+    for item, hit in zip(result.hits, hits, strict=True):
+        item.hit = hit
+    return result
+
+
+async def _stream_on_objects(
+    transport: Transport,
+    collection: AsyncCollection | None,
+    kind: str,
+    value: Any,
+    fields: dict[str, Any],
+) -> AsyncIterator[t.SearchEvent]:
+    timeout = fields.get("timeout", DEFAULT)
+    request = _objects_request(gpb.StreamGenerateOnObjectsRequest, collection, kind, value, fields)
+    stream = transport.server_stream(transport.gateway.StreamGenerateOnObjects, request, timeout)
+    async for event in _search_events(stream, _objects_hits(collection, kind, value)):
+        yield event
+
+
+class Generate(
+    _Searcher[Awaitable[t.GenerativeSearchResult]],
+    _Named[Awaitable[t.GenerateOnObjectsResult]],
+):
     """Generative search: a search, then ``single_prompt`` (one LLM call per hit, ``{property}``
     filled from the hit) and/or ``grouped_task`` (one call over all hits). Any field of
     ``Generate`` (``grouped_properties``, ``provider``, ``model``, ``temperature``,
     ``max_tokens``, ``max_concurrency``, ``debug``; ``generation_timeout`` for its
-    ``timeout``) is a keyword here; ``timeout`` is the call's deadline."""
+    ``timeout``) is a keyword here; ``timeout`` is the call's deadline.
+
+    ``by_ids`` and ``on_objects`` run the same generation over objects you name, with no
+    search (GenerateOnObjects)."""
 
     def _run(
         self, kind: str, value: Any, fields: dict[str, Any]
     ) -> Awaitable[t.GenerativeSearchResult]:
         return self._generate(kind, value, fields)
+
+    def _run_objects(
+        self, kind: str, value: Any, fields: dict[str, Any]
+    ) -> Awaitable[t.GenerateOnObjectsResult]:
+        return _generate_on_objects(self._t, self._c, kind, value, fields)
 
     async def _generate(
         self, kind: str, value: Any, fields: dict[str, Any]
@@ -780,13 +995,19 @@ class Generate(_Searcher[Awaitable[t.GenerativeSearchResult]]):
         return result
 
 
-class GenerateStream(_Searcher[AsyncIterator[t.SearchEvent]]):
+class GenerateStream(_Searcher[AsyncIterator[t.SearchEvent]], _Named[AsyncIterator[t.SearchEvent]]):
     """``async for event in books.generate_stream.near_text(...)``: a ``HitsEvent``, then
     ``HitResultEvent``s in completion order (``TokenEvent``s with ``stream_tokens=True``),
-    a ``GroupedEvent``, a ``DoneEvent``. The same keywords as ``generate``."""
+    a ``GroupedEvent``, a ``DoneEvent``. The same keywords as ``generate``; ``by_ids`` and
+    ``on_objects`` stream the same events over objects you name."""
 
     def _run(self, kind: str, value: Any, fields: dict[str, Any]) -> AsyncIterator[t.SearchEvent]:
         return self._events(kind, value, fields)
+
+    def _run_objects(
+        self, kind: str, value: Any, fields: dict[str, Any]
+    ) -> AsyncIterator[t.SearchEvent]:
+        return _stream_on_objects(self._t, self._c, kind, value, fields)
 
     async def _events(
         self, kind: str, value: Any, fields: dict[str, Any]
@@ -796,23 +1017,32 @@ class GenerateStream(_Searcher[AsyncIterator[t.SearchEvent]]):
         request = self._request(gpb.StreamGenerativeSearchRequest, kind, value, fields)
         request.generate.CopyFrom(generate)
         stream = self._t.server_stream(self._t.gateway.StreamGenerativeSearch, request, timeout)
-        async for event in stream:
-            which = event.WhichOneof("event")
-            converted: t.SearchEvent
-            if which == "hits":
-                converted = t.HitsEvent(hits=await self._c._hits(event.hits.hits))
-            elif which == "hit_result":
-                converted = t.from_proto(t.HitResultEvent, event.hit_result)
-            elif which == "token":
-                converted = t.from_proto(t.TokenEvent, event.token)
-            elif which == "grouped":
-                converted = t.GroupedEvent(t.from_proto(t.GenerationResult, event.grouped))
-            elif which == "done":
-                converted = t.from_proto(t.DoneEvent, event.done)
-            else:
-                continue  # an event kind newer than this client
-            converted.raw = event
-            yield converted
+        async for event in _search_events(stream, self._c._hits):
+            yield event
+
+
+async def _search_events(
+    stream: AsyncIterator[Any], hits: Callable[[Iterable[rpb.Hit]], Awaitable[list[t.Hit]]]
+) -> AsyncIterator[t.SearchEvent]:
+    """The typed events of a StreamGenerativeSearch or StreamGenerateOnObjects stream (the
+    same events); ``hits`` converts the first event's hits."""
+    async for event in stream:
+        which = event.WhichOneof("event")
+        converted: t.SearchEvent
+        if which == "hits":
+            converted = t.HitsEvent(hits=await hits(event.hits.hits))
+        elif which == "hit_result":
+            converted = t.from_proto(t.HitResultEvent, event.hit_result)
+        elif which == "token":
+            converted = t.from_proto(t.TokenEvent, event.token)
+        elif which == "grouped":
+            converted = t.GroupedEvent(t.from_proto(t.GenerationResult, event.grouped))
+        elif which == "done":
+            converted = t.from_proto(t.DoneEvent, event.done)
+        else:
+            continue  # an event kind newer than this client
+        converted.raw = event
+        yield converted
 
 
 # --- conversations ---------------------------------------------------------------------------
@@ -874,6 +1104,71 @@ class Conversations:
         )
         found = [t.from_proto(t.Conversation, c) for c in reply.conversations]
         return found, reply.next_page_token
+
+    async def update(
+        self,
+        conversation_id: str,
+        *,
+        name: str | None = None,
+        ttl: timedelta | None = None,
+        max_turns: int | None = None,
+        summary_disabled: bool | None = None,
+        timeout: Timeout = DEFAULT,
+        **fields: Any,
+    ) -> t.Conversation:
+        """Change what you pass, and only that (UpdateConversation with a field mask of
+        the arguments given): ``name``, ``ttl`` (``timedelta(0)`` removes the expiry),
+        ``max_turns`` (0: no limit), ``summary_disabled``. Not retried (a write)."""
+        changes = _clean(
+            {
+                "name": name,
+                "ttl": ttl,
+                "max_turns": max_turns,
+                "summary_disabled": summary_disabled,
+                **fields,
+            }
+        )
+        if not changes:
+            # An empty mask means "name" to the service: it would blank the name.
+            raise ValueError("update needs at least one field to change")
+        request = mpb.UpdateConversationRequest(
+            conversation_id=conversation_id,
+            update_mask=field_mask_pb2.FieldMask(paths=sorted(changes)),
+            **changes,
+        )
+        reply = await self._t.unary(self._t.memory.UpdateConversation, request, timeout)
+        return t.from_proto(t.Conversation, reply.conversation)
+
+    async def update_summary(
+        self,
+        conversation_id: str,
+        text: str,
+        *,
+        through_interaction_id: str,
+        expected_through_interaction_id: str = "",
+        summarised_turns: int = 0,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+        timeout: Timeout = DEFAULT,
+    ) -> t.Conversation:
+        """Replace the conversation's rolling summary with ``text``, covering the turns up
+        to ``through_interaction_id`` (UpdateConversationSummary) — if the current summary
+        still covers up to ``expected_through_interaction_id`` ("" when there is none):
+        a compare-and-set, so a concurrent writer (the gateway's own summarizer, say)
+        makes this raise ``SummaryChangedError`` (``metadata["through_interaction_id"]``:
+        what the summary covers now). Turns beyond ``max_turns`` that it covers are
+        evicted. Not retried (a write)."""
+        request = mpb.UpdateConversationSummaryRequest(
+            conversation_id=conversation_id,
+            text=text,
+            expected_through_interaction_id=expected_through_interaction_id,
+            through_interaction_id=through_interaction_id,
+            summarised_turns=summarised_turns,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+        )
+        reply = await self._t.unary(self._t.memory.UpdateConversationSummary, request, timeout)
+        return t.from_proto(t.Conversation, reply.conversation)
 
     async def delete(self, conversation_id: str, *, timeout: Timeout = DEFAULT) -> None:
         await self._t.unary(
@@ -991,4 +1286,32 @@ class Conversations:
             )
         )
         reply = await self._t.unary(self._t.memory.CreateInteraction, request, timeout)
+        return t.from_proto(t.Interaction, reply.interaction)
+
+    async def update_interaction(
+        self,
+        interaction_id: str,
+        additional_info: Mapping[str, Any],
+        *,
+        keys: Iterable[str] | None = None,
+        timeout: Timeout = DEFAULT,
+    ) -> t.Interaction:
+        """Change an interaction's ``additional_info`` (the only field of a turn that may
+        change; UpdateInteraction). Without ``keys`` it is replaced whole; with ``keys``
+        only those top-level keys change: each is set from ``additional_info``, or removed
+        when ``additional_info`` lacks it, and the other keys stay (concurrent updates of
+        different keys all land). Sets ``update_time``. Not retried (a write)."""
+        if isinstance(keys, str):  # would be read as one key per character
+            raise TypeError("keys takes a list of key names")
+        paths = ["additional_info"] if keys is None else [f"additional_info.{k}" for k in keys]
+        if not paths:
+            raise ValueError("keys is empty: nothing would change")
+        request = mpb.UpdateInteractionRequest(
+            interaction=mpb.Interaction(
+                interaction_id=interaction_id,
+                additional_info=to_struct_dict(dict(additional_info)),
+            ),
+            update_mask=field_mask_pb2.FieldMask(paths=paths),
+        )
+        reply = await self._t.unary(self._t.memory.UpdateInteraction, request, timeout)
         return t.from_proto(t.Interaction, reply.interaction)

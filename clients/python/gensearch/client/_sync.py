@@ -20,10 +20,11 @@ from gensearch.client._async import (
     Collections,
     Conversations,
     Data,
+    _Inline,
     _Searcher,
 )
 
-_NAMESPACES = (AsyncCollection, Chat, Collections, Conversations, Data, _Searcher)
+_NAMESPACES = (AsyncCollection, Chat, Collections, Conversations, Data, _Inline, _Searcher)
 
 
 class _Loop:

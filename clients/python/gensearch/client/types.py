@@ -2,9 +2,10 @@
 
 ``Struct`` becomes ``dict``, ``Timestamp`` an aware ``datetime``, ``Duration`` a
 ``timedelta``, an enum its short lower-case name (``DATA_TYPE_TEXT`` -> ``"text"``), an
-unset optional field ``None``. Conversion is generic (``from_proto``): a dataclass names the
-proto fields it exposes, so a field added to a proto is one line here; every result also
-keeps the message it came from in ``raw`` for fields this client does not know yet.
+unset optional field ``None`` (or ``{}`` where the dataclass's default is a dict).
+Conversion is generic (``from_proto``): a dataclass names the proto fields it exposes, so a
+field added to a proto is one line here; every result also keeps the message it came from
+in ``raw`` for fields this client does not know yet.
 """
 
 from __future__ import annotations
@@ -78,7 +79,12 @@ def from_proto(cls: type[T], message: Message) -> T:
             else:
                 kwargs[f.name] = [_value(fd, v) for v in value]
         elif fd.has_presence and not message.HasField(f.name):
-            kwargs[f.name] = None
+            # Unset: None, or the dataclass's own empty default (an unset Struct is {}
+            # where the field is a dict, e.g. the properties of a hit that has none).
+            if f.default_factory is not dataclasses.MISSING:
+                kwargs[f.name] = f.default_factory()
+            else:
+                kwargs[f.name] = None
         else:
             kwargs[f.name] = _value(fd, value)
     return cls(**kwargs)
@@ -372,6 +378,16 @@ class GenerationResult:
     model: str = ""
     finish_reason: str = ""
     prompt: str = ""
+    # The provider that answered and which pair of the fallback chain it was (0: the
+    # primary); with response_format, the answer parsed against the schema.
+    provider: str = ""
+    fallback_index: int = 0
+    structured: dict[str, Any] | None = None
+    # Answered from the generation cache (no LLM call); upstream attempts and time spent
+    # waiting for the provider's limits.
+    cached: bool = False
+    attempts: int = 0
+    wait_time: timedelta | None = None
     # Requests this call sent upstream (fallback pairs, retries, a corrective retry): what
     # the LLM-calls quota was charged for it; 0 for a cached answer.
     upstream_calls: int = 0
@@ -405,6 +421,11 @@ class GenerativeHit:
         """The per-hit answer ("" when it failed or none was asked)."""
         return self.generation.result if self.generation else ""
 
+    @property
+    def error(self) -> GenerationError | None:
+        """This hit's own failure (None when it succeeded or none was asked)."""
+        return self.generation.error if self.generation else None
+
 
 @_proto("gensearch.gateway.v1.GenerativeSearchResponse")
 @dataclass
@@ -421,6 +442,27 @@ class GenerativeSearchResult:
 
     def __len__(self) -> int:
         return len(self.hits)
+
+    def __getitem__(self, index: int) -> GenerativeHit:
+        return self.hits[index]
+
+
+@_proto("gensearch.gateway.v1.GenerateOnObjectsResponse")
+@dataclass
+class GenerateOnObjectsResult(GenerativeSearchResult):
+    """What ``generate.by_ids`` / ``generate.on_objects`` answered: one ``GenerativeHit``
+    per object in the order given (``id`` empty for inline objects; an id the collection
+    does not hold is a hit with no properties and its own NOT_FOUND ``error``), the
+    ``grouped`` result and the summed ``usage``."""
+
+    @property
+    def failed(self) -> list[GenerativeHit]:
+        """The objects whose own generation failed."""
+        return [h for h in self.hits if h.error is not None]
+
+    def by_id(self) -> dict[str, GenerativeHit]:
+        """The objects named by id, by id (canonical form; an id given twice: its last)."""
+        return {h.id: h for h in self.hits if h.id}
 
 
 # Streamed generative search: one of these per event, in arrival order. Each event's
@@ -723,6 +765,7 @@ __all__ = [
     "DataObject",
     "DoneEvent",
     "DroppedCitation",
+    "GenerateOnObjectsResult",
     "GenerationError",
     "GenerationResult",
     "GenerativeConfig",
