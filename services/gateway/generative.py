@@ -413,7 +413,9 @@ async def respond(plan: Plan, response: R) -> R:
         outcomes.update(await collect_outcomes(plan.events()))
     for index, hit in enumerate(plan.hits):
         generative = response.hits.add(hit=hit)
-        if plan.single:
+        # A hit that failed before any call (a named object not found) says so even when
+        # only a grouped task runs: its error is its own, as a per-object result would be.
+        if plan.single or index in plan.failed:
             result = plan.result(outcomes[index])
             generative.generation.CopyFrom(result)
             add_usage(response.usage, result.usage)

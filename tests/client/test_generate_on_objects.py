@@ -68,9 +68,11 @@ async def test_by_ids_answers_per_object_in_order_with_its_own_errors(
     assert found.usage and found.usage.total_tokens > 0
     assert found.raw.hits[1].hit.id == gone  # the message it came from
 
-    # Grouped alone: no per-object results, so the missing id is a hit without properties.
+    # Grouped alone: no per-object results, but the missing id still carries its error.
     grouped = await books.generate.by_ids([gone, dune], grouped_task="Sum up", debug=True)
-    assert [h.generation for h in grouped] == [None, None]
+    assert grouped[1].generation is None
+    assert grouped[0].error and grouped[0].error.reason == "OBJECT_NOT_FOUND"
+    assert grouped.failed == [grouped[0]]
     assert grouped[0].properties == {} and grouped[1].properties["title"] == "Dune"
     assert grouped.grouped and "Dune" in grouped.grouped.prompt
 

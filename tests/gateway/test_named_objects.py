@@ -67,6 +67,26 @@ async def test_ids_in_the_order_given_with_a_missing_one_as_its_own_error(stack:
     assert len(stack.fake.chat_requests) == 3  # two objects + grouped: none for the missing
 
 
+async def test_a_missing_id_is_its_own_error_with_a_grouped_task_alone(stack: Stack) -> None:
+    ids = await create_books(stack)
+    missing = str(uuid.uuid4())
+    request = by_ids([missing, ids[0]], grouped_task="Sum up")
+    response = await stack.stub.GenerateOnObjects(request, metadata=ALICE)
+    gone, found = response.hits
+    assert gone.generation.error.reason == "OBJECT_NOT_FOUND"
+    assert not found.HasField("generation")  # no per-object task, no per-object result
+    assert response.grouped.result and not response.grouped.HasField("error")
+    stream = gw_pb.StreamGenerateOnObjectsRequest()
+    stream.ParseFromString(request.SerializeToString())
+    events = [e async for e in stack.stub.StreamGenerateOnObjects(stream, metadata=ALICE)]
+    errors = {
+        e.hit_result.hit_index: e.hit_result.generation.error.reason
+        for e in events
+        if e.HasField("hit_result")
+    }
+    assert errors == {0: "OBJECT_NOT_FOUND"}
+
+
 async def test_ids_are_read_in_one_batch_call(stack: Stack) -> None:
     """However many ids (duplicates and a missing one too), one BatchGetObjects reaches
     retrieval (counted on retrieval's own server) and no GetObject."""
