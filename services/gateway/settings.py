@@ -26,6 +26,11 @@ class GatewaySettings(CommonSettings):
     # fail its first calls; after that, or once connected, a service that is down answers
     # UNAVAILABLE at once (docs/gateway.md#channels-to-the-other-services). 0: no wait.
     downstream_connect_wait: float = Field(default=3.0, ge=0)
+    # Longest pause, in seconds, between attempts to reconnect to a service that is down.
+    # gRPC's own default grows to 120 s: a service back after an outage of a minute would
+    # stay UNAVAILABLE to this gateway for up to two more. Each channel then dials a dead
+    # address this often at most, which is cheap.
+    downstream_reconnect_backoff_max: float = Field(default=5.0, gt=0, le=120)
 
     # Per-hit generation calls in flight at once: the default, and the most a request
     # may ask for. 0: no cap, every hit of a request (at most max_hits) at once; the

@@ -126,3 +126,24 @@ async def test_a_new_gateway_does_not_inherit_another_channels_failures(
 
     made = await second.retrieval.CreateCollection(_create("Fresh"), metadata=ALICE, timeout=30)
     assert made.collection.name == "Fresh"
+
+
+async def test_reconnect_attempts_to_a_down_service_stay_frequent(
+    stack_factory: StackFactory, refuser: Refuser
+) -> None:
+    """The reconnect backoff is capped (``downstream_reconnect_backoff_max``): a service
+    that is down is dialled again at that pace, so it is reached soon after it is back.
+    With gRPC's own backoff (1 s, then x1.6 each time, up to 120 s) the same window sees
+    about three attempts."""
+    port = await refuser.start()
+    stack = await stack_factory(
+        retrieval_addr=f"127.0.0.1:{port}",
+        downstream_connect_wait=0,
+        downstream_reconnect_backoff_max=0.2,
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stack.retrieval.CreateCollection(_create("Down"), metadata=ALICE, timeout=10)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    first = refuser.attempts
+    await asyncio.sleep(4)
+    assert refuser.attempts - first >= 8

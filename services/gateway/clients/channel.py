@@ -74,6 +74,7 @@ def make_channel(
 ) -> grpc.aio.Channel:
     """A channel to ``service`` at ``target``; ``interceptors`` run on every call, the
     first one outermost."""
+    backoff_ms = max(1, int(settings.downstream_reconnect_backoff_max * 1000))
     options = [
         ("grpc.service_config", service_config(service)),
         ("grpc.enable_retries", 1),
@@ -88,5 +89,9 @@ def make_channel(
         # Notice a dead replica between calls, not only when a call fails on it.
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.keepalive_timeout_ms", 10_000),
+        # Reconnect to a service that was down soon after it is back (gRPC's backoff
+        # otherwise grows to 120 s between attempts).
+        ("grpc.initial_reconnect_backoff_ms", min(1000, backoff_ms)),
+        ("grpc.max_reconnect_backoff_ms", backoff_ms),
     ]
     return grpc.aio.insecure_channel(target, options=options, interceptors=list(interceptors))
