@@ -420,7 +420,7 @@ class _Turns:
             return False
         if rate_limited and fault.retry_after is not None:
             # Every call of the provider waits; this one keeps its place in the queue.
-            self.limiter.pause(wait)
+            await self.limiter.pause(wait)
             return True
         loop = asyncio.get_running_loop()
         slept_from = loop.time()
