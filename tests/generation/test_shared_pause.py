@@ -14,6 +14,7 @@ from gensearch.generation.v1 import generation_service_pb2 as pb
 
 from services.common.redis_client import connect
 from services.common.upstream_retry import Deadline
+from services.devlaunch.processes import free_port
 from services.devlaunch.redis_server import RedisProcess
 from services.generation.admission import ProviderLimiter
 from services.generation.rate_buckets import DeclaredLimits, RedisLimits
@@ -151,3 +152,19 @@ async def test_the_shared_pause_works_on_a_redis_cluster(tmp_path: Path) -> None
         assert {k.split(b"}")[0] for k in keys} == {b"gensearch:limits:{p:fake"}
     finally:
         cluster.stop()
+
+
+async def test_a_pause_redis_fails_to_record_still_holds_in_this_replica() -> None:
+    config = _config(requests_per_minute=6000)
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    redis = connect(url, cluster=False, socket_timeout=0.2, connect_timeout=0.2)
+    try:
+        limiter = ProviderLimiter(
+            config, "p:p", RedisLimits(redis, DeclaredLimits.of(config), key_prefix="t")
+        )
+        await limiter.pause(30)  # Redis failed: logged, not raised
+        with pytest.raises(UpstreamFault) as caught:
+            await limiter.acquire(limiter.ticket(), 1, Deadline(5))
+        assert caught.value.kind == "limit_wait"
+    finally:
+        await redis.aclose()
