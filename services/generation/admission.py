@@ -3,8 +3,13 @@
 Every attempt of every call to a provider passes ``ProviderLimiter.acquire`` and holds the
 ``Permit`` it gets while its request runs. A call may start when
 
-1. no ``Retry-After`` pause is running: a 429 stops every call of the provider (in this
-   replica) for as long as the provider asked, not only the one that got it;
+1. no ``Retry-After`` pause is running: a 429 stops every call of the provider for as long
+   as the provider asked, not only the one that got it. The replica that got the 429 pauses
+   at once; when the provider's declared limits are kept in Redis (``RedisLimits``) the
+   pause is recorded there too, and the admit script refuses every replica's calls until it
+   ends. A provider that declares no limits never asks Redis (no round trip per call), so
+   its pause holds in the replica that got the 429 only, as it does without Redis or when
+   Redis failed to record it;
 2. fewer calls run here than the adaptive limit (``services.generation.adaptive``) allows;
 3. the declared limits shared by every replica admit it (``services.generation.rate_buckets``).
 
@@ -103,10 +108,13 @@ class ProviderLimiter:
     def idle(self) -> bool:
         return self.in_flight == 0 and not self._queue
 
-    def pause(self, seconds: float) -> None:
-        """A 429 asked every call to wait ``seconds``."""
+    async def pause(self, seconds: float) -> None:
+        """A 429 asked every call to wait ``seconds``: here at once, then in every replica
+        sharing the declared limits (a pause is only ever extended)."""
         until = asyncio.get_running_loop().time() + seconds
         self._paused_until = max(self._paused_until, until)
+        if self._shared is not None:
+            await self._shared.pause(self.scope, seconds)
 
     @property
     def _current_limit(self) -> float:
@@ -190,7 +198,7 @@ class ProviderLimiter:
                     async with asyncio.timeout(FLIGHT_POLL):
                         await self._released.wait()
                 continue
-            await self._sleep(wait, deadline, "the provider's rate limits")
+            await self._sleep(wait, deadline, "the provider's rate limits (or a 429's Retry-After)")
 
     async def _sleep(self, seconds: float, deadline: Deadline, why: str) -> None:
         if seconds >= deadline.remaining():

@@ -13,8 +13,16 @@ ever sees more than the limit's share of it, whatever the provider's own account
 (a fixed or a sliding window, or a bucket): ``capacity`` = ``rate_burst`` x the window's
 allowance may start at once, the rest refills evenly over the window.
 
+A 429's ``Retry-After`` pause is kept there too (``RedisLimits.pause``, script
+``provider_pause.lua``): the end of the pause, on the Redis clock, in a key with the same
+hash tag, which the admit script checks first, so that every replica holds back the
+provider's calls until the pause ends. A pause only ever grows. Without Redis, or for a
+provider that declares no limits (whose calls never ask Redis), the pause holds in the
+replica that got the 429 only (``services.generation.admission``).
+
 A Redis that fails is not a reason to fail calls: that call is counted in memory instead,
-and a warning is logged (at most every 30 s).
+and a warning is logged (at most every 30 s); a pause Redis failed to record holds in this
+replica only.
 """
 
 from __future__ import annotations
@@ -96,6 +104,9 @@ class SharedLimits(Protocol):
     async def release(self, scope: str, call_id: str, refund: float) -> None:
         """The call ended: it leaves the in-flight set; ``refund`` tokens go back."""
 
+    async def pause(self, scope: str, seconds: float) -> None:
+        """A 429 asked for ``seconds`` of quiet: ``admit`` waits them out (never shortened)."""
+
 
 class _LocalBucket:
     __slots__ = ("level", "shape", "updated")
@@ -161,6 +172,9 @@ class LocalLimits:
             tok.refill(time.monotonic())
             tok.level = min(tok.shape.capacity, tok.level + refund)
 
+    async def pause(self, scope: str, seconds: float) -> None:
+        """Nothing to share: the replica's own queue keeps the pause (``ProviderLimiter``)."""
+
 
 class RedisLimits:
     """The limits counted in Redis for every replica; in memory for a call Redis fails."""
@@ -171,14 +185,16 @@ class RedisLimits:
         # redis-py annotates register_script's self as Redis; RedisCluster has it too.
         self._admit: AsyncScript = redis.register_script(lua_script("provider_admit"))  # type: ignore[misc]
         self._release: AsyncScript = redis.register_script(lua_script("provider_release"))  # type: ignore[misc]
+        self._pause: AsyncScript = redis.register_script(lua_script("provider_pause"))  # type: ignore[misc]
         self._fallback = LocalLimits(limits)
         self._warned_at = -math.inf
         # Calls admitted in memory (Redis failed): released there too.
         self._local_calls: set[str] = set()
 
-    def keys(self, scope: str) -> tuple[str, str, str]:
+    def keys(self, scope: str) -> tuple[str, str, str, str]:
+        """The scope's requests and tokens buckets, calls in flight and Retry-After pause."""
         tag = f"{self._prefix}:limits:{{{scope}}}"
-        return f"{tag}:requests", f"{tag}:tokens", f"{tag}:flight"
+        return f"{tag}:requests", f"{tag}:tokens", f"{tag}:flight", f"{tag}:pause"
 
     def _failed(self, err: BaseException) -> None:
         now = time.monotonic()
@@ -219,7 +235,7 @@ class RedisLimits:
             await self._fallback.release(scope, call_id, refund)
             return
         tok = self.limits.tokens
-        _, tokens, flight = self.keys(scope)
+        _, tokens, flight, _ = self.keys(scope)
         args = [
             tok.capacity if tok else 0,
             tok.per_second / 1000 if tok else 0,
@@ -231,6 +247,14 @@ class RedisLimits:
             await self._release(keys=[tokens, flight], args=args)
         except Exception as err:
             # Best effort: the lease frees the slot, and the call's outcome must not change.
+            self._failed(err)
+
+    async def pause(self, scope: str, seconds: float) -> None:
+        *_, pause = self.keys(scope)
+        try:
+            await self._pause(keys=[pause], args=[math.ceil(seconds * 1000)])
+        except Exception as err:
+            # Best effort: the replica that got the 429 pauses anyway (its own queue).
             self._failed(err)
 
 

@@ -137,7 +137,7 @@ async def test_a_deadline_passing_in_the_queue_is_deadline_exceeded() -> None:
 
 async def test_a_pause_longer_than_the_deadline_fails_at_once() -> None:
     limiter = ProviderLimiter(_config(), "p", None)
-    limiter.pause(30)
+    await limiter.pause(30)
     with pytest.raises(UpstreamFault) as caught:
         await asyncio.wait_for(limiter.acquire(limiter.ticket(), 1, Deadline(5)), 1)
     error = to_service_error(caught.value, "p", "m")

@@ -5,10 +5,12 @@
 -- KEYS[1]  HASH requests bucket: l = level, t = last refill (ms)
 -- KEYS[2]  HASH tokens bucket, same fields
 -- KEYS[3]  ZSET calls in flight: member = call id, score = lease end (ms)
+-- KEYS[4]  STRING the end (ms, Redis clock) of a 429's Retry-After pause, set by
+--          provider_pause.lua; it expires when the pause ends
 -- ARGV     req_capacity, req_per_ms, tok_capacity, tok_per_ms, tok_cost, flight_limit,
 --          lease_ms, call id, ttl_ms   (a capacity or limit of 0: that limit is off)
--- Returns 0 (admitted), the milliseconds until the buckets can pay (> 0), or -1 (the
--- in-flight limit is full: nobody knows when a call ends, ask again soon).
+-- Returns 0 (admitted), the milliseconds until the pause ends or the buckets can pay (> 0),
+-- or -1 (the in-flight limit is full: nobody knows when a call ends, ask again soon).
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 local ttl = tonumber(ARGV[9])
@@ -27,6 +29,12 @@ local tok_cap, tok_rate = tonumber(ARGV[3]), tonumber(ARGV[4])
 -- A call dearer than the whole bucket is charged the bucket, or it would wait forever.
 local cost = math.min(tonumber(ARGV[5]), tok_cap)
 local flight_limit, lease = tonumber(ARGV[6]), tonumber(ARGV[7])
+
+-- The provider asked every caller to wait (a 429 seen by any replica): nothing starts.
+local paused_until = tonumber(redis.call('GET', KEYS[4]))
+if paused_until ~= nil and paused_until > now then
+  return math.max(1, math.ceil(paused_until - now))
+end
 
 if flight_limit > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)

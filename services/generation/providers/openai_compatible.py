@@ -405,23 +405,29 @@ class _Turns:
         the wait this sleeps, or that the queue imposes)."""
         rate_limited = fault.status == 429
         overloaded = rate_limited or fault.kind in ("timeout", "first_byte_timeout")
-        # A refused request used no tokens; a failed one is charged its prompt.
-        await permit.release(
-            outcome="overloaded" if overloaded else "failed",
-            tokens=0 if rate_limited else self.prompt,
-        )
         wait = self.retrier.plan(
             retryable=fault.retryable,
             retry_after=fault.retry_after,
             cause=fault.cause,
             rate_limited=rate_limited,
         )
+        paused = False
+        try:
+            if wait is not None and rate_limited and fault.retry_after is not None:
+                # Every call of the provider waits (in every replica sharing its limits);
+                # paused before the slot is given back, so no queued call slips through.
+                await self.limiter.pause(wait)
+                paused = True
+        finally:
+            # A refused request used no tokens; a failed one is charged its prompt.
+            await permit.release(
+                outcome="overloaded" if overloaded else "failed",
+                tokens=0 if rate_limited else self.prompt,
+            )
         if wait is None:
             return False
-        if rate_limited and fault.retry_after is not None:
-            # Every call of the provider waits; this one keeps its place in the queue.
-            self.limiter.pause(wait)
-            return True
+        if paused:
+            return True  # this call keeps its place in the queue
         loop = asyncio.get_running_loop()
         slept_from = loop.time()
         await asyncio.sleep(wait)

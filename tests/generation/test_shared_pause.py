@@ -1,0 +1,170 @@
+"""A 429's Retry-After holds back every replica that shares the provider's limits in Redis:
+calls sent to another replica during the pause reach the provider only after it ends (and
+all succeed), a shorter Retry-After never ends a running pause early, and the pause key
+shares the provider's hash tag (one slot on a Redis Cluster)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from gensearch.generation.v1 import generation_service_pb2 as pb
+
+from services.common.redis_client import connect
+from services.common.upstream_retry import Deadline
+from services.devlaunch.processes import free_port
+from services.devlaunch.redis_server import RedisProcess
+from services.generation.admission import ProviderLimiter
+from services.generation.rate_buckets import DeclaredLimits, RedisLimits
+from services.generation.settings import ProviderConfig
+from services.generation.upstream import UpstreamFault
+from tests.generation.conftest import Service, StartService, fake_provider, user
+from tests.support.fake_openai import Behaviour, FakeOpenAI
+from tests.support.redis_cluster import LocalCluster
+
+PAUSE = 2  # seconds of Retry-After
+# Declared limits far above what the tests send: only the pause holds calls back.
+DECLARED = {"requests_per_minute": 60_000, "rate_window": 1.0, "rate_burst": 0.5}
+PAUSE_KEY = "gensearch:limits:{p:fake}:pause"
+
+
+def _config(**fields: Any) -> ProviderConfig:
+    return ProviderConfig(name="p", base_url="http://127.0.0.1:1/v1", default_model="m", **fields)
+
+
+async def call(replica: Service, text: str) -> pb.GenerateResponse:
+    reply: pb.GenerateResponse = await replica.stub.Generate(
+        pb.GenerateRequest(messages=[user(text)]), timeout=30
+    )
+    return reply
+
+
+async def _rate_limit_one_replica(
+    fake: FakeOpenAI, replicas: list[Service]
+) -> tuple[asyncio.Task[pb.GenerateResponse], float]:
+    """Replica 0's call gets 429 with Retry-After; its task, and when the 429 was sent."""
+    fake.enqueue(Behaviour.rate_limited(retry_after=PAUSE))
+    first = asyncio.create_task(call(replicas[0], "refused first"))
+    await fake.wait_for_requests(1)  # answered 429 as soon as it arrives
+    return first, fake.chat_requests[0].received_at
+
+
+async def _until_paused_in_redis(redis_url: str) -> None:
+    redis = connect(redis_url, cluster=False, socket_timeout=1, connect_timeout=1)
+    try:
+        for _ in range(500):  # up to ~5 s
+            if await redis.exists(PAUSE_KEY):
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("the replica that got the 429 never recorded the pause")
+    finally:
+        await redis.aclose()
+
+
+async def test_a_429_on_one_replica_pauses_the_other_one_too(
+    fake: FakeOpenAI, start_service: StartService, redis_server: RedisProcess
+) -> None:
+    provider = fake_provider(fake, max_concurrency=None, **DECLARED)
+    replicas = [await start_service([provider], redis_url=redis_server.url) for _ in range(2)]
+    first, refused_at = await _rate_limit_one_replica(fake, replicas)
+    await _until_paused_in_redis(redis_server.url)
+
+    later = [asyncio.create_task(call(replicas[1], f"later {i}")) for i in range(3)]
+    await asyncio.sleep(PAUSE / 2)
+    assert len(fake.chat_requests) == 1  # only the refused one, while the pause runs
+    replies = await asyncio.gather(first, *later)
+
+    assert [r.text for r in replies] == ["refused first"] + [f"later {i}" for i in range(3)]
+    assert replies[0].attempts == 2
+    assert all(r.attempts == 1 and r.wait_time.ToNanoseconds() > 0 for r in replies[1:])
+    # Nothing reached the provider before the pause it asked for had ended (the Redis
+    # clock and this process's differ by well under the 50 ms allowed).
+    assert len(fake.chat_requests) == 5
+    assert min(r.received_at for r in fake.chat_requests[1:]) >= refused_at + PAUSE - 0.05
+
+
+async def test_without_redis_the_other_replica_is_not_paused(
+    fake: FakeOpenAI, start_service: StartService
+) -> None:
+    """The control for the test above: each replica counting alone pauses alone."""
+    provider = fake_provider(fake, max_concurrency=None, **DECLARED)
+    replicas = [await start_service([provider]) for _ in range(2)]
+    first, refused_at = await _rate_limit_one_replica(fake, replicas)
+    later = [call(replicas[1], f"later {i}") for i in range(3)]
+    replies = await asyncio.gather(first, *later)
+    assert [r.text for r in replies] == ["refused first"] + [f"later {i}" for i in range(3)]
+    assert max(r.received_at for r in fake.chat_requests[1:4]) < refused_at + PAUSE
+
+
+async def test_a_shorter_retry_after_never_shortens_a_running_pause(
+    redis_server: RedisProcess,
+) -> None:
+    declared = DeclaredLimits.of(_config(requests_per_minute=6000))
+    redis = connect(redis_server.url, cluster=False, socket_timeout=1, connect_timeout=1)
+    try:
+        limits = RedisLimits(redis, declared, key_prefix="t")
+        assert await limits.admit("p:p", "a", 1, 10) == 0
+        await limits.pause("p:p", 5)
+        await limits.pause("p:p", 0.1)  # e.g. another replica's 429 asked for less
+        await asyncio.sleep(0.2)
+        assert await limits.admit("p:p", "b", 1, 10) > 4
+        await limits.pause("p:p", 8)  # a longer one extends it
+        assert await limits.admit("p:p", "b", 1, 10) > 7
+        # The key goes when the pause ends; another scope was never paused.
+        assert 7000 < await redis.pttl("t:limits:{p:p}:pause") <= 8000
+        assert await limits.admit("p:q", "c", 1, 10) == 0
+    finally:
+        await redis.aclose()
+
+
+async def test_a_shorter_retry_after_never_shortens_the_local_pause() -> None:
+    limiter = ProviderLimiter(_config(), "p", None)
+    await limiter.pause(30)
+    await limiter.pause(0.01)
+    await asyncio.sleep(0.05)
+    with pytest.raises(UpstreamFault) as caught:
+        await limiter.acquire(limiter.ticket(), 1, Deadline(5))
+    assert caught.value.kind == "limit_wait"
+
+
+@pytest.mark.slow
+async def test_the_shared_pause_works_on_a_redis_cluster(tmp_path: Path) -> None:
+    cluster = LocalCluster(tmp_path / "cluster")
+    declared = DeclaredLimits.of(_config(requests_per_minute=6000, max_in_flight=4))
+    try:
+        await cluster.start()
+        redis = connect(cluster.url, cluster=True, socket_timeout=1, connect_timeout=1)
+        try:
+            limits = RedisLimits(redis, declared, key_prefix="gensearch")
+            assert await limits.admit("p:fake", "a", 1, 10) == 0
+            await limits.pause("p:fake", 5)
+            # Refused by the script (a cross-slot error would fall back to memory: admitted).
+            assert await limits.admit("p:fake", "b", 1, 10) > 4
+        finally:
+            await redis.aclose()
+        keys: list[bytes] = []
+        for node in cluster.nodes:
+            async with node.client() as client:
+                keys += await client.keys("gensearch:limits:*")
+        assert PAUSE_KEY.encode() in keys
+        assert {k.split(b"}")[0] for k in keys} == {b"gensearch:limits:{p:fake"}
+    finally:
+        cluster.stop()
+
+
+async def test_a_pause_redis_fails_to_record_still_holds_in_this_replica() -> None:
+    config = _config(requests_per_minute=6000)
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    redis = connect(url, cluster=False, socket_timeout=0.2, connect_timeout=0.2)
+    try:
+        limiter = ProviderLimiter(
+            config, "p:p", RedisLimits(redis, DeclaredLimits.of(config), key_prefix="t")
+        )
+        await limiter.pause(30)  # Redis failed: logged, not raised
+        with pytest.raises(UpstreamFault) as caught:
+            await limiter.acquire(limiter.ticket(), 1, Deadline(5))
+        assert caught.value.kind == "limit_wait"
+    finally:
+        await redis.aclose()
