@@ -19,7 +19,12 @@ from gensearch.memory.v1 import memory_service_pb2 as mem_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from google.protobuf import json_format
 
-from services.common.errors import DeadlineExceeded, ServiceError, upstream_calls
+from services.common.errors import (
+    UPSTREAM_CALLS,
+    DeadlineExceeded,
+    ServiceError,
+    upstream_calls,
+)
 from services.gateway import (
     ask_request,
     ask_traces,
@@ -240,6 +245,12 @@ class AskService:
                     first_token_ms = generating.since_start_ms()
                 yield gw_pb.StreamAskResponse(delta=delta)
             result = await generation
+        except ServiceError as err:
+            # The error tells the whole Ask's upstream calls, as an answer would: the
+            # rewrite's too, all of them charged.
+            if made := spent.upstream_calls + upstream_calls(err.metadata):
+                err.metadata[UPSTREAM_CALLS] = str(made)
+            raise
         finally:
             generation.cancel()
         spent.add(result)

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import grpc
 import pytest
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.generation.v1 import generation_service_pb2 as gen_pb
@@ -30,6 +31,7 @@ from tests.gateway.conftest import (
 )
 from tests.gateway.test_llm_call_charges import Metered
 from tests.support.fake_openai import Behaviour, FakeOpenAI, RecordedRequest
+from tests.support.rpc import error_info
 
 BACKUP = [gen_pb.ModelChoice(provider="backup")]
 GROUPED_TASK = "Which is oldest?"
@@ -280,6 +282,17 @@ async def test_ask_counts_its_rewrite_and_its_answer(metered: Metered) -> None:
         )
     ]
     assert events[-1].answer.upstream_calls == m.received() - 5 == 5
+    assert await m.counted() == m.received()
+
+    # The answer fails on both pairs too: the error counts the rewrite's calls (2) and the
+    # answer's (2 + 2), all of them charged.
+    m.fake2.by_model["b-model"] = Behaviour.error(500)
+    before = m.received()
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await m.stack.stub.Ask(gw_pb.AskRequest(**_ask(cid)), metadata=ALICE, timeout=30)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    info = error_info(err.value)
+    assert int(info.metadata["upstream_calls"]) == m.received() - before == 6
     assert await m.counted() == m.received()
 
 
