@@ -1,6 +1,7 @@
 """The TypeScript client (clients/typescript): its example runs the README's main flow
-against the real stack under Node, through generated code only, and a rich error arrives
-as the generated google.rpc.ErrorInfo and BadRequest."""
+against the real stack under Node, through generated code only, another streams a
+generative search event by event, and a rich error arrives as the generated
+google.rpc.ErrorInfo and BadRequest."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from gensearch.memory.v1 import memory_service_pb2 as mem
+from gensearch.retrieval.v1 import retrieval_service_pb2 as ret
 
 from tests.gateway.conftest import ALICE, StackFactory
 
@@ -31,10 +33,11 @@ async def _run(node: str, script: Path, port: int, key: str) -> str:
     return out.decode()
 
 
-def test_example_is_short_and_uses_generated_code_only() -> None:
+@pytest.mark.parametrize("example", ["example.ts", "stream.ts"])
+def test_example_is_short_and_uses_generated_code_only(example: str) -> None:
     """Under 30 lines, and nothing converts by hand: the example imports only the generated
     modules and Connect (no @bufbuild/protobuf helpers such as fromJson or create)."""
-    source = (SRC / "example.ts").read_text()
+    source = (SRC / example).read_text()
     assert len(source.splitlines()) < EXAMPLE_MAX_LINES
     imported = set(re.findall(r'^import .* from "([^"]+)";$', source, re.M))
     assert imported, "no imports found"
@@ -100,3 +103,46 @@ async def test_health_through_the_vendored_proto(
     stack = await stack_factory()
     out = await _run(node, typescript_build / "health.js", stack.gateway.port, "")
     assert out.strip() == "SERVING"
+
+
+@pytest.mark.slow  # compiles TypeScript, loads the local embedding model
+async def test_stream_example_prints_every_event(
+    stack_factory: StackFactory, node: str, typescript_build: Path
+) -> None:
+    """stream.js prints the hits, each hit's token deltas and result, the grouped result
+    and the done event; the deltas of a hit add up to its result."""
+    stack = await stack_factory()
+    out = await _run(node, typescript_build / "stream.js", stack.gateway.port, "key-alice-123")
+    lines = out.splitlines()
+    # The hits come first, before any generated text.
+    hits = dict(line.split(" ", 2)[1:] for line in lines if line.startswith("hit "))
+    assert sorted(hits.values()) == ["Dune", "Neuromancer"], out
+    assert all(line.startswith("hit ") for line in lines[: len(hits)]), out
+    deltas: dict[str, str] = {}
+    results: dict[str, str] = {}
+    for line in lines:
+        kind, _, rest = line.partition(" ")
+        index, _, value = rest.partition(" ")
+        if kind == "token":
+            assert index not in results, f"a token after its hit's result:\n{out}"
+            deltas[index] = deltas.get(index, "") + json.loads(value)
+        elif kind == "result":
+            results[index] = json.loads(value)
+    # Every hit's result, each the template filled from its own hit (the fake LLM echoes the
+    # prompt), streamed token by token.
+    assert results.keys() == hits.keys(), out
+    for index, title in hits.items():
+        assert results[index].startswith(f"One-line teaser for {title}: "), out
+        assert deltas[index] == results[index], out
+    grouped = json.loads(next(line[8:] for line in lines if line.startswith("grouped ")))
+    assert "Which is darker?" in grouped, out
+    assert deltas["grouped"] == grouped, out
+    # Done is last: two per-hit calls and the grouped one.
+    done = lines[-1].split()
+    assert done[0] == "done" and done[3:] == ["3", "upstream", "calls"], out
+    assert int(done[1]) > 0, out
+    calls = stack.fake.chat_requests
+    assert len(calls) == 3 and all(call.json.get("stream") for call in calls)
+    # The example deleted the collection it made.
+    listed = await stack.retrieval.ListCollections(ret.ListCollectionsRequest(), metadata=ALICE)
+    assert "StreamedBooks" not in [c.name for c in listed.collections]
