@@ -249,33 +249,28 @@ class GenerationCache:
         except RedisError as err:
             log.warning("generation cache write failed", extra={"error": type(err).__name__})
 
-    async def drop_collection(self, tenant: str, collection: str) -> int:
-        """Delete every entry stored for ``tenant``'s ``collection``, and its index; the
-        number of keys named. Best effort, like the rest of the cache: a Redis failure is
-        logged, and what was not dropped is unreachable and expires with its TTL."""
-        if self._redis is None:
-            return 0
+    async def drop_collection(self, tenant: str, collection: str) -> None:
+        """Delete every entry stored for ``tenant``'s ``collection``, and its index. Best
+        effort, like the rest of the cache: a Redis failure is logged, and what was not
+        dropped is unreachable and expires with its TTL."""
+        redis = self._redis
+        if redis is None:
+            return
         index = self.index_key(tenant, collection)
-        dropped = 0
         try:
-            batch: list[str] = []
-            async for member in self._redis.sscan_iter(index, count=_DROP_BATCH):
-                batch.append(member.decode() if isinstance(member, bytes) else member)
+            batch: list[bytes | str] = []
+            async for member in redis.sscan_iter(index, count=_DROP_BATCH):
+                batch.append(member)
                 if len(batch) >= _DROP_BATCH:
-                    dropped += await self._unlink(batch)
+                    # All of one request's keys share a slot, but a collection's span
+                    # several (one per creation time): redis-py splits UNLINK by slot.
+                    await redis.unlink(*batch)
                     batch = []
-            dropped += await self._unlink(batch)
-            await self._redis.delete(index)
+            if batch:
+                await redis.unlink(*batch)
+            await redis.delete(index)
         except RedisError as err:
             log.warning("generation cache drop failed", extra={"error": type(err).__name__})
-        return dropped
-
-    async def _unlink(self, keys: list[str]) -> int:
-        # All of one request's keys share a slot, but a collection's span several (one per
-        # creation time): on a cluster, redis-py splits a multi-key UNLINK by slot.
-        if keys and self._redis is not None:
-            await self._redis.unlink(*keys)
-        return len(keys)
 
     async def close(self) -> None:
         if self._redis is not None:
