@@ -145,9 +145,8 @@ def _widened_path(shipped: Path, directory: Path) -> Path:
     return directory / f"{shipped.stem}.F16.{source.st_size}-{source.st_mtime_ns}.gguf"
 
 
-def _remove_older_widenings(target: Path) -> None:
-    stem = target.name.split(".F16.")[0]
-    for old in target.parent.glob(f"{stem}.F16.*.gguf"):
+def _remove_older_widenings(shipped: Path, target: Path) -> None:
+    for old in target.parent.glob(f"{shipped.stem}.F16.*.gguf"):
         if old != target:
             with contextlib.suppress(OSError):
                 old.unlink()
@@ -193,7 +192,7 @@ async def serving_weights(
             extra={"path": str(shipped), "error": str(err)},
         )
         return shipped
-    await asyncio.to_thread(_remove_older_widenings, target)
+    await asyncio.to_thread(_remove_older_widenings, shipped, target)
     log.info("local model weights widened to F16", extra={"path": str(target)})
     return target
 
