@@ -9,7 +9,7 @@ reason and field, comes back unchanged.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -28,13 +28,16 @@ class _Forwarder:
         self._client = client
         self._token = internal_token
 
-    async def done(self, method: str, request: Any, caller: Caller) -> None:
-        """Called after ``method`` succeeded downstream, before the caller is answered."""
 
-
-def _forward(method: str, prepare: Callable[[Any], None] | None = None) -> Any:
+def _forward(
+    method: str,
+    prepare: Callable[[Any], None] | None = None,
+    after: Callable[[Any, Any, Caller], Awaitable[None]] | None = None,
+) -> Any:
     """A servicer method that sends the call on unchanged. For a client-streaming method
-    ``request`` is the stream of requests, which the stub accepts just the same."""
+    ``request`` is the stream of requests, which the stub accepts just the same.
+    ``after(self, request, caller)`` runs once a unary call succeeded downstream, before
+    the caller is answered."""
 
     async def forward(self: _Forwarder, request: Any, context: grpc.aio.ServicerContext) -> Any:
         if prepare is not None:
@@ -42,7 +45,8 @@ def _forward(method: str, prepare: Callable[[Any], None] | None = None) -> Any:
         caller = caller_of(context, self._token)
         if not isinstance(request, AsyncIterator):
             answer = await self._client.unary(method, request, caller, context.time_remaining())
-            await self.done(method, request, caller)
+            if after is not None:
+                await after(self, request, caller)
             return answer
         relay = _Relay(request)
         try:
@@ -125,9 +129,7 @@ class RetrievalForwarder(_Forwarder, ret_grpc.RetrievalServiceServicer):
         self._catalog = catalog
         self._cache = cache
 
-    async def done(self, method: str, request: Any, caller: Caller) -> None:
-        if method != "DeleteCollection":
-            return
+    async def _forget_collection(self, request: Any, caller: Caller) -> None:
         # This replica forgets a deleted collection at once (others within their
         # collection_cache_ttl): a collection recreated under the name is another one, with
         # another creation time, which scopes its generation cache entries.
@@ -140,7 +142,7 @@ class RetrievalForwarder(_Forwarder, ret_grpc.RetrievalServiceServicer):
     CreateCollection = _forward("CreateCollection")
     GetCollection = _forward("GetCollection")
     ListCollections = _forward("ListCollections")
-    DeleteCollection = _forward("DeleteCollection")
+    DeleteCollection = _forward("DeleteCollection", after=_forget_collection)
     UpsertObjects = _forward("UpsertObjects")
     ImportObjects = _forward("ImportObjects")
     GetObject = _forward("GetObject")

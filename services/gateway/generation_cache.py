@@ -1,7 +1,7 @@
 """The exact generation cache: a per-hit or grouped answer kept in Redis and reused when
 everything that decides it is the same.
 
-The key is built from one thing: the generation request itself (``cache_request``), the
+The key is built from one thing: the generation request itself (``cache_request_message``), the
 ``gensearch.generation.v1.GenerateRequest`` the gateway would send, serialised
 deterministically — provider, model, every sampling parameter and the rendered messages.
 Nothing is picked field by field, so a field added to GenerateRequest later (top_p, stop,
@@ -123,15 +123,11 @@ class Scope:
         return hashlib.sha256(raw).hexdigest()[:32]
 
 
-def cache_request(options: Options, messages: Sequence[gen_pb.Message]) -> bytes:
-    """Everything that decides a generation's output, as bytes: the GenerateRequest the
-    gateway sends for it (the same function builds both), minus per-call switches."""
-    return cache_request_message(options, messages).SerializeToString(deterministic=True)
-
-
 def cache_request_message(
     options: Options, messages: Sequence[gen_pb.Message]
 ) -> gen_pb.GenerateRequest:
+    """Everything that decides a generation's output: the GenerateRequest the gateway
+    sends for it (the same function builds both), minus per-call switches."""
     request = generate_request(gen_pb.GenerateRequest, options, messages)
     request.ClearField("debug")  # asks for the upstream request back; the answer is the same
     return request
@@ -175,14 +171,11 @@ class GenerationCache:
     def available(self) -> bool:
         return self._redis is not None
 
-    def key(self, scope: Scope, options: Options, messages: Sequence[gen_pb.Message]) -> str:
-        return self.keys_for(scope, options)(messages)
-
     def keys_for(self, scope: Scope, options: Options) -> Callable[[Sequence[gen_pb.Message]], str]:
         """The key of each call of one request (one scope, one set of options), the parts
         they share made once: the scope's hash tag, and the request without its messages,
-        to which each call's messages are added. Same bytes as ``cache_request`` (a test
-        holds them to it), at a fraction of its cost per hit."""
+        to which each call's messages are added. Same bytes as the whole request
+        serialised (a test holds them to it), at a fraction of its cost per hit."""
         base = cache_request_message(options, ())
         # The hash tag ({...}) keeps one scope's keys in one cluster slot.
         prefix = f"{self._prefix}:gencache:{{{scope.tag()}}}:"

@@ -91,7 +91,7 @@ R = TypeVar("R", gen_pb.GenerateRequest, gen_pb.StreamGenerateRequest)
 
 def generate_request(cls: type[R], options: Options, messages: Sequence[gen_pb.Message]) -> R:
     """The generation request for ``options`` and ``messages``: the one place it is built,
-    for the call and for the generation cache's key (``generation_cache.cache_request``)."""
+    for the call and for the generation cache's key (``generation_cache.cache_request_message``)."""
     o = options
     request = cls(
         provider=o.provider,

@@ -19,7 +19,7 @@ from google.protobuf import duration_pb2, struct_pb2
 from redis.asyncio import Redis
 
 from services.devlaunch.redis_server import RedisProcess
-from services.gateway.generation_cache import GenerationCache, Scope, cache_request
+from services.gateway.generation_cache import GenerationCache, Scope, cache_request_message
 from services.gateway.generator import Options
 from tests.gateway.conftest import BOOKS, DIM, Stack, StackFactory, create_books, vector
 from tests.support.fake_openai import Behaviour
@@ -268,6 +268,14 @@ async def test_a_failed_delete_drops_nothing(
         )
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
     assert len(await cache_keys(shared_redis.url, prefix)) == 7  # 6 entries and the index
+    # Alice's own delete, failing downstream (retrieval is gone): her answers stay too.
+    await cached.stop_service("retrieval")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await cached.retrieval.DeleteCollection(
+            ret_pb.DeleteCollectionRequest(name="Books"), metadata=ALICE, timeout=10
+        )
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert len(await cache_keys(shared_redis.url, prefix)) == 7
 
 
 async def test_errors_are_never_cached(cached: Stack) -> None:
@@ -391,7 +399,7 @@ async def test_on_a_cluster_one_requests_keys_share_a_slot(
 
 def test_a_requests_keys_are_the_digest_of_each_whole_generate_request() -> None:
     # keys_for makes the shared parts once; each key must still be the one the whole
-    # GenerateRequest (cache_request) gives, whatever the options hold.
+    # GenerateRequest (cache_request_message) gives, whatever the options hold.
     options = Options(
         provider="fake",
         model="fake-model",
@@ -408,8 +416,8 @@ def test_a_requests_keys_are_the_digest_of_each_whole_generate_request() -> None
     key_of = cache.keys_for(scope, options)
     for text in ("Title: Emma", "Title: Dune", ""):
         messages = [gen_pb.Message(role=gen_pb.ROLE_USER, content=text)]
-        digest = hashlib.sha256(cache_request(options, messages)).hexdigest()
+        whole = cache_request_message(options, messages).SerializeToString(deterministic=True)
+        digest = hashlib.sha256(whole).hexdigest()
         assert key_of(messages) == f"gc:gencache:{{{scope.tag()}}}:{digest}"
-        assert cache.key(scope, options, messages) == key_of(messages)
     other = cache.keys_for(Scope("globex", "Books", 123), options)
     assert other(messages) != key_of(messages)
