@@ -235,6 +235,8 @@ class RedisLimits:
             await self._fallback.release(scope, call_id, refund)
             return
         tok = self.limits.tokens
+        if self.limits.in_flight is None and (tok is None or not refund):
+            return  # nothing to leave and nothing to give back: no round trip
         _, tokens, flight, _ = self.keys(scope)
         args = [
             tok.capacity if tok else 0,

@@ -132,10 +132,14 @@ async def test_a_second_call_is_refused_until_the_first_is_answered(
     got = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
     assert got.status == health_pb2.HealthCheckResponse.SERVING
     reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
-    async for answer in reflection.ServerReflectionInfo(
-        iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
-    ):
-        assert SERVICE in [s.name for s in answer.list_services_response.service]
+    answers = [
+        answer
+        async for answer in reflection.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+        )
+    ]
+    assert len(answers) == 1
+    assert SERVICE in [s.name for s in answers[0].list_services_response.service]
     GATE.open.set()
     assert await first == b"held"
     await _admitted(channel)

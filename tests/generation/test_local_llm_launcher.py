@@ -43,10 +43,18 @@ def test_server_command_splits_the_context_across_slots() -> None:
     assert "--cont-batching" in args and "--no-kv-unified" in args
 
 
-def test_the_local_preset_allows_every_slot_in_flight(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_default_slots_match_the_local_presets_concurrency(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Unchanged settings: the server decodes as many requests at once as the preset lets
+    # the service send (GENSEARCH_LOCAL_LLM_SLOTS changes only the server: docs say to
+    # raise GENSEARCH_GENERATION_LOCAL_MAX_CONCURRENCY with it).
     monkeypatch.delenv(local_llm.SLOTS_VARIABLE, raising=False)
+    args = local_llm.server_command(
+        Path("m.gguf"), host="127.0.0.1", port=1, slots=local_llm.default_slots(), binary="srv"
+    )
+    assert int(args[args.index("--parallel") + 1]) == PRESETS["local"]["max_concurrency"]
     assert local_llm.default_slots() == LOCAL_SLOTS
-    assert PRESETS["local"]["max_concurrency"] == LOCAL_SLOTS
 
 
 needs_llama_cpp = pytest.mark.skipif(
