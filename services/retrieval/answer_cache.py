@@ -32,6 +32,7 @@ from services.common.errors import AlreadyExists, InvalidArgument, NotFound
 from services.retrieval.answer_cache_marker import CACHE_MARKER
 from services.retrieval.catalog import Catalog
 from services.retrieval.embedders import Embedders
+from services.retrieval.filters import Match
 from services.retrieval.schema import Schema
 from services.retrieval.settings import RetrievalSettings
 from services.retrieval.store import PROPS, CollectionLayout, StoredPoint, VectorStore
@@ -78,7 +79,10 @@ class AnswerCache:
         vector = await self._vector(request.question)
         name = cache_store_name(schema)
         try:
-            points = await self._store.query_dense(name, vector, None, _CANDIDATES, 0, False)
+            # Only entries answered under the same settings (model, prompt, filter...): the
+            # nearest of other settings must not crowd a match out of the candidates.
+            where = Match("k", request.context_key)
+            points = await self._store.query_dense(name, vector, where, _CANDIDATES, 0, False)
         except NotFound:
             return pb.LookupCachedAnswerResponse()  # nothing stored yet
         now = time.time()
@@ -90,7 +94,7 @@ class AnswerCache:
             if point.id in expired or point.score < request.min_similarity:
                 continue
             if point.payload.get("k", "") != request.context_key:
-                continue  # answered under other settings (model, prompt, filter...)
+                continue  # the engine filtered on it already; kept as a guard
             props = point.payload.get(PROPS, {})
             return pb.LookupCachedAnswerResponse(
                 found=True,

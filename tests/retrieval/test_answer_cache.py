@@ -81,6 +81,20 @@ async def test_store_then_find_by_meaning_within_a_tenant(
 
 
 @pytest.mark.parametrize("adapter", ADAPTERS)
+async def test_nearer_entries_of_other_settings_never_crowd_out_a_match(
+    make_retrieval: MakeRetrieval, adapter: str
+) -> None:
+    r = await start(make_retrieval, adapter)
+    # The very question, answered under 20 other settings (more than the candidates one
+    # lookup reads), and a close one under the lookup's own.
+    for i in range(20):
+        await r.stub.StoreCachedAnswer(store(Q, b"other", key=f"x{i}"), metadata=ACME)
+    await r.stub.StoreCachedAnswer(store(NEAR, b"Dune", key="k"), metadata=ACME)
+    found = await r.stub.LookupCachedAnswer(lookup(Q, key="k"), metadata=ACME)
+    assert found.found and found.answer == b"Dune" and found.question == NEAR
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
 async def test_expired_entries_never_answer(make_retrieval: MakeRetrieval, adapter: str) -> None:
     r = await start(make_retrieval, adapter)
     await r.stub.StoreCachedAnswer(store(seconds=2), metadata=ACME)
