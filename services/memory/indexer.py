@@ -64,10 +64,6 @@ class Indexer:
         self._sweeper: asyncio.Task[None] | None = None
         self._closed = False
 
-    @property
-    def index(self) -> InteractionIndex:
-        return self._index
-
     def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._drainer = loop.create_task(self._drain_forever())

@@ -319,7 +319,6 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
         if request.conversation_id:
             cid = _id(request.conversation_id, "conversation_id")
             await self._store.get_conversation(owner, cid)  # NOT_FOUND unless the caller's
-        self._indexer.index.resolve_mode(request.mode)  # a mode it cannot serve, before work
         hits = await self._indexer.search(owner, query, cid, request.mode, limit)
         return pb.SearchInteractionsResponse(hits=hits)
 

@@ -27,6 +27,7 @@ from typing import Any
 
 from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 
+from services.common.auth import DEFAULT_TENANT
 from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from services.retrieval.answer_cache_marker import is_cache_schema
 from services.retrieval.embedders import Embedders
@@ -133,8 +134,9 @@ class Catalog:
         schema = Schema(normalized, tenant)
         # The caller's own collection under this name may sit at another engine name than a
         # new one would (a default tenant's from before derived names): ask the catalog,
-        # not only the engine.
-        known = await self._lookup(tenant, schema.name)
+        # not only the engine. Other tenants' names were always derived: the engine's
+        # ALREADY_EXISTS is enough, and no reload of every schema is needed.
+        known = await self._lookup(tenant, schema.name) if tenant == DEFAULT_TENANT else None
         async with self._lock:
             if known is not None or (tenant, schema.name) in self._schemas:
                 raise _already_exists(schema.name)
