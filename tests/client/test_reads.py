@@ -153,7 +153,7 @@ async def test_interaction_its_traces_and_search(client: AsyncGensearch) -> None
     got = await conversations.get(kept.id)
     assert got.ttl == timedelta(hours=2) and got.max_turns == 5 and not got.summary_disabled
     assert got.expire_time and got.create_time and got.expire_time > got.create_time
-    assert got.summary is None or isinstance(got.summary, types.ConversationSummary)
+    assert got.summary is None  # no turns yet, nothing to summarise
 
     with pytest.raises(errors.InteractionNotFoundError):
         await conversations.get_interaction(str(uuid.uuid4()))

@@ -148,6 +148,8 @@ async def test_nothing_a_caller_does_not_own_answers_other_than_a_missing_name(
     # A name starting with "_" fails validation whatever exists (BAD_NAME), the same for an
     # engine name as for one nobody has.
     bad_missing = await _answers(s, DEFAULT, "_t0")
+    assert {a[0] for a in bad_missing} == {grpc.StatusCode.INVALID_ARGUMENT}
+    assert {a[2] for a in bad_missing} == {"BAD_NAME"}
     for tenant, who in CALLERS.items():
         missing = await _answers(s, who, MISSING)
         assert {a[0] for a in missing} == {grpc.StatusCode.NOT_FOUND}
