@@ -583,11 +583,11 @@ class Data:
             return_properties=list(return_properties or ()),
         )
         reply = await self._t.unary(self._t.retrieval.GetChunks, request, timeout)
-        lists = []
-        for message in reply.ranges:
-            converted = t.from_proto(t.ChunkList, message)
-            converted.chunks = await self._c._hits(message.chunks)
-            lists.append(converted)
+        types = await self._c.property_types()
+        lists = [t.from_proto(t.ChunkList, message) for message in reply.ranges]
+        for chunk_list in lists:  # the hits are converted already: only their values typed
+            for hit in chunk_list.chunks:
+                hit.properties = coerce_properties(hit.properties, types)
         return lists
 
     async def delete(
