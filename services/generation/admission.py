@@ -86,6 +86,9 @@ class ProviderLimiter:
     ) -> None:
         self.name = config.name
         self.scope = scope
+        # One limiter per API key in use, but the gauges are per provider: in flight is
+        # counted up and down by each, the limit published by the operator key's alone.
+        self._publishes_limit = scope == scope_of(config.name, None)
         self.declared = DeclaredLimits.of(config)
         self._shared = shared if self.declared.any else None
         caps = [c for c in (config.max_concurrency, config.max_in_flight) if c is not None]
@@ -99,7 +102,7 @@ class ProviderLimiter:
         self.in_flight = 0
         self._paused_until = 0.0
         self._released = asyncio.Event()
-        self._publish()
+        self._publish_limit()
 
     def ticket(self) -> Ticket:
         return Ticket(asyncio.get_running_loop().time(), next(self._seq))
@@ -124,9 +127,9 @@ class ProviderLimiter:
     def _allows(self) -> bool:
         return self.in_flight < self._current_limit
 
-    def _publish(self) -> None:
-        CONCURRENCY_LIMIT.labels(self.name).set(self._current_limit)
-        IN_FLIGHT.labels(self.name).set(self.in_flight)
+    def _publish_limit(self) -> None:
+        if self._publishes_limit:
+            CONCURRENCY_LIMIT.labels(self.name).set(self._current_limit)
 
     async def acquire(self, ticket: Ticket, cost: float, deadline: Deadline) -> Permit:
         loop = asyncio.get_running_loop()
@@ -156,7 +159,7 @@ class ProviderLimiter:
 
     def _admitted(self, call_id: str, cost: float, waited: float) -> Permit:
         self.in_flight += 1
-        self._publish()
+        IN_FLIGHT.labels(self.name).inc()
         QUEUE_WAIT.labels(self.name).observe(waited)
         return Permit(self, call_id, cost, waited)
 
@@ -217,7 +220,8 @@ class ProviderLimiter:
             self.limit.succeeded(latency, self.in_flight + 1)
         elif outcome == "overloaded":
             self.limit.overloaded(self.in_flight + 1)
-        self._publish()
+        IN_FLIGHT.labels(self.name).dec()
+        self._publish_limit()
         self._released.set()
         if self._queue and not self._queue[0].turn.is_set():
             self._queue[0].turn.set()

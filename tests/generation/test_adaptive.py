@@ -8,6 +8,7 @@ import math
 
 import grpc
 import pytest
+from prometheus_client import REGISTRY
 
 from services.common.redis_client import connect
 from services.common.upstream_retry import Deadline
@@ -21,6 +22,7 @@ from services.generation.rate_buckets import (
     DeclaredLimits,
     LocalLimits,
     RedisLimits,
+    scope_of,
 )
 from services.generation.settings import ProviderConfig
 from services.generation.upstream import UpstreamFault, to_service_error
@@ -193,3 +195,24 @@ async def test_a_redis_that_fails_does_not_fail_calls() -> None:
         assert await limits.admit("p:p", "b", 1, 10) == 0
     finally:
         await redis.aclose()
+
+
+async def test_the_provider_gauges_add_up_every_api_keys_limiter() -> None:
+    config = ProviderConfig(
+        name="gauged", base_url="http://127.0.0.1:9/v1", default_model="m", max_concurrency=4
+    )
+
+    def sample(metric: str) -> float | None:
+        return REGISTRY.get_sample_value(metric, {"provider": "gauged"})
+
+    operator = ProviderLimiter(config, scope_of("gauged", None), None)
+    mine = await operator.acquire(operator.ticket(), 1, Deadline(5))
+    # A caller's own key gets a limiter of its own: it must not reset the count.
+    callers = ProviderLimiter(config, scope_of("gauged", "a caller's key"), None)
+    theirs = await callers.acquire(callers.ticket(), 1, Deadline(5))
+    assert sample("gensearch_llm_in_flight") == 2
+    assert sample("gensearch_llm_concurrency_limit") == 4
+    await theirs.release(outcome="ok")
+    assert sample("gensearch_llm_in_flight") == 1
+    await mine.release(outcome="ok")
+    assert sample("gensearch_llm_in_flight") == 0
