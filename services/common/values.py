@@ -15,10 +15,11 @@ Both become INVALID_ARGUMENT naming the exact field (``filter.condition.value[2]
 from __future__ import annotations
 
 import math
+import uuid
 
 from google.protobuf import struct_pb2
 
-from services.common.errors import InvalidArgument
+from services.common.errors import InvalidArgument, quote
 
 # The default of each service's ``max_value_depth`` setting: objects and lists inside one
 # another, the outermost counting as 1. Deeper than anything a client needs, and shallow
@@ -66,3 +67,14 @@ def check_value(value: Node, field: str, max_depth: int = DEFAULT_MAX_DEPTH) -> 
         else:
             for i in reversed(range(len(node.values))):
                 pending.append((node.values[i], f"{path}[{i}]", depth))
+
+
+def check_uuid(value: str, field: str) -> str:
+    """The canonical (lower-case, hyphenated) form of a UUID string (object ids, in
+    retrieval and in the gateway's generation over named objects)."""
+    try:
+        return str(uuid.UUID(value))
+    except (ValueError, AttributeError, TypeError):
+        raise InvalidArgument(
+            f"{field} must be a UUID, got {quote(value)}", field=field, reason="BAD_UUID"
+        ) from None

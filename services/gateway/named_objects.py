@@ -18,7 +18,6 @@ field, before any LLM call.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 
 import grpc
@@ -27,7 +26,7 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from google.protobuf import struct_pb2
 
 from services.common.errors import InvalidArgument, NotFound
-from services.common.values import check_value
+from services.common.values import check_uuid, check_value
 from services.gateway import generative_request, templates
 from services.gateway.backends import Backends
 from services.gateway.catalog import CollectionInfo
@@ -95,7 +94,7 @@ class NamedObjects:
                 metadata={"max": str(s.max_hits)},
             )
         if kind == "ids":
-            ids = [_check_id(v, f"ids.ids[{i}]") for i, v in enumerate(request.ids.ids)]
+            ids = [check_uuid(v, f"ids.ids[{i}]") for i, v in enumerate(request.ids.ids)]
             generative_request.require(request, "collection")
         else:
             for i, obj in enumerate(request.inline.objects):
@@ -192,10 +191,3 @@ class NamedObjects:
                 continue
             hits.append(ret_pb.Hit(id=got.id, properties=got.properties))
         return hits
-
-
-def _check_id(value: str, field: str) -> str:
-    try:
-        return str(uuid.UUID(value))
-    except ValueError:
-        raise InvalidArgument(f"{field} is not a UUID", field=field, reason="INVALID_ID") from None

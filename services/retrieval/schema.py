@@ -375,16 +375,6 @@ class ObjectInvalid(Exception):
         self.message = message
 
 
-def check_uuid(value: str, field: str) -> str:
-    """The canonical (lower-case, hyphenated) form of a UUID string."""
-    try:
-        return str(uuid.UUID(value))
-    except (ValueError, AttributeError, TypeError):
-        raise InvalidArgument(
-            f"{field} must be a UUID, got {quote(value)}", field=field, reason="BAD_UUID"
-        ) from None
-
-
 def check_vector(vector: list[float], dimensions: int, field: str) -> list[float]:
     if len(vector) != dimensions:
         raise InvalidArgument(

@@ -18,6 +18,7 @@ from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as pb_grpc
 
 from services.common.auth import Role, require_role
 from services.common.errors import InvalidArgument, NotFound, ServiceError, quote
+from services.common.values import check_uuid
 from services.common.well_known import struct
 from services.retrieval import chunks
 from services.retrieval.answer_cache import AnswerCache
@@ -26,7 +27,7 @@ from services.retrieval.embedders import Embedders, use_caller_key
 from services.retrieval.filters import Node, build_filter
 from services.retrieval.ingest import write_batch
 from services.retrieval.rerankers import Rerankers, use_caller_rerank_key
-from services.retrieval.schema import Schema, check_uuid
+from services.retrieval.schema import Schema
 from services.retrieval.search import Page, Searcher
 from services.retrieval.settings import RetrievalSettings
 from services.retrieval.store import PROPS, FoundPoint, VectorStore
