@@ -77,6 +77,23 @@ class Policy:
     ttl: float = 0.0
 
 
+def check_block(
+    mode: int, ttl: duration_pb2.Duration | None, settings: GatewaySettings, *, field: str
+) -> None:
+    """A request's cache block on its own: a known mode, a TTL within ``cache_max_ttl``.
+    ``field`` names the block in errors (``generate.cache``, ``semantic_cache``)."""
+    if mode not in _MODES and mode != gw_pb.CACHE_MODE_UNSPECIFIED:
+        raise InvalidArgument(f"{field}.mode: unknown mode {mode}", field=f"{field}.mode")
+    limit = settings.cache_max_ttl
+    if ttl is not None and not 0 < seconds(ttl) <= limit:
+        raise InvalidArgument(
+            f"{field}.ttl must be positive and at most {limit:g} s",
+            field=f"{field}.ttl",
+            reason="OUT_OF_RANGE",
+            metadata={"max_seconds": f"{limit:g}"},
+        )
+
+
 def resolve(
     mode: int,
     ttl: duration_pb2.Duration | None,
@@ -87,21 +104,12 @@ def resolve(
     field: str,
 ) -> Policy:
     """The request's mode, else the collection's default (on or off); its TTL, else the
-    collection's, else the service's, never above ``cache_max_ttl``. ``field`` names the
-    request's cache block in errors (``generate.cache``, ``semantic_cache``)."""
-    if mode not in _MODES and mode != gw_pb.CACHE_MODE_UNSPECIFIED:
-        raise InvalidArgument(f"{field}.mode: unknown mode {mode}", field=f"{field}.mode")
+    collection's, else the service's, never above ``cache_max_ttl``."""
+    check_block(mode, ttl, settings, field=field)
     chosen = _MODES.get(mode) or (Mode.USE if enabled_by_default else Mode.BYPASS)
     limit = settings.cache_max_ttl
     if ttl is not None:
         value = seconds(ttl)
-        if not 0 < value <= limit:
-            raise InvalidArgument(
-                f"{field}.ttl must be positive and at most {limit:g} s",
-                field=f"{field}.ttl",
-                reason="OUT_OF_RANGE",
-                metadata={"max_seconds": f"{limit:g}"},
-            )
     elif defaults.HasField("ttl") and seconds(defaults.ttl) > 0:
         value = min(seconds(defaults.ttl), limit)
     else:

@@ -53,11 +53,9 @@ def validate_generate(g: gw_pb.Generate, settings: GatewaySettings) -> None:
     check_sampling(g, prefix=_GENERATE)
     check_structured_options(g, s)
     # The cache block's own checks (mode, ttl bounds), before any search or call.
-    generation_cache.resolve(
+    generation_cache.check_block(
         g.cache.mode,
         g.cache.ttl if g.cache.HasField("ttl") else None,
-        False,
-        ret_pb.CacheDefaults(),
         s,
         field="generate.cache",
     )
