@@ -122,6 +122,47 @@ def _mentions_model(fault: UpstreamFault) -> bool:
     return fault.status == 404 and "model" in fault.detail.lower()
 
 
+# Faults of our own making (no HTTP status): the error, its reason and its message, with
+# {provider}, {tries} (" after N attempts"), {detail} and {clean} (the detail, tidied).
+_BY_KIND: dict[str, tuple[type[ServiceError], str, str]] = {
+    "timeout": (
+        DeadlineExceeded,
+        "UPSTREAM_TIMEOUT",
+        "provider {provider!r} did not answer within the deadline{tries}",
+    ),
+    "limit_wait": (
+        ResourceExhausted,
+        "PROVIDER_LIMIT_WAIT",
+        "provider {provider!r} is at its limits: {detail}",
+    ),
+    "queue_timeout": (
+        DeadlineExceeded,
+        "PROVIDER_QUEUE_TIMEOUT",
+        "provider {provider!r}: {detail}",
+    ),
+    "first_byte_timeout": (
+        DeadlineExceeded,
+        "UPSTREAM_FIRST_BYTE_TIMEOUT",
+        "provider {provider!r} sent nothing within its first-byte timeout{tries}",
+    ),
+    "bad_response": (
+        Unavailable,
+        BAD_UPSTREAM_RESPONSE,
+        "provider {provider!r} sent a malformed response: {clean}",
+    ),
+    "connection": (
+        Unavailable,
+        "UPSTREAM_CONNECTION_FAILED",
+        "could not reach provider {provider!r}{tries}: {clean}",
+    ),
+    "stream_error": (
+        Unavailable,
+        "UPSTREAM_STREAM_ERROR",
+        "provider {provider!r} failed mid-stream: {clean}",
+    ),
+}
+
+
 def _clean(detail: str) -> str:
     text = redact(" ".join(detail.split()))
     return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 1] + "…"
@@ -149,48 +190,13 @@ def to_service_error(fault: UpstreamFault, provider: str, model: str) -> Service
         )
     if fault.kind == "missing_key":
         return Unauthenticated(fault.detail, reason="MISSING_PROVIDER_API_KEY", metadata=meta)
-    if fault.kind == "timeout":
-        return DeadlineExceeded(
-            f"provider {provider!r} did not answer within the deadline{tries}",
-            reason="UPSTREAM_TIMEOUT",
-            metadata=meta,
+    by_kind = _BY_KIND.get(fault.kind)
+    if by_kind is not None:
+        error, reason, text = by_kind
+        message = text.format(
+            provider=provider, tries=tries, detail=fault.detail, clean=_clean(fault.detail)
         )
-    if fault.kind == "limit_wait":
-        return ResourceExhausted(
-            f"provider {provider!r} is at its limits: {fault.detail}",
-            reason="PROVIDER_LIMIT_WAIT",
-            metadata=meta,
-        )
-    if fault.kind == "queue_timeout":
-        return DeadlineExceeded(
-            f"provider {provider!r}: {fault.detail}",
-            reason="PROVIDER_QUEUE_TIMEOUT",
-            metadata=meta,
-        )
-    if fault.kind == "first_byte_timeout":
-        return DeadlineExceeded(
-            f"provider {provider!r} sent nothing within its first-byte timeout{tries}",
-            reason="UPSTREAM_FIRST_BYTE_TIMEOUT",
-            metadata=meta,
-        )
-    if fault.kind == "bad_response":
-        return Unavailable(
-            f"provider {provider!r} sent a malformed response: {_clean(fault.detail)}",
-            reason=BAD_UPSTREAM_RESPONSE,
-            metadata=meta,
-        )
-    if fault.kind == "connection":
-        return Unavailable(
-            f"could not reach provider {provider!r}{tries}: {_clean(fault.detail)}",
-            reason="UPSTREAM_CONNECTION_FAILED",
-            metadata=meta,
-        )
-    if fault.kind == "stream_error":
-        return Unavailable(
-            f"provider {provider!r} failed mid-stream: {_clean(fault.detail)}",
-            reason="UPSTREAM_STREAM_ERROR",
-            metadata=meta,
-        )
+        return error(message, reason=reason, metadata=meta)
     # Upstream HTTP statuses. 401/403 bodies are not echoed: they may quote the key.
     if status == 401:
         return Unauthenticated(
