@@ -91,8 +91,7 @@ class ProviderLimiter:
         self._publishes_limit = scope == scope_of(config.name, None)
         self.declared = DeclaredLimits.of(config)
         self._shared = shared if self.declared.any else None
-        caps = [c for c in (config.max_concurrency, config.max_in_flight) if c is not None]
-        ceiling = min(caps) if caps else None
+        ceiling = config.concurrency_cap
         self.adaptive = config.adaptive
         self.limit = AdaptiveLimit(
             ceiling, latency_factor=config.latency_factor if config.adaptive else None

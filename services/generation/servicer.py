@@ -67,7 +67,7 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
                 models=c.known_models,
                 api_key_env=",".join(c.api_key_env),
                 api_key_configured=env_key(c) is not None,
-                max_concurrency=c.max_concurrency or c.max_in_flight or 0,
+                max_concurrency=c.concurrency_cap or 0,
                 context_window=c.context_window or 0,
                 models_checked=c.check_models and bool(c.models),
             )

@@ -156,6 +156,13 @@ class ProviderConfig(BaseModel):
         """The default model first, then the other fixed models."""
         return [self.default_model, *(m for m in self.models if m != self.default_model)]
 
+    @property
+    def concurrency_cap(self) -> int | None:
+        """The most calls a replica runs at once: the lower of ``max_concurrency`` and
+        ``max_in_flight`` (a replica cannot usefully run more than all of them may)."""
+        caps = [c for c in (self.max_concurrency, self.max_in_flight) if c is not None]
+        return min(caps) if caps else None
+
 
 PRESETS: dict[str, dict[str, Any]] = {
     "openai": {

@@ -226,7 +226,7 @@ class Rerankers:
                     field=f"{FIELD}.properties[{i}]",
                     reason="UNKNOWN_PROPERTY",
                 )
-        return list(rerank.properties) or [n for n, t in schema.types.items() if t in TEXT_TYPES]
+        return list(rerank.properties) or schema.text_properties()
 
     # -- reranking -------------------------------------------------------------------------
     async def rerank(
