@@ -41,3 +41,10 @@ class CallSlots:
 
     def give_back(self) -> None:
         self._in_flight -= 1
+
+    def __enter__(self) -> CallSlots:
+        self.take()  # a refusal leaves the block before it is entered: nothing to give back
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.give_back()

@@ -179,7 +179,7 @@ class _MethodWrapper:
     ) -> None:
         service, name = split_method(method)
         self.admission = admission
-        self.call_slots = call_slots
+        self.call_slots = call_slots or CallSlots(0, "")  # 0: no limit
         self.method = method
         self.auth = auth
         kind = grpc_type(handler.request_streaming, handler.response_streaming)
@@ -285,17 +285,13 @@ class _MethodWrapper:
             begun = self._begin(context)
             code = None
             requests = request
-            slots = self.call_slots
-            held = False
             try:
-                # First, before authentication: the cheapest refusal under a flood.
-                if slots is not None:
-                    slots.take()
-                    held = True
-                guard = self._authenticated(context)
-                request = self._received(request, request_streaming)
-                async with guard:
-                    response = await fn(request, context)
+                # The slot first, before authentication: the cheapest refusal under a flood.
+                with self.call_slots:
+                    guard = self._authenticated(context)
+                    request = self._received(request, request_streaming)
+                    async with guard:
+                        response = await fn(request, context)
                 self.metrics.sent.inc()
                 return response
             except AbortError:
@@ -310,8 +306,6 @@ class _MethodWrapper:
                     await _drain(requests)
                 await context.abort(status.code, status.details, status.trailing_metadata)
             finally:
-                if held:
-                    slots.give_back()  # type: ignore[union-attr]
                 self._end(context, begun, code)
 
         return call
@@ -326,18 +320,17 @@ class _MethodWrapper:
             begun = self._begin(context)
             code = None
             sent = self.metrics.sent
-            slots = self.call_slots
-            held = False
             try:
-                if slots is not None:
-                    slots.take()
-                    held = True
-                guard = self._authenticated(context)
-                request = self._received(request, request_streaming)
-                async with guard:
-                    async for item in fn(request, context):
-                        yield item
-                        sent.inc()
+                # Given back however the stream ends, also when the client goes away
+                # mid-stream: the task running this generator is cancelled, and the
+                # CancelledError comes through the block.
+                with self.call_slots:
+                    guard = self._authenticated(context)
+                    request = self._received(request, request_streaming)
+                    async with guard:
+                        async for item in fn(request, context):
+                            yield item
+                            sent.inc()
             except AbortError:
                 raise
             except asyncio.CancelledError:
@@ -348,10 +341,6 @@ class _MethodWrapper:
                 code = status.code
                 await context.abort(status.code, status.details, status.trailing_metadata)
             finally:
-                # Also when the client goes away mid-stream: the task running this
-                # generator is cancelled, and the CancelledError comes through here.
-                if held:
-                    slots.give_back()  # type: ignore[union-attr]
                 self._end(context, begun, code)
 
         return gen
