@@ -543,11 +543,13 @@ class MemoryStore:
 
     async def _replace_interaction(self, owner: Owner, iid: str, old: bytes, new: bytes) -> bool:
         """Compare-and-set of the interaction's data: False when it changed since ``old``
-        was read; NOT_FOUND when it is gone or not the caller's."""
+        was read; NOT_FOUND when it is gone or not the caller's. Redis compares SHA-1
+        digests (``redis.sha1hex``), so ``old`` itself is not sent back."""
         tag = self.tag(owner)
+        digest = hashlib.sha1(old, usedforsecurity=False).hexdigest()
         status = await _redis(
             self._update_interaction(
-                keys=[keys.interaction(tag, iid)], args=[owner.user, tag, old, new]
+                keys=[keys.interaction(tag, iid)], args=[owner.user, tag, digest, new]
             )
         )
         if status == 0:
