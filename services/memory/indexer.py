@@ -192,9 +192,9 @@ class Indexer:
             stale: list[str] = []
             for owner, entries in by_owner.items():
                 iids = list(entries)
-                found = await self._store.get_interactions(owner, iids)
-                for iid, interaction in zip(iids, found, strict=True):
-                    if interaction is None:
+                found = await self._store.interactions_exist(owner, iids)
+                for iid, exists in zip(iids, found, strict=True):
+                    if not exists:
                         stale.extend(entries[iid])
             if stale:
                 await self._index.remove_entries(stale)

@@ -284,6 +284,7 @@ class MemoryStore:
         self._get_interaction_traces = script("get_interaction_traces")
         self._update_interaction = script("update_interaction")
         self._get_interactions = script("get_interactions")
+        self._interactions_exist = script("interactions_exist")
 
     async def load_scripts(self) -> None:
         """Loads every script now (SCRIPT LOAD; on a cluster, into every master).
@@ -297,7 +298,7 @@ class MemoryStore:
             self._update_summary,
             self._create_interaction, self._get_interaction, self._list_interactions,
             self._list_conversations, self._get_interaction_traces, self._update_interaction,
-            self._get_interactions,
+            self._get_interactions, self._interactions_exist,
         ]  # fmt: skip
         for script in scripts:
             await _redis(self._redis.script_load(script.script))
@@ -543,11 +544,13 @@ class MemoryStore:
 
     async def _replace_interaction(self, owner: Owner, iid: str, old: bytes, new: bytes) -> bool:
         """Compare-and-set of the interaction's data: False when it changed since ``old``
-        was read; NOT_FOUND when it is gone or not the caller's."""
+        was read; NOT_FOUND when it is gone or not the caller's. Redis compares SHA-1
+        digests (``redis.sha1hex``), so ``old`` itself is not sent back."""
         tag = self.tag(owner)
+        digest = hashlib.sha1(old, usedforsecurity=False).hexdigest()
         status = await _redis(
             self._update_interaction(
-                keys=[keys.interaction(tag, iid)], args=[owner.user, tag, old, new]
+                keys=[keys.interaction(tag, iid)], args=[owner.user, tag, digest, new]
             )
         )
         if status == 0:
@@ -565,6 +568,19 @@ class MemoryStore:
             )
         )
         return [pb.Interaction.FromString(data) if data else None for data in out]
+
+    async def interactions_exist(self, owner: Owner, iids: list[str]) -> list[bool]:
+        """Whether each of ``iids`` exists and is the caller's, in one round trip, without
+        reading or parsing the interactions (the search index's sweep)."""
+        if not iids:
+            return []
+        tag = self.tag(owner)
+        out = await _redis(
+            self._interactions_exist(
+                keys=[keys.interaction(tag, iid) for iid in iids], args=[owner.user, tag]
+            )
+        )
+        return [flag == 1 for flag in out]
 
     # -- the search index's outbox -------------------------------------------------------
     # P:search-outbox  ZSET  index work that failed, scored by when to try it again (ms).

@@ -242,10 +242,10 @@ class Rerankers:
         call ends within ``rerank_timeout`` and within ``time_left`` (the RPC's deadline)."""
         if not hits or keep <= 0:
             return []
-        documents = [self._document(hit, plan.properties) for hit in hits]
         if plan.local:
             assert plan.mmr_lambda is not None
-            return await self._mmr(plan, schema, hits, documents, keep)
+            return await self._mmr(plan, schema, hits, keep)
+        documents = [self._document(hit, plan.properties) for hit in hits]
         ranked = await self._remote(plan, documents, keep, time_left)
         return [(hits[index], score) for index, score in ranked]
 
@@ -265,14 +265,15 @@ class Rerankers:
         plan: RerankPlan,
         schema: Schema,
         hits: list[FoundPoint],
-        documents: list[str],
         keep: int,
     ) -> list[tuple[FoundPoint, float]]:
         assert plan.mmr_lambda is not None
         tracer = service_tracer("retrieval")
         with tracer.start_as_current_span("rerank mmr", attributes={"gensearch.hits": len(hits)}):
             stored = plan.needs_vectors(schema) and all(h.dense is not None for h in hits)
-            texts = [plan.query] if stored else [plan.query, *documents]
+            texts = [plan.query]
+            if not stored:  # the hits' texts are embedded only when no vector is reused
+                texts += [self._document(hit, plan.properties) for hit in hits]
             vectors = await self._local.embed(texts)
             query = np.asarray(vectors[0], dtype=np.float32)
             docs = np.asarray([h.dense for h in hits] if stored else vectors[1:], dtype=np.float32)

@@ -1,7 +1,8 @@
 """The index sweep: entries of turns that Redis no longer holds — expired by retention,
 deleted or evicted by anything that did not tell the index — are removed, and live ones
-kept. Real Redis (standalone and cluster), the real qdrant-edge engine, no gRPC: the
-sweep's effect is read in the engine itself."""
+kept. A turn whose conversation hash expired is gone even while its own key lingers.
+Real Redis (standalone and cluster), the real qdrant-edge engine, no gRPC: the sweep's
+effect is read in the engine itself."""
 
 from __future__ import annotations
 
@@ -54,33 +55,34 @@ async def test_the_sweep_removes_what_redis_no_longer_holds(
 
         kept_conv = (await store.create_conversation(ALICE, "kept")).conversation_id
         gone_conv = (await store.create_conversation(ALICE, "gone")).conversation_id
+        lapsed_conv = (await store.create_conversation(ALICE, "lapsed")).conversation_id
         bob_conv = (await store.create_conversation(BOB, "bob")).conversation_id
         kept = await turn(ALICE, kept_conv, "puffins")
         expired = await turn(ALICE, kept_conv, "gannets")
         deleted = await turn(ALICE, gone_conv, "terns")
+        orphan = await turn(ALICE, lapsed_conv, "skuas")
         bobs = await turn(BOB, bob_conv, "puffins")
         await indexer.idle()
-        counts = {iid: await index.count(o, iid) for o, iid in _all(kept, expired, deleted, bobs)}
+        turns = [(ALICE, kept), (ALICE, expired), (ALICE, deleted), (ALICE, orphan), (BOB, bobs)]
+        counts = {iid: await index.count(o, iid) for o, iid in turns}
         assert set(counts.values()) == {2}  # input and response of each
 
-        # Behind the index's back: Redis expires one turn, a whole conversation goes.
+        # Behind the index's back: Redis expires one turn, a whole conversation goes, and
+        # another conversation's hash expires before its turn's key (retention's order).
         tag = store.tag(ALICE)
-        await redis.pexpire(f"{tag}:int:{expired}", 1)
+        for key in (f"{tag}:int:{expired}", f"{tag}:conv:{lapsed_conv}"):
+            while await redis.exists(key):
+                await redis.pexpire(key, 1)
         await store.delete_conversation(ALICE, gone_conv)
-        while await redis.exists(f"{tag}:int:{expired}"):
-            await redis.pexpire(f"{tag}:int:{expired}", 1)
+        assert await redis.exists(f"{tag}:int:{orphan}")
 
-        assert await indexer.sweep() == 4
-        counts = {iid: await index.count(o, iid) for o, iid in _all(kept, expired, deleted, bobs)}
-        assert counts == {kept: 2, expired: 0, deleted: 0, bobs: 2}
+        assert await indexer.sweep() == 6
+        counts = {iid: await index.count(o, iid) for o, iid in turns}
+        assert counts == {kept: 2, expired: 0, deleted: 0, bobs: 2, orphan: 0}
         assert await indexer.sweep() == 0  # nothing left to do
     finally:
         await indexer.close()
         await redis.aclose()
-
-
-def _all(kept: str, expired: str, deleted: str, bobs: str) -> list[tuple[Owner, str]]:
-    return [(ALICE, kept), (ALICE, expired), (ALICE, deleted), (BOB, bobs)]
 
 
 async def test_the_sweep_catches_up_on_lost_index_jobs(target: Target, tmp_path: Path) -> None:

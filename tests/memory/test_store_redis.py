@@ -1,5 +1,6 @@
 """The store on redis-py: scripts Redis forgot are loaded again, a write whose reply was
-lost is never sent twice, a frozen Redis times out and the store recovers, TLS."""
+lost is never sent twice, a frozen Redis times out and the store recovers, TLS, and
+UpdateInteraction's compare-and-set sees a write that landed after its read."""
 
 from __future__ import annotations
 
@@ -13,14 +14,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
+import redis.cluster
 from gensearch.memory.v1 import memory_service_pb2 as pb
 
 from services.common.auth import DEFAULT_TENANT
-from services.common.errors import Unavailable
+from services.common.errors import Aborted, Unavailable
 from services.common.redis_client import connect
 from services.devlaunch.processes import free_port
 from services.devlaunch.redis_server import RedisProcess, find_binary
-from services.memory.store import MemoryStore, Owner
+from services.memory import keys
+from services.memory.store import UPDATE_ATTEMPTS, MemoryStore, Owner
 from tests.memory.conftest import Memory
 
 ALICE = Owner(DEFAULT_TENANT, "alice")
@@ -41,6 +45,63 @@ async def test_scripts_are_loaded_again_after_script_flush(memory: Memory) -> No
     page = await store.list_interactions(ALICE, conv.conversation_id, 100, None, 1 << 20)
     assert len(page.items) == len(made) == 20
     assert (await store.get_conversation(ALICE, conv.conversation_id)).interaction_count == 20
+
+
+async def test_an_update_landing_between_the_read_and_the_write_is_detected(
+    memory: Memory,
+) -> None:
+    """Another writer gets in after the store read the interaction: the compare-and-set
+    sees it, so the change is applied again on top of that write (nothing is lost); a
+    writer that gets in every time ends the update with ABORTED, CONCURRENT_UPDATE."""
+    store = MemoryStore(memory.redis)
+    conv = await store.create_conversation(ALICE, "n")
+    made = await store.create_interaction(
+        ALICE, conv.conversation_id, pb.Interaction(input="q"), ""
+    )
+    key = keys.interaction(store.tag(ALICE), made.interaction_id)
+    url = memory.settings.redis_url.get_secret_value()
+    # A client of its own, synchronous: it writes while ``change`` runs, i.e. between the
+    # store's read and its compare-and-set.
+    rival = (
+        redis.cluster.RedisCluster.from_url(url)
+        if memory.settings.redis_cluster
+        else redis.Redis.from_url(url)
+    )
+    seen: list[str] = []
+
+    def rival_writes(origin: str) -> None:
+        theirs = pb.Interaction()
+        theirs.CopyFrom(made)
+        theirs.origin = origin
+        rival.hset(key, "data", theirs.SerializeToString())
+
+    def change_once_beaten(interaction: pb.Interaction) -> None:
+        seen.append(interaction.origin)
+        if len(seen) == 1:
+            rival_writes("rival")
+        interaction.additional_info["mine"] = True
+
+    try:
+        updated = await store.update_interaction(ALICE, made.interaction_id, change_once_beaten)
+        assert seen == ["", "rival"]  # read again after the rival's write
+        stored = await store.get_interaction(ALICE, made.interaction_id)
+        assert stored == updated
+        assert stored.origin == "rival" and stored.additional_info["mine"] is True
+
+        def change_always_beaten(interaction: pb.Interaction) -> None:
+            seen.append(interaction.origin)
+            rival_writes(f"rival {len(seen)}")
+            interaction.additional_info["lost"] = True
+
+        seen.clear()
+        with pytest.raises(Aborted) as raised:
+            await store.update_interaction(ALICE, made.interaction_id, change_always_beaten)
+        assert raised.value.reason == "CONCURRENT_UPDATE"
+        assert len(seen) == UPDATE_ATTEMPTS
+        stored = await store.get_interaction(ALICE, made.interaction_id)
+        assert stored.origin == f"rival {UPDATE_ATTEMPTS}" and "lost" not in stored.additional_info
+    finally:
+        rival.close()
 
 
 class _CuttingProxy:

@@ -10,3 +10,14 @@ local function conversation(key)
                     'summary_prompt_tokens', 'summary_completion_tokens', 'summary_folds',
                     'summary_update_time', 'summary_evicted')
 end
+-- Whether the conversation `cid` (under `tag`) exists and is `user`'s: a turn is gone when
+-- its conversation hash is, whatever its own key still holds (retention.lua). `seen`
+-- keeps the answers of one script run (several turns of one conversation, one HGET).
+local function owned(tag, user, cid, seen)
+  local owner = seen[cid]
+  if owner == nil then
+    owner = redis.call('HGET', tag .. ':conv:' .. cid, 'user') or false
+    seen[cid] = owner
+  end
+  return owner == user
+end

@@ -1,12 +1,13 @@
 -- needs: read
--- KEYS: int. ARGV: user, tag, data read before, new data.
+-- KEYS: int. ARGV: user, tag, SHA-1 (hex) of the data read before, new data.
 -- Compare-and-set: returns 1 when updated, 0 when missing or not the caller's, 2 when the
--- data changed since it was read (the caller reads again and retries). HSET keeps the
--- key's time to live.
+-- data changed since it was read (the caller reads again and retries). The caller sends
+-- a digest of what it read, not the data itself: 40 bytes however large the turn. HSET
+-- keeps the key's time to live.
 local row = interaction(KEYS[1])
 if not row[1] or redis.call('HGET', ARGV[2] .. ':conv:' .. row[1], 'user') ~= ARGV[1] then
   return 0
 end
-if row[2] ~= ARGV[3] then return 2 end
+if redis.sha1hex(row[2]) ~= ARGV[3] then return 2 end
 redis.call('HSET', KEYS[1], 'data', ARGV[4])
 return 1
