@@ -98,6 +98,10 @@ class DeclaredLimits:
 
 
 class SharedLimits(Protocol):
+    # The provider's declared limits, made once from its config (``registry.shared_limits``)
+    # and read by each of its per-key queues.
+    limits: DeclaredLimits
+
     async def admit(self, scope: str, call_id: str, cost: float, lease: float) -> float:
         """0: admitted; > 0: seconds until the buckets can pay; ``FLIGHT_FULL``."""
 
