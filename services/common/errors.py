@@ -26,10 +26,15 @@ MAX_MESSAGE_CHARS = 1024
 MAX_METADATA_CHARS = 256
 QUOTE_CHARS = 64
 
-# ErrorInfo metadata of a failed generation call: every request it sent upstream (the
-# generation service sets it, ``generation.fallback.Calls``; the gateway reads it to
-# charge the LLM-calls quota and to report the count on a failed hit).
+# ErrorInfo metadata of a failed generation call, counts written as decimal strings: every
+# request it sent upstream (the generation service sets it, ``generation.fallback.Calls``;
+# the gateway reads it to charge the LLM-calls quota and to report the count on a failed
+# hit), and the failed pair's attempts and milliseconds spent waiting for the provider's
+# limits (``generation.upstream.to_service_error``; fallback adds up the attempts, the
+# gateway reports both on a failed hit). Read with ``metadata_count``.
 UPSTREAM_CALLS = "upstream_calls"
+ATTEMPTS = "attempts"
+WAIT_MS = "wait_ms"
 
 
 def quote(value: str, limit: int = QUOTE_CHARS) -> str:
@@ -221,8 +226,14 @@ def code_name(code: int) -> str:
     return code_pb2.Code.Name(code)
 
 
+def metadata_count(metadata: Mapping[str, str], key: str) -> int | None:
+    """The count under ``key`` in an error's ErrorInfo metadata (``UPSTREAM_CALLS``,
+    ``ATTEMPTS``, ``WAIT_MS``); None when it is not there, or is not a count."""
+    value = metadata.get(key, "")
+    return int(value) if value.isdigit() else None
+
+
 def upstream_calls(metadata: Mapping[str, str]) -> int:
     """The upstream calls a failed generation call made, as its ErrorInfo metadata says;
     0 when it does not say (it failed before the generation service answered)."""
-    value = metadata.get(UPSTREAM_CALLS, "")
-    return int(value) if value.isdigit() else 0
+    return metadata_count(metadata, UPSTREAM_CALLS) or 0

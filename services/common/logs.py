@@ -4,12 +4,14 @@ Known secret values (API keys, tokens) are registered at start-up and scrubbed f
 record, together with anything that looks like a bearer token or a provider key. Each line
 carries an ISO-8601 UTC ``time`` (``2026-12-02T03:04:05.123Z``) and, when a span is current
 (always, inside an RPC), the ``trace_id`` and ``span_id`` that find it in the tracing backend
-and in the other services' logs.
+and in the other services' logs. ``ThrottledWarning`` keeps a failing dependency to one
+line per outage.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import re
 import sys
 import time
@@ -131,3 +133,23 @@ def configure_logging(level: str = "INFO", service: str = "gensearch") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+
+
+class ThrottledWarning:
+    """A warning about a dependency that failed a call (Redis down, say), logged at most
+    once every ``every`` seconds: one line per outage, not one per call. ``message`` has one
+    ``%s``, for the error's type (its text may quote what it was sent)."""
+
+    __slots__ = ("_every", "_log", "_message", "_warned_at")
+
+    def __init__(self, log: logging.Logger, message: str, *, every: float = 30.0) -> None:
+        self._log = log
+        self._message = message
+        self._every = every
+        self._warned_at = -math.inf
+
+    def __call__(self, err: BaseException) -> None:
+        now = time.monotonic()
+        if now - self._warned_at >= self._every:
+            self._warned_at = now
+            self._log.warning(self._message, type(err).__name__)

@@ -31,7 +31,6 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import time
 import uuid
 from collections.abc import AsyncIterator
 from functools import cache
@@ -46,6 +45,7 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from services.common.auth import current_tenant
 from services.common.errors import ResourceExhausted
+from services.common.logs import ThrottledWarning
 from services.common.redis_client import RedisClient
 
 log = logging.getLogger("gensearch.quotas")
@@ -59,8 +59,6 @@ LEASE_SLACK_SECONDS = 5.0
 # A running call renews its lease this many times per lease: one late or failed renewal
 # does not cost it its slot.
 RENEWALS_PER_LEASE = 3
-# Redis errors are logged at most this often (seconds): one line per outage, not per call.
-_WARN_EVERY = 30.0
 
 
 def _tenant() -> str:
@@ -123,7 +121,7 @@ class Quotas:
         self._renew: AsyncScript = redis.register_script(lua_script("quota_renew"))  # type: ignore[misc]
         # Releases of slots whose call was cancelled while entering: referenced until done.
         self._releasing: set[asyncio.Task[None]] = set()
-        self._warned_at = 0.0
+        self._unchecked = ThrottledWarning(log, "quotas not checked, Redis failed: %s")
         self._tags: dict[str, str] = {}
 
     def _key(self, tenant: str, name: str) -> str:
@@ -134,12 +132,6 @@ class Quotas:
             if len(self._tags) > 100_000:  # bounded: tenants come from configured keys
                 self._tags.clear()
         return f"{tag}:{name}"
-
-    def _unchecked(self, err: BaseException) -> None:
-        now = time.monotonic()
-        if now - self._warned_at >= _WARN_EVERY:
-            self._warned_at = now
-            log.warning("quotas not checked, Redis failed: %s", type(err).__name__)
 
     async def _run(self, script: AsyncScript, key: str, *args: Any) -> Any:
         """The script's reply, or None when Redis failed (the call goes through)."""

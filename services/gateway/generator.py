@@ -11,7 +11,7 @@ from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.generation.v1 import generation_service_pb2 as gen_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 
-from services.common.errors import upstream_calls
+from services.common.errors import ATTEMPTS, WAIT_MS, metadata_count, upstream_calls
 from services.gateway.clients import Caller, GenerationClient
 from services.gateway.errors import HitError
 from services.gateway.settings import GatewaySettings
@@ -181,11 +181,10 @@ def error_result(error: HitError, prompt: str = "") -> gw_pb.GenerationResult:
         prompt=prompt,
     )
     # What the generation service reported of the failed call, when it got that far.
-    attempts, wait_ms = error.metadata.get("attempts"), error.metadata.get("wait_ms")
-    if attempts is not None and attempts.isdigit():
-        result.attempts = int(attempts)
-    if wait_ms is not None and wait_ms.isdigit():
-        result.wait_time.FromMilliseconds(int(wait_ms))
+    result.attempts = metadata_count(error.metadata, ATTEMPTS) or 0
+    wait_ms = metadata_count(error.metadata, WAIT_MS)
+    if wait_ms is not None:
+        result.wait_time.FromMilliseconds(wait_ms)
     result.upstream_calls = upstream_calls(error.metadata)
     return result
 

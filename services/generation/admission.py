@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from services.common.upstream_retry import Deadline
 from services.generation.adaptive import AdaptiveLimit
 from services.generation.metrics import CONCURRENCY_LIMIT, IN_FLIGHT, QUEUE_WAIT
-from services.generation.rate_buckets import FLIGHT_FULL, DeclaredLimits, SharedLimits, scope_of
+from services.generation.rate_buckets import FLIGHT_FULL, SharedLimits, scope_of
 from services.generation.settings import ProviderConfig
 from services.generation.upstream import UpstreamFault
 
@@ -89,8 +89,8 @@ class ProviderLimiter:
         # One limiter per API key in use, but the gauges are per provider: in flight is
         # counted up and down by each, the limit published by the operator key's alone.
         self._publishes_limit = scope == scope_of(config.name, None)
-        self.declared = DeclaredLimits.of(config)
-        self._shared = shared if self.declared.any else None
+        # A provider that declares no limits never asks them (no Redis round trip per call).
+        self._shared = shared if shared is not None and shared.limits.any else None
         ceiling = config.concurrency_cap
         self.adaptive = config.adaptive
         self.limit = AdaptiveLimit(

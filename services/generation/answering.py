@@ -100,12 +100,9 @@ def _sum(first: Completion, second: Completion) -> Completion:
         a.total_tokens + b.total_tokens,
         a.estimated or b.estimated,
     )
-    # A new DebugInfo: the debug info of either call is never changed (it is mutable).
-    debug = dataclasses.replace(second.debug, attempts=first.debug.attempts + second.debug.attempts)
     return dataclasses.replace(
         second,
         usage=usage,
-        debug=debug,
         attempts=first.attempts + second.attempts,
         waited=first.waited + second.waited,
     )

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from services.common.errors import UPSTREAM_CALLS, ServiceError
+from services.common.errors import ATTEMPTS, UPSTREAM_CALLS, ServiceError, metadata_count
 from services.common.upstream_retry import Deadline
 from services.generation.metrics import FALLBACKS
 from services.generation.providers.base import (
@@ -63,9 +63,7 @@ class Calls:
     def failed(self, err: ServiceError) -> None:
         """Adds the attempts of a pair that raised: the provider adapter puts them in
         the error's metadata (``upstream.to_service_error``; 0 when nothing was sent)."""
-        attempts = err.metadata.get("attempts", "")
-        if attempts.isdigit():
-            self.made += int(attempts)
+        self.made += metadata_count(err.metadata, ATTEMPTS) or 0
 
     def charged_to(self, err: ServiceError) -> ServiceError:
         """``err`` carrying the count, for a caller that charges calls even when the

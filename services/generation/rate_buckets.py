@@ -37,13 +37,13 @@ from typing import Protocol
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisClusterException, RedisError
 
+from services.common.logs import ThrottledWarning
 from services.common.quotas import LEASE_SLACK_SECONDS, lua_script
 from services.common.redis_client import RedisClient
 from services.generation.settings import ProviderConfig
 
 log = logging.getLogger("gensearch.generation.limits")
 
-_WARN_EVERY = 30.0
 # Admission answers: go, wait this long, or ask again soon (in flight is full).
 FLIGHT_FULL = -1.0
 
@@ -98,6 +98,10 @@ class DeclaredLimits:
 
 
 class SharedLimits(Protocol):
+    # The provider's declared limits, made once from its config (``registry.shared_limits``)
+    # and read by each of its per-key queues.
+    limits: DeclaredLimits
+
     async def admit(self, scope: str, call_id: str, cost: float, lease: float) -> float:
         """0: admitted; > 0: seconds until the buckets can pay; ``FLIGHT_FULL``."""
 
@@ -187,7 +191,9 @@ class RedisLimits:
         self._release: AsyncScript = redis.register_script(lua_script("provider_release"))  # type: ignore[misc]
         self._pause: AsyncScript = redis.register_script(lua_script("provider_pause"))  # type: ignore[misc]
         self._fallback = LocalLimits(limits)
-        self._warned_at = -math.inf
+        self._failed = ThrottledWarning(
+            log, "provider limits counted in this process only, Redis failed: %s"
+        )
         # Calls admitted in memory (Redis failed): released there too.
         self._local_calls: set[str] = set()
 
@@ -195,15 +201,6 @@ class RedisLimits:
         """The scope's requests and tokens buckets, calls in flight and Retry-After pause."""
         tag = f"{self._prefix}:limits:{{{scope}}}"
         return f"{tag}:requests", f"{tag}:tokens", f"{tag}:flight", f"{tag}:pause"
-
-    def _failed(self, err: BaseException) -> None:
-        now = time.monotonic()
-        if now - self._warned_at >= _WARN_EVERY:
-            self._warned_at = now
-            log.warning(
-                "provider limits counted in this process only, Redis failed: %s",
-                type(err).__name__,
-            )
 
     async def admit(self, scope: str, call_id: str, cost: float, lease: float) -> float:
         req, tok = self.limits.requests, self.limits.tokens

@@ -14,7 +14,7 @@ from services.common.well_known import duration, struct
 from services.generation import answering
 from services.generation.keys import env_key
 from services.generation.planning import Planner
-from services.generation.providers.base import DebugInfo, Usage
+from services.generation.providers.base import Completion, Usage
 
 _KINDS = {"openai_compatible": pb.PROVIDER_KIND_OPENAI_COMPATIBLE}
 
@@ -87,7 +87,7 @@ def _answer_fields(answer: answering.Answer, *, debug: bool) -> dict[str, Any]:
         "model": done.model,
         "finish_reason": done.finish_reason,
         "usage": _usage(done.usage),
-        "debug": _debug(done.debug) if debug else None,
+        "debug": _debug(done) if debug else None,
         "provider": answer.target.provider.name,
         "structured": None if answer.structured is None else struct(answer.structured),
         "fallback_index": answer.target.index,
@@ -107,5 +107,7 @@ def _usage(usage: Usage) -> pb.Usage:
     )
 
 
-def _debug(debug: DebugInfo) -> pb.Debug:
-    return pb.Debug(url=debug.url, request_body=debug.request_body, attempts=debug.attempts)
+def _debug(done: Completion) -> pb.Debug:
+    # Debug.attempts is deprecated: the reply's own attempts, repeated for older callers.
+    debug = done.debug
+    return pb.Debug(url=debug.url, request_body=debug.request_body, attempts=done.attempts)

@@ -12,6 +12,8 @@ import openai
 
 from services.common.egress import URL_NOT_ALLOWED, refusal
 from services.common.errors import (
+    ATTEMPTS,
+    WAIT_MS,
     DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
@@ -172,8 +174,8 @@ def to_service_error(fault: UpstreamFault, provider: str, model: str) -> Service
     """The status our caller gets for an upstream fault that retries did not cure."""
     meta = {
         "provider": provider,
-        "attempts": str(fault.attempts),
-        "wait_ms": str(round(fault.waited * 1000)),
+        ATTEMPTS: str(fault.attempts),
+        WAIT_MS: str(round(fault.waited * 1000)),
     }
     if fault.status is not None:
         meta["upstream_status"] = str(fault.status)

@@ -2,12 +2,18 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 import pytest
 from pydantic import SecretStr
 
 from services.common.auth import Identity, Role
-from services.common.logs import RedactingJsonFormatter, redact, register_secret
+from services.common.logs import (
+    RedactingJsonFormatter,
+    ThrottledWarning,
+    redact,
+    register_secret,
+)
 from services.common.settings import CommonSettings
 
 
@@ -56,3 +62,17 @@ def test_request_keys_are_redacted_but_bounded() -> None:
     assert redact(f"x {newest} y") == "x [REDACTED] y"
     # Configuration secrets are never evicted by request traffic.
     assert "pinned-config-secret-0001" not in redact("pinned-config-secret-0001")
+
+
+def test_a_throttled_warning_logs_once_per_period(caplog: pytest.LogCaptureFixture) -> None:
+    warn = ThrottledWarning(logging.getLogger("t.throttled"), "down: %s", every=0.2)
+    with caplog.at_level(logging.WARNING, logger="t.throttled"):
+        for _ in range(5):
+            warn(ConnectionError("refused by 10.0.0.1"))
+        assert [r.getMessage() for r in caplog.records] == ["down: ConnectionError"]
+        time.sleep(0.25)
+        warn(TimeoutError())
+    assert [r.getMessage() for r in caplog.records] == [
+        "down: ConnectionError",
+        "down: TimeoutError",
+    ]

@@ -5,6 +5,7 @@ Redis that is down lets calls through."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -200,16 +201,21 @@ async def test_keys_share_one_cluster_slot_per_tenant(redis_server: RedisProcess
         await quotas.close()
 
 
-async def test_redis_down_lets_calls_through() -> None:
+async def test_redis_down_lets_calls_through(caplog: pytest.LogCaptureFixture) -> None:
     quotas = _quotas(
         f"redis://127.0.0.1:{free_port()}/0", concurrent_calls=1, llm_calls_per_minute=1
     )
     try:
-        for _ in range(3):
-            async with quotas.admit("/x/Y", _Context(1)):  # type: ignore[arg-type]
-                await quotas.charge_llm()
+        with caplog.at_level(logging.WARNING, logger="gensearch.quotas"):
+            for _ in range(3):
+                async with quotas.admit("/x/Y", _Context(1)):  # type: ignore[arg-type]
+                    await quotas.charge_llm()
     finally:
         await quotas.close()
+    # One line for the outage, not one per failed script.
+    assert [r.getMessage() for r in caplog.records if r.name == "gensearch.quotas"] == [
+        "quotas not checked, Redis failed: ConnectionError"
+    ]
 
 
 async def test_quotas_on_a_redis_cluster(tmp_path: Path) -> None:

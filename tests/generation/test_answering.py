@@ -14,7 +14,7 @@ def _completion(text: str, tokens: int, attempts: int, waited: float) -> Complet
         model="m",
         finish_reason="stop",
         usage=Usage(tokens, tokens, 2 * tokens),
-        debug=DebugInfo(url="http://u", request_body=text, attempts=attempts),
+        debug=DebugInfo(url="http://u", request_body=text),
         attempts=attempts,
         waited=waited,
     )
@@ -26,5 +26,5 @@ def test_a_corrected_answer_sums_both_calls_and_leaves_them_as_they_were() -> No
     total = _sum(first, second)
     assert (total.text, total.debug.request_body) == ("good", "good")
     assert total.usage == Usage(13, 13, 26)
-    assert (total.attempts, total.debug.attempts, total.waited) == (3, 3, 0.75)
+    assert (total.attempts, total.waited) == (3, 0.75)
     assert (first, second) == before  # DebugInfo is mutable: neither call's is changed

@@ -28,7 +28,7 @@ async def test_429_with_retry_after_then_success(service: Service, fake: FakeOpe
     reply = await service.stub.Generate(ask(), timeout=10)
     elapsed = time.perf_counter() - started
     assert reply.text == "hi"
-    assert reply.debug.attempts == 2
+    assert reply.attempts == 2
     assert elapsed >= 0.95  # the server asked for one second, and got it
     gap = fake.chat_requests[1].received_at - fake.chat_requests[0].received_at
     assert gap >= 0.95
@@ -42,7 +42,7 @@ async def test_retry_after_as_http_date(service: Service, fake: FakeOpenAI) -> N
         )
     )
     reply = await service.stub.Generate(ask(), timeout=10)
-    assert reply.debug.attempts == 2
+    assert reply.attempts == 2
     gap = fake.chat_requests[1].received_at - fake.chat_requests[0].received_at
     assert gap >= 0.9  # HTTP-dates have one-second resolution
 
@@ -51,7 +51,7 @@ async def test_500_then_success(service: Service, fake: FakeOpenAI) -> None:
     fake.enqueue(Behaviour.error(500), Behaviour.error(502), Behaviour.error(503))
     reply = await service.stub.Generate(ask(), timeout=10)
     assert reply.text == "hi"
-    assert reply.debug.attempts == 4
+    assert reply.attempts == 4
     assert len(fake.chat_requests) == 4
 
 
@@ -107,7 +107,7 @@ async def test_connection_reset_then_success(service: Service, fake: FakeOpenAI)
     fake.enqueue(Behaviour.reset())
     reply = await service.stub.Generate(ask(), timeout=10)
     assert reply.text == "hi"
-    assert reply.debug.attempts == 2
+    assert reply.attempts == 2
 
 
 async def test_always_reset_is_unavailable(service: Service, fake: FakeOpenAI) -> None:
@@ -188,7 +188,8 @@ async def test_stream_retries_before_the_first_delta(service: Service, fake: Fak
         )
     )
     assert "".join(c.delta for c in chunks) == "ok then"
-    assert chunks[-1].debug.attempts == 3
+    # Debug.attempts is deprecated but still filled: the same count as the reply's own.
+    assert chunks[-1].attempts == chunks[-1].debug.attempts == 3
 
 
 async def test_slow_upstream_short_deadline(service: Service, fake: FakeOpenAI) -> None:
@@ -355,12 +356,12 @@ async def test_timeouts_conflicts_and_every_5xx_are_retried(
 ) -> None:
     fake.enqueue(Behaviour.error(status))
     reply = await service.stub.Generate(ask(), timeout=10)
-    assert reply.debug.attempts == 2
+    assert reply.attempts == 2
 
 
 async def test_retry_after_ms_is_honoured(service: Service, fake: FakeOpenAI) -> None:
     fake.enqueue(Behaviour.error(503, headers={"retry-after-ms": "400"}))
     reply = await service.stub.Generate(ask(), timeout=10)
-    assert reply.debug.attempts == 2
+    assert reply.attempts == 2
     gap = fake.chat_requests[1].received_at - fake.chat_requests[0].received_at
     assert gap >= 0.38  # the server's wait, not our 10-50 ms test backoff

@@ -81,7 +81,7 @@ async def test_debug_returns_the_exact_body_sent(service: Service, fake: FakeOpe
         pb.GenerateRequest(messages=[user("hello")], debug=True, temperature=0.5), timeout=5
     )
     assert reply.debug.url == f"{fake.base_url}/chat/completions"
-    assert reply.debug.attempts == 1
+    assert reply.debug.attempts == reply.attempts == 1  # deprecated, still filled
     sent = fake.chat_requests[-1]
     assert json.loads(reply.debug.request_body) == sent.json
     assert reply.debug.request_body == json.dumps(

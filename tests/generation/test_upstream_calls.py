@@ -55,7 +55,9 @@ async def test_a_fallback_and_a_corrective_retry_are_all_counted(
     fake.by_model["fake-model"] = Behaviour.error(503)
     fake2.enqueue(Behaviour.ok(text='{"title": 7}'), Behaviour.ok(text='{"title": "Dune"}'))
     reply = await svc.stub.Generate(
-        pb.GenerateRequest(messages=[user("hi")], fallback=CHAIN, response_format=_schema()),
+        pb.GenerateRequest(
+            messages=[user("hi")], fallback=CHAIN, response_format=_schema(), debug=True
+        ),
         timeout=10,
     )
     assert json_format.MessageToDict(reply.structured) == {"title": "Dune"}
@@ -63,8 +65,9 @@ async def test_a_fallback_and_a_corrective_retry_are_all_counted(
     # Two attempts on the primary, the backup's answer and its correction.
     assert (len(fake.chat_requests), len(fake2.chat_requests)) == (2, 2)
     assert reply.upstream_calls == _received(fake, fake2) == 4
-    # `attempts` is the answering pair's alone (its answer and the correction).
-    assert reply.attempts == 2
+    # `attempts` is the answering pair's alone (its answer and the correction); the
+    # deprecated Debug.attempts repeats it.
+    assert reply.attempts == reply.debug.attempts == 2
 
 
 async def test_a_plain_answer_is_one_call(

@@ -172,7 +172,7 @@ class OpenAICompatibleProvider(Provider):
         UPSTREAM_TOKENS.labels(self.name, "prompt").inc(usage.prompt_tokens)
         UPSTREAM_TOKENS.labels(self.name, "completion").inc(usage.completion_tokens)
         record_usage(span, usage.prompt_tokens, usage.completion_tokens)
-        span.set_attribute(ATTEMPTS, completion.debug.attempts)
+        span.set_attribute(ATTEMPTS, completion.attempts)
         span.set_attribute("gen_ai.response.model", completion.model)
         if completion.finish_reason:
             span.set_attribute("gen_ai.response.finish_reasons", [completion.finish_reason])
@@ -209,7 +209,6 @@ class OpenAICompatibleProvider(Provider):
             while True:
                 try:
                     permit = await turns.admit()
-                    debug.attempts = turns.retrier.attempts
                     try:
                         completion = await self._complete_once(
                             client, params, headers, deadline, request, debug
@@ -282,7 +281,6 @@ class OpenAICompatibleProvider(Provider):
                 state = _StreamState(request.model)
                 try:
                     permit = await turns.admit()
-                    debug.attempts = turns.retrier.attempts
                     try:
                         # aclosing: when our caller stops early, the HTTP response closes
                         # now, not whenever the garbage collector finalizes the generator.
