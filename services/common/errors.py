@@ -230,7 +230,7 @@ def metadata_count(metadata: Mapping[str, str], key: str) -> int | None:
     """The count under ``key`` in an error's ErrorInfo metadata (``UPSTREAM_CALLS``,
     ``ATTEMPTS``, ``WAIT_MS``); None when it is not there, or is not a count."""
     value = metadata.get(key, "")
-    return int(value) if value.isdigit() else None
+    return int(value) if value.isdecimal() else None
 
 
 def upstream_calls(metadata: Mapping[str, str]) -> int:

@@ -14,8 +14,9 @@ hashes also store the owner, and every script checks it.
 Every multi-key update is one Lua script (one round trip, atomic). Lists are keyset pages:
 ``ZRANGE key (<cursor> - BYLEX REV LIMIT 0 n`` costs O(log N + n) however long the list.
 
-An interaction never changes once written, so it is stored as its API message: protobuf
-encodes and decodes it in C, and the list reply is a run of ready-made messages. Protobuf's
+An interaction is stored as its API message: protobuf encodes and decodes it in C, and the
+list reply is a run of ready-made messages. UpdateInteraction rewrites the whole message
+under a compare-and-set on its SHA-1 (lua/update_interaction.lua). Protobuf's
 field evolution rules keep old records readable as the message grows.
 """
 
