@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 
 from gensearch.gateway.v1 import gateway_service_pb2_grpc as gw_grpc
 from gensearch.memory.v1 import memory_service_pb2_grpc as mem_grpc
@@ -28,7 +29,20 @@ GATEWAY_SERVICE = "gensearch.gateway.v1.GatewayService"
 log = logging.getLogger("gensearch.gateway")
 
 
+@dataclass(frozen=True)
+class Gateway:
+    """The server, and the Ask service behind it (whose background work a test can wait
+    for: ``AskService.idle``)."""
+
+    server: GrpcServer
+    ask: AskService
+
+
 async def build_server(settings: GatewaySettings, *, port: int | None = None) -> GrpcServer:
+    return (await build(settings, port=port)).server
+
+
+async def build(settings: GatewaySettings, *, port: int | None = None) -> Gateway:
     # One client (one pool) for the quotas and the generation cache, closed once, last:
     # summary folds drained at shutdown still charge their LLM calls to the quotas.
     redis = connect_redis(settings)
@@ -50,7 +64,8 @@ async def build_server(settings: GatewaySettings, *, port: int | None = None) ->
         clients.generation.after_generate = quotas.charge_llm_made
     token = settings.internal_token.get_secret_value()
     search = GenerativeSearch(backends)
-    servicer = GatewayServicer(search, AskService(backends), NamedObjects(backends, search), token)
+    ask = AskService(backends)
+    servicer = GatewayServicer(search, ask, NamedObjects(backends, search), token)
     server.add_service(gw_grpc.add_GatewayServiceServicer_to_server, servicer, GATEWAY_SERVICE)
     server.add_service(
         mem_grpc.add_MemoryServiceServicer_to_server,
@@ -64,10 +79,11 @@ async def build_server(settings: GatewaySettings, *, port: int | None = None) ->
     )
     server.on_stop(clients.close)
     server.on_stop(backends.tokenizers.close)
-    # Callbacks run last-registered first: queued summary folds finish before the
-    # downstream channels close.
+    # Callbacks run last-registered first: queued semantic cache stores and summary folds
+    # finish before the downstream channels close.
     server.on_stop(backends.summarizer.drain)
-    return server
+    server.on_stop(ask.drain)
+    return Gateway(server, ask)
 
 
 def connect_redis(settings: GatewaySettings) -> RedisClient | None:
