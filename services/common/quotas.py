@@ -94,7 +94,8 @@ class QuotaExceeded(ResourceExhausted):
 class Quotas:
     """The gateway's quotas; ``admit`` is the chassis' admission guard, ``charge_llm``
     runs before each generation call and ``charge_llm_made`` after it, with the upstream
-    calls it made beyond the one admitted."""
+    calls it made beyond the one admitted. The Redis client is shared (the gateway's
+    generation cache uses it too) and closed by whoever made it, never here."""
 
     CONCURRENT = "concurrent_calls"
     LLM_PER_MINUTE = "llm_calls_per_minute"
@@ -221,6 +222,3 @@ class Quotas:
             return
         key = self._key(tenant or _tenant(), "llm")
         await self._run(self._charge, key, self.llm_calls_per_minute, WINDOW_MS, calls)
-
-    async def close(self) -> None:
-        await self._redis.aclose()

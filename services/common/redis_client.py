@@ -1,5 +1,5 @@
-"""The Redis client of the memory service and the gateway's quotas: ``redis.asyncio``,
-standalone or Redis Cluster.
+"""The Redis client of the memory service and the gateway (one for its quotas and its
+generation cache): ``redis.asyncio``, standalone or Redis Cluster.
 
 A pooled client as its maintainers intend it: connections are opened on demand and reused,
 replies are parsed by hiredis (redis-py picks it when installed), and redis-py's

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 
 from gensearch.gateway.v1 import gateway_service_pb2_grpc as gw_grpc
 from gensearch.memory.v1 import memory_service_pb2_grpc as mem_grpc
@@ -11,6 +12,7 @@ from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as ret_grpc
 
 from services.common.logs import configure_logging
 from services.common.quotas import Quotas
+from services.common.redis_client import RedisClient, connect_configured
 from services.common.server import GrpcServer, run_until_signal
 from services.common.settings import warn_unknown_variables
 from services.common.tracing import client_interceptors
@@ -18,7 +20,6 @@ from services.gateway.ask import AskService
 from services.gateway.backends import Backends
 from services.gateway.clients.channel import MEMORY_SERVICE, RETRIEVAL_SERVICE
 from services.gateway.forward import MemoryForwarder, RetrievalForwarder
-from services.gateway.generation_cache import connect_redis
 from services.gateway.generative import GenerativeSearch
 from services.gateway.named_objects import NamedObjects
 from services.gateway.servicer import GatewayServicer
@@ -28,8 +29,24 @@ GATEWAY_SERVICE = "gensearch.gateway.v1.GatewayService"
 log = logging.getLogger("gensearch.gateway")
 
 
+@dataclass(frozen=True)
+class Gateway:
+    """The server, and the Ask service behind it (whose background work a test can wait
+    for: ``AskService.idle``)."""
+
+    server: GrpcServer
+    ask: AskService
+
+
 async def build_server(settings: GatewaySettings, *, port: int | None = None) -> GrpcServer:
-    quotas = build_quotas(settings)
+    return (await build(settings, port=port)).server
+
+
+async def build(settings: GatewaySettings, *, port: int | None = None) -> Gateway:
+    # One client (one pool) for the quotas and the generation cache, closed once, last:
+    # summary folds drained at shutdown still charge their LLM calls to the quotas.
+    redis = connect_redis(settings)
+    quotas = build_quotas(settings, redis)
     server = GrpcServer(
         settings,
         port=settings.port if port is None else port,
@@ -38,15 +55,17 @@ async def build_server(settings: GatewaySettings, *, port: int | None = None) ->
         admission=quotas.admit if quotas is not None else None,
     )
     # Every downstream call gets a CLIENT span and carries the trace context.
-    backends = Backends.build(settings, interceptors=client_interceptors("gateway"))
+    backends = Backends.build(settings, interceptors=client_interceptors("gateway"), redis=redis)
     clients = backends.clients
+    if redis is not None:
+        server.on_stop(redis.aclose)
     if quotas is not None:
         clients.generation.before_generate = quotas.charge_llm
         clients.generation.after_generate = quotas.charge_llm_made
-        server.on_stop(quotas.close)
     token = settings.internal_token.get_secret_value()
     search = GenerativeSearch(backends)
-    servicer = GatewayServicer(search, AskService(backends), NamedObjects(backends, search), token)
+    ask = AskService(backends)
+    servicer = GatewayServicer(search, ask, NamedObjects(backends, search), token)
     server.add_service(gw_grpc.add_GatewayServiceServicer_to_server, servicer, GATEWAY_SERVICE)
     server.add_service(
         mem_grpc.add_MemoryServiceServicer_to_server,
@@ -59,17 +78,26 @@ async def build_server(settings: GatewaySettings, *, port: int | None = None) ->
         RETRIEVAL_SERVICE,
     )
     server.on_stop(clients.close)
-    server.on_stop(backends.cache.close)
     server.on_stop(backends.tokenizers.close)
-    # Callbacks run last-registered first: queued summary folds finish before the
-    # downstream channels close.
+    # Callbacks run last-registered first: queued semantic cache stores and summary folds
+    # finish before the downstream channels close.
     server.on_stop(backends.summarizer.drain)
-    return server
+    server.on_stop(ask.drain)
+    return Gateway(server, ask)
 
 
-def build_quotas(settings: GatewaySettings) -> Quotas | None:
-    """The per-tenant quotas on the configured Redis; None (quotas off) without one."""
-    redis = connect_redis(settings)
+def connect_redis(settings: GatewaySettings) -> RedisClient | None:
+    """The client for the gateway's Redis (quotas, generation cache); None when none is
+    configured. Standalone or Redis Cluster (``redis_cluster``); the URL's password is
+    registered as a secret, so it never reaches a log."""
+    url = settings.redis_url.get_secret_value()
+    if not url:
+        return None
+    return connect_configured(url, settings)
+
+
+def build_quotas(settings: GatewaySettings, redis: RedisClient | None) -> Quotas | None:
+    """The per-tenant quotas on the gateway's Redis; None (quotas off) without one."""
     if redis is None:
         log.warning(
             "per-tenant quotas are off: GENSEARCH_GATEWAY_REDIS_URL is not set "

@@ -62,6 +62,15 @@ class AskService:
         self._b = backends
         self._semantic = SemanticAnswers(backends)
 
+    async def idle(self) -> None:
+        """Returns once the background work queued so far (semantic cache stores) is
+        done."""
+        await self._semantic.idle()
+
+    async def drain(self) -> None:
+        """At shutdown, before the downstream channels close: the queued stores."""
+        await self._semantic.drain()
+
     # -- entry points ----------------------------------------------------------------------
     async def ask(
         self, request: gw_pb.AskRequest, caller: Caller, call_remaining: float | None
@@ -343,7 +352,8 @@ class AskService:
                     summary_tokens=s.summary_max_tokens + 16,
                 )
         if semantic.policy.mode.writes:
-            await self._semantic.store(request, semantic, response, caller, time_left(deadline))
+            # Queued: made in the background, after the answer is out.
+            self._semantic.store(request, semantic, response, caller, time_left(deadline))
         yield gw_pb.StreamAskResponse(answer=response)
 
     # -- the steps -------------------------------------------------------------------------

@@ -13,6 +13,12 @@ besides the question decides the answer (``context_key``: the request without th
 and per-call switches, the resolved model, the collection's generative defaults); only an
 entry with the same digest can answer. Best effort: a failed lookup is a miss and a failed
 store is logged; the cache never fails a question.
+
+The store waits for no answer: it is queued (``background.WorkQueue``, bounded by
+``semantic_cache_store_queue``; full: dropped, counted, logged) and made by a background
+worker after the answer has gone out. Retrieval embeds the question again for it: the
+lookup's vector is not returned to the gateway (LookupCachedAnswerResponse has no field
+for it).
 """
 
 from __future__ import annotations
@@ -30,11 +36,12 @@ from services.common.errors import InvalidArgument, ServiceError
 from services.gateway import generation_cache
 from services.gateway.ask_request import AskLike
 from services.gateway.backends import Backends
+from services.gateway.background import WorkQueue
 from services.gateway.catalog import CollectionInfo
 from services.gateway.clients import Caller
 from services.gateway.generation_cache import Policy
 from services.gateway.generator import Options, generate_request
-from services.gateway.metrics import CACHE_LOOKUPS
+from services.gateway.metrics import CACHE_LOOKUPS, SEMANTIC_STORES
 
 log = logging.getLogger("gensearch.gateway.ask")
 
@@ -55,9 +62,26 @@ class SemanticPlan:
     key: str
 
 
+@dataclass(frozen=True)
+class _Store:
+    """One answer to store, for ``caller``, within ``timeout`` seconds of its start."""
+
+    request: ret_pb.StoreCachedAnswerRequest
+    caller: Caller
+    timeout: float
+
+
 class SemanticAnswers:
     def __init__(self, backends: Backends) -> None:
         self._b = backends
+        s = backends.settings
+        self._stores = WorkQueue(
+            self._store,
+            name="semantic cache",
+            size=s.semantic_cache_store_queue,
+            workers=s.semantic_cache_store_workers,
+            drain_timeout=s.semantic_cache_store_drain_timeout,
+        )
 
     def plan(self, request: AskLike, info: CollectionInfo, options: Options) -> SemanticPlan:
         """What this Ask does with the cache, the similarity a match needs and the key
@@ -121,7 +145,7 @@ class SemanticAnswers:
         answer.cached_similarity = found.similarity
         return answer
 
-    async def store(
+    def store(
         self,
         request: AskLike,
         plan: SemanticPlan,
@@ -129,6 +153,8 @@ class SemanticAnswers:
         caller: Caller,
         timeout: float,
     ) -> None:
+        """Queues ``response`` to be stored (see the module's docstring); ``timeout``
+        bounds the store once a worker makes it."""
         kept = gw_pb.AskResponse()
         kept.CopyFrom(response)
         # What belongs to this call only: its spending, its debug prompt.
@@ -143,10 +169,27 @@ class SemanticAnswers:
             ttl=ttl,
             context_key=plan.key,
         )
+        if not self._stores.submit(_Store(store, caller, timeout)):
+            SEMANTIC_STORES.labels("dropped").inc()
+            log.warning("semantic cache store dropped (queue full, or the gateway is stopping)")
+
+    async def idle(self) -> None:
+        """Returns once every store queued so far has been made (or has failed)."""
+        await self._stores.idle()
+
+    async def drain(self) -> None:
+        """At shutdown: the queued stores get ``semantic_cache_store_drain_timeout``."""
+        await self._stores.drain()
+
+    async def _store(self, job: _Store) -> None:
+        retrieval = self._b.clients.retrieval
         try:
-            await self._b.clients.retrieval.store_cached_answer(store, caller, timeout)
+            await retrieval.store_cached_answer(job.request, job.caller, job.timeout)
         except ServiceError as err:
+            SEMANTIC_STORES.labels("failed").inc()
             log.warning("semantic cache store failed", extra={"reason": err.reason})
+            return
+        SEMANTIC_STORES.labels("stored").inc()
 
 
 def context_key(request: AskLike, info: CollectionInfo, options: Options) -> str:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from services.common.redis_client import RedisClient
 from services.gateway.catalog import Catalog
 from services.gateway.clients import Downstream
 from services.gateway.generation_cache import GenerationCache
@@ -31,15 +32,18 @@ class Backends:
         cls,
         settings: GatewaySettings,
         interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+        redis: RedisClient | None = None,
     ) -> Backends:
-        """``interceptors`` go on every downstream channel (see ``clients.channel``)."""
+        """``interceptors`` go on every downstream channel (see ``clients.channel``);
+        ``redis`` (the gateway's, shared with the quotas; None: no generation cache) is
+        closed by its owner, not here."""
         clients = Downstream(settings, interceptors)
         return cls(
             clients=clients,
             catalog=Catalog(clients.retrieval, settings.collection_cache_ttl),
             models=ModelCatalog(clients.generation),
             settings=settings,
-            cache=GenerationCache.build(settings),
+            cache=GenerationCache(redis, settings.quota_key_prefix, settings.cache_max_ttl),
             tokenizers=Tokenizers(
                 settings.tokenize_urls,
                 timeout=settings.tokenize_timeout,

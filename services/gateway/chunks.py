@@ -191,25 +191,24 @@ async def expand(
     # One range per distinct window (hits of one document share a whole-document range).
     request = ret_pb.GetChunksRequest(collection=info.collection.name)
     range_of: dict[tuple[str, int | None, int | None], int] = {}
+    hit_ranges: list[int] = []  # per located hit, the index of its range in the request
     for _, _, document, position in located:
-        bounds = _bounds(position, k, expansion.whole_document)
-        range_key = (_key(document), *bounds)
-        if range_key in range_of:
-            continue
-        range_of[range_key] = len(request.ranges)
-        item = request.ranges.add(document=_value(document))
-        first, last = bounds
-        if first is not None and last is not None:
-            item.first, item.last = first, last
+        first, last = _bounds(position, k, expansion.whole_document)
+        range_key = (_key(document), first, last)
+        if range_key not in range_of:
+            range_of[range_key] = len(request.ranges)
+            item = request.ranges.add(document=_value(document))
+            if first is not None and last is not None:
+                item.first, item.last = first, last
+        hit_ranges.append(range_of[range_key])
     fetched: list[ret_pb.ChunkList] = []
     if located:
         fetched = list((await retrieval.get_chunks(request, caller, timeout)).ranges)
 
     # Per document: every chunk seen (by id) and the windows of its hits.
     docs: dict[str, tuple[Any, dict[str, ret_pb.Hit], list[_Window]]] = {}
-    for rank, hit, document, position in located:
-        bounds = _bounds(position, k, expansion.whole_document)
-        chunk_list = fetched[range_of[(_key(document), *bounds)]]
+    for (rank, hit, document, position), index in zip(located, hit_ranges, strict=True):
+        chunk_list = fetched[index]
         _, chunks, windows = docs.setdefault(_key(document), (document, {}, []))
         for chunk in [*chunk_list.chunks, hit]:
             chunks.setdefault(chunk.id, chunk)

@@ -39,7 +39,7 @@ from google.protobuf import duration_pb2
 from redis.exceptions import RedisError
 
 from services.common.errors import InvalidArgument
-from services.common.redis_client import RedisClient, connect_configured
+from services.common.redis_client import RedisClient
 from services.gateway.generator import Options, generate_request
 from services.gateway.metrics import CACHE_LOOKUPS
 from services.gateway.request_parts import seconds
@@ -145,29 +145,17 @@ def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
 
-def connect_redis(settings: GatewaySettings) -> RedisClient | None:
-    """A client (its own pool) for the gateway's Redis; None when none is configured."""
-    url = settings.redis_url.get_secret_value()
-    if not url:
-        return None
-    return connect_configured(url, settings)
-
-
 # Keys unlinked per command when a collection's entries are dropped.
 _DROP_BATCH = 500
 
 
 class GenerationCache:
     def __init__(self, redis: RedisClient | None, prefix: str, max_ttl: float) -> None:
+        """``redis``: the gateway's client, shared with the quotas and closed by its owner
+        (``__main__``); None: a cache that is always off."""
         self._redis = redis
         self._prefix = prefix
         self._max_ttl = max_ttl
-
-    @classmethod
-    def build(cls, settings: GatewaySettings) -> GenerationCache:
-        """On the Redis the quotas use (same URL and timeouts, its own pool); without one,
-        a cache that is always off."""
-        return cls(connect_redis(settings), settings.quota_key_prefix, settings.cache_max_ttl)
 
     def index_key(self, tenant: str, collection: str) -> str:
         """The set naming every key stored for ``tenant``'s ``collection`` (whatever its
@@ -272,7 +260,3 @@ class GenerationCache:
             await redis.delete(index)
         except RedisError as err:
             log.warning("generation cache drop failed", extra={"error": type(err).__name__})
-
-    async def close(self) -> None:
-        if self._redis is not None:
-            await self._redis.aclose()

@@ -172,40 +172,38 @@ class GenerativeSearch:
     ) -> tuple[CollectionInfo, ret_pb.SearchResponse, int | None]:
         """The collection, the search (reranked: the request's block, else the collection's)
         and, with ``expand_context``, the passages' token budget."""
-        g = request.generate
-        retrieval = self._b.clients.retrieval
+        catalog = self._b.catalog
         if request.HasField("expand_context"):
             # The collection first: its chunking shapes the search (the chunking properties
             # come back with the hits) and is checked before any search or LLM call.
-            info = await self._b.catalog.get(request.collection, caller, call_remaining)
-            check_templates(g, single, info)
-            expand_budget = chunks.budget_for(request, info, self._b.settings)
-            chunking = info.collection.chunking
-            extra += [
-                p for p in (chunking.document_property, chunking.order_property) if p not in extra
-            ]
-            search = generative_request.search_request(request, extra)
-            rerank.apply(search, request, info)
-            found = await retrieval.search(search, caller, call_remaining)
+            info: CollectionInfo | None = await catalog.get(
+                request.collection, caller, call_remaining
+            )
         else:
-            expand_budget = None
-            search = generative_request.search_request(request, extra)
-            known = self._b.catalog.peek(request.collection, caller)
-            if known is not None:
-                # The collection was read moments ago: its default rerank is known, and the
-                # search alone is awaited (no tasks to run two calls at once).
-                info = known
-                check_templates(g, single, info)
-                rerank.apply(search, request, info)
-                found = await retrieval.search(search, caller, call_remaining)
-            else:
-                # Concurrent with GetCollection, so the collection's default rerank is not
-                # known here: retrieval applies it (it reads the collection for the search
-                # anyway), in this one search.
-                rerank.apply_or_default(search, request)
-                info, found = await self._collection_and_search(
-                    request, single, search, caller, call_remaining
-                )
+            # Read moments ago: known without a call (else read beside the search, below).
+            info = catalog.peek(request.collection, caller)
+        expand_budget = None
+        if info is not None:
+            check_templates(request.generate, single, info)
+            expand_budget = chunks.budget_for(request, info, self._b.settings)
+            if expand_budget is not None:
+                chunking = info.collection.chunking
+                wanted = (chunking.document_property, chunking.order_property)
+                extra = extra + [p for p in wanted if p not in extra]
+        search = generative_request.search_request(request, extra)
+        if info is not None:
+            # The collection's default rerank is known, and the search alone is awaited
+            # (no tasks to run two calls at once).
+            rerank.apply(search, request, info)
+            found = await self._b.clients.retrieval.search(search, caller, call_remaining)
+        else:
+            # Concurrent with GetCollection, so the collection's default rerank is not
+            # known here: retrieval applies it (it reads the collection for the search
+            # anyway), in this one search.
+            rerank.apply_or_default(search, request)
+            info, found = await self._collection_and_search(
+                request, single, search, caller, call_remaining
+            )
         return info, found, expand_budget
 
     async def _collection_and_search(

@@ -24,6 +24,12 @@ CACHE_LOOKUPS = Counter(
     "Answer cache lookups (exact: per hit or grouped; semantic: per Ask), by outcome.",
     ["cache", "outcome"],
 )
+SEMANTIC_STORES = Counter(
+    "gensearch_gateway_semantic_cache_stores_total",
+    "Semantic answer cache stores, made after the answer: stored, failed, dropped (queue "
+    "full or stopping).",
+    ["outcome"],
+)
 SUMMARY_FOLDS = Counter(
     "gensearch_gateway_summary_folds_total",
     "Rolling-summary folds: folded, conflict (another fold won the compare-and-set), "

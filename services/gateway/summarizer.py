@@ -2,9 +2,9 @@
 into a summary of the conversation by the LLM, after the turn is stored.
 
 Folding never delays an answer: ``Summarizer.submit`` puts a job on a bounded queue
-(full: the job is dropped and counted; the next turn of that conversation submits
-another) and a few workers fold in the background. Stopping the gateway drains the queue
-(``drain``, within ``summary_drain_timeout``).
+(``background.WorkQueue``; full: the job is dropped and counted; the next turn of that
+conversation submits another) and a few workers fold in the background. Stopping the
+gateway drains the queue (``drain``, within ``summary_drain_timeout``).
 
 Several replicas may fold one conversation at once: memory's UpdateConversationSummary is
 a compare-and-set on the interaction the summary covers up to, so the slower writer gets
@@ -14,7 +14,6 @@ ABORTED and drops its fold (the summary it would have replaced already moved on)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from gensearch.generation.v1 import generation_service_pb2 as gen_pb
 from gensearch.memory.v1 import memory_service_pb2 as mem_pb
 
 from services.common.errors import ServiceError
+from services.gateway.background import WorkQueue
 from services.gateway.clients import Caller, GenerationClient, MemoryClient
 from services.gateway.conversation import SYSTEM, USER, Turn
 from services.gateway.generator import Options, complete
@@ -82,10 +82,14 @@ class Summarizer:
         self._memory = memory
         self._generation = generation
         self._s = settings
-        self._queue: asyncio.Queue[FoldJob] = asyncio.Queue(settings.summary_queue_size)
+        self._jobs = WorkQueue(
+            self._run,
+            name="summary",
+            size=settings.summary_queue_size,
+            workers=settings.summary_workers,
+            drain_timeout=settings.summary_drain_timeout,
+        )
         self._pending: set[tuple[str, str, str]] = set()
-        self._workers: list[asyncio.Task[None]] = []
-        self._closed = False
 
     def submit(self, job: FoldJob) -> bool:
         """Queues ``job`` unless one for the same conversation waits in the queue already
@@ -94,54 +98,38 @@ class Summarizer:
         key = (job.caller.tenant, job.caller.user, job.conversation_id)
         if key in self._pending:
             return True
-        if self._closed:
+        if self._jobs.closed:
             SUMMARY_FOLDS.labels("dropped").inc()
             return False
-        try:
-            self._queue.put_nowait(job)
-        except asyncio.QueueFull:
+        if not self._jobs.submit(job):
             SUMMARY_FOLDS.labels("dropped").inc()
             log.warning("summary queue full: fold dropped (the next turn will ask again)")
             return False
         self._pending.add(key)
-        SUMMARY_QUEUE.set(self._queue.qsize())
-        if not self._workers:
-            self._workers = [
-                asyncio.create_task(self._work()) for _ in range(self._s.summary_workers)
-            ]
+        SUMMARY_QUEUE.set(self._jobs.waiting())
         return True
 
     async def drain(self) -> None:
         """Stop taking jobs, finish the queued ones within the drain timeout, stop."""
-        self._closed = True
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._queue.join(), self._s.summary_drain_timeout)
-        for worker in self._workers:
-            worker.cancel()
-        for worker in self._workers:
-            with contextlib.suppress(asyncio.CancelledError):
-                await worker
+        await self._jobs.drain()
 
-    async def _work(self) -> None:
-        while True:
-            got = await self._queue.get()
-            # Queued no more: a turn stored from now on queues its own job, which sees it
-            # (one that only waited in the queue needs none: this job reads the state now).
-            self._pending.discard((got.caller.tenant, got.caller.user, got.conversation_id))
-            try:
-                await asyncio.wait_for(self.fold(got), self._s.summary_timeout)
-            except TimeoutError:
-                SUMMARY_FOLDS.labels("failed").inc()
-                log.warning("summary fold timed out")
-            except ServiceError as err:  # memory or generation could not serve
-                SUMMARY_FOLDS.labels("failed").inc()
-                log.warning("summary fold failed", extra={"reason": err.reason})
-            except Exception:  # a background task must survive any one fold
-                SUMMARY_FOLDS.labels("failed").inc()
-                log.exception("summary fold failed")
-            finally:
-                self._queue.task_done()
-                SUMMARY_QUEUE.set(self._queue.qsize())
+    async def _run(self, got: FoldJob) -> None:
+        # Queued no more: a turn stored from now on queues its own job, which sees it
+        # (one that only waited in the queue needs none: this job reads the state now).
+        self._pending.discard((got.caller.tenant, got.caller.user, got.conversation_id))
+        try:
+            await asyncio.wait_for(self.fold(got), self._s.summary_timeout)
+        except TimeoutError:
+            SUMMARY_FOLDS.labels("failed").inc()
+            log.warning("summary fold timed out")
+        except ServiceError as err:  # memory or generation could not serve
+            SUMMARY_FOLDS.labels("failed").inc()
+            log.warning("summary fold failed", extra={"reason": err.reason})
+        except Exception:  # counted here; the queue's worker survives it either way
+            SUMMARY_FOLDS.labels("failed").inc()
+            log.exception("summary fold failed")
+        finally:
+            SUMMARY_QUEUE.set(self._jobs.waiting())
 
     async def fold(self, job: FoldJob) -> None:
         """Folds the job's pending turns, in batches that fit the model, oldest first."""

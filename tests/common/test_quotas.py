@@ -13,7 +13,7 @@ import pytest
 
 from services.common.auth import Identity, Role, set_current_identity
 from services.common.quotas import QuotaExceeded, Quotas
-from services.common.redis_client import connect
+from services.common.redis_client import RedisClient, connect
 from services.devlaunch.processes import free_port
 from services.devlaunch.redis_server import RedisProcess
 from tests.support.redis_cluster import LocalCluster
@@ -34,7 +34,11 @@ class _Context:
         return self.remaining
 
 
-def _quotas(url: str, *, cluster: bool = False, timeout: float = 0.5, **limits: Any) -> Quotas:
+def _quotas(
+    url: str, *, cluster: bool = False, timeout: float = 0.5, **limits: Any
+) -> tuple[Quotas, RedisClient]:
+    """Quotas on a client of their own, and that client (theirs to close: quotas never
+    close the client they are given)."""
     redis = connect(url, cluster=cluster, socket_timeout=timeout, connect_timeout=timeout)
     values: dict[str, Any] = {
         "key_prefix": "test",
@@ -44,11 +48,11 @@ def _quotas(url: str, *, cluster: bool = False, timeout: float = 0.5, **limits: 
         "lease_slack": 0.0,
         **limits,
     }
-    return Quotas(redis, **values)
+    return Quotas(redis, **values), redis
 
 
 async def test_a_crashed_replicas_slots_free_themselves(redis_server: RedisProcess) -> None:
-    quotas = _quotas(redis_server.url, concurrent_calls=1)
+    quotas, redis = _quotas(redis_server.url, concurrent_calls=1)
     try:
         _as_tenant("alice")
         crashed = quotas.admit("/x/Y", _Context(0.3))  # type: ignore[arg-type]
@@ -65,7 +69,7 @@ async def test_a_crashed_replicas_slots_free_themselves(redis_server: RedisProce
         async with quotas.admit("/x/Y", _Context(5)):  # type: ignore[arg-type]
             pass
     finally:
-        await quotas.close()
+        await redis.aclose()
 
 
 def _stop_renewals() -> None:
@@ -80,7 +84,7 @@ async def test_a_long_call_keeps_its_slot_past_its_first_lease(
 ) -> None:
     # A tenant cannot outwait its slots: a call without a deadline that runs for several
     # leases still holds its slot (the lease is renewed), so a second call is refused.
-    quotas = _quotas(redis_server.url, concurrent_calls=1, lease=0.3)
+    quotas, redis = _quotas(redis_server.url, concurrent_calls=1, lease=0.3)
     try:
         _as_tenant("heidi")
         async with quotas.admit("/x/Y", _Context(None)):  # type: ignore[arg-type]
@@ -91,13 +95,13 @@ async def test_a_long_call_keeps_its_slot_past_its_first_lease(
         async with quotas.admit("/x/Y", _Context(None)):  # type: ignore[arg-type]
             pass  # the long call left: its slot is free at once
     finally:
-        await quotas.close()
+        await redis.aclose()
 
 
 async def test_a_crashed_replicas_renewed_slots_free_themselves_within_a_lease(
     redis_server: RedisProcess,
 ) -> None:
-    quotas = _quotas(redis_server.url, concurrent_calls=1, lease=0.3)
+    quotas, redis = _quotas(redis_server.url, concurrent_calls=1, lease=0.3)
     try:
         _as_tenant("ivan")
         crashed = quotas.admit("/x/Y", _Context(None))  # type: ignore[arg-type]
@@ -111,11 +115,11 @@ async def test_a_crashed_replicas_renewed_slots_free_themselves_within_a_lease(
         async with quotas.admit("/x/Y", _Context(None)):  # type: ignore[arg-type]
             pass
     finally:
-        await quotas.close()
+        await redis.aclose()
 
 
 async def test_a_call_cancelled_while_entering_leaves_no_slot(redis_server: RedisProcess) -> None:
-    quotas = _quotas(redis_server.url, concurrent_calls=1, lease=60.0, timeout=5)
+    quotas, redis = _quotas(redis_server.url, concurrent_calls=1, lease=60.0, timeout=5)
     busy = connect(redis_server.url, cluster=False, socket_timeout=5, connect_timeout=1)
     try:
         _as_tenant("judy")
@@ -142,11 +146,11 @@ async def test_a_call_cancelled_while_entering_leaves_no_slot(redis_server: Redi
             pass  # the cancelled call's slot was released, not held for its 60 s lease
     finally:
         await busy.aclose()
-        await quotas.close()
+        await redis.aclose()
 
 
 async def test_llm_calls_per_minute(redis_server: RedisProcess) -> None:
-    quotas = _quotas(redis_server.url, llm_calls_per_minute=3)
+    quotas, redis = _quotas(redis_server.url, llm_calls_per_minute=3)
     try:
         _as_tenant("carol")
         for _ in range(3):
@@ -156,11 +160,11 @@ async def test_llm_calls_per_minute(redis_server: RedisProcess) -> None:
         assert 0 < caught.value.retry_after <= 60
         assert caught.value.to_status().code.name == "RESOURCE_EXHAUSTED"
     finally:
-        await quotas.close()
+        await redis.aclose()
 
 
 async def test_calls_already_made_are_counted_past_the_limit(redis_server: RedisProcess) -> None:
-    quotas = _quotas(redis_server.url, llm_calls_per_minute=3)
+    quotas, redis = _quotas(redis_server.url, llm_calls_per_minute=3)
     try:
         _as_tenant("carol")
         await quotas.charge_llm()
@@ -181,11 +185,11 @@ async def test_calls_already_made_are_counted_past_the_limit(redis_server: Redis
         _as_tenant("ivan")
         await quotas.charge_llm()
     finally:
-        await quotas.close()
+        await redis.aclose()
 
 
 async def test_keys_share_one_cluster_slot_per_tenant(redis_server: RedisProcess) -> None:
-    quotas = _quotas(redis_server.url, concurrent_calls=5, llm_calls_per_minute=5)
+    quotas, redis = _quotas(redis_server.url, concurrent_calls=5, llm_calls_per_minute=5)
     try:
         _as_tenant("dave")
         async with quotas.admit("/x/Y", _Context(None)):  # type: ignore[arg-type]
@@ -198,11 +202,11 @@ async def test_keys_share_one_cluster_slot_per_tenant(redis_server: RedisProcess
         tags = {k.split(b"{")[1].split(b"}")[0] for k in keys}
         assert len(keys) == 2 and len(tags) == 1, keys
     finally:
-        await quotas.close()
+        await redis.aclose()
 
 
 async def test_redis_down_lets_calls_through(caplog: pytest.LogCaptureFixture) -> None:
-    quotas = _quotas(
+    quotas, redis = _quotas(
         f"redis://127.0.0.1:{free_port()}/0", concurrent_calls=1, llm_calls_per_minute=1
     )
     try:
@@ -211,7 +215,7 @@ async def test_redis_down_lets_calls_through(caplog: pytest.LogCaptureFixture) -
                 async with quotas.admit("/x/Y", _Context(1)):  # type: ignore[arg-type]
                     await quotas.charge_llm()
     finally:
-        await quotas.close()
+        await redis.aclose()
     # One line for the outage, not one per failed script.
     assert [r.getMessage() for r in caplog.records if r.name == "gensearch.quotas"] == [
         "quotas not checked, Redis failed: ConnectionError"
@@ -222,7 +226,9 @@ async def test_quotas_on_a_redis_cluster(tmp_path: Path) -> None:
     cluster = LocalCluster(tmp_path / "cluster")
     try:
         await cluster.start()
-        quotas = _quotas(cluster.url, cluster=True, concurrent_calls=1, llm_calls_per_minute=2)
+        quotas, redis = _quotas(
+            cluster.url, cluster=True, concurrent_calls=1, llm_calls_per_minute=2
+        )
         try:
             for user in ("erin", "frank", "grace"):  # hash tags spread them over the nodes
                 _as_tenant(user)
@@ -235,6 +241,6 @@ async def test_quotas_on_a_redis_cluster(tmp_path: Path) -> None:
                         async with quotas.admit("/x/Y", _Context(5)):  # type: ignore[arg-type]
                             pass
         finally:
-            await quotas.close()
+            await redis.aclose()
     finally:
         cluster.stop()

@@ -24,7 +24,8 @@ from prometheus_client import REGISTRY
 from services.common.server import GrpcServer
 from services.devlaunch.processes import free_port
 from services.devlaunch.redis_server import RedisProcess
-from services.gateway.__main__ import build_server as build_gateway
+from services.gateway.__main__ import build as build_gateway
+from services.gateway.ask import AskService
 from services.gateway.settings import GatewaySettings
 from services.generation.__main__ import build_server as build_generation
 from services.generation.settings import GenerationSettings
@@ -54,6 +55,9 @@ class Stack:
     memory: mem_grpc.MemoryServiceAsyncStub  # through the gateway
     retrieval: ret_grpc.RetrievalServiceAsyncStub  # through the gateway
     retrieval_direct: ret_grpc.RetrievalServiceAsyncStub
+    # The gateway's Ask service: ``await stack.ask.idle()`` waits for the semantic cache
+    # stores its answers queued.
+    ask: AskService
     servers: dict[str, GrpcServer] = field(default_factory=dict)
     channels: list[grpc.aio.Channel] = field(default_factory=list)
     memory_settings: MemorySettings | None = None
@@ -156,7 +160,8 @@ async def stack_factory(
             **common,
             **overrides,
         }
-        gateway = await build_gateway(GatewaySettings(**settings), port=0)
+        built = await build_gateway(GatewaySettings(**settings), port=0)
+        gateway = built.server
         port = await gateway.start()
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=OWN_CONNECTIONS)
         direct = grpc.aio.insecure_channel(
@@ -173,6 +178,7 @@ async def stack_factory(
             memory=mem_grpc.MemoryServiceStub(channel),  # type: ignore[arg-type]
             retrieval=ret_grpc.RetrievalServiceStub(channel),  # type: ignore[arg-type]
             retrieval_direct=ret_grpc.RetrievalServiceStub(direct),  # type: ignore[arg-type]
+            ask=built.ask,
             servers=servers,
             channels=[channel, direct],
             memory_settings=memory_settings,

@@ -88,13 +88,53 @@ async def test_a_write_waits_for_a_service_that_comes_up(
     assert got.collection.name == "Late"
 
 
+@pytest.mark.parametrize(("wait", "served"), [(3.0, True), (0.0, False)])
+async def test_a_service_up_a_second_after_the_first_call(
+    stack_factory: StackFactory, refuser: Refuser, tmp_path: Path, wait: float, served: bool
+) -> None:
+    """The wait is what serves the call: with it, the service that comes up a second after
+    the gateway's first call answers that call; without it (0), the call fails as soon as
+    the channel's first connection attempt has."""
+    port = await refuser.start()
+    stack = await stack_factory(
+        retrieval_addr=f"127.0.0.1:{port}",
+        downstream_connect_wait=wait,
+        # Attempts every half second, so the one after the service is up comes well
+        # within the wait.
+        downstream_reconnect_backoff_max=0.5,
+    )
+    create = asyncio.ensure_future(
+        stack.retrieval.CreateCollection(_create("Late"), metadata=ALICE, timeout=10)
+    )
+    await asyncio.wait_for(refuser.attempted.wait(), 5)  # the gateway's first attempt failed
+    await asyncio.sleep(1.0)
+    await refuser.stop()
+    late = await build_retrieval(
+        RetrievalSettings(data_dir=tmp_path / "late", internal_token=TOKEN, grace_period=0.5),
+        port=port,
+    )
+    stack.servers["late-retrieval"] = late  # stopped with the stack
+    await late.start()
+    if served:
+        assert (await create).collection.name == "Late"
+    else:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await create
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
 async def test_a_service_that_does_not_come_up_is_unavailable(
     stack_factory: StackFactory, refuser: Refuser
 ) -> None:
+    """UNAVAILABLE once the wait is over: not at the first failed attempt (there was a
+    wait), not at the call's deadline (it ended)."""
     port = await refuser.start()
     stack = await stack_factory(retrieval_addr=f"127.0.0.1:{port}", downstream_connect_wait=1.5)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stack.retrieval.CreateCollection(_create("Never"), metadata=ALICE, timeout=60)
+    assert 1.5 <= loop.time() - start < 30
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     assert error_info(caught.value).reason == "DOWNSTREAM_UNAVAILABLE"
     assert refuser.attempts >= 1  # it did try

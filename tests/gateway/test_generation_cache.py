@@ -9,6 +9,7 @@ import hashlib
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -18,6 +19,8 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from google.protobuf import duration_pb2, struct_pb2
 from redis.asyncio import Redis
 
+from services.common import redis_client
+from services.common.redis_client import RedisClient
 from services.devlaunch.redis_server import RedisProcess
 from services.gateway.generation_cache import GenerationCache, Scope, cache_request_message
 from services.gateway.generator import Options
@@ -97,6 +100,49 @@ async def test_use_answers_a_repeat_from_the_cache_with_no_llm_call(cached: Stac
         assert not generation.HasField("usage") or generation.usage.total_tokens == 0
     assert second.grouped.cached and second.grouped.result == first.grouped.result
     assert second.usage.total_tokens == 0 < first.usage.total_tokens
+
+
+async def test_the_cache_and_the_quotas_share_one_client_closed_once(
+    stack_factory: StackFactory,
+    shared_redis: RedisProcess,
+    prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One pool for the gateway's Redis: the clients the real ``connect`` makes for the
+    gateway's URL are counted (and their closes), and both users of it work on it."""
+    # A database of its own tells the gateway's clients from memory's.
+    url = shared_redis.url.removesuffix("/0") + "/3"
+    made: list[RedisClient] = []
+    closes: list[RedisClient] = []
+    real = redis_client.connect
+
+    def counted(target: str, **options: Any) -> RedisClient:
+        client = real(target, **options)
+        if target == url:
+            aclose = client.aclose
+
+            async def close() -> None:
+                closes.append(client)
+                await aclose()
+
+            client.aclose = close  # type: ignore[method-assign]
+            made.append(client)
+        return client
+
+    monkeypatch.setattr(redis_client, "connect", counted)
+    stack = await stack_factory(shared={"api_keys": KEYS}, redis_url=url, quota_key_prefix=prefix)
+    await create_books(stack, metadata=ALICE)
+    await stack.stub.GenerativeSearch(search(), metadata=ALICE)
+    again = await stack.stub.GenerativeSearch(search(), metadata=ALICE)
+    assert again.grouped.cached  # the cache read what it stored
+    direct = Redis.from_url(url)
+    try:
+        assert await direct.keys(f"{prefix}:quota:*")  # the quotas counted there
+    finally:
+        await direct.aclose()
+    assert len(made) == 1
+    await stack.gateway.stop(0)
+    assert closes == made
 
 
 async def test_refresh_regenerates_and_stores_bypass_neither(cached: Stack) -> None:

@@ -4,6 +4,7 @@ threshold, other settings, tenants, conversations, collection deletion, streamin
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +12,10 @@ import grpc
 import pytest
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
+from prometheus_client import REGISTRY
 
 from services.gateway import ask_cache
+from services.gateway.clients import RetrievalClient
 from tests.gateway.conftest import Stack, StackFactory, create_books
 from tests.support.rpc import error_info
 
@@ -41,6 +44,14 @@ async def sem(stack_factory: StackFactory) -> Stack:
     return stack
 
 
+async def asked(stack: Stack, request: gw_pb.AskRequest, *, metadata: Any) -> gw_pb.AskResponse:
+    """An Ask, and the store its answer queued made: stores run after the answer, in the
+    background, and the next question must find what this one stored."""
+    response = await stack.stub.Ask(request, metadata=metadata)
+    await stack.ask.idle()
+    return response
+
+
 def answer_caches(root: Path) -> list[Path]:
     """The engine's hidden answer-cache shards under a stack's data dirs."""
     return [p for p in root.rglob("_a*") if p.is_dir()]
@@ -51,61 +62,61 @@ def calls(stack: Stack) -> int:
 
 
 async def test_a_close_question_gets_the_stored_answer(sem: Stack) -> None:
-    first = await sem.stub.Ask(ask(Q1), metadata=ALICE)
+    first = await asked(sem, ask(Q1), metadata=ALICE)
     assert not first.cached and first.answer
     made = calls(sem)
-    second = await sem.stub.Ask(ask(Q2, 0.5), metadata=ALICE)
+    second = await asked(sem, ask(Q2, 0.5), metadata=ALICE)
     assert calls(sem) == made  # no LLM call
     assert second.cached and second.answer == first.answer
     assert second.cached_question == Q1
     assert 0.5 <= second.cached_similarity < 1
     assert [h.id for h in second.hits] == [h.id for h in first.hits]
     assert second.usage.total_tokens == 0
-    unrelated = await sem.stub.Ask(ask(UNRELATED, 0.5), metadata=ALICE)
+    unrelated = await asked(sem, ask(UNRELATED, 0.5), metadata=ALICE)
     assert not unrelated.cached and calls(sem) == made + 1
 
 
 async def test_the_threshold_decides(sem: Stack) -> None:
-    await sem.stub.Ask(ask(Q1), metadata=ALICE)
-    near = (await sem.stub.Ask(ask(Q2, 0.5), metadata=ALICE)).cached_similarity
+    await asked(sem, ask(Q1), metadata=ALICE)
+    near = (await asked(sem, ask(Q2, 0.5), metadata=ALICE)).cached_similarity
     made = calls(sem)
-    just_below = await sem.stub.Ask(ask(Q2, max(0.5, near - 0.005)), metadata=ALICE)
+    just_below = await asked(sem, ask(Q2, max(0.5, near - 0.005)), metadata=ALICE)
     assert just_below.cached and calls(sem) == made
-    just_above = await sem.stub.Ask(ask(Q2, min(1.0, near + 0.005)), metadata=ALICE)
+    just_above = await asked(sem, ask(Q2, min(1.0, near + 0.005)), metadata=ALICE)
     assert not just_above.cached and calls(sem) == made + 1
 
 
 async def test_other_settings_never_share_an_answer(sem: Stack) -> None:
-    await sem.stub.Ask(ask(Q1), metadata=ALICE)
+    await asked(sem, ask(Q1), metadata=ALICE)
     made = calls(sem)
-    other = await sem.stub.Ask(ask(Q1, system_prompt="Answer in French."), metadata=ALICE)
+    other = await asked(sem, ask(Q1, system_prompt="Answer in French."), metadata=ALICE)
     assert not other.cached and calls(sem) == made + 1
-    same = await sem.stub.Ask(ask(Q1), metadata=ALICE)
+    same = await asked(sem, ask(Q1), metadata=ALICE)
     assert same.cached and calls(sem) == made + 1
 
 
 async def test_a_conversation_never_uses_it(sem: Stack) -> None:
-    await sem.stub.Ask(ask(Q1), metadata=ALICE)
+    await asked(sem, ask(Q1), metadata=ALICE)
     made = calls(sem)
-    started = await sem.stub.Ask(ask(Q1, new_conversation=True), metadata=ALICE)
+    started = await asked(sem, ask(Q1, new_conversation=True), metadata=ALICE)
     assert not started.cached and started.interaction_id
-    follow = await sem.stub.Ask(
-        ask(Q1, conversation_id=started.conversation_id, rewrite_query=False), metadata=ALICE
+    follow = await asked(
+        sem, ask(Q1, conversation_id=started.conversation_id, rewrite_query=False), metadata=ALICE
     )
     assert not follow.cached and follow.interaction_id
     assert calls(sem) == made + 2
 
 
 async def test_answers_never_cross_tenants(sem: Stack) -> None:
-    await sem.stub.Ask(ask(Q1), metadata=ALICE)
+    await asked(sem, ask(Q1), metadata=ALICE)
     await create_books(sem, metadata=BOB)  # same name, same objects
     made = calls(sem)
-    bobs = await sem.stub.Ask(ask(Q1), metadata=BOB)
+    bobs = await asked(sem, ask(Q1), metadata=BOB)
     assert not bobs.cached and calls(sem) == made + 1
 
 
 async def test_deleting_the_collection_drops_its_answers(sem: Stack, tmp_path: Path) -> None:
-    await sem.stub.Ask(ask(Q1), metadata=ALICE)
+    await asked(sem, ask(Q1), metadata=ALICE)
     hidden = answer_caches(tmp_path)
     assert len(hidden) == 1  # the collection's answer cache, in the engine
     listed = await sem.retrieval.ListCollections(ret_pb.ListCollectionsRequest(), metadata=ALICE)
@@ -116,12 +127,12 @@ async def test_deleting_the_collection_drops_its_answers(sem: Stack, tmp_path: P
     assert answer_caches(tmp_path) == []
     await create_books(sem, metadata=ALICE)
     made = calls(sem)
-    fresh = await sem.stub.Ask(ask(Q1), metadata=ALICE)
+    fresh = await asked(sem, ask(Q1), metadata=ALICE)
     assert not fresh.cached and calls(sem) == made + 1
 
 
 async def test_stream_ask_replays_a_cached_answer(sem: Stack) -> None:
-    first = await sem.stub.Ask(ask(Q1), metadata=ALICE)
+    first = await asked(sem, ask(Q1), metadata=ALICE)
     request = gw_pb.StreamAskRequest()
     request.ParseFromString(ask(Q1).SerializeToString())
     made = calls(sem)
@@ -145,7 +156,7 @@ async def test_bad_cache_settings_name_the_field(
     request = ask(Q1)
     request.semantic_cache.CopyFrom(cache)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await sem.stub.Ask(request, metadata=ALICE)
+        await asked(sem, request, metadata=ALICE)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error_info(caught.value).metadata["field"] == f"semantic_cache.{field}"
     assert calls(sem) == 0
@@ -175,19 +186,17 @@ async def test_a_collection_can_turn_it_on_by_default(sem: Stack) -> None:
     )
     await create_books(sem, "Cached", metadata=ALICE, generative=on)
     plain = gw_pb.AskRequest(collection="Cached", llm_question=Q1, context_size=2)
-    first = await sem.stub.Ask(plain, metadata=ALICE)
+    first = await asked(sem, plain, metadata=ALICE)
     made = calls(sem)
     plain.llm_question = Q2
-    second = await sem.stub.Ask(plain, metadata=ALICE)
+    second = await asked(sem, plain, metadata=ALICE)
     assert not first.cached and second.cached and calls(sem) == made
     plain.semantic_cache.mode = gw_pb.CACHE_MODE_BYPASS  # the request still decides
-    assert not (await sem.stub.Ask(plain, metadata=ALICE)).cached
+    assert not (await asked(sem, plain, metadata=ALICE)).cached
     # Off by default elsewhere: Books has no cache defaults.
-    await sem.stub.Ask(gw_pb.AskRequest(collection="Books", llm_question=Q1), metadata=ALICE)
+    await asked(sem, gw_pb.AskRequest(collection="Books", llm_question=Q1), metadata=ALICE)
     made = calls(sem)
-    again = await sem.stub.Ask(
-        gw_pb.AskRequest(collection="Books", llm_question=Q1), metadata=ALICE
-    )
+    again = await asked(sem, gw_pb.AskRequest(collection="Books", llm_question=Q1), metadata=ALICE)
     assert not again.cached and calls(sem) == made + 1
 
 
@@ -204,12 +213,92 @@ async def test_the_context_key_is_computed_once_per_ask(
         return keys[-1]
 
     monkeypatch.setattr(ask_cache, "context_key", counted)
-    first = await sem.stub.Ask(ask(Q1), metadata=ALICE)
+    first = await asked(sem, ask(Q1), metadata=ALICE)
     assert not first.cached and len(keys) == 1  # looked up, missed, stored: one digest
-    second = await sem.stub.Ask(ask(Q2, 0.5), metadata=ALICE)
+    second = await asked(sem, ask(Q2, 0.5), metadata=ALICE)
     assert second.cached and len(keys) == 2 and keys[0] == keys[1]
     # Off for this Ask: nothing to digest.
     off = ask(Q1)
     off.semantic_cache.mode = gw_pb.CACHE_MODE_BYPASS
-    assert not (await sem.stub.Ask(off, metadata=ALICE)).cached
+    assert not (await asked(sem, off, metadata=ALICE)).cached
     assert len(keys) == 2
+
+
+class HeldStores:
+    """Holds every semantic cache store before it reaches retrieval until ``release``:
+    the real client call, made late."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.started = 0
+        self.first_started = asyncio.Event()
+        self._open = asyncio.Event()
+        real = RetrievalClient.store_cached_answer
+
+        async def held(client: RetrievalClient, *args: Any) -> None:
+            self.started += 1
+            self.first_started.set()
+            await self._open.wait()
+            await real(client, *args)
+
+        monkeypatch.setattr(RetrievalClient, "store_cached_answer", held)
+
+    def release(self) -> None:
+        self._open.set()
+
+
+def dropped_stores() -> float:
+    labels = {"outcome": "dropped"}
+    return REGISTRY.get_sample_value("gensearch_gateway_semantic_cache_stores_total", labels) or 0
+
+
+async def test_the_answer_does_not_wait_for_its_store(
+    sem: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    held = HeldStores(monkeypatch)
+    first = await sem.stub.Ask(ask(Q1), metadata=ALICE, timeout=10)
+    assert first.answer and not first.cached  # answered while its store is held
+    await asyncio.wait_for(held.first_started.wait(), 10)
+    held.release()
+    await sem.ask.idle()
+    assert (await sem.stub.Ask(ask(Q2, 0.5), metadata=ALICE)).cached
+
+
+async def test_stores_beyond_the_queue_are_dropped(
+    stack_factory: StackFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stack = await stack_factory(
+        shared={"api_keys": KEYS},
+        semantic_cache_store_queue=1,
+        semantic_cache_store_workers=1,
+        semantic_cache_store_drain_timeout=0.2,
+    )
+    await create_books(stack, metadata=ALICE)
+    held = HeldStores(monkeypatch)
+    dropped = dropped_stores()
+    await stack.stub.Ask(ask(Q1), metadata=ALICE)
+    await asyncio.wait_for(held.first_started.wait(), 10)  # the worker holds it
+    await stack.stub.Ask(ask(UNRELATED), metadata=ALICE)  # waits in the queue
+    third = await stack.stub.Ask(ask("Who wrote Dune?"), metadata=ALICE)
+    assert third.answer  # answered all the same; its store was dropped
+    assert dropped_stores() == dropped + 1
+    held.release()
+    await stack.ask.idle()
+    assert held.started == 2
+    made = calls(stack)
+    assert (await stack.stub.Ask(ask(Q2, 0.5), metadata=ALICE)).cached
+    assert (await stack.stub.Ask(ask(UNRELATED), metadata=ALICE)).cached
+    assert calls(stack) == made
+
+
+async def test_shutdown_waits_for_a_held_store_no_longer_than_its_drain_timeout(
+    stack_factory: StackFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stack = await stack_factory(shared={"api_keys": KEYS}, semantic_cache_store_drain_timeout=0.2)
+    await create_books(stack, metadata=ALICE)
+    held = HeldStores(monkeypatch)
+    await stack.stub.Ask(ask(Q1), metadata=ALICE)
+    await asyncio.wait_for(held.first_started.wait(), 10)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    await asyncio.wait_for(stack.gateway.stop(0), 5)  # the held store is cancelled
+    assert loop.time() - start < 2

@@ -309,6 +309,7 @@ async def test_answers_from_the_semantic_cache_say_0(metered: Metered) -> None:
     }
     first = await m.stack.stub.Ask(gw_pb.AskRequest(**fields), metadata=ALICE, timeout=30)
     assert not first.cached and first.upstream_calls == m.received() == 3
+    await m.stack.ask.idle()  # the answer's store, made after it
     second = await m.stack.stub.Ask(gw_pb.AskRequest(**fields), metadata=ALICE, timeout=30)
     assert second.cached and second.answer == first.answer
     assert second.upstream_calls == 0 and m.received() == 3
