@@ -94,7 +94,9 @@ class ProviderLimiter:
         ceiling = config.concurrency_cap
         self.adaptive = config.adaptive
         self.limit = AdaptiveLimit(
-            ceiling, latency_factor=config.latency_factor if config.adaptive else None
+            ceiling,
+            latency_factor=config.latency_factor if config.adaptive else None,
+            recovery=config.adaptive_recovery,
         )
         self._queue: list[_Waiter] = []
         self._seq = itertools.count()

@@ -108,11 +108,13 @@ class ProviderConfig(BaseModel):
     # Share of a window's allowance that may start at once; the rest is spread evenly.
     rate_burst: float = Field(default=0.1, gt=0, le=0.5)
     # Adaptive concurrency (AIMD) between 1 and the caps above: halves on 429s and
-    # timeouts, shrinks by a tenth when latency rises past latency_factor x its baseline,
-    # grows by one per success. False: fixed caps only. latency_factor None: latency is
-    # not a signal (answers of very different lengths).
+    # timeouts, shrinks by a tenth when latency rises past latency_factor x its recent
+    # average, grows by one per success and doubles after adaptive_recovery seconds with
+    # no decrease. False: fixed caps only. latency_factor None: latency is not a signal
+    # (answers of very different lengths). adaptive_recovery None: only successes grow it.
     adaptive: bool = True
     latency_factor: float | None = Field(default=3.0, gt=1.0)
+    adaptive_recovery: float | None = Field(default=10.0, gt=0, le=86_400)
     # Used when the request leaves temperature unset; None = the upstream's default.
     temperature: float | None = Field(default=None, ge=0, le=2)
     # Prompts estimated above this many tokens are refused; None = unknown.
@@ -220,6 +222,7 @@ _ENV_FIELDS: dict[str, str] = {
     "RATE_BURST": "rate_burst",
     "ADAPTIVE": "adaptive",
     "LATENCY_FACTOR": "latency_factor",
+    "ADAPTIVE_RECOVERY": "adaptive_recovery",
     "TEMPERATURE": "temperature",
     "CONTEXT_WINDOW": "context_window",
     "FIRST_BYTE_TIMEOUT": "first_byte_timeout",

@@ -89,6 +89,84 @@ def test_rising_latency_shrinks_the_limit() -> None:
     assert ignoring.limit == 100
 
 
+def test_a_provider_that_stays_slower_gets_its_limit_back() -> None:
+    """Latency that rose for good (longer answers, a bigger model) is absorbed: the limit
+    shrinks while the rise outruns the recent average, then grows back to the ceiling."""
+    clock = Clock()
+    limit = AdaptiveLimit(40, latency_factor=3.0, recovery=None, clock=clock)
+    for _ in range(20):
+        limit.succeeded(0.05, in_flight=40)
+    lowest = limit.limit
+    for _ in range(200):
+        clock.now += 0.1
+        limit.succeeded(2.0, in_flight=40)
+        lowest = min(lowest, limit.limit)
+    assert lowest < 40  # the rise was read as overload while it was one
+    assert limit.limit == 40  # and the new latency, once usual, is no signal
+
+
+def test_a_rise_with_one_call_in_flight_is_no_signal() -> None:
+    clock = Clock()
+    limit = AdaptiveLimit(4, latency_factor=3.0, clock=clock)
+    for _ in range(20):
+        limit.succeeded(0.05, in_flight=1)
+    for _ in range(10):
+        clock.now += 5
+        limit.succeeded(5.0, in_flight=1)
+    assert limit.limit == 4
+
+
+def test_a_limit_left_alone_doubles_each_recovery_period() -> None:
+    clock = Clock()
+    limit = AdaptiveLimit(32, recovery=10.0, clock=clock)
+    limit.overloaded(in_flight=2)
+    assert limit.limit == 1
+    clock.now += 9.9
+    assert limit.limit == 1
+    clock.now += 0.1
+    assert limit.limit == 2
+    clock.now += 25  # two more periods
+    assert limit.limit == 8
+    clock.now += 1000
+    assert limit.limit == 32  # never past the ceiling
+    limit.overloaded(in_flight=32)
+    assert limit.limit == 16  # the recovery clock starts again at a decrease
+    clock.now += 9
+    assert limit.limit == 16
+    unbounded = AdaptiveLimit(None, recovery=10.0, clock=clock)
+    unbounded.overloaded(in_flight=10)
+    clock.now += 30
+    assert unbounded.limit == 40
+    never = AdaptiveLimit(32, recovery=None, clock=clock)
+    never.overloaded(in_flight=2)
+    clock.now += 1000
+    assert never.limit == 1
+
+
+async def test_slower_answers_after_fast_ones_keep_every_slot() -> None:
+    """External check of issue 13 (finding A): a provider declaring 4 in flight answered
+    fast, then took seconds per answer; the limit fell to 1 and never grew back, so 12
+    hits ran one at a time. Every round of 4 must run at once."""
+    limiter = ProviderLimiter(_config(max_in_flight=4), "p", None)
+    for _ in range(20):
+        permit = await limiter.acquire(limiter.ticket(), 1, Deadline(5))
+        await permit.release(outcome="ok")
+    most = 0
+
+    async def call() -> None:
+        nonlocal most
+        permit = await limiter.acquire(limiter.ticket(), 1, Deadline(30))
+        most = max(most, limiter.in_flight)
+        await asyncio.sleep(0.3)
+        await permit.release(outcome="ok")
+
+    for _ in range(3):
+        most = 0
+        await asyncio.gather(*(call() for _ in range(4)))
+        assert most == 4
+    assert limiter.limit.limit == 4
+
+
 @pytest.mark.parametrize(
     ("per_minute", "window", "burst", "capacity", "per_second"),
     [(600, 10, 0.1, 10, 9.0), (60, 60, 0.1, 6, 0.9), (300, 1, 0.2, 1, 4.0), (60, 1, 0.1, 1, 1.0)],
