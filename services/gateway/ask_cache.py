@@ -16,9 +16,9 @@ store is logged; the cache never fails a question.
 
 The store waits for no answer: it is queued (``background.WorkQueue``, bounded by
 ``semantic_cache_store_queue``; full: dropped, counted, logged) and made by a background
-worker after the answer has gone out. Retrieval embeds the question again for it: the
-lookup's vector is not returned to the gateway (LookupCachedAnswerResponse has no field
-for it).
+worker after the answer has gone out. Retrieval keeps the vectors of the questions it
+looked up lately (per tenant), so the store reuses the lookup's instead of embedding the
+question again (a store that reaches another retrieval replica embeds it there).
 """
 
 from __future__ import annotations

@@ -14,7 +14,11 @@ nor with ``tenancy.storage_name`` (``_t``).
 
 Question vectors come from the service's local model whatever the collection's vectorizer:
 it is in-process, needs no key and costs nothing per question, and collections without a
-vectorizer can cache too. The answer is opaque bytes: this service stores, never reads it.
+vectorizer can cache too. The vectors of the last few questions looked up are kept per
+(tenant, question): the gateway stores a missed question's answer moments after looking it
+up, and the store then reuses the lookup's vector instead of embedding the question again
+(per tenant, so how fast a lookup answers says nothing of another tenant's questions).
+The answer is opaque bytes: this service stores, never reads it.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import contextlib
 import hashlib
 import time
 import uuid
+from collections import OrderedDict
 
 from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 
@@ -42,6 +47,8 @@ MIN_SIMILARITY = 0.5
 # neighbours never hide a live one just behind them.
 _CANDIDATES = 16
 _MAX_CONTEXT_KEY = 128
+# Question vectors kept for the store that follows a lookup (384 floats each: ~0.5 MB).
+_RECENT_VECTORS = 256
 
 
 def cache_store_name(schema: Schema) -> str:
@@ -63,6 +70,7 @@ class AnswerCache:
         self._embedders = embedders
         self._settings = settings
         self._create_lock = asyncio.Lock()
+        self._recent: OrderedDict[tuple[str, str], list[float]] = OrderedDict()
 
     async def lookup(
         self, tenant: str, request: pb.LookupCachedAnswerRequest
@@ -76,7 +84,7 @@ class AnswerCache:
                 reason="OUT_OF_RANGE",
             )
         _check_context_key(request.context_key)
-        vector = await self._vector(request.question)
+        vector = await self._vector(tenant, request.question)
         name = cache_store_name(schema)
         try:
             # Only entries answered under the same settings (model, prompt, filter...): the
@@ -122,7 +130,7 @@ class AnswerCache:
                 reason="OUT_OF_RANGE",
             )
         _check_context_key(request.context_key)
-        vector = await self._vector(request.question)
+        vector = await self._vector(tenant, request.question)
         name = cache_store_name(schema)
         point = StoredPoint(
             # One entry per question text and context: storing it again replaces it.
@@ -151,8 +159,17 @@ class AnswerCache:
             with contextlib.suppress(AlreadyExists):  # another call made it first
                 await self._store.create_collection(layout, marker)
 
-    async def _vector(self, question: str) -> list[float]:
-        return (await self._embedders.local.embed([question]))[0]
+    async def _vector(self, tenant: str, question: str) -> list[float]:
+        key = (tenant, question)
+        vector = self._recent.get(key)
+        if vector is not None:
+            self._recent.move_to_end(key)
+            return vector
+        vector = (await self._embedders.local.embed([question]))[0]
+        self._recent[key] = vector
+        if len(self._recent) > _RECENT_VECTORS:
+            self._recent.popitem(last=False)
+        return vector
 
     def _check_question(self, question: str) -> None:
         if not question.strip():

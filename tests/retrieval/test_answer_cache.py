@@ -12,6 +12,7 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 from google.protobuf import duration_pb2
 from pydantic import SecretStr
 
+from services.retrieval.embedders import LocalEmbedder
 from tests.retrieval.conftest import MakeRetrieval, Retrieval, vector_collection
 from tests.support.rpc import error_info
 
@@ -92,6 +93,28 @@ async def test_nearer_entries_of_other_settings_never_crowd_out_a_match(
     await r.stub.StoreCachedAnswer(store(NEAR, b"Dune", key="k"), metadata=ACME)
     found = await r.stub.LookupCachedAnswer(lookup(Q, key="k"), metadata=ACME)
     assert found.found and found.answer == b"Dune" and found.question == NEAR
+
+
+async def test_a_missed_question_is_embedded_once_for_its_lookup_and_store(
+    make_retrieval: MakeRetrieval, local_embedder: LocalEmbedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    r = await start(make_retrieval, "edge")
+    embedded: list[str] = []
+    real = local_embedder.embed
+
+    async def counted(texts: list[str]) -> list[list[float]]:
+        embedded.extend(texts)
+        return await real(texts)
+
+    monkeypatch.setattr(local_embedder, "embed", counted)
+    assert not (await r.stub.LookupCachedAnswer(lookup(Q), metadata=ACME)).found
+    await r.stub.StoreCachedAnswer(store(Q), metadata=ACME)
+    assert embedded == [Q]  # the store reused the lookup's vector
+    found = await r.stub.LookupCachedAnswer(lookup(NEAR), metadata=ACME)
+    assert found.found and found.answer == b"Dune"
+    # Kept per tenant: another tenant's same question is embedded for it.
+    assert not (await r.stub.LookupCachedAnswer(lookup(Q), metadata=GLOBEX)).found
+    assert embedded == [Q, NEAR, Q]
 
 
 @pytest.mark.parametrize("adapter", ADAPTERS)
