@@ -1,9 +1,9 @@
 """The CLI's one connection: the Python client (gensearch.client) with the caller's credentials.
 
-The gateway serves GatewayService, and forwards MemoryService and RetrievalService with the
-caller's identity, so one address and one key reach everything. Credentials travel as
-metadata on every call: ``authorization: Bearer <key>`` and, per provider,
-``x-<provider>-api-key``.
+The gateway serves GatewayService, and forwards MemoryService, RetrievalService and
+GenerationService with the caller's identity, so one address and one key reach everything.
+Credentials travel as metadata on every call: ``authorization: Bearer <key>`` and, per
+provider, ``x-<provider>-api-key``.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass
 
 from gensearch.gateway.v1 import gateway_service_pb2_grpc as gw_grpc
+from gensearch.generation.v1 import generation_service_pb2_grpc as gen_grpc
 from gensearch.memory.v1 import memory_service_pb2_grpc as mem_grpc
 from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as ret_grpc
 
@@ -18,8 +19,12 @@ from services.common.settings import warn_unknown_variables
 from services.common.tracing import client_interceptors
 from services.gateway.ask import AskService
 from services.gateway.backends import Backends
-from services.gateway.clients.channel import MEMORY_SERVICE, RETRIEVAL_SERVICE
-from services.gateway.forward import MemoryForwarder, RetrievalForwarder
+from services.gateway.clients.channel import (
+    GENERATION_SERVICE,
+    MEMORY_SERVICE,
+    RETRIEVAL_SERVICE,
+)
+from services.gateway.forward import GenerationForwarder, MemoryForwarder, RetrievalForwarder
 from services.gateway.generative import GenerativeSearch
 from services.gateway.named_objects import NamedObjects
 from services.gateway.servicer import GatewayServicer
@@ -76,6 +81,12 @@ async def build(settings: GatewaySettings, *, port: int | None = None) -> Gatewa
         ret_grpc.add_RetrievalServiceServicer_to_server,
         RetrievalForwarder(clients.retrieval, token, backends.catalog, backends.cache),
         RETRIEVAL_SERVICE,
+    )
+    # Through the same metered client as the gateway's own generation calls.
+    server.add_service(
+        gen_grpc.add_GenerationServiceServicer_to_server,
+        GenerationForwarder(clients.generation, token),
+        GENERATION_SERVICE,
     )
     server.on_stop(clients.close)
     server.on_stop(backends.tokenizers.close)

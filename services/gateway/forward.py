@@ -1,9 +1,11 @@
-"""The memory and retrieval APIs served on the gateway's address.
+"""The memory, retrieval and generation APIs served on the gateway's address.
 
 Every call goes downstream unchanged, through the same client (channel, identity, error
 mapping) the gateway's own calls use, with the caller's identity (as the gateway
 authenticated it) and the caller's remaining deadline; the downstream status, with its
-reason and field, comes back unchanged.
+reason and field, comes back unchanged. Generate and StreamGenerate also pass the
+generation client's meter: each is charged to the tenant's LLM-calls quota like the
+gateway's own generation calls.
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+from gensearch.generation.v1 import generation_service_pb2 as gen_pb
+from gensearch.generation.v1 import generation_service_pb2_grpc as gen_grpc
 from gensearch.memory.v1 import memory_service_pb2_grpc as mem_grpc
 from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as ret_grpc
 
 from services.common.errors import PermissionDenied, ServiceError
 from services.gateway.catalog import Catalog
-from services.gateway.clients import Caller, caller_of
+from services.gateway.clients import Caller, GenerationClient, caller_of
 from services.gateway.clients.base import ServiceClient
 from services.gateway.generation_cache import GenerationCache
 
@@ -153,3 +157,31 @@ class RetrievalForwarder(_Forwarder, ret_grpc.RetrievalServiceServicer):
     LookupCachedAnswer = _internal("LookupCachedAnswer")
     StoreCachedAnswer = _internal("StoreCachedAnswer")
     BatchGetObjects = _forward("BatchGetObjects")
+
+
+class GenerationForwarder(_Forwarder, gen_grpc.GenerationServiceServicer):
+    """ListModels is a read passed on as it is. Generate and StreamGenerate go through the
+    client's ``generate``/``stream_generate``: one LLM call admitted by the tenant's quota
+    before each is sent, the upstream calls beyond it charged once reported; the caller's
+    ``x-<provider>-api-key`` headers go to the generation service only. Roles, models and
+    a request's base_url are checked there, as for a direct caller."""
+
+    def __init__(self, client: GenerationClient, internal_token: str) -> None:
+        super().__init__(client, internal_token)
+        self._generation = client
+
+    ListModels = _forward("ListModels")
+
+    async def Generate(
+        self, request: gen_pb.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> gen_pb.GenerateResponse:
+        caller = caller_of(context, self._token)
+        return await self._generation.generate(request, caller, context.time_remaining())
+
+    async def StreamGenerate(
+        self, request: gen_pb.StreamGenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[gen_pb.StreamGenerateResponse]:
+        caller = caller_of(context, self._token)
+        chunks = self._generation.stream_generate(request, caller, context.time_remaining())
+        async for chunk in chunks:
+            yield chunk

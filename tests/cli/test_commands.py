@@ -58,8 +58,7 @@ def test_status_through_the_gateway(cli: Any) -> None:
     assert "SERVING" in rows["gateway"]
     assert "SERVING" in rows["memory"] and "via" in rows["memory"]
     assert "SERVING" in rows["retrieval"]
-    # The gateway does not forward generation: says so instead of guessing.
-    assert "UNKNOWN" in rows["generation"] and "--generation-address" in rows["generation"]
+    assert "SERVING" in rows["generation"] and "via" in rows["generation"]
 
 
 def test_status_direct_and_json(cli: Any, running_stack: RunningStack) -> None:

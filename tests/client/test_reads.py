@@ -12,15 +12,17 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from gensearch.client import AsyncGensearch, Gensearch, RetryPolicy, errors, types
 from gensearch.client._transport import IDEMPOTENT
 from gensearch.gateway.v1 import gateway_service_pb2
+from gensearch.generation.v1 import generation_service_pb2
 from gensearch.memory.v1 import memory_service_pb2
 from gensearch.retrieval.v1 import retrieval_service_pb2
 
-from services.gateway.forward import MemoryForwarder, RetrievalForwarder
+from services.gateway.forward import GenerationForwarder, MemoryForwarder, RetrievalForwarder
 from tests.cli.conftest import RunningStack
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -185,22 +187,39 @@ async def test_interaction_its_traces_and_search(client: AsyncGensearch) -> None
 # stubs): listed so that a newly forwarded RPC fails the test below. None today.
 NOT_IN_CLIENT: set[str] = set()
 READ = re.compile(r"^(Get|BatchGet|List|Count|Search)([A-Z]|$)")
+FORWARDED = {
+    "gensearch.retrieval.v1.RetrievalService": (
+        RetrievalForwarder,
+        retrieval_service_pb2.DESCRIPTOR.services_by_name["RetrievalService"],
+    ),
+    "gensearch.memory.v1.MemoryService": (
+        MemoryForwarder,
+        memory_service_pb2.DESCRIPTOR.services_by_name["MemoryService"],
+    ),
+    "gensearch.generation.v1.GenerationService": (
+        GenerationForwarder,
+        generation_service_pb2.DESCRIPTOR.services_by_name["GenerationService"],
+    ),
+}
 
 
-def _forwarded(forwarder: type) -> set[str]:
-    # _forward names each method after its RPC; _internal ones refuse (not served).
-    return {
-        name
-        for name, value in vars(forwarder).items()
-        if callable(value) and getattr(value, "__name__", "") == name and name[0].isupper()
-        and value.__qualname__.startswith("_forward")
-    }  # fmt: skip
+def _forwarded(forwarder: type, descriptor: Any) -> set[str]:
+    """The RPCs the gateway serves for this service: those its forwarder defines (the
+    generated base answers UNIMPLEMENTED), but the ``_internal`` ones, which refuse."""
+    defined = {name for name in descriptor.methods_by_name if name in vars(forwarder)}
+    internal = {n for n in defined if vars(forwarder)[n].__qualname__.startswith("_internal")}
+    # Every RPC of a forwarded service is served, or refused on purpose.
+    assert defined == set(descriptor.methods_by_name), forwarder
+    return defined - internal
 
 
 def test_every_forwarded_rpc_has_a_client_method() -> None:
-    forwarded = _forwarded(RetrievalForwarder) | _forwarded(MemoryForwarder)
+    forwarded = set().union(*(_forwarded(*pair) for pair in FORWARDED.values()))
     assert {"BatchGetObjects", "GetChunks", "SearchInteractions"} <= forwarded
-    called = set(re.findall(r"self\._t\.(?:retrieval|memory)\.([A-Za-z]+)", CLIENT.read_text()))
+    assert {"ListModels", "Generate", "StreamGenerate"} <= forwarded
+    assert "LookupCachedAnswer" not in forwarded
+    pattern = r"self\._t\.(?:retrieval|memory|generation)\.([A-Za-z]+)"
+    called = set(re.findall(pattern, CLIENT.read_text()))
     assert forwarded - called == NOT_IN_CLIENT, "a forwarded RPC has no client method"
     assert {"UpdateConversation", "UpdateInteraction", "UpdateConversationSummary"} <= called
 
@@ -216,21 +235,12 @@ def test_every_gateway_rpc_has_a_client_method() -> None:
 
 
 def test_every_forwarded_read_is_retried_like_get_object() -> None:
-    services = {
-        "gensearch.retrieval.v1.RetrievalService": (
-            RetrievalForwarder,
-            retrieval_service_pb2.DESCRIPTOR.services_by_name["RetrievalService"],
-        ),
-        "gensearch.memory.v1.MemoryService": (
-            MemoryForwarder,
-            memory_service_pb2.DESCRIPTOR.services_by_name["MemoryService"],
-        ),
-    }
-    for service, (forwarder, descriptor) in services.items():
-        reads = {m for m in _forwarded(forwarder) if READ.match(m)}
+    for service, (forwarder, descriptor) in FORWARDED.items():
+        reads = {m for m in _forwarded(forwarder, descriptor) if READ.match(m)}
         assert set(IDEMPOTENT[service]) == reads, service
-        assert reads <= set(descriptor.methods_by_name)
+    assert IDEMPOTENT["gensearch.generation.v1.GenerationService"] == ("ListModels",)
     config = json.loads(RetryPolicy().service_config())
     (method_config,) = config["methodConfig"]  # one policy: BatchGetObjects as GetObject
     methods = {n["method"] for n in method_config["name"]}
     assert {"GetObject", "BatchGetObjects", "GetChunks", "SearchInteractions"} <= methods
+    assert "ListModels" in methods and not {"Generate", "StreamGenerate"} & methods

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
+from gensearch.generation.v1 import generation_service_pb2 as gen_pb
 from gensearch.memory.v1 import memory_service_pb2 as mem_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from google.protobuf import json_format
@@ -19,7 +20,7 @@ EXAMPLE = re.compile(
     r"localhost:50050 (?P<method>\S+)",
     re.S,
 )
-MODULES = {"gateway": gw_pb, "memory": mem_pb, "retrieval": ret_pb}
+MODULES = {"gateway": gw_pb, "memory": mem_pb, "retrieval": ret_pb, "generation": gen_pb}
 
 
 def _examples() -> list[tuple[str, str]]:
@@ -29,6 +30,7 @@ def _examples() -> list[tuple[str, str]]:
 def test_every_rpc_of_the_walkthrough_is_there() -> None:
     methods = {method.rsplit("/", 1)[1] for method, _ in _examples()}
     assert {"GenerativeSearch", "StreamGenerativeSearch", "Ask", "StreamAsk"} <= methods
+    assert "Generate" in methods
 
 
 @pytest.mark.parametrize(

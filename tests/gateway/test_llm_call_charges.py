@@ -17,6 +17,7 @@ import grpc
 import pytest
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.generation.v1 import generation_service_pb2 as gen_pb
+from gensearch.generation.v1 import generation_service_pb2_grpc as gen_grpc
 from gensearch.memory.v1 import memory_service_pb2 as mem_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from google.protobuf import json_format, struct_pb2
@@ -261,3 +262,70 @@ async def test_summary_folds_are_charged_to_the_turns_tenant(
     assert await m.counted_for("alice") + await m.counted_for("bob") == m.received()
     # Each tenant: its answer and its own folds (the same conversation shape for both).
     assert await m.counted_for("bob") == await m.counted_for("alice") == m.received() // 2
+
+
+async def test_generate_through_the_gateway_is_charged_like_its_own_calls(
+    metered_factory: Any,
+) -> None:
+    """GenerationService served on the gateway: a client's Generate and StreamGenerate are
+    charged as the gateway's own calls are, and refused at the limit as they are."""
+    m = await metered_factory(limit=4)
+    generation = gen_grpc.GenerationServiceStub(m.stack.channel)
+    hello = [gen_pb.Message(role=gen_pb.ROLE_USER, content="hello")]
+    m.stack.fake.by_model["primary"] = Behaviour.error(503)
+    reply = await generation.Generate(
+        gen_pb.GenerateRequest(messages=hello, model="primary", fallback=BACKUP),
+        metadata=ALICE,
+        timeout=20,
+    )
+    # The primary twice (a 5xx, retried), then the backup: three calls, three counted.
+    assert (reply.provider, reply.upstream_calls) == ("backup", 3)
+    assert m.received() == await m.counted() == 3
+    m.stack.fake.by_model.clear()
+    stream = generation.StreamGenerate(
+        gen_pb.StreamGenerateRequest(messages=hello), metadata=ALICE, timeout=20
+    )
+    assert "".join([c.delta async for c in stream]) == "hello"
+    assert m.received() == await m.counted() == 4
+    # At its limit: the gateway's Generate refuses with what a generative search's hit says.
+    search = await m.stack.stub.GenerativeSearch(
+        gw_pb.GenerativeSearchRequest(
+            collection="Books",
+            near_vector=ret_pb.NearVector(vector=[0.5] * DIM),
+            limit=1,
+            generate=gw_pb.Generate(single_prompt="About {title}"),
+        ),
+        metadata=ALICE,
+        timeout=10,
+    )
+    refused = search.hits[0].generation.error
+    for call in (
+        generation.Generate(gen_pb.GenerateRequest(messages=hello), metadata=ALICE, timeout=10),
+        generation.StreamGenerate(
+            gen_pb.StreamGenerateRequest(messages=hello), metadata=ALICE, timeout=10
+        ),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            if isinstance(call, grpc.aio.UnaryStreamCall):
+                async for _ in call:
+                    pass
+            else:
+                await call
+        assert (
+            (caught.value.code().name, error_info(caught.value).reason)
+            == (
+                refused.status,
+                refused.reason,
+            )
+            == ("RESOURCE_EXHAUSTED", "QUOTA_EXCEEDED")
+        )
+        info = error_info(caught.value)
+        assert dict(info.metadata) == {"quota": "llm_calls_per_minute", "limit": "4"}
+        assert 0 < retry_delay(caught.value) <= 60
+    assert m.received() == 4
+    # Another tenant's minute is its own.
+    other = await generation.Generate(
+        gen_pb.GenerateRequest(messages=hello), metadata=BOB, timeout=10
+    )
+    assert other.text == "hello"
+    assert await m.counted_for("bob") == 1

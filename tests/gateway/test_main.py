@@ -1,5 +1,5 @@
 """``python -m services.gateway`` as an operator runs it: env configuration, health,
-reflection listing all three services, and a clean exit on SIGTERM."""
+reflection listing every service it serves, and a clean exit on SIGTERM."""
 
 from __future__ import annotations
 
@@ -58,6 +58,7 @@ async def test_module_serves_until_sigterm() -> None:
                 "gensearch.gateway.v1.GatewayService",
                 "gensearch.memory.v1.MemoryService",
                 "gensearch.retrieval.v1.RetrievalService",
+                "gensearch.generation.v1.GenerationService",
             } <= names
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 20) == 0

@@ -29,6 +29,7 @@ from gensearch.client._transport import DEFAULT, RetryPolicy, Timeout, Transport
 from gensearch.client.errors import GensearchError, InvalidArgumentError, NotFoundError
 from gensearch.client.filters import FilterLike, as_filter, to_struct_dict
 from gensearch.gateway.v1 import gateway_service_pb2 as gpb
+from gensearch.generation.v1 import generation_service_pb2 as genpb
 from gensearch.memory.v1 import memory_service_pb2 as mpb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as rpb
 from google.protobuf import field_mask_pb2, json_format, struct_pb2
@@ -824,7 +825,9 @@ class _Named(_Inline[R]):
 
 class InlineGenerate(_Inline[Awaitable[t.GenerateOnObjectsResult]]):
     """``client.generate.on_objects([...], single_prompt=...)``: generation over objects
-    given inline, with no collection behind them."""
+    given inline, with no collection behind them; ``complete`` (one prompt, one answer)
+    and ``models`` (the providers and their models), GenerationService through the
+    gateway."""
 
     def __init__(self, transport: Transport) -> None:
         self._t = transport
@@ -834,10 +837,40 @@ class InlineGenerate(_Inline[Awaitable[t.GenerateOnObjectsResult]]):
     ) -> Awaitable[t.GenerateOnObjectsResult]:
         return _generate_on_objects(self._t, None, kind, value, fields)
 
+    async def models(self, *, timeout: Timeout = DEFAULT) -> t.Models:
+        """The LLM providers the generation service has configured, each with its default
+        model and known models (ListModels; a read, retried like the others)."""
+        reply = await self._t.unary(
+            self._t.generation.ListModels, genpb.ListModelsRequest(), timeout
+        )
+        return t.from_proto(t.Models, reply)
+
+    async def complete(
+        self,
+        prompt: str | Sequence[t.ChatMessage | Mapping[str, Any]],
+        *,
+        system: str = "",
+        provider: str = "",
+        model: str = "",
+        timeout: Timeout = DEFAULT,
+        **fields: Any,
+    ) -> t.Completion:
+        """One LLM call (Generate): ``prompt`` is the user's message, or the whole
+        conversation as ``ChatMessage``s or ``{"role": "user", "content": …}`` dicts;
+        ``system`` a system message put first. Other GenerateRequest fields
+        (``temperature``, ``max_tokens``, ``stop``, ``seed``, ``response_format``,
+        ``fallback``, ``base_url``, ``debug`` …) are keywords. Charged to your tenant's
+        LLM-calls quota; never retried by the client (a retry would pay again)."""
+        request = _completion_request(
+            genpb.GenerateRequest, prompt, system, provider, model, fields
+        )
+        reply = await self._t.unary(self._t.generation.Generate, request, timeout)
+        return t.from_proto(t.Completion, reply)
+
 
 class InlineGenerateStream(_Inline[AsyncIterator[t.SearchEvent]]):
     """``client.generate_stream.on_objects([...])``: the streamed form (the events of
-    ``generate_stream``)."""
+    ``generate_stream``); ``complete`` streams one LLM call's text."""
 
     def __init__(self, transport: Transport) -> None:
         self._t = transport
@@ -846,6 +879,59 @@ class InlineGenerateStream(_Inline[AsyncIterator[t.SearchEvent]]):
         self, kind: str, value: Any, fields: dict[str, Any]
     ) -> AsyncIterator[t.SearchEvent]:
         return _stream_on_objects(self._t, None, kind, value, fields)
+
+    async def complete(
+        self,
+        prompt: str | Sequence[t.ChatMessage | Mapping[str, Any]],
+        *,
+        system: str = "",
+        provider: str = "",
+        model: str = "",
+        timeout: Timeout = DEFAULT,
+        **fields: Any,
+    ) -> AsyncIterator[t.CompletionStreamEvent]:
+        """``generate.complete`` streamed (StreamGenerate): ``CompletionDelta``s as the
+        model writes, a ``CompletionRestart`` when the deltas so far are to be discarded
+        (``response_format``'s corrective retry), then a ``CompletionEvent`` with the
+        whole ``Completion``."""
+        request = _completion_request(
+            genpb.StreamGenerateRequest, prompt, system, provider, model, fields
+        )
+        text: builtins.list[str] = []
+        stream = self._t.server_stream(self._t.generation.StreamGenerate, request, timeout)
+        async for message in stream:
+            if message.restart:
+                text.clear()
+                yield t.CompletionRestart(raw=message)
+            elif message.delta:
+                text.append(message.delta)
+                yield t.CompletionDelta(message.delta, raw=message)
+            else:  # the last message: no delta, the answer's fields
+                completion = t.from_proto(t.Completion, message)
+                completion.text = "".join(text)
+                yield t.CompletionEvent(completion, raw=message)
+
+
+def _completion_request(
+    cls: type[Message],
+    prompt: str | Sequence[t.ChatMessage | Mapping[str, Any]],
+    system: str,
+    provider: str,
+    model: str,
+    fields: dict[str, Any],
+) -> Any:
+    """A GenerateRequest or StreamGenerateRequest (the same fields) from ``complete``'s
+    arguments."""
+    if isinstance(prompt, str):
+        said: builtins.list[t.ChatMessage | Mapping[str, Any]] = [t.ChatMessage("user", prompt)]
+    else:
+        said = builtins.list(prompt)
+    if system:
+        said.insert(0, t.ChatMessage("system", system))
+    messages = [
+        t.to_proto(m if isinstance(m, t.ChatMessage) else dict(m), genpb.Message) for m in said
+    ]
+    return cls(**_clean({"provider": provider, "model": model, **fields}), messages=messages)
 
 
 def _objects_fields(

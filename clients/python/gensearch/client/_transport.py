@@ -1,8 +1,8 @@
 """The one channel: address, credentials, deadlines, retries, and error mapping.
 
 Retries are gRPC's own (a service config on the channel), for idempotent reads only: a
-retried CreateCollection, ImportObjects, GenerativeSearch or Ask could write twice or pay
-for the LLM twice. Every failed call leaves here as a ``GensearchError``.
+retried CreateCollection, ImportObjects, GenerativeSearch, Generate or Ask could write twice
+or pay for the LLM twice. Every failed call leaves here as a ``GensearchError``.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 from gensearch.client.errors import from_rpc_error
 from gensearch.gateway.v1 import gateway_service_pb2_grpc
+from gensearch.generation.v1 import generation_service_pb2_grpc
 from gensearch.memory.v1 import memory_service_pb2_grpc
 from gensearch.retrieval.v1 import retrieval_service_pb2_grpc
 from grpc_health.v1 import health_pb2_grpc
@@ -52,6 +53,7 @@ IDEMPOTENT: dict[str, tuple[str, ...]] = {
         "ListInteractionTraces",
         "SearchInteractions",
     ),
+    "gensearch.generation.v1.GenerationService": ("ListModels",),
     "grpc.health.v1.Health": ("Check",),
 }
 
@@ -128,6 +130,7 @@ class Transport:
         self.gateway = gateway_service_pb2_grpc.GatewayServiceStub(self.channel)
         self.retrieval = retrieval_service_pb2_grpc.RetrievalServiceStub(self.channel)
         self.memory = memory_service_pb2_grpc.MemoryServiceStub(self.channel)
+        self.generation = generation_service_pb2_grpc.GenerationServiceStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
 
     def _deadline(self, timeout: Timeout) -> float | None:

@@ -358,6 +358,113 @@ class ChatMessage:
     content: str = ""
 
 
+@_proto("gensearch.generation.v1.Provider")
+@dataclass
+class Provider:
+    """An LLM provider the generation service has configured (``generate.models()``);
+    ``models`` starts with ``default_model``. ``models_checked``: a model outside
+    ``models`` is refused before any call (else the endpoint decides). ``api_key_env``
+    names the variables read for the operator's key, never the key."""
+
+    name: str = ""
+    kind: str = ""
+    base_url: str = ""
+    default_model: str = ""
+    models: list[str] = field(default_factory=list)
+    api_key_env: str = ""
+    api_key_configured: bool = False
+    max_concurrency: int = 0
+    context_window: int = 0
+    models_checked: bool = False
+
+
+@_proto("gensearch.generation.v1.ListModelsResponse")
+@dataclass
+class Models:
+    """What ``generate.models()`` answers: every provider (iterable), the default one's
+    name, and the operator's allowlist for a request's ``base_url``."""
+
+    providers: list[Provider] = field(default_factory=list)
+    default_provider: str = ""
+    allowed_hosts: str = ""
+    raw: Any = field(default=None, repr=False, compare=False)
+
+    def provider(self, name: str = "") -> Provider:
+        """The provider named ``name`` (case-insensitive; empty: the default one);
+        ``KeyError`` when there is none."""
+        wanted = (name or self.default_provider).lower()
+        for provider in self.providers:
+            if provider.name.lower() == wanted:
+                return provider
+        raise KeyError(name or self.default_provider)
+
+    def __iter__(self) -> Any:
+        return iter(self.providers)
+
+    def __len__(self) -> int:
+        return len(self.providers)
+
+
+@_proto("gensearch.generation.v1.Debug")
+@dataclass
+class CompletionDebug:
+    """With ``debug=True``: the upstream URL and the exact JSON body sent (no keys)."""
+
+    url: str = ""
+    request_body: str = ""
+
+
+@_proto("gensearch.generation.v1.GenerateResponse")
+@dataclass
+class Completion:
+    """One completion (``generate.complete``; the last event of ``generate_stream.complete``).
+    ``upstream_calls`` is what the LLM-calls quota was charged for it."""
+
+    text: str = ""
+    model: str = ""
+    finish_reason: str = ""
+    usage: Usage | None = None
+    provider: str = ""
+    fallback_index: int = 0
+    structured: dict[str, Any] | None = None
+    corrected: bool = False
+    attempts: int = 0
+    wait_time: timedelta | None = None
+    upstream_calls: int = 0
+    debug: CompletionDebug | None = None
+    raw: Any = field(default=None, repr=False, compare=False)
+
+    def __str__(self) -> str:
+        return self.text
+
+
+@dataclass
+class CompletionDelta:
+    """A piece of the completion's text."""
+
+    delta: str
+    raw: Any = field(default=None, repr=False, compare=False)
+
+
+@dataclass
+class CompletionRestart:
+    """With ``response_format``: the deltas so far did not match the schema; discard them
+    (a corrective retry's deltas follow)."""
+
+    raw: Any = field(default=None, repr=False, compare=False)
+
+
+@dataclass
+class CompletionEvent:
+    """Last: the whole completion (``text`` is the deltas since the last restart)."""
+
+    completion: Completion
+    raw: Any = field(default=None, repr=False, compare=False)
+
+
+CompletionStreamEvent = CompletionDelta | CompletionRestart | CompletionEvent
+
+
 @_proto("gensearch.gateway.v1.GenerationError")
 @dataclass
 class GenerationError:
@@ -760,6 +867,12 @@ __all__ = [
     "Citation",
     "CitationsEvent",
     "Collection",
+    "Completion",
+    "CompletionDebug",
+    "CompletionDelta",
+    "CompletionEvent",
+    "CompletionRestart",
+    "CompletionStreamEvent",
     "Conversation",
     "ConversationSummary",
     "DataObject",
@@ -777,8 +890,10 @@ __all__ = [
     "HitsEvent",
     "Interaction",
     "InteractionHit",
+    "Models",
     "ObjectError",
     "Property",
+    "Provider",
     "SearchEvent",
     "SearchResult",
     "TokenEvent",
