@@ -160,7 +160,8 @@ class RetrievalForwarder(_Forwarder, ret_grpc.RetrievalServiceServicer):
 
 
 class GenerationForwarder(_Forwarder, gen_grpc.GenerationServiceServicer):
-    """ListModels is a read passed on as it is. Generate and StreamGenerate go through the
+    """ListModels is a read passed on without the operator's endpoint URLs and key
+    variable names. Generate and StreamGenerate go through the
     client's ``generate``/``stream_generate``: one LLM call admitted by the tenant's quota
     before each is sent, the upstream calls beyond it charged once reported; the caller's
     ``x-<provider>-api-key`` headers go to the generation service only. Roles, models and
@@ -170,7 +171,19 @@ class GenerationForwarder(_Forwarder, gen_grpc.GenerationServiceServicer):
         super().__init__(client, internal_token)
         self._generation = client
 
-    ListModels = _forward("ListModels")
+    async def ListModels(
+        self, request: gen_pb.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> gen_pb.ListModelsResponse:
+        caller = caller_of(context, self._token)
+        models = await self._generation.list_models(caller, context.time_remaining())
+        # Where the operator's endpoints live (internal host names) and which variables
+        # hold their keys are the operator's own business: a client learns the providers,
+        # their models and limits, whether a key is configured, and the allowlist its own
+        # base_url must pass.
+        for provider in models.providers:
+            provider.ClearField("base_url")
+            provider.ClearField("api_key_env")
+        return models
 
     async def Generate(
         self, request: gen_pb.GenerateRequest, context: grpc.aio.ServicerContext

@@ -62,8 +62,16 @@ async def test_list_models_through_the_gateway(stack: Stack) -> None:
     assert list(anyscale.models) == list(ANYSCALE_MODELS) and len(anyscale.models) == 6
     assert anyscale.default_model == "meta-llama/Llama-2-70b-chat-hf" and anyscale.models_checked
     assert reply.default_provider == "fake"
-    # What the generation service says, unchanged.
-    assert reply == await both.direct.ListModels(gen_pb.ListModelsRequest(), timeout=5)
+    # What the generation service says, but where the operator's endpoints are and which
+    # variables hold their keys.
+    direct = await both.direct.ListModels(gen_pb.ListModelsRequest(), timeout=5)
+    assert any(p.base_url for p in direct.providers)
+    assert any(p.api_key_env for p in direct.providers)
+    assert not any(p.base_url or p.api_key_env for p in reply.providers)
+    for provider in direct.providers:
+        provider.ClearField("base_url")
+        provider.ClearField("api_key_env")
+    assert reply == direct
     # Health and reflection name the service like the gateway's other ones.
     health = health_pb2_grpc.HealthStub(stack.channel)
     status = await health.Check(health_pb2.HealthCheckRequest(service=GENERATION_SERVICE))

@@ -363,8 +363,9 @@ class ChatMessage:
 class Provider:
     """An LLM provider the generation service has configured (``generate.models()``);
     ``models`` starts with ``default_model``. ``models_checked``: a model outside
-    ``models`` is refused before any call (else the endpoint decides). ``api_key_env``
-    names the variables read for the operator's key, never the key."""
+    ``models`` is refused before any call (else the endpoint decides). Through the
+    gateway ``base_url`` and ``api_key_env`` are empty: the operator's endpoints and key
+    variables are not shown to clients (the generation service itself gives them)."""
 
     name: str = ""
     kind: str = ""
