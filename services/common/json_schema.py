@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,6 +34,9 @@ MAX_CACHED = 256
 _accepted: OrderedDict[str, Draft202012Validator] = OrderedDict()
 # Characters of a validation error quoted back (to the caller and to the model).
 MAX_ERROR_CHARS = 400
+# A response format's name, as OpenAI's structured outputs accept it.
+_FORMAT_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+DEFAULT_FORMAT_NAME = "response"
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,16 @@ def _remote_refs(value: Any) -> bool:
         elif isinstance(item, list):
             stack.extend(item)
     return False
+
+
+def format_name(name: str, field: str) -> str:
+    """A response format's ``name`` (empty: ``response``), or INVALID_ARGUMENT naming
+    ``field``: the gateway checks it once before its fan-out, the generation service on
+    every call."""
+    name = name or DEFAULT_FORMAT_NAME
+    if not _FORMAT_NAME.fullmatch(name):
+        raise InvalidArgument(f"{field} must be 1-64 letters, digits, '_' or '-'", field=field)
+    return name
 
 
 def check_schema(

@@ -1,4 +1,5 @@
-"""Plain Python values as protobuf well-known types, the same way in every service."""
+"""Plain Python values as protobuf well-known types and back, the same way in every
+service."""
 
 from __future__ import annotations
 
@@ -6,6 +7,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from google.protobuf import duration_pb2, struct_pb2
+
+from services.common.errors import InvalidArgument
+
+# The span a google.protobuf.Duration may hold (+-10,000 years), and nanos' bound.
+MAX_DURATION_SECONDS = 315_576_000_000
+NANOS_PER_SECOND = 1_000_000_000
 
 
 def struct(values: Mapping[str, Any]) -> struct_pb2.Struct:
@@ -20,3 +27,25 @@ def duration(seconds: float) -> duration_pb2.Duration:
     out = duration_pb2.Duration()
     out.FromNanoseconds(round(seconds * 1e9))
     return out
+
+
+def duration_seconds(value: duration_pb2.Duration, field: str) -> float:
+    """A caller's ``Duration`` in seconds, or INVALID_ARGUMENT naming ``field`` when it is
+    not a valid one (duration.proto): ``nanos`` within +-999,999,999 and of the sign of
+    ``seconds``, ``seconds`` within +-10,000 years. protobuf reads an invalid one without
+    complaint (5 s and -5 ns is 4.999999995 s), so every Duration a request carries is
+    read here."""
+    secs, nanos = value.seconds, value.nanos
+    if (
+        abs(nanos) >= NANOS_PER_SECOND
+        or abs(secs) > MAX_DURATION_SECONDS
+        or (secs > 0 and nanos < 0)
+        or (secs < 0 and nanos > 0)
+    ):
+        raise InvalidArgument(
+            f"{field} is not a valid Duration (seconds {secs}, nanos {nanos}): nanos is "
+            f"within +-999999999 with the sign of seconds, seconds within "
+            f"+-{MAX_DURATION_SECONDS}",
+            field=field,
+        )
+    return value.ToNanoseconds() / NANOS_PER_SECOND

@@ -8,6 +8,7 @@ from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 
 from services.common.errors import InvalidArgument, quote
+from services.common.well_known import duration_seconds
 from services.gateway.catalog import CollectionInfo
 from services.gateway.request_parts import (
     check_fallback,
@@ -15,7 +16,6 @@ from services.gateway.request_parts import (
     check_sampling,
     copy_query,
     require,
-    seconds,
 )
 from services.gateway.settings import GatewaySettings
 
@@ -38,7 +38,7 @@ def budget(request: AskLike, settings: GatewaySettings, call_remaining: float | 
     never past the call's own deadline."""
     s = settings
     if request.HasField("timeout"):
-        value = seconds(request.timeout)
+        value = duration_seconds(request.timeout, "timeout")
         if value <= 0 or value > s.max_ask_timeout:
             raise InvalidArgument(
                 f"timeout must be in (0, {s.max_ask_timeout}] seconds", field="timeout"

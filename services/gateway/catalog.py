@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 
+from services.common.errors import NotFound, quote
 from services.gateway.clients import Caller, RetrievalClient
 
 _TEXT = (ret_pb.DATA_TYPE_TEXT, ret_pb.DATA_TYPE_TEXT_ARRAY)
@@ -63,7 +64,14 @@ class Catalog:
             return known
         now = time.monotonic()
         key = (caller.tenant, caller.user, name)
-        info = CollectionInfo.of(await self._retrieval.get_collection(name, caller, timeout))
+        try:
+            collection = await self._retrieval.get_collection(name, caller, timeout)
+        except NotFound:
+            # GetCollection names its own field (name); every gateway request that reads
+            # a collection here names it ``collection``. Missing and another tenant's read
+            # the same, as retrieval made them.
+            raise NotFound(f"collection {quote(name)} not found", field="collection") from None
+        info = CollectionInfo.of(collection)
         if self._ttl > 0:
             if len(self._cache) > 1024:
                 self._cache.clear()

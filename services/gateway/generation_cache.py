@@ -40,9 +40,9 @@ from redis.exceptions import RedisError
 
 from services.common.errors import InvalidArgument
 from services.common.redis_client import RedisClient
+from services.common.well_known import duration_seconds
 from services.gateway.generator import Options, generate_request
 from services.gateway.metrics import CACHE_LOOKUPS
-from services.gateway.request_parts import seconds
 from services.gateway.settings import GatewaySettings
 
 log = logging.getLogger("gensearch.gateway.cache")
@@ -61,6 +61,9 @@ class Mode(enum.Enum):
     def writes(self) -> bool:
         return self is not Mode.BYPASS
 
+
+# What a result says of the call that made it; a cached answer made no call, so 0.
+_THIS_CALL = ("usage", "upstream_calls", "attempts", "wait_time")
 
 _MODES: dict[int, Mode] = {
     gw_pb.CACHE_MODE_USE: Mode.USE,
@@ -85,7 +88,7 @@ def check_block(
     if mode not in _MODES and mode != gw_pb.CACHE_MODE_UNSPECIFIED:
         raise InvalidArgument(f"{field}.mode: unknown mode {mode}", field=f"{field}.mode")
     limit = settings.cache_max_ttl
-    if ttl is not None and not 0 < seconds(ttl) <= limit:
+    if ttl is not None and not 0 < duration_seconds(ttl, f"{field}.ttl") <= limit:
         raise InvalidArgument(
             f"{field}.ttl must be positive and at most {limit:g} s",
             field=f"{field}.ttl",
@@ -108,10 +111,11 @@ def resolve(
     check_block(mode, ttl, settings, field=field)
     chosen = _MODES.get(mode) or (Mode.USE if enabled_by_default else Mode.BYPASS)
     limit = settings.cache_max_ttl
+    stored = "collection.generative.cache.ttl"
     if ttl is not None:
-        value = seconds(ttl)
-    elif defaults.HasField("ttl") and seconds(defaults.ttl) > 0:
-        value = min(seconds(defaults.ttl), limit)
+        value = duration_seconds(ttl, f"{field}.ttl")
+    elif defaults.HasField("ttl") and duration_seconds(defaults.ttl, stored) > 0:
+        value = min(duration_seconds(defaults.ttl, stored), limit)
     else:
         value = min(settings.cache_default_ttl, limit)
     return Policy(chosen, value)
@@ -206,7 +210,8 @@ class GenerationCache:
             except Exception:  # a value some other writer left: a miss
                 continue
             result.cached = True
-            result.ClearField("upstream_calls")  # this call made none, whatever was stored
+            for name in _THIS_CALL:  # this call made none, whatever was stored
+                result.ClearField(name)
             found[index] = result
         CACHE_LOOKUPS.labels("exact", "hit").inc(len(found))
         CACHE_LOOKUPS.labels("exact", "miss").inc(len(keys) - len(found))
@@ -217,11 +222,11 @@ class GenerationCache:
         if self._redis is None or result.HasField("error") or ttl <= 0:
             return
         # The whole result (so fields added to it later are kept too) but what belongs to
-        # this call: usage and upstream calls (a cached answer spends neither), the debug
-        # prompt, the mark.
+        # this call: usage, upstream calls, attempts and wait (a cached answer spends
+        # none), the debug prompt, the mark.
         stored = gw_pb.GenerationResult()
         stored.CopyFrom(result)
-        for name in ("usage", "upstream_calls", "prompt", "cached"):
+        for name in (*_THIS_CALL, "prompt", "cached"):
             stored.ClearField(name)
         try:
             if not scope.collection:  # inline objects: nothing to drop them with

@@ -10,7 +10,8 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from google.protobuf import json_format
 
 from services.common.errors import InvalidArgument
-from services.common.json_schema import SchemaLimits, check_schema
+from services.common.json_schema import SchemaLimits, check_schema, format_name
+from services.common.well_known import duration_seconds
 from services.gateway import generation_cache
 from services.gateway.request_parts import (
     check_fallback,
@@ -18,7 +19,6 @@ from services.gateway.request_parts import (
     check_sampling,
     copy_query,
     require,
-    seconds,
 )
 from services.gateway.settings import GatewaySettings
 
@@ -34,6 +34,18 @@ def validate(request: SearchLike, settings: GatewaySettings) -> None:
             f"limit must be between 0 and {s.max_hits}", field="limit", reason="OUT_OF_RANGE"
         )
     validate_generate(request.generate, s)
+    # No generate block: a plain search. A block with no task is a mistake, refused as
+    # GenerateOnObjects refuses it, not a search that silently generates nothing.
+    if request.HasField("generate"):
+        require_task(request.generate)
+
+
+def require_task(g: gw_pb.Generate) -> None:
+    if not (g.single_prompt or g.grouped_task):
+        raise InvalidArgument(
+            "give generate.single_prompt, generate.grouped_task or both",
+            field="generate.single_prompt",
+        )
 
 
 def validate_generate(g: gw_pb.Generate, settings: GatewaySettings) -> None:
@@ -48,7 +60,7 @@ def validate_generate(g: gw_pb.Generate, settings: GatewaySettings) -> None:
         raise InvalidArgument(
             "max_concurrency must not be negative", field="generate.max_concurrency"
         )
-    if g.HasField("timeout") and seconds(g.timeout) <= 0:
+    if g.HasField("timeout") and duration_seconds(g.timeout, "generate.timeout") <= 0:
         raise InvalidArgument("timeout must be positive", field="generate.timeout")
     check_sampling(g, prefix=_GENERATE)
     check_structured_options(g, s)
@@ -77,6 +89,7 @@ def check_structured_options(g: gw_pb.Generate, s: GatewaySettings) -> None:
             )
     check_fallback(g.fallback, s.max_fallbacks, "generate.fallback")
     if g.HasField("response_format"):
+        format_name(g.response_format.name, "generate.response_format.name")
         check_schema(
             json_format.MessageToDict(g.response_format.json_schema),
             "generate.response_format.json_schema",
@@ -113,7 +126,7 @@ def max_concurrency(g: gw_pb.Generate, settings: GatewaySettings) -> int | None:
 def budget(g: gw_pb.Generate, call_deadline: float | None, settings: GatewaySettings) -> float:
     """Seconds the generation phase may take: the request's timeout, else the call's
     deadline less a margin, else the default."""
-    value = seconds(g.timeout) if g.HasField("timeout") else None
+    value = duration_seconds(g.timeout, "generate.timeout") if g.HasField("timeout") else None
     if call_deadline is not None:
         call_remaining = call_deadline - asyncio.get_running_loop().time()
         # Leave time to send the partial results before the caller gives up.

@@ -35,6 +35,8 @@ class Options:
     fallback: tuple[tuple[str, str], ...] = ()
     # Where the chain came from, for error fields: the request's or the collection's.
     fallback_field: str = "generate.fallback"
+    # Where max_tokens came from, for error fields: the request's or the collection's.
+    max_tokens_field: str = "generate.max_tokens"
     base_url: str = ""
 
     @classmethod
@@ -82,6 +84,11 @@ class Options:
             response_format=own("response_format"),
             fallback=tuple((c.provider, c.model) for c in chain),
             fallback_field=fallback_field,
+            max_tokens_field=(
+                f"{prefix}max_tokens"
+                if request.HasField("max_tokens")
+                else "collection.generative.max_tokens"
+            ),
             base_url=getattr(request, "base_url", ""),
         )
 

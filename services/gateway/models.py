@@ -46,7 +46,8 @@ class ModelCatalog:
         model_field: str = "model",
     ) -> None:
         """Before any LLM call: every provider of the chain is configured, every model is
-        one its provider knows (where the provider checks), and a caller's base_url is on
+        one its provider knows (where the provider checks), ``max_tokens`` fits every
+        provider's declared context window, and a caller's base_url is on
         the operator's allowlist (the generation service checks all of it again, and the
         URL once more on every connection). One clear error instead of the same one on
         every hit. The primary's fields are ``prefix`` + provider / ``model_field``
@@ -85,6 +86,7 @@ class ModelCatalog:
                     field=model_at,
                     reason="UNKNOWN_MODEL",
                 )
+            _check_max_tokens(options, provider)
         if options.base_url:
             try:
                 EgressPolicy.parse(models.allowed_hosts).check_url(options.base_url)
@@ -119,6 +121,20 @@ class ModelCatalog:
             ):
                 fallback = provider.context_window
         return context_window_for(name, windows, fallback), name, provider_name
+
+
+def _check_max_tokens(options: Options, provider: gen_pb.Provider) -> None:
+    """An answer longer than the provider's whole context window cannot be had (the
+    generation service refuses it too; here it is one error instead of one per hit)."""
+    window = provider.context_window
+    if options.max_tokens is not None and 0 < window < options.max_tokens:
+        raise InvalidArgument(
+            f"max_tokens {options.max_tokens} exceeds the context window of provider "
+            f"{provider.name!r} ({window} tokens)",
+            field=options.max_tokens_field,
+            reason="CONTEXT_WINDOW_EXCEEDED",
+            metadata={"provider": provider.name, "context_window": str(window)},
+        )
 
 
 def _find_provider(models: gen_pb.ListModelsResponse, name: str) -> gen_pb.Provider | None:

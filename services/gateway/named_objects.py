@@ -73,11 +73,7 @@ class NamedObjects:
         call_deadline = None if call_remaining is None else loop.time() + call_remaining
         g = request.generate
         generative_request.validate_generate(g, s)
-        if not (g.single_prompt or g.grouped_task):
-            raise InvalidArgument(
-                "give generate.single_prompt, generate.grouped_task or both",
-                field="generate.single_prompt",
-            )
+        generative_request.require_task(g)
         single = parse_single(g)  # once: checked below, rendered per object by the plan
         kind = request.WhichOneof("objects")
         if kind == "ids":
@@ -102,13 +98,7 @@ class NamedObjects:
 
         info: CollectionInfo | None = None
         if request.collection:
-            try:
-                info = await self._b.catalog.get(request.collection, caller, call_remaining)
-            except NotFound:
-                # GetCollection names its own field (name); the caller's is collection.
-                raise NotFound(
-                    f"collection {request.collection!r} not found", field="collection"
-                ) from None
+            info = await self._b.catalog.get(request.collection, caller, call_remaining)
             check_templates(g, single, info)
             templates.check_known(
                 request.return_properties, info.properties, field="return_properties"

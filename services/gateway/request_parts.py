@@ -1,6 +1,5 @@
-"""Checks and pieces every gateway request type shares, written once: durations, text
-limits, the sampling options (temperature, max_tokens), fallback chains and the search
-query."""
+"""Checks and pieces every gateway request type shares, written once: text limits, the
+sampling options (temperature, max_tokens), fallback chains and the search query."""
 
 from __future__ import annotations
 
@@ -10,13 +9,8 @@ from typing import Any
 
 from gensearch.generation.v1.generation_service_pb2 import ModelChoice
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
-from google.protobuf import duration_pb2
 
 from services.common.errors import InvalidArgument
-
-
-def seconds(duration: duration_pb2.Duration) -> float:
-    return duration.ToNanoseconds() / 1e9
 
 
 def require(message: Any, name: str, *, prefix: str = "") -> None:

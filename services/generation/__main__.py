@@ -61,6 +61,7 @@ async def build_server(settings: GenerationSettings, *, port: int | None = None)
         max_stop_sequences=settings.max_stop_sequences,
         max_stop_chars=settings.max_stop_chars,
         max_fallbacks=settings.max_fallbacks,
+        max_tokens=settings.max_tokens_limit,
         schema=SchemaLimits(
             max_chars=settings.max_schema_chars, max_depth=settings.max_schema_depth
         ),

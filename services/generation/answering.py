@@ -28,7 +28,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
-from services.common.errors import FailedPrecondition, ServiceError
+from services.common.errors import ATTEMPTS, WAIT_MS, FailedPrecondition, ServiceError
 from services.common.json_schema import parse_output
 from services.common.upstream_retry import Deadline
 from services.generation import fallback
@@ -80,13 +80,20 @@ def _corrective(request: CompletionRequest, output: str, why: str) -> Completion
     return dataclasses.replace(request, messages=messages)
 
 
-def _invalid(target: Target, why: str) -> FailedPrecondition:
+def _invalid(target: Target, why: str, spent: Completion) -> FailedPrecondition:
+    """The refusal of an answer still invalid after its corrective retry; ``spent`` (both
+    calls summed) gives the attempts and wait a failed call reports, as any other does."""
     INVALID_OUTPUTS.labels(target.provider.name, "retry").inc()
     return FailedPrecondition(
         f"the answer of provider {target.provider.name!r} does not match "
         f"response_format.json_schema, even after one corrective retry: {why}",
         reason=INVALID_OUTPUT,
-        metadata={"provider": target.provider.name, "model": target.request.model},
+        metadata={
+            "provider": target.provider.name,
+            "model": target.request.model,
+            ATTEMPTS: str(spent.attempts),
+            WAIT_MS: str(round(spent.waited * 1000)),
+        },
     )
 
 
@@ -136,7 +143,7 @@ async def _generate(plan: Plan, calls: Calls) -> Answer:
     calls.made += retry.attempts
     value, why = parse_output(retry.text, plan.validator)
     if value is None:
-        raise _invalid(target, why)
+        raise _invalid(target, why, _sum(done, retry))
     return Answer(target, _sum(done, retry), value, corrected=True)
 
 
@@ -197,5 +204,5 @@ async def _stream(plan: Plan, calls: Calls) -> AsyncGenerator[Event, None]:
         return
     value, why = parse_output("".join(parts), plan.validator)
     if value is None:
-        raise _invalid(target, why)
+        raise _invalid(target, why, _sum(done, retry))
     yield Event(answer=Answer(target, _sum(done, retry), value, corrected=True))

@@ -75,7 +75,7 @@ class Planner:
             other = self.registry.get(choice.provider, field=f"{where}.provider")
             model = choice.model.strip() or other.config.default_model
             check_model(model, other.config, f"{where}.model")
-            check_context_window(list(request.messages), other.config)
+            check_context_window(list(request.messages), request.max_tokens, other.config)
             chain.append(
                 Target(
                     i + 1,

@@ -310,6 +310,9 @@ class GenerationSettings(CommonSettings):
     max_prompt_chars: int = Field(default=1_000_000, ge=1)
     max_stop_sequences: int = Field(default=4, ge=0)
     max_stop_chars: int = Field(default=256, ge=1)
+    # The most max_tokens a request may ask for, whatever the provider (one with a
+    # context_window refuses more than its window too).
+    max_tokens_limit: int = Field(default=1_000_000, ge=1)
     # (provider, model) pairs a request may name after its primary one.
     max_fallbacks: int = Field(default=4, ge=0, le=32)
     # With more pairs to try, one pair may spend at most this share of the time left, so

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 
 from gensearch.generation.v1 import generation_service_pb2 as pb
@@ -11,7 +10,7 @@ from google.protobuf import json_format
 from jsonschema import Draft202012Validator
 
 from services.common.errors import InvalidArgument, quote
-from services.common.json_schema import SchemaLimits, check_schema
+from services.common.json_schema import SchemaLimits, check_schema, format_name
 from services.generation.providers.base import (
     ChatMessage,
     CompletionRequest,
@@ -33,10 +32,8 @@ class Limits:
     max_stop_sequences: int = 4
     max_stop_chars: int = 256
     max_fallbacks: int = 4
+    max_tokens: int = 1_000_000
     schema: SchemaLimits = field(default_factory=SchemaLimits)
-
-
-_FORMAT_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def check_model(model: str, config: ProviderConfig, field: str) -> None:
@@ -51,19 +48,33 @@ def check_model(model: str, config: ProviderConfig, field: str) -> None:
         )
 
 
-def check_context_window(messages: list[ChatMessage], config: ProviderConfig) -> None:
-    if config.context_window is not None:
-        # Only what clearly cannot fit: the shared estimate is rough, and the gateway may
-        # have fitted the prompt with the model's real tokenizer (docs/gateway.md#history),
-        # which can count fewer tokens; the model server refuses the rest itself.
-        prompt = estimate_prompt_tokens(messages)
-        if prompt > config.context_window * _ESTIMATE_SLACK:
-            raise InvalidArgument(
-                f"the prompt (~{prompt} tokens) exceeds the context window of provider "
-                f"{config.name!r} ({config.context_window} tokens)",
-                field="messages",
-                reason="CONTEXT_WINDOW_EXCEEDED",
-            )
+def check_context_window(
+    messages: list[ChatMessage], max_tokens: int | None, config: ProviderConfig
+) -> None:
+    """What cannot fit the provider's context window (when it declares one): a prompt,
+    or a ``max_tokens`` larger than the whole window."""
+    if config.context_window is None:
+        return
+    window = config.context_window
+    if max_tokens is not None and max_tokens > window:
+        raise InvalidArgument(
+            f"max_tokens {max_tokens} exceeds the context window of provider "
+            f"{config.name!r} ({window} tokens)",
+            field="max_tokens",
+            reason="CONTEXT_WINDOW_EXCEEDED",
+            metadata={"provider": config.name, "context_window": str(window)},
+        )
+    # Only what clearly cannot fit: the shared estimate is rough, and the gateway may
+    # have fitted the prompt with the model's real tokenizer (docs/gateway.md#history),
+    # which can count fewer tokens; the model server refuses the rest itself.
+    prompt = estimate_prompt_tokens(messages)
+    if prompt > window * _ESTIMATE_SLACK:
+        raise InvalidArgument(
+            f"the prompt (~{prompt} tokens) exceeds the context window of provider "
+            f"{config.name!r} ({window} tokens)",
+            field="messages",
+            reason="CONTEXT_WINDOW_EXCEEDED",
+        )
 
 
 def response_format(
@@ -73,12 +84,7 @@ def response_format(
     if not msg.HasField("response_format"):
         return None
     fmt = msg.response_format
-    name = fmt.name or "response"
-    if not _FORMAT_NAME.fullmatch(name):
-        raise InvalidArgument(
-            "response_format.name must be 1-64 letters, digits, '_' or '-'",
-            field="response_format.name",
-        )
+    name = format_name(fmt.name, "response_format.name")
     schema = json_format.MessageToDict(fmt.json_schema)
     validator = check_schema(schema, "response_format.json_schema", limits.schema)
     strict = fmt.strict if fmt.HasField("strict") else None
@@ -146,6 +152,13 @@ def build_request(
     max_tokens = msg.max_tokens if msg.HasField("max_tokens") else None
     if max_tokens is not None and max_tokens < 1:
         raise InvalidArgument("max_tokens must be at least 1", field="max_tokens")
+    if max_tokens is not None and max_tokens > limits.max_tokens:
+        raise InvalidArgument(
+            f"max_tokens must be at most {limits.max_tokens} (MAX_TOKENS_LIMIT)",
+            field="max_tokens",
+            reason="OUT_OF_RANGE",
+            metadata={"max": str(limits.max_tokens)},
+        )
 
     stop = list(msg.stop)
     if len(stop) > limits.max_stop_sequences:
@@ -164,7 +177,7 @@ def build_request(
     presence_penalty = _penalty(msg, "presence_penalty")
     seed = msg.seed if msg.HasField("seed") else None
 
-    check_context_window(messages, config)
+    check_context_window(messages, max_tokens, config)
 
     return CompletionRequest(
         model=model,

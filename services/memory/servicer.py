@@ -13,6 +13,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from services.common.auth import current_identity
 from services.common.errors import Aborted, FailedPrecondition, InvalidArgument
 from services.common.values import check_value
+from services.common.well_known import duration_seconds
 from services.memory import traces
 from services.memory.ids import parse_id
 from services.memory.page_token import PageTokens
@@ -79,6 +80,7 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
 
     def _ttl_ms(self, ttl: duration_pb2.Duration, field: str) -> int:
         limit = self._settings.max_conversation_ttl_seconds
+        duration_seconds(ttl, field)  # a valid Duration first; then its bounds, in ns
         ns = ttl.ToNanoseconds()
         if ns < 0 or ttl.seconds > limit:
             raise InvalidArgument(

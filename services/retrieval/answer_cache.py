@@ -34,6 +34,7 @@ from collections import OrderedDict
 from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 
 from services.common.errors import AlreadyExists, InvalidArgument, NotFound
+from services.common.well_known import duration_seconds
 from services.retrieval.answer_cache_marker import CACHE_MARKER
 from services.retrieval.catalog import Catalog
 from services.retrieval.embedders import Embedders
@@ -122,7 +123,7 @@ class AnswerCache:
                 field="answer",
                 reason="TOO_LARGE",
             )
-        ttl = request.ttl.ToNanoseconds() / 1e9
+        ttl = duration_seconds(request.ttl, "ttl")
         if not 0 < ttl <= s.max_cached_answer_ttl:
             raise InvalidArgument(
                 f"ttl must be positive and at most {s.max_cached_answer_ttl:g} s",

@@ -16,6 +16,7 @@ from google.protobuf import json_format
 from services.common.auth import DEFAULT_TENANT
 from services.common.errors import InvalidArgument, quote
 from services.common.values import DEFAULT_MAX_DEPTH, check_value
+from services.common.well_known import duration_seconds
 from services.retrieval.endpoints import ENV_NAME, EmbeddingPolicy
 from services.retrieval.tenancy import DERIVED, NAMING_KEY, TENANT_KEY, engine_name
 
@@ -281,7 +282,7 @@ def _validate_generative(gen: pb.GenerativeConfig, types: dict[str, int]) -> Non
     cache = gen.cache
     # Upper bounds are the gateway's (its CACHE_MAX_TTL caps what it uses); here only what
     # no setting can make sense of.
-    if cache.HasField("ttl") and cache.ttl.ToNanoseconds() <= 0:
+    if cache.HasField("ttl") and duration_seconds(cache.ttl, f"{where}.cache.ttl") <= 0:
         raise InvalidArgument(f"{where}.cache.ttl must be positive", field=f"{where}.cache.ttl")
     if cache.HasField("min_similarity") and not 0.5 <= cache.min_similarity <= 1:
         raise InvalidArgument(

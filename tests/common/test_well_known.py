@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from google.protobuf import json_format
+import pytest
+from google.protobuf import duration_pb2, json_format
 
-from services.common.well_known import duration, struct
+from services.common.errors import InvalidArgument
+from services.common.well_known import duration, duration_seconds, struct
 
 
 def test_a_struct_holds_nested_json_values() -> None:
@@ -16,3 +18,28 @@ def test_a_duration_rounds_to_the_nearest_nanosecond() -> None:
     assert (duration(1.25).seconds, duration(1.25).nanos) == (1, 250_000_000)
     # 1.001 s is 1000999999.99... ns as a float: rounded, not truncated.
     assert (duration(1.001).seconds, duration(1.001).nanos) == (1, 1_000_000)
+
+
+@pytest.mark.parametrize(
+    ("secs", "nanos", "value"),
+    [(5, 0, 5.0), (1, 500_000_000, 1.5), (-1, -500_000_000, -1.5), (0, -5, -5e-9), (0, 0, 0.0)],
+)
+def test_a_valid_duration_reads_as_seconds(secs: int, nanos: int, value: float) -> None:
+    got = duration_seconds(duration_pb2.Duration(seconds=secs, nanos=nanos), "ttl")
+    assert got == pytest.approx(value)
+
+
+@pytest.mark.parametrize(
+    ("secs", "nanos"),
+    [
+        (5, -5),  # mixed signs: protobuf would read 4.999999995 s
+        (-5, 5),
+        (0, 1_000_000_000),  # nanos past a second
+        (1, -1_000_000_000),
+        (315_576_000_001, 0),  # past the 10,000 years a Duration may span
+    ],
+)
+def test_an_invalid_duration_is_refused_naming_the_field(secs: int, nanos: int) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        duration_seconds(duration_pb2.Duration(seconds=secs, nanos=nanos), "generate.timeout")
+    assert caught.value.field == "generate.timeout"

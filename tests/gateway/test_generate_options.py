@@ -35,10 +35,10 @@ SCHEMA: dict[str, Any] = {
 }
 
 
-def _schema() -> gen_pb.ResponseFormat:
+def _schema(name: str = "") -> gen_pb.ResponseFormat:
     s = struct_pb2.Struct()
     s.update(SCHEMA)
-    return gen_pb.ResponseFormat(json_schema=s)
+    return gen_pb.ResponseFormat(name=name, json_schema=s)
 
 
 def _search(limit: int = 4, **generate: Any) -> gw_pb.GenerativeSearchRequest:
@@ -234,6 +234,8 @@ async def test_every_sampling_parameter_reaches_the_provider(stack: Stack) -> No
         ({"stop": ["a", "b", "c", "d", "e"]}, "generate.stop"),
         ({"stop": ["x" * 1000]}, "generate.stop[0]"),
         ({"response_format": gen_pb.ResponseFormat()}, "generate.response_format.json_schema"),
+        # QA: each hit failed on its own instead.
+        ({"response_format": _schema(name="bad name!")}, "generate.response_format.name"),
         ({"model": "gpt-4", "provider": "anyscale"}, "generate.model"),
     ],
 )
@@ -248,6 +250,58 @@ async def test_bad_options_fail_the_request_naming_the_field(
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error_info(caught.value).metadata["field"] == field
     assert stack.fake.chat_requests == []
+
+
+# -- max_tokens and the context window ------------------------------------------------------
+async def test_max_tokens_beyond_a_context_window_fails_the_request(
+    stack_factory: StackFactory, fake: FakeOpenAI, fake2: FakeOpenAI
+) -> None:
+    """QA: 2147483647 was sent upstream on every hit. Every pair of the chain is checked,
+    the request's max_tokens or the collection's, before any search's LLM call."""
+    stack = await stack_factory(
+        provider=fake_provider(fake, context_window=4096),
+        extra_providers=[fake_provider(fake2, name="backup", context_window=512)],
+    )
+    await create_books(stack, books=WITH_BODY)
+    cases = [
+        (_search(single_prompt="About {title}", max_tokens=2147483647), "fake"),
+        (
+            _search(
+                single_prompt="About {title}",
+                max_tokens=1000,
+                fallback=[gen_pb.ModelChoice(provider="backup")],
+            ),
+            "backup",
+        ),
+    ]
+    for request, provider in cases:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stack.stub.GenerativeSearch(request, metadata=ALICE)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        info = error_info(caught.value)
+        assert (info.reason, info.metadata["field"]) == (
+            "CONTEXT_WINDOW_EXCEEDED",
+            "generate.max_tokens",
+        )
+        assert info.metadata["provider"] == provider
+    assert fake.chat_requests == [] and fake2.chat_requests == []
+    # The window itself is allowed.
+    await stack.stub.GenerativeSearch(
+        _search(limit=1, single_prompt="About {title}", max_tokens=4096), metadata=ALICE
+    )
+    assert fake.chat_requests[-1].json["max_tokens"] == 4096
+
+
+async def test_a_collections_max_tokens_is_named_as_the_collections(
+    stack_factory: StackFactory, fake: FakeOpenAI
+) -> None:
+    stack = await stack_factory(provider=fake_provider(fake, context_window=4096))
+    generative = ret_pb.GenerativeConfig(provider="fake", max_tokens=5000)
+    await create_books(stack, books=WITH_BODY, generative=generative)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stack.stub.GenerativeSearch(_search(single_prompt="About {title}"), metadata=ALICE)
+    assert error_info(caught.value).metadata["field"] == "collection.generative.max_tokens"
+    assert fake.chat_requests == []
 
 
 # -- JSON schema ------------------------------------------------------------------------------
@@ -279,6 +333,9 @@ async def test_schema_outputs_per_hit_and_grouped(stack: Stack) -> None:
     by_title = {_title(h): h.generation for h in response.hits}
     emma = by_title.pop("Emma")
     assert emma.error.reason == "INVALID_OUTPUT" and not emma.HasField("structured")
+    # Its answer and the corrective retry (QA: attempts 0, no wait time).
+    assert (emma.attempts, emma.upstream_calls) == (2, 2)
+    assert emma.HasField("wait_time")
     for title, result in by_title.items():
         assert json_format.MessageToDict(result.structured) == {"title": title, "n": len(title)}
         assert json.loads(result.result) == {"title": title, "n": len(title)}

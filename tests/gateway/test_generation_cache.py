@@ -98,7 +98,11 @@ async def test_use_answers_a_repeat_from_the_cache_with_no_llm_call(cached: Stac
         assert generation.cached
         assert generation.result == results(first)[hit_id].result
         assert not generation.HasField("usage") or generation.usage.total_tokens == 0
+        # No attempt, no wait: this call made none (QA: attempts 1, the first call's).
+        assert generation.attempts == generation.upstream_calls == 0
+        assert not generation.HasField("wait_time")
     assert second.grouped.cached and second.grouped.result == first.grouped.result
+    assert second.grouped.attempts == 0 and not second.grouped.HasField("wait_time")
     assert second.usage.total_tokens == 0 < first.usage.total_tokens
 
 

@@ -261,10 +261,44 @@ async def test_search_without_generation_is_a_plain_search(stack: Stack) -> None
     assert stack.fake.chat_requests == []
 
 
+@pytest.mark.parametrize(
+    "generate",
+    [gw_pb.Generate(), gw_pb.Generate(cache=gw_pb.GenerationCache(mode=gw_pb.CACHE_MODE_USE))],
+)
+async def test_a_generate_block_without_a_task_is_refused(
+    stack: Stack, generate: gw_pb.Generate
+) -> None:
+    """An absent block is a plain search; a present one with neither single_prompt nor
+    grouped_task is refused as GenerateOnObjects refuses it (QA: it was a plain search)."""
+    await create_books(stack)
+    search = dict(collection="Books", near_vector=ret_pb.NearVector(vector=[0.5] * DIM))
+    for call in (
+        stack.stub.GenerativeSearch(
+            gw_pb.GenerativeSearchRequest(**search, generate=generate), metadata=ALICE
+        ),
+        _drain(
+            stack.stub.StreamGenerativeSearch(
+                gw_pb.StreamGenerativeSearchRequest(**search, generate=generate), metadata=ALICE
+            )
+        ),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert _bad_request_field(err.value) == "generate.single_prompt"
+    assert stack.fake.chat_requests == []
+
+
+async def _drain(stream: object) -> None:
+    async for _ in stream:  # type: ignore[attr-defined]
+        pass
+
+
 async def test_search_errors_pass_through(stack: Stack) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await stack.stub.GenerativeSearch(_near(), metadata=ALICE)
+        await stack.stub.GenerativeSearch(_near(single_prompt="{title}"), metadata=ALICE)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert _bad_request_field(err.value) == "collection"  # the request's field (QA: "name")
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stack.stub.GenerativeSearch(_near(limit=1000), metadata=ALICE)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -280,6 +314,22 @@ async def test_search_errors_pass_through(stack: Stack) -> None:
         (
             {"single_prompt": "{title}", "timeout": duration_pb2.Duration(seconds=-1)},
             "generate.timeout",
+        ),
+        # Not valid Durations (QA: accepted): mixed signs, nanos past a second.
+        (
+            {"single_prompt": "{title}", "timeout": duration_pb2.Duration(seconds=5, nanos=-5)},
+            "generate.timeout",
+        ),
+        (
+            {"single_prompt": "{title}", "timeout": duration_pb2.Duration(nanos=1_000_000_000)},
+            "generate.timeout",
+        ),
+        (
+            {
+                "single_prompt": "{title}",
+                "cache": gw_pb.GenerationCache(ttl=duration_pb2.Duration(seconds=5, nanos=-5)),
+            },
+            "generate.cache.ttl",
         ),
         ({"grouped_properties": ["title"]}, "generate.grouped_properties"),
         ({"single_prompt": "{title}" * 10_000}, "generate.single_prompt"),

@@ -71,6 +71,57 @@ async def test_another_tenant_cannot_list_read_search_or_delete(tenants: Stack) 
     assert got.object_count == 5
 
 
+async def _first(stream: object) -> None:
+    async for _ in stream:  # type: ignore[attr-defined]
+        return
+
+
+async def test_a_collection_not_found_names_the_requests_field(tenants: Stack) -> None:
+    """Every gateway RPC that reads a collection's schema names its own field,
+    ``collection`` (QA: retrieval's GetCollection field ``name`` leaked through), the
+    same for a collection nobody has and another tenant's."""
+    s = tenants
+    await create_books(s, metadata=ALICE)
+    generate = gw_pb.Generate(single_prompt="{title}")
+    near = ret_pb.NearVector(vector=vector(0))
+    an_id = "0190a4b2-0000-7000-8000-000000000000"
+    seen: set[tuple[str, str]] = set()
+    for name, who in (("Nope", ALICE), ("Books", BOB)):
+        for call in (
+            s.stub.GenerativeSearch(
+                gw_pb.GenerativeSearchRequest(collection=name, near_vector=near, generate=generate),
+                metadata=who,
+            ),
+            _first(
+                s.stub.StreamGenerativeSearch(
+                    gw_pb.StreamGenerativeSearchRequest(
+                        collection=name, near_vector=near, generate=generate
+                    ),
+                    metadata=who,
+                )
+            ),
+            s.stub.GenerateOnObjects(
+                gw_pb.GenerateOnObjectsRequest(
+                    collection=name, ids=gw_pb.ObjectIds(ids=[an_id]), generate=generate
+                ),
+                metadata=who,
+            ),
+            s.stub.Ask(gw_pb.AskRequest(collection=name, llm_question="q"), metadata=who),
+            _first(
+                s.stub.StreamAsk(
+                    gw_pb.StreamAskRequest(collection=name, llm_question="q"), metadata=who
+                )
+            ),
+        ):
+            err = await rpc_error(call)
+            assert err.code() == grpc.StatusCode.NOT_FOUND, err.details()
+            info = error_info(err)
+            assert info.metadata["field"] == "collection", err.details()
+            seen.add((info.reason, (err.details() or "").replace("Nope", "Books")))
+    assert len(seen) == 1  # missing and another tenant's read alike
+    assert s.fake.chat_requests == []
+
+
 async def test_roles_through_the_gateway(tenants: Stack) -> None:
     s = tenants
     await create_books(s, metadata=ALICE)

@@ -250,6 +250,51 @@ async def test_context_window_guard(fake: FakeOpenAI, start_service: StartServic
     assert fake.chat_requests == []
 
 
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_max_tokens_beyond_the_context_window_is_refused_before_any_call(
+    fake: FakeOpenAI, start_service: StartService, streamed: bool
+) -> None:
+    """QA: 2147483647 was sent upstream as it was."""
+    svc = await start_service([fake_provider(fake, context_window=4096)])
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        if streamed:
+            request = pb.StreamGenerateRequest(messages=[user("hi")], max_tokens=4097)
+            async for _ in svc.stub.StreamGenerate(request, timeout=5):
+                pass
+        else:
+            await svc.stub.Generate(
+                pb.GenerateRequest(messages=[user("hi")], max_tokens=4097), timeout=5
+            )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    info = error_info(caught.value)
+    assert (info.reason, info.metadata["field"]) == ("CONTEXT_WINDOW_EXCEEDED", "max_tokens")
+    assert info.metadata["context_window"] == "4096"
+    assert fake.chat_requests == []
+    # The whole window is still a value a caller may ask for.
+    await svc.stub.Generate(pb.GenerateRequest(messages=[user("hi")], max_tokens=4096), timeout=5)
+    assert fake.chat_requests[-1].json["max_tokens"] == 4096
+
+
+async def test_max_tokens_above_the_service_limit_is_refused(
+    fake: FakeOpenAI, start_service: StartService
+) -> None:
+    """A provider with no declared context window is bounded by MAX_TOKENS_LIMIT."""
+    svc = await start_service([fake_provider(fake)], max_tokens_limit=1000)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await svc.stub.Generate(
+            pb.GenerateRequest(messages=[user("hi")], max_tokens=1001), timeout=5
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    info = error_info(caught.value)
+    assert (info.reason, info.metadata["field"], info.metadata["max"]) == (
+        "OUT_OF_RANGE",
+        "max_tokens",
+        "1000",
+    )
+    assert fake.chat_requests == []
+    await svc.stub.Generate(pb.GenerateRequest(messages=[user("hi")], max_tokens=1000), timeout=5)
+
+
 async def test_unset_max_tokens_means_provider_default(service: Service, fake: FakeOpenAI) -> None:
     await service.stub.Generate(pb.GenerateRequest(messages=[user("hi")]), timeout=5)
     assert "max_tokens" not in fake.chat_requests[-1].json

@@ -124,6 +124,10 @@ async def test_a_failed_answer_says_what_it_spent(
     info = error_info(caught.value)
     assert info.reason == "INVALID_OUTPUT"
     assert info.metadata["upstream_calls"] == str(_received(fake, fake2)) == "4"
+    # Like any failed call, the answering pair's attempts (its answer and the corrective
+    # retry) and its wait, which the gateway reports on the failed hit.
+    assert info.metadata["attempts"] == "2"
+    assert int(info.metadata["wait_ms"]) >= 0
 
 
 async def test_every_pair_failing_counts_every_attempt(

@@ -152,14 +152,15 @@ async def test_default_ttl_and_update_with_a_field_mask(memory_factory: MemoryFa
             grpc.StatusCode.INVALID_ARGUMENT,
             field,
         )
-    await expect_error(
-        memory.stub.CreateConversation(
-            pb.CreateConversationRequest(ttl=duration_pb2.Duration(seconds=10**10)),
-            metadata=ALICE,
-        ),
-        grpc.StatusCode.INVALID_ARGUMENT,
-        "ttl",
-    )
+    for ttl in (
+        duration_pb2.Duration(seconds=10**10),
+        duration_pb2.Duration(seconds=5, nanos=-5),  # not a valid Duration: mixed signs
+    ):
+        await expect_error(
+            memory.stub.CreateConversation(pb.CreateConversationRequest(ttl=ttl), metadata=ALICE),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "ttl",
+        )
 
 
 async def test_max_turns_without_summary_evicts_the_oldest(memory: Memory) -> None:

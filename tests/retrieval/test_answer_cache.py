@@ -148,6 +148,16 @@ async def test_deleting_the_collection_drops_its_entries(
     [
         (store(seconds=0), "ttl"),
         (store(seconds=10**9), "ttl"),
+        (
+            pb.StoreCachedAnswerRequest(
+                collection="Docs",
+                question=Q,
+                answer=b"Dune",
+                ttl=duration_pb2.Duration(seconds=5, nanos=-5),  # mixed signs: invalid
+                context_key="k",
+            ),
+            "ttl",
+        ),
         (store(question=" "), "question"),
         (store(answer=b"x" * 2_000_000), "answer"),
         (store(key="k" * 200), "context_key"),
@@ -184,6 +194,10 @@ async def test_an_unknown_collection_is_not_found(make_retrieval: MakeRetrieval)
     ("defaults", "field"),
     [
         (pb.CacheDefaults(ttl=ttl(-1)), "collection.generative.cache.ttl"),
+        (
+            pb.CacheDefaults(ttl=duration_pb2.Duration(seconds=5, nanos=-5)),
+            "collection.generative.cache.ttl",
+        ),
         (pb.CacheDefaults(min_similarity=0.1), "collection.generative.cache.min_similarity"),
     ],
 )
