@@ -39,7 +39,7 @@ from services.gateway.backends import Backends
 from services.gateway.background import WorkQueue
 from services.gateway.catalog import CollectionInfo
 from services.gateway.clients import Caller
-from services.gateway.generation_cache import Policy
+from services.gateway.generation_cache import THIS_CALL, Policy
 from services.gateway.generator import Options, generate_request
 from services.gateway.metrics import CACHE_LOOKUPS, SEMANTIC_STORES
 
@@ -140,7 +140,8 @@ class SemanticAnswers:
             return None
         CACHE_LOOKUPS.labels("semantic", "hit").inc()
         answer.cached = True
-        answer.ClearField("upstream_calls")  # this call made none, whatever was stored
+        for name in THIS_CALL:  # this call made none, whatever was stored
+            answer.ClearField(name)
         answer.cached_question = found.question
         answer.cached_similarity = found.similarity
         return answer
@@ -158,7 +159,7 @@ class SemanticAnswers:
         kept = gw_pb.AskResponse()
         kept.CopyFrom(response)
         # What belongs to this call only: its spending, its debug prompt.
-        for name in ("usage", "upstream_calls", "prompt", "conversation_id", "interaction_id"):
+        for name in (*THIS_CALL, "prompt", "conversation_id", "interaction_id"):
             kept.ClearField(name)
         ttl = duration_pb2.Duration()
         ttl.FromNanoseconds(int(plan.policy.ttl * 1e9))

@@ -63,7 +63,7 @@ class Mode(enum.Enum):
 
 
 # What a result says of the call that made it; a cached answer made no call, so 0.
-_THIS_CALL = ("usage", "upstream_calls", "attempts", "wait_time")
+THIS_CALL = ("usage", "upstream_calls", "attempts", "wait_time")
 
 _MODES: dict[int, Mode] = {
     gw_pb.CACHE_MODE_USE: Mode.USE,
@@ -210,7 +210,7 @@ class GenerationCache:
             except Exception:  # a value some other writer left: a miss
                 continue
             result.cached = True
-            for name in _THIS_CALL:  # this call made none, whatever was stored
+            for name in THIS_CALL:  # this call made none, whatever was stored
                 result.ClearField(name)
             found[index] = result
         CACHE_LOOKUPS.labels("exact", "hit").inc(len(found))
@@ -226,7 +226,7 @@ class GenerationCache:
         # none), the debug prompt, the mark.
         stored = gw_pb.GenerationResult()
         stored.CopyFrom(result)
-        for name in (*_THIS_CALL, "prompt", "cached"):
+        for name in (*THIS_CALL, "prompt", "cached"):
             stored.ClearField(name)
         try:
             if not scope.collection:  # inline objects: nothing to drop them with

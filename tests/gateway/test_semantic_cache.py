@@ -71,7 +71,10 @@ async def test_a_close_question_gets_the_stored_answer(sem: Stack) -> None:
     assert second.cached_question == Q1
     assert 0.5 <= second.cached_similarity < 1
     assert [h.id for h in second.hits] == [h.id for h in first.hits]
-    assert second.usage.total_tokens == 0
+    assert first.attempts == 1
+    # What this call spent: nothing, whatever the stored answer's call did.
+    assert second.usage.total_tokens == 0 and second.upstream_calls == 0
+    assert second.attempts == 0 and not second.HasField("wait_time")
     unrelated = await asked(sem, ask(UNRELATED, 0.5), metadata=ALICE)
     assert not unrelated.cached and calls(sem) == made + 1
 
