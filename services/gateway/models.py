@@ -87,6 +87,14 @@ class ModelCatalog:
                     reason="UNKNOWN_MODEL",
                 )
             _check_max_tokens(options, provider)
+        limit = models.max_tokens_limit
+        if options.max_tokens is not None and 0 < limit < options.max_tokens:
+            raise InvalidArgument(
+                f"max_tokens must be at most {limit} (GENSEARCH_GENERATION_MAX_TOKENS_LIMIT)",
+                field=options.max_tokens_field,
+                reason="OUT_OF_RANGE",
+                metadata={"max": str(limit)},
+            )
         if options.base_url:
             try:
                 EgressPolicy.parse(models.allowed_hosts).check_url(options.base_url)

@@ -77,6 +77,7 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
             providers=providers,
             default_provider=self._registry.default,
             allowed_hosts=self._allowed_hosts,
+            max_tokens_limit=self._planner.limits.max_tokens,
         )
 
 

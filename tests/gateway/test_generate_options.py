@@ -292,6 +292,23 @@ async def test_max_tokens_beyond_a_context_window_fails_the_request(
     assert fake.chat_requests[-1].json["max_tokens"] == 4096
 
 
+async def test_max_tokens_past_the_service_limit_fails_the_request_without_a_window(
+    stack: Stack,
+) -> None:
+    """A provider declaring no context window: the generation service's MAX_TOKENS_LIMIT
+    (from ListModels) refuses the request once, before any LLM call, not on every hit."""
+    await create_books(stack, books=WITH_BODY)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stack.stub.GenerativeSearch(
+            _search(single_prompt="About {title}", max_tokens=2147483647), metadata=ALICE
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    info = error_info(caught.value)
+    assert (info.reason, info.metadata["field"]) == ("OUT_OF_RANGE", "generate.max_tokens")
+    assert info.metadata["max"] == "1000000"
+    assert stack.fake.chat_requests == []
+
+
 async def test_a_collections_max_tokens_is_named_as_the_collections(
     stack_factory: StackFactory, fake: FakeOpenAI
 ) -> None:

@@ -228,11 +228,13 @@ class Provider(_message.Message):
     def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[ProviderKind, str]] = ..., base_url: _Optional[str] = ..., default_model: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., api_key_env: _Optional[str] = ..., api_key_configured: _Optional[bool] = ..., max_concurrency: _Optional[int] = ..., context_window: _Optional[int] = ..., models_checked: _Optional[bool] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
-    __slots__ = ("providers", "default_provider", "allowed_hosts")
+    __slots__ = ("providers", "default_provider", "allowed_hosts", "max_tokens_limit")
     PROVIDERS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_PROVIDER_FIELD_NUMBER: _ClassVar[int]
     ALLOWED_HOSTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_LIMIT_FIELD_NUMBER: _ClassVar[int]
     providers: _containers.RepeatedCompositeFieldContainer[Provider]
     default_provider: str
     allowed_hosts: str
-    def __init__(self, providers: _Optional[_Iterable[_Union[Provider, _Mapping]]] = ..., default_provider: _Optional[str] = ..., allowed_hosts: _Optional[str] = ...) -> None: ...
+    max_tokens_limit: int
+    def __init__(self, providers: _Optional[_Iterable[_Union[Provider, _Mapping]]] = ..., default_provider: _Optional[str] = ..., allowed_hosts: _Optional[str] = ..., max_tokens_limit: _Optional[int] = ...) -> None: ...
