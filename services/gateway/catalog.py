@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 
-from services.common.errors import NotFound, quote
+from services.common.errors import NotFound
 from services.gateway.clients import Caller, RetrievalClient
 
 _TEXT = (ret_pb.DATA_TYPE_TEXT, ret_pb.DATA_TYPE_TEXT_ARRAY)
@@ -66,11 +66,17 @@ class Catalog:
         key = (caller.tenant, caller.user, name)
         try:
             collection = await self._retrieval.get_collection(name, caller, timeout)
-        except NotFound:
+        except NotFound as err:
             # GetCollection names its own field (name); every gateway request that reads
-            # a collection here names it ``collection``. Missing and another tenant's read
-            # the same, as retrieval made them.
-            raise NotFound(f"collection {quote(name)} not found", field="collection") from None
+            # a collection here names it ``collection``. The rest (message, reason) is
+            # retrieval's: missing and another tenant's read the same, as it made them.
+            if err.field != "name":
+                raise
+            message = err.message.removeprefix("name: ")
+            metadata = {k: v for k, v in err.metadata.items() if k != "field"}
+            raise NotFound(
+                message, field="collection", reason=err.reason, metadata=metadata
+            ) from None
         info = CollectionInfo.of(collection)
         if self._ttl > 0:
             if len(self._cache) > 1024:
