@@ -121,30 +121,45 @@ def echo(text: str) -> str:
     return repr(text[:ECHO] + ("…" if len(text) > ECHO else ""))
 
 
+def echo_url(url: str) -> str:
+    """A refused URL as it may appear in a message: its scheme, host, port and path, never
+    its user info, query or fragment (where passwords and keys travel), quoted."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "the URL"
+    _user, at, host = parts.netloc.rpartition("@")
+    netloc = f"***@{host}" if at else host
+    shown = f"{parts.scheme}://{netloc}{parts.path}" if parts.scheme or netloc else parts.path
+    if parts.query or parts.fragment:
+        shown += "?…" if parts.query else "#…"
+    return echo(shown)
+
+
 def split_url(url: str) -> tuple[str, str, int, str]:
     """(scheme, host, port, rest) of a plain http(s) URL: no credentials, escapes, fragment,
     spaces or backslashes (spellings that URL parsers disagree on). ``host`` is in lower
     case without brackets or trailing dot; ``port`` is the default one when not given;
     ``rest`` is the path (trailing slashes dropped) and query."""
     if len(url) > MAX_URL or any(c.isspace() or c == "\\" or ord(c) < 32 for c in url):
-        raise UrlRefused(f"{echo(url)} is not a plain URL")
+        raise UrlRefused(f"{echo_url(url)} is not a plain URL")
     try:
         parts = urlsplit(url)
         hostname = parts.hostname
     except ValueError:  # e.g. an unbalanced "[" in the host
-        raise UrlRefused(f"{echo(url)} is not a plain URL") from None
+        raise UrlRefused(f"{echo_url(url)} is not a plain URL") from None
     scheme = parts.scheme.lower()
     if scheme not in DEFAULT_PORTS:
-        raise UrlRefused(f"{echo(url)} is not an https URL")
+        raise UrlRefused(f"{echo_url(url)} is not an https URL")
     if "@" in parts.netloc or "%" in parts.netloc or parts.fragment or "#" in url:
-        raise UrlRefused(f"{echo(url)}: credentials, escapes and fragments are not allowed")
+        raise UrlRefused(f"{echo_url(url)}: credentials, escapes and fragments are not allowed")
     host = (hostname or "").rstrip(".")
     try:
         port = DEFAULT_PORTS[scheme] if parts.port is None else parts.port
     except ValueError:
         port = 0
     if not 0 < port < 65536:
-        raise UrlRefused(f"{echo(url)} has an invalid port")
+        raise UrlRefused(f"{echo_url(url)} has an invalid port")
     if _address(host) is None and not _valid_name(host):
         raise UrlRefused(f"host {echo(host)} is not a host name or address")
     rest = parts.path.rstrip("/") + (f"?{parts.query}" if parts.query else "")

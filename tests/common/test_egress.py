@@ -184,6 +184,26 @@ def test_a_refusal_echoes_only_a_short_prefix() -> None:
     assert host not in err.value.why
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://svc:S3cretPw@127.0.0.2:1/v1",
+        "http://S3cretPw@api.example.com/v1",
+        "https://other.example.org/v1?api_key=S3cretPw",
+        "https://api.example.com/v1#S3cretPw",
+        "ftp://svc:S3cretPw@api.example.com/v1",
+        "http://svc:S3cretPw@api.example.com:99999/v1",
+        "http://svc:S3cretPw@exa mple.com/v1",
+    ],
+)
+def test_a_refusal_never_echoes_credentials_or_a_query(url: str) -> None:
+    """An outside check found a base_url's password in the error message."""
+    with pytest.raises(UrlRefused) as err:
+        EgressPolicy.parse("api.example.com").check_url(url)
+    assert "S3cretPw" not in err.value.why
+    assert any(host in err.value.why for host in ("example", "exa mple", "127.0.0.2"))
+
+
 def test_canonical_url_compares_base_urls() -> None:
     assert canonical_url("HTTPS://API.OpenAI.com:443/v1/") == canonical_url(
         "https://api.openai.com/v1"

@@ -421,6 +421,15 @@ async def test_a_callers_base_url_is_allowed_only_on_the_allowlist(
     info = error_info(caught.value)
     assert (info.reason, info.metadata["field"]) == ("URL_NOT_ALLOWED", "generate.base_url")
     assert stack.fake.chat_requests == []
+    # A password in the URL is never echoed back (nor logged with the error).
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stack.stub.GenerativeSearch(
+            _search(single_prompt="About {title}", base_url="http://svc:S3cretPw@127.0.0.2/v1"),
+            metadata=ALICE,
+        )
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "S3cretPw" not in caught.value.details()
+    assert "***@127.0.0.2" in caught.value.details()
 
 
 async def test_the_operators_key_never_goes_to_a_callers_url(
