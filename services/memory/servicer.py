@@ -334,7 +334,17 @@ def _update_paths(request: pb.UpdateInteractionRequest) -> list[str] | None:
         if path == _ADDITIONAL_INFO:
             whole = True
         elif path.startswith(_ADDITIONAL_INFO + ".") and len(path) > len(_ADDITIONAL_INFO) + 1:
-            keys.append(path[len(_ADDITIONAL_INFO) + 1 :])
+            key = path[len(_ADDITIONAL_INFO) + 1 :]
+            if "." in key:
+                # A FieldMask reads a.b as key b inside a: setting the top-level key "a.b"
+                # instead (or removing it) would do what the caller did not ask.
+                raise InvalidArgument(
+                    f"update_mask path {path[:100]!r} names a nested key; only top-level "
+                    "keys (additional_info.<key>) can be set on their own",
+                    field="update_mask",
+                    reason="FIELD_NOT_UPDATABLE",
+                )
+            keys.append(key)
         else:
             raise InvalidArgument(
                 f"update_mask path {path[:100]!r} cannot be updated; only additional_info "

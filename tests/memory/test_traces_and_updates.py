@@ -174,7 +174,8 @@ async def test_update_interaction_changes_additional_info_only(memory: Memory) -
         }
 
     # Nothing else may change, whatever the new message carries.
-    for path in ("input", "response", "origin", "create_time", "additional_infox", "*"):
+    nested = "additional_info.a.b"  # a FieldMask's key b in a, not a key "a.b"
+    for path in ("input", "response", "origin", "create_time", "additional_infox", "*", nested):
         await expect_error(
             memory.stub.UpdateInteraction(
                 pb.UpdateInteractionRequest(
