@@ -145,9 +145,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
             # Earlier messages are stored; say so, so the client knows where to resume. The
             # stream itself raises too (a message too large or that protobuf cannot parse,
             # request_parse.py), hence the whole loop in here.
-            err.metadata.update(
-                {"received_count": str(received), "imported_count": str(imported)}
-            )
+            err.metadata.update({"received_count": str(received), "imported_count": str(imported)})
             err.message += f" (message {message_no}; {imported} objects imported before it)"
             raise
         if schema is None:
