@@ -66,6 +66,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         tenant = require_role(Role.ADMIN).tenant
         if not request.HasField("collection"):
             raise InvalidArgument("collection is required", field="collection")
+        self._rerankers.check_default(request.collection)
         schema = await self._catalog.create(tenant, request.collection)
         return pb.CreateCollectionResponse(collection=schema.collection)
 
