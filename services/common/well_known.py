@@ -6,13 +6,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from google.protobuf import duration_pb2, struct_pb2
+from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 
 from services.common.errors import InvalidArgument
 
 # The span a google.protobuf.Duration may hold (+-10,000 years), and nanos' bound.
 MAX_DURATION_SECONDS = 315_576_000_000
 NANOS_PER_SECOND = 1_000_000_000
+# The span a google.protobuf.Timestamp may hold: 0001-01-01T00:00:00Z to
+# 9999-12-31T23:59:59.999999999Z, in seconds since the epoch.
+MIN_TIMESTAMP_SECONDS = -62_135_596_800
+MAX_TIMESTAMP_SECONDS = 253_402_300_799
 
 
 def struct(values: Mapping[str, Any]) -> struct_pb2.Struct:
@@ -49,3 +53,21 @@ def duration_seconds(value: duration_pb2.Duration, field: str) -> float:
             field=field,
         )
     return value.ToNanoseconds() / NANOS_PER_SECOND
+
+
+def check_timestamp(value: timestamp_pb2.Timestamp, field: str) -> None:
+    """INVALID_ARGUMENT naming ``field`` unless ``value`` is a valid Timestamp
+    (timestamp.proto): within 0001-01-01..9999-12-31 UTC, ``nanos`` in [0, 999,999,999].
+    protobuf stores an invalid one without complaint, but cannot write it as JSON
+    (grpcurl, gateways), so every Timestamp a request carries is checked here before it
+    is kept."""
+    secs, nanos = value.seconds, value.nanos
+    if not (
+        MIN_TIMESTAMP_SECONDS <= secs <= MAX_TIMESTAMP_SECONDS and 0 <= nanos < NANOS_PER_SECOND
+    ):
+        raise InvalidArgument(
+            f"{field} is not a valid Timestamp (seconds {secs}, nanos {nanos}): it lies "
+            "within 0001-01-01T00:00:00Z..9999-12-31T23:59:59.999999999Z, nanos within "
+            "0..999999999",
+            field=field,
+        )

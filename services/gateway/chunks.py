@@ -17,7 +17,8 @@ the hit's chunk with ``neighbors`` chunks on each side, or its whole document. H
 
 The prompt numbers passages, not hits: ``[n]`` names the n-th passage, the citation's ``id``
 is its best-ranked hit and ``hit_ids`` every hit it holds. A hit without the chunking
-properties (or a whole collection without chunking: FAILED_PRECONDITION) is its own passage.
+properties, or placed past ``MAX_POSITION``, is its own passage (a whole collection without
+chunking: FAILED_PRECONDITION).
 """
 
 from __future__ import annotations
@@ -43,7 +44,10 @@ FIELD = "expand_context"
 # Longest overlap looked for between two neighbouring chunks' texts (characters).
 MAX_OVERLAP = 2000
 MIN_OVERLAP = 8
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# The widest position GetChunks takes (retrieval holds positions as doubles, exact to
+# 2^53); a hit placed past it is its own passage, never a range retrieval refuses under a
+# field (ranges[i].first) our caller never sent.
+MAX_POSITION = 2**53
 
 
 @dataclass
@@ -182,7 +186,8 @@ async def expand(
         props = hit.properties.fields
         document = _plain(props[doc_prop]) if doc_prop in props else None
         position = props[order_prop].number_value if order_prop in props else None
-        if is_empty(document) or position is None or not math.isfinite(position):
+        # ``not <=``: NaN and infinities are no position either.
+        if is_empty(document) or position is None or not abs(position) <= MAX_POSITION:
             alone.append((rank, hit))
         else:
             located.append((rank, hit, document, position))
@@ -361,7 +366,7 @@ def _value(plain: Any) -> struct_pb2.Value:
 def _bounds(position: float, k: int, whole: bool) -> tuple[int | None, int | None]:
     if whole:
         return None, None
-    return max(int(position) - k, INT64_MIN), min(int(position) + k, INT64_MAX)
+    return max(int(position) - k, -MAX_POSITION), min(int(position) + k, MAX_POSITION)
 
 
 def _key(document: Any) -> str:

@@ -21,6 +21,7 @@ from google.protobuf import struct_pb2
 
 from services.common.errors import InvalidArgument
 from services.common.values import check_value
+from services.common.well_known import check_timestamp, duration_seconds
 
 ELLIPSIS = "…"
 
@@ -46,11 +47,24 @@ def prepare(traces: Sequence[pb.Trace], max_traces: int, max_bytes: int, max_dep
                 field=f"traces[{number}].step",
                 reason="INVALID_STEP",
             )
+        _check_times(trace, f"traces[{number}]")
         kept = stored.traces.add()
         kept.CopyFrom(trace)
         kept.trace_number = number
         bound(kept, max_bytes)
     return stored.SerializeToString()
+
+
+def _check_times(trace: pb.Trace, where: str) -> None:
+    """A stored trace is read back as JSON too (grpcurl): an invalid Timestamp or Duration
+    would make every read of the interaction's traces fail, so none is kept."""
+    if trace.HasField("start_time"):
+        check_timestamp(trace.start_time, f"{where}.start_time")
+    if trace.HasField("duration") and duration_seconds(trace.duration, f"{where}.duration") < 0:
+        raise InvalidArgument(
+            f"{where}.duration must not be negative: it is how long the step took",
+            field=f"{where}.duration",
+        )
 
 
 def bound(trace: pb.Trace, max_bytes: int) -> None:

@@ -21,6 +21,9 @@ from services.retrieval.schema import Schema
 from services.retrieval.store import PROPS, FoundPoint, VectorStore
 
 INT64 = 2**63
+# The largest position a range may name: filters hold numbers as doubles (JSON numbers),
+# which keep every integer up to 2^53 exact and no more.
+MAX_POSITION = 2**53
 
 
 def check_ranges(schema: Schema, request: pb.GetChunksRequest, max_ranges: int) -> pb.Chunking:
@@ -55,6 +58,14 @@ def check_ranges(schema: Schema, request: pb.GetChunksRequest, max_ranges: int) 
                 f"{where}.document must be {wanted} (the type of {chunking.document_property!r})",
                 field=f"{where}.document",
             )
+        for bound in ("first", "last"):
+            if item.HasField(bound) and abs(getattr(item, bound)) > MAX_POSITION:
+                raise InvalidArgument(
+                    f"{where}.{bound} must be within -{MAX_POSITION}..{MAX_POSITION} "
+                    "(2^53, the largest integer a position is held exactly as)",
+                    field=f"{where}.{bound}",
+                    reason="OUT_OF_RANGE",
+                )
         if item.HasField("first") and item.HasField("last") and item.first > item.last:
             raise InvalidArgument(
                 f"{where}.first must not be greater than {where}.last", field=f"{where}.first"

@@ -161,60 +161,70 @@ class Rerankers:
             "query": query,
             "properties": properties,
         }
+        return RerankPlan(**common, **self._reranker(rerank, FIELD))
+
+    def check_default(self, collection: pb.Collection) -> None:
+        """A new collection's default rerank: its provider exists and its base URL passes
+        the allowlist, as a request's would (checked again at use: the policy may tighten),
+        fields named ``collection.rerank.*``."""
+        if collection.HasField("rerank"):
+            self._reranker(collection.rerank, f"collection.{FIELD}")
+
+    def _reranker(self, rerank: pb.Rerank, where: str) -> dict[str, Any]:
+        """Who reranks: ``RerankPlan``'s fields for ``rerank``'s provider or base URL, or
+        its refusal naming ``where``'s fields."""
+        s = self._settings
         provider = rerank.provider.strip()
         if rerank.base_url:
             if provider and provider != MMR:
                 raise InvalidArgument(
-                    f"give {FIELD}.provider or {FIELD}.base_url, not both",
-                    field=f"{FIELD}.base_url",
+                    f"give {where}.provider or {where}.base_url, not both",
+                    field=f"{where}.base_url",
                 )
             try:
                 self._egress.check_url(rerank.base_url)
             except UrlRefused as err:
                 raise PermissionDenied(
-                    f"{FIELD}.base_url: {err.why} ({ALLOWLIST_SETTING})",
-                    field=f"{FIELD}.base_url",
+                    f"{where}.base_url: {err.why} ({ALLOWLIST_SETTING})",
+                    field=f"{where}.base_url",
                     reason=URL_NOT_ALLOWED,
                 ) from None
-            return RerankPlan(
-                **common, provider="endpoint", base_url=rerank.base_url, model=rerank.model
-            )
+            return {"provider": "endpoint", "base_url": rerank.base_url, "model": rerank.model}
         if rerank.HasField("mmr_lambda") and provider not in ("", MMR):
             raise InvalidArgument(
-                f"{FIELD}.mmr_lambda applies to the local mmr reranker only",
-                field=f"{FIELD}.mmr_lambda",
+                f"{where}.mmr_lambda applies to the local mmr reranker only",
+                field=f"{where}.mmr_lambda",
             )
         if provider in ("", MMR):
             value = rerank.mmr_lambda if rerank.HasField("mmr_lambda") else s.mmr_lambda
             if not 0.0 <= value <= 1.0:  # NaN fails too
                 raise InvalidArgument(
-                    f"{FIELD}.mmr_lambda must be in [0, 1]",
-                    field=f"{FIELD}.mmr_lambda",
+                    f"{where}.mmr_lambda must be in [0, 1]",
+                    field=f"{where}.mmr_lambda",
                     reason="OUT_OF_RANGE",
                 )
             if rerank.model:
                 raise InvalidArgument(
-                    f"{FIELD}.model: the local mmr reranker uses the local embedder",
-                    field=f"{FIELD}.model",
+                    f"{where}.model: the local mmr reranker uses the local embedder",
+                    field=f"{where}.model",
                 )
-            return RerankPlan(**common, mmr_lambda=value)
+            return {"mmr_lambda": value}
         configured = s.rerank_providers.get(provider)
         if configured is None:
             known = ", ".join(sorted([MMR, *s.rerank_providers]))
             raise InvalidArgument(
-                f"{FIELD}.provider: no rerank provider {quote(provider)} (known: {known})",
-                field=f"{FIELD}.provider",
+                f"{where}.provider: no rerank provider {quote(provider)} (known: {known})",
+                field=f"{where}.provider",
                 reason="UNKNOWN_PROVIDER",
                 metadata={"provider": provider[:64]},
             )
-        return RerankPlan(
-            **common,
-            provider=provider,
-            base_url=configured.base_url,
-            model=rerank.model or configured.model,
-            operator=True,
-            key_env=configured.api_key_env,
-        )
+        return {
+            "provider": provider,
+            "base_url": configured.base_url,
+            "model": rerank.model or configured.model,
+            "operator": True,
+            "key_env": configured.api_key_env,
+        }
 
     def _properties(self, rerank: pb.Rerank, schema: Schema) -> list[str]:
         for i, name in enumerate(rerank.properties):

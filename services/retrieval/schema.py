@@ -150,8 +150,9 @@ def _validate_chunking(collection: pb.Collection, types: dict[str, int]) -> None
 
 
 def _validate_rerank_default(collection: pb.Collection, types: dict[str, int]) -> None:
-    """What can be checked without the service's settings; the provider and the bounds
-    are checked again when a request uses the default."""
+    """What can be checked without the service's settings; its provider and base URL are
+    checked at creation too (``Rerankers.check_default``), and all of it again when a
+    request uses the default."""
     if not collection.HasField("rerank"):
         return
     where = "collection.rerank"

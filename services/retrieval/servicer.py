@@ -66,6 +66,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         tenant = require_role(Role.ADMIN).tenant
         if not request.HasField("collection"):
             raise InvalidArgument("collection is required", field="collection")
+        self._rerankers.check_default(request.collection)
         schema = await self._catalog.create(tenant, request.collection)
         return pb.CreateCollectionResponse(collection=schema.collection)
 
@@ -122,8 +123,8 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         received = imported = 0
         errors: list[pb.ObjectError] = []
         message_no = 0
-        async for message in request_iterator:
-            try:
+        try:
+            async for message in request_iterator:
                 if schema is None:
                     if not message.collection:
                         raise InvalidArgument(
@@ -137,17 +138,17 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
                     )
                 self._check_batch(len(message.objects), message_no)
                 result = await self._write(schema, message.objects, received)
-            except ServiceError as err:
-                # Earlier messages are stored; say so, so the client knows where to resume.
-                err.metadata.update(
-                    {"received_count": str(received), "imported_count": str(imported)}
-                )
-                err.message += f" (message {message_no}; {imported} objects imported before it)"
-                raise
-            received += len(message.objects)
-            imported += len(result.ids)
-            errors.extend(result.errors)
-            message_no += 1
+                received += len(message.objects)
+                imported += len(result.ids)
+                errors.extend(result.errors)
+                message_no += 1
+        except ServiceError as err:
+            # Earlier messages are stored; say so, so the client knows where to resume. The
+            # stream itself raises too (a message too large or that protobuf cannot parse,
+            # request_parse.py), hence the whole loop in here.
+            err.metadata.update({"received_count": str(received), "imported_count": str(imported)})
+            err.message += f" (message {message_no}; {imported} objects imported before it)"
+            raise
         if schema is None:
             raise InvalidArgument("the stream carried no message", field="collection")
         if imported:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from google.protobuf import duration_pb2, json_format
+from google.protobuf import duration_pb2, json_format, timestamp_pb2
 
 from services.common.errors import InvalidArgument
-from services.common.well_known import duration, duration_seconds, struct
+from services.common.well_known import check_timestamp, duration, duration_seconds, struct
 
 
 def test_a_struct_holds_nested_json_values() -> None:
@@ -43,3 +43,29 @@ def test_an_invalid_duration_is_refused_naming_the_field(secs: int, nanos: int) 
     with pytest.raises(InvalidArgument) as caught:
         duration_seconds(duration_pb2.Duration(seconds=secs, nanos=nanos), "generate.timeout")
     assert caught.value.field == "generate.timeout"
+
+
+@pytest.mark.parametrize(
+    ("secs", "nanos"),
+    [(-62_135_596_800, 0), (0, 0), (253_402_300_799, 999_999_999)],
+)
+def test_a_timestamp_within_its_span_is_valid(secs: int, nanos: int) -> None:
+    check_timestamp(timestamp_pb2.Timestamp(seconds=secs, nanos=nanos), "start_time")
+
+
+@pytest.mark.parametrize(
+    ("secs", "nanos"),
+    [
+        (-62_135_596_801, 0),  # before 0001-01-01
+        (253_402_300_800, 0),  # after 9999-12-31
+        (0, -1),  # nanos are never negative, before 1970 too
+        (0, 1_000_000_000),
+    ],
+)
+def test_an_invalid_timestamp_is_refused_naming_the_field(secs: int, nanos: int) -> None:
+    value = timestamp_pb2.Timestamp(seconds=secs, nanos=nanos)
+    with pytest.raises(ValueError):
+        json_format.MessageToJson(value)  # what a stored one would break
+    with pytest.raises(InvalidArgument) as caught:
+        check_timestamp(value, "traces[0].start_time")
+    assert caught.value.field == "traces[0].start_time"

@@ -5,8 +5,11 @@ service alone against real Redis, standalone and a 3-master cluster."""
 from __future__ import annotations
 
 import grpc
+import pytest
 from gensearch.memory.v1 import memory_service_pb2 as pb
 from google.protobuf import field_mask_pb2, json_format, struct_pb2
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from tests.memory.conftest import ALICE, BOB, Memory, MemoryFactory
 from tests.memory.helpers import expect_error
@@ -301,3 +304,50 @@ async def test_bad_traces_name_the_field(memory: Memory) -> None:
         grpc.StatusCode.INVALID_ARGUMENT,
         "traces[0].output.score",
     )
+
+
+@pytest.mark.parametrize(
+    ("bad", "field"),
+    [
+        # The QA case: both used to be stored, and ListInteractionTraces could then not be
+        # written as JSON ("Timestamp is not valid"), so grpcurl failed on every read.
+        ({"start_time": Timestamp(seconds=10**13)}, "traces[1].start_time"),
+        ({"start_time": Timestamp(seconds=-62_135_596_801)}, "traces[1].start_time"),
+        ({"start_time": Timestamp(seconds=1, nanos=-1)}, "traces[1].start_time"),
+        ({"start_time": Timestamp(seconds=1, nanos=1_000_000_000)}, "traces[1].start_time"),
+        ({"duration": Duration(seconds=-5)}, "traces[1].duration"),
+        ({"duration": Duration(seconds=5, nanos=-5)}, "traces[1].duration"),
+        ({"duration": Duration(seconds=315_576_000_001)}, "traces[1].duration"),
+    ],
+)
+async def test_invalid_trace_times_name_the_field(
+    memory: Memory, bad: dict[str, object], field: str
+) -> None:
+    good = pb.Trace(step=pb.STEP_RETRIEVAL, start_time=Timestamp(seconds=1), duration=Duration())
+    await expect_error(
+        _turn(memory, [good, pb.Trace(step=pb.STEP_GENERATION, **bad)]),  # type: ignore[arg-type]
+        grpc.StatusCode.INVALID_ARGUMENT,
+        field,
+    )
+
+
+async def test_the_widest_valid_trace_times_read_back_as_json(memory: Memory) -> None:
+    edges = [
+        pb.Trace(
+            step=pb.STEP_OTHER,
+            start_time=Timestamp(seconds=-62_135_596_800),
+            duration=Duration(seconds=315_576_000_000),
+        ),
+        pb.Trace(
+            step=pb.STEP_OTHER,
+            start_time=Timestamp(seconds=253_402_300_799, nanos=999_999_999),
+            duration=Duration(),
+        ),
+    ]
+    turn = await _turn(memory, edges)
+    listed = await memory.stub.ListInteractionTraces(
+        pb.ListInteractionTracesRequest(interaction_id=turn.interaction_id), metadata=ALICE
+    )
+    as_json = json_format.MessageToDict(listed)
+    assert as_json["traces"][0]["startTime"] == "0001-01-01T00:00:00Z"
+    assert as_json["traces"][1]["startTime"] == "9999-12-31T23:59:59.999999999Z"

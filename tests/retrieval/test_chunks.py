@@ -10,6 +10,7 @@ from pydantic import SecretStr
 
 from services.common.auth import ROLE_HEADER, TENANT_HEADER, TOKEN_HEADER, USER_HEADER
 from tests.retrieval.conftest import MakeRetrieval, Retrieval, expect_error, obj, props
+from tests.support.rpc import error_info
 
 CHUNK_PROPS = props(
     ("doc_id", pb.DATA_TYPE_TEXT),
@@ -136,6 +137,33 @@ async def test_bad_ranges_name_their_field(docs: Retrieval) -> None:
         grpc.StatusCode.INVALID_ARGUMENT,
         field="ranges",
     )
+
+
+@pytest.mark.parametrize(
+    ("bounds", "field"),
+    [
+        # Used to name filter.all_of.filters[2].condition.value, a field never sent: the
+        # bound became a double (2^63) that no integer filter value may be.
+        ({"first": 0, "last": 2**63 - 1}, "ranges[1].last"),
+        ({"first": -(2**63)}, "ranges[1].first"),
+        ({"first": 2**53 + 1}, "ranges[1].first"),
+        ({"last": -(2**53) - 1}, "ranges[1].last"),
+    ],
+)
+async def test_bounds_past_exact_integers_are_out_of_range(
+    docs: Retrieval, bounds: dict[str, int], field: str
+) -> None:
+    ranges = [pb.ChunkRange(document=doc("a")), pb.ChunkRange(document=doc("a"), **bounds)]
+    err = await expect_error(
+        docs.stub.GetChunks(pb.GetChunksRequest(collection="Docs", ranges=ranges)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        field=field,
+    )
+    assert error_info(err).reason == "OUT_OF_RANGE"
+    # The widest bounds allowed read the whole document.
+    widest = pb.ChunkRange(document=doc("a"), first=-(2**53), last=2**53)
+    response = await docs.stub.GetChunks(pb.GetChunksRequest(collection="Docs", ranges=[widest]))
+    assert len(response.ranges[0].chunks) == 5
 
 
 async def test_a_collection_without_chunking_is_a_failed_precondition(

@@ -142,6 +142,45 @@ async def test_oversized_batch_writes_nothing(make_retrieval: Any) -> None:
     assert (await stub.CountObjects(pb.CountObjectsRequest(collection="A"))).count == 4
 
 
+def _too_deep() -> bytes:
+    """An import message nested past protobuf's parsing limit (100 message levels)."""
+    message = pb.ImportObjectsRequest()
+    value = message.objects.add().properties.fields["tags"]
+    for _ in range(60):
+        value = value.list_value.values.add()
+    value.string_value = "x"
+    return message.SerializeToString()
+
+
+@pytest.mark.parametrize(
+    ("third", "reason"),
+    [(b"\xff\xff\xff\xff\x0f", "MALFORMED_REQUEST"), (_too_deep(), "NESTING_TOO_DEEP")],
+)
+async def test_an_unparsable_import_message_says_what_was_imported(
+    retrieval: Retrieval, stub: Any, third: bytes, reason: str
+) -> None:
+    """A message protobuf cannot parse fails in the stream, before the servicer's loop:
+    its status used to carry only ``message_type``, though earlier messages were stored."""
+    objects = article_objects()
+    messages = [
+        pb.ImportObjectsRequest(collection="Articles", objects=objects[:2]).SerializeToString(),
+        pb.ImportObjectsRequest(objects=objects[2:5]).SerializeToString(),
+        third,
+    ]
+    send = retrieval.channel.stream_unary(
+        "/gensearch.retrieval.v1.RetrievalService/ImportObjects",
+        response_deserializer=pb.ImportObjectsResponse.FromString,
+    )
+    err = await expect_error(send(iter(messages)), grpc.StatusCode.INVALID_ARGUMENT)
+    info = error_info(err)
+    assert info.reason == reason
+    assert info.metadata["imported_count"] == "5"
+    assert info.metadata["received_count"] == "5"
+    assert info.metadata["message_type"] == "gensearch.retrieval.v1.ImportObjectsRequest"
+    assert "message 2; 5 objects imported before it" in (err.details() or "")
+    assert await count(stub) == 5
+
+
 async def test_import_stream(stub: Any) -> None:
     objects = article_objects()
 

@@ -350,6 +350,75 @@ async def test_a_collections_rerank_default_is_checked(
     )
 
 
+@pytest.mark.parametrize(
+    ("rerank", "field", "code", "reason"),
+    [
+        # Both used to be accepted, and refused only at the first search using them.
+        (
+            {"base_url": "http://127.0.0.1:9/v1"},
+            "collection.rerank.base_url",
+            grpc.StatusCode.PERMISSION_DENIED,
+            "URL_NOT_ALLOWED",
+        ),
+        (
+            {"provider": "nope"},
+            "collection.rerank.provider",
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "UNKNOWN_PROVIDER",
+        ),
+        (
+            {"provider": "fake", "base_url": "http://127.0.0.2/v1"},
+            "collection.rerank.base_url",
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "INVALID_ARGUMENT",
+        ),
+        (
+            {"provider": "fake", "mmr_lambda": 0.5},
+            "collection.rerank.mmr_lambda",
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "INVALID_ARGUMENT",
+        ),
+    ],
+)
+async def test_a_collections_rerank_endpoint_is_checked_at_creation(
+    retrieval: Retrieval,
+    rerank: dict[str, object],
+    field: str,
+    code: grpc.StatusCode,
+    reason: str,
+) -> None:
+    collection = vcol("Defaults")
+    collection.rerank.CopyFrom(pb.Rerank(**rerank))  # type: ignore[arg-type]
+    err = await expect_error(
+        retrieval.stub.CreateCollection(pb.CreateCollectionRequest(collection=collection)),
+        code,
+        field=field,
+    )
+    assert error_info(err).reason == reason
+    names = await retrieval.stub.ListCollections(pb.ListCollectionsRequest())
+    assert "Defaults" not in [c.name for c in names.collections]
+
+
+async def test_a_collections_rerank_endpoint_is_checked_again_at_use(
+    make_retrieval: MakeRetrieval, fake: FakeOpenAI
+) -> None:
+    """The operator may tighten the allowlist after a collection named an endpoint."""
+    before = await make_retrieval(allowed_hosts="http://127.0.0.1")
+    collection = vcol("Ranked")
+    collection.rerank.CopyFrom(pb.Rerank(base_url=fake.base_url))
+    await before.stub.CreateCollection(pb.CreateCollectionRequest(collection=collection))
+    await before.stop()
+    after = await make_retrieval(allowed_hosts="http://127.0.0.2")
+    request = pb.SearchRequest(
+        collection="Ranked", keyword=pb.Keyword(text=QUERY), use_collection_rerank=True
+    )
+    err = await expect_error(
+        after.stub.Search(request), grpc.StatusCode.PERMISSION_DENIED, field="rerank.base_url"
+    )
+    assert error_info(err).reason == "URL_NOT_ALLOWED"
+    assert fake.rerank_requests == []
+
+
 async def test_a_collections_rerank_default_is_kept(retrieval: Retrieval) -> None:
     collection = vcol("Defaults")
     collection.rerank.CopyFrom(pb.Rerank(provider="fake", candidates=20))
