@@ -298,6 +298,13 @@ class UpstreamNotFoundError(FailedPreconditionError):
     error_reason = "UPSTREAM_NOT_FOUND"
 
 
+class AmbiguousCredentialsError(UnauthenticatedError):
+    """A credential header (``authorization``, an ``x-gensearch-*`` identity header) came
+    more than once (metadata ``field`` names it): send it once."""
+
+    error_reason = "AMBIGUOUS_CREDENTIALS"
+
+
 class InvalidApiKeyError(UnauthenticatedError):
     error_reason = "INVALID_API_KEY"
 
