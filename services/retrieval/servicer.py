@@ -122,8 +122,10 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         received = imported = 0
         errors: list[pb.ObjectError] = []
         message_no = 0
-        async for message in request_iterator:
-            try:
+        try:
+            # The stream itself fails too (a message that does not parse, or none arriving
+            # within stream_idle_timeout): the chassis raises that from the iterator.
+            async for message in request_iterator:
                 if schema is None:
                     if not message.collection:
                         raise InvalidArgument(
@@ -137,17 +139,15 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
                     )
                 self._check_batch(len(message.objects), message_no)
                 result = await self._write(schema, message.objects, received)
-            except ServiceError as err:
-                # Earlier messages are stored; say so, so the client knows where to resume.
-                err.metadata.update(
-                    {"received_count": str(received), "imported_count": str(imported)}
-                )
-                err.message += f" (message {message_no}; {imported} objects imported before it)"
-                raise
-            received += len(message.objects)
-            imported += len(result.ids)
-            errors.extend(result.errors)
-            message_no += 1
+                received += len(message.objects)
+                imported += len(result.ids)
+                errors.extend(result.errors)
+                message_no += 1
+        except ServiceError as err:
+            # Earlier messages are stored; say so, so the client knows where to resume.
+            err.metadata.update({"received_count": str(received), "imported_count": str(imported)})
+            err.message += f" (message {message_no}; {imported} objects imported before it)"
+            raise
         if schema is None:
             raise InvalidArgument("the stream carried no message", field="collection")
         if imported:

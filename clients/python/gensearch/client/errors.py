@@ -368,6 +368,14 @@ class UpstreamFirstByteTimeoutError(DeadlineExceededError):
     error_reason = "UPSTREAM_FIRST_BYTE_TIMEOUT"
 
 
+class StreamIdleError(DeadlineExceededError):
+    """A client stream (ImportObjects) sent no message within the server's
+    ``STREAM_IDLE_TIMEOUT`` (metadata ``timeout_seconds``, ``setting``); ImportObjects says
+    what it imported before (``imported_count``, ``received_count``)."""
+
+    error_reason = "STREAM_IDLE"
+
+
 class UpstreamTimeoutError(DeadlineExceededError):
     error_reason = "UPSTREAM_TIMEOUT"
 
