@@ -11,6 +11,10 @@ Two ways in:
   authenticated the caller and forwards who it is. Without a configured internal token
   those headers are never believed.
 
+A credential header sent more than once (two ``authorization`` headers, say, or two
+``x-gensearch-user``) is refused, UNAUTHENTICATED with reason ``AMBIGUOUS_CREDENTIALS``:
+which one counts would otherwise be up to the order headers arrive in (the last won).
+
 Roles are ordered, each including the ones below it: ``admin`` (create, update, delete
 collections) ⊃ ``writer`` (import, upsert, delete objects) ⊃ ``reader`` (search,
 generative search, ask, its own conversations). A service checks the role an RPC needs
@@ -35,6 +39,8 @@ USER_HEADER = "x-gensearch-user"
 TENANT_HEADER = "x-gensearch-tenant"
 ROLE_HEADER = "x-gensearch-role"
 TOKEN_HEADER = "x-gensearch-internal-token"
+AUTHORIZATION = "authorization"
+FORWARDED_HEADERS = frozenset({TOKEN_HEADER, USER_HEADER, TENANT_HEADER, ROLE_HEADER})
 MAX_NAME_LEN = 256
 # Printable ASCII, no control characters: user and tenant names travel in gRPC metadata
 # and in logs, and "\0" separates tenant from user where both are hashed together. Stores
@@ -140,6 +146,11 @@ class Authenticator:
         # headers: it is the one that forwards identities, not one that receives them.
         self._token = internal_token.encode() if accept_forwarded else b""
         self._accept_forwarded = accept_forwarded
+        # The headers this authenticator reads: each may come once.
+        self._credentials = frozenset(
+            ({AUTHORIZATION} if self._keys else set())
+            | (FORWARDED_HEADERS if accept_forwarded else set())
+        )
 
     @property
     def open(self) -> bool:
@@ -150,7 +161,14 @@ class Authenticator:
         headers: dict[str, str] = {}
         for key, value in metadata or ():
             if isinstance(value, str):
-                headers[key.lower()] = value
+                key = key.lower()
+                if key in headers and key in self._credentials:
+                    raise Unauthenticated(
+                        f"the header {key!r} was sent more than once; send one credential",
+                        field=key,
+                        reason="AMBIGUOUS_CREDENTIALS",
+                    )
+                headers[key] = value
         token = headers.get(TOKEN_HEADER) if self._accept_forwarded else None
         if token is not None:
             if not self._token or not hmac.compare_digest(token.encode(), self._token):
@@ -158,7 +176,7 @@ class Authenticator:
             return _forwarded(headers)
         if self.open:
             return OPEN_IDENTITY
-        auth = headers.get("authorization", "")
+        auth = headers.get(AUTHORIZATION, "")
         scheme, _, key = auth.partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
             raise Unauthenticated(

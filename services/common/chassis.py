@@ -1,7 +1,8 @@
 """The chassis around every RPC of our services: identity, error mapping, metrics, a
 server span and an access log line; also each method's request size limit (checked on the
-raw bytes, before parsing), the server's cap on calls at once (``call_slots.py``) and, on
-the gateway, the admission guard of per-tenant quotas.
+raw bytes, before parsing), the server's cap on calls at once (``call_slots.py``), the
+wait for each message of a client stream (``stream_idle.py``) and, on the gateway, the
+admission guard of per-tenant quotas.
 
 Servicers raise ``ServiceError`` subclasses; this turns them into rich statuses. Any other
 exception becomes INTERNAL with a generic message (the traceback goes to the log, never to
@@ -47,6 +48,7 @@ from services.common.logs import ACCESS_LOGGER, redact
 from services.common.metrics import MethodMetrics, grpc_type, split_method
 from services.common.request_parse import Undecodable, tolerant
 from services.common.request_size import TooLarge, bounded
+from services.common.stream_idle import IdleLimit
 from services.common.tracing import metadata_getter
 
 log = logging.getLogger("gensearch.rpc")
@@ -90,11 +92,13 @@ class ChassisRegistry:
         tracer: Tracer | None = None,
         *,
         request_limit: Callable[[str], int],
+        stream_idle: IdleLimit,
         admission: Admission | None = None,
         call_slots: CallSlots | None = None,
     ) -> None:
         self._auth = auth
         self._call_slots = call_slots
+        self._stream_idle = stream_idle
         self._server_name = server_name
         self._tracer = tracer
         self._request_limit = request_limit
@@ -114,6 +118,7 @@ class ChassisRegistry:
                 self._auth,
                 self._server_name,
                 self._tracer,
+                self._stream_idle,
                 self._admission,
                 self._call_slots,
             )
@@ -174,12 +179,14 @@ class _MethodWrapper:
         auth: Authenticator,
         server: str,
         tracer: Tracer | None,
+        stream_idle: IdleLimit,
         admission: Admission | None = None,
         call_slots: CallSlots | None = None,
     ) -> None:
         service, name = split_method(method)
         self.admission = admission
         self.call_slots = call_slots or CallSlots(0, "")  # 0: no limit
+        self.stream_idle = stream_idle
         self.method = method
         self.auth = auth
         kind = grpc_type(handler.request_streaming, handler.response_streaming)
@@ -264,7 +271,15 @@ class _MethodWrapper:
 
     async def _counted(self, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
         received = self.metrics.received
-        async for request in requests:
+        idle = self.stream_idle
+        requests = aiter(requests)
+        while True:
+            try:
+                # Raises STREAM_IDLE into the servicer (which may say what it did so far,
+                # as ImportObjects does); the call then ends and gives back its slots.
+                request = await idle.next(requests)
+            except StopAsyncIteration:
+                return
             received.inc()
             if isinstance(request, TooLarge | Undecodable):
                 raise request.error()

@@ -9,7 +9,8 @@ Kubernetes stops routing), in-flight calls get ``grace_period`` seconds to finis
 The server holds its limits under abuse (docs/operations.md#limits): request sizes per
 method, idle and silent connections closed, keepalive, caps on streams per connection and
 on calls per process (held by the chassis, ``call_slots.py``, so its refusal carries an
-ErrorInfo like every other), and the soft open-file limit raised to the hard one at start.
+ErrorInfo like every other), a wait for each message of a client stream
+(``stream_idle.py``), and the soft open-file limit raised to the hard one at start.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from services.common.chassis import Admission, ChassisRegistry
 from services.common.logs import register_secret
 from services.common.metrics import serve_metrics, server_name
 from services.common.settings import CommonSettings
+from services.common.stream_idle import IdleLimit
 from services.common.tracing import tracer
 
 log = logging.getLogger("gensearch.server")
@@ -67,6 +69,9 @@ class GrpcServer:
         self.call_slots = CallSlots(
             settings.max_concurrent_rpcs, f"{settings.namespace()}MAX_CONCURRENT_RPCS"
         )
+        self.stream_idle = IdleLimit(
+            settings.stream_idle_timeout, f"{settings.namespace()}STREAM_IDLE_TIMEOUT"
+        )
         # Built by start(): the receive limit gRPC enforces depends on the methods served.
         self._server: grpc.aio.Server | None = None
         self._chassis: ChassisRegistry | None = None
@@ -93,6 +98,7 @@ class GrpcServer:
                 request_limit=self.settings.request_limit,
                 admission=self._admission,
                 call_slots=self.call_slots,
+                stream_idle=self.stream_idle,
             )
         registrar(servicer, self._chassis)
         self._service_names.append(full_name)

@@ -111,6 +111,10 @@ class CommonSettings(BaseSettings):
     # reflection not counted); more get RESOURCE_EXHAUSTED, reason TOO_MANY_CONCURRENT_RPCS
     # (services/common/call_slots.py). 0 = no limit.
     max_concurrent_rpcs: int = Field(default=1000, ge=0)
+    # Seconds a client-streaming call waits for each request message (the first one too)
+    # before it ends DEADLINE_EXCEEDED, reason STREAM_IDLE: a silent stream would otherwise
+    # hold its call slot and its tenant's quota for ever (services/common/stream_idle.py).
+    stream_idle_timeout: float = Field(default=30.0, gt=0)
     # Calls at once on one client connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS);
     # a client queues the rest.
     max_concurrent_streams: int = Field(default=1024, ge=1)

@@ -33,15 +33,22 @@ class _Forwarder:
         self._token = internal_token
 
 
+# Says, on the error that ended a client stream here, what the downstream service did with
+# the messages relayed before it: (error, its answer or None, messages relayed).
+Partial = Callable[[ServiceError, Any, int], None]
+
+
 def _forward(
     method: str,
     prepare: Callable[[Any], None] | None = None,
     after: Callable[[Any, Any, Caller], Awaitable[None]] | None = None,
+    partial: Partial | None = None,
 ) -> Any:
     """A servicer method that sends the call on unchanged. For a client-streaming method
     ``request`` is the stream of requests, which the stub accepts just the same.
     ``after(self, request, caller)`` runs once a unary call succeeded downstream, before
-    the caller is answered."""
+    the caller is answered; ``partial`` adds to a client stream's failure here what was
+    done downstream before it."""
 
     async def forward(self: _Forwarder, request: Any, context: grpc.aio.ServicerContext) -> Any:
         if prepare is not None:
@@ -52,11 +59,13 @@ def _forward(
             if after is not None:
                 await after(self, request, caller)
             return answer
-        relay = _Relay(request)
+        relay = _Relay(request, partial)
         try:
             answer = await self._client.unary(method, relay, caller, context.time_remaining())
-        finally:
-            relay.raise_failure()
+        except ServiceError:
+            relay.raise_failure(None)  # the stream's own failure, if any, came first
+            raise
+        relay.raise_failure(answer)
         return answer
 
     forward.__name__ = method
@@ -79,24 +88,46 @@ def _internal(method: str) -> Any:
 
 class _Relay:
     """A client stream passed downstream, stopping at a message that fails here (one
-    protobuf cannot parse, say). grpc-python would swallow that error while it reads the
-    stream for the downstream call and cancel the call, leaving our caller waiting for its
-    deadline; instead the downstream stream ends, and the error is the answer."""
+    protobuf cannot parse, say, or none arriving within the gateway's stream_idle_timeout).
+    grpc-python would swallow that error while it reads the stream for the downstream call
+    and cancel the call, leaving our caller waiting for its deadline; instead the
+    downstream stream ends (the service answers for the messages it got, and keeps what it
+    stored), and the error is the answer."""
 
-    def __init__(self, requests: AsyncIterator[Any]) -> None:
+    def __init__(self, requests: AsyncIterator[Any], partial: Partial | None) -> None:
         self._requests = requests
+        self._partial = partial
         self._failure: ServiceError | None = None
+        self._relayed = 0
 
     async def __aiter__(self) -> AsyncIterator[Any]:
         try:
             async for request in self._requests:
                 yield request
+                self._relayed += 1
         except ServiceError as err:
             self._failure = err
 
-    def raise_failure(self) -> None:
-        if self._failure is not None:
-            raise self._failure
+    def raise_failure(self, answer: Any) -> None:
+        """Raises the stream's failure, if it had one; ``answer``: the downstream's (None
+        when it failed)."""
+        if self._failure is None:
+            return
+        if self._partial is not None:
+            self._partial(self._failure, answer, self._relayed)
+        raise self._failure
+
+
+def _imported(err: ServiceError, answer: Any, relayed: int) -> None:
+    """What retrieval imported of an ImportObjects stream that failed here, said as
+    retrieval says it of a failure of its own (docs/retrieval.md), so a client knows where
+    to resume. Unknown when retrieval failed too, after messages were relayed."""
+    if answer is None and relayed:
+        return
+    received = answer.received_count if answer is not None else 0
+    imported = answer.imported_count if answer is not None else 0
+    err.metadata.update({"received_count": str(received), "imported_count": str(imported)})
+    err.message += f" (message {relayed}; {imported} objects imported before it)"
 
 
 def _idempotent(request: Any) -> None:
@@ -148,7 +179,7 @@ class RetrievalForwarder(_Forwarder, ret_grpc.RetrievalServiceServicer):
     ListCollections = _forward("ListCollections")
     DeleteCollection = _forward("DeleteCollection", after=_forget_collection)
     UpsertObjects = _forward("UpsertObjects")
-    ImportObjects = _forward("ImportObjects")
+    ImportObjects = _forward("ImportObjects", partial=_imported)
     GetObject = _forward("GetObject")
     DeleteObjects = _forward("DeleteObjects")
     CountObjects = _forward("CountObjects")

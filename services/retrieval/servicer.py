@@ -145,7 +145,8 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         except ServiceError as err:
             # Earlier messages are stored; say so, so the client knows where to resume. The
             # stream itself raises too (a message too large or that protobuf cannot parse,
-            # request_parse.py), hence the whole loop in here.
+            # request_parse.py; none arriving within stream_idle_timeout, the chassis),
+            # hence the whole loop in here.
             err.metadata.update({"received_count": str(received), "imported_count": str(imported)})
             err.message += f" (message {message_no}; {imported} objects imported before it)"
             raise

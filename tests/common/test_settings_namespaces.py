@@ -110,6 +110,20 @@ def test_former_names_now_differ_per_service(monkeypatch: pytest.MonkeyPatch) ->
     assert MemorySettings(port=0, host="::1").port == 0
 
 
+def test_the_stream_idle_timeout_is_set_per_service(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chassis setting (services/common/stream_idle.py): every service reads its own."""
+    monkeypatch.setenv("GENSEARCH_GATEWAY_STREAM_IDLE_TIMEOUT", "5")
+    monkeypatch.setenv("GENSEARCH_RETRIEVAL_STREAM_IDLE_TIMEOUT", "120")
+    assert GatewaySettings().stream_idle_timeout == 5
+    assert RetrievalSettings().stream_idle_timeout == 120
+    assert MemorySettings().stream_idle_timeout == GenerationSettings().stream_idle_timeout == 30
+    for cls in SERVICES.values():
+        assert f"{cls.namespace()}STREAM_IDLE_TIMEOUT" in cls.env_names()
+    monkeypatch.setenv("GENSEARCH_GATEWAY_STREAM_IDLE_TIMEOUT", "0")
+    with pytest.raises(ValueError, match="stream_idle_timeout"):
+        GatewaySettings()
+
+
 def test_unknown_variables_are_typos_in_our_namespace_or_the_shared_one() -> None:
     memory = MemorySettings()
     env = {

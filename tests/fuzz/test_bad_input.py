@@ -294,9 +294,14 @@ async def test_ask_on_a_conversation_of_large_turns_answers(
 
 async def test_an_unparsable_message_in_a_forwarded_stream_is_answered(stack: Stack) -> None:
     """The gateway forwards ImportObjects as a stream: a message it cannot parse used to
-    cancel the downstream call and leave the caller waiting for its deadline."""
+    cancel the downstream call and leave the caller waiting for its deadline. What the
+    message before it imported stays, and the status says so, either way."""
     await create_books(stack)
-    first = ret_pb.ImportObjectsRequest(collection="Books")
+    title = struct_pb2.Struct()
+    title.update({"title": "Imported first"})
+    first = ret_pb.ImportObjectsRequest(
+        collection="Books", objects=[ret_pb.DataObject(properties=title, vector=vector(0))]
+    )
     deep = ret_pb.ImportObjectsRequest()
     value = deep.objects.add().properties.fields["tags"]
     for _ in range(60):
@@ -307,6 +312,12 @@ async def test_an_unparsable_message_in_a_forwarded_stream_is_answered(stack: St
             importer.ImportObjects(iter([first, deep]), metadata=metadata, timeout=20)
         )
         assert_invalid(err, None, "NESTING_TOO_DEEP")
+        assert error_info(err).metadata["imported_count"] == "1"
+        assert "(message 1; 1 objects imported before it)" in (err.details() or "")
+    counted = await stack.retrieval.CountObjects(
+        ret_pb.CountObjectsRequest(collection="Books"), metadata=ALICE
+    )
+    assert counted.count == 7
 
 
 async def test_a_stream_refused_early_keeps_its_status_through_the_gateway(stack: Stack) -> None:

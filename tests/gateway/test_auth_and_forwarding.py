@@ -64,6 +64,33 @@ async def test_the_gateway_never_takes_an_identity_from_its_callers(stack: Stack
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED  # and no key is no key
 
 
+async def test_a_credential_header_sent_twice_is_refused(stack: Stack) -> None:
+    # Which of two keys counted was up to header order (the last won): bob posing as alice.
+    listing = mem_pb.ListConversationsRequest()
+    for headers in ((*BOB, *ALICE), (*ALICE, *ALICE)):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stack.memory.ListConversations(listing, metadata=headers)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert _error_info(err.value) == ("AMBIGUOUS_CREDENTIALS", "authorization")
+        assert "key-" not in (err.value.details() or "")
+    # The identity headers the services take from the gateway: each at most once too.
+    alice = forwarded_identity(Identity("alice", "alice", Role.READER), TOKEN)
+    request = ret_pb.ListCollectionsRequest()
+    assert await stack.retrieval_direct.ListCollections(request, metadata=alice) is not None
+    for header, value in (
+        ("x-gensearch-user", "bob"),
+        ("x-gensearch-tenant", "bob"),
+        ("x-gensearch-role", "admin"),
+        ("x-gensearch-internal-token", TOKEN),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stack.retrieval_direct.ListCollections(
+                request, metadata=(*alice, (header, value))
+            )
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert _error_info(err.value) == ("AMBIGUOUS_CREDENTIALS", header)
+
+
 async def test_conversations_are_private_through_the_gateway(stack: Stack) -> None:
     await create_books(stack)
     alice = await stack.stub.Ask(

@@ -298,6 +298,13 @@ class UpstreamNotFoundError(FailedPreconditionError):
     error_reason = "UPSTREAM_NOT_FOUND"
 
 
+class AmbiguousCredentialsError(UnauthenticatedError):
+    """A credential header (``authorization``, an ``x-gensearch-*`` identity header) came
+    more than once (metadata ``field`` names it): send it once."""
+
+    error_reason = "AMBIGUOUS_CREDENTIALS"
+
+
 class InvalidApiKeyError(UnauthenticatedError):
     error_reason = "INVALID_API_KEY"
 
@@ -359,6 +366,14 @@ class DownstreamTimeoutError(DeadlineExceededError):
 
 class UpstreamFirstByteTimeoutError(DeadlineExceededError):
     error_reason = "UPSTREAM_FIRST_BYTE_TIMEOUT"
+
+
+class StreamIdleError(DeadlineExceededError):
+    """A client stream (ImportObjects) sent no message within the server's
+    ``STREAM_IDLE_TIMEOUT`` (metadata ``timeout_seconds``, ``setting``); ImportObjects says
+    what it imported before (``imported_count``, ``received_count``)."""
+
+    error_reason = "STREAM_IDLE"
 
 
 class UpstreamTimeoutError(DeadlineExceededError):

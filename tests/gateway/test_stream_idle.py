@@ -1,0 +1,125 @@
+"""A client stream that stops sending is ended (services/common/stream_idle.py): the
+gateway's ImportObjects waits at most STREAM_IDLE_TIMEOUT for each message, then answers
+DEADLINE_EXCEEDED (STREAM_IDLE), gives back the tenant's quota slot and its own call slot at
+once, ends the stream it forwarded to retrieval, and keeps what was imported before."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterable
+
+import grpc
+import pytest
+from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
+from google.protobuf import struct_pb2
+
+from services.devlaunch.redis_server import RedisProcess
+from tests.gateway.conftest import ALICE, Stack, StackFactory, create_books, vector
+from tests.support.rpc import error_info
+
+IDLE = 1.0  # the gateway's STREAM_IDLE_TIMEOUT here; retrieval keeps its 30 s
+
+
+def _batch(first: int, count: int, collection: str = "") -> ret_pb.ImportObjectsRequest:
+    objects = []
+    for i in range(first, first + count):
+        props = struct_pb2.Struct()
+        props.update({"title": f"Imported {i}"})
+        objects.append(ret_pb.DataObject(properties=props, vector=vector(i)))
+    return ret_pb.ImportObjectsRequest(collection=collection, objects=objects)
+
+
+async def _then_silent(
+    messages: Iterable[ret_pb.ImportObjectsRequest],
+) -> AsyncIterator[ret_pb.ImportObjectsRequest]:
+    """Sends ``messages``, then nothing, never half-closing (a client that stalled)."""
+    for message in messages:
+        yield message
+    await asyncio.Event().wait()
+
+
+async def _count(stack: Stack) -> int:
+    counted = await stack.retrieval.CountObjects(
+        ret_pb.CountObjectsRequest(collection="Books"), metadata=ALICE, timeout=5
+    )
+    return counted.count
+
+
+async def _slots_free(stack: Stack) -> None:
+    """Within a second, neither the gateway nor retrieval serves a call any more."""
+    servers = (stack.gateway, stack.servers["retrieval"])
+    for _ in range(100):
+        if all(server.call_slots.in_flight == 0 for server in servers):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("a call is still being served")
+
+
+@pytest.fixture
+async def stack(stack_factory: StackFactory, shared_redis: RedisProcess) -> Stack:
+    # A quota of one call at once: a silent stream that kept its slot would lock alice out.
+    stack = await stack_factory(
+        redis_url=shared_redis.url,
+        quota_key_prefix=f"q-{uuid.uuid4().hex[:8]}",
+        quota_concurrent_calls=1,
+        stream_idle_timeout=IDLE,
+    )
+    await create_books(stack)
+    return stack
+
+
+def _assert_idle(err: grpc.aio.AioRpcError, imported: int) -> None:
+    assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED, err.details()
+    info = error_info(err)
+    assert info.reason == "STREAM_IDLE"
+    assert info.metadata["setting"] == "GENSEARCH_GATEWAY_STREAM_IDLE_TIMEOUT"
+    assert info.metadata["timeout_seconds"] == "1"
+    assert info.metadata["imported_count"] == str(imported)
+    assert "no request message arrived within 1 s" in (err.details() or "")
+
+
+async def test_a_stream_that_never_sends_ends_and_frees_the_quota(stack: Stack) -> None:
+    started = time.monotonic()
+    silent = asyncio.ensure_future(
+        stack.retrieval.ImportObjects(_then_silent([]), metadata=ALICE, timeout=10)
+    )
+    await asyncio.sleep(IDLE / 2)
+    # While it waits it holds alice's only slot ...
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await _count(stack)
+    assert error_info(refused.value).reason == "QUOTA_EXCEEDED"
+    # ... until the gateway ends it, not the client's deadline.
+    with pytest.raises(grpc.aio.AioRpcError) as ended:
+        await silent
+    assert IDLE <= time.monotonic() - started < 5
+    _assert_idle(ended.value, 0)
+    # Her quota and both services' call slots are free at once.
+    assert await _count(stack) == 5
+    await _slots_free(stack)
+
+
+async def test_a_stream_that_stalls_keeps_what_it_imported(stack: Stack) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as ended:
+        await stack.retrieval.ImportObjects(
+            _then_silent([_batch(10, 2, "Books")]), metadata=ALICE, timeout=10
+        )
+    _assert_idle(ended.value, 2)
+    assert error_info(ended.value).metadata["received_count"] == "2"
+    assert "(message 1; 2 objects imported before it)" in (ended.value.details() or "")
+    assert await _count(stack) == 7
+    await _slots_free(stack)
+
+
+async def test_a_slow_stream_within_the_timeout_completes(stack: Stack) -> None:
+    async def slow() -> AsyncIterator[ret_pb.ImportObjectsRequest]:
+        # Longer than IDLE in all, never that long between two messages.
+        for i in range(3):
+            await asyncio.sleep(IDLE / 2)
+            yield _batch(20 + i, 1, "Books" if i == 0 else "")
+        await asyncio.sleep(IDLE / 2)
+
+    imported = await stack.retrieval.ImportObjects(slow(), metadata=ALICE, timeout=10)
+    assert (imported.received_count, imported.imported_count) == (3, 3)
+    assert await _count(stack) == 8

@@ -1,0 +1,91 @@
+"""ImportObjects straight to retrieval: a stream that sends nothing for
+GENSEARCH_RETRIEVAL_STREAM_IDLE_TIMEOUT ends DEADLINE_EXCEEDED (STREAM_IDLE), gives its call
+slot back at once, and keeps the objects of the messages before (services/common/stream_idle.py;
+through the gateway: tests/gateway/test_stream_idle.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterable
+
+import grpc
+import pytest
+from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
+
+from tests.retrieval.conftest import MakeRetrieval, Retrieval, obj, vector_collection
+from tests.support.rpc import error_info
+
+IDLE = 1.0
+
+
+async def _then_silent(
+    messages: Iterable[pb.ImportObjectsRequest],
+) -> AsyncIterator[pb.ImportObjectsRequest]:
+    for message in messages:
+        yield message
+    await asyncio.Event().wait()
+
+
+def _batch(count: int, collection: str = "") -> pb.ImportObjectsRequest:
+    objects = [obj({"title": f"t{i}"}, vector=[0.1, 0.2, 0.3, 0.4]) for i in range(count)]
+    return pb.ImportObjectsRequest(collection=collection, objects=objects)
+
+
+@pytest.fixture
+async def retrieval(make_retrieval: MakeRetrieval) -> Retrieval:
+    # One call at once: a silent stream that kept its slot would refuse every other call.
+    harness = await make_retrieval(stream_idle_timeout=IDLE, max_concurrent_rpcs=1)
+    created = pb.CreateCollectionRequest(collection=vector_collection("A"))
+    await harness.stub.CreateCollection(created)
+    return harness
+
+
+async def _count(retrieval: Retrieval) -> int:
+    counted = await retrieval.stub.CountObjects(pb.CountObjectsRequest(collection="A"), timeout=5)
+    return counted.count
+
+
+def _assert_idle(err: grpc.aio.AioRpcError, imported: int) -> None:
+    assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED, err.details()
+    info = error_info(err)
+    assert info.reason == "STREAM_IDLE"
+    assert info.metadata["setting"] == "GENSEARCH_RETRIEVAL_STREAM_IDLE_TIMEOUT"
+    assert info.metadata["timeout_seconds"] == "1"
+    assert info.metadata["imported_count"] == info.metadata["received_count"] == str(imported)
+
+
+async def test_a_stream_that_never_sends_ends_and_frees_its_slot(retrieval: Retrieval) -> None:
+    started = time.monotonic()
+    silent = asyncio.ensure_future(retrieval.stub.ImportObjects(_then_silent([]), timeout=10))
+    await asyncio.sleep(IDLE / 2)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:  # it holds the only slot ...
+        await _count(retrieval)
+    assert error_info(refused.value).reason == "TOO_MANY_CONCURRENT_RPCS"
+    with pytest.raises(grpc.aio.AioRpcError) as ended:  # ... until it is ended
+        await silent
+    assert IDLE <= time.monotonic() - started < 5
+    _assert_idle(ended.value, 0)
+    assert "no request message arrived within 1 s" in (ended.value.details() or "")
+    assert retrieval.server.call_slots.in_flight == 0
+    assert await _count(retrieval) == 0
+
+
+async def test_a_stream_that_stalls_keeps_what_it_imported(retrieval: Retrieval) -> None:
+    stalled = _then_silent([_batch(2, "A")])
+    with pytest.raises(grpc.aio.AioRpcError) as ended:
+        await retrieval.stub.ImportObjects(stalled, timeout=10)
+    _assert_idle(ended.value, 2)
+    assert "(message 1; 2 objects imported before it)" in (ended.value.details() or "")
+    assert await _count(retrieval) == 2
+
+
+async def test_a_slow_stream_within_the_timeout_completes(retrieval: Retrieval) -> None:
+    async def slow() -> AsyncIterator[pb.ImportObjectsRequest]:
+        for i in range(3):  # longer than IDLE in all, never that long between two messages
+            await asyncio.sleep(IDLE / 2)
+            yield _batch(1, "A" if i == 0 else "")
+
+    imported = await retrieval.stub.ImportObjects(slow(), timeout=10)
+    assert (imported.received_count, imported.imported_count) == (3, 3)
+    assert await _count(retrieval) == 3
