@@ -116,23 +116,25 @@ def refusal(err: BaseException | None) -> UrlRefused | None:
     return None
 
 
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
 def echo(text: str) -> str:
     """A refused value as it may appear in a message: a short prefix, quoted."""
     return repr(text[:ECHO] + ("…" if len(text) > ECHO else ""))
 
 
 def echo_url(url: str) -> str:
-    """A refused URL as it may appear in a message: its scheme, host, port and path, never
-    its user info, query or fragment (where passwords and keys travel), quoted."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "the URL"
-    _user, at, host = parts.netloc.rpartition("@")
-    netloc = f"***@{host}" if at else host
-    shown = f"{parts.scheme}://{netloc}{parts.path}" if parts.scheme or netloc else parts.path
-    if parts.query or parts.fragment:
-        shown += "?…" if parts.query else "#…"
+    """A refused URL as it may appear in a message, without what may carry a secret: any
+    user info (everything up to the last ``@``, however the URL is spelled) and the query
+    or fragment. Quoted, a short prefix."""
+    shown = url
+    if "@" in shown:
+        scheme = _SCHEME.match(shown)
+        shown = f"{scheme.group(0) if scheme else ''}***@{shown.rpartition('@')[2]}"
+    for mark in "?#":
+        if mark in shown:
+            shown = shown.split(mark, 1)[0] + mark + "…"
     return echo(shown)
 
 

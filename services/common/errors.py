@@ -237,3 +237,11 @@ def upstream_calls(metadata: Mapping[str, str]) -> int:
     """The upstream calls a failed generation call made, as its ErrorInfo metadata says;
     0 when it does not say (it failed before the generation service answered)."""
     return metadata_count(metadata, UPSTREAM_CALLS) or 0
+
+
+def note_imported(err: ServiceError, message_no: int, received: int, imported: int) -> None:
+    """An import stream's failure says what earlier messages stored (ErrorInfo metadata
+    ``received_count`` and ``imported_count``, and the message), so a client knows where to
+    resume: retrieval for a failure of its own, the gateway for one of the stream it relays."""
+    err.metadata.update({"received_count": str(received), "imported_count": str(imported)})
+    err.message += f" (message {message_no}; {imported} objects imported before it)"

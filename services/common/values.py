@@ -78,3 +78,8 @@ def check_uuid(value: str, field: str) -> str:
         raise InvalidArgument(
             f"{field} must be a UUID, got {quote(value)}", field=field, reason="BAD_UUID"
         ) from None
+
+
+# The largest integers a double holds exactly: chunk positions travel as filter values the
+# engine compares as doubles, so positions are kept within it (gateway and retrieval).
+MAX_EXACT_INTEGER = 2**53

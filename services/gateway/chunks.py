@@ -34,6 +34,7 @@ from google.protobuf import json_format, struct_pb2
 
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.tokens import estimate_tokens
+from services.common.values import MAX_EXACT_INTEGER
 from services.gateway.catalog import CollectionInfo
 from services.gateway.clients import Caller, RetrievalClient
 from services.gateway.prompting import ContextHit
@@ -47,7 +48,7 @@ MIN_OVERLAP = 8
 # The widest position GetChunks takes (retrieval holds positions as doubles, exact to
 # 2^53); a hit placed past it is its own passage, never a range retrieval refuses under a
 # field (ranges[i].first) our caller never sent.
-MAX_POSITION = 2**53
+MAX_POSITION = MAX_EXACT_INTEGER
 
 
 @dataclass

@@ -20,7 +20,7 @@ from gensearch.generation.v1 import generation_service_pb2_grpc as gen_grpc
 from gensearch.memory.v1 import memory_service_pb2_grpc as mem_grpc
 from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as ret_grpc
 
-from services.common.errors import PermissionDenied, ServiceError
+from services.common.errors import PermissionDenied, ServiceError, note_imported
 from services.gateway.catalog import Catalog
 from services.gateway.clients import Caller, GenerationClient, caller_of
 from services.gateway.clients.base import ServiceClient
@@ -126,8 +126,7 @@ def _imported(err: ServiceError, answer: Any, relayed: int) -> None:
         return
     received = answer.received_count if answer is not None else 0
     imported = answer.imported_count if answer is not None else 0
-    err.metadata.update({"received_count": str(received), "imported_count": str(imported)})
-    err.message += f" (message {relayed}; {imported} objects imported before it)"
+    note_imported(err, relayed, received, imported)
 
 
 def _idempotent(request: Any) -> None:

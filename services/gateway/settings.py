@@ -159,10 +159,12 @@ class GatewaySettings(CommonSettings):
     # nor the collection sets one (requests may choose within [0.5, 1]).
     semantic_cache_min_similarity: float = Field(default=0.92, ge=0.5, le=1.0)
     # Semantic cache stores run after the answer, in the background: stores waiting at
-    # most (beyond: dropped and counted), the workers that make them, and how long the
-    # waiting ones get at shutdown (seconds).
+    # most (beyond: dropped and counted), the workers that make them, how long one store
+    # may take once a worker makes it, and how long the waiting ones get at shutdown
+    # (seconds).
     semantic_cache_store_queue: int = Field(default=256, ge=1)
     semantic_cache_store_workers: int = Field(default=2, ge=1)
+    semantic_cache_store_timeout: float = Field(default=5.0, gt=0)
     semantic_cache_store_drain_timeout: float = Field(default=2.0, ge=0)
 
     # --- GenerateOnObjects: the most bytes one inline object may hold (serialized) ---

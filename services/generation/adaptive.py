@@ -64,6 +64,13 @@ class AdaptiveLimit:
         self._recover()
         return self._limit
 
+    def until_recovery(self) -> float | None:
+        """Seconds until the limit next doubles by itself; None: it will not (at its
+        ceiling, or no recovery). Calls queued on the limit wait no longer than this."""
+        if self.recovery is None or self._limit >= self.ceiling:
+            return None
+        return max(0.0, self._settled + self.recovery - self._clock())
+
     def _recover(self) -> None:
         if self.recovery is None or self._limit >= self.ceiling:
             return

@@ -188,8 +188,14 @@ class ProviderLimiter:
                 await self._sleep(self._paused_until - now, deadline, "a 429's Retry-After")
                 continue
             if not self._allows():
+                # Until a call ends, or the limit recovers by itself (the recovery period
+                # passing while every slot is held by long calls).
                 self._released.clear()
-                await self._released.wait()
+                recovery = self.limit.until_recovery() if self.adaptive else None
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(recovery):
+                        await self._released.wait()
+                self._publish_limit()
                 continue
             if self._shared is None:
                 return

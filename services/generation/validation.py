@@ -154,7 +154,8 @@ def build_request(
         raise InvalidArgument("max_tokens must be at least 1", field="max_tokens")
     if max_tokens is not None and max_tokens > limits.max_tokens:
         raise InvalidArgument(
-            f"max_tokens must be at most {limits.max_tokens} (MAX_TOKENS_LIMIT)",
+            f"max_tokens must be at most {limits.max_tokens} "
+            "(GENSEARCH_GENERATION_MAX_TOKENS_LIMIT)",
             field="max_tokens",
             reason="OUT_OF_RANGE",
             metadata={"max": str(limits.max_tokens)},

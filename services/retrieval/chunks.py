@@ -16,6 +16,7 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 from google.protobuf import struct_pb2
 
 from services.common.errors import FailedPrecondition, InvalidArgument
+from services.common.values import MAX_EXACT_INTEGER
 from services.retrieval.filters import Node, build_filter
 from services.retrieval.schema import Schema
 from services.retrieval.store import PROPS, FoundPoint, VectorStore
@@ -23,7 +24,7 @@ from services.retrieval.store import PROPS, FoundPoint, VectorStore
 INT64 = 2**63
 # The largest position a range may name: filters hold numbers as doubles (JSON numbers),
 # which keep every integer up to 2^53 exact and no more.
-MAX_POSITION = 2**53
+MAX_POSITION = MAX_EXACT_INTEGER
 
 
 def check_ranges(schema: Schema, request: pb.GetChunksRequest, max_ranges: int) -> pb.Chunking:

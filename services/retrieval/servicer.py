@@ -17,7 +17,7 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as pb_grpc
 
 from services.common.auth import Role, require_role
-from services.common.errors import InvalidArgument, NotFound, ServiceError, quote
+from services.common.errors import InvalidArgument, NotFound, ServiceError, note_imported, quote
 from services.common.values import check_uuid
 from services.common.well_known import struct
 from services.retrieval import chunks
@@ -147,8 +147,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
             # stream itself raises too (a message too large or that protobuf cannot parse,
             # request_parse.py; none arriving within stream_idle_timeout, the chassis),
             # hence the whole loop in here.
-            err.metadata.update({"received_count": str(received), "imported_count": str(imported)})
-            err.message += f" (message {message_no}; {imported} objects imported before it)"
+            note_imported(err, message_no, received, imported)
             raise
         if schema is None:
             raise InvalidArgument("the stream carried no message", field="collection")

@@ -31,6 +31,8 @@ async def test_models_are_typed_values(client: AsyncGensearch) -> None:
     assert models.provider().name == "local" and models.provider().default_model == LOCAL_MODEL
     assert {"openai", "anyscale", "local"} <= {p.name for p in models}
     assert models.raw.default_provider == "local"
+    assert models.max_tokens_limit == 1_000_000  # the generation service's default
+    assert not anyscale.base_url and not anyscale.api_key_env  # the operator's own
     with pytest.raises(KeyError):
         models.provider("nobody")
 

@@ -194,6 +194,9 @@ def test_a_refusal_echoes_only_a_short_prefix() -> None:
         "ftp://svc:S3cretPw@api.example.com/v1",
         "http://svc:S3cretPw@api.example.com:99999/v1",
         "http://svc:S3cretPw@exa mple.com/v1",
+        "svc:S3cretPw@api.example.com/v1",
+        "https:\\\\svc:S3cretPw@api.example.com/v1",
+        "http://svc:p?S3cretPw@api.example.com/v1",
     ],
 )
 def test_a_refusal_never_echoes_credentials_or_a_query(url: str) -> None:

@@ -88,7 +88,7 @@ async def test_a_write_waits_for_a_service_that_comes_up(
     assert got.collection.name == "Late"
 
 
-@pytest.mark.parametrize(("wait", "served"), [(3.0, True), (0.0, False)])
+@pytest.mark.parametrize(("wait", "served"), [(6.0, True), (0.0, False)])
 async def test_a_service_up_a_second_after_the_first_call(
     stack_factory: StackFactory, refuser: Refuser, tmp_path: Path, wait: float, served: bool
 ) -> None:

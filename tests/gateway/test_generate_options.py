@@ -317,6 +317,8 @@ async def test_a_collections_max_tokens_is_named_as_the_collections(
     await create_books(stack, books=WITH_BODY, generative=generative)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stack.stub.GenerativeSearch(_search(single_prompt="About {title}"), metadata=ALICE)
+    # The collection's setting, not the request, is at fault.
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert error_info(caught.value).metadata["field"] == "collection.generative.max_tokens"
     assert fake.chat_requests == []
 

@@ -143,6 +143,22 @@ def test_a_limit_left_alone_doubles_each_recovery_period() -> None:
     assert never.limit == 1
 
 
+async def test_a_queued_call_is_admitted_when_the_limit_recovers_by_itself() -> None:
+    """The limit fell to 1 and one long call holds it: the next call starts once the
+    recovery period has passed, not when the long call ends."""
+    limiter = ProviderLimiter(_config(adaptive_recovery=0.3), "p", None)
+    first = await limiter.acquire(limiter.ticket(), 1, Deadline(5))
+    second = await limiter.acquire(limiter.ticket(), 1, Deadline(5))
+    await second.release(outcome="overloaded")  # halved from the 2 in flight: 1
+    assert limiter.limit.limit == 1
+    started = asyncio.get_running_loop().time()
+    third = await asyncio.wait_for(limiter.acquire(limiter.ticket(), 1, Deadline(5)), 2)
+    assert 0.2 <= asyncio.get_running_loop().time() - started < 2
+    assert limiter.in_flight == 2  # the long call still runs
+    await third.release(outcome="ok")
+    await first.release(outcome="ok")
+
+
 async def test_slower_answers_after_fast_ones_keep_every_slot() -> None:
     """External check of issue 13 (finding A): a provider declaring 4 in flight answered
     fast, then took seconds per answer; the limit fell to 1 and never grew back, so 12

@@ -67,7 +67,6 @@ class Usage:
 
 @dataclass(slots=True)
 class DebugInfo:
-    # The attempts made are ``Completion.attempts``, whether or not debug was asked for.
     url: str
     request_body: str  # exactly the bytes sent upstream (keys travel in headers only)
 

@@ -383,11 +383,13 @@ class Provider:
 @dataclass
 class Models:
     """What ``generate.models()`` answers: every provider (iterable), the default one's
-    name, and the operator's allowlist for a request's ``base_url``."""
+    name, the operator's allowlist for a request's ``base_url``, and the most
+    ``max_tokens`` any request may ask for (0: not said)."""
 
     providers: list[Provider] = field(default_factory=list)
     default_provider: str = ""
     allowed_hosts: str = ""
+    max_tokens_limit: int = 0
     raw: Any = field(default=None, repr=False, compare=False)
 
     def provider(self, name: str = "") -> Provider:
