@@ -312,7 +312,7 @@ async def _start_parts(stack: Stack) -> None:
     memory_settings = MemorySettings(**shared, redis_url=SecretStr(args.redis_url), **search)
     retrieval_settings = RetrievalSettings(**shared, qdrant_url=args.qdrant_url)
     generation_settings = _generation_settings(args, shared)
-    gateway_settings = GatewaySettings(**shared)
+    gateway_settings = GatewaySettings(**shared, **_tokenize_at(generation_settings))
     _check_ports(
         args,
         {
@@ -429,6 +429,21 @@ def _generation_settings(args: argparse.Namespace, shared: dict[str, Any]) -> Ge
         providers=_provider_overrides(args, base_url),
         local_llm_autostart=wants_local,
     )
+
+
+def _tokenize_at(generation: GenerationSettings) -> dict[str, Any]:
+    """The gateway counts the local model's tokens with its llama.cpp server's /tokenize,
+    by default at the port the server has in a deployment (8088). Here the server is on a
+    free port (or where --llm-base-url says): point the gateway there, unless the user set
+    GENSEARCH_GATEWAY_TOKENIZE_URLS. Otherwise every Ask logs that /tokenize is down and
+    counts by estimate."""
+    if os.environ.get("GENSEARCH_GATEWAY_TOKENIZE_URLS"):
+        return {}
+    local = generation.provider_configs().get("local")
+    if local is None or not local.base_url:
+        return {}
+    root = local.base_url.rstrip("/").removesuffix("/v1")
+    return {"tokenize_urls": {"local": root}}
 
 
 async def _start_redis(stack: Stack, settings: MemorySettings) -> str:

@@ -99,3 +99,19 @@ def test_busy_ports_ignores_port_zero_and_free_ports() -> None:
         taken_port = stack_mod.WantedPort("b port", port, "B")
         assert stack_mod.busy_ports("127.0.0.1", [any_port, taken_port]) == [taken_port]
     assert stack_mod.busy_ports("127.0.0.1", [taken_port]) == []
+
+
+def test_the_gateway_tokenizes_where_the_local_model_really_is(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``up`` starts llama-server on a free port: the gateway's /tokenize must follow it
+    (its default, 8088, is the deployments' port), unless the user named one."""
+    from services.generation.settings import GenerationSettings
+
+    monkeypatch.delenv("GENSEARCH_GATEWAY_TOKENIZE_URLS", raising=False)
+    local = GenerationSettings(
+        providers=[{"name": "local", "base_url": "http://127.0.0.1:4321/v1"}]
+    )
+    assert stack_mod._tokenize_at(local) == {"tokenize_urls": {"local": "http://127.0.0.1:4321"}}
+    monkeypatch.setenv("GENSEARCH_GATEWAY_TOKENIZE_URLS", '{"local": "http://llm:8088"}')
+    assert stack_mod._tokenize_at(local) == {}
