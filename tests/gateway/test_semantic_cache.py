@@ -249,9 +249,13 @@ class HeldStores:
         self._open.set()
 
 
-def dropped_stores() -> float:
-    labels = {"outcome": "dropped"}
+def stores(outcome: str) -> float:
+    labels = {"outcome": outcome}
     return REGISTRY.get_sample_value("gensearch_gateway_semantic_cache_stores_total", labels) or 0
+
+
+def dropped_stores() -> float:
+    return stores("dropped")
 
 
 async def test_the_answer_does_not_wait_for_its_store(
@@ -305,3 +309,18 @@ async def test_shutdown_waits_for_a_held_store_no_longer_than_its_drain_timeout(
     start = loop.time()
     await asyncio.wait_for(stack.gateway.stop(0), 5)  # the held store is cancelled
     assert loop.time() - start < 2
+
+
+async def test_shutdown_waits_for_a_store_that_ends_within_its_drain_timeout(
+    stack_factory: StackFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The other half: stopping does wait for a queued store, which lands."""
+    stack = await stack_factory(shared={"api_keys": KEYS}, semantic_cache_store_drain_timeout=3)
+    await create_books(stack, metadata=ALICE)
+    held = HeldStores(monkeypatch)
+    stored = stores("stored")
+    await stack.stub.Ask(ask(Q1), metadata=ALICE)
+    await asyncio.wait_for(held.first_started.wait(), 10)
+    asyncio.get_running_loop().call_later(0.2, held.release)
+    await asyncio.wait_for(stack.gateway.stop(0), 10)
+    assert stores("stored") == stored + 1
