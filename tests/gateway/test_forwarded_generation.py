@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from services.generation.settings import ANYSCALE_MODELS
 from tests.gateway.conftest import ALICE, KEYS, OWN_CONNECTIONS, Stack, StackFactory
 from tests.support.fake_openai import FakeOpenAI
-from tests.support.rpc import error_info
+from tests.support.rpc import error_info, failure_of
 
 GENERATION_SERVICE = "gensearch.generation.v1.GenerationService"
 CAROL = (("authorization", "Bearer key-carol-789"),)  # a reader of the tenant acme
@@ -136,14 +136,9 @@ async def test_a_callers_base_url_outside_the_allowlist_is_refused(
         both.gateway.Generate(_hello(base_url=stack.fake.base_url), metadata=ALICE, timeout=5),
         both.gateway.StreamGenerate(_stream(base_url=stack.fake.base_url), metadata=ALICE),
     ):
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            if isinstance(call, grpc.aio.UnaryStreamCall):
-                async for _ in call:
-                    pass
-            else:
-                await call
-        assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
-        info = error_info(caught.value)
+        failed = await failure_of(call)
+        assert failed.code() == grpc.StatusCode.PERMISSION_DENIED
+        info = error_info(failed)
         assert (info.reason, info.metadata["field"]) == ("URL_NOT_ALLOWED", "base_url")
     assert stack.fake.chat_requests == []
 

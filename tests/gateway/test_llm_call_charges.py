@@ -36,7 +36,7 @@ from tests.gateway.conftest import (
     fake_provider,
 )
 from tests.support.fake_openai import Behaviour, FakeOpenAI
-from tests.support.rpc import error_info, retry_delay
+from tests.support.rpc import error_info, failure_of, retry_delay
 
 WITH_BODY = [b for b in BOOKS if b["body"]]
 BACKUP = [gen_pb.ModelChoice(provider="backup")]
@@ -305,23 +305,15 @@ async def test_generate_through_the_gateway_is_charged_like_its_own_calls(
             gen_pb.StreamGenerateRequest(messages=hello), metadata=ALICE, timeout=10
         ),
     ):
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            if isinstance(call, grpc.aio.UnaryStreamCall):
-                async for _ in call:
-                    pass
-            else:
-                await call
+        failed = await failure_of(call)
+        info = error_info(failed)
         assert (
-            (caught.value.code().name, error_info(caught.value).reason)
-            == (
-                refused.status,
-                refused.reason,
-            )
+            (failed.code().name, info.reason)
+            == (refused.status, refused.reason)
             == ("RESOURCE_EXHAUSTED", "QUOTA_EXCEEDED")
         )
-        info = error_info(caught.value)
         assert dict(info.metadata) == {"quota": "llm_calls_per_minute", "limit": "4"}
-        assert 0 < retry_delay(caught.value) <= 60
+        assert 0 < retry_delay(failed) <= 60
     assert m.received() == 4
     # Another tenant's minute is its own.
     other = await generation.Generate(

@@ -297,30 +297,26 @@ async def test_stores_beyond_the_queue_are_dropped(
     assert calls(stack) == made
 
 
-async def test_shutdown_waits_for_a_held_store_no_longer_than_its_drain_timeout(
-    stack_factory: StackFactory, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(("drain", "released_after", "landed"), [(0.2, None, 0), (3.0, 0.2, 1)])
+async def test_shutdown_waits_for_a_queued_store_up_to_its_drain_timeout(
+    stack_factory: StackFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    drain: float,
+    released_after: float | None,
+    landed: int,
 ) -> None:
-    stack = await stack_factory(shared={"api_keys": KEYS}, semantic_cache_store_drain_timeout=0.2)
-    await create_books(stack, metadata=ALICE)
-    held = HeldStores(monkeypatch)
-    await stack.stub.Ask(ask(Q1), metadata=ALICE)
-    await asyncio.wait_for(held.first_started.wait(), 10)
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    await asyncio.wait_for(stack.gateway.stop(0), 5)  # the held store is cancelled
-    assert loop.time() - start < 2
-
-
-async def test_shutdown_waits_for_a_store_that_ends_within_its_drain_timeout(
-    stack_factory: StackFactory, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The other half: stopping does wait for a queued store, which lands."""
-    stack = await stack_factory(shared={"api_keys": KEYS}, semantic_cache_store_drain_timeout=3)
+    """A store still held when the drain timeout ends is cancelled (stopping takes no
+    longer); one that ends within it lands (stopping did wait)."""
+    stack = await stack_factory(shared={"api_keys": KEYS}, semantic_cache_store_drain_timeout=drain)
     await create_books(stack, metadata=ALICE)
     held = HeldStores(monkeypatch)
     stored = stores("stored")
     await stack.stub.Ask(ask(Q1), metadata=ALICE)
     await asyncio.wait_for(held.first_started.wait(), 10)
-    asyncio.get_running_loop().call_later(0.2, held.release)
+    loop = asyncio.get_running_loop()
+    if released_after is not None:
+        loop.call_later(released_after, held.release)
+    start = loop.time()
     await asyncio.wait_for(stack.gateway.stop(0), 10)
-    assert stores("stored") == stored + 1
+    assert loop.time() - start < drain + 2
+    assert stores("stored") == stored + landed

@@ -3,6 +3,8 @@ call."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
@@ -36,3 +38,17 @@ def retry_delay(err: grpc.aio.AioRpcError) -> float:
     info = _detail(err, error_details_pb2.RetryInfo)
     assert isinstance(info, error_details_pb2.RetryInfo)
     return info.retry_delay.ToNanoseconds() / 1e9
+
+
+async def failure_of(call: Any) -> grpc.aio.AioRpcError:
+    """The error a unary call, or a server stream read to its end, fails with (an
+    AssertionError when it succeeds)."""
+    try:
+        if isinstance(call, grpc.aio.UnaryStreamCall):
+            async for _ in call:
+                pass
+        else:
+            await call
+    except grpc.aio.AioRpcError as err:
+        return err
+    raise AssertionError(f"{call!r} succeeded")
