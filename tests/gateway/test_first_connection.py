@@ -15,7 +15,7 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 
 from services.retrieval.__main__ import build_server as build_retrieval
 from services.retrieval.settings import RetrievalSettings
-from tests.gateway.conftest import ALICE, DIM, TOKEN, StackFactory
+from tests.gateway.conftest import ALICE, DIM, TOKEN, Stack, StackFactory
 from tests.support.rpc import error_info
 
 
@@ -61,6 +61,17 @@ def _create(name: str) -> ret_pb.CreateCollectionRequest:
     )
 
 
+async def _retrieval_comes_up(stack: Stack, refuser: Refuser, port: int, tmp_path: Path) -> None:
+    """The refusing listener gives its port to a real retrieval service."""
+    await refuser.stop()
+    late = await build_retrieval(
+        RetrievalSettings(data_dir=tmp_path / "late", internal_token=TOKEN, grace_period=0.5),
+        port=port,
+    )
+    stack.servers["late-retrieval"] = late  # stopped with the stack
+    await late.start()
+
+
 async def test_a_write_waits_for_a_service_that_comes_up(
     stack_factory: StackFactory, refuser: Refuser, tmp_path: Path
 ) -> None:
@@ -72,13 +83,7 @@ async def test_a_write_waits_for_a_service_that_comes_up(
         stack.retrieval.CreateCollection(_create("Late"), metadata=ALICE, timeout=60)
     )
     await asyncio.wait_for(refuser.attempted.wait(), 30)  # the gateway's attempt failed
-    await refuser.stop()
-    late = await build_retrieval(
-        RetrievalSettings(data_dir=tmp_path / "late", internal_token=TOKEN, grace_period=0.5),
-        port=port,
-    )
-    stack.servers["late-retrieval"] = late  # stopped with the stack
-    await late.start()
+    await _retrieval_comes_up(stack, refuser, port, tmp_path)
 
     made = await create
     assert made.collection.name == "Late"
@@ -108,13 +113,7 @@ async def test_a_service_up_a_second_after_the_first_call(
     )
     await asyncio.wait_for(refuser.attempted.wait(), 5)  # the gateway's first attempt failed
     await asyncio.sleep(1.0)
-    await refuser.stop()
-    late = await build_retrieval(
-        RetrievalSettings(data_dir=tmp_path / "late", internal_token=TOKEN, grace_period=0.5),
-        port=port,
-    )
-    stack.servers["late-retrieval"] = late  # stopped with the stack
-    await late.start()
+    await _retrieval_comes_up(stack, refuser, port, tmp_path)
     if served:
         assert (await create).collection.name == "Late"
     else:
