@@ -352,10 +352,8 @@ class AskService:
                     summary_tokens=s.summary_max_tokens + 16,
                 )
         if semantic.policy.mode.writes:
-            # Queued: made in the background, after the answer is out, on a budget of its
-            # own (the Ask's deadline no longer bounds it).
-            timeout = s.semantic_cache_store_timeout
-            self._semantic.store(request, semantic, response, caller, timeout)
+            # Queued: made in the background, after the answer is out.
+            self._semantic.store(request, semantic, response, caller)
         yield gw_pb.StreamAskResponse(answer=response)
 
     # -- the steps -------------------------------------------------------------------------

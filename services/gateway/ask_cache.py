@@ -64,11 +64,10 @@ class SemanticPlan:
 
 @dataclass(frozen=True)
 class _Store:
-    """One answer to store, for ``caller``, within ``timeout`` seconds of its start."""
+    """One answer to store, for ``caller``."""
 
     request: ret_pb.StoreCachedAnswerRequest
     caller: Caller
-    timeout: float
 
 
 class SemanticAnswers:
@@ -152,10 +151,9 @@ class SemanticAnswers:
         plan: SemanticPlan,
         response: gw_pb.AskResponse,
         caller: Caller,
-        timeout: float,
     ) -> None:
-        """Queues ``response`` to be stored (see the module's docstring); ``timeout``
-        bounds the store once a worker makes it."""
+        """Queues ``response`` to be stored (see the module's docstring); once a worker
+        makes it, ``semantic_cache_store_timeout`` bounds it."""
         kept = gw_pb.AskResponse()
         kept.CopyFrom(response)
         # What belongs to this call only: its spending, its debug prompt.
@@ -170,7 +168,7 @@ class SemanticAnswers:
             ttl=ttl,
             context_key=plan.key,
         )
-        if not self._stores.submit(_Store(store, caller, timeout)):
+        if not self._stores.submit(_Store(store, caller)):
             SEMANTIC_STORES.labels("dropped").inc()
             log.warning("semantic cache store dropped (queue full, or the gateway is stopping)")
 
@@ -185,7 +183,10 @@ class SemanticAnswers:
     async def _store(self, job: _Store) -> None:
         retrieval = self._b.clients.retrieval
         try:
-            await retrieval.store_cached_answer(job.request, job.caller, job.timeout)
+            # Its own budget, from when a worker makes it: the Ask's deadline no longer
+            # bounds it (the answer is out).
+            timeout = self._b.settings.semantic_cache_store_timeout
+            await retrieval.store_cached_answer(job.request, job.caller, timeout)
         except ServiceError as err:
             SEMANTIC_STORES.labels("failed").inc()
             log.warning("semantic cache store failed", extra={"reason": err.reason})
