@@ -197,15 +197,13 @@ class GenerationForwarder(_Forwarder, gen_grpc.GenerationServiceServicer):
     ``x-<provider>-api-key`` headers go to the generation service only. Roles, models and
     a request's base_url are checked there, as for a direct caller."""
 
-    def __init__(self, client: GenerationClient, internal_token: str) -> None:
-        super().__init__(client, internal_token)
-        self._generation = client
+    _client: GenerationClient
 
     async def ListModels(
         self, request: gen_pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> gen_pb.ListModelsResponse:
         caller = caller_of(context, self._token)
-        models = await self._generation.list_models(caller, context.time_remaining())
+        models = await self._client.list_models(caller, context.time_remaining())
         # Where the operator's endpoints live (internal host names) and which variables
         # hold their keys are the operator's own business: a client learns the providers,
         # their models and limits, whether a key is configured, and the allowlist its own
@@ -219,12 +217,12 @@ class GenerationForwarder(_Forwarder, gen_grpc.GenerationServiceServicer):
         self, request: gen_pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> gen_pb.GenerateResponse:
         caller = caller_of(context, self._token)
-        return await self._generation.generate(request, caller, context.time_remaining())
+        return await self._client.generate(request, caller, context.time_remaining())
 
     async def StreamGenerate(
         self, request: gen_pb.StreamGenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[gen_pb.StreamGenerateResponse]:
         caller = caller_of(context, self._token)
-        chunks = self._generation.stream_generate(request, caller, context.time_remaining())
+        chunks = self._client.stream_generate(request, caller, context.time_remaining())
         async for chunk in chunks:
             yield chunk
