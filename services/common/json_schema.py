@@ -34,6 +34,10 @@ MAX_CACHED = 256
 _accepted: OrderedDict[str, Draft202012Validator] = OrderedDict()
 # Characters of a validation error quoted back (to the caller and to the model).
 MAX_ERROR_CHARS = 400
+# Nesting of an answer carried as a Struct: each JSON level is up to three protobuf
+# levels (Struct, map entry, Value), and protobuf's decoders stop at 100 levels, which
+# our responses' own messages share. A deeper answer cannot travel, so it is invalid.
+MAX_OUTPUT_DEPTH = 32
 # A response format's name, as OpenAI's structured outputs accept it.
 _FORMAT_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 DEFAULT_FORMAT_NAME = "response"
@@ -118,6 +122,12 @@ def check_schema(
         raise InvalidArgument(
             f"not a valid JSON schema: {_short(err.message)}", field=field, reason=INVALID_SCHEMA
         ) from None
+    except OverflowError as err:  # re.compile of a "pattern" like "a{4294967296}"
+        raise InvalidArgument(
+            f"not a valid JSON schema: a regular expression {_short(str(err))}",
+            field=field,
+            reason=INVALID_SCHEMA,
+        ) from None
     if _remote_refs(schema):
         raise InvalidArgument(
             "$ref may only point inside the schema (#/...)", field=field, reason=INVALID_SCHEMA
@@ -144,6 +154,10 @@ def parse_output(text: str, validator: Draft202012Validator) -> tuple[dict[str, 
         value = json.loads(body)
     except ValueError as err:
         return None, f"the answer is not JSON ({_short(str(err))})"
+    except RecursionError:  # json's decoder gives up near Python's recursion limit
+        return None, f"the answer nests deeper than {MAX_OUTPUT_DEPTH} levels"
+    if _depth(value, MAX_OUTPUT_DEPTH) > MAX_OUTPUT_DEPTH:
+        return None, f"the answer nests deeper than {MAX_OUTPUT_DEPTH} levels"
     try:
         validator.validate(value)
     except ValidationError as err:
@@ -151,6 +165,8 @@ def parse_output(text: str, validator: Draft202012Validator) -> tuple[dict[str, 
         return None, f"at {where}: {_short(err.message)}"
     except Unresolvable:  # a "#/..." reference to nothing: the schema's fault, said so
         return None, "the schema has a $ref to nothing"
+    except RecursionError:  # "$ref"s that refer to each other without end
+        return None, "the schema's $refs refer to each other without end"
     if not isinstance(value, dict):
         return None, "the answer is not a JSON object"
     if not _finite_numbers(value):

@@ -102,3 +102,49 @@ def test_an_accepted_schema_is_checked_once() -> None:
     # The limits still apply to a schema already accepted under looser ones.
     with pytest.raises(InvalidArgument):
         check_schema(schema, FIELD, SchemaLimits(max_chars=10))
+
+
+def test_a_pattern_python_cannot_compile_is_refused_not_a_crash() -> None:
+    # re.compile raises OverflowError (not re.error) for a repetition above 2**32 - 1.
+    for schema in (
+        {"type": "object", "properties": {"t": {"type": "string", "pattern": "a{4294967296}"}}},
+        {"type": "object", "patternProperties": {"a{4294967296}": {}}},
+    ):
+        with pytest.raises(InvalidArgument) as caught:
+            check_schema(schema, FIELD, SchemaLimits())
+        assert caught.value.field == FIELD
+        assert caught.value.reason == "INVALID_SCHEMA"
+
+
+@pytest.mark.parametrize(
+    ("schema", "text"),
+    [
+        # An answer nested past what json's decoder (or a Struct) can hold.
+        ({"type": "object"}, '{"a": ' + "[" * 5000 + "]" * 5000 + "}"),
+        ({"type": "object"}, '{"a": ' * 40 + "1" + "}" * 40),
+        # A schema that refers to itself for as deep as the answer goes.
+        ({"type": "object", "properties": {"c": {"$ref": "#"}}}, '{"c": ' * 900 + "{}" + "}" * 900),
+        # $refs that refer to each other without end, whatever the answer.
+        (
+            {
+                "type": "object",
+                "properties": {"a": {"$ref": "#/$defs/x"}},
+                "$defs": {"x": {"$ref": "#/$defs/x"}},
+            },
+            '{"a": 1}',
+        ),
+    ],
+)
+def test_deep_answers_and_endless_refs_are_invalid_output_not_a_crash(
+    schema: dict[str, Any], text: str
+) -> None:
+    validator = check_schema(schema, FIELD, SchemaLimits())
+    value, why = parse_output(text, validator)
+    assert value is None and why
+
+
+def test_an_answer_as_deep_as_a_struct_carries_is_valid() -> None:
+    validator = check_schema({"type": "object"}, FIELD, SchemaLimits())
+    text = '{"a": ' * 31 + "1" + "}" * 31
+    value, why = parse_output(text, validator)
+    assert why == "" and value is not None

@@ -174,6 +174,47 @@ async def test_invalid_twice_is_invalid_output(service: Service, fake: FakeOpenA
     assert len(fake.chat_requests) == 2  # one corrective retry, no more
 
 
+async def test_a_pattern_python_cannot_compile_is_invalid_argument(
+    service: Service, fake: FakeOpenAI
+) -> None:
+    schema = {"type": "object", "properties": {"t": {"type": "string", "pattern": "a{4294967296}"}}}
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.Generate(
+            pb.GenerateRequest(messages=[user("hi")], response_format=fmt(schema)), timeout=5
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_info(caught.value).metadata["field"] == "response_format.json_schema"
+    assert fake.chat_requests == []
+
+
+@pytest.mark.parametrize(
+    ("schema", "answer"),
+    [
+        ({"type": "object"}, '{"a": ' + "[" * 5000 + "]" * 5000 + "}"),
+        ({"type": "object"}, '{"a": ' * 40 + "1" + "}" * 40),
+        (
+            {
+                "type": "object",
+                "properties": {"a": {"$ref": "#/$defs/x"}},
+                "$defs": {"x": {"$ref": "#/$defs/x"}},
+            },
+            '{"a": 1}',
+        ),
+    ],
+)
+async def test_a_too_deep_answer_or_endless_refs_are_invalid_output(
+    service: Service, fake: FakeOpenAI, schema: dict[str, Any], answer: str
+) -> None:
+    # Before: RecursionError or a Struct protobuf cannot decode, so INTERNAL.
+    fake.reply = answer
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.Generate(
+            pb.GenerateRequest(messages=[user("hi")], response_format=fmt(schema)), timeout=5
+        )
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error_info(caught.value).reason == "INVALID_OUTPUT"
+
+
 async def test_stream_with_schema_restarts_for_the_correction(
     service: Service, fake: FakeOpenAI
 ) -> None:
