@@ -322,7 +322,12 @@ class GenerativeSearch:
                 if index in plan.failed:
                     continue
                 try:
-                    prompt = templates.render(single, props)
+                    prompt = templates.render(
+                        single,
+                        props,
+                        max_chars=s.max_rendered_prompt_chars,
+                        field="generate.single_prompt",
+                    )
                 except ServiceError as err:
                     plan.failed[index] = HitError.of(err)
                     continue

@@ -42,6 +42,10 @@ class GatewaySettings(CommonSettings):
     max_hits: int = Field(default=100, ge=1)
     # Longest template / task / question accepted, in characters.
     max_prompt_chars: int = Field(default=32_000, ge=100)
+    # Longest prompt a single_prompt may render to for one hit, in characters (the
+    # generation service's MAX_PROMPT_CHARS refuses more anyway); a hit over it gets its
+    # own PROMPT_TOO_LONG error before its prompt is built.
+    max_rendered_prompt_chars: int = Field(default=1_000_000, ge=100)
     # generate.stop: sequences and characters each.
     max_stop_sequences: int = Field(default=4, ge=0)
     max_stop_chars: int = Field(default=256, ge=1)

@@ -44,6 +44,13 @@ class MissingProperty(FailedPrecondition):
     default_reason = "MISSING_PROPERTY"
 
 
+class PromptTooLong(InvalidArgument):
+    """A hit's values would make its prompt longer than ``max_chars``: a 32,000-character
+    template repeating one 64 KiB property thousands of times renders gigabytes."""
+
+    default_reason = "PROMPT_TOO_LONG"
+
+
 # Parsed templates kept by (source, field): a request's template is asked for by its checks
 # and by its plan, and a repeated search (the generation cache's common case) sends the
 # same one again. Templates are immutable, so sharing them is safe; errors are not kept.
@@ -148,17 +155,32 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def render(template: Template, properties: Mapping[str, Any]) -> str:
+def render(template: Template, properties: Mapping[str, Any], *, max_chars: int, field: str) -> str:
+    """The prompt for one hit; PromptTooLong (naming ``field``) as soon as it would pass
+    ``max_chars``, before it is built, so a hit never costs more memory than that."""
     out: list[str] = []
+    texts: dict[str, str] = {}  # each property encoded once, however often it is named
+    size = 0
     for part in template.parts:
         if isinstance(part, str):
-            out.append(part)
-            continue
-        value = properties.get(part.name)
-        if is_empty(value):
-            raise MissingProperty(
-                f"the hit has no value for property {part.name!r} used in the template",
-                metadata={"property": part.name},
+            text = part
+        elif part.name in texts:
+            text = texts[part.name]
+        else:
+            value = properties.get(part.name)
+            if is_empty(value):
+                raise MissingProperty(
+                    f"the hit has no value for property {part.name!r} used in the template",
+                    metadata={"property": part.name},
+                )
+            text = texts[part.name] = to_text(value)
+        size += len(text)
+        if size > max_chars:
+            raise PromptTooLong(
+                f"the hit's prompt would be longer than {max_chars} characters "
+                "(GENSEARCH_GATEWAY_MAX_RENDERED_PROMPT_CHARS)",
+                field=field,
+                metadata={"max_chars": str(max_chars)},
             )
-        out.append(to_text(value))
+        out.append(text)
     return "".join(out)

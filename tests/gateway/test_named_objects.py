@@ -137,6 +137,19 @@ async def test_inline_objects_without_a_collection(stack: Stack) -> None:
     assert response.grouped.result and response.usage.total_tokens > 0
 
 
+async def test_a_prompt_rendered_past_the_limit_fails_that_object_alone(stack: Stack) -> None:
+    # 8,000 placeholders of a 1,000-character value: 8 million characters for one object
+    # (a 32,000-character template over a 64 KiB value renders gigabytes), refused per
+    # object before it is built, at the default MAX_RENDERED_PROMPT_CHARS of a million.
+    request = inline([{"v": "x" * 1_000}, {"v": "short"}], single_prompt="{v}" * 8_000)
+    response = await stack.stub.GenerateOnObjects(request, metadata=ALICE)
+    big, small = (h.generation for h in response.hits)
+    assert big.error.status == "INVALID_ARGUMENT" and big.error.reason == "PROMPT_TOO_LONG"
+    assert "1000000 characters" in big.error.message
+    assert small.result.endswith("short" * 8_000)
+    assert len(stack.fake.chat_requests) == 1
+
+
 async def test_inline_objects_checked_against_a_named_collection(stack: Stack) -> None:
     await create_books(stack)
     request = inline([{"title": "Kim", "body": "India."}], single_prompt="About {title}")

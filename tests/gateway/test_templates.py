@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.gateway.grouped import grouped_prompt
-from services.gateway.templates import Template, check_single_prompt, parse, render
+from services.gateway.templates import (
+    PromptTooLong,
+    Template,
+    check_single_prompt,
+    parse,
+    render,
+)
 
 SCHEMA = {"title", "body", "year", "tags", "price", "meta"}
 FIELD = "generate.single_prompt"
+
+
+def fill(template: Template, properties: Mapping[str, Any]) -> str:
+    return render(template, properties, max_chars=1_000_000, field=FIELD)
 
 
 def parse_single_prompt(source: str, schema: set[str], *, field: str) -> Template:
@@ -25,13 +38,13 @@ def test_placeholders_and_literal_braces() -> None:
         "Summarise {title} ({year}) as {{json}}: {{}}", SCHEMA, field=FIELD
     )
     assert template.properties == ("title", "year")
-    out = render(template, {"title": "Dune", "year": 1965.0})
+    out = fill(template, {"title": "Dune", "year": 1965.0})
     assert out == "Summarise Dune (1965) as {json}: {}"
 
 
 def test_non_text_values_are_json() -> None:
     template = parse("{tags}|{price}|{meta}|{year}", field=FIELD)
-    out = render(template, {"tags": ["a", "b"], "price": 2.5, "meta": {"k": True}, "year": 3.0})
+    out = fill(template, {"tags": ["a", "b"], "price": 2.5, "meta": {"k": True}, "year": 3.0})
     assert out == '["a", "b"]|2.5|{"k": true}|3'
 
 
@@ -62,14 +75,14 @@ def test_bad_syntax_is_invalid(source: str) -> None:
 def test_missing_or_empty_property_fails_that_hit(props: dict[str, object]) -> None:
     template = parse("About {title}", field=FIELD)
     with pytest.raises(FailedPrecondition) as err:
-        render(template, props)
+        fill(template, props)
     assert err.value.reason == "MISSING_PROPERTY"
     assert "'title'" in err.value.message
 
 
 def test_zero_and_false_are_values_not_missing() -> None:
     template = parse("{year} {flag}", field=FIELD)
-    assert render(template, {"year": 0.0, "flag": False}) == "0 false"
+    assert fill(template, {"year": 0.0, "flag": False}) == "0 false"
 
 
 def test_grouped_prompt_numbers_and_labels_hits() -> None:
@@ -97,13 +110,13 @@ def test_any_text_parses_or_is_a_clear_invalid_argument(source: str) -> None:
         expected = expected.replace("{" + name + "}", f"<{name}>")
     expected = expected.replace("{{", "{").replace("}}", "}")
     if "{{" not in source and "}}" not in source:
-        assert render(template, values) == expected
+        assert fill(template, values) == expected
 
 
 @given(st.text(alphabet=st.characters(blacklist_characters="{}"), max_size=100))
 def test_escaped_braces_round_trip(text: str) -> None:
     source = "{{" + text + "}}"
-    assert render(parse(source, field=FIELD), {}) == "{" + text + "}"
+    assert fill(parse(source, field=FIELD), {}) == "{" + text + "}"
 
 
 def test_a_parsed_template_is_kept_and_errors_are_not() -> None:
@@ -116,3 +129,18 @@ def test_a_parsed_template_is_kept_and_errors_are_not() -> None:
         with pytest.raises(InvalidArgument) as caught:
             parse("About {title", field=field)
         assert caught.value.field == field
+
+
+def test_a_prompt_over_the_limit_fails_that_hit_before_it_is_built() -> None:
+    # 10,000 placeholders of one 10 kB value rendered 100 MB per hit, unbounded.
+    template = parse("{body}" * 10_000, field=FIELD)
+    with pytest.raises(PromptTooLong) as err:
+        render(template, {"body": "x" * 10_000}, max_chars=1_000_000, field=FIELD)
+    assert err.value.field == FIELD
+    assert err.value.reason == "PROMPT_TOO_LONG"
+    assert err.value.metadata["max_chars"] == "1000000"
+    # Exactly at the limit is fine.
+    exact = render(
+        parse("{body}" * 100, field=FIELD), {"body": "y" * 10_000}, max_chars=1_000_000, field=FIELD
+    )
+    assert len(exact) == 1_000_000
