@@ -7,19 +7,31 @@ an object schema (the validated output travels as a ``google.protobuf.Struct``, 
 an object, and OpenAI's structured outputs require an object root as well). ``$ref`` may
 only point inside the schema: the validator is given an empty registry, so a reference to
 a URL is an unresolvable reference, never a fetch.
+
+A schema's regular expressions (``pattern``, ``patternProperties``) run on the model's
+answer, which a caller can steer: ``^(a|a)+$`` against 30 ``a``s and a ``!`` backtracks for
+minutes in Python's ``re``, which holds the GIL and so would stop the whole service. They
+run on the ``regex`` package instead, which takes a timeout and releases the GIL, within a
+time budget per validation (``SchemaLimits.pattern_seconds``); answers are validated in a
+worker thread (``parse_output_async``). ``unevaluatedProperties`` beside
+``patternProperties`` is refused: jsonschema matches those patterns with ``re`` internally.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import re
+import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
-from jsonschema import Draft202012Validator
+import regex
+from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import SchemaError, ValidationError
 from referencing import Registry
 from referencing.exceptions import Unresolvable
@@ -32,6 +44,8 @@ INVALID_SCHEMA = "INVALID_SCHEMA"
 # times (measured 2026-12-02 under load; a cached lookup is the cost of one json.dumps).
 MAX_CACHED = 256
 _accepted: OrderedDict[str, Draft202012Validator] = OrderedDict()
+# When the validation under way must stop matching patterns (time.monotonic()).
+_pattern_deadline: ContextVar[float] = ContextVar("pattern_deadline", default=math.inf)
 # Characters of a validation error quoted back (to the caller and to the model).
 MAX_ERROR_CHARS = 400
 # Nesting of an answer carried as a Struct: each JSON level is up to three protobuf
@@ -47,6 +61,81 @@ DEFAULT_FORMAT_NAME = "response"
 class SchemaLimits:
     max_chars: int = 65_536
     max_depth: int = 32
+    # Time one validation of an answer may spend matching the schema's patterns.
+    pattern_seconds: float = 0.1
+
+
+@dataclass(frozen=True)
+class OutputSchema:
+    """An accepted schema's validator, with the pattern budget of each validation."""
+
+    validator: Draft202012Validator
+    pattern_seconds: float
+
+
+class _PatternFailed(Exception):
+    """A pattern that took longer than the budget, or that ``regex`` cannot compile."""
+
+
+def _matches(pattern: str, text: str) -> bool:
+    remaining = _pattern_deadline.get() - time.monotonic()
+    if remaining <= 0:
+        raise _PatternFailed(f"matching pattern {pattern!r} took longer than allowed")
+    try:
+        return regex.search(pattern, text, timeout=remaining, concurrent=True) is not None
+    except TimeoutError:
+        raise _PatternFailed(f"matching pattern {pattern!r} took longer than allowed") from None
+    except regex.error as err:
+        raise _PatternFailed(f"pattern {pattern!r} cannot be used: {err}") from None
+
+
+# The keywords that match a caller's patterns, on `regex` with a budget; each one the
+# library's own behaviour otherwise.
+_LIBRARY = Draft202012Validator.VALIDATORS
+
+
+def _pattern(
+    validator: Any, pattern: str, instance: Any, schema: Mapping[str, Any]
+) -> Iterator[ValidationError]:
+    if validator.is_type(instance, "string") and not _matches(pattern, instance):
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+def _pattern_properties(
+    validator: Any, patterns: Mapping[str, Any], instance: Any, schema: Mapping[str, Any]
+) -> Iterator[ValidationError]:
+    if not validator.is_type(instance, "object"):
+        return
+    for pattern, subschema in patterns.items():
+        for key, value in instance.items():
+            if _matches(pattern, key):
+                yield from validator.descend(value, subschema, path=key, schema_path=pattern)
+
+
+def _additional_properties(
+    validator: Any, additional: Any, instance: Any, schema: Mapping[str, Any]
+) -> Iterator[ValidationError]:
+    patterns = schema.get("patternProperties")
+    if patterns and validator.is_type(instance, "object"):
+        # The library's check, given only the keys no pattern matches (by `regex`).
+        named = schema.get("properties", {})
+        instance = {
+            key: value
+            for key, value in instance.items()
+            if key in named or not any(_matches(p, key) for p in patterns)
+        }
+        schema = {k: v for k, v in schema.items() if k != "patternProperties"}
+    yield from _LIBRARY["additionalProperties"](validator, additional, instance, schema)
+
+
+_Validator = validators.extend(
+    Draft202012Validator,
+    {
+        "pattern": _pattern,
+        "patternProperties": _pattern_properties,
+        "additionalProperties": _additional_properties,
+    },
+)
 
 
 def _depth(value: Any, limit: int) -> int:
@@ -64,6 +153,20 @@ def _depth(value: Any, limit: int) -> int:
             children = item
         stack.extend((child, depth + 1) for child in children)
     return deepest
+
+
+def _uses(value: Any, keyword: str) -> bool:
+    """Whether ``keyword`` appears as a key anywhere in ``value``."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if keyword in item:
+                return True
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def _remote_refs(value: Any) -> bool:
@@ -91,10 +194,8 @@ def format_name(name: str, field: str) -> str:
     return name
 
 
-def check_schema(
-    schema: Mapping[str, Any], field: str, limits: SchemaLimits
-) -> Draft202012Validator:
-    """A validator for ``schema``, or INVALID_ARGUMENT naming ``field``."""
+def check_schema(schema: Mapping[str, Any], field: str, limits: SchemaLimits) -> OutputSchema:
+    """What validates answers against ``schema``, or INVALID_ARGUMENT naming ``field``."""
     if not schema:
         raise InvalidArgument("a JSON schema is required", field=field, reason=INVALID_SCHEMA)
     depth = _depth(schema, limits.max_depth)
@@ -115,7 +216,7 @@ def check_schema(
     cached = _accepted.get(canonical)
     if cached is not None:
         _accepted.move_to_end(canonical)
-        return cached
+        return OutputSchema(cached, limits.pattern_seconds)
     try:
         Draft202012Validator.check_schema(schema)
     except SchemaError as err:
@@ -138,17 +239,31 @@ def check_schema(
             field=field,
             reason=INVALID_SCHEMA,
         )
-    validator = Draft202012Validator(dict(schema), registry=Registry())
+    if _uses(schema, "unevaluatedProperties") and _uses(schema, "patternProperties"):
+        raise InvalidArgument(
+            "unevaluatedProperties cannot be used with patternProperties",
+            field=field,
+            reason=INVALID_SCHEMA,
+        )
+    validator = _Validator(dict(schema), registry=Registry())
     _accepted[canonical] = validator
     if len(_accepted) > MAX_CACHED:
         _accepted.popitem(last=False)
-    return validator
+    return OutputSchema(validator, limits.pattern_seconds)
 
 
-def parse_output(text: str, validator: Draft202012Validator) -> tuple[dict[str, Any] | None, str]:
+async def parse_output_async(text: str, schema: OutputSchema) -> tuple[dict[str, Any] | None, str]:
+    """``parse_output`` in a worker thread: a large answer or slow patterns never hold
+    the event loop."""
+    return await asyncio.to_thread(parse_output, text, schema)
+
+
+def parse_output(text: str, schema: OutputSchema) -> tuple[dict[str, Any] | None, str]:
     """The model's ``text`` parsed and validated: (the object, "") or (None, why not).
 
-    One wrapping Markdown code fence is tolerated (models add them even when told not to)."""
+    One wrapping Markdown code fence is tolerated (models add them even when told not to).
+    The schema's patterns share ``schema.pattern_seconds``; past it the answer is not
+    valid (it could not be shown to match)."""
     body = _unfence(text.strip())
     try:
         value = json.loads(body)
@@ -158,8 +273,11 @@ def parse_output(text: str, validator: Draft202012Validator) -> tuple[dict[str, 
         return None, f"the answer nests deeper than {MAX_OUTPUT_DEPTH} levels"
     if _depth(value, MAX_OUTPUT_DEPTH) > MAX_OUTPUT_DEPTH:
         return None, f"the answer nests deeper than {MAX_OUTPUT_DEPTH} levels"
+    token = _pattern_deadline.set(time.monotonic() + schema.pattern_seconds)
     try:
-        validator.validate(value)
+        schema.validator.validate(value)
+    except _PatternFailed as err:
+        return None, f"{_short(str(err))} (GENSEARCH_GENERATION_SCHEMA_PATTERN_SECONDS)"
     except ValidationError as err:
         where = "/".join(str(p) for p in err.absolute_path) or "(root)"
         return None, f"at {where}: {_short(err.message)}"
@@ -167,6 +285,8 @@ def parse_output(text: str, validator: Draft202012Validator) -> tuple[dict[str, 
         return None, "the schema has a $ref to nothing"
     except RecursionError:  # "$ref"s that refer to each other without end
         return None, "the schema's $refs refer to each other without end"
+    finally:
+        _pattern_deadline.reset(token)
     if not isinstance(value, dict):
         return None, "the answer is not a JSON object"
     if not _finite_numbers(value):

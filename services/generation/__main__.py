@@ -63,7 +63,9 @@ async def build_server(settings: GenerationSettings, *, port: int | None = None)
         max_fallbacks=settings.max_fallbacks,
         max_tokens=settings.max_tokens_limit,
         schema=SchemaLimits(
-            max_chars=settings.max_schema_chars, max_depth=settings.max_schema_depth
+            max_chars=settings.max_schema_chars,
+            max_depth=settings.max_schema_depth,
+            pattern_seconds=settings.schema_pattern_seconds,
         ),
     )
     planner = Planner(registry, limits, settings.default_timeout, settings.fallback_time_share)

@@ -26,10 +26,8 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from jsonschema import Draft202012Validator
-
 from services.common.errors import ATTEMPTS, WAIT_MS, FailedPrecondition, ServiceError
-from services.common.json_schema import parse_output
+from services.common.json_schema import OutputSchema, parse_output_async
 from services.common.upstream_retry import Deadline
 from services.generation import fallback
 from services.generation.fallback import Calls, Target
@@ -49,7 +47,7 @@ class Plan:
     deadline: Deadline
     # Share of the time left one pair may spend while more pairs remain.
     share: float
-    validator: Draft202012Validator | None = None
+    schema: OutputSchema | None = None
 
 
 @dataclass(frozen=True)
@@ -127,9 +125,9 @@ async def generate(plan: Plan) -> Answer:
 
 async def _generate(plan: Plan, calls: Calls) -> Answer:
     target, done = await fallback.complete(plan.chain, plan.deadline, plan.share, calls)
-    if plan.validator is None:
+    if plan.schema is None:
         return Answer(target, done)
-    value, why = parse_output(done.text, plan.validator)
+    value, why = await parse_output_async(done.text, plan.schema)
     if value is not None:
         return Answer(target, done, value)
     INVALID_OUTPUTS.labels(target.provider.name, "first").inc()
@@ -141,7 +139,7 @@ async def _generate(plan: Plan, calls: Calls) -> Answer:
         calls.failed(err)
         raise
     calls.made += retry.attempts
-    value, why = parse_output(retry.text, plan.validator)
+    value, why = await parse_output_async(retry.text, plan.schema)
     if value is None:
         raise _invalid(target, why, _sum(done, retry))
     return Answer(target, _sum(done, retry), value, corrected=True)
@@ -175,11 +173,11 @@ async def _stream(plan: Plan, calls: Calls) -> AsyncGenerator[Event, None]:
     if first is None:
         return
     target, done = first
-    if plan.validator is None:
+    if plan.schema is None:
         yield Event(answer=Answer(target, done))
         return
     text = "".join(parts)
-    value, why = parse_output(text, plan.validator)
+    value, why = await parse_output_async(text, plan.schema)
     if value is not None:
         yield Event(answer=Answer(target, done, value))
         return
@@ -202,7 +200,7 @@ async def _stream(plan: Plan, calls: Calls) -> AsyncGenerator[Event, None]:
         raise
     if retry is None:
         return
-    value, why = parse_output("".join(parts), plan.validator)
+    value, why = await parse_output_async("".join(parts), plan.schema)
     if value is None:
         raise _invalid(target, why, _sum(done, retry))
     yield Event(answer=Answer(target, _sum(done, retry), value, corrected=True))

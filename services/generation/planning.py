@@ -95,5 +95,5 @@ class Planner:
             chain=chain,
             deadline=Deadline(timeout),
             share=self.fallback_share,
-            validator=None if fmt is None else fmt[1],
+            schema=None if fmt is None else fmt[1],
         )

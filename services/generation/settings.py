@@ -321,6 +321,9 @@ class GenerationSettings(CommonSettings):
     # A response_format JSON schema: its size as compact JSON and its nesting depth.
     max_schema_chars: int = Field(default=65_536, ge=2)
     max_schema_depth: int = Field(default=32, ge=1)
+    # Time one validation of an answer may spend matching the schema's patterns (a
+    # caller's regular expression can backtrack for hours on a steered answer).
+    schema_pattern_seconds: float = Field(default=0.1, gt=0, le=10)
     # Hosts a request's base_url may name (services/common/egress.py syntax; empty: none).
     # Loopback, private, link-local and metadata addresses need an address/network entry;
     # every connection is checked again when it is made.

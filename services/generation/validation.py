@@ -7,10 +7,9 @@ from dataclasses import dataclass, field
 
 from gensearch.generation.v1 import generation_service_pb2 as pb
 from google.protobuf import json_format
-from jsonschema import Draft202012Validator
 
 from services.common.errors import InvalidArgument, quote
-from services.common.json_schema import SchemaLimits, check_schema, format_name
+from services.common.json_schema import OutputSchema, SchemaLimits, check_schema, format_name
 from services.generation.providers.base import (
     ChatMessage,
     CompletionRequest,
@@ -79,16 +78,16 @@ def check_context_window(
 
 def response_format(
     msg: pb.GenerateRequest | pb.StreamGenerateRequest, limits: Limits
-) -> tuple[JsonSchemaFormat, Draft202012Validator] | None:
-    """The request's JSON schema format and its validator (None without one)."""
+) -> tuple[JsonSchemaFormat, OutputSchema] | None:
+    """The request's JSON schema format and what validates answers (None without one)."""
     if not msg.HasField("response_format"):
         return None
     fmt = msg.response_format
     name = format_name(fmt.name, "response_format.name")
     schema = json_format.MessageToDict(fmt.json_schema)
-    validator = check_schema(schema, "response_format.json_schema", limits.schema)
+    output = check_schema(schema, "response_format.json_schema", limits.schema)
     strict = fmt.strict if fmt.HasField("strict") else None
-    return JsonSchemaFormat(name=name, schema=schema, strict=strict), validator
+    return JsonSchemaFormat(name=name, schema=schema, strict=strict), output
 
 
 def _penalty(msg: pb.GenerateRequest | pb.StreamGenerateRequest, name: str) -> float | None:

@@ -4,6 +4,7 @@ output against an accepted schema never raises."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ KEYWORDS = [
     "type", "properties", "required", "items", "$ref", "$defs", "$id", "$anchor",
     "$dynamicRef", "pattern", "format", "enum", "const", "allOf", "anyOf", "oneOf", "not",
     "minimum", "maxLength", "additionalProperties", "patternProperties", "if", "then",
+    "unevaluatedProperties",
 ]  # fmt: skip
 SCALARS = st.one_of(
     st.none(),
@@ -49,14 +51,12 @@ JSON = st.recursive(
 def test_any_schema_is_accepted_or_refused_and_any_output_checked(
     schema: dict[str, Any], output: Any
 ) -> None:
-    import json
-
     try:
-        validator = check_schema(schema, FIELD, SchemaLimits(max_chars=10_000, max_depth=12))
+        accepted = check_schema(schema, FIELD, SchemaLimits(max_chars=10_000, max_depth=12))
     except InvalidArgument as err:
         assert err.field == FIELD
         return
-    value, why = parse_output(json.dumps(output), validator)
+    value, why = parse_output(json.dumps(output), accepted)
     assert (value is None) == bool(why)
 
 
@@ -75,20 +75,20 @@ def test_bounds_and_root() -> None:
 
 
 def test_outputs() -> None:
-    validator = check_schema(
+    output = check_schema(
         {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]},
         FIELD,
         SchemaLimits(),
     )
-    assert parse_output('{"n": 1}', validator) == ({"n": 1}, "")
-    assert parse_output('```json\n{"n": 2}\n```', validator) == ({"n": 2}, "")
-    value, why = parse_output('{"n": "one"}', validator)
+    assert parse_output('{"n": 1}', output) == ({"n": 1}, "")
+    assert parse_output('```json\n{"n": 2}\n```', output) == ({"n": 2}, "")
+    value, why = parse_output('{"n": "one"}', output)
     assert value is None and why.startswith("at n:")
-    value, why = parse_output("Sure! Here it is", validator)
+    value, why = parse_output("Sure! Here it is", output)
     assert value is None and "not JSON" in why
     # What a Struct (doubles) cannot hold is invalid output, never a crash later.
     for text in ('{"n": 1, "x": 1e400}', '{"n": ' + "9" * 400 + "}", '{"n": 1, "x": NaN}'):
-        value, why = parse_output(text, validator)
+        value, why = parse_output(text, output)
         assert value is None and why
 
 
@@ -98,7 +98,7 @@ def test_an_accepted_schema_is_checked_once() -> None:
     same = check_schema(
         {"properties": {"a": {"type": "string"}}, "type": "object"}, FIELD, SchemaLimits()
     )
-    assert same is first
+    assert same.validator is first.validator
     # The limits still apply to a schema already accepted under looser ones.
     with pytest.raises(InvalidArgument):
         check_schema(schema, FIELD, SchemaLimits(max_chars=10))
@@ -138,13 +138,80 @@ def test_a_pattern_python_cannot_compile_is_refused_not_a_crash() -> None:
 def test_deep_answers_and_endless_refs_are_invalid_output_not_a_crash(
     schema: dict[str, Any], text: str
 ) -> None:
-    validator = check_schema(schema, FIELD, SchemaLimits())
-    value, why = parse_output(text, validator)
+    output = check_schema(schema, FIELD, SchemaLimits())
+    value, why = parse_output(text, output)
     assert value is None and why
 
 
 def test_an_answer_as_deep_as_a_struct_carries_is_valid() -> None:
-    validator = check_schema({"type": "object"}, FIELD, SchemaLimits())
+    output = check_schema({"type": "object"}, FIELD, SchemaLimits())
     text = '{"a": ' * 31 + "1" + "}" * 31
-    value, why = parse_output(text, validator)
+    value, why = parse_output(text, output)
     assert why == "" and value is not None
+
+
+# ^(a|a)+$ backtracks 2**n ways on n "a"s and a "!": 26 take seconds in Python's re,
+# which holds the GIL throughout (a whole service stalls), and each 2 more take 4x longer.
+SLOW = "^(a|a)+$"
+STEERED = "a" * 26 + "!"
+
+
+@pytest.mark.parametrize(
+    ("schema", "answer"),
+    [
+        (
+            {"type": "object", "properties": {"t": {"type": "string", "pattern": SLOW}}},
+            {"t": STEERED},
+        ),
+        ({"type": "object", "patternProperties": {SLOW: {"type": "integer"}}}, {STEERED: 1}),
+        (
+            {
+                "type": "object",
+                "patternProperties": {SLOW: {}},
+                "additionalProperties": False,
+            },
+            {STEERED: 1},
+        ),
+    ],
+)
+def test_a_pattern_that_backtracks_on_a_steered_answer_stops_at_its_budget(
+    schema: dict[str, Any], answer: dict[str, Any]
+) -> None:
+    output = check_schema(schema, FIELD, SchemaLimits(pattern_seconds=0.05))
+    value, why = parse_output(json.dumps(answer), output)
+    assert value is None
+    assert "took longer than allowed" in why and "SCHEMA_PATTERN_SECONDS" in why
+
+
+def test_patterns_keep_their_meaning() -> None:
+    schema = {
+        "type": "object",
+        "properties": {"code": {"type": "string", "pattern": "^[A-Z]{3}-\\d+$"}},
+        "patternProperties": {"^x-": {"type": "integer"}},
+        "additionalProperties": False,
+    }
+    output = check_schema(schema, FIELD, SchemaLimits())
+    assert parse_output('{"code": "ABC-12", "x-a": 1}', output) == (
+        {"code": "ABC-12", "x-a": 1},
+        "",
+    )
+    value, why = parse_output('{"code": "abc"}', output)
+    assert value is None and "does not match" in why
+    value, why = parse_output('{"x-a": "one"}', output)
+    assert value is None and "x-a" in why
+    value, why = parse_output('{"y": 1}', output)
+    assert value is None and "'y'" in why
+
+
+def test_unevaluated_properties_beside_pattern_properties_is_refused() -> None:
+    # jsonschema matches patternProperties with re when it evaluates unevaluatedProperties.
+    schema = {
+        "type": "object",
+        "allOf": [{"patternProperties": {"^a": {}}}],
+        "unevaluatedProperties": False,
+    }
+    with pytest.raises(InvalidArgument) as caught:
+        check_schema(schema, FIELD, SchemaLimits())
+    assert caught.value.field == FIELD and caught.value.reason == "INVALID_SCHEMA"
+    # Either alone is fine.
+    check_schema({"type": "object", "unevaluatedProperties": False}, FIELD, SchemaLimits())

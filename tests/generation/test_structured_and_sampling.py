@@ -215,6 +215,23 @@ async def test_a_too_deep_answer_or_endless_refs_are_invalid_output(
     assert error_info(caught.value).reason == "INVALID_OUTPUT"
 
 
+async def test_a_pattern_that_backtracks_on_the_answer_is_invalid_output_at_its_budget(
+    service: Service, fake: FakeOpenAI
+) -> None:
+    # Python's re takes seconds on this (minutes with a few more "a"s), holding the GIL:
+    # every other call of the service would wait. Now: the 0.1 s budget, then invalid.
+    schema = {"type": "object", "properties": {"t": {"type": "string", "pattern": "^(a|a)+$"}}}
+    fake.reply = json.dumps({"t": "a" * 26 + "!"})
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.Generate(
+            pb.GenerateRequest(messages=[user("hi")], response_format=fmt(schema)), timeout=10
+        )
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error_info(caught.value).reason == "INVALID_OUTPUT"
+    assert "took longer than allowed" in (caught.value.details() or "")
+    assert len(fake.chat_requests) == 2  # the corrective retry, as for any invalid answer
+
+
 async def test_stream_with_schema_restarts_for_the_correction(
     service: Service, fake: FakeOpenAI
 ) -> None:
