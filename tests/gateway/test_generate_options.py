@@ -498,3 +498,23 @@ async def test_a_hanging_primary_falls_back_within_the_hits_budget(stack: Stack)
     results = [e.hit_result.generation for e in events if e.HasField("hit_result")]
     assert [r.error.status for r in results if r.HasField("error")] == []
     assert {(r.model, r.fallback_index) for r in results} == {("backup", 1)}
+
+
+async def test_a_collections_fallback_chain_longer_than_allowed_fails_once_on_the_collection(
+    stack: Stack,
+) -> None:
+    # A collection stores up to 8 pairs; generation takes 4. Before: every hit failed on
+    # its own with INVALID_ARGUMENT naming no field.
+    chain = [ret_pb.GenerativeModel(provider="fake", model=f"m{i}") for i in range(5)]
+    await create_books(
+        stack, books=WITH_BODY, generative=ret_pb.GenerativeConfig(provider="fake", fallback=chain)
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stack.stub.GenerativeSearch(_search(single_prompt="About {title}"), metadata=ALICE)
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    info = error_info(caught.value)
+    assert (info.reason, info.metadata["field"]) == (
+        "OUT_OF_RANGE",
+        "collection.generative.fallback",
+    )
+    assert stack.fake.chat_requests == []
