@@ -236,7 +236,8 @@ class _MethodWrapper:
             if code in SERVER_ERRORS:
                 span.set_status(StatusCode.ERROR, code.name)
             span.end()
-            otel_context.detach(token)  # type: ignore[arg-type]
+        if token is not None:
+            otel_context.detach(token)
 
     def _fail(self, err: Exception) -> grpc.Status:
         if isinstance(err, ServiceError):
@@ -350,6 +351,15 @@ class _MethodWrapper:
                 raise
             except asyncio.CancelledError:
                 code = self._cancelled(context)
+                raise
+            except GeneratorExit:
+                # Closed while suspended at a yield: gRPC dropped the stream (the client
+                # went away) and the generator is finalized later, in another task's
+                # context, where the span's context cannot be detached (OpenTelemetry
+                # would log "Failed to detach context"); the RPC's own task, which it was
+                # attached in, is over.
+                code = self._cancelled(context)
+                begun = (*begun[:2], None)
                 raise
             except Exception as err:
                 status = self._fail(err)

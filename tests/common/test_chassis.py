@@ -6,6 +6,8 @@ A real grpc.aio server on a free port with a tiny generic service and a real cha
 from __future__ import annotations
 
 import asyncio
+import gc
+import logging
 import urllib.request
 from collections.abc import AsyncIterator
 
@@ -54,6 +56,11 @@ async def stream(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIter
     raise InvalidArgument("bad after first", field="stream_field")
 
 
+async def flood(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+    while True:
+        yield b"x" * 16384
+
+
 async def collect(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> bytes:
     return b"".join([r async for r in requests])
 
@@ -74,6 +81,9 @@ def _register(_servicer: object, server: grpc.aio.Server) -> None:
     }
     unary["Stream"] = grpc.unary_stream_rpc_method_handler(
         stream, request_deserializer=_ident, response_serializer=_ident
+    )
+    unary["Flood"] = grpc.unary_stream_rpc_method_handler(
+        flood, request_deserializer=_ident, response_serializer=_ident
     )
     unary["Collect"] = grpc.stream_unary_rpc_method_handler(
         collect, request_deserializer=_ident, response_serializer=_ident
@@ -167,6 +177,33 @@ async def test_error_after_stream_started(open_server: grpc.aio.Channel) -> None
     assert received == [b"one"]
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert _error_info(caught.value).metadata["field"] == "stream_field"
+
+
+async def test_a_stream_dropped_while_it_waits_to_send_ends_cancelled_and_quietly(
+    open_server: grpc.aio.Channel, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The client stops reading, so the server's generator waits at its yield; when the
+    # client cancels, gRPC leaves it there and it is finalized later in another task's
+    # context. Before: OpenTelemetry logged "Failed to detach context" with a traceback,
+    # and the access line said OK.
+    caplog.set_level(logging.INFO)
+    call = open_server.unary_stream(f"/{SERVICE}/Flood", _ident, _ident)(b"")
+    await call.read()
+    await asyncio.sleep(0.3)  # the flow-control window fills
+    call.cancel()
+    for _ in range(20):
+        gc.collect()
+        await asyncio.sleep(0.05)
+        codes = [getattr(r, "code", None) for r in caplog.records if r.name == "gensearch.access"]
+        if codes:
+            break
+    assert codes == ["CANCELLED"]
+    # (gRPC itself logs the failed send at ERROR; that one is not ours.)
+    assert not [
+        r
+        for r in caplog.records
+        if r.name.startswith(("opentelemetry", "gensearch")) and r.levelno >= logging.ERROR
+    ]
 
 
 @pytest.mark.parametrize(
