@@ -237,7 +237,7 @@ class _MethodWrapper:
                 span.set_status(StatusCode.ERROR, code.name)
             span.end()
         if token is not None:
-            otel_context.detach(token)
+            otel_context.detach(token)  # type: ignore[arg-type]
 
     def _fail(self, err: Exception) -> grpc.Status:
         if isinstance(err, ServiceError):
