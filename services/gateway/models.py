@@ -15,6 +15,7 @@ from services.common.errors import (
     ServiceError,
     quote,
 )
+from services.common.model_names import check_model_name
 from services.gateway.clients import Caller, GenerationClient
 from services.gateway.generator import Options
 from services.gateway.prompting import context_window_for
@@ -76,6 +77,7 @@ class ModelCatalog:
             for i, (p, m) in enumerate(options.fallback)
         ]
         for provider_name, model, provider_field, model_at, callers_url in pairs:
+            check_model_name(model, model_at)
             provider = _find_provider(models, provider_name)
             if provider is None:
                 known = ", ".join(sorted(p.name for p in models.providers))

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from gensearch.generation.v1 import generation_service_pb2 as pb
 
 from services.common.errors import InvalidArgument
+from services.common.model_names import check_model_name
 from services.common.upstream_retry import Deadline
 from services.generation.answering import Plan
 from services.generation.fallback import Target
@@ -74,6 +75,7 @@ class Planner:
                 raise InvalidArgument("provider is required", field=f"{where}.provider")
             other = self.registry.get(choice.provider, field=f"{where}.provider")
             model = choice.model.strip() or other.config.default_model
+            check_model_name(model, f"{where}.model")
             check_model(model, other.config, f"{where}.model")
             check_context_window(list(request.messages), request.max_tokens, other.config)
             chain.append(

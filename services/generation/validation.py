@@ -10,6 +10,7 @@ from google.protobuf import json_format
 
 from services.common.errors import InvalidArgument, quote
 from services.common.json_schema import OutputSchema, SchemaLimits, check_schema, format_name
+from services.common.model_names import check_model_name
 from services.generation.providers.base import (
     ChatMessage,
     CompletionRequest,
@@ -138,6 +139,7 @@ def build_request(
         )
 
     model = msg.model.strip() or config.default_model
+    check_model_name(model, "model")
     if check_models:
         check_model(model, config, "model")
 

@@ -15,6 +15,7 @@ from google.protobuf import json_format
 
 from services.common.auth import DEFAULT_TENANT
 from services.common.errors import InvalidArgument, quote
+from services.common.model_names import check_model_name
 from services.common.values import DEFAULT_MAX_DEPTH, check_value
 from services.common.well_known import duration_seconds
 from services.retrieval.endpoints import ENV_NAME, EmbeddingPolicy
@@ -255,6 +256,7 @@ def _validate_generative(gen: pb.GenerativeConfig, types: dict[str, int]) -> Non
         )
     if gen.HasField("max_tokens") and gen.max_tokens <= 0:
         raise InvalidArgument(f"{where}.max_tokens must be positive", field=f"{where}.max_tokens")
+    check_model_name(gen.model, f"{where}.model")
     for name in ("system_prompt", "user_instructions"):
         if len(getattr(gen, name)) > MAX_PROMPT:
             raise InvalidArgument(f"{where}.{name} is too long", field=f"{where}.{name}")
@@ -268,12 +270,12 @@ def _validate_generative(gen: pb.GenerativeConfig, types: dict[str, int]) -> Non
                 f"{where}.fallback[{i}].provider is required",
                 field=f"{where}.fallback[{i}].provider",
             )
-        for name in ("provider", "model"):
-            if len(getattr(pair, name)) > MAX_NAME:
-                raise InvalidArgument(
-                    f"{where}.fallback[{i}].{name} is too long",
-                    field=f"{where}.fallback[{i}].{name}",
-                )
+        if len(pair.provider) > MAX_NAME:
+            raise InvalidArgument(
+                f"{where}.fallback[{i}].provider is too long",
+                field=f"{where}.fallback[{i}].provider",
+            )
+        check_model_name(pair.model, f"{where}.fallback[{i}].model")
     for i, name in enumerate(gen.context_fields):
         if name not in types:
             raise InvalidArgument(

@@ -153,6 +153,8 @@ async def test_streaming_falls_back_before_the_first_token(stack: Stack) -> None
         ([gen_pb.ModelChoice(provider="")], "generate.fallback[0].provider"),
         ([gen_pb.ModelChoice(provider="anyscale", model="gpt-4")], "generate.fallback[0].model"),
         ([gen_pb.ModelChoice(provider="fake")] * 9, "generate.fallback"),
+        ([gen_pb.ModelChoice(provider="fake", model="a\nb")], "generate.fallback[0].model"),
+        ([gen_pb.ModelChoice(provider="fake", model="m" * 257)], "generate.fallback[0].model"),
     ],
 )
 async def test_bad_chains_fail_the_request_before_any_call(

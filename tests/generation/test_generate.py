@@ -188,6 +188,12 @@ async def test_list_models(
         ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
         ({"stop": [""]}, "stop[0]"),
         ({"provider": "nope"}, "provider"),
+        # A model name goes upstream and into spans: bounded and printable, whether or
+        # not the provider checks a known list (this one does not).
+        ({"model": "m" * 257}, "model"),
+        ({"model": "fake-model\nX-Injected: 1"}, "model"),
+        ({"model": "a\x00b"}, "model"),
+        ({"fallback": [pb.ModelChoice(provider="fake", model="a\tb")]}, "fallback[0].model"),
     ],
 )
 async def test_invalid_requests_name_the_field(

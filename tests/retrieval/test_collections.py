@@ -172,6 +172,19 @@ async def test_collection_errors(retrieval: Retrieval) -> None:
             ),
             "collection.generative.fallback",
         ),
+        (
+            vector_collection("P", generative=pb.GenerativeConfig(model="m\nx")),
+            "collection.generative.model",
+        ),
+        (
+            vector_collection(
+                "P",
+                generative=pb.GenerativeConfig(
+                    fallback=[pb.GenerativeModel(provider="openai", model="m" * 257)]
+                ),
+            ),
+            "collection.generative.fallback[0].model",
+        ),
     ]
     for collection, field in invalid:
         await expect_error(
