@@ -1,4 +1,4 @@
-"""When an upstream call may start: the provider's limits, in order of arrival.
+"""When an upstream call may start: the provider's limits, tenants taking turns.
 
 Every attempt of every call to a provider passes ``ProviderLimiter.acquire`` and holds the
 ``Permit`` it gets while its request runs. A call may start when
@@ -13,9 +13,13 @@ Every attempt of every call to a provider passes ``ProviderLimiter.acquire`` and
 2. fewer calls run here than the adaptive limit (``services.generation.adaptive``) allows;
 3. the declared limits shared by every replica admit it (``services.generation.rate_buckets``).
 
-Calls wait first-in first-out by their *first* arrival: a call retried after a 429 keeps
-its ticket and so goes before calls that came after it. Only the call at the head of the
-queue asks the shared limits (one Redis round trip at a time per provider and replica).
+Tenants waiting on the provider take turns (round robin): each call that leaves the head
+of the queue hands the turn to the next tenant waiting, so one tenant's burst of hits
+cannot hold another tenant's single call for the whole burst. A tenant's own calls wait
+first-in first-out by their *first* arrival: a call retried after a 429 keeps its ticket
+and so goes before that tenant's calls that came after it. Turns are taken within this
+replica; replicas meet only in the shared limits. Only the call at the head of the queue
+asks the shared limits (one Redis round trip at a time per provider and replica).
 A wait the call's deadline cannot cover fails it at once with RESOURCE_EXHAUSTED instead
 of sleeping into the deadline; the deadline passing in the queue is DEADLINE_EXCEEDED.
 A provider that declares nothing and is not being throttled admits at once, with no
@@ -29,8 +33,10 @@ import contextlib
 import heapq
 import itertools
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from services.common.auth import current_tenant
 from services.common.upstream_retry import Deadline
 from services.generation.adaptive import AdaptiveLimit
 from services.generation.metrics import CONCURRENCY_LIMIT, IN_FLIGHT, QUEUE_WAIT
@@ -45,16 +51,55 @@ FLIGHT_POLL = 0.05
 
 @dataclass(order=True)
 class Ticket:
-    """A call's place in the queue, kept across its attempts."""
+    """A call's place in its tenant's queue, kept across its attempts."""
 
     arrived: float
     seq: int
+    tenant: str = field(compare=False)
 
 
 @dataclass(order=True)
 class _Waiter:
     ticket: Ticket
     turn: asyncio.Event = field(compare=False, default_factory=asyncio.Event)
+
+
+class _FairQueue:
+    """The waiting calls by tenant, each tenant's in a heap by ticket; the tenants in turn
+    order. The head is the first call of the tenant whose turn it is."""
+
+    def __init__(self) -> None:
+        self._tenants: OrderedDict[str, list[_Waiter]] = OrderedDict()
+
+    def __bool__(self) -> bool:
+        return bool(self._tenants)
+
+    @property
+    def head(self) -> _Waiter | None:
+        for waiters in self._tenants.values():
+            return waiters[0]
+        return None
+
+    def add(self, waiter: _Waiter) -> None:
+        """A tenant not waiting yet takes the last turn."""
+        heapq.heappush(self._tenants.setdefault(waiter.ticket.tenant, []), waiter)
+
+    def remove(self, waiter: _Waiter) -> bool:
+        """False when ``waiter`` was not queued. The head's tenant, leaving, goes to the
+        back of the turn order; any other keeps its turn."""
+        tenant = waiter.ticket.tenant
+        waiters = self._tenants.get(tenant, [])
+        index = next((i for i, w in enumerate(waiters) if w is waiter), None)
+        if index is None:
+            return False
+        was_head = self.head is waiter
+        waiters.pop(index)
+        heapq.heapify(waiters)
+        if not waiters:
+            del self._tenants[tenant]
+        elif was_head:
+            self._tenants.move_to_end(tenant)
+        return True
 
 
 class Permit:
@@ -98,7 +143,7 @@ class ProviderLimiter:
             latency_factor=config.latency_factor if config.adaptive else None,
             recovery=config.adaptive_recovery,
         )
-        self._queue: list[_Waiter] = []
+        self._queue = _FairQueue()
         self._seq = itertools.count()
         self.in_flight = 0
         self._paused_until = 0.0
@@ -106,7 +151,8 @@ class ProviderLimiter:
         self._publish_limit()
 
     def ticket(self) -> Ticket:
-        return Ticket(asyncio.get_running_loop().time(), next(self._seq))
+        """A place for a call of the current caller's tenant (the chassis's identity)."""
+        return Ticket(asyncio.get_running_loop().time(), next(self._seq), current_tenant())
 
     @property
     def idle(self) -> bool:
@@ -144,7 +190,7 @@ class ProviderLimiter:
         ):
             return self._admitted(call_id, cost, 0.0)
         waiter = _Waiter(ticket)
-        heapq.heappush(self._queue, waiter)
+        self._queue.add(waiter)
         try:
             async with asyncio.timeout_at(deadline.expires_at):
                 await self._wait_for_admission(waiter, call_id, cost, deadline)
@@ -165,21 +211,20 @@ class ProviderLimiter:
         return Permit(self, call_id, cost, waited)
 
     def _leave(self, waiter: _Waiter) -> None:
-        was_head = bool(self._queue) and self._queue[0] is waiter
-        try:
-            self._queue.remove(waiter)
-        except ValueError:
-            return
-        heapq.heapify(self._queue)
-        if self._queue and (was_head or not self._queue[0].turn.is_set()):
-            self._queue[0].turn.set()
+        if self._queue.remove(waiter):
+            self._wake_head()
+
+    def _wake_head(self) -> None:
+        head = self._queue.head
+        if head is not None:
+            head.turn.set()
 
     async def _wait_for_admission(
         self, waiter: _Waiter, call_id: str, cost: float, deadline: Deadline
     ) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            if self._queue[0] is not waiter:
+            if self._queue.head is not waiter:
                 waiter.turn.clear()
                 await waiter.turn.wait()
                 continue
@@ -230,8 +275,7 @@ class ProviderLimiter:
         IN_FLIGHT.labels(self.name).dec()
         self._publish_limit()
         self._released.set()
-        if self._queue and not self._queue[0].turn.is_set():
-            self._queue[0].turn.set()
+        self._wake_head()
         if self._shared is not None:
             refund = 0.0 if tokens is None else permit.cost - tokens
             await self._shared.release(self.scope, permit.call_id, refund)

@@ -10,6 +10,7 @@ import grpc
 import pytest
 from prometheus_client import REGISTRY
 
+from services.common.auth import Identity, Role, set_current_identity
 from services.common.redis_client import connect
 from services.common.upstream_retry import Deadline
 from services.devlaunch.processes import free_port
@@ -260,6 +261,29 @@ async def test_waiters_are_admitted_by_first_arrival() -> None:
     await held.release(outcome="ok")
     await asyncio.gather(*tasks)
     assert order == ["early", "late"]
+
+
+async def test_tenants_take_turns_and_each_keeps_its_own_order() -> None:
+    limiter = ProviderLimiter(_config(max_concurrency=1), "p", None)
+    held = await limiter.acquire(limiter.ticket(), 1, Deadline(5))
+    order: list[str] = []
+
+    async def take(tenant: str, name: str) -> None:
+        # The identity the chassis sets for an RPC; a task has its own copy of it.
+        set_current_identity(Identity("u", tenant, Role.READER))
+        permit = await limiter.acquire(limiter.ticket(), 1, Deadline(5))
+        order.append(name)
+        await permit.release(outcome="ok")
+
+    tasks = []
+    for tenant, name in [("acme", "a1"), ("acme", "a2"), ("acme", "a3"), ("beta", "b1")]:
+        tasks.append(asyncio.create_task(take(tenant, name)))
+        await asyncio.sleep(0.01)
+    await held.release(outcome="ok")
+    tasks.append(asyncio.create_task(take("beta", "b2")))
+    await asyncio.gather(*tasks)
+    # First come first served would be a1 a2 a3 b1 b2.
+    assert order == ["a1", "b1", "a2", "b2", "a3"]
 
 
 async def test_tokens_are_corrected_in_redis_too(redis_server: RedisProcess) -> None:

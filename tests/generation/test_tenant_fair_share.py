@@ -1,0 +1,93 @@
+"""Tenants waiting on the same provider take turns.
+
+Real gRPC, real Redis (the declared limits counted there), and a loopback provider
+enforcing the rate it declares. Assertions are on order, not on tight
+timings: the machine may be busy."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from gensearch.generation.v1 import generation_service_pb2 as pb
+from pydantic import SecretStr
+
+from services.devlaunch.redis_server import RedisProcess
+from tests.generation.conftest import Service, StartService, fake_provider, user
+from tests.support.fake_openai import FakeOpenAI
+
+TOKEN = "generation-fair-share-internal-token"
+# The fake takes LIMIT requests per WINDOW seconds and the provider declares the same:
+# one at once, then one every WINDOW / (LIMIT - 1) s (a third of a second).
+LIMIT = 4
+WINDOW = 1.0
+DECLARED = {
+    "requests_per_minute": LIMIT * 60 / WINDOW,
+    "rate_window": WINDOW,
+    "rate_burst": 0.25,
+}
+FLOOD = 30  # about ten seconds of the provider's allowance
+
+
+def as_(user_name: str, tenant: str) -> tuple[tuple[str, str], ...]:
+    # What the gateway sends for the caller it authenticated (services/common/auth.py).
+    return (
+        ("x-gensearch-internal-token", TOKEN),
+        ("x-gensearch-user", user_name),
+        ("x-gensearch-tenant", tenant),
+        ("x-gensearch-role", "reader"),
+    )
+
+
+ALICE = as_("alice", "acme")
+BOB = as_("bob", "beta")
+
+
+def ask(text: str) -> pb.GenerateRequest:
+    return pb.GenerateRequest(messages=[user(text)])
+
+
+async def generate(service: Service, text: str, **kw: Any) -> pb.GenerateResponse:
+    reply: pb.GenerateResponse = await service.stub.Generate(ask(text), **kw)
+    return reply
+
+
+def prompt_of(body: object) -> str:
+    assert isinstance(body, dict)
+    return str(body["messages"][-1]["content"])
+
+
+async def test_one_tenants_flood_does_not_starve_another_tenants_call(
+    redis_server: RedisProcess, start_service: StartService
+) -> None:
+    async with FakeOpenAI(rate_limit=LIMIT, rate_window=WINDOW) as fake:
+        service = await start_service(
+            [fake_provider(fake, max_concurrency=None, **DECLARED)],
+            redis_url=redis_server.url,
+            internal_token=SecretStr(TOKEN),
+        )
+        flood = [
+            asyncio.create_task(generate(service, f"acme {i}", metadata=ALICE, timeout=60))
+            for i in range(FLOOD)
+        ]
+        try:
+            # By the third answer every call of the flood is long queued.
+            await fake.wait_for_requests(3, timeout=30)
+            sent_at = len(fake.chat_requests)
+            started = time.monotonic()
+            reply = await generate(service, "beta", metadata=BOB, timeout=60)
+            elapsed = time.monotonic() - started
+            prompts = [prompt_of(r.json) for r in fake.chat_requests]
+        finally:
+            for task in flood:
+                task.cancel()
+            await asyncio.gather(*flood, return_exceptions=True)
+    assert reply.text == "beta"
+    # First-come first-served would send every queued acme call first (some 25); taking
+    # turns, at most the acme call at the head of the queue (and one already on its way)
+    # goes before it: about one refill interval.
+    went_before = prompts.index("beta") - sent_at
+    assert went_before <= 3, prompts
+    assert elapsed < 5  # the flood would take ~8 s more
+    assert fake.rate_limited == 0  # the provider's limit was kept all along
