@@ -30,6 +30,9 @@ from services.generation.validation import (
 )
 
 Metadata = Iterable[tuple[str, str | bytes]] | None
+# Seconds our deadline ends before the caller's (at most a tenth of a short one): time for
+# the reply to reach the caller, through the gateway too.
+DEADLINE_MARGIN = 0.25
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,11 +90,16 @@ class Planner:
                     ),
                 )
             )
-        # The caller's deadline bounds everything upstream, retries and fallbacks included.
+        # The caller's deadline bounds everything upstream, retries and fallbacks included,
+        # less a margin: a call that fails on it (a wait for the provider's limits, an
+        # upstream that does not answer) is told so while the caller still listens, not
+        # left to the caller's own bare DEADLINE_EXCEEDED.
         timeout = (
             self.default_timeout
             if time_remaining is None
-            else min(time_remaining, self.default_timeout)
+            else min(
+                time_remaining - min(DEADLINE_MARGIN, time_remaining * 0.1), self.default_timeout
+            )
         )
         return Plan(
             chain=chain,

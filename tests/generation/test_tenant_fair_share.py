@@ -1,21 +1,26 @@
-"""Tenants waiting on the same provider take turns.
+"""Tenants waiting on the same provider take turns, and a call the provider's limits cannot
+serve within its deadline fails with our status before the caller's deadline passes.
 
 Real gRPC, real Redis (the declared limits counted there), and a loopback provider
-enforcing the rate it declares. Assertions are on order, not on tight
-timings: the machine may be busy."""
+(enforcing the rate it declares, in the first test). Assertions are on order and on
+statuses, not on tight timings: the machine may be busy."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
+import grpc
+import pytest
 from gensearch.generation.v1 import generation_service_pb2 as pb
 from pydantic import SecretStr
 
 from services.devlaunch.redis_server import RedisProcess
 from tests.generation.conftest import Service, StartService, fake_provider, user
-from tests.support.fake_openai import FakeOpenAI
+from tests.support.fake_openai import Behaviour, FakeOpenAI
+from tests.support.rpc import error_info
 
 TOKEN = "generation-fair-share-internal-token"
 # The fake takes LIMIT requests per WINDOW seconds and the provider declares the same:
@@ -91,3 +96,30 @@ async def test_one_tenants_flood_does_not_starve_another_tenants_call(
     assert went_before <= 3, prompts
     assert elapsed < 5  # the flood would take ~8 s more
     assert fake.rate_limited == 0  # the provider's limit was kept all along
+
+
+async def test_a_call_the_queue_cannot_serve_in_time_fails_with_a_reason_before_its_deadline(
+    redis_server: RedisProcess, fake: FakeOpenAI, start_service: StartService
+) -> None:
+    service = await start_service(
+        [fake_provider(fake, max_concurrency=None, max_in_flight=1)],
+        redis_url=redis_server.url,
+    )
+    fake.enqueue(Behaviour.hang(30))
+    holder = asyncio.create_task(generate(service, "holds the slot", timeout=60))
+    try:
+        await fake.wait_for_requests(1)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await generate(service, "queued", timeout=3)
+    finally:
+        holder.cancel()
+        with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+            await holder
+    # Our status, sent while the caller still listened: a bare client-side
+    # DEADLINE_EXCEEDED would carry no ErrorInfo.
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    info = error_info(caught.value)
+    assert info.reason == "PROVIDER_QUEUE_TIMEOUT"
+    assert info.metadata["provider"] == "fake"
+    assert info.metadata["attempts"] == "0"
+    assert len(fake.chat_requests) == 1  # the queued call was never sent
