@@ -485,30 +485,42 @@ class LookupCachedAnswerRequest(_message.Message):
     def __init__(self, collection: _Optional[str] = ..., question: _Optional[str] = ..., min_similarity: _Optional[float] = ..., context_key: _Optional[str] = ...) -> None: ...
 
 class LookupCachedAnswerResponse(_message.Message):
-    __slots__ = ("found", "answer", "question", "similarity")
+    __slots__ = ("found", "answer", "question", "similarity", "stale")
     FOUND_FIELD_NUMBER: _ClassVar[int]
     ANSWER_FIELD_NUMBER: _ClassVar[int]
     QUESTION_FIELD_NUMBER: _ClassVar[int]
     SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    STALE_FIELD_NUMBER: _ClassVar[int]
     found: bool
     answer: bytes
     question: str
     similarity: float
-    def __init__(self, found: _Optional[bool] = ..., answer: _Optional[bytes] = ..., question: _Optional[str] = ..., similarity: _Optional[float] = ...) -> None: ...
+    stale: int
+    def __init__(self, found: _Optional[bool] = ..., answer: _Optional[bytes] = ..., question: _Optional[str] = ..., similarity: _Optional[float] = ..., stale: _Optional[int] = ...) -> None: ...
+
+class CachedAnswerSource(_message.Message):
+    __slots__ = ("id", "properties_sha256")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    PROPERTIES_SHA256_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    properties_sha256: bytes
+    def __init__(self, id: _Optional[str] = ..., properties_sha256: _Optional[bytes] = ...) -> None: ...
 
 class StoreCachedAnswerRequest(_message.Message):
-    __slots__ = ("collection", "question", "answer", "ttl", "context_key")
+    __slots__ = ("collection", "question", "answer", "ttl", "context_key", "sources")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     QUESTION_FIELD_NUMBER: _ClassVar[int]
     ANSWER_FIELD_NUMBER: _ClassVar[int]
     TTL_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_KEY_FIELD_NUMBER: _ClassVar[int]
+    SOURCES_FIELD_NUMBER: _ClassVar[int]
     collection: str
     question: str
     answer: bytes
     ttl: _duration_pb2.Duration
     context_key: str
-    def __init__(self, collection: _Optional[str] = ..., question: _Optional[str] = ..., answer: _Optional[bytes] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., context_key: _Optional[str] = ...) -> None: ...
+    sources: _containers.RepeatedCompositeFieldContainer[CachedAnswerSource]
+    def __init__(self, collection: _Optional[str] = ..., question: _Optional[str] = ..., answer: _Optional[bytes] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., context_key: _Optional[str] = ..., sources: _Optional[_Iterable[_Union[CachedAnswerSource, _Mapping]]] = ...) -> None: ...
 
 class StoreCachedAnswerResponse(_message.Message):
     __slots__ = ()

@@ -180,8 +180,9 @@ class RetrievalServiceServicer:
 
     def LookupCachedAnswer(self, request, context):
         """The semantic answer cache (used by the gateway's Ask): the stored answer whose
-        question is nearest in meaning to this one, if near enough. Entries live in a hidden
-        engine collection per (tenant, collection), dropped with the collection.
+        question is nearest in meaning to this one, if near enough and if every object it was
+        built from is still there unchanged. Entries live in a hidden engine collection per
+        (tenant, collection), dropped with the collection.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -53,8 +53,9 @@ class RetrievalServiceStub:
     Search: _grpc.UnaryUnaryMultiCallable[_retrieval_service_pb2.SearchRequest, _retrieval_service_pb2.SearchResponse]
     LookupCachedAnswer: _grpc.UnaryUnaryMultiCallable[_retrieval_service_pb2.LookupCachedAnswerRequest, _retrieval_service_pb2.LookupCachedAnswerResponse]
     """The semantic answer cache (used by the gateway's Ask): the stored answer whose
-    question is nearest in meaning to this one, if near enough. Entries live in a hidden
-    engine collection per (tenant, collection), dropped with the collection.
+    question is nearest in meaning to this one, if near enough and if every object it was
+    built from is still there unchanged. Entries live in a hidden engine collection per
+    (tenant, collection), dropped with the collection.
     """
     StoreCachedAnswer: _grpc.UnaryUnaryMultiCallable[_retrieval_service_pb2.StoreCachedAnswerRequest, _retrieval_service_pb2.StoreCachedAnswerResponse]
     GetChunks: _grpc.UnaryUnaryMultiCallable[_retrieval_service_pb2.GetChunksRequest, _retrieval_service_pb2.GetChunksResponse]
@@ -95,8 +96,9 @@ class RetrievalServiceAsyncStub(RetrievalServiceStub):
     Search: _aio.UnaryUnaryMultiCallable[_retrieval_service_pb2.SearchRequest, _retrieval_service_pb2.SearchResponse]  # type: ignore[assignment]
     LookupCachedAnswer: _aio.UnaryUnaryMultiCallable[_retrieval_service_pb2.LookupCachedAnswerRequest, _retrieval_service_pb2.LookupCachedAnswerResponse]  # type: ignore[assignment]
     """The semantic answer cache (used by the gateway's Ask): the stored answer whose
-    question is nearest in meaning to this one, if near enough. Entries live in a hidden
-    engine collection per (tenant, collection), dropped with the collection.
+    question is nearest in meaning to this one, if near enough and if every object it was
+    built from is still there unchanged. Entries live in a hidden engine collection per
+    (tenant, collection), dropped with the collection.
     """
     StoreCachedAnswer: _aio.UnaryUnaryMultiCallable[_retrieval_service_pb2.StoreCachedAnswerRequest, _retrieval_service_pb2.StoreCachedAnswerResponse]  # type: ignore[assignment]
     GetChunks: _aio.UnaryUnaryMultiCallable[_retrieval_service_pb2.GetChunksRequest, _retrieval_service_pb2.GetChunksResponse]  # type: ignore[assignment]
@@ -200,8 +202,9 @@ class RetrievalServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_retrieval_service_pb2.LookupCachedAnswerResponse, _abc.Awaitable[_retrieval_service_pb2.LookupCachedAnswerResponse]]:
         """The semantic answer cache (used by the gateway's Ask): the stored answer whose
-        question is nearest in meaning to this one, if near enough. Entries live in a hidden
-        engine collection per (tenant, collection), dropped with the collection.
+        question is nearest in meaning to this one, if near enough and if every object it was
+        built from is still there unchanged. Entries live in a hidden engine collection per
+        (tenant, collection), dropped with the collection.
         """
 
     @_abc_1.abstractmethod

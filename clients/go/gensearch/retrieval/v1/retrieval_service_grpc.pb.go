@@ -33,8 +33,9 @@ type RetrievalServiceClient interface {
 	CountObjects(ctx context.Context, in *CountObjectsRequest, opts ...grpc.CallOption) (*CountObjectsResponse, error)
 	Search(ctx context.Context, in *SearchRequest, opts ...grpc.CallOption) (*SearchResponse, error)
 	// The semantic answer cache (used by the gateway's Ask): the stored answer whose
-	// question is nearest in meaning to this one, if near enough. Entries live in a hidden
-	// engine collection per (tenant, collection), dropped with the collection.
+	// question is nearest in meaning to this one, if near enough and if every object it was
+	// built from is still there unchanged. Entries live in a hidden engine collection per
+	// (tenant, collection), dropped with the collection.
 	LookupCachedAnswer(ctx context.Context, in *LookupCachedAnswerRequest, opts ...grpc.CallOption) (*LookupCachedAnswerResponse, error)
 	StoreCachedAnswer(ctx context.Context, in *StoreCachedAnswerRequest, opts ...grpc.CallOption) (*StoreCachedAnswerResponse, error)
 	// Chunks of documents of a collection that declares `chunking`: for each range, the
@@ -228,8 +229,9 @@ type RetrievalServiceServer interface {
 	CountObjects(context.Context, *CountObjectsRequest) (*CountObjectsResponse, error)
 	Search(context.Context, *SearchRequest) (*SearchResponse, error)
 	// The semantic answer cache (used by the gateway's Ask): the stored answer whose
-	// question is nearest in meaning to this one, if near enough. Entries live in a hidden
-	// engine collection per (tenant, collection), dropped with the collection.
+	// question is nearest in meaning to this one, if near enough and if every object it was
+	// built from is still there unchanged. Entries live in a hidden engine collection per
+	// (tenant, collection), dropped with the collection.
 	LookupCachedAnswer(context.Context, *LookupCachedAnswerRequest) (*LookupCachedAnswerResponse, error)
 	StoreCachedAnswer(context.Context, *StoreCachedAnswerRequest) (*StoreCachedAnswerResponse, error)
 	// Chunks of documents of a collection that declares `chunking`: for each range, the
