@@ -3,6 +3,7 @@ service."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,6 +25,13 @@ def struct(values: Mapping[str, Any]) -> struct_pb2.Struct:
     out = struct_pb2.Struct()
     out.update(values)
     return out
+
+
+def properties_sha256(properties: struct_pb2.Struct) -> bytes:
+    """SHA-256 of an object's properties, serialized deterministically (map keys sorted):
+    equal properties give the same digest in every service (the gateway records it for a
+    cached answer's sources, retrieval compares it with the object's properties now)."""
+    return hashlib.sha256(properties.SerializeToString(deterministic=True)).digest()
 
 
 def duration(seconds: float) -> duration_pb2.Duration:

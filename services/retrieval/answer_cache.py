@@ -19,6 +19,15 @@ vectorizer can cache too. The vectors of the last few questions looked up are ke
 up, and the store then reuses the lookup's vector instead of embedding the question again
 (per tenant, so how fast a lookup answers says nothing of another tenant's questions).
 The answer is opaque bytes: this service stores, never reads it.
+
+An answer is only as good as the objects it was built from: each entry keeps its
+``sources`` (object ids, and a digest of each object's properties as the answer saw them,
+``well_known.properties_sha256``), and a lookup returns an entry only while every source is
+still in the collection with the same digest. The check is here, beside the objects, so a
+hit costs no second call and a stale entry is passed over (and deleted) for the next
+candidate instead of hiding it; it reads the caller's own collection, so another tenant's
+object is simply missing. An entry stored before sources were kept cannot be checked: it
+is passed over and deleted the same way.
 """
 
 from __future__ import annotations
@@ -30,11 +39,14 @@ import hashlib
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
 
 from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 
 from services.common.errors import AlreadyExists, InvalidArgument, NotFound
-from services.common.well_known import duration_seconds
+from services.common.values import check_uuid
+from services.common.well_known import duration_seconds, properties_sha256, struct
 from services.retrieval.answer_cache_marker import CACHE_MARKER
 from services.retrieval.catalog import Catalog
 from services.retrieval.embedders import Embedders
@@ -48,6 +60,7 @@ MIN_SIMILARITY = 0.5
 # neighbours never hide a live one just behind them.
 _CANDIDATES = 16
 _MAX_CONTEXT_KEY = 128
+_SHA256_BYTES = 32
 # Question vectors kept for the store that follows a lookup (384 floats each: ~0.5 MB).
 _RECENT_VECTORS = 256
 
@@ -96,22 +109,29 @@ class AnswerCache:
             return pb.LookupCachedAnswerResponse()  # nothing stored yet
         now = time.time()
         expired = [p.id for p in points if float(p.payload.get("exp", 0)) <= now]
-        if expired:
-            with contextlib.suppress(NotFound):
-                await self._store.delete_ids(name, expired)
+        stale: list[str] = []
+        found = pb.LookupCachedAnswerResponse()
         for point in points:
             if point.id in expired or point.score < request.min_similarity:
                 continue
             if point.payload.get("k", "") != request.context_key:
                 continue  # the engine filtered on it already; kept as a guard
             props = point.payload.get(PROPS, {})
-            return pb.LookupCachedAnswerResponse(
+            if not await self._fresh(schema, props.get("s")):
+                stale.append(point.id)
+                continue
+            found = pb.LookupCachedAnswerResponse(
                 found=True,
                 answer=base64.b64decode(props.get("a", "")),
                 question=str(props.get("q", "")),
                 similarity=point.score,
             )
-        return pb.LookupCachedAnswerResponse()
+            break
+        if expired or stale:
+            with contextlib.suppress(NotFound):
+                await self._store.delete_ids(name, expired + stale)
+        found.stale = len(stale)
+        return found
 
     async def store(self, tenant: str, request: pb.StoreCachedAnswerRequest) -> None:
         schema = await self._catalog.get(tenant, request.collection)
@@ -131,13 +151,18 @@ class AnswerCache:
                 reason="OUT_OF_RANGE",
             )
         _check_context_key(request.context_key)
+        sources = self._sources(request.sources)
         vector = await self._vector(tenant, request.question)
         name = cache_store_name(schema)
         point = StoredPoint(
             # One entry per question text and context: storing it again replaces it.
             id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"{request.context_key}\0{request.question}")),
             payload={
-                PROPS: {"q": request.question, "a": base64.b64encode(request.answer).decode()},
+                PROPS: {
+                    "q": request.question,
+                    "a": base64.b64encode(request.answer).decode(),
+                    "s": sources,
+                },
                 "k": request.context_key,
                 "exp": time.time() + ttl,
             },
@@ -152,6 +177,44 @@ class AnswerCache:
     async def drop(self, schema: Schema) -> None:
         """Forget every answer cached for ``schema``'s collection."""
         await self._store.delete_collection(cache_store_name(schema))
+
+    def _sources(self, sources: Sequence[pb.CachedAnswerSource]) -> dict[str, str]:
+        """The checked sources of an entry: canonical id -> hex digest."""
+        limit = self._settings.max_get_ids  # the most one engine read of a lookup takes
+        if len(sources) > limit:
+            raise InvalidArgument(
+                f"sources holds {len(sources)} entries, more than the limit of {limit}",
+                field="sources",
+                reason="OUT_OF_RANGE",
+                metadata={"max": str(limit)},
+            )
+        out: dict[str, str] = {}
+        for i, source in enumerate(sources):
+            object_id = check_uuid(source.id, f"sources[{i}].id")
+            if len(source.properties_sha256) != _SHA256_BYTES:
+                raise InvalidArgument(
+                    f"sources[{i}].properties_sha256 must be {_SHA256_BYTES} bytes",
+                    field=f"sources[{i}].properties_sha256",
+                )
+            out[object_id] = source.properties_sha256.hex()
+        return out
+
+    async def _fresh(self, schema: Schema, sources: Any) -> bool:
+        """Whether every source of an entry is still in ``schema``'s collection with the
+        properties it had (``sources``: the entry's payload; not a dict: stored before
+        sources were kept)."""
+        if not isinstance(sources, dict):
+            return False
+        if not sources:
+            return True  # built from no object (no context)
+        try:
+            found = await self._store.retrieve(schema.store_name, list(sources), False)
+        except NotFound:
+            return False  # the collection's objects went with it
+        return len(found) == len(sources) and all(
+            sources.get(point.id) == properties_sha256(struct(point.payload.get(PROPS, {}))).hex()
+            for point in found
+        )
 
     async def _create(self, name: str, schema: Schema, dimensions: int) -> None:
         layout = CollectionLayout(name=name, dimensions=dimensions, distance="cosine", sparse=False)

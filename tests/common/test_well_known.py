@@ -6,12 +6,29 @@ import pytest
 from google.protobuf import duration_pb2, json_format, timestamp_pb2
 
 from services.common.errors import InvalidArgument
-from services.common.well_known import check_timestamp, duration, duration_seconds, struct
+from services.common.well_known import (
+    check_timestamp,
+    duration,
+    duration_seconds,
+    properties_sha256,
+    struct,
+)
 
 
 def test_a_struct_holds_nested_json_values() -> None:
     values = {"a": [1.5, "x", None, True], "b": {"c": {}}}
     assert json_format.MessageToDict(struct(values)) == values
+
+
+def test_equal_properties_have_one_digest_whatever_their_order() -> None:
+    one = struct({"title": "Dune", "meta": {"a": 1, "b": [1, "x"]}, "year": 1965})
+    other = struct({"year": 1965.0, "meta": {"b": [1, "x"], "a": 1}, "title": "Dune"})
+    assert properties_sha256(one) == properties_sha256(other)
+    assert len(properties_sha256(one)) == 32
+    for changed in ({"year": 1966}, {"meta": {"a": 1, "b": [1, "y"]}}, {"extra": None}):
+        revised = struct({"title": "Dune", "meta": {"a": 1, "b": [1, "x"]}, "year": 1965})
+        revised.update(changed)
+        assert properties_sha256(revised) != properties_sha256(one), changed
 
 
 def test_a_duration_rounds_to_the_nearest_nanosecond() -> None:

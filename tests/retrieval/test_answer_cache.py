@@ -1,10 +1,12 @@
 """LookupCachedAnswer / StoreCachedAnswer on both adapters (qdrant-edge and a Qdrant
-server's client): entries per (tenant, collection), the context key, expiry, the hidden
-collections never listed and dropped with their collection, errors naming the field."""
+server's client): entries per (tenant, collection), the context key, expiry, entries passed
+over once an object they were built from is deleted or changed, the hidden collections never
+listed and dropped with their collection, errors naming the field."""
 
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import grpc
 import pytest
@@ -12,7 +14,11 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 from google.protobuf import duration_pb2
 from pydantic import SecretStr
 
+from services.common.well_known import properties_sha256, struct
+from services.retrieval.answer_cache import cache_store_name
 from services.retrieval.embedders import LocalEmbedder
+from services.retrieval.schema import Schema
+from services.retrieval.store import PROPS, StoredPoint
 from tests.retrieval.conftest import MakeRetrieval, Retrieval, vector_collection
 from tests.support.rpc import error_info
 
@@ -117,6 +123,115 @@ async def test_a_missed_question_is_embedded_once_for_its_lookup_and_store(
     assert embedded == [Q, NEAR, Q]
 
 
+async def objects(r: Retrieval, who: tuple[tuple[str, str], ...], *titles: str) -> list[str]:
+    batch = [pb.DataObject(properties=struct({"title": t}), vector=[1, 0, 0, 0]) for t in titles]
+    written = await r.stub.UpsertObjects(
+        pb.UpsertObjectsRequest(collection="Docs", objects=batch), metadata=who
+    )
+    return list(written.ids)
+
+
+def source(object_id: str, title: str) -> pb.CachedAnswerSource:
+    """An object as an answer saw it (properties as the gateway got them)."""
+    return pb.CachedAnswerSource(
+        id=object_id, properties_sha256=properties_sha256(struct({"title": title}))
+    )
+
+
+def built_from(*sources: pb.CachedAnswerSource) -> pb.StoreCachedAnswerRequest:
+    request = store()
+    request.sources.extend(sources)
+    return request
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+async def test_an_entry_answers_only_while_its_sources_are_unchanged(
+    make_retrieval: MakeRetrieval, adapter: str
+) -> None:
+    r = await start(make_retrieval, adapter)
+    dune, emma = await objects(r, ACME, "Dune", "Emma")
+    await r.stub.StoreCachedAnswer(built_from(source(dune, "Dune")), metadata=ACME)
+    # Another object changed, this one written again as it was: still fresh.
+    await r.stub.UpsertObjects(
+        pb.UpsertObjectsRequest(
+            collection="Docs",
+            objects=[
+                pb.DataObject(id=emma, properties=struct({"title": "Emma!"}), vector=[0, 1, 0, 0]),
+                pb.DataObject(id=dune, properties=struct({"title": "Dune"}), vector=[1, 0, 0, 0]),
+            ],
+        ),
+        metadata=ACME,
+    )
+    found = await r.stub.LookupCachedAnswer(lookup(), metadata=ACME)
+    assert found.found and found.stale == 0
+    # Changed: passed over, and deleted.
+    await r.stub.UpsertObjects(
+        pb.UpsertObjectsRequest(
+            collection="Docs",
+            objects=[
+                pb.DataObject(id=dune, properties=struct({"title": "Dune 2"}), vector=[1, 0, 0, 0])
+            ],
+        ),
+        metadata=ACME,
+    )
+    changed = await r.stub.LookupCachedAnswer(lookup(), metadata=ACME)
+    assert not changed.found and changed.stale == 1
+    again = await r.stub.LookupCachedAnswer(lookup(), metadata=ACME)
+    assert not again.found and again.stale == 0  # gone
+    # Deleted: the same.
+    await r.stub.StoreCachedAnswer(built_from(source(dune, "Dune 2")), metadata=ACME)
+    assert (await r.stub.LookupCachedAnswer(lookup(), metadata=ACME)).found
+    await r.stub.DeleteObjects(
+        pb.DeleteObjectsRequest(collection="Docs", ids=[dune]), metadata=ACME
+    )
+    deleted = await r.stub.LookupCachedAnswer(lookup(), metadata=ACME)
+    assert not deleted.found and deleted.stale == 1
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+async def test_a_stale_entry_never_hides_a_fresh_one_behind_it(
+    make_retrieval: MakeRetrieval, adapter: str
+) -> None:
+    r = await start(make_retrieval, adapter)
+    (dune,) = await objects(r, ACME, "Dune")
+    await r.stub.StoreCachedAnswer(built_from(source(dune, "Dune")), metadata=ACME)
+    await r.stub.StoreCachedAnswer(
+        pb.StoreCachedAnswerRequest(
+            collection="Docs", question=NEAR, answer=b"fresh", ttl=ttl(60), context_key="k"
+        ),
+        metadata=ACME,
+    )
+    await r.stub.DeleteObjects(
+        pb.DeleteObjectsRequest(collection="Docs", ids=[dune]), metadata=ACME
+    )
+    found = await r.stub.LookupCachedAnswer(lookup(Q), metadata=ACME)  # Q itself is nearest
+    assert found.found and found.answer == b"fresh" and found.stale == 1
+
+
+async def test_another_tenants_object_is_a_missing_source(make_retrieval: MakeRetrieval) -> None:
+    r = await start(make_retrieval, "edge")
+    (theirs,) = await objects(r, GLOBEX, "Dune")
+    await r.stub.StoreCachedAnswer(built_from(source(theirs, "Dune")), metadata=ACME)
+    found = await r.stub.LookupCachedAnswer(lookup(), metadata=ACME)
+    assert not found.found and found.stale == 1
+
+
+async def test_an_entry_stored_before_sources_were_kept_never_answers(
+    make_retrieval: MakeRetrieval,
+) -> None:
+    r = await start(make_retrieval, "edge")
+    await r.stub.StoreCachedAnswer(store(), metadata=ACME)
+    got = await r.stub.GetCollection(pb.GetCollectionRequest(name="Docs"), metadata=ACME)
+    name = cache_store_name(Schema(got.collection, tenant="acme"))
+    (point,) = (await r.store.scroll(name, None, 10))[0]
+    # The entry as the service stored it before: no "s" (sources) in its properties.
+    old = {k: v for k, v in point.payload[PROPS].items() if k != "s"}
+    vector = (await r.store.retrieve(name, [point.id], True))[0].dense
+    await r.store.upsert(name, [StoredPoint(point.id, {**point.payload, PROPS: old}, vector)])
+    found = await r.stub.LookupCachedAnswer(lookup(), metadata=ACME)
+    assert not found.found and found.stale == 1
+
+
 @pytest.mark.parametrize("adapter", ADAPTERS)
 async def test_expired_entries_never_answer(make_retrieval: MakeRetrieval, adapter: str) -> None:
     r = await start(make_retrieval, adapter)
@@ -161,6 +276,17 @@ async def test_deleting_the_collection_drops_its_entries(
         (store(question=" "), "question"),
         (store(answer=b"x" * 2_000_000), "answer"),
         (store(key="k" * 200), "context_key"),
+        (
+            built_from(pb.CachedAnswerSource(id="nope", properties_sha256=b"x" * 32)),
+            "sources[0].id",
+        ),
+        (
+            built_from(
+                source(str(uuid.uuid4()), "Dune"), pb.CachedAnswerSource(id=str(uuid.uuid4()))
+            ),
+            "sources[1].properties_sha256",
+        ),
+        (built_from(*[source(str(uuid.uuid4()), "D") for _ in range(1001)]), "sources"),
         (lookup(similarity=0.2), "min_similarity"),
         (lookup(question="q" * 9000), "question"),
     ],
