@@ -352,8 +352,13 @@ class AskService:
                     summary_tokens=s.summary_max_tokens + 16,
                 )
         if semantic.policy.mode.writes:
-            # Queued: made in the background, after the answer is out.
-            self._semantic.store(request, semantic, response, caller)
+            # Queued: made in the background, after the answer is out. Its sources: every
+            # hit it shows, and the chunks its prompt held.
+            sources = list(hits)
+            if expansion is not None:
+                for passage in expansion.passages[: prompt.hits_used]:
+                    sources.extend(passage.chunks)
+            self._semantic.store(request, semantic, response, sources, caller)
         yield gw_pb.StreamAskResponse(answer=response)
 
     # -- the steps -------------------------------------------------------------------------

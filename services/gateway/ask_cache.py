@@ -14,6 +14,12 @@ and per-call switches, the resolved model, the collection's generative defaults)
 entry with the same digest can answer. Best effort: a failed lookup is a miss and a failed
 store is logged; the cache never fails a question.
 
+Nor is an answer better than the objects it was built from: the entry keeps its sources,
+every hit it shows and every chunk its passages put in the prompt, each with a digest of
+its properties as this Ask saw them. Retrieval answers an entry only while all of them are
+still there unchanged (checked against the caller's own collection, in the lookup itself);
+an entry passed over for that is counted as a ``stale`` lookup when nothing else answers.
+
 The store waits for no answer: it is queued (``background.WorkQueue``, bounded by
 ``semantic_cache_store_queue``; full: dropped, counted, logged) and made by a background
 worker after the answer has gone out. Retrieval keeps the vectors of the questions it
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
@@ -33,6 +40,7 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from google.protobuf import duration_pb2
 
 from services.common.errors import InvalidArgument, ServiceError
+from services.common.well_known import properties_sha256
 from services.gateway import generation_cache
 from services.gateway.ask_request import AskLike
 from services.gateway.backends import Backends
@@ -130,7 +138,7 @@ class SemanticAnswers:
             CACHE_LOOKUPS.labels("semantic", "error").inc()
             return None
         if not found.found:
-            CACHE_LOOKUPS.labels("semantic", "miss").inc()
+            CACHE_LOOKUPS.labels("semantic", "stale" if found.stale else "miss").inc()
             return None
         answer = gw_pb.AskResponse()
         try:
@@ -150,10 +158,12 @@ class SemanticAnswers:
         request: AskLike,
         plan: SemanticPlan,
         response: gw_pb.AskResponse,
+        sources: Sequence[ret_pb.Hit],
         caller: Caller,
     ) -> None:
-        """Queues ``response`` to be stored (see the module's docstring); once a worker
-        makes it, ``semantic_cache_store_timeout`` bounds it."""
+        """Queues ``response`` to be stored (see the module's docstring), built from
+        ``sources`` as they are here; once a worker makes it,
+        ``semantic_cache_store_timeout`` bounds it."""
         kept = gw_pb.AskResponse()
         kept.CopyFrom(response)
         # What belongs to this call only: its spending, its debug prompt.
@@ -167,6 +177,7 @@ class SemanticAnswers:
             answer=kept.SerializeToString(),
             ttl=ttl,
             context_key=plan.key,
+            sources=_sources(sources),
         )
         if not self._stores.submit(_Store(store, caller)):
             SEMANTIC_STORES.labels("dropped").inc()
@@ -192,6 +203,17 @@ class SemanticAnswers:
             log.warning("semantic cache store failed", extra={"reason": err.reason})
             return
         SEMANTIC_STORES.labels("stored").inc()
+
+
+def _sources(objects: Sequence[ret_pb.Hit]) -> list[ret_pb.CachedAnswerSource]:
+    """Each object once (a chunk may be a hit too), with the digest of its properties."""
+    seen: dict[str, ret_pb.CachedAnswerSource] = {}
+    for obj in objects:
+        if obj.id not in seen:
+            seen[obj.id] = ret_pb.CachedAnswerSource(
+                id=obj.id, properties_sha256=properties_sha256(obj.properties)
+            )
+    return list(seen.values())
 
 
 def context_key(request: AskLike, info: CollectionInfo, options: Options) -> str:

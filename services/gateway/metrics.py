@@ -21,7 +21,8 @@ TRIMMED = Counter(
 )
 CACHE_LOOKUPS = Counter(
     "gensearch_gateway_cache_lookups_total",
-    "Answer cache lookups (exact: per hit or grouped; semantic: per Ask), by outcome.",
+    "Answer cache lookups (exact: per hit or grouped; semantic: per Ask), by outcome "
+    "(hit, miss, error; semantic also stale: passed over, a source deleted or changed).",
     ["cache", "outcome"],
 )
 SEMANTIC_STORES = Counter(

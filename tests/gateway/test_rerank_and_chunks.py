@@ -268,7 +268,9 @@ CHUNKS = [
 ]
 
 
-async def create_docs(stack: Stack) -> dict[str, str]:
+async def create_docs(
+    stack: Stack, metadata: tuple[tuple[str, str], ...] = ALICE
+) -> dict[str, str]:
     """Returns ids by "a2"-style names."""
     collection = ret_pb.Collection(
         name="Docs",
@@ -282,7 +284,7 @@ async def create_docs(stack: Stack) -> dict[str, str]:
         generative=ret_pb.GenerativeConfig(provider="fake", model="fake-model"),
     )
     await stack.retrieval.CreateCollection(
-        ret_pb.CreateCollectionRequest(collection=collection), metadata=ALICE
+        ret_pb.CreateCollectionRequest(collection=collection), metadata=metadata
     )
     objects = []
     for i, (doc, index, text) in enumerate(CHUNKS):
@@ -290,7 +292,7 @@ async def create_docs(stack: Stack) -> dict[str, str]:
         props.update({"doc_id": doc, "chunk_index": index, "text": text})
         objects.append(ret_pb.DataObject(properties=props, vector=vector(i)))
     response = await stack.retrieval.UpsertObjects(
-        ret_pb.UpsertObjectsRequest(collection="Docs", objects=objects), metadata=ALICE
+        ret_pb.UpsertObjectsRequest(collection="Docs", objects=objects), metadata=metadata
     )
     return {f"{d}{i}": oid for (d, i, _), oid in zip(CHUNKS, response.ids, strict=True)}
 

@@ -1,6 +1,7 @@
 """The semantic answer cache of Ask, through the whole stack: question vectors from the
 retrieval service's local model in the real qdrant-edge engine; hits and misses around the
-threshold, other settings, tenants, conversations, collection deletion, streaming."""
+threshold, other settings, tenants, conversations, collection deletion, objects deleted or
+changed since, streaming."""
 
 from __future__ import annotations
 
@@ -12,15 +13,21 @@ import grpc
 import pytest
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
+from google.protobuf import struct_pb2
 from prometheus_client import REGISTRY
 
 from services.gateway import ask_cache
 from services.gateway.clients import RetrievalClient
-from tests.gateway.conftest import Stack, StackFactory, create_books
+from tests.gateway.conftest import BOOKS, Stack, StackFactory, create_books, vector
+from tests.gateway.test_rerank_and_chunks import CHUNKS, create_docs, zebra_ask
 from tests.support.rpc import error_info
 
-KEYS = "alice@acme/admin:key-alice-acme,bob@globex/admin:key-bob-globex"
+KEYS = (
+    "alice@acme/admin:key-alice-acme,carol@acme/reader:key-carol-acme,"
+    "bob@globex/admin:key-bob-globex"
+)
 ALICE = (("authorization", "Bearer key-alice-acme"),)
+CAROL = (("authorization", "Bearer key-carol-acme"),)  # alice's tenant, another user
 BOB = (("authorization", "Bearer key-bob-globex"),)
 
 Q1 = "Which book is set on a desert planet?"
@@ -132,6 +139,101 @@ async def test_deleting_the_collection_drops_its_answers(sem: Stack, tmp_path: P
     made = calls(sem)
     fresh = await asked(sem, ask(Q1), metadata=ALICE)
     assert not fresh.cached and calls(sem) == made + 1
+
+
+def lookups(outcome: str) -> float:
+    labels = {"cache": "semantic", "outcome": outcome}
+    return REGISTRY.get_sample_value("gensearch_gateway_cache_lookups_total", labels) or 0
+
+
+async def upsert(stack: Stack, object_id: str, index: int, **changes: Any) -> None:
+    """Writes BOOKS[index] (with ``changes``) as object ``object_id``, through the gateway."""
+    props = struct_pb2.Struct()
+    props.update({**BOOKS[index], **changes})
+    obj = ret_pb.DataObject(id=object_id, properties=props, vector=vector(index))
+    response = await stack.retrieval.UpsertObjects(
+        ret_pb.UpsertObjectsRequest(collection="Books", objects=[obj]), metadata=ALICE
+    )
+    assert not response.errors, response.errors
+
+
+async def test_a_deleted_hit_is_never_served_from_the_cache(sem: Stack) -> None:
+    first = await asked(sem, ask(Q1), metadata=ALICE)
+    dune = first.hits[0]
+    assert dune.properties["title"] == "Dune"
+    await sem.retrieval.DeleteObjects(
+        ret_pb.DeleteObjectsRequest(collection="Books", ids=[dune.id]), metadata=ALICE
+    )
+    made, stale = calls(sem), lookups("stale")
+    second = await asked(sem, ask(Q2, 0.5), metadata=CAROL)
+    assert not second.cached and calls(sem) == made + 1
+    assert dune.id not in [h.id for h in second.hits]
+    assert lookups("stale") == stale + 1
+    # The answer built without it is what the cache holds now.
+    third = await asked(sem, ask(Q2, 0.5), metadata=CAROL)
+    assert third.cached and third.answer == second.answer and calls(sem) == made + 1
+    assert dune.id not in [h.id for h in third.hits]
+
+
+async def test_an_updated_hit_is_never_served_from_the_cache(sem: Stack) -> None:
+    first = await asked(sem, ask(Q1), metadata=ALICE)
+    dune = first.hits[0]
+    revised = "A desert planet, the spice melange, and a revised ending."
+    await upsert(sem, dune.id, 0, body=revised)
+    made, stale = calls(sem), lookups("stale")
+    second = await asked(sem, ask(Q2, 0.5), metadata=CAROL)
+    assert not second.cached and calls(sem) == made + 1
+    assert lookups("stale") == stale + 1
+    assert second.hits[0].id == dune.id and second.hits[0].properties["body"] == revised
+    assert revised in str(sem.fake.chat_requests[-1].json["messages"])  # answered from it
+    third = await asked(sem, ask(Q2, 0.5), metadata=CAROL)
+    assert third.cached and third.hits[0].properties["body"] == revised
+
+
+async def test_an_unchanged_hit_still_answers_from_the_cache(sem: Stack) -> None:
+    first = await asked(sem, ask(Q1), metadata=ALICE)
+    dune = first.hits[0]
+    others = [h.id for h in first.hits]
+    listed = await sem.retrieval.Search(
+        ret_pb.SearchRequest(collection="Books", keyword=ret_pb.Keyword(text="matchmaker")),
+        metadata=ALICE,
+    )
+    emma = listed.hits[0].id
+    assert emma not in others
+    # Written again as it was, and another object changed: the answer still holds.
+    await upsert(sem, dune.id, 0)
+    await upsert(sem, emma, 2, body="A matchmaker in a village, revised.")
+    made, stale = calls(sem), lookups("stale")
+    second = await asked(sem, ask(Q2, 0.5), metadata=CAROL)
+    assert second.cached and second.answer == first.answer and calls(sem) == made
+    assert list(second.hits) == list(first.hits)
+    assert lookups("stale") == stale
+
+
+async def test_a_changed_chunk_of_a_passage_is_a_change_too(sem: Stack) -> None:
+    """With ``expand_context`` the prompt holds a hit's neighbours, not in ``hits``: a
+    neighbour rewritten since makes the answer stale as well."""
+    ids = await create_docs(sem, ALICE)
+    request = zebra_ask(neighbors=1)
+    request.semantic_cache.mode = gw_pb.CACHE_MODE_USE
+    first = await asked(sem, request, metadata=ALICE)
+    assert ids["a1"] not in [h.id for h in first.hits]
+    assert ids["a1"] in [c for p in first.passages for c in p.chunk_ids]
+    assert (await asked(sem, request, metadata=CAROL)).cached
+    props = struct_pb2.Struct()
+    props.update({"doc_id": "a", "chunk_index": 1, "text": "Alpha one, rewritten."})
+    await sem.retrieval.UpsertObjects(
+        ret_pb.UpsertObjectsRequest(
+            collection="Docs",
+            objects=[ret_pb.DataObject(id=ids["a1"], properties=props, vector=vector(1))],
+        ),
+        metadata=ALICE,
+    )
+    made = calls(sem)
+    again = await asked(sem, request, metadata=CAROL)
+    assert not again.cached and calls(sem) == made + 1
+    assert "Alpha one, rewritten." in str(sem.fake.chat_requests[-1].json["messages"])
+    assert CHUNKS[1][2] not in str(sem.fake.chat_requests[-1].json["messages"])
 
 
 async def test_stream_ask_replays_a_cached_answer(sem: Stack) -> None:
