@@ -35,9 +35,11 @@ from typing import Any, Generic, TypeVar
 from gensearch.memory.v1 import memory_service_pb2 as pb
 from redis.commands.core import AsyncScript
 from redis.exceptions import (
+    AskError,
     BusyLoadingError,
     ClusterError,
     ConnectionError,
+    MovedError,
     ReadOnlyError,
     RedisClusterException,
     RedisError,
@@ -195,6 +197,13 @@ async def _redis(call: Awaitable[Any] | Any) -> Any:
         return await call
     except _UNAVAILABLE as err:
         raise _unavailable(err) from None
+    except (MovedError, AskError):
+        # The cluster client follows these itself; the standalone one gets them from a
+        # cluster node it was given by mistake (GENSEARCH_MEMORY_REDIS_CLUSTER unset).
+        raise FailedPrecondition(
+            "memory store is a Redis Cluster: set GENSEARCH_MEMORY_REDIS_CLUSTER=true",
+            reason="STORE_IS_CLUSTER",
+        ) from None
     except RedisError as err:
         if str(err).startswith(_BUSY):
             raise _unavailable(err) from None

@@ -161,3 +161,30 @@ async def _until_served(
             if asyncio.get_running_loop().time() > deadline:
                 raise
             await asyncio.sleep(0.1)
+
+
+async def test_a_cluster_node_given_as_a_standalone_redis_names_the_setting(
+    redis_cluster: LocalCluster,
+) -> None:
+    # GENSEARCH_MEMORY_REDIS_URL names a cluster node but GENSEARCH_MEMORY_REDIS_CLUSTER is
+    # false: the node answers MOVED for every slot it does not serve. That is the operator's
+    # setting to fix, said as such, never an INTERNAL error quoting a slot and an address.
+    await redis_cluster.flush()
+    server = await build_server(make_settings(redis_cluster.url, redis_cluster=False), port=0)
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.MemoryServiceStub(channel)
+            users = _users_by_node(redis_cluster)
+            elsewhere = [u for port, u in users.items() if port != redis_cluster.nodes[0].port]
+            for user in elsewhere:
+                err = await expect_error(
+                    stub.CreateConversation(
+                        pb.CreateConversationRequest(name=user), metadata=_as(user)
+                    ),
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                )
+                assert error_info(err).reason == "STORE_IS_CLUSTER"
+                assert "GENSEARCH_MEMORY_REDIS_CLUSTER" in (err.details() or "")
+    finally:
+        await server.stop(0)
