@@ -10,18 +10,22 @@ differently (grace period, message sizes, connection lifetimes, keepalive, concu
 live in each namespace.
 
 ``warn_unknown_variables`` names, at start, every ``GENSEARCH_*`` variable that no part of
-the running process reads: a typo would otherwise be silently ignored.
+the running process reads: a typo would otherwise be silently ignored. ``load_settings``
+turns an invalid one into a line naming the variable and an exit, not a traceback.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
+import sys
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TypeVar
 
-from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from services.common.api_keys import load_keys
 from services.common.auth import Identity
@@ -203,3 +207,33 @@ def warn_unknown_variables(*settings: CommonSettings) -> list[str]:
             extra={"variables": unknown},
         )
     return unknown
+
+
+S = TypeVar("S", bound=CommonSettings)
+_UNPARSABLE_FIELD = re.compile(r'field "(\w+)"')
+
+
+def load_settings(cls: type[S]) -> S:
+    """``cls()``, or exit (status 1) with one line per invalid variable on stderr: its name
+    and what is wrong, never its value (it may hold a password or a key)."""
+    try:
+        return cls()
+    except ValidationError as err:
+        problems = [
+            _problem(cls, error["loc"], error["msg"])
+            for error in err.errors(include_input=False, include_url=False)
+        ]
+    except SettingsError as err:  # a dict or list field whose value is not JSON
+        field = _UNPARSABLE_FIELD.search(str(err))
+        problems = [_problem(cls, (field.group(1),) if field else (), "not valid JSON")]
+    sys.exit("\n".join(f"invalid setting {p}" for p in problems))
+
+
+def _problem(cls: type[CommonSettings], loc: tuple[int | str, ...], message: str) -> str:
+    message = message.removeprefix("Value error, ")  # pydantic's prefix for a ValueError
+    if not loc:  # a check across fields (a model validator): its message names them
+        return message
+    variables = {field: name for name, field in cls.env_names().items()}
+    name = variables.get(str(loc[0]), str(loc[0]))
+    inner = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc[1:])
+    return f"{name}{inner}: {message}"

@@ -15,7 +15,7 @@ from services.common.logs import configure_logging
 from services.common.quotas import Quotas
 from services.common.redis_client import RedisClient, connect_configured
 from services.common.server import GrpcServer, run_until_signal
-from services.common.settings import warn_unknown_variables
+from services.common.settings import load_settings, warn_unknown_variables
 from services.common.tracing import client_interceptors
 from services.gateway.ask import AskService
 from services.gateway.backends import Backends
@@ -125,7 +125,7 @@ def build_quotas(settings: GatewaySettings, redis: RedisClient | None) -> Quotas
 
 
 def main() -> None:
-    settings = GatewaySettings()
+    settings = load_settings(GatewaySettings)
     configure_logging(settings.log_level, service="gateway")
     warn_unknown_variables(settings)
     asyncio.run(_serve(settings))

@@ -17,7 +17,7 @@ from services.common.json_schema import SchemaLimits
 from services.common.logs import configure_logging
 from services.common.redis_client import RedisClient, connect_configured
 from services.common.server import GrpcServer, run_until_signal
-from services.common.settings import warn_unknown_variables
+from services.common.settings import load_settings, warn_unknown_variables
 from services.devlaunch.llm_server import start_local_llm
 from services.generation.keys import env_key
 from services.generation.planning import Planner
@@ -94,7 +94,7 @@ async def _serve(settings: GenerationSettings) -> None:
 
 
 def main() -> None:
-    settings = GenerationSettings()
+    settings = load_settings(GenerationSettings)
     configure_logging(settings.log_level, service="generation")
     warn_unknown_variables(settings)
     asyncio.run(_serve(settings))

@@ -18,7 +18,7 @@ from services.common.errors import Unavailable
 from services.common.logs import configure_logging, register_secret
 from services.common.redis_client import connect_configured
 from services.common.server import GrpcServer, run_until_signal
-from services.common.settings import warn_unknown_variables
+from services.common.settings import load_settings, warn_unknown_variables
 from services.devlaunch.redis_server import RedisProcess, start_embedded
 from services.memory.servicer import MemoryServicer
 from services.memory.settings import MemorySettings
@@ -108,7 +108,7 @@ def _indexer(settings: MemorySettings, store: MemoryStore) -> Indexer | None:
 
 
 def main() -> None:
-    settings = MemorySettings()
+    settings = load_settings(MemorySettings)
     configure_logging(settings.log_level, service="memory")
     warn_unknown_variables(settings)
     asyncio.run(_serve(settings))

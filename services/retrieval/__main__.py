@@ -9,7 +9,7 @@ from qdrant_client import AsyncQdrantClient
 
 from services.common.logs import configure_logging, register_secret
 from services.common.server import GrpcServer, run_until_signal
-from services.common.settings import warn_unknown_variables
+from services.common.settings import load_settings, warn_unknown_variables
 from services.retrieval.catalog import Catalog
 from services.retrieval.edge_store import EdgeStore
 from services.retrieval.embedders import Embedders, LocalEmbedder
@@ -72,7 +72,7 @@ async def build_server(
 
 
 def main() -> None:
-    settings = RetrievalSettings()
+    settings = load_settings(RetrievalSettings)
     configure_logging(settings.log_level, service="retrieval")
     warn_unknown_variables(settings)
 

@@ -1,0 +1,68 @@
+"""An invalid setting stops a service with one line naming the variable, never its value
+and never a traceback (services/common/settings.py, load_settings)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from services.common.settings import load_settings
+from services.gateway.settings import GatewaySettings
+from services.generation.settings import GenerationSettings
+from services.memory.settings import MemorySettings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _exit_message(err: pytest.ExceptionInfo[SystemExit]) -> str:
+    assert isinstance(err.value.code, str), err.value.code  # a message: exit status 1
+    return err.value.code
+
+
+def test_a_value_out_of_range_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GENSEARCH_MEMORY_MAX_TEXT_BYTES", "-5")
+    with pytest.raises(SystemExit) as err:
+        load_settings(MemorySettings)
+    assert _exit_message(err) == (
+        "invalid setting GENSEARCH_MEMORY_MAX_TEXT_BYTES: "
+        "Input should be greater than or equal to 1"
+    )
+
+
+def test_a_value_of_the_wrong_shape_is_not_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The value may carry credentials (a URL's password): only the variable is named.
+    monkeypatch.setenv("GENSEARCH_GATEWAY_TOKENIZE_URLS", '["http://user:TOPSECRET@tok:8080"]')
+    with pytest.raises(SystemExit) as err:
+        load_settings(GatewaySettings)
+    message = _exit_message(err)
+    assert message.startswith("invalid setting GENSEARCH_GATEWAY_TOKENIZE_URLS: "), message
+    assert "TOPSECRET" not in message
+
+
+def test_json_that_does_not_parse_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GENSEARCH_GENERATION_PROVIDERS", '[{"name": "x", "base_url": ')
+    with pytest.raises(SystemExit) as err:
+        load_settings(GenerationSettings)
+    assert _exit_message(err) == "invalid setting GENSEARCH_GENERATION_PROVIDERS: not valid JSON"
+
+
+@pytest.mark.parametrize("service", ["memory", "retrieval", "generation", "gateway"])
+async def test_a_service_started_with_an_invalid_setting_exits_with_one_line(
+    service: str, tmp_path: Path
+) -> None:
+    variable = f"GENSEARCH_{service.upper()}_PORT"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GENSEARCH_")}
+    env.update({"GENSEARCH_DATA_DIR": str(tmp_path), variable: "70000"})
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", f"services.{service}", cwd=ROOT, env=env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, stderr = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 1
+    assert stderr.decode().splitlines() == [
+        f"invalid setting {variable}: Input should be less than or equal to 65535"
+    ]
