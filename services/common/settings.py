@@ -209,6 +209,14 @@ def warn_unknown_variables(*settings: CommonSettings) -> list[str]:
     return unknown
 
 
+def model_directory(value: str) -> str:
+    """A model directory setting: empty (the bundled model) or a directory that exists, so
+    a wrong path stops the service at start rather than failing every call that embeds."""
+    if value and not Path(value).is_dir():
+        raise ValueError(f"{value!r} is not a directory")
+    return value
+
+
 S = TypeVar("S", bound=CommonSettings)
 _UNPARSABLE_FIELD = re.compile(r'field "(\w+)"')
 

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from services.common.settings import NAMESPACES, CommonSettings
+from services.common.settings import NAMESPACES, CommonSettings, model_directory
 from services.common.values import DEFAULT_MAX_DEPTH
 
 MIB = 1024 * 1024
@@ -109,6 +109,8 @@ class MemorySettings(CommonSettings):
     # turns Redis no longer holds (expired by retention, evicted, deleted): a search never
     # returns those anyway (every hit is re-read from Redis), this keeps the index small.
     search_sweep_seconds: float = Field(default=3600.0, gt=0)
+
+    _search_model_path = field_validator("search_model_path")(model_directory)
 
     @field_validator("key_prefix")
     @classmethod

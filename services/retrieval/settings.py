@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.egress import EgressPolicy, UrlRefused, canonical_url
-from services.common.settings import NAMESPACES, CommonSettings
+from services.common.settings import NAMESPACES, CommonSettings, model_directory
 from services.common.values import DEFAULT_MAX_DEPTH
 from services.retrieval.endpoints import DEFAULT_KEY_URLS, ENV_NAME, EmbeddingPolicy
 
@@ -130,6 +130,8 @@ class RetrievalSettings(CommonSettings):
     mmr_lambda: float = Field(default=0.7, ge=0.0, le=1.0)
     # GetChunks: the most chunks one range returns (a whole document included).
     max_chunks_per_range: int = Field(default=200, ge=1, le=10_000)
+
+    _local_model_path = field_validator("local_model_path")(model_directory)
 
     @field_validator("rerank_providers")
     @classmethod

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from services.common.settings import load_settings
+from services.common.settings import CommonSettings, load_settings
 from services.gateway.settings import GatewaySettings
 from services.generation.settings import GenerationSettings
 from services.memory.settings import MemorySettings
+from services.retrieval.settings import RetrievalSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -66,3 +67,23 @@ async def test_a_service_started_with_an_invalid_setting_exits_with_one_line(
     assert stderr.decode().splitlines() == [
         f"invalid setting {variable}: Input should be less than or equal to 65535"
     ]
+
+
+@pytest.mark.parametrize(
+    ("variable", "settings"),
+    [
+        ("GENSEARCH_RETRIEVAL_LOCAL_MODEL_PATH", RetrievalSettings),
+        ("GENSEARCH_MEMORY_SEARCH_MODEL_PATH", MemorySettings),
+    ],
+)
+def test_a_model_path_that_is_not_a_directory_stops_the_service(
+    variable: str, settings: type[CommonSettings], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Loaded lazily, a wrong path would fail every call that embeds (retrieval: INTERNAL).
+    missing = tmp_path / "no-model"
+    monkeypatch.setenv(variable, str(missing))
+    with pytest.raises(SystemExit) as err:
+        load_settings(settings)
+    assert _exit_message(err) == f"invalid setting {variable}: '{missing}' is not a directory"
+    monkeypatch.setenv(variable, str(tmp_path))
+    assert load_settings(settings)
