@@ -217,6 +217,19 @@ def model_directory(value: str) -> str:
     return value
 
 
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def redis_url_setting(value: SecretStr) -> SecretStr:
+    """A Redis URL setting: empty or one redis-py can open, checked at start (redis-py would
+    raise only when the service builds its client, with a traceback). The message never
+    quotes the URL: it may hold a password."""
+    url = value.get_secret_value()
+    if url and (url.partition("://")[0].lower() not in REDIS_SCHEMES or url.endswith("://")):
+        raise ValueError("must start with redis://, rediss:// or unix:// and name a server")
+    return value
+
+
 S = TypeVar("S", bound=CommonSettings)
 _UNPARSABLE_FIELD = re.compile(r'field "(\w+)"')
 

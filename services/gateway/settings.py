@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from services.common.settings import NAMESPACES, CommonSettings
+from services.common.settings import NAMESPACES, CommonSettings, redis_url_setting
 
 
 class GatewaySettings(CommonSettings):
@@ -179,6 +179,8 @@ class GatewaySettings(CommonSettings):
         if self.cache_default_ttl > self.cache_max_ttl:
             raise ValueError("cache_default_ttl must not exceed cache_max_ttl")
         return self
+
+    _redis_url = field_validator("redis_url")(redis_url_setting)
 
     @model_validator(mode="after")
     def _cluster_needs_url(self) -> GatewaySettings:

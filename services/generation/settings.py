@@ -39,7 +39,7 @@ from pydantic import (
 from pydantic_settings import SettingsConfigDict
 
 from services.common.egress import EgressPolicy
-from services.common.settings import NAMESPACES, CommonSettings
+from services.common.settings import NAMESPACES, CommonSettings, redis_url_setting
 
 LOCAL_MODEL = "smollm2-135m-instruct"
 LOCAL_PORT = 8088
@@ -340,6 +340,8 @@ class GenerationSettings(CommonSettings):
     def _valid_allowlist(cls, value: str) -> str:
         EgressPolicy.parse(value)  # ValueError names the bad entry
         return value
+
+    _redis_url = field_validator("redis_url")(redis_url_setting)
 
     @model_validator(mode="after")
     def _cluster_needs_url(self) -> GenerationSettings:

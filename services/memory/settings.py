@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from services.common.settings import NAMESPACES, CommonSettings, model_directory
+from services.common.settings import NAMESPACES, CommonSettings, model_directory, redis_url_setting
 from services.common.values import DEFAULT_MAX_DEPTH
 
 MIB = 1024 * 1024
@@ -119,6 +119,8 @@ class MemorySettings(CommonSettings):
         if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", value):
             raise ValueError("key_prefix: 1-64 characters from A-Z a-z 0-9 _ . : -")
         return value
+
+    _redis_url = field_validator("redis_url")(redis_url_setting)
 
     @model_validator(mode="after")
     def _cluster_needs_url(self) -> MemorySettings:

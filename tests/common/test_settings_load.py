@@ -87,3 +87,27 @@ def test_a_model_path_that_is_not_a_directory_stops_the_service(
     assert _exit_message(err) == f"invalid setting {variable}: '{missing}' is not a directory"
     monkeypatch.setenv(variable, str(tmp_path))
     assert load_settings(settings)
+
+
+@pytest.mark.parametrize(
+    ("variable", "settings"),
+    [
+        ("GENSEARCH_MEMORY_REDIS_URL", MemorySettings),
+        ("GENSEARCH_GATEWAY_REDIS_URL", GatewaySettings),
+        ("GENSEARCH_GENERATION_REDIS_URL", GenerationSettings),
+    ],
+)
+def test_a_redis_url_redis_py_cannot_open_stops_the_service(
+    variable: str, settings: type[CommonSettings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # redis-py itself refuses it only when the client is built, in a traceback.
+    monkeypatch.setenv(variable, "http://user:TOPSECRET@redis:6379")
+    with pytest.raises(SystemExit) as err:
+        load_settings(settings)
+    assert _exit_message(err) == (
+        f"invalid setting {variable}: "
+        "must start with redis://, rediss:// or unix:// and name a server"
+    )
+    for valid in ("redis://user:TOPSECRET@redis:6379/0", "rediss://redis", "unix:///run/r.sock"):
+        monkeypatch.setenv(variable, valid)
+        assert load_settings(settings)
