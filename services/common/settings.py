@@ -27,7 +27,7 @@ from typing import TypeVar
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
-from services.common.api_keys import load_keys
+from services.common.api_keys import ApiKeyError, load_keys
 from services.common.auth import Identity
 
 log = logging.getLogger("gensearch.settings")
@@ -142,7 +142,10 @@ class CommonSettings(BaseSettings):
     @field_validator("log_level")
     @classmethod
     def _upper(cls, value: str) -> str:
-        return value.upper()
+        level = value.upper()
+        if level not in logging.getLevelNamesMapping():  # what logging's setLevel takes
+            raise ValueError("must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        return level
 
     def request_limit(self, method: str) -> int:
         """Largest request of ``method`` (its name, e.g. ``ImportObjects``), in bytes."""
@@ -236,9 +239,14 @@ _UNPARSABLE_FIELD = re.compile(r'field "(\w+)"')
 
 def load_settings(cls: type[S]) -> S:
     """``cls()``, or exit (status 1) with one line per invalid variable on stderr: its name
-    and what is wrong, never its value (it may hold a password or a key)."""
+    and what is wrong, never its value (it may hold a password or a key). The API keys are
+    parsed here too, so a malformed entry or keys file is one line as well."""
     try:
-        return cls()
+        settings = cls()
+        settings.api_key_map()  # a malformed key entry or file: its message names it
+        return settings
+    except ApiKeyError as err:
+        problems = [str(err)]
     except ValidationError as err:
         problems = [
             _problem(cls, error["loc"], error["msg"])

@@ -111,3 +111,25 @@ def test_a_redis_url_redis_py_cannot_open_stops_the_service(
     for valid in ("redis://user:TOPSECRET@redis:6379/0", "rediss://redis", "unix:///run/r.sock"):
         monkeypatch.setenv(variable, valid)
         assert load_settings(settings)
+
+
+def test_an_unknown_log_level_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GENSEARCH_LOG_LEVEL", "LOUD")
+    with pytest.raises(SystemExit) as err:
+        load_settings(MemorySettings)
+    assert _exit_message(err) == (
+        "invalid setting GENSEARCH_LOG_LEVEL: must be DEBUG, INFO, WARNING, ERROR or CRITICAL"
+    )
+    monkeypatch.setenv("GENSEARCH_LOG_LEVEL", "warning")
+    assert load_settings(MemorySettings).log_level == "WARNING"
+
+
+def test_a_malformed_api_key_entry_is_one_line_without_the_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("GENSEARCH_API_KEYS", "alice:k1,TOPSECRETKEY")
+    with pytest.raises(SystemExit) as err:
+        load_settings(MemorySettings)
+    message = _exit_message(err)
+    assert message.startswith("invalid setting GENSEARCH_API_KEYS entry 1: "), message
+    assert "TOPSECRETKEY" not in message and "\n" not in message
