@@ -206,6 +206,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         # search's hits are batched together. More would only queue inside llama-server.
         "max_concurrency": LOCAL_SLOTS,
         "context_window": LOCAL_CONTEXT,
+        # Latency is no overload signal here: sequences decoded together each take longer
+        # than one alone (that is the batching), and reading it as overload gave the next
+        # fan-out fewer slots (docs/benchmarks.md#local-model-fan-out). 429s and timeouts
+        # still shrink the limit.
+        "latency_factor": None,
     },
 }
 

@@ -25,7 +25,7 @@ from services.generation.rate_buckets import (
     RedisLimits,
     scope_of,
 )
-from services.generation.settings import ProviderConfig
+from services.generation.settings import GenerationSettings, ProviderConfig
 from services.generation.upstream import UpstreamFault, to_service_error
 
 
@@ -88,6 +88,23 @@ def test_rising_latency_shrinks_the_limit() -> None:
         clock.now += 1
         ignoring.succeeded(latency, in_flight=50)
     assert ignoring.limit == 100
+
+
+def test_the_local_models_batching_slowdown_keeps_every_slot() -> None:
+    """llama-server decodes its slots' sequences together, so ten at once each take
+    several times one alone: with latency as a signal, the next fan-out got fewer slots
+    (measured: a 10-hit fan-out from 5.3-6.0 s to up to 8.5 s)."""
+    local = GenerationSettings().provider_configs()["local"]
+    assert local.adaptive  # 429s and timeouts still count
+    clock = Clock()
+    limit = AdaptiveLimit(local.max_concurrency, latency_factor=local.latency_factor, clock=clock)
+    for _ in range(10):  # ten sequential calls, one in flight
+        clock.now += 1
+        limit.succeeded(1.0, in_flight=1)
+    for in_flight in range(10, 0, -1):  # then a fan-out of ten, each ~6 s
+        clock.now += 0.1
+        limit.succeeded(6.0, in_flight=in_flight)
+    assert limit.limit == local.max_concurrency
 
 
 def test_a_provider_that_stays_slower_gets_its_limit_back() -> None:
