@@ -290,6 +290,10 @@ class MissingPropertyError(FailedPreconditionError):
     error_reason = "MISSING_PROPERTY"
 
 
+class StoreIsClusterError(FailedPreconditionError):
+    error_reason = "STORE_IS_CLUSTER"
+
+
 class TooManyCollectionsError(FailedPreconditionError):
     error_reason = "TOO_MANY_COLLECTIONS"
 
