@@ -20,6 +20,7 @@ from typing import Any
 
 from opentelemetry.trace import format_span_id, format_trace_id, get_current_span
 from pythonjsonlogger.json import JsonFormatter
+from redis.exceptions import AskError, MovedError
 
 REDACTED = "[REDACTED]"
 # Secrets from configuration, kept for the life of the process.
@@ -150,6 +151,16 @@ class ThrottledWarning:
 
     def __call__(self, err: BaseException) -> None:
         now = time.monotonic()
-        if now - self._warned_at >= self._every:
-            self._warned_at = now
-            self._log.warning(self._message, type(err).__name__)
+        if now - self._warned_at < self._every:
+            return
+        self._warned_at = now
+        if isinstance(err, MovedError | AskError):
+            # Not an outage but a setting: a standalone client given a Redis Cluster node
+            # fails on every key of another node's slots, for good.
+            self._log.error(
+                self._message + " (the Redis URL names a Redis Cluster node: set this "
+                "service's GENSEARCH_<SERVICE>_REDIS_CLUSTER=true)",
+                type(err).__name__,
+            )
+            return
+        self._log.warning(self._message, type(err).__name__)

@@ -244,3 +244,26 @@ async def test_quotas_on_a_redis_cluster(tmp_path: Path) -> None:
             await redis.aclose()
     finally:
         cluster.stop()
+
+
+async def test_a_cluster_node_given_as_a_standalone_redis_is_named_as_a_setting(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Before: a throttled WARNING "Redis failed: MovedError", read as an outage, while the
+    # quotas of every tenant on another node's slots went unchecked for good.
+    cluster = LocalCluster(tmp_path / "cluster")
+    try:
+        await cluster.start()
+        quotas, redis = _quotas(cluster.url, cluster=False, llm_calls_per_minute=2)
+        try:
+            with caplog.at_level(logging.WARNING, logger="gensearch.quotas"):
+                for user in ("erin", "frank", "grace", "heidi", "ivan"):
+                    _as_tenant(user)
+                    await quotas.charge_llm()  # fails open, as for any Redis failure
+        finally:
+            await redis.aclose()
+    finally:
+        cluster.stop()
+    lines = [r for r in caplog.records if r.name == "gensearch.quotas"]
+    assert [r.levelno for r in lines] == [logging.ERROR]
+    assert "_REDIS_CLUSTER=true" in lines[0].getMessage()
