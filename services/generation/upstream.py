@@ -231,6 +231,15 @@ def to_service_error(fault: UpstreamFault, provider: str, model: str) -> Service
             reason="UNKNOWN_MODEL",
             metadata=meta,
         )
+    if status is not None and 300 <= status < 400:
+        # Redirects are never followed: the next address was not checked against the
+        # allowlist, and the operator's key would go there.
+        return FailedPrecondition(
+            f"provider {provider!r} answered with a redirect (HTTP {status}), which is not "
+            "followed: its base_url must name the final address",
+            reason="UPSTREAM_REDIRECT",
+            metadata=meta,
+        )
     if status == 404:
         return FailedPrecondition(
             f"provider {provider!r} has no chat completions endpoint at its base_url (HTTP 404)",

@@ -258,6 +258,9 @@ async def test_slow_stream_short_deadline(service: Service, fake: FakeOpenAI) ->
         (400, grpc.StatusCode.INVALID_ARGUMENT, "UPSTREAM_REJECTED_REQUEST"),
         (404, grpc.StatusCode.FAILED_PRECONDITION, "UPSTREAM_NOT_FOUND"),
         (422, grpc.StatusCode.INVALID_ARGUMENT, "UPSTREAM_REJECTED_REQUEST"),
+        # A redirect is not followed (nor retried): the endpoint is misconfigured, not
+        # unavailable.
+        (307, grpc.StatusCode.FAILED_PRECONDITION, "UPSTREAM_REDIRECT"),
     ],
 )
 async def test_client_errors_are_not_retried(

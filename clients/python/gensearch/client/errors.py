@@ -298,6 +298,10 @@ class TooManyCollectionsError(FailedPreconditionError):
     error_reason = "TOO_MANY_COLLECTIONS"
 
 
+class UpstreamRedirectError(FailedPreconditionError):
+    error_reason = "UPSTREAM_REDIRECT"
+
+
 class UpstreamNotFoundError(FailedPreconditionError):
     error_reason = "UPSTREAM_NOT_FOUND"
 
