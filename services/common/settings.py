@@ -26,6 +26,8 @@ from typing import TypeVar
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+from urllib3.exceptions import LocationParseError
+from urllib3.util import parse_url
 
 from services.common.api_keys import ApiKeyError, load_keys
 from services.common.auth import Identity
@@ -160,6 +162,12 @@ class CommonSettings(BaseSettings):
         naming the entry, never the key, when either is malformed)."""
         return load_keys(self.api_keys.get_secret_value(), self.api_keys_file)
 
+    def problems(self) -> list[str]:
+        """What is wrong in a setting built from several variables (beyond one field's
+        validation): ``VARIABLE: reason`` each, never the value. ``load_settings`` stops
+        the service on any."""
+        return []
+
     @classmethod
     def env_names(cls) -> dict[str, str]:
         """Environment variable -> field, for every field of this class."""
@@ -233,6 +241,24 @@ def redis_url_setting(value: SecretStr) -> SecretStr:
     return value
 
 
+def qdrant_url_setting(value: str) -> str:
+    """A Qdrant server URL setting: empty (the embedded engine), ``:memory:`` or a URL
+    qdrant-client opens (http, https or no scheme, and a host), checked at start rather than
+    in a traceback from building the client. The message never quotes the URL."""
+    url = value.strip()
+    if not url or url == ":memory:":
+        return value
+    if url.startswith("localhost"):  # qdrant-client's own special case (host:port)
+        url = f"//{url}"
+    try:
+        parsed = parse_url(url)
+    except LocationParseError:
+        parsed = None
+    if parsed is None or parsed.scheme not in (None, "http", "https") or not parsed.host:
+        raise ValueError("must be an http:// or https:// URL of a Qdrant server, or :memory:")
+    return value
+
+
 S = TypeVar("S", bound=CommonSettings)
 _UNPARSABLE_FIELD = re.compile(r'field "(\w+)"')
 
@@ -240,11 +266,14 @@ _UNPARSABLE_FIELD = re.compile(r'field "(\w+)"')
 def load_settings(cls: type[S]) -> S:
     """``cls()``, or exit (status 1) with one line per invalid variable on stderr: its name
     and what is wrong, never its value (it may hold a password or a key). The API keys are
-    parsed here too, so a malformed entry or keys file is one line as well."""
+    parsed here too, so a malformed entry or keys file is one line as well, and so are the
+    settings' own ``problems``."""
     try:
         settings = cls()
         settings.api_key_map()  # a malformed key entry or file: its message names it
-        return settings
+        problems = settings.problems()
+        if not problems:
+            return settings
     except ApiKeyError as err:
         problems = [str(err)]
     except ValidationError as err:

@@ -235,16 +235,35 @@ _ENV_FIELDS: dict[str, str] = {
 }
 
 
+PROVIDERS_VARIABLE = NAMESPACES["generation"] + "PROVIDERS"
+
+
+class ProviderError(ValueError):
+    """Misconfigured providers: one ``VARIABLE: what is wrong`` per problem, naming the
+    variable the value came from and never the value (a URL may carry a password)."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
 def resolve_providers(
     overrides: list[dict[str, Any]], environ: Mapping[str, str] | None = None
 ) -> dict[str, ProviderConfig]:
-    """Presets, then ``providers`` entries, then ``GENSEARCH_GENERATION_<NAME>_*`` variables."""
+    """Presets, then ``providers`` entries, then ``GENSEARCH_GENERATION_<NAME>_*`` variables
+    (``ProviderError`` naming every variable that is wrong)."""
     env = os.environ if environ is None else environ
     merged: dict[str, dict[str, Any]] = {name: dict(p) for name, p in PRESETS.items()}
-    for entry in overrides:
+    # Where each provider's fields were set: its variable, or its entry in PROVIDERS.
+    sources: dict[str, dict[str, str]] = {name: {} for name in PRESETS}
+    for index, entry in enumerate(overrides):
         name = str(entry.get("name", ""))
         merged[name] = {**merged.get(name, {}), **{k: v for k, v in entry.items() if k != "name"}}
+        entry_name = f"{PROVIDERS_VARIABLE}[{index}]"
+        sources.setdefault(name, {}).update({k: f"{entry_name}.{k}" for k in entry})
+        sources[name][""] = entry_name  # a field no source gave (a required one)
     providers: dict[str, ProviderConfig] = {}
+    problems: list[str] = []
     for name, fields in merged.items():
         prefix = provider_prefix(name)
         for suffix, field in _ENV_FIELDS.items():
@@ -252,21 +271,31 @@ def resolve_providers(
             if value is None or value == "":
                 continue
             fields[field] = value
+            sources[name][field] = prefix + suffix
             if field == "default_model" and fields.get("models") and not env.get(prefix + "MODELS"):
                 # A new model on a provider with a fixed list replaces that list.
                 fields["models"] = [value]
         try:
             providers[name] = ProviderConfig(name=name, **fields)
         except ValidationError as err:
-            raise ValueError(f"provider {name!r} is misconfigured: {_errors(err)}") from None
+            problems += _problems(name, sources[name], err)
+    if problems:
+        raise ProviderError(problems)
     return providers
 
 
-def _errors(err: ValidationError) -> str:
-    # Only field locations and messages: never echo input values.
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or 'provider'}: {e['msg']}" for e in err.errors()
-    )
+def _problems(name: str, sources: Mapping[str, str], err: ValidationError) -> list[str]:
+    # Only variables, field locations and messages: never echo input values.
+    problems = []
+    for error in err.errors(include_input=False, include_url=False):
+        field = str(error["loc"][0]) if error["loc"] else ""
+        message = str(error["msg"]).removeprefix("Value error, ")
+        source = sources.get(field)
+        if source is None:  # given nowhere (a required field): the entry that added it
+            entry = sources.get("", PROVIDERS_VARIABLE)
+            source = f"{entry}.{field}" if field else entry
+        problems.append(f"{source} (provider {name!r}): {message}")
+    return problems
 
 
 def provider_prefix(name: str) -> str:
@@ -368,11 +397,20 @@ class GenerationSettings(CommonSettings):
     ) -> dict[str, ProviderConfig]:
         providers = resolve_providers(self.providers, environ)
         if self.default_provider not in providers:
-            raise ValueError(
-                f"GENSEARCH_GENERATION_DEFAULT_PROVIDER={self.default_provider!r} is not a "
-                f"configured provider ({', '.join(sorted(providers))})"
+            raise ProviderError(
+                [
+                    f"{NAMESPACES['generation']}DEFAULT_PROVIDER: not a configured provider "
+                    f"({', '.join(sorted(providers))})"
+                ]
             )
         return providers
+
+    def problems(self) -> list[str]:
+        try:
+            self.provider_configs()
+        except ProviderError as err:
+            return err.problems
+        return []
 
     def reads(self, name: str) -> bool:
         """Also ``GENSEARCH_GENERATION_<PROVIDER>_<FIELD>`` of a known provider: a typo in

@@ -8,7 +8,13 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from services.common.settings import NAMESPACES, CommonSettings, model_directory, redis_url_setting
+from services.common.settings import (
+    NAMESPACES,
+    CommonSettings,
+    model_directory,
+    qdrant_url_setting,
+    redis_url_setting,
+)
 from services.common.values import DEFAULT_MAX_DEPTH
 
 MIB = 1024 * 1024
@@ -111,6 +117,7 @@ class MemorySettings(CommonSettings):
     search_sweep_seconds: float = Field(default=3600.0, gt=0)
 
     _search_model_path = field_validator("search_model_path")(model_directory)
+    _search_qdrant_url = field_validator("search_qdrant_url")(qdrant_url_setting)
 
     @field_validator("key_prefix")
     @classmethod
@@ -121,6 +128,15 @@ class MemorySettings(CommonSettings):
         return value
 
     _redis_url = field_validator("redis_url")(redis_url_setting)
+
+    @field_validator("page_token_secret")
+    @classmethod
+    def _long_enough(cls, value: SecretStr) -> SecretStr:
+        # What PageTokens needs; checked here so a short one is a line at start, not a
+        # traceback from building the servicer.
+        if value.get_secret_value() and len(value.get_secret_value().encode()) < 16:
+            raise ValueError("must be at least 16 bytes")
+        return value
 
     @model_validator(mode="after")
     def _cluster_needs_url(self) -> MemorySettings:

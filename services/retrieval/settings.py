@@ -8,7 +8,12 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.egress import EgressPolicy, UrlRefused, canonical_url
-from services.common.settings import NAMESPACES, CommonSettings, model_directory
+from services.common.settings import (
+    NAMESPACES,
+    CommonSettings,
+    model_directory,
+    qdrant_url_setting,
+)
 from services.common.values import DEFAULT_MAX_DEPTH
 from services.retrieval.endpoints import DEFAULT_KEY_URLS, ENV_NAME, EmbeddingPolicy
 
@@ -132,6 +137,7 @@ class RetrievalSettings(CommonSettings):
     max_chunks_per_range: int = Field(default=200, ge=1, le=10_000)
 
     _local_model_path = field_validator("local_model_path")(model_directory)
+    _qdrant_url = field_validator("qdrant_url")(qdrant_url_setting)
 
     @field_validator("rerank_providers")
     @classmethod

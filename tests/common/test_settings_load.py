@@ -133,3 +133,147 @@ def test_a_malformed_api_key_entry_is_one_line_without_the_key(
     message = _exit_message(err)
     assert message.startswith("invalid setting GENSEARCH_API_KEYS entry 1: "), message
     assert "TOPSECRETKEY" not in message and "\n" not in message
+
+
+def _generation_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [n for n in os.environ if n.startswith("GENSEARCH_GENERATION_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv(
+        "GENSEARCH_GENERATION_PROVIDERS",
+        '[{"name": "fake", "base_url": "http://127.0.0.1:1/v1", "default_model": "m"}]',
+    )
+    monkeypatch.setenv("GENSEARCH_GENERATION_DEFAULT_PROVIDER", "fake")
+
+
+@pytest.mark.parametrize(
+    ("variables", "lines"),
+    [
+        # A provider's field from its own variable: that variable is named, not the provider.
+        (
+            {"GENSEARCH_GENERATION_FAKE_BASE_URL": "::user:TOPSECRET@bad"},
+            [
+                "GENSEARCH_GENERATION_FAKE_BASE_URL (provider 'fake'): "
+                "base_url must start with http:// or https://"
+            ],
+        ),
+        (
+            {"GENSEARCH_GENERATION_DEFAULT_PROVIDER": "nonexistent"},
+            [
+                "GENSEARCH_GENERATION_DEFAULT_PROVIDER: not a configured provider "
+                "(anyscale, fake, local, ollama, openai, vllm)"
+            ],
+        ),
+        # From an entry of PROVIDERS: the entry and its field, one line each.
+        (
+            {
+                "GENSEARCH_GENERATION_PROVIDERS": '[{"name": "fake", "base_url": '
+                '"http://u:TOPSECRET@x/v1", "api_key": "sk-TOPSECRET"}]'
+            },
+            [
+                "GENSEARCH_GENERATION_PROVIDERS[0].default_model (provider 'fake'): Field required",
+                "GENSEARCH_GENERATION_PROVIDERS[0].api_key (provider 'fake'): "
+                "Extra inputs are not permitted",
+            ],
+        ),
+        (
+            {"GENSEARCH_GENERATION_OPENAI_MAX_CONCURRENCY": "0"},
+            [
+                "GENSEARCH_GENERATION_OPENAI_MAX_CONCURRENCY (provider 'openai'): "
+                "Input should be greater than or equal to 1"
+            ],
+        ),
+    ],
+)
+def test_a_misconfigured_provider_names_its_variable(
+    variables: dict[str, str], lines: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Checked when the providers are resolved, after the fields load: it was a traceback.
+    _generation_env(monkeypatch)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as err:
+        load_settings(GenerationSettings)
+    assert _exit_message(err).splitlines() == [f"invalid setting {line}" for line in lines]
+    assert "TOPSECRET" not in _exit_message(err)
+
+
+@pytest.mark.parametrize(
+    ("variable", "settings"),
+    [
+        ("GENSEARCH_RETRIEVAL_QDRANT_URL", RetrievalSettings),
+        ("GENSEARCH_MEMORY_SEARCH_QDRANT_URL", MemorySettings),
+    ],
+)
+def test_a_qdrant_url_the_client_cannot_open_stops_the_service(
+    variable: str, settings: type[CommonSettings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # qdrant-client refused it only when the store was built ("Unknown scheme: ftp").
+    for invalid in ("ftp://user:TOPSECRET@x", "qdrant:6333", "http://", "http://[bad"):
+        monkeypatch.setenv(variable, invalid)
+        with pytest.raises(SystemExit) as err:
+            load_settings(settings)
+        assert _exit_message(err) == (
+            f"invalid setting {variable}: "
+            "must be an http:// or https:// URL of a Qdrant server, or :memory:"
+        )
+    for valid in ("http://u:TOPSECRET@qdrant:6333", "https://q.example", "localhost:6333"):
+        monkeypatch.setenv(variable, valid)
+        assert load_settings(settings)
+
+
+def test_a_short_page_token_secret_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The servicer refused it at start, in a traceback that showed no variable.
+    monkeypatch.setenv("GENSEARCH_MEMORY_PAGE_TOKEN_SECRET", "TOPSECRET")
+    with pytest.raises(SystemExit) as err:
+        load_settings(MemorySettings)
+    assert _exit_message(err) == (
+        "invalid setting GENSEARCH_MEMORY_PAGE_TOKEN_SECRET: must be at least 16 bytes"
+    )
+
+
+def test_an_allowlist_entry_is_quoted_without_its_credentials(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("GENSEARCH_GENERATION_ALLOWED_HOSTS", "https://u:TOPSECRET@h/p?k=SECRET2")
+    with pytest.raises(SystemExit) as err:
+        load_settings(GenerationSettings)
+    message = _exit_message(err)
+    assert message.startswith("invalid setting GENSEARCH_GENERATION_ALLOWED_HOSTS: "), message
+    assert "https://***@h/p?…" in message
+    assert "TOPSECRET" not in message and "SECRET2" not in message
+
+
+@pytest.mark.parametrize(
+    ("service", "variables", "line"),
+    [
+        (
+            "generation",
+            {
+                "GENSEARCH_GENERATION_PROVIDERS": '[{"name": "fake", "base_url": '
+                '"http://127.0.0.1:1/v1", "default_model": "m"}]',
+                "GENSEARCH_GENERATION_DEFAULT_PROVIDER": "fake",
+                "GENSEARCH_GENERATION_FAKE_BASE_URL": "::bad",
+            },
+            "GENSEARCH_GENERATION_FAKE_BASE_URL (provider 'fake'): "
+            "base_url must start with http:// or https://",
+        ),
+        (
+            "retrieval",
+            {"GENSEARCH_RETRIEVAL_QDRANT_URL": "ftp://x"},
+            "GENSEARCH_RETRIEVAL_QDRANT_URL: "
+            "must be an http:// or https:// URL of a Qdrant server, or :memory:",
+        ),
+    ],
+)
+async def test_a_service_with_a_problem_found_after_loading_exits_with_one_line(
+    service: str, variables: dict[str, str], line: str, tmp_path: Path
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GENSEARCH_")}
+    env.update({"GENSEARCH_DATA_DIR": str(tmp_path), **variables})
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", f"services.{service}", cwd=ROOT, env=env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, stderr = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 1
+    assert stderr.decode().splitlines() == [f"invalid setting {line}"]
