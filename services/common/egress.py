@@ -255,17 +255,19 @@ class Entry:
         if rest.startswith("["):
             inside, bracket, after = rest[1:].partition("]")
             if not bracket:
-                raise ValueError(f"allowlist entry {text!r}: expected [address] or [address]:port")
+                raise ValueError(
+                    f"allowlist entry {echo_url(text)}: expected [address] or [address]:port"
+                )
             rest = inside
             if after:
                 if not after.startswith(":"):
-                    raise ValueError(f"allowlist entry {text!r}: expected [address]:port")
+                    raise ValueError(f"allowlist entry {echo_url(text)}: expected [address]:port")
                 port = _port(after[1:], text)
         try:
             network = ipaddress.ip_network(rest, strict=False)
         except ValueError:
             raise ValueError(
-                f"allowlist entry {text!r} is not a host[:port], address or network "
+                f"allowlist entry {echo_url(text)} is not a host[:port], address or network "
                 "(entries name hosts, not URLs with paths)"
             ) from None
         return cls(http=http, port=port, network=network)
@@ -302,13 +304,15 @@ class Entry:
 
 def _port(text: str, entry: str) -> int:
     if not text.isdigit() or not 0 < int(text) < 65536:
-        raise ValueError(f"allowlist entry {entry!r}: the port must be 1..65535")
+        raise ValueError(f"allowlist entry {echo_url(entry)}: the port must be 1..65535")
     return int(text)
 
 
 def _check_name(host: str, entry: str) -> None:
     if not _valid_name(host):
-        raise ValueError(f"allowlist entry {entry!r} is not a host name, address or network")
+        raise ValueError(
+            f"allowlist entry {echo_url(entry)} is not a host name, address or network"
+        )
 
 
 def _valid_name(host: str) -> bool:
