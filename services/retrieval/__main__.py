@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as pb_grpc
 from qdrant_client import AsyncQdrantClient
 
+from services.common.errors import Unavailable
 from services.common.logs import configure_logging, register_secret
 from services.common.server import GrpcServer, run_until_signal
 from services.common.settings import load_settings, warn_unknown_variables
@@ -20,6 +22,7 @@ from services.retrieval.settings import RetrievalSettings
 from services.retrieval.store import VectorStore
 
 SERVICE_NAME = "gensearch.retrieval.v1.RetrievalService"
+log = logging.getLogger("gensearch.retrieval")
 
 
 def make_store(settings: RetrievalSettings) -> VectorStore:
@@ -46,14 +49,22 @@ async def build_server(
 ) -> GrpcServer:
     """Open the store and load the schemas; the caller starts the server.
 
+    A Qdrant server unreachable at start is no error: calls answer UNAVAILABLE until it is
+    back, and the catalog loads the schemas then (as memory does with Redis down).
     ``store`` and ``local_embedder`` let tests share an engine or a loaded model.
     """
     store = store or make_store(settings)
-    await store.open()
     embedders = Embedders(settings, local=local_embedder)
     catalog = Catalog(store, embedders, settings)
     try:
+        await store.open()
         await catalog.load()
+    except Unavailable as err:
+        log.warning(
+            "vector store unavailable at start (GENSEARCH_RETRIEVAL_QDRANT_URL); calls "
+            "answer UNAVAILABLE until it is back: %s",
+            err,
+        )
     except BaseException:
         await store.close()
         raise

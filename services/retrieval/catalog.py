@@ -11,9 +11,10 @@ in no tenant, can read, search, write or drop anything else; and new collections
 derived engine names (``tenancy.py``), so a CreateCollection cannot collide with anything
 but the caller's own collection.
 
-Schemas are cached in memory and loaded from the store at start-up; a name missing from the
-cache is looked up in the store again, so replicas sharing a Qdrant server see collections
-another replica created.
+Schemas are cached in memory and loaded from the store at start-up (or, when the engine is
+unreachable then, on the first call after it is back); a name missing from the cache is
+looked up in the store again, so replicas sharing a Qdrant server see collections another
+replica created.
 """
 
 from __future__ import annotations
@@ -89,6 +90,8 @@ class Catalog:
         self._schemas: dict[tuple[str, str], Schema] = {}
         self._lock = asyncio.Lock()
         self._loaded_at = -MISS_RELOAD_SECONDS
+        # False until one load succeeded (the engine may be unreachable at start).
+        self._loaded = False
 
     async def load(self) -> None:
         # Under the lock: a snapshot read before a concurrent create or delete must not
@@ -98,6 +101,7 @@ class Catalog:
             schemas = _parsed(await self._store.schemas())
             self._schemas = {(s.tenant, s.name): s for s in schemas}
             self._loaded_at = time.monotonic()
+            self._loaded = True
 
     async def get(self, tenant: str, name: str, field: str = "collection") -> Schema:
         check_collection_name(name, field)
@@ -137,6 +141,8 @@ class Catalog:
         # not only the engine. Other tenants' names were always derived: the engine's
         # ALREADY_EXISTS is enough, and no reload of every schema is needed.
         known = await self._lookup(tenant, schema.name) if tenant == DEFAULT_TENANT else None
+        if not self._loaded:  # the count of the tenant's collections below needs them all
+            await self.load()
         async with self._lock:
             if known is not None or (tenant, schema.name) in self._schemas:
                 raise _already_exists(schema.name)
