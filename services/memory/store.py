@@ -23,6 +23,7 @@ field evolution rules keep old records readable as the message grows.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import time
@@ -75,6 +76,7 @@ _UNAVAILABLE = (
     OSError,
 )
 _BUSY = "BUSY"  # a script runs too long; redis-py keeps it a plain ResponseError
+log = logging.getLogger("gensearch.memory.store")
 _URL_CREDENTIALS = re.compile(r"(\w+://)[^@/\s]*@")
 _LUA = resources.files("services.memory") / "lua"
 _NEEDS = "-- needs:"
@@ -207,11 +209,14 @@ async def _redis(call: Awaitable[Any] | Any) -> Any:
     except RedisError as err:
         if str(err).startswith(_BUSY):
             raise _unavailable(err) from None
-        raise Internal(f"memory store error: {_describe(err)}") from None
+        log.error("memory store error", extra={"error": _describe(err)})
+        raise Internal("memory store error") from None
 
 
 def _unavailable(err: BaseException) -> Unavailable:
-    return Unavailable(f"memory store unavailable: {_describe(err)}", reason="STORE_UNAVAILABLE")
+    # redis-py's text names Redis's host and port: for the log, not for the caller.
+    log.warning("memory store unavailable", extra={"error": _describe(err)})
+    return Unavailable("memory store unavailable; try again", reason="STORE_UNAVAILABLE")
 
 
 def _describe(err: BaseException) -> str:
