@@ -9,12 +9,13 @@ dev-only launcher, ``services.devlaunch.redis_server``; append-only file in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import TYPE_CHECKING
 
 from gensearch.memory.v1 import memory_service_pb2_grpc as pb_grpc
 
-from services.common.errors import Unavailable
+from services.common.errors import ServiceError, Unavailable
 from services.common.logs import configure_logging, register_secret
 from services.common.redis_client import connect_configured
 from services.common.server import GrpcServer, run_until_signal
@@ -56,11 +57,14 @@ async def build_server(settings: MemorySettings, *, port: int | None = None) -> 
     except Unavailable as err:  # Redis down at start: served UNAVAILABLE until it is back
         log.warning("memory store unavailable at start: %s", err)
     indexer = _indexer(settings, store)
-    server.add_service(
-        pb_grpc.add_MemoryServiceServicer_to_server,
-        MemoryServicer(store, settings, indexer),
-        SERVICE_NAME,
-    )
+    servicer = MemoryServicer(store, settings, indexer)
+    # The page-token secret kept from now on: a Redis Cluster node holding it that fails
+    # later does not stop paging for the users of the other nodes. Not to be had now
+    # (Redis down: logged; a cluster node without REDIS_CLUSTER: every call says so): asked
+    # for again by the first call that pages.
+    with contextlib.suppress(ServiceError):
+        await servicer.page_tokens()
+    server.add_service(pb_grpc.add_MemoryServiceServicer_to_server, servicer, SERVICE_NAME)
     if embedded is not None:
         # on_stop callbacks run in reverse: the client closes first, then Redis flushes its
         # append-only file and exits.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -11,7 +12,7 @@ from gensearch.memory.v1 import memory_service_pb2_grpc as pb_grpc
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from services.common.auth import current_identity
-from services.common.errors import Aborted, FailedPrecondition, InvalidArgument
+from services.common.errors import Aborted, FailedPrecondition, InvalidArgument, Unavailable
 from services.common.values import check_value
 from services.common.well_known import duration_seconds
 from services.memory import traces
@@ -30,6 +31,7 @@ from services.memory.store import (
 if TYPE_CHECKING:  # the search index (and what it imports) loads only when it is on
     from services.memory.indexer import Indexer
 
+log = logging.getLogger("gensearch.memory")
 DEFAULT_PAGE_SIZE = 10
 MAX_PAGE_SIZE = 100
 _CONVERSATIONS = "c"
@@ -50,11 +52,22 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
         self._tokens: PageTokens | None = PageTokens(secret.encode()) if secret else None
         self._tokens_lock = asyncio.Lock()
 
-    async def _page_tokens(self) -> PageTokens:
+    async def page_tokens(self) -> PageTokens:
+        """The page-token signer. Without a configured secret, the one kept in Redis: fetched
+        once and kept (``build_server`` asks at start, so paging does not depend on the
+        node holding it after that); a failed fetch is not kept, the next call asks again."""
         if self._tokens is None:
             async with self._tokens_lock:
                 if self._tokens is None:
-                    self._tokens = PageTokens(await self._store.shared_secret())
+                    try:
+                        self._tokens = PageTokens(await self._store.shared_secret())
+                    except Unavailable:
+                        log.warning(
+                            "page-token secret unreachable in Redis: paging fails until its "
+                            "node answers (set GENSEARCH_MEMORY_PAGE_TOKEN_SECRET to not "
+                            "depend on it, docs/memory.md)"
+                        )
+                        raise
         return self._tokens
 
     async def CreateConversation(
@@ -108,12 +121,12 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
         owner = _owner()
         cursor = None
         if request.page_token:
-            tokens = await self._page_tokens()
+            tokens = await self.page_tokens()
             cursor = tokens.decode(request.page_token, _CONVERSATIONS, "", owner.key)
         page = await self._store.list_conversations(owner, size, cursor)
         token = ""
         if page.next_cursor is not None:
-            tokens = await self._page_tokens()
+            tokens = await self.page_tokens()
             token = tokens.encode(_CONVERSATIONS, "", page.next_cursor, owner.key)
         return pb.ListConversationsResponse(
             conversations=[_conversation(c) for c in page.items], next_page_token=token
@@ -236,14 +249,14 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
         owner = _owner()
         cursor = None
         if request.page_token:
-            tokens = await self._page_tokens()
+            tokens = await self.page_tokens()
             cursor = tokens.decode(request.page_token, _INTERACTIONS, cid, owner.key)
         page = await self._store.list_interactions(
             owner, cid, size, cursor, self._settings.page_bytes
         )
         token = ""
         if page.next_cursor is not None:
-            tokens = await self._page_tokens()
+            tokens = await self.page_tokens()
             token = tokens.encode(_INTERACTIONS, cid, page.next_cursor, owner.key)
         answer = pb.ListInteractionsResponse(next_page_token=token)
         for data in page.items:
@@ -286,14 +299,14 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
         owner = _owner()
         after = -1
         if request.page_token:
-            tokens = await self._page_tokens()
+            tokens = await self.page_tokens()
             cursor = tokens.decode(request.page_token, _TRACES, iid, owner.key)
             after = int(cursor) if cursor.isdigit() else -1
         stored = await self._store.get_interaction_traces(owner, iid)
         items, last = traces.page(stored, after, size, self._settings.page_bytes)
         token = ""
         if last is not None:
-            tokens = await self._page_tokens()
+            tokens = await self.page_tokens()
             token = tokens.encode(_TRACES, iid, str(last), owner.key)
         return pb.ListInteractionTracesResponse(traces=items, next_page_token=token)
 

@@ -426,7 +426,12 @@ def test_base_secrets_are_obvious_placeholders(path: str) -> None:
 
     docs = render(path)
     secrets = {s["metadata"]["name"]: s for s in of_kind(docs, "Secret")}
-    assert set(secrets) == {"gensearch-auth", "gensearch-api-keys", "gensearch-provider-keys"}
+    assert set(secrets) == {
+        "gensearch-auth",
+        "gensearch-api-keys",
+        "gensearch-provider-keys",
+        MEMORY_SECRET,
+    }
     for secret in secrets.values():
         for key, value in secret["data"].items():
             assert PLACEHOLDER in base64.b64decode(value).decode(), key
@@ -499,6 +504,31 @@ def test_prod_ships_no_placeholder_secrets() -> None:
             if "secretRef" in e
         }
         assert "gensearch-auth" in refs
+
+
+MEMORY_SECRET = "gensearch-memory"
+
+
+@pytest.mark.parametrize("path", ALL)
+def test_memory_signs_page_tokens_with_a_key_from_a_secret(path: str) -> None:
+    """Unset, the key is one Redis key on one Redis Cluster node, which a replica started
+    while that node is down cannot read: paging would fail for every user, not only for
+    those of the node's slots (docs/memory.md#pagination). Memory alone reads the Secret."""
+    docs = render(path)
+    for service in SERVICES:
+        refs = {
+            e["secretRef"]["name"]
+            for e in container(find(docs, "Deployment", service))["envFrom"]
+            if "secretRef" in e
+        }
+        assert (MEMORY_SECRET in refs) == (service == "memory"), service
+    secrets = {s["metadata"]["name"]: s for s in of_kind(docs, "Secret")}
+    if path == "overlays/prod":
+        assert MEMORY_SECRET not in secrets  # created out of band
+        return
+    assert set(secrets[MEMORY_SECRET]["data"]) == {"GENSEARCH_MEMORY_PAGE_TOKEN_SECRET"}
+    for key, value in config(docs).items():
+        assert key != "GENSEARCH_MEMORY_PAGE_TOKEN_SECRET", value  # not in the ConfigMap
 
 
 def test_only_services_calling_providers_get_their_keys() -> None:

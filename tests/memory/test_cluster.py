@@ -188,3 +188,36 @@ async def test_a_cluster_node_given_as_a_standalone_redis_names_the_setting(
                 assert "GENSEARCH_MEMORY_REDIS_CLUSTER" in (err.details() or "")
     finally:
         await server.stop(0)
+
+
+@pytest.mark.slow
+async def test_paging_outlives_the_node_of_the_shared_page_token_secret(
+    own_cluster: LocalCluster,
+) -> None:
+    # No GENSEARCH_MEMORY_PAGE_TOKEN_SECRET: the signing key is one Redis key, on one node.
+    # Fetched at start, its node failing later leaves the other nodes' users paging.
+    settings = make_settings(own_cluster.url, redis_cluster=True)
+    server = await build_server(settings, port=0)
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.MemoryServiceStub(channel)
+            victim = own_cluster.node_for(f"{settings.key_prefix}:page-token-secret")
+            users = [u for port, u in _users_by_node(own_cluster).items() if port != victim.port]
+            cids = {user: await _conversation_with_interactions(stub, user) for user in users}
+            own_cluster.kill(victim)
+            for user in users:
+                first = await stub.ListInteractions(
+                    pb.ListInteractionsRequest(conversation_id=cids[user], page_size=1),
+                    metadata=_as(user),
+                )
+                assert first.next_page_token
+                second = await stub.ListInteractions(
+                    pb.ListInteractionsRequest(
+                        conversation_id=cids[user], page_size=1, page_token=first.next_page_token
+                    ),
+                    metadata=_as(user),
+                )
+                assert [i.input for i in second.interactions] == ["q1"]
+    finally:
+        await server.stop(0)
