@@ -3,8 +3,10 @@
 ``GrpcServer`` wires a ``grpc.aio`` server with the chassis (identity, errors, metrics,
 tracing and the access log around every method of our services), gRPC health checking,
 server reflection and (optionally) a Prometheus endpoint. ``run_until_signal`` runs it
-until SIGTERM/SIGINT, then shuts down gracefully: health goes NOT_SERVING first (so
-Kubernetes stops routing), in-flight calls get ``grace_period`` seconds to finish.
+until SIGTERM/SIGINT, then shuts down gracefully: open health Watch streams get NOT_SERVING,
+the listener closes and new calls are refused (a probe's Check too: it fails to connect,
+which Kubernetes counts as a failed probe), in-flight calls get ``grace_period`` seconds to
+finish.
 
 The server holds its limits under abuse (docs/operations.md#limits): request sizes per
 method, idle and silent connections closed, keepalive, caps on streams per connection and

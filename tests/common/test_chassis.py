@@ -288,6 +288,31 @@ async def test_graceful_shutdown_finishes_in_flight_calls() -> None:
     await channel.close()
 
 
+async def test_during_the_grace_period_probes_are_refused_and_watchers_told() -> None:
+    # What docs/operations.md#graceful-shutdown says: no Check answers NOT_SERVING once
+    # stop() begins (the listener closes at once, so a probe fails to connect), a Watch
+    # already open is told NOT_SERVING, and calls in flight still finish.
+    server, channel = await _start()
+    address = f"127.0.0.1:{server.port}"
+    watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
+    assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+    in_flight = asyncio.ensure_future(_call(channel, "Slow")(b"1.0"))
+    await asyncio.sleep(0.1)
+    stopping = asyncio.ensure_future(server.stop(5))
+    not_serving = await asyncio.wait_for(watch.read(), 2)
+    assert not_serving.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    async with grpc.aio.insecure_channel(address) as probe:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await health_pb2_grpc.HealthStub(probe).Check(
+                health_pb2.HealthCheckRequest(), timeout=1
+            )
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert not in_flight.done()
+    assert await in_flight == b"done"
+    await stopping
+    await channel.close()
+
+
 async def test_health_goes_not_serving_before_stop() -> None:
     server, channel = await _start()
     await server.health.enter_graceful_shutdown()
