@@ -8,7 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 from gensearch.client import types as t
-from gensearch.client.errors import NotFoundError
+from gensearch.client.errors import ConversationNotFoundError
 from gensearch.retrieval.v1 import retrieval_service_pb2 as rpb
 from google.protobuf import json_format
 
@@ -275,10 +275,11 @@ async def ask(client: Client, args: argparse.Namespace) -> int:
         conversation_id, new = remembered, not remembered
     try:
         answer = await _ask_once(client, args, conversation_id, new)
-    except NotFoundError:
+    except ConversationNotFoundError:
         if not remembered:
             raise
-        # The remembered conversation was deleted (or belongs to another server or user).
+        # The remembered conversation was deleted (or belongs to another server or user);
+        # any other NOT_FOUND (a mistyped collection) leaves it remembered.
         note(f"(conversation {remembered} is gone; starting a new one)")
         store.clear()
         answer = await _ask_once(client, args, "", True)

@@ -375,6 +375,23 @@ def test_ask_continues_the_last_conversation(
     assert json.loads(fourth.out)["conversation_id"] != third["conversation_id"]
 
 
+def test_ask_into_a_missing_collection_keeps_the_conversation(
+    cli: Any, books: str, tmp_path: Path
+) -> None:
+    first = json.loads(cli("ask", "-c", books, "What is Dune about?", "--json").out)
+    remembered = tmp_path / "state" / "last_conversation"
+    before = remembered.read_text()
+    assert first["conversation_id"] in before
+
+    typo = cli("ask", "-c", books + "z", "And who wrote it?")
+    assert typo.code == 1
+    # A mistyped collection is not a vanished conversation: no note, nothing forgotten.
+    assert "is gone" not in typo.err
+    assert one_error_line(typo.err).startswith("error: NOT_FOUND: ")
+    assert "collection" in typo.err
+    assert remembered.read_text() == before
+
+
 def test_ask_streaming(cli: Any, books: str, running_stack: RunningStack) -> None:
     running_stack.fake.reply = "Streamed answer words"
     result = cli("ask", "-c", books, "Tell me about Dune", "--new", "--stream")
