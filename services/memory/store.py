@@ -254,6 +254,7 @@ def conversation_not_found(cid: str) -> NotFound:
     # The same answer whether it never existed or belongs to someone else.
     return NotFound(
         f"conversation {cid} not found",
+        field="conversation_id",
         reason="CONVERSATION_NOT_FOUND",
         metadata={"conversation_id": cid},
     )

@@ -39,6 +39,7 @@ async def test_another_users_data_is_not_found(memory: Memory) -> None:
                     pb.GetConversationRequest(conversation_id=target_cid), metadata=BOB
                 ),
                 NOT_FOUND,
+                field="conversation_id",
             ),
             await expect_error(
                 s.UpdateConversation(
@@ -46,6 +47,7 @@ async def test_another_users_data_is_not_found(memory: Memory) -> None:
                     metadata=BOB,
                 ),
                 NOT_FOUND,
+                field="conversation_id",
             ),
             await expect_error(
                 s.CreateInteraction(
