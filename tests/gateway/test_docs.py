@@ -13,6 +13,7 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from google.protobuf import json_format
 
 from tests.gateway.conftest import ALICE, Stack, create_books
+from tests.test_docs_grpcurl import grpcurl_json
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "gateway.md"
 EXAMPLE = re.compile(
@@ -42,7 +43,7 @@ def test_example_parses(method: str, body: str) -> None:
     service, name = method.rsplit("/", 1)
     module = MODULES[service.split(".")[1]]
     request_type = getattr(module, f"{name}Request")
-    request = json_format.Parse(body.replace("0190…", "0190-example"), request_type())
+    request = json_format.ParseDict(grpcurl_json(body, method), request_type())
     assert request.ByteSize() > 0
 
 
