@@ -18,6 +18,7 @@ from google.protobuf import json_format
 
 from services.cli.client import Client, CliError, check_health, describe_error
 from services.cli.output import dump_json, message_dict, table
+from services.cli.state import address_key
 
 # Service names each part registers with grpc.health.v1.
 GATEWAY_SERVICE = gateway_service_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name
@@ -127,7 +128,8 @@ def _stack_addresses(gateway_address: str) -> dict[str, str]:
     from services.cli.stack import read_stack_file
 
     running = read_stack_file()
-    if running.get("gateway") != gateway_address:
+    gateway = running.get("gateway")
+    if not isinstance(gateway, str) or address_key(gateway) != address_key(gateway_address):
         return {}
     return {k: v for k, v in running.items() if k in PARTS and isinstance(v, str)}
 

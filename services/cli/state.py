@@ -27,7 +27,8 @@ def state_dir(explicit: str | None = None) -> Path:
     return Path(chosen).expanduser()
 
 
-def _address_key(address: str) -> str:
+def address_key(address: str) -> str:
+    """``address`` as the CLI compares gateway addresses: the loopback spellings are one."""
     host, sep, port = address.rpartition(":")
     if sep and host.lower() in ("localhost", "[::1]", "0.0.0.0"):
         return f"127.0.0.1:{port}"
@@ -37,7 +38,7 @@ def _address_key(address: str) -> str:
 class LastConversation:
     def __init__(self, directory: str | None, address: str) -> None:
         self.path = state_dir(directory) / FILE_NAME
-        self.address = _address_key(address)
+        self.address = address_key(address)
 
     def _load(self) -> dict[str, str]:
         try:

@@ -88,6 +88,12 @@ def test_status_reads_the_stack_file_of_up(
     assert generation == {**generation, "status": "SERVING"}
     assert generation["address"] == running_stack.address_of("generation")
 
+    # The same gateway spelled "localhost": still the stack of the file.
+    port = running_stack.address.rsplit(":", 1)[1]
+    spelled = json.loads(cli("status", "--json", address=f"localhost:{port}").out)
+    generation = next(p for p in spelled["parts"] if p["part"] == "generation")
+    assert generation["address"] == running_stack.address_of("generation")
+
 
 def test_status_fails_when_a_part_is_down(cli: Any) -> None:
     result = cli("status", "--generation-address", "127.0.0.1:1")
