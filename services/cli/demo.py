@@ -16,7 +16,14 @@ from collections.abc import Iterator
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from gensearch.client import Chunking, Collection, GenerativeConfig, Property, Vectorizer
+from gensearch.client import (
+    DEFAULT_ADDRESS,
+    Chunking,
+    Collection,
+    GenerativeConfig,
+    Property,
+    Vectorizer,
+)
 from gensearch.client.errors import NotFoundError
 
 from services.cli import corpus, render, state
@@ -175,6 +182,18 @@ async def conversation(
     return chat.conversation_id
 
 
+def continue_hint(gateway_address: str, *, keyed: bool) -> str:
+    """The ``gensearch ask`` line that reaches this stack: its address unless it is the
+    default one, and where the key goes when keys are on (the key itself is never printed)."""
+    flags = ""
+    if state.address_key(gateway_address) != state.address_key(DEFAULT_ADDRESS):
+        flags = f" --address {gateway_address}"
+    hint = f'continue the conversation: gensearch ask{flags} -c {COLLECTION} "your question"'
+    if keyed:
+        hint += "\n  (the stack checks API keys: add --api-key <key> or set GENSEARCH_API_KEY)"
+    return hint
+
+
 async def run(stack: Stack, began: float) -> None:
     args = stack.args
     provider, model = args.llm_provider, args.llm_model
@@ -197,7 +216,7 @@ async def run(stack: Stack, began: float) -> None:
     if conversation_id:
         # `gensearch ask` continues the demo conversation from here.
         state.LastConversation(None, stack.gateway_address).set(conversation_id)
-        print(f'continue the conversation: gensearch ask -c {COLLECTION} "your question"')
+        print(continue_hint(stack.gateway_address, keyed=bool(stack.api_key)))
     print(
         "note: the bundled SmolLM2-135M model is tiny and its answers are weak; point "
         "--llm-provider/--llm-base-url at a real endpoint for good ones",

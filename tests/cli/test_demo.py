@@ -36,6 +36,11 @@ def test_demo_imports_once_then_searches_and_converses(
     assert out.index(f"you: {demo.QUESTIONS[0]}") < out.index(f"you: {demo.QUESTIONS[1]}")
     assert out.count("sources:") == 2
     assert "first answer printed" in out
+    # The stack is on a free port: the hint says how to reach it.
+    assert (
+        f'gensearch ask --address {running_stack.address} -c {demo.COLLECTION} "your question"'
+        in out
+    )
 
     # What went to the LLM: per-hit prompts filled from the hits, the provider's model.
     prompts = [r.json["messages"][-1]["content"] for r in fake.chat_requests]
@@ -61,3 +66,13 @@ def test_demo_imports_once_then_searches_and_converses(
     assert listed["vectorizer"]["kind"] == "VECTORIZER_KIND_LOCAL"
     assert listed["keyword_index"] is True
     assert listed["generative"]["provider"] == "local"
+
+
+def test_continue_hint_names_what_the_user_needs() -> None:
+    default = demo.continue_hint("localhost:50050", keyed=False)
+    assert (
+        default == f'continue the conversation: gensearch ask -c {demo.COLLECTION} "your question"'
+    )
+    keyed = demo.continue_hint("127.0.0.1:51050", keyed=True)
+    assert f"gensearch ask --address 127.0.0.1:51050 -c {demo.COLLECTION}" in keyed
+    assert "--api-key <key> or set GENSEARCH_API_KEY" in keyed
