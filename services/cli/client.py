@@ -60,7 +60,8 @@ def parse_llm_keys(values: Sequence[str]) -> dict[str, str]:
         provider, sep, key = value.partition("=")
         provider = provider.strip().lower()
         if not sep or not key.strip() or not re.fullmatch(_PROVIDER_KEY, provider):
-            raise CliError("--llm-key must look like PROVIDER=KEY, e.g. openai=sk-...")
+            # A usage mistake (exit 2); the value is not echoed: it may be the key alone.
+            raise CliError("--llm-key must look like PROVIDER=KEY, e.g. openai=sk-...", 2)
         keys[provider] = key.strip()
     return keys
 

@@ -440,8 +440,12 @@ def test_api_key_is_sent_as_bearer(cli: Any) -> None:
     # The stack runs without API keys, so any key is accepted; an invalid --llm-key shape
     # is refused before any call and never echoed.
     result = cli("--llm-key", "openai", "collections", "list")
-    assert result.code == 1
-    assert "PROVIDER=KEY" in one_error_line(result.err)
+    assert result.code == 2  # a usage mistake (docs/cli.md)
+    assert one_error_line(result.err) == (
+        "error: --llm-key must look like PROVIDER=KEY, e.g. openai=sk-..."
+    )
+    secret = cli("--llm-key", "sk-secret-value", "collections", "list")
+    assert secret.code == 2 and "sk-secret-value" not in secret.err
 
 
 @pytest.fixture
