@@ -37,6 +37,7 @@ import grpc
 from pydantic import SecretStr, ValidationError
 
 from services.cli.client import CliError, check_health
+from services.cli.output import note
 
 if TYPE_CHECKING:
     from services.common.server import GrpcServer
@@ -194,6 +195,7 @@ async def start(args: argparse.Namespace) -> Stack:
 
     On failure (or cancellation) whatever already started is stopped before re-raising.
     """
+    from services.common.api_keys import ApiKeyError
     from services.common.logs import configure_logging
 
     configure_logging(args.log_level.upper(), service="gensearch")
@@ -206,6 +208,8 @@ async def start(args: argparse.Namespace) -> Stack:
         await stack.close()
         if isinstance(err, ValidationError):
             raise CliError(f"invalid setting: {_setting_problems(err)}") from None
+        if isinstance(err, ApiKeyError):  # its message names the entry, never a key
+            raise CliError(f"invalid API keys: {err}") from None
         raise
     return stack
 
@@ -310,6 +314,8 @@ async def _start_parts(stack: Stack) -> None:
         {} if "GENSEARCH_MEMORY_SEARCH_INDEX" in os.environ else {"search_index": "hybrid"}
     )
     memory_settings = MemorySettings(**shared, redis_url=SecretStr(args.redis_url), **search)
+    # Before anything starts: a malformed key is then the first and only thing said.
+    keys = memory_settings.api_key_map()
     retrieval_settings = RetrievalSettings(**shared, qdrant_url=args.qdrant_url)
     generation_settings = _generation_settings(args, shared)
     gateway_settings = GatewaySettings(**shared, **_tokenize_at(generation_settings))
@@ -327,11 +333,11 @@ async def _start_parts(stack: Stack) -> None:
     warn_unknown_variables(
         memory_settings, retrieval_settings, generation_settings, gateway_settings
     )
+    _warn_if_no_provider_key(generation_settings)
     redis_url, embedder = await _start_backends(
         stack, memory_settings, retrieval_settings, generation_settings
     )
     memory_settings = memory_settings.model_copy(update={"redis_url": SecretStr(redis_url)})
-    keys = memory_settings.api_key_map()
     stack.api_key = next(iter(keys), "")
 
     async def memory() -> GrpcServer:
@@ -428,6 +434,19 @@ def _generation_settings(args: argparse.Namespace, shared: dict[str, Any]) -> Ge
         default_provider=args.llm_provider,
         providers=_provider_overrides(args, base_url),
         local_llm_autostart=wants_local,
+    )
+
+
+def _warn_if_no_provider_key(generation: GenerationSettings) -> None:
+    """Without it every generation fails MISSING_PROVIDER_API_KEY: say so now, naming the
+    variables the default provider reads (never a value)."""
+    config = generation.provider_configs()[generation.default_provider]
+    if not config.requires_key or any(os.environ.get(n, "").strip() for n in config.api_key_env):
+        return
+    names = " or ".join(config.api_key_env)
+    note(
+        f"warning: provider {config.name!r} needs an API key and none is set: set {names}, "
+        f"or send one with each call (gensearch --llm-key {config.name}=KEY)"
     )
 
 

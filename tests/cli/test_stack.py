@@ -115,3 +115,42 @@ def test_the_gateway_tokenizes_where_the_local_model_really_is(
     assert stack_mod._tokenize_at(local) == {"tokenize_urls": {"local": "http://127.0.0.1:4321"}}
     monkeypatch.setenv("GENSEARCH_GATEWAY_TOKENIZE_URLS", '{"local": "http://llm:8088"}')
     assert stack_mod._tokenize_at(local) == {}
+
+
+def test_a_malformed_api_key_is_one_plain_line_before_anything_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from services.cli.__main__ import main
+
+    env = {**FREE_PORTS, "GENSEARCH_API_KEYS": "alice:key-one,bob-without-a-key"}
+    with mock.patch.dict(os.environ, env):
+        code = main(["up", "--data-dir", str(tmp_path / "data"), "--port", "0"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert captured.err == (
+        "error: invalid API keys: GENSEARCH_API_KEYS entry 1: entries must be user:key or "
+        "user@tenant/role:key, comma-separated\n"
+    )
+    assert "key-one" not in captured.out + captured.err
+    assert "starting" not in captured.out and not (tmp_path / "data" / "redis").exists()
+
+
+def test_a_provider_without_its_key_is_named_at_start(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.generation.settings import GenerationSettings
+
+    for name in ("OPENAI_APIKEY", "OPENAI_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    openai = GenerationSettings(default_provider="openai")
+    stack_mod._warn_if_no_provider_key(openai)
+    assert capsys.readouterr().err == (
+        "warning: provider 'openai' needs an API key and none is set: set OPENAI_APIKEY or "
+        "OPENAI_API_KEY, or send one with each call (gensearch --llm-key openai=KEY)\n"
+    )
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-the-environment")
+    stack_mod._warn_if_no_provider_key(openai)
+    # A provider that needs no key (the local model) says nothing either.
+    stack_mod._warn_if_no_provider_key(GenerationSettings(default_provider="local"))
+    assert capsys.readouterr().err == ""
