@@ -265,6 +265,9 @@ def busy_ports(host: str, wanted: list[WantedPort]) -> list[WantedPort]:
                 host or None, want.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
             )[0]
             with socket.socket(family, kind, proto) as probe:
+                # As gRPC and the metrics server bind: a port held only by connections in
+                # TIME_WAIT is free to them, and a listening one still is not (Linux).
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 probe.bind(where)
         except OSError:
             busy.append(want)

@@ -101,6 +101,22 @@ def test_busy_ports_ignores_port_zero_and_free_ports() -> None:
     assert stack_mod.busy_ports("127.0.0.1", [taken_port]) == []
 
 
+def test_a_port_held_only_in_time_wait_is_not_busy() -> None:
+    with socket.socket() as listener:
+        # A stopped gRPC server's port: it listened with SO_REUSEADDR, as gRPC does, and its
+        # connections (which inherit that) closed first.
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            accepted, _ = listener.accept()
+            accepted.close()  # the server side closes first: its port goes to TIME_WAIT
+            client.recv(1)
+    # Nothing listens any more, but the port is in TIME_WAIT, which gRPC binds through.
+    assert stack_mod.busy_ports("127.0.0.1", [stack_mod.WantedPort("a port", port, "A")]) == []
+
+
 def test_the_gateway_tokenizes_where_the_local_model_really_is(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
