@@ -176,12 +176,19 @@ class Authenticator:
             return _forwarded(headers)
         if self.open:
             return OPEN_IDENTITY
-        auth = headers.get(AUTHORIZATION, "")
-        scheme, _, key = auth.partition(" ")
-        if scheme.lower() != "bearer" or not key.strip():
+        auth = headers.get(AUTHORIZATION, "").strip()
+        if not auth:
             raise Unauthenticated(
                 "missing credentials: send metadata 'authorization: Bearer <api key>'",
                 reason="MISSING_CREDENTIALS",
+            )
+        scheme, _, key = auth.partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            # Never quote the value: a key sent without "Bearer " is the whole of it.
+            raise Unauthenticated(
+                "malformed authorization header: expected 'Bearer <api key>'",
+                field=AUTHORIZATION,
+                reason="MALFORMED_CREDENTIALS",
             )
         identity = self._keys.get(_digest(key.strip()))
         if identity is None:

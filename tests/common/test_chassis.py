@@ -211,7 +211,9 @@ async def test_a_stream_dropped_while_it_waits_to_send_ends_cancelled_and_quietl
     [
         ((), "MISSING_CREDENTIALS"),
         ((("authorization", "Bearer nope"),), "INVALID_API_KEY"),
-        ((("authorization", "Basic key-alice"),), "MISSING_CREDENTIALS"),
+        ((("authorization", "Basic key-alice"),), "MALFORMED_CREDENTIALS"),
+        ((("authorization", "key-alice"),), "MALFORMED_CREDENTIALS"),
+        ((("authorization", "Bearer "),), "MALFORMED_CREDENTIALS"),
         # A forged identity header without the internal token is not believed.
         ((("x-gensearch-user", "alice"),), "MISSING_CREDENTIALS"),
         (
@@ -240,8 +242,14 @@ async def test_rejected_credentials(
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await _call(keyed_server, "WhoAmI")(b"", metadata=metadata)
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
-    assert _error_info(caught.value).reason == reason
-    assert "key-alice" not in (caught.value.details() or "")
+    info = _error_info(caught.value)
+    assert info.reason == reason
+    assert "key-alice" not in (caught.value.details() or "") + str(info)
+    if reason == "MALFORMED_CREDENTIALS":
+        assert info.metadata["field"] == "authorization"
+        assert caught.value.details() == (
+            "malformed authorization header: expected 'Bearer <api key>'"
+        )
 
 
 async def test_api_key_and_forwarded_identity(keyed_server: grpc.aio.Channel) -> None:

@@ -321,6 +321,12 @@ class InvalidInternalTokenError(UnauthenticatedError):
     error_reason = "INVALID_INTERNAL_TOKEN"
 
 
+class MalformedCredentialsError(UnauthenticatedError):
+    """The ``authorization`` header is not ``Bearer <api key>``."""
+
+    error_reason = "MALFORMED_CREDENTIALS"
+
+
 class MissingCredentialsError(UnauthenticatedError):
     error_reason = "MISSING_CREDENTIALS"
 
