@@ -368,6 +368,9 @@ def _time(collection: rpb.Collection) -> str | None:
     return collection.create_time.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
 
 
+LABEL_WIDTH = 22
+
+
 def print_collection(c: rpb.Collection, object_count: int | None) -> None:
     vec = c.vectorizer
     rows: list[tuple[str, Any]] = [
@@ -384,9 +387,12 @@ def print_collection(c: rpb.Collection, object_count: int | None) -> None:
     gen = json_format.MessageToDict(c.generative, preserving_proto_field_name=True)
     for key, value in gen.items():
         rows.append((f"generative {key}", ", ".join(value) if isinstance(value, list) else value))
-    for key, value in rows:
-        if value not in (None, ""):
-            print(f"{key + ':':<22}{value}")
+    shown = [(f"{key}:", value) for key, value in rows if value not in (None, "")]
+    # One column for every value, past the longest label ("generative max_tokens:" once
+    # ran into its value).
+    width = max(LABEL_WIDTH, *(len(label) + 1 for label, _ in shown))
+    for label, value in shown:
+        print(f"{label:<{width}}{value}")
     if c.properties:
         print()
         table(

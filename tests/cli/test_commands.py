@@ -151,6 +151,22 @@ def test_collections_create_list_show_delete(cli: Any) -> None:
     assert one_error_line(gone.err).startswith("error: NOT_FOUND: ")
 
 
+def test_collections_show_keeps_labels_apart_from_values(cli: Any) -> None:
+    name = new_name("Tuned")
+    created = cli(
+        "collections", "create", "--name", name, "--property", "body:text",
+        "--provider", "local", "--max-tokens", "128", "--temperature", "0.5",
+    )  # fmt: skip
+    assert created.code == 0, created.err
+    shown = cli("collections", "show", name).out.split("\n\n")[0].splitlines()
+    labels = dict(line.split(":", 1) for line in shown)
+    assert labels["generative max_tokens"].strip() == "128"
+    # Every value starts in the same column, after at least one space.
+    columns = {len(line) - len(line.split(":", 1)[1].lstrip()) for line in shown}
+    assert len(columns) == 1
+    assert all(line.split(":", 1)[1].startswith(" ") for line in shown)
+
+
 def test_invalid_input_is_one_line_naming_the_field(cli: Any) -> None:
     bad = cli("collections", "create", "--name", "9bad", "--property", "x:text")
     assert bad.code == 1
