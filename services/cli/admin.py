@@ -16,7 +16,7 @@ from gensearch.memory.v1 import memory_service_pb2
 from gensearch.retrieval.v1 import retrieval_service_pb2 as rpb
 from google.protobuf import json_format
 
-from services.cli.client import Client, CliError, check_health, describe_error
+from services.cli.client import Client, UsageError, check_health, describe_error
 from services.cli.output import dump_json, message_dict, table
 from services.cli.state import address_key
 
@@ -260,9 +260,9 @@ def parse_property(spec: str) -> rpb.Property:
     name, _, kind = spec.partition(":")
     name, kind = name.strip(), (kind.strip().lower() or "text")
     if not name:
-        raise CliError(f"--property {spec!r}: expected NAME:TYPE, e.g. title:text")
+        raise UsageError(f"--property {spec!r}: expected NAME:TYPE, e.g. title:text")
     if kind not in TYPES:
-        raise CliError(f"--property {spec!r}: TYPE must be one of {', '.join(sorted(TYPES))}")
+        raise UsageError(f"--property {spec!r}: TYPE must be one of {', '.join(sorted(TYPES))}")
     return rpb.Property(name=name, data_type=TYPES[kind])
 
 
@@ -295,7 +295,7 @@ def build_collection(args: argparse.Namespace) -> rpb.Collection:
     if getattr(args, "chunking", ""):
         document, _, order = args.chunking.partition(":")
         if not document.strip() or not order.strip():
-            raise CliError(
+            raise UsageError(
                 f"--chunking {args.chunking!r}: expected DOC:ORDER, e.g. doc_id:chunk_index"
             )
         collection.chunking.document_property = document.strip()

@@ -27,6 +27,13 @@ class CliError(Exception):
         self.exit_code = exit_code
 
 
+class UsageError(CliError):
+    """A flag or argument the command cannot use: exit code 2, as argparse's own."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, 2)
+
+
 @dataclass
 class Connection:
     """Where the gateway is and who we are."""
@@ -61,7 +68,7 @@ def parse_llm_keys(values: Sequence[str]) -> dict[str, str]:
         provider = provider.strip().lower()
         if not sep or not key.strip() or not re.fullmatch(_PROVIDER_KEY, provider):
             # A usage mistake (exit 2); the value is not echoed: it may be the key alone.
-            raise CliError("--llm-key must look like PROVIDER=KEY, e.g. openai=sk-...", 2)
+            raise UsageError("--llm-key must look like PROVIDER=KEY, e.g. openai=sk-...")
         keys[provider] = key.strip()
     return keys
 

@@ -21,7 +21,7 @@ from typing import IO, Any
 from gensearch.client import DataObject
 
 from services.cli.chunking import Chunker
-from services.cli.client import Client, CliError
+from services.cli.client import Client, UsageError
 from services.cli.output import Progress, dump_json, note
 
 ENVELOPE_KEYS = {"id", "properties", "vector"}
@@ -74,7 +74,7 @@ def chunker_of(args: argparse.Namespace) -> Chunker | None:
     )
     problem = chunker.check()
     if problem:
-        raise CliError(problem)
+        raise UsageError(problem)
     return chunker
 
 
@@ -174,7 +174,7 @@ async def import_objects(
     """Stream the good lines in batches over ImportObjects (the client's ``import_``); map
     the per-object errors back to lines. The progress advances as each batch goes out."""
     if batch_size < 1:
-        raise CliError("--batch-size must be at least 1")
+        raise UsageError("--batch-size must be at least 1")
     result = ImportResult()
     started = time.perf_counter()
     line_of: list[int] = []  # object index -> line number
@@ -213,7 +213,7 @@ def open_input(name: str) -> tuple[IO[str], int | None]:
         return sys.stdin, None
     path = Path(name)
     if not path.is_file():
-        raise CliError(f"{name}: no such file")
+        raise UsageError(f"{name}: no such file")
     return path.open(encoding="utf-8"), _count_lines(path)
 
 

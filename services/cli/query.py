@@ -13,7 +13,7 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as rpb
 from google.protobuf import json_format
 
 from services.cli import render, state
-from services.cli.client import Client, CliError
+from services.cli.client import Client, CliError, UsageError
 from services.cli.output import dump_json, message_dict, note
 
 OPERATORS = {name.removeprefix("OPERATOR_").lower(): value for name, value in rpb.Operator.items()}
@@ -111,11 +111,11 @@ def parse_filter(text: str) -> rpb.Filter:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as err:
-        raise CliError(f"--filter is not valid JSON: {err.msg} at column {err.colno}") from None
+        raise UsageError(f"--filter is not valid JSON: {err.msg} at column {err.colno}") from None
     try:
         return json_format.ParseDict(_normalize_filter(value), rpb.Filter())
     except (json_format.ParseError, ValueError, TypeError) as err:
-        raise CliError(f"--filter: {err}") from None
+        raise UsageError(f"--filter: {err}") from None
 
 
 def _normalize_filter(value: Any) -> Any:
@@ -147,19 +147,19 @@ def parse_vector(text: str) -> list[float]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as err:
-        raise CliError(f"--near-vector is not valid JSON: {err.msg}") from None
+        raise UsageError(f"--near-vector is not valid JSON: {err.msg}") from None
     if (
         not isinstance(value, list)
         or not value
         or not all(isinstance(x, int | float) and not isinstance(x, bool) for x in value)
     ):
-        raise CliError("--near-vector must be a JSON list of numbers, e.g. [0.1, 0.2]")
+        raise UsageError("--near-vector must be a JSON list of numbers, e.g. [0.1, 0.2]")
     return [float(x) for x in value]
 
 
 def check_query(args: argparse.Namespace) -> None:
     if args.alpha is not None and args.hybrid is None:
-        raise CliError("--alpha only applies to --hybrid")
+        raise UsageError("--alpha only applies to --hybrid")
 
 
 def run_query(searcher: Any, args: argparse.Namespace, **fields: Any) -> Any:
@@ -180,7 +180,7 @@ def generate_fields(args: argparse.Namespace, *, stream: bool) -> dict[str, Any]
     """The Generate fields from the flags (None: plain search)."""
     if not args.single_prompt and not args.grouped_task:
         if args.grouped_property:
-            raise CliError("--grouped-property needs --grouped-task")
+            raise UsageError("--grouped-property needs --grouped-task")
         return None
     return dict(
         single_prompt=args.single_prompt or "",

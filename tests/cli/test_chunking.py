@@ -98,4 +98,4 @@ def test_import_splits_long_texts_into_chunks(cli: Any, tmp_path: Path) -> None:
     assert int(shown["object_count"]) == expected
     bad = cli("import", str(path), "--collection", name, "--chunk-property", "text",
               "--chunk-size", "10")  # fmt: skip
-    assert bad.code == 1 and re.search(r"--chunk-size must be at least", bad.err)
+    assert bad.code == 2 and re.search(r"--chunk-size must be at least", bad.err)

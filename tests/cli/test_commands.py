@@ -185,7 +185,7 @@ def test_usage_errors_are_one_line(cli: Any) -> None:
 
 def test_bad_property_type(cli: Any) -> None:
     result = cli("collections", "create", "--name", "X", "--property", "x:blob")
-    assert result.code == 1
+    assert result.code == 2  # a usage mistake, as docs/cli.md says
     assert "TYPE must be one of" in one_error_line(result.err)
 
 
@@ -255,7 +255,7 @@ def test_import_into_a_missing_collection_is_one_error(cli: Any, tmp_path: Path)
 
 def test_import_missing_file(cli: Any) -> None:
     result = cli("import", "/nonexistent.jsonl", "--collection", "X")
-    assert result.code == 1
+    assert result.code == 2
     assert one_error_line(result.err) == "error: /nonexistent.jsonl: no such file"
 
 
@@ -294,9 +294,11 @@ def test_search_modes_table_and_json(cli: Any, books: str) -> None:
 
 def test_search_argument_errors(cli: Any, books: str) -> None:
     bad_filter = cli("search", "-c", books, "--keyword", "x", "--filter", "{oops")
-    assert bad_filter.code == 1
+    assert bad_filter.code == 2
     assert one_error_line(bad_filter.err).startswith("error: --filter is not valid JSON")
     bad_vector = cli("search", "-c", books, "--near-vector", '["a"]')
+    assert bad_vector.code == 2
+    assert cli("search", "-c", books, "--keyword", "x", "--alpha", "0.5").code == 2
     assert "--near-vector must be a JSON list of numbers" in one_error_line(bad_vector.err)
     bad_prop = cli(
         "search", "-c", books, "--keyword", "x", "--filter",
