@@ -1,6 +1,6 @@
 """The shape of a model name a caller sends (``model``, ``fallback[i].model``, a
 collection's ``generative.model``): it goes upstream in the request body, into span
-attributes and into metric-free log lines, so it is bounded and printable before any
+attributes and into log lines, so it is bounded and printable before any
 provider sees it, whether or not the provider checks its models against a known list."""
 
 from __future__ import annotations
