@@ -8,7 +8,9 @@ own, so dropping one from the cache needs no cleanup; ``close()`` closes the tra
 
 The SDK's retries are off (``max_retries=0``): ``services.common.upstream_retry`` is the one
 policy. Proxies and certificates from the environment are not used (``trust_env=False``),
-as before the SDK: an LLM endpoint is reached directly.
+as before the SDK: an LLM endpoint is reached directly. No client follows a redirect: the
+address it names was never checked, and a base_url that redirects is wrong
+(``UPSTREAM_REDIRECT``).
 
 URLs a caller named (a collection's vectorizer endpoint) go through their own
 ``OpenAIClients(egress=policy)``, never the operator's: its aiohttp connector checks every
@@ -66,7 +68,9 @@ class OpenAIClients:
     ) -> None:
         self._resolver = None if egress is None else EgressResolver(egress, resolver)
         self._http = (
-            openai.DefaultAioHttpClient(trust_env=False)
+            # No redirect is followed for the operator's URLs either: the next address was
+            # never checked (a 307 to 169.254.169.254 is followed by the SDK's default).
+            openai.DefaultAioHttpClient(trust_env=False, follow_redirects=False)
             if self._resolver is None
             else _guarded_http_client(self._resolver)
         )

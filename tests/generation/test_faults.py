@@ -258,15 +258,16 @@ async def test_slow_stream_short_deadline(service: Service, fake: FakeOpenAI) ->
         (400, grpc.StatusCode.INVALID_ARGUMENT, "UPSTREAM_REJECTED_REQUEST"),
         (404, grpc.StatusCode.FAILED_PRECONDITION, "UPSTREAM_NOT_FOUND"),
         (422, grpc.StatusCode.INVALID_ARGUMENT, "UPSTREAM_REJECTED_REQUEST"),
-        # A redirect is not followed (nor retried): the endpoint is misconfigured, not
-        # unavailable.
+        # A redirect is not followed (nor retried), for the operator's own provider too:
+        # the endpoint is misconfigured, not unavailable.
         (307, grpc.StatusCode.FAILED_PRECONDITION, "UPSTREAM_REDIRECT"),
     ],
 )
 async def test_client_errors_are_not_retried(
     service: Service, fake: FakeOpenAI, status: int, code: grpc.StatusCode, reason: str
 ) -> None:
-    fake.enqueue(Behaviour.error(status))
+    # (The redirect names the fake itself, which would answer: before, the SDK followed it.)
+    fake.enqueue(Behaviour.error(status, headers={"Location": fake.base_url + "/chat/completions"}))
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await service.stub.Generate(ask(), timeout=10)
     assert caught.value.code() == code

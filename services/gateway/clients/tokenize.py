@@ -31,8 +31,11 @@ class LlamaTokenizeClient:
     async def _one(self, session: aiohttp.ClientSession, text: str) -> int:
         async with self._limit:
             try:
+                # No redirect is followed: the address it names was never checked.
                 async with session.post(
-                    self._url, json={"content": text, "add_special": False}
+                    self._url,
+                    json={"content": text, "add_special": False},
+                    allow_redirects=False,
                 ) as reply:
                     if reply.status != 200:
                         raise TokenizeError(f"tokenize answered HTTP {reply.status}")
