@@ -15,6 +15,11 @@ run on the ``regex`` package instead, which takes a timeout and releases the GIL
 time budget per validation (``SchemaLimits.pattern_seconds``); answers are validated in a
 worker thread (``parse_output_async``). ``unevaluatedProperties`` beside
 ``patternProperties`` is refused: jsonschema matches those patterns with ``re`` internally.
+``regex`` compiles a counted repeat by writing it out (``x{10000000}`` takes 2.8 GB, with
+no timeout), so every pattern is measured up front (``pattern_problem``: its atoms with
+their counted repeats multiplied out, at most ``MAX_PATTERN_SIZE``) and compiled once when
+the schema is accepted. A literal ``{`` must be escaped: ``a{e<=1}`` is text to ``re`` but
+fuzzy matching to ``regex``.
 """
 
 from __future__ import annotations
@@ -52,6 +57,12 @@ MAX_ERROR_CHARS = 400
 # levels (Struct, map entry, Value), and protobuf's decoders stop at 100 levels, which
 # our responses' own messages share. A deeper answer cannot travel, so it is invalid.
 MAX_OUTPUT_DEPTH = 32
+# Atoms of a pattern with its counted repeats multiplied out (``\d{3}-\d{4}``: 8; a UUID's
+# pattern: ~40): what ``regex`` writes out when it compiles one.
+MAX_PATTERN_SIZE = 10_000
+_COUNTED = re.compile(r"\{(\d*)(?:,(\d*))?\}")
+# Keywords whose values are data, not schemas: a "pattern" key inside them is no pattern.
+_DATA_KEYWORDS = frozenset({"const", "enum", "default", "examples"})
 # A response format's name, as OpenAI's structured outputs accept it.
 _FORMAT_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 DEFAULT_FORMAT_NAME = "response"
@@ -155,6 +166,100 @@ def _depth(value: Any, limit: int) -> int:
     return deepest
 
 
+def pattern_problem(pattern: str) -> str | None:
+    """Why ``pattern`` (one ``re`` already compiles) cannot be matched safely, or None:
+    too large once its counted repeats are written out, or a brace ``regex`` would read
+    otherwise than ``re``."""
+    frames = [[0, 0]]  # per open group: its size so far, and the size of its last atom
+    i = 0
+    while i < len(pattern):
+        char, atom = pattern[i], 1
+        if char == "\\":
+            i += 1
+            if pattern[i : i + 2] == "N{":  # \N{NAME}: one character
+                i = pattern.index("}", i)
+        elif char == "[":
+            i = _class_end(pattern, i)
+        elif char == "(":
+            frames.append([0, 0])
+            i += 1
+            continue
+        elif char == ")" and len(frames) > 1:
+            atom = max(1, frames.pop()[0])
+        elif char == "{":
+            counted = _COUNTED.match(pattern, i)
+            if counted is None or counted.group(0) == "{}":
+                return "a literal '{' must be escaped as '\\{'"
+            low, high = counted.group(1), counted.group(2)
+            count = max(int(low or 0), int(high or 0))
+            frame = frames[-1]
+            frame[0] += frame[1] * (count - 1)
+            frame[1] *= count
+            if frame[0] > MAX_PATTERN_SIZE:
+                break
+            i = counted.end()
+            continue
+        elif char in "*+?|^$":
+            i += 1
+            continue
+        frames[-1][0] += atom
+        frames[-1][1] = atom
+        i += 1
+    size = sum(frame[0] for frame in frames)
+    if size > MAX_PATTERN_SIZE:
+        return f"its counted repeats make it larger than {MAX_PATTERN_SIZE} characters written out"
+    return None
+
+
+def _class_end(pattern: str, start: int) -> int:
+    """The index of the ``]`` closing the character class opened at ``start``."""
+    i = start + 1
+    if pattern[i : i + 1] == "^":
+        i += 1
+    if pattern[i : i + 1] == "]":  # a ] right after [ or [^ is literal
+        i += 1
+    while i < len(pattern) and pattern[i] != "]":
+        i += 2 if pattern[i] == "\\" else 1
+    return i
+
+
+def _patterns(schema: Any) -> list[str]:
+    """Every regular expression of ``schema``: "pattern" values and "patternProperties"
+    keys, outside data keywords."""
+    found: list[str] = []
+    stack = [schema]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if key in _DATA_KEYWORDS:
+                    continue
+                if key == "pattern" and isinstance(child, str):
+                    found.append(child)
+                elif key == "patternProperties" and isinstance(child, dict):
+                    found.extend(str(k) for k in child)
+                stack.append(child)
+    return found
+
+
+def _check_patterns(schema: Mapping[str, Any], field: str) -> None:
+    for pattern in _patterns(schema):
+        why = pattern_problem(pattern)
+        if why is None:
+            try:
+                regex.compile(pattern)
+            except regex.error as err:
+                why = f"the regex engine cannot use it ({err})"
+        if why is not None:
+            raise InvalidArgument(
+                f"not a valid JSON schema: pattern {_short(repr(pattern))}: {why}",
+                field=field,
+                reason=INVALID_SCHEMA,
+            )
+
+
 def _uses(value: Any, keyword: str) -> bool:
     """Whether ``keyword`` appears as a key anywhere in ``value``."""
     stack = [value]
@@ -239,6 +344,7 @@ def check_schema(schema: Mapping[str, Any], field: str, limits: SchemaLimits) ->
             field=field,
             reason=INVALID_SCHEMA,
         )
+    _check_patterns(schema, field)
     if _uses(schema, "unevaluatedProperties") and _uses(schema, "patternProperties"):
         raise InvalidArgument(
             "unevaluatedProperties cannot be used with patternProperties",

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from services.common.errors import InvalidArgument
-from services.common.json_schema import SchemaLimits, check_schema, parse_output
+from services.common.json_schema import SchemaLimits, check_schema, parse_output, pattern_problem
 
 FIELD = "generate.response_format.json_schema"
 KEYWORDS = [
@@ -215,3 +215,45 @@ def test_unevaluated_properties_beside_pattern_properties_is_refused() -> None:
     assert caught.value.field == FIELD and caught.value.reason == "INVALID_SCHEMA"
     # Either alone is fine.
     check_schema({"type": "object", "unevaluatedProperties": False}, FIELD, SchemaLimits())
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        "x{10000000}",  # regex writes it out when it compiles it: 2.8 GB, no timeout
+        "(?:(?:a{100}){100}){100}",  # 0.76 s to compile, outside any match budget
+        "x{4294967294}",
+        "a{e<=1}",  # text to re, fuzzy matching to regex
+        "(?:a|a){e<=3}+$",
+    ],
+)
+def test_a_pattern_regex_would_write_out_or_read_otherwise_is_refused_up_front(
+    pattern: str,
+) -> None:
+    for schema in (
+        {"type": "object", "properties": {"t": {"type": "string", "pattern": pattern}}},
+        {"type": "object", "patternProperties": {pattern: {}}},
+        {"type": "object", "propertyNames": {"pattern": pattern}},
+    ):
+        with pytest.raises(InvalidArgument) as caught:
+            check_schema(schema, FIELD, SchemaLimits())
+        assert caught.value.field == FIELD and caught.value.reason == "INVALID_SCHEMA"
+
+
+def test_everyday_patterns_and_data_named_pattern_are_accepted() -> None:
+    for pattern in (
+        r"^\d{3}-\d{4}$",
+        r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
+        r"^.{1,64}$",
+        r"^\{[a-z]+\}$",
+        "[{}]",
+        r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$",
+    ):
+        assert pattern_problem(pattern) is None, pattern
+        check_schema(
+            {"type": "object", "properties": {"t": {"type": "string", "pattern": pattern}}},
+            FIELD,
+            SchemaLimits(),
+        )
+    # Data that happens to hold a "pattern" key is no regular expression.
+    check_schema({"type": "object", "const": {"pattern": "a{e<=1}"}}, FIELD, SchemaLimits())

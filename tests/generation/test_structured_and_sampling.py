@@ -215,6 +215,25 @@ async def test_a_too_deep_answer_or_endless_refs_are_invalid_output(
     assert error_info(caught.value).reason == "INVALID_OUTPUT"
 
 
+async def test_a_pattern_regex_would_write_out_is_invalid_argument_before_any_call(
+    service: Service, fake: FakeOpenAI
+) -> None:
+    # regex compiles x{10000000} by writing it out: 2.8 GB of the service's memory, kept.
+    schema = {"type": "object", "properties": {"t": {"type": "string", "pattern": "x{10000000}"}}}
+    fake.reply = json.dumps({"t": "x"})
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.Generate(
+            pb.GenerateRequest(messages=[user("hi")], response_format=fmt(schema)), timeout=10
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    info = error_info(caught.value)
+    assert (info.reason, info.metadata["field"]) == (
+        "INVALID_SCHEMA",
+        "response_format.json_schema",
+    )
+    assert fake.chat_requests == []
+
+
 async def test_a_pattern_that_backtracks_on_the_answer_is_invalid_output_at_its_budget(
     service: Service, fake: FakeOpenAI
 ) -> None:
