@@ -76,7 +76,7 @@ def _identity(user: str, tenant: str, role: Role, where: str) -> Identity:
     for problem in (check_user(user), check_tenant(tenant)):
         if problem is not None:
             raise ApiKeyError(f"{where}: {problem}")
-    return Identity(user, tenant, role)
+    return Identity(user, tenant, role, client_key=True)
 
 
 def _add(keys: dict[str, Identity], key: str, identity: Identity, where: str) -> None:

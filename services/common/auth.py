@@ -29,7 +29,7 @@ import hmac
 import re
 from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from services.common.errors import PermissionDenied, Unauthenticated
 
@@ -65,6 +65,9 @@ class Identity:
     user: str
     tenant: str
     role: Role
+    # Authenticated by an API key (a client), not asserted by a peer service holding the
+    # internal token nor open (no keys configured). Not part of who the caller is.
+    client_key: bool = field(default=False, compare=False)
 
 
 def _check_name(value: str, what: str) -> str | None:
@@ -113,6 +116,19 @@ def current_tenant() -> str:
 
 def set_current_identity(identity: Identity) -> None:
     _current.set(identity)
+
+
+def require_service_caller() -> Identity:
+    """The current identity, unless a client called with its API key: PERMISSION_DENIED
+    for the methods only our services call (the semantic answer cache), which a client
+    could otherwise poison with answers of its own."""
+    identity = _current.get()
+    if identity.client_key:
+        raise PermissionDenied(
+            "this method is internal to the services; clients reach it through the gateway",
+            reason="INTERNAL_METHOD",
+        )
+    return identity
 
 
 def require_role(role: Role) -> Identity:

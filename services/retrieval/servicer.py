@@ -16,7 +16,7 @@ import grpc
 from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as pb_grpc
 
-from services.common.auth import Role, require_role
+from services.common.auth import Role, require_role, require_service_caller
 from services.common.errors import InvalidArgument, NotFound, ServiceError, note_imported, quote
 from services.common.values import check_uuid
 from services.common.well_known import struct
@@ -353,6 +353,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
     async def LookupCachedAnswer(
         self, request: pb.LookupCachedAnswerRequest, context: grpc.aio.ServicerContext
     ) -> pb.LookupCachedAnswerResponse:
+        require_service_caller()
         return await self._answers.lookup(require_role(Role.READER).tenant, request)
 
     async def StoreCachedAnswer(
@@ -360,6 +361,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
     ) -> pb.StoreCachedAnswerResponse:
         # Reader, like the Ask whose answer it keeps: the gateway calls it for any caller
         # who may ask; the entry is scoped to the caller's tenant and collection.
+        require_service_caller()
         await self._answers.store(require_role(Role.READER).tenant, request)
         return pb.StoreCachedAnswerResponse()
 

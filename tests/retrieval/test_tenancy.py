@@ -12,6 +12,7 @@ import pytest
 from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 from pydantic import SecretStr
 
+from services.common.well_known import duration
 from tests.retrieval.conftest import MakeRetrieval, Retrieval, expect_error, obj, vector_collection
 from tests.support.rpc import error_info
 
@@ -322,3 +323,29 @@ async def test_the_collection_limit_counts_each_tenant_apart(
         await r.stub.CreateCollection(
             pb.CreateCollectionRequest(collection=vector_collection(name)), metadata=GLOBEX
         )
+
+
+async def test_the_answer_cache_refuses_clients_with_api_keys(
+    make_retrieval: MakeRetrieval,
+) -> None:
+    """Only a peer service holding the internal token (the gateway's Ask) reaches the
+    semantic answer cache: a client key straight to retrieval could store an answer
+    under its tenant's questions and poison what the others are told."""
+    r = await make_retrieval(
+        "edge", api_keys=SecretStr("carol@acme/reader:key-carol"), internal_token=SecretStr(TOKEN)
+    )
+    await create(r, as_("ann", "acme"))
+    store = pb.StoreCachedAnswerRequest(
+        collection="Docs", question="what?", answer=b"POISON", ttl=duration(60)
+    )
+    lookup = pb.LookupCachedAnswerRequest(collection="Docs", question="what?", min_similarity=0.9)
+    carol = (("authorization", "Bearer key-carol"),)
+    for call in (r.stub.StoreCachedAnswer(store, metadata=carol),
+                 r.stub.LookupCachedAnswer(lookup, metadata=carol)):  # fmt: skip
+        err = await expect_error(call, DENIED)
+        assert error_info(err).reason == "INTERNAL_METHOD"
+    # The same reader, vouched for by the gateway, is served.
+    gateway = as_("carol", "acme", "reader")
+    await r.stub.StoreCachedAnswer(store, metadata=gateway)
+    found = await r.stub.LookupCachedAnswer(lookup, metadata=gateway)
+    assert found.found and found.answer == b"POISON"
