@@ -4,8 +4,9 @@ The variable is a comma-separated list of ``<who>:<key>`` (the key is everything
 first ``:``). ``<who>`` is either
 
 * ``user`` — the historical form: a user alone in a tenant of the same name, role admin;
-* ``user@tenant/role`` — the extended form, recognised only when it ends in ``/admin``,
-  ``/writer`` or ``/reader``; the tenant is what follows the *last* ``@``, so a user name
+* ``user@tenant/role`` — the extended form, recognised when it ends in ``/admin``,
+  ``/writer`` or ``/reader`` (``user@tenant/<anything else>`` is refused: a mistyped
+  role would otherwise make an admin); the tenant is what follows the *last* ``@``, so a user name
   may itself contain ``@`` (``ann@example.com@acme/reader:k1``).
 
 The file is YAML::
@@ -64,6 +65,13 @@ def _parse_who(who: str, where: str) -> Identity:
     head, slash, role_name = who.rpartition("/")
     role = parse_role(role_name) if slash else None
     if role is None:
+        if slash and "@" in head:
+            # user@tenant/<not a role>: a mistyped role, which the historical form would
+            # silently take as an admin named after the whole of it.
+            raise ApiKeyError(
+                f"{where}: the role after '/' must be admin, writer or reader "
+                "(the extended form is user@tenant/role:key)"
+            )
         # The historical form: the user is alone in a tenant named after it.
         return _identity(who, who, Role.ADMIN, where)
     user, at, tenant = head.rpartition("@")

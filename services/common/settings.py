@@ -23,6 +23,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
@@ -238,6 +239,10 @@ def redis_url_setting(value: SecretStr) -> SecretStr:
     url = value.get_secret_value()
     if url and (url.partition("://")[0].lower() not in REDIS_SCHEMES or url.endswith("://")):
         raise ValueError("must start with redis://, rediss:// or unix:// and name a server")
+    try:
+        urlsplit(url).port  # noqa: B018 (raises for a port out of range or not a number)
+    except ValueError:
+        raise ValueError("its port must be a number from 0 to 65535") from None
     return value
 
 

@@ -48,6 +48,8 @@ def test_the_extended_form_names_tenant_and_role() -> None:
         f"alice:{SECRET},bob:{SECRET}",  # one key twice
         f"bad\tuser:{SECRET}",  # a control character
         f"carol@default/reader:{SECRET}-1,carol:{SECRET}-2",  # one name in two legacy places
+        # A mistyped role: before, an admin named "carol@acme/raeder" in a tenant of its own.
+        f"carol@acme/raeder:{SECRET}",
     ],
 )
 def test_bad_variables_are_refused_without_echoing_the_key(raw: str) -> None:

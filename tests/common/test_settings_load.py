@@ -108,6 +108,13 @@ def test_a_redis_url_redis_py_cannot_open_stops_the_service(
         f"invalid setting {variable}: "
         "must start with redis://, rediss:// or unix:// and name a server"
     )
+    # A port out of range: redis-py raised ValueError("Port out of range") in a traceback.
+    monkeypatch.setenv(variable, "redis://user:TOPSECRET@redis:99999/0")
+    with pytest.raises(SystemExit) as err:
+        load_settings(settings)
+    assert _exit_message(err) == (
+        f"invalid setting {variable}: its port must be a number from 0 to 65535"
+    )
     for valid in ("redis://user:TOPSECRET@redis:6379/0", "rediss://redis", "unix:///run/r.sock"):
         monkeypatch.setenv(variable, valid)
         assert load_settings(settings)
