@@ -17,8 +17,10 @@ worker thread (``parse_output_async``). ``unevaluatedProperties`` beside
 ``patternProperties`` is refused: jsonschema matches those patterns with ``re`` internally.
 ``regex`` compiles a counted repeat by writing it out (``x{10000000}`` takes 2.8 GB, with
 no timeout), so every pattern is measured up front (``pattern_problem``: its atoms with
-their counted repeats multiplied out, at most ``MAX_PATTERN_SIZE``) and compiled once when
-the schema is accepted. A literal ``{`` must be escaped: ``a{e<=1}`` is text to ``re`` but
+their counted repeats multiplied out, at most ``MAX_PATTERN_SIZE`` each and
+``MAX_SCHEMA_PATTERNS_SIZE`` together; Python's ``(?#…)`` comments and ``(?x)`` verbose mode,
+which hide what a count repeats, are refused) and compiled once when the schema is
+accepted. A literal ``{`` must be escaped: ``a{e<=1}`` is text to ``re`` but
 fuzzy matching to ``regex``.
 """
 
@@ -58,9 +60,15 @@ MAX_ERROR_CHARS = 400
 # our responses' own messages share. A deeper answer cannot travel, so it is invalid.
 MAX_OUTPUT_DEPTH = 32
 # Atoms of a pattern with its counted repeats multiplied out (``\d{3}-\d{4}``: 8; a UUID's
-# pattern: ~40): what ``regex`` writes out when it compiles one.
-MAX_PATTERN_SIZE = 10_000
+# pattern: ~40): what ``regex`` writes out when it compiles one, ~280 bytes each, kept in
+# its cache of compiled patterns. Lengths belong in maxLength, not in ``.{0,5000}``.
+MAX_PATTERN_SIZE = 1_000
+# The same over all the patterns of one schema: compiling them holds the interpreter.
+MAX_SCHEMA_PATTERNS_SIZE = 10_000
 _COUNTED = re.compile(r"\{(\d*)(?:,(\d*))?\}")
+# Inline flags (``(?i)``, ``(?x:``): verbose mode makes spaces and ``#`` comments nothing,
+# so what a count repeats is no longer the character before it.
+_FLAGS = re.compile(r"\(\?[aiLmsux]*(?:-[imsx]+)?[):]")
 # Keywords whose values are data, not schemas: a "pattern" key inside them is no pattern.
 _DATA_KEYWORDS = frozenset({"const", "enum", "default", "examples"})
 # A response format's name, as OpenAI's structured outputs accept it.
@@ -166,10 +174,15 @@ def _depth(value: Any, limit: int) -> int:
     return deepest
 
 
-def pattern_problem(pattern: str) -> str | None:
-    """Why ``pattern`` (one ``re`` already compiles) cannot be matched safely, or None:
-    too large once its counted repeats are written out, or a brace ``regex`` would read
-    otherwise than ``re``."""
+def pattern_size(pattern: str) -> int | str:
+    """The size of ``pattern`` (one ``re`` already compiles) with its counted repeats
+    written out, or why it cannot be measured: Python's comments ``(?#…)`` and verbose mode
+    ``(?x)`` (neither is in JSON Schema's ECMA-262 dialect, and both hide what a count
+    repeats), or a brace ``regex`` would read otherwise than ``re``."""
+    if "(?#" in pattern:
+        return "comments (?#...) are not supported"
+    if any("x" in flags.group(0) for flags in _FLAGS.finditer(pattern)):
+        return "verbose mode (?x) is not supported"
     frames = [[0, 0]]  # per open group: its size so far, and the size of its last atom
     i = 0
     while i < len(pattern):
@@ -195,7 +208,7 @@ def pattern_problem(pattern: str) -> str | None:
             frame = frames[-1]
             frame[0] += frame[1] * (count - 1)
             frame[1] *= count
-            if frame[0] > MAX_PATTERN_SIZE:
+            if frame[0] > MAX_SCHEMA_PATTERNS_SIZE:
                 break
             i = counted.end()
             continue
@@ -205,9 +218,19 @@ def pattern_problem(pattern: str) -> str | None:
         frames[-1][0] += atom
         frames[-1][1] = atom
         i += 1
-    size = sum(frame[0] for frame in frames)
+    return sum(frame[0] for frame in frames)
+
+
+def pattern_problem(pattern: str) -> str | None:
+    """Why ``pattern`` cannot be matched safely (``pattern_size``), or None."""
+    size = pattern_size(pattern)
+    if isinstance(size, str):
+        return size
     if size > MAX_PATTERN_SIZE:
-        return f"its counted repeats make it larger than {MAX_PATTERN_SIZE} characters written out"
+        return (
+            f"its counted repeats make it larger than {MAX_PATTERN_SIZE} characters "
+            "written out (bound lengths with maxLength)"
+        )
     return None
 
 
@@ -245,7 +268,16 @@ def _patterns(schema: Any) -> list[str]:
 
 
 def _check_patterns(schema: Mapping[str, Any], field: str) -> None:
-    for pattern in _patterns(schema):
+    patterns = _patterns(schema)
+    total = sum(size for p in patterns if isinstance(size := pattern_size(p), int))
+    if total > MAX_SCHEMA_PATTERNS_SIZE:
+        raise InvalidArgument(
+            "not a valid JSON schema: its patterns together are larger than "
+            f"{MAX_SCHEMA_PATTERNS_SIZE} characters written out",
+            field=field,
+            reason=INVALID_SCHEMA,
+        )
+    for pattern in patterns:
         why = pattern_problem(pattern)
         if why is None:
             try:
