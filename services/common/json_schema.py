@@ -98,9 +98,9 @@ class _PatternFailed(Exception):
 
 def _matches(pattern: str, text: str) -> bool:
     remaining = _pattern_deadline.get() - time.monotonic()
-    if remaining <= 0:
-        raise _PatternFailed(f"matching pattern {pattern!r} took longer than allowed")
     try:
+        if remaining <= 0:
+            raise TimeoutError
         return regex.search(pattern, text, timeout=remaining, concurrent=True) is not None
     except TimeoutError:
         raise _PatternFailed(f"matching pattern {pattern!r} took longer than allowed") from None
@@ -223,7 +223,10 @@ def pattern_size(pattern: str) -> int | str:
 
 def pattern_problem(pattern: str) -> str | None:
     """Why ``pattern`` cannot be matched safely (``pattern_size``), or None."""
-    size = pattern_size(pattern)
+    return _size_problem(pattern_size(pattern))
+
+
+def _size_problem(size: int | str) -> str | None:
     if isinstance(size, str):
         return size
     if size > MAX_PATTERN_SIZE:
@@ -246,10 +249,11 @@ def _class_end(pattern: str, start: int) -> int:
     return i
 
 
-def _patterns(schema: Any) -> list[str]:
-    """Every regular expression of ``schema``: "pattern" values and "patternProperties"
-    keys, outside data keywords."""
-    found: list[str] = []
+def _scan(schema: Any) -> tuple[list[str], set[str]]:
+    """Every regular expression of ``schema`` ("pattern" values and "patternProperties"
+    keys) and every keyword it uses, outside data keywords: one walk for both."""
+    patterns: list[str] = []
+    keywords: set[str] = set()
     stack = [schema]
     while stack:
         item = stack.pop()
@@ -259,26 +263,26 @@ def _patterns(schema: Any) -> list[str]:
             for key, child in item.items():
                 if key in _DATA_KEYWORDS:
                     continue
+                keywords.add(key)
                 if key == "pattern" and isinstance(child, str):
-                    found.append(child)
+                    patterns.append(child)
                 elif key == "patternProperties" and isinstance(child, dict):
-                    found.extend(str(k) for k in child)
+                    patterns.extend(str(k) for k in child)
                 stack.append(child)
-    return found
+    return patterns, keywords
 
 
-def _check_patterns(schema: Mapping[str, Any], field: str) -> None:
-    patterns = _patterns(schema)
-    total = sum(size for p in patterns if isinstance(size := pattern_size(p), int))
-    if total > MAX_SCHEMA_PATTERNS_SIZE:
+def _check_patterns(patterns: list[str], field: str) -> None:
+    sizes = [(pattern, pattern_size(pattern)) for pattern in patterns]
+    if sum(size for _, size in sizes if isinstance(size, int)) > MAX_SCHEMA_PATTERNS_SIZE:
         raise InvalidArgument(
             "not a valid JSON schema: its patterns together are larger than "
             f"{MAX_SCHEMA_PATTERNS_SIZE} characters written out",
             field=field,
             reason=INVALID_SCHEMA,
         )
-    for pattern in patterns:
-        why = pattern_problem(pattern)
+    for pattern, size in sizes:
+        why = _size_problem(size)
         if why is None:
             try:
                 regex.compile(pattern)
@@ -290,20 +294,6 @@ def _check_patterns(schema: Mapping[str, Any], field: str) -> None:
                 field=field,
                 reason=INVALID_SCHEMA,
             )
-
-
-def _uses(value: Any, keyword: str) -> bool:
-    """Whether ``keyword`` appears as a key anywhere in ``value``."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            if keyword in item:
-                return True
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return False
 
 
 def _remote_refs(value: Any) -> bool:
@@ -376,8 +366,9 @@ def check_schema(schema: Mapping[str, Any], field: str, limits: SchemaLimits) ->
             field=field,
             reason=INVALID_SCHEMA,
         )
-    _check_patterns(schema, field)
-    if _uses(schema, "unevaluatedProperties") and _uses(schema, "patternProperties"):
+    patterns, keywords = _scan(schema)
+    _check_patterns(patterns, field)
+    if {"unevaluatedProperties", "patternProperties"} <= keywords:
         raise InvalidArgument(
             "unevaluatedProperties cannot be used with patternProperties",
             field=field,
