@@ -11,15 +11,10 @@ from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.generation.v1 import generation_service_pb2 as gen_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 
-from services.common.errors import (
-    ATTEMPTS,
-    WAIT_MS,
-    FailedPrecondition,
-    metadata_count,
-    upstream_calls,
-)
+from services.common.errors import ATTEMPTS, WAIT_MS, metadata_count, upstream_calls
 from services.gateway.clients import Caller, GenerationClient
 from services.gateway.errors import HitError
+from services.gateway.request_parts import check_fallback
 from services.gateway.settings import GatewaySettings
 
 
@@ -79,13 +74,7 @@ class Options:
             chain, fallback_field = list(collection.fallback), "collection.generative.fallback"
             # A collection stores up to retrieval's 8 pairs; more than generation takes
             # would fail every hit alike: one error, on the collection (as max_tokens).
-            if len(chain) > settings.max_fallbacks:
-                raise FailedPrecondition(
-                    f"the collection's {len(chain)} fallback pairs are more than the "
-                    f"{settings.max_fallbacks} allowed (GENSEARCH_GATEWAY_MAX_FALLBACKS)",
-                    field=fallback_field,
-                    reason="OUT_OF_RANGE",
-                )
+            check_fallback(chain, settings.max_fallbacks, fallback_field)
         return cls(
             provider=request.provider or collection.provider or settings.default_provider,
             model=model or collection.model or settings.default_model,

@@ -9,7 +9,6 @@ from gensearch.generation.v1 import generation_service_pb2 as gen_pb
 
 from services.common.egress import URL_NOT_ALLOWED, EgressPolicy, UrlRefused
 from services.common.errors import (
-    FailedPrecondition,
     InvalidArgument,
     PermissionDenied,
     ServiceError,
@@ -19,6 +18,7 @@ from services.common.model_names import check_model_name
 from services.gateway.clients import Caller, GenerationClient
 from services.gateway.generator import Options
 from services.gateway.prompting import context_window_for
+from services.gateway.request_parts import refusal_at
 
 TTL_SECONDS = 60.0
 
@@ -97,7 +97,7 @@ class ModelCatalog:
             _check_max_tokens(options, provider)
         limit = models.max_tokens_limit
         if options.max_tokens is not None and 0 < limit < options.max_tokens:
-            raise _max_tokens_error(options)(
+            raise refusal_at(options.max_tokens_field)(
                 f"max_tokens must be at most {limit} (GENSEARCH_GENERATION_MAX_TOKENS_LIMIT)",
                 field=options.max_tokens_field,
                 reason="OUT_OF_RANGE",
@@ -144,21 +144,13 @@ def _check_max_tokens(options: Options, provider: gen_pb.Provider) -> None:
     generation service refuses it too; here it is one error instead of one per hit)."""
     window = provider.context_window
     if options.max_tokens is not None and 0 < window < options.max_tokens:
-        raise _max_tokens_error(options)(
+        raise refusal_at(options.max_tokens_field)(
             f"max_tokens {options.max_tokens} exceeds the context window of provider "
             f"{provider.name!r} ({window} tokens)",
             field=options.max_tokens_field,
             reason="CONTEXT_WINDOW_EXCEEDED",
             metadata={"provider": provider.name, "context_window": str(window)},
         )
-
-
-def _max_tokens_error(options: Options) -> type[InvalidArgument] | type[FailedPrecondition]:
-    """The request's own max_tokens is a bad argument; the collection's stored one is a
-    state of the collection the caller must fix there (FAILED_PRECONDITION)."""
-    if options.max_tokens_field.startswith("collection."):
-        return FailedPrecondition
-    return InvalidArgument
 
 
 def _find_provider(models: gen_pb.ListModelsResponse, name: str) -> gen_pb.Provider | None:

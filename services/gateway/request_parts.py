@@ -10,7 +10,7 @@ from typing import Any
 from gensearch.generation.v1.generation_service_pb2 import ModelChoice
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 
-from services.common.errors import InvalidArgument
+from services.common.errors import FailedPrecondition, InvalidArgument
 
 
 def require(message: Any, name: str, *, prefix: str = "") -> None:
@@ -43,16 +43,28 @@ def check_sampling(message: Any, *, prefix: str = "") -> None:
                 raise InvalidArgument(f"{name} must be between -2 and 2", field=prefix + name)
 
 
-def check_fallback(chain: Sequence[ModelChoice], limit: int, field: str) -> None:
-    """A request's fallback chain, bounded and well formed before any call (providers
-    and models are checked against ListModels by ``ModelCatalog.check_choices``)."""
+def refusal_at(field: str) -> type[InvalidArgument] | type[FailedPrecondition]:
+    """A request's own bad value is a bad argument; a collection's stored one
+    (``collection.…``) is a state of the collection the caller must fix there."""
+    return FailedPrecondition if field.startswith("collection.") else InvalidArgument
+
+
+def check_fallback(
+    chain: Sequence[ModelChoice | ret_pb.GenerativeModel], limit: int, field: str
+) -> None:
+    """A fallback chain, the request's or the collection's it falls back to, bounded and
+    well formed before any call (providers and models are checked against ListModels by
+    ``ModelCatalog.check_choices``)."""
+    refusal = refusal_at(field)
     if len(chain) > limit:
-        raise InvalidArgument(
-            f"at most {limit} fallback pairs are allowed", field=field, reason="OUT_OF_RANGE"
+        raise refusal(
+            f"at most {limit} fallback pairs are allowed (GENSEARCH_GATEWAY_MAX_FALLBACKS)",
+            field=field,
+            reason="OUT_OF_RANGE",
         )
     for i, choice in enumerate(chain):
         if not choice.provider.strip():
-            raise InvalidArgument("provider is required", field=f"{field}[{i}].provider")
+            raise refusal("provider is required", field=f"{field}[{i}].provider")
 
 
 def copy_query(request: Any, search: ret_pb.SearchRequest) -> str | None:
