@@ -107,6 +107,31 @@ def test_the_local_models_batching_slowdown_keeps_every_slot() -> None:
     assert limit.limit == local.max_concurrency
 
 
+async def test_the_local_preset_queue_keeps_every_slot_after_a_batched_fan_out() -> None:
+    """The same through the local preset's own queue, on real time: ten sequential calls
+    of 10 ms, then two fan-outs of ten whose answers each take six times as long (batched
+    decoding). Both fan-outs run all ten at once, and the published limit stays at the
+    preset's ceiling."""
+    local = GenerationSettings().provider_configs()["local"]
+    limiter = ProviderLimiter(local, scope_of(local.name, None), None)
+
+    async def call(seconds: float) -> int:
+        permit = await limiter.acquire(limiter.ticket(), 1, Deadline(10))
+        running = limiter.in_flight
+        await asyncio.sleep(seconds)
+        await permit.release(outcome="ok")
+        return running
+
+    for _ in range(10):
+        await call(0.01)
+    for _ in range(2):
+        running = await asyncio.gather(*(call(0.06) for _ in range(10)))
+        assert max(running) == 10
+    assert limiter.limit.limit == local.concurrency_cap
+    gauge = REGISTRY.get_sample_value("gensearch_llm_concurrency_limit", {"provider": "local"})
+    assert gauge == local.concurrency_cap
+
+
 def test_a_provider_that_stays_slower_gets_its_limit_back() -> None:
     """Latency that rose for good (longer answers, a bigger model) is absorbed: the limit
     shrinks while the rise outruns the recent average, then grows back to the ceiling."""
