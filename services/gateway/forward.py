@@ -191,11 +191,12 @@ class RetrievalForwarder(_Forwarder, ret_grpc.RetrievalServiceServicer):
 
 class GenerationForwarder(_Forwarder, gen_grpc.GenerationServiceServicer):
     """ListModels is a read passed on without the operator's endpoint URLs and key
-    variable names. Generate and StreamGenerate go through the
-    client's ``generate``/``stream_generate``: one LLM call admitted by the tenant's quota
-    before each is sent, the upstream calls beyond it charged once reported; the caller's
-    ``x-<provider>-api-key`` headers go to the generation service only. Roles, models and
-    a request's base_url are checked there, as for a direct caller."""
+    variable names (and a ``debug`` answer without the operator's endpoint URL). Generate
+    and StreamGenerate go through the client's ``generate``/``stream_generate``: one LLM
+    call admitted by the tenant's quota before each is sent, the upstream calls beyond it
+    charged once reported; the caller's ``x-<provider>-api-key`` headers go to the
+    generation service only. Roles, models and a request's base_url are checked there, as
+    for a direct caller."""
 
     _client: GenerationClient
 
@@ -217,7 +218,9 @@ class GenerationForwarder(_Forwarder, gen_grpc.GenerationServiceServicer):
         self, request: gen_pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> gen_pb.GenerateResponse:
         caller = caller_of(context, self._token)
-        return await self._client.generate(request, caller, context.time_remaining())
+        reply = await self._client.generate(request, caller, context.time_remaining())
+        _hide_operator_url(reply, request.base_url)
+        return reply
 
     async def StreamGenerate(
         self, request: gen_pb.StreamGenerateRequest, context: grpc.aio.ServicerContext
@@ -225,4 +228,19 @@ class GenerationForwarder(_Forwarder, gen_grpc.GenerationServiceServicer):
         caller = caller_of(context, self._token)
         chunks = self._client.stream_generate(request, caller, context.time_remaining())
         async for chunk in chunks:
+            _hide_operator_url(chunk, request.base_url)
             yield chunk
+
+
+def _hide_operator_url(
+    reply: gen_pb.GenerateResponse | gen_pb.StreamGenerateResponse, base_url: str
+) -> None:
+    """``debug.url`` names the endpoint that answered. An operator's endpoint (an internal
+    host and port, as ListModels' base_url) is not the client's to learn, so the URL stays
+    only when the caller's own ``base_url`` answered: the primary pair, under that URL."""
+    if not reply.HasField("debug") or not reply.debug.url:
+        return
+    own = base_url.rstrip("/") + "/"
+    if base_url and reply.fallback_index == 0 and reply.debug.url.startswith(own):
+        return
+    reply.debug.ClearField("url")

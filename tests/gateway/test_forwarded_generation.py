@@ -160,3 +160,31 @@ async def test_the_callers_deadline_and_an_outage_come_through(stack: Stack) -> 
             await call  # type: ignore[misc]
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
         assert error_info(caught.value).reason == "DOWNSTREAM_UNAVAILABLE"
+
+
+async def test_debug_does_not_name_the_operators_endpoint(
+    stack_factory: StackFactory, fake2: FakeOpenAI
+) -> None:
+    # ListModels hides where the operator's endpoints live; a debug answer must not tell
+    # it either (it named http://<internal host>:<port>/v1/chat/completions to any reader).
+    stack = await stack_factory(
+        generation_settings={"allowed_hosts": f"http://127.0.0.1:{fake2.port}"}
+    )
+    both = Both(stack)
+    direct = await both.direct.Generate(_hello(debug=True), timeout=10)
+    assert direct.debug.url == f"{stack.fake.base_url}/chat/completions"
+
+    reply = await both.gateway.Generate(_hello(debug=True), metadata=ALICE, timeout=10)
+    assert reply.text and reply.debug.request_body and reply.debug.url == ""
+    chunks = [
+        c
+        async for c in both.gateway.StreamGenerate(_stream(debug=True), metadata=ALICE, timeout=10)
+    ]
+    assert chunks[-1].debug.request_body and chunks[-1].debug.url == ""
+    assert not any(str(stack.fake.port) in str(c) for c in chunks)
+
+    # The caller's own endpoint is the caller's to see.
+    own = await both.gateway.Generate(
+        _hello(debug=True, base_url=fake2.base_url), metadata=ALICE, timeout=10
+    )
+    assert own.debug.url == f"{fake2.base_url}/chat/completions"

@@ -411,7 +411,8 @@ class Models:
 @_proto("gensearch.generation.v1.Debug")
 @dataclass
 class CompletionDebug:
-    """With ``debug=True``: the upstream URL and the exact JSON body sent (no keys)."""
+    """With ``debug=True``: the exact JSON body sent (no keys) and, when the caller's own
+    ``base_url`` answered, its URL (through the gateway an operator's endpoint is not named)."""
 
     url: str = ""
     request_body: str = ""
