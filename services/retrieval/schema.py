@@ -485,8 +485,11 @@ def _describe(value: Any) -> str:
 
 def parse_date(value: str, path: str) -> datetime:
     """An RFC 3339 timestamp with a time zone offset (``Z`` or ``+hh:mm``)."""
+    # Only printable ASCII: CPython's fromisoformat stops reading at a NUL, so
+    # "2024-05-01T12:00:00Z\x00anything" would otherwise parse, the rest silently dropped.
+    readable = value.isascii() and value.isprintable()
     try:
-        parsed = datetime.fromisoformat(value) if "T" in value.upper() else None
+        parsed = datetime.fromisoformat(value) if readable and "T" in value.upper() else None
     except ValueError:
         parsed = None
     if parsed is None or parsed.tzinfo is None:

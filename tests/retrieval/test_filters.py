@@ -195,6 +195,7 @@ BAD: list[tuple[pb.Filter, str]] = [
     (cond("published", EQ, 1), "filter.condition.value"),
     (cond("date", LT, "yesterday"), "filter.condition.value"),
     (cond("date", LT, "2024-01-01T00:00:00"), "filter.condition.value"),  # no offset
+    (cond("date", LT, "2024-01-01T00:00:00Z\x00junk"), "filter.condition.value"),  # NUL
     (cond("title", LT, "b"), "filter.condition.operator"),
     (cond("published", GT, True), "filter.condition.operator"),
     (cond("year", TEXT, "x"), "filter.condition.operator"),

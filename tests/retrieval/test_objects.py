@@ -87,6 +87,8 @@ async def test_invalid_objects_reported_rest_lands(stub: Any) -> None:
         obj({"year": 2020.5}, vector=V),  # not an integer
         obj({"tags": ["a", 1]}, vector=V),  # not all strings
         obj({"date": "May 1st"}, vector=V),
+        # fromisoformat reads up to the NUL only: the rest must not be dropped unseen.
+        obj({"date": "2024-05-01T12:00:00Z\x00; and more"}, vector=V),
         obj({"published": "yes"}, vector=V),
         obj({"title": "x"}, id="not-a-uuid", vector=V),
         obj({"title": "x"}, vector=[1.0, 2.0]),  # dimension mismatch
@@ -101,13 +103,14 @@ async def test_invalid_objects_reported_rest_lands(stub: Any) -> None:
         (3, "properties.year"),
         (4, "properties.tags"),
         (5, "properties.date"),
-        (6, "properties.published"),
-        (7, "id"),
-        (8, "vector"),
+        (6, "properties.date"),
+        (7, "properties.published"),
+        (8, "id"),
         (9, "vector"),
+        (10, "vector"),
     ]
     assert all(e.message for e in resp.errors)
-    assert resp.errors[6].id == "not-a-uuid"
+    assert resp.errors[7].id == "not-a-uuid"
     assert await count(stub) == 2
 
 
