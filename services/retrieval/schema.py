@@ -379,7 +379,9 @@ class ObjectInvalid(Exception):
         self.message = message
 
 
-def check_vector(vector: list[float], dimensions: int, field: str) -> list[float]:
+def check_vector(vector: list[float], schema: Schema, field: str) -> list[float]:
+    """A caller's vector (stored or searched with) as the engine gets it."""
+    dimensions = schema.dimensions
     if len(vector) != dimensions:
         raise InvalidArgument(
             f"{field} has {len(vector)} dimensions, the collection expects {dimensions}",
@@ -388,7 +390,20 @@ def check_vector(vector: list[float], dimensions: int, field: str) -> list[float
         )
     if not all(math.isfinite(x) for x in vector):
         raise InvalidArgument(f"{field} holds NaN or infinity", field=field)
-    return list(vector)
+    if schema.distance != "cosine":
+        return list(vector)
+    # Cosine compares directions: the engine normalises in float32, where a large vector's
+    # length overflows (it was stored as all zeros) and a tiny one's underflows (kept
+    # unnormalised, it scored ~0 against its own direction). Normalised here in float64,
+    # where no float32 input overflows or underflows; length 0 has no direction at all.
+    length = math.sqrt(math.fsum(x * x for x in vector))
+    if length == 0.0:
+        raise InvalidArgument(
+            f"{field} has length 0: cosine distance needs a direction",
+            field=field,
+            reason="ZERO_VECTOR",
+        )
+    return [x / length for x in vector]
 
 
 def prepare_object(
@@ -406,7 +421,7 @@ def prepare_object(
     vector: list[float] | None = None
     if len(obj.vector):
         try:
-            vector = check_vector(list(obj.vector), schema.dimensions, "vector")
+            vector = check_vector(list(obj.vector), schema, "vector")
         except InvalidArgument as err:
             raise ObjectInvalid("vector", err.message) from None
     elif not schema.embeds:

@@ -83,9 +83,7 @@ class Searcher:
                 "set one query: near_text, near_vector, keyword or hybrid", field="query"
             )
         if mode == "near_vector":
-            vector = check_vector(
-                list(request.near_vector.vector), schema.dimensions, "near_vector.vector"
-            )
+            vector = check_vector(list(request.near_vector.vector), schema, "near_vector.vector")
             return await self._dense(schema, vector, where, page, 0.0)
         if mode == "near_text":
             text = _text(request.near_text.text, "near_text.text")
@@ -150,7 +148,7 @@ class Searcher:
             )
         if alpha < 1.0:
             _need_keyword_index(schema, "hybrid")
-        vector = check_vector(given, schema.dimensions, "hybrid.vector") if given else None
+        vector = check_vector(given, schema, "hybrid.vector") if given else None
         embed_ms = 0.0
         if alpha > 0.0 and vector is None:
             vector, embed_ms = await self._embed(schema, text)

@@ -10,6 +10,7 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 
 from tests.retrieval.conftest import Retrieval, cond, expect_error, vector_collection
 from tests.retrieval.data import DIMS, article_objects, articles
+from tests.support.rpc import error_info
 
 
 @pytest.fixture
@@ -185,3 +186,46 @@ async def test_euclid_scores_higher_is_better(retrieval: Retrieval) -> None:
     scores = [h.score for h in res.hits]
     assert scores == sorted(scores, reverse=True)
     assert scores[0] == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("adapter", ["edge", "server"])
+async def test_cosine_vectors_keep_their_direction(make_retrieval: Any, adapter: str) -> None:
+    # The engine normalises cosine vectors in float32: [3e38]*4 overflowed and was stored as
+    # all zeros, [1e-45, 0, 0, 0] underflowed and scored ~1e-45 against its own direction;
+    # a zero vector was stored with no direction at all.
+    s = (await make_retrieval(adapter)).stub
+    collection = pb.Collection(
+        name="C", vectorizer=pb.Vectorizer(kind=pb.VECTORIZER_KIND_NONE, dimensions=4)
+    )
+    await s.CreateCollection(pb.CreateCollectionRequest(collection=collection))
+    huge, tiny = "00000000-0000-4000-8000-000000000001", "00000000-0000-4000-8000-000000000002"
+    objs = [
+        pb.DataObject(id=huge, vector=[3e38] * 4),
+        pb.DataObject(id=tiny, vector=[1e-45, 0.0, 0.0, 0.0]),
+        pb.DataObject(vector=[0.0] * 4),
+    ]
+    written = await s.UpsertObjects(pb.UpsertObjectsRequest(collection="C", objects=objs))
+    assert list(written.ids) == [huge, tiny]
+    assert [(e.index, e.field) for e in written.errors] == [(2, "vector")]
+    assert "length 0" in written.errors[0].message
+    got = await s.GetObject(pb.GetObjectRequest(collection="C", id=huge, include_vector=True))
+    assert list(got.object.vector) == pytest.approx([0.5] * 4)
+    for query, expected in (([1.0] * 4, huge), ([5.0, 0.0, 0.0, 0.0], tiny)):
+        res = await s.Search(
+            pb.SearchRequest(collection="C", near_vector=pb.NearVector(vector=query))
+        )
+        assert res.hits[0].id == expected and res.hits[0].score == pytest.approx(1.0, abs=1e-4)
+    for request, field in (
+        (
+            pb.SearchRequest(collection="C", near_vector=pb.NearVector(vector=[0.0] * 4)),
+            "near_vector.vector",
+        ),
+        (
+            pb.SearchRequest(
+                collection="C", hybrid=pb.Hybrid(text="x", alpha=1.0, vector=[0.0] * 4)
+            ),
+            "hybrid.vector",
+        ),
+    ):
+        err = await expect_error(s.Search(request), grpc.StatusCode.INVALID_ARGUMENT, field)
+        assert error_info(err).reason == "ZERO_VECTOR"

@@ -185,6 +185,12 @@ class DimensionMismatchError(InvalidArgumentError):
     error_reason = "DIMENSION_MISMATCH"
 
 
+class ZeroVectorError(InvalidArgumentError):
+    """A vector of length 0 in a cosine collection: it has no direction to compare."""
+
+    error_reason = "ZERO_VECTOR"
+
+
 class FieldTooLargeError(InvalidArgumentError):
     error_reason = "FIELD_TOO_LARGE"
 
