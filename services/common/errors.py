@@ -12,7 +12,7 @@ sends.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import grpc
 from google.protobuf import any_pb2
@@ -239,9 +239,32 @@ def upstream_calls(metadata: Mapping[str, str]) -> int:
     return metadata_count(metadata, UPSTREAM_CALLS) or 0
 
 
-def note_imported(err: ServiceError, message_no: int, received: int, imported: int) -> None:
+def note_imported(
+    err: ServiceError,
+    message_no: int,
+    received: int,
+    imported: int,
+    rejected: Sequence[int] = (),
+) -> None:
     """An import stream's failure says what earlier messages stored (ErrorInfo metadata
     ``received_count`` and ``imported_count``, and the message), so a client knows where to
-    resume: retrieval for a failure of its own, the gateway for one of the stream it relays."""
+    resume: retrieval for a failure of its own, the gateway for one of the stream it relays.
+    ``rejected``: the stream positions of the objects earlier messages did not store (their
+    ObjectErrors die with the answer), as ``rejected_indexes`` — without them a client
+    knew how many objects were lost, not which."""
     err.metadata.update({"received_count": str(received), "imported_count": str(imported)})
+    if rejected:
+        err.metadata["rejected_indexes"] = _index_list(rejected)
     err.message += f" (message {message_no}; {imported} objects imported before it)"
+
+
+def _index_list(indexes: Sequence[int]) -> str:
+    """``"3,17,42"``; cut to fit a metadata value, then ending ``",…"`` (the count of them
+    is ``received_count - imported_count``)."""
+    text = ""
+    for index in indexes:
+        part = f"{',' if text else ''}{index}"
+        if len(text) + len(part) > MAX_METADATA_CHARS - 2:
+            return text + ",…"
+        text += part
+    return text

@@ -112,6 +112,19 @@ async def test_a_stream_that_stalls_keeps_what_it_imported(stack: Stack) -> None
     await _slots_free(stack)
 
 
+async def test_a_stalled_stream_says_which_objects_were_rejected(stack: Stack) -> None:
+    # Retrieval's answer to the stream the gateway ended holds the per-object errors; the
+    # gateway's status must not drop them (it said how many objects were lost, not which).
+    batch = _batch(30, 3, "Books")
+    del batch.objects[1].vector[1:]  # wrong dimensions
+    with pytest.raises(grpc.aio.AioRpcError) as ended:
+        await stack.retrieval.ImportObjects(_then_silent([batch]), metadata=ALICE, timeout=10)
+    _assert_idle(ended.value, 2)
+    info = error_info(ended.value)
+    assert (info.metadata["received_count"], info.metadata["rejected_indexes"]) == ("3", "1")
+    await _slots_free(stack)
+
+
 async def test_a_slow_stream_within_the_timeout_completes(stack: Stack) -> None:
     async def slow() -> AsyncIterator[ret_pb.ImportObjectsRequest]:
         # Longer than IDLE in all, never that long between two messages.

@@ -145,6 +145,40 @@ async def test_oversized_batch_writes_nothing(make_retrieval: Any) -> None:
     assert (await stub.CountObjects(pb.CountObjectsRequest(collection="A"))).count == 4
 
 
+async def test_a_failed_import_says_which_objects_earlier_messages_rejected(
+    make_retrieval: Any,
+) -> None:
+    # The ObjectErrors of earlier messages die with the answer: the status said how many
+    # objects were lost (received - imported), never which.
+    stub = (await make_retrieval(max_batch_size=50)).stub
+    await stub.CreateCollection(pb.CreateCollectionRequest(collection=vector_collection("A", DIMS)))
+    good = article_objects()
+    wrong = obj({"title": "x"}, vector=[1.0])  # wrong dimensions
+
+    async def stream() -> AsyncIterator[pb.ImportObjectsRequest]:
+        yield pb.ImportObjectsRequest(collection="A", objects=[good[0], wrong, good[1], wrong])
+        yield pb.ImportObjectsRequest(objects=[wrong, good[2]])
+        yield pb.ImportObjectsRequest(objects=good[:1] * 51)  # over max_batch_size
+
+    err = await expect_error(
+        stub.ImportObjects(stream()), grpc.StatusCode.INVALID_ARGUMENT, "objects"
+    )
+    info = error_info(err)
+    assert (info.metadata["received_count"], info.metadata["imported_count"]) == ("6", "3")
+    assert info.metadata["rejected_indexes"] == "1,3,4"
+
+    async def many_rejected() -> AsyncIterator[pb.ImportObjectsRequest]:
+        yield pb.ImportObjectsRequest(collection="A", objects=[wrong] * 50)
+        yield pb.ImportObjectsRequest(objects=[wrong] * 50)
+        yield pb.ImportObjectsRequest(objects=good[:1] * 51)
+
+    err = await expect_error(
+        stub.ImportObjects(many_rejected()), grpc.StatusCode.INVALID_ARGUMENT, "objects"
+    )
+    listed = error_info(err).metadata["rejected_indexes"]
+    assert listed.startswith("0,1,2,") and listed.endswith(",…") and len(listed) <= 256
+
+
 def _too_deep() -> bytes:
     """An import message nested past protobuf's parsing limit (100 message levels)."""
     message = pb.ImportObjectsRequest()
