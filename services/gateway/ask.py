@@ -113,11 +113,13 @@ class AskService:
         context_fields = ask_request.context_fields(request, info)
         # Checked before any LLM work; None: hits go to the prompt as they are.
         expand_budget = chunks.budget_for(request, info, self._b.settings)
-        options = Options.resolve(request, request.llm_model, info.generative, s, prefix="")
+        options = Options.resolve(
+            request, request.llm_model, info.generative, s, prefix="", model_field="llm_model"
+        )
         # Every provider and model of the chain (the request's, else the collection's)
         # before any LLM call, the question rewrite's included.
         await self._b.models.check_choices(
-            options, caller, min(time_left(deadline), 2.0), prefix="", model_field="llm_model"
+            options, caller, min(time_left(deadline), 2.0), prefix=""
         )
         spent = Spent()  # tokens and upstream calls, of the rewrite and the answer
         traces = TurnTraces(self._b.settings.ask_trace_bytes)

@@ -39,6 +39,9 @@ class Options:
     # Where max_tokens came from, for error fields: the request's or the collection's.
     max_tokens_field: str = "generate.max_tokens"
     base_url: str = ""
+    # Where the provider and the model came from, for error fields, as max_tokens.
+    provider_field: str = "generate.provider"
+    model_field: str = "generate.model"
 
     @classmethod
     def resolve(
@@ -49,11 +52,13 @@ class Options:
         settings: GatewaySettings,
         *,
         prefix: str = "generate.",
+        model_field: str = "model",
     ) -> Options:
         """The request's choice, else the collection's generative defaults, else the
         service's. ``request`` has provider, temperature, max_tokens and fallback
         (Generate, Ask); ``prefix`` is where its fields sit in the RPC's request, for
-        error fields."""
+        error fields, and ``model_field`` is the name of its model field (``model`` is
+        its value)."""
 
         def first(field: str) -> Any:
             for source in (request, collection):
@@ -94,6 +99,19 @@ class Options:
                 else "collection.generative.max_tokens"
             ),
             base_url=getattr(request, "base_url", ""),
+            # A collection's stored provider or model that generation does not serve is
+            # named as the collection's (as its fallback chain is), not as a field of a
+            # request that never set it.
+            provider_field=(
+                "collection.generative.provider"
+                if not request.provider and collection.provider
+                else f"{prefix}provider"
+            ),
+            model_field=(
+                "collection.generative.model"
+                if not model and collection.model
+                else f"{prefix}{model_field}"
+            ),
         )
 
 

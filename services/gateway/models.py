@@ -50,15 +50,15 @@ class ModelCatalog:
         timeout: float,
         *,
         prefix: str = "generate.",
-        model_field: str = "model",
     ) -> None:
         """Before any LLM call: every provider of the chain is configured, every model is
         one its provider knows (where the provider checks), ``max_tokens`` fits every
         provider's declared context window, and a caller's base_url is on
         the operator's allowlist (the generation service checks all of it again, and the
         URL once more on every connection). One clear error instead of the same one on
-        every hit. The primary's fields are ``prefix`` + provider / ``model_field``
-        (Ask's model is ``llm_model``)."""
+        every hit, naming the field the value came from (``Options.provider_field`` …):
+        the request's own, or the collection's stored default (``collection.generative.…``)
+        when the request named none. ``prefix`` is where the request's base_url sits."""
         models = await self.models(caller, timeout)
         if models is None:  # generation unreachable: each hit will say so itself
             return
@@ -66,8 +66,8 @@ class ModelCatalog:
             (
                 options.provider,
                 options.model,
-                f"{prefix}provider",
-                f"{prefix}{model_field}",
+                options.provider_field,
+                options.model_field,
                 bool(options.base_url),
             )
         ]

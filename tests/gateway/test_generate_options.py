@@ -181,6 +181,50 @@ async def test_a_collections_unknown_fallback_provider_is_named(stack: Stack) ->
     assert field == "collection.generative.fallback[0].provider"
 
 
+@pytest.mark.parametrize(
+    ("generative", "reason", "field"),
+    [
+        (ret_pb.GenerativeConfig(provider="gone"), "UNKNOWN_PROVIDER", "provider"),
+        (ret_pb.GenerativeConfig(provider="anyscale", model="gpt-4"), "UNKNOWN_MODEL", "model"),
+    ],
+)
+async def test_a_collections_unknown_provider_or_model_is_named_as_the_collections(
+    stack: Stack, generative: ret_pb.GenerativeConfig, reason: str, field: str
+) -> None:
+    # The request names no provider nor model: the error named generate.provider (Ask:
+    # provider), a field the caller never sent, for the collection's stored default.
+    await create_books(stack, books=WITH_BODY, generative=generative)
+    ask = gw_pb.AskRequest(
+        collection="Books", llm_question="Which?", near_vector=ret_pb.NearVector(vector=[0.5] * DIM)
+    )
+    for call in (
+        stack.stub.GenerativeSearch(_search(single_prompt="About {title}"), metadata=ALICE),
+        stack.stub.Ask(ask, metadata=ALICE),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        info = error_info(caught.value)
+        assert (info.reason, info.metadata["field"]) == (reason, f"collection.generative.{field}")
+    # The request's own choice is still named as the request's.
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stack.stub.GenerativeSearch(
+            _search(single_prompt="About {title}", provider="gone2"), metadata=ALICE
+        )
+    assert error_info(caught.value).metadata["field"] == "generate.provider"
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stack.stub.Ask(_with(ask, provider="anyscale", llm_model="nope"), metadata=ALICE)
+    assert error_info(caught.value).metadata["field"] == "llm_model"
+    assert stack.fake.chat_requests == []
+
+
+def _with(request: gw_pb.AskRequest, **fields: Any) -> gw_pb.AskRequest:
+    changed = gw_pb.AskRequest()
+    changed.CopyFrom(request)
+    for name, value in fields.items():
+        setattr(changed, name, value)
+    return changed
+
+
 async def test_ask_names_the_provider_that_answered(stack: Stack) -> None:
     generative = ret_pb.GenerativeConfig(
         provider="fake",
