@@ -16,6 +16,7 @@ turns an invalid one into a line naming the variable and an exit, not a tracebac
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import re
@@ -262,6 +263,86 @@ def qdrant_url_setting(value: str) -> str:
     if parsed is None or parsed.scheme not in (None, "http", "https") or not parsed.host:
         raise ValueError("must be an http:// or https:// URL of a Qdrant server, or :memory:")
     return value
+
+
+# Resolvers a gRPC target may name besides a bare host:port (which gRPC resolves by DNS).
+_TARGET_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
+_HOST_NAME = re.compile(
+    r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?"
+)
+_PORT = re.compile(r"[0-9]{1,5}")
+TARGET_FORMS = "host:port or dns:///host:port (or an ipv4:, ipv6: or unix: target)"
+
+
+def grpc_target_setting(value: str) -> str:
+    """A gRPC target setting (where the gateway finds a service): ``host:port``,
+    ``dns:///host:port`` (``dns://server/host:port``), ``ipv4:``/``ipv6:`` address lists or
+    ``unix:path``, checked at start. gRPC itself takes almost any string and fails every
+    call to it with UNAVAILABLE, and a target without a port quietly means port 443. The
+    message never quotes the value (a mistaken paste may hold a credential)."""
+    if not value or any(c.isspace() or not c.isprintable() for c in value):
+        raise ValueError(f"must be {TARGET_FORMS}")
+    match = _TARGET_SCHEME.match(value)
+    scheme = match.group(1).lower() if match else ""
+    rest = value[len(scheme) + 1 :]
+    if scheme in ("unix", "unix-abstract"):
+        if not rest.strip("/"):
+            raise ValueError("a unix: target must name a socket path")
+    elif scheme == "dns":
+        if rest.startswith("//"):  # dns://[dns server]/host:port
+            rest = rest[2:].partition("/")[2]
+        _check_host_port(rest)
+    elif scheme in ("ipv4", "ipv6"):
+        for address in rest.split(","):
+            _check_host_port(address)
+    elif scheme in ("http", "https", "grpc", "grpcs"):
+        raise ValueError(f"a gRPC target is not a URL: use {TARGET_FORMS}")
+    elif "://" in value:
+        raise ValueError(f"unknown scheme: use {TARGET_FORMS}")
+    else:  # "memory:50051" parses as a scheme too: gRPC resolves it by DNS
+        _check_host_port(value)
+    return value
+
+
+def _check_host_port(text: str) -> None:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"needs a port: {TARGET_FORMS}")
+    if not _PORT.fullmatch(port) or not 1 <= int(port) <= 65535:
+        raise ValueError("its port must be a number from 1 to 65535")
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise ValueError(f"must be {TARGET_FORMS}") from None
+    elif not _HOST_NAME.fullmatch(host) or len(host) > 253:
+        # A name or an IPv4 address (an IPv6 one goes in brackets).
+        raise ValueError(f"must be {TARGET_FORMS}")
+
+
+def http_url_problem(url: str) -> str | None:
+    """What keeps ``url`` from being the root URL of an HTTP server we call (http or
+    https, a host, a valid port, no query or fragment), or None. Never quotes the URL: it
+    may carry a password."""
+    if any(c.isspace() or not c.isprintable() for c in url):
+        return "must be an http:// or https:// URL"
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unbalanced "[" in the host
+        return "must be an http:// or https:// URL"
+    if parts.scheme.lower() not in ("http", "https"):
+        return "must be an http:// or https:// URL"
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if not parts.hostname:
+        return "must name a host"
+    if port == 0 or (port is None and parts.netloc.endswith(":")):
+        return "its port must be a number from 1 to 65535"
+    if parts.query or parts.fragment or "?" in url or "#" in url:
+        return "must not have a query or fragment"
+    return None
 
 
 S = TypeVar("S", bound=CommonSettings)

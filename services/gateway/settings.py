@@ -5,7 +5,13 @@ from __future__ import annotations
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from services.common.settings import NAMESPACES, CommonSettings, redis_url_setting
+from services.common.settings import (
+    NAMESPACES,
+    CommonSettings,
+    grpc_target_setting,
+    http_url_problem,
+    redis_url_setting,
+)
 
 
 class GatewaySettings(CommonSettings):
@@ -16,7 +22,8 @@ class GatewaySettings(CommonSettings):
     metrics_port: int | None = Field(default=9090, ge=0, le=65535)
 
     # Downstream services: host:port, or dns:///host:port to spread calls over every
-    # address the name resolves to (client-side round-robin across replicas).
+    # address the name resolves to (client-side round-robin across replicas). Checked at
+    # start (grpc_target_setting): gRPC would take a malformed one and fail every call.
     memory_addr: str = "127.0.0.1:50051"
     retrieval_addr: str = "127.0.0.1:50052"
     generation_addr: str = "127.0.0.1:50053"
@@ -181,6 +188,20 @@ class GatewaySettings(CommonSettings):
         return self
 
     _redis_url = field_validator("redis_url")(redis_url_setting)
+    _addresses = field_validator("memory_addr", "retrieval_addr", "generation_addr")(
+        grpc_target_setting
+    )
+
+    @field_validator("tokenize_urls")
+    @classmethod
+    def _valid_tokenize_urls(cls, value: dict[str, str]) -> dict[str, str]:
+        # Checked at start: a malformed URL would only log "tokenize unavailable" on every
+        # Ask and count by estimate. The provider is named, never the URL.
+        for name, url in value.items():
+            problem = http_url_problem(url)
+            if problem:
+                raise ValueError(f"provider {name[:64]!r}: {problem}")
+        return value
 
     @model_validator(mode="after")
     def _cluster_needs_url(self) -> GatewaySettings:

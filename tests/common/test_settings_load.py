@@ -4,6 +4,7 @@ and never a traceback (services/common/settings.py, load_settings)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 from pathlib import Path
@@ -17,6 +18,18 @@ from services.memory.settings import MemorySettings
 from services.retrieval.settings import RetrievalSettings
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+async def _stderr_at_exit(proc: asyncio.subprocess.Process) -> bytes:
+    """What a service said before it exited; one that keeps running (the check it should
+    fail is missing) is killed, not left behind."""
+    try:
+        _, stderr = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    return stderr
 
 
 def _exit_message(err: pytest.ExceptionInfo[SystemExit]) -> str:
@@ -62,7 +75,7 @@ async def test_a_service_started_with_an_invalid_setting_exits_with_one_line(
         sys.executable, "-m", f"services.{service}", cwd=ROOT, env=env,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
-    _, stderr = await asyncio.wait_for(proc.communicate(), 60)
+    stderr = await _stderr_at_exit(proc)
     assert proc.returncode == 1
     assert stderr.decode().splitlines() == [
         f"invalid setting {variable}: Input should be less than or equal to 65535"
@@ -265,6 +278,12 @@ def test_an_allowlist_entry_is_quoted_without_its_credentials(
             "base_url must start with http:// or https://",
         ),
         (
+            "gateway",
+            {"GENSEARCH_GATEWAY_MEMORY_ADDR": "http://user:TOPSECRET@memory:50051"},
+            "GENSEARCH_GATEWAY_MEMORY_ADDR: a gRPC target is not a URL: use "
+            "host:port or dns:///host:port (or an ipv4:, ipv6: or unix: target)",
+        ),
+        (
             "retrieval",
             {"GENSEARCH_RETRIEVAL_QDRANT_URL": "ftp://x"},
             "GENSEARCH_RETRIEVAL_QDRANT_URL: "
@@ -281,6 +300,89 @@ async def test_a_service_with_a_problem_found_after_loading_exits_with_one_line(
         sys.executable, "-m", f"services.{service}", cwd=ROOT, env=env,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
-    _, stderr = await asyncio.wait_for(proc.communicate(), 60)
+    stderr = await _stderr_at_exit(proc)
     assert proc.returncode == 1
     assert stderr.decode().splitlines() == [f"invalid setting {line}"]
+
+
+TARGETS = "host:port or dns:///host:port (or an ipv4:, ipv6: or unix: target)"
+
+
+@pytest.mark.parametrize(
+    "variable",
+    [
+        "GENSEARCH_GATEWAY_MEMORY_ADDR",
+        "GENSEARCH_GATEWAY_RETRIEVAL_ADDR",
+        "GENSEARCH_GATEWAY_GENERATION_ADDR",
+    ],
+)
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("http://user:TOPSECRET@memory:50051", f"a gRPC target is not a URL: use {TARGETS}"),
+        ("xds:///memory", f"unknown scheme: use {TARGETS}"),
+        ("memory", f"needs a port: {TARGETS}"),  # gRPC would quietly use port 443
+        ("dns:///memory", f"needs a port: {TARGETS}"),
+        ("memory:99999", "its port must be a number from 1 to 65535"),
+        ("memory:TOPSECRET", "its port must be a number from 1 to 65535"),
+        ("user:TOPSECRET@memory:50051", f"must be {TARGETS}"),
+        ("mem ory:50051", f"must be {TARGETS}"),
+        ("", f"must be {TARGETS}"),
+    ],
+)
+def test_a_downstream_address_grpc_cannot_use_stops_the_gateway(
+    variable: str, value: str, reason: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # gRPC takes any string as a target and fails every call to it with UNAVAILABLE.
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SystemExit) as err:
+        load_settings(GatewaySettings)
+    assert _exit_message(err) == f"invalid setting {variable}: {reason}"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "memory:50051",
+        "10.0.0.5:50051",
+        "[fd00::5]:50051",
+        "dns:///generation-headless:50053",
+        "dns://10.0.0.2/memory.svc:50051",
+        "ipv4:10.0.0.5:50051,10.0.0.6:50051",
+        "ipv6:[fd00::5]:50051",
+        "unix:///run/gensearch/memory.sock",
+    ],
+)
+def test_every_target_form_grpc_resolves_is_accepted(
+    value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GENSEARCH_GATEWAY_MEMORY_ADDR", value)
+    assert load_settings(GatewaySettings).memory_addr == value
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("ftp://user:TOPSECRET@tok:8088", "must be an http:// or https:// URL"),
+        ("127.0.0.1:8088", "must be an http:// or https:// URL"),
+        ("http://", "must name a host"),
+        ("http://user:TOPSECRET@tok:99999", "its port must be a number from 1 to 65535"),
+        ("http://tok:TOPSECRET", "its port must be a number from 1 to 65535"),
+        ("http://tok:8088/?key=TOPSECRET", "must not have a query or fragment"),
+    ],
+)
+def test_a_tokenize_url_that_is_not_http_stops_the_gateway(
+    url: str, reason: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It was only found out at the first Ask ("tokenize unavailable", estimates for ever).
+    monkeypatch.setenv("GENSEARCH_GATEWAY_TOKENIZE_URLS", json.dumps({"local": url}))
+    with pytest.raises(SystemExit) as err:
+        load_settings(GatewaySettings)
+    assert _exit_message(err) == (
+        f"invalid setting GENSEARCH_GATEWAY_TOKENIZE_URLS: provider 'local': {reason}"
+    )
+    monkeypatch.setenv(
+        "GENSEARCH_GATEWAY_TOKENIZE_URLS",
+        '{"local": "http://127.0.0.1:8088", "vllm": "https://u:TOPSECRET@tok.example/"}',
+    )
+    assert load_settings(GatewaySettings)
