@@ -13,9 +13,16 @@ MAX_MODEL_CHARS = 256
 
 
 def check_model_name(model: str, field: str) -> None:
-    """INVALID_ARGUMENT naming ``field`` for a model name too long or with control
-    characters (a newline, NUL …); an empty name (the provider's default) is fine."""
+    """INVALID_ARGUMENT naming ``field`` for a model name too long, with control
+    characters (a newline, NUL …) or of spaces only; an empty name (the provider's
+    default) is fine. Spaces alone were once read as empty, so a caller who meant a model
+    silently got the default one; they are a mistake to name, not a choice."""
     if len(model) > MAX_MODEL_CHARS:
         raise InvalidArgument(f"a model name is at most {MAX_MODEL_CHARS} characters", field=field)
     if not model.isprintable():
         raise InvalidArgument("a model name must not contain control characters", field=field)
+    if model and not model.strip():
+        raise InvalidArgument(
+            "a model name must not be only spaces (leave it empty for the default model)",
+            field=field,
+        )

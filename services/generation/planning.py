@@ -77,8 +77,8 @@ class Planner:
             if not choice.provider.strip():
                 raise InvalidArgument("provider is required", field=f"{where}.provider")
             other = self.registry.get(choice.provider, field=f"{where}.provider")
+            check_model_name(choice.model, f"{where}.model")  # as sent, as for the primary
             model = choice.model.strip() or other.config.default_model
-            check_model_name(model, f"{where}.model")
             check_model(model, other.config, f"{where}.model")
             check_context_window(list(request.messages), request.max_tokens, other.config)
             chain.append(

@@ -138,8 +138,9 @@ def build_request(
             field="messages",
         )
 
+    # The name as sent: spaces alone are refused there, not stripped into the default.
+    check_model_name(msg.model, "model")
     model = msg.model.strip() or config.default_model
-    check_model_name(model, "model")
     if check_models:
         check_model(model, config, "model")
 

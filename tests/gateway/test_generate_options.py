@@ -283,6 +283,13 @@ async def test_every_sampling_parameter_reaches_the_provider(stack: Stack) -> No
         # QA: each hit failed on its own instead.
         ({"response_format": _schema(name="bad name!")}, "generate.response_format.name"),
         ({"model": "gpt-4", "provider": "anyscale"}, "generate.model"),
+        # Spaces alone were read as "the default model" (the fake provider lists none, so
+        # nothing else refused them).
+        ({"model": "   "}, "generate.model"),
+        (
+            {"fallback": [gen_pb.ModelChoice(provider="fake", model=" ")]},
+            "generate.fallback[0].model",
+        ),
     ],
 )
 async def test_bad_options_fail_the_request_naming_the_field(
@@ -563,4 +570,23 @@ async def test_a_collections_fallback_chain_longer_than_allowed_fails_once_on_th
         "OUT_OF_RANGE",
         "collection.generative.fallback",
     )
+    assert stack.fake.chat_requests == []
+
+
+async def test_a_model_of_spaces_is_refused_on_ask_too(stack: Stack) -> None:
+    await create_books(stack, books=WITH_BODY)
+    for fields, field in (
+        ({"llm_model": "  "}, "llm_model"),
+        ({"fallback": [gen_pb.ModelChoice(provider="fake", model="  ")]}, "fallback[0].model"),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stack.stub.Ask(
+                gw_pb.AskRequest(collection="Books", llm_question="Which book?", **fields),
+                metadata=ALICE,
+                timeout=10,
+            )
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        info = error_info(caught.value)
+        assert (info.reason, info.metadata["field"]) == ("INVALID_ARGUMENT", field)
+        assert "only spaces" in caught.value.details()
     assert stack.fake.chat_requests == []

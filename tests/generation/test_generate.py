@@ -194,6 +194,9 @@ async def test_list_models(
         ({"model": "fake-model\nX-Injected: 1"}, "model"),
         ({"model": "a\x00b"}, "model"),
         ({"fallback": [pb.ModelChoice(provider="fake", model="a\tb")]}, "fallback[0].model"),
+        # Spaces alone are no name: they were stripped into the provider's default model.
+        ({"model": "   "}, "model"),
+        ({"fallback": [pb.ModelChoice(provider="fake", model=" ")]}, "fallback[0].model"),
     ],
 )
 async def test_invalid_requests_name_the_field(

@@ -176,6 +176,20 @@ async def test_collection_errors(retrieval: Retrieval) -> None:
             vector_collection("P", generative=pb.GenerativeConfig(model="m\nx")),
             "collection.generative.model",
         ),
+        # Spaces alone: stored, then taken for "the default model" on every search.
+        (
+            vector_collection("P", generative=pb.GenerativeConfig(model="   ")),
+            "collection.generative.model",
+        ),
+        (
+            vector_collection(
+                "P",
+                generative=pb.GenerativeConfig(
+                    fallback=[pb.GenerativeModel(provider="openai", model=" ")]
+                ),
+            ),
+            "collection.generative.fallback[0].model",
+        ),
         (
             vector_collection(
                 "P",
