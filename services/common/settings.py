@@ -23,7 +23,7 @@ import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import Annotated, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -45,6 +45,25 @@ REQUEST_LIMITS: dict[str, int] = {
     "UpsertObjects": 16 * MIB,
     "CreateInteraction": 8 * MIB,
 }
+
+# Upper bounds of limit settings (docs/operations.md#upper-bounds). Generous for any real
+# deployment, and small enough that every value fits where it goes: gRPC takes its options
+# as C ints (a larger one was an OverflowError at start), token counts and limits travel in
+# int32 fields (a larger one failed ListModels with INTERNAL), and queues, caches and
+# worker pools are sized from them. Every bound is at most 2**31 - 1.
+# Sizes in bytes or characters: no gRPC message is larger, so no text in one is either.
+MAX_SIZE_BYTES = 1024 * MIB
+# Token counts: ten times the largest context window offered today (~10M).
+MAX_TOKENS = 100_000_000
+# Calls or streams at once.
+MAX_CONCURRENCY = 1_000_000
+# Connection lifetimes and keepalive intervals: a week (gRPC takes them in milliseconds, in
+# a C int: at most ~24.8 days).
+MAX_CONNECTION_SECONDS = 7 * 86400
+# Lifetimes of stored things (answers, conversations, request ids): 50 years.
+MAX_TTL_SECONDS = 50 * 366 * 86400
+# Nesting of a response_format JSON schema: protobuf parses at most 100 nested messages.
+MAX_SCHEMA_DEPTH = 100
 
 PREFIX = "GENSEARCH_"
 # Every service's namespace; a variable in one of them belongs to that service alone.
@@ -106,42 +125,44 @@ class CommonSettings(BaseSettings):
     # Seconds in-flight calls get to finish on SIGTERM.
     grace_period: float = Field(default=10.0, ge=0)
     # Largest gRPC message sent (and, by the gateway, received from a downstream service).
-    max_message_bytes: int = Field(default=64 * MIB, ge=1024)
+    max_message_bytes: int = Field(default=64 * MIB, ge=1024, le=MAX_SIZE_BYTES)
     # Largest request message of a method without a limit of its own (request_limits).
     # gRPC itself refuses a larger message from its length prefix, before buffering it.
-    max_request_bytes: int = Field(default=4 * MIB, ge=1024)
+    max_request_bytes: int = Field(default=4 * MIB, ge=1024, le=MAX_SIZE_BYTES)
     # Methods that need more, by name (a method a service does not serve is ignored).
     # The largest of these is what gRPC buffers before the chassis sees a message, so a
     # small method's oversized request is refused unparsed but not unread
     # (docs/operations.md#limits). Env: JSON, e.g. '{"ImportObjects": 33554432}'.
-    request_limits: dict[str, int] = Field(default_factory=lambda: dict(REQUEST_LIMITS))
+    request_limits: dict[str, Annotated[int, Field(ge=1024, le=MAX_SIZE_BYTES)]] = Field(
+        default_factory=lambda: dict(REQUEST_LIMITS)
+    )
     # Calls of our services served at once by the whole server (health checks and
     # reflection not counted); more get RESOURCE_EXHAUSTED, reason TOO_MANY_CONCURRENT_RPCS
     # (services/common/call_slots.py). 0 = no limit.
-    max_concurrent_rpcs: int = Field(default=1000, ge=0)
+    max_concurrent_rpcs: int = Field(default=1000, ge=0, le=MAX_CONCURRENCY)
     # Seconds a client-streaming call waits for each request message (the first one too)
     # before it ends DEADLINE_EXCEEDED, reason STREAM_IDLE: a silent stream would otherwise
     # hold its call slot and its tenant's quota for ever (services/common/stream_idle.py).
     stream_idle_timeout: float = Field(default=30.0, gt=0)
     # Calls at once on one client connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS);
     # a client queues the rest.
-    max_concurrent_streams: int = Field(default=1024, ge=1)
+    max_concurrent_streams: int = Field(default=1024, ge=1, le=MAX_CONCURRENCY)
     # Seconds after which the server asks a client to reconnect (HTTP/2 GOAWAY; calls in
     # flight finish first). 0 = never. Clients that balance over DNS (dns:/// targets with
     # round_robin) resolve again on reconnect, so this is how they find new replicas.
-    max_connection_age: float = Field(default=0.0, ge=0)
+    max_connection_age: float = Field(default=0.0, ge=0, le=MAX_CONNECTION_SECONDS)
     # Seconds a connection with no call in progress stays open (GOAWAY after). 0 = never.
-    max_connection_idle: float = Field(default=300.0, ge=0)
+    max_connection_idle: float = Field(default=300.0, ge=0, le=MAX_CONNECTION_SECONDS)
     # Seconds a new connection gets to open HTTP/2 (send its preface and SETTINGS) before it
     # is closed: a socket that never speaks holds a file descriptor until then.
-    handshake_timeout: float = Field(default=10.0, gt=0)
+    handshake_timeout: float = Field(default=10.0, gt=0, le=MAX_CONNECTION_SECONDS)
     # The server pings a client after this many seconds without activity on a connection
     # with calls in progress, and drops it when no answer comes within keepalive_timeout.
-    keepalive_time: float = Field(default=60.0, gt=0)
-    keepalive_timeout: float = Field(default=20.0, gt=0)
+    keepalive_time: float = Field(default=60.0, gt=0, le=MAX_CONNECTION_SECONDS)
+    keepalive_timeout: float = Field(default=20.0, gt=0, le=MAX_CONNECTION_SECONDS)
     # Shortest interval between a client's pings the server tolerates (the gateway's
     # channels ping every 30 s); a client pinging faster is disconnected (too_many_pings).
-    keepalive_min_ping_interval: float = Field(default=10.0, gt=0)
+    keepalive_min_ping_interval: float = Field(default=10.0, gt=0, le=MAX_CONNECTION_SECONDS)
 
     @field_validator("log_level")
     @classmethod

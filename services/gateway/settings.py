@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import (
+    MAX_CONCURRENCY,
+    MAX_SCHEMA_DEPTH,
+    MAX_SIZE_BYTES,
+    MAX_TOKENS,
+    MAX_TTL_SECONDS,
     NAMESPACES,
     CommonSettings,
     grpc_target_setting,
@@ -43,24 +50,24 @@ class GatewaySettings(CommonSettings):
     # may ask for. 0: no cap, every hit of a request (at most max_hits) at once; the
     # generation service holds calls to each provider's declared and adaptive limits
     # (docs/gateway.md#fan-out).
-    default_max_concurrency: int = Field(default=0, ge=0)
-    max_concurrency_limit: int = Field(default=0, ge=0)
+    default_max_concurrency: int = Field(default=0, ge=0, le=10_000)
+    max_concurrency_limit: int = Field(default=0, ge=0, le=10_000)
     # Most hits a generative search may ask for (limit).
-    max_hits: int = Field(default=100, ge=1)
+    max_hits: int = Field(default=100, ge=1, le=10_000)
     # Longest template / task / question accepted, in characters.
-    max_prompt_chars: int = Field(default=32_000, ge=100)
+    max_prompt_chars: int = Field(default=32_000, ge=100, le=MAX_SIZE_BYTES)
     # Longest prompt a single_prompt may render to for one hit, in characters (the
     # generation service's MAX_PROMPT_CHARS refuses more anyway); a hit over it gets its
     # own PROMPT_TOO_LONG error before its prompt is built.
-    max_rendered_prompt_chars: int = Field(default=1_000_000, ge=100)
+    max_rendered_prompt_chars: int = Field(default=1_000_000, ge=100, le=MAX_SIZE_BYTES)
     # generate.stop: sequences and characters each.
-    max_stop_sequences: int = Field(default=4, ge=0)
-    max_stop_chars: int = Field(default=256, ge=1)
+    max_stop_sequences: int = Field(default=4, ge=0, le=1000)
+    max_stop_chars: int = Field(default=256, ge=1, le=MAX_SIZE_BYTES)
     # generate.fallback and Ask's fallback: (provider, model) pairs after the primary one.
     max_fallbacks: int = Field(default=4, ge=0, le=32)
     # generate.response_format.json_schema: size as compact JSON, and nesting depth.
-    max_schema_chars: int = Field(default=65_536, ge=2)
-    max_schema_depth: int = Field(default=32, ge=1)
+    max_schema_chars: int = Field(default=65_536, ge=2, le=MAX_SIZE_BYTES)
+    max_schema_depth: int = Field(default=32, ge=1, le=MAX_SCHEMA_DEPTH)
     # Generation budget when neither the request nor the call has a deadline, seconds.
     default_generation_timeout: float = Field(default=120.0, gt=0)
 
@@ -73,7 +80,7 @@ class GatewaySettings(CommonSettings):
     # wins (case-insensitive); models matching no key get default_context_window.
     # Env: GENSEARCH_GATEWAY_CONTEXT_WINDOWS='{"smollm2": 2048, "gpt-4o": 128000}'.
     # The defaults: the bundled model and OpenAI's current chat models (published windows).
-    context_windows: dict[str, int] = Field(
+    context_windows: dict[str, Annotated[int, Field(ge=1, le=MAX_TOKENS)]] = Field(
         default_factory=lambda: {
             "smollm2": 2048,
             "gpt-3.5-turbo": 16_385,
@@ -82,9 +89,9 @@ class GatewaySettings(CommonSettings):
             "gpt-4.1": 1_047_576,
         }
     )
-    default_context_window: int = Field(default=8192, ge=256)
+    default_context_window: int = Field(default=8192, ge=256, le=MAX_TOKENS)
     # Tokens kept free for the answer when the request sets no max_tokens.
-    answer_reserve_tokens: int = Field(default=512, ge=16)
+    answer_reserve_tokens: int = Field(default=512, ge=16, le=MAX_TOKENS)
     # Providers whose models are counted with a llama.cpp server's own /tokenize:
     # provider name -> the server's root URL (the bundled model's server by default).
     # OpenAI models are counted with tiktoken, others by estimate (docs/gateway.md#history).
@@ -95,35 +102,35 @@ class GatewaySettings(CommonSettings):
     # After /tokenize failed, count by estimate for this long before asking it again.
     tokenize_retry_seconds: float = Field(default=30.0, ge=0)
     # Token counts remembered per tokenizer (by text digest): each past turn is counted once.
-    token_cache_entries: int = Field(default=20_000, ge=0)
+    token_cache_entries: int = Field(default=20_000, ge=0, le=10_000_000)
 
     # --- rolling summary of the turns the history budget leaves out (docs/gateway.md) ---
     summary_enabled: bool = True
     # Folds waiting at most (beyond: dropped and counted; the next turn asks again).
-    summary_queue_size: int = Field(default=256, ge=1)
-    summary_workers: int = Field(default=2, ge=1)
+    summary_queue_size: int = Field(default=256, ge=1, le=1_000_000)
+    summary_workers: int = Field(default=2, ge=1, le=1000)
     # Longest summary the LLM may write (tokens), and how long one fold may take.
-    summary_max_tokens: int = Field(default=400, ge=32)
+    summary_max_tokens: int = Field(default=400, ge=32, le=MAX_TOKENS)
     summary_timeout: float = Field(default=60.0, gt=0)
     # At shutdown, queued folds get this long to finish.
     summary_drain_timeout: float = Field(default=10.0, ge=0)
     # Turns one fold call takes at most, and turns a fold reads looking for pending ones.
-    summary_max_batch_turns: int = Field(default=50, ge=1)
-    summary_max_read_turns: int = Field(default=1000, ge=1)
+    summary_max_batch_turns: int = Field(default=50, ge=1, le=10_000)
+    summary_max_read_turns: int = Field(default=1000, ge=1, le=100_000)
 
     # Ask defaults and limits.
-    ask_context_size: int = Field(default=5, ge=0)
-    ask_interaction_size: int = Field(default=10, ge=0)
+    ask_context_size: int = Field(default=5, ge=0, le=10_000)
+    ask_interaction_size: int = Field(default=10, ge=0, le=10_000)
     ask_timeout: float = Field(default=30.0, gt=0)
     max_ask_timeout: float = Field(default=600.0, gt=0)
-    max_context_size: int = Field(default=50, ge=1)
-    max_interaction_size: int = Field(default=100, ge=1)
+    max_context_size: int = Field(default=50, ge=1, le=10_000)
+    max_interaction_size: int = Field(default=100, ge=1, le=10_000)
     # Characters of past turns (questions and answers) an Ask reads at most; older turns
     # are left unread and counted in trimmed.history_turns, so a conversation of huge
     # turns never fails a question. ~146k tokens at 3.5 characters a token: more than
     # common context windows hold, and the rewrite prompt stays under generation's
     # default prompt limit (1M characters).
-    ask_history_chars: int = Field(default=512_000, ge=1000)
+    ask_history_chars: int = Field(default=512_000, ge=1000, le=MAX_SIZE_BYTES)
     # Each trace an Ask stores with its turn (rewrite, retrieval, generation) is cut to this
     # many serialized bytes before it is sent (long strings shortened, marked truncated);
     # memory applies its own max_trace_bytes too. 0: store no traces.
@@ -134,8 +141,8 @@ class GatewaySettings(CommonSettings):
     # a request may ask for on each side of a hit, the passages' token budget when a
     # request sets none, and the largest budget a request may set.
     max_expansion_neighbors: int = Field(default=10, ge=0, le=1000)
-    expansion_tokens: int = Field(default=1500, ge=1)
-    max_expansion_tokens: int = Field(default=32_000, ge=1)
+    expansion_tokens: int = Field(default=1500, ge=1, le=MAX_TOKENS)
+    max_expansion_tokens: int = Field(default=32_000, ge=1, le=MAX_TOKENS)
     # A citation is "supported" when the best span of the cited hit holds at least this
     # share of the citing sentence's content words (services/gateway/citations.py).
     citation_min_support: float = Field(default=0.3, ge=0, le=1)
@@ -151,10 +158,10 @@ class GatewaySettings(CommonSettings):
     redis_socket_timeout: float = Field(default=0.5, gt=0)
     redis_connect_timeout: float = Field(default=0.5, gt=0)
     # Calls of one tenant in progress at once, across replicas (health excluded). 0: no limit.
-    quota_concurrent_calls: int = Field(default=64, ge=0)
+    quota_concurrent_calls: int = Field(default=64, ge=0, le=MAX_CONCURRENCY)
     # LLM calls of one tenant per minute (one per hit, grouped call, Ask answer or question
     # rewrite), across replicas. 0: no limit.
-    quota_llm_calls_per_minute: int = Field(default=1200, ge=0)
+    quota_llm_calls_per_minute: int = Field(default=1200, ge=0, le=100_000_000)
     # Lease of a concurrent-call slot (seconds, plus 5 s slack; shorter when the call's
     # deadline is nearer): a running call renews it every third of it, however long the
     # call lasts, so a crashed replica's slots free themselves within one lease.
@@ -164,8 +171,8 @@ class GatewaySettings(CommonSettings):
     # --- answer caches (docs/gateway.md#caches): exact in the Redis above, semantic in
     # retrieval. Lifetime of a stored answer when neither the request nor the collection
     # sets one, and the longest any may ask for, seconds.
-    cache_default_ttl: float = Field(default=3600.0, gt=0)
-    cache_max_ttl: float = Field(default=7 * 86400.0, gt=0)
+    cache_default_ttl: float = Field(default=3600.0, gt=0, le=MAX_TTL_SECONDS)
+    cache_max_ttl: float = Field(default=7 * 86400.0, gt=0, le=MAX_TTL_SECONDS)
     # Semantic cache: cosine similarity a stored question needs when neither the request
     # nor the collection sets one (requests may choose within [0.5, 1]).
     semantic_cache_min_similarity: float = Field(default=0.92, ge=0.5, le=1.0)
@@ -173,13 +180,13 @@ class GatewaySettings(CommonSettings):
     # most (beyond: dropped and counted), the workers that make them, how long one store
     # may take once a worker makes it, and how long the waiting ones get at shutdown
     # (seconds).
-    semantic_cache_store_queue: int = Field(default=256, ge=1)
-    semantic_cache_store_workers: int = Field(default=2, ge=1)
+    semantic_cache_store_queue: int = Field(default=256, ge=1, le=1_000_000)
+    semantic_cache_store_workers: int = Field(default=2, ge=1, le=1000)
     semantic_cache_store_timeout: float = Field(default=5.0, gt=0)
     semantic_cache_store_drain_timeout: float = Field(default=2.0, ge=0)
 
     # --- GenerateOnObjects: the most bytes one inline object may hold (serialized) ---
-    max_inline_object_bytes: int = Field(default=65_536, ge=256)
+    max_inline_object_bytes: int = Field(default=65_536, ge=256, le=MAX_SIZE_BYTES)
 
     @model_validator(mode="after")
     def _ttl_within_max(self) -> GatewaySettings:

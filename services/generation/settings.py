@@ -39,7 +39,14 @@ from pydantic import (
 from pydantic_settings import SettingsConfigDict
 
 from services.common.egress import EgressPolicy
-from services.common.settings import NAMESPACES, CommonSettings, redis_url_setting
+from services.common.settings import (
+    MAX_SCHEMA_DEPTH,
+    MAX_SIZE_BYTES,
+    MAX_TOKENS,
+    NAMESPACES,
+    CommonSettings,
+    redis_url_setting,
+)
 
 LOCAL_MODEL = "smollm2-135m-instruct"
 LOCAL_PORT = 8088
@@ -118,7 +125,7 @@ class ProviderConfig(BaseModel):
     # Used when the request leaves temperature unset; None = the upstream's default.
     temperature: float | None = Field(default=None, ge=0, le=2)
     # Prompts estimated above this many tokens are refused; None = unknown.
-    context_window: int | None = Field(default=None, ge=1)
+    context_window: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
     # Ask for usage in streams (stream_options.include_usage); some servers reject it.
     stream_usage: bool = True
     # Seconds an attempt may wait, once admitted under the provider's limits, for the upstream's
@@ -340,21 +347,21 @@ class GenerationSettings(CommonSettings):
     default_timeout: float = Field(default=300.0, gt=0)
 
     # Request limits.
-    max_messages: int = Field(default=512, ge=1)
-    max_prompt_chars: int = Field(default=1_000_000, ge=1)
-    max_stop_sequences: int = Field(default=4, ge=0)
-    max_stop_chars: int = Field(default=256, ge=1)
+    max_messages: int = Field(default=512, ge=1, le=100_000)
+    max_prompt_chars: int = Field(default=1_000_000, ge=1, le=MAX_SIZE_BYTES)
+    max_stop_sequences: int = Field(default=4, ge=0, le=1000)
+    max_stop_chars: int = Field(default=256, ge=1, le=MAX_SIZE_BYTES)
     # The most max_tokens a request may ask for, whatever the provider (one with a
     # context_window refuses more than its window too).
-    max_tokens_limit: int = Field(default=1_000_000, ge=1)
+    max_tokens_limit: int = Field(default=1_000_000, ge=1, le=MAX_TOKENS)
     # (provider, model) pairs a request may name after its primary one.
     max_fallbacks: int = Field(default=4, ge=0, le=32)
     # With more pairs to try, one pair may spend at most this share of the time left, so
     # a pair that times out still leaves time for the next (the last pair gets it all).
     fallback_time_share: float = Field(default=0.5, gt=0, le=1)
     # A response_format JSON schema: its size as compact JSON and its nesting depth.
-    max_schema_chars: int = Field(default=65_536, ge=2)
-    max_schema_depth: int = Field(default=32, ge=1)
+    max_schema_chars: int = Field(default=65_536, ge=2, le=MAX_SIZE_BYTES)
+    max_schema_depth: int = Field(default=32, ge=1, le=MAX_SCHEMA_DEPTH)
     # Time one validation of an answer may spend matching the schema's patterns (a
     # caller's regular expression can backtrack for hours on a steered answer).
     schema_pattern_seconds: float = Field(default=0.1, gt=0, le=10)

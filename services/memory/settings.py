@@ -9,6 +9,8 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import (
+    MAX_SIZE_BYTES,
+    MAX_TTL_SECONDS,
     NAMESPACES,
     CommonSettings,
     model_directory,
@@ -52,28 +54,30 @@ class MemorySettings(CommonSettings):
     # every replica and every restart agree.
     page_token_secret: SecretStr = SecretStr("")
     # How long a request_id of CreateInteraction is remembered for retries.
-    request_id_ttl_seconds: int = Field(default=24 * 3600, ge=1)
+    request_id_ttl_seconds: int = Field(default=24 * 3600, ge=1, le=MAX_TTL_SECONDS)
 
     # Retention (docs/memory.md#retention). A conversation's time to live after its last
     # activity (sliding) and most turns kept, when its creator sets none; 0: none. A
     # request may set its own, within max_conversation_ttl_seconds.
-    default_conversation_ttl_seconds: int = Field(default=0, ge=0)
-    default_conversation_max_turns: int = Field(default=0, ge=0)
-    max_conversation_ttl_seconds: int = Field(default=10 * 366 * 86400, ge=1)
+    default_conversation_ttl_seconds: int = Field(default=0, ge=0, le=MAX_TTL_SECONDS)
+    default_conversation_max_turns: int = Field(default=0, ge=0, le=100_000_000)
+    max_conversation_ttl_seconds: int = Field(default=10 * 366 * 86400, ge=1, le=MAX_TTL_SECONDS)
     # Turns beyond max_turns wait for the summary to cover them before they are evicted;
     # when none covers them for this many more turns, they go anyway (counted on the
     # conversation as summary.evicted_unsummarised_turns).
-    eviction_grace_turns: int = Field(default=100, ge=0)
+    eviction_grace_turns: int = Field(default=100, ge=0, le=100_000_000)
     # Longest rolling summary accepted (UTF-8 bytes).
-    max_summary_bytes: int = Field(default=64 * 1024, ge=1)
+    max_summary_bytes: int = Field(default=64 * 1024, ge=1, le=MAX_SIZE_BYTES)
 
     # Size limits (UTF-8 bytes) of every text field a client sends.
-    max_text_bytes: int = Field(default=MIB, ge=1)  # input and response
-    max_prompt_template_bytes: int = Field(default=MIB, ge=1)
-    max_name_bytes: int = Field(default=1024, ge=1)
-    max_origin_bytes: int = Field(default=1024, ge=1)
-    max_additional_info_bytes: int = Field(default=MIB, ge=1)  # serialized Struct
-    max_request_id_bytes: int = Field(default=128, ge=1)
+    max_text_bytes: int = Field(default=MIB, ge=1, le=MAX_SIZE_BYTES)  # input and response
+    max_prompt_template_bytes: int = Field(default=MIB, ge=1, le=MAX_SIZE_BYTES)
+    max_name_bytes: int = Field(default=1024, ge=1, le=MAX_SIZE_BYTES)
+    max_origin_bytes: int = Field(default=1024, ge=1, le=MAX_SIZE_BYTES)
+    max_additional_info_bytes: int = Field(
+        default=MIB, ge=1, le=MAX_SIZE_BYTES
+    )  # serialized Struct
+    max_request_id_bytes: int = Field(default=128, ge=1, le=MAX_SIZE_BYTES)
     # Deepest nesting of objects and lists in additional_info (services/common/values.py).
     # At most 32: deeper, a stored Struct would no longer parse inside the responses that
     # carry it (protobuf stops at 100 message levels).
@@ -83,7 +87,7 @@ class MemorySettings(CommonSettings):
     # this is refused when created, so every stored one can be read back. Below gRPC's
     # default 4 MiB receive limit, so clients with default settings can read any page;
     # lowered to 7/8 of max_message_bytes when that is smaller (see page_bytes).
-    max_page_bytes: int = Field(default=3 * MIB, ge=64 * 1024)
+    max_page_bytes: int = Field(default=3 * MIB, ge=64 * 1024, le=MAX_SIZE_BYTES)
 
     # Traces of an interaction (CreateInteraction.traces): at most max_traces, each at
     # most max_trace_bytes serialized; a larger one is shortened (long strings cut, marked
@@ -107,7 +111,7 @@ class MemorySettings(CommonSettings):
     search_embed_threads: int = Field(default=1, ge=0, le=256)
     # Largest SearchInteractions limit, and longest query (UTF-8 bytes).
     max_search_limit: int = Field(default=50, ge=1, le=1000)
-    max_search_query_bytes: int = Field(default=4096, ge=1)
+    max_search_query_bytes: int = Field(default=4096, ge=1, le=MAX_SIZE_BYTES)
     # Indexing runs after the turn is stored and never fails it; what failed waits in an
     # outbox in Redis and is tried again every this many seconds.
     search_retry_seconds: float = Field(default=5.0, gt=0)

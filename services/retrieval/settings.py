@@ -9,6 +9,8 @@ from pydantic_settings import SettingsConfigDict
 
 from services.common.egress import EgressPolicy, UrlRefused, canonical_url
 from services.common.settings import (
+    MAX_SIZE_BYTES,
+    MAX_TTL_SECONDS,
     NAMESPACES,
     CommonSettings,
     model_directory,
@@ -65,14 +67,14 @@ class RetrievalSettings(CommonSettings):
     # Largest `limit` a Search may ask for.
     max_limit: int = Field(default=100, ge=1, le=10_000)
     # Largest `offset + limit` of a Search (deep pages cost the engine offset + limit hits).
-    max_offset: int = Field(default=10_000, ge=0)
+    max_offset: int = Field(default=10_000, ge=0, le=1_000_000)
     # Objects per UpsertObjects request and per ImportObjects message.
     max_batch_size: int = Field(default=1000, ge=1, le=100_000)
     # Ids one BatchGetObjects may name (the gateway's GenerateOnObjects sends up to its
     # max_hits ids in one call: keep this at least that).
     max_get_ids: int = Field(default=1000, ge=1, le=100_000)
     # Collections one tenant holds (each tenant counts its own).
-    max_collections: int = Field(default=1000, ge=1)
+    max_collections: int = Field(default=1000, ge=1, le=1_000_000)
     # Deepest nesting of objects and lists in a filter value or an object's properties
     # (services/common/values.py); deeper values are INVALID_ARGUMENT. At most 32: a
     # deeper value would come close to protobuf's parsing limit (100 message levels).
@@ -108,13 +110,13 @@ class RetrievalSettings(CommonSettings):
     # Candidates each side of a hybrid query contributes before fusion (at least offset+limit).
     hybrid_candidates: int = Field(default=50, ge=1, le=10_000)
     # The k of reciprocal rank fusion: 1 / (k + rank).
-    rrf_k: int = Field(default=60, ge=1)
+    rrf_k: int = Field(default=60, ge=1, le=1_000_000)
 
     # The semantic answer cache (LookupCachedAnswer / StoreCachedAnswer, answer_cache.py):
     # the longest question and answer an entry holds, and the longest an entry may live.
-    max_cached_question_chars: int = Field(default=8000, ge=100)
-    max_cached_answer_bytes: int = Field(default=1_048_576, ge=1024)
-    max_cached_answer_ttl: float = Field(default=30 * 86400.0, gt=0)
+    max_cached_question_chars: int = Field(default=8000, ge=100, le=MAX_SIZE_BYTES)
+    max_cached_answer_bytes: int = Field(default=1_048_576, ge=1024, le=MAX_SIZE_BYTES)
+    max_cached_answer_ttl: float = Field(default=30 * 86400.0, gt=0, le=MAX_TTL_SECONDS)
 
     # Rerank stage of Search (services/retrieval/rerankers.py; docs/retrieval.md). The
     # operator's /v1/rerank providers by name (JSON object: name -> {"base_url", "api_key_env",
@@ -126,7 +128,7 @@ class RetrievalSettings(CommonSettings):
     rerank_candidates: int = Field(default=50, ge=1, le=10_000)
     max_rerank_candidates: int = Field(default=200, ge=1, le=10_000)
     # Characters of each hit's text sent to a reranker (the rest is cut).
-    max_rerank_document_chars: int = Field(default=4000, ge=100)
+    max_rerank_document_chars: int = Field(default=4000, ge=100, le=MAX_SIZE_BYTES)
     # Seconds a rerank request may take, its retries included, and its retries (the shared
     # policy of services/common/upstream_retry.py).
     rerank_timeout: float = Field(default=30.0, gt=0)
