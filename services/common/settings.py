@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Annotated, TypeVar
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 from urllib3.exceptions import LocationParseError
 from urllib3.util import parse_url
@@ -164,6 +164,9 @@ class CommonSettings(BaseSettings):
     # channels ping every 30 s); a client pinging faster is disconnected (too_many_pings).
     keepalive_min_ping_interval: float = Field(default=10.0, gt=0, le=MAX_CONNECTION_SECONDS)
 
+    # What api_key_map parsed, with the settings it parsed them from.
+    _keys: tuple[tuple[SecretStr, Path | None], dict[str, Identity]] | None = PrivateAttr(None)
+
     @field_validator("log_level")
     @classmethod
     def _upper(cls, value: str) -> str:
@@ -182,8 +185,16 @@ class CommonSettings(BaseSettings):
 
     def api_key_map(self) -> dict[str, Identity]:
         """API key -> identity, from ``api_keys`` and ``api_keys_file`` (``ValueError``
-        naming the entry, never the key, when either is malformed)."""
-        return load_keys(self.api_keys.get_secret_value(), self.api_keys_file)
+        naming the entry, never the key, when either is malformed).
+
+        Parsed once per value of those two settings: ``load_settings`` checks the keys and
+        the server then uses what was checked. The file used to be read again by the
+        server, so one rotated (or removed) between the two reads started the service with
+        keys nobody had checked, or stopped it with a traceback instead of one line."""
+        source = (self.api_keys, self.api_keys_file)
+        if self._keys is None or self._keys[0] != source:
+            self._keys = (source, load_keys(self.api_keys.get_secret_value(), self.api_keys_file))
+        return dict(self._keys[1])
 
     def problems(self) -> list[str]:
         """What is wrong in a setting built from several variables (beyond one field's

@@ -5,14 +5,20 @@ from __future__ import annotations
 
 import contextvars
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
+from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
+from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as ret_grpc
 from pydantic import SecretStr
 
 from services.common.api_keys import ApiKeyError, load_keys, parse_env, parse_file
 from services.common.auth import DEFAULT_TENANT, Identity, Role, require_role, set_current_identity
 from services.common.errors import PermissionDenied
-from services.common.settings import CommonSettings
+from services.common.settings import CommonSettings, load_settings
+from services.retrieval.__main__ import build_server as build_retrieval
+from services.retrieval.settings import RetrievalSettings
 
 SECRET = "s3cr3t-key-value"
 
@@ -124,3 +130,38 @@ def test_roles_are_ordered() -> None:
     assert caught.value.reason == "ROLE_REQUIRED"
     assert caught.value.metadata == {"required_role": "admin", "role": "writer"}
     assert "'admin'" in caught.value.message
+
+
+async def test_the_keys_checked_at_start_are_the_keys_served(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """load_settings parses the keys file to check it; the server used to read it again,
+    so a file rotated or removed in between started the service with keys nobody had
+    checked, or stopped it with a traceback instead of one line."""
+    path = tmp_path / "keys.yaml"
+    path.write_text(f"keys:\n  - {{key: {SECRET}-a, user: alice, tenant: acme, role: admin}}\n")
+    monkeypatch.delenv("GENSEARCH_API_KEYS", raising=False)
+    monkeypatch.setenv("GENSEARCH_API_KEYS_FILE", str(path))
+    monkeypatch.setenv("GENSEARCH_DATA_DIR", str(tmp_path / "data"))
+    settings = load_settings(RetrievalSettings)
+    path.write_text(f"keys:\n  - {{key: {SECRET}-b, user: bob\n")  # now malformed
+    server = await build_retrieval(settings, port=0)
+    port = await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub: Any = ret_grpc.RetrievalServiceStub(channel)
+            listed = await stub.ListCollections(
+                ret_pb.ListCollectionsRequest(),
+                metadata=(("authorization", f"Bearer {SECRET}-a"),),
+                timeout=10,
+            )
+            assert list(listed.collections) == []
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.ListCollections(
+                    ret_pb.ListCollectionsRequest(),
+                    metadata=(("authorization", f"Bearer {SECRET}-b"),),
+                    timeout=10,
+                )
+            assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        await server.stop(0)
