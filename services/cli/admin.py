@@ -387,6 +387,9 @@ def print_collection(c: rpb.Collection, object_count: int | None) -> None:
     gen = json_format.MessageToDict(c.generative, preserving_proto_field_name=True)
     for key, value in gen.items():
         rows.append((f"generative {key}", ", ".join(value) if isinstance(value, list) else value))
+    if c.HasField("chunking"):  # the objects are chunks of documents (--chunking DOC:ORDER)
+        rows.append(("chunking document_property", c.chunking.document_property))
+        rows.append(("chunking order_property", c.chunking.order_property))
     shown = [(f"{key}:", value) for key, value in rows if value not in (None, "")]
     # One column for every value, past the longest label ("generative max_tokens:" once
     # ran into its value).

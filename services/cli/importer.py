@@ -212,9 +212,14 @@ def open_input(name: str) -> tuple[IO[str], int | None]:
     if name == "-":
         return sys.stdin, None
     path = Path(name)
+    if path.is_dir():  # "no such file" would send the user looking for a typo
+        raise UsageError(f"{name}: is a directory, not a JSON Lines file")
     if not path.is_file():
         raise UsageError(f"{name}: no such file")
-    return path.open(encoding="utf-8"), _count_lines(path)
+    try:
+        return path.open(encoding="utf-8"), _count_lines(path)
+    except OSError as err:  # unreadable (permissions): one line, not a traceback class name
+        raise UsageError(f"{name}: cannot be read ({err.strerror or type(err).__name__})") from None
 
 
 async def run(client: Client, args: argparse.Namespace) -> int:

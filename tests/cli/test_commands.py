@@ -167,6 +167,23 @@ def test_collections_show_keeps_labels_apart_from_values(cli: Any) -> None:
     assert all(line.split(":", 1)[1].startswith(" ") for line in shown)
 
 
+def test_collections_show_prints_the_chunking_aligned(cli: Any) -> None:
+    # It printed every setting but the chunking, which only --json showed.
+    name = new_name("Chunks")
+    created = cli(
+        "collections", "create", "--name", name, "--property", "text:text",
+        "--property", "doc_id:text", "--property", "chunk_index:int",
+        "--chunking", "doc_id:chunk_index",
+    )  # fmt: skip
+    assert created.code == 0, created.err
+    shown = cli("collections", "show", name).out.split("\n\n")[0].splitlines()
+    labels = {label: value.strip() for label, value in (line.split(":", 1) for line in shown)}
+    assert labels["chunking document_property"] == "doc_id"
+    assert labels["chunking order_property"] == "chunk_index"
+    columns = {len(line) - len(line.split(":", 1)[1].lstrip()) for line in shown}
+    assert len(columns) == 1
+
+
 def test_invalid_input_is_one_line_naming_the_field(cli: Any) -> None:
     bad = cli("collections", "create", "--name", "9bad", "--property", "x:text")
     assert bad.code == 1
@@ -257,6 +274,15 @@ def test_import_missing_file(cli: Any) -> None:
     result = cli("import", "/nonexistent.jsonl", "--collection", "X")
     assert result.code == 2
     assert one_error_line(result.err) == "error: /nonexistent.jsonl: no such file"
+
+
+def test_import_a_directory_says_so(cli: Any, tmp_path: Path) -> None:
+    # It said "no such file" of a directory that plainly exists.
+    result = cli("import", str(tmp_path), "--collection", "X")
+    assert result.code == 2
+    assert one_error_line(result.err) == (
+        f"error: {tmp_path}: is a directory, not a JSON Lines file"
+    )
 
 
 def test_search_modes_table_and_json(cli: Any, books: str) -> None:
