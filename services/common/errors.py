@@ -190,10 +190,13 @@ def from_rpc_error(error: grpc.aio.AioRpcError, service: str = "") -> ServiceErr
     """Rebuild a domain error from a downstream call's status, keeping reason and field,
     so the gateway passes a dependency's answer through unchanged.
 
-    Our services always attach an ErrorInfo; a status without one was made by the channel
-    itself (nothing listening, a connection reset, a deadline), and its text is transport
-    detail ("connections to all backends failing; last error: ...") that means nothing to
-    a client: it is replaced by a plain sentence naming ``service``.
+    Our services always attach an ErrorInfo of our domain. A status without one was made
+    by the channel itself (nothing listening, a reset, a deadline, a message over a size
+    limit) or by something that is not one of our services (a proxy, another server at
+    that address). Its text is transport detail ("failed to connect to all addresses;
+    last error: ... 10.0.0.7:50051 ...") that means nothing to a client and may name
+    internal addresses: whatever the code, it is replaced by a plain sentence naming
+    ``service``, a ``DOWNSTREAM_*`` reason and the metadata ``service``.
     """
     code = error.code()
     cls = _BY_CODE.get(code)
@@ -205,6 +208,8 @@ def from_rpc_error(error: grpc.aio.AioRpcError, service: str = "") -> ServiceErr
             if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
                 info = error_details_pb2.ErrorInfo()
                 detail.Unpack(info)
+                if info.domain != DOMAIN:
+                    break  # not one of ours: its text is no more ours to relay
                 metadata = dict(info.metadata)
                 return cls(
                     error.details() or code.name,
@@ -213,13 +218,38 @@ def from_rpc_error(error: grpc.aio.AioRpcError, service: str = "") -> ServiceErr
                     metadata=metadata,
                 )
     what = f"the {service} service" if service else "a downstream service"
+    named = {"service": service} if service else {}
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN):
         return Unavailable(
-            f"{what} is unavailable; try again shortly", reason="DOWNSTREAM_UNAVAILABLE"
+            f"{what} is unavailable; try again shortly",
+            reason="DOWNSTREAM_UNAVAILABLE",
+            metadata=named,
         )
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return DeadlineExceeded(f"{what} did not answer in time", reason="DOWNSTREAM_TIMEOUT")
-    return cls(error.details() or code.name)
+        return DeadlineExceeded(
+            f"{what} did not answer in time", reason="DOWNSTREAM_TIMEOUT", metadata=named
+        )
+    if code == grpc.StatusCode.CANCELLED:
+        return Cancelled(
+            f"{what} cancelled the call; try again",
+            reason="DOWNSTREAM_CANCELLED",
+            metadata=named,
+        )
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        # In practice a message over a size limit, the gateway's or the service's.
+        return ResourceExhausted(
+            f"{what} refused the call: a message over a size limit, or no resources left",
+            reason="DOWNSTREAM_RESOURCE_EXHAUSTED",
+            metadata=named,
+        )
+    # UNIMPLEMENTED (another server, or an older service, at that address), INTERNAL from
+    # a protocol error, a proxy's PERMISSION_DENIED ...: the deployment's fault, not the
+    # caller's, whatever code it came with.
+    return Internal(
+        f"{what} failed the call ({code.name})",
+        reason="DOWNSTREAM_ERROR",
+        metadata={**named, "downstream_code": code.name},
+    )
 
 
 def code_name(code: int) -> str:

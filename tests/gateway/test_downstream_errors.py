@@ -13,6 +13,8 @@ from typing import Any
 import grpc
 import pytest
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
+from gensearch.generation.v1 import generation_service_pb2 as gen_pb
+from gensearch.generation.v1 import generation_service_pb2_grpc as gen_grpc
 from gensearch.memory.v1 import memory_service_pb2 as mem_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from google.protobuf import any_pb2
@@ -51,6 +53,17 @@ class Scripted:
             code=code.value[0], message=f"{field}: scripted {code.name}", details=[info]
         )
         self.status = rpc_status.to_status(proto)
+
+    def fail_bare(self, code: grpc.StatusCode, text: str) -> None:
+        """A status without ErrorInfo, as a channel, a proxy or another server makes."""
+        self.status = _BareStatus(code, text)
+
+
+class _BareStatus(grpc.Status):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        self.code = code
+        self.details = details
+        self.trailing_metadata = ()
 
 
 class _FailEverything(grpc.GenericRpcHandler):
@@ -180,3 +193,93 @@ async def test_generation_errors_stay_on_their_hit(
             assert (result.error.code, result.error.status) == (code.value[0], code.name)
             assert result.error.reason == f"SCRIPTED_{code.name}"
             assert result.error.message == f"messages: scripted {code.name}"
+
+
+# A status that came without our ErrorInfo: its code as the gateway's caller gets it, and
+# the DOWNSTREAM_* reason. Its text ("... 10.0.0.7:50051 ...") is never relayed.
+BARE = {
+    grpc.StatusCode.UNAVAILABLE: (grpc.StatusCode.UNAVAILABLE, "DOWNSTREAM_UNAVAILABLE"),
+    grpc.StatusCode.UNKNOWN: (grpc.StatusCode.UNAVAILABLE, "DOWNSTREAM_UNAVAILABLE"),
+    grpc.StatusCode.DEADLINE_EXCEEDED: (
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        "DOWNSTREAM_TIMEOUT",
+    ),
+    grpc.StatusCode.CANCELLED: (grpc.StatusCode.CANCELLED, "DOWNSTREAM_CANCELLED"),
+    grpc.StatusCode.RESOURCE_EXHAUSTED: (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "DOWNSTREAM_RESOURCE_EXHAUSTED",
+    ),
+    grpc.StatusCode.INTERNAL: (grpc.StatusCode.INTERNAL, "DOWNSTREAM_ERROR"),
+    grpc.StatusCode.UNIMPLEMENTED: (grpc.StatusCode.INTERNAL, "DOWNSTREAM_ERROR"),
+    grpc.StatusCode.PERMISSION_DENIED: (grpc.StatusCode.INTERNAL, "DOWNSTREAM_ERROR"),
+}
+INTERNAL_ADDRESS = "10.0.0.7:50051"
+
+
+def _assert_clean(err: grpc.aio.AioRpcError, code: grpc.StatusCode, service: str) -> None:
+    expected_code, reason = BARE[code]
+    assert err.code() == expected_code
+    assert INTERNAL_ADDRESS not in err.details() and "upstream" not in err.details()
+    assert err.details().startswith(f"the {service} service "), err.details()
+    info = error_info(err)
+    assert (info.reason, info.domain) == (reason, "gensearch")
+    assert info.metadata["service"] == service
+    assert "field" not in info.metadata
+
+
+@pytest.mark.parametrize("code", list(BARE), ids=lambda c: c.name)
+async def test_a_status_without_error_info_is_never_relayed(
+    stack_factory: StackFactory, scripted: Scripted, code: grpc.StatusCode
+) -> None:
+    """QA: only UNAVAILABLE, UNKNOWN and DEADLINE_EXCEEDED were replaced; any other code
+    relayed the channel's or a proxy's own text, internal addresses included."""
+    stack = await stack_factory(generation=False, memory_addr=scripted.address)
+    await create_books(stack)
+    scripted.fail_bare(code, f"upstream connect error: {INTERNAL_ADDRESS}: reset")
+    calls = {
+        "forwarded": stack.memory.GetConversation(
+            mem_pb.GetConversationRequest(conversation_id="c1"), metadata=ALICE, timeout=10
+        ),
+        "Ask": stack.stub.Ask(
+            gw_pb.AskRequest(collection="Books", llm_question="q?", conversation_id="c1"),
+            metadata=ALICE,
+            timeout=10,
+        ),
+    }
+    for call in calls.values():
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        _assert_clean(caught.value, code, "memory")
+
+
+async def test_an_error_info_of_another_domain_is_not_relayed(
+    stack_factory: StackFactory, scripted: Scripted
+) -> None:
+    # Something that is not one of our services (a proxy) with its own rich status.
+    stack = await stack_factory(generation=False, retrieval_addr=scripted.address)
+    info = any_pb2.Any()
+    info.Pack(error_details_pb2.ErrorInfo(reason="RBAC_DENIED", domain="envoy.example"))
+    proto = status_pb2.Status(
+        code=grpc.StatusCode.PERMISSION_DENIED.value[0],
+        message=f"RBAC: access denied for {INTERNAL_ADDRESS}",
+        details=[info],
+    )
+    scripted.status = rpc_status.to_status(proto)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stack.retrieval.Search(
+            ret_pb.SearchRequest(collection="Books", keyword=ret_pb.Keyword(text="x")),
+            metadata=ALICE,
+            timeout=10,
+        )
+    _assert_clean(caught.value, grpc.StatusCode.PERMISSION_DENIED, "retrieval")
+
+
+async def test_a_service_nobody_listens_for_is_named(stack_factory: StackFactory) -> None:
+    # The channel's own UNAVAILABLE ("failed to connect to all addresses; last error: ...
+    # ipv4:127.0.0.1:<port>: Connection refused"): the service in the message and metadata.
+    stack = await stack_factory(generation=False, downstream_connect_wait=0)
+    generation: Any = gen_grpc.GenerationServiceStub(stack.channel)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await generation.ListModels(gen_pb.ListModelsRequest(), metadata=ALICE, timeout=10)
+    _assert_clean(caught.value, grpc.StatusCode.UNAVAILABLE, "generation")
+    assert "127.0.0.1" not in caught.value.details()

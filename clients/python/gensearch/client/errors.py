@@ -536,6 +536,21 @@ class RerankUnavailableError(UnavailableError):
     error_reason = "RERANK_UNAVAILABLE"
 
 
+# A downstream status that came without the services' ErrorInfo (the gateway's channel, a
+# proxy, another server at that address): the gateway names the service (metadata
+# ``service``) and never relays the status's own text.
+class DownstreamCancelledError(CancelledError):
+    error_reason = "DOWNSTREAM_CANCELLED"
+
+
+class DownstreamResourceExhaustedError(ResourceExhaustedError):
+    error_reason = "DOWNSTREAM_RESOURCE_EXHAUSTED"
+
+
+class DownstreamErrorError(InternalError):
+    error_reason = "DOWNSTREAM_ERROR"
+
+
 def error_class(reason: str) -> type[GensearchError] | None:
     """The class raised for ``reason`` (None for a reason this client does not know)."""
     return _BY_REASON.get(reason)
