@@ -371,6 +371,19 @@ def _time(collection: rpb.Collection) -> str | None:
 LABEL_WIDTH = 22
 
 
+def _one_line(value: Any) -> Any:
+    """A value of ``MessageToDict`` on one line: lists comma-separated, messages as
+    ``key=value`` pairs (a fallback chain's pairs, the cache defaults). ``", ".join`` of a
+    fallback chain's dicts was a TypeError that ended ``collections show``."""
+    if isinstance(value, list):
+        return ", ".join(str(_one_line(v)) for v in value)
+    if isinstance(value, dict):
+        return " ".join(f"{k}={_one_line(v)}" for k, v in value.items())
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value
+
+
 def print_collection(c: rpb.Collection, object_count: int | None) -> None:
     vec = c.vectorizer
     rows: list[tuple[str, Any]] = [
@@ -386,7 +399,7 @@ def print_collection(c: rpb.Collection, object_count: int | None) -> None:
     ]
     gen = json_format.MessageToDict(c.generative, preserving_proto_field_name=True)
     for key, value in gen.items():
-        rows.append((f"generative {key}", ", ".join(value) if isinstance(value, list) else value))
+        rows.append((f"generative {key}", _one_line(value)))
     if c.HasField("chunking"):  # the objects are chunks of documents (--chunking DOC:ORDER)
         rows.append(("chunking document_property", c.chunking.document_property))
         rows.append(("chunking order_property", c.chunking.order_property))

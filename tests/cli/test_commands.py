@@ -8,7 +8,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
+from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
+from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as ret_grpc
+from google.protobuf import duration_pb2
 from pydantic import SecretStr
 
 from tests.cli.conftest import RunningStack
@@ -182,6 +186,34 @@ def test_collections_show_prints_the_chunking_aligned(cli: Any) -> None:
     assert labels["chunking order_property"] == "chunk_index"
     columns = {len(line) - len(line.split(":", 1)[1].lstrip()) for line in shown}
     assert len(columns) == 1
+
+
+def test_collections_show_prints_a_fallback_chain_and_cache_defaults(
+    cli: Any, running_stack: RunningStack
+) -> None:
+    # `", ".join` of the fallback pairs (dicts) was a TypeError: the command failed.
+    name = new_name("Fallback")
+    generative = ret_pb.GenerativeConfig(
+        provider="local",
+        fallback=[ret_pb.GenerativeModel(provider="openai", model="gpt-4o-mini")],
+        cache=ret_pb.CacheDefaults(generation=True, ttl=duration_pb2.Duration(seconds=60)),
+    )
+    collection = ret_pb.Collection(
+        name=name,
+        properties=[ret_pb.Property(name="body", data_type=ret_pb.DATA_TYPE_TEXT)],
+        vectorizer=ret_pb.Vectorizer(kind=ret_pb.VECTORIZER_KIND_NONE, dimensions=3),
+        generative=generative,
+    )
+    with grpc.insecure_channel(running_stack.address) as channel:
+        ret_grpc.RetrievalServiceStub(channel).CreateCollection(
+            ret_pb.CreateCollectionRequest(collection=collection), timeout=30
+        )
+    shown = cli("collections", "show", name)
+    assert shown.code == 0, shown.err
+    lines = shown.out.split("\n\n")[0].splitlines()
+    labels = {label: value.strip() for label, value in (line.split(":", 1) for line in lines)}
+    assert labels["generative fallback"] == "provider=openai model=gpt-4o-mini"
+    assert labels["generative cache"] == "generation=true ttl=60s"
 
 
 def test_invalid_input_is_one_line_naming_the_field(cli: Any) -> None:
