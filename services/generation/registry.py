@@ -10,7 +10,7 @@ from services.common.errors import InvalidArgument, PermissionDenied, quote
 from services.common.openai_api import OpenAIClients
 from services.common.redis_client import RedisClient
 from services.common.upstream_retry import RetryPolicy
-from services.generation.providers import Provider, make_provider
+from services.generation.providers import DEFAULT_MAX_ANSWER_CHARS, Provider, make_provider
 from services.generation.rate_buckets import (
     DeclaredLimits,
     LocalLimits,
@@ -48,6 +48,7 @@ class ProviderRegistry:
         connect_timeout: float = 5.0,
         read_timeout: float = 120.0,
         redis: RedisClient | None = None,
+        max_answer_chars: int = DEFAULT_MAX_ANSWER_CHARS,
     ) -> None:
         if default not in providers:
             raise ValueError(f"default provider {default!r} is not configured")
@@ -61,6 +62,7 @@ class ProviderRegistry:
         # How providers at callers' URLs are made: as the configured ones are.
         self._retry = retry or RetryPolicy()
         self._timeouts = (connect_timeout, read_timeout)
+        self._max_answer_chars = max_answer_chars
         self._caller_clients: OpenAIClients | None = None
         self._caller_providers: OrderedDict[tuple[str, str], Provider] = OrderedDict()
         # Where the providers' limits are counted; closed with the registry.
@@ -89,6 +91,7 @@ class ProviderRegistry:
                 connect_timeout=settings.connect_timeout,
                 read_timeout=settings.read_timeout,
                 shared_limits=shared_limits(config, redis, settings.limits_key_prefix),
+                max_answer_chars=settings.max_answer_chars,
             )
             for name, config in configs.items()
         }
@@ -101,6 +104,7 @@ class ProviderRegistry:
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.read_timeout,
             redis=redis,
+            max_answer_chars=settings.max_answer_chars,
         )
 
     def get(self, name: str, field: str = "provider") -> Provider:
@@ -144,6 +148,7 @@ class ProviderRegistry:
             retry=self._retry,
             connect_timeout=self._timeouts[0],
             read_timeout=self._timeouts[1],
+            max_answer_chars=self._max_answer_chars,
         )
         self._caller_providers[key] = made
         if len(self._caller_providers) > MAX_CALLER_ENDPOINTS:

@@ -354,6 +354,11 @@ class GenerationSettings(CommonSettings):
     # The most max_tokens a request may ask for, whatever the provider (one with a
     # context_window refuses more than its window too).
     max_tokens_limit: int = Field(default=1_000_000, ge=1, le=MAX_TOKENS)
+    # The longest answer kept from upstream, in characters. A provider that ignores
+    # max_tokens (or a request with none) could otherwise stream without end: a 100 MB
+    # answer took ~3 GB of memory and ended in gRPC's bare "message larger than max".
+    # Past it the answer is cut, the upstream request closed, finish_reason "length".
+    max_answer_chars: int = Field(default=1_000_000, ge=1, le=MAX_SIZE_BYTES)
     # (provider, model) pairs a request may name after its primary one.
     max_fallbacks: int = Field(default=4, ge=0, le=32)
     # With more pairs to try, one pair may spend at most this share of the time left, so

@@ -5,7 +5,10 @@ from __future__ import annotations
 from services.common.openai_api import OpenAIClients
 from services.common.upstream_retry import RetryPolicy
 from services.generation.providers.base import Provider
-from services.generation.providers.openai_compatible import OpenAICompatibleProvider
+from services.generation.providers.openai_compatible import (
+    DEFAULT_MAX_ANSWER_CHARS,
+    OpenAICompatibleProvider,
+)
 from services.generation.rate_buckets import SharedLimits
 from services.generation.settings import ProviderConfig
 
@@ -18,6 +21,7 @@ def make_provider(
     connect_timeout: float,
     read_timeout: float,
     shared_limits: SharedLimits | None = None,
+    max_answer_chars: int = DEFAULT_MAX_ANSWER_CHARS,
 ) -> Provider:
     """The adapter for a provider's ``kind`` (one kind today; Anthropic would be another)."""
     if config.kind == "openai_compatible":
@@ -25,9 +29,13 @@ def make_provider(
             config.base_url, connect_timeout=connect_timeout, read_timeout=read_timeout
         )
         return OpenAICompatibleProvider(
-            config, client=client, retry=retry, shared_limits=shared_limits
+            config,
+            client=client,
+            retry=retry,
+            shared_limits=shared_limits,
+            max_answer_chars=max_answer_chars,
         )
     raise ValueError(f"provider {config.name!r}: unsupported kind {config.kind!r}")
 
 
-__all__ = ["OpenAICompatibleProvider", "Provider", "make_provider"]
+__all__ = ["DEFAULT_MAX_ANSWER_CHARS", "OpenAICompatibleProvider", "Provider", "make_provider"]

@@ -63,6 +63,9 @@ from services.generation.upstream import (
 
 log = logging.getLogger("gensearch.generation.openai")
 
+# GENSEARCH_GENERATION_MAX_ANSWER_CHARS's default (settings.py says why there is one).
+DEFAULT_MAX_ANSWER_CHARS = 1_000_000
+
 
 class OpenAICompatibleProvider(Provider):
     def __init__(
@@ -72,9 +75,11 @@ class OpenAICompatibleProvider(Provider):
         client: openai.AsyncOpenAI,
         retry: RetryPolicy,
         shared_limits: SharedLimits | None = None,
+        max_answer_chars: int = DEFAULT_MAX_ANSWER_CHARS,
     ) -> None:
         super().__init__(config)
         self.retry = retry
+        self.max_answer_chars = max_answer_chars
         self.url = f"{config.base_url}/chat/completions"
         self._client = client
         self.limiters = Limiters(config, shared_limits)
@@ -247,7 +252,21 @@ class OpenAICompatibleProvider(Provider):
                     raise self._timeout(first_byte, deadline) from None
         except UPSTREAM_ERRORS as err:
             raise fault_from_error(err) from None
-        return _parse_completion(data, request, debug)
+        completion = _parse_completion(data, request, debug)
+        if len(completion.text) > self.max_answer_chars:
+            # The SDK has read the whole body by now; cutting it here still keeps every
+            # copy after this one (the reply, the gateway's results) bounded.
+            self._note_cut(request)
+            completion = dataclasses.replace(
+                completion, text=completion.text[: self.max_answer_chars], finish_reason="length"
+            )
+        return completion
+
+    def _note_cut(self, request: CompletionRequest) -> None:
+        log.warning(
+            "answer cut at GENSEARCH_GENERATION_MAX_ANSWER_CHARS",
+            extra={"provider": self.name, "model": request.model, "limit": self.max_answer_chars},
+        )
 
     def _first_byte_at(self, deadline: Deadline) -> float:
         """When (loop time) an attempt that holds a slot must have heard from upstream:
@@ -278,7 +297,7 @@ class OpenAICompatibleProvider(Provider):
         started = time.perf_counter()
         with self._span(request, attach=False) as span:
             while True:
-                state = _StreamState(request.model)
+                state = _StreamState(request.model, self.max_answer_chars)
                 try:
                     permit = await turns.admit()
                     try:
@@ -309,6 +328,8 @@ class OpenAICompatibleProvider(Provider):
                 except UpstreamFault as fault:
                     raise self._fail(fault, request, span, turns) from None
                 break
+            if state.cut:
+                self._note_cut(request)
             text = "".join(state.parts)
             final = Completion(
                 text=text,
@@ -359,6 +380,8 @@ class OpenAICompatibleProvider(Provider):
                 bound = deadline.expires_at
                 for delta in _absorb(chunk, state):
                     yield delta
+                if state.cut:
+                    break  # leaving the block closes the response: the upstream stops
         if state.finish_reason is None:
             raise UpstreamFault(
                 "bad_response", "the stream ended before the model finished", retryable=True
@@ -437,14 +460,17 @@ class _Turns:
 
 
 class _StreamState:
-    __slots__ = ("emitted", "finish_reason", "model", "parts", "usage")
+    __slots__ = ("cut", "emitted", "finish_reason", "model", "parts", "room", "usage")
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, max_chars: int) -> None:
         self.model = model
         self.parts: list[str] = []
         self.finish_reason: str | None = None
         self.usage: Usage | None = None
         self.emitted = False
+        # Characters the answer may still take (max_answer_chars); past it, ``cut``.
+        self.room = max_chars
+        self.cut = False
 
 
 def _stream_fault(err: BaseException) -> UpstreamFault:
@@ -478,8 +504,17 @@ def _absorb(chunk: object, state: _StreamState) -> list[str]:
             continue
         piece = getattr(choice.delta, "content", None)
         if isinstance(piece, str) and piece:
-            state.parts.append(piece)
-            deltas.append(piece)
+            if len(piece) > state.room:
+                # Past max_answer_chars: keep what fits, and end as max_tokens would.
+                piece = piece[: state.room]
+                state.cut = True
+                state.finish_reason = "length"
+            state.room -= len(piece)
+            if piece:
+                state.parts.append(piece)
+                deltas.append(piece)
+            if state.cut:
+                return deltas
         if choice.finish_reason:
             state.finish_reason = str(choice.finish_reason)
     return deltas
