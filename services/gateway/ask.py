@@ -50,7 +50,13 @@ from services.gateway.prompting import (
     AskPrompt,
     ContextHit,
 )
-from services.gateway.turns import History, additional_info, read_history, store_turn
+from services.gateway.turns import (
+    History,
+    additional_info,
+    fit_utf8,
+    read_history,
+    store_turn,
+)
 
 log = logging.getLogger("gensearch.gateway.ask")
 
@@ -317,16 +323,19 @@ class AskService:
             template = PROMPT_TEMPLATE.replace("{system_prompt}", system_prompt).replace(
                 "{user_instructions}", instructions
             )
+            stored_answer, cut = fit_utf8(response.answer, self._b.settings.ask_answer_bytes)
             interaction = mem_pb.CreateInteractionRequest(
                 input=question,
                 prompt_template=template,
-                response=response.answer,
+                response=stored_answer,
                 origin=response.model or "unknown",
                 additional_info=additional_info(
                     hits, list(checked.citations), spent.usage, rewritten, response
                 ),
                 traces=traces.traces,
             )
+            if cut:
+                interaction.additional_info["response_truncated"] = True
             response.conversation_id, response.interaction_id = await self._within(
                 deadline,
                 store_turn(

@@ -135,6 +135,12 @@ class GatewaySettings(CommonSettings):
     # many serialized bytes before it is sent (long strings shortened, marked truncated);
     # memory applies its own max_trace_bytes too. 0: store no traces.
     ask_trace_bytes: int = Field(default=64 * 1024, ge=0, le=1024 * 1024)
+    # An answer is stored with its turn cut to this many UTF-8 bytes (the turn's
+    # additional_info says response_truncated); the caller still gets all of it. Memory
+    # refuses a longer response (GENSEARCH_MEMORY_MAX_TEXT_BYTES, 1 MiB), which failed the
+    # whole Ask with INVALID_ARGUMENT naming `response`, a field the caller never sent,
+    # after the answer was paid for (and, streamed, sent). Keep it at most memory's.
+    ask_answer_bytes: int = Field(default=1024 * 1024, ge=1)
     # Rewrite follow-up questions into standalone queries unless the request says no.
     rewrite_query: bool = True
     # Chunk-aware context (expand_context; services/gateway/chunks.py): the most neighbours

@@ -157,6 +157,18 @@ async def _forget(memory: MemoryClient, conversation_id: str, caller: Caller) ->
         await memory.delete_conversation(conversation_id, caller, 2.0)
 
 
+def fit_utf8(text: str, limit: int) -> tuple[str, bool]:
+    """``text`` cut to at most ``limit`` UTF-8 bytes on a character boundary, and whether
+    it was cut."""
+    if len(text) * 4 <= limit:  # no character takes more than 4 bytes
+        return text, False
+    data = text.encode("utf-8", "surrogatepass")
+    if len(data) <= limit:
+        return text, False
+    # "ignore" drops only the character the cut went through (its first bytes).
+    return data[:limit].decode("utf-8", "ignore"), True
+
+
 def title(question: str) -> str:
     line = " ".join(question.split())
     return line if len(line) <= _NAME_CHARS else line[: _NAME_CHARS - 1] + "…"
