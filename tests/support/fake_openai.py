@@ -52,6 +52,8 @@ Constructor / attributes (all attributes may be changed while the server runs)
     ``api_key``        when set, a request without ``Authorization: Bearer <api_key>`` gets
                        401 ``invalid_api_key``.
     ``include_usage``  when False the server never reports usage (default True).
+    ``usage_override`` a dict reported as ``usage`` instead of the counted one (default None;
+                       for providers that report implausible counts, negative or huge).
     ``record``         keep every request in ``requests`` (default True; benches may turn it
                        off to save memory).
     ``rate_limit``     a provider limited to this many chat requests per ``rate_window``
@@ -295,6 +297,7 @@ class FakeOpenAI:
         self.reject_unknown_models = reject_unknown_models
         self.api_key = api_key
         self.include_usage = include_usage
+        self.usage_override: dict[str, Any] | None = None
         self.embedding_dim = embedding_dim
         self.record = record
         self.rerank_score: Callable[[str, str], float] = word_overlap
@@ -588,6 +591,8 @@ class FakeOpenAI:
             "completion_tokens": len(words),
         }
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        if self.usage_override is not None:
+            usage = dict(self.usage_override)
         with_usage = self.include_usage if behaviour.usage is None else behaviour.usage
         ident = f"chatcmpl-fake{next(self._ids)}"
         if not stream:

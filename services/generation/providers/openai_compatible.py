@@ -553,11 +553,25 @@ def _parse_completion(data: object, request: CompletionRequest, debug: DebugInfo
     )
 
 
+# The most tokens one call's usage may report and be believed. Counts past it (or below 0)
+# are a broken provider's: they failed the call with INTERNAL (a Prometheus counter refuses
+# a negative increment, an int32 Usage field a count past 2**31 - 1), so such usage is
+# treated as absent and estimated. 10 M is far beyond any context window, and the gateway's
+# sums over 200 calls still fit an int32.
+MAX_REPORTED_TOKENS = 10_000_000
+
+
 def _usage(raw: object) -> Usage | None:
     if not isinstance(raw, CompletionUsage):
         return None
     prompt, completion = raw.prompt_tokens, raw.completion_tokens
-    if not isinstance(prompt, int) or not isinstance(completion, int):
+    if not _plausible(prompt) or not _plausible(completion):
         return None
     total = raw.total_tokens
-    return Usage(prompt, completion, total if isinstance(total, int) else prompt + completion)
+    return Usage(prompt, completion, total if _plausible(total) else prompt + completion)
+
+
+def _plausible(count: object) -> bool:
+    return (
+        isinstance(count, int) and not isinstance(count, bool) and 0 <= count <= MAX_REPORTED_TOKENS
+    )
