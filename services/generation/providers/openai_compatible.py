@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import re
 import time
 from collections.abc import AsyncGenerator
 from typing import Any
@@ -65,6 +66,18 @@ log = logging.getLogger("gensearch.generation.openai")
 
 # GENSEARCH_GENERATION_MAX_ANSWER_CHARS's default (settings.py says why there is one).
 DEFAULT_MAX_ANSWER_CHARS = 1_000_000
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def clean_text(text: str) -> str:
+    """``text`` with its UTF-16 surrogates made valid: a JSON answer may escape half a
+    character (``"\\ud83d"``, from a server that cut an emoji between tokens), which no
+    protobuf string can carry: it failed the call with INTERNAL. Pairs are joined, lone
+    halves become U+FFFD."""
+    if _SURROGATE.search(text) is None:
+        return text
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 class OpenAICompatibleProvider(Provider):
@@ -504,6 +517,7 @@ def _absorb(chunk: object, state: _StreamState) -> list[str]:
             continue
         piece = getattr(choice.delta, "content", None)
         if isinstance(piece, str) and piece:
+            piece = clean_text(piece)  # each chunk alone: a pair split across two is lost
             if len(piece) > state.room:
                 # Past max_answer_chars: keep what fits, and end as max_tokens would.
                 piece = piece[: state.room]
@@ -543,7 +557,7 @@ def _parse_completion(data: object, request: CompletionRequest, debug: DebugInfo
     content = message.content
     if content is not None and not isinstance(content, str):
         raise UpstreamFault("bad_response", "the message content is not text")
-    text = content or ""
+    text = clean_text(content or "")
     return Completion(
         text=text,
         model=data.model if isinstance(data.model, str) and data.model else request.model,
