@@ -54,6 +54,8 @@ Constructor / attributes (all attributes may be changed while the server runs)
     ``include_usage``  when False the server never reports usage (default True).
     ``usage_override`` a dict reported as ``usage`` instead of the counted one (default None;
                        for providers that report implausible counts, negative or huge).
+    ``model_override`` any JSON value reported as every chat answer's ``model`` instead of
+                       the requested one (default None; for providers that send garbage).
     ``record``         keep every request in ``requests`` (default True; benches may turn it
                        off to save memory).
     ``rate_limit``     a provider limited to this many chat requests per ``rate_window``
@@ -298,6 +300,7 @@ class FakeOpenAI:
         self.api_key = api_key
         self.include_usage = include_usage
         self.usage_override: dict[str, Any] | None = None
+        self.model_override: Any = None
         self.embedding_dim = embedding_dim
         self.record = record
         self.rerank_score: Callable[[str, str], float] = word_overlap
@@ -571,7 +574,9 @@ class FakeOpenAI:
                     },
                 )
             )
-        model = str(body.get("model") or (self.models[0] if self.models else "fake-model"))
+        model: Any = str(body.get("model") or (self.models[0] if self.models else "fake-model"))
+        if self.model_override is not None:
+            model = self.model_override
         if self.reject_unknown_models and model not in self.models:
             return web.json_response(_model_not_found_body(model), status=404)
         if behaviour.kind == "malformed" and not stream:

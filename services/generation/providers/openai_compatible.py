@@ -26,6 +26,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletio
 from openai.types.chat.chat_completion_chunk import Choice as ChunkChoice
 from opentelemetry.trace import Span
 
+from services.common.model_names import MAX_MODEL_CHARS
 from services.common.openai_api import (
     ATTEMPTS,
     ExtraHeaders,
@@ -502,7 +503,7 @@ def _absorb(chunk: object, state: _StreamState) -> list[str]:
     """The text deltas of one chunk; model, usage and finish reason go into ``state``."""
     if not isinstance(chunk, ChatCompletionChunk):
         raise UpstreamFault("bad_response", "a stream event is not a JSON object")
-    if chunk.model:
+    if _model_name(chunk.model):
         state.model = chunk.model
     usage = _usage(chunk.usage)
     if usage is not None:
@@ -560,7 +561,7 @@ def _parse_completion(data: object, request: CompletionRequest, debug: DebugInfo
     text = clean_text(content or "")
     return Completion(
         text=text,
-        model=data.model if isinstance(data.model, str) and data.model else request.model,
+        model=data.model if _model_name(data.model) else request.model,
         finish_reason=str(getattr(choice, "finish_reason", None) or ""),
         usage=_usage(data.usage) or estimate_usage(request.messages, text),
         debug=debug,
@@ -573,6 +574,15 @@ def _parse_completion(data: object, request: CompletionRequest, debug: DebugInfo
 # treated as absent and estimated. 10 M is far beyond any context window, and the gateway's
 # sums over 200 calls still fit an int32.
 MAX_REPORTED_TOKENS = 10_000_000
+
+
+def _model_name(value: object) -> bool:
+    """Whether the model an answer names is one to report. The SDK does not validate
+    answers: a stream chunk's ``"model": {"a": 1}`` reached the reply and failed the call
+    with INTERNAL. Held to the shape a request's model name must have (bounded, printable:
+    it goes into replies, spans and logs); else the requested model is reported, as when a
+    server names none."""
+    return isinstance(value, str) and 0 < len(value) <= MAX_MODEL_CHARS and value.isprintable()
 
 
 def _usage(raw: object) -> Usage | None:
