@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -56,27 +57,46 @@ def server_wait(err: BaseException) -> float | None:
     return None
 
 
+# The longest Retry-After believed (about 30 years): a bigger one is only ever refused
+# (RETRY_AFTER_MAX), and "1e309" (infinity) failed the call with INTERNAL when the wait
+# was put in the error's metadata in milliseconds.
+_RETRY_AFTER_CAP = 1e9
+
+
+def _seconds(text: str, scale: float = 1.0) -> float | None:
+    """A delay header's number in seconds (a negative one is no wait); None for what no
+    server means (not a number, NaN, infinite), so the call backs off as if none was sent."""
+    try:
+        value = float(text) / scale
+    except ValueError:
+        return None
+    if not math.isfinite(value):
+        return None
+    return min(max(0.0, value), _RETRY_AFTER_CAP)
+
+
 def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
     """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or HTTP-date)."""
     millis = headers.get("retry-after-ms")
     if millis:
-        try:
-            return max(0.0, float(millis) / 1000.0)
-        except ValueError:
-            pass
+        waited = _seconds(millis, 1000.0)
+        if waited is not None:
+            return waited
     value = headers.get("Retry-After") or headers.get("retry-after")
     if not value:
         return None
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        float(value)
     except ValueError:
         pass
+    else:
+        return _seconds(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+    return min(max(0.0, when.timestamp() - (time.time() if now is None else now)), _RETRY_AFTER_CAP)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,45 @@
+"""Retry-After values no server means (infinite, NaN, negative, absurdly large) neither
+fail the call nor make it wait: real gRPC, a loopback fake provider answering 429.
+
+Before, "1e309" (infinity once parsed) failed Generate, StreamGenerate and Ask with
+INTERNAL: the wait went into the error's ErrorInfo as milliseconds."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from gensearch.generation.v1 import generation_service_pb2 as pb
+
+from tests.generation.conftest import Service, user
+from tests.support.fake_openai import Behaviour, FakeOpenAI
+from tests.support.rpc import error_info
+
+
+@pytest.mark.parametrize("value", ["1e309", "inf", "nan", "-5"])
+async def test_an_unusable_retry_after_is_ignored(
+    service: Service, fake: FakeOpenAI, value: str
+) -> None:
+    # Ignored: the 429 is retried after the usual backoff, and the call succeeds.
+    fake.enqueue(Behaviour.rate_limited(retry_after=value))
+    reply = await service.stub.Generate(pb.GenerateRequest(messages=[user("hi")]), timeout=10)
+    assert (reply.text, reply.attempts) == ("hi", 2)
+    fake.enqueue(Behaviour.rate_limited(retry_after=value))
+    chunks = [
+        c
+        async for c in service.stub.StreamGenerate(
+            pb.StreamGenerateRequest(messages=[user("hi")]), timeout=10
+        )
+    ]
+    assert "".join(c.delta for c in chunks) == "hi"
+
+
+async def test_a_retry_after_of_centuries_is_refused_at_once(
+    service: Service, fake: FakeOpenAI
+) -> None:
+    fake.enqueue(Behaviour.rate_limited(retry_after="99999999999999999999"))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.Generate(pb.GenerateRequest(messages=[user("hi")]), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    info = error_info(caught.value)
+    assert info.reason == "UPSTREAM_RATE_LIMITED"
+    assert info.metadata["retry_after_ms"] == "1000000000000"  # capped at 10**9 s
