@@ -12,6 +12,7 @@ sends.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 
 import grpc
@@ -45,8 +46,16 @@ def quote(value: str, limit: int = QUOTE_CHARS) -> str:
     return f"{value[:limit]!r}… ({len(value)} characters)"
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _cut(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    text = text if len(text) <= limit else text[: limit - 1] + "…"
+    if _SURROGATE.search(text) is not None:
+        # A status travels as UTF-8: a lone UTF-16 surrogate (an upstream's JSON "\ud83d"
+        # quoted in a message) made it unsendable, and the caller got a bare UNKNOWN.
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    return text
 
 
 class ServiceError(Exception):
