@@ -56,6 +56,8 @@ Constructor / attributes (all attributes may be changed while the server runs)
                        for providers that report implausible counts, negative or huge).
     ``model_override`` any JSON value reported as every chat answer's ``model`` instead of
                        the requested one (default None; for providers that send garbage).
+    ``finish_reason_override``  any JSON value sent as every chat answer's finish reason
+                       (default None: ``stop``, or ``length`` when ``max_tokens`` cut it).
     ``record``         keep every request in ``requests`` (default True; benches may turn it
                        off to save memory).
     ``rate_limit``     a provider limited to this many chat requests per ``rate_window``
@@ -301,6 +303,7 @@ class FakeOpenAI:
         self.include_usage = include_usage
         self.usage_override: dict[str, Any] | None = None
         self.model_override: Any = None
+        self.finish_reason_override: Any = None
         self.embedding_dim = embedding_dim
         self.record = record
         self.rerank_score: Callable[[str, str], float] = word_overlap
@@ -587,6 +590,8 @@ class FakeOpenAI:
             )
         text = behaviour.text if behaviour.text is not None else self._reply_text(body)
         words, finish = _cut(text, body)
+        if self.finish_reason_override is not None:
+            finish = self.finish_reason_override
         usage = {
             "prompt_tokens": sum(
                 count_tokens(str(m.get("content", "")))

@@ -531,7 +531,7 @@ def _absorb(chunk: object, state: _StreamState) -> list[str]:
             if state.cut:
                 return deltas
         if choice.finish_reason:
-            state.finish_reason = str(choice.finish_reason)
+            state.finish_reason = _finish_reason(choice.finish_reason)
     return deltas
 
 
@@ -562,7 +562,7 @@ def _parse_completion(data: object, request: CompletionRequest, debug: DebugInfo
     return Completion(
         text=text,
         model=data.model if _model_name(data.model) else request.model,
-        finish_reason=str(getattr(choice, "finish_reason", None) or ""),
+        finish_reason=_finish_reason(getattr(choice, "finish_reason", None) or ""),
         usage=_usage(data.usage) or estimate_usage(request.messages, text),
         debug=debug,
     )
@@ -574,6 +574,17 @@ def _parse_completion(data: object, request: CompletionRequest, debug: DebugInfo
 # treated as absent and estimated. 10 M is far beyond any context window, and the gateway's
 # sums over 200 calls still fit an int32.
 MAX_REPORTED_TOKENS = 10_000_000
+
+
+# Longer than any finish reason a provider sends ("stop", "length", "content_filter" …).
+MAX_FINISH_REASON_CHARS = 64
+
+
+def _finish_reason(value: object) -> str:
+    """The finish reason an answer gives, as text a reply can carry: any value still says
+    the answer finished, but the SDK does not validate it, and "st\\ud83dop" (a lone
+    surrogate) failed the call with INTERNAL; a longer one is cut."""
+    return clean_text(str(value))[:MAX_FINISH_REASON_CHARS]
 
 
 def _model_name(value: object) -> bool:
