@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
+import math
 import os
 import threading
 import time
@@ -240,6 +241,14 @@ class OpenAIEmbedder:
                     f"the embeddings endpoint returned {len(vector)}-dimensional vectors; "
                     f"the collection expects {self._dimensions}",
                     reason="EMBEDDING_DIMENSION_MISMATCH",
+                )
+            if not all(math.isfinite(x) for x in vector):
+                # JSON parsers here take NaN and 1e309 (infinity): such a vector was stored
+                # (never found again) or searched with (no hits, no error), silently.
+                raise Unavailable(
+                    "the embeddings endpoint returned a vector holding NaN or infinity; "
+                    "nothing was written",
+                    reason="EMBEDDINGS_UNAVAILABLE",
                 )
         return vectors
 

@@ -6,6 +6,7 @@ its base URL (``embedding_key_urls``). Callers' URLs and the allowlist: ``test_e
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -227,3 +228,25 @@ async def test_each_embeddings_call_has_a_span(
         text = " ".join(str(v) for v in (span.attributes or {}).values())
         assert "sk-test" not in text
         assert "apples" not in text and "pears" not in text
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+async def test_a_vector_holding_nan_or_infinity_is_unavailable_and_writes_nothing(
+    stub: Any, fake: FakeOpenAI, bad: float
+) -> None:
+    # Before, the vector was stored (never found again) and a query searched with it
+    # (no hits, no error), silently.
+    fake.embedding_override = lambda text: [bad] + [0.25] * 15
+    err = await expect_error(
+        stub.UpsertObjects(
+            pb.UpsertObjectsRequest(collection="Remote", objects=[obj({"title": "x"})])
+        ),
+        grpc.StatusCode.UNAVAILABLE,
+    )
+    assert error_info(err).reason == "EMBEDDINGS_UNAVAILABLE"
+    assert (await stub.CountObjects(pb.CountObjectsRequest(collection="Remote"))).count == 0
+    err = await expect_error(
+        stub.Search(pb.SearchRequest(collection="Remote", near_text=pb.NearText(text="x"))),
+        grpc.StatusCode.UNAVAILABLE,
+    )
+    assert error_info(err).reason == "EMBEDDINGS_UNAVAILABLE"

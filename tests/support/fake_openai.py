@@ -58,6 +58,9 @@ Constructor / attributes (all attributes may be changed while the server runs)
                        the requested one (default None; for providers that send garbage).
     ``finish_reason_override``  any JSON value sent as every chat answer's finish reason
                        (default None: ``stop``, or ``length`` when ``max_tokens`` cut it).
+    ``embedding_override``  ``Callable[[str], list[float]]``: the vector /v1/embeddings
+                       answers for a text (default None: the hash-derived unit vector);
+                       NaN and infinity go out as JSON's ``NaN`` / ``Infinity``.
     ``record``         keep every request in ``requests`` (default True; benches may turn it
                        off to save memory).
     ``rate_limit``     a provider limited to this many chat requests per ``rate_window``
@@ -304,6 +307,7 @@ class FakeOpenAI:
         self.usage_override: dict[str, Any] | None = None
         self.model_override: Any = None
         self.finish_reason_override: Any = None
+        self.embedding_override: Callable[[str], list[float]] | None = None
         self.embedding_dim = embedding_dim
         self.record = record
         self.rerank_score: Callable[[str, str], float] = word_overlap
@@ -794,6 +798,8 @@ class FakeOpenAI:
         )
 
     def _vector(self, text: str) -> list[float]:
+        if self.embedding_override is not None:
+            return self.embedding_override(text)
         digest = hashlib.sha256(text.encode()).digest()
         raw = [(digest[i % len(digest)] - 127.5) / 127.5 for i in range(self.embedding_dim)]
         norm = math.sqrt(sum(x * x for x in raw)) or 1.0
