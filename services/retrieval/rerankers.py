@@ -24,6 +24,7 @@ Two kinds of reranker:
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 from collections.abc import Iterable, Sequence
 from contextvars import ContextVar
@@ -386,6 +387,9 @@ def parse_results(payload: object, count: int, provider: str) -> list[tuple[int,
             or isinstance(index, bool)
             or not 0 <= index < count
             or not isinstance(score, int | float)
+            # NaN and 1e309 parse as floats: NaN scores were returned and sorted on
+            # (in no defined order), as were infinite ones.
+            or not math.isfinite(score)
             or index in ranked
         ):
             raise malformed

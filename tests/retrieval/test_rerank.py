@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import AsyncIterator
 
 import grpc
@@ -121,6 +122,19 @@ async def test_a_provider_that_keeps_failing_is_unavailable(
 
 async def test_a_malformed_answer_is_unavailable(retrieval: Retrieval, fake: FakeOpenAI) -> None:
     fake.enqueue(Behaviour.malformed())
+    err = await expect_error(
+        retrieval.stub.Search(search(provider="fake")), grpc.StatusCode.UNAVAILABLE
+    )
+    assert error_info(err).reason == "RERANK_UNAVAILABLE"
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+async def test_a_score_that_is_not_a_finite_number_is_unavailable(
+    retrieval: Retrieval, fake: FakeOpenAI, bad: float
+) -> None:
+    # JSON's NaN and 1e309 parse as floats; before, they came back as rerank_score and the
+    # hits were sorted on them in no defined order.
+    fake.rerank_score = lambda query, document: bad
     err = await expect_error(
         retrieval.stub.Search(search(provider="fake")), grpc.StatusCode.UNAVAILABLE
     )
