@@ -140,7 +140,7 @@ class GatewaySettings(CommonSettings):
     # refuses a longer response (GENSEARCH_MEMORY_MAX_TEXT_BYTES, 1 MiB), which failed the
     # whole Ask with INVALID_ARGUMENT naming `response`, a field the caller never sent,
     # after the answer was paid for (and, streamed, sent). Keep it at most memory's.
-    ask_answer_bytes: int = Field(default=1024 * 1024, ge=1)
+    ask_answer_bytes: int = Field(default=1024 * 1024, ge=1, le=MAX_SIZE_BYTES)
     # Rewrite follow-up questions into standalone queries unless the request says no.
     rewrite_query: bool = True
     # Chunk-aware context (expand_context; services/gateway/chunks.py): the most neighbours
