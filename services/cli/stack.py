@@ -31,13 +31,14 @@ import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from pydantic import SecretStr, ValidationError
 
 from services.cli.client import CliError, check_health
 from services.cli.output import note
+from services.common.hostport import join_host_port
 
 if TYPE_CHECKING:
     from services.common.server import GrpcServer
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     from services.retrieval.settings import RetrievalSettings
 
 STACK_FILE = "stack.json"
+S = TypeVar("S", bound="CommonSettings")
 PARTS = ("memory", "retrieval", "generation")  # what the gateway calls
 GRACE_SECONDS = 5.0
 DEFAULT_DEMO_LIMIT = 300
@@ -340,7 +342,7 @@ async def _start_parts(stack: Stack) -> None:
     redis_url, embedder = await _start_backends(
         stack, memory_settings, retrieval_settings, generation_settings
     )
-    memory_settings = memory_settings.model_copy(update={"redis_url": SecretStr(redis_url)})
+    memory_settings = _updated(memory_settings, redis_url=SecretStr(redis_url))
     stack.api_key = next(iter(keys), "")
 
     async def memory() -> GrpcServer:
@@ -355,11 +357,10 @@ async def _start_parts(stack: Stack) -> None:
 
     if not generation_settings.redis_url.get_secret_value():
         # Provider limits are counted in the memory service's Redis unless told otherwise.
-        generation_settings = generation_settings.model_copy(
-            update={
-                "redis_url": memory_settings.redis_url,
-                "redis_cluster": memory_settings.redis_cluster,
-            }
+        generation_settings = _updated(
+            generation_settings,
+            redis_url=memory_settings.redis_url,
+            redis_cluster=memory_settings.redis_cluster,
         )
 
     async def generation() -> GrpcServer:
@@ -374,7 +375,7 @@ async def _start_parts(stack: Stack) -> None:
         # The quotas count in the memory service's Redis unless told otherwise.
         addresses["redis_url"] = memory_settings.redis_url
         addresses["redis_cluster"] = memory_settings.redis_cluster
-    gateway_settings = gateway_settings.model_copy(update=addresses)
+    gateway_settings = _updated(gateway_settings, **addresses)
 
     async def gateway() -> GrpcServer:
         return await build_gateway(gateway_settings, port=args.port)
@@ -417,6 +418,19 @@ async def _start_backends(
     else:
         say(f"  {'qdrant':<11} embedded engine in {stack.data_dir / 'qdrant'}")
     return redis_url, tasks["embeddings"].result()
+
+
+def _updated(settings: S, **update: Any) -> S:
+    """``settings`` with ``update`` applied and validated as a service validates its own
+    settings (``load_settings``): pydantic's ``model_copy(update=...)`` validates nothing,
+    so an address or URL computed here (an IPv6 host without brackets once) reached the
+    service unchecked. A ``ValidationError`` is reported by ``start`` as a setting."""
+    fresh = type(settings).model_validate({**settings.model_dump(), **update})
+    fresh._keys = settings._keys  # the API keys already checked, not read again
+    problems = fresh.problems()
+    if problems:
+        raise CliError(f"invalid setting: {'; '.join(problems)}")
+    return fresh
 
 
 def _generation_settings(args: argparse.Namespace, shared: dict[str, Any]) -> GenerationSettings:
@@ -547,13 +561,13 @@ async def _serve(stack: Stack, name: str, build: Callable[[], Awaitable[GrpcServ
                 f"GENSEARCH_{name.upper()}_METRICS_PORT",
             )
         else:
-            where = f"{server.host}:{server.port}"
+            where = join_host_port(server.host, server.port)
             hint = "--port" if name == "gateway" else f"GENSEARCH_{name.upper()}_PORT"
         raise CliError(
             f"{name}: cannot listen on {where} ({err}); another gensearch running? "
             f"choose another port with {hint} (0 = any free port)"
         ) from None
-    address = f"{_client_host(server.host)}:{port}"
+    address = join_host_port(_client_host(server.host), port)
     service = server.service_names[0]
     stack.parts[name] = Part(name, address, service, server)
     stack.push(name, lambda: server.stop(GRACE_SECONDS))

@@ -49,6 +49,8 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 
+from services.common.hostport import join_host_port
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -173,8 +175,7 @@ def canonical_url(url: str) -> str:
     written, trailing slashes dropped. Two base URLs are the same endpoint iff these are
     equal. ``UrlRefused`` for a URL that is not plain (see ``split_url``)."""
     scheme, host, port, rest = split_url(url)
-    netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return f"{scheme}://{netloc}{rest}"
+    return f"{scheme}://{join_host_port(host, port)}{rest}"
 
 
 def is_special(address: IPAddress) -> bool:

@@ -33,6 +33,7 @@ from grpc_reflection.v1alpha import reflection
 from services.common.auth import Authenticator
 from services.common.call_slots import CallSlots
 from services.common.chassis import Admission, ChassisRegistry
+from services.common.hostport import join_host_port
 from services.common.logs import register_secret
 from services.common.metrics import serve_metrics, server_name
 from services.common.settings import CommonSettings
@@ -133,7 +134,7 @@ class GrpcServer:
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
         )
         reflection.enable_server_reflection(names, self.server)
-        address = f"{self.host}:{self.port}"
+        address = join_host_port(self.host, self.port)
         bound = self.server.add_insecure_port(address)
         if bound == 0:
             raise RuntimeError(f"could not bind {address}")
@@ -147,7 +148,10 @@ class GrpcServer:
             self.metrics_port = serve_metrics(self.host, self.metrics_port)
         log.info(
             "serving",
-            extra={"address": f"{self.host}:{bound}", "services": list(self._service_names)},
+            extra={
+                "address": join_host_port(self.host, bound),
+                "services": list(self._service_names),
+            },
         )
         return bound
 

@@ -49,6 +49,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from services.common.hostport import join_host_port
 from services.devlaunch.processes import die_with_parent, free_port
 from services.generation.settings import (
     LOCAL_CONTEXT,
@@ -303,12 +304,12 @@ class LocalLLMServer:
 
     @property
     def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}/v1"
+        return f"http://{join_host_port(self.host, self.port)}/v1"
 
     @property
     def root_url(self) -> str:
         """Where llama-server's own endpoints are (/health, /metrics, /slots)."""
-        return f"http://{self.host}:{self.port}"
+        return f"http://{join_host_port(self.host, self.port)}"
 
     @property
     def pid(self) -> int | None:

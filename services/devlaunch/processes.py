@@ -24,6 +24,8 @@ def die_with_parent(argv: list[str]) -> list[str]:
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A port nothing listens on right now (the child binds it a moment later)."""
-    with socket.socket() as sock:
+    # The family of the host (an IPv6 literal does not bind on an AF_INET socket).
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])

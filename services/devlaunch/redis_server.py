@@ -22,6 +22,7 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
+from services.common.hostport import join_host_port
 from services.devlaunch.processes import die_with_parent, free_port
 
 log = logging.getLogger("gensearch.redis")
@@ -89,7 +90,7 @@ class RedisProcess:
 
     @property
     def url(self) -> str:
-        return f"redis://{self.host}:{self.port}/0"
+        return f"redis://{join_host_port(self.host, self.port)}/0"
 
     @property
     def socket_url(self) -> str:

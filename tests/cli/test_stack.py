@@ -16,6 +16,7 @@ from services.cli.client import check_health
 from services.devlaunch.redis_server import RedisProcess
 from tests.cli.conftest import FREE_PORTS, up_args
 from tests.support.fake_openai import FakeOpenAI
+from tests.support.network import has_ipv6_loopback
 
 
 async def test_external_redis_qdrant_and_llm(
@@ -170,3 +171,46 @@ def test_a_provider_without_its_key_is_named_at_start(
     # A provider that needs no key (the local model) says nothing either.
     stack_mod._warn_if_no_provider_key(GenerationSettings(default_provider="local"))
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback here")
+async def test_up_on_ipv6_loopback(
+    redis_server: RedisProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``gensearch up --host ::1``: each part's address was ``::1:PORT``, which gRPC could
+    not bind; the gateway's copy of the settings was not validated, so it would have
+    dialled its services at that address too."""
+    async with FakeOpenAI() as fake:
+        args = up_args(
+            tmp_path / "data",
+            host="::1",
+            redis_url=redis_server.url,
+            qdrant_url=":memory:",
+            llm_provider="vllm",
+            llm_base_url=fake.base_url,
+        )
+        with mock.patch.dict(os.environ, FREE_PORTS):
+            stack = await stack_mod.start(args)
+        try:
+            for part in stack.parts.values():
+                assert part.address.startswith("[::1]:"), part.address
+                assert await check_health(part.address, part.service) == "SERVING"
+            # Through the gateway, to memory and back.
+            async with AsyncGensearch(stack.gateway_address) as client:
+                created = await client.conversations.create("over IPv6")
+                assert (await client.conversations.get(created.conversation_id)).name == "over IPv6"
+        finally:
+            await stack.close()
+    assert "[::1]:" in capsys.readouterr().out
+
+
+def test_up_validates_the_addresses_it_gives_the_gateway() -> None:
+    """``_updated`` validates as ``load_settings`` does; ``model_copy`` checked nothing."""
+    from pydantic import ValidationError
+
+    from services.gateway.settings import GatewaySettings
+
+    settings = GatewaySettings()
+    with pytest.raises(ValidationError, match="memory_addr"):
+        stack_mod._updated(settings, memory_addr="::1:50051")
+    assert stack_mod._updated(settings, memory_addr="[::1]:50051").memory_addr == "[::1]:50051"

@@ -136,6 +136,8 @@ from typing import Any
 
 from aiohttp import web
 
+from services.common.hostport import join_host_port
+
 Reply = str | Callable[[dict[str, Any]], str]
 
 
@@ -336,7 +338,7 @@ class FakeOpenAI:
     # -- lifecycle -------------------------------------------------------------------------
     @property
     def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}/v1"
+        return f"http://{join_host_port(self.host, self.port)}/v1"
 
     async def start(self) -> FakeOpenAI:
         app = web.Application()
