@@ -1,28 +1,66 @@
 """The shape of a model name a caller sends (``model``, ``fallback[i].model``, a
 collection's ``generative.model``): it goes upstream in the request body, into span
 attributes and into log lines, so it is bounded and printable before any
-provider sees it, whether or not the provider checks its models against a known list."""
+provider sees it, whether or not the provider checks its models against a known list.
+The default model and provider settings are held to the same shapes at start."""
 
 from __future__ import annotations
+
+import re
 
 from services.common.errors import InvalidArgument
 
 # Longer than any provider's model id (Hugging Face repo ids are at most 96 characters,
 # Bedrock ARNs about 200).
 MAX_MODEL_CHARS = 256
+# A provider's name (generation's PROVIDERS entries and presets); lookups strip and
+# lower-case what a caller sends.
+PROVIDER_NAME = re.compile(r"[a-z][a-z0-9_-]{0,62}")
+PROVIDER_NAME_RULE = "provider names are lower-case letters, digits, '-' or '_'"
 
 
-def check_model_name(model: str, field: str) -> None:
-    """INVALID_ARGUMENT naming ``field`` for a model name too long, with control
+def model_name_problem(model: str) -> str | None:
+    """What is wrong with ``model`` as a model name, or None: too long, with control
     characters (a newline, NUL …) or of spaces only; an empty name (the provider's
     default) is fine. Spaces alone were once read as empty, so a caller who meant a model
     silently got the default one; they are a mistake to name, not a choice."""
     if len(model) > MAX_MODEL_CHARS:
-        raise InvalidArgument(f"a model name is at most {MAX_MODEL_CHARS} characters", field=field)
+        return f"a model name is at most {MAX_MODEL_CHARS} characters"
     if not model.isprintable():
-        raise InvalidArgument("a model name must not contain control characters", field=field)
+        return "a model name must not contain control characters"
     if model and not model.strip():
-        raise InvalidArgument(
-            "a model name must not be only spaces (leave it empty for the default model)",
-            field=field,
+        return "a model name must not be only spaces (leave it empty for the default model)"
+    return None
+
+
+def check_model_name(model: str, field: str) -> None:
+    """INVALID_ARGUMENT naming ``field`` for a model name a caller sent that
+    ``model_name_problem`` refuses."""
+    problem = model_name_problem(model)
+    if problem:
+        raise InvalidArgument(problem, field=field)
+
+
+def model_name_setting(value: str) -> str:
+    """A model name setting (a default model), held to what a request's model is held to
+    (``model_name_problem``) and refused at start: a default of spaces only used to be
+    sent with every call that named no model, and each failed INVALID_ARGUMENT ``model``,
+    blaming the caller for the operator's setting."""
+    problem = model_name_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+def provider_name_setting(value: str) -> str:
+    """A default provider setting: empty (the generation service's default) or a name a
+    provider can have. Spaces alone were read as empty by the generation service (it
+    strips the name), so the operator who meant a provider silently got the default one."""
+    if value and not value.strip():
+        raise ValueError(
+            "a provider name must not be only spaces "
+            "(leave it empty for the generation service's default)"
         )
+    if value and not PROVIDER_NAME.fullmatch(value.strip().lower()):
+        raise ValueError(PROVIDER_NAME_RULE)
+    return value

@@ -7,6 +7,7 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from services.common.model_names import model_name_setting, provider_name_setting
 from services.common.settings import (
     MAX_CONCURRENCY,
     MAX_SCHEMA_DEPTH,
@@ -201,6 +202,9 @@ class GatewaySettings(CommonSettings):
         return self
 
     _redis_url = field_validator("redis_url")(redis_url_setting)
+    # Held at start to what a request's provider and model are held to (model_names.py).
+    _default_provider = field_validator("default_provider")(provider_name_setting)
+    _default_model = field_validator("default_model")(model_name_setting)
     _addresses = field_validator("memory_addr", "retrieval_addr", "generation_addr")(
         grpc_target_setting
     )

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -39,6 +38,7 @@ from pydantic import (
 from pydantic_settings import SettingsConfigDict
 
 from services.common.egress import EgressPolicy
+from services.common.model_names import PROVIDER_NAME, PROVIDER_NAME_RULE, model_name_setting
 from services.common.settings import (
     MAX_SCHEMA_DEPTH,
     MAX_SIZE_BYTES,
@@ -56,7 +56,6 @@ LOCAL_PORT = 8088
 # (docs/benchmarks.md#local-model-fan-out).
 LOCAL_SLOTS = 16
 LOCAL_CONTEXT = 2048
-_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 ANYSCALE_MODELS = (
     "meta-llama/Llama-2-70b-chat-hf",
     "meta-llama/Llama-2-13b-chat-hf",
@@ -137,8 +136,22 @@ class ProviderConfig(BaseModel):
     @field_validator("name")
     @classmethod
     def _valid_name(cls, value: str) -> str:
-        if not _NAME.match(value):
-            raise ValueError("provider names are lower-case letters, digits, '-' or '_'")
+        if not PROVIDER_NAME.fullmatch(value):
+            raise ValueError(PROVIDER_NAME_RULE)
+        return value
+
+    # The default model and the known ones are sent upstream when a call names none or
+    # one of them: held at start to what a caller's model name is held to.
+    @field_validator("default_model")
+    @classmethod
+    def _valid_default_model(cls, value: str) -> str:
+        return model_name_setting(value)
+
+    @field_validator("models")
+    @classmethod
+    def _valid_models(cls, value: list[str]) -> list[str]:
+        for model in value:
+            model_name_setting(model)
         return value
 
     @field_validator("base_url")
@@ -282,12 +295,15 @@ def resolve_providers(
             if field == "default_model" and fields.get("models") and not env.get(prefix + "MODELS"):
                 # A new model on a provider with a fixed list replaces that list.
                 fields["models"] = [value]
+                sources[name]["models"] = prefix + suffix
         try:
             providers[name] = ProviderConfig(name=name, **fields)
         except ValidationError as err:
             problems += _problems(name, sources[name], err)
     if problems:
-        raise ProviderError(problems)
+        # One value may fail two fields (a _MODEL that also replaced the model list):
+        # said once.
+        raise ProviderError(list(dict.fromkeys(problems)))
     return providers
 
 

@@ -195,6 +195,22 @@ def _generation_env(monkeypatch: pytest.MonkeyPatch) -> None:
                 "Extra inputs are not permitted",
             ],
         ),
+        # A default model of spaces only was sent upstream with every call naming none;
+        # a _MODEL also replaces the model list, but the value is named once.
+        (
+            {"GENSEARCH_GENERATION_LOCAL_MODEL": "   "},
+            [
+                "GENSEARCH_GENERATION_LOCAL_MODEL (provider 'local'): a model name must not "
+                "be only spaces (leave it empty for the default model)"
+            ],
+        ),
+        (
+            {"GENSEARCH_GENERATION_PROVIDERS": '[{"name": "vllm", "models": ["m", " "]}]'},
+            [
+                "GENSEARCH_GENERATION_PROVIDERS[0].models (provider 'vllm'): a model name "
+                "must not be only spaces (leave it empty for the default model)"
+            ],
+        ),
         (
             {"GENSEARCH_GENERATION_OPENAI_MAX_CONCURRENCY": "0"},
             [
@@ -386,3 +402,52 @@ def test_a_tokenize_url_that_is_not_http_stops_the_gateway(
         '{"local": "http://127.0.0.1:8088", "vllm": "https://u:TOPSECRET@tok.example/"}',
     )
     assert load_settings(GatewaySettings)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "reason"),
+    [
+        (
+            "GENSEARCH_GATEWAY_DEFAULT_MODEL",
+            "   ",
+            "a model name must not be only spaces (leave it empty for the default model)",
+        ),
+        (
+            "GENSEARCH_GATEWAY_DEFAULT_MODEL",
+            "gpt\n4o",
+            "a model name must not contain control characters",
+        ),
+        (
+            "GENSEARCH_GATEWAY_DEFAULT_PROVIDER",
+            "  ",
+            "a provider name must not be only spaces "
+            "(leave it empty for the generation service's default)",
+        ),
+        (
+            "GENSEARCH_GATEWAY_DEFAULT_PROVIDER",
+            "open ai",
+            "provider names are lower-case letters, digits, '-' or '_'",
+        ),
+    ],
+)
+def test_a_gateway_default_model_or_provider_no_request_could_name_stops_it(
+    variable: str, value: str, reason: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Spaces only were accepted: every call naming no model then failed INVALID_ARGUMENT
+    # "model" (blaming the caller), and a provider of spaces silently meant the default.
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SystemExit) as err:
+        load_settings(GatewaySettings)
+    assert _exit_message(err) == f"invalid setting {variable}: {reason}"
+
+
+def test_a_gateway_default_model_and_provider_requests_could_name_are_accepted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("GENSEARCH_GATEWAY_DEFAULT_MODEL", "meta-llama/Llama-3.1-8B-Instruct")
+    monkeypatch.setenv("GENSEARCH_GATEWAY_DEFAULT_PROVIDER", "OpenAI")  # looked up lower-cased
+    settings = load_settings(GatewaySettings)
+    assert (settings.default_provider, settings.default_model) == (
+        "OpenAI",
+        "meta-llama/Llama-3.1-8B-Instruct",
+    )
