@@ -62,6 +62,15 @@ MAX_CONCURRENCY = 1_000_000
 MAX_CONNECTION_SECONDS = 7 * 86400
 # Lifetimes of stored things (answers, conversations, request ids): 50 years.
 MAX_TTL_SECONDS = 50 * 366 * 86400
+# Timeouts, waits, retry pauses, grace periods, leases and the intervals of background
+# work, in seconds: a day. Longer than any call, pause or shutdown should take, and small
+# enough for every clock a value goes to: a gRPC timeout of 1e308 s overflowed into a
+# deadline already past (every call DEADLINE_EXCEEDED at once), and a QUOTA_LEASE of 1e308
+# made every gateway call an OverflowError turning it into Redis milliseconds.
+MAX_WAIT_SECONDS = 86400
+# Requests or tokens a minute a provider allows (its declared rate limits): several times
+# the largest published rate tier.
+MAX_PER_MINUTE = 1_000_000_000
 # Nesting of a response_format JSON schema: protobuf parses at most 100 nested messages.
 MAX_SCHEMA_DEPTH = 100
 
@@ -123,7 +132,7 @@ class CommonSettings(BaseSettings):
 
     # --- per service (in the service's namespace) ---
     # Seconds in-flight calls get to finish on SIGTERM.
-    grace_period: float = Field(default=10.0, ge=0)
+    grace_period: float = Field(default=10.0, ge=0, le=MAX_WAIT_SECONDS)
     # Largest gRPC message sent (and, by the gateway, received from a downstream service).
     max_message_bytes: int = Field(default=64 * MIB, ge=1024, le=MAX_SIZE_BYTES)
     # Largest request message of a method without a limit of its own (request_limits).
@@ -143,7 +152,7 @@ class CommonSettings(BaseSettings):
     # Seconds a client-streaming call waits for each request message (the first one too)
     # before it ends DEADLINE_EXCEEDED, reason STREAM_IDLE: a silent stream would otherwise
     # hold its call slot and its tenant's quota for ever (services/common/stream_idle.py).
-    stream_idle_timeout: float = Field(default=30.0, gt=0)
+    stream_idle_timeout: float = Field(default=30.0, gt=0, le=MAX_WAIT_SECONDS)
     # Calls at once on one client connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS);
     # a client queues the rest.
     max_concurrent_streams: int = Field(default=1024, ge=1, le=MAX_CONCURRENCY)

@@ -14,6 +14,7 @@ from services.common.settings import (
     MAX_SIZE_BYTES,
     MAX_TOKENS,
     MAX_TTL_SECONDS,
+    MAX_WAIT_SECONDS,
     NAMESPACES,
     CommonSettings,
     grpc_target_setting,
@@ -40,7 +41,7 @@ class GatewaySettings(CommonSettings):
     # before they are sent, so a gateway started before its services are up does not
     # fail its first calls; after that, or once connected, a service that is down answers
     # UNAVAILABLE at once (docs/gateway.md#channels-to-the-other-services). 0: no wait.
-    downstream_connect_wait: float = Field(default=3.0, ge=0)
+    downstream_connect_wait: float = Field(default=3.0, ge=0, le=MAX_WAIT_SECONDS)
     # Longest pause, in seconds, between attempts to reconnect to a service that is down.
     # gRPC's own default grows to 120 s: a service back after an outage of a minute would
     # stay UNAVAILABLE to this gateway for up to two more. Each channel then dials a dead
@@ -70,7 +71,7 @@ class GatewaySettings(CommonSettings):
     max_schema_chars: int = Field(default=65_536, ge=2, le=MAX_SIZE_BYTES)
     max_schema_depth: int = Field(default=32, ge=1, le=MAX_SCHEMA_DEPTH)
     # Generation budget when neither the request nor the call has a deadline, seconds.
-    default_generation_timeout: float = Field(default=120.0, gt=0)
+    default_generation_timeout: float = Field(default=120.0, gt=0, le=MAX_WAIT_SECONDS)
 
     # Used when neither the request nor the collection names them; empty: the
     # generation service's own default.
@@ -99,9 +100,9 @@ class GatewaySettings(CommonSettings):
     tokenize_urls: dict[str, str] = Field(
         default_factory=lambda: {"local": "http://127.0.0.1:8088"}
     )
-    tokenize_timeout: float = Field(default=2.0, gt=0)
+    tokenize_timeout: float = Field(default=2.0, gt=0, le=MAX_WAIT_SECONDS)
     # After /tokenize failed, count by estimate for this long before asking it again.
-    tokenize_retry_seconds: float = Field(default=30.0, ge=0)
+    tokenize_retry_seconds: float = Field(default=30.0, ge=0, le=MAX_WAIT_SECONDS)
     # Token counts remembered per tokenizer (by text digest): each past turn is counted once.
     token_cache_entries: int = Field(default=20_000, ge=0, le=10_000_000)
 
@@ -112,9 +113,9 @@ class GatewaySettings(CommonSettings):
     summary_workers: int = Field(default=2, ge=1, le=1000)
     # Longest summary the LLM may write (tokens), and how long one fold may take.
     summary_max_tokens: int = Field(default=400, ge=32, le=MAX_TOKENS)
-    summary_timeout: float = Field(default=60.0, gt=0)
+    summary_timeout: float = Field(default=60.0, gt=0, le=MAX_WAIT_SECONDS)
     # At shutdown, queued folds get this long to finish.
-    summary_drain_timeout: float = Field(default=10.0, ge=0)
+    summary_drain_timeout: float = Field(default=10.0, ge=0, le=MAX_WAIT_SECONDS)
     # Turns one fold call takes at most, and turns a fold reads looking for pending ones.
     summary_max_batch_turns: int = Field(default=50, ge=1, le=10_000)
     summary_max_read_turns: int = Field(default=1000, ge=1, le=100_000)
@@ -122,8 +123,8 @@ class GatewaySettings(CommonSettings):
     # Ask defaults and limits.
     ask_context_size: int = Field(default=5, ge=0, le=10_000)
     ask_interaction_size: int = Field(default=10, ge=0, le=10_000)
-    ask_timeout: float = Field(default=30.0, gt=0)
-    max_ask_timeout: float = Field(default=600.0, gt=0)
+    ask_timeout: float = Field(default=30.0, gt=0, le=MAX_WAIT_SECONDS)
+    max_ask_timeout: float = Field(default=600.0, gt=0, le=MAX_WAIT_SECONDS)
     max_context_size: int = Field(default=50, ge=1, le=10_000)
     max_interaction_size: int = Field(default=100, ge=1, le=10_000)
     # Characters of past turns (questions and answers) an Ask reads at most; older turns
@@ -154,7 +155,7 @@ class GatewaySettings(CommonSettings):
     # share of the citing sentence's content words (services/gateway/citations.py).
     citation_min_support: float = Field(default=0.3, ge=0, le=1)
     # Cache of collection schemas and generative defaults, seconds (0: ask every time).
-    collection_cache_ttl: float = Field(default=2.0, ge=0)
+    collection_cache_ttl: float = Field(default=2.0, ge=0, le=MAX_WAIT_SECONDS)
 
     # --- per-tenant quotas (docs/operations.md#quotas), counted in Redis ---
     # redis://... shared by every gateway replica. Empty: no quotas (logged at start);
@@ -162,8 +163,8 @@ class GatewaySettings(CommonSettings):
     redis_url: SecretStr = SecretStr("")
     # The URL names a node of a Redis Cluster.
     redis_cluster: bool = False
-    redis_socket_timeout: float = Field(default=0.5, gt=0)
-    redis_connect_timeout: float = Field(default=0.5, gt=0)
+    redis_socket_timeout: float = Field(default=0.5, gt=0, le=MAX_WAIT_SECONDS)
+    redis_connect_timeout: float = Field(default=0.5, gt=0, le=MAX_WAIT_SECONDS)
     # Calls of one tenant in progress at once, across replicas (health excluded). 0: no limit.
     quota_concurrent_calls: int = Field(default=64, ge=0, le=MAX_CONCURRENCY)
     # LLM calls of one tenant per minute (one per hit, grouped call, Ask answer or question
@@ -172,7 +173,7 @@ class GatewaySettings(CommonSettings):
     # Lease of a concurrent-call slot (seconds, plus 5 s slack; shorter when the call's
     # deadline is nearer): a running call renews it every third of it, however long the
     # call lasts, so a crashed replica's slots free themselves within one lease.
-    quota_lease: float = Field(default=30.0, gt=0)
+    quota_lease: float = Field(default=30.0, gt=0, le=MAX_WAIT_SECONDS)
     quota_key_prefix: str = "gensearch"
 
     # --- answer caches (docs/gateway.md#caches): exact in the Redis above, semantic in
@@ -189,8 +190,8 @@ class GatewaySettings(CommonSettings):
     # (seconds).
     semantic_cache_store_queue: int = Field(default=256, ge=1, le=1_000_000)
     semantic_cache_store_workers: int = Field(default=2, ge=1, le=1000)
-    semantic_cache_store_timeout: float = Field(default=5.0, gt=0)
-    semantic_cache_store_drain_timeout: float = Field(default=2.0, ge=0)
+    semantic_cache_store_timeout: float = Field(default=5.0, gt=0, le=MAX_WAIT_SECONDS)
+    semantic_cache_store_drain_timeout: float = Field(default=2.0, ge=0, le=MAX_WAIT_SECONDS)
 
     # --- GenerateOnObjects: the most bytes one inline object may hold (serialized) ---
     max_inline_object_bytes: int = Field(default=65_536, ge=256, le=MAX_SIZE_BYTES)

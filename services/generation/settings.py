@@ -40,9 +40,11 @@ from pydantic_settings import SettingsConfigDict
 from services.common.egress import EgressPolicy
 from services.common.model_names import PROVIDER_NAME, PROVIDER_NAME_RULE, model_name_setting
 from services.common.settings import (
+    MAX_PER_MINUTE,
     MAX_SCHEMA_DEPTH,
     MAX_SIZE_BYTES,
     MAX_TOKENS,
+    MAX_WAIT_SECONDS,
     NAMESPACES,
     CommonSettings,
     redis_url_setting,
@@ -55,6 +57,9 @@ LOCAL_PORT = 8088
 # it at launch) and each slot's context. Chosen by measurement on 2 cores
 # (docs/benchmarks.md#local-model-fan-out).
 LOCAL_SLOTS = 16
+# latency_factor: an answer this many times slower than the recent average is an overload
+# signal; any factor above it never fires (set latency_factor to None for that).
+MAX_LATENCY_FACTOR = 1000
 LOCAL_CONTEXT = 2048
 ANYSCALE_MODELS = (
     "meta-llama/Llama-2-70b-chat-hf",
@@ -105,8 +110,8 @@ class ProviderConfig(BaseModel):
     # What the provider allows, kept to across every replica together (token buckets and
     # an in-flight count in Redis, GENSEARCH_GENERATION_REDIS_URL; in this process alone
     # without it). None: not declared. Per minute, counted over `rate_window` seconds.
-    requests_per_minute: float | None = Field(default=None, gt=0)
-    tokens_per_minute: float | None = Field(default=None, gt=0)
+    requests_per_minute: float | None = Field(default=None, gt=0, le=MAX_PER_MINUTE)
+    tokens_per_minute: float | None = Field(default=None, gt=0, le=MAX_PER_MINUTE)
     max_in_flight: int | None = Field(default=None, ge=1, le=100_000)
     # The period the provider counts its per-minute limits over (seconds): no span of this
     # length ever sees more than the limit's share of it.
@@ -119,7 +124,7 @@ class ProviderConfig(BaseModel):
     # no decrease. False: fixed caps only. latency_factor None: latency is not a signal
     # (answers of very different lengths). adaptive_recovery None: only successes grow it.
     adaptive: bool = True
-    latency_factor: float | None = Field(default=3.0, gt=1.0)
+    latency_factor: float | None = Field(default=3.0, gt=1.0, le=MAX_LATENCY_FACTOR)
     adaptive_recovery: float | None = Field(default=10.0, gt=0, le=86_400)
     # Used when the request leaves temperature unset; None = the upstream's default.
     temperature: float | None = Field(default=None, ge=0, le=2)
@@ -131,7 +136,7 @@ class ProviderConfig(BaseModel):
     # first byte: a stream's first chunk, a unary call's whole answer (so it also bounds
     # generation time there). Past it the slot is freed and the attempt fails (retried
     # within the call's deadline). None: only the deadline bounds it.
-    first_byte_timeout: float | None = Field(default=60.0, gt=0)
+    first_byte_timeout: float | None = Field(default=60.0, gt=0, le=MAX_WAIT_SECONDS)
 
     @field_validator("name")
     @classmethod
@@ -340,10 +345,10 @@ class GenerationSettings(CommonSettings):
     # Retries of 408/409/5xx and connection errors, always within the call deadline. A 429
     # is retried for as long as the deadline allows (its attempts are not counted here).
     retry_max_attempts: int = Field(default=4, ge=1, le=1000)
-    retry_base_backoff: float = Field(default=0.25, ge=0)
-    retry_max_backoff: float = Field(default=8.0, ge=0)
+    retry_base_backoff: float = Field(default=0.25, ge=0, le=MAX_WAIT_SECONDS)
+    retry_max_backoff: float = Field(default=8.0, ge=0, le=MAX_WAIT_SECONDS)
     # A Retry-After longer than this is not waited for (the error is returned instead).
-    retry_after_max: float = Field(default=60.0, ge=0)
+    retry_after_max: float = Field(default=60.0, ge=0, le=MAX_WAIT_SECONDS)
 
     # Where the providers' limits are counted so they hold across every replica
     # (docs/generation.md#provider-limits): redis://... (the gateway's quota Redis does).
@@ -352,15 +357,15 @@ class GenerationSettings(CommonSettings):
     redis_url: SecretStr = SecretStr("")
     # The URL names a node of a Redis Cluster.
     redis_cluster: bool = False
-    redis_socket_timeout: float = Field(default=0.5, gt=0)
-    redis_connect_timeout: float = Field(default=0.5, gt=0)
+    redis_socket_timeout: float = Field(default=0.5, gt=0, le=MAX_WAIT_SECONDS)
+    redis_connect_timeout: float = Field(default=0.5, gt=0, le=MAX_WAIT_SECONDS)
     limits_key_prefix: str = "gensearch"
 
-    connect_timeout: float = Field(default=5.0, gt=0)
+    connect_timeout: float = Field(default=5.0, gt=0, le=MAX_WAIT_SECONDS)
     # Longest silence between two bytes of an upstream answer.
-    read_timeout: float = Field(default=120.0, gt=0)
+    read_timeout: float = Field(default=120.0, gt=0, le=MAX_WAIT_SECONDS)
     # Bound of the whole upstream exchange when the gRPC call carries no deadline.
-    default_timeout: float = Field(default=300.0, gt=0)
+    default_timeout: float = Field(default=300.0, gt=0, le=MAX_WAIT_SECONDS)
 
     # Request limits.
     max_messages: int = Field(default=512, ge=1, le=100_000)

@@ -11,6 +11,7 @@ from pydantic_settings import SettingsConfigDict
 from services.common.settings import (
     MAX_SIZE_BYTES,
     MAX_TTL_SECONDS,
+    MAX_WAIT_SECONDS,
     NAMESPACES,
     CommonSettings,
     model_directory,
@@ -47,8 +48,8 @@ class MemorySettings(CommonSettings):
     redis_cluster: bool = False
     # redis-py's own timeouts (seconds): a reply that takes longer fails its call with
     # UNAVAILABLE, and the call is not sent again (docs/memory.md).
-    redis_socket_timeout: float = Field(default=2.0, gt=0)
-    redis_connect_timeout: float = Field(default=1.0, gt=0)
+    redis_socket_timeout: float = Field(default=2.0, gt=0, le=MAX_WAIT_SECONDS)
+    redis_connect_timeout: float = Field(default=1.0, gt=0, le=MAX_WAIT_SECONDS)
 
     # Signs page tokens. Empty: a random secret is created once in Redis (SET NX), so
     # every replica and every restart agree.
@@ -114,11 +115,11 @@ class MemorySettings(CommonSettings):
     max_search_query_bytes: int = Field(default=4096, ge=1, le=MAX_SIZE_BYTES)
     # Indexing runs after the turn is stored and never fails it; what failed waits in an
     # outbox in Redis and is tried again every this many seconds.
-    search_retry_seconds: float = Field(default=5.0, gt=0)
+    search_retry_seconds: float = Field(default=5.0, gt=0, le=MAX_WAIT_SECONDS)
     # Every this many seconds one replica walks the whole index and removes the entries of
     # turns Redis no longer holds (expired by retention, evicted, deleted): a search never
     # returns those anyway (every hit is re-read from Redis), this keeps the index small.
-    search_sweep_seconds: float = Field(default=3600.0, gt=0)
+    search_sweep_seconds: float = Field(default=3600.0, gt=0, le=MAX_WAIT_SECONDS)
 
     _search_model_path = field_validator("search_model_path")(model_directory)
     _search_qdrant_url = field_validator("search_qdrant_url")(qdrant_url_setting)

@@ -11,6 +11,7 @@ from services.common.egress import EgressPolicy, UrlRefused, canonical_url
 from services.common.settings import (
     MAX_SIZE_BYTES,
     MAX_TTL_SECONDS,
+    MAX_WAIT_SECONDS,
     NAMESPACES,
     CommonSettings,
     model_directory,
@@ -63,7 +64,7 @@ class RetrievalSettings(CommonSettings):
     qdrant_url: str = ""
     qdrant_api_key: SecretStr = SecretStr("")
     # Seconds a call to a Qdrant server may take.
-    qdrant_timeout: float = Field(default=30.0, gt=0)
+    qdrant_timeout: float = Field(default=30.0, gt=0, le=MAX_WAIT_SECONDS)
     # Largest `limit` a Search may ask for.
     max_limit: int = Field(default=100, ge=1, le=10_000)
     # Largest `offset + limit` of a Search (deep pages cost the engine offset + limit hits).
@@ -91,7 +92,7 @@ class RetrievalSettings(CommonSettings):
     # Texts per forward pass of the local model.
     embed_batch_size: int = Field(default=64, ge=1, le=4096)
     # Seconds an OpenAI-compatible embeddings request may take, its retries included.
-    embed_timeout: float = Field(default=30.0, gt=0)
+    embed_timeout: float = Field(default=30.0, gt=0, le=MAX_WAIT_SECONDS)
     # Retries of an embeddings request (408, 409, 429, 5xx, connection errors; the shared
     # policy of services/common/upstream_retry.py).
     embed_retries: int = Field(default=2, ge=0, le=10)
@@ -131,7 +132,7 @@ class RetrievalSettings(CommonSettings):
     max_rerank_document_chars: int = Field(default=4000, ge=100, le=MAX_SIZE_BYTES)
     # Seconds a rerank request may take, its retries included, and its retries (the shared
     # policy of services/common/upstream_retry.py).
-    rerank_timeout: float = Field(default=30.0, gt=0)
+    rerank_timeout: float = Field(default=30.0, gt=0, le=MAX_WAIT_SECONDS)
     rerank_retries: int = Field(default=2, ge=0, le=10)
     # Local MMR: weight of relevance against diversity when a request sets none.
     mmr_lambda: float = Field(default=0.7, ge=0.0, le=1.0)

@@ -1,6 +1,6 @@
-"""Every numeric limit setting has an upper bound (docs/operations.md#upper-bounds): an
-absurd value stops the service at start with one line, and the largest value each bound
-allows still starts a real service that works (gRPC's C int options, int32 fields)."""
+"""Every numeric setting has an upper bound (docs/operations.md#upper-bounds): an absurd
+value stops the service at start with one line, and the largest value each bound allows
+still starts a real service that works (gRPC's C int options, int32 fields, deadlines)."""
 
 from __future__ import annotations
 
@@ -21,14 +21,20 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
+from services.common.auth import Identity, Role, set_current_identity
+from services.common.quotas import QuotaExceeded, Quotas
+from services.common.redis_client import connect
 from services.common.settings import (
     MAX_CONCURRENCY,
     MAX_CONNECTION_SECONDS,
+    MAX_PER_MINUTE,
     MAX_SIZE_BYTES,
     MAX_TOKENS,
+    MAX_WAIT_SECONDS,
     CommonSettings,
     load_settings,
 )
+from services.devlaunch.redis_server import RedisProcess
 from services.gateway.settings import GatewaySettings
 from services.generation.__main__ import build_server as build_generation
 from services.generation.settings import GenerationSettings, ProviderConfig
@@ -55,7 +61,6 @@ MS_FLOATS = {
     "keepalive_timeout",
     "keepalive_min_ping_interval",
 }
-BOUNDED_FLOATS = MS_FLOATS | {"cache_default_ttl", "cache_max_ttl", "max_cached_answer_ttl"}
 
 
 def _upper(metadata: list[Any]) -> float | None:
@@ -90,17 +95,14 @@ def _numbers(cls: type[BaseModel]) -> list[tuple[str, str, float | None]]:
 
 
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
-def test_every_numeric_limit_has_a_bound_that_fits_an_int32(cls: type[BaseModel]) -> None:
+def test_every_numeric_setting_has_a_bound_that_fits_an_int32(cls: type[BaseModel]) -> None:
     # QA: MAX_TOKENS_LIMIT=10**23 was accepted and failed every ListModels with INTERNAL
-    # (an int32 field); MAX_MESSAGE_BYTES=3e9 was an OverflowError traceback at start.
+    # (an int32 field); MAX_MESSAGE_BYTES=3e9 was an OverflowError traceback at start;
+    # QUOTA_LEASE=1e308 (a float, seconds) an OverflowError on every gateway call.
     numbers = _numbers(cls)
     assert numbers
-    unbounded = [
-        name
-        for name, kind, upper in numbers
-        if upper is None and (kind == "int" or name in BOUNDED_FLOATS)
-    ]
-    assert unbounded == [], f"{cls.__name__}: limits without an upper bound"
+    unbounded = [name for name, _, upper in numbers if upper is None]
+    assert unbounded == [], f"{cls.__name__}: settings without an upper bound"
     too_large = [
         name
         for name, _, upper in numbers
@@ -158,6 +160,36 @@ def _exit_message(err: pytest.ExceptionInfo[SystemExit]) -> str:
             GenerationSettings,
             "GENSEARCH_GENERATION_OPENAI_CONTEXT_WINDOW (provider 'openai'): Input should be "
             f"less than or equal to {MAX_TOKENS}",
+        ),
+        # Seconds: 1e308 made every gateway call an OverflowError (the lease in Redis
+        # milliseconds); as a gRPC timeout it was a deadline already past.
+        (
+            "GENSEARCH_GATEWAY_QUOTA_LEASE",
+            "1e308",
+            GatewaySettings,
+            "GENSEARCH_GATEWAY_QUOTA_LEASE: Input should be less than or equal to "
+            f"{MAX_WAIT_SECONDS}",
+        ),
+        (
+            "GENSEARCH_GATEWAY_DEFAULT_GENERATION_TIMEOUT",
+            "1e308",
+            GatewaySettings,
+            "GENSEARCH_GATEWAY_DEFAULT_GENERATION_TIMEOUT: Input should be less than or equal "
+            f"to {MAX_WAIT_SECONDS}",
+        ),
+        (
+            "GENSEARCH_MEMORY_GRACE_PERIOD",
+            "1e308",
+            MemorySettings,
+            "GENSEARCH_MEMORY_GRACE_PERIOD: Input should be less than or equal to "
+            f"{MAX_WAIT_SECONDS}",
+        ),
+        (
+            "GENSEARCH_GENERATION_OPENAI_TOKENS_PER_MINUTE",
+            "1e308",
+            GenerationSettings,
+            "GENSEARCH_GENERATION_OPENAI_TOKENS_PER_MINUTE (provider 'openai'): Input should "
+            f"be less than or equal to {MAX_PER_MINUTE}",
         ),
     ],
 )
@@ -234,19 +266,18 @@ def test_the_docs_list_every_bound() -> None:
     text = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
     section = text.split("### Upper bounds", 1)[1].split("\n## ", 1)[0]
     documented: dict[str, float] = {}
-    for row in re.findall(r"^\| (.+) \| ([0-9 ,]+)(?: \(|\s*\|).*$", section, re.M):
+    for row in re.findall(r"^\| (.+) \| ([0-9 ,.]+)(?: \(|\s*\|).*$", section, re.M):
         names, bound = row
         for name in re.findall(r"`([A-Z0-9_<>*.\[\]]+)`", names):
             documented[name] = float(bound.replace(" ", "").replace(",", ""))
     expected: dict[str, float] = {}
     for cls in CLASSES:
-        for name, kind, upper in _numbers(cls):
+        for name, _, upper in _numbers(cls):
             inherited = (
                 cls is not CommonSettings
                 and name.removesuffix("[*]") in CommonSettings.model_fields
             )
-            limit = kind == "int" or name in BOUNDED_FLOATS
-            if upper is None or inherited or not limit or name.endswith("port"):
+            if upper is None or inherited or name in ("port", "metrics_port"):
                 continue
             expected[_variable(cls, name)] = upper
     assert documented == expected
@@ -260,3 +291,28 @@ def _variable(cls: type[BaseModel], field: str) -> str:
         return f"GENSEARCH_GENERATION_<PROVIDER>_{base}"
     assert issubclass(cls, CommonSettings)
     return f"{cls.namespace()}{base}"
+
+
+async def test_the_longest_quota_lease_admits_calls(redis_server: RedisProcess) -> None:
+    """The bound of the seconds settings is a lease Redis takes: a call without a deadline
+    holds its slot for QUOTA_LEASE (plus slack), in milliseconds."""
+    lease = GatewaySettings(quota_lease=MAX_WAIT_SECONDS).quota_lease
+    redis = connect(redis_server.url, cluster=False, socket_timeout=1, connect_timeout=1)
+    quotas = Quotas(
+        redis, key_prefix="bounds", concurrent_calls=1, llm_calls_per_minute=0, lease=lease
+    )
+    set_current_identity(Identity("alice", "alice", Role.ADMIN))
+    try:
+        async with quotas.admit("/x/Y", _NoDeadline()):  # type: ignore[arg-type]
+            with pytest.raises(QuotaExceeded):  # the slot is held
+                async with quotas.admit("/x/Y", _NoDeadline()):  # type: ignore[arg-type]
+                    pass
+    finally:
+        await redis.aclose()
+
+
+class _NoDeadline:
+    """A call's context as the quotas read it: no deadline."""
+
+    def time_remaining(self) -> float | None:
+        return None
