@@ -51,6 +51,8 @@ async def build_server(settings: MemorySettings, *, port: int | None = None) -> 
         key_prefix=settings.key_prefix,
         request_id_ttl=settings.request_id_ttl_seconds,
         eviction_grace_turns=settings.eviction_grace_turns,
+        max_bytes_per_owner=settings.max_bytes_per_owner,
+        max_conversations_per_owner=settings.max_conversations_per_owner,
     )
     try:
         await store.load_scripts()

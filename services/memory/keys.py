@@ -11,6 +11,9 @@ that puts every key of one owner in one slot):
                                     ListInteractionTracesResponse holding only its traces:
                                     a field, so written, expired and deleted with it)
     tag:req:<request_id>      STRING  an interaction id, for request_id_ttl_seconds
+    tag:usage                 HASH  the owner's stored bytes: "total", <cid> -> the
+                                    bytes of that conversation, and "next_expiry" (ms)
+                                    (lua/usage.lua)
 
 The keys *of a conversation* (expired, evicted and deleted with it) are listed by
 ``lua/keys.lua``: ``conversation_keys`` (the hash and the id list) and, for each of its
@@ -44,3 +47,7 @@ def interaction(tag: str, iid: str) -> str:
 
 def request(tag: str, request_id: str) -> str:
     return f"{tag}:req:{request_id}"
+
+
+def usage(tag: str) -> str:
+    return f"{tag}:usage"

@@ -70,6 +70,15 @@ class MemorySettings(CommonSettings):
     # Longest rolling summary accepted (UTF-8 bytes).
     max_summary_bytes: int = Field(default=64 * 1024, ge=1, le=MAX_SIZE_BYTES)
 
+    # Storage per owner (a user of a tenant; docs/memory.md#storage-limits): past these, a
+    # write that would store more is RESOURCE_EXHAUSTED (OWNER_STORAGE_FULL,
+    # OWNER_CONVERSATIONS_FULL), so no reader can fill the Redis that also holds the
+    # gateway's quotas and rate buckets. Bytes: serialized turns and traces, names and
+    # summaries, plus a fixed 256 per turn and per conversation (lua/usage.lua).
+    max_bytes_per_owner: int = Field(default=256 * MIB, ge=4096, le=MAX_SIZE_BYTES)
+    # Finding expired conversations when at a limit walks the owner's list: O(this).
+    max_conversations_per_owner: int = Field(default=10_000, ge=1, le=1_000_000)
+
     # Size limits (UTF-8 bytes) of every text field a client sends.
     max_text_bytes: int = Field(default=MIB, ge=1, le=MAX_SIZE_BYTES)  # input and response
     max_prompt_template_bytes: int = Field(default=MIB, ge=1, le=MAX_SIZE_BYTES)

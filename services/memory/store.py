@@ -56,6 +56,7 @@ from services.common.errors import (
     Internal,
     InvalidArgument,
     NotFound,
+    ResourceExhausted,
     Unavailable,
 )
 from services.common.redis_client import RedisClient
@@ -276,9 +277,13 @@ class MemoryStore:
         key_prefix: str = "gensearch",
         request_id_ttl: int = 86400,
         eviction_grace_turns: int = 100,
+        max_bytes_per_owner: int = 256 * 1024 * 1024,
+        max_conversations_per_owner: int = 10_000,
     ) -> None:
         self._redis = redis
         self._grace = eviction_grace_turns
+        self._max_bytes = max_bytes_per_owner
+        self._max_conversations = max_conversations_per_owner
         self._prefix = key_prefix
         self._request_ttl_ms = request_id_ttl * 1000
         self._ids = UUIDv7Generator()
@@ -351,10 +356,23 @@ class MemoryStore:
                 keys=[keys.conversation(tag, cid), keys.conversations(tag)],
                 args=[
                     owner.user, name, now, f"{now:015d}:{cid}", tag, cid, r.ttl_ms,
-                    r.max_turns, int(r.summary_disabled),
+                    r.max_turns, int(r.summary_disabled), self._max_conversations,
+                    self._max_bytes,
                 ],
             )
         )  # fmt: skip
+        if expire_ms == -2:
+            raise ResourceExhausted(
+                f"the caller has {self._max_conversations} conversations, the most "
+                "allowed; delete some to create more",
+                reason="OWNER_CONVERSATIONS_FULL",
+                metadata={
+                    "limit": str(self._max_conversations),
+                    "setting": "GENSEARCH_MEMORY_MAX_CONVERSATIONS_PER_OWNER",
+                },
+            )
+        if expire_ms == -3:
+            raise self._storage_full()
         return ConversationRecord(cid, owner.user, name, now, now, 0, int(expire_ms), r)
 
     async def get_conversation(self, owner: Owner, cid: str) -> ConversationRecord:
@@ -369,7 +387,7 @@ class MemoryStore:
     ) -> ConversationRecord:
         tag = self.tag(owner)
         now = time.time_ns() // 1_000_000
-        args: list[EncodableT] = [owner.user, tag, cid, now, self._grace]
+        args: list[EncodableT] = [owner.user, tag, cid, now, self._grace, self._max_bytes]
         for value in (
             update.name,
             update.ttl_ms,
@@ -384,7 +402,21 @@ class MemoryStore:
         )
         if not row:
             raise conversation_not_found(cid)
+        if row == -1:
+            raise self._storage_full()
         return _conversation(cid, row)
+
+    def _storage_full(self) -> ResourceExhausted:
+        # What a caller can do about it: delete conversations (or let them expire).
+        return ResourceExhausted(
+            f"this would take the caller's stored conversations over {self._max_bytes} "
+            "bytes, the most allowed; delete conversations to make room",
+            reason="OWNER_STORAGE_FULL",
+            metadata={
+                "limit_bytes": str(self._max_bytes),
+                "setting": "GENSEARCH_MEMORY_MAX_BYTES_PER_OWNER",
+            },
+        )
 
     async def update_summary(
         self,
@@ -407,7 +439,7 @@ class MemoryStore:
                 keys=[keys.conversation(tag, cid), keys.conversation_interactions(tag, cid)],
                 args=[
                     owner.user, tag, cid, now, expected_through, through, text, turns,
-                    prompt_tokens, completion_tokens, self._grace,
+                    prompt_tokens, completion_tokens, self._grace, self._max_bytes,
                 ],
             )
         )  # fmt: skip
@@ -429,6 +461,8 @@ class MemoryStore:
                 reason="SUMMARY_DISABLED",
                 metadata={"conversation_id": cid},
             )
+        if status == 5:
+            raise self._storage_full()
         return _conversation(cid, out[1])
 
     async def delete_conversation(self, owner: Owner, cid: str) -> None:
@@ -484,7 +518,7 @@ class MemoryStore:
         ]
         args: list[EncodableT] = [
             owner.user, tag, cid, iid, now, request_id, self._request_ttl_ms,
-            interaction.SerializeToString(), traces, self._grace,
+            interaction.SerializeToString(), traces, self._grace, self._max_bytes,
         ]  # fmt: skip
         out = await _redis(self._create_interaction(keys=names, args=args))
         status = out[0]
@@ -498,6 +532,8 @@ class MemoryStore:
                     reason="REQUEST_ID_REUSED",
                 )
             return pb.Interaction.FromString(out[2])
+        if status == 3:
+            raise self._storage_full()
         return interaction
 
     async def get_interaction(self, owner: Owner, iid: str) -> pb.Interaction:
@@ -566,11 +602,14 @@ class MemoryStore:
         digest = hashlib.sha1(old, usedforsecurity=False).hexdigest()
         status = await _redis(
             self._update_interaction(
-                keys=[keys.interaction(tag, iid)], args=[owner.user, tag, digest, new]
+                keys=[keys.interaction(tag, iid)],
+                args=[owner.user, tag, digest, new, self._max_bytes],
             )
         )
         if status == 0:
             raise interaction_not_found(iid)
+        if status == 3:
+            raise self._storage_full()
         return bool(status == 1)
 
     async def get_interactions(self, owner: Owner, iids: list[str]) -> list[pb.Interaction | None]:

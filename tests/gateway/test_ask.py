@@ -14,12 +14,14 @@ from gensearch.memory.v1 import memory_service_pb2 as mem_pb
 from gensearch.memory.v1 import memory_service_pb2_grpc as mem_grpc
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from google.protobuf import duration_pb2, json_format, struct_pb2
+from google.rpc import error_details_pb2
 
 from services.common.auth import Identity, Role, forwarded_identity
 from services.gateway.conversation import REWRITE_SYSTEM_PROMPT
 from services.memory.__main__ import build_server as build_memory
 from tests.gateway.conftest import ALICE, BOB, DIM, TOKEN, Stack, StackFactory, create_books
 from tests.support.fake_openai import Behaviour
+from tests.support.rpc import error_info
 
 REWRITES = {
     "When was it written?": "Dune desert spice year",
@@ -431,3 +433,35 @@ async def test_memory_lost_before_the_turn_is_stored(stack_factory: StackFactory
             assert [c.conversation_id for c in listed.conversations] == [conversation]
     finally:
         await fresh.stop(0)
+
+
+async def test_a_turn_memory_has_no_room_for_fails_the_ask(stack_factory: StackFactory) -> None:
+    """Memory bounds what one user stores (docs/memory.md#storage-limits): an Ask whose
+    turn it refuses fails with memory's RESOURCE_EXHAUSTED and its ErrorInfo, and leaves
+    nothing behind (not even the conversation new_conversation made for it)."""
+    stack = await stack_factory(
+        memory={"max_bytes_per_owner": 4096, "max_conversations_per_owner": 1}
+    )
+    await create_books(stack)
+    stack.fake.reply = "a long answer [1] " + "x" * 5000  # a turn over 4096 bytes
+
+    async def refused(request: gw_pb.AskRequest) -> error_details_pb2.ErrorInfo:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stack.stub.Ask(request, metadata=ALICE)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.value
+        return error_info(err.value)
+
+    new = gw_pb.AskRequest(collection="Books", llm_question="desert?", new_conversation=True)
+    info = await refused(new)
+    assert info.reason == "OWNER_STORAGE_FULL" and info.metadata["limit_bytes"] == "4096"
+    made = await stack.memory.CreateConversation(mem_pb.CreateConversationRequest(), metadata=ALICE)
+    cid = made.conversation.conversation_id
+    info = await refused(
+        gw_pb.AskRequest(collection="Books", llm_question="desert?", conversation_id=cid)
+    )
+    assert info.reason == "OWNER_STORAGE_FULL"
+    listed = await stack.memory.ListConversations(mem_pb.ListConversationsRequest(), metadata=ALICE)
+    assert [(c.conversation_id, c.interaction_count) for c in listed.conversations] == [(cid, 0)]
+    # At its conversation limit, a new conversation is refused as such.
+    stack.fake.reply = "short [1]"
+    assert (await refused(new)).reason == "OWNER_CONVERSATIONS_FULL"

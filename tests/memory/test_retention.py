@@ -301,7 +301,7 @@ async def test_a_ttl_set_by_update_reaches_every_key(memory: Memory) -> None:
     tag = MemoryStore(memory.redis).tag(OWNER)
     for key in await _tag_keys(memory):
         name = key.decode()
-        if name == keys.conversations(tag):
-            continue  # the owner's list of conversations outlives any one of them
+        if name in (keys.conversations(tag), keys.usage(tag)):
+            continue  # the owner's list and accounting outlive any one conversation
         # Each key of the conversation expires: its own at expire_time, interactions later.
         assert 0 < await memory.redis.pttl(key) <= 2 * 3600_000, name

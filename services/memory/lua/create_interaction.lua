@@ -1,10 +1,11 @@
--- needs: read touch keys retention
+-- needs: read touch keys usage retention
 -- KEYS: conv, ints, int, convs, req.
 -- ARGV: user, tag, cid, iid, now_ms, request_id, ttl_ms, serialized interaction,
 -- serialized traces ('' when none: a field of the interaction's hash, so they share its
 -- slot, its expiry and its deletion),
--- eviction grace (turns).
--- Returns {0} not found, {1} created, {2, cid, data} already created by this request_id.
+-- eviction grace (turns), max bytes (of the owner).
+-- Returns {0} not found, {1} created, {2, cid, data} already created by this request_id,
+-- {3} the turn does not fit the owner's bytes (nothing written).
 local h = redis.call('HMGET', KEYS[1], 'user', 'update_time', 'interaction_count')
 if h[1] ~= ARGV[1] then return {0} end
 if ARGV[6] ~= '' then
@@ -14,6 +15,10 @@ if ARGV[6] ~= '' then
     if found[1] then return {2, found[1], found[2]} end
   end
 end
+-- Checked before anything is written. Eviction (below) gives back what it drops, but
+-- only once the turn is in: a conversation at max_turns needs room for one turn more.
+local size = #ARGV[8] + #ARGV[9] + TURN_OVERHEAD
+if not charge(ARGV[2], ARGV[3], size, tonumber(ARGV[11])) then return {3} end
 redis.call('HSET', KEYS[3], 'conversation_id', ARGV[3], 'data', ARGV[8])
 if ARGV[9] ~= '' then redis.call('HSET', KEYS[3], 'traces', ARGV[9]) end
 if ARGV[6] ~= '' then

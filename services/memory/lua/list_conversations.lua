@@ -1,7 +1,8 @@
--- needs: read
+-- needs: read usage
 -- KEYS: convs. ARGV: tag, start bound, page size. Returns {more, member1, row1, ...}.
 -- A member whose conversation hash is gone belongs to a conversation that expired (its
--- time to live); it is removed here, on the way, and the page is filled from further on.
+-- time to live); it is removed here, on the way (with its bytes, usage.lua), and the
+-- page is filled from further on.
 local n = tonumber(ARGV[3])
 local start = ARGV[2]
 local out = {0}
@@ -21,6 +22,7 @@ while true do
       found = found + 1
     else
       redis.call('ZREM', KEYS[1], member)
+      forget_usage(ARGV[1], string.sub(member, 17))
     end
   end
   if #members < want then return out end

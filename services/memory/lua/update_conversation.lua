@@ -1,16 +1,23 @@
--- needs: read touch keys retention
--- KEYS: conv, convs. ARGV: user, tag, cid, now_ms, eviction grace, then for name, ttl_ms,
--- max_turns, summary_disabled a pair each: '1' and the value to set it, '0' and '' not to.
--- Returns the updated hash, or nil when not found. Counts as activity (renews the ttl).
+-- needs: read touch keys usage retention
+-- KEYS: conv, convs. ARGV: user, tag, cid, now_ms, eviction grace, max bytes (of the
+-- owner), then for name, ttl_ms, max_turns, summary_disabled a pair each: '1' and the
+-- value to set it, '0' and '' not to.
+-- Returns the updated hash, nil when not found, or -1 when a longer name does not fit
+-- the owner's bytes (nothing written). Counts as activity (renews the ttl).
 local h = redis.call('HMGET', KEYS[1], 'user', 'update_time')
 if h[1] ~= ARGV[1] then return false end
 local tag, cid, now = ARGV[2], ARGV[3], tonumber(ARGV[4])
-if ARGV[6] == '1' then redis.call('HSET', KEYS[1], 'name', ARGV[7]) end
-if ARGV[10] == '1' then redis.call('HSET', KEYS[1], 'max_turns', ARGV[11]) end
-if ARGV[12] == '1' then redis.call('HSET', KEYS[1], 'summary_disabled', ARGV[13]) end
-if ARGV[8] == '1' then
-  redis.call('HSET', KEYS[1], 'ttl_ms', ARGV[9])
-  if tonumber(ARGV[9]) == 0 then
+-- Always charged (0 bytes without a new name): a conversation stored before the
+-- accounting is measured here, so the eviction below can give its bytes back.
+local grow = 0
+if ARGV[7] == '1' then grow = #ARGV[8] - redis.call('HSTRLEN', KEYS[1], 'name') end
+if not charge(tag, cid, grow, tonumber(ARGV[6])) then return -1 end
+if ARGV[7] == '1' then redis.call('HSET', KEYS[1], 'name', ARGV[8]) end
+if ARGV[11] == '1' then redis.call('HSET', KEYS[1], 'max_turns', ARGV[12]) end
+if ARGV[13] == '1' then redis.call('HSET', KEYS[1], 'summary_disabled', ARGV[14]) end
+if ARGV[9] == '1' then
+  redis.call('HSET', KEYS[1], 'ttl_ms', ARGV[10])
+  if tonumber(ARGV[10]) == 0 then
     persist(tag, cid)
   else
     -- A new ttl may be shorter: every interaction key is set again by renew.

@@ -1,7 +1,9 @@
--- needs: read
--- KEYS: int. ARGV: user, tag, SHA-1 (hex) of the data read before, new data.
+-- needs: read usage
+-- KEYS: int. ARGV: user, tag, SHA-1 (hex) of the data read before, new data, max bytes
+-- (of the owner).
 -- Compare-and-set: returns 1 when updated, 0 when missing or not the caller's, 2 when the
--- data changed since it was read (the caller reads again and retries). The caller sends
+-- data changed since it was read (the caller reads again and retries), 3 when the
+-- larger data does not fit the owner's bytes (nothing written). The caller sends
 -- a digest of what it read, not the data itself: 40 bytes however large the turn. HSET
 -- keeps the key's time to live.
 local row = interaction(KEYS[1])
@@ -9,5 +11,6 @@ if not row[1] or redis.call('HGET', ARGV[2] .. ':conv:' .. row[1], 'user') ~= AR
   return 0
 end
 if redis.sha1hex(row[2]) ~= ARGV[3] then return 2 end
+if not charge(ARGV[2], row[1], #ARGV[4] - #row[2], tonumber(ARGV[5])) then return 3 end
 redis.call('HSET', KEYS[1], 'data', ARGV[4])
 return 1

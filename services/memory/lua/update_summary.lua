@@ -1,16 +1,20 @@
--- needs: read keys retention
+-- needs: read keys usage retention
 -- KEYS: conv, ints. ARGV: user, tag, cid, now_ms, expected through, new through, text,
--- turns folded, prompt tokens, completion tokens, eviction grace.
+-- turns folded, prompt tokens, completion tokens, eviction grace, max bytes (of the
+-- owner).
 -- Compare-and-set: the summary changes only if it still covers the turns up to the
 -- expected interaction. Returns {0} not found, {1, current through} conflict,
 -- {2} new through is not a newer interaction of the conversation, {3} summary disabled,
--- {4, row} done. Evicts the turns beyond max_turns the new summary covers.
+-- {4, row} done, {5} a longer summary does not fit the owner's bytes (nothing written).
+-- Evicts the turns beyond max_turns the new summary covers.
 local h = redis.call('HMGET', KEYS[1], 'user', 'summary_through', 'summary_disabled')
 if h[1] ~= ARGV[1] then return {0} end
 local current = h[2] or ''
 if current ~= ARGV[5] then return {1, current} end
 if h[3] == '1' then return {3} end
 if ARGV[6] <= current or not redis.call('ZSCORE', KEYS[2], ARGV[6]) then return {2} end
+local grow = #ARGV[7] - redis.call('HSTRLEN', KEYS[1], 'summary')
+if not charge(ARGV[2], ARGV[3], grow, tonumber(ARGV[12])) then return {5} end
 redis.call('HSET', KEYS[1], 'summary', ARGV[7], 'summary_through', ARGV[6],
            'summary_update_time', ARGV[4])
 redis.call('HINCRBY', KEYS[1], 'summary_turns', ARGV[8])

@@ -361,6 +361,21 @@ class UrlNotAllowedError(PermissionDeniedError):
     error_reason = "URL_NOT_ALLOWED"
 
 
+class OwnerConversationsFullError(ResourceExhaustedError):
+    """Memory holds the most conversations one user may have (metadata ``limit``,
+    ``setting``): delete some to create more."""
+
+    error_reason = "OWNER_CONVERSATIONS_FULL"
+
+
+class OwnerStorageFullError(ResourceExhaustedError):
+    """The write would take the user's stored conversations over memory's byte limit
+    (metadata ``limit_bytes``, ``setting``); nothing was written: delete conversations
+    to make room."""
+
+    error_reason = "OWNER_STORAGE_FULL"
+
+
 class QuotaExceededError(ResourceExhaustedError):
     error_reason = "QUOTA_EXCEEDED"
 

@@ -1,0 +1,214 @@
+"""Storage limits per owner (docs/memory.md#storage-limits): stored bytes and conversations
+are bounded per user, atomically, and deletion, eviction and expiry give the room back.
+Through real gRPC, on a standalone Redis and on a 3-master cluster."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+from gensearch.memory.v1 import memory_service_pb2 as pb
+from google.protobuf import duration_pb2, field_mask_pb2
+
+from services.memory import keys
+from services.memory.store import MemoryStore, Owner
+from tests.memory.conftest import ALICE, BOB, Memory, MemoryFactory
+from tests.memory.helpers import expect_error, rpc_error
+from tests.support.rpc import error_info
+
+# A turn of TEXT counts ~4.35 KB (its serialized data plus 256 bytes of overhead) and a
+# conversation ~260 bytes: four turns fit in LIMIT with room to spare, a fifth does not.
+LIMIT = 20_000
+TEXT = "x" * 4000
+FITS = 4
+Metadata = tuple[tuple[str, str], ...]
+
+
+async def _conversation(memory: Memory, who: Metadata = ALICE, **fields: object) -> str:
+    request = pb.CreateConversationRequest(name="c", **fields)  # type: ignore[arg-type]
+    return (
+        await memory.stub.CreateConversation(request, metadata=who)
+    ).conversation.conversation_id
+
+
+def _turn(memory: Memory, cid: str, request_id: str = "", who: Metadata = ALICE) -> Any:
+    request = pb.CreateInteractionRequest(conversation_id=cid, input=TEXT, request_id=request_id)
+    return memory.stub.CreateInteraction(request, metadata=who)
+
+
+async def _full(call: object, reason: str = "OWNER_STORAGE_FULL") -> None:
+    err = await expect_error(call, grpc.StatusCode.RESOURCE_EXHAUSTED)  # type: ignore[arg-type]
+    info = error_info(err)
+    assert info.reason == reason, info
+    if reason == "OWNER_STORAGE_FULL":
+        assert info.metadata["limit_bytes"] == str(LIMIT)
+        assert info.metadata["setting"] == "GENSEARCH_MEMORY_MAX_BYTES_PER_OWNER"
+    else:
+        assert info.metadata["setting"] == "GENSEARCH_MEMORY_MAX_CONVERSATIONS_PER_OWNER"
+
+
+async def _count(memory: Memory, cid: str) -> int:
+    request = pb.GetConversationRequest(conversation_id=cid)
+    got = await memory.stub.GetConversation(request, metadata=ALICE)
+    listed = await memory.stub.ListInteractions(
+        pb.ListInteractionsRequest(conversation_id=cid, page_size=100), metadata=ALICE
+    )
+    assert got.conversation.interaction_count == len(listed.interactions)
+    return len(listed.interactions)
+
+
+async def _until_gone(memory: Memory, cid: str, limit: float = 20.0) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + limit
+    while True:
+        try:
+            await memory.stub.GetConversation(
+                pb.GetConversationRequest(conversation_id=cid), metadata=ALICE
+            )
+        except grpc.aio.AioRpcError as err:
+            assert err.code() == grpc.StatusCode.NOT_FOUND
+            return
+        assert loop.time() < end, "the conversation did not expire"
+        await asyncio.sleep(0.1)
+
+
+async def test_bytes_are_bounded_per_owner(memory_factory: MemoryFactory) -> None:
+    memory = await memory_factory(max_bytes_per_owner=LIMIT)
+    cid = await _conversation(memory)
+    stored = [(await _turn(memory, cid, f"r{n}")).interaction for n in range(FITS)]
+    await _full(_turn(memory, cid, "r-over"))
+    assert await _count(memory, cid) == FITS  # nothing of the refused turn was written
+    # A retry of a turn already stored answers as before, full or not.
+    again = (await _turn(memory, cid, f"r{FITS - 1}")).interaction
+    assert again.interaction_id == stored[-1].interaction_id
+    # A new conversation still fits (a few hundred bytes); a longer summary or a larger
+    # turn does not, and leaves the stored one as it was.
+    await memory.stub.CreateConversation(pb.CreateConversationRequest(), metadata=ALICE)
+    await _full(
+        memory.stub.UpdateConversationSummary(
+            pb.UpdateConversationSummaryRequest(
+                conversation_id=cid, text=TEXT, through_interaction_id=stored[0].interaction_id
+            ),
+            metadata=ALICE,
+        )
+    )
+    bigger = pb.Interaction(interaction_id=stored[0].interaction_id)
+    bigger.additional_info.update({"note": TEXT})
+    await _full(
+        memory.stub.UpdateInteraction(
+            pb.UpdateInteractionRequest(
+                interaction=bigger, update_mask=field_mask_pb2.FieldMask(paths=["additional_info"])
+            ),
+            metadata=ALICE,
+        )
+    )
+    got = await memory.stub.GetInteraction(
+        pb.GetInteractionRequest(interaction_id=stored[0].interaction_id), metadata=ALICE
+    )
+    assert not got.interaction.HasField("additional_info")
+    # Another owner is not affected.
+    for _ in range(FITS):
+        await _turn(memory, await _conversation(memory, BOB), who=BOB)
+    # Deleting gives the bytes back.
+    await memory.stub.DeleteConversation(
+        pb.DeleteConversationRequest(conversation_id=cid), metadata=ALICE
+    )
+    other = await _conversation(memory)
+    for _ in range(FITS - 1):
+        await _turn(memory, other)
+
+
+async def test_concurrent_turns_at_the_limit_do_not_overshoot(
+    memory_factory: MemoryFactory,
+) -> None:
+    memory = await memory_factory(max_bytes_per_owner=LIMIT)
+    cids = [await _conversation(memory), await _conversation(memory)]
+    results = await asyncio.gather(
+        *(_turn(memory, cids[n % 2]) for n in range(4 * FITS)), return_exceptions=True
+    )
+    refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+    assert all(r.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for r in refused), refused
+    assert len(results) - len(refused) == FITS
+    assert sum([await _count(memory, cid) for cid in cids]) == FITS
+
+
+async def test_eviction_gives_bytes_back(memory_factory: MemoryFactory) -> None:
+    memory = await memory_factory(max_bytes_per_owner=LIMIT)
+    capped = await _conversation(memory, max_turns=2, summary_disabled=True)
+    for _ in range(3 * FITS):  # far more than the limit holds: the oldest go each time
+        await _turn(memory, capped)
+    assert await _count(memory, capped) == 2
+    # What is left: the two kept turns, and room for two more elsewhere.
+    other = await _conversation(memory)
+    await _turn(memory, other)
+    await _turn(memory, other)
+    await _full(_turn(memory, other))
+
+
+async def test_expired_conversations_give_their_room_back(memory_factory: MemoryFactory) -> None:
+    memory = await memory_factory(max_bytes_per_owner=LIMIT, max_conversations_per_owner=2)
+    short = await _conversation(memory)
+    for _ in range(FITS):
+        await _turn(memory, short)
+    kept = await _conversation(memory)
+    # Full, and nothing may expire: refused (and nothing to look for next time).
+    await _full(_turn(memory, kept))
+    await _full(
+        memory.stub.CreateConversation(pb.CreateConversationRequest(), metadata=ALICE),
+        "OWNER_CONVERSATIONS_FULL",
+    )
+    # Then one gets a time to live and is expired by Redis, without our code: the next
+    # write that would not fit finds out.
+    await memory.stub.UpdateConversation(
+        pb.UpdateConversationRequest(
+            conversation_id=short,
+            ttl=duration_pb2.Duration(seconds=1),
+            update_mask=field_mask_pb2.FieldMask(paths=["ttl"]),
+        ),
+        metadata=ALICE,
+    )
+    await _full(_turn(memory, kept))
+    await _until_gone(memory, short)
+    for _ in range(FITS - 1):
+        await _turn(memory, kept)
+    await _conversation(memory)
+
+
+async def test_conversations_are_bounded_per_owner(memory_factory: MemoryFactory) -> None:
+    memory = await memory_factory(max_conversations_per_owner=3)
+    cids = [await _conversation(memory) for _ in range(3)]
+    err = await rpc_error(
+        memory.stub.CreateConversation(pb.CreateConversationRequest(name="4th"), metadata=ALICE)
+    )
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    info = error_info(err)
+    assert info.reason == "OWNER_CONVERSATIONS_FULL" and info.metadata["limit"] == "3"
+    listed = await memory.stub.ListConversations(pb.ListConversationsRequest(), metadata=ALICE)
+    assert len(listed.conversations) == 3  # the refused one left nothing
+    await _conversation(memory, BOB)  # another owner is not affected
+    await memory.stub.DeleteConversation(
+        pb.DeleteConversationRequest(conversation_id=cids[0]), metadata=ALICE
+    )
+    await _conversation(memory)
+
+
+async def test_data_stored_before_the_accounting_is_counted_when_written(
+    memory_factory: MemoryFactory,
+) -> None:
+    memory = await memory_factory(max_bytes_per_owner=LIMIT)
+    cid = await _conversation(memory)
+    for _ in range(FITS):
+        await _turn(memory, cid)
+    # As a conversation stored by an older version: no accounting at all.
+    tag = MemoryStore(memory.redis, key_prefix=memory.settings.key_prefix).tag(
+        Owner("default", "alice")
+    )
+    assert await memory.redis.delete(keys.usage(tag)) == 1
+    # Its first write measures it: the turns it already holds count.
+    await _full(_turn(memory, cid))
+    assert int(await memory.redis.hget(keys.usage(tag), cid)) > FITS * len(TEXT)
+    await memory.stub.DeleteConversation(
+        pb.DeleteConversationRequest(conversation_id=cid), metadata=ALICE
+    )
+    assert int(await memory.redis.hget(keys.usage(tag), "total")) == 0
