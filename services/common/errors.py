@@ -228,29 +228,10 @@ def from_rpc_error(error: grpc.aio.AioRpcError, service: str = "") -> ServiceErr
                 )
     what = f"the {service} service" if service else "a downstream service"
     named = {"service": service} if service else {}
-    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN):
-        return Unavailable(
-            f"{what} is unavailable; try again shortly",
-            reason="DOWNSTREAM_UNAVAILABLE",
-            metadata=named,
-        )
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return DeadlineExceeded(
-            f"{what} did not answer in time", reason="DOWNSTREAM_TIMEOUT", metadata=named
-        )
-    if code == grpc.StatusCode.CANCELLED:
-        return Cancelled(
-            f"{what} cancelled the call; try again",
-            reason="DOWNSTREAM_CANCELLED",
-            metadata=named,
-        )
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        # In practice a message over a size limit, the gateway's or the service's.
-        return ResourceExhausted(
-            f"{what} refused the call: a message over a size limit, or no resources left",
-            reason="DOWNSTREAM_RESOURCE_EXHAUSTED",
-            metadata=named,
-        )
+    bare = _BARE_STATUS.get(code)
+    if bare is not None:
+        bare_cls, sentence, reason = bare
+        return bare_cls(f"{what} {sentence}", reason=reason, metadata=named)
     # UNIMPLEMENTED (another server, or an older service, at that address), INTERNAL from
     # a protocol error, a proxy's PERMISSION_DENIED ...: the deployment's fault, not the
     # caller's, whatever code it came with.
@@ -259,6 +240,37 @@ def from_rpc_error(error: grpc.aio.AioRpcError, service: str = "") -> ServiceErr
         reason="DOWNSTREAM_ERROR",
         metadata={**named, "downstream_code": code.name},
     )
+
+
+# A downstream status with no ErrorInfo of ours: the class, sentence and reason it becomes.
+_BARE_STATUS: dict[grpc.StatusCode, tuple[type[ServiceError], str, str]] = {
+    grpc.StatusCode.UNAVAILABLE: (
+        Unavailable,
+        "is unavailable; try again shortly",
+        "DOWNSTREAM_UNAVAILABLE",
+    ),
+    grpc.StatusCode.UNKNOWN: (
+        Unavailable,
+        "is unavailable; try again shortly",
+        "DOWNSTREAM_UNAVAILABLE",
+    ),
+    grpc.StatusCode.DEADLINE_EXCEEDED: (
+        DeadlineExceeded,
+        "did not answer in time",
+        "DOWNSTREAM_TIMEOUT",
+    ),
+    grpc.StatusCode.CANCELLED: (
+        Cancelled,
+        "cancelled the call; try again",
+        "DOWNSTREAM_CANCELLED",
+    ),
+    # In practice a message over a size limit, the gateway's or the service's.
+    grpc.StatusCode.RESOURCE_EXHAUSTED: (
+        ResourceExhausted,
+        "refused the call: a message over a size limit, or no resources left",
+        "DOWNSTREAM_RESOURCE_EXHAUSTED",
+    ),
+}
 
 
 def code_name(code: int) -> str:
