@@ -180,8 +180,10 @@ async def _interleaved(
     return rates
 
 
-# MemorySettings' default eviction_grace_turns, as the store passes it.
+# MemorySettings' default eviction_grace_turns and per-owner byte limit, as the store
+# passes them.
 EVICTION_GRACE = MemorySettings.model_fields["eviction_grace_turns"].default
+MAX_BYTES_PER_OWNER = MemorySettings.model_fields["max_bytes_per_owner"].default
 
 
 class _Floor:
@@ -203,8 +205,9 @@ class _Floor:
             iid, now = self._ids.new()
             keys = [f"{tag}:conv:{cid}", f"{tag}:conv:{cid}:ints", f"{tag}:int:{iid}",
                     f"{tag}:convs", f"{tag}:req:"]  # fmt: skip
-            # As the store sends them: no traces, the default eviction grace.
-            args = [ANONYMOUS, tag, cid, iid, now, "", 1000, data, b"", EVICTION_GRACE]
+            # As the store sends them: no traces, the default eviction grace and limit.
+            args = [ANONYMOUS, tag, cid, iid, now, "", 1000, data, b"", EVICTION_GRACE,
+                    MAX_BYTES_PER_OWNER]  # fmt: skip
             return self._script(keys=keys, args=args)
 
         return create

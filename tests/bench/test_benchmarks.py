@@ -79,6 +79,16 @@ async def test_cache_bench_serves_repeats_from_the_cache() -> None:
     assert figures["cached 10-hit GenerativeSearch p50"].value > 0
 
 
+async def test_memory_bench_runs_the_service_beside_its_floors() -> None:
+    """bench/memory.py runs the store's own create script through redis-py as its floor,
+    with the store's arguments: a change to the script's arguments must reach it too."""
+    figures = await summary(
+        "memory", "--rounds", "1", "--slice", "0.2", "--in-flight", "1", "--modes", "standalone"
+    )
+    assert figures["CreateInteraction standalone x1"].value > 0
+    assert figures["CreateInteraction standalone x1 / redis-py"].value > 0
+
+
 async def test_memory_by_conversation_length_runs() -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
