@@ -84,11 +84,13 @@ async def test_a_long_call_keeps_its_slot_past_its_first_lease(
 ) -> None:
     # A tenant cannot outwait its slots: a call without a deadline that runs for several
     # leases still holds its slot (the lease is renewed), so a second call is refused.
-    quotas, redis = _quotas(redis_server.url, concurrent_calls=1, lease=0.3)
+    # A lease of 1 s (renewed every third of it): with 0.3 s, one renewal delayed 0.2 s
+    # by a loaded CI machine let the slot lapse.
+    quotas, redis = _quotas(redis_server.url, concurrent_calls=1, lease=1.0)
     try:
         _as_tenant("heidi")
         async with quotas.admit("/x/Y", _Context(None)):  # type: ignore[arg-type]
-            await asyncio.sleep(1.2)  # four leases
+            await asyncio.sleep(3.0)  # three leases
             with pytest.raises(QuotaExceeded):
                 async with quotas.admit("/x/Y", _Context(None)):  # type: ignore[arg-type]
                     pass
@@ -101,17 +103,17 @@ async def test_a_long_call_keeps_its_slot_past_its_first_lease(
 async def test_a_crashed_replicas_renewed_slots_free_themselves_within_a_lease(
     redis_server: RedisProcess,
 ) -> None:
-    quotas, redis = _quotas(redis_server.url, concurrent_calls=1, lease=0.3)
+    quotas, redis = _quotas(redis_server.url, concurrent_calls=1, lease=1.0)
     try:
         _as_tenant("ivan")
         crashed = quotas.admit("/x/Y", _Context(None))  # type: ignore[arg-type]
         await crashed.__aenter__()  # entered, never left ...
-        await asyncio.sleep(0.5)  # ... renewed while its replica lived,
+        await asyncio.sleep(1.5)  # ... renewed past its first lease while its replica lived,
         with pytest.raises(QuotaExceeded):
             async with quotas.admit("/x/Y", _Context(None)):  # type: ignore[arg-type]
                 pass
         _stop_renewals()  # ... which then "crashed"
-        await asyncio.sleep(0.5)  # the lease (0.3 s) ended
+        await asyncio.sleep(1.5)  # the lease (1 s) ended
         async with quotas.admit("/x/Y", _Context(None)):  # type: ignore[arg-type]
             pass
     finally:
