@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -211,7 +212,13 @@ def from_rpc_error(error: grpc.aio.AioRpcError, service: str = "") -> ServiceErr
     cls = _BY_CODE.get(code)
     if cls is None:
         cls = Unavailable if code == grpc.StatusCode.UNKNOWN else Internal
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    try:
+        status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    except (ValueError, DecodeError):
+        # A details trailer that does not parse, or names another code or message than
+        # the status it came with (a proxy rewriting one and not the other): not ours.
+        # grpc_status raises on it, which failed the gateway's call as a bare INTERNAL.
+        status = None
     if status is not None:
         for detail in status.details:
             if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):

@@ -274,6 +274,36 @@ async def test_an_error_info_of_another_domain_is_not_relayed(
     _assert_clean(caught.value, grpc.StatusCode.PERMISSION_DENIED, "retrieval")
 
 
+@pytest.mark.parametrize("details", ["other code", "other message", "garbage"])
+async def test_a_details_trailer_that_does_not_match_its_status_is_not_relayed(
+    stack_factory: StackFactory, scripted: Scripted, details: str
+) -> None:
+    """QA: a proxy that rewrites the status but not grpc-status-details-bin (or sends one
+    that does not parse) made grpc_status raise in the gateway: a bare INTERNAL."""
+    stack = await stack_factory(generation=False, retrieval_addr=scripted.address)
+    text = f"upstream connect error: {INTERNAL_ADDRESS}: reset"
+    info = any_pb2.Any()
+    info.Pack(error_details_pb2.ErrorInfo(reason="SCRIPTED", domain="gensearch"))
+    proto = status_pb2.Status(
+        code=grpc.StatusCode.UNAVAILABLE.value[0], message=text, details=[info]
+    )
+    if details == "other code":
+        proto.code = grpc.StatusCode.INTERNAL.value[0]
+    elif details == "other message":
+        proto.message = "something else"
+    raw = b"\xff\xff\x01" if details == "garbage" else proto.SerializeToString()
+    status = _BareStatus(grpc.StatusCode.UNAVAILABLE, text)
+    status.trailing_metadata = (("grpc-status-details-bin", raw),)
+    scripted.status = status
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stack.retrieval.Search(
+            ret_pb.SearchRequest(collection="Books", keyword=ret_pb.Keyword(text="x")),
+            metadata=ALICE,
+            timeout=10,
+        )
+    _assert_clean(caught.value, grpc.StatusCode.UNAVAILABLE, "retrieval")
+
+
 async def test_a_service_nobody_listens_for_is_named(stack_factory: StackFactory) -> None:
     # The channel's own UNAVAILABLE ("failed to connect to all addresses; last error: ...
     # ipv4:127.0.0.1:<port>: Connection refused"): the service in the message and metadata.
