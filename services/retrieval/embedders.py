@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+import numpy as np
 import openai
 from aiohttp.abc import AbstractResolver
 from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
@@ -38,7 +39,7 @@ from services.common.openai_api import ATTEMPTS, OpenAIClients, authorized, upst
 from services.common.tracing import service_tracer
 from services.common.upstream_retry import Deadline, Retrier, RetryPolicy, is_transient, server_wait
 from services.retrieval.endpoints import ALLOWLIST_SETTING
-from services.retrieval.schema import Schema
+from services.retrieval.schema import Schema, unit_vector
 from services.retrieval.settings import RetrievalSettings
 
 # Weights come from disk; a missing file must fail, not trigger a download.
@@ -154,9 +155,11 @@ class OpenAIEmbedder:
         retry: RetryPolicy,
         batch_size: int,
         collection: str = "",
+        cosine: bool = False,
     ) -> None:
         self._client, self._headers = authorized(client, api_key)
         self._collection = collection
+        self._cosine = cosine
         self._base_url = base_url
         self._host = urlsplit(base_url).hostname or "embeddings"
         self._model = model
@@ -250,7 +253,19 @@ class OpenAIEmbedder:
                     "nothing was written",
                     reason="EMBEDDINGS_UNAVAILABLE",
                 )
-        return vectors
+        if not self._cosine:
+            return vectors
+        # As a caller's vectors (schema.check_vector): the engine normalises cosine vectors
+        # in float32, where [1e20] * 16 was stored as all zeros, and a zero vector has no
+        # direction (stored silently, scoring 0 against everything).
+        units = [unit_vector(np.asarray(vector, dtype=np.float64)) for vector in vectors]
+        if any(unit is None for unit in units):
+            raise Unavailable(
+                "the embeddings endpoint returned a vector of length 0, which cosine "
+                "distance cannot use; nothing was written",
+                reason="EMBEDDINGS_UNAVAILABLE",
+            )
+        return [unit for unit in units if unit is not None]
 
 
 def _problem(err: BaseException) -> str:
@@ -316,6 +331,7 @@ class Embedders:
                 retry=self._retry,
                 batch_size=self._settings.embed_batch_size,
                 collection=schema.name,
+                cosine=schema.distance == "cosine",
             )
         raise FailedPrecondition(
             f"collection {schema.name!r} has no vectorizer", reason="NO_VECTORIZER"

@@ -400,14 +400,25 @@ def check_vector(vector: Sequence[float], schema: Schema, field: str) -> list[fl
     # unnormalised, it scored ~0 against its own direction). Normalised here in float64,
     # where no float32 input (the proto's values are floats) overflows or underflows;
     # length 0 has no direction at all.
-    length = float(np.linalg.norm(values))
-    if length == 0.0:
+    unit = unit_vector(values)
+    if unit is None:
         raise InvalidArgument(
             f"{field} has length 0: cosine distance needs a direction",
             field=field,
             reason="ZERO_VECTOR",
         )
-    return (values / length).tolist()
+    return unit
+
+
+def unit_vector(values: np.ndarray) -> list[float] | None:
+    """``values`` (finite) scaled to length 1 in float64, or None for length 0. Scaled by
+    the largest value first: an embeddings endpoint's JSON numbers are doubles, and the
+    length of [1e200] * 16 overflows even float64 (to all zeros again)."""
+    largest = float(np.max(np.abs(values))) if values.size else 0.0
+    if largest == 0.0:
+        return None
+    values = values / largest
+    return (values / float(np.linalg.norm(values))).tolist()
 
 
 def prepare_object(

@@ -250,3 +250,36 @@ async def test_a_vector_holding_nan_or_infinity_is_unavailable_and_writes_nothin
         grpc.StatusCode.UNAVAILABLE,
     )
     assert error_info(err).reason == "EMBEDDINGS_UNAVAILABLE"
+
+
+async def test_cosine_vectors_of_the_endpoint_are_normalised_like_a_callers(
+    stub: Any, fake: FakeOpenAI
+) -> None:
+    # QA: the endpoint's vectors skipped check_vector's float64 normalisation: [1e20] * 16
+    # (finite, so accepted) overflowed the engine's float32 length and was stored as all
+    # zeros, and an all-zero vector was stored, scoring 0 against everything.
+    fake.embedding_override = lambda text: [1e20] * 16
+    written = await stub.UpsertObjects(
+        pb.UpsertObjectsRequest(collection="Remote", objects=[obj({"title": "x"})])
+    )
+    got = await stub.GetObject(
+        pb.GetObjectRequest(collection="Remote", id=written.ids[0], include_vector=True)
+    )
+    assert list(got.object.vector) == pytest.approx([0.25] * 16)
+    fake.embedding_override = lambda text: [1e200] * 16  # a double: float64 overflows too
+    res = await stub.Search(pb.SearchRequest(collection="Remote", near_text=pb.NearText(text="x")))
+    assert res.hits[0].score == pytest.approx(1.0, abs=1e-4)
+    fake.embedding_override = lambda text: [0.0] * 16
+    err = await expect_error(
+        stub.UpsertObjects(
+            pb.UpsertObjectsRequest(collection="Remote", objects=[obj({"title": "y"})])
+        ),
+        grpc.StatusCode.UNAVAILABLE,
+    )
+    assert error_info(err).reason == "EMBEDDINGS_UNAVAILABLE"
+    assert (await stub.CountObjects(pb.CountObjectsRequest(collection="Remote"))).count == 1
+    err = await expect_error(
+        stub.Search(pb.SearchRequest(collection="Remote", near_text=pb.NearText(text="x"))),
+        grpc.StatusCode.UNAVAILABLE,
+    )
+    assert error_info(err).reason == "EMBEDDINGS_UNAVAILABLE"
