@@ -493,7 +493,15 @@ def coerce_value(data_type: int, value: Any, path: str) -> Any:
         if isinstance(value, bool):
             return value
     elif data_type == pb.DATA_TYPE_DATE and isinstance(value, str):
-        return format_date(parse_date(value, path))
+        parsed = parse_date(value, path)
+        try:
+            return format_date(parsed)
+        except OverflowError:
+            # Stored in UTC: "0001-01-01T00:00:00+01:00" is in year 0 there, which datetime
+            # cannot hold (it failed the whole batch with INTERNAL).
+            raise ObjectInvalid(
+                path, f"{quote(value)} is before year 1 or after year 9999 in UTC"
+            ) from None
     raise ObjectInvalid(path, f"expected {expected}, got {_describe(value)}")
 
 

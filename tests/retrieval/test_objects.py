@@ -89,6 +89,8 @@ async def test_invalid_objects_reported_rest_lands(stub: Any) -> None:
         obj({"date": "May 1st"}, vector=V),
         # fromisoformat reads up to the NUL only: the rest must not be dropped unseen.
         obj({"date": "2024-05-01T12:00:00Z\x00; and more"}, vector=V),
+        # In year 0 in UTC, where dates are stored: failed the whole batch with INTERNAL.
+        obj({"date": "0001-01-01T00:00:00+01:00"}, vector=V),
         obj({"published": "yes"}, vector=V),
         obj({"title": "x"}, id="not-a-uuid", vector=V),
         obj({"title": "x"}, vector=[1.0, 2.0]),  # dimension mismatch
@@ -104,13 +106,15 @@ async def test_invalid_objects_reported_rest_lands(stub: Any) -> None:
         (4, "properties.tags"),
         (5, "properties.date"),
         (6, "properties.date"),
-        (7, "properties.published"),
-        (8, "id"),
-        (9, "vector"),
+        (7, "properties.date"),
+        (8, "properties.published"),
+        (9, "id"),
         (10, "vector"),
+        (11, "vector"),
     ]
     assert all(e.message for e in resp.errors)
-    assert resp.errors[7].id == "not-a-uuid"
+    assert "year 1" in resp.errors[6].message
+    assert resp.errors[8].id == "not-a-uuid"
     assert await count(stub) == 2
 
 
