@@ -230,8 +230,16 @@ class Spent:
         self.upstream_calls += result.upstream_calls
 
 
+# Usage's fields are int32. Generation believes at most 10 M tokens per field and call,
+# but a request's sum over its hits is not bounded that way: 220 hits (max_hits and
+# retrieval's max_limit go to 10,000) of a provider reporting 10 M + 10 M tokens overflowed
+# total_tokens, and protobuf's ValueError failed the whole request with INTERNAL. A sum
+# that large is a broken provider's anyway: it stops at the field's largest value.
+MAX_USAGE = 2**31 - 1
+
+
 def add_usage(total: gen_pb.Usage, more: gen_pb.Usage) -> None:
-    total.prompt_tokens += more.prompt_tokens
-    total.completion_tokens += more.completion_tokens
-    total.total_tokens += more.total_tokens
+    total.prompt_tokens = min(total.prompt_tokens + more.prompt_tokens, MAX_USAGE)
+    total.completion_tokens = min(total.completion_tokens + more.completion_tokens, MAX_USAGE)
+    total.total_tokens = min(total.total_tokens + more.total_tokens, MAX_USAGE)
     total.estimated = total.estimated or more.estimated

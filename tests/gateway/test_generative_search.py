@@ -417,3 +417,26 @@ async def test_single_prompt_is_parsed_once_per_request(
     answer = await stack.stub.GenerateOnObjects(inline, metadata=ALICE)
     assert answer.hits[0].generation.result.endswith("Summarise Tea")
     assert sources == [prompt] * 3
+
+
+async def test_a_huge_usage_sum_saturates_instead_of_failing(
+    stack_factory: StackFactory,
+) -> None:
+    # QA: each call's usage is bounded (10 M tokens a field), the sum over hits was not:
+    # 220 hits of 10 M + 10 M tokens overflowed the int32 total_tokens and the whole
+    # request failed with INTERNAL.
+    stack = await stack_factory(max_hits=220, shared={"max_limit": 220})
+    books = [{"title": f"t{i}", "body": "b", "year": 2000, "tags": []} for i in range(220)]
+    await create_books(stack, books=books)
+    stack.fake.usage_override = {
+        "prompt_tokens": 10_000_000,
+        "completion_tokens": 10_000_000,
+        "total_tokens": None,  # not a count: generation adds up the two
+    }
+    response = await stack.stub.GenerativeSearch(
+        _near(limit=220, single_prompt="{title}"), metadata=ALICE, timeout=60
+    )
+    assert len(response.hits) == 220
+    assert all(h.generation.usage.total_tokens == 20_000_000 for h in response.hits)
+    assert response.usage.total_tokens == 2**31 - 1
+    assert response.usage.prompt_tokens == 2**31 - 1  # 2.2e9 too
