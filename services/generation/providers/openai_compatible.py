@@ -571,8 +571,8 @@ def _parse_completion(data: object, request: CompletionRequest, debug: DebugInfo
 # The most tokens one call's usage may report and be believed. Counts past it (or below 0)
 # are a broken provider's: they failed the call with INTERNAL (a Prometheus counter refuses
 # a negative increment, an int32 Usage field a count past 2**31 - 1), so such usage is
-# treated as absent and estimated. 10 M is far beyond any context window, and the gateway's
-# sums over 200 calls still fit an int32.
+# treated as absent and estimated. 10 M is far beyond any context window; the gateway's
+# sum over a request's hits saturates at the int32 maximum (add_usage).
 MAX_REPORTED_TOKENS = 10_000_000
 
 
