@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
-import math
 import os
 import threading
 import time
@@ -245,20 +244,21 @@ class OpenAIEmbedder:
                     f"the collection expects {self._dimensions}",
                     reason="EMBEDDING_DIMENSION_MISMATCH",
                 )
-            if not all(math.isfinite(x) for x in vector):
-                # JSON parsers here take NaN and 1e309 (infinity): such a vector was stored
-                # (never found again) or searched with (no hits, no error), silently.
-                raise Unavailable(
-                    "the embeddings endpoint returned a vector holding NaN or infinity; "
-                    "nothing was written",
-                    reason="EMBEDDINGS_UNAVAILABLE",
-                )
+        arrays = [np.asarray(vector, dtype=np.float64) for vector in vectors]
+        if not all(np.isfinite(array).all() for array in arrays):
+            # JSON parsers here take NaN and 1e309 (infinity): such a vector was stored
+            # (never found again) or searched with (no hits, no error), silently.
+            raise Unavailable(
+                "the embeddings endpoint returned a vector holding NaN or infinity; "
+                "nothing was written",
+                reason="EMBEDDINGS_UNAVAILABLE",
+            )
         if not self._cosine:
             return vectors
         # As a caller's vectors (schema.check_vector): the engine normalises cosine vectors
         # in float32, where [1e20] * 16 was stored as all zeros, and a zero vector has no
         # direction (stored silently, scoring 0 against everything).
-        units = [unit_vector(np.asarray(vector, dtype=np.float64)) for vector in vectors]
+        units = [unit_vector(array) for array in arrays]
         if any(unit is None for unit in units):
             raise Unavailable(
                 "the embeddings endpoint returned a vector of length 0, which cosine "
