@@ -74,14 +74,17 @@ def _server_span(spans: InMemorySpanExporter, method: str) -> ReadableSpan:
     return span
 
 
-async def _server_finished(spans: InMemorySpanExporter, count: int) -> None:
-    """Wait for ``count`` server spans. A failed call's status reaches the client as the
-    servicer aborts, a moment before the chassis ends its span and writes its access line."""
+async def _server_finished(
+    spans: InMemorySpanExporter, count: int, kind: SpanKind = SpanKind.SERVER
+) -> None:
+    """Wait for ``count`` spans of ``kind``. A failed call's status reaches the client as the
+    servicer aborts, a moment before the chassis ends its span and writes its access line;
+    a streaming call's client span ends from a task once its status is in."""
     for _ in range(500):
-        if sum(s.kind == SpanKind.SERVER for s in spans.get_finished_spans()) >= count:
+        if sum(s.kind == kind for s in spans.get_finished_spans()) >= count:
             return
         await asyncio.sleep(0.01)
-    raise AssertionError(f"fewer than {count} server spans ended")
+    raise AssertionError(f"fewer than {count} {kind.name} spans ended")
 
 
 def _client_span(spans: InMemorySpanExporter, method: str) -> ReadableSpan:
@@ -135,6 +138,7 @@ async def test_every_call_shape_carries_the_trace(
         async for _ in stream:
             pass
     await _server_finished(spans, 4)
+    await _server_finished(spans, 4, SpanKind.CLIENT)
     for method in ("WhoAmI", "Collect", "Chat", "Stream"):
         # client span -> traceparent in the call's metadata -> server span
         server, client = _server_span(spans, method), _client_span(spans, method)
