@@ -100,6 +100,12 @@ class ImportResult:
     imported: int = 0
     seconds: float = 0.0
     errors: list[LineError] = field(default_factory=list)
+    # Objects the service rejected beyond those it listed (its max_import_errors).
+    unlisted: int = 0
+
+    @property
+    def failed(self) -> int:
+        return len(self.errors) + self.unlisted
 
     @property
     def rate(self) -> float:
@@ -199,6 +205,7 @@ async def import_objects(
     if progress:  # every line read, malformed ones included
         progress.finish(len(line_of) + len(result.errors))
     result.received, result.imported = written.received, written.imported
+    result.unlisted = written.received - written.imported - len(written.errors)
     for err in written.errors:
         line = line_of[err.index] if 0 <= err.index < len(line_of) else -1
         result.errors.append(LineError(line, err.message, err.id, err.field))
@@ -238,7 +245,7 @@ async def run(client: Client, args: argparse.Namespace) -> int:
             progress=progress,
             chunker=chunker,
         )
-    failed = len(result.errors)
+    failed = result.failed
     if args.json:
         dump_json(
             {
@@ -258,6 +265,13 @@ async def run(client: Client, args: argparse.Namespace) -> int:
         )
         for err in result.errors[: args.show_errors]:
             note(f"  {err}")
-        if failed > args.show_errors:
-            note(f"  ... and {failed - args.show_errors} more (--show-errors N, or --json)")
+        if len(result.errors) > args.show_errors:
+            more = len(result.errors) - args.show_errors
+            note(f"  ... and {more} more (--show-errors N, or --json)")
+        if result.unlisted:
+            note(
+                f"  ... and {result.unlisted} more the service rejected without listing them "
+                "(more than its GENSEARCH_RETRIEVAL_MAX_IMPORT_ERRORS in one call: "
+                "lower --objects-per-call)"
+            )
     return PARTIAL if failed else 0

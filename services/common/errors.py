@@ -309,20 +309,23 @@ def note_imported(
     resume: retrieval for a failure of its own, the gateway for one of the stream it relays.
     ``rejected``: the stream positions of the objects earlier messages did not store (their
     ObjectErrors die with the answer), as ``rejected_indexes`` — without them a client
-    knew how many objects were lost, not which."""
+    knew how many objects were lost, not which. It may hold only the first of them
+    (retrieval lists at most max_import_errors); the value then ends ``",…"``."""
     err.metadata.update({"received_count": str(received), "imported_count": str(imported)})
     if rejected:
-        err.metadata["rejected_indexes"] = _index_list(rejected)
+        err.metadata["rejected_indexes"] = _index_list(
+            rejected, more=len(rejected) < received - imported
+        )
     err.message += f" (message {message_no}; {imported} objects imported before it)"
 
 
-def _index_list(indexes: Sequence[int]) -> str:
-    """``"3,17,42"``; cut to fit a metadata value, then ending ``",…"`` (the count of them
-    is ``received_count - imported_count``)."""
+def _index_list(indexes: Sequence[int], more: bool) -> str:
+    """``"3,17,42"``; cut to fit a metadata value, and when cut or ``more`` are not listed,
+    ending ``",…"`` (the count of them is ``received_count - imported_count``)."""
     text = ""
     for index in indexes:
         part = f"{',' if text else ''}{index}"
         if len(text) + len(part) > MAX_METADATA_CHARS - 2:
             return text + ",…"
         text += part
-    return text
+    return text + ",…" if more else text

@@ -140,7 +140,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
                 result = await self._write(schema, message.objects, received)
                 received += len(message.objects)
                 imported += len(result.ids)
-                errors.extend(result.errors)
+                errors.extend(result.errors[: self._settings.max_import_errors - len(errors)])
                 message_no += 1
         except ServiceError as err:
             # Earlier messages are stored; say so, so the client knows where to resume. The
@@ -155,7 +155,10 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
             with self._dropped(schema):
                 await self._store.optimize(schema.store_name)
         return pb.ImportObjectsResponse(
-            received_count=received, imported_count=imported, errors=errors
+            received_count=received,
+            imported_count=imported,
+            errors=errors,
+            errors_truncated=len(errors) < received - imported,
         )
 
     async def _write(self, schema: Schema, objects: Any, first_index: int) -> Any:

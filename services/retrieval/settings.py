@@ -71,6 +71,12 @@ class RetrievalSettings(CommonSettings):
     max_offset: int = Field(default=10_000, ge=0, le=1_000_000)
     # Objects per UpsertObjects request and per ImportObjects message.
     max_batch_size: int = Field(default=1000, ge=1, le=100_000)
+    # ObjectErrors one ImportObjects answer lists; later rejections are counted only
+    # (received_count - imported_count, errors_truncated). A stream has no length limit:
+    # without this, a long stream of bad objects grew the answer past a client's default
+    # 4 MiB receive limit (and the server's memory with it), and the client lost the whole
+    # answer, counts included.
+    max_import_errors: int = Field(default=1000, ge=0, le=100_000)
     # Ids one BatchGetObjects may name (the gateway's GenerateOnObjects sends up to its
     # max_hits ids in one call: keep this at least that).
     max_get_ids: int = Field(default=1000, ge=1, le=100_000)

@@ -294,6 +294,24 @@ def test_import_in_several_streams_maps_errors_to_lines(cli: Any, tmp_path: Path
     assert int(shown["object_count"]) == 24
 
 
+def test_import_counts_rejections_the_service_did_not_list(cli: Any, tmp_path: Path) -> None:
+    # One call of 1,002 bad objects: retrieval lists the first 1,000 (its default
+    # max_import_errors) and counts the rest; the report's total must not lose them.
+    name = new_name()
+    cli("collections", "create", "--name", name, "--property", "n:int",
+        "--vectorizer", "none", "--dimensions", "2")  # fmt: skip
+    rows = [{"properties": {"n": "x"}, "vector": [1, 0]} for _ in range(1002)]
+    path = tmp_path / "bad.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    one_call = ("--collection", name, "--batch-size", "500", "--objects-per-call", "2000")
+    report = json.loads(cli("import", str(path), *one_call, "--json").out)
+    assert (report["received"], report["imported"], report["failed"]) == (1002, 0, 1002)
+    assert len(report["errors"]) == 1000
+    result = cli("import", str(path), *one_call)
+    assert result.code == 2 and "1002 failed" in result.out
+    assert "2 more the service rejected without listing them" in result.err
+
+
 def test_import_into_a_missing_collection_is_one_error(cli: Any, tmp_path: Path) -> None:
     path = tmp_path / "one.jsonl"
     path.write_text('{"title": "x"}\n')

@@ -87,6 +87,9 @@ async def test_import_reports_each_rejected_object(client: AsyncGensearch) -> No
     result = await books.data.import_(objects, batch_size=1, objects_per_call=2)
     assert result.received == 4 and result.imported == 2
     assert [(e.index, e.field) for e in result.errors] == [(1, "properties.year"), (2, "id")]
+    assert not result.ok and not result.errors_truncated
+    # Past the service's max_import_errors only the count says an object was rejected.
+    assert not types.WriteResult(received=3, imported=1, errors_truncated=True).ok
     assert (await books.count()) == 5
     assert await books.count(Filter.by_property("year") > 1960) == 4
     written = await books.data.insert_many([{"title": "Ubik", "year": 1969}, {"year": 1.5}])

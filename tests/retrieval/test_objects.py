@@ -183,6 +183,36 @@ async def test_a_failed_import_says_which_objects_earlier_messages_rejected(
     assert listed.startswith("0,1,2,") and listed.endswith(",…") and len(listed) <= 256
 
 
+async def test_an_import_lists_at_most_max_import_errors_rejections(make_retrieval: Any) -> None:
+    # A stream has no length limit: every rejection listed grew the answer past a client's
+    # 4 MiB receive limit. The first ones are listed; the count covers all of them.
+    stub = (await make_retrieval(max_batch_size=50, max_import_errors=3)).stub
+    await stub.CreateCollection(pb.CreateCollectionRequest(collection=vector_collection("A", DIMS)))
+    good = article_objects()
+    wrong = obj({"title": "x"}, vector=[1.0])  # wrong dimensions
+
+    async def stream(*batches: list[pb.DataObject]) -> AsyncIterator[pb.ImportObjectsRequest]:
+        for batch in batches:
+            yield pb.ImportObjectsRequest(collection="A", objects=batch)
+
+    answer = await stub.ImportObjects(stream([wrong, good[0], wrong], [wrong, wrong, good[1]]))
+    assert (answer.received_count, answer.imported_count) == (6, 2)
+    assert [e.index for e in answer.errors] == [0, 2, 3]
+    assert answer.errors_truncated
+    answer = await stub.ImportObjects(stream([good[2], wrong], [wrong]))
+    assert [e.index for e in answer.errors] == [1, 2] and not answer.errors_truncated
+
+    async def then_too_large() -> AsyncIterator[pb.ImportObjectsRequest]:
+        yield pb.ImportObjectsRequest(collection="A", objects=[wrong] * 5)
+        yield pb.ImportObjectsRequest(objects=good[:1] * 51)
+
+    err = await expect_error(
+        stub.ImportObjects(then_too_large()), grpc.StatusCode.INVALID_ARGUMENT, "objects"
+    )
+    # Only the listed ones are known by index; the value says there are more.
+    assert error_info(err).metadata["rejected_indexes"] == "0,1,2,…"
+
+
 def _too_deep() -> bytes:
     """An import message nested past protobuf's parsing limit (100 message levels)."""
     message = pb.ImportObjectsRequest()

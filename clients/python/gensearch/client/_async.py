@@ -488,6 +488,7 @@ class Data:
             result.received += part.received
             result.imported += part.imported
             result.errors.extend(part.errors)
+            result.errors_truncated |= part.errors_truncated
         return result
 
     async def import_iter(
@@ -526,6 +527,7 @@ class Data:
                 errors=errors,
                 received=int(reply.received_count),
                 imported=int(reply.imported_count),
+                errors_truncated=reply.errors_truncated,
             )
             offset += len(chunk)
             if len(chunk) < per_call:

@@ -302,10 +302,13 @@ class WriteResult:
     errors: list[ObjectError] = field(default_factory=list)
     received: int = 0
     imported: int = 0
+    # An import rejected more objects than the service lists (its max_import_errors):
+    # received - imported counts them all.
+    errors_truncated: bool = False
 
     @property
     def ok(self) -> bool:
-        return not self.errors
+        return not self.errors and self.received == self.imported
 
 
 @_proto("gensearch.retrieval.v1.Hit")

@@ -291,14 +291,16 @@ class ImportObjectsRequest(_message.Message):
     def __init__(self, collection: _Optional[str] = ..., objects: _Optional[_Iterable[_Union[DataObject, _Mapping]]] = ...) -> None: ...
 
 class ImportObjectsResponse(_message.Message):
-    __slots__ = ("received_count", "imported_count", "errors")
+    __slots__ = ("received_count", "imported_count", "errors", "errors_truncated")
     RECEIVED_COUNT_FIELD_NUMBER: _ClassVar[int]
     IMPORTED_COUNT_FIELD_NUMBER: _ClassVar[int]
     ERRORS_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     received_count: int
     imported_count: int
     errors: _containers.RepeatedCompositeFieldContainer[ObjectError]
-    def __init__(self, received_count: _Optional[int] = ..., imported_count: _Optional[int] = ..., errors: _Optional[_Iterable[_Union[ObjectError, _Mapping]]] = ...) -> None: ...
+    errors_truncated: bool
+    def __init__(self, received_count: _Optional[int] = ..., imported_count: _Optional[int] = ..., errors: _Optional[_Iterable[_Union[ObjectError, _Mapping]]] = ..., errors_truncated: _Optional[bool] = ...) -> None: ...
 
 class GetObjectRequest(_message.Message):
     __slots__ = ("collection", "id", "include_vector")
