@@ -12,7 +12,6 @@ sends.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 
 import grpc
@@ -20,6 +19,8 @@ from google.protobuf import any_pb2
 from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
+
+from services.common.text import clean_text
 
 DOMAIN = "gensearch"
 # Longest message, field name and metadata value a status carries (characters); the
@@ -47,16 +48,8 @@ def quote(value: str, limit: int = QUOTE_CHARS) -> str:
     return f"{value[:limit]!r}… ({len(value)} characters)"
 
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
 def _cut(text: str, limit: int) -> str:
-    text = text if len(text) <= limit else text[: limit - 1] + "…"
-    if _SURROGATE.search(text) is not None:
-        # A status travels as UTF-8: a lone UTF-16 surrogate (an upstream's JSON "\ud83d"
-        # quoted in a message) made it unsendable, and the caller got a bare UNKNOWN.
-        text = text.encode("utf-8", "replace").decode("utf-8")
-    return text
+    return clean_text(text if len(text) <= limit else text[: limit - 1] + "…")
 
 
 class ServiceError(Exception):

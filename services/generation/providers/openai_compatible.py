@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import re
 import time
 from collections.abc import AsyncGenerator
 from typing import Any
@@ -34,6 +33,7 @@ from services.common.openai_api import (
     record_usage,
     upstream_span,
 )
+from services.common.text import clean_text
 from services.common.tracing import service_tracer
 from services.common.upstream_retry import Deadline, Retrier, RetryPolicy
 from services.generation.admission import Limiters, Permit, ProviderLimiter
@@ -67,18 +67,6 @@ log = logging.getLogger("gensearch.generation.openai")
 
 # GENSEARCH_GENERATION_MAX_ANSWER_CHARS's default (settings.py says why there is one).
 DEFAULT_MAX_ANSWER_CHARS = 1_000_000
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def clean_text(text: str) -> str:
-    """``text`` with its UTF-16 surrogates made valid: a JSON answer may escape half a
-    character (``"\\ud83d"``, from a server that cut an emoji between tokens), which no
-    protobuf string can carry: it failed the call with INTERNAL. Pairs are joined, lone
-    halves become U+FFFD."""
-    if _SURROGATE.search(text) is None:
-        return text
-    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 class OpenAICompatibleProvider(Provider):
