@@ -425,8 +425,7 @@ def _updated(settings: S, **update: Any) -> S:
     settings (``load_settings``): pydantic's ``model_copy(update=...)`` validates nothing,
     so an address or URL computed here (an IPv6 host without brackets once) reached the
     service unchecked. A ``ValidationError`` is reported by ``start`` as a setting."""
-    fresh = type(settings).model_validate({**settings.model_dump(), **update})
-    fresh._keys = settings._keys  # the API keys already checked, not read again
+    fresh = settings.validated_copy(**update)
     problems = fresh.problems()
     if problems:
         raise CliError(f"invalid setting: {'; '.join(problems)}")

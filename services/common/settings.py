@@ -23,7 +23,7 @@ import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, Self, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator
@@ -204,6 +204,14 @@ class CommonSettings(BaseSettings):
         if self._keys is None or self._keys[0] != source:
             self._keys = (source, load_keys(self.api_keys.get_secret_value(), self.api_keys_file))
         return dict(self._keys[1])
+
+    def validated_copy(self, **update: Any) -> Self:
+        """These settings with ``update`` applied and validated as ``load_settings``
+        validates them (pydantic's ``model_copy(update=...)`` validates nothing), keeping
+        the API keys already parsed rather than reading the keys file again."""
+        fresh = self.model_validate({**self.model_dump(), **update})
+        fresh._keys = self._keys
+        return fresh
 
     def problems(self) -> list[str]:
         """What is wrong in a setting built from several variables (beyond one field's

@@ -214,3 +214,17 @@ def test_up_validates_the_addresses_it_gives_the_gateway() -> None:
     with pytest.raises(ValidationError, match="memory_addr"):
         stack_mod._updated(settings, memory_addr="::1:50051")
     assert stack_mod._updated(settings, memory_addr="[::1]:50051").memory_addr == "[::1]:50051"
+
+
+def test_settings_updated_by_up_keep_the_keys_already_read(tmp_path: Path) -> None:
+    """A keys file rotated or removed after start-up read it is not read again by the copy
+    ``up`` makes (it would start the service with keys nobody checked)."""
+    from services.gateway.settings import GatewaySettings
+
+    keys = tmp_path / "keys"
+    keys.write_text('keys:\n  - {key: "key-alice", user: alice, tenant: acme, role: admin}\n')
+    settings = GatewaySettings(api_keys_file=keys)  # type: ignore[call-arg]
+    assert list(settings.api_key_map()) == ["key-alice"]
+    keys.unlink()
+    copy = stack_mod._updated(settings, memory_addr="[::1]:50051")
+    assert list(copy.api_key_map()) == ["key-alice"]
