@@ -134,6 +134,10 @@ def configure_logging(level: str = "INFO", service: str = "gensearch") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # A library's warnings.warn (qdrant-client's when a Qdrant server is unreachable, say)
+    # went to stderr as plain text: not JSON, and not redacted, though it may quote a URL.
+    # As records of the "py.warnings" logger they are both.
+    logging.captureWarnings(True)
 
 
 class ThrottledWarning:

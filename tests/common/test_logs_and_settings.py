@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
@@ -76,3 +77,30 @@ def test_a_throttled_warning_logs_once_per_period(caplog: pytest.LogCaptureFixtu
         "down: ConnectionError",
         "down: TimeoutError",
     ]
+
+
+def test_library_warnings_become_redacted_json_lines() -> None:
+    # In a process of its own: pytest captures warnings itself.
+    import subprocess
+    import sys
+
+    script = (
+        "import warnings\n"
+        "from services.common.logs import configure_logging, register_secret\n"
+        "configure_logging(service='test')\n"
+        "register_secret('s3cret-value-0042')\n"
+        "warnings.warn('cannot reach http://u:s3cret-value-0042@qdrant:6333', UserWarning)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    (line,) = done.stderr.splitlines()
+    record = json.loads(line)
+    assert (record["level"], record["name"]) == ("WARNING", "py.warnings")
+    assert record["service"] == "test"
+    assert "cannot reach" in record["message"] and "s3cret" not in line
