@@ -74,7 +74,7 @@ def _server_span(spans: InMemorySpanExporter, method: str) -> ReadableSpan:
     return span
 
 
-async def _server_finished(
+async def _spans_finished(
     spans: InMemorySpanExporter, count: int, kind: SpanKind = SpanKind.SERVER
 ) -> None:
     """Wait for ``count`` spans of ``kind``. A failed call's status reaches the client as the
@@ -137,8 +137,8 @@ async def test_every_call_shape_carries_the_trace(
     with pytest.raises(grpc.aio.AioRpcError):
         async for _ in stream:
             pass
-    await _server_finished(spans, 4)
-    await _server_finished(spans, 4, SpanKind.CLIENT)
+    await _spans_finished(spans, 4)
+    await _spans_finished(spans, 4, SpanKind.CLIENT)
     for method in ("WhoAmI", "Collect", "Chat", "Stream"):
         # client span -> traceparent in the call's metadata -> server span
         server, client = _server_span(spans, method), _client_span(spans, method)
@@ -162,7 +162,7 @@ async def test_cancelling_the_caller_cancels_the_call(
     with pytest.raises(asyncio.CancelledError):
         await task
     # The server stops too, long before its 30 s, and both sides record the cancellation.
-    await _server_finished(spans, 1)
+    await _spans_finished(spans, 1)
     for span in (_server_span(spans, "Slow"), _client_span(spans, "Slow")):
         assert span.attributes is not None and span.attributes["rpc.grpc.status_code"] == 1
 
@@ -174,7 +174,7 @@ async def test_internal_error_marks_the_span_without_secrets(
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await traced.unary_unary(f"/{SERVICE}/Fail", _ident, _ident)(b"boom", metadata=BOB)
     assert caught.value.code() == grpc.StatusCode.INTERNAL
-    await _server_finished(spans, 1)
+    await _spans_finished(spans, 1)
     span = _server_span(spans, "Fail")
     assert span.status.status_code == StatusCode.ERROR
     (event,) = [e for e in span.events if e.name == "exception"]
@@ -193,7 +193,7 @@ async def test_access_line_per_call(
         )
         with pytest.raises(grpc.aio.AioRpcError):
             await plain.unary_unary(f"/{SERVICE}/Fail", _ident, _ident)(b"invalid", metadata=BOB)
-    await _server_finished(spans, 2)
+    await _spans_finished(spans, 2)
     ok, failed = (json.loads(line) for line in access_lines.getvalue().splitlines())
     server = _server_span(spans, "WhoAmI")
     assert ok["method"] == f"/{SERVICE}/WhoAmI"
@@ -214,7 +214,7 @@ async def test_unauthenticated_call_is_logged_and_traced(
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError):
         await traced.unary_unary(f"/{SERVICE}/WhoAmI", _ident, _ident)(b"")
-    await _server_finished(spans, 1)
+    await _spans_finished(spans, 1)
     lines = [json.loads(line) for line in access_lines.getvalue().splitlines()]
     assert len(lines) == 1, lines
     (line,) = lines
