@@ -31,8 +31,10 @@ BAD_UPSTREAM_RESPONSE = "BAD_UPSTREAM_RESPONSE"
 ALLOWLIST_SETTING = "GENSEARCH_GENERATION_ALLOWED_HOSTS"
 _MAX_MESSAGE = 300
 # What an attempt may raise besides UpstreamFault: the SDK's errors, a body that is not
-# JSON (the SDK's json.loads), the call's deadline (asyncio.timeout_at).
-UPSTREAM_ERRORS = (openai.OpenAIError, ValueError, TimeoutError)
+# JSON (the SDK's json.loads: ValueError, or RecursionError for JSON nested deeper than
+# the parser recurses, e.g. 100 KB of "[", which failed the call with INTERNAL), the
+# call's deadline (asyncio.timeout_at).
+UPSTREAM_ERRORS = (openai.OpenAIError, ValueError, RecursionError, TimeoutError)
 
 
 class UpstreamFault(Exception):

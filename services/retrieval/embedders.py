@@ -195,7 +195,8 @@ class OpenAIEmbedder:
                             encoding_format="float",
                             extra_headers=self._headers,
                         )
-                except (openai.OpenAIError, ValueError, TimeoutError) as err:
+                # RecursionError: a body nested deeper than json.loads recurses.
+                except (openai.OpenAIError, ValueError, RecursionError, TimeoutError) as err:
                     refused = refusal(err)
                     if refused is not None:
                         # Refused at connect time: a name that resolved to an address the

@@ -349,7 +349,7 @@ class Rerankers:
                         reason="RERANK_UNAVAILABLE",
                         metadata={"provider": plan.provider},
                     ) from None
-                except ValueError:
+                except (ValueError, RecursionError):  # not JSON, or nested too deep
                     payload = None
                 return parse_results(payload, len(documents), plan.provider)
 

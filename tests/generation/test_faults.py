@@ -150,6 +150,34 @@ async def test_json_without_choices_is_bad_upstream_response(
     assert error_info(caught.value).reason == "BAD_UPSTREAM_RESPONSE"
 
 
+# JSON nested deeper than Python's parser recurses: 100 KB of "[" made the SDK's json.loads
+# raise RecursionError, which failed the call with INTERNAL (unary and streamed alike).
+DEEP_JSON = "[" * 100_000
+
+
+async def test_deeply_nested_json_body_is_bad_upstream_response(
+    service: Service, fake: FakeOpenAI
+) -> None:
+    fake.enqueue(Behaviour.error(200, DEEP_JSON, {"Content-Type": "application/json"}))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.Generate(ask(), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert error_info(caught.value).reason == "BAD_UPSTREAM_RESPONSE"
+    assert len(fake.chat_requests) == 1
+
+
+async def test_deeply_nested_sse_event_is_bad_upstream_response(
+    service: Service, fake: FakeOpenAI
+) -> None:
+    sse = f"data: {DEEP_JSON}\n\ndata: [DONE]\n\n"
+    fake.enqueue(Behaviour.error(200, sse, {"Content-Type": "text/event-stream"}))
+    call = service.stub.StreamGenerate(pb.StreamGenerateRequest(messages=[user("x")]), timeout=10)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await collect(call)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert error_info(caught.value).reason == "BAD_UPSTREAM_RESPONSE"
+
+
 async def test_malformed_sse_is_bad_upstream_response(service: Service, fake: FakeOpenAI) -> None:
     fake.reply = "one two three"
     fake.enqueue(Behaviour.malformed())

@@ -147,6 +147,21 @@ async def test_failing_endpoint_is_unavailable_and_writes_nothing(
     )
 
 
+async def test_a_body_nested_too_deep_is_unavailable_not_internal(
+    stub: Any, fake: FakeOpenAI
+) -> None:
+    # 100 KB of "[": the SDK's json.loads raised RecursionError, and the write failed INTERNAL.
+    fake.enqueue(Behaviour.error(200, "[" * 100_000, {"Content-Type": "application/json"}))
+    err = await expect_error(
+        stub.UpsertObjects(
+            pb.UpsertObjectsRequest(collection="Remote", objects=[obj({"title": "x"})])
+        ),
+        grpc.StatusCode.UNAVAILABLE,
+    )
+    assert error_info(err).reason == "EMBEDDINGS_UNAVAILABLE"
+    assert (await stub.CountObjects(pb.CountObjectsRequest(collection="Remote"))).count == 0
+
+
 async def test_unreachable_endpoint(make_retrieval: MakeRetrieval) -> None:
     retrieval = await make_retrieval(allowed_hosts="http://127.0.0.1")
     collection = pb.Collection(

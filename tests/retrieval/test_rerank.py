@@ -128,6 +128,17 @@ async def test_a_malformed_answer_is_unavailable(retrieval: Retrieval, fake: Fak
     assert error_info(err).reason == "RERANK_UNAVAILABLE"
 
 
+async def test_an_answer_nested_too_deep_is_unavailable(
+    retrieval: Retrieval, fake: FakeOpenAI
+) -> None:
+    # 100 KB of "[": json.loads raised RecursionError, and the search failed INTERNAL.
+    fake.enqueue(Behaviour.error(200, "[" * 100_000, {"Content-Type": "application/json"}))
+    err = await expect_error(
+        retrieval.stub.Search(search(provider="fake")), grpc.StatusCode.UNAVAILABLE
+    )
+    assert error_info(err).reason == "RERANK_UNAVAILABLE"
+
+
 @pytest.mark.parametrize("bad", [math.nan, math.inf])
 async def test_a_score_that_is_not_a_finite_number_is_unavailable(
     retrieval: Retrieval, fake: FakeOpenAI, bad: float
