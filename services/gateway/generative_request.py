@@ -11,6 +11,7 @@ from google.protobuf import json_format
 
 from services.common.errors import InvalidArgument
 from services.common.json_schema import SchemaLimits, check_schema, format_name
+from services.common.settings import MAX_WAIT_SECONDS
 from services.common.well_known import duration_seconds
 from services.gateway import generation_cache
 from services.gateway.request_parts import (
@@ -60,8 +61,19 @@ def validate_generate(g: gw_pb.Generate, settings: GatewaySettings) -> None:
         raise InvalidArgument(
             "max_concurrency must not be negative", field="generate.max_concurrency"
         )
-    if g.HasField("timeout") and duration_seconds(g.timeout, "generate.timeout") <= 0:
-        raise InvalidArgument("timeout must be positive", field="generate.timeout")
+    if g.HasField("timeout"):
+        timeout = duration_seconds(g.timeout, "generate.timeout")
+        if timeout <= 0:
+            raise InvalidArgument("timeout must be positive", field="generate.timeout")
+        if timeout > MAX_WAIT_SECONDS:
+            # 1e10 s made a gRPC deadline past its range: every hit failed at once with
+            # DEADLINE_EXCEEDED "the generation service did not answer in time".
+            raise InvalidArgument(
+                f"timeout must be at most {MAX_WAIT_SECONDS} s (a day)",
+                field="generate.timeout",
+                reason="OUT_OF_RANGE",
+                metadata={"max_seconds": str(MAX_WAIT_SECONDS)},
+            )
     check_sampling(g, prefix=_GENERATE)
     check_structured_options(g, s)
     # The cache block's own checks (mode, ttl bounds), before any search or call.

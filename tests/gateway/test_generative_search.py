@@ -18,6 +18,7 @@ from services.gateway import templates
 from tests.gateway.conftest import ALICE, BOOKS, DIM, Stack, StackFactory, create_books
 from tests.support.fake_openai import Behaviour
 from tests.support.rpc import bad_request_field as _bad_request_field
+from tests.support.rpc import error_info
 
 
 def _near(limit: int = 5, **generate: object) -> gw_pb.GenerativeSearchRequest:
@@ -343,6 +344,42 @@ async def test_generate_options_are_validated(
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert _bad_request_field(err.value) == field
     assert stack.fake.chat_requests == []
+
+
+async def test_a_timeout_past_a_day_is_out_of_range_not_an_instant_deadline(
+    stack: Stack,
+) -> None:
+    # 1e10 s made a gRPC deadline past its range: every hit failed at once with
+    # DEADLINE_EXCEEDED "the generation service did not answer in time", and the call OK.
+    ids = await create_books(stack)
+    for seconds in (86_401, 10**10, 315_576_000_000):
+        timeout = duration_pb2.Duration(seconds=seconds)
+        request = gw_pb.GenerateOnObjectsRequest(
+            collection="Books",
+            ids=gw_pb.ObjectIds(ids=ids[:1]),
+            generate=gw_pb.Generate(single_prompt="{title}", timeout=timeout),
+        )
+        for call in (
+            stack.stub.GenerativeSearch(
+                _near(single_prompt="{title}", timeout=timeout), metadata=ALICE
+            ),
+            stack.stub.GenerateOnObjects(request, metadata=ALICE),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await call
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert _bad_request_field(err.value) == "generate.timeout"
+            assert error_info(err.value).metadata["max_seconds"] == "86400"
+    assert stack.fake.chat_requests == []
+    # A day is still a budget.
+    day = gw_pb.Generate(single_prompt="{title}", timeout=duration_pb2.Duration(seconds=86_400))
+    response = await stack.stub.GenerateOnObjects(
+        gw_pb.GenerateOnObjectsRequest(
+            collection="Books", ids=gw_pb.ObjectIds(ids=ids[:1]), generate=day
+        ),
+        metadata=ALICE,
+    )
+    assert response.hits[0].generation.result.endswith("Dune")
 
 
 async def test_one_span_per_hit_and_one_for_the_grouped_call(

@@ -353,6 +353,7 @@ type Generate struct {
 	MaxConcurrency int32 `protobuf:"varint,8,opt,name=max_concurrency,json=maxConcurrency,proto3" json:"max_concurrency,omitempty"`
 	// Budget for the generation phase; hits unfinished when it expires get
 	// DEADLINE_EXCEEDED errors and the call still returns. Unset: the call's deadline.
+	// At most a day.
 	Timeout *durationpb.Duration `protobuf:"bytes,9,opt,name=timeout,proto3" json:"timeout,omitempty"`
 	// Return the exact prompts sent.
 	Debug bool `protobuf:"varint,10,opt,name=debug,proto3" json:"debug,omitempty"`

@@ -144,6 +144,7 @@ export type Generate = Message<"gensearch.gateway.v1.Generate"> & {
   /**
    * Budget for the generation phase; hits unfinished when it expires get
    * DEADLINE_EXCEEDED errors and the call still returns. Unset: the call's deadline.
+   * At most a day.
    *
    * @generated from field: google.protobuf.Duration timeout = 9;
    */
