@@ -24,12 +24,14 @@ transport the SDK itself is built on, with our session.
 from __future__ import annotations
 
 import contextlib
+import zlib
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
+import httpx2
 import openai
 from aiohttp.abc import AbstractResolver
 from httpx_aiohttp.httpx2 import AiohttpTransport
@@ -51,12 +53,133 @@ ExtraHeaders = dict[str, str | openai.Omit]
 _NO_AMBIENT_IDS: Any = {"OpenAI-Organization": openai.omit, "OpenAI-Project": openai.omit}
 
 
+class ResponseTooLarge(ValueError):
+    """An upstream answer past the clients' ``max_response_bytes``: a whole body (decoded),
+    or one line of an event stream. Raised while the body is read, so the rest is never
+    read; ``fault_from_error`` callers find it with ``too_large``."""
+
+    def __init__(self, what: str, limit: int) -> None:
+        super().__init__(f"{what} is larger than {limit} bytes")
+        self.limit = limit
+
+
+def too_large(err: BaseException | None) -> ResponseTooLarge | None:
+    """The ``ResponseTooLarge`` behind an HTTP client's error, if that caused it."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, ResponseTooLarge):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+# The codings asked for and decoded (by _BoundedBody, with its bound): the SDK's transport
+# would otherwise inflate a gzip body whole, so a 2 MB answer could become gigabytes.
+_ACCEPT_ENCODING = "gzip, deflate"
+
+
+class _BoundedBody(httpx2.AsyncByteStream):
+    """A response body read at most ``limit`` bytes at a time: the whole body of a JSON
+    answer, each line of an event stream (the SDK's SSE decoder keeps a line whole until
+    its newline). Decodes gzip and deflate itself, never past the bound."""
+
+    def __init__(
+        self, inner: httpx2.AsyncByteStream, limit: int, *, encoding: str, event_stream: bool
+    ) -> None:
+        self._inner = inner
+        self._limit = limit
+        self._encoding = encoding
+        self._event_stream = event_stream
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        if self._encoding in ("", "identity"):
+            decoder = None
+        elif self._encoding in ("gzip", "x-gzip"):
+            decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif self._encoding == "deflate":
+            decoder = zlib.decompressobj()
+        else:  # br, zstd, several codings: not asked for (_ACCEPT_ENCODING)
+            raise ValueError(
+                f"the answer's content-encoding {self._encoding[:32]!r} was not asked for"
+            )
+        total = 0
+        async for raw in self._inner:
+            pieces = [raw] if decoder is None else _inflated(decoder, raw)
+            for chunk in pieces:
+                if self._event_stream:
+                    first = chunk.find(b"\n")
+                    if first < 0:
+                        total += len(chunk)
+                    elif total + first > self._limit:  # the line this chunk ends
+                        raise ResponseTooLarge("a line of the event stream", self._limit)
+                    else:
+                        total = len(chunk) - chunk.rfind(b"\n") - 1
+                    if total > self._limit:  # only the line in progress is held
+                        raise ResponseTooLarge("a line of the event stream", self._limit)
+                else:
+                    total += len(chunk)
+                    if total > self._limit:
+                        raise ResponseTooLarge("the answer", self._limit)
+                if chunk:
+                    yield chunk
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+# Decompressed output is made this much at a time, each piece checked before the next is
+# made: zlib's max_length keeps a bomb from inflating whole.
+_INFLATE_PIECE = 64 * 1024
+
+
+def _inflated(decoder: Any, data: bytes) -> Iterator[bytes]:
+    """``data`` decompressed, lazily, in pieces of at most ``_INFLATE_PIECE`` bytes."""
+    try:
+        out = decoder.decompress(data, _INFLATE_PIECE)
+        while True:
+            yield out
+            if not decoder.unconsumed_tail and len(out) < _INFLATE_PIECE:
+                return
+            out = decoder.decompress(decoder.unconsumed_tail, _INFLATE_PIECE)
+    except zlib.error as err:
+        raise ValueError("the answer's compressed body is corrupt") from err
+
+
+def _bounding_hooks(
+    limit: int,
+) -> dict[str, list[Callable[[Any], Awaitable[None]]]]:
+    """httpx event hooks bounding every answer's body to ``limit`` bytes, decoded."""
+
+    async def on_request(request: httpx2.Request) -> None:
+        request.headers["Accept-Encoding"] = _ACCEPT_ENCODING
+
+    async def on_response(response: httpx2.Response) -> None:
+        encodings = response.headers.get_list("content-encoding", split_commas=True)
+        coding = ",".join(e.strip().lower() for e in encodings if e.strip().lower() != "identity")
+        content_type = response.headers.get("content-type", "")
+        response.stream = _BoundedBody(
+            response.stream,  # type: ignore[arg-type]
+            limit,
+            encoding=coding,
+            event_stream=content_type.lower().startswith("text/event-stream"),
+        )
+        # Decoded above: httpx must not decode (unbounded) again.
+        if "content-encoding" in response.headers:
+            del response.headers["content-encoding"]
+
+    return {"request": [on_request], "response": [on_response]}
+
+
 class OpenAIClients:
     """``AsyncOpenAI`` clients by (base_url, timeouts), on one shared aiohttp transport.
 
     ``egress``: the clients are for URLs callers named; every connection passes that
     policy, redirects are not followed. ``resolver`` resolves names for those connections
     (default: aiohttp's own; tests give one that maps names of their own).
+    ``max_response_bytes``: the most an answer's body may hold once decoded (an event
+    stream: each line); past it reading stops with ``ResponseTooLarge``. None: no bound
+    (the SDK reads a JSON body whole: a 1.5 GB one took 4.5 GB of memory).
     """
 
     def __init__(
@@ -65,14 +188,18 @@ class OpenAIClients:
         max_clients: int = MAX_CLIENTS,
         egress: EgressPolicy | None = None,
         resolver: AbstractResolver | None = None,
+        max_response_bytes: int | None = None,
     ) -> None:
         self._resolver = None if egress is None else EgressResolver(egress, resolver)
+        hooks: dict[str, Any] = (
+            {} if max_response_bytes is None else _bounding_hooks(max_response_bytes)
+        )
         self._http = (
             # No redirect is followed for the operator's URLs either: the next address was
             # never checked (a 307 to 169.254.169.254 is followed by the SDK's default).
-            openai.DefaultAioHttpClient(trust_env=False, follow_redirects=False)
+            openai.DefaultAioHttpClient(trust_env=False, follow_redirects=False, event_hooks=hooks)
             if self._resolver is None
-            else _guarded_http_client(self._resolver)
+            else _guarded_http_client(self._resolver, hooks)
         )
         self._clients: OrderedDict[tuple[str, float, float], openai.AsyncOpenAI] = OrderedDict()
         self._max_clients = max_clients
@@ -110,7 +237,9 @@ class OpenAIClients:
             await self._resolver.close()
 
 
-def _guarded_http_client(resolver: EgressResolver) -> openai.DefaultAioHttpClient:
+def _guarded_http_client(
+    resolver: EgressResolver, hooks: dict[str, Any]
+) -> openai.DefaultAioHttpClient:
     def session() -> aiohttp.ClientSession:
         # Called by the transport on its first request, inside the event loop.
         return aiohttp.ClientSession(
@@ -118,7 +247,9 @@ def _guarded_http_client(resolver: EgressResolver) -> openai.DefaultAioHttpClien
         )
 
     transport = AiohttpTransport(trust_env=False, client=session)
-    return openai.DefaultAioHttpClient(transport=transport, trust_env=False, follow_redirects=False)
+    return openai.DefaultAioHttpClient(
+        transport=transport, trust_env=False, follow_redirects=False, event_hooks=hooks
+    )
 
 
 def authorized(

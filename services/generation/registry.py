@@ -49,6 +49,7 @@ class ProviderRegistry:
         read_timeout: float = 120.0,
         redis: RedisClient | None = None,
         max_answer_chars: int = DEFAULT_MAX_ANSWER_CHARS,
+        max_response_bytes: int | None = None,
     ) -> None:
         if default not in providers:
             raise ValueError(f"default provider {default!r} is not configured")
@@ -63,6 +64,7 @@ class ProviderRegistry:
         self._retry = retry or RetryPolicy()
         self._timeouts = (connect_timeout, read_timeout)
         self._max_answer_chars = max_answer_chars
+        self._max_response_bytes = max_response_bytes
         self._caller_clients: OpenAIClients | None = None
         self._caller_providers: OrderedDict[tuple[str, str], Provider] = OrderedDict()
         # Where the providers' limits are counted; closed with the registry.
@@ -76,7 +78,7 @@ class ProviderRegistry:
         redis: RedisClient | None = None,
     ) -> ProviderRegistry:
         configs = configs if configs is not None else settings.provider_configs()
-        clients = OpenAIClients()
+        clients = OpenAIClients(max_response_bytes=settings.max_response_bytes)
         retry = RetryPolicy(
             max_attempts=settings.retry_max_attempts,
             base_backoff=settings.retry_base_backoff,
@@ -105,6 +107,7 @@ class ProviderRegistry:
             read_timeout=settings.read_timeout,
             redis=redis,
             max_answer_chars=settings.max_answer_chars,
+            max_response_bytes=settings.max_response_bytes,
         )
 
     def get(self, name: str, field: str = "provider") -> Provider:
@@ -138,7 +141,9 @@ class ProviderRegistry:
             self._caller_providers.move_to_end(key)
             return cached
         if self._caller_clients is None:
-            self._caller_clients = OpenAIClients(egress=self.egress)
+            self._caller_clients = OpenAIClients(
+                egress=self.egress, max_response_bytes=self._max_response_bytes
+            )
         config = provider.config.model_copy(
             update={"base_url": base_url.rstrip("/"), "requires_key": False}
         )

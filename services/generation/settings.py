@@ -380,6 +380,12 @@ class GenerationSettings(CommonSettings):
     # answer took ~3 GB of memory and ended in gRPC's bare "message larger than max".
     # Past it the answer is cut, the upstream request closed, finish_reason "length".
     max_answer_chars: int = Field(default=1_000_000, ge=1, le=MAX_SIZE_BYTES)
+    # The most bytes an upstream answer's body may hold, decoded (a JSON answer whole; an
+    # event stream, each line). The SDK reads a JSON body whole before anything can cut
+    # it: a provider's 1.5 GB body took 4.5 GB of memory and ended INTERNAL, and a gzip
+    # body inflated without bound. Past it: BAD_UPSTREAM_RESPONSE, the rest never read.
+    # 16 MiB holds a max_answer_chars answer JSON-escaped (\uXXXX: 6 bytes a character).
+    max_response_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, le=MAX_SIZE_BYTES)
     # (provider, model) pairs a request may name after its primary one.
     max_fallbacks: int = Field(default=4, ge=0, le=32)
     # With more pairs to try, one pair may spend at most this share of the time left, so

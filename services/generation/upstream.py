@@ -25,6 +25,7 @@ from services.common.errors import (
     quote,
 )
 from services.common.logs import redact
+from services.common.openai_api import too_large
 from services.common.upstream_retry import is_transient, server_wait
 
 BAD_UPSTREAM_RESPONSE = "BAD_UPSTREAM_RESPONSE"
@@ -88,6 +89,9 @@ def fault_from_error(err: BaseException) -> UpstreamFault:
             retry_after=server_wait(err),
             retryable=is_transient(err),
         )
+    big = too_large(err)
+    if big is not None:  # GENSEARCH_GENERATION_MAX_RESPONSE_BYTES; not retried
+        return UpstreamFault("bad_response", f"{big} (GENSEARCH_GENERATION_MAX_RESPONSE_BYTES)")
     refused = refusal(err)
     if refused is not None:
         # A caller's base URL refused at connect time (a name that resolved to an address

@@ -73,7 +73,9 @@ Constructor / attributes (all attributes may be changed while the server runs)
 Per-request behaviours (:class:`Behaviour`), consumed first-in first-out by chat and
 embedding requests; when the queue is empty the default (a normal answer) applies:
     ``Behaviour.ok(text=None, latency=None, chunk_delay=None, usage=None)``
-    ``Behaviour.error(status, body=None, headers=None)``  e.g. 400, 404, 500, 503
+    ``Behaviour.error(status, body=None, headers=None)``  e.g. 400, 404, 500, 503 (any
+        status: ``Behaviour.error(200, "…", headers)`` answers a raw body; ``bytes`` go out
+        as they are, e.g. a gzip body with ``Content-Encoding: gzip``)
     ``Behaviour.rate_limited(retry_after="1")``  429 with a ``Retry-After`` header (seconds
         or an HTTP-date; ``None`` = no header)
     ``Behaviour.unauthorized()``  401 ``invalid_api_key``
@@ -830,6 +832,8 @@ def _cut(text: str, body: dict[str, Any]) -> tuple[list[str], str]:
 
 
 def _error_response(behaviour: Behaviour) -> web.Response:
+    if isinstance(behaviour.body, bytes):  # sent as is (a gzip body, with its headers)
+        return web.Response(status=behaviour.status, body=behaviour.body, headers=behaviour.headers)
     if isinstance(behaviour.body, dict | list):
         return web.json_response(behaviour.body, status=behaviour.status, headers=behaviour.headers)
     return web.Response(

@@ -31,6 +31,7 @@ from services.common.openai_api import (
     ExtraHeaders,
     authorized,
     record_usage,
+    too_large,
     upstream_span,
 )
 from services.common.text import clean_text
@@ -482,7 +483,7 @@ def _stream_fault(err: BaseException) -> UpstreamFault:
         return UpstreamFault(
             "bad_response", f"the stream broke off ({fault.detail})", retryable=True
         )
-    if fault.kind == "bad_response":
+    if fault.kind == "bad_response" and too_large(err) is None:
         return UpstreamFault("bad_response", "a stream event is not JSON")
     return fault
 
