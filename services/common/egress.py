@@ -342,6 +342,13 @@ class EgressPolicy:
         if not self.entries:
             raise UrlRefused("the operator allows no URL here (the allowlist is empty)")
         scheme, host, port, _ = split_url(url)
+        if "?" in url:
+            # Every URL checked here is a base URL the SDK appends its path to, after the
+            # query: "/v1?key=k" became "/v1/?key=kchat/completions", failing every call
+            # (and httpx logs that URL, the query's secret in it, at INFO).
+            raise UrlRefused(
+                f"{echo_url(url)}: a base URL has no query (the API path is appended to it)"
+            )
         address = _address(host)
         matching = [
             e for e in self.entries if e.allows_port(port) and (scheme == "https" or e.http)

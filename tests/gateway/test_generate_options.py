@@ -487,6 +487,30 @@ async def test_a_callers_base_url_is_allowed_only_on_the_allowlist(
     assert "***@127.0.0.2" in caught.value.details()
 
 
+async def test_a_callers_base_url_with_a_query_is_refused_naming_it(
+    stack_factory: StackFactory, fake2: FakeOpenAI, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Accepted before: the SDK joins its path after the query ("/v1/?key=S3cretQchat/
+    # completions"), so every call failed 404 upstream, and httpx logged that URL, the
+    # query's secret in it, at INFO.
+    stack = await stack_factory(
+        generation_settings={"allowed_hosts": "http://127.0.0.1:" + str(fake2.port)},
+    )
+    await create_books(stack, books=WITH_BODY)
+    for url in (fake2.base_url + "?key=S3cretQ", fake2.base_url + "?"):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stack.stub.GenerativeSearch(
+                _search(single_prompt="About {title}", base_url=url), metadata=ALICE
+            )
+        assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        info = error_info(caught.value)
+        assert (info.reason, info.metadata["field"]) == ("URL_NOT_ALLOWED", "generate.base_url")
+        assert "query" in caught.value.details()
+        assert "S3cretQ" not in caught.value.details()
+    assert fake2.requests == []
+    assert not any("S3cretQ" in r.getMessage() for r in caplog.records)
+
+
 async def test_the_operators_key_never_goes_to_a_callers_url(
     stack_factory: StackFactory,
     fake: FakeOpenAI,
