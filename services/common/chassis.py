@@ -43,7 +43,7 @@ from opentelemetry.trace import (
 
 from services.common.auth import Authenticator, current_identity, set_current_identity
 from services.common.call_slots import CallSlots
-from services.common.errors import Internal, ServiceError
+from services.common.errors import Internal, ResourceExhausted, ServiceError
 from services.common.logs import ACCESS_LOGGER, redact
 from services.common.metrics import MethodMetrics, grpc_type, split_method
 from services.common.request_parse import Undecodable, tolerant
@@ -95,9 +95,11 @@ class ChassisRegistry:
         stream_idle: IdleLimit,
         admission: Admission | None = None,
         call_slots: CallSlots | None = None,
+        response_limit: int | None = None,
     ) -> None:
         self._auth = auth
         self._call_slots = call_slots
+        self._response_limit = response_limit
         self._stream_idle = stream_idle
         self._server_name = server_name
         self._tracer = tracer
@@ -121,6 +123,7 @@ class ChassisRegistry:
                 self._stream_idle,
                 self._admission,
                 self._call_slots,
+                self._response_limit,
             )
             # gRPC itself enforces the largest limit; only smaller ones need a check here.
             wrapped = wrapper.wrap(handler, limit if limit < self._largest else None)
@@ -182,8 +185,15 @@ class _MethodWrapper:
         stream_idle: IdleLimit,
         admission: Admission | None = None,
         call_slots: CallSlots | None = None,
+        response_limit: int | None = None,
     ) -> None:
         service, name = split_method(method)
+        self.server = server
+        # The server's send limit (grpc.max_send_message_length). A reply over it failed
+        # with gRPC's bare "Sent message larger than max" (RESOURCE_EXHAUSTED, no
+        # ErrorInfo): each reply is serialized here, once, and refused with one.
+        self.response_limit = response_limit
+        self.serializer: Callable[[Any], bytes] | None = handler.response_serializer
         self.admission = admission
         self.call_slots = call_slots or CallSlots(0, "")  # 0: no limit
         self.stream_idle = stream_idle
@@ -294,6 +304,27 @@ class _MethodWrapper:
             return _ADMITTED
         return self.admission(self.method, context)
 
+    def _serialized(self, response: Any) -> Any:
+        """``response`` as the bytes gRPC sends (the wrapped serializer passes bytes on),
+        refused RESPONSE_TOO_LARGE past the server's send limit."""
+        if (
+            self.serializer is None
+            or self.response_limit is None
+            or response is None  # left to gRPC, as before
+            or isinstance(response, bytes)
+        ):
+            return response
+        data = self.serializer(response)
+        if len(data) > self.response_limit:
+            raise ResourceExhausted(
+                f"the response is {len(data)} bytes; {split_method(self.method)[1]} sends at "
+                f"most {self.response_limit} (GENSEARCH_{self.server.upper()}_MAX_MESSAGE_BYTES): "
+                "ask for fewer or shorter results, without debug, or use the streaming method",
+                reason="RESPONSE_TOO_LARGE",
+                metadata={"limit_bytes": str(self.response_limit), "size_bytes": str(len(data))},
+            )
+        return data
+
     def unary_response(
         self, fn: Callable[..., Awaitable[Any]], request_streaming: bool
     ) -> Callable[..., Awaitable[Any]]:
@@ -307,7 +338,7 @@ class _MethodWrapper:
                     guard = self._authenticated(context)
                     request = self._received(request, request_streaming)
                     async with guard:
-                        response = await fn(request, context)
+                        response = self._serialized(await fn(request, context))
                 self.metrics.sent.inc()
                 return response
             except AbortError:
@@ -345,7 +376,7 @@ class _MethodWrapper:
                     request = self._received(request, request_streaming)
                     async with guard:
                         async for item in fn(request, context):
-                            yield item
+                            yield self._serialized(item)
                             sent.inc()
             except AbortError:
                 raise
@@ -377,7 +408,7 @@ class _MethodWrapper:
             deserializer = bounded(deserializer, limit, self.method)
         kwargs = {
             "request_deserializer": deserializer,
-            "response_serializer": handler.response_serializer,
+            "response_serializer": _passing_bytes(handler.response_serializer),
         }
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
@@ -394,6 +425,19 @@ class _MethodWrapper:
         return grpc.stream_stream_rpc_method_handler(
             self.stream_response(handler.stream_stream, True), **kwargs
         )
+
+
+def _passing_bytes(
+    serializer: Callable[[Any], bytes] | None,
+) -> Callable[[Any], bytes] | None:
+    """``serializer``, except that bytes (a reply the wrapper serialized) go out as they are."""
+    if serializer is None:
+        return None
+
+    def serialize(response: Any) -> bytes:
+        return response if isinstance(response, bytes) else serializer(response)
+
+    return serialize
 
 
 # How long a failed client-streaming call keeps reading what its client still sends.

@@ -102,6 +102,7 @@ class GrpcServer:
                 admission=self._admission,
                 call_slots=self.call_slots,
                 stream_idle=self.stream_idle,
+                response_limit=self.settings.max_message_bytes,
             )
         registrar(servicer, self._chassis)
         self._service_names.append(full_name)

@@ -18,12 +18,13 @@ from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.gateway.v1 import gateway_service_pb2_grpc as gw_grpc
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as ret_grpc
+from google.protobuf import struct_pb2
 
 from services.common.server import GrpcServer
 from services.devlaunch.processes import free_port
 from services.gateway.__main__ import build_server
 from services.gateway.settings import GatewaySettings
-from tests.gateway.conftest import ALICE, KEYS
+from tests.gateway.conftest import ALICE, KEYS, StackFactory
 from tests.support.rpc import error_info
 
 MIB = 1024 * 1024
@@ -94,3 +95,36 @@ async def test_an_import_batch_may_be_larger(gateway: grpc.aio.Channel) -> None:
         await stub.UpsertObjects(batch, metadata=ALICE, timeout=10)
     # Accepted and forwarded; nothing listens downstream in this test.
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_a_reply_over_the_send_limit_is_refused_with_error_info(
+    stack_factory: StackFactory,
+) -> None:
+    """Before, gRPC's own "Sent message larger than max" (RESOURCE_EXHAUSTED without
+    ErrorInfo, naming nothing): 65 inline objects with debug prompts made a 128 MB reply
+    to a gateway sending at most 64 MiB, after 65 LLM calls."""
+    stack = await stack_factory(max_message_bytes=MIB)
+    objects = [struct_pb2.Struct(fields={"t": struct_pb2.Value(string_value="y" * 30_000)})] * 20
+    generate = gw_pb.Generate(single_prompt="{t}{t}", debug=True)  # ~120 KB per hit, twice
+    request = gw_pb.GenerateOnObjectsRequest(
+        inline=gw_pb.InlineObjects(objects=objects), generate=generate
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stack.stub.GenerateOnObjects(request, metadata=ALICE)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    info = error_info(caught.value)
+    assert info.reason == "RESPONSE_TOO_LARGE"
+    assert info.metadata["limit_bytes"] == str(MIB)
+    assert int(info.metadata["size_bytes"]) > MIB
+    assert "GENSEARCH_GATEWAY_MAX_MESSAGE_BYTES" in (caught.value.details() or "")
+    # The streaming method sends it hit by hit, each event within the limit.
+    events = [
+        event
+        async for event in stack.stub.StreamGenerateOnObjects(
+            gw_pb.StreamGenerateOnObjectsRequest(
+                inline=gw_pb.InlineObjects(objects=objects), generate=generate
+            ),
+            metadata=ALICE,
+        )
+    ]
+    assert sum(e.HasField("hit_result") for e in events) == 20

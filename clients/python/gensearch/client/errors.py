@@ -384,6 +384,13 @@ class RequestTooLargeError(ResourceExhaustedError):
     error_reason = "REQUEST_TOO_LARGE"
 
 
+class ResponseTooLargeError(ResourceExhaustedError):
+    """The reply would exceed the server's send limit (metadata ``limit_bytes``,
+    ``size_bytes``): ask for fewer or shorter results, without debug, or stream."""
+
+    error_reason = "RESPONSE_TOO_LARGE"
+
+
 class TooManyConcurrentRpcsError(ResourceExhaustedError):
     """The server is serving its limit of calls at once (metadata ``limit``, ``setting``):
     retry shortly, or spread calls over more replicas."""
