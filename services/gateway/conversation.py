@@ -29,9 +29,15 @@ def recent_turns(newest_first: Sequence[Turn], size: int) -> list[Turn]:
 
 
 def history_messages(turns: Sequence[Turn]) -> list[gen_pb.Message]:
-    """Chronological turns as alternating user/assistant messages."""
+    """Chronological turns as alternating user/assistant messages. A turn with a blank
+    question or answer (a model that answered nothing: a refusal, tool calls, a content
+    filter; or a turn a client stored) is left out: the generation service refuses an empty
+    message, and replaying one failed every later turn of the conversation INVALID_ARGUMENT
+    naming ``messages[n].content``."""
     messages: list[gen_pb.Message] = []
     for turn in turns:
+        if not turn.question.strip() or not turn.answer.strip():
+            continue
         messages.append(gen_pb.Message(role=USER, content=turn.question))
         messages.append(gen_pb.Message(role=ASSISTANT, content=turn.answer))
     return messages

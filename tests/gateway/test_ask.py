@@ -202,6 +202,37 @@ async def test_failed_generation_stores_no_turn(stack: Stack) -> None:
     assert list(listed.conversations) == []
 
 
+async def test_an_empty_answer_does_not_break_the_conversation(stack: Stack) -> None:
+    # A model that answers nothing (a refusal, tool calls, a content filter): the turn is
+    # stored with an empty response. Before, every later turn of the conversation failed
+    # INVALID_ARGUMENT "messages[2].content must not be empty" (its history replayed the
+    # empty answer), naming a field the caller never sent, for good.
+    await create_books(stack)
+    stack.fake.enqueue(Behaviour.ok(text=""))
+    first = await stack.stub.Ask(
+        gw_pb.AskRequest(
+            collection="Books", llm_question="desert?", new_conversation=True, rewrite_query=False
+        ),
+        metadata=ALICE,
+    )
+    assert first.answer == ""
+    for ask in (stack.stub.Ask, stack.stub.StreamAsk):
+        request = (gw_pb.AskRequest if ask is stack.stub.Ask else gw_pb.StreamAskRequest)(
+            collection="Books",
+            llm_question="And the spice?",
+            conversation_id=first.conversation_id,
+            rewrite_query=False,
+        )
+        call = ask(request, metadata=ALICE)
+        if ask is stack.stub.Ask:
+            assert (await call).answer
+        else:
+            assert [event async for event in call]
+        sent = stack.fake.chat_requests[-1].json["messages"]
+        assert all(m["content"].strip() for m in sent)
+        assert "desert?" not in [m["content"] for m in sent]  # the unanswered turn is left out
+
+
 async def test_timeout_is_enforced(stack: Stack) -> None:
     await create_books(stack)
     stack.fake.latency = 5
