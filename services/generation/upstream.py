@@ -224,7 +224,9 @@ def to_service_error(fault: UpstreamFault, provider: str, model: str) -> Service
             f"provider {provider!r} is rate limiting (HTTP 429){tries}"
             + (
                 f" and asks to wait {fault.retry_after:.1f} s, longer than this call may"
-                if fault.retry_after is not None
+                # Not a wait of 0 (a "0" or negative Retry-After): that is no longer than
+                # anything, the call simply ran out of time retrying.
+                if fault.retry_after
                 else ""
             ),
             reason="UPSTREAM_RATE_LIMITED",

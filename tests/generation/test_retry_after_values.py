@@ -43,3 +43,16 @@ async def test_a_retry_after_of_centuries_is_refused_at_once(
     info = error_info(caught.value)
     assert info.reason == "UPSTREAM_RATE_LIMITED"
     assert info.metadata["retry_after_ms"] == "1000000000000"  # capped at 10**9 s
+
+
+@pytest.mark.parametrize("value", ["0", "-5"])
+async def test_no_wait_asked_is_not_called_a_wait_longer_than_the_call(
+    service: Service, fake: FakeOpenAI, value: str
+) -> None:
+    # Before: "... after 5 attempts and asks to wait 0.0 s, longer than this call may".
+    fake.fail_next(1000, Behaviour.rate_limited(retry_after=value))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.Generate(pb.GenerateRequest(messages=[user("hi")]), timeout=1)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error_info(caught.value).reason == "UPSTREAM_RATE_LIMITED"
+    assert "asks to wait" not in (caught.value.details() or "")
