@@ -34,7 +34,13 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 from services.common.egress import EMBEDDING_KEY_HEADER, URL_NOT_ALLOWED, header_value, refusal
 from services.common.errors import FailedPrecondition, PermissionDenied, Unavailable
 from services.common.logs import register_secret
-from services.common.openai_api import ATTEMPTS, OpenAIClients, authorized, upstream_span
+from services.common.openai_api import (
+    ATTEMPTS,
+    OpenAIClients,
+    authorized,
+    too_large,
+    upstream_span,
+)
 from services.common.tracing import service_tracer
 from services.common.upstream_retry import Deadline, Retrier, RetryPolicy, is_transient, server_wait
 from services.retrieval.endpoints import ALLOWLIST_SETTING
@@ -277,6 +283,9 @@ def _problem(err: BaseException) -> str:
         return "connection failed"
     if isinstance(err, TimeoutError):
         return "no answer in time"
+    big = too_large(err)
+    if big is not None:
+        return f"{big} (GENSEARCH_RETRIEVAL_MAX_RESPONSE_BYTES)"
     return "malformed body"
 
 
@@ -303,8 +312,11 @@ class Embedders:
         )
         # Clients per endpoint on one aiohttp transport each (bounded: endpoints come from
         # collections, which callers create).
-        self._operator_clients = OpenAIClients()
-        self._caller_clients = OpenAIClients(egress=self._policy.egress, resolver=resolver)
+        bound = settings.max_response_bytes
+        self._operator_clients = OpenAIClients(max_response_bytes=bound)
+        self._caller_clients = OpenAIClients(
+            egress=self._policy.egress, resolver=resolver, max_response_bytes=bound
+        )
         self._retry = RetryPolicy(max_attempts=settings.embed_retries + 1)
 
     def for_collection(self, schema: Schema) -> Embedder:

@@ -110,8 +110,11 @@ class Rerankers:
         self._settings = settings
         self._local = local
         self._egress = EgressPolicy.parse(settings.allowed_hosts)
-        self._operator_clients = OpenAIClients()
-        self._caller_clients = OpenAIClients(egress=self._egress, resolver=resolver)
+        bound = settings.max_response_bytes
+        self._operator_clients = OpenAIClients(max_response_bytes=bound)
+        self._caller_clients = OpenAIClients(
+            egress=self._egress, resolver=resolver, max_response_bytes=bound
+        )
         self._retry = RetryPolicy(max_attempts=settings.rerank_retries + 1)
 
     async def close(self) -> None:

@@ -97,6 +97,12 @@ class RetrievalSettings(CommonSettings):
     local_embed_threads: int = Field(default=1, ge=0, le=256)
     # Texts per forward pass of the local model.
     embed_batch_size: int = Field(default=64, ge=1, le=4096)
+    # The most bytes an embeddings or rerank endpoint's answer may hold, decoded (gzip
+    # and deflate inflated within it); past it the call is UNAVAILABLE, the rest unread.
+    # The SDK read a body whole: a collection's own endpoint could answer gigabytes into
+    # the service every tenant shares. 64 MiB holds 64 texts x 3072 dimensions many
+    # times over; raise it with EMBED_BATCH_SIZE for very large batches.
+    max_response_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, le=MAX_SIZE_BYTES)
     # Seconds an OpenAI-compatible embeddings request may take, its retries included.
     embed_timeout: float = Field(default=30.0, gt=0, le=MAX_WAIT_SECONDS)
     # Retries of an embeddings request (408, 409, 429, 5xx, connection errors; the shared

@@ -162,6 +162,31 @@ async def test_a_body_nested_too_deep_is_unavailable_not_internal(
     assert (await stub.CountObjects(pb.CountObjectsRequest(collection="Remote"))).count == 0
 
 
+async def test_an_answer_past_max_response_bytes_is_unavailable_and_not_read_whole(
+    make_retrieval: MakeRetrieval, fake: FakeOpenAI
+) -> None:
+    # Before: the SDK read an embeddings body whole, however large (a collection's own
+    # endpoint could answer gigabytes into the retrieval service every tenant shares).
+    retrieval = await make_retrieval(
+        embedding_key_urls={KEY_ENV: fake.base_url}, max_response_bytes=4096
+    )
+    await retrieval.stub.CreateCollection(
+        pb.CreateCollectionRequest(collection=remote(fake.base_url))
+    )
+    objects = [obj({"title": f"t{i}"}) for i in range(20)]  # 20 x 16 floats: > 4 KB of JSON
+    err = await expect_error(
+        retrieval.stub.UpsertObjects(pb.UpsertObjectsRequest(collection="Remote", objects=objects)),
+        grpc.StatusCode.UNAVAILABLE,
+    )
+    assert error_info(err).reason == "EMBEDDINGS_UNAVAILABLE"
+    assert "larger than 4096 bytes" in (err.details() or "")
+    assert len(fake.requests) == 1  # not retried
+    # One object's answer fits.
+    await retrieval.stub.UpsertObjects(
+        pb.UpsertObjectsRequest(collection="Remote", objects=objects[:1])
+    )
+
+
 async def test_unreachable_endpoint(make_retrieval: MakeRetrieval) -> None:
     retrieval = await make_retrieval(allowed_hosts="http://127.0.0.1")
     collection = pb.Collection(
