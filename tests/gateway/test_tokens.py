@@ -71,6 +71,26 @@ async def test_llama_cpp_tokenize_and_its_fallback(fake: FakeOpenAI) -> None:
         await tokenizers.close()
 
 
+async def test_a_tokenize_answer_nested_too_deep_or_too_large_is_estimated(
+    fake: FakeOpenAI,
+) -> None:
+    # `gensearch up --llm-base-url` points TOKENIZE_URLS at the model server it is given.
+    # 100 KB of "[" raised RecursionError out of the count (an Ask then failed INTERNAL),
+    # and a body was read whole however large.
+    root = fake.base_url.removesuffix("/v1")
+    tokenizers = Tokenizers({"local": root}, retry_seconds=0.0)
+    llama = tokenizers.for_model("local", "smollm2")
+    try:
+        text = "one two three"
+        for body in (b"[" * 100_000, b'{"tokens": [' + b"1," * (10 << 20) + b"1]}"):
+            fake.tokenize_body = body
+            assert await llama.count([text]) == [estimate_tokens(text)]
+        fake.tokenize_body = None
+        assert await llama.count([text]) == [3]
+    finally:
+        await tokenizers.close()
+
+
 async def test_ask_budgets_with_the_model_servers_tokenizer(
     stack_factory: StackFactory, fake: FakeOpenAI
 ) -> None:

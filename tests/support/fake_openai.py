@@ -25,7 +25,8 @@ Endpoints
         token) and sets ``finish_reason: "length"``; a ``stop`` string cuts it too.
     ``GET /v1/models``  the ``models`` given to the constructor.
     ``POST /tokenize``  llama.cpp's endpoint (``{"content": text}`` -> ``{"tokens": [...]}``,
-        one token per word, :func:`count_tokens`); ``tokenize_up = False`` answers 503.
+        one token per word, :func:`count_tokens`); ``tokenize_up = False`` answers 503;
+        ``tokenize_body`` (bytes) is answered instead when set.
         ``tokenize_calls`` counts the texts it was asked to tokenize.
     ``GET /fake/stats``  the counters below as JSON (for a client in another process):
         ``served``, ``rate_limited``, ``max_per_window``; ``POST /fake/reset`` resets them.
@@ -328,6 +329,8 @@ class FakeOpenAI:
         self.disconnects = 0
         self.served = 0
         self.tokenize_up = True
+        # A raw body /tokenize answers instead (200, application/json), e.g. junk.
+        self.tokenize_body: bytes | None = None
         self.tokenize_calls = 0
         self.disconnected = asyncio.Event()
         self._arrived = asyncio.Event()
@@ -470,6 +473,8 @@ class FakeOpenAI:
             return web.json_response({"error": "unavailable"}, status=503)
         body = await request.json()
         self.tokenize_calls += 1
+        if self.tokenize_body is not None:
+            return web.Response(body=self.tokenize_body, content_type="application/json")
         words = str(body.get("content", "")).split()
         return web.json_response({"tokens": list(range(len(words)))})
 

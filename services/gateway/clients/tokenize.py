@@ -6,9 +6,14 @@ caller's; aiohttp, our one HTTP stack, without proxies from the environment."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Sequence
 
 import aiohttp
+
+# The most bytes a /tokenize answer is read to: a token list of the longest prompt
+# (1,000,000 characters, at most about that many tokens of a few digits each) fits.
+MAX_ANSWER_BYTES = 8 * 1024 * 1024
 
 
 class TokenizeError(Exception):
@@ -39,8 +44,9 @@ class LlamaTokenizeClient:
                 ) as reply:
                     if reply.status != 200:
                         raise TokenizeError(f"tokenize answered HTTP {reply.status}")
-                    body = await reply.json(content_type=None)
-            except (aiohttp.ClientError, TimeoutError, ValueError) as err:
+                    body = json.loads(await _bounded(reply))
+            # RecursionError: JSON nested deeper than json.loads recurses (100 KB of "[").
+            except (aiohttp.ClientError, TimeoutError, ValueError, RecursionError) as err:
                 raise TokenizeError(f"tokenize failed: {type(err).__name__}") from None
         tokens = body.get("tokens") if isinstance(body, dict) else None
         if not isinstance(tokens, list):
@@ -50,3 +56,13 @@ class LlamaTokenizeClient:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+async def _bounded(reply: aiohttp.ClientResponse) -> bytes:
+    """The answer's body, refused past MAX_ANSWER_BYTES (aiohttp reads one whole)."""
+    body = bytearray()
+    async for chunk in reply.content.iter_chunked(64 * 1024):
+        body += chunk
+        if len(body) > MAX_ANSWER_BYTES:
+            raise TokenizeError(f"tokenize answered more than {MAX_ANSWER_BYTES} bytes")
+    return bytes(body)
