@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.egress import EgressPolicy, UrlRefused, canonical_url
+from services.common.model_names import model_name_setting
 from services.common.settings import (
     MAX_SIZE_BYTES,
     MAX_TTL_SECONDS,
@@ -32,8 +33,12 @@ class RerankProvider(BaseModel):
     base_url: str
     # Environment variable holding its key (sent only to this base URL); empty: none.
     api_key_env: str = ""
-    # Model sent when a request names none; empty: none sent (TEI serves one model).
+    # Model sent when a request names none; empty: none sent (TEI serves one model). Held
+    # at start to the shape of a generation provider's model names (model_name_setting):
+    # it goes upstream in every request body and into span names.
     model: str = ""
+
+    _valid_model = field_validator("model")(model_name_setting)
 
     @field_validator("base_url")
     @classmethod

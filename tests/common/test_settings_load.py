@@ -451,3 +451,40 @@ def test_a_gateway_default_model_and_provider_requests_could_name_are_accepted(
         "OpenAI",
         "meta-llama/Llama-3.1-8B-Instruct",
     )
+
+
+@pytest.mark.parametrize(
+    ("model", "reason"),
+    [
+        ("   ", "a model name must not be only spaces (leave it empty for the default model)"),
+        ("rerank\n-v2", "a model name must not contain control characters"),
+        ("m" * 257, "a model name is at most 256 characters"),
+    ],
+)
+def test_a_rerank_provider_model_no_request_could_name_stops_retrieval(
+    model: str, reason: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Held to the generation providers' model-name check (the same one, model_names.py):
+    # it was accepted and sent upstream, and into span names, with every rerank call.
+    providers = {"tei": {"base_url": "http://tei:8080/v1", "model": model}}
+    monkeypatch.setenv("GENSEARCH_RETRIEVAL_RERANK_PROVIDERS", json.dumps(providers))
+    with pytest.raises(SystemExit) as err:
+        load_settings(RetrievalSettings)
+    assert _exit_message(err) == (
+        f"invalid setting GENSEARCH_RETRIEVAL_RERANK_PROVIDERS.tei.model: {reason}"
+    )
+
+
+def test_a_rerank_provider_model_a_request_could_name_is_accepted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    providers = {
+        "tei": {"base_url": "http://tei:8080/v1"},  # no model: none sent
+        "vllm": {"base_url": "http://vllm:8000/v1", "model": "BAAI/bge-reranker-v2-m3"},
+    }
+    monkeypatch.setenv("GENSEARCH_RETRIEVAL_RERANK_PROVIDERS", json.dumps(providers))
+    settings = load_settings(RetrievalSettings)
+    assert {name: p.model for name, p in settings.rerank_providers.items()} == {
+        "tei": "",
+        "vllm": "BAAI/bge-reranker-v2-m3",
+    }
