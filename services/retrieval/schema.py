@@ -521,16 +521,39 @@ def _describe(value: Any) -> str:
     return "an object"
 
 
+# RFC 3339's date-time (section 5.6), the one date form the API takes: a full date, "T",
+# hours:minutes:seconds, optional fractional seconds after ".", and "Z" or a +hh:mm/-hh:mm
+# offset ("t" and "z" may be lower case). Checked before datetime.fromisoformat, which also
+# reads ISO 8601 forms RFC 3339 does not have: week dates ("2024-W01-1T00:00:00Z"), compact
+# forms ("20240101T000000Z"), times without seconds ("…T12:00Z"), "," fractions, offsets
+# without a colon or with seconds ("+0100", "+01", "+01:00:30"), offset minutes past 59
+# ("+01:60", read as +02:00) and a space before the offset. ASCII digits only (re.ASCII);
+# the range of each field is left to fromisoformat (it refuses "2024-02-30" and a leap
+# second ":60").
+RFC3339_DATE_TIME = re.compile(
+    r"(?P<date>\d{4}-\d{2}-\d{2})[Tt](?P<time>\d{2}:\d{2}:\d{2})(?P<fraction>\.\d+)?"
+    r"(?P<offset>[Zz]|[+-]\d{2}:[0-5]\d)",
+    re.ASCII,
+)
+
+
 def parse_date(value: str, path: str) -> datetime:
-    """An RFC 3339 timestamp with a time zone offset (``Z`` or ``+hh:mm``)."""
-    # Only printable ASCII: CPython's fromisoformat stops reading at a NUL, so
-    # "2024-05-01T12:00:00Z\x00anything" would otherwise parse, the rest silently dropped.
-    readable = value.isascii() and value.isprintable()
-    try:
-        parsed = datetime.fromisoformat(value) if readable and "T" in value.upper() else None
-    except ValueError:
-        parsed = None
-    if parsed is None or parsed.tzinfo is None:
+    """An RFC 3339 date-time with a time zone offset (``Z`` or ``+hh:mm``), and nothing
+    else that ``datetime.fromisoformat`` would read (``RFC3339_DATE_TIME``)."""
+    # fullmatch, not match: a trailing newline or a NUL and more (CPython's fromisoformat
+    # stops reading at a NUL, so "2024-05-01T12:00:00Z\x00anything" once parsed, the rest
+    # silently dropped) is not a date.
+    match = RFC3339_DATE_TIME.fullmatch(value)
+    parsed = None
+    if match:
+        # Microseconds are all a datetime holds: further digits are dropped, as before.
+        fraction = (match["fraction"] or "")[:7]
+        offset = "+00:00" if match["offset"] in ("Z", "z") else match["offset"]
+        try:
+            parsed = datetime.fromisoformat(f"{match['date']}T{match['time']}{fraction}{offset}")
+        except ValueError:  # a field out of range: month 13, February 30, second 60 ...
+            parsed = None
+    if parsed is None:
         raise ObjectInvalid(path, f"expected an RFC 3339 date-time with offset, got {quote(value)}")
     return parsed
 

@@ -8,7 +8,7 @@ import json
 import re
 from collections import Counter
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -25,6 +25,7 @@ from gensearch.client import (
 from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as ret_grpc
 
 from services.common.errors import FailedPrecondition, NotFound, ServiceError
+from services.retrieval.schema import RFC3339_DATE_TIME
 from tests.cli.conftest import RunningStack
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -300,6 +301,23 @@ def test_retries_cover_only_idempotent_reads() -> None:
     }  # fmt: skip
     assert not methods & writes
     assert method_config["retryPolicy"]["maxAttempts"] == 3
+
+
+def test_datetimes_go_as_rfc3339_date_times_the_service_takes() -> None:
+    from gensearch.client.filters import to_value
+
+    plus_two = timezone(timedelta(hours=2))
+    # Amsterdam's local mean time until 1937: an offset in seconds, which RFC 3339 has not.
+    amsterdam_lmt = timezone(timedelta(minutes=19, seconds=32))
+    sent = {
+        datetime(2024, 5, 1, 12, 0, tzinfo=plus_two): "2024-05-01T12:00:00+02:00",
+        datetime(2024, 5, 1, 12, 0, 0, 250000, tzinfo=UTC): "2024-05-01T12:00:00.250000Z",
+        datetime(2024, 5, 1, 12, 0): "2024-05-01T12:00:00Z",  # naive: UTC
+        datetime(1900, 1, 1, 12, 0, tzinfo=amsterdam_lmt): "1900-01-01T11:40:28Z",
+    }
+    for value, text in sent.items():
+        assert to_value(value).string_value == text
+        assert RFC3339_DATE_TIME.fullmatch(text)
 
 
 def test_the_blocking_client(running_stack: RunningStack) -> None:

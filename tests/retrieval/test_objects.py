@@ -78,6 +78,66 @@ async def test_ids_generated_and_dates_normalized(stub: Any) -> None:
     assert got.properties["date"] == "2024-05-01T12:30:00Z"
 
 
+# RFC 3339 date-times (section 5.6) and what each is stored as (UTC, "Z").
+RFC3339_DATES = {
+    "2024-05-01T12:00:00Z": "2024-05-01T12:00:00Z",
+    "2024-05-01t12:00:00z": "2024-05-01T12:00:00Z",  # RFC 3339 allows lower case
+    "2024-05-01T12:00:00.5Z": "2024-05-01T12:00:00.500000Z",
+    "2024-05-01T12:00:00.123456789+02:00": "2024-05-01T10:00:00.123456Z",
+    "2024-05-01T12:00:00-00:00": "2024-05-01T12:00:00Z",
+    "2024-05-01T00:30:00+23:59": "2024-04-30T00:31:00Z",
+}
+# What datetime.fromisoformat reads but RFC 3339 does not have: ISO 8601 week dates,
+# compact and reduced forms, "," fractions, other offset spellings.
+NOT_RFC3339_DATES = [
+    "2024-W18-3T12:00:00Z",
+    "2024W183T12:00:00Z",
+    "20240501T120000Z",
+    "2024-05-01T1200Z",
+    "2024-05-01T12:00Z",
+    "2024-05-01T12Z",
+    "2024-05-01T12:00:00,5Z",
+    "2024-05-01T12:00:00.Z",
+    "2024-05-01T12:00:00+0200",
+    "2024-05-01T12:00:00+02",
+    "2024-05-01T12:00:00+02:00:30",
+    "2024-05-01T12:00:00+01:60",
+    "2024-05-01T12:00:00 Z",
+    "2024-05-01T12:00:00Z\n",
+    "2024-122T12:00:00Z",  # ordinal date
+    "20240501",
+    "2024-W18-3",
+    "2024-05-01",
+]
+
+
+async def test_rfc3339_dates_are_stored_in_utc(stub: Any) -> None:
+    objects = [obj({"date": value}, vector=V) for value in RFC3339_DATES]
+    resp = await stub.UpsertObjects(pb.UpsertObjectsRequest(collection="Articles", objects=objects))
+    assert not resp.errors
+    got = await stub.BatchGetObjects(pb.BatchGetObjectsRequest(collection="Articles", ids=resp.ids))
+    stored = {o.id: o.properties["date"] for o in got.objects}
+    assert [stored[i] for i in resp.ids] == list(RFC3339_DATES.values())
+
+
+async def test_dates_in_other_iso_8601_forms_are_refused(stub: Any) -> None:
+    # fromisoformat read them all (a week date was stored as its calendar date).
+    objects = [obj({"date": value}, vector=V) for value in NOT_RFC3339_DATES]
+    resp = await stub.UpsertObjects(pb.UpsertObjectsRequest(collection="Articles", objects=objects))
+    assert not resp.ids
+    assert [(e.index, e.field) for e in resp.errors] == [
+        (i, "properties.date") for i in range(len(NOT_RFC3339_DATES))
+    ]
+    assert all("RFC 3339" in e.message for e in resp.errors)
+    for value in NOT_RFC3339_DATES:
+        flt = cond("date", pb.OPERATOR_LESS_THAN, value)
+        await expect_error(
+            stub.CountObjects(pb.CountObjectsRequest(collection="Articles", filter=flt)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "filter.condition.value",
+        )
+
+
 async def test_invalid_objects_reported_rest_lands(stub: Any) -> None:
     good = articles()[:2]
     objects = [

@@ -8,7 +8,7 @@ proto's JSON form (``{"condition": {"property": ..., "operator": "OPERATOR_EQUAL
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from gensearch.retrieval.v1 import retrieval_service_pb2 as rpb
@@ -18,6 +18,11 @@ from google.protobuf import json_format, struct_pb2
 def _jsonable(value: Any) -> Any:
     if isinstance(value, datetime):
         aware = value if value.tzinfo else value.replace(tzinfo=UTC)
+        offset = aware.utcoffset()
+        if offset is not None and offset % timedelta(minutes=1):
+            # RFC 3339 offsets are whole minutes (the service refuses "+00:19:32", the
+            # offset of a historical zone's local mean time): sent in UTC instead.
+            aware = aware.astimezone(UTC)
         return aware.isoformat().replace("+00:00", "Z")
     if isinstance(value, date):
         return value.isoformat()
