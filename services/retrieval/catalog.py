@@ -201,15 +201,40 @@ def not_found(name: str, field: str) -> NotFound:
     return NotFound(f"collection {name!r} not found", field=field)
 
 
+# A page token is the last name of the page before, after a version prefix, in unpadded
+# URL-safe base64: an opaque keyset cursor. It is not signed (unlike the memory service's,
+# services/memory/page_token.py), because it grants nothing: the caller's tenant filters
+# the names before the cursor is compared, so any token, forged or another caller's, only
+# chooses where the caller's own list starts. It is parsed strictly, though: anything but
+# a token this encoding makes from a collection name is INVALID_ARGUMENT, never a guess
+# (a 3 MB token, stray characters or bytes that are no name were silently read as some
+# cursor, often an empty page).
+_TOKEN_PREFIX = b"c1:"
+# The longest token: that of the longest collection name (63 characters).
+MAX_TOKEN_CHARS = 128
+
+
 def _encode_token(name: str) -> str:
-    return base64.urlsafe_b64encode(b"c1:" + name.encode()).decode().rstrip("=")
+    return base64.urlsafe_b64encode(_TOKEN_PREFIX + name.encode()).decode().rstrip("=")
 
 
 def _decode_token(token: str) -> str:
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-    except (binascii.Error, ValueError):
-        raw = b""
-    if not raw.startswith(b"c1:"):
-        raise InvalidArgument("page_token is not a token this service issued", field="page_token")
-    return raw[3:].decode(errors="replace")
+    """The name after which ``token``'s page starts; INVALID_ARGUMENT ``page_token``
+    (reason ``INVALID_PAGE_TOKEN``) unless ``_encode_token`` made it from a collection
+    name."""
+    name = ""
+    if len(token) <= MAX_TOKEN_CHARS and token.isascii():
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+            if raw.startswith(_TOKEN_PREFIX):
+                name = raw[len(_TOKEN_PREFIX) :].decode("ascii")
+        except (binascii.Error, ValueError):  # UnicodeDecodeError is a ValueError
+            name = ""
+    # Re-encoding must give the token back: no stray characters, padding or spare bits.
+    if not COLLECTION_NAME.fullmatch(name) or _encode_token(name) != token:
+        raise InvalidArgument(
+            "page_token is not a token this service issued",
+            field="page_token",
+            reason="INVALID_PAGE_TOKEN",
+        )
+    return name

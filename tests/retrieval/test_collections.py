@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import grpc
 from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 
@@ -12,6 +14,7 @@ from tests.retrieval.conftest import (
     props,
     vector_collection,
 )
+from tests.support.rpc import error_info
 
 
 async def test_create_get_list_delete(retrieval: Retrieval) -> None:
@@ -89,6 +92,48 @@ async def test_list_pages(retrieval: Retrieval) -> None:
         grpc.StatusCode.INVALID_ARGUMENT,
         "page_token",
     )
+
+
+def _token(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+async def test_a_page_token_not_issued_by_the_service_is_refused(retrieval: Retrieval) -> None:
+    # They were read as some cursor: a 3 MB one was decoded whole, stray characters were
+    # skipped, bytes that are no name became U+FFFD (after every name: an empty page).
+    stub = retrieval.stub
+    for name in ("Apple", "Banana", "Cherry"):
+        await stub.CreateCollection(pb.CreateCollectionRequest(collection=vector_collection(name)))
+    first = await stub.ListCollections(pb.ListCollectionsRequest(page_size=1))
+    issued = first.next_page_token
+    assert issued
+    forged = [
+        _token(b"c1:"),  # no name
+        _token(b"c1:\xc3\x28"),  # not UTF-8
+        _token(b"c1:\xff"),
+        _token(b"c1:Apple\x00"),  # no collection name
+        _token(b"c1:" + b"A" * 64),  # longer than any collection name
+        _token(b"c1:" + b"A" * 3_000_000),
+        _token(b"c2:Apple"),  # another version
+        issued + "!!",  # stray characters
+        issued[:2] + "!" + issued[2:],
+        issued + "==",  # padding
+        issued.replace("-", "+").replace("_", "/") if "-" in issued or "_" in issued else "+",
+        " " + issued,
+        "é",
+    ]
+    for token in forged:
+        err = await expect_error(
+            stub.ListCollections(pb.ListCollectionsRequest(page_token=token)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "page_token",
+        )
+        assert error_info(err).reason == "INVALID_PAGE_TOKEN", token[:40]
+    rest = await stub.ListCollections(pb.ListCollectionsRequest(page_token=issued))
+    assert [c.name for c in rest.collections] == ["Banana", "Cherry"]
+    # A well-formed cursor the service never issued only picks where the list starts.
+    made = await stub.ListCollections(pb.ListCollectionsRequest(page_token=_token(b"c1:B")))
+    assert [c.name for c in made.collections] == ["Banana", "Cherry"]
 
 
 async def test_collection_errors(retrieval: Retrieval) -> None:
