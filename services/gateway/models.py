@@ -9,12 +9,11 @@ from gensearch.generation.v1 import generation_service_pb2 as gen_pb
 
 from services.common.egress import URL_NOT_ALLOWED, EgressPolicy, UrlRefused
 from services.common.errors import (
-    InvalidArgument,
     PermissionDenied,
     ServiceError,
     quote,
 )
-from services.common.model_names import check_model_name
+from services.common.model_names import model_name_problem
 from services.gateway.clients import Caller, GenerationClient
 from services.gateway.generator import Options
 from services.gateway.prompting import context_window_for
@@ -58,7 +57,9 @@ class ModelCatalog:
         URL once more on every connection). One clear error instead of the same one on
         every hit, naming the field the value came from (``Options.provider_field`` …):
         the request's own, or the collection's stored default (``collection.generative.…``)
-        when the request named none. ``prefix`` is where the request's base_url sits."""
+        when the request named none. A request's own value is INVALID_ARGUMENT; a stored
+        one is FAILED_PRECONDITION (``refusal_at``): no change to the request fixes it,
+        the collection must be. ``prefix`` is where the request's base_url sits."""
         models = await self.models(caller, timeout)
         if models is None:  # generation unreachable: each hit will say so itself
             return
@@ -77,18 +78,20 @@ class ModelCatalog:
             for i, (p, m) in enumerate(options.fallback)
         ]
         for provider_name, model, provider_field, model_at, callers_url in pairs:
-            check_model_name(model, model_at)
+            problem = model_name_problem(model)
+            if problem:
+                raise refusal_at(model_at)(problem, field=model_at)
             provider = _find_provider(models, provider_name)
             if provider is None:
                 known = ", ".join(sorted(p.name for p in models.providers))
-                raise InvalidArgument(
+                raise refusal_at(provider_field)(
                     f"unknown provider {quote(provider_name)} (configured: {known})",
                     field=provider_field,
                     reason="UNKNOWN_PROVIDER",
                 )
             chosen = model or provider.default_model
             if provider.models_checked and not callers_url and chosen not in provider.models:
-                raise InvalidArgument(
+                raise refusal_at(model_at)(
                     f"unknown model {quote(chosen)} for provider {provider.name!r}; "
                     f"known: {', '.join(provider.models)}",
                     field=model_at,

@@ -156,7 +156,8 @@ async def test_a_collections_bad_chain_is_named(stack: Stack) -> None:
     await create_books(stack, books=WITH_BODY, generative=generative)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stack.stub.Ask(_ask(), metadata=ALICE)
-    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # The stored chain is at fault, not the request: FAILED_PRECONDITION (was INVALID_ARGUMENT).
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert error_info(caught.value).metadata["field"] == (
         "collection.generative.fallback[0].provider"
     )

@@ -179,6 +179,9 @@ async def test_a_collections_unknown_fallback_provider_is_named(stack: Stack) ->
         await stack.stub.GenerativeSearch(_search(single_prompt="About {title}"), metadata=ALICE)
     field = error_info(caught.value).metadata["field"]
     assert field == "collection.generative.fallback[0].provider"
+    # No change to the request fixes a stored value: the collection must be (as for its
+    # max_tokens past a window); it was INVALID_ARGUMENT.
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
 @pytest.mark.parametrize(
@@ -205,15 +208,20 @@ async def test_a_collections_unknown_provider_or_model_is_named_as_the_collectio
             await call
         info = error_info(caught.value)
         assert (info.reason, info.metadata["field"]) == (reason, f"collection.generative.{field}")
-    # The request's own choice is still named as the request's.
+        # The collection's stored value, not the request, is at fault (it was
+        # INVALID_ARGUMENT, unlike a stored max_tokens past a window).
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    # The request's own choice is still named as the request's, and a bad argument.
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stack.stub.GenerativeSearch(
             _search(single_prompt="About {title}", provider="gone2"), metadata=ALICE
         )
     assert error_info(caught.value).metadata["field"] == "generate.provider"
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stack.stub.Ask(_with(ask, provider="anyscale", llm_model="nope"), metadata=ALICE)
     assert error_info(caught.value).metadata["field"] == "llm_model"
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert stack.fake.chat_requests == []
 
 
