@@ -284,12 +284,14 @@ def _check_ports(args: argparse.Namespace, settings: dict[str, Any]) -> None:
     for name, part in settings.items():
         option = f"GENSEARCH_{name.upper()}_METRICS_PORT"
         wanted.append(WantedPort(f"{name} metrics port", part.metrics_port, option))
-    busy = busy_ports(args.host, wanted)
+    # The host as the settings hold it: "[::1]" is kept bare, as the servers bind it.
+    host = next(iter(settings.values())).host
+    busy = busy_ports(host, wanted)
     if busy:
         ports = ", ".join(f"{b.what} {b.port}" for b in busy)
         hints = ", ".join(b.option for b in busy)
         raise CliError(
-            f"already in use on {args.host}: {ports} (another gensearch running?); "
+            f"already in use on {host}: {ports} (another gensearch running?); "
             f"choose others with {hints} (0 = any free port); nothing was started"
         )
 

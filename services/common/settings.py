@@ -101,6 +101,38 @@ TOOL_VARIABLES = frozenset(
 )
 
 
+HOST_FORMS = "a host name or an IP address (0.0.0.0 or :: for every interface)"
+# "name:port", "1.2.3.4:port" or "[v6]:port": a port where only a host goes.
+_WITH_PORT = re.compile(r"(\[[^\]]*\]|[^:\[\]]+):[0-9]*")
+
+
+def bind_host_setting(value: str) -> str:
+    """The address servers bind (``GENSEARCH_HOST``): a host name, an IPv4 address or an
+    IPv6 one, bare or in brackets (returned bare: ``join_host_port`` adds the brackets gRPC
+    needs, and the metrics server takes it bare). Checked at start: gRPC and the metrics
+    server refused anything else only when they bound, with a traceback, and a bracketed
+    IPv6 address, which gRPC took, stopped the metrics server that way. The message never
+    quotes the value."""
+    if _WITH_PORT.fullmatch(value):
+        raise ValueError(f"must be {HOST_FORMS}, without a port (each service has its own)")
+    bracketed = value.startswith("[") and value.endswith("]")
+    host = value[1:-1] if bracketed else value
+    if ":" in host or bracketed:  # an IPv6 address (the only thing brackets may hold)
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"must be {HOST_FORMS}") from None
+        return host
+    if not _HOST_NAME.fullmatch(host) or len(host) > 253:
+        raise ValueError(f"must be {HOST_FORMS}")
+    if all(label.isdigit() for label in host.rstrip(".").split(".")):
+        try:  # digits and dots only: an IPv4 address, not a name ("999.1.1.1", "1.2.3")
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ValueError(f"must be {HOST_FORMS}") from None
+    return host
+
+
 class CommonSettings(BaseSettings):
     """The base of every service's settings.
 
@@ -183,6 +215,8 @@ class CommonSettings(BaseSettings):
         if level not in logging.getLevelNamesMapping():  # what logging's setLevel takes
             raise ValueError("must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
         return level
+
+    _host = field_validator("host")(bind_host_setting)
 
     def request_limit(self, method: str) -> int:
         """Largest request of ``method`` (its name, e.g. ``ImportObjects``), in bytes."""

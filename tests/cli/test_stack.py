@@ -102,6 +102,20 @@ def test_busy_ports_ignores_port_zero_and_free_ports() -> None:
     assert stack_mod.busy_ports("127.0.0.1", [taken_port]) == []
 
 
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback here")
+def test_ports_are_checked_on_a_bracketed_ipv6_host() -> None:
+    # The check took --host as given: "[::1]" resolved to nothing, so every wanted port
+    # was reported "already in use".
+    from services.memory.settings import MemorySettings
+
+    with socket.socket(socket.AF_INET6) as probe:
+        probe.bind(("::1", 0))
+        free = probe.getsockname()[1]
+    args = up_args(Path("unused"), host="[::1]", port=free)
+    settings = {"memory": MemorySettings(host=args.host, port=0, metrics_port=None)}
+    stack_mod._check_ports(args, settings)  # nothing busy: no CliError
+
+
 def test_a_port_held_only_in_time_wait_is_not_busy() -> None:
     with socket.socket() as listener:
         # A stopped gRPC server's port: it listened with SO_REUSEADDR, as gRPC does, and its
@@ -174,16 +188,18 @@ def test_a_provider_without_its_key_is_named_at_start(
 
 
 @pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback here")
+@pytest.mark.parametrize("host", ["::1", "[::1]"])
 async def test_up_on_ipv6_loopback(
-    redis_server: RedisProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    host: str, redis_server: RedisProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """``gensearch up --host ::1``: each part's address was ``::1:PORT``, which gRPC could
     not bind; the gateway's copy of the settings was not validated, so it would have
-    dialled its services at that address too."""
+    dialled its services at that address too. ``--host [::1]``: gRPC bound it, the
+    metrics servers could not ("cannot listen on metrics port")."""
     async with FakeOpenAI() as fake:
         args = up_args(
             tmp_path / "data",
-            host="::1",
+            host=host,
             redis_url=redis_server.url,
             qdrant_url=":memory:",
             llm_provider="vllm",

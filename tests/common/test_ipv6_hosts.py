@@ -56,6 +56,29 @@ async def test_a_service_bound_to_ipv6_loopback_serves_there() -> None:
 
 
 @needs_ipv6
+async def test_a_bracketed_ipv6_host_setting_serves_grpc_and_metrics(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # GENSEARCH_HOST=[::1]: gRPC bound it, then the metrics server stopped the service
+    # with a traceback (socket.gaierror): it takes no brackets. The setting is kept bare.
+    monkeypatch.setenv("GENSEARCH_HOST", "[::1]")
+    settings = CommonSettings()
+    assert settings.host == "::1"
+    server = GrpcServer(settings, port=0, metrics_port=0)
+    port = await server.start()
+    try:
+        async with grpc.aio.insecure_channel(join_host_port("::1", port)) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        url = f"http://{join_host_port('::1', server.metrics_port)}/metrics"
+        async with aiohttp.ClientSession() as session, session.get(url) as answer:
+            assert answer.status == 200
+    finally:
+        await server.stop(0)
+
+
+@needs_ipv6
 async def test_the_dev_redis_on_ipv6_loopback(tmp_path: Path) -> None:
     """The launcher's free port probe was an IPv4 socket (no ``::1`` there) and its URL
     ``redis://::1:PORT/0`` did not parse."""

@@ -488,3 +488,69 @@ def test_a_rerank_provider_model_a_request_could_name_is_accepted(
         "tei": "",
         "vllm": "BAAI/bge-reranker-v2-m3",
     }
+
+
+HOST_FORMS = "a host name or an IP address (0.0.0.0 or :: for every interface)"
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("not a host!!", f"must be {HOST_FORMS}"),
+        ("[::1", f"must be {HOST_FORMS}"),
+        ("::1]", f"must be {HOST_FORMS}"),
+        ("[127.0.0.1]", f"must be {HOST_FORMS}"),  # brackets hold an IPv6 address only
+        ("[]", f"must be {HOST_FORMS}"),
+        ("", f"must be {HOST_FORMS}"),
+        ("  ", f"must be {HOST_FORMS}"),
+        ("local\nhost", f"must be {HOST_FORMS}"),
+        ("999.1.1.1", f"must be {HOST_FORMS}"),
+        ("1::2::3", f"must be {HOST_FORMS}"),
+        ("127.0.0.1:8080", f"must be {HOST_FORMS}, without a port (each service has its own)"),
+        ("[::1]:8080", f"must be {HOST_FORMS}, without a port (each service has its own)"),
+    ],
+)
+def test_a_bind_host_no_server_can_bind_names_the_variable(
+    value: str, reason: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # gRPC or the metrics server refused these only when binding, with a traceback.
+    monkeypatch.setenv("GENSEARCH_HOST", value)
+    for settings in (MemorySettings, RetrievalSettings, GenerationSettings, GatewaySettings):
+        if settings is GenerationSettings:
+            _generation_env(monkeypatch)
+        with pytest.raises(SystemExit) as err:
+            load_settings(settings)
+        assert _exit_message(err) == f"invalid setting GENSEARCH_HOST: {reason}"
+
+
+@pytest.mark.parametrize(
+    ("value", "host"),
+    [
+        ("127.0.0.1", "127.0.0.1"),
+        ("0.0.0.0", "0.0.0.0"),
+        ("localhost", "localhost"),
+        ("memory.gensearch.svc.cluster.local", "memory.gensearch.svc.cluster.local"),
+        ("::1", "::1"),
+        ("::", "::"),
+        ("[::1]", "::1"),  # kept bare: join_host_port adds the brackets gRPC needs
+        ("[::]", "::"),
+        ("fe80::1%eth0", "fe80::1%eth0"),
+    ],
+)
+def test_every_bind_host_form_is_accepted(
+    value: str, host: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GENSEARCH_HOST", value)
+    assert load_settings(MemorySettings).host == host
+
+
+async def test_a_service_started_with_an_invalid_host_exits_with_one_line(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GENSEARCH_")}
+    env.update({"GENSEARCH_DATA_DIR": str(tmp_path), "GENSEARCH_HOST": "[::1"})
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.memory", cwd=ROOT, env=env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    stderr = await _stderr_at_exit(proc)
+    assert proc.returncode == 1
+    assert stderr.decode().splitlines() == [f"invalid setting GENSEARCH_HOST: must be {HOST_FORMS}"]
