@@ -24,7 +24,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import sys
 import time
 import warnings
@@ -38,7 +37,7 @@ from pydantic import SecretStr, ValidationError
 
 from services.cli.client import CliError, check_health
 from services.cli.output import note
-from services.common.hostport import join_host_port
+from services.common.hostport import bind_problem, join_host_port
 
 if TYPE_CHECKING:
     from services.common.server import GrpcServer
@@ -258,22 +257,8 @@ def busy_ports(host: str, wanted: list[WantedPort]) -> list[WantedPort]:
     Checked before anything starts: a busy port found by the gRPC server itself is
     reported late (after Redis and the models have loaded) and after gRPC's own log line.
     """
-    busy = []
-    for want in wanted:
-        if not want.port:
-            continue
-        try:
-            family, kind, proto, _, where = socket.getaddrinfo(
-                host or None, want.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-            )[0]
-            with socket.socket(family, kind, proto) as probe:
-                # As gRPC and the metrics server bind: a port held only by connections in
-                # TIME_WAIT is free to them, and a listening one still is not (Linux).
-                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                probe.bind(where)
-        except OSError:
-            busy.append(want)
-    return busy
+    # As gRPC and the metrics server bind (bind_problem).
+    return [want for want in wanted if want.port and bind_problem(host, want.port)]
 
 
 def _check_ports(args: argparse.Namespace, settings: dict[str, Any]) -> None:
@@ -550,22 +535,24 @@ def _provider_overrides(args: argparse.Namespace, base_url: str) -> list[dict[st
 
 
 async def _serve(stack: Stack, name: str, build: Callable[[], Awaitable[GrpcServer]]) -> None:
+    from services.common.server import BindError
+
     started = time.perf_counter()
     server = await build()
     try:
         port = await server.start()
-    except (RuntimeError, OSError) as err:
+    except BindError as err:
         await server.stop(0)
-        if isinstance(err, OSError):  # the gRPC port is bound by now: the metrics port is not
+        if err.metrics:  # the gRPC port is bound by now: the metrics port is not
             where, hint = (
                 f"metrics port {server.metrics_port}",
                 f"GENSEARCH_{name.upper()}_METRICS_PORT",
             )
         else:
-            where = join_host_port(server.host, server.port)
+            where = err.where
             hint = "--port" if name == "gateway" else f"GENSEARCH_{name.upper()}_PORT"
         raise CliError(
-            f"{name}: cannot listen on {where} ({err}); another gensearch running? "
+            f"{name}: cannot listen on {where} ({err.problem}); another gensearch running? "
             f"choose another port with {hint} (0 = any free port)"
         ) from None
     address = join_host_port(_client_host(server.host), port)

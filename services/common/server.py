@@ -22,6 +22,7 @@ import contextlib
 import logging
 import resource
 import signal
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -33,7 +34,7 @@ from grpc_reflection.v1alpha import reflection
 from services.common.auth import Authenticator
 from services.common.call_slots import CallSlots
 from services.common.chassis import Admission, ChassisRegistry
-from services.common.hostport import join_host_port
+from services.common.hostport import bind_problem, join_host_port
 from services.common.logs import register_secret
 from services.common.metrics import serve_metrics, server_name
 from services.common.settings import CommonSettings
@@ -43,6 +44,16 @@ from services.common.tracing import tracer
 log = logging.getLogger("gensearch.server")
 
 Registrar = Callable[[Any, grpc.aio.Server], None]
+
+
+class BindError(RuntimeError):
+    """A server could not listen where its settings say: ``where`` (host:port), why
+    (``problem``) and the variables that chose it, in one line. ``metrics``: it was the
+    metrics endpoint (the gRPC server is listening by then)."""
+
+    def __init__(self, where: str, problem: str, variables: str, *, metrics: bool) -> None:
+        super().__init__(f"cannot listen on {where}: {problem} ({variables})")
+        self.where, self.problem, self.variables, self.metrics = where, problem, variables, metrics
 
 
 class GrpcServer:
@@ -136,9 +147,16 @@ class GrpcServer:
         )
         reflection.enable_server_reflection(names, self.server)
         address = join_host_port(self.host, self.port)
-        bound = self.server.add_insecure_port(address)
-        if bound == 0:
-            raise RuntimeError(f"could not bind {address}")
+        # Probed first: gRPC says why only in a log line of its own, then raises.
+        problem = bind_problem(self.host, self.port)
+        if problem is None:
+            try:
+                bound = self.server.add_insecure_port(address)
+            except RuntimeError:  # taken between the probe and the bind
+                bound = 0
+            problem = "gRPC could not bind it" if bound == 0 else None
+        if problem is not None:
+            raise self._bind_error(address, problem, "PORT", metrics=False)
         self.port = bound
         await self.server.start()
         serving = health_pb2.HealthCheckResponse.SERVING
@@ -146,7 +164,15 @@ class GrpcServer:
         for name in self._service_names:
             await self.health.set(name, serving)
         if self.metrics_port is not None:
-            self.metrics_port = serve_metrics(self.host, self.metrics_port)
+            where = join_host_port(self.host, self.metrics_port)
+            problem = bind_problem(self.host, self.metrics_port)
+            if problem is None:
+                try:
+                    self.metrics_port = serve_metrics(self.host, self.metrics_port)
+                except OSError as err:  # taken between the probe and the bind
+                    problem = (err.strerror or str(err)).lower()
+            if problem is not None:
+                raise self._bind_error(where, problem, "METRICS_PORT", metrics=True)
         log.info(
             "serving",
             extra={
@@ -155,6 +181,10 @@ class GrpcServer:
             },
         )
         return bound
+
+    def _bind_error(self, where: str, problem: str, port: str, *, metrics: bool) -> BindError:
+        variables = f"GENSEARCH_HOST, {self.settings.namespace()}{port}"
+        return BindError(where, problem, variables, metrics=metrics)
 
     async def stop(self, grace: float | None = None) -> None:
         await self.health.enter_graceful_shutdown()
@@ -216,8 +246,13 @@ def raise_file_limit() -> int:
 
 
 async def run_until_signal(server: GrpcServer) -> None:
-    """Start ``server`` and serve until SIGTERM or SIGINT, then stop gracefully."""
-    await server.start()
+    """Start ``server`` and serve until SIGTERM or SIGINT, then stop gracefully. An
+    address it cannot listen on stops the process with one line, not a traceback."""
+    try:
+        await server.start()
+    except BindError as err:
+        await server.stop(0)
+        sys.exit(str(err))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -554,3 +555,47 @@ async def test_a_service_started_with_an_invalid_host_exits_with_one_line(tmp_pa
     stderr = await _stderr_at_exit(proc)
     assert proc.returncode == 1
     assert stderr.decode().splitlines() == [f"invalid setting GENSEARCH_HOST: must be {HOST_FORMS}"]
+
+
+@pytest.mark.parametrize(
+    ("variables", "line"),
+    [
+        (
+            {"GENSEARCH_GATEWAY_PORT": "{taken}"},
+            "cannot listen on 127.0.0.1:{taken}: address already in use "
+            "(GENSEARCH_HOST, GENSEARCH_GATEWAY_PORT)",
+        ),
+        (
+            {"GENSEARCH_GATEWAY_PORT": "0", "GENSEARCH_GATEWAY_METRICS_PORT": "{taken}"},
+            "cannot listen on 127.0.0.1:{taken}: address already in use "
+            "(GENSEARCH_HOST, GENSEARCH_GATEWAY_METRICS_PORT)",
+        ),
+        (
+            # A well-formed address that is not this machine's (TEST-NET-1).
+            {"GENSEARCH_HOST": "192.0.2.1", "GENSEARCH_GATEWAY_PORT": "50050"},
+            "cannot listen on 192.0.2.1:50050: cannot assign requested address "
+            "(GENSEARCH_HOST, GENSEARCH_GATEWAY_PORT)",
+        ),
+    ],
+)
+async def test_an_address_a_service_cannot_listen_on_is_one_line(
+    variables: dict[str, str], line: str, tmp_path: Path
+) -> None:
+    # gRPC raised "Failed to bind to address …" (its reason in a log line of its own),
+    # and the metrics server an OSError: a traceback either way.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GENSEARCH_")}
+        env["GENSEARCH_DATA_DIR"] = str(tmp_path)
+        env.update({k: v.replace("{taken}", port) for k, v in variables.items()})
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "services.gateway", cwd=ROOT, env=env,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        stderr = (await _stderr_at_exit(proc)).decode()
+    assert proc.returncode == 1
+    assert "Traceback" not in stderr
+    # The last line (the gateway may log a warning first, e.g. that quotas are off).
+    assert stderr.splitlines()[-1] == line.replace("{taken}", port)
