@@ -48,6 +48,7 @@ from services.common.egress import (
 )
 from services.common.errors import InvalidArgument, PermissionDenied, Unavailable, quote
 from services.common.logs import register_secret
+from services.common.model_names import check_model_name
 from services.common.openai_api import ATTEMPTS, OpenAIClients, authorized, upstream_span
 from services.common.tracing import service_tracer
 from services.common.upstream_retry import Deadline, Retrier, RetryPolicy, is_transient, server_wait
@@ -178,6 +179,9 @@ class Rerankers:
         """Who reranks: ``RerankPlan``'s fields for ``rerank``'s provider or base URL, or
         its refusal naming ``where``'s fields."""
         s = self._settings
+        # Sent upstream in the body and named in the span: held to a generation model
+        # name's shape, as the providers' configured models are at start.
+        check_model_name(rerank.model, f"{where}.model")
         provider = rerank.provider.strip()
         if rerank.base_url:
             if provider and provider != MMR:

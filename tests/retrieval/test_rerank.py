@@ -219,6 +219,33 @@ async def test_bad_rerank_blocks_name_their_field(
     assert error_info(err).domain == "gensearch"
 
 
+@pytest.mark.parametrize(
+    "rerank",
+    [
+        {"provider": "fake", "model": "rr\n1"},
+        {"provider": "fake", "model": "m" * 257},
+        {"provider": "fake", "model": "   "},
+        {"base_url": "http://127.0.0.2:9/v1", "model": "rr\x001"},
+    ],
+)
+async def test_a_rerank_model_of_no_model_names_shape_is_refused_before_any_request(
+    retrieval: Retrieval, fake: FakeOpenAI, rerank: dict[str, object]
+) -> None:
+    # It went upstream as it was and named the client span ("rerank <model>"), whatever
+    # its length; the providers' configured models are held to the same shape at start.
+    await expect_error(
+        retrieval.stub.Search(search(**rerank)), grpc.StatusCode.INVALID_ARGUMENT, "rerank.model"
+    )
+    collection = vcol("WithModel")
+    collection.rerank.CopyFrom(pb.Rerank(**rerank))  # type: ignore[arg-type]
+    await expect_error(
+        retrieval.stub.CreateCollection(pb.CreateCollectionRequest(collection=collection)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "collection.rerank.model",
+    )
+    assert fake.rerank_requests == []
+
+
 async def test_near_vector_needs_a_rerank_query(retrieval: Retrieval) -> None:
     request = pb.SearchRequest(
         collection="Towers",
