@@ -45,3 +45,14 @@ SUMMARY_TOKENS = Counter(
 SUMMARY_QUEUE = Gauge(
     "gensearch_gateway_summary_queue", "Rolling-summary folds waiting in this replica."
 )
+GENERATION_WAITING = Gauge(
+    "gensearch_gateway_generation_waiting",
+    "Generation calls waiting for a slot under GENSEARCH_GATEWAY_GENERATION_MAX_IN_FLIGHT.",
+)
+GENERATION_REFUSED = Counter(
+    "gensearch_gateway_generation_refused_total",
+    "Generation calls the generation service refused before running them, by reason "
+    "(TOO_MANY_CONCURRENT_RPCS: its process was full; TOO_MANY_CONCURRENT_STREAMS: the "
+    "gateway's connection to it was); each is sent again while its deadline allows.",
+    ["reason"],
+)

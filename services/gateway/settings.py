@@ -56,6 +56,14 @@ class GatewaySettings(CommonSettings):
     max_concurrency_limit: int = Field(default=0, ge=0, le=10_000)
     # Most hits a generative search may ask for (limit).
     max_hits: int = Field(default=100, ge=1, le=10_000)
+    # Generation calls (per hit, grouped, Ask, summary folds, forwarded) this gateway has
+    # in flight at once, over all its requests; the rest wait first come first served,
+    # within their deadline (docs/gateway.md#generation-calls-in-flight). Size it to what
+    # the generation replicas accept at once: replicas x the smaller of their
+    # MAX_CONCURRENT_RPCS and MAX_CONCURRENT_STREAMS, shared among the gateway replicas.
+    # 0: no bound. Otherwise more than max_hits, so that one request's hits and its
+    # grouped call never wait for each other.
+    generation_max_in_flight: int = Field(default=1000, ge=0, le=MAX_CONCURRENCY)
     # Longest template / task / question accepted, in characters.
     max_prompt_chars: int = Field(default=32_000, ge=100, le=MAX_SIZE_BYTES)
     # Longest prompt a single_prompt may render to for one hit, in characters (the
@@ -195,6 +203,17 @@ class GatewaySettings(CommonSettings):
 
     # --- GenerateOnObjects: the most bytes one inline object may hold (serialized) ---
     max_inline_object_bytes: int = Field(default=65_536, ge=256, le=MAX_SIZE_BYTES)
+
+    @model_validator(mode="after")
+    def _in_flight_above_max_hits(self) -> GatewaySettings:
+        bound = self.generation_max_in_flight
+        if bound and bound <= self.max_hits:
+            raise ValueError(
+                f"generation_max_in_flight ({bound}) must be 0 (no bound) or more than "
+                f"max_hits ({self.max_hits}): a request of max_hits hits and a grouped call "
+                "would otherwise wait for its own calls"
+            )
+        return self
 
     @model_validator(mode="after")
     def _ttl_within_max(self) -> GatewaySettings:

@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 
 import grpc
 
-from services.common.errors import from_rpc_error
+from services.common.errors import ServiceError, from_rpc_error
 from services.gateway.clients.caller import Caller, Metadata
 from services.gateway.clients.channel import make_channel
 from services.gateway.deadline import time_left
@@ -62,7 +62,11 @@ class ServiceClient:
         try:
             yield
         except grpc.aio.AioRpcError as err:
-            raise from_rpc_error(err, self.service) from None
+            raise self.map_error(err) from None
+
+    def map_error(self, err: grpc.aio.AioRpcError) -> ServiceError:
+        """Our error for a failed call (a client may recognise statuses of its own first)."""
+        return from_rpc_error(err, self.service)
 
     async def _first_connection(self, timeout: float | None) -> float | None:
         """While the channel has never connected, waits for its first connection (see the

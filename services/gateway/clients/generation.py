@@ -7,19 +7,91 @@ refuse it); the generation service then says how many upstream calls it really m
 error, and the calls beyond the one admitted are charged after the fact
 (``after_generate``). They are never refused: they were made already. The tenant is the
 caller's, not the task's: a summary fold runs in a background worker.
+
+Calls in flight are bounded here too, over every request of this gateway
+(``generation_max_in_flight``; docs/gateway.md#generation-calls-in-flight). Each Generate
+and StreamGenerate takes a slot before it is sent, first come first served, and holds it
+until it ends; a call that could get one only with less than ``MIN_CALL_SECONDS`` of its
+deadline left fails at once with RESOURCE_EXHAUSTED / ``GENERATION_IN_FLIGHT_WAIT``. Without
+the bound a fan-out of more calls than a generation replica accepts at once failed the
+excess: its process refused them (TOO_MANY_CONCURRENT_RPCS) and its HTTP/2 connection reset
+them (REFUSED_STREAM), which grpc-python does not queue. A call refused either way never
+ran, so it is sent again after a short backoff while its deadline allows, keeping its slot
+(several gateways can still fill one replica together). Time a call waited here, for a
+slot or after a refusal, is added to the ``wait_time`` it reports; refusals are not
+``attempts`` (nothing went upstream).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import asyncio
+import contextlib
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
 
+import grpc
 from gensearch.generation.v1 import generation_service_pb2 as gen_pb
 from gensearch.generation.v1 import generation_service_pb2_grpc as gen_grpc
+from google.protobuf import duration_pb2
 
-from services.common.errors import ServiceError, upstream_calls
+from services.common import call_slots
+from services.common.errors import (
+    WAIT_MS,
+    ResourceExhausted,
+    ServiceError,
+    metadata_count,
+    upstream_calls,
+)
 from services.gateway.clients.base import ServiceClient
 from services.gateway.clients.caller import Caller, Metadata
 from services.gateway.clients.channel import GENERATION_SERVICE
+from services.gateway.metrics import GENERATION_REFUSED, GENERATION_WAITING
+from services.gateway.settings import GatewaySettings
+
+SETTING = "GENSEARCH_GATEWAY_GENERATION_MAX_IN_FLIGHT"
+#: A call that found no free slot in time (RESOURCE_EXHAUSTED).
+IN_FLIGHT_WAIT = "GENERATION_IN_FLIGHT_WAIT"
+#: The generation service's connection refused the call: HTTP/2 REFUSED_STREAM, its
+#: ``GENSEARCH_GENERATION_MAX_CONCURRENT_STREAMS`` reached (RESOURCE_EXHAUSTED).
+TOO_MANY_STREAMS = "TOO_MANY_CONCURRENT_STREAMS"
+STREAMS_SETTING = "GENSEARCH_GENERATION_MAX_CONCURRENT_STREAMS"
+#: Refusals of a call that never ran: safe to send again.
+REFUSED = frozenset({call_slots.REASON, TOO_MANY_STREAMS})
+#: A slot that frees, or a retry due, with less than this left of a call's deadline is no
+#: use: the call fails at once, saying why, instead of running out of time at the
+#: generation service (the fan-out gives its calls its budget plus 0.25 s).
+MIN_CALL_SECONDS = 0.5
+#: Pause before a refused call is sent again: doubling from the first to the last, each
+#: drawn between half and all of it (so refused calls do not come back together).
+FIRST_BACKOFF = 0.05
+MAX_BACKOFF = 1.0
+# How grpc-python reports HTTP/2 RST_STREAM REFUSED_STREAM (error code 7; RFC 9113 8.7:
+# "the stream was not processed", safe to retry): UNAVAILABLE, "Stream removed (RST_STREAM
+# (Received RST_STREAM with error code 7))", in the status text only. Pinned by
+# tests/gateway/test_generation_in_flight.py, which fails if a grpcio release words it
+# otherwise.
+_REFUSED_STREAM_TEXT = "RST_STREAM with error code 7"
+
+R = TypeVar("R")
+
+
+@dataclass
+class _Waited:
+    """Seconds one call spent waiting in the gateway: for a slot, after refusals."""
+
+    seconds: float = 0.0
+
+    def add_to(self, duration: duration_pb2.Duration) -> None:
+        if self.seconds > 0:
+            duration.FromNanoseconds(duration.ToNanoseconds() + int(self.seconds * 1e9))
+
+    def note(self, err: ServiceError) -> None:
+        """``err``'s ErrorInfo ``wait_ms`` includes the gateway's wait."""
+        if self.seconds > 0:
+            before = metadata_count(err.metadata, WAIT_MS) or 0
+            err.metadata[WAIT_MS] = str(before + round(self.seconds * 1000))
 
 
 class GenerationClient(ServiceClient):
@@ -34,52 +106,165 @@ class GenerationClient(ServiceClient):
     #: and the caller's tenant, once they are known (only when there were any).
     after_generate: Callable[[int, str], Awaitable[None]] | None = None
 
+    def __init__(
+        self,
+        target: str,
+        settings: GatewaySettings,
+        interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+    ) -> None:
+        super().__init__(target, settings, interceptors)
+        self.max_in_flight = settings.generation_max_in_flight
+        # asyncio's semaphore serves its waiters first come first served.
+        self._slots = asyncio.Semaphore(self.max_in_flight) if self.max_in_flight else None
+
     def metadata(self, caller: Caller) -> Metadata:
         # The caller's own provider keys go to the generation service only.
         return caller.identity + caller.provider_keys
+
+    def map_error(self, err: grpc.aio.AioRpcError) -> ServiceError:
+        if err.code() == grpc.StatusCode.UNAVAILABLE and _REFUSED_STREAM_TEXT in (
+            err.details() or ""
+        ):
+            return ResourceExhausted(
+                "the generation service refused the call: the gateway's connection to it "
+                f"carries its limit of calls at once ({STREAMS_SETTING}); retry shortly",
+                reason=TOO_MANY_STREAMS,
+                metadata={"service": self.service, "setting": STREAMS_SETTING},
+            )
+        return super().map_error(err)
 
     async def _charge_extra(self, calls: int, caller: Caller) -> None:
         if self.after_generate is not None and calls > 1:
             await self.after_generate(calls - 1, caller.tenant)
 
+    @contextlib.asynccontextmanager
+    async def _slot(self, deadline: float | None, waited: _Waited) -> AsyncIterator[None]:
+        """Holds one of the ``generation_max_in_flight`` slots while the block runs."""
+        slots = self._slots
+        if slots is None:
+            yield
+            return
+        if slots.locked():
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            wait = None if deadline is None else deadline - MIN_CALL_SECONDS - started
+            try:
+                with GENERATION_WAITING.track_inprogress():
+                    await asyncio.wait_for(slots.acquire(), None if wait is None else max(wait, 0))
+            except TimeoutError:
+                waited.seconds += loop.time() - started
+                raise ResourceExhausted(
+                    f"the gateway has its limit of {self.max_in_flight} generation calls in "
+                    f"flight ({SETTING}) and none ended in time for this call's deadline; "
+                    "retry shortly, with a longer deadline, or raise the setting",
+                    reason=IN_FLIGHT_WAIT,
+                    metadata={"limit": str(self.max_in_flight), "setting": SETTING},
+                ) from None
+            waited.seconds += loop.time() - started
+        else:
+            await slots.acquire()  # free: no wait
+        try:
+            yield
+        finally:
+            slots.release()
+
+    async def _backoff(
+        self, err: ResourceExhausted, pause: float, deadline: float | None, waited: _Waited
+    ) -> bool:
+        """After the refusal ``err``, sleeps ``pause`` before the call goes again; False (no
+        sleep) when ``err`` is no refusal, or the deadline would not leave
+        ``MIN_CALL_SECONDS`` after the pause."""
+        if err.reason not in REFUSED:
+            return False
+        GENERATION_REFUSED.labels(err.reason).inc()
+        loop = asyncio.get_running_loop()
+        if deadline is not None and loop.time() + pause > deadline - MIN_CALL_SECONDS:
+            return False
+        await asyncio.sleep(pause)
+        waited.seconds += pause
+        return True
+
+    async def _unrefused(
+        self,
+        send: Callable[[float | None], Awaitable[R]],
+        deadline: float | None,
+        waited: _Waited,
+    ) -> R:
+        """``send(timeout)``, sent again while the generation service refuses it unrun."""
+        loop = asyncio.get_running_loop()
+        backoff = FIRST_BACKOFF
+        while True:
+            timeout = None if deadline is None else max(deadline - loop.time(), 0.001)
+            try:
+                return await send(timeout)
+            except ResourceExhausted as err:
+                pause = random.uniform(backoff / 2, backoff)
+                if not await self._backoff(err, pause, deadline, waited):
+                    raise
+                backoff = min(backoff * 2, MAX_BACKOFF)
+
+    @staticmethod
+    def _deadline(timeout: float | None) -> float | None:
+        return None if timeout is None else asyncio.get_running_loop().time() + timeout
+
     async def generate(
         self, request: gen_pb.GenerateRequest, caller: Caller, timeout: float | None
     ) -> gen_pb.GenerateResponse:
-        if self.before_generate is not None:
-            await self.before_generate(caller.tenant)
+        deadline = self._deadline(timeout)
+        waited = _Waited()
         try:
-            response: gen_pb.GenerateResponse = await self.unary(
-                "Generate", request, caller, timeout
-            )
+            async with self._slot(deadline, waited):
+                if self.before_generate is not None:
+                    await self.before_generate(caller.tenant)
+
+                async def send(left: float | None) -> gen_pb.GenerateResponse:
+                    response: gen_pb.GenerateResponse = await self.unary(
+                        "Generate", request, caller, left
+                    )
+                    return response
+
+                response = await self._unrefused(send, deadline, waited)
         except ServiceError as err:
+            waited.note(err)
             await self._charge_extra(upstream_calls(err.metadata), caller)
             raise
+        waited.add_to(response.wait_time)
         await self._charge_extra(response.upstream_calls, caller)
         return response
 
-    def stream_generate(
+    async def stream_generate(
         self, request: gen_pb.StreamGenerateRequest, caller: Caller, timeout: float | None
     ) -> AsyncIterator[gen_pb.StreamGenerateResponse]:
-        if self.before_generate is None and self.after_generate is None:
-            return self.stream("StreamGenerate", request, caller, timeout)
-        return self._metered_stream(request, caller, timeout)
-
-    async def _metered_stream(
-        self,
-        request: gen_pb.StreamGenerateRequest,
-        caller: Caller,
-        timeout: float | None,
-    ) -> AsyncIterator[gen_pb.StreamGenerateResponse]:
-        if self.before_generate is not None:
-            await self.before_generate(caller.tenant)
+        deadline = self._deadline(timeout)
+        waited = _Waited()
+        loop = asyncio.get_running_loop()
         try:
-            async for chunk in self.stream("StreamGenerate", request, caller, timeout):
-                if chunk.upstream_calls:
-                    # The last message: charged before it is passed on, so a reader that
-                    # stops at it leaves nothing uncounted.
-                    await self._charge_extra(chunk.upstream_calls, caller)
-                yield chunk
+            async with self._slot(deadline, waited):
+                if self.before_generate is not None:
+                    await self.before_generate(caller.tenant)
+                backoff = FIRST_BACKOFF
+                while True:
+                    left = None if deadline is None else max(deadline - loop.time(), 0.001)
+                    started = False
+                    try:
+                        async for chunk in self.stream("StreamGenerate", request, caller, left):
+                            started = True
+                            if chunk.HasField("wait_time"):  # the last message
+                                waited.add_to(chunk.wait_time)
+                            if chunk.upstream_calls:
+                                # The last message: charged before it is passed on, so a
+                                # reader that stops at it leaves nothing uncounted.
+                                await self._charge_extra(chunk.upstream_calls, caller)
+                            yield chunk
+                        return
+                    except ResourceExhausted as err:
+                        # Refused before its first message: it never ran, send it again.
+                        pause = random.uniform(backoff / 2, backoff)
+                        if started or not await self._backoff(err, pause, deadline, waited):
+                            raise
+                        backoff = min(backoff * 2, MAX_BACKOFF)
         except ServiceError as err:
+            waited.note(err)
             await self._charge_extra(upstream_calls(err.metadata), caller)
             raise
 

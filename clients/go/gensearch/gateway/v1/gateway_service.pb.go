@@ -655,7 +655,9 @@ type GenerationResult struct {
 	Cached bool `protobuf:"varint,60,opt,name=cached,proto3" json:"cached,omitempty"`
 	// Upstream attempts (1 = first try) and time spent waiting for the provider's limits
 	// (queue, Retry-After, backoff), as the generation service reported them; also set on
-	// a failed hit when the generation service got that far.
+	// a failed hit when the generation service got that far. wait_time also counts the
+	// time the gateway held the call back before sending it (a slot under its
+	// GENERATION_MAX_IN_FLIGHT, pauses after a full generation service refused it unrun).
 	Attempts int32                `protobuf:"varint,30,opt,name=attempts,proto3" json:"attempts,omitempty"`
 	WaitTime *durationpb.Duration `protobuf:"bytes,31,opt,name=wait_time,json=waitTime,proto3" json:"wait_time,omitempty"`
 	// Requests this result's generation call sent upstream, as the generation service

@@ -349,7 +349,9 @@ export type GenerationResult = Message<"gensearch.gateway.v1.GenerationResult"> 
   /**
    * Upstream attempts (1 = first try) and time spent waiting for the provider's limits
    * (queue, Retry-After, backoff), as the generation service reported them; also set on
-   * a failed hit when the generation service got that far.
+   * a failed hit when the generation service got that far. wait_time also counts the
+   * time the gateway held the call back before sending it (a slot under its
+   * GENERATION_MAX_IN_FLIGHT, pauses after a full generation service refused it unrun).
    *
    * @generated from field: int32 attempts = 30;
    */

@@ -1,0 +1,190 @@
+"""Generation calls past what the generation service accepts at once wait and keep their
+place instead of failing (issue 13; docs/gateway.md#generation-calls-in-flight).
+
+A generation server started with small ``max_concurrent_streams`` / ``max_concurrent_rpcs``
+stands for a full replica; the fake LLM answers after a latency, so calls overlap. Before
+the fix, the calls beyond those limits failed at once: UNAVAILABLE /
+DOWNSTREAM_UNAVAILABLE (the HTTP/2 connection's REFUSED_STREAM, though nothing was down)
+and RESOURCE_EXHAUSTED / TOO_MANY_CONCURRENT_RPCS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
+from google.protobuf import duration_pb2, struct_pb2
+from prometheus_client import REGISTRY
+from pydantic import SecretStr, ValidationError
+
+from services.common.server import GrpcServer
+from services.gateway.settings import GatewaySettings
+from services.generation.__main__ import build_server as build_generation
+from services.generation.settings import GenerationSettings
+from tests.gateway.conftest import ALICE, TOKEN, StackFactory, fake_provider
+from tests.support.fake_openai import FakeOpenAI
+
+
+def _objects(count: int, prefix: str, **generate: Any) -> gw_pb.GenerateOnObjectsRequest:
+    objects = []
+    for i in range(count):
+        props = struct_pb2.Struct()
+        props.update({"name": f"{prefix}{i}"})
+        objects.append(props)
+    return gw_pb.GenerateOnObjectsRequest(
+        inline=gw_pb.InlineObjects(objects=objects),
+        generate=gw_pb.Generate(single_prompt="Say {name}", **generate),
+    )
+
+
+def _refused(reason: str) -> float:
+    labels = {"reason": reason}
+    return REGISTRY.get_sample_value("gensearch_gateway_generation_refused_total", labels) or 0.0
+
+
+async def test_a_fan_out_past_the_generation_limits_waits_instead_of_failing(
+    stack_factory: StackFactory, fake: FakeOpenAI
+) -> None:
+    fake.latency = 0.2
+    # A replica that serves 6 calls at once and takes 8 streams on a connection: the 7th
+    # and 8th calls are refused by its process, the rest by HTTP/2.
+    stack = await stack_factory(
+        generation_settings={"max_concurrent_streams": 8, "max_concurrent_rpcs": 6}
+    )
+    before = {r: _refused(r) for r in ("TOO_MANY_CONCURRENT_RPCS", "TOO_MANY_CONCURRENT_STREAMS")}
+
+    async def streamed() -> list[gw_pb.GenerationResult]:
+        request = gw_pb.StreamGenerateOnObjectsRequest.FromString(
+            _objects(20, "s", stream_tokens=True).SerializeToString()  # the same fields
+        )
+        results = []
+        async for event in stack.stub.StreamGenerateOnObjects(request, metadata=ALICE):
+            if event.HasField("hit_result"):
+                results.append(event.hit_result.generation)
+        return results
+
+    unary = [
+        stack.stub.GenerateOnObjects(_objects(20, f"u{n}-"), metadata=ALICE, timeout=60)
+        for n in range(3)
+    ]
+    *responses, stream_results = await asyncio.gather(*unary, streamed())
+    results = [h.generation for r in responses for h in r.hits] + stream_results
+    assert len(results) == 80
+    errors = [(g.error.status, g.error.reason) for g in results if g.HasField("error")]
+    assert errors == []
+    assert all(g.attempts == 1 and g.upstream_calls == 1 for g in results)
+    assert fake.max_concurrent <= 6
+    # Both refusals happened and were sent again; the time it cost is in wait_time.
+    for reason, count in before.items():
+        assert _refused(reason) > count, reason
+    assert sum(g.wait_time.ToNanoseconds() > 0 for g in results) >= 10
+
+
+async def test_the_gateway_holds_its_generation_calls_to_its_bound(
+    stack_factory: StackFactory, fake: FakeOpenAI
+) -> None:
+    fake.latency = 0.2
+    stack = await stack_factory(
+        generation_settings={"max_concurrent_rpcs": 0}, generation_max_in_flight=6, max_hits=5
+    )
+    responses = await asyncio.gather(
+        *(stack.stub.GenerateOnObjects(_objects(5, f"r{n}-"), metadata=ALICE) for n in range(4))
+    )
+    results = [h.generation for r in responses for h in r.hits]
+    assert [g.error.status for g in results if g.HasField("error")] == []
+    # Six at once, never more, and no request's hits failed or were refused: 20 calls
+    # through 6 slots, each waiting its turn (first come first served).
+    assert fake.max_concurrent == 6
+    waited = sorted(g.wait_time.ToNanoseconds() / 1e9 for g in results)
+    assert waited[:6] == [0.0] * 6
+    assert sum(w >= 0.1 for w in waited) >= 12, waited
+
+
+async def test_a_call_that_gets_no_slot_within_its_deadline_fails_resource_exhausted(
+    stack_factory: StackFactory, fake: FakeOpenAI
+) -> None:
+    fake.latency = 3.0
+    stack = await stack_factory(generation_max_in_flight=2, max_hits=1)
+    timeout = duration_pb2.Duration(seconds=1)
+    responses = await asyncio.gather(
+        *(
+            stack.stub.GenerateOnObjects(_objects(1, f"d{n}-", timeout=timeout), metadata=ALICE)
+            for n in range(4)
+        )
+    )
+    results = [r.hits[0].generation for r in responses]
+    statuses = sorted((g.error.status, g.error.reason) for g in results)
+    # Two calls ran and ran out of time at the LLM; two never got a slot and say so.
+    assert statuses == [
+        ("DEADLINE_EXCEEDED", "DEADLINE_EXCEEDED"),
+        ("DEADLINE_EXCEEDED", "DEADLINE_EXCEEDED"),
+        ("RESOURCE_EXHAUSTED", "GENERATION_IN_FLIGHT_WAIT"),
+        ("RESOURCE_EXHAUSTED", "GENERATION_IN_FLIGHT_WAIT"),
+    ]
+    for g in results:
+        if g.error.reason == "GENERATION_IN_FLIGHT_WAIT":
+            assert "GENSEARCH_GATEWAY_GENERATION_MAX_IN_FLIGHT" in g.error.message
+            assert g.attempts == 0 and g.upstream_calls == 0
+            # It waited until the deadline left no time for a call (1 s + 0.25 s - 0.5 s).
+            assert 0.6 <= g.wait_time.ToNanoseconds() / 1e9 <= 1.0
+    assert len(fake.chat_requests) == 2
+
+
+def test_the_bound_leaves_room_for_a_whole_request() -> None:
+    assert GatewaySettings(generation_max_in_flight=0).generation_max_in_flight == 0
+    assert GatewaySettings(generation_max_in_flight=101).generation_max_in_flight == 101
+    with pytest.raises(ValidationError, match="more than max_hits"):
+        GatewaySettings(generation_max_in_flight=100)
+    with pytest.raises(ValidationError, match="more than max_hits"):
+        GatewaySettings(max_hits=2000)  # the default bound, 1000, is less
+
+
+async def _replica(fake: FakeOpenAI) -> GrpcServer:
+    # A replica that serves 6 calls at once and takes 8 streams on a connection.
+    server = await build_generation(
+        GenerationSettings(
+            providers=[fake_provider(fake)],
+            default_provider="fake",
+            metrics_port=None,
+            internal_token=SecretStr(TOKEN),
+            max_concurrent_rpcs=6,
+            max_concurrent_streams=8,
+        ),
+        port=0,
+    )
+    await server.start()
+    return server
+
+
+async def test_a_bound_sized_for_two_replicas_uses_both(stack_factory: StackFactory) -> None:
+    # Two generation replicas behind one target, the bound at both replicas' capacity
+    # (2 x 6): calls spread over both, none fails (round-robin may send one replica a
+    # call more than it takes; that refusal is waited out).
+    fakes = [await FakeOpenAI(latency=0.2).start() for _ in range(2)]
+    servers = [await _replica(fake) for fake in fakes]
+    try:
+        target = "ipv4:" + ",".join(f"127.0.0.1:{server.port}" for server in servers)
+        stack = await stack_factory(
+            generation=False, generation_addr=target, generation_max_in_flight=12, max_hits=10
+        )
+        responses = await asyncio.gather(
+            *(
+                stack.stub.GenerateOnObjects(_objects(10, f"m{n}-"), metadata=ALICE)
+                for n in range(4)
+            )
+        )
+        results = [h.generation for r in responses for h in r.hits]
+        assert [g.error.status for g in results if g.HasField("error")] == []
+        assert all(g.attempts == 1 for g in results)
+        # Both replicas ran calls side by side, each within its own limit.
+        assert all(3 <= fake.max_concurrent <= 6 for fake in fakes), [
+            f.max_concurrent for f in fakes
+        ]
+        assert sum(len(fake.chat_requests) for fake in fakes) == 40
+    finally:
+        for server in servers:
+            await server.stop(0)
+        for fake in fakes:
+            await fake.stop()
