@@ -52,12 +52,27 @@ class Connection:
         llm_keys: Sequence[str] = (),
         timeout: float | None = None,
     ) -> Connection:
+        if api_key is None:
+            api_key, flag = os.environ.get("GENSEARCH_API_KEY", ""), "--api-key (GENSEARCH_API_KEY)"
+        else:
+            flag = "--api-key"
         return cls(
             address=address or os.environ.get("GENSEARCH_ADDRESS") or DEFAULT_ADDRESS,
-            api_key=api_key if api_key is not None else os.environ.get("GENSEARCH_API_KEY", ""),
+            api_key=_sendable(api_key, flag),
             llm_keys=parse_llm_keys(llm_keys),
             timeout=timeout,
         )
+
+
+def _sendable(key: str, flag: str) -> str:
+    """A key goes as gRPC metadata, which must be printable ASCII (else grpc core fails the
+    first call with an ExecuteBatchError): a usage mistake, naming the flag, not the key."""
+    if not all(" " <= char <= "~" for char in key):
+        raise UsageError(
+            f"{flag}: the key must be printable ASCII (it travels as gRPC metadata); "
+            "check for a pasted character such as '\u2026' or a line break"
+        )
+    return key
 
 
 def parse_llm_keys(values: Sequence[str]) -> dict[str, str]:
@@ -69,7 +84,7 @@ def parse_llm_keys(values: Sequence[str]) -> dict[str, str]:
         if not sep or not key.strip() or not re.fullmatch(_PROVIDER_KEY, provider):
             # A usage mistake (exit 2); the value is not echoed: it may be the key alone.
             raise UsageError("--llm-key must look like PROVIDER=KEY, e.g. openai=sk-...")
-        keys[provider] = key.strip()
+        keys[provider] = _sendable(key.strip(), f"--llm-key {provider}=")
     return keys
 
 

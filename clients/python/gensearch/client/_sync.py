@@ -105,7 +105,12 @@ class Gensearch(_Blocking):
             # The channel belongs to the loop it was made on.
             return AsyncGensearch(address, **options)
 
-        super().__init__(loop.run(make()), loop)
+        try:
+            target = loop.run(make())
+        except BaseException:
+            loop.close()  # a refused argument must not leave the loop's thread behind
+            raise
+        super().__init__(target, loop)
 
     def close(self) -> None:
         self._loop.run(self._target.close())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -33,6 +34,23 @@ class _Default:
 
 
 DEFAULT: Any = _Default()
+
+# A provider's key travels as x-<provider>-api-key: the name must make a header name (the
+# services' provider names are these, services/common/model_names.py; case is folded).
+_PROVIDER = re.compile(r"[a-z][a-z0-9_-]{0,62}")
+
+
+def _metadata_value(value: str, what: str) -> str:
+    """A gRPC metadata value must be printable ASCII: grpc core refuses anything else only
+    at the first call, as an ``ExecuteBatchError`` naming no argument. Refused here instead,
+    naming the argument and never the value (a key)."""
+    if not all(" " <= char <= "~" for char in value):
+        raise ValueError(
+            f"{what} must be printable ASCII (it travels as gRPC metadata): "
+            "check for a pasted character such as '\u2026' or a line break"
+        )
+    return value
+
 
 # Safe to repeat: reads. (Writes, generation and Ask are never retried by the client.)
 IDEMPOTENT: dict[str, tuple[str, ...]] = {
@@ -110,9 +128,12 @@ class Transport:
         pairs: list[tuple[str, str]] = []
         if key:
             # As services/common/auth.py reads it.
-            pairs.append(("authorization", f"Bearer {key}"))
+            pairs.append(("authorization", f"Bearer {_metadata_value(key, 'api_key')}"))
         for provider, provider_key in sorted((llm_keys or {}).items()):
-            pairs.append((f"x-{provider.lower()}-api-key", provider_key))
+            if not _PROVIDER.fullmatch(provider.lower()):
+                raise ValueError(f"llm_keys: {provider!r} is no provider name (e.g. 'openai')")
+            value = _metadata_value(provider_key, f"llm_keys[{provider!r}]")
+            pairs.append((f"x-{provider.lower()}-api-key", value))
         self.metadata = tuple(pairs)
         self.timeout = seconds(timeout)
         opts: list[tuple[str, Any]] = [

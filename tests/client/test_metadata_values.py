@@ -1,0 +1,42 @@
+"""Keys travel as gRPC metadata, which must be printable ASCII: a key that is not is refused
+where it is given, with a message naming the argument and never the key, instead of
+grpc core's ``ExecuteBatchError`` (a list of cygrpc objects) at the first call."""
+
+from __future__ import annotations
+
+import pytest
+from gensearch.client import AsyncGensearch, Gensearch
+
+SECRET = "sk-caf\u00e9-secret"  # a pasted key with a non-ASCII character
+
+
+async def test_an_api_key_that_is_no_metadata_value_is_refused_at_once() -> None:
+    for bad in (SECRET, "sk-two\nlines", "sk-\u2026"):
+        with pytest.raises(ValueError, match="api_key must be printable ASCII") as caught:
+            AsyncGensearch("127.0.0.1:1", api_key=bad)
+        assert bad not in str(caught.value)
+
+
+async def test_an_llm_key_that_is_no_metadata_value_is_refused_at_once() -> None:
+    with pytest.raises(ValueError, match="llm_keys\\['openai'\\] must be printable") as caught:
+        AsyncGensearch("127.0.0.1:1", llm_keys={"openai": SECRET})
+    assert SECRET not in str(caught.value)
+    # The provider becomes the header name x-<provider>-api-key: it must be one.
+    with pytest.raises(ValueError, match="llm_keys: 'Open AI' is no provider name"):
+        AsyncGensearch("127.0.0.1:1", llm_keys={"Open AI": "sk-1"})
+
+
+def test_the_blocking_client_refuses_them_too() -> None:
+    with pytest.raises(ValueError, match="api_key must be printable ASCII"):
+        Gensearch("127.0.0.1:1", api_key=SECRET)
+
+
+async def test_printable_keys_still_go_as_metadata() -> None:
+    async with AsyncGensearch(
+        "127.0.0.1:1", api_key="k ey~1", llm_keys={"OpenAI": "sk-x", "my_llm": "k"}
+    ) as client:
+        assert client._t.metadata == (
+            ("authorization", "Bearer k ey~1"),
+            ("x-openai-api-key", "sk-x"),
+            ("x-my_llm-api-key", "k"),
+        )
