@@ -217,8 +217,18 @@ async def run(stack: Stack, began: float) -> None:
         # `gensearch ask` continues the demo conversation from here.
         state.LastConversation(None, stack.gateway_address).set(conversation_id)
         print(continue_hint(stack.gateway_address, keyed=bool(stack.api_key)))
-    print(
+    note = model_note(stack)
+    if note:
+        print(note, flush=True)
+
+
+def model_note(stack: Stack) -> str | None:
+    """The warning about the bundled model's answers, only when it gave them: with
+    ``--llm-provider``/``--llm-base-url`` no local model server runs (``up`` registers the
+    one it starts as the child ``llm``)."""
+    if "llm" not in stack.children:
+        return None
+    return (
         "note: the bundled SmolLM2-135M model is tiny and its answers are weak; point "
-        "--llm-provider/--llm-base-url at a real endpoint for good ones",
-        flush=True,
+        "--llm-provider/--llm-base-url at a real endpoint for good ones"
     )

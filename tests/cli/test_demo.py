@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -36,6 +37,7 @@ def test_demo_imports_once_then_searches_and_converses(
     assert out.index(f"you: {demo.QUESTIONS[0]}") < out.index(f"you: {demo.QUESTIONS[1]}")
     assert out.count("sources:") == 2
     assert "first answer printed" in out
+    assert "SmolLM2" not in out  # the fake answered (--llm-base-url), not the bundled model
     # The stack is on a free port: the hint says how to reach it.
     assert (
         f'gensearch ask --address {running_stack.address} -c {demo.COLLECTION} "your question"'
@@ -76,3 +78,11 @@ def test_continue_hint_names_what_the_user_needs() -> None:
     keyed = demo.continue_hint("127.0.0.1:51050", keyed=True)
     assert f"gensearch ask --address 127.0.0.1:51050 -c {demo.COLLECTION}" in keyed
     assert "--api-key <key> or set GENSEARCH_API_KEY" in keyed
+
+
+def test_the_tiny_model_note_only_when_the_bundled_model_answered() -> None:
+    # `up --demo --llm-provider openai` (or --llm-base-url) starts no local model: the
+    # closing note must not blame the bundled SmolLM2 for another model's answers.
+    bundled = SimpleNamespace(children={"llm": object(), "redis": object()})
+    assert "SmolLM2-135M" in (demo.model_note(bundled) or "")
+    assert demo.model_note(SimpleNamespace(children={"redis": object()})) is None
