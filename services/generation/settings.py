@@ -61,6 +61,10 @@ LOCAL_SLOTS = 16
 # signal; any factor above it never fires (set latency_factor to None for that).
 MAX_LATENCY_FACTOR = 1000
 LOCAL_CONTEXT = 2048
+# The local model's answer when a request sets no max_tokens: SmolLM2-135M often repeats
+# itself until its context is full, which on 2 shared cores outlasted the first-byte
+# timeout (a unary answer comes whole) and the generation budget. A request may ask for more.
+LOCAL_MAX_TOKENS = 256
 ANYSCALE_MODELS = (
     "meta-llama/Llama-2-70b-chat-hf",
     "meta-llama/Llama-2-13b-chat-hf",
@@ -128,6 +132,9 @@ class ProviderConfig(BaseModel):
     adaptive_recovery: float | None = Field(default=10.0, gt=0, le=86_400)
     # Used when the request leaves temperature unset; None = the upstream's default.
     temperature: float | None = Field(default=None, ge=0, le=2)
+    # Used when the request leaves max_tokens unset; None = the upstream's default (for
+    # many servers: until the model stops or its context is full).
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
     # Prompts estimated above this many tokens are refused; None = unknown.
     context_window: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
     # Ask for usage in streams (stream_options.include_usage); some servers reject it.
@@ -231,6 +238,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         # search's hits are batched together. More would only queue inside llama-server.
         "max_concurrency": LOCAL_SLOTS,
         "context_window": LOCAL_CONTEXT,
+        "max_tokens": LOCAL_MAX_TOKENS,
         # Latency is no overload signal here: sequences decoded together each take longer
         # than one alone (that is the batching), and reading it as overload gave the next
         # fan-out fewer slots (docs/benchmarks.md#local-model-fan-out). 429s and timeouts
@@ -254,6 +262,7 @@ _ENV_FIELDS: dict[str, str] = {
     "LATENCY_FACTOR": "latency_factor",
     "ADAPTIVE_RECOVERY": "adaptive_recovery",
     "TEMPERATURE": "temperature",
+    "MAX_TOKENS": "max_tokens",
     "CONTEXT_WINDOW": "context_window",
     "FIRST_BYTE_TIMEOUT": "first_byte_timeout",
     "CHECK_MODELS": "check_models",

@@ -307,3 +307,17 @@ async def test_max_tokens_above_the_service_limit_is_refused(
 async def test_unset_max_tokens_means_provider_default(service: Service, fake: FakeOpenAI) -> None:
     await service.stub.Generate(pb.GenerateRequest(messages=[user("hi")]), timeout=5)
     assert "max_tokens" not in fake.chat_requests[-1].json
+
+
+async def test_provider_default_max_tokens(fake: FakeOpenAI, start_service: StartService) -> None:
+    # Like temperature: the provider's max_tokens when the request sets none, the request's
+    # own otherwise (a model that rambles is stopped there, not at its context's end).
+    svc = await start_service([fake_provider(fake, max_tokens=7)])
+    await svc.stub.Generate(pb.GenerateRequest(messages=[user("hi")]), timeout=5)
+    assert fake.chat_requests[-1].json["max_tokens"] == 7
+    stream = svc.stub.StreamGenerate(pb.GenerateRequest(messages=[user("hi")]), timeout=5)
+    async for _ in stream:
+        pass
+    assert fake.chat_requests[-1].json["max_tokens"] == 7
+    await svc.stub.Generate(pb.GenerateRequest(messages=[user("hi")], max_tokens=30), timeout=5)
+    assert fake.chat_requests[-1].json["max_tokens"] == 30

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from services.generation.settings import LOCAL_MODEL, GenerationSettings, resolve_providers
+from services.generation.settings import (
+    LOCAL_CONTEXT,
+    LOCAL_MAX_TOKENS,
+    LOCAL_MODEL,
+    GenerationSettings,
+    resolve_providers,
+)
 
 
 def test_presets() -> None:
@@ -151,3 +157,16 @@ def test_no_fixed_caps_by_default_and_limits_from_the_environment() -> None:
 def test_a_redis_cluster_needs_a_url() -> None:
     with pytest.raises(ValueError, match="redis_cluster needs redis_url"):
         GenerationSettings(redis_cluster=True)
+
+
+def test_the_local_preset_bounds_an_answer_the_request_does_not() -> None:
+    # SmolLM2-135M often repeats itself until its 2048-token context is full: without a
+    # bound, a per-hit call with no max_tokens ran past the 60 s first-byte timeout and the
+    # generation budget on 2 cores (docs/generation.md#providers-and-settings).
+    providers = resolve_providers([], environ={})
+    assert providers["local"].max_tokens == LOCAL_MAX_TOKENS < LOCAL_CONTEXT
+    assert all(providers[name].max_tokens is None for name in ("openai", "anyscale", "vllm"))
+    env = {"GENSEARCH_GENERATION_LOCAL_MAX_TOKENS": "64"}
+    assert resolve_providers([], environ=env)["local"].max_tokens == 64
+    with pytest.raises(ValueError, match="GENSEARCH_GENERATION_LOCAL_MAX_TOKENS"):
+        resolve_providers([], environ={"GENSEARCH_GENERATION_LOCAL_MAX_TOKENS": "0"})

@@ -99,8 +99,9 @@ class OpenAICompatibleProvider(Provider):
             temperature = self.config.temperature
         if temperature is not None:
             params["temperature"] = temperature
-        if request.max_tokens is not None:
-            params["max_tokens"] = request.max_tokens
+        max_tokens = self._max_tokens(request)
+        if max_tokens is not None:
+            params["max_tokens"] = max_tokens
         if request.top_p is not None:
             params["top_p"] = request.top_p
         if request.stop:
@@ -118,6 +119,10 @@ class OpenAICompatibleProvider(Provider):
             if self.config.stream_usage:
                 params["stream_options"] = {"include_usage": True}
         return params
+
+    def _max_tokens(self, request: CompletionRequest) -> int | None:
+        """The request's, else the provider's default (like temperature)."""
+        return request.max_tokens if request.max_tokens is not None else self.config.max_tokens
 
     def _authorized(self, request: CompletionRequest) -> tuple[openai.AsyncOpenAI, ExtraHeaders]:
         if request.api_key is None and self.config.requires_key:
@@ -189,7 +194,7 @@ class OpenAICompatibleProvider(Provider):
         prompt = estimate_prompt_tokens(request.messages)
         return _Turns(
             self.limiters.get(request.api_key), self._retrier(deadline), deadline, prompt,
-            prompt + (request.max_tokens or COMPLETION_ESTIMATE),
+            prompt + (self._max_tokens(request) or COMPLETION_ESTIMATE),
         )  # fmt: skip
 
     @staticmethod
