@@ -112,10 +112,14 @@ class NamedObjects:
             if info is None:
                 # No schema: the objects' own property names are what templates may name.
                 names = {name for obj in request.inline.objects for name in obj.fields}
+                # The message lists them as such: there is no collection to blame.
+                owner = "the objects have"
                 if single is not None:
-                    templates.check_single_prompt(single, names, field="generate.single_prompt")
+                    templates.check_single_prompt(
+                        single, names, field="generate.single_prompt", owner=owner
+                    )
                 templates.check_known(
-                    g.grouped_properties, names, field="generate.grouped_properties"
+                    g.grouped_properties, names, field="generate.grouped_properties", owner=owner
                 )
             else:
                 for i, obj in enumerate(request.inline.objects):

@@ -108,9 +108,11 @@ def parse(source: str, *, field: str) -> Template:
     return Template(source, tuple(parts))
 
 
-def check_single_prompt(template: Template, schema: Collection[str], *, field: str) -> None:
+def check_single_prompt(
+    template: Template, schema: Collection[str], *, field: str, owner: str = "the collection has"
+) -> None:
     """A per-hit template (parsed once, by the caller) must name at least one property, and
-    only known ones."""
+    only known ones (``owner`` says whose properties ``schema`` lists, in the message)."""
     if not template.properties:
         raise InvalidArgument(
             "single_prompt has no {property} placeholder: every hit would get the same "
@@ -118,14 +120,20 @@ def check_single_prompt(template: Template, schema: Collection[str], *, field: s
             field=field,
             reason="NO_PLACEHOLDER",
         )
-    check_known(template.properties, schema, field=field)
+    check_known(template.properties, schema, field=field, owner=owner)
 
 
-def check_known(names: Collection[str], schema: Collection[str], *, field: str) -> None:
+def check_known(
+    names: Collection[str],
+    schema: Collection[str],
+    *,
+    field: str,
+    owner: str = "the collection has",
+) -> None:
     unknown = [name for name in names if name not in schema]
     if unknown:
         raise InvalidArgument(
-            f"unknown property {quote(unknown[0])}: the collection has "
+            f"unknown property {quote(unknown[0])}: {owner} "
             f"{', '.join(sorted(schema)) or 'no properties'}",
             field=field,
             reason="UNKNOWN_PROPERTY",

@@ -243,3 +243,18 @@ async def test_another_tenants_collection_and_objects_are_not_found(
     )
     assert [h.generation.error.status for h in response.hits] == ["NOT_FOUND"] * 2
     assert not stack.fake.chat_requests
+
+
+async def test_inline_objects_without_a_collection_name_their_own_properties(
+    stack: Stack,
+) -> None:
+    # There is no collection to blame: the message lists what the objects hold.
+    for request in (
+        inline([{"a": 1}, {"c": 2}], single_prompt="{b}"),
+        inline([{"a": 1}], grouped_task="x", grouped_properties=["b"]),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stack.stub.GenerateOnObjects(request, metadata=ALICE)
+        details = caught.value.details() or ""
+        assert "unknown property 'b'" in details
+        assert "collection" not in details and "the objects have" in details
