@@ -91,7 +91,8 @@ async def run(client: Client, args: argparse.Namespace) -> int:
         return 0
     print(f"conversation {conv.id}: {conv.name}")
     print(
-        f"{conv.interaction_count} turns · created {_when(conv.create_time)} · "
+        f"{conv.interaction_count} turn{'' if conv.interaction_count == 1 else 's'} · "
+        f"created {_when(conv.create_time)} · "
         f"updated {_when(conv.update_time)}"
     )
     for turn in turns:

@@ -449,6 +449,8 @@ def test_ask_continues_the_last_conversation(
 
     fresh = json.loads(cli("ask", "-c", books, "Is Dune long?", "--new", "--json").out)
     assert fresh["conversation_id"] not in ("", conversation_id)
+    one = cli("conversations", "show", fresh["conversation_id"]).out
+    assert "\n1 turn · created" in one  # not "1 turns"
 
     listed = cli("conversations", "list")
     assert conversation_id in listed.out and fresh["conversation_id"] in listed.out
