@@ -128,10 +128,12 @@ def _normalize_filter(value: Any) -> Any:
         if key == "condition" and isinstance(inner, dict):
             cond = dict(inner)
             op = cond.get("operator")
-            if isinstance(op, str) and op.lower().removeprefix("operator_") in OPERATORS:
-                cond["operator"] = rpb.Operator.Name(
-                    OPERATORS[op.lower().removeprefix("operator_")]
-                )
+            if isinstance(op, str):
+                short = op.lower().removeprefix("operator_")
+                if short not in OPERATORS or short == "unspecified":
+                    known = ", ".join(n for n in OPERATORS if n != "unspecified")
+                    raise ValueError(f"unknown operator {op[:64]!r}: use one of {known}")
+                cond["operator"] = rpb.Operator.Name(OPERATORS[short])
             out[key] = cond
         elif key in GROUPS or key in ("allOf", "anyOf", "noneOf"):
             filters = inner.get("filters", inner) if isinstance(inner, dict) else inner
