@@ -36,6 +36,8 @@ _PATTERNS = [
     re.compile(
         r"(?i)((?:api[_-]?key|token|authorization|secret)[\"']?\s*[:=]\s*[\"']?)[^\s\"',}]+"
     ),
+    # A URL's query parameter that carries a credential (Google's ?key=, a signed URL's sig=).
+    re.compile(r"(?i)([?&](?:key|sig|signature|code|password)=)[^&#\s\"']+"),
 ]
 
 
@@ -138,6 +140,10 @@ def configure_logging(level: str = "INFO", service: str = "gensearch") -> None:
     # went to stderr as plain text: not JSON, and not redacted, though it may quote a URL.
     # As records of the "py.warnings" logger they are both.
     logging.captureWarnings(True)
+    # httpx logs one INFO line per request, URL included: one line per hit of every fan-out,
+    # and the URL of a provider may carry its key. Only their warnings, unless debugging.
+    for chatty in ("httpx", "httpcore"):
+        logging.getLogger(chatty).setLevel(level if level == "DEBUG" else "WARNING")
 
 
 class ThrottledWarning:

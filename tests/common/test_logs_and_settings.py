@@ -104,3 +104,36 @@ def test_library_warnings_become_redacted_json_lines() -> None:
     assert (record["level"], record["name"]) == ("WARNING", "py.warnings")
     assert record["service"] == "test"
     assert "cannot reach" in record["message"] and "s3cret" not in line
+
+
+def test_a_url_query_credential_is_redacted() -> None:
+    line = redact('POST https://llm.example/v1/chat?alt=json&key=AIzaSyA-0042xyz "200"')
+    assert "AIzaSyA" not in line and "alt=json" in line and "&key=[REDACTED]" in line
+
+
+def test_httpx_request_lines_are_not_logged_at_info() -> None:
+    """httpx logs each request's URL at INFO: one line per hit of a fan-out, and a
+    provider's URL may carry its key. A real request in a process of its own."""
+    import subprocess
+    import sys
+
+    script = (
+        "import http.server, threading, httpx\n"
+        "from services.common.logs import configure_logging\n"
+        "configure_logging(service='test')\n"
+        "class Quiet(http.server.BaseHTTPRequestHandler):\n"
+        "    def log_message(self, *args): pass\n"
+        "server = http.server.HTTPServer(('127.0.0.1', 0), Quiet)\n"
+        "threading.Thread(target=server.handle_request, daemon=True).start()\n"
+        "httpx.get(f'http://127.0.0.1:{server.server_port}/v1?key=s3cret-value-0042')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert "s3cret" not in done.stderr
+    assert '"httpx"' not in done.stderr, done.stderr
