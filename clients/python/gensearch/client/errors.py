@@ -398,6 +398,22 @@ class TooManyConcurrentRpcsError(ResourceExhaustedError):
     error_reason = "TOO_MANY_CONCURRENT_RPCS"
 
 
+class TooManyConcurrentStreamsError(ResourceExhaustedError):
+    """The generation service's connection refused a call before running it, at its limit
+    of calls at once (metadata ``setting``); the gateway already sent it again while the
+    deadline allowed: retry shortly."""
+
+    error_reason = "TOO_MANY_CONCURRENT_STREAMS"
+
+
+class GenerationInFlightWaitError(ResourceExhaustedError):
+    """The gateway had its limit of generation calls in flight (metadata ``limit``,
+    ``setting``) and none ended in time for the call's deadline: retry shortly or with a
+    longer deadline."""
+
+    error_reason = "GENERATION_IN_FLIGHT_WAIT"
+
+
 class UpstreamRateLimitedError(ResourceExhaustedError):
     error_reason = "UPSTREAM_RATE_LIMITED"
 
