@@ -161,6 +161,10 @@ class OpenAICompatibleProvider(Provider):
     def _fail(
         self, fault: UpstreamFault, request: CompletionRequest, span: Span, turns: _Turns
     ) -> Exception:
+        if fault.kind == "timeout" and turns.rate_limited is not None and turns.deadline.expired:
+            # The deadline ended inside an attempt made after 429s: the provider's rate
+            # limit is why the call did not get through, not a slow answer.
+            fault = turns.rate_limited
         fault.attempts = turns.retrier.attempts
         fault.waited = turns.waited
         UPSTREAM_REQUESTS.labels(
@@ -405,7 +409,16 @@ class _Turns:
     """One call's attempts under the provider's limits: its place in the queue (kept across
     retries), the attempts made and the time spent waiting."""
 
-    __slots__ = ("deadline", "estimate", "limiter", "prompt", "retrier", "ticket", "waited")
+    __slots__ = (
+        "deadline",
+        "estimate",
+        "limiter",
+        "prompt",
+        "rate_limited",
+        "retrier",
+        "ticket",
+        "waited",
+    )
 
     def __init__(
         self,
@@ -422,6 +435,7 @@ class _Turns:
         self.estimate = estimate
         self.ticket = limiter.ticket()
         self.waited = 0.0
+        self.rate_limited: UpstreamFault | None = None  # the last 429, if any
 
     async def admit(self) -> Permit:
         permit = await self.limiter.acquire(self.ticket, self.estimate, self.deadline)
@@ -433,6 +447,8 @@ class _Turns:
         """Releases the attempt's permit; True when another attempt is worth making (after
         the wait this sleeps, or that the queue imposes)."""
         rate_limited = fault.status == 429
+        if rate_limited:
+            self.rate_limited = fault
         overloaded = rate_limited or fault.kind in ("timeout", "first_byte_timeout")
         wait = self.retrier.plan(
             retryable=fault.retryable,
