@@ -1,8 +1,9 @@
 """Conversational search, one turn: recent turns, a standalone query, retrieval, an answer
 with citations, and the turn stored so the conversation can go on.
 
-Memory is read before anything else, so an unreachable memory service or someone else's
-conversation stops the call before any LLM work; the turn is written last, in one
+Memory is read before anything else, so an unreachable memory service, someone else's
+conversation or an owner whose memory has no room for the turn (CheckStorage, a
+best-effort guard) stops the call before any LLM work; the turn is written last, in one
 idempotent call, so a failure leaves nothing half stored. The request's checks live in
 ``ask_request``, the reads and writes of turns in ``turns``.
 """
@@ -46,16 +47,17 @@ from services.gateway.generator import Options, Spent, complete
 from services.gateway.metrics import TRIMMED
 from services.gateway.prompting import (
     DEFAULT_SYSTEM_PROMPT,
-    PROMPT_TEMPLATE,
     AskPrompt,
     ContextHit,
 )
 from services.gateway.turns import (
     History,
     additional_info,
+    check_room,
     fit_utf8,
     read_history,
     store_turn,
+    stored_template,
 )
 
 log = logging.getLogger("gensearch.gateway.ask")
@@ -320,9 +322,7 @@ class AskService:
         if request.debug:
             response.prompt.extend(prompt.messages)
         if request.conversation_id or request.new_conversation:
-            template = PROMPT_TEMPLATE.replace("{system_prompt}", system_prompt).replace(
-                "{user_instructions}", instructions
-            )
+            template = stored_template(system_prompt, instructions)
             stored_answer, cut = fit_utf8(response.answer, self._b.settings.ask_answer_bytes)
             interaction = mem_pb.CreateInteractionRequest(
                 input=question,
@@ -388,24 +388,43 @@ class AskService:
         deadline: float,
         use_summary: bool,
     ) -> tuple[History, CollectionInfo]:
-        """The conversation's newest turns (newest first) and the collection, read at once."""
+        """The conversation's newest turns (newest first) and the collection, read at once;
+        and, for a turn that will be stored, whether memory has room for it (the owner's
+        storage, or its conversation count for a new conversation): a full owner is
+        refused here, before any LLM call, not after paying for an answer memory refuses."""
+        memory = self._b.clients.memory
         info_call = self._b.catalog.get(request.collection, caller, time_left(deadline))
-        if not request.conversation_id:
-            return History([]), await self._within(deadline, info_call)
-        history_call = read_history(
-            self._b.clients.memory,
-            request.conversation_id,
-            params.interaction_size,
-            self._b.settings.ask_history_chars,
-            caller,
-            deadline,
-            use_summary=use_summary,
+        history_call = (
+            read_history(
+                memory,
+                request.conversation_id,
+                params.interaction_size,
+                self._b.settings.ask_history_chars,
+                caller,
+                deadline,
+                use_summary=use_summary,
+            )
+            if request.conversation_id
+            else _value(History([]))
         )
-        history, info = await self._within(
-            deadline, asyncio.gather(history_call, info_call, return_exceptions=True)
+        room_call = (
+            check_room(
+                memory,
+                request.conversation_id,
+                params.question,
+                stored_template(request.system_prompt, request.user_instructions),
+                caller,
+                deadline,
+            )
+            if request.conversation_id or request.new_conversation
+            else _value(None)
         )
-        # The memory error first: a conversation we may not read says so before anything.
-        for item in (history, info):
+        history, room, info = await self._within(
+            deadline, asyncio.gather(history_call, room_call, info_call, return_exceptions=True)
+        )
+        # The memory errors first: a conversation we may not read says so before anything,
+        # then a turn memory would not store.
+        for item in (history, room, info):
             if isinstance(item, BaseException):
                 raise item
         assert isinstance(history, History) and isinstance(info, CollectionInfo)
@@ -476,6 +495,10 @@ class AskService:
             }
         )
         return rewrite
+
+
+async def _value(value: T) -> T:
+    return value
 
 
 def _note_trimming(prompt: AskPrompt, model: str, window: int) -> None:

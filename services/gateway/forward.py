@@ -150,6 +150,7 @@ class MemoryForwarder(_Forwarder, mem_grpc.MemoryServiceServicer):
     ListInteractionTraces = _forward("ListInteractionTraces")
     SearchInteractions = _forward("SearchInteractions")
     UpdateConversationSummary = _forward("UpdateConversationSummary")
+    CheckStorage = _forward("CheckStorage")
 
 
 class RetrievalForwarder(_Forwarder, ret_grpc.RetrievalServiceServicer):

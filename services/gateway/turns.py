@@ -21,7 +21,7 @@ from services.gateway import ask_traces
 from services.gateway.clients import Caller, MemoryClient
 from services.gateway.conversation import Turn
 from services.gateway.deadline import time_left
-from services.gateway.prompting import AskPrompt
+from services.gateway.prompting import PROMPT_TEMPLATE, AskPrompt
 
 _NAME_CHARS = 120
 # Largest page memory serves.
@@ -122,6 +122,33 @@ async def read_history(
         summary=conversation.summary.text if on else "",
         older_unsummarised=on and older,
     )
+
+
+def stored_template(system_prompt: str, user_instructions: str) -> str:
+    """The prompt_template a turn is stored with."""
+    return PROMPT_TEMPLATE.replace("{system_prompt}", system_prompt).replace(
+        "{user_instructions}", user_instructions
+    )
+
+
+async def check_room(
+    memory: MemoryClient,
+    conversation_id: str,
+    question: str,
+    request_template: str,
+    caller: Caller,
+    deadline: float,
+) -> None:
+    """Before any LLM call: RESOURCE_EXHAUSTED, as storing the turn would be, when memory
+    has no room for it in ``conversation_id`` (or in a new conversation when empty).
+
+    The turn is counted as far as it is known now, its question and its prompt template
+    (``request_template``: the request's own system prompt and instructions; a
+    collection's defaults would only add), so an owner memory would refuse is refused
+    here; one with room for less than the whole turn still is when it is stored. A
+    best-effort guard: the write checks again, atomically (docs/gateway.md)."""
+    known = mem_pb.Interaction(input=question, prompt_template=request_template).ByteSize()
+    await memory.check_storage(conversation_id, known, caller, time_left(deadline))
 
 
 async def store_turn(

@@ -337,6 +337,22 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
         hits = await self._indexer.search(owner, query, cid, request.mode, limit)
         return pb.SearchInteractionsResponse(hits=hits)
 
+    async def CheckStorage(
+        self, request: pb.CheckStorageRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CheckStorageResponse:
+        cid = _id(request.conversation_id, "conversation_id") if request.conversation_id else ""
+        if request.bytes < 0:
+            raise InvalidArgument(
+                "bytes must not be negative", field="bytes", reason="NEGATIVE_COUNT"
+            )
+        usage = await self._store.check_storage(_owner(), cid, request.bytes)
+        return pb.CheckStorageResponse(
+            used_bytes=usage.used_bytes,
+            limit_bytes=usage.limit_bytes,
+            conversation_count=usage.conversations,
+            max_conversations=usage.max_conversations,
+        )
+
 
 def _update_paths(request: pb.UpdateInteractionRequest) -> list[str] | None:
     """None: replace additional_info whole; else the top-level keys to set or remove."""

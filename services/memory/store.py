@@ -166,6 +166,16 @@ class SummaryConflict(Exception):
         self.current = current
 
 
+@dataclass(frozen=True, slots=True)
+class StorageUsage:
+    """An owner's stored bytes and conversations, and the most allowed of each."""
+
+    used_bytes: int
+    limit_bytes: int
+    conversations: int
+    max_conversations: int
+
+
 @dataclass(slots=True)
 class Page(Generic[T]):
     items: list[T]
@@ -306,6 +316,7 @@ class MemoryStore:
         self._update_interaction = script("update_interaction")
         self._get_interactions = script("get_interactions")
         self._interactions_exist = script("interactions_exist")
+        self._check_storage = script("check_storage")
 
     async def load_scripts(self) -> None:
         """Loads every script now (SCRIPT LOAD; on a cluster, into every master).
@@ -319,7 +330,7 @@ class MemoryStore:
             self._update_summary,
             self._create_interaction, self._get_interaction, self._list_interactions,
             self._list_conversations, self._get_interaction_traces, self._update_interaction,
-            self._get_interactions, self._interactions_exist,
+            self._get_interactions, self._interactions_exist, self._check_storage,
         ]  # fmt: skip
         for script in scripts:
             await _redis(self._redis.script_load(script.script))
@@ -345,6 +356,34 @@ class MemoryStore:
             raise Unavailable("memory store unavailable: page token secret missing")
         return bytes(value)
 
+    async def check_storage(self, owner: Owner, cid: str, turn_bytes: int) -> StorageUsage:
+        """Whether a turn of ``turn_bytes`` (serialized interaction and traces, without
+        the fixed overhead) fits in conversation ``cid``, or in a new conversation when
+        ``cid`` is empty: the same decision ``create_interaction`` (and
+        ``create_conversation``) would make now, nothing of the turn written. A guard,
+        not a reservation: the writes still check atomically."""
+        tag = self.tag(owner)
+        names = [keys.conversations(tag)]
+        if cid:
+            names.append(keys.conversation(tag, cid))
+        # Past the limit it cannot fit whatever the count: no huge number for Lua.
+        turn_bytes = min(turn_bytes, self._max_bytes + 1)
+        status, used, count = await _redis(
+            self._check_storage(
+                keys=names,
+                args=[
+                    owner.user, tag, cid, turn_bytes, self._max_bytes, self._max_conversations,
+                ],
+            )
+        )  # fmt: skip
+        if status == 0:
+            raise conversation_not_found(cid)
+        if status == 2:
+            raise self._conversations_full()
+        if status == 3:
+            raise self._storage_full()
+        return StorageUsage(int(used), self._max_bytes, int(count), self._max_conversations)
+
     async def create_conversation(
         self, owner: Owner, name: str, retention: Retention | None = None
     ) -> ConversationRecord:
@@ -362,15 +401,7 @@ class MemoryStore:
             )
         )  # fmt: skip
         if expire_ms == -2:
-            raise ResourceExhausted(
-                f"the caller has {self._max_conversations} conversations, the most "
-                "allowed; delete some to create more",
-                reason="OWNER_CONVERSATIONS_FULL",
-                metadata={
-                    "limit": str(self._max_conversations),
-                    "setting": "GENSEARCH_MEMORY_MAX_CONVERSATIONS_PER_OWNER",
-                },
-            )
+            raise self._conversations_full()
         if expire_ms == -3:
             raise self._storage_full()
         return ConversationRecord(cid, owner.user, name, now, now, 0, int(expire_ms), r)
@@ -405,6 +436,17 @@ class MemoryStore:
         if row == -1:
             raise self._storage_full()
         return _conversation(cid, row)
+
+    def _conversations_full(self) -> ResourceExhausted:
+        return ResourceExhausted(
+            f"the caller has {self._max_conversations} conversations, the most "
+            "allowed; delete some to create more",
+            reason="OWNER_CONVERSATIONS_FULL",
+            metadata={
+                "limit": str(self._max_conversations),
+                "setting": "GENSEARCH_MEMORY_MAX_CONVERSATIONS_PER_OWNER",
+            },
+        )
 
     def _storage_full(self) -> ResourceExhausted:
         # What a caller can do about it: delete conversations (or let them expire).

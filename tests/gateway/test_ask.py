@@ -469,7 +469,8 @@ async def test_memory_lost_before_the_turn_is_stored(stack_factory: StackFactory
 async def test_a_turn_memory_has_no_room_for_fails_the_ask(stack_factory: StackFactory) -> None:
     """Memory bounds what one user stores (docs/memory.md#storage-limits): an Ask whose
     turn it refuses fails with memory's RESOURCE_EXHAUSTED and its ErrorInfo, and leaves
-    nothing behind (not even the conversation new_conversation made for it)."""
+    nothing behind (not even the conversation new_conversation made for it). Here the
+    answer itself is what does not fit, which no check before the LLM call can know."""
     stack = await stack_factory(
         memory={"max_bytes_per_owner": 4096, "max_conversations_per_owner": 1}
     )
@@ -496,3 +497,144 @@ async def test_a_turn_memory_has_no_room_for_fails_the_ask(stack_factory: StackF
     # At its conversation limit, a new conversation is refused as such.
     stack.fake.reply = "short [1]"
     assert (await refused(new)).reason == "OWNER_CONVERSATIONS_FULL"
+
+
+async def _fill(stack: Stack, cid: str, who: tuple[tuple[str, str], ...] = ALICE) -> None:
+    """Stores turns in ``cid`` until not even a turn of one character fits the owner's
+    bytes (then less room is left than a turn of that size counts, ~350 bytes)."""
+    size = 2048
+    while size:
+        try:
+            await stack.memory.CreateInteraction(
+                mem_pb.CreateInteractionRequest(conversation_id=cid, input="x" * size),
+                metadata=who,
+            )
+        except grpc.aio.AioRpcError as err:
+            assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err
+            size //= 2
+
+
+async def test_a_full_owner_is_refused_before_any_llm_call(stack_factory: StackFactory) -> None:
+    """An owner whose memory has no room for the turn is refused with memory's
+    RESOURCE_EXHAUSTED and its ErrorInfo before the gateway calls the model at all (no
+    rewrite, no answer: nothing is paid for an answer that could not be stored), for Ask
+    and StreamAsk, into a conversation or a new one; another owner is not affected."""
+    stack = await stack_factory(
+        memory={"max_bytes_per_owner": 4096, "max_conversations_per_owner": 2}
+    )
+    await create_books(stack)
+    stack.fake.reply = "short [1]"
+    question = "What does the desert planet of the book look like, and who lives there? " * 3
+    made = await stack.memory.CreateConversation(mem_pb.CreateConversationRequest(), metadata=ALICE)
+    cid = made.conversation.conversation_id
+    await _fill(stack, cid)
+    before = len(stack.fake.chat_requests)
+
+    async def refused(call: Any) -> grpc.aio.AioRpcError:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            if isinstance(call, grpc.aio.UnaryStreamCall):
+                assert [event async for event in call] == []  # not even the context event
+            else:
+                await call
+        return err.value
+
+    requests: list[Any] = [
+        gw_pb.AskRequest(collection="Books", llm_question=question, conversation_id=cid),
+        gw_pb.StreamAskRequest(collection="Books", llm_question=question, conversation_id=cid),
+        gw_pb.AskRequest(collection="Books", llm_question=question, new_conversation=True),
+    ]
+    for request in requests:
+        ask = stack.stub.Ask if isinstance(request, gw_pb.AskRequest) else stack.stub.StreamAsk
+        err = await refused(ask(request, metadata=ALICE))
+        assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err
+        assert "4096 bytes" in (err.details() or "")
+        info = error_info(err)
+        assert info.reason == "OWNER_STORAGE_FULL", info
+        assert info.metadata["limit_bytes"] == "4096"
+        assert info.metadata["setting"] == "GENSEARCH_MEMORY_MAX_BYTES_PER_OWNER"
+        assert len(stack.fake.chat_requests) == before, "the model was called for a full owner"
+    # Nothing was stored, and no conversation was left behind.
+    listed = await stack.memory.ListConversations(mem_pb.ListConversationsRequest(), metadata=ALICE)
+    assert [c.conversation_id for c in listed.conversations] == [cid]
+
+    # At its conversation limit (with room for bytes), a turn that would start a new
+    # conversation is refused as such, also before any LLM call.
+    await stack.memory.DeleteConversation(
+        mem_pb.DeleteConversationRequest(conversation_id=cid), metadata=ALICE
+    )
+    for _ in range(2):
+        await stack.memory.CreateConversation(mem_pb.CreateConversationRequest(), metadata=ALICE)
+    err = await refused(
+        stack.stub.Ask(
+            gw_pb.AskRequest(collection="Books", llm_question=question, new_conversation=True),
+            metadata=ALICE,
+        )
+    )
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error_info(err).reason == "OWNER_CONVERSATIONS_FULL"
+    assert len(stack.fake.chat_requests) == before
+
+    # With room again, the same Ask is answered (one LLM call) and stored.
+    listed = await stack.memory.ListConversations(mem_pb.ListConversationsRequest(), metadata=ALICE)
+    await stack.memory.DeleteConversation(
+        mem_pb.DeleteConversationRequest(conversation_id=listed.conversations[0].conversation_id),
+        metadata=ALICE,
+    )
+    answered = await stack.stub.Ask(
+        gw_pb.AskRequest(collection="Books", llm_question=question, new_conversation=True),
+        metadata=ALICE,
+    )
+    assert answered.answer == "short [1]" and answered.interaction_id
+    assert len(stack.fake.chat_requests) == before + 1
+
+
+class _OlderMemory(grpc.GenericRpcHandler):
+    """A memory service from before CheckStorage, on loopback: relays every other method,
+    as bytes, to the real one at ``target``; CheckStorage is unknown (UNIMPLEMENTED)."""
+
+    def __init__(self) -> None:
+        self.target = ""
+        self.relayed: list[str] = []
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        method: str = details.method  # type: ignore[attr-defined]
+        if method.endswith("/CheckStorage"):
+            return None
+
+        async def relay(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            self.relayed.append(method.rsplit("/", 1)[1])
+            async with grpc.aio.insecure_channel(self.target) as channel:
+                try:
+                    answer: bytes = await channel.unary_unary(method)(
+                        request, metadata=context.invocation_metadata(), timeout=10
+                    )
+                except grpc.aio.AioRpcError as err:
+                    await context.abort(err.code(), err.details() or "", err.trailing_metadata())
+                return answer
+
+        return grpc.unary_unary_rpc_method_handler(relay)
+
+
+async def test_a_memory_without_check_storage_still_stores_turns(
+    stack_factory: StackFactory,
+) -> None:
+    """During a rolling upgrade the gateway may meet a memory service that has no
+    CheckStorage: the Ask goes on (the write still enforces memory's limits)."""
+    older = _OlderMemory()
+    server = grpc.aio.server()
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.add_generic_rpc_handlers((older,))
+    await server.start()
+    try:
+        stack = await stack_factory(memory_addr=f"127.0.0.1:{port}")
+        older.target = f"127.0.0.1:{stack.servers['memory'].port}"
+        await create_books(stack)
+        stack.fake.reply = "short [1]"
+        answer = await stack.stub.Ask(
+            gw_pb.AskRequest(collection="Books", llm_question="desert?", new_conversation=True),
+            metadata=ALICE,
+        )
+        assert answer.interaction_id
+        assert {"CreateConversation", "CreateInteraction"} <= set(older.relayed)
+    finally:
+        await server.stop(0)

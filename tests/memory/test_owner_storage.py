@@ -212,3 +212,50 @@ async def test_data_stored_before_the_accounting_is_counted_when_written(
         pb.DeleteConversationRequest(conversation_id=cid), metadata=ALICE
     )
     assert int(await memory.redis.hget(keys.usage(tag), "total")) == 0
+
+
+def _check(memory: Memory, cid: str, size: int, who: Metadata = ALICE) -> Any:
+    request = pb.CheckStorageRequest(conversation_id=cid, bytes=size)
+    return memory.stub.CheckStorage(request, metadata=who)
+
+
+async def test_check_storage_answers_as_the_write_would(memory_factory: MemoryFactory) -> None:
+    """CheckStorage (what the gateway asks before an Ask's LLM calls) refuses a turn exactly
+    when CreateInteraction (or, for a new conversation, CreateConversation) would, with
+    the same ErrorInfo, writes nothing, and treats another owner's conversation as missing."""
+    memory = await memory_factory(max_bytes_per_owner=LIMIT, max_conversations_per_owner=2)
+    cid = await _conversation(memory)
+    turn = pb.Interaction(input=TEXT).ByteSize()  # as memory counts a turn of _turn's
+    checked = await _check(memory, cid, turn)
+    assert (checked.limit_bytes, checked.conversation_count, checked.max_conversations) == (
+        LIMIT,
+        1,
+        2,
+    )
+    before = checked.used_bytes
+    assert before > 0
+    for n in range(FITS):
+        await _check(memory, cid, turn)  # fits, and writes nothing ...
+        await _turn(memory, cid, f"r{n}")  # ... so the write that follows still does
+    assert (await _check(memory, cid, 0)).used_bytes > before + FITS * len(TEXT)
+    # Full: refused as the write is, for this conversation and for a new one.
+    await _full(_check(memory, cid, turn))
+    await _full(_turn(memory, cid))
+    await _full(_check(memory, "", turn))
+    assert await _count(memory, cid) == FITS
+    # Another owner's conversation is not found, like a missing one; its storage is its own.
+    err = await expect_error(_check(memory, cid, 0, BOB), grpc.StatusCode.NOT_FOUND)
+    assert error_info(err).reason == "CONVERSATION_NOT_FOUND"
+    missing = "0190a6f2-8c4e-7b3a-9f1d-2e5c6a7b8c9d"
+    err = await expect_error(_check(memory, missing, 0), grpc.StatusCode.NOT_FOUND)
+    assert error_info(err).reason == "CONVERSATION_NOT_FOUND"
+    assert (await _check(memory, "", turn, BOB)).used_bytes == 0
+    # At its conversation limit, a turn that would start a new one is refused as such.
+    await memory.stub.DeleteConversation(
+        pb.DeleteConversationRequest(conversation_id=cid), metadata=ALICE
+    )
+    await _conversation(memory)
+    await _conversation(memory)
+    await _full(_check(memory, "", 0), "OWNER_CONVERSATIONS_FULL")
+    err = await expect_error(_check(memory, "", -1), grpc.StatusCode.INVALID_ARGUMENT)
+    assert error_info(err).metadata["field"] == "bytes"

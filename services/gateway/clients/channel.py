@@ -35,6 +35,8 @@ RETRYABLE: dict[str, tuple[str, ...]] = {
         "ListInteractionTraces",
         "SearchInteractions",
         "UpdateInteraction",
+        # Stores nothing (what it may tidy, expired conversations' counts, is idempotent).
+        "CheckStorage",
     ),
     RETRIEVAL_SERVICE: (
         "GetCollection",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from gensearch.memory.v1 import memory_service_pb2 as mem_pb
 from gensearch.memory.v1 import memory_service_pb2_grpc as mem_grpc
 
+from services.common.errors import Internal
 from services.gateway.clients.base import ServiceClient
 from services.gateway.clients.caller import Caller
 from services.gateway.clients.channel import MEMORY_SERVICE
@@ -33,6 +34,20 @@ class MemoryClient(ServiceClient):
         request = mem_pb.CreateConversationRequest(name=name)
         response = await self.unary("CreateConversation", request, caller, timeout)
         return response.conversation
+
+    async def check_storage(
+        self, conversation_id: str, turn_bytes: int, caller: Caller, timeout: float | None
+    ) -> None:
+        """RESOURCE_EXHAUSTED (memory's ErrorInfo) when a turn of ``turn_bytes`` would not
+        fit in ``conversation_id`` ("": a new conversation); NOT_FOUND when that is not the
+        caller's. A memory service too old to have CheckStorage is not an error: the write
+        will tell."""
+        request = mem_pb.CheckStorageRequest(conversation_id=conversation_id, bytes=turn_bytes)
+        try:
+            await self.unary("CheckStorage", request, caller, timeout)
+        except Internal as err:
+            if err.metadata.get("downstream_code") != "UNIMPLEMENTED":
+                raise
 
     async def create_interaction(
         self, request: mem_pb.CreateInteractionRequest, caller: Caller, timeout: float | None

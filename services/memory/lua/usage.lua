@@ -79,10 +79,10 @@ local function room(tag, n, limit)
   reconcile(tag)
   return tonumber(redis.call('HGET', usage, 'total') or '0') + n <= limit
 end
--- A write that changes conversation `cid` (which exists) by n bytes: false, and nothing
--- counted, when it does not fit. A conversation stored before this accounting has no
--- field: it is measured (O(its turns), once) and counted from its first write on.
-local function charge(tag, cid, n, limit)
+-- Counts conversation `cid` (which exists) if it is not yet: a conversation stored
+-- before this accounting has no field; it is measured (O(its turns), once) and counted
+-- from its first write (or check) on.
+local function measure(tag, cid)
   local usage = usage_key(tag)
   if redis.call('HEXISTS', usage, cid) == 0 then
     local conv = tag .. ':conv:' .. cid
@@ -94,6 +94,11 @@ local function charge(tag, cid, n, limit)
     redis.call('HSET', usage, cid, size)
     redis.call('HINCRBY', usage, 'total', size)
   end
+end
+-- A write that changes conversation `cid` (which exists) by n bytes: false, and nothing
+-- counted, when it does not fit.
+local function charge(tag, cid, n, limit)
+  measure(tag, cid)
   if not room(tag, n, limit) then return false end
   count_bytes(tag, cid, n)
   return true

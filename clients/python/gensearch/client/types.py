@@ -845,6 +845,19 @@ class Trace:
     raw: Any = field(default=None, repr=False, compare=False)
 
 
+@_proto("gensearch.memory.v1.CheckStorageResponse")
+@dataclass
+class StorageUsage:
+    """Your stored bytes and conversations, and the most allowed of each
+    (``conversations.check_storage``)."""
+
+    used_bytes: int = 0
+    limit_bytes: int = 0
+    conversation_count: int = 0
+    max_conversations: int = 0
+    raw: Any = field(default=None, repr=False, compare=False)
+
+
 @_proto("gensearch.memory.v1.InteractionHit")
 @dataclass
 class InteractionHit:
@@ -903,6 +916,7 @@ __all__ = [
     "Provider",
     "SearchEvent",
     "SearchResult",
+    "StorageUsage",
     "TokenEvent",
     "Trace",
     "Trimmed",

@@ -340,3 +340,23 @@ class UpdateConversationSummaryResponse(_message.Message):
     CONVERSATION_FIELD_NUMBER: _ClassVar[int]
     conversation: Conversation
     def __init__(self, conversation: _Optional[_Union[Conversation, _Mapping]] = ...) -> None: ...
+
+class CheckStorageRequest(_message.Message):
+    __slots__ = ("conversation_id", "bytes")
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    conversation_id: str
+    bytes: int
+    def __init__(self, conversation_id: _Optional[str] = ..., bytes: _Optional[int] = ...) -> None: ...
+
+class CheckStorageResponse(_message.Message):
+    __slots__ = ("used_bytes", "limit_bytes", "conversation_count", "max_conversations")
+    USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CONVERSATION_COUNT_FIELD_NUMBER: _ClassVar[int]
+    MAX_CONVERSATIONS_FIELD_NUMBER: _ClassVar[int]
+    used_bytes: int
+    limit_bytes: int
+    conversation_count: int
+    max_conversations: int
+    def __init__(self, used_bytes: _Optional[int] = ..., limit_bytes: _Optional[int] = ..., conversation_count: _Optional[int] = ..., max_conversations: _Optional[int] = ...) -> None: ...

@@ -99,6 +99,11 @@ class MemoryServiceStub:
                 request_serializer=gensearch_dot_memory_dot_v1_dot_memory__service__pb2.UpdateConversationSummaryRequest.SerializeToString,
                 response_deserializer=gensearch_dot_memory_dot_v1_dot_memory__service__pb2.UpdateConversationSummaryResponse.FromString,
                 _registered_method=True)
+        self.CheckStorage = channel.unary_unary(
+                '/gensearch.memory.v1.MemoryService/CheckStorage',
+                request_serializer=gensearch_dot_memory_dot_v1_dot_memory__service__pb2.CheckStorageRequest.SerializeToString,
+                response_deserializer=gensearch_dot_memory_dot_v1_dot_memory__service__pb2.CheckStorageResponse.FromString,
+                _registered_method=True)
 
 
 class MemoryServiceServicer:
@@ -201,6 +206,19 @@ class MemoryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CheckStorage(self, request, context):
+        """Whether the caller has room for one more turn, writing nothing: RESOURCE_EXHAUSTED
+        with the ErrorInfo the write would get (OWNER_STORAGE_FULL, or
+        OWNER_CONVERSATIONS_FULL for a turn that starts a new conversation) when it has not,
+        NOT_FOUND when the conversation is not the caller's. For a client about to do costly
+        work whose result it will store (the gateway, before an Ask's LLM calls). A guard,
+        not a reservation: CreateConversation and CreateInteraction still enforce every
+        limit atomically, so two turns checked at once may not both be stored.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MemoryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -263,6 +281,11 @@ def add_MemoryServiceServicer_to_server(servicer, server):
                     servicer.UpdateConversationSummary,
                     request_deserializer=gensearch_dot_memory_dot_v1_dot_memory__service__pb2.UpdateConversationSummaryRequest.FromString,
                     response_serializer=gensearch_dot_memory_dot_v1_dot_memory__service__pb2.UpdateConversationSummaryResponse.SerializeToString,
+            ),
+            'CheckStorage': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckStorage,
+                    request_deserializer=gensearch_dot_memory_dot_v1_dot_memory__service__pb2.CheckStorageRequest.FromString,
+                    response_serializer=gensearch_dot_memory_dot_v1_dot_memory__service__pb2.CheckStorageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -594,6 +617,33 @@ class MemoryService:
             '/gensearch.memory.v1.MemoryService/UpdateConversationSummary',
             gensearch_dot_memory_dot_v1_dot_memory__service__pb2.UpdateConversationSummaryRequest.SerializeToString,
             gensearch_dot_memory_dot_v1_dot_memory__service__pb2.UpdateConversationSummaryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckStorage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gensearch.memory.v1.MemoryService/CheckStorage',
+            gensearch_dot_memory_dot_v1_dot_memory__service__pb2.CheckStorageRequest.SerializeToString,
+            gensearch_dot_memory_dot_v1_dot_memory__service__pb2.CheckStorageResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -76,6 +76,15 @@ class MemoryServiceStub:
     folding at once cannot overwrite each other); evicts the turns beyond max_turns that
     the new summary covers.
     """
+    CheckStorage: _grpc.UnaryUnaryMultiCallable[_memory_service_pb2.CheckStorageRequest, _memory_service_pb2.CheckStorageResponse]
+    """Whether the caller has room for one more turn, writing nothing: RESOURCE_EXHAUSTED
+    with the ErrorInfo the write would get (OWNER_STORAGE_FULL, or
+    OWNER_CONVERSATIONS_FULL for a turn that starts a new conversation) when it has not,
+    NOT_FOUND when the conversation is not the caller's. For a client about to do costly
+    work whose result it will store (the gateway, before an Ask's LLM calls). A guard,
+    not a reservation: CreateConversation and CreateInteraction still enforce every
+    limit atomically, so two turns checked at once may not both be stored.
+    """
 
 @_typing.type_check_only
 class MemoryServiceAsyncStub(MemoryServiceStub):
@@ -124,6 +133,15 @@ class MemoryServiceAsyncStub(MemoryServiceStub):
     expected_through_interaction_id (compare-and-set: ABORTED otherwise, so two writers
     folding at once cannot overwrite each other); evicts the turns beyond max_turns that
     the new summary covers.
+    """
+    CheckStorage: _aio.UnaryUnaryMultiCallable[_memory_service_pb2.CheckStorageRequest, _memory_service_pb2.CheckStorageResponse]  # type: ignore[assignment]
+    """Whether the caller has room for one more turn, writing nothing: RESOURCE_EXHAUSTED
+    with the ErrorInfo the write would get (OWNER_STORAGE_FULL, or
+    OWNER_CONVERSATIONS_FULL for a turn that starts a new conversation) when it has not,
+    NOT_FOUND when the conversation is not the caller's. For a client about to do costly
+    work whose result it will store (the gateway, before an Ask's LLM calls). A guard,
+    not a reservation: CreateConversation and CreateInteraction still enforce every
+    limit atomically, so two turns checked at once may not both be stored.
     """
 
 class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -242,6 +260,21 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
         expected_through_interaction_id (compare-and-set: ABORTED otherwise, so two writers
         folding at once cannot overwrite each other); evicts the turns beyond max_turns that
         the new summary covers.
+        """
+
+    @_abc_1.abstractmethod
+    def CheckStorage(
+        self,
+        request: _memory_service_pb2.CheckStorageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_memory_service_pb2.CheckStorageResponse, _abc.Awaitable[_memory_service_pb2.CheckStorageResponse]]:
+        """Whether the caller has room for one more turn, writing nothing: RESOURCE_EXHAUSTED
+        with the ErrorInfo the write would get (OWNER_STORAGE_FULL, or
+        OWNER_CONVERSATIONS_FULL for a turn that starts a new conversation) when it has not,
+        NOT_FOUND when the conversation is not the caller's. For a client about to do costly
+        work whose result it will store (the gateway, before an Ask's LLM calls). A guard,
+        not a reservation: CreateConversation and CreateInteraction still enforce every
+        limit atomically, so two turns checked at once may not both be stored.
         """
 
 def add_MemoryServiceServicer_to_server(servicer: MemoryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

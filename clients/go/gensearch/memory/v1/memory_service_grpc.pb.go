@@ -49,6 +49,14 @@ type MemoryServiceClient interface {
 	// folding at once cannot overwrite each other); evicts the turns beyond max_turns that
 	// the new summary covers.
 	UpdateConversationSummary(ctx context.Context, in *UpdateConversationSummaryRequest, opts ...grpc.CallOption) (*UpdateConversationSummaryResponse, error)
+	// Whether the caller has room for one more turn, writing nothing: RESOURCE_EXHAUSTED
+	// with the ErrorInfo the write would get (OWNER_STORAGE_FULL, or
+	// OWNER_CONVERSATIONS_FULL for a turn that starts a new conversation) when it has not,
+	// NOT_FOUND when the conversation is not the caller's. For a client about to do costly
+	// work whose result it will store (the gateway, before an Ask's LLM calls). A guard,
+	// not a reservation: CreateConversation and CreateInteraction still enforce every
+	// limit atomically, so two turns checked at once may not both be stored.
+	CheckStorage(ctx context.Context, in *CheckStorageRequest, opts ...grpc.CallOption) (*CheckStorageResponse, error)
 }
 
 type memoryServiceClient struct {
@@ -167,6 +175,15 @@ func (c *memoryServiceClient) UpdateConversationSummary(ctx context.Context, in 
 	return out, nil
 }
 
+func (c *memoryServiceClient) CheckStorage(ctx context.Context, in *CheckStorageRequest, opts ...grpc.CallOption) (*CheckStorageResponse, error) {
+	out := new(CheckStorageResponse)
+	err := c.cc.Invoke(ctx, "/gensearch.memory.v1.MemoryService/CheckStorage", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // MemoryServiceServer is the server API for MemoryService service.
 // All implementations must embed UnimplementedMemoryServiceServer
 // for forward compatibility
@@ -203,6 +220,14 @@ type MemoryServiceServer interface {
 	// folding at once cannot overwrite each other); evicts the turns beyond max_turns that
 	// the new summary covers.
 	UpdateConversationSummary(context.Context, *UpdateConversationSummaryRequest) (*UpdateConversationSummaryResponse, error)
+	// Whether the caller has room for one more turn, writing nothing: RESOURCE_EXHAUSTED
+	// with the ErrorInfo the write would get (OWNER_STORAGE_FULL, or
+	// OWNER_CONVERSATIONS_FULL for a turn that starts a new conversation) when it has not,
+	// NOT_FOUND when the conversation is not the caller's. For a client about to do costly
+	// work whose result it will store (the gateway, before an Ask's LLM calls). A guard,
+	// not a reservation: CreateConversation and CreateInteraction still enforce every
+	// limit atomically, so two turns checked at once may not both be stored.
+	CheckStorage(context.Context, *CheckStorageRequest) (*CheckStorageResponse, error)
 	mustEmbedUnimplementedMemoryServiceServer()
 }
 
@@ -245,6 +270,9 @@ func (UnimplementedMemoryServiceServer) SearchInteractions(context.Context, *Sea
 }
 func (UnimplementedMemoryServiceServer) UpdateConversationSummary(context.Context, *UpdateConversationSummaryRequest) (*UpdateConversationSummaryResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method UpdateConversationSummary not implemented")
+}
+func (UnimplementedMemoryServiceServer) CheckStorage(context.Context, *CheckStorageRequest) (*CheckStorageResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method CheckStorage not implemented")
 }
 func (UnimplementedMemoryServiceServer) mustEmbedUnimplementedMemoryServiceServer() {}
 
@@ -475,6 +503,24 @@ func _MemoryService_UpdateConversationSummary_Handler(srv interface{}, ctx conte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _MemoryService_CheckStorage_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CheckStorageRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MemoryServiceServer).CheckStorage(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/gensearch.memory.v1.MemoryService/CheckStorage",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MemoryServiceServer).CheckStorage(ctx, req.(*CheckStorageRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _MemoryService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "gensearch.memory.v1.MemoryService",
 	HandlerType: (*MemoryServiceServer)(nil),
@@ -526,6 +572,10 @@ var _MemoryService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "UpdateConversationSummary",
 			Handler:    _MemoryService_UpdateConversationSummary_Handler,
+		},
+		{
+			MethodName: "CheckStorage",
+			Handler:    _MemoryService_CheckStorage_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

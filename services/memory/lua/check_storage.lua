@@ -1,0 +1,26 @@
+-- needs: usage
+-- CheckStorage: whether one more turn fits, writing nothing of it (as create_interaction
+-- and, for a new conversation, create_conversation decide; reconcile may drop expired
+-- conversations on the way, as theirs does).
+-- KEYS: convs, then conv when the turn goes to an existing conversation.
+-- ARGV: user, tag, cid ('' for a new conversation), the turn's known bytes (without its
+-- fixed overhead), max bytes, max conversations (of the owner).
+-- Returns {status, used bytes, conversations}: status 0 not found (or not the user's),
+-- 1 fits, 2 at the conversation limit, 3 does not fit the owner's bytes.
+local tag, cid = ARGV[2], ARGV[3]
+local n = tonumber(ARGV[4]) + TURN_OVERHEAD
+local status = 1
+if cid ~= '' then
+  if redis.call('HGET', KEYS[2], 'user') ~= ARGV[1] then return {0, 0, 0} end
+  measure(tag, cid)
+else
+  local limit = tonumber(ARGV[6])
+  if redis.call('ZCARD', KEYS[1]) >= limit then
+    reconcile(tag)
+    if redis.call('ZCARD', KEYS[1]) >= limit then status = 2 end
+  end
+  n = n + CONVERSATION_OVERHEAD
+end
+if status == 1 and not room(tag, n, tonumber(ARGV[5])) then status = 3 end
+local used = tonumber(redis.call('HGET', usage_key(tag), 'total') or '0')
+return {status, used, redis.call('ZCARD', KEYS[1])}
