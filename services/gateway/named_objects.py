@@ -10,8 +10,9 @@ Decisions: the ids are read with one ``BatchGetObjects`` call. A well-formed id 
 collection does not hold (never written, deleted, or another tenant's: retrieval lists them
 all alike in ``missing_ids``, and cannot tell them apart, nor can we) is that object's own
 NOT_FOUND error, like any per-hit failure, and stays out of the grouped prompt; the call
-answers for the rest. A malformed id, an unknown or foreign collection, too many objects or
-an oversized inline object fail the whole call with INVALID_ARGUMENT / NOT_FOUND naming the
+answers for the rest. A malformed id, an id given twice (each repeat would be its own LLM
+call for the same object), an unknown or foreign collection, too many objects or an
+oversized inline object fail the whole call with INVALID_ARGUMENT / NOT_FOUND naming the
 field, before any LLM call.
 """
 
@@ -91,6 +92,7 @@ class NamedObjects:
             )
         if kind == "ids":
             ids = [check_uuid(v, f"ids.ids[{i}]") for i, v in enumerate(request.ids.ids)]
+            _refuse_repeats(ids)
             generative_request.require(request, "collection")
         else:
             for i, obj in enumerate(request.inline.objects):
@@ -162,9 +164,10 @@ class NamedObjects:
         timeout: float | None,
         failed: dict[int, HitError],
     ) -> list[ret_pb.Hit]:
-        """The objects, in the order given (an id given twice is two hits), read in one
-        call; an id the collection does not hold is a hit with that id, no properties and
-        its own NOT_FOUND in ``failed``. ``ids`` are canonical, as retrieval answers them."""
+        """The objects, in the order given (each id once: repeats were refused), read in
+        one call; an id the collection does not hold is a hit with that id, no properties
+        and its own NOT_FOUND in ``failed``. ``ids`` are canonical, as retrieval answers
+        them."""
         request = ret_pb.BatchGetObjectsRequest(collection=collection, ids=ids)
         try:
             response = await self._b.clients.retrieval.batch_get_objects(request, caller, timeout)
@@ -185,3 +188,19 @@ class NamedObjects:
                 continue
             hits.append(ret_pb.Hit(id=got.id, properties=got.properties))
         return hits
+
+
+def _refuse_repeats(ids: list[str]) -> None:
+    """An id given twice would be two hits and cost two LLM calls for one object: the
+    whole call is refused, naming the repeat and the entry it repeats. ``ids`` are
+    canonical, so an id repeated in upper case is caught too."""
+    first: dict[str, int] = {}
+    for index, object_id in enumerate(ids):
+        seen = first.setdefault(object_id, index)
+        if seen != index:
+            raise InvalidArgument(
+                f"ids.ids[{index}] repeats ids.ids[{seen}] ({object_id}): give each id once",
+                field=f"ids.ids[{index}]",
+                reason="DUPLICATE_ID",
+                metadata={"first": f"ids.ids[{seen}]"},
+            )

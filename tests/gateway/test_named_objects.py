@@ -88,19 +88,46 @@ async def test_a_missing_id_is_its_own_error_with_a_grouped_task_alone(stack: St
 
 
 async def test_ids_are_read_in_one_batch_call(stack: Stack) -> None:
-    """However many ids (duplicates and a missing one too), one BatchGetObjects reaches
-    retrieval (counted on retrieval's own server) and no GetObject."""
+    """However many ids (a missing one too), one BatchGetObjects reaches retrieval
+    (counted on retrieval's own server) and no GetObject."""
     ids = await create_books(stack)
     missing = str(uuid.uuid4())
     before = (retrieval_calls("BatchGetObjects"), retrieval_calls("GetObject"))
-    request = by_ids([*ids, missing.upper(), ids[0]], single_prompt="Title: {title}")
+    request = by_ids([*ids, missing.upper()], single_prompt="Title: {title}")
     response = await stack.stub.GenerateOnObjects(request, metadata=ALICE)
     after = (retrieval_calls("BatchGetObjects"), retrieval_calls("GetObject"))
     assert after == (before[0] + 1, before[1])
-    assert [h.hit.id for h in response.hits] == [*ids, missing, ids[0]]
-    assert response.hits[-1].generation.result.endswith("Title: Dune")  # given twice: twice
-    assert response.hits[-2].generation.error.reason == "OBJECT_NOT_FOUND"
-    assert len(stack.fake.chat_requests) == len(ids) + 1
+    assert [h.hit.id for h in response.hits] == [*ids, missing]
+    assert response.hits[0].generation.result.endswith("Title: Dune")
+    assert response.hits[-1].generation.error.reason == "OBJECT_NOT_FOUND"
+    assert len(stack.fake.chat_requests) == len(ids)
+
+
+async def test_an_id_given_twice_is_refused_before_any_call(stack: Stack) -> None:
+    """Each repeat would cost its own LLM call: the whole call is INVALID_ARGUMENT naming
+    the repeat and the entry it repeats, unary and streamed, before retrieval or the LLM
+    is asked. Ids are compared canonically (upper case repeats lower case)."""
+    ids = await create_books(stack)
+    before = retrieval_calls("BatchGetObjects")
+    request = by_ids(
+        [ids[0], ids[1], ids[2], ids[0].upper(), ids[1]], single_prompt="Title: {title}"
+    )
+    stream = gw_pb.StreamGenerateOnObjectsRequest()
+    stream.ParseFromString(request.SerializeToString())
+    for call in (
+        lambda: stack.stub.GenerateOnObjects(request, metadata=ALICE),
+        lambda: stack.stub.StreamGenerateOnObjects(stream, metadata=ALICE).read(),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call()
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        info = error_info(caught.value)
+        assert info.reason == "DUPLICATE_ID"
+        assert info.metadata["field"] == "ids.ids[3]"
+        assert info.metadata["first"] == "ids.ids[0]"
+        assert "ids.ids[3] repeats ids.ids[0]" in (caught.value.details() or "")
+    assert retrieval_calls("BatchGetObjects") == before
+    assert not stack.fake.chat_requests
 
 
 async def test_batch_get_objects_is_forwarded_like_get_object(stack_factory: StackFactory) -> None:

@@ -3367,7 +3367,7 @@ type ObjectIds struct {
 	sizeCache     protoimpl.SizeCache
 	unknownFields protoimpl.UnknownFields
 
-	// UUIDs, at most the service's max_hits.
+	// UUIDs, at most the service's max_hits, each once (a repeat is INVALID_ARGUMENT).
 	Ids []string `protobuf:"bytes,1,rep,name=ids,proto3" json:"ids,omitempty"`
 }
 

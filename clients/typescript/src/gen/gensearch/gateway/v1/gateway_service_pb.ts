@@ -1757,7 +1757,7 @@ export const InlineObjectsSchema: GenMessage<InlineObjects> = /*@__PURE__*/
  */
 export type ObjectIds = Message<"gensearch.gateway.v1.ObjectIds"> & {
   /**
-   * UUIDs, at most the service's max_hits.
+   * UUIDs, at most the service's max_hits, each once (a repeat is INVALID_ARGUMENT).
    *
    * @generated from field: repeated string ids = 1;
    */
