@@ -73,6 +73,12 @@ MAX_WAIT_SECONDS = 86400
 MAX_PER_MINUTE = 1_000_000_000
 # Nesting of a response_format JSON schema: protobuf parses at most 100 nested messages.
 MAX_SCHEMA_DEPTH = 100
+# (provider, model) pairs of a fallback chain after the primary one: the default of the
+# gateway's and the generation service's MAX_FALLBACKS, and the most a collection's stored
+# chain may hold (retrieval knows no gateway setting: a longer chain would be stored, then
+# refused at every use); and the bound of those settings.
+DEFAULT_MAX_FALLBACKS = 4
+MAX_FALLBACKS = 32
 
 PREFIX = "GENSEARCH_"
 # Every service's namespace; a variable in one of them belongs to that service alone.

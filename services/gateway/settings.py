@@ -9,7 +9,9 @@ from pydantic_settings import SettingsConfigDict
 
 from services.common.model_names import model_name_setting, provider_name_setting
 from services.common.settings import (
+    DEFAULT_MAX_FALLBACKS,
     MAX_CONCURRENCY,
+    MAX_FALLBACKS,
     MAX_SCHEMA_DEPTH,
     MAX_SIZE_BYTES,
     MAX_TOKENS,
@@ -74,7 +76,7 @@ class GatewaySettings(CommonSettings):
     max_stop_sequences: int = Field(default=4, ge=0, le=1000)
     max_stop_chars: int = Field(default=256, ge=1, le=MAX_SIZE_BYTES)
     # generate.fallback and Ask's fallback: (provider, model) pairs after the primary one.
-    max_fallbacks: int = Field(default=4, ge=0, le=32)
+    max_fallbacks: int = Field(default=DEFAULT_MAX_FALLBACKS, ge=0, le=MAX_FALLBACKS)
     # generate.response_format.json_schema: size as compact JSON, and nesting depth.
     max_schema_chars: int = Field(default=65_536, ge=2, le=MAX_SIZE_BYTES)
     max_schema_depth: int = Field(default=32, ge=1, le=MAX_SCHEMA_DEPTH)

@@ -40,6 +40,8 @@ from pydantic_settings import SettingsConfigDict
 from services.common.egress import EgressPolicy
 from services.common.model_names import PROVIDER_NAME, PROVIDER_NAME_RULE, model_name_setting
 from services.common.settings import (
+    DEFAULT_MAX_FALLBACKS,
+    MAX_FALLBACKS,
     MAX_PER_MINUTE,
     MAX_SCHEMA_DEPTH,
     MAX_SIZE_BYTES,
@@ -396,7 +398,7 @@ class GenerationSettings(CommonSettings):
     # 16 MiB holds a max_answer_chars answer JSON-escaped (\uXXXX: 6 bytes a character).
     max_response_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, le=MAX_SIZE_BYTES)
     # (provider, model) pairs a request may name after its primary one.
-    max_fallbacks: int = Field(default=4, ge=0, le=32)
+    max_fallbacks: int = Field(default=DEFAULT_MAX_FALLBACKS, ge=0, le=MAX_FALLBACKS)
     # With more pairs to try, one pair may spend at most this share of the time left, so
     # a pair that times out still leaves time for the next (the last pair gets it all).
     fallback_time_share: float = Field(default=0.5, gt=0, le=1)

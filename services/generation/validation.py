@@ -11,6 +11,7 @@ from google.protobuf import json_format
 from services.common.errors import InvalidArgument, quote
 from services.common.json_schema import OutputSchema, SchemaLimits, check_schema, format_name
 from services.common.model_names import check_model_name
+from services.common.settings import DEFAULT_MAX_FALLBACKS
 from services.generation.providers.base import (
     ChatMessage,
     CompletionRequest,
@@ -31,7 +32,7 @@ class Limits:
     max_prompt_chars: int = 1_000_000
     max_stop_sequences: int = 4
     max_stop_chars: int = 256
-    max_fallbacks: int = 4
+    max_fallbacks: int = DEFAULT_MAX_FALLBACKS
     max_tokens: int = 1_000_000
     schema: SchemaLimits = field(default_factory=SchemaLimits)
 

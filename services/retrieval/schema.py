@@ -17,6 +17,7 @@ from google.protobuf import json_format
 from services.common.auth import DEFAULT_TENANT
 from services.common.errors import InvalidArgument, quote
 from services.common.model_names import check_model_name
+from services.common.settings import DEFAULT_MAX_FALLBACKS
 from services.common.values import DEFAULT_MAX_DEPTH, check_value
 from services.common.well_known import duration_seconds
 from services.retrieval.endpoints import ENV_NAME, EmbeddingPolicy
@@ -28,9 +29,9 @@ MAX_PROPERTIES = 256
 MAX_DIMENSIONS = 65_536
 MAX_DESCRIPTION = 4096
 MAX_PROMPT = 32_768
-# A collection's generative fallback chain: pairs, and characters of a provider or model
-# name (which providers exist is the generation service's to say, when the chain is used).
-MAX_FALLBACKS = 8
+# Characters of a provider or model name in a collection's generative fallback chain
+# (which providers exist is the generation service's to say, when the chain is used); the
+# chain's length is bounded by the gateway's default MAX_FALLBACKS (DEFAULT_MAX_FALLBACKS).
 MAX_NAME = 256
 TEXT_TYPES = (pb.DATA_TYPE_TEXT, pb.DATA_TYPE_TEXT_ARRAY)
 TYPE_NAMES: dict[int, str] = {
@@ -261,9 +262,15 @@ def _validate_generative(gen: pb.GenerativeConfig, types: dict[str, int]) -> Non
     for name in ("system_prompt", "user_instructions"):
         if len(getattr(gen, name)) > MAX_PROMPT:
             raise InvalidArgument(f"{where}.{name} is too long", field=f"{where}.{name}")
-    if len(gen.fallback) > MAX_FALLBACKS:
+    if len(gen.fallback) > DEFAULT_MAX_FALLBACKS:
+        # The gateway's limit at its default: a longer chain would be stored, then refused
+        # (FAILED_PRECONDITION) at every search that falls back to it.
         raise InvalidArgument(
-            f"{where}.fallback has at most {MAX_FALLBACKS} pairs", field=f"{where}.fallback"
+            f"{where}.fallback has at most {DEFAULT_MAX_FALLBACKS} pairs "
+            "(the default of GENSEARCH_GATEWAY_MAX_FALLBACKS)",
+            field=f"{where}.fallback",
+            reason="OUT_OF_RANGE",
+            metadata={"max": str(DEFAULT_MAX_FALLBACKS)},
         )
     for i, pair in enumerate(gen.fallback):
         if not pair.provider.strip():

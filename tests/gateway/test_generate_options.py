@@ -586,11 +586,13 @@ async def test_a_hanging_primary_falls_back_within_the_hits_budget(stack: Stack)
 
 
 async def test_a_collections_fallback_chain_longer_than_allowed_fails_once_on_the_collection(
-    stack: Stack,
+    stack_factory: StackFactory,
 ) -> None:
-    # A collection stores up to 8 pairs; generation takes 4. Before: every hit failed on
-    # its own with INVALID_ARGUMENT naming no field.
-    chain = [ret_pb.GenerativeModel(provider="fake", model=f"m{i}") for i in range(5)]
+    # A collection stores up to the default MAX_FALLBACKS (4) pairs; an operator may lower
+    # the gateway's since. Before: every hit failed on its own with INVALID_ARGUMENT naming
+    # no field.
+    stack = await stack_factory(max_fallbacks=3)
+    chain = [ret_pb.GenerativeModel(provider="fake", model=f"m{i}") for i in range(4)]
     await create_books(
         stack, books=WITH_BODY, generative=ret_pb.GenerativeConfig(provider="fake", fallback=chain)
     )

@@ -212,7 +212,9 @@ async def test_collection_errors(retrieval: Retrieval) -> None:
             vector_collection(
                 "P",
                 generative=pb.GenerativeConfig(
-                    fallback=[pb.GenerativeModel(provider="openai")] * 9
+                    # One past the gateway's default MAX_FALLBACKS (4): before, 8 were
+                    # stored, then refused at every use.
+                    fallback=[pb.GenerativeModel(provider="openai")] * 5
                 ),
             ),
             "collection.generative.fallback",
@@ -270,3 +272,33 @@ async def test_collection_errors(retrieval: Retrieval) -> None:
     )
     listed = await stub.ListCollections(pb.ListCollectionsRequest())
     assert [c.name for c in listed.collections] == ["Taken"]
+
+
+async def test_a_fallback_chain_is_bounded_by_the_gateways_default(retrieval: Retrieval) -> None:
+    """A collection's chain holds at most what the gateway takes by default
+    (GENSEARCH_GATEWAY_MAX_FALLBACKS, 4): before, 8 pairs were stored and every search
+    using them was FAILED_PRECONDITION."""
+    from services.gateway.settings import GatewaySettings
+
+    limit = GatewaySettings.model_fields["max_fallbacks"].default
+    chain = [pb.GenerativeModel(provider="openai", model=f"m{i}") for i in range(limit + 1)]
+    err = await expect_error(
+        retrieval.stub.CreateCollection(
+            pb.CreateCollectionRequest(
+                collection=vector_collection("Long", generative=pb.GenerativeConfig(fallback=chain))
+            )
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "collection.generative.fallback",
+    )
+    info = error_info(err)
+    assert (info.reason, info.metadata["max"]) == ("OUT_OF_RANGE", str(limit))
+    assert "GENSEARCH_GATEWAY_MAX_FALLBACKS" in (err.details() or "")
+    created = await retrieval.stub.CreateCollection(
+        pb.CreateCollectionRequest(
+            collection=vector_collection(
+                "Fits", generative=pb.GenerativeConfig(fallback=chain[:limit])
+            )
+        )
+    )
+    assert len(created.collection.generative.fallback) == limit

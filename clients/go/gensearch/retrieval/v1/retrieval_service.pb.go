@@ -449,7 +449,8 @@ type GenerativeConfig struct {
 	// Properties sent to the model as context; empty means every text property.
 	ContextFields []string `protobuf:"bytes,7,rep,name=context_fields,json=contextFields,proto3" json:"context_fields,omitempty"`
 	// Fallback chain for generation over this collection: tried in order when a call fails
-	// with a 5xx, a timeout or retries exhausted. A request's own chain wins.
+	// with a 5xx, a timeout or retries exhausted. A request's own chain wins. At most 4
+	// pairs (the gateway's default max_fallbacks).
 	Fallback []*GenerativeModel `protobuf:"bytes,40,rep,name=fallback,proto3" json:"fallback,omitempty"`
 	// Cache defaults for requests that leave their cache mode unspecified.
 	Cache *CacheDefaults `protobuf:"bytes,60,opt,name=cache,proto3" json:"cache,omitempty"`

@@ -149,7 +149,8 @@ export type GenerativeConfig = Message<"gensearch.retrieval.v1.GenerativeConfig"
 
   /**
    * Fallback chain for generation over this collection: tried in order when a call fails
-   * with a 5xx, a timeout or retries exhausted. A request's own chain wins.
+   * with a 5xx, a timeout or retries exhausted. A request's own chain wins. At most 4
+   * pairs (the gateway's default max_fallbacks).
    *
    * @generated from field: repeated gensearch.retrieval.v1.GenerativeModel fallback = 40;
    */
