@@ -79,7 +79,13 @@ async def build(settings: GatewaySettings, *, port: int | None = None) -> Gatewa
     )
     server.add_service(
         ret_grpc.add_RetrievalServiceServicer_to_server,
-        RetrievalForwarder(clients.retrieval, token, backends.catalog, backends.cache),
+        RetrievalForwarder(
+            clients.retrieval,
+            token,
+            backends.catalog,
+            backends.cache,
+            cache_max_ttl=settings.cache_max_ttl,
+        ),
         RETRIEVAL_SERVICE,
     )
     # Through the same metered client as the gateway's own generation calls.

@@ -18,9 +18,11 @@ import grpc
 from gensearch.generation.v1 import generation_service_pb2 as gen_pb
 from gensearch.generation.v1 import generation_service_pb2_grpc as gen_grpc
 from gensearch.memory.v1 import memory_service_pb2_grpc as mem_grpc
+from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as ret_grpc
 
-from services.common.errors import PermissionDenied, ServiceError, note_imported
+from services.common.errors import InvalidArgument, PermissionDenied, ServiceError, note_imported
+from services.common.well_known import duration_seconds
 from services.gateway.catalog import Catalog
 from services.gateway.clients import Caller, GenerationClient, caller_of
 from services.gateway.clients.base import ServiceClient
@@ -160,10 +162,41 @@ class RetrievalForwarder(_Forwarder, ret_grpc.RetrievalServiceServicer):
         internal_token: str,
         catalog: Catalog | None = None,
         cache: GenerationCache | None = None,
+        cache_max_ttl: float | None = None,
     ) -> None:
         super().__init__(client, internal_token)
         self._catalog = catalog
         self._cache = cache
+        self._cache_max_ttl = cache_max_ttl
+
+    _create_collection = _forward("CreateCollection")
+
+    async def CreateCollection(
+        self, request: ret_pb.CreateCollectionRequest, context: grpc.aio.ServicerContext
+    ) -> ret_pb.CreateCollectionResponse:
+        """Forwarded once the collection's cache TTL is within this gateway's
+        CACHE_MAX_TTL, a setting retrieval does not know: before, a longer one was stored
+        and cut to the max at every use without a word. (One stored before an operator
+        lowered the max, or straight through retrieval, is still cut at use.)"""
+        cache = request.collection.generative.cache
+        limit = self._cache_max_ttl
+        field = "collection.generative.cache.ttl"
+        if (
+            limit is not None
+            and cache.HasField("ttl")
+            and duration_seconds(cache.ttl, field) > limit
+        ):
+            raise InvalidArgument(
+                f"{field} must be at most {limit:g} s (GENSEARCH_GATEWAY_CACHE_MAX_TTL)",
+                field=field,
+                reason="OUT_OF_RANGE",
+                metadata={
+                    "max_seconds": f"{limit:g}",
+                    "setting": "GENSEARCH_GATEWAY_CACHE_MAX_TTL",
+                },
+            )
+        answer: ret_pb.CreateCollectionResponse = await self._create_collection(request, context)
+        return answer
 
     async def _forget_collection(self, request: Any, caller: Caller) -> None:
         # This replica forgets a deleted collection at once (others within their
@@ -175,7 +208,6 @@ class RetrievalForwarder(_Forwarder, ret_grpc.RetrievalServiceServicer):
         if self._cache is not None:
             await self._cache.drop_collection(caller.tenant, request.name)
 
-    CreateCollection = _forward("CreateCollection")
     GetCollection = _forward("GetCollection")
     ListCollections = _forward("ListCollections")
     DeleteCollection = _forward("DeleteCollection", after=_forget_collection)

@@ -215,6 +215,66 @@ async def test_an_answer_lives_for_its_ttl(
     assert not any(g.cached for g in results(late).values())
 
 
+def books_with_cache_ttl(seconds: float) -> ret_pb.CreateCollectionRequest:
+    return ret_pb.CreateCollectionRequest(
+        collection=ret_pb.Collection(
+            name="Books",
+            properties=[ret_pb.Property(name="title", data_type=ret_pb.DATA_TYPE_TEXT)],
+            vectorizer=ret_pb.Vectorizer(kind=ret_pb.VECTORIZER_KIND_NONE, dimensions=DIM),
+            generative=ret_pb.GenerativeConfig(
+                provider="fake", cache=ret_pb.CacheDefaults(generation=True, ttl=ttl(seconds))
+            ),
+        )
+    )
+
+
+async def test_a_collection_ttl_above_the_max_is_refused_at_create(cached: Stack) -> None:
+    """Before, it was stored and silently cut to CACHE_MAX_TTL at every use."""
+    limit = 7 * 86400  # CACHE_MAX_TTL's default
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await cached.retrieval.CreateCollection(books_with_cache_ttl(limit + 1), metadata=ALICE)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    info = error_info(caught.value)
+    assert (info.reason, info.metadata["field"]) == (
+        "OUT_OF_RANGE",
+        "collection.generative.cache.ttl",
+    )
+    assert info.metadata["max_seconds"] == str(limit)
+    assert "GENSEARCH_GATEWAY_CACHE_MAX_TTL" in (caught.value.details() or "")
+    with pytest.raises(grpc.aio.AioRpcError):
+        await cached.retrieval.GetCollection(
+            ret_pb.GetCollectionRequest(name="Books"), metadata=ALICE
+        )
+    await cached.retrieval.CreateCollection(books_with_cache_ttl(limit), metadata=ALICE)
+
+
+async def test_a_stored_ttl_above_the_max_is_cut_to_it_at_use(
+    cached: Stack, shared_redis: RedisProcess, prefix: str
+) -> None:
+    """A collection may hold more than CACHE_MAX_TTL: stored before an operator lowered
+    it, or straight through retrieval (which knows no gateway setting). It is used up to
+    the max, not refused."""
+    limit = 7 * 86400
+    await cached.retrieval_direct.CreateCollection(books_with_cache_ttl(10 * 86400), metadata=ALICE)
+    title = struct_pb2.Struct()
+    title.update({"title": "Dune"})
+    await cached.retrieval.UpsertObjects(
+        ret_pb.UpsertObjectsRequest(
+            collection="Books", objects=[ret_pb.DataObject(properties=title, vector=[0.5] * DIM)]
+        ),
+        metadata=ALICE,
+    )
+    request = search(mode=gw_pb.CACHE_MODE_UNSPECIFIED, limit=1, grouped=False)
+    await cached.stub.GenerativeSearch(request, metadata=ALICE)
+    redis = Redis.from_url(shared_redis.url)
+    try:
+        keys = [k async for k in redis.scan_iter(match=f"{prefix}:gencache:*")]
+        assert len(keys) == 1
+        assert (limit - 60) * 1000 < await redis.pttl(keys[0]) <= limit * 1000
+    finally:
+        await redis.aclose()
+
+
 async def test_a_changed_object_misses_and_the_rest_hit(cached: Stack) -> None:
     ids = await create_books(cached, metadata=ALICE)
     await cached.stub.GenerativeSearch(search(), metadata=ALICE)

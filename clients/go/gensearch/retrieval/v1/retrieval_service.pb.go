@@ -617,7 +617,8 @@ type CacheDefaults struct {
 	Generation bool `protobuf:"varint,1,opt,name=generation,proto3" json:"generation,omitempty"`
 	// Ask (without history) uses the semantic answer cache.
 	Semantic bool `protobuf:"varint,2,opt,name=semantic,proto3" json:"semantic,omitempty"`
-	// Lifetime of a stored answer; unset: the gateway's default.
+	// Lifetime of a stored answer; unset: the gateway's default. Created through the
+	// gateway: at most its cache_max_ttl; a stored one above it is used up to it.
 	Ttl *durationpb.Duration `protobuf:"bytes,3,opt,name=ttl,proto3" json:"ttl,omitempty"`
 	// Semantic cache threshold (cosine), in [0.5, 1]; unset: the gateway's default.
 	MinSimilarity *float64 `protobuf:"fixed64,4,opt,name=min_similarity,json=minSimilarity,proto3,oneof" json:"min_similarity,omitempty"`

@@ -216,7 +216,8 @@ export type CacheDefaults = Message<"gensearch.retrieval.v1.CacheDefaults"> & {
   semantic: boolean;
 
   /**
-   * Lifetime of a stored answer; unset: the gateway's default.
+   * Lifetime of a stored answer; unset: the gateway's default. Created through the
+   * gateway: at most its cache_max_ttl; a stored one above it is used up to it.
    *
    * @generated from field: google.protobuf.Duration ttl = 3;
    */
