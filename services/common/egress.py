@@ -141,10 +141,11 @@ def echo_url(url: str) -> str:
 
 
 def split_url(url: str) -> tuple[str, str, int, str]:
-    """(scheme, host, port, rest) of a plain http(s) URL: no credentials, escapes, fragment,
-    spaces or backslashes (spellings that URL parsers disagree on). ``host`` is in lower
-    case without brackets or trailing dot; ``port`` is the default one when not given;
-    ``rest`` is the path (trailing slashes dropped) and query."""
+    """(scheme, host, port, rest) of a plain http(s) base URL: no credentials, escapes,
+    query (a client appends its API path to a base URL), fragment, spaces or backslashes
+    (spellings that URL parsers disagree on). ``host`` is in lower case without brackets or
+    trailing dot; ``port`` is the default one when not given; ``rest`` is the path
+    (trailing slashes dropped)."""
     if len(url) > MAX_URL or any(c.isspace() or c == "\\" or ord(c) < 32 for c in url):
         raise UrlRefused(f"{echo_url(url)} is not a plain URL")
     try:
@@ -157,6 +158,15 @@ def split_url(url: str) -> tuple[str, str, int, str]:
         raise UrlRefused(f"{echo_url(url)} is not an https URL")
     if "@" in parts.netloc or "%" in parts.netloc or parts.fragment or "#" in url:
         raise UrlRefused(f"{echo_url(url)}: credentials, escapes and fragments are not allowed")
+    if "?" in url:
+        # Every URL split here is a base URL a client appends its API path to, after the
+        # query: "/v1?key=k" became "/v1/?key=kchat/completions", failing every call (and
+        # httpx logs that URL, the query's secret in it, at INFO). An empty "?" too: it
+        # used to vanish here, so "<the operator's URL>?" passed as the operator's own
+        # endpoint, skipping the allowlist and its query check.
+        raise UrlRefused(
+            f"{echo_url(url)}: a base URL has no query (the API path is appended to it)"
+        )
     host = (hostname or "").rstrip(".")
     try:
         port = DEFAULT_PORTS[scheme] if parts.port is None else parts.port
@@ -166,8 +176,7 @@ def split_url(url: str) -> tuple[str, str, int, str]:
         raise UrlRefused(f"{echo_url(url)} has an invalid port")
     if _address(host) is None and not _valid_name(host):
         raise UrlRefused(f"host {echo(host)} is not a host name or address")
-    rest = parts.path.rstrip("/") + (f"?{parts.query}" if parts.query else "")
-    return scheme, host, port, rest
+    return scheme, host, port, parts.path.rstrip("/")
 
 
 def canonical_url(url: str) -> str:
@@ -341,14 +350,7 @@ class EgressPolicy:
         literal, its address is allowed). The message echoes at most a short prefix."""
         if not self.entries:
             raise UrlRefused("the operator allows no URL here (the allowlist is empty)")
-        scheme, host, port, _ = split_url(url)
-        if "?" in url:
-            # Every URL checked here is a base URL the SDK appends its path to, after the
-            # query: "/v1?key=k" became "/v1/?key=kchat/completions", failing every call
-            # (and httpx logs that URL, the query's secret in it, at INFO).
-            raise UrlRefused(
-                f"{echo_url(url)}: a base URL has no query (the API path is appended to it)"
-            )
+        scheme, host, port, _ = split_url(url)  # refuses a query, as in every base URL
         address = _address(host)
         matching = [
             e for e in self.entries if e.allows_port(port) and (scheme == "https" or e.http)

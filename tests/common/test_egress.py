@@ -217,6 +217,11 @@ def test_canonical_url_compares_base_urls() -> None:
     assert canonical_url("https://api.openai.com/v1/..") != canonical_url("https://api.openai.com")
     with pytest.raises(UrlRefused):
         canonical_url("https://me@api.openai.com/v1")
+    # A base URL has no query, not even an empty one (it vanished here, and the URL then
+    # compared equal to the operator's own).
+    for url in ("https://api.openai.com/v1?", "https://api.openai.com/v1?k=v"):
+        with pytest.raises(UrlRefused, match="no query"):
+            canonical_url(url)
 
 
 # -- at connect time ----------------------------------------------------------------------

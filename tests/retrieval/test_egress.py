@@ -304,3 +304,79 @@ def test_a_bad_allowlist_stops_the_service_and_names_the_entry(
     with pytest.raises(ValidationError) as err:
         RetrievalSettings()
     assert "'https://x.test/v1'" in str(err.value)
+
+
+@pytest.mark.parametrize("query", ["?key=S3cretQ", "?"])
+async def test_a_callers_url_with_a_query_is_refused_wherever_it_is_named(
+    make_retrieval: MakeRetrieval, attacker: FakeOpenAI, query: str
+) -> None:
+    """Every URL a caller names here (a vectorizer's, a collection's default rerank and a
+    search's rerank endpoint) is a base URL the client appends its path to, after the
+    query: refused as the generation service refuses one, even on an allowed host. Before,
+    the operator's key URL followed by an empty "?" passed as the operator's endpoint
+    (the "?" vanished when comparing), skipping the allowlist, and was stored."""
+    retrieval = await make_retrieval(allowed_hosts="http://127.0.0.1")
+    url = attacker.base_url + query
+    calls = [
+        (
+            retrieval.stub.CreateCollection(
+                pb.CreateCollectionRequest(collection=vectorizing(url))
+            ),
+            "collection.vectorizer.base_url",
+        ),
+        (
+            retrieval.stub.CreateCollection(
+                pb.CreateCollectionRequest(
+                    collection=vectorizing(
+                        "https://api.openai.com/v1" + query, key_env="OPENAI_API_KEY"
+                    )
+                )
+            ),
+            "collection.vectorizer.base_url",
+        ),
+    ]
+    ranked = pb.Collection(
+        name="Ranked",
+        properties=ARTICLE_PROPS,
+        vectorizer=pb.Vectorizer(kind=pb.VECTORIZER_KIND_NONE, dimensions=8),
+        rerank=pb.Rerank(base_url=url),
+    )
+    calls.append(
+        (
+            retrieval.stub.CreateCollection(pb.CreateCollectionRequest(collection=ranked)),
+            "collection.rerank.base_url",
+        )
+    )
+    for call, field in calls:
+        err = await expect_error(call, grpc.StatusCode.PERMISSION_DENIED, field)
+        assert error_info(err).reason == "URL_NOT_ALLOWED"
+        assert "query" in (err.details() or "") and "S3cretQ" not in (err.details() or "")
+    ranked.ClearField("rerank")
+    await retrieval.stub.CreateCollection(pb.CreateCollectionRequest(collection=ranked))
+    err = await expect_error(
+        retrieval.stub.Search(
+            pb.SearchRequest(
+                collection="Ranked",
+                keyword=pb.Keyword(text="anything"),
+                rerank=pb.Rerank(base_url=url),
+            )
+        ),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "rerank.base_url",
+    )
+    assert error_info(err).reason == "URL_NOT_ALLOWED"
+    assert attacker.requests == [] and attacker.rerank_requests == []
+
+
+@pytest.mark.parametrize("query", ["?key=S3cretQ", "?"])
+def test_an_operators_url_with_a_query_stops_the_service(query: str) -> None:
+    """The operator's embeddings and rerank URLs are base URLs too."""
+    for settings in (
+        {"embedding_key_urls": {"TEI_KEY": "http://tei:8080/v1" + query}},
+        {"rerank_providers": {"tei": {"base_url": "http://tei:8080/v1" + query}}},
+    ):
+        with pytest.raises(ValidationError) as err:
+            RetrievalSettings(**settings)
+        # What the service prints at start (load_settings): the message, not the input.
+        (message,) = [e["msg"] for e in err.value.errors()]
+        assert "no query" in message and "S3cretQ" not in message
