@@ -8,7 +8,7 @@ import json
 import re
 from collections import Counter
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -309,15 +309,30 @@ def test_datetimes_go_as_rfc3339_date_times_the_service_takes() -> None:
     plus_two = timezone(timedelta(hours=2))
     # Amsterdam's local mean time until 1937: an offset in seconds, which RFC 3339 has not.
     amsterdam_lmt = timezone(timedelta(minutes=19, seconds=32))
-    sent = {
+    sent: dict[date, str] = {
         datetime(2024, 5, 1, 12, 0, tzinfo=plus_two): "2024-05-01T12:00:00+02:00",
         datetime(2024, 5, 1, 12, 0, 0, 250000, tzinfo=UTC): "2024-05-01T12:00:00.250000Z",
         datetime(2024, 5, 1, 12, 0): "2024-05-01T12:00:00Z",  # naive: UTC
         datetime(1900, 1, 1, 12, 0, tzinfo=amsterdam_lmt): "1900-01-01T11:40:28Z",
+        # A plain date is midnight UTC: "2024-05-01" alone is no date-time, and the service
+        # refused it.
+        date(2024, 5, 1): "2024-05-01T00:00:00Z",
     }
     for value, text in sent.items():
         assert to_value(value).string_value == text
         assert RFC3339_DATE_TIME.fullmatch(text)
+
+
+async def test_a_plain_date_is_stored_and_filtered_as_midnight_utc(client: AsyncGensearch) -> None:
+    books = client.collections.get(await _books(client))
+    written = await books.data.insert_many(
+        [{"title": "Solaris", "year": 1961, "published": date(1961, 6, 1)}]
+    )
+    assert not written.errors, written.errors
+    got = await books.data.get(written.ids[0])
+    assert got.properties["published"] == datetime(1961, 6, 1, tzinfo=UTC)
+    assert await books.count(Filter.by_property("published") >= date(1961, 6, 1)) == 1
+    assert await books.count(Filter.by_property("published") > date(1961, 6, 1)) == 0
 
 
 def test_the_blocking_client(running_stack: RunningStack) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import itertools
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from gensearch.client import AsyncGensearch, Gensearch, errors, types
@@ -81,15 +81,21 @@ async def test_on_objects_inline_with_and_without_a_collection(client: AsyncGens
     when = datetime(2026, 12, 2, 8, 30, tzinfo=UTC)
     menu = await client.generate.on_objects(
         [
-            {"name": "tea", "price": 3, "served": when},
+            {"name": "tea", "price": 3, "served": when, "since": date(2026, 1, 1)},
             types.DataObject(properties={"name": "cake", "price": 4.5}),
         ],
         single_prompt="Menu line for {name} at {price} EUR",
     )
     assert [h.id for h in menu] == ["", ""] and menu.grouped is None
     tea, cake = menu
-    # Values come back as they were given: the int an int, the datetime a datetime.
-    assert tea.properties == {"name": "tea", "price": 3, "served": when}
+    # Values come back as they were given: the int an int, the datetime a datetime (a
+    # date as the datetime it was sent as, midnight UTC).
+    assert tea.properties == {
+        "name": "tea",
+        "price": 3,
+        "served": when,
+        "since": datetime(2026, 1, 1, tzinfo=UTC),
+    }
     assert isinstance(tea.properties["price"], int) and cake.properties["price"] == 4.5
     assert "Menu line for tea at 3 EUR" in tea.result
     assert "Menu line for cake at 4.5 EUR" in cake.result

@@ -19,7 +19,7 @@ import builtins
 import contextlib
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
 
@@ -982,12 +982,13 @@ def _inline_struct(obj: InlineObject) -> struct_pb2.Struct:
 
 def _sent_types(obj: InlineObject) -> dict[str, str]:
     """The kinds of an inline object's values that a ``Struct`` does not keep (every number
-    a double, a ``datetime`` a string), so they come back as they were given."""
+    a double, a ``datetime`` a string), so they come back as they were given (a ``date``
+    as the ``datetime`` it was sent as: midnight UTC)."""
     kinds: dict[str, str] = {}
     for name, value in _inline_properties(obj).items():
         if isinstance(value, int) and not isinstance(value, bool):
             kinds[str(name)] = "int"
-        elif isinstance(value, datetime):
+        elif isinstance(value, date):
             kinds[str(name)] = "date"
     return kinds
 

@@ -1,8 +1,9 @@
 """Filters from plain Python values: ``Filter.by_property("year").less_than(1970)``.
 
 Combine with ``&`` (all of), ``|`` (any of) and ``~`` (none of). Values are any JSON value,
-or a ``datetime``/``date`` (sent as RFC 3339). A filter may also be given as a dict in the
-proto's JSON form (``{"condition": {"property": ..., "operator": "OPERATOR_EQUAL", ...}}``).
+or a ``datetime``/``date`` (sent as an RFC 3339 date-time; a ``date`` as midnight UTC). A
+filter may also be given as a dict in the proto's JSON form
+(``{"condition": {"property": ..., "operator": "OPERATOR_EQUAL", ...}}``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ def _jsonable(value: Any) -> Any:
             aware = aware.astimezone(UTC)
         return aware.isoformat().replace("+00:00", "Z")
     if isinstance(value, date):
-        return value.isoformat()
+        # A plain date is midnight UTC: the service takes RFC 3339 date-times only, and
+        # refused "2024-05-01" alone.
+        return f"{value.isoformat()}T00:00:00Z"
     if isinstance(value, list | tuple | set | frozenset):
         return [_jsonable(v) for v in value]
     if isinstance(value, dict):
