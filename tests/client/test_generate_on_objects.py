@@ -129,6 +129,9 @@ async def test_bad_requests_fail_the_whole_call_naming_the_field(client: AsyncGe
     with pytest.raises(errors.InvalidArgumentError) as caught:
         await books.generate.by_ids([ids[0], "not-a-uuid"], single_prompt="{title}")
     assert caught.value.field == "ids.ids[1]"
+    with pytest.raises(errors.DuplicateIdError) as caught:
+        await books.generate.by_ids([ids[0], ids[1], ids[0]], single_prompt="{title}")
+    assert caught.value.field == "ids.ids[2]" and caught.value.metadata["first"] == "ids.ids[0]"
     with pytest.raises(errors.InvalidArgumentError) as caught:
         await books.generate.by_ids([], single_prompt="{title}")
     assert caught.value.field == "ids.ids"

@@ -185,6 +185,13 @@ class DimensionMismatchError(InvalidArgumentError):
     error_reason = "DIMENSION_MISMATCH"
 
 
+class DuplicateIdError(InvalidArgumentError):
+    """An id given twice in one request (GenerateOnObjects): ``field`` names the repeat,
+    ``metadata["first"]`` the entry it repeats."""
+
+    error_reason = "DUPLICATE_ID"
+
+
 class ZeroVectorError(InvalidArgumentError):
     """A vector of length 0 in a cosine collection: it has no direction to compare."""
 
