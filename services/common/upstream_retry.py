@@ -4,9 +4,10 @@ generation service, embeddings in retrieval).
 - Retried: HTTP 408, 409, 429 and 5xx, and calls that got no answer at all (refused, reset,
   cut short, the SDK's read timeout). Nothing else: a 400 or a malformed body would fail
   the same way again.
-- Wait before attempt n+1: the server's ``retry-after-ms`` or ``Retry-After`` (seconds or
-  an HTTP-date) when it sends one, else full jitter, uniform in
-  [0, min(max_backoff, base_backoff * 2^(n-1))] (the AWS architecture blog's "full jitter").
+- Wait before attempt n+1: the server's ``retry-after-ms`` or ``Retry-After`` (ASCII
+  digits of seconds, or an HTTP-date; any other value counts as none) when it sends one,
+  else full jitter, uniform in [0, min(max_backoff, base_backoff * 2^(n-1))] (the AWS
+  architecture blog's "full jitter").
 - Bounded by the call's ``Deadline``: a wait that would end after it is not started, nor is a
   ``Retry-After`` above ``retry_after_max``; the last fault is returned at once instead of
   sleeping into a deadline no retry can meet.
@@ -20,8 +21,8 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
-import math
 import random
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -63,40 +64,46 @@ def server_wait(err: BaseException) -> float | None:
 _RETRY_AFTER_CAP = 1e9
 
 
-def _seconds(text: str, scale: float = 1.0) -> float | None:
-    """A delay header's number in seconds (a negative one is no wait); None for what no
-    server means (not a number, NaN, infinite), so the call backs off as if none was sent."""
-    try:
-        value = float(text) / scale
-    except ValueError:
+# RFC 9110 10.2.3: delay-seconds = 1*DIGIT, ASCII digits only. retry-after-ms (OpenAI's
+# header, no standard) may carry a fraction. Python's float() also takes "+5", "-4",
+# "1_000", "1e3", "nan" and other scripts' digits ("١٢"): none of them is a delay a server
+# sent, so each is as if no header came (the call backs off as usual).
+_DELAY_SECONDS = re.compile(r"[0-9]+")
+_DELAY_MILLIS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+# Optional whitespace around a field value is the field's, not the value's (RFC 9110 5.6.3).
+_OWS = " \t"
+
+
+def _delay(text: str, pattern: re.Pattern[str], scale: float = 1.0) -> float | None:
+    """A delay header's value in seconds, capped; None unless it is all ASCII digits (and,
+    for ``retry-after-ms``, a fraction)."""
+    text = text.strip(_OWS)
+    if not pattern.fullmatch(text):
         return None
-    if not math.isfinite(value):
-        return None
-    return min(max(0.0, value), _RETRY_AFTER_CAP)
+    # A few hundred digits overflow to infinity: capped like any delay too long to wait.
+    return min(float(text) / scale, _RETRY_AFTER_CAP)
 
 
 def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
-    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or HTTP-date)."""
+    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (delay-seconds or an
+    HTTP-date); None when neither holds one (a malformed value counts as absent)."""
     millis = headers.get("retry-after-ms")
     if millis:
-        waited = _seconds(millis, 1000.0)
+        waited = _delay(millis, _DELAY_MILLIS, 1000.0)
         if waited is not None:
             return waited
     value = headers.get("Retry-After") or headers.get("retry-after")
     if not value:
         return None
-    value = value.strip()
+    seconds = _delay(value, _DELAY_SECONDS)
+    if seconds is not None:
+        return seconds
     try:
-        float(value)
-    except ValueError:
-        pass
-    else:
-        return _seconds(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        when = email.utils.parsedate_to_datetime(value.strip(_OWS))
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    return min(max(0.0, when.timestamp() - (time.time() if now is None else now)), _RETRY_AFTER_CAP)
+    wait = when.timestamp() - (time.time() if now is None else now)
+    return min(max(0.0, wait), _RETRY_AFTER_CAP)
 
 
 @dataclass(frozen=True, slots=True)

@@ -96,7 +96,7 @@ async def test_rate_limited_hits_all_succeed_and_report_attempts_and_wait(
 async def test_ask_reports_attempts_and_wait(stack_factory: StackFactory, fake: FakeOpenAI) -> None:
     stack = await stack_factory(provider=fake_provider(fake, max_concurrency=None))
     await create_books(stack)
-    fake.enqueue(Behaviour.rate_limited(retry_after="0.2"))
+    fake.enqueue(Behaviour.rate_limited(retry_after=None, retry_after_ms="200"))
     answer = await stack.stub.Ask(
         gw_pb.AskRequest(
             collection="Books",

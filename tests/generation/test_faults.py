@@ -81,7 +81,7 @@ async def test_429s_are_retried_past_max_attempts_while_the_deadline_allows(
 async def test_always_429_is_resource_exhausted_when_the_deadline_comes(
     service: Service, fake: FakeOpenAI
 ) -> None:
-    fake.fail_next(1000, Behaviour.rate_limited(retry_after="0.2"))
+    fake.fail_next(1000, Behaviour.rate_limited(retry_after=None, retry_after_ms="200"))
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await service.stub.Generate(ask(), timeout=1)
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -32,12 +32,29 @@ def status_error(status: int, headers: dict[str, str] | None = None) -> openai.A
     ("headers", "expected"),
     [
         ({"Retry-After": "3"}, 3.0),
-        ({"Retry-After": "0.5"}, 0.5),
-        ({"retry-after": " 7 "}, 7.0),
-        ({"Retry-After": "-4"}, 0.0),
+        ({"retry-after": " 7 "}, 7.0),  # surrounding whitespace is the field's, not the value's
+        ({"Retry-After": "\t120"}, 120.0),
+        ({"Retry-After": "007"}, 7.0),
         ({"retry-after-ms": "250", "Retry-After": "9"}, 0.25),
+        ({"retry-after-ms": "12.5"}, 0.0125),
         ({"Retry-After": "soon"}, None),
         ({}, None),
+        # RFC 9110: delay-seconds = 1*DIGIT (ASCII), else an HTTP-date; anything else is
+        # no Retry-After at all. Before, whatever Python's float() took was a delay.
+        ({"Retry-After": "0.5"}, None),
+        ({"Retry-After": "-4"}, None),
+        ({"Retry-After": "+5"}, None),
+        ({"Retry-After": "1_000"}, None),
+        ({"Retry-After": "1e3"}, None),
+        ({"Retry-After": "1 2"}, None),
+        ({"Retry-After": "\u0661\u0662"}, None),  # Arabic-Indic digits
+        ({"Retry-After": "\uff11\uff12"}, None),  # full-width digits
+        ({"Retry-After": "12\u00a0"}, None),  # a no-break space is not whitespace here
+        ({"Retry-After": "Infinity"}, None),
+        ({"retry-after-ms": "1_000"}, None),
+        ({"retry-after-ms": "-250"}, None),
+        ({"retry-after-ms": "\u0661\u0662"}, None),
+        ({"retry-after-ms": "+5", "Retry-After": "2"}, 2.0),  # a bad one falls through
     ],
 )
 def test_parse_retry_after(headers: dict[str, str], expected: float | None) -> None:

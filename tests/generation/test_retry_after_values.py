@@ -15,7 +15,10 @@ from tests.support.fake_openai import Behaviour, FakeOpenAI
 from tests.support.rpc import error_info
 
 
-@pytest.mark.parametrize("value", ["1e309", "inf", "nan", "-5"])
+# "1_000", "+30" and "0x1e": Python's float()/int() forms, not RFC 9110's delay-seconds
+# (ASCII digits) nor an HTTP-date. Before, "1_000" and "+30" were waits past this call's
+# deadline (refused at once, RESOURCE_EXHAUSTED).
+@pytest.mark.parametrize("value", ["1e309", "inf", "nan", "-5", "1_000", "+30", "3.0e1"])
 async def test_an_unusable_retry_after_is_ignored(
     service: Service, fake: FakeOpenAI, value: str
 ) -> None:

@@ -77,8 +77,9 @@ embedding requests; when the queue is empty the default (a normal answer) applie
     ``Behaviour.error(status, body=None, headers=None)``  e.g. 400, 404, 500, 503 (any
         status: ``Behaviour.error(200, "…", headers)`` answers a raw body; ``bytes`` go out
         as they are, e.g. a gzip body with ``Content-Encoding: gzip``)
-    ``Behaviour.rate_limited(retry_after="1")``  429 with a ``Retry-After`` header (seconds
-        or an HTTP-date; ``None`` = no header)
+    ``Behaviour.rate_limited(retry_after="1", retry_after_ms=None)``  429 with a
+        ``Retry-After`` header (whole seconds or an HTTP-date; ``None`` = no header), and a
+        ``retry-after-ms`` one when given (sub-second waits: "0.2" is no Retry-After)
     ``Behaviour.unauthorized()``  401 ``invalid_api_key``
     ``Behaviour.model_not_found(model="x")``  404 ``model_not_found``
     ``Behaviour.reset()``  accept the request, then abort the TCP connection without a reply
@@ -209,8 +210,12 @@ class Behaviour:
         return cls(kind="error", status=status, body=body, headers=dict(headers or {}))
 
     @classmethod
-    def rate_limited(cls, retry_after: str | float | None = "1") -> Behaviour:
+    def rate_limited(
+        cls, retry_after: str | float | None = "1", *, retry_after_ms: str | None = None
+    ) -> Behaviour:
         headers = {} if retry_after is None else {"Retry-After": str(retry_after)}
+        if retry_after_ms is not None:
+            headers["retry-after-ms"] = retry_after_ms
         body = {
             "error": {
                 "message": "Rate limit reached",
