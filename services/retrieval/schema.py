@@ -220,6 +220,9 @@ def _validate_vectorizer(
                 f"{where}.api_key_env must name an environment variable",
                 field=f"{where}.api_key_env",
             )
+        # Sent upstream in every embeddings body and named in each call's span, as a
+        # rerank or generative model is: held to the same model-name shape.
+        check_model_name(vec.model, f"{where}.model")
         policy.endpoint(vec, where)
         vec.model = vec.model or OPENAI_DEFAULT_MODEL
         if not vec.dimensions:

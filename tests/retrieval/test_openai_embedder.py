@@ -323,3 +323,25 @@ async def test_cosine_vectors_of_the_endpoint_are_normalised_like_a_callers(
         grpc.StatusCode.UNAVAILABLE,
     )
     assert error_info(err).reason == "EMBEDDINGS_UNAVAILABLE"
+
+
+@pytest.mark.parametrize(
+    "model",
+    ["m" * 257, "text-embedding\n3-small", "model\x00", "   "],
+    ids=["long", "nl", "nul", "spaces"],
+)
+async def test_a_vectorizer_model_of_no_model_names_shape_is_refused_at_creation(
+    retrieval: Retrieval, fake: FakeOpenAI, model: str
+) -> None:
+    """It goes upstream in every embeddings body and into each call's span name, as a
+    rerank or generative model does; those are held to the model-name shape, and this one
+    was stored as sent."""
+    collection = remote(fake.base_url)
+    collection.vectorizer.model = model
+    await expect_error(
+        retrieval.stub.CreateCollection(pb.CreateCollectionRequest(collection=collection)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "collection.vectorizer.model",
+    )
+    listed = await retrieval.stub.ListCollections(pb.ListCollectionsRequest())
+    assert not listed.collections and fake.requests == []
