@@ -171,9 +171,20 @@ class Rerankers:
     def check_default(self, collection: pb.Collection) -> None:
         """A new collection's default rerank: its provider exists and its base URL passes
         the allowlist, as a request's would (checked again at use: the policy may tighten),
-        fields named ``collection.rerank.*``."""
+        fields named ``collection.rerank.*``; its candidates within MAX_RERANK_CANDIDATES,
+        which every search using it would otherwise refuse."""
         if collection.HasField("rerank"):
-            self._reranker(collection.rerank, f"collection.{FIELD}")
+            where = f"collection.{FIELD}"
+            limit = self._settings.max_rerank_candidates
+            if collection.rerank.candidates > limit:
+                raise InvalidArgument(
+                    f"{where}.candidates must be in 0..{limit} "
+                    "(GENSEARCH_RETRIEVAL_MAX_RERANK_CANDIDATES)",
+                    field=f"{where}.candidates",
+                    reason="OUT_OF_RANGE",
+                    metadata={"max": str(limit)},
+                )
+            self._reranker(collection.rerank, where)
 
     def _reranker(self, rerank: pb.Rerank, where: str) -> dict[str, Any]:
         """Who reranks: ``RerankPlan``'s fields for ``rerank``'s provider or base URL, or

@@ -387,6 +387,9 @@ async def test_each_rerank_call_has_a_span(
         (pb.Rerank(query="fixed"), "collection.rerank.query"),
         (pb.Rerank(mmr_lambda=1.5), "collection.rerank.mmr_lambda"),
         (pb.Rerank(candidates=-1), "collection.rerank.candidates"),
+        # Past MAX_RERANK_CANDIDATES (200): stored before, then every search using the
+        # default failed INVALID_ARGUMENT naming the request's rerank.candidates.
+        (pb.Rerank(candidates=201), "collection.rerank.candidates"),
         (pb.Rerank(properties=["title", "year"]), "collection.rerank.properties[1]"),
     ],
 )
