@@ -49,6 +49,7 @@ from services.common.settings import (
     MAX_WAIT_SECONDS,
     NAMESPACES,
     CommonSettings,
+    http_url_problem,
     redis_url_setting,
 )
 
@@ -171,8 +172,13 @@ class ProviderConfig(BaseModel):
     @field_validator("base_url")
     @classmethod
     def _strip_slash(cls, value: str) -> str:
+        # A query too: the SDK appends its API path after it ("/v1?k=v" became
+        # "/v1/?k=vchat/completions", every call 404), as for a caller's base_url.
         if not value.startswith(("http://", "https://")):
             raise ValueError("base_url must start with http:// or https://")
+        problem = http_url_problem(value)
+        if problem:
+            raise ValueError(f"base_url {problem}")
         return value.rstrip("/")
 
     @field_validator("api_key_env", "models", mode="before")

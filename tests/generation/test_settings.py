@@ -96,6 +96,11 @@ def test_unknown_default_provider_is_refused() -> None:
     [
         ({"name": "new"}, "base_url"),
         ({"name": "new", "base_url": "ftp://x", "default_model": "m"}, "base_url"),
+        # A base URL the SDK appends its path to, after the query: every call failed 404,
+        # with the query (a key, often) logged by the HTTP client. Accepted before.
+        ({"name": "new", "base_url": "https://x/v1?api-version=1", "default_model": "m"}, "query"),
+        ({"name": "local", "base_url": "http://127.0.0.1:8088/v1?"}, "query"),
+        ({"name": "new", "base_url": "https://x/v1#frag", "default_model": "m"}, "fragment"),
         ({"name": "Bad Name", "base_url": "http://x", "default_model": "m"}, "name"),
         ({"name": "local", "max_concurrency": 0}, "max_concurrency"),
         ({"name": "local", "temperature": 3}, "temperature"),
