@@ -261,6 +261,14 @@ def _validate_generative(gen: pb.GenerativeConfig, types: dict[str, int]) -> Non
         )
     if gen.HasField("max_tokens") and gen.max_tokens <= 0:
         raise InvalidArgument(f"{where}.max_tokens must be positive", field=f"{where}.max_tokens")
+    # Empty: the generation service's default; otherwise held as a fallback pair's is.
+    if gen.provider and not gen.provider.strip():
+        raise InvalidArgument(
+            f"{where}.provider must not be only spaces (leave it empty for the default provider)",
+            field=f"{where}.provider",
+        )
+    if len(gen.provider) > MAX_NAME:
+        raise InvalidArgument(f"{where}.provider is too long", field=f"{where}.provider")
     check_model_name(gen.model, f"{where}.model")
     for name in ("system_prompt", "user_instructions"):
         if len(getattr(gen, name)) > MAX_PROMPT:

@@ -223,6 +223,16 @@ async def test_collection_errors(retrieval: Retrieval) -> None:
             vector_collection("P", generative=pb.GenerativeConfig(model="m\nx")),
             "collection.generative.model",
         ),
+        # The primary provider as its fallback siblings are: stored as sent before (any
+        # length; spaces alone silently meant the default provider at use).
+        (
+            vector_collection("P", generative=pb.GenerativeConfig(provider="p" * 257)),
+            "collection.generative.provider",
+        ),
+        (
+            vector_collection("P", generative=pb.GenerativeConfig(provider="   ")),
+            "collection.generative.provider",
+        ),
         # Spaces alone: stored, then taken for "the default model" on every search.
         (
             vector_collection("P", generative=pb.GenerativeConfig(model="   ")),
