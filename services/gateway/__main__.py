@@ -85,6 +85,7 @@ async def build(settings: GatewaySettings, *, port: int | None = None) -> Gatewa
             backends.catalog,
             backends.cache,
             cache_max_ttl=settings.cache_max_ttl,
+            max_fallbacks=settings.max_fallbacks,
         ),
         RETRIEVAL_SERVICE,
     )

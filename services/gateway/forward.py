@@ -163,11 +163,13 @@ class RetrievalForwarder(_Forwarder, ret_grpc.RetrievalServiceServicer):
         catalog: Catalog | None = None,
         cache: GenerationCache | None = None,
         cache_max_ttl: float | None = None,
+        max_fallbacks: int | None = None,
     ) -> None:
         super().__init__(client, internal_token)
         self._catalog = catalog
         self._cache = cache
         self._cache_max_ttl = cache_max_ttl
+        self._max_fallbacks = max_fallbacks
 
     _create_collection = _forward("CreateCollection")
 
@@ -175,9 +177,23 @@ class RetrievalForwarder(_Forwarder, ret_grpc.RetrievalServiceServicer):
         self, request: ret_pb.CreateCollectionRequest, context: grpc.aio.ServicerContext
     ) -> ret_pb.CreateCollectionResponse:
         """Forwarded once the collection's cache TTL is within this gateway's
-        CACHE_MAX_TTL, a setting retrieval does not know: before, a longer one was stored
-        and cut to the max at every use without a word. (One stored before an operator
-        lowered the max, or straight through retrieval, is still cut at use.)"""
+        CACHE_MAX_TTL and its fallback chain within its MAX_FALLBACKS, settings retrieval
+        does not know: before, a longer TTL was stored and cut to the max at every use
+        without a word, and a longer chain stored and refused at every use. (Either stored
+        before an operator lowered the max, or straight through retrieval, is still cut or
+        refused at use.)"""
+        chain = request.collection.generative.fallback
+        if self._max_fallbacks is not None and len(chain) > self._max_fallbacks:
+            raise InvalidArgument(
+                f"collection.generative.fallback has at most {self._max_fallbacks} pairs "
+                "(GENSEARCH_GATEWAY_MAX_FALLBACKS)",
+                field="collection.generative.fallback",
+                reason="OUT_OF_RANGE",
+                metadata={
+                    "max": str(self._max_fallbacks),
+                    "setting": "GENSEARCH_GATEWAY_MAX_FALLBACKS",
+                },
+            )
         cache = request.collection.generative.cache
         limit = self._cache_max_ttl
         field = "collection.generative.cache.ttl"

@@ -240,9 +240,12 @@ async def create_books(
     books: list[dict[str, Any]] | None = None,
     metadata: tuple[tuple[str, str], ...] = ALICE,
     generative: ret_pb.GenerativeConfig | None = None,
+    direct: bool = False,
 ) -> list[str]:
     """A collection without a vectorizer (no embedding model needed) and its objects;
-    returns the object ids in insertion order."""
+    returns the object ids in insertion order. ``direct``: straight to retrieval, past the
+    gateway's own checks (a collection stored under other settings)."""
+    retrieval = stack.retrieval_direct if direct else stack.retrieval
     collection = ret_pb.Collection(
         name=name,
         properties=[
@@ -254,7 +257,7 @@ async def create_books(
         vectorizer=ret_pb.Vectorizer(kind=ret_pb.VECTORIZER_KIND_NONE, dimensions=DIM),
         generative=generative or ret_pb.GenerativeConfig(provider="fake", model="fake-model"),
     )
-    await stack.retrieval.CreateCollection(
+    await retrieval.CreateCollection(
         ret_pb.CreateCollectionRequest(collection=collection), metadata=metadata
     )
     objects = []
@@ -262,7 +265,7 @@ async def create_books(
         props = struct_pb2.Struct()
         props.update(book)
         objects.append(ret_pb.DataObject(properties=props, vector=vector(i)))
-    response = await stack.retrieval.UpsertObjects(
+    response = await retrieval.UpsertObjects(
         ret_pb.UpsertObjectsRequest(collection=name, objects=objects), metadata=metadata
     )
     assert not response.errors, response.errors

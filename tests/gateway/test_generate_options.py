@@ -19,6 +19,7 @@ from tests.gateway.conftest import (
     ALICE,
     BOOKS,
     DIM,
+    KEYS,
     Stack,
     StackFactory,
     create_books,
@@ -591,10 +592,14 @@ async def test_a_collections_fallback_chain_longer_than_allowed_fails_once_on_th
     # A collection stores up to the default MAX_FALLBACKS (4) pairs; an operator may lower
     # the gateway's since. Before: every hit failed on its own with INVALID_ARGUMENT naming
     # no field.
-    stack = await stack_factory(max_fallbacks=3)
+    # The keys on retrieval too: the collection stored straight there is Alice's.
+    stack = await stack_factory(max_fallbacks=3, shared={"api_keys": KEYS})
     chain = [ret_pb.GenerativeModel(provider="fake", model=f"m{i}") for i in range(4)]
     await create_books(
-        stack, books=WITH_BODY, generative=ret_pb.GenerativeConfig(provider="fake", fallback=chain)
+        stack,
+        books=WITH_BODY,
+        generative=ret_pb.GenerativeConfig(provider="fake", fallback=chain),
+        direct=True,  # stored under the default max (4): through this gateway it is refused
     )
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stack.stub.GenerativeSearch(_search(single_prompt="About {title}"), metadata=ALICE)
@@ -605,6 +610,31 @@ async def test_a_collections_fallback_chain_longer_than_allowed_fails_once_on_th
         "collection.generative.fallback",
     )
     assert stack.fake.chat_requests == []
+
+
+async def test_a_collection_chain_past_this_gateways_max_is_refused_at_create(
+    stack_factory: StackFactory,
+) -> None:
+    """Created through the gateway, a chain is held to its MAX_FALLBACKS (retrieval alone
+    knows only the default, 4): before, 4 pairs were stored under a max of 2, then every
+    search falling back to them was FAILED_PRECONDITION."""
+    stack = await stack_factory(max_fallbacks=2)
+    chain = [ret_pb.GenerativeModel(provider="fake", model=f"m{i}") for i in range(3)]
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await create_books(
+            stack, generative=ret_pb.GenerativeConfig(provider="fake", fallback=chain)
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    info = error_info(caught.value)
+    assert (info.reason, info.metadata["field"], info.metadata["max"]) == (
+        "OUT_OF_RANGE",
+        "collection.generative.fallback",
+        "2",
+    )
+    assert "GENSEARCH_GATEWAY_MAX_FALLBACKS" in (caught.value.details() or "")
+    await create_books(
+        stack, generative=ret_pb.GenerativeConfig(provider="fake", fallback=chain[:2])
+    )
 
 
 async def test_a_model_of_spaces_is_refused_on_ask_too(stack: Stack) -> None:
