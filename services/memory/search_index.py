@@ -29,7 +29,7 @@ from typing import Any
 
 from gensearch.memory.v1 import memory_service_pb2 as pb
 
-from services.common.errors import AlreadyExists, FailedPrecondition
+from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from services.memory.store import Owner
 from services.retrieval import bm25
 from services.retrieval.embedders import LocalEmbedder
@@ -217,7 +217,9 @@ class InteractionIndex:
                 reason="SEARCH_MODE_UNAVAILABLE",
             )
         if mode not in pb.SearchMode.values():
-            raise FailedPrecondition(f"unknown mode {mode}", field="mode")
+            raise InvalidArgument(
+                f"mode {mode} is not a SearchMode", field="mode", reason="INVALID_MODE"
+            )
         return mode
 
 

@@ -328,6 +328,12 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
                 field="limit",
                 reason="INVALID_LIMIT",
             )
+        if request.mode not in pb.SearchMode.values():
+            raise InvalidArgument(
+                f"mode {request.mode} is not a SearchMode",
+                field="mode",
+                reason="INVALID_MODE",
+            )
         limit = request.limit or min(DEFAULT_SEARCH_LIMIT, s.max_search_limit)
         owner = _owner()
         cid = ""

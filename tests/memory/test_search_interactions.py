@@ -19,6 +19,7 @@ from services.retrieval.edge_store import EdgeStore
 from services.retrieval.filters import Match
 from tests.memory.conftest import INTERNAL_TOKEN, Memory, MemoryFactory
 from tests.memory.helpers import expect_error
+from tests.support.rpc import error_info
 
 Metadata = tuple[tuple[str, str], ...]
 WAIT_SECONDS = 60.0
@@ -264,6 +265,19 @@ async def test_search_arguments_and_modes(memory_factory: MemoryFactory, tmp_pat
             grpc.StatusCode.INVALID_ARGUMENT,
             field,
         )
+    # A mode the enum does not have is the caller's mistake: INVALID_ARGUMENT naming it
+    # (it was FAILED_PRECONDITION, as if the service were in the wrong state).
+    for mode in (99, -1):
+        err = await expect_error(
+            memory.stub.SearchInteractions(
+                pb.SearchInteractionsRequest(query="x", mode=mode),  # type: ignore[arg-type]
+                metadata=ALICE,
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "mode",
+        )
+        assert error_info(err).reason == "INVALID_MODE"
+        assert str(mode) in (err.details() or "")
     # Keyword-only index: meaning-based modes are refused, naming the field.
     for mode in (pb.SEARCH_MODE_SEMANTIC, pb.SEARCH_MODE_HYBRID):
         await expect_error(
