@@ -13,7 +13,9 @@ Two ways in:
 
 A credential header sent more than once (two ``authorization`` headers, say, or two
 ``x-gensearch-user``) is refused, UNAUTHENTICATED with reason ``AMBIGUOUS_CREDENTIALS``:
-which one counts would otherwise be up to the order headers arrive in (the last won).
+which one counts would otherwise be up to the order headers arrive in (the last won). So
+is a caller's key for an upstream (``x-<provider>-api-key``, ``x-embedding-api-key``,
+``x-rerank-api-key``) sent twice: the first went upstream, the other was ignored.
 
 Roles are ordered, each including the ones below it: ``admin`` (create, update, delete
 collections) ⊃ ``writer`` (import, upsert, delete objects) ⊃ ``reader`` (search,
@@ -41,6 +43,9 @@ ROLE_HEADER = "x-gensearch-role"
 TOKEN_HEADER = "x-gensearch-internal-token"
 AUTHORIZATION = "authorization"
 FORWARDED_HEADERS = frozenset({TOKEN_HEADER, USER_HEADER, TENANT_HEADER, ROLE_HEADER})
+# A key a caller sends for an upstream (x-openai-api-key, x-embedding-api-key, ...): at most
+# once too, or which one went upstream would be up to header order (the first won).
+CALLER_KEY_HEADER = re.compile(r"x-[a-z0-9][a-z0-9-]*-api-key")
 MAX_NAME_LEN = 256
 # Printable ASCII, no control characters: user and tenant names travel in gRPC metadata
 # and in logs, and "\0" separates tenant from user where both are hashed together. Stores
@@ -178,7 +183,9 @@ class Authenticator:
         for key, value in metadata or ():
             if isinstance(value, str):
                 key = key.lower()
-                if key in headers and key in self._credentials:
+                if key in headers and (
+                    key in self._credentials or CALLER_KEY_HEADER.fullmatch(key)
+                ):
                     raise Unauthenticated(
                         f"the header {key!r} was sent more than once; send one credential",
                         field=key,

@@ -91,6 +91,31 @@ async def test_a_credential_header_sent_twice_is_refused(stack: Stack) -> None:
         assert _error_info(err.value) == ("AMBIGUOUS_CREDENTIALS", header)
 
 
+async def test_a_provider_key_header_sent_twice_is_refused(stack: Stack) -> None:
+    # Two x-<provider>-api-key headers (a proxy adding one, the client another) silently
+    # used the first: refused like two authorization headers, naming the header, never
+    # echoing a key; at the gateway and at a service called directly alike.
+    await create_books(stack)
+    request = _near(limit=1, single_prompt="{title}")
+    for name in ("x-fake-api-key", "x-embedding-api-key", "x-rerank-api-key"):
+        twice = (*ALICE, (name, PROVIDER_KEY), (name, "sk-other-key-9876543210"))
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stack.stub.GenerativeSearch(request, metadata=twice)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert _error_info(err.value) == ("AMBIGUOUS_CREDENTIALS", name)
+        assert "sk-" not in (err.value.details() or "")
+    alice = forwarded_identity(Identity("alice", "alice", Role.READER), TOKEN)
+    twice = (*alice, ("x-embedding-api-key", "k1"), ("x-embedding-api-key", "k2"))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stack.retrieval_direct.ListCollections(
+            ret_pb.ListCollectionsRequest(), metadata=twice
+        )
+    assert _error_info(err.value) == ("AMBIGUOUS_CREDENTIALS", "x-embedding-api-key")
+    # One of each is fine.
+    once = (*ALICE, ("x-fake-api-key", PROVIDER_KEY), ("x-embedding-api-key", PROVIDER_KEY))
+    assert (await stack.stub.GenerativeSearch(request, metadata=once)).hits
+
+
 async def test_conversations_are_private_through_the_gateway(stack: Stack) -> None:
     await create_books(stack)
     alice = await stack.stub.Ask(
