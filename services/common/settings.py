@@ -436,6 +436,8 @@ def http_url_problem(url: str) -> str | None:
 
 S = TypeVar("S", bound=CommonSettings)
 _UNPARSABLE_FIELD = re.compile(r'field "(\w+)"')
+# A field name inside a message: a whole identifier (not part of a longer one).
+_FIELD_NAME = re.compile(r"(?<![A-Za-z0-9_])[a-z][a-z0-9_]*(?![A-Za-z0-9_])")
 
 
 def load_settings(cls: type[S]) -> S:
@@ -464,9 +466,15 @@ def load_settings(cls: type[S]) -> S:
 
 def _problem(cls: type[CommonSettings], loc: tuple[int | str, ...], message: str) -> str:
     message = message.removeprefix("Value error, ")  # pydantic's prefix for a ValueError
-    if not loc:  # a check across fields (a model validator): its message names them
-        return message
     variables = {field: name for name, field in cls.env_names().items()}
+    if not loc:
+        # A check across fields (a model validator): its message names them as fields
+        # ("redis_cluster needs redis_url"); the operator sets variables. Only names with
+        # an "_" are replaced, so a one-word field ("host") never rewrites the prose.
+        return _FIELD_NAME.sub(
+            lambda m: variables.get(m.group(0), m.group(0)) if "_" in m.group(0) else m.group(0),
+            message,
+        )
     name = variables.get(str(loc[0]), str(loc[0]))
     inner = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc[1:])
     return f"{name}{inner}: {message}"

@@ -65,6 +65,34 @@ def test_json_that_does_not_parse_names_the_variable(monkeypatch: pytest.MonkeyP
     assert _exit_message(err) == "invalid setting GENSEARCH_GENERATION_PROVIDERS: not valid JSON"
 
 
+@pytest.mark.parametrize(
+    ("variables", "expected"),
+    [
+        (
+            {"GENSEARCH_GATEWAY_GENERATION_MAX_IN_FLIGHT": "50"},
+            "invalid setting GENSEARCH_GATEWAY_GENERATION_MAX_IN_FLIGHT (50) must be 0 (no "
+            "bound) or more than GENSEARCH_GATEWAY_MAX_HITS (100): a request of "
+            "GENSEARCH_GATEWAY_MAX_HITS hits and a grouped call would otherwise wait for its "
+            "own calls",
+        ),
+        (
+            {"GENSEARCH_GATEWAY_REDIS_CLUSTER": "true"},
+            "invalid setting GENSEARCH_GATEWAY_REDIS_CLUSTER needs GENSEARCH_GATEWAY_REDIS_URL",
+        ),
+    ],
+)
+def test_a_check_across_settings_names_the_variables(
+    monkeypatch: pytest.MonkeyPatch, variables: dict[str, str], expected: str
+) -> None:
+    # It named the fields ("generation_max_in_flight (50) must be ... more than max_hits"):
+    # an operator had to guess which variables those were.
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as err:
+        load_settings(GatewaySettings)
+    assert _exit_message(err) == expected
+
+
 @pytest.mark.parametrize("service", ["memory", "retrieval", "generation", "gateway"])
 async def test_a_service_started_with_an_invalid_setting_exits_with_one_line(
     service: str, tmp_path: Path
