@@ -319,9 +319,25 @@ def resolve_providers(
                 fields["models"] = [value]
                 sources[name]["models"] = prefix + suffix
         try:
-            providers[name] = ProviderConfig(name=name, **fields)
+            config = ProviderConfig(name=name, **fields)
         except ValidationError as err:
             problems += _problems(name, sources[name], err)
+            continue
+        window = config.context_window
+        if config.max_tokens is not None and window is not None and config.max_tokens > window:
+            # Every call that sets no max_tokens would ask for more than the model holds
+            # (a request's own is refused CONTEXT_WINDOW_EXCEEDED, validation.py). Blamed on
+            # what the operator set: the max_tokens, else the window that moved under it.
+            given = sources[name]
+            source = given.get("max_tokens") or given.get("context_window")
+            if source is None:
+                source = f"{given.get('', PROVIDERS_VARIABLE)}.max_tokens"
+            problems.append(
+                f"{source} (provider {name!r}): max_tokens {config.max_tokens} exceeds the "
+                f"context window ({window} tokens)"
+            )
+            continue
+        providers[name] = config
     if problems:
         # One value may fail two fields (a _MODEL that also replaced the model list):
         # said once.

@@ -175,3 +175,28 @@ def test_the_local_preset_bounds_an_answer_the_request_does_not() -> None:
     assert resolve_providers([], environ=env)["local"].max_tokens == 64
     with pytest.raises(ValueError, match="GENSEARCH_GENERATION_LOCAL_MAX_TOKENS"):
         resolve_providers([], environ={"GENSEARCH_GENERATION_LOCAL_MAX_TOKENS": "0"})
+
+
+def test_a_providers_max_tokens_past_its_context_window_stops_the_service() -> None:
+    # A request's max_tokens past the window is refused (CONTEXT_WINDOW_EXCEEDED), but a
+    # provider's default was not checked: GENSEARCH_GENERATION_LOCAL_MAX_TOKENS=5000 on the
+    # 2048-token local model started, and every call that set none asked for 5000 tokens
+    # (an upstream that checks refused each one, blaming a max_tokens the caller never sent).
+    env = {"GENSEARCH_GENERATION_LOCAL_MAX_TOKENS": str(LOCAL_CONTEXT + 1)}
+    with pytest.raises(ValueError) as err:
+        resolve_providers([], environ=env)
+    assert str(err.value).startswith("GENSEARCH_GENERATION_LOCAL_MAX_TOKENS (provider 'local')")
+    assert str(LOCAL_CONTEXT) in str(err.value)
+    # Blamed on the variable that set the window when that one moved.
+    env = {"GENSEARCH_GENERATION_LOCAL_CONTEXT_WINDOW": str(LOCAL_MAX_TOKENS - 1)}
+    with pytest.raises(ValueError, match="GENSEARCH_GENERATION_LOCAL_CONTEXT_WINDOW"):
+        resolve_providers([], environ=env)
+    # In a PROVIDERS entry: the entry's field.
+    entry = {"name": "mine", "base_url": "http://llm:8000/v1", "default_model": "m",
+             "context_window": 100, "max_tokens": 200}  # fmt: skip
+    with pytest.raises(ValueError, match=r"GENSEARCH_GENERATION_PROVIDERS\[0\]\.max_tokens"):
+        resolve_providers([entry], environ={})
+    # Equal to the window, or either unset, is fine.
+    env = {"GENSEARCH_GENERATION_LOCAL_MAX_TOKENS": str(LOCAL_CONTEXT)}
+    assert resolve_providers([], environ=env)["local"].max_tokens == LOCAL_CONTEXT
+    assert resolve_providers([{**entry, "max_tokens": 100}], environ={})["mine"].max_tokens == 100
