@@ -29,6 +29,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from typing import Any
 
 import grpc
+from google.protobuf import descriptor_pool
 from grpc.aio import AbortError
 from opentelemetry import context as otel_context
 from opentelemetry.propagate import extract
@@ -193,6 +194,7 @@ class _MethodWrapper:
         # with gRPC's bare "Sent message larger than max" (RESOURCE_EXHAUSTED, no
         # ErrorInfo): each reply is serialized here, once, and refused with one.
         self.response_limit = response_limit
+        self.too_large_hint = _too_large_hint(service, name)
         self.serializer: Callable[[Any], bytes] | None = handler.response_serializer
         self.admission = admission
         self.call_slots = call_slots or CallSlots(0, "")  # 0: no limit
@@ -319,7 +321,7 @@ class _MethodWrapper:
             raise ResourceExhausted(
                 f"the response is {len(data)} bytes; {split_method(self.method)[1]} sends at "
                 f"most {self.response_limit} (GENSEARCH_{self.server.upper()}_MAX_MESSAGE_BYTES): "
-                "ask for fewer or shorter results, without debug, or use the streaming method",
+                f"{self.too_large_hint}",
                 reason="RESPONSE_TOO_LARGE",
                 metadata={"limit_bytes": str(self.response_limit), "size_bytes": str(len(data))},
             )
@@ -457,3 +459,25 @@ async def _drain(requests: AsyncIterator[Any]) -> None:
         async with asyncio.timeout(DRAIN_SECONDS):
             async for _ in requests:
                 pass
+
+
+def _too_large_hint(service: str, name: str) -> str:
+    """What a caller of ``service``/``name`` can do about a reply over the send limit: only
+    what the method has (a ``debug`` flag to leave off, a streaming sibling to call; a
+    server-streaming method already sends one event at a time)."""
+    try:
+        methods = descriptor_pool.Default().FindServiceByName(service).methods_by_name
+    except KeyError:
+        return "ask for fewer or shorter results"
+    method = methods.get(name)
+    fields = method.input_type.fields_by_name if method is not None else {}
+    debug = "debug" in fields or (
+        "generate" in fields
+        and fields["generate"].message_type is not None
+        and "debug" in fields["generate"].message_type.fields_by_name
+    )
+    hint = "ask for fewer or shorter results" + (", without debug" if debug else "")
+    stream = f"Stream{name}"
+    if method is not None and not method.server_streaming and stream in methods:
+        hint += f", or use {stream}"
+    return hint

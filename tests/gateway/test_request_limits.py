@@ -24,7 +24,7 @@ from services.common.server import GrpcServer
 from services.devlaunch.processes import free_port
 from services.gateway.__main__ import build_server
 from services.gateway.settings import GatewaySettings
-from tests.gateway.conftest import ALICE, KEYS, StackFactory
+from tests.gateway.conftest import ALICE, DIM, KEYS, StackFactory, vector
 from tests.support.rpc import error_info
 
 MIB = 1024 * 1024
@@ -128,3 +128,48 @@ async def test_a_reply_over_the_send_limit_is_refused_with_error_info(
         )
     ]
     assert sum(e.HasField("hit_result") for e in events) == 20
+    assert "StreamGenerateOnObjects" in (caught.value.details() or "")
+
+
+async def test_a_reply_too_large_suggests_only_what_the_method_has(
+    stack_factory: StackFactory,
+) -> None:
+    """RESPONSE_TOO_LARGE told every method's caller to go "without debug, or use the
+    streaming method": a retrieval Search has neither, and a StreamGenerativeSearch whose
+    hits did not fit the retrieval Search behind it was already the streaming method."""
+    stack = await stack_factory(shared={"max_message_bytes": MIB})
+    await stack.retrieval.CreateCollection(
+        ret_pb.CreateCollectionRequest(
+            collection=ret_pb.Collection(
+                name="Big",
+                properties=[ret_pb.Property(name="t", data_type=ret_pb.DATA_TYPE_TEXT)],
+                vectorizer=ret_pb.Vectorizer(kind=ret_pb.VECTORIZER_KIND_NONE, dimensions=DIM),
+            )
+        ),
+        metadata=ALICE,
+    )
+    for i in range(4):
+        obj = ret_pb.DataObject(vector=vector(i))
+        obj.properties.update({"t": "z" * 400_000})
+        await stack.retrieval.UpsertObjects(
+            ret_pb.UpsertObjectsRequest(collection="Big", objects=[obj]), metadata=ALICE
+        )
+    near = ret_pb.NearVector(vector=vector(0))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stack.retrieval.Search(
+            ret_pb.SearchRequest(collection="Big", near_vector=near), metadata=ALICE
+        )
+    assert error_info(caught.value).reason == "RESPONSE_TOO_LARGE"
+    details = caught.value.details() or ""
+    assert "GENSEARCH_RETRIEVAL_MAX_MESSAGE_BYTES" in details
+    assert "debug" not in details and "stream" not in details, details
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for _ in stack.stub.StreamGenerativeSearch(
+            gw_pb.StreamGenerativeSearchRequest(
+                collection="Big", near_vector=near, generate=gw_pb.Generate(grouped_task="x")
+            ),
+            metadata=ALICE,
+        ):
+            pass
+    assert error_info(caught.value).reason == "RESPONSE_TOO_LARGE"
+    assert "stream" not in (caught.value.details() or ""), caught.value.details()
