@@ -141,3 +141,45 @@ def test_the_page_budget_stays_below_the_message_limit() -> None:
     assert make_settings("redis://127.0.0.1:1").page_bytes == 3 * MIB
     lowered = make_settings("redis://127.0.0.1:1", max_message_bytes=2 * MIB)
     assert lowered.page_bytes == 2 * MIB * 7 // 8
+
+
+async def test_summary_totals_stop_at_the_int64_maximum(memory: Memory) -> None:
+    # Each fold adds its counts to the conversation's totals (HINCRBY). Two folds of int64's
+    # maximum overflowed it: the script failed after writing the summary's text, and the
+    # caller got INTERNAL "memory store error" for counts it was allowed to send.
+    top = 2**63 - 1
+    cid = await _conversation(memory)
+    turns = []
+    for n in range(3):
+        made = await memory.stub.CreateInteraction(
+            pb.CreateInteractionRequest(conversation_id=cid, input=f"q{n}", response="a"),
+            metadata=ALICE,
+        )
+        turns.append(made.interaction.interaction_id)
+    through = ""
+    for n, turn in enumerate(turns[:2]):
+        done = await memory.stub.UpdateConversationSummary(
+            pb.UpdateConversationSummaryRequest(
+                conversation_id=cid,
+                text=f"fold {n}",
+                expected_through_interaction_id=through,
+                through_interaction_id=turn,
+                summarised_turns=top,
+                prompt_tokens=top,
+                completion_tokens=top - 1,
+            ),
+            metadata=ALICE,
+        )
+        through = turn
+    summary = done.conversation.summary
+    assert summary.text == "fold 1" and summary.through_interaction_id == turns[1]
+    assert (summary.summarised_turns, summary.prompt_tokens, summary.completion_tokens) == (
+        top,
+        top,
+        top,
+    )
+    assert summary.folds == 2
+    got = await memory.stub.GetConversation(
+        pb.GetConversationRequest(conversation_id=cid), metadata=ALICE
+    )
+    assert got.conversation.summary == summary

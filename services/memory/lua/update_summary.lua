@@ -17,9 +17,17 @@ local grow = #ARGV[7] - redis.call('HSTRLEN', KEYS[1], 'summary')
 if not charge(ARGV[2], ARGV[3], grow, tonumber(ARGV[12])) then return {5} end
 redis.call('HSET', KEYS[1], 'summary', ARGV[7], 'summary_through', ARGV[6],
            'summary_update_time', ARGV[4])
-redis.call('HINCRBY', KEYS[1], 'summary_turns', ARGV[8])
-redis.call('HINCRBY', KEYS[1], 'summary_prompt_tokens', ARGV[9])
-redis.call('HINCRBY', KEYS[1], 'summary_completion_tokens', ARGV[10])
-redis.call('HINCRBY', KEYS[1], 'summary_folds', 1)
+-- Totals stop at int64's maximum: HINCRBY past it is an error (and a script stops at an
+-- error with what it wrote so far kept), so an overflowing add sets the maximum instead.
+local function add(field, n)
+  local done = redis.pcall('HINCRBY', KEYS[1], field, n)
+  if type(done) == 'table' and done.err then
+    redis.call('HSET', KEYS[1], field, '9223372036854775807')
+  end
+end
+add('summary_turns', ARGV[8])
+add('summary_prompt_tokens', ARGV[9])
+add('summary_completion_tokens', ARGV[10])
+add('summary_folds', 1)
 evict(ARGV[2], ARGV[3], tonumber(ARGV[11]))
 return {4, conversation(KEYS[1])}
