@@ -262,6 +262,9 @@ def busy_ports(host: str, wanted: list[WantedPort]) -> list[WantedPort]:
 
 
 def _check_ports(args: argparse.Namespace, settings: dict[str, Any]) -> None:
+    if not 0 <= args.port <= 65535:
+        # Bound as given, 70000 was port 4464 (the socket layer keeps 16 bits).
+        raise CliError(f"--port must be 0..65535 (0 = any free port), not {args.port}")
     wanted = [WantedPort("gateway port", args.port, "--port")]
     for name, part in settings.items():
         if name != "gateway":
@@ -271,6 +274,14 @@ def _check_ports(args: argparse.Namespace, settings: dict[str, Any]) -> None:
         wanted.append(WantedPort(f"{name} metrics port", part.metrics_port, option))
     # The host as the settings hold it: "[::1]" is kept bare, as the servers bind it.
     host = next(iter(settings.values())).host
+    # The host first (any free port on it): one that does not resolve, or is no address of
+    # this machine, made every wanted port "already in use".
+    problem = bind_problem(host, 0)
+    if problem:
+        raise CliError(
+            f"cannot listen on {host}: {problem}; choose another with --host "
+            "(GENSEARCH_HOST); nothing was started"
+        )
     busy = busy_ports(host, wanted)
     if busy:
         ports = ", ".join(f"{b.what} {b.port}" for b in busy)

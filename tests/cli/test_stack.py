@@ -91,6 +91,34 @@ def test_a_busy_port_is_one_line_before_anything_starts(
     assert "starting" not in captured.out and not (tmp_path / "data" / "redis").exists()
 
 
+@pytest.mark.parametrize("port", [70000, -1, 65536])
+def test_a_port_out_of_range_is_refused_before_anything_starts(port: int) -> None:
+    # --port 70000 started the whole stack with the gateway on 4464 (70000 - 65536), and
+    # --port -1 was said to be "already in use".
+    from services.memory.settings import MemorySettings
+
+    args = up_args(Path("unused"), port=port)
+    settings = {"memory": MemorySettings(port=0, metrics_port=None)}
+    with pytest.raises(stack_mod.CliError) as err:
+        stack_mod._check_ports(args, settings)
+    assert str(err.value) == f"--port must be 0..65535 (0 = any free port), not {port}"
+
+
+def test_a_host_this_machine_cannot_listen_on_is_named_as_such() -> None:
+    # 192.0.2.1 (TEST-NET-1) is no address of this machine: every port was reported
+    # "already in use (another gensearch running?)", with the port variables to change.
+    from services.memory.settings import MemorySettings
+
+    args = up_args(Path("unused"), host="192.0.2.1", port=0)
+    settings = {"memory": MemorySettings(host=args.host, port=0, metrics_port=None)}
+    with pytest.raises(stack_mod.CliError) as err:
+        stack_mod._check_ports(args, settings)
+    assert str(err.value) == (
+        "cannot listen on 192.0.2.1: cannot assign requested address; choose another "
+        "with --host (GENSEARCH_HOST); nothing was started"
+    )
+
+
 def test_busy_ports_ignores_port_zero_and_free_ports() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
