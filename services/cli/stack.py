@@ -217,13 +217,17 @@ async def start(args: argparse.Namespace) -> Stack:
 
 def _setting_problems(err: ValidationError) -> str:
     """Variable names and messages only: a rejected value may be a secret."""
+    from services.common.settings import setting_problem
+
     classes = {cls.__name__: cls for cls in _settings_classes()}
     cls = classes.get(err.title)
-    env_of = {field: name for name, field in cls.env_names().items()} if cls else {}
     problems = []
-    for e in err.errors():
-        field = str(e["loc"][0]) if e["loc"] else ""
-        problems.append(f"{env_of.get(field, field.upper())}: {e['msg']}")
+    for e in err.errors(include_input=False, include_url=False):
+        if cls is not None:
+            problems.append(setting_problem(cls, e["loc"], e["msg"]))
+        else:
+            field = str(e["loc"][0]) if e["loc"] else ""
+            problems.append(f"{field.upper()}: {e['msg']}".removeprefix(": "))
     return "; ".join(problems)
 
 

@@ -455,16 +455,18 @@ def load_settings(cls: type[S]) -> S:
         problems = [str(err)]
     except ValidationError as err:
         problems = [
-            _problem(cls, error["loc"], error["msg"])
+            setting_problem(cls, error["loc"], error["msg"])
             for error in err.errors(include_input=False, include_url=False)
         ]
     except SettingsError as err:  # a dict or list field whose value is not JSON
         field = _UNPARSABLE_FIELD.search(str(err))
-        problems = [_problem(cls, (field.group(1),) if field else (), "not valid JSON")]
+        problems = [setting_problem(cls, (field.group(1),) if field else (), "not valid JSON")]
     sys.exit("\n".join(f"invalid setting {p}" for p in problems))
 
 
-def _problem(cls: type[CommonSettings], loc: tuple[int | str, ...], message: str) -> str:
+def setting_problem(cls: type[CommonSettings], loc: tuple[int | str, ...], message: str) -> str:
+    """One invalid setting as said at start: the variable (never its value) and the problem;
+    a check across settings names its variables (shared with ``gensearch up``)."""
     message = message.removeprefix("Value error, ")  # pydantic's prefix for a ValueError
     variables = {field: name for name, field in cls.env_names().items()}
     if not loc:

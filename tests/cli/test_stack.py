@@ -272,3 +272,31 @@ def test_settings_updated_by_up_keep_the_keys_already_read(tmp_path: Path) -> No
     keys.unlink()
     copy = stack_mod._updated(settings, memory_addr="[::1]:50051")
     assert list(copy.api_key_map()) == ["key-alice"]
+
+
+@pytest.mark.parametrize(
+    ("variables", "expected"),
+    [
+        (
+            {"GENSEARCH_HOST": "bad host"},
+            "invalid setting: GENSEARCH_HOST: must be a host name or an IP address "
+            "(0.0.0.0 or :: for every interface)",
+        ),
+        (
+            {"GENSEARCH_GATEWAY_REDIS_CLUSTER": "true", "GENSEARCH_GATEWAY_REDIS_URL": ""},
+            "invalid setting: GENSEARCH_GATEWAY_REDIS_CLUSTER needs GENSEARCH_GATEWAY_REDIS_URL",
+        ),
+    ],
+)
+async def test_an_invalid_setting_reads_as_when_a_service_runs_alone(
+    tmp_path: Path, variables: dict[str, str], expected: str
+) -> None:
+    # up said "GENSEARCH_HOST: Value error, must be …" (pydantic's prefix), and a check
+    # across settings came out as ": redis_cluster needs redis_url", naming no variable.
+    args = up_args(tmp_path / "data", host=variables.get("GENSEARCH_HOST", "127.0.0.1"))
+    with (
+        mock.patch.dict(os.environ, {**FREE_PORTS, **variables}),
+        pytest.raises(stack_mod.CliError) as err,
+    ):
+        await stack_mod.start(args)
+    assert str(err.value) == expected
