@@ -123,6 +123,9 @@ class NamedObjects:
                 templates.check_known(
                     g.grouped_properties, names, field="generate.grouped_properties", owner=owner
                 )
+                templates.check_known(
+                    request.return_properties, names, field="return_properties", owner=owner
+                )
             else:
                 for i, obj in enumerate(request.inline.objects):
                     for name in obj.fields:

@@ -285,3 +285,22 @@ async def test_inline_objects_without_a_collection_name_their_own_properties(
         details = caught.value.details() or ""
         assert "unknown property 'b'" in details
         assert "collection" not in details and "the objects have" in details
+
+
+async def test_inline_objects_without_a_collection_refuse_an_unknown_return_property(
+    stack: Stack,
+) -> None:
+    # With a collection an unknown return_properties entry is INVALID_ARGUMENT; without
+    # one it was silently ignored (a typo returned the objects with nothing of theirs).
+    request = inline([{"a": 1}, {"c": 2}], single_prompt="{a}")
+    request.return_properties.append("b")
+    assert await invalid(stack, request) == (grpc.StatusCode.INVALID_ARGUMENT, "return_properties")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stack.stub.GenerateOnObjects(request, metadata=ALICE)
+    assert "unknown property 'b'" in (caught.value.details() or "")
+    assert "the objects have" in (caught.value.details() or "")
+    assert not stack.fake.chat_requests
+    # A property only some objects hold is known.
+    request.return_properties[:] = ["c"]
+    response = await stack.stub.GenerateOnObjects(request, metadata=ALICE)
+    assert len(response.hits) == 2
