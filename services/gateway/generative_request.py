@@ -53,6 +53,12 @@ def validate_generate(g: gw_pb.Generate, settings: GatewaySettings) -> None:
     """The ``generate`` block, whatever it runs over (a search, named objects)."""
     s = settings
     check_length(g, ("single_prompt", "grouped_task"), s.max_prompt_chars, prefix=_GENERATE)
+    if g.grouped_task and not g.grouped_task.strip():
+        # The model got the hits and no instruction.
+        raise InvalidArgument(
+            "generate.grouped_task is blank: say what to do with the hits, or leave it unset",
+            field="generate.grouped_task",
+        )
     if g.grouped_properties and not g.grouped_task:
         raise InvalidArgument(
             "grouped_properties needs a grouped_task", field="generate.grouped_properties"

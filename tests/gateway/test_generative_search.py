@@ -334,6 +334,10 @@ async def test_search_errors_pass_through(stack: Stack) -> None:
         ),
         ({"grouped_properties": ["title"]}, "generate.grouped_properties"),
         ({"single_prompt": "{title}" * 10_000}, "generate.single_prompt"),
+        # A blank task sent the model the hits and no instruction (Ask refuses a blank
+        # llm_question the same way).
+        ({"grouped_task": " \n\t"}, "generate.grouped_task"),
+        ({"single_prompt": "{title}", "grouped_task": "   "}, "generate.grouped_task"),
     ],
 )
 async def test_generate_options_are_validated(
