@@ -181,7 +181,9 @@ def _condition(cond: pb.Condition, b: _Walk, field: str) -> Node:
         if not isinstance(value, str) or not any(ch.isalnum() for ch in value):
             raise InvalidArgument(f"{value_field} must be a string with words", field=value_field)
         return Text(key=f"p.{name}", text=value)
-    raise InvalidArgument(f"{field}.operator is required", field=f"{field}.operator")
+    if op == pb.OPERATOR_UNSPECIFIED:
+        raise InvalidArgument(f"{field}.operator is required", field=f"{field}.operator")
+    raise InvalidArgument(f"{field}.operator: {op} is not an Operator", field=f"{field}.operator")
 
 
 def _equal(name: str, data_type: int, value: Any) -> Node:

@@ -99,7 +99,12 @@ def validate_new_collection(
                 f"property {quote(prop.name)} is declared twice", field=f"{where}.name"
             )
         if prop.data_type not in TYPE_NAMES:
-            raise InvalidArgument(f"{where}.data_type is required", field=f"{where}.data_type")
+            problem = (
+                "is required"
+                if prop.data_type == pb.DATA_TYPE_UNSPECIFIED
+                else f"{prop.data_type} is not a DataType"
+            )
+            raise InvalidArgument(f"{where}.data_type {problem}", field=f"{where}.data_type")
         if len(prop.description) > MAX_DESCRIPTION:
             raise InvalidArgument(f"{where}.description is too long", field=f"{where}.description")
         types[prop.name] = prop.data_type

@@ -312,3 +312,17 @@ async def test_a_fallback_chain_is_bounded_by_the_gateways_default(retrieval: Re
         )
     )
     assert len(created.collection.generative.fallback) == limit
+
+
+async def test_a_data_type_the_enum_does_not_have_is_named_as_such(retrieval: Retrieval) -> None:
+    # DataType 99 was "collection.properties[0].data_type is required", as if unset.
+    for data_type, says in ((99, "data_type 99 is not a DataType"), (0, "data_type is required")):
+        collection = pb.Collection(
+            name="P", properties=[pb.Property(name="a", data_type=data_type)]
+        )
+        err = await expect_error(
+            retrieval.stub.CreateCollection(pb.CreateCollectionRequest(collection=collection)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "collection.properties[0].data_type",
+        )
+        assert says in (err.details() or ""), err.details()

@@ -229,3 +229,27 @@ async def test_bad_filters(loaded: Any) -> None:
         grpc.StatusCode.INVALID_ARGUMENT,
         "filter.condition.property",
     )
+
+
+async def test_an_operator_the_enum_does_not_have_is_named_as_such(loaded: Any) -> None:
+    # Operator 99 (a newer client's, or garbage) was "filter.condition.operator is
+    # required", as if none had been sent.
+    for op, says in ((99, ": 99 is not an Operator"), (-1, ": -1 is not an Operator")):
+        err = await expect_error(
+            loaded.CountObjects(
+                pb.CountObjectsRequest(collection="Articles", filter=cond("year", op, 1))
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "filter.condition.operator",
+        )
+        assert says in (err.details() or ""), err.details()
+    err = await expect_error(
+        loaded.CountObjects(
+            pb.CountObjectsRequest(
+                collection="Articles", filter=cond("year", pb.OPERATOR_UNSPECIFIED, 1)
+            )
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "filter.condition.operator",
+    )
+    assert "is required" in (err.details() or "")
