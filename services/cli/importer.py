@@ -9,8 +9,10 @@ line. Neither stops the import.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
+import re
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -141,6 +143,10 @@ def parse_line(text: str) -> DataObject:
     return obj
 
 
+# What "surrogateescape" decodes a byte that is not UTF-8 to.
+_UNDECODED = re.compile("[\udc80-\udcff]")
+
+
 def read_objects(
     lines: Iterable[str], errors: list[LineError], chunker: Chunker | None = None
 ) -> Iterator[tuple[int, DataObject]]:
@@ -148,6 +154,9 @@ def read_objects(
     bad lines land in ``errors``."""
     for number, text in enumerate(lines, start=1):
         if not text.strip():
+            continue
+        if _UNDECODED.search(text):  # bytes that are not UTF-8 (open_input keeps them)
+            errors.append(LineError(number, "not UTF-8 text"))
             continue
         try:
             obj = parse_line(text)
@@ -216,15 +225,21 @@ async def import_objects(
 
 def open_input(name: str) -> tuple[IO[str], int | None]:
     """The file (or stdin for '-') and its number of non-blank lines when known."""
+    # Bytes that are not UTF-8 are kept as lone surrogates ("surrogateescape") and made
+    # that line's error by read_objects: strict decoding ended the whole import with a
+    # UnicodeDecodeError naming no line.
     if name == "-":
-        return sys.stdin, None
+        raw = getattr(sys.stdin, "buffer", None)
+        if raw is None:  # a stdin replaced by text (tests, embedding): read as it is
+            return sys.stdin, None
+        return io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape"), None
     path = Path(name)
     if path.is_dir():  # "no such file" would send the user looking for a typo
         raise UsageError(f"{name}: is a directory, not a JSON Lines file")
     if not path.is_file():
         raise UsageError(f"{name}: no such file")
     try:
-        return path.open(encoding="utf-8"), _count_lines(path)
+        return path.open(encoding="utf-8", errors="surrogateescape"), _count_lines(path)
     except OSError as err:  # unreadable (permissions): one line, not a traceback class name
         raise UsageError(f"{name}: cannot be read ({err.strerror or type(err).__name__})") from None
 

@@ -125,3 +125,23 @@ def test_ask_continues_the_demo_conversation_wherever_the_data_dir(
     assert asked.code == 0, asked.err
     assert json.loads(asked.out)["conversation_id"] == demo_turn.conversation_id
     assert (tmp_path / "home" / ".gensearch" / "last_conversation").exists()
+
+
+def test_a_line_that_is_not_utf8_is_that_lines_error(tmp_path: Path) -> None:
+    # One byte that is not UTF-8 ended the whole import with "error: UnicodeDecodeError:
+    # 'utf-8' codec can't decode byte 0x9b in position 1: invalid start byte", naming no
+    # line; it is that line's error, like a line that is not JSON.
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(b'{"t": "one"}\n{"t": "caf\xe9"}\n\xff\xfe\n{"t": "three"}\n')
+    handle, total = importer.open_input(str(path))
+    errors: list[importer.LineError] = []
+    with handle:
+        read = [
+            (number, obj.properties["t"]) for number, obj in importer.read_objects(handle, errors)
+        ]
+    assert total == 4
+    assert read == [(1, "one"), (4, "three")]
+    assert [(e.line, e.message) for e in errors] == [
+        (2, "not UTF-8 text"),
+        (3, "not UTF-8 text"),
+    ]
