@@ -20,7 +20,7 @@ from gensearch.client import GensearchError
 
 # Only the light parts: the services themselves are imported by `up` when it starts them.
 from services.cli import admin, conversations, importer, query, stack
-from services.cli.client import Client, CliError, Connection, describe_error
+from services.cli.client import Client, CliError, Connection, describe_error, seconds
 
 Handler = Callable[[Client, argparse.Namespace], Awaitable[int]]
 
@@ -73,7 +73,7 @@ def _client_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     )
     group.add_argument(
         "--timeout",
-        type=float,
+        type=seconds,
         default=default,
         metavar="SECONDS",
         help="deadline of each call (default: per command)",

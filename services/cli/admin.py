@@ -16,7 +16,7 @@ from gensearch.memory.v1 import memory_service_pb2
 from gensearch.retrieval.v1 import retrieval_service_pb2 as rpb
 from google.protobuf import json_format
 
-from services.cli.client import Client, UsageError, check_health, describe_error
+from services.cli.client import Client, UsageError, check_health, describe_error, int32
 from services.cli.output import dump_json, message_dict, table
 from services.cli.state import address_key
 
@@ -207,7 +207,7 @@ def add_collection_arguments(
         help=f"a property; TYPE is one of {', '.join(sorted(TYPES))} (repeatable)",
     )
     create.add_argument("--vectorizer", choices=sorted(VECTORIZERS), default="local")
-    create.add_argument("--dimensions", type=int, default=0, help="vector size (none, openai)")
+    create.add_argument("--dimensions", type=int32, default=0, help="vector size (none, openai)")
     create.add_argument("--embedding-model", default="", help="embedding model name")
     create.add_argument("--embedding-base-url", default="", help="openai: endpoint base URL")
     create.add_argument(
@@ -228,7 +228,7 @@ def add_collection_arguments(
     )
     create.add_argument("--provider", default="", help="generative default: LLM provider")
     create.add_argument("--model", default="", help="generative default: LLM model")
-    create.add_argument("--max-tokens", type=int, default=None, help="generative default")
+    create.add_argument("--max-tokens", type=int32, default=None, help="generative default")
     create.add_argument("--temperature", type=float, default=None, help="generative default")
     create.add_argument(
         "--context-field",
@@ -247,7 +247,7 @@ def add_collection_arguments(
     )
 
     list_ = action("list", "list collections with their object counts")
-    list_.add_argument("--page-size", type=int, default=100)
+    list_.add_argument("--page-size", type=int32, default=100)
 
     show = action("show", "show a collection's schema and settings")
     show.add_argument("name")

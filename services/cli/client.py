@@ -8,6 +8,8 @@ provider, ``x-<provider>-api-key``.
 
 from __future__ import annotations
 
+import argparse
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -32,6 +34,35 @@ class UsageError(CliError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, 2)
+
+
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+
+
+def int32(text: str) -> int:
+    """argparse type of a count that goes into an int32 field: past it, the protobuf
+    library's "ValueError: Value out of range" came out of the first call."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not INT32_MIN <= value <= INT32_MAX:
+        raise argparse.ArgumentTypeError(
+            f"{text} is not an integer from {INT32_MIN} to {INT32_MAX}"
+        )
+    return value
+
+
+def seconds(text: str) -> float:
+    """argparse type of --timeout: a positive, finite number of seconds (0, a negative or
+    NaN made every call fail DEADLINE_EXCEEDED "took longer than its deadline")."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
+    return value
 
 
 @dataclass

@@ -9,7 +9,7 @@ from datetime import datetime
 from gensearch.client import Conversation
 
 from services.cli import state
-from services.cli.client import Client
+from services.cli.client import Client, int32
 from services.cli.output import dump_json, message_dict, table
 
 
@@ -22,13 +22,13 @@ def add_arguments(parser: argparse.ArgumentParser, client_options: Callable[...,
         return p
 
     list_ = action("list", "your conversations, most recently updated first")
-    list_.add_argument("--page-size", type=int, default=20)
+    list_.add_argument("--page-size", type=int32, default=20)
     list_.add_argument("--page-token", default="", help="from a previous --json listing")
     list_.add_argument("--all", action="store_true", help="follow every page")
 
     show = action("show", "a conversation and its turns, oldest first")
     show.add_argument("conversation_id", metavar="ID")
-    show.add_argument("--limit", type=int, default=100, help="most recent turns shown")
+    show.add_argument("--limit", type=int32, default=100, help="most recent turns shown")
 
     delete = action("delete", "delete a conversation and all its turns")
     delete.add_argument("conversation_id", metavar="ID")

@@ -23,7 +23,7 @@ from typing import IO, Any
 from gensearch.client import DataObject
 
 from services.cli.chunking import Chunker
-from services.cli.client import Client, UsageError
+from services.cli.client import Client, UsageError, int32
 from services.cli.output import Progress, dump_json, note
 
 ENVELOPE_KEYS = {"id", "properties", "vector"}
@@ -34,15 +34,15 @@ PARTIAL = 2
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", help="JSON Lines file ('-' for stdin)")
     parser.add_argument("--collection", "-c", required=True)
-    parser.add_argument("--batch-size", type=int, default=100, help="objects per message")
+    parser.add_argument("--batch-size", type=int32, default=100, help="objects per message")
     parser.add_argument(
         "--objects-per-call",
-        type=int,
+        type=int32,
         default=1000,
         help="objects per ImportObjects stream (each acknowledged before the next)",
     )
     parser.add_argument(
-        "--show-errors", type=int, default=20, metavar="N", help="errors listed (default 20)"
+        "--show-errors", type=int32, default=20, metavar="N", help="errors listed (default 20)"
     )
     chunks = parser.add_argument_group(
         "chunking", "split a long text property into chunks (docs/cli.md#chunking)"
@@ -51,11 +51,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--chunk-property", metavar="NAME", help="the text property to split; off when absent"
     )
     chunks.add_argument(
-        "--chunk-size", type=int, default=1000, metavar="CHARS", help="characters per chunk"
+        "--chunk-size", type=int32, default=1000, metavar="CHARS", help="characters per chunk"
     )
     chunks.add_argument(
         "--chunk-overlap",
-        type=int,
+        type=int32,
         default=100,
         metavar="CHARS",
         help="characters each chunk repeats from the one before (whole words)",

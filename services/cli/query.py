@@ -13,7 +13,7 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as rpb
 from google.protobuf import json_format
 
 from services.cli import render, state
-from services.cli.client import Client, CliError, UsageError
+from services.cli.client import Client, CliError, UsageError, int32
 from services.cli.output import dump_json, message_dict, note
 
 OPERATORS = {name.removeprefix("OPERATOR_").lower(): value for name, value in rpb.Operator.items()}
@@ -32,8 +32,8 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
     mode.add_argument("--near-vector", metavar="JSON", help="dense search by a vector: [0.1, ...]")
     parser.add_argument("--alpha", type=float, help="hybrid: weight of the dense side, 0..1")
     _filter_argument(parser)
-    parser.add_argument("--limit", type=int, default=5, help="hits (default 5)")
-    parser.add_argument("--offset", type=int, default=0)
+    parser.add_argument("--limit", type=int32, default=5, help="hits (default 5)")
+    parser.add_argument("--offset", type=int32, default=0)
     parser.add_argument(
         "--property",
         action="append",
@@ -51,7 +51,9 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
         help="property given to the grouped task (repeatable; default all)",
     )
     _llm_arguments(parser)
-    parser.add_argument("--max-concurrency", type=int, default=0, help="per-hit LLM calls at once")
+    parser.add_argument(
+        "--max-concurrency", type=int32, default=0, help="per-hit LLM calls at once"
+    )
     parser.add_argument("--stream", action="store_true", help="print results as they arrive")
     parser.add_argument("--debug", action="store_true", help="also show the prompts sent")
 
@@ -63,8 +65,8 @@ def add_ask_arguments(parser: argparse.ArgumentParser) -> None:
     which.add_argument("--conversation", metavar="ID", help="continue this conversation")
     which.add_argument("--new", action="store_true", help="start a new conversation")
     which.add_argument("--no-memory", action="store_true", help="answer without any conversation")
-    parser.add_argument("--context-size", type=int, help="hits given to the LLM (default 5)")
-    parser.add_argument("--interaction-size", type=int, help="past turns given (default 10)")
+    parser.add_argument("--context-size", type=int32, help="hits given to the LLM (default 5)")
+    parser.add_argument("--interaction-size", type=int32, help="past turns given (default 10)")
     parser.add_argument("--system-prompt", default="")
     parser.add_argument("--user-instructions", default="")
     parser.add_argument(
@@ -96,7 +98,7 @@ def _llm_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--provider", default="", help="LLM provider (default: collection's)")
     parser.add_argument("--model", default="", help="LLM model (default: collection's)")
     parser.add_argument("--temperature", type=float)
-    parser.add_argument("--max-tokens", type=int)
+    parser.add_argument("--max-tokens", type=int32)
 
 
 # --- request building ------------------------------------------------------------------------

@@ -145,3 +145,31 @@ def test_a_line_that_is_not_utf8_is_that_lines_error(tmp_path: Path) -> None:
         (2, "not UTF-8 text"),
         (3, "not UTF-8 text"),
     ]
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        # Past int32: the protobuf library's "ValueError: Value out of range: 9999…".
+        (
+            ["search", "-c", "Books", "--keyword", "x", "--limit", "99999999999999999999"],
+            "argument --limit: 99999999999999999999 is not an integer from -2147483648 to "
+            "2147483647",
+        ),
+        (
+            ["ask", "-c", "Books", "q", "--context-size", "3000000000"],
+            "argument --context-size: 3000000000 is not an integer from",
+        ),
+        # A deadline of 0, a negative or NaN: every call "took longer than its deadline".
+        (["--timeout", "0", "collections", "list"], "argument --timeout: 0 is not a positive"),
+        (["collections", "list", "--timeout", "nan"], "argument --timeout: nan is not a positive"),
+        (["collections", "list", "--timeout", "-5"], "argument --timeout: -5 is not a positive"),
+    ],
+)
+def test_a_number_no_call_can_take_is_a_usage_error(
+    argv: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--address", "127.0.0.1:1", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {says}"), err
+    assert err.count("\n") == 1
