@@ -290,10 +290,14 @@ class ProviderError(ValueError):
 
 
 def resolve_providers(
-    overrides: list[dict[str, Any]], environ: Mapping[str, str] | None = None
+    overrides: list[dict[str, Any]],
+    environ: Mapping[str, str] | None = None,
+    max_tokens_limit: int | None = None,
 ) -> dict[str, ProviderConfig]:
     """Presets, then ``providers`` entries, then ``GENSEARCH_GENERATION_<NAME>_*`` variables
-    (``ProviderError`` naming every variable that is wrong)."""
+    (``ProviderError`` naming every variable that is wrong). ``max_tokens_limit``: the most
+    a request may ask for (``GENSEARCH_GENERATION_MAX_TOKENS_LIMIT``), which a provider's
+    default ``max_tokens`` may not pass either."""
     env = os.environ if environ is None else environ
     merged: dict[str, dict[str, Any]] = {name: dict(p) for name, p in PRESETS.items()}
     # Where each provider's fields were set: its variable, or its entry in PROVIDERS.
@@ -335,6 +339,18 @@ def resolve_providers(
             problems.append(
                 f"{source} (provider {name!r}): max_tokens {config.max_tokens} exceeds the "
                 f"context window ({window} tokens)"
+            )
+            continue
+        if (
+            max_tokens_limit is not None
+            and config.max_tokens is not None
+            and config.max_tokens > max_tokens_limit
+        ):
+            # Sent with every call that sets none: past what a request may ask for.
+            source = sources[name].get("max_tokens") or f"{provider_prefix(name)}MAX_TOKENS"
+            problems.append(
+                f"{source} (provider {name!r}): max_tokens {config.max_tokens} exceeds "
+                f"{NAMESPACES['generation']}MAX_TOKENS_LIMIT ({max_tokens_limit})"
             )
             continue
         providers[name] = config
@@ -467,7 +483,7 @@ class GenerationSettings(CommonSettings):
     def provider_configs(
         self, environ: Mapping[str, str] | None = None
     ) -> dict[str, ProviderConfig]:
-        providers = resolve_providers(self.providers, environ)
+        providers = resolve_providers(self.providers, environ, self.max_tokens_limit)
         if self.default_provider not in providers:
             raise ProviderError(
                 [

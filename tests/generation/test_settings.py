@@ -200,3 +200,18 @@ def test_a_providers_max_tokens_past_its_context_window_stops_the_service() -> N
     env = {"GENSEARCH_GENERATION_LOCAL_MAX_TOKENS": str(LOCAL_CONTEXT)}
     assert resolve_providers([], environ=env)["local"].max_tokens == LOCAL_CONTEXT
     assert resolve_providers([{**entry, "max_tokens": 100}], environ={})["mine"].max_tokens == 100
+
+
+def test_a_providers_max_tokens_past_the_services_limit_stops_the_service() -> None:
+    # GENSEARCH_GENERATION_MAX_TOKENS_LIMIT refuses a request's max_tokens above it, but a
+    # provider's default above it went out with every call that set none.
+    settings = GenerationSettings(max_tokens_limit=100)
+    env = {"GENSEARCH_GENERATION_LOCAL_MAX_TOKENS": "200"}
+    with pytest.raises(ValueError) as err:
+        settings.provider_configs(environ=env)
+    assert str(err.value).startswith("GENSEARCH_GENERATION_LOCAL_MAX_TOKENS (provider 'local')")
+    assert "GENSEARCH_GENERATION_MAX_TOKENS_LIMIT (100)" in str(err.value)
+    # The local preset's own 256 against a lower limit: the preset is what to lower.
+    with pytest.raises(ValueError, match="GENSEARCH_GENERATION_LOCAL_MAX_TOKENS"):
+        settings.provider_configs(environ={})
+    assert settings.provider_configs(environ={"GENSEARCH_GENERATION_LOCAL_MAX_TOKENS": "100"})
