@@ -13,6 +13,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from gensearch.client.errors import InvalidModeError, from_rpc_error
 from gensearch.memory.v1 import memory_service_pb2 as pb
 
 from services.retrieval.edge_store import EdgeStore
@@ -277,6 +278,8 @@ async def test_search_arguments_and_modes(memory_factory: MemoryFactory, tmp_pat
             "mode",
         )
         assert error_info(err).reason == "INVALID_MODE"
+        # The Python client's class for it.
+        assert isinstance(from_rpc_error(err), InvalidModeError)
         assert str(mode) in (err.details() or "")
     # Keyword-only index: meaning-based modes are refused, naming the field.
     for mode in (pb.SEARCH_MODE_SEMANTIC, pb.SEARCH_MODE_HYBRID):

@@ -320,8 +320,9 @@ class UpstreamNotFoundError(FailedPreconditionError):
 
 
 class AmbiguousCredentialsError(UnauthenticatedError):
-    """A credential header (``authorization``, an ``x-gensearch-*`` identity header) came
-    more than once (metadata ``field`` names it): send it once."""
+    """A credential header (``authorization``, an ``x-gensearch-*`` identity header, a key
+    for an upstream such as ``x-openai-api-key``) came more than once (metadata ``field``
+    names it): send it once."""
 
     error_reason = "AMBIGUOUS_CREDENTIALS"
 
@@ -491,6 +492,12 @@ class InvalidLimitError(InvalidArgumentError):
 
 class InvalidMaxTurnsError(InvalidArgumentError):
     error_reason = "INVALID_MAX_TURNS"
+
+
+class InvalidModeError(InvalidArgumentError):
+    """A SearchInteractions ``mode`` that is no SearchMode."""
+
+    error_reason = "INVALID_MODE"
 
 
 class InvalidSchemaError(InvalidArgumentError):
