@@ -45,6 +45,7 @@ from typing import Any
 from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 
 from services.common.errors import AlreadyExists, InvalidArgument, NotFound
+from services.common.settings import MAX_TTL_SECONDS
 from services.common.values import check_uuid
 from services.common.well_known import duration_seconds, properties_sha256, struct
 from services.retrieval.answer_cache_marker import CACHE_MARKER
@@ -144,12 +145,16 @@ class AnswerCache:
                 reason="TOO_LARGE",
             )
         ttl = duration_seconds(request.ttl, "ttl")
-        if not 0 < ttl <= s.max_cached_answer_ttl:
+        if not 0 < ttl <= MAX_TTL_SECONDS:
             raise InvalidArgument(
-                f"ttl must be positive and at most {s.max_cached_answer_ttl:g} s",
+                f"ttl must be positive and at most {MAX_TTL_SECONDS} s",
                 field="ttl",
                 reason="OUT_OF_RANGE",
             )
+        # Cut to this service's maximum, not refused: the gateway checks a caller's TTL
+        # against its own GENSEARCH_GATEWAY_CACHE_MAX_TTL, and an answer refused here (the
+        # two set apart) was simply never cached, its store failing in the background.
+        ttl = min(ttl, s.max_cached_answer_ttl)
         _check_context_key(request.context_key)
         sources = self._sources(request.sources)
         vector = await self._vector(tenant, request.question)

@@ -262,7 +262,7 @@ async def test_deleting_the_collection_drops_its_entries(
     ("request_", "field"),
     [
         (store(seconds=0), "ttl"),
-        (store(seconds=10**9), "ttl"),
+        (store(seconds=2 * 10**9), "ttl"),  # past MAX_TTL_SECONDS (50 years)
         (
             pb.StoreCachedAnswerRequest(
                 collection="Docs",
@@ -339,3 +339,18 @@ async def test_bad_collection_cache_defaults_name_the_field(
         )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error_info(caught.value).metadata["field"] == field
+
+
+async def test_a_ttl_past_the_services_maximum_is_cut_to_it(
+    make_retrieval: MakeRetrieval,
+) -> None:
+    # The gateway checks a TTL against its own maximum; one past retrieval's was refused
+    # here, so the gateway's background store failed and the answer was never cached.
+    r = await make_retrieval("edge", internal_token=SecretStr(TOKEN), max_cached_answer_ttl=1)
+    await r.stub.CreateCollection(
+        pb.CreateCollectionRequest(collection=vector_collection("Docs")), metadata=ACME
+    )
+    await r.stub.StoreCachedAnswer(store(seconds=3600), metadata=ACME)
+    assert (await r.stub.LookupCachedAnswer(lookup(), metadata=ACME)).found
+    await asyncio.sleep(1.2)
+    assert not (await r.stub.LookupCachedAnswer(lookup(), metadata=ACME)).found
