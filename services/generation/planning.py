@@ -52,6 +52,9 @@ class Planner:
         fmt = response_format(msg, self.limits)
         provider = self.registry.get(msg.provider)
         base_url = msg.base_url.strip()
+        if msg.base_url and not base_url:
+            # Blanks are no URL: read as unset, the call went to the operator's endpoint.
+            raise InvalidArgument("base_url must not be blank", field="base_url")
         if base_url:
             key = request_key(provider.config, metadata)
             provider = self.registry.at_caller_url(provider, base_url)

@@ -321,3 +321,15 @@ async def test_provider_default_max_tokens(fake: FakeOpenAI, start_service: Star
     assert fake.chat_requests[-1].json["max_tokens"] == 7
     await svc.stub.Generate(pb.GenerateRequest(messages=[user("hi")], max_tokens=30), timeout=5)
     assert fake.chat_requests[-1].json["max_tokens"] == 30
+
+
+@pytest.mark.parametrize("blank", [" ", "\t\n"])
+async def test_a_blank_base_url_is_refused_not_read_as_unset(
+    service: Service, fake: FakeOpenAI, blank: str
+) -> None:
+    # Before: stripped to "" and sent to the operator's endpoint, with the operator's key.
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.Generate(pb.GenerateRequest(messages=[user("hi")], base_url=blank))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_info(caught.value).metadata["field"] == "base_url"
+    assert not fake.chat_requests
