@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -79,18 +81,9 @@ def test_a_throttled_warning_logs_once_per_period(caplog: pytest.LogCaptureFixtu
     ]
 
 
-def test_library_warnings_become_redacted_json_lines() -> None:
-    # In a process of its own: pytest captures warnings itself.
-    import subprocess
-    import sys
-
-    script = (
-        "import warnings\n"
-        "from services.common.logs import configure_logging, register_secret\n"
-        "configure_logging(service='test')\n"
-        "register_secret('s3cret-value-0042')\n"
-        "warnings.warn('cannot reach http://u:s3cret-value-0042@qdrant:6333', UserWarning)\n"
-    )
+def _stderr_of(script: str) -> str:
+    """What ``script`` writes to stderr, run in a Python process of its own (the logging
+    set-up is the process's: pytest's own would be in the way)."""
     done = subprocess.run(
         [sys.executable, "-c", script],
         capture_output=True,
@@ -99,7 +92,20 @@ def test_library_warnings_become_redacted_json_lines() -> None:
         check=True,
         cwd=Path(__file__).resolve().parents[2],
     )
-    (line,) = done.stderr.splitlines()
+    return done.stderr
+
+
+def test_library_warnings_become_redacted_json_lines() -> None:
+    # In a process of its own: pytest captures warnings itself.
+    script = (
+        "import warnings\n"
+        "from services.common.logs import configure_logging, register_secret\n"
+        "configure_logging(service='test')\n"
+        "register_secret('s3cret-value-0042')\n"
+        "warnings.warn('cannot reach http://u:s3cret-value-0042@qdrant:6333', UserWarning)\n"
+    )
+    stderr = _stderr_of(script)
+    (line,) = stderr.splitlines()
     record = json.loads(line)
     assert (record["level"], record["name"]) == ("WARNING", "py.warnings")
     assert record["service"] == "test"
@@ -114,9 +120,6 @@ def test_a_url_query_credential_is_redacted() -> None:
 def test_httpx_request_lines_are_not_logged_at_info() -> None:
     """httpx logs each request's URL at INFO: one line per hit of a fan-out, and a
     provider's URL may carry its key. A real request in a process of its own."""
-    import subprocess
-    import sys
-
     script = (
         "import http.server, threading, httpx\n"
         "from services.common.logs import configure_logging\n"
@@ -127,13 +130,6 @@ def test_httpx_request_lines_are_not_logged_at_info() -> None:
         "threading.Thread(target=server.handle_request, daemon=True).start()\n"
         "httpx.get(f'http://127.0.0.1:{server.server_port}/v1?key=s3cret-value-0042')\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-        cwd=Path(__file__).resolve().parents[2],
-    )
-    assert "s3cret" not in done.stderr
-    assert '"httpx"' not in done.stderr, done.stderr
+    stderr = _stderr_of(script)
+    assert "s3cret" not in stderr
+    assert '"httpx"' not in stderr, stderr
