@@ -182,7 +182,9 @@ class Catalog:
 
     async def page(self, tenant: str, page_size: int, page_token: str) -> tuple[list[Schema], str]:
         if page_size < 0:
-            raise InvalidArgument("page_size must not be negative", field="page_size")
+            raise InvalidArgument(
+                "page_size must not be negative", field="page_size", reason="INVALID_PAGE_SIZE"
+            )
         size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         after = _decode_token(page_token) if page_token else ""
         await self.load()

@@ -82,11 +82,12 @@ async def test_list_pages(retrieval: Retrieval) -> None:
         if not token:
             break
     assert seen == names
-    await expect_error(
+    err = await expect_error(
         stub.ListCollections(pb.ListCollectionsRequest(page_size=-1)),
         grpc.StatusCode.INVALID_ARGUMENT,
         "page_size",
     )
+    assert error_info(err).reason == "INVALID_PAGE_SIZE"  # as memory's lists say it
     await expect_error(
         stub.ListCollections(pb.ListCollectionsRequest(page_token="garbage!")),
         grpc.StatusCode.INVALID_ARGUMENT,
