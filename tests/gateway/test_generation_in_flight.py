@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
+from gensearch.generation.v1 import generation_service_pb2 as gen_pb
+from gensearch.generation.v1 import generation_service_pb2_grpc as gen_grpc
 from google.protobuf import duration_pb2, struct_pb2
 from prometheus_client import REGISTRY
 from pydantic import SecretStr, ValidationError
@@ -188,3 +190,40 @@ async def test_a_bound_sized_for_two_replicas_uses_both(stack_factory: StackFact
             await server.stop(0)
         for fake in fakes:
             await fake.stop()
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["Generate", "StreamGenerate"])
+async def test_a_refused_call_is_sent_again_on_either_path(
+    stack_factory: StackFactory, fake: FakeOpenAI, streamed: bool
+) -> None:
+    # A replica that serves 2 calls at once and a gateway that does not bound its calls:
+    # 6 calls at once, through the forwarded GenerationService, are refused by its
+    # process and sent again until each runs, streamed or not.
+    fake.latency = 0.2
+    stack = await stack_factory(
+        generation_settings={"max_concurrent_rpcs": 2}, generation_max_in_flight=0
+    )
+    stub = gen_grpc.GenerationServiceStub(stack.channel)
+    before = _refused("TOO_MANY_CONCURRENT_RPCS")
+    user = gen_pb.Message(role=gen_pb.ROLE_USER, content="hello there")
+
+    async def call() -> tuple[str, int, float]:
+        if not streamed:
+            reply = await stub.Generate(
+                gen_pb.GenerateRequest(messages=[user]), metadata=ALICE, timeout=30
+            )
+            return reply.text, reply.attempts, reply.wait_time.ToNanoseconds() / 1e9
+        text, attempts, waited = "", 0, 0.0
+        request = gen_pb.StreamGenerateRequest(messages=[user])
+        async for chunk in stub.StreamGenerate(request, metadata=ALICE, timeout=30):
+            text += chunk.delta
+            if chunk.HasField("wait_time"):
+                attempts, waited = chunk.attempts, chunk.wait_time.ToNanoseconds() / 1e9
+        return text, attempts, waited
+
+    replies = await asyncio.gather(*(call() for _ in range(6)))
+    assert all(text and attempts == 1 for text, attempts, _ in replies), replies
+    assert fake.max_concurrent <= 2
+    assert len(fake.chat_requests) == 6
+    assert _refused("TOO_MANY_CONCURRENT_RPCS") >= before + 4
+    assert sum(waited > 0 for *_, waited in replies) >= 4, replies

@@ -75,6 +75,8 @@ MAX_BACKOFF = 1.0
 _REFUSED_STREAM_TEXT = "RST_STREAM with error code 7"
 
 R = TypeVar("R")
+#: A StreamGenerate call that was not refused: its messages, and the first (None: none came).
+_Opened = tuple[AsyncIterator[gen_pb.StreamGenerateResponse], gen_pb.StreamGenerateResponse | None]
 
 
 @dataclass
@@ -237,32 +239,27 @@ class GenerationClient(ServiceClient):
     ) -> AsyncIterator[gen_pb.StreamGenerateResponse]:
         deadline = self._deadline(timeout)
         waited = _Waited()
-        loop = asyncio.get_running_loop()
         try:
             async with self._slot(deadline, waited):
                 if self.before_generate is not None:
                     await self.before_generate(caller.tenant)
-                backoff = FIRST_BACKOFF
-                while True:
-                    left = None if deadline is None else max(deadline - loop.time(), 0.001)
-                    started = False
-                    try:
-                        async for chunk in self.stream("StreamGenerate", request, caller, left):
-                            started = True
-                            if chunk.HasField("wait_time"):  # the last message
-                                waited.add_to(chunk.wait_time)
-                            if chunk.upstream_calls:
-                                # The last message: charged before it is passed on, so a
-                                # reader that stops at it leaves nothing uncounted.
-                                await self._charge_extra(chunk.upstream_calls, caller)
-                            yield chunk
-                        return
-                    except ResourceExhausted as err:
-                        # Refused before its first message: it never ran, send it again.
-                        pause = random.uniform(backoff / 2, backoff)
-                        if started or not await self._backoff(err, pause, deadline, waited):
-                            raise
-                        backoff = min(backoff * 2, MAX_BACKOFF)
+
+                async def send(left: float | None) -> _Opened:
+                    # A call is refused before its first message, so only the wait for that
+                    # message is sent again; a failure after it is the stream's own.
+                    chunks = self.stream("StreamGenerate", request, caller, left)
+                    return chunks, await anext(chunks, None)
+
+                chunks, chunk = await self._unrefused(send, deadline, waited)
+                while chunk is not None:
+                    if chunk.HasField("wait_time"):  # the last message
+                        waited.add_to(chunk.wait_time)
+                    if chunk.upstream_calls:
+                        # The last message: charged before it is passed on, so a reader that
+                        # stops at it leaves nothing uncounted.
+                        await self._charge_extra(chunk.upstream_calls, caller)
+                    yield chunk
+                    chunk = await anext(chunks, None)
         except ServiceError as err:
             waited.note(err)
             await self._charge_extra(upstream_calls(err.metadata), caller)
