@@ -21,6 +21,7 @@ from gensearch.memory.v1 import memory_service_pb2_grpc as mem_grpc
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as ret_grpc
 
+from services.common.auth import Role, require_role
 from services.common.errors import InvalidArgument, PermissionDenied, ServiceError, note_imported
 from services.common.well_known import duration_seconds
 from services.gateway.catalog import Catalog
@@ -181,7 +182,9 @@ class RetrievalForwarder(_Forwarder, ret_grpc.RetrievalServiceServicer):
         does not know: before, a longer TTL was stored and cut to the max at every use
         without a word, and a longer chain stored and refused at every use. (Either stored
         before an operator lowered the max, or straight through retrieval, is still cut or
-        refused at use.)"""
+        refused at use.) The caller's role comes first, as in retrieval: a caller who may
+        not create collections is PERMISSION_DENIED whatever the body."""
+        require_role(Role.ADMIN)
         chain = request.collection.generative.fallback
         if self._max_fallbacks is not None and len(chain) > self._max_fallbacks:
             raise InvalidArgument(

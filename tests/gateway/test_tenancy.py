@@ -8,6 +8,7 @@ import pytest
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.memory.v1 import memory_service_pb2 as mem_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
+from google.protobuf import duration_pb2
 
 from tests.gateway.conftest import DIM, Stack, StackFactory, create_books, vector
 from tests.gateway.test_generative_search import _near
@@ -155,6 +156,39 @@ async def test_roles_through_the_gateway(tenants: Stack) -> None:
     await s.retrieval.UpsertObjects(upsert, metadata=WES)
     got = await s.retrieval.GetCollection(ret_pb.GetCollectionRequest(name="Books"), metadata=RITA)
     assert got.object_count == 6
+
+
+async def test_a_caller_without_the_role_is_refused_whatever_the_collection(
+    tenants: Stack,
+) -> None:
+    """The gateway checks a new collection's cache TTL and fallback chain against its own
+    settings; before, it did so before the role, so a reader sending a TTL past
+    CACHE_MAX_TTL learned INVALID_ARGUMENT (and the gateway's limits), not that it may not
+    create collections at all."""
+    limit = 7 * 86400  # CACHE_MAX_TTL's default
+    too_long = duration_pb2.Duration(seconds=limit + 1)
+    chain = [ret_pb.GenerativeModel(provider="fake", model=f"m{i}") for i in range(9)]
+    bodies = [
+        ret_pb.GenerativeConfig(cache=ret_pb.CacheDefaults(generation=True, ttl=too_long)),
+        ret_pb.GenerativeConfig(fallback=chain),
+        ret_pb.GenerativeConfig(cache=ret_pb.CacheDefaults(ttl=duration_pb2.Duration(nanos=-1))),
+    ]
+    for generative in bodies:
+        collection = ret_pb.Collection(
+            name="Other",
+            vectorizer=ret_pb.Vectorizer(kind=ret_pb.VECTORIZER_KIND_NONE, dimensions=DIM),
+            generative=generative,
+        )
+        create = ret_pb.CreateCollectionRequest(collection=collection)
+        for who, has in ((RITA, "reader"), (WES, "writer")):
+            err = await rpc_error(tenants.retrieval.CreateCollection(create, metadata=who))
+            assert err.code() == grpc.StatusCode.PERMISSION_DENIED, err.details()
+            info = error_info(err)
+            assert info.reason == "ROLE_REQUIRED"
+            assert dict(info.metadata) == {"required_role": "admin", "role": has}
+        # An admin sending the same body learns what is wrong with it.
+        err = await rpc_error(tenants.retrieval.CreateCollection(create, metadata=ALICE))
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
 
 
 async def test_the_collection_cache_is_per_tenant(tenants: Stack) -> None:
