@@ -92,7 +92,7 @@ def validate_generate(g: gw_pb.Generate, settings: GatewaySettings) -> None:
 
 
 def check_structured_options(g: gw_pb.Generate, s: GatewaySettings) -> None:
-    """stop, fallback and response_format: bounded and well formed before any call (the
+    """stop, fallback, base_url and response_format: bounded and well formed before any call (the
     generation service checks them again; here a mistake is one error, not one per hit).
     Provider and model names are checked against ListModels by the plan."""
     if len(g.stop) > s.max_stop_sequences:
@@ -106,6 +106,10 @@ def check_structured_options(g: gw_pb.Generate, s: GatewaySettings) -> None:
                 field=f"generate.stop[{i}]",
             )
     check_fallback(g.fallback, s.max_fallbacks, "generate.fallback")
+    if g.base_url and not g.base_url.strip():
+        # As the generation service refuses it: blanks are no URL, neither unset (the
+        # operator's endpoint) nor a host the allowlist could refuse.
+        raise InvalidArgument("base_url must not be blank", field="generate.base_url")
     if g.HasField("response_format"):
         format_name(g.response_format.name, "generate.response_format.name")
         check_schema(

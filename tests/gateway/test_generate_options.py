@@ -496,6 +496,32 @@ async def test_a_callers_base_url_is_allowed_only_on_the_allowlist(
     assert "***@127.0.0.2" in caught.value.details()
 
 
+@pytest.mark.parametrize("blank", [" ", "\t\n"])
+async def test_a_blank_base_url_is_invalid_naming_it(stack: Stack, blank: str) -> None:
+    """As the generation service says it (reason INVALID_ARGUMENT): before, the gateway
+    put blanks to its allowlist and answered PERMISSION_DENIED / URL_NOT_ALLOWED, as if the
+    caller had named a host it may not use."""
+    await create_books(stack, books=WITH_BODY)
+    objects = gw_pb.GenerateOnObjectsRequest(
+        inline=gw_pb.InlineObjects(objects=[struct_pb2.Struct()]),
+        generate=gw_pb.Generate(single_prompt="Say hi", base_url=blank),
+    )
+    calls = [
+        stack.stub.GenerativeSearch(
+            _search(single_prompt="About {title}", base_url=blank), metadata=ALICE
+        ),
+        stack.stub.GenerateOnObjects(objects, metadata=ALICE),
+    ]
+    for call in calls:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
+        info = error_info(caught.value)
+        assert (info.reason, info.metadata["field"]) == ("INVALID_ARGUMENT", "generate.base_url")
+        assert "blank" in (caught.value.details() or "")
+    assert stack.fake.chat_requests == []
+
+
 async def test_a_callers_base_url_with_a_query_is_refused_naming_it(
     stack_factory: StackFactory, fake2: FakeOpenAI, caplog: pytest.LogCaptureFixture
 ) -> None:
