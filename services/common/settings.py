@@ -79,6 +79,12 @@ MAX_SCHEMA_DEPTH = 100
 # refused at every use); and the bound of those settings.
 DEFAULT_MAX_FALLBACKS = 4
 MAX_FALLBACKS = 32
+# Characters of a system prompt or user instructions (and of a template, task or question):
+# the default of the gateway's MAX_PROMPT_CHARS, which bounds a request's, and the most a
+# collection's stored generative defaults may hold (retrieval knows no gateway setting; the
+# gateway holds a collection it creates to its own MAX_PROMPT_CHARS too). Before, the two
+# differed (32 000 and 32 768): a collection's system prompt that a request could not send.
+DEFAULT_MAX_PROMPT_CHARS = 32_768
 
 PREFIX = "GENSEARCH_"
 # Every service's namespace; a variable in one of them belongs to that service alone.

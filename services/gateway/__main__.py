@@ -86,6 +86,7 @@ async def build(settings: GatewaySettings, *, port: int | None = None) -> Gatewa
             backends.cache,
             cache_max_ttl=settings.cache_max_ttl,
             max_fallbacks=settings.max_fallbacks,
+            max_prompt_chars=settings.max_prompt_chars,
         ),
         RETRIEVAL_SERVICE,
     )

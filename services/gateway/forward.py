@@ -165,12 +165,14 @@ class RetrievalForwarder(_Forwarder, ret_grpc.RetrievalServiceServicer):
         cache: GenerationCache | None = None,
         cache_max_ttl: float | None = None,
         max_fallbacks: int | None = None,
+        max_prompt_chars: int | None = None,
     ) -> None:
         super().__init__(client, internal_token)
         self._catalog = catalog
         self._cache = cache
         self._cache_max_ttl = cache_max_ttl
         self._max_fallbacks = max_fallbacks
+        self._max_prompt_chars = max_prompt_chars
 
     _create_collection = _forward("CreateCollection")
 
@@ -178,7 +180,8 @@ class RetrievalForwarder(_Forwarder, ret_grpc.RetrievalServiceServicer):
         self, request: ret_pb.CreateCollectionRequest, context: grpc.aio.ServicerContext
     ) -> ret_pb.CreateCollectionResponse:
         """Forwarded once the collection's cache TTL is within this gateway's
-        CACHE_MAX_TTL and its fallback chain within its MAX_FALLBACKS, settings retrieval
+        CACHE_MAX_TTL, its fallback chain within its MAX_FALLBACKS and its system prompt
+        and instructions within its MAX_PROMPT_CHARS (as a request's), settings retrieval
         does not know: before, a longer TTL was stored and cut to the max at every use
         without a word, and a longer chain stored and refused at every use. (Either stored
         before an operator lowered the max, or straight through retrieval, is still cut or
@@ -197,7 +200,20 @@ class RetrievalForwarder(_Forwarder, ret_grpc.RetrievalServiceServicer):
                     "setting": "GENSEARCH_GATEWAY_MAX_FALLBACKS",
                 },
             )
-        cache = request.collection.generative.cache
+        generative = request.collection.generative
+        chars = self._max_prompt_chars
+        for name in ("system_prompt", "user_instructions"):
+            if chars is not None and len(getattr(generative, name)) > chars:
+                raise InvalidArgument(
+                    f"collection.generative.{name} is longer than {chars} characters "
+                    "(GENSEARCH_GATEWAY_MAX_PROMPT_CHARS)",
+                    field=f"collection.generative.{name}",
+                    metadata={
+                        "max_chars": str(chars),
+                        "setting": "GENSEARCH_GATEWAY_MAX_PROMPT_CHARS",
+                    },
+                )
+        cache = generative.cache
         limit = self._cache_max_ttl
         field = "collection.generative.cache.ttl"
         if (

@@ -10,6 +10,7 @@ from pydantic_settings import SettingsConfigDict
 from services.common.model_names import model_name_setting, provider_name_setting
 from services.common.settings import (
     DEFAULT_MAX_FALLBACKS,
+    DEFAULT_MAX_PROMPT_CHARS,
     MAX_CONCURRENCY,
     MAX_FALLBACKS,
     MAX_SCHEMA_DEPTH,
@@ -66,8 +67,9 @@ class GatewaySettings(CommonSettings):
     # 0: no bound. Otherwise more than max_hits, so that one request's hits and its
     # grouped call never wait for each other.
     generation_max_in_flight: int = Field(default=1000, ge=0, le=MAX_CONCURRENCY)
-    # Longest template / task / question accepted, in characters.
-    max_prompt_chars: int = Field(default=32_000, ge=100, le=MAX_SIZE_BYTES)
+    # Longest template / task / question / system prompt / instructions accepted, in
+    # characters; a collection's system prompt and instructions too, at create.
+    max_prompt_chars: int = Field(default=DEFAULT_MAX_PROMPT_CHARS, ge=100, le=MAX_SIZE_BYTES)
     # Longest prompt a single_prompt may render to for one hit, in characters (the
     # generation service's MAX_PROMPT_CHARS refuses more anyway); a hit over it gets its
     # own PROMPT_TOO_LONG error before its prompt is built.

@@ -17,7 +17,7 @@ from google.protobuf import json_format
 from services.common.auth import DEFAULT_TENANT
 from services.common.errors import InvalidArgument, quote
 from services.common.model_names import check_model_name
-from services.common.settings import DEFAULT_MAX_FALLBACKS
+from services.common.settings import DEFAULT_MAX_FALLBACKS, DEFAULT_MAX_PROMPT_CHARS
 from services.common.values import DEFAULT_MAX_DEPTH, check_value
 from services.common.well_known import duration_seconds
 from services.retrieval.endpoints import ENV_NAME, EmbeddingPolicy
@@ -28,7 +28,6 @@ PROPERTY_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 MAX_PROPERTIES = 256
 MAX_DIMENSIONS = 65_536
 MAX_DESCRIPTION = 4096
-MAX_PROMPT = 32_768
 # Characters of a provider or model name in a collection's generative fallback chain
 # (which providers exist is the generation service's to say, when the chain is used); the
 # chain's length is bounded by the gateway's default MAX_FALLBACKS (DEFAULT_MAX_FALLBACKS).
@@ -276,8 +275,14 @@ def _validate_generative(gen: pb.GenerativeConfig, types: dict[str, int]) -> Non
         raise InvalidArgument(f"{where}.provider is too long", field=f"{where}.provider")
     check_model_name(gen.model, f"{where}.model")
     for name in ("system_prompt", "user_instructions"):
-        if len(getattr(gen, name)) > MAX_PROMPT:
-            raise InvalidArgument(f"{where}.{name} is too long", field=f"{where}.{name}")
+        # The gateway's limit at its default, as a request's system prompt has it.
+        if len(getattr(gen, name)) > DEFAULT_MAX_PROMPT_CHARS:
+            raise InvalidArgument(
+                f"{where}.{name} is longer than {DEFAULT_MAX_PROMPT_CHARS} characters "
+                "(the default of GENSEARCH_GATEWAY_MAX_PROMPT_CHARS)",
+                field=f"{where}.{name}",
+                metadata={"max_chars": str(DEFAULT_MAX_PROMPT_CHARS)},
+            )
     if len(gen.fallback) > DEFAULT_MAX_FALLBACKS:
         # The gateway's limit at its default: a longer chain would be stored, then refused
         # (FAILED_PRECONDITION) at every search that falls back to it.

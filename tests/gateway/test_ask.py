@@ -17,7 +17,9 @@ from google.protobuf import duration_pb2, json_format, struct_pb2
 from google.rpc import error_details_pb2
 
 from services.common.auth import Identity, Role, forwarded_identity
+from services.common.settings import DEFAULT_MAX_PROMPT_CHARS
 from services.gateway.conversation import REWRITE_SYSTEM_PROMPT
+from services.gateway.settings import GatewaySettings
 from services.memory.__main__ import build_server as build_memory
 from tests.gateway.conftest import ALICE, BOB, DIM, TOKEN, Stack, StackFactory, create_books
 from tests.support.fake_openai import Behaviour
@@ -638,3 +640,64 @@ async def test_a_memory_without_check_storage_still_stores_turns(
         assert {"CreateConversation", "CreateInteraction"} <= set(older.relayed)
     finally:
         await server.stop(0)
+
+
+@pytest.mark.parametrize("name", ["system_prompt", "user_instructions"])
+async def test_a_collection_and_a_request_hold_a_system_prompt_to_one_limit(
+    stack_factory: StackFactory, name: str
+) -> None:
+    """Before, retrieval took a collection's system_prompt and user_instructions up to 32 768
+    characters and the gateway a request's up to MAX_PROMPT_CHARS, 32 000: a collection could
+    hold a prompt no request could send."""
+    stack = await stack_factory(default_context_window=1_000_000)
+    limit = DEFAULT_MAX_PROMPT_CHARS
+    assert GatewaySettings.model_fields["max_prompt_chars"].default == limit
+    longest, longer = "Be brief. " * (limit // 10) + "!" * (limit % 10), "x" * (limit + 1)
+    assert len(longest) == limit
+
+    def generative(text: str) -> ret_pb.GenerativeConfig:
+        config = ret_pb.GenerativeConfig(provider="fake")
+        setattr(config, name, text)
+        return config
+
+    def ask(text: str) -> gw_pb.AskRequest:
+        request = gw_pb.AskRequest(collection="Books", llm_question="Dune?")
+        setattr(request, name, text)
+        return request
+
+    # The longest one is taken on both; one more character on neither, through the
+    # gateway or straight to retrieval.
+    await create_books(stack, generative=generative(longest))
+    for direct in (False, True):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await create_books(stack, "Longer", generative=generative(longer), direct=direct)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        info = error_info(caught.value)
+        assert (info.metadata["field"], info.metadata["max_chars"]) == (
+            f"collection.generative.{name}",
+            str(limit),
+        )
+        assert "GENSEARCH_GATEWAY_MAX_PROMPT_CHARS" in (caught.value.details() or "")
+    assert (await stack.stub.Ask(ask(longest), metadata=ALICE)).answer
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stack.stub.Ask(ask(longer), metadata=ALICE)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_info(caught.value).metadata["field"] == name
+
+
+async def test_a_gateway_holds_a_collections_system_prompt_to_its_own_limit(
+    stack_factory: StackFactory,
+) -> None:
+    # Retrieval knows only the default; the gateway creating the collection knows its own.
+    stack = await stack_factory(max_prompt_chars=1000)
+    generative = ret_pb.GenerativeConfig(provider="fake", system_prompt="x" * 1001)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await create_books(stack, generative=generative)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    info = error_info(caught.value)
+    assert dict(info.metadata) == {
+        "field": "collection.generative.system_prompt",
+        "max_chars": "1000",
+        "setting": "GENSEARCH_GATEWAY_MAX_PROMPT_CHARS",
+    }
+    await create_books(stack, generative=generative, direct=True)
