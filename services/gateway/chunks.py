@@ -106,6 +106,16 @@ def check(expansion: gw_pb.ContextExpansion, settings: GatewaySettings) -> int:
             field=f"{FIELD}.neighbors",
             reason="OUT_OF_RANGE",
         )
+    # Each field's own range before what the block lacks: ``{max_tokens: -1}`` alone was
+    # refused as a missing ``neighbors``, the bad value not named.
+    if expansion.HasField("max_tokens") and not (
+        1 <= expansion.max_tokens <= s.max_expansion_tokens
+    ):
+        raise InvalidArgument(
+            f"{FIELD}.max_tokens must be in 1..{s.max_expansion_tokens}",
+            field=f"{FIELD}.max_tokens",
+            reason="OUT_OF_RANGE",
+        )
     if expansion.neighbors == 0 and not expansion.whole_document:
         raise InvalidArgument(
             f"{FIELD}: set neighbors (chunks on each side of a hit) or whole_document",
@@ -115,14 +125,6 @@ def check(expansion: gw_pb.ContextExpansion, settings: GatewaySettings) -> int:
         raise InvalidArgument(
             f"{FIELD}: give neighbors or whole_document, not both",
             field=f"{FIELD}.whole_document",
-        )
-    if expansion.HasField("max_tokens") and not (
-        1 <= expansion.max_tokens <= s.max_expansion_tokens
-    ):
-        raise InvalidArgument(
-            f"{FIELD}.max_tokens must be in 1..{s.max_expansion_tokens}",
-            field=f"{FIELD}.max_tokens",
-            reason="OUT_OF_RANGE",
         )
     return expansion.max_tokens if expansion.HasField("max_tokens") else s.expansion_tokens
 

@@ -308,6 +308,37 @@ def zebra_ask(**expansion: Any) -> gw_pb.AskRequest:
     )
 
 
+@pytest.mark.parametrize(
+    "expansion",
+    [
+        {"max_tokens": -1},
+        {"max_tokens": 0},
+        {"neighbors": 1, "max_tokens": -1},
+        {"whole_document": True, "max_tokens": -1},
+    ],
+)
+async def test_an_expansion_budget_out_of_range_names_max_tokens(
+    stack: Stack, expansion: dict[str, Any]
+) -> None:
+    """Before, ``{max_tokens: -1}`` alone was refused as a missing ``neighbors``: the field
+    a value was wrong in is named before what the block lacks."""
+    await create_docs(stack)
+    search = gw_pb.GenerativeSearchRequest(
+        collection="Docs",
+        keyword=ret_pb.Keyword(text="zebra"),
+        expand_context=gw_pb.ContextExpansion(**expansion),
+        generate=gw_pb.Generate(grouped_task="Summarise"),
+    )
+    for call in (
+        stack.stub.Ask(zebra_ask(**expansion), metadata=ALICE),
+        stack.stub.GenerativeSearch(search, metadata=ALICE),
+    ):
+        err = await expect(call, grpc.StatusCode.INVALID_ARGUMENT, "expand_context.max_tokens")
+        assert error_info(err).reason == "OUT_OF_RANGE"
+        assert "max_tokens" in (err.details() or "") and "neighbors" not in (err.details() or "")
+    assert stack.fake.chat_requests == []
+
+
 async def test_ask_merges_overlapping_neighbourhoods_in_document_order(stack: Stack) -> None:
     ids = await create_docs(stack)
     stack.fake.reply = "Zebras appear in [1] and [2]."
