@@ -309,6 +309,7 @@ def _hide_operator_url(
     only when the caller's own ``base_url`` answered: the primary pair, under that URL."""
     if not reply.HasField("debug") or not reply.debug.url:
         return
+    base_url = base_url.strip()  # as generation reads it
     own = base_url.rstrip("/") + "/"
     if base_url and reply.fallback_index == 0 and reply.debug.url.startswith(own):
         return

@@ -98,7 +98,8 @@ class Options:
                 if request.HasField("max_tokens")
                 else "collection.generative.max_tokens"
             ),
-            base_url=getattr(request, "base_url", ""),
+            # Spaces around it are no part of a URL, as the generation service reads it.
+            base_url=getattr(request, "base_url", "").strip(),
             # A collection's stored provider or model that generation does not serve is
             # named as the collection's (as its fallback chain is), not as a field of a
             # request that never set it.

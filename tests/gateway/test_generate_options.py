@@ -12,6 +12,7 @@ import grpc
 import pytest
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.generation.v1 import generation_service_pb2 as gen_pb
+from gensearch.generation.v1 import generation_service_pb2_grpc as gen_grpc
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from google.protobuf import duration_pb2, json_format, struct_pb2
 
@@ -520,6 +521,35 @@ async def test_a_blank_base_url_is_invalid_naming_it(stack: Stack, blank: str) -
         assert (info.reason, info.metadata["field"]) == ("INVALID_ARGUMENT", "generate.base_url")
         assert "blank" in (caught.value.details() or "")
     assert stack.fake.chat_requests == []
+
+
+async def test_spaces_around_an_allowed_base_url_are_read_as_generation_reads_them(
+    stack_factory: StackFactory, fake2: FakeOpenAI
+) -> None:
+    """The generation service strips them; the gateway put the raw text to its allowlist
+    and refused " http://allowed/v1 " PERMISSION_DENIED ("not a plain URL"), while the
+    same URL in a forwarded Generate was answered."""
+    stack = await stack_factory(
+        generation_settings={"allowed_hosts": "http://127.0.0.1:" + str(fake2.port)},
+    )
+    await create_books(stack, books=WITH_BODY)
+    padded = f"  {fake2.base_url}\t"
+    response = await stack.stub.GenerativeSearch(
+        _search(single_prompt="About {title}", base_url=padded), metadata=ALICE
+    )
+    assert [h.generation.error.code for h in response.hits] == [0] * len(response.hits)
+    assert len(fake2.chat_requests) == len(response.hits) > 0
+    forwarded = gen_grpc.GenerationServiceStub(stack.channel)
+    reply = await forwarded.Generate(
+        gen_pb.GenerateRequest(
+            messages=[gen_pb.Message(role=gen_pb.ROLE_USER, content="hi")],
+            base_url=padded,
+            debug=True,
+        ),
+        metadata=ALICE,
+    )
+    assert reply.text
+    assert reply.debug.url == f"{fake2.base_url}/chat/completions"  # the caller's own URL
 
 
 async def test_a_callers_base_url_with_a_query_is_refused_naming_it(
