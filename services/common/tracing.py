@@ -46,6 +46,10 @@ TRACER_NAME = "gensearch"
 # Shared by every provider of the process: adding one processor reaches them all.
 _processors = SynchronousMultiSpanProcessor()
 _providers: dict[str, TracerProvider] = {}
+# Each provider's tracer for our own spans, asked for per upstream call and per hit: the
+# SDK's get_tracer hands back the tracer it keeps, but first builds two scope objects
+# (one of them deprecated, so warned about) and re-registers a warnings filter, every time.
+_tracers: dict[TracerProvider, trace.Tracer] = {}
 _exporter_checked = False
 _exporting = False
 
@@ -77,6 +81,7 @@ def add_span_processor(processor: SpanProcessor) -> None:
     _processors.add_span_processor(processor)
     _exporting = True
     _providers.clear()
+    _tracers.clear()
 
 
 def _configure_export() -> None:
@@ -118,7 +123,12 @@ def tracer_provider(service: str) -> TracerProvider | None:
 def tracer(service: str) -> trace.Tracer | None:
     """The tracer for ``service``'s own spans; None when tracing is disabled."""
     provider = tracer_provider(service)
-    return None if provider is None else provider.get_tracer(TRACER_NAME)
+    if provider is None:
+        return None
+    found = _tracers.get(provider)
+    if found is None:
+        found = _tracers[provider] = provider.get_tracer(TRACER_NAME)
+    return found
 
 
 def service_tracer(service: str) -> trace.Tracer:

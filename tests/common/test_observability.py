@@ -286,6 +286,28 @@ def test_sdk_disabled_means_no_tracing(monkeypatch: pytest.MonkeyPatch) -> None:
     assert len(tracing.client_interceptors("gateway")) == 4
 
 
+def test_a_services_tracer_is_made_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # service_tracer() is asked per upstream call and per hit; the SDK's get_tracer builds
+    # scope objects and re-registers a warnings filter on every call, so it runs once.
+    monkeypatch.setattr(tracing, "_providers", {})
+    made: list[str] = []
+    get_tracer = TracerProvider.get_tracer
+
+    def counted(provider: TracerProvider, name: str, *args: object, **kwargs: object) -> object:
+        made.append(name)
+        return get_tracer(provider, name, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(TracerProvider, "get_tracer", counted)
+    first = tracing.service_tracer("once")
+    assert tracing.service_tracer("once") is first
+    assert tracing.tracer("once") is first
+    assert made == [tracing.TRACER_NAME]
+    # A new provider (made after add_span_processor, say) gets its own tracer.
+    monkeypatch.setattr(tracing, "_providers", {})
+    assert tracing.service_tracer("once") is not first
+    assert len(made) == 2
+
+
 def test_without_export_spans_have_ids_but_record_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     # As in a process with no exporter and no other processor.
     monkeypatch.setattr(tracing, "_exporting", False)
