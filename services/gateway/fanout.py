@@ -89,7 +89,10 @@ async def fan_out_stream(
             if remaining is not None and remaining <= 0:
                 break
             try:
-                event = await asyncio.wait_for(events.get(), remaining)
+                # A timer, not asyncio.wait_for: on Python 3.11 that wraps each wait in a
+                # task of its own, one more task (and future, and callbacks) per hit.
+                async with asyncio.timeout(remaining):
+                    event = await events.get()
             except TimeoutError:
                 break
             if isinstance(event, Outcome):
