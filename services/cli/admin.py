@@ -203,8 +203,8 @@ def add_collection_arguments(
         "--property",
         action="append",
         default=[],
-        metavar="NAME:TYPE",
-        help=f"a property; TYPE is one of {', '.join(sorted(TYPES))} (repeatable)",
+        metavar="NAME[:TYPE]",
+        help=f"a property; TYPE is one of {', '.join(sorted(TYPES))}, default text (repeatable)",
     )
     create.add_argument("--vectorizer", choices=sorted(VECTORIZERS), default="local")
     create.add_argument("--dimensions", type=int32, default=0, help="vector size (none, openai)")
