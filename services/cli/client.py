@@ -169,7 +169,12 @@ def describe_error(err: GensearchError, address: str = "", what: str = "the gate
         fields.append(err.metadata["field"])
     fields = list(dict.fromkeys(fields))
     suffix = f" (field {', '.join(fields)})" if fields else ""
-    return f"{code.name}: {' '.join(message.split())}{suffix}"
+    message = " ".join(message.split())
+    for name in fields:  # "name: … (field name)" names it once, in the suffix
+        if message.startswith(f"{name}: "):
+            message = message[len(name) + 2 :]
+            break
+    return f"{code.name}: {message}{suffix}"
 
 
 def _is_connect_failure(message: str) -> bool:

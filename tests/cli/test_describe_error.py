@@ -22,3 +22,18 @@ def test_fields_from_violations_and_error_info_once() -> None:
 def test_no_field_no_suffix() -> None:
     err = GensearchError("", code=grpc.StatusCode.NOT_FOUND)
     assert describe_error(err) == "NOT_FOUND: NOT_FOUND"
+
+
+def test_a_field_the_message_starts_with_is_named_once() -> None:
+    # Before: "NOT_FOUND: name: collection 'Nope' not found (field name)".
+    err = GensearchError(
+        "name: collection 'Nope' not found",
+        code=grpc.StatusCode.NOT_FOUND,
+        metadata={"field": "name"},
+    )
+    assert describe_error(err) == "NOT_FOUND: collection 'Nope' not found (field name)"
+    # A prefix that is not the field at fault stays: it is part of the message.
+    other = GensearchError(
+        "limit: too big", code=grpc.StatusCode.INVALID_ARGUMENT, metadata={"field": "offset"}
+    )
+    assert describe_error(other) == "INVALID_ARGUMENT: limit: too big (field offset)"
