@@ -244,6 +244,15 @@ def open_input(name: str) -> tuple[IO[str], int | None]:
         raise UsageError(f"{name}: cannot be read ({err.strerror or type(err).__name__})") from None
 
 
+def summary_line(imported: int, collection: str, seconds: float, rate: float, failed: int) -> str:
+    """The line a finished import prints: ``imported 1 object into Books in 0.1s …``."""
+    noun = "object" if imported == 1 else "objects"
+    return (
+        f"imported {imported} {noun} into {collection} in "
+        f"{seconds:.1f}s ({rate:,.0f} objects/s); {failed} failed"
+    )
+
+
 async def run(client: Client, args: argparse.Namespace) -> int:
     chunker = chunker_of(args)
     handle, total = open_input(args.file)
@@ -274,10 +283,7 @@ async def run(client: Client, args: argparse.Namespace) -> int:
             }
         )
     else:
-        print(
-            f"imported {result.imported} objects into {args.collection} in "
-            f"{result.seconds:.1f}s ({result.rate:,.0f} objects/s); {failed} failed"
-        )
+        print(summary_line(result.imported, args.collection, result.seconds, result.rate, failed))
         for err in result.errors[: args.show_errors]:
             note(f"  {err}")
         if len(result.errors) > args.show_errors:
