@@ -7,6 +7,7 @@ piped straight into ``jq``.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 from collections.abc import Mapping, Sequence
@@ -169,3 +170,19 @@ class Progress:
         if self._open:
             self._bar.update(self._task, visible=False)
             self.finish()
+
+
+MISSING_LLM_KEY = "MISSING_PROVIDER_API_KEY"
+_PROVIDER_IN_MESSAGE = re.compile(r"provider '([^']+)'")
+
+
+def llm_key_hint(reason: str, provider: str = "", message: str = "") -> str:
+    """What to append to an error the CLI prints: for a provider key that was missing, how
+    the CLI sends one (the service speaks of gRPC metadata, which a CLI user cannot send
+    but through ``--llm-key``); "" for any other error."""
+    if reason != MISSING_LLM_KEY:
+        return ""
+    if not provider:
+        named = _PROVIDER_IN_MESSAGE.search(message)
+        provider = named.group(1) if named else "PROVIDER"
+    return f"; with gensearch: --llm-key {provider}=KEY"

@@ -37,3 +37,16 @@ def test_a_field_the_message_starts_with_is_named_once() -> None:
         "limit: too big", code=grpc.StatusCode.INVALID_ARGUMENT, metadata={"field": "offset"}
     )
     assert describe_error(other) == "INVALID_ARGUMENT: limit: too big (field offset)"
+
+
+def test_a_missing_llm_key_says_how_the_cli_sends_one() -> None:
+    # Before: only the service's words, "send metadata 'x-openai-api-key' or set
+    # OPENAI_APIKEY or OPENAI_API_KEY": a CLI user has no way to send metadata but --llm-key.
+    err = GensearchError(
+        "provider 'openai' needs an API key: send metadata 'x-openai-api-key' or set "
+        "OPENAI_APIKEY or OPENAI_API_KEY",
+        code=grpc.StatusCode.UNAUTHENTICATED,
+        reason="MISSING_PROVIDER_API_KEY",
+        metadata={"provider": "openai"},
+    )
+    assert describe_error(err).endswith("OPENAI_API_KEY; with gensearch: --llm-key openai=KEY")

@@ -1,0 +1,31 @@
+"""How a hit's own generation error is printed (no stack needed)."""
+
+from __future__ import annotations
+
+from gensearch.client import types as t
+
+from services.cli.render import describe_generation
+
+
+def test_a_hit_without_an_llm_key_says_how_the_cli_sends_one() -> None:
+    # Before: "error: UNAUTHENTICATED: provider 'openai' needs an API key: send metadata
+    # 'x-openai-api-key' or set …", with no word of --llm-key.
+    gen = t.GenerationResult(
+        error=t.GenerationError(
+            code=16,
+            status="UNAUTHENTICATED",
+            message="provider 'openai' needs an API key: send metadata 'x-openai-api-key' "
+            "or set OPENAI_APIKEY or OPENAI_API_KEY",
+            reason="MISSING_PROVIDER_API_KEY",
+        )
+    )
+    line = describe_generation(gen)
+    assert line.startswith("error: UNAUTHENTICATED: provider 'openai' needs an API key")
+    assert line.endswith("; with gensearch: --llm-key openai=KEY")
+
+
+def test_other_errors_are_printed_as_they_come() -> None:
+    gen = t.GenerationResult(
+        error=t.GenerationError(code=4, status="DEADLINE_EXCEEDED", message="too slow")
+    )
+    assert describe_generation(gen) == "error: DEADLINE_EXCEEDED: too slow"
