@@ -171,7 +171,7 @@ async def stream_search(
         if isinstance(event, t.HitsEvent):
             hits = list(event.hits)
             pending = len(hits) if per_hit else 0
-            print(f"{len(hits)} hits" + (":" if hits else ""))
+            print(f"{len(hits)} {'hit' if len(hits) == 1 else 'hits'}" + (":" if hits else ""))
             for number, hit in enumerate(hits, start=1):
                 print_hit(number, hit)
             print(flush=True)
