@@ -17,7 +17,7 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as rpb
 from google.protobuf import json_format
 
 from services.cli.client import Client, UsageError, check_health, describe_error, int32
-from services.cli.output import dump_json, message_dict, table
+from services.cli.output import KEY_HINTS, dump_json, message_dict, table
 from services.cli.state import address_key
 
 # Service names each part registers with grpc.health.v1.
@@ -145,6 +145,9 @@ async def _timed(
         state = err.code.name
         what = f"the {part} service" if direct else "the gateway"
         detail = describe_error(err, "", what).split(": ", 1)[-1]
+        if err.reason in KEY_HINTS:  # short, so the table does not cut what to do
+            wanting = "no API key" if err.reason == "MISSING_CREDENTIALS" else "invalid API key"
+            detail = f"{wanting}: {KEY_HINTS[err.reason]}"
     if state == "UNKNOWN_SERVICE":
         detail = detail or "the service is not registered there"
     return PartStatus(part, address, state, detail, (time.perf_counter() - started) * 1000)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import grpc
 from gensearch.client import DEFAULT_ADDRESS, AsyncGensearch, GensearchError
 
-from services.cli.output import llm_key_hint
+from services.cli.output import key_hint
 
 _PROVIDER_KEY = "[a-z0-9][a-z0-9_-]*"
 
@@ -176,7 +176,7 @@ def describe_error(err: GensearchError, address: str = "", what: str = "the gate
         if message.startswith(f"{name}: "):
             message = message[len(name) + 2 :]
             break
-    hint = llm_key_hint(err.reason, err.metadata.get("provider", ""), message)
+    hint = key_hint(err.reason, err.metadata.get("provider", ""), message)
     return f"{code.name}: {message}{suffix}{hint}"
 
 

@@ -173,13 +173,20 @@ class Progress:
 
 
 MISSING_LLM_KEY = "MISSING_PROVIDER_API_KEY"
+# What the CLI's user does about an error the service words for any gRPC client.
+KEY_HINTS = {
+    "MISSING_CREDENTIALS": "--api-key KEY or GENSEARCH_API_KEY",
+    "INVALID_API_KEY": "check --api-key or GENSEARCH_API_KEY",
+}
 _PROVIDER_IN_MESSAGE = re.compile(r"provider '([^']+)'")
 
 
-def llm_key_hint(reason: str, provider: str = "", message: str = "") -> str:
-    """What to append to an error the CLI prints: for a provider key that was missing, how
-    the CLI sends one (the service speaks of gRPC metadata, which a CLI user cannot send
-    but through ``--llm-key``); "" for any other error."""
+def key_hint(reason: str, provider: str = "", message: str = "") -> str:
+    """What to append to an error the CLI prints when a key was missing or wrong: how the
+    CLI sends one (the service speaks of gRPC metadata, which a CLI user sends only through
+    ``--api-key`` and ``--llm-key``); "" for any other error."""
+    if reason in KEY_HINTS:
+        return f"; with gensearch: {KEY_HINTS[reason]}"
     if reason != MISSING_LLM_KEY:
         return ""
     if not provider:

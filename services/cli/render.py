@@ -11,7 +11,7 @@ from typing import Any
 
 from gensearch.client import types as t
 
-from services.cli.output import llm_key_hint, one_line, table, terminal_width
+from services.cli.output import key_hint, one_line, table, terminal_width
 
 SNIPPET_CHARS = 160
 TITLE_KEYS = ("title", "name", "question", "heading")
@@ -83,7 +83,7 @@ def print_hit(number: int, hit: t.Hit) -> None:
 
 def describe_generation(gen: t.GenerationResult) -> str:
     if gen.error is not None and (gen.error.status or gen.error.message):
-        hint = llm_key_hint(gen.error.reason, gen.provider, gen.error.message)
+        hint = key_hint(gen.error.reason, gen.provider, gen.error.message)
         return f"error: {gen.error.status or gen.error.code}: {gen.error.message}{hint}"
     return gen.result.strip() or "(empty answer)"
 

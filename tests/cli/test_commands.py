@@ -581,7 +581,10 @@ def test_api_keys_from_flag_and_env(
     assert one_error_line(missing.err).startswith("error: UNAUTHENTICATED: missing credentials")
 
     wrong = cli("--api-key", "nope", "conversations", "list", address=keyed_gateway)
-    assert one_error_line(wrong.err) == "error: UNAUTHENTICATED: invalid API key"
+    assert one_error_line(wrong.err) == (
+        "error: UNAUTHENTICATED: invalid API key; with gensearch: check --api-key or "
+        "GENSEARCH_API_KEY"
+    )
     assert "nope" not in wrong.err
 
     asked = cli(

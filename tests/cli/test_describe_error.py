@@ -50,3 +50,23 @@ def test_a_missing_llm_key_says_how_the_cli_sends_one() -> None:
         metadata={"provider": "openai"},
     )
     assert describe_error(err).endswith("OPENAI_API_KEY; with gensearch: --llm-key openai=KEY")
+
+
+def test_a_missing_or_wrong_api_key_says_how_the_cli_sends_one() -> None:
+    # Before: "missing credentials: send metadata 'authorization: Bearer <api key>'" and
+    # "invalid API key", with no word of --api-key or GENSEARCH_API_KEY.
+    missing = GensearchError(
+        "missing credentials: send metadata 'authorization: Bearer <api key>'",
+        code=grpc.StatusCode.UNAUTHENTICATED,
+        reason="MISSING_CREDENTIALS",
+    )
+    assert describe_error(missing) == (
+        "UNAUTHENTICATED: missing credentials: send metadata 'authorization: Bearer <api key>'"
+        "; with gensearch: --api-key KEY or GENSEARCH_API_KEY"
+    )
+    wrong = GensearchError(
+        "invalid API key", code=grpc.StatusCode.UNAUTHENTICATED, reason="INVALID_API_KEY"
+    )
+    assert describe_error(wrong) == (
+        "UNAUTHENTICATED: invalid API key; with gensearch: check --api-key or GENSEARCH_API_KEY"
+    )
