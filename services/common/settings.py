@@ -94,8 +94,8 @@ NAMESPACES: dict[str, str] = {
     "retrieval": "GENSEARCH_RETRIEVAL_",
     "generation": "GENSEARCH_GENERATION_",
 }
-# Read by the command-line client, the dev-only launchers and the test suite, never by a
-# service (docs/operations.md lists them).
+# Read by the command-line client, the example clients, the dev-only launchers and the test
+# suite, never by a service (docs/operations.md lists them).
 TOOL_VARIABLES = frozenset(
     {
         "GENSEARCH_ADDRESS",  # gensearch CLI: the gateway
@@ -109,6 +109,9 @@ TOOL_VARIABLES = frozenset(
         "GENSEARCH_LOCAL_LLM_THREADS",  # dev launcher: the local model's threads
         "GENSEARCH_LOCAL_LLM_WEIGHTS",  # dev launcher: f16 (widened once) or shipped
         "GENSEARCH_ALLOW_SKIP_KUBECTL",  # test suite: deploy tests may skip without kubectl
+        "GENSEARCH_URL",  # TypeScript examples (clients/typescript/src): the gateway
+        "GENSEARCH_KEY",  # TypeScript and Go examples: the API key they send
+        "GENSEARCH_ADDR",  # Go example (clients/go/example): the gateway
     }
 )
 

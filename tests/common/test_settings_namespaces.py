@@ -146,6 +146,19 @@ def test_unknown_variables_are_typos_in_our_namespace_or_the_shared_one() -> Non
     assert TOOL_VARIABLES.isdisjoint(n for cls in SERVICES.values() for n in cls.env_names())
 
 
+def test_the_example_clients_variables_are_not_typos() -> None:
+    # Before: docs/clients.md has a user export GENSEARCH_URL and GENSEARCH_KEY (TypeScript
+    # examples) or GENSEARCH_ADDR (Go), and a service started in that shell then warned
+    # about them as "unknown GENSEARCH_ variables ignored (a typo?)".
+    env = {
+        "GENSEARCH_URL": "http://localhost:50050",
+        "GENSEARCH_KEY": "alice-key",
+        "GENSEARCH_ADDR": "localhost:50050",
+    }
+    assert unknown_variables(MemorySettings(), environ=env) == []
+    assert set(env) <= TOOL_VARIABLES
+
+
 def test_several_services_in_one_process_know_each_other() -> None:
     env = {"GENSEARCH_GATEWAY_MAX_HITS": "5", "GENSEARCH_GATEWAY_MAX_HTIS": "5"}
     assert unknown_variables(MemorySettings(), environ=env) == []
