@@ -142,7 +142,8 @@ def configure_logging(level: str = "INFO", service: str = "gensearch") -> None:
     logging.captureWarnings(True)
     # httpx logs one INFO line per request, URL included: one line per hit of every fan-out,
     # and the URL of a provider may carry its key. Only their warnings, unless debugging.
-    for chatty in ("httpx", "httpcore"):
+    # httpx2 and httpcore2: the HTTP client openai_api.py gives the OpenAI SDK (LLM calls).
+    for chatty in ("httpx", "httpcore", "httpx2", "httpcore2"):
         logging.getLogger(chatty).setLevel(level if level == "DEBUG" else "WARNING")
 
 

@@ -117,6 +117,25 @@ def test_a_url_query_credential_is_redacted() -> None:
     assert "AIzaSyA" not in line and "alt=json" in line and "&key=[REDACTED]" in line
 
 
+def test_httpx2_request_lines_are_not_logged_at_info() -> None:
+    """The same for httpx2, the HTTP client the generation service's OpenAI SDK uses: its
+    logger is "httpx2", which the quieting of "httpx" left at INFO, so every LLM call of
+    a service at the default level logged "HTTP Request: POST http://…/chat/completions"."""
+    script = (
+        "import http.server, threading, httpx2\n"
+        "from services.common.logs import configure_logging\n"
+        "configure_logging(service='test')\n"
+        "class Quiet(http.server.BaseHTTPRequestHandler):\n"
+        "    def log_message(self, *args): pass\n"
+        "server = http.server.HTTPServer(('127.0.0.1', 0), Quiet)\n"
+        "threading.Thread(target=server.handle_request, daemon=True).start()\n"
+        "httpx2.get(f'http://127.0.0.1:{server.server_port}/v1?key=s3cret-value-0042')\n"
+    )
+    stderr = _stderr_of(script)
+    assert "s3cret" not in stderr
+    assert '"httpx2"' not in stderr and "HTTP Request" not in stderr, stderr
+
+
 def test_httpx_request_lines_are_not_logged_at_info() -> None:
     """httpx logs each request's URL at INFO: one line per hit of a fan-out, and a
     provider's URL may carry its key. A real request in a process of its own."""
