@@ -46,6 +46,8 @@ _STOPWORD_LIST = """
 STOPWORDS = frozenset(_STOPWORD_LIST.split())
 
 _WORD = re.compile(r"[^\W_]+")
+# A citation marker, as answers carry them (citations.py's form).
+_MARKER = re.compile(r"\[\s*\d+\s*(?:[,;]\s*\d+\s*)*\]")
 
 # How much longer than "question + last user question" a rewrite may be, in words: twice
 # their length plus room to name what a pronoun pointed at. A copied answer is longer.
@@ -117,6 +119,8 @@ def check_rewrite(rewrite: str, question: str, turns: Sequence[Turn]) -> Rejecti
     allowed = MAX_GROWTH * (len(words(question)) + len(words(last_question))) + MAX_EXTRA_WORDS
     if len(got) > allowed:
         return Rejection.TOO_LONG
+    if _MARKER.search(rewrite):  # "[1]", "[1, 3]": a query never cites, only an answer does
+        return Rejection.COPIES_ANSWER
     got_set = set(got)
     for turn in turns:
         answer = set(words(turn.answer))

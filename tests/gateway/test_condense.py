@@ -63,6 +63,26 @@ def test_jaccard_near_copy_of_a_short_answer() -> None:
     )
 
 
+def test_a_rewrite_with_a_citation_marker_is_answer_text() -> None:
+    # Seen with the bundled model: the follow-up "And the sequel?" was "rewritten" as the
+    # opening of its own earlier answer, "The answer to this question is: [1] …", with
+    # another number. Too short for the copy rules, and it shared "answer" and "question"
+    # with that answer, so it was searched for. A query never cites; only answers do.
+    turns = [
+        Turn(
+            "Which book is set on a desert planet?",
+            'The answer to this question is: [1]\n\nIn this book, "Dune" is set on a desert planet',
+        )
+    ]
+    got = check_rewrite("The answer to this question is: [2]", "And the sequel?", turns)
+    assert got is Rejection.COPIES_ANSWER
+    assert check_rewrite("Dune sequel [1, 3]", "And the sequel?", turns) is (
+        Rejection.COPIES_ANSWER
+    )
+    # Brackets that are not a marker are no reason.
+    assert check_rewrite("Dune sequel [book]", "And the sequel?", turns) is None
+
+
 def test_shared_words_may_come_from_the_history() -> None:
     # "sandworms" is only in the earlier answer.
     assert check_rewrite("sandworms", "And those creatures?", TURNS) is None
