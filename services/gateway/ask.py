@@ -33,6 +33,7 @@ from services.gateway import (
     citations,
     condense,
     history_budget,
+    memory_limits,
     rerank,
 )
 from services.gateway.ask_cache import SemanticAnswers, replay
@@ -44,6 +45,7 @@ from services.gateway.clients import Caller
 from services.gateway.conversation import Turn, recent_turns
 from services.gateway.deadline import time_left
 from services.gateway.generator import Options, Spent, complete
+from services.gateway.memory_limits import fit_utf8
 from services.gateway.metrics import TRIMMED
 from services.gateway.prompting import (
     DEFAULT_SYSTEM_PROMPT,
@@ -54,7 +56,6 @@ from services.gateway.turns import (
     History,
     additional_info,
     check_room,
-    fit_utf8,
     read_history,
     store_turn,
     stored_template,
@@ -114,8 +115,16 @@ class AskService:
         # conversation we cannot read, or may not.
         s = self._b.settings
         use_summary = s.summary_enabled and not request.summary_disabled
-        history, info = await self._history_and_collection(
+        history, info, limits = await self._history_and_collection(
             request, params, caller, deadline, use_summary
+        )
+        # What the caller sent that memory would not store: refused now, naming the Ask's
+        # field, not after the answer is paid for (memory_limits.py).
+        memory_limits.check_ask(
+            request,
+            question,
+            stored_template(request.system_prompt, request.user_instructions),
+            limits,
         )
         turns = recent_turns(history.turns, params.interaction_size)
         context_fields = ask_request.context_fields(request, info)
@@ -336,6 +345,10 @@ class AskService:
             )
             if cut:
                 interaction.additional_info["response_truncated"] = True
+            if limits is not None:
+                # What the gateway made (answer, traces, additional_info…) cut to what
+                # memory accepts: it never fails the Ask.
+                memory_limits.fit_turn(interaction, limits)
             response.conversation_id, response.interaction_id = await self._within(
                 deadline,
                 store_turn(
@@ -344,6 +357,7 @@ class AskService:
                     interaction,
                     caller,
                     deadline,
+                    limits,
                 ),
             )
             if use_summary:
@@ -387,11 +401,13 @@ class AskService:
         caller: Caller,
         deadline: float,
         use_summary: bool,
-    ) -> tuple[History, CollectionInfo]:
+    ) -> tuple[History, CollectionInfo, mem_pb.InteractionLimits | None]:
         """The conversation's newest turns (newest first) and the collection, read at once;
         and, for a turn that will be stored, whether memory has room for it (the owner's
         storage, or its conversation count for a new conversation): a full owner is
-        refused here, before any LLM call, not after paying for an answer memory refuses."""
+        refused here, before any LLM call, not after paying for an answer memory refuses.
+        Third: what memory accepts in a turn, when it says (None: no turn is stored, or
+        memory is older than its limits)."""
         memory = self._b.clients.memory
         info_call = self._b.catalog.get(request.collection, caller, time_left(deadline))
         history_call = (
@@ -428,7 +444,8 @@ class AskService:
             if isinstance(item, BaseException):
                 raise item
         assert isinstance(history, History) and isinstance(info, CollectionInfo)
-        return history, info
+        limits = room if isinstance(room, mem_pb.InteractionLimits) else None
+        return history, info, limits
 
     async def _rewrite(
         self,

@@ -150,10 +150,11 @@ class GatewaySettings(CommonSettings):
     # memory applies its own max_trace_bytes too. 0: store no traces.
     ask_trace_bytes: int = Field(default=64 * 1024, ge=0, le=1024 * 1024)
     # An answer is stored with its turn cut to this many UTF-8 bytes (the turn's
-    # additional_info says response_truncated); the caller still gets all of it. Memory
-    # refuses a longer response (GENSEARCH_MEMORY_MAX_TEXT_BYTES, 1 MiB), which failed the
-    # whole Ask with INVALID_ARGUMENT naming `response`, a field the caller never sent,
-    # after the answer was paid for (and, streamed, sent). Keep it at most memory's.
+    # additional_info says response_truncated); the caller still gets all of it. A memory
+    # that says its limits (CheckStorage) gets it cut further to its own
+    # GENSEARCH_MEMORY_MAX_TEXT_BYTES (memory_limits.py); an older one refuses a longer
+    # response, which fails the whole Ask with INVALID_ARGUMENT naming `response`, a field
+    # the caller never sent, after the answer was paid for. Keep it at most memory's.
     ask_answer_bytes: int = Field(default=1024 * 1024, ge=1, le=MAX_SIZE_BYTES)
     # Rewrite follow-up questions into standalone queries unless the request says no.
     rewrite_query: bool = True

@@ -21,6 +21,7 @@ from services.gateway import ask_traces
 from services.gateway.clients import Caller, MemoryClient
 from services.gateway.conversation import Turn
 from services.gateway.deadline import time_left
+from services.gateway.memory_limits import fit_name, request_id
 from services.gateway.prompting import PROMPT_TEMPLATE, AskPrompt
 
 _NAME_CHARS = 120
@@ -138,9 +139,10 @@ async def check_room(
     request_template: str,
     caller: Caller,
     deadline: float,
-) -> None:
+) -> mem_pb.InteractionLimits | None:
     """Before any LLM call: RESOURCE_EXHAUSTED, as storing the turn would be, when memory
-    has no room for it in ``conversation_id`` (or in a new conversation when empty).
+    has no room for it in ``conversation_id`` (or in a new conversation when empty);
+    else what memory accepts in a turn (None from a memory service that does not say).
 
     The turn is counted as far as it is known now, its question and its prompt template
     (``request_template``: the request's own system prompt and instructions; a
@@ -148,7 +150,8 @@ async def check_room(
     here; one with room for less than the whole turn still is when it is stored. A
     best-effort guard: the write checks again, atomically (docs/gateway.md)."""
     known = mem_pb.Interaction(input=question, prompt_template=request_template).ByteSize()
-    await memory.check_storage(conversation_id, known, caller, time_left(deadline))
+    answer = await memory.check_storage(conversation_id, known, caller, time_left(deadline))
+    return answer.limits if answer is not None and answer.HasField("limits") else None
 
 
 async def store_turn(
@@ -157,19 +160,21 @@ async def store_turn(
     interaction: mem_pb.CreateInteractionRequest,
     caller: Caller,
     deadline: float,
+    limits: mem_pb.InteractionLimits | None = None,
 ) -> tuple[str, str]:
     """Store ``interaction`` in ``conversation_id``, or in a new conversation named after
-    its input when ``conversation_id`` is empty; the conversation and interaction ids."""
+    its input when ``conversation_id`` is empty; the conversation and interaction ids.
+    With memory's ``limits``, the name and the request_id are cut to them."""
     created = False
     try:
         if not conversation_id:
             made = await memory.create_conversation(
-                title(interaction.input), caller, time_left(deadline)
+                fit_name(title(interaction.input), limits), caller, time_left(deadline)
             )
             conversation_id, created = made.conversation_id, True
         interaction.conversation_id = conversation_id
         # Retries (channel policy) of this write land once.
-        interaction.request_id = uuid.uuid4().hex
+        interaction.request_id = request_id(uuid.uuid4().hex, limits)
         stored = await memory.create_interaction(interaction, caller, time_left(deadline))
     except BaseException:
         if created:
@@ -182,18 +187,6 @@ async def _forget(memory: MemoryClient, conversation_id: str, caller: Caller) ->
     """Best effort: do not leave an empty conversation behind a failed turn."""
     with contextlib.suppress(ServiceError, asyncio.CancelledError):
         await memory.delete_conversation(conversation_id, caller, 2.0)
-
-
-def fit_utf8(text: str, limit: int) -> tuple[str, bool]:
-    """``text`` cut to at most ``limit`` UTF-8 bytes on a character boundary, and whether
-    it was cut."""
-    if len(text) * 4 <= limit:  # no character takes more than 4 bytes
-        return text, False
-    data = text.encode("utf-8", "surrogatepass")
-    if len(data) <= limit:
-        return text, False
-    # "ignore" drops only the character the cut went through (its first bytes).
-    return data[:limit].decode("utf-8", "ignore"), True
 
 
 def title(question: str) -> str:

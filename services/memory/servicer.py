@@ -357,6 +357,25 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
             limit_bytes=usage.limit_bytes,
             conversation_count=usage.conversations,
             max_conversations=usage.max_conversations,
+            limits=self._limits(),
+        )
+
+    def _limits(self) -> pb.InteractionLimits:
+        """What CreateInteraction accepts, as configured: CheckStorage returns it so a
+        client can fit a turn before its costly work (the gateway, before an Ask's LLM
+        calls) instead of having the write refused after it."""
+        s = self._settings
+        return pb.InteractionLimits(
+            max_text_bytes=s.max_text_bytes,
+            max_prompt_template_bytes=s.max_prompt_template_bytes,
+            max_origin_bytes=s.max_origin_bytes,
+            max_additional_info_bytes=s.max_additional_info_bytes,
+            max_traces=s.max_traces,
+            max_trace_bytes=s.max_trace_bytes,
+            max_interaction_bytes=s.page_bytes - _STORED_FIELDS_BYTES,
+            max_name_bytes=s.max_name_bytes,
+            max_summary_bytes=s.max_summary_bytes,
+            max_request_id_bytes=s.max_request_id_bytes,
         )
 
 

@@ -259,3 +259,48 @@ async def test_check_storage_answers_as_the_write_would(memory_factory: MemoryFa
     await _full(_check(memory, "", 0), "OWNER_CONVERSATIONS_FULL")
     err = await expect_error(_check(memory, "", -1), grpc.StatusCode.INVALID_ARGUMENT)
     assert error_info(err).metadata["field"] == "bytes"
+
+
+async def test_check_storage_says_what_a_turn_may_hold(memory_factory: MemoryFactory) -> None:
+    """CheckStorage's answer carries the sizes CreateInteraction accepts, as configured,
+    so a client (the gateway) can fit a turn before its costly work; the largest
+    interaction is exactly the one the write still takes."""
+    memory = await memory_factory(
+        max_text_bytes=300,
+        max_prompt_template_bytes=400,
+        max_origin_bytes=5,
+        max_additional_info_bytes=600,
+        max_traces=2,
+        max_trace_bytes=2048,
+        max_name_bytes=7,
+        max_summary_bytes=900,
+        max_request_id_bytes=20,
+        max_page_bytes=64 * 1024,
+    )
+    checked = await _check(memory, "", 0)
+    assert checked.HasField("limits")
+    limits = checked.limits
+    assert (
+        limits.max_text_bytes,
+        limits.max_prompt_template_bytes,
+        limits.max_origin_bytes,
+        limits.max_additional_info_bytes,
+        limits.max_traces,
+        limits.max_trace_bytes,
+        limits.max_name_bytes,
+        limits.max_summary_bytes,
+        limits.max_request_id_bytes,
+    ) == (300, 400, 5, 600, 2, 2048, 7, 900, 20)
+    # The largest interaction memory takes: one byte more is INTERACTION_TOO_LARGE.
+    memory = await memory_factory(max_page_bytes=64 * 1024)
+    largest = (await _check(memory, "", 0)).limits.max_interaction_bytes
+    cid = await _conversation(memory)
+    n = largest - 4  # the input's tag (1 byte) and its length (3)
+    assert pb.Interaction(input="x" * n).ByteSize() == largest
+    request = pb.CreateInteractionRequest(conversation_id=cid, input="x" * n)
+    assert (await memory.stub.CreateInteraction(request, metadata=ALICE)).interaction
+    request.input += "x"
+    err = await expect_error(
+        memory.stub.CreateInteraction(request, metadata=ALICE), grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert error_info(err).reason == "INTERACTION_TOO_LARGE"

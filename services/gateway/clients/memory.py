@@ -37,17 +37,22 @@ class MemoryClient(ServiceClient):
 
     async def check_storage(
         self, conversation_id: str, turn_bytes: int, caller: Caller, timeout: float | None
-    ) -> None:
+    ) -> mem_pb.CheckStorageResponse | None:
         """RESOURCE_EXHAUSTED (memory's ErrorInfo) when a turn of ``turn_bytes`` would not
         fit in ``conversation_id`` ("": a new conversation); NOT_FOUND when that is not the
-        caller's. A memory service too old to have CheckStorage is not an error: the write
-        will tell."""
+        caller's; else memory's answer (its usage, and its limits when it is new enough
+        to say them). A memory service too old to have CheckStorage is not an error
+        (None): the write will tell."""
         request = mem_pb.CheckStorageRequest(conversation_id=conversation_id, bytes=turn_bytes)
         try:
-            await self.unary("CheckStorage", request, caller, timeout)
+            response: mem_pb.CheckStorageResponse = await self.unary(
+                "CheckStorage", request, caller, timeout
+            )
         except Internal as err:
             if err.metadata.get("downstream_code") != "UNIMPLEMENTED":
                 raise
+            return None
+        return response
 
     async def create_interaction(
         self, request: mem_pb.CreateInteractionRequest, caller: Caller, timeout: float | None

@@ -350,13 +350,39 @@ class CheckStorageRequest(_message.Message):
     def __init__(self, conversation_id: _Optional[str] = ..., bytes: _Optional[int] = ...) -> None: ...
 
 class CheckStorageResponse(_message.Message):
-    __slots__ = ("used_bytes", "limit_bytes", "conversation_count", "max_conversations")
+    __slots__ = ("used_bytes", "limit_bytes", "conversation_count", "max_conversations", "limits")
     USED_BYTES_FIELD_NUMBER: _ClassVar[int]
     LIMIT_BYTES_FIELD_NUMBER: _ClassVar[int]
     CONVERSATION_COUNT_FIELD_NUMBER: _ClassVar[int]
     MAX_CONVERSATIONS_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
     used_bytes: int
     limit_bytes: int
     conversation_count: int
     max_conversations: int
-    def __init__(self, used_bytes: _Optional[int] = ..., limit_bytes: _Optional[int] = ..., conversation_count: _Optional[int] = ..., max_conversations: _Optional[int] = ...) -> None: ...
+    limits: InteractionLimits
+    def __init__(self, used_bytes: _Optional[int] = ..., limit_bytes: _Optional[int] = ..., conversation_count: _Optional[int] = ..., max_conversations: _Optional[int] = ..., limits: _Optional[_Union[InteractionLimits, _Mapping]] = ...) -> None: ...
+
+class InteractionLimits(_message.Message):
+    __slots__ = ("max_text_bytes", "max_prompt_template_bytes", "max_origin_bytes", "max_additional_info_bytes", "max_traces", "max_trace_bytes", "max_interaction_bytes", "max_name_bytes", "max_summary_bytes", "max_request_id_bytes")
+    MAX_TEXT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_PROMPT_TEMPLATE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_ORIGIN_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_ADDITIONAL_INFO_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_TRACES_FIELD_NUMBER: _ClassVar[int]
+    MAX_TRACE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_INTERACTION_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_NAME_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_SUMMARY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_REQUEST_ID_BYTES_FIELD_NUMBER: _ClassVar[int]
+    max_text_bytes: int
+    max_prompt_template_bytes: int
+    max_origin_bytes: int
+    max_additional_info_bytes: int
+    max_traces: int
+    max_trace_bytes: int
+    max_interaction_bytes: int
+    max_name_bytes: int
+    max_summary_bytes: int
+    max_request_id_bytes: int
+    def __init__(self, max_text_bytes: _Optional[int] = ..., max_prompt_template_bytes: _Optional[int] = ..., max_origin_bytes: _Optional[int] = ..., max_additional_info_bytes: _Optional[int] = ..., max_traces: _Optional[int] = ..., max_trace_bytes: _Optional[int] = ..., max_interaction_bytes: _Optional[int] = ..., max_name_bytes: _Optional[int] = ..., max_summary_bytes: _Optional[int] = ..., max_request_id_bytes: _Optional[int] = ...) -> None: ...
