@@ -34,7 +34,8 @@ SEMANTIC_STORES = Counter(
 SUMMARY_FOLDS = Counter(
     "gensearch_gateway_summary_folds_total",
     "Rolling-summary folds: folded, conflict (another fold won the compare-and-set), "
-    "failed, dropped (queue full or stopping).",
+    "failed, dropped (queue full or stopping), skipped (the owner's memory is full: no "
+    "LLM call made).",
     ["outcome"],
 )
 SUMMARY_TOKENS = Counter(

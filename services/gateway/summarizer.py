@@ -9,6 +9,11 @@ gateway drains the queue (``drain``, within ``summary_drain_timeout``).
 Several replicas may fold one conversation at once: memory's UpdateConversationSummary is
 a compare-and-set on the interaction the summary covers up to, so the slower writer gets
 ABORTED and drops its fold (the summary it would have replaced already moved on).
+
+Before each LLM call the fold asks memory whether the summary it will write fits the
+owner's storage (CheckStorage with ``summary``: the accounting UpdateConversationSummary
+applies), so an owner whose memory is full costs no call; the text is cut to memory's
+``max_summary_bytes`` when memory says it.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from services.gateway.background import WorkQueue
 from services.gateway.clients import Caller, GenerationClient, MemoryClient
 from services.gateway.conversation import SYSTEM, USER, Turn
 from services.gateway.generator import Options, complete
+from services.gateway.memory_limits import fit_utf8
 from services.gateway.metrics import SUMMARY_FOLDS, SUMMARY_QUEUE, SUMMARY_TOKENS
 from services.gateway.settings import GatewaySettings
 from services.gateway.tokens import Tokenizer
@@ -35,6 +41,9 @@ log = logging.getLogger("gensearch.gateway.summary")
 _PAGE = 100
 _OVERHEAD = 16  # message framing and the prompt's fixed lines
 _MESSAGE_OVERHEAD = 4
+# UTF-8 bytes a summary token is counted as when checking room before the call: the
+# summary may be summary_max_tokens long.
+_SUMMARY_BYTES_PER_TOKEN = 4
 
 SUMMARY_SYSTEM_PROMPT = (
     "You keep a running summary of a conversation between a user and an assistant. "
@@ -158,6 +167,9 @@ class Summarizer:
         while pending:
             batch = await self._batch(job, summary, pending)
             pending = pending[len(batch) :]
+            room = await self._room(job, timeout)
+            if room is None:
+                return
             try:
                 result = await complete(
                     self._generation,
@@ -177,6 +189,8 @@ class Summarizer:
                 SUMMARY_FOLDS.labels("failed").inc()
                 log.warning("summary fold: the model answered nothing")
                 return
+            if room.HasField("limits"):  # what memory stores, as it says (else as before)
+                text = fit_utf8(text, room.limits.max_summary_bytes)[0]
             request = mem_pb.UpdateConversationSummaryRequest(
                 conversation_id=job.conversation_id,
                 text=text,
@@ -198,6 +212,27 @@ class Summarizer:
                 return
             SUMMARY_FOLDS.labels("folded").inc()
             summary, through = text, batch[-1].interaction_id
+
+    async def _room(self, job: FoldJob, timeout: float) -> mem_pb.CheckStorageResponse | None:
+        """Before a fold's LLM call: whether memory has room for the summary it will
+        write (as long as ``summary_max_tokens`` allows, counted as UpdateConversationSummary
+        counts it: its growth over the current one). None, counted as ``skipped``, when the
+        owner's storage is full; memory's answer otherwise (an empty one from a memory
+        without CheckStorage). A guard: the write still decides."""
+        expected = self._s.summary_max_tokens * _SUMMARY_BYTES_PER_TOKEN
+        try:
+            checked = await self._memory.check_storage(
+                job.conversation_id, expected, job.caller, timeout, summary=True
+            )
+        except ServiceError as err:
+            if err.reason != "OWNER_STORAGE_FULL":
+                raise  # memory away, the conversation gone: the fold fails, counted
+            SUMMARY_FOLDS.labels("skipped").inc()
+            log.info(
+                "summary fold skipped: the owner's memory is full", extra={"reason": err.reason}
+            )
+            return None
+        return checked if checked is not None else mem_pb.CheckStorageResponse()
 
     async def _unsummarised(self, job: FoldJob, through: str, keep: int) -> list[Turn]:
         """The turns newer than ``through`` that the next prompt will not carry, oldest

@@ -346,12 +346,18 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
     async def CheckStorage(
         self, request: pb.CheckStorageRequest, context: grpc.aio.ServicerContext
     ) -> pb.CheckStorageResponse:
-        cid = _id(request.conversation_id, "conversation_id") if request.conversation_id else ""
+        summary = request.summary
+        # A summary is always a conversation's: its id is required then.
+        cid = (
+            _id(request.conversation_id, "conversation_id")
+            if request.conversation_id or summary
+            else ""
+        )
         if request.bytes < 0:
             raise InvalidArgument(
                 "bytes must not be negative", field="bytes", reason="NEGATIVE_COUNT"
             )
-        usage = await self._store.check_storage(_owner(), cid, request.bytes)
+        usage = await self._store.check_storage(_owner(), cid, request.bytes, summary=summary)
         return pb.CheckStorageResponse(
             used_bytes=usage.used_bytes,
             limit_bytes=usage.limit_bytes,

@@ -356,12 +356,16 @@ class MemoryStore:
             raise Unavailable("memory store unavailable: page token secret missing")
         return bytes(value)
 
-    async def check_storage(self, owner: Owner, cid: str, turn_bytes: int) -> StorageUsage:
+    async def check_storage(
+        self, owner: Owner, cid: str, turn_bytes: int, *, summary: bool = False
+    ) -> StorageUsage:
         """Whether a turn of ``turn_bytes`` (serialized interaction and traces, without
         the fixed overhead) fits in conversation ``cid``, or in a new conversation when
         ``cid`` is empty: the same decision ``create_interaction`` (and
-        ``create_conversation``) would make now, nothing of the turn written. A guard,
-        not a reservation: the writes still check atomically."""
+        ``create_conversation``) would make now, nothing of the turn written. With
+        ``summary`` (``cid`` required), ``turn_bytes`` is a new summary's length and the
+        decision is ``update_summary``'s. A guard, not a reservation: the writes still
+        check atomically."""
         tag = self.tag(owner)
         names = [keys.conversations(tag)]
         if cid:
@@ -373,6 +377,7 @@ class MemoryStore:
                 keys=names,
                 args=[
                     owner.user, tag, cid, turn_bytes, self._max_bytes, self._max_conversations,
+                    "1" if summary else "0",
                 ],
             )
         )  # fmt: skip

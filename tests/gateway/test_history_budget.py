@@ -411,3 +411,67 @@ async def test_budget_summary_eviction_and_expiry_on_a_cluster(
         mem_pb.ListConversationsRequest(), metadata=ALICE
     )
     assert [c.conversation_id for c in listed_conversations.conversations] == [cid]
+
+
+async def _fold_directly(stack: Stack, cid: str, keep_turns: int) -> None:
+    """One fold of ``cid`` keeping its ``keep_turns`` newest turns, by a gateway replica of
+    its own (the job a turn would queue, run in the foreground)."""
+    settings = GatewaySettings(
+        memory_addr=f"127.0.0.1:{stack.servers['memory'].port}",
+        generation_addr=f"127.0.0.1:{stack.servers['generation'].port}",
+        internal_token=TOKEN,
+        metrics_port=None,
+    )
+    backends = Backends.build(settings)
+    alice = Identity("alice", "alice", Role.ADMIN)
+    caller = Caller(who=alice, identity=forwarded_identity(alice, TOKEN))
+    job = FoldJob(caller, cid, keep_turns, 10**6, Options("fake", "fake-model"), WINDOW, Estimate())
+    try:
+        await backends.summarizer.fold(job)
+    finally:
+        await backends.clients.close()
+
+
+async def test_a_fold_for_a_full_owner_makes_no_llm_call(stack_factory: StackFactory) -> None:
+    """An owner whose memory has no room for the summary the fold would write: the fold
+    asks memory first (CheckStorage, as UpdateConversationSummary would count it) and
+    stops there; the model receives no request (it used to be called, and its summary
+    then refused OWNER_STORAGE_FULL). With room again, the same fold is made."""
+    stack = await _stack(stack_factory, memory={"max_bytes_per_owner": 12_000})
+    cid = await _conversation(stack)
+    await _fill(stack, cid, 6)
+    other = await _conversation(stack)
+    size = 2048
+    while size:  # the rest of the owner's bytes, until not even a 1-byte turn fits
+        try:
+            await stack.memory.CreateInteraction(
+                mem_pb.CreateInteractionRequest(conversation_id=other, input="x" * size),
+                metadata=ALICE,
+            )
+        except grpc.aio.AioRpcError as err:
+            assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err
+            size //= 2
+    await _fold_directly(stack, cid, 2)
+    assert [r for r in stack.fake.chat_requests if is_fold(r.json)] == []
+    assert not (await _get(stack, cid)).HasField("summary")
+
+    await stack.memory.DeleteConversation(
+        mem_pb.DeleteConversationRequest(conversation_id=other), metadata=ALICE
+    )
+    await _fold_directly(stack, cid, 2)
+    assert len([r for r in stack.fake.chat_requests if is_fold(r.json)]) == 1
+    assert (await _get(stack, cid)).summary.summarised_turns == 4
+
+
+async def test_a_fold_longer_than_memory_keeps_is_cut_to_fit(
+    stack_factory: StackFactory,
+) -> None:
+    """A summary longer than GENSEARCH_MEMORY_MAX_SUMMARY_BYTES (which memory refused,
+    after the LLM call) is cut to it."""
+    stack = await _stack(stack_factory, memory={"max_summary_bytes": 12})
+    cid = await _conversation(stack)
+    await _fill(stack, cid, 6)
+    await _fold_directly(stack, cid, 2)
+    summary = (await _get(stack, cid)).summary
+    assert summary.text == "covers q0 q1"[:12]
+    assert summary.summarised_turns == 4

@@ -304,3 +304,49 @@ async def test_check_storage_says_what_a_turn_may_hold(memory_factory: MemoryFac
         memory.stub.CreateInteraction(request, metadata=ALICE), grpc.StatusCode.INVALID_ARGUMENT
     )
     assert error_info(err).reason == "INTERACTION_TOO_LARGE"
+
+
+async def test_check_storage_for_a_summary_counts_as_its_write(
+    memory_factory: MemoryFactory,
+) -> None:
+    """CheckStorage with ``summary`` (what the gateway asks before a fold's LLM call)
+    decides as UpdateConversationSummary does: only the new summary's growth over the
+    current one counts, with no per-turn overhead; a shorter one always fits; the
+    conversation is required."""
+    memory = await memory_factory(max_bytes_per_owner=LIMIT)
+    cid = await _conversation(memory)
+    ids = []
+    for n in range(FITS):
+        ids.append((await _turn(memory, cid, f"r{n}")).interaction.interaction_id)
+    used = (await _check(memory, cid, 0)).used_bytes
+    room = LIMIT - used
+
+    def check(size: int) -> Any:
+        request = pb.CheckStorageRequest(conversation_id=cid, bytes=size, summary=True)
+        return memory.stub.CheckStorage(request, metadata=ALICE)
+
+    async def write(text: str, expected: str, through: str) -> Any:
+        request = pb.UpdateConversationSummaryRequest(
+            conversation_id=cid,
+            text=text,
+            expected_through_interaction_id=expected,
+            through_interaction_id=through,
+        )
+        return await memory.stub.UpdateConversationSummary(request, metadata=ALICE)
+
+    # Exactly the room left fits (a turn of that size would not: it counts 256 more) ...
+    await check(room)
+    await _full(_check(memory, cid, room))
+    await _full(check(room + 1))
+    # ... as the write finds it.
+    await _full(write("s" * (room + 1), "", ids[0]))
+    await write("s" * room, "", ids[0])
+    # Full now: a summary as long as the current one, or shorter, still fits; longer not.
+    await check(room)
+    await check(1)
+    await _full(check(room + 1))
+    err = await expect_error(
+        memory.stub.CheckStorage(pb.CheckStorageRequest(bytes=1, summary=True), metadata=ALICE),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert error_info(err).metadata["field"] == "conversation_id"

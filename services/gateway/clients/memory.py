@@ -36,14 +36,23 @@ class MemoryClient(ServiceClient):
         return response.conversation
 
     async def check_storage(
-        self, conversation_id: str, turn_bytes: int, caller: Caller, timeout: float | None
+        self,
+        conversation_id: str,
+        turn_bytes: int,
+        caller: Caller,
+        timeout: float | None,
+        *,
+        summary: bool = False,
     ) -> mem_pb.CheckStorageResponse | None:
         """RESOURCE_EXHAUSTED (memory's ErrorInfo) when a turn of ``turn_bytes`` would not
         fit in ``conversation_id`` ("": a new conversation); NOT_FOUND when that is not the
         caller's; else memory's answer (its usage, and its limits when it is new enough
-        to say them). A memory service too old to have CheckStorage is not an error
-        (None): the write will tell."""
-        request = mem_pb.CheckStorageRequest(conversation_id=conversation_id, bytes=turn_bytes)
+        to say them). With ``summary``, ``turn_bytes`` is the length of a new summary of
+        ``conversation_id`` instead (UpdateConversationSummary's check). A memory service
+        too old to have CheckStorage is not an error (None): the write will tell."""
+        request = mem_pb.CheckStorageRequest(
+            conversation_id=conversation_id, bytes=turn_bytes, summary=summary
+        )
         try:
             response: mem_pb.CheckStorageResponse = await self.unary(
                 "CheckStorage", request, caller, timeout

@@ -4,7 +4,9 @@
 -- conversations on the way, as theirs does).
 -- KEYS: convs, then conv when the turn goes to an existing conversation.
 -- ARGV: user, tag, cid ('' for a new conversation), the turn's known bytes (without its
--- fixed overhead), max bytes, max conversations (of the owner).
+-- fixed overhead), max bytes, max conversations (of the owner), '1' when the bytes are
+-- instead a new summary's length for cid (update_summary's check: only its growth over
+-- the current summary counts).
 -- Returns {status, used bytes, conversations}: status 0 not found (or not the user's),
 -- 1 fits, 2 at the conversation limit, 3 does not fit the owner's bytes.
 local tag, cid = ARGV[2], ARGV[3]
@@ -12,6 +14,7 @@ local n = tonumber(ARGV[4]) + TURN_OVERHEAD
 local status = 1
 if cid ~= '' then
   if redis.call('HGET', KEYS[2], 'user') ~= ARGV[1] then return {0, 0, 0} end
+  if ARGV[7] == '1' then n = tonumber(ARGV[4]) - redis.call('HSTRLEN', KEYS[2], 'summary') end
   measure(tag, cid)
 else
   local limit = tonumber(ARGV[6])

@@ -342,12 +342,14 @@ class UpdateConversationSummaryResponse(_message.Message):
     def __init__(self, conversation: _Optional[_Union[Conversation, _Mapping]] = ...) -> None: ...
 
 class CheckStorageRequest(_message.Message):
-    __slots__ = ("conversation_id", "bytes")
+    __slots__ = ("conversation_id", "bytes", "summary")
     CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
     BYTES_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
     conversation_id: str
     bytes: int
-    def __init__(self, conversation_id: _Optional[str] = ..., bytes: _Optional[int] = ...) -> None: ...
+    summary: bool
+    def __init__(self, conversation_id: _Optional[str] = ..., bytes: _Optional[int] = ..., summary: _Optional[bool] = ...) -> None: ...
 
 class CheckStorageResponse(_message.Message):
     __slots__ = ("used_bytes", "limit_bytes", "conversation_count", "max_conversations", "limits")

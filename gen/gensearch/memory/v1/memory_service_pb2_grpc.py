@@ -207,7 +207,8 @@ class MemoryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CheckStorage(self, request, context):
-        """Whether the caller has room for one more turn, writing nothing: RESOURCE_EXHAUSTED
+        """Whether the caller has room for one more turn (or, with summary, a conversation's new
+        summary), writing nothing: RESOURCE_EXHAUSTED
         with the ErrorInfo the write would get (OWNER_STORAGE_FULL, or
         OWNER_CONVERSATIONS_FULL for a turn that starts a new conversation) when it has not,
         NOT_FOUND when the conversation is not the caller's. For a client about to do costly

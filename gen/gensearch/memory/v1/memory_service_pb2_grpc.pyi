@@ -77,7 +77,8 @@ class MemoryServiceStub:
     the new summary covers.
     """
     CheckStorage: _grpc.UnaryUnaryMultiCallable[_memory_service_pb2.CheckStorageRequest, _memory_service_pb2.CheckStorageResponse]
-    """Whether the caller has room for one more turn, writing nothing: RESOURCE_EXHAUSTED
+    """Whether the caller has room for one more turn (or, with summary, a conversation's new
+    summary), writing nothing: RESOURCE_EXHAUSTED
     with the ErrorInfo the write would get (OWNER_STORAGE_FULL, or
     OWNER_CONVERSATIONS_FULL for a turn that starts a new conversation) when it has not,
     NOT_FOUND when the conversation is not the caller's. For a client about to do costly
@@ -135,7 +136,8 @@ class MemoryServiceAsyncStub(MemoryServiceStub):
     the new summary covers.
     """
     CheckStorage: _aio.UnaryUnaryMultiCallable[_memory_service_pb2.CheckStorageRequest, _memory_service_pb2.CheckStorageResponse]  # type: ignore[assignment]
-    """Whether the caller has room for one more turn, writing nothing: RESOURCE_EXHAUSTED
+    """Whether the caller has room for one more turn (or, with summary, a conversation's new
+    summary), writing nothing: RESOURCE_EXHAUSTED
     with the ErrorInfo the write would get (OWNER_STORAGE_FULL, or
     OWNER_CONVERSATIONS_FULL for a turn that starts a new conversation) when it has not,
     NOT_FOUND when the conversation is not the caller's. For a client about to do costly
@@ -268,7 +270,8 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _memory_service_pb2.CheckStorageRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_memory_service_pb2.CheckStorageResponse, _abc.Awaitable[_memory_service_pb2.CheckStorageResponse]]:
-        """Whether the caller has room for one more turn, writing nothing: RESOURCE_EXHAUSTED
+        """Whether the caller has room for one more turn (or, with summary, a conversation's new
+        summary), writing nothing: RESOURCE_EXHAUSTED
         with the ErrorInfo the write would get (OWNER_STORAGE_FULL, or
         OWNER_CONVERSATIONS_FULL for a turn that starts a new conversation) when it has not,
         NOT_FOUND when the conversation is not the caller's. For a client about to do costly

@@ -49,7 +49,8 @@ type MemoryServiceClient interface {
 	// folding at once cannot overwrite each other); evicts the turns beyond max_turns that
 	// the new summary covers.
 	UpdateConversationSummary(ctx context.Context, in *UpdateConversationSummaryRequest, opts ...grpc.CallOption) (*UpdateConversationSummaryResponse, error)
-	// Whether the caller has room for one more turn, writing nothing: RESOURCE_EXHAUSTED
+	// Whether the caller has room for one more turn (or, with summary, a conversation's new
+	// summary), writing nothing: RESOURCE_EXHAUSTED
 	// with the ErrorInfo the write would get (OWNER_STORAGE_FULL, or
 	// OWNER_CONVERSATIONS_FULL for a turn that starts a new conversation) when it has not,
 	// NOT_FOUND when the conversation is not the caller's. For a client about to do costly
@@ -220,7 +221,8 @@ type MemoryServiceServer interface {
 	// folding at once cannot overwrite each other); evicts the turns beyond max_turns that
 	// the new summary covers.
 	UpdateConversationSummary(context.Context, *UpdateConversationSummaryRequest) (*UpdateConversationSummaryResponse, error)
-	// Whether the caller has room for one more turn, writing nothing: RESOURCE_EXHAUSTED
+	// Whether the caller has room for one more turn (or, with summary, a conversation's new
+	// summary), writing nothing: RESOURCE_EXHAUSTED
 	// with the ErrorInfo the write would get (OWNER_STORAGE_FULL, or
 	// OWNER_CONVERSATIONS_FULL for a turn that starts a new conversation) when it has not,
 	// NOT_FOUND when the conversation is not the caller's. For a client about to do costly
