@@ -190,3 +190,23 @@ async def test_writes_and_generation_are_not_retried_reads_are() -> None:
         "GenerateOnObjects": 1,
         "GetConversation": 3,  # a read: retried by the channel's policy
     }
+
+
+async def test_check_storage_says_memory_limits_and_checks_a_summary(
+    client: AsyncGensearch,
+) -> None:
+    """check_storage returns memory's limits on a turn (InteractionLimits, None from a
+    memory older than them) and, with summary=True, checks a new summary as
+    UpdateConversationSummary counts it (a conversation is required)."""
+    conversations = client.conversations
+    conv = await conversations.create("limits")
+    usage = await conversations.check_storage(conv.id, turn_bytes=10)
+    assert isinstance(usage.limits, types.InteractionLimits)
+    assert usage.limits.max_text_bytes == 1024 * 1024  # the stack's memory: defaults
+    assert usage.limits.max_traces == 16
+    assert 0 < usage.limits.max_interaction_bytes < 3 * 1024 * 1024
+    summary = await conversations.check_storage(conv.id, turn_bytes=100, summary=True)
+    assert summary.used_bytes == usage.used_bytes  # nothing written
+    with pytest.raises(errors.InvalidArgumentError) as caught:
+        await conversations.check_storage(turn_bytes=1, summary=True)
+    assert caught.value.field == "conversation_id"

@@ -1260,15 +1260,24 @@ class Conversations:
         return t.from_proto(t.Conversation, reply.conversation)
 
     async def check_storage(
-        self, conversation_id: str = "", *, turn_bytes: int = 0, timeout: Timeout = DEFAULT
+        self,
+        conversation_id: str = "",
+        *,
+        turn_bytes: int = 0,
+        summary: bool = False,
+        timeout: Timeout = DEFAULT,
     ) -> t.StorageUsage:
         """Whether one more turn of ``turn_bytes`` (its serialized interaction and traces, as
         far as known) fits in ``conversation_id`` ("": in a new conversation), storing
         nothing (CheckStorage): raises ``OwnerStorageFullError`` (or
-        ``OwnerConversationsFullError``) as storing it would, else returns your usage. A
-        check before costly work, not a reservation: the write itself may still be
-        refused. Not retried (a write may follow)."""
-        request = mpb.CheckStorageRequest(conversation_id=conversation_id, bytes=turn_bytes)
+        ``OwnerConversationsFullError``) as storing it would, else returns your usage and
+        memory's ``limits`` on a turn. With ``summary``, ``turn_bytes`` is the length of a
+        new summary of ``conversation_id`` (required), checked as ``update_summary`` would
+        count it. A check before costly work, not a reservation: the write itself may
+        still be refused. Not retried (a write may follow)."""
+        request = mpb.CheckStorageRequest(
+            conversation_id=conversation_id, bytes=turn_bytes, summary=summary
+        )
         reply = await self._t.unary(self._t.memory.CheckStorage, request, timeout)
         return t.from_proto(t.StorageUsage, reply)
 

@@ -845,16 +845,37 @@ class Trace:
     raw: Any = field(default=None, repr=False, compare=False)
 
 
+@_proto("gensearch.memory.v1.InteractionLimits")
+@dataclass
+class InteractionLimits:
+    """What memory accepts in one turn, as it is configured (UTF-8 bytes; serialized
+    where the proto says so); ``max_interaction_bytes``: the whole interaction."""
+
+    max_text_bytes: int = 0
+    max_prompt_template_bytes: int = 0
+    max_origin_bytes: int = 0
+    max_additional_info_bytes: int = 0
+    max_traces: int = 0
+    max_trace_bytes: int = 0
+    max_interaction_bytes: int = 0
+    max_name_bytes: int = 0
+    max_summary_bytes: int = 0
+    max_request_id_bytes: int = 0
+    raw: Any = field(default=None, repr=False, compare=False)
+
+
 @_proto("gensearch.memory.v1.CheckStorageResponse")
 @dataclass
 class StorageUsage:
     """Your stored bytes and conversations, and the most allowed of each
-    (``conversations.check_storage``)."""
+    (``conversations.check_storage``); ``limits``: what a turn may hold (None from a memory
+    service older than them)."""
 
     used_bytes: int = 0
     limit_bytes: int = 0
     conversation_count: int = 0
     max_conversations: int = 0
+    limits: InteractionLimits | None = None
     raw: Any = field(default=None, repr=False, compare=False)
 
 
@@ -910,6 +931,7 @@ __all__ = [
     "HitsEvent",
     "Interaction",
     "InteractionHit",
+    "InteractionLimits",
     "Models",
     "ObjectError",
     "Property",
