@@ -12,8 +12,9 @@ call, beside the history read) carries them as ``InteractionLimits``. With them:
   for;
 - ``fit_turn``, when the turn is stored: what the gateway itself makes (the answer, the
   traces it attaches, ``additional_info``, the model name, a collection's template, the
-  conversation's name) is cut to what memory accepts and the cut is recorded in
-  ``additional_info``; it never fails the Ask.
+  conversation's name; values nested deeper than memory keeps) is cut to what memory
+  accepts and the cut is recorded in ``additional_info`` (a trace's in its ``truncated``);
+  it never fails the Ask.
 
 A memory service older than ``InteractionLimits`` answers without them (or has no
 ``CheckStorage``): then nothing is checked or cut here, as before, and the write decides.
@@ -26,6 +27,7 @@ from gensearch.memory.v1 import memory_service_pb2 as mem_pb
 from google.protobuf import struct_pb2
 
 from services.common.errors import InvalidArgument
+from services.common.values import check_value
 from services.memory.traces import bound
 
 AskLike = gw_pb.AskRequest | gw_pb.StreamAskRequest
@@ -160,11 +162,36 @@ def fit_turn(turn: mem_pb.CreateInteractionRequest, limits: mem_pb.InteractionLi
         del turn.traces[:]
         turn.traces.extend(kept)
         info["traces_dropped"] = dropped
+    depth = limits.max_value_depth  # 0: a memory that does not say
+    if depth and drop_unstorable(info, depth):
+        info["additional_info_truncated"] = True
     for number, trace in enumerate(turn.traces):
         trace.trace_number = number  # as memory numbers them
+        for part in ("input", "output"):
+            if depth and trace.HasField(part) and drop_unstorable(getattr(trace, part), depth):
+                trace.truncated = True
         bound(trace, limits.max_trace_bytes)  # memory would; a smaller write
     fit_struct(info, limits.max_additional_info_bytes)
     _fit_page(turn, limits)
+
+
+def _storable(value: struct_pb2.Struct | struct_pb2.Value, depth: int) -> bool:
+    try:
+        check_value(value, "value", depth)
+    except InvalidArgument:
+        return False
+    return True
+
+
+def drop_unstorable(value: struct_pb2.Struct, depth: int) -> bool:
+    """Drops the entries of ``value`` memory would refuse (nested more than ``depth`` deep
+    with ``value`` itself counting as 1, or holding a number that is NaN or infinite:
+    ``services/common/values.py``); whether any went."""
+    if _storable(value, depth):
+        return False
+    for key in [k for k, v in value.fields.items() if not _storable(v, depth - 1)]:
+        del value.fields[key]
+    return True
 
 
 def fit_struct(info: struct_pb2.Struct, limit: int) -> None:

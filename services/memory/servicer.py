@@ -382,6 +382,7 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
             max_name_bytes=s.max_name_bytes,
             max_summary_bytes=s.max_summary_bytes,
             max_request_id_bytes=s.max_request_id_bytes,
+            max_value_depth=s.max_value_depth,
         )
 
 

@@ -234,3 +234,32 @@ async def test_a_memory_without_limits_behaves_as_before(stack_factory: StackFac
         assert stored.response == "short [1]" and stored.trace_count == 2
     finally:
         await server.stop(0)
+
+
+async def test_values_nested_deeper_than_memory_keeps_are_left_out(
+    stack_factory: StackFactory,
+) -> None:
+    """GENSEARCH_MEMORY_MAX_VALUE_DEPTH below what the gateway's additional_info (its
+    citations) and traces (messages sent, hits found) nest: the turn is stored without
+    those entries (additional_info_truncated; the traces marked truncated), not refused
+    after the answer (NESTING_TOO_DEEP naming additional_info.citations[0])."""
+    stack = await stack_factory(memory={"max_value_depth": 2})
+    await create_books(stack)
+    stack.fake.reply = "Dune [1]."
+    got = await stack.stub.Ask(
+        gw_pb.AskRequest(collection="Books", llm_question="desert?", new_conversation=True),
+        metadata=ALICE,
+    )
+    assert got.citations and got.interaction_id
+    stored = await _stored(stack, got.interaction_id)
+    info = json_format.MessageToDict(stored.additional_info)
+    assert "citations" not in info and info["additional_info_truncated"] is True
+    assert info["hit_ids"] == [hit.id for hit in got.hits]  # two deep: kept
+    traces = await stack.memory.ListInteractionTraces(
+        mem_pb.ListInteractionTracesRequest(interaction_id=got.interaction_id), metadata=ALICE
+    )
+    retrieval, generation = traces.traces
+    assert retrieval.truncated and "hits" not in retrieval.output.fields
+    assert retrieval.input.fields["collection"].string_value == "Books"
+    assert generation.truncated and "messages" not in generation.input.fields
+    assert generation.input.fields["model"].string_value == "fake-model"

@@ -275,6 +275,7 @@ async def test_check_storage_says_what_a_turn_may_hold(memory_factory: MemoryFac
         max_name_bytes=7,
         max_summary_bytes=900,
         max_request_id_bytes=20,
+        max_value_depth=5,
         max_page_bytes=64 * 1024,
     )
     checked = await _check(memory, "", 0)
@@ -290,7 +291,8 @@ async def test_check_storage_says_what_a_turn_may_hold(memory_factory: MemoryFac
         limits.max_name_bytes,
         limits.max_summary_bytes,
         limits.max_request_id_bytes,
-    ) == (300, 400, 5, 600, 2, 2048, 7, 900, 20)
+        limits.max_value_depth,
+    ) == (300, 400, 5, 600, 2, 2048, 7, 900, 20, 5)
     # The largest interaction memory takes: one byte more is INTERACTION_TOO_LARGE.
     memory = await memory_factory(max_page_bytes=64 * 1024)
     largest = (await _check(memory, "", 0)).limits.max_interaction_bytes

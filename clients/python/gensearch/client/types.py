@@ -861,6 +861,7 @@ class InteractionLimits:
     max_name_bytes: int = 0
     max_summary_bytes: int = 0
     max_request_id_bytes: int = 0
+    max_value_depth: int = 0
     raw: Any = field(default=None, repr=False, compare=False)
 
 

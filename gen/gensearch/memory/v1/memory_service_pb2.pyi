@@ -366,7 +366,7 @@ class CheckStorageResponse(_message.Message):
     def __init__(self, used_bytes: _Optional[int] = ..., limit_bytes: _Optional[int] = ..., conversation_count: _Optional[int] = ..., max_conversations: _Optional[int] = ..., limits: _Optional[_Union[InteractionLimits, _Mapping]] = ...) -> None: ...
 
 class InteractionLimits(_message.Message):
-    __slots__ = ("max_text_bytes", "max_prompt_template_bytes", "max_origin_bytes", "max_additional_info_bytes", "max_traces", "max_trace_bytes", "max_interaction_bytes", "max_name_bytes", "max_summary_bytes", "max_request_id_bytes")
+    __slots__ = ("max_text_bytes", "max_prompt_template_bytes", "max_origin_bytes", "max_additional_info_bytes", "max_traces", "max_trace_bytes", "max_interaction_bytes", "max_name_bytes", "max_summary_bytes", "max_request_id_bytes", "max_value_depth")
     MAX_TEXT_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_PROMPT_TEMPLATE_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_ORIGIN_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -377,6 +377,7 @@ class InteractionLimits(_message.Message):
     MAX_NAME_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_SUMMARY_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_REQUEST_ID_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_VALUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
     max_text_bytes: int
     max_prompt_template_bytes: int
     max_origin_bytes: int
@@ -387,4 +388,5 @@ class InteractionLimits(_message.Message):
     max_name_bytes: int
     max_summary_bytes: int
     max_request_id_bytes: int
-    def __init__(self, max_text_bytes: _Optional[int] = ..., max_prompt_template_bytes: _Optional[int] = ..., max_origin_bytes: _Optional[int] = ..., max_additional_info_bytes: _Optional[int] = ..., max_traces: _Optional[int] = ..., max_trace_bytes: _Optional[int] = ..., max_interaction_bytes: _Optional[int] = ..., max_name_bytes: _Optional[int] = ..., max_summary_bytes: _Optional[int] = ..., max_request_id_bytes: _Optional[int] = ...) -> None: ...
+    max_value_depth: int
+    def __init__(self, max_text_bytes: _Optional[int] = ..., max_prompt_template_bytes: _Optional[int] = ..., max_origin_bytes: _Optional[int] = ..., max_additional_info_bytes: _Optional[int] = ..., max_traces: _Optional[int] = ..., max_trace_bytes: _Optional[int] = ..., max_interaction_bytes: _Optional[int] = ..., max_name_bytes: _Optional[int] = ..., max_summary_bytes: _Optional[int] = ..., max_request_id_bytes: _Optional[int] = ..., max_value_depth: _Optional[int] = ...) -> None: ...
