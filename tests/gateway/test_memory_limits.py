@@ -263,3 +263,23 @@ async def test_values_nested_deeper_than_memory_keeps_are_left_out(
     assert retrieval.input.fields["collection"].string_value == "Books"
     assert generation.truncated and "messages" not in generation.input.fields
     assert generation.input.fields["model"].string_value == "fake-model"
+
+
+@pytest.mark.parametrize("limit", [20, 8])
+async def test_the_request_id_fits_memory(stack_factory: StackFactory, limit: int) -> None:
+    """The turn's request_id (32 hex digits) within GENSEARCH_MEMORY_MAX_REQUEST_ID_BYTES:
+    cut to it, or none sent under 16 (too short not to repeat among an owner's turns)."""
+    stack = await stack_factory(memory={"max_request_id_bytes": limit})
+    await create_books(stack)
+    stack.fake.reply = "short [1]"
+    cid = await _conversation(stack)
+    for question in ("desert?", "sand?"):
+        got = await stack.stub.Ask(
+            gw_pb.AskRequest(collection="Books", llm_question=question, conversation_id=cid),
+            metadata=ALICE,
+        )
+        assert got.interaction_id
+    listed = await stack.memory.ListInteractions(
+        mem_pb.ListInteractionsRequest(conversation_id=cid), metadata=ALICE
+    )
+    assert [i.input for i in listed.interactions] == ["sand?", "desert?"]
