@@ -60,12 +60,10 @@ def _size(text: str) -> int:
     return len(text.encode("utf-8", "surrogatepass"))
 
 
-def _too_large(
-    field: str, size: int, limit: int, setting: str, *, what: str, reason: str
-) -> InvalidArgument:
+def _too_large(field: str, message: str, limit: int, setting: str, reason: str) -> InvalidArgument:
     return InvalidArgument(
-        f"{field} is {size} bytes (UTF-8); memory stores {what} of at most {limit} bytes "
-        f"({setting}), and this Ask stores its turn (conversation_id or new_conversation)",
+        f"{message} ({setting}), and this Ask stores its turn (conversation_id or "
+        "new_conversation)",
         field=field,
         reason=reason,
         metadata={"limit_bytes": str(max(0, limit)), "setting": setting, "service": "memory"},
@@ -84,46 +82,44 @@ def check_ask(
     if size > limits.max_text_bytes:
         raise _too_large(
             "llm_question",
-            size,
+            f"llm_question is {size} bytes (UTF-8); memory stores a question of at most "
+            f"{limits.max_text_bytes} bytes",
             limits.max_text_bytes,
             "GENSEARCH_MEMORY_MAX_TEXT_BYTES",
-            what="a question",
-            reason="FIELD_TOO_LARGE",
+            "FIELD_TOO_LARGE",
         )
     # The request's own parts of the stored template: a collection's defaults are not the
     # caller's, and are cut when stored (fit_turn).
-    sent = {
-        field: _size(getattr(request, field))
-        for field in ("system_prompt", "user_instructions")
-        if getattr(request, field)
-    }
-    if not sent:
-        return
-    largest = max(sent, key=sent.__getitem__)
-    size = _size(template)
-    if size > limits.max_prompt_template_bytes:
+    parts = {"llm_question": size}
+    for field in ("system_prompt", "user_instructions"):
+        if getattr(request, field):
+            parts[field] = _size(getattr(request, field))
+    template_size = _size(template)
+    if template_size > limits.max_prompt_template_bytes and len(parts) > 1:
+        field = max((f for f in parts if f != "llm_question"), key=parts.__getitem__)
         # The room left for that field beside the rest of the template.
-        room = limits.max_prompt_template_bytes - (size - sent[largest])
+        room = limits.max_prompt_template_bytes - (template_size - parts[field])
         raise _too_large(
-            largest,
-            sent[largest],
+            field,
+            f"{field} is {parts[field]} bytes (UTF-8); memory stores a prompt template "
+            f"(system prompt, instructions and fixed lines) of at most "
+            f"{limits.max_prompt_template_bytes} bytes, which leaves {max(0, room)} for it",
             room,
             "GENSEARCH_MEMORY_MAX_PROMPT_TEMPLATE_BYTES",
-            what="a prompt template (system prompt, instructions and the fixed lines) "
-            "leaving this field",
-            reason="FIELD_TOO_LARGE",
+            "FIELD_TOO_LARGE",
         )
     known = mem_pb.Interaction(input=question, prompt_template=template).ByteSize()
     if known > limits.max_interaction_bytes:
-        parts = {"llm_question": _size(question), **sent}
         field = max(parts, key=parts.__getitem__)
+        room = parts[field] - (known - limits.max_interaction_bytes)
         raise _too_large(
             field,
-            parts[field],
-            parts[field] - (known - limits.max_interaction_bytes),
+            f"{field} is {parts[field]} bytes (UTF-8); memory stores a turn of at most "
+            f"{limits.max_interaction_bytes} bytes serialized, question and prompt "
+            f"template together, which leaves {max(0, room)} for it",
+            room,
             "GENSEARCH_MEMORY_MAX_PAGE_BYTES",
-            what="a turn (question and prompt template together) leaving this field",
-            reason="INTERACTION_TOO_LARGE",
+            "INTERACTION_TOO_LARGE",
         )
 
 

@@ -11,6 +11,7 @@ import grpc
 import pytest
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.memory.v1 import memory_service_pb2 as mem_pb
+from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from google.protobuf import json_format
 
 from services.gateway.prompting import PROMPT_TEMPLATE
@@ -283,3 +284,35 @@ async def test_the_request_id_fits_memory(stack_factory: StackFactory, limit: in
         mem_pb.ListInteractionsRequest(conversation_id=cid), metadata=ALICE
     )
     assert [i.input for i in listed.interactions] == ["sand?", "desert?"]
+
+
+async def test_a_question_larger_than_a_page_of_memory_is_refused_before_any_llm_call(
+    stack_factory: StackFactory,
+) -> None:
+    """A question within every text limit whose turn alone is larger than memory's page
+    (GENSEARCH_MEMORY_MAX_PAGE_BYTES, here 64 KiB): INVALID_ARGUMENT naming llm_question
+    (INTERACTION_TOO_LARGE, with the room there is), before the model is called; memory
+    refused the write after the answer, naming `input`."""
+    stack = await stack_factory(
+        memory={"max_page_bytes": 64 * 1024}, context_windows={"fake-model": 200_000}
+    )
+    await create_books(stack)
+    stack.fake.reply = "short [1]"
+    question = "€" * 22_000  # 66,000 bytes; 22,000 characters, under the gateway's 32,000
+    err = await _refused(
+        stack.stub.Ask(
+            gw_pb.AskRequest(
+                collection="Books",
+                llm_question=question,
+                new_conversation=True,
+                keyword=ret_pb.Keyword(text="desert"),  # retrieval's own limit aside
+            ),
+            metadata=ALICE,
+        )
+    )
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err
+    info = error_info(err)
+    assert (info.reason, info.metadata["field"]) == ("INTERACTION_TOO_LARGE", "llm_question")
+    assert info.metadata["setting"] == "GENSEARCH_MEMORY_MAX_PAGE_BYTES"
+    assert 60_000 < int(info.metadata["limit_bytes"]) < 66_000
+    assert stack.fake.chat_requests == []
