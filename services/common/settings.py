@@ -85,6 +85,9 @@ MAX_FALLBACKS = 32
 # gateway holds a collection it creates to its own MAX_PROMPT_CHARS too). Before, the two
 # differed (32 000 and 32 768): a collection's system prompt that a request could not send.
 DEFAULT_MAX_PROMPT_CHARS = 32_768
+# Characters of a search's text (keyword, hybrid, near_text). The gateway searches with at
+# most this much of an Ask's question: a question may be longer than a search takes.
+MAX_QUERY_TEXT = 16_384
 
 PREFIX = "GENSEARCH_"
 # Every service's namespace; a variable in one of them belongs to that service alone.

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 
 from services.common.errors import InvalidArgument
+from services.common.settings import MAX_QUERY_TEXT
 from services.retrieval import bm25
 from services.retrieval.embedders import Embedders
 from services.retrieval.filters import Node
@@ -25,7 +26,6 @@ from services.retrieval.schema import Schema, check_vector
 from services.retrieval.store import FoundPoint, VectorStore
 
 DEFAULT_ALPHA = 0.5
-MAX_QUERY_TEXT = 16_384
 
 
 @dataclass

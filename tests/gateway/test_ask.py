@@ -4,6 +4,7 @@ citations), ownership, memory outages, the timeout and the context-window guard.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
@@ -17,7 +18,7 @@ from google.protobuf import duration_pb2, json_format, struct_pb2
 from google.rpc import error_details_pb2
 
 from services.common.auth import Identity, Role, forwarded_identity
-from services.common.settings import DEFAULT_MAX_PROMPT_CHARS
+from services.common.settings import DEFAULT_MAX_PROMPT_CHARS, MAX_QUERY_TEXT
 from services.gateway.conversation import REWRITE_SYSTEM_PROMPT
 from services.gateway.settings import GatewaySettings
 from services.memory.__main__ import build_server as build_memory
@@ -153,6 +154,33 @@ async def test_ask_without_memory_stores_nothing(stack: Stack) -> None:
     assert len(answer.hits) == 2
     listed = await stack.memory.ListConversations(mem_pb.ListConversationsRequest(), metadata=ALICE)
     assert list(listed.conversations) == []
+
+
+async def test_a_long_question_searches_with_what_retrieval_takes_of_it(stack: Stack) -> None:
+    """A question the gateway accepts (up to MAX_PROMPT_CHARS) but longer than a search
+    text (MAX_QUERY_TEXT): the search is made with its first MAX_QUERY_TEXT characters, as
+    an embedder reads only its first tokens. It was refused INVALID_ARGUMENT naming
+    keyword.text, a field the caller never sent."""
+    await create_books(stack)
+    question = "desert " + "€" * (MAX_QUERY_TEXT + 100)
+    answer = await stack.stub.Ask(
+        gw_pb.AskRequest(collection="Books", llm_question=question, context_size=2),
+        metadata=ALICE,
+    )
+    assert answer.answer and answer.hits
+    assert question in json.dumps(_answer_requests(stack)[-1], ensure_ascii=False)
+    # The caller's own search text of that length is still theirs to be refused for.
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stack.stub.Ask(
+            gw_pb.AskRequest(
+                collection="Books",
+                llm_question="desert?",
+                keyword=ret_pb.Keyword(text=question),
+            ),
+            metadata=ALICE,
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_info(caught.value).metadata["field"] == "keyword.text"
 
 
 async def test_someone_elses_conversation_is_not_found(stack: Stack) -> None:
