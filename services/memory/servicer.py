@@ -12,7 +12,13 @@ from gensearch.memory.v1 import memory_service_pb2_grpc as pb_grpc
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from services.common.auth import current_identity
-from services.common.errors import Aborted, FailedPrecondition, InvalidArgument, Unavailable
+from services.common.errors import (
+    Aborted,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
 from services.common.values import check_value
 from services.common.well_known import duration_seconds
 from services.memory import traces
@@ -26,6 +32,7 @@ from services.memory.store import (
     Owner,
     Retention,
     SummaryConflict,
+    interaction_not_found,
 )
 
 if TYPE_CHECKING:  # the search index (and what it imports) loads only when it is on
@@ -288,7 +295,11 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
             interaction.update_time.GetCurrentTime()
             _check_fits_a_page(interaction, settings.page_bytes)
 
-        updated = await self._store.update_interaction(_owner(), iid, change)
+        try:
+            updated = await self._store.update_interaction(_owner(), iid, change)
+        except NotFound:
+            # The store names interaction_id; this request names it inside interaction.
+            raise interaction_not_found(iid, "interaction.interaction_id") from None
         return pb.UpdateInteractionResponse(interaction=updated)
 
     async def ListInteractionTraces(

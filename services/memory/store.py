@@ -271,9 +271,12 @@ def conversation_not_found(cid: str) -> NotFound:
     )
 
 
-def interaction_not_found(iid: str) -> NotFound:
+def interaction_not_found(iid: str, field: str = "interaction_id") -> NotFound:
+    # The same answer whether it never existed or belongs to someone else; ``field`` is
+    # where the request named it (UpdateInteraction: interaction.interaction_id).
     return NotFound(
         f"interaction {iid} not found",
+        field=field,
         reason="INTERACTION_NOT_FOUND",
         metadata={"interaction_id": iid},
     )

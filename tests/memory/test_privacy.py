@@ -8,6 +8,7 @@ from gensearch.memory.v1 import memory_service_pb2 as pb
 from services.common.auth import DEFAULT_TENANT, Identity, Role, forwarded_identity
 from tests.memory.conftest import ALICE, BOB, INTERNAL_TOKEN, Memory, MemoryFactory
 from tests.memory.helpers import expect_error
+from tests.support.rpc import bad_request_field, error_info
 
 
 def _reader(user: str) -> Identity:
@@ -196,3 +197,50 @@ async def test_open_mode_everyone_is_anonymous(memory_factory: MemoryFactory) ->
     memory = await memory_factory(api_keys="")
     conv = (await memory.stub.CreateConversation(pb.CreateConversationRequest())).conversation
     assert conv.user == "anonymous"
+
+
+async def test_an_interaction_not_found_names_its_field(memory: Memory) -> None:
+    """INTERACTION_NOT_FOUND names the request's field in its ErrorInfo, its BadRequest and
+    its message, as CONVERSATION_NOT_FOUND does, and says the same for another user's
+    interaction as for a missing one."""
+    s = memory.stub
+    cid = (
+        await s.CreateConversation(pb.CreateConversationRequest(), metadata=ALICE)
+    ).conversation.conversation_id
+    iid = (
+        await s.CreateInteraction(
+            pb.CreateInteractionRequest(conversation_id=cid, input="secret"), metadata=ALICE
+        )
+    ).interaction.interaction_id
+    missing = "0190a6f2-8c4e-7b3a-9f1d-2e5c6a7b8c9d"
+
+    async def as_bob(target: str) -> list[str]:
+        messages = []
+        for call, field in (
+            (
+                s.GetInteraction(pb.GetInteractionRequest(interaction_id=target), metadata=BOB),
+                "interaction_id",
+            ),
+            (
+                s.ListInteractionTraces(
+                    pb.ListInteractionTracesRequest(interaction_id=target), metadata=BOB
+                ),
+                "interaction_id",
+            ),
+            (
+                s.UpdateInteraction(
+                    pb.UpdateInteractionRequest(interaction=pb.Interaction(interaction_id=target)),
+                    metadata=BOB,
+                ),
+                "interaction.interaction_id",
+            ),
+        ):
+            err = await expect_error(call, NOT_FOUND, field=field)
+            assert error_info(err).reason == "INTERACTION_NOT_FOUND"
+            assert error_info(err).metadata["interaction_id"] == target
+            assert bad_request_field(err) == field
+            assert err.details().startswith(f"{field}: ")
+            messages.append(err.details().replace(target, "ID"))
+        return messages
+
+    assert await as_bob(iid) == await as_bob(missing)
