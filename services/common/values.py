@@ -10,6 +10,12 @@ Two things protobuf itself allows but nothing downstream can hold:
 
 Both become INVALID_ARGUMENT naming the exact field (``filter.condition.value[2]``,
 ``additional_info.a.b``). The walk is iterative, so depth never costs Python recursion.
+
+A third, for a service that keeps values as they were sent (memory, with
+``kind_required``): a ``Value`` with none of its kinds set. Valid protobuf, but no JSON
+value: Python's ``json_format`` writes it as null, Go's protojson (grpcurl) refuses it, so
+one stored that way made every JSON read of what holds it fail. Where values are read as
+JSON on the way in (retrieval's properties and filters) it simply reads as null.
 """
 
 from __future__ import annotations
@@ -32,14 +38,23 @@ _KEY_CHARS = 64
 Node = struct_pb2.Value | struct_pb2.Struct | struct_pb2.ListValue
 
 
-def check_value(value: Node, field: str, max_depth: int = DEFAULT_MAX_DEPTH) -> None:
-    """Raise INVALID_ARGUMENT naming the first NaN/±Infinity inside ``value``, or the
-    first container nested deeper than ``max_depth``."""
+def check_value(
+    value: Node, field: str, max_depth: int = DEFAULT_MAX_DEPTH, *, kind_required: bool = False
+) -> None:
+    """Raise INVALID_ARGUMENT naming the first NaN/±Infinity inside ``value``, the first
+    container nested deeper than ``max_depth`` or, with ``kind_required``, the first
+    ``Value`` with no kind set."""
     pending: list[tuple[Node, str, int]] = [(value, field, 0)]
     while pending:
         node, path, depth = pending.pop()
         if isinstance(node, struct_pb2.Value):
             kind = node.WhichOneof("kind")
+            if kind is None and kind_required:
+                raise InvalidArgument(
+                    f"{path} has no value: set one of its kinds (null_value for null)",
+                    field=path,
+                    reason="VALUE_NOT_SET",
+                )
             if kind == "number_value":
                 if not math.isfinite(node.number_value):
                     raise InvalidArgument(

@@ -436,7 +436,8 @@ def _check_additional_info(info: Any, s: MemorySettings, field: str = "additiona
             reason="FIELD_TOO_LARGE",
         )
     # After the size check: the walk is bounded by it.
-    check_value(info, field, s.max_value_depth)
+    # Kept as sent and read back as JSON too: every Value must have a kind.
+    check_value(info, field, s.max_value_depth, kind_required=True)
 
 
 def _owner() -> Owner:

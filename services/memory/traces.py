@@ -40,7 +40,12 @@ def prepare(traces: Sequence[pb.Trace], max_traces: int, max_bytes: int, max_dep
     for number, trace in enumerate(traces):
         for part in ("input", "output"):
             if trace.HasField(part):
-                check_value(getattr(trace, part), f"traces[{number}].{part}", max_depth)
+                check_value(
+                    getattr(trace, part),
+                    f"traces[{number}].{part}",
+                    max_depth,
+                    kind_required=True,
+                )
         if trace.step not in pb.Step.values():
             raise InvalidArgument(
                 f"traces[{number}].step is not a known step",

@@ -183,3 +183,52 @@ async def test_summary_totals_stop_at_the_int64_maximum(memory: Memory) -> None:
         pb.GetConversationRequest(conversation_id=cid), metadata=ALICE
     )
     assert got.conversation.summary == summary
+
+
+async def test_a_value_with_no_kind_is_refused(memory: Memory) -> None:
+    """A ``google.protobuf.Value`` with none of its kinds set is valid protobuf but no JSON
+    value: stored as sent, it made every JSON read of the conversation fail (grpcurl's
+    ListInteractions: "Failed to format response message 1: nil Value"). It is refused,
+    naming its path, wherever memory keeps a value; nothing is written."""
+    cid = await _conversation(memory)
+    unset = pb.CreateInteractionRequest(conversation_id=cid, input="q")
+    unset.additional_info.fields["x"].CopyFrom(struct_pb2.Value())
+    in_list = pb.CreateInteractionRequest(conversation_id=cid, input="q")
+    in_list.additional_info.fields["hits"].list_value.values.add().number_value = 1
+    in_list.additional_info.fields["hits"].list_value.values.add()
+    in_trace = pb.CreateInteractionRequest(conversation_id=cid, input="q")
+    in_trace.traces.add(step=pb.STEP_OTHER).output.fields["y"].struct_value.fields["z"].CopyFrom(
+        struct_pb2.Value()
+    )
+    for request, field in (
+        (unset, "additional_info.x"),
+        (in_list, "additional_info.hits[1]"),
+        (in_trace, "traces[0].output.y.z"),
+    ):
+        err = await expect_error(
+            memory.stub.CreateInteraction(request, metadata=ALICE), INVALID, field
+        )
+        assert error_info(err).reason == "VALUE_NOT_SET"
+    listed = await memory.stub.ListInteractions(
+        pb.ListInteractionsRequest(conversation_id=cid), metadata=ALICE
+    )
+    assert list(listed.interactions) == []
+
+    iid = (
+        await memory.stub.CreateInteraction(
+            pb.CreateInteractionRequest(conversation_id=cid, input="q"), metadata=ALICE
+        )
+    ).interaction.interaction_id
+    update = pb.UpdateInteractionRequest(interaction=pb.Interaction(interaction_id=iid))
+    update.interaction.additional_info.fields["k"].CopyFrom(struct_pb2.Value())
+    update.update_mask.paths.append("additional_info.k")
+    err = await expect_error(
+        memory.stub.UpdateInteraction(update, metadata=ALICE),
+        INVALID,
+        "interaction.additional_info.k",
+    )
+    assert error_info(err).reason == "VALUE_NOT_SET"
+    got = await memory.stub.GetInteraction(
+        pb.GetInteractionRequest(interaction_id=iid), metadata=ALICE
+    )
+    assert not got.interaction.HasField("additional_info")

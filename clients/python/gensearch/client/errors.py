@@ -250,6 +250,12 @@ class NumberNotFiniteError(InvalidArgumentError):
     error_reason = "NUMBER_NOT_FINITE"
 
 
+class ValueNotSetError(InvalidArgumentError):
+    """A ``google.protobuf.Value`` with none of its kinds set (memory keeps none)."""
+
+    error_reason = "VALUE_NOT_SET"
+
+
 # Not OutOfRangeError: that is the OUT_OF_RANGE status code's class.
 class ValueOutOfRangeError(InvalidArgumentError):
     error_reason = "OUT_OF_RANGE"
