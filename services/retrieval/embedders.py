@@ -44,7 +44,7 @@ from services.common.openai_api import (
 from services.common.tracing import service_tracer
 from services.common.upstream_retry import Deadline, Retrier, RetryPolicy, is_transient, server_wait
 from services.retrieval.endpoints import ALLOWLIST_SETTING
-from services.retrieval.schema import Schema, unit_vector
+from services.retrieval.schema import Schema, too_long, unit_vector
 from services.retrieval.settings import RetrievalSettings
 
 # Weights come from disk; a missing file must fail, not trigger a download.
@@ -261,6 +261,15 @@ class OpenAIEmbedder:
                 reason="EMBEDDINGS_UNAVAILABLE",
             )
         if not self._cosine:
+            # As a caller's vectors (schema.check_vector): the engine scores dot products
+            # and Euclid distances in float32, where a longer one overflowed and was never
+            # found again.
+            if any(too_long(array) for array in arrays):
+                raise Unavailable(
+                    "the embeddings endpoint returned a vector longer than 2^62, past which "
+                    "float32 scores overflow; nothing was written",
+                    reason="EMBEDDINGS_UNAVAILABLE",
+                )
             return vectors
         # As a caller's vectors (schema.check_vector): the engine normalises cosine vectors
         # in float32, where [1e20] * 16 was stored as all zeros, and a zero vector has no

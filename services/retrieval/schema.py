@@ -408,6 +408,12 @@ class ObjectInvalid(Exception):
         self.message = message
 
 
+# The longest vector a dot or Euclid collection takes: two vectors this long have a dot
+# product of at most 2^124 and a Euclid distance of at most 2^63 (squared 2^126), both
+# finite in float32 (whose largest value is ~2^128).
+MAX_VECTOR_LENGTH = 2.0**62
+
+
 def check_vector(vector: Sequence[float], schema: Schema, field: str) -> list[float]:
     """A caller's vector (stored or searched with) as the engine gets it."""
     dimensions = schema.dimensions
@@ -422,6 +428,15 @@ def check_vector(vector: Sequence[float], schema: Schema, field: str) -> list[fl
     if not np.isfinite(values).all():
         raise InvalidArgument(f"{field} holds NaN or infinity", field=field)
     if schema.distance != "cosine":
+        # The engine scores dot products and Euclid distances in float32: past this length
+        # one overflowed to infinity and the object fell out of every search, silently.
+        if too_long(values):
+            raise InvalidArgument(
+                f"{field} is too long: {schema.distance} scores are float32, "
+                "so a vector may be at most 2^62 (4.6e18) long",
+                field=field,
+                reason="VECTOR_TOO_LONG",
+            )
         return values.tolist()
     # Cosine compares directions: the engine normalises in float32, where a large vector's
     # length overflows (it was stored as all zeros) and a tiny one's underflows (kept
@@ -436,6 +451,13 @@ def check_vector(vector: Sequence[float], schema: Schema, field: str) -> list[fl
             reason="ZERO_VECTOR",
         )
     return unit
+
+
+def too_long(values: np.ndarray) -> bool:
+    """Whether ``values`` (finite) is longer than MAX_VECTOR_LENGTH. Its largest value
+    first: the length of a double vector such as [1e200] * 16 overflows float64 itself."""
+    largest = float(np.max(np.abs(values))) if values.size else 0.0
+    return largest > MAX_VECTOR_LENGTH or float(np.linalg.norm(values)) > MAX_VECTOR_LENGTH
 
 
 def unit_vector(values: np.ndarray) -> list[float] | None:

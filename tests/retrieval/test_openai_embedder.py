@@ -345,3 +345,38 @@ async def test_a_vectorizer_model_of_no_model_names_shape_is_refused_at_creation
     )
     listed = await retrieval.stub.ListCollections(pb.ListCollectionsRequest())
     assert not listed.collections and fake.requests == []
+
+
+@pytest.mark.parametrize("distance", [pb.DISTANCE_DOT, pb.DISTANCE_EUCLID])
+async def test_an_endpoint_vector_too_long_for_float32_scores_is_unavailable(
+    retrieval: Retrieval, fake: FakeOpenAI, distance: int
+) -> None:
+    # As a caller's (schema.check_vector): in a dot or Euclid collection [1e20] * 16 was
+    # stored, and every score with it overflowed float32, so it was never found again.
+    collection = remote(fake.base_url)
+    collection.vectorizer.distance = distance
+    stub = retrieval.stub
+    await stub.CreateCollection(pb.CreateCollectionRequest(collection=collection))
+    fake.embedding_override = lambda text: [1e20] * 16
+    err = await expect_error(
+        stub.UpsertObjects(
+            pb.UpsertObjectsRequest(collection="Remote", objects=[obj({"title": "x"})])
+        ),
+        grpc.StatusCode.UNAVAILABLE,
+    )
+    assert error_info(err).reason == "EMBEDDINGS_UNAVAILABLE"
+    assert "2^62" in err.details()
+    assert (await stub.CountObjects(pb.CountObjectsRequest(collection="Remote"))).count == 0
+    err = await expect_error(
+        stub.Search(pb.SearchRequest(collection="Remote", near_text=pb.NearText(text="x"))),
+        grpc.StatusCode.UNAVAILABLE,
+    )
+    assert error_info(err).reason == "EMBEDDINGS_UNAVAILABLE"
+    fake.embedding_override = lambda text: [2.0**59] * 16  # length 2^61: within
+    written = await stub.UpsertObjects(
+        pb.UpsertObjectsRequest(collection="Remote", objects=[obj({"title": "y"})])
+    )
+    assert not written.errors
+    res = await stub.Search(pb.SearchRequest(collection="Remote", near_text=pb.NearText(text="y")))
+    assert [h.id for h in res.hits] == list(written.ids)
+    assert math.isfinite(res.hits[0].score)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import grpc
@@ -229,3 +230,52 @@ async def test_cosine_vectors_keep_their_direction(make_retrieval: Any, adapter:
     ):
         err = await expect_error(s.Search(request), grpc.StatusCode.INVALID_ARGUMENT, field)
         assert error_info(err).reason == "ZERO_VECTOR"
+
+
+@pytest.mark.parametrize("adapter", ["edge", "server"])
+@pytest.mark.parametrize("distance", [pb.DISTANCE_DOT, pb.DISTANCE_EUCLID])
+async def test_dot_and_euclid_vectors_stay_within_float32(
+    make_retrieval: Any, adapter: str, distance: int
+) -> None:
+    # The engine scores in float32: [3e38] * 4 was stored, then a dot product or a Euclid
+    # distance with it overflowed, and the object silently fell out of every search (only
+    # 1 of 5 objects came back for a Euclid query). A length past 2^62 is refused, stored
+    # or searched with; every pair of vectors within it scores finitely.
+    s = (await make_retrieval(adapter)).stub
+    collection = pb.Collection(
+        name="D",
+        vectorizer=pb.Vectorizer(kind=pb.VECTORIZER_KIND_NONE, dimensions=4, distance=distance),
+    )
+    await s.CreateCollection(pb.CreateCollectionRequest(collection=collection))
+    edge = 2.0**61  # [2^61] * 4 has length 2^62: the largest accepted
+    objs = [
+        pb.DataObject(vector=[edge] * 4),
+        pb.DataObject(vector=[-edge] * 4),
+        pb.DataObject(vector=[1.0, 0.0, 0.0, 0.0]),
+        pb.DataObject(vector=[0.0] * 4),
+        pb.DataObject(vector=[3e38] * 4),
+        pb.DataObject(vector=[-3e38, 0.0, 0.0, 0.0]),
+    ]
+    written = await s.UpsertObjects(pb.UpsertObjectsRequest(collection="D", objects=objs))
+    assert [(e.index, e.field) for e in written.errors] == [(4, "vector"), (5, "vector")]
+    assert "2^62" in written.errors[0].message
+    for query in ([edge] * 4, [-edge] * 4, [1.0, 0.0, 0.0, 0.0]):
+        res = await s.Search(
+            pb.SearchRequest(collection="D", near_vector=pb.NearVector(vector=query))
+        )
+        assert len(res.hits) == 4, (query, [h.score for h in res.hits])
+        assert all(math.isfinite(h.score) for h in res.hits)
+    for request, field in (
+        (
+            pb.SearchRequest(collection="D", near_vector=pb.NearVector(vector=[3e38] * 4)),
+            "near_vector.vector",
+        ),
+        (
+            pb.SearchRequest(
+                collection="D", hybrid=pb.Hybrid(text="x", alpha=1.0, vector=[3e38] * 4)
+            ),
+            "hybrid.vector",
+        ),
+    ):
+        err = await expect_error(s.Search(request), grpc.StatusCode.INVALID_ARGUMENT, field)
+        assert error_info(err).reason == "VECTOR_TOO_LONG"

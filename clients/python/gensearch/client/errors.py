@@ -250,6 +250,12 @@ class NumberNotFiniteError(InvalidArgumentError):
     error_reason = "NUMBER_NOT_FINITE"
 
 
+class VectorTooLongError(InvalidArgumentError):
+    """A query vector longer than 2^62 in a dot or Euclid collection."""
+
+    error_reason = "VECTOR_TOO_LONG"
+
+
 class ValueNotSetError(InvalidArgumentError):
     """A ``google.protobuf.Value`` with none of its kinds set (memory keeps none)."""
 
