@@ -18,7 +18,7 @@ from google.protobuf import json_format
 
 from services.common.errors import InvalidArgument, quote
 from services.common.values import DEFAULT_MAX_DEPTH, check_value
-from services.retrieval.schema import ObjectInvalid, parse_date
+from services.retrieval.schema import RFC3339_DATE_TIME, ObjectInvalid, parse_date
 
 MAX_DEPTH = 8
 MAX_CONDITIONS = 256
@@ -142,7 +142,10 @@ def _condition(cond: pb.Condition, b: _Walk, field: str) -> Node:
     is_date = data_type == pb.DATA_TYPE_DATE
 
     if op in (pb.OPERATOR_EQUAL, pb.OPERATOR_NOT_EQUAL):
-        leaf = _equal(name, data_type, _scalar(data_type, value, value_field))
+        if is_date:
+            leaf = _date_equal(name, *_date_bound(value, value_field))
+        else:
+            leaf = _equal(name, data_type, _scalar(data_type, value, value_field))
         return leaf if op == pb.OPERATOR_EQUAL else Bool(must_not=(leaf,))
     if op in _RANGE_OPS:
         if data_type not in (pb.DATA_TYPE_INT, pb.DATA_TYPE_NUMBER, pb.DATA_TYPE_DATE):
@@ -150,9 +153,16 @@ def _condition(cond: pb.Condition, b: _Walk, field: str) -> Node:
                 f"{field}.operator: {quote(name)} is not a number or date, so it has no order",
                 field=f"{field}.operator",
             )
+        if is_date:
+            stamp, exact = _date_bound(value, value_field)
+            side = _RANGE_OPS[op]
+            if not exact:
+                # The bound lies strictly between its microsecond and the next one, where
+                # no stored date is: "< bound" holds for its microsecond, "≥ bound" does not.
+                side = {"lt": "lte", "gte": "gt"}.get(side, side)
+            return Range(key=f"ts.{name}", **{side: stamp})  # type: ignore[arg-type]
         bound = _scalar(data_type, value, value_field)
-        key = f"ts.{name}" if is_date else f"p.{name}"
-        return Range(key=key, **{_RANGE_OPS[op]: float(bound)})  # type: ignore[arg-type]
+        return Range(key=f"p.{name}", **{_RANGE_OPS[op]: float(bound)})  # type: ignore[arg-type]
     if op in (pb.OPERATOR_CONTAINS_ANY, pb.OPERATOR_CONTAINS_ALL):
         if op == pb.OPERATOR_CONTAINS_ALL and data_type != pb.DATA_TYPE_TEXT_ARRAY:
             raise InvalidArgument(
@@ -172,6 +182,9 @@ def _condition(cond: pb.Condition, b: _Walk, field: str) -> Node:
             return MatchAny(key=f"p.{name}", values=tuple(str(v) for v in items))
         if data_type == pb.DATA_TYPE_INT:
             return MatchAny(key=f"p.{name}", values=tuple(int(v) for v in items))
+        if is_date:
+            bounds = [_date_bound(v, f"{value_field}[{i}]") for i, v in enumerate(value)]
+            return Bool(should=tuple(_date_equal(name, *bound) for bound in bounds))
         return Bool(should=tuple(_equal(name, data_type, v) for v in items))
     if op == pb.OPERATOR_TEXT_MATCH:
         if data_type not in (pb.DATA_TYPE_TEXT, pb.DATA_TYPE_TEXT_ARRAY):
@@ -184,6 +197,23 @@ def _condition(cond: pb.Condition, b: _Walk, field: str) -> Node:
     if op == pb.OPERATOR_UNSPECIFIED:
         raise InvalidArgument(f"{field}.operator is required", field=f"{field}.operator")
     raise InvalidArgument(f"{field}.operator: {op} is not an Operator", field=f"{field}.operator")
+
+
+def _date_bound(value: Any, field: str) -> tuple[float, bool]:
+    """A date filter value as epoch seconds of its microsecond (dates are kept to the
+    microsecond), and whether it is exactly that: False when its fraction has further
+    digits that are not all zero (RFC3339Nano's "….000000001Z")."""
+    stamp = _scalar(pb.DATA_TYPE_DATE, value, field)
+    match = RFC3339_DATE_TIME.fullmatch(value)
+    fraction = (match["fraction"] or "") if match else ""
+    return stamp, not fraction[7:].strip("0")
+
+
+def _date_equal(name: str, stamp: float, exact: bool) -> Node:
+    if exact:
+        return _equal(name, pb.DATA_TYPE_DATE, stamp)
+    # No stored date lies between two microseconds: an empty interval matches none.
+    return Range(key=f"ts.{name}", gt=stamp, lt=stamp)
 
 
 def _equal(name: str, data_type: int, value: Any) -> Node:

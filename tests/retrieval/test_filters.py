@@ -253,3 +253,31 @@ async def test_an_operator_the_enum_does_not_have_is_named_as_such(loaded: Any) 
         "filter.condition.operator",
     )
     assert "is required" in (err.details() or "")
+
+
+async def test_a_date_bound_finer_than_a_microsecond_is_compared_exactly(loaded: Any) -> None:
+    """Dates are kept to the microsecond; a bound with more digits (Go's RFC3339Nano, Java's
+    Instant) used to be cut to its microsecond, so "< X + 1 ns" left out a date at X and
+    "== X + 1 ns" matched it. Every stored date lies on the microsecond grid, so the bound's
+    further digits decide only which side of that grid point it falls."""
+    stub = loaded
+    at = "2024-03-12T12:00:00Z"
+    later = "2024-03-12T12:00:00.000000001Z"  # 1 ns after
+    earlier = "2024-03-12T11:59:59.999999001Z"  # 999 ns before
+    cases = [
+        (cond("date", LT, later), lambda p: when(p["date"]) <= when(at)),
+        (cond("date", LTE, later), lambda p: when(p["date"]) <= when(at)),
+        (cond("date", GT, later), lambda p: when(p["date"]) > when(at)),
+        (cond("date", GTE, later), lambda p: when(p["date"]) > when(at)),
+        (cond("date", GT, earlier), lambda p: when(p["date"]) >= when(at)),
+        (cond("date", GTE, earlier), lambda p: when(p["date"]) >= when(at)),
+        (cond("date", LT, earlier), lambda p: when(p["date"]) < when(at)),
+        (cond("date", EQ, later), lambda p: False),
+        (cond("date", NE, later), lambda p: True),
+        (cond("date", ANY, [later, at]), lambda p: p["date"] == at),
+        (cond("date", EQ, "2024-03-12T12:00:00.000000000Z"), lambda p: p["date"] == at),
+    ]
+    assert ids_where(lambda p: p["date"] == at)
+    for flt, predicate in cases:
+        count = await stub.CountObjects(pb.CountObjectsRequest(collection="Articles", filter=flt))
+        assert count.count == len(ids_where(predicate)), flt
