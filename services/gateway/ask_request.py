@@ -102,7 +102,8 @@ def context_fields(request: AskLike, info: CollectionInfo) -> list[str]:
             reason="UNKNOWN_PROPERTY",
             metadata={"property": unknown[0]},
         )
-    return fields or list(info.generative.context_fields) or info.text_properties
+    # Each once, in the order first named: a repeat shows the model nothing new.
+    return list(dict.fromkeys(fields or info.generative.context_fields)) or info.text_properties
 
 
 def search_request(

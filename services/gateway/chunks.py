@@ -348,7 +348,7 @@ def join_overlapping(left: str, right: str) -> str:
 
 def _cost(chunk: ret_pb.Hit, text_fields: Sequence[str]) -> int:
     props = chunk.properties.fields
-    names = list(text_fields) or list(props)
+    names = list(dict.fromkeys(text_fields)) or list(props)  # a repeated name costs once
     return estimate_tokens(" ".join(to_text(_plain(props[n])) for n in names if n in props))
 
 

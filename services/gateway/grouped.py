@@ -9,8 +9,10 @@ from services.gateway.templates import is_empty, to_text
 
 
 def hit_block(number: int, properties: Mapping[str, Any], only: Sequence[str] = ()) -> str:
-    """``[n]`` then one ``name: value`` line per (selected, non-empty) property."""
-    names = list(only) if only else sorted(properties)
+    """``[n]`` then one ``name: value`` line per (selected, non-empty) property; a name
+    selected twice is shown once (grouped_properties, context_field_list and a collection's
+    context_fields may repeat one: each repeat was paid for in tokens)."""
+    names = list(dict.fromkeys(only)) if only else sorted(properties)
     lines = [f"[{number}]"]
     for name in names:
         value = properties.get(name)

@@ -481,3 +481,36 @@ async def test_a_huge_usage_sum_saturates_instead_of_failing(
     assert all(h.generation.usage.total_tokens == 20_000_000 for h in response.hits)
     assert response.usage.total_tokens == 2**31 - 1
     assert response.usage.prompt_tokens == 2**31 - 1  # 2.2e9 too
+
+
+async def test_a_property_listed_twice_is_shown_to_the_model_once(stack: Stack) -> None:
+    """grouped_properties, an Ask's context_field_list and a collection's context_fields
+    name properties; one named twice (or 5,000 times) was rendered as often into every
+    hit's block, paid for in tokens, and enough repeats pushed every hit out of the Ask's
+    context budget: the model was told "(no results)" while the hits came back."""
+    await create_books(
+        stack, generative=ret_pb.GenerativeConfig(provider="fake", context_fields=["title"] * 3)
+    )
+    await stack.stub.GenerativeSearch(
+        _near(limit=2, grouped_task="Compare", grouped_properties=["title", "year", "title"]),
+        metadata=ALICE,
+    )
+    grouped = stack.fake.chat_requests[-1].json["messages"][-1]["content"]
+    assert grouped.count("title: ") == 2 and grouped.count("year: ") == 2, grouped
+
+    for fields in (["title", "title"], ["title"] * 5000, []):  # [] : the collection's
+        response = await stack.stub.Ask(
+            gw_pb.AskRequest(
+                collection="Books",
+                llm_question="which book?",
+                near_vector=ret_pb.NearVector(vector=[0.5] * DIM),
+                context_size=2,
+                context_field_list=fields,
+            ),
+            metadata=ALICE,
+        )
+        asked = stack.fake.chat_requests[-1].json["messages"][-1]["content"]
+        assert response.trimmed.hits == 0 and "(no results)" not in asked, asked[:300]
+        for hit in response.hits:
+            title = hit.properties.fields["title"].string_value
+            assert asked.count(f"title: {title}") == 1, asked[:300]
