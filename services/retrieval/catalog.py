@@ -29,7 +29,7 @@ from typing import Any
 from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 
 from services.common.auth import DEFAULT_TENANT
-from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from services.common.errors import AlreadyExists, InvalidArgument, NotFound, ResourceExhausted
 from services.retrieval.answer_cache_marker import is_cache_schema
 from services.retrieval.embedders import Embedders
 from services.retrieval.schema import (
@@ -150,9 +150,17 @@ class Catalog:
             # that other tenants' collections exist.
             held = sum(1 for owner, _ in self._schemas if owner == tenant)
             if held >= self._settings.max_collections:
-                raise FailedPrecondition(
-                    f"a tenant holds at most {self._settings.max_collections} collections",
+                # A per-tenant quota, as memory's OWNER_CONVERSATIONS_FULL: delete some, or
+                # the operator raises the setting.
+                limit = self._settings.max_collections
+                raise ResourceExhausted(
+                    f"a tenant holds at most {limit} collections "
+                    "(GENSEARCH_RETRIEVAL_MAX_COLLECTIONS); delete some to create more",
                     reason="TOO_MANY_COLLECTIONS",
+                    metadata={
+                        "limit": str(limit),
+                        "setting": "GENSEARCH_RETRIEVAL_MAX_COLLECTIONS",
+                    },
                 )
             layout = CollectionLayout(
                 name=schema.store_name,

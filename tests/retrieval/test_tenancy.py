@@ -313,12 +313,21 @@ async def test_the_collection_limit_counts_each_tenant_apart(
         await r.stub.CreateCollection(
             pb.CreateCollectionRequest(collection=vector_collection(name)), metadata=ACME
         )
-    await expect_error(
+    # A per-tenant count limit, like memory's OWNER_CONVERSATIONS_FULL: RESOURCE_EXHAUSTED
+    # naming the limit and its setting (it was FAILED_PRECONDITION, naming neither).
+    err = await expect_error(
         r.stub.CreateCollection(
             pb.CreateCollectionRequest(collection=vector_collection("C")), metadata=ACME
         ),
-        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
     )
+    info = error_info(err)
+    assert info.reason == "TOO_MANY_COLLECTIONS"
+    assert dict(info.metadata) == {
+        "limit": "2",
+        "setting": "GENSEARCH_RETRIEVAL_MAX_COLLECTIONS",
+    }
+    assert "GENSEARCH_RETRIEVAL_MAX_COLLECTIONS" in err.details()
     for name in ("A", "B"):
         await r.stub.CreateCollection(
             pb.CreateCollectionRequest(collection=vector_collection(name)), metadata=GLOBEX

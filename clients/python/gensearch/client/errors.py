@@ -319,10 +319,6 @@ class StoreIsClusterError(FailedPreconditionError):
     error_reason = "STORE_IS_CLUSTER"
 
 
-class TooManyCollectionsError(FailedPreconditionError):
-    error_reason = "TOO_MANY_COLLECTIONS"
-
-
 class UpstreamRedirectError(FailedPreconditionError):
     error_reason = "UPSTREAM_REDIRECT"
 
@@ -394,6 +390,14 @@ class OwnerStorageFullError(ResourceExhaustedError):
     to make room."""
 
     error_reason = "OWNER_STORAGE_FULL"
+
+
+class TooManyCollectionsError(ResourceExhaustedError):
+    """The tenant holds the most collections allowed (metadata ``limit``, ``setting``):
+    delete some to create more. (FAILED_PRECONDITION before: an error from an older
+    service still matches ``except FailedPreconditionError``.)"""
+
+    error_reason = "TOO_MANY_COLLECTIONS"
 
 
 class QuotaExceededError(ResourceExhaustedError):
