@@ -128,6 +128,7 @@ class AskService:
         )
         turns = recent_turns(history.turns, params.interaction_size)
         context_fields = ask_request.context_fields(request, info)
+        ask_request.check_searchable(request, info, params.context_size)
         # Checked before any LLM work; None: hits go to the prompt as they are.
         expand_budget = chunks.budget_for(request, info, self._b.settings)
         options = Options.resolve(

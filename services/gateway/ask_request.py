@@ -106,6 +106,23 @@ def context_fields(request: AskLike, info: CollectionInfo) -> list[str]:
     return list(dict.fromkeys(fields or info.generative.context_fields)) or info.text_properties
 
 
+def check_searchable(request: AskLike, info: CollectionInfo, context_size: int) -> None:
+    """An Ask with no query of its own searches its question: hybrid, or keyword on a
+    collection without a vectorizer. A collection with neither (a keyword index is on
+    unless created without) cannot be searched by text; said before any LLM call, naming
+    the query the caller must give, not the ``keyword`` field the gateway would make up."""
+    if context_size <= 0 or request.WhichOneof("query") is not None or info.has_vectorizer:
+        return
+    c = info.collection
+    if c.HasField("keyword_index") and not c.keyword_index:
+        raise InvalidArgument(
+            f"collection {quote(request.collection)} has no vectorizer and no keyword index, "
+            "so the question cannot be searched as text: give near_vector (or context_size 0)",
+            field="query",
+            reason="NO_KEYWORD_INDEX",
+        )
+
+
 def search_request(
     request: AskLike, info: CollectionInfo, text: str, limit: int
 ) -> ret_pb.SearchRequest:

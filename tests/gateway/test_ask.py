@@ -729,3 +729,52 @@ async def test_a_gateway_holds_a_collections_system_prompt_to_its_own_limit(
         "setting": "GENSEARCH_GATEWAY_MAX_PROMPT_CHARS",
     }
     await create_books(stack, generative=generative, direct=True)
+
+
+async def test_a_question_the_collection_cannot_search_names_the_query(stack: Stack) -> None:
+    """With no query of its own, an Ask searches its question (hybrid, or keyword on a
+    collection without a vectorizer). A collection with neither a vectorizer nor a keyword
+    index cannot be searched by text: that is said before any LLM call (the question
+    rewrite included), naming the query the caller must give, not the `keyword` field the
+    gateway made up ("collection 'X' has no keyword index", field keyword)."""
+    collection = ret_pb.Collection(
+        name="Vectors",
+        properties=[ret_pb.Property(name="title", data_type=ret_pb.DATA_TYPE_TEXT)],
+        vectorizer=ret_pb.Vectorizer(kind=ret_pb.VECTORIZER_KIND_NONE, dimensions=DIM),
+        keyword_index=False,
+        generative=ret_pb.GenerativeConfig(provider="fake", model="fake-model"),
+    )
+    await stack.retrieval.CreateCollection(
+        ret_pb.CreateCollectionRequest(collection=collection), metadata=ALICE
+    )
+    obj = ret_pb.DataObject(vector=[0.5] * DIM)
+    obj.properties.update({"title": "Dune"})
+    await stack.retrieval.UpsertObjects(
+        ret_pb.UpsertObjectsRequest(collection="Vectors", objects=[obj]), metadata=ALICE
+    )
+    first = await stack.stub.Ask(
+        gw_pb.AskRequest(
+            collection="Vectors",
+            llm_question="which book?",
+            near_vector=ret_pb.NearVector(vector=[0.5] * DIM),
+            new_conversation=True,
+        ),
+        metadata=ALICE,
+    )
+    calls = len(stack.fake.chat_requests)
+    for request in (
+        gw_pb.AskRequest(collection="Vectors", llm_question="which book?"),
+        gw_pb.AskRequest(
+            collection="Vectors",
+            llm_question="and the author?",
+            conversation_id=first.conversation_id,  # history: a rewrite would come first
+        ),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stack.stub.Ask(request, metadata=ALICE)
+        err = caught.value
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
+        info = error_info(err)
+        assert (info.reason, info.metadata["field"]) == ("NO_KEYWORD_INDEX", "query"), info
+        assert "near_vector" in err.details()
+    assert len(stack.fake.chat_requests) == calls  # no rewrite, no answer
