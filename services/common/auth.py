@@ -130,7 +130,8 @@ def require_service_caller() -> Identity:
     identity = _current.get()
     if identity.client_key:
         raise PermissionDenied(
-            "this method is internal to the services; clients reach it through the gateway",
+            "this method is internal to the services: only a peer service holding the "
+            "internal token may call it, never an API key",
             reason="INTERNAL_METHOD",
         )
     return identity

@@ -353,6 +353,8 @@ async def test_the_answer_cache_refuses_clients_with_api_keys(
                  r.stub.LookupCachedAnswer(lookup, metadata=carol)):  # fmt: skip
         err = await expect_error(call, DENIED)
         assert error_info(err).reason == "INTERNAL_METHOD"
+        # It said "clients reach it through the gateway", which refuses it too.
+        assert "gateway" not in err.details() and "internal token" in err.details()
     # The same reader, vouched for by the gateway, is served.
     gateway = as_("carol", "acme", "reader")
     await r.stub.StoreCachedAnswer(store, metadata=gateway)
