@@ -38,12 +38,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import regex
+from google.protobuf import json_format, struct_pb2
 from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import SchemaError, ValidationError
 from referencing import Registry
 from referencing.exceptions import Unresolvable
 
 from services.common.errors import InvalidArgument
+from services.common.values import check_value
 
 INVALID_SCHEMA = "INVALID_SCHEMA"
 # Validators of schemas already accepted, by their canonical JSON: checking a schema
@@ -74,6 +76,8 @@ _DATA_KEYWORDS = frozenset({"const", "enum", "default", "examples"})
 # A response format's name, as OpenAI's structured outputs accept it.
 _FORMAT_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 DEFAULT_FORMAT_NAME = "response"
+# No nesting bound in schema_data's walk (check_schema has its own, MAX_SCHEMA_DEPTH).
+_UNBOUNDED_DEPTH = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -319,6 +323,17 @@ def format_name(name: str, field: str) -> str:
     if not _FORMAT_NAME.fullmatch(name):
         raise InvalidArgument(f"{field} must be 1-64 letters, digits, '_' or '-'", field=field)
     return name
+
+
+def schema_data(schema: struct_pb2.Struct, field: str) -> dict[str, Any]:
+    """A schema sent as a ``Struct``, as JSON data. A NaN or ±Infinity in it (a Struct
+    holds them, JSON does not: ``json_format`` raised ``ValueError``, an INTERNAL) is
+    INVALID_ARGUMENT / NUMBER_NOT_FINITE naming where (``….json_schema.properties.x.maximum``).
+    Depth is ``check_schema``'s to bound, with its own message; protobuf's parser already
+    stops a Struct far short of what this walk or ``MessageToDict`` could not handle."""
+    check_value(schema, field, max_depth=_UNBOUNDED_DEPTH)
+    data: dict[str, Any] = json_format.MessageToDict(schema)
+    return data
 
 
 def check_schema(schema: Mapping[str, Any], field: str, limits: SchemaLimits) -> OutputSchema:

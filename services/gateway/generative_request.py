@@ -7,10 +7,9 @@ import asyncio
 
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
-from google.protobuf import json_format
 
 from services.common.errors import InvalidArgument
-from services.common.json_schema import SchemaLimits, check_schema, format_name
+from services.common.json_schema import SchemaLimits, check_schema, format_name, schema_data
 from services.common.settings import MAX_WAIT_SECONDS
 from services.common.well_known import duration_seconds
 from services.gateway import generation_cache
@@ -112,9 +111,10 @@ def check_structured_options(g: gw_pb.Generate, s: GatewaySettings) -> None:
         raise InvalidArgument("base_url must not be blank", field="generate.base_url")
     if g.HasField("response_format"):
         format_name(g.response_format.name, "generate.response_format.name")
+        field = "generate.response_format.json_schema"
         check_schema(
-            json_format.MessageToDict(g.response_format.json_schema),
-            "generate.response_format.json_schema",
+            schema_data(g.response_format.json_schema, field),
+            field,
             SchemaLimits(max_chars=s.max_schema_chars, max_depth=s.max_schema_depth),
         )
 

@@ -6,10 +6,15 @@ import math
 from dataclasses import dataclass, field
 
 from gensearch.generation.v1 import generation_service_pb2 as pb
-from google.protobuf import json_format
 
 from services.common.errors import InvalidArgument, quote
-from services.common.json_schema import OutputSchema, SchemaLimits, check_schema, format_name
+from services.common.json_schema import (
+    OutputSchema,
+    SchemaLimits,
+    check_schema,
+    format_name,
+    schema_data,
+)
 from services.common.model_names import check_model_name
 from services.common.settings import DEFAULT_MAX_FALLBACKS
 from services.generation.providers.base import (
@@ -86,8 +91,9 @@ def response_format(
         return None
     fmt = msg.response_format
     name = format_name(fmt.name, "response_format.name")
-    schema = json_format.MessageToDict(fmt.json_schema)
-    output = check_schema(schema, "response_format.json_schema", limits.schema)
+    field = "response_format.json_schema"
+    schema = schema_data(fmt.json_schema, field)
+    output = check_schema(schema, field, limits.schema)
     strict = fmt.strict if fmt.HasField("strict") else None
     return JsonSchemaFormat(name=name, schema=schema, strict=strict), output
 

@@ -37,9 +37,9 @@ SCHEMA: dict[str, Any] = {
 }
 
 
-def _schema(name: str = "") -> gen_pb.ResponseFormat:
+def _schema(name: str = "", extra: dict[str, Any] | None = None) -> gen_pb.ResponseFormat:
     s = struct_pb2.Struct()
-    s.update(SCHEMA)
+    s.update({**SCHEMA, **(extra or {})})
     return gen_pb.ResponseFormat(name=name, json_schema=s)
 
 
@@ -292,6 +292,11 @@ async def test_every_sampling_parameter_reaches_the_provider(stack: Stack) -> No
         ({"response_format": gen_pb.ResponseFormat()}, "generate.response_format.json_schema"),
         # QA: each hit failed on its own instead.
         ({"response_format": _schema(name="bad name!")}, "generate.response_format.name"),
+        # A Struct holds infinity, JSON does not: json_format raised ValueError, INTERNAL.
+        (
+            {"response_format": _schema(extra={"maximum": float("inf")})},
+            "generate.response_format.json_schema.maximum",
+        ),
         ({"model": "gpt-4", "provider": "anyscale"}, "generate.model"),
         # Spaces alone were read as "the default model" (the fake provider lists none, so
         # nothing else refused them).

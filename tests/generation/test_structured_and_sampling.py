@@ -98,6 +98,20 @@ async def test_unset_parameters_are_not_sent(service: Service, fake: FakeOpenAI)
             "response_format.json_schema",
         ),
         ({"response_format": fmt(name="no spaces")}, "response_format.name"),
+        # A Struct holds NaN and infinity, JSON does not: json_format raised ValueError,
+        # INTERNAL 'internal error'.
+        (
+            {
+                "response_format": fmt(
+                    {"type": "object", "properties": {"x": {"maximum": float("nan")}}}
+                )
+            },
+            "response_format.json_schema.properties.x.maximum",
+        ),
+        (
+            {"response_format": fmt({"type": "object", "enum": [{"a": float("-inf")}]})},
+            "response_format.json_schema.enum[0].a",
+        ),
     ],
 )
 async def test_bad_values_are_refused_naming_the_field(
