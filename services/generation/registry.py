@@ -111,7 +111,14 @@ class ProviderRegistry:
         )
 
     def get(self, name: str, field: str = "provider") -> Provider:
-        """The provider called ``name`` (empty: the default)."""
+        """The provider called ``name`` (empty: the default). Spaces alone are no name:
+        stripped, they used to silently become the default provider (as spaces once became
+        the default model, ``model_names.model_name_problem``)."""
+        if name and not name.strip():
+            raise InvalidArgument(
+                "a provider name must not be only spaces (leave it empty for the default)",
+                field=field,
+            )
         key = name.strip().lower() or self.default
         provider = self._providers.get(key)
         if provider is None:

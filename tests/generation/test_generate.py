@@ -197,6 +197,10 @@ async def test_list_models(
         # Spaces alone are no name: they were stripped into the provider's default model.
         ({"model": "   "}, "model"),
         ({"fallback": [pb.ModelChoice(provider="fake", model=" ")]}, "fallback[0].model"),
+        # Nor are they a provider: they were stripped into the default provider (the
+        # gateway refuses them, the service answered them).
+        ({"provider": "   "}, "provider"),
+        ({"provider": "\t"}, "provider"),
     ],
 )
 async def test_invalid_requests_name_the_field(
