@@ -157,6 +157,21 @@ async def test_grouped_prompt_over_selected_properties(stack: Stack) -> None:
     assert response.usage.total_tokens == response.grouped.usage.total_tokens > 0
 
 
+async def test_a_property_named_twice_is_shown_once_in_the_grouped_prompt(stack: Stack) -> None:
+    # Each hit's block repeated the line ('title: Dune' twice): tokens spent on nothing.
+    await create_books(stack)
+    for grouped, returned in ((["title", "year", "title"], []), ([], ["year", "title", "year"])):
+        stack.fake.reset_stats()
+        request = _near(limit=2, grouped_task="Which is oldest?", grouped_properties=grouped)
+        request.return_properties.extend(returned)
+        response = await stack.stub.GenerativeSearch(request, metadata=ALICE)
+        prompt = stack.fake.chat_requests[0].json["messages"][-1]["content"]
+        assert len(response.hits) == 2
+        for number in (1, 2):
+            block = prompt.split(f"[{number}]\n", 1)[1].split("\n\n", 1)[0]
+            assert block.count("title: ") == block.count("year: ") == 1, block
+
+
 async def test_options_default_from_collection_then_request(stack: Stack) -> None:
     await create_books(
         stack,
