@@ -45,6 +45,7 @@ from referencing import Registry
 from referencing.exceptions import Unresolvable
 
 from services.common.errors import InvalidArgument
+from services.common.text import clean_text
 from services.common.values import check_value
 
 INVALID_SCHEMA = "INVALID_SCHEMA"
@@ -417,6 +418,7 @@ def parse_output(text: str, schema: OutputSchema) -> tuple[dict[str, Any] | None
         return None, f"the answer nests deeper than {MAX_OUTPUT_DEPTH} levels"
     if _depth(value, MAX_OUTPUT_DEPTH) > MAX_OUTPUT_DEPTH:
         return None, f"the answer nests deeper than {MAX_OUTPUT_DEPTH} levels"
+    value = _valid_text(value)
     token = _pattern_deadline.set(time.monotonic() + schema.pattern_seconds)
     try:
         schema.validator.validate(value)
@@ -437,6 +439,20 @@ def parse_output(text: str, schema: OutputSchema) -> tuple[dict[str, Any] | None
         # A Struct holds numbers as doubles: 1e400 or a 400-digit integer cannot travel.
         return None, "a number is out of the range of a double"
     return value, ""
+
+
+def _valid_text(value: Any) -> Any:
+    """``value`` with every string (keys too) made valid for protobuf
+    (``text.clean_text``): a model's JSON may escape half a surrogate pair (``"\\ud83d"``)
+    and ``json.loads`` keeps it, which no Struct can carry (the call failed INTERNAL). The
+    answer's depth is already bounded, so recursion is."""
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, dict):
+        return {clean_text(k): _valid_text(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_valid_text(v) for v in value]
+    return value
 
 
 def _finite_numbers(value: Any) -> bool:

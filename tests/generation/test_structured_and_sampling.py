@@ -155,6 +155,31 @@ async def test_a_valid_answer_comes_back_as_a_struct(service: Service, fake: Fak
     assert len(fake.chat_requests) == 1
 
 
+async def test_an_answer_escaping_half_a_surrogate_pair_gets_a_replacement_character(
+    service: Service, fake: FakeOpenAI
+) -> None:
+    # The model's own JSON escapes a lone half ("\ud83d", in a value and in a key):
+    # json.loads keeps it, no Struct can carry it, and the call failed INTERNAL.
+    text = '{"title": "Dune \\ud83d", "\\udc00year": 1965, "ok": "\\ud83d\\ude00"}'
+    fake.reply = text
+    schema = {"type": "object", "required": ["title"]}
+    reply = await service.stub.Generate(
+        pb.GenerateRequest(messages=[user("hi")], response_format=fmt(schema)), timeout=5
+    )
+    expected = {"title": "Dune \ufffd", "\ufffdyear": 1965, "ok": "\U0001f600"}
+    assert json_format.MessageToDict(reply.structured) == expected
+    assert reply.text == text and not reply.corrected
+    chunks = [
+        c
+        async for c in service.stub.StreamGenerate(
+            pb.StreamGenerateRequest(messages=[user("hi")], response_format=fmt(schema)),
+            timeout=5,
+        )
+    ]
+    assert json_format.MessageToDict(chunks[-1].structured) == expected
+    assert len(fake.chat_requests) == 2
+
+
 async def test_an_invalid_answer_gets_one_corrective_retry(
     service: Service, fake: FakeOpenAI
 ) -> None:
