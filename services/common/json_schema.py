@@ -43,6 +43,7 @@ from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import SchemaError, ValidationError
 from referencing import Registry
 from referencing.exceptions import Unresolvable
+from referencing.jsonschema import DRAFT202012
 
 from services.common.errors import InvalidArgument
 from services.common.text import clean_text
@@ -316,6 +317,41 @@ def _remote_refs(value: Any) -> bool:
     return False
 
 
+def _dangling_ref(schema: Mapping[str, Any]) -> str | None:
+    """The first ``$ref`` / ``$dynamicRef`` that points to nothing in the schema (``#/$defs/
+    missing``, an anchor no subschema declares), or None. Found only at validation, it
+    cost the caller two upstream calls (the answer and its corrective retry) and came
+    back FAILED_PRECONDITION / INVALID_OUTPUT, as if the model were at fault. A schema
+    with nested ``$id``s changes the base of the references under them: it is left to
+    validation, which reports it then as before."""
+    refs: list[str] = []
+    stack: list[tuple[Any, bool]] = [(schema, True)]
+    while stack:
+        item, root = stack.pop()
+        if isinstance(item, list):
+            stack.extend((child, False) for child in item)
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if key in _DATA_KEYWORDS:
+                    continue
+                if key == "$id" and not root:
+                    return None
+                if key in ("$ref", "$dynamicRef") and isinstance(child, str):
+                    refs.append(child)
+                stack.append((child, False))
+    if not refs:
+        return None
+    resource = DRAFT202012.create_resource(dict(schema))
+    uri = resource.id() or ""
+    resolver = Registry().with_resource(uri, resource).resolver(base_uri=uri)
+    for ref in refs:
+        try:
+            resolver.lookup(ref)
+        except Unresolvable:
+            return ref
+    return None
+
+
 def format_name(name: str, field: str) -> str:
     """A response format's ``name`` (empty: ``response``), or INVALID_ARGUMENT naming
     ``field``: the gateway checks it once before its fan-out, the generation service on
@@ -375,6 +411,13 @@ def check_schema(schema: Mapping[str, Any], field: str, limits: SchemaLimits) ->
     if _remote_refs(schema):
         raise InvalidArgument(
             "$ref may only point inside the schema (#/...)", field=field, reason=INVALID_SCHEMA
+        )
+    dangling = _dangling_ref(schema)
+    if dangling is not None:
+        raise InvalidArgument(
+            f"$ref {_short(repr(dangling))} points to nothing in the schema",
+            field=field,
+            reason=INVALID_SCHEMA,
         )
     if schema.get("type") != "object":
         raise InvalidArgument(

@@ -297,6 +297,10 @@ async def test_every_sampling_parameter_reaches_the_provider(stack: Stack) -> No
             {"response_format": _schema(extra={"maximum": float("inf")})},
             "generate.response_format.json_schema.maximum",
         ),
+        (
+            {"response_format": _schema(extra={"properties": {"n": {"$ref": "#/$defs/n"}}})},
+            "generate.response_format.json_schema",
+        ),
         ({"model": "gpt-4", "provider": "anyscale"}, "generate.model"),
         # Spaces alone were read as "the default model" (the fake provider lists none, so
         # nothing else refused them).

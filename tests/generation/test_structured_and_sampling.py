@@ -112,6 +112,20 @@ async def test_unset_parameters_are_not_sent(service: Service, fake: FakeOpenAI)
             {"response_format": fmt({"type": "object", "enum": [{"a": float("-inf")}]})},
             "response_format.json_schema.enum[0].a",
         ),
+        # A reference to nothing was found only when validating the answer: two upstream
+        # calls, then FAILED_PRECONDITION / INVALID_OUTPUT, as if the model were at fault.
+        (
+            {
+                "response_format": fmt(
+                    {"type": "object", "properties": {"a": {"$ref": "#/$defs/b"}}}
+                )
+            },
+            "response_format.json_schema",
+        ),
+        (
+            {"response_format": fmt({"type": "object", "items": {"$dynamicRef": "#nowhere"}})},
+            "response_format.json_schema",
+        ),
     ],
 )
 async def test_bad_values_are_refused_naming_the_field(
