@@ -178,9 +178,13 @@ def _clean(detail: str) -> str:
 
 def to_service_error(fault: UpstreamFault, provider: str, model: str) -> ServiceError:
     """The status our caller gets for an upstream fault that retries did not cure."""
+    # A refused connection (a caller's URL resolving to an address not allowed) is decided
+    # before a byte is sent: that attempt is no upstream call, and a caller charging calls
+    # (the gateway's quota, from ``upstream_calls``) must not count it.
+    attempts = max(0, fault.attempts - 1) if fault.kind == "refused" else fault.attempts
     meta = {
         "provider": provider,
-        ATTEMPTS: str(fault.attempts),
+        ATTEMPTS: str(attempts),
         WAIT_MS: str(round(fault.waited * 1000)),
     }
     if fault.status is not None:

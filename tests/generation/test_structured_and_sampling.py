@@ -401,6 +401,10 @@ async def test_base_url_off_the_allowlist_is_refused_before_any_byte(
         assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
         info = error_info(caught.value)
         assert (info.reason, info.metadata["field"]) == ("URL_NOT_ALLOWED", "base_url")
+        # Nothing was sent, so nothing is counted (a refusal at connect time said 1 call,
+        # which the gateway charges to the tenant's quota).
+        assert info.metadata.get("upstream_calls", "0") == "0"
+        assert info.metadata.get("attempts", "0") == "0"
     assert fake.requests == []
 
 
