@@ -11,6 +11,7 @@ from services.common.egress import URL_NOT_ALLOWED, EgressPolicy, UrlRefused
 from services.common.errors import (
     PermissionDenied,
     ServiceError,
+    Unauthenticated,
     quote,
 )
 from services.common.model_names import model_name_problem
@@ -98,6 +99,8 @@ class ModelCatalog:
                     reason="UNKNOWN_MODEL",
                 )
             _check_max_tokens(options, provider)
+            if provider_field == options.provider_field and not callers_url:
+                _check_key(provider, caller)
         limit = models.max_tokens_limit
         if options.max_tokens is not None and 0 < limit < options.max_tokens:
             raise refusal_at(options.max_tokens_field)(
@@ -154,6 +157,26 @@ def _check_max_tokens(options: Options, provider: gen_pb.Provider) -> None:
             reason="CONTEXT_WINDOW_EXCEEDED",
             metadata={"provider": provider.name, "context_window": str(window)},
         )
+
+
+def _check_key(provider: gen_pb.Provider, caller: Caller) -> None:
+    """The primary provider needs a key and has none: neither the operator's
+    (``api_key_configured``) nor the caller's ``x-<provider>-api-key``. The generation
+    service answers each call so (UNAUTHENTICATED / MISSING_PROVIDER_API_KEY, with nothing
+    sent upstream); here it is one error before the fan-out, not one per hit, each hit
+    charged to the tenant's LLM-call quota. A fallback pair's key is the generation
+    service's to ask for, if the chain ever reaches it."""
+    if not provider.requires_key or provider.api_key_configured:
+        return
+    header = f"x-{provider.name}-api-key"
+    if any(k == header and isinstance(v, str) and v.strip() for k, v in caller.provider_keys):
+        return
+    envs = " or ".join(e for e in provider.api_key_env.split(",") if e) or "its key variable"
+    raise Unauthenticated(
+        f"provider {provider.name!r} needs an API key: send metadata '{header}' or set {envs}",
+        reason="MISSING_PROVIDER_API_KEY",
+        metadata={"provider": provider.name},
+    )
 
 
 def _find_provider(models: gen_pb.ListModelsResponse, name: str) -> gen_pb.Provider | None:

@@ -70,6 +70,7 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
                 max_concurrency=c.concurrency_cap or 0,
                 context_window=c.context_window or 0,
                 models_checked=c.check_models and bool(c.models),
+                requires_key=c.requires_key,
             )
             for c in self._registry.configs()
         ]

@@ -719,3 +719,47 @@ async def test_a_model_of_spaces_is_refused_on_ask_too(stack: Stack) -> None:
         assert (info.reason, info.metadata["field"]) == ("INVALID_ARGUMENT", field)
         assert "only spaces" in caught.value.details()
     assert stack.fake.chat_requests == []
+
+
+async def test_a_provider_needing_a_key_the_caller_lacks_fails_once_before_any_hit(
+    stack_factory: StackFactory,
+) -> None:
+    # Each hit failed on its own (UNAUTHENTICATED / MISSING_PROVIDER_API_KEY from the
+    # generation service), and each was charged to the tenant's LLM-call quota.
+    keyed = {
+        "name": "keyed",
+        "base_url": "http://127.0.0.1:1/v1",
+        "default_model": "keyed-model",
+        "requires_key": True,
+        "api_key_env": ["GENSEARCH_TEST_NO_SUCH_KEY_VARIABLE"],
+    }
+    stack = await stack_factory(extra_providers=[keyed])
+    await create_books(stack, books=WITH_BODY)
+    for call in (stack.stub.GenerativeSearch, stack.stub.StreamGenerativeSearch):
+        request = _search(single_prompt="About {title}", grouped_task="All", provider="keyed")
+        if call is stack.stub.StreamGenerativeSearch:
+            request = _stream(single_prompt="About {title}", grouped_task="All", provider="keyed")
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            result = call(request, metadata=ALICE)
+            if hasattr(result, "__aiter__"):
+                async for _ in result:
+                    pass
+            else:
+                await result
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        info = error_info(caught.value)
+        assert info.reason == "MISSING_PROVIDER_API_KEY"
+        assert "x-keyed-api-key" in caught.value.details()
+    # With the caller's own key the call goes ahead (to an endpoint that is down here:
+    # each hit says so on its own).
+    response = await stack.stub.GenerativeSearch(
+        _search(single_prompt="About {title}", provider="keyed"),
+        metadata=(*ALICE, ("x-keyed-api-key", "sk-callers-own")),
+    )
+    assert {h.generation.error.reason for h in response.hits} == {"UPSTREAM_CONNECTION_FAILED"}
+    # A fallback pair's key is asked for only if the chain reaches it.
+    response = await stack.stub.GenerativeSearch(
+        _search(single_prompt="About {title}", fallback=[gen_pb.ModelChoice(provider="keyed")]),
+        metadata=ALICE,
+    )
+    assert all(h.generation.result for h in response.hits)

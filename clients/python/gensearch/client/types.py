@@ -366,7 +366,9 @@ class ChatMessage:
 class Provider:
     """An LLM provider the generation service has configured (``generate.models()``);
     ``models`` starts with ``default_model``. ``models_checked``: a model outside
-    ``models`` is refused before any call (else the endpoint decides). Through the
+    ``models`` is refused before any call (else the endpoint decides). ``requires_key``:
+    a call needs a key, the caller's ``x-<name>-api-key`` or the operator's
+    (``api_key_configured``). Through the
     gateway ``base_url`` and ``api_key_env`` are empty: the operator's endpoints and key
     variables are not shown to clients (the generation service itself gives them)."""
 
@@ -380,6 +382,7 @@ class Provider:
     max_concurrency: int = 0
     context_window: int = 0
     models_checked: bool = False
+    requires_key: bool = False
 
 
 @_proto("gensearch.generation.v1.ListModelsResponse")

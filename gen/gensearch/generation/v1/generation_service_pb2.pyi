@@ -204,7 +204,7 @@ class ListModelsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Provider(_message.Message):
-    __slots__ = ("name", "kind", "base_url", "default_model", "models", "api_key_env", "api_key_configured", "max_concurrency", "context_window", "models_checked")
+    __slots__ = ("name", "kind", "base_url", "default_model", "models", "api_key_env", "api_key_configured", "max_concurrency", "context_window", "models_checked", "requires_key")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     BASE_URL_FIELD_NUMBER: _ClassVar[int]
@@ -215,6 +215,7 @@ class Provider(_message.Message):
     MAX_CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_WINDOW_FIELD_NUMBER: _ClassVar[int]
     MODELS_CHECKED_FIELD_NUMBER: _ClassVar[int]
+    REQUIRES_KEY_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: ProviderKind
     base_url: str
@@ -225,7 +226,8 @@ class Provider(_message.Message):
     max_concurrency: int
     context_window: int
     models_checked: bool
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[ProviderKind, str]] = ..., base_url: _Optional[str] = ..., default_model: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., api_key_env: _Optional[str] = ..., api_key_configured: _Optional[bool] = ..., max_concurrency: _Optional[int] = ..., context_window: _Optional[int] = ..., models_checked: _Optional[bool] = ...) -> None: ...
+    requires_key: bool
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[ProviderKind, str]] = ..., base_url: _Optional[str] = ..., default_model: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., api_key_env: _Optional[str] = ..., api_key_configured: _Optional[bool] = ..., max_concurrency: _Optional[int] = ..., context_window: _Optional[int] = ..., models_checked: _Optional[bool] = ..., requires_key: _Optional[bool] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("providers", "default_provider", "allowed_hosts", "max_tokens_limit")
