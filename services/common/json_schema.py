@@ -454,7 +454,7 @@ def parse_output(text: str, schema: OutputSchema) -> tuple[dict[str, Any] | None
     valid (it could not be shown to match)."""
     body = _unfence(text.strip())
     try:
-        value = json.loads(body)
+        value = json.loads(body, parse_int=_json_int)
     except ValueError as err:
         return None, f"the answer is not JSON ({_short(str(err))})"
     except RecursionError:  # json's decoder gives up near Python's recursion limit
@@ -482,6 +482,17 @@ def parse_output(text: str, schema: OutputSchema) -> tuple[dict[str, Any] | None
         # A Struct holds numbers as doubles: 1e400 or a 400-digit integer cannot travel.
         return None, "a number is out of the range of a double"
     return value, ""
+
+
+def _json_int(digits: str) -> int | float:
+    """An answer's integer, or, past the digits Python converts (4300), its float:
+    infinite, so the answer is 'a number out of the range of a double' like any other
+    such number. ``int`` refused it with Python's own advice (use
+    ``sys.set_int_max_str_digits()``), which went to the caller and to the model."""
+    try:
+        return int(digits)
+    except ValueError:
+        return float(digits)
 
 
 def _valid_text(value: Any) -> Any:

@@ -268,6 +268,23 @@ async def test_a_too_deep_answer_or_endless_refs_are_invalid_output(
     assert error_info(caught.value).reason == "INVALID_OUTPUT"
 
 
+async def test_an_integer_too_long_for_python_is_a_number_out_of_range(
+    service: Service, fake: FakeOpenAI
+) -> None:
+    # json.loads refused it with Python's own advice ('use sys.set_int_max_str_digits() to
+    # increase the limit'), told the caller and, in the corrective retry, the model.
+    fake.reply = '{"n": 1' + "0" * 5000 + "}"
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.Generate(
+            pb.GenerateRequest(messages=[user("hi")], response_format=fmt({"type": "object"})),
+            timeout=5,
+        )
+    assert error_info(caught.value).reason == "INVALID_OUTPUT"
+    assert "out of the range of a double" in caught.value.details()
+    corrective = fake.chat_requests[1].json["messages"][-1]["content"]
+    assert "sys." not in caught.value.details() and "sys." not in corrective
+
+
 async def test_a_pattern_regex_would_write_out_is_invalid_argument_before_any_call(
     service: Service, fake: FakeOpenAI
 ) -> None:
