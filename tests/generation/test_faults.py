@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import grpc
@@ -176,6 +177,26 @@ async def test_deeply_nested_sse_event_is_bad_upstream_response(
         await collect(call)
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     assert error_info(caught.value).reason == "BAD_UPSTREAM_RESPONSE"
+
+
+@pytest.mark.parametrize("content", [5, {"text": "hi"}, [{"type": "text", "text": "hi"}]])
+async def test_a_stream_delta_that_is_not_text_is_bad_upstream_response(
+    service: Service, fake: FakeOpenAI, content: object
+) -> None:
+    # The unary answer refused it ('the message content is not text'); the stream dropped
+    # it and ended OK, with text missing.
+    events = [
+        {"choices": [{"index": 0, "delta": {"content": content}, "finish_reason": None}]},
+        {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+    ]
+    sse = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+    fake.enqueue(Behaviour.error(200, sse, {"Content-Type": "text/event-stream"}))
+    call = service.stub.StreamGenerate(pb.StreamGenerateRequest(messages=[user("x")]), timeout=10)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await collect(call)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert error_info(caught.value).reason == "BAD_UPSTREAM_RESPONSE"
+    assert "not text" in caught.value.details()
 
 
 async def test_malformed_sse_is_bad_upstream_response(service: Service, fake: FakeOpenAI) -> None:

@@ -527,6 +527,9 @@ def _absorb(chunk: object, state: _StreamState) -> list[str]:
         if not isinstance(choice, ChunkChoice) or choice.index not in (0, None):
             continue
         piece = getattr(choice.delta, "content", None)
+        if piece is not None and not isinstance(piece, str):
+            # As a unary answer's content: dropped, the stream ended OK with text missing.
+            raise UpstreamFault("bad_response", "a stream event's content is not text")
         if isinstance(piece, str) and piece:
             piece = clean_text(piece)  # each chunk alone: a pair split across two is lost
             if len(piece) > state.room:
