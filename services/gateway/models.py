@@ -181,5 +181,6 @@ def _check_key(provider: gen_pb.Provider, caller: Caller) -> None:
 
 def _find_provider(models: gen_pb.ListModelsResponse, name: str) -> gen_pb.Provider | None:
     """The provider named ``name`` (case-insensitive; empty: the default one)."""
-    wanted = (name or models.default_provider).lower()
+    # As generation's registry reads a name: spaces around it stripped, case ignored.
+    wanted = (name.strip() or models.default_provider).lower()
     return next((p for p in models.providers if p.name.lower() == wanted), None)

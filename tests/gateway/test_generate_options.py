@@ -561,6 +561,17 @@ async def test_spaces_around_an_allowed_base_url_are_read_as_generation_reads_th
     assert reply.debug.url == f"{fake2.base_url}/chat/completions"  # the caller's own URL
 
 
+async def test_a_provider_name_is_read_as_generation_reads_it(stack: Stack) -> None:
+    """Generation takes " FAKE " as the provider fake (spaces stripped, case ignored); the
+    gateway refused it UNKNOWN_PROVIDER before any call, so a forwarded Generate answered
+    what GenerativeSearch refused."""
+    await create_books(stack, books=WITH_BODY)
+    response = await stack.stub.GenerativeSearch(
+        _search(single_prompt="About {title}", provider=" FAKE "), metadata=ALICE
+    )
+    assert response.hits and all(h.generation.result for h in response.hits)
+
+
 async def test_a_callers_base_url_with_a_query_is_refused_naming_it(
     stack_factory: StackFactory, fake2: FakeOpenAI, caplog: pytest.LogCaptureFixture
 ) -> None:
