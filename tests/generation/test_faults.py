@@ -199,6 +199,35 @@ async def test_a_stream_delta_that_is_not_text_is_bad_upstream_response(
     assert "not text" in caught.value.details()
 
 
+SSE = {"Content-Type": "text/event-stream"}
+
+
+async def test_a_stream_event_without_choices_carries_nothing_and_is_passed_over(
+    service: Service, fake: FakeOpenAI
+) -> None:
+    # A keep-alive or vendor event ('data: {}', a provider's own fields) has no choices:
+    # nothing to absorb. It failed the whole stream BAD_UPSTREAM_RESPONSE, while an event
+    # with an empty choices list was passed over.
+    events = [
+        {},
+        {"choices": [{"index": 0, "delta": {"content": "Hel"}, "finish_reason": None}]},
+        {"id": "x", "object": "ping"},
+        {"choices": [{"index": 0, "delta": {"content": "lo"}, "finish_reason": "stop"}]},
+    ]
+    sse = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+    fake.enqueue(Behaviour.error(200, sse, SSE))
+    call = service.stub.StreamGenerate(pb.StreamGenerateRequest(messages=[user("x")]), timeout=10)
+    chunks = await collect(call)
+    assert "".join(c.delta for c in chunks) == "Hello"
+    assert chunks[-1].finish_reason == "stop"
+    # A stream of nothing else never finishes: a broken answer, tried again.
+    before = len(fake.chat_requests)
+    fake.enqueue(Behaviour.error(200, "data: {}\n\ndata: [DONE]\n\n", SSE))
+    call = service.stub.StreamGenerate(pb.StreamGenerateRequest(messages=[user("x")]), timeout=10)
+    chunks = await collect(call)
+    assert len(fake.chat_requests) == before + 2 and chunks[-1].finish_reason == "stop"
+
+
 async def test_malformed_sse_is_bad_upstream_response(service: Service, fake: FakeOpenAI) -> None:
     fake.reply = "one two three"
     fake.enqueue(Behaviour.malformed())

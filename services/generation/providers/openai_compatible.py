@@ -519,8 +519,8 @@ def _absorb(chunk: object, state: _StreamState) -> list[str]:
     if usage is not None:
         state.usage = usage
     if not isinstance(chunk.choices, list):
-        if usage is None:
-            raise UpstreamFault("bad_response", "a stream event has no choices")
+        # A keep-alive or a vendor's own event ('data: {}'): nothing to absorb, as an empty
+        # choices list. A stream of nothing else still fails: it never finishes.
         return []
     deltas: list[str] = []
     for choice in chunk.choices:
