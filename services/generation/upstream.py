@@ -151,7 +151,7 @@ _BY_KIND: dict[str, tuple[type[ServiceError], str, str]] = {
     "first_byte_timeout": (
         DeadlineExceeded,
         "UPSTREAM_FIRST_BYTE_TIMEOUT",
-        "provider {provider!r} sent nothing within its first-byte timeout{tries}",
+        "provider {provider!r} did not answer within its first-byte timeout{tries}",
     ),
     "bad_response": (
         Unavailable,
