@@ -343,7 +343,21 @@ class GenerativeSearch:
                 present = [p for i, p in enumerate(properties) if i not in (failed or {})]
             grouped = grouped_prompt(g.grouped_task, present, only)
             plan.prompts[GROUPED] = grouped
-            plan.jobs[GROUPED] = job(GROUPED, grouped)
+            limit = s.max_rendered_prompt_chars
+            if len(grouped) > limit:
+                # The grouped result's own error, in the gateway's words: generation's
+                # refusal named `messages`, a field the caller never sent.
+                plan.jobs[GROUPED] = _refused(
+                    templates.PromptTooLong(
+                        f"the grouped prompt would be {len(grouped)} characters, longer than "
+                        f"{limit} (GENSEARCH_GATEWAY_MAX_RENDERED_PROMPT_CHARS): fewer hits "
+                        "(limit) or fewer properties (grouped_properties)",
+                        field="generate.grouped_task",
+                        metadata={"max_chars": str(limit), "chars": str(len(grouped))},
+                    )
+                )
+            else:
+                plan.jobs[GROUPED] = job(GROUPED, grouped)
         if policy.mode.reads:
             plan.cached = await cache.get_many(keys)
             for index in plan.cached:
@@ -370,6 +384,15 @@ class GenerativeSearch:
         plan = await self.plan(request, caller, call_remaining)
         async for event in stream_events(plan, gw_pb.StreamGenerativeSearchResponse):
             yield event
+
+
+def _refused(err: ServiceError) -> Job[gw_pb.GenerationResult]:
+    """A job that fails with ``err`` before any call, as a failed call would."""
+
+    async def run(emit: Emit) -> gw_pb.GenerationResult:
+        raise err
+
+    return run
 
 
 def parse_single(g: gw_pb.Generate) -> Template | None:

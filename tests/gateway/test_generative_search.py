@@ -172,6 +172,33 @@ async def test_a_property_named_twice_is_shown_once_in_the_grouped_prompt(stack:
             assert block.count("title: ") == block.count("year: ") == 1, block
 
 
+async def test_a_grouped_prompt_past_the_rendered_limit_is_its_own_error(
+    stack_factory: StackFactory,
+) -> None:
+    # The per-hit prompts are held to MAX_RENDERED_PROMPT_CHARS; the grouped one went to
+    # generation, which refused it naming `messages`, a field the caller never sent.
+    stack = await stack_factory(max_rendered_prompt_chars=120)
+    await create_books(stack)
+    request = _near(limit=3, single_prompt="About {title}", grouped_task="Which is oldest?")
+    response = await stack.stub.GenerativeSearch(request, metadata=ALICE)
+    assert all(h.generation.result for h in response.hits)  # each hit's prompt fits
+    error = response.grouped.error
+    assert (error.status, error.reason) == ("INVALID_ARGUMENT", "PROMPT_TOO_LONG")
+    assert "generate.grouped_task" in error.message and "grouped_properties" in error.message
+    assert len(stack.fake.chat_requests) == 3  # no grouped call
+    stream = stack.stub.StreamGenerativeSearch(
+        gw_pb.StreamGenerativeSearchRequest(
+            collection="Books",
+            near_vector=ret_pb.NearVector(vector=[0.5] * DIM),
+            limit=3,
+            generate=gw_pb.Generate(grouped_task="Which is oldest?"),
+        ),
+        metadata=ALICE,
+    )
+    grouped = [e.grouped async for e in stream if e.HasField("grouped")]
+    assert [g.error.reason for g in grouped] == ["PROMPT_TOO_LONG"]
+
+
 async def test_options_default_from_collection_then_request(stack: Stack) -> None:
     await create_books(
         stack,
