@@ -68,6 +68,11 @@ def is_collection_schema(data: dict[str, Any]) -> bool:
     )
 
 
+class CollectionGone(NotFound):
+    """NOT_FOUND for a collection deleted while a call used it, worded in the caller's
+    terms already (the engine's own NOT_FOUND names the engine's collection)."""
+
+
 def _parsed(stored: list[dict[str, Any]]) -> list[Schema]:
     schemas = []
     for data in stored:
@@ -120,8 +125,39 @@ class Catalog:
             schema = self._schemas.get(key)
         return schema
 
+    async def check_same(self, schema: Schema) -> None:
+        """NOT_FOUND (``collection``) unless the engine still holds the very collection
+        ``schema`` was read from: not deleted, and not deleted and created again under its
+        name (a new collection: another ``create_time``; a collection from before
+        create_time was stored has none, and any collection made since has one). Asks the
+        engine, not this replica's cache, so a delete by another replica counts too."""
+        stored = await self._store.schema(schema.store_name)
+        same = False
+        if stored is not None and is_collection_schema(stored):
+            try:
+                current = Schema.from_json(stored)
+            except Exception:  # unreadable: not the collection we started with
+                current = None
+            same = (
+                current is not None
+                and current.tenant == schema.tenant
+                and current.name == schema.name
+                and current.collection.create_time == schema.collection.create_time
+            )
+        if not same:
+            self.forget(schema)
+            raise CollectionGone(
+                f"collection {schema.name!r} not found: it was deleted after this call "
+                "started (a collection created again under its name is another collection)",
+                field="collection",
+            )
+
     def forget(self, schema: Schema) -> None:
-        self._schemas.pop((schema.tenant, schema.name), None)
+        key = (schema.tenant, schema.name)
+        cached = self._schemas.get(key)
+        # Only that collection: not one created again under its name since.
+        if cached is not None and cached.collection.create_time == schema.collection.create_time:
+            del self._schemas[key]
 
     async def create(self, tenant: str, collection: pb.Collection) -> Schema:
         kind = collection.vectorizer.kind

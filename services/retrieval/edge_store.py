@@ -189,6 +189,11 @@ class EdgeStore:
     async def schemas(self) -> list[dict[str, Any]]:
         return await self._run(lambda: list(self._schemas.values()))
 
+    async def schema(self, name: str) -> dict[str, Any] | None:
+        # On the engine's one worker thread, so it is ordered with creates, deletes and
+        # writes: a write sent right after this answer lands before any later delete.
+        return await self._run(self._schemas.get, name)
+
     def _shard(self, name: str) -> qe.EdgeShard:
         shard = self._shards.get(name)
         if shard is None:

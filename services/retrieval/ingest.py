@@ -7,7 +7,7 @@ the batch half written. Invalid objects are reported one by one; the rest of the
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
@@ -45,7 +45,11 @@ async def write_batch(
     *,
     first_index: int = 0,
     max_value_depth: int = DEFAULT_MAX_DEPTH,
+    before_write: Callable[[], Awaitable[None]] | None = None,
 ) -> BatchResult:
+    """``before_write``: awaited just before the write (after embedding, the slow part),
+    so whatever it checks still holds when the points are sent; its error fails the batch
+    with nothing of it written."""
     result = BatchResult()
     ready: list[PreparedObject] = []
     for i, obj in enumerate(objects):
@@ -86,6 +90,8 @@ async def write_batch(
         return result
     keyword_fields = schema.text_properties() if schema.keyword else []
     points = await asyncio.to_thread(_points, kept, keyword_fields)
+    if before_write is not None:
+        await before_write()
     await store.upsert(schema.store_name, points)
     result.ids = [p.id for p in kept]
     result.errors.sort(key=lambda e: e.index)

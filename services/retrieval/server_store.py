@@ -137,6 +137,15 @@ class ServerStore:
                     out.append(schema)
         return out
 
+    async def schema(self, name: str) -> dict[str, Any] | None:
+        try:
+            with _guard(name):
+                info = await self.client.get_collection(name)
+        except NotFound:
+            return None
+        schema = (info.config.metadata or {}).get(SCHEMA_KEY)
+        return schema if isinstance(schema, dict) else None
+
     async def upsert(self, name: str, points: list[StoredPoint]) -> None:
         structs = []
         for point in points:

@@ -22,7 +22,7 @@ from services.common.values import check_uuid
 from services.common.well_known import struct
 from services.retrieval import chunks
 from services.retrieval.answer_cache import AnswerCache
-from services.retrieval.catalog import Catalog, not_found
+from services.retrieval.catalog import Catalog, CollectionGone, not_found
 from services.retrieval.embedders import Embedders, use_caller_key
 from services.retrieval.filters import Node, build_filter
 from services.retrieval.ingest import write_batch
@@ -137,7 +137,9 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
                         field="collection",
                     )
                 self._check_batch(len(message.objects), message_no)
-                result = await self._write(schema, message.objects, received)
+                # Bound to the collection the stream started with: one deleted since (and
+                # maybe created again under its name) takes no more of its objects.
+                result = await self._write(schema, message.objects, received, bound=True)
                 received += len(message.objects)
                 imported += len(result.ids)
                 errors.extend(result.errors[: self._settings.max_import_errors - len(errors)])
@@ -161,7 +163,15 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
             errors_truncated=len(errors) < received - imported,
         )
 
-    async def _write(self, schema: Schema, objects: Any, first_index: int) -> Any:
+    async def _write(
+        self, schema: Schema, objects: Any, first_index: int, bound: bool = False
+    ) -> Any:
+        """``bound``: write only into the very collection ``schema`` was read from, checked
+        in the engine right before the write (an import stream: it outlives lookups)."""
+
+        async def same_collection() -> None:
+            await self._catalog.check_same(schema)
+
         with self._dropped(schema):
             return await write_batch(
                 schema,
@@ -170,6 +180,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
                 self._embedders,
                 first_index=first_index,
                 max_value_depth=self._settings.max_value_depth,
+                before_write=same_collection if bound else None,
             )
 
     @contextlib.contextmanager
@@ -179,6 +190,8 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         never the engine's."""
         try:
             yield
+        except CollectionGone:
+            raise
         except NotFound:
             self._catalog.forget(schema)
             raise not_found(schema.name, "collection") from None

@@ -79,6 +79,9 @@ class VectorStore(Protocol):
     async def schemas(self) -> list[dict[str, Any]]:
         """Every stored collection schema."""
 
+    async def schema(self, name: str) -> dict[str, Any] | None:
+        """The schema stored with collection ``name`` now; None when there is none."""
+
     async def upsert(self, name: str, points: list[StoredPoint]) -> None: ...
 
     async def retrieve(self, name: str, ids: list[str], with_vector: bool) -> list[FoundPoint]: ...

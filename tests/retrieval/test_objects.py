@@ -3,6 +3,7 @@ their errors."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -457,3 +458,48 @@ async def test_batch_get_objects_errors(make_retrieval: Any) -> None:
         grpc.StatusCode.NOT_FOUND,
         "collection",
     )
+
+
+@pytest.mark.parametrize("adapter", ["edge", "server"])
+@pytest.mark.parametrize("recreate", [True, False])
+async def test_an_import_stream_stays_bound_to_the_collection_it_started_with(
+    make_retrieval: Any, adapter: str, recreate: bool
+) -> None:
+    # The stream followed the name: a collection deleted and created again under it while
+    # the stream was open received the stream's later messages.
+    stub = (await make_retrieval(adapter)).stub
+    await stub.CreateCollection(pb.CreateCollectionRequest(collection=vector_collection("A", DIMS)))
+    good = article_objects()
+    first_landed = asyncio.Event()
+    go_on = asyncio.Event()
+
+    async def stream() -> AsyncIterator[pb.ImportObjectsRequest]:
+        yield pb.ImportObjectsRequest(collection="A", objects=good[:3])
+        first_landed.set()
+        await go_on.wait()
+        yield pb.ImportObjectsRequest(objects=good[3:5])
+
+    call = asyncio.ensure_future(stub.ImportObjects(stream(), timeout=30))
+    await first_landed.wait()
+    for _ in range(200):  # until the first message is stored
+        if (await stub.CountObjects(pb.CountObjectsRequest(collection="A"))).count == 3:
+            break
+        await asyncio.sleep(0.02)
+    await stub.DeleteCollection(pb.DeleteCollectionRequest(name="A"))
+    if recreate:
+        await stub.CreateCollection(
+            pb.CreateCollectionRequest(collection=vector_collection("A", DIMS))
+        )
+    go_on.set()
+    err = await expect_error(call, grpc.StatusCode.NOT_FOUND, "collection")
+    info = error_info(err)
+    assert (info.metadata["received_count"], info.metadata["imported_count"]) == ("3", "3")
+    assert "'A'" in (err.details() or "")
+    if recreate:
+        # The new collection got nothing of the old stream.
+        assert (await stub.CountObjects(pb.CountObjectsRequest(collection="A"))).count == 0
+        # A stream started now writes into it.
+        answer = await stub.ImportObjects(
+            iter([pb.ImportObjectsRequest(collection="A", objects=good[:2])])
+        )
+        assert answer.imported_count == 2
