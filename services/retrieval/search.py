@@ -20,7 +20,7 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 from services.common.errors import InvalidArgument
 from services.common.settings import MAX_QUERY_TEXT
 from services.retrieval import bm25
-from services.retrieval.embedders import Embedders
+from services.retrieval.embedders import Embedders, EmbeddingInputRejected
 from services.retrieval.filters import Node
 from services.retrieval.schema import Schema, check_vector
 from services.retrieval.store import FoundPoint, VectorStore
@@ -93,7 +93,7 @@ class Searcher:
                     field="near_text",
                     reason="NO_VECTORIZER",
                 )
-            vector, embed_ms = await self._embed(schema, text)
+            vector, embed_ms = await self._embed(schema, text, "near_text.text")
             return await self._dense(schema, vector, where, page, embed_ms)
         if mode == "keyword":
             text = _text(request.keyword.text, "keyword.text")
@@ -101,9 +101,12 @@ class Searcher:
             return await self._keyword(schema, text, where, page)
         return await self._hybrid(schema, request.hybrid, where, page)
 
-    async def _embed(self, schema: Schema, text: str) -> tuple[list[float], float]:
+    async def _embed(self, schema: Schema, text: str, field: str) -> tuple[list[float], float]:
         started = time.perf_counter()
-        [vector] = await self._embedders.for_collection(schema).embed([text])
+        try:
+            [vector] = await self._embedders.for_collection(schema).embed([text])
+        except EmbeddingInputRejected as err:
+            raise err.for_field(field, "the query text") from None
         return vector, (time.perf_counter() - started) * 1000
 
     async def _dense(
@@ -151,7 +154,7 @@ class Searcher:
         vector = check_vector(given, schema, "hybrid.vector") if given else None
         embed_ms = 0.0
         if alpha > 0.0 and vector is None:
-            vector, embed_ms = await self._embed(schema, text)
+            vector, embed_ms = await self._embed(schema, text, "hybrid.text")
         depth = max(page.offset + page.limit, self._candidates)
         inner = Page(limit=depth, offset=0, with_vector=page.with_vector)
         started = time.perf_counter()

@@ -380,3 +380,73 @@ async def test_an_endpoint_vector_too_long_for_float32_scores_is_unavailable(
     res = await stub.Search(pb.SearchRequest(collection="Remote", near_text=pb.NearText(text="y")))
     assert [h.id for h in res.hits] == list(written.ids)
     assert math.isfinite(res.hits[0].score)
+
+
+def _embedding_calls(fake: FakeOpenAI) -> int:
+    return sum(1 for r in fake.requests if r.path.endswith("/embeddings"))
+
+
+@pytest.mark.parametrize(
+    ("status", "code"), [(413, "context_length_exceeded"), (400, None), (422, "sk-12345-key")]
+)
+async def test_an_object_whose_text_the_endpoint_refuses_is_its_own_error(
+    stub: Any, fake: FakeOpenAI, status: int, code: Any
+) -> None:
+    # A 4xx that is the input's fault (a 5 MB text too large for the model) was UNAVAILABLE /
+    # EMBEDDINGS_UNAVAILABLE for the whole call: a retry that could never succeed.
+    fake.max_embedding_chars, fake.oversize_status, fake.oversize_code = 1000, status, code
+    huge = "secret-text " * 500
+    objects = [obj({"title": "red apples"}), obj({"title": huge}), obj({"title": "green pears"})]
+    resp = await stub.UpsertObjects(pb.UpsertObjectsRequest(collection="Remote", objects=objects))
+    assert len(resp.ids) == 2
+    [error] = resp.errors
+    assert (error.index, error.field) == (1, "properties.title")
+    assert f"HTTP {status}" in error.message and "6000 characters" in error.message
+    assert ("code context_length_exceeded" in error.message) == (code is not None and status == 413)
+    for secret in ("sk-", "secret-text", "Bearer"):
+        assert secret not in error.message
+    assert (await stub.CountObjects(pb.CountObjectsRequest(collection="Remote"))).count == 2
+    # Not retried: the whole batch, then its halves, then the refused half's halves.
+    assert _embedding_calls(fake) == 5
+
+    # A query text: the whole call, naming the field, and asked once.
+    for request, field in [
+        (pb.SearchRequest(collection="Remote", near_text=pb.NearText(text=huge)), "near_text.text"),
+        (pb.SearchRequest(collection="Remote", hybrid=pb.Hybrid(text=huge)), "hybrid.text"),
+    ]:
+        before = _embedding_calls(fake)
+        err = await expect_error(stub.Search(request), grpc.StatusCode.INVALID_ARGUMENT, field)
+        info = error_info(err)
+        assert info.reason == "EMBEDDING_INPUT_REJECTED"
+        assert info.metadata["http_status"] == str(status)
+        assert info.metadata["collection"] == "Remote"
+        for secret in ("sk-", "secret-text", "Bearer"):
+            assert secret not in (err.details() or "")
+        assert _embedding_calls(fake) == before + 1
+
+    # In an import stream too: the object's error, and the stream goes on.
+    async def stream() -> AsyncIterator[pb.ImportObjectsRequest]:
+        yield pb.ImportObjectsRequest(collection="Remote", objects=[obj({"title": huge})])
+        yield pb.ImportObjectsRequest(objects=[obj({"title": "blue berries"})])
+
+    answer = await stub.ImportObjects(stream())
+    assert (answer.received_count, answer.imported_count) == (2, 1)
+    assert [(e.index, e.field) for e in answer.errors] == [(0, "properties.title")]
+
+
+async def test_an_endpoint_refusing_every_text_is_not_asked_once_per_object(
+    stub: Any, fake: FakeOpenAI
+) -> None:
+    # Every text refused (a model the endpoint does not serve may answer 400 so): the
+    # search for the refused objects stops at its budget, and the call names objects.
+    fake.max_embedding_chars, fake.oversize_status = 3, 400
+    objects = [obj({"title": f"title {i}"}) for i in range(200)]
+    err = await expect_error(
+        stub.UpsertObjects(pb.UpsertObjectsRequest(collection="Remote", objects=objects)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "objects",
+    )
+    assert error_info(err).reason == "EMBEDDING_INPUT_REJECTED"
+    assert _embedding_calls(fake) <= 66
+    assert (await stub.CountObjects(pb.CountObjectsRequest(collection="Remote"))).count == 0
+    # 401 (the key), 5xx, 429 stay UNAVAILABLE: test_failing_endpoint_is_unavailable_...

@@ -62,6 +62,13 @@ Constructor / attributes (all attributes may be changed while the server runs)
     ``embedding_override``  ``Callable[[str], list[float]]``: the vector /v1/embeddings
                        answers for a text (default None: the hash-derived unit vector);
                        NaN and infinity go out as JSON's ``NaN`` / ``Infinity``.
+    ``max_embedding_chars``  when set, a /v1/embeddings request holding a text longer
+                       than this many characters is refused with ``oversize_status``
+                       (default 413; OpenAI itself answers 400) and error code
+                       ``oversize_code`` (default ``context_length_exceeded``), as a
+                       model whose input it is too large for; the error's message quotes
+                       the text's start and the request's ``Authorization`` header, as a
+                       careless server might (default None: any length).
     ``record``         keep every request in ``requests`` (default True; benches may turn it
                        off to save memory).
     ``rate_limit``     a provider limited to this many chat requests per ``rate_window``
@@ -319,6 +326,9 @@ class FakeOpenAI:
         self.finish_reason_override: Any = None
         self.embedding_override: Callable[[str], list[float]] | None = None
         self.embedding_dim = embedding_dim
+        self.max_embedding_chars: int | None = None
+        self.oversize_status = 413
+        self.oversize_code: Any = "context_length_exceeded"
         self.record = record
         self.rerank_score: Callable[[str, str], float] = word_overlap
         self.host = host
@@ -764,6 +774,24 @@ class FakeOpenAI:
             body = rec.json if isinstance(rec.json, dict) else {}
             inputs = body.get("input")
             texts = [inputs] if isinstance(inputs, str) else list(inputs or [])
+            limit = self.max_embedding_chars
+            too_long = [str(t) for t in texts if limit is not None and len(str(t)) > limit]
+            if too_long:
+                said = (
+                    f"input {too_long[0][:40]!r} is too long for the model "
+                    f"(request authorized as {request.headers.get('Authorization', '')!r})"
+                )
+                return web.json_response(
+                    {
+                        "error": {
+                            "message": said,
+                            "type": "invalid_request_error",
+                            "param": "input",
+                            "code": self.oversize_code,
+                        }
+                    },
+                    status=self.oversize_status,
+                )
             data = [
                 {"object": "embedding", "index": i, "embedding": self._vector(str(t))}
                 for i, t in enumerate(texts)

@@ -291,6 +291,14 @@ class UpstreamRejectedRequestError(InvalidArgumentError):
     error_reason = "UPSTREAM_REJECTED_REQUEST"
 
 
+class EmbeddingInputRejectedError(InvalidArgumentError):
+    """An embeddings endpoint refused a query text (400, 413, 422: too large or too long
+    for the model); metadata ``http_status``, ``collection``. An object's own text refused
+    is that object's ``ObjectError`` instead. Retrying the same text cannot succeed."""
+
+    error_reason = "EMBEDDING_INPUT_REJECTED"
+
+
 class WrongTypeError(InvalidArgumentError):
     error_reason = "WRONG_TYPE"
 
