@@ -203,6 +203,13 @@ def _ms(seconds: float) -> int:
     return int(seconds * 1000)
 
 
+def metadata_options(limit: int) -> list[tuple[str, int]]:
+    """gRPC's soft and hard metadata limits, both ``limit``: gRPC refuses metadata between
+    the two at random (by default 8 and 16 KiB), so a 12 KB header passed or not by chance.
+    Equal, one size always passes and the next always fails."""
+    return [("grpc.max_metadata_size", limit), ("grpc.absolute_max_metadata_size", limit)]
+
+
 def server_options(settings: CommonSettings, largest_request: int) -> list[tuple[str, int]]:
     """The channel arguments of a service's gRPC server: message sizes, connection
     lifetimes, keepalive (docs/operations.md#limits)."""
@@ -211,6 +218,7 @@ def server_options(settings: CommonSettings, largest_request: int) -> list[tuple
         # chassis then holds each method to its own, smaller limit (chassis.py).
         ("grpc.max_receive_message_length", largest_request),
         ("grpc.max_send_message_length", settings.max_message_bytes),
+        *metadata_options(settings.max_metadata_bytes),
         ("grpc.so_reuseport", 0),
         ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
         # A socket that never speaks HTTP/2 is closed after this (gRPC's default: 120 s).

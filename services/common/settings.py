@@ -36,7 +36,20 @@ from services.common.auth import Identity
 
 log = logging.getLogger("gensearch.settings")
 
+KIB = 1024
 MIB = 1024 * 1024
+# The request metadata (headers) a gRPC server takes, and the response metadata the
+# gateway's channels take (docs/operations.md#limits). gRPC's own defaults are a soft limit
+# of 8 KiB and a hard one of 16 KiB, refusing what lies between at random.
+DEFAULT_MAX_METADATA_BYTES = 16 * KIB
+# The services behind the gateway take more: the gateway passes a caller's key headers on
+# and adds its own (the internal token, the caller's identity, the trace context), so what
+# the gateway accepts must fit there too. A 15.5 KB key header passed the gateway and was
+# refused by retrieval when both took 16 KiB.
+FORWARDING_HEADROOM_BYTES = 4 * KIB
+DOWNSTREAM_MAX_METADATA_BYTES = DEFAULT_MAX_METADATA_BYTES + FORWARDING_HEADROOM_BYTES
+# Largest metadata limit: HTTP/2 header lists past it are a flood, not an API key.
+MAX_METADATA_BYTES = MIB
 # Methods whose request may exceed max_request_bytes: one import batch (retrieval, and the
 # gateway that forwards it) and an interaction at the memory service's text limits (four
 # fields of 1 MiB each).
@@ -185,6 +198,15 @@ class CommonSettings(BaseSettings):
     grace_period: float = Field(default=10.0, ge=0, le=MAX_WAIT_SECONDS)
     # Largest gRPC message sent (and, by the gateway, received from a downstream service).
     max_message_bytes: int = Field(default=64 * MIB, ge=1024, le=MAX_SIZE_BYTES)
+    # Largest request metadata (all headers, as gRPC counts them: name + value + 32 bytes
+    # each, pseudo-headers included) the server takes; more is RESOURCE_EXHAUSTED, every
+    # time. gRPC's soft and hard limits (grpc.max_metadata_size,
+    # grpc.absolute_max_metadata_size) are both set to it: by default they are 8 and 16 KiB,
+    # and what lies between was refused at random. The gateway's channels take response
+    # metadata up to the gateway's value.
+    max_metadata_bytes: int = Field(
+        default=DEFAULT_MAX_METADATA_BYTES, ge=8 * KIB, le=MAX_METADATA_BYTES
+    )
     # Largest request message of a method without a limit of its own (request_limits).
     # gRPC itself refuses a larger message from its length prefix, before buffering it.
     max_request_bytes: int = Field(default=4 * MIB, ge=1024, le=MAX_SIZE_BYTES)

@@ -27,6 +27,7 @@ from services.common.redis_client import connect
 from services.common.settings import (
     MAX_CONCURRENCY,
     MAX_CONNECTION_SECONDS,
+    MAX_METADATA_BYTES,
     MAX_PER_MINUTE,
     MAX_SIZE_BYTES,
     MAX_TOKENS,
@@ -211,6 +212,7 @@ async def test_the_largest_values_still_serve(tmp_path: Path) -> None:
     largest: dict[str, Any] = {
         "max_message_bytes": MAX_SIZE_BYTES,
         "max_request_bytes": MAX_SIZE_BYTES,
+        "max_metadata_bytes": MAX_METADATA_BYTES,
         "request_limits": {"ImportObjects": MAX_SIZE_BYTES},
         "max_concurrent_rpcs": MAX_CONCURRENCY,
         "max_concurrent_streams": MAX_CONCURRENCY,

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import grpc
 
+from services.common.server import metadata_options
 from services.gateway.settings import GatewaySettings
 
 MEMORY_SERVICE = "gensearch.memory.v1.MemoryService"
@@ -88,6 +89,9 @@ def make_channel(
         ("grpc.use_local_subchannel_pool", 1),
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
+        # Response metadata (a status's trailers) up to the gateway's own limit, the same
+        # every time (gRPC's soft limit would refuse some at random past 8 KiB).
+        *metadata_options(settings.max_metadata_bytes),
         # Notice a dead replica between calls, not only when a call fails on it.
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.keepalive_timeout_ms", 10_000),
