@@ -109,7 +109,9 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         use_caller_key(context.invocation_metadata())  # type: ignore[arg-type]
         schema = await self._catalog.get(require_role(Role.WRITER).tenant, request.collection)
         self._check_batch(len(request.objects))
-        result = await self._write(schema, request.objects, 0)
+        # Bound like an import stream: embedding may take long enough for the collection
+        # to be deleted and created again under its name in between.
+        result = await self._write(schema, request.objects, 0, bound=True)
         return pb.UpsertObjectsResponse(ids=result.ids, errors=result.errors)
 
     async def ImportObjects(
@@ -167,7 +169,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         self, schema: Schema, objects: Any, first_index: int, bound: bool = False
     ) -> Any:
         """``bound``: write only into the very collection ``schema`` was read from, checked
-        in the engine right before the write (an import stream: it outlives lookups)."""
+        in the engine right before the write (after embedding, which may take long)."""
 
         async def same_collection() -> None:
             await self._catalog.check_same(schema)

@@ -6,6 +6,7 @@ its base URL (``embedding_key_urls``). Callers' URLs and the allowlist: ``test_e
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import AsyncIterator
@@ -450,3 +451,24 @@ async def test_an_endpoint_refusing_every_text_is_not_asked_once_per_object(
     assert _embedding_calls(fake) <= 66
     assert (await stub.CountObjects(pb.CountObjectsRequest(collection="Remote"))).count == 0
     # 401 (the key), 5xx, 429 stay UNAVAILABLE: test_failing_endpoint_is_unavailable_...
+
+
+async def test_an_upsert_does_not_land_in_a_collection_created_while_it_embedded(
+    stub: Any, fake: FakeOpenAI, retrieval: Retrieval
+) -> None:
+    # The collection was looked up by name before embedding and written by name after: one
+    # deleted and created again under that name in between got the objects.
+    fake.latency = 1.0
+    call = asyncio.ensure_future(
+        stub.UpsertObjects(
+            pb.UpsertObjectsRequest(collection="Remote", objects=[obj({"title": "late"})]),
+            timeout=30,
+        )
+    )
+    await fake.wait_for_requests(1)
+    await stub.DeleteCollection(pb.DeleteCollectionRequest(name="Remote"))
+    await stub.CreateCollection(pb.CreateCollectionRequest(collection=remote(fake.base_url)))
+    err = await expect_error(call, grpc.StatusCode.NOT_FOUND, "collection")
+    assert "deleted after this call started" in (err.details() or "")
+    fake.latency = 0.0
+    assert (await stub.CountObjects(pb.CountObjectsRequest(collection="Remote"))).count == 0
