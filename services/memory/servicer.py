@@ -368,7 +368,29 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
             raise InvalidArgument(
                 "bytes must not be negative", field="bytes", reason="NEGATIVE_COUNT"
             )
-        usage = await self._store.check_storage(_owner(), cid, request.bytes, summary=summary)
+        owner = _owner()
+        if request.request_id:
+            if summary:
+                raise InvalidArgument(
+                    "request_id names a turn; a summary's check takes none",
+                    field="request_id",
+                    reason="REQUEST_ID_WITH_SUMMARY",
+                )
+            request_id = _text(
+                request.request_id, "request_id", self._settings.max_request_id_bytes
+            )
+            stored = await self._store.stored_request(owner, request_id)
+            if stored is not None:
+                if cid and stored.conversation_id != cid:
+                    raise InvalidArgument(
+                        "request_id was already used for an interaction of another conversation",
+                        field="request_id",
+                        reason="REQUEST_ID_REUSED",
+                    )
+                # A retry of a turn already stored: it needs no room (its write would
+                # answer with the stored turn, full or not).
+                return pb.CheckStorageResponse(interaction=stored, limits=self._limits())
+        usage = await self._store.check_storage(owner, cid, request.bytes, summary=summary)
         return pb.CheckStorageResponse(
             used_bytes=usage.used_bytes,
             limit_bytes=usage.limit_bytes,

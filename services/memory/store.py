@@ -320,6 +320,7 @@ class MemoryStore:
         self._get_interactions = script("get_interactions")
         self._interactions_exist = script("interactions_exist")
         self._check_storage = script("check_storage")
+        self._stored_request = script("stored_request")
 
     async def load_scripts(self) -> None:
         """Loads every script now (SCRIPT LOAD; on a cluster, into every master).
@@ -334,6 +335,7 @@ class MemoryStore:
             self._create_interaction, self._get_interaction, self._list_interactions,
             self._list_conversations, self._get_interaction_traces, self._update_interaction,
             self._get_interactions, self._interactions_exist, self._check_storage,
+            self._stored_request,
         ]  # fmt: skip
         for script in scripts:
             await _redis(self._redis.script_load(script.script))
@@ -391,6 +393,17 @@ class MemoryStore:
         if status == 3:
             raise self._storage_full()
         return StorageUsage(int(used), self._max_bytes, int(count), self._max_conversations)
+
+    async def stored_request(self, owner: Owner, request_id: str) -> pb.Interaction | None:
+        """The interaction ``owner`` stored with ``request_id`` (CreateInteraction's
+        idempotency key, remembered for ``request_id_ttl``), if it still exists."""
+        tag = self.tag(owner)
+        out = await _redis(
+            self._stored_request(keys=[keys.request(tag, request_id)], args=[owner.user, tag])
+        )
+        if not out:
+            return None
+        return pb.Interaction.FromString(out[1])
 
     async def create_conversation(
         self, owner: Owner, name: str, retention: Retention | None = None

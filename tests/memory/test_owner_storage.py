@@ -352,3 +352,54 @@ async def test_check_storage_for_a_summary_counts_as_its_write(
         grpc.StatusCode.INVALID_ARGUMENT,
     )
     assert error_info(err).metadata["field"] == "conversation_id"
+
+
+async def test_check_storage_returns_the_turn_a_request_id_stored(
+    memory_factory: MemoryFactory,
+) -> None:
+    """CheckStorage with a request_id (the gateway's, before an Ask's LLM calls) answers
+    with the caller's interaction already stored with it, full owner or not, and checks
+    nothing else; another conversation's is REQUEST_ID_REUSED as CreateInteraction says;
+    none (another owner's, or a deleted one) leaves the usual check; too long a
+    request_id is FIELD_TOO_LARGE naming it."""
+    memory = await memory_factory(
+        max_bytes_per_owner=LIMIT, max_conversations_per_owner=2, max_request_id_bytes=20
+    )
+    cid = await _conversation(memory)
+    turn = pb.Interaction(input=TEXT).ByteSize()
+
+    def check(conversation_id: str, request_id: str, who: Metadata = ALICE) -> Any:
+        request = pb.CheckStorageRequest(
+            conversation_id=conversation_id, bytes=turn, request_id=request_id
+        )
+        return memory.stub.CheckStorage(request, metadata=who)
+
+    fresh = await check(cid, "ask-1")
+    assert not fresh.HasField("interaction") and fresh.limit_bytes == LIMIT
+    stored = (await _turn(memory, cid, "ask-1")).interaction
+    for _ in range(FITS - 1):
+        await _turn(memory, cid)
+    other = await _conversation(memory)  # the owner's last conversation: at both limits
+    await _full(_check(memory, cid, turn))
+    for conversation_id in (cid, ""):  # "": a new conversation's turn, wherever it went
+        again = await check(conversation_id, "ask-1")
+        assert again.interaction == stored
+        assert again.limits.max_request_id_bytes == 20
+    err = await expect_error(check(other, "ask-1"), grpc.StatusCode.INVALID_ARGUMENT, "request_id")
+    assert error_info(err).reason == "REQUEST_ID_REUSED"
+    # Bob's request_id of the same name is his own: none stored.
+    assert not (await check("", "ask-1", BOB)).HasField("interaction")
+    # A request_id unknown (or whose turn is gone) leaves the usual check.
+    await _full(check(cid, "ask-2"))
+    await memory.stub.DeleteConversation(
+        pb.DeleteConversationRequest(conversation_id=cid), metadata=ALICE
+    )
+    assert not (await check(other, "ask-1")).HasField("interaction")
+    err = await expect_error(check(other, "r" * 21), grpc.StatusCode.INVALID_ARGUMENT, "request_id")
+    assert error_info(err).reason == "FIELD_TOO_LARGE"
+    request = pb.CheckStorageRequest(conversation_id=other, bytes=1, summary=True, request_id="x")
+    await expect_error(
+        memory.stub.CheckStorage(request, metadata=ALICE),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "request_id",
+    )
