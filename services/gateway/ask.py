@@ -54,9 +54,13 @@ from services.gateway.prompting import (
 )
 from services.gateway.turns import (
     History,
+    Room,
     additional_info,
+    check_replay,
     check_room,
     read_history,
+    replay_events,
+    replayed,
     store_turn,
     stored_template,
 )
@@ -115,9 +119,19 @@ class AskService:
         # conversation we cannot read, or may not.
         s = self._b.settings
         use_summary = s.summary_enabled and not request.summary_disabled
-        history, info, limits = await self._history_and_collection(
+        history, info, room = await self._history_and_collection(
             request, params, caller, deadline, use_summary
         )
+        if room.stored is not None:
+            # A retry of a turn already stored (the client never saw its answer): that
+            # turn, with no LLM call, no search and no write.
+            check_replay(room.stored, question)
+            for event in replay_events(replayed(room.stored), stream=stream):
+                yield event
+            return
+        if isinstance(info, BaseException):
+            raise info
+        limits = room.limits
         # What the caller sent that memory would not store: refused now, naming the Ask's
         # field, not after the answer is paid for (memory_limits.py).
         memory_limits.check_ask(
@@ -359,6 +373,7 @@ class AskService:
                     caller,
                     deadline,
                     limits,
+                    request.request_id,
                 ),
             )
             if use_summary:
@@ -402,13 +417,14 @@ class AskService:
         caller: Caller,
         deadline: float,
         use_summary: bool,
-    ) -> tuple[History, CollectionInfo, mem_pb.InteractionLimits | None]:
+    ) -> tuple[History, CollectionInfo | BaseException, Room]:
         """The conversation's newest turns (newest first) and the collection, read at once;
         and, for a turn that will be stored, whether memory has room for it (the owner's
         storage, or its conversation count for a new conversation): a full owner is
         refused here, before any LLM call, not after paying for an answer memory refuses.
-        Third: what memory accepts in a turn, when it says (None: no turn is stored, or
-        memory is older than its limits)."""
+        Third: memory's answer (turns.Room): what it accepts in a turn, when it says, and
+        the turn already stored under the client's request_id. A collection that cannot
+        be read is returned, not raised: a stored turn is replayed without it."""
         memory = self._b.clients.memory
         info_call = self._b.catalog.get(request.collection, caller, time_left(deadline))
         history_call = (
@@ -432,21 +448,24 @@ class AskService:
                 stored_template(request.system_prompt, request.user_instructions),
                 caller,
                 deadline,
+                request.request_id,
             )
             if request.conversation_id or request.new_conversation
-            else _value(None)
+            else _value(Room())
         )
         history, room, info = await self._within(
             deadline, asyncio.gather(history_call, room_call, info_call, return_exceptions=True)
         )
         # The memory errors first: a conversation we may not read says so before anything,
         # then a turn memory would not store.
-        for item in (history, room, info):
+        for item in (history, room):
             if isinstance(item, BaseException):
                 raise item
-        assert isinstance(history, History) and isinstance(info, CollectionInfo)
-        limits = room if isinstance(room, mem_pb.InteractionLimits) else None
-        return history, info, limits
+        assert isinstance(history, History) and isinstance(room, Room)
+        if room.stored is None and isinstance(info, BaseException):
+            raise info
+        assert isinstance(info, CollectionInfo | BaseException)
+        return history, info, room
 
     async def _rewrite(
         self,

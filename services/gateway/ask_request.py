@@ -73,6 +73,13 @@ def validate(request: AskLike, settings: GatewaySettings) -> AskParams:
             f"interaction_size must be between 0 and {s.max_interaction_size}",
             field="interaction_size",
         )
+    if request.request_id and not (request.conversation_id or request.new_conversation):
+        raise InvalidArgument(
+            "request_id makes a stored turn idempotent: give it with conversation_id or "
+            "new_conversation (an Ask with neither stores nothing to replay)",
+            field="request_id",
+            reason="REQUEST_ID_WITHOUT_CONVERSATION",
+        )
     check_sampling(request)
     check_fallback(request.fallback, s.max_fallbacks, "fallback")
     check_length(request, ("system_prompt", "user_instructions"), s.max_prompt_chars)

@@ -78,6 +78,20 @@ def check_ask(
     template made of the request's own system prompt and instructions."""
     if limits is None:
         return
+    if request.request_id and _size(request.request_id) > limits.max_request_id_bytes:
+        # A memory service that checks request_id itself already said so (CheckStorage).
+        raise InvalidArgument(
+            f"request_id is {_size(request.request_id)} bytes (UTF-8); memory keeps a "
+            f"request_id of at most {limits.max_request_id_bytes} bytes "
+            "(GENSEARCH_MEMORY_MAX_REQUEST_ID_BYTES)",
+            field="request_id",
+            reason="FIELD_TOO_LARGE",
+            metadata={
+                "limit_bytes": str(limits.max_request_id_bytes),
+                "setting": "GENSEARCH_MEMORY_MAX_REQUEST_ID_BYTES",
+                "service": "memory",
+            },
+        )
     size = _size(question)
     if size > limits.max_text_bytes:
         raise _too_large(

@@ -13,9 +13,9 @@ from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.generation.v1 import generation_service_pb2 as gen_pb
 from gensearch.memory.v1 import memory_service_pb2 as mem_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
-from google.protobuf import struct_pb2
+from google.protobuf import json_format, struct_pb2
 
-from services.common.errors import ServiceError
+from services.common.errors import InvalidArgument, ServiceError
 from services.common.well_known import struct
 from services.gateway import ask_traces
 from services.gateway.clients import Caller, MemoryClient
@@ -132,6 +132,16 @@ def stored_template(system_prompt: str, user_instructions: str) -> str:
     )
 
 
+@dataclass(frozen=True)
+class Room:
+    """Memory's answer to CheckStorage: what it accepts in a turn (None from a memory
+    service that does not say), and the turn already stored with the Ask's request_id
+    (None: none, or a memory service that does not look)."""
+
+    limits: mem_pb.InteractionLimits | None = None
+    stored: mem_pb.Interaction | None = None
+
+
 async def check_room(
     memory: MemoryClient,
     conversation_id: str,
@@ -139,7 +149,8 @@ async def check_room(
     request_template: str,
     caller: Caller,
     deadline: float,
-) -> mem_pb.InteractionLimits | None:
+    request_id: str = "",
+) -> Room:
     """Before any LLM call: RESOURCE_EXHAUSTED, as storing the turn would be, when memory
     has no room for it in ``conversation_id`` (or in a new conversation when empty);
     else what memory accepts in a turn (None from a memory service that does not say).
@@ -148,10 +159,21 @@ async def check_room(
     (``request_template``: the request's own system prompt and instructions; a
     collection's defaults would only add), so an owner memory would refuse is refused
     here; one with room for less than the whole turn still is when it is stored. A
-    best-effort guard: the write checks again, atomically (docs/gateway.md)."""
+    best-effort guard: the write checks again, atomically (docs/gateway.md).
+
+    With the client's ``request_id``: the turn memory already stored with it, if any (its
+    retry needs no room; one in another conversation than ``conversation_id`` is memory's
+    REQUEST_ID_REUSED)."""
     known = mem_pb.Interaction(input=question, prompt_template=request_template).ByteSize()
-    answer = await memory.check_storage(conversation_id, known, caller, time_left(deadline))
-    return answer.limits if answer is not None and answer.HasField("limits") else None
+    answer = await memory.check_storage(
+        conversation_id, known, caller, time_left(deadline), request_id=request_id
+    )
+    if answer is None:
+        return Room()
+    return Room(
+        answer.limits if answer.HasField("limits") else None,
+        answer.interaction if request_id and answer.HasField("interaction") else None,
+    )
 
 
 async def store_turn(
@@ -161,10 +183,13 @@ async def store_turn(
     caller: Caller,
     deadline: float,
     limits: mem_pb.InteractionLimits | None = None,
+    client_request_id: str = "",
 ) -> tuple[str, str]:
     """Store ``interaction`` in ``conversation_id``, or in a new conversation named after
     its input when ``conversation_id`` is empty; the conversation and interaction ids.
-    With memory's ``limits``, the name and the request_id are cut to them."""
+    With memory's ``limits``, the name and the request_id the gateway makes are cut to
+    them; the client's ``client_request_id`` (checked before any LLM call) is sent as it
+    is."""
     created = False
     try:
         if not conversation_id:
@@ -174,13 +199,37 @@ async def store_turn(
             conversation_id, created = made.conversation_id, True
         interaction.conversation_id = conversation_id
         # Retries (channel policy) of this write land once.
-        interaction.request_id = request_id(uuid.uuid4().hex, limits)
+        interaction.request_id = client_request_id or request_id(uuid.uuid4().hex, limits)
         stored = await memory.create_interaction(interaction, caller, time_left(deadline))
     except BaseException:
         if created:
-            await _forget(memory, conversation_id, caller)
+            # Shielded: the caller leaving (its deadline) must not cut the clean-up short.
+            cleanup = asyncio.ensure_future(
+                _forget_unless_stored(memory, conversation_id, client_request_id, caller)
+            )
+            _CLEANUPS.add(cleanup)
+            cleanup.add_done_callback(_CLEANUPS.discard)
+            await asyncio.shield(cleanup)
         raise
     return conversation_id, stored.interaction_id
+
+
+_CLEANUPS: set[asyncio.Future[None]] = set()
+
+
+async def _forget_unless_stored(
+    memory: MemoryClient, conversation_id: str, client_request_id: str, caller: Caller
+) -> None:
+    """The new conversation of a failed turn is deleted, unless it holds the turn after
+    all (its write landed, the answer did not) and the client gave a request_id: then it
+    is kept for the client's retry to find (and replay). One whose write was refused
+    because a concurrent attempt stored the turn elsewhere goes."""
+    if client_request_id:
+        with contextlib.suppress(ServiceError):
+            answer = await memory.check_storage("", 0, caller, 2.0, request_id=client_request_id)
+            if answer is not None and answer.interaction.conversation_id == conversation_id:
+                return
+    await _forget(memory, conversation_id, caller)
 
 
 async def _forget(memory: MemoryClient, conversation_id: str, caller: Caller) -> None:
@@ -215,3 +264,75 @@ def additional_info(
         },
     }
     return struct(data)
+
+
+def replayed(stored: mem_pb.Interaction) -> gw_pb.AskResponse:
+    """The answer of an Ask whose turn ``stored`` was already stored under its
+    request_id: what the stored interaction holds (``additional_info`` as written by
+    ``additional_info`` above, unless a client changed it since: what does not read as
+    such is left out)."""
+    info = json_format.MessageToDict(stored.additional_info)
+    response = gw_pb.AskResponse(
+        answer=stored.response,
+        conversation_id=stored.conversation_id,
+        interaction_id=stored.interaction_id,
+        model=stored.origin,
+        replayed=True,
+    )
+    with contextlib.suppress(TypeError, ValueError, AttributeError):
+        response.hits.extend(ret_pb.Hit(id=str(i)) for i in info.get("hit_ids", []))
+    with contextlib.suppress(TypeError, ValueError, AttributeError):
+        response.citations.extend(
+            gw_pb.Citation(number=int(c["number"]), id=str(c["id"]))
+            for c in info.get("citations", [])
+        )
+    with contextlib.suppress(TypeError, ValueError, AttributeError):
+        response.rewritten_query = str(info.get("rewritten_query", ""))
+    with contextlib.suppress(TypeError, ValueError, AttributeError):
+        response.rewrite_method = gw_pb.RewriteMethod.Value(str(info.get("rewrite_method")))  # type: ignore[assignment]
+    with contextlib.suppress(TypeError, ValueError, AttributeError):
+        response.citation_coverage = float(info.get("citation_coverage", 0.0))
+    with contextlib.suppress(TypeError, ValueError, AttributeError):
+        trimmed = info.get("trimmed", {})
+        response.trimmed.history_turns = int(trimmed.get("history_turns", 0))
+        response.trimmed.hits = int(trimmed.get("hits", 0))
+    return response
+
+
+def replay_events(answer: gw_pb.AskResponse, *, stream: bool) -> list[gw_pb.StreamAskResponse]:
+    """A replayed turn as the events of an Ask: its context, its answer as one delta and
+    its citations when streaming, the answer."""
+    events = [
+        gw_pb.StreamAskResponse(
+            context=gw_pb.AskContextEvent(
+                hits=answer.hits,
+                rewritten_query=answer.rewritten_query,
+                conversation_id=answer.conversation_id,
+                rewrite_method=answer.rewrite_method,
+            )
+        )
+    ]
+    if stream:
+        if answer.answer:
+            events.append(gw_pb.StreamAskResponse(delta=answer.answer))
+        events.append(
+            gw_pb.StreamAskResponse(
+                citations=gw_pb.CitationsEvent(
+                    citations=answer.citations, citation_coverage=answer.citation_coverage
+                )
+            )
+        )
+    events.append(gw_pb.StreamAskResponse(answer=answer))
+    return events
+
+
+def check_replay(stored: mem_pb.Interaction, question: str) -> None:
+    """INVALID_ARGUMENT / REQUEST_ID_REUSED when the turn stored under the request's
+    request_id asked another question (memory has checked the conversation)."""
+    if stored.input != question:
+        raise InvalidArgument(
+            "request_id was already used for a turn with another llm_question; a retry "
+            "sends the same question, a new turn a new request_id",
+            field="request_id",
+            reason="REQUEST_ID_REUSED",
+        )

@@ -43,15 +43,21 @@ class MemoryClient(ServiceClient):
         timeout: float | None,
         *,
         summary: bool = False,
+        request_id: str = "",
     ) -> mem_pb.CheckStorageResponse | None:
         """RESOURCE_EXHAUSTED (memory's ErrorInfo) when a turn of ``turn_bytes`` would not
         fit in ``conversation_id`` ("": a new conversation); NOT_FOUND when that is not the
         caller's; else memory's answer (its usage, and its limits when it is new enough
         to say them). With ``summary``, ``turn_bytes`` is the length of a new summary of
         ``conversation_id`` instead (UpdateConversationSummary's check). A memory service
-        too old to have CheckStorage is not an error (None): the write will tell."""
+        too old to have CheckStorage is not an error (None): the write will tell. With
+        ``request_id``, the answer's ``interaction`` is the caller's turn already stored
+        with it (unset: none, or a memory service older than the field)."""
         request = mem_pb.CheckStorageRequest(
-            conversation_id=conversation_id, bytes=turn_bytes, summary=summary
+            conversation_id=conversation_id,
+            bytes=turn_bytes,
+            summary=summary,
+            request_id=request_id,
         )
         try:
             response: mem_pb.CheckStorageResponse = await self.unary(

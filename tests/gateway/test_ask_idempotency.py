@@ -1,0 +1,367 @@
+"""Ask's request_id (docs/gateway.md, "A conversation"): a client's retry of a turn
+already stored gets that turn back, with no LLM call, no search and no second write;
+the same key for another question or conversation is refused before any LLM call.
+Through real gRPC, memory on a real Redis (and a Redis Cluster), the loopback fake LLM."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import pytest
+from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
+from gensearch.memory.v1 import memory_service_pb2 as mem_pb
+from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
+
+from tests.gateway.conftest import ALICE, BOB, Stack, StackFactory, create_books
+from tests.support.redis_cluster import LocalCluster
+from tests.support.rpc import error_info
+
+ANSWER = "The desert planet is Arrakis [1]."
+
+
+async def _stack(stack_factory: StackFactory, **settings: Any) -> Stack:
+    stack = await stack_factory(**settings)
+    await create_books(stack)
+    stack.fake.reply = ANSWER
+    return stack
+
+
+async def _conversations(stack: Stack, who: Any = ALICE) -> list[tuple[str, int]]:
+    listed = await stack.memory.ListConversations(mem_pb.ListConversationsRequest(), metadata=who)
+    return [(c.conversation_id, c.interaction_count) for c in listed.conversations]
+
+
+async def _refused(stack: Stack, request: Any) -> grpc.aio.AioRpcError:
+    calls = len(stack.fake.chat_requests)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stack.stub.Ask(request, metadata=ALICE)
+    assert len(stack.fake.chat_requests) == calls, "the model was called"
+    return err.value
+
+
+def _same_turn(replay: gw_pb.AskResponse, first: gw_pb.AskResponse) -> None:
+    assert replay.replayed and not first.replayed
+    assert (replay.answer, replay.conversation_id, replay.interaction_id, replay.model) == (
+        first.answer,
+        first.conversation_id,
+        first.interaction_id,
+        first.model,
+    )
+    assert [h.id for h in replay.hits] == [h.id for h in first.hits]
+    assert [(c.number, c.id) for c in replay.citations] == [
+        (c.number, c.id) for c in first.citations
+    ]
+    assert replay.citation_coverage == pytest.approx(first.citation_coverage)
+    assert replay.rewrite_method == first.rewrite_method
+    assert replay.upstream_calls == 0 and replay.usage.total_tokens == 0
+
+
+async def test_a_retry_of_a_stored_turn_replays_it(stack_factory: StackFactory) -> None:
+    """new_conversation + request_id, then the same Ask again: the stored turn comes back
+    marked replayed, with no LLM call and no search (the collection is gone by then), and
+    memory holds one conversation with one turn. The same with conversation_id and
+    StreamAsk (the answer streamed as one delta). Another caller's key of the same name is
+    its own."""
+    stack = await _stack(stack_factory)
+    request = gw_pb.AskRequest(
+        collection="Books", llm_question="desert planets?", new_conversation=True, request_id="k1"
+    )
+    first = await stack.stub.Ask(request, metadata=ALICE)
+    assert first.interaction_id and not first.replayed and first.upstream_calls == 1
+    calls = len(stack.fake.chat_requests)
+    await stack.retrieval.DeleteCollection(
+        ret_pb.DeleteCollectionRequest(name="Books"), metadata=ALICE
+    )
+    replay = await stack.stub.Ask(request, metadata=ALICE)
+    _same_turn(replay, first)
+    assert len(stack.fake.chat_requests) == calls
+    assert await _conversations(stack) == [(first.conversation_id, 1)]
+
+    await create_books(stack)
+    cid = first.conversation_id
+    streamed = gw_pb.StreamAskRequest(
+        collection="Books", llm_question="and the hacker?", conversation_id=cid, request_id="k2"
+    )
+    events = [e async for e in stack.stub.StreamAsk(streamed, metadata=ALICE)]
+    second = events[-1].answer
+    assert not second.replayed and second.conversation_id == cid
+    calls = len(stack.fake.chat_requests)
+    events = [e async for e in stack.stub.StreamAsk(streamed, metadata=ALICE)]
+    assert [e.WhichOneof("event") for e in events] == ["context", "delta", "citations", "answer"]
+    assert events[0].context.conversation_id == cid
+    assert events[1].delta == second.answer
+    _same_turn(events[-1].answer, second)
+    assert len(stack.fake.chat_requests) == calls
+    assert await _conversations(stack) == [(cid, 2)]
+
+    # Bob's "k1" is not Alice's: his turn is answered and stored.
+    await create_books(stack, metadata=BOB)
+    bobs = await stack.stub.Ask(
+        gw_pb.AskRequest(
+            collection="Books", llm_question="q", new_conversation=True, request_id="k1"
+        ),
+        metadata=BOB,
+    )
+    assert not bobs.replayed and bobs.conversation_id != cid
+    assert len(stack.fake.chat_requests) == calls + 1
+
+
+async def test_a_request_id_reused_for_another_turn_is_refused(
+    stack_factory: StackFactory,
+) -> None:
+    """The same request_id with another question, or into another conversation, is
+    INVALID_ARGUMENT / REQUEST_ID_REUSED naming request_id, before any LLM call and
+    storing nothing; request_id without a stored turn (no conversation) is refused too,
+    as is one longer than memory keeps."""
+    stack = await _stack(stack_factory, memory={"max_request_id_bytes": 20})
+    first = await stack.stub.Ask(
+        gw_pb.AskRequest(
+            collection="Books", llm_question="desert?", new_conversation=True, request_id="k"
+        ),
+        metadata=ALICE,
+    )
+    made = await stack.memory.CreateConversation(mem_pb.CreateConversationRequest(), metadata=ALICE)
+    other = made.conversation.conversation_id
+    cases = [
+        gw_pb.AskRequest(
+            collection="Books", llm_question="hacker?", new_conversation=True, request_id="k"
+        ),
+        gw_pb.AskRequest(
+            collection="Books",
+            llm_question="hacker?",
+            conversation_id=first.conversation_id,
+            request_id="k",
+        ),
+        gw_pb.AskRequest(
+            collection="Books", llm_question="desert?", conversation_id=other, request_id="k"
+        ),
+    ]
+    for request in cases:
+        err = await _refused(stack, request)
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err
+        info = error_info(err)
+        assert (info.reason, info.metadata["field"]) == ("REQUEST_ID_REUSED", "request_id")
+    err = await _refused(
+        stack, gw_pb.AskRequest(collection="Books", llm_question="desert?", request_id="k")
+    )
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_info(err).metadata["field"] == "request_id"
+    err = await _refused(
+        stack,
+        gw_pb.AskRequest(
+            collection="Books", llm_question="desert?", new_conversation=True, request_id="k" * 21
+        ),
+    )
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    info = error_info(err)
+    assert (info.reason, info.metadata["field"]) == ("FIELD_TOO_LARGE", "request_id")
+    assert sorted(await _conversations(stack)) == sorted([(first.conversation_id, 1), (other, 0)])
+
+
+async def _fill(stack: Stack, cid: str) -> None:
+    """Stores turns in ``cid`` until not even a turn of one character fits."""
+    size = 2048
+    while size:
+        try:
+            await stack.memory.CreateInteraction(
+                mem_pb.CreateInteractionRequest(conversation_id=cid, input="x" * size),
+                metadata=ALICE,
+            )
+        except grpc.aio.AioRpcError as err:
+            assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err
+            size //= 2
+
+
+async def test_a_full_owner_still_gets_its_stored_turn(stack_factory: StackFactory) -> None:
+    """A retry needs no room: an owner filled up (bytes and conversations) since its turn
+    was stored gets that turn back, where a new turn is RESOURCE_EXHAUSTED."""
+    stack = await _stack(
+        stack_factory, memory={"max_bytes_per_owner": 8192, "max_conversations_per_owner": 1}
+    )
+    request = gw_pb.AskRequest(
+        collection="Books", llm_question="desert?", new_conversation=True, request_id="k"
+    )
+    first = await stack.stub.Ask(request, metadata=ALICE)
+    await _fill(stack, first.conversation_id)
+    err = await _refused(
+        stack,
+        gw_pb.AskRequest(
+            collection="Books", llm_question="desert?", new_conversation=True, request_id="k2"
+        ),
+    )
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    calls = len(stack.fake.chat_requests)
+    _same_turn(await stack.stub.Ask(request, metadata=ALICE), first)
+    assert len(stack.fake.chat_requests) == calls
+
+
+class _Relay(grpc.GenericRpcHandler):
+    """A memory service on loopback that relays every method, as bytes, to the real one at
+    ``target``; with ``old``, it drops CheckStorage's request_id first (a memory service
+    older than the field); with ``hold``, CreateInteraction's answer is held back once the
+    write is made (its caller's deadline passes while memory stores the turn)."""
+
+    def __init__(self, *, old: bool = False, hold: bool = False) -> None:
+        self.target = ""
+        self.old = old
+        self.hold = hold
+        self.stored = 0
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        method: str = details.method  # type: ignore[attr-defined]
+
+        async def relay(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            if self.old and method.endswith("/CheckStorage"):
+                check = mem_pb.CheckStorageRequest.FromString(request)
+                check.ClearField("request_id")
+                request = check.SerializeToString()
+            async with grpc.aio.insecure_channel(self.target) as channel:
+                try:
+                    answer: bytes = await channel.unary_unary(method)(
+                        request, metadata=context.invocation_metadata(), timeout=10
+                    )
+                except grpc.aio.AioRpcError as err:
+                    await context.abort(err.code(), err.details() or "", err.trailing_metadata())
+            if method.endswith("/CreateInteraction"):
+                self.stored += 1
+                if self.hold:
+                    self.hold = False
+                    await asyncio.sleep(30)  # cancelled when the gateway gives up
+            return answer
+
+        return grpc.unary_unary_rpc_method_handler(relay)
+
+
+async def _relayed(stack_factory: StackFactory, relay: _Relay, **settings: Any) -> Stack:
+    server = grpc.aio.server()
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.add_generic_rpc_handlers((relay,))
+    await server.start()
+    stack = await _stack(stack_factory, memory_addr=f"127.0.0.1:{port}", **settings)
+    stack.servers["relay"] = server  # type: ignore[assignment]
+    relay.target = f"127.0.0.1:{stack.servers['memory'].port}"
+    return stack
+
+
+@pytest.mark.parametrize("new", [True, False])
+async def test_a_deadline_passed_while_the_turn_was_stored(
+    stack_factory: StackFactory, new: bool
+) -> None:
+    """The case request_id is for: memory stores the turn, its answer comes too late, the
+    client sees DEADLINE_EXCEEDED. Its retry gets the stored turn (in the conversation the
+    first attempt started, when it started one), no second LLM call, no second turn."""
+    relay = _Relay(hold=True)
+    stack = await _relayed(stack_factory, relay)
+    cid = ""
+    if not new:
+        made = await stack.memory.CreateConversation(
+            mem_pb.CreateConversationRequest(), metadata=ALICE
+        )
+        cid = made.conversation.conversation_id
+    request = gw_pb.AskRequest(
+        collection="Books",
+        llm_question="desert?",
+        conversation_id=cid,
+        new_conversation=new,
+        request_id="retry-me",
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stack.stub.Ask(request, metadata=ALICE, timeout=3)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert relay.stored == 1
+    calls = len(stack.fake.chat_requests)
+    replay = await stack.stub.Ask(request, metadata=ALICE, timeout=10)
+    assert replay.replayed and replay.answer == ANSWER and replay.interaction_id
+    assert len(stack.fake.chat_requests) == calls
+    conversations = await _conversations(stack)
+    assert conversations == [(replay.conversation_id, 1)]
+    if not new:
+        assert replay.conversation_id == cid
+
+
+async def test_a_memory_that_ignores_the_field_still_stores_the_turn_once(
+    stack_factory: StackFactory,
+) -> None:
+    """During a rolling upgrade memory may not look up request_id in CheckStorage: the
+    retry is answered again (an LLM call) as before, and memory's CreateInteraction still
+    stores the turn once, answering with the first one. A request_id longer than that
+    memory keeps is still refused before any LLM call (from its InteractionLimits)."""
+    relay = _Relay(old=True)
+    stack = await _relayed(stack_factory, relay, memory={"max_request_id_bytes": 20})
+    made = await stack.memory.CreateConversation(mem_pb.CreateConversationRequest(), metadata=ALICE)
+    cid = made.conversation.conversation_id
+    request = gw_pb.AskRequest(
+        collection="Books",
+        llm_question="desert?",
+        conversation_id=cid,
+        request_id="k",
+        rewrite_query=False,
+    )
+    first = await stack.stub.Ask(request, metadata=ALICE)
+    calls = len(stack.fake.chat_requests)
+    again = await stack.stub.Ask(request, metadata=ALICE)
+    assert not again.replayed and len(stack.fake.chat_requests) == calls + 1
+    assert again.interaction_id == first.interaction_id
+    assert await _conversations(stack) == [(cid, 1)]
+    request.request_id = "k" * 21
+    err = await _refused(stack, request)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    info = error_info(err)
+    assert (info.reason, info.metadata["field"]) == ("FIELD_TOO_LARGE", "request_id")
+    assert info.metadata["setting"] == "GENSEARCH_MEMORY_MAX_REQUEST_ID_BYTES"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A real three-master Redis Cluster for this module's cluster test."""
+    loop = asyncio.new_event_loop()
+    local = LocalCluster(tmp_path_factory.mktemp("gateway-cluster"))
+    try:
+        loop.run_until_complete(local.start())
+        yield local
+    finally:
+        local.stop()
+        loop.close()
+
+
+@pytest.mark.slow
+async def test_a_retry_replays_on_a_cluster(
+    stack_factory: StackFactory, cluster: LocalCluster
+) -> None:
+    """The same with memory on Redis Cluster: the request_id's key, the interaction and
+    its conversation share the owner's hash slot."""
+    stack = await _stack(stack_factory, memory={"redis_url": cluster.url, "redis_cluster": True})
+    request = gw_pb.AskRequest(
+        collection="Books", llm_question="desert?", new_conversation=True, request_id="k"
+    )
+    first = await stack.stub.Ask(request, metadata=ALICE)
+    calls = len(stack.fake.chat_requests)
+    _same_turn(await stack.stub.Ask(request, metadata=ALICE), first)
+    assert len(stack.fake.chat_requests) == calls
+    assert await _conversations(stack) == [(first.conversation_id, 1)]
+    request.llm_question = "hacker?"
+    err = await _refused(stack, request)
+    assert error_info(err).reason == "REQUEST_ID_REUSED"
+
+
+async def test_two_attempts_at_once_store_one_turn(stack_factory: StackFactory) -> None:
+    """A retry sent while the first attempt still runs: both pay for an answer (neither
+    was stored when they checked), one turn is stored, and the second new conversation is
+    not left behind empty: the attempt whose write lost is REQUEST_ID_REUSED."""
+    stack = await _stack(stack_factory)
+    stack.fake.latency = 0.5
+    request = gw_pb.AskRequest(
+        collection="Books", llm_question="desert?", new_conversation=True, request_id="k"
+    )
+    results = await asyncio.gather(
+        *(stack.stub.Ask(request, metadata=ALICE) for _ in range(2)), return_exceptions=True
+    )
+    answers = [r for r in results if isinstance(r, gw_pb.AskResponse)]
+    assert answers, results
+    for result in results:
+        if isinstance(result, grpc.aio.AioRpcError):
+            assert error_info(result).reason == "REQUEST_ID_REUSED", result
+    assert await _conversations(stack) == [(answers[0].conversation_id, 1)]
