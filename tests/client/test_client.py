@@ -204,6 +204,32 @@ async def test_ask_chat_and_conversations(client: AsyncGensearch) -> None:
     assert caught.value.reason == "CONVERSATION_NOT_FOUND"
 
 
+async def test_ask_with_a_request_id_replays_a_stored_turn(client: AsyncGensearch) -> None:
+    """ask(request_id=...) retried after its turn was stored: the stored turn, replayed,
+    in the same conversation; the key for another question is RequestIdReusedError."""
+    books = client.collections.get(await _books(client))
+    question = "Which book is set on a desert planet?"
+    key = f"idem-{next(_names)}"
+    first = await books.ask(question, new_conversation=True, request_id=key)
+    again = await books.ask(question, new_conversation=True, request_id=key)
+    assert not first.replayed and again.replayed and again.upstream_calls == 0
+    assert (again.answer, again.conversation_id, again.interaction_id) == (
+        first.answer,
+        first.conversation_id,
+        first.interaction_id,
+    )
+    assert [h.id for h in again.hits] == [h.id for h in first.hits]
+    events = [e async for e in books.ask_stream(question, new_conversation=True, request_id=key)]
+    final = events[-1]
+    assert isinstance(final, types.AnswerEvent) and final.answer.replayed
+    assert [e.delta for e in events if isinstance(e, types.AnswerDelta)] == [first.answer]
+    with pytest.raises(errors.RequestIdReusedError) as caught:
+        await books.ask("Who wrote it?", conversation_id=first.conversation_id, request_id=key)
+    assert caught.value.field == "request_id"
+    assert (await client.conversations.get(first.conversation_id)).interaction_count == 1
+    await client.conversations.delete(first.conversation_id)
+
+
 async def test_ask_passes_a_fallback_chain_through(client: AsyncGensearch) -> None:
     books = client.collections.get(await _books(client))
     question = "Which book is set on a desert planet?"

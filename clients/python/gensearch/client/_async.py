@@ -296,13 +296,17 @@ class AsyncCollection:
         context_size: int | None = None,
         interaction_size: int | None = None,
         answer_timeout: timedelta | None = None,
+        request_id: str = "",
         timeout: Timeout = DEFAULT,
         **fields: Any,
     ) -> t.Answer:
         """Answer ``question`` from the top hits (and the conversation's recent turns).
 
         ``answer_timeout`` is the server's budget for the turn (AskRequest.timeout, default
-        30 s); ``timeout`` the call's deadline, as everywhere. Other AskRequest fields
+        30 s); ``timeout`` the call's deadline, as everywhere. ``request_id`` (with
+        ``conversation_id`` or ``new_conversation``): your idempotency key for the turn; a
+        retry with it after the turn was stored returns that turn (``replayed``) with no
+        LLM call. Other AskRequest fields
         (``llm_model``, ``provider``, ``fallback``, ``filter``, ``system_prompt``,
         ``near_text``, ``debug`` …) pass through.
         """
@@ -315,6 +319,7 @@ class AsyncCollection:
                 context_size=context_size,
                 interaction_size=interaction_size,
                 timeout=answer_timeout,
+                request_id=request_id,
                 **fields,
             ),
         )
@@ -330,11 +335,13 @@ class AsyncCollection:
         conversation_id: str = "",
         new_conversation: bool = False,
         answer_timeout: timedelta | None = None,
+        request_id: str = "",
         timeout: Timeout = DEFAULT,
         **fields: Any,
     ) -> AsyncIterator[t.AskEvent]:
         """Like ``ask``, streamed: an ``AskContextEvent``, ``AnswerDelta``s, a
-        ``CitationsEvent``, an ``AnswerEvent``."""
+        ``CitationsEvent``, an ``AnswerEvent`` (a replayed turn: its answer as one
+        delta)."""
         request = self._ask_request(
             gpb.StreamAskRequest,
             question,
@@ -342,6 +349,7 @@ class AsyncCollection:
                 conversation_id=conversation_id,
                 new_conversation=new_conversation,
                 timeout=answer_timeout,
+                request_id=request_id,
                 **fields,
             ),
         )

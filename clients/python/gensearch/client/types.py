@@ -720,6 +720,9 @@ class Answer:
     summary_used: bool = False
     # Requests sent upstream for this Ask (question rewrite and answer); 0 when cached.
     upstream_calls: int = 0
+    # The turn was already stored under the ask's request_id: this is that turn (hits as
+    # ids only), and nothing was generated, searched or stored for it.
+    replayed: bool = False
     raw: Any = field(default=None, repr=False, compare=False)
 
     def __str__(self) -> str:
