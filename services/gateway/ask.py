@@ -364,7 +364,7 @@ class AskService:
                 # What the gateway made (answer, traces, additional_info…) cut to what
                 # memory accepts: it never fails the Ask.
                 memory_limits.fit_turn(interaction, limits)
-            response.conversation_id, response.interaction_id = await self._within(
+            stored = await self._within(
                 deadline,
                 store_turn(
                     self._b.clients.memory,
@@ -376,6 +376,19 @@ class AskService:
                     request.request_id,
                 ),
             )
+            if request.request_id and (
+                stored.input != interaction.input or stored.response != interaction.response
+            ):
+                # Another attempt with the client's key stored its turn first (both ran
+                # at once): that turn is the answer, as a later retry would get it.
+                check_replay(stored, question)
+                paid = replayed(stored)
+                paid.usage.CopyFrom(spent.usage)
+                paid.upstream_calls = spent.upstream_calls
+                yield gw_pb.StreamAskResponse(answer=paid)
+                return
+            response.conversation_id = stored.conversation_id
+            response.interaction_id = stored.interaction_id
             if use_summary:
                 # After the turn is stored, in the background: never delays the answer.
                 history_budget.fold_after_turn(

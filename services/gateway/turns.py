@@ -184,12 +184,13 @@ async def store_turn(
     deadline: float,
     limits: mem_pb.InteractionLimits | None = None,
     client_request_id: str = "",
-) -> tuple[str, str]:
+) -> mem_pb.Interaction:
     """Store ``interaction`` in ``conversation_id``, or in a new conversation named after
-    its input when ``conversation_id`` is empty; the conversation and interaction ids.
+    its input when ``conversation_id`` is empty; the interaction as memory holds it.
     With memory's ``limits``, the name and the request_id the gateway makes are cut to
     them; the client's ``client_request_id`` (checked before any LLM call) is sent as it
-    is."""
+    is, and the interaction returned may then be another attempt's, stored first with
+    it (in the conversation that attempt started, for a new conversation)."""
     created = False
     try:
         if not conversation_id:
@@ -201,7 +202,7 @@ async def store_turn(
         # Retries (channel policy) of this write land once.
         interaction.request_id = client_request_id or request_id(uuid.uuid4().hex, limits)
         stored = await memory.create_interaction(interaction, caller, time_left(deadline))
-    except BaseException:
+    except BaseException as err:
         if created:
             # Shielded: the caller leaving (its deadline) must not cut the clean-up short.
             cleanup = asyncio.ensure_future(
@@ -210,8 +211,20 @@ async def store_turn(
             _CLEANUPS.add(cleanup)
             cleanup.add_done_callback(_CLEANUPS.discard)
             await asyncio.shield(cleanup)
+            if (
+                client_request_id
+                and isinstance(err, ServiceError)
+                and err.reason == "REQUEST_ID_REUSED"
+            ):
+                # A concurrent attempt with the same key stored the turn in the
+                # conversation it started: that turn is the answer.
+                answer = await memory.check_storage(
+                    "", 0, caller, time_left(deadline), request_id=client_request_id
+                )
+                if answer is not None and answer.HasField("interaction"):
+                    return answer.interaction
         raise
-    return conversation_id, stored.interaction_id
+    return stored
 
 
 _CLEANUPS: set[asyncio.Future[None]] = set()

@@ -347,21 +347,34 @@ async def test_a_retry_replays_on_a_cluster(
     assert error_info(err).reason == "REQUEST_ID_REUSED"
 
 
-async def test_two_attempts_at_once_store_one_turn(stack_factory: StackFactory) -> None:
+@pytest.mark.parametrize("new", [True, False])
+async def test_two_attempts_at_once_answer_with_one_turn(
+    stack_factory: StackFactory, new: bool
+) -> None:
     """A retry sent while the first attempt still runs: both pay for an answer (neither
-    was stored when they checked), one turn is stored, and the second new conversation is
-    not left behind empty: the attempt whose write lost is REQUEST_ID_REUSED."""
+    was stored when they checked), one turn is stored, and both answer with it: the
+    attempt whose write lost is replayed (with what it spent), and the new conversation
+    it made is not left behind."""
     stack = await _stack(stack_factory)
+    cid = ""
+    if not new:
+        made = await stack.memory.CreateConversation(
+            mem_pb.CreateConversationRequest(), metadata=ALICE
+        )
+        cid = made.conversation.conversation_id
+    answers = iter(["first answer [1]", "second answer [1]"])
+    stack.fake.reply = lambda body: next(answers)
     stack.fake.latency = 0.5
     request = gw_pb.AskRequest(
-        collection="Books", llm_question="desert?", new_conversation=True, request_id="k"
+        collection="Books",
+        llm_question="desert?",
+        conversation_id=cid,
+        new_conversation=new,
+        request_id="k",
     )
-    results = await asyncio.gather(
-        *(stack.stub.Ask(request, metadata=ALICE) for _ in range(2)), return_exceptions=True
-    )
-    answers = [r for r in results if isinstance(r, gw_pb.AskResponse)]
-    assert answers, results
-    for result in results:
-        if isinstance(result, grpc.aio.AioRpcError):
-            assert error_info(result).reason == "REQUEST_ID_REUSED", result
-    assert await _conversations(stack) == [(answers[0].conversation_id, 1)]
+    both = await asyncio.gather(*(stack.stub.Ask(request, metadata=ALICE) for _ in range(2)))
+    assert len(stack.fake.chat_requests) == 2
+    assert len({(a.answer, a.conversation_id, a.interaction_id) for a in both}) == 1, both
+    assert sorted(a.replayed for a in both) == [False, True]
+    assert all(a.upstream_calls == 1 for a in both)
+    assert await _conversations(stack) == [(both[0].conversation_id, 1)]

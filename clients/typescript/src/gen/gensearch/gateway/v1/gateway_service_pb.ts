@@ -1499,7 +1499,8 @@ export type AskResponse = Message<"gensearch.gateway.v1.AskResponse"> & {
    * (answer, conversation_id, interaction_id, model as origin, and what the turn's
    * additional_info kept: hit ids without properties or scores, citation numbers and ids,
    * rewritten_query, rewrite_method, citation_coverage, trimmed), and no LLM call, search
-   * or write was made for it (usage and upstream_calls are 0).
+   * or write was made for it (usage and upstream_calls are 0; an attempt that ran at the
+   * same time as the one that stored the turn reports what it spent itself).
    *
    * @generated from field: bool replayed = 190;
    */
