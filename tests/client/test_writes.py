@@ -210,3 +210,11 @@ async def test_check_storage_says_memory_limits_and_checks_a_summary(
     with pytest.raises(errors.InvalidArgumentError) as caught:
         await conversations.check_storage(turn_bytes=1, summary=True)
     assert caught.value.field == "conversation_id"
+    assert usage.interaction is None
+    stored = await conversations.add_interaction(conv.id, input="q", request_id="turn-1")
+    found = await conversations.check_storage(turn_bytes=10, request_id="turn-1")
+    assert isinstance(found.interaction, types.Interaction)
+    assert found.interaction.interaction_id == stored.interaction_id
+    assert (
+        await conversations.check_storage(turn_bytes=10, request_id="turn-2")
+    ).interaction is None

@@ -1273,6 +1273,7 @@ class Conversations:
         *,
         turn_bytes: int = 0,
         summary: bool = False,
+        request_id: str = "",
         timeout: Timeout = DEFAULT,
     ) -> t.StorageUsage:
         """Whether one more turn of ``turn_bytes`` (its serialized interaction and traces, as
@@ -1282,9 +1283,15 @@ class Conversations:
         memory's ``limits`` on a turn. With ``summary``, ``turn_bytes`` is the length of a
         new summary of ``conversation_id`` (required), checked as ``update_summary`` would
         count it. A check before costly work, not a reservation: the write itself may
-        still be refused. Not retried (a write may follow)."""
+        still be refused. Not retried (a write may follow). With ``request_id``: the
+        returned ``interaction`` is your turn already stored with it, if any (then nothing
+        else is checked; in another conversation than ``conversation_id`` it raises
+        ``RequestIdReusedError``)."""
         request = mpb.CheckStorageRequest(
-            conversation_id=conversation_id, bytes=turn_bytes, summary=summary
+            conversation_id=conversation_id,
+            bytes=turn_bytes,
+            summary=summary,
+            request_id=request_id,
         )
         reply = await self._t.unary(self._t.memory.CheckStorage, request, timeout)
         return t.from_proto(t.StorageUsage, reply)

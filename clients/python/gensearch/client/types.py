@@ -876,13 +876,15 @@ class InteractionLimits:
 class StorageUsage:
     """Your stored bytes and conversations, and the most allowed of each
     (``conversations.check_storage``); ``limits``: what a turn may hold (None from a memory
-    service older than them)."""
+    service older than them); ``interaction``: with ``request_id``, your turn already
+    stored with it (None: none)."""
 
     used_bytes: int = 0
     limit_bytes: int = 0
     conversation_count: int = 0
     max_conversations: int = 0
     limits: InteractionLimits | None = None
+    interaction: Interaction | None = None
     raw: Any = field(default=None, repr=False, compare=False)
 
 
