@@ -269,7 +269,7 @@ async def test_a_deadline_passed_while_the_turn_was_stored(
         request_id="retry-me",
     )
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await stack.stub.Ask(request, metadata=ALICE, timeout=3)
+        await stack.stub.Ask(request, metadata=ALICE, timeout=5)
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert relay.stored == 1
     calls = len(stack.fake.chat_requests)
@@ -364,7 +364,7 @@ async def test_two_attempts_at_once_answer_with_one_turn(
         cid = made.conversation.conversation_id
     answers = iter(["first answer [1]", "second answer [1]"])
     stack.fake.reply = lambda body: next(answers)
-    stack.fake.latency = 0.5
+    stack.fake.latency = 1.0  # both attempts check memory before either stores
     request = gw_pb.AskRequest(
         collection="Books",
         llm_question="desert?",
