@@ -4,7 +4,8 @@ into a small engine-neutral tree, which each storage adapter maps to its Qdrant 
 Semantics follow Qdrant's: a condition on an array property holds when one element matches
 (so EQUAL on a text array means "contains"); NOT_EQUAL holds when no element equals the value,
 and also when the property is absent. Numbers are compared as floats, dates by their UTC
-timestamp, and TEXT_MATCH needs every word of the value in the property (case-insensitive).
+timestamp, and TEXT_MATCH needs every word of the value in the property (case-insensitive,
+and Unicode-normalized on both sides: NFKC, see ``normalize``). EQUAL stays exact.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from google.protobuf import json_format
 
 from services.common.errors import InvalidArgument, quote
 from services.common.values import DEFAULT_MAX_DEPTH, check_value
+from services.retrieval.normalize import NORMALIZED, nfkc
 from services.retrieval.schema import RFC3339_DATE_TIME, ObjectInvalid, parse_date
 
 MAX_DEPTH = 8
@@ -193,7 +195,15 @@ def _condition(cond: pb.Condition, b: _Walk, field: str) -> Node:
             )
         if not isinstance(value, str) or not any(ch.isalnum() for ch in value):
             raise InvalidArgument(f"{value_field} must be a string with words", field=value_field)
-        return Text(key=f"p.{name}", text=value)
+        # Words match whatever Unicode form either side was written in (normalize.py): the
+        # NFKC query against the stored value (already NFKC for nearly all text) and against
+        # its NFKC copy, kept where NFKC changes the value. Not the query as typed against
+        # the value as stored: the engine's tokenizer drops combining marks, so a decomposed
+        # "cafe\u0301" would also find "cafe". Objects stored before the copies existed match
+        # through their NFKC text only (re-import those with NFD/compatibility text).
+        wanted = nfkc(value)
+        texts = (Text(key=f"p.{name}", text=wanted), Text(key=f"{NORMALIZED}.{name}", text=wanted))
+        return Bool(should=texts)
     if op == pb.OPERATOR_UNSPECIFIED:
         raise InvalidArgument(f"{field}.operator is required", field=f"{field}.operator")
     raise InvalidArgument(f"{field}.operator: {op} is not an Operator", field=f"{field}.operator")

@@ -21,6 +21,7 @@ from services.common.settings import DEFAULT_MAX_FALLBACKS, DEFAULT_MAX_PROMPT_C
 from services.common.values import DEFAULT_MAX_DEPTH, check_value
 from services.common.well_known import duration_seconds
 from services.retrieval.endpoints import ENV_NAME, EmbeddingPolicy
+from services.retrieval.normalize import NORMALIZED, normalized_copy
 from services.retrieval.tenancy import DERIVED, NAMING_KEY, TENANT_KEY, engine_name
 
 COLLECTION_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,62}")
@@ -496,6 +497,8 @@ def prepare_object(
     # qdrant-edge 0.9 matches MatchValue(True) against the integer 1 and never against a
     # stored JSON true, so bools are filtered through a 0/1 copy (both adapters alike).
     flags: dict[str, int] = {}
+    # TEXT_MATCH matches words through the NFKC form of a text; kept only where it differs.
+    normalized: dict[str, Any] = {}
     raw: dict[str, Any] = {}
     if obj.HasField("properties"):
         try:
@@ -516,7 +519,13 @@ def prepare_object(
             stamps[name] = parse_date(props[name], path).timestamp()
         elif data_type == pb.DATA_TYPE_BOOL:
             flags[name] = int(props[name])
+        elif data_type in (pb.DATA_TYPE_TEXT, pb.DATA_TYPE_TEXT_ARRAY):
+            copy = normalized_copy(props[name])
+            if copy is not None:
+                normalized[name] = copy
     payload: dict[str, Any] = {"p": props}
+    if normalized:
+        payload[NORMALIZED] = normalized
     if stamps:
         payload["ts"] = stamps
     if flags:

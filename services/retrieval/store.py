@@ -8,8 +8,9 @@ port, so both adapters give the same answers (the congruence tests hold them to 
 Each collection is one Qdrant collection/shard with a named dense vector ``dense`` and, when
 the keyword index is on, a named sparse vector ``bm25`` whose IDF the engine computes.
 Payload layout: ``{"p": {<property>: value}, "ts": {<date property>: epoch seconds},
-"b": {<bool property>: 0 or 1}}`` — user properties under their own key, so no property name
-can collide with ours; filters on dates and bools use the numeric copies.
+"b": {<bool property>: 0 or 1}, "n": {<text property>: NFKC copy}}`` — user properties under
+their own key, so no property name can collide with ours; filters on dates and bools use the
+numeric copies, TEXT_MATCH also the NFKC copies (only of values NFKC changes; never returned).
 """
 
 from __future__ import annotations
