@@ -16,7 +16,9 @@ the sentence finds its support.
   ``support`` is that share; a citation is *supported* when it is at least the threshold
   (setting ``citation_min_support``) and at least one word is shared. With no word shared
   there is no span (empty property, offsets 0). CJK text without spaces counts a whole
-  run of ideographs as one word, so its support is coarse.
+  run of ideographs as one word, so its support is coarse. Words are compared in Unicode
+  NFKC (``condense.words``): a source stored with decomposed accents, full-width letters or
+  ligatures supports an answer written in NFC; offsets stay those of the texts as given.
 - ``coverage``: supported sentences / sentences (sentences with at least one word).
 
 Offsets are Unicode code points (Python ``str`` indices) into the answer and into the
@@ -26,6 +28,7 @@ property's string value, half-open ``[start, end)``.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -157,8 +160,16 @@ def candidate_spans(text: str) -> list[Span]:
         step = WINDOW_WORDS // 2
         for first in range(0, len(found) - step, step):
             last = min(first + WINDOW_WORDS, len(found)) - 1
-            out.append(Span(found[first].start(), found[last].end()))
+            out.append(Span(found[first].start(), _past_marks(text, found[last].end())))
     return out
+
+
+def _past_marks(text: str, end: int) -> int:
+    """``end`` moved past the combining marks that follow it: a decomposed accent
+    ("e" + U+0301) is no word character, but it belongs to the word before it."""
+    while end < len(text) and unicodedata.category(text[end]).startswith("M"):
+        end += 1
+    return end
 
 
 def best_support(

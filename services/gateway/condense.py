@@ -6,7 +6,9 @@ checked (``check_rewrite``) and, when rejected, replaced by a deterministic quer
 from the question and the last user turn (``fallback_query``). The result says which was
 used and why (``Rewrite``), so the response and a trace can show it.
 
-Words: lowercase runs of letters/digits (Unicode-aware, ``\\w`` minus ``_``). Content words
+Words: lowercase runs of letters/digits (Unicode-aware, ``\\w`` minus ``_``) of the text in
+Unicode NFKC, so a word is the same whatever form it was typed in (precomposed or decomposed
+accents, full-width letters, ligatures), as in retrieval's keyword search. Content words
 are words of two or more characters that are not in ``STOPWORDS``.
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import enum
 import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -99,6 +102,10 @@ class Rewrite:
 
 
 def words(text: str) -> list[str]:
+    # NFKC first: a decomposed "e\u0301" is not a word character, so without it "café"
+    # typed on macOS would be the word "cafe".
+    if not unicodedata.is_normalized("NFKC", text):
+        text = unicodedata.normalize("NFKC", text)
     return [w.lower() for w in _WORD.findall(text)]
 
 

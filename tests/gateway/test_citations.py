@@ -243,3 +243,27 @@ def test_any_answer_gives_offsets_inside_the_texts(answer: str, body: str) -> No
             assert value[c.source.start : c.source.end] == c.text
     for d in checked.dropped:
         assert answer[d.marker.start : d.marker.end].startswith("[")
+
+
+def test_decomposed_and_compatibility_forms_support_a_claim() -> None:
+    # Stored text in NFD (macOS file names) or with compatibility forms (full-width letters,
+    # ligatures); the model answers in NFC. Same words, so full support, and the span keeps
+    # its combining marks.
+    body = "Le cafe\u0301 de Zu\u0308rich. Un \ufb01lm \uff43\uff41\uff46\u00e9."
+    hits = [("u", {"body": body})]
+    answer = "Le café de Zürich [1]. Un film café [1]."
+    checked = verify(answer, hits, ["body"], 0.9)
+    first, second = (s.citations[0] for s in checked.sentences)
+    assert first.supported and first.score == pytest.approx(1.0)
+    assert body[first.source.start : first.source.end] == "Le cafe\u0301 de Zu\u0308rich."
+    assert second.supported and second.score == pytest.approx(1.0)
+
+
+def test_windows_keep_a_last_words_combining_marks() -> None:
+    # A long sentence is cut into windows at word ends: a window ending on a decomposed
+    # word ends after its marks, not between a letter and its accent.
+    body = " ".join(f"w{i}" for i in range(30)) + " " + " ".join(["cafe\u0301"] * 30) + "."
+    hits = [("u", {"body": body})]
+    checked = verify("cafe\u0301 w0 w1 [1].", hits, ["body"], 0.3)
+    support = checked.sentences[0].citations[0]
+    assert support.text.endswith("cafe\u0301")

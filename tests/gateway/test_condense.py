@@ -13,7 +13,13 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from google.protobuf import json_format
 
 from services.gateway import condense
-from services.gateway.condense import Method, Rejection, check_rewrite, fallback_query
+from services.gateway.condense import (
+    Method,
+    Rejection,
+    check_rewrite,
+    content_words,
+    fallback_query,
+)
 from services.gateway.conversation import REWRITE_SYSTEM_PROMPT, Turn
 from tests.gateway.conftest import ALICE, Stack, StackFactory, create_books, fake_provider
 from tests.support.fake_openai import Behaviour, FakeOpenAI
@@ -301,3 +307,12 @@ async def test_local_provider_gets_the_small_model_prompt(
     assert sent["messages"][0]["content"] == condense.SMALL_MODEL_SYSTEM_PROMPT
     assert sent["max_tokens"] == 24 and sent["temperature"] == 0.0
     assert sent["messages"][-1]["content"].endswith("Follow-up question: When was it written?")
+
+
+def test_words_match_whatever_their_unicode_form() -> None:
+    # A question typed with decomposed accents (macOS) or full-width letters shares its
+    # words with a rewrite the model wrote in NFC.
+    turns = [Turn("Où est le cafe\u0301 de Zu\u0308rich?", "Près du lac.")]
+    assert check_rewrite("café Zürich", "\uff43\uff41\uff46\u00e9 ouvert?", turns) is None
+    assert check_rewrite("café Zürich", "Et le mardi?", turns) is None
+    assert content_words("Zu\u0308rich \ufb01lm") == content_words("Zürich film")
