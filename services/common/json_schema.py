@@ -347,7 +347,9 @@ def _dangling_ref(schema: Mapping[str, Any]) -> str | None:
     for ref in refs:
         try:
             resolver.lookup(ref)
-        except Unresolvable:
+        # A pointer stepping into a list by a name ("#/required/x") or into a boolean
+        # schema raises ValueError / TypeError from the pointer walk, not Unresolvable.
+        except (Unresolvable, ValueError, TypeError, LookupError):
             return ref
     return None
 

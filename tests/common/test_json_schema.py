@@ -74,6 +74,29 @@ def test_bounds_and_root() -> None:
         assert caught.value.field == FIELD
 
 
+@pytest.mark.parametrize(
+    "ref",
+    [
+        "#/required/x",  # a list stepped into by a name: int() raised ValueError
+        "#/allOf/1e3",
+        "#/$defs/t/x",  # a boolean schema stepped into: TypeError
+        "#/$defs/t/0",
+    ],
+)
+def test_a_ref_stepping_into_a_list_or_boolean_is_refused_not_a_crash(ref: str) -> None:
+    schema = {
+        "type": "object",
+        "required": ["a"],
+        "allOf": [{}],
+        "$defs": {"t": True},
+        "properties": {"a": {"$ref": ref}},
+    }
+    with pytest.raises(InvalidArgument) as caught:
+        check_schema(schema, FIELD, SchemaLimits())
+    assert caught.value.field == FIELD
+    assert caught.value.reason == "INVALID_SCHEMA"
+
+
 def test_outputs() -> None:
     output = check_schema(
         {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]},
