@@ -109,9 +109,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         use_caller_key(context.invocation_metadata())  # type: ignore[arg-type]
         schema = await self._catalog.get(require_role(Role.WRITER).tenant, request.collection)
         self._check_batch(len(request.objects))
-        # Bound like an import stream: embedding may take long enough for the collection
-        # to be deleted and created again under its name in between.
-        result = await self._write(schema, request.objects, 0, bound=True)
+        result = await self._write(schema, request.objects, 0)
         return pb.UpsertObjectsResponse(ids=result.ids, errors=result.errors)
 
     async def ImportObjects(
@@ -139,9 +137,9 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
                         field="collection",
                     )
                 self._check_batch(len(message.objects), message_no)
-                # Bound to the collection the stream started with: one deleted since (and
-                # maybe created again under its name) takes no more of its objects.
-                result = await self._write(schema, message.objects, received, bound=True)
+                # Into the collection the stream started with: one deleted since (and maybe
+                # created again under its name) takes no more of its objects (_write).
+                result = await self._write(schema, message.objects, received)
                 received += len(message.objects)
                 imported += len(result.ids)
                 errors.extend(result.errors[: self._settings.max_import_errors - len(errors)])
@@ -165,11 +163,10 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
             errors_truncated=len(errors) < received - imported,
         )
 
-    async def _write(
-        self, schema: Schema, objects: Any, first_index: int, bound: bool = False
-    ) -> Any:
-        """``bound``: write only into the very collection ``schema`` was read from, checked
-        in the engine right before the write (after embedding, which may take long)."""
+    async def _write(self, schema: Schema, objects: Any, first_index: int) -> Any:
+        """Writes only into the very collection ``schema`` was read from, checked in the
+        engine right before the write: embedding may take long enough for it to be
+        deleted, and maybe created again under its name, in between."""
 
         async def same_collection() -> None:
             await self._catalog.check_same(schema)
@@ -182,7 +179,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
                 self._embedders,
                 first_index=first_index,
                 max_value_depth=self._settings.max_value_depth,
-                before_write=same_collection if bound else None,
+                before_write=same_collection,
             )
 
     @contextlib.contextmanager
