@@ -312,6 +312,17 @@ class CommonSettings(BaseSettings):
         return name in self.env_names()
 
 
+class DownstreamSettings(CommonSettings):
+    """The settings of a service the gateway calls (memory, retrieval, generation)."""
+
+    # Above the gateway's DEFAULT_MAX_METADATA_BYTES by what the gateway adds when it
+    # forwards a call (docs/operations.md#limits): keep it FORWARDING_HEADROOM_BYTES above
+    # the gateway's.
+    max_metadata_bytes: int = Field(
+        default=DOWNSTREAM_MAX_METADATA_BYTES, ge=8 * KIB, le=MAX_METADATA_BYTES
+    )
+
+
 def unknown_variables(
     *settings: CommonSettings, environ: Mapping[str, str] | None = None
 ) -> list[str]:

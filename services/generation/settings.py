@@ -41,17 +41,14 @@ from services.common.egress import EgressPolicy
 from services.common.model_names import PROVIDER_NAME, PROVIDER_NAME_RULE, model_name_setting
 from services.common.settings import (
     DEFAULT_MAX_FALLBACKS,
-    DOWNSTREAM_MAX_METADATA_BYTES,
-    KIB,
     MAX_FALLBACKS,
-    MAX_METADATA_BYTES,
     MAX_PER_MINUTE,
     MAX_SCHEMA_DEPTH,
     MAX_SIZE_BYTES,
     MAX_TOKENS,
     MAX_WAIT_SECONDS,
     NAMESPACES,
-    CommonSettings,
+    DownstreamSettings,
     http_url_problem,
     redis_url_setting,
 )
@@ -383,13 +380,8 @@ def provider_prefix(name: str) -> str:
     return NAMESPACES["generation"] + name.upper().replace("-", "_") + "_"
 
 
-class GenerationSettings(CommonSettings):
+class GenerationSettings(DownstreamSettings):
     model_config = SettingsConfigDict(env_prefix=NAMESPACES["generation"])
-    # Above the gateway's (16 KiB) by what the gateway adds when it forwards a call
-    # (docs/operations.md#limits): keep it FORWARDING_HEADROOM_BYTES above the gateway's.
-    max_metadata_bytes: int = Field(
-        default=DOWNSTREAM_MAX_METADATA_BYTES, ge=8 * KIB, le=MAX_METADATA_BYTES
-    )
 
     port: int = Field(default=50053, ge=0, le=65535)
     # None: no metrics endpoint (tests); 0: a free port.

@@ -9,14 +9,11 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import (
-    DOWNSTREAM_MAX_METADATA_BYTES,
-    KIB,
-    MAX_METADATA_BYTES,
     MAX_SIZE_BYTES,
     MAX_TTL_SECONDS,
     MAX_WAIT_SECONDS,
     NAMESPACES,
-    CommonSettings,
+    DownstreamSettings,
     model_directory,
     qdrant_url_setting,
     redis_url_setting,
@@ -26,13 +23,8 @@ from services.common.values import DEFAULT_MAX_DEPTH
 MIB = 1024 * 1024
 
 
-class MemorySettings(CommonSettings):
+class MemorySettings(DownstreamSettings):
     model_config = SettingsConfigDict(env_prefix=NAMESPACES["memory"])
-    # Above the gateway's (16 KiB) by what the gateway adds when it forwards a call
-    # (docs/operations.md#limits): keep it FORWARDING_HEADROOM_BYTES above the gateway's.
-    max_metadata_bytes: int = Field(
-        default=DOWNSTREAM_MAX_METADATA_BYTES, ge=8 * KIB, le=MAX_METADATA_BYTES
-    )
 
     port: int = Field(default=50051, ge=0, le=65535)
     # None: no metrics endpoint (tests); 0: any free port.

@@ -10,14 +10,11 @@ from pydantic_settings import SettingsConfigDict
 from services.common.egress import EgressPolicy, UrlRefused, canonical_url
 from services.common.model_names import model_name_setting
 from services.common.settings import (
-    DOWNSTREAM_MAX_METADATA_BYTES,
-    KIB,
-    MAX_METADATA_BYTES,
     MAX_SIZE_BYTES,
     MAX_TTL_SECONDS,
     MAX_WAIT_SECONDS,
     NAMESPACES,
-    CommonSettings,
+    DownstreamSettings,
     model_directory,
     qdrant_url_setting,
 )
@@ -60,13 +57,8 @@ class RerankProvider(BaseModel):
         return value
 
 
-class RetrievalSettings(CommonSettings):
+class RetrievalSettings(DownstreamSettings):
     model_config = SettingsConfigDict(env_prefix=NAMESPACES["retrieval"])
-    # Above the gateway's (16 KiB) by what the gateway adds when it forwards a call
-    # (docs/operations.md#limits): keep it FORWARDING_HEADROOM_BYTES above the gateway's.
-    max_metadata_bytes: int = Field(
-        default=DOWNSTREAM_MAX_METADATA_BYTES, ge=8 * KIB, le=MAX_METADATA_BYTES
-    )
 
     port: int = Field(default=50052, ge=0, le=65535)
     # None: no metrics endpoint; 0: a free port. `python -m services.retrieval` serves it;
