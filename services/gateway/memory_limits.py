@@ -250,7 +250,7 @@ def fit_name(name: str, limits: mem_pb.InteractionLimits | None) -> str:
     return name if limits is None else fit_utf8(name, limits.max_name_bytes)[0]
 
 
-def request_id(made: str, limits: mem_pb.InteractionLimits | None) -> str:
+def fit_request_id(made: str, limits: mem_pb.InteractionLimits | None) -> str:
     """The turn's request_id within memory's limit; "" (none sent) when the limit is too
     short for one that cannot repeat."""
     if limits is None or len(made) <= limits.max_request_id_bytes:

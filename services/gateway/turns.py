@@ -21,7 +21,7 @@ from services.gateway import ask_traces
 from services.gateway.clients import Caller, MemoryClient
 from services.gateway.conversation import Turn
 from services.gateway.deadline import time_left
-from services.gateway.memory_limits import fit_name, request_id
+from services.gateway.memory_limits import fit_name, fit_request_id
 from services.gateway.prompting import PROMPT_TEMPLATE, AskPrompt
 
 _NAME_CHARS = 120
@@ -200,7 +200,7 @@ async def store_turn(
             conversation_id, created = made.conversation_id, True
         interaction.conversation_id = conversation_id
         # Retries (channel policy) of this write land once.
-        interaction.request_id = client_request_id or request_id(uuid.uuid4().hex, limits)
+        interaction.request_id = client_request_id or fit_request_id(uuid.uuid4().hex, limits)
         stored = await memory.create_interaction(interaction, caller, time_left(deadline))
     except BaseException as err:
         if created:
