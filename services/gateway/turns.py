@@ -279,6 +279,11 @@ def additional_info(
     return struct(data)
 
 
+# What reading an entry of a stored additional_info raises when it no longer has the shape
+# ``additional_info`` gave it (a citation without its number: KeyError).
+_UNREADABLE = (TypeError, ValueError, AttributeError, LookupError)
+
+
 def replayed(stored: mem_pb.Interaction) -> gw_pb.AskResponse:
     """The answer of an Ask whose turn ``stored`` was already stored under its
     request_id: what the stored interaction holds (``additional_info`` as written by
@@ -292,20 +297,20 @@ def replayed(stored: mem_pb.Interaction) -> gw_pb.AskResponse:
         model=stored.origin,
         replayed=True,
     )
-    with contextlib.suppress(TypeError, ValueError, AttributeError):
+    with contextlib.suppress(*_UNREADABLE):
         response.hits.extend(ret_pb.Hit(id=str(i)) for i in info.get("hit_ids", []))
-    with contextlib.suppress(TypeError, ValueError, AttributeError):
+    with contextlib.suppress(*_UNREADABLE):
         response.citations.extend(
             gw_pb.Citation(number=int(c["number"]), id=str(c["id"]))
             for c in info.get("citations", [])
         )
-    with contextlib.suppress(TypeError, ValueError, AttributeError):
+    with contextlib.suppress(*_UNREADABLE):
         response.rewritten_query = str(info.get("rewritten_query", ""))
-    with contextlib.suppress(TypeError, ValueError, AttributeError):
+    with contextlib.suppress(*_UNREADABLE):
         response.rewrite_method = gw_pb.RewriteMethod.Value(str(info.get("rewrite_method")))  # type: ignore[assignment]
-    with contextlib.suppress(TypeError, ValueError, AttributeError):
+    with contextlib.suppress(*_UNREADABLE):
         response.citation_coverage = float(info.get("citation_coverage", 0.0))
-    with contextlib.suppress(TypeError, ValueError, AttributeError):
+    with contextlib.suppress(*_UNREADABLE):
         trimmed = info.get("trimmed", {})
         response.trimmed.history_turns = int(trimmed.get("history_turns", 0))
         response.trimmed.hits = int(trimmed.get("hits", 0))

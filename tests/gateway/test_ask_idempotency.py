@@ -378,3 +378,24 @@ async def test_two_attempts_at_once_answer_with_one_turn(
     assert sorted(a.replayed for a in both) == [False, True]
     assert all(a.upstream_calls == 1 for a in both)
     assert await _conversations(stack) == [(both[0].conversation_id, 1)]
+
+
+async def test_a_replay_leaves_out_additional_info_a_client_reshaped(
+    stack_factory: StackFactory,
+) -> None:
+    """A stored turn's additional_info may be changed by its owner (UpdateInteraction): a
+    citation without its number (or any entry that no longer reads as the gateway wrote
+    it) is left out of the replay; it failed the retry INTERNAL (a KeyError)."""
+    stack = await _stack(stack_factory)
+    request = gw_pb.AskRequest(
+        collection="Books", llm_question="desert planets?", new_conversation=True, request_id="k"
+    )
+    first = await stack.stub.Ask(request, metadata=ALICE)
+    changed = mem_pb.Interaction(interaction_id=first.interaction_id)
+    changed.additional_info.update({"citations": [{"id": "x"}], "trimmed": {"hits": []}})
+    await stack.memory.UpdateInteraction(
+        mem_pb.UpdateInteractionRequest(interaction=changed), metadata=ALICE
+    )
+    replay = await stack.stub.Ask(request, metadata=ALICE)
+    assert replay.replayed and replay.answer == first.answer
+    assert list(replay.citations) == [] and replay.trimmed.hits == 0
