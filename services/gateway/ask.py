@@ -23,6 +23,7 @@ from google.protobuf import json_format
 from services.common.errors import (
     UPSTREAM_CALLS,
     DeadlineExceeded,
+    InvalidArgument,
     ServiceError,
     upstream_calls,
 )
@@ -213,9 +214,13 @@ class AskService:
                 mem_pb.STEP_RETRIEVAL,
                 {"collection": request.collection, "query": query, "limit": params.context_size},
             )
-            found = await self._within(
-                deadline, self._b.clients.retrieval.search(search, caller, time_left(deadline))
-            )
+            try:
+                found = await self._within(
+                    deadline,
+                    self._b.clients.retrieval.search(search, caller, time_left(deadline)),
+                )
+            except InvalidArgument as err:
+                raise ask_request.question_refused(err, request) from None
             hits = list(found.hits)
             step.done(
                 {

@@ -130,6 +130,26 @@ def check_searchable(request: AskLike, info: CollectionInfo, context_size: int) 
         )
 
 
+def question_refused(err: InvalidArgument, request: AskLike) -> InvalidArgument:
+    """``err``, from the Ask's search, naming ``llm_question`` when it is the collection's
+    embeddings endpoint refusing the question (or its rewrite) the gateway searched with:
+    retrieval names the search's field (``hybrid.text``), which the caller never sent. A
+    text of the caller's own query stays named as sent."""
+    kind = request.WhichOneof("query")
+    searched_question = kind is None or (kind in _TEXT_QUERIES and not getattr(request, kind).text)
+    if err.reason != "EMBEDDING_INPUT_REJECTED" or not searched_question:
+        return err
+    status = err.metadata.get("http_status", "")
+    return InvalidArgument(
+        f"the embeddings endpoint of collection {quote(request.collection)} refused the "
+        f"question as a search text (HTTP {status}); it would refuse it again: shorten "
+        "llm_question, or give a query of your own",
+        field="llm_question",
+        reason=err.reason,
+        metadata={k: v for k, v in err.metadata.items() if k != "field"},
+    )
+
+
 def search_request(
     request: AskLike, info: CollectionInfo, text: str, limit: int
 ) -> ret_pb.SearchRequest:

@@ -400,6 +400,44 @@ async def test_ask_validation(stack: Stack) -> None:
         assert field in (err.value.details() or ""), field
 
 
+async def test_a_question_the_embeddings_endpoint_refuses_is_named_as_the_question(
+    stack: Stack,
+) -> None:
+    """The default search embeds the question: an endpoint refusing it (HTTP 413, a text
+    too long for the model) is INVALID_ARGUMENT / EMBEDDING_INPUT_REJECTED naming
+    llm_question, before any LLM call. It named hybrid.text, a field the caller never
+    sent. A caller's own query text is still named as the caller sent it."""
+    collection = ret_pb.Collection(
+        name="Embedded",
+        properties=[ret_pb.Property(name="title", data_type=ret_pb.DATA_TYPE_TEXT)],
+        vectorizer=ret_pb.Vectorizer(
+            kind=ret_pb.VECTORIZER_KIND_OPENAI_COMPATIBLE,
+            base_url=stack.fake.base_url,
+            model="fake-embedding",
+            dimensions=stack.fake.embedding_dim,
+        ),
+    )
+    await stack.retrieval.CreateCollection(
+        ret_pb.CreateCollectionRequest(collection=collection), metadata=ALICE
+    )
+    stack.fake.max_embedding_chars = 100
+    question = "Tell me about desert planets " * 10
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stack.stub.Ask(
+            gw_pb.AskRequest(collection="Embedded", llm_question=question), metadata=ALICE
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    info = error_info(err.value)
+    assert (info.reason, info.metadata["field"]) == ("EMBEDDING_INPUT_REJECTED", "llm_question")
+    assert info.metadata["http_status"] == "413"
+    assert stack.fake.chat_requests == []
+    own = gw_pb.AskRequest(collection="Embedded", llm_question="desert planets?")
+    own.near_text.text = question
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stack.stub.Ask(own, metadata=ALICE)
+    assert error_info(err.value).metadata["field"] == "near_text.text"
+
+
 async def test_default_query_is_hybrid_over_the_rewritten_question(stack: Stack) -> None:
     """A collection with an embedder (the fake's /v1/embeddings): the default retrieval
     embeds the standalone query and fuses it with keyword search."""
