@@ -24,6 +24,7 @@ from services.gateway.settings import GatewaySettings
 from services.memory.__main__ import build_server as build_memory
 from tests.gateway.conftest import ALICE, BOB, DIM, TOKEN, Stack, StackFactory, create_books
 from tests.support.fake_openai import Behaviour
+from tests.support.relay import Relay
 from tests.support.rpc import error_info
 
 REWRITES = {
@@ -656,31 +657,20 @@ async def test_a_full_owner_is_refused_before_any_llm_call(stack_factory: StackF
     assert len(stack.fake.chat_requests) == before + 1
 
 
-class _OlderMemory(grpc.GenericRpcHandler):
-    """A memory service from before CheckStorage, on loopback: relays every other method,
-    as bytes, to the real one at ``target``; CheckStorage is unknown (UNIMPLEMENTED)."""
+class _OlderMemory(Relay):
+    """A memory service from before CheckStorage: CheckStorage is unknown
+    (UNIMPLEMENTED); every other method is relayed to the real one."""
 
     def __init__(self) -> None:
-        self.target = ""
+        super().__init__()
         self.relayed: list[str] = []
 
-    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
-        method: str = details.method  # type: ignore[attr-defined]
-        if method.endswith("/CheckStorage"):
-            return None
+    def serves(self, method: str) -> bool:
+        return not method.endswith("/CheckStorage")
 
-        async def relay(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-            self.relayed.append(method.rsplit("/", 1)[1])
-            async with grpc.aio.insecure_channel(self.target) as channel:
-                try:
-                    answer: bytes = await channel.unary_unary(method)(
-                        request, metadata=context.invocation_metadata(), timeout=10
-                    )
-                except grpc.aio.AioRpcError as err:
-                    await context.abort(err.code(), err.details() or "", err.trailing_metadata())
-                return answer
-
-        return grpc.unary_unary_rpc_method_handler(relay)
+    def request(self, method: str, request: bytes) -> bytes:
+        self.relayed.append(method.rsplit("/", 1)[1])
+        return request
 
 
 async def test_a_memory_without_check_storage_still_stores_turns(

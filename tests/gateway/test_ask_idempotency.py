@@ -17,6 +17,7 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 
 from tests.gateway.conftest import ALICE, BOB, Stack, StackFactory, create_books
 from tests.support.redis_cluster import LocalCluster
+from tests.support.relay import Relay
 from tests.support.rpc import error_info
 
 ANSWER = "The desert planet is Arrakis [1]."
@@ -198,41 +199,32 @@ async def test_a_full_owner_still_gets_its_stored_turn(stack_factory: StackFacto
     assert len(stack.fake.chat_requests) == calls
 
 
-class _Relay(grpc.GenericRpcHandler):
-    """A memory service on loopback that relays every method, as bytes, to the real one at
-    ``target``; with ``old``, it drops CheckStorage's request_id first (a memory service
-    older than the field); with ``hold``, CreateInteraction's answer is held back once the
-    write is made (its caller's deadline passes while memory stores the turn)."""
+class _Relay(Relay):
+    """A memory service on loopback relaying every method to the real one; with ``old``,
+    it drops CheckStorage's request_id first (a memory service older than the field);
+    with ``hold``, CreateInteraction's answer is held back once the write is made (its
+    caller's deadline passes while memory stores the turn)."""
 
     def __init__(self, *, old: bool = False, hold: bool = False) -> None:
-        self.target = ""
+        super().__init__()
         self.old = old
         self.hold = hold
         self.stored = 0
 
-    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
-        method: str = details.method  # type: ignore[attr-defined]
+    def request(self, method: str, request: bytes) -> bytes:
+        if self.old and method.endswith("/CheckStorage"):
+            check = mem_pb.CheckStorageRequest.FromString(request)
+            check.ClearField("request_id")
+            return check.SerializeToString()
+        return request
 
-        async def relay(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-            if self.old and method.endswith("/CheckStorage"):
-                check = mem_pb.CheckStorageRequest.FromString(request)
-                check.ClearField("request_id")
-                request = check.SerializeToString()
-            async with grpc.aio.insecure_channel(self.target) as channel:
-                try:
-                    answer: bytes = await channel.unary_unary(method)(
-                        request, metadata=context.invocation_metadata(), timeout=10
-                    )
-                except grpc.aio.AioRpcError as err:
-                    await context.abort(err.code(), err.details() or "", err.trailing_metadata())
-            if method.endswith("/CreateInteraction"):
-                self.stored += 1
-                if self.hold:
-                    self.hold = False
-                    await asyncio.sleep(30)  # cancelled when the gateway gives up
-            return answer
-
-        return grpc.unary_unary_rpc_method_handler(relay)
+    async def answer(self, method: str, answer: bytes) -> bytes:
+        if method.endswith("/CreateInteraction"):
+            self.stored += 1
+            if self.hold:
+                self.hold = False
+                await asyncio.sleep(30)  # cancelled when the gateway gives up
+        return answer
 
 
 async def _relayed(stack_factory: StackFactory, relay: _Relay, **settings: Any) -> Stack:

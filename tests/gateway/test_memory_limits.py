@@ -16,6 +16,7 @@ from google.protobuf import json_format
 
 from services.gateway.prompting import PROMPT_TEMPLATE
 from tests.gateway.conftest import ALICE, Stack, StackFactory, create_books
+from tests.support.relay import Relay
 from tests.support.rpc import bad_request_field, error_info
 
 
@@ -184,33 +185,21 @@ async def test_additional_info_and_a_page_sized_answer_are_cut(
     assert info.get("additional_info_truncated") is True, info
 
 
-class _MemoryWithoutLimits(grpc.GenericRpcHandler):
-    """A memory service from before InteractionLimits, on loopback: relays every method,
-    as bytes, to the real one at ``target``, with CheckStorage's limits removed."""
+class _MemoryWithoutLimits(Relay):
+    """A memory service from before InteractionLimits: every method is relayed to the
+    real one, with CheckStorage's limits removed."""
 
     def __init__(self) -> None:
-        self.target = ""
+        super().__init__()
         self.checked = 0
 
-    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
-        method: str = details.method  # type: ignore[attr-defined]
-
-        async def relay(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-            async with grpc.aio.insecure_channel(self.target) as channel:
-                try:
-                    answer: bytes = await channel.unary_unary(method)(
-                        request, metadata=context.invocation_metadata(), timeout=10
-                    )
-                except grpc.aio.AioRpcError as err:
-                    await context.abort(err.code(), err.details() or "", err.trailing_metadata())
-            if method.endswith("/CheckStorage"):
-                self.checked += 1
-                response = mem_pb.CheckStorageResponse.FromString(answer)
-                response.ClearField("limits")
-                answer = response.SerializeToString()
+    async def answer(self, method: str, answer: bytes) -> bytes:
+        if not method.endswith("/CheckStorage"):
             return answer
-
-        return grpc.unary_unary_rpc_method_handler(relay)
+        self.checked += 1
+        response = mem_pb.CheckStorageResponse.FromString(answer)
+        response.ClearField("limits")
+        return response.SerializeToString()
 
 
 async def test_a_memory_without_limits_behaves_as_before(stack_factory: StackFactory) -> None:
