@@ -34,6 +34,7 @@ from services.memory.settings import MemorySettings
 from services.retrieval.__main__ import build_server as build_retrieval
 from services.retrieval.settings import RetrievalSettings
 from tests.support.fake_openai import FakeOpenAI
+from tests.support.redis_cluster import LocalCluster
 
 TOKEN = "gateway-test-internal-token"
 KEYS = "alice:key-alice-123,bob:key-bob-456"
@@ -83,6 +84,20 @@ def fake_provider(fake: FakeOpenAI, **fields: Any) -> dict[str, Any]:
 async def fake() -> AsyncIterator[FakeOpenAI]:
     async with FakeOpenAI() as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A real three-master Redis Cluster for a module's cluster tests (started on a loop
+    of its own, as the shared standalone server is)."""
+    loop = asyncio.new_event_loop()
+    local = LocalCluster(tmp_path_factory.mktemp("gateway-cluster"))
+    try:
+        loop.run_until_complete(local.start())
+        yield local
+    finally:
+        local.stop()
+        loop.close()
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,6 @@ Through real gRPC, memory on a real Redis (and a Redis Cluster), the loopback fa
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -304,19 +303,6 @@ async def test_a_memory_that_ignores_the_field_still_stores_the_turn_once(
     info = error_info(err)
     assert (info.reason, info.metadata["field"]) == ("FIELD_TOO_LARGE", "request_id")
     assert info.metadata["setting"] == "GENSEARCH_MEMORY_MAX_REQUEST_ID_BYTES"
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    """A real three-master Redis Cluster for this module's cluster test."""
-    loop = asyncio.new_event_loop()
-    local = LocalCluster(tmp_path_factory.mktemp("gateway-cluster"))
-    try:
-        loop.run_until_complete(local.start())
-        yield local
-    finally:
-        local.stop()
-        loop.close()
 
 
 @pytest.mark.slow

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -356,20 +355,6 @@ async def test_summary_and_retention_of_another_user_are_not_found(
         assert caught.value.code() == grpc.StatusCode.NOT_FOUND
     got = await _get(stack, cid)
     assert got.max_turns == 0 and not got.HasField("summary") and got.interaction_count == 2
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    """A real three-master Redis Cluster for this module's cluster tests (started on a
-    loop of its own, as the shared standalone server is)."""
-    loop = asyncio.new_event_loop()
-    local = LocalCluster(tmp_path_factory.mktemp("gateway-cluster"))
-    try:
-        loop.run_until_complete(local.start())
-        yield local
-    finally:
-        local.stop()
-        loop.close()
 
 
 @pytest.mark.slow
