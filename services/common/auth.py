@@ -44,8 +44,9 @@ TOKEN_HEADER = "x-gensearch-internal-token"
 AUTHORIZATION = "authorization"
 FORWARDED_HEADERS = frozenset({TOKEN_HEADER, USER_HEADER, TENANT_HEADER, ROLE_HEADER})
 # A key a caller sends for an upstream (x-openai-api-key, x-embedding-api-key, ...): at most
-# once too, or which one went upstream would be up to header order (the first won).
-CALLER_KEY_HEADER = re.compile(r"x-[a-z0-9][a-z0-9-]*-api-key")
+# once too, or which one went upstream would be up to header order (the first won). A
+# provider's name may hold '_' (model_names.PROVIDER_NAME), so its header may too.
+CALLER_KEY_HEADER = re.compile(r"x-[a-z0-9][a-z0-9_-]*-api-key")
 MAX_NAME_LEN = 256
 # Printable ASCII, no control characters: user and tenant names travel in gRPC metadata
 # and in logs, and "\0" separates tenant from user where both are hashed together. Stores

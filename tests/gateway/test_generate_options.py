@@ -774,3 +774,27 @@ async def test_a_provider_needing_a_key_the_caller_lacks_fails_once_before_any_h
         metadata=ALICE,
     )
     assert all(h.generation.result for h in response.hits)
+
+
+async def test_a_callers_key_reaches_a_provider_named_with_an_underscore(
+    stack_factory: StackFactory, fake: FakeOpenAI
+) -> None:
+    # Provider names may hold '_' (PROVIDER_NAME), but the gateway passed on only the key
+    # headers without one: x-my_llm-api-key was dropped and the call refused
+    # MISSING_PROVIDER_API_KEY, however the caller sent it.
+    keyed = {
+        "name": "my_llm",
+        "base_url": fake.base_url,
+        "default_model": "fake-model",
+        "requires_key": True,
+        "api_key_env": ["GENSEARCH_TEST_NO_SUCH_KEY_VARIABLE"],
+    }
+    stack = await stack_factory(extra_providers=[keyed])
+    await create_books(stack, books=WITH_BODY)
+    response = await stack.stub.GenerativeSearch(
+        _search(single_prompt="About {title}", provider="my_llm"),
+        metadata=(*ALICE, ("x-my_llm-api-key", "sk-callers-own")),
+    )
+    assert response.hits and all(h.generation.result for h in response.hits)
+    sent = {r.headers.get("Authorization") for r in fake.chat_requests}
+    assert sent == {"Bearer sk-callers-own"}

@@ -7,13 +7,13 @@ never logged nor stored.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import grpc
 
 from services.common.auth import (
+    CALLER_KEY_HEADER,
     ROLE_HEADER,
     TENANT_HEADER,
     TOKEN_HEADER,
@@ -23,7 +23,6 @@ from services.common.auth import (
     forwarded_identity,
 )
 
-API_KEY_HEADER = re.compile(r"^x-[a-z0-9][a-z0-9-]*-api-key$")
 Metadata = tuple[tuple[str, str], ...]
 
 
@@ -58,7 +57,7 @@ def caller_from(
         identity: Metadata = forwarded_identity(who, internal_token)
     else:
         identity = tuple((k, v) for k, v in headers if k == "authorization")
-    keys = tuple((k, v) for k, v in headers if API_KEY_HEADER.match(k) and k not in _OURS)
+    keys = tuple((k, v) for k, v in headers if CALLER_KEY_HEADER.fullmatch(k) and k not in _OURS)
     return Caller(who=who, identity=identity, provider_keys=keys)
 
 
