@@ -187,7 +187,7 @@ def fit_turn(turn: mem_pb.CreateInteractionRequest, limits: mem_pb.InteractionLi
 
 def _storable(value: struct_pb2.Struct | struct_pb2.Value, depth: int) -> bool:
     try:
-        check_value(value, "value", depth)
+        check_value(value, "value", depth, kind_required=True)  # as memory checks it
     except InvalidArgument:
         return False
     return True
@@ -195,8 +195,8 @@ def _storable(value: struct_pb2.Struct | struct_pb2.Value, depth: int) -> bool:
 
 def drop_unstorable(value: struct_pb2.Struct, depth: int) -> bool:
     """Drops the entries of ``value`` memory would refuse (nested more than ``depth`` deep
-    with ``value`` itself counting as 1, or holding a number that is NaN or infinite:
-    ``services/common/values.py``); whether any went."""
+    with ``value`` itself counting as 1, holding a number that is NaN or infinite, or a
+    Value with no kind: ``services/common/values.py``); whether any went."""
     if _storable(value, depth):
         return False
     for key in [k for k, v in value.fields.items() if not _storable(v, depth - 1)]:

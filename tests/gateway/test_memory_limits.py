@@ -12,8 +12,9 @@ import pytest
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.memory.v1 import memory_service_pb2 as mem_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
-from google.protobuf import json_format
+from google.protobuf import json_format, struct_pb2
 
+from services.gateway.memory_limits import drop_unstorable
 from services.gateway.prompting import PROMPT_TEMPLATE
 from tests.gateway.conftest import ALICE, Stack, StackFactory, create_books
 from tests.support.relay import Relay
@@ -305,3 +306,14 @@ async def test_a_question_larger_than_a_page_of_memory_is_refused_before_any_llm
     assert info.metadata["setting"] == "GENSEARCH_MEMORY_MAX_PAGE_BYTES"
     assert 60_000 < int(info.metadata["limit_bytes"]) < 66_000
     assert stack.fake.chat_requests == []
+
+
+def test_an_entry_memory_refuses_as_having_no_value_is_dropped() -> None:
+    """drop_unstorable drops what memory refuses: since VALUE_NOT_SET, a Value with no
+    kind too (it kept it, and memory would have refused the whole turn)."""
+    info = struct_pb2.Struct()
+    info.update({"kept": 1, "nested": {"x": "y"}})
+    info.fields["unset"].CopyFrom(struct_pb2.Value())
+    info["nested"].fields["unset"].CopyFrom(struct_pb2.Value())
+    assert drop_unstorable(info, 32)
+    assert sorted(info.fields) == ["kept"]
