@@ -5,16 +5,17 @@ that may be tighter than the gateway's. Its ``CheckStorage`` answer (made before
 call, beside the history read) carries them as ``InteractionLimits``. With them:
 
 - ``check_ask``, before any LLM call: what the caller sent that memory would refuse (the
-  question, the request's own system prompt and instructions) is INVALID_ARGUMENT naming
-  the Ask's field (``llm_question``, ``system_prompt``, ``user_instructions``) with the
-  limit and the memory setting in its ErrorInfo; memory's refusal after the answer named
-  ``input`` or ``prompt_template``, fields the caller never sent, and the answer was paid
-  for;
+  question, the request's own system prompt and instructions, its request_id) is
+  INVALID_ARGUMENT naming the Ask's field (``llm_question``, ``system_prompt``,
+  ``user_instructions``, ``request_id``) with the limit and the memory setting in its
+  ErrorInfo; memory's refusal after the answer named ``input`` or ``prompt_template``,
+  fields the caller never sent, and the answer was paid for;
 - ``fit_turn``, when the turn is stored: what the gateway itself makes (the answer, the
-  traces it attaches, ``additional_info``, the model name, a collection's template, the
-  conversation's name; values nested deeper than memory keeps) is cut to what memory
-  accepts and the cut is recorded in ``additional_info`` (a trace's in its ``truncated``);
-  it never fails the Ask.
+  traces it attaches, ``additional_info``, the model name, a collection's template; values
+  nested deeper than memory keeps) is cut to what memory accepts and the cut is recorded
+  in ``additional_info`` (a trace's in its ``truncated``); it never fails the Ask. A new
+  conversation's name and the request_id the gateway makes are cut too (``fit_name``,
+  ``fit_request_id``, in ``turns.store_turn``).
 
 A memory service older than ``InteractionLimits`` answers without them (or has no
 ``CheckStorage``): then nothing is checked or cut here, as before, and the write decides.
