@@ -369,7 +369,7 @@ class AskService:
                 # What the gateway made (answer, traces, additional_info…) cut to what
                 # memory accepts: it never fails the Ask.
                 memory_limits.fit_turn(interaction, limits)
-            stored = await self._within(
+            stored, others = await self._within(
                 deadline,
                 store_turn(
                     self._b.clients.memory,
@@ -382,7 +382,9 @@ class AskService:
                 ),
             )
             if request.request_id and (
-                stored.input != interaction.input or stored.response != interaction.response
+                others
+                or stored.input != interaction.input
+                or stored.response != interaction.response
             ):
                 # Another attempt with the client's key stored its turn first (both ran
                 # at once): that turn is the answer, as a later retry would get it.

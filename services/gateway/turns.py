@@ -184,13 +184,16 @@ async def store_turn(
     deadline: float,
     limits: mem_pb.InteractionLimits | None = None,
     client_request_id: str = "",
-) -> mem_pb.Interaction:
+) -> tuple[mem_pb.Interaction, bool]:
     """Store ``interaction`` in ``conversation_id``, or in a new conversation named after
-    its input when ``conversation_id`` is empty; the interaction as memory holds it.
-    With memory's ``limits``, the name and the request_id the gateway makes are cut to
-    them; the client's ``client_request_id`` (checked before any LLM call) is sent as it
-    is, and the interaction returned may then be another attempt's, stored first with
-    it (in the conversation that attempt started, for a new conversation)."""
+    its input when ``conversation_id`` is empty; the interaction as memory holds it, and
+    whether it is known to be another attempt's. With memory's ``limits``, the name and
+    the request_id the gateway makes are cut to them; the client's ``client_request_id``
+    (checked before any LLM call) is sent as it is, and the interaction returned may then
+    be another attempt's, stored first with it (in the conversation that attempt started,
+    for a new conversation: then it is known to be; in ``conversation_id``, memory answers
+    a write with the turn already stored with the key, which could be this attempt's own
+    write retried by the channel, so the caller compares what it holds)."""
     created = False
     try:
         if not conversation_id:
@@ -222,9 +225,9 @@ async def store_turn(
                     "", 0, caller, time_left(deadline), request_id=client_request_id
                 )
                 if answer is not None and answer.HasField("interaction"):
-                    return answer.interaction
+                    return answer.interaction, True
         raise
-    return stored
+    return stored, False
 
 
 _CLEANUPS: set[asyncio.Future[None]] = set()

@@ -377,3 +377,24 @@ async def test_a_replay_leaves_out_additional_info_a_client_reshaped(
     replay = await stack.stub.Ask(request, metadata=ALICE)
     assert replay.replayed and replay.answer == first.answer
     assert list(replay.citations) == [] and replay.trimmed.hits == 0
+
+
+async def test_two_attempts_at_once_with_the_same_answer_mark_the_second_replayed(
+    stack_factory: StackFactory,
+) -> None:
+    """A model answering both attempts alike (a deterministic one): the new_conversation
+    attempt whose write lost still answers replayed. Both were replayed false: the
+    gateway told the other attempt's turn from its own by its text only."""
+    stack = await _stack(stack_factory)
+    stack.fake.latency = 1.0  # both attempts check memory before either stores
+    request = gw_pb.AskRequest(
+        collection="Books", llm_question="desert?", new_conversation=True, request_id="k"
+    )
+    both = await asyncio.gather(
+        *(stack.stub.Ask(request, metadata=ALICE, timeout=20) for _ in range(2))
+    )
+    assert len(stack.fake.chat_requests) == 2
+    assert len({(a.answer, a.conversation_id, a.interaction_id) for a in both}) == 1, both
+    assert sorted(a.replayed for a in both) == [False, True]
+    assert all(a.upstream_calls == 1 for a in both)
+    assert await _conversations(stack) == [(both[0].conversation_id, 1)]
