@@ -192,6 +192,7 @@ class AskService:
                 question=question,
                 context_window=window,
                 answer_tokens=answer_tokens,
+                max_chars=s.max_rendered_prompt_chars,
             )
 
         rewrite = condense.unchanged()

@@ -35,6 +35,7 @@ async def fit(
     question: str,
     context_window: int,
     answer_tokens: int,
+    max_chars: int = 0,
 ) -> AskPrompt:
     """``fit_prompt`` with every piece counted by ``tokenizer`` in one batch."""
     texts = list(
@@ -62,6 +63,7 @@ async def fit(
         context_window=context_window,
         answer_tokens=answer_tokens,
         count=lambda text: counts[text] if text in counts else estimate_tokens(text),
+        max_chars=max_chars,
     )
 
 

@@ -70,6 +70,7 @@ class ContextHit:
 
 _RESULTS_HEADER = "Search results:\n\n"
 _NO_RESULTS = "(no results)"
+_BLOCK_JOINT = "\n\n"
 
 
 @dataclass
@@ -94,7 +95,7 @@ def question_message(
     user_instructions: str,
     question: str,
 ) -> gen_pb.Message:
-    blocks = "\n\n".join(
+    blocks = _BLOCK_JOINT.join(
         hit_block(i, hit.properties, context_fields) for i, hit in enumerate(hits, start=1)
     )
     parts = [f"{_RESULTS_HEADER}{blocks or _NO_RESULTS}"]
@@ -129,6 +130,7 @@ def fit_prompt(
     answer_tokens: int,
     summary: str = "",
     count: Count = estimate_tokens,
+    max_chars: int = 0,
 ) -> AskPrompt:
     """The prompt within ``context_window`` minus ``answer_tokens``: the system prompt and
     the question with its hits first; history gets what is left (the budget): the
@@ -136,7 +138,12 @@ def fit_prompt(
     hits alone do not fit, history goes entirely and the lowest-ranked hits after it.
 
     Tokens are counted piece by piece with ``count`` (the model's tokenizer or the
-    estimate), each message with its framing, so fitting costs one count per piece."""
+    estimate), each message with its framing, so fitting costs one count per piece.
+
+    ``max_chars`` (0: none) bounds the messages' characters as well, as generation's
+    MAX_PROMPT_CHARS does: a model with a window of a million tokens holds more than a
+    million characters of hits, which generation refused naming ``messages``. Past it,
+    history goes first (oldest turns, then the summary), then the lowest-ranked hits."""
     budget = context_window - answer_tokens
     turns = list(turns)
     instructions = user_instructions.strip()
@@ -179,6 +186,33 @@ def fit_prompt(
         kept += 1
     recent = turns[len(turns) - kept :] if kept else []
     asked = question_message(hits[:n_hits], context_fields, user_instructions, question)
+    if max_chars:
+        # Counted as each piece goes, not rebuilt: five hits of 300 KB are 1.5 MB a build.
+        chars = _chars(build_messages(system_prompt, recent, asked, summary))
+        hit_chars = [len(hit_block(i, h.properties, context_fields)) for i, h in enumerate(hits, 1)]
+        while chars > max_chars:
+            if recent:
+                dropped = recent.pop(0)
+                kept -= 1
+                used -= count(dropped.question) + count(dropped.answer) + 2 * _MESSAGE_OVERHEAD
+                chars -= _chars(history_messages([dropped]))
+            elif summary:
+                chars -= len(summary_message(summary).content)
+                summary, used, summary_tokens = "", used - summary_tokens, 0
+            elif n_hits:
+                # One block and its joint go; the last one leaves "(no results)".
+                chars -= hit_chars[n_hits - 1] + (len(_BLOCK_JOINT) if n_hits > 1 else 0)
+                chars += len(_NO_RESULTS) if n_hits == 1 else 0
+                n_hits -= 1
+                needed = fixed + question_tokens(n_hits)
+            else:
+                raise InvalidArgument(
+                    "the question and instructions alone do not fit "
+                    f"{max_chars} characters (GENSEARCH_GATEWAY_MAX_RENDERED_PROMPT_CHARS)",
+                    field="llm_question",
+                    reason="PROMPT_TOO_LONG",
+                )
+        asked = question_message(hits[:n_hits], context_fields, user_instructions, question)
     prompt = AskPrompt(
         messages=build_messages(system_prompt, recent, asked, summary),
         turns_used=kept,
@@ -195,6 +229,11 @@ def fit_prompt(
     if prompt.trimmed_hits:
         prompt.notes.append(f"dropped the {prompt.trimmed_hits} lowest-ranked hit(s)")
     return prompt
+
+
+def _chars(messages: Sequence[gen_pb.Message]) -> int:
+    """Characters over all messages, as generation counts them against its limit."""
+    return sum(len(m.content) for m in messages)
 
 
 def context_window_for(model: str, windows: Mapping[str, int], default: int) -> int:

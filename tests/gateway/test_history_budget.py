@@ -460,3 +460,48 @@ async def test_a_fold_longer_than_memory_keeps_is_cut_to_fit(
     summary = (await _get(stack, cid)).summary
     assert summary.text == "covers q0 q1"[:12]
     assert summary.summarised_turns == 4
+
+
+async def test_a_window_of_a_million_tokens_keeps_the_prompt_within_generations_chars(
+    stack_factory: StackFactory,
+) -> None:
+    """A model whose window holds more characters than generation's MAX_PROMPT_CHARS
+    (gpt-4.1's 1,047,576 tokens, in the defaults, against a million characters): the Ask's
+    prompt stops at MAX_RENDERED_PROMPT_CHARS, history first, then the lowest-ranked hits,
+    as the token budget does. The whole window's hits went to generation, which refused
+    the Ask INVALID_ARGUMENT naming `messages`, a field the caller never sent. Here both
+    limits are 20,000 characters and five hits hold 40,000."""
+    stack = await stack_factory(
+        context_windows={"fake-model": 1_000_000},
+        max_rendered_prompt_chars=20_000,
+        generation_settings={"max_prompt_chars": 20_000},
+    )
+    books = [
+        {"title": f"Book {i}", "body": "desert planet spice " * 400, "year": 1965 + i}
+        for i in range(5)
+    ]
+    await create_books(stack, books=books)
+    stack.fake.reply = "Arrakis [1]."
+    first = await stack.stub.Ask(
+        gw_pb.AskRequest(
+            collection="Books", llm_question="desert planet?", context_size=5, new_conversation=True
+        ),
+        metadata=ALICE,
+    )
+    assert first.trimmed.hits >= 3 and len(first.hits) == 5
+    sent = stack.fake.chat_requests[-1].json["messages"]
+    assert sum(len(m["content"]) for m in sent) <= 20_000
+    # With history: the question and its hits fill the prompt; the turn before is dropped.
+    second = await stack.stub.Ask(
+        gw_pb.AskRequest(
+            collection="Books",
+            llm_question="and the spice?",
+            context_size=5,
+            conversation_id=first.conversation_id,
+            rewrite_query=False,
+        ),
+        metadata=ALICE,
+    )
+    assert second.answer
+    sent = stack.fake.chat_requests[-1].json["messages"]
+    assert sum(len(m["content"]) for m in sent) <= 20_000
