@@ -275,6 +275,17 @@ class RequestIdReusedError(InvalidArgumentError):
     error_reason = "REQUEST_ID_REUSED"
 
 
+class RequestIdWithoutConversationError(InvalidArgumentError):
+    """An Ask's request_id with neither conversation_id nor new_conversation: nothing is
+    stored, so there is no turn a retry could replay."""
+
+    error_reason = "REQUEST_ID_WITHOUT_CONVERSATION"
+
+
+class RequestIdWithSummaryError(InvalidArgumentError):
+    error_reason = "REQUEST_ID_WITH_SUMMARY"
+
+
 class UnknownModelError(InvalidArgumentError):
     error_reason = "UNKNOWN_MODEL"
 
