@@ -24,7 +24,7 @@ from services.gateway.settings import GatewaySettings
 from services.memory.__main__ import build_server as build_memory
 from tests.gateway.conftest import ALICE, BOB, DIM, TOKEN, Stack, StackFactory, create_books
 from tests.support.fake_openai import Behaviour
-from tests.support.relay import Relay
+from tests.support.relay import Relay, serving
 from tests.support.rpc import error_info
 
 REWRITES = {
@@ -679,12 +679,8 @@ async def test_a_memory_without_check_storage_still_stores_turns(
     """During a rolling upgrade the gateway may meet a memory service that has no
     CheckStorage: the Ask goes on (the write still enforces memory's limits)."""
     older = _OlderMemory()
-    server = grpc.aio.server()
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.add_generic_rpc_handlers((older,))
-    await server.start()
-    try:
-        stack = await stack_factory(memory_addr=f"127.0.0.1:{port}")
+    async with serving(older) as address:
+        stack = await stack_factory(memory_addr=address)
         older.target = f"127.0.0.1:{stack.servers['memory'].port}"
         await create_books(stack)
         stack.fake.reply = "short [1]"
@@ -694,8 +690,6 @@ async def test_a_memory_without_check_storage_still_stores_turns(
         )
         assert answer.interaction_id
         assert {"CreateConversation", "CreateInteraction"} <= set(older.relayed)
-    finally:
-        await server.stop(0)
 
 
 @pytest.mark.parametrize("name", ["system_prompt", "user_instructions"])

@@ -17,7 +17,7 @@ from google.protobuf import json_format, struct_pb2
 from services.gateway.memory_limits import drop_unstorable
 from services.gateway.prompting import PROMPT_TEMPLATE
 from tests.gateway.conftest import ALICE, Stack, StackFactory, create_books
-from tests.support.relay import Relay
+from tests.support.relay import Relay, serving
 from tests.support.rpc import bad_request_field, error_info
 
 
@@ -207,12 +207,8 @@ async def test_a_memory_without_limits_behaves_as_before(stack_factory: StackFac
     """CheckStorage without limits (an older memory during a rolling upgrade): nothing is
     checked or cut by the gateway; the turn is stored as before."""
     older = _MemoryWithoutLimits()
-    server = grpc.aio.server()
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.add_generic_rpc_handlers((older,))
-    await server.start()
-    try:
-        stack = await stack_factory(memory_addr=f"127.0.0.1:{port}")
+    async with serving(older) as address:
+        stack = await stack_factory(memory_addr=address)
         older.target = f"127.0.0.1:{stack.servers['memory'].port}"
         await create_books(stack)
         stack.fake.reply = "short [1]"
@@ -223,8 +219,6 @@ async def test_a_memory_without_limits_behaves_as_before(stack_factory: StackFac
         assert older.checked == 1
         stored = await _stored(stack, answer.interaction_id)
         assert stored.response == "short [1]" and stored.trace_count == 2
-    finally:
-        await server.stop(0)
 
 
 async def test_values_nested_deeper_than_memory_keeps_are_left_out(

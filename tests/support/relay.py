@@ -5,6 +5,9 @@ without a field). Subclasses change what goes through with ``serves``, ``request
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
 import grpc
 
 
@@ -41,3 +44,16 @@ class Relay(grpc.GenericRpcHandler):
             return await self.answer(method, answer)
 
         return grpc.unary_unary_rpc_method_handler(relay)
+
+
+@contextlib.asynccontextmanager
+async def serving(relay: Relay) -> AsyncIterator[str]:
+    """``relay`` served on a loopback port for the block; yields its address."""
+    server = grpc.aio.server()
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.add_generic_rpc_handlers((relay,))
+    await server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        await server.stop(0)
