@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 import pytest
+from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.gateway.v1 import gateway_service_pb2_grpc as gw_grpc
 from gensearch.memory.v1 import memory_service_pb2_grpc as mem_grpc
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
@@ -285,3 +286,29 @@ async def create_books(
     )
     assert not response.errors, response.errors
     return list(response.ids)
+
+
+def storing_asks(
+    question: str, conversation_id: str
+) -> list[gw_pb.AskRequest | gw_pb.StreamAskRequest]:
+    """The three ways an Ask stores a turn: Ask and StreamAsk into ``conversation_id``,
+    Ask into a new conversation."""
+    return [
+        gw_pb.AskRequest(
+            collection="Books", llm_question=question, conversation_id=conversation_id
+        ),
+        gw_pb.StreamAskRequest(
+            collection="Books", llm_question=question, conversation_id=conversation_id
+        ),
+        gw_pb.AskRequest(collection="Books", llm_question=question, new_conversation=True),
+    ]
+
+
+async def refused_before_any_event(call: Any) -> grpc.aio.AioRpcError:
+    """The error ``call`` (unary, or a stream that yields nothing first) ends with."""
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        if isinstance(call, grpc.aio.UnaryStreamCall):
+            assert [event async for event in call] == []  # not even the context event
+        else:
+            await call
+    return err.value

@@ -22,7 +22,17 @@ from services.common.settings import DEFAULT_MAX_PROMPT_CHARS, MAX_QUERY_TEXT
 from services.gateway.conversation import REWRITE_SYSTEM_PROMPT
 from services.gateway.settings import GatewaySettings
 from services.memory.__main__ import build_server as build_memory
-from tests.gateway.conftest import ALICE, BOB, DIM, TOKEN, Stack, StackFactory, create_books
+from tests.gateway.conftest import (
+    ALICE,
+    BOB,
+    DIM,
+    TOKEN,
+    Stack,
+    StackFactory,
+    create_books,
+    refused_before_any_event,
+    storing_asks,
+)
 from tests.support.fake_openai import Behaviour
 from tests.support.relay import Relay, serving
 from tests.support.rpc import error_info
@@ -592,22 +602,10 @@ async def test_a_full_owner_is_refused_before_any_llm_call(stack_factory: StackF
     await _fill(stack, cid)
     before = len(stack.fake.chat_requests)
 
-    async def refused(call: Any) -> grpc.aio.AioRpcError:
-        with pytest.raises(grpc.aio.AioRpcError) as err:
-            if isinstance(call, grpc.aio.UnaryStreamCall):
-                assert [event async for event in call] == []  # not even the context event
-            else:
-                await call
-        return err.value
-
-    requests: list[Any] = [
-        gw_pb.AskRequest(collection="Books", llm_question=question, conversation_id=cid),
-        gw_pb.StreamAskRequest(collection="Books", llm_question=question, conversation_id=cid),
-        gw_pb.AskRequest(collection="Books", llm_question=question, new_conversation=True),
-    ]
+    requests = storing_asks(question, cid)
     for request in requests:
         ask = stack.stub.Ask if isinstance(request, gw_pb.AskRequest) else stack.stub.StreamAsk
-        err = await refused(ask(request, metadata=ALICE))
+        err = await refused_before_any_event(ask(request, metadata=ALICE))
         assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err
         assert "4096 bytes" in (err.details() or "")
         info = error_info(err)
@@ -626,7 +624,7 @@ async def test_a_full_owner_is_refused_before_any_llm_call(stack_factory: StackF
     )
     for _ in range(2):
         await stack.memory.CreateConversation(mem_pb.CreateConversationRequest(), metadata=ALICE)
-    err = await refused(
+    err = await refused_before_any_event(
         stack.stub.Ask(
             gw_pb.AskRequest(collection="Books", llm_question=question, new_conversation=True),
             metadata=ALICE,

@@ -5,8 +5,6 @@ is cut to what memory accepts instead of failing the Ask after the answer was pa
 
 from __future__ import annotations
 
-from typing import Any
-
 import grpc
 import pytest
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
@@ -16,18 +14,16 @@ from google.protobuf import json_format, struct_pb2
 
 from services.gateway.memory_limits import drop_unstorable
 from services.gateway.prompting import PROMPT_TEMPLATE
-from tests.gateway.conftest import ALICE, Stack, StackFactory, create_books
+from tests.gateway.conftest import (
+    ALICE,
+    Stack,
+    StackFactory,
+    create_books,
+    refused_before_any_event,
+    storing_asks,
+)
 from tests.support.relay import Relay, serving
 from tests.support.rpc import bad_request_field, error_info
-
-
-async def _refused(call: Any) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        if isinstance(call, grpc.aio.UnaryStreamCall):
-            assert [event async for event in call] == []  # not even the context event
-        else:
-            await call
-    return err.value
 
 
 async def _conversation(stack: Stack) -> str:
@@ -54,14 +50,10 @@ async def test_a_question_memory_would_not_store_is_refused_before_any_llm_call(
     stack.fake.reply = "short [1]"
     cid = await _conversation(stack)
     question = "Which book is set on a desert planet? " * 9  # ~340 bytes, under 32,000 chars
-    requests: list[Any] = [
-        gw_pb.AskRequest(collection="Books", llm_question=question, conversation_id=cid),
-        gw_pb.StreamAskRequest(collection="Books", llm_question=question, conversation_id=cid),
-        gw_pb.AskRequest(collection="Books", llm_question=question, new_conversation=True),
-    ]
+    requests = storing_asks(question, cid)
     for request in requests:
         ask = stack.stub.Ask if isinstance(request, gw_pb.AskRequest) else stack.stub.StreamAsk
-        err = await _refused(ask(request, metadata=ALICE))
+        err = await refused_before_any_event(ask(request, metadata=ALICE))
         assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err
         info = error_info(err)
         assert info.reason == "FIELD_TOO_LARGE", info
@@ -98,7 +90,7 @@ async def test_a_system_prompt_memory_would_not_store_is_refused_before_any_llm_
         system_prompt=system_prompt,
         user_instructions="Cite.",
     )
-    err = await _refused(stack.stub.Ask(request, metadata=ALICE))
+    err = await refused_before_any_event(stack.stub.Ask(request, metadata=ALICE))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err
     info = error_info(err)
     assert info.metadata["field"] == "system_prompt", info
@@ -283,7 +275,7 @@ async def test_a_question_larger_than_a_page_of_memory_is_refused_before_any_llm
     await create_books(stack)
     stack.fake.reply = "short [1]"
     question = "€" * 22_000  # 66,000 bytes; 22,000 characters, under the gateway's 32,000
-    err = await _refused(
+    err = await refused_before_any_event(
         stack.stub.Ask(
             gw_pb.AskRequest(
                 collection="Books",
