@@ -27,6 +27,7 @@ from services.common.errors import (
     ServiceError,
     upstream_calls,
 )
+from services.common.turn_size import fit_utf8
 from services.gateway import (
     ask_request,
     ask_traces,
@@ -46,7 +47,6 @@ from services.gateway.clients import Caller
 from services.gateway.conversation import Turn, recent_turns
 from services.gateway.deadline import time_left
 from services.gateway.generator import Options, Spent, complete
-from services.gateway.memory_limits import fit_utf8
 from services.gateway.metrics import TRIMMED
 from services.gateway.prompting import (
     DEFAULT_SYSTEM_PROMPT,

@@ -18,7 +18,7 @@ from gensearch.generation.v1 import generation_service_pb2 as gen_pb
 from gensearch.memory.v1 import memory_service_pb2 as mem_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 
-from services.memory.traces import bound
+from services.common.turn_size import bound_trace
 
 _ROLES = {
     gen_pb.ROLE_SYSTEM: "system",
@@ -58,7 +58,7 @@ class TurnTraces:
         if self._max_bytes <= 0:
             return
         trace.trace_number = len(self.traces)  # as memory numbers it: counted in the bound
-        bound(trace, self._max_bytes)
+        bound_trace(trace, self._max_bytes)
         self.traces.append(trace)
 
 

@@ -28,8 +28,8 @@ from gensearch.memory.v1 import memory_service_pb2 as mem_pb
 from google.protobuf import struct_pb2
 
 from services.common.errors import InvalidArgument
+from services.common.turn_size import bound_trace, fit_utf8, stored_interaction, utf8_size
 from services.common.values import check_value
-from services.memory.traces import bound
 
 AskLike = gw_pb.AskRequest | gw_pb.StreamAskRequest
 
@@ -43,22 +43,6 @@ _MARKERS = (
 # A request_id shorter than this many hex digits (64 bits) could repeat among an owner's
 # turns: memory would take a retry of a new turn for an old one. None is sent then.
 _MIN_REQUEST_ID_CHARS = 16
-
-
-def fit_utf8(text: str, limit: int) -> tuple[str, bool]:
-    """``text`` cut to at most ``limit`` UTF-8 bytes on a character boundary, and whether
-    it was cut."""
-    if len(text) * 4 <= limit:  # no character takes more than 4 bytes
-        return text, False
-    data = text.encode("utf-8", "surrogatepass")
-    if len(data) <= limit:
-        return text, False
-    # "ignore" drops only the character the cut went through (its first bytes).
-    return data[:limit].decode("utf-8", "ignore"), True
-
-
-def _size(text: str) -> int:
-    return len(text.encode("utf-8", "surrogatepass"))
 
 
 def _too_large(field: str, message: str, limit: int, setting: str, reason: str) -> InvalidArgument:
@@ -79,10 +63,10 @@ def check_ask(
     template made of the request's own system prompt and instructions."""
     if limits is None:
         return
-    if request.request_id and _size(request.request_id) > limits.max_request_id_bytes:
+    if request.request_id and utf8_size(request.request_id) > limits.max_request_id_bytes:
         # A memory service that checks request_id itself already said so (CheckStorage).
         raise InvalidArgument(
-            f"request_id is {_size(request.request_id)} bytes (UTF-8); memory keeps a "
+            f"request_id is {utf8_size(request.request_id)} bytes (UTF-8); memory keeps a "
             f"request_id of at most {limits.max_request_id_bytes} bytes "
             "(GENSEARCH_MEMORY_MAX_REQUEST_ID_BYTES)",
             field="request_id",
@@ -93,7 +77,7 @@ def check_ask(
                 "service": "memory",
             },
         )
-    size = _size(question)
+    size = utf8_size(question)
     if size > limits.max_text_bytes:
         raise _too_large(
             "llm_question",
@@ -108,8 +92,8 @@ def check_ask(
     parts = {"llm_question": size}
     for field in ("system_prompt", "user_instructions"):
         if getattr(request, field):
-            parts[field] = _size(getattr(request, field))
-    template_size = _size(template)
+            parts[field] = utf8_size(getattr(request, field))
+    template_size = utf8_size(template)
     if template_size > limits.max_prompt_template_bytes and len(parts) > 1:
         field = max((f for f in parts if f != "llm_question"), key=parts.__getitem__)
         # The room left for that field beside the rest of the template.
@@ -123,7 +107,9 @@ def check_ask(
             "GENSEARCH_MEMORY_MAX_PROMPT_TEMPLATE_BYTES",
             "FIELD_TOO_LARGE",
         )
-    known = mem_pb.Interaction(input=question, prompt_template=template).ByteSize()
+    known = interaction_bytes(
+        mem_pb.CreateInteractionRequest(input=question, prompt_template=template)
+    )
     if known > limits.max_interaction_bytes:
         field = max(parts, key=parts.__getitem__)
         room = parts[field] - (known - limits.max_interaction_bytes)
@@ -140,16 +126,7 @@ def check_ask(
 
 def interaction_bytes(turn: mem_pb.CreateInteractionRequest) -> int:
     """The interaction's size as memory measures it against ``max_interaction_bytes``."""
-    interaction = mem_pb.Interaction(
-        input=turn.input,
-        prompt_template=turn.prompt_template,
-        response=turn.response,
-        origin=turn.origin,
-        trace_count=len(turn.traces),
-    )
-    if turn.HasField("additional_info"):
-        interaction.additional_info.CopyFrom(turn.additional_info)
-    return interaction.ByteSize()
+    return stored_interaction(turn).ByteSize()
 
 
 def fit_turn(turn: mem_pb.CreateInteractionRequest, limits: mem_pb.InteractionLimits) -> None:
@@ -181,7 +158,7 @@ def fit_turn(turn: mem_pb.CreateInteractionRequest, limits: mem_pb.InteractionLi
         for part in ("input", "output"):
             if depth and trace.HasField(part) and drop_unstorable(getattr(trace, part), depth):
                 trace.truncated = True
-        bound(trace, limits.max_trace_bytes)  # memory would; a smaller write
+        bound_trace(trace, limits.max_trace_bytes)  # memory would; a smaller write
     fit_struct(info, limits.max_additional_info_bytes)
     _fit_page(turn, limits)
 
@@ -236,13 +213,13 @@ def _fit_page(turn: mem_pb.CreateInteractionRequest, limits: mem_pb.InteractionL
     info["response_truncated"] = True  # before measuring: the marker takes room too
     fit_struct(info, limits.max_additional_info_bytes)
     over = interaction_bytes(turn) - limit
-    turn.response = fit_utf8(turn.response, max(0, _size(turn.response) - over))[0]
+    turn.response = fit_utf8(turn.response, max(0, utf8_size(turn.response) - over))[0]
     if interaction_bytes(turn) > limit:
         turn.ClearField("additional_info")
     over = interaction_bytes(turn) - limit
     if over > 0:
         turn.prompt_template = fit_utf8(
-            turn.prompt_template, max(0, _size(turn.prompt_template) - over)
+            turn.prompt_template, max(0, utf8_size(turn.prompt_template) - over)
         )[0]
 
 

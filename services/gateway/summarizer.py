@@ -27,11 +27,11 @@ from gensearch.generation.v1 import generation_service_pb2 as gen_pb
 from gensearch.memory.v1 import memory_service_pb2 as mem_pb
 
 from services.common.errors import ServiceError
+from services.common.turn_size import fit_utf8
 from services.gateway.background import WorkQueue
 from services.gateway.clients import Caller, GenerationClient, MemoryClient
 from services.gateway.conversation import SYSTEM, USER, Turn
 from services.gateway.generator import Options, complete
-from services.gateway.memory_limits import fit_utf8
 from services.gateway.metrics import SUMMARY_FOLDS, SUMMARY_QUEUE, SUMMARY_TOKENS
 from services.gateway.settings import GatewaySettings
 from services.gateway.tokens import Tokenizer

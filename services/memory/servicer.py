@@ -19,6 +19,7 @@ from services.common.errors import (
     NotFound,
     Unavailable,
 )
+from services.common.turn_size import over_utf8, stored_interaction, utf8_size
 from services.common.values import check_value
 from services.common.well_known import duration_seconds
 from services.memory import traces
@@ -217,21 +218,17 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
     ) -> pb.CreateInteractionResponse:
         s = self._settings
         cid = _id(request.conversation_id, "conversation_id")
-        text = _text(request.input, "input", s.max_text_bytes)
-        template = _text(request.prompt_template, "prompt_template", s.max_prompt_template_bytes)
-        response = _text(request.response, "response", s.max_text_bytes)
-        origin = _text(request.origin, "origin", s.max_origin_bytes)
+        _text(request.input, "input", s.max_text_bytes)
+        _text(request.prompt_template, "prompt_template", s.max_prompt_template_bytes)
+        _text(request.response, "response", s.max_text_bytes)
+        _text(request.origin, "origin", s.max_origin_bytes)
         request_id = _text(request.request_id, "request_id", s.max_request_id_bytes)
-        interaction = pb.Interaction(
-            input=text, prompt_template=template, response=response, origin=origin
-        )
         if request.HasField("additional_info"):
             _check_additional_info(request.additional_info, s)
-            interaction.additional_info.CopyFrom(request.additional_info)
         stored_traces = traces.prepare(
             request.traces, s.max_traces, s.max_trace_bytes, s.max_value_depth
         )
-        interaction.trace_count = len(request.traces)
+        interaction = stored_interaction(request)
         _check_fits_a_page(interaction, s.page_bytes)
         owner = _owner()
         stored = await self._store.create_interaction(
@@ -482,8 +479,7 @@ def _id(value: str, field: str) -> str:
 
 
 def _text(value: str, field: str, limit: int) -> str:
-    # len() counts code points; UTF-8 needs 1-4 bytes each, so encode only when unsure.
-    if len(value) * 4 > limit and len(value.encode()) > limit:
+    if over_utf8(value, limit):
         raise InvalidArgument(
             f"{field} is longer than {limit} bytes (UTF-8)",
             field=field,
@@ -503,9 +499,9 @@ def _check_fits_a_page(interaction: pb.Interaction, max_page_bytes: int) -> None
     if size <= max_page_bytes:
         return
     sizes = {
-        "input": len(interaction.input.encode()),
-        "prompt_template": len(interaction.prompt_template.encode()),
-        "response": len(interaction.response.encode()),
+        "input": utf8_size(interaction.input),
+        "prompt_template": utf8_size(interaction.prompt_template),
+        "response": utf8_size(interaction.response),
         "additional_info": interaction.additional_info.ByteSize(),
     }
     largest = max(sizes, key=sizes.__getitem__)

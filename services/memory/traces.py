@@ -7,23 +7,20 @@ each at most ``max_trace_bytes`` — so reading them back is bounded too, and a 
 slice of one parsed message.
 
 A trace larger than its bound is shortened, never refused: a turn must not be lost to the
-bookkeeping about it. Every string in its input and output is cut to the longest length
-that fits (ending with "…"), and as a last resort input and output are dropped; either way
-``truncated`` says so.
+bookkeeping about it (the rule, ``bound_trace``, is in ``services/common/turn_size.py``:
+the gateway bounds the traces it attaches the same way).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 from gensearch.memory.v1 import memory_service_pb2 as pb
-from google.protobuf import struct_pb2
 
 from services.common.errors import InvalidArgument
+from services.common.turn_size import bound_trace
 from services.common.values import check_value
 from services.common.well_known import check_timestamp, duration_seconds
-
-ELLIPSIS = "…"
 
 
 def prepare(traces: Sequence[pb.Trace], max_traces: int, max_bytes: int, max_depth: int) -> bytes:
@@ -56,7 +53,7 @@ def prepare(traces: Sequence[pb.Trace], max_traces: int, max_bytes: int, max_dep
         kept = stored.traces.add()
         kept.CopyFrom(trace)
         kept.trace_number = number
-        bound(kept, max_bytes)
+        bound_trace(kept, max_bytes)
     return stored.SerializeToString()
 
 
@@ -70,51 +67,6 @@ def _check_times(trace: pb.Trace, where: str) -> None:
             f"{where}.duration must not be negative: it is how long the step took",
             field=f"{where}.duration",
         )
-
-
-def bound(trace: pb.Trace, max_bytes: int) -> None:
-    """Shortens ``trace`` in place to at most ``max_bytes`` serialized."""
-    if trace.ByteSize() <= max_bytes:
-        return
-    trace.truncated = True
-    longest = max((len(v.string_value) for v in _strings(trace)), default=0)
-    # The longest cap on string lengths that fits (binary search: sizes grow with the cap).
-    low, high, best = 0, longest, -1
-    while low <= high:
-        cap = (low + high) // 2
-        trial = pb.Trace()
-        trial.CopyFrom(trace)
-        _cap_strings(trial, cap)
-        if trial.ByteSize() <= max_bytes:
-            best, low = cap, cap + 1
-        else:
-            high = cap - 1
-    if best >= 0:
-        _cap_strings(trace, best)
-    if trace.ByteSize() > max_bytes:
-        trace.ClearField("input")
-        trace.ClearField("output")
-
-
-def _cap_strings(trace: pb.Trace, cap: int) -> None:
-    for value in _strings(trace):
-        if len(value.string_value) > cap:
-            value.string_value = value.string_value[: max(cap - 1, 0)] + ELLIPSIS
-
-
-def _strings(trace: pb.Trace) -> Iterator[struct_pb2.Value]:
-    stack: list[struct_pb2.Value] = []
-    for part in (trace.input, trace.output):
-        stack.extend(part.fields.values())
-    while stack:
-        value = stack.pop()
-        kind = value.WhichOneof("kind")
-        if kind == "string_value":
-            yield value
-        elif kind == "struct_value":
-            stack.extend(value.struct_value.fields.values())
-        elif kind == "list_value":
-            stack.extend(value.list_value.values)
 
 
 def page(stored: bytes, after: int, size: int, max_bytes: int) -> tuple[list[pb.Trace], int | None]:

@@ -1,5 +1,5 @@
 """Property: a bounded trace always fits its bound, keeps what already fitted untouched,
-and says when it was cut (services/memory/traces.py)."""
+and says when it was cut (services/common/turn_size.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from gensearch.memory.v1 import memory_service_pb2 as pb
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.memory.traces import ELLIPSIS, bound
+from services.common.turn_size import ELLIPSIS, bound_trace
 
 _leaves = st.one_of(st.text(max_size=3000), st.integers(-(10**6), 10**6), st.booleans(), st.none())
 _values = st.recursive(
@@ -38,7 +38,7 @@ def test_a_bounded_trace_fits_and_says_so(
     original = _trace(given_, produced)
     trace = pb.Trace()
     trace.CopyFrom(original)
-    bound(trace, limit)
+    bound_trace(trace, limit)
     assert trace.ByteSize() <= limit or (
         # Only what is not ours to cut is left: the step, number and timings.
         not trace.HasField("input") and not trace.HasField("output")
