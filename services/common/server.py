@@ -33,6 +33,7 @@ from grpc_reflection.v1alpha import reflection
 
 from services.common.auth import Authenticator
 from services.common.call_slots import CallSlots
+from services.common.channel_args import metadata_options
 from services.common.chassis import Admission, ChassisRegistry
 from services.common.hostport import bind_problem, join_host_port
 from services.common.logs import register_secret
@@ -201,13 +202,6 @@ class GrpcServer:
 
 def _ms(seconds: float) -> int:
     return int(seconds * 1000)
-
-
-def metadata_options(limit: int) -> list[tuple[str, int]]:
-    """gRPC's soft and hard metadata limits, both ``limit``: gRPC refuses metadata between
-    the two at random (by default 8 and 16 KiB), so a 12 KB header passed or not by chance.
-    Equal, one size always passes and the next always fails."""
-    return [("grpc.max_metadata_size", limit), ("grpc.absolute_max_metadata_size", limit)]
 
 
 def server_options(settings: CommonSettings, largest_request: int) -> list[tuple[str, int]]:

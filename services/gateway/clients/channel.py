@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import grpc
 
-from services.common.server import metadata_options
+from services.common.channel_args import metadata_options
 from services.gateway.settings import GatewaySettings
 
 MEMORY_SERVICE = "gensearch.memory.v1.MemoryService"
