@@ -284,6 +284,8 @@ class AskService:
                     prompt.messages,
                     timeout=time_left(deadline),
                     emit=deltas.put_nowait if stream else None,
+                    # As the gateway's own limit on the prompt (history_budget) names it.
+                    prompt_field="llm_question",
                 ),
             )
         )

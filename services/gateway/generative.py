@@ -309,6 +309,9 @@ class GenerativeSearch:
                     timeout=time_left(deadline, floor=0) + DOWNSTREAM_MARGIN,
                     emit=emit if plan.stream_tokens else None,
                     restart=lambda: emit("", restart=True),
+                    prompt_field=(
+                        "generate.grouped_task" if index == GROUPED else "generate.single_prompt"
+                    ),
                 )
                 result = await traced(index, attributes, call)
                 if policy.mode.writes:

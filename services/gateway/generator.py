@@ -156,12 +156,15 @@ async def complete(
     timeout: float | None,
     emit: Callable[[str], None] | None = None,
     restart: Callable[[], None] | None = None,
+    prompt_field: str | None = None,
 ) -> gw_pb.GenerationResult:
     """Ask the model; with ``emit``, stream and hand each text delta to it as it comes
-    (``restart``: the deltas so far are void, a corrective retry's follow)."""
+    (``restart``: the deltas so far are void, a corrective retry's follow).
+    ``prompt_field``: the caller's field ``messages`` were rendered from, which a refusal
+    of them as too long names (``GenerationClient.generate``)."""
     if emit is None:
         request = generate_request(gen_pb.GenerateRequest, options, messages)
-        response = await generation.generate(request, caller, timeout)
+        response = await generation.generate(request, caller, timeout, prompt_field=prompt_field)
         result = gw_pb.GenerationResult(
             result=response.text,
             usage=response.usage,
@@ -179,7 +182,8 @@ async def complete(
     stream_request = generate_request(gen_pb.StreamGenerateRequest, options, messages)
     parts: list[str] = []
     result = gw_pb.GenerationResult()
-    async for chunk in generation.stream_generate(stream_request, caller, timeout):
+    chunks = generation.stream_generate(stream_request, caller, timeout, prompt_field=prompt_field)
+    async for chunk in chunks:
         if chunk.restart:
             parts.clear()
             if restart is not None:

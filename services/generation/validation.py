@@ -28,6 +28,11 @@ from services.generation.settings import ProviderConfig
 # How far the estimate may exceed a context window before a prompt is refused here.
 _ESTIMATE_SLACK = 1.25
 
+#: The messages together are longer than ``max_prompt_chars`` (INVALID_ARGUMENT, field
+#: ``messages``, metadata ``max_chars``, ``chars``, ``setting``).
+PROMPT_TOO_LONG = "PROMPT_TOO_LONG"
+MAX_PROMPT_CHARS_SETTING = "GENSEARCH_GENERATION_MAX_PROMPT_CHARS"
+
 ROLE_NAMES = {pb.ROLE_SYSTEM: "system", pb.ROLE_USER: "user", pb.ROLE_ASSISTANT: "assistant"}
 
 
@@ -141,8 +146,15 @@ def build_request(
         messages.append(ChatMessage(role, m.content))
     if chars > limits.max_prompt_chars:
         raise InvalidArgument(
-            f"the messages hold {chars} characters; at most {limits.max_prompt_chars} are allowed",
+            f"the messages hold {chars} characters; at most {limits.max_prompt_chars} are "
+            f"allowed ({MAX_PROMPT_CHARS_SETTING})",
             field="messages",
+            reason=PROMPT_TOO_LONG,
+            metadata={
+                "max_chars": str(limits.max_prompt_chars),
+                "chars": str(chars),
+                "setting": MAX_PROMPT_CHARS_SETTING,
+            },
         )
 
     # The name as sent: spaces alone are refused there, not stripped into the default.

@@ -39,6 +39,7 @@ from google.protobuf import duration_pb2
 from services.common import call_slots
 from services.common.errors import (
     WAIT_MS,
+    InvalidArgument,
     ResourceExhausted,
     ServiceError,
     metadata_count,
@@ -73,6 +74,9 @@ MAX_BACKOFF = 1.0
 # tests/gateway/test_generation_in_flight.py, which fails if a grpcio release words it
 # otherwise.
 _REFUSED_STREAM_TEXT = "RST_STREAM with error code 7"
+#: Generation's refusal of messages longer than its GENSEARCH_GENERATION_MAX_PROMPT_CHARS
+#: (field ``messages``; metadata ``max_chars``, ``chars``, ``setting``).
+PROMPT_TOO_LONG = "PROMPT_TOO_LONG"
 
 R = TypeVar("R")
 #: A StreamGenerate call that was not refused: its messages, and the first (None: none came).
@@ -210,8 +214,15 @@ class GenerationClient(ServiceClient):
         return None if timeout is None else asyncio.get_running_loop().time() + timeout
 
     async def generate(
-        self, request: gen_pb.GenerateRequest, caller: Caller, timeout: float | None
+        self,
+        request: gen_pb.GenerateRequest,
+        caller: Caller,
+        timeout: float | None,
+        *,
+        prompt_field: str | None = None,
     ) -> gen_pb.GenerateResponse:
+        """``prompt_field``: the caller's field the gateway rendered ``request.messages``
+        from, named instead of ``messages`` when generation refuses them as too long."""
         deadline = self._deadline(timeout)
         waited = _Waited()
         try:
@@ -229,14 +240,20 @@ class GenerationClient(ServiceClient):
         except ServiceError as err:
             waited.note(err)
             await self._charge_extra(upstream_calls(err.metadata), caller)
-            raise
+            raise prompt_refused(err, prompt_field) from None
         waited.add_to(response.wait_time)
         await self._charge_extra(response.upstream_calls, caller)
         return response
 
     async def stream_generate(
-        self, request: gen_pb.StreamGenerateRequest, caller: Caller, timeout: float | None
+        self,
+        request: gen_pb.StreamGenerateRequest,
+        caller: Caller,
+        timeout: float | None,
+        *,
+        prompt_field: str | None = None,
     ) -> AsyncIterator[gen_pb.StreamGenerateResponse]:
+        """As ``generate``, streamed."""
         deadline = self._deadline(timeout)
         waited = _Waited()
         try:
@@ -263,7 +280,24 @@ class GenerationClient(ServiceClient):
         except ServiceError as err:
             waited.note(err)
             await self._charge_extra(upstream_calls(err.metadata), caller)
-            raise
+            raise prompt_refused(err, prompt_field) from None
 
     async def list_models(self, caller: Caller, timeout: float | None) -> gen_pb.ListModelsResponse:
         return await self.unary("ListModels", gen_pb.ListModelsRequest(), caller, timeout)
+
+
+def prompt_refused(err: ServiceError, prompt_field: str | None) -> ServiceError:
+    """``err``, or, when it is generation's refusal of messages the gateway rendered from
+    the caller's ``prompt_field`` as too long, the same refusal naming that field: the
+    caller never sent ``messages``. Reason and metadata are kept (``max_chars``,
+    ``chars``, ``setting``), with ``service``: generation."""
+    if prompt_field is None or err.reason != PROMPT_TOO_LONG or err.field != "messages":
+        return err
+    m = err.metadata
+    return InvalidArgument(
+        f"the prompt is {m.get('chars', '?')} characters; the generation service takes at "
+        f"most {m.get('max_chars', '?')} ({m.get('setting', '?')})",
+        field=prompt_field,
+        reason=PROMPT_TOO_LONG,
+        metadata={**m, "field": prompt_field, "service": "generation"},
+    )
