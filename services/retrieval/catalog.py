@@ -27,6 +27,7 @@ import time
 from typing import Any
 
 from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
+from google.protobuf import json_format
 
 from services.common.auth import DEFAULT_TENANT
 from services.common.errors import AlreadyExists, InvalidArgument, NotFound, ResourceExhausted
@@ -80,7 +81,7 @@ def _parsed(stored: list[dict[str, Any]]) -> list[Schema]:
             continue
         try:
             schemas.append(Schema.from_json(data))
-        except Exception:  # a schema we cannot read is no one's collection; serve the rest
+        except json_format.ParseError:  # no one's collection; serve the rest
             log.warning("ignoring a stored schema that does not parse", exc_info=True)
     return schemas
 
@@ -136,7 +137,7 @@ class Catalog:
         if stored is not None and is_collection_schema(stored):
             try:
                 current = Schema.from_json(stored)
-            except Exception:  # unreadable: not the collection we started with
+            except json_format.ParseError:  # unreadable: not the collection we started with
                 current = None
             same = (
                 current is not None

@@ -386,6 +386,8 @@ class Schema:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Schema:
+        """The schema stored as ``data`` (``to_json``); json_format.ParseError when it is not
+        a collection's (protobuf wraps every conversion error in it)."""
         collection = pb.Collection()
         json_format.ParseDict(data, collection, ignore_unknown_fields=True)
         derived = data.get(NAMING_KEY) == DERIVED
