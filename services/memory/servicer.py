@@ -78,6 +78,18 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
                         raise
         return self._tokens
 
+    async def _cursor(self, token: str, kind: str, scope: str, owner: Owner) -> str | None:
+        """The cursor a list's ``page_token`` carries; None for the first page."""
+        if not token:
+            return None
+        return (await self.page_tokens()).decode(token, kind, scope, owner.key)
+
+    async def _next_token(self, kind: str, scope: str, cursor: str | None, owner: Owner) -> str:
+        """The ``next_page_token`` for the page after ``cursor``; "" when none follows."""
+        if cursor is None:
+            return ""
+        return (await self.page_tokens()).encode(kind, scope, cursor, owner.key)
+
     async def CreateConversation(
         self, request: pb.CreateConversationRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateConversationResponse:
@@ -127,15 +139,9 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
     ) -> pb.ListConversationsResponse:
         size = _page_size(request.page_size)
         owner = _owner()
-        cursor = None
-        if request.page_token:
-            tokens = await self.page_tokens()
-            cursor = tokens.decode(request.page_token, _CONVERSATIONS, "", owner.key)
+        cursor = await self._cursor(request.page_token, _CONVERSATIONS, "", owner)
         page = await self._store.list_conversations(owner, size, cursor)
-        token = ""
-        if page.next_cursor is not None:
-            tokens = await self.page_tokens()
-            token = tokens.encode(_CONVERSATIONS, "", page.next_cursor, owner.key)
+        token = await self._next_token(_CONVERSATIONS, "", page.next_cursor, owner)
         return pb.ListConversationsResponse(
             conversations=[_conversation(c) for c in page.items], next_page_token=token
         )
@@ -251,17 +257,11 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
         cid = _id(request.conversation_id, "conversation_id")
         size = _page_size(request.page_size)
         owner = _owner()
-        cursor = None
-        if request.page_token:
-            tokens = await self.page_tokens()
-            cursor = tokens.decode(request.page_token, _INTERACTIONS, cid, owner.key)
+        cursor = await self._cursor(request.page_token, _INTERACTIONS, cid, owner)
         page = await self._store.list_interactions(
             owner, cid, size, cursor, self._settings.page_bytes
         )
-        token = ""
-        if page.next_cursor is not None:
-            tokens = await self.page_tokens()
-            token = tokens.encode(_INTERACTIONS, cid, page.next_cursor, owner.key)
+        token = await self._next_token(_INTERACTIONS, cid, page.next_cursor, owner)
         answer = pb.ListInteractionsResponse(next_page_token=token)
         for data in page.items:
             answer.interactions.add().MergeFromString(data)
@@ -305,17 +305,11 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
         iid = _id(request.interaction_id, "interaction_id")
         size = _page_size(request.page_size)
         owner = _owner()
-        after = -1
-        if request.page_token:
-            tokens = await self.page_tokens()
-            cursor = tokens.decode(request.page_token, _TRACES, iid, owner.key)
-            after = int(cursor) if cursor.isdigit() else -1
+        cursor = await self._cursor(request.page_token, _TRACES, iid, owner)
+        after = int(cursor) if cursor is not None and cursor.isdigit() else -1
         stored = await self._store.get_interaction_traces(owner, iid)
         items, last = traces.page(stored, after, size, self._settings.page_bytes)
-        token = ""
-        if last is not None:
-            tokens = await self.page_tokens()
-            token = tokens.encode(_TRACES, iid, str(last), owner.key)
+        token = await self._next_token(_TRACES, iid, None if last is None else str(last), owner)
         return pb.ListInteractionTracesResponse(traces=items, next_page_token=token)
 
     async def SearchInteractions(
