@@ -49,6 +49,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 
+from services.common.errors import PermissionDenied
 from services.common.hostport import join_host_port
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -60,6 +61,21 @@ EMBEDDING_KEY_HEADER = "x-embedding-api-key"
 RERANK_KEY_HEADER = "x-rerank-api-key"
 # ErrorInfo reason of every refusal.
 URL_NOT_ALLOWED = "URL_NOT_ALLOWED"
+
+
+def url_not_allowed(
+    field: str, why: str, setting: str, *, then: str = "", metadata: dict[str, str] | None = None
+) -> PermissionDenied:
+    """The refusal of the URL in ``field``: ``why`` (``UrlRefused.why``), the allowlist
+    ``setting`` that decides, and ``then`` (what it means for the call, "; nothing was
+    sent")."""
+    return PermissionDenied(
+        f"{field}: {why} ({setting}){then}",
+        field=field,
+        reason=URL_NOT_ALLOWED,
+        metadata=metadata,
+    )
+
 
 DEFAULT_PORTS = {"https": 443, "http": 80}
 MAX_URL = 2048

@@ -7,9 +7,8 @@ from collections.abc import Mapping
 
 from gensearch.generation.v1 import generation_service_pb2 as gen_pb
 
-from services.common.egress import URL_NOT_ALLOWED, EgressPolicy, UrlRefused
+from services.common.egress import EgressPolicy, UrlRefused, url_not_allowed
 from services.common.errors import (
-    PermissionDenied,
     ServiceError,
     Unauthenticated,
     quote,
@@ -114,10 +113,8 @@ class ModelCatalog:
                 EgressPolicy.parse(models.allowed_hosts).check_url(options.base_url)
             except (UrlRefused, ValueError) as err:
                 why = err.why if isinstance(err, UrlRefused) else "the allowlist is unreadable"
-                raise PermissionDenied(
-                    f"{why} (GENSEARCH_GENERATION_ALLOWED_HOSTS)",
-                    field=f"{prefix}base_url",
-                    reason=URL_NOT_ALLOWED,
+                raise url_not_allowed(
+                    f"{prefix}base_url", why, "GENSEARCH_GENERATION_ALLOWED_HOSTS"
                 ) from None
 
     async def context_window(

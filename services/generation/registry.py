@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Mapping
 
-from services.common.egress import URL_NOT_ALLOWED, EgressPolicy, UrlRefused, canonical_url
-from services.common.errors import InvalidArgument, PermissionDenied, quote
+from services.common.egress import EgressPolicy, UrlRefused, canonical_url, url_not_allowed
+from services.common.errors import InvalidArgument, quote
 from services.common.openai_api import OpenAIClients
 from services.common.redis_client import RedisClient
 from services.common.upstream_retry import RetryPolicy
@@ -137,11 +137,7 @@ class ProviderRegistry:
             self.egress.check_url(base_url)
             canonical = canonical_url(base_url)
         except UrlRefused as err:
-            raise PermissionDenied(
-                f"base_url: {err.why} ({ALLOWLIST_SETTING})",
-                field="base_url",
-                reason=URL_NOT_ALLOWED,
-            ) from None
+            raise url_not_allowed("base_url", err.why, ALLOWLIST_SETTING) from None
         key = (provider.name, canonical)
         cached = self._caller_providers.get(key)
         if cached is not None:

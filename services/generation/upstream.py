@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import openai
 
-from services.common.egress import URL_NOT_ALLOWED, refusal
+from services.common.egress import refusal, url_not_allowed
 from services.common.errors import (
     ATTEMPTS,
     WAIT_MS,
@@ -194,11 +194,8 @@ def to_service_error(fault: UpstreamFault, provider: str, model: str) -> Service
     tries = f" after {fault.attempts} attempts" if fault.attempts > 1 else ""
     status = fault.status
     if fault.kind == "refused":
-        return PermissionDenied(
-            f"base_url: {fault.detail} ({ALLOWLIST_SETTING}); nothing was sent",
-            field="base_url",
-            reason=URL_NOT_ALLOWED,
-            metadata=meta,
+        return url_not_allowed(
+            "base_url", fault.detail, ALLOWLIST_SETTING, then="; nothing was sent", metadata=meta
         )
     if fault.kind == "missing_key":
         return Unauthenticated(fault.detail, reason="MISSING_PROVIDER_API_KEY", metadata=meta)

@@ -27,11 +27,11 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 
 from services.common.egress import (
     EMBEDDING_KEY_HEADER,
-    URL_NOT_ALLOWED,
     EgressPolicy,
     UrlRefused,
     canonical_url,
     echo,
+    url_not_allowed,
 )
 from services.common.errors import PermissionDenied
 
@@ -75,11 +75,7 @@ class EmbeddingPolicy:
             try:
                 self.egress.check_url(vec.base_url)
             except UrlRefused as err:
-                raise PermissionDenied(
-                    f"{where}.base_url: {err.why} ({ALLOWLIST_SETTING})",
-                    field=f"{where}.base_url",
-                    reason=URL_NOT_ALLOWED,
-                ) from None
+                raise url_not_allowed(f"{where}.base_url", err.why, ALLOWLIST_SETTING) from None
         if vec.api_key_env and self.key_urls.get(vec.api_key_env) != canonical:
             raise PermissionDenied(
                 f"{where}.api_key_env: the operator's key {echo(vec.api_key_env)} is sent "

@@ -40,13 +40,13 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 
 from services.common.egress import (
     RERANK_KEY_HEADER,
-    URL_NOT_ALLOWED,
     EgressPolicy,
     UrlRefused,
     header_value,
     refusal,
+    url_not_allowed,
 )
-from services.common.errors import InvalidArgument, PermissionDenied, Unavailable, quote
+from services.common.errors import InvalidArgument, Unavailable, quote
 from services.common.logs import register_secret
 from services.common.model_names import check_model_name
 from services.common.openai_api import ATTEMPTS, OpenAIClients, authorized, upstream_span
@@ -203,11 +203,7 @@ class Rerankers:
             try:
                 self._egress.check_url(rerank.base_url)
             except UrlRefused as err:
-                raise PermissionDenied(
-                    f"{where}.base_url: {err.why} ({ALLOWLIST_SETTING})",
-                    field=f"{where}.base_url",
-                    reason=URL_NOT_ALLOWED,
-                ) from None
+                raise url_not_allowed(f"{where}.base_url", err.why, ALLOWLIST_SETTING) from None
             return {"provider": "endpoint", "base_url": rerank.base_url, "model": rerank.model}
         if rerank.HasField("mmr_lambda") and provider not in ("", MMR):
             raise InvalidArgument(
@@ -352,10 +348,8 @@ class Rerankers:
                 except (openai.OpenAIError, TimeoutError) as err:
                     refused = refusal(err)
                     if refused is not None:
-                        raise PermissionDenied(
-                            f"{FIELD}.base_url: {refused.why} ({ALLOWLIST_SETTING})",
-                            field=f"{FIELD}.base_url",
-                            reason=URL_NOT_ALLOWED,
+                        raise url_not_allowed(
+                            f"{FIELD}.base_url", refused.why, ALLOWLIST_SETTING
                         ) from None
                     problem = _problem(err)
                     if await retrier.pause(
