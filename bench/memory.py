@@ -114,6 +114,7 @@ async def _memory_process(redis_url: str, cluster: bool, data: Path) -> AsyncIte
         GENSEARCH_MEMORY_REDIS_CLUSTER="true" if cluster else "false",
         GENSEARCH_MEMORY_PORT=str(port),
         GENSEARCH_MEMORY_METRICS_PORT="0",
+        GENSEARCH_MEMORY_MAX_INTERACTIONS_PER_CONVERSATION=str(MAX_INTERACTIONS_PER_CONVERSATION),
         GENSEARCH_DATA_DIR=str(data),
         GENSEARCH_LOG_LEVEL="WARNING",
     )
@@ -184,6 +185,9 @@ async def _interleaved(
 # passes them.
 EVICTION_GRACE = MemorySettings.model_fields["eviction_grace_turns"].default
 MAX_BYTES_PER_OWNER = MemorySettings.model_fields["max_bytes_per_owner"].default
+# The bench measures writes, not the cap on turns per conversation: each worker writes all
+# its turns into one conversation, more than the default cap on a fast machine.
+MAX_INTERACTIONS_PER_CONVERSATION = 1_000_000
 
 
 class _Floor:
@@ -205,9 +209,10 @@ class _Floor:
             iid, now = self._ids.new()
             keys = [f"{tag}:conv:{cid}", f"{tag}:conv:{cid}:ints", f"{tag}:int:{iid}",
                     f"{tag}:convs", f"{tag}:req:"]  # fmt: skip
-            # As the store sends them: no traces, the default eviction grace and limit.
+            # As the store sends them: no traces, the default eviction grace and limits
+            # (the cap on turns as the bench's service has it).
             args = [ANONYMOUS, tag, cid, iid, now, "", 1000, data, b"", EVICTION_GRACE,
-                    MAX_BYTES_PER_OWNER]  # fmt: skip
+                    MAX_BYTES_PER_OWNER, MAX_INTERACTIONS_PER_CONVERSATION]  # fmt: skip
             return self._script(keys=keys, args=args)
 
         return create

@@ -53,6 +53,7 @@ async def build_server(settings: MemorySettings, *, port: int | None = None) -> 
         eviction_grace_turns=settings.eviction_grace_turns,
         max_bytes_per_owner=settings.max_bytes_per_owner,
         max_conversations_per_owner=settings.max_conversations_per_owner,
+        max_interactions_per_conversation=settings.max_interactions_per_conversation,
     )
     try:
         await store.load_scripts()

@@ -78,6 +78,12 @@ class MemorySettings(DownstreamSettings):
     max_bytes_per_owner: int = Field(default=256 * MIB, ge=4096, le=MAX_SIZE_BYTES)
     # Finding expired conversations when at a limit walks the owner's list: O(this).
     max_conversations_per_owner: int = Field(default=10_000, ge=1, le=1_000_000)
+    # Most turns one conversation may hold (past it, a new turn is RESOURCE_EXHAUSTED,
+    # CONVERSATION_INTERACTIONS_FULL): deleting a conversation, and changing or renewing
+    # its time to live, walk all its turns in one Lua script, during which Redis serves
+    # nobody else; without this the byte limit alone let one reader grow a conversation
+    # to ~750,000 tiny turns and block Redis for seconds with each UpdateConversation.
+    max_interactions_per_conversation: int = Field(default=10_000, ge=1, le=1_000_000)
 
     # Size limits (UTF-8 bytes) of every text field a client sends.
     max_text_bytes: int = Field(default=MIB, ge=1, le=MAX_SIZE_BYTES)  # input and response

@@ -292,11 +292,13 @@ class MemoryStore:
         eviction_grace_turns: int = 100,
         max_bytes_per_owner: int = 256 * 1024 * 1024,
         max_conversations_per_owner: int = 10_000,
+        max_interactions_per_conversation: int = 10_000,
     ) -> None:
         self._redis = redis
         self._grace = eviction_grace_turns
         self._max_bytes = max_bytes_per_owner
         self._max_conversations = max_conversations_per_owner
+        self._max_interactions = max_interactions_per_conversation
         self._prefix = key_prefix
         self._request_ttl_ms = request_id_ttl * 1000
         self._ids = UUIDv7Generator()
@@ -382,7 +384,7 @@ class MemoryStore:
                 keys=names,
                 args=[
                     owner.user, tag, cid, turn_bytes, self._max_bytes, self._max_conversations,
-                    "1" if summary else "0",
+                    "1" if summary else "0", self._max_interactions, self._grace,
                 ],
             )
         )  # fmt: skip
@@ -392,6 +394,8 @@ class MemoryStore:
             raise self._conversations_full()
         if status == 3:
             raise self._storage_full()
+        if status == 4:
+            raise self._conversation_full(cid)
         return StorageUsage(int(used), self._max_bytes, int(count), self._max_conversations)
 
     async def stored_request(self, owner: Owner, request_id: str) -> pb.Interaction | None:
@@ -466,6 +470,20 @@ class MemoryStore:
             metadata={
                 "limit": str(self._max_conversations),
                 "setting": "GENSEARCH_MEMORY_MAX_CONVERSATIONS_PER_OWNER",
+            },
+        )
+
+    def _conversation_full(self, cid: str) -> ResourceExhausted:
+        # What a caller can do about it: start another conversation (or give this one a
+        # max_turns, so its oldest turns make room).
+        return ResourceExhausted(
+            f"conversation {cid} holds {self._max_interactions} interactions, the most "
+            "allowed; start a new conversation (or set max_turns on this one)",
+            reason="CONVERSATION_INTERACTIONS_FULL",
+            metadata={
+                "limit": str(self._max_interactions),
+                "setting": "GENSEARCH_MEMORY_MAX_INTERACTIONS_PER_CONVERSATION",
+                "conversation_id": cid,
             },
         )
 
@@ -582,6 +600,7 @@ class MemoryStore:
         args: list[EncodableT] = [
             owner.user, tag, cid, iid, now, request_id, self._request_ttl_ms,
             interaction.SerializeToString(), traces, self._grace, self._max_bytes,
+            self._max_interactions,
         ]  # fmt: skip
         out = await _redis(self._create_interaction(keys=names, args=args))
         status = out[0]
@@ -597,6 +616,8 @@ class MemoryStore:
             return pb.Interaction.FromString(out[2])
         if status == 3:
             raise self._storage_full()
+        if status == 4:
+            raise self._conversation_full(cid)
         return interaction
 
     async def get_interaction(self, owner: Owner, iid: str) -> pb.Interaction:

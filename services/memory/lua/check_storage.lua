@@ -1,4 +1,4 @@
--- needs: usage
+-- needs: keys usage retention
 -- CheckStorage: whether one more turn fits, writing nothing of it (as create_interaction
 -- and, for a new conversation, create_conversation decide; reconcile may drop expired
 -- conversations on the way, as theirs does).
@@ -6,15 +6,23 @@
 -- ARGV: user, tag, cid ('' for a new conversation), the turn's known bytes (without its
 -- fixed overhead), max bytes, max conversations (of the owner), '1' when the bytes are
 -- instead a new summary's length for cid (update_summary's check: only its growth over
--- the current summary counts).
+-- the current summary counts), max turns per conversation, eviction grace (turns).
 -- Returns {status, used bytes, conversations}: status 0 not found (or not the user's),
--- 1 fits, 2 at the conversation limit, 3 does not fit the owner's bytes.
+-- 1 fits, 2 at the conversation limit, 3 does not fit the owner's bytes, 4 the
+-- conversation holds the most turns allowed (create_interaction's room_for_turn).
 local tag, cid = ARGV[2], ARGV[3]
 local n = tonumber(ARGV[4]) + TURN_OVERHEAD
 local status = 1
 if cid ~= '' then
   if redis.call('HGET', KEYS[2], 'user') ~= ARGV[1] then return {0, 0, 0} end
-  if ARGV[7] == '1' then n = tonumber(ARGV[4]) - redis.call('HSTRLEN', KEYS[2], 'summary') end
+  if ARGV[7] == '1' then
+    n = tonumber(ARGV[4]) - redis.call('HSTRLEN', KEYS[2], 'summary')
+  else
+    local count = tonumber(redis.call('HGET', KEYS[2], 'interaction_count') or '0')
+    if not room_for_turn(tag, cid, count, tonumber(ARGV[8]), tonumber(ARGV[9])) then
+      status = 4
+    end
+  end
   measure(tag, cid)
 else
   local limit = tonumber(ARGV[6])

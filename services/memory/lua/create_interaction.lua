@@ -3,9 +3,10 @@
 -- ARGV: user, tag, cid, iid, now_ms, request_id, ttl_ms, serialized interaction,
 -- serialized traces ('' when none: a field of the interaction's hash, so they share its
 -- slot, its expiry and its deletion),
--- eviction grace (turns), max bytes (of the owner).
+-- eviction grace (turns), max bytes (of the owner), max turns per conversation.
 -- Returns {0} not found, {1} created, {2, cid, data} already created by this request_id,
--- {3} the turn does not fit the owner's bytes (nothing written).
+-- {3} the turn does not fit the owner's bytes, {4} the conversation holds the most turns
+-- allowed (nothing written for either).
 local h = redis.call('HMGET', KEYS[1], 'user', 'update_time', 'interaction_count')
 if h[1] ~= ARGV[1] then return {0} end
 if ARGV[6] ~= '' then
@@ -17,6 +18,9 @@ if ARGV[6] ~= '' then
 end
 -- Checked before anything is written. Eviction (below) gives back what it drops, but
 -- only once the turn is in: a conversation at max_turns needs room for one turn more.
+if not room_for_turn(ARGV[2], ARGV[3], tonumber(h[3]), tonumber(ARGV[12]), tonumber(ARGV[10])) then
+  return {4}
+end
 local size = #ARGV[8] + #ARGV[9] + TURN_OVERHEAD
 if not charge(ARGV[2], ARGV[3], size, tonumber(ARGV[11])) then return {3} end
 redis.call('HSET', KEYS[3], 'conversation_id', ARGV[3], 'data', ARGV[8])

@@ -70,3 +70,18 @@ local function evict(tag, cid, grace)
   end
   return n
 end
+-- Whether a conversation holding `count` turns may take one more under the service's cap
+-- on turns per conversation (`cap`): below it, or when the eviction after the new turn
+-- (`evict` above, with the same `grace`) drops at least one, so the count does not grow.
+-- O(1): only the oldest turn decides whether evict drops one.
+local function room_for_turn(tag, cid, count, cap, grace)
+  if count < cap then return true end
+  local conv = tag .. ':conv:' .. cid
+  local h = redis.call('HMGET', conv, 'max_turns', 'summary_through', 'summary_disabled')
+  local max = tonumber(h[1] or '0') or 0
+  if max <= 0 or count + 1 <= max then return false end
+  if h[3] == '1' or count + 1 > max + grace then return true end
+  local through = h[2] or ''
+  local oldest = redis.call('ZRANGE', conv .. ':ints', 0, 0)[1]
+  return through ~= '' and oldest ~= nil and oldest <= through
+end

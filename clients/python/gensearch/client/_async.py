@@ -1279,7 +1279,8 @@ class Conversations:
         """Whether one more turn of ``turn_bytes`` (its serialized interaction and traces, as
         far as known) fits in ``conversation_id`` ("": in a new conversation), storing
         nothing (CheckStorage): raises ``OwnerStorageFullError`` (or
-        ``OwnerConversationsFullError``) as storing it would, else returns your usage and
+        ``OwnerConversationsFullError``, ``ConversationInteractionsFullError``) as storing
+        it would, else returns your usage and
         memory's ``limits`` on a turn. With ``summary``, ``turn_bytes`` is the length of a
         new summary of ``conversation_id`` (required), checked as ``update_summary`` would
         count it. A check before costly work, not a reservation: the write itself may

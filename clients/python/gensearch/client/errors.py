@@ -396,6 +396,14 @@ class UrlNotAllowedError(PermissionDeniedError):
     error_reason = "URL_NOT_ALLOWED"
 
 
+class ConversationInteractionsFullError(ResourceExhaustedError):
+    """The conversation holds the most turns memory allows in one (metadata ``limit``,
+    ``setting``, ``conversation_id``); nothing was written: start a new conversation (or
+    give this one a ``max_turns``)."""
+
+    error_reason = "CONVERSATION_INTERACTIONS_FULL"
+
+
 class OwnerConversationsFullError(ResourceExhaustedError):
     """Memory holds the most conversations one user may have (metadata ``limit``,
     ``setting``): delete some to create more."""

@@ -79,7 +79,8 @@ class MemoryServiceStub:
     CheckStorage: _grpc.UnaryUnaryMultiCallable[_memory_service_pb2.CheckStorageRequest, _memory_service_pb2.CheckStorageResponse]
     """Whether the caller has room for one more turn (or, with summary, a conversation's new
     summary), writing nothing: RESOURCE_EXHAUSTED
-    with the ErrorInfo the write would get (OWNER_STORAGE_FULL, or
+    with the ErrorInfo the write would get (OWNER_STORAGE_FULL,
+    CONVERSATION_INTERACTIONS_FULL for a conversation holding the most turns allowed, or
     OWNER_CONVERSATIONS_FULL for a turn that starts a new conversation) when it has not,
     NOT_FOUND when the conversation is not the caller's. For a client about to do costly
     work whose result it will store (the gateway, before an Ask's LLM calls). A guard,
@@ -138,7 +139,8 @@ class MemoryServiceAsyncStub(MemoryServiceStub):
     CheckStorage: _aio.UnaryUnaryMultiCallable[_memory_service_pb2.CheckStorageRequest, _memory_service_pb2.CheckStorageResponse]  # type: ignore[assignment]
     """Whether the caller has room for one more turn (or, with summary, a conversation's new
     summary), writing nothing: RESOURCE_EXHAUSTED
-    with the ErrorInfo the write would get (OWNER_STORAGE_FULL, or
+    with the ErrorInfo the write would get (OWNER_STORAGE_FULL,
+    CONVERSATION_INTERACTIONS_FULL for a conversation holding the most turns allowed, or
     OWNER_CONVERSATIONS_FULL for a turn that starts a new conversation) when it has not,
     NOT_FOUND when the conversation is not the caller's. For a client about to do costly
     work whose result it will store (the gateway, before an Ask's LLM calls). A guard,
@@ -272,7 +274,8 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_memory_service_pb2.CheckStorageResponse, _abc.Awaitable[_memory_service_pb2.CheckStorageResponse]]:
         """Whether the caller has room for one more turn (or, with summary, a conversation's new
         summary), writing nothing: RESOURCE_EXHAUSTED
-        with the ErrorInfo the write would get (OWNER_STORAGE_FULL, or
+        with the ErrorInfo the write would get (OWNER_STORAGE_FULL,
+        CONVERSATION_INTERACTIONS_FULL for a conversation holding the most turns allowed, or
         OWNER_CONVERSATIONS_FULL for a turn that starts a new conversation) when it has not,
         NOT_FOUND when the conversation is not the caller's. For a client about to do costly
         work whose result it will store (the gateway, before an Ask's LLM calls). A guard,

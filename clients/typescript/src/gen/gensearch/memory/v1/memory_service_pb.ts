@@ -1404,7 +1404,8 @@ export const MemoryService: GenService<{
   /**
    * Whether the caller has room for one more turn (or, with summary, a conversation's new
    * summary), writing nothing: RESOURCE_EXHAUSTED
-   * with the ErrorInfo the write would get (OWNER_STORAGE_FULL, or
+   * with the ErrorInfo the write would get (OWNER_STORAGE_FULL,
+   * CONVERSATION_INTERACTIONS_FULL for a conversation holding the most turns allowed, or
    * OWNER_CONVERSATIONS_FULL for a turn that starts a new conversation) when it has not,
    * NOT_FOUND when the conversation is not the caller's. For a client about to do costly
    * work whose result it will store (the gateway, before an Ask's LLM calls). A guard,
