@@ -305,3 +305,37 @@ async def test_a_ttl_set_by_update_reaches_every_key(memory: Memory) -> None:
             continue  # the owner's list and accounting outlive any one conversation
         # Each key of the conversation expires: its own at expire_time, interactions later.
         assert 0 < await memory.redis.pttl(key) <= 2 * 3600_000, name
+
+
+async def test_a_request_id_of_an_expired_conversation_is_free_again(memory: Memory) -> None:
+    """A turn is gone when its conversation hash is (its own key lives up to one ttl
+    longer): its request_id then starts a new turn elsewhere, as after a delete, and
+    CheckStorage and CreateInteraction agree on that (CheckStorage said "not stored", and
+    the write then refused the key as used in another conversation: an Ask paid for its
+    answer and failed REQUEST_ID_REUSED naming a conversation that no longer exists)."""
+    expired = (await _create(memory, ttl=duration_pb2.Duration(seconds=3600))).conversation_id
+    first = pb.CreateInteractionRequest(conversation_id=expired, input="q", request_id="r-1")
+    await memory.stub.CreateInteraction(first, metadata=ALICE)
+    # The conversation's own keys reach their expire_time; its turn's key, renewed until
+    # one ttl later (retention.lua), is still there.
+    tag = MemoryStore(memory.redis, key_prefix=memory.settings.key_prefix).tag(OWNER)
+    for key in (keys.conversation(tag, expired), keys.conversation_interactions(tag, expired)):
+        await memory.redis.pexpire(key, 1)
+    await _until(lambda: _expired(memory, expired), "expired")
+
+    other = (await _create(memory)).conversation_id
+    check = pb.CheckStorageRequest(conversation_id=other, bytes=10, request_id="r-1")
+    assert not (await memory.stub.CheckStorage(check, metadata=ALICE)).HasField("interaction")
+    again = pb.CreateInteractionRequest(conversation_id=other, input="q", request_id="r-1")
+    stored = (await memory.stub.CreateInteraction(again, metadata=ALICE)).interaction
+    assert stored.conversation_id == other
+    assert await _inputs(memory, other) == ["q"]
+
+
+async def _expired(memory: Memory, cid: str) -> bool:
+    try:
+        await _get(memory, cid)
+    except grpc.aio.AioRpcError as err:
+        assert err.code() == grpc.StatusCode.NOT_FOUND
+        return True
+    return False

@@ -12,8 +12,12 @@ if h[1] ~= ARGV[1] then return {0} end
 if ARGV[6] ~= '' then
   local prev = redis.call('GET', KEYS[5])
   if prev then
+    -- A turn is gone when its conversation hash is (expired: its own key may live one
+    -- ttl longer): then the key is free, as stored_request.lua (CheckStorage) says too.
     local found = interaction(ARGV[2] .. ':int:' .. prev)
-    if found[1] then return {2, found[1], found[2]} end
+    if found[1] and owned(ARGV[2], ARGV[1], found[1], {}) then
+      return {2, found[1], found[2]}
+    end
   end
 end
 -- Checked before anything is written. Eviction (below) gives back what it drops, but
