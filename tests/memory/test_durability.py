@@ -10,11 +10,13 @@ from gensearch.memory.v1 import memory_service_pb2 as pb
 
 from services.devlaunch.redis_server import RedisProcess
 from services.memory.__main__ import build_server
-from tests.memory.conftest import ALICE, Memory, MemoryFactory, make_settings
+from services.memory.store import MemoryStore, Owner
+from tests.memory.conftest import ALICE, BOB, Memory, MemoryFactory, make_settings
 from tests.memory.helpers import expect_error, rpc_error
 from tests.support.rpc import error_info
 
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
+OWNER = Owner("alice", "alice")  # the key "alice:ka": alice alone in a tenant of her name
 
 
 async def _conversation(memory: Memory, name: str = "") -> str:
@@ -270,3 +272,29 @@ async def test_unreachable_redis_from_the_start(redis_server: RedisProcess) -> N
             assert "hunter2secret" not in str(err.trailing_metadata())
     finally:
         await server.stop(0)
+
+
+async def test_deleting_every_conversation_leaves_no_key_of_the_owner(memory: Memory) -> None:
+    """A user who deletes all their conversations leaves nothing behind in Redis: the
+    per-owner storage count went too (it stayed as {"total": "0"} under the owner's
+    hashed tag), and another owner's keys are untouched."""
+    bob = await memory.stub.CreateConversation(pb.CreateConversationRequest(), metadata=BOB)
+    bob_keys = await _keys(memory)
+    cids = [await _conversation(memory, f"c{n}") for n in range(3)]
+    for n, cid in enumerate(cids):
+        await _interaction(memory, cid, "q", request_id=f"r-{n}")
+    tag = MemoryStore(memory.redis, key_prefix=memory.settings.key_prefix).tag(OWNER)
+    assert await _keys(memory, f"{tag}:*")
+    for cid in cids:
+        await memory.stub.DeleteConversation(
+            pb.DeleteConversationRequest(conversation_id=cid), metadata=ALICE
+        )
+    assert await _keys(memory, f"{tag}:*") == []
+    assert sorted(await _keys(memory)) == sorted(bob_keys)
+    # And the owner starts again from zero.
+    cid = await _conversation(memory, "again")
+    usage = await memory.stub.CheckStorage(
+        pb.CheckStorageRequest(conversation_id=cid), metadata=ALICE
+    )
+    assert usage.conversation_count == 1 and 0 < usage.used_bytes < 1024
+    assert bob.conversation.conversation_id

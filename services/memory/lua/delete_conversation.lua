@@ -7,6 +7,6 @@ for _, iid in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
   forget_interaction(ARGV[2], iid)
 end
 redis.call('UNLINK', unpack(conversation_keys(ARGV[2], ARGV[3])))
-forget_usage(ARGV[2], ARGV[3])
 redis.call('ZREM', KEYS[3], string.format('%015d', tonumber(h[2])) .. ':' .. ARGV[3])
+forget_usage(ARGV[2], ARGV[3])
 return 1

@@ -32,9 +32,15 @@ local function count_bytes(tag, cid, n)
   redis.call('HINCRBY', usage, cid, n)
   redis.call('HINCRBY', usage, 'total', n)
 end
--- Drops a conversation's field (deleted or expired), giving its bytes back.
+-- Drops a conversation's field (deleted or expired), giving its bytes back; called once
+-- its member has left the owner's list. With the owner's last conversation gone the
+-- whole hash goes (an empty list is no key either): nothing of the owner stays in Redis.
 local function forget_usage(tag, cid)
   local usage = usage_key(tag)
+  if redis.call('EXISTS', tag .. ':convs') == 0 then
+    redis.call('DEL', usage)
+    return
+  end
   local n = redis.call('HGET', usage, cid)
   if n then
     redis.call('HDEL', usage, cid)
@@ -61,7 +67,9 @@ local function reconcile(tag)
       if expire > 0 and expire < soonest then soonest = expire end
     end
   end
-  redis.call('HSET', usage, 'next_expiry', string.format('%d', soonest))
+  if redis.call('EXISTS', convs) == 1 then
+    redis.call('HSET', usage, 'next_expiry', string.format('%d', soonest))
+  end
 end
 -- A conversation now expires at `expire` (ms): the next walk must not wait longer.
 local function expires_at(tag, expire)
