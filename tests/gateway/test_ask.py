@@ -648,6 +648,44 @@ async def test_a_full_owner_is_refused_before_any_llm_call(stack_factory: StackF
     assert len(stack.fake.chat_requests) == before + 1
 
 
+async def test_a_conversation_at_memorys_turn_cap_is_refused_before_any_llm_call(
+    stack_factory: StackFactory,
+) -> None:
+    """Memory holds at most GENSEARCH_MEMORY_MAX_INTERACTIONS_PER_CONVERSATION turns in one
+    conversation: an Ask or StreamAsk into one holding that many gets memory's
+    RESOURCE_EXHAUSTED (CONVERSATION_INTERACTIONS_FULL) from CheckStorage, before the model
+    is called; a new conversation is answered."""
+    stack = await stack_factory(memory={"max_interactions_per_conversation": 2})
+    await create_books(stack)
+    stack.fake.reply = "short [1]"
+    first = await stack.stub.Ask(
+        gw_pb.AskRequest(collection="Books", llm_question="desert?", new_conversation=True),
+        metadata=ALICE,
+    )
+    cid = first.conversation_id
+    await stack.stub.Ask(
+        gw_pb.AskRequest(collection="Books", llm_question="and then?", conversation_id=cid),
+        metadata=ALICE,
+    )
+    before = len(stack.fake.chat_requests)
+    for request in storing_asks("and later?", cid):
+        if not request.conversation_id:
+            continue  # a new conversation has room
+        ask = stack.stub.Ask if isinstance(request, gw_pb.AskRequest) else stack.stub.StreamAsk
+        err = await refused_before_any_event(ask(request, metadata=ALICE))
+        assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err
+        info = error_info(err)
+        assert info.reason == "CONVERSATION_INTERACTIONS_FULL", info
+        assert info.metadata["setting"] == "GENSEARCH_MEMORY_MAX_INTERACTIONS_PER_CONVERSATION"
+        assert info.metadata["limit"] == "2" and info.metadata["conversation_id"] == cid
+        assert len(stack.fake.chat_requests) == before, "the model was called"
+    fresh = await stack.stub.Ask(
+        gw_pb.AskRequest(collection="Books", llm_question="desert?", new_conversation=True),
+        metadata=ALICE,
+    )
+    assert fresh.interaction_id and fresh.conversation_id != cid
+
+
 class _OlderMemory(Relay):
     """A memory service from before CheckStorage: CheckStorage is unknown
     (UNIMPLEMENTED); every other method is relayed to the real one."""
