@@ -20,7 +20,14 @@ from gensearch.client import GensearchError
 
 # Only the light parts: the services themselves are imported by `up` when it starts them.
 from services.cli import admin, conversations, importer, query, stack
-from services.cli.client import Client, CliError, Connection, describe_error, seconds
+from services.cli.client import (
+    Client,
+    CliError,
+    Connection,
+    UsageError,
+    describe_error,
+    seconds,
+)
 
 Handler = Callable[[Client, argparse.Namespace], Awaitable[int]]
 
@@ -153,8 +160,38 @@ def _main(argv: Sequence[str] | None) -> int:
     except SystemExit as done:  # --help, or a usage error already printed as one line
         return done.code if isinstance(done.code, int) else 1
     if args.command == "up":
+        _refuse_client_options(args)
         return stack.main(args)
     return asyncio.run(_run_client(HANDLERS[args.command], args))
+
+
+def _refuse_client_options(args: argparse.Namespace) -> None:
+    """The connection flags are accepted before any command, but ``up`` sends no call of
+    the user's: given with it they did nothing, silently (a ``--llm-key`` there left every
+    generation of the stack without a key)."""
+    given = [
+        flag
+        for flag, value in (
+            ("--address", args.address),
+            ("--api-key", args.api_key),
+            ("--llm-key", args.llm_key),
+            ("--json", args.json),
+            ("--timeout", args.timeout),
+        )
+        if value
+    ]
+    if not given:
+        return
+    hint = (
+        "; up passes a provider's key from the environment to the generation service, "
+        "e.g. OPENAI_API_KEY=sk-... gensearch up --llm-provider openai"
+        if "--llm-key" in given
+        else ""
+    )
+    raise UsageError(
+        f"{', '.join(given)}: for the commands that call a running stack (search, ask, "
+        f"status, ...), not for up{hint} (see: gensearch up --help)"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

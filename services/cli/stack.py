@@ -506,7 +506,8 @@ async def _start_llm(stack: Stack, settings: GenerationSettings) -> None:
         llm = await start_local_llm(settings)
     except LocalLLMUnavailable as err:
         raise CliError(
-            f"{err} (or run with --llm-provider openai --llm-key … / --llm-base-url URL)"
+            f"{err} (or use a provider instead: OPENAI_API_KEY=sk-... gensearch up "
+            "--llm-provider openai, or --llm-base-url URL for any OpenAI-compatible server)"
         ) from None
     if llm is None:  # pragma: no cover - autostart is on whenever this runs
         return
