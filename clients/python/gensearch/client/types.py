@@ -11,6 +11,7 @@ in ``raw`` for fields this client does not know yet.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -32,6 +33,25 @@ def _proto(full_name: str) -> Any:
         return cls
 
     return register
+
+
+def exact_structured(text: str, structured: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``structured`` with the answer's own numbers: it travels as a ``Struct``, where every
+    number is a double (``1965.0`` for a schema's ``"type": "integer"``), while ``text`` is
+    the JSON the server parsed it from (inside at most one Markdown fence, as the server
+    allows). When ``text`` parses to the same object, its values are returned (integers
+    stay ``int``, keys keep the answer's order); otherwise ``structured`` unchanged."""
+    if not structured:
+        return structured
+    body = text.strip()
+    if body.startswith("```") and body.endswith("```") and len(body) >= 6:
+        first, _, rest = body[3:-3].partition("\n")
+        body = rest if first.strip().isalpha() or not first.strip() else body[3:-3]
+    try:
+        parsed = json.loads(body)
+    except (ValueError, RecursionError):
+        return structured
+    return parsed if isinstance(parsed, dict) and parsed == structured else structured
 
 
 def _enum_name(fd: Any, number: int) -> str:
@@ -444,6 +464,9 @@ class Completion:
     debug: CompletionDebug | None = None
     raw: Any = field(default=None, repr=False, compare=False)
 
+    def __post_init__(self) -> None:
+        self.structured = exact_structured(self.text, self.structured)
+
     def __str__(self) -> str:
         return self.text
 
@@ -508,6 +531,9 @@ class GenerationResult:
     # Requests this call sent upstream (fallback pairs, retries, a corrective retry): what
     # the LLM-calls quota was charged for it; 0 for a cached answer.
     upstream_calls: int = 0
+
+    def __post_init__(self) -> None:
+        self.structured = exact_structured(self.result, self.structured)
 
     @property
     def ok(self) -> bool:
