@@ -190,9 +190,35 @@ class Vectorizer:
     distance: str = "unspecified"
 
 
+@_proto("gensearch.retrieval.v1.GenerativeModel")
+@dataclass
+class GenerativeModel:
+    """One (provider, model) pair of a fallback chain; an empty model is the provider's
+    default."""
+
+    provider: str = ""
+    model: str = ""
+
+
+@_proto("gensearch.retrieval.v1.CacheDefaults")
+@dataclass
+class CacheDefaults:
+    """A collection's cache defaults: the generation cache for its generative searches,
+    the semantic answer cache for its Asks, their ttl and the semantic one's
+    min_similarity (a request's own cache settings win)."""
+
+    generation: bool = False
+    semantic: bool = False
+    ttl: timedelta | None = None
+    min_similarity: float | None = None
+
+
 @_proto("gensearch.retrieval.v1.GenerativeConfig")
 @dataclass
 class GenerativeConfig:
+    """A collection's generative defaults; ``fallback`` its chain (at most 4 pairs), tried
+    when the primary fails with a 5xx, a timeout or retries exhausted."""
+
     provider: str = ""
     model: str = ""
     temperature: float | None = None
@@ -200,6 +226,8 @@ class GenerativeConfig:
     system_prompt: str = ""
     user_instructions: str = ""
     context_fields: list[str] = field(default_factory=list)
+    fallback: list[GenerativeModel] = field(default_factory=list)
+    cache: CacheDefaults | None = None
 
 
 @_proto("gensearch.retrieval.v1.Chunking")
@@ -634,9 +662,13 @@ class HitResultEvent:
 @_proto("gensearch.gateway.v1.TokenEvent")
 @dataclass
 class TokenEvent:
+    """A piece of a hit's (or, ``grouped``, the grouped call's) text. ``restart`` (with
+    ``response_format``): discard that call's deltas so far, its corrective retry's follow."""
+
     hit_index: int = 0
     grouped: bool = False
     delta: str = ""
+    restart: bool = False
     raw: Any = field(default=None, repr=False, compare=False)
 
 
@@ -740,10 +772,20 @@ class Answer:
     # rewrite_rejection says why the model's rewrite was refused).
     rewrite_method: str = ""
     rewrite_rejection: str = ""
-    # Answered from the semantic cache (no retrieval, no LLM call).
+    # Answered from the semantic cache (no retrieval, no LLM call): the stored question
+    # it matched and how close it was (cosine).
     cached: bool = False
-    # The prompt carried the conversation's rolling summary.
+    cached_question: str = ""
+    cached_similarity: float = 0.0
+    # The prompt carried the conversation's rolling summary; tokens of history (summary
+    # and turns) in the prompt, and the budget they had.
     summary_used: bool = False
+    history_tokens: int = 0
+    history_budget_tokens: int = 0
+    # Of the answer's call: upstream attempts, and time spent waiting for the provider's
+    # limits (a Retry-After, the rate buckets).
+    attempts: int = 0
+    wait_time: timedelta | None = None
     # Requests sent upstream for this Ask (question rewrite and answer); 0 when cached.
     upstream_calls: int = 0
     # The turn was already stored under the ask's request_id: this is that turn (hits as
@@ -936,6 +978,7 @@ __all__ = [
     "AskContextEvent",
     "AskEvent",
     "BatchGetResult",
+    "CacheDefaults",
     "ChatMessage",
     "ChunkList",
     "ChunkRange",
@@ -959,6 +1002,7 @@ __all__ = [
     "GenerationResult",
     "GenerativeConfig",
     "GenerativeHit",
+    "GenerativeModel",
     "GenerativeSearchResult",
     "GroupedEvent",
     "Hit",
