@@ -195,3 +195,30 @@ async def test_a_deadline_passing_in_the_queue_is_deadline_exceeded(
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     slow.cancel()
     assert len(fake.chat_requests) == 1  # the queued call was never sent
+
+
+async def test_a_call_that_waited_in_the_queue_then_fails_says_how_long_it_waited(
+    fake: FakeOpenAI, start_service: StartService
+) -> None:
+    """Only the head of the queue asks the buckets, so a call behind another learns that
+    its wait would pass its deadline only when its turn comes: by then it has waited. Its
+    ErrorInfo ``wait_ms`` (the gateway's per-hit ``wait_time``) said 0: the time queued
+    was counted for a call that got through, never for one that failed."""
+    # 6 a window of 6 s, one at once: a token every 1.2 s.
+    provider = fake_provider(fake, requests_per_minute=60, rate_window=6, rate_burst=0.1)
+    service = await start_service([provider])
+    await service.stub.Generate(ask("takes the token"), timeout=10)
+
+    async def first_in_line() -> pb.GenerateResponse:
+        return await service.stub.Generate(ask("waits 1.2 s"), timeout=5)
+
+    head = asyncio.create_task(first_in_line())
+    await asyncio.sleep(0.2)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.Generate(ask("queued behind it"), timeout=2)
+    assert (await head).text == "waits 1.2 s"
+    info = error_info(caught.value)
+    assert info.reason == "PROVIDER_LIMIT_WAIT", caught.value.details()
+    assert info.metadata["attempts"] == "0"
+    assert int(info.metadata["wait_ms"]) >= 800  # queued ~1 s behind the head
+    assert len(fake.chat_requests) == 2  # never sent

@@ -438,7 +438,15 @@ class _Turns:
         self.rate_limited: UpstreamFault | None = None  # the last 429, if any
 
     async def admit(self) -> Permit:
-        permit = await self.limiter.acquire(self.ticket, self.estimate, self.deadline)
+        loop = asyncio.get_running_loop()
+        entered = loop.time()
+        try:
+            permit = await self.limiter.acquire(self.ticket, self.estimate, self.deadline)
+        except UpstreamFault:
+            # Refused after queueing (its wait would pass the deadline once its turn came,
+            # or the deadline passed in the queue): that time was spent waiting too.
+            self.waited += loop.time() - entered
+            raise
         self.waited += permit.waited
         self.retrier.begin()
         return permit
