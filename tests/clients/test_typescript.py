@@ -9,20 +9,30 @@ import asyncio
 import json
 import os
 import re
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from gensearch.memory.v1 import memory_service_pb2 as mem
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret
 
-from tests.gateway.conftest import ALICE, StackFactory
+from services.devlaunch.redis_server import RedisProcess
+from tests.gateway.conftest import ALICE, StackFactory, fake_provider
+from tests.support.fake_openai import Behaviour, FakeOpenAI
 
 EXAMPLE_MAX_LINES = 30
 SRC = Path(__file__).resolve().parents[2] / "clients" / "typescript" / "src"
 
 
-async def _run(node: str, script: Path, port: int, key: str) -> str:
-    env = {**os.environ, "GENSEARCH_URL": f"http://127.0.0.1:{port}", "GENSEARCH_KEY": key}
+async def _run(
+    node: str, script: Path, port: int, key: str, extra_env: dict[str, str] | None = None
+) -> str:
+    env = {
+        **os.environ,
+        "GENSEARCH_URL": f"http://127.0.0.1:{port}",
+        "GENSEARCH_KEY": key,
+        **(extra_env or {}),
+    }
     # The servers run on this event loop: the client must not block it.
     proc = await asyncio.create_subprocess_exec(
         node, str(script), env=env,
@@ -146,3 +156,53 @@ async def test_stream_example_prints_every_event(
     # The example deleted the collection it made.
     listed = await stack.retrieval.ListCollections(ret.ListCollectionsRequest(), metadata=ALICE)
     assert "StreamedBooks" not in [c.name for c in listed.collections]
+
+
+@pytest.fixture
+async def backup() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI() as server:
+        server.reply = "backup answer"
+        yield server
+
+
+@pytest.mark.slow  # compiles TypeScript, loads the local embedding model
+async def test_issue_13_fields_through_generated_code(
+    stack_factory: StackFactory,
+    node: str,
+    typescript_build: Path,
+    backup: FakeOpenAI,
+    shared_redis: RedisProcess,
+) -> None:
+    """features.js: GenerateOnObjects by id (a missing id its own NOT_FOUND) and inline,
+    the generation cache (the second call cached), a fallback chain (the pair that
+    answered), an Ask retried with its request_id (replayed, the same turn, no LLM call),
+    the reused request_id's ErrorInfo, and CheckStorage's limits."""
+    stack = await stack_factory(
+        redis_url=shared_redis.url,  # the gateway's Redis: the generation cache
+        extra_providers=[fake_provider(backup, name="backup", default_model="b-model")],
+    )
+    stack.fake.by_model["primary"] = Behaviour.error(503)
+    env = {"GENSEARCH_PRIMARY_MODEL": "primary", "GENSEARCH_BACKUP_PROVIDER": "backup"}
+    out = await _run(
+        node, typescript_build / "features.js", stack.gateway.port, "key-alice-123", env
+    )
+    lines = out.splitlines()
+    named = [line.split(" ", 4)[1:] for line in lines if line.startswith("named ")]
+    assert len(named) == 6, out
+    missing = "7e1f1a52-9c0e-4b8b-8d53-41e1d0a4c2aa"
+    for round_, cached in (("first", "false"), ("again", "true")):
+        rows = [row for row in named if row[0] == round_]
+        assert [row[3] for row in rows[:2]] == ['"Teaser for Dune"', '"Teaser for Solaris"'], out
+        assert [row[2] for row in rows[:2]] == [cached, cached], out
+        assert rows[2][1:] == [missing, "false", '"OBJECT_NOT_FOUND"'], out
+    assert 'inline "A menu line for tea at 3 EUR"' in lines, out
+    assert 'fallback backup 1 2 "backup answer"' in lines, out
+    assert "ask false true true true 0" in lines, out
+    assert "reused InvalidArgument REQUEST_ID_REUSED request_id" in lines, out
+    limits = next(line for line in lines if line.startswith("limits ")).split()
+    assert int(limits[1]) > 0 and int(limits[2]) == 128, out
+    # One Ask paid for (the replay and the refused reuse made no call), one turn stored.
+    asks = [r for r in stack.fake.chat_requests if "Which book is set on" in json.dumps(r.json)]
+    assert len(asks) == 1, out
+    listed = await stack.retrieval.ListCollections(ret.ListCollectionsRequest(), metadata=ALICE)
+    assert "Features" not in [c.name for c in listed.collections]
