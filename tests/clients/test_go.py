@@ -6,14 +6,18 @@ protobuf sources (no module proxy here); skipped only where `go` is not installe
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import subprocess
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from tests.gateway.conftest import StackFactory
+from services.devlaunch.redis_server import RedisProcess
+from tests.gateway.conftest import StackFactory, fake_provider
+from tests.support.fake_openai import Behaviour, FakeOpenAI
 
 ROOT = Path(__file__).resolve().parents[2]
 # Where Debian's golang-*-dev packages put their sources (GOPATH layout).
@@ -23,15 +27,21 @@ MODULE = "gensearch/clients/go"
 
 
 @pytest.fixture(scope="module")
-def go_example(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    go = shutil.which("go")
-    if go is None:
+def gopath(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A GOPATH whose src/gensearch/clients/go is clients/go."""
+    if shutil.which("go") is None:
         pytest.skip("go is not installed (Debian: golang-go golang-google-grpc-dev ...)")
-    gopath = tmp_path_factory.mktemp("gopath")
-    link = gopath / "src" / MODULE
+    path = tmp_path_factory.mktemp("gopath")
+    link = path / "src" / MODULE
     link.parent.mkdir(parents=True)
     link.symlink_to(ROOT / "clients" / "go")
-    binary = gopath / "example"
+    return path
+
+
+def _go_build(gopath: Path, package: str) -> Path:
+    go = shutil.which("go")
+    assert go is not None
+    binary = gopath / package
     env = {
         **os.environ,
         "GO111MODULE": "off",
@@ -39,11 +49,35 @@ def go_example(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "GOFLAGS": "",
     }
     proc = subprocess.run(
-        [go, "build", "-o", str(binary), "./example"],
-        cwd=link, env=env, capture_output=True, text=True, timeout=600, check=False,
+        [go, "build", "-o", str(binary), f"./{package}"],
+        cwd=gopath / "src" / MODULE, env=env, capture_output=True, text=True, timeout=600,
+        check=False,
     )  # fmt: skip
     assert proc.returncode == 0, f"go build failed:\n{proc.stdout}{proc.stderr}"
     return binary
+
+
+@pytest.fixture(scope="module")
+def go_example(gopath: Path) -> Path:
+    return _go_build(gopath, "example")
+
+
+@pytest.fixture(scope="module")
+def go_features(gopath: Path) -> Path:
+    return _go_build(gopath, "features")
+
+
+async def _run(binary: Path, port: int, extra_env: dict[str, str] | None = None) -> str:
+    env = {**os.environ, "GENSEARCH_ADDR": f"127.0.0.1:{port}",
+           "GENSEARCH_KEY": "key-alice-123", **(extra_env or {})}  # fmt: skip
+    # The servers run on this event loop: the client must not block it.
+    proc = await asyncio.create_subprocess_exec(
+        str(binary), env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    raw, err = await asyncio.wait_for(proc.communicate(), 240)
+    out = raw.decode()
+    assert proc.returncode == 0, f"{binary.name} failed:\n{out}{err.decode()}"
+    return out
 
 
 @pytest.mark.slow  # compiles Go, loads the local embedding model
@@ -51,15 +85,7 @@ async def test_go_example_runs_the_readme_flow(
     stack_factory: StackFactory, go_example: Path
 ) -> None:
     stack = await stack_factory()
-    env = {**os.environ, "GENSEARCH_ADDR": f"127.0.0.1:{stack.gateway.port}",
-           "GENSEARCH_KEY": "key-alice-123"}  # fmt: skip
-    # The servers run on this event loop: the client must not block it.
-    proc = await asyncio.create_subprocess_exec(
-        str(go_example), env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    raw, err = await asyncio.wait_for(proc.communicate(), 240)
-    out = raw.decode()
-    assert proc.returncode == 0, f"the Go example failed:\n{out}{err.decode()}"
+    out = await _run(go_example, stack.gateway.port)
     lines = out.splitlines()
     assert "imported 3" in lines
     hits = [line for line in lines if line.startswith("hit ")]
@@ -76,6 +102,46 @@ async def test_go_example_runs_the_readme_flow(
     assert "Which book is set on a desert planet?" in turns[0][1]
     assert "error InvalidArgument BAD_NAME gensearch" in lines
     assert "field collection.name" in lines
+
+
+@pytest.fixture
+async def backup() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI() as server:
+        server.reply = "backup answer"
+        yield server
+
+
+@pytest.mark.slow  # compiles Go, loads the local embedding model
+async def test_go_features_reads_issue_13_fields(
+    stack_factory: StackFactory, go_features: Path, backup: FakeOpenAI, shared_redis: RedisProcess
+) -> None:
+    """features/main.go: GenerateOnObjects by id (a missing id its own NOT_FOUND) and
+    inline, the generation cache, a fallback chain, an Ask retried with its request_id
+    (replayed), a reused request_id's ErrorInfo and CheckStorage's limits."""
+    stack = await stack_factory(
+        redis_url=shared_redis.url,  # the gateway's Redis: the generation cache
+        extra_providers=[fake_provider(backup, name="backup", default_model="b-model")],
+    )
+    stack.fake.by_model["primary"] = Behaviour.error(503)
+    env = {"GENSEARCH_PRIMARY_MODEL": "primary", "GENSEARCH_BACKUP_PROVIDER": "backup"}
+    out = await _run(go_features, stack.gateway.port, env)
+    lines = out.splitlines()
+    named = [line.split(" ", 4)[1:] for line in lines if line.startswith("named ")]
+    assert len(named) == 6, out
+    missing = "7e1f1a52-9c0e-4b8b-8d53-41e1d0a4c2aa"
+    for round_, cached in (("first", "false"), ("again", "true")):
+        rows = [row for row in named if row[0] == round_]
+        assert [row[3] for row in rows[:2]] == ['"Teaser for Dune"', '"Teaser for Solaris"'], out
+        assert [row[2] for row in rows[:2]] == [cached, cached], out
+        assert rows[2][1:] == [missing, "false", '"OBJECT_NOT_FOUND"'], out
+    assert 'inline "A menu line for tea at 3 EUR"' in lines, out
+    assert 'fallback backup 1 2 "backup answer"' in lines, out
+    assert "ask false true true true 0" in lines, out
+    assert "reused InvalidArgument REQUEST_ID_REUSED request_id" in lines, out
+    limits = next(line for line in lines if line.startswith("limits ")).split()
+    assert int(limits[1]) > 0 and int(limits[2]) == 128, out
+    asks = [r for r in stack.fake.chat_requests if "Which book is set on" in json.dumps(r.json)]
+    assert len(asks) == 1, out  # the replay and the refused reuse made no call
 
 
 def test_go_example_is_gofmt_clean() -> None:
