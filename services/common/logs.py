@@ -10,6 +10,9 @@ line per outage.
 
 from __future__ import annotations
 
+import base64
+import functools
+import html
 import logging
 import math
 import re
@@ -17,6 +20,7 @@ import sys
 import time
 from collections import OrderedDict
 from typing import Any
+from urllib.parse import unquote
 
 from opentelemetry.trace import format_span_id, format_trace_id, get_current_span
 from pythonjsonlogger.json import JsonFormatter
@@ -72,9 +76,106 @@ def redact(text: str) -> str:
     known = _known
     if known is not None:
         text = known.sub(REDACTED, text)
+        text = _redact_encoded(text, known)
     for pattern in _PATTERNS:
         text = pattern.sub(lambda m: (m.group(1) if m.groups() else "") + REDACTED, text)
     return text
+
+
+# A known secret may be quoted in another spelling: an upstream's error body echoing the
+# key percent-encoded (sk%2D...), JSON-, backslash- or HTML-escaped (sk\u002d..., &#45;),
+# split across lines, or the base64 or hex of a header that carried it (Bearer sk-...,
+# user:sk-...). Only secrets this long are looked for in those spellings: a shorter one
+# would be found in ordinary text.
+MIN_ENCODED_SECRET = 8
+# What may mark an encoded or split secret; text with none of these is not decoded.
+_ENCODING_MARKS = ("%", "\\", "&#", "\n", "\r")
+_ESCAPE = re.compile(r"\\(?:u([0-9a-fA-F]{4})|x([0-9a-fA-F]{2})|([nrt])|(.))", re.DOTALL)
+_LINE_BREAK = re.compile(r"[ \t]*[\r\n][ \t\r\n]*")
+# Runs of base64 (either alphabet, line breaks inside) and of hex long enough to hold one.
+_BASE64_RUN = re.compile(r"(?:[A-Za-z0-9+/_-]|\r?\n|\\[rn]){12,}=*")
+_HEX_RUN = re.compile(r"\b(?:[0-9a-fA-F]{2}){8,}\b")
+_B64_ALPHABET = str.maketrans("-_", "+/")
+
+
+def _unescape(match: re.Match[str]) -> str:
+    code, byte, gap, char = match.groups()
+    if gap is not None:
+        return "\n"
+    return chr(int(code or byte, 16)) if (code or byte) else char
+
+
+def _decoded(text: str) -> str:
+    """``text`` with percent-escapes (repeatedly), backslash escapes and HTML character
+    references decoded and line breaks, with the blanks around them, removed."""
+    for _ in range(3):
+        before = text
+        text = html.unescape(_ESCAPE.sub(_unescape, unquote(text)))
+        if text == before:
+            break
+    return _LINE_BREAK.sub("", text)
+
+
+@functools.lru_cache(maxsize=MAX_TRANSIENT_SECRETS)
+def _spellings(secret: str) -> re.Pattern[str]:
+    """``secret`` however each of its characters is spelled (as is, percent-encoded once or
+    more, escaped, an HTML character reference), line breaks allowed between them."""
+    gap = r"(?:\s|\\[rnt]|%(?:25)*0[ad])*"
+    parts = []
+    for char in secret:
+        code = ord(char)
+        utf8 = "".join(f"%(?:25)*{b:02x}" for b in char.encode())
+        forms = [re.escape(char), utf8, rf"\\u{code:04x}", rf"&#0*{code};", rf"&#x0*{code:x};"]
+        if code < 256:
+            forms.append(rf"\\x{code:02x}")
+        if not char.isalnum():
+            forms.append(re.escape("\\" + char))
+        parts.append("(?:" + "|".join(forms) + ")")
+    return re.compile(gap.join(parts), re.IGNORECASE)
+
+
+def _encoded_secret(blob: str, known: re.Pattern[str]) -> bool:
+    """Whether ``blob``, a run of base64 or hex, decodes (at some alignment) to bytes
+    holding a known secret."""
+    chars = _LINE_BREAK.sub("", blob.replace("\\n", "\n").replace("\\r", "\n")).rstrip("=")
+    decoded: list[bytes] = []
+    if _HEX_RUN.fullmatch(chars):
+        decoded.append(bytes.fromhex(chars))
+        decoded.append(bytes.fromhex(chars[1 : len(chars) - 1]))
+    chars = chars.translate(_B64_ALPHABET)
+    for start in range(4):
+        part = chars[start:]
+        if len(part) % 4 == 1:  # a last lone character holds no whole byte
+            part = part[:-1]
+        part += "=" * (-len(part) % 4)
+        try:
+            decoded.append(base64.b64decode(part, validate=True))
+        except ValueError:
+            continue
+    for data in decoded:
+        for found in known.finditer(data.decode("latin-1")):
+            if len(found.group(0)) >= MIN_ENCODED_SECRET:
+                return True
+    return False
+
+
+def _redact_encoded(text: str, known: re.Pattern[str]) -> str:
+    """Known secrets in the other spellings an echo may use (see ``MIN_ENCODED_SECRET``)."""
+    if any(mark in text for mark in _ENCODING_MARKS):
+        hits = {
+            m.group(0)
+            for m in known.finditer(_decoded(text))
+            if len(m.group(0)) >= MIN_ENCODED_SECRET
+        }
+        for secret in sorted(hits, key=len, reverse=True):
+            text = _spellings(secret).sub(REDACTED, text)
+        if hits and any(
+            len(m.group(0)) >= MIN_ENCODED_SECRET for m in known.finditer(_decoded(text))
+        ):
+            return REDACTED  # spelled in a way not undone above: nothing of it is shown
+    return _BASE64_RUN.sub(
+        lambda m: REDACTED if _encoded_secret(m.group(0), known) else m.group(0), text
+    )
 
 
 def _scrub(value: Any) -> Any:

@@ -172,7 +172,8 @@ _BY_KIND: dict[str, tuple[type[ServiceError], str, str]] = {
 
 
 def _clean(detail: str) -> str:
-    text = redact(" ".join(detail.split()))
+    # Redacted before blanks are collapsed: a secret split across lines is found whole.
+    text = " ".join(redact(detail).split())
     return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 1] + "…"
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import subprocess
@@ -27,6 +28,42 @@ def test_registered_secret_and_key_patterns_are_redacted() -> None:
     assert "abc.def" not in text
     assert "sk-abcdefghijkl" not in text
     assert "xyz" not in text
+
+
+def test_a_secret_in_another_spelling_is_redacted() -> None:
+    secret = "sk-spelled-0123456789abcdef"
+    register_secret(secret, transient=True)
+    mid = len(secret) // 2
+    spellings = [
+        secret.replace("-", "%2D"),
+        secret.replace("-", "%2d"),
+        "".join(f"%{ord(c):02x}" for c in secret),
+        secret.replace("-", "%252D"),
+        secret.replace("-", "\\u002d"),
+        secret.replace("-", "\\x2D"),
+        secret.replace("-", "&#45;"),
+        secret.replace("-", "&#x2d;"),
+        f"{secret[:mid]}\n   {secret[mid:]}",
+        f"{secret[:mid]}\\n{secret[mid:]}",
+        base64.b64encode(f"Bearer {secret}".encode()).decode(),
+        base64.b64encode(f"user:{secret}".encode()).decode(),
+        base64.urlsafe_b64encode(f"?{secret}?".encode()).decode().rstrip("="),
+        secret.encode().hex(),
+    ]
+    for spelled in spellings:
+        text = redact(f"upstream said: key {spelled} is wrong")
+        assert text == "upstream said: key [REDACTED] is wrong", (spelled, text)
+
+
+def test_encoded_spellings_leave_ordinary_text_alone() -> None:
+    register_secret("sk-spelled-0123456789abcdef", transient=True)
+    for text in (
+        "GET https://llm.example/v1/chat/completions?x=%20%2D 200",
+        'a JSON body {"a": "\\u00e9t\\u00e9", "b": "line\\nbreak"}',
+        "trace 0123456789abcdef0123456789abcdef and " + base64.b64encode(b"hello world!").decode(),
+        "two\nlines &amp; an entity",
+    ):
+        assert redact(text) == text
 
 
 def test_json_log_records_are_redacted() -> None:

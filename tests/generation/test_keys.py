@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import os
@@ -119,6 +120,48 @@ async def test_keys_never_reach_logs_errors_or_debug(
         for text in details:
             assert key not in text
     assert "Authorization" not in reply.debug.request_body
+
+
+def _echoes(key: str) -> dict[str, Any]:
+    """Ways an upstream's error body may quote a key, each as the raw text of a 400 body."""
+    mid = len(key) // 2
+    return {
+        "percent": f"bad key {key.replace('-', '%2D')}",
+        "percent-all": "bad key " + "".join(f"%{ord(c):02X}" for c in key),
+        "double-percent": f"bad key {key.replace('-', '%252d')}",
+        "json-unicode": f"bad key {key.replace('-', chr(92) + 'u002d')}",
+        "html": f"bad key {key.replace('-', '&#45;')}",
+        "split": f"bad key {key[:mid]}\n    {key[mid:]}",
+        "escaped-newline": f"bad key {key[:mid]}{chr(92)}n{key[mid:]}",
+        "base64-bearer": "bad auth " + base64.b64encode(f"Bearer {key}".encode()).decode(),
+        "base64-basic": "bad auth " + base64.b64encode(f"user:{key}".encode()).decode(),
+        "base64-url": "bad auth " + base64.urlsafe_b64encode(f">>{key}".encode()).decode(),
+        "hex": "bad key " + key.encode().hex(),
+    }
+
+
+@pytest.mark.parametrize("encoding", sorted(_echoes(REQUEST_KEY)))
+async def test_an_encoded_echo_of_the_key_is_redacted(
+    service: Service, fake: FakeOpenAI, encoding: str
+) -> None:
+    """An upstream quoting the caller's key percent-encoded, JSON- or HTML-escaped, split
+    across lines, in base64 or in hex: none of it reaches the caller's error."""
+    body = _echoes(REQUEST_KEY)[encoding]
+    fake.enqueue(Behaviour.error(400, body))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.Generate(
+            pb.GenerateRequest(messages=[user("hi")]),
+            metadata=(("x-fake-api-key", REQUEST_KEY),),
+            timeout=5,
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = caught.value.details() or ""
+    assert "[REDACTED]" in details and "bad " in details, details
+    tail = REQUEST_KEY[-8:]
+    for shown in (details, str(error_info(caught.value))):
+        for form in _echoes(REQUEST_KEY).values():
+            assert form.split(" ", 2)[2] not in shown
+        assert tail not in shown and tail.encode().hex() not in shown
 
 
 async def test_provider_requiring_a_key_fails_fast(
