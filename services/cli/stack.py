@@ -38,6 +38,7 @@ from pydantic import SecretStr, ValidationError
 from services.cli.client import CliError, check_health
 from services.cli.output import note
 from services.common.hostport import bind_problem, join_host_port
+from services.common.logs import redacted_url
 
 if TYPE_CHECKING:
     from services.common.server import GrpcServer
@@ -411,12 +412,12 @@ async def _start_backends(
         raise
     redis_url = tasks["redis"].result() if "redis" in tasks else args.redis_url
     if "redis" not in tasks:
-        say(f"  {'redis':<11} external {_redact_url(args.redis_url)}")
+        say(f"  {'redis':<11} external {redacted_url(args.redis_url)}")
     if "llm" not in tasks:
-        where = args.llm_base_url or "its configured endpoint"
+        where = redacted_url(args.llm_base_url) if args.llm_base_url else "its configured endpoint"
         say(f"  {'llm':<11} external provider {args.llm_provider!r} at {where}")
     if args.qdrant_url:
-        say(f"  {'qdrant':<11} external {_redact_url(args.qdrant_url)}")
+        say(f"  {'qdrant':<11} external {redacted_url(args.qdrant_url)}")
     else:
         say(f"  {'qdrant':<11} embedded engine in {stack.data_dir / 'qdrant'}")
     return redis_url, tasks["embeddings"].result()
@@ -618,16 +619,6 @@ def read_stack_file(data_dir: str | Path | None = None) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
-
-
-def _redact_url(url: str) -> str:
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
 
 
 async def run(args: argparse.Namespace) -> int:

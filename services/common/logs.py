@@ -20,7 +20,7 @@ import sys
 import time
 from collections import OrderedDict
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from opentelemetry.trace import format_span_id, format_trace_id, get_current_span
 from pythonjsonlogger.json import JsonFormatter
@@ -63,6 +63,38 @@ def register_secret(value: str | None, *, transient: bool = False) -> None:
         _pinned.add(value)
         _transient.pop(value, None)
     _compile()
+
+
+# Query arguments of a service URL (Redis, Qdrant, an LLM endpoint) that carry a secret:
+# redis-py takes ``?password=``, some endpoints ``?api-key=`` or ``?token=``.
+_URL_SECRET_ARGUMENT = re.compile(
+    r"(?i)((?:^|[?&;])(?:password|pass|passwd|pwd|secret|token|key|api[-_]?key|sig|signature)=)"
+    r"([^&;#]*)"
+)
+
+
+def url_secrets(url: str) -> list[str]:
+    """The secrets ``url`` carries, as written and percent-decoded: its user info's password
+    and its credential query arguments (``password=``, ``api-key=`` ...)."""
+    parts = urlsplit(url)
+    try:
+        found = [parts.password or ""]
+    except ValueError:
+        found = []
+    found += [m.group(2) for m in _URL_SECRET_ARGUMENT.finditer(parts.query)]
+    return [value for raw in found for value in {raw, unquote(raw)} if value]
+
+
+def redacted_url(url: str) -> str:
+    """``url`` as it may be shown: the password of its user info and its credential query
+    arguments replaced by ``***``."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    user_info, at, host = netloc.rpartition("@")
+    if at and ":" in user_info:
+        netloc = f"{user_info.partition(':')[0]}:***@{host}"
+    query = _URL_SECRET_ARGUMENT.sub(r"\1***", parts.query)
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def _compile() -> None:

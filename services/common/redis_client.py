@@ -20,14 +20,13 @@ cluster, MOVED/ASK/TRYAGAIN redirections (the node did not run it) are followed.
 from __future__ import annotations
 
 from typing import Protocol, TypeAlias
-from urllib.parse import urlsplit
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from services.common.logs import register_secret
+from services.common.logs import register_secret, url_secrets
 
 RedisClient: TypeAlias = Redis | RedisCluster
 
@@ -71,7 +70,8 @@ class RedisSettings(Protocol):
 
 def connect_configured(url: str, settings: RedisSettings) -> RedisClient:
     """``connect`` as a service's settings say; the URL's password never reaches a log."""
-    register_secret(urlsplit(url).password)
+    for secret in url_secrets(url):
+        register_secret(secret)
     return connect(
         url,
         cluster=settings.redis_cluster,

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from gensearch.memory.v1 import memory_service_pb2_grpc as pb_grpc
 
 from services.common.errors import ServiceError, Unavailable
-from services.common.logs import configure_logging, register_secret
+from services.common.logs import configure_logging, register_secret, url_secrets
 from services.common.redis_client import connect_configured
 from services.common.server import GrpcServer, run_until_signal
 from services.common.settings import load_settings, warn_unknown_variables
@@ -97,7 +97,8 @@ def _indexer(settings: MemorySettings, store: MemoryStore) -> Indexer | None:
     from services.memory.search_index import make_index
 
     api_key = settings.search_qdrant_api_key.get_secret_value()
-    register_secret(api_key or None)
+    for secret in (api_key, *url_secrets(settings.search_qdrant_url)):
+        register_secret(secret or None)
     index = make_index(
         mode=settings.search_index,
         data_dir=settings.data_dir,

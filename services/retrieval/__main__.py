@@ -9,7 +9,7 @@ from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as pb_grpc
 from qdrant_client import AsyncQdrantClient
 
 from services.common.errors import Unavailable
-from services.common.logs import configure_logging, register_secret
+from services.common.logs import configure_logging, register_secret, url_secrets
 from services.common.server import GrpcServer, run_until_signal
 from services.common.settings import load_settings, warn_unknown_variables
 from services.retrieval.catalog import Catalog
@@ -33,7 +33,8 @@ def make_store(settings: RetrievalSettings) -> VectorStore:
     if url == ":memory:":
         return ServerStore(AsyncQdrantClient(location=":memory:"))
     api_key = settings.qdrant_api_key.get_secret_value() or None
-    register_secret(api_key)
+    for secret in (api_key, *url_secrets(url)):
+        register_secret(secret)
     return ServerStore(
         AsyncQdrantClient(url=url, api_key=api_key, timeout=int(settings.qdrant_timeout))
     )

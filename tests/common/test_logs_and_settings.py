@@ -16,6 +16,7 @@ from services.common.logs import (
     RedactingJsonFormatter,
     ThrottledWarning,
     redact,
+    redacted_url,
     register_secret,
 )
 from services.common.settings import CommonSettings
@@ -64,6 +65,26 @@ def test_encoded_spellings_leave_ordinary_text_alone() -> None:
         "two\nlines &amp; an entity",
     ):
         assert redact(text) == text
+
+
+def test_a_redis_urls_passwords_are_registered_and_hidden_when_shown() -> None:
+    from types import SimpleNamespace
+
+    from services.common.redis_client import connect_configured
+
+    url = "redis://app:p%40ss-userinfo-77@redis.example:6379/0?password=qs%2Fsecret-88&db=0"
+    settings = SimpleNamespace(
+        redis_cluster=False, redis_socket_timeout=1.0, redis_connect_timeout=1.0
+    )
+    connect_configured(url, settings)  # type: ignore[arg-type]  # no connection made yet
+    # As written and as Redis gets them (percent-decoded), wherever they are quoted.
+    for secret in ("p%40ss-userinfo-77", "p@ss-userinfo-77", "qs%2Fsecret-88", "qs/secret-88"):
+        assert redact(f"auth with {secret} failed") == "auth with [REDACTED] failed"
+    assert redacted_url(url) == "redis://app:***@redis.example:6379/0?password=***&db=0"
+    assert redacted_url("https://q.example:6333/?api-key=k1&x=1") == (
+        "https://q.example:6333/?api-key=***&x=1"
+    )
+    assert redacted_url("redis://redis.example:6379/0") == "redis://redis.example:6379/0"
 
 
 def test_json_log_records_are_redacted() -> None:
