@@ -61,6 +61,15 @@ EMBEDDING_KEY_HEADER = "x-embedding-api-key"
 RERANK_KEY_HEADER = "x-rerank-api-key"
 # ErrorInfo reason of every refusal.
 URL_NOT_ALLOWED = "URL_NOT_ALLOWED"
+# ErrorInfo reason when an endpoint answers with a redirect, which no client follows.
+UPSTREAM_REDIRECT = "UPSTREAM_REDIRECT"
+
+
+def is_redirect(err: BaseException) -> int | None:
+    """The HTTP status of an SDK error that is a redirect (3xx), else None."""
+    status = getattr(err, "status_code", None)
+    return status if isinstance(status, int) and 300 <= status < 400 else None
+
 
 
 def url_not_allowed(

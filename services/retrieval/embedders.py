@@ -32,7 +32,14 @@ import openai
 from aiohttp.abc import AbstractResolver
 from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 
-from services.common.egress import EMBEDDING_KEY_HEADER, URL_NOT_ALLOWED, header_value, refusal
+from services.common.egress import (
+    EMBEDDING_KEY_HEADER,
+    UPSTREAM_REDIRECT,
+    URL_NOT_ALLOWED,
+    header_value,
+    is_redirect,
+    refusal,
+)
 from services.common.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -281,6 +288,19 @@ class OpenAIEmbedder:
                             field=f"{VECTORIZER}.base_url",
                             reason=URL_NOT_ALLOWED,
                             metadata={"collection": self._collection},
+                        ) from None
+                    redirect = is_redirect(err)
+                    if redirect is not None:
+                        # Never followed: the next address was not checked against the
+                        # allowlist, and the texts and the key would go there.
+                        raise FailedPrecondition(
+                            f"{VECTORIZER}.base_url of collection {self._collection!r}: the "
+                            f"embeddings endpoint answered with a redirect (HTTP {redirect}), "
+                            "which is not followed: the base URL must name the final address; "
+                            "nothing was written",
+                            field=f"{VECTORIZER}.base_url",
+                            reason=UPSTREAM_REDIRECT,
+                            metadata=_rejection_metadata(redirect, self._collection),
                         ) from None
                     if (
                         isinstance(err, openai.APIStatusError)

@@ -40,13 +40,20 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 
 from services.common.egress import (
     RERANK_KEY_HEADER,
+    UPSTREAM_REDIRECT,
     EgressPolicy,
     UrlRefused,
     header_value,
+    is_redirect,
     refusal,
     url_not_allowed,
 )
-from services.common.errors import InvalidArgument, Unavailable, quote
+from services.common.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    Unavailable,
+    quote,
+)
 from services.common.logs import register_secret
 from services.common.model_names import check_model_name
 from services.common.openai_api import ATTEMPTS, OpenAIClients, authorized, upstream_span
@@ -351,6 +358,9 @@ class Rerankers:
                         raise url_not_allowed(
                             f"{FIELD}.base_url", refused.why, ALLOWLIST_SETTING
                         ) from None
+                    redirect = is_redirect(err)
+                    if redirect is not None:
+                        raise _redirected(plan, redirect) from None
                     problem = _problem(err)
                     if await retrier.pause(
                         retryable=is_transient(err), retry_after=server_wait(err), cause=problem
@@ -364,6 +374,29 @@ class Rerankers:
                 except (ValueError, RecursionError):  # not JSON, or nested too deep
                     payload = None
                 return parse_results(payload, len(documents), plan.provider)
+
+
+def _redirected(plan: RerankPlan, status: int) -> FailedPrecondition:
+    """A redirect, never followed: the next address was not checked against the allowlist,
+    and the documents and the key would go there."""
+    said = (
+        f"the rerank endpoint of {plan.provider!r} answered with a redirect (HTTP {status}), "
+        "which is not followed: "
+    )
+    metadata = {"provider": plan.provider, "http_status": str(status)}
+    if plan.operator:  # the operator's URL: nothing the caller can change
+        return FailedPrecondition(
+            said + "its base_url in GENSEARCH_RETRIEVAL_RERANK_PROVIDERS must name the final "
+            "address",
+            reason=UPSTREAM_REDIRECT,
+            metadata=metadata,
+        )
+    return FailedPrecondition(
+        said + f"{FIELD}.base_url must name the final address",
+        field=f"{FIELD}.base_url",
+        reason=UPSTREAM_REDIRECT,
+        metadata=metadata,
+    )
 
 
 def _problem(err: BaseException) -> str:

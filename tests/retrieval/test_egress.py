@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from services.retrieval.settings import RetrievalSettings
 from tests.retrieval.conftest import ARTICLE_PROPS, MakeRetrieval, expect_error, obj
-from tests.support.fake_openai import FakeOpenAI
+from tests.support.fake_openai import Behaviour, FakeOpenAI
 from tests.support.rpc import error_info
 
 OPERATOR_KEY = "sk-operator-secret-0123456789"
@@ -380,3 +380,34 @@ def test_an_operators_url_with_a_query_stops_the_service(query: str) -> None:
         # What the service prints at start (load_settings): the message, not the input.
         (message,) = [e["msg"] for e in err.value.errors()]
         assert "no query" in message and "S3cretQ" not in message
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+async def test_a_redirect_is_not_followed_and_names_the_base_url(
+    make_retrieval: MakeRetrieval, attacker: FakeOpenAI, status: int
+) -> None:
+    """An allowed endpoint answering with a redirect to a host off the allowlist: nothing
+    goes there (not the texts, not the caller's key), and the caller is told the base URL
+    must name the final address instead of a bare UNAVAILABLE."""
+    async with FakeOpenAI(embedding_dim=8, host="127.0.0.2") as elsewhere:
+        retrieval = await make_retrieval(allowed_hosts="http://127.0.0.1")
+        await retrieval.stub.CreateCollection(
+            pb.CreateCollectionRequest(collection=vectorizing(attacker.base_url))
+        )
+        attacker.enqueue(
+            Behaviour.error(status, headers={"Location": f"{elsewhere.base_url}/embeddings"})
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await retrieval.stub.UpsertObjects(
+                pb.UpsertObjectsRequest(collection="Stolen", objects=[obj({"title": "t"})]),
+                metadata=((CALLER_KEY_HEADER, CALLER_KEY),),
+            )
+        assert elsewhere.requests == []
+        assert len(attacker.requests) == 1  # not retried: it would redirect again
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION, caught.value.details()
+        info = error_info(caught.value)
+        assert info.reason == "UPSTREAM_REDIRECT"
+        assert info.metadata["field"] == "collection.vectorizer.base_url"
+        assert f"HTTP {status}" in (caught.value.details() or "")
+        assert "base_url" in (caught.value.details() or "")
+        assert "127.0.0.2" not in (caught.value.details() or "")

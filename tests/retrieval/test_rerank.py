@@ -543,3 +543,33 @@ async def test_use_collection_rerank_applies_the_collections_default(
     request.rerank.CopyFrom(pb.Rerank(mmr_lambda=0.5, candidates=6))
     await retrieval.stub.Search(request)
     assert len(fake.rerank_requests) == 1
+
+
+async def test_a_redirect_is_not_followed_and_names_the_base_url(
+    make_retrieval: MakeRetrieval, fake: FakeOpenAI
+) -> None:
+    async with FakeOpenAI(host="127.0.0.2") as elsewhere:
+        harness = await make_retrieval(
+            data_dir=None, allowed_hosts="http://127.0.0.1", rerank_providers={}
+        )
+        await harness.stub.CreateCollection(pb.CreateCollectionRequest(collection=vcol("Towers")))
+        await harness.stub.UpsertObjects(
+            pb.UpsertObjectsRequest(
+                collection="Towers",
+                objects=[
+                    obj({"title": t, "body": b}, vector=[1, i, 0, 0])
+                    for i, (t, b) in enumerate(DOCS)
+                ],
+            )
+        )
+        fake.enqueue(Behaviour.error(307, headers={"Location": f"{elsewhere.base_url}/rerank"}))
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await harness.stub.Search(
+                search(base_url=fake.base_url), metadata=(("x-rerank-api-key", "caller-key"),)
+            )
+        assert elsewhere.requests == []
+        assert len(fake.rerank_requests) == 1
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION, caught.value.details()
+        info = error_info(caught.value)
+        assert info.reason == "UPSTREAM_REDIRECT"
+        assert info.metadata["field"] == "rerank.base_url"
