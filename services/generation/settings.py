@@ -25,6 +25,7 @@ import json
 import os
 from collections.abc import Mapping
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -179,6 +180,13 @@ class ProviderConfig(BaseModel):
         problem = http_url_problem(value)
         if problem:
             raise ValueError(f"base_url {problem}")
+        if "@" in urlsplit(value).netloc:
+            # aiohttp refuses credentials in a URL beside an Authorization header (every
+            # call failed), and ListModels and debug answers would show the password.
+            raise ValueError(
+                "base_url must not carry credentials (user:password@): set the provider's "
+                "key variable (api_key_env) instead"
+            )
         return value.rstrip("/")
 
     @field_validator("api_key_env", "models", mode="before")

@@ -219,6 +219,9 @@ def _generation_env(monkeypatch: pytest.MonkeyPatch) -> None:
                 '"http://u:TOPSECRET@x/v1", "api_key": "sk-TOPSECRET"}]'
             },
             [
+                "GENSEARCH_GENERATION_PROVIDERS[0].base_url (provider 'fake'): base_url must "
+                "not carry credentials (user:password@): set the provider's key variable "
+                "(api_key_env) instead",
                 "GENSEARCH_GENERATION_PROVIDERS[0].default_model (provider 'fake'): Field required",
                 "GENSEARCH_GENERATION_PROVIDERS[0].api_key (provider 'fake'): "
                 "Extra inputs are not permitted",

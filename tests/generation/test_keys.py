@@ -17,11 +17,13 @@ from gensearch.generation.v1 import generation_service_pb2 as pb
 from gensearch.generation.v1 import generation_service_pb2_grpc as pb_grpc
 
 from services.devlaunch.processes import free_port
+from services.generation.settings import ProviderError
 from tests.generation.conftest import (
     FAKE_KEY_ENV,
     Service,
     StartService,
     fake_provider,
+    make_settings,
     user,
 )
 from tests.support.fake_openai import Behaviour, FakeOpenAI
@@ -234,3 +236,23 @@ async def test_service_process_never_logs_keys(fake: FakeOpenAI) -> None:
     assert "upstream call failed" in logs
     assert ENV_KEY not in logs
     assert REQUEST_KEY not in logs
+
+
+def test_an_operators_base_url_with_credentials_stops_the_service() -> None:
+    """``https://user:password@host/v1`` never worked (aiohttp refuses credentials in a URL
+    beside an Authorization header: every call failed as "the body is not JSON"), and
+    ListModels and ``debug`` answers showed the password to callers. Refused at start,
+    without quoting it."""
+    password = "basic-auth-pw-4711"
+    for url in (
+        f"https://llm-user:{password}@llm.example/v1",
+        f"https://{password}@llm.example/v1",
+        f"https://llm-user:{password}@llm@llm.example/v1",
+    ):
+        settings = make_settings(
+            [{"name": "fake", "base_url": url, "default_model": "m", "api_key_env": [FAKE_KEY_ENV]}]
+        )
+        with pytest.raises(ProviderError) as caught:
+            settings.provider_configs({})
+        assert "credentials" in str(caught.value)
+        assert password not in str(caught.value)
