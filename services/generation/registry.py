@@ -157,6 +157,7 @@ class ProviderRegistry:
             connect_timeout=self._timeouts[0],
             read_timeout=self._timeouts[1],
             max_answer_chars=self._max_answer_chars,
+            caller_url=True,
         )
         self._caller_providers[key] = made
         if len(self._caller_providers) > MAX_CALLER_ENDPOINTS:

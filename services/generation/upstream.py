@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import openai
 
-from services.common.egress import refusal, url_not_allowed
+from services.common.egress import UPSTREAM_REDIRECT, refusal, url_not_allowed
 from services.common.errors import (
     ATTEMPTS,
     WAIT_MS,
@@ -177,8 +177,11 @@ def _clean(detail: str) -> str:
     return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 1] + "…"
 
 
-def to_service_error(fault: UpstreamFault, provider: str, model: str) -> ServiceError:
-    """The status our caller gets for an upstream fault that retries did not cure."""
+def to_service_error(
+    fault: UpstreamFault, provider: str, model: str, *, caller_url: bool = False
+) -> ServiceError:
+    """The status our caller gets for an upstream fault that retries did not cure.
+    ``caller_url``: the provider was called at the request's own ``base_url``."""
     # A refused connection (a caller's URL resolving to an address not allowed) is decided
     # before a byte is sent: that attempt is no upstream call, and a caller charging calls
     # (the gateway's quota, from ``upstream_calls``) must not count it.
@@ -244,10 +247,20 @@ def to_service_error(fault: UpstreamFault, provider: str, model: str) -> Service
     if status is not None and 300 <= status < 400:
         # Redirects are never followed: the next address was not checked against the
         # allowlist, and the operator's key would go there.
-        return FailedPrecondition(
+        said = (
             f"provider {provider!r} answered with a redirect (HTTP {status}), which is not "
-            "followed: its base_url must name the final address",
-            reason="UPSTREAM_REDIRECT",
+            "followed: "
+        )
+        if caller_url:  # the request's own base_url: the caller can fix it
+            return FailedPrecondition(
+                f"base_url: {said}base_url must name the final address",
+                field="base_url",
+                reason=UPSTREAM_REDIRECT,
+                metadata=meta,
+            )
+        return FailedPrecondition(
+            said + "its base_url must name the final address",
+            reason=UPSTREAM_REDIRECT,
             metadata=meta,
         )
     if status == 404:

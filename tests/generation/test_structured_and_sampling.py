@@ -477,3 +477,40 @@ async def test_the_operator_can_turn_the_model_check_off(
     assert reply.model == "brand-new-model"
     models = await svc.stub.ListModels(pb.ListModelsRequest(), timeout=5)
     assert not next(p for p in models.providers if p.name == "anyscale").models_checked
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+async def test_a_redirect_from_a_callers_base_url_is_not_followed_and_names_it(
+    fake: FakeOpenAI, start_service: StartService, monkeypatch: pytest.MonkeyPatch, status: int
+) -> None:
+    """An allowed endpoint redirecting to a host off the allowlist: neither the prompt nor
+    a key goes there, and the refusal names the request's ``base_url``."""
+    monkeypatch.setenv(FAKE_KEY_ENV, OPERATOR_KEY)
+    async with FakeOpenAI() as theirs, FakeOpenAI(host="127.0.0.2") as elsewhere:
+        svc = await start_service([fake_provider(fake)], allowed_hosts="http://127.0.0.1")
+        for call, message in (
+            (svc.stub.Generate, pb.GenerateRequest),
+            (svc.stub.StreamGenerate, pb.StreamGenerateRequest),
+        ):
+            theirs.enqueue(
+                Behaviour.error(
+                    status, headers={"Location": f"{elsewhere.base_url}/chat/completions"}
+                )
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                result = call(
+                    message(messages=[user("hi")], base_url=theirs.base_url),
+                    timeout=5,
+                    metadata=(("x-fake-api-key", CALLER_KEY),),
+                )
+                if hasattr(result, "__aiter__"):
+                    await drain(result)
+                else:
+                    await result
+            assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            info = error_info(caught.value)
+            assert (info.reason, info.metadata["field"]) == ("UPSTREAM_REDIRECT", "base_url")
+            assert "base_url" in (caught.value.details() or "")
+        assert elsewhere.requests == []
+        assert len(theirs.chat_requests) == 2
+    assert fake.requests == []

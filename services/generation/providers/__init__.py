@@ -22,6 +22,7 @@ def make_provider(
     read_timeout: float,
     shared_limits: SharedLimits | None = None,
     max_answer_chars: int = DEFAULT_MAX_ANSWER_CHARS,
+    caller_url: bool = False,
 ) -> Provider:
     """The adapter for a provider's ``kind`` (one kind today; Anthropic would be another)."""
     if config.kind == "openai_compatible":
@@ -34,6 +35,7 @@ def make_provider(
             retry=retry,
             shared_limits=shared_limits,
             max_answer_chars=max_answer_chars,
+            caller_url=caller_url,
         )
     raise ValueError(f"provider {config.name!r}: unsupported kind {config.kind!r}")
 

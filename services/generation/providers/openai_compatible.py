@@ -79,8 +79,11 @@ class OpenAICompatibleProvider(Provider):
         retry: RetryPolicy,
         shared_limits: SharedLimits | None = None,
         max_answer_chars: int = DEFAULT_MAX_ANSWER_CHARS,
+        caller_url: bool = False,
     ) -> None:
+        """``caller_url``: ``config.base_url`` is the one a request named (``base_url``)."""
         super().__init__(config)
+        self.caller_url = caller_url
         self.retry = retry
         self.max_answer_chars = max_answer_chars
         self.url = f"{config.base_url}/chat/completions"
@@ -181,7 +184,7 @@ class OpenAICompatibleProvider(Provider):
                 "attempts": fault.attempts,
             },
         )
-        return to_service_error(fault, self.name, request.model)
+        return to_service_error(fault, self.name, request.model, caller_url=self.caller_url)
 
     def _succeeded(self, completion: Completion, span: Span) -> None:
         usage = completion.usage
