@@ -4,10 +4,13 @@ never do."""
 
 from __future__ import annotations
 
+from gensearch.generation.v1 import generation_service_pb2 as gen_pb
+from gensearch.generation.v1 import generation_service_pb2_grpc as gen_grpc
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from google.protobuf import struct_pb2
 
-from tests.gateway.conftest import ALICE, Stack
+from tests.gateway.conftest import ALICE, Stack, StackFactory, fake_provider
+from tests.support.fake_openai import FakeOpenAI
 
 EMBEDDING_KEY = "sk-alice-embeddings-0123456789"
 LLM_KEY = "sk-alice-llm-provider-9876543210"
@@ -47,3 +50,22 @@ async def test_only_the_embedding_key_travels_to_the_embeddings_endpoint(stack: 
     sent = [r for r in stack.fake.requests if r.path.endswith("/embeddings")]
     assert [r.headers.get("Authorization", "") for r in sent] == [f"Bearer {EMBEDDING_KEY}", ""]
     assert all(LLM_KEY not in str(r.headers) for r in stack.fake.requests)
+
+
+async def test_the_embedding_and_rerank_keys_never_reach_an_llm_provider(
+    stack_factory: StackFactory, fake: FakeOpenAI
+) -> None:
+    """``x-embedding-api-key`` and ``x-rerank-api-key`` are meant for a collection's
+    endpoints (the retrieval service): before, the gateway passed them to the generation
+    service too, where an LLM provider called ``embedding`` or ``rerank`` took them for its
+    own key header and sent them upstream."""
+    for name in ("embedding", "rerank"):
+        fake.requests.clear()
+        stack = await stack_factory(provider=fake_provider(fake, name=name))
+        generation = gen_grpc.GenerationServiceStub(stack.channel)  # type: ignore[no-untyped-call]
+        await generation.Generate(
+            gen_pb.GenerateRequest(messages=[gen_pb.Message(role=gen_pb.ROLE_USER, content="hi")]),
+            metadata=(*ALICE, (f"x-{name}-api-key", EMBEDDING_KEY)),
+        )
+        [sent] = fake.chat_requests
+        assert EMBEDDING_KEY not in str(sent.headers)

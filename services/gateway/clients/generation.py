@@ -37,6 +37,7 @@ from gensearch.generation.v1 import generation_service_pb2_grpc as gen_grpc
 from google.protobuf import duration_pb2
 
 from services.common import call_slots
+from services.common.egress import EMBEDDING_KEY_HEADER, RERANK_KEY_HEADER
 from services.common.errors import (
     WAIT_MS,
     InvalidArgument,
@@ -124,8 +125,15 @@ class GenerationClient(ServiceClient):
         self._slots = asyncio.Semaphore(self.max_in_flight) if self.max_in_flight else None
 
     def metadata(self, caller: Caller) -> Metadata:
-        # The caller's own provider keys go to the generation service only.
-        return caller.identity + caller.provider_keys
+        # The caller's own provider keys go to the generation service only; not the keys
+        # for a collection's embeddings or rerank endpoint (the retrieval service's): an
+        # LLM provider named "embedding" or "rerank" took them for its own.
+        keys = tuple(
+            (k, v)
+            for k, v in caller.provider_keys
+            if k not in (EMBEDDING_KEY_HEADER, RERANK_KEY_HEADER)
+        )
+        return caller.identity + keys
 
     def map_error(self, err: grpc.aio.AioRpcError) -> ServiceError:
         if err.code() == grpc.StatusCode.UNAVAILABLE and _REFUSED_STREAM_TEXT in (
