@@ -11,6 +11,7 @@ line per outage.
 from __future__ import annotations
 
 import base64
+import bisect
 import functools
 import html
 import logging
@@ -34,6 +35,12 @@ _pinned: set[str] = set()
 _transient: OrderedDict[str, None] = OrderedDict()
 MAX_TRANSIENT_SECRETS = 256
 _known: re.Pattern[str] | None = None
+# A good part of a secret of 2 * MIN_PIECE characters or more is redacted too (an upstream
+# quoting a key cut short): a run of key characters found inside it, at least MIN_PIECE
+# long and half its length. A provider's own mask ("sk-abc***xyz") shows less. Those
+# secrets joined by NULs, with where each starts and its length.
+MIN_PIECE = 12
+_pieces: tuple[str, list[int], list[int]] = ("", [], [])
 _PATTERNS = [
     re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+"),
     re.compile(r"\bsk-[A-Za-z0-9_-]{8,}"),
@@ -98,10 +105,16 @@ def redacted_url(url: str) -> str:
 
 
 def _compile() -> None:
-    global _known
+    global _known, _pieces
     # Longest first, so a secret containing another is replaced whole.
     values = sorted(_pinned.union(_transient), key=len, reverse=True)
     _known = re.compile("|".join(map(re.escape, values))) if values else None
+    long_enough = [v for v in values if len(v) >= 2 * MIN_PIECE]
+    starts, at = [], 0
+    for value in long_enough:
+        starts.append(at)
+        at += len(value) + 1
+    _pieces = ("\0".join(long_enough), starts, [len(v) for v in long_enough])
 
 
 def redact(text: str) -> str:
@@ -124,10 +137,12 @@ MIN_ENCODED_SECRET = 8
 _ENCODING_MARKS = ("%", "\\", "&#", "\n", "\r")
 _ESCAPE = re.compile(r"\\(?:u([0-9a-fA-F]{4})|x([0-9a-fA-F]{2})|([nrt])|(.))", re.DOTALL)
 _LINE_BREAK = re.compile(r"[ \t]*[\r\n][ \t\r\n]*")
-# Runs of base64 (either alphabet, line breaks inside) and of hex long enough to hold one.
-_BASE64_RUN = re.compile(r"(?:[A-Za-z0-9+/_-]|\r?\n|\\[rn]){12,}=*")
+# Runs of base64 (either alphabet, line breaks and backslash escapes inside) and of hex
+# long enough to hold one.
+_BASE64_RUN = re.compile(r"[A-Za-z0-9+/_\\\r\n-]{12,}=*")
 _HEX_RUN = re.compile(r"\b(?:[0-9a-fA-F]{2}){8,}\b")
 _B64_ALPHABET = str.maketrans("-_", "+/")
+_PRINTABLE_RUN = re.compile(rb"[\x20-\x7e]{%d,}" % MIN_ENCODED_SECRET)
 
 
 def _unescape(match: re.Match[str]) -> str:
@@ -169,7 +184,9 @@ def _spellings(secret: str) -> re.Pattern[str]:
 def _encoded_secret(blob: str, known: re.Pattern[str]) -> bool:
     """Whether ``blob``, a run of base64 or hex, decodes (at some alignment) to bytes
     holding a known secret."""
-    chars = _LINE_BREAK.sub("", blob.replace("\\n", "\n").replace("\\r", "\n")).rstrip("=")
+    # Escaped line breaks and slashes ("\\n", "\\/" in JSON) are no part of the encoding.
+    chars = blob.replace("\\n", "\n").replace("\\r", "\n").replace("\\", "")
+    chars = _LINE_BREAK.sub("", chars).rstrip("=")
     decoded: list[bytes] = []
     if _HEX_RUN.fullmatch(chars):
         decoded.append(bytes.fromhex(chars))
@@ -184,10 +201,13 @@ def _encoded_secret(blob: str, known: re.Pattern[str]) -> bool:
             decoded.append(base64.b64decode(part, validate=True))
         except ValueError:
             continue
+    # Only printable runs are searched: a secret is one, and whatever else decodes from
+    # ordinary text (a path, an id) almost never holds one that long.
     for data in decoded:
-        for found in known.finditer(data.decode("latin-1")):
-            if len(found.group(0)) >= MIN_ENCODED_SECRET:
-                return True
+        for run in _PRINTABLE_RUN.finditer(data):
+            for found in known.finditer(run.group(0).decode("ascii")):
+                if len(found.group(0)) >= MIN_ENCODED_SECRET:
+                    return True
     return False
 
 
@@ -205,9 +225,28 @@ def _redact_encoded(text: str, known: re.Pattern[str]) -> str:
             len(m.group(0)) >= MIN_ENCODED_SECRET for m in known.finditer(_decoded(text))
         ):
             return REDACTED  # spelled in a way not undone above: nothing of it is shown
+    # A run of these characters may be a good part of a secret, or hold one in base64 or hex.
     return _BASE64_RUN.sub(
-        lambda m: REDACTED if _encoded_secret(m.group(0), known) else m.group(0), text
+        lambda m: (
+            REDACTED
+            if _part_of_secret(m.group(0)) or _encoded_secret(m.group(0), known)
+            else m.group(0)
+        ),
+        text,
     )
+
+
+def _part_of_secret(piece: str) -> bool:
+    """Whether ``piece`` is at least half of a registered secret (see ``MIN_PIECE``)."""
+    joined, starts, lengths = _pieces
+    if not joined:
+        return False
+    at = joined.find(piece)
+    while at != -1:
+        if 2 * len(piece) >= lengths[bisect.bisect_right(starts, at) - 1]:
+            return True
+        at = joined.find(piece, at + 1)
+    return False
 
 
 def _scrub(value: Any) -> Any:

@@ -50,10 +50,22 @@ def test_a_secret_in_another_spelling_is_redacted() -> None:
         base64.b64encode(f"user:{secret}".encode()).decode(),
         base64.urlsafe_b64encode(f"?{secret}?".encode()).decode().rstrip("="),
         secret.encode().hex(),
+        # JSON may escape the slashes of base64 ("Pz8/..." of "???sk-..." as "Pz8\/...").
+        base64.b64encode(f"???{secret}".encode()).decode().replace("/", "\\/"),
     ]
     for spelled in spellings:
         text = redact(f"upstream said: key {spelled} is wrong")
         assert text == "upstream said: key [REDACTED] is wrong", (spelled, text)
+
+
+def test_a_good_part_of_a_secret_is_redacted_but_a_short_mask_is_not() -> None:
+    secret = "AIzaSyD-partial-0123456789abcdefXYZ"
+    register_secret(secret, transient=True)
+    for piece in (secret[:24], secret[-20:], secret[5:25]):
+        assert redact(f"key {piece}... is wrong") == "key [REDACTED]... is wrong", piece
+    # A provider's own mask ("AIza...XYZ") and short or unrelated runs stay.
+    for text in (f"key {secret[:6]}***{secret[-3:]}", "key AIzaSyD-part", "request_id_0123456789"):
+        assert redact(text) == text
 
 
 def test_encoded_spellings_leave_ordinary_text_alone() -> None:

@@ -139,6 +139,8 @@ def _echoes(key: str) -> dict[str, Any]:
         "base64-basic": "bad auth " + base64.b64encode(f"user:{key}".encode()).decode(),
         "base64-url": "bad auth " + base64.urlsafe_b64encode(f">>{key}".encode()).decode(),
         "hex": "bad key " + key.encode().hex(),
+        "cut-start": f"bad key ...{key[len(key) // 3 :]}",
+        "cut-end": f"bad key {key[: len(key) * 2 // 3]}...",
     }
 
 
@@ -147,7 +149,8 @@ async def test_an_encoded_echo_of_the_key_is_redacted(
     service: Service, fake: FakeOpenAI, encoding: str
 ) -> None:
     """An upstream quoting the caller's key percent-encoded, JSON- or HTML-escaped, split
-    across lines, in base64 or in hex: none of it reaches the caller's error."""
+    across lines, in base64 or in hex, or a good part of it: none of it reaches the
+    caller's error."""
     body = _echoes(REQUEST_KEY)[encoding]
     fake.enqueue(Behaviour.error(400, body))
     with pytest.raises(grpc.aio.AioRpcError) as caught:
