@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 
-from services.common.errors import NotFound
+from services.common.errors import ServiceError
 from services.gateway.clients import Caller, RetrievalClient
 
 _TEXT = (ret_pb.DATA_TYPE_TEXT, ret_pb.DATA_TYPE_TEXT_ARRAY)
@@ -66,15 +66,18 @@ class Catalog:
         key = (caller.tenant, caller.user, name)
         try:
             collection = await self._retrieval.get_collection(name, caller, timeout)
-        except NotFound as err:
+        except ServiceError as err:
             # GetCollection names its own field (name); every gateway request that reads
-            # a collection here names it ``collection``. The rest (message, reason) is
-            # retrieval's: missing and another tenant's read the same, as it made them.
+            # a collection here names it ``collection``, whatever the error: not found
+            # (missing and another tenant's read the same, as retrieval made them) or a
+            # malformed name (BAD_NAME). The rest (status, reason, metadata) is retrieval's.
             if err.field != "name":
                 raise
             message = err.message.removeprefix("name: ")
+            if message.startswith("name "):
+                message = "collection " + message.removeprefix("name ")
             metadata = {k: v for k, v in err.metadata.items() if k != "field"}
-            raise NotFound(
+            raise type(err)(
                 message, field="collection", reason=err.reason, metadata=metadata
             ) from None
         info = CollectionInfo.of(collection)

@@ -8,7 +8,7 @@ import pytest
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.memory.v1 import memory_service_pb2 as mem_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
-from google.protobuf import duration_pb2
+from google.protobuf import duration_pb2, struct_pb2
 
 from tests.gateway.conftest import DIM, Stack, StackFactory, create_books, vector
 from tests.gateway.test_generative_search import _near
@@ -121,6 +121,52 @@ async def test_a_collection_not_found_names_the_requests_field(tenants: Stack) -
             seen.add((info.reason, (err.details() or "").replace("Nope", "Books")))
     assert len(seen) == 1  # missing and another tenant's read alike
     assert s.fake.chat_requests == []
+
+
+async def test_a_malformed_collection_name_names_the_requests_field(tenants: Stack) -> None:
+    """A name retrieval refuses as malformed (BAD_NAME) is the request's ``collection``
+    too, not GetCollection's ``name`` (QA: "Bo\\x00oks", a 100 000-character name, "1abc"
+    all came back naming ``name``, a field no gateway request has)."""
+    s = tenants
+    generate = gw_pb.Generate(single_prompt="{title}")
+    near = ret_pb.NearVector(vector=vector(0))
+    inline = gw_pb.InlineObjects(objects=[struct_pb2.Struct(fields={"title": _text("a")})])
+    for name in ("Bo\x00oks", "x" * 100_000, "1abc"):
+        for call in (
+            s.stub.GenerativeSearch(
+                gw_pb.GenerativeSearchRequest(collection=name, near_vector=near, generate=generate),
+                metadata=ALICE,
+            ),
+            _first(
+                s.stub.StreamGenerativeSearch(
+                    gw_pb.StreamGenerativeSearchRequest(
+                        collection=name, near_vector=near, generate=generate
+                    ),
+                    metadata=ALICE,
+                )
+            ),
+            s.stub.GenerateOnObjects(
+                gw_pb.GenerateOnObjectsRequest(collection=name, inline=inline, generate=generate),
+                metadata=ALICE,
+            ),
+            s.stub.Ask(gw_pb.AskRequest(collection=name, llm_question="q"), metadata=ALICE),
+            _first(
+                s.stub.StreamAsk(
+                    gw_pb.StreamAskRequest(collection=name, llm_question="q"), metadata=ALICE
+                )
+            ),
+        ):
+            err = await rpc_error(call)
+            assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
+            info = error_info(err)
+            assert info.reason == "BAD_NAME"
+            assert info.metadata["field"] == "collection", err.details()
+            assert (err.details() or "").startswith("collection must match"), err.details()
+    assert s.fake.chat_requests == []
+
+
+def _text(value: str) -> struct_pb2.Value:
+    return struct_pb2.Value(string_value=value)
 
 
 async def test_roles_through_the_gateway(tenants: Stack) -> None:
