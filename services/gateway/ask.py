@@ -283,7 +283,7 @@ class AskService:
                     options,
                     prompt.messages,
                     timeout=time_left(deadline),
-                    emit=deltas.put_nowait if stream else None,
+                    emit=deltas.put if stream else None,
                     # As the gateway's own limit on the prompt (history_budget) names it.
                     prompt_field="llm_question",
                 ),

@@ -5,6 +5,15 @@ Each job ends as an ``Outcome`` carrying its value or its own ``HitError``. When
 budget runs out, finished jobs keep their values and the rest are cancelled and get
 DEADLINE_EXCEEDED. The streaming form yields outcomes in completion order, interleaved
 with the text deltas jobs emit while they run.
+
+Deltas are held for the consumer up to ``max_buffered`` at once: a job emitting one more
+waits until the consumer takes one. The consumer is the gRPC stream of a client, and a
+client that reads slowly (or not at all) blocks it; without the bound every job went on
+reading its generation stream into memory, all of every hit's answer (QA: a client that
+read one event of a 20-hit StreamGenerateOnObjects left 13,000 deltas queued and growing
+after 10 s). With it, a waiting job stops reading its generation stream, so gRPC's and
+TCP's flow control hold the rest back up to the LLM, until the client reads or the
+budget ends.
 """
 
 from __future__ import annotations
@@ -18,12 +27,15 @@ from typing import Generic, Protocol, TypeVar
 from services.gateway.errors import HitError, deadline_exceeded
 
 T = TypeVar("T")
+# Deltas held for a consumer that has not taken them yet (GENSEARCH_GATEWAY_STREAM_BUFFERED_DELTAS).
+DEFAULT_MAX_BUFFERED = 256
 
 
 class Emit(Protocol):
-    """Hands a job's text delta on; ``restart``: the job's deltas so far are void."""
+    """Hands a job's text delta on (waiting while the consumer's buffer is full);
+    ``restart``: the job's deltas so far are void."""
 
-    def __call__(self, text: str, restart: bool = False) -> None: ...
+    async def __call__(self, text: str, restart: bool = False) -> None: ...
 
 
 Job = Callable[[Emit], Awaitable[T]]
@@ -49,23 +61,30 @@ async def fan_out_stream(
     max_concurrency: int | None,
     timeout: float | None,
     unbounded: Collection[int] = (),
+    max_buffered: int = DEFAULT_MAX_BUFFERED,
 ) -> AsyncGenerator[Delta | Outcome[T], None]:
     """Yield deltas and outcomes as they happen; exactly one outcome per job.
 
     Jobs listed in ``unbounded`` (the grouped call) do not take a concurrency slot;
     ``max_concurrency`` None: no job waits for a slot (the generation service keeps to
-    the provider's limits).
+    the provider's limits). At most ``max_buffered`` deltas wait for the consumer (all
+    jobs together); outcomes, one per job, never wait.
     """
     if max_concurrency is not None and max_concurrency < 1:
         raise ValueError("max_concurrency must be >= 1")
+    if max_buffered < 1:
+        raise ValueError("max_buffered must be >= 1")
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + max(timeout, 0.0)
     slots = None if max_concurrency is None else asyncio.Semaphore(max_concurrency)
     events: asyncio.Queue[Delta | Outcome[T]] = asyncio.Queue()
+    # Room for deltas: taken by a job emitting one, given back as the consumer takes it.
+    room = asyncio.Semaphore(max_buffered)
 
     async def run(index: int, job: Job[T]) -> None:
-        def emit(text: str, restart: bool = False) -> None:
+        async def emit(text: str, restart: bool = False) -> None:
             if text or restart:
+                await room.acquire()
                 events.put_nowait(Delta(index, text, restart))
 
         try:
@@ -97,6 +116,8 @@ async def fan_out_stream(
                 break
             if isinstance(event, Outcome):
                 pending.discard(event.index)
+            else:
+                room.release()
             yield event
         # Stop the stragglers before yielding again (a yield lets them run), then keep
         # whatever finished in the same instant as the deadline.

@@ -28,6 +28,7 @@ from services.gateway.clients import Caller
 from services.gateway.deadline import time_left
 from services.gateway.errors import HitError
 from services.gateway.fanout import (
+    DEFAULT_MAX_BUFFERED,
     Delta,
     Emit,
     Job,
@@ -63,6 +64,8 @@ class Plan:
     cached: dict[int, gw_pb.GenerationResult] = field(default_factory=dict)
     max_concurrency: int | None = None
     timeout: float | None = None
+    # Token deltas held for a client that reads slowly (stream_buffered_deltas).
+    max_buffered: int = DEFAULT_MAX_BUFFERED
     # With expand_context: the passages (GenerativeSearchResponse.passages).
     passages: list[gw_pb.ContextPassage] = field(default_factory=list)
 
@@ -86,6 +89,7 @@ class Plan:
             max_concurrency=self.max_concurrency,
             timeout=self.timeout,
             unbounded={GROUPED},
+            max_buffered=self.max_buffered,
         )
 
 
@@ -266,6 +270,7 @@ class GenerativeSearch:
             max_concurrency=generative_request.max_concurrency(g, s),
             # Measured now: the search already spent part of the caller's deadline.
             timeout=generative_request.budget(g, call_deadline, s),
+            max_buffered=s.stream_buffered_deltas,
         )
         options = Options.resolve(g, g.model, collection.generative, s)
         await self._b.models.check_choices(options, caller, min(plan.timeout or 2.0, 2.0))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -154,12 +154,13 @@ async def complete(
     messages: Sequence[gen_pb.Message],
     *,
     timeout: float | None,
-    emit: Callable[[str], None] | None = None,
-    restart: Callable[[], None] | None = None,
+    emit: Callable[[str], Awaitable[None]] | None = None,
+    restart: Callable[[], Awaitable[None]] | None = None,
     prompt_field: str | None = None,
 ) -> gw_pb.GenerationResult:
-    """Ask the model; with ``emit``, stream and hand each text delta to it as it comes
-    (``restart``: the deltas so far are void, a corrective retry's follow).
+    """Ask the model; with ``emit``, stream and hand each text delta to it as it comes,
+    reading the next one only once ``emit`` returned (it waits while its consumer is
+    behind); ``restart``: the deltas so far are void, a corrective retry's follow.
     ``prompt_field``: the caller's field ``messages`` were rendered from, which a refusal
     of them as too long names (``GenerationClient.generate``)."""
     if emit is None:
@@ -187,10 +188,10 @@ async def complete(
         if chunk.restart:
             parts.clear()
             if restart is not None:
-                restart()
+                await restart()
         if chunk.delta:
             parts.append(chunk.delta)
-            emit(chunk.delta)
+            await emit(chunk.delta)
         if chunk.finish_reason or chunk.HasField("usage"):
             result.usage.CopyFrom(chunk.usage)
             result.model = chunk.model

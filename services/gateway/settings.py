@@ -67,6 +67,11 @@ class GatewaySettings(CommonSettings):
     # 0: no bound. Otherwise more than max_hits, so that one request's hits and its
     # grouped call never wait for each other.
     generation_max_in_flight: int = Field(default=1000, ge=0, le=MAX_CONCURRENCY)
+    # Token deltas a streaming generative search (or StreamGenerateOnObjects) holds for
+    # a client that has not read them yet, all its hits together; when full, its hits
+    # stop reading their generation streams (flow control holds the rest back, up to the
+    # LLM) until the client reads on or the generation budget ends.
+    stream_buffered_deltas: int = Field(default=256, ge=1, le=1_000_000)
     # Longest template / task / question / system prompt / instructions accepted, in
     # characters; a collection's system prompt and instructions too, at create.
     max_prompt_chars: int = Field(default=DEFAULT_MAX_PROMPT_CHARS, ge=100, le=MAX_SIZE_BYTES)

@@ -24,7 +24,7 @@ def _sleeper(delay: float, value: str, tracker: list[int] | None = None) -> Job[
             tracker[0] += 1
             tracker[1] = max(tracker[1], tracker[0])
         try:
-            emit(value[:1])
+            await emit(value[:1])
             await asyncio.sleep(delay)
             return value
         finally:
@@ -146,3 +146,40 @@ async def test_waiting_for_outcomes_makes_no_task_per_job() -> None:
         loop.set_task_factory(factory)
     assert [outcomes[i].value for i in range(20)] == [f"v{i}" for i in range(20)]
     assert made[0] == 20
+
+
+async def test_a_consumer_that_stops_reading_holds_the_jobs_back() -> None:
+    """At most ``max_buffered`` deltas wait for the consumer (QA: a client reading a
+    stream slowly left every hit's whole answer queued in the gateway)."""
+    emitted = [0]
+
+    async def chatty(emit: Emit) -> str:
+        for _ in range(100):
+            await emit("x")
+            emitted[0] += 1
+        return "done"
+
+    stream = fan_out_stream({0: chatty, 1: chatty}, max_concurrency=None, timeout=5, max_buffered=4)
+    first = await anext(stream)  # the consumer takes one delta, then reads nothing
+    await asyncio.sleep(0.1)
+    assert emitted[0] == 5  # the one taken and the four waiting; both jobs wait for room
+    events = [first] + [e async for e in stream]
+    assert sum(1 for e in events if isinstance(e, Delta)) == 200  # none lost
+    outcomes = [e for e in events if isinstance(e, Outcome)]
+    assert sorted(o.index for o in outcomes) == [0, 1]
+    assert all(o.value == "done" for o in outcomes)
+
+
+async def test_jobs_waiting_for_room_end_at_the_budget() -> None:
+    async def chatty(emit: Emit) -> str:
+        for _ in range(100):
+            await emit("x")
+        return "done"
+
+    stream = fan_out_stream({0: chatty}, max_concurrency=None, timeout=0.2, max_buffered=2)
+    await anext(stream)
+    await asyncio.sleep(0.3)  # the consumer is away past the budget
+    events = [e async for e in stream]
+    outcome = events[-1]
+    assert isinstance(outcome, Outcome) and outcome.error is not None
+    assert outcome.error.status == "DEADLINE_EXCEEDED"

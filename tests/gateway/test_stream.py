@@ -10,7 +10,7 @@ from collections.abc import Callable
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 
-from tests.gateway.conftest import ALICE, BOOKS, DIM, Stack, create_books
+from tests.gateway.conftest import ALICE, BOOKS, DIM, Stack, StackFactory, create_books
 from tests.support.fake_openai import Behaviour
 
 
@@ -105,6 +105,35 @@ async def test_stream_missing_property_comes_right_after_hits(stack: Stack) -> N
     assert hits[first.hit_index].properties.fields["title"].string_value == "Untitled draft"
     assert first.generation.error.reason == "MISSING_PROPERTY"
     assert sum(1 for e in events if e.WhichOneof("event") == "hit_result") == 5
+
+
+async def test_a_slow_reader_gets_every_token_through_a_one_delta_buffer(
+    stack_factory: StackFactory,
+) -> None:
+    """With STREAM_BUFFERED_DELTAS at 1 the hits wait for the client at every delta (they
+    stop reading their generation streams meanwhile); nothing is lost or reordered."""
+    stack = await stack_factory(stream_buffered_deltas=1)
+    await create_books(stack, books=[b for b in BOOKS if b["body"]])
+    stack.fake.reply = lambda body: " ".join(f"w{i}" for i in range(40))
+    call = stack.stub.StreamGenerativeSearch(
+        _request(single_prompt="{title}", grouped_task="All", stream_tokens=True),
+        metadata=ALICE,
+    )
+    text: dict[int, str] = {}
+    results: dict[int, str] = {}
+    async for event in call:
+        kind = event.WhichOneof("event")
+        if kind == "token":
+            key = -1 if event.token.grouped else event.token.hit_index
+            text[key] = text.get(key, "") + event.token.delta
+            await asyncio.sleep(0.001)  # a client slower than the model
+        elif kind == "hit_result":
+            results[event.hit_result.hit_index] = event.hit_result.generation.result
+        elif kind == "grouped":
+            results[-1] = event.grouped.result
+    expected = " ".join(f"w{i}" for i in range(40))
+    assert results == {i: expected for i in (-1, 0, 1, 2, 3)}
+    assert text == results
 
 
 async def test_client_going_away_cancels_upstream_calls(stack: Stack) -> None:
