@@ -157,7 +157,7 @@ class NamedObjects:
                 reason="TOO_LARGE",
                 metadata={"max_bytes": str(limit)},
             )
-        check_value(obj, field)
+        check_value(obj, field, self._b.settings.max_value_depth)
 
     async def _fetch(
         self,

@@ -24,6 +24,7 @@ from services.common.settings import (
     http_url_problem,
     redis_url_setting,
 )
+from services.common.values import DEFAULT_MAX_DEPTH
 
 
 class GatewaySettings(CommonSettings):
@@ -213,6 +214,10 @@ class GatewaySettings(CommonSettings):
 
     # --- GenerateOnObjects: the most bytes one inline object may hold (serialized) ---
     max_inline_object_bytes: int = Field(default=65_536, ge=256, le=MAX_SIZE_BYTES)
+    # Deepest nesting of objects and lists in an inline object's properties
+    # (services/common/values.py); deeper is INVALID_ARGUMENT / NESTING_TOO_DEEP. At most
+    # 32, as retrieval's and memory's MAX_VALUE_DEPTH.
+    max_value_depth: int = Field(default=DEFAULT_MAX_DEPTH, ge=1, le=DEFAULT_MAX_DEPTH)
 
     @model_validator(mode="after")
     def _in_flight_above_max_hits(self) -> GatewaySettings:

@@ -251,6 +251,22 @@ async def test_bad_requests_name_the_field(
     assert not stack.fake.chat_requests
 
 
+async def test_inline_nesting_is_bounded_by_the_gateways_setting(
+    stack_factory: StackFactory,
+) -> None:
+    """GENSEARCH_GATEWAY_MAX_VALUE_DEPTH bounds an inline object's nesting (QA: the gateway
+    held inline objects to a fixed 32 levels, the one such limit no setting moved, while
+    retrieval's and memory's have their MAX_VALUE_DEPTH)."""
+    stack = await stack_factory(max_value_depth=3)  # the object itself is level 1
+    fits = await stack.stub.GenerateOnObjects(
+        inline([{"a": {"b": [1]}}], single_prompt="{a}"), metadata=ALICE
+    )
+    assert fits.hits[0].generation.result
+    code, named = await invalid(stack, inline([{"a": {"b": [[1]]}}], single_prompt="{a}"))
+    assert (code, named) == (grpc.StatusCode.INVALID_ARGUMENT, "inline.objects[0].a.b[0]")
+    assert len(stack.fake.chat_requests) == 1
+
+
 async def test_another_tenants_collection_and_objects_are_not_found(
     stack_factory: StackFactory,
 ) -> None:
