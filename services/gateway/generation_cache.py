@@ -26,6 +26,7 @@ cache were off (logged, counted); a cache never fails a search. Errors are never
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import hashlib
 import logging
@@ -189,14 +190,19 @@ class GenerationCache:
 
         return key
 
-    async def get_many(self, keys: Mapping[int, str]) -> dict[int, gw_pb.GenerationResult]:
-        """The stored results among ``keys`` (all of one scope), marked cached."""
+    async def get_many(
+        self, keys: Mapping[int, str], *, timeout: float | None = None
+    ) -> dict[int, gw_pb.GenerationResult]:
+        """The stored results among ``keys`` (all of one scope), marked cached; nothing
+        when Redis fails or does not answer within ``timeout`` seconds (the request's
+        generation budget: a cache never makes a call late)."""
         if self._redis is None or not keys:
             return {}
         indexes = list(keys)
         try:
-            values = await self._redis.mget([keys[i] for i in indexes])
-        except RedisError as err:
+            async with asyncio.timeout(timeout):
+                values = await self._redis.mget([keys[i] for i in indexes])
+        except (RedisError, TimeoutError) as err:
             log.warning("generation cache read failed", extra={"error": type(err).__name__})
             CACHE_LOOKUPS.labels("exact", "error").inc(len(keys))
             return {}

@@ -64,6 +64,11 @@ class Plan:
     cached: dict[int, gw_pb.GenerationResult] = field(default_factory=dict)
     max_concurrency: int | None = None
     timeout: float | None = None
+    # When the generation phase ends (loop time), fixed as its budget is measured: what
+    # the plan awaits before the fan-out (ListModels, the cache read) comes out of the
+    # budget, not on top of it past the caller's deadline. None: ``timeout`` counts from
+    # the fan-out's start.
+    deadline: float | None = None
     # Token deltas held for a client that reads slowly (stream_buffered_deltas).
     max_buffered: int = DEFAULT_MAX_BUFFERED
     # With expand_context: the passages (GenerativeSearchResponse.passages).
@@ -84,10 +89,13 @@ class Plan:
 
     def events(self) -> AsyncGenerator[Delta | Outcome[gw_pb.GenerationResult], None]:
         """The jobs fanned out: deltas and one outcome per job, as they happen."""
+        timeout = self.timeout
+        if self.deadline is not None:
+            timeout = self.deadline - asyncio.get_running_loop().time()
         return fan_out_stream(
             self.jobs,
             max_concurrency=self.max_concurrency,
-            timeout=self.timeout,
+            timeout=timeout,
             unbounded={GROUPED},
             max_buffered=self.max_buffered,
         )
@@ -272,6 +280,7 @@ class GenerativeSearch:
             timeout=generative_request.budget(g, call_deadline, s),
             max_buffered=s.stream_buffered_deltas,
         )
+        deadline = plan.deadline = loop.time() + (plan.timeout or 0)
         options = Options.resolve(g, g.model, collection.generative, s)
         await self._b.models.check_choices(options, caller, min(plan.timeout or 2.0, 2.0))
         cache = self._b.cache
@@ -281,7 +290,6 @@ class GenerativeSearch:
         key_of = (
             None if policy.mode is generation_cache.Mode.BYPASS else cache.keys_for(scope, options)
         )
-        deadline = loop.time() + (plan.timeout or 0)
         properties = [json_format.MessageToDict(hit.properties) for hit in plan.hits]
         if expansion is not None:
             # Each hit's prompt sees its passage; the grouped prompt, the passages.
@@ -367,7 +375,9 @@ class GenerativeSearch:
             else:
                 plan.jobs[GROUPED] = job(GROUPED, grouped)
         if policy.mode.reads:
-            plan.cached = await cache.get_many(keys)
+            # Within the budget: a Redis that does not answer is a miss, not a call that
+            # outlives its caller's deadline.
+            plan.cached = await cache.get_many(keys, timeout=time_left(deadline, floor=0))
             for index in plan.cached:
                 del plan.jobs[index]
         if return_properties:

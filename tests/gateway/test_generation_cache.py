@@ -457,6 +457,49 @@ async def test_without_redis_the_cache_is_off(stack_factory: StackFactory) -> No
     assert not any(g.cached for g in results(again).values())
 
 
+async def test_a_redis_that_does_not_answer_never_makes_a_call_late(
+    stack_factory: StackFactory,
+) -> None:
+    """The cache read comes out of the generation budget (QA: with a Redis that accepted
+    connections and never answered, a GenerateOnObjects or its stream with a 1.5 s
+    deadline failed as a whole, DEADLINE_EXCEEDED with no ErrorInfo and no results: the
+    read ran past the margin the budget leaves, then the fan-out got the whole budget
+    again)."""
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # reads, never answers
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        stack = await stack_factory(
+            shared={"api_keys": KEYS},
+            redis_url=f"redis://127.0.0.1:{port}",
+            quota_concurrent_calls=0,
+            quota_llm_calls_per_minute=0,
+        )
+        stack.fake.latency = 5  # no answer within the deadline either
+        one = struct_pb2.Struct(fields={"a": struct_pb2.Value(string_value="x")})
+        request = gw_pb.GenerateOnObjectsRequest(
+            inline=gw_pb.InlineObjects(objects=[one]),
+            generate=gw_pb.Generate(
+                single_prompt="{a}", grouped_task="t", cache=gw_pb.GenerationCache(mode=USE)
+            ),
+        )
+        response = await stack.stub.GenerateOnObjects(request, metadata=ALICE, timeout=1.5)
+        assert response.hits[0].generation.error.status == "DEADLINE_EXCEEDED"
+        assert response.grouped.error.status == "DEADLINE_EXCEEDED"
+        streamed = gw_pb.StreamGenerateOnObjectsRequest()
+        streamed.ParseFromString(request.SerializeToString())
+        events = [
+            e.WhichOneof("event")
+            async for e in stack.stub.StreamGenerateOnObjects(streamed, metadata=ALICE, timeout=1.5)
+        ]
+        assert events == ["hits", "hit_result", "grouped", "done"]
+    finally:
+        server.close()
+
+
 @pytest.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[LocalCluster]:
     own = LocalCluster(tmp_path / "cluster")
