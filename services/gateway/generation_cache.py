@@ -27,6 +27,7 @@ cache were off (logged, counted); a cache never fails a search. Errors are never
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import hashlib
 import logging
@@ -161,6 +162,8 @@ class GenerationCache:
         self._redis = redis
         self._prefix = prefix
         self._max_ttl = max_ttl
+        # Writes still running after their hit's answer went out (``store``).
+        self._stores: set[asyncio.Future[None]] = set()
 
     def index_key(self, tenant: str, collection: str) -> str:
         """The set naming every key stored for ``tenant``'s ``collection`` (whatever its
@@ -222,6 +225,28 @@ class GenerationCache:
         CACHE_LOOKUPS.labels("exact", "hit").inc(len(found))
         CACHE_LOOKUPS.labels("exact", "miss").inc(len(keys) - len(found))
         return found
+
+    async def store(
+        self,
+        scope: Scope,
+        key: str,
+        result: gw_pb.GenerationResult,
+        ttl: float,
+        *,
+        wait: float,
+    ) -> None:
+        """``put``, waited for at most ``wait`` seconds; past that it goes on in the
+        background. A healthy Redis stores before the hit's result goes out (a repeat
+        right after finds it); one that does not answer never holds an answer back past
+        the budget (it used to: the hit got DEADLINE_EXCEEDED, its LLM call made and
+        charged)."""
+        if self._redis is None or result.HasField("error") or ttl <= 0:
+            return
+        task = asyncio.ensure_future(self.put(scope, key, result, ttl))
+        self._stores.add(task)  # held until done: the loop keeps only weak references
+        task.add_done_callback(self._stores.discard)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(task), timeout=max(wait, 0.0))
 
     async def put(self, scope: Scope, key: str, result: gw_pb.GenerationResult, ttl: float) -> None:
         """Keep a successful result (never an error) for ``ttl`` seconds."""

@@ -47,6 +47,9 @@ from services.gateway.templates import Template
 GROUPED = -1
 # Seconds a generation call's deadline outlasts the fan-out budget.
 DOWNSTREAM_MARGIN = 0.25
+# Seconds before the budget's end a hit stops waiting for its cache write: its answer
+# must reach the fan-out before the fan-out gives up on it.
+STORE_MARGIN = 0.05
 T = TypeVar("T")
 
 
@@ -328,7 +331,13 @@ class GenerativeSearch:
                 )
                 result = await traced(index, attributes, call)
                 if policy.mode.writes:
-                    await cache.put(scope, keys[index], result, policy.ttl)
+                    await cache.store(
+                        scope,
+                        keys[index],
+                        result,
+                        policy.ttl,
+                        wait=time_left(deadline, floor=0) - STORE_MARGIN,
+                    )
                 return result
 
             return run

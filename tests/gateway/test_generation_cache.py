@@ -500,6 +500,42 @@ async def test_a_redis_that_does_not_answer_never_makes_a_call_late(
         server.close()
 
 
+async def test_a_write_redis_does_not_answer_never_loses_the_answer(
+    stack_factory: StackFactory,
+) -> None:
+    """A hit's cache write is waited for only within the budget (QA: with a Redis that
+    never answered, REFRESH hits whose model answered in 0.1 s came back
+    DEADLINE_EXCEEDED, each LLM call made and charged: the write held them past it)."""
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        stack = await stack_factory(
+            shared={"api_keys": KEYS},
+            redis_url=f"redis://127.0.0.1:{port}",
+            redis_socket_timeout=5,
+            redis_connect_timeout=5,
+            quota_concurrent_calls=0,
+            quota_llm_calls_per_minute=0,
+        )
+        stack.fake.latency = 0.1
+        one = struct_pb2.Struct(fields={"a": struct_pb2.Value(string_value="x")})
+        request = gw_pb.GenerateOnObjectsRequest(
+            inline=gw_pb.InlineObjects(objects=[one]),
+            generate=gw_pb.Generate(
+                single_prompt="{a}", grouped_task="t", cache=gw_pb.GenerationCache(mode=REFRESH)
+            ),
+        )
+        response = await stack.stub.GenerateOnObjects(request, metadata=ALICE, timeout=1.0)
+        assert response.hits[0].generation.result == "x"
+        assert response.grouped.result and not response.grouped.HasField("error")
+    finally:
+        server.close()
+
+
 @pytest.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[LocalCluster]:
     own = LocalCluster(tmp_path / "cluster")
