@@ -130,9 +130,9 @@ class NamedObjects:
                 for i, obj in enumerate(request.inline.objects):
                     for name in obj.fields:
                         if name not in info.properties:
+                            # The field (the property's path) starts the message.
                             raise InvalidArgument(
-                                f"inline.objects[{i}]: no property {name[:64]!r} in "
-                                f"collection {info.collection.name!r}",
+                                f"no property {name[:64]!r} in collection {info.collection.name!r}",
                                 field=f"inline.objects[{i}].{name[:64]}",
                                 reason="UNKNOWN_PROPERTY",
                             )

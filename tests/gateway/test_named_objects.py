@@ -189,6 +189,12 @@ async def test_inline_objects_checked_against_a_named_collection(stack: Stack) -
         grpc.StatusCode.INVALID_ARGUMENT,
         "inline.objects[0].author",
     )
+    # The path once (QA: "inline.objects[0].author: inline.objects[0]: no property …").
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stack.stub.GenerateOnObjects(bad, metadata=ALICE)
+    assert caught.value.details() == (
+        "inline.objects[0].author: no property 'author' in collection 'Books'"
+    )
 
 
 async def test_streaming_with_ids(stack: Stack) -> None:
