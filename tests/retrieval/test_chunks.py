@@ -166,6 +166,32 @@ async def test_bounds_past_exact_integers_are_out_of_range(
     assert len(response.ranges[0].chunks) == 5
 
 
+async def test_an_int_document_past_int64_names_its_range(retrieval: Retrieval) -> None:
+    """-2^63 is a double no int property holds: it named
+    filter.all_of.filters[0].condition.value, a field the request never had."""
+    stub = retrieval.stub
+    await stub.CreateCollection(
+        pb.CreateCollectionRequest(
+            collection=pb.Collection(
+                name="Numbered",
+                properties=props(("doc", pb.DATA_TYPE_INT), ("pos", pb.DATA_TYPE_INT)),
+                vectorizer=pb.Vectorizer(kind=pb.VECTORIZER_KIND_NONE, dimensions=2),
+                chunking=pb.Chunking(document_property="doc", order_property="pos"),
+            )
+        )
+    )
+    for value in (-(2.0**63), 2.0**63):
+        ranges = [
+            pb.ChunkRange(document=struct_pb2.Value(number_value=1)),
+            pb.ChunkRange(document=struct_pb2.Value(number_value=value)),
+        ]
+        await expect_error(
+            stub.GetChunks(pb.GetChunksRequest(collection="Numbered", ranges=ranges)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            field="ranges[1].document",
+        )
+
+
 async def test_a_collection_without_chunking_is_a_failed_precondition(
     retrieval: Retrieval,
 ) -> None:
