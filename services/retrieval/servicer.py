@@ -381,10 +381,13 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         return pb.StoreCachedAnswerResponse()
 
     def _page(self, request: pb.SearchRequest) -> Page:
-        limit = request.limit or DEFAULT_LIMIT
+        # The default within the operator's maximum: below 10 it refused every search that
+        # gave no limit, naming a field the caller never set.
+        default = min(DEFAULT_LIMIT, self._settings.max_limit)
+        limit = request.limit or default
         if limit < 0 or limit > self._settings.max_limit:
             raise InvalidArgument(
-                f"limit must be in 1..{self._settings.max_limit} (0 means {DEFAULT_LIMIT})",
+                f"limit must be in 1..{self._settings.max_limit} (0 means {default})",
                 field="limit",
             )
         if request.offset < 0:

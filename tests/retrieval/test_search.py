@@ -150,6 +150,26 @@ async def test_search_errors(stub: Any) -> None:
     )
 
 
+async def test_the_default_limit_stays_within_a_lower_max_limit(make_retrieval: Any) -> None:
+    """MAX_LIMIT below the default of 10 refused every search that set no limit
+    (INVALID_ARGUMENT naming ``limit``); the default is now cut to the maximum."""
+    harness = await make_retrieval(max_limit=3)
+    s = harness.stub
+    await s.CreateCollection(pb.CreateCollectionRequest(collection=vector_collection("A", DIMS)))
+    await s.UpsertObjects(pb.UpsertObjectsRequest(collection="A", objects=article_objects()))
+    query = articles()[3]["vector"]
+    res = await s.Search(pb.SearchRequest(collection="A", near_vector=pb.NearVector(vector=query)))
+    assert [h.id for h in res.hits] == ranked_by_cosine(query)[:3]
+    err = await expect_error(
+        s.Search(
+            pb.SearchRequest(collection="A", near_vector=pb.NearVector(vector=query), limit=4)
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "limit",
+    )
+    assert "0 means 3" in (err.details() or "")
+
+
 async def test_no_keyword_index(retrieval: Retrieval) -> None:
     s = retrieval.stub
     await s.CreateCollection(
