@@ -392,7 +392,9 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
             )
         if request.offset < 0:
             raise InvalidArgument("offset must not be negative", field="offset")
-        if request.offset + limit > self._settings.max_offset + self._settings.max_limit:
+        # The offset itself, as documented (MAX_OFFSET is the largest offset): measured with
+        # the limit against MAX_OFFSET + MAX_LIMIT, a small page could start past it.
+        if request.offset > self._settings.max_offset:
             raise InvalidArgument(
                 f"offset must be at most {self._settings.max_offset}", field="offset"
             )

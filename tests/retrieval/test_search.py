@@ -170,6 +170,28 @@ async def test_the_default_limit_stays_within_a_lower_max_limit(make_retrieval: 
     assert "0 means 3" in (err.details() or "")
 
 
+async def test_offset_is_at_most_max_offset_whatever_the_limit(make_retrieval: Any) -> None:
+    """MAX_OFFSET is the largest offset (docs/retrieval.md), as the error says: offset 10 +
+    limit 1 was let through at MAX_OFFSET 5, MAX_LIMIT 10 (checked against their sum)."""
+    harness = await make_retrieval(max_offset=5, max_limit=10)
+    s = harness.stub
+    await s.CreateCollection(pb.CreateCollectionRequest(collection=vector_collection("A", DIMS)))
+    await s.UpsertObjects(pb.UpsertObjectsRequest(collection="A", objects=article_objects()))
+    query = articles()[3]["vector"]
+    near = pb.NearVector(vector=query)
+    res = await s.Search(pb.SearchRequest(collection="A", near_vector=near, offset=5, limit=10))
+    assert [h.id for h in res.hits] == ranked_by_cosine(query)[5:15]
+    for offset, limit in ((6, 1), (10, 1), (14, 1)):
+        err = await expect_error(
+            s.Search(
+                pb.SearchRequest(collection="A", near_vector=near, offset=offset, limit=limit)
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "offset",
+        )
+        assert "at most 5" in (err.details() or "")
+
+
 async def test_no_keyword_index(retrieval: Retrieval) -> None:
     s = retrieval.stub
     await s.CreateCollection(
