@@ -14,6 +14,10 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 
 from services.gateway.catalog import CollectionInfo
 
+# A search's limit when it sets none (retrieval's DEFAULT_LIMIT; lower only when retrieval's
+# MAX_LIMIT is, and then a few more candidates do no harm).
+RETRIEVAL_DEFAULT_LIMIT = 10
+
 Reranked = (
     gw_pb.AskRequest
     | gw_pb.StreamAskRequest
@@ -36,6 +40,12 @@ def apply(
         if not question and search.WhichOneof("query") == "near_vector":
             return  # no text to rank against: the default stays out of a vector search
         search.rerank.CopyFrom(info.collection.rerank)
+        # The collection's candidates are a default: raised to the page, as retrieval
+        # raises its own (a larger context_size was INVALID_ARGUMENT naming
+        # rerank.candidates, a field the caller never set).
+        wanted = search.offset + (search.limit or RETRIEVAL_DEFAULT_LIMIT)
+        if search.rerank.candidates and search.rerank.candidates < wanted:
+            search.rerank.candidates = wanted
     else:
         return
     if not search.rerank.query and question:

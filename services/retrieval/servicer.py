@@ -424,8 +424,22 @@ def _rerank_stage(request: pb.SearchRequest, schema: Schema) -> pb.Rerank | None
         and collection.HasField("rerank")
         and request.WhichOneof("query") in _TEXT_QUERIES
     ):
-        return collection.rerank
+        return default_rerank(collection.rerank, request)
     return None
+
+
+def default_rerank(default: pb.Rerank, request: pb.SearchRequest) -> pb.Rerank:
+    """A collection's default rerank block for this search: its ``candidates`` (a default,
+    set by whoever made the collection) raised to the page's offset + limit, as
+    RERANK_CANDIDATES is. Kept as set, a search for a longer page than the collection's
+    candidates was INVALID_ARGUMENT naming ``rerank.candidates``, a field its caller never
+    set (a gateway Ask with a larger context_size, say)."""
+    block = pb.Rerank()
+    block.CopyFrom(default)
+    wanted = request.offset + (request.limit or DEFAULT_LIMIT)
+    if block.candidates and block.candidates < wanted:
+        block.candidates = wanted
+    return block
 
 
 def _query_text(request: pb.SearchRequest) -> str:

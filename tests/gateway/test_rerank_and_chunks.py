@@ -159,6 +159,29 @@ async def test_a_collections_default_rerank_applies(stack: Stack) -> None:
     assert not unranked.hits[0].hit.HasField("rerank_score")
 
 
+async def test_a_collections_default_candidates_grow_with_the_page(stack: Stack) -> None:
+    """The collection's candidates (5) are a default: an Ask for 7 hits of context, or a
+    GenerativeSearch for 7 hits, reranks 7 candidates. It was INVALID_ARGUMENT naming
+    rerank.candidates, a field neither request had."""
+    await create_ranked(stack)
+    request = ask(
+        stack,
+    )
+    request.ClearField("rerank")
+    request.collection = "Ranked"
+    request.context_size = 7
+    response = await stack.stub.Ask(request, metadata=ALICE)
+    assert titles(response.hits)[:2] == ["Emma", "Neuromancer"]
+    assert len(stack.fake.rerank_requests[-1].json["documents"]) >= 5
+    searched = generative(stack)
+    searched.collection = "Ranked"
+    searched.ClearField("rerank")
+    searched.hybrid.CopyFrom(ret_pb.Hybrid(text="a future village", vector=vector(0)))
+    searched.limit = 7
+    found = await stack.stub.GenerativeSearch(searched, metadata=ALICE)
+    assert titles(h.hit for h in found.hits)[:2] == ["Emma", "Neuromancer"]
+
+
 @pytest.mark.parametrize(
     "cls", [gw_pb.GenerativeSearchRequest, gw_pb.StreamGenerativeSearchRequest]
 )

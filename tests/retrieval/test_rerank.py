@@ -503,6 +503,42 @@ def test_answers_in_either_common_shape_are_read() -> None:
             parse_results(bad, 2, "p")
 
 
+async def test_a_collections_default_candidates_grow_with_the_page(
+    retrieval: Retrieval, fake: FakeOpenAI
+) -> None:
+    """The collection's candidates are a default, raised to offset + limit like
+    RERANK_CANDIDATES: a longer page was INVALID_ARGUMENT naming rerank.candidates, a
+    field the search never set. A request's own candidates stay as given."""
+    collection = vcol("Ranked")
+    collection.rerank.CopyFrom(pb.Rerank(provider="fake", candidates=3))
+    await retrieval.stub.CreateCollection(pb.CreateCollectionRequest(collection=collection))
+    await retrieval.stub.UpsertObjects(
+        pb.UpsertObjectsRequest(
+            collection="Ranked",
+            objects=[
+                obj({"title": t, "body": b}, vector=[1.0, float(i), 0.0, 0.0])
+                for i, (t, b) in enumerate(DOCS)
+            ],
+        )
+    )
+    fake.rerank_score = lambda q, d: word_overlap(q, d)
+    request = pb.SearchRequest(
+        collection="Ranked",
+        keyword=pb.Keyword(text=QUERY),
+        limit=2,
+        offset=2,
+        use_collection_rerank=True,
+    )
+    ranked = await retrieval.stub.Search(request)
+    assert all(h.HasField("rerank_score") for h in ranked.hits)
+    [sent] = fake.rerank_requests
+    assert len(sent.json["documents"]) == 4
+    request.rerank.CopyFrom(pb.Rerank(provider="fake", candidates=3))
+    await expect_error(
+        retrieval.stub.Search(request), grpc.StatusCode.INVALID_ARGUMENT, "rerank.candidates"
+    )
+
+
 async def test_use_collection_rerank_applies_the_collections_default(
     retrieval: Retrieval, fake: FakeOpenAI
 ) -> None:
