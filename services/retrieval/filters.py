@@ -25,6 +25,12 @@ from services.retrieval.schema import RFC3339_DATE_TIME, ObjectInvalid, parse_da
 MAX_DEPTH = 8
 MAX_CONDITIONS = 256
 MAX_LIST = 1024
+# The most conditions the engine evaluates for one filter, after CONTAINS_ANY/ALL and
+# TEXT_MATCH expand into one per value (a number or date CONTAINS_ANY is a range per value:
+# the engine has no set match for them). Without it 256 conditions of 1024 dates each made
+# 262 144 ranges, each checked against every point on the engine's one thread (qdrant-edge:
+# ~2 s per 1024 ranges over 1000 points), stalling every tenant's calls for minutes.
+MAX_ENGINE_CONDITIONS = 2048
 
 Scalar = str | int | bool
 
@@ -92,6 +98,8 @@ class _Walk:
     types: dict[str, int]
     max_value_depth: int
     conditions: int = 0
+    # Conditions the engine evaluates (MAX_ENGINE_CONDITIONS).
+    engine_conditions: int = 0
 
 
 def _node(message: pb.Filter, b: _Walk, field: str, depth: int) -> Node:
@@ -108,7 +116,18 @@ def _node(message: pb.Filter, b: _Walk, field: str, depth: int) -> Node:
             raise InvalidArgument(
                 f"a filter holds at most {MAX_CONDITIONS} conditions", field=field
             )
-        return _condition(message.condition, b, f"{field}.condition")
+        leaf = _condition(message.condition, b, f"{field}.condition")
+        b.engine_conditions += _engine_conditions(leaf)
+        if b.engine_conditions > MAX_ENGINE_CONDITIONS:
+            raise InvalidArgument(
+                f"{field}.condition: the filter's conditions expand to more than "
+                f"{MAX_ENGINE_CONDITIONS} checks (each value of a number or date CONTAINS_ANY, "
+                "of a CONTAINS_ALL, each TEXT_MATCH twice); use fewer values",
+                field=f"{field}.condition",
+                reason="FILTER_TOO_LARGE",
+                metadata={"max": str(MAX_ENGINE_CONDITIONS)},
+            )
+        return leaf
     group: pb.FilterGroup = getattr(message, kind)
     where = f"{field}.{kind}.filters"
     if not group.filters:
@@ -178,6 +197,9 @@ def _condition(cond: pb.Condition, b: _Walk, field: str) -> Node:
                 f"{value_field} holds more than {MAX_LIST} values", field=value_field
             )
         items = [_scalar(data_type, v, f"{value_field}[{i}]") for i, v in enumerate(value)]
+        # Each value once: a repeated one adds a check to the engine's work, never a match
+        # (one property's values are all of one type, so 1 and True never meet here).
+        items = list(dict.fromkeys(items))
         if op == pb.OPERATOR_CONTAINS_ALL:
             return Bool(must=tuple(_equal(name, data_type, v) for v in items))
         if data_type in (pb.DATA_TYPE_TEXT, pb.DATA_TYPE_TEXT_ARRAY):
@@ -185,7 +207,11 @@ def _condition(cond: pb.Condition, b: _Walk, field: str) -> Node:
         if data_type == pb.DATA_TYPE_INT:
             return MatchAny(key=f"p.{name}", values=tuple(int(v) for v in items))
         if is_date:
-            bounds = [_date_bound(v, f"{value_field}[{i}]") for i, v in enumerate(value)]
+            # By instant and exactness, not by timestamp alone (an inexact bound matches
+            # nothing, an exact one at the same timestamp does).
+            bounds = list(
+                dict.fromkeys(_date_bound(v, f"{value_field}[{i}]") for i, v in enumerate(value))
+            )
             return Bool(should=tuple(_date_equal(name, *bound) for bound in bounds))
         return Bool(should=tuple(_equal(name, data_type, v) for v in items))
     if op == pb.OPERATOR_TEXT_MATCH:
@@ -207,6 +233,13 @@ def _condition(cond: pb.Condition, b: _Walk, field: str) -> Node:
     if op == pb.OPERATOR_UNSPECIFIED:
         raise InvalidArgument(f"{field}.operator is required", field=f"{field}.operator")
     raise InvalidArgument(f"{field}.operator: {op} is not an Operator", field=f"{field}.operator")
+
+
+def _engine_conditions(node: Node) -> int:
+    """How many conditions the engine evaluates for ``node`` (a set match is one)."""
+    if isinstance(node, Bool):
+        return sum(_engine_conditions(n) for n in (*node.must, *node.should, *node.must_not))
+    return 1
 
 
 def _date_bound(value: Any, field: str) -> tuple[float, bool]:

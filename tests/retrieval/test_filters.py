@@ -21,6 +21,7 @@ from tests.retrieval.conftest import (
     vector_collection,
 )
 from tests.retrieval.data import DIMS, article_objects, articles, ids_where
+from tests.support.rpc import error_info
 
 EQ, NE = pb.OPERATOR_EQUAL, pb.OPERATOR_NOT_EQUAL
 LT, LTE = pb.OPERATOR_LESS_THAN, pb.OPERATOR_LESS_THAN_EQUAL
@@ -281,3 +282,41 @@ async def test_a_date_bound_finer_than_a_microsecond_is_compared_exactly(loaded:
     for flt, predicate in cases:
         count = await stub.CountObjects(pb.CountObjectsRequest(collection="Articles", filter=flt))
         assert count.count == len(ids_where(predicate)), flt
+
+
+async def test_values_expanding_past_the_engine_budget_are_refused(loaded: Any) -> None:
+    """A number or date CONTAINS_ANY is one range per value: 256 such conditions of 1024
+    values made 262 144 ranges, each checked against every point on the engine's one
+    thread (minutes for a few thousand points, every tenant waiting). The expanded
+    conditions are counted: past MAX_ENGINE_CONDITIONS the filter is refused, naming the
+    condition that went over; a repeated value counts once."""
+    from services.retrieval.filters import MAX_LIST
+
+    stub = loaded
+    max_engine_conditions = 2048  # filters.MAX_ENGINE_CONDITIONS
+    dates = [f"2001-01-01T{h:02d}:{m:02d}:00Z" for h in range(24) for m in range(60)][:MAX_LIST]
+    ratings = [i + 0.25 for i in range(MAX_LIST)]
+    full = [cond("date", ANY, dates), cond("rating", ANY, ratings)]
+    assert len(dates) + len(ratings) == max_engine_conditions
+    count = await stub.CountObjects(
+        pb.CountObjectsRequest(collection="Articles", filter=any_of(*full))
+    )
+    assert count.count == 0
+    err = await expect_error(
+        stub.CountObjects(
+            pb.CountObjectsRequest(
+                collection="Articles", filter=any_of(*full, cond("rating", EQ, RATING))
+            )
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "filter.any_of.filters[2].condition",
+    )
+    info = error_info(err)
+    assert info.reason == "FILTER_TOO_LARGE"
+    assert info.metadata["max"] == str(max_engine_conditions)
+    # The same value a thousand times is one check, and still matches.
+    same = [cond("rating", ANY, [RATING] * MAX_LIST) for _ in range(4)]
+    count = await stub.CountObjects(
+        pb.CountObjectsRequest(collection="Articles", filter=any_of(*same))
+    )
+    assert count.count == len(ids_where(lambda p: p.get("rating") == RATING))
