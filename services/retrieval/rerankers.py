@@ -134,6 +134,15 @@ class Rerankers:
         """Check ``rerank`` (fields named ``rerank.*``) for a page of ``wanted`` hits
         (offset + limit) over ``schema``; ``query_text`` is the search's own text."""
         s = self._settings
+        # The page first: a collection's default candidates are raised to it
+        # (servicer.default_rerank), so a page past the ceiling is the page's fault, not
+        # the candidates' (it named rerank.candidates, a field the caller never set).
+        if wanted > s.max_rerank_candidates:
+            raise InvalidArgument(
+                f"offset + limit must be at most {s.max_rerank_candidates} with a rerank stage",
+                field="limit",
+                reason="OUT_OF_RANGE",
+            )
         if rerank.candidates < 0 or rerank.candidates > s.max_rerank_candidates:
             raise InvalidArgument(
                 f"{FIELD}.candidates must be in 0..{s.max_rerank_candidates}",
@@ -145,12 +154,6 @@ class Rerankers:
                 f"{FIELD}.candidates ({rerank.candidates}) must be at least offset + limit "
                 f"({wanted})",
                 field=f"{FIELD}.candidates",
-                reason="OUT_OF_RANGE",
-            )
-        if wanted > s.max_rerank_candidates:
-            raise InvalidArgument(
-                f"offset + limit must be at most {s.max_rerank_candidates} with a rerank stage",
-                field="limit",
                 reason="OUT_OF_RANGE",
             )
         candidates = rerank.candidates or min(

@@ -537,6 +537,13 @@ async def test_a_collections_default_candidates_grow_with_the_page(
     await expect_error(
         retrieval.stub.Search(request), grpc.StatusCode.INVALID_ARGUMENT, "rerank.candidates"
     )
+    # A page past MAX_RERANK_CANDIDATES (200) is the page's fault, not the default's.
+    request.ClearField("rerank")
+    request.limit, request.offset = 100, 150
+    err = await expect_error(
+        retrieval.stub.Search(request), grpc.StatusCode.INVALID_ARGUMENT, "limit"
+    )
+    assert error_info(err).reason == "OUT_OF_RANGE"
 
 
 async def test_use_collection_rerank_applies_the_collections_default(
