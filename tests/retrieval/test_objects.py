@@ -503,3 +503,57 @@ async def test_an_import_stream_stays_bound_to_the_collection_it_started_with(
             iter([pb.ImportObjectsRequest(collection="A", objects=good[:2])])
         )
         assert answer.imported_count == 2
+
+
+@pytest.mark.parametrize("adapter", ["edge", "server"])
+async def test_an_id_twice_in_one_batch_is_written_in_order(
+    make_retrieval: Any, adapter: str
+) -> None:
+    """As docs/retrieval.md says: each object is an upsert, in order, so the last one with
+    an id wins; both are listed and counted as imported, the collection holds one."""
+    harness = await make_retrieval(adapter)
+    stub = harness.stub
+    await stub.CreateCollection(
+        pb.CreateCollectionRequest(collection=vector_collection("Articles", DIMS))
+    )
+    same = str(uuid.uuid4())
+    objects = [
+        obj({"title": "first"}, id=same, vector=V),
+        obj({"title": "second"}, id=same.upper(), vector=V),
+    ]
+    upserted = await stub.UpsertObjects(
+        pb.UpsertObjectsRequest(collection="Articles", objects=objects)
+    )
+    assert list(upserted.ids) == [same, same]
+
+    async def stream() -> AsyncIterator[pb.ImportObjectsRequest]:
+        yield pb.ImportObjectsRequest(collection="Articles", objects=objects[::-1])
+
+    imported = await stub.ImportObjects(stream())
+    assert (imported.received_count, imported.imported_count) == (2, 2)
+    assert await count(stub) == 1
+    got = await stub.GetObject(pb.GetObjectRequest(collection="Articles", id=same))
+    assert got.object.properties["title"] == "first"
+
+
+async def test_an_abandoned_import_keeps_the_messages_written_before(stub: Any) -> None:
+    """A client that cancels its stream half-way keeps what earlier messages wrote (each
+    message is written as it arrives): they are not rolled back."""
+    sent: asyncio.Queue[pb.ImportObjectsRequest | None] = asyncio.Queue()
+
+    async def stream() -> AsyncIterator[pb.ImportObjectsRequest]:
+        while (message := await sent.get()) is not None:
+            yield message
+
+    objects = article_objects()
+    call = stub.ImportObjects(stream())
+    await sent.put(pb.ImportObjectsRequest(collection="Articles", objects=objects[:3]))
+    await sent.put(pb.ImportObjectsRequest(objects=objects[3:5]))
+    for _ in range(200):
+        if await count(stub) == 5:
+            break
+        await asyncio.sleep(0.05)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert await count(stub) == 5
