@@ -232,7 +232,12 @@ class Catalog:
             )
         size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         after = _decode_token(page_token) if page_token else ""
-        await self.load()
+        # Another replica's creates and deletes show within MISS_RELOAD_SECONDS, like a name
+        # missing from the cache (_lookup); this replica's own at once. Reloaded on every
+        # call, a list cost one engine call per collection of every tenant on the server
+        # (and held the lock creates wait for): any reader could multiply that at will.
+        if time.monotonic() - self._loaded_at >= MISS_RELOAD_SECONDS:
+            await self.load()
         names = sorted(n for t, n in self._schemas if t == tenant and n > after)
         chosen = names[:size]
         next_token = _encode_token(chosen[-1]) if len(names) > size else ""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+from typing import Any
 
 import grpc
 from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
@@ -327,3 +329,36 @@ async def test_a_data_type_the_enum_does_not_have_is_named_as_such(retrieval: Re
             "collection.properties[0].data_type",
         )
         assert says in (err.details() or ""), err.details()
+
+
+async def test_listing_reads_the_engine_at_most_every_half_second(retrieval: Retrieval) -> None:
+    """Each ListCollections read every schema on the engine (on a Qdrant server one call per
+    collection of every tenant) whatever the last read: a reader listing in a loop made the
+    engine do it for each call. Now at most every MISS_RELOAD_SECONDS; this replica's own
+    creates and deletes show at once."""
+    from services.retrieval.catalog import MISS_RELOAD_SECONDS
+
+    stub = retrieval.stub
+    store = retrieval.store
+    reads = 0
+    schemas = store.schemas
+
+    async def counted() -> Any:
+        nonlocal reads
+        reads += 1
+        return await schemas()
+
+    store.schemas = counted  # type: ignore[method-assign]
+    await stub.CreateCollection(pb.CreateCollectionRequest(collection=vector_collection("A")))
+    await asyncio.sleep(MISS_RELOAD_SECONDS)
+    started = reads
+    for _ in range(20):
+        listed = await stub.ListCollections(pb.ListCollectionsRequest())
+    assert [c.name for c in listed.collections] == ["A"]
+    assert reads - started <= 2
+    await stub.CreateCollection(pb.CreateCollectionRequest(collection=vector_collection("B")))
+    listed = await stub.ListCollections(pb.ListCollectionsRequest())
+    assert [c.name for c in listed.collections] == ["A", "B"]
+    await stub.DeleteCollection(pb.DeleteCollectionRequest(name="A"))
+    listed = await stub.ListCollections(pb.ListCollectionsRequest())
+    assert [c.name for c in listed.collections] == ["B"]
