@@ -209,6 +209,9 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
                 "nothing of it was written: split it into smaller batches",
                 field=field,
                 reason="BATCH_TOO_LARGE",
+                # As every other count limit says its bound (BatchGetObjects' OUT_OF_RANGE,
+                # TOO_MANY_COLLECTIONS): a client splits by it without parsing the message.
+                metadata={"max": str(limit), "setting": "GENSEARCH_RETRIEVAL_MAX_BATCH_SIZE"},
             )
 
     async def GetObject(

@@ -189,14 +189,17 @@ async def test_oversized_batch_writes_nothing(make_retrieval: Any) -> None:
         "objects",
     )
     assert "5" in (err.details() or "")
+    bound = {"max": "5", "setting": "GENSEARCH_RETRIEVAL_MAX_BATCH_SIZE"}
+    assert bound.items() <= dict(error_info(err).metadata).items()
     assert (await stub.CountObjects(pb.CountObjectsRequest(collection="A"))).count == 0
-    await expect_error(
+    err = await expect_error(
         stub.DeleteObjects(
             pb.DeleteObjectsRequest(collection="A", ids=[str(uuid.uuid4()) for _ in range(6)])
         ),
         grpc.StatusCode.INVALID_ARGUMENT,
         "ids",
     )
+    assert bound.items() <= dict(error_info(err).metadata).items()
 
     async def stream() -> AsyncIterator[pb.ImportObjectsRequest]:
         yield pb.ImportObjectsRequest(collection="A", objects=article_objects()[:4])
@@ -207,6 +210,7 @@ async def test_oversized_batch_writes_nothing(make_retrieval: Any) -> None:
     )
     # The first message landed, and the error says so.
     assert error_info(err).metadata["imported_count"] == "4"
+    assert bound.items() <= dict(error_info(err).metadata).items()
     assert (await stub.CountObjects(pb.CountObjectsRequest(collection="A"))).count == 4
 
 
