@@ -182,7 +182,10 @@ def _condition(cond: pb.Condition, b: _Walk, field: str) -> Node:
                 # no stored date is: "< bound" holds for its microsecond, "≥ bound" does not.
                 side = {"lt": "lte", "gte": "gt"}.get(side, side)
             return Range(key=f"ts.{name}", **{side: stamp})  # type: ignore[arg-type]
-        bound = _scalar(data_type, value, value_field)
+        # Any finite number bounds an int property too: the engine compares as floats, and
+        # "year > 2016.5" or "year < 1e300" are questions with answers (they were WRONG_TYPE,
+        # "must be an integer", as an EQUAL to such a value still is).
+        bound = _scalar(pb.DATA_TYPE_NUMBER, value, value_field)
         return Range(key=f"p.{name}", **{_RANGE_OPS[op]: float(bound)})  # type: ignore[arg-type]
     if op in (pb.OPERATOR_CONTAINS_ANY, pb.OPERATOR_CONTAINS_ALL):
         if op == pb.OPERATOR_CONTAINS_ALL and data_type != pb.DATA_TYPE_TEXT_ARRAY:

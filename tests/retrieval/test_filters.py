@@ -82,6 +82,13 @@ CASES: list[Case] = [
     ("int gt", cond("year", GT, 2019), lambda p: p["year"] > 2019),
     ("int gte", cond("year", GTE, 2019), lambda p: p["year"] >= 2019),
     ("int any", cond("year", ANY, [2015, 2018]), lambda p: p["year"] in (2015, 2018)),
+    # An int compared with any finite number (was WRONG_TYPE unless an int64).
+    ("int gt fraction", cond("year", GT, 2016.5), lambda p: p["year"] > 2016.5),
+    (
+        "int within huge bounds",
+        all_of(cond("year", LT, 1e300), cond("year", GT, -1e300), cond("year", GTE, 2018.5)),
+        lambda p: p["year"] >= 2019,
+    ),
     # number (one object has no rating: NOT_EQUAL holds for it)
     ("number eq", cond("rating", EQ, RATING), lambda p: p.get("rating") == RATING),
     ("number ne", cond("rating", NE, RATING), lambda p: p.get("rating") != RATING),
