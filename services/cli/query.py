@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from gensearch.client import types as t
 from gensearch.client.errors import ConversationNotFoundError
+from gensearch.gateway.v1 import gateway_service_pb2 as gpb
+from gensearch.generation.v1 import generation_service_pb2 as genpb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as rpb
 from google.protobuf import json_format
 
@@ -41,8 +45,15 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="property returned per hit (repeatable; default all)",
     )
-    parser.add_argument("--single-prompt", metavar="TEMPLATE", help="per-hit prompt: '{text}'")
-    parser.add_argument("--grouped-task", metavar="TASK", help="one prompt over all hits")
+    add_generate_arguments(parser)
+
+
+def add_generate_arguments(parser: argparse.ArgumentParser, what: str = "hit") -> None:
+    """The generation flags of ``search`` (on its hits) and ``generate`` (on objects)."""
+    parser.add_argument(
+        "--single-prompt", metavar="TEMPLATE", help=f"per-{what} prompt: '{{text}}'"
+    )
+    parser.add_argument("--grouped-task", metavar="TASK", help=f"one prompt over all {what}s")
     parser.add_argument(
         "--grouped-property",
         action="append",
@@ -52,7 +63,20 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
     )
     _llm_arguments(parser)
     parser.add_argument(
-        "--max-concurrency", type=int32, default=0, help="per-hit LLM calls at once"
+        "--max-concurrency", type=int32, default=0, help=f"per-{what} LLM calls at once"
+    )
+    parser.add_argument(
+        "--cache",
+        metavar="MODE[:TTL]",
+        help="generation cache: use (read and store), refresh (store only) or bypass; "
+        "TTL of stored answers as 600, 600s, 10m, 1h or 1d (default: the collection's)",
+    )
+    parser.add_argument(
+        "--response-format",
+        metavar="FILE|JSON",
+        help="a JSON schema every answer must match (inline JSON or a file); the parsed "
+        'answer is shown as "structured". {"name": ..., "json_schema": ..., "strict": ...} '
+        "sets the name and strictness too",
     )
     parser.add_argument("--stream", action="store_true", help="print results as they arrive")
     parser.add_argument("--debug", action="store_true", help="also show the prompts sent")
@@ -99,6 +123,14 @@ def _llm_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="", help="LLM model (default: collection's)")
     parser.add_argument("--temperature", type=float)
     parser.add_argument("--max-tokens", type=int32)
+    parser.add_argument(
+        "--fallback",
+        action="append",
+        default=[],
+        metavar="PROVIDER[/MODEL]",
+        help="tried in order when the primary fails with a 5xx or a timeout "
+        "(repeatable; default: the collection's chain); no model: the provider's default",
+    )
 
 
 # --- request building ------------------------------------------------------------------------
@@ -161,6 +193,95 @@ def parse_vector(text: str) -> list[float]:
     return [float(x) for x in value]
 
 
+CACHE_MODES = {
+    name.removeprefix("CACHE_MODE_").lower(): name
+    for name, _ in gpb.CacheMode.items()
+    if name != "CACHE_MODE_UNSPECIFIED"
+}
+_TTL_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_cache(text: str, flag: str = "--cache") -> dict[str, Any]:
+    """``use``, ``refresh:10m``, ``bypass`` -> a GenerationCache (or SemanticCache) dict."""
+    mode, sep, ttl = text.partition(":")
+    name = CACHE_MODES.get(mode.strip().lower())
+    if name is None:
+        raise UsageError(
+            f"{flag}: unknown mode {mode[:32]!r}: use one of {', '.join(CACHE_MODES)} "
+            "(optionally :TTL, e.g. use:10m)"
+        )
+    cache: dict[str, Any] = {"mode": name}
+    if sep:
+        cache["ttl"] = parse_ttl(ttl, flag)
+    return cache
+
+
+def parse_ttl(text: str, flag: str) -> timedelta:
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text.lower())
+    if match is None or float(match[1]) <= 0:
+        raise UsageError(
+            f"{flag}: the TTL {text[:32]!r} is not a positive duration such as 600, 600s, "
+            "10m, 1h or 1d"
+        )
+    seconds = float(match[1]) * _TTL_UNITS[match[2]]
+    if seconds > timedelta.max.total_seconds() / 2:
+        raise UsageError(f"{flag}: the TTL {text[:32]!r} is too long")
+    return timedelta(seconds=seconds)
+
+
+def parse_fallback(values: list[str], flag: str = "--fallback") -> list[dict[str, str]]:
+    """``["anyscale/meta-llama/Llama-2-70b-chat-hf", "local"]`` -> ModelChoice dicts (the
+    model is everything after the first "/": model names hold slashes)."""
+    chain = []
+    for value in values:
+        provider, _, model = value.strip().partition("/")
+        if not provider.strip():
+            raise UsageError(
+                f"{flag} must look like PROVIDER or PROVIDER/MODEL, e.g. local or "
+                "openai/gpt-4o-mini"
+            )
+        chain.append({"provider": provider.strip(), "model": model.strip()})
+    return chain
+
+
+def parse_response_format(text: str, flag: str = "--response-format") -> dict[str, Any]:
+    """A ResponseFormat dict from inline JSON or a file holding it: a bare JSON schema, or
+    ``{"name", "json_schema", "strict"}``."""
+    source = "JSON"
+    if not text.lstrip().startswith("{"):
+        path = Path(text).expanduser()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+            raise UsageError(
+                f"{flag}: cannot read {str(path)[:200]!r} ({reason}); give a file or "
+                "inline JSON starting with '{'"
+            ) from None
+        source = f"the JSON in {str(path)[:200]!r}"
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UsageError(
+            f"{flag}: {source} is not valid: {err.msg} at line {err.lineno} column {err.colno}"
+        ) from None
+    if not isinstance(value, dict) or not value:
+        raise UsageError(f"{flag}: the schema must be a non-empty JSON object")
+    wrapped = "json_schema" in value and isinstance(value["json_schema"], dict)
+    form: dict[str, Any] = dict(value) if wrapped else {"json_schema": value}
+    unknown = set(form) - {"json_schema", "name", "strict"}
+    if unknown:
+        raise UsageError(
+            f"{flag}: unknown key {sorted(unknown)[0][:32]!r} beside json_schema "
+            "(name and strict are allowed)"
+        )
+    try:
+        json_format.ParseDict(form, genpb.ResponseFormat())
+    except (json_format.ParseError, ValueError, TypeError) as err:
+        raise UsageError(f"{flag}: {' '.join(str(err).split())[:200]}") from None
+    return form
+
+
 def check_query(args: argparse.Namespace) -> None:
     if args.alpha is not None and args.hybrid is None:
         raise UsageError("--alpha only applies to --hybrid")
@@ -186,7 +307,7 @@ def generate_fields(args: argparse.Namespace, *, stream: bool) -> dict[str, Any]
         if args.grouped_property:
             raise UsageError("--grouped-property needs --grouped-task")
         return None
-    return dict(
+    fields: dict[str, Any] = dict(
         single_prompt=args.single_prompt or "",
         grouped_task=args.grouped_task or "",
         grouped_properties=args.grouped_property,
@@ -198,6 +319,28 @@ def generate_fields(args: argparse.Namespace, *, stream: bool) -> dict[str, Any]
         temperature=args.temperature,
         max_tokens=args.max_tokens,
     )
+    if args.cache:
+        fields["cache"] = parse_cache(args.cache)
+    if args.fallback:
+        fields["fallback"] = parse_fallback(args.fallback)
+    if args.response_format:
+        fields["response_format"] = parse_response_format(args.response_format)
+    return fields
+
+
+def check_generate_flags(args: argparse.Namespace) -> None:
+    """Generation flags given with no --single-prompt or --grouped-task did nothing."""
+    given = [
+        flag
+        for flag, value in (
+            ("--cache", args.cache),
+            ("--fallback", args.fallback),
+            ("--response-format", args.response_format),
+        )
+        if value
+    ]
+    if given:
+        raise UsageError(f"{', '.join(given)} needs --single-prompt or --grouped-task")
 
 
 # --- search ----------------------------------------------------------------------------------
@@ -206,6 +349,8 @@ def generate_fields(args: argparse.Namespace, *, stream: bool) -> dict[str, Any]
 async def search(client: Client, args: argparse.Namespace) -> int:
     check_query(args)
     generate = generate_fields(args, stream=args.stream)
+    if generate is None:
+        check_generate_flags(args)
     collection = client.collections.get(args.collection)
     # Property types: integers print as integers; table columns follow the schema.
     types = await collection.property_types()
@@ -234,7 +379,7 @@ async def search(client: Client, args: argparse.Namespace) -> int:
     if args.json:
         dump_json(message_dict(generated.raw, types))
     else:
-        render.generative(generated)
+        render.generative(generated, provider=args.provider, model=args.model)
     return 0
 
 
@@ -257,6 +402,8 @@ def _ask_fields(args: argparse.Namespace, conversation_id: str, new: bool) -> di
     )
     if args.no_rewrite:
         fields["rewrite_query"] = False
+    if args.fallback:
+        fields["fallback"] = parse_fallback(args.fallback)
     if args.filter:
         fields["filter"] = parse_filter(args.filter)
     if args.timeout is not None:

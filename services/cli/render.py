@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import textwrap
 import time
@@ -88,6 +89,42 @@ def describe_generation(gen: t.GenerationResult) -> str:
     return gen.result.strip() or "(empty answer)"
 
 
+def generation_facts(gen: t.GenerationResult, *, provider: str = "", model: str = "") -> str:
+    """How an answer was obtained: ``cached · 2 attempts · waited 1.5s · answered by
+    local/small (fallback 1)``; the provider/model only when a fallback answered (or it is
+    not the ``provider``/``model`` asked for)."""
+    facts = []
+    if gen.cached:
+        facts.append("cached")
+    if gen.attempts:
+        facts.append(f"{gen.attempts} attempt{'' if gen.attempts == 1 else 's'}")
+    if gen.wait_time is not None and gen.wait_time.total_seconds() > 0:
+        facts.append(f"waited {gen.wait_time.total_seconds():.1f}s")
+    differs = (provider and gen.provider and gen.provider != provider) or (
+        model and gen.model and gen.model != model
+    )
+    if gen.fallback_index or differs:
+        who = "/".join(x for x in (gen.provider, gen.model) if x) or "?"
+        which = f" (fallback {gen.fallback_index})" if gen.fallback_index else ""
+        facts.append(f"answered by {who}{which}")
+    return " · ".join(facts)
+
+
+def print_generation(
+    gen: t.GenerationResult, prefix: str = "→ ", *, provider: str = "", model: str = ""
+) -> None:
+    """A per-hit or grouped answer: the text (or error), its structured value, how it was
+    obtained, and with --debug the prompt."""
+    print(_wrap(prefix + describe_generation(gen)))
+    if gen.structured is not None:
+        print(_wrap("structured: " + json.dumps(gen.structured, ensure_ascii=False), "      "))
+    facts = generation_facts(gen, provider=provider, model=model)
+    if facts:
+        print(_wrap(f"({facts})", "      "))
+    if gen.prompt:
+        print(_wrap("prompt: " + gen.prompt, indent="      "))
+
+
 def usage_line(usage: t.Usage) -> str:
     estimated = " (estimated)" if usage.estimated else ""
     return (
@@ -96,19 +133,19 @@ def usage_line(usage: t.Usage) -> str:
     )
 
 
-def generative(reply: t.GenerativeSearchResult) -> None:
+def generative(reply: t.GenerativeSearchResult, *, provider: str = "", model: str = "") -> None:
+    """``provider``/``model``: the pair asked for (``--provider``/``--model``), to say when
+    another answered."""
     if not reply.hits:
         print("(no hits)")
     for number, item in enumerate(reply.hits, start=1):
         print_hit(number, item.hit)
         if item.generation is not None:
-            print(_wrap("→ " + describe_generation(item.generation)))
-            if item.generation.prompt:
-                print(_wrap("prompt: " + item.generation.prompt, indent="      "))
+            print_generation(item.generation, provider=provider, model=model)
         print()
     if reply.grouped is not None:
         print("grouped result:")
-        print(_wrap(describe_generation(reply.grouped)))
+        print_generation(reply.grouped, "", provider=provider, model=model)
         print()
     if reply.usage is not None and reply.usage.total_tokens:
         print(usage_line(reply.usage))
@@ -149,9 +186,15 @@ class _GroupedPrinter:
             print()
             if failed:
                 print(_wrap(describe_generation(result)))
+            if result.structured is not None:
+                structured = json.dumps(result.structured, ensure_ascii=False)
+                print(_wrap("structured: " + structured, "      "))
+            facts = generation_facts(result)
+            if facts:
+                print(_wrap(f"({facts})", "      "))
         else:
             print("\ngrouped result:")
-            print(_wrap(describe_generation(result)))
+            print_generation(result, "")
         sys.stdout.flush()
 
 
@@ -182,7 +225,8 @@ async def stream_search(
             index = event.hit_index
             title = hit_title(hits[index]) if 0 <= index < len(hits) else f"hit {index}"
             print(f"[{index + 1}] {title} →")
-            print(_wrap(describe_generation(event.generation or t.GenerationResult())), flush=True)
+            print_generation(event.generation or t.GenerationResult(), "")
+            sys.stdout.flush()
             pending -= 1
             if pending <= 0:
                 grouped.release()

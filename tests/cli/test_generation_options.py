@@ -1,0 +1,180 @@
+"""Issue 13's generation options from the CLI (the gateway and the Python client had them):
+--cache, --fallback and --response-format on search, against the real stack (conftest)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.cli.__main__ import main
+from services.generation.settings import GenerationSettings
+from tests.cli.conftest import RunningStack
+from tests.cli.test_commands import BOOKS, new_name, one_error_line
+from tests.support.fake_openai import Behaviour, echo_last_user
+
+SCHEMA = {
+    "type": "object",
+    "required": ["title", "year"],
+    "properties": {"title": {"type": "string"}, "year": {"type": "integer"}},
+}
+
+
+# The generation service's attempts per (provider, model) (retry_max_attempts).
+RETRIES = 4
+
+
+def fake_model() -> str:
+    """The local provider's one model (the stack refuses any other)."""
+    return GenerationSettings().provider_configs()["local"].default_model
+
+
+@pytest.fixture(scope="module")
+def novels(running_stack: RunningStack, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One collection for the module (each one maps files of its own: fewer of them keep
+    the session under the tests' address-space cap)."""
+    name = new_name("Novels")
+    address = ["--address", running_stack.address]
+    created = main([*address, "collections", "create", "--name", name,
+        "--property", "title:text", "--property", "text:text", "--property", "year:int",
+    ])  # fmt: skip
+    assert created == 0
+    path = tmp_path_factory.mktemp("novels") / "novels.jsonl"
+    path.write_text("\n".join(json.dumps(b) for b in BOOKS) + "\n")
+    assert main([*address, "import", str(path), "--collection", name]) == 0
+    return name
+
+
+@pytest.fixture
+def fake(running_stack: RunningStack) -> Iterator[Any]:
+    """The stack's fake LLM, its per-model scripts and reply reset afterwards."""
+    yield running_stack.fake
+    running_stack.fake.by_model.clear()
+    running_stack.fake.clear_queue()
+    running_stack.fake.reply = echo_last_user
+
+
+def test_search_cache_use_then_cached(cli: Any, novels: str, fake: Any) -> None:
+    fake.reply = "A fresh answer"
+    search = ("search", "-c", novels, "--keyword", "desert", "--limit", "1")
+    first = cli(*search, "--single-prompt", "About {title}", "--cache", "use:10m")
+    assert first.code == 0, first.err
+    assert "→ A fresh answer" in first.out
+    assert "(1 attempt)" in first.out  # answered by the LLM, not the cache
+
+    again = cli(*search, "--single-prompt", "About {title}", "--cache", "use", "--json")
+    assert again.code == 0, again.err
+    generation = json.loads(again.out)["hits"][0]["generation"]
+    assert generation["cached"] is True and generation["result"] == "A fresh answer"
+
+    shown = cli(*search, "--single-prompt", "About {title}", "--cache", "use")
+    assert "(cached" in shown.out
+
+    bypassed = cli(*search, "--single-prompt", "About {title}", "--cache", "bypass", "--json")
+    assert "cached" not in json.loads(bypassed.out)["hits"][0]["generation"]
+
+
+def test_search_fallback_names_who_answered(cli: Any, novels: str, fake: Any) -> None:
+    # The primary (the stack's one model) fails every retry; the fallback pair (the same
+    # provider's default model: the local provider knows one) answers.
+    model = fake_model()
+    fake.enqueue_for_model(model, *[Behaviour.error(503)] * RETRIES)
+    result = cli(
+        "search", "-c", novels, "--keyword", "desert", "--limit", "1",
+        "--single-prompt", "About {title}", "--fallback", "local",
+    )  # fmt: skip
+    assert result.code == 0, result.err
+    assert f"answered by local/{model} (fallback 1)" in result.out
+
+    fake.enqueue_for_model(model, *[Behaviour.error(500)] * RETRIES)
+    grouped = cli(
+        "search", "-c", novels, "--keyword", "desert", "--limit", "1", "--json",
+        "--grouped-task", "Sum up", "--fallback", f"local/{model}",
+    )  # fmt: skip
+    assert grouped.code == 0, grouped.err
+    assert json.loads(grouped.out)["grouped"]["fallback_index"] == 1
+
+
+def test_search_response_format_shows_structured(
+    cli: Any, novels: str, fake: Any, tmp_path: Path
+) -> None:
+    fake.reply = json.dumps({"title": "Dune", "year": 1965})
+    inline = cli(
+        "search", "-c", novels, "--keyword", "desert", "--limit", "1",
+        "--single-prompt", "Title and year of {title}", "--response-format", json.dumps(SCHEMA),
+    )  # fmt: skip
+    assert inline.code == 0, inline.err
+    assert 'structured: {"title": "Dune", "year": 1965}' in inline.out
+
+    schema_file = tmp_path / "book.schema.json"
+    schema_file.write_text(json.dumps({"name": "book", "json_schema": SCHEMA, "strict": True}))
+    from_file = cli(
+        "search", "-c", novels, "--keyword", "desert", "--limit", "1", "--json",
+        "--grouped-task", "The first book as JSON", "--response-format", str(schema_file),
+    )  # fmt: skip
+    assert from_file.code == 0, from_file.err
+    assert json.loads(from_file.out)["grouped"]["structured"] == {"title": "Dune", "year": 1965}
+
+    streamed = cli(
+        "search", "-c", novels, "--keyword", "desert", "--limit", "1", "--stream",
+        "--single-prompt", "Title and year of {title}", "--response-format", str(schema_file),
+    )  # fmt: skip
+    assert streamed.code == 0, streamed.err
+    assert 'structured: {"title": "Dune", "year": 1965}' in streamed.out
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--cache", "sometimes"], "--cache: unknown mode 'sometimes': use one of use, refresh"),
+        (["--cache", "use:soon"], "--cache: the TTL 'soon' is not a positive duration"),
+        (["--cache", "use:0"], "--cache: the TTL '0' is not a positive duration"),
+        (["--fallback", "/gpt-4o"], "--fallback must look like PROVIDER or PROVIDER/MODEL"),
+        (["--response-format", "{oops"], "--response-format: JSON is not valid: Expecting"),
+        (["--response-format", "/nonexistent/schema.json"], "--response-format: cannot read"),
+        (["--response-format", "[1]"], "--response-format: cannot read"),
+        (["--response-format", "{}"], "--response-format: the schema must be a non-empty"),
+        (
+            ["--response-format", '{"json_schema": {"type": "object"}, "nam": "x"}'],
+            "--response-format: unknown key 'nam' beside json_schema",
+        ),
+    ],
+)
+def test_search_generation_option_errors(
+    cli: Any, novels: str, flags: list[str], message: str
+) -> None:
+    result = cli(
+        "search", "-c", novels, "--keyword", "x", "--single-prompt", "About {title}", *flags
+    )
+    assert result.code == 2
+    assert one_error_line(result.err).startswith("error: " + message), result.err
+
+
+def test_generation_options_without_a_prompt_are_refused(cli: Any, novels: str) -> None:
+    result = cli("search", "-c", novels, "--keyword", "x", "--cache", "use")
+    assert result.code == 2
+    assert one_error_line(result.err) == ("error: --cache needs --single-prompt or --grouped-task")
+
+
+def test_a_directory_as_response_format(cli: Any, novels: str, tmp_path: Path) -> None:
+    result = cli(
+        "search", "-c", novels, "--keyword", "x", "--single-prompt", "About {title}",
+        "--response-format", str(tmp_path),
+    )  # fmt: skip
+    assert result.code == 2
+    assert one_error_line(result.err).startswith("error: --response-format: cannot read")
+
+
+def test_ask_fallback(cli: Any, novels: str, fake: Any) -> None:
+    model = fake_model()
+    fake.reply = "Dune is about a desert planet [1]."
+    fake.enqueue_for_model(model, *[Behaviour.error(503)] * RETRIES)
+    answer = cli(
+        "ask", "-c", novels, "What is Dune about?", "--no-memory", "--json",
+        "--fallback", f"local/{model}",
+    )  # fmt: skip
+    assert answer.code == 0, answer.err
+    assert json.loads(answer.out)["fallback_index"] == 1
