@@ -101,6 +101,26 @@ def add_ask_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-rewrite", action="store_true", help="search with the question as asked"
     )
     _llm_arguments(parser)
+    parser.add_argument(
+        "--request-id",
+        metavar="KEY",
+        help="idempotency key of the turn (a UUID, say): asked again with it after the turn "
+        "was stored, the stored turn comes back (replayed) with no LLM call; needs a "
+        "conversation (not --no-memory)",
+    )
+    parser.add_argument(
+        "--semantic-cache",
+        metavar="MODE[:TTL]",
+        help="answer from the semantic cache when a question close enough was answered "
+        "before (questions without history): use, refresh or bypass; TTL as for --cache",
+    )
+    parser.add_argument(
+        "--min-similarity",
+        type=float,
+        metavar="X",
+        help="--semantic-cache: cosine similarity a stored question needs, 0.5..1 "
+        "(default: the collection's, else the gateway's)",
+    )
     parser.add_argument("--stream", action="store_true", help="print the answer as it arrives")
     parser.add_argument("--show-hits", action="store_true", help="also list the hits used")
     parser.add_argument(
@@ -404,6 +424,16 @@ def _ask_fields(args: argparse.Namespace, conversation_id: str, new: bool) -> di
         fields["rewrite_query"] = False
     if args.fallback:
         fields["fallback"] = parse_fallback(args.fallback)
+    if args.request_id is not None:
+        if not args.request_id.strip():
+            raise UsageError("--request-id: the key is empty")
+        fields["request_id"] = args.request_id
+    if args.semantic_cache:
+        fields["semantic_cache"] = parse_cache(args.semantic_cache, "--semantic-cache")
+        if args.min_similarity is not None:
+            fields["semantic_cache"]["min_similarity"] = args.min_similarity
+    elif args.min_similarity is not None:
+        raise UsageError("--min-similarity needs --semantic-cache")
     if args.filter:
         fields["filter"] = parse_filter(args.filter)
     if args.timeout is not None:

@@ -272,8 +272,16 @@ def answer_footer(reply: t.Answer) -> list[str]:
     facts = []
     if reply.conversation_id:
         facts.append(f"conversation {reply.conversation_id}")
+    if reply.replayed:
+        facts.append("replayed (the stored turn of this --request-id; nothing generated)")
+    if reply.cached:
+        similarity = f", similarity {reply.cached_similarity:.2f}" if reply.cached_question else ""
+        asked = f" for {reply.cached_question!r}" if reply.cached_question else ""
+        facts.append(f"cached: the answer given{asked}{similarity}")
     if reply.model:
-        facts.append(f"model {reply.model}")
+        which = f" (fallback {reply.fallback_index})" if reply.fallback_index else ""
+        provider = f"{reply.provider}/" if reply.fallback_index and reply.provider else ""
+        facts.append(f"model {provider}{reply.model}{which}")
     if reply.usage and reply.usage.total_tokens:
         facts.append(f"{reply.usage.total_tokens} tokens")
     if reply.rewritten_query:

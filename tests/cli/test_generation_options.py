@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -178,3 +180,72 @@ def test_ask_fallback(cli: Any, novels: str, fake: Any) -> None:
     )  # fmt: skip
     assert answer.code == 0, answer.err
     assert json.loads(answer.out)["fallback_index"] == 1
+
+
+def test_ask_request_id_replays_the_stored_turn(cli: Any, novels: str, fake: Any) -> None:
+    fake.reply = "Dune is about a desert planet [1]."
+    key = f"turn-{uuid.uuid4()}"
+    first = cli("ask", "-c", novels, "What is Dune about?", "--new", "--request-id", key)
+    assert first.code == 0, first.err
+    assert "replayed" not in first.out
+    calls = len(fake.chat_requests)
+
+    fake.reply = "A different answer"
+    again = cli("ask", "-c", novels, "What is Dune about?", "--request-id", key)
+    assert again.code == 0, again.err
+    assert again.out.startswith("Dune is about a desert planet [1].")
+    assert "replayed (the stored turn of this --request-id; nothing generated)" in again.out
+    assert len(fake.chat_requests) == calls  # no LLM call
+
+    streamed = cli("ask", "-c", novels, "What is Dune about?", "--request-id", key, "--stream")
+    assert streamed.code == 0, streamed.err
+    assert "replayed" in streamed.out
+    as_json = cli("ask", "-c", novels, "What is Dune about?", "--request-id", key, "--json")
+    assert json.loads(as_json.out)["replayed"] is True
+
+    reused = cli("ask", "-c", novels, "Another question?", "--request-id", key)
+    assert reused.code == 1
+    assert one_error_line(reused.err).startswith("error: INVALID_ARGUMENT: ")
+    assert "request_id" in reused.err
+
+    empty = cli("ask", "-c", novels, "Anything?", "--request-id", " ")
+    assert empty.code == 2
+    assert one_error_line(empty.err) == "error: --request-id: the key is empty"
+
+
+def test_ask_semantic_cache(cli: Any, novels: str, fake: Any) -> None:
+    fake.reply = "A young duke on a desert planet [1]."
+    question = f"What happens in Dune, the novel {uuid.uuid4().hex[:6]}?"
+    first = cli("ask", "-c", novels, question, "--no-memory", "--semantic-cache", "use:1h")
+    assert first.code == 0, first.err
+    assert "cached" not in first.out
+    fake.reply = "Not from the cache"
+    for _ in range(50):  # the store is written after the answer went out
+        again = cli(
+            "ask", "-c", novels, question, "--no-memory",
+            "--semantic-cache", "use", "--min-similarity", "0.9",
+        )  # fmt: skip
+        assert again.code == 0, again.err
+        if "cached:" in again.out:
+            break
+        time.sleep(0.1)
+    assert again.out.startswith("A young duke on a desert planet [1].")
+    assert f"cached: the answer given for {question!r}, similarity 1.00" in again.out
+
+    bypassed = cli("ask", "-c", novels, question, "--no-memory", "--semantic-cache", "bypass")
+    assert bypassed.out.startswith("Not from the cache")
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--semantic-cache", "maybe"], "--semantic-cache: unknown mode 'maybe': use one of"),
+        (["--semantic-cache", "use:-1"], "--semantic-cache: the TTL '-1' is not a positive"),
+        (["--min-similarity", "0.9"], "--min-similarity needs --semantic-cache"),
+        (["--fallback", ""], "--fallback must look like PROVIDER or PROVIDER/MODEL"),
+    ],
+)
+def test_ask_option_errors(cli: Any, novels: str, flags: list[str], message: str) -> None:
+    result = cli("ask", "-c", novels, "Anything?", "--no-memory", *flags)
+    assert result.code == 2
+    assert one_error_line(result.err).startswith("error: " + message), result.err
