@@ -121,6 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
     search = command("search", "search a collection, optionally generating on the hits")
     query.add_search_arguments(search)
 
+    gen = command(
+        "generate",
+        "generate on objects named by id or given inline (no search): a prompt per object "
+        "and/or one over all",
+    )
+    query.add_generate_on_objects_arguments(gen)
+
     ask = command("ask", "ask a question about a collection; continues the last conversation")
     query.add_ask_arguments(ask)
 
@@ -134,6 +141,7 @@ HANDLERS: dict[str, Handler] = {
     "collections": admin.collections,
     "import": importer.run,
     "search": query.search,
+    "generate": query.generate_on_objects,
     "ask": query.ask,
     "conversations": conversations.run,
 }

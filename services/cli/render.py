@@ -75,8 +75,10 @@ def _wrap(text: str, indent: str = "    ") -> str:
     return "\n".join(lines)
 
 
-def print_hit(number: int, hit: t.Hit) -> None:
-    print(f"[{number}] {hit_title(hit)}  (score {hit.score:.3f})")
+def print_hit(number: int, hit: t.Hit, *, score: bool = True) -> None:
+    """``score=False``: objects named by id or inline (generate), which no search scored."""
+    title = hit_title(hit) or f"object {number}"
+    print(f"[{number}] {title}  (score {hit.score:.3f})" if score else f"[{number}] {title}")
     snippet = hit_snippet(hit)
     if snippet:
         print(_wrap(snippet))
@@ -133,13 +135,15 @@ def usage_line(usage: t.Usage) -> str:
     )
 
 
-def generative(reply: t.GenerativeSearchResult, *, provider: str = "", model: str = "") -> None:
+def generative(
+    reply: t.GenerativeSearchResult, *, provider: str = "", model: str = "", scores: bool = True
+) -> None:
     """``provider``/``model``: the pair asked for (``--provider``/``--model``), to say when
-    another answered."""
+    another answered; ``scores``: False for objects no search scored (generate)."""
     if not reply.hits:
         print("(no hits)")
     for number, item in enumerate(reply.hits, start=1):
-        print_hit(number, item.hit)
+        print_hit(number, item.hit, score=scores)
         if item.generation is not None:
             print_generation(item.generation, provider=provider, model=model)
         print()
@@ -199,7 +203,7 @@ class _GroupedPrinter:
 
 
 async def stream_search(
-    events: AsyncIterable[t.SearchEvent], *, per_hit: bool = True
+    events: AsyncIterable[t.SearchEvent], *, per_hit: bool = True, noun: str = "hit"
 ) -> float | None:
     """Print each event as it arrives: hits, per-hit results (in completion order), the
     grouped result token by token, usage. ``per_hit``: whether per-hit results will come.
@@ -214,16 +218,17 @@ async def stream_search(
         if isinstance(event, t.HitsEvent):
             hits = list(event.hits)
             pending = len(hits) if per_hit else 0
-            print(f"{len(hits)} {'hit' if len(hits) == 1 else 'hits'}" + (":" if hits else ""))
+            print(f"{len(hits)} {noun}{'' if len(hits) == 1 else 's'}" + (":" if hits else ""))
             for number, hit in enumerate(hits, start=1):
-                print_hit(number, hit)
+                print_hit(number, hit, score=noun == "hit")
             print(flush=True)
             if not pending:
                 grouped.release()
         elif isinstance(event, t.HitResultEvent):
             first = first or time.perf_counter()
             index = event.hit_index
-            title = hit_title(hits[index]) if 0 <= index < len(hits) else f"hit {index}"
+            title = hit_title(hits[index]) if 0 <= index < len(hits) else ""
+            title = title or f"{noun} {index + 1}"
             print(f"[{index + 1}] {title} →")
             print_generation(event.generation or t.GenerationResult(), "")
             sys.stdout.flush()

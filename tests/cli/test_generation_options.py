@@ -249,3 +249,112 @@ def test_ask_option_errors(cli: Any, novels: str, flags: list[str], message: str
     result = cli("ask", "-c", novels, "Anything?", "--no-memory", *flags)
     assert result.code == 2
     assert one_error_line(result.err).startswith("error: " + message), result.err
+
+
+# --- gensearch generate (GenerateOnObjects) ---------------------------------------------------
+
+
+def ids_of(cli: Any, collection: str, *titles: str) -> list[str]:
+    found = json.loads(
+        cli("search", "-c", collection, "--near-text", "novel", "--limit", "10", "--json").out
+    )
+    by_title = {h["properties"]["title"]: h["id"] for h in found["hits"]}
+    return [by_title[t] for t in titles]
+
+
+def test_generate_by_ids(cli: Any, novels: str, fake: Any) -> None:
+    fake.reply = lambda body: "ON " + body["messages"][-1]["content"][:30]
+    emma, dune = ids_of(cli, novels, "Emma", "Dune")
+    result = cli(
+        "generate", "-c", novels, "--id", emma, "--id", dune,
+        "--single-prompt", "Teaser for {title}", "--grouped-task", "Compare them",
+        "--cache", "bypass",
+    )  # fmt: skip
+    assert result.code == 0, result.err
+    out = result.out
+    assert out.index("[1] Emma") < out.index("→ ON Teaser for Emma") < out.index("[2] Dune")
+    assert "score" not in out  # nothing was searched
+    assert "grouped result:" in out and "(1 attempt)" in out
+
+    streamed = cli(
+        "generate", "-c", novels, "--id", dune, "--single-prompt", "Teaser for {title}",
+        "--stream",
+    )  # fmt: skip
+    assert streamed.code == 0, streamed.err
+    assert streamed.out.startswith("1 object:\n[1] Dune\n")
+    assert "→ ON Teaser for Dune" not in streamed.out and "ON Teaser for Dune" in streamed.out
+
+    missing = json.loads(
+        cli(
+            "generate", "-c", novels, "--id", dune, "--id", str(uuid.uuid4()), "--json",
+            "--single-prompt", "Teaser for {title}",
+        ).out
+    )  # fmt: skip
+    assert missing["hits"][0]["generation"]["result"].startswith("ON Teaser for Dune")
+    assert missing["hits"][1]["generation"]["error"]["reason"] == "OBJECT_NOT_FOUND"
+
+
+def test_generate_inline_objects(cli: Any, fake: Any, tmp_path: Path) -> None:
+    fake.reply = json.dumps({"title": "Solaris", "year": 1961})
+    path = tmp_path / "more.jsonl"
+    path.write_text('{"title": "Solaris", "year": 1961}\n\n{"title": "Ubik", "year": 1969}\n')
+    result = cli(
+        "generate", "--object", '{"title": "Roadside Picnic", "year": 1972}',
+        "--objects-file", str(path), "--single-prompt", "JSON for {title} ({year})",
+        "--response-format", json.dumps(SCHEMA), "--fallback", "local",
+    )  # fmt: skip
+    assert result.code == 0, result.err
+    assert "[1] Roadside Picnic\n" in result.out and "[3] Ubik\n" in result.out
+    assert result.out.count('structured: {"title": "Solaris", "year": 1961}') == 3
+    prompts = [r.json["messages"][-1]["content"] for r in fake.chat_requests[-3:]]
+    assert sorted(prompts) == sorted(
+        ["JSON for Roadside Picnic (1972)", "JSON for Solaris (1961)", "JSON for Ubik (1969)"]
+    )
+
+    grouped = json.loads(
+        cli(
+            "generate", "--object", '{"title": "Ubik"}', "--grouped-task", "Sum up", "--json",
+        ).out
+    )  # fmt: skip
+    assert grouped["grouped"]["result"]
+    assert "generation" not in grouped["hits"][0]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--object", "{}"], "generate needs --single-prompt or --grouped-task"),
+        (["--single-prompt", "x"], "generate needs objects: --id (with --collection)"),
+        (["--single-prompt", "x", "--id", "a"], "--id needs --collection"),
+        (["--single-prompt", "x", "--object", "{oops"], "--object is not valid JSON"),
+        (["--single-prompt", "x", "--object", "[1]"], "--object must be a JSON object"),
+        (
+            ["--single-prompt", "x", "--objects-file", "/nonexistent.jsonl"],
+            "--objects-file: cannot read",
+        ),
+        (
+            ["-c", "X", "--single-prompt", "x", "--id", "a", "--object", "{}"],
+            "--id cannot be mixed with --object/--objects-file",
+        ),
+        (["--single-prompt", "x", "--object", "{}", "--cache", "never"], "--cache: unknown mode"),
+    ],
+)
+def test_generate_usage_errors(cli: Any, argv: list[str], message: str) -> None:
+    result = cli("generate", *argv)
+    assert result.code == 2
+    assert one_error_line(result.err).startswith("error: " + message), result.err
+
+
+def test_generate_a_bad_objects_file_line(cli: Any, tmp_path: Path) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"title": "Ubik"}\n{"title": \n')
+    result = cli("generate", "--objects-file", str(path), "--single-prompt", "x")
+    assert result.code == 2
+    assert one_error_line(result.err).startswith("error: --objects-file: line 2 is not valid JSON")
+    assert cli("generate", "--objects-file", str(tmp_path), "--single-prompt", "x").code == 2
+
+
+def test_generate_server_errors_are_one_line(cli: Any, novels: str) -> None:
+    result = cli("generate", "-c", novels, "--id", "not-a-uuid", "--single-prompt", "x {title}")
+    assert result.code == 1
+    assert one_error_line(result.err).startswith("error: INVALID_ARGUMENT: ")
