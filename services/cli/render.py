@@ -98,8 +98,8 @@ def generation_facts(gen: t.GenerationResult, *, provider: str = "", model: str 
     facts = []
     if gen.cached:
         facts.append("cached")
-    if gen.attempts:
-        facts.append(f"{gen.attempts} attempt{'' if gen.attempts == 1 else 's'}")
+    if gen.attempts > 1:  # one attempt is the rule, not worth a line under every answer
+        facts.append(f"{gen.attempts} attempts")
     if gen.wait_time is not None and gen.wait_time.total_seconds() > 0:
         facts.append(f"waited {gen.wait_time.total_seconds():.1f}s")
     differs = (provider and gen.provider and gen.provider != provider) or (
