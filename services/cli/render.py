@@ -170,6 +170,14 @@ class _GroupedPrinter:
         else:
             self.held.append(text)
 
+    def restart(self) -> None:
+        """The deltas so far are void (a corrective retry follows): dropped while held,
+        marked as discarded once printed (a terminal cannot take them back)."""
+        if not self.live:
+            self.held.clear()
+        elif self.started:
+            self._write("\n(discarded: it did not match the schema; the retry follows)\n")
+
     def release(self) -> None:
         self.live = True
         if self.held:
@@ -236,6 +244,8 @@ async def stream_search(
             if pending <= 0:
                 grouped.release()
         elif isinstance(event, t.TokenEvent) and event.grouped:
+            if event.restart:
+                grouped.restart()
             grouped.delta(event.delta)
             if grouped.live:
                 first = first or time.perf_counter()

@@ -47,3 +47,33 @@ def test_one_streamed_hit_is_singular(capsys: pytest.CaptureFixture[str]) -> Non
     assert capsys.readouterr().out.startswith("1 hit:\n[1] Dune")
     asyncio.run(stream_search(_events(t.HitsEvent([hit, hit]), t.DoneEvent()), per_hit=False))
     assert capsys.readouterr().out.startswith("2 hits:\n")
+
+
+def test_a_restarted_grouped_stream_shows_only_the_retry(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Before: the deltas of the answer the schema refused were printed, then the retry's
+    # right after them, as one text ('not json{"a": 1}').
+    hit = t.Hit(id="h1", properties={"title": "Dune"}, score=1.0)
+    done = t.GenerationResult(result='{"a": 1}', structured={"a": 1})
+    held = _events(
+        t.TokenEvent(grouped=True, delta="not json"),
+        t.TokenEvent(grouped=True, delta='{"a": 1}', restart=True),
+        t.HitsEvent([hit]),
+        t.GroupedEvent(done),
+        t.DoneEvent(),
+    )
+    asyncio.run(stream_search(held, per_hit=False))
+    out = capsys.readouterr().out
+    assert "not json" not in out and '{"a": 1}' in out
+
+    live = _events(
+        t.HitsEvent([hit]),
+        t.TokenEvent(grouped=True, delta="not json"),
+        t.TokenEvent(grouped=True, delta='{"a": 1}', restart=True),
+        t.GroupedEvent(done),
+        t.DoneEvent(),
+    )
+    asyncio.run(stream_search(live, per_hit=False))
+    out = capsys.readouterr().out
+    assert out.index("not json") < out.index("(discarded") < out.index('{"a": 1}')
