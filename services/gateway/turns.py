@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
@@ -197,8 +198,8 @@ async def store_turn(
     created = False
     try:
         if not conversation_id:
-            made = await memory.create_conversation(
-                fit_name(title(interaction.input), limits), caller, time_left(deadline)
+            made = await _create(
+                memory, fit_name(title(interaction.input), limits), caller, deadline
             )
             conversation_id, created = made.conversation_id, True
         interaction.conversation_id = conversation_id
@@ -208,11 +209,9 @@ async def store_turn(
     except BaseException as err:
         if created:
             # Shielded: the caller leaving (its deadline) must not cut the clean-up short.
-            cleanup = asyncio.ensure_future(
+            cleanup = _in_background(
                 _forget_unless_stored(memory, conversation_id, client_request_id, caller)
             )
-            _CLEANUPS.add(cleanup)
-            cleanup.add_done_callback(_CLEANUPS.discard)
             await asyncio.shield(cleanup)
             if (
                 client_request_id
@@ -231,6 +230,46 @@ async def store_turn(
 
 
 _CLEANUPS: set[asyncio.Future[None]] = set()
+# Seconds a clean-up call to memory may take (and, past the Ask's deadline, a new
+# conversation's create, so that its id is learned and the conversation deleted).
+_CLEANUP_SECONDS = 2.0
+
+
+async def _create(
+    memory: MemoryClient, name: str, caller: Caller, deadline: float
+) -> mem_pb.Conversation:
+    """A new conversation for the turn. The call is shielded, and its own deadline is the
+    Ask's plus ``_CLEANUP_SECONDS``: when the Ask ends while memory creates it (the client
+    gone, the deadline passed), memory may well create it all the same, and the id its
+    answer brings is then deleted in the background; cancelled with the Ask, the call
+    left an empty conversation in the user's list that nobody knew of."""
+    creating = asyncio.ensure_future(
+        memory.create_conversation(name, caller, time_left(deadline) + _CLEANUP_SECONDS)
+    )
+    try:
+        return await asyncio.shield(creating)
+    except asyncio.CancelledError:
+        _in_background(_forget_once_created(memory, creating, caller))
+        raise
+
+
+def _in_background(work: Awaitable[None]) -> asyncio.Future[None]:
+    """``work`` runs to its end whoever awaited it (a reference is kept meanwhile)."""
+    task = asyncio.ensure_future(work)
+    _CLEANUPS.add(task)
+    task.add_done_callback(_CLEANUPS.discard)
+    return task
+
+
+async def _forget_once_created(
+    memory: MemoryClient, creating: asyncio.Future[mem_pb.Conversation], caller: Caller
+) -> None:
+    """No turn was written to it: the conversation goes, once its id is known."""
+    try:
+        made = await creating
+    except (ServiceError, asyncio.CancelledError):
+        return  # not made (or not known to be: then nothing can be done)
+    await _forget(memory, made.conversation_id, caller)
 
 
 async def _forget_unless_stored(
@@ -242,7 +281,9 @@ async def _forget_unless_stored(
     because a concurrent attempt stored the turn elsewhere goes."""
     if client_request_id:
         with contextlib.suppress(ServiceError):
-            answer = await memory.check_storage("", 0, caller, 2.0, request_id=client_request_id)
+            answer = await memory.check_storage(
+                "", 0, caller, _CLEANUP_SECONDS, request_id=client_request_id
+            )
             if answer is not None and answer.interaction.conversation_id == conversation_id:
                 return
     await _forget(memory, conversation_id, caller)
@@ -251,7 +292,7 @@ async def _forget_unless_stored(
 async def _forget(memory: MemoryClient, conversation_id: str, caller: Caller) -> None:
     """Best effort: do not leave an empty conversation behind a failed turn."""
     with contextlib.suppress(ServiceError, asyncio.CancelledError):
-        await memory.delete_conversation(conversation_id, caller, 2.0)
+        await memory.delete_conversation(conversation_id, caller, _CLEANUP_SECONDS)
 
 
 def title(question: str) -> str:

@@ -1,0 +1,90 @@
+"""An Ask into a new conversation that ends (its client gone, its deadline passed) while
+memory creates that conversation: memory may create it all the same, after the gateway
+has stopped waiting for its id. The conversation must not stay behind, empty, in the
+user's list. Through real gRPC, memory on a real Redis behind a loopback relay that holds
+back CreateConversation's answer, the loopback fake LLM."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
+from gensearch.memory.v1 import memory_service_pb2 as mem_pb
+
+from tests.gateway.conftest import ALICE, Stack, StackFactory, create_books
+from tests.support.relay import Relay
+
+
+class _HoldCreate(Relay):
+    """Relays to the real memory service; CreateConversation's answer, once memory has
+    made the conversation, is held until ``release`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.created = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def answer(self, method: str, answer: bytes) -> bytes:
+        if method.endswith("/CreateConversation"):
+            self.created.set()
+            await asyncio.wait_for(self.release.wait(), 10)
+        return answer
+
+
+async def _relayed(stack_factory: StackFactory, relay: _HoldCreate) -> Stack:
+    server = grpc.aio.server()
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.add_generic_rpc_handlers((relay,))
+    await server.start()
+    stack = await stack_factory(memory_addr=f"127.0.0.1:{port}")
+    stack.servers["relay"] = server  # type: ignore[assignment]
+    relay.target = f"127.0.0.1:{stack.servers['memory'].port}"
+    await create_books(stack)
+    return stack
+
+
+async def _listed(stack: Stack) -> list[str]:
+    listed = await stack.memory.ListConversations(mem_pb.ListConversationsRequest(), metadata=ALICE)
+    return [c.conversation_id for c in listed.conversations]
+
+
+async def _none_left(stack: Stack) -> list[str]:
+    """The user's conversations once the gateway's clean-up has had its time (it runs
+    after the Ask has ended); [] at once when nothing is left."""
+    for _ in range(50):
+        left = await _listed(stack)
+        if not left:
+            break
+        await asyncio.sleep(0.1)
+    return left
+
+
+@pytest.mark.parametrize("how", ["client gone", "deadline"])
+async def test_a_new_conversation_made_as_the_ask_ended_is_not_left_behind(
+    stack_factory: StackFactory, how: str
+) -> None:
+    """Before: the gateway's CreateConversation call was cancelled with the Ask; memory had
+    made the conversation, its id never reached the gateway, and the empty conversation
+    stayed in Alice's list."""
+    relay = _HoldCreate()
+    stack = await _relayed(stack_factory, relay)
+    request = gw_pb.AskRequest(collection="Books", llm_question="desert?", new_conversation=True)
+    timeout = 3.0 if how == "deadline" else 30.0
+    asking = asyncio.ensure_future(stack.stub.Ask(request, metadata=ALICE, timeout=timeout))
+    await asyncio.wait_for(relay.created.wait(), 20)  # memory has made it; no answer yet
+    if how == "client gone":
+        asking.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asking
+    else:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await asking
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    await asyncio.sleep(0.2)  # the gateway has seen the Ask end
+    relay.release.set()  # memory's answer, with the id, arrives only now
+    assert await _none_left(stack) == []
+    # The user's next Ask into a new conversation is stored as usual.
+    answer = await stack.stub.Ask(request, metadata=ALICE, timeout=20)
+    assert await _listed(stack) == [answer.conversation_id]
