@@ -5,7 +5,10 @@ Two ways in:
 * a client sends ``authorization: Bearer <key>``; the configured keys
   (``GENSEARCH_API_KEYS`` and/or ``GENSEARCH_API_KEYS_FILE``, parsed in ``api_keys.py``)
   map the key to an ``Identity``. With no keys configured every caller is ``anonymous``,
-  admin of the tenant ``default``.
+  admin of the tenant ``default`` -- unless the service takes forwarded identities and
+  has an internal token (below): its one legitimate caller is then the gateway, and a call
+  without the token is UNAUTHENTICATED, reason ``MISSING_INTERNAL_TOKEN``. An operator who
+  gives the keys to the gateway alone so leaves no backend open to a direct caller.
 * a trusted peer (the gateway) sends ``x-gensearch-internal-token: <GENSEARCH_INTERNAL_TOKEN>``
   with ``x-gensearch-user``, ``x-gensearch-tenant`` and ``x-gensearch-role``: it has already
   authenticated the caller and forwards who it is. Without a configured internal token
@@ -177,8 +180,23 @@ class Authenticator:
 
     @property
     def open(self) -> bool:
-        """True when no API keys are configured (everyone is anonymous)."""
-        return not self._keys
+        """True when every caller without credentials is served, as ``anonymous``: no API
+        keys configured, and no internal token either where forwarded identities are
+        taken (with a token, only the peer holding it may call)."""
+        return not self._keys and not self._token
+
+    def open_warning(self) -> str | None:
+        """What to log at start when this server is open, naming the settings that close
+        it; None when it is not."""
+        if not self.open:
+            return None
+        closing = "set GENSEARCH_API_KEYS or GENSEARCH_API_KEYS_FILE"
+        if self._accept_forwarded:
+            closing += ", or GENSEARCH_INTERNAL_TOKEN (the gateway's, to take calls from it alone)"
+        return (
+            "no API keys configured: every caller is served as 'anonymous', admin of the "
+            f"tenant 'default'; {closing}"
+        )
 
     def authenticate(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> Identity:
         headers: dict[str, str] = {}
@@ -199,7 +217,17 @@ class Authenticator:
             if not self._token or not hmac.compare_digest(token.encode(), self._token):
                 raise Unauthenticated("invalid internal token", reason="INVALID_INTERNAL_TOKEN")
             return _forwarded(headers)
-        if self.open:
+        if not self._keys:
+            if self._token:
+                # Forwarded identities with a token but no keys: the gateway holds the
+                # keys, and nobody else may call this service (a key could not be checked).
+                raise Unauthenticated(
+                    f"this service takes calls only from the gateway, with {TOKEN_HEADER!r} "
+                    "(GENSEARCH_INTERNAL_TOKEN); it has no API keys configured "
+                    "(GENSEARCH_API_KEYS, GENSEARCH_API_KEYS_FILE): call the gateway",
+                    field=TOKEN_HEADER,
+                    reason="MISSING_INTERNAL_TOKEN",
+                )
             return OPEN_IDENTITY
         auth = headers.get(AUTHORIZATION, "").strip()
         if not auth:

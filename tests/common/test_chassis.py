@@ -10,6 +10,7 @@ import gc
 import logging
 import urllib.request
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import pytest
@@ -262,6 +263,118 @@ async def test_api_key_and_forwarded_identity(keyed_server: grpc.aio.Channel) ->
         ("x-gensearch-role", "reader"),
     )
     assert await who(b"", metadata=forwarded) == b"carol"
+
+
+FORWARDED_CAROL = (
+    ("x-gensearch-internal-token", "internal-secret"),
+    ("x-gensearch-user", "carol"),
+    ("x-gensearch-tenant", "acme"),
+    ("x-gensearch-role", "reader"),
+)
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        (),
+        (("authorization", "Bearer key-alice"),),
+        (("x-gensearch-user", "alice"), ("x-gensearch-role", "admin")),
+    ],
+    ids=["nothing", "a key", "identity without token"],
+)
+async def test_a_backend_with_a_token_and_no_keys_takes_the_gateway_alone(
+    metadata: tuple[tuple[str, str], ...], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The keys on the gateway alone, the token on every service (the gateway authenticates,
+    the services behind it trust what it forwards): a direct caller of a service without
+    the token is refused, naming the token. Before, it was 'anonymous', admin of the tenant
+    'default', on memory, retrieval and generation alike."""
+    caplog.set_level(logging.WARNING, logger="gensearch.server")
+    server, channel = await _start(internal_token=SecretStr("internal-secret"))
+    try:
+        who = _call(channel, "WhoAmI")
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await who(b"", metadata=metadata)
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        info = _error_info(caught.value)
+        assert (info.reason, info.metadata["field"]) == (
+            "MISSING_INTERNAL_TOKEN",
+            "x-gensearch-internal-token",
+        )
+        assert "GENSEARCH_API_KEYS" in (caught.value.details() or "")
+        assert "internal-secret" not in (caught.value.details() or "") + str(info)
+        assert await who(b"", metadata=FORWARDED_CAROL) == b"carol"
+        # Closed: nothing to warn about.
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    finally:
+        await channel.close()
+        await server.stop(0)
+
+
+async def test_an_open_server_says_so_once_at_start(caplog: pytest.LogCaptureFixture) -> None:
+    """No keys and no token: every caller is served as anonymous, which one WARNING says
+    at start, naming the settings that close it."""
+    caplog.set_level(logging.INFO, logger="gensearch.server")
+    server, channel = await _start()
+    try:
+        assert await _call(channel, "WhoAmI")(b"") == b"anonymous"
+        assert await _call(channel, "WhoAmI")(b"") == b"anonymous"
+        warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(warnings) == 1
+        message = warnings[0].getMessage()
+        assert f"on 127.0.0.1:{server.port}" in message
+        for setting in (
+            "GENSEARCH_API_KEYS",
+            "GENSEARCH_API_KEYS_FILE",
+            "GENSEARCH_INTERNAL_TOKEN",
+        ):
+            assert setting in message
+    finally:
+        await channel.close()
+        await server.stop(0)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"api_keys": SecretStr("alice:key-alice")},
+        {"api_keys": SecretStr("alice:key-alice"), "internal_token": SecretStr("secret")},
+    ],
+    ids=["keys", "keys and token"],
+)
+async def test_a_server_with_keys_does_not_warn(
+    settings: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="gensearch.server")
+    server, channel = await _start(**settings)
+    await channel.close()
+    await server.stop(0)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+async def test_the_front_door_with_a_token_and_no_keys_stays_open_and_warns(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The gateway takes no forwarded identity, so its token (for the services behind it)
+    closes nothing: with no keys it serves anonymous callers (`gensearch up`, `make run`)
+    and says so, naming the keys alone."""
+    caplog.set_level(logging.INFO, logger="gensearch.server")
+    server = GrpcServer(
+        CommonSettings(internal_token=SecretStr("internal-secret")),  # type: ignore[call-arg]
+        port=0,
+        accept_forwarded_identity=False,
+    )
+    server.add_service(_register, None, SERVICE)
+    port = await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            assert await _call(channel, "WhoAmI")(b"") == b"anonymous"
+        warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(warnings) == 1
+        assert "GENSEARCH_API_KEYS" in warnings[0]
+        assert "GENSEARCH_INTERNAL_TOKEN" not in warnings[0]
+    finally:
+        await server.stop(0)
 
 
 async def test_health_and_reflection_need_no_key(keyed_server: grpc.aio.Channel) -> None:

@@ -22,6 +22,7 @@ from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as ret_grpc
 from google.protobuf import struct_pb2
 from prometheus_client import REGISTRY
 
+from services.common.auth import Identity, Role, forwarded_identity
 from services.common.server import GrpcServer
 from services.devlaunch.processes import free_port
 from services.devlaunch.redis_server import RedisProcess
@@ -41,6 +42,10 @@ TOKEN = "gateway-test-internal-token"
 KEYS = "alice:key-alice-123,bob:key-bob-456"
 ALICE = (("authorization", "Bearer key-alice-123"),)
 BOB = (("authorization", "Bearer key-bob-456"),)
+# Alice as the gateway forwards her to the services behind it ("alice:<key>": alice alone
+# in her tenant). Those services have the token and no keys, as when the keys are on the
+# gateway alone: they take no other caller.
+AS_ALICE = forwarded_identity(Identity("alice", "alice", Role.ADMIN), TOKEN)
 DIM = 4
 # The test's channels connect on their own: gRPC otherwise shares a subchannel, with its
 # reconnect backoff, with any channel of this process to the same address, e.g. one an
@@ -254,7 +259,7 @@ async def create_books(
     name: str = "Books",
     *,
     books: list[dict[str, Any]] | None = None,
-    metadata: tuple[tuple[str, str], ...] = ALICE,
+    metadata: tuple[tuple[str, str], ...] | None = None,
     generative: ret_pb.GenerativeConfig | None = None,
     direct: bool = False,
 ) -> list[str]:
@@ -262,6 +267,8 @@ async def create_books(
     returns the object ids in insertion order. ``direct``: straight to retrieval, past the
     gateway's own checks (a collection stored under other settings)."""
     retrieval = stack.retrieval_direct if direct else stack.retrieval
+    if metadata is None:  # Alice's, as the gateway or as retrieval takes it
+        metadata = AS_ALICE if direct else ALICE
     collection = ret_pb.Collection(
         name=name,
         properties=[

@@ -10,13 +10,18 @@ import grpc
 import pytest
 import redis.asyncio as aioredis
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
+from gensearch.generation.v1 import generation_service_pb2 as gen_pb
+from gensearch.generation.v1 import generation_service_pb2_grpc as gen_grpc
 from gensearch.memory.v1 import memory_service_pb2 as mem_pb
+from gensearch.memory.v1 import memory_service_pb2_grpc as mem_grpc
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
+from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as ret_grpc
 from google.protobuf import struct_pb2
 
 from services.common.auth import Identity, Role, forwarded_identity
 from tests.gateway.conftest import (
     ALICE,
+    AS_ALICE,
     BOB,
     DIM,
     KEYS,
@@ -89,6 +94,50 @@ async def test_a_credential_header_sent_twice_is_refused(stack: Stack) -> None:
             )
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
         assert _error_info(err.value) == ("AMBIGUOUS_CREDENTIALS", header)
+
+
+async def test_keys_on_the_gateway_alone_leave_no_service_behind_it_open(stack: Stack) -> None:
+    """The stack as docs/deploy.md has it: the keys on the gateway, the internal token on
+    every service. Memory, retrieval and generation called directly, with no credentials
+    or with a client's key, refuse, naming the token they take; before, each served the
+    caller as 'anonymous', admin of the tenant 'default'."""
+    await create_books(stack)
+    channels = {
+        name: grpc.aio.insecure_channel(f"127.0.0.1:{stack.servers[name].port}")
+        for name in ("memory", "retrieval", "generation")
+    }
+    stack.channels.extend(channels.values())
+    calls = {
+        "memory": lambda md: mem_grpc.MemoryServiceStub(channels["memory"]).CreateConversation(
+            mem_pb.CreateConversationRequest(name="mine now"), metadata=md
+        ),
+        "retrieval": lambda md: ret_grpc.RetrievalServiceStub(
+            channels["retrieval"]
+        ).DeleteCollection(ret_pb.DeleteCollectionRequest(name="Books"), metadata=md),
+        "generation": lambda md: gen_grpc.GenerationServiceStub(channels["generation"]).ListModels(
+            gen_pb.ListModelsRequest(), metadata=md
+        ),
+    }
+    for name, call in calls.items():
+        for metadata in ((), ALICE):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await call(metadata)
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED, name
+            assert _error_info(err.value) == (
+                "MISSING_INTERNAL_TOKEN",
+                "x-gensearch-internal-token",
+            ), name
+    # Nothing was done: Alice's collection is there, and anonymous has no conversation.
+    got = await stack.retrieval.GetCollection(
+        ret_pb.GetCollectionRequest(name="Books"), metadata=ALICE
+    )
+    assert got.object_count == 5
+    as_anonymous = forwarded_identity(Identity("anonymous", "default", Role.ADMIN), TOKEN)
+    listed = await mem_grpc.MemoryServiceStub(channels["memory"]).ListConversations(
+        mem_pb.ListConversationsRequest(), metadata=as_anonymous
+    )
+    assert list(listed.conversations) == []
+    assert await calls["generation"](AS_ALICE) is not None  # the gateway's way in
 
 
 async def test_a_provider_key_header_sent_twice_is_refused(stack: Stack) -> None:
@@ -298,12 +347,12 @@ async def test_retrieval_rpcs_are_forwarded(stack: Stack) -> None:
     search = ret_pb.SearchRequest(collection="Books", keyword=ret_pb.Keyword(text="desert"))
     via_gateway = await stack.retrieval.Search(search, metadata=ALICE)
     # Directly, as the gateway forwards alice ("alice:<key>": alice alone in her tenant).
-    as_alice = forwarded_identity(Identity("alice", "alice", Role.ADMIN), TOKEN)
-    direct = await stack.retrieval_direct.Search(search, metadata=as_alice)
+    direct = await stack.retrieval_direct.Search(search, metadata=AS_ALICE)
     assert [h.id for h in via_gateway.hits] == [h.id for h in direct.hits] == [ids[0]]
     # Anyone else (here: anonymous, of the tenant "default") has no collection "Books".
+    as_anonymous = forwarded_identity(Identity("anonymous", "default", Role.ADMIN), TOKEN)
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await stack.retrieval_direct.Search(search, metadata=(("x", "y"),))
+        await stack.retrieval_direct.Search(search, metadata=as_anonymous)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
     deleted = await stack.retrieval.DeleteObjects(
         ret_pb.DeleteObjectsRequest(collection="Books", ids=ids[:2]), metadata=ALICE

@@ -15,7 +15,7 @@ from gensearch.generation.v1 import generation_service_pb2_grpc as gen_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.generation.settings import ANYSCALE_MODELS
-from tests.gateway.conftest import ALICE, KEYS, OWN_CONNECTIONS, Stack, StackFactory
+from tests.gateway.conftest import ALICE, AS_ALICE, KEYS, OWN_CONNECTIONS, Stack, StackFactory
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.rpc import error_info, failure_of
 
@@ -64,7 +64,7 @@ async def test_list_models_through_the_gateway(stack: Stack) -> None:
     assert reply.default_provider == "fake"
     # What the generation service says, but where the operator's endpoints are and which
     # variables hold their keys.
-    direct = await both.direct.ListModels(gen_pb.ListModelsRequest(), timeout=5)
+    direct = await both.direct.ListModels(gen_pb.ListModelsRequest(), metadata=AS_ALICE, timeout=5)
     assert any(p.base_url for p in direct.providers)
     assert any(p.api_key_env for p in direct.providers)
     assert not any(p.base_url or p.api_key_env for p in reply.providers)
@@ -171,7 +171,7 @@ async def test_debug_does_not_name_the_operators_endpoint(
         generation_settings={"allowed_hosts": f"http://127.0.0.1:{fake2.port}"}
     )
     both = Both(stack)
-    direct = await both.direct.Generate(_hello(debug=True), timeout=10)
+    direct = await both.direct.Generate(_hello(debug=True), metadata=AS_ALICE, timeout=10)
     assert direct.debug.url == f"{stack.fake.base_url}/chat/completions"
 
     reply = await both.gateway.Generate(_hello(debug=True), metadata=ALICE, timeout=10)
