@@ -198,6 +198,12 @@ class ZeroVectorError(InvalidArgumentError):
     error_reason = "ZERO_VECTOR"
 
 
+class FilterTooLargeError(InvalidArgumentError):
+    """The filter's conditions expand to more engine checks than the service allows."""
+
+    error_reason = "FILTER_TOO_LARGE"
+
+
 class FieldTooLargeError(InvalidArgumentError):
     error_reason = "FIELD_TOO_LARGE"
 
@@ -360,6 +366,13 @@ class InvalidApiKeyError(UnauthenticatedError):
 
 class InvalidInternalTokenError(UnauthenticatedError):
     error_reason = "INVALID_INTERNAL_TOKEN"
+
+
+class MissingInternalTokenError(UnauthenticatedError):
+    """A service behind the gateway takes calls from the gateway alone (it has an internal
+    token and no API keys)."""
+
+    error_reason = "MISSING_INTERNAL_TOKEN"
 
 
 class MalformedCredentialsError(UnauthenticatedError):
