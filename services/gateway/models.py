@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from gensearch.generation.v1 import generation_service_pb2 as gen_pb
 
@@ -62,6 +62,9 @@ class ModelCatalog:
         the collection must be. ``prefix`` is where the request's base_url sits."""
         models = await self.models(caller, timeout)
         if models is None:  # generation unreachable: each hit will say so itself
+            # The repeats its names alone show (the primary's empty provider or model
+            # is not resolved without ListModels: those are checked when it answers).
+            _check_repeats(options, lambda p, m: (p.strip().lower(), m))
             return
         pairs = [
             (
@@ -100,6 +103,7 @@ class ModelCatalog:
             _check_max_tokens(options, provider)
             if provider_field == options.provider_field and not callers_url:
                 _check_key(provider, caller)
+        _check_repeats(options, lambda p, m: _endpoint(models, p, m))
         limit = models.max_tokens_limit
         if options.max_tokens is not None and 0 < limit < options.max_tokens:
             raise refusal_at(options.max_tokens_field)(
@@ -140,6 +144,43 @@ class ModelCatalog:
             ):
                 fallback = provider.context_window
         return context_window_for(name, windows, fallback), name, provider_name
+
+
+def _endpoint(models: gen_pb.ListModelsResponse, provider_name: str, model: str) -> tuple[str, str]:
+    """(provider, model) as the generation service will call it: the provider's name as
+    it reads it, an empty model its default (the provider is known: checked before)."""
+    provider = _find_provider(models, provider_name)
+    if provider is None:
+        return provider_name.strip().lower(), model
+    return provider.name.lower(), model or provider.default_model
+
+
+def _check_repeats(options: Options, endpoint: Callable[[str, str], tuple[str, str]]) -> None:
+    """No fallback pair names the endpoint of the primary or of an earlier pair: the
+    generation service would call that endpoint again with all its retries, each call
+    charged to the tenant and taken from the provider's shared rate limits, for an
+    answer it just failed to give. The same endpoint: the same provider, the same model
+    (``endpoint`` resolves an empty one to the provider's default) and the same base URL
+    (a caller's ``base_url`` is the primary's alone, so a primary with one repeats no
+    pair). A request's own chain is INVALID_ARGUMENT, a collection's stored one
+    FAILED_PRECONDITION (``refusal_at``), reason DUPLICATE_FALLBACK."""
+    seen: dict[tuple[str, str, str], str] = {
+        (*endpoint(options.provider, options.model), options.base_url): "the primary"
+    }
+    for i, (provider, model) in enumerate(options.fallback):
+        key = (*endpoint(provider, model), "")
+        field = f"{options.fallback_field}[{i}]"
+        first = seen.get(key)
+        if first is not None:
+            raise refusal_at(field)(
+                f"{field} repeats {first} (provider {quote(key[0])}, model {quote(key[1])}): "
+                "the same endpoint would be called again, with all its retries; name "
+                "another provider or model, or drop the pair",
+                field=field,
+                reason="DUPLICATE_FALLBACK",
+                metadata={"repeats": "primary" if first == "the primary" else first},
+            )
+        seen[key] = field
 
 
 def _check_max_tokens(options: Options, provider: gen_pb.Provider) -> None:

@@ -236,8 +236,14 @@ async def test_ask_passes_a_fallback_chain_through(client: AsyncGensearch) -> No
     with pytest.raises(errors.InvalidArgumentError) as caught:
         await books.ask(question, fallback=[{"provider": "no-such-provider"}])
     assert caught.value.field == "fallback[0].provider"
-    # A chain the primary did not need: the primary answered.
-    answer = await books.ask(question, fallback=[{"provider": "local"}])
+    # The primary's own endpoint again (local, its default model): refused, it would
+    # only re-run the primary's failure with all its retries.
+    with pytest.raises(errors.DuplicateFallbackError) as repeated:
+        await books.ask(question, fallback=[{"provider": "local"}])
+    assert repeated.value.field == "fallback[0]"
+    # A chain the primary did not need: the primary answered. (Another endpoint: local
+    # lists one model only, so another provider, never called here.)
+    answer = await books.ask(question, fallback=[{"provider": "ollama", "model": "llama3.2"}])
     assert answer.answer and answer.fallback_index == 0 and answer.provider == "local"
 
 

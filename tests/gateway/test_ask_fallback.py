@@ -27,6 +27,7 @@ from tests.support.rpc import error_info
 
 WITH_BODY = [b for b in BOOKS if b["body"]]
 BACKUP = [gen_pb.ModelChoice(provider="backup")]
+BACKUP_PAIR = gen_pb.ModelChoice(provider="fake", model="backup")
 
 
 def _ask(**fields: Any) -> gw_pb.AskRequest:
@@ -132,6 +133,17 @@ async def test_the_requests_chain_wins_over_the_collections(stack: Stack) -> Non
         ({"fallback": [gen_pb.ModelChoice(provider="fake")] * 5}, "fallback"),
         ({"provider": "anyscale", "llm_model": "gpt-4"}, "llm_model"),
         ({"provider": "nope"}, "provider"),
+        # A pair repeating the primary (the stack's default, fake / fake-model; an empty
+        # model is its provider's default) or an earlier pair: DUPLICATE_FALLBACK.
+        (
+            {"fallback": [gen_pb.ModelChoice(provider="fake", model="fake-model")] * 3},
+            "fallback[0]",
+        ),
+        ({"fallback": [gen_pb.ModelChoice(provider="fake")]}, "fallback[0]"),
+        (
+            {"llm_model": "primary", "fallback": [BACKUP_PAIR, BACKUP_PAIR]},
+            "fallback[1]",
+        ),
     ],
 )
 async def test_bad_choices_fail_before_any_call(
@@ -145,7 +157,10 @@ async def test_bad_choices_fail_before_any_call(
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await call()
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert error_info(caught.value).metadata["field"] == field
+        info = error_info(caught.value)
+        assert info.metadata["field"] == field
+        if field.endswith("]"):
+            assert info.reason == "DUPLICATE_FALLBACK"
     assert stack.fake.chat_requests == []
 
 
@@ -161,6 +176,29 @@ async def test_a_collections_bad_chain_is_named(stack: Stack) -> None:
     assert error_info(caught.value).metadata["field"] == (
         "collection.generative.fallback[0].provider"
     )
+    assert stack.fake.chat_requests == []
+
+
+async def test_a_collections_chain_repeating_a_pair_is_named(stack: Stack) -> None:
+    generative = ret_pb.GenerativeConfig(
+        provider="fake",
+        model="primary",
+        fallback=[ret_pb.GenerativeModel(provider="fake", model="b")] * 2,
+    )
+    await create_books(stack, books=WITH_BODY, generative=generative)
+    for call in (
+        lambda: stack.stub.Ask(_ask(), metadata=ALICE),
+        lambda: _drain(stack.stub.StreamAsk(_stream_ask(), metadata=ALICE)),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call()
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        info = error_info(caught.value)
+        assert (info.reason, info.metadata["field"]) == (
+            "DUPLICATE_FALLBACK",
+            "collection.generative.fallback[1]",
+        )
+        assert info.metadata["repeats"] == "collection.generative.fallback[0]"
     assert stack.fake.chat_requests == []
 
 

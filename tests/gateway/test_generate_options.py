@@ -186,6 +186,97 @@ async def test_a_collections_unknown_fallback_provider_is_named(stack: Stack) ->
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
+FAKE = gen_pb.ModelChoice(provider="fake", model="fake-model")
+
+
+@pytest.mark.parametrize(
+    ("fallback", "field", "repeats"),
+    [
+        # The primary (the stack's default: fake, fake-model) three times over: each pair
+        # re-ran the failing endpoint with all its retries, charged to the tenant.
+        ([FAKE] * 3, "generate.fallback[0]", "primary"),
+        # An empty model is the provider's default; a provider's name is read as
+        # generation reads it (case, spaces around it).
+        ([gen_pb.ModelChoice(provider=" FAKE ")], "generate.fallback[0]", "primary"),
+        (
+            [
+                gen_pb.ModelChoice(provider="fake", model="backup"),
+                gen_pb.ModelChoice(provider="Fake", model="backup"),
+            ],
+            "generate.fallback[1]",
+            "generate.fallback[0]",
+        ),
+    ],
+)
+async def test_a_chain_repeating_an_endpoint_is_refused_before_any_call(
+    stack: Stack, fallback: list[gen_pb.ModelChoice], field: str, repeats: str
+) -> None:
+    await create_books(stack, books=WITH_BODY)
+    stack.fake.by_model["fake-model"] = Behaviour.error(503)
+    for call in (
+        lambda: stack.stub.GenerativeSearch(
+            _search(single_prompt="About {title}", fallback=fallback), metadata=ALICE
+        ),
+        lambda: _drain(
+            stack.stub.StreamGenerativeSearch(
+                _stream(single_prompt="About {title}", fallback=fallback), metadata=ALICE
+            )
+        ),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call()
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        info = error_info(caught.value)
+        assert (info.reason, info.metadata["field"]) == ("DUPLICATE_FALLBACK", field)
+        assert info.metadata["repeats"] == repeats
+    assert stack.fake.chat_requests == []
+
+
+async def test_a_collections_chain_repeating_its_primary_is_named(stack: Stack) -> None:
+    generative = ret_pb.GenerativeConfig(
+        provider="fake",
+        model="fake-model",
+        fallback=[ret_pb.GenerativeModel(provider="fake")],
+    )
+    await create_books(stack, books=WITH_BODY, generative=generative)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stack.stub.GenerativeSearch(_search(single_prompt="About {title}"), metadata=ALICE)
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    info = error_info(caught.value)
+    assert (info.reason, info.metadata["field"]) == (
+        "DUPLICATE_FALLBACK",
+        "collection.generative.fallback[0]",
+    )
+    assert stack.fake.chat_requests == []
+    # The request's own model makes the stored pair another endpoint: it is a fallback.
+    stack.fake.by_model["other"] = Behaviour.error(503)
+    response = await stack.stub.GenerativeSearch(
+        _search(single_prompt="About {title}", model="other"), metadata=ALICE
+    )
+    assert {h.generation.fallback_index for h in response.hits} == {1}
+
+
+async def test_a_callers_base_url_is_another_endpoint_than_the_operators(
+    stack_factory: StackFactory, fake2: FakeOpenAI
+) -> None:
+    stack = await stack_factory(
+        generation_settings={"allowed_hosts": "http://127.0.0.1:" + str(fake2.port)},
+    )
+    await create_books(stack, books=WITH_BODY)
+    fake2.by_model["fake-model"] = Behaviour.error(503)
+    response = await stack.stub.GenerativeSearch(
+        _search(
+            single_prompt="About {title}",
+            base_url=fake2.base_url,
+            model="fake-model",
+            fallback=[FAKE],
+        ),
+        metadata=ALICE,
+    )
+    assert {h.generation.fallback_index for h in response.hits} == {1}
+    assert stack.fake.chat_requests
+
+
 @pytest.mark.parametrize(
     ("generative", "reason", "field"),
     [
@@ -798,3 +889,8 @@ async def test_a_callers_key_reaches_a_provider_named_with_an_underscore(
     assert response.hits and all(h.generation.result for h in response.hits)
     sent = {r.headers.get("Authorization") for r in fake.chat_requests}
     assert sent == {"Bearer sk-callers-own"}
+
+
+async def _drain(stream: Any) -> None:
+    async for _ in stream:
+        pass

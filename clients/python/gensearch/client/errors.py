@@ -192,6 +192,16 @@ class DuplicateIdError(InvalidArgumentError):
     error_reason = "DUPLICATE_ID"
 
 
+class DuplicateFallbackError(InvalidArgumentError):
+    """A fallback pair naming the endpoint of the primary or of an earlier pair (same
+    provider, same model, an empty one being the provider's default): ``field`` names the
+    repeat (``generate.fallback[i]``, ``fallback[i]``), ``metadata["repeats"]`` what it
+    repeats (``primary`` or the earlier pair's field). FAILED_PRECONDITION when the chain
+    is a collection's stored default (``collection.generative.fallback[i]``)."""
+
+    error_reason = "DUPLICATE_FALLBACK"
+
+
 class ZeroVectorError(InvalidArgumentError):
     """A vector of length 0 in a cosine collection: it has no direction to compare."""
 
