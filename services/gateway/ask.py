@@ -46,6 +46,7 @@ from services.gateway.catalog import CollectionInfo
 from services.gateway.clients import Caller
 from services.gateway.conversation import Turn, recent_turns
 from services.gateway.deadline import time_left
+from services.gateway.fanout import DeltaBuffer
 from services.gateway.generator import Options, Spent, complete
 from services.gateway.metrics import TRIMMED
 from services.gateway.prompting import (
@@ -273,7 +274,9 @@ class AskService:
             },
         )
         first_token_ms: float | None = None
-        deltas: asyncio.Queue[str | None] = asyncio.Queue()
+        # At most STREAM_BUFFERED_DELTAS wait for the client: a slow reader holds the
+        # generation back instead of the whole answer queueing here (was unbounded).
+        deltas = DeltaBuffer(s.stream_buffered_deltas)
         generation = asyncio.ensure_future(
             self._within(
                 deadline,
@@ -289,7 +292,7 @@ class AskService:
                 ),
             )
         )
-        generation.add_done_callback(lambda _: deltas.put_nowait(None))
+        generation.add_done_callback(lambda _: deltas.close())
         try:
             while (delta := await deltas.get()) is not None:
                 if first_token_ms is None:

@@ -55,6 +55,36 @@ class Delta:
     restart: bool = False
 
 
+class DeltaBuffer:
+    """One generation's text deltas on their way to a stream's reader (StreamAsk's
+    answer), held up to ``max_buffered`` at once, as ``fan_out_stream`` holds its jobs':
+    ``put`` waits while the reader is that far behind, so the generation stops reading
+    its stream and flow control holds the rest back up to the LLM. ``close`` (the
+    generation ended, however) never waits: ``get`` returns None after the last delta."""
+
+    def __init__(self, max_buffered: int = DEFAULT_MAX_BUFFERED) -> None:
+        if max_buffered < 1:
+            raise ValueError("max_buffered must be >= 1")
+        # Unbounded itself: the room below bounds the deltas, and the end is never refused.
+        self._queue: asyncio.Queue[str | None] = asyncio.Queue()
+        self._room = asyncio.Semaphore(max_buffered)
+
+    async def put(self, text: str) -> None:
+        await self._room.acquire()
+        self._queue.put_nowait(text)
+
+    def close(self) -> None:
+        self._queue.put_nowait(None)
+
+    async def get(self) -> str | None:
+        text = await self._queue.get()
+        if text is None:
+            self._queue.put_nowait(None)  # the end stays the end for a later get
+        else:
+            self._room.release()
+        return text
+
+
 async def fan_out_stream(
     jobs: Mapping[int, Job[T]],
     *,

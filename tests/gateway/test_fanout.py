@@ -10,6 +10,7 @@ import grpc
 from services.common.errors import Unavailable
 from services.gateway.fanout import (
     Delta,
+    DeltaBuffer,
     Emit,
     Job,
     Outcome,
@@ -183,3 +184,36 @@ async def test_jobs_waiting_for_room_end_at_the_budget() -> None:
     outcome = events[-1]
     assert isinstance(outcome, Outcome) and outcome.error is not None
     assert outcome.error.status == "DEADLINE_EXCEEDED"
+
+
+async def test_a_reader_that_stops_holds_one_generation_back() -> None:
+    """StreamAsk's answer: at most ``max_buffered`` deltas wait for the reader (its queue
+    was unbounded: a client that stopped reading left the whole answer queued)."""
+    buffer = DeltaBuffer(4)
+    emitted = [0]
+
+    async def generate() -> None:
+        for _ in range(100):
+            await buffer.put("x")
+            emitted[0] += 1
+
+    generation = asyncio.ensure_future(generate())
+    generation.add_done_callback(lambda _: buffer.close())
+    assert await buffer.get() == "x"  # the reader takes one delta, then reads nothing
+    await asyncio.sleep(0.1)
+    assert emitted[0] == 5 and not generation.done()  # the one taken, four waiting
+    texts = ["x"]
+    while (text := await buffer.get()) is not None:
+        texts.append(text)
+    assert len(texts) == 100 and generation.done()  # none lost
+    assert await buffer.get() is None  # the end stays the end
+
+
+async def test_a_generation_ending_with_a_full_buffer_still_ends_it() -> None:
+    """The end is never refused for room: the generation may finish (or fail, or be cut
+    at the budget) with the reader's buffer full."""
+    buffer = DeltaBuffer(2)
+    await buffer.put("a")
+    await buffer.put("b")
+    buffer.close()
+    assert [await buffer.get() for _ in range(3)] == ["a", "b", None]

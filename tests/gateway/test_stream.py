@@ -173,3 +173,27 @@ async def test_tokens_are_relayed_while_the_model_is_still_writing(stack: Stack)
     assert first_token_at is not None and len(chats) == 1
     assert chats[0].finished_at is not None
     assert first_token_at < chats[0].finished_at
+
+
+async def test_a_slow_reader_gets_every_ask_token_through_a_one_delta_buffer(
+    stack_factory: StackFactory,
+) -> None:
+    """StreamAsk's answer through STREAM_BUFFERED_DELTAS at 1 (its queue was unbounded):
+    the generation waits for the client at every delta; nothing is lost or reordered."""
+    stack = await stack_factory(stream_buffered_deltas=1)
+    await create_books(stack, books=[b for b in BOOKS if b["body"]])
+    expected = " ".join(f"w{i}" for i in range(40))
+    stack.fake.reply = expected
+    text = ""
+    answer = None
+    async for event in stack.stub.StreamAsk(
+        gw_pb.StreamAskRequest(collection="Books", llm_question="desert"), metadata=ALICE
+    ):
+        kind = event.WhichOneof("event")
+        if kind == "delta":
+            text += event.delta
+            await asyncio.sleep(0.001)  # a client slower than the model
+        elif kind == "answer":
+            answer = event.answer
+    assert answer is not None and answer.answer == expected
+    assert text == expected
