@@ -258,6 +258,30 @@ def _check_text_properties(names: Iterable[str], types: dict[str, int], where: s
             )
 
 
+def _check_fallback_repeats(gen: pb.GenerativeConfig, where: str) -> None:
+    """A pair naming the primary's or an earlier pair's provider and model, as written,
+    is refused when the collection is made: the gateway would refuse the chain at every
+    use (DUPLICATE_FALLBACK). A repeat only the provider's default model reveals (an empty
+    model beside its name) is the gateway's to find, which knows the defaults."""
+    seen: dict[tuple[str, str], str] = {}
+    if gen.provider.strip():
+        seen[(gen.provider.strip().lower(), gen.model)] = "the primary"
+    for i, pair in enumerate(gen.fallback):
+        field = f"{where}.fallback[{i}]"
+        key = (pair.provider.strip().lower(), pair.model)
+        first = seen.get(key)
+        if first is not None:
+            raise InvalidArgument(
+                f"{field} repeats {first} (provider {quote(pair.provider)}, model "
+                f"{quote(pair.model)}): the same endpoint would be called again, with all "
+                "its retries; name another provider or model, or drop the pair",
+                field=field,
+                reason="DUPLICATE_FALLBACK",
+                metadata={"repeats": "primary" if first == "the primary" else first},
+            )
+        seen[key] = field
+
+
 def _validate_generative(gen: pb.GenerativeConfig, types: dict[str, int]) -> None:
     where = "collection.generative"
     if gen.HasField("temperature") and not (0.0 <= gen.temperature <= 2.0):
@@ -306,6 +330,7 @@ def _validate_generative(gen: pb.GenerativeConfig, types: dict[str, int]) -> Non
                 field=f"{where}.fallback[{i}].provider",
             )
         check_model_name(pair.model, f"{where}.fallback[{i}].model")
+    _check_fallback_repeats(gen, where)
     for i, name in enumerate(gen.context_fields):
         if name not in types:
             raise InvalidArgument(

@@ -53,7 +53,7 @@ async def client(running_stack: RunningStack) -> AsyncIterator[AsyncGensearch]:
 async def test_a_collections_fallback_and_cache_round_trip(client: AsyncGensearch) -> None:
     name = f"Defaults_{uuid.uuid4().hex[:8]}"
     generative = types.GenerativeConfig(
-        fallback=[types.GenerativeModel("local"), types.GenerativeModel("local", "")],
+        fallback=[types.GenerativeModel("local"), types.GenerativeModel("openai", "")],
         cache=types.CacheDefaults(generation=True, semantic=True, ttl=timedelta(minutes=10),
                                   min_similarity=0.9),
     )  # fmt: skip
@@ -61,7 +61,10 @@ async def test_a_collections_fallback_and_cache_round_trip(client: AsyncGensearc
     try:
         config = await books.config()
         assert config.generative is not None
-        assert config.generative.fallback == [types.GenerativeModel("local")] * 2
+        assert config.generative.fallback == [
+            types.GenerativeModel("local"),
+            types.GenerativeModel("openai"),
+        ]
         assert config.generative.cache == types.CacheDefaults(
             generation=True, semantic=True, ttl=timedelta(minutes=10), min_similarity=0.9
         )

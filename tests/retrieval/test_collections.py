@@ -317,6 +317,46 @@ async def test_a_fallback_chain_is_bounded_by_the_gateways_default(retrieval: Re
     assert len(created.collection.generative.fallback) == limit
 
 
+async def test_a_fallback_pair_repeating_the_primary_or_an_earlier_pair_is_refused(
+    retrieval: Retrieval,
+) -> None:
+    """Before, such a chain was stored, then refused (DUPLICATE_FALLBACK) at every use."""
+    openai = pb.GenerativeModel(provider="openai", model="m1")
+    cases = [
+        (pb.GenerativeConfig(provider="OpenAI ", model="m1", fallback=[openai]), 0, "primary"),
+        (
+            pb.GenerativeConfig(fallback=[openai, pb.GenerativeModel(provider="x"), openai]),
+            2,
+            "collection.generative.fallback[0]",
+        ),
+    ]
+    for n, (generative, index, repeats) in enumerate(cases):
+        field = f"collection.generative.fallback[{index}]"
+        err = await expect_error(
+            retrieval.stub.CreateCollection(
+                pb.CreateCollectionRequest(
+                    collection=vector_collection(f"Repeats{n}", generative=generative)
+                )
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            field,
+        )
+        info = error_info(err)
+        assert (info.reason, info.metadata["field"], info.metadata["repeats"]) == (
+            "DUPLICATE_FALLBACK",
+            field,
+            repeats,
+        )
+    # Another model of the same provider is another endpoint.
+    other = pb.GenerativeConfig(
+        provider="openai", model="m1", fallback=[pb.GenerativeModel(provider="openai", model="m2")]
+    )
+    created = await retrieval.stub.CreateCollection(
+        pb.CreateCollectionRequest(collection=vector_collection("Distinct", generative=other))
+    )
+    assert len(created.collection.generative.fallback) == 1
+
+
 async def test_a_data_type_the_enum_does_not_have_is_named_as_such(retrieval: Retrieval) -> None:
     # DataType 99 was "collection.properties[0].data_type is required", as if unset.
     for data_type, says in ((99, "data_type 99 is not a DataType"), (0, "data_type is required")):
