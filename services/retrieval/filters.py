@@ -30,7 +30,9 @@ MAX_LIST = 1024
 # the engine has no set match for them). Without it 256 conditions of 1024 dates each made
 # 262 144 ranges, each checked against every point on the engine's one thread (qdrant-edge:
 # ~2 s per 1024 ranges over 1000 points), stalling every tenant's calls for minutes.
+# The default of the setting GENSEARCH_RETRIEVAL_MAX_FILTER_CHECKS (settings.py).
 MAX_ENGINE_CONDITIONS = 2048
+MAX_CHECKS_SETTING = "GENSEARCH_RETRIEVAL_MAX_FILTER_CHECKS"
 
 Scalar = str | int | bool
 
@@ -85,10 +87,12 @@ def build_filter(
     field: str = "filter",
     *,
     max_value_depth: int = DEFAULT_MAX_DEPTH,
+    max_checks: int = MAX_ENGINE_CONDITIONS,
 ) -> Node:
     """Validate ``message`` against the property ``types``; errors name the offending field.
-    ``max_value_depth`` bounds the nesting inside each condition's value."""
-    return _node(message, _Walk(types, max_value_depth), field, 0)
+    ``max_value_depth`` bounds the nesting inside each condition's value, ``max_checks``
+    the conditions the engine evaluates once CONTAINS_ANY/ALL and TEXT_MATCH expand."""
+    return _node(message, _Walk(types, max_value_depth, max_checks), field, 0)
 
 
 @dataclass
@@ -97,8 +101,10 @@ class _Walk:
 
     types: dict[str, int]
     max_value_depth: int
+    # The most conditions the engine may evaluate (MAX_FILTER_CHECKS).
+    max_checks: int
     conditions: int = 0
-    # Conditions the engine evaluates (MAX_ENGINE_CONDITIONS).
+    # Conditions the engine evaluates, counted against max_checks.
     engine_conditions: int = 0
 
 
@@ -118,14 +124,14 @@ def _node(message: pb.Filter, b: _Walk, field: str, depth: int) -> Node:
             )
         leaf = _condition(message.condition, b, f"{field}.condition")
         b.engine_conditions += _engine_conditions(leaf)
-        if b.engine_conditions > MAX_ENGINE_CONDITIONS:
+        if b.engine_conditions > b.max_checks:
             raise InvalidArgument(
                 f"{field}.condition: the filter's conditions expand to more than "
-                f"{MAX_ENGINE_CONDITIONS} checks (each value of a number or date CONTAINS_ANY, "
-                "of a CONTAINS_ALL, each TEXT_MATCH twice); use fewer values",
+                f"{b.max_checks} checks ({MAX_CHECKS_SETTING}; each value of a number or "
+                "date CONTAINS_ANY, of a CONTAINS_ALL, each TEXT_MATCH twice); use fewer values",
                 field=f"{field}.condition",
                 reason="FILTER_TOO_LARGE",
-                metadata={"max": str(MAX_ENGINE_CONDITIONS)},
+                metadata={"max": str(b.max_checks), "setting": MAX_CHECKS_SETTING},
             )
         return leaf
     group: pb.FilterGroup = getattr(message, kind)

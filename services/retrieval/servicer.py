@@ -196,7 +196,12 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
             raise not_found(schema.name, "collection") from None
 
     def _filter(self, message: pb.Filter, schema: Schema) -> Node:
-        return build_filter(message, schema.types, max_value_depth=self._settings.max_value_depth)
+        return build_filter(
+            message,
+            schema.types,
+            max_value_depth=self._settings.max_value_depth,
+            max_checks=self._settings.max_filter_checks,
+        )
 
     def _check_batch(
         self, size: int, message_no: int | None = None, field: str = "objects"

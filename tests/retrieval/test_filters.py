@@ -327,3 +327,52 @@ async def test_values_expanding_past_the_engine_budget_are_refused(loaded: Any) 
         pb.CountObjectsRequest(collection="Articles", filter=any_of(*same))
     )
     assert count.count == len(ids_where(lambda p: p.get("rating") == RATING))
+
+
+async def test_the_filter_check_budget_is_a_setting(make_retrieval: MakeRetrieval) -> None:
+    """GENSEARCH_RETRIEVAL_MAX_FILTER_CHECKS: a filter the default (2048) takes is refused
+    under a lower setting, naming the condition that went over, the bound and the
+    setting (it was a constant)."""
+    harness = await make_retrieval("edge", max_filter_checks=4)
+    stub = harness.stub
+    await stub.CreateCollection(
+        pb.CreateCollectionRequest(collection=vector_collection("Articles", DIMS))
+    )
+    await stub.UpsertObjects(
+        pb.UpsertObjectsRequest(collection="Articles", objects=article_objects())
+    )
+    # Two checks (the TEXT_MATCH) + three (one range per number) = 5 > 4.
+    flt = all_of(cond("body", TEXT, "sourdough"), cond("rating", ANY, [RATING, 1.5, 2.5]))
+    err = await expect_error(
+        stub.CountObjects(pb.CountObjectsRequest(collection="Articles", filter=flt)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "filter.all_of.filters[1].condition",
+    )
+    info = error_info(err)
+    assert info.reason == "FILTER_TOO_LARGE"
+    assert info.metadata["max"] == "4"
+    assert info.metadata["setting"] == "GENSEARCH_RETRIEVAL_MAX_FILTER_CHECKS"
+    assert "GENSEARCH_RETRIEVAL_MAX_FILTER_CHECKS" in (err.details() or "")
+    # Within it (2 + 2 checks) the filter runs.
+    within = all_of(cond("body", TEXT, "sourdough"), cond("rating", ANY, [RATING, 1.5]))
+    count = await stub.CountObjects(pb.CountObjectsRequest(collection="Articles", filter=within))
+    assert count.count == len(
+        ids_where(lambda p: "sourdough" in p["body"] and p.get("rating") in (RATING, 1.5))
+    )
+    # The default takes the larger one.
+    default = await make_retrieval("edge", data_dir=harness.settings.data_dir.parent / "d2")
+    await default.stub.CreateCollection(
+        pb.CreateCollectionRequest(collection=vector_collection("Articles", DIMS))
+    )
+    await default.stub.CountObjects(pb.CountObjectsRequest(collection="Articles", filter=flt))
+
+
+def test_the_filter_check_budget_is_bounded() -> None:
+    from pydantic import ValidationError
+
+    from services.retrieval.settings import RetrievalSettings
+
+    assert RetrievalSettings().max_filter_checks == 2048
+    for wrong in (1, 10_001):
+        with pytest.raises(ValidationError):
+            RetrievalSettings(max_filter_checks=wrong)

@@ -185,6 +185,14 @@ class DimensionMismatchError(InvalidArgumentError):
     error_reason = "DIMENSION_MISMATCH"
 
 
+class FilterTooLargeError(InvalidArgumentError):
+    """A filter's conditions expand to more engine checks than the retrieval service
+    allows (metadata ``max``, ``setting``; ``field`` the condition that went over): use
+    fewer values."""
+
+    error_reason = "FILTER_TOO_LARGE"
+
+
 class DuplicateIdError(InvalidArgumentError):
     """An id given twice in one request (GenerateOnObjects): ``field`` names the repeat,
     ``metadata["first"]`` the entry it repeats."""
