@@ -56,10 +56,13 @@ async def write_batch(
     first_index: int = 0,
     max_value_depth: int = DEFAULT_MAX_DEPTH,
     before_write: Callable[[], Awaitable[None]] | None = None,
+    check_room: Callable[[list[str]], Awaitable[None]] | None = None,
 ) -> BatchResult:
     """``before_write``: awaited just before the write (after embedding, the slow part),
     so whatever it checks still holds when the points are sent; its error fails the batch
-    with nothing of it written."""
+    with nothing of it written. ``check_room``: awaited with the ids the batch would write
+    (its valid objects) before they are embedded, so a batch refused for room costs no
+    embedding; its error fails the batch the same way."""
     result = BatchResult()
     ready: list[PreparedObject] = []
     for i, obj in enumerate(objects):
@@ -91,6 +94,8 @@ async def write_batch(
                 continue
             to_embed.append((prepared, text))
         kept.append(prepared)
+    if kept and check_room is not None:
+        await check_room([prepared.id for prepared in kept])
     if to_embed:
         embedder = embedders.for_collection(schema)
         budget = [MAX_ISOLATION_CALLS]

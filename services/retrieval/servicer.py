@@ -17,7 +17,14 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as pb_grpc
 
 from services.common.auth import Role, require_role, require_service_caller
-from services.common.errors import InvalidArgument, NotFound, ServiceError, note_imported, quote
+from services.common.errors import (
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    ServiceError,
+    note_imported,
+    quote,
+)
 from services.common.values import check_uuid
 from services.common.well_known import struct
 from services.retrieval import chunks
@@ -33,6 +40,7 @@ from services.retrieval.settings import RetrievalSettings
 from services.retrieval.store import PROPS, FoundPoint, VectorStore
 
 DEFAULT_LIMIT = 10
+MAX_OBJECTS_SETTING = "GENSEARCH_RETRIEVAL_MAX_OBJECTS_PER_COLLECTION"
 # Query modes that carry text (a rerank stage can rank against it).
 _TEXT_QUERIES = ("near_text", "keyword", "hybrid")
 log = logging.getLogger("gensearch.retrieval")
@@ -171,6 +179,9 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         async def same_collection() -> None:
             await self._catalog.check_same(schema)
 
+        async def room(ids: list[str]) -> None:
+            await self._check_room(schema, ids)
+
         with self._dropped(schema):
             return await write_batch(
                 schema,
@@ -180,6 +191,35 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
                 first_index=first_index,
                 max_value_depth=self._settings.max_value_depth,
                 before_write=same_collection,
+                check_room=room,
+            )
+
+    async def _check_room(self, schema: Schema, ids: list[str]) -> None:
+        """Refuses a batch that would take the collection past MAX_OBJECTS_PER_COLLECTION:
+        nothing else bounds what one collection holds (an import stream has no length
+        limit), and one writer could fill the disk every tenant shares. The engine's count,
+        read without a lock: writers at work at once may each overshoot by one batch. Ids
+        already stored are replacements, not new objects; they are looked up only when the
+        batch could not fit otherwise."""
+        limit = self._settings.max_objects_per_collection
+        held = await self._store.count(schema.store_name, None)
+        wanted = list(dict.fromkeys(ids))
+        if held + len(wanted) <= limit:
+            return
+        stored = await self._store.retrieve(schema.store_name, wanted, False)
+        new = len(wanted) - len({point.id for point in stored})
+        if new and held + new > limit:
+            raise ResourceExhausted(
+                f"collection {quote(schema.name)} holds {held} objects, and this batch would "
+                f"add {new} more than the limit of {limit} ({MAX_OBJECTS_SETTING}); nothing "
+                "of it was written: delete objects, or write into another collection",
+                field="objects",
+                reason="COLLECTION_FULL",
+                metadata={
+                    "limit": str(limit),
+                    "setting": MAX_OBJECTS_SETTING,
+                    "collection": schema.name,
+                },
             )
 
     @contextlib.contextmanager

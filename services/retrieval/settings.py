@@ -88,6 +88,12 @@ class RetrievalSettings(DownstreamSettings):
     max_get_ids: int = Field(default=1000, ge=1, le=100_000)
     # Collections one tenant holds (each tenant counts its own).
     max_collections: int = Field(default=1000, ge=1, le=1_000_000)
+    # Objects one collection holds: an UpsertObjects or ImportObjects message that would
+    # take it past this is RESOURCE_EXHAUSTED, COLLECTION_FULL, nothing of it written.
+    # Without it one writer (an import stream has no length limit) could fill the disk of
+    # every tenant. Counted by the engine without a lock: concurrent writers may each
+    # overshoot by one batch.
+    max_objects_per_collection: int = Field(default=10_000_000, ge=1, le=1_000_000_000)
     # Deepest nesting of objects and lists in a filter value or an object's properties
     # (services/common/values.py); deeper values are INVALID_ARGUMENT. At most 32: a
     # deeper value would come close to protobuf's parsing limit (100 message levels).

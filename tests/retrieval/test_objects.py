@@ -561,3 +561,70 @@ async def test_an_abandoned_import_keeps_the_messages_written_before(stub: Any) 
     with pytest.raises(asyncio.CancelledError):
         await call
     assert await count(stub) == 5
+
+
+@pytest.mark.parametrize("adapter", ["edge", "server"])
+async def test_a_collection_holds_at_most_max_objects_per_collection(
+    make_retrieval: Any, adapter: str
+) -> None:
+    # Only collections per tenant and objects per message were bounded, and an import
+    # stream has no message limit: one writer could fill the disk every tenant shares.
+    stub = (await make_retrieval(adapter, max_objects_per_collection=5)).stub
+    for name in ("A", "B", "C"):
+        await stub.CreateCollection(
+            pb.CreateCollectionRequest(collection=vector_collection(name, DIMS))
+        )
+    objects = article_objects()
+    resp = await stub.UpsertObjects(pb.UpsertObjectsRequest(collection="A", objects=objects[:4]))
+    assert len(resp.ids) == 4
+    err = await expect_error(
+        stub.UpsertObjects(pb.UpsertObjectsRequest(collection="A", objects=objects[4:6])),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "objects",
+    )
+    info = error_info(err)
+    assert info.reason == "COLLECTION_FULL"
+    assert {
+        "limit": "5",
+        "setting": "GENSEARCH_RETRIEVAL_MAX_OBJECTS_PER_COLLECTION",
+        "collection": "A",
+    }.items() <= dict(info.metadata).items()
+    # Nothing of the refused batch was written.
+    assert (await stub.CountObjects(pb.CountObjectsRequest(collection="A"))).count == 4
+    # Up to the limit it lands; replacing stored objects adds none, so it lands at the
+    # limit too, unless the batch also holds a new one.
+    await stub.UpsertObjects(pb.UpsertObjectsRequest(collection="A", objects=objects[4:5]))
+    resp = await stub.UpsertObjects(pb.UpsertObjectsRequest(collection="A", objects=objects[:5]))
+    assert len(resp.ids) == 5
+    await expect_error(
+        stub.UpsertObjects(pb.UpsertObjectsRequest(collection="A", objects=objects[:6])),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "objects",
+    )
+    # Invalid objects take no room: the valid ones that fit land, the invalid ones are
+    # their ObjectErrors, as ever.
+    wrong = obj({"title": "x"}, vector=[1.0])  # wrong dimensions
+    resp = await stub.UpsertObjects(
+        pb.UpsertObjectsRequest(collection="B", objects=[wrong, *objects[:5], wrong])
+    )
+    assert (len(resp.ids), [e.index for e in resp.errors]) == (5, [0, 6])
+    assert (await stub.CountObjects(pb.CountObjectsRequest(collection="B"))).count == 5
+
+    # An import stream stops at the message that would overfill, its counts saying what
+    # earlier messages imported; nothing of that message is written.
+    async def stream() -> AsyncIterator[pb.ImportObjectsRequest]:
+        yield pb.ImportObjectsRequest(collection="C", objects=[objects[0], wrong, objects[1]])
+        yield pb.ImportObjectsRequest(objects=objects[2:4])
+        yield pb.ImportObjectsRequest(objects=objects[4:6])  # 4 + 2 > 5
+        yield pb.ImportObjectsRequest(objects=objects[6:7])
+
+    err = await expect_error(
+        stub.ImportObjects(stream()), grpc.StatusCode.RESOURCE_EXHAUSTED, "objects"
+    )
+    info = error_info(err)
+    assert info.reason == "COLLECTION_FULL"
+    assert info.metadata["collection"] == "C"
+    assert (info.metadata["received_count"], info.metadata["imported_count"]) == ("5", "4")
+    assert info.metadata["rejected_indexes"] == "1"
+    assert "message 2" in (err.details() or "")
+    assert (await stub.CountObjects(pb.CountObjectsRequest(collection="C"))).count == 4

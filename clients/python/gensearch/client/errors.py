@@ -450,6 +450,15 @@ class OwnerStorageFullError(ResourceExhaustedError):
     error_reason = "OWNER_STORAGE_FULL"
 
 
+class CollectionFullError(ResourceExhaustedError):
+    """The write would take the collection past the most objects the retrieval service
+    lets one collection hold (metadata ``limit``, ``setting``, ``collection``); nothing of
+    that batch (that ImportObjects message) was written: delete objects, or write into
+    another collection."""
+
+    error_reason = "COLLECTION_FULL"
+
+
 class TooManyCollectionsError(ResourceExhaustedError):
     """The tenant holds the most collections allowed (metadata ``limit``, ``setting``):
     delete some to create more. (FAILED_PRECONDITION before: an error from an older
