@@ -216,12 +216,6 @@ class ZeroVectorError(InvalidArgumentError):
     error_reason = "ZERO_VECTOR"
 
 
-class FilterTooLargeError(InvalidArgumentError):
-    """The filter's conditions expand to more engine checks than the service allows."""
-
-    error_reason = "FILTER_TOO_LARGE"
-
-
 class FieldTooLargeError(InvalidArgumentError):
     error_reason = "FIELD_TOO_LARGE"
 
