@@ -71,7 +71,6 @@ def is_redirect(err: BaseException) -> int | None:
     return status if isinstance(status, int) and 300 <= status < 400 else None
 
 
-
 def url_not_allowed(
     field: str, why: str, setting: str, *, then: str = "", metadata: dict[str, str] | None = None
 ) -> PermissionDenied:
