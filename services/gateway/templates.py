@@ -44,6 +44,14 @@ class MissingProperty(FailedPrecondition):
     default_reason = "MISSING_PROPERTY"
 
 
+class BlankPrompt(FailedPrecondition):
+    """A hit's values leave its prompt with no text (only spaces and line breaks): the
+    generation service refuses a blank message, naming ``messages[0].content``, a field
+    the gateway's caller never sent, after the call was admitted (and charged)."""
+
+    default_reason = "BLANK_PROMPT"
+
+
 class PromptTooLong(InvalidArgument):
     """A hit's values would make its prompt longer than ``max_chars``: a 32,000-character
     template repeating one 64 KiB property thousands of times renders gigabytes."""
@@ -55,6 +63,7 @@ class PromptTooLong(InvalidArgument):
 # and by its plan, and a repeated search (the generation cache's common case) sends the
 # same one again. Templates are immutable, so sharing them is safe; errors are not kept.
 PARSED_TEMPLATES = 128
+MAX_RENDERED_SETTING = "GENSEARCH_GATEWAY_MAX_RENDERED_PROMPT_CHARS"
 
 
 @functools.lru_cache(maxsize=PARSED_TEMPLATES)
@@ -165,7 +174,9 @@ def _plain(value: Any) -> Any:
 
 def render(template: Template, properties: Mapping[str, Any], *, max_chars: int, field: str) -> str:
     """The prompt for one hit; PromptTooLong (naming ``field``) as soon as it would pass
-    ``max_chars``, before it is built, so a hit never costs more memory than that."""
+    ``max_chars``, before it is built, so a hit never costs more memory than that;
+    MissingProperty for a value missing or empty, BlankPrompt when the values leave the
+    whole prompt blank (the template's text is only spaces too)."""
     out: list[str] = []
     texts: dict[str, str] = {}  # each property encoded once, however often it is named
     size = 0
@@ -186,9 +197,26 @@ def render(template: Template, properties: Mapping[str, Any], *, max_chars: int,
         if size > max_chars:
             raise PromptTooLong(
                 f"the hit's prompt would be longer than {max_chars} characters "
-                "(GENSEARCH_GATEWAY_MAX_RENDERED_PROMPT_CHARS)",
+                f"({MAX_RENDERED_SETTING})",
                 field=field,
                 metadata={"max_chars": str(max_chars)},
             )
         out.append(text)
-    return "".join(out)
+    prompt = "".join(out)
+    if not prompt.strip():  # as the generation service tests a message's content
+        raise _blank(list(texts), field)
+    return prompt
+
+
+def _blank(names: list[str], field: str) -> BlankPrompt:
+    """The hit's error for a prompt its values (``names``, in order) left blank."""
+    if not names:  # a template with no placeholder (check_single_prompt refuses those)
+        return BlankPrompt("the template renders a blank prompt", field=field)
+    one = len(names) == 1
+    return BlankPrompt(
+        f"the hit's prompt is blank: its {'value' if one else 'values'} for "
+        f"{', '.join(repr(name) for name in names)} used in the template "
+        f"{'holds' if one else 'hold'} only whitespace (spaces, tabs, line breaks)",
+        field=field,
+        metadata={"property": names[0], "properties": ",".join(names)},
+    )

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.gateway.grouped import grouped_prompt
 from services.gateway.templates import (
+    BlankPrompt,
     PromptTooLong,
     Template,
     check_single_prompt,
@@ -80,6 +81,33 @@ def test_missing_or_empty_property_fails_that_hit(props: dict[str, object]) -> N
     assert "'title'" in err.value.message
 
 
+@pytest.mark.parametrize(
+    ("source", "props", "names"),
+    [
+        ("{title}", {"title": "  "}, ["title"]),
+        (" {title}\n{body} ", {"title": "\t", "body": "\u00a0\n", "year": "x"}, ["title", "body"]),
+        ("{title}{title}", {"title": "\r\n"}, ["title"]),
+    ],
+)
+def test_a_prompt_rendered_blank_fails_that_hit(
+    source: str, props: dict[str, object], names: list[str]
+) -> None:
+    # The generation service refuses a blank message naming messages[0].content, a field
+    # the caller never sent: the hit's own error, naming the caller's field and properties.
+    with pytest.raises(BlankPrompt) as err:
+        fill(parse(source, field=FIELD), props)
+    assert err.value.reason == "BLANK_PROMPT"
+    assert err.value.field == FIELD and err.value.message.startswith(FIELD)
+    assert err.value.metadata == {
+        "field": FIELD,
+        "property": names[0],
+        "properties": ",".join(names),
+    }
+    assert all(repr(name) in err.value.message for name in names)
+    # Whitespace around text is still text.
+    assert fill(parse("{title}", field=FIELD), {"title": " x "}) == " x "
+
+
 def test_zero_and_false_are_values_not_missing() -> None:
     template = parse("{year} {flag}", field=FIELD)
     assert fill(template, {"year": 0.0, "flag": False}) == "0 false"
@@ -110,7 +138,11 @@ def test_any_text_parses_or_is_a_clear_invalid_argument(source: str) -> None:
         expected = expected.replace("{" + name + "}", f"<{name}>")
     expected = expected.replace("{{", "{").replace("}}", "}")
     if "{{" not in source and "}}" not in source:
-        assert fill(template, values) == expected
+        if expected.strip():
+            assert fill(template, values) == expected
+        else:  # only whitespace: never sent (the generation service refuses it)
+            with pytest.raises(BlankPrompt):
+                fill(template, values)
 
 
 @given(st.text(alphabet=st.characters(blacklist_characters="{}"), max_size=100))

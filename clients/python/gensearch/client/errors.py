@@ -352,6 +352,13 @@ class MissingPropertyError(FailedPreconditionError):
     error_reason = "MISSING_PROPERTY"
 
 
+class BlankPromptError(FailedPreconditionError):
+    """A hit's values render its prompt blank (only whitespace): seen on a per-hit
+    ``GenerationError``, never on a call."""
+
+    error_reason = "BLANK_PROMPT"
+
+
 class StoreIsClusterError(FailedPreconditionError):
     error_reason = "STORE_IS_CLUSTER"
 
