@@ -83,7 +83,7 @@ class ServiceError(Exception):
     def to_proto(self) -> status_pb2.Status:
         # The last line of defence against echoed input: every text is capped here.
         message = _cut(self.message, MAX_MESSAGE_CHARS)
-        metadata = {k: _cut(v, MAX_METADATA_CHARS) for k, v in self.metadata.items()}
+        metadata = capped_metadata(self.metadata)
         info = error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN, metadata=metadata)
         details = [_pack(info)]
         if self.field:
@@ -96,6 +96,12 @@ class ServiceError(Exception):
             )
             details.append(_pack(bad))
         return status_pb2.Status(code=self.code.value[0], message=message, details=details)
+
+
+def capped_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
+    """ErrorInfo metadata as a status carries it: every value capped (and cleaned) to
+    ``MAX_METADATA_CHARS``. The gateway's per-hit ``GenerationError`` carries the same."""
+    return {k: _cut(v, MAX_METADATA_CHARS) for k, v in metadata.items()}
 
 
 def _pack(message: object) -> any_pb2.Any:

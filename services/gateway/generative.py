@@ -375,10 +375,14 @@ class GenerativeSearch:
                 plan.jobs[GROUPED] = _refused(
                     templates.PromptTooLong(
                         f"the grouped prompt would be {len(grouped)} characters, longer than "
-                        f"{limit} (GENSEARCH_GATEWAY_MAX_RENDERED_PROMPT_CHARS): fewer hits "
+                        f"{limit} ({templates.MAX_RENDERED_SETTING}): fewer hits "
                         "(limit) or fewer properties (grouped_properties)",
                         field="generate.grouped_task",
-                        metadata={"max_chars": str(limit), "chars": str(len(grouped))},
+                        metadata={
+                            "max_chars": str(limit),
+                            "chars": str(len(grouped)),
+                            "setting": templates.MAX_RENDERED_SETTING,
+                        },
                     )
                 )
             else:

@@ -11,7 +11,14 @@ from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.generation.v1 import generation_service_pb2 as gen_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 
-from services.common.errors import ATTEMPTS, WAIT_MS, metadata_count, upstream_calls
+from services.common.errors import (
+    ATTEMPTS,
+    DOMAIN,
+    WAIT_MS,
+    capped_metadata,
+    metadata_count,
+    upstream_calls,
+)
 from services.gateway.clients import Caller, GenerationClient
 from services.gateway.errors import HitError
 from services.gateway.request_parts import check_fallback
@@ -211,7 +218,14 @@ async def complete(
 def error_result(error: HitError, prompt: str = "") -> gw_pb.GenerationResult:
     result = gw_pb.GenerationResult(
         error=gw_pb.GenerationError(
-            code=error.number, status=error.status, message=error.message, reason=error.reason
+            code=error.number,
+            status=error.status,
+            message=error.message,
+            reason=error.reason,
+            # The ErrorInfo a failed call would carry, so a client reads the field, the
+            # limit, the provider ... of a hit's failure as it does a call's.
+            domain=DOMAIN,
+            metadata=capped_metadata(error.metadata),
         ),
         prompt=prompt,
     )

@@ -186,6 +186,7 @@ class NamedObjects:
                     grpc.StatusCode.NOT_FOUND,
                     f"object {object_id} not found in {collection!r}",
                     "OBJECT_NOT_FOUND",
+                    {"field": f"ids.ids[{index}]", "id": object_id},
                 )
                 hits.append(ret_pb.Hit(id=object_id))
                 continue

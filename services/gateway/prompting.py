@@ -170,6 +170,11 @@ def fit_prompt(
             "kept for the answer",
             field="llm_question",
             reason="PROMPT_TOO_LONG",
+            metadata={
+                "context_window": str(context_window),
+                "answer_tokens": str(answer_tokens),
+                "tokens": str(needed),
+            },
         )
     history_budget = budget - needed
     used = 0
@@ -211,6 +216,11 @@ def fit_prompt(
                     f"{max_chars} characters (GENSEARCH_GATEWAY_MAX_RENDERED_PROMPT_CHARS)",
                     field="llm_question",
                     reason="PROMPT_TOO_LONG",
+                    # As a hit's prompt past the same limit says it.
+                    metadata={
+                        "max_chars": str(max_chars),
+                        "setting": "GENSEARCH_GATEWAY_MAX_RENDERED_PROMPT_CHARS",
+                    },
                 )
         asked = question_message(hits[:n_hits], context_fields, user_instructions, question)
     prompt = AskPrompt(

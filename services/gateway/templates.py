@@ -173,10 +173,10 @@ def _plain(value: Any) -> Any:
 
 
 def render(template: Template, properties: Mapping[str, Any], *, max_chars: int, field: str) -> str:
-    """The prompt for one hit; PromptTooLong (naming ``field``) as soon as it would pass
-    ``max_chars``, before it is built, so a hit never costs more memory than that;
-    MissingProperty for a value missing or empty, BlankPrompt when the values leave the
-    whole prompt blank (the template's text is only spaces too)."""
+    """The prompt for one hit; PromptTooLong as soon as it would pass ``max_chars``,
+    before it is built, so a hit never costs more memory than that; MissingProperty for a
+    value missing or empty, BlankPrompt when the values leave the whole prompt blank (the
+    template's text is only spaces too). Each names ``field``, the template's."""
     out: list[str] = []
     texts: dict[str, str] = {}  # each property encoded once, however often it is named
     size = 0
@@ -190,6 +190,7 @@ def render(template: Template, properties: Mapping[str, Any], *, max_chars: int,
             if is_empty(value):
                 raise MissingProperty(
                     f"the hit has no value for property {part.name!r} used in the template",
+                    field=field,
                     metadata={"property": part.name},
                 )
             text = texts[part.name] = to_text(value)
@@ -199,7 +200,7 @@ def render(template: Template, properties: Mapping[str, Any], *, max_chars: int,
                 f"the hit's prompt would be longer than {max_chars} characters "
                 f"({MAX_RENDERED_SETTING})",
                 field=field,
-                metadata={"max_chars": str(max_chars)},
+                metadata={"max_chars": str(max_chars), "setting": MAX_RENDERED_SETTING},
             )
         out.append(text)
     prompt = "".join(out)

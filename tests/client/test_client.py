@@ -150,6 +150,14 @@ async def test_a_failed_hit_carries_its_own_error(client: AsyncGensearch) -> Non
     assert found.hits[0].generation and not found.hits[0].generation.ok
     error = found.hits[0].generation.error
     assert error and error.reason == "MISSING_PROPERTY" and error.status == "FAILED_PRECONDITION"
+    # The ErrorInfo a failed call would carry: which property, which field, no parsing.
+    assert error.domain == "gensearch" and error.field == "generate.single_prompt"
+    assert error.metadata == {"field": "generate.single_prompt", "property": "published"}
+    events = [
+        e async for e in books.generate_stream.keyword("desert", single_prompt="About {published}")
+    ]
+    streamed = [e.generation.error for e in events if isinstance(e, types.HitResultEvent)]
+    assert streamed and all(e and e.metadata == error.metadata for e in streamed)
 
 
 async def test_streamed_generative_search(client: AsyncGensearch) -> None:

@@ -116,6 +116,33 @@ def test_guard_refuses_a_question_that_cannot_fit() -> None:
             answer_tokens=128,
         )
     assert err.value.field == "llm_question"
+    assert err.value.reason == "PROMPT_TOO_LONG"
+    metadata = err.value.metadata
+    assert (metadata["context_window"], metadata["answer_tokens"]) == ("512", "128")
+    assert int(metadata["tokens"]) > 512 - 128
+
+
+def test_guard_past_the_rendered_limit_says_the_limit_as_a_hit_would() -> None:
+    # A hit's prompt past GENSEARCH_GATEWAY_MAX_RENDERED_PROMPT_CHARS says max_chars and
+    # setting in its ErrorInfo metadata; an Ask's question past it said neither.
+    with pytest.raises(InvalidArgument) as err:
+        fit_prompt(
+            system_prompt="SYS",
+            turns=[],
+            hits=[],
+            context_fields=[],
+            user_instructions="",
+            question="long " * 100,
+            context_window=100_000,
+            answer_tokens=128,
+            max_chars=200,
+        )
+    assert (err.value.field, err.value.reason) == ("llm_question", "PROMPT_TOO_LONG")
+    assert err.value.metadata == {
+        "field": "llm_question",
+        "max_chars": "200",
+        "setting": "GENSEARCH_GATEWAY_MAX_RENDERED_PROMPT_CHARS",
+    }
 
 
 def test_citations_map_markers_to_prompt_hits() -> None:

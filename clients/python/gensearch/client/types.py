@@ -529,12 +529,23 @@ CompletionStreamEvent = CompletionDelta | CompletionRestart | CompletionEvent
 @_proto("gensearch.gateway.v1.GenerationError")
 @dataclass
 class GenerationError:
-    """A failure scoped to one hit (or the grouped call); ``reason`` is the ErrorInfo reason."""
+    """A failure scoped to one hit (or the grouped call): what a failed call's
+    ``GensearchError`` would carry. ``reason``, ``domain`` and ``metadata`` are its
+    ErrorInfo (same reason, same metadata keys: ``field``, ``property``, ``max_chars``,
+    ``setting``, ``provider``, ``attempts`` ...)."""
 
     code: int = 0
     status: str = ""
     message: str = ""
     reason: str = ""
+    domain: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def field(self) -> str:
+        """The request field at fault ("" when none was named), as
+        ``GensearchError.field``."""
+        return self.metadata.get("field", "")
 
 
 @_proto("gensearch.gateway.v1.GenerationResult")
