@@ -176,9 +176,13 @@ class AskService:
         )
         tokenizer = self._b.tokenizers.for_model(provider, model_name)
         answer_tokens = min(options.max_tokens or s.answer_reserve_tokens, window // 2)
-        system_prompt = (
-            request.system_prompt or info.generative.system_prompt or DEFAULT_SYSTEM_PROMPT
+        # A collection's blank one (retrieval stores it as given) counts as unset: the
+        # generation service refuses a blank message, and the caller cannot fix it.
+        collection_prompt = info.generative.system_prompt
+        system_prompt = request.system_prompt or (
+            collection_prompt if collection_prompt.strip() else ""
         )
+        system_prompt = system_prompt or DEFAULT_SYSTEM_PROMPT
         instructions = request.user_instructions or info.generative.user_instructions
 
         def fitted(hits: list[ContextHit]) -> Awaitable[AskPrompt]:

@@ -83,6 +83,14 @@ def validate(request: AskLike, settings: GatewaySettings) -> AskParams:
     check_sampling(request)
     check_fallback(request.fallback, s.max_fallbacks, "fallback")
     check_length(request, ("system_prompt", "user_instructions"), s.max_prompt_chars)
+    if request.system_prompt and not request.system_prompt.strip():
+        # Sent as the first message, it failed the Ask at the generation service, naming
+        # messages[0].content, a field the caller never sent (as a blank grouped_task).
+        raise InvalidArgument(
+            "system_prompt is blank: write one, or leave it unset for the collection's "
+            "or the default one",
+            field="system_prompt",
+        )
     return AskParams(
         question=request.llm_question.strip(),
         context_size=(
