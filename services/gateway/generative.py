@@ -19,7 +19,7 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from google.protobuf import json_format
 from opentelemetry import trace
 
-from services.common.errors import ServiceError
+from services.common.errors import FailedPrecondition, ServiceError
 from services.common.tracing import service_tracer
 from services.gateway import chunks, generation_cache, generative_request, rerank, templates
 from services.gateway.backends import Backends
@@ -369,7 +369,18 @@ class GenerativeSearch:
             grouped = grouped_prompt(g.grouped_task, present, only)
             plan.prompts[GROUPED] = grouped
             limit = s.max_rendered_prompt_chars
-            if len(grouped) > limit:
+            if not present:
+                # Nothing to write on (no hit, or every named object missing): a call
+                # would be charged for the model's guess over "(no results)".
+                plan.jobs[GROUPED] = _refused(
+                    FailedPrecondition(
+                        "generate.grouped_task: no object to generate on (the search found "
+                        "none, or every one named was missing), so no call was made",
+                        field="generate.grouped_task",
+                        reason="NO_RESULTS",
+                    )
+                )
+            elif len(grouped) > limit:
                 # The grouped result's own error, in the gateway's words: generation's
                 # refusal named `messages`, a field the caller never sent.
                 plan.jobs[GROUPED] = _refused(

@@ -87,6 +87,34 @@ async def test_a_missing_id_is_its_own_error_with_a_grouped_task_alone(stack: St
     assert errors == {0: "OBJECT_NOT_FOUND"}
 
 
+async def test_a_grouped_task_over_no_object_makes_no_call(stack: Stack) -> None:
+    """Before, every id missing still sent the grouped task over "(no results)": a charged
+    call for the model's guess. Now the grouped result is NO_RESULTS, with no call; a
+    search finding nothing is the same."""
+    await create_books(stack)
+    request = by_ids([str(uuid.uuid4()), str(uuid.uuid4())], grouped_task="Sum up")
+    response = await stack.stub.GenerateOnObjects(request, metadata=ALICE)
+    assert [h.generation.error.reason for h in response.hits] == ["OBJECT_NOT_FOUND"] * 2
+    error = response.grouped.error
+    assert (error.status, error.reason) == ("FAILED_PRECONDITION", "NO_RESULTS")
+    assert error.metadata["field"] == "generate.grouped_task"
+    assert response.grouped.upstream_calls == 0 and not response.grouped.result
+    stream = gw_pb.StreamGenerateOnObjectsRequest()
+    stream.ParseFromString(request.SerializeToString())
+    events = [e async for e in stack.stub.StreamGenerateOnObjects(stream, metadata=ALICE)]
+    grouped = [e.grouped for e in events if e.HasField("grouped")]
+    assert [g.error.reason for g in grouped] == ["NO_RESULTS"]
+
+    nothing = gw_pb.GenerativeSearchRequest(
+        collection="Books",
+        keyword=ret_pb.Keyword(text="zeppelin"),
+        generate=gw_pb.Generate(grouped_task="Sum up"),
+    )
+    found = await stack.stub.GenerativeSearch(nothing, metadata=ALICE)
+    assert not found.hits and found.grouped.error.reason == "NO_RESULTS"
+    assert stack.fake.chat_requests == []
+
+
 async def test_ids_are_read_in_one_batch_call(stack: Stack) -> None:
     """However many ids (a missing one too), one BatchGetObjects reaches retrieval
     (counted on retrieval's own server) and no GetObject."""

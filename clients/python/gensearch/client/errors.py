@@ -359,6 +359,13 @@ class BlankPromptError(FailedPreconditionError):
     error_reason = "BLANK_PROMPT"
 
 
+class NoResultsError(FailedPreconditionError):
+    """A grouped task over no object (the search found none, or every one named was
+    missing): no call was made. Seen on the grouped ``GenerationError``, never on a call."""
+
+    error_reason = "NO_RESULTS"
+
+
 class StoreIsClusterError(FailedPreconditionError):
     error_reason = "STORE_IS_CLUSTER"
 
