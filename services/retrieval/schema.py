@@ -300,6 +300,14 @@ def _validate_generative(gen: pb.GenerativeConfig, types: dict[str, int]) -> Non
         raise InvalidArgument(f"{where}.provider is too long", field=f"{where}.provider")
     check_model_name(gen.model, f"{where}.model")
     for name in ("system_prompt", "user_instructions"):
+        text = getattr(gen, name)
+        if text and not text.strip():
+            # Stored, it would stand in for the default as nothing at all.
+            raise InvalidArgument(
+                f"{where}.{name} must not be only spaces or line breaks (leave it empty for "
+                "the default)",
+                field=f"{where}.{name}",
+            )
         # The gateway's limit at its default, as a request's system prompt has it.
         if len(getattr(gen, name)) > DEFAULT_MAX_PROMPT_CHARS:
             raise InvalidArgument(

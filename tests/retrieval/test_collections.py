@@ -357,6 +357,22 @@ async def test_a_fallback_pair_repeating_the_primary_or_an_earlier_pair_is_refus
     assert len(created.collection.generative.fallback) == 1
 
 
+async def test_a_blank_system_prompt_or_instructions_is_refused(retrieval: Retrieval) -> None:
+    """Before, "  \n" was stored and then used as the collection's system prompt."""
+    for name in ("system_prompt", "user_instructions"):
+        await expect_error(
+            retrieval.stub.CreateCollection(
+                pb.CreateCollectionRequest(
+                    collection=vector_collection(
+                        f"Blank_{name}", generative=pb.GenerativeConfig(**{name: "  \n"})
+                    )
+                )
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"collection.generative.{name}",
+        )
+
+
 async def test_a_data_type_the_enum_does_not_have_is_named_as_such(retrieval: Retrieval) -> None:
     # DataType 99 was "collection.properties[0].data_type is required", as if unset.
     for data_type, says in ((99, "data_type 99 is not a DataType"), (0, "data_type is required")):
