@@ -38,6 +38,11 @@ FREE_PORTS = {
 }
 
 
+# The variable pointing the ollama preset (model llama3.2) at the fake LLM.
+FALLBACK_BASE_URL = "GENSEARCH_GENERATION_OLLAMA_BASE_URL"
+FALLBACK = "ollama/llama3.2"
+
+
 class LoopThread:
     """An event loop in a daemon thread; ``run`` executes a coroutine there and waits."""
 
@@ -86,7 +91,9 @@ def running_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningS
     fake = FakeOpenAI()
     loop.run(fake.start())
     args = up_args(data_dir, llm_base_url=fake.base_url, log_level="WARNING")
-    with mock.patch.dict(os.environ, FREE_PORTS):
+    # The ollama preset at the fake too: a second endpoint for fallback chains (one
+    # repeating the primary's is refused, DUPLICATE_FALLBACK).
+    with mock.patch.dict(os.environ, {**FREE_PORTS, FALLBACK_BASE_URL: fake.base_url}):
         stack_mod._quiet_libraries()
         stack = loop.run(stack_mod.start(args))
     try:

@@ -14,7 +14,7 @@ import pytest
 
 from services.cli.__main__ import main
 from services.generation.settings import GenerationSettings
-from tests.cli.conftest import RunningStack
+from tests.cli.conftest import FALLBACK, RunningStack
 from tests.cli.test_commands import BOOKS, new_name, one_error_line
 from tests.support.fake_openai import Behaviour, echo_last_user
 
@@ -81,21 +81,21 @@ def test_search_cache_use_then_cached(cli: Any, novels: str, fake: Any) -> None:
 
 
 def test_search_fallback_names_who_answered(cli: Any, novels: str, fake: Any) -> None:
-    # The primary (the stack's one model) fails every retry; the fallback pair (the same
-    # provider's default model: the local provider knows one) answers.
+    # The primary (the stack's one model) fails every retry; the fallback pair (the ollama
+    # preset, pointed at the same fake) answers.
     model = fake_model()
     fake.enqueue_for_model(model, *[Behaviour.error(503)] * RETRIES)
     result = cli(
         "search", "-c", novels, "--keyword", "desert", "--limit", "1",
-        "--single-prompt", "About {title}", "--fallback", "local",
+        "--single-prompt", "About {title}", "--fallback", FALLBACK,
     )  # fmt: skip
     assert result.code == 0, result.err
-    assert f"answered by local/{model} (fallback 1)" in result.out
+    assert f"answered by {FALLBACK} (fallback 1)" in result.out
 
     fake.enqueue_for_model(model, *[Behaviour.error(500)] * RETRIES)
     grouped = cli(
         "search", "-c", novels, "--keyword", "desert", "--limit", "1", "--json",
-        "--grouped-task", "Sum up", "--fallback", f"local/{model}",
+        "--grouped-task", "Sum up", "--fallback", FALLBACK,
     )  # fmt: skip
     assert grouped.code == 0, grouped.err
     assert json.loads(grouped.out)["grouped"]["fallback_index"] == 1
@@ -177,7 +177,7 @@ def test_ask_fallback(cli: Any, novels: str, fake: Any) -> None:
     fake.enqueue_for_model(model, *[Behaviour.error(503)] * RETRIES)
     answer = cli(
         "ask", "-c", novels, "What is Dune about?", "--no-memory", "--json",
-        "--fallback", f"local/{model}",
+        "--fallback", FALLBACK,
     )  # fmt: skip
     assert answer.code == 0, answer.err
     assert json.loads(answer.out)["fallback_index"] == 1
@@ -302,7 +302,7 @@ def test_generate_inline_objects(cli: Any, fake: Any, tmp_path: Path) -> None:
     result = cli(
         "generate", "--object", '{"title": "Roadside Picnic", "year": 1972}',
         "--objects-file", str(path), "--single-prompt", "JSON for {title} ({year})",
-        "--response-format", json.dumps(SCHEMA), "--fallback", "local",
+        "--response-format", json.dumps(SCHEMA), "--fallback", FALLBACK,
     )  # fmt: skip
     assert result.code == 0, result.err
     assert "[1] Roadside Picnic\n" in result.out and "[3] Ubik\n" in result.out
