@@ -48,7 +48,7 @@ from google.protobuf import struct_pb2  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 
 from bench.report import Figures, machine, pct  # noqa: E402
-from bench.stack import ServiceProcess, Stack  # noqa: E402
+from bench.stack import ServiceProcess, Stack, peer_channel  # noqa: E402
 from services.common.auth import DEFAULT_TENANT  # noqa: E402
 from services.retrieval.edge_store import EdgeStore  # noqa: E402
 from services.retrieval.tenancy import storage_name  # noqa: E402
@@ -133,7 +133,7 @@ class Bench:
 
         args = self.args
         texts = text_objects(args.embed_objects, self.rng)
-        async with grpc.aio.insecure_channel(self.service.address) as channel:
+        async with peer_channel(self.service.address) as channel:
             stub = self.stub(channel)
             texts_collection = pb.Collection(name="Texts", properties=PROPERTIES)
             await stub.CreateCollection(pb.CreateCollectionRequest(collection=texts_collection))
@@ -177,12 +177,12 @@ class Bench:
             vectorizer=pb.Vectorizer(kind=pb.VECTORIZER_KIND_NONE, dimensions=DIM),
             keyword_index=False,
         )
-        async with grpc.aio.insecure_channel(self.service.address) as channel:
+        async with peer_channel(self.service.address) as channel:
             create = pb.CreateCollectionRequest(collection=collection)
             await self.stub(channel).CreateCollection(create)
         rows = []
         loaded = 0
-        async with grpc.aio.insecure_channel(self.service.address) as channel:
+        async with peer_channel(self.service.address) as channel:
             stub = self.stub(channel)
             self.health = health_pb2_grpc.HealthStub(channel)
             for size in self.args.sizes:

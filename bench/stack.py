@@ -83,6 +83,33 @@ TOKEN = "bench-internal-token"
 # too, so both paths run the same identity checks.
 IDENTITY = forwarded_identity(Identity("bench", DEFAULT_TENANT, Role.ADMIN), TOKEN)
 START_TIMEOUT = 120.0
+
+
+def _as_the_peer(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+    """``details`` with ``IDENTITY`` added: a service behind the gateway with a token and
+    no keys takes calls from the gateway alone (MISSING_INTERNAL_TOKEN otherwise)."""
+    metadata = grpc.aio.Metadata(*(details.metadata or ()), *IDENTITY)
+    return grpc.aio.ClientCallDetails(
+        details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+    )
+
+
+# Two classes: grpc.aio files an interceptor under the first kind it is an instance of.
+class _UnaryAsThePeer(grpc.aio.UnaryUnaryClientInterceptor):
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(_as_the_peer(details), request)
+
+
+class _StreamAsThePeer(grpc.aio.StreamUnaryClientInterceptor):
+    async def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return await continuation(_as_the_peer(details), requests)
+
+
+def peer_channel(address: str) -> grpc.aio.Channel:
+    """A channel whose calls reach a service as the gateway's would (``IDENTITY``)."""
+    return grpc.aio.insecure_channel(address, interceptors=[_UnaryAsThePeer(), _StreamAsThePeer()])
+
+
 STOP_TIMEOUT = 15.0
 
 
