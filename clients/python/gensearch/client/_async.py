@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import dataclasses
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import date, datetime, timedelta
@@ -32,7 +33,13 @@ from gensearch.gateway.v1 import gateway_service_pb2 as gpb
 from gensearch.generation.v1 import generation_service_pb2 as genpb
 from gensearch.memory.v1 import memory_service_pb2 as mpb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as rpb
-from google.protobuf import field_mask_pb2, json_format, struct_pb2
+from google.protobuf import (
+    descriptor_pool,
+    field_mask_pb2,
+    json_format,
+    message_factory,
+    struct_pb2,
+)
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2
 
@@ -40,17 +47,35 @@ QUERY_KINDS = ("near_text", "keyword", "hybrid", "near_vector")
 
 
 def _clean(fields: Mapping[str, Any]) -> dict[str, Any]:
-    """Request keyword arguments: None means unset; filters and durations converted."""
+    """Request keyword arguments: None means unset; filters, durations and the client's
+    own dataclasses (``Rerank``, ``ContextExpansion`` …) converted."""
     out: dict[str, Any] = {}
     for name, value in fields.items():
         if value is None:
             continue
         if name == "filter":
             value = as_filter(value)
+        elif isinstance(value, list | tuple):
+            value = [_message_of(v) for v in value]
+        else:
+            value = _message_of(value)
         # timedelta / datetime stay as they are: protobuf takes them for Duration and
         # Timestamp fields itself.
         out[name] = value
     return out
+
+
+def _message_of(value: Any) -> Any:
+    """A dataclass of ``types`` as the proto message it stands for; anything else as is."""
+    if not dataclasses.is_dataclass(value) or isinstance(value, type):
+        return value
+    for full_name, cls in t._TYPES.items():
+        if cls is type(value):
+            message_cls = message_factory.GetMessageClass(
+                descriptor_pool.Default().FindMessageTypeByName(full_name)
+            )
+            return t.to_proto(value, message_cls)
+    return value
 
 
 def _data_object(value: t.DataObject | Mapping[str, Any]) -> rpb.DataObject:
@@ -161,10 +186,14 @@ class Collections:
         vectorizer: t.Vectorizer | str = "local",
         generative: t.GenerativeConfig | None = None,
         keyword_index: bool | None = None,
+        chunking: t.Chunking | None = None,
+        rerank: t.Rerank | None = None,
         timeout: Timeout = DEFAULT,
     ) -> AsyncCollection:
         """Create a collection; ``properties`` as ``{"title": "text", "year": "int"}`` or a
-        list of ``Property``. Returns its handle."""
+        list of ``Property``. ``chunking``: its objects are chunks of documents (for
+        ``expand_context``); ``rerank``: the default rerank stage of its Asks and
+        generative searches (a request's own ``rerank=`` wins). Returns its handle."""
         props = (
             [t.Property(n, kind) for n, kind in properties.items()]
             if isinstance(properties, Mapping)
@@ -177,6 +206,8 @@ class Collections:
             vectorizer=t.Vectorizer(kind=vectorizer) if isinstance(vectorizer, str) else vectorizer,
             keyword_index=keyword_index,
             generative=generative,
+            chunking=chunking,
+            rerank=rerank,
         )
         return await self.create_from(spec, timeout=timeout)
 
@@ -308,7 +339,9 @@ class AsyncCollection:
         retry with it after the turn was stored returns that turn (``replayed``) with no
         LLM call. Other AskRequest fields
         (``llm_model``, ``provider``, ``fallback``, ``filter``, ``system_prompt``,
-        ``near_text``, ``debug`` …) pass through.
+        ``near_text``, ``debug``, ``rerank=Rerank(...)``,
+        ``expand_context=ContextExpansion(...)`` …) pass through; the client's dataclasses
+        are taken for message fields, as dicts are.
         """
         request = self._ask_request(
             gpb.AskRequest,
@@ -1127,7 +1160,8 @@ async def _search_events(
         which = event.WhichOneof("event")
         converted: t.SearchEvent
         if which == "hits":
-            converted = t.HitsEvent(hits=await hits(event.hits.hits))
+            converted = t.from_proto(t.HitsEvent, event.hits)
+            converted.hits = await hits(event.hits.hits)
         elif which == "hit_result":
             converted = t.from_proto(t.HitResultEvent, event.hit_result)
         elif which == "token":

@@ -241,6 +241,24 @@ class Chunking:
     order_property: str = ""
 
 
+@_proto("gensearch.retrieval.v1.Rerank")
+@dataclass
+class Rerank:
+    """A rerank stage after retrieval: ``candidates`` hits retrieved (0: the service's
+    default), scored against ``query`` (empty: the query's text) by ``provider`` (empty or
+    ``"mmr"``: local maximal marginal relevance, weighed by ``mmr_lambda``; else a
+    configured /v1/rerank provider, or the caller's own ``base_url``), the best kept. As a
+    request's ``rerank=``, or a collection's default for its Asks and generative searches."""
+
+    provider: str = ""
+    model: str = ""
+    candidates: int = 0
+    query: str = ""
+    properties: list[str] = field(default_factory=list)
+    mmr_lambda: float | None = None
+    base_url: str = ""
+
+
 @_proto("gensearch.retrieval.v1.Collection")
 @dataclass
 class Collection:
@@ -252,6 +270,8 @@ class Collection:
     generative: GenerativeConfig | None = None
     create_time: datetime | None = None
     chunking: Chunking | None = None
+    # The default rerank stage of Ask and generative search over it (None: none).
+    rerank: Rerank | None = None
     # GetCollection only: how many objects it holds.
     object_count: int | None = None
     raw: Any = field(default=None, repr=False, compare=False)
@@ -366,6 +386,9 @@ class Hit:
     properties: dict[str, Any] = field(default_factory=dict)
     score: float = 0.0
     vector: list[float] = field(default_factory=list, repr=False)
+    # With a rerank stage: the reranker's score (hits are in its order; ``score`` stays
+    # the retrieval score). None: not reranked.
+    rerank_score: float | None = None
     raw: Any = field(default=None, repr=False, compare=False)
 
     def __getitem__(self, name: str) -> Any:
@@ -609,6 +632,34 @@ class GenerativeHit:
         return self.generation.error if self.generation else None
 
 
+@_proto("gensearch.gateway.v1.ContextExpansion")
+@dataclass
+class ContextExpansion:
+    """A request's ``expand_context=`` (collections with ``chunking``): widen each hit with
+    ``neighbors`` chunks either side of it, or its ``whole_document``, within ``max_tokens``
+    estimated tokens for all passages (None: the service's default)."""
+
+    neighbors: int = 0
+    whole_document: bool = False
+    max_tokens: int | None = None
+
+
+@_proto("gensearch.gateway.v1.ContextPassage")
+@dataclass
+class ContextPassage:
+    """A passage given to the model with ``expand_context``: consecutive chunks of one
+    ``document`` (its ``chunking.document_property`` value) at positions ``first`` to
+    ``last``; ``number`` its ``[n]`` in the prompt, ``hit_ids`` the hits inside it (rank
+    order), ``chunk_ids`` every chunk in it (document order)."""
+
+    number: int = 0
+    hit_ids: list[str] = field(default_factory=list)
+    chunk_ids: list[str] = field(default_factory=list)
+    document: Any = None
+    first: int = 0
+    last: int = 0
+
+
 @_proto("gensearch.gateway.v1.GenerativeSearchResponse")
 @dataclass
 class GenerativeSearchResult:
@@ -617,6 +668,8 @@ class GenerativeSearchResult:
     usage: Usage | None = None
     # Sum of upstream_calls over every per-hit and grouped result.
     upstream_calls: int = 0
+    # With expand_context: the passages of the grouped prompt.
+    passages: list[ContextPassage] = field(default_factory=list)
     raw: Any = field(default=None, repr=False, compare=False)
 
     def __iter__(self) -> Any:
@@ -654,9 +707,11 @@ class GenerateOnObjectsResult(GenerativeSearchResult):
 @_proto("gensearch.gateway.v1.HitsEvent")
 @dataclass
 class HitsEvent:
-    """First: the search results."""
+    """First: the search results (and, with expand_context, the grouped prompt's
+    passages)."""
 
     hits: list[Hit] = field(default_factory=list)
+    passages: list[ContextPassage] = field(default_factory=list)
     raw: Any = field(default=None, repr=False, compare=False)
 
 
@@ -802,6 +857,8 @@ class Answer:
     # The turn was already stored under the ask's request_id: this is that turn (hits as
     # ids only), and nothing was generated, searched or stored for it.
     replayed: bool = False
+    # With expand_context: the passages the prompt numbered (a citation's ``number``).
+    passages: list[ContextPassage] = field(default_factory=list)
     raw: Any = field(default=None, repr=False, compare=False)
 
     def __str__(self) -> str:
@@ -1003,6 +1060,8 @@ __all__ = [
     "CompletionEvent",
     "CompletionRestart",
     "CompletionStreamEvent",
+    "ContextExpansion",
+    "ContextPassage",
     "Conversation",
     "ConversationSummary",
     "DataObject",
@@ -1026,6 +1085,7 @@ __all__ = [
     "ObjectError",
     "Property",
     "Provider",
+    "Rerank",
     "SearchEvent",
     "SearchResult",
     "StorageUsage",
