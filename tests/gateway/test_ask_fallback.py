@@ -183,7 +183,12 @@ async def test_a_collections_chain_repeating_a_pair_is_named(stack: Stack) -> No
     generative = ret_pb.GenerativeConfig(
         provider="fake",
         model="primary",
-        fallback=[ret_pb.GenerativeModel(provider="fake", model="b")] * 2,
+        # Distinct as written (retrieval stores it), one endpoint once the empty model is
+        # the provider's default: the gateway finds the repeat at use.
+        fallback=[
+            ret_pb.GenerativeModel(provider="fake", model=""),
+            ret_pb.GenerativeModel(provider="fake", model="fake-model"),
+        ],
     )
     await create_books(stack, books=WITH_BODY, generative=generative)
     for call in (

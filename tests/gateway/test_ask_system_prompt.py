@@ -7,7 +7,6 @@ from __future__ import annotations
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 
-from services.gateway.prompting import DEFAULT_SYSTEM_PROMPT
 from tests.gateway.conftest import ALICE, Stack, create_books
 from tests.support.rpc import bad_request_field, error_info, failure_of
 
@@ -34,18 +33,19 @@ async def test_a_blank_system_prompt_is_refused_naming_it(stack: Stack) -> None:
     assert stack.fake.chat_requests == []
 
 
-async def test_a_collections_blank_system_prompt_is_the_default(stack: Stack) -> None:
-    # Stored by retrieval as it was given: the caller of Ask cannot fix it, so it counts as
-    # unset, as an empty one does.
-    await create_books(
-        stack,
-        generative=ret_pb.GenerativeConfig(
-            provider="fake", model="fake-model", system_prompt=BLANK
-        ),
+async def test_a_collections_blank_system_prompt_is_refused_when_it_is_made(
+    stack: Stack,
+) -> None:
+    # Before, retrieval stored it as it was given and every Ask sent it as the system
+    # prompt. (The gateway still reads one stored before as unset, the default.)
+    err = await failure_of(
+        create_books(
+            stack,
+            generative=ret_pb.GenerativeConfig(
+                provider="fake", model="fake-model", system_prompt=BLANK
+            ),
+        )
     )
-    answer = await stack.stub.Ask(
-        gw_pb.AskRequest(collection="Books", llm_question="Which?"), metadata=ALICE
-    )
-    assert answer.answer
-    (sent,) = stack.fake.chat_requests
-    assert sent.json["messages"][0] == {"role": "system", "content": DEFAULT_SYSTEM_PROMPT}
+    assert err.code().name == "INVALID_ARGUMENT"
+    assert error_info(err).metadata["field"] == "collection.generative.system_prompt"
+    assert stack.fake.chat_requests == []
