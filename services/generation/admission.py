@@ -22,6 +22,12 @@ replica; replicas meet only in the shared limits. Only the call at the head of t
 asks the shared limits (one Redis round trip at a time per provider and replica).
 A wait the call's deadline cannot cover fails it at once with RESOURCE_EXHAUSTED instead
 of sleeping into the deadline; the deadline passing in the queue is DEADLINE_EXCEEDED.
+A call anywhere in the queue (not only its head) is refused at once, as it queues or as
+soon as a 429 pauses the queue, when this replica's ``Retry-After`` pause alone outlasts
+its deadline: no call can start before the pause ends (a pause is only ever extended),
+whatever the calls before it do. Nothing less certain refuses a call early: how long the
+calls before it take cannot be known (any of them may leave the queue, cancelled by its
+caller, without taking a turn), so a call that may still make it keeps waiting.
 A provider that declares nothing and is not being throttled admits at once, with no
 Redis call and no await.
 """
@@ -34,6 +40,7 @@ import heapq
 import itertools
 import uuid
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from services.common.auth import current_tenant
@@ -61,6 +68,8 @@ class Ticket:
 @dataclass(order=True)
 class _Waiter:
     ticket: Ticket
+    # The loop time the call's deadline ends.
+    expires_at: float = field(compare=False)
     turn: asyncio.Event = field(compare=False, default_factory=asyncio.Event)
 
 
@@ -79,6 +88,10 @@ class _FairQueue:
         for waiters in self._tenants.values():
             return waiters[0]
         return None
+
+    def __iter__(self) -> Iterator[_Waiter]:
+        for waiters in self._tenants.values():
+            yield from waiters
 
     def add(self, waiter: _Waiter) -> None:
         """A tenant not waiting yet takes the last turn."""
@@ -163,6 +176,13 @@ class ProviderLimiter:
         sharing the declared limits (a pause is only ever extended)."""
         until = asyncio.get_running_loop().time() + seconds
         self._paused_until = max(self._paused_until, until)
+        # Queued calls whose deadline ends before the pause does learn it now, not at it
+        # (the head may be waiting for a slot rather than its turn: woken too).
+        for waiter in self._queue:
+            if waiter.expires_at <= self._paused_until:
+                waiter.turn.set()
+                if waiter is self._queue.head:
+                    self._released.set()
         if self._shared is not None:
             await self._shared.pause(self.scope, seconds)
 
@@ -189,7 +209,7 @@ class ProviderLimiter:
             and self._allows()
         ):
             return self._admitted(call_id, cost, 0.0)
-        waiter = _Waiter(ticket)
+        waiter = _Waiter(ticket, deadline.expires_at)
         self._queue.add(waiter)
         try:
             async with asyncio.timeout_at(deadline.expires_at):
@@ -224,6 +244,7 @@ class ProviderLimiter:
     ) -> None:
         loop = asyncio.get_running_loop()
         while True:
+            self._refuse_if_paused_past(deadline)
             if self._queue.head is not waiter:
                 waiter.turn.clear()
                 await waiter.turn.wait()
@@ -254,6 +275,18 @@ class ProviderLimiter:
                         await self._released.wait()
                 continue
             await self._sleep(wait, deadline, "the provider's rate limits (or a 429's Retry-After)")
+
+    def _refuse_if_paused_past(self, deadline: Deadline) -> None:
+        """A pause that outlasts the deadline fails the call wherever it waits in the
+        queue: nothing starts before the pause ends, whatever the calls before it do."""
+        left = self._paused_until - asyncio.get_running_loop().time()
+        if left > 0 and left >= deadline.remaining():
+            raise UpstreamFault(
+                "limit_wait",
+                f"waiting at least {left:.1f} s for a 429's Retry-After would pass the "
+                f"deadline ({deadline.remaining():.1f} s left)",
+                retry_after=left,
+            )
 
     async def _sleep(self, seconds: float, deadline: Deadline, why: str) -> None:
         if seconds >= deadline.remaining():

@@ -1,0 +1,107 @@
+"""A call that a 429's pause makes sure to miss its deadline is told so at once, wherever
+it waits in the provider's queue (not only at its head), while calls that can wait for the
+pause still get through: the loopback provider enforces its limit with 429s."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import grpc
+import pytest
+from gensearch.generation.v1 import generation_service_pb2 as pb
+from prometheus_client import REGISTRY
+
+from services.common.upstream_retry import Deadline
+from services.generation.admission import ProviderLimiter
+from services.generation.settings import ProviderConfig
+from services.generation.upstream import UpstreamFault, to_service_error
+from tests.generation.conftest import StartService, fake_provider, user
+from tests.support.fake_openai import FakeOpenAI
+from tests.support.rpc import error_info
+
+WINDOW = 3.0  # the fake takes one request per window and answers 429 until it ends
+
+
+def _refused_early() -> float:
+    return (
+        REGISTRY.get_sample_value(
+            "gensearch_llm_requests_total", {"provider": "fake", "outcome": "limit_wait"}
+        )
+        or 0.0
+    )
+
+
+async def test_a_call_queued_behind_a_pause_it_cannot_outwait_fails_at_once(
+    start_service: StartService,
+) -> None:
+    async with FakeOpenAI(rate_limit=1, rate_window=WINDOW) as fake:
+        service = await start_service([fake_provider(fake, max_concurrency=None)])
+
+        async def call(text: str, timeout: float) -> pb.GenerateResponse:
+            request = pb.GenerateRequest(messages=[user(text)])
+            reply: pb.GenerateResponse = await service.stub.Generate(request, timeout=timeout)
+            return reply
+
+        # Right after a window begins: the second call gets 429, Retry-After ~ the window.
+        await asyncio.sleep(WINDOW - time.monotonic() % WINDOW + 0.05)
+        assert (await call("first", 20)).text == "first"
+        second = asyncio.create_task(call("second", 20))
+        await fake.wait_for_requests(2)
+        await asyncio.sleep(0.1)  # the 429 reached the service: its queue is paused
+        assert fake.rate_limited == 1
+        patient = asyncio.create_task(call("patient", 20))
+        await asyncio.sleep(0.05)
+        before = _refused_early()
+
+        started = time.monotonic()
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call("hurried", 1.5)
+        took = time.monotonic() - started
+
+        # Old code: it queued behind the paused head until its deadline (DEADLINE_EXCEEDED,
+        # PROVIDER_QUEUE_TIMEOUT after ~1.3 s): its whole budget spent for nothing.
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, caught.value.details()
+        assert took < 0.75, took
+        info = error_info(caught.value)
+        assert info.reason == "PROVIDER_LIMIT_WAIT"
+        assert info.metadata["provider"] == "fake"
+        assert info.metadata["attempts"] == "0"
+        assert int(info.metadata["wait_ms"]) < 750
+        # The pause had ~2.7 s to run: what the caller should wait before trying again.
+        assert 1500 < int(info.metadata["retry_after_ms"]) <= WINDOW * 1000
+        assert _refused_early() == before + 1  # counted like a refusal at the head
+
+        # The calls that can wait for the pause still get their answers.
+        assert (await second).text == "second"
+        assert (await patient).text == "patient"
+    assert "hurried" not in [r.json["messages"][-1]["content"] for r in fake.chat_requests]
+
+
+def _config(**fields: Any) -> ProviderConfig:
+    return ProviderConfig(name="p", base_url="http://127.0.0.1:1/v1", default_model="m", **fields)
+
+
+async def test_a_pause_that_starts_while_calls_wait_refuses_those_it_outlasts() -> None:
+    limiter = ProviderLimiter(_config(max_concurrency=1), "p", None)
+    held = await limiter.acquire(limiter.ticket(), 1, Deadline(10))
+    short = asyncio.create_task(limiter.acquire(limiter.ticket(), 1, Deadline(2)))
+    long = asyncio.create_task(limiter.acquire(limiter.ticket(), 1, Deadline(10)))
+    await asyncio.sleep(0.05)
+    assert not short.done() and not long.done()  # both queued behind the held slot
+
+    await limiter.pause(3)  # a 429: nothing starts for 3 s
+    started = time.monotonic()
+    with pytest.raises(UpstreamFault) as caught:
+        await short
+    assert time.monotonic() - started < 0.5  # not at its deadline, 2 s later
+    error = to_service_error(caught.value, "p", "m")
+    assert error.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error.reason == "PROVIDER_LIMIT_WAIT"
+    assert 2500 < int(error.metadata["retry_after_ms"]) <= 3000
+
+    await held.release(outcome="ok")
+    permit = await long  # the one that can wait the pause out still gets through
+    assert permit.waited >= 2.9
+    await permit.release(outcome="ok")
