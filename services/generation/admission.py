@@ -23,11 +23,14 @@ asks the shared limits (one Redis round trip at a time per provider and replica)
 A wait the call's deadline cannot cover fails it at once with RESOURCE_EXHAUSTED instead
 of sleeping into the deadline; the deadline passing in the queue is DEADLINE_EXCEEDED.
 A call anywhere in the queue (not only its head) is refused at once, as it queues or as
-soon as a 429 pauses the queue, when this replica's ``Retry-After`` pause alone outlasts
-its deadline: no call can start before the pause ends (a pause is only ever extended),
-whatever the calls before it do. Nothing less certain refuses a call early: how long the
-calls before it take cannot be known (any of them may leave the queue, cancelled by its
-caller, without taking a turn), so a call that may still make it keeps waiting.
+soon as the wait is known, when a wait no call can avoid outlasts its deadline: this
+replica's ``Retry-After`` pause (only ever extended), or the floor the shared limits last
+answered the head (their pause, or the requests bucket's refill to one request: it only
+refills, nothing but admissions takes from it), whatever the calls before it do. Nothing
+less certain refuses a call early: how long the calls before it take cannot be known
+(any of them may leave the queue, cancelled by its caller, without taking a turn), nor
+the tokens bucket (costs differ, refunds come back), so a call that may still make it
+keeps waiting.
 A provider that declares nothing and is not being throttled admits at once, with no
 Redis call and no await.
 """
@@ -160,6 +163,9 @@ class ProviderLimiter:
         self._seq = itertools.count()
         self.in_flight = 0
         self._paused_until = 0.0
+        # Loop time before which the shared limits admit no call, whatever it costs (their
+        # pause, their requests bucket), as the head last heard: only ever raised.
+        self._floor = 0.0
         self._released = asyncio.Event()
         self._publish_limit()
 
@@ -176,13 +182,7 @@ class ProviderLimiter:
         sharing the declared limits (a pause is only ever extended)."""
         until = asyncio.get_running_loop().time() + seconds
         self._paused_until = max(self._paused_until, until)
-        # Queued calls whose deadline ends before the pause does learn it now, not at it
-        # (the head may be waiting for a slot rather than its turn: woken too).
-        for waiter in self._queue:
-            if waiter.expires_at <= self._paused_until:
-                waiter.turn.set()
-                if waiter is self._queue.head:
-                    self._released.set()
+        self._wake_hopeless()
         if self._shared is not None:
             await self._shared.pause(self.scope, seconds)
 
@@ -244,7 +244,7 @@ class ProviderLimiter:
     ) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            self._refuse_if_paused_past(deadline)
+            self._refuse_if_sure_to_miss(deadline)
             if self._queue.head is not waiter:
                 waiter.turn.clear()
                 await waiter.turn.wait()
@@ -265,7 +265,13 @@ class ProviderLimiter:
                 continue
             if self._shared is None:
                 return
-            wait = await self._shared.admit(self.scope, call_id, cost, deadline.remaining())
+            asked = loop.time()
+            answer = await self._shared.admit(self.scope, call_id, cost, deadline.remaining())
+            # From when it was asked: the limits' clock read it later, never sooner.
+            if asked + answer.floor > self._floor:
+                self._floor = asked + answer.floor
+                self._wake_hopeless()
+            wait = answer.wait
             if wait == 0:
                 return
             if wait == FLIGHT_FULL:
@@ -276,15 +282,29 @@ class ProviderLimiter:
                 continue
             await self._sleep(wait, deadline, "the provider's rate limits (or a 429's Retry-After)")
 
-    def _refuse_if_paused_past(self, deadline: Deadline) -> None:
-        """A pause that outlasts the deadline fails the call wherever it waits in the
-        queue: nothing starts before the pause ends, whatever the calls before it do."""
-        left = self._paused_until - asyncio.get_running_loop().time()
+    def _wake_hopeless(self) -> None:
+        """Queued calls whose deadline ends before anything can start learn it now, not
+        when their turn comes (the head may be waiting for a slot: woken too)."""
+        until = max(self._paused_until, self._floor)
+        for waiter in self._queue:
+            if waiter.expires_at <= until:
+                waiter.turn.set()
+                if waiter is self._queue.head:
+                    self._released.set()
+
+    def _refuse_if_sure_to_miss(self, deadline: Deadline) -> None:
+        """A wait sure to outlast the deadline fails the call wherever it waits in the
+        queue: nothing starts before this replica's pause ends, nor before the shared
+        limits' floor, whatever the calls before it do."""
+        now = asyncio.get_running_loop().time()
+        paused, floor = self._paused_until - now, self._floor - now
+        left = max(paused, floor)
         if left > 0 and left >= deadline.remaining():
+            why = "a 429's Retry-After" if paused >= floor else "the provider's rate limits"
             raise UpstreamFault(
                 "limit_wait",
-                f"waiting at least {left:.1f} s for a 429's Retry-After would pass the "
-                f"deadline ({deadline.remaining():.1f} s left)",
+                f"waiting at least {left:.1f} s for {why} would pass the deadline "
+                f"({deadline.remaining():.1f} s left)",
                 retry_after=left,
             )
 

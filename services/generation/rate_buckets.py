@@ -49,6 +49,20 @@ FLIGHT_FULL = -1.0
 
 
 @dataclass(frozen=True, slots=True)
+class Admission:
+    """What the limits answered one call.
+
+    ``wait``: 0 (admitted), seconds until they can pay for it, or ``FLIGHT_FULL``.
+    ``floor``: seconds before which no further call of the scope can start whatever it
+    costs (a running pause, the requests bucket's refill to one request; it only refills,
+    nothing but admissions takes from it): a lower bound, 0 when none is known. Tokens are
+    never in it (a call's cost and refunds move them)."""
+
+    wait: float
+    floor: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class Bucket:
     capacity: float
     per_second: float
@@ -102,8 +116,9 @@ class SharedLimits(Protocol):
     # and read by each of its per-key queues.
     limits: DeclaredLimits
 
-    async def admit(self, scope: str, call_id: str, cost: float, lease: float) -> float:
-        """0: admitted; > 0: seconds until the buckets can pay; ``FLIGHT_FULL``."""
+    async def admit(self, scope: str, call_id: str, cost: float, lease: float) -> Admission:
+        """``Admission.wait`` 0: admitted; > 0: seconds until the buckets can pay;
+        ``FLIGHT_FULL``."""
 
     async def release(self, scope: str, call_id: str, refund: float) -> None:
         """The call ended: it leaves the in-flight set; ``refund`` tokens go back."""
@@ -143,31 +158,32 @@ class LocalLimits:
             bucket = table[scope] = _LocalBucket(shape, time.monotonic())
         return bucket
 
-    async def admit(self, scope: str, call_id: str, cost: float, lease: float) -> float:
+    async def admit(self, scope: str, call_id: str, cost: float, lease: float) -> Admission:
         now = time.monotonic()
         flight = self._flight.setdefault(scope, set())
         if self.limits.in_flight is not None and len(flight) >= self.limits.in_flight:
-            return FLIGHT_FULL
-        wait = 0.0
+            return Admission(FLIGHT_FULL)
+        wait = floor = 0.0
         req = tok = None
         if self.limits.requests is not None:
             req = self._bucket(self._requests, self.limits.requests, scope)
             if req.refill(now) < 1:
-                wait = max(wait, (1 - req.level) / req.shape.per_second)
+                wait = floor = (1 - req.level) / req.shape.per_second
         if self.limits.tokens is not None:
             tok = self._bucket(self._tokens, self.limits.tokens, scope)
             cost = min(cost, tok.shape.capacity)
             if tok.refill(now) < cost:
                 wait = max(wait, (cost - tok.level) / tok.shape.per_second)
         if wait > 0:
-            return wait
+            return Admission(wait, floor)
         if req is not None:
             req.level -= 1
+            floor = max(0.0, (1 - req.level) / req.shape.per_second)
         if tok is not None:
             tok.level -= cost
         if self.limits.in_flight is not None:
             flight.add(call_id)
-        return 0.0
+        return Admission(0.0, floor)
 
     async def release(self, scope: str, call_id: str, refund: float) -> None:
         self._flight.get(scope, set()).discard(call_id)
@@ -202,7 +218,7 @@ class RedisLimits:
         tag = f"{self._prefix}:limits:{{{scope}}}"
         return f"{tag}:requests", f"{tag}:tokens", f"{tag}:flight", f"{tag}:pause"
 
-    async def admit(self, scope: str, call_id: str, cost: float, lease: float) -> float:
+    async def admit(self, scope: str, call_id: str, cost: float, lease: float) -> Admission:
         req, tok = self.limits.requests, self.limits.tokens
         args = [
             req.capacity if req else 0,
@@ -219,12 +235,14 @@ class RedisLimits:
             reply = await self._admit(keys=list(self.keys(scope)), args=args)
         except (RedisError, RedisClusterException, OSError) as err:
             self._failed(err)
-            wait = await self._fallback.admit(scope, call_id, cost, lease)
-            if wait == 0:
+            answer = await self._fallback.admit(scope, call_id, cost, lease)
+            if answer.wait == 0:
                 self._local_calls.add(call_id)
-            return wait
-        wait_ms = int(reply)
-        return FLIGHT_FULL if wait_ms < 0 else wait_ms / 1000
+            # The in-memory count is not the one the next call asks (Redis is back by
+            # then, or not): no floor from it.
+            return Admission(answer.wait)
+        wait_ms, floor_ms = (int(n) for n in reply)
+        return Admission(FLIGHT_FULL if wait_ms < 0 else wait_ms / 1000, floor_ms / 1000)
 
     async def release(self, scope: str, call_id: str, refund: float) -> None:
         if call_id in self._local_calls:

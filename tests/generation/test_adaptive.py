@@ -246,18 +246,18 @@ def _config(**fields: object) -> ProviderConfig:
 async def test_token_estimates_are_corrected_with_the_real_usage() -> None:
     limits = LocalLimits(DeclaredLimits.of(_config(tokens_per_minute=6000, rate_burst=0.5)))
     # 3000 at once, 50 a second after that.
-    assert await limits.admit("s", "a", 3000, 10) == 0
-    assert await limits.admit("s", "b", 1000, 10) > 0
+    assert (await limits.admit("s", "a", 3000, 10)).wait == 0
+    assert (await limits.admit("s", "b", 1000, 10)).wait > 0
     await limits.release("s", "a", refund=2000)  # it used 1000 of the 3000 estimated
-    assert await limits.admit("s", "b", 1000, 10) == 0
+    assert (await limits.admit("s", "b", 1000, 10)).wait == 0
 
 
 async def test_the_in_flight_limit_holds_until_a_call_ends() -> None:
     limits = LocalLimits(DeclaredLimits.of(_config(max_in_flight=1)))
-    assert await limits.admit("s", "a", 1, 10) == 0
-    assert await limits.admit("s", "b", 1, 10) == FLIGHT_FULL
+    assert (await limits.admit("s", "a", 1, 10)).wait == 0
+    assert (await limits.admit("s", "b", 1, 10)).wait == FLIGHT_FULL
     await limits.release("s", "a", refund=0)
-    assert await limits.admit("s", "b", 1, 10) == 0
+    assert (await limits.admit("s", "b", 1, 10)).wait == 0
 
 
 async def test_a_deadline_passing_in_the_queue_is_deadline_exceeded() -> None:
@@ -333,10 +333,10 @@ async def test_tokens_are_corrected_in_redis_too(redis_server: RedisProcess) -> 
     redis = connect(redis_server.url, cluster=False, socket_timeout=1, connect_timeout=1)
     try:
         limits = RedisLimits(redis, declared, key_prefix="t")
-        assert await limits.admit("p:p", "a", 3000, 10) == 0
-        assert await limits.admit("p:p", "b", 1000, 10) > 0
+        assert (await limits.admit("p:p", "a", 3000, 10)).wait == 0
+        assert (await limits.admit("p:p", "b", 1000, 10)).wait > 0
         await limits.release("p:p", "a", refund=2000)
-        assert await limits.admit("p:p", "b", 1000, 10) == 0
+        assert (await limits.admit("p:p", "b", 1000, 10)).wait == 0
         assert await redis.exists("t:limits:{p:p}:tokens")
     finally:
         await redis.aclose()
@@ -349,10 +349,10 @@ async def test_a_redis_that_fails_does_not_fail_calls() -> None:
     try:
         limits = RedisLimits(redis, declared, key_prefix="t")
         # Counted in memory instead: the limits still hold, in this process.
-        assert await limits.admit("p:p", "a", 1, 10) == 0
-        assert await limits.admit("p:p", "b", 1, 10) == FLIGHT_FULL
+        assert (await limits.admit("p:p", "a", 1, 10)).wait == 0
+        assert (await limits.admit("p:p", "b", 1, 10)).wait == FLIGHT_FULL
         await limits.release("p:p", "a", refund=0)
-        assert await limits.admit("p:p", "b", 1, 10) == 0
+        assert (await limits.admit("p:p", "b", 1, 10)).wait == 0
     finally:
         await redis.aclose()
 

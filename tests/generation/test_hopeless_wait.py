@@ -14,6 +14,7 @@ from gensearch.generation.v1 import generation_service_pb2 as pb
 from prometheus_client import REGISTRY
 
 from services.common.upstream_retry import Deadline
+from services.devlaunch.redis_server import RedisProcess
 from services.generation.admission import ProviderLimiter
 from services.generation.settings import ProviderConfig
 from services.generation.upstream import UpstreamFault, to_service_error
@@ -105,3 +106,45 @@ async def test_a_pause_that_starts_while_calls_wait_refuses_those_it_outlasts() 
     permit = await long  # the one that can wait the pause out still gets through
     assert permit.waited >= 2.9
     await permit.release(outcome="ok")
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["in-memory", "redis"])
+async def test_a_call_behind_a_head_waiting_for_the_requests_bucket_fails_at_once(
+    shared: bool, start_service: StartService, redis_server: RedisProcess
+) -> None:
+    """One request per 3 s, declared and enforced: a call queued behind a head that waits
+    ~3 s for the bucket cannot start within 1.5 s whatever the head does."""
+    async with FakeOpenAI(rate_limit=1, rate_window=WINDOW) as fake:
+        declared = {"requests_per_minute": 60 / WINDOW, "rate_window": WINDOW}
+        service = await start_service(
+            [fake_provider(fake, max_concurrency=None, **declared)],
+            **({"redis_url": redis_server.url} if shared else {}),
+        )
+
+        async def call(text: str, timeout: float) -> pb.GenerateResponse:
+            request = pb.GenerateRequest(messages=[user(text)])
+            reply: pb.GenerateResponse = await service.stub.Generate(request, timeout=timeout)
+            return reply
+
+        await asyncio.sleep(WINDOW - time.monotonic() % WINDOW + 0.05)
+        assert (await call("first", 20)).text == "first"  # takes the one request
+        head = asyncio.create_task(call("head", 20))  # asks the bucket: ~3 s to wait
+        await asyncio.sleep(0.2)
+        patient = asyncio.create_task(call("patient", 20))
+        await asyncio.sleep(0.05)
+
+        started = time.monotonic()
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call("hurried", 1.5)
+        took = time.monotonic() - started
+        # Old code: queued behind the head until its deadline (PROVIDER_QUEUE_TIMEOUT).
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, caught.value.details()
+        assert took < 0.75, took
+        info = error_info(caught.value)
+        assert info.reason == "PROVIDER_LIMIT_WAIT"
+        assert 1500 < int(info.metadata["retry_after_ms"]) <= WINDOW * 1000
+
+        assert (await head).text == "head"
+        assert (await patient).text == "patient"
+    assert fake.rate_limited == 0
+    assert "hurried" not in [r.json["messages"][-1]["content"] for r in fake.chat_requests]

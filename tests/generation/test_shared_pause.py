@@ -105,17 +105,17 @@ async def test_a_shorter_retry_after_never_shortens_a_running_pause(
     redis = connect(redis_server.url, cluster=False, socket_timeout=1, connect_timeout=1)
     try:
         limits = RedisLimits(redis, declared, key_prefix="t")
-        assert await limits.admit("p:p", "a", 1, 10) == 0
+        assert (await limits.admit("p:p", "a", 1, 10)).wait == 0
         await limits.pause("p:p", 5)
         await limits.pause("p:p", 0.1)  # e.g. another replica's 429 asked for less
         await asyncio.sleep(0.2)
-        assert await limits.admit("p:p", "b", 1, 10) > 4
+        assert (await limits.admit("p:p", "b", 1, 10)).wait > 4
         await limits.pause("p:p", 8)  # a longer one extends it
-        assert await limits.admit("p:p", "b", 1, 10) > 7
+        assert (await limits.admit("p:p", "b", 1, 10)).wait > 7
         # The key goes when the pause ends; another scope was never paused. The end is
         # rounded up to a whole millisecond of the Redis clock, so the TTL can be 8001.
         assert 7000 < await redis.pttl("t:limits:{p:p}:pause") <= 8001
-        assert await limits.admit("p:q", "c", 1, 10) == 0
+        assert (await limits.admit("p:q", "c", 1, 10)).wait == 0
     finally:
         await redis.aclose()
 
@@ -139,10 +139,10 @@ async def test_the_shared_pause_works_on_a_redis_cluster(tmp_path: Path) -> None
         redis = connect(cluster.url, cluster=True, socket_timeout=1, connect_timeout=1)
         try:
             limits = RedisLimits(redis, declared, key_prefix="gensearch")
-            assert await limits.admit("p:fake", "a", 1, 10) == 0
+            assert (await limits.admit("p:fake", "a", 1, 10)).wait == 0
             await limits.pause("p:fake", 5)
             # Refused by the script (a cross-slot error would fall back to memory: admitted).
-            assert await limits.admit("p:fake", "b", 1, 10) > 4
+            assert (await limits.admit("p:fake", "b", 1, 10)).wait > 4
         finally:
             await redis.aclose()
         keys: list[bytes] = []

@@ -9,8 +9,12 @@
 --          provider_pause.lua; it expires when the pause ends
 -- ARGV     req_capacity, req_per_ms, tok_capacity, tok_per_ms, tok_cost, flight_limit,
 --          lease_ms, call id, ttl_ms   (a capacity or limit of 0: that limit is off)
--- Returns 0 (admitted), the milliseconds until the pause ends or the buckets can pay (> 0),
--- or -1 (the in-flight limit is full: nobody knows when a call ends, ask again soon).
+-- Returns {wait, floor}. wait: 0 (admitted), the milliseconds until the pause ends or the
+-- buckets can pay (> 0), or -1 (the in-flight limit is full: nobody knows when a call ends,
+-- ask again soon). floor: milliseconds (rounded down) before which no further call of the
+-- scope can be admitted, whatever its cost: the pause left, or the requests bucket's time
+-- to hold one request again (it only refills; nothing but admissions takes from it);
+-- 0 when none is known. Tokens are not in it: a call's cost and refunds move them.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 local ttl = tonumber(ARGV[9])
@@ -33,20 +37,21 @@ local flight_limit, lease = tonumber(ARGV[6]), tonumber(ARGV[7])
 -- The provider asked every caller to wait (a 429 seen by any replica): nothing starts.
 local paused_until = tonumber(redis.call('GET', KEYS[4]))
 if paused_until ~= nil and paused_until > now then
-  return math.max(1, math.ceil(paused_until - now))
+  return {math.max(1, math.ceil(paused_until - now)), math.floor(paused_until - now)}
 end
 
 if flight_limit > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
   if redis.call('ZCARD', KEYS[3]) >= flight_limit then
-    return -1
+    return {-1, 0}
   end
 end
-local wait, req_level, tok_level = 0, 0, 0
+local wait, req_level, tok_level, floor = 0, 0, 0, 0
 if req_cap > 0 then
   req_level = level(KEYS[1], req_cap, req_rate)
   if req_level < 1 then
     wait = math.max(wait, (1 - req_level) / req_rate)
+    floor = wait
   end
 end
 if tok_cap > 0 then
@@ -56,11 +61,14 @@ if tok_cap > 0 then
   end
 end
 if wait > 0 then
-  return math.max(1, math.ceil(wait))
+  return {math.max(1, math.ceil(wait)), math.floor(floor)}
 end
 if req_cap > 0 then
   redis.call('HSET', KEYS[1], 'l', req_level - 1, 't', now)
   redis.call('PEXPIRE', KEYS[1], ttl)
+  if req_level - 1 < 1 then
+    floor = (2 - req_level) / req_rate
+  end
 end
 if tok_cap > 0 then
   redis.call('HSET', KEYS[2], 'l', tok_level - cost, 't', now)
@@ -72,4 +80,4 @@ if flight_limit > 0 then
     redis.call('PEXPIRE', KEYS[3], lease)
   end
 end
-return 0
+return {0, math.floor(floor)}
