@@ -9,8 +9,14 @@ calls in progress, by the process (``server``) that serves them.
 
 from __future__ import annotations
 
+import socket
+import threading
+from typing import Any, cast
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
 import grpc
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
 
 _METHOD = ["grpc_type", "grpc_service", "grpc_method"]
 
@@ -94,7 +100,81 @@ def split_method(full_method: str) -> tuple[str, str]:
     return service, method
 
 
-def serve_metrics(host: str, port: int) -> int:
-    """Start the /metrics HTTP endpoint in a daemon thread; returns the bound port."""
-    server, _thread = start_http_server(port, addr=host)
+# The /metrics endpoint's limits (docs/operations.md#metrics-endpoints). prometheus_client's
+# own start_http_server gives each connection a thread, with no timeout and no cap: every
+# connection left open without a request held a thread for good, so anyone reaching the
+# port could pile up threads until the process could start none (a pod's pids limit).
+# A connection silent for METRICS_TIMEOUT seconds while its request is read, or not taking
+# its reply within them, is closed; at most METRICS_MAX_CONNECTIONS are served at once (one
+# thread each), and one past that is closed unanswered.
+METRICS_TIMEOUT = 10.0
+METRICS_MAX_CONNECTIONS = 16
+
+
+class _Handler(WSGIRequestHandler):
+    def setup(self) -> None:
+        super().setup()
+        # Each read of the request; the whole reply (socket.sendall).
+        self.connection.settimeout(cast(_MetricsServer, self.server).connection_timeout)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """One line per scrape would be noise."""
+
+
+class _MetricsServer(ThreadingWSGIServer):
+    connection_timeout = METRICS_TIMEOUT
+    max_connections = METRICS_MAX_CONNECTIONS
+    # Connections the kernel holds until accepted (socketserver's default is 5).
+    request_queue_size = 64
+
+    def server_activate(self) -> None:
+        self._slots = threading.BoundedSemaphore(self.max_connections)
+        super().server_activate()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)  # starts its thread
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A connection that timed out or went away: nothing to report (socketserver
+        printed a traceback to stderr, among the JSON lines)."""
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+def serve_metrics(
+    host: str,
+    port: int,
+    *,
+    timeout: float = METRICS_TIMEOUT,
+    max_connections: int = METRICS_MAX_CONNECTIONS,
+) -> int:
+    """Start the /metrics HTTP endpoint (prometheus_client's WSGI app, within the limits
+    above) in a daemon thread; returns the bound port."""
+    family, _, _, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    server_class = type(
+        "MetricsServer",
+        (_MetricsServer,),
+        {
+            "address_family": family,
+            "connection_timeout": timeout,
+            "max_connections": max_connections,
+        },
+    )
+    server: WSGIServer = make_server(
+        str(address[0]), port, make_wsgi_app(), server_class, handler_class=_Handler
+    )
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     return int(server.server_port)

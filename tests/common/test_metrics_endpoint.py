@@ -1,0 +1,71 @@
+"""The Prometheus endpoint (services/common/metrics.py) under connections that never ask."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+
+from services.common.metrics import METRICS_MAX_CONNECTIONS, serve_metrics
+
+
+@contextlib.contextmanager
+def _idle(port: int, count: int) -> Iterator[list[socket.socket]]:
+    """``count`` connections to ``port`` that send nothing."""
+    with contextlib.ExitStack() as stack:
+        yield [
+            stack.enter_context(socket.create_connection(("127.0.0.1", port))) for _ in range(count)
+        ]
+
+
+def _threads_settle(expected: int) -> int:
+    for _ in range(100):
+        if threading.active_count() <= expected:
+            break
+        time.sleep(0.05)
+    return threading.active_count()
+
+
+def _scrape(port: int) -> bytes:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+        assert reply.status == 200
+        return bytes(reply.read())
+
+
+def test_idle_connections_hold_at_most_the_cap_of_threads() -> None:
+    # Each connection had a thread of its own, for as long as it stayed open: anyone who
+    # could reach the port could pile up threads until the process could start none.
+    port = serve_metrics("127.0.0.1", 0)
+    before = threading.active_count()
+    with _idle(port, METRICS_MAX_CONNECTIONS + 24):
+        time.sleep(0.5)  # the server accepts them all
+        assert threading.active_count() <= before + METRICS_MAX_CONNECTIONS
+    assert b"grpc_server_started_total" in _scrape(port)
+
+
+def test_a_silent_connection_is_closed_and_scrapes_go_on() -> None:
+    port = serve_metrics("127.0.0.1", 0, timeout=0.5, max_connections=2)
+    before = threading.active_count()
+    with _idle(port, 2) as (first, _second):
+        first.settimeout(5)
+        started = time.monotonic()
+        assert first.recv(1) == b""  # closed by the server, not by our own timeout
+        assert time.monotonic() - started < 4
+    # Their threads are gone: a scrape is served again.
+    assert _threads_settle(before) <= before
+    assert b"grpc_server_started_total" in _scrape(port)
+
+
+def test_a_connection_past_the_cap_is_closed_unanswered() -> None:
+    port = serve_metrics("127.0.0.1", 0, timeout=5, max_connections=1)
+    with _idle(port, 1), socket.create_connection(("127.0.0.1", port)) as extra:
+        extra.settimeout(3)
+        extra.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+        try:
+            answer = extra.recv(1)
+        except ConnectionResetError:  # closed with the request unread
+            answer = b""
+        assert answer == b""
