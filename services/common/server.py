@@ -35,6 +35,7 @@ from services.common.auth import Authenticator
 from services.common.call_slots import CallSlots
 from services.common.channel_args import metadata_options
 from services.common.chassis import Admission, ChassisRegistry
+from services.common.errors import InvalidArgument
 from services.common.hostport import bind_problem, join_host_port
 from services.common.logs import register_secret
 from services.common.metrics import serve_metrics, server_name
@@ -45,6 +46,38 @@ from services.common.tracing import tracer
 log = logging.getLogger("gensearch.server")
 
 Registrar = Callable[[Any, grpc.aio.Server], None]
+
+
+# The longest service name a health request may carry (bytes, UTF-8): ours are about 40.
+# Health checking needs no key and a Watch stream stays open, holding its name: a name of
+# megabytes (anything up to the server's receive limit was taken) kept some 17 MB of a
+# process per stream, for anyone who could connect.
+MAX_HEALTH_SERVICE_BYTES = 256
+
+
+class _BoundedHealth(HealthServicer):
+    """grpc.health.v1.Health, refusing a service name over MAX_HEALTH_SERVICE_BYTES with
+    INVALID_ARGUMENT (FIELD_TOO_LARGE, field ``service``) before looking it up or watching it."""
+
+    @staticmethod
+    async def _refuse_long(request: Any, context: grpc.aio.ServicerContext) -> None:
+        size = len(request.service.encode())
+        if size > MAX_HEALTH_SERVICE_BYTES:
+            status = InvalidArgument(
+                f"service is {size} bytes; a health check names at most "
+                f"{MAX_HEALTH_SERVICE_BYTES} (a service's full name)",
+                field="service",
+                reason="FIELD_TOO_LARGE",
+            ).to_status()
+            await context.abort(status.code, status.details, status.trailing_metadata)
+
+    async def Check(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await self._refuse_long(request, context)
+        return await super().Check(request, context)
+
+    async def Watch(self, request: Any, context: grpc.aio.ServicerContext) -> None:
+        await self._refuse_long(request, context)
+        await super().Watch(request, context)
 
 
 class BindError(RuntimeError):
@@ -90,7 +123,7 @@ class GrpcServer:
         # Built by start(): the receive limit gRPC enforces depends on the methods served.
         self._server: grpc.aio.Server | None = None
         self._chassis: ChassisRegistry | None = None
-        self.health = HealthServicer()
+        self.health = _BoundedHealth()
         self._service_names: list[str] = []
         self._on_stop: list[Callable[[], Awaitable[None]]] = []
 

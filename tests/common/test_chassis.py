@@ -23,8 +23,9 @@ from pydantic import SecretStr
 
 from services.common.auth import current_user
 from services.common.errors import InvalidArgument, NotFound
-from services.common.server import GrpcServer
+from services.common.server import MAX_HEALTH_SERVICE_BYTES, GrpcServer
 from services.common.settings import CommonSettings
+from tests.support.rpc import bad_request_field
 from tests.support.rpc import error_info as _error_info
 
 SERVICE = "gensearch.test.v1.TestService"
@@ -392,6 +393,27 @@ async def test_health_and_reflection_need_no_key(keyed_server: grpc.aio.Channel)
     async for reply in stub.ServerReflectionInfo(one()):
         names |= {s.name for s in reply.list_services_response.service}
     assert {SERVICE, "grpc.health.v1.Health"} <= names
+
+
+async def test_health_refuses_a_service_name_longer_than_any(
+    keyed_server: grpc.aio.Channel,
+) -> None:
+    # No key is needed and a Watch stream stays open holding its request: a name of
+    # megabytes kept some 17 MB of the process per stream, for anyone who could connect.
+    health = health_pb2_grpc.HealthStub(keyed_server)
+    name = "x" * (MAX_HEALTH_SERVICE_BYTES + 1)
+    watch = health.Watch(health_pb2.HealthCheckRequest(service=name))
+    for call in (health.Check(health_pb2.HealthCheckRequest(service=name)), watch.read()):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        info = _error_info(caught.value)
+        assert info.reason == "FIELD_TOO_LARGE"
+        assert bad_request_field(caught.value) == "service"
+    # A name at the limit is only unknown, as before.
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await health.Check(health_pb2.HealthCheckRequest(service="x" * MAX_HEALTH_SERVICE_BYTES))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 async def test_graceful_shutdown_finishes_in_flight_calls() -> None:
