@@ -32,10 +32,11 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from services.common.auth import Authenticator
+from services.common.call_slots import REASON as CALL_SLOTS_REASON
 from services.common.call_slots import CallSlots
 from services.common.channel_args import metadata_options
 from services.common.chassis import Admission, ChassisRegistry
-from services.common.errors import InvalidArgument
+from services.common.errors import InvalidArgument, ResourceExhausted
 from services.common.hostport import bind_problem, join_host_port
 from services.common.logs import register_secret
 from services.common.metrics import serve_metrics, server_name
@@ -53,6 +54,10 @@ Registrar = Callable[[Any, grpc.aio.Server], None]
 # megabytes (anything up to the server's receive limit was taken) kept some 17 MB of a
 # process per stream, for anyone who could connect.
 MAX_HEALTH_SERVICE_BYTES = 256
+# Health Watch streams open at once in a process (~24 KB each, no key needed, and an open
+# stream keeps its connection from being closed as idle): more are RESOURCE_EXHAUSTED.
+# Nothing of ours watches; a client-side health checker holds one per channel.
+MAX_HEALTH_WATCHES = 1000
 
 
 class _BoundedHealth(HealthServicer):
@@ -75,9 +80,24 @@ class _BoundedHealth(HealthServicer):
         await self._refuse_long(request, context)
         return await super().Check(request, context)
 
+    max_watches = MAX_HEALTH_WATCHES
+    _watching = 0
+
     async def Watch(self, request: Any, context: grpc.aio.ServicerContext) -> None:
         await self._refuse_long(request, context)
-        await super().Watch(request, context)
+        if self._watching >= self.max_watches:
+            status = ResourceExhausted(
+                f"the server has its limit of {self.max_watches} health Watch streams "
+                "open; use Check, or retry later",
+                reason=CALL_SLOTS_REASON,
+                metadata={"limit": str(self.max_watches)},
+            ).to_status()
+            await context.abort(status.code, status.details, status.trailing_metadata)
+        self._watching += 1
+        try:
+            await super().Watch(request, context)
+        finally:
+            self._watching -= 1
 
 
 class BindError(RuntimeError):

@@ -416,6 +416,34 @@ async def test_health_refuses_a_service_name_longer_than_any(
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+async def test_health_watch_streams_are_capped() -> None:
+    # Each open Watch held ~24 KB and kept its connection from idling out, without a key.
+    server, channel = await _start()
+    server.health.max_watches = 2  # type: ignore[attr-defined]
+    health = health_pb2_grpc.HealthStub(channel)
+    open_ = [health.Watch(health_pb2.HealthCheckRequest()) for _ in range(2)]
+    for watch in open_:
+        assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await health.Watch(health_pb2.HealthCheckRequest()).read()
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert _error_info(caught.value).reason == "TOO_MANY_CONCURRENT_RPCS"
+    open_[0].cancel()
+    for _ in range(100):  # its slot is given back once the server sees the cancel
+        again = health.Watch(health_pb2.HealthCheckRequest())
+        try:
+            await again.read()
+            break
+        except grpc.aio.AioRpcError:
+            await asyncio.sleep(0.02)
+    else:
+        raise AssertionError("a closed Watch stream kept its slot")
+    again.cancel()
+    open_[1].cancel()
+    await channel.close()
+    await server.stop(0)
+
+
 async def test_graceful_shutdown_finishes_in_flight_calls() -> None:
     server, channel = await _start()
     health = health_pb2_grpc.HealthStub(channel)
