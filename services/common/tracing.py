@@ -37,7 +37,12 @@ from opentelemetry.sdk.environment_variables import (
     OTEL_SERVICE_NAME,
 )
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import SpanProcessor, SynchronousMultiSpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import (
+    SpanLimits,
+    SpanProcessor,
+    SynchronousMultiSpanProcessor,
+    TracerProvider,
+)
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 
@@ -97,6 +102,20 @@ def _configure_export() -> None:
     atexit.register(_processors.shutdown)
 
 
+# Characters an attribute value (of a span or of its events) keeps, unless the operator
+# sets OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT or OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT: the SDK
+# keeps any length by default, so an error message quoting a large input (the chassis's
+# ``exception`` event) would be exported whole.
+DEFAULT_ATTRIBUTE_LENGTH = 4096
+_LENGTH_VARIABLES = ("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", "OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT")
+
+
+def span_limits(environ: Mapping[str, str] = os.environ) -> SpanLimits:
+    if any(environ.get(name) for name in _LENGTH_VARIABLES):
+        return SpanLimits()  # the SDK reads them
+    return SpanLimits(max_attribute_length=DEFAULT_ATTRIBUTE_LENGTH)
+
+
 def tracer_provider(service: str) -> TracerProvider | None:
     """The provider of ``service`` ('memory', 'gateway' …); None when the SDK is disabled."""
     if disabled():
@@ -112,6 +131,7 @@ def tracer_provider(service: str) -> TracerProvider | None:
             sampler=None if _exporting else ParentBased(ALWAYS_OFF),
             resource=Resource.create({SERVICE_NAME: name}),
             active_span_processor=_processors,
+            span_limits=span_limits(),
             shutdown_on_exit=False,
         )
         _providers[service] = provider

@@ -326,3 +326,32 @@ def test_without_export_spans_have_ids_but_record_nothing(monkeypatch: pytest.Mo
     )
     with tracer.start_as_current_span("child", trace.set_span_in_context(sampled)) as child:
         assert child.is_recording()
+
+
+def test_span_and_event_attributes_are_cut_to_a_bounded_length() -> None:
+    # Before: the SDK's default keeps any length, so an error message quoting a large
+    # input (the chassis's "exception" event) was exported whole.
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    exported = InMemorySpanExporter()
+    provider = TracerProvider(span_limits=tracing.span_limits({}))
+    provider.add_span_processor(SimpleSpanProcessor(exported))
+    with provider.get_tracer("t").start_as_current_span("call") as span:
+        span.set_attribute("query", "q" * 100_000)
+        span.add_event("exception", {"exception.message": "m" * 100_000})
+    (finished,) = exported.get_finished_spans()
+    assert finished.attributes is not None
+    assert len(str(finished.attributes["query"])) == tracing.DEFAULT_ATTRIBUTE_LENGTH
+    (event,) = finished.events
+    assert event.attributes is not None
+    assert len(str(event.attributes["exception.message"])) == tracing.DEFAULT_ATTRIBUTE_LENGTH
+
+
+def test_the_operators_attribute_length_is_the_sdks_to_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", "100")
+    import os
+
+    assert tracing.span_limits(os.environ).max_attribute_length == 100
