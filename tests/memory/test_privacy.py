@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grpc
+import pytest
 from gensearch.memory.v1 import memory_service_pb2 as pb
 
 from services.common.auth import DEFAULT_TENANT, Identity, Role, forwarded_identity
@@ -194,9 +195,20 @@ async def test_forwarded_identity_needs_a_configured_token(memory_factory: Memor
 
 
 async def test_open_mode_everyone_is_anonymous(memory_factory: MemoryFactory) -> None:
-    memory = await memory_factory(api_keys="")
+    # No keys and no internal token: open (with a token, the gateway alone may call).
+    memory = await memory_factory(api_keys="", internal_token="")
     conv = (await memory.stub.CreateConversation(pb.CreateConversationRequest())).conversation
     assert conv.user == "anonymous"
+
+
+async def test_with_a_token_and_no_keys_only_the_gateway_may_call(
+    memory_factory: MemoryFactory,
+) -> None:
+    memory = await memory_factory(api_keys="")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await memory.stub.CreateConversation(pb.CreateConversationRequest())
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert error_info(caught.value).reason == "MISSING_INTERNAL_TOKEN"
 
 
 async def test_an_interaction_not_found_names_its_field(memory: Memory) -> None:
