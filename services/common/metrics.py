@@ -106,7 +106,8 @@ def split_method(full_method: str) -> tuple[str, str]:
 # port could pile up threads until the process could start none (a pod's pids limit).
 # A connection silent for METRICS_TIMEOUT seconds while its request is read, or not taking
 # its reply within them, is closed; at most METRICS_MAX_CONNECTIONS are served at once (one
-# thread each), and one past that is closed unanswered.
+# thread each), and one past that is closed unanswered. These are the defaults; a server's
+# come from its settings (GENSEARCH_<SERVICE>_METRICS_IDLE_TIMEOUT, _METRICS_MAX_CONNECTIONS).
 METRICS_TIMEOUT = 10.0
 METRICS_MAX_CONNECTIONS = 16
 

@@ -49,30 +49,35 @@ log = logging.getLogger("gensearch.server")
 Registrar = Callable[[Any, grpc.aio.Server], None]
 
 
-# The longest service name a health request may carry (bytes, UTF-8): ours are about 40.
-# Health checking needs no key and a Watch stream stays open, holding its name: a name of
-# megabytes (anything up to the server's receive limit was taken) kept some 17 MB of a
-# process per stream, for anyone who could connect.
-MAX_HEALTH_SERVICE_BYTES = 256
-# Health Watch streams open at once in a process (~24 KB each, no key needed, and an open
-# stream keeps its connection from being closed as idle): more are RESOURCE_EXHAUSTED.
-# Nothing of ours watches; a client-side health checker holds one per channel.
-MAX_HEALTH_WATCHES = 1000
-
-
 class _BoundedHealth(HealthServicer):
-    """grpc.health.v1.Health, refusing a service name over MAX_HEALTH_SERVICE_BYTES with
-    INVALID_ARGUMENT (FIELD_TOO_LARGE, field ``service``) before looking it up or watching it."""
+    """grpc.health.v1.Health, refusing a service name over ``max_service_bytes`` with
+    INVALID_ARGUMENT (FIELD_TOO_LARGE, field ``service``) before looking it up or watching
+    it, and a Watch past ``max_watches`` open at once with RESOURCE_EXHAUSTED. Health needs
+    no key and a Watch stream stays open holding its request: a name of megabytes kept
+    some 17 MB of a process per stream, and each open stream (~24 KB) keeps its connection
+    from idling out. Nothing of ours watches; a client-side health checker holds one per
+    channel."""
 
-    @staticmethod
-    async def _refuse_long(request: Any, context: grpc.aio.ServicerContext) -> None:
+    def __init__(self, max_service_bytes: int, max_watches: int, namespace: str) -> None:
+        super().__init__()
+        self.max_service_bytes = max_service_bytes
+        self.max_watches = max_watches
+        self._namespace = namespace
+        self._watching = 0
+
+    async def _refuse_long(self, request: Any, context: grpc.aio.ServicerContext) -> None:
         size = len(request.service.encode())
-        if size > MAX_HEALTH_SERVICE_BYTES:
+        if size > self.max_service_bytes:
             status = InvalidArgument(
                 f"service is {size} bytes; a health check names at most "
-                f"{MAX_HEALTH_SERVICE_BYTES} (a service's full name)",
+                f"{self.max_service_bytes} (a service's full name; "
+                f"{self._namespace}HEALTH_MAX_SERVICE_BYTES)",
                 field="service",
                 reason="FIELD_TOO_LARGE",
+                metadata={
+                    "limit_bytes": str(self.max_service_bytes),
+                    "setting": f"{self._namespace}HEALTH_MAX_SERVICE_BYTES",
+                },
             ).to_status()
             await context.abort(status.code, status.details, status.trailing_metadata)
 
@@ -80,17 +85,15 @@ class _BoundedHealth(HealthServicer):
         await self._refuse_long(request, context)
         return await super().Check(request, context)
 
-    max_watches = MAX_HEALTH_WATCHES
-    _watching = 0
-
     async def Watch(self, request: Any, context: grpc.aio.ServicerContext) -> None:
         await self._refuse_long(request, context)
         if self._watching >= self.max_watches:
+            setting = f"{self._namespace}HEALTH_MAX_WATCHES"
             status = ResourceExhausted(
                 f"the server has its limit of {self.max_watches} health Watch streams "
-                "open; use Check, or retry later",
+                f"open ({setting}); use Check, or retry later",
                 reason=CALL_SLOTS_REASON,
-                metadata={"limit": str(self.max_watches)},
+                metadata={"limit": str(self.max_watches), "setting": setting},
             ).to_status()
             await context.abort(status.code, status.details, status.trailing_metadata)
         self._watching += 1
@@ -143,7 +146,9 @@ class GrpcServer:
         # Built by start(): the receive limit gRPC enforces depends on the methods served.
         self._server: grpc.aio.Server | None = None
         self._chassis: ChassisRegistry | None = None
-        self.health = _BoundedHealth()
+        self.health = _BoundedHealth(
+            settings.health_max_service_bytes, settings.health_max_watches, settings.namespace()
+        )
         self._service_names: list[str] = []
         self._on_stop: list[Callable[[], Awaitable[None]]] = []
 
@@ -222,7 +227,12 @@ class GrpcServer:
             problem = bind_problem(self.host, self.metrics_port)
             if problem is None:
                 try:
-                    self.metrics_port = serve_metrics(self.host, self.metrics_port)
+                    self.metrics_port = serve_metrics(
+                        self.host,
+                        self.metrics_port,
+                        timeout=self.settings.metrics_idle_timeout,
+                        max_connections=self.settings.metrics_max_connections,
+                    )
                 except OSError as err:  # taken between the probe and the bind
                     problem = (err.strerror or str(err)).lower()
             if problem is not None:

@@ -70,6 +70,10 @@ MAX_SIZE_BYTES = 1024 * MIB
 MAX_TOKENS = 100_000_000
 # Calls or streams at once.
 MAX_CONCURRENCY = 1_000_000
+# Connections the /metrics endpoint serves at once: a thread each.
+MAX_METRICS_CONNECTIONS = 1024
+# The longest service name a health request may be allowed (bytes).
+MAX_HEALTH_SERVICE_BYTES = 65_536
 # Connection lifetimes and keepalive intervals: a week (gRPC takes them in milliseconds, in
 # a C int: at most ~24.8 days).
 MAX_CONNECTION_SECONDS = 7 * 86400
@@ -220,6 +224,17 @@ class CommonSettings(BaseSettings):
     request_limits: dict[str, Annotated[int, Field(ge=1024, le=MAX_SIZE_BYTES)]] = Field(
         default_factory=lambda: dict(REQUEST_LIMITS)
     )
+    # The /metrics endpoint (services/common/metrics.py): a connection silent this many
+    # seconds while its request is read, or not taking its reply within them, is closed;
+    # at most metrics_max_connections are served at once (a thread each), one more is
+    # closed unanswered. prometheus-client's own server kept a thread per open connection.
+    metrics_idle_timeout: float = Field(default=10.0, gt=0, le=MAX_WAIT_SECONDS)
+    metrics_max_connections: int = Field(default=16, ge=1, le=MAX_METRICS_CONNECTIONS)
+    # Health checking needs no key: a service name longer than this (bytes) is refused,
+    # and at most health_max_watches Watch streams are open at once (each holds its request
+    # and keeps its connection from idling out); more are RESOURCE_EXHAUSTED.
+    health_max_service_bytes: int = Field(default=256, ge=64, le=MAX_HEALTH_SERVICE_BYTES)
+    health_max_watches: int = Field(default=1000, ge=1, le=MAX_CONCURRENCY)
     # Calls of our services served at once by the whole server (health checks and
     # reflection not counted); more get RESOURCE_EXHAUSTED, reason TOO_MANY_CONCURRENT_RPCS
     # (services/common/call_slots.py). 0 = no limit.

@@ -23,7 +23,7 @@ from pydantic import SecretStr
 
 from services.common.auth import current_user
 from services.common.errors import InvalidArgument, NotFound
-from services.common.server import MAX_HEALTH_SERVICE_BYTES, GrpcServer
+from services.common.server import GrpcServer
 from services.common.settings import CommonSettings
 from tests.support.rpc import bad_request_field
 from tests.support.rpc import error_info as _error_info
@@ -401,7 +401,8 @@ async def test_health_refuses_a_service_name_longer_than_any(
     # No key is needed and a Watch stream stays open holding its request: a name of
     # megabytes kept some 17 MB of the process per stream, for anyone who could connect.
     health = health_pb2_grpc.HealthStub(keyed_server)
-    name = "x" * (MAX_HEALTH_SERVICE_BYTES + 1)
+    limit = CommonSettings().health_max_service_bytes
+    name = "x" * (limit + 1)
     watch = health.Watch(health_pb2.HealthCheckRequest(service=name))
     for call in (health.Check(health_pb2.HealthCheckRequest(service=name)), watch.read()):
         with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -409,17 +410,28 @@ async def test_health_refuses_a_service_name_longer_than_any(
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         info = _error_info(caught.value)
         assert info.reason == "FIELD_TOO_LARGE"
+        assert info.metadata["setting"].endswith("HEALTH_MAX_SERVICE_BYTES")
         assert bad_request_field(caught.value) == "service"
     # A name at the limit is only unknown, as before.
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await health.Check(health_pb2.HealthCheckRequest(service="x" * MAX_HEALTH_SERVICE_BYTES))
+        await health.Check(health_pb2.HealthCheckRequest(service="x" * limit))
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_the_health_limits_are_settings() -> None:
+    server, channel = await _start(health_max_service_bytes=64)
+    health = health_pb2_grpc.HealthStub(channel)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await health.Check(health_pb2.HealthCheckRequest(service="x" * 65))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert _error_info(caught.value).metadata["limit_bytes"] == "64"
+    await channel.close()
+    await server.stop(0)
 
 
 async def test_health_watch_streams_are_capped() -> None:
     # Each open Watch held ~24 KB and kept its connection from idling out, without a key.
-    server, channel = await _start()
-    server.health.max_watches = 2  # type: ignore[attr-defined]
+    server, channel = await _start(health_max_watches=2)
     health = health_pb2_grpc.HealthStub(channel)
     open_ = [health.Watch(health_pb2.HealthCheckRequest()) for _ in range(2)]
     for watch in open_:

@@ -69,3 +69,21 @@ def test_a_connection_past_the_cap_is_closed_unanswered() -> None:
         except ConnectionResetError:  # closed with the request unread
             answer = b""
         assert answer == b""
+
+
+async def test_a_servers_metrics_endpoint_takes_its_limits_from_the_settings() -> None:
+    from services.common.server import GrpcServer
+    from services.common.settings import CommonSettings
+
+    settings = CommonSettings(metrics_idle_timeout=0.5, metrics_max_connections=1)  # type: ignore[call-arg]
+    server = GrpcServer(settings, port=0, metrics_port=0)
+    await server.start()
+    try:
+        assert server.metrics_port is not None
+        with _idle(server.metrics_port, 1) as (silent,):
+            silent.settimeout(5)
+            started = time.monotonic()
+            assert silent.recv(1) == b""  # closed by the server after 0.5 s, not 10
+            assert time.monotonic() - started < 4
+    finally:
+        await server.stop(0)
