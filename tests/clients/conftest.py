@@ -4,6 +4,7 @@ gateway in front), and Node with the TypeScript client's pinned packages."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -12,10 +13,38 @@ from pathlib import Path
 import pytest
 
 from tests.gateway.conftest import fake, shared_redis, stack_factory
+from tests.support.fake_openai import FakeOpenAI
 
 __all__ = ["fake", "shared_redis", "stack_factory"]
 
 ROOT = Path(__file__).resolve().parents[2]
+# The id the features programs name beside two real ones (never written).
+MISSING_ID = "7e1f1a52-9c0e-4b8b-8d53-41e1d0a4c2aa"
+
+
+def check_features_output(out: str, llm: FakeOpenAI) -> None:
+    """What clients/go/features and clients/typescript/src/features.ts print, checked alike:
+    GenerateOnObjects by id twice (the second from the cache) with one id missing, inline
+    objects, a fallback chain, Ask's request_id replayed, a reused key refused, memory's
+    limits, and one Ask paid for (the replay and the refused reuse made no call)."""
+    lines = out.splitlines()
+    named = [line.split(" ", 4)[1:] for line in lines if line.startswith("named ")]
+    assert len(named) == 6, out
+    for round_, cached in (("first", "false"), ("again", "true")):
+        rows = [row for row in named if row[0] == round_]
+        assert [row[3] for row in rows[:2]] == ['"Teaser for Dune"', '"Teaser for Solaris"'], out
+        assert [row[2] for row in rows[:2]] == [cached, cached], out
+        assert rows[2][1:] == [MISSING_ID, "false", '"OBJECT_NOT_FOUND"'], out
+    assert 'inline "A menu line for tea at 3 EUR"' in lines, out
+    assert 'fallback backup 1 2 "backup answer"' in lines, out
+    assert "ask false true true true 0" in lines, out
+    assert "reused InvalidArgument REQUEST_ID_REUSED request_id" in lines, out
+    limits = next(line for line in lines if line.startswith("limits ")).split()
+    assert int(limits[1]) > 0 and int(limits[2]) == 128, out
+    asks = [r for r in llm.chat_requests if "Which book is set on" in json.dumps(r.json)]
+    assert len(asks) == 1, out
+
+
 TYPESCRIPT = ROOT / "clients" / "typescript"
 
 

@@ -6,7 +6,6 @@ protobuf sources (no module proxy here); skipped only where `go` is not installe
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 import subprocess
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from services.devlaunch.redis_server import RedisProcess
+from tests.clients.conftest import check_features_output
 from tests.gateway.conftest import StackFactory, fake_provider
 from tests.support.fake_openai import Behaviour, FakeOpenAI
 
@@ -125,23 +125,7 @@ async def test_go_features_reads_issue_13_fields(
     stack.fake.by_model["primary"] = Behaviour.error(503)
     env = {"GENSEARCH_PRIMARY_MODEL": "primary", "GENSEARCH_BACKUP_PROVIDER": "backup"}
     out = await _run(go_features, stack.gateway.port, env)
-    lines = out.splitlines()
-    named = [line.split(" ", 4)[1:] for line in lines if line.startswith("named ")]
-    assert len(named) == 6, out
-    missing = "7e1f1a52-9c0e-4b8b-8d53-41e1d0a4c2aa"
-    for round_, cached in (("first", "false"), ("again", "true")):
-        rows = [row for row in named if row[0] == round_]
-        assert [row[3] for row in rows[:2]] == ['"Teaser for Dune"', '"Teaser for Solaris"'], out
-        assert [row[2] for row in rows[:2]] == [cached, cached], out
-        assert rows[2][1:] == [missing, "false", '"OBJECT_NOT_FOUND"'], out
-    assert 'inline "A menu line for tea at 3 EUR"' in lines, out
-    assert 'fallback backup 1 2 "backup answer"' in lines, out
-    assert "ask false true true true 0" in lines, out
-    assert "reused InvalidArgument REQUEST_ID_REUSED request_id" in lines, out
-    limits = next(line for line in lines if line.startswith("limits ")).split()
-    assert int(limits[1]) > 0 and int(limits[2]) == 128, out
-    asks = [r for r in stack.fake.chat_requests if "Which book is set on" in json.dumps(r.json)]
-    assert len(asks) == 1, out  # the replay and the refused reuse made no call
+    check_features_output(out, stack.fake)
 
 
 def test_go_example_is_gofmt_clean() -> None:

@@ -17,6 +17,7 @@ from gensearch.memory.v1 import memory_service_pb2 as mem
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret
 
 from services.devlaunch.redis_server import RedisProcess
+from tests.clients.conftest import check_features_output
 from tests.gateway.conftest import ALICE, StackFactory, fake_provider
 from tests.support.fake_openai import Behaviour, FakeOpenAI
 
@@ -186,23 +187,6 @@ async def test_issue_13_fields_through_generated_code(
     out = await _run(
         node, typescript_build / "features.js", stack.gateway.port, "key-alice-123", env
     )
-    lines = out.splitlines()
-    named = [line.split(" ", 4)[1:] for line in lines if line.startswith("named ")]
-    assert len(named) == 6, out
-    missing = "7e1f1a52-9c0e-4b8b-8d53-41e1d0a4c2aa"
-    for round_, cached in (("first", "false"), ("again", "true")):
-        rows = [row for row in named if row[0] == round_]
-        assert [row[3] for row in rows[:2]] == ['"Teaser for Dune"', '"Teaser for Solaris"'], out
-        assert [row[2] for row in rows[:2]] == [cached, cached], out
-        assert rows[2][1:] == [missing, "false", '"OBJECT_NOT_FOUND"'], out
-    assert 'inline "A menu line for tea at 3 EUR"' in lines, out
-    assert 'fallback backup 1 2 "backup answer"' in lines, out
-    assert "ask false true true true 0" in lines, out
-    assert "reused InvalidArgument REQUEST_ID_REUSED request_id" in lines, out
-    limits = next(line for line in lines if line.startswith("limits ")).split()
-    assert int(limits[1]) > 0 and int(limits[2]) == 128, out
-    # One Ask paid for (the replay and the refused reuse made no call), one turn stored.
-    asks = [r for r in stack.fake.chat_requests if "Which book is set on" in json.dumps(r.json)]
-    assert len(asks) == 1, out
+    check_features_output(out, stack.fake)
     listed = await stack.retrieval.ListCollections(ret.ListCollectionsRequest(), metadata=ALICE)
     assert "Features" not in [c.name for c in listed.collections]

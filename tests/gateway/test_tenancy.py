@@ -3,6 +3,9 @@ services enforce them, and the gateway's own collection cache never crosses tena
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+from typing import Any
+
 import grpc
 import pytest
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
@@ -83,37 +86,10 @@ async def test_a_collection_not_found_names_the_requests_field(tenants: Stack) -
     same for a collection nobody has and another tenant's."""
     s = tenants
     await create_books(s, metadata=ALICE)
-    generate = gw_pb.Generate(single_prompt="{title}")
-    near = ret_pb.NearVector(vector=vector(0))
-    an_id = "0190a4b2-0000-7000-8000-000000000000"
+    ids = gw_pb.GenerateOnObjectsRequest(ids=gw_pb.ObjectIds(ids=[ANY_ID]))
     seen: set[tuple[str, str]] = set()
     for name, who in (("Nope", ALICE), ("Books", BOB)):
-        for call in (
-            s.stub.GenerativeSearch(
-                gw_pb.GenerativeSearchRequest(collection=name, near_vector=near, generate=generate),
-                metadata=who,
-            ),
-            _first(
-                s.stub.StreamGenerativeSearch(
-                    gw_pb.StreamGenerativeSearchRequest(
-                        collection=name, near_vector=near, generate=generate
-                    ),
-                    metadata=who,
-                )
-            ),
-            s.stub.GenerateOnObjects(
-                gw_pb.GenerateOnObjectsRequest(
-                    collection=name, ids=gw_pb.ObjectIds(ids=[an_id]), generate=generate
-                ),
-                metadata=who,
-            ),
-            s.stub.Ask(gw_pb.AskRequest(collection=name, llm_question="q"), metadata=who),
-            _first(
-                s.stub.StreamAsk(
-                    gw_pb.StreamAskRequest(collection=name, llm_question="q"), metadata=who
-                )
-            ),
-        ):
+        for call in _calls_naming(s, name, who, ids):
             err = await rpc_error(call)
             assert err.code() == grpc.StatusCode.NOT_FOUND, err.details()
             info = error_info(err)
@@ -128,34 +104,10 @@ async def test_a_malformed_collection_name_names_the_requests_field(tenants: Sta
     too, not GetCollection's ``name`` (QA: "Bo\\x00oks", a 100 000-character name, "1abc"
     all came back naming ``name``, a field no gateway request has)."""
     s = tenants
-    generate = gw_pb.Generate(single_prompt="{title}")
-    near = ret_pb.NearVector(vector=vector(0))
     inline = gw_pb.InlineObjects(objects=[struct_pb2.Struct(fields={"title": _text("a")})])
+    objects = gw_pb.GenerateOnObjectsRequest(inline=inline)
     for name in ("Bo\x00oks", "x" * 100_000, "1abc"):
-        for call in (
-            s.stub.GenerativeSearch(
-                gw_pb.GenerativeSearchRequest(collection=name, near_vector=near, generate=generate),
-                metadata=ALICE,
-            ),
-            _first(
-                s.stub.StreamGenerativeSearch(
-                    gw_pb.StreamGenerativeSearchRequest(
-                        collection=name, near_vector=near, generate=generate
-                    ),
-                    metadata=ALICE,
-                )
-            ),
-            s.stub.GenerateOnObjects(
-                gw_pb.GenerateOnObjectsRequest(collection=name, inline=inline, generate=generate),
-                metadata=ALICE,
-            ),
-            s.stub.Ask(gw_pb.AskRequest(collection=name, llm_question="q"), metadata=ALICE),
-            _first(
-                s.stub.StreamAsk(
-                    gw_pb.StreamAskRequest(collection=name, llm_question="q"), metadata=ALICE
-                )
-            ),
-        ):
+        for call in _calls_naming(s, name, ALICE, objects):
             err = await rpc_error(call)
             assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
             info = error_info(err)
@@ -163,6 +115,41 @@ async def test_a_malformed_collection_name_names_the_requests_field(tenants: Sta
             assert info.metadata["field"] == "collection", err.details()
             assert (err.details() or "").startswith("collection must match"), err.details()
     assert s.fake.chat_requests == []
+
+
+ANY_ID = "0190a4b2-0000-7000-8000-000000000000"
+
+
+def _calls_naming(
+    s: Stack, name: str, who: Any, objects: gw_pb.GenerateOnObjectsRequest
+) -> tuple[Awaitable[Any], ...]:
+    """Every gateway call that names a collection to generate over, the streams read to
+    their first event (``objects``: what the GenerateOnObjects call names)."""
+    generate = gw_pb.Generate(single_prompt="{title}")
+    near = ret_pb.NearVector(vector=vector(0))
+    on_objects = gw_pb.GenerateOnObjectsRequest(collection=name, generate=generate)
+    on_objects.MergeFrom(objects)
+    return (
+        s.stub.GenerativeSearch(
+            gw_pb.GenerativeSearchRequest(collection=name, near_vector=near, generate=generate),
+            metadata=who,
+        ),
+        _first(
+            s.stub.StreamGenerativeSearch(
+                gw_pb.StreamGenerativeSearchRequest(
+                    collection=name, near_vector=near, generate=generate
+                ),
+                metadata=who,
+            )
+        ),
+        s.stub.GenerateOnObjects(on_objects, metadata=who),
+        s.stub.Ask(gw_pb.AskRequest(collection=name, llm_question="q"), metadata=who),
+        _first(
+            s.stub.StreamAsk(
+                gw_pb.StreamAskRequest(collection=name, llm_question="q"), metadata=who
+            )
+        ),
+    )
 
 
 def _text(value: str) -> struct_pb2.Value:
