@@ -55,33 +55,56 @@ class Delta:
     restart: bool = False
 
 
-class DeltaBuffer:
-    """One generation's text deltas on their way to a stream's reader (StreamAsk's
-    answer), held up to ``max_buffered`` at once, as ``fan_out_stream`` holds its jobs':
-    ``put`` waits while the reader is that far behind, so the generation stops reading
-    its stream and flow control holds the rest back up to the LLM. ``close`` (the
-    generation ended, however) never waits: ``get`` returns None after the last delta."""
+E = TypeVar("E")
+
+
+class HeldBack(Generic[E]):
+    """Events on their way to a stream's reader, the deltas among them held up to
+    ``max_buffered`` at once: ``put`` (a delta) waits while the reader is that far behind,
+    so its producer stops reading its generation stream and flow control holds the rest
+    back up to the LLM; ``put_now`` (an outcome, the end) never waits."""
 
     def __init__(self, max_buffered: int = DEFAULT_MAX_BUFFERED) -> None:
         if max_buffered < 1:
             raise ValueError("max_buffered must be >= 1")
-        # Unbounded itself: the room below bounds the deltas, and the end is never refused.
-        self._queue: asyncio.Queue[str | None] = asyncio.Queue()
+        # Unbounded itself: the room below bounds the deltas; the rest are never refused.
+        self._queue: asyncio.Queue[tuple[E, bool]] = asyncio.Queue()
         self._room = asyncio.Semaphore(max_buffered)
 
-    async def put(self, text: str) -> None:
+    async def put(self, event: E) -> None:
         await self._room.acquire()
-        self._queue.put_nowait(text)
+        self._queue.put_nowait((event, True))
+
+    def put_now(self, event: E) -> None:
+        self._queue.put_nowait((event, False))
+
+    def empty(self) -> bool:
+        return self._queue.empty()
+
+    async def get(self) -> E:
+        return self._taken(await self._queue.get())
+
+    def get_nowait(self) -> E:
+        return self._taken(self._queue.get_nowait())
+
+    def _taken(self, item: tuple[E, bool]) -> E:
+        event, held = item
+        if held:
+            self._room.release()
+        return event
+
+
+class DeltaBuffer(HeldBack[str | None]):
+    """One generation's text deltas (StreamAsk's answer): ``close`` (the generation
+    ended, however) never waits, and ``get`` returns None after the last delta."""
 
     def close(self) -> None:
-        self._queue.put_nowait(None)
+        self.put_now(None)
 
     async def get(self) -> str | None:
-        text = await self._queue.get()
+        text = await super().get()
         if text is None:
-            self._queue.put_nowait(None)  # the end stays the end for a later get
-        else:
-            self._room.release()
+            self.put_now(None)  # the end stays the end for a later get
         return text
 
 
@@ -102,20 +125,15 @@ async def fan_out_stream(
     """
     if max_concurrency is not None and max_concurrency < 1:
         raise ValueError("max_concurrency must be >= 1")
-    if max_buffered < 1:
-        raise ValueError("max_buffered must be >= 1")
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + max(timeout, 0.0)
     slots = None if max_concurrency is None else asyncio.Semaphore(max_concurrency)
-    events: asyncio.Queue[Delta | Outcome[T]] = asyncio.Queue()
-    # Room for deltas: taken by a job emitting one, given back as the consumer takes it.
-    room = asyncio.Semaphore(max_buffered)
+    events: HeldBack[Delta | Outcome[T]] = HeldBack(max_buffered)
 
     async def run(index: int, job: Job[T]) -> None:
         async def emit(text: str, restart: bool = False) -> None:
             if text or restart:
-                await room.acquire()
-                events.put_nowait(Delta(index, text, restart))
+                await events.put(Delta(index, text, restart))
 
         try:
             if slots is None or index in unbounded:
@@ -126,9 +144,9 @@ async def fan_out_stream(
         except asyncio.CancelledError:
             raise
         except Exception as err:
-            events.put_nowait(Outcome(index, error=HitError.of(err)))
+            events.put_now(Outcome(index, error=HitError.of(err)))
         else:
-            events.put_nowait(Outcome(index, value=value))
+            events.put_now(Outcome(index, value=value))
 
     tasks = {index: asyncio.create_task(run(index, job)) for index, job in jobs.items()}
     pending = set(tasks)
@@ -146,8 +164,6 @@ async def fan_out_stream(
                 break
             if isinstance(event, Outcome):
                 pending.discard(event.index)
-            else:
-                room.release()
             yield event
         # Stop the stragglers before yielding again (a yield lets them run), then keep
         # whatever finished in the same instant as the deadline.
