@@ -503,14 +503,11 @@ def test_answers_in_either_common_shape_are_read() -> None:
             parse_results(bad, 2, "p")
 
 
-async def test_a_collections_default_candidates_grow_with_the_page(
-    retrieval: Retrieval, fake: FakeOpenAI
-) -> None:
-    """The collection's candidates are a default, raised to offset + limit like
-    RERANK_CANDIDATES: a longer page was INVALID_ARGUMENT naming rerank.candidates, a
-    field the search never set. A request's own candidates stay as given."""
+async def _ranked_by_default(retrieval: Retrieval, candidates: int) -> None:
+    """The collection "Ranked" holding DOCS, reranked by default by the fake over
+    ``candidates``."""
     collection = vcol("Ranked")
-    collection.rerank.CopyFrom(pb.Rerank(provider="fake", candidates=3))
+    collection.rerank.CopyFrom(pb.Rerank(provider="fake", candidates=candidates))
     await retrieval.stub.CreateCollection(pb.CreateCollectionRequest(collection=collection))
     await retrieval.stub.UpsertObjects(
         pb.UpsertObjectsRequest(
@@ -521,6 +518,15 @@ async def test_a_collections_default_candidates_grow_with_the_page(
             ],
         )
     )
+
+
+async def test_a_collections_default_candidates_grow_with_the_page(
+    retrieval: Retrieval, fake: FakeOpenAI
+) -> None:
+    """The collection's candidates are a default, raised to offset + limit like
+    RERANK_CANDIDATES: a longer page was INVALID_ARGUMENT naming rerank.candidates, a
+    field the search never set. A request's own candidates stay as given."""
+    await _ranked_by_default(retrieval, candidates=3)
     fake.rerank_score = lambda q, d: word_overlap(q, d)
     request = pb.SearchRequest(
         collection="Ranked",
@@ -551,18 +557,7 @@ async def test_use_collection_rerank_applies_the_collections_default(
 ) -> None:
     """``use_collection_rerank``: the default reranks a text query (one search, no block
     from the caller), never a near_vector one, and a request's own block wins."""
-    collection = vcol("Ranked")
-    collection.rerank.CopyFrom(pb.Rerank(provider="fake", candidates=6))
-    await retrieval.stub.CreateCollection(pb.CreateCollectionRequest(collection=collection))
-    await retrieval.stub.UpsertObjects(
-        pb.UpsertObjectsRequest(
-            collection="Ranked",
-            objects=[
-                obj({"title": t, "body": b}, vector=[1.0, float(i), 0.0, 0.0])
-                for i, (t, b) in enumerate(DOCS)
-            ],
-        )
-    )
+    await _ranked_by_default(retrieval, candidates=6)
     fake.rerank_score = lambda q, d: 1.0 if "london" in d else word_overlap(q, d) / 2
     request = pb.SearchRequest(collection="Ranked", keyword=pb.Keyword(text=QUERY), limit=2)
     plain = await retrieval.stub.Search(request)
