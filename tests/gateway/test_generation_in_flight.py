@@ -198,8 +198,10 @@ async def test_a_refused_call_is_sent_again_on_either_path(
 ) -> None:
     # A replica that serves 2 calls at once and a gateway that does not bound its calls:
     # 6 calls at once, through the forwarded GenerationService, are refused by its
-    # process and sent again until each runs, streamed or not.
-    fake.latency = 0.2
+    # process and sent again until each runs, streamed or not. Each call takes 0.5 s: at
+    # 0.2 s a loaded CI machine once sent the sixth call after the first two had finished,
+    # so it ran unrefused and only 3 of the 6 said they waited.
+    fake.latency = 0.5
     stack = await stack_factory(
         generation_settings={"max_concurrent_rpcs": 2}, generation_max_in_flight=0
     )
