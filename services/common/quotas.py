@@ -157,12 +157,16 @@ class Quotas:
             self._unchecked(err)
 
     async def _renew_while_running(
-        self, key: str, call_id: str, context: grpc.aio.ServicerContext
+        self, key: str, call_id: str, context: grpc.aio.ServicerContext, ended: asyncio.Event
     ) -> None:
-        """Renews the slot's lease until cancelled (the call ended); a failed renewal is
-        logged and retried at the next period, never fails the call."""
+        """Renews the slot's lease until the call has ``ended`` (and this is cancelled); a
+        failed renewal is logged and retried at the next period, never fails the call.
+        The flag as well as the cancel: a cancel landing as a Redis command completes can
+        be lost (services/common/tasks.py), and the slot would be renewed forever."""
         while True:
             await asyncio.sleep(self._lease / RENEWALS_PER_LEASE)
+            if ended.is_set():
+                return
             await self._run(self._renew, key, self._lease_ms(context), call_id)
 
     @contextlib.asynccontextmanager
@@ -188,12 +192,13 @@ class Quotas:
             raise
         if entered == 0:
             raise QuotaExceeded(self.CONCURRENT, self.concurrent_calls, CONCURRENT_RETRY_SECONDS)
+        ended = asyncio.Event()
         renewal = (
             None
             if entered is None  # Redis failed: nothing to renew
             else asyncio.create_task(
                 # Named so a test can stop renewals the way a crashed replica does.
-                self._renew_while_running(key, call_id, context),
+                self._renew_while_running(key, call_id, context, ended),
                 name=f"quota-renewal-{call_id}",
             )
         )
@@ -201,6 +206,7 @@ class Quotas:
             yield
         finally:
             if renewal is not None:
+                ended.set()
                 renewal.cancel()
                 await self._release(key, call_id)
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import redis.asyncio as aioredis
 
 from services.common.hostport import join_host_port
+from services.common.tasks import cancel_and_wait
 from services.devlaunch.processes import die_with_parent, free_port
 
 log = logging.getLogger("gensearch.redis")
@@ -193,9 +194,7 @@ class RedisProcess:
         self._stopping = True
         supervisor, self._supervisor = self._supervisor, None
         if supervisor is not None:
-            supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await supervisor
+            await cancel_and_wait(supervisor)
         proc, self._proc = self._proc, None
         if proc is not None and proc.returncode is None:
             proc.terminate()

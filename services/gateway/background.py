@@ -21,6 +21,8 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any, Generic, TypeVar
 
+from services.common.tasks import cancel_and_wait
+
 log = logging.getLogger("gensearch.gateway.background")
 
 J = TypeVar("J")
@@ -72,10 +74,7 @@ class WorkQueue(Generic[J]):
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._queue.join(), self._drain_timeout)
         for worker in self._workers:
-            worker.cancel()
-        for worker in self._workers:
-            with contextlib.suppress(asyncio.CancelledError):
-                await worker
+            await cancel_and_wait(worker)
 
     async def _work(self) -> None:
         while True:

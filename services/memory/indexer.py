@@ -18,7 +18,6 @@ turn itself is stored); such a turn is not found by search. docs/memory.md says 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -27,6 +26,7 @@ from typing import Any
 from gensearch.memory.v1 import memory_service_pb2 as pb
 
 from services.common.errors import NotFound, ServiceError, Unavailable
+from services.common.tasks import cancel_and_wait
 from services.memory.search_index import InteractionIndex
 from services.memory.store import MemoryStore, Owner
 
@@ -75,9 +75,7 @@ class Indexer:
         self._closed = True
         for task in (self._drainer, self._sweeper):
             if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await cancel_and_wait(task)
         # Jobs under way finish (they are short); what fails waits in the outbox.
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=5.0)

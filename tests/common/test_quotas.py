@@ -269,3 +269,49 @@ async def test_a_cluster_node_given_as_a_standalone_redis_is_named_as_a_setting(
     lines = [r for r in caplog.records if r.name == "gensearch.quotas"]
     assert [r.levelno for r in lines] == [logging.ERROR]
     assert "_REDIS_CLUSTER=true" in lines[0].getMessage()
+
+
+class _LosesACancelInARenewal(Quotas):
+    """Loses the first cancel that lands while a lease is renewed, as redis-py's
+    ``wait_for`` around each command can on Python 3.11 (services/common/tasks.py)."""
+
+    lost = False
+    renewals = 0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.renewing = asyncio.Event()
+
+    async def _run(self, script: Any, key: str, *args: Any) -> Any:
+        if script is not self._renew:
+            return await super()._run(script, key, *args)
+        self.renewals += 1
+        self.renewing.set()
+        try:
+            await asyncio.sleep(0.2)  # the reply on its way
+        except asyncio.CancelledError:
+            if self.lost:
+                raise
+            self.lost = True
+        return await super()._run(script, key, *args)
+
+
+async def test_a_renewal_whose_cancel_is_lost_stops_when_its_call_ends(
+    redis_server: RedisProcess,
+) -> None:
+    # Before, the renewal renewed a lease every third of it for as long as the gateway ran.
+    redis = connect(redis_server.url, cluster=False, socket_timeout=5, connect_timeout=1)
+    quotas = _LosesACancelInARenewal(
+        redis, key_prefix="test", concurrent_calls=1, llm_calls_per_minute=0, lease=0.3,
+        lease_slack=0.0,
+    )  # fmt: skip
+    try:
+        _as_tenant("judy")
+        async with quotas.admit("/x/Y", _Context(None)):  # type: ignore[arg-type]
+            await asyncio.wait_for(quotas.renewing.wait(), 10)
+        assert quotas.lost
+        renewals = quotas.renewals
+        await asyncio.sleep(1.0)  # ten periods of renewal
+        assert quotas.renewals == renewals
+    finally:
+        await redis.aclose()
