@@ -39,19 +39,27 @@ class UsageError(CliError):
 
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 def int32(text: str) -> int:
     """argparse type of a count that goes into an int32 field: past it, the protobuf
     library's "ValueError: Value out of range" came out of the first call."""
+    return _integer(text, INT32_MIN, INT32_MAX)
+
+
+def int64(text: str) -> int:
+    """argparse type of a value that goes into an int64 field (``--seed``), as ``int32``."""
+    return _integer(text, INT64_MIN, INT64_MAX)
+
+
+def _integer(text: str, low: int, high: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if not INT32_MIN <= value <= INT32_MAX:
-        raise argparse.ArgumentTypeError(
-            f"{text} is not an integer from {INT32_MIN} to {INT32_MAX}"
-        )
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"{text} is not an integer from {low} to {high}")
     return value
 
 

@@ -17,7 +17,7 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as rpb
 from google.protobuf import json_format
 
 from services.cli import render, state
-from services.cli.client import Client, CliError, UsageError, int32
+from services.cli.client import Client, CliError, UsageError, int32, int64
 from services.cli.output import dump_json, message_dict, note
 
 OPERATORS = {name.removeprefix("OPERATOR_").lower(): value for name, value in rpb.Operator.items()}
@@ -62,6 +62,7 @@ def add_generate_arguments(parser: argparse.ArgumentParser, what: str = "hit") -
         help="property given to the grouped task (repeatable; default all)",
     )
     _llm_arguments(parser)
+    _sampling_arguments(parser)
     parser.add_argument(
         "--max-concurrency", type=int32, default=0, help=f"per-{what} LLM calls at once"
     )
@@ -150,6 +151,43 @@ def _llm_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="PROVIDER[/MODEL]",
         help="tried in order when the primary fails with a 5xx or a timeout "
         "(repeatable; default: the collection's chain); no model: the provider's default",
+    )
+
+
+# Generate's sampling parameters and base URL (Ask has none of them): flag, dest. Passed as
+# given; the gateway checks the ranges (INVALID_ARGUMENT naming the field).
+SAMPLING_FLAGS = (
+    ("--top-p", "top_p"),
+    ("--stop", "stop"),
+    ("--frequency-penalty", "frequency_penalty"),
+    ("--presence-penalty", "presence_penalty"),
+    ("--seed", "seed"),
+    ("--base-url", "base_url"),
+)
+
+
+def _sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    """Unset, a field stays unset (the provider's default): ``--seed 0`` is a seed."""
+    parser.add_argument("--top-p", type=float, metavar="X", help="nucleus sampling, (0, 1]")
+    parser.add_argument(
+        "--stop",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="a sequence that ends each answer (repeatable; the gateway allows 4 of up "
+        "to 256 characters unless configured otherwise)",
+    )
+    parser.add_argument("--frequency-penalty", type=float, metavar="X", help="-2..2")
+    parser.add_argument("--presence-penalty", type=float, metavar="X", help="-2..2")
+    parser.add_argument(
+        "--seed", type=int64, metavar="N", help="sampling seed (where the provider has one)"
+    )
+    parser.add_argument(
+        "--base-url",
+        metavar="URL",
+        help="the provider's OpenAI-compatible endpoint for this call instead of the "
+        "operator's: a host on the operator's allowlist (GENSEARCH_GENERATION_ALLOWED_HOSTS) "
+        "only; only your own key (--llm-key) or none is sent there",
     )
 
 
@@ -338,6 +376,7 @@ def generate_fields(args: argparse.Namespace, *, stream: bool) -> dict[str, Any]
         stream_tokens=stream,
         temperature=args.temperature,
         max_tokens=args.max_tokens,
+        **{dest: getattr(args, dest) for _, dest in SAMPLING_FLAGS},
     )
     if args.cache:
         fields["cache"] = parse_cache(args.cache)
@@ -356,8 +395,9 @@ def check_generate_flags(args: argparse.Namespace) -> None:
             ("--cache", args.cache),
             ("--fallback", args.fallback),
             ("--response-format", args.response_format),
+            *((flag, getattr(args, dest)) for flag, dest in SAMPLING_FLAGS),
         )
-        if value
+        if value not in (None, "", [])
     ]
     if given:
         raise UsageError(f"{', '.join(given)} needs --single-prompt or --grouped-task")

@@ -41,6 +41,9 @@ FREE_PORTS = {
 # The variable pointing the ollama preset (model llama3.2) at the fake LLM.
 FALLBACK_BASE_URL = "GENSEARCH_GENERATION_OLLAMA_BASE_URL"
 FALLBACK = "ollama/llama3.2"
+# The operator's allowlist of the URLs callers name (Generate.base_url): the one of
+# RunningStack.own_llm only.
+ALLOWED_HOSTS = "GENSEARCH_GENERATION_ALLOWED_HOSTS"
 
 
 class LoopThread:
@@ -65,6 +68,8 @@ class RunningStack:
     stack: stack_mod.Stack
     fake: FakeOpenAI
     loop: LoopThread
+    # A caller's own endpoint (--base-url), on the operator's allowlist.
+    own_llm: FakeOpenAI
     data_dir: Path
 
     @property
@@ -88,19 +93,26 @@ def up_args(data_dir: Path, **overrides: Any) -> argparse.Namespace:
 def running_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
     data_dir = tmp_path_factory.mktemp("stack") / "data"
     loop = LoopThread()
-    fake = FakeOpenAI()
+    fake, own_llm = FakeOpenAI(), FakeOpenAI()
     loop.run(fake.start())
+    loop.run(own_llm.start())
     args = up_args(data_dir, llm_base_url=fake.base_url, log_level="WARNING")
     # The ollama preset at the fake too: a second endpoint for fallback chains (one
     # repeating the primary's is refused, DUPLICATE_FALLBACK).
-    with mock.patch.dict(os.environ, {**FREE_PORTS, FALLBACK_BASE_URL: fake.base_url}):
+    env = {
+        **FREE_PORTS,
+        FALLBACK_BASE_URL: fake.base_url,
+        ALLOWED_HOSTS: f"http://127.0.0.1:{own_llm.port}",
+    }
+    with mock.patch.dict(os.environ, env):
         stack_mod._quiet_libraries()
         stack = loop.run(stack_mod.start(args))
     try:
-        yield RunningStack(stack=stack, fake=fake, loop=loop, data_dir=data_dir)
+        yield RunningStack(stack=stack, fake=fake, loop=loop, data_dir=data_dir, own_llm=own_llm)
     finally:
         loop.run(stack.close())
         loop.run(fake.stop())
+        loop.run(own_llm.stop())
         loop.close()
 
 

@@ -1,5 +1,6 @@
 """Issue 13's generation options from the CLI (the gateway and the Python client had them):
---cache, --fallback and --response-format on search, against the real stack (conftest)."""
+--cache, --fallback and --response-format on search, the sampling flags (--top-p, --stop,
+the penalties, --seed) and --base-url, against the real stack (conftest)."""
 
 from __future__ import annotations
 
@@ -359,3 +360,173 @@ def test_generate_server_errors_are_one_line(cli: Any, novels: str) -> None:
     result = cli("generate", "-c", novels, "--id", "not-a-uuid", "--single-prompt", "x {title}")
     assert result.code == 1
     assert one_error_line(result.err).startswith("error: INVALID_ARGUMENT: ")
+
+
+# --- sampling parameters and a caller's base URL (Generate only; Ask has none) -----------------
+
+SAMPLING_KEYS = ("top_p", "stop", "frequency_penalty", "presence_penalty", "seed")
+
+
+def new_chat_requests(fake: Any, before: int) -> list[dict[str, Any]]:
+    return [r.json for r in fake.chat_requests[before:]]
+
+
+@pytest.mark.parametrize(
+    ("flags", "sent"),
+    [
+        (["--top-p", "0.5"], {"top_p": 0.5}),
+        (["--stop", "END", "--stop", "\n\n"], {"stop": ["END", "\n\n"]}),
+        (["--frequency-penalty", "-1.5"], {"frequency_penalty": -1.5}),
+        (["--presence-penalty", "0.25"], {"presence_penalty": 0.25}),
+        (["--seed", "0"], {"seed": 0}),  # a seed of 0 is sent: it is not "unset"
+        (["--seed", str(2**63 - 1)], {"seed": 2**63 - 1}),
+    ],
+)
+def test_a_sampling_flag_reaches_the_provider(
+    cli: Any, novels: str, fake: Any, flags: list[str], sent: dict[str, Any]
+) -> None:
+    before = len(fake.chat_requests)
+    result = cli(
+        "search", "-c", novels, "--keyword", "desert", "--limit", "1",
+        "--single-prompt", "About {title}", *flags,
+    )  # fmt: skip
+    assert result.code == 0, result.err
+    (body,) = new_chat_requests(fake, before)
+    # The flag's parameter, and none of the others: an unset flag leaves its field unset.
+    assert {k: body[k] for k in SAMPLING_KEYS if k in body} == sent
+
+
+def test_base_url_sends_the_call_to_the_callers_endpoint(
+    cli: Any, novels: str, fake: Any, running_stack: RunningStack
+) -> None:
+    own = running_stack.own_llm
+    own.reply = "From my own endpoint"
+    before, own_before = len(fake.chat_requests), len(own.chat_requests)
+    result = cli(
+        "search", "-c", novels, "--keyword", "desert", "--limit", "1",
+        "--single-prompt", "About {title}", "--base-url", own.base_url,
+    )  # fmt: skip
+    assert result.code == 0, result.err
+    assert "→ From my own endpoint" in result.out
+    assert len(new_chat_requests(own, own_before)) == 1
+    assert new_chat_requests(fake, before) == []  # not the operator's endpoint
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["search", "--keyword", "desert", "--limit", "1", "--stream"],
+        ["generate", "--object", '{"title": "Ubik"}'],
+        ["generate", "--object", '{"title": "Ubik"}', "--stream"],
+    ],
+)
+def test_sampling_flags_on_every_generation_call(
+    cli: Any, novels: str, running_stack: RunningStack, argv: list[str]
+) -> None:
+    """search (streamed) and generate (GenerateOnObjects, plain and streamed) send them too."""
+    own = running_stack.own_llm
+    before = len(own.chat_requests)
+    result = cli(
+        *argv, "-c", novels, "--single-prompt", "About {title}", "--base-url", own.base_url,
+        "--top-p", "0.9", "--stop", "END", "--frequency-penalty", "1",
+        "--presence-penalty", "-1", "--seed", "42",
+    )  # fmt: skip
+    assert result.code == 0, result.err
+    (body,) = new_chat_requests(own, before)
+    assert {k: body.get(k) for k in SAMPLING_KEYS} == {
+        "top_p": 0.9,
+        "stop": ["END"],
+        "frequency_penalty": 1.0,
+        "presence_penalty": -1.0,
+        "seed": 42,
+    }
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--top-p", "2"], "INVALID_ARGUMENT: top_p must be in (0, 1] (field generate.top_p)"),
+        (["--top-p", "0"], "INVALID_ARGUMENT: top_p must be in (0, 1] (field generate.top_p)"),
+        (
+            ["--frequency-penalty", "2.5"],
+            "INVALID_ARGUMENT: frequency_penalty must be between -2 and 2 "
+            "(field generate.frequency_penalty)",
+        ),
+        (
+            ["--presence-penalty", "-3"],
+            "INVALID_ARGUMENT: presence_penalty must be between -2 and 2 "
+            "(field generate.presence_penalty)",
+        ),
+        (
+            ["--stop", "a", "--stop", "b", "--stop", "c", "--stop", "d", "--stop", "e"],
+            "INVALID_ARGUMENT: at most 4 stop sequences are allowed (field generate.stop)",
+        ),
+        (
+            ["--stop", ""],
+            "INVALID_ARGUMENT: a stop sequence has 1 to 256 characters (field generate.stop[0])",
+        ),
+        (
+            ["--base-url", " "],
+            "INVALID_ARGUMENT: base_url must not be blank (field generate.base_url)",
+        ),
+    ],
+)
+def test_a_sampling_value_out_of_range_is_the_servers_error(
+    cli: Any, novels: str, fake: Any, flags: list[str], message: str
+) -> None:
+    before = len(fake.chat_requests)
+    result = cli(
+        "search", "-c", novels, "--keyword", "desert", "--limit", "1",
+        "--single-prompt", "About {title}", *flags,
+    )  # fmt: skip
+    assert result.code == 1
+    assert one_error_line(result.err) == f"error: {message}"
+    assert new_chat_requests(fake, before) == []
+
+
+def test_a_base_url_off_the_allowlist_is_refused(
+    cli: Any, novels: str, fake: Any, running_stack: RunningStack
+) -> None:
+    before = len(fake.chat_requests)
+    # The operator's own endpoint, named by the caller: another port than the allowlist's.
+    result = cli(
+        "generate", "-c", novels, "--object", '{"title": "Ubik"}',
+        "--single-prompt", "About {title}", "--base-url", fake.base_url,
+    )  # fmt: skip
+    assert result.code == 1
+    assert one_error_line(result.err) == (
+        f"error: PERMISSION_DENIED: host '127.0.0.1' port {fake.port} over plain http is not "
+        "in the operator's allowlist (GENSEARCH_GENERATION_ALLOWED_HOSTS) "
+        "(field generate.base_url)"
+    )
+    assert new_chat_requests(fake, before) == []
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--top-p", "high"], "argument --top-p: invalid float value: 'high'"),
+        (["--seed", "1.5"], "argument --seed: '1.5' is not an integer"),
+        (["--seed", str(2**63)], f"argument --seed: {2**63} is not an integer from"),
+    ],
+)
+def test_sampling_flag_usage_errors(cli: Any, novels: str, flags: list[str], message: str) -> None:
+    result = cli("search", "-c", novels, "--keyword", "x", "--single-prompt", "x", *flags)
+    assert result.code == 2
+    assert one_error_line(result.err).startswith("error: " + message), result.err
+
+
+@pytest.mark.parametrize(
+    ("flags", "given"),
+    [
+        (["--seed", "0"], "--seed"),
+        (["--top-p", "0.5", "--stop", "END"], "--top-p, --stop"),
+        (["--base-url", "http://127.0.0.1:1/v1"], "--base-url"),
+    ],
+)
+def test_sampling_flags_without_a_prompt_are_refused(
+    cli: Any, novels: str, flags: list[str], given: str
+) -> None:
+    result = cli("search", "-c", novels, "--keyword", "x", *flags)
+    assert result.code == 2
+    assert one_error_line(result.err) == f"error: {given} needs --single-prompt or --grouped-task"
