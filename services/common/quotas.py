@@ -1,6 +1,6 @@
 """Per-tenant quotas, counted in Redis so they hold across every gateway replica.
 
-Two quotas (docs/operations.md#quotas):
+Three quotas (docs/operations.md#quotas):
 
 * **concurrent calls**: every call of the gateway's services (health and reflection are
   never counted) holds a slot while it runs. Slots are members of a ZSET scored by the end
@@ -15,11 +15,16 @@ Two quotas (docs/operations.md#quotas):
   are counted when that is known (``charge_llm_made``), never refused, since they were
   made already. The count may then pass the quota, and the tenant's next calls are
   refused until the window ends.
+* **objects written per minute**: the objects of each UpsertObjects request, and of each
+  ImportObjects message, forwarded to retrieval are counted in the same kind of window
+  before they are sent, all of them or none: a write that does not fit in what is left
+  of the minute is refused whole (``charge_objects_written``).
 
-Both are atomic Lua scripts (``lua/quota_*.lua``). Keys carry a Redis Cluster hash tag per
-tenant, so one tenant's quota lives in one slot. Over a quota the call gets
-RESOURCE_EXHAUSTED with ``ErrorInfo`` (reason ``QUOTA_EXCEEDED``, metadata ``quota`` and
-``limit``) and ``RetryInfo`` (when to try again).
+All are atomic Lua scripts (``lua/quota_*.lua``; both per-minute quotas run
+``quota_charge``). Keys carry a Redis Cluster hash tag per tenant, so one tenant's quotas
+live in one slot. Over a quota the call gets RESOURCE_EXHAUSTED with ``ErrorInfo`` (reason
+``QUOTA_EXCEEDED``, metadata ``quota`` and ``limit``) and ``RetryInfo`` (when to try
+again; none for a write larger than the whole quota, which never fits).
 
 A quota that cannot be checked (Redis down) lets the call through and logs a warning:
 quotas guard against abuse and must not turn a Redis outage into a gateway outage.
@@ -73,11 +78,15 @@ def lua_script(name: str) -> str:
 
 
 class QuotaExceeded(ResourceExhausted):
-    """RESOURCE_EXHAUSTED with ErrorInfo and a ``google.rpc.RetryInfo`` detail."""
+    """RESOURCE_EXHAUSTED with ErrorInfo and a ``google.rpc.RetryInfo`` detail; without
+    RetryInfo (``retry_after`` None) when trying again cannot help: a write of more
+    objects than the whole per-minute quota."""
 
-    def __init__(self, quota: str, limit: int, retry_after: float) -> None:
+    def __init__(
+        self, quota: str, limit: int, retry_after: float | None, message: str | None = None
+    ) -> None:
         super().__init__(
-            f"quota {quota} ({limit}) exceeded; retry in {retry_after:.1f} s",
+            message or f"quota {quota} ({limit}) exceeded; retry in {retry_after or 0:.1f} s",
             reason="QUOTA_EXCEEDED",
             metadata={"quota": quota, "limit": str(limit)},
         )
@@ -85,20 +94,24 @@ class QuotaExceeded(ResourceExhausted):
 
     def to_proto(self) -> status_pb2.Status:
         status = super().to_proto()
-        delay = duration_pb2.Duration()
-        delay.FromNanoseconds(int(self.retry_after * 1e9))
-        status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+        if self.retry_after is not None:
+            delay = duration_pb2.Duration()
+            delay.FromNanoseconds(int(self.retry_after * 1e9))
+            status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
         return status
 
 
 class Quotas:
     """The gateway's quotas; ``admit`` is the chassis' admission guard, ``charge_llm``
     runs before each generation call and ``charge_llm_made`` after it, with the upstream
-    calls it made beyond the one admitted. The Redis client is shared (the gateway's
-    generation cache uses it too) and closed by whoever made it, never here."""
+    calls it made beyond the one admitted; ``charge_objects_written`` before each write
+    forwarded to retrieval. The Redis client is shared (the gateway's generation cache
+    uses it too) and closed by whoever made it, never here. ``window_ms``: the per-minute
+    quotas' window, a minute but for tests."""
 
     CONCURRENT = "concurrent_calls"
     LLM_PER_MINUTE = "llm_calls_per_minute"
+    OBJECTS_WRITTEN_PER_MINUTE = "objects_written_per_minute"
 
     def __init__(
         self,
@@ -108,17 +121,21 @@ class Quotas:
         concurrent_calls: int,
         llm_calls_per_minute: int,
         lease: float,
+        objects_written_per_minute: int = 0,
         lease_slack: float = LEASE_SLACK_SECONDS,
+        window_ms: int = WINDOW_MS,
     ) -> None:
         self._redis = redis
         self._prefix = key_prefix
         self.concurrent_calls = concurrent_calls
         self.llm_calls_per_minute = llm_calls_per_minute
+        self.objects_written_per_minute = objects_written_per_minute
         self._lease = lease
         self._lease_slack = lease_slack
+        self._window_ms = window_ms
         # redis-py annotates register_script's self as Redis; RedisCluster has it too.
         self._enter: AsyncScript = redis.register_script(lua_script("quota_enter"))  # type: ignore[misc]
-        self._charge: AsyncScript = redis.register_script(lua_script("quota_charge"))  # type: ignore[misc]
+        self._charge_script: AsyncScript = redis.register_script(lua_script("quota_charge"))  # type: ignore[misc]
         self._renew: AsyncScript = redis.register_script(lua_script("quota_renew"))  # type: ignore[misc]
         # Releases of slots whose call was cancelled while entering: referenced until done.
         self._releasing: set[asyncio.Task[None]] = set()
@@ -210,15 +227,22 @@ class Quotas:
                 renewal.cancel()
                 await self._release(key, call_id)
 
+    async def _charge(self, quota: str, limit: int, name: str, count: int, tenant: str) -> None:
+        """Counts ``count`` uses of the per-minute quota ``quota`` in the window, all or
+        none: QuotaExceeded, none counted, when they do not fit in what is left of it."""
+        key = self._key(tenant, name)
+        wait_ms = await self._run(self._charge_script, key, limit, self._window_ms, count, 0)
+        if wait_ms is not None and int(wait_ms) >= 0:
+            raise QuotaExceeded(quota, limit, int(wait_ms) / 1000)
+
     async def charge_llm(self, tenant: str | None = None) -> None:
         """Counts one LLM call of ``tenant`` (default: the caller of the RPC being served);
         raises QuotaExceeded when the minute's quota is used."""
         if self.llm_calls_per_minute <= 0:
             return
-        key = self._key(tenant or _tenant(), "llm")
-        wait_ms = await self._run(self._charge, key, self.llm_calls_per_minute, WINDOW_MS)
-        if wait_ms is not None and int(wait_ms) >= 0:
-            raise QuotaExceeded(self.LLM_PER_MINUTE, self.llm_calls_per_minute, int(wait_ms) / 1000)
+        await self._charge(
+            self.LLM_PER_MINUTE, self.llm_calls_per_minute, "llm", 1, tenant or _tenant()
+        )
 
     async def charge_llm_made(self, calls: int, tenant: str | None = None) -> None:
         """Counts ``calls`` LLM calls already made for ``tenant`` (default: the caller of
@@ -227,4 +251,25 @@ class Quotas:
         if self.llm_calls_per_minute <= 0 or calls <= 0:
             return
         key = self._key(tenant or _tenant(), "llm")
-        await self._run(self._charge, key, self.llm_calls_per_minute, WINDOW_MS, calls)
+        await self._run(
+            self._charge_script, key, self.llm_calls_per_minute, self._window_ms, calls, 1
+        )
+
+    async def charge_objects_written(self, objects: int, tenant: str) -> None:
+        """Counts the ``objects`` of one write (an UpsertObjects request, an ImportObjects
+        message) of ``tenant`` before it is forwarded; raises QuotaExceeded, none counted,
+        when they do not all fit in what is left of the minute. A write of more objects
+        than the whole quota never fits: refused without RetryInfo, saying so."""
+        limit = self.objects_written_per_minute
+        if limit <= 0 or objects <= 0:
+            return
+        if objects > limit:
+            quota = self.OBJECTS_WRITTEN_PER_MINUTE
+            raise QuotaExceeded(
+                quota,
+                limit,
+                None,
+                f"quota {quota} ({limit}) is smaller than this write of {objects} objects, "
+                f"which can never fit: send at most {limit} objects per request or message",
+            )
+        await self._charge(self.OBJECTS_WRITTEN_PER_MINUTE, limit, "writes", objects, tenant)

@@ -5,7 +5,8 @@ mapping) the gateway's own calls use, with the caller's identity (as the gateway
 authenticated it) and the caller's remaining deadline; the downstream status, with its
 reason and field, comes back unchanged. Generate and StreamGenerate also pass the
 generation client's meter: each is charged to the tenant's LLM-calls quota like the
-gateway's own generation calls.
+gateway's own generation calls. UpsertObjects requests and ImportObjects messages are
+charged to the tenant's objects-written quota before they are sent on.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ class _Forwarder:
 # Says, on the error that ended a client stream here, what the downstream service did with
 # the messages relayed before it: (error, its answer or None, messages relayed).
 Partial = Callable[[ServiceError, Any, int], None]
+# Admits one request (a client stream's: one message) before it is sent on, or raises:
+# (forwarder, request, caller).
+Charge = Callable[[Any, Any, Caller], Awaitable[None]]
 
 
 def _forward(
@@ -46,23 +50,29 @@ def _forward(
     prepare: Callable[[Any], None] | None = None,
     after: Callable[[Any, Any, Caller], Awaitable[None]] | None = None,
     partial: Partial | None = None,
+    charge: Charge | None = None,
 ) -> Any:
     """A servicer method that sends the call on unchanged. For a client-streaming method
     ``request`` is the stream of requests, which the stub accepts just the same.
     ``after(self, request, caller)`` runs once a unary call succeeded downstream, before
     the caller is answered; ``partial`` adds to a client stream's failure here what was
-    done downstream before it."""
+    done downstream before it; ``charge(self, request, caller)`` runs before a unary
+    request, or each message of a client stream, is sent on: an error it raises is the
+    call's (a stream's messages before it stay sent)."""
 
     async def forward(self: _Forwarder, request: Any, context: grpc.aio.ServicerContext) -> Any:
         if prepare is not None:
             prepare(request)
         caller = caller_of(context, self._token)
         if not isinstance(request, AsyncIterator):
+            if charge is not None:
+                await charge(self, request, caller)
             answer = await self._client.unary(method, request, caller, context.time_remaining())
             if after is not None:
                 await after(self, request, caller)
             return answer
-        relay = _Relay(request, partial)
+        admit = None if charge is None else lambda message: charge(self, message, caller)
+        relay = _Relay(request, partial, admit)
         try:
             answer = await self._client.unary(method, relay, caller, context.time_remaining())
         except ServiceError:
@@ -91,21 +101,29 @@ def _internal(method: str) -> Any:
 
 class _Relay:
     """A client stream passed downstream, stopping at a message that fails here (one
-    protobuf cannot parse, say, or none arriving within the gateway's stream_idle_timeout).
-    grpc-python would swallow that error while it reads the stream for the downstream call
-    and cancel the call, leaving our caller waiting for its deadline; instead the
-    downstream stream ends (the service answers for the messages it got, and keeps what it
-    stored), and the error is the answer."""
+    protobuf cannot parse, say, none arriving within the gateway's stream_idle_timeout, or
+    one ``admit`` refuses). grpc-python would swallow that error while it reads the stream
+    for the downstream call and cancel the call, leaving our caller waiting for its
+    deadline; instead the downstream stream ends (the service answers for the messages it
+    got, and keeps what it stored), and the error is the answer."""
 
-    def __init__(self, requests: AsyncIterator[Any], partial: Partial | None) -> None:
+    def __init__(
+        self,
+        requests: AsyncIterator[Any],
+        partial: Partial | None,
+        admit: Callable[[Any], Awaitable[None]] | None = None,
+    ) -> None:
         self._requests = requests
         self._partial = partial
+        self._admit = admit
         self._failure: ServiceError | None = None
         self._relayed = 0
 
     async def __aiter__(self) -> AsyncIterator[Any]:
         try:
             async for request in self._requests:
+                if self._admit is not None:
+                    await self._admit(request)
                 yield request
                 self._relayed += 1
         except ServiceError as err:
@@ -166,13 +184,17 @@ class RetrievalForwarder(_Forwarder, ret_grpc.RetrievalServiceServicer):
         cache_max_ttl: float | None = None,
         max_fallbacks: int | None = None,
         max_prompt_chars: int | None = None,
+        charge_writes: Callable[[int, str], Awaitable[None]] | None = None,
     ) -> None:
+        """``charge_writes(objects, tenant)``: the tenant's objects-written quota, which
+        raises when a write does not fit (None: no quota)."""
         super().__init__(client, internal_token)
         self._catalog = catalog
         self._cache = cache
         self._cache_max_ttl = cache_max_ttl
         self._max_fallbacks = max_fallbacks
         self._max_prompt_chars = max_prompt_chars
+        self._charge_writes = charge_writes
 
     _create_collection = _forward("CreateCollection")
 
@@ -243,11 +265,25 @@ class RetrievalForwarder(_Forwarder, ret_grpc.RetrievalServiceServicer):
         if self._cache is not None:
             await self._cache.drop_collection(caller.tenant, request.name)
 
+    async def _charge_objects(self, request: Any, caller: Caller) -> None:
+        """Counts the objects of an UpsertObjects request or ImportObjects message against
+        the tenant's objects-written quota before it is sent on, all or none: one that does
+        not fit is refused whole, nothing of it written (and an ImportObjects stream ends
+        there, its earlier messages written and counted in the error: ``_imported``).
+        Counted whether retrieval then writes them or rejects some: the quota bounds the
+        work a tenant sends to the engine. A caller whose role may not write is not
+        charged (retrieval refuses the write): a reader may not use up its tenant's
+        quota."""
+        if self._charge_writes is None or not request.objects:
+            return
+        if caller.who.role.includes(Role.WRITER):
+            await self._charge_writes(len(request.objects), caller.tenant)
+
     GetCollection = _forward("GetCollection")
     ListCollections = _forward("ListCollections")
     DeleteCollection = _forward("DeleteCollection", after=_forget_collection)
-    UpsertObjects = _forward("UpsertObjects")
-    ImportObjects = _forward("ImportObjects", partial=_imported)
+    UpsertObjects = _forward("UpsertObjects", charge=_charge_objects)
+    ImportObjects = _forward("ImportObjects", partial=_imported, charge=_charge_objects)
     GetObject = _forward("GetObject")
     DeleteObjects = _forward("DeleteObjects")
     CountObjects = _forward("CountObjects")

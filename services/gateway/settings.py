@@ -13,6 +13,7 @@ from services.common.settings import (
     DEFAULT_MAX_PROMPT_CHARS,
     MAX_CONCURRENCY,
     MAX_FALLBACKS,
+    MAX_PER_MINUTE,
     MAX_SCHEMA_DEPTH,
     MAX_SIZE_BYTES,
     MAX_TOKENS,
@@ -189,6 +190,13 @@ class GatewaySettings(CommonSettings):
     # LLM calls of one tenant per minute (one per hit, grouped call, Ask answer or question
     # rewrite), across replicas. 0: no limit.
     quota_llm_calls_per_minute: int = Field(default=1200, ge=0, le=100_000_000)
+    # Objects one tenant writes per minute through the gateway (each UpsertObjects request
+    # and ImportObjects message counted whole before it is forwarded), across replicas.
+    # 0: no limit. 60000 (1000 a second, one full retrieval batch a second): a bulk load of
+    # a million objects still takes under 20 minutes, while one tenant gets at most about a
+    # tenth of what the embedded engine writes on its one worker thread (8-14k objects/s
+    # with client vectors, docs/benchmarks.md), so ten tenants at their quota share it.
+    quota_objects_written_per_minute: int = Field(default=60_000, ge=0, le=MAX_PER_MINUTE)
     # Lease of a concurrent-call slot (seconds, plus 5 s slack; shorter when the call's
     # deadline is nearer): a running call renews it every third of it, however long the
     # call lasts, so a crashed replica's slots free themselves within one lease.

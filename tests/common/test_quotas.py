@@ -1,6 +1,7 @@
 """The quota scripts on a real Redis: slots of a crashed replica free themselves, the
-per-minute window refuses and says how long to wait, tenants are counted apart, and a
-Redis that is down lets calls through."""
+per-minute window refuses and says how long to wait, a write is counted whole or not at
+all and fits again once its window ends, tenants are counted apart, and a Redis that is
+down lets calls through."""
 
 from __future__ import annotations
 
@@ -159,7 +160,8 @@ async def test_llm_calls_per_minute(redis_server: RedisProcess) -> None:
             await quotas.charge_llm()
         with pytest.raises(QuotaExceeded) as caught:
             await quotas.charge_llm()
-        assert 0 < caught.value.retry_after <= 60
+        wait = caught.value.retry_after
+        assert wait is not None and 0 < wait <= 60
         assert caught.value.to_status().code.name == "RESOURCE_EXHAUSTED"
     finally:
         await redis.aclose()
@@ -190,32 +192,75 @@ async def test_calls_already_made_are_counted_past_the_limit(redis_server: Redis
         await redis.aclose()
 
 
+async def test_objects_written_are_counted_whole_and_fit_again_in_the_next_window(
+    redis_server: RedisProcess,
+) -> None:
+    # A window of 1 s (a minute in service) so that the reset is seen.
+    quotas, redis = _quotas(redis_server.url, objects_written_per_minute=5, window_ms=1000)
+    try:
+        await quotas.charge_objects_written(3, "alice")
+        with pytest.raises(QuotaExceeded) as caught:
+            await quotas.charge_objects_written(3, "alice")  # 6 > 5: none of the 3 counted
+        assert caught.value.metadata == {"quota": "objects_written_per_minute", "limit": "5"}
+        wait = caught.value.retry_after
+        assert wait is not None and 0 < wait <= 1
+        await quotas.charge_objects_written(2, "alice")  # the 2 left fit
+        await quotas.charge_objects_written(5, "bob")  # another tenant's 5 are his own
+        await asyncio.sleep(wait + 0.05)  # the window RetryInfo named has ended
+        await quotas.charge_objects_written(5, "alice")
+        with pytest.raises(QuotaExceeded):
+            await quotas.charge_objects_written(1, "alice")
+    finally:
+        await redis.aclose()
+
+
+async def test_a_write_larger_than_the_objects_quota_is_refused_without_asking_redis(
+    redis_server: RedisProcess,
+) -> None:
+    quotas, redis = _quotas(redis_server.url, objects_written_per_minute=5)
+    try:
+        with pytest.raises(QuotaExceeded) as caught:
+            await quotas.charge_objects_written(6, "alice")
+        assert caught.value.retry_after is None  # waiting would not help: no RetryInfo
+        assert len(caught.value.to_proto().details) == 1  # ErrorInfo alone
+        await quotas.charge_objects_written(5, "alice")  # nothing was counted
+    finally:
+        await redis.aclose()
+
+
 async def test_keys_share_one_cluster_slot_per_tenant(redis_server: RedisProcess) -> None:
-    quotas, redis = _quotas(redis_server.url, concurrent_calls=5, llm_calls_per_minute=5)
+    quotas, redis = _quotas(
+        redis_server.url, concurrent_calls=5, llm_calls_per_minute=5, objects_written_per_minute=5
+    )
     try:
         _as_tenant("dave")
         async with quotas.admit("/x/Y", _Context(None)):  # type: ignore[arg-type]
             await quotas.charge_llm()
+            await quotas.charge_objects_written(2, "dave")
             direct = connect(redis_server.url, cluster=False, socket_timeout=1, connect_timeout=1)
             try:
                 keys = sorted([k async for k in direct.scan_iter(match="test:quota:*")])
             finally:
                 await direct.aclose()
         tags = {k.split(b"{")[1].split(b"}")[0] for k in keys}
-        assert len(keys) == 2 and len(tags) == 1, keys
+        assert len(keys) == 3 and len(tags) == 1, keys
     finally:
         await redis.aclose()
 
 
 async def test_redis_down_lets_calls_through(caplog: pytest.LogCaptureFixture) -> None:
     quotas, redis = _quotas(
-        f"redis://127.0.0.1:{free_port()}/0", concurrent_calls=1, llm_calls_per_minute=1
+        f"redis://127.0.0.1:{free_port()}/0",
+        concurrent_calls=1,
+        llm_calls_per_minute=1,
+        objects_written_per_minute=1,
     )
     try:
         with caplog.at_level(logging.WARNING, logger="gensearch.quotas"):
             for _ in range(3):
                 async with quotas.admit("/x/Y", _Context(1)):  # type: ignore[arg-type]
                     await quotas.charge_llm()
+                    await quotas.charge_objects_written(1, "alice")
     finally:
         await redis.aclose()
     # One line for the outage, not one per failed script.
@@ -229,7 +274,11 @@ async def test_quotas_on_a_redis_cluster(tmp_path: Path) -> None:
     try:
         await cluster.start()
         quotas, redis = _quotas(
-            cluster.url, cluster=True, concurrent_calls=1, llm_calls_per_minute=2
+            cluster.url,
+            cluster=True,
+            concurrent_calls=1,
+            llm_calls_per_minute=2,
+            objects_written_per_minute=2,
         )
         try:
             for user in ("erin", "frank", "grace"):  # hash tags spread them over the nodes
@@ -239,6 +288,9 @@ async def test_quotas_on_a_redis_cluster(tmp_path: Path) -> None:
                     await quotas.charge_llm()
                     with pytest.raises(QuotaExceeded):
                         await quotas.charge_llm()
+                    await quotas.charge_objects_written(2, user)
+                    with pytest.raises(QuotaExceeded):
+                        await quotas.charge_objects_written(1, user)
                     with pytest.raises(QuotaExceeded):
                         async with quotas.admit("/x/Y", _Context(5)):  # type: ignore[arg-type]
                             pass

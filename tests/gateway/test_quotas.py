@@ -2,13 +2,15 @@
 
 Two gateways share one real Redis and the same downstream services; a tenant over its
 quota on either gets RESOURCE_EXHAUSTED with ErrorInfo (QUOTA_EXCEEDED, the quota named)
-and RetryInfo, while other tenants go on.
+and RetryInfo, while other tenants go on. The objects-written quota refuses a write that
+does not fit whole, before anything of it reaches retrieval (CountObjects says so).
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import grpc
@@ -16,12 +18,15 @@ import pytest
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.gateway.v1 import gateway_service_pb2_grpc as gw_grpc
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
+from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as ret_grpc
+from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.common.redis_client import connect
 from services.common.server import GrpcServer
 from services.devlaunch.redis_server import RedisProcess
 from services.gateway.__main__ import build_server as build_gateway
-from tests.gateway.conftest import ALICE, BOB, DIM, Stack, StackFactory, create_books
+from tests.gateway.conftest import ALICE, BOB, DIM, Stack, StackFactory, create_books, vector
 from tests.support.rpc import error_info, retry_delay
 
 
@@ -43,19 +48,20 @@ class Replicas:
         self.channel = channel
         self.a = stack.stub
         self.b: Any = gw_grpc.GatewayServiceStub(channel)
+        self.b_retrieval: Any = ret_grpc.RetrievalServiceStub(channel)
 
 
 @pytest.fixture
 async def replicas_factory(stack_factory: StackFactory, shared_redis: RedisProcess) -> Any:
     made: list[Replicas] = []
 
-    async def make(**quotas: Any) -> Replicas:
+    async def make(books: list[dict[str, Any]] | None = None, **quotas: Any) -> Replicas:
         stack = await stack_factory(
             redis_url=shared_redis.url, quota_key_prefix=f"q-{uuid.uuid4().hex[:8]}", **quotas
         )
         # alice and bob are each alone in a tenant of their own: each gets the collection.
-        await create_books(stack)
-        await create_books(stack, metadata=BOB)
+        await create_books(stack, books=books)
+        await create_books(stack, books=books, metadata=BOB)
         second = await build_gateway(stack.gateway.settings.model_copy(), port=0)  # type: ignore[arg-type]
         port = await second.start()
         replicas = Replicas(stack, second, grpc.aio.insecure_channel(f"127.0.0.1:{port}"))
@@ -141,3 +147,137 @@ async def test_an_llm_call_over_quota_carries_retry_info(replicas_factory: Any) 
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert error_info(caught.value).metadata["quota"] == "llm_calls_per_minute"
     assert 0 < retry_delay(caught.value) <= 60
+
+
+# --- objects written per minute ---
+
+
+async def _early_in_a_minute(redis_url: str, margin: float = 10.0) -> None:
+    """Waits, when fewer than ``margin`` seconds of the quotas' current one-minute window
+    (on Redis' clock) are left, for the next one: a test's writes then all count in one
+    window, never cut in two by a reset."""
+    redis = connect(redis_url, cluster=False, socket_timeout=2, connect_timeout=2)
+    try:
+        seconds, micros = await redis.time()
+    finally:
+        await redis.aclose()
+    left = 60 - (seconds % 60 + micros / 1e6)
+    if left < margin:
+        await asyncio.sleep(left + 0.1)
+
+
+def _objects(count: int, first: int = 0) -> list[ret_pb.DataObject]:
+    objects = []
+    for i in range(first, first + count):
+        props = struct_pb2.Struct()
+        props.update({"title": f"Written {i}"})
+        objects.append(ret_pb.DataObject(properties=props, vector=vector(i)))
+    return objects
+
+
+def _upsert(count: int, first: int = 0) -> ret_pb.UpsertObjectsRequest:
+    return ret_pb.UpsertObjectsRequest(collection="Books", objects=_objects(count, first))
+
+
+async def _count(stub: Any, metadata: Any) -> int:
+    reply = await stub.CountObjects(
+        ret_pb.CountObjectsRequest(collection="Books"), metadata=metadata, timeout=5
+    )
+    return int(reply.count)
+
+
+def _assert_over_objects_quota(err: grpc.aio.AioRpcError, limit: int) -> dict[str, str]:
+    """The refusal of a write over the objects-written quota: its ErrorInfo metadata."""
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.details()
+    info = error_info(err)
+    assert info.reason == "QUOTA_EXCEEDED"
+    assert info.metadata["quota"] == "objects_written_per_minute"
+    assert info.metadata["limit"] == str(limit)
+    assert 0 < retry_delay(err) <= 60  # the rest of the minute
+    return dict(info.metadata)
+
+
+@pytest.fixture
+async def writes(replicas_factory: Any, shared_redis: RedisProcess) -> Replicas:
+    """Two replicas, a quota of 7 objects written a minute, alice's and bob's collections
+    empty (their creation wrote nothing), and the minute's window young enough for a test."""
+    r: Replicas = await replicas_factory(books=[], quota_objects_written_per_minute=7)
+    await _early_in_a_minute(shared_redis.url)
+    return r
+
+
+async def test_an_upsert_over_the_objects_quota_writes_nothing(writes: Replicas) -> None:
+    retrieval = writes.stack.retrieval  # replica A
+    ids = (await retrieval.UpsertObjects(_upsert(5), metadata=ALICE, timeout=5)).ids
+    assert len(ids) == 5
+    # Three more do not fit in the two left: refused whole, none of them written ...
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await retrieval.UpsertObjects(_upsert(3, 5), metadata=ALICE, timeout=5)
+    _assert_over_objects_quota(caught.value, 7)
+    assert await _count(retrieval, ALICE) == 5
+    # ... nor counted: the two left still fit, exactly.
+    assert len((await retrieval.UpsertObjects(_upsert(2, 5), metadata=ALICE, timeout=5)).ids) == 2
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await retrieval.UpsertObjects(_upsert(1, 7), metadata=ALICE, timeout=5)
+    _assert_over_objects_quota(caught.value, 7)
+    assert await _count(retrieval, ALICE) == 7
+    # Deletes are not counted: one goes through at the full quota.
+    await retrieval.DeleteObjects(
+        ret_pb.DeleteObjectsRequest(collection="Books", ids=ids[:1]), metadata=ALICE, timeout=5
+    )
+    assert await _count(retrieval, ALICE) == 6
+
+
+async def _stream(
+    messages: Sequence[ret_pb.ImportObjectsRequest],
+) -> AsyncIterator[ret_pb.ImportObjectsRequest]:
+    for message in messages:
+        yield message
+
+
+async def test_an_import_stops_at_the_message_over_the_objects_quota(writes: Replicas) -> None:
+    messages = [
+        ret_pb.ImportObjectsRequest(collection="Books", objects=_objects(3)),
+        ret_pb.ImportObjectsRequest(objects=_objects(3, 3)),
+        ret_pb.ImportObjectsRequest(objects=_objects(3, 6)),  # 9 > 7: refused
+        ret_pb.ImportObjectsRequest(objects=_objects(1, 9)),  # would fit: never sent
+    ]
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await writes.stack.retrieval.ImportObjects(_stream(messages), metadata=ALICE, timeout=10)
+    # The two messages before it are written, and the error says so (as retrieval says
+    # what a stream that failed there imported), so the client knows where to resume.
+    metadata = _assert_over_objects_quota(caught.value, 7)
+    assert (metadata["received_count"], metadata["imported_count"]) == ("6", "6")
+    assert "(message 2; 6 objects imported before it)" in (caught.value.details() or "")
+    assert await _count(writes.b_retrieval, ALICE) == 6
+    # The refused message was not counted: one more object fits, on either replica.
+    await writes.b_retrieval.UpsertObjects(_upsert(1, 20), metadata=ALICE, timeout=5)
+    assert await _count(writes.b_retrieval, ALICE) == 7
+
+
+async def test_the_objects_quota_is_per_tenant_and_shared_by_replicas(writes: Replicas) -> None:
+    await writes.stack.retrieval.UpsertObjects(_upsert(4), metadata=ALICE, timeout=5)  # A
+    await writes.b_retrieval.UpsertObjects(_upsert(3, 4), metadata=ALICE, timeout=5)  # B
+    # Alice has written her 7 this minute, across the two replicas: neither takes more.
+    for retrieval in (writes.stack.retrieval, writes.b_retrieval):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await retrieval.UpsertObjects(_upsert(1, 7), metadata=ALICE, timeout=5)
+        _assert_over_objects_quota(caught.value, 7)
+    # Bob is another tenant: his 7 are his own, on either replica.
+    await writes.b_retrieval.UpsertObjects(_upsert(6), metadata=BOB, timeout=5)
+    await writes.stack.retrieval.UpsertObjects(_upsert(1, 6), metadata=BOB, timeout=5)
+    assert await _count(writes.b_retrieval, ALICE) == 7
+    assert await _count(writes.b_retrieval, BOB) == 7
+
+
+async def test_a_write_larger_than_the_whole_objects_quota_never_fits(writes: Replicas) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await writes.stack.retrieval.UpsertObjects(_upsert(8), metadata=ALICE, timeout=5)
+    err = caught.value
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error_info(err).metadata["quota"] == "objects_written_per_minute"
+    # Waiting would not help: no RetryInfo, and the message says what would.
+    with pytest.raises(AssertionError, match="no RetryInfo"):
+        retry_delay(err)
+    assert "send at most 7 objects per request or message" in (err.details() or "")
+    assert await _count(writes.stack.retrieval, ALICE) == 0

@@ -1,12 +1,13 @@
--- Counts LLM calls against the tenant's per-minute quota (fixed windows on the Redis
--- clock, so every gateway replica counts in the same window).
--- KEYS[1]  HASH  w = start of the current window (ms), n = calls counted in it
--- ARGV     limit, window_ms[, made]
--- Without made: one call about to be made, counted if the window has room. Returns -1
--- (counted) or the milliseconds until the window ends (refused, not counted).
--- With made: that many calls already made (a fallback's, a retry's), counted whatever
--- the limit, since they happened: the count may pass the limit, and then the tenant's
--- next calls are refused until the window ends. Returns -1.
+-- Counts a tenant's uses of a per-window quota (LLM calls, objects written) in fixed
+-- windows on the Redis clock, so every gateway replica counts in the same window.
+-- KEYS[1]  HASH  w = start of the current window (ms), n = uses counted in it
+-- ARGV     limit, window_ms, count, made
+-- made '0': count uses about to happen (one LLM call, the objects of one write), counted
+-- all together if the window has room for all of them. Returns -1 (counted) or the
+-- milliseconds until the window ends (refused, none counted).
+-- made '1': count uses that happened already (a fallback's, a retry's LLM calls), counted
+-- whatever the limit: the count may pass the limit, and then the tenant's next uses are
+-- refused until the window ends. Returns -1.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local window = tonumber(ARGV[2])
@@ -16,14 +17,11 @@ local n = 0
 if tonumber(row[1]) == start then
   n = tonumber(row[2])
 end
-local made = tonumber(ARGV[3])
-if made then
-  n = n + made
-elseif n + 1 > tonumber(ARGV[1]) then
+local count = tonumber(ARGV[3])
+if ARGV[4] ~= '1' and n + count > tonumber(ARGV[1]) then
   return start + window - now
-else
-  n = n + 1
 end
+n = n + count
 redis.call('HSET', KEYS[1], 'w', start, 'n', n)
 redis.call('PEXPIRE', KEYS[1], window)
 return -1
