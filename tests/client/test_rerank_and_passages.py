@@ -187,3 +187,34 @@ async def test_a_generative_search_and_its_stream_return_their_passages(
         assert len(first.hits) == 2 and first.passages == found.passages
     finally:
         await client.collections.delete(name)
+
+
+async def test_an_int_document_comes_back_as_an_int_everywhere(client: AsyncGensearch) -> None:
+    # A passage's document is a google.protobuf.Value: numbers travel as doubles, and an
+    # INT document property came back as 7.0 (a hit's properties were converted, it not).
+    name = f"Numbered_{uuid.uuid4().hex[:8]}"
+    docs = await client.collections.create(
+        name,
+        {"doc": "int", "position": "int", "text": "text"},
+        chunking=types.Chunking(document_property="doc", order_property="position"),
+    )
+    try:
+        written = await docs.data.insert_many(
+            [{"doc": 7, "position": p, "text": f"Part {p} of seven, a zebra."} for p in range(3)]
+        )
+        assert written.ok
+        expand = types.ContextExpansion(neighbors=1)
+        fields: dict[str, Any] = {"keyword": "zebra", "context_size": 1, "expand_context": expand}
+        seen = [p.document for p in (await docs.ask("zebra", **fields)).passages]
+        async for event in docs.ask_stream("zebra", **fields):
+            if isinstance(event, types.AnswerEvent):
+                seen += [p.document for p in event.answer.passages]
+        search: dict[str, Any] = {"limit": 1, "grouped_task": "Sum up", "expand_context": expand}
+        seen += [p.document for p in (await docs.generate.keyword("zebra", **search)).passages]
+        async for item in docs.generate_stream.keyword("zebra", **search):
+            if isinstance(item, types.HitsEvent):
+                seen += [p.document for p in item.passages]
+        assert len(seen) == 4
+        assert all(type(document) is int and document == 7 for document in seen), seen
+    finally:
+        await client.collections.delete(name)

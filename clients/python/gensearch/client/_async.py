@@ -309,6 +309,17 @@ class AsyncCollection:
             out.append(converted)
         return out
 
+    async def _passages(self, passages: list[t.ContextPassage]) -> None:
+        """A passage's ``document`` (a Value: numbers are doubles) back to the type of the
+        collection's ``chunking.document_property``, in place."""
+        if not passages:
+            return
+        types = await self.property_types()
+        chunking = self.schema.chunking if self.schema else None
+        name = chunking.document_property if chunking else ""
+        for passage in passages:
+            passage.document = coerce_properties({name: passage.document}, types)[name]
+
     # --- conversational search -----------------------------------------------------------
 
     def _ask_request(self, cls: type[Message], question: str, fields: dict[str, Any]) -> Any:
@@ -359,6 +370,7 @@ class AsyncCollection:
         reply = await self._t.unary(self._t.gateway.Ask, request, timeout)
         answer = t.from_proto(t.Answer, reply)
         answer.hits = await self._hits(reply.hits)
+        await self._passages(answer.passages)
         return answer
 
     async def ask_stream(
@@ -402,6 +414,7 @@ class AsyncCollection:
             elif kind == "answer":
                 answer = t.from_proto(t.Answer, event.answer)
                 answer.hits = await self._hits(event.answer.hits)
+                await self._passages(answer.passages)
                 yield t.AnswerEvent(answer, raw=event)
 
     def chat(self, conversation_id: str = "") -> Chat:
@@ -1083,7 +1096,8 @@ async def _stream_on_objects(
     timeout = fields.get("timeout", DEFAULT)
     request = _objects_request(gpb.StreamGenerateOnObjectsRequest, collection, kind, value, fields)
     stream = transport.server_stream(transport.gateway.StreamGenerateOnObjects, request, timeout)
-    async for event in _search_events(stream, _objects_hits(collection, kind, value)):
+    passages = collection._passages if collection is not None else None
+    async for event in _search_events(stream, _objects_hits(collection, kind, value), passages):
         yield event
 
 
@@ -1120,6 +1134,7 @@ class Generate(
         reply = await self._t.unary(self._t.gateway.GenerativeSearch, request, timeout)
         result = t.from_proto(t.GenerativeSearchResult, reply)
         hits = await self._c._hits(h.hit for h in reply.hits)
+        await self._c._passages(result.passages)
         for item, hit in zip(result.hits, hits, strict=True):
             item.hit = hit
         return result
@@ -1147,21 +1162,25 @@ class GenerateStream(_Searcher[AsyncIterator[t.SearchEvent]], _Named[AsyncIterat
         request = self._request(gpb.StreamGenerativeSearchRequest, kind, value, fields)
         request.generate.CopyFrom(generate)
         stream = self._t.server_stream(self._t.gateway.StreamGenerativeSearch, request, timeout)
-        async for event in _search_events(stream, self._c._hits):
+        async for event in _search_events(stream, self._c._hits, self._c._passages):
             yield event
 
 
 async def _search_events(
-    stream: AsyncIterator[Any], hits: Callable[[Iterable[rpb.Hit]], Awaitable[list[t.Hit]]]
+    stream: AsyncIterator[Any],
+    hits: Callable[[Iterable[rpb.Hit]], Awaitable[list[t.Hit]]],
+    passages: Callable[[list[t.ContextPassage]], Awaitable[None]] | None = None,
 ) -> AsyncIterator[t.SearchEvent]:
     """The typed events of a StreamGenerativeSearch or StreamGenerateOnObjects stream (the
-    same events); ``hits`` converts the first event's hits."""
+    same events); ``hits`` converts the first event's hits, ``passages`` its passages."""
     async for event in stream:
         which = event.WhichOneof("event")
         converted: t.SearchEvent
         if which == "hits":
             converted = t.from_proto(t.HitsEvent, event.hits)
             converted.hits = await hits(event.hits.hits)
+            if passages is not None:
+                await passages(converted.passages)
         elif which == "hit_result":
             converted = t.from_proto(t.HitResultEvent, event.hit_result)
         elif which == "token":
