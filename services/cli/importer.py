@@ -3,7 +3,8 @@
 Each line is one object: either ``{"id"?, "properties": {...}, "vector"?}`` or a bare
 properties object. Lines that are not valid JSON objects are reported with their line number
 and skipped; objects the service rejects come back as per-object errors, mapped to their
-line. Neither stops the import.
+line. Neither stops the import, nor does the gateway's per-tenant write quota: the client's
+``import_`` waits it out, and the import says so as it waits.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from gensearch.client import DataObject
+from gensearch.client.errors import QuotaExceededError
 
 from services.cli.chunking import Chunker
 from services.cli.client import Client, UsageError, int32
@@ -104,6 +106,8 @@ class ImportResult:
     errors: list[LineError] = field(default_factory=list)
     # Objects the service rejected beyond those it listed (its max_import_errors).
     unlisted: int = 0
+    # Seconds spent waiting for the tenant's objects-written quota (the gateway's).
+    waited: float = 0.0
 
     @property
     def failed(self) -> int:
@@ -199,6 +203,14 @@ async def import_objects(
             line_of.append(number)
             yield obj
 
+    def waiting(seconds: float, err: QuotaExceededError) -> None:
+        result.waited += seconds
+        line = quota_wait_line(seconds, err.metadata.get("limit", ""))
+        if progress:
+            progress.say(line, waiting=True)
+        else:
+            note(line)
+
     try:
         written = await client.collections.get(collection).data.import_(
             objects(),
@@ -206,6 +218,7 @@ async def import_objects(
             objects_per_call=objects_per_call,
             timeout=client.timeout(None),
             on_sent=progress.advance if progress else None,
+            on_quota_wait=waiting,
         )
     except BaseException:
         if progress:
@@ -244,12 +257,22 @@ def open_input(name: str) -> tuple[IO[str], int | None]:
         raise UsageError(f"{name}: cannot be read ({err.strerror or type(err).__name__})") from None
 
 
-def summary_line(imported: int, collection: str, seconds: float, rate: float, failed: int) -> str:
-    """The line a finished import prints: ``imported 1 object into Books in 0.1s …``."""
+def quota_wait_line(seconds: float, limit: str = "") -> str:
+    """What an import says as it waits for the tenant's objects-written quota."""
+    per_minute = f" ({int(limit):,} objects a minute)" if limit.isdigit() else ""
+    return f"waiting {math.ceil(seconds)} s for the tenant's write quota{per_minute}"
+
+
+def summary_line(
+    imported: int, collection: str, seconds: float, rate: float, failed: int, waited: float = 0.0
+) -> str:
+    """The line a finished import prints: ``imported 1 object into Books in 0.1s …``
+    (and how long it waited for the write quota, if it did)."""
     noun = "object" if imported == 1 else "objects"
+    wait = f"; {waited:.0f}s of it waiting for the write quota" if waited else ""
     return (
         f"imported {imported} {noun} into {collection} in "
-        f"{seconds:.1f}s ({rate:,.0f} objects/s); {failed} failed"
+        f"{seconds:.1f}s ({rate:,.0f} objects/s{wait}); {failed} failed"
     )
 
 
@@ -279,11 +302,16 @@ async def run(client: Client, args: argparse.Namespace) -> int:
                 "failed": failed,
                 "seconds": round(result.seconds, 3),
                 "objects_per_second": round(result.rate, 1),
+                "quota_wait_seconds": round(result.waited, 3),
                 "errors": [e.as_dict() for e in result.errors],
             }
         )
     else:
-        print(summary_line(result.imported, args.collection, result.seconds, result.rate, failed))
+        print(
+            summary_line(
+                result.imported, args.collection, result.seconds, result.rate, failed, result.waited
+            )
+        )
         for err in result.errors[: args.show_errors]:
             note(f"  {err}")
         if len(result.errors) > args.show_errors:

@@ -145,6 +145,8 @@ class Progress:
             console=Console(stderr=True),
             refresh_per_second=10,
         )
+        self._label = label
+        self._waiting = False
         self._task = self._bar.add_task(label, total=total)
         self._bar.start()
         self._open = True
@@ -154,7 +156,19 @@ class Progress:
         return int(self._bar.tasks[0].completed)
 
     def advance(self, count: int) -> None:
+        if self._waiting:
+            self._waiting = False
+            self._bar.update(self._task, description=self._label)
         self._bar.advance(self._task, count)
+
+    def say(self, text: str, *, waiting: bool = False) -> None:
+        """A line above the bar (on a non-terminal: the line alone); ``waiting``: the bar
+        says "waiting" instead of its label until it advances again."""
+        self._bar.console.print(text, markup=False, highlight=False)
+        if waiting and not self._waiting:
+            self._waiting = True
+            indent = self._label[: len(self._label) - len(self._label.lstrip())]
+            self._bar.update(self._task, description=f"{indent}waiting")
 
     def finish(self, done: int | None = None) -> None:
         if not self._open:
@@ -162,6 +176,9 @@ class Progress:
         self._open = False
         if done is not None:
             self._bar.update(self._task, completed=done)
+        if self._waiting:
+            self._waiting = False
+            self._bar.update(self._task, description=self._label)
         self._bar.stop_task(self._task)
         self._bar.stop()
 

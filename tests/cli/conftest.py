@@ -12,6 +12,8 @@ import argparse
 import asyncio
 import os
 import threading
+import time
+import uuid
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,10 @@ import pytest
 
 from services.cli import stack as stack_mod
 from services.cli.__main__ import main
+from services.common.quotas import Quotas
+from services.common.redis_client import connect
+from services.gateway import __main__ as gateway_main
+from services.gateway.settings import GatewaySettings
 from tests.support.fake_openai import FakeOpenAI
 
 T = TypeVar("T")
@@ -145,3 +151,80 @@ def cli(
         return Result(code, captured.out, captured.err)
 
     return run
+
+
+@dataclass
+class QuotaGateway:
+    """A second gateway in front of the running stack's services whose tenant may write
+    ``limit`` objects per window of ``window`` seconds (counted in the stack's Redis under
+    a key prefix of its own, so each test starts with a fresh quota)."""
+
+    address: str
+    limit: int
+    window: float
+    redis_url: str
+    loop: LoopThread
+
+    def early_in_a_window(self, margin: float) -> None:
+        """Waits, when fewer than ``margin`` seconds of the quota's current window (on
+        Redis' clock, as the quota counts) are left, for the next one."""
+
+        async def now() -> float:
+            redis = connect(self.redis_url, cluster=False, socket_timeout=2, connect_timeout=2)
+            try:
+                seconds, micros = await redis.time()
+            finally:
+                await redis.aclose()
+            return seconds + micros / 1e6
+
+        left = self.window - self.loop.run(now()) % self.window
+        if left < margin:
+            time.sleep(left + 0.05)
+
+
+# The objects-written quota of quota_gateway: 10 objects per 4 s window (a minute in
+# production; Quotas takes its window for tests, and build_quotas is wrapped to pass it).
+QUOTA_LIMIT = 10
+QUOTA_WINDOW_MS = 4000
+
+
+@pytest.fixture
+def quota_gateway(running_stack: RunningStack) -> Iterator[QuotaGateway]:
+    running = running_stack.stack.parts["gateway"].server.settings
+    assert isinstance(running, GatewaySettings)
+    settings = running.model_copy(
+        update={
+            "quota_objects_written_per_minute": QUOTA_LIMIT,
+            "quota_key_prefix": f"q-{uuid.uuid4().hex[:8]}",
+            "metrics_port": None,
+        }
+    )
+
+    def short_window(settings: GatewaySettings, redis: Any) -> Quotas:
+        assert redis is not None, "the stack's gateway counts its quotas in Redis"
+        return Quotas(
+            redis,
+            key_prefix=settings.quota_key_prefix,
+            concurrent_calls=settings.quota_concurrent_calls,
+            llm_calls_per_minute=settings.quota_llm_calls_per_minute,
+            objects_written_per_minute=settings.quota_objects_written_per_minute,
+            lease=settings.quota_lease,
+            window_ms=QUOTA_WINDOW_MS,
+        )
+
+    async def start() -> tuple[Any, int]:
+        with mock.patch.object(gateway_main, "build_quotas", short_window):
+            server = await gateway_main.build_server(settings, port=0)
+        return server, await server.start()
+
+    server, port = running_stack.loop.run(start())
+    try:
+        yield QuotaGateway(
+            address=f"127.0.0.1:{port}",
+            limit=QUOTA_LIMIT,
+            window=QUOTA_WINDOW_MS / 1000,
+            redis_url=settings.redis_url.get_secret_value(),
+            loop=running_stack.loop,
+        )
+    finally:
+        running_stack.loop.run(server.stop(0))

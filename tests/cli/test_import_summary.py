@@ -13,3 +13,10 @@ def test_one_object_is_singular() -> None:
     assert summary_line(2, "Books", 0.2, 10.0, 1) == (
         "imported 2 objects into Books in 0.2s (10 objects/s); 1 failed"
     )
+
+
+def test_the_time_waited_for_the_write_quota_is_said() -> None:
+    assert summary_line(25, "B", 9.34, 2.7, 0, waited=8.2) == (
+        "imported 25 objects into B in 9.3s (3 objects/s; 8s of it waiting for the write "
+        "quota); 0 failed"
+    )

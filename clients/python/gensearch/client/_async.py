@@ -15,10 +15,13 @@ client does not name yet pass straight through to the request message.
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import contextlib
 import dataclasses
 import itertools
+import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import date, datetime, timedelta
 from types import TracebackType
@@ -26,8 +29,13 @@ from typing import Any, Generic, Self, TypeVar
 
 import grpc
 from gensearch.client import types as t
-from gensearch.client._transport import DEFAULT, RetryPolicy, Timeout, Transport
-from gensearch.client.errors import GensearchError, InvalidArgumentError, NotFoundError
+from gensearch.client._transport import DEFAULT, RetryPolicy, Timeout, Transport, seconds
+from gensearch.client.errors import (
+    GensearchError,
+    InvalidArgumentError,
+    NotFoundError,
+    QuotaExceededError,
+)
 from gensearch.client.filters import FilterLike, as_filter, to_struct_dict
 from gensearch.gateway.v1 import gateway_service_pb2 as gpb
 from gensearch.generation.v1 import generation_service_pb2 as genpb
@@ -524,12 +532,22 @@ class Data:
         objects_per_call: int = 1000,
         timeout: Timeout = None,
         on_sent: Callable[[int], None] | None = None,
+        wait_for_quota: bool = True,
+        on_quota_wait: QuotaWait | None = None,
     ) -> t.WriteResult:
         """Bulk load over ImportObjects (client streaming), ``batch_size`` objects a message.
 
         The objects go in streams of ``objects_per_call`` (each acknowledged before the
         next); ``errors[i].index`` is the object's position in ``objects``. ``on_sent(n)``
-        is called as each message of ``n`` objects goes out (for a progress bar).
+        is called as each message of ``n`` objects goes out (for a progress bar), each
+        object once.
+
+        ``timeout`` is each stream's deadline. A stream the gateway stops at the tenant's
+        objects-written quota (``QuotaExceededError`` with a retry delay) is waited out
+        and resumed after the objects the service received, none sent twice, unless
+        ``wait_for_quota`` is false; ``on_quota_wait(seconds, error)`` is called before
+        each wait. The stream's waits and resumptions stay within its ``timeout``: a wait
+        that would end past it raises the quota error at once.
         """
         result = t.WriteResult()
         async for part in self.import_iter(
@@ -538,6 +556,8 @@ class Data:
             objects_per_call=objects_per_call,
             timeout=timeout,
             on_sent=on_sent,
+            wait_for_quota=wait_for_quota,
+            on_quota_wait=on_quota_wait,
         ):
             result.received += part.received
             result.imported += part.imported
@@ -553,6 +573,8 @@ class Data:
         objects_per_call: int = 1000,
         timeout: Timeout = None,
         on_sent: Callable[[int], None] | None = None,
+        wait_for_quota: bool = True,
+        on_quota_wait: QuotaWait | None = None,
     ) -> AsyncIterator[t.WriteResult]:
         """``import_`` one acknowledged stream at a time (for progress reporting)."""
         if batch_size < 1:
@@ -567,22 +589,9 @@ class Data:
                 return
             first = False
             # An empty stream still names the collection, so a wrong name is reported.
-            reply = await self._t.client_stream(
-                self._t.retrieval.ImportObjects,
-                _batches(self._c.name, chunk, batch_size, on_sent),
-                timeout,
-            )
-            errors = []
-            for err in reply.errors:
-                converted = t.from_proto(t.ObjectError, err)
-                converted.index += offset
-                errors.append(converted)
-            yield t.WriteResult(
-                errors=errors,
-                received=int(reply.received_count),
-                imported=int(reply.imported_count),
-                errors_truncated=reply.errors_truncated,
-            )
+            yield await _ImportStream(
+                self, chunk, offset, batch_size, on_sent, wait_for_quota, on_quota_wait
+            ).run(timeout)
             offset += len(chunk)
             if len(chunk) < per_call:
                 return
@@ -685,6 +694,184 @@ async def _batches(
         yield rpb.ImportObjectsRequest(collection=collection if not start else "", objects=batch)
         if on_sent is not None and batch:
             on_sent(len(batch))
+
+
+# The gateway's per-tenant quota an import waits out (docs/operations.md#quotas).
+OBJECTS_WRITTEN_QUOTA = "objects_written_per_minute"
+# on_quota_wait(seconds, error): an import is about to wait that long for the quota.
+QuotaWait = Callable[[float, QuotaExceededError], None]
+
+
+def _quota_wait(retry_delay: float) -> float:
+    """How long to wait when the service says ``retry_delay``: that, 50 ms for the
+    clocks' granularity, and a random part of up to a tenth of it (at most 1 s), so a
+    tenant's importers do not all come back at the same instant."""
+    delay = max(retry_delay, 0.0)
+    return delay + 0.05 + random.uniform(0.0, min(1.0, delay / 10))
+
+
+def _resumable(err: QuotaExceededError, sent: int) -> int | None:
+    """How many of the ``sent`` objects of an ImportObjects stream the service received
+    before the gateway stopped it at the objects-written quota, when waiting can help
+    (a RetryInfo, and the counts); None otherwise."""
+    if err.metadata.get("quota") != OBJECTS_WRITTEN_QUOTA:
+        return None
+    try:
+        received = int(err.metadata["received_count"])
+        int(err.metadata["imported_count"])
+    except (KeyError, ValueError):
+        return None
+    # The refused message was not received: at least one object is left to send.
+    return received if 0 <= received < sent else None
+
+
+def _rejected_indexes(value: str) -> tuple[list[int], bool]:
+    """``rejected_indexes`` (``"3,17,42"``, ending ``",…"`` when cut) as the positions
+    and whether it was cut."""
+    cut = value.endswith("…")
+    parts = value.rstrip("…").rstrip(",").split(",") if value.rstrip("…") else []
+    return [int(part) for part in parts if part.strip().isdigit()], cut
+
+
+class _ImportStream:
+    """One ImportObjects stream of ``objects`` (at ``offset`` in the whole import), sent
+    again from where the gateway stopped it at the tenant's objects-written quota once
+    the quota's window frees, the parts' results merged."""
+
+    def __init__(
+        self,
+        data: Data,
+        objects: list[rpb.DataObject],
+        offset: int,
+        batch_size: int,
+        on_sent: Callable[[int], None] | None,
+        wait_for_quota: bool,
+        on_quota_wait: QuotaWait | None,
+    ) -> None:
+        self._data = data
+        self._objects = objects
+        self._offset = offset
+        self._batch_size = batch_size
+        self._on_sent = on_sent
+        self._wait = wait_for_quota
+        self._on_quota_wait = on_quota_wait
+        self._result = t.WriteResult()
+        self._start = 0  # objects received by the service in earlier parts
+        self._position = 0  # objects of the current part gone out, from the stream's start
+        self._reported = 0  # objects reported to on_sent (each once, resent or not)
+        # Earlier parts' rejections, stream positions, and whether that list was cut.
+        self._rejected: list[int] = []
+        self._rejected_cut = False
+
+    def _sent(self, count: int) -> None:
+        self._position += count
+        if self._on_sent is not None and self._position > self._reported:
+            self._on_sent(self._position - self._reported)
+        self._reported = max(self._reported, self._position)
+
+    async def run(self, timeout: Timeout) -> t.WriteResult:
+        transport = self._data._t
+        budget = seconds(transport.timeout if timeout is DEFAULT else timeout)
+        deadline = None if budget is None else time.monotonic() + budget
+        while True:
+            self._position = self._start
+            left: Timeout = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            try:
+                reply = await transport.client_stream(
+                    transport.retrieval.ImportObjects,
+                    _batches(
+                        self._data._c.name,
+                        self._objects[self._start :],
+                        self._batch_size,
+                        self._sent,
+                    ),
+                    left,
+                )
+            except QuotaExceededError as err:
+                received = _resumable(err, len(self._objects) - self._start)
+                if received is None or err.retry_delay is None or not self._wait:
+                    self._whole_stream(err)
+                    raise
+                wait = _quota_wait(err.retry_delay)
+                if deadline is not None and time.monotonic() + wait >= deadline:
+                    self._whole_stream(err)  # waiting would pass the deadline: not begun
+                    raise
+                self._add_part(err)
+                if self._on_quota_wait is not None:
+                    self._on_quota_wait(wait, err)
+                await asyncio.sleep(wait)
+                self._start += received
+                continue
+            except GensearchError as err:
+                self._whole_stream(err)
+                raise
+            for error in reply.errors:
+                converted = t.from_proto(t.ObjectError, error)
+                converted.index += self._offset + self._start
+                self._result.errors.append(converted)
+            self._result.received += int(reply.received_count)
+            self._result.imported += int(reply.imported_count)
+            self._result.errors_truncated |= reply.errors_truncated
+            return self._result
+
+    def _add_part(self, err: QuotaExceededError) -> None:
+        """What the part the quota stopped wrote: its counts, and an error for each object
+        it rejected (only their positions came back: the reasons went with retrieval's
+        answer to the gateway; writing such an object alone says why)."""
+        received = int(err.metadata["received_count"])
+        self._result.received += received
+        self._result.imported += int(err.metadata["imported_count"])
+        indexes, cut = _rejected_indexes(err.metadata.get("rejected_indexes", ""))
+        for index in indexes:
+            position = self._start + index
+            if not 0 <= position < len(self._objects):
+                continue
+            self._rejected.append(position)
+            self._result.errors.append(
+                t.ObjectError(
+                    index=self._offset + position,
+                    id=self._objects[position].id,
+                    message=(
+                        "rejected by the service; its reason was lost when the gateway "
+                        "stopped the stream at the write quota (write this object alone "
+                        "to see why)"
+                    ),
+                )
+            )
+        listed = len(indexes) < received - int(err.metadata["imported_count"])
+        self._rejected_cut |= cut or listed
+        self._result.errors_truncated |= cut or listed
+
+    def _whole_stream(self, err: GensearchError) -> None:
+        """Makes the counts of ``err``, the failure of a stream resumed after waiting for
+        the quota (ErrorInfo metadata ``received_count``, ``imported_count``,
+        ``rejected_indexes``), the whole stream's, from its first object, as they are for
+        a stream never resumed; without them its message says what earlier parts
+        imported."""
+        if not self._start:
+            return
+        try:
+            received = int(err.metadata["received_count"])
+            imported = int(err.metadata["imported_count"])
+        except (KeyError, ValueError):  # what the last part did is unknown
+            err.message += (
+                f" ({self._result.imported} objects of the stream were imported before it "
+                f"was resumed at its object {self._start} after waiting for the write quota)"
+            )
+            err.args = (err.message,)
+            return
+        indexes, cut = _rejected_indexes(err.metadata.get("rejected_indexes", ""))
+        rejected = self._rejected + [self._start + index for index in indexes]
+        err.metadata["received_count"] = str(self._start + received)
+        err.metadata["imported_count"] = str(self._result.imported + imported)
+        if rejected:
+            text = ",".join(str(index) for index in rejected)
+            err.metadata["rejected_indexes"] = text + (",…" if cut or self._rejected_cut else "")
+        err.message += (
+            f" (the stream was resumed at its object {self._start} after waiting for the "
+            "write quota: the counts are from its start)"
+        )
+        err.args = (err.message,)
 
 
 # --- search ----------------------------------------------------------------------------------
