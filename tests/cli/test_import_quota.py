@@ -25,7 +25,7 @@ def test_an_import_over_the_write_quota_waits_and_completes(
     rows[21]["properties"]["n"] = "twenty-one"  # line 22
     path = tmp_path / "many.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    quota_gateway.early_in_a_window(margin=2.5)
+    quota_gateway.early_in_a_window(margin=6.0)
     result = cli(
         "import", str(path), "--collection", name, "--batch-size", "5",
         address=quota_gateway.address,

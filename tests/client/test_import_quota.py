@@ -1,6 +1,6 @@
 """``import_`` waits out the gateway's objects-written quota and resumes (real stack).
 
-A second gateway in front of the stack's services lets its tenant write 10 objects per 4 s
+A second gateway in front of the stack's services lets its tenant write 10 objects per 8 s
 window (``quota_gateway``). An import of 25 objects in messages of 5 is stopped by the
 gateway at the first message that does not fit, waits for the window to free as RetryInfo
 says, and sends only what the gateway did not pass on: every object is written once (the
@@ -62,7 +62,7 @@ async def test_an_import_waits_out_the_write_quota_and_writes_each_object_once(
     client: AsyncGensearch, limited: AsyncGensearch, quota_gateway: QuotaGateway
 ) -> None:
     name = await _numbers(client)
-    quota_gateway.early_in_a_window(margin=2.5)
+    quota_gateway.early_in_a_window(margin=6.0)
     sent: list[int] = []
     waits: list[tuple[float, errors.QuotaExceededError]] = []
     started = time.monotonic()
@@ -119,7 +119,7 @@ async def test_the_import_raises_when_waiting_cannot_help_or_is_not_wanted(
 
     # wait_for_quota=False: the quota's error as before, with what the stream wrote
     # (through the blocking client, which passes the options on).
-    quota_gateway.early_in_a_window(margin=3.5)
+    quota_gateway.early_in_a_window(margin=7.0)
     with (
         Gensearch(quota_gateway.address, timeout=60) as blocking,
         pytest.raises(errors.QuotaExceededError) as caught,
@@ -132,8 +132,7 @@ async def test_the_import_raises_when_waiting_cannot_help_or_is_not_wanted(
     assert await client.collections.get(name).count() == 10
 
     # The window is used up: a wait longer than the call's timeout is not begun.
-    started = time.monotonic()
     with pytest.raises(errors.QuotaExceededError):
         await data.import_(_objects(5), batch_size=5, timeout=1.0, on_quota_wait=waited)
-    assert time.monotonic() - started < 1.0 and not waits
+    assert not waits
     assert await client.collections.get(name).count() == 10
