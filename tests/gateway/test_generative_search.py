@@ -245,19 +245,21 @@ async def test_concurrency_is_bounded(stack: Stack) -> None:
 
 async def test_timeout_keeps_finished_hits(stack: Stack) -> None:
     await create_books(stack)
-    stack.fake.enqueue(Behaviour.hang(30), Behaviour.hang(30))
+    stack.fake.enqueue(Behaviour.hang(60), Behaviour.hang(60))
     started = time.perf_counter()
+    # A budget of 3 s: the three healthy generations (a few ms each when idle) finish
+    # within it even on a loaded machine (at 0.5 s one of them once might not have).
     response = await stack.stub.GenerativeSearch(
         _near(
             single_prompt="{title}",
             max_concurrency=8,
-            timeout=duration_pb2.Duration(nanos=500_000_000),
+            timeout=duration_pb2.Duration(seconds=3),
         ),
         metadata=ALICE,
-        timeout=10,
+        timeout=30,
     )
     elapsed = time.perf_counter() - started
-    assert elapsed < 3
+    assert elapsed < 20  # the budget ended it, not the hanging answers (60 s)
     statuses = sorted(h.generation.error.status or "OK" for h in response.hits)
     assert statuses == ["DEADLINE_EXCEEDED", "DEADLINE_EXCEEDED", "OK", "OK", "OK"]
     # The abandoned upstream requests were really cancelled.
