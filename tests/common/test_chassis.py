@@ -193,11 +193,12 @@ async def test_a_stream_dropped_while_it_waits_to_send_ends_cancelled_and_quietl
     await call.read()
     await asyncio.sleep(0.3)  # the flow-control window fills
     call.cancel()
-    for _ in range(20):
+    end = asyncio.get_running_loop().time() + 30  # polled: a loaded machine is slow to it
+    while True:
         gc.collect()
         await asyncio.sleep(0.05)
         codes = [getattr(r, "code", None) for r in caplog.records if r.name == "gensearch.access"]
-        if codes:
+        if codes or asyncio.get_running_loop().time() > end:
             break
     assert codes == ["CANCELLED"]
     # (gRPC itself logs the failed send at ERROR; that one is not ours.)
@@ -456,11 +457,22 @@ async def test_health_watch_streams_are_capped() -> None:
     await server.stop(0)
 
 
+async def _reaches_the_server(server: GrpcServer, call: asyncio.Future[bytes]) -> None:
+    """Waits (polling, bounded) until ``call`` holds a call slot: it is in flight on the
+    server, not still on its way over a channel that is connecting (a fixed 0.1 s sleep
+    was not always enough on a loaded machine: stop() then refused the call)."""
+    end = asyncio.get_running_loop().time() + 30
+    while server.call_slots.in_flight < 1:
+        assert not call.done(), call
+        assert asyncio.get_running_loop().time() < end, "the call never reached the server"
+        await asyncio.sleep(0.01)
+
+
 async def test_graceful_shutdown_finishes_in_flight_calls() -> None:
     server, channel = await _start()
     health = health_pb2_grpc.HealthStub(channel)
     in_flight = asyncio.ensure_future(_call(channel, "Slow")(b"0.5"))
-    await asyncio.sleep(0.1)
+    await _reaches_the_server(server, in_flight)
     stopping = asyncio.ensure_future(server.stop(5))
     await asyncio.sleep(0.05)
     assert await in_flight == b"done"
@@ -479,10 +491,11 @@ async def test_during_the_grace_period_probes_are_refused_and_watchers_told() ->
     address = f"127.0.0.1:{server.port}"
     watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
     assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
-    in_flight = asyncio.ensure_future(_call(channel, "Slow")(b"1.0"))
-    await asyncio.sleep(0.1)
-    stopping = asyncio.ensure_future(server.stop(5))
-    not_serving = await asyncio.wait_for(watch.read(), 2)
+    # 3 s: still running after the probe below, however slowly a loaded machine makes it.
+    in_flight = asyncio.ensure_future(_call(channel, "Slow")(b"3.0"))
+    await _reaches_the_server(server, in_flight)
+    stopping = asyncio.ensure_future(server.stop(10))
+    not_serving = await asyncio.wait_for(watch.read(), 10)
     assert not_serving.status == health_pb2.HealthCheckResponse.NOT_SERVING
     async with grpc.aio.insecure_channel(address) as probe:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
