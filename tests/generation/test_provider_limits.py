@@ -164,12 +164,14 @@ async def test_retry_after_holds_every_call_back(start_service: StartService) ->
 async def test_a_deadline_too_short_for_the_rate_limit_is_resource_exhausted(
     fake: FakeOpenAI, start_service: StartService
 ) -> None:
-    # 60 per minute: 6 at once, then one every ~1.1 s.
-    provider = fake_provider(fake, requests_per_minute=60, rate_burst=0.1)
+    # 12 per minute: 6 at once, then one every 10 s. (At 60 per minute, one every ~1.1 s,
+    # a burst that took a loaded machine over half a second refilled enough of the bucket
+    # for the next call to wait out its 0.5 s deadline and be sent.)
+    provider = fake_provider(fake, requests_per_minute=12, rate_burst=0.5)
     service = await start_service([provider])
     await burst([service.stub], 6)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await service.stub.Generate(ask("one too many"), timeout=0.5)
+        await service.stub.Generate(ask("one too many"), timeout=2)
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     info = error_info(caught.value)
     assert info.reason == "PROVIDER_LIMIT_WAIT"
