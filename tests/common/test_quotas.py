@@ -36,10 +36,12 @@ class _Context:
 
 
 def _quotas(
-    url: str, *, cluster: bool = False, timeout: float = 0.5, **limits: Any
+    url: str, *, cluster: bool = False, timeout: float = 5, **limits: Any
 ) -> tuple[Quotas, RedisClient]:
     """Quotas on a client of their own, and that client (theirs to close: quotas never
-    close the client they are given)."""
+    close the client they are given). The client's timeout is generous: a Redis answer
+    late past it is an outage, and quotas fail open (with 0.5 s a loaded machine could
+    turn a refusal a test expects into a call let through)."""
     redis = connect(url, cluster=cluster, socket_timeout=timeout, connect_timeout=timeout)
     values: dict[str, Any] = {
         "key_prefix": "test",
@@ -67,7 +69,9 @@ async def test_a_crashed_replicas_slots_free_themselves(redis_server: RedisProce
     quotas, redis = _quotas(redis_server.url, concurrent_calls=1)
     try:
         _as_tenant("alice")
-        crashed = quotas.admit("/x/Y", _Context(0.3))  # type: ignore[arg-type]
+        # A lease of 1 s (the call's deadline): with 0.3 s a loaded machine could let it
+        # lapse before the refusal below was asked for.
+        crashed = quotas.admit("/x/Y", _Context(1.0))  # type: ignore[arg-type]
         await crashed.__aenter__()  # entered, never left: its replica "crashed"
         with pytest.raises(QuotaExceeded) as caught:
             async with quotas.admit("/x/Y", _Context(5)):  # type: ignore[arg-type]
@@ -77,7 +81,7 @@ async def test_a_crashed_replicas_slots_free_themselves(redis_server: RedisProce
         async with quotas.admit("/x/Y", _Context(5)):  # type: ignore[arg-type]
             pass
         _as_tenant("alice")
-        await asyncio.sleep(0.5)  # the lease (0.3 s) ended
+        await asyncio.sleep(1.5)  # the lease (1 s) ended
         async with quotas.admit("/x/Y", _Context(5)):  # type: ignore[arg-type]
             pass
     finally:
@@ -133,8 +137,8 @@ async def test_a_crashed_replicas_renewed_slots_free_themselves_within_a_lease(
 
 
 async def test_a_call_cancelled_while_entering_leaves_no_slot(redis_server: RedisProcess) -> None:
-    quotas, redis = _quotas(redis_server.url, concurrent_calls=1, lease=60.0, timeout=5)
-    busy = connect(redis_server.url, cluster=False, socket_timeout=5, connect_timeout=1)
+    quotas, redis = _quotas(redis_server.url, concurrent_calls=1, lease=60.0, timeout=30)
+    busy = connect(redis_server.url, cluster=False, socket_timeout=30, connect_timeout=5)
     try:
         _as_tenant("judy")
         async with quotas.admit("/x/Y", _Context(None)):  # type: ignore[arg-type]
@@ -144,13 +148,16 @@ async def test_a_call_cancelled_while_entering_leaves_no_slot(redis_server: Redi
             async with quotas.admit("/x/Y", _Context(None)):  # type: ignore[arg-type]
                 await asyncio.Event().wait()  # pragma: no cover - never entered
 
-        # A script keeps Redis busy for 0.8 s (of CPU): the enter is sent but waits in
-        # Redis' socket buffer, and runs (ZADD) after its caller was cancelled.
-        spin = "local t0 = os.clock() while os.clock() - t0 < 0.8 do end return 0"
+        # A script keeps Redis busy for 2 s (of CPU): the enter is sent but waits in
+        # Redis' socket buffer, and runs (ZADD) after its caller was cancelled. The busy
+        # client is connected first and given 0.5 s to send the script (0.8 s of script
+        # after 0.1 s, on a client not yet connected, left a loaded machine little room).
+        await busy.ping()  # type: ignore[misc]
+        spin = "local t0 = os.clock() while os.clock() - t0 < 2 do end return 0"
         blocking = asyncio.create_task(busy.eval(spin, 0))
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)
         entering = asyncio.create_task(enter())
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.3)
         assert not entering.done()
         entering.cancel()
         with pytest.raises(asyncio.CancelledError):
