@@ -57,14 +57,20 @@ def _assert_idle(err: grpc.aio.AioRpcError, imported: int) -> None:
 
 async def test_a_stream_that_never_sends_ends_and_frees_its_slot(retrieval: Retrieval) -> None:
     started = time.monotonic()
-    silent = asyncio.ensure_future(retrieval.stub.ImportObjects(_then_silent([]), timeout=10))
-    await asyncio.sleep(IDLE / 4)
+    silent = asyncio.ensure_future(retrieval.stub.ImportObjects(_then_silent([]), timeout=30))
+    # Waited for, not slept (a loaded machine may take longer than a fixed 0.5 s to start
+    # the call; the count below would then have been served).
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 30
+    while retrieval.server.call_slots.in_flight < 1:
+        assert not silent.done() and loop.time() < end, "the stream never began"
+        await asyncio.sleep(0.01)
     with pytest.raises(grpc.aio.AioRpcError) as refused:  # it holds the only slot ...
         await _count(retrieval)
     assert error_info(refused.value).reason == "TOO_MANY_CONCURRENT_RPCS"
     with pytest.raises(grpc.aio.AioRpcError) as ended:  # ... until it is ended
         await silent
-    assert IDLE <= time.monotonic() - started < 5
+    assert IDLE <= time.monotonic() - started < 20  # by the idle limit, not the 30 s deadline
     _assert_idle(ended.value, 0)
     assert f"no request message arrived within {IDLE:g} s" in (ended.value.details() or "")
     assert retrieval.server.call_slots.in_flight == 0
