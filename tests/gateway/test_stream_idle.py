@@ -14,6 +14,7 @@ import grpc
 import pytest
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from google.protobuf import struct_pb2
+from redis.asyncio import Redis
 
 from services.devlaunch.redis_server import RedisProcess
 from tests.gateway.conftest import ALICE, Stack, StackFactory, create_books, vector
@@ -48,21 +49,47 @@ async def _count(stack: Stack) -> int:
 
 
 async def _slots_free(stack: Stack) -> None:
-    """Within a second, neither the gateway nor retrieval serves a call any more."""
+    """Soon (polled, up to 30 s: a loaded machine may be slow to it), neither the gateway
+    nor retrieval serves a call any more."""
     servers = (stack.gateway, stack.servers["retrieval"])
-    for _ in range(100):
+    end = asyncio.get_running_loop().time() + 30
+    while asyncio.get_running_loop().time() < end:
         if all(server.call_slots.in_flight == 0 for server in servers):
             return
         await asyncio.sleep(0.01)
     raise AssertionError("a call is still being served")
 
 
+async def _holds_a_quota_slot(url: str, prefix: str, call: asyncio.Future[object]) -> None:
+    """Waits (polled, up to 30 s) until a call holds a slot of the tenant's concurrent-call
+    quota in Redis (a fixed sleep was not always long enough on a loaded machine)."""
+    redis = Redis.from_url(url)
+    try:
+        end = asyncio.get_running_loop().time() + 30
+        while True:
+            held = [await redis.zcard(k) async for k in redis.scan_iter(f"{prefix}:quota:*:calls")]
+            if any(held):
+                return
+            assert not call.done(), call
+            assert asyncio.get_running_loop().time() < end, "the call never took a slot"
+            await asyncio.sleep(0.01)
+    finally:
+        await redis.aclose()
+
+
 @pytest.fixture
-async def stack(stack_factory: StackFactory, shared_redis: RedisProcess) -> Stack:
+def quota_prefix() -> str:
+    return f"q-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+async def stack(
+    stack_factory: StackFactory, shared_redis: RedisProcess, quota_prefix: str
+) -> Stack:
     # A quota of one call at once: a silent stream that kept its slot would lock alice out.
     stack = await stack_factory(
         redis_url=shared_redis.url,
-        quota_key_prefix=f"q-{uuid.uuid4().hex[:8]}",
+        quota_key_prefix=quota_prefix,
         quota_concurrent_calls=1,
         stream_idle_timeout=IDLE,
     )
@@ -80,12 +107,14 @@ def _assert_idle(err: grpc.aio.AioRpcError, imported: int) -> None:
     assert f"no request message arrived within {IDLE:g} s" in (err.details() or "")
 
 
-async def test_a_stream_that_never_sends_ends_and_frees_the_quota(stack: Stack) -> None:
+async def test_a_stream_that_never_sends_ends_and_frees_the_quota(
+    stack: Stack, shared_redis: RedisProcess, quota_prefix: str
+) -> None:
     started = time.monotonic()
     silent = asyncio.ensure_future(
-        stack.retrieval.ImportObjects(_then_silent([]), metadata=ALICE, timeout=10)
+        stack.retrieval.ImportObjects(_then_silent([]), metadata=ALICE, timeout=30)
     )
-    await asyncio.sleep(IDLE / 4)
+    await _holds_a_quota_slot(shared_redis.url, quota_prefix, silent)
     # While it waits it holds alice's only slot ...
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await _count(stack)
@@ -93,7 +122,7 @@ async def test_a_stream_that_never_sends_ends_and_frees_the_quota(stack: Stack) 
     # ... until the gateway ends it, not the client's deadline.
     with pytest.raises(grpc.aio.AioRpcError) as ended:
         await silent
-    assert IDLE <= time.monotonic() - started < 5
+    assert IDLE <= time.monotonic() - started < 20  # not at the 30 s deadline
     _assert_idle(ended.value, 0)
     # Her quota and both services' call slots are free at once.
     assert await _count(stack) == 5
