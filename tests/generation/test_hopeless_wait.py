@@ -25,6 +25,15 @@ from tests.support.rpc import error_info
 WINDOW = 3.0  # the fake takes one request per window and answers 429 until it ends
 
 
+def _retried_after_429() -> float:
+    return (
+        REGISTRY.get_sample_value(
+            "gensearch_llm_retries_total", {"provider": "fake", "cause": "429"}
+        )
+        or 0.0
+    )
+
+
 def _refused_early() -> float:
     return (
         REGISTRY.get_sample_value(
@@ -48,9 +57,16 @@ async def test_a_call_queued_behind_a_pause_it_cannot_outwait_fails_at_once(
         # Right after a window begins: the second call gets 429, Retry-After ~ the window.
         await asyncio.sleep(WINDOW - time.monotonic() % WINDOW + 0.05)
         assert (await call("first", 20)).text == "first"
+        retried = _retried_after_429()
         second = asyncio.create_task(call("second", 20))
         await fake.wait_for_requests(2)
-        await asyncio.sleep(0.1)  # the 429 reached the service: its queue is paused
+        # The 429 reached the service: its queue is paused (in the same step as the retry
+        # is counted). Waited for, not slept: a fixed 0.1 s was not always enough on a
+        # loaded machine, and 'hurried' then went out to the provider.
+        async with asyncio.timeout(30):
+            while _retried_after_429() < retried + 1:
+                assert not second.done(), second
+                await asyncio.sleep(0.01)
         assert fake.rate_limited == 1
         patient = asyncio.create_task(call("patient", 20))
         await asyncio.sleep(0.05)
