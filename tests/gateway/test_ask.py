@@ -293,7 +293,7 @@ async def test_an_empty_answer_does_not_break_the_conversation(stack: Stack) -> 
 
 async def test_timeout_is_enforced(stack: Stack) -> None:
     await create_books(stack)
-    stack.fake.latency = 5
+    stack.fake.latency = 60
     started = time.perf_counter()
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stack.stub.Ask(
@@ -306,7 +306,9 @@ async def test_timeout_is_enforced(stack: Stack) -> None:
             metadata=ALICE,
         )
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert time.perf_counter() - started < 2
+    # Ended by the 0.4 s timeout, not the model's 60 s (the bound was 2 s with a 5 s
+    # model: little room on a loaded machine; the gateway alone enforces this timeout).
+    assert time.perf_counter() - started < 20
     listed = await stack.memory.ListConversations(mem_pb.ListConversationsRequest(), metadata=ALICE)
     assert list(listed.conversations) == []
 
