@@ -32,12 +32,18 @@ ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 
 @pytest.fixture
-async def address() -> AsyncIterator[str]:
+async def server() -> AsyncIterator[GrpcServer]:
     """The test service (API keys on), served by the chassis."""
     server = GrpcServer(CommonSettings(api_keys="bob:key-bob"), port=0)  # type: ignore[arg-type]
     server.add_service(_register, None, SERVICE)
-    yield f"127.0.0.1:{await server.start()}"
+    await server.start()
+    yield server
     await server.stop(0)
+
+
+@pytest.fixture
+def address(server: GrpcServer) -> str:
+    return f"127.0.0.1:{server.port}"
 
 
 @pytest.fixture
@@ -79,8 +85,10 @@ async def _spans_finished(
 ) -> None:
     """Wait for ``count`` spans of ``kind``. A failed call's status reaches the client as the
     servicer aborts, a moment before the chassis ends its span and writes its access line;
-    a streaming call's client span ends from a task once its status is in."""
-    for _ in range(500):
+    a streaming call's client span ends from a task once its status is in. Polled for up to
+    30 s (was about 5 s), returning as soon as they are there: a loaded machine is slower."""
+    end = asyncio.get_running_loop().time() + 30
+    while asyncio.get_running_loop().time() < end:
         if sum(s.kind == kind for s in spans.get_finished_spans()) >= count:
             return
         await asyncio.sleep(0.01)
@@ -153,11 +161,16 @@ async def test_every_call_shape_carries_the_trace(
 
 
 async def test_cancelling_the_caller_cancels_the_call(
-    traced: grpc.aio.Channel, spans: InMemorySpanExporter
+    server: GrpcServer, traced: grpc.aio.Channel, spans: InMemorySpanExporter
 ) -> None:
     call = traced.unary_unary(f"/{SERVICE}/Slow", _ident, _ident)
     task = asyncio.ensure_future(call(b"30", metadata=BOB))
-    await asyncio.sleep(0.3)
+    # The server is running the call (waited for: a fixed 0.3 s on a channel still
+    # connecting left a loaded machine's server no call to cancel, and no server span).
+    end = asyncio.get_running_loop().time() + 30
+    while server.call_slots.in_flight < 1:
+        assert not task.done() and asyncio.get_running_loop().time() < end, "never started"
+        await asyncio.sleep(0.01)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
