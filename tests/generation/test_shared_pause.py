@@ -52,9 +52,10 @@ async def _rate_limit_one_replica(
 
 
 async def _until_paused_in_redis(redis_url: str) -> None:
-    redis = connect(redis_url, cluster=False, socket_timeout=1, connect_timeout=1)
+    redis = connect(redis_url, cluster=False, socket_timeout=5, connect_timeout=5)
     try:
-        for _ in range(500):  # up to ~5 s
+        end = asyncio.get_running_loop().time() + 30  # returns as soon as it is there
+        while asyncio.get_running_loop().time() < end:
             if await redis.exists(PAUSE_KEY):
                 return
             await asyncio.sleep(0.01)
