@@ -73,8 +73,11 @@ async def test_timeout_keeps_finished_results() -> None:
 
 
 async def test_queued_jobs_also_time_out() -> None:
-    jobs = {i: _sleeper(0.2, str(i)) for i in range(4)}
-    outcomes = await collect_outcomes(fan_out_stream(jobs, max_concurrency=1, timeout=0.3))
+    # One at a time: the first ends at 1 s, within the 1.5 s budget; the second would end at
+    # 2 s. (Was 0.2 s jobs and 0.3 s: a 0.1 s stall of a loaded process, a GC pass, could
+    # let the budget end the first job as well.)
+    jobs = {i: _sleeper(1.0, str(i)) for i in range(4)}
+    outcomes = await collect_outcomes(fan_out_stream(jobs, max_concurrency=1, timeout=1.5))
     done = [i for i, o in outcomes.items() if o.error is None]
     assert done == [0]
     assert all(outcomes[i].error is not None for i in (1, 2, 3))
