@@ -149,8 +149,9 @@ async def test_client_going_away_cancels_upstream_calls(stack: Stack) -> None:
     assert stack.fake.concurrent == 0
 
 
-async def _until(condition: Callable[[], bool], timeout: float = 5) -> None:
-    """Poll a counter of the fake server (it offers no event for these)."""
+async def _until(condition: Callable[[], bool], timeout: float = 30) -> None:
+    """Poll a counter of the fake server (it offers no event for these); returns as soon
+    as the condition holds (the limit was 5 s: little for a loaded machine)."""
     for _ in range(int(timeout / 0.02)):
         if condition():
             return
@@ -162,7 +163,9 @@ async def test_tokens_are_relayed_while_the_model_is_still_writing(stack: Stack)
     # Not a latency threshold: an ordering. The first token must reach the client before
     # the (slow) upstream stream has finished, i.e. nothing buffers the answer.
     await create_books(stack, books=[b for b in BOOKS if b["body"]])
-    stack.fake.chunk_delay = 0.15
+    # 0.5 s between chunks (was 0.15): the first token has seconds, not under one, to reach
+    # the client before the upstream stream ends, however loaded the machine.
+    stack.fake.chunk_delay = 0.5
     request = _request(single_prompt="Say {title} right now please", stream_tokens=True)
     request.limit = 1
     first_token_at = None
