@@ -9,7 +9,9 @@ Each interaction is two points, its input and its response (ids derived from the
 interaction id, so indexing again overwrites), each with a BM25 sparse vector and, in
 hybrid mode, a MiniLM vector. Payload: ``t`` tenant, ``u`` user, ``c`` conversation, ``i``
 interaction, ``k`` which text. Every query is filtered by tenant and user (and the
-conversation when given): the engine never even ranks another owner's turns. Redis stays
+conversation when given): the engine never even ranks another owner's turns. ``t``, ``u``,
+``c`` and ``i`` have payload indexes (``t`` the tenant index), made by the store with the
+collection or, for one made before, on open (``services/retrieval/payload_index.py``). Redis stays
 the truth: the caller re-checks every hit there (``indexer.py``).
 
 The collection and the model are opened on first use, so the service starts as fast as
@@ -34,6 +36,7 @@ from services.memory.store import Owner
 from services.retrieval import bm25
 from services.retrieval.embedders import LocalEmbedder
 from services.retrieval.filters import Bool, Match, Node
+from services.retrieval.payload_index import INTERACTIONS_KIND
 from services.retrieval.search import fuse
 from services.retrieval.store import CollectionLayout, FoundPoint, StoredPoint, VectorStore
 
@@ -42,7 +45,8 @@ log = logging.getLogger("gensearch.memory.search")
 # Point ids: uuid5(this, "<interaction id>:<kind>").
 _POINTS = uuid.UUID("6f1c2a4e-3b7d-5e9f-8a1b-2c3d4e5f6a7b")
 _KINDS = ("input", "response")
-_SCHEMA_KIND = "gensearch-memory-interactions"
+# Its payload indexes follow from it (payload_index.py).
+_SCHEMA_KIND = INTERACTIONS_KIND
 # Without vectors the collection still declares a dense vector (the port's layout needs
 # one); points simply carry none.
 _NO_DENSE = 1

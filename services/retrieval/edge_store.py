@@ -14,6 +14,10 @@ locked), so every call runs on one dedicated thread: the event loop never blocks
 never race. Writes go through the engine's WAL before ``update`` returns, so an acknowledged
 write survives ``kill -9``; ``flush`` (after bulk loads and on close) makes the segments
 themselves durable and keeps WAL replay at start-up short.
+
+Every key the service filters on has a payload index (``payload_index.py``), created with
+the shard, or on open for a shard made before indexes existed: a filter is looked up, not
+checked against every point while that one thread, and every tenant's calls, wait.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -33,6 +38,7 @@ import qdrant_edge as qe
 
 from services.common.errors import AlreadyExists, NotFound
 from services.retrieval import filters as f
+from services.retrieval.payload_index import IndexKind, missing, payload_indexes
 from services.retrieval.store import (
     DENSE,
     SPARSE,
@@ -49,6 +55,18 @@ _DISTANCES = {
     "cosine": qe.Distance.Cosine,
     "dot": qe.Distance.Dot,
     "euclid": qe.Distance.Euclid,
+}
+# The engine's index for each kind (payload_index.py decides which key gets which).
+_INDEXES: dict[IndexKind, Any] = {
+    IndexKind.KEYWORD: qe.PayloadSchemaType.Keyword,
+    IndexKind.TENANT: qe.KeywordIndexParams(is_tenant=True),
+    IndexKind.INTEGER: qe.PayloadSchemaType.Integer,
+    IndexKind.FLOAT: qe.PayloadSchemaType.Float,
+}
+_KINDS = {
+    qe.PayloadSchemaType.Keyword: IndexKind.KEYWORD,
+    qe.PayloadSchemaType.Integer: IndexKind.INTEGER,
+    qe.PayloadSchemaType.Float: IndexKind.FLOAT,
 }
 
 
@@ -96,6 +114,28 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _index_kind(info: Any) -> IndexKind | None:
+    """The kind of an index the shard reports (None: one we never make)."""
+    if info.data_type == qe.PayloadSchemaType.Keyword and getattr(info.params, "is_tenant", None):
+        return IndexKind.TENANT
+    return _KINDS.get(info.data_type)
+
+
+def shard_indexes(shard: qe.EdgeShard) -> dict[str, IndexKind | None]:
+    """The payload indexes ``shard`` has: key -> kind (None: one we never make)."""
+    return {key: _index_kind(info) for key, info in shard.info().payload_schema.items()}
+
+
+def create_indexes(shard: qe.EdgeShard, schema: dict[str, Any]) -> dict[str, IndexKind]:
+    """Create the payload indexes ``schema``'s collection should have and lacks (all of them
+    for a new shard; those of collections made before indexes existed, on open); the ones
+    it created. Idempotent. An index over points already stored is built right here."""
+    created = missing(payload_indexes(schema), shard_indexes(shard))
+    for key, kind in created.items():
+        shard.update(qe.UpdateOperation.create_field_index(key, _INDEXES[kind]))
+    return created
+
+
 class EdgeStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -118,8 +158,27 @@ class EdgeStore:
         for schema_file in sorted(self._dir.glob("*.json")):
             name = schema_file.stem
             schema = json.loads(schema_file.read_text(encoding="utf-8"))
-            self._shards[name] = qe.EdgeShard.load(str(self._dir / name))
+            shard = qe.EdgeShard.load(str(self._dir / name))
+            self._shards[name] = shard
             self._schemas[name] = schema
+            # Collections made before payload indexes existed get them now, once. A failure
+            # leaves the collection served as before (filters read the payload), not down.
+            started = time.monotonic()
+            try:
+                created = create_indexes(shard, schema)
+            except Exception:
+                log.exception("creating payload indexes failed", extra={"collection": name})
+                created = {}
+            if created:
+                shard.flush()
+                log.info(
+                    "payload indexes created",
+                    extra={
+                        "collection": name,
+                        "keys": sorted(created),
+                        "seconds": round(time.monotonic() - started, 3),
+                    },
+                )
         for entry in self._dir.iterdir():
             if entry.is_dir() and entry.name not in self._shards:
                 log.warning("removing a shard without schema", extra={"path": str(entry)})
@@ -163,6 +222,8 @@ class EdgeStore:
         config = qe.EdgeConfig(vectors={DENSE: dense}, sparse_vectors=sparse)
         shard = qe.EdgeShard.create(str(path), config)
         try:
+            # Before the schema file: a shard with a schema file has its indexes.
+            create_indexes(shard, schema)
             write_json_atomically(self._dir / f"{layout.name}.json", schema)
         except BaseException:
             shard.close()
@@ -193,6 +254,10 @@ class EdgeStore:
         # On the engine's one worker thread, so it is ordered with creates, deletes and
         # writes: a write sent right after this answer lands before any later delete.
         return await self._run(self._schemas.get, name)
+
+    async def indexes(self, name: str) -> dict[str, IndexKind | None]:
+        """The payload indexes collection ``name`` has (operators' and tests' view)."""
+        return await self._run(lambda: shard_indexes(self._shard(name)))
 
     def _shard(self, name: str) -> qe.EdgeShard:
         shard = self._shards.get(name)

@@ -5,7 +5,14 @@ collection's ``metadata`` (key ``gensearch_schema``), so every retrieval replica
 the server sees the same collections and the schema dies with the data. Qdrant collections
 without that key are not ours and are ignored. Writes wait for the server's acknowledgement
 (``wait=True``): acknowledged means in Qdrant's WAL. ``AsyncQdrantClient(":memory:")`` (the
-client's in-process engine) runs the same code in tests.
+client's in-process engine) runs the same code in tests; it takes payload indexes and
+ignores them (it filters by reading every point, indexes or not).
+
+Every key the service filters on has a payload index (``payload_index.py``), created with
+the collection. A collection made before indexes existed (or by an older replica) gets the
+ones it lacks the first time this process uses it: read from the collection's info, asked
+for without waiting (the server builds them in the background, filtering correctly
+meanwhile), once per collection and process.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 
 from services.common.errors import AlreadyExists, NotFound, Unavailable
 from services.retrieval import filters as f
+from services.retrieval.payload_index import IndexKind, missing, payload_indexes
 from services.retrieval.store import (
     DENSE,
     SPARSE,
@@ -38,6 +46,29 @@ _DISTANCES = {
     "dot": models.Distance.DOT,
     "euclid": models.Distance.EUCLID,
 }
+# The server's index for each kind (payload_index.py decides which key gets which).
+_INDEXES: dict[IndexKind, Any] = {
+    IndexKind.KEYWORD: models.PayloadSchemaType.KEYWORD,
+    IndexKind.TENANT: models.KeywordIndexParams(
+        type=models.KeywordIndexType.KEYWORD, is_tenant=True
+    ),
+    IndexKind.INTEGER: models.PayloadSchemaType.INTEGER,
+    IndexKind.FLOAT: models.PayloadSchemaType.FLOAT,
+}
+_KINDS = {
+    models.PayloadSchemaType.KEYWORD: IndexKind.KEYWORD,
+    models.PayloadSchemaType.INTEGER: IndexKind.INTEGER,
+    models.PayloadSchemaType.FLOAT: IndexKind.FLOAT,
+}
+
+
+def _index_kind(info: models.PayloadIndexInfo) -> IndexKind | None:
+    """The kind of an index the server reports (None: one we never make)."""
+    if info.data_type == models.PayloadSchemaType.KEYWORD and getattr(
+        info.params, "is_tenant", None
+    ):
+        return IndexKind.TENANT
+    return _KINDS.get(info.data_type)
 
 
 def to_qdrant_filter(node: f.Node | None) -> models.Filter | None:
@@ -91,6 +122,8 @@ def _guard(name: str | None = None) -> Iterator[None]:
 class ServerStore:
     def __init__(self, client: AsyncQdrantClient) -> None:
         self.client = client
+        # Collections whose payload indexes this process has seen to (_indexed).
+        self._indexed_names: set[str] = set()
 
     async def open(self) -> None:
         with _guard():
@@ -120,8 +153,56 @@ class ServerStore:
                 sparse_vectors_config=sparse,
                 metadata={SCHEMA_KEY: schema},
             )
+            # Before the first write: created on an empty collection, at once.
+            for key, kind in payload_indexes(schema).items():
+                await self.client.create_payload_index(
+                    layout.name, key, field_schema=_INDEXES[kind], wait=True
+                )
+        self._indexed_names.add(layout.name)
+
+    async def indexes(self, name: str) -> dict[str, IndexKind | None]:
+        """The payload indexes collection ``name`` has, as the server reports them (the
+        in-process engine reports none)."""
+        with _guard(name):
+            info = await self.client.get_collection(name)
+        return {key: _index_kind(index) for key, index in (info.payload_schema or {}).items()}
+
+    async def _indexed(self, name: str) -> None:
+        """Create the payload indexes collection ``name`` lacks (one made before indexes
+        existed, or by an older replica), the first time this process uses it. NotFound
+        for a missing collection, as the call that asks would say."""
+        if name in self._indexed_names:
+            return
+        with _guard(name):
+            info = await self.client.get_collection(name)
+        schema = (info.config.metadata or {}).get(SCHEMA_KEY)
+        wanted = payload_indexes(schema) if isinstance(schema, dict) else {}
+        existing = {key: _index_kind(index) for key, index in (info.payload_schema or {}).items()}
+        lacking = missing(wanted, existing)
+        try:
+            with _guard(name):
+                for key, kind in lacking.items():
+                    # Not waited for: over a large collection the build takes a while, and
+                    # the server filters correctly (by reading payloads) until it is done.
+                    await self.client.create_payload_index(
+                        name, key, field_schema=_INDEXES[kind], wait=False
+                    )
+        except Unavailable as err:
+            if err.reason == "QDRANT_UNAVAILABLE":
+                raise  # unreachable: tried again on the next call
+            # Refused (a read-only key, say): served as before, by reading payloads.
+            log.warning(
+                "creating payload indexes failed", extra={"collection": name, "error": str(err)}
+            )
+        else:
+            if lacking:
+                log.info(
+                    "payload indexes requested", extra={"collection": name, "keys": sorted(lacking)}
+                )
+        self._indexed_names.add(name)
 
     async def delete_collection(self, name: str) -> bool:
+        self._indexed_names.discard(name)
         with _guard(name):
             if not await self.client.collection_exists(name):
                 return False
@@ -157,10 +238,12 @@ class ServerStore:
                     indices=point.sparse.indices, values=point.sparse.values
                 )
             structs.append(models.PointStruct(id=point.id, vector=vectors, payload=point.payload))
+        await self._indexed(name)
         with _guard(name):
             await self.client.upsert(name, points=structs, wait=True)
 
     async def retrieve(self, name: str, ids: list[str], with_vector: bool) -> list[FoundPoint]:
+        await self._indexed(name)
         with _guard(name):
             records = await self.client.retrieve(
                 name,
@@ -171,6 +254,7 @@ class ServerStore:
         return [FoundPoint.of(r.id, r.payload, 0.0, r.vector) for r in records]
 
     async def delete_ids(self, name: str, ids: list[str]) -> int:
+        await self._indexed(name)
         with _guard(name):
             existing = await self.client.retrieve(
                 name, ids=list(ids), with_payload=False, with_vectors=False
@@ -186,6 +270,7 @@ class ServerStore:
     async def delete_matching(self, name: str, where: f.Node) -> int:
         selector = to_qdrant_filter(where)
         assert selector is not None
+        await self._indexed(name)
         with _guard(name):
             count = (await self.client.count(name, count_filter=selector, exact=True)).count
             if count:
@@ -195,6 +280,7 @@ class ServerStore:
         return int(count)
 
     async def count(self, name: str, where: f.Node | None) -> int:
+        await self._indexed(name)
         with _guard(name):
             result = await self.client.count(name, count_filter=to_qdrant_filter(where), exact=True)
         return int(result.count)
@@ -202,6 +288,7 @@ class ServerStore:
     async def scroll(
         self, name: str, offset: str | None, limit: int, where: f.Node | None = None
     ) -> tuple[list[FoundPoint], str | None]:
+        await self._indexed(name)
         with _guard(name):
             records, next_offset = await self.client.scroll(
                 name,
@@ -247,6 +334,7 @@ class ServerStore:
         offset: int,
         with_vector: bool,
     ) -> list[FoundPoint]:
+        await self._indexed(name)
         with _guard(name):
             response = await self.client.query_points(
                 name,

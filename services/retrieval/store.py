@@ -11,6 +11,8 @@ Payload layout: ``{"p": {<property>: value}, "ts": {<date property>: epoch secon
 "b": {<bool property>: 0 or 1}, "n": {<text property>: NFKC copy}}`` — user properties under
 their own key, so no property name can collide with ours; filters on dates and bools use the
 numeric copies, TEXT_MATCH also the NFKC copies (only of values NFKC changes; never returned).
+Every key a filter reads has a payload index (``payload_index.py`` says which; both adapters
+make them with the collection, and for collections made before them).
 """
 
 from __future__ import annotations
