@@ -74,6 +74,23 @@ async def test_retrieval_times_grpc_beside_the_engine() -> None:
     assert over.unit == "ms" and over.target
 
 
+async def test_filters_times_filtered_calls_with_and_without_payload_indexes() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(ROOT / "bench" / "filters.py"),
+        *("--objects", "2000", "--queries", "3", "--dim", "8"),
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode(errors="replace")[-3000:]
+    text = out.decode()
+    # Five filters, a count and a search each (the bench checks both copies count alike).
+    assert text.count(" | count  | ") == text.count(" | search | ") == 5, text
+    assert "creates the 6 missing ones over 2,000 objects" in text, text
+
+
 async def test_cache_bench_serves_repeats_from_the_cache() -> None:
     figures = await summary("cache", "--rounds", "5", "--latency", "0.05")
     assert figures["cached 10-hit GenerativeSearch p50"].value > 0
