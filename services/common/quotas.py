@@ -132,7 +132,7 @@ class Quotas:
         self.objects_written_per_minute = objects_written_per_minute
         self._lease = lease
         self._lease_slack = lease_slack
-        self._window_ms = window_ms
+        self.window_ms = window_ms
         # redis-py annotates register_script's self as Redis; RedisCluster has it too.
         self._enter: AsyncScript = redis.register_script(lua_script("quota_enter"))  # type: ignore[misc]
         self._charge_script: AsyncScript = redis.register_script(lua_script("quota_charge"))  # type: ignore[misc]
@@ -231,7 +231,7 @@ class Quotas:
         """Counts ``count`` uses of the per-minute quota ``quota`` in the window, all or
         none: QuotaExceeded, none counted, when they do not fit in what is left of it."""
         key = self._key(tenant, name)
-        wait_ms = await self._run(self._charge_script, key, limit, self._window_ms, count, 0)
+        wait_ms = await self._run(self._charge_script, key, limit, self.window_ms, count, 0)
         if wait_ms is not None and int(wait_ms) >= 0:
             raise QuotaExceeded(quota, limit, int(wait_ms) / 1000)
 
@@ -252,7 +252,7 @@ class Quotas:
             return
         key = self._key(tenant or _tenant(), "llm")
         await self._run(
-            self._charge_script, key, self.llm_calls_per_minute, self._window_ms, calls, 1
+            self._charge_script, key, self.llm_calls_per_minute, self.window_ms, calls, 1
         )
 
     async def charge_objects_written(self, objects: int, tenant: str) -> None:

@@ -17,11 +17,11 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
-async def summary(bench: str, *args: str) -> dict[str, Figure]:
+async def run_bench(bench: str, *args: str) -> str:
+    """What ``bench/<bench>.py`` printed, run with ``args``; it must succeed."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         str(ROOT / "bench" / f"{bench}.py"),
-        "--summary",
         *args,
         cwd=ROOT,
         stdout=asyncio.subprocess.PIPE,
@@ -29,7 +29,11 @@ async def summary(bench: str, *args: str) -> dict[str, Figure]:
     )
     out, err = await proc.communicate()
     assert proc.returncode == 0, err.decode(errors="replace")[-3000:]
-    return {f.name: f for f in parse_figures(out.decode())}
+    return out.decode()
+
+
+async def summary(bench: str, *args: str) -> dict[str, Figure]:
+    return {f.name: f for f in parse_figures(await run_bench(bench, "--summary", *args))}
 
 
 async def test_fanout_measures_the_gateway_beside_its_floor() -> None:
@@ -52,17 +56,9 @@ async def test_fanout_measures_the_gateway_beside_its_floor() -> None:
 
 
 async def test_rate_limits_keeps_two_gateways_within_the_providers_limit() -> None:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(ROOT / "bench" / "rate_limits.py"),
-        *("--hits", "20", "--rpm", "600", "--window", "1", "--repeat", "1"),
-        cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+    text = await run_bench(
+        "rate_limits", "--hits", "20", "--rpm", "600", "--window", "1", "--repeat", "1"
     )
-    out, err = await proc.communicate()
-    assert proc.returncode == 0, err.decode(errors="replace")[-3000:]
-    text = out.decode()
     assert "20 hits, 0 failed" in text and "refused 0" in text, text
     assert "pool of 10, no retries" in text
 
@@ -75,17 +71,7 @@ async def test_retrieval_times_grpc_beside_the_engine() -> None:
 
 
 async def test_filters_times_filtered_calls_with_and_without_payload_indexes() -> None:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(ROOT / "bench" / "filters.py"),
-        *("--objects", "2000", "--queries", "3", "--dim", "8"),
-        cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await proc.communicate()
-    assert proc.returncode == 0, err.decode(errors="replace")[-3000:]
-    text = out.decode()
+    text = await run_bench("filters", "--objects", "2000", "--queries", "3", "--dim", "8")
     # Five filters, a count and a search each (the bench checks both copies count alike).
     assert text.count(" | count  | ") == text.count(" | search | ") == 5, text
     assert "creates the 6 missing ones over 2,000 objects" in text, text
@@ -107,20 +93,7 @@ async def test_memory_bench_runs_the_service_beside_its_floors() -> None:
 
 
 async def test_memory_by_conversation_length_runs() -> None:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(ROOT / "bench" / "memory_ask.py"),
-        "--rounds",
-        "1",
-        "--asks",
-        "2",
-        cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await proc.communicate()
-    assert proc.returncode == 0, err.decode(errors="replace")[-3000:]
-    text = out.decode()
+    text = await run_bench("memory_ask", "--rounds", "1", "--asks", "2")
     for row in ("Ask, 2-turn", "Ask, 200-turn", "memory per turn, 200-turn"):
         assert row in text, text
 

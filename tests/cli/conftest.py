@@ -200,17 +200,13 @@ def quota_gateway(running_stack: RunningStack) -> Iterator[QuotaGateway]:
         }
     )
 
+    build_quotas = gateway_main.build_quotas
+
     def short_window(settings: GatewaySettings, redis: Any) -> Quotas:
-        assert redis is not None, "the stack's gateway counts its quotas in Redis"
-        return Quotas(
-            redis,
-            key_prefix=settings.quota_key_prefix,
-            concurrent_calls=settings.quota_concurrent_calls,
-            llm_calls_per_minute=settings.quota_llm_calls_per_minute,
-            objects_written_per_minute=settings.quota_objects_written_per_minute,
-            lease=settings.quota_lease,
-            window_ms=QUOTA_WINDOW_MS,
-        )
+        quotas = build_quotas(settings, redis)
+        assert quotas is not None, "the stack's gateway counts its quotas in Redis"
+        quotas.window_ms = QUOTA_WINDOW_MS
+        return quotas
 
     async def start() -> tuple[Any, int]:
         with mock.patch.object(gateway_main, "build_quotas", short_window):
