@@ -29,6 +29,13 @@ from services.retrieval.settings import RetrievalSettings
 from services.retrieval.store import VectorStore
 from tests.support.rpc import error_info
 
+# Filter operators, short.
+EQ, NE = pb.OPERATOR_EQUAL, pb.OPERATOR_NOT_EQUAL
+LT, LTE = pb.OPERATOR_LESS_THAN, pb.OPERATOR_LESS_THAN_EQUAL
+GT, GTE = pb.OPERATOR_GREATER_THAN, pb.OPERATOR_GREATER_THAN_EQUAL
+ANY, ALL = pb.OPERATOR_CONTAINS_ANY, pb.OPERATOR_CONTAINS_ALL
+TEXT = pb.OPERATOR_TEXT_MATCH
+
 
 @pytest.fixture(scope="session")
 def local_embedder() -> LocalEmbedder:

@@ -12,6 +12,15 @@ import pytest
 from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 
 from tests.retrieval.conftest import (
+    ALL,
+    ANY,
+    EQ,
+    GT,
+    GTE,
+    LT,
+    LTE,
+    NE,
+    TEXT,
     MakeRetrieval,
     all_of,
     any_of,
@@ -22,12 +31,6 @@ from tests.retrieval.conftest import (
 )
 from tests.retrieval.data import DIMS, article_objects, articles, ids_where
 from tests.support.rpc import error_info
-
-EQ, NE = pb.OPERATOR_EQUAL, pb.OPERATOR_NOT_EQUAL
-LT, LTE = pb.OPERATOR_LESS_THAN, pb.OPERATOR_LESS_THAN_EQUAL
-GT, GTE = pb.OPERATOR_GREATER_THAN, pb.OPERATOR_GREATER_THAN_EQUAL
-ANY, ALL = pb.OPERATOR_CONTAINS_ANY, pb.OPERATOR_CONTAINS_ALL
-TEXT = pb.OPERATOR_TEXT_MATCH
 
 RATING = articles()[2]["props"]["rating"]
 

@@ -34,7 +34,16 @@ from services.retrieval.server_store import SCHEMA_KEY, ServerStore
 from services.retrieval.store import CollectionLayout
 from services.retrieval.tenancy import storage_name
 from tests.retrieval.conftest import (
+    ALL,
+    ANY,
     ARTICLE_PROPS,
+    EQ,
+    GT,
+    GTE,
+    LT,
+    LTE,
+    NE,
+    TEXT,
     MakeRetrieval,
     Retrieval,
     all_of,
@@ -44,12 +53,6 @@ from tests.retrieval.conftest import (
     obj,
     vector_collection,
 )
-
-EQ, NE = pb.OPERATOR_EQUAL, pb.OPERATOR_NOT_EQUAL
-LT, LTE = pb.OPERATOR_LESS_THAN, pb.OPERATOR_LESS_THAN_EQUAL
-GT, GTE = pb.OPERATOR_GREATER_THAN, pb.OPERATOR_GREATER_THAN_EQUAL
-ANY, ALL = pb.OPERATOR_CONTAINS_ANY, pb.OPERATOR_CONTAINS_ALL
-TEXT = pb.OPERATOR_TEXT_MATCH
 
 DIMS = 4
 OBJECTS = 400
