@@ -11,9 +11,11 @@ crash half-way through and is removed at start-up.
 
 qdrant-edge is synchronous and a shard may be opened by one process only (its WAL is
 locked), so every call runs on one dedicated thread: the event loop never blocks and calls
-never race. Writes go through the engine's WAL before ``update`` returns, so an acknowledged
-write survives ``kill -9``; ``flush`` (after bulk loads and on close) makes the segments
-themselves durable and keeps WAL replay at start-up short.
+never race. Tenants take turns on that thread (``services/common/fair_executor.py``): one
+tenant's queue of calls never makes another's wait behind all of it. Writes go through
+the engine's WAL before ``update`` returns, so an acknowledged write survives ``kill -9``;
+``flush`` (after bulk loads and on close) makes the segments themselves durable and keeps
+WAL replay at start-up short.
 
 Every key the service filters on has a payload index (``payload_index.py``), created with
 the shard, or on open for a shard made before indexes existed: a filter is looked up, not
@@ -22,7 +24,6 @@ checked against every point while that one thread, and every tenant's calls, wai
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -30,13 +31,13 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 import qdrant_edge as qe
 
 from services.common.errors import AlreadyExists, NotFound
+from services.common.fair_executor import FairExecutor
 from services.retrieval import filters as f
 from services.retrieval.payload_index import IndexKind, missing, payload_indexes
 from services.retrieval.store import (
@@ -140,13 +141,12 @@ class EdgeStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self._dir = self.root / "collections"
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qdrant-edge")
+        self._executor = FairExecutor(thread_name_prefix="qdrant-edge")
         self._shards: dict[str, qe.EdgeShard] = {}
         self._schemas: dict[str, dict[str, Any]] = {}
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, fn, *args)
+        return await self._executor.run(fn, *args)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -190,6 +190,7 @@ class EdgeStore:
         )
 
     async def close(self) -> None:
+        await self._executor.drain()  # every tenant's calls first: they need the shards
         await self._run(self._close)
         self._executor.shutdown(wait=True)
 
