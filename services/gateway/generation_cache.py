@@ -15,10 +15,14 @@ a collection recreated under the same name starts cold, and all the keys of one 
 share a slot: one MGET reads them all, on a cluster too.
 
 Dropped with the collection: every key stored for a tenant's collection is also named in a
-set per (tenant, collection) (``index_key``), and a DeleteCollection through the gateway
-deletes them all (``drop_collection``). A collection deleted some other way (straight on
-retrieval) cannot be reached through its old entries anyway: its successor has another
-creation time; they wait for their TTL, bounded by ``cache_max_ttl``.
+sorted set per (tenant, collection) (``index_key``), scored by when the entry expires, and a
+DeleteCollection through the gateway deletes them all (``drop_collection``). Each write
+also removes the members whose entries have expired, so the index names only live entries:
+a plain set kept every key ever stored while its tenant kept writing (its TTL renewed by
+each write), growing by up to the LLM-calls quota a minute with no end. A collection
+deleted some other way (straight on retrieval) cannot be reached through its old entries
+anyway: its successor has another creation time; they wait for their TTL, bounded by
+``cache_max_ttl``.
 
 Best effort: with no Redis configured, or Redis failing, the call generates as if the
 cache were off (logged, counted); a cache never fails a search. Errors are never stored.
@@ -31,6 +35,7 @@ import contextlib
 import enum
 import hashlib
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -166,8 +171,16 @@ class GenerationCache:
         self._stores: set[asyncio.Future[None]] = set()
 
     def index_key(self, tenant: str, collection: str) -> str:
-        """The set naming every key stored for ``tenant``'s ``collection`` (whatever its
-        creation time: all of them go when the name is deleted)."""
+        """The sorted set naming every live key stored for ``tenant``'s ``collection``
+        (whatever its creation time: all of them go when the name is deleted), scored by
+        expiry (epoch milliseconds)."""
+        tag = Scope(tenant, collection).tag()
+        return f"{self._prefix}:gencache-index:{{{tag}}}"
+
+    def _old_index_key(self, tenant: str, collection: str) -> str:
+        # The plain set of every key ever stored, before the index was scored: still
+        # dropped with its collection until it expires (at most cache_max_ttl after the
+        # upgrade; nothing writes to it any more).
         tag = Scope(tenant, collection).tag()
         return f"{self._prefix}:gencache-keys:{{{tag}}}"
 
@@ -266,9 +279,14 @@ class GenerationCache:
             index = self.index_key(scope.tenant, scope.collection)
             # Two slots on a cluster (the entry's and the index's): a pipeline, not MULTI.
             # The index outlives every entry it names (no TTL is above the max).
+            # Scores are this replica's clock, the entries' TTLs Redis': a member may go
+            # a moment before or after its entry (clock skew); one gone early is not
+            # dropped with its collection but expires on its own within that moment.
+            now = _ms(time.time())
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.set(key, stored.SerializeToString(), px=_ms(ttl))
-                pipe.sadd(index, key)
+                pipe.zadd(index, {key: now + _ms(ttl)})
+                pipe.zremrangebyscore(index, "-inf", now)
                 pipe.pexpire(index, _ms(self._max_ttl))
                 await pipe.execute()
         except RedisError as err:
@@ -282,17 +300,24 @@ class GenerationCache:
         if redis is None:
             return
         index = self.index_key(tenant, collection)
+        old_index = self._old_index_key(tenant, collection)
         try:
             batch: list[bytes | str] = []
-            async for member in redis.sscan_iter(index, count=_DROP_BATCH):
-                batch.append(member)
-                if len(batch) >= _DROP_BATCH:
-                    # All of one request's keys share a slot, but a collection's span
-                    # several (one per creation time): redis-py splits UNLINK by slot.
-                    await redis.unlink(*batch)
-                    batch = []
+            scans = (
+                redis.zscan_iter(index, count=_DROP_BATCH),
+                redis.sscan_iter(old_index, count=_DROP_BATCH),
+            )
+            for scan in scans:
+                async for member in scan:
+                    batch.append(member[0] if isinstance(member, tuple) else member)
+                    if len(batch) >= _DROP_BATCH:
+                        # All of one request's keys share a slot, but a collection's span
+                        # several (one per creation time): redis-py splits UNLINK by slot.
+                        await redis.unlink(*batch)
+                        batch = []
             if batch:
                 await redis.unlink(*batch)
-            await redis.delete(index)
+            # UNLINK: a large index is freed in the background, never blocking Redis.
+            await redis.unlink(index, old_index)
         except RedisError as err:
             log.warning("generation cache drop failed", extra={"error": type(err).__name__})

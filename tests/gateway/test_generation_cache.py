@@ -364,13 +364,38 @@ async def test_deleting_a_collection_drops_its_entries(
     # Alice's Books entries and their index are gone as the delete returns; Bob's
     # Books and Alice's Other are still served from the cache.
     assert len([k for k in left if b":gencache:" in k]) == 12
-    assert len([k for k in left if b":gencache-keys:" in k]) == 2
+    assert len([k for k in left if b":gencache-index:" in k]) == 2
     before = calls(cached)
     bobs = await cached.stub.GenerativeSearch(search(), metadata=BOB)
     other = await cached.stub.GenerativeSearch(others, metadata=ALICE)
     assert calls(cached) == before
     assert all(g.cached for g in results(bobs).values())
     assert all(g.cached for g in results(other).values())
+
+
+async def test_the_index_of_a_collections_entries_names_only_the_live_ones(
+    cached: Stack, shared_redis: RedisProcess, prefix: str
+) -> None:
+    """Before, the index set kept every key ever stored (its TTL renewed by each write): a
+    tenant caching new prompts, 1200 LLM calls a minute, grew it by that many members a
+    minute for as long as it kept at it (gigabytes of the Redis every tenant, the quotas
+    and the memory service share), long after the entries had expired; and the DEL of
+    that set at DeleteCollection blocked Redis for all of them."""
+    await create_books(cached, metadata=ALICE)
+    for n in range(3):
+        request = search(ttl_s=1.0, grouped=False)
+        request.generate.single_prompt = f"Prompt {n}: {{title}}"  # 5 new keys each time
+        await cached.stub.GenerativeSearch(request, metadata=ALICE)
+        if n < 2:
+            await asyncio.sleep(1.2)  # these entries expire
+    redis = Redis.from_url(shared_redis.url)
+    try:
+        [index] = [k async for k in redis.scan_iter(match=f"{prefix}:gencache-*")]
+        kind = await redis.type(index)
+        members = await (redis.zcard(index) if kind == b"zset" else redis.scard(index))
+        assert members == 5  # the last search's, the live ones (before: 15)
+    finally:
+        await redis.aclose()
 
 
 async def test_a_failed_delete_drops_nothing(
