@@ -44,14 +44,14 @@ from typing import Any
 
 from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 
-from services.common.errors import AlreadyExists, InvalidArgument, NotFound
+from services.common.errors import AlreadyExists, InvalidArgument, NotFound, ResourceExhausted
 from services.common.settings import MAX_TTL_SECONDS
 from services.common.values import check_uuid
 from services.common.well_known import duration_seconds, properties_sha256, struct
 from services.retrieval.answer_cache_marker import CACHE_MARKER
 from services.retrieval.catalog import Catalog
 from services.retrieval.embedders import Embedders
-from services.retrieval.filters import Match
+from services.retrieval.filters import Match, Range
 from services.retrieval.schema import Schema
 from services.retrieval.settings import RetrievalSettings
 from services.retrieval.store import PROPS, CollectionLayout, StoredPoint, VectorStore
@@ -64,6 +64,7 @@ _MAX_CONTEXT_KEY = 128
 _SHA256_BYTES = 32
 # Question vectors kept for the store that follows a lookup (384 floats each: ~0.5 MB).
 _RECENT_VECTORS = 256
+MAX_CACHED_ANSWERS_SETTING = "GENSEARCH_RETRIEVAL_MAX_CACHED_ANSWERS"
 
 
 def cache_store_name(schema: Schema) -> str:
@@ -174,10 +175,37 @@ class AnswerCache:
             dense=vector,
         )
         try:
+            await self._make_room(name, schema, point.id)
             await self._store.upsert(name, [point])
         except NotFound:
             await self._create(name, schema, len(vector))
             await self._store.upsert(name, [point])
+
+    async def _make_room(self, name: str, schema: Schema, entry_id: str) -> None:
+        """Refuses a new entry when the collection's cache holds max_cached_answers once
+        its expired entries are deleted (a replacement, same question and context, always
+        fits). Expired entries were deleted only when a lookup met them among its nearest
+        candidates, so without this every question a tenant ever asked stayed on disk: one
+        entry per Ask, up to its LLM-calls quota (1200) a minute, each up to 8000
+        characters of question and a 1 MiB answer, for good."""
+        limit = self._settings.max_cached_answers
+        if await self._store.count(name, None) < limit:
+            return
+        await self._store.delete_matching(name, Range("exp", lte=time.time()))
+        held = await self._store.count(name, None)
+        if held < limit or await self._store.retrieve(name, [entry_id], False):
+            return
+        raise ResourceExhausted(
+            f"the answer cache of collection {schema.name!r} holds {held} live entries, "
+            f"the limit ({MAX_CACHED_ANSWERS_SETTING}); nothing was stored: entries expire "
+            "with their TTL",
+            reason="COLLECTION_FULL",
+            metadata={
+                "limit": str(limit),
+                "setting": MAX_CACHED_ANSWERS_SETTING,
+                "collection": schema.name,
+            },
+        )
 
     async def drop(self, schema: Schema) -> None:
         """Forget every answer cached for ``schema``'s collection."""

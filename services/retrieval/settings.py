@@ -148,6 +148,13 @@ class RetrievalSettings(DownstreamSettings):
     max_cached_question_chars: int = Field(default=8000, ge=100, le=MAX_SIZE_BYTES)
     max_cached_answer_bytes: int = Field(default=1_048_576, ge=1024, le=MAX_SIZE_BYTES)
     max_cached_answer_ttl: float = Field(default=30 * 86400.0, gt=0, le=MAX_TTL_SECONDS)
+    # Live entries one collection's answer cache holds: at this, a store first deletes the
+    # expired entries, then is RESOURCE_EXHAUSTED (COLLECTION_FULL) if still full (the
+    # gateway's background store logs it; the answer went out already). Without it every
+    # question a tenant asked stayed on disk for good (expired entries were deleted only
+    # when a lookup met them): up to its LLM-calls quota of entries a minute, each up to
+    # max_cached_question_chars + max_cached_answer_bytes.
+    max_cached_answers: int = Field(default=10_000, ge=1, le=1_000_000_000)
 
     # Rerank stage of Search (services/retrieval/rerankers.py; docs/retrieval.md). The
     # operator's /v1/rerank providers by name (JSON object: name -> {"base_url", "api_key_env",

@@ -354,3 +354,46 @@ async def test_a_ttl_past_the_services_maximum_is_cut_to_it(
     assert (await r.stub.LookupCachedAnswer(lookup(), metadata=ACME)).found
     await asyncio.sleep(1.2)
     assert not (await r.stub.LookupCachedAnswer(lookup(), metadata=ACME)).found
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+async def test_a_full_cache_first_forgets_expired_entries_then_refuses_new_ones(
+    make_retrieval: MakeRetrieval, adapter: str
+) -> None:
+    """Before, expired entries were deleted only when a lookup met them among its nearest
+    candidates, and nothing bounded how many a collection's cache held: every question a
+    tenant asked stayed on disk for good."""
+    r = await make_retrieval(adapter, internal_token=SecretStr(TOKEN), max_cached_answers=3)
+    await r.stub.CreateCollection(
+        pb.CreateCollectionRequest(collection=vector_collection("Docs")), metadata=ACME
+    )
+    for n in range(2):
+        await r.stub.StoreCachedAnswer(
+            store(f"Short-lived question {n}?", seconds=0.3), metadata=ACME
+        )
+    await r.stub.StoreCachedAnswer(store("Lasting question 0?"), metadata=ACME)
+    await asyncio.sleep(0.5)  # the two short-lived entries expire
+    for n in (1, 2):  # they make room: expired entries go first
+        await r.stub.StoreCachedAnswer(store(f"Lasting question {n}?"), metadata=ACME)
+    try:
+        await r.stub.StoreCachedAnswer(store("One question too many?"), metadata=ACME)
+    except grpc.aio.AioRpcError as err:
+        assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.details()
+        info = error_info(err)
+        assert info.reason == "COLLECTION_FULL"
+        assert info.metadata["setting"] == "GENSEARCH_RETRIEVAL_MAX_CACHED_ANSWERS"
+        assert info.metadata["limit"] == "3"
+        assert "GENSEARCH_RETRIEVAL_MAX_CACHED_ANSWERS" in (err.details() or "")
+    else:
+        raise AssertionError("a fourth live entry was stored")
+    # Storing an entry again replaces it: it always fits.
+    await r.stub.StoreCachedAnswer(store("Lasting question 1?", b"Newer"), metadata=ACME)
+    found = await r.stub.LookupCachedAnswer(
+        lookup("Lasting question 1?", similarity=0.99), metadata=ACME
+    )
+    assert found.found and found.answer == b"Newer"
+    # Another tenant's cache, even of a collection of the same name, is its own.
+    await r.stub.CreateCollection(
+        pb.CreateCollectionRequest(collection=vector_collection("Docs")), metadata=GLOBEX
+    )
+    await r.stub.StoreCachedAnswer(store("One question too many?"), metadata=GLOBEX)
