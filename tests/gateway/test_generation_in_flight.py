@@ -25,7 +25,7 @@ from services.common.server import GrpcServer
 from services.gateway.settings import GatewaySettings
 from services.generation.__main__ import build_server as build_generation
 from services.generation.settings import GenerationSettings
-from tests.gateway.conftest import ALICE, TOKEN, StackFactory, fake_provider
+from tests.gateway.conftest import ALICE, BOB, TOKEN, StackFactory, fake_provider
 from tests.support.fake_openai import FakeOpenAI
 
 
@@ -102,6 +102,32 @@ async def test_the_gateway_holds_its_generation_calls_to_its_bound(
     waited = sorted(g.wait_time.ToNanoseconds() / 1e9 for g in results)
     assert waited[:6] == [0.0] * 6
     assert sum(w >= 0.1 for w in waited) >= 12, waited
+
+
+async def test_a_tenant_waits_for_one_freed_slot_not_for_another_tenants_whole_queue(
+    stack_factory: StackFactory, fake: FakeOpenAI
+) -> None:
+    """The slots went first come, first served: a tenant whose calls filled them and
+    queued behind them (within its LLM-calls quota: 1200 a minute against 1000 slots) held
+    another tenant's one call behind its whole queue, where the generation service's own
+    turns between tenants never saw it."""
+    fake.latency = 0.3
+    stack = await stack_factory(generation_max_in_flight=2, max_hits=1)
+    finished: list[str] = []
+
+    async def one(who: tuple[tuple[str, str], ...], name: str) -> None:
+        response = await stack.stub.GenerateOnObjects(_objects(1, name), metadata=who, timeout=30)
+        assert not response.hits[0].generation.HasField("error")
+        finished.append(name)
+
+    noisy = [asyncio.create_task(one(ALICE, f"alice{n}")) for n in range(8)]
+    await asyncio.sleep(0.1)  # both slots taken, six of Alice's calls waiting
+    await one(BOB, "bob")
+    await asyncio.gather(*noisy)
+    after = len(finished) - 1 - finished.index("bob")
+    # First come, first served: Bob's call ran after all eight (after <= 1). In turns:
+    # it takes the first slot freed, with five or six of Alice's still waiting.
+    assert after >= 4, finished
 
 
 async def test_a_call_that_gets_no_slot_within_its_deadline_fails_resource_exhausted(

@@ -10,7 +10,8 @@ caller's, not the task's: a summary fold runs in a background worker.
 
 Calls in flight are bounded here too, over every request of this gateway
 (``generation_max_in_flight``; docs/gateway.md#generation-calls-in-flight). Each Generate
-and StreamGenerate takes a slot before it is sent, first come first served, and holds it
+and StreamGenerate takes a slot before it is sent, tenants waiting for one in turn
+(``services/common/fair_slots.py``; first come first served within a tenant), and holds it
 until it ends; a call that could get one only with less than ``MIN_CALL_SECONDS`` of its
 deadline left fails at once with RESOURCE_EXHAUSTED / ``GENERATION_IN_FLIGHT_WAIT``. Without
 the bound a fan-out of more calls than a generation replica accepts at once failed the
@@ -46,6 +47,7 @@ from services.common.errors import (
     metadata_count,
     upstream_calls,
 )
+from services.common.fair_slots import FairSlots
 from services.gateway.clients.base import ServiceClient
 from services.gateway.clients.caller import Caller, Metadata
 from services.gateway.clients.channel import GENERATION_SERVICE
@@ -121,8 +123,9 @@ class GenerationClient(ServiceClient):
     ) -> None:
         super().__init__(target, settings, interceptors)
         self.max_in_flight = settings.generation_max_in_flight
-        # asyncio's semaphore serves its waiters first come first served.
-        self._slots = asyncio.Semaphore(self.max_in_flight) if self.max_in_flight else None
+        # Waiters take turns by tenant (asyncio's semaphore served them first come, first
+        # served: one tenant's queue of calls held every other tenant's behind all of it).
+        self._slots = FairSlots(self.max_in_flight) if self.max_in_flight else None
 
     def metadata(self, caller: Caller) -> Metadata:
         # The caller's own provider keys go to the generation service only; not the keys
@@ -152,8 +155,11 @@ class GenerationClient(ServiceClient):
             await self.after_generate(calls - 1, caller.tenant)
 
     @contextlib.asynccontextmanager
-    async def _slot(self, deadline: float | None, waited: _Waited) -> AsyncIterator[None]:
-        """Holds one of the ``generation_max_in_flight`` slots while the block runs."""
+    async def _slot(
+        self, tenant: str, deadline: float | None, waited: _Waited
+    ) -> AsyncIterator[None]:
+        """Holds one of the ``generation_max_in_flight`` slots while the block runs;
+        ``tenant``'s calls take turns for them with other tenants'."""
         slots = self._slots
         if slots is None:
             yield
@@ -164,7 +170,9 @@ class GenerationClient(ServiceClient):
             wait = None if deadline is None else deadline - MIN_CALL_SECONDS - started
             try:
                 with GENERATION_WAITING.track_inprogress():
-                    await asyncio.wait_for(slots.acquire(), None if wait is None else max(wait, 0))
+                    await asyncio.wait_for(
+                        slots.acquire(tenant), None if wait is None else max(wait, 0)
+                    )
             except TimeoutError:
                 waited.seconds += loop.time() - started
                 raise ResourceExhausted(
@@ -176,7 +184,7 @@ class GenerationClient(ServiceClient):
                 ) from None
             waited.seconds += loop.time() - started
         else:
-            await slots.acquire()  # free: no wait
+            await slots.acquire(tenant)  # free: no wait
         try:
             yield
         finally:
@@ -234,7 +242,7 @@ class GenerationClient(ServiceClient):
         deadline = self._deadline(timeout)
         waited = _Waited()
         try:
-            async with self._slot(deadline, waited):
+            async with self._slot(caller.tenant, deadline, waited):
                 if self.before_generate is not None:
                     await self.before_generate(caller.tenant)
 
@@ -265,7 +273,7 @@ class GenerationClient(ServiceClient):
         deadline = self._deadline(timeout)
         waited = _Waited()
         try:
-            async with self._slot(deadline, waited):
+            async with self._slot(caller.tenant, deadline, waited):
                 if self.before_generate is not None:
                     await self.before_generate(caller.tenant)
 
