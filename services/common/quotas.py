@@ -1,6 +1,6 @@
 """Per-tenant quotas, counted in Redis so they hold across every gateway replica.
 
-Three quotas (docs/operations.md#quotas):
+Four quotas (docs/operations.md#quotas):
 
 * **concurrent calls**: every call of the gateway's services (health and reflection are
   never counted) holds a slot while it runs. Slots are members of a ZSET scored by the end
@@ -19,6 +19,11 @@ Three quotas (docs/operations.md#quotas):
   ImportObjects message, forwarded to retrieval are counted in the same kind of window
   before they are sent, all of them or none: a write that does not fit in what is left
   of the minute is refused whole (``charge_objects_written``).
+* **bytes written per minute**: the same, counting the bytes of each such request or
+  message, so that a tenant's writes of large objects are bounded too (the cost of a
+  write, its parsing, keyword index and engine time, grows with its bytes: 1000 objects
+  of 15 KB cost ~1.3 CPU-seconds); a write is counted against both or neither
+  (``charge_written``).
 
 All are atomic Lua scripts (``lua/quota_*.lua``; both per-minute quotas run
 ``quota_charge``). Keys carry a Redis Cluster hash tag per tenant, so one tenant's quotas
@@ -112,6 +117,7 @@ class Quotas:
     CONCURRENT = "concurrent_calls"
     LLM_PER_MINUTE = "llm_calls_per_minute"
     OBJECTS_WRITTEN_PER_MINUTE = "objects_written_per_minute"
+    BYTES_WRITTEN_PER_MINUTE = "bytes_written_per_minute"
 
     def __init__(
         self,
@@ -122,6 +128,7 @@ class Quotas:
         llm_calls_per_minute: int,
         lease: float,
         objects_written_per_minute: int = 0,
+        bytes_written_per_minute: int = 0,
         lease_slack: float = LEASE_SLACK_SECONDS,
         window_ms: int = WINDOW_MS,
     ) -> None:
@@ -130,6 +137,7 @@ class Quotas:
         self.concurrent_calls = concurrent_calls
         self.llm_calls_per_minute = llm_calls_per_minute
         self.objects_written_per_minute = objects_written_per_minute
+        self.bytes_written_per_minute = bytes_written_per_minute
         self._lease = lease
         self._lease_slack = lease_slack
         self.window_ms = window_ms
@@ -254,6 +262,40 @@ class Quotas:
         await self._run(
             self._charge_script, key, self.llm_calls_per_minute, self.window_ms, calls, 1
         )
+
+    async def charge_written(self, objects: int, size: int, tenant: str) -> None:
+        """Counts one write of ``tenant`` (an UpsertObjects request, an ImportObjects
+        message: ``objects`` objects, ``size`` bytes) against both its objects-written and
+        its bytes-written quotas before it is forwarded, all or none: QuotaExceeded,
+        nothing counted, when it does not fit in what is left of either. The bytes are
+        counted first and given back when the objects do not fit."""
+        await self.charge_bytes_written(size, tenant)
+        try:
+            await self.charge_objects_written(objects, tenant)
+        except QuotaExceeded:
+            if self.bytes_written_per_minute > 0 and size > 0:
+                key = self._key(tenant, "write-bytes")
+                limit = self.bytes_written_per_minute
+                await self._run(self._charge_script, key, limit, self._window_ms, -size, 1)
+            raise
+
+    async def charge_bytes_written(self, size: int, tenant: str) -> None:
+        """Counts the ``size`` bytes of one write of ``tenant``; raises QuotaExceeded,
+        none counted, when they do not fit in what is left of the minute. A write larger
+        than the whole quota never fits: refused without RetryInfo, saying so."""
+        limit = self.bytes_written_per_minute
+        if limit <= 0 or size <= 0:
+            return
+        if size > limit:
+            quota = self.BYTES_WRITTEN_PER_MINUTE
+            raise QuotaExceeded(
+                quota,
+                limit,
+                None,
+                f"quota {quota} ({limit}) is smaller than this write of {size} bytes, "
+                f"which can never fit: send at most {limit} bytes per request or message",
+            )
+        await self._charge(self.BYTES_WRITTEN_PER_MINUTE, limit, "write-bytes", size, tenant)
 
     async def charge_objects_written(self, objects: int, tenant: str) -> None:
         """Counts the ``objects`` of one write (an UpsertObjects request, an ImportObjects

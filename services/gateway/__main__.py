@@ -87,7 +87,7 @@ async def build(settings: GatewaySettings, *, port: int | None = None) -> Gatewa
             cache_max_ttl=settings.cache_max_ttl,
             max_fallbacks=settings.max_fallbacks,
             max_prompt_chars=settings.max_prompt_chars,
-            charge_writes=quotas.charge_objects_written if quotas is not None else None,
+            charge_writes=quotas.charge_written if quotas is not None else None,
         ),
         RETRIEVAL_SERVICE,
     )
@@ -130,6 +130,7 @@ def build_quotas(settings: GatewaySettings, redis: RedisClient | None) -> Quotas
         concurrent_calls=settings.quota_concurrent_calls,
         llm_calls_per_minute=settings.quota_llm_calls_per_minute,
         objects_written_per_minute=settings.quota_objects_written_per_minute,
+        bytes_written_per_minute=settings.quota_bytes_written_per_minute,
         lease=settings.quota_lease,
     )
 

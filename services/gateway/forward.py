@@ -184,10 +184,10 @@ class RetrievalForwarder(_Forwarder, ret_grpc.RetrievalServiceServicer):
         cache_max_ttl: float | None = None,
         max_fallbacks: int | None = None,
         max_prompt_chars: int | None = None,
-        charge_writes: Callable[[int, str], Awaitable[None]] | None = None,
+        charge_writes: Callable[[int, int, str], Awaitable[None]] | None = None,
     ) -> None:
-        """``charge_writes(objects, tenant)``: the tenant's objects-written quota, which
-        raises when a write does not fit (None: no quota)."""
+        """``charge_writes(objects, size, tenant)``: the tenant's objects- and
+        bytes-written quotas, which raise when a write does not fit (None: no quota)."""
         super().__init__(client, internal_token)
         self._catalog = catalog
         self._cache = cache
@@ -266,10 +266,11 @@ class RetrievalForwarder(_Forwarder, ret_grpc.RetrievalServiceServicer):
             await self._cache.drop_collection(caller.tenant, request.name)
 
     async def _charge_objects(self, request: Any, caller: Caller) -> None:
-        """Counts the objects of an UpsertObjects request or ImportObjects message against
-        the tenant's objects-written quota before it is sent on, all or none: one that does
-        not fit is refused whole, nothing of it written (and an ImportObjects stream ends
-        there, its earlier messages written and counted in the error: ``_imported``).
+        """Counts the objects (and bytes) of an UpsertObjects request or ImportObjects
+        message against the tenant's objects- and bytes-written quotas before it is sent
+        on, all or none: one that does not fit is refused whole, nothing of it written (and
+        an ImportObjects stream ends there, its earlier messages written and counted in
+        the error: ``_imported``).
         Counted whether retrieval then writes them or rejects some: the quota bounds the
         work a tenant sends to the engine. A caller whose role may not write is not
         charged (retrieval refuses the write): a reader may not use up its tenant's
@@ -277,7 +278,7 @@ class RetrievalForwarder(_Forwarder, ret_grpc.RetrievalServiceServicer):
         if self._charge_writes is None or not request.objects:
             return
         if caller.who.role.includes(Role.WRITER):
-            await self._charge_writes(len(request.objects), caller.tenant)
+            await self._charge_writes(len(request.objects), request.ByteSize(), caller.tenant)
 
     GetCollection = _forward("GetCollection")
     ListCollections = _forward("ListCollections")

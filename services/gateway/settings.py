@@ -197,6 +197,14 @@ class GatewaySettings(CommonSettings):
     # tenth of what the embedded engine writes on its one worker thread (8-14k objects/s
     # with client vectors, docs/benchmarks.md), so ten tenants at their quota share it.
     quota_objects_written_per_minute: int = Field(default=60_000, ge=0, le=MAX_PER_MINUTE)
+    # Bytes one tenant writes per minute through the gateway (each UpsertObjects request
+    # and ImportObjects message, as it is encoded, counted with its objects before it is
+    # forwarded), across replicas. 0: no limit. Objects alone did not bound the work: a
+    # tenant's 60000 objects a minute of 15 KB of text each cost retrieval ~80 CPU-seconds
+    # a minute (keyword index, engine), and 4 such writers at once took another tenant's
+    # 8 ms search to 2 s. 64 MiB (about 1 MiB a second, four full 16 MiB requests a
+    # minute) loads a million 1 KB objects in under 16 minutes, like the objects quota.
+    quota_bytes_written_per_minute: int = Field(default=64 * 1024 * 1024, ge=0, le=MAX_PER_MINUTE)
     # Lease of a concurrent-call slot (seconds, plus 5 s slack; shorter when the call's
     # deadline is nearer): a running call renews it every third of it, however long the
     # call lasts, so a crashed replica's slots free themselves within one lease.

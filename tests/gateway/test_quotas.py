@@ -21,6 +21,7 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as ret_grpc
 from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from redis.asyncio import Redis
 
 from services.common.redis_client import connect
 from services.common.server import GrpcServer
@@ -228,6 +229,57 @@ async def test_an_upsert_over_the_objects_quota_writes_nothing(writes: Replicas)
         ret_pb.DeleteObjectsRequest(collection="Books", ids=ids[:1]), metadata=ALICE, timeout=5
     )
     assert await _count(retrieval, ALICE) == 6
+
+
+async def test_an_upsert_over_the_bytes_quota_writes_nothing_and_counts_no_objects(
+    replicas_factory: Any, shared_redis: RedisProcess
+) -> None:
+    """Objects alone did not bound a tenant's writes: 60000 objects a minute of 15 KB of
+    text each (within the objects quota) cost retrieval ~80 CPU-seconds a minute, and 4
+    such writers took another tenant's 8 ms search to 2 s."""
+    big = "x" * 3000
+
+    def heavy(count: int, first: int) -> ret_pb.UpsertObjectsRequest:
+        request = _upsert(count, first)
+        for obj in request.objects:
+            obj.properties["title"] = big
+        return request
+
+    size = heavy(1, 0).ByteSize()  # about one object's bytes
+    r: Replicas = await replicas_factory(
+        books=[], quota_objects_written_per_minute=7, quota_bytes_written_per_minute=4 * size
+    )
+    await _early_in_a_minute(shared_redis.url)
+    retrieval = r.stack.retrieval
+    assert len((await retrieval.UpsertObjects(heavy(2, 0), metadata=ALICE, timeout=5)).ids) == 2
+    # Three more objects fit the objects quota (2 + 3 <= 7), not the bytes left (2 objects').
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await retrieval.UpsertObjects(heavy(3, 2), metadata=ALICE, timeout=5)
+    err = caught.value
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.details()
+    info = error_info(err)
+    assert info.reason == "QUOTA_EXCEEDED"
+    assert info.metadata["quota"] == "bytes_written_per_minute"
+    assert info.metadata["limit"] == str(4 * size)
+    assert 0 < retry_delay(err) <= 60
+    assert await _count(retrieval, ALICE) == 2
+    # Small objects still fit the five objects left: the refused write counted none.
+    assert len((await retrieval.UpsertObjects(_upsert(5, 10), metadata=ALICE, timeout=5)).ids) == 5
+    prefix = r.stack.gateway.settings.quota_key_prefix  # type: ignore[attr-defined]
+    redis = Redis.from_url(shared_redis.url)
+    try:
+        [key] = [k async for k in redis.scan_iter(match=f"{prefix}:quota:*:write-bytes")]
+        counted = int(await redis.hget(key, "n"))  # type: ignore[misc]
+        assert 2 * size < counted < 3 * size  # two heavy writes' and the small one's
+        # A write over the objects quota gives back the bytes it was charged first.
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await retrieval.UpsertObjects(heavy(1, 20), metadata=ALICE, timeout=5)
+        assert error_info(caught.value).metadata["quota"] == "objects_written_per_minute"
+        assert int(await redis.hget(key, "n")) == counted  # type: ignore[misc]
+    finally:
+        await redis.aclose()
+    # Bob's quotas are his own.
+    assert len((await retrieval.UpsertObjects(heavy(2, 0), metadata=BOB, timeout=5)).ids) == 2
 
 
 async def _stream(

@@ -7,7 +7,8 @@
 -- milliseconds until the window ends (refused, none counted).
 -- made '1': count uses that happened already (a fallback's, a retry's LLM calls), counted
 -- whatever the limit: the count may pass the limit, and then the tenant's next uses are
--- refused until the window ends. Returns -1.
+-- refused until the window ends; a negative count gives uses back (never below 0).
+-- Returns -1.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local window = tonumber(ARGV[2])
@@ -22,6 +23,9 @@ if ARGV[4] ~= '1' and n + count > tonumber(ARGV[1]) then
   return start + window - now
 end
 n = n + count
+if n < 0 then
+  n = 0  -- a refund (a negative count) landing in the next window
+end
 redis.call('HSET', KEYS[1], 'w', start, 'n', n)
 redis.call('PEXPIRE', KEYS[1], window)
 return -1
