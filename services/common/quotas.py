@@ -276,7 +276,7 @@ class Quotas:
             if self.bytes_written_per_minute > 0 and size > 0:
                 key = self._key(tenant, "write-bytes")
                 limit = self.bytes_written_per_minute
-                await self._run(self._charge_script, key, limit, self._window_ms, -size, 1)
+                await self._run(self._charge_script, key, limit, self.window_ms, -size, 1)
             raise
 
     async def charge_bytes_written(self, size: int, tenant: str) -> None:

@@ -251,6 +251,35 @@ async def test_a_write_larger_than_the_objects_quota_is_refused_without_asking_r
         await redis.aclose()
 
 
+async def test_a_write_over_the_objects_quota_gives_back_its_bytes(
+    redis_server: RedisProcess,
+) -> None:
+    """``charge_written`` counts the bytes first; when the objects then do not fit, the
+    write is refused as over the objects quota and its bytes are given back (before, the
+    give-back read a ``_window_ms`` that no longer existed: AttributeError, INTERNAL to
+    the caller, and the bytes stayed counted)."""
+    # An 8 s window, the checks within one (as in the test above).
+    quotas, redis = _quotas(
+        redis_server.url,
+        objects_written_per_minute=5,
+        bytes_written_per_minute=1000,
+        window_ms=8000,
+    )
+    try:
+        await _early_in_a_window(redis, 8000, margin=6.0)
+        await quotas.charge_written(3, 400, "alice")
+        with pytest.raises(QuotaExceeded) as caught:
+            await quotas.charge_written(3, 400, "alice")  # 6 objects > 5
+        assert caught.value.metadata == {"quota": "objects_written_per_minute", "limit": "5"}
+        # The refused write's 400 bytes were given back: 400 + 600 fit the 1000.
+        await quotas.charge_written(2, 600, "alice")
+        with pytest.raises(QuotaExceeded) as caught:
+            await quotas.charge_written(0, 1, "alice")
+        assert caught.value.metadata["quota"] == "bytes_written_per_minute"
+    finally:
+        await redis.aclose()
+
+
 async def test_keys_share_one_cluster_slot_per_tenant(redis_server: RedisProcess) -> None:
     quotas, redis = _quotas(
         redis_server.url, concurrent_calls=5, llm_calls_per_minute=5, objects_written_per_minute=5
