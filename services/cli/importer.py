@@ -205,7 +205,9 @@ async def import_objects(
 
     def waiting(seconds: float, err: QuotaExceededError) -> None:
         result.waited += seconds
-        line = quota_wait_line(seconds, err.metadata.get("limit", ""))
+        line = quota_wait_line(
+            seconds, err.metadata.get("limit", ""), err.metadata.get("quota", "")
+        )
         if progress:
             progress.say(line, waiting=True)
         else:
@@ -257,9 +259,16 @@ def open_input(name: str) -> tuple[IO[str], int | None]:
         raise UsageError(f"{name}: cannot be read ({err.strerror or type(err).__name__})") from None
 
 
-def quota_wait_line(seconds: float, limit: str = "") -> str:
-    """What an import says as it waits for the tenant's objects-written quota."""
-    per_minute = f" ({int(limit):,} objects a minute)" if limit.isdigit() else ""
+def quota_wait_line(seconds: float, limit: str = "", quota: str = "") -> str:
+    """What an import says as it waits for one of the tenant's write quotas."""
+    per_minute = ""
+    if limit.isdigit():
+        amount = (
+            f"{int(limit) / 2**20:,.0f} MiB"
+            if quota == "bytes_written_per_minute"
+            else f"{int(limit):,} objects"
+        )
+        per_minute = f" ({amount} a minute)"
     return f"waiting {math.ceil(seconds)} s for the tenant's write quota{per_minute}"
 
 

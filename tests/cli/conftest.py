@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import threading
 import time
@@ -188,16 +189,16 @@ QUOTA_LIMIT = 10
 QUOTA_WINDOW_MS = 8000
 
 
-@pytest.fixture
-def quota_gateway(running_stack: RunningStack) -> Iterator[QuotaGateway]:
+@contextlib.contextmanager
+def _quota_gateway(
+    running_stack: RunningStack, limit: int, **quotas: int
+) -> Iterator[QuotaGateway]:
+    """A second gateway over the stack's services with the quota settings ``quotas`` and
+    their window shortened to QUOTA_WINDOW_MS; ``limit`` is what the tests count against."""
     running = running_stack.stack.parts["gateway"].server.settings
     assert isinstance(running, GatewaySettings)
     settings = running.model_copy(
-        update={
-            "quota_objects_written_per_minute": QUOTA_LIMIT,
-            "quota_key_prefix": f"q-{uuid.uuid4().hex[:8]}",
-            "metrics_port": None,
-        }
+        update={**quotas, "quota_key_prefix": f"q-{uuid.uuid4().hex[:8]}", "metrics_port": None}
     )
 
     build_quotas = gateway_main.build_quotas
@@ -217,10 +218,33 @@ def quota_gateway(running_stack: RunningStack) -> Iterator[QuotaGateway]:
     try:
         yield QuotaGateway(
             address=f"127.0.0.1:{port}",
-            limit=QUOTA_LIMIT,
+            limit=limit,
             window=QUOTA_WINDOW_MS / 1000,
             redis_url=settings.redis_url.get_secret_value(),
             loop=running_stack.loop,
         )
     finally:
         running_stack.loop.run(server.stop(0))
+
+
+@pytest.fixture
+def quota_gateway(running_stack: RunningStack) -> Iterator[QuotaGateway]:
+    """The tenant may write QUOTA_LIMIT objects a window."""
+    with _quota_gateway(
+        running_stack, QUOTA_LIMIT, quota_objects_written_per_minute=QUOTA_LIMIT
+    ) as gateway:
+        yield gateway
+
+
+# The bytes-written quota of bytes_quota_gateway, per QUOTA_WINDOW_MS window.
+BYTES_QUOTA_LIMIT = 4096
+
+
+@pytest.fixture
+def bytes_quota_gateway(running_stack: RunningStack) -> Iterator[QuotaGateway]:
+    """The tenant may write BYTES_QUOTA_LIMIT bytes of objects a window (objects alone:
+    the default, far more)."""
+    with _quota_gateway(
+        running_stack, BYTES_QUOTA_LIMIT, quota_bytes_written_per_minute=BYTES_QUOTA_LIMIT
+    ) as gateway:
+        yield gateway

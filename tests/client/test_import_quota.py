@@ -136,3 +136,27 @@ async def test_the_import_raises_when_waiting_cannot_help_or_is_not_wanted(
         await data.import_(_objects(5), batch_size=5, timeout=1.0, on_quota_wait=waited)
     assert not waits
     assert await client.collections.get(name).count() == 10
+
+
+async def test_an_import_waits_out_the_bytes_quota_too(
+    client: AsyncGensearch, bytes_quota_gateway: QuotaGateway
+) -> None:
+    # 20 objects of ~500 bytes in messages of 2 (~1 KB), against 4 KiB a window: the
+    # bytes quota, not the objects one, stops the import, which waits and resumes.
+    name = f"QuotaBytes{next(_names)}"
+    await client.collections.create(
+        name, {"n": "int", "pad": "text"}, vectorizer=types.Vectorizer(kind="none", dimensions=2)
+    )
+    objects = [
+        types.DataObject(properties={"n": i, "pad": "x" * 480}, vector=[1.0, i / 100])
+        for i in range(20)
+    ]
+    bytes_quota_gateway.early_in_a_window(margin=6.0)
+    waits: list[errors.QuotaExceededError] = []
+    async with AsyncGensearch(bytes_quota_gateway.address, timeout=60) as limited:
+        result = await limited.collections.get(name).data.import_(
+            objects, batch_size=2, on_quota_wait=lambda _, err: waits.append(err)
+        )
+    assert waits and {e.metadata["quota"] for e in waits} == {"bytes_written_per_minute"}
+    assert (result.received, result.imported, result.errors) == (20, 20, [])
+    assert await _stored(client, name) == list(range(20))

@@ -696,8 +696,8 @@ async def _batches(
             on_sent(len(batch))
 
 
-# The gateway's per-tenant quota an import waits out (docs/operations.md#quotas).
-OBJECTS_WRITTEN_QUOTA = "objects_written_per_minute"
+# The gateway's per-tenant write quotas an import waits out (docs/operations.md#quotas).
+WRITE_QUOTAS = frozenset({"objects_written_per_minute", "bytes_written_per_minute"})
 # on_quota_wait(seconds, error): an import is about to wait that long for the quota.
 QuotaWait = Callable[[float, QuotaExceededError], None]
 
@@ -712,9 +712,9 @@ def _quota_wait(retry_delay: float) -> float:
 
 def _resumable(err: QuotaExceededError, sent: int) -> int | None:
     """How many of the ``sent`` objects of an ImportObjects stream the service received
-    before the gateway stopped it at the objects-written quota, when waiting can help
-    (a RetryInfo, and the counts); None otherwise."""
-    if err.metadata.get("quota") != OBJECTS_WRITTEN_QUOTA:
+    before the gateway stopped it at a write quota (objects or bytes a minute), when
+    waiting can help (a RetryInfo, and the counts); None otherwise."""
+    if err.metadata.get("quota") not in WRITE_QUOTAS:
         return None
     try:
         received = int(err.metadata["received_count"])
