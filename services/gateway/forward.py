@@ -11,6 +11,7 @@ charged to the tenant's objects-written quota before they are sent on.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -23,12 +24,20 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as ret_grpc
 
 from services.common.auth import Role, require_role
-from services.common.errors import InvalidArgument, PermissionDenied, ServiceError, note_imported
+from services.common.errors import (
+    Internal,
+    InvalidArgument,
+    PermissionDenied,
+    ServiceError,
+    note_imported,
+)
 from services.common.well_known import duration_seconds
 from services.gateway.catalog import Catalog
 from services.gateway.clients import Caller, GenerationClient, caller_of
 from services.gateway.clients.base import ServiceClient
 from services.gateway.generation_cache import GenerationCache
+
+log = logging.getLogger("gensearch.gateway.forward")
 
 
 class _Forwarder:
@@ -128,6 +137,9 @@ class _Relay:
                 self._relayed += 1
         except ServiceError as err:
             self._failure = err
+        except Exception:  # a bug of ours: still an answer, never a call left hanging
+            log.exception("relaying a client stream failed")
+            self._failure = Internal("the gateway failed while relaying the stream")
 
     def raise_failure(self, answer: Any) -> None:
         """Raises the stream's failure, if it had one; ``answer``: the downstream's (None
