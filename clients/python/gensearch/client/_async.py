@@ -749,6 +749,7 @@ class _ImportStream:
         on_quota_wait: QuotaWait | None,
     ) -> None:
         self._data = data
+        self._t = data._t
         self._objects = objects
         self._offset = offset
         self._batch_size = batch_size
@@ -770,15 +771,14 @@ class _ImportStream:
         self._reported = max(self._reported, self._position)
 
     async def run(self, timeout: Timeout) -> t.WriteResult:
-        transport = self._data._t
-        budget = seconds(transport.timeout if timeout is DEFAULT else timeout)
+        budget = seconds(self._t.timeout if timeout is DEFAULT else timeout)
         deadline = None if budget is None else time.monotonic() + budget
         while True:
             self._position = self._start
             left: Timeout = None if deadline is None else max(deadline - time.monotonic(), 0.0)
             try:
-                reply = await transport.client_stream(
-                    transport.retrieval.ImportObjects,
+                reply = await self._t.client_stream(
+                    self._t.retrieval.ImportObjects,
                     _batches(
                         self._data._c.name,
                         self._objects[self._start :],
