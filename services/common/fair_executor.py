@@ -59,6 +59,11 @@ class FairExecutor:
         result: T = await job.done
         return result
 
+    def queued(self, tenant: str) -> int:
+        """How many of ``tenant``'s calls wait for the thread (not counting one running)."""
+        queue = self._queues.get(tenant)
+        return sum(not job.done.done() for job in queue) if queue else 0
+
     async def drain(self) -> None:
         """Waits until every call queued or running has been answered (their failures are
         their callers'). A call whose caller went away may still be on the thread: what
