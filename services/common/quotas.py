@@ -280,38 +280,34 @@ class Quotas:
             raise
 
     async def charge_bytes_written(self, size: int, tenant: str) -> None:
-        """Counts the ``size`` bytes of one write of ``tenant``; raises QuotaExceeded,
-        none counted, when they do not fit in what is left of the minute. A write larger
-        than the whole quota never fits: refused without RetryInfo, saying so."""
-        limit = self.bytes_written_per_minute
-        if limit <= 0 or size <= 0:
-            return
-        if size > limit:
-            quota = self.BYTES_WRITTEN_PER_MINUTE
-            raise QuotaExceeded(
-                quota,
-                limit,
-                None,
-                f"quota {quota} ({limit}) is smaller than this write of {size} bytes, "
-                f"which can never fit: send at most {limit} bytes per request or message",
-            )
-        await self._charge(self.BYTES_WRITTEN_PER_MINUTE, limit, "write-bytes", size, tenant)
+        """Counts the ``size`` bytes of one write of ``tenant`` (``_charge_write``)."""
+        await self._charge_write(
+            self.BYTES_WRITTEN_PER_MINUTE, self.bytes_written_per_minute, "write-bytes",
+            size, "bytes", tenant,
+        )  # fmt: skip
 
     async def charge_objects_written(self, objects: int, tenant: str) -> None:
         """Counts the ``objects`` of one write (an UpsertObjects request, an ImportObjects
-        message) of ``tenant`` before it is forwarded; raises QuotaExceeded, none counted,
-        when they do not all fit in what is left of the minute. A write of more objects
-        than the whole quota never fits: refused without RetryInfo, saying so."""
-        limit = self.objects_written_per_minute
-        if limit <= 0 or objects <= 0:
+        message) of ``tenant`` before it is forwarded (``_charge_write``)."""
+        await self._charge_write(
+            self.OBJECTS_WRITTEN_PER_MINUTE, self.objects_written_per_minute, "writes",
+            objects, "objects", tenant,
+        )  # fmt: skip
+
+    async def _charge_write(
+        self, quota: str, limit: int, name: str, amount: int, unit: str, tenant: str
+    ) -> None:
+        """Counts ``amount`` (of ``unit``) against the write quota ``quota``; raises
+        QuotaExceeded, none counted, when it does not fit in what is left of the minute.
+        More than the whole quota never fits: refused without RetryInfo, saying so."""
+        if limit <= 0 or amount <= 0:
             return
-        if objects > limit:
-            quota = self.OBJECTS_WRITTEN_PER_MINUTE
+        if amount > limit:
             raise QuotaExceeded(
                 quota,
                 limit,
                 None,
-                f"quota {quota} ({limit}) is smaller than this write of {objects} objects, "
-                f"which can never fit: send at most {limit} objects per request or message",
+                f"quota {quota} ({limit}) is smaller than this write of {amount} {unit}, "
+                f"which can never fit: send at most {limit} {unit} per request or message",
             )
-        await self._charge(self.OBJECTS_WRITTEN_PER_MINUTE, limit, "writes", objects, tenant)
+        await self._charge(quota, limit, name, amount, tenant)
