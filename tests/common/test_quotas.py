@@ -17,6 +17,7 @@ from services.common.quotas import QuotaExceeded, Quotas
 from services.common.redis_client import RedisClient, connect
 from services.devlaunch.processes import free_port
 from services.devlaunch.redis_server import RedisProcess
+from tests.support.lost_cancel import LosesTheFirstCancel
 from tests.support.redis_cluster import LocalCluster
 
 
@@ -377,27 +378,15 @@ async def test_a_cluster_node_given_as_a_standalone_redis_is_named_as_a_setting(
 
 
 class _LosesACancelInARenewal(Quotas):
-    """Loses the first cancel that lands while a lease is renewed, as redis-py's
-    ``wait_for`` around each command can on Python 3.11 (services/common/tasks.py)."""
-
-    lost = False
-    renewals = 0
+    """Loses the first cancel that lands while a lease is renewed."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.renewing = asyncio.Event()
+        self.renewal = LosesTheFirstCancel()
 
     async def _run(self, script: Any, key: str, *args: Any) -> Any:
-        if script is not self._renew:
-            return await super()._run(script, key, *args)
-        self.renewals += 1
-        self.renewing.set()
-        try:
-            await asyncio.sleep(0.2)  # the reply on its way
-        except asyncio.CancelledError:
-            if self.lost:
-                raise
-            self.lost = True
+        if script is self._renew:
+            await self.renewal.reply()
         return await super()._run(script, key, *args)
 
 
@@ -413,10 +402,10 @@ async def test_a_renewal_whose_cancel_is_lost_stops_when_its_call_ends(
     try:
         _as_tenant("judy")
         async with quotas.admit("/x/Y", _Context(None)):  # type: ignore[arg-type]
-            await asyncio.wait_for(quotas.renewing.wait(), 10)
-        assert quotas.lost
-        renewals = quotas.renewals
+            await asyncio.wait_for(quotas.renewal.started.wait(), 10)
+        assert quotas.renewal.lost
+        renewals = quotas.renewal.calls
         await asyncio.sleep(1.0)  # ten periods of renewal
-        assert quotas.renewals == renewals
+        assert quotas.renewal.calls == renewals
     finally:
         await redis.aclose()

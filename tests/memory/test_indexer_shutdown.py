@@ -17,6 +17,7 @@ from services.memory.search_index import InteractionIndex
 from services.memory.store import MemoryStore
 from services.retrieval.edge_store import EdgeStore
 from tests.memory.conftest import Target
+from tests.support.lost_cancel import LosesTheFirstCancel
 
 BACKENDS = ("standalone",)
 
@@ -24,22 +25,12 @@ BACKENDS = ("standalone",)
 class _LosesTheFirstCancel(MemoryStore):
     """Loses the first cancel that lands while the outbox is read."""
 
-    lost = False
-    reads = 0
-
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.reading = asyncio.Event()
+        self.read = LosesTheFirstCancel()
 
     async def outbox_due(self, now_ms: int, count: int) -> list[str]:
-        self.reads += 1
-        self.reading.set()
-        try:
-            await asyncio.sleep(0.2)  # the reply on its way
-        except asyncio.CancelledError:
-            if self.lost:
-                raise
-            self.lost = True  # as wait_for loses it: the reply came in all the same
+        await self.read.reply()
         return await super().outbox_due(now_ms, count)
 
 
@@ -51,14 +42,14 @@ async def test_close_ends_the_retry_loop_whose_cancel_was_lost(
     indexer = Indexer(store, InteractionIndex(EdgeStore(tmp_path / "index"), None, "stop"), 0.01)
     indexer.start()
     try:
-        await asyncio.wait_for(store.reading.wait(), 10)
+        await asyncio.wait_for(store.read.started.wait(), 10)
         # Waited for without cancelling it: a timeout's cancel would reach the loop too.
         closing = asyncio.create_task(indexer.close())
         await asyncio.wait({closing}, timeout=10)
         assert closing.done(), "close() still waits for the retry loop"
-        assert store.lost  # the loop did lose a cancel ...
-        reads = store.reads
+        assert store.read.lost  # the loop did lose a cancel ...
+        reads = store.read.calls
         await asyncio.sleep(1.0)  # five of its periods
-        assert store.reads == reads  # ... and runs no more
+        assert store.read.calls == reads  # ... and runs no more
     finally:
         await redis.aclose()
