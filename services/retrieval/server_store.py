@@ -71,6 +71,12 @@ def _index_kind(info: models.PayloadIndexInfo) -> IndexKind | None:
     return _KINDS.get(info.data_type)
 
 
+def _server_indexes(info: models.CollectionInfo) -> dict[str, IndexKind | None]:
+    """The payload indexes a collection's info reports: key -> kind (None: one we never
+    make)."""
+    return {key: _index_kind(index) for key, index in (info.payload_schema or {}).items()}
+
+
 def to_qdrant_filter(node: f.Node | None) -> models.Filter | None:
     if node is None:
         return None
@@ -165,7 +171,7 @@ class ServerStore:
         in-process engine reports none)."""
         with _guard(name):
             info = await self.client.get_collection(name)
-        return {key: _index_kind(index) for key, index in (info.payload_schema or {}).items()}
+        return _server_indexes(info)
 
     async def _indexed(self, name: str) -> None:
         """Create the payload indexes collection ``name`` lacks (one made before indexes
@@ -177,8 +183,7 @@ class ServerStore:
             info = await self.client.get_collection(name)
         schema = (info.config.metadata or {}).get(SCHEMA_KEY)
         wanted = payload_indexes(schema) if isinstance(schema, dict) else {}
-        existing = {key: _index_kind(index) for key, index in (info.payload_schema or {}).items()}
-        lacking = missing(wanted, existing)
+        lacking = missing(wanted, _server_indexes(info))
         try:
             with _guard(name):
                 for key, kind in lacking.items():
