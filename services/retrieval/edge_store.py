@@ -18,19 +18,22 @@ the engine's WAL before ``update`` returns, so an acknowledged write survives ``
 WAL replay at start-up short.
 
 Every key the service filters on has a payload index (``payload_index.py``), created with
-the shard, or on open for a shard made before indexes existed: a filter is looked up, not
-checked against every point while that one thread, and every tenant's calls, wait.
+the shard, or after open (while the service answers) for a shard made before indexes
+existed: a filter is looked up, not checked against every point while that one thread,
+and every tenant's calls, wait.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -127,11 +130,19 @@ def shard_indexes(shard: qe.EdgeShard) -> dict[str, IndexKind | None]:
     return {key: _index_kind(info) for key, info in shard.info().payload_schema.items()}
 
 
-def create_indexes(shard: qe.EdgeShard, schema: dict[str, Any]) -> dict[str, IndexKind]:
+def create_indexes(
+    shard: qe.EdgeShard,
+    schema: dict[str, Any],
+    most: int | None = None,
+    skip: Collection[str] = (),
+) -> dict[str, IndexKind]:
     """Create the payload indexes ``schema``'s collection should have and lacks (all of them
-    for a new shard; those of collections made before indexes existed, on open); the ones
-    it created. Idempotent. An index over points already stored is built right here."""
-    created = missing(payload_indexes(schema), shard_indexes(shard))
+    for a new shard; those of collections made before indexes existed, after open), at most
+    ``most`` of them (None: all) and none of the keys ``skip``; the ones it created.
+    Idempotent. An index over points already stored is built right here."""
+    lacking = missing(payload_indexes(schema), shard_indexes(shard))
+    lacking = {key: kind for key, kind in lacking.items() if key not in skip}
+    created = dict(itertools.islice(lacking.items(), most))
     for key, kind in created.items():
         shard.update(qe.UpdateOperation.create_field_index(key, _INDEXES[kind]))
     return created
@@ -144,6 +155,8 @@ class EdgeStore:
         self._executor = FairExecutor(thread_name_prefix="qdrant-edge")
         self._shards: dict[str, qe.EdgeShard] = {}
         self._schemas: dict[str, dict[str, Any]] = {}
+        # Building the indexes collections lacked at open (_create_missing_indexes).
+        self._migration: asyncio.Task[None] | None = None
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await self._executor.run(fn, *args)
@@ -151,26 +164,33 @@ class EdgeStore:
     # -- lifecycle ----------------------------------------------------------------------
 
     async def open(self) -> None:
-        await self._run(self._open)
+        lacking = await self._run(self._open)
+        if lacking:
+            self._migration = asyncio.create_task(self._create_missing_indexes(lacking))
 
-    def _open(self) -> None:
-        self._dir.mkdir(parents=True, exist_ok=True)
-        for schema_file in sorted(self._dir.glob("*.json")):
-            name = schema_file.stem
-            schema = json.loads(schema_file.read_text(encoding="utf-8"))
-            shard = qe.EdgeShard.load(str(self._dir / name))
-            self._shards[name] = shard
-            self._schemas[name] = schema
-            # Collections made before payload indexes existed get them now, once. A failure
-            # leaves the collection served as before (filters read the payload), not down.
+    async def migrated(self) -> None:
+        """Waits until the indexes that collections lacked at open are built (operators'
+        tools, tests and benchmarks; the service never waits for them)."""
+        if self._migration is not None:
+            await asyncio.shield(self._migration)
+
+    async def _create_missing_indexes(self, names: list[str]) -> None:
+        """Collections made before payload indexes existed get them after open, while the
+        service answers: one index per turn on the engine's thread, so a call waits behind
+        at most one index build (~1.6 s per 100,000 objects), not all of them, and writes
+        never race a build (the thread runs one thing at a time; a point written after a
+        build is indexed by the engine). Until an index exists its filters read payloads,
+        with the same answers. A failure leaves the collection served that way, not down."""
+        for name in names:
             started = time.monotonic()
+            created: dict[str, IndexKind] = {}
             try:
-                created = create_indexes(shard, schema)
+                # Each key once, whatever the engine then reports: never a loop.
+                while made := await self._run(self._create_an_index, name, set(created)):
+                    created |= made
             except Exception:
                 log.exception("creating payload indexes failed", extra={"collection": name})
-                created = {}
             if created:
-                shard.flush()
                 log.info(
                     "payload indexes created",
                     extra={
@@ -179,6 +199,28 @@ class EdgeStore:
                         "seconds": round(time.monotonic() - started, 3),
                     },
                 )
+
+    def _create_an_index(self, name: str, tried: set[str]) -> dict[str, IndexKind]:
+        shard = self._shards.get(name)
+        if shard is None:
+            return {}  # deleted meanwhile (one created again since has its indexes)
+        made = create_indexes(shard, self._schemas[name], most=1, skip=tried)
+        if made:
+            shard.flush()
+        return made
+
+    def _open(self) -> list[str]:
+        """Opens every collection; the names of those that lack payload indexes."""
+        self._dir.mkdir(parents=True, exist_ok=True)
+        lacking = []
+        for schema_file in sorted(self._dir.glob("*.json")):
+            name = schema_file.stem
+            schema = json.loads(schema_file.read_text(encoding="utf-8"))
+            shard = qe.EdgeShard.load(str(self._dir / name))
+            self._shards[name] = shard
+            self._schemas[name] = schema
+            if missing(payload_indexes(schema), shard_indexes(shard)):
+                lacking.append(name)
         for entry in self._dir.iterdir():
             if entry.is_dir() and entry.name not in self._shards:
                 log.warning("removing a shard without schema", extra={"path": str(entry)})
@@ -186,10 +228,21 @@ class EdgeStore:
             elif entry.name.endswith(".json.tmp"):
                 entry.unlink()
         log.info(
-            "qdrant-edge opened", extra={"root": str(self.root), "collections": len(self._shards)}
+            "qdrant-edge opened",
+            extra={
+                "root": str(self.root),
+                "collections": len(self._shards),
+                "lacking_indexes": len(lacking),
+            },
         )
+        return lacking
 
     async def close(self) -> None:
+        if self._migration is not None:
+            # The rest are built at the next open; one being built finishes (drain).
+            self._migration.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._migration
         await self._executor.drain()  # every tenant's calls first: they need the shards
         await self._run(self._close)
         self._executor.shutdown(wait=True)

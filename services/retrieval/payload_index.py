@@ -7,7 +7,7 @@ the engine looks the condition up (and its query planner picks the cheaper side)
 
 What is indexed is read from the collection's stored schema, so the same function serves a
 new collection (``create_collection``) and one made before indexes existed (``EdgeStore``
-on open, ``ServerStore`` on first use):
+after open, ``ServerStore`` on first use):
 
 - a collection's properties (``schema.prepare_object`` lays the payload out,
   ``filters.py`` builds the conditions on it):

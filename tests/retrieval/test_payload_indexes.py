@@ -1,5 +1,5 @@
 """Payload indexes on every key the service filters on (``payload_index.py``), on both
-adapters: made with a collection, made on open for a collection made before them, and
+adapters: made with a collection, made after open for a collection made before them, and
 answering every filter exactly as the payload scan did.
 
 qdrant-edge is the real engine: its indexes are read back from the shard and the same
@@ -11,6 +11,7 @@ recorded by a client that forwards every call to that local engine unchanged.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import uuid
 from pathlib import Path
@@ -28,10 +29,11 @@ from services.retrieval import edge_store
 from services.retrieval.answer_cache import cache_store_name
 from services.retrieval.catalog import is_collection_schema
 from services.retrieval.edge_store import EdgeStore
+from services.retrieval.filters import build_filter
 from services.retrieval.payload_index import IndexKind, payload_indexes
 from services.retrieval.schema import Schema
 from services.retrieval.server_store import SCHEMA_KEY, ServerStore
-from services.retrieval.store import CollectionLayout
+from services.retrieval.store import CollectionLayout, StoredPoint
 from services.retrieval.tenancy import storage_name
 from tests.retrieval.conftest import (
     ALL,
@@ -216,7 +218,7 @@ async def test_edge_indexes_made_on_open_and_with_new_collections_answer_as_the_
     alike."""
     data = tmp_path / "data"
     old_name = storage_name(DEFAULT_TENANT, "Old")
-    monkeypatch.setattr(edge_store, "create_indexes", lambda shard, schema: {})
+    monkeypatch.setattr(edge_store, "create_indexes", lambda *args, **kwargs: {})
     old = await make_retrieval("edge", data_dir=data)
     await load(old, "Old")
     assert isinstance(old.store, EdgeStore)
@@ -227,6 +229,7 @@ async def test_edge_indexes_made_on_open_and_with_new_collections_answer_as_the_
 
     reopened = await make_retrieval("edge", data_dir=data)
     assert isinstance(reopened.store, EdgeStore)
+    await reopened.store.migrated()  # built after open (the next test)
     assert await reopened.store.indexes(old_name) == ARTICLE_INDEXES
     assert await answers(reopened.stub, "Old") == scanned
 
@@ -358,7 +361,7 @@ async def test_the_memory_index_has_its_owner_indexes(tmp_path: Path, engine: st
 async def test_an_old_memory_index_gets_its_indexes_on_open(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(edge_store, "create_indexes", lambda shard, schema: {})
+    monkeypatch.setattr(edge_store, "create_indexes", lambda *args, **kwargs: {})
     old = InteractionIndex(EdgeStore(tmp_path / "index"), None, "interactions")
     assert await old.count(Owner("acme", "alice")) == 0
     await old.close()
@@ -366,6 +369,52 @@ async def test_an_old_memory_index_gets_its_indexes_on_open(
     store = EdgeStore(tmp_path / "index")
     await store.open()
     try:
+        await store.migrated()
         assert set(await store.indexes("interactions")) == {"t", "u", "c", "i"}
+    finally:
+        await store.close()
+
+
+async def test_edge_builds_an_old_collections_indexes_after_open_returns(
+    make_retrieval: MakeRetrieval, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first start after an upgrade answers before the missing indexes are built (and
+    the health check with it): they are built afterwards, one at a time on the engine's
+    thread, so calls and writes take turns with them and never race them. Filters answer
+    as before meanwhile (by reading payloads), a point written meanwhile is indexed, and a
+    collection deleted meanwhile is skipped."""
+    data = tmp_path / "data"
+    name = storage_name(DEFAULT_TENANT, "Old")
+    gone = storage_name(DEFAULT_TENANT, "Gone")
+    monkeypatch.setattr(edge_store, "create_indexes", lambda *args, **kwargs: {})
+    old = await make_retrieval("edge", data_dir=data)
+    await load(old, "Old")
+    await old.stub.CreateCollection(
+        pb.CreateCollectionRequest(collection=vector_collection("Gone", DIMS))
+    )
+    scanned = [count for count, _ in await answers(old.stub, "Old")]
+    await old.stop()
+    monkeypatch.undo()
+
+    store = EdgeStore(data / "qdrant")
+    await store.open()
+    try:
+        # The first call after open runs before any index is built.
+        assert await store.indexes(name) == {}
+        types = Schema.from_json((await store.schema(name)) or {}).types
+        wheres = [build_filter(flt, types) for flt in FILTERS]
+        written = build_filter(cond("title", EQ, "written meanwhile"), types)
+        (first,) = await store.retrieve(name, [objects()[0].id], with_vector=True)
+        payload = {**first.payload, "p": {**first.payload["p"], "title": "written meanwhile"}}
+        meanwhile = await asyncio.gather(
+            *(store.count(name, where) for where in wheres),
+            store.upsert(name, [StoredPoint(str(uuid.uuid4()), payload, first.dense)]),
+            store.delete_collection(gone),
+        )
+        assert meanwhile[: len(wheres)] == scanned
+        await store.migrated()
+        assert await store.indexes(name) == ARTICLE_INDEXES
+        assert await store.count(name, written) == 1
+        assert await store.schema(gone) is None
     finally:
         await store.close()
