@@ -19,10 +19,13 @@ after open, ``ServerStore`` on first use):
   - date: ``ts.<name>``, float (its epoch-seconds copy, ranges).
 
   TEXT_MATCH is a full-text condition on the same ``p.<name>`` (and its NFKC copy
-  ``n.<name>``); Qdrant keeps one index per key, and a text property's keyword index
-  serves equality, the more common filter (and GetChunks' document lookup). TEXT_MATCH
-  stays a check of the payload, as before, of the points the rest of the filter leaves.
-  The engine gives the same answers either way (``tests/retrieval/test_payload_indexes.py``).
+  ``n.<name>``) and has no index: it stays a check of the payload, as before, of the
+  points the rest of the filter leaves. Qdrant keeps one index per key, so a full-text
+  index would replace the keyword index equality (and GetChunks' document lookup) is
+  looked up in, and on a text array it would pool the elements' words and change answers
+  (measured and pinned: ``tests/retrieval/test_text_match_index.py``; docs/retrieval.md).
+  The engine gives the same answers with our indexes and without
+  (``tests/retrieval/test_payload_indexes.py``).
   Ids are the engine's point ids, indexed by the engine itself; tenants have collections
   of their own (``tenancy.py``), so no tenant key exists to index.
 - the answer cache's hidden collections (``answer_cache.py``): ``k``, the context key every
