@@ -41,6 +41,7 @@ import qdrant_edge as qe
 
 from services.common.errors import AlreadyExists, NotFound
 from services.common.fair_executor import FairExecutor
+from services.common.tasks import cancel_and_wait
 from services.retrieval import filters as f
 from services.retrieval.payload_index import IndexKind, missing, payload_indexes
 from services.retrieval.store import (
@@ -240,9 +241,7 @@ class EdgeStore:
     async def close(self) -> None:
         if self._migration is not None:
             # The rest are built at the next open; one being built finishes (drain).
-            self._migration.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._migration
+            await cancel_and_wait(self._migration)
         await self._executor.drain()  # every tenant's calls first: they need the shards
         await self._run(self._close)
         self._executor.shutdown(wait=True)
