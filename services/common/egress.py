@@ -59,6 +59,11 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 EMBEDDING_KEY_HEADER = "x-embedding-api-key"
 # The caller's key for a /v1/rerank endpoint the caller named (Rerank.base_url).
 RERANK_KEY_HEADER = "x-rerank-api-key"
+# Beside a caller's key, the base URL the caller means it for: a key goes to a URL someone
+# else chose (a collection's vectorizer or default rerank block, set by its admin) only
+# when the caller names that URL here (services/retrieval/endpoints.py, caller_key_for).
+EMBEDDING_URL_HEADER = "x-embedding-base-url"
+RERANK_URL_HEADER = "x-rerank-base-url"
 # ErrorInfo reason of every refusal.
 URL_NOT_ALLOWED = "URL_NOT_ALLOWED"
 # ErrorInfo reason when an endpoint answers with a redirect, which no client follows.

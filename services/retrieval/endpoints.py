@@ -13,8 +13,15 @@ Two kinds of endpoint:
   here and again on every connection (``services.common.egress``). It gets no key of the
   operator's: only the key the caller sends with the request (``x-embedding-api-key``).
 
-Every refusal is PERMISSION_DENIED naming the field, with reason ``URL_NOT_ALLOWED`` or
-``KEY_NOT_ALLOWED``, and echoes at most a short prefix of what was refused.
+A caller's own key goes where that caller chose, or where the operator did: to the
+operator's endpoints, and to a caller's URL only when the caller names that URL beside the
+key (``x-embedding-base-url``; ``caller_key_for``). A collection's URL is chosen by whoever
+set its vectorizer (a tenant admin): without the caller's confirmation, another user's key
+sent with a search or an insert would go to a server that admin controls.
+
+Every refusal is PERMISSION_DENIED naming the field, with reason ``URL_NOT_ALLOWED``,
+``KEY_NOT_ALLOWED`` or ``KEY_DESTINATION_UNCONFIRMED``, and echoes at most a short prefix of
+what was refused.
 """
 
 from __future__ import annotations
@@ -31,12 +38,14 @@ from services.common.egress import (
     UrlRefused,
     canonical_url,
     echo,
+    echo_url,
     url_not_allowed,
 )
 from services.common.errors import PermissionDenied
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 KEY_NOT_ALLOWED = "KEY_NOT_ALLOWED"
+KEY_DESTINATION_UNCONFIRMED = "KEY_DESTINATION_UNCONFIRMED"
 ALLOWLIST_SETTING = "GENSEARCH_RETRIEVAL_ALLOWED_HOSTS"
 KEY_URLS_SETTING = "GENSEARCH_RETRIEVAL_EMBEDDING_KEY_URLS"
 OPENAI_BASE_URL = "https://api.openai.com/v1"
@@ -85,3 +94,41 @@ class EmbeddingPolicy:
                 reason=KEY_NOT_ALLOWED,
             )
         return Endpoint(base_url=vec.base_url, operator=operator, key_env=vec.api_key_env)
+
+
+def _same_url(a: str, b: str) -> bool:
+    try:
+        return canonical_url(a) == canonical_url(b)
+    except UrlRefused:
+        return False
+
+
+def caller_key_for(
+    key: str,
+    named: str,
+    base_url: str,
+    *,
+    where: str,
+    key_header: str,
+    url_header: str,
+    collection: str,
+) -> str:
+    """``key`` (the caller's, from ``key_header``) if it may go to ``base_url``, a caller's
+    URL set on collection ``collection`` (field ``where``) by whoever set it: only when the
+    caller named the same base URL in ``url_header`` (``named``). PERMISSION_DENIED naming
+    ``url_header`` otherwise, before anything is sent. No key: nothing to protect."""
+    if not key or _same_url(named, base_url):
+        return key
+    said = (
+        f"your {url_header} names another URL ({echo_url(named)})"
+        if named
+        else f"name it in the {url_header} metadata"
+    )
+    raise PermissionDenied(
+        f"{where}: collection {collection!r} sends to {echo_url(base_url)}, a URL its admin "
+        f"set, not one of the operator's; your {key_header} goes there only if you confirm "
+        f"that URL: {said} (exactly {where}, see GetCollection), or send no key",
+        field=url_header,
+        reason=KEY_DESTINATION_UNCONFIRMED,
+        metadata={"collection": collection, "base_url_field": where},
+    )

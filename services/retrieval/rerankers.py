@@ -9,7 +9,11 @@ Two kinds of reranker:
   key from the environment, reached without the allowlist, like the operator's embeddings
   endpoints), or a base URL the caller gave (``Rerank.base_url``): checked against the
   allowlist (``GENSEARCH_RETRIEVAL_ALLOWED_HOSTS``) and again on every connection, with only
-  the key the caller sent (``x-rerank-api-key``). The call goes through the official
+  the key the caller sent (``x-rerank-api-key``). A collection's default block
+  (``Collection.rerank``) is its admin's choice: a caller's key goes to its base URL only when
+  the caller names that URL in ``x-rerank-base-url`` (``endpoints.caller_key_for``); a
+  request's block naming the same URL counts as the default (the gateway copies the default
+  into the search it sends). The call goes through the official
   ``openai`` SDK's generic ``post`` (the SDK has no rerank method, but its transport, the
   egress-checked connector and its error types are the ones the embedders use), under the
   shared retry policy (``services.common.upstream_retry``) and within ``rerank_timeout``.
@@ -40,9 +44,11 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 
 from services.common.egress import (
     RERANK_KEY_HEADER,
+    RERANK_URL_HEADER,
     UPSTREAM_REDIRECT,
     EgressPolicy,
     UrlRefused,
+    canonical_url,
     header_value,
     is_redirect,
     refusal,
@@ -60,7 +66,7 @@ from services.common.openai_api import ATTEMPTS, OpenAIClients, authorized, upst
 from services.common.tracing import service_tracer
 from services.common.upstream_retry import Deadline, Retrier, RetryPolicy, is_transient, server_wait
 from services.retrieval.embedders import LocalEmbedder
-from services.retrieval.endpoints import ALLOWLIST_SETTING
+from services.retrieval.endpoints import ALLOWLIST_SETTING, caller_key_for
 from services.retrieval.schema import TEXT_TYPES, Schema
 from services.retrieval.settings import RetrievalSettings
 from services.retrieval.store import PROPS, FoundPoint
@@ -68,14 +74,23 @@ from services.retrieval.store import PROPS, FoundPoint
 MMR = "mmr"
 FIELD = "rerank"
 MAX_RERANK_QUERY = 16_384
-_caller_key: ContextVar[str] = ContextVar("gensearch_rerank_key", default="")
+# The caller's key and the base URL it names for it (x-rerank-base-url), per RPC.
+_caller_key: ContextVar[tuple[str, str]] = ContextVar("gensearch_rerank_key", default=("", ""))
 
 
 def use_caller_rerank_key(metadata: Iterable[tuple[str, str | bytes]] | None) -> None:
-    """Take the caller's ``x-rerank-api-key`` (if any) for a caller-named rerank endpoint."""
+    """Take the caller's ``x-rerank-api-key`` (if any) for a caller-named rerank endpoint,
+    and the ``x-rerank-base-url`` it names for it."""
     key = header_value(metadata, RERANK_KEY_HEADER)
     register_secret(key, transient=True)
-    _caller_key.set(key)
+    _caller_key.set((key, header_value(metadata, RERANK_URL_HEADER)))
+
+
+def _canonical(url: str) -> str:
+    try:
+        return canonical_url(url)
+    except UrlRefused:
+        return ""
 
 
 @dataclass(frozen=True)
@@ -176,7 +191,30 @@ class Rerankers:
             "query": query,
             "properties": properties,
         }
-        return RerankPlan(**common, **self._reranker(rerank, FIELD))
+        reranker = self._reranker(rerank, FIELD)
+        self._check_key_destination(reranker, schema)
+        return RerankPlan(**common, **reranker)
+
+    def _check_key_destination(self, reranker: dict[str, Any], schema: Schema) -> None:
+        """A caller's key goes to the collection's default base URL (its admin's choice,
+        here directly or copied by the gateway) only if the caller named it; refused before
+        anything is retrieved or sent."""
+        base_url = reranker.get("base_url", "")
+        default = schema.collection.rerank.base_url if schema.collection.HasField("rerank") else ""
+        if reranker.get("operator") or not base_url or not default:
+            return
+        if _canonical(base_url) != _canonical(default):
+            return
+        key, named = _caller_key.get()
+        caller_key_for(
+            key,
+            named,
+            base_url,
+            where=f"collection.{FIELD}.base_url",
+            key_header=RERANK_KEY_HEADER,
+            url_header=RERANK_URL_HEADER,
+            collection=schema.name,
+        )
 
     def check_default(self, collection: pb.Collection) -> None:
         """A new collection's default rerank: its provider exists and its base URL passes
@@ -318,7 +356,7 @@ class Rerankers:
     async def _remote(
         self, plan: RerankPlan, documents: list[str], keep: int, time_left: float | None
     ) -> list[tuple[int, float]]:
-        api_key = "" if plan.operator else _caller_key.get()
+        api_key = "" if plan.operator else _caller_key.get()[0]
         if plan.operator and plan.key_env:
             api_key = os.environ.get(plan.key_env, "")
             register_secret(api_key)

@@ -1,6 +1,6 @@
 """The caller's key for a collection's embeddings endpoint, through the gateway: it reaches
-the retrieval service (and so the collection's URL), and the keys meant for LLM providers
-never do."""
+the retrieval service (and so the collection's URL, which the caller names beside it), and
+the keys meant for LLM providers never do."""
 
 from __future__ import annotations
 
@@ -34,6 +34,9 @@ async def test_only_the_embedding_key_travels_to_the_embeddings_endpoint(stack: 
     metadata = (
         *ALICE,
         ("x-embedding-api-key", EMBEDDING_KEY),
+        # The URL the key is meant for: the gateway forwards it to retrieval, which sends
+        # the key to the collection's URL only when the two agree.
+        ("x-embedding-base-url", stack.fake.base_url),
         ("x-openai-api-key", LLM_KEY),
         ("x-fake-api-key", LLM_KEY),
     )

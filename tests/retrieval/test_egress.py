@@ -23,6 +23,12 @@ from tests.support.rpc import error_info
 OPERATOR_KEY = "sk-operator-secret-0123456789"
 CALLER_KEY = "sk-caller-own-key-9876543210"
 CALLER_KEY_HEADER = "x-embedding-api-key"
+URL_HEADER = "x-embedding-base-url"
+
+
+def own_key(url: str) -> tuple[tuple[str, str], ...]:
+    """The caller's key and the URL it names for it (test_key_destinations.py)."""
+    return ((CALLER_KEY_HEADER, CALLER_KEY), (URL_HEADER, url))
 
 
 @pytest.fixture
@@ -165,9 +171,9 @@ async def test_an_allowed_url_gets_only_the_key_its_caller_sent(
     )
     upsert = pb.UpsertObjectsRequest(collection="Stolen", objects=[obj({"title": "mine"})])
     await retrieval.stub.UpsertObjects(upsert)
-    await retrieval.stub.UpsertObjects(upsert, metadata=((CALLER_KEY_HEADER, CALLER_KEY),))
+    await retrieval.stub.UpsertObjects(upsert, metadata=own_key(attacker.base_url))
     search = pb.SearchRequest(collection="Stolen", near_text=pb.NearText(text="mine"))
-    hits = await retrieval.stub.Search(search, metadata=((CALLER_KEY_HEADER, CALLER_KEY),))
+    hits = await retrieval.stub.Search(search, metadata=own_key(attacker.base_url))
     assert hits.hits[0].properties["title"] == "mine"
     # No key at all without one from the caller; the caller's own key when sent.
     assert authorizations(attacker) == ["", f"Bearer {CALLER_KEY}", f"Bearer {CALLER_KEY}"]
@@ -237,7 +243,7 @@ async def test_a_name_that_resolves_to_loopback_is_refused_when_connecting(
     err = await expect_error(
         retrieval.stub.UpsertObjects(
             pb.UpsertObjectsRequest(collection="Stolen", objects=[obj({"title": "x"})]),
-            metadata=((CALLER_KEY_HEADER, CALLER_KEY),),
+            metadata=own_key(url),
         ),
         grpc.StatusCode.PERMISSION_DENIED,
         "collection.vectorizer.base_url",
@@ -400,7 +406,7 @@ async def test_a_redirect_is_not_followed_and_names_the_base_url(
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await retrieval.stub.UpsertObjects(
                 pb.UpsertObjectsRequest(collection="Stolen", objects=[obj({"title": "t"})]),
-                metadata=((CALLER_KEY_HEADER, CALLER_KEY),),
+                metadata=own_key(attacker.base_url),
             )
         assert elsewhere.requests == []
         assert len(attacker.requests) == 1  # not retried: it would redirect again

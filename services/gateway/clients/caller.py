@@ -2,7 +2,8 @@
 
 Every downstream call carries the caller's identity (user, tenant, role); generation calls
 also carry the caller's provider keys (``x-<provider>-api-key``) unchanged. Those keys are
-never logged nor stored.
+never logged nor stored. Retrieval calls also carry the base URLs the caller names for its
+embedding and rerank keys (``x-embedding-base-url``, ``x-rerank-base-url``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from services.common.auth import (
     current_identity,
     forwarded_identity,
 )
+from services.common.egress import EMBEDDING_URL_HEADER, RERANK_URL_HEADER
 
 Metadata = tuple[tuple[str, str], ...]
 
@@ -34,6 +36,8 @@ class Caller:
     who: Identity
     identity: Metadata
     provider_keys: Metadata = ()
+    # The base URLs the caller names for its embedding and rerank keys.
+    key_destinations: Metadata = ()
 
     @property
     def user(self) -> str:
@@ -58,7 +62,10 @@ def caller_from(
     else:
         identity = tuple((k, v) for k, v in headers if k == "authorization")
     keys = tuple((k, v) for k, v in headers if CALLER_KEY_HEADER.fullmatch(k) and k not in _OURS)
-    return Caller(who=who, identity=identity, provider_keys=keys)
+    destinations = tuple(
+        (k, v) for k, v in headers if k in (EMBEDDING_URL_HEADER, RERANK_URL_HEADER)
+    )
+    return Caller(who=who, identity=identity, provider_keys=keys, key_destinations=destinations)
 
 
 def caller_of(context: grpc.aio.ServicerContext, internal_token: str) -> Caller:

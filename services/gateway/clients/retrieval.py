@@ -19,13 +19,13 @@ class RetrievalClient(ServiceClient):
     def metadata(self, caller: Caller) -> Metadata:
         # The caller's own keys for a collection's embeddings endpoint and for a rerank
         # endpoint the caller named (never the keys meant for LLM providers: those go to
-        # the generation service only).
+        # the generation service only), with the base URLs the caller names for them.
         keys = tuple(
             (k, v)
             for k, v in caller.provider_keys
             if k in (EMBEDDING_KEY_HEADER, RERANK_KEY_HEADER)
         )
-        return caller.identity + keys
+        return caller.identity + keys + caller.key_destinations
 
     async def search(
         self, request: ret_pb.SearchRequest, caller: Caller, timeout: float | None

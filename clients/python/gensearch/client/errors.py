@@ -419,6 +419,14 @@ class UpstreamUnauthenticatedError(UnauthenticatedError):
     error_reason = "UPSTREAM_UNAUTHENTICATED"
 
 
+class KeyDestinationUnconfirmedError(PermissionDeniedError):
+    """Your ``x-embedding-api-key`` (``x-rerank-api-key``) would go to a URL the collection's
+    admin set: name that URL in ``x-embedding-base-url`` (``x-rerank-base-url``, the
+    ``field``) to send it there, or send no key."""
+
+    error_reason = "KEY_DESTINATION_UNCONFIRMED"
+
+
 class KeyNotAllowedError(PermissionDeniedError):
     error_reason = "KEY_NOT_ALLOWED"
 
