@@ -192,6 +192,11 @@ CONVERSATION_FIELDS = (
 )  # fmt: skip
 
 
+# update_conversation.lua and retention_step.lua answer a conversation row and then
+# whether a walk of its turns is still pending (b"1").
+_WALK_PENDING = len(CONVERSATION_FIELDS)
+
+
 @cache
 def lua_source(name: str) -> str:
     """The script ``lua/<name>.lua``, preceded by the helpers its first line asks for
@@ -311,6 +316,7 @@ class MemoryStore:
 
         self._create_conversation = script("create_conversation")
         self._update_conversation = script("update_conversation")
+        self._retention_step = script("retention_step")
         self._update_summary = script("update_summary")
         self._delete_conversation = script("delete_conversation")
         self._create_interaction = script("create_interaction")
@@ -337,7 +343,7 @@ class MemoryStore:
             self._create_interaction, self._get_interaction, self._list_interactions,
             self._list_conversations, self._get_interaction_traces, self._update_interaction,
             self._get_interactions, self._interactions_exist, self._check_storage,
-            self._stored_request,
+            self._stored_request, self._retention_step,
         ]  # fmt: skip
         for script in scripts:
             await _redis(self._redis.script_load(script.script))
@@ -460,6 +466,19 @@ class MemoryStore:
             raise conversation_not_found(cid)
         if row == -1:
             raise self._storage_full()
+        # A new ttl sets every turn's expiry in batches, one per script run, so Redis is
+        # never blocked for O(turns) (lua/retention.lua); the answer waits for the last.
+        # Each run walks at least one turn or ends the walk: bounded by the turn cap.
+        for _ in range(self._max_interactions + 2):
+            if row[_WALK_PENDING] != b"1":
+                break
+            row = await _redis(
+                self._retention_step(
+                    keys=[keys.conversation(tag, cid)], args=[owner.user, tag, cid]
+                )
+            )
+            if not row:
+                raise conversation_not_found(cid)
         return _conversation(cid, row)
 
     def _conversations_full(self) -> ResourceExhausted:

@@ -1,41 +1,115 @@
 -- Helper (after keys.lua and usage.lua): the sliding time to live. A conversation with
 -- ttl_ms > 0 expires at expire_time = last activity + ttl: its own keys get exactly that
 -- (PEXPIREAT, O(1) per turn). Its interactions' keys get a later time, renewed_until
--- (expire_time + ttl at the last renewal), and are renewed all at once only when
+-- (expire_time + ttl at the last renewal), and are renewed all together only when
 -- expire_time passes it, i.e. at most once per ttl of activity: a turn costs O(1), not
 -- O(turns). Nothing reads an interaction without its conversation hash (get_interaction
 -- checks it), so a turn is gone when its conversation expires; its key is freed at most
--- one ttl later.
--- Returns the expiry (ms) a new key of the conversation's interactions must get, or 0.
-local function renew(tag, cid, now)
-  local conv = tag .. ':conv:' .. cid
-  local h = redis.call('HMGET', conv, 'ttl_ms', 'renewed_until')
-  local ttl = tonumber(h[1] or '0') or 0
-  if ttl <= 0 then return 0 end
-  local expire = now + ttl
-  for _, key in ipairs(conversation_keys(tag, cid)) do redis.call('PEXPIREAT', key, expire) end
-  expires_at(tag, expire)
-  local renewed = tonumber(h[2] or '0') or 0
-  if expire > renewed then
-    renewed = expire + ttl
-    for _, iid in ipairs(redis.call('ZRANGE', conv .. ':ints', 0, -1)) do
-      for _, key in ipairs(interaction_keys(tag, iid)) do
-        redis.call('PEXPIREAT', key, renewed)
+-- one ttl later (two after an update to a shorter ttl).
+--
+-- Setting every turn's expiry (that renewal, or a ttl change: a longer one, none, or one
+-- much shorter) is a walk of RETENTION_BATCH turns per script run, so no run blocks Redis
+-- for O(turns): the walk's state is in the conversation hash (walk_after: the last turn
+-- id done, present while a walk is pending; walk_to: the expiry it sets, 0 for none;
+-- walk_floor: the earliest expiry a turn not yet walked may have, 0 for none), and each
+-- run of renew does one batch (retention_step.lua continues it: UpdateConversation runs
+-- it until done). Until the walk ends, the conversation's own keys expire no later than
+-- walk_floor, so no turn ever expires before its conversation: a ttl made longer or
+-- removed takes effect for the conversation once its turns hold it. Conversations stored
+-- before these fields have none: no walk pending, their turns at renewed_until.
+local RETENTION_BATCH = 500
+
+-- The earlier of two expiries (ms), 0 meaning never.
+local function earlier(a, b)
+  if a == 0 then return b end
+  if b == 0 then return a end
+  return math.min(a, b)
+end
+
+-- One batch of the pending walk (after: the last id done, '' for none). True once done.
+local function walk_step(tag, conv, after, target)
+  local from = '-'
+  if after ~= '' then from = '(' .. after end
+  local iids = redis.call('ZRANGEBYLEX', conv .. ':ints', from, '+', 'LIMIT', 0,
+                          RETENTION_BATCH)
+  for _, iid in ipairs(iids) do
+    for _, key in ipairs(interaction_keys(tag, iid)) do
+      if target == 0 then
+        redis.call('PERSIST', key)
+      else
+        redis.call('PEXPIREAT', key, target)
       end
     end
   end
-  redis.call('HSET', conv, 'expire_time', string.format('%d', expire),
-             'renewed_until', string.format('%d', renewed))
+  if #iids < RETENTION_BATCH then
+    redis.call('HDEL', conv, 'walk_after', 'walk_to', 'walk_floor')
+    return true
+  end
+  redis.call('HSET', conv, 'walk_after', iids[#iids])
+  return false
+end
+
+-- Activity at `now` (ms): the conversation's expiry and its turns'. Returns the expiry
+-- (ms) a new key of the conversation's interactions must get, or 0 for none.
+local function renew(tag, cid, now)
+  local conv = tag .. ':conv:' .. cid
+  local h = redis.call('HMGET', conv, 'ttl_ms', 'renewed_until', 'walk_after', 'walk_to',
+                       'walk_floor')
+  local ttl = tonumber(h[1] or '0') or 0
+  local renewed = tonumber(h[2] or '0') or 0
+  local after = h[3]
+  local target = tonumber(h[4] or '0') or 0
+  local floor = tonumber(h[5] or '0') or 0
+  if ttl <= 0 and renewed == 0 and not after then return 0 end
+  -- The turns' expiry in force (a pending walk's target is what new turns get).
+  local current = renewed
+  if after then current = target end
+  local expire, want = 0, 0
+  if ttl > 0 then
+    expire = now + ttl
+    want = current
+    -- Renewed once per ttl of activity; lowered when a much shorter ttl left the turns
+    -- more than two ttl after their conversation (not one: replicas' clocks may differ).
+    if current == 0 or expire > current or current > expire + 2 * ttl then
+      want = expire + ttl
+    end
+  end
+  if want ~= current then
+    -- A new walk (or a new target for a pending one, from its start): the turns not yet
+    -- walked keep what they have, at the earliest the floor.
+    if after then floor = earlier(floor, target) else floor = renewed end
+    after, target = '', want
+    redis.call('HSET', conv, 'walk_to', string.format('%d', target),
+               'walk_floor', string.format('%d', floor))
+  end
+  if after and walk_step(tag, conv, after, target) then
+    after = false
+    renewed = target
+  end
+  local until_ms = expire
+  if after then until_ms = earlier(expire, floor) end
+  for _, key in ipairs(conversation_keys(tag, cid)) do
+    if until_ms == 0 then
+      redis.call('PERSIST', key)
+    else
+      redis.call('PEXPIREAT', key, until_ms)
+    end
+  end
+  if until_ms > 0 then expires_at(tag, until_ms) end
+  -- renewed_until: every turn expires at it or later (0: some may never), also for a
+  -- replica running the code from before walks (it walks all turns when a conversation
+  -- outgrows it).
+  local least = renewed
+  if after then least = earlier(floor, target) end
+  redis.call('HSET', conv, 'expire_time', string.format('%d', until_ms),
+             'renewed_until', string.format('%d', least))
+  if after then return target end
   return renewed
 end
--- No time to live any more: every key of the conversation is kept.
-local function persist(tag, cid)
-  local conv = tag .. ':conv:' .. cid
-  for _, key in ipairs(conversation_keys(tag, cid)) do redis.call('PERSIST', key) end
-  for _, iid in ipairs(redis.call('ZRANGE', conv .. ':ints', 0, -1)) do
-    for _, key in ipairs(interaction_keys(tag, iid)) do redis.call('PERSIST', key) end
-  end
-  redis.call('HSET', conv, 'expire_time', 0, 'renewed_until', 0)
+-- Whether a walk of the conversation's turns is pending ('1') or not ('0').
+local function walk_pending(conv)
+  if redis.call('HEXISTS', conv, 'walk_after') == 1 then return '1' end
+  return '0'
 end
 -- The oldest turns beyond max_turns are evicted once the summary covers them (or at once
 -- when the conversation has no summary). If no summary covers them for `grace` more

@@ -2,8 +2,9 @@
 -- KEYS: conv, convs. ARGV: user, tag, cid, now_ms, eviction grace, max bytes (of the
 -- owner), then for name, ttl_ms, max_turns, summary_disabled a pair each: '1' and the
 -- value to set it, '0' and '' not to.
--- Returns the updated hash, nil when not found, or -1 when a longer name does not fit
--- the owner's bytes (nothing written). Counts as activity (renews the ttl).
+-- Returns the updated hash (store.CONVERSATION_FIELDS) and '1' when a walk of its turns is
+-- pending ('0' if not), nil when not found, or -1 when a longer name does not fit the
+-- owner's bytes (nothing written). Counts as activity (renews the ttl).
 local h = redis.call('HMGET', KEYS[1], 'user', 'update_time')
 if h[1] ~= ARGV[1] then return false end
 local tag, cid, now = ARGV[2], ARGV[3], tonumber(ARGV[4])
@@ -15,16 +16,13 @@ if not charge(tag, cid, grow, tonumber(ARGV[6])) then return -1 end
 if ARGV[7] == '1' then redis.call('HSET', KEYS[1], 'name', ARGV[8]) end
 if ARGV[11] == '1' then redis.call('HSET', KEYS[1], 'max_turns', ARGV[12]) end
 if ARGV[13] == '1' then redis.call('HSET', KEYS[1], 'summary_disabled', ARGV[14]) end
-if ARGV[9] == '1' then
-  redis.call('HSET', KEYS[1], 'ttl_ms', ARGV[10])
-  if tonumber(ARGV[10]) == 0 then
-    persist(tag, cid)
-  else
-    -- A new ttl may be shorter: every interaction key is set again by renew.
-    redis.call('HSET', KEYS[1], 'renewed_until', 0)
-  end
-end
+-- A new ttl (longer, shorter or none): renew below starts the walk that sets every
+-- turn's expiry, one batch per run (retention.lua); the caller runs retention_step.lua
+-- until it is done.
+if ARGV[9] == '1' then redis.call('HSET', KEYS[1], 'ttl_ms', ARGV[10]) end
 touch(KEYS[1], KEYS[2], cid, ARGV[4], h[2])
 evict(tag, cid, tonumber(ARGV[5]))
 renew(tag, cid, now)
-return conversation(KEYS[1])
+local row = conversation(KEYS[1])
+table.insert(row, walk_pending(KEYS[1]))
+return row
