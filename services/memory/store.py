@@ -466,20 +466,31 @@ class MemoryStore:
             raise conversation_not_found(cid)
         if row == -1:
             raise self._storage_full()
-        # A new ttl sets every turn's expiry in batches, one per script run, so Redis is
-        # never blocked for O(turns) (lua/retention.lua); the answer waits for the last.
-        # Each run walks at least one turn or ends the walk: bounded by the turn cap.
+        # A new ttl sets every turn's expiry in batches (lua/retention.lua): the answer
+        # waits for the last.
+        if row[_WALK_PENDING] == b"1":
+            row = await self._finish_walk(owner, tag, cid)
+            if not row:
+                raise conversation_not_found(cid)
+        return _conversation(cid, row)
+
+    async def _finish_walk(self, owner: Owner, tag: str, cid: str) -> Any:
+        """Runs the pending walk of a conversation's turns' expiry to its end, one batch per
+        script run so Redis is never blocked for O(turns) (lua/retention.lua); returns the
+        last run's answer (a conversation row, or None when the conversation is gone).
+        Until the end, the conversation expires no later than its unwalked turns: cut
+        short (a lost connection), it is safe and finished by the next turn or update.
+        Each run walks at least one turn or ends the walk: bounded by the turn cap."""
+        row: Any = None
         for _ in range(self._max_interactions + 2):
-            if row[_WALK_PENDING] != b"1":
-                break
             row = await _redis(
                 self._retention_step(
                     keys=[keys.conversation(tag, cid)], args=[owner.user, tag, cid]
                 )
             )
-            if not row:
-                raise conversation_not_found(cid)
-        return _conversation(cid, row)
+            if not row or row[_WALK_PENDING] != b"1":
+                break
+        return row
 
     def _conversations_full(self) -> ResourceExhausted:
         return ResourceExhausted(
@@ -637,6 +648,11 @@ class MemoryStore:
             raise self._storage_full()
         if status == 4:
             raise self._conversation_full(cid)
+        if out[1] == b"1":
+            # This turn's renewal started a walk of every turn's expiry (once per ttl of
+            # activity): finished before the turn is acknowledged, so the conversation
+            # gets its full sliding ttl.
+            await self._finish_walk(owner, tag, cid)
         return interaction
 
     async def get_interaction(self, owner: Owner, iid: str) -> pb.Interaction:

@@ -24,6 +24,7 @@ from tests.memory.conftest import ALICE, Memory, MemoryFactory
 OWNER = Owner("default", "alice")
 BATCH = 500  # RETENTION_BATCH in services/memory/lua/retention.lua
 TURNS = 2 * BATCH + 100  # three batches
+HOUR_MS = 3_600_000
 
 
 async def _conversation_with_turns(memory: Memory, turns: int, ttl_s: int = 0) -> str:
@@ -125,3 +126,27 @@ async def test_every_turn_follows_each_ttl_change_and_none_is_lost(memory: Memor
     )
     assert listed.conversation.interaction_count == TURNS
     assert len(await _turn_keys(memory, cid)) == TURNS
+
+
+async def test_a_turn_that_renews_every_turns_expiry_gets_its_full_ttl(memory: Memory) -> None:
+    """Once per ttl of activity a turn renews every turn's expiry (retention.lua): a walk
+    of several batches, finished before the turn is acknowledged. Left to later activity,
+    the conversation would expire at its turns' old expiry, before its sliding ttl."""
+    cid = await _conversation_with_turns(memory, TURNS, ttl_s=3600)
+    tag = MemoryStore(memory.redis, key_prefix=memory.settings.key_prefix).tag(OWNER)
+    conversation = keys.conversation(tag, cid)
+    # As if the turns were last renewed a ttl ago (their keys expire later: harmless):
+    # the next turn's expire_time passes renewed_until, which starts the walk.
+    soon = int(await memory.redis.hget(conversation, "expire_time")) - HOUR_MS + 60_000
+    await memory.redis.hset(conversation, "renewed_until", soon)
+    await memory.stub.CreateInteraction(
+        pb.CreateInteractionRequest(conversation_id=cid, input="renews"), metadata=ALICE
+    )
+    got = await memory.stub.GetConversation(
+        pb.GetConversationRequest(conversation_id=cid), metadata=ALICE
+    )
+    expire = got.conversation.expire_time.ToMilliseconds()
+    assert expire == got.conversation.update_time.ToMilliseconds() + HOUR_MS
+    assert not await memory.redis.hexists(conversation, "walk_after")
+    held, turns = await _expiries(memory, cid)
+    assert held == expire and len(turns) == 1 and min(turns) == expire + HOUR_MS

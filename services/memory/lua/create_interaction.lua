@@ -4,7 +4,8 @@
 -- serialized traces ('' when none: a field of the interaction's hash, so they share its
 -- slot, its expiry and its deletion),
 -- eviction grace (turns), max bytes (of the owner), max turns per conversation.
--- Returns {0} not found, {1} created, {2, cid, data} already created by this request_id,
+-- Returns {0} not found, {1, walk} created (walk: '1' while a walk of the turns' expiry
+-- is pending, retention.lua: the caller runs retention_step.lua until done), {2, cid, data} already created by this request_id,
 -- {3} the turn does not fit the owner's bytes, {4} the conversation holds the most turns
 -- allowed (nothing written for either).
 local h = redis.call('HMGET', KEYS[1], 'user', 'update_time', 'interaction_count')
@@ -42,4 +43,4 @@ if renewed > 0 then
     redis.call('PEXPIREAT', key, renewed)
   end
 end
-return {1}
+return {1, walk_pending(KEYS[1])}
