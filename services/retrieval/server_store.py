@@ -273,6 +273,10 @@ class ServerStore:
         return len(existing)
 
     async def delete_matching(self, name: str, where: f.Node) -> int:
+        # One filter operation (FilterSelector): whatever matches when Qdrant applies it,
+        # with no window between reading ids and deleting them. Qdrant's delete answers
+        # no count, so the count is an exact one taken just before: a concurrent writer
+        # between the two can make it differ (docs/retrieval.md, "Deleting").
         selector = to_qdrant_filter(where)
         assert selector is not None
         await self._indexed(name)
