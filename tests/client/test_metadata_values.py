@@ -40,3 +40,20 @@ async def test_printable_keys_still_go_as_metadata() -> None:
             ("x-openai-api-key", "sk-x"),
             ("x-my_llm-api-key", "k"),
         )
+
+
+async def test_key_urls_go_as_the_headers_retrieval_reads() -> None:
+    """The URL a caller's embedding / rerank key is meant for (docs/retrieval.md): without
+    it, retrieval refuses to send the key to a URL a collection's admin set."""
+    async with AsyncGensearch(
+        "127.0.0.1:1",
+        llm_keys={"embedding": "sk-e"},
+        key_urls={"rerank": "https://r.example/v1", "embedding": "https://e.example/v1"},
+    ) as client:
+        assert client._t.metadata == (
+            ("x-embedding-api-key", "sk-e"),
+            ("x-embedding-base-url", "https://e.example/v1"),
+            ("x-rerank-base-url", "https://r.example/v1"),
+        )
+    with pytest.raises(ValueError, match="key_urls: 'openai' must be 'embedding' or 'rerank'"):
+        AsyncGensearch("127.0.0.1:1", key_urls={"openai": "https://x.example"})

@@ -112,7 +112,9 @@ class AsyncGensearch:
 
     ``timeout``: the default deadline of every call (per-call ``timeout=`` wins); ``retry``:
     gRPC retries of idempotent reads (``None`` turns them off); ``llm_keys``: provider keys
-    sent as ``x-<provider>-api-key``; ``credentials``: TLS (default plaintext).
+    sent as ``x-<provider>-api-key``; ``key_urls``: the base URL your ``embedding`` /
+    ``rerank`` key is meant for (``x-embedding-base-url``, ``x-rerank-base-url``: needed
+    to send it to a URL a collection's admin set); ``credentials``: TLS (default plaintext).
     """
 
     def __init__(
@@ -121,6 +123,7 @@ class AsyncGensearch:
         *,
         api_key: str | None = None,
         llm_keys: Mapping[str, str] | None = None,
+        key_urls: Mapping[str, str] | None = None,
         timeout: Timeout = 60.0,
         retry: RetryPolicy | None = RetryPolicy(),
         credentials: grpc.ChannelCredentials | None = None,
@@ -130,6 +133,7 @@ class AsyncGensearch:
             address,
             api_key=api_key,
             llm_keys=llm_keys,
+            key_urls=key_urls,
             timeout=timeout,
             retry=retry,
             credentials=credentials,

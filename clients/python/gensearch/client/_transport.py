@@ -111,6 +111,9 @@ class RetryPolicy:
         return json.dumps({"methodConfig": [{"name": names, "retryPolicy": policy}]})
 
 
+_KEY_URL_KINDS = ("embedding", "rerank")
+
+
 class Transport:
     def __init__(
         self,
@@ -118,6 +121,7 @@ class Transport:
         *,
         api_key: str | None = None,
         llm_keys: Mapping[str, str] | None = None,
+        key_urls: Mapping[str, str] | None = None,
         timeout: Timeout = 60.0,
         retry: RetryPolicy | None = RetryPolicy(),
         credentials: grpc.ChannelCredentials | None = None,
@@ -134,6 +138,12 @@ class Transport:
                 raise ValueError(f"llm_keys: {provider!r} is no provider name (e.g. 'openai')")
             value = _metadata_value(provider_key, f"llm_keys[{provider!r}]")
             pairs.append((f"x-{provider.lower()}-api-key", value))
+        for kind, url in sorted((key_urls or {}).items()):
+            # The URL a caller's embedding / rerank key is meant for: retrieval sends the key
+            # to a URL a collection's admin set only when the two agree.
+            if kind not in _KEY_URL_KINDS:
+                raise ValueError(f"key_urls: {kind!r} must be 'embedding' or 'rerank'")
+            pairs.append((f"x-{kind}-base-url", _metadata_value(url, f"key_urls[{kind!r}]")))
         self.metadata = tuple(pairs)
         self.timeout = seconds(timeout)
         opts: list[tuple[str, Any]] = [
