@@ -492,3 +492,32 @@ def test_merge_joins_texts_without_their_overlap() -> None:
         ]
     )
     assert merged == {"doc_id": "a", "chunk_index": 1, "text": "the quick brown fox jumps"}
+
+
+async def test_a_collections_default_rerank_url_gets_a_callers_key_only_when_named(
+    stack: Stack,
+) -> None:
+    """The default rerank URL is the collection admin's choice: through the gateway (which
+    copies the default into its search, or asks retrieval to apply it), a caller's
+    x-rerank-api-key goes there only with x-rerank-base-url naming it."""
+    await create_ranked(stack)
+    request = ask(stack)
+    request.ClearField("rerank")
+    request.collection = "Ranked"
+    with_key = (*ALICE, ("x-rerank-api-key", "sk-alice-rerank-0123456789"))
+    searched = generative(stack)
+    searched.collection = "Ranked"
+    searched.ClearField("rerank")
+    searched.hybrid.CopyFrom(ret_pb.Hybrid(text="a future village", vector=vector(0)))
+    for call in (
+        stack.stub.Ask(request, metadata=with_key),
+        stack.stub.GenerativeSearch(searched, metadata=with_key),
+    ):
+        err = await expect(call, grpc.StatusCode.PERMISSION_DENIED, "x-rerank-base-url")
+        assert error_info(err).reason == "KEY_DESTINATION_UNCONFIRMED"
+    assert stack.fake.rerank_requests == []
+    confirmed = (*with_key, ("x-rerank-base-url", stack.fake.base_url))
+    response = await stack.stub.Ask(request, metadata=confirmed)
+    assert titles(response.hits) == ["Emma", "Neuromancer"]
+    [sent] = stack.fake.rerank_requests
+    assert sent.headers["Authorization"] == "Bearer sk-alice-rerank-0123456789"
