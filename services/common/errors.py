@@ -15,8 +15,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import grpc
+from gensearch.retrieval.v1 import retrieval_service_pb2 as retrieval_pb
 from google.protobuf import any_pb2
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -28,6 +29,10 @@ DOMAIN = "gensearch"
 MAX_MESSAGE_CHARS = 1024
 MAX_METADATA_CHARS = 256
 QUOTE_CHARS = 64
+# Serialized size of the ImportObjectsResponse detail a failed import stream carries (its
+# rejected objects with their reasons): base64 in the same trailer as the message and the
+# ErrorInfo, it must leave them room under the 8 KiB above which gRPC may refuse headers.
+MAX_IMPORT_DETAIL_BYTES = 2048
 
 # ErrorInfo metadata of a failed generation call, counts written as decimal strings: every
 # request it sent upstream (the generation service sets it, ``generation.fallback.Calls``;
@@ -76,6 +81,8 @@ class ServiceError(Exception):
         self.metadata = dict(metadata or {})
         if field:
             self.metadata.setdefault("field", field)
+        # Further details after ErrorInfo (and BadRequest): an import's partial answer.
+        self.details: list[Message] = []
 
     def to_status(self) -> grpc.Status:
         return rpc_status.to_status(self.to_proto())
@@ -95,6 +102,7 @@ class ServiceError(Exception):
                 ]
             )
             details.append(_pack(bad))
+        details.extend(_pack(detail) for detail in self.details)
         return status_pb2.Status(code=self.code.value[0], message=message, details=details)
 
 
@@ -226,12 +234,14 @@ def from_rpc_error(error: grpc.aio.AioRpcError, service: str = "") -> ServiceErr
                 if info.domain != DOMAIN:
                     break  # not one of ours: its text is no more ours to relay
                 metadata = dict(info.metadata)
-                return cls(
+                rebuilt = cls(
                     error.details() or code.name,
                     field=metadata.get("field"),
                     reason=info.reason,
                     metadata=metadata,
                 )
+                rebuilt.details = _import_details(status)
+                return rebuilt
     what = f"the {service} service" if service else "a downstream service"
     named = {"service": service} if service else {}
     bare = _BARE_STATUS.get(code)
@@ -301,21 +311,56 @@ def note_imported(
     message_no: int,
     received: int,
     imported: int,
-    rejected: Sequence[int] = (),
+    rejected: Sequence[retrieval_pb.ObjectError] = (),
 ) -> None:
     """An import stream's failure says what earlier messages stored (ErrorInfo metadata
     ``received_count`` and ``imported_count``, and the message), so a client knows where to
     resume: retrieval for a failure of its own, the gateway for one of the stream it relays.
-    ``rejected``: the stream positions of the objects earlier messages did not store (their
-    ObjectErrors die with the answer), as ``rejected_indexes`` — without them a client
-    knew how many objects were lost, not which. It may hold only the first of them
-    (retrieval lists at most max_import_errors); the value then ends ``",…"``."""
+    ``rejected``: the ObjectErrors of the objects earlier messages did not store (retrieval
+    lists at most max_import_errors), which would die with the answer: their stream
+    positions as ``rejected_indexes`` (ending ``",…"`` when not all are listed), and
+    the errors themselves, reasons and all, as an ``ImportObjectsResponse`` detail, as
+    many as fit MAX_IMPORT_DETAIL_BYTES (``errors_truncated`` when not all). Before, a
+    client knew which objects were lost, not why."""
     err.metadata.update({"received_count": str(received), "imported_count": str(imported)})
     if rejected:
         err.metadata["rejected_indexes"] = _index_list(
-            rejected, more=len(rejected) < received - imported
+            [e.index for e in rejected], more=len(rejected) < received - imported
         )
+        err.details.append(_import_detail(received, imported, rejected))
     err.message += f" (message {message_no}; {imported} objects imported before it)"
+
+
+def _import_detail(
+    received: int, imported: int, rejected: Sequence[retrieval_pb.ObjectError]
+) -> retrieval_pb.ImportObjectsResponse:
+    detail = retrieval_pb.ImportObjectsResponse(received_count=received, imported_count=imported)
+    size = detail.ByteSize()
+    for error in rejected:
+        capped = retrieval_pb.ObjectError(
+            index=error.index,
+            id=_cut(error.id, MAX_METADATA_CHARS),
+            field=_cut(error.field, MAX_METADATA_CHARS),
+            message=_cut(error.message, MAX_METADATA_CHARS),
+        )
+        size += capped.ByteSize() + 3  # the field's tag and length
+        if size > MAX_IMPORT_DETAIL_BYTES:
+            break
+        detail.errors.append(capped)
+    detail.errors_truncated = len(detail.errors) < received - imported
+    return detail
+
+
+def _import_details(status: status_pb2.Status) -> list[Message]:
+    """A downstream status's ImportObjectsResponse detail (retrieval's failed import
+    stream), kept when the gateway passes the failure on."""
+    found: list[Message] = []
+    for detail in status.details:
+        if detail.Is(retrieval_pb.ImportObjectsResponse.DESCRIPTOR):
+            answer = retrieval_pb.ImportObjectsResponse()
+            detail.Unpack(answer)
+            found.append(answer)
+    return found
 
 
 def _index_list(indexes: Sequence[int], more: bool) -> str:

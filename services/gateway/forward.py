@@ -159,7 +159,7 @@ def _imported(err: ServiceError, answer: Any, relayed: int) -> None:
         return
     received = answer.received_count if answer is not None else 0
     imported = answer.imported_count if answer is not None else 0
-    rejected = [e.index for e in answer.errors] if answer is not None else []
+    rejected = list(answer.errors) if answer is not None else []
     note_imported(err, relayed, received, imported, rejected)
 
 

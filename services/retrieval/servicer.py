@@ -157,7 +157,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
             # stream itself raises too (a message too large or that protobuf cannot parse,
             # request_parse.py; none arriving within stream_idle_timeout, the chassis),
             # hence the whole loop in here.
-            note_imported(err, message_no, received, imported, [e.index for e in errors])
+            note_imported(err, message_no, received, imported, errors)
             raise
         if schema is None:
             raise InvalidArgument("the stream carried no message", field="collection")

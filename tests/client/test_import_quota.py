@@ -90,11 +90,11 @@ async def test_an_import_waits_out_the_write_quota_and_writes_each_object_once(
     # before the quota stopped it, or after the wait) carried it.
     assert sorted(e.index for e in result.errors) == sorted(BAD)
     assert not result.errors_truncated
-    # Those received before the quota stopped their stream came back as positions only
-    # (rejected_indexes): object 2, in the first stream's first message, is one of them.
-    lost = "write this object alone to see why"
-    assert all(e.field == "properties.n" or lost in e.message for e in result.errors)
-    assert any(e.index == 2 and lost in e.message for e in result.errors)
+    # With its reason, wherever it was rejected: object 2, in the first stream's first
+    # message, was received before the quota stopped that stream, and came back in the
+    # quota's error, not in an answer.
+    assert all(e.field == "properties.n" and "n" in e.message for e in result.errors)
+    assert not any("write this object alone" in e.message for e in result.errors)
 
 
 async def test_the_import_raises_when_waiting_cannot_help_or_is_not_wanted(
@@ -125,17 +125,20 @@ async def test_the_import_raises_when_waiting_cannot_help_or_is_not_wanted(
         pytest.raises(errors.QuotaExceededError) as caught,
     ):
         blocking.collections.get(name).data.import_(
-            _objects(15), batch_size=5, wait_for_quota=False, on_quota_wait=waited
+            _objects(15, {3}), batch_size=5, wait_for_quota=False, on_quota_wait=waited
         )
     assert caught.value.retry_delay is not None and not waits
-    assert caught.value.metadata["imported_count"] == "10"
-    assert await client.collections.get(name).count() == 10
+    assert caught.value.metadata["imported_count"] == "9"
+    # The object rejected before the stop, with its reason, as an import's answer says it.
+    [rejected] = caught.value.object_errors
+    assert (rejected.index, rejected.field) == (3, "properties.n") and rejected.message
+    assert await client.collections.get(name).count() == 9
 
     # The window is used up: a wait longer than the call's timeout is not begun.
     with pytest.raises(errors.QuotaExceededError):
         await data.import_(_objects(5), batch_size=5, timeout=1.0, on_quota_wait=waited)
     assert not waits
-    assert await client.collections.get(name).count() == 10
+    assert await client.collections.get(name).count() == 9
 
 
 async def test_an_import_waits_out_the_bytes_quota_too(

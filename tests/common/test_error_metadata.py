@@ -3,7 +3,19 @@
 
 from __future__ import annotations
 
-from services.common.errors import ATTEMPTS, UPSTREAM_CALLS, metadata_count, upstream_calls
+import base64
+
+from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
+
+from services.common.errors import (
+    ATTEMPTS,
+    MAX_IMPORT_DETAIL_BYTES,
+    UPSTREAM_CALLS,
+    metadata_count,
+    note_imported,
+    upstream_calls,
+)
+from services.common.quotas import QuotaExceeded
 
 
 def test_a_count_is_read_only_when_it_is_one() -> None:
@@ -19,3 +31,32 @@ def test_upstream_calls_are_zero_when_the_error_does_not_say() -> None:
     assert upstream_calls({UPSTREAM_CALLS: "4"}) == 4
     assert upstream_calls({UPSTREAM_CALLS: "four"}) == 0
     assert upstream_calls({}) == 0
+
+
+def test_a_failed_imports_rejections_travel_with_their_reasons_within_a_bound() -> None:
+    # 400 rejections with long messages: the ImportObjectsResponse detail lists the first
+    # that fit MAX_IMPORT_DETAIL_BYTES, in order and with their reasons, says it is cut,
+    # and the whole status stays far below gRPC's 8 KiB header limit.
+    rejected = [
+        ret_pb.ObjectError(index=i * 2, id=f"id-{i}", field="properties.n", message="x" * 900)
+        for i in range(400)
+    ]
+    err = QuotaExceeded("objects_written_per_minute", 10, 1.0)
+    note_imported(err, 3, received=800, imported=400, rejected=rejected)
+    status = err.to_proto()
+    [detail] = [d for d in status.details if d.Is(ret_pb.ImportObjectsResponse.DESCRIPTOR)]
+    answer = ret_pb.ImportObjectsResponse()
+    detail.Unpack(answer)
+    assert (answer.received_count, answer.imported_count) == (800, 400)
+    assert 0 < len(answer.errors) < 400 and answer.errors_truncated
+    assert [e.index for e in answer.errors] == [i * 2 for i in range(len(answer.errors))]
+    assert all(e.field == "properties.n" and e.message.startswith("xxx") for e in answer.errors)
+    assert answer.ByteSize() <= MAX_IMPORT_DETAIL_BYTES
+    assert len(base64.b64encode(status.SerializeToString())) < 6 * 1024
+
+    # A few short ones all fit, and the detail says none is missing.
+    err = QuotaExceeded("objects_written_per_minute", 10, 1.0)
+    note_imported(err, 1, received=5, imported=3, rejected=rejected[:2])
+    [detail] = [d for d in err.to_proto().details if d.Is(ret_pb.ImportObjectsResponse.DESCRIPTOR)]
+    detail.Unpack(answer := ret_pb.ImportObjectsResponse())
+    assert [e.id for e in answer.errors] == ["id-0", "id-1"] and not answer.errors_truncated

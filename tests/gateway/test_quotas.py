@@ -28,7 +28,7 @@ from services.common.server import GrpcServer
 from services.devlaunch.redis_server import RedisProcess
 from services.gateway.__main__ import build_server as build_gateway
 from tests.gateway.conftest import ALICE, BOB, DIM, Stack, StackFactory, create_books, vector
-from tests.support.rpc import error_info, retry_delay
+from tests.support.rpc import error_info, import_answer, retry_delay
 
 
 def _search(**generate: Any) -> gw_pb.GenerativeSearchRequest:
@@ -307,6 +307,30 @@ async def test_an_import_stops_at_the_message_over_the_objects_quota(writes: Rep
     # The refused message was not counted: one more object fits, on either replica.
     await writes.b_retrieval.UpsertObjects(_upsert(1, 20), metadata=ALICE, timeout=5)
     assert await _count(writes.b_retrieval, ALICE) == 7
+
+
+async def test_an_import_stopped_at_the_quota_says_why_earlier_objects_were_rejected(
+    writes: Replicas,
+) -> None:
+    first, second = _objects(3), _objects(3, 3)
+    first[1].vector[:] = [1.0]  # wrong dimensions: rejected by retrieval, stream position 1
+    second[2].vector[:] = [1.0]  # and 5
+    messages = [
+        ret_pb.ImportObjectsRequest(collection="Books", objects=first),
+        ret_pb.ImportObjectsRequest(objects=second),
+        ret_pb.ImportObjectsRequest(objects=_objects(3, 6)),  # 9 > 7: refused
+    ]
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await writes.stack.retrieval.ImportObjects(_stream(messages), metadata=ALICE, timeout=10)
+    metadata = _assert_over_objects_quota(caught.value, 7)
+    assert (metadata["received_count"], metadata["imported_count"]) == ("6", "4")
+    assert metadata["rejected_indexes"] == "1,5"
+    # Each rejected object's error, as a finished import's answer would list it: the
+    # answer retrieval gave the gateway, as an ImportObjectsResponse detail.
+    answer = import_answer(caught.value)
+    assert (answer.received_count, answer.imported_count) == (6, 4)
+    assert [(e.index, e.field) for e in answer.errors] == [(1, "vector"), (5, "vector")]
+    assert all(e.message for e in answer.errors) and not answer.errors_truncated
 
 
 async def test_the_objects_quota_is_per_tenant_and_shared_by_replicas(writes: Replicas) -> None:

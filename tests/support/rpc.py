@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
+from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
@@ -38,6 +39,12 @@ def retry_delay(err: grpc.aio.AioRpcError) -> float:
     info = _detail(err, error_details_pb2.RetryInfo)
     assert isinstance(info, error_details_pb2.RetryInfo)
     return info.retry_delay.ToNanoseconds() / 1e9
+
+
+def import_answer(err: grpc.aio.AioRpcError) -> Any:
+    """The ImportObjectsResponse detail of a failed ImportObjects stream: what its earlier
+    messages did, rejected objects with their reasons."""
+    return _detail(err, ret_pb.ImportObjectsResponse)
 
 
 async def failure_of(call: Any) -> grpc.aio.AioRpcError:

@@ -729,14 +729,6 @@ def _resumable(err: QuotaExceededError, sent: int) -> int | None:
     return received if 0 <= received < sent else None
 
 
-def _rejected_indexes(value: str) -> tuple[list[int], bool]:
-    """``rejected_indexes`` (``"3,17,42"``, ending ``",…"`` when cut) as the positions
-    and whether it was cut."""
-    cut = value.endswith("…")
-    parts = value.rstrip("…").rstrip(",").split(",") if value.rstrip("…") else []
-    return [int(part) for part in parts if part.strip().isdigit()], cut
-
-
 class _ImportStream:
     """One ImportObjects stream of ``objects`` (at ``offset`` in the whole import), sent
     again from where the gateway stopped it at the tenant's objects-written quota once
@@ -820,29 +812,30 @@ class _ImportStream:
 
     def _add_part(self, err: QuotaExceededError) -> None:
         """What the part the quota stopped wrote: its counts, and an error for each object
-        it rejected (only their positions came back: the reasons went with retrieval's
-        answer to the gateway; writing such an object alone says why)."""
+        it rejected, with the reason the error's details carry (the first of them, within
+        a bounded size) or else its position alone (``rejected_indexes``)."""
         received = int(err.metadata["received_count"])
         self._result.received += received
         self._result.imported += int(err.metadata["imported_count"])
-        indexes, cut = _rejected_indexes(err.metadata.get("rejected_indexes", ""))
-        for index in indexes:
+        indexes, cut = err.rejected_indexes
+        reasons = {e.index: e for e in err.object_errors}
+        positions = sorted(set(indexes) | set(reasons))
+        for index in positions:
             position = self._start + index
             if not 0 <= position < len(self._objects):
                 continue
             self._rejected.append(position)
-            self._result.errors.append(
-                t.ObjectError(
-                    index=self._offset + position,
-                    id=self._objects[position].id,
-                    message=(
-                        "rejected by the service; its reason was lost when the gateway "
-                        "stopped the stream at the write quota (write this object alone "
-                        "to see why)"
-                    ),
-                )
+            error = reasons.get(index) or t.ObjectError(
+                index=index,
+                id=self._objects[position].id,
+                message=(
+                    "rejected by the service; its reason did not fit in the error that "
+                    "stopped the stream at the write quota (write this object alone to see "
+                    "why)"
+                ),
             )
-        listed = len(indexes) < received - int(err.metadata["imported_count"])
+            self._result.errors.append(dataclasses.replace(error, index=self._offset + position))
+        listed = len(positions) < received - int(err.metadata["imported_count"])
         self._rejected_cut |= cut or listed
         self._result.errors_truncated |= cut or listed
 
@@ -864,13 +857,18 @@ class _ImportStream:
             )
             err.args = (err.message,)
             return
-        indexes, cut = _rejected_indexes(err.metadata.get("rejected_indexes", ""))
+        indexes, cut = err.rejected_indexes
         rejected = self._rejected + [self._start + index for index in indexes]
         err.metadata["received_count"] = str(self._start + received)
         err.metadata["imported_count"] = str(self._result.imported + imported)
         if rejected:
             text = ",".join(str(index) for index in rejected)
             err.metadata["rejected_indexes"] = text + (",…" if cut or self._rejected_cut else "")
+        # Earlier parts' errors (positions in the caller's input) and this part's, as
+        # positions in the stream, as for a stream never resumed.
+        err.object_errors = [
+            dataclasses.replace(e, index=e.index - self._offset) for e in self._result.errors
+        ] + [dataclasses.replace(e, index=self._start + e.index) for e in err.object_errors]
         err.message += (
             f" (the stream was resumed at its object {self._start} after waiting for the "
             "write quota: the counts are from its start)"

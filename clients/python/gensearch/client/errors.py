@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import grpc
+from gensearch.client import types as t
+from gensearch.retrieval.v1 import retrieval_service_pb2 as rpb
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
@@ -51,6 +53,7 @@ class GensearchError(Exception):
         metadata: dict[str, str] | None = None,
         field_violations: list[FieldViolation] | None = None,
         retry_delay: float | None = None,
+        object_errors: list[t.ObjectError] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -61,6 +64,20 @@ class GensearchError(Exception):
         self.field_violations = list(field_violations or [])
         # From google.rpc.RetryInfo, when the service says when to try again (seconds).
         self.retry_delay = retry_delay
+        # A failed ImportObjects stream: the objects its earlier messages had rejected,
+        # with their reasons, ``index`` their position in the stream (the first of them:
+        # metadata ``rejected_indexes`` may list more positions).
+        self.object_errors = list(object_errors or [])
+
+    @property
+    def rejected_indexes(self) -> tuple[list[int], bool]:
+        """A failed ImportObjects stream: the stream positions of the objects its earlier
+        messages rejected (metadata ``rejected_indexes``, ``"3,17,42"``), and whether that
+        list was cut (it ended ``",…"``)."""
+        value = self.metadata.get("rejected_indexes", "")
+        cut = value.endswith("…")
+        parts = value.rstrip("…").rstrip(",").split(",") if value.rstrip("…") else []
+        return [int(part) for part in parts if part.strip().isdigit()], cut
 
     @property
     def field(self) -> str:
@@ -728,6 +745,7 @@ def from_rpc_error(err: grpc.aio.AioRpcError | grpc.RpcError) -> GensearchError:
     metadata: dict[str, str] = {}
     violations: list[FieldViolation] = []
     retry_delay: float | None = None
+    object_errors: list[t.ObjectError] = []
     try:
         status = rpc_status.from_call(err)  # type: ignore[arg-type]
     except Exception:  # a malformed detail must not hide the error itself
@@ -745,6 +763,10 @@ def from_rpc_error(err: grpc.aio.AioRpcError | grpc.RpcError) -> GensearchError:
             retry = error_details_pb2.RetryInfo()
             detail.Unpack(retry)
             retry_delay = retry.retry_delay.ToTimedelta().total_seconds()
+        elif detail.Is(rpb.ImportObjectsResponse.DESCRIPTOR):
+            answer = rpb.ImportObjectsResponse()
+            detail.Unpack(answer)
+            object_errors.extend(t.from_proto(t.ObjectError, e) for e in answer.errors)
     code_cls = _BY_CODE.get(code, GensearchError)
     cls = _BY_REASON.get(reason, code_cls)
     if not issubclass(cls, code_cls):
@@ -757,4 +779,5 @@ def from_rpc_error(err: grpc.aio.AioRpcError | grpc.RpcError) -> GensearchError:
         metadata=metadata,
         field_violations=violations,
         retry_delay=retry_delay,
+        object_errors=object_errors,
     )

@@ -1674,6 +1674,8 @@ func (x *ImportObjectsRequest) GetObjects() []*DataObject {
 	return nil
 }
 
+// Also a detail of a failed ImportObjects stream's status (beside its ErrorInfo): what
+// the messages before the failure did, errors cut to a bounded size (errors_truncated).
 type ImportObjectsResponse struct {
 	state         protoimpl.MessageState
 	sizeCache     protoimpl.SizeCache

@@ -704,6 +704,9 @@ export const ImportObjectsRequestSchema: GenMessage<ImportObjectsRequest> = /*@_
   messageDesc(file_gensearch_retrieval_v1_retrieval_service, 20);
 
 /**
+ * Also a detail of a failed ImportObjects stream's status (beside its ErrorInfo): what
+ * the messages before the failure did, errors cut to a bounded size (errors_truncated).
+ *
  * @generated from message gensearch.retrieval.v1.ImportObjectsResponse
  */
 export type ImportObjectsResponse = Message<"gensearch.retrieval.v1.ImportObjectsResponse"> & {
