@@ -4,16 +4,19 @@ Each line is one object: either ``{"id"?, "properties": {...}, "vector"?}`` or a
 properties object. Lines that are not valid JSON objects are reported with their line number
 and skipped; objects the service rejects come back as per-object errors, mapped to their
 line. Neither stops the import, nor does the gateway's per-tenant write quota: the client's
-``import_`` waits it out, and the import says so as it waits.
+``import_`` waits it out, and the import says so as it waits (``--no-wait-for-quota``:
+it stops there instead, saying what it imported and from which line to resume).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import math
 import re
+import shlex
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -23,6 +26,7 @@ from typing import IO, Any
 
 from gensearch.client import DataObject
 from gensearch.client.errors import QuotaExceededError
+from gensearch.client.types import ObjectError, WriteResult
 
 from services.cli.chunking import Chunker
 from services.cli.client import Client, UsageError, int32
@@ -31,6 +35,8 @@ from services.cli.output import Progress, dump_json, note
 ENVELOPE_KEYS = {"id", "properties", "vector"}
 # Exit code when the import ran but some lines or objects were rejected.
 PARTIAL = 2
+# Exit code when --no-wait-for-quota stopped the import at the tenant's write quota.
+STOPPED = 3
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,6 +48,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int32,
         default=1000,
         help="objects per ImportObjects stream (each acknowledged before the next)",
+    )
+    parser.add_argument(
+        "--no-wait-for-quota",
+        dest="wait_for_quota",
+        action="store_false",
+        help="stop at the tenant's write quota instead of waiting for it, saying what was "
+        f"imported and the line to resume from (exit code {STOPPED})",
     )
     parser.add_argument(
         "--show-errors", type=int32, default=20, metavar="N", help="errors listed (default 20)"
@@ -108,6 +121,10 @@ class ImportResult:
     unlisted: int = 0
     # Seconds spent waiting for the tenant's objects-written quota (the gateway's).
     waited: float = 0.0
+    # --no-wait-for-quota: the quota's error that stopped the import, and the line of the
+    # first object the gateway did not take (None: every line was sent).
+    stopped: QuotaExceededError | None = None
+    resume_line: int | None = None
 
     @property
     def failed(self) -> int:
@@ -189,6 +206,7 @@ async def import_objects(
     objects_per_call: int = 1000,
     progress: Progress | None = None,
     chunker: Chunker | None = None,
+    wait_for_quota: bool = True,
 ) -> ImportResult:
     """Stream the good lines in batches over ImportObjects (the client's ``import_``); map
     the per-object errors back to lines. The progress advances as each batch goes out."""
@@ -213,29 +231,75 @@ async def import_objects(
         else:
             note(line)
 
+    written = WriteResult()
     try:
-        written = await client.collections.get(collection).data.import_(
+        async for part in client.collections.get(collection).data.import_iter(
             objects(),
             batch_size=batch_size,
             objects_per_call=objects_per_call,
             timeout=client.timeout(None),
             on_sent=progress.advance if progress else None,
+            wait_for_quota=wait_for_quota,
             on_quota_wait=waiting,
-        )
+        ):
+            _add(written, part, 0)
+    except QuotaExceededError as err:
+        if wait_for_quota or "received_count" not in err.metadata or err.retry_delay is None:
+            if progress:
+                progress.abort()
+            raise
+        # Stopped where asked: earlier streams are whole parts, this one's received part
+        # is in the error (positions from the stream's first object).
+        offset = written.received
+        _add(written, _stopped_part(err), offset)
+        result.stopped = err
+        first_left = written.received
+        result.resume_line = line_of[first_left] if first_left < len(line_of) else None
+        if progress:
+            progress.abort()
     except BaseException:
         if progress:
             progress.abort()
         raise
-    if progress:  # every line read, malformed ones included
-        progress.finish(len(line_of) + len(result.errors))
+    else:
+        if progress:  # every line read, malformed ones included
+            progress.finish(len(line_of) + len(result.errors))
     result.received, result.imported = written.received, written.imported
     result.unlisted = written.received - written.imported - len(written.errors)
-    for err in written.errors:
-        line = line_of[err.index] if 0 <= err.index < len(line_of) else -1
-        result.errors.append(LineError(line, err.message, err.id, err.field))
+    for error in written.errors:
+        line = line_of[error.index] if 0 <= error.index < len(line_of) else -1
+        result.errors.append(LineError(line, error.message, error.id, error.field))
     result.seconds = time.perf_counter() - started
     result.errors.sort(key=lambda e: e.line)
     return result
+
+
+def _add(total: WriteResult, part: WriteResult, offset: int) -> None:
+    total.received += part.received
+    total.imported += part.imported
+    total.errors.extend(dataclasses.replace(e, index=offset + e.index) for e in part.errors)
+
+
+def _stopped_part(err: QuotaExceededError) -> WriteResult:
+    """What the stream the quota stopped wrote, as the error says: its counts, and its
+    rejected objects with their reasons (or, past what fits in the error, positions)."""
+    part = WriteResult(
+        received=int(err.metadata["received_count"]),
+        imported=int(err.metadata.get("imported_count", "0")),
+        errors=list(err.object_errors),
+    )
+    listed = {e.index for e in part.errors}
+    indexes, _ = err.rejected_indexes
+    part.errors += [
+        ObjectError(
+            index=index,
+            message="rejected; its reason did not fit in the quota's error "
+            "(import this line alone to see why)",
+        )
+        for index in indexes
+        if index not in listed
+    ]
+    return part
 
 
 def open_input(name: str) -> tuple[IO[str], int | None]:
@@ -261,15 +325,19 @@ def open_input(name: str) -> tuple[IO[str], int | None]:
 
 def quota_wait_line(seconds: float, limit: str = "", quota: str = "") -> str:
     """What an import says as it waits for one of the tenant's write quotas."""
-    per_minute = ""
-    if limit.isdigit():
-        amount = (
-            f"{int(limit) / 2**20:,.0f} MiB"
-            if quota == "bytes_written_per_minute"
-            else f"{int(limit):,} objects"
-        )
-        per_minute = f" ({amount} a minute)"
-    return f"waiting {math.ceil(seconds)} s for the tenant's write quota{per_minute}"
+    return f"waiting {math.ceil(seconds)} s for the tenant's write quota{_per_minute(limit, quota)}"
+
+
+def _per_minute(limit: str, quota: str) -> str:
+    """`` (60,000 objects a minute)`` for a write quota's ErrorInfo ``limit``."""
+    if not limit.isdigit():
+        return ""
+    amount = (
+        f"{int(limit) / 2**20:,.0f} MiB"
+        if quota == "bytes_written_per_minute"
+        else f"{int(limit):,} objects"
+    )
+    return f" ({amount} a minute)"
 
 
 def summary_line(
@@ -300,6 +368,7 @@ async def run(client: Client, args: argparse.Namespace) -> int:
             objects_per_call=args.objects_per_call,
             progress=progress,
             chunker=chunker,
+            wait_for_quota=args.wait_for_quota,
         )
     failed = result.failed
     if args.json:
@@ -313,6 +382,7 @@ async def run(client: Client, args: argparse.Namespace) -> int:
                 "objects_per_second": round(result.rate, 1),
                 "quota_wait_seconds": round(result.waited, 3),
                 "errors": [e.as_dict() for e in result.errors],
+                **_stopped_json(result),
             }
         )
     else:
@@ -332,4 +402,40 @@ async def run(client: Client, args: argparse.Namespace) -> int:
                 "(more than its GENSEARCH_RETRIEVAL_MAX_IMPORT_ERRORS in one call: "
                 "lower --objects-per-call)"
             )
+        if result.stopped is not None:
+            note(stopped_line(result.stopped, result.resume_line, args.file, args.collection))
+    if result.stopped is not None:
+        return STOPPED
     return PARTIAL if failed else 0
+
+
+def stopped_line(
+    err: QuotaExceededError, resume_line: int | None, file: str, collection: str
+) -> str:
+    """What an import stopped at the write quota says: which quota, when it frees, and
+    how to go on from the first line the gateway did not take."""
+    per_minute = _per_minute(err.metadata.get("limit", ""), err.metadata.get("quota", ""))
+    stop = (
+        f"stopped at the tenant's write quota{per_minute}; "
+        f"it frees in {math.ceil(err.retry_delay or 0)} s"
+    )
+    if resume_line is None:
+        return f"{stop}; every line was sent"
+    command = f"gensearch import - --collection {shlex.quote(collection)}"
+    if file == "-":
+        return f"{stop}; to resume, send the input from its line {resume_line} on: {command}"
+    return f"{stop}; to resume: tail -n +{resume_line} {shlex.quote(file)} | {command}"
+
+
+def _stopped_json(result: ImportResult) -> dict[str, Any]:
+    if result.stopped is None:
+        return {}
+    err = result.stopped
+    return {
+        "stopped_at_quota": {
+            "quota": err.metadata.get("quota", ""),
+            "limit": int(err.metadata.get("limit", "0") or 0),
+            "retry_after_seconds": err.retry_delay,
+            "resume_line": result.resume_line,
+        }
+    }
