@@ -4,14 +4,18 @@ gateway in front), and Node with the TypeScript client's pinned packages."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
+from gensearch.client import Gensearch, types
 
+from tests.cli.conftest import RunningStack
 from tests.gateway.conftest import fake, shared_redis, stack_factory
 from tests.support.fake_openai import FakeOpenAI
 
@@ -43,6 +47,54 @@ def check_features_output(out: str, llm: FakeOpenAI) -> None:
     assert int(limits[1]) > 0 and int(limits[2]) == 128, out
     asks = [r for r in llm.chat_requests if "Which book is set on" in json.dumps(r.json)]
     assert len(asks) == 1, out
+
+
+_numbers = itertools.count()
+
+
+def create_numbers(stack: RunningStack) -> str:
+    """A collection for the quota programs (clients/typescript/src/quota.ts,
+    clients/go/quota): an int property ``n``, 2-dimensional vectors of the caller's."""
+    name = f"ClientQuota{next(_numbers)}_{os.getpid()}"
+    with Gensearch(stack.address, timeout=60) as client:
+        client.collections.create(
+            name, {"n": "int"}, vectorizer=types.Vectorizer(kind="none", dimensions=2)
+        )
+    return name
+
+
+def check_quota_import(
+    stack: RunningStack, name: str, stopped: dict[str, Any], waited: dict[str, Any]
+) -> None:
+    """What the TypeScript and Go quota programs print, checked as the Python client's
+    import is (tests/client/test_import_quota.py), through a gateway whose tenant may
+    write 10 objects a window. ``stopped``: 15 objects (object 3 bad) in messages of 5,
+    not waiting: stopped at the third message, the rejected object with its reason.
+    ``waited``: 20 objects (2 and 17 bad) in messages of 5, streams of 15, the window
+    used up: waits, resumes after what the gateway received, each object sent once."""
+    metadata = stopped["metadata"]
+    assert stopped["reason"] == "QUOTA_EXCEEDED", stopped
+    assert metadata["quota"] == "objects_written_per_minute", stopped
+    assert (metadata["received_count"], metadata["imported_count"]) == ("10", "9"), stopped
+    assert metadata["rejected_indexes"] == "3" and 0 < stopped["retryDelayMs"] <= 8000, stopped
+    [error] = stopped["objectErrors"]
+    assert (error["index"], error["field"]) == (3, "properties.n") and error["message"], stopped
+    assert (waited["received"], waited["imported"], waited["sent"]) == (20, 18, 20), waited
+    assert sorted(e["index"] for e in waited["errors"]) == [2, 17], waited
+    for e in waited["errors"]:  # object 2's came back in a quota stop, 17's in an answer
+        assert e["field"] == "properties.n" and "alone" not in e["message"], waited
+    assert not waited["errorsTruncated"], waited
+    # Each wait (ms) was RetryInfo's delay, 50 ms and a random tenth of it at most.
+    assert waited["waits"], waited
+    for wait, delay in waited["waits"]:
+        assert 0 <= delay <= 8000 and delay + 50 <= wait <= delay * 1.1 + 51, waited
+    with Gensearch(stack.address, timeout=60) as client:
+        hits = client.collections.get(name).query.near_vector([1.0, 0.0], limit=100).hits
+    assert len({hit.id for hit in hits}) == len(hits)
+    stored = sorted(int(hit.properties["n"]) for hit in hits)
+    assert stored == sorted(
+        [100 + i for i in range(10) if i != 3] + [i for i in range(20) if i not in (2, 17)]
+    )
 
 
 TYPESCRIPT = ROOT / "clients" / "typescript"

@@ -9,6 +9,7 @@ import asyncio
 import json
 import os
 import re
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,9 +18,12 @@ from gensearch.memory.v1 import memory_service_pb2 as mem
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret
 
 from services.devlaunch.redis_server import RedisProcess
-from tests.clients.conftest import check_features_output
+from tests.cli.conftest import QuotaGateway, RunningStack, quota_gateway, running_stack
+from tests.clients.conftest import check_features_output, check_quota_import, create_numbers
 from tests.gateway.conftest import ALICE, StackFactory, fake_provider
 from tests.support.fake_openai import Behaviour, FakeOpenAI
+
+__all__ = ["quota_gateway", "running_stack"]  # the fixtures
 
 EXAMPLE_MAX_LINES = 30
 SRC = Path(__file__).resolve().parents[2] / "clients" / "typescript" / "src"
@@ -190,3 +194,23 @@ async def test_issue_13_fields_through_generated_code(
     check_features_output(out, stack.fake)
     listed = await stack.retrieval.ListCollections(ret.ListCollectionsRequest(), metadata=ALICE)
     assert "Features" not in [c.name for c in listed.collections]
+
+
+@pytest.mark.slow  # compiles TypeScript, waits out two quota windows
+def test_import_waits_out_the_write_quota_like_the_python_client(
+    running_stack: RunningStack, quota_gateway: QuotaGateway, node: str, typescript_build: Path
+) -> None:
+    """quota.js through a gateway whose tenant may write 10 objects per 8 s window: an
+    import with waitForQuota false stops at the quota with the rejected object's reason,
+    then one waits it out twice and resumes, each object written once."""
+    name = create_numbers(running_stack)
+    quota_gateway.early_in_a_window(margin=6.0)
+    proc = subprocess.run(
+        [node, str(typescript_build / "quota.js")],
+        env={**os.environ, "GENSEARCH_URL": f"http://{quota_gateway.address}",
+             "GENSEARCH_COLLECTION": name, "GENSEARCH_KEY": ""},
+        capture_output=True, text=True, timeout=240, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, f"quota.js failed:\n{proc.stdout}{proc.stderr}"
+    stopped, waited = (json.loads(line) for line in proc.stdout.splitlines())
+    check_quota_import(running_stack, name, stopped["stopped"], waited)
