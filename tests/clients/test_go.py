@@ -6,6 +6,7 @@ protobuf sources (no module proxy here); skipped only where `go` is not installe
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import subprocess
@@ -15,9 +16,12 @@ from pathlib import Path
 import pytest
 
 from services.devlaunch.redis_server import RedisProcess
-from tests.clients.conftest import check_features_output
+from tests.cli.conftest import QuotaGateway, RunningStack, quota_gateway, running_stack
+from tests.clients.conftest import check_features_output, check_quota_import, create_numbers
 from tests.gateway.conftest import StackFactory, fake_provider
 from tests.support.fake_openai import Behaviour, FakeOpenAI
+
+__all__ = ["quota_gateway", "running_stack"]  # the fixtures
 
 ROOT = Path(__file__).resolve().parents[2]
 # Where Debian's golang-*-dev packages put their sources (GOPATH layout).
@@ -136,3 +140,28 @@ def test_go_example_is_gofmt_clean() -> None:
         [gofmt, "-l", str(ROOT / "clients" / "go")], capture_output=True, text=True, check=True
     )
     assert proc.stdout == "", f"not gofmt-formatted: {proc.stdout}"
+
+
+@pytest.fixture(scope="module")
+def go_quota(gopath: Path) -> Path:
+    return _go_build(gopath, "quota")
+
+
+@pytest.mark.slow  # compiles Go, waits out two quota windows
+def test_go_import_waits_out_the_write_quota_like_the_python_client(
+    running_stack: RunningStack, quota_gateway: QuotaGateway, go_quota: Path
+) -> None:
+    """quota/main.go (the importer package) through a gateway whose tenant may write 10
+    objects per 8 s window: NoWaitForQuota stops at the quota with the rejected object's
+    reason, then an import waits it out twice and resumes, each object written once."""
+    name = create_numbers(running_stack)
+    quota_gateway.early_in_a_window(margin=6.0)
+    proc = subprocess.run(
+        [str(go_quota)],
+        env={**os.environ, "GENSEARCH_ADDR": quota_gateway.address,
+             "GENSEARCH_COLLECTION": name, "GENSEARCH_KEY": ""},
+        capture_output=True, text=True, timeout=240, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, f"quota failed:\n{proc.stdout}{proc.stderr}"
+    stopped, waited = (json.loads(line) for line in proc.stdout.splitlines())
+    check_quota_import(running_stack, name, stopped["stopped"], waited)
