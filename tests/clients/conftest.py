@@ -73,7 +73,7 @@ def check_quota_import(
     ``waited``: 20 objects (2 and 17 bad) in messages of 5, streams of 15, the window
     used up: waits, resumes after what the gateway received, each object sent once."""
     metadata = stopped["metadata"]
-    assert stopped["reason"] == "QUOTA_EXCEEDED", stopped
+    assert stopped["reason"] == "QUOTA_EXCEEDED" and stopped["hasReason"] is True, stopped
     assert metadata["quota"] == "objects_written_per_minute", stopped
     assert (metadata["received_count"], metadata["imported_count"]) == ("10", "9"), stopped
     assert metadata["rejected_indexes"] == "3" and 0 < stopped["retryDelayMs"] <= 8000, stopped

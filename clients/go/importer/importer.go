@@ -18,9 +18,8 @@ import (
 	"time"
 
 	retrievalv1 "gensearch/clients/go/gensearch/retrieval/v1"
+	"gensearch/clients/go/rpcerror"
 
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
 
@@ -60,26 +59,16 @@ type Options struct {
 	OnQuotaWait func(wait time.Duration, err *StreamError)
 }
 
-// StreamError is a failed ImportObjects stream: its status read into ErrorInfo, RetryInfo and
-// rejected objects. Metadata (received_count, imported_count, rejected_indexes) and
-// ObjectErrors count from the stream's first object, also when it was resumed after a wait
-// (the message then says where).
+// StreamError is a failed ImportObjects stream: its status read by rpcerror (Code, Reason,
+// Metadata, RetryDelay ...) and the objects its earlier messages rejected. Metadata
+// (received_count, imported_count, rejected_indexes) and ObjectErrors count from the
+// stream's first object, also when it was resumed after a wait (the message then says
+// where).
 type StreamError struct {
-	Status   *status.Status
-	Code     codes.Code
-	Reason   string
-	Metadata map[string]string
-	// From google.rpc.RetryInfo: when trying again can help; nil otherwise.
-	RetryDelay *time.Duration
+	*rpcerror.Failure
 	// The objects earlier messages of the stream rejected, with their reasons (stream positions).
 	ObjectErrors []ObjectError
-	message      string
 }
-
-func (e *StreamError) Error() string { return fmt.Sprintf("%s [%s]: %s", e.Code, e.Reason, e.message) }
-
-// GRPCStatus lets status.FromError and status.Code read the error.
-func (e *StreamError) GRPCStatus() *status.Status { return e.Status }
 
 // RejectedIndexes are the stream positions of metadata rejected_indexes ("3,17,42", ending
 // ",…" when cut), and whether the list was cut.
@@ -95,19 +84,10 @@ func (e *StreamError) RejectedIndexes() ([]int, bool) {
 }
 
 func newStreamError(st *status.Status) *StreamError {
-	e := &StreamError{Status: st, Code: st.Code(), Reason: st.Code().String(), Metadata: map[string]string{}, message: st.Message()}
+	e := &StreamError{Failure: rpcerror.FromStatus(st)}
 	for _, detail := range st.Details() {
-		switch d := detail.(type) {
-		case *errdetails.ErrorInfo:
-			e.Reason = d.Reason
-			for k, v := range d.Metadata {
-				e.Metadata[k] = v
-			}
-		case *errdetails.RetryInfo:
-			delay := d.RetryDelay.AsDuration()
-			e.RetryDelay = &delay
-		case *retrievalv1.ImportObjectsResponse:
-			for _, o := range d.Errors {
+		if answer, ok := detail.(*retrievalv1.ImportObjectsResponse); ok {
+			for _, o := range answer.Errors {
 				e.ObjectErrors = append(e.ObjectErrors, plain(o, 0))
 			}
 		}
@@ -275,7 +255,7 @@ func (s *stream) run(ctx context.Context) (*Result, error) {
 // resumable: how many objects of the current part the gateway received before it stopped
 // the stream at a write quota, when waiting can help.
 func (s *stream) resumable(e *StreamError) (int, bool) {
-	if e.Reason != "QUOTA_EXCEEDED" || !WriteQuotas[e.Metadata["quota"]] {
+	if e.Reason != rpcerror.QuotaExceeded || !WriteQuotas[e.Metadata["quota"]] {
 		return 0, false
 	}
 	received, err := strconv.Atoi(e.Metadata["received_count"])
@@ -339,7 +319,7 @@ func (s *stream) wholeStream(e *StreamError) *StreamError {
 	received, err := strconv.Atoi(e.Metadata["received_count"])
 	imported, err2 := strconv.Atoi(e.Metadata["imported_count"])
 	if err != nil || err2 != nil {
-		e.message += fmt.Sprintf(" (%d objects of the stream were imported before it was resumed at its "+
+		e.Message += fmt.Sprintf(" (%d objects of the stream were imported before it was resumed at its "+
 			"object %d after waiting for the write quota)", s.result.Imported, s.start)
 		return e
 	}
@@ -366,7 +346,7 @@ func (s *stream) wholeStream(e *StreamError) *StreamError {
 		all = append(all, o)
 	}
 	e.ObjectErrors = all
-	e.message += fmt.Sprintf(" (the stream was resumed at its object %d after waiting for the write quota: "+
+	e.Message += fmt.Sprintf(" (the stream was resumed at its object %d after waiting for the write quota: "+
 		"the counts are from its start)", s.start)
 	return e
 }

@@ -16,6 +16,7 @@ import (
 
 	retrievalv1 "gensearch/clients/go/gensearch/retrieval/v1"
 	"gensearch/clients/go/importer"
+	"gensearch/clients/go/rpcerror"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
@@ -56,7 +57,8 @@ func main() {
 	if !errors.As(err, &stopped) {
 		log.Fatalf("not stopped at the quota: %v", err)
 	}
-	show(map[string]interface{}{"stopped": map[string]interface{}{"reason": stopped.Reason, "metadata": stopped.Metadata,
+	show(map[string]interface{}{"stopped": map[string]interface{}{"reason": stopped.Reason,
+		"hasReason": rpcerror.HasReason(err, rpcerror.QuotaExceeded), "metadata": stopped.Metadata,
 		"retryDelayMs": stopped.RetryDelay.Milliseconds(), "objectErrors": stopped.ObjectErrors}})
 
 	sent, waits := 0, [][2]float64{}

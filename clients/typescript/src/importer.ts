@@ -5,14 +5,14 @@
 // RetryInfo delay (plus jitter) has passed; the parts merge into one result whose
 // errors[i].index is the object's position in what was passed.
 import type { MessageInitShape } from "@bufbuild/protobuf";
-import { Code, ConnectError, type Client } from "@connectrpc/connect";
+import { ConnectError, type Client } from "@connectrpc/connect";
 import {
   type DataObjectSchema,
   ImportObjectsResponseSchema,
   type ObjectError,
   RetrievalService,
 } from "./gen/gensearch/retrieval/v1/retrieval_service_pb.js";
-import { ErrorInfoSchema, RetryInfoSchema } from "./gen/google/rpc/error_details_pb.js";
+import { GensearchError, Reason } from "./rpcError.js";
 
 export type DataObjectInit = MessageInitShape<typeof DataObjectSchema>;
 
@@ -50,30 +50,17 @@ export interface ImportOptions {
 /** The gateway's per-tenant write quotas an import waits out (docs/operations.md#quotas). */
 export const WRITE_QUOTAS: ReadonlySet<string> = new Set(["objects_written_per_minute", "bytes_written_per_minute"]);
 
-/** A failed ImportObjects stream: the call's ConnectError (`cause`) read into its ErrorInfo,
- * RetryInfo and rejected objects. `metadata` (received_count, imported_count,
- * rejected_indexes) and `objectErrors` count from the stream's first object, also when it
- * was resumed after a wait (the message then says where). */
-export class ImportStreamError extends Error {
-  readonly code: Code;
-  readonly reason: string;
-  readonly metadata: Record<string, string>;
-  /** From google.rpc.RetryInfo: when trying again can help (ms); undefined otherwise. */
-  readonly retryDelayMs: number | undefined;
+/** A failed ImportObjects stream: a GensearchError (code, reason, metadata, retryDelayMs)
+ * with the objects its earlier messages rejected. `metadata` (received_count,
+ * imported_count, rejected_indexes) and `objectErrors` count from the stream's first
+ * object, also when it was resumed after a wait (the message then says where). */
+export class ImportStreamError extends GensearchError {
   /** The objects earlier messages of the stream rejected, with their reasons (stream positions). */
   objectErrors: ImportObjectError[];
 
-  constructor(readonly cause: ConnectError) {
-    super(cause.rawMessage);
+  constructor(cause: ConnectError) {
+    super(cause);
     this.name = "ImportStreamError";
-    this.code = cause.code;
-    const [info] = cause.findDetails(ErrorInfoSchema);
-    this.reason = info?.reason || Code[cause.code];
-    this.metadata = { ...(info?.metadata ?? {}) };
-    const [retry] = cause.findDetails(RetryInfoSchema);
-    this.retryDelayMs = retry?.retryDelay
-      ? Number(retry.retryDelay.seconds) * 1000 + retry.retryDelay.nanos / 1e6
-      : undefined;
     this.objectErrors = cause.findDetails(ImportObjectsResponseSchema).flatMap((a) => a.errors.map(plain));
   }
 
@@ -212,7 +199,7 @@ class ImportStream {
   /** How many objects of the current part the gateway received before it stopped the stream
    * at a write quota, when waiting can help; undefined otherwise. */
   private resumable(error: ImportStreamError): number | undefined {
-    if (error.reason !== "QUOTA_EXCEEDED" || !WRITE_QUOTAS.has(error.metadata["quota"] ?? "")) return undefined;
+    if (error.reason !== Reason.QUOTA_EXCEEDED || !WRITE_QUOTAS.has(error.metadata["quota"] ?? "")) return undefined;
     const received = Number(error.metadata["received_count"]);
     if (!Number.isInteger(received) || !/^\d+$/.test(error.metadata["imported_count"] ?? "")) return undefined;
     // The refused message was not received: at least one object is left to send.

@@ -6,6 +6,7 @@ import { createClient, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { RetrievalService } from "./gen/gensearch/retrieval/v1/retrieval_service_pb.js";
 import { importObjects, ImportStreamError } from "./importer.js";
+import { hasReason, Reason } from "./rpcError.js";
 
 const key = process.env.GENSEARCH_KEY, baseUrl = process.env.GENSEARCH_URL ?? "http://localhost:50050";
 const auth: Interceptor = (next) => (req) => { if (key) req.header.set("authorization", `Bearer ${key}`); return next(req); };
@@ -20,7 +21,7 @@ try {
   console.log(JSON.stringify({ stopped: null }));
 } catch (err) {
   if (!(err instanceof ImportStreamError)) throw err;
-  console.log(JSON.stringify({ stopped: { reason: err.reason, metadata: err.metadata, retryDelayMs: err.retryDelayMs,
+  console.log(JSON.stringify({ stopped: { reason: err.reason, hasReason: hasReason(err, Reason.QUOTA_EXCEEDED), metadata: err.metadata, retryDelayMs: err.retryDelayMs,
     objectErrors: err.objectErrors } }));
 }
 const sent: number[] = [], waits: [number, number][] = [];

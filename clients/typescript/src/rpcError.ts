@@ -1,0 +1,171 @@
+// The services' rich errors as one class, and their ErrorInfo reasons as constants: the
+// TypeScript side of the Python client's gensearch.client.errors (one class per reason there;
+// here `hasReason(err, Reason.QUOTA_EXCEEDED)`). Meanings: docs/python-client.md#errors.
+import { Code, ConnectError } from "@connectrpc/connect";
+import { BadRequestSchema, ErrorInfoSchema, RetryInfoSchema } from "./gen/google/rpc/error_details_pb.js";
+
+/** Every ErrorInfo reason the services send (the same list as the Python client's classes;
+ * tests/clients/test_error_reasons.py keeps them equal). */
+export const Reason = {
+  AMBIGUOUS_CREDENTIALS: "AMBIGUOUS_CREDENTIALS",
+  BAD_NAME: "BAD_NAME",
+  BAD_PROPERTY_TYPE: "BAD_PROPERTY_TYPE",
+  BAD_UPSTREAM_RESPONSE: "BAD_UPSTREAM_RESPONSE",
+  BAD_UUID: "BAD_UUID",
+  BATCH_TOO_LARGE: "BATCH_TOO_LARGE",
+  BLANK_PROMPT: "BLANK_PROMPT",
+  COLLECTION_FULL: "COLLECTION_FULL",
+  CONCURRENT_UPDATE: "CONCURRENT_UPDATE",
+  CONTEXT_WINDOW_EXCEEDED: "CONTEXT_WINDOW_EXCEEDED",
+  CONVERSATION_INTERACTIONS_FULL: "CONVERSATION_INTERACTIONS_FULL",
+  CONVERSATION_NOT_FOUND: "CONVERSATION_NOT_FOUND",
+  DIMENSION_MISMATCH: "DIMENSION_MISMATCH",
+  DOWNSTREAM_CANCELLED: "DOWNSTREAM_CANCELLED",
+  DOWNSTREAM_ERROR: "DOWNSTREAM_ERROR",
+  DOWNSTREAM_RESOURCE_EXHAUSTED: "DOWNSTREAM_RESOURCE_EXHAUSTED",
+  DOWNSTREAM_TIMEOUT: "DOWNSTREAM_TIMEOUT",
+  DOWNSTREAM_UNAVAILABLE: "DOWNSTREAM_UNAVAILABLE",
+  DUPLICATE_FALLBACK: "DUPLICATE_FALLBACK",
+  DUPLICATE_ID: "DUPLICATE_ID",
+  EMBEDDINGS_UNAVAILABLE: "EMBEDDINGS_UNAVAILABLE",
+  EMBEDDING_DIMENSION_MISMATCH: "EMBEDDING_DIMENSION_MISMATCH",
+  EMBEDDING_INPUT_REJECTED: "EMBEDDING_INPUT_REJECTED",
+  FIELD_NOT_UPDATABLE: "FIELD_NOT_UPDATABLE",
+  FIELD_TOO_LARGE: "FIELD_TOO_LARGE",
+  FILTER_TOO_LARGE: "FILTER_TOO_LARGE",
+  GENERATION_IN_FLIGHT_WAIT: "GENERATION_IN_FLIGHT_WAIT",
+  INTERACTION_NOT_FOUND: "INTERACTION_NOT_FOUND",
+  INTERACTION_TOO_LARGE: "INTERACTION_TOO_LARGE",
+  INTERNAL_METHOD: "INTERNAL_METHOD",
+  INVALID_API_KEY: "INVALID_API_KEY",
+  INVALID_ID: "INVALID_ID",
+  INVALID_INTERNAL_TOKEN: "INVALID_INTERNAL_TOKEN",
+  INVALID_LIMIT: "INVALID_LIMIT",
+  INVALID_MAX_TURNS: "INVALID_MAX_TURNS",
+  INVALID_MODE: "INVALID_MODE",
+  INVALID_OUTPUT: "INVALID_OUTPUT",
+  INVALID_PAGE_SIZE: "INVALID_PAGE_SIZE",
+  INVALID_PAGE_TOKEN: "INVALID_PAGE_TOKEN",
+  INVALID_SCHEMA: "INVALID_SCHEMA",
+  INVALID_STEP: "INVALID_STEP",
+  INVALID_SUMMARY_RANGE: "INVALID_SUMMARY_RANGE",
+  INVALID_TEMPLATE: "INVALID_TEMPLATE",
+  INVALID_TTL: "INVALID_TTL",
+  INVALID_UPDATE_MASK: "INVALID_UPDATE_MASK",
+  KEY_NOT_ALLOWED: "KEY_NOT_ALLOWED",
+  LOCAL_MODEL_MISSING: "LOCAL_MODEL_MISSING",
+  MALFORMED_CREDENTIALS: "MALFORMED_CREDENTIALS",
+  MALFORMED_REQUEST: "MALFORMED_REQUEST",
+  MISSING_CREDENTIALS: "MISSING_CREDENTIALS",
+  MISSING_FIELD: "MISSING_FIELD",
+  MISSING_INTERNAL_TOKEN: "MISSING_INTERNAL_TOKEN",
+  MISSING_PROPERTY: "MISSING_PROPERTY",
+  MISSING_PROVIDER_API_KEY: "MISSING_PROVIDER_API_KEY",
+  NEGATIVE_COUNT: "NEGATIVE_COUNT",
+  NESTING_TOO_DEEP: "NESTING_TOO_DEEP",
+  NO_CHUNKING: "NO_CHUNKING",
+  NO_KEYWORD_INDEX: "NO_KEYWORD_INDEX",
+  NO_PLACEHOLDER: "NO_PLACEHOLDER",
+  NO_RESULTS: "NO_RESULTS",
+  NO_VECTORIZER: "NO_VECTORIZER",
+  NUMBER_NOT_FINITE: "NUMBER_NOT_FINITE",
+  OUT_OF_RANGE: "OUT_OF_RANGE",
+  OWNER_CONVERSATIONS_FULL: "OWNER_CONVERSATIONS_FULL",
+  OWNER_STORAGE_FULL: "OWNER_STORAGE_FULL",
+  PROMPT_TOO_LONG: "PROMPT_TOO_LONG",
+  PROVIDER_LIMIT_WAIT: "PROVIDER_LIMIT_WAIT",
+  PROVIDER_QUEUE_TIMEOUT: "PROVIDER_QUEUE_TIMEOUT",
+  QDRANT_ERROR: "QDRANT_ERROR",
+  QDRANT_UNAVAILABLE: "QDRANT_UNAVAILABLE",
+  QUOTA_EXCEEDED: "QUOTA_EXCEEDED",
+  REQUEST_ID_REUSED: "REQUEST_ID_REUSED",
+  REQUEST_ID_WITHOUT_CONVERSATION: "REQUEST_ID_WITHOUT_CONVERSATION",
+  REQUEST_ID_WITH_SUMMARY: "REQUEST_ID_WITH_SUMMARY",
+  REQUEST_TOO_LARGE: "REQUEST_TOO_LARGE",
+  RERANK_UNAVAILABLE: "RERANK_UNAVAILABLE",
+  RESPONSE_TOO_LARGE: "RESPONSE_TOO_LARGE",
+  ROLE_REQUIRED: "ROLE_REQUIRED",
+  SEARCH_DISABLED: "SEARCH_DISABLED",
+  SEARCH_INDEX_UNAVAILABLE: "SEARCH_INDEX_UNAVAILABLE",
+  SEARCH_MODE_UNAVAILABLE: "SEARCH_MODE_UNAVAILABLE",
+  STORE_IS_CLUSTER: "STORE_IS_CLUSTER",
+  STORE_UNAVAILABLE: "STORE_UNAVAILABLE",
+  STREAM_IDLE: "STREAM_IDLE",
+  SUMMARY_CHANGED: "SUMMARY_CHANGED",
+  SUMMARY_DISABLED: "SUMMARY_DISABLED",
+  TOO_LARGE: "TOO_LARGE",
+  TOO_LONG: "TOO_LONG",
+  TOO_MANY_COLLECTIONS: "TOO_MANY_COLLECTIONS",
+  TOO_MANY_CONCURRENT_RPCS: "TOO_MANY_CONCURRENT_RPCS",
+  TOO_MANY_CONCURRENT_STREAMS: "TOO_MANY_CONCURRENT_STREAMS",
+  TOO_MANY_TRACES: "TOO_MANY_TRACES",
+  UNKNOWN_MODEL: "UNKNOWN_MODEL",
+  UNKNOWN_PROPERTY: "UNKNOWN_PROPERTY",
+  UNKNOWN_PROVIDER: "UNKNOWN_PROVIDER",
+  UPSTREAM_CONNECTION_FAILED: "UPSTREAM_CONNECTION_FAILED",
+  UPSTREAM_FIRST_BYTE_TIMEOUT: "UPSTREAM_FIRST_BYTE_TIMEOUT",
+  UPSTREAM_NOT_FOUND: "UPSTREAM_NOT_FOUND",
+  UPSTREAM_PERMISSION_DENIED: "UPSTREAM_PERMISSION_DENIED",
+  UPSTREAM_RATE_LIMITED: "UPSTREAM_RATE_LIMITED",
+  UPSTREAM_REDIRECT: "UPSTREAM_REDIRECT",
+  UPSTREAM_REJECTED_REQUEST: "UPSTREAM_REJECTED_REQUEST",
+  UPSTREAM_STREAM_ERROR: "UPSTREAM_STREAM_ERROR",
+  UPSTREAM_TIMEOUT: "UPSTREAM_TIMEOUT",
+  UPSTREAM_UNAUTHENTICATED: "UPSTREAM_UNAUTHENTICATED",
+  UPSTREAM_UNAVAILABLE: "UPSTREAM_UNAVAILABLE",
+  URL_NOT_ALLOWED: "URL_NOT_ALLOWED",
+  VALUE_NOT_SET: "VALUE_NOT_SET",
+  VECTOR_TOO_LONG: "VECTOR_TOO_LONG",
+  WRONG_TYPE: "WRONG_TYPE",
+  ZERO_VECTOR: "ZERO_VECTOR",
+} as const;
+export type Reason = (typeof Reason)[keyof typeof Reason];
+
+export interface FieldViolation {
+  field: string;
+  description: string;
+}
+
+/** A failed call: the ConnectError (`cause`) read into its status code, ErrorInfo (reason,
+ * domain, metadata), BadRequest field violations and RetryInfo. */
+export class GensearchError extends Error {
+  readonly code: Code;
+  /** The ErrorInfo reason (a `Reason`), or the code's name when the status had none. */
+  readonly reason: string;
+  readonly domain: string;
+  readonly metadata: Record<string, string>;
+  readonly fieldViolations: FieldViolation[];
+  /** From google.rpc.RetryInfo: when trying again can help (ms); undefined otherwise. */
+  readonly retryDelayMs: number | undefined;
+
+  constructor(readonly cause: ConnectError) {
+    super(cause.rawMessage);
+    this.name = "GensearchError";
+    this.code = cause.code;
+    const [info] = cause.findDetails(ErrorInfoSchema);
+    this.reason = info?.reason || Code[cause.code];
+    this.domain = info?.domain ?? "";
+    this.metadata = { ...(info?.metadata ?? {}) };
+    this.fieldViolations = cause.findDetails(BadRequestSchema).flatMap((bad) =>
+      bad.fieldViolations.map(({ field, description }) => ({ field, description })));
+    const [retry] = cause.findDetails(RetryInfoSchema);
+    this.retryDelayMs = retry?.retryDelay
+      ? Number(retry.retryDelay.seconds) * 1000 + retry.retryDelay.nanos / 1e6
+      : undefined;
+  }
+
+  /** Any thrown value as a GensearchError (a ConnectError's details read once). */
+  static from(err: unknown): GensearchError {
+    return err instanceof GensearchError ? err : new GensearchError(ConnectError.from(err));
+  }
+
+  /** The request field at fault ("" when none was named). */
+  get field(): string {
+    return this.metadata["field"] || this.fieldViolations[0]?.field || "";
+  }
+}
+
+/** Whether `err` (a GensearchError or a ConnectError) carries the ErrorInfo reason `reason`. */
+export function hasReason(err: unknown, reason: Reason): boolean {
+  return (err instanceof GensearchError || err instanceof ConnectError) && GensearchError.from(err).reason === reason;
+}
