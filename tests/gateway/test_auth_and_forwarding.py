@@ -32,7 +32,7 @@ from tests.gateway.conftest import (
     vector,
 )
 from tests.gateway.test_generative_search import _near
-from tests.support.rpc import error_info
+from tests.support.rpc import error_info, import_answer
 
 PROVIDER_KEY = "sk-test-provider-key-0123456789"
 
@@ -412,3 +412,27 @@ async def test_without_internal_token_each_service_checks_the_key(
             mem_pb.GetConversationRequest(conversation_id=answer.conversation_id), metadata=forged
         )
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_failed_import_keeps_its_rejections_reasons_through_the_gateway(
+    stack: Stack,
+) -> None:
+    # Retrieval fails the stream at its second message (another collection); its status
+    # carries the first message's rejected object with its reason, an
+    # ImportObjectsResponse detail the gateway relays with the rest of the status.
+    await create_books(stack)
+
+    async def batches() -> AsyncIterator[ret_pb.ImportObjectsRequest]:
+        objects = [ret_pb.DataObject(vector=vector(i)) for i in range(3)]
+        del objects[1].vector[1:]  # wrong dimensions: rejected, stream position 1
+        yield ret_pb.ImportObjectsRequest(collection="Books", objects=objects)
+        yield ret_pb.ImportObjectsRequest(collection="Other", objects=objects[:1])
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stack.retrieval.ImportObjects(batches(), metadata=ALICE, timeout=10)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_info(caught.value).metadata["rejected_indexes"] == "1"
+    answer = import_answer(caught.value)
+    assert (answer.received_count, answer.imported_count) == (3, 2)
+    assert [(e.index, e.field) for e in answer.errors] == [(1, "vector")]
+    assert answer.errors[0].message and not answer.errors_truncated
