@@ -64,6 +64,7 @@ const (
 	InvalidTemplate              Reason = "INVALID_TEMPLATE"
 	InvalidTtl                   Reason = "INVALID_TTL"
 	InvalidUpdateMask            Reason = "INVALID_UPDATE_MASK"
+	KeyDestinationUnconfirmed    Reason = "KEY_DESTINATION_UNCONFIRMED"
 	KeyNotAllowed                Reason = "KEY_NOT_ALLOWED"
 	LocalModelMissing            Reason = "LOCAL_MODEL_MISSING"
 	MalformedCredentials         Reason = "MALFORMED_CREDENTIALS"
