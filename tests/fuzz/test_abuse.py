@@ -1,0 +1,243 @@
+"""What a careless or hostile gRPC client sends, beyond what the descriptor-driven fuzzing
+(test_fuzz_requests.py) draws: hand-made wire bytes that are no protobuf at all, and probes
+of another tenant's things compared byte for byte with probes of missing ones."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import pytest
+from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
+from gensearch.generation.v1 import generation_service_pb2 as gen_pb
+from gensearch.memory.v1 import memory_service_pb2 as mem_pb
+from gensearch.memory.v1 import memory_service_pb2_grpc as mem_grpc
+from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
+from google.protobuf import field_mask_pb2, struct_pb2
+from grpc_status import rpc_status
+
+from services.common.auth import Identity, Role, forwarded_identity
+from tests.gateway.conftest import ALICE, AS_ALICE, BOB, TOKEN, Stack, create_books, vector
+from tests.support.rpc import error_info
+
+AS_BOB = forwarded_identity(Identity("bob", "bob", Role.ADMIN), TOKEN)
+
+
+def _titled(title: str) -> ret_pb.DataObject:
+    props = struct_pb2.Struct()
+    props.update({"title": title})
+    return ret_pb.DataObject(properties=props, vector=vector(0))
+
+
+SERVICES = {
+    d.full_name: d
+    for module in (gw_pb, mem_pb, ret_pb, gen_pb)
+    for d in module.DESCRIPTOR.services_by_name.values()
+}
+# Bytes no message type parses, whatever its fields: a varint cut short, a length past the
+# end (or past 2 GiB), the deprecated group wire types, wire type 6 and field number 0.
+NEVER_PROTOBUF = {
+    "truncated varint": b"\x08\xff",
+    "length past the end": b"\x0a\x10ab",
+    "huge length": b"\x0a\xff\xff\xff\xff\x0f",
+    "start group": b"\x0b",
+    "end group": b"\x0c",
+    "wire type 6": b"\x0e",
+    "all bytes": bytes(range(256)),
+}
+BAD_UTF8 = b"\xff\xfe"
+SURROGATE_AS_UTF8 = b"\xed\xa0\x80"  # CESU-8 of U+D800: no UTF-8 at all
+
+
+def _length_delimited(field: int, payload: bytes) -> bytes:
+    return bytes([field << 3 | 2, len(payload)]) + payload
+
+
+async def _raw_call(
+    channel: grpc.aio.Channel, service: str, method: Any, data: bytes, metadata: Any
+) -> grpc.aio.AioRpcError:
+    """``data`` sent as the request of ``method`` (with no serializer: as it is)."""
+    path = f"/{service}/{method.name}"
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        if method.client_streaming:
+            await channel.stream_unary(path)(iter([data]), metadata=metadata, timeout=10)
+        elif method.server_streaming:
+            async for _ in channel.unary_stream(path)(data, metadata=metadata, timeout=10):
+                pass
+        else:
+            await channel.unary_unary(path)(data, metadata=metadata, timeout=10)
+    return caught.value
+
+
+@pytest.mark.slow
+async def test_bytes_that_are_no_protobuf_are_invalid_argument_on_every_method(
+    stack: Stack,
+) -> None:
+    """Held: every method of every service, through the gateway and direct, answers bytes
+    that are not its request message (or a string field that is not UTF-8, at the top or
+    nested) INVALID_ARGUMENT, reason MALFORMED_REQUEST, naming the message type; never
+    UNKNOWN quoting protobuf's exception, nor INTERNAL."""
+    await create_books(stack)
+    direct = {
+        name: grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+        for name, server in stack.servers.items()
+    }
+    stack.channels.extend(direct.values())
+    targets = [(stack.channel, ALICE, stack.gateway.service_names)] + [
+        (channel, AS_ALICE, stack.servers[name].service_names) for name, channel in direct.items()
+    ]
+    # Condition.property (a string) inside CountObjectsRequest.filter.condition.
+    nested = _length_delimited(2, _length_delimited(1, _length_delimited(1, BAD_UTF8)))
+    retrieval = ret_pb.DESCRIPTOR.services_by_name["RetrievalService"].full_name
+    checked = 0
+    for channel, metadata, services in targets:
+        for service in (s for s in services if s in SERVICES):
+            for method in SERVICES[service].methods:
+                sent = dict(NEVER_PROTOBUF)
+                first = method.input_type.fields_by_number.get(1)
+                if first is not None and first.type == first.TYPE_STRING:
+                    sent["invalid UTF-8"] = _length_delimited(1, BAD_UTF8)
+                    sent["a surrogate"] = _length_delimited(1, SURROGATE_AS_UTF8)
+                if service == retrieval and method.name == "CountObjects":
+                    sent["nested invalid UTF-8"] = nested
+                for kind, data in sent.items():
+                    err = await _raw_call(channel, service, method, data, metadata)
+                    where = f"{service}/{method.name} ({kind})"
+                    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, (where, err.details())
+                    info = error_info(err)
+                    assert info.reason == "MALFORMED_REQUEST", (where, info)
+                    assert info.metadata["message_type"] == method.input_type.full_name, where
+                    checked += 1
+    assert checked > 400
+
+
+def _status(err: grpc.aio.AioRpcError, name: str, stands_for: str) -> tuple[Any, ...]:
+    """What a client sees of a failure, with ``name`` written as ``stands_for``."""
+    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    assert status is not None, err
+    details = tuple(d.SerializeToString().replace(name.encode(), b"X") for d in status.details)
+    return err.code(), (err.details() or "").replace(name, "X"), details
+
+
+async def _same_failure(calls: dict[str, Callable[[str], Any]], theirs: str, missing: str) -> None:
+    for label, call in calls.items():
+        with pytest.raises(grpc.aio.AioRpcError) as probed:
+            await call(theirs)
+        with pytest.raises(grpc.aio.AioRpcError) as absent:
+            await call(missing)
+        assert probed.value.code() == grpc.StatusCode.NOT_FOUND, (label, probed.value.details())
+        assert _status(probed.value, theirs, "X") == _status(absent.value, missing, "X"), label
+
+
+async def test_another_tenants_things_fail_byte_for_byte_like_missing_ones(stack: Stack) -> None:
+    """Held: bob probing alice's conversation, turn, collection and objects (through the
+    gateway and straight to the services) gets the status a missing one gets, code,
+    message, ErrorInfo and BadRequest alike, once the name itself is set aside."""
+    alice_ids = await create_books(stack)
+    memory = stack.memory
+    made = await memory.CreateConversation(mem_pb.CreateConversationRequest(), metadata=ALICE)
+    cid = made.conversation.conversation_id
+    turn = await memory.CreateInteraction(
+        mem_pb.CreateInteractionRequest(conversation_id=cid, input="q", response="a"),
+        metadata=ALICE,
+    )
+    iid = turn.interaction.interaction_id
+    direct = grpc.aio.insecure_channel(f"127.0.0.1:{stack.servers['memory'].port}")
+    stack.channels.append(direct)
+    name_mask = field_mask_pb2.FieldMask(paths=["name"])
+    info_mask = field_mask_pb2.FieldMask(paths=["additional_info"])
+    for m, md in ((memory, BOB), (mem_grpc.MemoryServiceStub(direct), AS_BOB)):
+        conversation: dict[str, Callable[[str], Any]] = {
+            "GetConversation": lambda c, m=m, md=md: m.GetConversation(
+                mem_pb.GetConversationRequest(conversation_id=c), metadata=md
+            ),
+            "UpdateConversation": lambda c, m=m, md=md: m.UpdateConversation(
+                mem_pb.UpdateConversationRequest(
+                    conversation_id=c, name="n", update_mask=name_mask
+                ),
+                metadata=md,
+            ),
+            "DeleteConversation": lambda c, m=m, md=md: m.DeleteConversation(
+                mem_pb.DeleteConversationRequest(conversation_id=c), metadata=md
+            ),
+            "CreateInteraction": lambda c, m=m, md=md: m.CreateInteraction(
+                mem_pb.CreateInteractionRequest(conversation_id=c, input="x"), metadata=md
+            ),
+            "ListInteractions": lambda c, m=m, md=md: m.ListInteractions(
+                mem_pb.ListInteractionsRequest(conversation_id=c), metadata=md
+            ),
+            "UpdateConversationSummary": lambda c, m=m, md=md: m.UpdateConversationSummary(
+                mem_pb.UpdateConversationSummaryRequest(
+                    conversation_id=c, text="s", through_interaction_id=iid, summarised_turns=1
+                ),
+                metadata=md,
+            ),
+            "CheckStorage": lambda c, m=m, md=md: m.CheckStorage(
+                mem_pb.CheckStorageRequest(conversation_id=c, bytes=1), metadata=md
+            ),
+        }
+        await _same_failure(conversation, cid, str(uuid.uuid4()))
+        interaction: dict[str, Callable[[str], Any]] = {
+            "GetInteraction": lambda i, m=m, md=md: m.GetInteraction(
+                mem_pb.GetInteractionRequest(interaction_id=i), metadata=md
+            ),
+            "UpdateInteraction": lambda i, m=m, md=md: m.UpdateInteraction(
+                mem_pb.UpdateInteractionRequest(
+                    interaction=mem_pb.Interaction(interaction_id=i), update_mask=info_mask
+                ),
+                metadata=md,
+            ),
+            "ListInteractionTraces": lambda i, m=m, md=md: m.ListInteractionTraces(
+                mem_pb.ListInteractionTracesRequest(interaction_id=i), metadata=md
+            ),
+        }
+        await _same_failure(interaction, iid, str(uuid.uuid4()))
+    asking: dict[str, Callable[[str], Any]] = {
+        "Ask": lambda c: stack.stub.Ask(
+            gw_pb.AskRequest(collection="Books", llm_question="q", conversation_id=c),
+            metadata=BOB,
+        ),
+    }
+    await create_books(stack, metadata=BOB)  # bob's own Books: the conversation is at fault
+    await _same_failure(asking, cid, str(uuid.uuid4()))
+    objects: dict[str, Callable[[str], Any]] = {
+        "GetObject": lambda i: stack.retrieval.GetObject(
+            ret_pb.GetObjectRequest(collection="Books", id=i), metadata=BOB
+        ),
+        "GetObject direct": lambda i: stack.retrieval_direct.GetObject(
+            ret_pb.GetObjectRequest(collection="Books", id=i), metadata=AS_BOB
+        ),
+    }
+    await _same_failure(objects, alice_ids[0], str(uuid.uuid4()))
+    await stack.retrieval.DeleteCollection(
+        ret_pb.DeleteCollectionRequest(name="Books"), metadata=BOB
+    )
+    collections: dict[str, Callable[[str], Any]] = {
+        "GetCollection": lambda n: stack.retrieval.GetCollection(
+            ret_pb.GetCollectionRequest(name=n), metadata=BOB
+        ),
+        "CountObjects direct": lambda n: stack.retrieval_direct.CountObjects(
+            ret_pb.CountObjectsRequest(collection=n), metadata=AS_BOB
+        ),
+        "LookupCachedAnswer": lambda n: stack.retrieval_direct.LookupCachedAnswer(
+            ret_pb.LookupCachedAnswerRequest(collection=n, question="q", min_similarity=0.9),
+            metadata=AS_BOB,
+        ),
+        "ImportObjects": lambda n: stack.retrieval.ImportObjects(
+            iter([ret_pb.ImportObjectsRequest(collection=n, objects=[_titled("t")])]),
+            metadata=BOB,
+        ),
+        "StreamAsk": lambda n: _drained(
+            stack.stub.StreamAsk(
+                gw_pb.StreamAskRequest(collection=n, llm_question="q"), metadata=BOB
+            )
+        ),
+    }
+    await _same_failure(collections, "Books", "Nooks")
+
+
+async def _drained(stream: Any) -> None:
+    async for _ in stream:
+        pass
