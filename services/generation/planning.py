@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 from gensearch.generation.v1 import generation_service_pb2 as pb
 
-from services.common.errors import InvalidArgument
+from services.common.errors import InvalidArgument, quote
 from services.common.model_names import check_model_name
 from services.common.upstream_retry import Deadline
 from services.generation.answering import Plan
@@ -69,6 +69,8 @@ class Planner:
             check_models=not base_url,
         )
         chain = [Target(0, provider, request)]
+        # Endpoint (provider, model, caller's base URL or "") -> the field that named it.
+        named = {(provider.name, request.model, base_url): "primary"}
         if len(msg.fallback) > self.limits.max_fallbacks:
             raise InvalidArgument(
                 f"at most {self.limits.max_fallbacks} fallback pairs are allowed",
@@ -84,6 +86,7 @@ class Planner:
             model = choice.model.strip() or other.config.default_model
             check_model(model, other.config, f"{where}.model")
             check_context_window(list(request.messages), request.max_tokens, other.config)
+            _check_repeat(named, (other.name, model, ""), where)
             chain.append(
                 Target(
                     i + 1,
@@ -109,4 +112,25 @@ class Planner:
             deadline=Deadline(timeout),
             share=self.fallback_share,
             schema=None if fmt is None else fmt[1],
+        )
+
+
+def _check_repeat(
+    named: dict[tuple[str, str, str], str], endpoint: tuple[str, str, str], where: str
+) -> None:
+    """INVALID_ARGUMENT (DUPLICATE_FALLBACK) when fallback pair ``where`` names the endpoint
+    of the primary or of an earlier pair (the same provider, model after the default is
+    filled in, and base URL: a caller's ``base_url`` is the primary's alone), as the gateway
+    refuses it: the endpoint that just failed would be called again with all its retries,
+    each charged to the tenant and taken from the provider's shared limits."""
+    first = named.setdefault(endpoint, where)
+    if first != where:
+        raise InvalidArgument(
+            f"{where} repeats {'the primary' if first == 'primary' else first} (provider "
+            f"{quote(endpoint[0])}, model {quote(endpoint[1])}): the same endpoint would be "
+            "called again, with all its retries; name another provider or model, or drop "
+            "the pair",
+            field=where,
+            reason="DUPLICATE_FALLBACK",
+            metadata={"repeats": first},
         )

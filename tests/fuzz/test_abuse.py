@@ -1,6 +1,7 @@
 """What a careless or hostile gRPC client sends, beyond what the descriptor-driven fuzzing
-(test_fuzz_requests.py) draws: hand-made wire bytes that are no protobuf at all, and probes
-of another tenant's things compared byte for byte with probes of missing ones."""
+(test_fuzz_requests.py) draws: hand-made wire bytes that are no protobuf at all, probes of
+another tenant's things compared byte for byte with probes of missing ones, and a fallback
+chain that repeats its primary sent to the generation service."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import grpc
 import pytest
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.generation.v1 import generation_service_pb2 as gen_pb
+from gensearch.generation.v1 import generation_service_pb2_grpc as gen_grpc
 from gensearch.memory.v1 import memory_service_pb2 as mem_pb
 from gensearch.memory.v1 import memory_service_pb2_grpc as mem_grpc
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
@@ -20,7 +22,7 @@ from grpc_status import rpc_status
 
 from services.common.auth import Identity, Role, forwarded_identity
 from tests.gateway.conftest import ALICE, AS_ALICE, BOB, TOKEN, Stack, create_books, vector
-from tests.support.rpc import error_info
+from tests.support.rpc import error_info, failure_of
 
 AS_BOB = forwarded_identity(Identity("bob", "bob", Role.ADMIN), TOKEN)
 
@@ -241,3 +243,41 @@ async def test_another_tenants_things_fail_byte_for_byte_like_missing_ones(stack
 async def _drained(stream: Any) -> None:
     async for _ in stream:
         pass
+
+
+async def test_a_fallback_pair_repeating_an_endpoint_is_refused_by_generation_too(
+    stack: Stack,
+) -> None:
+    """The gateway refuses a generative search's fallback pair that repeats the primary or
+    an earlier pair (DUPLICATE_FALLBACK): it re-runs the endpoint that just failed, with all
+    its retries, each charged to the tenant. Generate and StreamGenerate, straight to the
+    generation service or forwarded by the gateway, took such a chain: a failing endpoint
+    was called again, with its retries. Now refused the same way, before any call."""
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{stack.servers['generation'].port}")
+    stack.channels.append(channel)
+    hello = [gen_pb.Message(role=gen_pb.ROLE_USER, content="hi")]
+    pair = gen_pb.ModelChoice
+    chains = [  # (primary provider, primary model, chain, the pair at fault, what it repeats)
+        ("fake", "", [pair(provider="FAKE ")], 0, "primary"),
+        ("fake", "", [pair(provider="fake", model="fake-model")], 0, "primary"),
+        ("", "other", [pair(provider="fake", model="m"), pair(provider="fake", model="m")], 1,
+         "fallback[0]"),
+    ]  # fmt: skip
+    stubs = (
+        (gen_grpc.GenerationServiceStub(channel), AS_ALICE),
+        (gen_grpc.GenerationServiceStub(stack.channel), ALICE),
+    )
+    for stub, metadata in stubs:
+        for provider, model, chain, at, repeats in chains:
+            fields = {"provider": provider, "model": model, "messages": hello, "fallback": chain}
+            for call in (
+                stub.Generate(gen_pb.GenerateRequest(**fields), metadata=metadata),
+                stub.StreamGenerate(gen_pb.StreamGenerateRequest(**fields), metadata=metadata),
+            ):
+                err = await failure_of(call)
+                assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
+                info = error_info(err)
+                assert info.reason == "DUPLICATE_FALLBACK", (info, err.details())
+                assert info.metadata["field"] == f"fallback[{at}]", info
+                assert info.metadata["repeats"] == repeats, info
+    assert stack.fake.chat_requests == []
