@@ -115,7 +115,8 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
         limit = self._settings.max_conversation_ttl_seconds
         duration_seconds(ttl, field)  # a valid Duration first; then its bounds, in ns
         ns = ttl.ToNanoseconds()
-        if ns < 0 or ttl.seconds > limit:
+        # In ns: the seconds alone let a ttl past the limit by its nanos through.
+        if ns < 0 or ns > limit * 1_000_000_000:
             raise InvalidArgument(
                 f"{field} must be between 0 (no expiry) and {limit} s",
                 field=field,

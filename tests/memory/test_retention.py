@@ -155,12 +155,19 @@ async def test_default_ttl_and_update_with_a_field_mask(memory_factory: MemoryFa
     for ttl in (
         duration_pb2.Duration(seconds=10**10),
         duration_pb2.Duration(seconds=5, nanos=-5),  # not a valid Duration: mixed signs
+        # Past the limit by its nanos alone: only the seconds were compared with it.
+        duration_pb2.Duration(seconds=10 * 366 * 86400, nanos=999_999_999),
     ):
         await expect_error(
             memory.stub.CreateConversation(pb.CreateConversationRequest(ttl=ttl), metadata=ALICE),
             grpc.StatusCode.INVALID_ARGUMENT,
             "ttl",
         )
+    at_limit = duration_pb2.Duration(seconds=10 * 366 * 86400)
+    made = await memory.stub.CreateConversation(
+        pb.CreateConversationRequest(ttl=at_limit), metadata=ALICE
+    )
+    assert made.conversation.ttl == at_limit
 
 
 async def test_max_turns_without_summary_evicts_the_oldest(memory: Memory) -> None:
