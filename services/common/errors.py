@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 
 import grpc
 from gensearch.retrieval.v1 import retrieval_service_pb2 as retrieval_pb
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import DecodeError, Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
@@ -104,6 +104,13 @@ class ServiceError(Exception):
             details.append(_pack(bad))
         details.extend(_pack(detail) for detail in self.details)
         return status_pb2.Status(code=self.code.value[0], message=message, details=details)
+
+
+def add_retry_info(status: status_pb2.Status, seconds: float) -> None:
+    """A ``google.rpc.RetryInfo`` detail on ``status``: try again in ``seconds``."""
+    delay = duration_pb2.Duration()
+    delay.FromNanoseconds(int(seconds * 1e9))
+    status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
 
 
 def capped_metadata(metadata: Mapping[str, str]) -> dict[str, str]:

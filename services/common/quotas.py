@@ -48,13 +48,12 @@ from importlib import resources
 from typing import Any
 
 import grpc
-from google.protobuf import duration_pb2
-from google.rpc import error_details_pb2, status_pb2
+from google.rpc import status_pb2
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisClusterException, RedisError
 
 from services.common.auth import current_tenant
-from services.common.errors import ResourceExhausted
+from services.common.errors import ResourceExhausted, add_retry_info
 from services.common.logs import ThrottledWarning
 from services.common.redis_client import RedisClient
 
@@ -100,9 +99,7 @@ class QuotaExceeded(ResourceExhausted):
     def to_proto(self) -> status_pb2.Status:
         status = super().to_proto()
         if self.retry_after is not None:
-            delay = duration_pb2.Duration()
-            delay.FromNanoseconds(int(self.retry_after * 1e9))
-            status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+            add_retry_info(status, self.retry_after)
         return status
 
 

@@ -55,7 +55,9 @@ from services.gateway.prompting import (
     ContextHit,
 )
 from services.gateway.turns import (
+    Claim,
     History,
+    RequestIdInUse,
     Room,
     additional_info,
     check_replay,
@@ -114,6 +116,33 @@ class AskService:
     async def events(
         self, request: AskLike, caller: Caller, deadline: float, *, stream: bool
     ) -> AsyncIterator[gw_pb.StreamAskResponse]:
+        # With the client's request_id, memory reserves it for this attempt (turns.Claim)
+        # as it is checked, so attempts at once pay for one answer: the others are
+        # REQUEST_ID_IN_USE. An attempt that ends without its turn stored lets it go.
+        claim = (
+            Claim.of(request.request_id, self._b.settings.ask_cleanup_seconds)
+            if request.conversation_id or request.new_conversation
+            else None
+        )
+        try:
+            async for event in self._turn(request, caller, deadline, claim, stream=stream):
+                yield event
+        except RequestIdInUse:
+            raise  # another attempt's hold: not this one's to end
+        except BaseException:
+            if claim is not None:
+                claim.release(self._b.clients.memory, caller)
+            raise
+
+    async def _turn(
+        self,
+        request: AskLike,
+        caller: Caller,
+        deadline: float,
+        claim: Claim | None,
+        *,
+        stream: bool,
+    ) -> AsyncIterator[gw_pb.StreamAskResponse]:
         params = ask_request.validate(request, self._b.settings)
         question = params.question
 
@@ -122,7 +151,7 @@ class AskService:
         s = self._b.settings
         use_summary = s.summary_enabled and not request.summary_disabled
         history, info, room = await self._history_and_collection(
-            request, params, caller, deadline, use_summary
+            request, params, caller, deadline, use_summary, claim
         )
         if room.stored is not None:
             # A retry of a turn already stored (the client never saw its answer): that
@@ -389,6 +418,7 @@ class AskService:
                     deadline,
                     limits,
                     request.request_id,
+                    cleanup=s.ask_cleanup_seconds,
                 ),
             )
             if request.request_id and (
@@ -447,6 +477,7 @@ class AskService:
         caller: Caller,
         deadline: float,
         use_summary: bool,
+        claim: Claim | None,
     ) -> tuple[History, CollectionInfo | BaseException, Room]:
         """The conversation's newest turns (newest first) and the collection, read at once;
         and, for a turn that will be stored, whether memory has room for it (the owner's
@@ -479,6 +510,7 @@ class AskService:
                 caller,
                 deadline,
                 request.request_id,
+                claim,
             )
             if request.conversation_id or request.new_conversation
             else _value(Room())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import uuid
 from collections.abc import Awaitable
 from dataclasses import dataclass
@@ -15,8 +16,9 @@ from gensearch.generation.v1 import generation_service_pb2 as gen_pb
 from gensearch.memory.v1 import memory_service_pb2 as mem_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from google.protobuf import json_format, struct_pb2
+from google.rpc import status_pb2
 
-from services.common.errors import InvalidArgument, ServiceError
+from services.common.errors import Aborted, InvalidArgument, ServiceError, add_retry_info
 from services.common.well_known import struct
 from services.gateway import ask_traces
 from services.gateway.clients import Caller, MemoryClient
@@ -143,6 +145,71 @@ class Room:
     stored: mem_pb.Interaction | None = None
 
 
+class RequestIdInUse(Aborted):
+    """ABORTED / REQUEST_ID_IN_USE with RetryInfo: another attempt with the Ask's
+    request_id is running and has not stored its turn; a retry once it has replays it."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "request_id is in use by another attempt of this turn, still running; retry "
+            "once it has ended to get its answer",
+            field="request_id",
+            reason="REQUEST_ID_IN_USE",
+        )
+
+    def to_proto(self) -> status_pb2.Status:
+        status = super().to_proto()
+        add_retry_info(status, IN_USE_RETRY_SECONDS)
+        return status
+
+
+# The RetryInfo of REQUEST_ID_IN_USE: an answer takes seconds; the retry replays it.
+IN_USE_RETRY_SECONDS = 1.0
+# The longest reservation memory makes of a request_id (its MAX_CLAIM_SECONDS).
+_MAX_CLAIM_SECONDS = 3600
+
+
+@dataclass
+class Claim:
+    """An Ask attempt's reservation of its request_id in memory (CheckStorage's
+    claim_token): attempts at once with one key pay for one answer."""
+
+    request_id: str
+    token: str
+    # Seconds past the Ask's deadline it lasts: its clean-up's time.
+    grace: float
+    # Asked of memory (it may hold the key from then on).
+    sent: bool = False
+
+    @classmethod
+    def of(cls, request_id: str, grace: float) -> Claim | None:
+        return cls(request_id, uuid.uuid4().hex, grace) if request_id else None
+
+    def seconds(self, deadline: float) -> int:
+        """Until the attempt may still store its turn: then a gateway gone without a word
+        (killed) no longer holds the key."""
+        return max(1, min(_MAX_CLAIM_SECONDS, math.ceil(time_left(deadline) + self.grace)))
+
+    def release(self, memory: MemoryClient, caller: Caller) -> None:
+        """The attempt failed, its turn not stored: the key is let go in the background
+        (the Ask may be ending, cancelled), so the client's retry runs at once. Memory
+        lets it go only if this attempt still holds it (a stored turn ended the hold)."""
+        if self.sent:
+            _in_background(self._release(memory, caller))
+
+    async def _release(self, memory: MemoryClient, caller: Caller) -> None:
+        with contextlib.suppress(ServiceError, asyncio.CancelledError):
+            await memory.check_storage(
+                "",
+                0,
+                caller,
+                self.grace,
+                request_id=self.request_id,
+                claim_token=self.token,
+                release_claim=True,
+            )
+
+
 async def check_room(
     memory: MemoryClient,
     conversation_id: str,
@@ -151,6 +218,7 @@ async def check_room(
     caller: Caller,
     deadline: float,
     request_id: str = "",
+    claim: Claim | None = None,
 ) -> Room:
     """Before any LLM call: RESOURCE_EXHAUSTED, as storing the turn would be, when memory
     has no room for it in ``conversation_id`` (or in a new conversation when empty);
@@ -164,13 +232,25 @@ async def check_room(
 
     With the client's ``request_id``: the turn memory already stored with it, if any (its
     retry needs no room; one in another conversation than ``conversation_id`` is memory's
-    REQUEST_ID_REUSED)."""
+    REQUEST_ID_REUSED). With ``claim``, the key is reserved for this attempt:
+    RequestIdInUse when another attempt holds it (a memory service older than claims
+    reserves nothing: attempts at once then both answer, one turn stored)."""
     known = mem_pb.Interaction(input=question, prompt_template=request_template).ByteSize()
+    if claim is not None:
+        claim.sent = True
     answer = await memory.check_storage(
-        conversation_id, known, caller, time_left(deadline), request_id=request_id
+        conversation_id,
+        known,
+        caller,
+        time_left(deadline),
+        request_id=request_id,
+        claim_token=claim.token if claim else "",
+        claim_seconds=claim.seconds(deadline) if claim else 0,
     )
     if answer is None:
         return Room()
+    if answer.request_id_in_use:
+        raise RequestIdInUse()
     return Room(
         answer.limits if answer.HasField("limits") else None,
         answer.interaction if request_id and answer.HasField("interaction") else None,
@@ -185,6 +265,8 @@ async def store_turn(
     deadline: float,
     limits: mem_pb.InteractionLimits | None = None,
     client_request_id: str = "",
+    *,
+    cleanup: float,
 ) -> tuple[mem_pb.Interaction, bool]:
     """Store ``interaction`` in ``conversation_id``, or in a new conversation named after
     its input when ``conversation_id`` is empty; the interaction as memory holds it, and
@@ -194,12 +276,14 @@ async def store_turn(
     be another attempt's, stored first with it (in the conversation that attempt started,
     for a new conversation: then it is known to be; in ``conversation_id``, memory answers
     a write with the turn already stored with the key, which could be this attempt's own
-    write retried by the channel, so the caller compares what it holds)."""
+    write retried by the channel, so the caller compares what it holds). ``cleanup``:
+    seconds each call of the clean-up of a new conversation may take (and a create may
+    run past the Ask's deadline, for its id to be learned and the conversation deleted)."""
     created = False
     try:
         if not conversation_id:
             made = await _create(
-                memory, fit_name(title(interaction.input), limits), caller, deadline
+                memory, fit_name(title(interaction.input), limits), caller, deadline, cleanup
             )
             conversation_id, created = made.conversation_id, True
         interaction.conversation_id = conversation_id
@@ -209,10 +293,10 @@ async def store_turn(
     except BaseException as err:
         if created:
             # Shielded: the caller leaving (its deadline) must not cut the clean-up short.
-            cleanup = _in_background(
-                _forget_unless_stored(memory, conversation_id, client_request_id, caller)
+            forgetting = _in_background(
+                _forget_unless_stored(memory, conversation_id, client_request_id, caller, cleanup)
             )
-            await asyncio.shield(cleanup)
+            await asyncio.shield(forgetting)
             if (
                 client_request_id
                 and isinstance(err, ServiceError)
@@ -230,26 +314,25 @@ async def store_turn(
 
 
 _CLEANUPS: set[asyncio.Future[None]] = set()
-# Seconds a clean-up call to memory may take (and, past the Ask's deadline, a new
-# conversation's create, so that its id is learned and the conversation deleted).
-_CLEANUP_SECONDS = 2.0
 
 
 async def _create(
-    memory: MemoryClient, name: str, caller: Caller, deadline: float
+    memory: MemoryClient, name: str, caller: Caller, deadline: float, cleanup: float
 ) -> mem_pb.Conversation:
     """A new conversation for the turn. The call is shielded, and its own deadline is the
-    Ask's plus ``_CLEANUP_SECONDS``: when the Ask ends while memory creates it (the client
-    gone, the deadline passed), memory may well create it all the same, and the id its
-    answer brings is then deleted in the background; cancelled with the Ask, the call
-    left an empty conversation in the user's list that nobody knew of."""
+    Ask's plus ``cleanup`` seconds (GENSEARCH_GATEWAY_ASK_CLEANUP_SECONDS): when the Ask
+    ends while memory creates it (the client gone, the deadline passed), memory may well
+    create it all the same, and the id its answer brings is then deleted in the
+    background. Cancelled with the Ask, the call left an empty conversation in the user's
+    list that nobody knew of; so did one given up 2 s past the deadline (the fixed grace
+    it had), when memory answered later."""
     creating = asyncio.ensure_future(
-        memory.create_conversation(name, caller, time_left(deadline) + _CLEANUP_SECONDS)
+        memory.create_conversation(name, caller, time_left(deadline) + cleanup)
     )
     try:
         return await asyncio.shield(creating)
     except asyncio.CancelledError:
-        _in_background(_forget_once_created(memory, creating, caller))
+        _in_background(_forget_once_created(memory, creating, caller, cleanup))
         raise
 
 
@@ -262,18 +345,25 @@ def _in_background(work: Awaitable[None]) -> asyncio.Future[None]:
 
 
 async def _forget_once_created(
-    memory: MemoryClient, creating: asyncio.Future[mem_pb.Conversation], caller: Caller
+    memory: MemoryClient,
+    creating: asyncio.Future[mem_pb.Conversation],
+    caller: Caller,
+    cleanup: float,
 ) -> None:
     """No turn was written to it: the conversation goes, once its id is known."""
     try:
         made = await creating
     except (ServiceError, asyncio.CancelledError):
         return  # not made (or not known to be: then nothing can be done)
-    await _forget(memory, made.conversation_id, caller)
+    await _forget(memory, made.conversation_id, caller, cleanup)
 
 
 async def _forget_unless_stored(
-    memory: MemoryClient, conversation_id: str, client_request_id: str, caller: Caller
+    memory: MemoryClient,
+    conversation_id: str,
+    client_request_id: str,
+    caller: Caller,
+    cleanup: float,
 ) -> None:
     """The new conversation of a failed turn is deleted, unless it holds the turn after
     all (its write landed, the answer did not) and the client gave a request_id: then it
@@ -282,17 +372,19 @@ async def _forget_unless_stored(
     if client_request_id:
         with contextlib.suppress(ServiceError):
             answer = await memory.check_storage(
-                "", 0, caller, _CLEANUP_SECONDS, request_id=client_request_id
+                "", 0, caller, cleanup, request_id=client_request_id
             )
             if answer is not None and answer.interaction.conversation_id == conversation_id:
                 return
-    await _forget(memory, conversation_id, caller)
+    await _forget(memory, conversation_id, caller, cleanup)
 
 
-async def _forget(memory: MemoryClient, conversation_id: str, caller: Caller) -> None:
+async def _forget(
+    memory: MemoryClient, conversation_id: str, caller: Caller, cleanup: float
+) -> None:
     """Best effort: do not leave an empty conversation behind a failed turn."""
     with contextlib.suppress(ServiceError, asyncio.CancelledError):
-        await memory.delete_conversation(conversation_id, caller, _CLEANUP_SECONDS)
+        await memory.delete_conversation(conversation_id, caller, cleanup)
 
 
 def title(question: str) -> str:

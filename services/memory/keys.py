@@ -11,6 +11,9 @@ that puts every key of one owner in one slot):
                                     ListInteractionTracesResponse holding only its traces:
                                     a field, so written, expired and deleted with it)
     tag:req:<request_id>      STRING  an interaction id, for request_id_ttl_seconds
+    tag:claim:<request_id>    STRING  the claim_token of the attempt that reserved
+                                    request_id (CheckStorage), for its claim_seconds;
+                                    deleted by the write of a turn with request_id
     tag:usage                 HASH  the owner's stored bytes: "total", <cid> -> the
                                     bytes of that conversation, and "next_expiry" (ms)
                                     (lua/usage.lua)
@@ -47,6 +50,10 @@ def interaction(tag: str, iid: str) -> str:
 
 def request(tag: str, request_id: str) -> str:
     return f"{tag}:req:{request_id}"
+
+
+def claim(tag: str, request_id: str) -> str:
+    return f"{tag}:claim:{request_id}"
 
 
 def usage(tag: str) -> str:

@@ -361,6 +361,7 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
                 "bytes must not be negative", field="bytes", reason="NEGATIVE_COUNT"
             )
         owner = _owner()
+        claim = _claim(request)
         if request.request_id:
             if summary:
                 raise InvalidArgument(
@@ -371,18 +372,20 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
             request_id = _text(
                 request.request_id, "request_id", self._settings.max_request_id_bytes
             )
+            if request.release_claim:
+                await self._store.release_request(owner, request_id, request.claim_token)
+                return pb.CheckStorageResponse()
             stored = await self._store.stored_request(owner, request_id)
             if stored is not None:
-                if cid and stored.conversation_id != cid:
-                    raise InvalidArgument(
-                        "request_id was already used for an interaction of another conversation",
-                        field="request_id",
-                        reason="REQUEST_ID_REUSED",
-                    )
-                # A retry of a turn already stored: it needs no room (its write would
-                # answer with the stored turn, full or not).
-                return pb.CheckStorageResponse(interaction=stored, limits=self._limits())
+                return self._stored(stored, cid)
         usage = await self._store.check_storage(owner, cid, request.bytes, summary=summary)
+        if claim:
+            # Last, once the turn is known to fit: a refused check reserves nothing.
+            held = await self._store.claim_request(owner, request.request_id, *claim)
+            if isinstance(held, pb.Interaction):
+                return self._stored(held, cid)  # stored since it was looked up
+            if not held:
+                return pb.CheckStorageResponse(request_id_in_use=True)
         return pb.CheckStorageResponse(
             used_bytes=usage.used_bytes,
             limit_bytes=usage.limit_bytes,
@@ -390,6 +393,18 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
             max_conversations=usage.max_conversations,
             limits=self._limits(),
         )
+
+    def _stored(self, stored: pb.Interaction, cid: str) -> pb.CheckStorageResponse:
+        """CheckStorage's answer when the request_id names a stored turn."""
+        if cid and stored.conversation_id != cid:
+            raise InvalidArgument(
+                "request_id was already used for an interaction of another conversation",
+                field="request_id",
+                reason="REQUEST_ID_REUSED",
+            )
+        # A retry of a turn already stored: it needs no room (its write would answer with
+        # the stored turn, full or not).
+        return pb.CheckStorageResponse(interaction=stored, limits=self._limits())
 
     def _limits(self) -> pb.InteractionLimits:
         """What CreateInteraction accepts, as configured: CheckStorage returns it so a
@@ -409,6 +424,36 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
             max_request_id_bytes=s.max_request_id_bytes,
             max_value_depth=s.max_value_depth,
         )
+
+
+# The longest reservation CheckStorage makes of a request_id (claim_seconds), and the
+# longest claim_token (an attempt's id: a UUID is 36 bytes).
+MAX_CLAIM_SECONDS = 3600
+_MAX_CLAIM_TOKEN_BYTES = 64
+
+
+def _claim(request: pb.CheckStorageRequest) -> tuple[str, int] | None:
+    """CheckStorage's claim_token and claim_seconds, checked: None without a claim."""
+    if not request.claim_token and not request.release_claim:
+        if request.claim_seconds:
+            raise InvalidArgument("claim_seconds goes with a claim_token", field="claim_seconds")
+        return None
+    if not request.request_id:
+        raise InvalidArgument(
+            "a claim reserves a request_id: request_id is required with claim_token",
+            field="request_id",
+        )
+    token = _text(request.claim_token, "claim_token", _MAX_CLAIM_TOKEN_BYTES)
+    if not token:
+        raise InvalidArgument("release_claim names its attempt's claim_token", field="claim_token")
+    if request.release_claim:
+        return None
+    if not 1 <= request.claim_seconds <= MAX_CLAIM_SECONDS:
+        raise InvalidArgument(
+            f"claim_seconds must be between 1 and {MAX_CLAIM_SECONDS}",
+            field="claim_seconds",
+        )
+    return token, request.claim_seconds
 
 
 def _update_paths(request: pb.UpdateInteractionRequest) -> list[str] | None:

@@ -329,6 +329,8 @@ class MemoryStore:
         self._interactions_exist = script("interactions_exist")
         self._check_storage = script("check_storage")
         self._stored_request = script("stored_request")
+        self._claim_request = script("claim_request")
+        self._release_request = script("release_request")
 
     async def load_scripts(self) -> None:
         """Loads every script now (SCRIPT LOAD; on a cluster, into every master).
@@ -343,7 +345,8 @@ class MemoryStore:
             self._create_interaction, self._get_interaction, self._list_interactions,
             self._list_conversations, self._get_interaction_traces, self._update_interaction,
             self._get_interactions, self._interactions_exist, self._check_storage,
-            self._stored_request, self._retention_step,
+            self._stored_request, self._retention_step, self._claim_request,
+            self._release_request,
         ]  # fmt: skip
         for script in scripts:
             await _redis(self._redis.script_load(script.script))
@@ -414,6 +417,29 @@ class MemoryStore:
         if not out:
             return None
         return pb.Interaction.FromString(out[1])
+
+    async def claim_request(
+        self, owner: Owner, request_id: str, token: str, seconds: int
+    ) -> pb.Interaction | bool:
+        """Reserves ``request_id`` for the attempt ``token`` for ``seconds`` (renewed when
+        it holds it already): True. False when another attempt holds it; the interaction
+        ``owner`` stored with it meanwhile, if any (checked in the same atomic step)."""
+        tag = self.tag(owner)
+        out = await _redis(
+            self._claim_request(
+                keys=[keys.request(tag, request_id), keys.claim(tag, request_id)],
+                args=[owner.user, tag, token, seconds * 1000],
+            )
+        )
+        if out[0] == 1:
+            return pb.Interaction.FromString(out[2])
+        return out[0] == 0
+
+    async def release_request(self, owner: Owner, request_id: str, token: str) -> None:
+        """Ends the attempt ``token``'s reservation of ``request_id``, if it still holds
+        it."""
+        tag = self.tag(owner)
+        await _redis(self._release_request(keys=[keys.claim(tag, request_id)], args=[token]))
 
     async def create_conversation(
         self, owner: Owner, name: str, retention: Retention | None = None
@@ -626,6 +652,7 @@ class MemoryStore:
             keys.interaction(tag, iid),
             keys.conversations(tag),
             keys.request(tag, request_id),
+            keys.claim(tag, request_id),
         ]
         args: list[EncodableT] = [
             owner.user, tag, cid, iid, now, request_id, self._request_ttl_ms,

@@ -15,9 +15,10 @@ from gensearch.memory.v1 import memory_service_pb2 as mem_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 
 from tests.gateway.conftest import ALICE, BOB, Stack, StackFactory, create_books
+from tests.support.fake_openai import Behaviour
 from tests.support.redis_cluster import LocalCluster
 from tests.support.relay import Relay
-from tests.support.rpc import error_info
+from tests.support.rpc import error_info, retry_delay
 
 ANSWER = "The desert planet is Arrakis [1]."
 
@@ -200,20 +201,25 @@ async def test_a_full_owner_still_gets_its_stored_turn(stack_factory: StackFacto
 
 class _Relay(Relay):
     """A memory service on loopback relaying every method to the real one; with ``old``,
-    it drops CheckStorage's request_id first (a memory service older than the field);
+    it drops CheckStorage's request_id and claim first (a memory service older than the
+    fields), with ``no_claims`` only the claim;
     with ``hold``, CreateInteraction's answer is held back once the write is made (its
     caller's deadline passes while memory stores the turn)."""
 
-    def __init__(self, *, old: bool = False, hold: bool = False) -> None:
+    def __init__(self, *, old: bool = False, no_claims: bool = False, hold: bool = False) -> None:
         super().__init__()
         self.old = old
+        self.no_claims = no_claims
         self.hold = hold
         self.stored = 0
 
     def request(self, method: str, request: bytes) -> bytes:
-        if self.old and method.endswith("/CheckStorage"):
+        if (self.old or self.no_claims) and method.endswith("/CheckStorage"):
             check = mem_pb.CheckStorageRequest.FromString(request)
-            check.ClearField("request_id")
+            for field in ("claim_token", "claim_seconds", "release_claim"):
+                check.ClearField(field)
+            if self.old:
+                check.ClearField("request_id")
             return check.SerializeToString()
         return request
 
@@ -325,14 +331,31 @@ async def test_a_retry_replays_on_a_cluster(
     assert error_info(err).reason == "REQUEST_ID_REUSED"
 
 
+async def _race(stack: Stack, request: gw_pb.AskRequest, n: int) -> list[Any]:
+    """``n`` Asks of ``request`` at once, every LLM answer held until each attempt has
+    either reached the model or been answered: who gets there first does not depend on
+    timing. Their answers or errors, in order."""
+    stack.fake.gate = asyncio.Event()
+    asks = [
+        asyncio.ensure_future(stack.stub.Ask(request, metadata=ALICE, timeout=30)) for _ in range(n)
+    ]
+    progress = stack.fake.gate_reached
+    for ask in asks:
+        ask.add_done_callback(lambda _: progress.set())
+    while sum(a.done() for a in asks) + stack.fake.gated < n:
+        progress.clear()
+        await progress.wait()
+    stack.fake.gate.set()
+    return await asyncio.gather(*asks, return_exceptions=True)
+
+
 @pytest.mark.parametrize("new", [True, False])
-async def test_two_attempts_at_once_answer_with_one_turn(
-    stack_factory: StackFactory, new: bool
-) -> None:
-    """A retry sent while the first attempt still runs: both pay for an answer (neither
-    was stored when they checked), one turn is stored, and both answer with it: the
-    attempt whose write lost is replayed (with what it spent), and the new conversation
-    it made is not left behind."""
+async def test_attempts_at_once_make_one_answer(stack_factory: StackFactory, new: bool) -> None:
+    """Three attempts with one key at once: one LLM call, one turn; the first answers
+    fresh, the others are ABORTED / REQUEST_ID_IN_USE naming request_id, with RetryInfo.
+    Their retry, once the first is done, replays its turn. Before: every attempt called
+    the model (neither was stored when they checked), and all but one answered with the
+    other's turn."""
     stack = await _stack(stack_factory)
     cid = ""
     if not new:
@@ -340,9 +363,6 @@ async def test_two_attempts_at_once_answer_with_one_turn(
             mem_pb.CreateConversationRequest(), metadata=ALICE
         )
         cid = made.conversation.conversation_id
-    answers = iter(["first answer [1]", "second answer [1]"])
-    stack.fake.reply = lambda body: next(answers)
-    stack.fake.latency = 1.0  # both attempts check memory before either stores
     request = gw_pb.AskRequest(
         collection="Books",
         llm_question="desert?",
@@ -350,8 +370,74 @@ async def test_two_attempts_at_once_answer_with_one_turn(
         new_conversation=new,
         request_id="k",
     )
-    both = await asyncio.gather(*(stack.stub.Ask(request, metadata=ALICE) for _ in range(2)))
+    outcomes = await _race(stack, request, 3)
+    assert len(stack.fake.chat_requests) == 1
+    answers = [o for o in outcomes if isinstance(o, gw_pb.AskResponse)]
+    refused = [o for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
+    assert len(answers) == 1 and len(refused) == 2, outcomes
+    first = answers[0]
+    assert not first.replayed and first.interaction_id
+    for err in refused:
+        assert err.code() == grpc.StatusCode.ABORTED, err
+        info = error_info(err)
+        assert (info.reason, info.metadata["field"]) == ("REQUEST_ID_IN_USE", "request_id")
+        assert retry_delay(err) > 0
+    _same_turn(await stack.stub.Ask(request, metadata=ALICE), first)
+    assert len(stack.fake.chat_requests) == 1
+    assert await _conversations(stack) == [(first.conversation_id, 1)]
+
+
+async def test_a_failed_attempt_frees_its_key(stack_factory: StackFactory) -> None:
+    """An attempt that fails (the model down) lets go of its key at once: the client's
+    retry is answered, not refused REQUEST_ID_IN_USE until the first attempt's time is
+    up."""
+    stack = await _stack(stack_factory)
+    stack.fake.fail_next(1, Behaviour.error(400))
+    request = gw_pb.AskRequest(
+        collection="Books", llm_question="desert?", new_conversation=True, request_id="k"
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stack.stub.Ask(request, metadata=ALICE)
+    assert err.value.code() != grpc.StatusCode.ABORTED
+    while True:  # the key is let go in the background, once the Ask has failed
+        try:
+            answer = await stack.stub.Ask(request, metadata=ALICE)
+            break
+        except grpc.aio.AioRpcError as again:
+            assert error_info(again).reason == "REQUEST_ID_IN_USE", again
+            await asyncio.sleep(0.05)
+    assert not answer.replayed and answer.answer == ANSWER
+    assert await _conversations(stack) == [(answer.conversation_id, 1)]
+
+
+@pytest.mark.parametrize("new", [True, False])
+async def test_attempts_at_once_on_a_memory_without_claims(
+    stack_factory: StackFactory, new: bool
+) -> None:
+    """A memory service older than CheckStorage's claim (a rolling upgrade): both
+    attempts pay for an answer, one turn is stored, and both answer with it; the attempt
+    whose write lost is replayed (with what it spent), and the new conversation it made
+    is not left behind."""
+    stack = await _relayed(stack_factory, _Relay(no_claims=True))
+    cid = ""
+    if not new:
+        made = await stack.memory.CreateConversation(
+            mem_pb.CreateConversationRequest(), metadata=ALICE
+        )
+        cid = made.conversation.conversation_id
+    request = gw_pb.AskRequest(
+        collection="Books",
+        llm_question="desert?",
+        conversation_id=cid,
+        new_conversation=new,
+        request_id="k",
+        rewrite_query=False,
+    )
+    answers = iter(["first answer [1]", "second answer [1]"])
+    stack.fake.reply = lambda body: next(answers)
+    both = await _race(stack, request, 2)
     assert len(stack.fake.chat_requests) == 2
+    assert all(isinstance(a, gw_pb.AskResponse) for a in both), both
     assert len({(a.answer, a.conversation_id, a.interaction_id) for a in both}) == 1, both
     assert sorted(a.replayed for a in both) == [False, True]
     assert all(a.upstream_calls == 1 for a in both)
@@ -377,24 +463,3 @@ async def test_a_replay_leaves_out_additional_info_a_client_reshaped(
     replay = await stack.stub.Ask(request, metadata=ALICE)
     assert replay.replayed and replay.answer == first.answer
     assert list(replay.citations) == [] and replay.trimmed.hits == 0
-
-
-async def test_two_attempts_at_once_with_the_same_answer_mark_the_second_replayed(
-    stack_factory: StackFactory,
-) -> None:
-    """A model answering both attempts alike (a deterministic one): the new_conversation
-    attempt whose write lost still answers replayed. Both were replayed false: the
-    gateway told the other attempt's turn from its own by its text only."""
-    stack = await _stack(stack_factory)
-    stack.fake.latency = 1.0  # both attempts check memory before either stores
-    request = gw_pb.AskRequest(
-        collection="Books", llm_question="desert?", new_conversation=True, request_id="k"
-    )
-    both = await asyncio.gather(
-        *(stack.stub.Ask(request, metadata=ALICE, timeout=20) for _ in range(2))
-    )
-    assert len(stack.fake.chat_requests) == 2
-    assert len({(a.answer, a.conversation_id, a.interaction_id) for a in both}) == 1, both
-    assert sorted(a.replayed for a in both) == [False, True]
-    assert all(a.upstream_calls == 1 for a in both)
-    assert await _conversations(stack) == [(both[0].conversation_id, 1)]

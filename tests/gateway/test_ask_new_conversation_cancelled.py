@@ -89,3 +89,27 @@ async def test_a_new_conversation_made_as_the_ask_ended_is_not_left_behind(
     # The user's next Ask into a new conversation is stored as usual.
     answer = await stack.stub.Ask(request, metadata=ALICE, timeout=20)
     assert await _listed(stack) == [answer.conversation_id]
+
+
+async def test_a_conversation_made_long_after_the_deadline_is_not_left_behind(
+    stack_factory: StackFactory,
+) -> None:
+    """Memory answers CreateConversation more than 2 s after the Ask's deadline. Before:
+    the gateway's create call had the Ask's deadline plus 2 s, so it gave up then, and
+    the conversation memory made all the same stayed in Alice's list, empty. Now the
+    clean-up waits for the id up to GENSEARCH_GATEWAY_ASK_CLEANUP_SECONDS (default 30)."""
+    relay = _HoldCreate()
+    stack = await _relayed(stack_factory, relay)
+    request = gw_pb.AskRequest(collection="Books", llm_question="desert?", new_conversation=True)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    asking = asyncio.ensure_future(stack.stub.Ask(request, metadata=ALICE, timeout=3.0))
+    await asyncio.wait_for(relay.created.wait(), 20)  # memory has made it; no answer yet
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await asking
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    # At least 2 s past the Ask's deadline (the old grace) before memory answers: a lower
+    # bound only, any later is the same case.
+    await asyncio.sleep(max(0.0, start + 3.0 + 3.0 - loop.time()))
+    relay.release.set()
+    assert await _none_left(stack) == []

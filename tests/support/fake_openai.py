@@ -117,6 +117,9 @@ Recording
                         it never exceeds ``rate_limit``. ``rate_limited``: 429s answered;
                         ``refused``: an ``asyncio.Event`` set on the first one.
     ``await wait_for_requests(n, timeout=5)``   until ``served >= n``
+    ``gate``            an ``asyncio.Event`` (default None): chat answers wait until it is
+                        set, so a test can hold every answer until its racing calls arrived;
+                        ``gated`` counts those waiting, ``gate_reached`` is set at each arrival
     ``reset_stats()``   forget requests, counters and disconnects
 
 A :class:`RecordedRequest` carries ``received_at``, ``first_chunk_at`` (when the first SSE
@@ -348,6 +351,12 @@ class FakeOpenAI:
         self.tokenize_body: bytes | None = None
         self.tokenize_calls = 0
         self.disconnected = asyncio.Event()
+        # Set: chat answers wait until it is set (a test holds every answer back until
+        # all the calls it races have arrived). None: no gate.
+        self.gate: asyncio.Event | None = None
+        # Chat requests waiting at the gate now; set at each one's arrival there.
+        self.gated = 0
+        self.gate_reached = asyncio.Event()
         self._arrived = asyncio.Event()
         self._queue: deque[Behaviour] = deque()
         self.by_model: dict[str, Behaviour] = {}
@@ -583,6 +592,13 @@ class FakeOpenAI:
     ) -> web.StreamResponse:
         body = rec.json if isinstance(rec.json, dict) else {}
         stream = bool(body.get("stream"))
+        if self.gate is not None:
+            self.gated += 1
+            self.gate_reached.set()
+            try:
+                await self.gate.wait()
+            finally:
+                self.gated -= 1
         await self._wait(behaviour)
         if behaviour.kind == "reset":
             return self._abort(request)

@@ -40,7 +40,10 @@ class Relay(grpc.GenericRpcHandler):
                         request, metadata=context.invocation_metadata(), timeout=10
                     )
                 except grpc.aio.AioRpcError as err:
-                    await context.abort(err.code(), err.details() or "", err.trailing_metadata())
+                    # As a tuple: grpc-aio's abort takes no Metadata object (a TypeError,
+                    # which failed the relayed call UNKNOWN instead of with its status).
+                    trailers = tuple(err.trailing_metadata() or ())
+                    await context.abort(err.code(), err.details() or "", trailers)
             return await self.answer(method, answer)
 
         return grpc.unary_unary_rpc_method_handler(relay)

@@ -44,6 +44,9 @@ class MemoryClient(ServiceClient):
         *,
         summary: bool = False,
         request_id: str = "",
+        claim_token: str = "",
+        claim_seconds: int = 0,
+        release_claim: bool = False,
     ) -> mem_pb.CheckStorageResponse | None:
         """RESOURCE_EXHAUSTED (memory's ErrorInfo) when a turn of ``turn_bytes`` would not
         fit in ``conversation_id`` ("": a new conversation); NOT_FOUND when that is not the
@@ -52,12 +55,18 @@ class MemoryClient(ServiceClient):
         ``conversation_id`` instead (UpdateConversationSummary's check). A memory service
         too old to have CheckStorage is not an error (None): the write will tell. With
         ``request_id``, the answer's ``interaction`` is the caller's turn already stored
-        with it (unset: none, or a memory service older than the field)."""
+        with it (unset: none, or a memory service older than the field). With
+        ``claim_token``, ``request_id`` is reserved for that attempt for ``claim_seconds``
+        unless another holds it (the answer's ``request_id_in_use``); ``release_claim``
+        ends the attempt's reservation instead."""
         request = mem_pb.CheckStorageRequest(
             conversation_id=conversation_id,
             bytes=turn_bytes,
             summary=summary,
             request_id=request_id,
+            claim_token=claim_token,
+            claim_seconds=claim_seconds,
+            release_claim=release_claim,
         )
         try:
             response: mem_pb.CheckStorageResponse = await self.unary(

@@ -1,5 +1,5 @@
 -- needs: read touch keys usage retention
--- KEYS: conv, ints, int, convs, req.
+-- KEYS: conv, ints, int, convs, req, claim (CheckStorage's reservation of request_id).
 -- ARGV: user, tag, cid, iid, now_ms, request_id, ttl_ms, serialized interaction,
 -- serialized traces ('' when none: a field of the interaction's hash, so they share its
 -- slot, its expiry and its deletion),
@@ -33,6 +33,8 @@ if ARGV[9] ~= '' then redis.call('HSET', KEYS[3], 'traces', ARGV[9]) end
 if ARGV[6] ~= '' then
   redis.call('HSET', KEYS[3], 'request_id', ARGV[6])
   redis.call('SET', KEYS[5], ARGV[4], 'PX', ARGV[7])
+  -- Stored: an attempt that reserved request_id is done (the others now find the turn).
+  redis.call('DEL', KEYS[6])
 end
 redis.call('ZADD', KEYS[2], 0, ARGV[4])
 touch(KEYS[1], KEYS[4], ARGV[3], ARGV[5], h[2], 'interaction_count', tonumber(h[3]) + 1)

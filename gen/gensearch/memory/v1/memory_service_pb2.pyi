@@ -342,32 +342,40 @@ class UpdateConversationSummaryResponse(_message.Message):
     def __init__(self, conversation: _Optional[_Union[Conversation, _Mapping]] = ...) -> None: ...
 
 class CheckStorageRequest(_message.Message):
-    __slots__ = ("conversation_id", "bytes", "summary", "request_id")
+    __slots__ = ("conversation_id", "bytes", "summary", "request_id", "claim_token", "claim_seconds", "release_claim")
     CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
     BYTES_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    CLAIM_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    CLAIM_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_CLAIM_FIELD_NUMBER: _ClassVar[int]
     conversation_id: str
     bytes: int
     summary: bool
     request_id: str
-    def __init__(self, conversation_id: _Optional[str] = ..., bytes: _Optional[int] = ..., summary: _Optional[bool] = ..., request_id: _Optional[str] = ...) -> None: ...
+    claim_token: str
+    claim_seconds: int
+    release_claim: bool
+    def __init__(self, conversation_id: _Optional[str] = ..., bytes: _Optional[int] = ..., summary: _Optional[bool] = ..., request_id: _Optional[str] = ..., claim_token: _Optional[str] = ..., claim_seconds: _Optional[int] = ..., release_claim: _Optional[bool] = ...) -> None: ...
 
 class CheckStorageResponse(_message.Message):
-    __slots__ = ("used_bytes", "limit_bytes", "conversation_count", "max_conversations", "limits", "interaction")
+    __slots__ = ("used_bytes", "limit_bytes", "conversation_count", "max_conversations", "limits", "interaction", "request_id_in_use")
     USED_BYTES_FIELD_NUMBER: _ClassVar[int]
     LIMIT_BYTES_FIELD_NUMBER: _ClassVar[int]
     CONVERSATION_COUNT_FIELD_NUMBER: _ClassVar[int]
     MAX_CONVERSATIONS_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     INTERACTION_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_IN_USE_FIELD_NUMBER: _ClassVar[int]
     used_bytes: int
     limit_bytes: int
     conversation_count: int
     max_conversations: int
     limits: InteractionLimits
     interaction: Interaction
-    def __init__(self, used_bytes: _Optional[int] = ..., limit_bytes: _Optional[int] = ..., conversation_count: _Optional[int] = ..., max_conversations: _Optional[int] = ..., limits: _Optional[_Union[InteractionLimits, _Mapping]] = ..., interaction: _Optional[_Union[Interaction, _Mapping]] = ...) -> None: ...
+    request_id_in_use: bool
+    def __init__(self, used_bytes: _Optional[int] = ..., limit_bytes: _Optional[int] = ..., conversation_count: _Optional[int] = ..., max_conversations: _Optional[int] = ..., limits: _Optional[_Union[InteractionLimits, _Mapping]] = ..., interaction: _Optional[_Union[Interaction, _Mapping]] = ..., request_id_in_use: _Optional[bool] = ...) -> None: ...
 
 class InteractionLimits(_message.Message):
     __slots__ = ("max_text_bytes", "max_prompt_template_bytes", "max_origin_bytes", "max_additional_info_bytes", "max_traces", "max_trace_bytes", "max_interaction_bytes", "max_name_bytes", "max_summary_bytes", "max_request_id_bytes", "max_value_depth")
