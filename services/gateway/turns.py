@@ -336,6 +336,12 @@ async def _create(
         raise
 
 
+async def cleaned_up() -> None:
+    """Returns once the clean-ups started so far (and any they started) have ended."""
+    while _CLEANUPS:
+        await asyncio.wait(set(_CLEANUPS))
+
+
 def _in_background(work: Awaitable[None]) -> asyncio.Future[None]:
     """``work`` runs to its end whoever awaited it (a reference is kept meanwhile)."""
     task = asyncio.ensure_future(work)

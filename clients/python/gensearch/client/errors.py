@@ -310,6 +310,13 @@ class RequestIdReusedError(InvalidArgumentError):
     error_reason = "REQUEST_ID_REUSED"
 
 
+class RequestIdInUseError(AbortedError):
+    """An Ask sent while another attempt with the same request_id still runs: retry after
+    ``retry_delay`` to get that attempt's turn (replayed)."""
+
+    error_reason = "REQUEST_ID_IN_USE"
+
+
 class RequestIdWithoutConversationError(InvalidArgumentError):
     """An Ask's request_id with neither conversation_id nor new_conversation: nothing is
     stored, so there is no turn a retry could replay."""

@@ -1741,7 +1741,10 @@ type AskRequest struct {
 	// (new_conversation) is found in whichever conversation it started. Only with
 	// conversation_id or new_conversation (a stored turn); remembered per caller for
 	// memory's request_id_ttl_seconds (24 h); at most memory's max_request_id_bytes (128)
-	// UTF-8 bytes (INVALID_ARGUMENT / FIELD_TOO_LARGE). Empty: every call is a new turn.
+	// UTF-8 bytes (INVALID_ARGUMENT / FIELD_TOO_LARGE). An attempt sent while another with
+	// the same request_id still runs is ABORTED / REQUEST_ID_IN_USE naming request_id, with
+	// RetryInfo, before any LLM call: its retry replays the first one's turn. Empty: every
+	// call is a new turn.
 	RequestId string `protobuf:"bytes,190,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 }
 
