@@ -404,3 +404,72 @@ async def test_check_storage_returns_the_turn_a_request_id_stored(
         grpc.StatusCode.INVALID_ARGUMENT,
         "request_id",
     )
+
+
+async def test_check_storage_reserves_a_request_id_for_one_attempt(
+    memory_factory: MemoryFactory,
+) -> None:
+    """CheckStorage with a claim_token (the gateway's Ask attempt): the first attempt
+    reserves the key, another is told request_id_in_use, the same one renews it;
+    release_claim ends only its own attempt's hold; the turn's write ends it (every
+    attempt then gets the stored turn); a turn that does not fit reserves nothing; a claim
+    sent wrong is INVALID_ARGUMENT naming its field."""
+    memory = await memory_factory(max_bytes_per_owner=LIMIT)
+    cid = await _conversation(memory)
+    turn = pb.Interaction(input=TEXT).ByteSize()
+
+    def claim(token: str, request_id: str = "k", size: int = 1, **fields: Any) -> Any:
+        request = pb.CheckStorageRequest(
+            conversation_id=cid,
+            bytes=size,
+            request_id=request_id,
+            claim_token=token,
+            claim_seconds=0 if fields.get("release_claim") else 60,
+            **fields,
+        )
+        return memory.stub.CheckStorage(request, metadata=ALICE)
+
+    first = await claim("a")
+    assert not first.request_id_in_use and first.limit_bytes == LIMIT
+    refused = await claim("b")
+    assert refused.request_id_in_use and not refused.HasField("limits")
+    assert not (await claim("a")).request_id_in_use  # its own hold: renewed
+    assert not (await claim("a", "other-key")).request_id_in_use  # another key
+    await claim("b", release_claim=True)  # not b's hold: nothing happens
+    assert (await claim("b")).request_id_in_use
+    await claim("a", release_claim=True)
+    assert not (await claim("b")).request_id_in_use  # free: b holds it now
+    stored = (await _turn(memory, cid, "k")).interaction
+    for token in ("a", "b", "c"):
+        again = await claim(token)
+        assert again.interaction == stored and not again.request_id_in_use
+
+    for _ in range(FITS - 1):
+        await _turn(memory, cid)
+    await _full(claim("a", "k2", turn))
+    await memory.stub.DeleteConversation(
+        pb.DeleteConversationRequest(conversation_id=cid), metadata=ALICE
+    )
+    cid = await _conversation(memory)
+    assert not (await claim("b", "k2")).request_id_in_use  # the refused check held nothing
+
+    bad = [
+        (pb.CheckStorageRequest(request_id="k", claim_token="a"), "claim_seconds"),
+        (
+            pb.CheckStorageRequest(request_id="k", claim_token="a", claim_seconds=3601),
+            "claim_seconds",
+        ),
+        (pb.CheckStorageRequest(claim_seconds=5), "claim_seconds"),
+        (pb.CheckStorageRequest(claim_token="a", claim_seconds=5), "request_id"),
+        (
+            pb.CheckStorageRequest(request_id="k", claim_token="a" * 65, claim_seconds=5),
+            "claim_token",
+        ),
+        (pb.CheckStorageRequest(request_id="k", release_claim=True), "claim_token"),
+    ]
+    for request, field in bad:
+        await expect_error(
+            memory.stub.CheckStorage(request, metadata=ALICE),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            field,
+        )
