@@ -11,6 +11,7 @@ idempotent call, so a failure leaves nothing half stored. The request's checks l
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable
 from typing import TypeVar
@@ -62,6 +63,7 @@ from services.gateway.turns import (
     additional_info,
     check_replay,
     check_room,
+    cleaned_up,
     read_history,
     replay_events,
     replayed,
@@ -85,8 +87,13 @@ class AskService:
         await self._semantic.idle()
 
     async def drain(self) -> None:
-        """At shutdown, before the downstream channels close: the queued stores."""
+        """At shutdown, before the downstream channels close: the queued stores, and the
+        clean-ups of Asks that ended (a new conversation to delete, a request_id to let
+        go), for up to ASK_CLEANUP_SECONDS; cut by the channels closing, they left an
+        empty conversation behind, or a key held until its time ran out."""
         await self._semantic.drain()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(cleaned_up(), self._b.settings.ask_cleanup_seconds)
 
     # -- entry points ----------------------------------------------------------------------
     async def ask(

@@ -388,6 +388,37 @@ async def test_attempts_at_once_make_one_answer(stack_factory: StackFactory, new
     assert await _conversations(stack) == [(first.conversation_id, 1)]
 
 
+async def test_another_question_with_a_key_in_use_is_refused(stack_factory: StackFactory) -> None:
+    """While an attempt runs, the same key for another question (here streamed) is
+    refused too, before any LLM call: ABORTED / REQUEST_ID_IN_USE; once the first turn
+    is stored, REQUEST_ID_REUSED as before. Nothing else is stored."""
+    stack = await _stack(stack_factory)
+    stack.fake.gate = asyncio.Event()
+    request = gw_pb.AskRequest(
+        collection="Books", llm_question="desert?", new_conversation=True, request_id="k"
+    )
+    first = asyncio.ensure_future(stack.stub.Ask(request, metadata=ALICE, timeout=30))
+    while not stack.fake.gated:
+        stack.fake.gate_reached.clear()
+        await stack.fake.gate_reached.wait()
+    other = gw_pb.StreamAskRequest(
+        collection="Books", llm_question="hacker?", new_conversation=True, request_id="k"
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        _ = [e async for e in stack.stub.StreamAsk(other, metadata=ALICE)]
+    assert err.value.code() == grpc.StatusCode.ABORTED
+    assert error_info(err.value).reason == "REQUEST_ID_IN_USE"
+    stack.fake.gate.set()
+    answer = await first
+    assert not answer.replayed and len(stack.fake.chat_requests) == 1
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        _ = [e async for e in stack.stub.StreamAsk(other, metadata=ALICE)]
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_info(err.value).reason == "REQUEST_ID_REUSED"
+    assert len(stack.fake.chat_requests) == 1
+    assert await _conversations(stack) == [(answer.conversation_id, 1)]
+
+
 async def test_a_failed_attempt_frees_its_key(stack_factory: StackFactory) -> None:
     """An attempt that fails (the model down) lets go of its key at once: the client's
     retry is answered, not refused REQUEST_ID_IN_USE until the first attempt's time is

@@ -12,8 +12,9 @@ import grpc
 import pytest
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.memory.v1 import memory_service_pb2 as mem_pb
+from gensearch.memory.v1 import memory_service_pb2_grpc as mem_grpc
 
-from tests.gateway.conftest import ALICE, Stack, StackFactory, create_books
+from tests.gateway.conftest import ALICE, AS_ALICE, Stack, StackFactory, create_books
 from tests.support.relay import Relay
 
 
@@ -113,3 +114,34 @@ async def test_a_conversation_made_long_after_the_deadline_is_not_left_behind(
     await asyncio.sleep(max(0.0, start + 3.0 + 3.0 - loop.time()))
     relay.release.set()
     assert await _none_left(stack) == []
+
+
+async def test_a_gateway_stopping_finishes_the_clean_up_first(
+    stack_factory: StackFactory,
+) -> None:
+    """The gateway stops (a rolling deploy) while memory still creates the conversation
+    of an Ask that ended. Before: the downstream channels closed under the clean-up, which
+    never learned the id, and the conversation stayed. Now the stop waits for it (up to
+    ASK_CLEANUP_SECONDS)."""
+    relay = _HoldCreate()
+    stack = await _relayed(stack_factory, relay)
+    request = gw_pb.AskRequest(collection="Books", llm_question="desert?", new_conversation=True)
+    asking = asyncio.ensure_future(stack.stub.Ask(request, metadata=ALICE, timeout=30))
+    await asyncio.wait_for(relay.created.wait(), 20)  # memory has made it; no answer yet
+    asking.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asking
+    stopping = asyncio.ensure_future(stack.gateway.stop(0))
+    # A stop that does not wait for the clean-up is over by then (a lower bound only: on a
+    # slower machine this test may pass on the old code, never fail on the new).
+    await asyncio.wait({stopping}, timeout=2)
+    relay.release.set()
+    await stopping
+    # Memory itself now, the gateway gone.
+    port = stack.servers["memory"].port
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        memory = mem_grpc.MemoryServiceStub(channel)
+        listed = await memory.ListConversations(
+            mem_pb.ListConversationsRequest(), metadata=AS_ALICE
+        )
+    assert list(listed.conversations) == []
