@@ -337,9 +337,11 @@ async def _create(
 
 
 async def cleaned_up() -> None:
-    """Returns once the clean-ups started so far (and any they started) have ended."""
-    while _CLEANUPS:
-        await asyncio.wait(set(_CLEANUPS))
+    """Returns once the clean-ups started so far on this event loop (and any they
+    started) have ended. (Another loop's, left pending when it closed, never end.)"""
+    loop = asyncio.get_running_loop()
+    while running := {task for task in _CLEANUPS if task.get_loop() is loop}:
+        await asyncio.wait(running)
 
 
 def _in_background(work: Awaitable[None]) -> asyncio.Future[None]:
