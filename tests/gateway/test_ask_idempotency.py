@@ -405,14 +405,14 @@ async def test_another_question_with_a_key_in_use_is_refused(stack_factory: Stac
         collection="Books", llm_question="hacker?", new_conversation=True, request_id="k"
     )
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        _ = [e async for e in stack.stub.StreamAsk(other, metadata=ALICE)]
+        _ = [e async for e in stack.stub.StreamAsk(other, metadata=ALICE, timeout=30)]
     assert err.value.code() == grpc.StatusCode.ABORTED
     assert error_info(err.value).reason == "REQUEST_ID_IN_USE"
     stack.fake.gate.set()
     answer = await first
     assert not answer.replayed and len(stack.fake.chat_requests) == 1
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        _ = [e async for e in stack.stub.StreamAsk(other, metadata=ALICE)]
+        _ = [e async for e in stack.stub.StreamAsk(other, metadata=ALICE, timeout=30)]
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error_info(err.value).reason == "REQUEST_ID_REUSED"
     assert len(stack.fake.chat_requests) == 1
