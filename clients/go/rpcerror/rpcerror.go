@@ -91,6 +91,7 @@ const (
 	QdrantError                  Reason = "QDRANT_ERROR"
 	QdrantUnavailable            Reason = "QDRANT_UNAVAILABLE"
 	QuotaExceeded                Reason = "QUOTA_EXCEEDED"
+	RequestIdInUse               Reason = "REQUEST_ID_IN_USE"
 	RequestIdReused              Reason = "REQUEST_ID_REUSED"
 	RequestIdWithoutConversation Reason = "REQUEST_ID_WITHOUT_CONVERSATION"
 	RequestIdWithSummary         Reason = "REQUEST_ID_WITH_SUMMARY"
