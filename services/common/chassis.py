@@ -1,8 +1,8 @@
 """The chassis around every RPC of our services: identity, error mapping, metrics, a
 server span and an access log line; also each method's request size limit (checked on the
-raw bytes, before parsing), the server's cap on calls at once (``call_slots.py``), the
-wait for each message of a client stream (``stream_idle.py``) and, on the gateway, the
-admission guard of per-tenant quotas.
+raw bytes, before parsing), the request metadata's size (``metadata_size.py``), the
+server's cap on calls at once (``call_slots.py``), the wait for each message of a client
+stream (``stream_idle.py``) and, on the gateway, the admission guard of per-tenant quotas.
 
 Servicers raise ``ServiceError`` subclasses; this turns them into rich statuses. Any other
 exception becomes INTERNAL with a generic message (the traceback goes to the log, never to
@@ -46,6 +46,7 @@ from services.common.auth import Authenticator, current_identity, set_current_id
 from services.common.call_slots import CallSlots
 from services.common.errors import Internal, ResourceExhausted, ServiceError
 from services.common.logs import ACCESS_LOGGER, redact
+from services.common.metadata_size import MetadataLimit
 from services.common.metrics import MethodMetrics, grpc_type, split_method
 from services.common.request_parse import Undecodable, tolerant
 from services.common.request_size import TooLarge, bounded
@@ -97,9 +98,11 @@ class ChassisRegistry:
         admission: Admission | None = None,
         call_slots: CallSlots | None = None,
         response_limit: int | None = None,
+        metadata_limit: MetadataLimit | None = None,
     ) -> None:
         self._auth = auth
         self._call_slots = call_slots
+        self._metadata_limit = metadata_limit
         self._response_limit = response_limit
         self._stream_idle = stream_idle
         self._server_name = server_name
@@ -125,6 +128,7 @@ class ChassisRegistry:
                 self._admission,
                 self._call_slots,
                 self._response_limit,
+                self._metadata_limit,
             )
             # gRPC itself enforces the largest limit; only smaller ones need a check here.
             wrapped = wrapper.wrap(handler, limit if limit < self._largest else None)
@@ -187,8 +191,10 @@ class _MethodWrapper:
         admission: Admission | None = None,
         call_slots: CallSlots | None = None,
         response_limit: int | None = None,
+        metadata_limit: MetadataLimit | None = None,
     ) -> None:
         service, name = split_method(method)
+        self.metadata_limit = metadata_limit
         self.server = server
         # The server's send limit (grpc.max_send_message_length). A reply over it failed
         # with gRPC's bare "Sent message larger than max" (RESOURCE_EXHAUSTED, no
@@ -298,6 +304,14 @@ class _MethodWrapper:
                 raise request.error()
             yield request
 
+    def _admitted(self, context: grpc.aio.ServicerContext) -> Any:
+        """Before the servicer runs, in the order of their cost: the request metadata's
+        size (METADATA_TOO_LARGE), the caller (UNAUTHENTICATED) and the admission guard,
+        which it returns."""
+        if self.metadata_limit is not None:
+            self.metadata_limit.check(self.method, context.invocation_metadata())  # type: ignore[arg-type]
+        return self._authenticated(context)
+
     def _authenticated(self, context: grpc.aio.ServicerContext) -> Any:
         """Raises Unauthenticated before the servicer runs; then the admission guard
         (quotas) for the caller, if the server has one."""
@@ -337,7 +351,7 @@ class _MethodWrapper:
             try:
                 # The slot first, before authentication: the cheapest refusal under a flood.
                 with self.call_slots:
-                    guard = self._authenticated(context)
+                    guard = self._admitted(context)
                     request = self._received(request, request_streaming)
                     async with guard:
                         response = self._serialized(await fn(request, context))
@@ -374,7 +388,7 @@ class _MethodWrapper:
                 # mid-stream: the task running this generator is cancelled, and the
                 # CancelledError comes through the block.
                 with self.call_slots:
-                    guard = self._authenticated(context)
+                    guard = self._admitted(context)
                     request = self._received(request, request_streaming)
                     async with guard:
                         async for item in fn(request, context):

@@ -39,6 +39,7 @@ from services.common.chassis import Admission, ChassisRegistry
 from services.common.errors import InvalidArgument, ResourceExhausted
 from services.common.hostport import bind_problem, join_host_port
 from services.common.logs import register_secret
+from services.common.metadata_size import MetadataLimit, core_limit
 from services.common.metrics import serve_metrics, server_name
 from services.common.settings import CommonSettings
 from services.common.stream_idle import IdleLimit
@@ -143,6 +144,9 @@ class GrpcServer:
         self.stream_idle = IdleLimit(
             settings.stream_idle_timeout, f"{settings.namespace()}STREAM_IDLE_TIMEOUT"
         )
+        self.metadata_limit = MetadataLimit(
+            settings.max_metadata_bytes, f"{settings.namespace()}MAX_METADATA_BYTES"
+        )
         # Built by start(): the receive limit gRPC enforces depends on the methods served.
         self._server: grpc.aio.Server | None = None
         self._chassis: ChassisRegistry | None = None
@@ -173,6 +177,7 @@ class GrpcServer:
                 call_slots=self.call_slots,
                 stream_idle=self.stream_idle,
                 response_limit=self.settings.max_message_bytes,
+                metadata_limit=self.metadata_limit,
             )
         registrar(servicer, self._chassis)
         self._service_names.append(full_name)
@@ -276,7 +281,9 @@ def server_options(settings: CommonSettings, largest_request: int) -> list[tuple
         # chassis then holds each method to its own, smaller limit (chassis.py).
         ("grpc.max_receive_message_length", largest_request),
         ("grpc.max_send_message_length", settings.max_message_bytes),
-        *metadata_options(settings.max_metadata_bytes),
+        # The chassis refuses metadata past max_metadata_bytes with an ErrorInfo
+        # (metadata_size.py); gRPC's own limit, above it, bounds what a call buffers.
+        *metadata_options(core_limit(settings.max_metadata_bytes)),
         ("grpc.so_reuseport", 0),
         ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
         # A socket that never speaks HTTP/2 is closed after this (gRPC's default: 120 s).

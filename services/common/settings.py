@@ -206,9 +206,10 @@ class CommonSettings(BaseSettings):
     # Largest gRPC message sent (and, by the gateway, received from a downstream service).
     max_message_bytes: int = Field(default=64 * MIB, ge=1024, le=MAX_SIZE_BYTES)
     # Largest request metadata (all headers, as gRPC counts them: name + value + 32 bytes
-    # each, pseudo-headers included) the server takes; more is RESOURCE_EXHAUSTED, every
-    # time. gRPC's soft and hard limits (grpc.max_metadata_size,
-    # grpc.absolute_max_metadata_size) are both set to it: by default they are 8 and 16 KiB,
+    # each, pseudo-headers included) the server takes; more is RESOURCE_EXHAUSTED /
+    # METADATA_TOO_LARGE from the chassis, every time (services/common/metadata_size.py).
+    # gRPC's soft and hard limits (grpc.max_metadata_size, grpc.absolute_max_metadata_size)
+    # are both set to twice it, where gRPC refuses bare: by default they are 8 and 16 KiB,
     # and what lies between was refused at random. The gateway's channels take response
     # metadata up to the gateway's value.
     max_metadata_bytes: int = Field(

@@ -515,6 +515,14 @@ class RequestTooLargeError(ResourceExhaustedError):
     error_reason = "REQUEST_TOO_LARGE"
 
 
+class MetadataTooLargeError(ResourceExhaustedError):
+    """The call's headers count more than the server's ``MAX_METADATA_BYTES`` (metadata
+    ``field``: the largest header, ``limit_bytes``, ``size_bytes``, ``setting``): send a
+    shorter one (an API key header, say)."""
+
+    error_reason = "METADATA_TOO_LARGE"
+
+
 class ResponseTooLargeError(ResourceExhaustedError):
     """The reply would exceed the server's send limit (metadata ``limit_bytes``,
     ``size_bytes``): ask for fewer or shorter results, without debug, or stream."""
