@@ -1,8 +1,9 @@
 """The chassis around every RPC of our services: identity, error mapping, metrics, a
 server span and an access log line; also each method's request size limit (checked on the
 raw bytes, before parsing), the request metadata's size (``metadata_size.py``), the
-server's cap on calls at once (``call_slots.py``), the wait for each message of a client
-stream (``stream_idle.py``) and, on the gateway, the admission guard of per-tenant quotas.
+deadline (too short to start, or about to pass: ``call_deadline.py``), the server's cap on
+calls at once (``call_slots.py``), the wait for each message of a client stream
+(``stream_idle.py``) and, on the gateway, the admission guard of per-tenant quotas.
 
 Servicers raise ``ServiceError`` subclasses; this turns them into rich statuses. Any other
 exception becomes INTERNAL with a generic message (the traceback goes to the log, never to
@@ -43,6 +44,7 @@ from opentelemetry.trace import (
 )
 
 from services.common.auth import Authenticator, current_identity, set_current_identity
+from services.common.call_deadline import DeadlineLimit
 from services.common.call_slots import CallSlots
 from services.common.errors import Internal, ResourceExhausted, ServiceError
 from services.common.logs import ACCESS_LOGGER, redact
@@ -76,6 +78,8 @@ SERVER_ERRORS = frozenset(
 # runs in; entering it may raise a ServiceError (RESOURCE_EXHAUSTED).
 Admission = Callable[[str, grpc.aio.ServicerContext], contextlib.AbstractAsyncContextManager[Any]]
 _ADMITTED: contextlib.AbstractAsyncContextManager[Any] = contextlib.nullcontext()
+# The cutoff of a call without a deadline.
+_NO_CUTOFF: contextlib.AbstractAsyncContextManager[Any] = contextlib.nullcontext()
 
 # What _begin hands to _end: start time, server span and the context token to detach.
 Begun = tuple[float, Span | None, object]
@@ -99,10 +103,12 @@ class ChassisRegistry:
         call_slots: CallSlots | None = None,
         response_limit: int | None = None,
         metadata_limit: MetadataLimit | None = None,
+        deadline_limit: DeadlineLimit | None = None,
     ) -> None:
         self._auth = auth
         self._call_slots = call_slots
         self._metadata_limit = metadata_limit
+        self._deadline_limit = deadline_limit
         self._response_limit = response_limit
         self._stream_idle = stream_idle
         self._server_name = server_name
@@ -129,6 +135,7 @@ class ChassisRegistry:
                 self._call_slots,
                 self._response_limit,
                 self._metadata_limit,
+                self._deadline_limit,
             )
             # gRPC itself enforces the largest limit; only smaller ones need a check here.
             wrapped = wrapper.wrap(handler, limit if limit < self._largest else None)
@@ -192,9 +199,11 @@ class _MethodWrapper:
         call_slots: CallSlots | None = None,
         response_limit: int | None = None,
         metadata_limit: MetadataLimit | None = None,
+        deadline_limit: DeadlineLimit | None = None,
     ) -> None:
         service, name = split_method(method)
         self.metadata_limit = metadata_limit
+        self.deadline_limit = deadline_limit
         self.server = server
         # The server's send limit (grpc.max_send_message_length). A reply over it failed
         # with gRPC's bare "Sent message larger than max" (RESOURCE_EXHAUSTED, no
@@ -304,13 +313,20 @@ class _MethodWrapper:
                 raise request.error()
             yield request
 
-    def _admitted(self, context: grpc.aio.ServicerContext) -> Any:
+    def _admitted(
+        self, context: grpc.aio.ServicerContext
+    ) -> tuple[Any, contextlib.AbstractAsyncContextManager[Any]]:
         """Before the servicer runs, in the order of their cost: the request metadata's
-        size (METADATA_TOO_LARGE), the caller (UNAUTHENTICATED) and the admission guard,
-        which it returns."""
+        size (METADATA_TOO_LARGE), the deadline (DEADLINE_TOO_SHORT), the caller
+        (UNAUTHENTICATED) and the admission guard. Returns the guard and the deadline's
+        cutoff to run the work in."""
         if self.metadata_limit is not None:
             self.metadata_limit.check(self.method, context.invocation_metadata())  # type: ignore[arg-type]
-        return self._authenticated(context)
+        cutoff = None
+        if self.deadline_limit is not None:
+            cutoff = self.deadline_limit.cutoff(context)
+        guard = self._authenticated(context)
+        return guard, _NO_CUTOFF if cutoff is None else cutoff
 
     def _authenticated(self, context: grpc.aio.ServicerContext) -> Any:
         """Raises Unauthenticated before the servicer runs; then the admission guard
@@ -351,9 +367,9 @@ class _MethodWrapper:
             try:
                 # The slot first, before authentication: the cheapest refusal under a flood.
                 with self.call_slots:
-                    guard = self._admitted(context)
+                    guard, cutoff = self._admitted(context)
                     request = self._received(request, request_streaming)
-                    async with guard:
+                    async with cutoff, guard:
                         response = self._serialized(await fn(request, context))
                 self.metrics.sent.inc()
                 return response
@@ -388,10 +404,18 @@ class _MethodWrapper:
                 # mid-stream: the task running this generator is cancelled, and the
                 # CancelledError comes through the block.
                 with self.call_slots:
-                    guard = self._admitted(context)
+                    guard, cutoff = self._admitted(context)
                     request = self._received(request, request_streaming)
                     async with guard:
-                        async for item in fn(request, context):
+                        items = aiter(fn(request, context))
+                        while True:
+                            # The cutoff bounds each step, never a write: cancelled while
+                            # gRPC sends, the stream could not end with our status.
+                            async with cutoff:
+                                try:
+                                    item = await anext(items)
+                                except StopAsyncIteration:
+                                    break
                             yield self._serialized(item)
                             sent.inc()
             except AbortError:

@@ -32,6 +32,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from services.common.auth import Authenticator
+from services.common.call_deadline import DeadlineLimit
 from services.common.call_slots import REASON as CALL_SLOTS_REASON
 from services.common.call_slots import CallSlots
 from services.common.channel_args import metadata_options
@@ -147,6 +148,9 @@ class GrpcServer:
         self.metadata_limit = MetadataLimit(
             settings.max_metadata_bytes, f"{settings.namespace()}MAX_METADATA_BYTES"
         )
+        self.deadline_limit = DeadlineLimit(
+            settings.min_deadline, f"{settings.namespace()}MIN_DEADLINE"
+        )
         # Built by start(): the receive limit gRPC enforces depends on the methods served.
         self._server: grpc.aio.Server | None = None
         self._chassis: ChassisRegistry | None = None
@@ -178,6 +182,7 @@ class GrpcServer:
                 stream_idle=self.stream_idle,
                 response_limit=self.settings.max_message_bytes,
                 metadata_limit=self.metadata_limit,
+                deadline_limit=self.deadline_limit,
             )
         registrar(servicer, self._chassis)
         self._service_names.append(full_name)

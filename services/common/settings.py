@@ -85,6 +85,8 @@ MAX_TTL_SECONDS = 50 * 366 * 86400
 # deadline already past (every call DEADLINE_EXCEEDED at once), and a QUOTA_LEASE of 1e308
 # made every gateway call an OverflowError turning it into Redis milliseconds.
 MAX_WAIT_SECONDS = 86400
+# The shortest deadline a service may ask of its calls: a minute is more than any search.
+MAX_MIN_DEADLINE_SECONDS = 60
 # Requests or tokens a minute a provider allows (its declared rate limits): several times
 # the largest published rate tier.
 MAX_PER_MINUTE = 1_000_000_000
@@ -244,6 +246,10 @@ class CommonSettings(BaseSettings):
     # before it ends DEADLINE_EXCEEDED, reason STREAM_IDLE: a silent stream would otherwise
     # hold its call slot and its tenant's quota for ever (services/common/stream_idle.py).
     stream_idle_timeout: float = Field(default=30.0, gt=0, le=MAX_WAIT_SECONDS)
+    # Seconds a call must have left before its deadline when it arrives; less is refused
+    # at once, DEADLINE_EXCEEDED / DEADLINE_TOO_SHORT (services/common/call_deadline.py):
+    # its client would give up before any answer came back.
+    min_deadline: float = Field(default=0.001, ge=0, le=MAX_MIN_DEADLINE_SECONDS)
     # Calls at once on one client connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS);
     # a client queues the rest.
     max_concurrent_streams: int = Field(default=1024, ge=1, le=MAX_CONCURRENCY)

@@ -565,6 +565,14 @@ class UpstreamFirstByteTimeoutError(DeadlineExceededError):
     error_reason = "UPSTREAM_FIRST_BYTE_TIMEOUT"
 
 
+class DeadlineTooShortError(DeadlineExceededError):
+    """The call arrived with less time left than the server's ``MIN_DEADLINE`` (metadata
+    ``remaining_ms``, ``min_ms``, ``setting``); no work was started: give it a longer
+    timeout."""
+
+    error_reason = "DEADLINE_TOO_SHORT"
+
+
 class StreamIdleError(DeadlineExceededError):
     """A client stream (ImportObjects) sent no message within the server's
     ``STREAM_IDLE_TIMEOUT`` (metadata ``timeout_seconds``, ``setting``); ImportObjects says

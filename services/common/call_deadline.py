@@ -1,0 +1,119 @@
+"""A call's deadline, held by the chassis: refused at once when too short, and ended with
+our own status just before it passes.
+
+A client's gRPC ends its call at the deadline whatever the server says after, with a bare
+DEADLINE_EXCEEDED ("Deadline Exceeded", no ErrorInfo); the server's gRPC cancels the
+handler at the same instant. So a status of ours reaches the client only if it leaves
+before then:
+
+- a call that arrives with less than ``min_deadline`` seconds left is refused before any
+  work, DEADLINE_EXCEEDED / ``DEADLINE_TOO_SHORT`` (metadata ``remaining_ms``, ``min_ms``,
+  ``setting``);
+- a call still working ``margin`` before its deadline is ended there,
+  DEADLINE_EXCEEDED / ``DEADLINE_EXCEEDED`` (metadata ``timeout_ms``: what it had on
+  arrival, ``remaining_ms``: what was left when it was ended).
+
+The margin is smaller than the ones our handlers keep for themselves (a generative
+search's partial results and generation's own timeouts end min(0.25 s, 10 %) early), so
+their answers go first and this is the backstop. What gRPC ends before any handler runs
+(a deadline already past in the client, a call expiring in the server's queue) stays
+bare: docs/operations.md#deadline_exceeded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import TracebackType
+
+import grpc
+
+from services.common.errors import DeadlineExceeded, ServiceError
+
+TOO_SHORT = "DEADLINE_TOO_SHORT"
+# The call is ended this long before its deadline: a twentieth of what it had on arrival,
+# at most MAX_MARGIN seconds (the time a status needs to reach its client).
+MARGIN_SHARE = 0.05
+MAX_MARGIN = 0.2
+
+
+def _ms(seconds: float) -> str:
+    return f"{max(seconds, 0) * 1000:.0f}"
+
+
+class DeadlineLimit:
+    def __init__(self, min_deadline: float, setting: str) -> None:
+        """``min_deadline``: seconds a call must have left on arrival; ``setting``: the
+        variable that sets it, named in the refusal."""
+        self.min_deadline = min_deadline
+        self.setting = setting
+
+    def cutoff(self, context: grpc.aio.ServicerContext) -> Cutoff | None:
+        """The call's cutoff (None: it has no deadline); DEADLINE_TOO_SHORT when less than
+        ``min_deadline`` is left."""
+        remaining = context.time_remaining()
+        if remaining is None:
+            return None
+        if remaining < self.min_deadline or remaining <= 0:
+            raise DeadlineExceeded(
+                f"the call arrived with {remaining * 1000:.1f} ms left before its deadline; "
+                f"the service needs at least {self.min_deadline * 1000:g} ms "
+                f"({self.setting}): give the call a longer timeout",
+                reason=TOO_SHORT,
+                metadata={
+                    "remaining_ms": _ms(remaining),
+                    "min_ms": f"{self.min_deadline * 1000:g}",
+                    "setting": self.setting,
+                },
+            )
+        return Cutoff(remaining)
+
+
+class Cutoff:
+    """``async with`` around a call's work (each step of a stream, not its writes; it may
+    be entered again, one step after the other): past the cutoff the work is cancelled
+    and DEADLINE_EXCEEDED raised in its place."""
+
+    __slots__ = ("_active", "timeout", "when")
+
+    def __init__(self, remaining: float) -> None:
+        self.timeout = remaining
+        self.when = asyncio.get_running_loop().time() + remaining - self.margin()
+        self._active: asyncio.Timeout | None = None
+
+    def margin(self) -> float:
+        return min(MAX_MARGIN, self.timeout * MARGIN_SHARE)
+
+    def error(self) -> DeadlineExceeded:
+        left = self.when + self.margin() - asyncio.get_running_loop().time()
+        return DeadlineExceeded(
+            f"the call's deadline ({self.timeout * 1000:.0f} ms when it arrived) was about "
+            "to pass before the work was done: give the call a longer timeout",
+            metadata={"timeout_ms": _ms(self.timeout), "remaining_ms": _ms(left)},
+        )
+
+    async def __aenter__(self) -> Cutoff:
+        # An asyncio timeout is entered once: a fresh one for each step.
+        self._active = asyncio.timeout_at(self.when)
+        await self._active.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        active, self._active = self._active, None
+        assert active is not None
+        try:
+            await active.__aexit__(exc_type, exc, tb)
+        except TimeoutError:
+            raise self.error() from None
+        if active.expired() and isinstance(exc, Exception) and not _deadline(exc):
+            # The work, cancelled, ended with an error of its own (a downstream call
+            # cancelled, say): the deadline is the cause.
+            raise self.error() from exc
+
+
+def _deadline(exc: Exception) -> bool:
+    return isinstance(exc, ServiceError) and exc.code == grpc.StatusCode.DEADLINE_EXCEEDED
