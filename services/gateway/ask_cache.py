@@ -21,7 +21,8 @@ still there unchanged (checked against the caller's own collection, in the looku
 an entry passed over for that is counted as a ``stale`` lookup when nothing else answers.
 
 The store waits for no answer: it is queued (``background.WorkQueue``, bounded by
-``semantic_cache_store_queue``; full: dropped, counted, logged) and made by a background
+``semantic_cache_store_queue``, a tenant's share by ``semantic_cache_store_queue_per_tenant``;
+full: dropped, counted, logged) and made by a background
 worker after the answer has gone out. Retrieval keeps the vectors of the questions it
 looked up lately (per tenant), so the store reuses the lookup's instead of embedding the
 question again (a store that reaches another retrieval replica embeds it there).
@@ -86,6 +87,7 @@ class SemanticAnswers:
             self._store,
             name="semantic cache",
             size=s.semantic_cache_store_queue,
+            per_tenant=s.semantic_cache_store_queue_per_tenant,
             workers=s.semantic_cache_store_workers,
             drain_timeout=s.semantic_cache_store_drain_timeout,
         )
@@ -179,7 +181,7 @@ class SemanticAnswers:
             context_key=plan.key,
             sources=_sources(sources),
         )
-        if not self._stores.submit(_Store(store, caller)):
+        if not self._stores.submit(caller.tenant, _Store(store, caller)):
             SEMANTIC_STORES.labels("dropped").inc()
             log.warning("semantic cache store dropped (queue full, or the gateway is stopping)")
 

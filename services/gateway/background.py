@@ -3,10 +3,14 @@ few worker tasks the queue keeps (rolling-summary folds: ``summarizer``; semanti
 cache stores: ``ask_cache``).
 
 Bounded so that a flood of calls cannot pile work up in a replica: a job that finds the
-queue full is refused, and its submitter counts and logs the drop. A job's own errors are
-its runner's to handle; anything else it raises is logged here and the worker goes on,
-since the answer it followed has gone out already. Stopping the gateway drains the queue
-within a timeout, then cancels the workers.
+queue full is refused, and its submitter counts and logs the drop. Shared fairly by
+tenants: one tenant holds at most ``per_tenant`` of the waiting jobs (its next is refused,
+another tenant's still taken), and the workers take the tenants' jobs in turn (first come,
+first served within a tenant, as ``common/fair_slots.py`` hands out slots), so a tenant
+that floods the queue neither keeps another's job out nor makes it wait behind its own.
+A job's own errors are its runner's to handle; anything else it raises is logged here and
+the worker goes on, since the answer it followed has gone out already. Stopping the
+gateway drains the queue within a timeout, then cancels the workers.
 
 A job runs in the context it was submitted from (``contextvars``), so its spans and log
 lines belong to the call it follows, not to whichever call happened to start the workers.
@@ -18,6 +22,7 @@ import asyncio
 import contextlib
 import contextvars
 import logging
+from collections import OrderedDict, deque
 from collections.abc import Callable, Coroutine
 from typing import Any, Generic, TypeVar
 
@@ -35,53 +40,75 @@ class WorkQueue(Generic[J]):
         *,
         name: str,
         size: int,
+        per_tenant: int,
         workers: int,
         drain_timeout: float,
     ) -> None:
-        """``run`` does one job; ``name`` says whose jobs in the log."""
+        """``run`` does one job; ``name`` says whose jobs in the log; ``size`` jobs wait
+        at most, ``per_tenant`` of them one tenant's."""
         self._run = run
         self._name = name
-        self._queue: asyncio.Queue[tuple[J, contextvars.Context]] = asyncio.Queue(size)
+        self._size = size
+        self._per_tenant = per_tenant
+        # Tenant -> its waiting jobs; the first key is the tenant served next.
+        self._jobs: OrderedDict[str, deque[tuple[J, contextvars.Context]]] = OrderedDict()
+        self._waiting = 0
+        # One item per job queued and not yet done: workers wait on it, ``idle`` joins it.
+        self._ready: asyncio.Queue[None] = asyncio.Queue()
         self._worker_count = workers
         self._workers: list[asyncio.Task[None]] = []
         self._drain_timeout = drain_timeout
         self.closed = False
 
-    def submit(self, job: J) -> bool:
-        """Queues ``job``; False (the job will not run) when the queue is full or the
-        gateway is stopping."""
-        if self.closed:
+    def submit(self, tenant: str, job: J) -> bool:
+        """Queues ``job`` of ``tenant``; False (the job will not run) when the queue is
+        full, the tenant holds its share of it, or the gateway is stopping."""
+        if self.closed or self._waiting >= self._size:
             return False
-        try:
-            self._queue.put_nowait((job, contextvars.copy_context()))
-        except asyncio.QueueFull:
+        queue = self._jobs.get(tenant)
+        if queue is not None and len(queue) >= self._per_tenant:
             return False
+        self._jobs.setdefault(tenant, deque()).append((job, contextvars.copy_context()))
+        self._waiting += 1
+        self._ready.put_nowait(None)
         if not self._workers:  # started by the first job: they need a running loop
             self._workers = [asyncio.create_task(self._work()) for _ in range(self._worker_count)]
         return True
 
     def waiting(self) -> int:
         """Jobs queued and not yet started."""
-        return self._queue.qsize()
+        return self._waiting
 
     async def idle(self) -> None:
         """Returns once no job waits or runs (every job queued so far has run)."""
-        await self._queue.join()
+        await self._ready.join()
 
     async def drain(self) -> None:
         """Stop taking jobs, finish the queued ones within the drain timeout, stop."""
         self.closed = True
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._queue.join(), self._drain_timeout)
+            await asyncio.wait_for(self._ready.join(), self._drain_timeout)
         for worker in self._workers:
             await cancel_and_wait(worker)
 
+    def _next(self) -> tuple[J, contextvars.Context]:
+        """The first waiting job of the tenant whose turn it is."""
+        tenant, queue = next(iter(self._jobs.items()))
+        got = queue.popleft()
+        if queue:
+            self._jobs.move_to_end(tenant)  # its next job waits for the other tenants'
+        else:
+            del self._jobs[tenant]
+        self._waiting -= 1
+        return got
+
     async def _work(self) -> None:
         while True:
-            job, context = await self._queue.get()
+            await self._ready.get()
+            job, context = self._next()
             try:
                 await asyncio.create_task(self._run(job), context=context)
             except Exception:  # a worker must outlive any one job
                 log.exception("background job failed", extra={"queue": self._name})
             finally:
-                self._queue.task_done()
+                self._ready.task_done()

@@ -129,6 +129,9 @@ class GatewaySettings(CommonSettings):
     summary_enabled: bool = True
     # Folds waiting at most (beyond: dropped and counted; the next turn asks again).
     summary_queue_size: int = Field(default=256, ge=1, le=1_000_000)
+    # Folds of one tenant waiting at most: a tenant that floods the queue leaves the rest
+    # to the others (background.py), whose folds also take turns with its own.
+    summary_queue_per_tenant: int = Field(default=64, ge=1, le=1_000_000)
     summary_workers: int = Field(default=2, ge=1, le=1000)
     # Longest summary the LLM may write (tokens), and how long one fold may take.
     summary_max_tokens: int = Field(default=400, ge=32, le=MAX_TOKENS)
@@ -229,6 +232,8 @@ class GatewaySettings(CommonSettings):
     # may take once a worker makes it, and how long the waiting ones get at shutdown
     # (seconds).
     semantic_cache_store_queue: int = Field(default=256, ge=1, le=1_000_000)
+    # Stores of one tenant waiting at most (the rest of the queue stays the others').
+    semantic_cache_store_queue_per_tenant: int = Field(default=64, ge=1, le=1_000_000)
     semantic_cache_store_workers: int = Field(default=2, ge=1, le=1000)
     semantic_cache_store_timeout: float = Field(default=5.0, gt=0, le=MAX_WAIT_SECONDS)
     semantic_cache_store_drain_timeout: float = Field(default=2.0, ge=0, le=MAX_WAIT_SECONDS)

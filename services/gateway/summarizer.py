@@ -2,9 +2,10 @@
 into a summary of the conversation by the LLM, after the turn is stored.
 
 Folding never delays an answer: ``Summarizer.submit`` puts a job on a bounded queue
-(``background.WorkQueue``; full: the job is dropped and counted; the next turn of that
-conversation submits another) and a few workers fold in the background. Stopping the
-gateway drains the queue (``drain``, within ``summary_drain_timeout``).
+(``background.WorkQueue``, shared fairly by tenants; full: the job is dropped and counted;
+the next turn of that conversation submits another) and a few workers fold in the
+background. Stopping the gateway drains the queue (``drain``, within
+``summary_drain_timeout``).
 
 Several replicas may fold one conversation at once: memory's UpdateConversationSummary is
 a compare-and-set on the interaction the summary covers up to, so the slower writer gets
@@ -95,6 +96,7 @@ class Summarizer:
             self._run,
             name="summary",
             size=settings.summary_queue_size,
+            per_tenant=settings.summary_queue_per_tenant,
             workers=settings.summary_workers,
             drain_timeout=settings.summary_drain_timeout,
         )
@@ -110,9 +112,12 @@ class Summarizer:
         if self._jobs.closed:
             SUMMARY_FOLDS.labels("dropped").inc()
             return False
-        if not self._jobs.submit(job):
+        if not self._jobs.submit(job.caller.tenant, job):
             SUMMARY_FOLDS.labels("dropped").inc()
-            log.warning("summary queue full: fold dropped (the next turn will ask again)")
+            log.warning(
+                "summary queue full (or the tenant's share of it): fold dropped "
+                "(the next turn will ask again)"
+            )
             return False
         self._pending.add(key)
         SUMMARY_QUEUE.set(self._jobs.waiting())

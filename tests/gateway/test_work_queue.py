@@ -22,15 +22,17 @@ async def test_drain_ends_a_worker_whose_job_lost_its_cancel() -> None:
         except asyncio.CancelledError:
             lost.append(name)  # lost: the job ends as if its call had answered
 
-    queue: WorkQueue[str] = WorkQueue(job, name="test", size=4, workers=1, drain_timeout=0.1)
-    assert queue.submit("slow")
+    queue: WorkQueue[str] = WorkQueue(
+        job, name="test", size=4, per_tenant=4, workers=1, drain_timeout=0.1
+    )
+    assert queue.submit("t", "slow")
     await asyncio.wait_for(running.wait(), 10)
     # Waited for without cancelling it: a timeout's cancel would reach the worker too.
     draining = asyncio.create_task(queue.drain())
     await asyncio.wait({draining}, timeout=10)
     assert draining.done(), "drain() still waits for its worker"
     assert lost == ["slow"]
-    assert not queue.submit("late")  # a drained queue takes no more jobs
+    assert not queue.submit("t", "late")  # a drained queue takes no more jobs
 
 
 async def test_drain_runs_the_queued_jobs_first() -> None:
@@ -40,8 +42,39 @@ async def test_drain_runs_the_queued_jobs_first() -> None:
         await asyncio.sleep(0.01)
         done.append(n)
 
-    queue: WorkQueue[int] = WorkQueue(job, name="test", size=8, workers=2, drain_timeout=30)
+    queue: WorkQueue[int] = WorkQueue(
+        job, name="test", size=8, per_tenant=8, workers=2, drain_timeout=30
+    )
     for n in range(5):
-        assert queue.submit(n)
+        assert queue.submit("t", n)
     await queue.drain()
     assert sorted(done) == [0, 1, 2, 3, 4]
+
+
+async def test_a_tenant_flooding_the_queue_leaves_room_and_turns_to_the_others() -> None:
+    """Tenant A fills its share of the queue while the one worker is held: its next job
+    is refused, tenant B's is still taken, and B's runs before A's backlog (the tenants'
+    jobs take turns). Before, A's flood filled the whole queue and B's job was dropped."""
+    held = asyncio.Event()
+    release = asyncio.Event()
+    ran: list[str] = []
+
+    async def job(name: str) -> None:
+        if name == "a0":
+            held.set()
+            await release.wait()
+        ran.append(name)
+
+    queue: WorkQueue[str] = WorkQueue(
+        job, name="test", size=8, per_tenant=3, workers=1, drain_timeout=30
+    )
+    assert queue.submit("a", "a0")
+    await asyncio.wait_for(held.wait(), 10)  # the worker holds a0: the rest waits
+    accepted = [queue.submit("a", f"a{n}") for n in range(1, 6)]
+    assert accepted == [True, True, True, False, False]  # A's share is 3 waiting jobs
+    assert queue.submit("b", "b0")
+    assert queue.waiting() == 4
+    release.set()
+    await queue.idle()
+    assert ran == ["a0", "a1", "b0", "a2", "a3"]
+    await queue.drain()
