@@ -192,6 +192,21 @@ class Catalog:
             policy=self._settings.embedding_policy(),
         )
         normalized.create_time.FromNanoseconds(time.time_ns() // 1000 * 1000)
+        size = normalized.ByteSize()
+        if size > self._settings.max_schema_bytes:
+            limit = self._settings.max_schema_bytes
+            raise InvalidArgument(
+                f"collection is {size} bytes serialized; a collection's schema takes at most "
+                f"{limit} (GENSEARCH_RETRIEVAL_MAX_SCHEMA_BYTES): shorten its descriptions "
+                "or generative prompts",
+                field="collection",
+                reason="SCHEMA_TOO_LARGE",
+                metadata={
+                    "limit_bytes": str(limit),
+                    "size_bytes": str(size),
+                    "setting": "GENSEARCH_RETRIEVAL_MAX_SCHEMA_BYTES",
+                },
+            )
         schema = Schema(normalized, tenant)
         # The caller's own collection under this name may sit at another engine name than a
         # new one would (a default tenant's from before derived names): ask the catalog,
@@ -219,6 +234,7 @@ class Catalog:
                         "setting": "GENSEARCH_RETRIEVAL_MAX_COLLECTIONS",
                     },
                 )
+            self._check_schema_room(tenant, size)
             layout = CollectionLayout(
                 name=schema.store_name,
                 dimensions=schema.dimensions,
@@ -235,6 +251,27 @@ class Catalog:
             self._schemas[(tenant, schema.name)] = schema
             self._parsed[(tenant, schema.name)] = (stored, schema)  # no reload parses it
         return schema
+
+    def _check_schema_room(self, tenant: str, size: int) -> None:
+        """RESOURCE_EXHAUSTED unless the tenant's schemas, with one of ``size`` bytes more,
+        stay within max_schema_bytes_per_tenant (counted per tenant, as collections are)."""
+        limit = self._settings.max_schema_bytes_per_tenant
+        held = sum(
+            s.collection.ByteSize() for (owner, _), s in self._schemas.items() if owner == tenant
+        )
+        if held + size > limit:
+            raise ResourceExhausted(
+                f"the tenant's collection schemas take {held} bytes; with this one ({size}) "
+                f"they would pass {limit} (GENSEARCH_RETRIEVAL_MAX_SCHEMA_BYTES_PER_TENANT); "
+                "delete some collections to create more",
+                field="collection",
+                reason="TENANT_SCHEMAS_FULL",
+                metadata={
+                    "limit_bytes": str(limit),
+                    "held_bytes": str(held),
+                    "setting": "GENSEARCH_RETRIEVAL_MAX_SCHEMA_BYTES_PER_TENANT",
+                },
+            )
 
     async def delete(self, tenant: str, name: str) -> Schema:
         """Deletes the collection; the schema it had."""

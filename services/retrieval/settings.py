@@ -88,6 +88,14 @@ class RetrievalSettings(DownstreamSettings):
     max_get_ids: int = Field(default=1000, ge=1, le=100_000)
     # Collections one tenant holds (each tenant counts its own).
     max_collections: int = Field(default=1000, ge=1, le=1_000_000)
+    # Bytes one collection's schema may take (the Collection message as stored, serialized:
+    # properties, descriptions, generative defaults), and all of one tenant's together.
+    # Schemas live in every replica's memory and are read on every call: without these a
+    # tenant could keep max_collections x ~1 MB there. Over the first: INVALID_ARGUMENT,
+    # SCHEMA_TOO_LARGE; over the second: RESOURCE_EXHAUSTED, TENANT_SCHEMAS_FULL. The
+    # default holds both generative prompts at their longest (2 x 32 768 characters).
+    max_schema_bytes: int = Field(default=256 * 1024, ge=4096, le=MAX_SIZE_BYTES)
+    max_schema_bytes_per_tenant: int = Field(default=32 * 1024 * 1024, ge=4096, le=MAX_SIZE_BYTES)
     # Objects one collection holds: an UpsertObjects or ImportObjects message that would
     # take it past this is RESOURCE_EXHAUSTED, COLLECTION_FULL, nothing of it written.
     # Without it one writer (an import stream has no length limit) could fill the disk of

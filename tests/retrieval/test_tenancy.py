@@ -334,6 +334,71 @@ async def test_the_collection_limit_counts_each_tenant_apart(
         )
 
 
+def described(name: str, chars: int) -> pb.Collection:
+    """A collection whose schema is about ``chars`` bytes of property descriptions."""
+    collection = vector_collection(name)
+    for prop in collection.properties:
+        prop.description = "d" * min(chars // len(collection.properties), 4096)
+    return collection
+
+
+async def test_a_collection_schema_over_max_schema_bytes_is_refused_naming_it(
+    make_retrieval: MakeRetrieval,
+) -> None:
+    """Before, a schema took up to 256 properties with 4 KiB descriptions each (~1 MB), and
+    a tenant max_collections of them, in every replica's memory."""
+    r = await start(make_retrieval, "edge")
+    limit = r.settings.max_schema_bytes
+    assert limit == 256 * 1024
+    big = vector_collection("Big")
+    big.properties.extend(
+        pb.Property(name=f"p{n}", data_type=pb.DATA_TYPE_TEXT, description="d" * 4096)
+        for n in range(100)
+    )
+    err = await expect_error(
+        r.stub.CreateCollection(pb.CreateCollectionRequest(collection=big), metadata=ACME),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "collection",
+    )
+    info = error_info(err)
+    assert info.reason == "SCHEMA_TOO_LARGE"
+    assert info.metadata["setting"] == "GENSEARCH_RETRIEVAL_MAX_SCHEMA_BYTES"
+    assert int(info.metadata["size_bytes"]) > limit == int(info.metadata["limit_bytes"])
+    assert "GENSEARCH_RETRIEVAL_MAX_SCHEMA_BYTES" in err.details()
+    await r.stub.CreateCollection(  # a schema within it is taken
+        pb.CreateCollectionRequest(collection=described("Fits", 20_000)), metadata=ACME
+    )
+
+
+async def test_a_tenants_schemas_are_bounded_together_and_not_another_tenants(
+    make_retrieval: MakeRetrieval,
+) -> None:
+    r = await start(make_retrieval, "edge", max_schema_bytes_per_tenant=64 * 1024)
+    for name in ("A", "B", "C"):  # ~20 KB each: three fit in 64 KiB
+        await r.stub.CreateCollection(
+            pb.CreateCollectionRequest(collection=described(name, 20_000)), metadata=ACME
+        )
+    err = await expect_error(
+        r.stub.CreateCollection(
+            pb.CreateCollectionRequest(collection=described("D", 20_000)), metadata=ACME
+        ),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "collection",
+    )
+    info = error_info(err)
+    assert info.reason == "TENANT_SCHEMAS_FULL"
+    assert info.metadata["setting"] == "GENSEARCH_RETRIEVAL_MAX_SCHEMA_BYTES_PER_TENANT"
+    assert info.metadata["limit_bytes"] == str(64 * 1024)
+    # Another tenant has its own room; a deleted collection gives its bytes back.
+    await r.stub.CreateCollection(
+        pb.CreateCollectionRequest(collection=described("D", 20_000)), metadata=GLOBEX
+    )
+    await r.stub.DeleteCollection(pb.DeleteCollectionRequest(name="A"), metadata=ACME)
+    await r.stub.CreateCollection(
+        pb.CreateCollectionRequest(collection=described("D", 20_000)), metadata=ACME
+    )
+
+
 async def test_the_answer_cache_refuses_clients_with_api_keys(
     make_retrieval: MakeRetrieval,
 ) -> None:
