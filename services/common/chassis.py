@@ -2,8 +2,9 @@
 server span and an access log line; also each method's request size limit (checked on the
 raw bytes, before parsing), the request metadata's size (``metadata_size.py``), the
 deadline (too short to start, or about to pass: ``call_deadline.py``), the server's cap on
-calls at once (``call_slots.py``), the wait for each message of a client stream
-(``stream_idle.py``) and, on the gateway, the admission guard of per-tenant quotas.
+calls at once (``call_slots.py``), the bytes of replies a tenant has in flight
+(``reply_bytes.py``), the wait for each message of a client stream (``stream_idle.py``)
+and, on the gateway, the admission guard of per-tenant quotas.
 
 Servicers raise ``ServiceError`` subclasses; this turns them into rich statuses. Any other
 exception becomes INTERNAL with a generic message (the traceback goes to the log, never to
@@ -50,6 +51,7 @@ from services.common.errors import Internal, ResourceExhausted, ServiceError
 from services.common.logs import ACCESS_LOGGER, redact
 from services.common.metadata_size import MetadataLimit
 from services.common.metrics import MethodMetrics, grpc_type, split_method
+from services.common.reply_bytes import Holding, ReplyBytes
 from services.common.request_parse import Undecodable, tolerant
 from services.common.request_size import TooLarge, bounded
 from services.common.stream_idle import IdleLimit
@@ -104,11 +106,13 @@ class ChassisRegistry:
         response_limit: int | None = None,
         metadata_limit: MetadataLimit | None = None,
         deadline_limit: DeadlineLimit | None = None,
+        reply_bytes: ReplyBytes | None = None,
     ) -> None:
         self._auth = auth
         self._call_slots = call_slots
         self._metadata_limit = metadata_limit
         self._deadline_limit = deadline_limit
+        self._reply_bytes = reply_bytes
         self._response_limit = response_limit
         self._stream_idle = stream_idle
         self._server_name = server_name
@@ -136,6 +140,7 @@ class ChassisRegistry:
                 self._response_limit,
                 self._metadata_limit,
                 self._deadline_limit,
+                self._reply_bytes,
             )
             # gRPC itself enforces the largest limit; only smaller ones need a check here.
             wrapped = wrapper.wrap(handler, limit if limit < self._largest else None)
@@ -200,6 +205,7 @@ class _MethodWrapper:
         response_limit: int | None = None,
         metadata_limit: MetadataLimit | None = None,
         deadline_limit: DeadlineLimit | None = None,
+        reply_bytes: ReplyBytes | None = None,
     ) -> None:
         service, name = split_method(method)
         self.metadata_limit = metadata_limit
@@ -213,6 +219,7 @@ class _MethodWrapper:
         self.serializer: Callable[[Any], bytes] | None = handler.response_serializer
         self.admission = admission
         self.call_slots = call_slots or CallSlots(0, "")  # 0: no limit
+        self.reply_bytes = reply_bytes or ReplyBytes(0, "")  # 0: no limit
         self.stream_idle = stream_idle
         self.method = method
         self.auth = auth
@@ -357,6 +364,13 @@ class _MethodWrapper:
             )
         return data
 
+    def _holding(self) -> Holding | None:
+        """What the call holds of its tenant's bytes of replies in flight; None when the
+        server has no such bound."""
+        if not self.reply_bytes.limit:
+            return None
+        return self.reply_bytes.hold(current_identity().tenant)
+
     def unary_response(
         self, fn: Callable[..., Awaitable[Any]], request_streaming: bool
     ) -> Callable[..., Awaitable[Any]]:
@@ -371,6 +385,11 @@ class _MethodWrapper:
                     request = self._received(request, request_streaming)
                     async with cutoff, guard:
                         response = self._serialized(await fn(request, context))
+                    holding = self._holding()
+                    if holding is not None and isinstance(response, bytes):
+                        # Until gRPC has sent it: the call is done then, however it ends.
+                        holding.take(len(response))
+                        context.add_done_callback(holding.release)
                 self.metrics.sent.inc()
                 return response
             except AbortError:
@@ -399,6 +418,7 @@ class _MethodWrapper:
             begun = self._begin(context)
             code = None
             sent = self.metrics.sent
+            holding = None
             try:
                 # Given back however the stream ends, also when the client goes away
                 # mid-stream: the task running this generator is cancelled, and the
@@ -406,6 +426,7 @@ class _MethodWrapper:
                 with self.call_slots:
                     guard, cutoff = self._admitted(context)
                     request = self._received(request, request_streaming)
+                    holding = self._holding()
                     async with guard:
                         items = aiter(fn(request, context))
                         while True:
@@ -416,7 +437,13 @@ class _MethodWrapper:
                                     item = await anext(items)
                                 except StopAsyncIteration:
                                     break
-                            yield self._serialized(item)
+                            data = self._serialized(item)
+                            if holding is not None and isinstance(data, bytes):
+                                holding.take(len(data))
+                            yield data
+                            # Asked for the next one: gRPC has sent this one.
+                            if holding is not None:
+                                holding.release()
                             sent.inc()
             except AbortError:
                 raise
@@ -437,6 +464,8 @@ class _MethodWrapper:
                 code = status.code
                 await context.abort(status.code, status.details, status.trailing_metadata)
             finally:
+                if holding is not None:
+                    holding.release()  # a message the stream ended with or left unsent
                 self._end(context, begun, code)
 
         return gen

@@ -164,8 +164,29 @@ class PermissionDenied(ServiceError):
 
 
 class ResourceExhausted(ServiceError):
+    """With ``retry_after`` (seconds), also a ``google.rpc.RetryInfo`` detail: when trying
+    again may help; without, it cannot (a request larger than the whole limit)."""
+
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
     default_reason = "RESOURCE_EXHAUSTED"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        field: str | None = None,
+        reason: str | None = None,
+        metadata: dict[str, str] | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, field=field, reason=reason, metadata=metadata)
+        self.retry_after = retry_after
+
+    def to_proto(self) -> status_pb2.Status:
+        status = super().to_proto()
+        if self.retry_after is not None:
+            add_retry_info(status, self.retry_after)
+        return status
 
 
 class DeadlineExceeded(ServiceError):
@@ -248,6 +269,8 @@ def from_rpc_error(error: grpc.aio.AioRpcError, service: str = "") -> ServiceErr
                     metadata=metadata,
                 )
                 rebuilt.details = _import_details(status)
+                if isinstance(rebuilt, ResourceExhausted):  # when to retry, passed on too
+                    rebuilt.retry_after = _retry_after(status.details)
                 return rebuilt
     what = f"the {service} service" if service else "a downstream service"
     named = {"service": service} if service else {}
@@ -263,6 +286,16 @@ def from_rpc_error(error: grpc.aio.AioRpcError, service: str = "") -> ServiceErr
         reason="DOWNSTREAM_ERROR",
         metadata={**named, "downstream_code": code.name},
     )
+
+
+def _retry_after(details: Sequence[any_pb2.Any]) -> float | None:
+    """Seconds of the RetryInfo among ``details``, if there is one."""
+    for detail in details:
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info = error_details_pb2.RetryInfo()
+            detail.Unpack(info)
+            return info.retry_delay.ToNanoseconds() / 1e9
+    return None
 
 
 # A downstream status with no ErrorInfo of ours: the class, sentence and reason it becomes.

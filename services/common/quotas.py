@@ -48,12 +48,11 @@ from importlib import resources
 from typing import Any
 
 import grpc
-from google.rpc import status_pb2
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisClusterException, RedisError
 
 from services.common.auth import current_tenant
-from services.common.errors import ResourceExhausted, add_retry_info
+from services.common.errors import ResourceExhausted
 from services.common.logs import ThrottledWarning
 from services.common.redis_client import RedisClient
 
@@ -93,14 +92,8 @@ class QuotaExceeded(ResourceExhausted):
             message or f"quota {quota} ({limit}) exceeded; retry in {retry_after or 0:.1f} s",
             reason="QUOTA_EXCEEDED",
             metadata={"quota": quota, "limit": str(limit)},
+            retry_after=retry_after,
         )
-        self.retry_after = retry_after
-
-    def to_proto(self) -> status_pb2.Status:
-        status = super().to_proto()
-        if self.retry_after is not None:
-            add_retry_info(status, self.retry_after)
-        return status
 
 
 class Quotas:

@@ -207,6 +207,11 @@ class CommonSettings(BaseSettings):
     grace_period: float = Field(default=10.0, ge=0, le=MAX_WAIT_SECONDS)
     # Largest gRPC message sent (and, by the gateway, received from a downstream service).
     max_message_bytes: int = Field(default=64 * MIB, ge=1024, le=MAX_SIZE_BYTES)
+    # Bytes of replies one tenant has in flight at once (serialized, not yet sent); a reply
+    # past it, while the tenant has others in flight, is RESOURCE_EXHAUSTED, reason
+    # RESPONSE_BYTES_IN_FLIGHT, with RetryInfo (services/common/reply_bytes.py). A tenant's
+    # first reply always goes. 0 = no limit.
+    max_reply_bytes_in_flight_per_tenant: int = Field(default=256 * MIB, ge=0, le=MAX_SIZE_BYTES)
     # Largest request metadata (all headers, as gRPC counts them: name + value + 32 bytes
     # each, pseudo-headers included) the server takes; more is RESOURCE_EXHAUSTED /
     # METADATA_TOO_LARGE from the chassis, every time (services/common/metadata_size.py).

@@ -1,0 +1,88 @@
+"""The bytes of replies a server holds for one tenant at once
+(``max_reply_bytes_in_flight_per_tenant``), counted by the chassis.
+
+One reply is bounded by the send limit (``max_message_bytes``), but nothing bounded how
+many a tenant had in flight: 16 concurrent 60 MB GetObjects of one tenant held about
+800 MB in gateway and retrieval, memory every tenant of those replicas shares. A reply
+counts from when the chassis has serialized it until gRPC has sent it: a unary reply until
+its call is done (gRPC's done callback), a stream's message until the stream is asked for
+the next one (gRPC has sent it) or ends. A reply that would take its tenant past the bound
+while the tenant has others in flight is refused, RESOURCE_EXHAUSTED with a RetryInfo
+(reason ``RESPONSE_BYTES_IN_FLIGHT``), and dropped at once: waiting would hold the very
+bytes the bound is about. A tenant's first reply always goes (the send limit bounds it),
+so no reply is refused for ever; other tenants count against their own bound. One counter
+per tenant on the event loop: no lock, nothing shared across processes.
+"""
+
+from __future__ import annotations
+
+from services.common.errors import ResourceExhausted
+
+REASON = "RESPONSE_BYTES_IN_FLIGHT"
+# When a refused caller may try again: the replies in flight before it are then most
+# likely sent (a reply is written as fast as its client reads).
+RETRY_AFTER_SECONDS = 1.0
+
+
+class ReplyBytes:
+    def __init__(self, limit: int, setting: str) -> None:
+        """``limit`` bytes of replies in flight per tenant (0: no limit); ``setting`` is
+        the variable that sets it, named in the refusal."""
+        self.limit = limit
+        self.setting = setting
+        self._held: dict[str, int] = {}
+
+    def held(self, tenant: str) -> int:
+        return self._held.get(tenant, 0)
+
+    def hold(self, tenant: str) -> Holding:
+        """What one call holds of its tenant's bound: a reply at a time."""
+        return Holding(self, tenant)
+
+    def take(self, tenant: str, size: int) -> None:
+        held = self._held.get(tenant, 0)
+        if self.limit and held and held + size > self.limit:
+            raise ResourceExhausted(
+                f"the caller's tenant has {held} bytes of replies in flight; this one "
+                f"({size} bytes) would pass {self.limit} "
+                f"({self.setting}); retry once they are read",
+                reason=REASON,
+                metadata={
+                    "limit_bytes": str(self.limit),
+                    "held_bytes": str(held),
+                    "size_bytes": str(size),
+                    "setting": self.setting,
+                },
+                retry_after=RETRY_AFTER_SECONDS,
+            )
+        self._held[tenant] = held + size
+
+    def give_back(self, tenant: str, size: int) -> None:
+        left = self._held.get(tenant, 0) - size
+        if left > 0:
+            self._held[tenant] = left
+        else:
+            self._held.pop(tenant, None)  # no entry left behind per tenant ever seen
+
+
+class Holding:
+    """The reply one call has in flight (none, or the last one taken)."""
+
+    __slots__ = ("_bytes", "_size", "_tenant")
+
+    def __init__(self, ledger: ReplyBytes, tenant: str) -> None:
+        self._bytes = ledger
+        self._tenant = tenant
+        self._size = 0
+
+    def take(self, size: int) -> None:
+        """Counts a reply of ``size`` bytes, or raises RESOURCE_EXHAUSTED (RetryInfo)."""
+        self._bytes.take(self._tenant, size)
+        self._size += size
+
+    def release(self, *_: object) -> None:
+        """The replies taken are sent (or never will be). Safe to call again; takes any
+        arguments, so it can be gRPC's done callback."""
+        if self._size:
+            self._bytes.give_back(self._tenant, self._size)
+            self._size = 0

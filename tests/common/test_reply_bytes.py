@@ -1,0 +1,142 @@
+"""The bytes of replies one tenant has in flight (``max_reply_bytes_in_flight_per_tenant``,
+held by the chassis): a noisy tenant whose large replies sit unread gets
+RESOURCE_EXHAUSTED / RESPONSE_BYTES_IN_FLIGHT (ErrorInfo naming the setting, RetryInfo) for
+one more, while another tenant's call goes through; once its replies are read, its calls
+go through again. A real grpc.aio server and channels; replies are held in flight by a
+client that does not read its stream (gRPC cannot send a message its client does not take,
+so the server holds it until the client reads)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from pydantic import SecretStr
+
+from services.common.server import GrpcServer
+from services.retrieval.settings import RetrievalSettings
+from tests.support.rpc import error_info
+
+SERVICE = "gensearch.test.v1.ReplyBytesService"
+MIB = 1024 * 1024
+BIG = 8 * MIB  # far past what HTTP/2 flow control lets through unread
+SETTING = "GENSEARCH_RETRIEVAL_MAX_REPLY_BYTES_IN_FLIGHT_PER_TENANT"
+NOISY = (("authorization", "Bearer key-noisy"),)
+QUIET = (("authorization", "Bearer key-quiet"),)
+# Clients take messages of any size: the server's bound is what is under test.
+OPTIONS = [("grpc.max_receive_message_length", -1)]
+
+
+def _ident(b: bytes) -> bytes:
+    return b
+
+
+async def reply(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    return b"r" * MIB
+
+
+async def big_stream(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+    yield b"s" * BIG
+    yield b"end"
+
+
+def _register(_servicer: object, server: grpc.aio.Server) -> None:
+    kw = {"request_deserializer": _ident, "response_serializer": _ident}
+    handlers = {
+        "Reply": grpc.unary_unary_rpc_method_handler(reply, **kw),
+        "BigStream": grpc.unary_stream_rpc_method_handler(big_stream, **kw),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[tuple[GrpcServer, grpc.aio.Channel]]:
+    settings = RetrievalSettings(
+        api_keys=SecretStr("ann@noisy/reader:key-noisy,bob@quiet/reader:key-quiet"),
+        max_reply_bytes_in_flight_per_tenant=2 * BIG,
+    )
+    server = GrpcServer(settings, port=0)
+    server.add_service(_register, None, SERVICE)
+    port = await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=OPTIONS)
+    yield server, channel
+    await channel.close()
+    await server.stop(0)
+
+
+async def _held(server: GrpcServer, tenant: str, size: int) -> None:
+    """Waits until the server holds ``size`` bytes of the tenant's replies."""
+    async with asyncio.timeout(30):  # a hang fails here, not at the suite's timeout
+        while (held := server.reply_bytes.held(tenant)) != size:
+            assert held <= 2 * BIG
+            await asyncio.sleep(0.01)
+
+
+async def test_a_tenants_unread_replies_refuse_its_next_and_not_another_tenants(
+    served: tuple[GrpcServer, grpc.aio.Channel],
+) -> None:
+    server, channel = served
+    stream = channel.unary_stream(f"/{SERVICE}/BigStream", _ident, _ident)
+    unary = channel.unary_unary(f"/{SERVICE}/Reply", _ident, _ident)
+    # Two unread 8 MiB messages: the noisy tenant's bound (16 MiB) is full.
+    held = [stream(b"", metadata=NOISY, timeout=60) for _ in range(2)]
+    await _held(server, "noisy", 2 * BIG)
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await unary(b"", metadata=NOISY, timeout=30)
+    err = caught.value
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    info = error_info(err)
+    assert info.reason == "RESPONSE_BYTES_IN_FLIGHT" and info.domain == "gensearch"
+    assert dict(info.metadata) == {
+        "limit_bytes": str(2 * BIG),
+        "held_bytes": str(2 * BIG),
+        "size_bytes": str(MIB),
+        "setting": SETTING,
+    }
+    assert SETTING in (err.details() or "")
+    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    assert status is not None
+    retry = [d for d in status.details if d.Is(error_details_pb2.RetryInfo.DESCRIPTOR)]
+    assert len(retry) == 1
+    assert server.reply_bytes.held("noisy") == 2 * BIG  # the refused reply was dropped
+
+    # Another tenant is not affected, its own large stream included.
+    assert await unary(b"", metadata=QUIET, timeout=30) == b"r" * MIB
+    quiet = [m async for m in stream(b"", metadata=QUIET, timeout=60)]
+    assert [len(m) for m in quiet] == [BIG, 3]
+
+    # Read, the noisy tenant's replies are sent: its calls go through again.
+    for call in held:
+        assert [len(m) async for m in call] == [BIG, 3]
+    await _held(server, "noisy", 0)
+    assert await unary(b"", metadata=NOISY, timeout=30) == b"r" * MIB
+    await _held(server, "noisy", 0)  # a unary reply is given back when its call is done
+
+
+async def test_a_tenants_first_reply_always_goes(
+    served: tuple[GrpcServer, grpc.aio.Channel],
+) -> None:
+    """A bound below one reply refuses none that comes alone (max_message_bytes bounds it)."""
+    server, channel = served
+    server.reply_bytes.limit = MIB // 2
+    unary = channel.unary_unary(f"/{SERVICE}/Reply", _ident, _ident)
+    for _ in range(3):
+        assert await unary(b"", metadata=NOISY, timeout=30) == b"r" * MIB
+    await _held(server, "noisy", 0)
+
+
+async def test_a_cancelled_stream_gives_its_bytes_back(
+    served: tuple[GrpcServer, grpc.aio.Channel],
+) -> None:
+    server, channel = served
+    call = channel.unary_stream(f"/{SERVICE}/BigStream", _ident, _ident)(
+        b"", metadata=NOISY, timeout=60
+    )
+    await _held(server, "noisy", BIG)
+    call.cancel()
+    await _held(server, "noisy", 0)
