@@ -245,6 +245,8 @@ class Stack:
         self._services: list[ServiceProcess] = []
         self._others: list[asyncio.subprocess.Process] = []
         self._channels: list[grpc.aio.Channel] = []
+        # More settings, by service name ("gateway" -> {variable: value}).
+        self.extra_env: dict[str, dict[str, str]] = {}
 
     async def __aenter__(self) -> Stack:
         return self
@@ -279,6 +281,7 @@ class Stack:
         }
 
     async def _service(self, name: str, port_var: str, env: dict[str, str]) -> ServiceProcess:
+        env = {**env, **self.extra_env.get(name, {})}
         service = ServiceProcess(name, port_var, env, self.work / f"{name}.log")
         self._services.append(service)
         return await service.start()
