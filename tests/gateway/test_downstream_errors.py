@@ -17,7 +17,7 @@ from gensearch.generation.v1 import generation_service_pb2 as gen_pb
 from gensearch.generation.v1 import generation_service_pb2_grpc as gen_grpc
 from gensearch.memory.v1 import memory_service_pb2 as mem_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -313,3 +313,39 @@ async def test_a_service_nobody_listens_for_is_named(stack_factory: StackFactory
         await generation.ListModels(gen_pb.ListModelsRequest(), metadata=ALICE, timeout=10)
     _assert_clean(caught.value, grpc.StatusCode.UNAVAILABLE, "generation")
     assert "127.0.0.1" not in caught.value.details()
+
+
+async def test_a_refusal_to_retry_later_keeps_its_retry_info_through_the_gateway(
+    stack_factory: StackFactory, scripted: Scripted
+) -> None:
+    """Retrieval's RESPONSE_BYTES_IN_FLIGHT (an ErrorInfo and a RetryInfo) reaches the
+    gateway's caller with its RetryInfo; before, the gateway dropped it and the caller
+    could not tell when to try again."""
+    stack = await stack_factory(generation=False, retrieval_addr=scripted.address)
+    info, retry = any_pb2.Any(), any_pb2.Any()
+    info.Pack(error_details_pb2.ErrorInfo(reason="RESPONSE_BYTES_IN_FLIGHT", domain="gensearch"))
+    retry.Pack(error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(nanos=500_000_000)))
+    proto = status_pb2.Status(
+        code=grpc.StatusCode.RESOURCE_EXHAUSTED.value[0],
+        message="the caller's tenant has replies in flight",
+        details=[info, retry],
+    )
+    scripted.status = rpc_status.to_status(proto)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stack.retrieval.Search(
+            ret_pb.SearchRequest(collection="Books", keyword=ret_pb.Keyword(text="x")),
+            metadata=ALICE,
+            timeout=10,
+        )
+    err = caught.value
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error_info(err).reason == "RESPONSE_BYTES_IN_FLIGHT"
+    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    assert status is not None
+    delays = []
+    for detail in status.details:
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            retry = error_details_pb2.RetryInfo()
+            detail.Unpack(retry)
+            delays.append(retry.retry_delay.ToNanoseconds() / 1e9)
+    assert delays == [0.5]
