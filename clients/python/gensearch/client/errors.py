@@ -210,6 +210,13 @@ class FilterTooLargeError(InvalidArgumentError):
     error_reason = "FILTER_TOO_LARGE"
 
 
+class SchemaTooLargeError(InvalidArgumentError):
+    """A new collection's schema is larger than the retrieval service allows (metadata
+    ``limit_bytes``, ``size_bytes``, ``setting``): shorten its descriptions or prompts."""
+
+    error_reason = "SCHEMA_TOO_LARGE"
+
+
 class DuplicateIdError(InvalidArgumentError):
     """An id given twice in one request (GenerateOnObjects): ``field`` names the repeat,
     ``metadata["first"]`` the entry it repeats."""
@@ -507,6 +514,13 @@ class TooManyCollectionsError(ResourceExhaustedError):
     error_reason = "TOO_MANY_COLLECTIONS"
 
 
+class TenantSchemasFullError(ResourceExhaustedError):
+    """The tenant's collection schemas together would pass the retrieval service's bound
+    (metadata ``limit_bytes``, ``held_bytes``, ``setting``): delete some collections."""
+
+    error_reason = "TENANT_SCHEMAS_FULL"
+
+
 class QuotaExceededError(ResourceExhaustedError):
     error_reason = "QUOTA_EXCEEDED"
 
@@ -528,6 +542,14 @@ class ResponseTooLargeError(ResourceExhaustedError):
     ``size_bytes``): ask for fewer or shorter results, without debug, or stream."""
 
     error_reason = "RESPONSE_TOO_LARGE"
+
+
+class ResponseBytesInFlightError(ResourceExhaustedError):
+    """The tenant has as many bytes of replies in flight as the server allows (metadata
+    ``limit_bytes``, ``held_bytes``, ``size_bytes``, ``setting``): retry after the status's
+    RetryInfo delay, or ask for fewer or smaller results."""
+
+    error_reason = "RESPONSE_BYTES_IN_FLIGHT"
 
 
 class TooManyConcurrentRpcsError(ResourceExhaustedError):
