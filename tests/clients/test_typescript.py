@@ -196,6 +196,20 @@ async def test_issue_13_fields_through_generated_code(
     assert "Features" not in [c.name for c in listed.collections]
 
 
+@pytest.mark.slow  # compiles TypeScript, loads the local embedding model
+async def test_features_runs_as_docs_clients_md_shows_it(
+    running_stack: RunningStack, node: str, typescript_build: Path
+) -> None:
+    """`node dist/features.js` with no GENSEARCH_PRIMARY_MODEL / _BACKUP_PROVIDER, as
+    docs/clients.md runs it: its chain must not repeat the stack's default pair (that was
+    INVALID_ARGUMENT DUPLICATE_FALLBACK, a crash); the primary answers, fallback_index 0."""
+    assert "GENSEARCH_BACKUP_PROVIDER" not in os.environ
+    port = int(running_stack.address.rsplit(":", 1)[1])  # `gensearch up`: its default is local
+    out = await _run(node, typescript_build / "features.js", port, "")
+    fallback = next(line for line in out.splitlines() if line.startswith("fallback "))
+    assert fallback.split()[2:4] == ["0", "1"], out
+
+
 @pytest.mark.slow  # compiles TypeScript, waits out two quota windows
 def test_import_waits_out_the_write_quota_like_the_python_client(
     running_stack: RunningStack, quota_gateway: QuotaGateway, node: str, typescript_build: Path

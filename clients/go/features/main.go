@@ -3,7 +3,8 @@
 // request_id, memory's CheckStorage limits, and an ErrorInfo reason. One line per result.
 // GENSEARCH_ADDR and GENSEARCH_KEY as in ../example; GENSEARCH_PRIMARY_MODEL names a model
 // that fails (the test's fake LLM answers it 503) and GENSEARCH_BACKUP_PROVIDER the
-// provider the chain falls back to (default local).
+// provider the chain falls back to (default ollama: not the stack's default pair, which a
+// chain may not repeat; with no failing primary the primary answers, fallback index 0).
 package main
 
 import (
@@ -97,7 +98,7 @@ func main() {
 	// A fallback chain: the primary model fails, the backup provider answers.
 	backup := os.Getenv("GENSEARCH_BACKUP_PROVIDER")
 	if backup == "" {
-		backup = "local"
+		backup = "ollama"
 	}
 	chained, err := gateway.GenerativeSearch(ctx, &gatewayv1.GenerativeSearchRequest{
 		Collection: collection, Limit: 1,

@@ -3,7 +3,8 @@
 // CheckStorage limits, and an ErrorInfo reason. One line per result, for the test to read.
 // GENSEARCH_URL, GENSEARCH_KEY as in example.ts; GENSEARCH_PRIMARY_MODEL names a model that
 // fails (the test's fake LLM answers it 503) and GENSEARCH_BACKUP_PROVIDER the provider the
-// chain falls back to.
+// chain falls back to (default ollama: not the stack's default pair, which a chain may not
+// repeat; with no failing primary the primary answers, fallback index 0).
 import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { CacheMode, GatewayService, type GenerationResult } from "./gen/gensearch/gateway/v1/gateway_service_pb.js";
@@ -41,7 +42,7 @@ try {
   // A fallback chain: the primary model fails, the backup provider answers.
   const chained = await gateway.generativeSearch({ collection, query: { case: "keyword", value: { text: "desert" } }, limit: 1,
     generate: { singlePrompt: "Summarise {body}", model: process.env.GENSEARCH_PRIMARY_MODEL ?? "",
-      fallback: [{ provider: process.env.GENSEARCH_BACKUP_PROVIDER ?? "local" }] } });
+      fallback: [{ provider: process.env.GENSEARCH_BACKUP_PROVIDER ?? "ollama" }] } });
   const g = chained.hits[0]?.generation;
   console.log("fallback", g?.provider, g?.fallbackIndex, g?.upstreamCalls, shown(g));
 
