@@ -87,3 +87,14 @@ def test_the_walk_through_runs_top_to_bottom(running_stack: RunningStack, tmp_pa
     # The second turn continued the first: ListInteractions shows both.
     listed = [json.loads(m) for m in re.findall(r'^\{\n  "interactions".*?^\}$', out, re.S | re.M)]
     assert [len(x["interactions"]) for x in listed] == [2, 1]
+
+
+def test_the_cli_block_makes_every_file_it_reads() -> None:
+    """A new user runs "The `gensearch` command" as written: each file a command reads
+    (`--response-format`, `--objects-file`, `import`) is written by the block before it."""
+    (script,) = blocks(section("The `gensearch` command", "Configuration"), "sh")
+    read = re.findall(r"(?:--response-format|--objects-file|gensearch import) (\S+)", script)
+    assert len(read) >= 4, read
+    for name in read:
+        made = re.search(rf"> {re.escape(name)}\b", script)
+        assert made and made.start() < script.index(f" {name}"), f"{name} is read, never made"
