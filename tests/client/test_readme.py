@@ -89,12 +89,22 @@ def test_the_walk_through_runs_top_to_bottom(running_stack: RunningStack, tmp_pa
     assert [len(x["interactions"]) for x in listed] == [2, 1]
 
 
-def test_the_cli_block_makes_every_file_it_reads() -> None:
+def test_the_cli_block_makes_every_file_it_reads(tmp_path: Path) -> None:
     """A new user runs "The `gensearch` command" as written: each file a command reads
-    (`--response-format`, `--objects-file`, `import`) is written by the block before it."""
+    (`--response-format`, `--objects-file`, `import`) is written by the block before it,
+    as the JSON (a schema) or JSON Lines (objects) the command takes."""
     (script,) = blocks(section("The `gensearch` command", "Configuration"), "sh")
     read = re.findall(r"(?:--response-format|--objects-file|gensearch import) (\S+)", script)
     assert len(read) >= 4, read
     for name in read:
         made = re.search(rf"> {re.escape(name)}\b", script)
         assert made and made.start() < script.index(f" {name}"), f"{name} is read, never made"
+    # The lines before the first command, run: the files they write parse.
+    setup = script[: script.index(".venv/bin/gensearch")]
+    subprocess.run(["bash", "-euc", setup], cwd=tmp_path, check=True, timeout=30)
+    for name in set(read):
+        text = (tmp_path / name).read_text(encoding="utf-8")
+        if name.endswith(".jsonl"):
+            assert all(isinstance(json.loads(line), dict) for line in text.splitlines())
+        else:
+            assert json.loads(text)["type"] == "object"
