@@ -72,9 +72,11 @@ async def test_retrieval_times_grpc_beside_the_engine() -> None:
 
 async def test_filters_times_filtered_calls_with_and_without_payload_indexes() -> None:
     text = await run_bench("filters", "--objects", "2000", "--queries", "3", "--dim", "8")
-    # Five filters, a count and a search each (the bench checks both copies count alike).
-    assert text.count(" | count  | ") == text.count(" | search | ") == 5, text
-    assert "creates the 6 missing ones over 2,000 objects" in text, text
+    # Six filters, a count and a search each (the bench checks both copies count alike),
+    # then two of them again on a full-text index in place of the keyword one.
+    assert text.count(" | count  | ") == text.count(" | search | ") == 6 + 2, text
+    assert text.count(" | full-text ") == 4, text
+    assert "the 6 missing indexes were built after it" in text, text
 
 
 async def test_cache_bench_serves_repeats_from_the_cache() -> None:
