@@ -23,6 +23,7 @@ from gensearch.client._async import (
     _Inline,
     _Searcher,
 )
+from gensearch.client.errors import ClientClosedError
 
 _NAMESPACES = (AsyncCollection, Chat, Collections, Conversations, Data, _Inline, _Searcher)
 
@@ -36,6 +37,9 @@ class _Loop:
         self.thread.start()
 
     def run(self, coro: Any) -> Any:
+        if self.loop.is_closed():  # the client was closed
+            coro.close()  # never to run: no "coroutine was never awaited" warning
+            raise ClientClosedError()
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
     def iterate(self, stream: AsyncIterator[Any]) -> Iterator[Any]:
@@ -51,6 +55,8 @@ class _Loop:
                 self.run(closer())
 
     def close(self) -> None:
+        if self.loop.is_closed():
+            return
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
         self.loop.close()
@@ -113,8 +119,10 @@ class Gensearch(_Blocking):
         super().__init__(target, loop)
 
     def close(self) -> None:
-        self._loop.run(self._target.close())
-        self._loop.close()
+        """Closes the channel and the loop's thread; a second close is nothing."""
+        if not self._loop.loop.is_closed():
+            self._loop.run(self._target.close())
+            self._loop.close()
 
     def __enter__(self) -> Gensearch:
         return self

@@ -16,7 +16,7 @@ from datetime import timedelta
 from typing import Any
 
 import grpc
-from gensearch.client.errors import from_rpc_error
+from gensearch.client.errors import ClientClosedError, from_rpc_error
 from gensearch.gateway.v1 import gateway_service_pb2_grpc
 from gensearch.generation.v1 import generation_service_pb2_grpc
 from gensearch.memory.v1 import memory_service_pb2_grpc
@@ -164,7 +164,12 @@ class Transport:
         self.generation = generation_service_pb2_grpc.GenerationServiceStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
 
+        self.closed = False
+
     def _deadline(self, timeout: Timeout) -> float | None:
+        # Checked as each call starts: grpc's own "Channel is closed" is a bare UsageError.
+        if self.closed:
+            raise ClientClosedError()
         return self.timeout if timeout is DEFAULT else seconds(timeout)
 
     async def unary(self, method: Any, request: Any, timeout: Timeout = DEFAULT) -> Any:
@@ -194,4 +199,7 @@ class Transport:
             raise from_rpc_error(err) from err
 
     async def close(self) -> None:
-        await self.channel.close()
+        """Closes the channel (calls in flight end CANCELLED); a second close is nothing."""
+        if not self.closed:
+            self.closed = True
+            await self.channel.close()

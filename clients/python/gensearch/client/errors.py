@@ -98,6 +98,14 @@ class GensearchError(Exception):
         )
 
 
+class ClientClosedError(RuntimeError):
+    """A call on a client after its ``close()`` (or its ``with`` block's end): no status
+    from any service, a mistake in the program, so no ``GensearchError``."""
+
+    def __init__(self) -> None:
+        super().__init__("the gensearch client is closed: make a new one to call again")
+
+
 def _code(code: grpc.StatusCode) -> Any:
     def register(cls: type[GensearchError]) -> type[GensearchError]:
         cls.status_code = code

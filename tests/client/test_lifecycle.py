@@ -1,0 +1,87 @@
+"""A client's life: closing it (twice, then calling it) and leaving a stream early,
+against the real stack; the gateway's in-flight gauge shows a left stream cancelled."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import warnings
+
+import pytest
+from gensearch.client import AsyncGensearch, Gensearch, errors
+from prometheus_client import REGISTRY
+
+from tests.cli.conftest import RunningStack
+from tests.support.fake_openai import Behaviour
+
+# gensearch_grpc_server_in_flight of StreamGenerate (the gateway's and the generation
+# service's: one process here, one registry).
+STREAM_GENERATE = {
+    "server": "generation",
+    "grpc_service": "gensearch.generation.v1.GenerationService",
+    "grpc_method": "StreamGenerate",
+}
+
+
+def in_flight() -> float:
+    return REGISTRY.get_sample_value("gensearch_grpc_server_in_flight", STREAM_GENERATE) or 0.0
+
+
+async def _until_back_to(level: float) -> None:
+    """Polls (up to 30 s: a loaded machine may be slow to it) until the StreamGenerate
+    calls in flight fall back to ``level``."""
+    end = asyncio.get_running_loop().time() + 30
+    while asyncio.get_running_loop().time() < end:
+        if in_flight() <= level:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"StreamGenerate still served: {in_flight()} > {level}")
+
+
+async def test_async_client_closed_twice_then_called(running_stack: RunningStack) -> None:
+    client = AsyncGensearch(running_stack.address, api_key="lifecycle-key")
+    assert await client.health() == "SERVING"
+    await client.close()
+    await client.close()  # a second close is nothing
+    with pytest.raises(errors.ClientClosedError, match="closed") as info:
+        await client.health()
+    assert "lifecycle-key" not in repr(info.value) + str(info.value)
+    with pytest.raises(errors.ClientClosedError):
+        async for _ in client.generate_stream.complete("hi"):
+            pass
+    with pytest.raises(errors.ClientClosedError):
+        await client.collections.get("Books").data.import_([{"title": "Dune"}])
+
+
+def test_blocking_client_closed_twice_then_called(running_stack: RunningStack) -> None:
+    client = Gensearch(running_stack.address)
+    assert client.health() == "SERVING"
+    client.close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "coroutine ... was never awaited"
+        client.close()
+        with pytest.raises(errors.ClientClosedError, match="closed"):
+            client.health()
+        with pytest.raises(errors.ClientClosedError):
+            list(client.generate_stream.complete("hi"))
+
+
+@pytest.mark.slow
+async def test_leaving_a_stream_cancels_its_call(running_stack: RunningStack) -> None:
+    """A ``break`` out of ``async for`` over a dropped stream, and ``aclosing`` around a
+    kept one, cancel the RPC: the gateway and generation service stop serving it long
+    before the slow answer (200 chunks, 0.5 s apart) would end."""
+    fake = running_stack.fake
+    text = " ".join(f"w{i}" for i in range(200))
+    async with AsyncGensearch(running_stack.address, timeout=600) as client:
+        before = in_flight()
+        fake.enqueue(Behaviour.ok(text=text, chunk_delay=0.5))
+        async for _ in client.generate_stream.complete("leave early"):
+            break
+        await _until_back_to(before)
+
+        fake.enqueue(Behaviour.ok(text=text, chunk_delay=0.5))
+        async with contextlib.aclosing(client.generate_stream.complete("kept")) as stream:
+            async for _ in stream:
+                break
+        await _until_back_to(before)
