@@ -86,6 +86,14 @@ def _message_of(value: Any) -> Any:
     return value
 
 
+def _page_limit(limit: int | None) -> int | None:
+    """A paging helper's ``limit`` (how many items at most; None: all): a negative one
+    would slice the last items off, so it is refused."""
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be 0 or more (None: all), not {limit}")
+    return limit
+
+
 def _data_object(value: t.DataObject | Mapping[str, Any]) -> rpb.DataObject:
     if isinstance(value, t.DataObject):
         return rpb.DataObject(
@@ -247,6 +255,8 @@ class Collections:
         """Every collection (all pages), or the first ``limit``."""
         found: builtins.list[t.Collection] = []
         token = ""
+        if _page_limit(limit) == 0:
+            return found
         while True:
             page = await self._t.unary(
                 self._t.retrieval.ListCollections,
@@ -1415,6 +1425,8 @@ class Conversations:
     ) -> builtins.list[t.Conversation]:
         """Most recently updated first; all of them, or the first ``limit``."""
         found: builtins.list[t.Conversation] = []
+        if _page_limit(limit) == 0:
+            return found
         async for conv in self.iter(page_size=page_size, timeout=timeout):
             found.append(conv)
             if limit is not None and len(found) >= limit:
@@ -1557,6 +1569,7 @@ class Conversations:
         """The turns, newest first (or the ``limit`` most recent; ``oldest_first`` to read)."""
         found: builtins.list[t.Interaction] = []
         token = ""
+        _page_limit(limit)
         while limit is None or len(found) < limit:
             size = 100 if limit is None else min(100, limit - len(found))
             page = await self._t.unary(
@@ -1597,6 +1610,7 @@ class Conversations:
         the order they ran: all of them (every page), or the first ``limit``."""
         found: builtins.list[t.Trace] = []
         token = ""
+        _page_limit(limit)
         while limit is None or len(found) < limit:
             page = await self._t.unary(
                 self._t.memory.ListInteractionTraces,
