@@ -85,3 +85,39 @@ async def test_leaving_a_stream_cancels_its_call(running_stack: RunningStack) ->
             async for _ in stream:
                 break
         await _until_back_to(before)
+
+
+async def _until_taken(running_stack: RunningStack) -> None:
+    """Polls (up to 30 s) until the fake LLM has taken the scripted behaviour: the call
+    is in flight."""
+    end = asyncio.get_running_loop().time() + 30
+    while asyncio.get_running_loop().time() < end:
+        if not running_stack.fake.pending:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the fake LLM never saw the call")
+
+
+async def test_calls_in_flight_when_closed_raise_client_closed(
+    running_stack: RunningStack,
+) -> None:
+    """Another task's close() ends a call (and a stream) in flight with ClientClosedError,
+    not asyncio.CancelledError: that would pass for the caller's own task being cancelled
+    (``except Exception`` misses it, a TaskGroup treats it as cancellation)."""
+    fake = running_stack.fake
+
+    async def stream(client: AsyncGensearch) -> None:
+        async for _ in client.generate_stream.complete("closed mid-stream"):
+            pass
+
+    for behaviour, call in (
+        (Behaviour.ok(text="late", latency=30), lambda c: c.generate.complete("closed")),
+        (Behaviour.ok(text="a b c d", chunk_delay=30), stream),
+    ):
+        fake.enqueue(behaviour)
+        client = AsyncGensearch(running_stack.address, timeout=None)
+        task = asyncio.ensure_future(call(client))
+        await _until_taken(running_stack)
+        await client.close()
+        with pytest.raises(errors.ClientClosedError):
+            await task

@@ -7,6 +7,7 @@ or pay for the LLM twice. Every failed call leaves here as a ``GensearchError``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -172,11 +173,22 @@ class Transport:
             raise ClientClosedError()
         return self.timeout if timeout is DEFAULT else seconds(timeout)
 
+    def _cancelled_by_close(self) -> bool:
+        """Whether a call's asyncio.CancelledError came from the channel's close() (grpc
+        cancels the calls in flight), not from the caller's own task being cancelled (whose
+        CancelledError must go on)."""
+        task = asyncio.current_task()
+        return self.closed and (task is None or not task.cancelling())
+
     async def unary(self, method: Any, request: Any, timeout: Timeout = DEFAULT) -> Any:
         try:
             return await method(request, metadata=self.metadata, timeout=self._deadline(timeout))
         except grpc.aio.AioRpcError as err:
             raise from_rpc_error(err) from err
+        except asyncio.CancelledError as err:
+            if self._cancelled_by_close():
+                raise ClientClosedError() from err
+            raise
 
     async def server_stream(
         self, method: Any, request: Any, timeout: Timeout = DEFAULT
@@ -187,6 +199,10 @@ class Transport:
                 yield reply
         except grpc.aio.AioRpcError as err:
             raise from_rpc_error(err) from err
+        except asyncio.CancelledError as err:
+            if self._cancelled_by_close():
+                raise ClientClosedError() from err
+            raise
         finally:
             call.cancel()  # a consumer that stops early must not leave the call running
 
@@ -197,6 +213,10 @@ class Transport:
             return await method(requests, metadata=self.metadata, timeout=self._deadline(timeout))
         except grpc.aio.AioRpcError as err:
             raise from_rpc_error(err) from err
+        except asyncio.CancelledError as err:
+            if self._cancelled_by_close():
+                raise ClientClosedError() from err
+            raise
 
     async def close(self) -> None:
         """Closes the channel (calls in flight end CANCELLED); a second close is nothing."""
