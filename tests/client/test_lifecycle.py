@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
+import time
 import warnings
+from typing import Any
 
 import pytest
 from gensearch.client import AsyncGensearch, Gensearch, errors
@@ -121,3 +124,38 @@ async def test_calls_in_flight_when_closed_raise_client_closed(
         await client.close()
         with pytest.raises(errors.ClientClosedError):
             await task
+
+
+def test_blocking_calls_in_flight_when_closed_raise_client_closed(
+    running_stack: RunningStack,
+) -> None:
+    """close() from another thread ends the blocking client's call and stream in flight
+    with ClientClosedError (the caller's thread used to wait forever on a stopped loop)."""
+    fake = running_stack.fake
+    for behaviour, call in (
+        (Behaviour.ok(text="late", latency=30), lambda c: c.generate.complete("closed")),
+        (
+            Behaviour.ok(text="a b c d", chunk_delay=30),
+            lambda c: list(c.generate_stream.complete("closed mid-stream")),
+        ),
+    ):
+        fake.enqueue(behaviour)
+        client = Gensearch(running_stack.address, timeout=None)
+        raised: list[BaseException] = []
+        thread = threading.Thread(target=_calling, args=(call, client, raised))
+        thread.start()
+        end = time.monotonic() + 30
+        while fake.pending and time.monotonic() < end:
+            time.sleep(0.05)
+        client.close()
+        thread.join(30)  # a bound for a broken client only: it ends at once
+        assert not thread.is_alive(), "the caller still waits on the closed client"
+        assert [type(err) for err in raised] == [errors.ClientClosedError], raised
+
+
+def _calling(call: Any, client: Gensearch, raised: list[BaseException]) -> None:
+    """``call(client)`` in a thread, what it raised kept in ``raised``."""
+    try:
+        call(client)
+    except BaseException as err:
+        raised.append(err)

@@ -8,6 +8,8 @@ the same by construction, and the blocking one works inside a running loop (Jupy
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import threading
 from collections.abc import AsyncIterator, Iterator
 from types import TracebackType
@@ -31,16 +33,23 @@ _NAMESPACES = (AsyncCollection, Chat, Collections, Conversations, Data, _Inline,
 class _Loop:
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
+        self.closed = False
         self.thread = threading.Thread(
             target=self.loop.run_forever, name="gensearch-client", daemon=True
         )
         self.thread.start()
 
     def run(self, coro: Any) -> Any:
-        if self.loop.is_closed():  # the client was closed
+        if self.closed:  # the client was closed
             coro.close()  # never to run: no "coroutine was never awaited" warning
             raise ClientClosedError()
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result()
+        except concurrent.futures.CancelledError:
+            if self.closed:  # ended by close() from another thread
+                raise ClientClosedError() from None
+            raise
 
     def iterate(self, stream: AsyncIterator[Any]) -> Iterator[Any]:
         try:
@@ -52,14 +61,26 @@ class _Loop:
         finally:
             closer = getattr(stream, "aclose", None)
             if closer is not None:
-                self.run(closer())
+                with contextlib.suppress(ClientClosedError):  # closed: nothing left to end
+                    self.run(closer())
 
     def close(self) -> None:
-        if self.loop.is_closed():
+        """Ends the calls still running (their callers get ClientClosedError), then the
+        loop: a call left on a stopped loop would keep its caller's thread waiting."""
+        if self.closed:
             return
+        self.closed = True
+        asyncio.run_coroutine_threadsafe(_end_tasks(), self.loop).result()
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
         self.loop.close()
+
+
+async def _end_tasks() -> None:
+    rest = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    for task in rest:
+        task.cancel()
+    await asyncio.gather(*rest, return_exceptions=True)
 
 
 class _Blocking:
@@ -120,7 +141,7 @@ class Gensearch(_Blocking):
 
     def close(self) -> None:
         """Closes the channel and the loop's thread; a second close is nothing."""
-        if not self._loop.loop.is_closed():
+        if not self._loop.closed:
             self._loop.run(self._target.close())
             self._loop.close()
 
