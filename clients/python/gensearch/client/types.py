@@ -1013,7 +1013,8 @@ class StorageUsage:
     """Your stored bytes and conversations, and the most allowed of each
     (``conversations.check_storage``); ``limits``: what a turn may hold (None from a memory
     service older than them); ``interaction``: with ``request_id``, your turn already
-    stored with it (None: none)."""
+    stored with it (None: none); ``request_id_in_use``: another attempt holds
+    ``request_id`` (asked with a reservation, as the gateway's Ask does)."""
 
     used_bytes: int = 0
     limit_bytes: int = 0
@@ -1021,6 +1022,7 @@ class StorageUsage:
     max_conversations: int = 0
     limits: InteractionLimits | None = None
     interaction: Interaction | None = None
+    request_id_in_use: bool = False
     raw: Any = field(default=None, repr=False, compare=False)
 
 
