@@ -76,7 +76,8 @@ def _tenant() -> str:
 
 @cache
 def lua_script(name: str) -> str:
-    """A script of ``services/common/lua`` (quotas' and generation's provider limits)."""
+    """A script of ``services/common/lua`` (quotas', generation's provider limits, the gateway's
+    generation cache)."""
     return (_LUA / f"{name}.lua").read_text()
 
 

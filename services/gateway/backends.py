@@ -43,7 +43,12 @@ class Backends:
             catalog=Catalog(clients.retrieval, settings.collection_cache_ttl),
             models=ModelCatalog(clients.generation),
             settings=settings,
-            cache=GenerationCache(redis, settings.quota_key_prefix, settings.cache_max_ttl),
+            cache=GenerationCache(
+                redis,
+                settings.quota_key_prefix,
+                settings.cache_max_ttl,
+                settings.cache_max_bytes_per_tenant,
+            ),
             tokenizers=Tokenizers(
                 settings.tokenize_urls,
                 timeout=settings.tokenize_timeout,

@@ -10,9 +10,19 @@ module; only per-call switches that do not change the answer (``debug``) are cle
 changed object renders another prompt, so it misses.
 
 Scope: the key also carries the tenant, the collection and the collection's creation time
-(``Scope``), hashed into a Redis Cluster hash tag. So an answer never serves another tenant,
-a collection recreated under the same name starts cold, and all the keys of one request
-share a slot: one MGET reads them all, on a cluster too.
+(``Scope``), hashed. So an answer never serves another tenant and a collection recreated
+under the same name starts cold. Every key of a tenant (entries, indexes, its budget's
+bookkeeping) shares one Redis Cluster hash tag, the tenant's: one MGET reads a request's
+keys, and one Lua script keeps a tenant's budget atomically, on a cluster too.
+
+Budget: a tenant's entries hold at most ``cache_max_bytes_per_tenant`` bytes of Redis (the
+value and each copy of the key). A ledger per tenant (sorted set: entry -> expiry, on
+Redis' clock) and the entries' sizes (hash, with their total) are kept by one script per
+write (``gencache_put.lua``): members past their expiry give their bytes back first (Redis
+expired the entries; usage never drifts up), then, over the budget, the tenant's own
+soonest-expiring entries are unlinked until the new one fits. Another tenant's are never
+touched. Before, only the LLM-calls quota times the TTL bounded a tenant's cache: one
+tenant could fill the Redis every tenant's quotas and conversations share.
 
 Dropped with the collection: every key stored for a tenant's collection is also named in a
 sorted set per (tenant, collection) (``index_key``), scored by when the entry expires, and a
@@ -35,7 +45,6 @@ import contextlib
 import enum
 import hashlib
 import logging
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -43,9 +52,11 @@ from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.generation.v1 import generation_service_pb2 as gen_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from google.protobuf import duration_pb2
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from services.common.errors import InvalidArgument
+from services.common.quotas import lua_script
 from services.common.redis_client import RedisClient
 from services.common.well_known import duration_seconds
 from services.gateway.generator import Options, generate_request
@@ -156,17 +167,32 @@ def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
 
-# Keys unlinked per command when a collection's entries are dropped.
+# Keys unlinked per command when a collection's entries are dropped; also the most
+# entries one write releases or evicts (bounded work per script: Redis runs one at a time).
 _DROP_BATCH = 500
+# What a key costs besides the value: the entry's name, its ledger member, its size field
+# and its collection index member.
+_KEY_COPIES = 4
+
+
+def _tenant_tag(tenant: str) -> str:
+    return hashlib.sha256(b"tenant\0" + tenant.encode()).hexdigest()[:32]
 
 
 class GenerationCache:
-    def __init__(self, redis: RedisClient | None, prefix: str, max_ttl: float) -> None:
+    def __init__(
+        self, redis: RedisClient | None, prefix: str, max_ttl: float, max_bytes_per_tenant: int
+    ) -> None:
         """``redis``: the gateway's client, shared with the quotas and closed by its owner
         (``__main__``); None: a cache that is always off."""
         self._redis = redis
         self._prefix = prefix
         self._max_ttl = max_ttl
+        self._budget = max_bytes_per_tenant
+        if redis is not None:
+            # redis-py annotates register_script's self as Redis; RedisCluster has it too.
+            self._put: AsyncScript = redis.register_script(lua_script("gencache_put"))  # type: ignore[misc]
+            self._drop: AsyncScript = redis.register_script(lua_script("gencache_drop"))  # type: ignore[misc]
         # Writes still running after their hit's answer went out (``store``).
         self._stores: set[asyncio.Future[None]] = set()
 
@@ -174,6 +200,19 @@ class GenerationCache:
         """The sorted set naming every live key stored for ``tenant``'s ``collection``
         (whatever its creation time: all of them go when the name is deleted), scored by
         expiry (epoch milliseconds)."""
+        collection_tag = Scope(tenant, collection).tag()
+        return f"{self._prefix}:gencache-index:{{{_tenant_tag(tenant)}}}:{collection_tag}"
+
+    def ledger_keys(self, tenant: str) -> tuple[str, str]:
+        """The tenant's budget bookkeeping: its ledger (entry -> expiry) and sizes (entry ->
+        bytes, and ``#total``)."""
+        tag = _tenant_tag(tenant)
+        ledger = f"{self._prefix}:gencache-ledger:{{{tag}}}"
+        return ledger, f"{self._prefix}:gencache-sizes:{{{tag}}}"
+
+    def _scored_index_key(self, tenant: str, collection: str) -> str:
+        # The index before keys were tagged per tenant (one slot per collection): dropped
+        # with its collection until it expires, like the plain set below.
         tag = Scope(tenant, collection).tag()
         return f"{self._prefix}:gencache-index:{{{tag}}}"
 
@@ -194,8 +233,8 @@ class GenerationCache:
         to which each call's messages are added. Same bytes as the whole request
         serialised (a test holds them to it), at a fraction of its cost per hit."""
         base = cache_request_message(options, ())
-        # The hash tag ({...}) keeps one scope's keys in one cluster slot.
-        prefix = f"{self._prefix}:gencache:{{{scope.tag()}}}:"
+        # The hash tag ({...}) keeps a tenant's keys in one cluster slot.
+        prefix = f"{self._prefix}:gencache:{{{_tenant_tag(scope.tenant)}}}:{scope.tag()}:"
 
         def key(messages: Sequence[gen_pb.Message]) -> str:
             request = gen_pb.GenerateRequest()
@@ -272,23 +311,22 @@ class GenerationCache:
         stored.CopyFrom(result)
         for name in (*THIS_CALL, "prompt", "cached"):
             stored.ClearField(name)
+        value = stored.SerializeToString()
+        keys = [key, *self.ledger_keys(scope.tenant)]
+        if scope.collection:  # inline objects: no collection to drop them with
+            keys.append(self.index_key(scope.tenant, scope.collection))
+        cost = len(value) + _KEY_COPIES * len(key)
+        args: list[bytes | int] = [
+            value,
+            _ms(ttl),
+            cost,
+            self._budget,
+            _ms(self._max_ttl),
+            _DROP_BATCH,
+        ]
         try:
-            if not scope.collection:  # inline objects: nothing to drop them with
-                await self._redis.set(key, stored.SerializeToString(), px=_ms(ttl))
-                return
-            index = self.index_key(scope.tenant, scope.collection)
-            # Two slots on a cluster (the entry's and the index's): a pipeline, not MULTI.
-            # The index outlives every entry it names (no TTL is above the max).
-            # Scores are this replica's clock, the entries' TTLs Redis': a member may go
-            # a moment before or after its entry (clock skew); one gone early is not
-            # dropped with its collection but expires on its own within that moment.
-            now = _ms(time.time())
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.set(key, stored.SerializeToString(), px=_ms(ttl))
-                pipe.zadd(index, {key: now + _ms(ttl)})
-                pipe.zremrangebyscore(index, "-inf", now)
-                pipe.pexpire(index, _ms(self._max_ttl))
-                await pipe.execute()
+            if not await self._put(keys=keys, args=args):
+                log.info("generation cache entry not stored: over the tenant's budget")
         except RedisError as err:
             log.warning("generation cache write failed", extra={"error": type(err).__name__})
 
@@ -300,11 +338,24 @@ class GenerationCache:
         if redis is None:
             return
         index = self.index_key(tenant, collection)
+        ledger = self.ledger_keys(tenant)
+        scored_index = self._scored_index_key(tenant, collection)
         old_index = self._old_index_key(tenant, collection)
         try:
+            # The tenant's entries (one slot with its ledger): unlinked and their bytes
+            # given back, a batch per script.
             batch: list[bytes | str] = []
+            async for member, _ in redis.zscan_iter(index, count=_DROP_BATCH):
+                batch.append(member)
+                if len(batch) >= _DROP_BATCH:
+                    await self._drop(keys=[*ledger, *batch])
+                    batch = []
+            if batch:
+                await self._drop(keys=[*ledger, *batch])
+                batch = []
+            # Keys of the layouts before (no budget): unlinked as they are.
             scans = (
-                redis.zscan_iter(index, count=_DROP_BATCH),
+                redis.zscan_iter(scored_index, count=_DROP_BATCH),
                 redis.sscan_iter(old_index, count=_DROP_BATCH),
             )
             for scan in scans:
@@ -318,6 +369,6 @@ class GenerationCache:
             if batch:
                 await redis.unlink(*batch)
             # UNLINK: a large index is freed in the background, never blocking Redis.
-            await redis.unlink(index, old_index)
+            await redis.unlink(index, scored_index, old_index)
         except RedisError as err:
             log.warning("generation cache drop failed", extra={"error": type(err).__name__})

@@ -224,6 +224,12 @@ class GatewaySettings(CommonSettings):
     # sets one, and the longest any may ask for, seconds.
     cache_default_ttl: float = Field(default=3600.0, gt=0, le=MAX_TTL_SECONDS)
     cache_max_ttl: float = Field(default=7 * 86400.0, gt=0, le=MAX_TTL_SECONDS)
+    # Bytes of the exact cache's entries one tenant may hold in that Redis (values and key
+    # copies): at the budget, a new entry unlinks the tenant's soonest-expiring ones. The
+    # Redis is every tenant's; 64 MiB is about 40k answers of 1 KB.
+    cache_max_bytes_per_tenant: int = Field(
+        default=64 * 1024 * 1024, ge=64 * 1024, le=MAX_SIZE_BYTES
+    )
     # Semantic cache: cosine similarity a stored question needs when neither the request
     # nor the collection sets one (requests may choose within [0.5, 1]).
     semantic_cache_min_similarity: float = Field(default=0.92, ge=0.5, le=1.0)

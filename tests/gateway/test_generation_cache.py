@@ -390,7 +390,7 @@ async def test_the_index_of_a_collections_entries_names_only_the_live_ones(
             await asyncio.sleep(1.2)  # these entries expire
     redis = Redis.from_url(shared_redis.url)
     try:
-        [index] = [k async for k in redis.scan_iter(match=f"{prefix}:gencache-*")]
+        [index] = [k async for k in redis.scan_iter(match=f"{prefix}:gencache-index*")]
         kind = await redis.type(index)
         if kind == b"zset":
             members = await redis.zcard(index)
@@ -412,7 +412,8 @@ async def test_a_failed_delete_drops_nothing(
             ret_pb.DeleteCollectionRequest(name="Books"), metadata=BOB
         )
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
-    assert len(await cache_keys(shared_redis.url, prefix)) == 7  # 6 entries and the index
+    # 6 entries, the index, the tenant's budget ledger and sizes.
+    assert len(await cache_keys(shared_redis.url, prefix)) == 9
     # Alice's own delete, failing downstream (retrieval is gone): her answers stay too.
     await cached.stop_service("retrieval")
     with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -420,7 +421,7 @@ async def test_a_failed_delete_drops_nothing(
             ret_pb.DeleteCollectionRequest(name="Books"), metadata=ALICE, timeout=10
         )
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert len(await cache_keys(shared_redis.url, prefix)) == 7
+    assert len(await cache_keys(shared_redis.url, prefix)) == 9
 
 
 async def test_errors_are_never_cached(cached: Stack) -> None:
@@ -601,7 +602,7 @@ async def test_on_a_cluster_one_requests_keys_share_a_slot(
         finally:
             await client.aclose()
     assert len(slots) == 12  # 5 hits + grouped, twice
-    # One slot per (tenant, collection): one MGET reads a request's keys.
+    # One slot per tenant: one MGET reads a request's keys, one script keeps its budget.
     assert len(set(slots.values())) == 2
     before = calls(stack)
     again = await stack.stub.GenerativeSearch(search(), metadata=ALICE)
@@ -636,12 +637,13 @@ def test_a_requests_keys_are_the_digest_of_each_whole_generate_request() -> None
         fallback=(("other", "small"),),
     )
     scope = Scope("acme", "Books", 123)
-    cache = GenerationCache(None, "gc", 3600)
+    cache = GenerationCache(None, "gc", 3600, 1 << 20)
     key_of = cache.keys_for(scope, options)
     for text in ("Title: Emma", "Title: Dune", ""):
         messages = [gen_pb.Message(role=gen_pb.ROLE_USER, content=text)]
         whole = cache_request_message(options, messages).SerializeToString(deterministic=True)
         digest = hashlib.sha256(whole).hexdigest()
-        assert key_of(messages) == f"gc:gencache:{{{scope.tag()}}}:{digest}"
+        tenant = hashlib.sha256(b"tenant\0acme").hexdigest()[:32]
+        assert key_of(messages) == f"gc:gencache:{{{tenant}}}:{scope.tag()}:{digest}"
     other = cache.keys_for(Scope("globex", "Books", 123), options)
     assert other(messages) != key_of(messages)
