@@ -163,3 +163,32 @@ async def test_on_a_cluster_the_budget_holds_in_one_slot_per_tenant(
     cluster_client: RedisClient,
 ) -> None:
     await fill_and_expire(cluster_client, f"gcb-{uuid.uuid4().hex[:10]}")
+
+
+async def test_an_entry_over_the_whole_budget_is_not_stored_and_nothing_is_stuck(
+    shared_redis: RedisProcess,
+) -> None:
+    redis = redis_client.connect(
+        shared_redis.url, cluster=False, socket_timeout=5, connect_timeout=2
+    )
+    try:
+        cache = GenerationCache(redis, f"gcb-{uuid.uuid4().hex[:10]}", 3600, BUDGET)
+        scope = Scope("alice", "Books", 1)
+        key_of = cache.keys_for(scope, OPTIONS)
+        small = key_of(_messages("small"))
+        await cache.put(scope, small, result("x" * 100), 3600)
+        huge = key_of(_messages("huge"))
+        await cache.put(scope, huge, result("x" * (BUDGET + 1)), 3600)
+        assert not await redis.exists(huge)
+        assert await redis.exists(small)  # nothing evicted for what could never fit
+        # Sizes left past their ledger (it expired first, or was lost) never keep
+        # refusing writes: with nothing tracked, nothing is counted.
+        ledger, sizes = cache.ledger_keys("alice")
+        await redis.delete(ledger)
+        await redis.hset(sizes, "#total", BUDGET)  # type: ignore[misc]
+        again = key_of(_messages("again"))
+        await cache.put(scope, again, result("x" * 100), 3600)
+        assert await redis.exists(again)
+        assert int(await redis.hget(sizes, "#total")) == await usage(redis, [again.encode()])  # type: ignore[misc]
+    finally:
+        await redis.aclose()

@@ -9,6 +9,8 @@
 local entry, ledger, sizes, index = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local ttl, cost, budget = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local keep, batch = tonumber(ARGV[5]), tonumber(ARGV[6])
+-- Never fits: evict nothing for it.
+if cost > budget then return 0 end
 -- Redis' clock, not a replica's: every gateway replica scores with the same one.
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
@@ -33,7 +35,13 @@ end
 local evicted = 0
 while used + cost > budget and evicted < batch do
   local first = redis.call('ZPOPMIN', ledger)
-  if #first == 0 then break end
+  if #first == 0 then
+    -- Nothing tracked: no bytes either (a sizes hash left past its ledger must not keep
+    -- refusing every write).
+    redis.call('DEL', sizes)
+    used = 0
+    break
+  end
   release(first[1])
   redis.call('UNLINK', first[1])
   evicted = evicted + 1
@@ -42,6 +50,7 @@ if used < 0 then used = 0 end
 if used + cost > budget then
   redis.call('UNLINK', entry)  -- an old value of it was released above
   redis.call('HSET', sizes, '#total', used)
+  redis.call('PEXPIRE', ledger, keep)
   redis.call('PEXPIRE', sizes, keep)
   return 0
 end
