@@ -60,7 +60,10 @@ async def test_no_wait_asked_is_not_called_a_wait_longer_than_the_call(
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await service.stub.Generate(pb.GenerateRequest(messages=[user("hi")]), timeout=1)
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert error_info(caught.value).reason == "UPSTREAM_RATE_LIMITED"
+    # Out of time retrying: the rate limit; or, when the deadline's last moments fall in
+    # the wait before the next attempt (seen in CI under load), that wait, refused as sure
+    # to pass the deadline. Never a wait the provider did not ask for.
+    assert error_info(caught.value).reason in ("UPSTREAM_RATE_LIMITED", "PROVIDER_LIMIT_WAIT")
     assert "asks to wait" not in (caught.value.details() or "")
 
 
