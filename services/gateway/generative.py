@@ -343,6 +343,7 @@ class GenerativeSearch:
             return run
 
         if single is not None:
+            rendered = 0  # the characters of this request's prompts so far
             for index, props in enumerate(properties):
                 if index in plan.failed:
                     continue
@@ -356,6 +357,16 @@ class GenerativeSearch:
                 except ServiceError as err:
                     plan.failed[index] = HitError.of(err)
                     continue
+                if rendered + len(prompt) > s.max_rendered_request_chars:
+                    plan.failed[index] = HitError.of(
+                        templates.over_request_budget(
+                            len(prompt),
+                            s.max_rendered_request_chars,
+                            field="generate.single_prompt",
+                        )
+                    )
+                    continue
+                rendered += len(prompt)
                 plan.prompts[index] = prompt
                 plan.jobs[index] = job(index, prompt)
             FANOUT_SIZE.observe(len(plan.hits))

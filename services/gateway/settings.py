@@ -81,6 +81,10 @@ class GatewaySettings(CommonSettings):
     # generation service's MAX_PROMPT_CHARS refuses more anyway); a hit over it gets its
     # own PROMPT_TOO_LONG error before its prompt is built.
     max_rendered_prompt_chars: int = Field(default=1_000_000, ge=100, le=MAX_SIZE_BYTES)
+    # The characters of one request's single_prompt prompts together: a template naming a
+    # property 1000 times rendered 100 hits x 1M characters from a 100 KB request. The hits
+    # past it get their own PROMPT_TOO_LONG, with no call.
+    max_rendered_request_chars: int = Field(default=16_000_000, ge=100, le=MAX_SIZE_BYTES)
     # generate.stop: sequences and characters each.
     max_stop_sequences: int = Field(default=4, ge=0, le=1000)
     max_stop_chars: int = Field(default=256, ge=1, le=MAX_SIZE_BYTES)

@@ -64,6 +64,7 @@ class PromptTooLong(InvalidArgument):
 # same one again. Templates are immutable, so sharing them is safe; errors are not kept.
 PARSED_TEMPLATES = 128
 MAX_RENDERED_SETTING = "GENSEARCH_GATEWAY_MAX_RENDERED_PROMPT_CHARS"
+MAX_REQUEST_SETTING = "GENSEARCH_GATEWAY_MAX_RENDERED_REQUEST_CHARS"
 
 
 @functools.lru_cache(maxsize=PARSED_TEMPLATES)
@@ -207,6 +208,19 @@ def render(template: Template, properties: Mapping[str, Any], *, max_chars: int,
     if not prompt.strip():  # as the generation service tests a message's content
         raise _blank(list(texts), field)
     return prompt
+
+
+def over_request_budget(chars: int, max_chars: int, *, field: str) -> PromptTooLong:
+    """A hit's error when its prompt would take its request's prompts together past
+    ``max_chars`` (``max_rendered_request_chars``): one request's fan-out costs at most
+    that much memory and upstream input, whatever its template repeats."""
+    return PromptTooLong(
+        f"the request's prompts together would pass {max_chars} characters "
+        f"({MAX_REQUEST_SETTING}) with this hit's {chars}: fewer hits (limit) or a "
+        "shorter template",
+        field=field,
+        metadata={"max_chars": str(max_chars), "chars": str(chars), "setting": MAX_REQUEST_SETTING},
+    )
 
 
 def _blank(names: list[str], field: str) -> BlankPrompt:
