@@ -15,13 +15,14 @@ run on the ``regex`` package instead, which takes a timeout and releases the GIL
 time budget per validation (``SchemaLimits.pattern_seconds``); answers are validated in a
 worker thread (``parse_output_async``). ``unevaluatedProperties`` beside
 ``patternProperties`` is refused: jsonschema matches those patterns with ``re`` internally.
-``regex`` compiles a counted repeat by writing it out (``x{10000000}`` takes 2.8 GB, with
-no timeout), so every pattern is measured up front (``pattern_problem``: its atoms with
-their counted repeats multiplied out, at most ``MAX_PATTERN_SIZE`` each and
-``MAX_SCHEMA_PATTERNS_SIZE`` together; Python's ``(?#…)`` comments and ``(?x)`` verbose mode,
-which hide what a count repeats, are refused) and compiled once when the schema is
-accepted. A literal ``{`` must be escaped: ``a{e<=1}`` is text to ``re`` but
-fuzzy matching to ``regex``.
+``uniqueItems`` is checked by hashing: the library compares pairwise, quadratic in an
+answer's length. ``regex`` compiles a counted repeat by writing it out (``x{10000000}``
+takes 2.8 GB, with no timeout), so every pattern is measured up front
+(``pattern_problem``: its atoms with their counted repeats multiplied out, at most
+``MAX_PATTERN_SIZE`` each and ``MAX_SCHEMA_PATTERNS_SIZE`` together; Python's ``(?#…)``
+comments and ``(?x)`` verbose mode, which hide what a count repeats, are refused) and
+compiled once when the schema is accepted. A literal ``{`` must be escaped: ``a{e<=1}`` is
+text to ``re`` but fuzzy matching to ``regex``.
 """
 
 from __future__ import annotations
@@ -153,12 +154,48 @@ def _additional_properties(
     yield from _LIBRARY["additionalProperties"](validator, additional, instance, schema)
 
 
+def _json_key(value: Any) -> Any:
+    """A hashable stand-in for a JSON value, equal for values JSON Schema holds equal:
+    1 and 1.0 alike (as Python's own numbers), true apart from 1, objects whatever their
+    keys' order."""
+    if isinstance(value, bool):
+        return ("bool", value)
+    if isinstance(value, int | float):
+        return ("number", value)
+    if isinstance(value, dict):
+        return ("object", frozenset((k, _json_key(v)) for k, v in value.items()))
+    if isinstance(value, list):
+        return ("array", tuple(_json_key(v) for v in value))
+    return ("string", value) if isinstance(value, str) else ("null", None)
+
+
+def _unique_items(
+    validator: Any, unique: bool, instance: Any, schema: Mapping[str, Any]
+) -> Iterator[ValidationError]:
+    # The library compares objects (and arrays) pairwise: an answer of 25,000 small
+    # objects took minutes of CPU, mostly holding the GIL. Hashed instead: linear.
+    if not unique or not validator.is_type(instance, "array"):
+        return
+    seen: set[Any] = set()
+    for index, item in enumerate(instance):
+        key = _json_key(item)
+        if key in seen:
+            # The item, not the whole array: an answer's array may be a megabyte.
+            yield ValidationError(
+                f"the array has non-unique elements: item {index}, "
+                f"{_short(repr(item)[:MAX_ERROR_CHARS])}, is an earlier one's repeat"
+            )
+            return
+        seen.add(key)
+
+
 _Validator = validators.extend(
     Draft202012Validator,
     {
         "pattern": _pattern,
         "patternProperties": _pattern_properties,
         "additionalProperties": _additional_properties,
+        "uniqueItems": _unique_items,
     },
 )
 
