@@ -58,6 +58,9 @@ MAX_CACHED = 256
 _accepted: OrderedDict[str, Draft202012Validator] = OrderedDict()
 # When the validation under way must stop matching patterns (time.monotonic()).
 _pattern_deadline: ContextVar[float] = ContextVar("pattern_deadline", default=math.inf)
+# When the validation under way must stop altogether (time.monotonic()).
+_validate_deadline: ContextVar[float] = ContextVar("validate_deadline", default=math.inf)
+VALIDATE_SETTING = "GENSEARCH_GENERATION_SCHEMA_VALIDATE_SECONDS"
 # Characters of a validation error quoted back (to the caller and to the model).
 MAX_ERROR_CHARS = 400
 # Nesting of an answer carried as a Struct: each JSON level is up to three protobuf
@@ -89,14 +92,18 @@ class SchemaLimits:
     max_depth: int = 32
     # Time one validation of an answer may spend matching the schema's patterns.
     pattern_seconds: float = 0.1
+    # Time one validation of an answer may spend in all (anyOf branches that both recurse
+    # take 2^depth steps: hours on a 30-level answer of 200 bytes).
+    validate_seconds: float = 1.0
 
 
 @dataclass(frozen=True)
 class OutputSchema:
-    """An accepted schema's validator, with the pattern budget of each validation."""
+    """An accepted schema's validator, with the budgets of each validation."""
 
     validator: Draft202012Validator
     pattern_seconds: float
+    validate_seconds: float = 1.0
 
 
 class _PatternFailed(Exception):
@@ -189,14 +196,34 @@ def _unique_items(
         seen.add(key)
 
 
+class _TooSlow(Exception):
+    """A validation that took longer than its budget (``validate_seconds``)."""
+
+
+def _budgeted(keyword: Any) -> Any:
+    """``keyword``'s validator, which first checks the validation's time budget: every
+    descent into a subschema (``$ref``, ``anyOf``, ``properties``...) goes through one, so
+    no schema makes a check run longer than the budget and one keyword's own work."""
+
+    def check(
+        validator: Any, value: Any, instance: Any, schema: Mapping[str, Any]
+    ) -> Iterator[ValidationError]:
+        if time.monotonic() > _validate_deadline.get():
+            raise _TooSlow
+        yield from keyword(validator, value, instance, schema) or ()
+
+    return check
+
+
+_KEYWORDS = {
+    **_LIBRARY,
+    "pattern": _pattern,
+    "patternProperties": _pattern_properties,
+    "additionalProperties": _additional_properties,
+    "uniqueItems": _unique_items,
+}
 _Validator = validators.extend(
-    Draft202012Validator,
-    {
-        "pattern": _pattern,
-        "patternProperties": _pattern_properties,
-        "additionalProperties": _additional_properties,
-        "uniqueItems": _unique_items,
-    },
+    Draft202012Validator, {name: _budgeted(keyword) for name, keyword in _KEYWORDS.items()}
 )
 
 
@@ -434,7 +461,7 @@ def check_schema(schema: Mapping[str, Any], field: str, limits: SchemaLimits) ->
     cached = _accepted.get(canonical)
     if cached is not None:
         _accepted.move_to_end(canonical)
-        return OutputSchema(cached, limits.pattern_seconds)
+        return OutputSchema(cached, limits.pattern_seconds, limits.validate_seconds)
     try:
         Draft202012Validator.check_schema(schema)
     except SchemaError as err:
@@ -476,7 +503,7 @@ def check_schema(schema: Mapping[str, Any], field: str, limits: SchemaLimits) ->
     _accepted[canonical] = validator
     if len(_accepted) > MAX_CACHED:
         _accepted.popitem(last=False)
-    return OutputSchema(validator, limits.pattern_seconds)
+    return OutputSchema(validator, limits.pattern_seconds, limits.validate_seconds)
 
 
 async def parse_output_async(text: str, schema: OutputSchema) -> tuple[dict[str, Any] | None, str]:
@@ -501,11 +528,18 @@ def parse_output(text: str, schema: OutputSchema) -> tuple[dict[str, Any] | None
     if _depth(value, MAX_OUTPUT_DEPTH) > MAX_OUTPUT_DEPTH:
         return None, f"the answer nests deeper than {MAX_OUTPUT_DEPTH} levels"
     value = _valid_text(value)
-    token = _pattern_deadline.set(time.monotonic() + schema.pattern_seconds)
+    now = time.monotonic()
+    token = _pattern_deadline.set(now + schema.pattern_seconds)
+    whole = _validate_deadline.set(now + schema.validate_seconds)
     try:
         schema.validator.validate(value)
     except _PatternFailed as err:
         return None, f"{_short(str(err))} (GENSEARCH_GENERATION_SCHEMA_PATTERN_SECONDS)"
+    except _TooSlow:
+        return None, (
+            f"checking the answer against the schema took longer than "
+            f"{schema.validate_seconds:g} s ({VALIDATE_SETTING})"
+        )
     except ValidationError as err:
         where = "/".join(str(p) for p in err.absolute_path) or "(root)"
         return None, f"at {where}: {_short(err.message)}"
@@ -515,6 +549,7 @@ def parse_output(text: str, schema: OutputSchema) -> tuple[dict[str, Any] | None
         return None, "the schema's $refs refer to each other without end"
     finally:
         _pattern_deadline.reset(token)
+        _validate_deadline.reset(whole)
     if not isinstance(value, dict):
         return None, "the answer is not a JSON object"
     if not _finite_numbers(value):

@@ -66,6 +66,7 @@ async def build_server(settings: GenerationSettings, *, port: int | None = None)
             max_chars=settings.max_schema_chars,
             max_depth=settings.max_schema_depth,
             pattern_seconds=settings.schema_pattern_seconds,
+            validate_seconds=settings.schema_validate_seconds,
         ),
     )
     planner = Planner(registry, limits, settings.default_timeout, settings.fallback_time_share)

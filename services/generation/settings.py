@@ -454,6 +454,9 @@ class GenerationSettings(DownstreamSettings):
     # Time one validation of an answer may spend matching the schema's patterns (a
     # caller's regular expression can backtrack for hours on a steered answer).
     schema_pattern_seconds: float = Field(default=0.1, gt=0, le=10)
+    # Time one validation of an answer may spend in all: anyOf branches that both recurse
+    # took 2^depth steps (hours on a 30-level answer of 200 bytes).
+    schema_validate_seconds: float = Field(default=1.0, gt=0, le=60)
     # Hosts a request's base_url may name (services/common/egress.py syntax; empty: none).
     # Loopback, private, link-local and metadata addresses need an address/network entry;
     # every connection is checked again when it is made.

@@ -4,13 +4,17 @@ answer is the caller's to steer, so no keyword may make its check quadratic."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
+import grpc
+import pytest
 from gensearch.generation.v1 import generation_service_pb2 as pb
 from google.protobuf import json_format, struct_pb2
 
 from services.common.json_schema import SchemaLimits, check_schema, parse_output
 from tests.generation.conftest import Service, user
 from tests.support.fake_openai import FakeOpenAI
+from tests.support.rpc import error_info
 
 SCHEMA = {
     "type": "object",
@@ -54,3 +58,47 @@ def test_unique_items_keeps_json_equality() -> None:
     assert unique([[1, 2], [2, 1]]) and not unique([[1, {"x": None}], [1.0, {"x": None}]])
     assert unique([{"a": True}, {"a": 1}]) and not unique([[], []])
     assert unique([{}, []]) and unique(["a", ["a"]])
+
+
+# Each level tries the first branch to the bottom, fails it on "required", then the second:
+# twice the work a level, 2^depth in all.
+BRANCHING: dict[str, Any] = {
+    "type": "object",
+    "$defs": {
+        "n": {
+            "anyOf": [
+                {"properties": {"x": {"$ref": "#/$defs/n"}}, "required": ["never"]},
+                {"properties": {"x": {"$ref": "#/$defs/n"}}},
+            ]
+        }
+    },
+    "$ref": "#/$defs/n",
+}
+
+
+async def test_a_schema_whose_check_is_exponential_stops_at_its_budget(
+    service: Service, fake: FakeOpenAI
+) -> None:
+    """An answer of 22 nested objects (150 bytes) against a schema whose anyOf branches
+    both recurse took minutes to check (30 levels, within the answer depth, hours), a
+    worker thread holding the GIL all along. The check has a time budget
+    (SCHEMA_VALIDATE_SECONDS): past it the answer is invalid, corrected once, then
+    INVALID_OUTPUT naming the setting."""
+    nested: dict[str, Any] = {}
+    for _ in range(22):
+        nested = {"x": nested}
+    fake.reply = json.dumps(nested)
+    schema = struct_pb2.Struct()
+    schema.update(BRANCHING)
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await service.stub.Generate(
+            pb.GenerateRequest(
+                messages=[user("nest")], response_format=pb.ResponseFormat(json_schema=schema)
+            ),
+            timeout=30,
+        )
+    err = raised.value
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION, err.details()
+    assert error_info(err).reason == "INVALID_OUTPUT"
+    assert "GENSEARCH_GENERATION_SCHEMA_VALIDATE_SECONDS" in (err.details() or "")
+    assert len(fake.chat_requests) == 2  # the answer and its corrective retry
