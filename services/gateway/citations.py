@@ -45,10 +45,14 @@ _MARKER = rf"\[{_NUMBERS}\]"
 _CITATION = re.compile(rf"\[({_NUMBERS})\]")
 _NUMBER = re.compile(r"\d+")
 # The end of a sentence: terminal punctuation (with closing quotes/brackets) followed by
-# whitespace or the end of the text, or a line break.
+# whitespace or the end of the text, or a line break. A run of marks is tried from its
+# first one only (the lookbehinds): tried from each mark in turn, each attempt reading
+# the rest of the run and an unclosed marker after it, a 300 KB answer of dots took
+# minutes on the event loop. A later start fails wherever the first does (same text
+# after the run), so the sentences are the same.
 _END = re.compile(
-    rf"[.!?\u2026]+[\"'\u201d\u2019)]*(?:{_MARKER})*(?=\s|$)"
-    rf"|[\u3002\uff01\uff1f]+(?:{_MARKER})*|\n"
+    rf"(?<![.!?\u2026])[.!?\u2026]+[\"'\u201d\u2019)]*(?:{_MARKER})*(?=\s|$)"
+    rf"|(?<![\u3002\uff01\uff1f])[\u3002\uff01\uff1f]+(?:{_MARKER})*|\n"
 )
 # Markers (and the spaces before them) that directly follow a sentence's end.
 _TRAILING_MARKERS = re.compile(rf"(?:[ \t]*{_MARKER})+[.!?]?")

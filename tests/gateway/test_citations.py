@@ -267,3 +267,29 @@ def test_windows_keep_a_last_words_combining_marks() -> None:
     checked = verify("cafe\u0301 w0 w1 [1].", hits, ["body"], 0.3)
     support = checked.sentences[0].citations[0]
     assert support.text.endswith("cafe\u0301")
+
+
+async def test_an_answer_of_punctuation_runs_is_checked_in_linear_time(stack: Stack) -> None:
+    """The sentence splitter tried a run of dots from each dot in turn, each attempt
+    reading the unclosed marker after the run: quadratic. An answer (the caller steers
+    the model) of 100,000 dots and an unclosed "[1,1,…" (300 KB, within ASK_ANSWER_BYTES)
+    held the gateway's event loop, every tenant's calls with it, for minutes; a 1 MB one
+    for hours. A run is now tried from its first character only."""
+    await create_books(stack)
+    k = 100_000
+    stack.fake.reply = "The spice." + "." * k + "[" + "1," * k
+    answer = await stack.stub.Ask(
+        gw_pb.AskRequest(collection="Books", llm_question="spice?", context_size=2),
+        metadata=ALICE,
+        timeout=30,
+    )
+    assert answer.answer == stack.fake.reply
+
+
+def test_a_run_of_end_marks_splits_as_before() -> None:
+    assert _texts("One... Two?! Three.\u2026 [1] Four.[2]x five") == [
+        "One...",
+        "Two?!",
+        "Three.\u2026 [1]",
+        "Four.[2]x five",
+    ]
