@@ -27,6 +27,7 @@ property's string value, half-open ``[start, end)``.
 
 from __future__ import annotations
 
+import bisect
 import re
 import unicodedata
 from collections.abc import Mapping, Sequence
@@ -176,17 +177,39 @@ def _past_marks(text: str, end: int) -> int:
     return end
 
 
+# A property's candidate spans with their content words, by the property's text.
+WordSpans = dict[str, list[tuple[Span, frozenset[str]]]]
+
+
+def _word_spans(value: str, known: WordSpans) -> list[tuple[Span, frozenset[str]]]:
+    """``value``'s candidate spans and their words, made once per answer: every sentence
+    citing a hit made them anew, and an answer of thousands of sentences citing [1] cost
+    sentences x the hit's length, seconds on the event loop for a 34 KB answer."""
+    spans = known.get(value)
+    if spans is None:
+        spans = known[value] = [
+            (span, frozenset(content_words(value[span.start : span.end])))
+            for span in candidate_spans(value)
+        ]
+    return spans
+
+
 def best_support(
-    claim: set[str], properties: Mapping[str, Any], fields: Sequence[str]
+    claim: set[str],
+    properties: Mapping[str, Any],
+    fields: Sequence[str],
+    known: WordSpans | None = None,
 ) -> tuple[str, Span, float]:
-    """The property and span sharing the largest share of ``claim``'s words."""
+    """The property and span sharing the largest share of ``claim``'s words; ``known``:
+    the spans of the texts seen so far (the answer's other sentences')."""
     best: tuple[str, Span, float] = ("", Span(0, 0), -1.0)
+    known = {} if known is None else known
     for name in fields:
         value = properties.get(name)
         if not isinstance(value, str) or not value.strip():
             continue
-        for span in candidate_spans(value):
-            shared = claim & set(content_words(value[span.start : span.end]))
+        for span, words in _word_spans(value, known):
+            shared = claim & words
             score = len(shared) / len(claim) if claim else 0.0
             if score > best[2]:
                 best = (name, span, score)
@@ -203,14 +226,19 @@ def verify(
     ``fields`` the properties the model was shown (all string ones when empty)."""
     sentences: list[Sentence] = []
     dropped: list[Dropped] = []
+    # Code spans, in order and apart: a marker's is found by bisection, not a scan (one
+    # per marker made thousands of markers among thousands of spans quadratic).
     code = [m.span() for m in _CODE.finditer(answer)]
+    code_starts = [start for start, _ in code]
+    known: WordSpans = {}
     for index, span in enumerate(split_sentences(answer)):
         text = answer[span.start : span.end]
         sentence = Sentence(span)
         claim = set(content_words(_CITATION.sub(" ", text)))
         seen: set[int] = set()
         for marker in _CITATION.finditer(answer, span.start, span.end):
-            if any(start <= marker.start() < end for start, end in code):
+            inside = bisect.bisect_right(code_starts, marker.start()) - 1
+            if inside >= 0 and marker.start() < code[inside][1]:
                 continue
             for raw in _NUMBER.finditer(marker.group(1)):
                 number = int(raw.group())
@@ -222,7 +250,7 @@ def verify(
                 seen.add(number)
                 hit_id, properties = hits[number - 1]
                 names = list(fields) or sorted(properties)
-                name, source, score = best_support(claim, properties, names)
+                name, source, score = best_support(claim, properties, names, known)
                 support = Support(number, hit_id)
                 if name and score > 0:
                     value = properties[name]
