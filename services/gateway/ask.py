@@ -362,9 +362,17 @@ class AskService:
             generated["first_token_ms"] = first_token_ms
         generating.done(generated)
         used = [(hit.id, hit.properties) for hit in context_hits[: prompt.hits_used]]
-        checked = citations.to_event(
-            citations.verify(answer, used, context_fields, s.citation_min_support)
+        # Off the event loop: even bounded (max_citation_checks), a long answer over long
+        # hits is CPU work other tenants' calls should not wait behind.
+        verified = await asyncio.to_thread(
+            citations.verify,
+            answer,
+            used,
+            context_fields,
+            s.citation_min_support,
+            s.max_citation_checks,
         )
+        checked = citations.to_event(verified)
         if expansion is not None:
             chunks.annotate(checked.citations, expansion)
         if stream:

@@ -20,6 +20,12 @@ the sentence finds its support.
   NFKC (``condense.words``): a source stored with decomposed accents, full-width letters or
   ligatures supports an answer written in NFC; offsets stay those of the texts as given.
 - ``coverage``: supported sentences / sentences (sentences with at least one word).
+- Cost: checking a citation compares its sentence with each candidate span of the hit,
+  so an answer costs sentences x spans; ``max_checks`` bounds one answer's comparisons.
+  The first citation (in answer order) whose spans do not fit in what is left, and every
+  one after it, is left *unchecked* (``unchecked``: no span, support 0, not supported),
+  which is not "unsupported": the check stopped before it. Coverage counts them as
+  unsupported.
 
 Offsets are Unicode code points (Python ``str`` indices) into the answer and into the
 property's string value, half-open ``[start, end)``.
@@ -78,6 +84,7 @@ class Support:
     text: str = ""
     score: float = 0.0
     supported: bool = False
+    unchecked: bool = False
 
 
 @dataclass
@@ -194,21 +201,27 @@ def _word_spans(value: str, known: WordSpans) -> list[tuple[Span, frozenset[str]
     return spans
 
 
-def best_support(
-    claim: set[str],
-    properties: Mapping[str, Any],
-    fields: Sequence[str],
-    known: WordSpans | None = None,
-) -> tuple[str, Span, float]:
-    """The property and span sharing the largest share of ``claim``'s words; ``known``:
-    the spans of the texts seen so far (the answer's other sentences')."""
-    best: tuple[str, Span, float] = ("", Span(0, 0), -1.0)
-    known = {} if known is None else known
+def _candidates(
+    properties: Mapping[str, Any], fields: Sequence[str], known: WordSpans
+) -> list[tuple[str, list[tuple[Span, frozenset[str]]]]]:
+    """The string-valued ``fields`` of a hit with their candidate spans, in field order."""
+    out = []
     for name in fields:
         value = properties.get(name)
-        if not isinstance(value, str) or not value.strip():
-            continue
-        for span, words in _word_spans(value, known):
+        if isinstance(value, str) and value.strip():
+            out.append((name, _word_spans(value, known)))
+    return out
+
+
+def best_support(
+    claim: set[str],
+    candidates: Sequence[tuple[str, Sequence[tuple[Span, frozenset[str]]]]],
+) -> tuple[str, Span, float]:
+    """The property and span (of ``_candidates``) sharing the largest share of ``claim``'s
+    words."""
+    best: tuple[str, Span, float] = ("", Span(0, 0), -1.0)
+    for name, spans in candidates:
+        for span, words in spans:
             shared = claim & words
             score = len(shared) / len(claim) if claim else 0.0
             if score > best[2]:
@@ -221,9 +234,11 @@ def verify(
     hits: Sequence[tuple[str, Mapping[str, Any]]],
     fields: Sequence[str],
     threshold: float,
+    max_checks: int | None = None,
 ) -> Verified:
     """``hits`` are the (id, properties) of the hits in the prompt, numbered from 1;
-    ``fields`` the properties the model was shown (all string ones when empty)."""
+    ``fields`` the properties the model was shown (all string ones when empty);
+    ``max_checks``: the most sentence-span comparisons (None: no bound)."""
     sentences: list[Sentence] = []
     dropped: list[Dropped] = []
     # Code spans, in order and apart: a marker's is found by bisection, not a scan (one
@@ -231,6 +246,7 @@ def verify(
     code = [m.span() for m in _CODE.finditer(answer)]
     code_starts = [start for start, _ in code]
     known: WordSpans = {}
+    left = max_checks
     for index, span in enumerate(split_sentences(answer)):
         text = answer[span.start : span.end]
         sentence = Sentence(span)
@@ -249,8 +265,18 @@ def verify(
                     continue
                 seen.add(number)
                 hit_id, properties = hits[number - 1]
-                names = list(fields) or sorted(properties)
-                name, source, score = best_support(claim, properties, names, known)
+                candidates = []
+                if left is None or left >= 0:
+                    names = list(fields) or sorted(properties)
+                    candidates = _candidates(properties, names, known)
+                if left is not None:
+                    cost = sum(len(spans) for _, spans in candidates)
+                    # Past the budget: this citation and all after it (-1 stays below).
+                    left = left - cost if cost <= left else -1
+                    if left < 0:
+                        sentence.citations.append(Support(number, hit_id, unchecked=True))
+                        continue
+                name, source, score = best_support(claim, candidates)
                 support = Support(number, hit_id)
                 if name and score > 0:
                     value = properties[name]
@@ -284,6 +310,7 @@ def _citation(sentence: int, span: Span, support: Support) -> gw_pb.Citation:
         source_text=support.text,
         support=support.score,
         supported=support.supported,
+        unchecked=support.unchecked,
     )
 
 

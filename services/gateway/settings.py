@@ -186,6 +186,10 @@ class GatewaySettings(CommonSettings):
     # A citation is "supported" when the best span of the cited hit holds at least this
     # share of the citing sentence's content words (services/gateway/citations.py).
     citation_min_support: float = Field(default=0.3, ge=0, le=1)
+    # The most sentence-span comparisons one answer's citation check makes (each citation
+    # costs the cited hit's candidate spans); past it the rest are flagged `unchecked`.
+    # It bounds the time an answer holds the event loop (about 0.3-1 us a comparison).
+    max_citation_checks: int = Field(default=50_000, ge=0, le=10_000_000)
     # Cache of collection schemas and generative defaults, seconds (0: ask every time).
     collection_cache_ttl: float = Field(default=2.0, ge=0, le=MAX_WAIT_SECONDS)
 

@@ -315,3 +315,61 @@ def test_a_hit_s_spans_are_made_once_per_answer(monkeypatch: pytest.MonkeyPatch)
     assert len(checked.sentences) == 502
     assert all(s.citations and s.citations[0].supported for s in checked.sentences[:500])
     assert sorted(made) == sorted(["Dune", body])  # each distinct text once
+
+
+class _Counted(list[Any]):
+    """A hit's spans that count the comparisons made with them (each one iterated)."""
+
+    made = 0
+
+    def __iter__(self) -> Any:
+        for item in super().__iter__():
+            _Counted.made += 1
+            yield item
+
+
+def test_an_answer_s_check_stops_at_max_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Checking cost sentences x the cited hit's spans, on the event loop: a 1 MB answer
+    citing a 10 KB property held every tenant's calls for seconds. Past ``max_checks``
+    comparisons the rest are left unchecked, flagged apart from unsupported. Counted."""
+    spans = citations._word_spans
+    monkeypatch.setattr(citations, "_word_spans", lambda v, k: _Counted(spans(v, k)))
+    body = "The spice melange is mined there. " * 50  # 50 spans
+    hits = [("id-dune", {"body": body}), ("id-emma", {"body": "Emma."})]
+    answer = "Spice is mined [1]. " * 1000 + "Emma [2]."
+    _Counted.made = 0
+    checked = verify(answer, hits, ["body"], 0.3, max_checks=1000)
+    assert 950 <= _Counted.made <= 1000
+    found = [c for s in checked.sentences for c in s.citations]
+    assert [c.unchecked for c in found] == [False] * 20 + [True] * 981
+    assert all(c.supported and c.score > 0 for c in found[:20])
+    assert not any(c.supported or c.score or c.property for c in found[20:])
+    assert checked.coverage == pytest.approx(20 / 1001)  # unchecked count as unsupported
+    event = citations.to_event(checked)
+    assert [c.unchecked for c in event.citations] == [False, True]
+    assert event.sentences[-1].citations[0].unchecked
+    _Counted.made = 0
+    whole = verify(answer, hits, ["body"], 0.3, max_checks=10**6)
+    assert _Counted.made == 1000 * 50 + 1
+    assert not any(c.unchecked for s in whole.sentences for c in s.citations)
+
+
+async def test_the_gateway_flags_citations_past_its_max_checks(
+    stack_factory: Any,
+) -> None:
+    stack = await stack_factory(max_citation_checks=3)
+    await create_books(stack)
+    stack.fake.reply = _answering(ANSWER)
+    response = await stack.stub.Ask(
+        gw_pb.AskRequest(
+            collection="Books",
+            llm_question="desert planet spice cyberpunk",
+            context_size=2,
+            context_field_list=["title", "body"],
+        ),
+        metadata=ALICE,
+    )
+    assert [(c.number, c.unchecked, c.supported) for c in response.citations] == [
+        (1, False, True),
+        (2, True, False),
+    ]

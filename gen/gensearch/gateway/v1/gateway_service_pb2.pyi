@@ -352,7 +352,7 @@ class AskRequest(_message.Message):
     def __init__(self, collection: _Optional[str] = ..., llm_question: _Optional[str] = ..., llm_model: _Optional[str] = ..., provider: _Optional[str] = ..., conversation_id: _Optional[str] = ..., new_conversation: _Optional[bool] = ..., context_size: _Optional[int] = ..., interaction_size: _Optional[int] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., system_prompt: _Optional[str] = ..., user_instructions: _Optional[str] = ..., context_field_list: _Optional[_Iterable[str]] = ..., near_text: _Optional[_Union[_retrieval_service_pb2.NearText, _Mapping]] = ..., near_vector: _Optional[_Union[_retrieval_service_pb2.NearVector, _Mapping]] = ..., keyword: _Optional[_Union[_retrieval_service_pb2.Keyword, _Mapping]] = ..., hybrid: _Optional[_Union[_retrieval_service_pb2.Hybrid, _Mapping]] = ..., filter: _Optional[_Union[_retrieval_service_pb2.Filter, _Mapping]] = ..., rewrite_query: _Optional[bool] = ..., temperature: _Optional[float] = ..., max_tokens: _Optional[int] = ..., debug: _Optional[bool] = ..., semantic_cache: _Optional[_Union[SemanticCache, _Mapping]] = ..., summary_disabled: _Optional[bool] = ..., rerank: _Optional[_Union[_retrieval_service_pb2.Rerank, _Mapping]] = ..., expand_context: _Optional[_Union[ContextExpansion, _Mapping]] = ..., fallback: _Optional[_Iterable[_Union[_generation_service_pb2.ModelChoice, _Mapping]]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class Citation(_message.Message):
-    __slots__ = ("number", "id", "hit_ids", "sentence", "answer_start", "answer_end", "property", "source_start", "source_end", "source_text", "support", "supported")
+    __slots__ = ("number", "id", "hit_ids", "sentence", "answer_start", "answer_end", "property", "source_start", "source_end", "source_text", "support", "supported", "unchecked")
     NUMBER_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     HIT_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -365,6 +365,7 @@ class Citation(_message.Message):
     SOURCE_TEXT_FIELD_NUMBER: _ClassVar[int]
     SUPPORT_FIELD_NUMBER: _ClassVar[int]
     SUPPORTED_FIELD_NUMBER: _ClassVar[int]
+    UNCHECKED_FIELD_NUMBER: _ClassVar[int]
     number: int
     id: str
     hit_ids: _containers.RepeatedScalarFieldContainer[str]
@@ -377,7 +378,8 @@ class Citation(_message.Message):
     source_text: str
     support: float
     supported: bool
-    def __init__(self, number: _Optional[int] = ..., id: _Optional[str] = ..., hit_ids: _Optional[_Iterable[str]] = ..., sentence: _Optional[int] = ..., answer_start: _Optional[int] = ..., answer_end: _Optional[int] = ..., property: _Optional[str] = ..., source_start: _Optional[int] = ..., source_end: _Optional[int] = ..., source_text: _Optional[str] = ..., support: _Optional[float] = ..., supported: _Optional[bool] = ...) -> None: ...
+    unchecked: bool
+    def __init__(self, number: _Optional[int] = ..., id: _Optional[str] = ..., hit_ids: _Optional[_Iterable[str]] = ..., sentence: _Optional[int] = ..., answer_start: _Optional[int] = ..., answer_end: _Optional[int] = ..., property: _Optional[str] = ..., source_start: _Optional[int] = ..., source_end: _Optional[int] = ..., source_text: _Optional[str] = ..., support: _Optional[float] = ..., supported: _Optional[bool] = ..., unchecked: _Optional[bool] = ...) -> None: ...
 
 class AnswerSentence(_message.Message):
     __slots__ = ("start", "end", "citations", "cited", "supported")
