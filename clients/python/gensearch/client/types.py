@@ -780,6 +780,9 @@ class Citation:
     supported: bool = False
     # With expand_context: every hit of the cited passage.
     hit_ids: list[str] = field(default_factory=list)
+    # Not checked: the answer's check reached GENSEARCH_GATEWAY_MAX_CITATION_CHECKS
+    # (``supported`` is then False without meaning unsupported).
+    unchecked: bool = False
 
 
 @_proto("gensearch.gateway.v1.AnswerSentence")
