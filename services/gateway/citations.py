@@ -21,9 +21,11 @@ the sentence finds its support.
   ligatures supports an answer written in NFC; offsets stay those of the texts as given.
 - ``coverage``: supported sentences / sentences (sentences with at least one word).
 - Cost: checking a citation compares its sentence with each candidate span of the hit,
-  so an answer costs sentences x spans; ``max_checks`` bounds one answer's comparisons.
-  The first citation (in answer order) whose spans do not fit in what is left, and every
-  one after it, is left *unchecked* (``unchecked``: no span, support 0, not supported),
+  so an answer costs sentences x spans, and splitting a hit's texts into spans (once per
+  text per answer) costs their length; ``max_checks`` bounds both: one check per
+  comparison, one per ``CHARS_PER_CHECK`` characters split, charged before splitting.
+  The first citation (in answer order) whose texts or spans do not fit in what is left,
+  and every one after it, is left *unchecked* (``unchecked``: no span, support 0, not supported),
   which is not "unsupported": the check stopped before it. Coverage counts them as
   unsupported.
 
@@ -45,6 +47,9 @@ from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from services.gateway.condense import content_words
 
 WINDOW_WORDS = 40
+# Characters of a cited text split into spans per check of ``max_checks``: splitting costs
+# about 0.2 us a character, a comparison up to 1.2 us (measured), so 4 errs on the safe side.
+CHARS_PER_CHECK = 4
 
 # A marker's numbers ("1", "1, 3"), and the marker: "[1]", "[1, 3]".
 _NUMBERS = r"\s*\d+\s*(?:[,;]\s*\d+\s*)*"
@@ -213,6 +218,23 @@ def _candidates(
     return out
 
 
+def _split_cost(properties: Mapping[str, Any], fields: Sequence[str], known: WordSpans) -> int:
+    """What splitting the texts of ``fields`` not split yet this answer costs, in checks:
+    one per CHARS_PER_CHECK characters (each distinct text once)."""
+    new = {
+        value
+        for name in fields
+        if isinstance(value := properties.get(name), str) and value not in known
+    }
+    return sum(-(-len(value) // CHARS_PER_CHECK) for value in new)
+
+
+def _charge(left: int, cost: int) -> int:
+    """``left`` less ``cost``; -1 (stays below: this citation and all after it are left
+    unchecked) when it does not fit."""
+    return left - cost if 0 <= cost <= left else -1
+
+
 def best_support(
     claim: set[str],
     candidates: Sequence[tuple[str, Sequence[tuple[Span, frozenset[str]]]]],
@@ -265,14 +287,16 @@ def verify(
                     continue
                 seen.add(number)
                 hit_id, properties = hits[number - 1]
+                names = list(fields) or sorted(properties)
                 candidates = []
+                if left is not None:
+                    # Splitting is charged before it is done: a text past the budget is
+                    # never split (a 680 KB property took 0.1 s, whatever the bound).
+                    left = _charge(left, _split_cost(properties, names, known))
                 if left is None or left >= 0:
-                    names = list(fields) or sorted(properties)
                     candidates = _candidates(properties, names, known)
                 if left is not None:
-                    cost = sum(len(spans) for _, spans in candidates)
-                    # Past the budget: this citation and all after it (-1 stays below).
-                    left = left - cost if cost <= left else -1
+                    left = _charge(left, sum(len(spans) for _, spans in candidates))
                     if left < 0:
                         sentence.citations.append(Support(number, hit_id, unchecked=True))
                         continue

@@ -187,8 +187,10 @@ class GatewaySettings(CommonSettings):
     # share of the citing sentence's content words (services/gateway/citations.py).
     citation_min_support: float = Field(default=0.3, ge=0, le=1)
     # The most sentence-span comparisons one answer's citation check makes (each citation
-    # costs the cited hit's candidate spans); past it the rest are flagged `unchecked`.
-    # It bounds the CPU time of one answer's check (up to about 1.2 us a comparison).
+    # costs the cited hit's candidate spans, and splitting a cited text into spans one per
+    # citations.CHARS_PER_CHECK = 4 characters, charged before it is split); past it the
+    # rest are flagged `unchecked`. It bounds the CPU time of one answer's check (up to
+    # about 1.2 us a comparison).
     max_citation_checks: int = Field(default=50_000, ge=0, le=10_000_000)
     # Cache of collection schemas and generative defaults, seconds (0: ask every time).
     collection_cache_ttl: float = Field(default=2.0, ge=0, le=MAX_WAIT_SECONDS)

@@ -338,7 +338,8 @@ def test_an_answer_s_check_stops_at_max_checks(monkeypatch: pytest.MonkeyPatch) 
     hits = [("id-dune", {"body": body}), ("id-emma", {"body": "Emma."})]
     answer = "Spice is mined [1]. " * 1000 + "Emma [2]."
     _Counted.made = 0
-    checked = verify(answer, hits, ["body"], 0.3, max_checks=1000)
+    split = -(-len(body) // citations.CHARS_PER_CHECK)  # splitting the body is charged too
+    checked = verify(answer, hits, ["body"], 0.3, max_checks=1000 + split)
     assert 950 <= _Counted.made <= 1000
     found = [c for s in checked.sentences for c in s.citations]
     assert [c.unchecked for c in found] == [False] * 20 + [True] * 981
@@ -357,7 +358,8 @@ def test_an_answer_s_check_stops_at_max_checks(monkeypatch: pytest.MonkeyPatch) 
 async def test_the_gateway_flags_citations_past_its_max_checks(
     stack_factory: Any,
 ) -> None:
-    stack = await stack_factory(max_citation_checks=3)
+    # [1] costs 13 (its 42 characters split: 11; its 2 spans), as does [2]: 20 fits one.
+    stack = await stack_factory(max_citation_checks=20)
     await create_books(stack)
     stack.fake.reply = _answering(ANSWER)
     response = await stack.stub.Ask(
@@ -373,3 +375,45 @@ async def test_the_gateway_flags_citations_past_its_max_checks(
         (1, False, True),
         (2, True, False),
     ]
+
+
+def test_splitting_a_huge_cited_text_is_inside_max_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Splitting a cited hit's text into spans happened before the bound was consulted:
+    a 680 KB property cost 0.1 s of splitting whatever max_checks allowed. Its characters
+    now count against the budget before it is split: a text that does not fit is never
+    split, its citation (and every one after it) unchecked. Counted in characters split,
+    not timed."""
+    split: list[int] = []
+    spans = citations.candidate_spans
+
+    def counted(text: str) -> list[Span]:
+        split.append(len(text))
+        return spans(text)
+
+    monkeypatch.setattr(citations, "candidate_spans", counted)
+    huge = "The spice melange is mined there on a desert planet. " * 13_000  # 689 KB
+    hits = [("id-dune", {"title": "Dune", "body": "A desert planet."}), ("id-big", {"body": huge})]
+    answer = "A desert planet [1]. The spice is mined there [2]. Dune again [1]."
+    checked = verify(answer, hits, ["title", "body"], 0.3, max_checks=50_000)
+    assert sum(split) <= 50_000 * citations.CHARS_PER_CHECK
+    assert len(huge) not in split
+    found = [(c.number, c.unchecked) for s in checked.sentences for c in s.citations]
+    assert found == [(1, False), (2, True), (1, True)]
+    assert checked.sentences[0].citations[0].supported
+    # Unbounded, the same text is split and checked as before.
+    split.clear()
+    whole = verify(answer, hits, ["title", "body"], 0.3)
+    assert len(huge) in split
+    assert whole.sentences[1].citations[0].supported
+
+
+@pytest.mark.parametrize("max_checks", [50_000, 20_000])
+def test_an_ordinary_answer_checks_the_same_within_the_bound(max_checks: int) -> None:
+    """Charging the splitting changes nothing for an ordinary answer: three cited 10 KB
+    passages give the same citations as an unbounded check."""
+    body = "The spice melange is mined there. A desert planet of sand and worms. " * 150
+    hits = [(f"id-{n}", {"title": f"Book {n}", "body": body + str(n)}) for n in range(3)]
+    answer = " ".join(f"Spice is mined on the desert planet [{n % 3 + 1}]." for n in range(30))
+    bounded = citations.to_event(verify(answer, hits, ["title", "body"], 0.3, max_checks))
+    assert bounded == citations.to_event(verify(answer, hits, ["title", "body"], 0.3))
+    assert not any(c.unchecked for c in bounded.citations)
