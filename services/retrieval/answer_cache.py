@@ -20,6 +20,10 @@ up, and the store then reuses the lookup's vector instead of embedding the quest
 (per tenant, so how fast a lookup answers says nothing of another tenant's questions).
 The answer is opaque bytes: this service stores, never reads it.
 
+Bounded twice: ``max_cached_answers`` entries per collection (``_make_room``), and
+``max_cached_answer_bytes_per_tenant`` bytes per tenant over all its collections
+(``answer_budget.py``: the tenant's soonest-expiring entries make room).
+
 An answer is only as good as the objects it was built from: each entry keeps its
 ``sources`` (object ids, and a digest of each object's properties as the answer saw them,
 ``well_known.properties_sha256``), and a lookup returns an entry only while every source is
@@ -48,6 +52,7 @@ from services.common.errors import AlreadyExists, InvalidArgument, NotFound, Res
 from services.common.settings import MAX_TTL_SECONDS
 from services.common.values import check_uuid
 from services.common.well_known import duration_seconds, properties_sha256, struct
+from services.retrieval.answer_budget import SIZE_KEY, AnswerBudget, entry_bytes
 from services.retrieval.answer_cache_marker import CACHE_MARKER
 from services.retrieval.catalog import Catalog
 from services.retrieval.embedders import Embedders
@@ -65,6 +70,7 @@ _SHA256_BYTES = 32
 # Question vectors kept for the store that follows a lookup (384 floats each: ~0.5 MB).
 _RECENT_VECTORS = 256
 MAX_CACHED_ANSWERS_SETTING = "GENSEARCH_RETRIEVAL_MAX_CACHED_ANSWERS"
+BYTES_PER_TENANT_SETTING = "GENSEARCH_RETRIEVAL_MAX_CACHED_ANSWER_BYTES_PER_TENANT"
 
 
 def cache_store_name(schema: Schema) -> str:
@@ -87,6 +93,7 @@ class AnswerCache:
         self._settings = settings
         self._create_lock = asyncio.Lock()
         self._recent: OrderedDict[tuple[str, str], list[float]] = OrderedDict()
+        self._budget = AnswerBudget(store, settings.max_cached_answer_bytes_per_tenant)
 
     async def lookup(
         self, tenant: str, request: pb.LookupCachedAnswerRequest
@@ -132,6 +139,7 @@ class AnswerCache:
         if expired or stale:
             with contextlib.suppress(NotFound):
                 await self._store.delete_ids(name, expired + stale)
+            self._budget.forget(tenant, name, expired + stale)
         found.stale = len(stale)
         return found
 
@@ -174,12 +182,30 @@ class AnswerCache:
             },
             dense=vector,
         )
-        try:
-            await self._make_room(name, schema, point.id)
-            await self._store.upsert(name, [point])
-        except NotFound:
-            await self._create(name, schema, len(vector))
-            await self._store.upsert(name, [point])
+        size = point.payload[SIZE_KEY] = entry_bytes(point.payload, len(vector))
+        if size > self._budget.budget:
+            raise InvalidArgument(
+                f"answer: the entry takes {size} bytes with its question, sources and vector, "
+                f"more than a tenant's whole answer cache ({BYTES_PER_TENANT_SETTING})",
+                field="answer",
+                reason="TOO_LARGE",
+                metadata={"limit": str(self._budget.budget), "setting": BYTES_PER_TENANT_SETTING},
+            )
+
+        async def write() -> None:
+            try:
+                await self._make_room(name, schema, point.id)
+                await self._store.upsert(name, [point])
+            except NotFound:
+                await self._create(name, schema, len(vector))
+                await self._store.upsert(name, [point])
+
+        def names() -> list[str]:
+            return [cache_store_name(s) for s in self._catalog.of_tenant(tenant)]
+
+        expires = float(point.payload["exp"])
+        key = (name, point.id)
+        await self._budget.store(tenant, key, expires, size, names, len(vector), write)
 
     async def _make_room(self, name: str, schema: Schema, entry_id: str) -> None:
         """Refuses a new entry when the collection's cache holds max_cached_answers once
@@ -210,6 +236,7 @@ class AnswerCache:
     async def drop(self, schema: Schema) -> None:
         """Forget every answer cached for ``schema``'s collection."""
         await self._store.delete_collection(cache_store_name(schema))
+        self._budget.forget_collection(schema.tenant, cache_store_name(schema))
 
     def _sources(self, sources: Sequence[pb.CachedAnswerSource]) -> dict[str, str]:
         """The checked sources of an entry: canonical id -> hex digest."""

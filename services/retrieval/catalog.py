@@ -173,6 +173,11 @@ class Catalog:
                 field="collection",
             )
 
+    def of_tenant(self, tenant: str) -> list[Schema]:
+        """The tenant's collections as of the last load (and this replica's own creates
+        and deletes since)."""
+        return [schema for (owner, _), schema in self._schemas.items() if owner == tenant]
+
     def forget(self, schema: Schema) -> None:
         key = (schema.tenant, schema.name)
         cached = self._schemas.get(key)

@@ -33,7 +33,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -374,18 +374,28 @@ class EdgeStore:
         return int(self._shard(name).count(request))
 
     async def scroll(
-        self, name: str, offset: str | None, limit: int, where: f.Node | None = None
+        self,
+        name: str,
+        offset: str | None,
+        limit: int,
+        where: f.Node | None = None,
+        fields: Sequence[str] | None = None,
     ) -> tuple[list[FoundPoint], str | None]:
-        return await self._run(self._scroll, name, offset, limit, where)
+        return await self._run(self._scroll, name, offset, limit, where, fields)
 
     def _scroll(
-        self, name: str, offset: str | None, limit: int, where: f.Node | None
+        self,
+        name: str,
+        offset: str | None,
+        limit: int,
+        where: f.Node | None,
+        fields: Sequence[str] | None,
     ) -> tuple[list[FoundPoint], str | None]:
         request = qe.ScrollRequest(
             offset=offset,
             limit=limit,
             filter=to_edge_filter(where),
-            with_payload=True,
+            with_payload=True if fields is None else list(fields),
             with_vector=False,
         )
         records, next_offset = self._shard(name).scroll(request)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import httpx
@@ -295,7 +295,12 @@ class ServerStore:
         return int(result.count)
 
     async def scroll(
-        self, name: str, offset: str | None, limit: int, where: f.Node | None = None
+        self,
+        name: str,
+        offset: str | None,
+        limit: int,
+        where: f.Node | None = None,
+        fields: Sequence[str] | None = None,
     ) -> tuple[list[FoundPoint], str | None]:
         await self._indexed(name)
         with _guard(name):
@@ -304,7 +309,7 @@ class ServerStore:
                 scroll_filter=to_qdrant_filter(where),
                 offset=offset,
                 limit=limit,
-                with_payload=True,
+                with_payload=True if fields is None else list(fields),
                 with_vectors=False,
             )
         points = [FoundPoint.of(r.id, r.payload, 0.0, None) for r in records]

@@ -163,6 +163,13 @@ class RetrievalSettings(DownstreamSettings):
     # when a lookup met them): up to its LLM-calls quota of entries a minute, each up to
     # max_cached_question_chars + max_cached_answer_bytes.
     max_cached_answers: int = Field(default=10_000, ge=1, le=1_000_000_000)
+    # Bytes one tenant's cached answers take over all its collections (answer, question,
+    # sources and vector of each): a store past it first deletes the tenant's expired
+    # entries, then its soonest-expiring ones (answer_budget.py). Before, 10 000 answers of
+    # up to 1 MiB per collection, times every collection, could fill the shared disk.
+    max_cached_answer_bytes_per_tenant: int = Field(
+        default=256 * 1024 * 1024, ge=64 * 1024, le=MAX_SIZE_BYTES
+    )
 
     # Rerank stage of Search (services/retrieval/rerankers.py; docs/retrieval.md). The
     # operator's /v1/rerank providers by name (JSON object: name -> {"base_url", "api_key_env",

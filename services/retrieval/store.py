@@ -17,6 +17,7 @@ make them with the collection, and for collections made before them).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -98,11 +99,17 @@ class VectorStore(Protocol):
     async def count(self, name: str, where: Node | None) -> int: ...
 
     async def scroll(
-        self, name: str, offset: str | None, limit: int, where: Node | None = None
+        self,
+        name: str,
+        offset: str | None,
+        limit: int,
+        where: Node | None = None,
+        fields: Sequence[str] | None = None,
     ) -> tuple[list[FoundPoint], str | None]:
         """The points matching ``where`` (None: every point) in id order, ``limit`` at a
-        time, with payloads and no vectors: the page from ``offset`` (None: the first) and
-        the offset of the next page (None: the last)."""
+        time, with payloads (only their top-level keys ``fields``, when given) and no
+        vectors: the page from ``offset`` (None: the first) and the offset of the next page
+        (None: the last)."""
 
     async def query_dense(
         self,

@@ -1,0 +1,157 @@
+"""The semantic answer cache's per-tenant byte budget
+(GENSEARCH_RETRIEVAL_MAX_CACHED_ANSWER_BYTES_PER_TENANT), through real engines: a tenant's
+entries, over all its collections, stay within it; the soonest-expiring go first; another
+tenant's are never touched; the accounting is read back from the engine after a restart."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from pathlib import Path
+
+import grpc
+import pytest
+from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
+from pydantic import SecretStr
+
+from services.common.errors import NotFound
+from services.retrieval.answer_budget import SIZE_KEY
+from services.retrieval.answer_cache import cache_store_name
+from services.retrieval.catalog import is_collection_schema
+from services.retrieval.schema import Schema
+from services.retrieval.store import PROPS, StoredPoint
+from tests.retrieval.conftest import MakeRetrieval, Retrieval, vector_collection
+from tests.retrieval.test_answer_cache import ACME, GLOBEX, TOKEN, lookup, store
+from tests.support.rpc import error_info
+
+ANSWER = 20_000  # bytes of each answer: ~27 KB stored (base64), with its question and vector
+BUDGET = 90_000  # three such entries fit, four do not
+SETTING = "GENSEARCH_RETRIEVAL_MAX_CACHED_ANSWER_BYTES_PER_TENANT"
+Metadata = tuple[tuple[str, str], ...]
+
+
+def question(n: int) -> str:
+    return f"What does entry number {n} of this budget test say about dunes?"
+
+
+def put(n: int, seconds: float, collection: str = "Docs") -> pb.StoreCachedAnswerRequest:
+    request = store(question(n), bytes([65 + n]) * ANSWER, seconds)
+    request.collection = collection
+    return request
+
+
+async def held(r: Retrieval, tenant: str) -> dict[str, int]:
+    """Question -> answer bytes of every entry the engine holds in ``tenant``'s caches (of
+    all its collections)."""
+    out: dict[str, int] = {}
+    for data in await r.store.schemas():
+        if not is_collection_schema(data) or Schema.from_json(data).tenant != tenant:
+            continue
+        name, offset = cache_store_name(Schema.from_json(data)), None
+        while True:
+            try:
+                points, offset = await r.store.scroll(name, offset, 64)
+            except NotFound:
+                break  # nothing cached for that collection
+            for point in points:
+                props = point.payload[PROPS]
+                out[props["q"]] = len(base64.b64decode(props["a"]))
+            if offset is None:
+                break
+    return out
+
+
+async def cache_name(r: Retrieval, tenant: str, collection: str) -> str:
+    for data in await r.store.schemas():
+        if is_collection_schema(data):
+            schema = Schema.from_json(data)
+            if (schema.tenant, schema.name) == (tenant, collection):
+                return cache_store_name(schema)
+    raise AssertionError(f"no collection {collection!r} of {tenant!r}")
+
+
+async def found(r: Retrieval, who: Metadata, n: int, collection: str = "Docs") -> bool:
+    request = lookup(question(n), similarity=0.99)
+    request.collection = collection
+    return (await r.stub.LookupCachedAnswer(request, metadata=who)).found
+
+
+async def start(make_retrieval: MakeRetrieval, adapter: str, data_dir: Path) -> Retrieval:
+    return await make_retrieval(
+        adapter,
+        data_dir=data_dir,
+        internal_token=SecretStr(TOKEN),
+        max_cached_answer_bytes_per_tenant=BUDGET,
+    )
+
+
+async def create(r: Retrieval, who: Metadata, name: str) -> None:
+    request = pb.CreateCollectionRequest(collection=vector_collection(name))
+    await r.stub.CreateCollection(request, metadata=who)
+
+
+@pytest.mark.parametrize("adapter", ("edge", "server"))
+async def test_a_tenant_s_answers_stay_within_its_budget_the_soonest_expiring_go_first(
+    make_retrieval: MakeRetrieval, adapter: str, tmp_path: Path
+) -> None:
+    """Before, only MAX_CACHED_ANSWERS (10 000 a collection) bounded the cache: 10 000
+    answers of up to 1 MiB each, times every collection of the tenant, on the disk every
+    tenant shares."""
+    r = await start(make_retrieval, adapter, tmp_path / "data")
+    for who in (ACME, GLOBEX):
+        await create(r, who, "Docs")
+    await create(r, ACME, "Notes")
+    for n in range(3):  # the other tenant's, stored first: the oldest, soonest-expiring
+        await r.stub.StoreCachedAnswer(put(n, 60), metadata=GLOBEX)
+    # Across two collections, stored in another order than they expire.
+    ttls = {0: 600, 1: 300, 2: 900, 3: 1200, 4: 1500}
+    for n, seconds in ttls.items():
+        collection = "Notes" if n % 2 else "Docs"
+        await r.stub.StoreCachedAnswer(put(n, seconds, collection), metadata=ACME)
+        stored = await held(r, "acme")
+        assert sum(stored.values()) * 4 / 3 <= BUDGET, stored  # as stored: base64
+    assert set(await held(r, "acme")) == {question(n) for n in (2, 3, 4)}
+    assert not await found(r, ACME, 0) and not await found(r, ACME, 1, "Notes")
+    assert await found(r, ACME, 2) and await found(r, ACME, 3, "Notes") and await found(r, ACME, 4)
+    # The other tenant's entries: neither evicted nor counted.
+    assert set(await held(r, "globex")) == {question(n) for n in range(3)}
+    assert all([await found(r, GLOBEX, n) for n in range(3)])
+    # Replacing an entry takes the room of the one it replaces: nothing else goes.
+    await r.stub.StoreCachedAnswer(put(4, 1500), metadata=ACME)
+    assert set(await held(r, "acme")) == {question(n) for n in (2, 3, 4)}
+
+
+async def test_an_entry_larger_than_the_whole_budget_is_refused_and_evicts_nothing(
+    make_retrieval: MakeRetrieval, tmp_path: Path
+) -> None:
+    r = await start(make_retrieval, "edge", tmp_path / "data")
+    await create(r, ACME, "Docs")
+    await r.stub.StoreCachedAnswer(put(0, 60), metadata=ACME)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await r.stub.StoreCachedAnswer(store(question(1), b"x" * BUDGET), metadata=ACME)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    info = error_info(caught.value)
+    assert info.reason == "TOO_LARGE" and info.metadata["field"] == "answer"
+    assert info.metadata["setting"] == SETTING
+    assert set(await held(r, "acme")) == {question(0)}
+
+
+async def test_the_budget_is_read_back_from_the_engine_after_a_restart(
+    make_retrieval: MakeRetrieval, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    first = await start(make_retrieval, "edge", data)
+    await create(first, ACME, "Docs")
+    for n, seconds in ((0, 900), (1, 300), (2, 600)):
+        await first.stub.StoreCachedAnswer(put(n, seconds), metadata=ACME)
+    # Entry 1 as stored before sizes were kept: it is read whole to be counted.
+    name = await cache_name(first, "acme", "Docs")
+    entry_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"k\0{question(1)}"))
+    (entry,) = await first.store.retrieve(name, [entry_id], True)
+    del entry.payload[SIZE_KEY]
+    await first.store.upsert(name, [StoredPoint(entry.id, entry.payload, entry.dense)])
+    await first.stop()
+    second = await start(make_retrieval, "edge", data)
+    await second.stub.StoreCachedAnswer(put(3, 1200), metadata=ACME)
+    # Known from the engine's data, not this process's memory: the soonest-expiring went.
+    assert set(await held(second, "acme")) == {question(n) for n in (0, 2, 3)}
