@@ -19,8 +19,8 @@ its own writes: N replicas may hold a tenant at up to N budgets for a minute, ti
 next reload counts everything and their next store evicts. Answers cached for a collection
 deleted without its cache being dropped (``AnswerCache.drop`` failed) are not counted:
 nothing reaches them any more. A reload reads each entry's expiry and size, not its answer
-(an entry stored before sizes were kept is read whole); ``_LEDGERS`` tenants' ledgers are
-kept, the least recently used made again when needed.
+(an entry stored before sizes were kept is read whole); the ledgers of at most ``_LEDGERS``
+tenants, each used within the last reload period, are kept in memory.
 """
 
 from __future__ import annotations
@@ -38,8 +38,9 @@ from typing import Any
 from services.common.errors import NotFound
 from services.retrieval.store import PROPS, VectorStore
 
-# Ledgers kept in memory (least recently used dropped: made again from the engine).
-_LEDGERS = 1024
+# Ledgers kept in memory (least recently used dropped: made again from the engine), about
+# 0.35 KB an entry; one due for a reload is dropped anyway.
+_LEDGERS = 256
 _RELOAD_SECONDS = 60.0
 # Entries read per engine page while making a ledger (an entry stored before SIZE_KEY was
 # kept is read whole: up to a 1 MiB answer).
@@ -168,6 +169,12 @@ class AnswerBudget:
                     ledger.add((name, point_id), expires, size)
             self._ledgers[tenant] = ledger
         self._ledgers.move_to_end(tenant)
+        # A ledger due for a reload is never read again as it is: no use keeping it.
+        now = time.monotonic()
+        for stale in [
+            t for t, held in self._ledgers.items() if now - held.loaded_at >= _RELOAD_SECONDS
+        ]:
+            del self._ledgers[stale]
         while len(self._ledgers) > _LEDGERS:
             self._ledgers.popitem(last=False)
         return ledger
