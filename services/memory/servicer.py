@@ -30,6 +30,7 @@ from services.memory.store import (
     ConversationRecord,
     ConversationUpdate,
     MemoryStore,
+    NewConversation,
     Owner,
     Retention,
     SummaryConflict,
@@ -93,23 +94,32 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
     async def CreateConversation(
         self, request: pb.CreateConversationRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateConversationResponse:
-        s = self._settings
-        name = _text(request.name, "name", s.max_name_bytes)
-        retention = Retention(
-            ttl_ms=(
-                self._ttl_ms(request.ttl, "ttl")
-                if request.HasField("ttl")
-                else s.default_conversation_ttl_seconds * 1000
-            ),
-            max_turns=(
-                _max_turns(request.max_turns)
-                if request.HasField("max_turns")
-                else s.default_conversation_max_turns
-            ),
-            summary_disabled=request.summary_disabled,
-        )
-        record = await self._store.create_conversation(_owner(), name, retention)
+        new = self._new_conversation(request)
+        record = await self._store.create_conversation(_owner(), new.name, new.retention)
         return pb.CreateConversationResponse(conversation=_conversation(record))
+
+    def _new_conversation(
+        self, request: pb.CreateConversationRequest, prefix: str = ""
+    ) -> NewConversation:
+        """A conversation to create, checked; the fields named after ``prefix`` (where
+        the request holds them: CreateInteraction's ``new_conversation.``)."""
+        s = self._settings
+        return NewConversation(
+            _text(request.name, f"{prefix}name", s.max_name_bytes),
+            Retention(
+                ttl_ms=(
+                    self._ttl_ms(request.ttl, f"{prefix}ttl")
+                    if request.HasField("ttl")
+                    else s.default_conversation_ttl_seconds * 1000
+                ),
+                max_turns=(
+                    _max_turns(request.max_turns, f"{prefix}max_turns")
+                    if request.HasField("max_turns")
+                    else s.default_conversation_max_turns
+                ),
+                summary_disabled=request.summary_disabled,
+            ),
+        )
 
     def _ttl_ms(self, ttl: duration_pb2.Duration, field: str) -> int:
         limit = self._settings.max_conversation_ttl_seconds
@@ -224,7 +234,18 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
         self, request: pb.CreateInteractionRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateInteractionResponse:
         s = self._settings
-        cid = _id(request.conversation_id, "conversation_id")
+        new: NewConversation | None = None
+        if request.HasField("new_conversation"):
+            # The turn starts its conversation, made with it in one atomic step.
+            if request.conversation_id:
+                raise InvalidArgument(
+                    "give either conversation_id or new_conversation, not both",
+                    field="new_conversation",
+                )
+            new = self._new_conversation(request.new_conversation, "new_conversation.")
+            cid = ""
+        else:
+            cid = _id(request.conversation_id, "conversation_id")
         _text(request.input, "input", s.max_text_bytes)
         _text(request.prompt_template, "prompt_template", s.max_prompt_template_bytes)
         _text(request.response, "response", s.max_text_bytes)
@@ -239,7 +260,7 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
         _check_fits_a_page(interaction, s.page_bytes)
         owner = _owner()
         stored = await self._store.create_interaction(
-            owner, cid, interaction, request_id, stored_traces
+            owner, cid, interaction, request_id, stored_traces, new
         )
         if self._indexer is not None:
             self._indexer.stored(owner, stored)
@@ -553,11 +574,11 @@ def _check_fits_a_page(interaction: pb.Interaction, max_page_bytes: int) -> None
     )
 
 
-def _max_turns(value: int) -> int:
+def _max_turns(value: int, field: str = "max_turns") -> int:
     if value < 0:
         raise InvalidArgument(
-            "max_turns must not be negative (0: no limit)",
-            field="max_turns",
+            f"{field} must not be negative (0: no limit)",
+            field=field,
             reason="INVALID_MAX_TURNS",
         )
     return value

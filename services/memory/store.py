@@ -148,6 +148,14 @@ class ConversationRecord:
     summary: Summary = field(default_factory=Summary)
 
 
+@dataclass(frozen=True, slots=True)
+class NewConversation:
+    """The conversation a turn starts (CreateInteraction's new_conversation)."""
+
+    name: str
+    retention: Retention
+
+
 @dataclass(slots=True)
 class ConversationUpdate:
     """What UpdateConversation changes; None leaves a field as it is."""
@@ -451,9 +459,8 @@ class MemoryStore:
             self._create_conversation(
                 keys=[keys.conversation(tag, cid), keys.conversations(tag)],
                 args=[
-                    owner.user, name, now, f"{now:015d}:{cid}", tag, cid, r.ttl_ms,
-                    r.max_turns, int(r.summary_disabled), self._max_conversations,
-                    self._max_bytes,
+                    owner.user, name, now, tag, cid, r.ttl_ms, r.max_turns,
+                    int(r.summary_disabled), self._max_conversations, self._max_bytes,
                 ],
             )
         )  # fmt: skip
@@ -638,10 +645,22 @@ class MemoryStore:
         interaction: pb.Interaction,
         request_id: str,
         traces: bytes = b"",
+        new: NewConversation | None = None,
     ) -> pb.Interaction:
         """Stores ``interaction`` (its id, conversation and create_time are set here) with
-        its serialized ``traces``, in one atomic step."""
+        its serialized ``traces``, in one atomic step. With ``new`` (``cid`` empty), the
+        turn starts a conversation made in that same step: it exists only with its first
+        turn, and a write refused (a limit) or never made leaves nothing. The interaction
+        already stored with ``request_id`` is then returned whatever its conversation."""
         tag = self.tag(owner)
+        created: list[EncodableT] = ["0"]
+        if new is not None:
+            cid, create_ms = self._ids.new()
+            r = new.retention
+            created = [
+                "1", new.name, create_ms, r.ttl_ms, r.max_turns, int(r.summary_disabled),
+                self._max_conversations,
+            ]  # fmt: skip
         iid, now = self._ids.new()
         interaction.interaction_id = iid
         interaction.conversation_id = cid
@@ -657,14 +676,14 @@ class MemoryStore:
         args: list[EncodableT] = [
             owner.user, tag, cid, iid, now, request_id, self._request_ttl_ms,
             interaction.SerializeToString(), traces, self._grace, self._max_bytes,
-            self._max_interactions,
+            self._max_interactions, *created,
         ]  # fmt: skip
         out = await _redis(self._create_interaction(keys=names, args=args))
         status = out[0]
         if status == 0:
             raise conversation_not_found(cid)
         if status == 2:
-            if out[1].decode() != cid:
+            if new is None and out[1].decode() != cid:
                 raise InvalidArgument(
                     "request_id was already used for an interaction of another conversation",
                     field="request_id",
@@ -675,6 +694,8 @@ class MemoryStore:
             raise self._storage_full()
         if status == 4:
             raise self._conversation_full(cid)
+        if status == 5:
+            raise self._conversations_full()
         if out[1] == b"1":
             # This turn's renewal started a walk of every turn's expiry (once per ttl of
             # activity): finished before the turn is acknowledged, so the conversation

@@ -1,4 +1,4 @@
--- needs: keys usage retention
+-- needs: keys usage retention new_conversation
 -- CheckStorage: whether one more turn fits, writing nothing of it (as create_interaction
 -- and, for a new conversation, create_conversation decide; reconcile may drop expired
 -- conversations on the way, as theirs does).
@@ -25,11 +25,7 @@ if cid ~= '' then
   end
   measure(tag, cid)
 else
-  local limit = tonumber(ARGV[6])
-  if redis.call('ZCARD', KEYS[1]) >= limit then
-    reconcile(tag)
-    if redis.call('ZCARD', KEYS[1]) >= limit then status = 2 end
-  end
+  if not conversation_room(tag, KEYS[1], tonumber(ARGV[6])) then status = 2 end
   n = n + CONVERSATION_OVERHEAD
 end
 if status == 1 and not room(tag, n, tonumber(ARGV[5])) then status = 3 end

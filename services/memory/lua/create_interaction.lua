@@ -1,15 +1,26 @@
--- needs: read touch keys usage retention
+-- needs: read touch keys usage retention new_conversation
 -- KEYS: conv, ints, int, convs, req, claim (CheckStorage's reservation of request_id).
 -- ARGV: user, tag, cid, iid, now_ms, request_id, ttl_ms, serialized interaction,
 -- serialized traces ('' when none: a field of the interaction's hash, so they share its
 -- slot, its expiry and its deletion),
--- eviction grace (turns), max bytes (of the owner), max turns per conversation.
+-- eviction grace (turns), max bytes (of the owner), max turns per conversation,
+-- then '1' when the turn starts conversation cid (CreateInteraction's new_conversation:
+-- made here with the turn, in the same atomic step, so it never exists without it) and
+-- that conversation's name, create_ms, ttl_ms, max_turns, summary_disabled ('1'/'0'),
+-- and the max conversations (of the owner); '0' and nothing more otherwise.
 -- Returns {0} not found, {1, walk} created (walk: '1' while a walk of the turns' expiry
 -- is pending, retention.lua: the caller runs retention_step.lua until done), {2, cid, data} already created by this request_id,
--- {3} the turn does not fit the owner's bytes, {4} the conversation holds the most turns
--- allowed (nothing written for either).
-local h = redis.call('HMGET', KEYS[1], 'user', 'update_time', 'interaction_count')
-if h[1] ~= ARGV[1] then return {0} end
+-- {3} the turn (with its new conversation) does not fit the owner's bytes, {4} the
+-- conversation holds the most turns allowed, {5} the owner has the most conversations
+-- allowed (nothing written for any of them).
+local create = ARGV[13] == '1'
+local h
+if create then
+  h = {ARGV[1], ARGV[15], '0'}
+else
+  h = redis.call('HMGET', KEYS[1], 'user', 'update_time', 'interaction_count')
+  if h[1] ~= ARGV[1] then return {0} end
+end
 if ARGV[6] ~= '' then
   local prev = redis.call('GET', KEYS[5])
   if prev then
@@ -21,12 +32,22 @@ if ARGV[6] ~= '' then
     end
   end
 end
+local size = #ARGV[8] + #ARGV[9] + TURN_OVERHEAD
+if create then
+  -- Every check before anything is written: the conversation and its turn, or neither.
+  if not conversation_room(ARGV[2], KEYS[4], tonumber(ARGV[19])) then return {5} end
+  if not room(ARGV[2], conversation_size(ARGV[14]) + size, tonumber(ARGV[11])) then
+    return {3}
+  end
+  make_conversation(ARGV[2], ARGV[3], KEYS[1], KEYS[4], ARGV[1], ARGV[14], ARGV[15],
+                    ARGV[16], ARGV[17], ARGV[18])
 -- Checked before anything is written. Eviction (below) gives back what it drops, but
 -- only once the turn is in: a conversation at max_turns needs room for one turn more.
-if not room_for_turn(ARGV[2], ARGV[3], tonumber(h[3]), tonumber(ARGV[12]), tonumber(ARGV[10])) then
+-- (A new conversation holds none: the cap is at least 1.)
+elseif not room_for_turn(ARGV[2], ARGV[3], tonumber(h[3]), tonumber(ARGV[12]),
+                         tonumber(ARGV[10])) then
   return {4}
 end
-local size = #ARGV[8] + #ARGV[9] + TURN_OVERHEAD
 if not charge(ARGV[2], ARGV[3], size, tonumber(ARGV[11])) then return {3} end
 redis.call('HSET', KEYS[3], 'conversation_id', ARGV[3], 'data', ARGV[8])
 if ARGV[9] ~= '' then redis.call('HSET', KEYS[3], 'traces', ARGV[9]) end

@@ -204,7 +204,7 @@ class DeleteConversationResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class CreateInteractionRequest(_message.Message):
-    __slots__ = ("conversation_id", "input", "prompt_template", "response", "origin", "additional_info", "request_id", "traces")
+    __slots__ = ("conversation_id", "input", "prompt_template", "response", "origin", "additional_info", "request_id", "traces", "new_conversation")
     CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
@@ -213,6 +213,7 @@ class CreateInteractionRequest(_message.Message):
     ADDITIONAL_INFO_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TRACES_FIELD_NUMBER: _ClassVar[int]
+    NEW_CONVERSATION_FIELD_NUMBER: _ClassVar[int]
     conversation_id: str
     input: str
     prompt_template: str
@@ -221,7 +222,8 @@ class CreateInteractionRequest(_message.Message):
     additional_info: _struct_pb2.Struct
     request_id: str
     traces: _containers.RepeatedCompositeFieldContainer[Trace]
-    def __init__(self, conversation_id: _Optional[str] = ..., input: _Optional[str] = ..., prompt_template: _Optional[str] = ..., response: _Optional[str] = ..., origin: _Optional[str] = ..., additional_info: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., request_id: _Optional[str] = ..., traces: _Optional[_Iterable[_Union[Trace, _Mapping]]] = ...) -> None: ...
+    new_conversation: CreateConversationRequest
+    def __init__(self, conversation_id: _Optional[str] = ..., input: _Optional[str] = ..., prompt_template: _Optional[str] = ..., response: _Optional[str] = ..., origin: _Optional[str] = ..., additional_info: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., request_id: _Optional[str] = ..., traces: _Optional[_Iterable[_Union[Trace, _Mapping]]] = ..., new_conversation: _Optional[_Union[CreateConversationRequest, _Mapping]] = ...) -> None: ...
 
 class CreateInteractionResponse(_message.Message):
     __slots__ = ("interaction",)

@@ -152,7 +152,8 @@ class MemoryServiceServicer:
 
     def CreateInteraction(self, request, context):
         """Appends an interaction; updates the conversation's update_time and
-        interaction_count in the same atomic step. Idempotent per request_id.
+        interaction_count in the same atomic step. Idempotent per request_id. With
+        new_conversation, creates the conversation the interaction starts in that same step.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -52,7 +52,8 @@ class MemoryServiceStub:
     """Deletes a conversation and all its interactions, atomically."""
     CreateInteraction: _grpc.UnaryUnaryMultiCallable[_memory_service_pb2.CreateInteractionRequest, _memory_service_pb2.CreateInteractionResponse]
     """Appends an interaction; updates the conversation's update_time and
-    interaction_count in the same atomic step. Idempotent per request_id.
+    interaction_count in the same atomic step. Idempotent per request_id. With
+    new_conversation, creates the conversation the interaction starts in that same step.
     """
     GetInteraction: _grpc.UnaryUnaryMultiCallable[_memory_service_pb2.GetInteractionRequest, _memory_service_pb2.GetInteractionResponse]
     """Returns one interaction of the caller's."""
@@ -112,7 +113,8 @@ class MemoryServiceAsyncStub(MemoryServiceStub):
     """Deletes a conversation and all its interactions, atomically."""
     CreateInteraction: _aio.UnaryUnaryMultiCallable[_memory_service_pb2.CreateInteractionRequest, _memory_service_pb2.CreateInteractionResponse]  # type: ignore[assignment]
     """Appends an interaction; updates the conversation's update_time and
-    interaction_count in the same atomic step. Idempotent per request_id.
+    interaction_count in the same atomic step. Idempotent per request_id. With
+    new_conversation, creates the conversation the interaction starts in that same step.
     """
     GetInteraction: _aio.UnaryUnaryMultiCallable[_memory_service_pb2.GetInteractionRequest, _memory_service_pb2.GetInteractionResponse]  # type: ignore[assignment]
     """Returns one interaction of the caller's."""
@@ -205,7 +207,8 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_memory_service_pb2.CreateInteractionResponse, _abc.Awaitable[_memory_service_pb2.CreateInteractionResponse]]:
         """Appends an interaction; updates the conversation's update_time and
-        interaction_count in the same atomic step. Idempotent per request_id.
+        interaction_count in the same atomic step. Idempotent per request_id. With
+        new_conversation, creates the conversation the interaction starts in that same step.
         """
 
     @_abc_1.abstractmethod

@@ -29,7 +29,8 @@ type MemoryServiceClient interface {
 	// Deletes a conversation and all its interactions, atomically.
 	DeleteConversation(ctx context.Context, in *DeleteConversationRequest, opts ...grpc.CallOption) (*DeleteConversationResponse, error)
 	// Appends an interaction; updates the conversation's update_time and
-	// interaction_count in the same atomic step. Idempotent per request_id.
+	// interaction_count in the same atomic step. Idempotent per request_id. With
+	// new_conversation, creates the conversation the interaction starts in that same step.
 	CreateInteraction(ctx context.Context, in *CreateInteractionRequest, opts ...grpc.CallOption) (*CreateInteractionResponse, error)
 	// Returns one interaction of the caller's.
 	GetInteraction(ctx context.Context, in *GetInteractionRequest, opts ...grpc.CallOption) (*GetInteractionResponse, error)
@@ -202,7 +203,8 @@ type MemoryServiceServer interface {
 	// Deletes a conversation and all its interactions, atomically.
 	DeleteConversation(context.Context, *DeleteConversationRequest) (*DeleteConversationResponse, error)
 	// Appends an interaction; updates the conversation's update_time and
-	// interaction_count in the same atomic step. Idempotent per request_id.
+	// interaction_count in the same atomic step. Idempotent per request_id. With
+	// new_conversation, creates the conversation the interaction starts in that same step.
 	CreateInteraction(context.Context, *CreateInteractionRequest) (*CreateInteractionResponse, error)
 	// Returns one interaction of the caller's.
 	GetInteraction(context.Context, *GetInteractionRequest) (*GetInteractionResponse, error)
