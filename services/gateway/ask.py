@@ -4,7 +4,8 @@ with citations, and the turn stored so the conversation can go on.
 Memory is read before anything else, so an unreachable memory service, someone else's
 conversation or an owner whose memory has no room for the turn (CheckStorage, a
 best-effort guard) stops the call before any LLM work; the turn is written last, in one
-idempotent call, so a failure leaves nothing half stored. The request's checks live in
+idempotent call (a new conversation made by memory with it, in the same atomic step), so
+a failure leaves nothing half stored and no empty conversation. The request's checks live in
 ``ask_request``, the reads and writes of turns in ``turns``.
 """
 
@@ -88,9 +89,9 @@ class AskService:
 
     async def drain(self) -> None:
         """At shutdown, before the downstream channels close: the queued stores, and the
-        clean-ups of Asks that ended (a new conversation to delete, a request_id to let
-        go), for up to ASK_CLEANUP_SECONDS; cut by the channels closing, they left an
-        empty conversation behind, or a key held until its time ran out."""
+        clean-ups of Asks that ended (a request_id to let go), for up to
+        ASK_CLEANUP_SECONDS; cut by the channels closing, they left a key held until its
+        time ran out."""
         await self._semantic.drain()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(cleaned_up(), self._b.settings.ask_cleanup_seconds)
@@ -423,7 +424,7 @@ class AskService:
                 # What the gateway made (answer, traces, additional_info…) cut to what
                 # memory accepts: it never fails the Ask.
                 memory_limits.fit_turn(interaction, limits)
-            stored, others = await self._within(
+            stored = await self._within(
                 deadline,
                 store_turn(
                     self._b.clients.memory,
@@ -433,13 +434,10 @@ class AskService:
                     deadline,
                     limits,
                     request.request_id,
-                    cleanup=s.ask_cleanup_seconds,
                 ),
             )
             if request.request_id and (
-                others
-                or stored.input != interaction.input
-                or stored.response != interaction.response
+                stored.input != interaction.input or stored.response != interaction.response
             ):
                 # Another attempt with the client's key stored its turn first (both ran
                 # at once): that turn is the answer, as a later retry would get it.

@@ -151,10 +151,10 @@ class GatewaySettings(CommonSettings):
     ask_interaction_size: int = Field(default=10, ge=0, le=10_000)
     ask_timeout: float = Field(default=30.0, gt=0, le=MAX_WAIT_SECONDS)
     max_ask_timeout: float = Field(default=600.0, gt=0, le=MAX_WAIT_SECONDS)
-    # Seconds an Ask's clean-up may take past its deadline: a new conversation's create
-    # runs on that long (its id learned, the conversation deleted when the Ask failed),
-    # each clean-up call to memory gets that long, and the Ask's hold on its request_id
-    # lasts that much past its deadline (a gateway killed mid-Ask frees it then).
+    # Seconds an Ask's clean-up may take past its deadline: the Ask's hold on its
+    # request_id lasts that much past its deadline (a gateway killed mid-Ask frees it
+    # then), and letting it go when the Ask fails gets that long. (A new conversation
+    # needs none: memory makes it with its first turn, in one atomic write.)
     ask_cleanup_seconds: float = Field(default=30.0, gt=0, le=MAX_WAIT_SECONDS)
     max_context_size: int = Field(default=50, ge=1, le=10_000)
     max_interaction_size: int = Field(default=100, ge=1, le=10_000)

@@ -265,134 +265,45 @@ async def store_turn(
     deadline: float,
     limits: mem_pb.InteractionLimits | None = None,
     client_request_id: str = "",
-    *,
-    cleanup: float,
-) -> tuple[mem_pb.Interaction, bool]:
-    """Store ``interaction`` in ``conversation_id``, or in a new conversation named after
-    its input when ``conversation_id`` is empty; the interaction as memory holds it, and
-    whether it is known to be another attempt's. With memory's ``limits``, the name and
-    the request_id the gateway makes are cut to them; the client's ``client_request_id``
-    (checked before any LLM call) is sent as it is, and the interaction returned may then
-    be another attempt's, stored first with it (in the conversation that attempt started,
-    for a new conversation: then it is known to be; in ``conversation_id``, memory answers
-    a write with the turn already stored with the key, which could be this attempt's own
-    write retried by the channel, so the caller compares what it holds). ``cleanup``:
-    seconds each call of the clean-up of a new conversation may take (and a create may
-    run past the Ask's deadline, for its id to be learned and the conversation deleted)."""
-    created = False
-    try:
-        if not conversation_id:
-            made = await _create(
-                memory, fit_name(title(interaction.input), limits), caller, deadline, cleanup
-            )
-            conversation_id, created = made.conversation_id, True
+) -> mem_pb.Interaction:
+    """Store ``interaction`` in ``conversation_id``, or, when that is empty, in a new
+    conversation named after its input, made by memory with the turn in one atomic step
+    (CreateInteraction's new_conversation): no conversation exists unless its first turn
+    was stored, so a failed or cut Ask needs no clean-up. The interaction as memory holds
+    it. With memory's ``limits``, the name and the request_id the gateway makes are cut to
+    them; the client's ``client_request_id`` (checked before any LLM call) is sent as it
+    is, and the interaction returned may then be another attempt's, stored first with it
+    (memory answers a write with the turn already stored with the key, which could be
+    this attempt's own write retried by the channel, so the caller compares what it
+    holds)."""
+    if conversation_id:
         interaction.conversation_id = conversation_id
-        # Retries (channel policy) of this write land once.
-        interaction.request_id = client_request_id or fit_request_id(uuid.uuid4().hex, limits)
-        stored = await memory.create_interaction(interaction, caller, time_left(deadline))
-    except BaseException as err:
-        if created:
-            # Shielded: the caller leaving (its deadline) must not cut the clean-up short.
-            forgetting = _in_background(
-                _forget_unless_stored(memory, conversation_id, client_request_id, caller, cleanup)
-            )
-            await asyncio.shield(forgetting)
-            if (
-                client_request_id
-                and isinstance(err, ServiceError)
-                and err.reason == "REQUEST_ID_REUSED"
-            ):
-                # A concurrent attempt with the same key stored the turn in the
-                # conversation it started: that turn is the answer.
-                answer = await memory.check_storage(
-                    "", 0, caller, time_left(deadline), request_id=client_request_id
-                )
-                if answer is not None and answer.HasField("interaction"):
-                    return answer.interaction, True
-        raise
-    return stored, False
+    else:
+        interaction.new_conversation.name = fit_name(title(interaction.input), limits)
+    # Retries (channel policy) of this write land once.
+    interaction.request_id = client_request_id or fit_request_id(uuid.uuid4().hex, limits)
+    return await memory.create_interaction(interaction, caller, time_left(deadline))
 
 
-_CLEANUPS: set[asyncio.Future[None]] = set()
-
-
-async def _create(
-    memory: MemoryClient, name: str, caller: Caller, deadline: float, cleanup: float
-) -> mem_pb.Conversation:
-    """A new conversation for the turn. The call is shielded, and its own deadline is the
-    Ask's plus ``cleanup`` seconds (GENSEARCH_GATEWAY_ASK_CLEANUP_SECONDS): when the Ask
-    ends while memory creates it (the client gone, the deadline passed), memory may well
-    create it all the same, and the id its answer brings is then deleted in the
-    background. Cancelled with the Ask, the call left an empty conversation in the user's
-    list that nobody knew of; so did one given up 2 s past the deadline (the fixed grace
-    it had), when memory answered later."""
-    creating = asyncio.ensure_future(
-        memory.create_conversation(name, caller, time_left(deadline) + cleanup)
-    )
-    try:
-        return await asyncio.shield(creating)
-    except asyncio.CancelledError:
-        _in_background(_forget_once_created(memory, creating, caller, cleanup))
-        raise
+# The Asks' background work (a failed attempt letting its request_id go), kept referenced
+# until it ends.
+_BACKGROUND: set[asyncio.Future[None]] = set()
 
 
 async def cleaned_up() -> None:
-    """Returns once the clean-ups started so far on this event loop (and any they
-    started) have ended. (Another loop's, left pending when it closed, never end.)"""
+    """Returns once the background work started so far on this event loop (and any it
+    started) has ended. (Another loop's, left pending when it closed, never ends.)"""
     loop = asyncio.get_running_loop()
-    while running := {task for task in _CLEANUPS if task.get_loop() is loop}:
+    while running := {task for task in _BACKGROUND if task.get_loop() is loop}:
         await asyncio.wait(running)
 
 
 def _in_background(work: Awaitable[None]) -> asyncio.Future[None]:
     """``work`` runs to its end whoever awaited it (a reference is kept meanwhile)."""
     task = asyncio.ensure_future(work)
-    _CLEANUPS.add(task)
-    task.add_done_callback(_CLEANUPS.discard)
+    _BACKGROUND.add(task)
+    task.add_done_callback(_BACKGROUND.discard)
     return task
-
-
-async def _forget_once_created(
-    memory: MemoryClient,
-    creating: asyncio.Future[mem_pb.Conversation],
-    caller: Caller,
-    cleanup: float,
-) -> None:
-    """No turn was written to it: the conversation goes, once its id is known."""
-    try:
-        made = await creating
-    except (ServiceError, asyncio.CancelledError):
-        return  # not made (or not known to be: then nothing can be done)
-    await _forget(memory, made.conversation_id, caller, cleanup)
-
-
-async def _forget_unless_stored(
-    memory: MemoryClient,
-    conversation_id: str,
-    client_request_id: str,
-    caller: Caller,
-    cleanup: float,
-) -> None:
-    """The new conversation of a failed turn is deleted, unless it holds the turn after
-    all (its write landed, the answer did not) and the client gave a request_id: then it
-    is kept for the client's retry to find (and replay). One whose write was refused
-    because a concurrent attempt stored the turn elsewhere goes."""
-    if client_request_id:
-        with contextlib.suppress(ServiceError):
-            answer = await memory.check_storage(
-                "", 0, caller, cleanup, request_id=client_request_id
-            )
-            if answer is not None and answer.interaction.conversation_id == conversation_id:
-                return
-    await _forget(memory, conversation_id, caller, cleanup)
-
-
-async def _forget(
-    memory: MemoryClient, conversation_id: str, caller: Caller, cleanup: float
-) -> None:
-    """Best effort: do not leave an empty conversation behind a failed turn."""
-    with contextlib.suppress(ServiceError, asyncio.CancelledError):
-        await memory.delete_conversation(conversation_id, caller, cleanup)
 
 
 def title(question: str) -> str:

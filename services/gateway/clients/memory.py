@@ -28,13 +28,6 @@ class MemoryClient(ServiceClient):
     ) -> mem_pb.ListInteractionsResponse:
         return await self.unary("ListInteractions", request, caller, timeout)
 
-    async def create_conversation(
-        self, name: str, caller: Caller, timeout: float | None
-    ) -> mem_pb.Conversation:
-        request = mem_pb.CreateConversationRequest(name=name)
-        response = await self.unary("CreateConversation", request, caller, timeout)
-        return response.conversation
-
     async def check_storage(
         self,
         conversation_id: str,
@@ -83,12 +76,6 @@ class MemoryClient(ServiceClient):
     ) -> mem_pb.Interaction:
         response = await self.unary("CreateInteraction", request, caller, timeout)
         return response.interaction
-
-    async def delete_conversation(
-        self, conversation_id: str, caller: Caller, timeout: float | None
-    ) -> None:
-        request = mem_pb.DeleteConversationRequest(conversation_id=conversation_id)
-        await self.unary("DeleteConversation", request, caller, timeout)
 
     async def update_conversation_summary(
         self,
