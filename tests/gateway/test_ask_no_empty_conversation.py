@@ -199,3 +199,25 @@ async def test_a_late_write_keeps_its_turn(stack_factory: StackFactory) -> None:
     replay = await stack.stub.Ask(_ask(request_id="late"), metadata=ALICE, timeout=30)
     assert replay.replayed and replay.conversation_id == cid
     assert await _conversations(stack) == [(cid, 1)]
+
+
+async def test_a_streamed_ask_makes_its_conversation_with_the_turn(
+    stack_factory: StackFactory,
+) -> None:
+    """StreamAsk the same way: memory refusing the write ends the stream with its error
+    and leaves no conversation; stored, the answer event names the conversation, which
+    holds the turn (the context event, sent before it exists, names none)."""
+    relay = _Memory(failing=("/CreateInteraction",))
+    stack = await _stack(stack_factory, relay)
+    request = gw_pb.StreamAskRequest(
+        collection="Books", llm_question="desert?", new_conversation=True, request_id="s"
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        _ = [e async for e in stack.stub.StreamAsk(request, metadata=ALICE, timeout=30)]
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert await _conversations(stack) == []
+    relay.failing = ()
+    events = [e async for e in stack.stub.StreamAsk(request, metadata=ALICE, timeout=30)]
+    assert events[0].context.conversation_id == ""
+    cid = events[-1].answer.conversation_id
+    assert cid and await _conversations(stack) == [(cid, 1)]

@@ -35,17 +35,17 @@ end
 local size = #ARGV[8] + #ARGV[9] + TURN_OVERHEAD
 if create then
   -- Every check before anything is written: the conversation and its turn, or neither.
+  -- (It holds no turn yet: the cap on turns, at least 1, cannot refuse this one.)
   if not conversation_room(ARGV[2], KEYS[4], tonumber(ARGV[19])) then return {5} end
   if not room(ARGV[2], conversation_size(ARGV[14]) + size, tonumber(ARGV[11])) then
     return {3}
   end
   make_conversation(ARGV[2], ARGV[3], KEYS[1], KEYS[4], ARGV[1], ARGV[14], ARGV[15],
                     ARGV[16], ARGV[17], ARGV[18])
--- Checked before anything is written. Eviction (below) gives back what it drops, but
--- only once the turn is in: a conversation at max_turns needs room for one turn more.
--- (A new conversation holds none: the cap is at least 1.)
 elseif not room_for_turn(ARGV[2], ARGV[3], tonumber(h[3]), tonumber(ARGV[12]),
                          tonumber(ARGV[10])) then
+  -- Checked before anything is written. Eviction (below) gives back what it drops, but
+  -- only once the turn is in: a conversation at max_turns needs room for one turn more.
   return {4}
 end
 if not charge(ARGV[2], ARGV[3], size, tonumber(ARGV[11])) then return {3} end
