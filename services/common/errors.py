@@ -58,7 +58,10 @@ def _cut(text: str, limit: int) -> str:
 
 
 class ServiceError(Exception):
-    """An error with a canonical status code, a reason and optionally the field at fault."""
+    """An error with a canonical status code, a reason and optionally the field at fault.
+
+    With ``retry_after`` (seconds), also a ``google.rpc.RetryInfo`` detail: when trying
+    again may help (any code may say so: RESOURCE_EXHAUSTED, the Ask's ABORTED)."""
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
     default_reason = "INTERNAL"
@@ -70,6 +73,7 @@ class ServiceError(Exception):
         field: str | None = None,
         reason: str | None = None,
         metadata: dict[str, str] | None = None,
+        retry_after: float | None = None,
     ) -> None:
         if field and field not in message:
             # A client reading only the message should still learn which field is at fault.
@@ -81,6 +85,7 @@ class ServiceError(Exception):
         self.metadata = dict(metadata or {})
         if field:
             self.metadata.setdefault("field", field)
+        self.retry_after = retry_after
         # Further details after ErrorInfo (and BadRequest): an import's partial answer.
         self.details: list[Message] = []
 
@@ -103,7 +108,10 @@ class ServiceError(Exception):
             )
             details.append(_pack(bad))
         details.extend(_pack(detail) for detail in self.details)
-        return status_pb2.Status(code=self.code.value[0], message=message, details=details)
+        status = status_pb2.Status(code=self.code.value[0], message=message, details=details)
+        if self.retry_after is not None:
+            add_retry_info(status, self.retry_after)
+        return status
 
 
 def add_retry_info(status: status_pb2.Status, seconds: float) -> None:
@@ -164,29 +172,11 @@ class PermissionDenied(ServiceError):
 
 
 class ResourceExhausted(ServiceError):
-    """With ``retry_after`` (seconds), also a ``google.rpc.RetryInfo`` detail: when trying
-    again may help; without, it cannot (a request larger than the whole limit)."""
+    """Without ``retry_after``, trying again cannot help (a request larger than the whole
+    limit)."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
     default_reason = "RESOURCE_EXHAUSTED"
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        field: str | None = None,
-        reason: str | None = None,
-        metadata: dict[str, str] | None = None,
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(message, field=field, reason=reason, metadata=metadata)
-        self.retry_after = retry_after
-
-    def to_proto(self) -> status_pb2.Status:
-        status = super().to_proto()
-        if self.retry_after is not None:
-            add_retry_info(status, self.retry_after)
-        return status
 
 
 class DeadlineExceeded(ServiceError):
@@ -267,10 +257,9 @@ def from_rpc_error(error: grpc.aio.AioRpcError, service: str = "") -> ServiceErr
                     field=metadata.get("field"),
                     reason=info.reason,
                     metadata=metadata,
+                    retry_after=_retry_after(status.details),  # when to retry, passed on too
                 )
                 rebuilt.details = _import_details(status)
-                if isinstance(rebuilt, ResourceExhausted):  # when to retry, passed on too
-                    rebuilt.retry_after = _retry_after(status.details)
                 return rebuilt
     what = f"the {service} service" if service else "a downstream service"
     named = {"service": service} if service else {}

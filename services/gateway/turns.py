@@ -16,9 +16,8 @@ from gensearch.generation.v1 import generation_service_pb2 as gen_pb
 from gensearch.memory.v1 import memory_service_pb2 as mem_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from google.protobuf import json_format, struct_pb2
-from google.rpc import status_pb2
 
-from services.common.errors import Aborted, InvalidArgument, ServiceError, add_retry_info
+from services.common.errors import Aborted, InvalidArgument, ServiceError
 from services.common.well_known import struct
 from services.gateway import ask_traces
 from services.gateway.clients import Caller, MemoryClient
@@ -155,12 +154,8 @@ class RequestIdInUse(Aborted):
             "once it has ended to get its answer",
             field="request_id",
             reason="REQUEST_ID_IN_USE",
+            retry_after=IN_USE_RETRY_SECONDS,
         )
-
-    def to_proto(self) -> status_pb2.Status:
-        status = super().to_proto()
-        add_retry_info(status, IN_USE_RETRY_SECONDS)
-        return status
 
 
 # The RetryInfo of REQUEST_ID_IN_USE: an answer takes seconds; the retry replays it.

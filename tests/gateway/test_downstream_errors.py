@@ -315,18 +315,26 @@ async def test_a_service_nobody_listens_for_is_named(stack_factory: StackFactory
     assert "127.0.0.1" not in caught.value.details()
 
 
+@pytest.mark.parametrize(
+    ("code", "reason"),
+    [
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, "RESPONSE_BYTES_IN_FLIGHT"),
+        # Any code may say when to retry: an ABORTED relayed lost its RetryInfo before.
+        (grpc.StatusCode.ABORTED, "REQUEST_ID_IN_USE"),
+    ],
+)
 async def test_a_refusal_to_retry_later_keeps_its_retry_info_through_the_gateway(
-    stack_factory: StackFactory, scripted: Scripted
+    stack_factory: StackFactory, scripted: Scripted, code: grpc.StatusCode, reason: str
 ) -> None:
-    """Retrieval's RESPONSE_BYTES_IN_FLIGHT (an ErrorInfo and a RetryInfo) reaches the
-    gateway's caller with its RetryInfo; before, the gateway dropped it and the caller
-    could not tell when to try again."""
+    """A downstream refusal with an ErrorInfo and a RetryInfo (retrieval's
+    RESPONSE_BYTES_IN_FLIGHT, say) reaches the gateway's caller with its RetryInfo;
+    before, the gateway dropped it and the caller could not tell when to try again."""
     stack = await stack_factory(generation=False, retrieval_addr=scripted.address)
     info, retry = any_pb2.Any(), any_pb2.Any()
-    info.Pack(error_details_pb2.ErrorInfo(reason="RESPONSE_BYTES_IN_FLIGHT", domain="gensearch"))
+    info.Pack(error_details_pb2.ErrorInfo(reason=reason, domain="gensearch"))
     retry.Pack(error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(nanos=500_000_000)))
     proto = status_pb2.Status(
-        code=grpc.StatusCode.RESOURCE_EXHAUSTED.value[0],
+        code=code.value[0],
         message="the caller's tenant has replies in flight",
         details=[info, retry],
     )
@@ -338,8 +346,8 @@ async def test_a_refusal_to_retry_later_keeps_its_retry_info_through_the_gateway
             timeout=10,
         )
     err = caught.value
-    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert error_info(err).reason == "RESPONSE_BYTES_IN_FLIGHT"
+    assert err.code() == code
+    assert error_info(err).reason == reason
     status = rpc_status.from_call(err)  # type: ignore[arg-type]
     assert status is not None
     delays = []
