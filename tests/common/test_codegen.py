@@ -127,3 +127,13 @@ def test_generated_client_has_not_drifted(name: str, tmp_path: Path) -> None:
     gen_clients.generate(name, tmp_path)
     output = gen_clients.CLIENTS[name].output
     _assert_same_tree(tmp_path / output, ROOT / output, "run `make gen`")
+
+
+def test_reason_lists_have_not_drifted(tmp_path: Path) -> None:
+    """The TypeScript and Go clients' ErrorInfo reasons are what `make gen` writes from the
+    Python client's error classes."""
+    gen_clients.write_reasons(tmp_path)
+    for listing in gen_clients.REASON_LISTS:
+        fresh = (tmp_path / listing.path).read_text()
+        committed = (ROOT / listing.path).read_text()
+        assert fresh == committed, f"{listing.path} is stale; run `make gen`"

@@ -16,8 +16,8 @@ import (
 // Reason is an ErrorInfo reason.
 type Reason string
 
-// Every ErrorInfo reason the services send (the same list as the Python client's classes;
-// tests/clients/test_error_reasons.py keeps them equal).
+// Every ErrorInfo reason the services send: written by scripts/gen_clients.py (`make gen`)
+// from the Python client's classes; tests/common/test_codegen.py fails when it is stale.
 const (
 	AmbiguousCredentials         Reason = "AMBIGUOUS_CREDENTIALS"
 	BadName                      Reason = "BAD_NAME"

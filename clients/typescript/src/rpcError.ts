@@ -4,8 +4,8 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import { BadRequestSchema, ErrorInfoSchema, RetryInfoSchema } from "./gen/google/rpc/error_details_pb.js";
 
-/** Every ErrorInfo reason the services send (the same list as the Python client's classes;
- * tests/clients/test_error_reasons.py keeps them equal). */
+/** Every ErrorInfo reason the services send: written by scripts/gen_clients.py (`make gen`)
+ * from the Python client's classes; tests/common/test_codegen.py fails when it is stale. */
 export const Reason = {
   AMBIGUOUS_CREDENTIALS: "AMBIGUOUS_CREDENTIALS",
   BAD_NAME: "BAD_NAME",
