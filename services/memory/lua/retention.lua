@@ -26,6 +26,15 @@ local function earlier(a, b)
   return math.min(a, b)
 end
 
+-- Sets key's expiry to ms (epoch milliseconds), 0 meaning never.
+local function expire_at(key, ms)
+  if ms == 0 then
+    redis.call('PERSIST', key)
+  else
+    redis.call('PEXPIREAT', key, ms)
+  end
+end
+
 -- One batch of the pending walk (after: the last id done, '' for none). True once done.
 local function walk_step(tag, conv, after, target)
   local from = '-'
@@ -33,13 +42,7 @@ local function walk_step(tag, conv, after, target)
   local iids = redis.call('ZRANGEBYLEX', conv .. ':ints', from, '+', 'LIMIT', 0,
                           RETENTION_BATCH)
   for _, iid in ipairs(iids) do
-    for _, key in ipairs(interaction_keys(tag, iid)) do
-      if target == 0 then
-        redis.call('PERSIST', key)
-      else
-        redis.call('PEXPIREAT', key, target)
-      end
-    end
+    for _, key in ipairs(interaction_keys(tag, iid)) do expire_at(key, target) end
   end
   if #iids < RETENTION_BATCH then
     redis.call('HDEL', conv, 'walk_after', 'walk_to', 'walk_floor')
@@ -88,13 +91,7 @@ local function renew(tag, cid, now)
   end
   local until_ms = expire
   if after then until_ms = earlier(expire, floor) end
-  for _, key in ipairs(conversation_keys(tag, cid)) do
-    if until_ms == 0 then
-      redis.call('PERSIST', key)
-    else
-      redis.call('PEXPIREAT', key, until_ms)
-    end
-  end
+  for _, key in ipairs(conversation_keys(tag, cid)) do expire_at(key, until_ms) end
   if until_ms > 0 then expires_at(tag, until_ms) end
   -- renewed_until: every turn expires at it or later (0: some may never), also for a
   -- replica running the code from before walks (it walks all turns when a conversation
