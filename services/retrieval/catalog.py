@@ -30,7 +30,13 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 from google.protobuf import json_format
 
 from services.common.auth import DEFAULT_TENANT
-from services.common.errors import AlreadyExists, InvalidArgument, NotFound, ResourceExhausted
+from services.common.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    ServiceError,
+)
 from services.retrieval.answer_cache_marker import is_cache_schema
 from services.retrieval.embedders import Embedders
 from services.retrieval.schema import (
@@ -200,17 +206,15 @@ class Catalog:
         size = normalized.ByteSize()
         if size > self._settings.max_schema_bytes:
             limit = self._settings.max_schema_bytes
-            raise InvalidArgument(
+            raise _schema_over_limit(
+                InvalidArgument,
                 f"collection is {size} bytes serialized; a collection's schema takes at most "
                 f"{limit} (GENSEARCH_RETRIEVAL_MAX_SCHEMA_BYTES): shorten its descriptions "
                 "or generative prompts",
-                field="collection",
                 reason="SCHEMA_TOO_LARGE",
-                metadata={
-                    "limit_bytes": str(limit),
-                    "size_bytes": str(size),
-                    "setting": "GENSEARCH_RETRIEVAL_MAX_SCHEMA_BYTES",
-                },
+                setting="GENSEARCH_RETRIEVAL_MAX_SCHEMA_BYTES",
+                limit=limit,
+                size_bytes=size,
             )
         schema = Schema(normalized, tenant)
         # The caller's own collection under this name may sit at another engine name than a
@@ -265,17 +269,15 @@ class Catalog:
             s.collection.ByteSize() for (owner, _), s in self._schemas.items() if owner == tenant
         )
         if held + size > limit:
-            raise ResourceExhausted(
+            raise _schema_over_limit(
+                ResourceExhausted,
                 f"the tenant's collection schemas take {held} bytes; with this one ({size}) "
                 f"they would pass {limit} (GENSEARCH_RETRIEVAL_MAX_SCHEMA_BYTES_PER_TENANT); "
                 "delete some collections to create more",
-                field="collection",
                 reason="TENANT_SCHEMAS_FULL",
-                metadata={
-                    "limit_bytes": str(limit),
-                    "held_bytes": str(held),
-                    "setting": "GENSEARCH_RETRIEVAL_MAX_SCHEMA_BYTES_PER_TENANT",
-                },
+                setting="GENSEARCH_RETRIEVAL_MAX_SCHEMA_BYTES_PER_TENANT",
+                limit=limit,
+                held_bytes=held,
             )
 
     async def delete(self, tenant: str, name: str) -> Schema:
@@ -306,6 +308,17 @@ class Catalog:
         chosen = names[:size]
         next_token = _encode_token(chosen[-1]) if len(names) > size else ""
         return [self._schemas[(tenant, n)] for n in chosen], next_token
+
+
+def _schema_over_limit(
+    error: type[ServiceError], message: str, *, reason: str, setting: str, limit: int, **sizes: int
+) -> ServiceError:
+    """A refusal of a collection whose schema would pass a byte limit (``setting``): field
+    ``collection``, ErrorInfo metadata ``limit_bytes``, ``setting`` and ``sizes``
+    (``size_bytes`` of the schema, or ``held_bytes`` of the tenant's)."""
+    metadata = {"limit_bytes": str(limit), "setting": setting}
+    metadata.update((name, str(value)) for name, value in sizes.items())
+    return error(message, field="collection", reason=reason, metadata=metadata)
 
 
 def _already_exists(name: str) -> AlreadyExists:

@@ -364,6 +364,7 @@ async def test_a_collection_schema_over_max_schema_bytes_is_refused_naming_it(
     assert info.reason == "SCHEMA_TOO_LARGE"
     assert info.metadata["setting"] == "GENSEARCH_RETRIEVAL_MAX_SCHEMA_BYTES"
     assert int(info.metadata["size_bytes"]) > limit == int(info.metadata["limit_bytes"])
+    assert set(info.metadata) == {"field", "limit_bytes", "size_bytes", "setting"}
     assert "GENSEARCH_RETRIEVAL_MAX_SCHEMA_BYTES" in err.details()
     await r.stub.CreateCollection(  # a schema within it is taken
         pb.CreateCollectionRequest(collection=described("Fits", 20_000)), metadata=ACME
@@ -389,6 +390,8 @@ async def test_a_tenants_schemas_are_bounded_together_and_not_another_tenants(
     assert info.reason == "TENANT_SCHEMAS_FULL"
     assert info.metadata["setting"] == "GENSEARCH_RETRIEVAL_MAX_SCHEMA_BYTES_PER_TENANT"
     assert info.metadata["limit_bytes"] == str(64 * 1024)
+    assert 0 < int(info.metadata["held_bytes"]) <= 64 * 1024
+    assert set(info.metadata) == {"field", "limit_bytes", "held_bytes", "setting"}
     # Another tenant has its own room; a deleted collection gives its bytes back.
     await r.stub.CreateCollection(
         pb.CreateCollectionRequest(collection=described("D", 20_000)), metadata=GLOBEX
