@@ -511,19 +511,29 @@ class MemoryStore:
         """Runs the pending walk of a conversation's turns' expiry to its end, one batch per
         script run so Redis is never blocked for O(turns) (lua/retention.lua); returns the
         last run's answer (a conversation row, or None when the conversation is gone).
-        Until the end, the conversation expires no later than its unwalked turns: cut
-        short (a lost connection), it is safe and finished by the next turn or update.
-        Each run walks at least one turn or ends the walk: bounded by the turn cap."""
-        row: Any = None
-        for _ in range(self._max_interactions + 2):
+        Each run says whether the walk is still pending (retention.lua's renew). Until the
+        end, the conversation expires no later than its unwalked turns: cut short (a lost
+        connection), it is safe and finished by the next turn or update.
+
+        Each run walks a batch of turns or ends the walk, so a conversation within the
+        turn cap needs far fewer runs than ``_max_interactions + 2``: a walk still pending
+        after that many is a bug (a run that walks nothing), failed loudly rather than
+        left looping or stopped without a word."""
+        runs = self._max_interactions + 2
+        for _ in range(runs):
             row = await _redis(
                 self._retention_step(
                     keys=[keys.conversation(tag, cid)], args=[owner.user, tag, cid]
                 )
             )
             if not row or row[_WALK_PENDING] != b"1":
-                break
-        return row
+                return row
+        log.error(
+            "walk of a conversation's turn expiries still pending after %d runs",
+            runs,
+            extra={"conversation_id": cid},
+        )
+        raise Internal("the conversation's turns' expiry could not be set; try again")
 
     def _conversations_full(self) -> ResourceExhausted:
         return ResourceExhausted(

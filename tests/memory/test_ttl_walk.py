@@ -12,13 +12,16 @@ slot, so each batch is one script on one node).
 from __future__ import annotations
 
 import asyncio
+import logging
 
+import pytest
 from gensearch.memory.v1 import memory_service_pb2 as pb
 from google.protobuf import duration_pb2, field_mask_pb2
 
+from services.common.errors import Internal
 from services.devlaunch.redis_server import RedisProcess
 from services.memory import keys
-from services.memory.store import MemoryStore, Owner
+from services.memory.store import ConversationUpdate, MemoryStore, Owner
 from tests.memory.conftest import ALICE, Memory, MemoryFactory
 
 OWNER = Owner("default", "alice")
@@ -150,3 +153,26 @@ async def test_a_turn_that_renews_every_turns_expiry_gets_its_full_ttl(memory: M
     assert not await memory.redis.hexists(conversation, "walk_after")
     held, turns = await _expiries(memory, cid)
     assert held == expire and len(turns) == 1 and min(turns) == expire + HOUR_MS
+
+
+async def test_a_walk_still_pending_after_its_bound_fails_loudly(
+    memory: Memory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The service runs the walk while each run says it is pending, up to a bound no
+    conversation within the turn cap reaches (the cap + 2 runs); past it, an error logged
+    and INTERNAL, not an answer with the walk silently unfinished. A store whose cap is 0
+    allows 2 runs after UpdateConversation's own: too few for four batches."""
+    turns = 3 * BATCH + 100
+    cid = await _conversation_with_turns(memory, turns, ttl_s=3600)
+    store = MemoryStore(
+        memory.redis, key_prefix=memory.settings.key_prefix, max_interactions_per_conversation=0
+    )
+    longer = ConversationUpdate(ttl_ms=30 * 86400_000)
+    with caplog.at_level(logging.ERROR, "gensearch.memory.store"), pytest.raises(Internal):
+        await store.update_conversation(OWNER, cid, longer)
+    assert "still pending after 2 runs" in caplog.text
+    # Cut short, it is safe: the next update (the service's own store) finishes it.
+    conversation = await _set_ttl(memory, cid, 30 * 86400)
+    expire, expiries = await _expiries(memory, cid)
+    assert expire == conversation.expire_time.ToMilliseconds()
+    assert len(expiries) == 1 and min(expiries) > expire, (expire, expiries)

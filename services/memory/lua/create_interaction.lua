@@ -60,10 +60,10 @@ end
 redis.call('ZADD', KEYS[2], 0, ARGV[4])
 touch(KEYS[1], KEYS[4], ARGV[3], ARGV[5], h[2], 'interaction_count', tonumber(h[3]) + 1)
 evict(ARGV[2], ARGV[3], tonumber(ARGV[10]))
-local renewed = renew(ARGV[2], ARGV[3], tonumber(ARGV[5]))
+local renewed, walking = renew(ARGV[2], ARGV[3], tonumber(ARGV[5]))
 if renewed > 0 then
   for _, key in ipairs(interaction_keys(ARGV[2], ARGV[4])) do
     redis.call('PEXPIREAT', key, renewed)
   end
 end
-return {1, walk_pending(KEYS[1])}
+return {1, walking}

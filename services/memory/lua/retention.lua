@@ -53,7 +53,8 @@ local function walk_step(tag, conv, after, target)
 end
 
 -- Activity at `now` (ms): the conversation's expiry and its turns'. Returns the expiry
--- (ms) a new key of the conversation's interactions must get, or 0 for none.
+-- (ms) a new key of the conversation's interactions must get, or 0 for none, and '1'
+-- while a walk of its turns is still pending after this run's batch ('0' once done).
 local function renew(tag, cid, now)
   local conv = tag .. ':conv:' .. cid
   local h = redis.call('HMGET', conv, 'ttl_ms', 'renewed_until', 'walk_after', 'walk_to',
@@ -63,7 +64,7 @@ local function renew(tag, cid, now)
   local after = h[3]
   local target = tonumber(h[4] or '0') or 0
   local floor = tonumber(h[5] or '0') or 0
-  if ttl <= 0 and renewed == 0 and not after then return 0 end
+  if ttl <= 0 and renewed == 0 and not after then return 0, '0' end
   -- The turns' expiry in force (a pending walk's target is what new turns get).
   local current = renewed
   if after then current = target end
@@ -100,13 +101,8 @@ local function renew(tag, cid, now)
   if after then least = earlier(floor, target) end
   redis.call('HSET', conv, 'expire_time', string.format('%d', until_ms),
              'renewed_until', string.format('%d', least))
-  if after then return target end
-  return renewed
-end
--- Whether a walk of the conversation's turns is pending ('1') or not ('0').
-local function walk_pending(conv)
-  if redis.call('HEXISTS', conv, 'walk_after') == 1 then return '1' end
-  return '0'
+  if after then return target, '1' end
+  return renewed, '0'
 end
 -- The oldest turns beyond max_turns are evicted once the summary covers them (or at once
 -- when the conversation has no summary). If no summary covers them for `grace` more

@@ -6,7 +6,7 @@
 -- pending ('0' once done), nil when not found.
 local h = redis.call('HMGET', KEYS[1], 'user', 'update_time')
 if h[1] ~= ARGV[1] then return false end
-renew(ARGV[2], ARGV[3], tonumber(h[2]))
+local _, walking = renew(ARGV[2], ARGV[3], tonumber(h[2]))
 local row = conversation(KEYS[1])
-table.insert(row, walk_pending(KEYS[1]))
+table.insert(row, walking)
 return row

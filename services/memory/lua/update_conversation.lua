@@ -22,7 +22,7 @@ if ARGV[13] == '1' then redis.call('HSET', KEYS[1], 'summary_disabled', ARGV[14]
 if ARGV[9] == '1' then redis.call('HSET', KEYS[1], 'ttl_ms', ARGV[10]) end
 touch(KEYS[1], KEYS[2], cid, ARGV[4], h[2])
 evict(tag, cid, tonumber(ARGV[5]))
-renew(tag, cid, now)
+local _, walking = renew(tag, cid, now)
 local row = conversation(KEYS[1])
-table.insert(row, walk_pending(KEYS[1]))
+table.insert(row, walking)
 return row
