@@ -52,8 +52,9 @@ class WorkQueue(Generic[J]):
         self._per_tenant = per_tenant
         # Tenant -> its waiting jobs; the first key is the tenant served next.
         self._jobs: OrderedDict[str, deque[tuple[J, contextvars.Context]]] = OrderedDict()
-        self._waiting = 0
-        # One item per job queued and not yet done: workers wait on it, ``idle`` joins it.
+        # One token per job waiting (its size is their count: a worker takes a token and a
+        # job in one step) and one more unfinished per job running: workers wait on it,
+        # ``idle`` joins it.
         self._ready: asyncio.Queue[None] = asyncio.Queue()
         self._worker_count = workers
         self._workers: list[asyncio.Task[None]] = []
@@ -63,13 +64,12 @@ class WorkQueue(Generic[J]):
     def submit(self, tenant: str, job: J) -> bool:
         """Queues ``job`` of ``tenant``; False (the job will not run) when the queue is
         full, the tenant holds its share of it, or the gateway is stopping."""
-        if self.closed or self._waiting >= self._size:
+        if self.closed or self.waiting() >= self._size:
             return False
         queue = self._jobs.get(tenant)
         if queue is not None and len(queue) >= self._per_tenant:
             return False
         self._jobs.setdefault(tenant, deque()).append((job, contextvars.copy_context()))
-        self._waiting += 1
         self._ready.put_nowait(None)
         if not self._workers:  # started by the first job: they need a running loop
             self._workers = [asyncio.create_task(self._work()) for _ in range(self._worker_count)]
@@ -77,7 +77,7 @@ class WorkQueue(Generic[J]):
 
     def waiting(self) -> int:
         """Jobs queued and not yet started."""
-        return self._waiting
+        return self._ready.qsize()
 
     async def idle(self) -> None:
         """Returns once no job waits or runs (every job queued so far has run)."""
@@ -99,13 +99,12 @@ class WorkQueue(Generic[J]):
             self._jobs.move_to_end(tenant)  # its next job waits for the other tenants'
         else:
             del self._jobs[tenant]
-        self._waiting -= 1
         return got
 
     async def _work(self) -> None:
         while True:
             await self._ready.get()
-            job, context = self._next()
+            job, context = self._next()  # no await between: the token and its job go together
             try:
                 await asyncio.create_task(self._run(job), context=context)
             except Exception:  # a worker must outlive any one job
