@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import pytest
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
@@ -89,13 +90,23 @@ def result(text: str) -> gw_pb.GenerationResult:
     return gw_pb.GenerationResult(result=text)
 
 
-async def fill_and_expire(redis: RedisClient, prefix: str) -> None:
+@dataclass
+class Written:
+    """The keys fill_and_expire left: each tenant's live entries and budget bookkeeping."""
+
+    alice: list[str]
+    bob: list[str]
+
+
+async def fill_and_expire(redis: RedisClient, prefix: str) -> Written:
     """Alice fills her budget with answers that expire, Bob stores a few; once Alice's
-    have expired, her budget is whole again (new answers evict nothing), and Bob's are
-    never touched."""
+    have expired, the next write gives their bytes back at once (before any eviction), so
+    new answers fit whole; over budget again, her soonest-expiring entries go (not her
+    oldest), and Bob's are never touched."""
     cache = GenerationCache(redis, prefix, 3600, BUDGET)
     alice, bob = Scope("alice", "Books", 1), Scope("bob", "Books", 1)
     key_a, key_b = cache.keys_for(alice, OPTIONS), cache.keys_for(bob, OPTIONS)
+    ledger, sizes = cache.ledger_keys("alice")
     text = "x" * 900
     bobs = [key_b(_messages(f"b{n}")) for n in range(5)]
     for key in bobs:
@@ -103,25 +114,48 @@ async def fill_and_expire(redis: RedisClient, prefix: str) -> None:
     short = [key_a(_messages(f"old{n}")) for n in range(100)]
     for key in short:
         await cache.put(alice, key, result(text), 0.5)
+    # ~125 KB written: without a budget every one would still be there.
+    assert sum([await redis.exists(key) for key in short]) < len(short)
     assert await usage(redis, [k.encode() for k in short]) <= BUDGET
     await _until_gone(redis, short)
-    # Expired: the next write finds its bytes back, so it evicts none of these.
+    # Expired: the next write gives all their bytes back, not just what it needs.
     fresh = [key_a(_messages(f"new{n}")) for n in range(40)]
-    for key in fresh:
-        await cache.put(alice, key, result(text), 3600)
-    assert all([await redis.exists(key) for key in fresh])  # ~40 KB: all fit
-    _, sizes = cache.ledger_keys("alice")
-    total = int(await redis.hget(sizes, "#total"))  # type: ignore[misc]
-    assert total == await usage(redis, [k.encode() for k in fresh])
+    # The oldest written expires last: eviction by expiry and by age tell apart.
+    ttls = [3600 - 10 * n for n in range(len(fresh))]
+    await cache.put(alice, fresh[0], result(text), ttls[0])
+    assert await redis.zcard(ledger) == 1
+    assert await _total(redis, sizes) == await usage(redis, [fresh[0].encode()])
+    for key, ttl in zip(fresh[1:], ttls[1:], strict=True):
+        await cache.put(alice, key, result(text), ttl)
+    assert all([await redis.exists(key) for key in fresh])  # ~50 KB: all fit
+    assert await _total(redis, sizes) == await usage(redis, [k.encode() for k in fresh])
     assert all([await redis.exists(key) for key in bobs])
-    # Alice over her budget again: still her own entries only.
-    for n in range(100):
-        await cache.put(alice, key_a(_messages(f"more{n}")), result(text), 3600)
-    assert all([await redis.exists(key) for key in bobs])
-    assert not await redis.exists(fresh[0])  # her soonest-expiring went first
+    # Alice over her budget again with longer-lived answers: her soonest-expiring go
+    # first (the last written of ``fresh``), her own entries only.
+    more = [key_a(_messages(f"more{n}")) for n in range(20)]
+    for key in more:
+        await cache.put(alice, key, result(text), 7200)
+    assert all([await redis.exists(key) for key in more + bobs])
+    kept = [bool(await redis.exists(key)) for key in fresh]
+    assert not all(kept), "nothing evicted over the budget"
+    assert kept == sorted(kept, reverse=True), f"not the soonest-expiring first: {kept}"
+    live = [key for key in fresh + more if await redis.exists(key)]
+    assert await usage(redis, [k.encode() for k in live]) <= BUDGET
+    assert await _total(redis, sizes) == await usage(redis, [k.encode() for k in live])
+    written = Written(
+        alice=[*live, ledger, sizes, cache.index_key("alice", "Books")],
+        bob=[*bobs, *cache.ledger_keys("bob"), cache.index_key("bob", "Books")],
+    )
     # A drop gives the bytes back, too.
     await cache.drop_collection("alice", "Books")
-    assert int(await redis.hget(sizes, "#total")) == 0  # type: ignore[misc]
+    assert await _total(redis, sizes) == 0
+    return written
+
+
+async def _total(redis: RedisClient, sizes: str) -> int:
+    total = await redis.hget(sizes, "#total")  # type: ignore[misc]
+    assert total is not None, "no byte count kept"
+    return int(total)
 
 
 OPTIONS = Options(provider="fake", model="fake-model")
@@ -160,9 +194,18 @@ async def cluster_client(cluster: LocalCluster) -> AsyncIterator[RedisClient]:
 
 @pytest.mark.slow
 async def test_on_a_cluster_the_budget_holds_in_one_slot_per_tenant(
-    cluster_client: RedisClient,
+    cluster_client: RedisClient, cluster: LocalCluster
 ) -> None:
-    await fill_and_expire(cluster_client, f"gcb-{uuid.uuid4().hex[:10]}")
+    """Every key of a tenant's (entries, ledger, sizes, index) in one slot: one script
+    keeps its budget atomically on a cluster."""
+    written = await fill_and_expire(cluster_client, f"gcb-{uuid.uuid4().hex[:10]}")
+    node = cluster.nodes[0].client()
+    try:
+        for keys in (written.alice, written.bob):
+            slots = {await node.execute_command("CLUSTER", "KEYSLOT", k) for k in keys}
+            assert len(slots) == 1, (keys, slots)
+    finally:
+        await node.aclose()
 
 
 async def test_an_entry_over_the_whole_budget_is_not_stored_and_nothing_is_stuck(
@@ -189,6 +232,6 @@ async def test_an_entry_over_the_whole_budget_is_not_stored_and_nothing_is_stuck
         again = key_of(_messages("again"))
         await cache.put(scope, again, result("x" * 100), 3600)
         assert await redis.exists(again)
-        assert int(await redis.hget(sizes, "#total")) == await usage(redis, [again.encode()])  # type: ignore[misc]
+        assert await _total(redis, sizes) == await usage(redis, [again.encode()])
     finally:
         await redis.aclose()
