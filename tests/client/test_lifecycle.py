@@ -8,6 +8,7 @@ import contextlib
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -26,19 +27,37 @@ STREAM_GENERATE = {
 }
 
 
+# grpc_server_handled_total of StreamGenerate calls that ended CANCELLED (the gateway's
+# and the generation service's).
+STREAM_GENERATE_CANCELLED = {
+    "grpc_type": "server_stream",
+    "grpc_service": "gensearch.generation.v1.GenerationService",
+    "grpc_method": "StreamGenerate",
+    "grpc_code": "Canceled",
+}
+
+
 def in_flight() -> float:
     return REGISTRY.get_sample_value("gensearch_grpc_server_in_flight", STREAM_GENERATE) or 0.0
 
 
-async def _until_back_to(level: float) -> None:
-    """Polls (up to 30 s: a loaded machine may be slow to it) until the StreamGenerate
-    calls in flight fall back to ``level``."""
+def cancelled() -> float:
+    return REGISTRY.get_sample_value("grpc_server_handled_total", STREAM_GENERATE_CANCELLED) or 0.0
+
+
+async def _until(done: Callable[[], bool], what: str) -> None:
+    """Polls (up to 30 s: a loaded machine may be slow to it) until ``done()``."""
     end = asyncio.get_running_loop().time() + 30
     while asyncio.get_running_loop().time() < end:
-        if in_flight() <= level:
+        if done():
             return
         await asyncio.sleep(0.05)
-    raise AssertionError(f"StreamGenerate still served: {in_flight()} > {level}")
+    raise AssertionError(what)
+
+
+async def _until_back_to(level: float) -> None:
+    """Until the StreamGenerate calls in flight fall back to ``level``."""
+    await _until(lambda: in_flight() <= level, f"StreamGenerate still served: {in_flight()}")
 
 
 async def test_async_client_closed_twice_then_called(running_stack: RunningStack) -> None:
@@ -72,22 +91,32 @@ def test_blocking_client_closed_twice_then_called(running_stack: RunningStack) -
 @pytest.mark.slow
 async def test_leaving_a_stream_cancels_its_call(running_stack: RunningStack) -> None:
     """A ``break`` out of ``async for`` over a dropped stream, and ``aclosing`` around a
-    kept one, cancel the RPC: the gateway and generation service stop serving it long
-    before the slow answer (200 chunks, 0.5 s apart) would end."""
+    kept one, cancel the RPC all the way down, long before the slow answer (200 chunks,
+    0.5 s apart: 100 s) would end: the gateway and the generation service end their
+    StreamGenerate CANCELLED (not served to its end, nor failed), and the provider's
+    request is dropped mid-answer, so no more of its tokens are paid for."""
     fake = running_stack.fake
     text = " ".join(f"w{i}" for i in range(200))
-    async with AsyncGensearch(running_stack.address, timeout=600) as client:
-        before = in_flight()
-        fake.enqueue(Behaviour.ok(text=text, chunk_delay=0.5))
+
+    async def dropped(client: AsyncGensearch) -> None:
         async for _ in client.generate_stream.complete("leave early"):
             break
-        await _until_back_to(before)
 
-        fake.enqueue(Behaviour.ok(text=text, chunk_delay=0.5))
+    async def kept(client: AsyncGensearch) -> None:
         async with contextlib.aclosing(client.generate_stream.complete("kept")) as stream:
             async for _ in stream:
                 break
-        await _until_back_to(before)
+
+    async with AsyncGensearch(running_stack.address, timeout=600) as client:
+        for leave in (dropped, kept):
+            before, ended, hung_up = in_flight(), cancelled(), fake.disconnects
+            fake.enqueue(Behaviour.ok(text=text, chunk_delay=0.5))
+            await leave(client)
+            await _until(lambda n=hung_up: fake.disconnects > n, "the provider's answer ran on")
+            assert fake.requests[-1].client_disconnected
+            # Both servers' calls (the gateway's, and the one it made downstream).
+            await _until(lambda n=ended: cancelled() >= n + 2, f"not cancelled: {cancelled()}")
+            await _until_back_to(before)
 
 
 async def _until_taken(running_stack: RunningStack) -> None:
