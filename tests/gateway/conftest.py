@@ -295,6 +295,23 @@ async def create_books(
     return list(response.ids)
 
 
+async def create_embedded(stack: Stack) -> None:
+    """A collection "Embedded" whose vectorizer is the fake's /v1/embeddings."""
+    collection = ret_pb.Collection(
+        name="Embedded",
+        properties=[ret_pb.Property(name="title", data_type=ret_pb.DATA_TYPE_TEXT)],
+        vectorizer=ret_pb.Vectorizer(
+            kind=ret_pb.VECTORIZER_KIND_OPENAI_COMPATIBLE,
+            base_url=stack.fake.base_url,
+            model="fake-embedding",
+            dimensions=stack.fake.embedding_dim,
+        ),
+    )
+    await stack.retrieval.CreateCollection(
+        ret_pb.CreateCollectionRequest(collection=collection), metadata=ALICE
+    )
+
+
 def storing_asks(
     question: str, conversation_id: str
 ) -> list[gw_pb.AskRequest | gw_pb.StreamAskRequest]:

@@ -30,6 +30,7 @@ from tests.gateway.conftest import (
     Stack,
     StackFactory,
     create_books,
+    create_embedded,
     refused_before_any_event,
     storing_asks,
 )
@@ -61,23 +62,6 @@ def _answer_requests(stack: Stack) -> list[dict[str, Any]]:
         for r in stack.fake.chat_requests
         if r.json["messages"][0]["content"] != REWRITE_SYSTEM_PROMPT
     ]
-
-
-async def _create_embedded(stack: Stack) -> None:
-    """A collection "Embedded" whose vectorizer is the fake's /v1/embeddings."""
-    collection = ret_pb.Collection(
-        name="Embedded",
-        properties=[ret_pb.Property(name="title", data_type=ret_pb.DATA_TYPE_TEXT)],
-        vectorizer=ret_pb.Vectorizer(
-            kind=ret_pb.VECTORIZER_KIND_OPENAI_COMPATIBLE,
-            base_url=stack.fake.base_url,
-            model="fake-embedding",
-            dimensions=stack.fake.embedding_dim,
-        ),
-    )
-    await stack.retrieval.CreateCollection(
-        ret_pb.CreateCollectionRequest(collection=collection), metadata=ALICE
-    )
 
 
 async def test_three_turn_conversation(stack: Stack) -> None:
@@ -437,7 +421,7 @@ async def test_a_question_the_embeddings_endpoint_refuses_is_named_as_the_questi
     too long for the model) is INVALID_ARGUMENT / EMBEDDING_INPUT_REJECTED naming
     llm_question, before any LLM call. It named hybrid.text, a field the caller never
     sent. A caller's own query text is still named as the caller sent it."""
-    await _create_embedded(stack)
+    await create_embedded(stack)
     stack.fake.max_embedding_chars = 100
     question = "Tell me about desert planets " * 10
     with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -459,7 +443,7 @@ async def test_a_question_the_embeddings_endpoint_refuses_is_named_as_the_questi
 async def test_default_query_is_hybrid_over_the_rewritten_question(stack: Stack) -> None:
     """A collection with an embedder (the fake's /v1/embeddings): the default retrieval
     embeds the standalone query and fuses it with keyword search."""
-    await _create_embedded(stack)
+    await create_embedded(stack)
     objects = []
     for title in ("Dune desert spice", "Neuromancer hacker", "Emma matchmaker"):
         props = struct_pb2.Struct()

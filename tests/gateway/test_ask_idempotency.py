@@ -244,6 +244,25 @@ async def _relayed(stack_factory: StackFactory, relay: _Relay, **settings: Any) 
     return stack
 
 
+async def _desert_ask(stack: Stack, new: bool, request_id: str, **fields: Any) -> gw_pb.AskRequest:
+    """An Ask of "desert?" with ``request_id``: starting a new conversation, or (``new``
+    False) in one made for it first."""
+    cid = ""
+    if not new:
+        made = await stack.memory.CreateConversation(
+            mem_pb.CreateConversationRequest(), metadata=ALICE
+        )
+        cid = made.conversation.conversation_id
+    return gw_pb.AskRequest(
+        collection="Books",
+        llm_question="desert?",
+        conversation_id=cid,
+        new_conversation=new,
+        request_id=request_id,
+        **fields,
+    )
+
+
 @pytest.mark.parametrize("new", [True, False])
 async def test_a_deadline_passed_while_the_turn_was_stored(
     stack_factory: StackFactory, new: bool
@@ -253,19 +272,7 @@ async def test_a_deadline_passed_while_the_turn_was_stored(
     first attempt started, when it started one), no second LLM call, no second turn."""
     relay = _Relay(hold=True)
     stack = await _relayed(stack_factory, relay)
-    cid = ""
-    if not new:
-        made = await stack.memory.CreateConversation(
-            mem_pb.CreateConversationRequest(), metadata=ALICE
-        )
-        cid = made.conversation.conversation_id
-    request = gw_pb.AskRequest(
-        collection="Books",
-        llm_question="desert?",
-        conversation_id=cid,
-        new_conversation=new,
-        request_id="retry-me",
-    )
+    request = await _desert_ask(stack, new, "retry-me")
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stack.stub.Ask(request, metadata=ALICE, timeout=5)
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -277,7 +284,7 @@ async def test_a_deadline_passed_while_the_turn_was_stored(
     conversations = await _conversations(stack)
     assert conversations == [(replay.conversation_id, 1)]
     if not new:
-        assert replay.conversation_id == cid
+        assert replay.conversation_id == request.conversation_id
 
 
 async def test_a_memory_that_ignores_the_field_still_stores_the_turn_once(
@@ -358,19 +365,7 @@ async def test_attempts_at_once_make_one_answer(stack_factory: StackFactory, new
     the model (neither was stored when they checked), and all but one answered with the
     other's turn."""
     stack = await _stack(stack_factory)
-    cid = ""
-    if not new:
-        made = await stack.memory.CreateConversation(
-            mem_pb.CreateConversationRequest(), metadata=ALICE
-        )
-        cid = made.conversation.conversation_id
-    request = gw_pb.AskRequest(
-        collection="Books",
-        llm_question="desert?",
-        conversation_id=cid,
-        new_conversation=new,
-        request_id="k",
-    )
+    request = await _desert_ask(stack, new, "k")
     outcomes = await _race(stack, request, 3)
     assert len(stack.fake.chat_requests) == 1
     answers = [o for o in outcomes if isinstance(o, gw_pb.AskResponse)]
@@ -446,20 +441,7 @@ async def test_attempts_at_once_on_a_memory_without_claims(
     whose write lost is replayed (with what it spent), and the new conversation it made
     is not left behind."""
     stack = await _relayed(stack_factory, _Relay(no_claims=True))
-    cid = ""
-    if not new:
-        made = await stack.memory.CreateConversation(
-            mem_pb.CreateConversationRequest(), metadata=ALICE
-        )
-        cid = made.conversation.conversation_id
-    request = gw_pb.AskRequest(
-        collection="Books",
-        llm_question="desert?",
-        conversation_id=cid,
-        new_conversation=new,
-        request_id="k",
-        rewrite_query=False,
-    )
+    request = await _desert_ask(stack, new, "k", rewrite_query=False)
     answers = iter(["first answer [1]", "second answer [1]"])
     stack.fake.reply = lambda body: next(answers)
     both = await _race(stack, request, 2)

@@ -28,6 +28,7 @@ from tests.gateway.conftest import (
     Stack,
     StackFactory,
     create_books,
+    create_embedded,
     started_calls,
 )
 from tests.support.rpc import error_info, failure_of
@@ -96,28 +97,11 @@ async def test_a_call_arriving_with_too_little_time_is_refused_at_once(
     assert info.metadata["setting"] == "GENSEARCH_RETRIEVAL_MIN_DEADLINE"
 
 
-async def _create_embedded(stack: Stack) -> None:
-    """A collection "Embedded" whose vectorizer is the fake's /v1/embeddings."""
-    collection = ret_pb.Collection(
-        name="Embedded",
-        properties=[ret_pb.Property(name="title", data_type=ret_pb.DATA_TYPE_TEXT)],
-        vectorizer=ret_pb.Vectorizer(
-            kind=ret_pb.VECTORIZER_KIND_OPENAI_COMPATIBLE,
-            base_url=stack.fake.base_url,
-            model="fake-embedding",
-            dimensions=stack.fake.embedding_dim,
-        ),
-    )
-    await stack.retrieval.CreateCollection(
-        ret_pb.CreateCollectionRequest(collection=collection), metadata=ALICE
-    )
-
-
 async def test_a_deadline_passing_during_the_work_ends_with_error_info(
     stack_factory: StackFactory,
 ) -> None:
     stack = await stack_factory()
-    await _create_embedded(stack)
+    await create_embedded(stack)
     # The embeddings endpoint answers nothing: each search's first step waits until the
     # deadline (retrieval's own embed timeout is 30 s).
     stack.fake.latency = 3600.0

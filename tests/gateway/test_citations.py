@@ -126,6 +126,24 @@ def _answering(text: str) -> Any:
     return lambda body: text
 
 
+# An Ask whose context is the first two books, title and body (ANSWER cites them).
+_ASK_BOTH_BOOKS: dict[str, Any] = {
+    "collection": "Books",
+    "llm_question": "desert planet spice cyberpunk",
+    "context_size": 2,
+    "context_field_list": ["title", "body"],
+}
+
+
+async def _ask_answered(stack: Stack) -> gw_pb.AskResponse:
+    """The unary Ask of _ASK_BOTH_BOOKS, the model answering ANSWER."""
+    stack.fake.reply = _answering(ANSWER)
+    response: gw_pb.AskResponse = await stack.stub.Ask(
+        gw_pb.AskRequest(**_ASK_BOTH_BOOKS), metadata=ALICE
+    )
+    return response
+
+
 def _check(response: gw_pb.AskResponse | gw_pb.CitationsEvent, answer: str) -> None:
     assert [(c.number, c.sentence) for c in response.citations] == [(1, 0), (2, 1)]
     dune = response.citations[0]
@@ -150,16 +168,7 @@ def _check(response: gw_pb.AskResponse | gw_pb.CitationsEvent, answer: str) -> N
 
 async def test_unary_ask_returns_verified_citations(stack: Stack) -> None:
     ids = await create_books(stack)
-    stack.fake.reply = _answering(ANSWER)
-    response = await stack.stub.Ask(
-        gw_pb.AskRequest(
-            collection="Books",
-            llm_question="desert planet spice cyberpunk",
-            context_size=2,
-            context_field_list=["title", "body"],
-        ),
-        metadata=ALICE,
-    )
+    response = await _ask_answered(stack)
     assert [h.id for h in response.hits] == [ids[0], ids[1]]
     assert response.answer == ANSWER
     _check(response, ANSWER)
@@ -169,18 +178,8 @@ async def test_unary_ask_returns_verified_citations(stack: Stack) -> None:
 async def test_stream_sends_citations_before_the_answer(stack: Stack) -> None:
     ids = await create_books(stack)
     stack.fake.reply = _answering(ANSWER)
-    events = [
-        e
-        async for e in stack.stub.StreamAsk(
-            gw_pb.StreamAskRequest(
-                collection="Books",
-                llm_question="desert planet spice cyberpunk",
-                context_size=2,
-                context_field_list=["title", "body"],
-            ),
-            metadata=ALICE,
-        )
-    ]
+    request = gw_pb.StreamAskRequest(**_ASK_BOTH_BOOKS)
+    events = [e async for e in stack.stub.StreamAsk(request, metadata=ALICE)]
     kinds = [e.WhichOneof("event") for e in events]
     assert kinds[0] == "context" and kinds[-2:] == ["citations", "answer"]
     assert set(kinds[1:-2]) == {"delta"}
@@ -361,16 +360,7 @@ async def test_the_gateway_flags_citations_past_its_max_checks(
     # [1] costs 13 (its 42 characters split: 11; its 2 spans), as does [2]: 20 fits one.
     stack = await stack_factory(max_citation_checks=20)
     await create_books(stack)
-    stack.fake.reply = _answering(ANSWER)
-    response = await stack.stub.Ask(
-        gw_pb.AskRequest(
-            collection="Books",
-            llm_question="desert planet spice cyberpunk",
-            context_size=2,
-            context_field_list=["title", "body"],
-        ),
-        metadata=ALICE,
-    )
+    response = await _ask_answered(stack)
     assert [(c.number, c.unchecked, c.supported) for c in response.citations] == [
         (1, False, True),
         (2, True, False),
