@@ -9,7 +9,7 @@ from gensearch.generation.v1 import generation_service_pb2_grpc as gen_grpc
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from google.protobuf import struct_pb2
 
-from tests.gateway.conftest import ALICE, Stack, StackFactory, fake_provider
+from tests.gateway.conftest import ALICE, Stack, StackFactory, create_embedded, fake_provider
 from tests.support.fake_openai import FakeOpenAI
 
 EMBEDDING_KEY = "sk-alice-embeddings-0123456789"
@@ -17,18 +17,7 @@ LLM_KEY = "sk-alice-llm-provider-9876543210"
 
 
 async def test_only_the_embedding_key_travels_to_the_embeddings_endpoint(stack: Stack) -> None:
-    collection = ret_pb.Collection(
-        name="Embedded",
-        properties=[ret_pb.Property(name="title", data_type=ret_pb.DATA_TYPE_TEXT)],
-        vectorizer=ret_pb.Vectorizer(
-            kind=ret_pb.VECTORIZER_KIND_OPENAI_COMPATIBLE,
-            base_url=stack.fake.base_url,  # a caller's URL the operator allowed
-            dimensions=stack.fake.embedding_dim,
-        ),
-    )
-    await stack.retrieval.CreateCollection(
-        ret_pb.CreateCollectionRequest(collection=collection), metadata=ALICE
-    )
+    await create_embedded(stack)  # at the fake's URL: a caller's URL the operator allowed
     props = struct_pb2.Struct()
     props.update({"title": "Dune"})
     metadata = (
