@@ -4,6 +4,7 @@ gateway in front), and Node with the TypeScript client's pinned packages."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import os
@@ -129,3 +130,80 @@ def typescript_build(node: str) -> Path:
     )  # fmt: skip
     assert proc.returncode == 0, f"tsc failed:\n{proc.stdout}{proc.stderr}"
     return TYPESCRIPT / "dist"
+
+
+# Where Debian's golang-*-dev packages put their sources (GOPATH layout).
+DEBIAN_GOCODE = Path("/usr/share/gocode")
+# The import path of clients/go (clients/go/buf.gen.yaml generates under the same).
+MODULE = "gensearch/clients/go"
+
+
+@pytest.fixture(scope="module")
+def gopath(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A GOPATH whose src/gensearch/clients/go is clients/go."""
+    if shutil.which("go") is None:
+        pytest.skip("go is not installed (Debian: golang-go golang-google-grpc-dev ...)")
+    path = tmp_path_factory.mktemp("gopath")
+    link = path / "src" / MODULE
+    link.parent.mkdir(parents=True)
+    link.symlink_to(ROOT / "clients" / "go")
+    return path
+
+
+def go_build(gopath: Path, package: str) -> Path:
+    """Builds clients/go/<package> (a main package) in GOPATH mode; returns the binary."""
+    go = shutil.which("go")
+    assert go is not None
+    binary = gopath / package
+    env = {
+        **os.environ,
+        "GO111MODULE": "off",
+        "GOPATH": f"{gopath}{os.pathsep}{DEBIAN_GOCODE}",
+        "GOFLAGS": "",
+    }
+    proc = subprocess.run(
+        [go, "build", "-o", str(binary), f"./{package}"],
+        cwd=gopath / "src" / MODULE, env=env, capture_output=True, text=True, timeout=600,
+        check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, f"go build failed:\n{proc.stdout}{proc.stderr}"
+    return binary
+
+
+def program_env(
+    language: str, port: int, key: str, extra_env: dict[str, str] | None = None
+) -> dict[str, str]:
+    """A TypeScript ("ts") or Go ("go") program's environment: the gateway, the key."""
+    where = {"ts": ("GENSEARCH_URL", f"http://127.0.0.1:{port}"),
+             "go": ("GENSEARCH_ADDR", f"127.0.0.1:{port}")}[language]  # fmt: skip
+    return {**os.environ, where[0]: where[1], "GENSEARCH_KEY": key, **(extra_env or {})}
+
+
+async def start_program(
+    argv: list[str], env: dict[str, str], *, stdin: bool = False
+) -> asyncio.subprocess.Process:
+    # Asynchronously: the servers run on this event loop, the program must not block it.
+    return await asyncio.create_subprocess_exec(
+        *argv, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        stdin=asyncio.subprocess.PIPE if stdin else None,
+    )  # fmt: skip
+
+
+async def finish(proc: asyncio.subprocess.Process, name: str) -> str:
+    """The program's output once it has exited by itself (0, or the test fails)."""
+    raw, err = await asyncio.wait_for(proc.communicate(), 240)
+    out = raw.decode()
+    assert proc.returncode == 0, f"{name} failed:\n{out}{err.decode()}"
+    return out
+
+
+async def run_go(binary: Path, port: int, extra_env: dict[str, str] | None = None) -> str:
+    env = program_env("go", port, "key-alice-123", extra_env)
+    return await finish(await start_program([str(binary)], env), binary.name)
+
+
+async def run_node(
+    node: str, script: Path, port: int, key: str, extra_env: dict[str, str] | None = None
+) -> str:
+    env = program_env("ts", port, key, extra_env)
+    return await finish(await start_program([node, str(script)], env), script.name)

@@ -5,7 +5,6 @@ protobuf sources (no module proxy here); skipped only where `go` is not installe
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
@@ -17,71 +16,29 @@ import pytest
 
 from services.devlaunch.redis_server import RedisProcess
 from tests.cli.conftest import QuotaGateway, RunningStack, quota_gateway, running_stack
-from tests.clients.conftest import check_features_output, check_quota_import, create_numbers
+from tests.clients.conftest import (
+    check_features_output,
+    check_quota_import,
+    create_numbers,
+    go_build,
+    run_go,
+)
 from tests.gateway.conftest import StackFactory, fake_provider
 from tests.support.fake_openai import Behaviour, FakeOpenAI
 
 __all__ = ["quota_gateway", "running_stack"]  # the fixtures
 
 ROOT = Path(__file__).resolve().parents[2]
-# Where Debian's golang-*-dev packages put their sources (GOPATH layout).
-DEBIAN_GOCODE = Path("/usr/share/gocode")
-# The import path of clients/go (clients/go/buf.gen.yaml generates under the same).
-MODULE = "gensearch/clients/go"
-
-
-@pytest.fixture(scope="module")
-def gopath(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A GOPATH whose src/gensearch/clients/go is clients/go."""
-    if shutil.which("go") is None:
-        pytest.skip("go is not installed (Debian: golang-go golang-google-grpc-dev ...)")
-    path = tmp_path_factory.mktemp("gopath")
-    link = path / "src" / MODULE
-    link.parent.mkdir(parents=True)
-    link.symlink_to(ROOT / "clients" / "go")
-    return path
-
-
-def _go_build(gopath: Path, package: str) -> Path:
-    go = shutil.which("go")
-    assert go is not None
-    binary = gopath / package
-    env = {
-        **os.environ,
-        "GO111MODULE": "off",
-        "GOPATH": f"{gopath}{os.pathsep}{DEBIAN_GOCODE}",
-        "GOFLAGS": "",
-    }
-    proc = subprocess.run(
-        [go, "build", "-o", str(binary), f"./{package}"],
-        cwd=gopath / "src" / MODULE, env=env, capture_output=True, text=True, timeout=600,
-        check=False,
-    )  # fmt: skip
-    assert proc.returncode == 0, f"go build failed:\n{proc.stdout}{proc.stderr}"
-    return binary
 
 
 @pytest.fixture(scope="module")
 def go_example(gopath: Path) -> Path:
-    return _go_build(gopath, "example")
+    return go_build(gopath, "example")
 
 
 @pytest.fixture(scope="module")
 def go_features(gopath: Path) -> Path:
-    return _go_build(gopath, "features")
-
-
-async def _run(binary: Path, port: int, extra_env: dict[str, str] | None = None) -> str:
-    env = {**os.environ, "GENSEARCH_ADDR": f"127.0.0.1:{port}",
-           "GENSEARCH_KEY": "key-alice-123", **(extra_env or {})}  # fmt: skip
-    # The servers run on this event loop: the client must not block it.
-    proc = await asyncio.create_subprocess_exec(
-        str(binary), env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    raw, err = await asyncio.wait_for(proc.communicate(), 240)
-    out = raw.decode()
-    assert proc.returncode == 0, f"{binary.name} failed:\n{out}{err.decode()}"
-    return out
+    return go_build(gopath, "features")
 
 
 @pytest.mark.slow  # compiles Go, loads the local embedding model
@@ -89,7 +46,7 @@ async def test_go_example_runs_the_readme_flow(
     stack_factory: StackFactory, go_example: Path
 ) -> None:
     stack = await stack_factory()
-    out = await _run(go_example, stack.gateway.port)
+    out = await run_go(go_example, stack.gateway.port)
     lines = out.splitlines()
     assert "imported 3" in lines
     hits = [line for line in lines if line.startswith("hit ")]
@@ -128,7 +85,7 @@ async def test_go_features_reads_issue_13_fields(
     )
     stack.fake.by_model["primary"] = Behaviour.error(503)
     env = {"GENSEARCH_PRIMARY_MODEL": "primary", "GENSEARCH_BACKUP_PROVIDER": "backup"}
-    out = await _run(go_features, stack.gateway.port, env)
+    out = await run_go(go_features, stack.gateway.port, env)
     check_features_output(out, stack.fake)
 
 
@@ -144,7 +101,7 @@ def test_go_example_is_gofmt_clean() -> None:
 
 @pytest.fixture(scope="module")
 def go_quota(gopath: Path) -> Path:
-    return _go_build(gopath, "quota")
+    return go_build(gopath, "quota")
 
 
 @pytest.mark.slow  # compiles Go, waits out two quota windows

@@ -5,7 +5,6 @@ google.rpc.ErrorInfo and BadRequest."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
@@ -19,7 +18,12 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as ret
 
 from services.devlaunch.redis_server import RedisProcess
 from tests.cli.conftest import QuotaGateway, RunningStack, quota_gateway, running_stack
-from tests.clients.conftest import check_features_output, check_quota_import, create_numbers
+from tests.clients.conftest import (
+    check_features_output,
+    check_quota_import,
+    create_numbers,
+    run_node,
+)
 from tests.gateway.conftest import ALICE, StackFactory, fake_provider
 from tests.support.fake_openai import Behaviour, FakeOpenAI
 
@@ -27,25 +31,6 @@ __all__ = ["quota_gateway", "running_stack"]  # the fixtures
 
 EXAMPLE_MAX_LINES = 30
 SRC = Path(__file__).resolve().parents[2] / "clients" / "typescript" / "src"
-
-
-async def _run(
-    node: str, script: Path, port: int, key: str, extra_env: dict[str, str] | None = None
-) -> str:
-    env = {
-        **os.environ,
-        "GENSEARCH_URL": f"http://127.0.0.1:{port}",
-        "GENSEARCH_KEY": key,
-        **(extra_env or {}),
-    }
-    # The servers run on this event loop: the client must not block it.
-    proc = await asyncio.create_subprocess_exec(
-        node, str(script), env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(), 240)
-    assert proc.returncode == 0, f"{script.name} failed:\n{out.decode()}{err.decode()}"
-    return out.decode()
 
 
 @pytest.mark.parametrize("example", ["example.ts", "stream.ts"])
@@ -65,7 +50,7 @@ async def test_example_runs_the_readme_flow(
     stack_factory: StackFactory, node: str, typescript_build: Path
 ) -> None:
     stack = await stack_factory()
-    out = await _run(node, typescript_build / "example.js", stack.gateway.port, "key-alice-123")
+    out = await run_node(node, typescript_build / "example.js", stack.gateway.port, "key-alice-123")
     lines = out.splitlines()
     assert "imported 3" in lines
     hits = [line.split(" ", 1)[1] for line in lines if line.startswith("hit ")]
@@ -102,7 +87,7 @@ async def test_rich_error_reads_as_generated_error_info(
     stack_factory: StackFactory, node: str, typescript_build: Path
 ) -> None:
     stack = await stack_factory()
-    out = await _run(node, typescript_build / "errors.js", stack.gateway.port, "key-alice-123")
+    out = await run_node(node, typescript_build / "errors.js", stack.gateway.port, "key-alice-123")
     error = json.loads(out)
     assert error["code"] == "InvalidArgument"
     assert error["reason"] == "BAD_NAME"
@@ -116,7 +101,7 @@ async def test_health_through_the_vendored_proto(
     stack_factory: StackFactory, node: str, typescript_build: Path
 ) -> None:
     stack = await stack_factory()
-    out = await _run(node, typescript_build / "health.js", stack.gateway.port, "")
+    out = await run_node(node, typescript_build / "health.js", stack.gateway.port, "")
     assert out.strip() == "SERVING"
 
 
@@ -127,7 +112,7 @@ async def test_stream_example_prints_every_event(
     """stream.js prints the hits, each hit's token deltas and result, the grouped result
     and the done event; the deltas of a hit add up to its result."""
     stack = await stack_factory()
-    out = await _run(node, typescript_build / "stream.js", stack.gateway.port, "key-alice-123")
+    out = await run_node(node, typescript_build / "stream.js", stack.gateway.port, "key-alice-123")
     lines = out.splitlines()
     # The hits come first, before any generated text.
     hits = dict(line.split(" ", 2)[1:] for line in lines if line.startswith("hit "))
@@ -188,7 +173,7 @@ async def test_issue_13_fields_through_generated_code(
     )
     stack.fake.by_model["primary"] = Behaviour.error(503)
     env = {"GENSEARCH_PRIMARY_MODEL": "primary", "GENSEARCH_BACKUP_PROVIDER": "backup"}
-    out = await _run(
+    out = await run_node(
         node, typescript_build / "features.js", stack.gateway.port, "key-alice-123", env
     )
     check_features_output(out, stack.fake)
@@ -205,7 +190,7 @@ async def test_features_runs_as_docs_clients_md_shows_it(
     INVALID_ARGUMENT DUPLICATE_FALLBACK, a crash); the primary answers, fallback_index 0."""
     assert "GENSEARCH_BACKUP_PROVIDER" not in os.environ
     port = int(running_stack.address.rsplit(":", 1)[1])  # `gensearch up`: its default is local
-    out = await _run(node, typescript_build / "features.js", port, "")
+    out = await run_node(node, typescript_build / "features.js", port, "")
     fallback = next(line for line in out.splitlines() if line.startswith("fallback "))
     assert fallback.split()[2:4] == ["0", "1"], out
 
