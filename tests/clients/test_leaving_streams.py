@@ -1,0 +1,94 @@
+"""Leaving a StreamGenerativeSearch early from the TypeScript client (a ``break`` out of
+``for await``, an aborted ``signal``) and the Go client (the call's context cancelled)
+cancels the call all the way up: the gateway's LLM request is closed long before its slow
+answer (200 words, 0.5 s apart) would end, and the client keeps nothing open (Node exits
+by itself; Go's goroutines come back to where they were). tests/client/test_lifecycle.py
+is the Python client's."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from tests.clients.conftest import finish, go_build, program_env, start_program
+from tests.gateway.conftest import Stack, StackFactory, create_books
+from tests.support.fake_openai import Behaviour, FakeOpenAI
+
+ALICE_KEY = "key-alice-123"
+SLOW = " ".join(f"w{i}" for i in range(200))
+
+
+async def stack_with_books(stack_factory: StackFactory) -> Stack:
+    stack = await stack_factory()
+    await create_books(stack)
+    return stack
+
+
+async def until_disconnects(fake: FakeOpenAI, count: int) -> None:
+    """Polls (up to 60 s: a loaded machine may be slow to it) until the fake LLM has seen
+    ``count`` requests closed by their client, the gateway."""
+    end = asyncio.get_running_loop().time() + 60
+    while fake.disconnects < count:
+        assert asyncio.get_running_loop().time() < end, f"{fake.disconnects} < {count}"
+        await asyncio.sleep(0.05)
+
+
+async def next_line(proc: asyncio.subprocess.Process) -> str:
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), 120)
+    assert line, "the program ended early"
+    return line.decode().rstrip("\n")
+
+
+def go_on(proc: asyncio.subprocess.Process) -> None:
+    assert proc.stdin is not None
+    proc.stdin.write(b"\n")
+
+
+@pytest.mark.slow  # compiles TypeScript
+async def test_typescript_leaving_a_stream_cancels_its_call(
+    stack_factory: StackFactory, node: str, typescript_build: Path
+) -> None:
+    stack = await stack_with_books(stack_factory)
+    fake = stack.fake
+    fake.enqueue(Behaviour.ok(text=SLOW, chunk_delay=0.5), Behaviour.ok(text=SLOW, chunk_delay=0.5))
+    env = program_env("ts", stack.gateway.port, ALICE_KEY, {"GENSEARCH_COLLECTION": "Books"})
+    proc = await start_program([node, str(typescript_build / "leave.js")], env, stdin=True)
+    try:
+        assert await next_line(proc) == "left"  # break
+        await until_disconnects(fake, 1)
+        go_on(proc)
+        assert await next_line(proc) == "aborted Canceled"  # signal
+        await until_disconnects(fake, 2)
+        go_on(proc)
+        assert await finish(proc, "leave.js") == "done\n"  # and Node exited by itself
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert len(fake.chat_requests) == 2 and all(r.client_disconnected for r in fake.chat_requests)
+
+
+@pytest.mark.slow  # compiles Go
+async def test_go_cancelling_a_streams_context_cancels_its_call(
+    stack_factory: StackFactory, gopath: Path
+) -> None:
+    binary = go_build(gopath, "leave")
+    stack = await stack_with_books(stack_factory)
+    fake = stack.fake
+    fake.enqueue(Behaviour.ok(text=SLOW, chunk_delay=0.5))
+    env = program_env("go", stack.gateway.port, ALICE_KEY, {"GENSEARCH_COLLECTION": "Books"})
+    proc = await start_program([str(binary)], env, stdin=True)
+    try:
+        assert await next_line(proc) == "left Canceled"
+        await until_disconnects(fake, 1)
+        go_on(proc)
+        assert await finish(proc, "leave") == "goroutines 0\n"
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    [request] = fake.chat_requests
+    assert request.client_disconnected
