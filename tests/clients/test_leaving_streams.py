@@ -14,25 +14,16 @@ import pytest
 
 from tests.clients.conftest import finish, go_build, program_env, start_program
 from tests.gateway.conftest import Stack, StackFactory, create_books
-from tests.support.fake_openai import Behaviour, FakeOpenAI
+from tests.support.fake_openai import Behaviour
+from tests.support.gateway_process import SLOW, until_disconnected
 
 ALICE_KEY = "key-alice-123"
-SLOW = " ".join(f"w{i}" for i in range(200))
 
 
 async def stack_with_books(stack_factory: StackFactory) -> Stack:
     stack = await stack_factory()
     await create_books(stack)
     return stack
-
-
-async def until_disconnects(fake: FakeOpenAI, count: int) -> None:
-    """Polls (up to 60 s: a loaded machine may be slow to it) until the fake LLM has seen
-    ``count`` requests closed by their client, the gateway."""
-    end = asyncio.get_running_loop().time() + 60
-    while fake.disconnects < count:
-        assert asyncio.get_running_loop().time() < end, f"{fake.disconnects} < {count}"
-        await asyncio.sleep(0.05)
 
 
 async def next_line(proc: asyncio.subprocess.Process) -> str:
@@ -58,10 +49,10 @@ async def test_typescript_leaving_a_stream_cancels_its_call(
     proc = await start_program([node, str(typescript_build / "leave.js")], env, stdin=True)
     try:
         assert await next_line(proc) == "left"  # break
-        await until_disconnects(fake, 1)
+        await until_disconnected(fake, 1)
         go_on(proc)
         assert await next_line(proc) == "aborted Canceled"  # signal
-        await until_disconnects(fake, 2)
+        await until_disconnected(fake, 2)
         go_on(proc)
         assert await finish(proc, "leave.js") == "done\n"  # and Node exited by itself
     finally:
@@ -83,7 +74,7 @@ async def test_go_cancelling_a_streams_context_cancels_its_call(
     proc = await start_program([str(binary)], env, stdin=True)
     try:
         assert await next_line(proc) == "left Canceled"
-        await until_disconnects(fake, 1)
+        await until_disconnected(fake, 1)
         go_on(proc)
         assert await finish(proc, "leave") == "goroutines 0\n"
     finally:
