@@ -5,11 +5,13 @@ gateway in front), and Node with the TypeScript client's pinned packages."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import os
 import shutil
 import subprocess
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -208,3 +210,32 @@ async def run_node(
 ) -> str:
     env = program_env("ts", port, key, extra_env)
     return await finish(await start_program([node, str(script)], env), script.name)
+
+
+async def next_line(proc: asyncio.subprocess.Process) -> str:
+    """A program's next line of output (it must not have ended)."""
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), 120)
+    assert line, "the program ended early"
+    return line.decode().rstrip("\n")
+
+
+def go_on(proc: asyncio.subprocess.Process) -> None:
+    """Lets a program waiting for a line on stdin go on."""
+    assert proc.stdin is not None
+    proc.stdin.write(b"\n")
+
+
+@contextlib.asynccontextmanager
+async def talking_to(
+    argv: list[str], env: dict[str, str]
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """A program the test talks to (its stdout, a line on its stdin), killed if the test
+    ends first."""
+    proc = await start_program(argv, env, stdin=True)
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

@@ -7,12 +7,11 @@ is the Python client's."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
 
-from tests.clients.conftest import finish, go_build, program_env, start_program
+from tests.clients.conftest import finish, go_build, go_on, next_line, program_env, talking_to
 from tests.gateway.conftest import Stack, StackFactory, create_books
 from tests.support.fake_openai import Behaviour
 from tests.support.gateway_process import SLOW, until_disconnected
@@ -26,18 +25,6 @@ async def stack_with_books(stack_factory: StackFactory) -> Stack:
     return stack
 
 
-async def next_line(proc: asyncio.subprocess.Process) -> str:
-    assert proc.stdout is not None
-    line = await asyncio.wait_for(proc.stdout.readline(), 120)
-    assert line, "the program ended early"
-    return line.decode().rstrip("\n")
-
-
-def go_on(proc: asyncio.subprocess.Process) -> None:
-    assert proc.stdin is not None
-    proc.stdin.write(b"\n")
-
-
 @pytest.mark.slow  # compiles TypeScript
 async def test_typescript_leaving_a_stream_cancels_its_call(
     stack_factory: StackFactory, node: str, typescript_build: Path
@@ -46,8 +33,7 @@ async def test_typescript_leaving_a_stream_cancels_its_call(
     fake = stack.fake
     fake.enqueue(Behaviour.ok(text=SLOW, chunk_delay=0.5), Behaviour.ok(text=SLOW, chunk_delay=0.5))
     env = program_env("ts", stack.gateway.port, ALICE_KEY, {"GENSEARCH_COLLECTION": "Books"})
-    proc = await start_program([node, str(typescript_build / "leave.js")], env, stdin=True)
-    try:
+    async with talking_to([node, str(typescript_build / "leave.js")], env) as proc:
         assert await next_line(proc) == "left"  # break
         await until_disconnected(fake, 1)
         go_on(proc)
@@ -55,10 +41,6 @@ async def test_typescript_leaving_a_stream_cancels_its_call(
         await until_disconnected(fake, 2)
         go_on(proc)
         assert await finish(proc, "leave.js") == "done\n"  # and Node exited by itself
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
     assert len(fake.chat_requests) == 2 and all(r.client_disconnected for r in fake.chat_requests)
 
 
@@ -71,15 +53,10 @@ async def test_go_cancelling_a_streams_context_cancels_its_call(
     fake = stack.fake
     fake.enqueue(Behaviour.ok(text=SLOW, chunk_delay=0.5))
     env = program_env("go", stack.gateway.port, ALICE_KEY, {"GENSEARCH_COLLECTION": "Books"})
-    proc = await start_program([str(binary)], env, stdin=True)
-    try:
+    async with talking_to([str(binary)], env) as proc:
         assert await next_line(proc) == "left Canceled"
         await until_disconnected(fake, 1)
         go_on(proc)
         assert await finish(proc, "leave") == "goroutines 0\n"
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
     [request] = fake.chat_requests
     assert request.client_disconnected

@@ -1,7 +1,7 @@
 // The services' rich errors as one class, and their ErrorInfo reasons as constants: the
 // TypeScript side of the Python client's gensearch.client.errors (one class per reason there;
 // here `hasReason(err, Reason.QUOTA_EXCEEDED)`). Meanings: docs/python-client.md#errors.
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 import { BadRequestSchema, ErrorInfoSchema, RetryInfoSchema } from "./gen/google/rpc/error_details_pb.js";
 
 /** Every ErrorInfo reason the services send: written by scripts/gen_clients.py (`make gen`)
@@ -176,3 +176,32 @@ export class GensearchError extends Error {
 export function hasReason(err: unknown, reason: Reason): boolean {
   return (err instanceof GensearchError || err instanceof ConnectError) && GensearchError.from(err).reason === reason;
 }
+
+/** Connect-node reports a connection lost mid-call (the gateway's process died, a proxy cut
+ * it) as Canceled — the HTTP/2 stream closed with code CANCEL — as if you had cancelled the
+ * call. Add this interceptor to the transport to read it as Unavailable, the retryable
+ * code grpc-go and Python's grpc report for it; a call whose signal aborted (yours,
+ * cancelOnLeave's) stays Canceled. */
+export const unavailableOnConnectionLoss: Interceptor = (next) => async (req) => {
+  const lost = (err: unknown): unknown => {
+    const e = ConnectError.from(err);
+    if (req.signal.aborted || e.code !== Code.Canceled) return err;
+    return new ConnectError(`connection lost: ${e.rawMessage}`, Code.Unavailable, e.metadata, undefined, e);
+  };
+  let res: Awaited<ReturnType<typeof next>>;
+  try {
+    res = await next(req);
+  } catch (err) {
+    throw lost(err);
+  }
+  if (!res.stream) return res;
+  const messages = res.message;
+  async function* relayed() {
+    try {
+      yield* messages;
+    } catch (err) {
+      throw lost(err);
+    }
+  }
+  return { ...res, message: relayed() };
+};
