@@ -64,6 +64,7 @@ func main() {
 		{LLMKeys: map[string]string{"embedding": "sk-\u2026"}},
 		{KeyURLs: providerkeys.KeyURLs{Rerank: "http://a\nb"}},
 		{LLMKeys: map[string]string{"no such": "k"}},
+		{LLMKeys: map[string]string{"OpenAI": "k", "openai": "k"}},
 	} {
 		if _, err := providerkeys.New(bad); err != nil {
 			fmt.Println("refused", strings.SplitN(err.Error(), " ", 2)[0])

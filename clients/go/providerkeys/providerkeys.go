@@ -64,11 +64,15 @@ func New(options Options) (*Keys, error) {
 		if !provider.MatchString(folded) {
 			return nil, fmt.Errorf("LLMKeys: %q is no provider name (e.g. \"openai\")", name)
 		}
+		header := "x-" + folded + "-api-key"
+		if _, twice := metadata[header]; twice {
+			return nil, fmt.Errorf("LLMKeys: %q names a provider twice (case is folded)", name)
+		}
 		value, err := metadataValue(key, fmt.Sprintf("LLMKeys[%q]", name))
 		if err != nil {
 			return nil, err
 		}
-		metadata["x-"+folded+"-api-key"] = value
+		metadata[header] = value
 	}
 	for _, url := range []struct{ kind, what, value string }{
 		{"embedding", "KeyURLs.Embedding", options.KeyURLs.Embedding},

@@ -28,7 +28,8 @@ const confirmed = retrievalWith({ llmKeys, keyUrls: { embedding: url } });
 const written = await confirmed.upsertObjects(upsert);
 const found = await confirmed.search({ collection, query: { case: "nearText", value: { text: "mine" } }, limit: 1 });
 console.log("confirmed", written.ids.length, found.hits.length);
-for (const bad of [{ llmKeys: { embedding: "sk-\u2026" } }, { keyUrls: { openai: url } }, { llmKeys: { "no such": "k" } }]) {
+for (const bad of [{ llmKeys: { embedding: "sk-\u2026" } }, { keyUrls: { openai: url } }, { llmKeys: { "no such": "k" } },
+  { llmKeys: { OpenAI: "k", openai: "k" } }]) {
   try {
     providerKeys(bad as ProviderKeysOptions);
     console.log("refused none");

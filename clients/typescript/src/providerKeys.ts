@@ -34,6 +34,9 @@ export function providerKeyHeaders(options: ProviderKeysOptions): [string, strin
     if (!PROVIDER.test(provider.toLowerCase())) {
       throw new TypeError(`llmKeys: ${JSON.stringify(provider)} is no provider name (e.g. "openai")`);
     }
+    if (headers.some(([name]) => name === `x-${provider.toLowerCase()}-api-key`)) {
+      throw new TypeError(`llmKeys: ${JSON.stringify(provider)} names a provider twice (case is folded)`);
+    }
     headers.push([`x-${provider.toLowerCase()}-api-key`, metadataValue(key, `llmKeys[${JSON.stringify(provider)}]`)]);
   }
   for (const [kind, url] of Object.entries(options.keyUrls ?? {}).sort(([a], [b]) => (a < b ? -1 : 1))) {
