@@ -24,6 +24,8 @@ async def test_an_llm_key_that_is_no_metadata_value_is_refused_at_once() -> None
     # The provider becomes the header name x-<provider>-api-key: it must be one.
     with pytest.raises(ValueError, match="llm_keys: 'Open AI' is no provider name"):
         AsyncGensearch("127.0.0.1:1", llm_keys={"Open AI": "sk-1"})
+    with pytest.raises(ValueError, match="llm_keys: 'openai' names a provider twice"):
+        AsyncGensearch("127.0.0.1:1", llm_keys={"OpenAI": "sk-1", "openai": "sk-2"})
 
 
 def test_the_blocking_client_refuses_them_too() -> None:

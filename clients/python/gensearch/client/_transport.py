@@ -134,9 +134,15 @@ class Transport:
         if key:
             # As services/common/auth.py reads it.
             pairs.append(("authorization", f"Bearer {_metadata_value(key, 'api_key')}"))
+        named: set[str] = set()
         for provider, provider_key in sorted((llm_keys or {}).items()):
             if not _PROVIDER.fullmatch(provider.lower()):
                 raise ValueError(f"llm_keys: {provider!r} is no provider name (e.g. 'openai')")
+            if provider.lower() in named:
+                # Metadata names are lower case: two spellings would send two keys for one
+                # provider, and the gateway would take whichever came first.
+                raise ValueError(f"llm_keys: {provider!r} names a provider twice")
+            named.add(provider.lower())
             value = _metadata_value(provider_key, f"llm_keys[{provider!r}]")
             pairs.append((f"x-{provider.lower()}-api-key", value))
         for kind, url in sorted((key_urls or {}).items()):
