@@ -195,15 +195,25 @@ KEY_HINTS = {
     "MISSING_CREDENTIALS": "--api-key KEY or GENSEARCH_API_KEY",
     "INVALID_API_KEY": "check --api-key or GENSEARCH_API_KEY",
 }
+# The call's own deadline ran out waiting for the provider: the CLI's deadline (and, for
+# `ask`, the server's 30 s answer budget) is --timeout. Not UPSTREAM_FIRST_BYTE_TIMEOUT:
+# that is the provider's first-byte setting, which no flag of the caller's changes.
+DEADLINE_HINTS = {
+    "UPSTREAM_TIMEOUT": "a longer deadline with --timeout SECONDS",
+    "PROVIDER_QUEUE_TIMEOUT": "a longer deadline with --timeout SECONDS",
+}
 _PROVIDER_IN_MESSAGE = re.compile(r"provider '([^']+)'")
 
 
 def key_hint(reason: str, provider: str = "", message: str = "") -> str:
     """What to append to an error the CLI prints when a key was missing or wrong: how the
     CLI sends one (the service speaks of gRPC metadata, which a CLI user sends only through
-    ``--api-key`` and ``--llm-key``); "" for any other error."""
+    ``--api-key`` and ``--llm-key``); when the provider outlasted the call's deadline: the
+    flag that extends it; "" for any other error."""
     if reason in KEY_HINTS:
         return f"; with gensearch: {KEY_HINTS[reason]}"
+    if reason in DEADLINE_HINTS:
+        return f"; with gensearch: {DEADLINE_HINTS[reason]}"
     if reason != MISSING_LLM_KEY:
         return ""
     if not provider:

@@ -70,3 +70,27 @@ def test_a_missing_or_wrong_api_key_says_how_the_cli_sends_one() -> None:
     assert describe_error(wrong) == (
         "UNAUTHENTICATED: invalid API key; with gensearch: check --api-key or GENSEARCH_API_KEY"
     )
+
+
+def test_a_provider_too_slow_for_the_deadline_says_how_to_give_it_longer() -> None:
+    # Before: "DEADLINE_EXCEEDED: provider 'local' did not answer within the deadline" and
+    # nothing more: the README's `gensearch ask` after `make run` failed so on a loaded
+    # machine (the answer budget is 30 s), and a new user had no word of --timeout.
+    for reason in ("UPSTREAM_TIMEOUT", "PROVIDER_QUEUE_TIMEOUT"):
+        err = GensearchError(
+            "provider 'local' did not answer within the deadline",
+            code=grpc.StatusCode.DEADLINE_EXCEEDED,
+            reason=reason,
+            metadata={"provider": "local"},
+        )
+        assert describe_error(err) == (
+            "DEADLINE_EXCEEDED: provider 'local' did not answer within the deadline"
+            "; with gensearch: a longer deadline with --timeout SECONDS"
+        )
+    # A slot freed after the provider's own first-byte wait is not the caller's deadline.
+    first_byte = GensearchError(
+        "provider 'local' sent no first byte in 60 s",
+        code=grpc.StatusCode.DEADLINE_EXCEEDED,
+        reason="UPSTREAM_FIRST_BYTE_TIMEOUT",
+    )
+    assert "--timeout" not in describe_error(first_byte)
