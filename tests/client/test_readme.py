@@ -108,3 +108,23 @@ def test_the_cli_block_makes_every_file_it_reads(tmp_path: Path) -> None:
             assert all(isinstance(json.loads(line), dict) for line in text.splitlines())
         else:
             assert json.loads(text)["type"] == "object"
+
+
+def test_the_cli_blocks_replay_follows_the_turn_it_replays() -> None:
+    """A command the block says is replayed ("the stored turn") repeats, key and question,
+    one before it. Before, the first use of the key was the one said to be replayed: a new
+    user running the block got a fresh turn, stored under the key, and no "replayed"."""
+    (script,) = blocks(section("The `gensearch` command", "Configuration"), "sh")
+    lines = [line.split("#")[0].strip() for line in script.splitlines()]
+    comments = [line.partition("#")[2] for line in script.splitlines()]
+    replays = [i for i, note in enumerate(comments) if "replayed" in note]
+    assert replays, "the block shows no replayed retry"
+    for i in replays:
+        key = re.search(r"--request-id (\S+)", lines[i])
+        assert key, lines[i]
+        question = re.search(r'"[^"]+"', lines[i])
+        assert question
+        earlier = [line for line in lines[:i] if f"--request-id {key.group(1)}" in line]
+        assert earlier and question.group(0) in earlier[-1], (
+            f"{lines[i]!r} is said to replay a turn no command before it stored"
+        )
