@@ -112,3 +112,26 @@ def test_example_is_a_request_grpcurl_sends(
     service, name = method.rsplit("/", 1)
     request_type = getattr(MODULES[service.split(".")[1]], f"{name}Request")
     json_format.ParseDict(grpcurl_json(body, where), request_type())
+
+
+SERVICE_PORTS = re.compile(
+    r"grpcurl[^\n]*?localhost:(50051|50052|50053)|^\}' localhost:(50051|50052|50053)", re.M
+)
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=[d.name for d in DOCS])
+def test_a_walkthrough_on_a_services_own_port_says_to_call_the_gateway_under_up(
+    doc: Path,
+) -> None:
+    """Under `gensearch up` (`make run`) memory, retrieval and generation take calls from
+    the gateway alone (UNAUTHENTICATED / MISSING_INTERNAL_TOKEN on their own ports). A doc
+    whose grpcurl examples call such a port says so, and where to call instead. Before,
+    retrieval.md's and generation.md's walk-throughs failed so after `make run` without a
+    word of it (memory.md had the note)."""
+    text = doc.read_text(encoding="utf-8")
+    if not SERVICE_PORTS.search(text):
+        return
+    assert re.search(r"under `gensearch up`[^.]*\bgateway\b[^.]*50050", text, re.S), (
+        f"{doc.name}: grpcurl on a service's own port, and no word that under "
+        "`gensearch up` the gateway (port 50050) is the one to call"
+    )
