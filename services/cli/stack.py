@@ -72,7 +72,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="where Redis's AOF and the Qdrant data live (env GENSEARCH_DATA_DIR, default ./data)",
     )
     parser.add_argument(
-        "--host", default=env("GENSEARCH_HOST", "127.0.0.1"), help="bind address of every part"
+        "--host",
+        default=env("GENSEARCH_HOST", "127.0.0.1"),
+        help="bind address of every part (env GENSEARCH_HOST, default 127.0.0.1)",
     )
     parser.add_argument(
         "--port",
