@@ -82,6 +82,9 @@ def test_the_walk_through_runs_top_to_bottom(running_stack: RunningStack, tmp_pa
     assert '"received_count": "2"' in out and '"imported_count": "2"' in out
     # Proto names, as the README's sample reply now shows them (no camelCase).
     assert '"conversation_id": "' in out and "conversationId" not in out
+    # The fallback chain: both Anyscale models unreachable (no network here), the third
+    # pair answered, as the README's sample reply says.
+    assert re.search(r'"provider": "local",\s*"fallback_index": 2', out)
     # -emit-defaults: the first hit's streamed result carries "hit_index": 0.
     assert '"hit_index": 0' in out
     # The second turn continued the first: ListInteractions shows both.
