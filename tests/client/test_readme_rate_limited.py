@@ -27,6 +27,8 @@ import pytest
 from gensearch.client import Gensearch
 
 from services.cli import stack as stack_mod
+from services.generation.rate_buckets import Bucket
+from services.generation.settings import ProviderConfig
 from tests.cli.conftest import FREE_PORTS, LoopThread, up_args
 from tests.client.test_readme import README, blocks, tool
 from tests.support.fake_openai import FakeOpenAI
@@ -174,3 +176,20 @@ def test_a_hit_whose_wait_outlasts_its_timeout_fails_alone_as_the_readme_says(
     # beyond their timeout failed UPSTREAM_RATE_LIMITED.
     section = rate_limited_section()
     assert {e["reason"] for e in failed} <= set(re.findall(r"`([A-Z_]{6,})`", section))
+
+
+def test_the_pace_the_readme_states_is_the_buckets() -> None:
+    """ "50 at once, then 7.5 a second" is what the declared limits' requests bucket admits
+    (services/generation/rate_buckets.py). Before, the README said the rest of a 100-hit
+    search was "spread evenly over the minute": the 50 after the first 50 go in under 7 s."""
+    env, _ = up_block()
+    at_once, per_second = re.findall(
+        r"\((\d+) at once, then ([\d.]+) a second", rate_limited_section()
+    )[0]
+    requests = Bucket.of(
+        float(env["GENSEARCH_GENERATION_OPENAI_REQUESTS_PER_MINUTE"]),
+        window=ProviderConfig.model_fields["rate_window"].default,
+        burst=ProviderConfig.model_fields["rate_burst"].default,
+    )
+    assert requests is not None
+    assert (float(at_once), float(per_second)) == (requests.capacity, requests.per_second)
