@@ -83,7 +83,8 @@ def _client_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
         type=seconds,
         default=default,
         metavar="SECONDS",
-        help="deadline of each call (default: per command)",
+        help="deadline of each call (default: per command); for ask also the answer "
+        "budget (default: the gateway's GENSEARCH_GATEWAY_ASK_TIMEOUT, 30 s)",
     )
 
 

@@ -1,14 +1,17 @@
-"""`gensearch up --help` names the variable behind each option's default."""
+"""What `gensearch --help` and its commands' help say."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
+import io
 import re
 
 import pytest
 
 from services.cli import stack as stack_mod
+from services.cli.__main__ import build_parser
 
 ENV_DEFAULTS = sorted(
     set(re.findall(r'env(?:_int)?\("(GENSEARCH_\w+)"', inspect.getsource(stack_mod.add_arguments)))
@@ -43,3 +46,19 @@ def parser() -> argparse.ArgumentParser:
     made = argparse.ArgumentParser(prog="gensearch up")
     stack_mod.add_arguments(made)
     return made
+
+
+def test_ask_help_says_timeout_is_the_answer_budget() -> None:
+    # Before: "deadline of each call (default: per command)": no word that for ask it is
+    # also the server's answer budget, 30 s unless given, which the bundled model on a
+    # busy machine outlasts (DEADLINE_EXCEEDED / UPSTREAM_TIMEOUT).
+    text = " ".join(subcommand_help("ask").split())
+    entry = text[text.index("--timeout SECONDS ") :]
+    assert "answer budget (default: the gateway's GENSEARCH_GATEWAY_ASK_TIMEOUT, 30 s)" in entry
+
+
+def subcommand_help(name: str) -> str:
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer), pytest.raises(SystemExit):
+        build_parser().parse_args([name, "--help"])
+    return buffer.getvalue()
