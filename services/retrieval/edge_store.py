@@ -67,11 +67,13 @@ _INDEXES: dict[IndexKind, Any] = {
     IndexKind.TENANT: qe.KeywordIndexParams(is_tenant=True),
     IndexKind.INTEGER: qe.PayloadSchemaType.Integer,
     IndexKind.FLOAT: qe.PayloadSchemaType.Float,
+    IndexKind.DATETIME: qe.PayloadSchemaType.Datetime,
 }
 _KINDS = {
     qe.PayloadSchemaType.Keyword: IndexKind.KEYWORD,
     qe.PayloadSchemaType.Integer: IndexKind.INTEGER,
     qe.PayloadSchemaType.Float: IndexKind.FLOAT,
+    qe.PayloadSchemaType.Datetime: IndexKind.DATETIME,
 }
 
 
@@ -98,6 +100,9 @@ def _condition(node: f.Node) -> Any:
     if isinstance(node, f.Range):
         rng = qe.RangeFloat(gt=node.gt, gte=node.gte, lt=node.lt, lte=node.lte)
         return qe.FieldCondition(node.key, range=rng)
+    if isinstance(node, f.DateRange):
+        dates = qe.RangeDateTime(gt=node.gt, gte=node.gte, lt=node.lt, lte=node.lte)
+        return qe.FieldCondition(node.key, range=dates)
     return qe.FieldCondition(node.key, match=qe.MatchText(node.text))
 
 

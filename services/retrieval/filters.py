@@ -4,8 +4,9 @@ into a small engine-neutral tree, which each storage adapter maps to its Qdrant 
 Semantics follow Qdrant's: a condition on an array property holds when one element matches
 (so EQUAL on a text array means "contains"); NOT_EQUAL holds when no element equals the value,
 and also when the property is absent. Numbers are compared as floats, dates by their UTC
-timestamp, and TEXT_MATCH needs every word of the value in the property (case-insensitive,
-and Unicode-normalized on both sides: NFKC, see ``normalize``). EQUAL stays exact.
+instant (exact to the microsecond in every year: the engine's datetime), and TEXT_MATCH
+needs every word of the value in the property (case-insensitive, and Unicode-normalized on
+both sides: NFKC, see ``normalize``). EQUAL stays exact.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from google.protobuf import json_format
 from services.common.errors import InvalidArgument, quote
 from services.common.values import DEFAULT_MAX_DEPTH, check_value
 from services.retrieval.normalize import NORMALIZED, nfkc
-from services.retrieval.schema import RFC3339_DATE_TIME, ObjectInvalid, parse_date
+from services.retrieval.schema import RFC3339_DATE_TIME, ObjectInvalid, format_date, parse_date
 
 MAX_DEPTH = 8
 MAX_CONDITIONS = 256
@@ -59,6 +60,18 @@ class Range:
 
 
 @dataclass(frozen=True)
+class DateRange:
+    """Bounds on a stored date (``p.<name>``, RFC 3339 in UTC), RFC 3339 in UTC too: the
+    engine reads both as datetimes, microseconds in an int64, exact in years 1 to 9999."""
+
+    key: str
+    gt: str | None = None
+    gte: str | None = None
+    lt: str | None = None
+    lte: str | None = None
+
+
+@dataclass(frozen=True)
 class Text:
     key: str
     text: str
@@ -71,7 +84,7 @@ class Bool:
     must_not: tuple[Node, ...] = ()
 
 
-Node = Match | MatchAny | Range | Text | Bool
+Node = Match | MatchAny | Range | DateRange | Text | Bool
 
 _RANGE_OPS = {
     pb.OPERATOR_LESS_THAN: "lt",
@@ -187,7 +200,7 @@ def _condition(cond: pb.Condition, b: _Walk, field: str) -> Node:
                 # The bound lies strictly between its microsecond and the next one, where
                 # no stored date is: "< bound" holds for its microsecond, "≥ bound" does not.
                 side = {"lt": "lte", "gte": "gt"}.get(side, side)
-            return Range(key=f"ts.{name}", **{side: stamp})  # type: ignore[arg-type]
+            return DateRange(key=f"p.{name}", **{side: stamp})  # type: ignore[arg-type]
         # Any finite number bounds an int property too: the engine compares as floats, and
         # "year > 2016.5" or "year < 1e300" are questions with answers (they were WRONG_TYPE,
         # "must be an integer", as an EQUAL to such a value still is).
@@ -251,8 +264,8 @@ def _engine_conditions(node: Node) -> int:
     return 1
 
 
-def _date_bound(value: Any, field: str) -> tuple[float, bool]:
-    """A date filter value as epoch seconds of its microsecond (dates are kept to the
+def _date_bound(value: Any, field: str) -> tuple[str, bool]:
+    """A date filter value as its microsecond in UTC, RFC 3339 (dates are kept to the
     microsecond), and whether it is exactly that: False when its fraction has further
     digits that are not all zero (RFC3339Nano's "….000000001Z")."""
     stamp = _scalar(pb.DATA_TYPE_DATE, value, field)
@@ -261,16 +274,16 @@ def _date_bound(value: Any, field: str) -> tuple[float, bool]:
     return stamp, not fraction[7:].strip("0")
 
 
-def _date_equal(name: str, stamp: float, exact: bool) -> Node:
+def _date_equal(name: str, stamp: str, exact: bool) -> Node:
     if exact:
         return _equal(name, pb.DATA_TYPE_DATE, stamp)
     # No stored date lies between two microseconds: an empty interval matches none.
-    return Range(key=f"ts.{name}", gt=stamp, lt=stamp)
+    return DateRange(key=f"p.{name}", gt=stamp, lt=stamp)
 
 
 def _equal(name: str, data_type: int, value: Any) -> Node:
     if data_type == pb.DATA_TYPE_DATE:
-        return Range(key=f"ts.{name}", gte=value, lte=value)
+        return DateRange(key=f"p.{name}", gte=value, lte=value)
     if data_type == pb.DATA_TYPE_NUMBER:
         # Qdrant's exact match takes no floats; a closed interval of one point does.
         return Range(key=f"p.{name}", gte=value, lte=value)
@@ -280,7 +293,8 @@ def _equal(name: str, data_type: int, value: Any) -> Node:
 
 
 def _scalar(data_type: int, value: Any, field: str) -> Any:
-    """One value of the property's (element) type; dates become epoch seconds."""
+    """One value of the property's (element) type; dates become their microsecond in UTC,
+    RFC 3339, as stored (``schema.format_date``)."""
     ok: Any = None
     if data_type in (pb.DATA_TYPE_TEXT, pb.DATA_TYPE_TEXT_ARRAY):
         ok = value if isinstance(value, str) else None
@@ -299,9 +313,11 @@ def _scalar(data_type: int, value: Any, field: str) -> Any:
         expected = "an RFC 3339 date-time string"
         if isinstance(value, str):
             try:
-                ok = parse_date(value, field).timestamp()
+                ok = format_date(parse_date(value, field))
             except ObjectInvalid:
                 ok = None
+            except OverflowError:  # before year 1 or after 9999 in UTC, as no stored date is
+                expected = "a date in years 1 to 9999 in UTC"
     if ok is None:
         raise InvalidArgument(
             f"{field} must be {expected} for this property", field=field, reason="WRONG_TYPE"

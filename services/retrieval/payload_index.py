@@ -16,7 +16,10 @@ after open, ``ServerStore`` on first use):
   - int: ``p.<name>``, integer with lookup and range (EQUAL, ANY; LESS/GREATER);
   - number: ``p.<name>``, float (every operator is a range);
   - bool: ``b.<name>``, integer (its 0/1 copy, matched);
-  - date: ``ts.<name>``, float (its epoch-seconds copy, ranges).
+  - date: ``p.<name>``, datetime (the stored RFC 3339 value, ranges; exact to the
+    microsecond in every year). Collections from before filtered a float epoch-seconds
+    copy ``ts.<name>``, inexact after 2242; they get this index after open like any
+    other they lack, and answer through the payload until it is built.
 
   TEXT_MATCH is a full-text condition on the same ``p.<name>`` (and its NFKC copy
   ``n.<name>``) and has no index: it stays a check of the payload, as before, of the
@@ -58,6 +61,7 @@ class IndexKind(enum.Enum):
     TENANT = "tenant"
     INTEGER = "integer"
     FLOAT = "float"
+    DATETIME = "datetime"
 
 
 # Property type -> (payload key prefix its filters read, index).
@@ -67,7 +71,7 @@ _BY_TYPE: dict[int, tuple[str, IndexKind]] = {
     pb.DATA_TYPE_INT: ("p", IndexKind.INTEGER),
     pb.DATA_TYPE_NUMBER: ("p", IndexKind.FLOAT),
     pb.DATA_TYPE_BOOL: ("b", IndexKind.INTEGER),
-    pb.DATA_TYPE_DATE: ("ts", IndexKind.FLOAT),
+    pb.DATA_TYPE_DATE: ("p", IndexKind.DATETIME),
 }
 _CACHE_KEYS = {"k": IndexKind.KEYWORD}
 _INTERACTION_KEYS = {

@@ -551,6 +551,8 @@ def prepare_object(
             continue
         props[name] = coerce_value(data_type, value, path)
         if data_type == pb.DATA_TYPE_DATE:
+            # No longer read (filters compare the stored date itself, exactly: filters.py);
+            # still written so a rollback to a release that filters on it finds new objects.
             stamps[name] = parse_date(props[name], path).timestamp()
         elif data_type == pb.DATA_TYPE_BOOL:
             flags[name] = int(props[name])

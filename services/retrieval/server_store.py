@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator, Sequence
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -54,11 +55,13 @@ _INDEXES: dict[IndexKind, Any] = {
     ),
     IndexKind.INTEGER: models.PayloadSchemaType.INTEGER,
     IndexKind.FLOAT: models.PayloadSchemaType.FLOAT,
+    IndexKind.DATETIME: models.PayloadSchemaType.DATETIME,
 }
 _KINDS = {
     models.PayloadSchemaType.KEYWORD: IndexKind.KEYWORD,
     models.PayloadSchemaType.INTEGER: IndexKind.INTEGER,
     models.PayloadSchemaType.FLOAT: IndexKind.FLOAT,
+    models.PayloadSchemaType.DATETIME: IndexKind.DATETIME,
 }
 
 
@@ -100,7 +103,15 @@ def _condition(node: f.Node) -> Any:
     if isinstance(node, f.Range):
         rng = models.Range(gt=node.gt, gte=node.gte, lt=node.lt, lte=node.lte)
         return models.FieldCondition(key=node.key, range=rng)
+    if isinstance(node, f.DateRange):
+        gt, gte, lt, lte = (_instant(b) for b in (node.gt, node.gte, node.lt, node.lte))
+        dates = models.DatetimeRange(gt=gt, gte=gte, lt=lt, lte=lte)
+        return models.FieldCondition(key=node.key, range=dates)
     return models.FieldCondition(key=node.key, match=models.MatchText(text=node.text))
+
+
+def _instant(bound: str | None) -> datetime | None:
+    return None if bound is None else datetime.fromisoformat(bound)
 
 
 @contextlib.contextmanager

@@ -9,8 +9,10 @@ Each collection is one Qdrant collection/shard with a named dense vector ``dense
 the keyword index is on, a named sparse vector ``bm25`` whose IDF the engine computes.
 Payload layout: ``{"p": {<property>: value}, "ts": {<date property>: epoch seconds},
 "b": {<bool property>: 0 or 1}, "n": {<text property>: NFKC copy}}`` — user properties under
-their own key, so no property name can collide with ours; filters on dates and bools use the
-numeric copies, TEXT_MATCH also the NFKC copies (only of values NFKC changes; never returned).
+their own key, so no property name can collide with ours; filters on bools use the numeric
+copies, on dates the stored RFC 3339 value itself as the engine's datetime (exact to the
+microsecond; ``ts`` is written for rollbacks, read no more), TEXT_MATCH also the NFKC copies
+(only of values NFKC changes; never returned).
 Every key a filter reads has a payload index (``payload_index.py`` says which; both adapters
 make them with the collection, and for collections made before them).
 """

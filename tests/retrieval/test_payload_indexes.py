@@ -67,7 +67,7 @@ ARTICLE_INDEXES = {
     "p.year": IndexKind.INTEGER,
     "p.rating": IndexKind.FLOAT,
     "b.published": IndexKind.INTEGER,
-    "ts.date": IndexKind.FLOAT,
+    "p.date": IndexKind.DATETIME,
 }
 WORDS = ["alpha", "Beta", "gamma", "délta", "Straße", "x-ray", "fish", "ﬁsh", "cafe\u0301"]
 TAGS = ["red", "green", "blue", "Red", "café", ""]
@@ -288,7 +288,7 @@ SERVER_SCHEMAS = {
     "p.year": models.PayloadSchemaType.INTEGER,
     "p.rating": models.PayloadSchemaType.FLOAT,
     "b.published": models.PayloadSchemaType.INTEGER,
-    "ts.date": models.PayloadSchemaType.FLOAT,
+    "p.date": models.PayloadSchemaType.DATETIME,
 }
 
 
