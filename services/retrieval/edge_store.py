@@ -47,10 +47,12 @@ from services.retrieval.payload_index import IndexKind, missing, payload_indexes
 from services.retrieval.store import (
     DENSE,
     SPARSE,
+    WRITE_TURN_BYTES,
     CollectionLayout,
     FoundPoint,
     SparseVector,
     StoredPoint,
+    point_bytes,
 )
 
 log = logging.getLogger("gensearch.retrieval.edge")
@@ -154,9 +156,29 @@ def create_indexes(
     return created
 
 
+def write_pieces(points: list[StoredPoint], most_bytes: int) -> list[list[StoredPoint]]:
+    """``points`` in order, in pieces of at most ``most_bytes`` (``point_bytes``) each, or
+    of one point where that one alone is larger."""
+    pieces: list[list[StoredPoint]] = []
+    size = 0
+    for point in points:
+        weight = point_bytes(point)
+        if not pieces or size + weight > most_bytes:
+            pieces.append([])
+            size = 0
+        pieces[-1].append(point)
+        size += weight
+    return pieces
+
+
 class EdgeStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, write_turn_bytes: int = WRITE_TURN_BYTES) -> None:
+        """``write_turn_bytes``: the most of one write the engine's thread takes in one
+        turn (``upsert``)."""
         self.root = Path(root)
+        self._write_turn_bytes = write_turn_bytes
+        # Writes handed to the engine in several turns, finishing (close waits for them).
+        self._writes: set[asyncio.Task[None]] = set()
         self._dir = self.root / "collections"
         self._executor = FairExecutor(thread_name_prefix="qdrant-edge")
         self._shards: dict[str, qe.EdgeShard] = {}
@@ -247,6 +269,8 @@ class EdgeStore:
         if self._migration is not None:
             # The rest are built at the next open; one being built finishes (drain).
             await cancel_and_wait(self._migration)
+        while self._writes:  # between two turns a write has nothing queued for drain to see
+            await asyncio.wait(set(self._writes))
         await self._executor.drain()  # every tenant's calls first: they need the shards
         await self._run(self._close)
         self._executor.shutdown(wait=True)
@@ -326,7 +350,29 @@ class EdgeStore:
     # -- points -------------------------------------------------------------------------
 
     async def upsert(self, name: str, points: list[StoredPoint]) -> None:
-        await self._run(self._upsert, name, points)
+        """Writes ``points`` in pieces of at most ``write_turn_bytes``, each one turn of the
+        engine's thread, so other tenants' calls run between them (one 15 MB write held
+        the thread ~1.3 s). Once handed over, a write runs to its end even if its caller
+        goes away meanwhile (shielded): a write is never cut short at a piece's edge. The
+        caller's own later calls queue behind it (one tenant's calls keep their order);
+        one it sends while the write is in progress may see the pieces written so far."""
+        pieces = write_pieces(points, self._write_turn_bytes)
+        if len(pieces) <= 1:
+            await self._run(self._upsert, name, points)
+            return
+        task = asyncio.create_task(self._upsert_pieces(name, pieces))
+        self._writes.add(task)
+        task.add_done_callback(self._write_done)
+        await asyncio.shield(task)
+
+    def _write_done(self, task: asyncio.Task[None]) -> None:
+        self._writes.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a caller that went away is not told (nor the log)
+
+    async def _upsert_pieces(self, name: str, pieces: list[list[StoredPoint]]) -> None:
+        for piece in pieces:
+            await self._run(self._upsert, name, piece)
 
     def _upsert(self, name: str, points: list[StoredPoint]) -> None:
         shard = self._shard(name)

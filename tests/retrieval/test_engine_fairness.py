@@ -11,6 +11,7 @@ import asyncio
 import random
 import threading
 import time
+import uuid
 from typing import Any
 
 import grpc
@@ -24,6 +25,7 @@ from services.common.fair_executor import FairExecutor
 from services.retrieval.catalog import MISS_RELOAD_SECONDS
 from services.retrieval.edge_store import EdgeStore
 from services.retrieval.schema import Schema
+from services.retrieval.store import CollectionLayout, StoredPoint
 from tests.retrieval.conftest import MakeRetrieval, expect_error, obj, vector_collection
 from tests.retrieval.test_tenancy import TOKEN, as_
 
@@ -222,3 +224,64 @@ async def test_a_reload_parses_only_the_schemas_that_changed(
     assert listed.collections[0].vectorizer.dimensions == 8
     got = await r.stub.GetCollection(pb.GetCollectionRequest(name="Docs0"), metadata=NOISY)
     assert got.collection.vectorizer.dimensions == 8
+
+
+async def test_another_tenants_search_runs_between_the_turns_of_a_large_write(
+    tmp_path: Any,
+) -> None:
+    """One UpsertObjects of 15 MB held the engine's thread ~1.3 s in one engine call, so
+    every other tenant's call waited behind all of it. A write is now handed to the engine
+    in pieces of at most ``engine_write_turn_bytes``, each a turn of the fair executor:
+    a search another tenant sends meanwhile runs after the piece in progress, and is
+    answered before the write is. Ordering only, no clocks."""
+    store = EdgeStore(tmp_path / "qdrant", write_turn_bytes=64 * 1024)
+    await store.open()
+
+    def as_tenant(tenant: str) -> Any:
+        return auth._current.set(Identity("u", tenant, Role.ADMIN))
+
+    writer_schema = Schema(vector_collection("Large", DIMS), tenant="writer")
+    reader_schema = Schema(vector_collection("Small", DIMS), tenant="reader")
+    for schema in (writer_schema, reader_schema):
+        token = as_tenant(schema.tenant)
+        try:
+            layout = CollectionLayout(schema.store_name, DIMS, "cosine", sparse=False)
+            await store.create_collection(layout, schema.to_json())
+        finally:
+            auth._current.reset(token)
+    token = as_tenant("reader")
+    try:
+        await store.upsert(
+            reader_schema.store_name, [StoredPoint(str(uuid.uuid4()), {}, [1, 0, 0, 0])]
+        )
+    finally:
+        auth._current.reset(token)
+
+    # 2 MB in 64 objects of 32 KB: 32 turns of 64 KB.
+    text = "x" * 32 * 1024
+    points = [
+        StoredPoint(str(uuid.uuid4()), {"p": {"body": text}}, [1.0, float(i), 0, 0])
+        for i in range(64)
+    ]
+    token = as_tenant("writer")
+    try:
+        write = asyncio.create_task(store.upsert(writer_schema.store_name, points))
+    finally:
+        auth._current.reset(token)
+    token = as_tenant("reader")
+    try:
+        search = asyncio.create_task(
+            store.query_dense(reader_schema.store_name, [1, 0, 0, 0], None, 10, 0, False)
+        )
+    finally:
+        auth._current.reset(token)
+    done, _ = await asyncio.wait({write, search}, return_when=asyncio.FIRST_COMPLETED)
+    assert done == {search}, "the search waited for the whole write"
+    assert len(search.result()) == 1
+    await write
+    token = as_tenant("writer")
+    try:
+        assert await store.count(writer_schema.store_name, None) == len(points)
+    finally:
+        auth._current.reset(token)
+    await store.close()
