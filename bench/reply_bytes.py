@@ -6,8 +6,12 @@ loads a collection of 100 objects of 600 kB each, then sends 16 concurrent retri
 Searches through the gateway, each answered with all 100 (about 60 MB), and reports each
 process's peak resident set (``VmHWM``, reset before the attack) and how the calls ended.
 Run once with the bound off (0: as before it existed) and once at its default.
+``--read-bound`` sets retrieval's bound on the bytes of reads being built
+(``GENSEARCH_RETRIEVAL_MAX_READ_BYTES_IN_FLIGHT_PER_TENANT``, services/retrieval/read_bytes.py;
+unset: its default).
 
     .venv/bin/python bench/reply_bytes.py
+    .venv/bin/python bench/reply_bytes.py --bounds 268435456 --read-bound 0
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from google.protobuf import struct_pb2  # noqa: E402
 from bench.stack import ServiceProcess, Stack, provider  # noqa: E402
 
 SETTING = "MAX_REPLY_BYTES_IN_FLIGHT_PER_TENANT"
+READ_SETTING = "GENSEARCH_RETRIEVAL_MAX_READ_BYTES_IN_FLIGHT_PER_TENANT"
 OBJECTS, OBJECT_BYTES, DIM = 100, 600_000, 4
 
 
@@ -45,10 +50,12 @@ def _reset_peak(proc: ServiceProcess) -> None:
     Path(f"/proc/{proc.proc.pid}/clear_refs").write_text("5")
 
 
-async def run(bound: str, calls: int) -> None:
+async def run(bound: str, calls: int, read_bound: str | None) -> None:
     async with Stack() as stack:
         for name in ("retrieval", "gateway"):
             stack.extra_env[name] = {f"GENSEARCH_{name.upper()}_{SETTING}": bound}
+        if read_bound is not None:
+            stack.extra_env["retrieval"][READ_SETTING] = read_bound
         memory = await stack.memory()
         retrieval = await stack.retrieval()
         generation = await stack.generation({"fake": provider("http://127.0.0.1:9/v1")})
@@ -89,8 +96,10 @@ async def run(bound: str, calls: int) -> None:
         )
         peaks = {p.name: _peak_mib(p) for p in (retrieval, gateway)}
         await channel.close()
+        reads = "" if read_bound is None else f", {READ_SETTING}={read_bound}"
         print(
-            f"{SETTING}={bound}: {calls} x {OBJECTS * OBJECT_BYTES // 1_000_000} MB searches: "
+            f"{SETTING}={bound}{reads}: "
+            f"{calls} x {OBJECTS * OBJECT_BYTES // 1_000_000} MB searches: "
             f"{dict(ends)}; peak RSS MiB (idle before): "
             + ", ".join(f"{n} {peaks[n]} ({before[n]})" for n in peaks)
         )
@@ -100,9 +109,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bounds", nargs="+", default=["0", str(256 * 1024 * 1024)])
     parser.add_argument("--calls", type=int, default=16)
+    parser.add_argument("--read-bound", default=None)
     args = parser.parse_args()
     for bound in args.bounds:
-        asyncio.run(run(bound, args.calls))
+        asyncio.run(run(bound, args.calls, args.read_bound))
 
 
 if __name__ == "__main__":

@@ -74,6 +74,13 @@ class Searcher:
         self._candidates = candidates
         self._rrf_k = rrf_k
 
+    def points_read(self, request: pb.SearchRequest, page: Page) -> int:
+        """The most points, payloads and all, the engine reads for ``page`` of ``request``:
+        a hybrid search queries each side for its candidates (``_hybrid``)."""
+        if request.WhichOneof("query") == "hybrid":
+            return 2 * max(page.offset + page.limit, self._candidates)
+        return page.limit
+
     async def search(
         self, schema: Schema, request: pb.SearchRequest, where: Node | None, page: Page
     ) -> SearchResult:

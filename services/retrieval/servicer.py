@@ -33,6 +33,7 @@ from services.retrieval.catalog import Catalog, CollectionGone, not_found
 from services.retrieval.embedders import Embedders, use_caller_key
 from services.retrieval.filters import Node, build_filter
 from services.retrieval.ingest import write_batch
+from services.retrieval.read_bytes import SAMPLE_POINTS, ReadBytes
 from services.retrieval.rerankers import Rerankers, use_caller_rerank_key
 from services.retrieval.schema import Schema
 from services.retrieval.search import Page, Searcher
@@ -64,6 +65,10 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         self._embedders = embedders
         self._searcher = Searcher(
             store, embedders, candidates=settings.hybrid_candidates, rrf_k=settings.rrf_k
+        )
+        # The bytes one tenant's Searches and BatchGetObjects may be building at once.
+        self._reads = ReadBytes(
+            settings.max_read_bytes_in_flight_per_tenant, settings.read_bytes_wait
         )
 
     # -- collections ----------------------------------------------------------------------
@@ -101,6 +106,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
     ) -> pb.DeleteCollectionResponse:
         tenant = require_role(Role.ADMIN).tenant
         schema = await self._catalog.delete(tenant, request.name)
+        self._reads.forget(schema.store_name)
         # Its cached answers go with it. Best effort: the collection is gone either way,
         # and a recreated one would miss them (their place is named after create_time).
         try:
@@ -235,6 +241,21 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
             self._catalog.forget(schema)
             raise not_found(schema.name, "collection") from None
 
+    @contextlib.asynccontextmanager
+    async def _reading(
+        self, schema: Schema, points: int, time_left: float | None
+    ) -> AsyncIterator[None]:
+        """Room for a read of ``points`` points of ``schema``'s collection in its tenant's
+        bound of reads being built (read_bytes.py): waits for it, or RESOURCE_EXHAUSTED.
+        A collection no read has measured yet is sampled first (a few points)."""
+        if not self._reads.knows(schema.store_name):
+            with self._dropped(schema):
+                sample, _ = await self._store.scroll(schema.store_name, None, SAMPLE_POINTS)
+            self._reads.observe(schema.store_name, sample)
+        size = self._reads.estimate(schema.store_name, points)
+        async with self._reads.reading(schema.tenant, size, time_left):
+            yield
+
     def _filter(self, message: pb.Filter, schema: Schema) -> Node:
         return build_filter(
             message,
@@ -287,15 +308,17 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         # Canonical and each once (the engine answers an id once however often it is
         # named); the answer follows the order ids were first given.
         ids = list(dict.fromkeys(check_uuid(v, f"ids[{i}]") for i, v in enumerate(request.ids)))
-        with self._dropped(schema):
-            found = await self._store.retrieve(schema.store_name, ids, request.include_vector)
-        # The collection is the caller's tenant's own: another tenant's objects are not in
-        # it, so their ids are missing like ids never written.
-        by_id = {point.id: point for point in found}
-        return pb.BatchGetObjectsResponse(
-            objects=[_data_object(by_id[i]) for i in ids if i in by_id],
-            missing_ids=[i for i in ids if i not in by_id],
-        )
+        async with self._reading(schema, len(ids), context.time_remaining()):
+            with self._dropped(schema):
+                found = await self._store.retrieve(schema.store_name, ids, request.include_vector)
+            self._reads.observe(schema.store_name, found)
+            # The collection is the caller's tenant's own: another tenant's objects are not
+            # in it, so their ids are missing like ids never written.
+            by_id = {point.id: point for point in found}
+            return pb.BatchGetObjectsResponse(
+                objects=[_data_object(by_id[i]) for i in ids if i in by_id],
+                missing_ids=[i for i in ids if i not in by_id],
+            )
 
     async def DeleteObjects(
         self, request: pb.DeleteObjectsRequest, context: grpc.aio.ServicerContext
@@ -344,13 +367,16 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
             return await self._reranked_search(
                 schema, request, rerank, where, page, wanted, context.time_remaining()
             )
-        with self._dropped(schema):
-            result = await self._searcher.search(schema, request, where, page)
-        return pb.SearchResponse(
-            hits=[_hit(h, wanted) for h in result.hits],
-            embed_ms=result.embed_ms,
-            query_ms=result.query_ms,
-        )
+        points = self._searcher.points_read(request, page)
+        async with self._reading(schema, points, context.time_remaining()):
+            with self._dropped(schema):
+                result = await self._searcher.search(schema, request, where, page)
+            self._reads.observe(schema.store_name, result.hits)
+            return pb.SearchResponse(
+                hits=[_hit(h, wanted) for h in result.hits],
+                embed_ms=result.embed_ms,
+                query_ms=result.query_ms,
+            )
 
     async def _reranked_search(
         self,
@@ -370,19 +396,22 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
             offset=0,
             with_vector=page.with_vector or plan.needs_vectors(schema),
         )
-        with self._dropped(schema):
-            result = await self._searcher.search(schema, request, where, inner)
-        ranked = await self._rerankers.rerank(
-            plan, schema, result.hits, page.offset + page.limit, time_left=time_left
-        )
-        hits: list[pb.Hit] = []
-        for point, score in ranked[page.offset :]:
-            if not page.with_vector:
-                point.dense = None
-            hit = _hit(point, wanted)
-            hit.rerank_score = score
-            hits.append(hit)
-        return pb.SearchResponse(hits=hits, embed_ms=result.embed_ms, query_ms=result.query_ms)
+        points = self._searcher.points_read(request, inner)
+        async with self._reading(schema, points, time_left):
+            with self._dropped(schema):
+                result = await self._searcher.search(schema, request, where, inner)
+            self._reads.observe(schema.store_name, result.hits)
+            ranked = await self._rerankers.rerank(
+                plan, schema, result.hits, page.offset + page.limit, time_left=time_left
+            )
+            hits: list[pb.Hit] = []
+            for point, score in ranked[page.offset :]:
+                if not page.with_vector:
+                    point.dense = None
+                hit = _hit(point, wanted)
+                hit.rerank_score = score
+                hits.append(hit)
+            return pb.SearchResponse(hits=hits, embed_ms=result.embed_ms, query_ms=result.query_ms)
 
     async def GetChunks(
         self, request: pb.GetChunksRequest, context: grpc.aio.ServicerContext

