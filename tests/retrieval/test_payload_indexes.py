@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import qdrant_edge as qe
 from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 from google.protobuf import duration_pb2
 from qdrant_client import AsyncQdrantClient, models
@@ -418,3 +419,36 @@ async def test_edge_builds_an_old_collections_indexes_after_open_returns(
         assert await store.schema(gone) is None
     finally:
         await store.close()
+
+
+async def test_a_collection_with_the_old_date_index_filters_dates_as_before_and_gets_the_new(
+    make_retrieval: MakeRetrieval, tmp_path: Path
+) -> None:
+    """Date filters read ``p.<name>`` (a datetime index) where they read a float copy
+    ``ts.<name>`` (a float index). A collection from before has the float index and not the
+    datetime one: its stored dates (always RFC 3339 in UTC) answer the new filters at once,
+    by the payload, and the datetime index is built after open; answers do not change."""
+    data = tmp_path / "data"
+    name = storage_name(DEFAULT_TENANT, "Old")
+    old = await make_retrieval("edge", data_dir=data)
+    await load(old, "Old")
+    current = await answers(old.stub, "Old")
+    await old.stop()
+    store = EdgeStore(data / "qdrant")
+    await store.open()
+    try:  # the previous release's indexes: ts.date float, no p.date
+        shard = store._shards[name]
+        shard.update(qe.UpdateOperation.delete_field_index("p.date"))
+        shard.update(qe.UpdateOperation.create_field_index("ts.date", qe.PayloadSchemaType.Float))
+        shard.flush()
+        assert (await store.indexes(name)).get("p.date") is None
+    finally:
+        await store.close()
+
+    reopened = await make_retrieval("edge", data_dir=data)
+    assert isinstance(reopened.store, EdgeStore)
+    assert await answers(reopened.stub, "Old") == current  # by the payload, or indexed
+    await reopened.store.migrated()
+    indexes = await reopened.store.indexes(name)
+    assert indexes["p.date"] == IndexKind.DATETIME
+    assert await answers(reopened.stub, "Old") == current
