@@ -284,7 +284,8 @@ class Entry:
             return cls(http=http, port=port, network=ipaddress.ip_network(host))
         if host.startswith("*."):
             _check_name(host[2:], text)
-            return cls(http=http, port=port, suffix=host[1:])
+            # Hosts are compared without their trailing dot (split_url, host_allowed).
+            return cls(http=http, port=port, suffix=host[1:].rstrip("."))
         _check_name(host, text)
         return cls(http=http, port=port, host=host.rstrip("."))
 

@@ -62,6 +62,11 @@ def allowed(allowlist: str, url: str) -> bool:
         ("*.example.com", "https://evilexample.com/v1", False),
         ("*.example.com", "https://example.com.evil.test/v1", False),
         ("*.example.com:8443", "https://a.example.com/v1", False),
+        # a fully qualified entry (trailing dot) is the same name (QA: "*.example.com."
+        # was accepted and then matched no host at all)
+        ("*.example.com.", "https://a.example.com/v1", True),
+        ("*.example.com.", "https://example.com/v1", False),
+        ("api.example.com.", "https://api.example.com/v1", True),
         # any public host
         ("*", "https://anything.test/v1", True),
         ("*", "https://8.8.8.8/v1", True),
