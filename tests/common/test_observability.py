@@ -9,6 +9,7 @@ import logging
 import re
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import grpc
 import pytest
@@ -28,6 +29,7 @@ from tests.common.test_chassis import SERVICE, _ident, _register
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 PARENT_ID = "b7ad6b7169203331"
 TRACEPARENT = (("traceparent", f"00-{TRACE_ID}-{PARENT_ID}-01"),)
+OPERATIONS = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 
@@ -220,6 +222,25 @@ async def test_access_line_per_call(
     assert (failed["method"], failed["code"]) == (f"/{SERVICE}/Fail", "INVALID_ARGUMENT")
     assert failed["trace_id"] != TRACE_ID
     assert "key-bob" not in access_lines.getvalue()
+
+
+async def test_the_documented_access_line_has_the_fields_a_real_one_has(
+    address: str, spans: InMemorySpanExporter, access_lines: io.StringIO
+) -> None:
+    """docs/operations.md's example access line names every field an operator will see
+    (QA: ``tenant``, written on every line since tenants exist, was not in it)."""
+    async with grpc.aio.insecure_channel(address) as plain:
+        await plain.unary_unary(f"/{SERVICE}/WhoAmI", _ident, _ident)(
+            b"", metadata=BOB + TRACEPARENT
+        )
+    await _spans_finished(spans, 1)
+    (line,) = (json.loads(text) for text in access_lines.getvalue().splitlines())
+    assert line["tenant"] == "bob"  # the historical form: bob alone in the tenant bob
+    documented = re.search(
+        r"^## Logs\n.*?^```json\n(.*?)^```", OPERATIONS.read_text(encoding="utf-8"), re.M | re.S
+    )
+    assert documented is not None
+    assert set(json.loads(documented.group(1))) == set(line)
 
 
 async def test_unauthenticated_call_is_logged_and_traced(
