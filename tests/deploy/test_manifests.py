@@ -368,6 +368,20 @@ def test_autoscaled_and_disruption_budgeted(path: str, service: str) -> None:
     assert selects(pdb["spec"]["selector"], pod_labels(deployment))
 
 
+@pytest.mark.parametrize("path", ["base", "overlays/prod"])
+@pytest.mark.parametrize("service", SERVICES)
+def test_every_service_has_a_disruption_budget(path: str, service: str) -> None:
+    """Memory and retrieval run fixed replicas (2 in base, 3 in prod) for availability;
+    without a budget an eviction wave (a multi-node drain, the cluster autoscaler) could
+    take all of them at once (QA: only gateway and generation had one)."""
+    docs = render(path)
+    deployment = find(docs, "Deployment", service)
+    pdb = find(docs, "PodDisruptionBudget", service)
+    assert pdb["apiVersion"] == "policy/v1"
+    assert pdb["spec"] == {"maxUnavailable": 1, "selector": pdb["spec"]["selector"]}
+    assert selects(pdb["spec"]["selector"], pod_labels(deployment))
+
+
 def test_prod_scales_wider_than_base() -> None:
     for service in ("gateway", "generation"):
         base = find(render("base"), "HorizontalPodAutoscaler", service)["spec"]
