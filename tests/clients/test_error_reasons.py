@@ -30,3 +30,13 @@ def test_the_go_client_names_every_reason() -> None:
     # The Go name is the reason in CamelCase: QUOTA_EXCEEDED is QuotaExceeded.
     assert all(name == value.title().replace("_", "") for name, value in pairs), pairs
     assert {value for _, value in pairs} == set(python_reasons())
+
+
+def test_the_docs_name_every_reason() -> None:
+    """An operator looks a reason up in the docs (operations.md's tables, or the service
+    doc that raises it); QA: BAD_PROPERTY_TYPE was in the clients but in no doc."""
+    text = "".join(
+        path.read_text(encoding="utf-8")
+        for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    )
+    assert [r for r in python_reasons() if f"`{r}`" not in text] == []
