@@ -7,16 +7,16 @@ code, or in a service doc's prose).
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 from prometheus_client import REGISTRY
 
-# The modules that define metrics: imported, their metrics are registered.
-import services.common.metrics
-import services.gateway.metrics
-import services.generation.metrics  # noqa: F401
-
-OPERATIONS = Path(__file__).resolve().parents[1] / "docs" / "operations.md"
+ROOT = Path(__file__).resolve().parents[1]
+OPERATIONS = ROOT / "docs" / "operations.md"
+# Metrics live in each service's metrics.py (and the chassis'): imported, they register.
+for module in sorted((ROOT / "services").glob("*/metrics.py")):
+    importlib.import_module(f"services.{module.parent.name}.metrics")
 
 
 def _exported() -> set[str]:
