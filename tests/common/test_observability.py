@@ -252,7 +252,11 @@ async def test_unauthenticated_call_is_logged_and_traced(
     lines = [json.loads(line) for line in access_lines.getvalue().splitlines()]
     assert len(lines) == 1, lines
     (line,) = lines
-    assert (line["code"], line["user"]) == ("UNAUTHENTICATED", "anonymous")
+    assert (line["code"], line["user"], line["tenant"]) == (
+        "UNAUTHENTICATED",
+        "anonymous",
+        "default",
+    )
     span = _server_span(spans, "WhoAmI")
     assert span.attributes is not None and span.attributes["rpc.grpc.status_code"] == 16
 
