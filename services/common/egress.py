@@ -23,7 +23,8 @@ Entries (comma or whitespace separated; case does not matter):
 * ``*`` — any host name or address (special addresses still need a network entry);
 * ``10.0.0.5``, ``[fd00::5]:8080``, ``10.0.0.0/8``, ``fd00::/8`` — addresses and networks.
   These are the only entries that unlock special addresses: loopback, private (RFC 1918,
-  ULA), shared (RFC 6598), link-local, unspecified, multicast, reserved, documentation.
+  ULA), shared (RFC 6598), link-local, site-local, unspecified, multicast, reserved,
+  documentation, IETF protocol assignments (``192.0.0.0/24``).
   Cloud metadata addresses (``169.254.169.254``, ``fd00:ec2::254`` ...) are unlocked only by
   an entry naming that single address, never by a network around it; metadata host names
   (``metadata.google.internal`` ...) only by an entry naming that host exactly.
@@ -119,6 +120,13 @@ METADATA_NAMES = frozenset(
 )
 # IPv6 prefixes that embed an IPv4 address in their low 32 bits (NAT64, RFC 6052/8215).
 _NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+# Not globally reachable (IANA's special-purpose address registries), which the ipaddress
+# module of Python releases before the CVE-2024-4032 fix (3.11.7 among them) calls global:
+# IETF protocol assignments (but for the PCP and TURN anycast addresses in it), the
+# deprecated IPv6 site-local range (still routed inside some networks) and the 2024 IPv6
+# documentation prefix. Listed here so the check does not depend on the Python patch level.
+_NOT_GLOBAL = tuple(ipaddress.ip_network(n) for n in ("192.0.0.0/24", "fec0::/10", "3fff::/20"))
+_GLOBAL_INSIDE = frozenset(ipaddress.ip_address(a) for a in ("192.0.0.9", "192.0.0.10"))
 _LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?")
 # A top-level label starts with a letter: "127.1", "0x7f000001" or "2130706433" are numeric
 # spellings of an address that some resolvers accept, and are refused as names.
@@ -226,6 +234,7 @@ def is_special(address: IPAddress) -> bool:
         return is_special(embedded)
     return (
         not address.is_global
+        or (any(address in net for net in _NOT_GLOBAL) and address not in _GLOBAL_INSIDE)
         or address.is_multicast
         or address.is_reserved
         or address.is_private

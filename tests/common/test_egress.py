@@ -100,6 +100,9 @@ def allowed(allowlist: str, url: str) -> bool:
         ("*", "https://[ff02::1]/v1", False),
         ("*", "https://[::ffff:127.0.0.1]/v1", False),
         ("*", "https://[64:ff9b::7f00:1]/v1", False),
+        ("*", "https://192.0.0.100/v1", False),
+        ("*", "https://[fec0::1]/v1", False),
+        ("fec0::/10", "https://[fec0::1]/v1", True),
         # ... and metadata endpoints one naming exactly them
         ("*", "https://169.254.169.254/latest", False),
         ("169.254.0.0/16", "https://169.254.169.254/latest", False),
@@ -156,15 +159,22 @@ def test_entries_split_on_commas_and_whitespace() -> None:
     ["127.0.0.1", "10.0.0.1", "172.16.0.1", "192.168.0.1", "100.64.0.1", "169.254.169.254",
      "0.0.0.0", "255.255.255.255", "224.0.0.1", "240.0.0.1", "192.0.2.1", "198.18.0.1", "::1",
      "::", "fe80::1", "fd00:ec2::254", "fc00::1", "ff02::1", "2001:db8::1", "::ffff:10.0.0.1",
-     "64:ff9b::a00:1", "2002:7f00:1::"],
+     "64:ff9b::a00:1", "2002:7f00:1::",
+     # Not globally reachable (IANA special-purpose registries), yet "global" to the
+     # ipaddress module of Python releases before the CVE-2024-4032 fix (3.11.7 here):
+     # IETF protocol assignments, deprecated site-local, the 2024 documentation prefix.
+     "192.0.0.8", "192.0.0.100", "::ffff:192.0.0.100", "fec0::1", "feff::1", "3fff::1"],
 )  # fmt: skip
 def test_special_addresses(address: str) -> None:
     assert is_special(ipaddress.ip_address(address))
 
 
 @pytest.mark.parametrize(
-    "address", ["8.8.8.8", "1.1.1.1", "2606:4700::1111", "::ffff:8.8.8.8", "64:ff9b::808:808"]
-)
+    "address",
+    ["8.8.8.8", "1.1.1.1", "2606:4700::1111", "::ffff:8.8.8.8", "64:ff9b::808:808",
+     # globally reachable anycast inside 192.0.0.0/24 (PCP, TURN)
+     "192.0.0.9", "192.0.0.10"],
+)  # fmt: skip
 def test_public_addresses(address: str) -> None:
     assert not is_special(ipaddress.ip_address(address))
 
