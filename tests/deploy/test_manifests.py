@@ -695,6 +695,11 @@ def test_network_policies(overlay: str) -> None:
         assert can_connect(policies, pod, KUBE_DNS, 53), pod.name
     leaves = {p.name for p in pods.values() if can_connect(policies, p, INTERNET, 443)}
     assert leaves == {"generation", "retrieval"}
+    # As docs/retrieval.md says: retrieval's 443 rule holds in the cluster too, so an
+    # in-cluster embeddings server on another port (the docs' TEI on 8080) needs a rule.
+    tei = Endpoint("embeddings/tei", "embeddings", {"kubernetes.io/metadata.name": "embeddings"})
+    assert can_connect(policies, pods["retrieval"], tei, 443)
+    assert not can_connect(policies, pods["retrieval"], tei, 8080)
     if overlay == "dev":
         assert reachable_from("local-llm", 8088) == {"generation"}
 
