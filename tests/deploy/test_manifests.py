@@ -700,6 +700,7 @@ def test_network_policies(overlay: str) -> None:
     tei = Endpoint("embeddings/tei", "embeddings", {"kubernetes.io/metadata.name": "embeddings"})
     assert can_connect(policies, pods["retrieval"], tei, 443)
     assert not can_connect(policies, pods["retrieval"], tei, 8080)
+    assert not can_connect(policies, pods["generation"], tei, 8080)  # docs/generation.md
     if overlay == "dev":
         assert reachable_from("local-llm", 8088) == {"generation"}
 
