@@ -16,8 +16,9 @@ would do the same per call, at the price of several coroutines and a handler loo
 every call (~13 % of a bare unary call's server CPU, docs/benchmarks.md); for the same
 reason the server span is made here rather than by opentelemetry-instrumentation-grpc's
 server interceptor, and named and attributed the way that one does, so client and server
-spans match. Health checking and reflection are registered unwrapped, so probes and
-``grpcurl list`` work without a key and stay out of metrics, traces and the access log.
+spans match. Health checking and reflection are registered without it, so probes and
+``grpcurl list`` work without a key and stay out of metrics, traces and the access log;
+they are held to the request metadata limit alone (``server.py``).
 """
 
 from __future__ import annotations

@@ -19,17 +19,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import resource
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from services.common.auth import Authenticator
 from services.common.call_deadline import DeadlineLimit
@@ -37,7 +38,7 @@ from services.common.call_slots import REASON as CALL_SLOTS_REASON
 from services.common.call_slots import CallSlots
 from services.common.channel_args import metadata_options
 from services.common.chassis import Admission, ChassisRegistry
-from services.common.errors import InvalidArgument, ResourceExhausted
+from services.common.errors import InvalidArgument, ResourceExhausted, ServiceError
 from services.common.hostport import bind_problem, join_host_port
 from services.common.logs import register_secret
 from services.common.metadata_size import MetadataLimit, core_limit
@@ -104,6 +105,83 @@ class _BoundedHealth(HealthServicer):
             await super().Watch(request, context)
         finally:
             self._watching -= 1
+
+
+class _MetadataChecked:
+    """Stands in for the server that the generated ``add_*_to_server`` functions of health
+    checking and reflection register with: each of their methods refuses request metadata
+    past ``max_metadata_bytes`` the way the chassis does (METADATA_TOO_LARGE, naming the
+    largest header), and nothing else of the chassis (no key, metrics, trace or access
+    log). Outside the chassis, such metadata passed up to gRPC's own limit (twice the
+    setting) and past it got gRPC's bare refusal."""
+
+    def __init__(self, server: grpc.aio.Server, limit: MetadataLimit) -> None:
+        self._server = server
+        self._limit = limit
+
+    def add_generic_rpc_handlers(self, handlers: Iterable[grpc.GenericRpcHandler]) -> None:
+        self._server.add_generic_rpc_handlers(tuple(_CheckedGeneric(h, self) for h in handlers))
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: Mapping[str, grpc.RpcMethodHandler]
+    ) -> None:
+        checked = {name: self.wrap(f"/{service}/{name}", h) for name, h in handlers.items()}
+        self._server.add_registered_method_handlers(service, checked)  # type: ignore[attr-defined]
+
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        limit = self._limit
+
+        async def refuse_large(context: grpc.aio.ServicerContext) -> None:
+            try:
+                limit.check(method, context.invocation_metadata())  # type: ignore[arg-type]
+            except ServiceError as err:
+                status = err.to_status()
+                await context.abort(status.code, status.details, status.trailing_metadata)
+
+        def checked(fn: Callable[..., Any]) -> Callable[..., Any]:
+            if inspect.isasyncgenfunction(fn):  # reflection's stream
+
+                async def stream(
+                    request: Any, context: grpc.aio.ServicerContext
+                ) -> AsyncIterator[Any]:
+                    await refuse_large(context)
+                    async for reply in fn(request, context):
+                        yield reply
+
+                return stream
+
+            async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                await refuse_large(context)
+                return await fn(request, context)
+
+            return call
+
+        codecs = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(checked(handler.unary_unary), **codecs)
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(checked(handler.unary_stream), **codecs)
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(checked(handler.stream_unary), **codecs)
+        return grpc.stream_stream_rpc_method_handler(checked(handler.stream_stream), **codecs)
+
+
+class _CheckedGeneric(grpc.GenericRpcHandler):
+    # Calls that core did not match to a registered method come this way.
+    def __init__(self, inner: grpc.GenericRpcHandler, checked: _MetadataChecked) -> None:
+        self._inner = inner
+        self._checked = checked
+
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        handler = self._inner.service(handler_call_details)
+        if handler is None:
+            return None
+        return self._checked.wrap(handler_call_details.method, handler)  # type: ignore[attr-defined]
 
 
 class BindError(RuntimeError):
@@ -208,7 +286,8 @@ class GrpcServer:
             largest = self._chassis.largest_request()
         # Not gRPC's maximum_concurrent_rpcs: the chassis holds that cap (call_slots.py).
         server = grpc.aio.server(options=server_options(self.settings, largest))
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        checked = _MetadataChecked(server, self.metadata_limit)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, checked)
         if self._chassis is not None:
             self._chassis.register(server)
         return server
@@ -221,7 +300,11 @@ class GrpcServer:
             reflection.SERVICE_NAME,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
         )
-        reflection.enable_server_reflection(names, self.server)
+        # What reflection.enable_server_reflection does, registered through the check.
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            reflection.aio.ReflectionServicer(names),
+            _MetadataChecked(self.server, self.metadata_limit),
+        )
         address = join_host_port(self.host, self.port)
         # Probed first: gRPC says why only in a log line of its own, then raises.
         problem = bind_problem(self.host, self.port)

@@ -457,6 +457,42 @@ async def test_health_watch_streams_are_capped() -> None:
     await server.stop(0)
 
 
+async def test_health_and_reflection_refuse_large_metadata_with_error_info() -> None:
+    # They ran outside the chassis: metadata past the setting (and below gRPC's own limit,
+    # twice it) passed, and past that gRPC refused bare, with no ErrorInfo to say which
+    # header or limit. Now the same check as every method of ours, and probes still pass.
+    server, channel = await _start(max_metadata_bytes=8192)
+    big = (("x-padding", "k" * 9000),)
+    health = health_pb2_grpc.HealthStub(channel)
+    reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+
+    async def one() -> AsyncIterator[reflection_pb2.ServerReflectionRequest]:
+        yield reflection_pb2.ServerReflectionRequest(list_services="")
+
+    calls = {
+        "Check": lambda md: health.Check(health_pb2.HealthCheckRequest(), metadata=md),
+        "List": lambda md: health.List(health_pb2.HealthListRequest(), metadata=md),
+        "Watch": lambda md: health.Watch(health_pb2.HealthCheckRequest(), metadata=md).read(),
+        "ServerReflectionInfo": lambda md: reflection.ServerReflectionInfo(
+            one(), metadata=md
+        ).read(),
+    }
+    for name, call in calls.items():
+        if name != "List":  # UNIMPLEMENTED by grpcio-health-checking's servicer
+            await call(())  # within the limit: as before
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call(big)
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, name
+        info = _error_info(caught.value)
+        assert info.reason == "METADATA_TOO_LARGE", name
+        assert info.metadata["setting"] == "GENSEARCH_MAX_METADATA_BYTES", name
+        assert info.metadata["limit_bytes"] == "8192", name
+        assert bad_request_field(caught.value) == "x-padding", name
+        assert name in (caught.value.details() or ""), caught.value.details()
+    await channel.close()
+    await server.stop(0)
+
+
 async def _reaches_the_server(server: GrpcServer, call: asyncio.Future[bytes]) -> None:
     """Waits (polling, bounded) until ``call`` holds a call slot: it is in flight on the
     server, not still on its way over a channel that is connecting (a fixed 0.1 s sleep
