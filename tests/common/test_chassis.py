@@ -396,6 +396,23 @@ async def test_health_and_reflection_need_no_key(keyed_server: grpc.aio.Channel)
     assert {SERVICE, "grpc.health.v1.Health"} <= names
 
 
+async def test_health_list_answers_without_an_error_log(
+    keyed_server: grpc.aio.Channel, caplog: pytest.LogCaptureFixture
+) -> None:
+    # grpcio-health-checking's servicer leaves List unimplemented: any client, without a
+    # key, got UNIMPLEMENTED quoting a Python exception, and the server logged an ERROR
+    # with a traceback per call.
+    health = health_pb2_grpc.HealthStub(keyed_server)
+    with caplog.at_level(logging.ERROR):
+        reply = await health.List(health_pb2.HealthListRequest())
+    serving = health_pb2.HealthCheckResponse.SERVING
+    assert {name: s.status for name, s in reply.statuses.items()} == {
+        "": serving,
+        SERVICE: serving,
+    }
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
 async def test_health_refuses_a_service_name_longer_than_any(
     keyed_server: grpc.aio.Channel,
 ) -> None:
@@ -478,8 +495,7 @@ async def test_health_and_reflection_refuse_large_metadata_with_error_info() -> 
         ).read(),
     }
     for name, call in calls.items():
-        if name != "List":  # UNIMPLEMENTED by grpcio-health-checking's servicer
-            await call(())  # within the limit: as before
+        await call(())  # within the limit: as before
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await call(big)
         assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, name
