@@ -76,7 +76,7 @@ class _BoundedHealth(HealthServicer):
     async def _refuse_long(self, request: Any, context: grpc.aio.ServicerContext) -> None:
         size = len(request.service.encode())
         if size > self.max_service_bytes:
-            status = InvalidArgument(
+            refusal = InvalidArgument(
                 f"service is {size} bytes; a health check names at most "
                 f"{self.max_service_bytes} (a service's full name; "
                 f"{self._namespace}HEALTH_MAX_SERVICE_BYTES)",
@@ -86,8 +86,8 @@ class _BoundedHealth(HealthServicer):
                     "limit_bytes": str(self.max_service_bytes),
                     "setting": f"{self._namespace}HEALTH_MAX_SERVICE_BYTES",
                 },
-            ).to_status()
-            await context.abort(status.code, status.details, status.trailing_metadata)
+            )
+            await _abort(context, refusal)
 
     async def Check(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         await self._refuse_long(request, context)
@@ -108,18 +108,65 @@ class _BoundedHealth(HealthServicer):
         await self._refuse_long(request, context)
         if self._watching >= self.max_watches:
             setting = f"{self._namespace}HEALTH_MAX_WATCHES"
-            status = ResourceExhausted(
-                f"the server has its limit of {self.max_watches} health Watch streams "
-                f"open ({setting}); use Check, or retry later",
-                reason=CALL_SLOTS_REASON,
-                metadata={"limit": str(self.max_watches), "setting": setting},
-            ).to_status()
-            await context.abort(status.code, status.details, status.trailing_metadata)
+            await _abort(context, _too_many(self.max_watches, "health Watch", setting, "use Check"))
         self._watching += 1
         try:
             await super().Watch(request, context)
         finally:
             self._watching -= 1
+
+
+class _BoundedReflection(reflection.aio.ReflectionServicer):  # type: ignore[misc]
+    """grpc.reflection.v1alpha.ServerReflection with at most ``max_streams`` streams open
+    at once (more are RESOURCE_EXHAUSTED), each waiting at most ``idle``'s time for its
+    next request (then DEADLINE_EXCEEDED, STREAM_IDLE), as the chassis waits for a client
+    stream's. Reflection needs no key, and a stream whose client neither sent nor
+    half-closed stayed open for ever, uncounted, holding its connection. grpcurl asks,
+    half-closes and reads: well within both."""
+
+    def __init__(self, names: Sequence[str], max_streams: int, idle: IdleLimit, setting: str):
+        super().__init__(names)
+        self.max_streams = max_streams
+        self._idle = idle
+        self._setting = setting
+        self._open = 0
+
+    async def _paced(self, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        requests = aiter(requests)
+        while True:
+            try:
+                yield await self._idle.next(requests)
+            except StopAsyncIteration:
+                return
+
+    async def ServerReflectionInfo(
+        self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        if self._open >= self.max_streams:
+            await _abort(context, _too_many(self.max_streams, "reflection", self._setting))
+        self._open += 1
+        try:
+            async for reply in super().ServerReflectionInfo(self._paced(requests), context):
+                yield reply
+        except ServiceError as err:  # STREAM_IDLE
+            await _abort(context, err)
+        finally:
+            self._open -= 1
+
+
+def _too_many(limit: int, what: str, setting: str, instead: str = "") -> ResourceExhausted:
+    """The refusal of a stream past ``limit`` of its kind (``what``) open at once."""
+    return ResourceExhausted(
+        f"the server has its limit of {limit} {what} streams open ({setting}); "
+        f"{instead + ', or ' if instead else ''}retry later",
+        reason=CALL_SLOTS_REASON,
+        metadata={"limit": str(limit), "setting": setting},
+    )
+
+
+async def _abort(context: grpc.aio.ServicerContext, err: ServiceError) -> None:
+    status = err.to_status()
+    await context.abort(status.code, status.details, status.trailing_metadata)
 
 
 class _MetadataChecked:
@@ -150,8 +197,7 @@ class _MetadataChecked:
             try:
                 limit.check(method, context.invocation_metadata())  # type: ignore[arg-type]
             except ServiceError as err:
-                status = err.to_status()
-                await context.abort(status.code, status.details, status.trailing_metadata)
+                await _abort(context, err)
 
         def checked(fn: Callable[..., Any]) -> Callable[..., Any]:
             if inspect.isasyncgenfunction(fn):  # reflection's stream
@@ -315,10 +361,15 @@ class GrpcServer:
             reflection.SERVICE_NAME,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
         )
-        # What reflection.enable_server_reflection does, registered through the check.
+        # What reflection.enable_server_reflection does, bounded, through the check.
+        reflecting = _BoundedReflection(
+            names,
+            self.settings.reflection_max_streams,
+            self.stream_idle,
+            f"{self.settings.namespace()}REFLECTION_MAX_STREAMS",
+        )
         reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
-            reflection.aio.ReflectionServicer(names),
-            _MetadataChecked(self.server, self.metadata_limit),
+            reflecting, _MetadataChecked(self.server, self.metadata_limit)
         )
         address = join_host_port(self.host, self.port)
         # Probed first: gRPC says why only in a log line of its own, then raises.

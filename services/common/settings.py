@@ -243,6 +243,10 @@ class CommonSettings(BaseSettings):
     # and keeps its connection from idling out); more are RESOURCE_EXHAUSTED.
     health_max_service_bytes: int = Field(default=256, ge=64, le=MAX_HEALTH_SERVICE_BYTES)
     health_max_watches: int = Field(default=1000, ge=1, le=MAX_CONCURRENCY)
+    # Reflection needs no key either: at most this many of its streams are open at once
+    # (each waits stream_idle_timeout at most for its next request); more are
+    # RESOURCE_EXHAUSTED.
+    reflection_max_streams: int = Field(default=100, ge=1, le=MAX_CONCURRENCY)
     # Calls of our services served at once by the whole server (health checks and
     # reflection not counted); more get RESOURCE_EXHAUSTED, reason TOO_MANY_CONCURRENT_RPCS
     # (services/common/call_slots.py). 0 = no limit.

@@ -509,6 +509,58 @@ async def test_health_and_reflection_refuse_large_metadata_with_error_info() -> 
     await server.stop(0)
 
 
+async def test_reflection_streams_are_capped_and_a_silent_one_is_ended() -> None:
+    # A reflection stream needs no key and stayed open, holding its connection, for as
+    # long as its client neither sent nor half-closed: uncounted and unbounded, where the
+    # chassis ends a silent client stream and health caps its Watch streams.
+    server, channel = await _start(reflection_max_streams=2, stream_idle_timeout=60)
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    listing = reflection_pb2.ServerReflectionRequest(list_services="")
+    open_ = [stub.ServerReflectionInfo() for _ in range(2)]
+    try:
+        for stream in open_:
+            await stream.write(listing)
+            assert (await stream.read()).list_services_response.service
+        refused = stub.ServerReflectionInfo(timeout=10)  # before: open until this deadline
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await refused.read()
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        info = _error_info(caught.value)
+        assert info.reason == "TOO_MANY_CONCURRENT_RPCS"
+        setting = "GENSEARCH_REFLECTION_MAX_STREAMS"
+        assert dict(info.metadata) == {"limit": "2", "setting": setting}
+        await open_[0].done_writing()  # grpcurl's way: ask, half-close, read to the end
+        assert await open_[0].read() == grpc.aio.EOF
+        for _ in range(100):  # its slot is given back once the server sees the end
+            again = stub.ServerReflectionInfo()
+            open_.append(again)
+            try:
+                await again.write(listing)
+                await again.read()
+                break
+            except grpc.aio.AioRpcError:
+                await asyncio.sleep(0.02)
+        else:
+            raise AssertionError("an ended reflection stream kept its slot")
+    finally:
+        for stream in open_:
+            stream.cancel()
+        await channel.close()
+        await server.stop(0)
+
+    server, channel = await _start(stream_idle_timeout=0.2)
+    try:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        silent = stub.ServerReflectionInfo(timeout=10)  # before: open until this deadline
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await silent.read()
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert _error_info(caught.value).reason == "STREAM_IDLE"
+    finally:
+        await channel.close()
+        await server.stop(0)
+
+
 async def _reaches_the_server(server: GrpcServer, call: asyncio.Future[bytes]) -> None:
     """Waits (polling, bounded) until ``call`` holds a call slot: it is in flight on the
     server, not still on its way over a channel that is connecting (a fixed 0.1 s sleep
