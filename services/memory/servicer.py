@@ -297,8 +297,11 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
         new_info = request.interaction.additional_info
         _check_additional_info(new_info, self._settings, "interaction.additional_info")
         settings = self._settings
+        implied = not request.update_mask.paths
 
         def change(interaction: pb.Interaction) -> None:
+            if implied:
+                _refuse_fixed_changes(request.interaction, interaction)
             if keys is None:
                 interaction.additional_info.CopyFrom(new_info)
             else:
@@ -475,6 +478,34 @@ def _claim(request: pb.CheckStorageRequest) -> tuple[str, int] | None:
             field="claim_seconds",
         )
     return token, request.claim_seconds
+
+
+# What UpdateInteraction never changes. Without a mask, only additional_info is applied
+# (replaced whole): a request also changing one of these answered OK without changing it,
+# and wiped additional_info. Each must be unset or as stored (a read-modify-write sends the
+# interaction back as read); server-kept fields (update_time, trace_count) are not compared.
+_FIXED_FIELDS = ("conversation_id", "input", "prompt_template", "response", "origin")
+
+
+def _refuse_fixed_changes(sent: pb.Interaction, stored: pb.Interaction) -> None:
+    changed = [
+        name
+        for name in _FIXED_FIELDS
+        if getattr(sent, name) and getattr(sent, name) != getattr(stored, name)
+    ]
+    if sent.HasField("create_time") and sent.create_time != stored.create_time:
+        changed.append("create_time")
+    same_id = sent.conversation_id.lower() == stored.conversation_id.lower()
+    if changed and changed[0] == "conversation_id" and same_id:
+        changed.pop(0)  # the same id, in capitals
+    if changed:
+        field = f"interaction.{changed[0]}"
+        raise InvalidArgument(
+            f"{field} differs from the stored interaction, and cannot be updated; only "
+            "additional_info (or additional_info.<key>) may change",
+            field=field,
+            reason="FIELD_NOT_UPDATABLE",
+        )
 
 
 def _update_paths(request: pb.UpdateInteractionRequest) -> list[str] | None:

@@ -4,6 +4,8 @@ service alone against real Redis, standalone and a 3-master cluster."""
 
 from __future__ import annotations
 
+import uuid
+
 import grpc
 import pytest
 from gensearch.memory.v1 import memory_service_pb2 as pb
@@ -218,6 +220,46 @@ async def test_update_interaction_changes_additional_info_only(memory: Memory) -
         grpc.StatusCode.INVALID_ARGUMENT,
         "interaction.interaction_id",
     )
+
+
+async def test_an_update_without_a_mask_changing_another_field_is_refused(
+    memory: Memory,
+) -> None:
+    # Without a mask only additional_info was applied, replacing it whole: a request
+    # changing the response answered OK, left the response as it was and wiped the
+    # interaction's additional_info (here its rating).
+    interaction = await _turn(memory, [], additional_info=_struct(rating=5))
+    iid = interaction.interaction_id
+    changes = {
+        "input": pb.Interaction(input="forged"),
+        "response": pb.Interaction(response="forged"),
+        "origin": pb.Interaction(origin="forged"),
+        "prompt_template": pb.Interaction(prompt_template="forged"),
+        "conversation_id": pb.Interaction(conversation_id=str(uuid.uuid4())),
+        "create_time": pb.Interaction(create_time=Timestamp(seconds=1)),
+    }
+    for field, change in changes.items():
+        change.interaction_id = iid
+        await expect_error(
+            memory.stub.UpdateInteraction(
+                pb.UpdateInteractionRequest(interaction=change), metadata=ALICE
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"interaction.{field}",
+        )
+    got = await memory.stub.GetInteraction(
+        pb.GetInteractionRequest(interaction_id=iid), metadata=ALICE
+    )
+    assert got.interaction == interaction
+    # The whole interaction as read, its additional_info changed: the rest is unchanged,
+    # so it is no change (read, modify, write back).
+    sent = pb.Interaction()
+    sent.CopyFrom(got.interaction)
+    sent.additional_info.CopyFrom(_struct(rating=4))
+    updated = await memory.stub.UpdateInteraction(
+        pb.UpdateInteractionRequest(interaction=sent), metadata=ALICE
+    )
+    assert json_format.MessageToDict(updated.interaction.additional_info) == {"rating": 4}
 
 
 async def test_update_keeps_traces_and_concurrent_updates_all_land(memory: Memory) -> None:
