@@ -161,7 +161,7 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
         self, request: pb.UpdateConversationRequest, context: grpc.aio.ServicerContext
     ) -> pb.UpdateConversationResponse:
         cid = _id(request.conversation_id, "conversation_id")
-        paths = list(request.update_mask.paths) or ["name"]
+        paths = list(request.update_mask.paths) or _implied_paths(request)
         update = ConversationUpdate()
         for path in paths:
             if path == "name":
@@ -478,6 +478,23 @@ def _claim(request: pb.CheckStorageRequest) -> tuple[str, int] | None:
             field="claim_seconds",
         )
     return token, request.claim_seconds
+
+
+def _implied_paths(request: pb.UpdateConversationRequest) -> list[str]:
+    """An UpdateConversation without a mask changes the fields it sets (AIP-134); setting
+    none, the name alone, as before masks (so clearing it). It used to be the name alone
+    always: a request setting max_turns or ttl changed neither and wiped the name."""
+    implied = [
+        path
+        for path, given in (
+            ("name", bool(request.name)),
+            ("ttl", request.HasField("ttl")),
+            ("max_turns", request.max_turns != 0),
+            ("summary_disabled", request.summary_disabled),
+        )
+        if given
+    ]
+    return implied or ["name"]
 
 
 # What UpdateInteraction never changes. Without a mask, only additional_info is applied

@@ -170,6 +170,22 @@ async def test_default_ttl_and_update_with_a_field_mask(memory_factory: MemoryFa
     assert made.conversation.ttl == at_limit
 
 
+async def test_an_update_without_a_mask_changes_what_it_sets(memory: Memory) -> None:
+    # Without a mask only the name was applied: a request setting max_turns or ttl alone
+    # answered OK, changed neither, and wiped the conversation's name.
+    conv = await _create(memory)
+    cid = conv.conversation_id
+    update = pb.UpdateConversationRequest(
+        conversation_id=cid, max_turns=7, ttl=duration_pb2.Duration(seconds=600)
+    )
+    updated = (await memory.stub.UpdateConversation(update, metadata=ALICE)).conversation
+    assert updated.name == conv.name != ""
+    assert updated.max_turns == 7 and updated.ttl.seconds == 600
+    disabled = pb.UpdateConversationRequest(conversation_id=cid, summary_disabled=True)
+    updated = (await memory.stub.UpdateConversation(disabled, metadata=ALICE)).conversation
+    assert updated.summary_disabled and updated.name == conv.name and updated.max_turns == 7
+
+
 async def test_max_turns_without_summary_evicts_the_oldest(memory: Memory) -> None:
     conv = await _create(memory, max_turns=3, summary_disabled=True)
     cid = conv.conversation_id
