@@ -28,6 +28,7 @@ text to ``re`` but fuzzy matching to ``regex``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import re
@@ -439,6 +440,73 @@ def schema_data(schema: struct_pb2.Struct, field: str) -> dict[str, Any]:
     return data
 
 
+# Keywords whose subschemas apply to the same value as the schema holding them (``$ref``
+# and ``$dynamicRef`` too): a loop through them alone never reaches a smaller value.
+_IN_PLACE_LISTS = ("allOf", "anyOf", "oneOf")
+_IN_PLACE_ONE = ("not", "if", "then", "else")
+
+
+def _ref_loop(schema: Mapping[str, Any]) -> bool:
+    """Whether some subschema applies itself to the same value without end, through
+    ``$ref``s and in-place keywords only (``{"$ref": "#/$defs/x"}`` in ``x``; ``#`` under
+    ``allOf`` of the root). Found only at validation (as RecursionError), it cost the
+    caller two upstream calls and came back INVALID_OUTPUT. A ``$ref`` under
+    ``properties``, ``items``... descends into the answer, which ends: that recursion is a
+    tree's, and allowed. Nested ``$id``s are left to validation, as in ``_dangling_ref``."""
+    resource = DRAFT202012.create_resource(dict(schema))
+    uri = resource.id() or ""
+    resolver = Registry().with_resource(uri, resource).resolver(base_uri=uri)
+
+    def in_place(node: dict[str, Any]) -> list[Any]:
+        children: list[Any] = [node.get(key) for key in _IN_PLACE_ONE]
+        for key in _IN_PLACE_LISTS:
+            if isinstance(node.get(key), list):
+                children.extend(node[key])
+        if isinstance(node.get("dependentSchemas"), dict):
+            children.extend(node["dependentSchemas"].values())
+        for key in ("$ref", "$dynamicRef"):
+            if isinstance(node.get(key), str):
+                # A dangling one was refused before this, by _dangling_ref.
+                with contextlib.suppress(Unresolvable, ValueError, TypeError, LookupError):
+                    children.append(resolver.lookup(node[key]).contents)
+        return [child for child in children if isinstance(child, dict)]
+
+    # Depth-first over the subschemas (by identity: the lookup returns the resource's own
+    # dicts), iterative; a subschema met again while still on the path is a loop.
+    done: set[int] = set()
+    stack: list[tuple[dict[str, Any], list[Any]]] = []
+    on_path: set[int] = set()
+    roots: list[Any] = [resource.contents]
+    while roots:
+        start = roots.pop()
+        if isinstance(start, list):
+            roots.extend(start)
+            continue
+        if not isinstance(start, dict):
+            continue
+        if start is not resource.contents and "$id" in start:
+            return False  # a new base for the references under it: left to validation
+        roots.extend(v for k, v in start.items() if k not in _DATA_KEYWORDS)
+        if id(start) in done:
+            continue
+        stack.append((start, in_place(start)))
+        on_path.add(id(start))
+        while stack:
+            node, pending = stack[-1]
+            if not pending:
+                stack.pop()
+                on_path.discard(id(node))
+                done.add(id(node))
+                continue
+            child = pending.pop()
+            if id(child) in on_path:
+                return True
+            if id(child) not in done:
+                stack.append((child, in_place(child)))
+                on_path.add(id(child))
+    return False
+
+
 def check_schema(schema: Mapping[str, Any], field: str, limits: SchemaLimits) -> OutputSchema:
     """What validates answers against ``schema``, or INVALID_ARGUMENT naming ``field``."""
     if not schema:
@@ -482,6 +550,13 @@ def check_schema(schema: Mapping[str, Any], field: str, limits: SchemaLimits) ->
     if dangling is not None:
         raise InvalidArgument(
             f"$ref {_short(repr(dangling))} points to nothing in the schema",
+            field=field,
+            reason=INVALID_SCHEMA,
+        )
+    if _ref_loop(schema):
+        raise InvalidArgument(
+            "the schema's $refs refer to each other without end (a subschema applies "
+            "itself to the same value through $ref, allOf, anyOf, oneOf, not, if/then/else)",
             field=field,
             reason=INVALID_SCHEMA,
         )

@@ -147,23 +147,47 @@ def test_a_pattern_python_cannot_compile_is_refused_not_a_crash() -> None:
         ({"type": "object"}, '{"a": ' * 40 + "1" + "}" * 40),
         # A schema that refers to itself for as deep as the answer goes.
         ({"type": "object", "properties": {"c": {"$ref": "#"}}}, '{"c": ' * 900 + "{}" + "}" * 900),
-        # $refs that refer to each other without end, whatever the answer.
-        (
-            {
-                "type": "object",
-                "properties": {"a": {"$ref": "#/$defs/x"}},
-                "$defs": {"x": {"$ref": "#/$defs/x"}},
-            },
-            '{"a": 1}',
-        ),
     ],
 )
-def test_deep_answers_and_endless_refs_are_invalid_output_not_a_crash(
-    schema: dict[str, Any], text: str
-) -> None:
+def test_deep_answers_are_invalid_output_not_a_crash(schema: dict[str, Any], text: str) -> None:
     output = check_schema(schema, FIELD, SchemaLimits())
     value, why = parse_output(text, output)
     assert value is None and why
+
+
+@pytest.mark.parametrize(
+    "loop",
+    [
+        {"properties": {"a": {"$ref": "#/$defs/x"}}, "$defs": {"x": {"$ref": "#/$defs/x"}}},
+        {"properties": {"a": {"$ref": "#/properties/a"}}},
+        {"$defs": {"x": {"$ref": "#/$defs/y"}, "y": {"allOf": [{"$ref": "#/$defs/x"}]}}},
+        {"anyOf": [{"not": {"$ref": "#"}}]},
+        {"if": {"$ref": "#/$defs/x"}, "$defs": {"x": {"oneOf": [{"$ref": "#"}]}}},
+    ],
+)
+def test_refs_that_refer_to_each_other_without_end_are_refused_before_any_call(
+    loop: dict[str, Any],
+) -> None:
+    # Found only at validation, each one cost two upstream calls (the answer and its
+    # corrective retry) and came back FAILED_PRECONDITION / INVALID_OUTPUT, as if the
+    # model were at fault: the schema applies itself to the same value for ever.
+    with pytest.raises(InvalidArgument) as caught:
+        check_schema({"type": "object", **loop}, FIELD, SchemaLimits())
+    assert caught.value.field == FIELD
+    assert caught.value.reason == "INVALID_SCHEMA"
+    assert "without end" in caught.value.message
+
+
+def test_a_ref_that_descends_into_the_answer_may_recur() -> None:
+    tree = {
+        "type": "object",
+        "properties": {"children": {"type": "array", "items": {"$ref": "#"}}},
+        "$defs": {"x": {"properties": {"next": {"$ref": "#/$defs/x"}}}},
+        "allOf": [{"$ref": "#/$defs/x"}],
+    }
+    output = check_schema(tree, FIELD, SchemaLimits())
+    value, why = parse_output('{"children": [{"children": []}], "next": {"next": {}}}', output)
+    assert value is not None, why
 
 
 def test_an_answer_as_deep_as_a_struct_carries_is_valid() -> None:

@@ -245,17 +245,9 @@ async def test_a_pattern_python_cannot_compile_is_invalid_argument(
     [
         ({"type": "object"}, '{"a": ' + "[" * 5000 + "]" * 5000 + "}"),
         ({"type": "object"}, '{"a": ' * 40 + "1" + "}" * 40),
-        (
-            {
-                "type": "object",
-                "properties": {"a": {"$ref": "#/$defs/x"}},
-                "$defs": {"x": {"$ref": "#/$defs/x"}},
-            },
-            '{"a": 1}',
-        ),
     ],
 )
-async def test_a_too_deep_answer_or_endless_refs_are_invalid_output(
+async def test_a_too_deep_answer_is_invalid_output(
     service: Service, fake: FakeOpenAI, schema: dict[str, Any], answer: str
 ) -> None:
     # Before: RecursionError or a Struct protobuf cannot decode, so INTERNAL.
@@ -266,6 +258,28 @@ async def test_a_too_deep_answer_or_endless_refs_are_invalid_output(
         )
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert error_info(caught.value).reason == "INVALID_OUTPUT"
+
+
+async def test_endless_refs_are_invalid_argument_before_any_call(
+    service: Service, fake: FakeOpenAI
+) -> None:
+    # Before: INVALID_OUTPUT (FAILED_PRECONDITION) after two upstream calls, the answer and
+    # its corrective retry, as if the model were at fault.
+    schema = {
+        "type": "object",
+        "properties": {"a": {"$ref": "#/$defs/x"}},
+        "$defs": {"x": {"$ref": "#/$defs/x"}},
+    }
+    fake.reply = '{"a": 1}'
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.Generate(
+            pb.GenerateRequest(messages=[user("hi")], response_format=fmt(schema)), timeout=5
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    info = error_info(caught.value)
+    assert info.reason == "INVALID_SCHEMA"
+    assert info.metadata["field"] == "response_format.json_schema"
+    assert fake.chat_requests == []
 
 
 async def test_an_integer_too_long_for_python_is_a_number_out_of_range(
