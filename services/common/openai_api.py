@@ -40,14 +40,14 @@ from opentelemetry.trace import Span, SpanKind, StatusCode, Tracer
 
 from services.common.egress import EgressPolicy, EgressResolver, guarded_connector
 from services.common.errors import ServiceError
+from services.common.tracing import UPSTREAM_ATTEMPTS
 
 # The SDK refuses to build a client without credentials; every call then either sends the
 # caller's key (an ``Authorization`` header per request) or omits the Authorization header
 # (see ``authorized``), so this value is never sent.
 NO_KEY = "no-key"
 MAX_CLIENTS = 64
-# Span attribute: attempts made, first included (not a semantic-convention name).
-ATTEMPTS = "gensearch.upstream.attempts"
+ATTEMPTS = UPSTREAM_ATTEMPTS  # the span attribute, under the name its users import
 
 ExtraHeaders = dict[str, str | openai.Omit]
 _NO_AMBIENT_IDS: Any = {"OpenAI-Organization": openai.omit, "OpenAI-Project": openai.omit}

@@ -47,6 +47,9 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 
 TRACER_NAME = "gensearch"
+# Span attribute of an upstream call (LLM, embeddings, rerank) and of a generative hit:
+# attempts made, first included (not a semantic-convention name).
+UPSTREAM_ATTEMPTS = "gensearch.upstream.attempts"
 
 # Shared by every provider of the process: adding one processor reaches them all.
 _processors = SynchronousMultiSpanProcessor()

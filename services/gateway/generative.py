@@ -19,8 +19,8 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from google.protobuf import json_format
 from opentelemetry import trace
 
-from services.common.errors import FailedPrecondition, ServiceError
-from services.common.tracing import service_tracer
+from services.common.errors import ATTEMPTS, FailedPrecondition, ServiceError, metadata_count
+from services.common.tracing import UPSTREAM_ATTEMPTS, service_tracer
 from services.gateway import chunks, generation_cache, generative_request, rerank, templates
 from services.gateway.backends import Backends
 from services.gateway.catalog import CollectionInfo
@@ -50,6 +50,12 @@ DOWNSTREAM_MARGIN = 0.25
 # Seconds before the budget's end a hit stops waiting for its cache write: its answer
 # must reach the fan-out before the fan-out gives up on it.
 STORE_MARGIN = 0.05
+# Attributes of a hit's span: the GenAI semantic conventions' names, as on the generation
+# service's "chat <model>" span under it, and whether the generation cache answered.
+PROVIDER = "gen_ai.provider.name"
+REQUEST_MODEL = "gen_ai.request.model"
+RESPONSE_MODEL = "gen_ai.response.model"
+CACHE_HIT = "gensearch.cache.hit"
 T = TypeVar("T")
 
 
@@ -104,12 +110,51 @@ class Plan:
         )
 
 
-async def traced(index: int, attributes: dict[str, str | int], call: Awaitable[T]) -> T:
+def _span_name(index: int) -> str:
+    return "generate grouped" if index == GROUPED else f"generate hit {index}"
+
+
+def _hit_attributes(
+    index: int, hits: int, object_id: str, options: Options
+) -> dict[str, str | int | bool]:
+    """What a hit's span says before its call: which hit, and the provider and model asked
+    for (the generation service's defaults when the request and collection name none).
+    Never the prompt nor an object's properties: they are the caller's data."""
+    attributes: dict[str, str | int | bool] = (
+        {"gensearch.hits": hits}
+        if index == GROUPED
+        else {"gensearch.hit.index": index, "gensearch.object.id": object_id}
+    )
+    if options.provider:
+        attributes[PROVIDER] = options.provider
+    if options.model:
+        attributes[REQUEST_MODEL] = options.model
+    attributes[CACHE_HIT] = False
+    return attributes
+
+
+def _answered(
+    span: trace.Span, attributes: dict[str, str | int | bool], result: gw_pb.GenerationResult
+) -> None:
+    """The provider and model that answered, and the upstream attempts it took (0 for an
+    answer from the generation cache: no call was made)."""
+    if result.provider:
+        span.set_attribute(PROVIDER, result.provider)
+    if result.model:
+        span.set_attribute(RESPONSE_MODEL, result.model)
+        if REQUEST_MODEL not in attributes:  # the generation service's default
+            span.set_attribute(REQUEST_MODEL, result.model)
+    span.set_attribute(UPSTREAM_ATTEMPTS, 0 if result.cached else result.attempts)
+
+
+async def traced(index: int, attributes: dict[str, str | int | bool], call: Awaitable[T]) -> T:
     """``call`` inside its own span (a hit's, or the grouped call's), ended with the
-    outcome's status name; never the prompt."""
-    name = "generate grouped" if index == GROUPED else f"generate hit {index}"
+    outcome's status name, the provider, model and upstream attempts; never the prompt."""
     with service_tracer("gateway").start_as_current_span(
-        name, attributes=attributes, record_exception=False, set_status_on_exception=False
+        _span_name(index),
+        attributes=attributes,
+        record_exception=False,
+        set_status_on_exception=False,
     ) as span:
         try:
             result = await call
@@ -117,9 +162,29 @@ async def traced(index: int, attributes: dict[str, str | int], call: Awaitable[T
             outcome = HitError.outcome(err)
             span.set_attribute("gensearch.outcome", outcome)
             span.set_status(trace.StatusCode.ERROR, outcome)
+            if isinstance(err, ServiceError):
+                # What the generation service said of the failed call (errors.py keys).
+                if err.metadata.get("provider"):
+                    span.set_attribute(PROVIDER, err.metadata["provider"])
+                attempts = metadata_count(err.metadata, ATTEMPTS)
+                if attempts is not None:
+                    span.set_attribute(UPSTREAM_ATTEMPTS, attempts)
             raise
         span.set_attribute("gensearch.outcome", "OK")
+        if isinstance(result, gw_pb.GenerationResult):
+            _answered(span, attributes, result)
         return result
+
+
+def cached_span(
+    index: int, attributes: dict[str, str | int | bool], result: gw_pb.GenerationResult
+) -> None:
+    """A hit answered from the generation cache has its span too (no call under it)."""
+    attributes = {**attributes, CACHE_HIT: True, "gensearch.outcome": "OK"}
+    with service_tracer("gateway").start_as_current_span(
+        _span_name(index), attributes=attributes
+    ) as span:
+        _answered(span, attributes, result)
 
 
 class GenerativeSearch:
@@ -302,12 +367,12 @@ class GenerativeSearch:
                 for hit, props in zip(plan.hits, properties, strict=True)
             ]
 
+        def span_attributes(index: int) -> dict[str, str | int | bool]:
+            object_id = "" if index == GROUPED else plan.hits[index].id
+            return _hit_attributes(index, len(plan.hits), object_id, options)
+
         def job(index: int, prompt: str) -> Job[gw_pb.GenerationResult]:
-            attributes: dict[str, str | int] = (
-                {"gensearch.hits": len(plan.hits)}
-                if index == GROUPED
-                else {"gensearch.hit.index": index, "gensearch.object.id": plan.hits[index].id}
-            )
+            attributes = span_attributes(index)
             messages = [gen_pb.Message(role=gen_pb.ROLE_USER, content=prompt)]
             if key_of is not None:
                 keys[index] = key_of(messages)
@@ -413,8 +478,9 @@ class GenerativeSearch:
             # Within the budget: a Redis that does not answer is a miss, not a call that
             # outlives its caller's deadline.
             plan.cached = await cache.get_many(keys, timeout=time_left(deadline, floor=0))
-            for index in plan.cached:
+            for index, result in plan.cached.items():
                 del plan.jobs[index]
+                cached_span(index, span_attributes(index), result)
         if return_properties:
             _strip(plan.hits, set(return_properties))
         return plan

@@ -3,6 +3,7 @@ LLM), collected in memory."""
 
 from __future__ import annotations
 
+import uuid
 from collections import Counter
 
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
@@ -11,7 +12,9 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from tests.gateway.conftest import ALICE, BOOKS, DIM, Stack, create_books
+from services.devlaunch.redis_server import RedisProcess
+from tests.gateway.conftest import ALICE, BOOKS, DIM, Stack, StackFactory, create_books
+from tests.support.fake_openai import Behaviour
 
 GENERATE = "/gensearch.generation.v1.GenerationService/Generate"
 SERVICES = {"gateway", "retrieval", "generation", "memory"}
@@ -125,3 +128,66 @@ async def test_generative_search_has_a_span_per_hit_and_per_llm_call(
         while parent.parent is not None and parent.name != GENERATE:
             parent = by_id[parent.parent.span_id]
         assert parent.name == GENERATE and parent.kind == SpanKind.SERVER
+
+
+async def test_each_hit_span_says_provider_model_attempts_and_cache(
+    stack_factory: StackFactory, shared_redis: RedisProcess, spans: InMemorySpanExporter
+) -> None:
+    # A first call generates (one failure retried upstream), a second is answered from the
+    # generation cache: each hit still has its span, saying which.
+    stack = await stack_factory(
+        redis_url=shared_redis.url,
+        quota_key_prefix=f"tr-{uuid.uuid4().hex[:10]}",
+        generation_settings={"retry_max_attempts": 2, "retry_base_backoff": 0.01},
+    )
+    await create_books(stack)
+    request = gw_pb.GenerativeSearchRequest(
+        collection="Books",
+        near_vector=ret_pb.NearVector(vector=[0.5] * DIM),
+        limit=1,
+        generate=gw_pb.Generate(
+            single_prompt="Summarise {title}",
+            cache=gw_pb.GenerationCache(mode=gw_pb.CACHE_MODE_USE),
+        ),
+    )
+    stack.fake.enqueue(Behaviour.error(503))
+    first = await stack.stub.GenerativeSearch(request, metadata=ALICE)
+    assert first.hits[0].generation.attempts == 2
+    again = await stack.stub.GenerativeSearch(request, metadata=ALICE)
+    assert again.hits[0].generation.cached
+    hits = [s for s in spans.get_finished_spans() if s.name == "generate hit 0"]
+    assert len(hits) == 2
+    generated, cached = (dict(s.attributes or {}) for s in hits)
+    for attributes in (generated, cached):
+        assert attributes["gen_ai.provider.name"] == "fake"
+        assert attributes["gen_ai.request.model"] == "fake-model"
+        assert attributes["gensearch.hit.index"] == 0
+    assert generated["gensearch.cache.hit"] is False
+    assert generated["gensearch.upstream.attempts"] == 2
+    assert cached["gensearch.cache.hit"] is True
+    assert cached["gensearch.upstream.attempts"] == 0  # no call made
+
+
+async def test_a_failed_hit_span_says_provider_and_attempts(
+    stack_factory: StackFactory, spans: InMemorySpanExporter
+) -> None:
+    stack = await stack_factory()
+    await create_books(stack)
+    stack.fake.enqueue(Behaviour.error(400))
+    response = await stack.stub.GenerativeSearch(
+        gw_pb.GenerativeSearchRequest(
+            collection="Books",
+            near_vector=ret_pb.NearVector(vector=[0.5] * DIM),
+            limit=1,
+            generate=gw_pb.Generate(single_prompt="Summarise {title}"),
+        ),
+        metadata=ALICE,
+    )
+    assert response.hits[0].generation.error.status == "INVALID_ARGUMENT"
+    (hit,) = [s for s in spans.get_finished_spans() if s.name == "generate hit 0"]
+    attributes = dict(hit.attributes or {})
+    assert attributes["gensearch.outcome"] == "INVALID_ARGUMENT"
+    assert attributes["gen_ai.provider.name"] == "fake"
+    assert attributes["gen_ai.request.model"] == "fake-model"
+    assert attributes["gensearch.upstream.attempts"] == 1
+    assert attributes["gensearch.cache.hit"] is False
