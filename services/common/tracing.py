@@ -23,6 +23,7 @@ import atexit
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+from urllib.parse import unquote
 
 import grpc
 from grpc.aio import ClientCallDetails
@@ -45,6 +46,8 @@ from opentelemetry.sdk.trace import (
 )
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
+
+from services.common.logs import register_secret, url_secrets
 
 TRACER_NAME = "gensearch"
 # Span attribute of an upstream call (LLM, embeddings, rerank) and of a generative hit:
@@ -74,12 +77,34 @@ def exporter_from_env(environ: Mapping[str, str] = os.environ) -> SpanExporter |
         environ.get(OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) or environ.get(OTEL_EXPORTER_OTLP_ENDPOINT)
     ):
         return None
+    register_collector_secrets(environ)
     # Imported here: it pulls in a gRPC channel stack nobody needs while export is off.
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
     # Reads the endpoint, headers, certificates, compression and timeout from the
     # environment itself.
     return OTLPSpanExporter()
+
+
+_HEADER_VARIABLES = ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS")
+
+
+def register_collector_secrets(environ: Mapping[str, str] = os.environ) -> None:
+    """Never log the collector's credentials: the OTLP exporter logs its endpoint, user
+    info included, with every failed export ("Failed to export traces to
+    user:<password>@collector:4317"), and the collector's error details, which may quote
+    the key its headers carried. The endpoints' secrets (as for the Redis and Qdrant URLs)
+    and every header value (``k=v`` pairs, comma-separated, percent-encoded) are
+    registered with the log redactor."""
+    for name in (OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT):
+        for secret in url_secrets(environ.get(name, "")):
+            register_secret(secret)
+    for name in _HEADER_VARIABLES:
+        for pair in environ.get(name, "").split(","):
+            value = pair.partition("=")[2].strip()
+            # As written, decoded, and the token of an "authorization=Bearer%20<token>".
+            for secret in {value, unquote(value).strip(), *unquote(value).split()[-1:]}:
+                register_secret(secret)
 
 
 def add_span_processor(processor: SpanProcessor) -> None:

@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import re
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -313,6 +314,45 @@ def test_otlp_exporter_only_with_an_endpoint(
     assert (exporter is None) != exported
     if exporter is not None:
         exporter.shutdown()
+
+
+@pytest.mark.parametrize(
+    "endpoint", ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
+)
+@pytest.mark.parametrize(
+    "headers", ["OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS"]
+)
+def test_the_collectors_credentials_are_never_logged(
+    monkeypatch: pytest.MonkeyPatch, endpoint: str, headers: str
+) -> None:
+    # The OTLP exporter logs its endpoint's user info with every failed export ("Failed to
+    # export traces to tracer:<password>@collector:4317 ..."), and the collector's error
+    # details, which may quote the key sent in its headers. Secrets of this run's own: a
+    # secret once registered stays so for the process.
+    password, key = f"pw{uuid.uuid4().hex}", f"team{uuid.uuid4().hex}"
+    monkeypatch.setenv(endpoint, f"http://tracer:{password}@127.0.0.1:4317")
+    monkeypatch.setenv(headers, f"x-honeycomb-team={key},x-other=ok")
+    exporter = tracing.exporter_from_env()
+    assert exporter is not None
+    exporter.shutdown()
+    logger = logging.getLogger("opentelemetry.exporter.otlp.proto.grpc.exporter")
+    record = logger.makeRecord(
+        logger.name,
+        logging.ERROR,
+        __file__,
+        0,
+        "Failed to export %s to %s, error code: %s, error details: %s",
+        (
+            "traces",
+            f"tracer:{password}@127.0.0.1:4317",
+            "UNAUTHENTICATED",
+            f"unknown team key {key}",
+        ),
+        None,
+    )
+    line = json_formatter("test").format(record)
+    assert password not in line and key not in line
+    assert "127.0.0.1:4317" in line  # the rest of the line stays
 
 
 def test_sdk_disabled_means_no_tracing(monkeypatch: pytest.MonkeyPatch) -> None:
