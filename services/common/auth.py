@@ -37,6 +37,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 from services.common.errors import PermissionDenied, Unauthenticated
+from services.common.logs import register_secret
 
 ANONYMOUS = "anonymous"
 DEFAULT_TENANT = "default"
@@ -212,6 +213,10 @@ class Authenticator:
                         reason="AMBIGUOUS_CREDENTIALS",
                     )
                 headers[key] = value
+                if CALLER_KEY_HEADER.fullmatch(key):
+                    # Registered in every service a key passes through (the gateway holds
+                    # them all; alone in its process its redactor would know none).
+                    register_secret(value.strip(), transient=True)
         token = headers.get(TOKEN_HEADER) if self._accept_forwarded else None
         if token is not None:
             if not self._token or not hmac.compare_digest(token.encode(), self._token):

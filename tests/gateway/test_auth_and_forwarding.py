@@ -4,6 +4,7 @@ and retrieval APIs forwarded with their statuses unchanged."""
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import AsyncIterator
 
 import grpc
@@ -19,6 +20,7 @@ from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as ret_grpc
 from google.protobuf import struct_pb2
 
 from services.common.auth import Identity, Role, forwarded_identity
+from services.common.logs import REDACTED, redact
 from tests.gateway.conftest import (
     ALICE,
     AS_ALICE,
@@ -436,3 +438,16 @@ async def test_a_failed_import_keeps_its_rejections_reasons_through_the_gateway(
     assert (answer.received_count, answer.imported_count) == (3, 2)
     assert [(e.index, e.field) for e in answer.errors] == [(1, "vector")]
     assert answer.errors[0].message and not answer.errors_truncated
+
+
+async def test_the_gateway_redacts_every_callers_key_it_holds(stack: Stack) -> None:
+    # The gateway holds the caller's x-*-api-key headers to pass them on; deployed alone
+    # (no generation service in its process to register them), its own log lines and
+    # exception messages must hide them too. No pattern catches this key's shape.
+    key = f"gwkey{uuid.uuid4().hex}"
+    assert redact(f"said {key}") == f"said {key}"
+    await stack.memory.ListConversations(
+        mem_pb.ListConversationsRequest(page_size=1),
+        metadata=(*ALICE, ("x-nobody-api-key", key)),
+    )
+    assert redact(f"said {key}") == f"said {REDACTED}"
