@@ -13,7 +13,15 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from services.devlaunch.redis_server import RedisProcess
-from tests.gateway.conftest import ALICE, BOOKS, DIM, Stack, StackFactory, create_books
+from tests.gateway.conftest import (
+    ALICE,
+    BOOKS,
+    DIM,
+    Stack,
+    StackFactory,
+    create_books,
+    vector,
+)
 from tests.support.fake_openai import Behaviour
 
 GENERATE = "/gensearch.generation.v1.GenerationService/Generate"
@@ -143,7 +151,7 @@ async def test_each_hit_span_says_provider_model_attempts_and_cache(
     await create_books(stack)
     request = gw_pb.GenerativeSearchRequest(
         collection="Books",
-        near_vector=ret_pb.NearVector(vector=[0.5] * DIM),
+        near_vector=ret_pb.NearVector(vector=vector(0)),  # the one nearest: Dune
         limit=1,
         generate=gw_pb.Generate(
             single_prompt="Summarise {title}",
@@ -177,7 +185,7 @@ async def test_a_failed_hit_span_says_provider_and_attempts(
     response = await stack.stub.GenerativeSearch(
         gw_pb.GenerativeSearchRequest(
             collection="Books",
-            near_vector=ret_pb.NearVector(vector=[0.5] * DIM),
+            near_vector=ret_pb.NearVector(vector=vector(0)),  # the one nearest: Dune
             limit=1,
             generate=gw_pb.Generate(single_prompt="Summarise {title}"),
         ),
@@ -191,3 +199,43 @@ async def test_a_failed_hit_span_says_provider_and_attempts(
     assert attributes["gen_ai.request.model"] == "fake-model"
     assert attributes["gensearch.upstream.attempts"] == 1
     assert attributes["gensearch.cache.hit"] is False
+
+
+def _span_texts(spans: InMemorySpanExporter) -> str:
+    """Everything a span exports that could hold text: names, attributes, events, status."""
+    parts = []
+    for span in spans.get_finished_spans():
+        parts += [span.name, str(span.status.description), str(dict(span.attributes or {}))]
+        parts += [f"{e.name} {dict(e.attributes or {})}" for e in span.events]
+    return "\n".join(parts)
+
+
+async def test_no_prompt_property_or_answer_goes_into_a_span(
+    stack: Stack, spans: InMemorySpanExporter
+) -> None:
+    # No setting puts them there: they are the callers' data, and a trace backend is read
+    # by operators. One GenerativeSearch (per hit and grouped) and one Ask.
+    await create_books(stack)
+    response = await stack.stub.GenerativeSearch(
+        gw_pb.GenerativeSearchRequest(
+            collection="Books",
+            near_vector=ret_pb.NearVector(vector=[0.5] * DIM),
+            limit=len(BOOKS),
+            generate=gw_pb.Generate(
+                single_prompt="Summarise {title}", grouped_task="Rank by zanyness"
+            ),
+        ),
+        metadata=ALICE,
+    )
+    answer = await stack.stub.Ask(
+        gw_pb.AskRequest(collection="Books", llm_question="Which planet has sandworms?"),
+        metadata=ALICE,
+    )
+    assert answer.answer and response.grouped.result
+    exported = _span_texts(spans)
+    assert "generate hit " in exported and "chat fake-model" in exported
+    secrets = ["Summarise", "zanyness", "sandworms", answer.answer, response.grouped.result]
+    secrets += [h.generation.result for h in response.hits if h.generation.result]
+    for book in BOOKS:
+        secrets += [book["title"], book["body"]] if book["body"] else [book["title"]]
+    assert [s for s in secrets if s in exported] == []
