@@ -7,11 +7,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.memory.v1 import memory_service_pb2 as mem_pb
 
+from services.common.logs import REDACTED, redact
 from services.common.tokens import estimate_tokens
 from services.gateway.tokens import Estimate, Tokenizers
 from tests.gateway.conftest import ALICE, StackFactory, create_books
@@ -49,6 +51,14 @@ async def test_which_tokenizer_for_which_model() -> None:
     assert tokenizers.for_model("Local", "smollm2").name == "llama.cpp"
     assert isinstance(tokenizers.for_model("vllm", "llama-3-8b"), Estimate)
     await tokenizers.close()
+
+
+async def test_a_tokenize_urls_password_is_a_registered_secret() -> None:
+    # As the Redis and Qdrant URLs': an operator's llama.cpp server behind basic auth.
+    password = f"pw{uuid.uuid4().hex}"
+    assert redact(password) == password
+    Tokenizers({"local": f"http://gateway:{password}@127.0.0.1:9"})
+    assert redact(f"to gateway:{password}@127.0.0.1:9") == f"to gateway:{REDACTED}@127.0.0.1:9"
 
 
 async def test_llama_cpp_tokenize_and_its_fallback(fake: FakeOpenAI) -> None:

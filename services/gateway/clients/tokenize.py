@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 import aiohttp
 
+from services.common.logs import register_secret, url_secrets
+
 # The most bytes a /tokenize answer is read to: a token list of the longest prompt
 # (1,000,000 characters, at most about that many tokens of a few digits each) fits.
 MAX_ANSWER_BYTES = 8 * 1024 * 1024
@@ -22,6 +24,10 @@ class TokenizeError(Exception):
 
 class LlamaTokenizeClient:
     def __init__(self, base_url: str, *, timeout: float, concurrency: int = 8) -> None:
+        # A password in the URL (a server behind basic auth; aiohttp sends it as such) is
+        # never logged, as the Redis and Qdrant URLs' are not.
+        for secret in url_secrets(base_url):
+            register_secret(secret)
         self._url = base_url.rstrip("/") + "/tokenize"
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._limit = asyncio.Semaphore(concurrency)
