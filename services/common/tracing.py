@@ -95,13 +95,14 @@ def register_collector_secrets(environ: Mapping[str, str] = os.environ) -> None:
     user:<password>@collector:4317"), and the collector's error details, which may quote
     the key its headers carried. The endpoints' secrets (as for the Redis and Qdrant URLs)
     and every header value (``k=v`` pairs, comma-separated, percent-encoded) are
-    registered with the log redactor."""
+    registered with the log redactor (a malformed pair whole: the SDK logs it)."""
     for name in (OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT):
         for secret in url_secrets(environ.get(name, "")):
             register_secret(secret)
     for name in _HEADER_VARIABLES:
         for pair in environ.get(name, "").split(","):
-            value = pair.partition("=")[2].strip()
+            # A pair without "=" is logged whole by the SDK ("Header format invalid").
+            value = (pair.partition("=")[2] if "=" in pair else pair).strip()
             # As written, decoded, and the token of an "authorization=Bearer%20<token>".
             for secret in {value, unquote(value).strip(), *unquote(value).split()[-1:]}:
                 register_secret(secret)
