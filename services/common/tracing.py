@@ -53,6 +53,9 @@ TRACER_NAME = "gensearch"
 # Span attribute of an upstream call (LLM, embeddings, rerank) and of a generative hit:
 # attempts made, first included (not a semantic-convention name).
 UPSTREAM_ATTEMPTS = "gensearch.upstream.attempts"
+# Span attribute of a generative hit and of an Ask: whether a cache (the generation cache,
+# the semantic answer cache) answered instead of an LLM call.
+CACHE_HIT = "gensearch.cache.hit"
 
 # Shared by every provider of the process: adding one processor reaches them all.
 _processors = SynchronousMultiSpanProcessor()

@@ -21,6 +21,7 @@ from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.memory.v1 import memory_service_pb2 as mem_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from google.protobuf import json_format
+from opentelemetry import trace
 
 from services.common.errors import (
     UPSTREAM_CALLS,
@@ -29,6 +30,7 @@ from services.common.errors import (
     ServiceError,
     upstream_calls,
 )
+from services.common.tracing import CACHE_HIT
 from services.common.turn_size import fit_utf8
 from services.gateway import (
     ask_request,
@@ -199,6 +201,8 @@ class AskService:
         semantic = self._semantic.plan(request, info, options)
         if semantic.policy.mode.reads:
             cached = await self._semantic.lookup(request, semantic, caller, time_left(deadline))
+            # On the Ask's server span (current here): a hit makes no call to show it.
+            trace.get_current_span().set_attribute(CACHE_HIT, cached is not None)
             if cached is not None:
                 for event in replay(cached, stream=stream):
                     yield event

@@ -20,7 +20,7 @@ from google.protobuf import json_format
 from opentelemetry import trace
 
 from services.common.errors import ATTEMPTS, FailedPrecondition, ServiceError, metadata_count
-from services.common.tracing import UPSTREAM_ATTEMPTS, service_tracer
+from services.common.tracing import CACHE_HIT, UPSTREAM_ATTEMPTS, service_tracer
 from services.gateway import chunks, generation_cache, generative_request, rerank, templates
 from services.gateway.backends import Backends
 from services.gateway.catalog import CollectionInfo
@@ -51,11 +51,10 @@ DOWNSTREAM_MARGIN = 0.25
 # must reach the fan-out before the fan-out gives up on it.
 STORE_MARGIN = 0.05
 # Attributes of a hit's span: the GenAI semantic conventions' names, as on the generation
-# service's "chat <model>" span under it, and whether the generation cache answered.
+# service's "chat <model>" span under it (and CACHE_HIT, UPSTREAM_ATTEMPTS).
 PROVIDER = "gen_ai.provider.name"
 REQUEST_MODEL = "gen_ai.request.model"
 RESPONSE_MODEL = "gen_ai.response.model"
-CACHE_HIT = "gensearch.cache.hit"
 T = TypeVar("T")
 
 

@@ -14,6 +14,8 @@ import pytest
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from google.protobuf import struct_pb2
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
 from prometheus_client import REGISTRY
 
 from services.gateway import ask_cache
@@ -422,3 +424,21 @@ async def test_shutdown_waits_for_a_queued_store_up_to_its_drain_timeout(
     await asyncio.wait_for(stack.gateway.stop(0), 10)
     assert loop.time() - start < drain + 2
     assert stores("stored") == stored + landed
+
+
+async def test_the_ask_span_says_whether_the_cache_answered(
+    sem: Stack, spans: InMemorySpanExporter
+) -> None:
+    first = await asked(sem, ask(Q1), metadata=ALICE)
+    second = await asked(sem, ask(Q1), metadata=ALICE)
+    assert (first.cached, second.cached) == (False, True)
+    asks = [
+        dict(s.attributes or {})
+        for s in spans.get_finished_spans()
+        if s.name == "/gensearch.gateway.v1.GatewayService/Ask" and s.kind == SpanKind.SERVER
+    ]
+    assert [a.get("gensearch.cache.hit") for a in asks] == [False, True]
+    # Without the cache consulted, the span says nothing of it.
+    await asked(sem, gw_pb.AskRequest(collection="Books", llm_question=Q1), metadata=ALICE)
+    last = [s for s in spans.get_finished_spans() if s.name.endswith("/Ask")][-1]
+    assert "gensearch.cache.hit" not in (last.attributes or {})
