@@ -15,12 +15,15 @@ import binascii
 import hashlib
 import hmac
 import json
+import re
 
 from services.common.errors import InvalidArgument
 
 VERSION = 2
 MAX_TOKEN_CHARS = 512
 _MAC_BYTES = 16
+# What ``encode`` writes: URL-safe base64 without padding.
+_TOKEN_CHARS = re.compile(r"[A-Za-z0-9_-]+")
 
 
 class PageTokens:
@@ -47,10 +50,17 @@ class PageTokens:
         and this ``owner``."""
         if len(token) > MAX_TOKEN_CHARS:
             raise _invalid("page_token is too long")
+        # Only the text issued: base64 decoding skips characters outside its alphabet
+        # and ignores padding and a last character's unused bits, so one token would
+        # otherwise be many texts (a space, a '!' or '==' added, spare bits set).
+        if not _TOKEN_CHARS.fullmatch(token):
+            raise _invalid("page_token is not a token this service issued")
         try:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         except (binascii.Error, ValueError):
             raise _invalid("page_token is not a token this service issued") from None
+        if base64.urlsafe_b64encode(raw).rstrip(b"=").decode() != token:
+            raise _invalid("page_token is not a token this service issued")
         payload, mac = raw[:-_MAC_BYTES], raw[-_MAC_BYTES:]
         if len(raw) <= _MAC_BYTES or not hmac.compare_digest(mac, self._mac(payload)):
             raise _invalid("page_token is not a token this service issued")

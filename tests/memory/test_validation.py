@@ -206,6 +206,45 @@ async def test_forged_tampered_and_foreign_page_tokens(memory: Memory) -> None:
     )
 
 
+async def test_a_token_is_accepted_only_as_issued(memory: Memory) -> None:
+    """A page token is its exact issued text. base64 decoding skips characters outside
+    its alphabet and ignores padding and a last character's unused bits, so before, a
+    token with '==', a space, a newline or a '!' added, or its last character's spare
+    bits set, read as the token it was made from: many texts per token (a forged token
+    accepted), not one."""
+    s = memory.stub
+    cid = await _conversation(memory)
+    for _ in range(3):
+        await s.CreateInteraction(
+            pb.CreateInteractionRequest(conversation_id=cid, input="i"), metadata=ALICE
+        )
+    page = await s.ListInteractions(
+        pb.ListInteractionsRequest(conversation_id=cid, page_size=1), metadata=ALICE
+    )
+    token = page.next_page_token
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    # 2 or 3 characters in the last group leave 4 or 2 bits unused: set one of them.
+    spare = {2: 0b1111, 3: 0b11}.get(len(token) % 4, 0)
+    variants = [token + "==", token + " ", token + "\n", token[:5] + "!" + token[5:]]
+    if spare:
+        variants.append(token[:-1] + alphabet[alphabet.index(token[-1]) ^ 1])
+    for forged in variants:
+        await expect_error(
+            s.ListInteractions(
+                pb.ListInteractionsRequest(conversation_id=cid, page_token=forged),
+                metadata=ALICE,
+            ),
+            INVALID,
+            "page_token",
+        )
+    # As issued, it pages on (with another page_size too: a token holds no page size).
+    again = await s.ListInteractions(
+        pb.ListInteractionsRequest(conversation_id=cid, page_size=5, page_token=token),
+        metadata=ALICE,
+    )
+    assert len(again.interactions) == 2
+
+
 async def test_tokens_from_another_secret_are_rejected(memory_factory: MemoryFactory) -> None:
     one = await memory_factory(page_token_secret="s" * 32)
     two = await memory_factory(page_token_secret="t" * 32)
