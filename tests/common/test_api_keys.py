@@ -44,6 +44,16 @@ def test_the_extended_form_names_tenant_and_role() -> None:
     }
 
 
+def test_a_user_named_default_is_one_owner() -> None:
+    """The user "default" of the tenant "default" is in one legacy place, not two: its
+    historical key ("default:<key>") and the extended form are one owner. Before, the
+    check for one name in both legacy places matched it against itself and refused the
+    configuration at start ("in the tenant 'default' and in the tenant 'default'")."""
+    for raw in (f"default:{SECRET}", f"default@default/reader:{SECRET}-1,default:{SECRET}-2"):
+        identities = set(load_keys(raw, None).values())
+        assert {(i.user, i.tenant) for i in identities} == {("default", DEFAULT_TENANT)}
+
+
 @pytest.mark.parametrize(
     "raw",
     [
