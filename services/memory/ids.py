@@ -11,6 +11,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable
 
 _TAIL_BITS = 74
 _TAIL_MAX = (1 << _TAIL_BITS) - 1
@@ -18,7 +19,8 @@ UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{
 
 
 class UUIDv7Generator:
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], int] = time.time_ns) -> None:
+        self._clock = clock  # ns since the epoch
         self._lock = threading.Lock()
         self._ms = 0
         self._tail = 0
@@ -26,7 +28,7 @@ class UUIDv7Generator:
     def new(self) -> tuple[str, int]:
         """A new id and its millisecond timestamp."""
         with self._lock:
-            now = time.time_ns() // 1_000_000
+            now = self._clock() // 1_000_000
             if now > self._ms:
                 self._ms = now
                 # Top bit clear: room for ~2^73 increments within one millisecond.
@@ -47,6 +49,16 @@ class UUIDv7Generator:
         )
         h = f"{value:032x}"
         return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}", ms
+
+    def advance_past(self, uuid7: str) -> None:
+        """The next id made sorts after ``uuid7`` (another replica's, made on a clock
+        ahead of this one's)."""
+        value = int(uuid7.replace("-", ""), 16)
+        ms = value >> 80
+        tail = (((value >> 64) & 0xFFF) << 62) | (value & ((1 << 62) - 1))
+        with self._lock:
+            if (ms, tail) > (self._ms, self._tail):
+                self._ms, self._tail = ms, tail
 
 
 def parse_id(value: str) -> str | None:

@@ -22,12 +22,14 @@ field evolution rules keep old records readable as the message grows.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import logging
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -85,6 +87,11 @@ _NEEDS = "-- needs:"
 T = TypeVar("T")
 # Compare-and-set attempts of one UpdateInteraction before it gives up with ABORTED.
 UPDATE_ATTEMPTS = 8
+# Writes of one turn before it gives up with ABORTED, each finding a newer turn written by
+# another replica (lua/create_interaction.lua, status 6). One write of a process at a time
+# per conversation (``_one_turn_write``): only replicas compete, and every refusal means
+# another's turn was stored; generous, as a refused turn is a refused answer.
+TURN_WRITE_ATTEMPTS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,6 +313,7 @@ class MemoryStore:
         max_bytes_per_owner: int = 256 * 1024 * 1024,
         max_conversations_per_owner: int = 10_000,
         max_interactions_per_conversation: int = 10_000,
+        ids: UUIDv7Generator | None = None,
     ) -> None:
         self._redis = redis
         self._grace = eviction_grace_turns
@@ -314,8 +322,10 @@ class MemoryStore:
         self._max_interactions = max_interactions_per_conversation
         self._prefix = key_prefix
         self._request_ttl_ms = request_id_ttl * 1000
-        self._ids = UUIDv7Generator()
+        self._ids = ids or UUIDv7Generator()
         self._tags: dict[Owner, str] = {}
+        # Turn writes under way per conversation: [lock, writers holding or waiting].
+        self._turn_writes: dict[str, list[Any]] = {}
 
         def script(name: str) -> AsyncScript:
             # EVALSHA; on NOSCRIPT (a restarted or flushed Redis) redis-py loads it again.
@@ -671,24 +681,8 @@ class MemoryStore:
                 "1", new.name, create_ms, r.ttl_ms, r.max_turns, int(r.summary_disabled),
                 self._max_conversations,
             ]  # fmt: skip
-        iid, now = self._ids.new()
-        interaction.interaction_id = iid
-        interaction.conversation_id = cid
-        interaction.create_time.FromMilliseconds(now)
-        names = [
-            keys.conversation(tag, cid),
-            keys.conversation_interactions(tag, cid),
-            keys.interaction(tag, iid),
-            keys.conversations(tag),
-            keys.request(tag, request_id),
-            keys.claim(tag, request_id),
-        ]
-        args: list[EncodableT] = [
-            owner.user, tag, cid, iid, now, request_id, self._request_ttl_ms,
-            interaction.SerializeToString(), traces, self._grace, self._max_bytes,
-            self._max_interactions, *created,
-        ]  # fmt: skip
-        out = await _redis(self._create_interaction(keys=names, args=args))
+        async with self._one_turn_write(tag, cid):
+            out = await self._write_turn(owner, tag, cid, interaction, request_id, traces, created)
         status = out[0]
         if status == 0:
             raise conversation_not_found(cid)
@@ -712,6 +706,63 @@ class MemoryStore:
             # gets its full sliding ttl.
             await self._finish_walk(owner, tag, cid)
         return interaction
+
+    @contextlib.asynccontextmanager
+    async def _one_turn_write(self, tag: str, cid: str) -> AsyncIterator[None]:
+        """One turn write at a time per conversation in this process: the ids it makes
+        then reach Redis in their order, and only another replica's write can make one
+        stale (``_write_turn``)."""
+        key = f"{tag}:{cid}"
+        entry = self._turn_writes.setdefault(key, [asyncio.Lock(), 0])
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self._turn_writes[key]
+
+    async def _write_turn(
+        self,
+        owner: Owner,
+        tag: str,
+        cid: str,
+        interaction: pb.Interaction,
+        request_id: str,
+        traces: bytes,
+        created: list[EncodableT],
+    ) -> Any:
+        """create_interaction.lua's answer for ``interaction`` with a new id, made again
+        after the newest turn when another replica, its clock ahead of ours, wrote a turn
+        with a later id (status 6): turns keep the order they were written in."""
+        for _ in range(TURN_WRITE_ATTEMPTS):
+            iid, now = self._ids.new()
+            interaction.interaction_id = iid
+            interaction.conversation_id = cid
+            interaction.create_time.FromMilliseconds(now)
+            names = [
+                keys.conversation(tag, cid),
+                keys.conversation_interactions(tag, cid),
+                keys.interaction(tag, iid),
+                keys.conversations(tag),
+                keys.request(tag, request_id),
+                keys.claim(tag, request_id),
+            ]
+            args: list[EncodableT] = [
+                owner.user, tag, cid, iid, now, request_id, self._request_ttl_ms,
+                interaction.SerializeToString(), traces, self._grace, self._max_bytes,
+                self._max_interactions, *created,
+            ]  # fmt: skip
+            out = await _redis(self._create_interaction(keys=names, args=args))
+            if out[0] != 6:
+                return out
+            self._ids.advance_past(out[1].decode())
+        raise Aborted(
+            "the conversation kept getting newer turns while this one was written; try again",
+            reason="CONCURRENT_UPDATE",
+            metadata={"conversation_id": cid},
+        )
 
     async def get_interaction(self, owner: Owner, iid: str) -> pb.Interaction:
         return pb.Interaction.FromString(await self.get_interaction_data(owner, iid))

@@ -12,7 +12,9 @@
 -- is pending, retention.lua: the caller runs retention_step.lua until done), {2, cid, data} already created by this request_id,
 -- {3} the turn (with its new conversation) does not fit the owner's bytes, {4} the
 -- conversation holds the most turns allowed, {5} the owner has the most conversations
--- allowed (nothing written for any of them).
+-- allowed (nothing written for any of them), {6, newest} iid is not newer than the
+-- conversation's newest turn (the writer's clock is behind the one that wrote it: the
+-- caller makes an id after `newest` and writes again; nothing written).
 local create = ARGV[13] == '1'
 local h
 if create then
@@ -31,6 +33,12 @@ if ARGV[6] ~= '' then
       return {2, found[1], found[2]}
     end
   end
+end
+if not create then
+  -- Turns are ordered by id (lists, history, the summary's through, eviction): a turn
+  -- is the newest, whatever the clock of the replica that made its id.
+  local newest = redis.call('ZRANGE', KEYS[2], -1, -1)[1]
+  if newest and ARGV[4] <= newest then return {6, newest} end
 end
 local size = #ARGV[8] + #ARGV[9] + TURN_OVERHEAD
 if create then
