@@ -15,6 +15,13 @@ stays automatic is what cannot run a command twice: a pooled connection that Red
 while idle is dialled again before anything is written on it; a script Redis forgot
 (NOSCRIPT: it did not run) is loaded and run by ``register_script``'s object; and in a
 cluster, MOVED/ASK/TRYAGAIN redirections (the node did not run it) are followed.
+
+A MOVED reply (a slot moved to another node while the cluster reshards) only patches the
+cluster client's slot map (``reinitialize_steps=0``). redis-py's default rebuilds the whole
+map on every fifth MOVED by closing every node's connections, including those other calls
+are using at that moment: under traffic, a reshard then broke concurrent calls mid-command
+(a write whose fate is unknown, or an AttributeError from a connection closed under it).
+A node that fails (connection error, CLUSTERDOWN) still refreshes the whole map.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ def connect(
             socket_timeout=socket_timeout,
             socket_connect_timeout=connect_timeout,
             retry=never_resend,
+            reinitialize_steps=0,  # MOVED patches the map; see the module docstring
         )
     return Redis.from_url(
         url,

@@ -90,7 +90,7 @@ class LocalCluster:
         for node in self.nodes:
             self.start_node(node)
         for node in self.nodes:
-            await _until(lambda n=node: _ping(n), timeout, f"node {node.port} did not start")
+            await until(lambda n=node: _ping(n), timeout, f"node {node.port} did not start")
         for node in self.nodes:
             async with node.client() as client:
                 await client.execute_command(
@@ -139,7 +139,7 @@ class LocalCluster:
 
     async def restart(self, node: Node, timeout: float = 30.0) -> None:
         self.start_node(node)
-        await _until(lambda: _ping(node), timeout, f"node {node.port} did not restart")
+        await until(lambda: _ping(node), timeout, f"node {node.port} did not restart")
         await self.wait_ok(timeout)
 
     async def wait_ok(self, timeout: float = 30.0) -> None:
@@ -158,7 +158,48 @@ class LocalCluster:
                     return False
             return True
 
-        await _until(all_ok, timeout, "the cluster did not reach cluster_state:ok")
+        await until(all_ok, timeout, "the cluster did not reach cluster_state:ok")
+
+    async def node_id(self, node: Node) -> str:
+        async with node.client() as client:
+            return (await client.execute_command("CLUSTER", "MYID")).decode()  # type: ignore[no-any-return]
+
+    async def migrate_slot(
+        self,
+        slot: int,
+        source: Node,
+        target: Node,
+        *,
+        batch: int = 1,
+        between: Callable[[], Awaitable[None]] | None = None,
+    ) -> int:
+        """Moves ``slot`` from ``source`` to ``target`` the way ``redis-cli --cluster
+        reshard`` does: IMPORTING on the target, MIGRATING on the source, MIGRATE of its
+        keys ``batch`` at a time (``between`` awaited after each batch, so traffic meets
+        the slot half moved: MOVED, ASK and TRYAGAIN), then SETSLOT NODE everywhere.
+        Returns the number of keys moved. The nodes' own ranges are not changed: a test
+        that migrates uses a cluster of its own."""
+        source_id, target_id = await self.node_id(source), await self.node_id(target)
+        moved = 0
+        async with source.client() as src, target.client() as dst:
+            await dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+            await src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+            while keys := await src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, batch):
+                await src.execute_command(
+                    "MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys
+                )
+                moved += len(keys)
+                if between is not None:
+                    await between()
+            # The target first (redis-cli's order): once it owns the slot, no window where
+            # neither node answers for it.
+            await dst.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+            await src.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+        for node in self.nodes:
+            if node not in (source, target):
+                async with node.client() as client:
+                    await client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+        return moved
 
     async def flush(self) -> None:
         for node in self.nodes:
@@ -183,7 +224,7 @@ async def _ping(node: Node) -> bool:
         return bool(await client.ping())  # type: ignore[misc]
 
 
-async def _until(check: Callable[[], Awaitable[bool]], timeout: float, message: str) -> None:
+async def until(check: Callable[[], Awaitable[bool]], timeout: float, message: str) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         with contextlib.suppress(aioredis.RedisError, OSError):
