@@ -79,6 +79,11 @@ _UNAVAILABLE = (
     OSError,
 )
 _BUSY = "BUSY"  # a script runs too long; redis-py keeps it a plain ResponseError
+# A script touched a key it derives (an interaction's, from the conversation's list) that a
+# reshard has already moved to the slot's new node: the script stopped there (its earlier
+# writes stay; each script is written so that its retry completes it). Redis says "Script
+# attempted to access a non local key in a cluster node", Valkey "Attempted to access ...".
+_MOVING = "non local key in a cluster node"
 log = logging.getLogger("gensearch.memory.store")
 _URL_CREDENTIALS = re.compile(r"(\w+://)[^@/\s]*@")
 _LUA = resources.files("services.memory") / "lua"
@@ -238,7 +243,7 @@ async def _redis(call: Awaitable[Any] | Any) -> Any:
             reason="STORE_IS_CLUSTER",
         ) from None
     except RedisError as err:
-        if str(err).startswith(_BUSY):
+        if str(err).startswith(_BUSY) or _MOVING in str(err):
             raise _unavailable(err) from None
         log.error("memory store error", extra={"error": _describe(err)})
         raise Internal("memory store error") from None

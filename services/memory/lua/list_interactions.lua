@@ -11,6 +11,10 @@ local out = {''}
 local used = 0
 for i = 1, math.min(n, #ids) do
   local data = redis.call('HGET', ARGV[2] .. ':int:' .. ids[i], 'data')
+  -- Listed but not here: a cluster reshard has not moved it to this node yet (the call
+  -- reached the slot's new node by ASK). TRYAGAIN: the client asks again, then fails the
+  -- call with UNAVAILABLE; never a page with a turn missing.
+  if not data then return redis.error_reply('TRYAGAIN interaction not on this node yet') end
   used = used + #data + 5
   if i > 1 and used > budget then
     out[1] = ids[i - 1]

@@ -1,0 +1,170 @@
+"""The memory service while a Redis Cluster moves a user's slot to another node (what
+``redis-cli --cluster reshard`` does): its calls keep being served, and what it acknowledged
+is on the new node afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from gensearch.memory.v1 import memory_service_pb2 as pb
+from gensearch.memory.v1 import memory_service_pb2_grpc as pb_grpc
+from redis.crc import key_slot
+
+from services.common.auth import DEFAULT_TENANT, Identity, Role, forwarded_identity
+from services.memory.__main__ import build_server
+from tests.memory.conftest import INTERNAL_TOKEN, make_settings
+from tests.memory.test_cluster import _hash_tag
+from tests.support.redis_cluster import LocalCluster
+
+BACKENDS = ("cluster",)
+USER = "mover"
+WHO = forwarded_identity(Identity(USER, DEFAULT_TENANT, Role.READER), INTERNAL_TOKEN)
+WRITERS = 4
+
+
+@pytest.fixture
+async def own_cluster(tmp_path: Path) -> AsyncIterator[LocalCluster]:
+    cluster = LocalCluster(tmp_path / "cluster")
+    try:
+        await cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+async def _retrying(call: object, attempts: int = 1000) -> object:
+    """A caller's retry of UNAVAILABLE (the documented answer while a slot moves), with
+    the same request, so a write that ran is not made twice (its request_id)."""
+    make = call  # a zero-argument coroutine function
+    for _ in range(attempts):
+        try:
+            return await make()  # type: ignore[operator]
+        except grpc.aio.AioRpcError as err:
+            if err.code() != grpc.StatusCode.UNAVAILABLE:
+                raise
+            await asyncio.sleep(0.02)
+    raise AssertionError("still UNAVAILABLE")
+
+
+@pytest.mark.slow
+async def test_a_slot_moved_under_traffic_loses_nothing(own_cluster: LocalCluster) -> None:
+    server = await build_server(make_settings(own_cluster.url, redis_cluster=True), port=0)
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.MemoryServiceStub(channel)
+            made = await stub.CreateConversation(
+                pb.CreateConversationRequest(name="m"), metadata=WHO
+            )
+            cid = made.conversation.conversation_id
+            for n in range(40):  # keys enough that the move takes many steps
+                await stub.CreateInteraction(
+                    pb.CreateInteractionRequest(
+                        conversation_id=cid, input=f"pre{n}", request_id=f"pre{n}"
+                    ),
+                    metadata=WHO,
+                )
+            acknowledged = {f"pre{n}" for n in range(40)}
+            # A conversation nobody writes to while the slot moves: every read of it is
+            # whole or UNAVAILABLE, never a page with turns missing.
+            still = await stub.CreateConversation(
+                pb.CreateConversationRequest(name="s"), metadata=WHO
+            )
+            sid = still.conversation.conversation_id
+            for n in range(20):
+                await stub.CreateInteraction(
+                    pb.CreateInteractionRequest(conversation_id=sid, input=f"s{n}"), metadata=WHO
+                )
+            whole = [f"s{n}" for n in reversed(range(20))]
+            unavailable = 0
+            reads = 0
+            moving = True
+
+            async def reader() -> None:
+                nonlocal unavailable, reads
+                while moving:
+                    try:
+                        page = await stub.ListInteractions(
+                            pb.ListInteractionsRequest(conversation_id=sid, page_size=100),
+                            metadata=WHO,
+                        )
+                    except grpc.aio.AioRpcError as err:
+                        assert err.code() == grpc.StatusCode.UNAVAILABLE, (
+                            err.code(),
+                            err.details(),
+                        )
+                        unavailable += 1
+                        await asyncio.sleep(0.01)
+                        continue
+                    assert [i.input for i in page.interactions] == whole
+                    reads += 1
+
+            async def writer(w: int) -> None:
+                nonlocal unavailable
+                n = 0
+                while moving:
+                    text = f"w{w}-{n}"
+                    request = pb.CreateInteractionRequest(
+                        conversation_id=cid, input=text, request_id=text
+                    )
+
+                    async def create(request: pb.CreateInteractionRequest = request) -> object:
+                        return await stub.CreateInteraction(request, metadata=WHO)
+
+                    async def read() -> object:
+                        return await stub.ListInteractions(
+                            pb.ListInteractionsRequest(conversation_id=cid, page_size=5),
+                            metadata=WHO,
+                        )
+
+                    for step in (create, read):
+                        try:
+                            await step()
+                        except grpc.aio.AioRpcError as err:
+                            assert err.code() == grpc.StatusCode.UNAVAILABLE, (
+                                err.code(),
+                                err.details(),
+                            )
+                            unavailable += 1
+                            await _retrying(step)
+                    acknowledged.add(text)
+                    n += 1
+
+            writers = [asyncio.create_task(writer(w)) for w in range(WRITERS)]
+            writers.append(asyncio.create_task(reader()))
+            slot = key_slot(_hash_tag(USER).encode())
+            source = next(node for node in own_cluster.nodes if node.owns(slot))
+            target = next(node for node in own_cluster.nodes if node is not source)
+            try:
+                moved = await own_cluster.migrate_slot(
+                    slot, source, target, between=lambda: asyncio.sleep(0.01)
+                )
+            finally:
+                moving = False
+                await asyncio.gather(*writers)
+            assert moved > 60
+            assert reads > 0
+
+            listed: list[str] = []
+            token = ""
+            while True:
+                page = await stub.ListInteractions(
+                    pb.ListInteractionsRequest(
+                        conversation_id=cid, page_size=100, page_token=token
+                    ),
+                    metadata=WHO,
+                )
+                listed += [i.input for i in page.interactions]
+                token = page.next_page_token
+                if not token:
+                    break
+            assert sorted(listed) == sorted(acknowledged)  # nothing lost, nothing twice
+            async with target.client() as client:
+                assert await client.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) > 40
+            print(f"moved {moved} keys; {unavailable} UNAVAILABLE retried; {reads} reads")
+    finally:
+        await server.stop(0)
