@@ -415,6 +415,18 @@ def redis_url_setting(value: SecretStr) -> SecretStr:
     return value
 
 
+REDIS_KEY_PREFIX = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+
+
+def redis_key_prefix_setting(value: str) -> str:
+    """A Redis key prefix setting: no braces (nor spaces), so the first ``{...}`` of every
+    key stays the hash tag the key layout puts there, the same for all of one call's keys
+    on a Redis Cluster and one per tenant or user, whatever the prefix."""
+    if not REDIS_KEY_PREFIX.fullmatch(value):
+        raise ValueError("1-64 characters from A-Z a-z 0-9 _ . : -")
+    return value
+
+
 def qdrant_url_setting(value: str) -> str:
     """A Qdrant server URL setting: empty (the embedded engine), ``:memory:`` or a URL
     qdrant-client opens (http, https or no scheme, and a host), checked at start rather than

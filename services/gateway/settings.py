@@ -23,6 +23,7 @@ from services.common.settings import (
     CommonSettings,
     grpc_target_setting,
     http_url_problem,
+    redis_key_prefix_setting,
     redis_url_setting,
 )
 from services.common.values import DEFAULT_MAX_DEPTH
@@ -279,6 +280,7 @@ class GatewaySettings(CommonSettings):
         return self
 
     _redis_url = field_validator("redis_url")(redis_url_setting)
+    _key_prefix = field_validator("quota_key_prefix")(redis_key_prefix_setting)
     # Held at start to what a request's provider and model are held to (model_names.py).
     _default_provider = field_validator("default_provider")(provider_name_setting)
     _default_model = field_validator("default_model")(model_name_setting)

@@ -51,6 +51,7 @@ from services.common.settings import (
     NAMESPACES,
     DownstreamSettings,
     http_url_problem,
+    redis_key_prefix_setting,
     redis_url_setting,
 )
 
@@ -475,6 +476,7 @@ class GenerationSettings(DownstreamSettings):
         return value
 
     _redis_url = field_validator("redis_url")(redis_url_setting)
+    _key_prefix = field_validator("limits_key_prefix")(redis_key_prefix_setting)
 
     @model_validator(mode="after")
     def _cluster_needs_url(self) -> GenerationSettings:

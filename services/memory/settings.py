@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -16,6 +15,7 @@ from services.common.settings import (
     DownstreamSettings,
     model_directory,
     qdrant_url_setting,
+    redis_key_prefix_setting,
     redis_url_setting,
 )
 from services.common.values import DEFAULT_MAX_DEPTH
@@ -139,13 +139,7 @@ class MemorySettings(DownstreamSettings):
     _search_model_path = field_validator("search_model_path")(model_directory)
     _search_qdrant_url = field_validator("search_qdrant_url")(qdrant_url_setting)
 
-    @field_validator("key_prefix")
-    @classmethod
-    def _plain_prefix(cls, value: str) -> str:
-        # Braces would change the Redis Cluster hash tag the key layout relies on.
-        if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", value):
-            raise ValueError("key_prefix: 1-64 characters from A-Z a-z 0-9 _ . : -")
-        return value
+    _key_prefix = field_validator("key_prefix")(redis_key_prefix_setting)
 
     _redis_url = field_validator("redis_url")(redis_url_setting)
 
