@@ -75,10 +75,15 @@ async def test_a_slot_moved_under_traffic_loses_nothing(own_cluster: LocalCluste
                 pb.CreateConversationRequest(name="s"), metadata=WHO
             )
             sid = still.conversation.conversation_id
-            for n in range(20):
-                await stub.CreateInteraction(
-                    pb.CreateInteractionRequest(conversation_id=sid, input=f"s{n}"), metadata=WHO
-                )
+            iids = [
+                (
+                    await stub.CreateInteraction(
+                        pb.CreateInteractionRequest(conversation_id=sid, input=f"s{n}"),
+                        metadata=WHO,
+                    )
+                ).interaction.interaction_id
+                for n in range(20)
+            ]
             whole = [f"s{n}" for n in reversed(range(20))]
             unavailable = 0
             reads = 0
@@ -102,6 +107,22 @@ async def test_a_slot_moved_under_traffic_loses_nothing(own_cluster: LocalCluste
                         continue
                     assert [i.input for i in page.interactions] == whole
                     reads += 1
+                    n = reads % len(iids)
+                    try:
+                        got = await stub.GetInteraction(
+                            pb.GetInteractionRequest(interaction_id=iids[n]), metadata=WHO
+                        )
+                        assert got.interaction.input == f"s{n}"
+                        conv = await stub.GetConversation(
+                            pb.GetConversationRequest(conversation_id=sid), metadata=WHO
+                        )
+                        assert conv.conversation.interaction_count == len(iids)
+                    except grpc.aio.AioRpcError as err:
+                        assert err.code() == grpc.StatusCode.UNAVAILABLE, (
+                            err.code(),
+                            err.details(),
+                        )
+                        unavailable += 1
 
             async def writer(w: int) -> None:
                 nonlocal unavailable
