@@ -20,7 +20,7 @@ import contextlib
 import os
 import signal
 import subprocess
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -172,11 +172,13 @@ class LocalCluster:
         *,
         batch: int = 1,
         between: Callable[[], Awaitable[None]] | None = None,
+        first: Sequence[str] = (),
     ) -> int:
         """Moves ``slot`` from ``source`` to ``target`` the way ``redis-cli --cluster
         reshard`` does: IMPORTING on the target, MIGRATING on the source, MIGRATE of its
         keys ``batch`` at a time (``between`` awaited after each batch, so traffic meets
         the slot half moved: MOVED, ASK and TRYAGAIN), then SETSLOT NODE everywhere.
+        ``first``: keys moved before the rest (one batch), to pick the half-moved state.
         Returns the number of keys moved. The nodes' own ranges are not changed: a test
         that migrates uses a cluster of its own."""
         source_id, target_id = await self.node_id(source), await self.node_id(target)
@@ -184,6 +186,13 @@ class LocalCluster:
         async with source.client() as src, target.client() as dst:
             await dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
             await src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+            if first:
+                await src.execute_command(
+                    "MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *first
+                )
+                moved += len(first)
+                if between is not None:
+                    await between()
             while keys := await src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, batch):
                 await src.execute_command(
                     "MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys
