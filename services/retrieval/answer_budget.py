@@ -137,12 +137,20 @@ class AnswerBudget:
             lock = self._locks[tenant] = asyncio.Lock()
         async with lock:
             ledger = await self._ledger(tenant, names, dimensions)
-            ledger.remove(key)  # a replacement takes the room of the entry it replaces
-            now = time.time()
-            room = self._budget - size
-            gone = ledger.take(lambda exp, total: exp > now and total <= room)
-            await self._delete(gone)
-            await write()
+            try:
+                ledger.remove(key)  # a replacement takes the room of the entry it replaces
+                now = time.time()
+                room = self._budget - size
+                gone = ledger.take(lambda exp, total: exp > now and total <= room)
+                await self._delete(gone)
+                await write()
+            except BaseException:
+                # Failed or cancelled part way (the replaced entry may still be stored, an
+                # eviction half done, the entry written): what the engine holds is not
+                # known here any more, so the next store makes the ledger again from it.
+                if self._ledgers.get(tenant) is ledger:
+                    del self._ledgers[tenant]
+                raise
             ledger.add(key, expires, size)
 
     def forget(self, tenant: str, name: str, ids: Iterable[str]) -> None:

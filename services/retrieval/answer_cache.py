@@ -192,9 +192,13 @@ class AnswerCache:
                 metadata={"limit": str(self._budget.budget), "setting": BYTES_PER_TENANT_SETTING},
             )
 
+        # The collection's count first: a store it refuses must not have made room in the
+        # tenant's budget (deleting the tenant's soonest-expiring entries) for nothing.
+        with contextlib.suppress(NotFound):  # no cache yet: nothing to count
+            await self._make_room(name, schema, point.id)
+
         async def write() -> None:
             try:
-                await self._make_room(name, schema, point.id)
                 await self._store.upsert(name, [point])
             except NotFound:
                 await self._create(name, schema, len(vector))

@@ -15,7 +15,7 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 from pydantic import SecretStr
 
 from services.common.errors import NotFound
-from services.retrieval.answer_budget import SIZE_KEY
+from services.retrieval.answer_budget import SIZE_KEY, AnswerBudget
 from services.retrieval.answer_cache import cache_store_name
 from services.retrieval.catalog import is_collection_schema
 from services.retrieval.schema import Schema
@@ -155,3 +155,60 @@ async def test_the_budget_is_read_back_from_the_engine_after_a_restart(
     await second.stub.StoreCachedAnswer(put(3, 1200), metadata=ACME)
     # Known from the engine's data, not this process's memory: the soonest-expiring went.
     assert set(await held(second, "acme")) == {question(n) for n in (0, 2, 3)}
+
+
+async def test_a_store_refused_for_a_full_collection_evicts_nothing(
+    make_retrieval: MakeRetrieval, tmp_path: Path
+) -> None:
+    """The budget made room (deleting the tenant's soonest-expiring entries, in any of its
+    collections) before the collection's MAX_CACHED_ANSWERS check refused the store: a
+    refused store still cost the tenant answers it had."""
+    r = await make_retrieval(
+        "edge",
+        data_dir=tmp_path / "data",
+        internal_token=SecretStr(TOKEN),
+        max_cached_answer_bytes_per_tenant=BUDGET,
+        max_cached_answers=2,
+    )
+    await create(r, ACME, "Docs")
+    await create(r, ACME, "Notes")
+    await r.stub.StoreCachedAnswer(put(0, 60, "Notes"), metadata=ACME)  # soonest-expiring
+    for n in (1, 2):
+        await r.stub.StoreCachedAnswer(put(n, 600), metadata=ACME)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await r.stub.StoreCachedAnswer(put(3, 900), metadata=ACME)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error_info(caught.value).reason == "COLLECTION_FULL"
+    assert set(await held(r, "acme")) == {question(n) for n in (0, 1, 2)}
+
+
+async def test_a_failed_write_leaves_the_ledger_counting_what_the_engine_holds(
+    make_retrieval: MakeRetrieval, tmp_path: Path
+) -> None:
+    """A replacement's old entry left the ledger before its write; when the write failed
+    (or was cancelled) the entry stayed in the engine uncounted, and the tenant could hold
+    past its budget till the next reload."""
+    r = await start(make_retrieval, "edge", tmp_path / "data")
+    await create(r, ACME, "Docs")
+    for n, seconds in ((0, 300), (1, 600)):
+        await r.stub.StoreCachedAnswer(put(n, seconds), metadata=ACME)
+    name = await cache_name(r, "acme", "Docs")
+    ids = [str(uuid.uuid5(uuid.NAMESPACE_URL, f"k\0{question(n)}")) for n in (0, 1)]
+    entries = {p.id: p.payload for p in await r.store.retrieve(name, ids, False)}
+    sizes = [int(entries[i][SIZE_KEY]) for i in ids]
+    budget = AnswerBudget(r.store, BUDGET)
+
+    async def failing() -> None:
+        raise OSError("the engine went away")
+
+    async def written() -> None:
+        return None
+
+    exp0 = float(entries[ids[0]]["exp"])
+    with pytest.raises(OSError):
+        await budget.store("acme", (name, ids[0]), exp0, sizes[0], lambda: [name], 384, failing)
+    assert set(await held(r, "acme")) == {question(0), question(1)}  # both still stored
+    # Fits beside entry 1 alone: entry 0, still stored, must make room for it.
+    new = (name, str(uuid.uuid4()))
+    await budget.store("acme", new, exp0 + 3600, BUDGET - sizes[1], lambda: [name], 384, written)
+    assert set(await held(r, "acme")) == {question(1)}
