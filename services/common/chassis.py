@@ -29,7 +29,7 @@ import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from google.protobuf import descriptor_pool
@@ -161,7 +161,7 @@ class ChassisRegistry:
         self._registered.append((service, dict(handlers)))
 
     def add_generic_rpc_handlers(self, handlers: Iterable[grpc.GenericRpcHandler]) -> None:
-        self._generic.extend(_WrappedGeneric(h, self) for h in handlers)
+        self._generic.extend(WrappedGeneric(h, self) for h in handlers)
 
     def register(self, server: grpc.aio.Server) -> None:
         """Puts every wrapped handler on ``server``. Each method refuses a request over its
@@ -177,9 +177,15 @@ class ChassisRegistry:
             server.add_generic_rpc_handlers(tuple(self._generic))
 
 
-class _WrappedGeneric(grpc.GenericRpcHandler):
-    # Calls that core did not match to a registered method come this way.
-    def __init__(self, inner: grpc.GenericRpcHandler, registry: ChassisRegistry) -> None:
+class MethodWrapping(Protocol):
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler: ...
+
+
+class WrappedGeneric(grpc.GenericRpcHandler):
+    """``inner``'s handlers, each through ``registry.wrap``: calls that core did not match
+    to a registered method come this way."""
+
+    def __init__(self, inner: grpc.GenericRpcHandler, registry: MethodWrapping) -> None:
         self._inner = inner
         self._registry = registry
 

@@ -37,7 +37,7 @@ from services.common.call_deadline import DeadlineLimit
 from services.common.call_slots import REASON as CALL_SLOTS_REASON
 from services.common.call_slots import CallSlots
 from services.common.channel_args import metadata_options
-from services.common.chassis import Admission, ChassisRegistry
+from services.common.chassis import Admission, ChassisRegistry, WrappedGeneric
 from services.common.errors import InvalidArgument, ResourceExhausted, ServiceError
 from services.common.hostport import bind_problem, join_host_port
 from services.common.logs import register_secret
@@ -182,7 +182,7 @@ class _MetadataChecked:
         self._limit = limit
 
     def add_generic_rpc_handlers(self, handlers: Iterable[grpc.GenericRpcHandler]) -> None:
-        self._server.add_generic_rpc_handlers(tuple(_CheckedGeneric(h, self) for h in handlers))
+        self._server.add_generic_rpc_handlers(tuple(WrappedGeneric(h, self) for h in handlers))
 
     def add_registered_method_handlers(
         self, service: str, handlers: Mapping[str, grpc.RpcMethodHandler]
@@ -228,21 +228,6 @@ class _MetadataChecked:
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(checked(handler.stream_unary), **codecs)
         return grpc.stream_stream_rpc_method_handler(checked(handler.stream_stream), **codecs)
-
-
-class _CheckedGeneric(grpc.GenericRpcHandler):
-    # Calls that core did not match to a registered method come this way.
-    def __init__(self, inner: grpc.GenericRpcHandler, checked: _MetadataChecked) -> None:
-        self._inner = inner
-        self._checked = checked
-
-    def service(
-        self, handler_call_details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler | None:
-        handler = self._inner.service(handler_call_details)
-        if handler is None:
-            return None
-        return self._checked.wrap(handler_call_details.method, handler)  # type: ignore[attr-defined]
 
 
 class BindError(RuntimeError):
