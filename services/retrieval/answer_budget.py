@@ -129,13 +129,17 @@ class AnswerBudget:
         names: Callable[[], Iterable[str]],
         dimensions: int,
         write: Callable[[], Awaitable[None]],
+        check: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         """Makes room for an entry of ``size`` bytes in ``tenant``'s budget, then ``write``s
-        it. ``names``: the tenant's cache collections (to make its ledger from)."""
+        it. ``names``: the tenant's cache collections (to make its ledger from). ``check``
+        may refuse the entry first (raising): then nothing is evicted for it."""
         lock = self._locks.get(tenant)
         if lock is None:
             lock = self._locks[tenant] = asyncio.Lock()
         async with lock:
+            if check is not None:
+                await check()
             ledger = await self._ledger(tenant, names, dimensions)
             try:
                 ledger.remove(key)  # a replacement takes the room of the entry it replaces

@@ -192,10 +192,11 @@ class AnswerCache:
                 metadata={"limit": str(self._budget.budget), "setting": BYTES_PER_TENANT_SETTING},
             )
 
-        # The collection's count first: a store it refuses must not have made room in the
-        # tenant's budget (deleting the tenant's soonest-expiring entries) for nothing.
-        with contextlib.suppress(NotFound):  # no cache yet: nothing to count
-            await self._make_room(name, schema, point.id)
+        async def check() -> None:
+            # Before the budget makes room: a store refused for the collection's count must
+            # not have deleted the tenant's soonest-expiring entries for nothing.
+            with contextlib.suppress(NotFound):  # no cache yet: nothing to count
+                await self._make_room(name, schema, point.id)
 
         async def write() -> None:
             try:
@@ -209,7 +210,7 @@ class AnswerCache:
 
         expires = float(point.payload["exp"])
         key = (name, point.id)
-        await self._budget.store(tenant, key, expires, size, names, len(vector), write)
+        await self._budget.store(tenant, key, expires, size, names, len(vector), write, check)
 
     async def _make_room(self, name: str, schema: Schema, entry_id: str) -> None:
         """Refuses a new entry when the collection's cache holds max_cached_answers once
