@@ -42,18 +42,14 @@ class ReplyBytes:
     def take(self, tenant: str, size: int) -> None:
         held = self._held.get(tenant, 0)
         if self.limit and held and held + size > self.limit:
-            raise ResourceExhausted(
+            raise refusal(
                 f"the caller's tenant has {held} bytes of replies in flight; this one "
                 f"({size} bytes) would pass {self.limit} "
                 f"({self.setting}); retry once they are read",
-                reason=REASON,
-                metadata={
-                    "limit_bytes": str(self.limit),
-                    "held_bytes": str(held),
-                    "size_bytes": str(size),
-                    "setting": self.setting,
-                },
-                retry_after=RETRY_AFTER_SECONDS,
+                self.limit,
+                held,
+                size,
+                self.setting,
             )
         self._held[tenant] = held + size
 
@@ -86,3 +82,19 @@ class Holding:
         if self._size:
             self._bytes.give_back(self._tenant, self._size)
             self._size = 0
+
+
+def refusal(message: str, limit: int, held: int, size: int, setting: str) -> ResourceExhausted:
+    """RESOURCE_EXHAUSTED for bytes of one tenant in flight past ``limit`` (``setting``):
+    this reason, a RetryInfo, and the sizes as ErrorInfo metadata."""
+    return ResourceExhausted(
+        message,
+        reason=REASON,
+        metadata={
+            "limit_bytes": str(limit),
+            "held_bytes": str(held),
+            "size_bytes": str(size),
+            "setting": setting,
+        },
+        retry_after=RETRY_AFTER_SECONDS,
+    )

@@ -33,7 +33,7 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 
 from services.common.errors import ResourceExhausted
-from services.common.reply_bytes import REASON, RETRY_AFTER_SECONDS
+from services.common.reply_bytes import refusal
 from services.retrieval.metrics import READS_REFUSED, READS_WAITING
 from services.retrieval.store import FoundPoint, value_bytes
 
@@ -163,18 +163,14 @@ class ReadBytes:
             self._tenants.pop(tenant, None)  # no entry left behind per tenant ever seen
 
     def _refusal(self, held: int, size: int) -> ResourceExhausted:
-        return ResourceExhausted(
+        return refusal(
             f"the caller's tenant has reads of about {held} bytes being built; this one "
             f"(about {size} bytes) would pass {self.limit} ({SETTING}) and found no room "
             f"within {self.wait:g} s; retry shortly, or ask for fewer or smaller results",
-            reason=REASON,
-            metadata={
-                "limit_bytes": str(self.limit),
-                "held_bytes": str(held),
-                "size_bytes": str(size),
-                "setting": SETTING,
-            },
-            retry_after=RETRY_AFTER_SECONDS,
+            self.limit,
+            held,
+            size,
+            SETTING,
         )
 
 
