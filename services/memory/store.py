@@ -97,6 +97,12 @@ UPDATE_ATTEMPTS = 8
 # per conversation (``_one_turn_write``): only replicas compete, and every refusal means
 # another's turn was stored; generous, as a refused turn is a refused answer.
 TURN_WRITE_ATTEMPTS = 64
+# Turns one run of delete_conversation.lua deletes: bounds the keys it declares (a turn's
+# and its request_id's) and how long it holds Redis; a longer conversation takes more runs.
+DELETE_BATCH = 500
+# Reads of a conversation being deleted before the delete gives up with ABORTED, each
+# finding that a turn was written or evicted since the last one.
+DELETE_ATTEMPTS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,6 +348,7 @@ class MemoryStore:
         self._retention_step = script("retention_step")
         self._update_summary = script("update_summary")
         self._delete_conversation = script("delete_conversation")
+        self._turn_requests = script("turn_requests")
         self._create_interaction = script("create_interaction")
         self._get_interaction = script("get_interaction")
         self._list_interactions = script("list_interactions")
@@ -364,7 +371,7 @@ class MemoryStore:
         healthy ones too. Loaded at start, it is already where it is needed."""
         scripts = [
             self._create_conversation, self._update_conversation, self._delete_conversation,
-            self._update_summary,
+            self._update_summary, self._turn_requests,
             self._create_interaction, self._get_interaction, self._list_interactions,
             self._list_conversations, self._get_interaction_traces, self._update_interaction,
             self._get_interactions, self._interactions_exist, self._check_storage,
@@ -635,19 +642,46 @@ class MemoryStore:
         return _conversation(cid, out[1])
 
     async def delete_conversation(self, owner: Owner, cid: str) -> None:
+        """Deletes the conversation and its turns (with their request_id keys).
+
+        Two steps, so that every key delete_conversation.lua touches is declared: read the
+        turn ids and their request ids, then run the script with those keys and the list's
+        length, which it checks (a turn written or evicted in between: read again). While
+        a reshard moves the slot, a script whose keys are split between the nodes is then
+        refused by Redis (TRYAGAIN: UNAVAILABLE, retryable) instead of deleting only what
+        the node it ran on holds. At most DELETE_BATCH turns per run: the first run
+        removes the conversation (gone for every reader from then on), later ones its
+        remaining turns; a retry of a call that failed in between finishes them."""
         tag = self.tag(owner)
-        deleted = await _redis(
-            self._delete_conversation(
-                keys=[
-                    keys.conversation(tag, cid),
-                    keys.conversation_interactions(tag, cid),
-                    keys.conversations(tag),
-                ],
-                args=[owner.user, tag, cid],
-            )
+        ints = keys.conversation_interactions(tag, cid)
+        names = [keys.conversation(tag, cid), ints, keys.conversations(tag), keys.usage(tag)]
+        started = False
+        for _ in range(DELETE_ATTEMPTS):
+            while True:
+                iids = [bytes(m).decode() for m in await _redis(self._redis.zrange(ints, 0, -1))]
+                batch = iids[:DELETE_BATCH]
+                turns = [keys.interaction(tag, iid) for iid in batch]
+                read = await _redis(self._turn_requests(keys=turns, args=[])) if batch else []
+                rids = [bytes(rid).decode() if rid else "" for rid in read]
+                args: list[EncodableT] = [owner.user, tag, cid, len(iids)]
+                for iid, rid in zip(batch, rids, strict=True):
+                    args += [iid, rid]
+                requests = [keys.request(tag, rid) for rid in rids if rid]
+                status = await _redis(
+                    self._delete_conversation(keys=names + turns + requests, args=args)
+                )
+                if status == 0 and not started:
+                    raise conversation_not_found(cid)
+                if status in (0, 1):  # 0 after a run of ours: another call finished it
+                    return
+                if status != 3:
+                    break  # changed since read: read again, a bounded number of times
+                started = True
+        raise Aborted(
+            "the conversation kept changing while it was deleted; try again",
+            reason="CONCURRENT_UPDATE",
+            metadata={"conversation_id": cid},
         )
-        if not deleted:
-            raise conversation_not_found(cid)
 
     async def list_conversations(
         self, owner: Owner, page_size: int, cursor: str | None
