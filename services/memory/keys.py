@@ -24,7 +24,9 @@ interactions, ``interaction_keys`` (today only ``tag:int:<iid>``; traces are a f
 hash and need nothing). A feature that stores more keys under a conversation or an
 interaction adds them to those two functions and to the functions below, and sets a new key's expiry
 with ``renew``'s result (``lua/retention.lua``) in the script that creates it: then it
-expires, is evicted and deleted with its conversation without further code. Nothing may
+expires, is evicted and deleted with its conversation without further code, except that
+``store.delete_conversation`` declares the keys it deletes (an interaction's:
+``interaction``, ``request``), so a new key of an interaction is declared there too. Nothing may
 read an interaction's keys without checking its conversation hash (owner, existence):
 the hash expires first (see retention.lua), and that is when the turn is gone.
 """

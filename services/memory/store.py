@@ -413,9 +413,14 @@ class MemoryStore:
         decision is ``update_summary``'s. A guard, not a reservation: the writes still
         check atomically."""
         tag = self.tag(owner)
+        # The usage hash is written (measure) but read by name: declared too, so that
+        # mid-reshard Redis refuses the script (TRYAGAIN) rather than letting it create
+        # the hash on the slot's new node before the old one's has moved (MIGRATE would
+        # then fail: BUSYKEY). The same in the other scripts that charge bytes.
         names = [keys.conversations(tag)]
         if cid:
             names.append(keys.conversation(tag, cid))
+        names.append(keys.usage(tag))
         # Past the limit it cannot fit whatever the count: no huge number for Lua.
         turn_bytes = min(turn_bytes, self._max_bytes + 1)
         status, used, count = await _redis(
@@ -514,7 +519,8 @@ class MemoryStore:
             args += ["0", ""] if value is None else ["1", value]
         row = await _redis(
             self._update_conversation(
-                keys=[keys.conversation(tag, cid), keys.conversations(tag)], args=args
+                keys=[keys.conversation(tag, cid), keys.conversations(tag), keys.usage(tag)],
+                args=args,
             )
         )
         if not row:
@@ -612,7 +618,11 @@ class MemoryStore:
         now = time.time_ns() // 1_000_000
         out = await _redis(
             self._update_summary(
-                keys=[keys.conversation(tag, cid), keys.conversation_interactions(tag, cid)],
+                keys=[
+                    keys.conversation(tag, cid),
+                    keys.conversation_interactions(tag, cid),
+                    keys.usage(tag),
+                ],
                 args=[
                     owner.user, tag, cid, now, expected_through, through, text, turns,
                     prompt_tokens, completion_tokens, self._grace, self._max_bytes,
@@ -869,7 +879,7 @@ class MemoryStore:
         digest = hashlib.sha1(old, usedforsecurity=False).hexdigest()
         status = await _redis(
             self._update_interaction(
-                keys=[keys.interaction(tag, iid)],
+                keys=[keys.interaction(tag, iid), keys.usage(tag)],
                 args=[owner.user, tag, digest, new, self._max_bytes],
             )
         )

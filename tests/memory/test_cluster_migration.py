@@ -15,7 +15,10 @@ from gensearch.memory.v1 import memory_service_pb2_grpc as pb_grpc
 from redis.crc import key_slot
 
 from services.common.auth import DEFAULT_TENANT, Identity, Role, forwarded_identity
+from services.common.errors import Unavailable
+from services.common.redis_client import connect
 from services.memory.__main__ import build_server
+from services.memory.store import MemoryStore, Owner
 from tests.memory.conftest import INTERNAL_TOKEN, make_settings
 from tests.memory.test_cluster import _hash_tag
 from tests.support.redis_cluster import LocalCluster
@@ -261,3 +264,67 @@ async def test_a_conversation_deleted_while_its_slot_moves_leaves_nothing(
             assert [key for key in left if ":int:" in key or ":req:" in key or cid in key] == []
     finally:
         await server.stop(0)
+
+
+@pytest.mark.slow
+async def test_reads_that_derive_turn_keys_mid_move_are_whole_or_unavailable(
+    own_cluster: LocalCluster,
+) -> None:
+    """The scripts that read turns by ids or walk a list (get_interactions,
+    interactions_exist, list_conversations, check_storage's accounting) at every step of
+    a move, first with the conversation's keys moved and its turns not: each answers the
+    whole truth or UNAVAILABLE (retryable), never INTERNAL nor a turn missing."""
+    store = MemoryStore(connect(own_cluster.url, cluster=True, socket_timeout=5, connect_timeout=2))
+    owner = Owner(DEFAULT_TENANT, USER)
+    try:
+        cid = (await store.create_conversation(owner, "r")).conversation_id
+        iids = [
+            (
+                await store.create_interaction(owner, cid, pb.Interaction(input=f"r{n}"), f"r{n}")
+            ).interaction_id
+            for n in range(10)
+        ]
+        answers: dict[str, int] = {"whole": 0, "unavailable": 0}
+
+        async def read_all() -> None:
+            reads = {
+                "get": store.get_interactions(owner, iids),
+                "exist": store.interactions_exist(owner, iids),
+                "list": store.list_conversations(owner, 10, None),
+                "usage": store.check_storage(owner, cid, 0),
+            }
+            for name, read in reads.items():
+                try:
+                    got = await read
+                except Unavailable:
+                    answers["unavailable"] += 1
+                    continue
+                if name == "get":
+                    assert [i.input if i else None for i in got] == [f"r{n}" for n in range(10)]
+                elif name == "exist":
+                    assert got == [True] * 10
+                elif name == "list":
+                    assert [(c.conversation_id, c.interaction_count) for c in got.items] == [
+                        (cid, 10)
+                    ]
+                else:
+                    assert got.conversations == 1
+                answers["whole"] += 1
+
+        slot = key_slot(_hash_tag(USER).encode())
+        source = next(node for node in own_cluster.nodes if node.owns(slot))
+        target = next(node for node in own_cluster.nodes if node is not source)
+        tag = store.tag(owner)
+        await own_cluster.migrate_slot(
+            slot,
+            source,
+            target,
+            batch=3,
+            between=read_all,
+            first=[f"{tag}:convs", f"{tag}:conv:{cid}", f"{tag}:conv:{cid}:ints"],
+        )
+        await read_all()
+        assert answers["whole"] > 4  # at least the reads after the move
+        print(answers)
+    finally:
+        await store.close()

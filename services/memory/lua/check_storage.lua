@@ -2,7 +2,7 @@
 -- CheckStorage: whether one more turn fits, writing nothing of it (as create_interaction
 -- and, for a new conversation, create_conversation decide; reconcile may drop expired
 -- conversations on the way, as theirs does).
--- KEYS: convs, then conv when the turn goes to an existing conversation.
+-- KEYS: convs, then conv when the turn goes to an existing conversation, then usage.
 -- ARGV: user, tag, cid ('' for a new conversation), the turn's known bytes (without its
 -- fixed overhead), max bytes, max conversations (of the owner), '1' when the bytes are
 -- instead a new summary's length for cid (update_summary's check: only its growth over

@@ -1,5 +1,5 @@
 -- needs: read touch keys usage retention
--- KEYS: conv, convs. ARGV: user, tag, cid, now_ms, eviction grace, max bytes (of the
+-- KEYS: conv, convs, usage. ARGV: user, tag, cid, now_ms, eviction grace, max bytes (of the
 -- owner), then for name, ttl_ms, max_turns, summary_disabled a pair each: '1' and the
 -- value to set it, '0' and '' not to.
 -- Returns the updated hash (store.CONVERSATION_FIELDS) and '1' when a walk of its turns is

@@ -1,5 +1,5 @@
 -- needs: read keys usage retention
--- KEYS: conv, ints. ARGV: user, tag, cid, now_ms, expected through, new through, text,
+-- KEYS: conv, ints, usage. ARGV: user, tag, cid, now_ms, expected through, new through, text,
 -- turns folded, prompt tokens, completion tokens, eviction grace, max bytes (of the
 -- owner).
 -- Compare-and-set: the summary changes only if it still covers the turns up to the
