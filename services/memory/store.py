@@ -100,9 +100,6 @@ TURN_WRITE_ATTEMPTS = 64
 # Turns one run of delete_conversation.lua deletes: bounds the keys it declares (a turn's
 # and its request_id's) and how long it holds Redis; a longer conversation takes more runs.
 DELETE_BATCH = 500
-# Reads of a conversation being deleted before the delete gives up with ABORTED, each
-# finding that a turn was written or evicted since the last one.
-DELETE_ATTEMPTS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -654,44 +651,38 @@ class MemoryStore:
     async def delete_conversation(self, owner: Owner, cid: str) -> None:
         """Deletes the conversation and its turns (with their request_id keys).
 
-        Two steps, so that every key delete_conversation.lua touches is declared: read the
-        turn ids and their request ids, then run the script with those keys and the list's
-        length, which it checks (a turn written or evicted in between: read again). While
-        a reshard moves the slot, a script whose keys are split between the nodes is then
-        refused by Redis (TRYAGAIN: UNAVAILABLE, retryable) instead of deleting only what
-        the node it ran on holds. At most DELETE_BATCH turns per run: the first run
-        removes the conversation (gone for every reader from then on), later ones its
-        remaining turns; a retry of a call that failed in between finishes them."""
+        Runs of delete_conversation.lua, each after reading the turn ids and their
+        request ids, so that every key a run touches is declared: while a reshard moves
+        the slot, a run whose keys are split between the nodes is refused by Redis
+        (TRYAGAIN: UNAVAILABLE, retryable) instead of deleting only what the node it ran
+        on holds. At most DELETE_BATCH turns per run: the first removes the conversation
+        (gone for every reader and writer from then on, so its list no longer changes),
+        later ones its remaining turns and any written between the read and the first
+        run; a retry of a call that failed in between finishes them."""
         tag = self.tag(owner)
         ints = keys.conversation_interactions(tag, cid)
         names = [keys.conversation(tag, cid), ints, keys.conversations(tag), keys.usage(tag)]
         started = False
-        for _ in range(DELETE_ATTEMPTS):
-            while True:
-                iids = [bytes(m).decode() for m in await _redis(self._redis.zrange(ints, 0, -1))]
-                batch = iids[:DELETE_BATCH]
-                turns = [keys.interaction(tag, iid) for iid in batch]
-                read = await _redis(self._turn_requests(keys=turns, args=[])) if batch else []
-                rids = [bytes(rid).decode() if rid else "" for rid in read]
-                args: list[EncodableT] = [owner.user, tag, cid, len(iids)]
-                for iid, rid in zip(batch, rids, strict=True):
-                    args += [iid, rid]
-                requests = [keys.request(tag, rid) for rid in rids if rid]
-                status = await _redis(
-                    self._delete_conversation(keys=names + turns + requests, args=args)
-                )
-                if status == 0 and not started:
-                    raise conversation_not_found(cid)
-                if status in (0, 1):  # 0 after a run of ours: another call finished it
-                    return
-                if status != 3:
-                    break  # changed since read: read again, a bounded number of times
-                started = True
-        raise Aborted(
-            "the conversation kept changing while it was deleted; try again",
-            reason="CONCURRENT_UPDATE",
-            metadata={"conversation_id": cid},
-        )
+        while True:
+            batch = [
+                bytes(m).decode()
+                for m in await _redis(self._redis.zrange(ints, 0, DELETE_BATCH - 1))
+            ]
+            turns = [keys.interaction(tag, iid) for iid in batch]
+            read = await _redis(self._turn_requests(keys=turns, args=[])) if batch else []
+            rids = [bytes(rid).decode() if rid else "" for rid in read]
+            args: list[EncodableT] = [owner.user, tag, cid]
+            for iid, rid in zip(batch, rids, strict=True):
+                args += [iid, rid]
+            requests = [keys.request(tag, rid) for rid in rids if rid]
+            status = await _redis(
+                self._delete_conversation(keys=names + turns + requests, args=args)
+            )
+            if status == 0 and not started:
+                raise conversation_not_found(cid)
+            if status != 3:  # 1, or 0 after a run of ours: another call finished it
+                return
+            started = True
 
     async def list_conversations(
         self, owner: Owner, page_size: int, cursor: str | None

@@ -1,15 +1,16 @@
 -- needs: keys usage
 -- KEYS: conv, ints, convs, usage, then the int key of each turn of this batch, then the
 -- request_id key of each of those that has one, in the same order.
--- ARGV: user, tag, cid, n (the length of ints when the store read it), then per turn of
--- the batch: iid, request_id ('' for none), as the store read them.
+-- ARGV: user, tag, cid, then per turn of the batch: iid, request_id ('' for none), as
+-- the store read them just before.
 -- Every key it touches is declared, so while a reshard moves the slot Redis itself
 -- answers ASK or TRYAGAIN instead of the script missing keys still on the other node
--- (store.delete_conversation). Returns 0: not found; 1: deleted; 2: the conversation
--- changed since it was read (read again); 3: hidden, more turns to delete (read again).
+-- (store.delete_conversation). Returns 0: not found; 1: deleted; 3: more turns to delete
+-- (read again and run again).
 -- The first run removes the conversation's hash and list entry, so it is gone for every
--- reader at once; its list of turns stays until its last batch, so a retry (a run with
--- the hash gone and the list still there) finishes what a failed call started.
+-- reader and writer at once (a turn written after the store's read is then in the list,
+-- and deleted by a later run); the list of turns stays until its last batch, so a retry
+-- (a run with the hash gone and the list still there) finishes what a failed call began.
 -- One key per UNLINK: mid-reshard, Redis refuses a command of several keys some of which
 -- are missing (TRYAGAIN) even inside a script that already wrote, whereas a missing key
 -- alone is simply missing.
@@ -17,33 +18,25 @@ local function unlink_each(names)
   for _, key in ipairs(names) do redis.call('UNLINK', key) end
 end
 local conv, ints = KEYS[1], KEYS[2]
-local batch = (#ARGV - 4) / 2
+local batch = (#ARGV - 3) / 2
 local h = redis.call('HMGET', conv, 'user', 'update_time')
 if h[1] then
   if h[1] ~= ARGV[1] then return 0 end
-  if redis.call('ZCARD', ints) ~= tonumber(ARGV[4]) then return 2 end
-elseif redis.call('EXISTS', ints) == 0 then
-  return 0
-end
-for i = 1, batch do
-  local iid, rid = ARGV[3 + 2 * i], ARGV[4 + 2 * i]
-  if not redis.call('ZSCORE', ints, iid) then return 2 end
-  if (redis.call('HGET', KEYS[4 + i], 'request_id') or '') ~= rid then return 2 end
-end
-if h[1] then
   redis.call('UNLINK', conv)
   redis.call('ZREM', KEYS[3], string.format('%015d', tonumber(h[2])) .. ':' .. ARGV[3])
   forget_usage(ARGV[2], ARGV[3])
+elseif redis.call('EXISTS', ints) == 0 then
+  return 0
 end
 local r = 4 + batch
 for i = 1, batch do
-  local iid, rid = ARGV[3 + 2 * i], ARGV[4 + 2 * i]
-  if rid ~= '' then
-    r = r + 1
-    if redis.call('GET', KEYS[r]) == iid then redis.call('DEL', KEYS[r]) end
+  local iid, rid = ARGV[2 + 2 * i], ARGV[3 + 2 * i]
+  if rid ~= '' then r = r + 1 end
+  -- Not in the list any more: evicted (its keys went with it) or deleted by another call.
+  if redis.call('ZREM', ints, iid) == 1 then
+    if rid ~= '' and redis.call('GET', KEYS[r]) == iid then redis.call('DEL', KEYS[r]) end
+    unlink_each(interaction_keys(ARGV[2], iid))
   end
-  unlink_each(interaction_keys(ARGV[2], iid))
-  redis.call('ZREM', ints, iid)
 end
 if redis.call('EXISTS', ints) == 1 then return 3 end
 unlink_each(conversation_keys(ARGV[2], ARGV[3]))
