@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from services.devlaunch.redis_server import RedisProcess
+from tests.support.redis_cluster import LocalCluster
 from tests.support.spans import spans_fixture  # noqa: F401  (the `spans` fixture)
 
 # Model weights come from packages on disk, never from a hub.
@@ -25,3 +26,15 @@ async def redis_server(tmp_path: Path) -> AsyncIterator[RedisProcess]:
         yield server
     finally:
         await server.stop()
+
+
+@pytest.fixture
+async def own_cluster(tmp_path: Path) -> AsyncIterator[LocalCluster]:
+    """A 3-node Redis Cluster of this test's own, for tests that kill a node or move slots,
+    which the shared session cluster must not see."""
+    cluster = LocalCluster(tmp_path / "cluster")
+    try:
+        await cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()

@@ -4,8 +4,6 @@ Cluster: a reshard's MOVED replies never break the calls other tasks have in fli
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from redis.crc import key_slot
@@ -14,24 +12,14 @@ from services.common.redis_client import connect
 from tests.support.redis_cluster import LocalCluster, Node, until
 
 
-@pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[LocalCluster]:
-    """Of this test's own: it reassigns slots."""
-    local = LocalCluster(tmp_path / "cluster")
-    try:
-        await local.start()
-        yield local
-    finally:
-        local.stop()
-
-
 async def _blocked(node: Node) -> bool:
     async with node.client() as client:
         return int((await client.info("clients"))["blocked_clients"]) == 1
 
 
 @pytest.mark.slow
-async def test_moved_replies_leave_other_calls_in_flight_alone(cluster: LocalCluster) -> None:
+async def test_moved_replies_leave_other_calls_in_flight_alone(own_cluster: LocalCluster) -> None:
+    cluster = own_cluster
     redis = connect(cluster.url, cluster=True, socket_timeout=10, connect_timeout=2)
     try:
         held, source, target = cluster.nodes

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import grpc
 import pytest
@@ -64,17 +62,6 @@ async def test_each_users_keys_share_one_slot(memory: Memory, redis_cluster: Loc
                 slots = {await client.execute_command("CLUSTER", "KEYSLOT", key) for key in mine}
                 assert len(slots) == 1, slots
     assert len(nodes_used) == 3, "twelve users should land on all three masters"
-
-
-@pytest.fixture
-async def own_cluster(tmp_path: Path) -> AsyncIterator[LocalCluster]:
-    """A cluster of this test's own: it kills a node, which the shared one must not see."""
-    cluster = LocalCluster(tmp_path / "cluster")
-    try:
-        await cluster.start()
-        yield cluster
-    finally:
-        cluster.stop()
 
 
 def _users_by_node(cluster: LocalCluster) -> dict[int, str]:

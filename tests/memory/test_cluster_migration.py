@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import grpc
 import pytest
@@ -28,16 +26,6 @@ BACKENDS = ("cluster",)
 USER = "mover"
 WHO = forwarded_identity(Identity(USER, DEFAULT_TENANT, Role.READER), INTERNAL_TOKEN)
 WRITERS = 4
-
-
-@pytest.fixture
-async def own_cluster(tmp_path: Path) -> AsyncIterator[LocalCluster]:
-    cluster = LocalCluster(tmp_path / "cluster")
-    try:
-        await cluster.start()
-        yield cluster
-    finally:
-        cluster.stop()
 
 
 async def _retrying(call: object, attempts: int = 1000) -> object:
