@@ -36,7 +36,7 @@ from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
-from services.common.errors import PermissionDenied, Unauthenticated
+from services.common.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from services.common.logs import register_secret
 
 ANONYMOUS = "anonymous"
@@ -51,6 +51,11 @@ FORWARDED_HEADERS = frozenset({TOKEN_HEADER, USER_HEADER, TENANT_HEADER, ROLE_HE
 # once too, or which one went upstream would be up to header order (the first won). A
 # provider's name may hold '_' (model_names.PROVIDER_NAME), so its header may too.
 CALLER_KEY_HEADER = re.compile(r"x-[a-z0-9][a-z0-9_-]*-api-key")
+# The longest caller key taken by default (GENSEARCH_<SERVICE>_MAX_CALLER_KEY_BYTES): real
+# provider keys are under 300 bytes. Each new key recompiles the log redactor's pattern
+# of up to MAX_TRANSIENT_SECRETS keys, in time that grows with their length (~0.4 s of the
+# event loop with 4 KB keys, ~0.15 s at this bound).
+DEFAULT_MAX_CALLER_KEY_BYTES = 1024
 MAX_NAME_LEN = 256
 # Printable ASCII, no control characters: user and tenant names travel in gRPC metadata
 # and in logs, and "\0" separates tenant from user where both are hashed together. Stores
@@ -163,7 +168,14 @@ class Authenticator:
         internal_token: str,
         *,
         accept_forwarded: bool = True,
+        max_caller_key_bytes: int = DEFAULT_MAX_CALLER_KEY_BYTES,
+        caller_key_setting: str = "GENSEARCH_<SERVICE>_MAX_CALLER_KEY_BYTES",
     ) -> None:
+        """``max_caller_key_bytes``: the longest ``x-*-api-key`` value an authenticated
+        call may carry; ``caller_key_setting``: the variable that sets it, named in the
+        refusal."""
+        self._max_caller_key_bytes = max_caller_key_bytes
+        self._caller_key_setting = caller_key_setting
         # By the SHA-256 of each key: one dict lookup per call whatever the number of keys
         # (a linear compare_digest over 100,000 keys cost ~13 ms of the event loop per bad
         # key), and no key kept in memory as it was sent. A lookup's timing can only tell
@@ -214,14 +226,33 @@ class Authenticator:
                     )
                 headers[key] = value
         identity = self._identify(headers)
-        for key, value in headers.items():
-            if CALLER_KEY_HEADER.fullmatch(key):
-                # Registered in every service a key passes through (the gateway holds them
-                # all; alone in its process its redactor would know none), once the call
-                # authenticated: each new one recompiles the redactor (~0.4 s for 4 KB
-                # keys), which no unauthenticated call may make it do.
-                register_secret(value.strip(), transient=True)
+        keys = [(k, v.strip()) for k, v in headers.items() if CALLER_KEY_HEADER.fullmatch(k)]
+        for key, value in keys:
+            self._check_caller_key(key, value)
+        for _, value in keys:
+            # Registered in every service a key passes through (the gateway holds them
+            # all; alone in its process its redactor would know none), once the call
+            # authenticated and its keys are within the bound: each new one recompiles the
+            # redactor, which no unauthenticated call may make it do. A key registered
+            # already costs a dict lookup (register_secret skips it).
+            register_secret(value, transient=True)
         return identity
+
+    def _check_caller_key(self, header: str, value: str) -> None:
+        """INVALID_ARGUMENT naming ``header`` (never quoting its value) when the key is
+        longer than the bound."""
+        size = len(value.encode())
+        if size > self._max_caller_key_bytes:
+            raise InvalidArgument(
+                f"the header {header!r} carries a key of {size} bytes; this service takes "
+                f"at most {self._max_caller_key_bytes} ({self._caller_key_setting})",
+                field=header,
+                metadata={
+                    "limit_bytes": str(self._max_caller_key_bytes),
+                    "size_bytes": str(size),
+                    "setting": self._caller_key_setting,
+                },
+            )
 
     def _identify(self, headers: Mapping[str, str]) -> Identity:
         token = headers.get(TOKEN_HEADER) if self._accept_forwarded else None

@@ -261,7 +261,13 @@ class GrpcServer:
         self.host = host or settings.host
         self.port = port
         self.metrics_port = metrics_port
-        self.authenticator = Authenticator(keys, token, accept_forwarded=accept_forwarded_identity)
+        self.authenticator = Authenticator(
+            keys,
+            token,
+            accept_forwarded=accept_forwarded_identity,
+            max_caller_key_bytes=settings.max_caller_key_bytes,
+            caller_key_setting=f"{settings.namespace()}MAX_CALLER_KEY_BYTES",
+        )
         self._admission = admission
         # One count for every service this server serves; health and reflection take none.
         self.call_slots = CallSlots(

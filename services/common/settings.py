@@ -32,7 +32,7 @@ from urllib3.exceptions import LocationParseError
 from urllib3.util import parse_url
 
 from services.common.api_keys import ApiKeyError, load_keys
-from services.common.auth import Identity
+from services.common.auth import DEFAULT_MAX_CALLER_KEY_BYTES, Identity
 
 log = logging.getLogger("gensearch.settings")
 
@@ -221,6 +221,13 @@ class CommonSettings(BaseSettings):
     # metadata up to the gateway's value.
     max_metadata_bytes: int = Field(
         default=DEFAULT_MAX_METADATA_BYTES, ge=8 * KIB, le=MAX_METADATA_BYTES
+    )
+    # Longest value of a caller's key header (x-<provider>-api-key, x-embedding-api-key,
+    # ...) an authenticated call may carry; longer is INVALID_ARGUMENT naming the header.
+    # Each new key recompiles the log redactor, in time growing with its length
+    # (services/common/auth.py): real provider keys are under 300 bytes.
+    max_caller_key_bytes: int = Field(
+        default=DEFAULT_MAX_CALLER_KEY_BYTES, ge=64, le=MAX_METADATA_BYTES
     )
     # Largest request message of a method without a limit of its own (request_limits).
     # gRPC itself refuses a larger message from its length prefix, before buffering it.

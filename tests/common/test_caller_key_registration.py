@@ -10,7 +10,8 @@ import pytest
 
 from services.common import logs
 from services.common.auth import Authenticator, Identity, Role
-from services.common.errors import Unauthenticated
+from services.common.errors import InvalidArgument, Unauthenticated
+from services.common.settings import CommonSettings
 
 KEY = "sk-good-0123456789abcdef"
 
@@ -44,3 +45,44 @@ def test_an_authenticated_call_s_caller_key_is_never_logged() -> None:
     assert identity.user == "alice"
     assert upstream in logs._transient
     assert upstream not in logs.redact(f"key {upstream}")
+
+
+def test_a_caller_key_past_the_bound_is_refused_unregistered() -> None:
+    """Each new key recompiles the redactor in time growing with its length: a caller
+    sending new 4 KB keys per call stalled the event loop ~0.4 s a call."""
+    upstream = "sk-" + "k" * 1022  # 1025 bytes, one past the default bound
+    with pytest.raises(InvalidArgument) as raised:
+        authenticator().authenticate(
+            (("authorization", f"Bearer {KEY}"), ("x-openai-api-key", upstream))
+        )
+    err = raised.value
+    assert err.field == "x-openai-api-key"
+    assert "x-openai-api-key" in err.message and upstream[:40] not in err.message
+    assert err.metadata["limit_bytes"] == "1024" and err.metadata["size_bytes"] == "1025"
+    assert err.metadata["setting"] == "GENSEARCH_<SERVICE>_MAX_CALLER_KEY_BYTES"
+    assert upstream not in logs._transient
+
+
+def test_the_bound_is_a_setting_named_in_the_refusal() -> None:
+    auth = Authenticator(
+        {KEY: Identity("alice", "acme", Role.READER)},
+        "",
+        max_caller_key_bytes=64,
+        caller_key_setting="GENSEARCH_RETRIEVAL_MAX_CALLER_KEY_BYTES",
+    )
+    at_bound = "e" * 64
+    auth.authenticate((("authorization", f"Bearer {KEY}"), ("x-embedding-api-key", at_bound)))
+    assert at_bound in logs._transient
+    with pytest.raises(InvalidArgument) as raised:
+        auth.authenticate((("authorization", f"Bearer {KEY}"), ("x-rerank-api-key", "r" * 65)))
+    assert raised.value.metadata["setting"] == "GENSEARCH_RETRIEVAL_MAX_CALLER_KEY_BYTES"
+    assert CommonSettings().max_caller_key_bytes == 1024
+
+
+def test_a_key_registered_already_does_not_recompile_the_redactor() -> None:
+    upstream = "sk-upstream-again-0123456789"
+    call = (("authorization", f"Bearer {KEY}"), ("x-openai-api-key", upstream))
+    authenticator().authenticate(call)
+    pattern = logs._known
+    authenticator().authenticate(call)
+    assert logs._known is pattern

@@ -32,6 +32,9 @@ from tests.support.rpc import bad_request_field, error_info
 
 KIB = 1024
 HEADER = "x-embedding-api-key"
+# Caller keys this long are refused on their own (MAX_CALLER_KEY_BYTES, 1 KiB by default,
+# tests/common/test_caller_key_registration.py); these tests are about the metadata bound.
+LONG_KEYS = {"max_caller_key_bytes": 64 * KIB}
 Metadata = tuple[tuple[str, str], ...]
 # One cheap unary call of a service, with the given metadata.
 Call = Callable[[Metadata], Awaitable[object]]
@@ -65,7 +68,7 @@ async def test_a_large_header_is_accepted_every_time_through_the_gateway(
 ) -> None:
     # Within the default 16 KiB, with room for what the gateway adds when it forwards the
     # header to retrieval (its identity headers, the trace context).
-    stack = await stack_factory()
+    stack = await stack_factory(shared=LONG_KEYS)
     metadata = (*ALICE, ("x-embedding-api-key", "k" * size))
     assert await _twenty(stack.retrieval, metadata) == {"OK"}
     # A provider key goes on to generation the same way.
@@ -75,7 +78,7 @@ async def test_a_large_header_is_accepted_every_time_through_the_gateway(
 
 
 async def test_a_header_over_the_limit_is_refused_every_time(stack_factory: StackFactory) -> None:
-    stack = await stack_factory(max_metadata_bytes=8 * KIB)
+    stack = await stack_factory(max_metadata_bytes=8 * KIB, shared=LONG_KEYS)
     metadata = (*ALICE, ("x-embedding-api-key", "k" * 12_000))
     outcomes = await _twenty(stack.retrieval, metadata)
     assert len(outcomes) == 1, outcomes
@@ -137,7 +140,7 @@ async def _failure(call: Call, metadata: Metadata) -> grpc.aio.AioRpcError | Non
 async def test_the_limit_passes_and_one_byte_more_is_refused_naming_the_header(
     stack_factory: StackFactory,
 ) -> None:
-    stack = await stack_factory()
+    stack = await stack_factory(shared=LONG_KEYS)
     for service, (call, own, limit) in _calls(stack).items():
         # A header as long as the whole limit is over it: the refusal says by how much, so
         # the value that brings the count (as gRPC counts: name + value + 32 per header)
@@ -168,7 +171,7 @@ async def test_the_limit_passes_and_one_byte_more_is_refused_naming_the_header(
 async def test_past_twice_the_limit_grpc_itself_refuses(stack_factory: StackFactory) -> None:
     """gRPC's own limit, the bound on what a server buffers, is twice the setting: past it
     the refusal is gRPC's, with no ErrorInfo (documented, docs/operations.md#limits)."""
-    stack = await stack_factory()
+    stack = await stack_factory(shared=LONG_KEYS)
     call, own, limit = _calls(stack)["gateway"]
     err = await _failure(call, (*own, (HEADER, "k" * (2 * limit + 1))))
     assert err is not None and err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
