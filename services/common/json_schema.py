@@ -384,39 +384,61 @@ def _remote_refs(value: Any) -> bool:
 
 def _dangling_ref(schema: Mapping[str, Any]) -> str | None:
     """The first ``$ref`` / ``$dynamicRef`` that points to nothing in the schema (``#/$defs/
-    missing``, an anchor no subschema declares), or None. Found only at validation, it
-    cost the caller two upstream calls (the answer and its corrective retry) and came
-    back FAILED_PRECONDITION / INVALID_OUTPUT, as if the model were at fault. A schema
-    with nested ``$id``s changes the base of the references under them: it is left to
-    validation, which reports it then as before."""
-    refs: list[str] = []
-    stack: list[tuple[Any, bool]] = [(schema, True)]
-    while stack:
-        item, root = stack.pop()
-        if isinstance(item, list):
-            stack.extend((child, False) for child in item)
-        elif isinstance(item, dict):
-            for key, child in item.items():
-                if key in _DATA_KEYWORDS:
-                    continue
-                if key == "$id" and not root:
-                    return None
-                if key in ("$ref", "$dynamicRef") and isinstance(child, str):
-                    refs.append(child)
-                stack.append((child, False))
-    if not refs:
-        return None
+    missing``, an anchor no subschema declares), or None, each resolved against the base
+    its nearest ``$id`` gives (``#/$defs/x`` under ``"$id": "urn:a"`` looks in that
+    subschema). Found only at validation, it cost the caller two upstream calls (the
+    answer and its corrective retry) and came back FAILED_PRECONDITION / INVALID_OUTPUT,
+    as if the model were at fault."""
+    _, nodes = _subschemas(schema)
+    for node, resolver in nodes.values():
+        for key in ("$ref", "$dynamicRef"):
+            ref = node.get(key)
+            if not isinstance(ref, str):
+                continue
+            try:
+                resolver.lookup(ref)
+            # A pointer stepping into a list by a name ("#/required/x") or into a boolean
+            # schema raises ValueError / TypeError from the pointer walk, not Unresolvable.
+            except (Unresolvable, ValueError, TypeError, LookupError):
+                return ref
+    return None
+
+
+# A referencing resolver (Registry.resolver()), a type the package does not export.
+_Resolver = Any
+
+
+def _inside(node: dict[str, Any], outer: _Resolver) -> _Resolver:
+    """The resolver for the references in ``node``: a nested ``$id`` is a new base for
+    them (relative to ``outer``'s), as validation resolves them. A ``$id`` that is no
+    URI reference raises ValueError."""
+    if isinstance(node.get("$id"), str):
+        return outer.in_subresource(DRAFT202012.create_resource(node))
+    return outer
+
+
+def _subschemas(
+    schema: Mapping[str, Any],
+) -> tuple[dict[str, Any], dict[int, tuple[dict[str, Any], _Resolver]]]:
+    """The schema as its resource holds it, and each of its subschemas (by identity: a
+    lookup returns these very dicts) with the resolver its references resolve against."""
     resource = DRAFT202012.create_resource(dict(schema))
     uri = resource.id() or ""
-    resolver = Registry().with_resource(uri, resource).resolver(base_uri=uri)
-    for ref in refs:
-        try:
-            resolver.lookup(ref)
-        # A pointer stepping into a list by a name ("#/required/x") or into a boolean
-        # schema raises ValueError / TypeError from the pointer walk, not Unresolvable.
-        except (Unresolvable, ValueError, TypeError, LookupError):
-            return ref
-    return None
+    root: dict[str, Any] = resource.contents
+    nodes: dict[int, tuple[dict[str, Any], _Resolver]] = {}
+    stack: list[tuple[Any, _Resolver]] = [
+        (root, Registry().with_resource(uri, resource).resolver(base_uri=uri))
+    ]
+    while stack:
+        item, resolver = stack.pop()
+        if isinstance(item, list):
+            stack.extend((child, resolver) for child in item)
+        elif isinstance(item, dict):
+            # The root's own $id is the registry's base already.
+            resolver = resolver if item is root else _inside(item, resolver)
+            nodes[id(item)] = (item, resolver)
+            stack.extend((v, resolver) for k, v in item.items() if k not in _DATA_KEYWORDS)
+    return root, nodes
 
 
 def format_name(name: str, field: str) -> str:
@@ -452,41 +474,41 @@ def _ref_loop(schema: Mapping[str, Any]) -> bool:
     ``allOf`` of the root). Found only at validation (as RecursionError), it cost the
     caller two upstream calls and came back INVALID_OUTPUT. A ``$ref`` under
     ``properties``, ``items``... descends into the answer, which ends: that recursion is a
-    tree's, and allowed. Nested ``$id``s are left to validation, as in ``_dangling_ref``."""
-    resource = DRAFT202012.create_resource(dict(schema))
-    uri = resource.id() or ""
-    resolver = Registry().with_resource(uri, resource).resolver(base_uri=uri)
+    tree's, and allowed. Each ``$ref`` resolves against the base its nearest ``$id``
+    gives, as validation resolves it (``#`` under a nested ``$id`` is that subschema)."""
+    _, nodes = _subschemas(schema)
+    # Where each subschema's references resolve: a $ref's target takes the resolver its
+    # lookup returns (a target under a data keyword is no subschema of the walk above).
+    where = {key: resolver for key, (_, resolver) in nodes.items()}
 
     def in_place(node: dict[str, Any]) -> list[Any]:
+        resolver = where[id(node)]
         children: list[Any] = [node.get(key) for key in _IN_PLACE_ONE]
         for key in _IN_PLACE_LISTS:
             if isinstance(node.get(key), list):
                 children.extend(node[key])
         if isinstance(node.get("dependentSchemas"), dict):
             children.extend(node["dependentSchemas"].values())
+        children = [child for child in children if isinstance(child, dict)]
+        for child in children:
+            if id(child) not in where:
+                where[id(child)] = _inside(child, resolver)
         for key in ("$ref", "$dynamicRef"):
             if isinstance(node.get(key), str):
                 # A dangling one was refused before this, by _dangling_ref.
                 with contextlib.suppress(Unresolvable, ValueError, TypeError, LookupError):
-                    children.append(resolver.lookup(node[key]).contents)
-        return [child for child in children if isinstance(child, dict)]
+                    resolved = resolver.lookup(node[key])
+                    if isinstance(resolved.contents, dict):
+                        where.setdefault(id(resolved.contents), resolved.resolver)
+                        children.append(resolved.contents)
+        return children
 
-    # Depth-first over the subschemas (by identity: the lookup returns the resource's own
-    # dicts), iterative; a subschema met again while still on the path is a loop.
+    # Depth-first over the subschemas (by identity), iterative; a subschema met again
+    # while still on the path is a loop.
     done: set[int] = set()
     stack: list[tuple[dict[str, Any], list[Any]]] = []
     on_path: set[int] = set()
-    roots: list[Any] = [resource.contents]
-    while roots:
-        start = roots.pop()
-        if isinstance(start, list):
-            roots.extend(start)
-            continue
-        if not isinstance(start, dict):
-            continue
-        if start is not resource.contents and "$id" in start:
-            return False  # a new base for the references under it: left to validation
-        roots.extend(v for k, v in start.items() if k not in _DATA_KEYWORDS)
+    for start, _ in nodes.values():
         if id(start) in done:
             continue
         stack.append((start, in_place(start)))
@@ -546,14 +568,22 @@ def check_schema(schema: Mapping[str, Any], field: str, limits: SchemaLimits) ->
         raise InvalidArgument(
             "$ref may only point inside the schema (#/...)", field=field, reason=INVALID_SCHEMA
         )
-    dangling = _dangling_ref(schema)
+    try:
+        dangling = _dangling_ref(schema)
+        loop = dangling is None and _ref_loop(schema)
+    except ValueError as err:  # a nested $id that is no URI reference: no base to resolve by
+        raise InvalidArgument(
+            f"a $id is not a URI reference ({_short(str(err))})",
+            field=field,
+            reason=INVALID_SCHEMA,
+        ) from None
     if dangling is not None:
         raise InvalidArgument(
             f"$ref {_short(repr(dangling))} points to nothing in the schema",
             field=field,
             reason=INVALID_SCHEMA,
         )
-    if _ref_loop(schema):
+    if loop:
         raise InvalidArgument(
             "the schema's $refs refer to each other without end (a subschema applies "
             "itself to the same value through $ref, allOf, anyOf, oneOf, not, if/then/else)",

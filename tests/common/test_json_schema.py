@@ -178,6 +178,65 @@ def test_refs_that_refer_to_each_other_without_end_are_refused_before_any_call(
     assert "without end" in caught.value.message
 
 
+@pytest.mark.parametrize(
+    "loop",
+    [
+        # "#" under a nested $id is that subschema: it applies itself for ever.
+        {"$defs": {"a": {"$id": "urn:a", "allOf": [{"$ref": "#"}]}}},
+        # Through the root into the nested resource, then round inside it.
+        {
+            "properties": {"p": {"$ref": "#/$defs/a/$defs/x"}},
+            "$defs": {"a": {"$id": "sub", "$defs": {"x": {"$ref": "#/$defs/x"}}}},
+        },
+        # The loop is the root's, beside a nested $id elsewhere.
+        {"$defs": {"x": {"$ref": "#/$defs/x"}, "y": {"$id": "urn:y"}}},
+    ],
+)
+def test_a_ref_loop_beside_a_nested_id_is_refused_before_any_call(loop: dict[str, Any]) -> None:
+    # A nested $id made the check give up: the loop was found only at validation, after
+    # two upstream calls, and came back INVALID_OUTPUT.
+    with pytest.raises(InvalidArgument) as caught:
+        check_schema({"type": "object", **loop}, FIELD, SchemaLimits())
+    assert caught.value.field == FIELD
+    assert caught.value.reason == "INVALID_SCHEMA"
+    assert "without end" in caught.value.message
+
+
+def test_a_tree_under_a_nested_id_may_recur() -> None:
+    # "#" under the nested $id is the node, not the root: a tree's recursion, allowed.
+    tree = {
+        "type": "object",
+        "properties": {"tree": {"$ref": "#/$defs/node"}},
+        "$defs": {
+            "node": {
+                "$id": "urn:node",
+                "type": "object",
+                "properties": {"kids": {"type": "array", "items": {"$ref": "#"}}},
+                "allOf": [{"$ref": "#/$defs/leaf"}],
+                "$defs": {"leaf": {"required": ["kids"]}},
+            }
+        },
+    }
+    output = check_schema(tree, FIELD, SchemaLimits())
+    value, why = parse_output('{"tree": {"kids": [{"kids": []}]}}', output)
+    assert value is not None, why
+    value, why = parse_output('{"tree": {"kids": [{}]}}', output)
+    assert value is None and "kids" in why
+
+
+def test_a_ref_to_nothing_under_a_nested_id_is_refused_before_any_call() -> None:
+    # "#/$defs/x" under the nested $id looks in that subschema, which has no x.
+    schema = {
+        "type": "object",
+        "$defs": {"x": {}, "a": {"$id": "urn:a", "allOf": [{"$ref": "#/$defs/x"}]}},
+        "properties": {"p": {"$ref": "#/$defs/a"}},
+    }
+    with pytest.raises(InvalidArgument) as caught:
+        check_schema(schema, FIELD, SchemaLimits())
+    assert caught.value.reason == "INVALID_SCHEMA"
+    assert "points to nothing" in caught.value.message
+
+
 def test_a_ref_that_descends_into_the_answer_may_recur() -> None:
     tree = {
         "type": "object",
