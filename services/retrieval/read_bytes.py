@@ -18,10 +18,13 @@ its deadline): a burst of large reads then runs a few at a time instead of faili
 is what its client would do by retrying anyway, minus the round trips. Past the wait it is
 refused, RESOURCE_EXHAUSTED with a RetryInfo, reason ``RESPONSE_BYTES_IN_FLIGHT`` (the
 chassis's reason: the same condition to a client, too many large replies of its tenant at
-once) and metadata naming this setting. Nothing is built for a refused read. A tenant's
-read always goes when none of its others is being built (no read is refused for ever);
-other tenants count against their own bound and never wait for this one. One counter per
-tenant on the event loop: no lock, nothing shared across processes or replicas.
+once) and metadata naming this setting. When the call's deadline ended the wait first, it
+is DEADLINE_EXCEEDED (reason ``DEADLINE_EXCEEDED``, metadata ``waited_ms``, the wait it
+had): a retry with the same deadline would fail the same way. Nothing is built for a
+refused read. A tenant's read always goes when none of its others is being built (no read
+is refused for ever); other tenants count against their own bound and never wait for this
+one. One counter per tenant on the event loop: no lock, nothing shared across processes
+or replicas.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 
-from services.common.errors import ResourceExhausted
+from services.common.errors import DeadlineExceeded, ResourceExhausted
 from services.common.reply_bytes import refusal
 from services.retrieval.metrics import READS_REFUSED, READS_WAITING
 from services.retrieval.store import FoundPoint, value_bytes
@@ -115,6 +118,9 @@ class ReadBytes:
         entry = (size, granted)
         state.waiting.append(entry)
         wait = self.wait if time_left is None else max(0.0, min(self.wait, time_left))
+        # The call's deadline, not this setting, ends the wait.
+        cut_by_deadline = time_left is not None and time_left < self.wait
+        started = asyncio.get_running_loop().time()
         READS_WAITING.inc()
         try:
             async with asyncio.timeout(wait):
@@ -132,6 +138,9 @@ class ReadBytes:
             self._drop_if_idle(tenant, state)
             if isinstance(err, TimeoutError):
                 READS_REFUSED.inc()
+                if cut_by_deadline:
+                    waited = asyncio.get_running_loop().time() - started
+                    raise self._out_of_time(state.held, size, waited) from None
                 raise self._refusal(state.held, size) from None
             raise
         finally:
@@ -171,6 +180,24 @@ class ReadBytes:
             held,
             size,
             SETTING,
+        )
+
+    def _out_of_time(self, held: int, size: int, waited: float) -> DeadlineExceeded:
+        """The call's deadline came before room did: DEADLINE_EXCEEDED (retrying with the
+        same deadline would fail the same way), quoting the wait it had, not ``wait``."""
+        waited_ms = f"{max(waited, 0) * 1000:.0f}"
+        return DeadlineExceeded(
+            f"the caller's tenant has reads of about {held} bytes being built; this one "
+            f"(about {size} bytes) would pass {self.limit} ({SETTING}) and found no room "
+            f"in the {waited_ms} ms it waited, all its deadline left: give the call a "
+            "longer timeout, or ask for fewer or smaller results",
+            metadata={
+                "waited_ms": waited_ms,
+                "limit_bytes": str(self.limit),
+                "held_bytes": str(held),
+                "size_bytes": str(size),
+                "setting": SETTING,
+            },
         )
 
 

@@ -15,12 +15,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+import pytest
 from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
 from services.common import auth
 from services.common.auth import Identity, Role
+from services.common.errors import DeadlineExceeded, ResourceExhausted
 from services.retrieval.edge_store import EdgeStore
 from services.retrieval.read_bytes import SETTING, ReadBytes
 from tests.retrieval.conftest import MakeRetrieval, Retrieval, expect_error, obj, vector_collection
@@ -176,3 +178,40 @@ async def test_reads_wait_in_their_order_and_one_given_up_lets_the_next_in() -> 
     # A tenant's read always goes when none of its others is being built.
     async with reads.reading("t", 1000):
         assert reads.held("t") == 1000
+
+
+async def test_a_read_whose_deadline_passes_while_it_waits_is_deadline_exceeded() -> None:
+    """The call's deadline, not the tenant's bytes, ended the wait: DEADLINE_EXCEEDED (a
+    client retrying a RESOURCE_EXHAUSTED with the same deadline fails the same way), and
+    the message quotes the wait spent, not READ_BYTES_WAIT."""
+    reads = ReadBytes(100, wait=60)
+    release = asyncio.Event()
+    held = asyncio.Event()
+
+    async def first() -> None:
+        async with reads.reading("t", 80):
+            held.set()
+            await release.wait()
+
+    holder = asyncio.ensure_future(first())
+    await held.wait()
+    for time_left in (0.0, -1.0, 0.05):
+        with pytest.raises(DeadlineExceeded) as raised:
+            async with reads.reading("t", 80, time_left):
+                raise AssertionError("no room was made")
+        err = raised.value
+        assert err.reason == "DEADLINE_EXCEEDED"
+        assert err.metadata["setting"] == SETTING
+        waited = err.metadata["waited_ms"]
+        assert int(waited) >= 0
+        assert f"in the {waited} ms it waited" in err.message
+        assert "60 s" not in err.message
+    assert reads.waiting("t") == 0 and reads.held("t") == 80
+    # A wait that READ_BYTES_WAIT ends, not the deadline, stays RESOURCE_EXHAUSTED.
+    short = ReadBytes(100, wait=0)
+    async with short.reading("t", 80):
+        with pytest.raises(ResourceExhausted):
+            async with short.reading("t", 80, 30.0):
+                raise AssertionError("no room was made")
+    release.set()
+    await holder
