@@ -15,8 +15,10 @@ The file is YAML::
       - {key: "…", user: alice, tenant: acme, role: admin}
       - {key: "…", user: bob, tenant: acme, role: reader}
 
-Both may be set; a key may appear once in all. Errors name the entry and the field at
-fault, never a key: they reach logs.
+Both may be set; a key may appear once in all. Spaces around a key are trimmed in the
+variable (as from a client's ``Bearer``), refused in the file (a YAML string holds them on
+purpose; trimmed, the key served would not be the one written; kept, it could never
+match). Errors name the entry and the field at fault, never a key: they reach logs.
 """
 
 from __future__ import annotations
