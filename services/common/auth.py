@@ -52,9 +52,9 @@ FORWARDED_HEADERS = frozenset({TOKEN_HEADER, USER_HEADER, TENANT_HEADER, ROLE_HE
 # provider's name may hold '_' (model_names.PROVIDER_NAME), so its header may too.
 CALLER_KEY_HEADER = re.compile(r"x-[a-z0-9][a-z0-9_-]*-api-key")
 # The longest caller key taken by default (GENSEARCH_<SERVICE>_MAX_CALLER_KEY_BYTES): real
-# provider keys are under 300 bytes. Each new key recompiles the log redactor's pattern
-# of up to MAX_TRANSIENT_SECRETS keys, in time that grows with their length (~0.4 s of the
-# event loop with 4 KB keys, ~0.15 s at this bound).
+# provider keys are under 300 bytes. The log redactor holds up to MAX_TRANSIENT_SECRETS
+# keys and looks for each in every log line longer than it: time and memory that grow with
+# their length.
 DEFAULT_MAX_CALLER_KEY_BYTES = 1024
 MAX_NAME_LEN = 256
 # Printable ASCII, no control characters: user and tenant names travel in gRPC metadata
@@ -232,8 +232,8 @@ class Authenticator:
         for _, value in keys:
             # Registered in every service a key passes through (the gateway holds them
             # all; alone in its process its redactor would know none), once the call
-            # authenticated and its keys are within the bound: each new one recompiles the
-            # redactor, which no unauthenticated call may make it do. A key registered
+            # authenticated and its keys are within the bound: no unauthenticated call may
+            # push the callers' keys out of the redactor's bounded set. A key registered
             # already costs a dict lookup (register_secret skips it).
             register_secret(value, transient=True)
         return identity

@@ -14,6 +14,7 @@ import base64
 import bisect
 import functools
 import html
+import itertools
 import logging
 import math
 import re
@@ -34,13 +35,44 @@ _pinned: set[str] = set()
 # used set, so callers sending ever new keys cannot grow memory or slow every log line.
 _transient: OrderedDict[str, None] = OrderedDict()
 MAX_TRANSIENT_SECRETS = 256
-_known: re.Pattern[str] | None = None
 # A good part of a secret of 2 * MIN_PIECE characters or more is redacted too (an upstream
 # quoting a key cut short): a run of key characters found inside it, at least MIN_PIECE
-# long and half its length. A provider's own mask ("sk-abc***xyz") shows less. Those
-# secrets joined by NULs, with where each starts and its length.
+# long and half its length. A provider's own mask ("sk-abc***xyz") shows less.
 MIN_PIECE = 12
-_pieces: tuple[str, list[int], list[int]] = ("", [], [])
+
+
+class _Known:
+    """The secrets registered at one moment, as redaction reads them: never changed, but
+    replaced whole by ``register_secret`` (a log record formatted on another thread meanwhile
+    sees all of the old ones or all of the new).
+
+    No pattern over all of them is compiled: that took ~0.2 s of the event loop with 256
+    secrets of 1 KiB, for every new caller key (this, ~0.04 ms; bench/redaction.py). Each
+    is looked for with ``in`` instead (a C substring search), only those no longer than the
+    text searched (``lengths``, sorted, for bisect): a typical line is shorter than a key."""
+
+    __slots__ = ("lengths", "piece_ends", "piece_lengths", "pieces", "secrets")
+
+    def __init__(self, secrets: list[str]) -> None:
+        secrets.sort(key=len)
+        self.secrets = tuple(secrets)
+        self.lengths = tuple(map(len, secrets))
+        # Those long enough to be found by a piece, joined by NULs (one C search finds a
+        # piece in any of them), with their lengths and where each ends.
+        first = bisect.bisect_left(self.lengths, 2 * MIN_PIECE)
+        self.pieces = "\0".join(self.secrets[first:])
+        self.piece_lengths = self.lengths[first:]
+        self.piece_ends = tuple(itertools.accumulate(n + 1 for n in self.piece_lengths))
+
+    def found_in(self, text: str, shortest: int = 1) -> list[str]:
+        """The secrets, at least ``shortest`` long, that ``text`` holds, longest first."""
+        secrets = self.secrets
+        first = bisect.bisect_left(self.lengths, shortest)
+        last = bisect.bisect_right(self.lengths, len(text)) - 1
+        return [secrets[i] for i in range(last, first - 1, -1) if secrets[i] in text]
+
+
+_known: _Known | None = None
 _PATTERNS = [
     re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+"),
     re.compile(r"\bsk-[A-Za-z0-9_-]{8,}"),
@@ -69,7 +101,7 @@ def register_secret(value: str | None, *, transient: bool = False) -> None:
     else:
         _pinned.add(value)
         _transient.pop(value, None)
-    _compile()
+    _publish()
 
 
 # Query arguments of a service URL (Redis, Qdrant, an LLM endpoint) that carry a secret:
@@ -104,23 +136,17 @@ def redacted_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
-def _compile() -> None:
-    global _known, _pieces
-    # Longest first, so a secret containing another is replaced whole.
-    values = sorted(_pinned.union(_transient), key=len, reverse=True)
-    _known = re.compile("|".join(map(re.escape, values))) if values else None
-    long_enough = [v for v in values if len(v) >= 2 * MIN_PIECE]
-    starts, at = [], 0
-    for value in long_enough:
-        starts.append(at)
-        at += len(value) + 1
-    _pieces = ("\0".join(long_enough), starts, [len(v) for v in long_enough])
+def _publish() -> None:
+    global _known
+    _known = _Known([*_pinned, *_transient])
 
 
 def redact(text: str) -> str:
     known = _known
     if known is not None:
-        text = known.sub(REDACTED, text)
+        # Longest first, so a secret containing another is replaced whole.
+        for secret in known.found_in(text):
+            text = text.replace(secret, REDACTED)
         text = _redact_encoded(text, known)
     for pattern in _PATTERNS:
         text = pattern.sub(lambda m: (m.group(1) if m.groups() else "") + REDACTED, text)
@@ -181,7 +207,7 @@ def _spellings(secret: str) -> re.Pattern[str]:
     return re.compile(gap.join(parts), re.IGNORECASE)
 
 
-def _encoded_secret(blob: str, known: re.Pattern[str]) -> bool:
+def _encoded_secret(blob: str, known: _Known) -> bool:
     """Whether ``blob``, a run of base64 or hex, decodes (at some alignment) to bytes
     holding a known secret."""
     # Escaped line breaks and slashes ("\\n", "\\/" in JSON) are no part of the encoding.
@@ -205,48 +231,36 @@ def _encoded_secret(blob: str, known: re.Pattern[str]) -> bool:
     # ordinary text (a path, an id) almost never holds one that long.
     for data in decoded:
         for run in _PRINTABLE_RUN.finditer(data):
-            for found in known.finditer(run.group(0).decode("ascii")):
-                if len(found.group(0)) >= MIN_ENCODED_SECRET:
-                    return True
+            if known.found_in(run.group(0).decode("ascii"), MIN_ENCODED_SECRET):
+                return True
     return False
 
 
-def _redact_encoded(text: str, known: re.Pattern[str]) -> str:
+def _redact_encoded(text: str, known: _Known) -> str:
     """Known secrets in the other spellings an echo may use (see ``MIN_ENCODED_SECRET``)."""
     if any(mark in text for mark in _ENCODING_MARKS):
-        hits = {
-            m.group(0)
-            for m in known.finditer(_decoded(text))
-            if len(m.group(0)) >= MIN_ENCODED_SECRET
-        }
-        for secret in sorted(hits, key=len, reverse=True):
+        hits = known.found_in(_decoded(text), MIN_ENCODED_SECRET)  # longest first
+        for secret in hits:
             text = _spellings(secret).sub(REDACTED, text)
-        if hits and any(
-            len(m.group(0)) >= MIN_ENCODED_SECRET for m in known.finditer(_decoded(text))
-        ):
+        if hits and known.found_in(_decoded(text), MIN_ENCODED_SECRET):
             return REDACTED  # spelled in a way not undone above: nothing of it is shown
     # A run of these characters may be a good part of a secret, or hold one in base64 or hex.
     return _BASE64_RUN.sub(
         lambda m: (
             REDACTED
-            if _part_of_secret(m.group(0)) or _encoded_secret(m.group(0), known)
+            if _part_of_secret(m.group(0), known) or _encoded_secret(m.group(0), known)
             else m.group(0)
         ),
         text,
     )
 
 
-def _part_of_secret(piece: str) -> bool:
+def _part_of_secret(piece: str, known: _Known) -> bool:
     """Whether ``piece`` is at least half of a registered secret (see ``MIN_PIECE``)."""
-    joined, starts, lengths = _pieces
-    if not joined:
-        return False
-    at = joined.find(piece)
-    while at != -1:
-        if 2 * len(piece) >= lengths[bisect.bisect_right(starts, at) - 1]:
-            return True
-        at = joined.find(piece, at + 1)
-    return False
+    # Shortest first: those a piece may be half of, at most twice its length, come first,
+    # and only they are searched (a run of ordinary text is shorter than most keys).
+    count = bisect.bisect_right(known.piece_lengths, 2 * len(piece))
+    return count > 0 and known.pieces.find(piece, 0, known.piece_ends[count - 1]) != -1
 
 
 def _scrub(value: Any) -> Any:
