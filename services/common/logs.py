@@ -178,15 +178,36 @@ def _unescape(match: re.Match[str]) -> str:
     return chr(int(code or byte, 16)) if (code or byte) else char
 
 
-def _decoded(text: str) -> str:
-    """``text`` with percent-escapes (repeatedly), backslash escapes and HTML character
-    references decoded and line breaks, with the blanks around them, removed."""
+def _unescape_backslashes(text: str) -> str:
+    return _ESCAPE.sub(_unescape, text)
+
+
+_DECODING_STEPS = (unquote, _unescape_backslashes, html.unescape)
+
+
+def _decodings(text: str) -> list[str]:
+    """``text`` as is and after each step of decoding its percent-escapes, backslash escapes
+    and HTML character references, three rounds at most, line breaks (with the blanks around
+    them) removed from each. A secret is looked for in every one: a later step may undo what
+    an earlier one revealed (a key holding ``\\0`` or ``%41``, escaped once)."""
+    found = [_LINE_BREAK.sub("", text)]
     for _ in range(3):
         before = text
-        text = html.unescape(_ESCAPE.sub(_unescape, unquote(text)))
+        for step in _DECODING_STEPS:
+            decoded = step(text)
+            if decoded != text:
+                text = decoded
+                found.append(_LINE_BREAK.sub("", text))
         if text == before:
             break
-    return _LINE_BREAK.sub("", text)
+    return found
+
+
+def _found_decoded(text: str, known: _Known) -> list[str]:
+    """The secrets long enough to be looked for in another spelling that a decoding of
+    ``text`` holds, longest first."""
+    hits = {s for decoded in _decodings(text) for s in known.found_in(decoded, MIN_ENCODED_SECRET)}
+    return sorted(hits, key=len, reverse=True)
 
 
 @functools.lru_cache(maxsize=MAX_TRANSIENT_SECRETS)
@@ -239,10 +260,10 @@ def _encoded_secret(blob: str, known: _Known) -> bool:
 def _redact_encoded(text: str, known: _Known) -> str:
     """Known secrets in the other spellings an echo may use (see ``MIN_ENCODED_SECRET``)."""
     if any(mark in text for mark in _ENCODING_MARKS):
-        hits = known.found_in(_decoded(text), MIN_ENCODED_SECRET)  # longest first
+        hits = _found_decoded(text, known)
         for secret in hits:
             text = _spellings(secret).sub(REDACTED, text)
-        if hits and known.found_in(_decoded(text), MIN_ENCODED_SECRET):
+        if hits and _found_decoded(text, known):
             return REDACTED  # spelled in a way not undone above: nothing of it is shown
     # A run of these characters may be a good part of a secret, or hold one in base64 or hex.
     return _BASE64_RUN.sub(
