@@ -36,7 +36,7 @@ from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
-from services.common.errors import InvalidArgument, PermissionDenied, Unauthenticated
+from services.common.errors import InvalidArgument, PermissionDenied, Unauthenticated, over_limit
 from services.common.logs import register_secret
 
 ANONYMOUS = "anonymous"
@@ -243,15 +243,14 @@ class Authenticator:
         longer than the bound."""
         size = len(value.encode())
         if size > self._max_caller_key_bytes:
-            raise InvalidArgument(
+            raise over_limit(
+                InvalidArgument,
                 f"the header {header!r} carries a key of {size} bytes; this service takes "
                 f"at most {self._max_caller_key_bytes} ({self._caller_key_setting})",
                 field=header,
-                metadata={
-                    "limit_bytes": str(self._max_caller_key_bytes),
-                    "size_bytes": str(size),
-                    "setting": self._caller_key_setting,
-                },
+                size=size,
+                limit=self._max_caller_key_bytes,
+                setting=self._caller_key_setting,
             )
 
     def _identify(self, headers: Mapping[str, str]) -> Identity:

@@ -202,6 +202,27 @@ class Internal(ServiceError):
     default_reason = "INTERNAL"
 
 
+def over_limit(
+    error: type[ServiceError],
+    message: str,
+    *,
+    field: str,
+    size: int,
+    limit: int,
+    setting: str,
+    reason: str | None = None,
+) -> ServiceError:
+    """A refusal of ``field`` at ``size`` bytes, past ``limit`` (the variable ``setting``):
+    ErrorInfo metadata ``limit_bytes``, ``size_bytes`` and ``setting``, one shape for every
+    such refusal, so a client reads the numbers without parsing ``message``."""
+    return error(
+        message,
+        field=field,
+        reason=reason,
+        metadata={"limit_bytes": str(limit), "size_bytes": str(size), "setting": setting},
+    )
+
+
 _BY_CODE: dict[grpc.StatusCode, type[ServiceError]] = {
     cls.code: cls
     for cls in (

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from services.common.errors import ResourceExhausted, quote
+from services.common.errors import ResourceExhausted, over_limit, quote
 from services.common.metrics import split_method
 
 REASON = "METADATA_TOO_LARGE"
@@ -62,16 +62,15 @@ class MetadataLimit:
             if entry > largest_size:
                 largest, largest_size = key, entry
         if size > self.limit:
-            raise ResourceExhausted(
+            raise over_limit(
+                ResourceExhausted,
                 f"the request metadata is {size} bytes (each header's name and value plus "
                 f"32); {split_method(method)[1]} accepts at most {self.limit} "
                 f"({self.setting}); the largest header is {quote(largest)} "
                 f"({largest_size} bytes)",
                 field=largest,
+                size=size,
+                limit=self.limit,
+                setting=self.setting,
                 reason=REASON,
-                metadata={
-                    "limit_bytes": str(self.limit),
-                    "size_bytes": str(size),
-                    "setting": self.setting,
-                },
             )

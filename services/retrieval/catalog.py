@@ -35,7 +35,7 @@ from services.common.errors import (
     InvalidArgument,
     NotFound,
     ResourceExhausted,
-    ServiceError,
+    over_limit,
 )
 from services.retrieval.answer_cache_marker import is_cache_schema
 from services.retrieval.embedders import Embedders
@@ -206,15 +206,16 @@ class Catalog:
         size = normalized.ByteSize()
         if size > self._settings.max_schema_bytes:
             limit = self._settings.max_schema_bytes
-            raise _schema_over_limit(
+            raise over_limit(
                 InvalidArgument,
                 f"collection is {size} bytes serialized; a collection's schema takes at most "
                 f"{limit} (GENSEARCH_RETRIEVAL_MAX_SCHEMA_BYTES): shorten its descriptions "
                 "or generative prompts",
-                reason="SCHEMA_TOO_LARGE",
-                setting="GENSEARCH_RETRIEVAL_MAX_SCHEMA_BYTES",
+                field="collection",
+                size=size,
                 limit=limit,
-                size_bytes=size,
+                setting="GENSEARCH_RETRIEVAL_MAX_SCHEMA_BYTES",
+                reason="SCHEMA_TOO_LARGE",
             )
         schema = Schema(normalized, tenant)
         # The caller's own collection under this name may sit at another engine name than a
@@ -269,15 +270,17 @@ class Catalog:
             s.collection.ByteSize() for (owner, _), s in self._schemas.items() if owner == tenant
         )
         if held + size > limit:
-            raise _schema_over_limit(
-                ResourceExhausted,
+            raise ResourceExhausted(
                 f"the tenant's collection schemas take {held} bytes; with this one ({size}) "
                 f"they would pass {limit} (GENSEARCH_RETRIEVAL_MAX_SCHEMA_BYTES_PER_TENANT); "
                 "delete some collections to create more",
+                field="collection",
                 reason="TENANT_SCHEMAS_FULL",
-                setting="GENSEARCH_RETRIEVAL_MAX_SCHEMA_BYTES_PER_TENANT",
-                limit=limit,
-                held_bytes=held,
+                metadata={
+                    "limit_bytes": str(limit),
+                    "setting": "GENSEARCH_RETRIEVAL_MAX_SCHEMA_BYTES_PER_TENANT",
+                    "held_bytes": str(held),
+                },
             )
 
     async def delete(self, tenant: str, name: str) -> Schema:
@@ -308,17 +311,6 @@ class Catalog:
         chosen = names[:size]
         next_token = _encode_token(chosen[-1]) if len(names) > size else ""
         return [self._schemas[(tenant, n)] for n in chosen], next_token
-
-
-def _schema_over_limit(
-    error: type[ServiceError], message: str, *, reason: str, setting: str, limit: int, **sizes: int
-) -> ServiceError:
-    """A refusal of a collection whose schema would pass a byte limit (``setting``): field
-    ``collection``, ErrorInfo metadata ``limit_bytes``, ``setting`` and ``sizes``
-    (``size_bytes`` of the schema, or ``held_bytes`` of the tenant's)."""
-    metadata = {"limit_bytes": str(limit), "setting": setting}
-    metadata.update((name, str(value)) for name, value in sizes.items())
-    return error(message, field="collection", reason=reason, metadata=metadata)
 
 
 def _already_exists(name: str) -> AlreadyExists:

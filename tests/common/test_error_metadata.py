@@ -11,10 +11,14 @@ from services.common.errors import (
     ATTEMPTS,
     MAX_IMPORT_DETAIL_BYTES,
     UPSTREAM_CALLS,
+    InvalidArgument,
+    ResourceExhausted,
     metadata_count,
     note_imported,
+    over_limit,
     upstream_calls,
 )
+from services.common.metadata_size import MetadataLimit
 from services.common.quotas import QuotaExceeded
 
 
@@ -31,6 +35,31 @@ def test_upstream_calls_are_zero_when_the_error_does_not_say() -> None:
     assert upstream_calls({UPSTREAM_CALLS: "4"}) == 4
     assert upstream_calls({UPSTREAM_CALLS: "four"}) == 0
     assert upstream_calls({}) == 0
+
+
+def test_a_refusal_past_a_byte_limit_has_one_shape() -> None:
+    # The caller-key bound, the metadata limit and the schema size say field, sizes and
+    # setting the same way, built in one place (errors.over_limit).
+    err = over_limit(
+        InvalidArgument, "too long", field="x-key", size=9, limit=8, setting="GENSEARCH_X"
+    )
+    assert type(err) is InvalidArgument and err.reason == "INVALID_ARGUMENT"
+    assert err.message == "x-key: too long"  # the field named even when the message does not
+    assert err.metadata == {
+        "field": "x-key",
+        "limit_bytes": "8",
+        "size_bytes": "9",
+        "setting": "GENSEARCH_X",
+    }
+    limit = MetadataLimit(400, "GENSEARCH_X_MAX_METADATA_BYTES")
+    try:
+        limit.check("/pkg.Svc/Method", [("x-big", "v" * 100)])
+    except ResourceExhausted as refused:
+        assert refused.reason == "METADATA_TOO_LARGE" and refused.field == "x-big"
+        assert set(refused.metadata) == {"field", "limit_bytes", "size_bytes", "setting"}
+        assert int(refused.metadata["size_bytes"]) > 400
+    else:
+        raise AssertionError("metadata over the limit was not refused")
 
 
 def test_a_failed_imports_rejections_travel_with_their_reasons_within_a_bound() -> None:
