@@ -162,6 +162,11 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
     ) -> pb.UpdateConversationResponse:
         cid = _id(request.conversation_id, "conversation_id")
         paths = list(request.update_mask.paths) or _implied_paths(request)
+        if not paths:
+            # Nothing to change (AIP-134): the conversation as it is, not even touched (an
+            # update counts as activity: it would move update_time and renew the ttl).
+            record = await self._store.get_conversation(_owner(), cid)
+            return pb.UpdateConversationResponse(conversation=_conversation(record))
         update = ConversationUpdate()
         for path in paths:
             if path == "name":
@@ -481,10 +486,12 @@ def _claim(request: pb.CheckStorageRequest) -> tuple[str, int] | None:
 
 
 def _implied_paths(request: pb.UpdateConversationRequest) -> list[str]:
-    """An UpdateConversation without a mask changes the fields it sets (AIP-134); setting
-    none, the name alone, as before masks (so clearing it). It used to be the name alone
-    always: a request setting max_turns or ttl changed neither and wiped the name."""
-    implied = [
+    """An UpdateConversation without a mask changes the fields it sets (AIP-134), and
+    setting none changes nothing: to clear the name, a client names it in the mask. It
+    used to be the name alone always (a request setting max_turns or ttl changed neither
+    and wiped the name), then the name when none was set (a request that set nothing
+    wiped it)."""
+    return [
         path
         for path, given in (
             ("name", bool(request.name)),
@@ -494,7 +501,6 @@ def _implied_paths(request: pb.UpdateConversationRequest) -> list[str]:
         )
         if given
     ]
-    return implied or ["name"]
 
 
 # What UpdateInteraction never changes. Without a mask, only additional_info is applied

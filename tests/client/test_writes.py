@@ -43,7 +43,9 @@ async def test_update_conversation_changes_only_what_is_passed(client: AsyncGens
     assert (got.name, got.summary_disabled, got.max_turns) == ("Lisbon", True, 3)
 
     with pytest.raises(ValueError, match="at least one field"):
-        await conversations.update(made.id)  # an empty mask would blank the name
+        await conversations.update(made.id)  # nothing to change: a mistake, said at once
+    cleared = await conversations.update(made.id, name="")  # "" is a change: in the mask
+    assert cleared.name == "" and cleared.max_turns == 3
     with pytest.raises(errors.InvalidArgumentError) as caught:
         await conversations.update(made.id, max_turns=-1)
     assert caught.value.field == "max_turns"

@@ -5,6 +5,7 @@ compare-and-set, UpdateConversation's field mask. Standalone Redis and the clust
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import grpc
 from gensearch.memory.v1 import memory_service_pb2 as pb
@@ -134,7 +135,7 @@ async def test_default_ttl_and_update_with_a_field_mask(memory_factory: MemoryFa
     for key in await _tag_keys(memory):
         assert await memory.redis.pttl(key) == -1, key  # no expiry left on any key
 
-    # An empty mask is the name alone (as before masks).
+    # Without a mask, the name the request sets (AIP-134).
     renamed = (
         await memory.stub.UpdateConversation(
             pb.UpdateConversationRequest(conversation_id=cid, name="n2"), metadata=ALICE
@@ -184,6 +185,31 @@ async def test_an_update_without_a_mask_changes_what_it_sets(memory: Memory) -> 
     disabled = pb.UpdateConversationRequest(conversation_id=cid, summary_disabled=True)
     updated = (await memory.stub.UpdateConversation(disabled, metadata=ALICE)).conversation
     assert updated.summary_disabled and updated.name == conv.name and updated.max_turns == 7
+
+
+async def test_an_update_that_sets_nothing_changes_nothing(memory: Memory) -> None:
+    # Without a mask, a request setting nothing cleared the name (a special case before
+    # AIP-134's rule): now it changes nothing, and a name is cleared by naming it.
+    conv = await _create(memory, ttl=duration_pb2.Duration(seconds=600), max_turns=5)
+    cid = conv.conversation_id
+    await _turn(memory, cid, 0)
+    before = await _get(memory, cid)
+    for empty in (None, field_mask_pb2.FieldMask()):
+        nothing = pb.UpdateConversationRequest(conversation_id=cid, update_mask=empty)
+        same = (await memory.stub.UpdateConversation(nothing, metadata=ALICE)).conversation
+        assert same == before and same.name == "c"
+        assert await _get(memory, cid) == before  # not even update_time moved
+    await expect_error(  # a conversation it cannot see is still not found
+        memory.stub.UpdateConversation(
+            pb.UpdateConversationRequest(conversation_id=str(uuid.uuid4())), metadata=ALICE
+        ),
+        grpc.StatusCode.NOT_FOUND,
+    )
+    clear = pb.UpdateConversationRequest(
+        conversation_id=cid, update_mask=field_mask_pb2.FieldMask(paths=["name"])
+    )
+    cleared = (await memory.stub.UpdateConversation(clear, metadata=ALICE)).conversation
+    assert cleared.name == "" and cleared.max_turns == 5 and cleared.ttl.seconds == 600
 
 
 async def test_max_turns_without_summary_evicts_the_oldest(memory: Memory) -> None:

@@ -1480,7 +1480,8 @@ class Conversations:
             }
         )
         if not changes:
-            # An empty mask means "name" to the service: it would blank the name.
+            # A call that changes nothing is a mistake in the caller's code, said here (the
+            # service would answer the conversation unchanged).
             raise ValueError("update needs at least one field to change")
         request = mpb.UpdateConversationRequest(
             conversation_id=conversation_id,

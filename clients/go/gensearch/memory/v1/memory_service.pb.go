@@ -955,7 +955,8 @@ type UpdateConversationRequest struct {
 	ConversationId string `protobuf:"bytes,1,opt,name=conversation_id,json=conversationId,proto3" json:"conversation_id,omitempty"`
 	// The new name.
 	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
-	// Which fields to change: name, ttl, max_turns, summary_disabled. Empty: name.
+	// Which fields to change: name, ttl, max_turns, summary_disabled. Empty: the fields the
+	// request sets (AIP-134); setting none, nothing changes. To clear the name: mask name.
 	UpdateMask *fieldmaskpb.FieldMask `protobuf:"bytes,70,opt,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"`
 	// Zero or unset (with ttl in the mask): no expiry.
 	Ttl             *durationpb.Duration `protobuf:"bytes,71,opt,name=ttl,proto3" json:"ttl,omitempty"`

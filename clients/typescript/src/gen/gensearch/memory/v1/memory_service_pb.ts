@@ -463,7 +463,8 @@ export type UpdateConversationRequest = Message<"gensearch.memory.v1.UpdateConve
   name: string;
 
   /**
-   * Which fields to change: name, ttl, max_turns, summary_disabled. Empty: name.
+   * Which fields to change: name, ttl, max_turns, summary_disabled. Empty: the fields the
+   * request sets (AIP-134); setting none, nothing changes. To clear the name: mask name.
    *
    * @generated from field: google.protobuf.FieldMask update_mask = 70;
    */
