@@ -8,6 +8,8 @@ from pathlib import Path
 
 import grpc
 import pytest
+from gensearch.memory.v1 import memory_service_pb2 as pb
+from gensearch.memory.v1 import memory_service_pb2_grpc as pb_grpc
 
 from tests.support.processes import descendants
 from tests.support.rpc import error_info
@@ -29,6 +31,26 @@ async def expect_error(
     if field is not None:
         assert info.metadata.get("field") == field, (info, err.details())
     return err
+
+
+async def conversation_with_turns(
+    stub: pb_grpc.MemoryServiceStub,
+    name: str,
+    count: int,
+    who: tuple[tuple[str, str], ...],
+) -> tuple[str, list[str]]:
+    """A new conversation ``name`` of ``who`` with ``count`` turns, written one after the
+    other, whose input and request_id are ``name`` and their number (``name0`` first): its
+    id and the turns' ids, oldest first."""
+    made = await stub.CreateConversation(pb.CreateConversationRequest(name=name), metadata=who)
+    cid = made.conversation.conversation_id
+    iids = []
+    for n in range(count):
+        turn = pb.CreateInteractionRequest(
+            conversation_id=cid, input=f"{name}{n}", request_id=f"{name}{n}"
+        )
+        iids.append((await stub.CreateInteraction(turn, metadata=who)).interaction.interaction_id)
+    return cid, iids
 
 
 def redis_pid(data_dir: Path) -> int:

@@ -14,7 +14,7 @@ from gensearch.memory.v1 import memory_service_pb2_grpc as pb_grpc
 from services.common.auth import DEFAULT_TENANT, Identity, Role, forwarded_identity
 from services.memory.__main__ import build_server
 from tests.memory.conftest import INTERNAL_TOKEN, Memory, make_settings
-from tests.memory.helpers import expect_error
+from tests.memory.helpers import conversation_with_turns, expect_error
 from tests.support.redis_cluster import LocalCluster, Node
 from tests.support.rpc import error_info
 
@@ -32,14 +32,8 @@ def _hash_tag(user: str) -> str:
 
 
 async def _conversation_with_interactions(stub: pb_grpc.MemoryServiceStub, user: str) -> str:
-    who = _as(user)
-    made = await stub.CreateConversation(pb.CreateConversationRequest(name=user), metadata=who)
-    cid = made.conversation.conversation_id
-    for n in range(3):
-        await stub.CreateInteraction(
-            pb.CreateInteractionRequest(conversation_id=cid, input=f"q{n}", request_id=f"r{n}"),
-            metadata=who,
-        )
+    """``user``'s conversation with turns ``q0``, ``q1``, ``q2``."""
+    cid, _ = await conversation_with_turns(stub, "q", 3, _as(user))
     return cid
 
 

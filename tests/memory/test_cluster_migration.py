@@ -19,6 +19,7 @@ from services.common.redis_client import connect
 from services.memory.__main__ import build_server
 from services.memory.store import ConversationUpdate, MemoryStore, Owner, Retention
 from tests.memory.conftest import INTERNAL_TOKEN, make_settings
+from tests.memory.helpers import conversation_with_turns
 from tests.memory.test_cluster import _hash_tag
 from tests.support.redis_cluster import LocalCluster
 
@@ -49,33 +50,12 @@ async def test_a_slot_moved_under_traffic_loses_nothing(own_cluster: LocalCluste
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             stub = pb_grpc.MemoryServiceStub(channel)
-            made = await stub.CreateConversation(
-                pb.CreateConversationRequest(name="m"), metadata=WHO
-            )
-            cid = made.conversation.conversation_id
-            for n in range(40):  # keys enough that the move takes many steps
-                await stub.CreateInteraction(
-                    pb.CreateInteractionRequest(
-                        conversation_id=cid, input=f"pre{n}", request_id=f"pre{n}"
-                    ),
-                    metadata=WHO,
-                )
+            # Keys enough that the move takes many steps.
+            cid, _ = await conversation_with_turns(stub, "pre", 40, WHO)
             acknowledged = {f"pre{n}" for n in range(40)}
             # A conversation nobody writes to while the slot moves: every read of it is
             # whole or UNAVAILABLE, never a page with turns missing.
-            still = await stub.CreateConversation(
-                pb.CreateConversationRequest(name="s"), metadata=WHO
-            )
-            sid = still.conversation.conversation_id
-            iids = [
-                (
-                    await stub.CreateInteraction(
-                        pb.CreateInteractionRequest(conversation_id=sid, input=f"s{n}"),
-                        metadata=WHO,
-                    )
-                ).interaction.interaction_id
-                for n in range(20)
-            ]
+            sid, iids = await conversation_with_turns(stub, "s", 20, WHO)
             whole = [f"s{n}" for n in reversed(range(20))]
             unavailable = 0
             reads = 0
@@ -195,17 +175,7 @@ async def test_a_conversation_deleted_while_its_slot_moves_leaves_nothing(
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             stub = pb_grpc.MemoryServiceStub(channel)
-            made = await stub.CreateConversation(
-                pb.CreateConversationRequest(name="d"), metadata=WHO
-            )
-            cid = made.conversation.conversation_id
-            for n in range(30):
-                await stub.CreateInteraction(
-                    pb.CreateInteractionRequest(
-                        conversation_id=cid, input=f"d{n}", request_id=f"d{n}"
-                    ),
-                    metadata=WHO,
-                )
+            cid, _ = await conversation_with_turns(stub, "d", 30, WHO)
             slot = key_slot(_hash_tag(USER).encode())
             source = next(node for node in own_cluster.nodes if node.owns(slot))
             target = next(node for node in own_cluster.nodes if node is not source)
