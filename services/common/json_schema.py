@@ -80,6 +80,8 @@ _COUNTED = re.compile(r"\{(\d*)(?:,(\d*))?\}")
 _FLAGS = re.compile(r"\(\?[aiLmsux]*(?:-[imsx]+)?[):]")
 # Keywords whose values are data, not schemas: a "pattern" key inside them is no pattern.
 _DATA_KEYWORDS = frozenset({"const", "enum", "default", "examples"})
+# The one dialect a schema may name ("$schema"), at its root only.
+DRAFT_2020_12 = "https://json-schema.org/draft/2020-12/schema"
 # A response format's name, as OpenAI's structured outputs accept it.
 _FORMAT_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 DEFAULT_FORMAT_NAME = "response"
@@ -343,6 +345,37 @@ def _scan(schema: Any) -> tuple[list[str], set[str]]:
     return patterns, keywords
 
 
+def _check_dialect(schema: Mapping[str, Any], field: str) -> None:
+    """The root's ``$schema`` is draft 2020-12 or absent; no subschema has one. jsonschema
+    picks the validator of each subschema it enters (a "$ref" target too) by that
+    subschema's own ``$schema``: the library's validator, not ours, which matches patterns
+    with ``re``, holding the GIL with no budget."""
+    root = schema.get("$schema")
+    if root is not None and (not isinstance(root, str) or root.rstrip("#") != DRAFT_2020_12):
+        raise InvalidArgument(
+            f"$schema must be {DRAFT_2020_12!r} (or absent): schemas are draft 2020-12",
+            field=field,
+            reason=INVALID_SCHEMA,
+        )
+    stack: list[Any] = [value for key, value in schema.items() if key not in _DATA_KEYWORDS]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if key in _DATA_KEYWORDS:
+                    continue
+                # A string: the keyword (a property named "$schema" holds a subschema).
+                if key == "$schema" and isinstance(child, str):
+                    raise InvalidArgument(
+                        "$schema is allowed only at the schema's root",
+                        field=field,
+                        reason=INVALID_SCHEMA,
+                    )
+                stack.append(child)
+
+
 def _check_patterns(patterns: list[str], field: str) -> None:
     sizes = [(pattern, pattern_size(pattern)) for pattern in patterns]
     if sum(size for _, size in sizes if isinstance(size, int)) > MAX_SCHEMA_PATTERNS_SIZE:
@@ -596,6 +629,7 @@ def check_schema(schema: Mapping[str, Any], field: str, limits: SchemaLimits) ->
             field=field,
             reason=INVALID_SCHEMA,
         )
+    _check_dialect(schema, field)
     patterns, keywords = _scan(schema)
     _check_patterns(patterns, field)
     if {"unevaluatedProperties", "patternProperties"} <= keywords:
@@ -604,7 +638,9 @@ def check_schema(schema: Mapping[str, Any], field: str, limits: SchemaLimits) ->
             field=field,
             reason=INVALID_SCHEMA,
         )
-    validator = _Validator(dict(schema), registry=Registry())
+    # Without the root's "$schema": a "$ref" to the root would switch validators by it.
+    own = {key: value for key, value in schema.items() if key != "$schema"}
+    validator = _Validator(own, registry=Registry())
     _accepted[canonical] = validator
     if len(_accepted) > MAX_CACHED:
         _accepted.popitem(last=False)

@@ -380,3 +380,44 @@ def test_many_patterns_together_are_bounded_like_one() -> None:
     assert caught.value.reason == "INVALID_SCHEMA" and "together" in caught.value.message
     few = dict(list(properties.items())[:5])
     check_schema({"type": "object", "properties": few}, FIELD, SchemaLimits())
+
+
+DRAFT_2020_12 = "https://json-schema.org/draft/2020-12/schema"
+
+
+@pytest.mark.parametrize(
+    "dialect", [DRAFT_2020_12, "http://json-schema.org/draft-07/schema#", "http://x.example/s"]
+)
+def test_a_nested_dialect_is_refused_before_any_call(dialect: str) -> None:
+    """jsonschema picks a subschema's validator by its own "$schema": a nested one left our
+    validator for the library's, which matches patterns with re, holding the GIL with no
+    budget (^(a|a)+$ on 26 a's and a '!' took ~15 s; each 2 more, 4x that)."""
+    slow = {"$schema": dialect, "type": "string", "pattern": SLOW}
+    schema = {"type": "object", "properties": {"t": slow}}
+    with pytest.raises(InvalidArgument) as caught:
+        check_schema(schema, FIELD, SchemaLimits())
+    assert caught.value.field == FIELD and caught.value.reason == "INVALID_SCHEMA"
+    assert "$schema" in str(caught.value)
+    # Data is no subschema, and a property may be called "$schema".
+    named = {"type": "object", "properties": {"$schema": {"type": "string"}}}
+    check_schema(named, FIELD, SchemaLimits())
+    check_schema({"type": "object", "const": {"$schema": dialect}}, FIELD, SchemaLimits())
+
+
+def test_a_root_dialect_is_draft_2020_12_and_a_ref_to_the_root_keeps_the_budget() -> None:
+    """A root "$schema" reached again through "$ref": "#" (a tree) switched validators the
+    same way as a nested one."""
+    tree = {
+        "$schema": DRAFT_2020_12,
+        "type": "object",
+        "properties": {"t": {"type": "string", "pattern": SLOW}, "child": {"$ref": "#"}},
+    }
+    output = check_schema(tree, FIELD, SchemaLimits(pattern_seconds=0.05))
+    value, why = parse_output(json.dumps({"child": {"t": STEERED}}), output)
+    assert value is None
+    assert "took longer than allowed" in why and "SCHEMA_PATTERN_SECONDS" in why
+    with pytest.raises(InvalidArgument) as caught:
+        check_schema(
+            {**tree, "$schema": "http://json-schema.org/draft-04/schema#"}, FIELD, SchemaLimits()
+        )
+    assert caught.value.reason == "INVALID_SCHEMA" and "2020-12" in str(caught.value)

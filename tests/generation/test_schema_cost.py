@@ -102,3 +102,42 @@ async def test_a_schema_whose_check_is_exponential_stops_at_its_budget(
     assert error_info(err).reason == "INVALID_OUTPUT"
     assert "GENSEARCH_GENERATION_SCHEMA_VALIDATE_SECONDS" in (err.details() or "")
     assert len(fake.chat_requests) == 2  # the answer and its corrective retry
+
+
+async def test_a_nested_dialect_is_refused_before_any_call(
+    service: Service, fake: FakeOpenAI
+) -> None:
+    """A subschema's own "$schema" made jsonschema validate it with the library's validator,
+    whose patterns run on re with no budget: ^(a|a)+$ against an answer the caller steered
+    held the service's GIL for as long as the backtracking took (exponential in the
+    answer). Now it is INVALID_SCHEMA naming the field, and nothing is sent upstream."""
+    fake.reply = json.dumps({"t": "a" * 26 + "!"})
+    schema = struct_pb2.Struct()
+    schema.update(
+        {
+            "type": "object",
+            "properties": {
+                "t": {
+                    "$schema": "http://json-schema.org/draft-07/schema#",
+                    "type": "string",
+                    "pattern": "^(a|a)+$",
+                }
+            },
+        }
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await service.stub.Generate(
+            pb.GenerateRequest(
+                messages=[user("steer")], response_format=pb.ResponseFormat(json_schema=schema)
+            ),
+            timeout=30,
+        )
+    err = raised.value
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
+    info = error_info(err)
+    assert (info.reason, info.metadata["field"]) == (
+        "INVALID_SCHEMA",
+        "response_format.json_schema",
+    )
+    assert "$schema" in (err.details() or "")
+    assert fake.chat_requests == []
