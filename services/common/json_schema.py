@@ -74,6 +74,10 @@ MAX_OUTPUT_DEPTH = 32
 MAX_PATTERN_SIZE = 1_000
 # The same over all the patterns of one schema: compiling them holds the interpreter.
 MAX_SCHEMA_PATTERNS_SIZE = 10_000
+# Groups nested in one pattern: Python's parsers (``re``'s, ``regex``'s) recurse once or
+# more per group, and ~500 levels (a 1 KB pattern) passed the interpreter's recursion
+# limit, the deeper the caller's stack the sooner.
+MAX_PATTERN_NESTING = 100
 _COUNTED = re.compile(r"\{(\d*)(?:,(\d*))?\}")
 # Inline flags (``(?i)``, ``(?x:``): verbose mode makes spaces and ``#`` comments nothing,
 # so what a count repeats is no longer the character before it.
@@ -267,6 +271,8 @@ def pattern_size(pattern: str) -> int | str:
         elif char == "[":
             i = _class_end(pattern, i)
         elif char == "(":
+            if len(frames) > MAX_PATTERN_NESTING:
+                return f"its groups nest deeper than {MAX_PATTERN_NESTING} levels"
             frames.append([0, 0])
             i += 1
             continue
@@ -594,6 +600,13 @@ def check_schema(schema: Mapping[str, Any], field: str, limits: SchemaLimits) ->
     except OverflowError as err:  # re.compile of a "pattern" like "a{4294967296}"
         raise InvalidArgument(
             f"not a valid JSON schema: a regular expression {_short(str(err))}",
+            field=field,
+            reason=INVALID_SCHEMA,
+        ) from None
+    except RecursionError:  # re.compile of groups nested hundreds deep (MAX_PATTERN_NESTING)
+        raise InvalidArgument(
+            "not a valid JSON schema: a regular expression's groups nest deeper than "
+            f"{MAX_PATTERN_NESTING} levels",
             field=field,
             reason=INVALID_SCHEMA,
         ) from None

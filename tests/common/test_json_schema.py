@@ -421,3 +421,29 @@ def test_a_root_dialect_is_draft_2020_12_and_a_ref_to_the_root_keeps_the_budget(
             {**tree, "$schema": "http://json-schema.org/draft-04/schema#"}, FIELD, SchemaLimits()
         )
     assert caught.value.reason == "INVALID_SCHEMA" and "2020-12" in str(caught.value)
+
+
+@pytest.mark.parametrize("depth", [150, 1000])
+@pytest.mark.parametrize("where", ["pattern", "patternProperties"])
+def test_a_pattern_nesting_too_deep_is_refused_not_a_crash(where: str, depth: int) -> None:
+    """Python's regular expression parsers recurse once per group: a pattern of ~500
+    nested groups (1 KB) raised RecursionError out of the schema check (an INTERNAL), and
+    where it is raised depends on how deep the caller's stack already is. Groups nest at
+    most MAX_PATTERN_NESTING deep."""
+    pattern = "(" * depth + "a" + ")" * depth
+    if where == "pattern":
+        schema = {"type": "object", "properties": {"t": {"type": "string", "pattern": pattern}}}
+    else:
+        schema = {"type": "object", "patternProperties": {pattern: {}}}
+    with pytest.raises(InvalidArgument) as caught:
+        check_schema(schema, FIELD, SchemaLimits())
+    assert caught.value.field == FIELD and caught.value.reason == "INVALID_SCHEMA"
+    assert "nest" in str(caught.value)
+    # Groups side by side are no nesting; a few levels are fine.
+    check_schema(
+        {"type": "object", "properties": {"t": {"type": "string", "pattern": "(a)" * 200}}},
+        FIELD,
+        SchemaLimits(),
+    )
+    nested = "(" * 20 + "a" + ")" * 20
+    check_schema({"type": "object", "patternProperties": {nested: {}}}, FIELD, SchemaLimits())

@@ -141,3 +141,29 @@ async def test_a_nested_dialect_is_refused_before_any_call(
     )
     assert "$schema" in (err.details() or "")
     assert fake.chat_requests == []
+
+
+async def test_a_pattern_nesting_past_the_parsers_recursion_is_invalid_not_internal(
+    service: Service, fake: FakeOpenAI
+) -> None:
+    """A 2 KB pattern of 1000 nested groups made the schema check raise RecursionError
+    (Python's regex parser recurses per group): INTERNAL. It is INVALID_SCHEMA naming the
+    field, before any call."""
+    schema = struct_pb2.Struct()
+    pattern = "(" * 1000 + "a" + ")" * 1000
+    schema.update({"type": "object", "properties": {"t": {"type": "string", "pattern": pattern}}})
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await service.stub.Generate(
+            pb.GenerateRequest(
+                messages=[user("nest")], response_format=pb.ResponseFormat(json_schema=schema)
+            ),
+            timeout=30,
+        )
+    err = raised.value
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
+    info = error_info(err)
+    assert (info.reason, info.metadata["field"]) == (
+        "INVALID_SCHEMA",
+        "response_format.json_schema",
+    )
+    assert fake.chat_requests == []
