@@ -682,6 +682,11 @@ def parse_output(text: str, schema: OutputSchema) -> tuple[dict[str, Any] | None
     if _depth(value, MAX_OUTPUT_DEPTH) > MAX_OUTPUT_DEPTH:
         return None, f"the answer nests deeper than {MAX_OUTPUT_DEPTH} levels"
     value = _valid_text(value)
+    if not _finite_numbers(value):
+        # A Struct holds numbers as doubles: 1e400 or a 400-digit integer cannot travel.
+        # Found first: jsonschema divides a number by a float multipleOf, and a 400-digit
+        # integer raised OverflowError there.
+        return None, "a number is out of the range of a double"
     now = time.monotonic()
     token = _pattern_deadline.set(now + schema.pattern_seconds)
     whole = _validate_deadline.set(now + schema.validate_seconds)
@@ -706,9 +711,6 @@ def parse_output(text: str, schema: OutputSchema) -> tuple[dict[str, Any] | None
         _validate_deadline.reset(whole)
     if not isinstance(value, dict):
         return None, "the answer is not a JSON object"
-    if not _finite_numbers(value):
-        # A Struct holds numbers as doubles: 1e400 or a 400-digit integer cannot travel.
-        return None, "a number is out of the range of a double"
     return value, ""
 
 

@@ -447,3 +447,17 @@ def test_a_pattern_nesting_too_deep_is_refused_not_a_crash(where: str, depth: in
     )
     nested = "(" * 20 + "a" + ")" * 20
     check_schema({"type": "object", "patternProperties": {nested: {}}}, FIELD, SchemaLimits())
+
+
+@pytest.mark.parametrize("multiple_of", [0.5, 1e-300])
+def test_an_integer_past_a_double_against_a_fractional_multiple_is_invalid_not_a_crash(
+    multiple_of: float,
+) -> None:
+    """jsonschema divides the answer's number by a float multipleOf: a 400-digit integer
+    raised OverflowError out of the validation (an INTERNAL). Such a number cannot travel
+    in a Struct anyway: it is found before the schema is applied."""
+    schema = {"type": "object", "properties": {"n": {"type": "number", "multipleOf": multiple_of}}}
+    output = check_schema(schema, FIELD, SchemaLimits())
+    value, why = parse_output('{"n": 1' + "0" * 400 + "}", output)
+    assert value is None and why == "a number is out of the range of a double"
+    assert parse_output('{"n": 3}', output) == ({"n": 3}, "")

@@ -167,3 +167,27 @@ async def test_a_pattern_nesting_past_the_parsers_recursion_is_invalid_not_inter
         "response_format.json_schema",
     )
     assert fake.chat_requests == []
+
+
+async def test_an_answer_integer_past_a_double_is_invalid_output_not_internal(
+    service: Service, fake: FakeOpenAI
+) -> None:
+    """An answer of a 400-digit integer (the caller steers the answer) against a
+    fractional multipleOf made jsonschema's division raise OverflowError: INTERNAL. It is
+    an invalid answer like any number a Struct cannot carry: corrected once, then
+    INVALID_OUTPUT."""
+    fake.reply = '{"n": 1' + "0" * 400 + "}"
+    schema = struct_pb2.Struct()
+    schema.update({"type": "object", "properties": {"n": {"type": "number", "multipleOf": 0.5}}})
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await service.stub.Generate(
+            pb.GenerateRequest(
+                messages=[user("big")], response_format=pb.ResponseFormat(json_schema=schema)
+            ),
+            timeout=30,
+        )
+    err = raised.value
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION, err.details()
+    assert error_info(err).reason == "INVALID_OUTPUT"
+    assert "out of the range of a double" in (err.details() or "")
+    assert len(fake.chat_requests) == 2  # the answer and its corrective retry
