@@ -97,6 +97,10 @@ _UNBOUNDED_DEPTH = 1 << 30
 class SchemaLimits:
     max_chars: int = 65_536
     max_depth: int = 32
+    # Subschemas (objects and booleans outside data keywords): jsonschema's metaschema check
+    # costs ~0.4 ms each, on the caller's thread. ``nodes_setting`` names the bound.
+    max_nodes: int = 1000
+    nodes_setting: str = "MAX_SCHEMA_NODES"
     # Time one validation of an answer may spend matching the schema's patterns.
     pattern_seconds: float = 0.1
     # Time one validation of an answer may spend in all (anyOf branches that both recurse
@@ -351,6 +355,25 @@ def _scan(schema: Any) -> tuple[list[str], set[str]]:
     return patterns, keywords
 
 
+def _more_nodes_than(schema: Mapping[str, Any], limit: int) -> bool:
+    """Whether ``schema`` holds more than ``limit`` subschemas: objects and booleans
+    outside data keywords (a keyword's boolean value counts too: an over-count at worst),
+    the root included; the walk stops at the bound."""
+    count = 0
+    stack: list[Any] = [schema]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict | bool):
+            count += 1
+            if count > limit:
+                return True
+            if isinstance(item, dict):
+                stack.extend(v for k, v in item.items() if k not in _DATA_KEYWORDS)
+    return False
+
+
 def _check_dialect(schema: Mapping[str, Any], field: str) -> None:
     """The root's ``$schema`` is draft 2020-12 or absent; no subschema has one. jsonschema
     picks the validator of each subschema it enters (a "$ref" target too) by that
@@ -584,6 +607,12 @@ def check_schema(schema: Mapping[str, Any], field: str, limits: SchemaLimits) ->
     if size > limits.max_chars:
         raise InvalidArgument(
             f"the schema is {size} characters as JSON; at most {limits.max_chars} are allowed",
+            field=field,
+            reason=INVALID_SCHEMA,
+        )
+    if _more_nodes_than(schema, limits.max_nodes):
+        raise InvalidArgument(
+            f"the schema has more than {limits.max_nodes} subschemas ({limits.nodes_setting})",
             field=field,
             reason=INVALID_SCHEMA,
         )

@@ -115,7 +115,12 @@ def check_structured_options(g: gw_pb.Generate, s: GatewaySettings) -> None:
         check_schema(
             schema_data(g.response_format.json_schema, field),
             field,
-            SchemaLimits(max_chars=s.max_schema_chars, max_depth=s.max_schema_depth),
+            SchemaLimits(
+                max_chars=s.max_schema_chars,
+                max_depth=s.max_schema_depth,
+                max_nodes=s.max_schema_nodes,
+                nodes_setting="GENSEARCH_GATEWAY_MAX_SCHEMA_NODES",
+            ),
         )
 
 

@@ -65,6 +65,8 @@ async def build_server(settings: GenerationSettings, *, port: int | None = None)
         schema=SchemaLimits(
             max_chars=settings.max_schema_chars,
             max_depth=settings.max_schema_depth,
+            max_nodes=settings.max_schema_nodes,
+            nodes_setting="GENSEARCH_GENERATION_MAX_SCHEMA_NODES",
             pattern_seconds=settings.schema_pattern_seconds,
             validate_seconds=settings.schema_validate_seconds,
         ),

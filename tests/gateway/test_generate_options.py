@@ -392,6 +392,32 @@ async def test_every_sampling_parameter_reaches_the_provider(stack: Stack) -> No
             {"response_format": _schema(extra={"properties": {"n": {"$ref": "#/$defs/n"}}})},
             "generate.response_format.json_schema",
         ),
+        # Checked by the gateway as by generation (services/common/json_schema.py): more
+        # subschemas than MAX_SCHEMA_NODES (the metaschema check held the event loop ~0.4
+        # ms each), a nested $schema (its patterns ran on re, unbudgeted), groups nested
+        # past Python's recursion limit (INTERNAL).
+        (
+            {"response_format": _schema(extra={"allOf": [{}] * 1001})},
+            "generate.response_format.json_schema",
+        ),
+        (
+            {
+                "response_format": _schema(
+                    extra={
+                        "properties": {"t": {"$schema": "http://json-schema.org/draft-07/schema#"}}
+                    }
+                )
+            },
+            "generate.response_format.json_schema",
+        ),
+        (
+            {
+                "response_format": _schema(
+                    extra={"properties": {"t": {"pattern": "(" * 1000 + ")" * 1000}}}
+                )
+            },
+            "generate.response_format.json_schema",
+        ),
         ({"model": "gpt-4", "provider": "anyscale"}, "generate.model"),
         # Spaces alone were read as "the default model" (the fake provider lists none, so
         # nothing else refused them).

@@ -191,3 +191,30 @@ async def test_an_answer_integer_past_a_double_is_invalid_output_not_internal(
     assert error_info(err).reason == "INVALID_OUTPUT"
     assert "out of the range of a double" in (err.details() or "")
     assert len(fake.chat_requests) == 2  # the answer and its corrective retry
+
+
+async def test_a_schema_of_many_subschemas_is_refused_by_its_count(
+    service: Service, fake: FakeOpenAI
+) -> None:
+    """{"allOf": [{}, {}, ...]} of 20,000 empty subschemas (60 KB, within MAX_SCHEMA_CHARS)
+    took ~8 s of the event loop to check against the metaschema, on every request whose
+    schema was new. Past MAX_SCHEMA_NODES subschemas it is INVALID_SCHEMA naming the field,
+    counted before the check, and nothing is sent upstream."""
+    schema = struct_pb2.Struct()
+    schema.update({"type": "object", "allOf": [{}] * 20_000})
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await service.stub.Generate(
+            pb.GenerateRequest(
+                messages=[user("many")], response_format=pb.ResponseFormat(json_schema=schema)
+            ),
+            timeout=60,
+        )
+    err = raised.value
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
+    info = error_info(err)
+    assert (info.reason, info.metadata["field"]) == (
+        "INVALID_SCHEMA",
+        "response_format.json_schema",
+    )
+    assert "GENSEARCH_GENERATION_MAX_SCHEMA_NODES" in (err.details() or "")
+    assert fake.chat_requests == []
