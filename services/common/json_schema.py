@@ -84,6 +84,8 @@ _COUNTED = re.compile(r"\{(\d*)(?:,(\d*))?\}")
 _FLAGS = re.compile(r"\(\?[aiLmsux]*(?:-[imsx]+)?[):]")
 # Keywords whose values are data, not schemas: a "pattern" key inside them is no pattern.
 _DATA_KEYWORDS = frozenset({"const", "enum", "default", "examples"})
+# Keywords whose value maps names to subschemas: the map itself is no subschema.
+_SCHEMA_MAPS = frozenset({"properties", "patternProperties", "$defs", "dependentSchemas"})
 # The one dialect a schema may name ("$schema"), at its root only.
 DRAFT_2020_12 = "https://json-schema.org/draft/2020-12/schema"
 # A response format's name, as OpenAI's structured outputs accept it.
@@ -357,8 +359,9 @@ def _scan(schema: Any) -> tuple[list[str], set[str]]:
 
 def _more_nodes_than(schema: Mapping[str, Any], limit: int) -> bool:
     """Whether ``schema`` holds more than ``limit`` subschemas: objects and booleans
-    outside data keywords (a keyword's boolean value counts too: an over-count at worst),
-    the root included; the walk stops at the bound."""
+    outside data keywords (a keyword's boolean value counts too: an over-count at worst;
+    a map of named subschemas, such as ``properties``, does not), the root included; the
+    walk stops at the bound."""
     count = 0
     stack: list[Any] = [schema]
     while stack:
@@ -370,7 +373,11 @@ def _more_nodes_than(schema: Mapping[str, Any], limit: int) -> bool:
             if count > limit:
                 return True
             if isinstance(item, dict):
-                stack.extend(v for k, v in item.items() if k not in _DATA_KEYWORDS)
+                for key, child in item.items():
+                    if key in _SCHEMA_MAPS and isinstance(child, dict):
+                        stack.extend(child.values())
+                    elif key not in _DATA_KEYWORDS:
+                        stack.append(child)
     return False
 
 

@@ -485,3 +485,12 @@ def test_a_schema_of_more_subschemas_than_allowed_is_refused_before_the_library_
     # Data is no subschema, and the bound itself is allowed.
     check_schema({"type": "object", "enum": [{}] * 5000}, FIELD, SchemaLimits(max_nodes=1000))
     check_schema({"type": "object", "allOf": [{}] * 999}, FIELD, SchemaLimits(max_nodes=1000))
+
+
+def test_a_map_of_named_subschemas_is_no_subschema_of_its_own() -> None:
+    # The root, then 999 properties: 1000 subschemas, the "properties" map not one of them.
+    properties = {f"p{i}": {"type": "string"} for i in range(999)}
+    schema = {"type": "object", "properties": properties}
+    check_schema(schema, FIELD, SchemaLimits(max_nodes=1000))
+    with pytest.raises(InvalidArgument):
+        check_schema(schema, FIELD, SchemaLimits(max_nodes=999))
