@@ -74,6 +74,10 @@ MAX_OUTPUT_DEPTH = 32
 MAX_PATTERN_SIZE = 1_000
 # The same over all the patterns of one schema: compiling them holds the interpreter.
 MAX_SCHEMA_PATTERNS_SIZE = 10_000
+# Subschemas applied in place one inside another ($ref -> $ref -> ..., allOf in allOf):
+# each is a level of jsonschema's recursion, and a chain of ~500 passed Python's limit when
+# an answer was validated (found only then: two charged calls, then INVALID_OUTPUT).
+MAX_IN_PLACE_DEPTH = 100
 # Groups nested in one pattern: Python's parsers (``re``'s, ``regex``'s) recurse once or
 # more per group, and ~500 levels (a 1 KB pattern) passed the interpreter's recursion
 # limit, the deeper the caller's stack the sooner.
@@ -537,14 +541,16 @@ _IN_PLACE_LISTS = ("allOf", "anyOf", "oneOf")
 _IN_PLACE_ONE = ("not", "if", "then", "else")
 
 
-def _ref_loop(schema: Mapping[str, Any]) -> bool:
-    """Whether some subschema applies itself to the same value without end, through
+def _ref_loop(schema: Mapping[str, Any]) -> bool | int:
+    """True when some subschema applies itself to the same value without end, through
     ``$ref``s and in-place keywords only (``{"$ref": "#/$defs/x"}`` in ``x``; ``#`` under
     ``allOf`` of the root). Found only at validation (as RecursionError), it cost the
     caller two upstream calls and came back INVALID_OUTPUT. A ``$ref`` under
     ``properties``, ``items``... descends into the answer, which ends: that recursion is a
     tree's, and allowed. Each ``$ref`` resolves against the base its nearest ``$id``
-    gives, as validation resolves it (``#`` under a nested ``$id`` is that subschema)."""
+    gives, as validation resolves it (``#`` under a nested ``$id`` is that subschema).
+    Without a loop: the longest chain of subschemas applied in place (each a level of
+    validation's recursion, a $ref ~3 frames of Python's stack)."""
     _, nodes = _subschemas(schema)
     # Where each subschema's references resolve: a $ref's target takes the resolver its
     # lookup returns (a target under a data keyword is no subschema of the walk above).
@@ -574,28 +580,33 @@ def _ref_loop(schema: Mapping[str, Any]) -> bool:
 
     # Depth-first over the subschemas (by identity), iterative; a subschema met again
     # while still on the path is a loop.
-    done: set[int] = set()
-    stack: list[tuple[dict[str, Any], list[Any]]] = []
+    # A finished subschema's chain: 1 + its longest child's (all finished before it).
+    done: dict[int, int] = {}
+    stack: list[tuple[dict[str, Any], list[Any], list[Any]]] = []
     on_path: set[int] = set()
+    deepest = 0
     for start, _ in nodes.values():
         if id(start) in done:
             continue
-        stack.append((start, in_place(start)))
+        children = in_place(start)
+        stack.append((start, list(children), children))
         on_path.add(id(start))
         while stack:
-            node, pending = stack[-1]
+            node, pending, children = stack[-1]
             if not pending:
                 stack.pop()
                 on_path.discard(id(node))
-                done.add(id(node))
+                done[id(node)] = 1 + max((done[id(c)] for c in children), default=0)
+                deepest = max(deepest, done[id(node)])
                 continue
             child = pending.pop()
             if id(child) in on_path:
                 return True
             if id(child) not in done:
-                stack.append((child, in_place(child)))
+                grandchildren = in_place(child)
+                stack.append((child, list(grandchildren), grandchildren))
                 on_path.add(id(child))
-    return False
+    return deepest
 
 
 def check_schema(schema: Mapping[str, Any], field: str, limits: SchemaLimits) -> OutputSchema:
@@ -665,10 +676,18 @@ def check_schema(schema: Mapping[str, Any], field: str, limits: SchemaLimits) ->
             field=field,
             reason=INVALID_SCHEMA,
         )
-    if loop:
+    if loop is True:
         raise InvalidArgument(
             "the schema's $refs refer to each other without end (a subschema applies "
             "itself to the same value through $ref, allOf, anyOf, oneOf, not, if/then/else)",
+            field=field,
+            reason=INVALID_SCHEMA,
+        )
+    if loop > MAX_IN_PLACE_DEPTH:
+        raise InvalidArgument(
+            f"the schema's subschemas apply one another in place {loop} deep (through $ref, "
+            f"allOf, anyOf, oneOf, not, if/then/else); at most {MAX_IN_PLACE_DEPTH} deep "
+            "can be validated",
             field=field,
             reason=INVALID_SCHEMA,
         )

@@ -494,3 +494,24 @@ def test_a_map_of_named_subschemas_is_no_subschema_of_its_own() -> None:
     check_schema(schema, FIELD, SchemaLimits(max_nodes=1000))
     with pytest.raises(InvalidArgument):
         check_schema(schema, FIELD, SchemaLimits(max_nodes=999))
+
+
+def _ref_chain(length: int) -> dict[str, Any]:
+    """``x`` -> a0 -> a1 -> ... -> a<length>: a string, each step a $ref (no loop)."""
+    defs: dict[str, Any] = {f"a{i}": {"$ref": f"#/$defs/a{i + 1}"} for i in range(length)}
+    defs[f"a{length}"] = {"type": "string"}
+    return {"type": "object", "$defs": defs, "properties": {"x": {"$ref": "#/$defs/a0"}}}
+
+
+def test_a_ref_chain_deeper_than_validation_can_follow_is_refused_before_any_call() -> None:
+    """A chain of 500 $refs (no loop) was accepted, then every answer's validation hit
+    Python's recursion limit: the answer was called invalid ("$refs refer to each other
+    without end"), corrected once and INVALID_OUTPUT, two upstream calls charged for the
+    schema's fault. Subschemas apply one another in place at most MAX_IN_PLACE_DEPTH
+    deep."""
+    with pytest.raises(InvalidArgument) as caught:
+        check_schema(_ref_chain(500), FIELD, SchemaLimits())
+    assert caught.value.field == FIELD and caught.value.reason == "INVALID_SCHEMA"
+    assert "deep" in str(caught.value)
+    output = check_schema(_ref_chain(50), FIELD, SchemaLimits())
+    assert parse_output('{"x": "s"}', output) == ({"x": "s"}, "")

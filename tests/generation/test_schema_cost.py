@@ -218,3 +218,31 @@ async def test_a_schema_of_many_subschemas_is_refused_by_its_count(
     )
     assert "GENSEARCH_GENERATION_MAX_SCHEMA_NODES" in (err.details() or "")
     assert fake.chat_requests == []
+
+
+async def test_a_ref_chain_validation_cannot_follow_is_refused_before_any_call(
+    service: Service, fake: FakeOpenAI
+) -> None:
+    """A chain of 600 $refs was accepted; validating any answer then passed Python's
+    recursion limit: INVALID_OUTPUT after the answer and its corrective retry, both
+    charged, for the schema's fault. It is INVALID_SCHEMA up front."""
+    defs: dict[str, Any] = {f"a{i}": {"$ref": f"#/$defs/a{i + 1}"} for i in range(600)}
+    defs["a600"] = {"type": "string"}
+    schema = struct_pb2.Struct()
+    schema.update({"type": "object", "$defs": defs, "properties": {"x": {"$ref": "#/$defs/a0"}}})
+    fake.reply = '{"x": "s"}'
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await service.stub.Generate(
+            pb.GenerateRequest(
+                messages=[user("chain")], response_format=pb.ResponseFormat(json_schema=schema)
+            ),
+            timeout=30,
+        )
+    err = raised.value
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
+    info = error_info(err)
+    assert (info.reason, info.metadata["field"]) == (
+        "INVALID_SCHEMA",
+        "response_format.json_schema",
+    )
+    assert fake.chat_requests == []
