@@ -216,7 +216,8 @@ CONVERSATION_FIELDS = (
 
 
 # update_conversation.lua and retention_step.lua answer a conversation row and then
-# whether a walk of its turns is still pending (b"1").
+# whether a walk of its turns is still pending (b"1"); retention_step.lua then the ids of
+# the walk's next batch.
 _WALK_PENDING = len(CONVERSATION_FIELDS)
 
 
@@ -536,23 +537,32 @@ class MemoryStore:
         """Runs the pending walk of a conversation's turns' expiry to its end, one batch per
         script run so Redis is never blocked for O(turns) (lua/retention.lua); returns the
         last run's answer (a conversation row, or None when the conversation is gone).
-        Each run says whether the walk is still pending (retention.lua's renew). Until the
-        end, the conversation expires no later than its unwalked turns: cut short (a lost
-        connection), it is safe and finished by the next turn or update.
+        Each run says whether the walk is still pending (retention.lua's renew) and names
+        the next batch's turns, which the next run declares with their keys: while a
+        reshard moves the slot, a run whose keys are split between the nodes is refused by
+        Redis (TRYAGAIN: UNAVAILABLE, retryable) instead of renewing only the turns its node
+        holds. Until the end, the conversation expires no later than its unwalked turns:
+        cut short (a lost connection, a refused run), it is safe and finished by the next
+        turn or update.
 
-        Each run walks a batch of turns or ends the walk, so a conversation within the
-        turn cap needs far fewer runs than ``_max_interactions + 2``: a walk still pending
-        after that many is a bug (a run that walks nothing), failed loudly rather than
-        left looping or stopped without a word."""
+        Each run but the first walks a batch of turns or ends the walk (or finds that
+        another caller's run just did, and names the batch after it), so a conversation
+        within the turn cap needs far fewer runs than ``_max_interactions + 2``: a walk
+        still pending after that many is a bug (a run that walks nothing), failed loudly
+        rather than left looping or stopped without a word."""
         runs = self._max_interactions + 2
+        names = [keys.conversation(tag, cid), keys.conversation_interactions(tag, cid)]
+        batch: list[str] = []
         for _ in range(runs):
             row = await _redis(
                 self._retention_step(
-                    keys=[keys.conversation(tag, cid)], args=[owner.user, tag, cid]
+                    keys=names + [keys.interaction(tag, iid) for iid in batch],
+                    args=[owner.user, tag, cid, *batch],
                 )
             )
             if not row or row[_WALK_PENDING] != b"1":
                 return row
+            batch = [bytes(iid).decode() for iid in row[_WALK_PENDING + 1 :]]
         log.error(
             "walk of a conversation's turn expiries still pending after %d runs",
             runs,

@@ -5,7 +5,6 @@ is on the new node afterwards."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import grpc
 import pytest
@@ -27,6 +26,7 @@ BACKENDS = ("cluster",)
 USER = "mover"
 WHO = forwarded_identity(Identity(USER, DEFAULT_TENANT, Role.READER), INTERNAL_TOKEN)
 WRITERS = 4
+RETENTION_BATCH = 500  # services/memory/lua/retention.lua
 
 
 async def _retrying(call: object, attempts: int = 1000) -> object:
@@ -290,15 +290,14 @@ async def test_reads_that_derive_turn_keys_mid_move_are_whole_or_unavailable(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="known, unfixed: retention.lua's walk renews turns by derived names; run on the "
-    "slot's new node before the turns moved it renews none of them and ends the walk "
-    "(docs/operations.md#redis-cluster)",
-)
 async def test_a_ttl_changed_while_its_slot_moves_leaves_no_turn_expiring_first(
     own_cluster: LocalCluster,
 ) -> None:
+    """A ttl change tried at every step of a move, first with the conversation's keys
+    moved and its turns not: the walk of the turns' expiry declares every turn it sets
+    (retention_step.lua), so Redis refuses it while they are split (UNAVAILABLE, retried)
+    rather than it renewing none and ending. Before, it ended there: the turns kept their
+    old expiry, an hour before their conversation's new one."""
     store = MemoryStore(connect(own_cluster.url, cluster=True, socket_timeout=5, connect_timeout=2))
     owner = Owner(DEFAULT_TENANT, USER)
     try:
@@ -312,14 +311,18 @@ async def test_a_ttl_changed_while_its_slot_moves_leaves_no_turn_expiring_first(
         ]
         tag = store.tag(owner)
         changed = []
+        refused = 0
 
         async def change_once() -> None:
+            nonlocal refused
             if not changed:
-                with contextlib.suppress(Unavailable):
+                try:
                     await store.update_conversation(
                         owner, cid, ConversationUpdate(ttl_ms=7_200_000)
                     )
                     changed.append(True)
+                except Unavailable:
+                    refused += 1
 
         slot = key_slot(_hash_tag(USER).encode())
         source = next(node for node in own_cluster.nodes if node.owns(slot))
@@ -339,7 +342,73 @@ async def test_a_ttl_changed_while_its_slot_moves_leaves_no_turn_expiring_first(
             turns = [
                 await client.execute_command("PEXPIRETIME", f"{tag}:int:{iid}") for iid in iids
             ]
+            assert await client.hget(f"{tag}:conv:{cid}", "walk_after") is None
         assert conv > 0
         assert all(t >= conv for t in turns), (conv, turns)
+        assert refused > 0  # tried with the turns still on the old node
     finally:
+        await store.close()
+
+
+@pytest.mark.slow
+async def test_a_walk_refused_midway_by_a_move_keeps_every_turn_after_its_conversation(
+    own_cluster: LocalCluster,
+) -> None:
+    """A ttl change whose walk takes two batches, the slot moved up to the middle of the
+    second: the first batch is walked on the new node, the second refused (UNAVAILABLE)
+    with the walk's state at the end of the first. Then every turn, walked or not, on
+    either node, expires no earlier than its conversation; the update retried after the
+    move finishes the walk."""
+    store = MemoryStore(connect(own_cluster.url, cluster=True, socket_timeout=5, connect_timeout=2))
+    reader = connect(own_cluster.url, cluster=True, socket_timeout=5, connect_timeout=2)
+    owner = Owner(DEFAULT_TENANT, USER)
+    longer = ConversationUpdate(ttl_ms=7_200_000)
+    try:
+        made = await store.create_conversation(owner, "w", Retention(ttl_ms=3_600_000))
+        cid = made.conversation_id
+        for _ in range(RETENTION_BATCH + 200):
+            await store.create_interaction(owner, cid, pb.Interaction(input="w"), "")
+        tag = store.tag(owner)
+        conv_key = f"{tag}:conv:{cid}"
+        iids = sorted(m.decode() for m in await reader.zrange(f"{conv_key}:ints", 0, -1))
+
+        async def expiries() -> tuple[int, list[int]]:
+            # The cluster client follows ASK: each key where it is now.
+            conv = await reader.pexpiretime(conv_key)
+            return conv, [await reader.pexpiretime(f"{tag}:int:{iid}") for iid in iids]
+
+        midway: list[tuple[int, list[int], bytes | None]] = []
+
+        async def change_midway() -> None:
+            if not midway:
+                with pytest.raises(Unavailable):
+                    await store.update_conversation(owner, cid, longer)
+                conv, turns = await expiries()
+                midway.append((conv, turns, await reader.hget(conv_key, "walk_after")))
+
+        slot = key_slot(_hash_tag(USER).encode())
+        source = next(node for node in own_cluster.nodes if node.owns(slot))
+        target = next(node for node in own_cluster.nodes if node is not source)
+        moved_turns = [f"{tag}:int:{iid}" for iid in iids[: RETENTION_BATCH + 100]]
+        await own_cluster.migrate_slot(
+            slot,
+            source,
+            target,
+            batch=1000,
+            between=change_midway,
+            first=[f"{tag}:convs", conv_key, f"{conv_key}:ints", f"{tag}:usage", *moved_turns],
+        )
+        conv, turns, walk_after = midway[0]
+        assert walk_after == iids[RETENTION_BATCH - 1].encode()  # the first batch, no more
+        assert len(set(turns[:RETENTION_BATCH])) == 1  # walked: the new target
+        assert 0 < conv <= min(turns), (conv, min(turns))
+        assert max(turns) > min(turns)  # the second batch kept its old expiry
+
+        updated = await store.update_conversation(owner, cid, longer)
+        conv, turns = await expiries()
+        assert conv == updated.expire_ms
+        assert len(set(turns)) == 1 and turns[0] >= conv + 3_600_000, (conv, set(turns))
+        assert await reader.hget(conv_key, "walk_after") is None
+    finally:
+        await reader.aclose()
         await store.close()

@@ -68,7 +68,9 @@ end
 redis.call('ZADD', KEYS[2], 0, ARGV[4])
 touch(KEYS[1], KEYS[4], ARGV[3], ARGV[5], h[2], 'interaction_count', tonumber(h[3]) + 1)
 evict(ARGV[2], ARGV[3], tonumber(ARGV[10]))
-local renewed, walking = renew(ARGV[2], ARGV[3], tonumber(ARGV[5]))
+-- Its own key is declared: a walk that reaches only this turn (its conversation's first)
+-- ends here; any other walk is left to retention_step.lua (retention.lua).
+local renewed, walking = renew(ARGV[2], ARGV[3], tonumber(ARGV[5]), {[ARGV[4]] = true})
 if renewed > 0 then
   for _, key in ipairs(interaction_keys(ARGV[2], ARGV[4])) do
     redis.call('PEXPIREAT', key, renewed)

@@ -10,13 +10,20 @@
 -- Setting every turn's expiry (that renewal, or a ttl change: a longer one, none, or one
 -- much shorter) is a walk of RETENTION_BATCH turns per script run, so no run blocks Redis
 -- for O(turns): the walk's state is in the conversation hash (walk_after: the last turn
--- id done, present while a walk is pending; walk_to: the expiry it sets, 0 for none;
--- walk_floor: the earliest expiry a turn not yet walked may have, 0 for none), and each
--- run of renew does one batch (retention_step.lua continues it: UpdateConversation runs
--- it until done). Until the walk ends, the conversation's own keys expire no later than
+-- id done, '' for none yet, present while a walk is pending; walk_to: the expiry it sets,
+-- 0 for none; walk_floor: the earliest expiry a turn not yet walked may have, 0 for
+-- none), and each run of renew does at most one batch (retention_step.lua continues it:
+-- UpdateConversation runs it until done). Until the walk ends, the conversation's own keys expire no later than
 -- walk_floor, so no turn ever expires before its conversation: a ttl made longer or
 -- removed takes effect for the conversation once its turns hold it. Conversations stored
 -- before these fields have none: no walk pending, their turns at renewed_until.
+--
+-- A batch touches only turns whose keys its script declared (and the id list, declared
+-- too): while a reshard moves the slot, Redis then refuses a run whose keys are split
+-- between the nodes (TRYAGAIN, ASK) instead of the run renewing only the turns already
+-- on its node and counting the others as done. So renew walks a batch only in scripts
+-- that declare it (retention_step.lua: the ids the previous run returned; a new turn's
+-- own key in create_interaction.lua); elsewhere it starts the walk and leaves it pending.
 local RETENTION_BATCH = 500
 
 -- The earlier of two expiries (ms), 0 meaning never.
@@ -35,27 +42,49 @@ local function expire_at(key, ms)
   end
 end
 
--- One batch of the pending walk (after: the last id done, '' for none). True once done.
-local function walk_step(tag, conv, after, target)
+-- The turn ids after `after` ('' for none) in the conversation's list, a batch of them.
+local function ids_after(conv, after)
   local from = '-'
   if after ~= '' then from = '(' .. after end
-  local iids = redis.call('ZRANGEBYLEX', conv .. ':ints', from, '+', 'LIMIT', 0,
-                          RETENTION_BATCH)
-  for _, iid in ipairs(iids) do
-    for _, key in ipairs(interaction_keys(tag, iid)) do expire_at(key, target) end
+  return redis.call('ZRANGEBYLEX', conv .. ':ints', from, '+', 'LIMIT', 0, RETENTION_BATCH)
+end
+
+-- One batch of the pending walk (after: the last id done, '' for none): the turns next in
+-- the list, up to the first whose keys the script did not declare (`declared`: a set of
+-- ids; nil when it did not declare the id list either, which it then does not read).
+-- Returns true once done; else false and the ids of the next batch (nil when unread),
+-- for the caller to declare in its next run. Nothing is counted done that was not set.
+local function walk_step(tag, conv, after, target, declared)
+  if not declared then
+    -- No turns (the hash's count): nothing to walk, the id list need not be read.
+    if tonumber(redis.call('HGET', conv, 'interaction_count') or '0') == 0 then
+      redis.call('HDEL', conv, 'walk_after', 'walk_to', 'walk_floor')
+      return true
+    end
+    return false, nil
   end
-  if #iids < RETENTION_BATCH then
+  local last = after
+  for _, iid in ipairs(ids_after(conv, after)) do
+    if not declared[iid] then break end
+    for _, key in ipairs(interaction_keys(tag, iid)) do expire_at(key, target) end
+    last = iid
+  end
+  -- Done when no turn follows the last one set (a turn written while the walk was
+  -- pending got its target already: create_interaction.lua).
+  local next_ids = ids_after(conv, last)
+  if #next_ids == 0 then
     redis.call('HDEL', conv, 'walk_after', 'walk_to', 'walk_floor')
     return true
   end
-  redis.call('HSET', conv, 'walk_after', iids[#iids])
-  return false
+  redis.call('HSET', conv, 'walk_after', last)
+  return false, next_ids
 end
 
 -- Activity at `now` (ms): the conversation's expiry and its turns'. Returns the expiry
--- (ms) a new key of the conversation's interactions must get, or 0 for none, and '1'
--- while a walk of its turns is still pending after this run's batch ('0' once done).
-local function renew(tag, cid, now)
+-- (ms) a new key of the conversation's interactions must get, or 0 for none, '1' while a
+-- walk of its turns is still pending after this run's batch ('0' once done), and then
+-- the ids of the walk's next batch when known. `declared`: walk_step's.
+local function renew(tag, cid, now, declared)
   local conv = tag .. ':conv:' .. cid
   local h = redis.call('HMGET', conv, 'ttl_ms', 'renewed_until', 'walk_after', 'walk_to',
                        'walk_floor')
@@ -83,12 +112,18 @@ local function renew(tag, cid, now)
     -- walked keep what they have, at the earliest the floor.
     if after then floor = earlier(floor, target) else floor = renewed end
     after, target = '', want
-    redis.call('HSET', conv, 'walk_to', string.format('%d', target),
+    -- walk_after '' (none done yet) marks the walk pending even if no batch runs here.
+    redis.call('HSET', conv, 'walk_after', '', 'walk_to', string.format('%d', target),
                'walk_floor', string.format('%d', floor))
   end
-  if after and walk_step(tag, conv, after, target) then
-    after = false
-    renewed = target
+  local next_ids
+  if after then
+    local done
+    done, next_ids = walk_step(tag, conv, after, target, declared)
+    if done then
+      after = false
+      renewed = target
+    end
   end
   local until_ms = expire
   if after then until_ms = earlier(expire, floor) end
@@ -101,7 +136,7 @@ local function renew(tag, cid, now)
   if after then least = earlier(floor, target) end
   redis.call('HSET', conv, 'expire_time', string.format('%d', until_ms),
              'renewed_until', string.format('%d', least))
-  if after then return target, '1' end
+  if after then return target, '1', next_ids end
   return renewed, '0'
 end
 -- The oldest turns beyond max_turns are evicted once the summary covers them (or at once
