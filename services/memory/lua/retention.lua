@@ -13,10 +13,11 @@
 -- id done, '' for none yet, present while a walk is pending; walk_to: the expiry it sets,
 -- 0 for none; walk_floor: the earliest expiry a turn not yet walked may have, 0 for
 -- none), and each run of renew does at most one batch (retention_step.lua continues it:
--- UpdateConversation runs it until done). Until the walk ends, the conversation's own keys expire no later than
--- walk_floor, so no turn ever expires before its conversation: a ttl made longer or
--- removed takes effect for the conversation once its turns hold it. Conversations stored
--- before these fields have none: no walk pending, their turns at renewed_until.
+-- UpdateConversation runs it until done). Until the walk ends, the conversation's own
+-- keys expire no later than walk_floor, so no turn ever expires before its conversation:
+-- a ttl made longer or removed takes effect for the conversation once its turns hold it.
+-- Conversations stored before these fields have none: no walk pending, their turns at
+-- renewed_until.
 --
 -- A batch touches only turns whose keys its script declared (and the id list, declared
 -- too): while a reshard moves the slot, Redis then refuses a run whose keys are split
@@ -69,8 +70,7 @@ local function walk_step(tag, conv, after, target, declared)
     for _, key in ipairs(interaction_keys(tag, iid)) do expire_at(key, target) end
     last = iid
   end
-  -- Done when no turn follows the last one set (a turn written while the walk was
-  -- pending got its target already: create_interaction.lua).
+  -- Done when no turn follows the last one set.
   local next_ids = ids_after(conv, last)
   if #next_ids == 0 then
     redis.call('HDEL', conv, 'walk_after', 'walk_to', 'walk_floor')
