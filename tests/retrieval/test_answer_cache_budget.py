@@ -6,8 +6,11 @@ tenant's are never touched; the accounting is read back from the engine after a 
 from __future__ import annotations
 
 import base64
+import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -15,11 +18,12 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 from pydantic import SecretStr
 
 from services.common.errors import NotFound
+from services.retrieval import answer_budget
 from services.retrieval.answer_budget import SIZE_KEY, AnswerBudget
 from services.retrieval.answer_cache import cache_store_name
 from services.retrieval.catalog import is_collection_schema
 from services.retrieval.schema import Schema
-from services.retrieval.store import PROPS, StoredPoint
+from services.retrieval.store import PROPS, FoundPoint, StoredPoint, VectorStore
 from tests.retrieval.conftest import MakeRetrieval, Retrieval, vector_collection
 from tests.retrieval.test_answer_cache import ACME, GLOBEX, TOKEN, lookup, store
 from tests.support.rpc import error_info
@@ -212,3 +216,146 @@ async def test_a_failed_write_leaves_the_ledger_counting_what_the_engine_holds(
     new = (name, str(uuid.uuid4()))
     await budget.store("acme", new, exp0 + 3600, BUDGET - sizes[1], lambda: [name], 384, written)
     assert set(await held(r, "acme")) == {question(1)}
+
+
+class _Reads:
+    """The real engine, and the ids of the cache entries each call reads (scroll and
+    retrieve) since ``take``: what a ledger's re-read costs."""
+
+    def __init__(self, store: VectorStore) -> None:
+        self._store = store
+        self.ids: list[str] = []
+
+    def take(self) -> list[str]:
+        ids, self.ids = self.ids, []
+        return ids
+
+    async def scroll(self, *args: Any, **kwargs: Any) -> tuple[list[FoundPoint], str | None]:
+        points, offset = await self._store.scroll(*args, **kwargs)
+        self.ids += [p.id for p in points]
+        return points, offset
+
+    async def retrieve(self, *args: Any, **kwargs: Any) -> list[FoundPoint]:
+        points = await self._store.retrieve(*args, **kwargs)
+        self.ids += [p.id for p in points]
+        return points
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+async def _entries(r: Retrieval, name: str) -> dict[str, tuple[float, int, FoundPoint]]:
+    """Entry id -> expiry, bytes and the entry itself (with its vector), as the engine holds
+    them."""
+    out: dict[str, tuple[float, int, FoundPoint]] = {}
+    offset: str | None = None
+    while True:
+        points, offset = await r.store.scroll(name, offset, 64)
+        for point in await r.store.retrieve(name, [p.id for p in points], True):
+            out[point.id] = (float(point.payload["exp"]), int(point.payload[SIZE_KEY]), point)
+        if offset is None:
+            return out
+
+
+async def _held_bytes(r: Retrieval, names: list[str]) -> int:
+    held_now = [await _entries(r, n) for n in names]
+    return sum(size for entries in held_now for _, size, _ in entries.values())
+
+
+async def _fill(r: Retrieval, collections: tuple[str, ...], per_collection: int) -> list[str]:
+    """``per_collection`` small answers in each of ACME's ``collections``: their caches."""
+    for c in collections:
+        await create(r, ACME, c)
+        for n in range(per_collection):
+            request = store(f"{c} question {n} about dunes?", b"short", 3600)
+            request.collection = c
+            await r.stub.StoreCachedAnswer(request, metadata=ACME)
+    return [await cache_name(r, "acme", c) for c in collections]
+
+
+async def test_a_ledgers_periodic_re_read_reads_a_bounded_number_of_entries(
+    make_retrieval: MakeRetrieval, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ledger was made again, whole, at the tenant's first store of every minute: every
+    entry of every one of its collections' caches (up to 10 000 each) read again. Now each
+    period re-reads at most _RELOAD_POINTS entries, going round its collections, and the
+    count stays exact on one replica."""
+    monkeypatch.setattr(answer_budget, "_RELOAD_SECONDS", 0.0)  # a re-read at every store
+    monkeypatch.setattr(answer_budget, "_RELOAD_POINTS", 5)
+    r = await start(make_retrieval, "edge", tmp_path / "data")
+    names = await _fill(r, ("Docs", "Notes", "Faq"), 6)
+    held_now = {n: await _entries(r, n) for n in names}
+    reads = _Reads(r.store)
+    budget = AnswerBudget(cast(VectorStore, reads), BUDGET)
+
+    async def written() -> None:
+        return None
+
+    # Storing an entry again as it is (the engine already holds it: nothing to write).
+    entry_id, (exp, size, _) = next(iter(held_now[names[0]].items()))
+    again = ((names[0], entry_id), exp, size, lambda: names, 384, written)
+    await budget.store("acme", *again)  # the first store makes the ledger: reads it all
+    assert len(reads.take()) == 18
+    seen: set[str] = set()
+    for _ in range(4):  # 18 entries, 5 a period: each read again within 4 periods
+        await budget.store("acme", *again)
+        period = reads.take()
+        assert len(period) <= 5
+        seen.update(period)
+    assert seen == {i for n in names for i in held_now[n]}
+    # On one replica the count stays exact: its own writes and what the engine holds.
+    truth = sum(size for n in names for _, size, _ in held_now[n].values())
+    assert budget._ledgers["acme"].total == truth
+    # An entry another replica deleted leaves the count within a round too.
+    gone_id, (_, gone_size, _) = list(held_now[names[2]].items())[-1]
+    await r.store.delete_ids(names[2], [gone_id])
+    for _ in range(4):
+        await budget.store("acme", *again)
+        assert len(reads.take()) <= 5
+    assert budget._ledgers["acme"].total == truth - gone_size
+
+
+async def test_entries_another_replica_wrote_are_counted_within_a_round_and_evicted(
+    make_retrieval: MakeRetrieval, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Replicas on one engine: another's entries come into a ledger as its re-read goes
+    round the tenant's caches, within (entries / _RELOAD_POINTS) periods; then a store
+    evicts down to the budget."""
+    monkeypatch.setattr(answer_budget, "_RELOAD_SECONDS", 0.0)
+    monkeypatch.setattr(answer_budget, "_RELOAD_POINTS", 4)
+    r = await start(make_retrieval, "edge", tmp_path / "data")
+    names = await _fill(r, ("Docs", "Notes"), 4)
+    entries = {n: await _entries(r, n) for n in names}
+    this, other = AnswerBudget(r.store, BUDGET), AnswerBudget(r.store, BUDGET)
+    template = next(iter(entries[names[1]].values()))[2]
+    size = int(template.payload[SIZE_KEY])
+
+    def writer(name: str, entry_id: str, exp: float) -> Callable[[], Awaitable[None]]:
+        async def write() -> None:
+            payload = {**template.payload, "exp": exp}
+            await r.store.upsert(name, [StoredPoint(entry_id, payload, template.dense)])
+
+        return write
+
+    async def put_entry(budget: AnswerBudget, name: str, exp: float) -> str:
+        entry_id = str(uuid.uuid4())
+        write = writer(name, entry_id, exp)
+        await budget.store("acme", (name, entry_id), exp, size, lambda: names, 384, write)
+        return entry_id
+
+    now = time.time()
+    first = await put_entry(this, names[0], now + 7200)  # this replica's ledger made
+    # The other replica fills the tenant's budget, in the second collection's cache.
+    while await _held_bytes(r, names) + size <= BUDGET:
+        await put_entry(other, names[1], now + 9000)
+    # This replica, knowing only its own, stores on; within a round (the entries / 4
+    # periods) its re-read has counted the others' and it evicts down to the budget.
+    total = sum([len(await _entries(r, n)) for n in names])
+    for _ in range(-(-total // 4) + 1):
+        await put_entry(this, names[0], now + 8000)
+    assert await _held_bytes(r, names) <= BUDGET
+    held_now = {n: await _entries(r, n) for n in names}
+    # The soonest-expiring went first: the small answers (an hour), then this replica's
+    # first one (two hours); the other replica's (2.5 hours) stay.
+    assert first not in held_now[names[0]]
+    assert all(exp > now + 7200 for n in names for exp, _, _ in held_now[n].values())
