@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
 import secrets
@@ -30,7 +31,7 @@ import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from pydantic import SecretStr, ValidationError
@@ -48,6 +49,8 @@ if TYPE_CHECKING:
     from services.retrieval.settings import RetrievalSettings
 
 STACK_FILE = "stack.json"
+# Held (flock) by the ``up`` using a data dir, for as long as it runs.
+LOCK_FILE = "up.lock"
 S = TypeVar("S", bound="CommonSettings")
 PARTS = ("memory", "retrieval", "generation")  # what the gateway calls
 GRACE_SECONDS = 5.0
@@ -204,8 +207,10 @@ async def start(args: argparse.Namespace) -> Stack:
 
     configure_logging(args.log_level.upper(), service="gensearch")
     data_dir = _prepare_data_dir(args.data_dir)
+    lock = _claim_data_dir(data_dir)
     token = os.environ.get("GENSEARCH_INTERNAL_TOKEN") or secrets.token_urlsafe(32)
     stack = Stack(args=args, data_dir=data_dir, token=token)
+    stack._exit.callback(lock.close)  # released last, once Redis has stopped
     try:
         await _start_parts(stack)
     except BaseException as err:
@@ -247,6 +252,26 @@ def _prepare_data_dir(name: str) -> Path:
     data_dir = Path(name).expanduser().resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     return data_dir
+
+
+def _claim_data_dir(data_dir: Path) -> IO[str]:
+    """An exclusive lock on the data dir while this ``up`` runs (released when the file is
+    closed, or the process dies). A second ``up`` on the same data dir with other ports
+    started a second Redis on the first one's append-only file, loaded the models, then
+    failed at the embedded Qdrant's write-ahead log with ``Kind(WouldBlock)`` (or, in one
+    process, came up on the same files)."""
+    handle = (data_dir / LOCK_FILE).open("a", encoding="utf-8")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        pid = read_stack_file(data_dir).get("pid")
+        holder = f" (pid {pid})" if isinstance(pid, int) else ""
+        raise CliError(
+            f"the data dir {data_dir} is in use by another gensearch up{holder}; stop it, "
+            "or give this one another --data-dir (GENSEARCH_DATA_DIR); nothing was started"
+        ) from None
+    return handle
 
 
 @dataclass(frozen=True, slots=True)

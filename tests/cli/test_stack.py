@@ -14,7 +14,7 @@ from gensearch.client import AsyncGensearch
 from services.cli import stack as stack_mod
 from services.cli.client import check_health
 from services.devlaunch.redis_server import RedisProcess
-from tests.cli.conftest import FREE_PORTS, up_args
+from tests.cli.conftest import FREE_PORTS, RunningStack, up_args
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.network import has_ipv6_loopback
 
@@ -300,3 +300,33 @@ async def test_an_invalid_setting_reads_as_when_a_service_runs_alone(
     ):
         await stack_mod.start(args)
     assert str(err.value) == expected
+
+
+@pytest.mark.timeout(60)  # before the fix, the second up came up in this process and served
+def test_a_second_up_on_a_data_dir_in_use_is_one_line_before_anything_starts(
+    running_stack: RunningStack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Another `up` on the same data dir (other ports) started a second Redis on the first
+    one's append-only file, loaded the models, then failed opening the embedded Qdrant's
+    write-ahead log: `error: Exception: Service runtime error: failed to open WAL …:
+    Can't init WAL: Kind(WouldBlock)`, nothing said of the stack already running there."""
+    from services.cli.__main__ import main
+
+    data_dir = running_stack.data_dir
+    with mock.patch.dict(os.environ, FREE_PORTS):
+        code = main(
+            ["up", "--data-dir", str(data_dir), "--port", "0",
+             "--llm-base-url", running_stack.fake.base_url]
+        )  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 1
+    assert captured.err == (
+        f"error: the data dir {data_dir.resolve()} is in use by another gensearch up "
+        f"(pid {os.getpid()}); stop it, or give this one another --data-dir "
+        "(GENSEARCH_DATA_DIR); nothing was started\n"
+    )
+    assert "starting" not in captured.out
+    # The stack already there is untouched: still serving, its stack.json still written.
+    serving = running_stack.loop.run(check_health(running_stack.address))
+    assert serving == "SERVING"
+    assert (data_dir / stack_mod.STACK_FILE).exists()
