@@ -69,7 +69,9 @@ async def run(client: Client, args: argparse.Namespace) -> int:
 
     if args.action == "delete":
         await client.conversations.delete(args.conversation_id, timeout=timeout)
-        state.LastConversation(args.state_dir, client.conn.address).clear(args.conversation_id)
+        state.LastConversation(args.state_dir, client.conn.address, client.conn.api_key).clear(
+            args.conversation_id
+        )
         if args.json:
             dump_json({"deleted": args.conversation_id})
         else:

@@ -215,7 +215,7 @@ async def run(stack: Stack, began: float) -> None:
     )
     if conversation_id:
         # `gensearch ask` continues the demo conversation from here.
-        state.LastConversation(None, stack.gateway_address).set(conversation_id)
+        state.LastConversation(None, stack.gateway_address, stack.api_key).set(conversation_id)
         print(continue_hint(stack.gateway_address, keyed=bool(stack.api_key)))
     note = model_note(stack)
     if note:

@@ -485,7 +485,7 @@ def _ask_fields(args: argparse.Namespace, conversation_id: str, new: bool) -> di
 
 
 async def ask(client: Client, args: argparse.Namespace) -> int:
-    store = state.LastConversation(args.state_dir, client.conn.address)
+    store = state.LastConversation(args.state_dir, client.conn.address, client.conn.api_key)
     remembered = ""
     if args.conversation:
         conversation_id, new = args.conversation, False

@@ -1,8 +1,12 @@
-"""What the CLI remembers between runs: the last conversation, per gateway address.
+"""What the CLI remembers between runs: the last conversation, per gateway address and
+caller.
 
 ``gensearch ask`` continues it by default. The file is ``<state dir>/last_conversation``,
 a small JSON object ``{gateway address: conversation id}`` (a conversation only exists on
-the server that created it).
+the server that created it, and only its owner sees it). With an API key the entry's name
+is the address and a digest of the key, ``"127.0.0.1:50050 key:1f2e…"`` (never the key):
+keyed by address alone, one user's ``ask`` continued another's conversation (NOT_FOUND,
+"gone") and the first user's own was forgotten.
 
 One state location for every command (``up --demo`` writes it, ``ask`` reads it):
 ``--state-dir``, else ``$GENSEARCH_STATE_DIR``, else ``~/.gensearch``. Not the data dir:
@@ -15,6 +19,7 @@ client command neither knows nor needs; mixing the two once made ``ask`` after
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -35,10 +40,19 @@ def address_key(address: str) -> str:
     return address
 
 
+def caller_key(address: str, api_key: str = "") -> str:
+    """The entry of ``address`` for the caller holding ``api_key`` ("": the address alone,
+    as with no keys configured)."""
+    if not api_key:
+        return address_key(address)
+    digest = hashlib.sha256(api_key.encode("utf-8")).hexdigest()[:16]
+    return f"{address_key(address)} key:{digest}"
+
+
 class LastConversation:
-    def __init__(self, directory: str | None, address: str) -> None:
+    def __init__(self, directory: str | None, address: str, api_key: str = "") -> None:
         self.path = state_dir(directory) / FILE_NAME
-        self.address = address_key(address)
+        self.address = caller_key(address, api_key)
 
     def _load(self) -> dict[str, str]:
         try:

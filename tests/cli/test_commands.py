@@ -603,3 +603,24 @@ def test_api_keys_from_flag_and_env(
     theirs = cli("conversations", "show", alice_conversation, address=keyed_gateway)
     assert theirs.code == 1
     assert one_error_line(theirs.err).startswith("error: NOT_FOUND: ")
+
+
+def test_ask_remembers_a_conversation_per_caller(
+    cli: Any, books: str, running_stack: RunningStack, tmp_path: Path
+) -> None:
+    """The last conversation was remembered per gateway address only: after bob asked with
+    his key, alice's next `ask` tried bob's conversation (NOT_FOUND for her: "conversation
+    … is gone; starting a new one", though it was not) and her own thread was forgotten.
+    (This stack has no keys, so both are served as one user: only the CLI's memory differs.)"""
+    running_stack.fake.reply = "Noted."
+    alice = json.loads(cli("--api-key", "alice-key", "ask", "-c", books, "Hi?", "--json").out)
+    bob = json.loads(cli("--api-key", "bob-key", "ask", "-c", books, "Hello?", "--json").out)
+    assert bob["conversation_id"] not in ("", alice["conversation_id"])
+    again = json.loads(cli("--api-key", "alice-key", "ask", "-c", books, "More?", "--json").out)
+    assert again["conversation_id"] == alice["conversation_id"]
+    # Without a key: the address alone, as before (what `up --demo` with no keys writes).
+    keyless = json.loads(cli("ask", "-c", books, "Anyone?", "--json").out)
+    assert keyless["conversation_id"] not in (alice["conversation_id"], bob["conversation_id"])
+    remembered = (tmp_path / "state" / "last_conversation").read_text()
+    assert json.loads(remembered)[running_stack.address] == keyless["conversation_id"]
+    assert "alice-key" not in remembered and "bob-key" not in remembered
