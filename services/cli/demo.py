@@ -182,15 +182,19 @@ async def conversation(
     return chat.conversation_id
 
 
-def continue_hint(gateway_address: str, *, keyed: bool) -> str:
+def continue_hint(gateway_address: str, *, ran_as: str = "") -> str:
     """The ``gensearch ask`` line that reaches this stack: its address unless it is the
-    default one, and where the key goes when keys are on (the key itself is never printed)."""
+    default one, and, when keys are on, whose key continues the demo's conversation
+    (``ran_as``; remembered per key) and where it goes (the key itself is never printed)."""
     flags = ""
     if state.address_key(gateway_address) != state.address_key(DEFAULT_ADDRESS):
         flags = f" --address {gateway_address}"
     hint = f'continue the conversation: gensearch ask{flags} -c {COLLECTION} "your question"'
-    if keyed:
-        hint += "\n  (the stack checks API keys: add --api-key <key> or set GENSEARCH_API_KEY)"
+    if ran_as:
+        hint += (
+            f"\n  (the stack checks API keys: the demo ran as {ran_as}; add that user's key "
+            "with --api-key <key> or set GENSEARCH_API_KEY)"
+        )
     return hint
 
 
@@ -216,7 +220,7 @@ async def run(stack: Stack, began: float) -> None:
     if conversation_id:
         # `gensearch ask` continues the demo conversation from here.
         state.LastConversation(None, stack.gateway_address, stack.api_key).set(conversation_id)
-        print(continue_hint(stack.gateway_address, keyed=bool(stack.api_key)))
+        print(continue_hint(stack.gateway_address, ran_as=stack.api_user))
     note = model_note(stack)
     if note:
         print(note, flush=True)

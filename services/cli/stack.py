@@ -173,6 +173,8 @@ class Stack:
     token: str
     parts: dict[str, Part] = field(default_factory=dict)
     api_key: str = ""
+    # Who that key is, for people: "alice (tenant acme)" ("" with no keys).
+    api_user: str = ""
     # Child processes we started (anything with a ``running`` property), watched while up.
     children: dict[str, Any] = field(default_factory=dict)
     _exit: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
@@ -374,6 +376,9 @@ async def _start_parts(stack: Stack) -> None:
     )
     memory_settings = _updated(memory_settings, redis_url=SecretStr(redis_url))
     stack.api_key = next(iter(keys), "")
+    if stack.api_key:
+        who = keys[stack.api_key]
+        stack.api_user = f"{who.user} (tenant {who.tenant})"
 
     async def memory() -> GrpcServer:
         return await build_memory(memory_settings)

@@ -71,13 +71,17 @@ def test_demo_imports_once_then_searches_and_converses(
 
 
 def test_continue_hint_names_what_the_user_needs() -> None:
-    default = demo.continue_hint("localhost:50050", keyed=False)
+    default = demo.continue_hint("localhost:50050")
     assert (
         default == f'continue the conversation: gensearch ask -c {demo.COLLECTION} "your question"'
     )
-    keyed = demo.continue_hint("127.0.0.1:51050", keyed=True)
+    keyed = demo.continue_hint("127.0.0.1:51050", ran_as="alice (tenant acme)")
     assert f"gensearch ask --address 127.0.0.1:51050 -c {demo.COLLECTION}" in keyed
-    assert "--api-key <key> or set GENSEARCH_API_KEY" in keyed
+    # The conversation is remembered per key: only the key the demo used continues it.
+    assert keyed.endswith(
+        "(the stack checks API keys: the demo ran as alice (tenant acme); add that "
+        "user's key with --api-key <key> or set GENSEARCH_API_KEY)"
+    )
 
 
 def test_the_tiny_model_note_only_when_the_bundled_model_answered() -> None:
