@@ -478,6 +478,9 @@ def _generation_settings(args: argparse.Namespace, shared: dict[str, Any]) -> Ge
         args.llm_provider == "local"
         and not args.llm_base_url
         and not os.environ.get(provider_prefix("local") + "BASE_URL")
+        # GENSEARCH_GENERATION_LOCAL_LLM_AUTOSTART=false: the local model server is the
+        # user's own, at the local provider's configured URL (as for the service alone).
+        and GenerationSettings().local_llm_autostart is not False
     )
     base_url = f"http://127.0.0.1:{free_port()}/v1" if wants_local else args.llm_base_url
     return GenerationSettings(

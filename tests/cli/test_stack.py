@@ -330,3 +330,24 @@ def test_a_second_up_on_a_data_dir_in_use_is_one_line_before_anything_starts(
     serving = running_stack.loop.run(check_health(running_stack.address))
     assert serving == "SERVING"
     assert (data_dir / stack_mod.STACK_FILE).exists()
+
+
+def test_local_llm_autostart_false_is_heeded_by_up() -> None:
+    """`GENSEARCH_GENERATION_LOCAL_LLM_AUTOSTART=false` (README's settings table) was
+    overridden by `up`: it started its own llama-server on a free port anyway, instead of
+    using the local provider's configured endpoint as the service run alone does."""
+    from services.generation.settings import LOCAL_PORT
+
+    args = up_args(Path("unused"))
+    env = {"GENSEARCH_GENERATION_LOCAL_LLM_AUTOSTART": "false"}
+    with mock.patch.dict(os.environ, env):
+        settings = stack_mod._generation_settings(args, {})
+    assert settings.local_llm_autostart is False
+    local = settings.provider_configs()["local"]
+    assert local.base_url == f"http://127.0.0.1:{LOCAL_PORT}/v1"
+    # Unset, `up` starts the local model itself, on a free port.
+    with mock.patch.dict(os.environ):
+        os.environ.pop("GENSEARCH_GENERATION_LOCAL_LLM_AUTOSTART", None)
+        started = stack_mod._generation_settings(args, {})
+    assert started.local_llm_autostart is True
+    assert started.provider_configs()["local"].base_url != local.base_url
