@@ -24,15 +24,18 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Self, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+from redis.asyncio import ConnectionPool
+from redis.exceptions import RedisError
 from urllib3.exceptions import LocationParseError
 from urllib3.util import parse_url
 
 from services.common.api_keys import ApiKeyError, load_keys
 from services.common.auth import DEFAULT_MAX_CALLER_KEY_BYTES, Identity
+from services.common.logs import url_secrets
 
 log = logging.getLogger("gensearch.settings")
 
@@ -401,9 +404,33 @@ def warn_unknown_variables(*settings: CommonSettings) -> list[str]:
 def model_directory(value: str) -> str:
     """A model directory setting: empty (the bundled model) or a directory that exists, so
     a wrong path stops the service at start rather than failing every call that embeds."""
-    if value and not Path(value).is_dir():
+    try:
+        is_dir = not value or Path(value).is_dir()
+    except OSError as err:  # e.g. a name too long for the file system (ENAMETOOLONG)
+        raise ValueError(f"cannot be used as a directory ({err.strerror})") from None
+    if not is_dir:
         raise ValueError(f"{value!r} is not a directory")
     return value
+
+
+DATA_DIR_VARIABLE = "GENSEARCH_DATA_DIR"
+
+
+def data_dir_problem(path: Path) -> str | None:
+    """``GENSEARCH_DATA_DIR: reason`` when ``path`` can be neither used nor created as a
+    writable directory, else None. For the services that keep files there (an embedded
+    Redis or engine), checked at start: the launcher's ``mkdir`` failed in a traceback."""
+    try:
+        existing = path.absolute()
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            return f"{DATA_DIR_VARIABLE}: '{existing}' is not a directory"
+        if not os.access(existing, os.W_OK | os.X_OK):
+            return f"{DATA_DIR_VARIABLE}: '{existing}' is not writable"
+    except OSError as err:  # a name too long, a loop of links ...
+        return f"{DATA_DIR_VARIABLE}: cannot be used as a directory ({err.strerror})"
+    return None
 
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
@@ -420,7 +447,45 @@ def redis_url_setting(value: SecretStr) -> SecretStr:
         urlsplit(url).port  # noqa: B018 (raises for a port out of range or not a number)
     except ValueError:
         raise ValueError("its port must be a number from 0 to 65535") from None
+    if url:
+        problem = _redis_options_problem(url)
+        if problem:
+            raise ValueError(problem)
     return value
+
+
+_UNKNOWN_OPTION = re.compile(r"unexpected keyword argument '(\w+)'")
+
+
+def _redis_options_problem(url: str) -> str | None:
+    """What redis-py would refuse in the options of ``url`` (its query: timeouts, ``db``,
+    the TLS settings and files), found by building, without connecting, the connection
+    it would make and the TLS context it would use. redis-py checks them only then: a
+    service failed its first Redis call in a traceback, or (a CA file not there) answered
+    UNAVAILABLE for ever. Never quotes the URL's secrets."""
+    try:
+        connection = ConnectionPool.from_url(url).make_connection()
+        tls = getattr(connection, "ssl_context", None)  # rediss:// only
+        if tls is not None:
+            tls.get()  # loads the CA, certificate and key files the URL names
+    except TypeError as err:  # an option no connection takes
+        unknown = _UNKNOWN_OPTION.search(str(err))
+        return f"unknown option {unknown.group(1)!r}" if unknown else "an unknown option"
+    except ValueError as err:  # redis-py names the option: "Invalid value for 'db' ..."
+        return _without_secrets(str(err), url)
+    except (RedisError, OSError) as err:  # mostly the TLS ones (ssl.SSLError is an OSError)
+        detail = getattr(err, "strerror", None) or str(err)
+        given = sorted(k for k in parse_qs(urlsplit(url).query) if k.startswith("ssl"))
+        if given and (isinstance(err, OSError) or "SSL" in detail):
+            detail = f"its TLS options ({', '.join(given)}): {detail}"
+        return _without_secrets(detail, url)
+    return None
+
+
+def _without_secrets(text: str, url: str) -> str:
+    for secret in url_secrets(url):
+        text = text.replace(secret, "***")
+    return text
 
 
 REDIS_KEY_PREFIX = re.compile(r"[A-Za-z0-9_.:-]{1,64}")

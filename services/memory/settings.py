@@ -13,6 +13,7 @@ from services.common.settings import (
     MAX_WAIT_SECONDS,
     NAMESPACES,
     DownstreamSettings,
+    data_dir_problem,
     model_directory,
     qdrant_url_setting,
     redis_key_prefix_setting,
@@ -151,6 +152,13 @@ class MemorySettings(DownstreamSettings):
         if value.get_secret_value() and len(value.get_secret_value().encode()) < 16:
             raise ValueError("must be at least 16 bytes")
         return value
+
+    def problems(self) -> list[str]:
+        # Files go in data_dir only for the embedded Redis and the embedded search index.
+        embedded_redis = not self.redis_url.get_secret_value()
+        embedded_index = self.search_index != "off" and not self.search_qdrant_url
+        problem = data_dir_problem(self.data_dir) if embedded_redis or embedded_index else None
+        return [problem] if problem else []
 
     @model_validator(mode="after")
     def _cluster_needs_url(self) -> MemorySettings:

@@ -15,6 +15,7 @@ from services.common.settings import (
     MAX_WAIT_SECONDS,
     NAMESPACES,
     DownstreamSettings,
+    data_dir_problem,
     model_directory,
     qdrant_url_setting,
 )
@@ -241,3 +242,8 @@ class RetrievalSettings(DownstreamSettings):
             egress=EgressPolicy.parse(self.allowed_hosts),
             key_urls={name: canonical_url(url) for name, url in self.embedding_key_urls.items()},
         )
+
+    def problems(self) -> list[str]:
+        # Files go in data_dir only for the embedded engine (no qdrant_url).
+        problem = None if self.qdrant_url.strip() else data_dir_problem(self.data_dir)
+        return [problem] if problem else []

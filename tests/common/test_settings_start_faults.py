@@ -1,0 +1,151 @@
+"""Configuration an operator gets wrong that only the service's start-up used to find: it
+stops the process with one line naming the variable, never a traceback and never the
+value's secrets (services/common/settings.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from services.common.settings import CommonSettings, load_settings
+from services.gateway.settings import GatewaySettings
+from services.generation.settings import GenerationSettings
+from services.memory.settings import MemorySettings
+from services.retrieval.settings import RetrievalSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+SECRET = "TOPSECRET"
+
+
+async def _start(env_update: dict[str, str], service: str, tmp_path: Path) -> tuple[int, str]:
+    """Runs ``python -m services.<service>`` until it exits (killed after 60 s: a service
+    that keeps running did not find the problem)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GENSEARCH_")}
+    env.update(
+        {
+            "GENSEARCH_DATA_DIR": str(tmp_path / "data"),
+            f"GENSEARCH_{service.upper()}_PORT": "0",
+            f"GENSEARCH_{service.upper()}_METRICS_PORT": "0",
+            "GENSEARCH_REDIS_SERVER": os.environ.get("GENSEARCH_REDIS_SERVER", "bundled"),
+            **env_update,
+        }
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", f"services.{service}", cwd=ROOT, env=env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        _, stderr = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode is not None
+    return proc.returncode, stderr.decode()
+
+
+# Options in a Redis URL's query that redis-py takes only when it connects, or builds its
+# client: each used to end the memory service in a traceback (or, for TLS files that are
+# not there, serve UNAVAILABLE for ever).
+BAD_REDIS_OPTIONS = [
+    (f"redis://:{SECRET}@127.0.0.1:1/0?socket_timeout=abc", "socket_timeout"),
+    (f"redis://:{SECRET}@127.0.0.1:1/0?no_such_option=1", "no_such_option"),
+    (f"rediss://:{SECRET}@127.0.0.1:1/0?ssl_cert_reqs=sometimes", "ssl_cert_reqs"),
+    (f"rediss://:{SECRET}@127.0.0.1:1/0?ssl_ca_certs=/nonexistent/ca.pem", "ssl_ca_certs"),
+]
+
+
+@pytest.mark.parametrize(("url", "option"), BAD_REDIS_OPTIONS)
+@pytest.mark.parametrize(
+    ("variable", "settings"),
+    [
+        ("GENSEARCH_MEMORY_REDIS_URL", MemorySettings),
+        ("GENSEARCH_GATEWAY_REDIS_URL", GatewaySettings),
+        ("GENSEARCH_GENERATION_REDIS_URL", GenerationSettings),
+    ],
+)
+def test_a_redis_url_option_redis_py_refuses_names_the_variable(
+    url: str,
+    option: str,
+    variable: str,
+    settings: type[CommonSettings],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(variable, url)
+    with pytest.raises(SystemExit) as err:
+        load_settings(settings)
+    message = err.value.code
+    assert isinstance(message, str)
+    assert message.startswith(f"invalid setting {variable}: "), message
+    assert option in message
+    assert SECRET not in message
+    assert "\n" not in message
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("url", "option"), BAD_REDIS_OPTIONS)
+async def test_memory_started_with_a_bad_redis_url_option_exits_with_one_line(
+    url: str, option: str, tmp_path: Path
+) -> None:
+    code, stderr = await _start({"GENSEARCH_MEMORY_REDIS_URL": url}, "memory", tmp_path)
+    assert code == 1, stderr
+    lines = stderr.splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("invalid setting GENSEARCH_MEMORY_REDIS_URL: "), stderr
+    assert option in lines[0]
+    assert SECRET not in stderr
+
+
+def test_good_redis_url_options_are_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    for url in (
+        f"redis://:{SECRET}@redis:6379/0?socket_keepalive=true&health_check_interval=5",
+        "rediss://redis:6380?ssl_cert_reqs=none",
+        "unix:///run/redis.sock?db=2",
+    ):
+        monkeypatch.setenv("GENSEARCH_MEMORY_REDIS_URL", url)
+        assert load_settings(MemorySettings)
+
+
+@pytest.mark.parametrize(
+    ("variable", "settings"),
+    [
+        ("GENSEARCH_RETRIEVAL_LOCAL_MODEL_PATH", RetrievalSettings),
+        ("GENSEARCH_MEMORY_SEARCH_MODEL_PATH", MemorySettings),
+    ],
+)
+def test_a_model_path_too_long_for_the_file_system_names_the_variable(
+    variable: str, settings: type[CommonSettings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Path.is_dir raised OSError (ENAMETOOLONG) out of the validator: a traceback.
+    monkeypatch.setenv(variable, "/" + "m" * 5000)
+    with pytest.raises(SystemExit) as err:
+        load_settings(settings)
+    message = err.value.code
+    assert isinstance(message, str)
+    assert message.startswith(f"invalid setting {variable}: "), message
+    assert "\n" not in message
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("service", "variables"),
+    [
+        ("memory", {}),  # the embedded Redis keeps its files there
+        ("retrieval", {}),  # the embedded engine keeps its collections there
+    ],
+)
+async def test_a_data_dir_that_cannot_be_a_directory_exits_with_one_line(
+    service: str, variables: dict[str, str], tmp_path: Path
+) -> None:
+    a_file = tmp_path / "not-a-directory"
+    a_file.write_text("")
+    code, stderr = await _start({"GENSEARCH_DATA_DIR": str(a_file), **variables}, service, tmp_path)
+    assert code == 1, stderr
+    lines = stderr.splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("invalid setting GENSEARCH_DATA_DIR: "), stderr
+    assert "Traceback" not in stderr
