@@ -415,6 +415,38 @@ def test_redis_keeps_an_append_only_file_on_a_volume(path: str) -> None:
     assert mounts[data_dir] in claims
 
 
+_QUANTITY = {"Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "K": 1000, "M": 1000**2, "G": 1000**3}
+_REDIS_UNITS = {"kb": 1024, "mb": 1024**2, "gb": 1024**3, "k": 1000, "m": 1000**2, "g": 1000**3}
+
+
+def _quantity_bytes(value: str) -> int:
+    """A Kubernetes memory quantity ('1Gi', '512Mi', '1000000') in bytes."""
+    number, unit = re.fullmatch(r"(\d+)([KMG]i?)?", value).groups()  # type: ignore[union-attr]
+    return int(number) * _QUANTITY.get(unit or "", 1)
+
+
+def _redis_bytes(value: str) -> int:
+    """A redis.conf memory value ('768mb', '1gb', '1000000') in bytes."""
+    number, unit = re.fullmatch(r"(\d+)([kmg]b?)?", value.lower()).groups()  # type: ignore[union-attr]
+    return int(number) * _REDIS_UNITS.get(unit or "", 1)
+
+
+@pytest.mark.parametrize("path", ALL)
+def test_redis_refuses_writes_before_its_container_limit(path: str) -> None:
+    # Without --maxmemory, noeviction never refuses anything: Redis grows to the
+    # container's limit and is OOM-killed, taking every service's Redis calls down, and an
+    # AOF rewrite (a fork) needs room beyond the data. So the bound is set, below the limit.
+    main = container(find(render(path), "StatefulSet", "redis"))
+    args = main["args"]
+    assert args[args.index("--maxmemory-policy") + 1] == "noeviction"
+    assert "--maxmemory" in args, "noeviction without --maxmemory refuses nothing"
+    value = args[args.index("--maxmemory") + 1]
+    env = {e["name"]: e.get("value", "") for e in main.get("env", [])}
+    value = re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], value)  # Kubernetes expands it
+    limit = _quantity_bytes(main["resources"]["limits"]["memory"])
+    assert 0 < _redis_bytes(value) <= limit * 3 // 4, (value, limit)
+
+
 @pytest.mark.parametrize("path", ALL)
 def test_qdrant_writes_only_to_volumes(path: str) -> None:
     qdrant = find(render(path), "StatefulSet", "qdrant")
