@@ -43,6 +43,7 @@ from redis.exceptions import (
     ClusterError,
     ConnectionError,
     MovedError,
+    OutOfMemoryError,
     ReadOnlyError,
     RedisClusterException,
     RedisError,
@@ -79,6 +80,11 @@ _UNAVAILABLE = (
     OSError,
 )
 _BUSY = "BUSY"  # a script runs too long; redis-py keeps it a plain ResponseError
+# Redis at its maxmemory with noeviction (as deploy/ runs it) refuses writes: "OOM command
+# not allowed ..." (OutOfMemoryError; a plain ResponseError when a script's write is
+# refused). Until the operator makes room, or retention frees some, the store cannot take
+# writes: UNAVAILABLE to the caller, an ERROR for the operator, who must act.
+_FULL = "OOM "
 # A script touched a key it derives (an interaction's, from the conversation's list) that a
 # reshard has already moved to the slot's new node: the script stopped there (its earlier
 # writes stay; each script is written so that its retry completes it). Redis says "Script
@@ -249,6 +255,15 @@ async def _redis(call: Awaitable[Any] | Any) -> Any:
     except RedisError as err:
         if str(err).startswith(_BUSY) or _MOVING in str(err):
             raise _unavailable(err) from None
+        if isinstance(err, OutOfMemoryError) or str(err).startswith(_FULL):
+            log.error(
+                "memory store full: Redis refuses writes past its maxmemory "
+                "(docs/operations.md, UNAVAILABLE)",
+                extra={"error": _describe(err)},
+            )
+            raise Unavailable(
+                "memory store unavailable; try again", reason="STORE_UNAVAILABLE"
+            ) from None
         log.error("memory store error", extra={"error": _describe(err)})
         raise Internal("memory store error") from None
 
