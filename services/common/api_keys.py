@@ -158,12 +158,15 @@ def load_keys(raw_env: str, path: Path | None) -> dict[str, Identity]:
 def _check_legacy_owners(identities: Iterable[Identity]) -> None:
     # Conversations of the tenant "default" and of a user alone in a tenant of its own
     # name keep their pre-tenant keys (services/memory/store.py, Owner.digest): one user
-    # name in both would be one owner. The user "default" of the tenant "default" is in
-    # both at once: one place, one owner.
+    # name in both shares one key tag. Each conversation records its tenant, so neither
+    # sees the other's, but they share one storage quota and only one of them owns the
+    # conversations stored before tenants were recorded (docs/memory.md#legacy-owners):
+    # refused within one key list, where it is most likely a mistake. The user "default"
+    # of the tenant "default" is in both at once: one place, one owner.
     pairs = {(i.tenant, i.user) for i in identities}
     for tenant, user in sorted(pairs):
         if tenant == DEFAULT_TENANT and user != DEFAULT_TENANT and (user, user) in pairs:
             raise ApiKeyError(
                 f"the user {user[:64]!r} is in the tenant {DEFAULT_TENANT!r} and in the tenant "
-                f"{user[:64]!r}: give it one of them (their conversations would be shared)"
+                f"{user[:64]!r}: give it one of them (they would share one memory storage quota)"
             )

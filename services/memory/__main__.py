@@ -54,6 +54,7 @@ async def build_server(settings: MemorySettings, *, port: int | None = None) -> 
         max_bytes_per_owner=settings.max_bytes_per_owner,
         max_conversations_per_owner=settings.max_conversations_per_owner,
         max_interactions_per_conversation=settings.max_interactions_per_conversation,
+        untenanted_owner=settings.untenanted_owner,
     )
     try:
         await store.load_scripts()

@@ -3,8 +3,9 @@ the owner's digest, ``store.Owner.digest``; ``tag`` = ``P:{u:U}``, the cluster h
 that puts every key of one owner in one slot):
 
     tag:convs                 ZSET  the owner's conversations, "<update_ms:015d>:<cid>"
-    tag:conv:<cid>            HASH  the conversation (name, times, counts, retention,
-                                    summary: store.CONVERSATION_FIELDS)
+    tag:conv:<cid>            HASH  the conversation (its owner's user and tenant, name,
+                                    times, counts, retention, summary:
+                                    store.CONVERSATION_FIELDS)
     tag:conv:<cid>:ints       ZSET  its interaction ids (UUIDv7: by creation time)
     tag:int:<iid>             HASH  conversation_id, data (serialized Interaction),
                                     request_id, traces (a serialized

@@ -43,6 +43,11 @@ class MemorySettings(DownstreamSettings):
     redis_appendfsync: Literal["always", "everysec", "no"] = "everysec"
     # Every key starts with this; several deployments can share one Redis.
     key_prefix: str = "gensearch"
+    # Which of the two owners sharing a legacy key tag (alice of "default", alice of the
+    # tenant "alice") owns the conversations stored before their tenant was recorded:
+    # "default", or "own-tenant" for a deployment whose keys were "user:key" before
+    # tenants (docs/memory.md#legacy-owners).
+    untenanted_owner: Literal["default", "own-tenant"] = "default"
     # The URL names one node of a Redis Cluster (any node; the client discovers the
     # rest and routes each user's keys, which share one hash slot, to its node).
     # Needs redis_url; an embedded server is never a cluster.

@@ -9,7 +9,8 @@ name — see ``Owner.digest``.
 in one hash slot, so
 the Lua scripts (``lua/*.lua``), which touch several of them, stay atomic on a cluster too. Because
 the caller is part of every key, another user's data is simply not found. Conversation
-hashes also store the owner, and every script checks it.
+hashes also store the owner, user and tenant, and every script checks both: the two
+legacy owners of one user name share a tag (``Owner.digest``).
 
 Every multi-key update is one Lua script (one round trip, atomic). Lists are keyset pages:
 ``ZRANGE key (<cursor> - BYLEX REV LIMIT 0 n`` costs O(log N + n) however long the list.
@@ -33,7 +34,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from gensearch.memory.v1 import memory_service_pb2 as pb
 from redis.commands.core import AsyncScript
@@ -106,6 +107,12 @@ TURN_WRITE_ATTEMPTS = 64
 # Turns one run of delete_conversation.lua deletes: bounds the keys it declares (a turn's
 # and its request_id's) and how long it holds Redis; a longer conversation takes more runs.
 DELETE_BATCH = 500
+# Members of the owner's list belonging to another owner (the other legacy owner of its
+# tag, Owner.digest) one ListConversations page reads past at most before it ends early.
+LIST_SKIP = 1000
+# Who owns the conversations stored before their tenant was recorded, of the two legacy
+# owners of a tag (docs/memory.md#legacy-owners): alice of "default", or alice of "alice".
+UntenantedOwner = Literal["default", "own-tenant"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,12 +129,21 @@ class Owner:
         existed then: anyone of the tenant ``default`` (``anonymous`` on an open server)
         and a user alone in a tenant of its own name (an API key given as ``user:key``),
         so their conversations are where they were. Any other owner hashes tenant, NUL,
-        user (no name holds a NUL, so no two such owners share a digest). The key
-        configuration refuses a user both in ``default`` and in a tenant of its name,
-        the one pair that would share keys (``api_keys.py``)."""
-        legacy = self.tenant in (DEFAULT_TENANT, self.user)
-        text = self.user if legacy else self.key
+        user (no name holds a NUL, so no two such owners share a digest).
+
+        So alice of ``default`` and alice of ``alice`` share one tag: every conversation
+        records its tenant beside its user, and every script checks both
+        (``MemoryStore.caller``, lua/read.lua ``owns``). The key configuration also
+        refuses that pair within one key list (``api_keys.py``), but not across lists
+        (memory's own keys and the gateway's) nor over time."""
+        text = self.user if self.legacy else self.key
         return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+    @property
+    def legacy(self) -> bool:
+        """Whether the owner keeps the pre-tenant tag (``digest``), which it shares with
+        the other legacy owner of the same user name."""
+        return self.tenant in (DEFAULT_TENANT, self.user)
 
     @property
     def key(self) -> str:
@@ -217,8 +233,9 @@ CONVERSATION_FIELDS = (
     "user", "name", "create_time", "update_time", "interaction_count", "expire_time",
     "ttl_ms", "max_turns", "summary_disabled", "summary", "summary_through",
     "summary_turns", "summary_prompt_tokens", "summary_completion_tokens", "summary_folds",
-    "summary_update_time", "summary_evicted",
+    "summary_update_time", "summary_evicted", "tenant",
 )  # fmt: skip
+_TENANT = CONVERSATION_FIELDS.index("tenant")
 
 
 # update_conversation.lua and retention_step.lua answer a conversation row and then
@@ -338,6 +355,7 @@ class MemoryStore:
         max_conversations_per_owner: int = 10_000,
         max_interactions_per_conversation: int = 10_000,
         ids: UUIDv7Generator | None = None,
+        untenanted_owner: UntenantedOwner = "default",
     ) -> None:
         self._redis = redis
         self._grace = eviction_grace_turns
@@ -348,6 +366,7 @@ class MemoryStore:
         self._request_ttl_ms = request_id_ttl * 1000
         self._ids = ids or UUIDv7Generator()
         self._tags: dict[Owner, str] = {}
+        self._untenanted_owner = untenanted_owner
         # Turn writes under way per conversation: [lock, writers holding or waiting].
         self._turn_writes: dict[str, list[Any]] = {}
 
@@ -406,6 +425,27 @@ class MemoryStore:
                 self._tags[owner] = tag
         return tag
 
+    def caller(self, owner: Owner) -> str:
+        """The owner as the scripts take it (lua/read.lua ``caller``): user, tenant and
+        whether the conversations stored without a tenant (before it was recorded) are
+        its: always for an owner whose tag is its own, and for one of the two legacy owners
+        of a tag, the one ``untenanted_owner`` names (docs/memory.md#legacy-owners)."""
+        if not owner.legacy:
+            untenanted = True
+        elif self._untenanted_owner == "default":
+            untenanted = owner.tenant == DEFAULT_TENANT
+        else:
+            untenanted = owner.tenant == owner.user
+        return f"{owner.user}\0{owner.tenant}\0{int(untenanted)}"
+
+    def _owns(self, owner: Owner, user: bytes | None, tenant: bytes | None) -> bool:
+        """lua/read.lua's ``owns``, for the one read made without a script."""
+        if user is None or user.decode() != owner.user:
+            return False
+        if tenant is not None:
+            return tenant.decode() == owner.tenant
+        return self.caller(owner).endswith("1")
+
     async def shared_secret(self) -> bytes:
         """A random secret created once per key prefix, the same for every replica."""
         key = f"{self._prefix}:page-token-secret"
@@ -440,8 +480,9 @@ class MemoryStore:
             self._check_storage(
                 keys=names,
                 args=[
-                    owner.user, tag, cid, turn_bytes, self._max_bytes, self._max_conversations,
-                    "1" if summary else "0", self._max_interactions, self._grace,
+                    self.caller(owner), tag, cid, turn_bytes, self._max_bytes,
+                    self._max_conversations, "1" if summary else "0", self._max_interactions,
+                    self._grace,
                 ],
             )
         )  # fmt: skip
@@ -460,7 +501,9 @@ class MemoryStore:
         idempotency key, remembered for ``request_id_ttl``), if it still exists."""
         tag = self.tag(owner)
         out = await _redis(
-            self._stored_request(keys=[keys.request(tag, request_id)], args=[owner.user, tag])
+            self._stored_request(
+                keys=[keys.request(tag, request_id)], args=[self.caller(owner), tag]
+            )
         )
         if not out:
             return None
@@ -476,7 +519,7 @@ class MemoryStore:
         out = await _redis(
             self._claim_request(
                 keys=[keys.request(tag, request_id), keys.claim(tag, request_id)],
-                args=[owner.user, tag, token, seconds * 1000],
+                args=[self.caller(owner), tag, token, seconds * 1000],
             )
         )
         if out[0] == 1:
@@ -499,7 +542,7 @@ class MemoryStore:
             self._create_conversation(
                 keys=[keys.conversation(tag, cid), keys.conversations(tag)],
                 args=[
-                    owner.user, name, now, tag, cid, r.ttl_ms, r.max_turns,
+                    self.caller(owner), name, now, tag, cid, r.ttl_ms, r.max_turns,
                     int(r.summary_disabled), self._max_conversations, self._max_bytes,
                 ],
             )
@@ -513,7 +556,7 @@ class MemoryStore:
     async def get_conversation(self, owner: Owner, cid: str) -> ConversationRecord:
         key = keys.conversation(self.tag(owner), cid)
         row = await _redis(self._redis.hmget(key, list(CONVERSATION_FIELDS)))
-        if row[0] is None or row[0].decode() != owner.user:
+        if not self._owns(owner, row[0], row[_TENANT]):
             raise conversation_not_found(cid)
         return _conversation(cid, row)
 
@@ -522,7 +565,7 @@ class MemoryStore:
     ) -> ConversationRecord:
         tag = self.tag(owner)
         now = time.time_ns() // 1_000_000
-        args: list[EncodableT] = [owner.user, tag, cid, now, self._grace, self._max_bytes]
+        args: list[EncodableT] = [self.caller(owner), tag, cid, now, self._grace, self._max_bytes]
         for value in (
             update.name,
             update.ttl_ms,
@@ -572,7 +615,7 @@ class MemoryStore:
             row = await _redis(
                 self._retention_step(
                     keys=names + [keys.interaction(tag, iid) for iid in batch],
-                    args=[owner.user, tag, cid, *batch],
+                    args=[self.caller(owner), tag, cid, *batch],
                 )
             )
             if not row or row[_WALK_PENDING] != b"1":
@@ -646,7 +689,7 @@ class MemoryStore:
                     keys.usage(tag),
                 ],
                 args=[
-                    owner.user, tag, cid, now, expected_through, through, text, turns,
+                    self.caller(owner), tag, cid, now, expected_through, through, text, turns,
                     prompt_tokens, completion_tokens, self._grace, self._max_bytes,
                 ],
             )
@@ -696,7 +739,7 @@ class MemoryStore:
             turns = [keys.interaction(tag, iid) for iid in batch]
             read = await _redis(self._turn_requests(keys=turns, args=[])) if batch else []
             rids = [bytes(rid).decode() if rid else "" for rid in read]
-            args: list[EncodableT] = [owner.user, tag, cid]
+            args: list[EncodableT] = [self.caller(owner), tag, cid]
             for iid, rid in zip(batch, rids, strict=True):
                 args += [iid, rid]
             requests = [keys.request(tag, rid) for rid in rids if rid]
@@ -712,16 +755,20 @@ class MemoryStore:
     async def list_conversations(
         self, owner: Owner, page_size: int, cursor: str | None
     ) -> Page[ConversationRecord]:
+        """A page of the owner's conversations, most recently updated first: at most
+        ``page_size``, and fewer (even none, with a cursor) when the list is shared with
+        another owner whose conversations fill it (lua/list_conversations.lua)."""
         tag = self.tag(owner)
         start = f"({cursor}" if cursor else "+"
         out = await _redis(
-            self._list_conversations(keys=[keys.conversations(tag)], args=[tag, start, page_size])
+            self._list_conversations(
+                keys=[keys.conversations(tag)],
+                args=[self.caller(owner), tag, start, page_size, page_size + 1 + LIST_SKIP],
+            )
         )
         items = [_conversation(out[i].decode()[16:], out[i + 1]) for i in range(1, len(out), 2)]
-        if out[0] != 1 or not items:
-            return Page(items, None)
-        last = items[-1]
-        return Page(items, f"{last.update_ms:015d}:{last.conversation_id}")
+        # The cursor is a list member, "<update_ms:015d>:<cid>" (lua/list_conversations.lua).
+        return Page(items, out[0].decode() or None)
 
     async def create_interaction(
         self,
@@ -815,7 +862,7 @@ class MemoryStore:
                 keys.claim(tag, request_id),
             ]
             args: list[EncodableT] = [
-                owner.user, tag, cid, iid, now, request_id, self._request_ttl_ms,
+                self.caller(owner), tag, cid, iid, now, request_id, self._request_ttl_ms,
                 interaction.SerializeToString(), traces, self._grace, self._max_bytes,
                 self._max_interactions, *created,
             ]  # fmt: skip
@@ -843,7 +890,7 @@ class MemoryStore:
         out = await _redis(
             self._list_interactions(
                 keys=[keys.conversation(tag, cid), keys.conversation_interactions(tag, cid)],
-                args=[owner.user, tag, start, page_size, max_bytes],
+                args=[self.caller(owner), tag, start, page_size, max_bytes],
             )
         )
         if out is None:
@@ -854,7 +901,9 @@ class MemoryStore:
         """The interaction's serialized traces (b"" when it has none)."""
         tag = self.tag(owner)
         out = await _redis(
-            self._get_interaction_traces(keys=[keys.interaction(tag, iid)], args=[owner.user, tag])
+            self._get_interaction_traces(
+                keys=[keys.interaction(tag, iid)], args=[self.caller(owner), tag]
+            )
         )
         if out is None:
             raise interaction_not_found(iid)
@@ -863,7 +912,7 @@ class MemoryStore:
     async def get_interaction_data(self, owner: Owner, iid: str) -> bytes:
         tag = self.tag(owner)
         data = await _redis(
-            self._get_interaction(keys=[keys.interaction(tag, iid)], args=[owner.user, tag])
+            self._get_interaction(keys=[keys.interaction(tag, iid)], args=[self.caller(owner), tag])
         )
         if data is None:
             raise interaction_not_found(iid)
@@ -896,7 +945,7 @@ class MemoryStore:
         status = await _redis(
             self._update_interaction(
                 keys=[keys.interaction(tag, iid), keys.usage(tag)],
-                args=[owner.user, tag, digest, new, self._max_bytes],
+                args=[self.caller(owner), tag, digest, new, self._max_bytes],
             )
         )
         if status == 0:
@@ -912,7 +961,7 @@ class MemoryStore:
         tag = self.tag(owner)
         out = await _redis(
             self._get_interactions(
-                keys=[keys.interaction(tag, iid) for iid in iids], args=[owner.user, tag]
+                keys=[keys.interaction(tag, iid) for iid in iids], args=[self.caller(owner), tag]
             )
         )
         return [pb.Interaction.FromString(data) if data else None for data in out]
@@ -925,7 +974,7 @@ class MemoryStore:
         tag = self.tag(owner)
         out = await _redis(
             self._interactions_exist(
-                keys=[keys.interaction(tag, iid) for iid in iids], args=[owner.user, tag]
+                keys=[keys.interaction(tag, iid) for iid in iids], args=[self.caller(owner), tag]
             )
         )
         return [flag == 1 for flag in out]

@@ -1,9 +1,9 @@
--- needs: keys usage retention new_conversation
+-- needs: read keys usage retention new_conversation
 -- CheckStorage: whether one more turn fits, writing nothing of it (as create_interaction
 -- and, for a new conversation, create_conversation decide; reconcile may drop expired
 -- conversations on the way, as theirs does).
 -- KEYS: convs, then conv when the turn goes to an existing conversation, then usage.
--- ARGV: user, tag, cid ('' for a new conversation), the turn's known bytes (without its
+-- ARGV: caller (read.lua), tag, cid ('' for a new conversation), the turn's known bytes (without its
 -- fixed overhead), max bytes, max conversations (of the owner), '1' when the bytes are
 -- instead a new summary's length for cid (update_summary's check: only its growth over
 -- the current summary counts), max turns per conversation, eviction grace (turns).
@@ -14,7 +14,7 @@ local tag, cid = ARGV[2], ARGV[3]
 local n = tonumber(ARGV[4]) + TURN_OVERHEAD
 local status = 1
 if cid ~= '' then
-  if redis.call('HGET', KEYS[2], 'user') ~= ARGV[1] then return {0, 0, 0} end
+  if not callers(KEYS[2], ARGV[1]) then return {0, 0, 0} end
   if ARGV[7] == '1' then
     n = tonumber(ARGV[4]) - redis.call('HSTRLEN', KEYS[2], 'summary')
   else

@@ -2,7 +2,7 @@
 -- CheckStorage with a request_id and a claim_token: the caller's interaction already
 -- stored with request_id, else request_id reserved for this attempt (renewed when it is
 -- already), unless another attempt holds it.
--- KEYS: req, claim. ARGV: user, tag, claim_token, claim_ms.
+-- KEYS: req, claim. ARGV: caller (read.lua), tag, claim_token, claim_ms.
 -- Returns {1, cid, data} stored already, {2} another attempt holds it, {0} reserved.
 local iid = redis.call('GET', KEYS[1])
 if iid then

@@ -1,6 +1,6 @@
 -- needs: read touch keys usage retention new_conversation
 -- KEYS: conv, ints, int, convs, req, claim (CheckStorage's reservation of request_id).
--- ARGV: user, tag, cid, iid, now_ms, request_id, ttl_ms, serialized interaction,
+-- ARGV: caller (read.lua), tag, cid, iid, now_ms, request_id, ttl_ms, serialized interaction,
 -- serialized traces ('' when none: a field of the interaction's hash, so they share its
 -- slot, its expiry and its deletion),
 -- eviction grace (turns), max bytes (of the owner), max turns per conversation,
@@ -18,10 +18,10 @@
 local create = ARGV[13] == '1'
 local h
 if create then
-  h = {ARGV[1], ARGV[15], '0'}
+  h = {ARGV[15], '0'}
 else
-  h = redis.call('HMGET', KEYS[1], 'user', 'update_time', 'interaction_count')
-  if h[1] ~= ARGV[1] then return {0} end
+  if not callers(KEYS[1], ARGV[1]) then return {0} end
+  h = redis.call('HMGET', KEYS[1], 'update_time', 'interaction_count')
 end
 if ARGV[6] ~= '' then
   local prev = redis.call('GET', KEYS[5])
@@ -50,7 +50,7 @@ if create then
   end
   make_conversation(ARGV[2], ARGV[3], KEYS[1], KEYS[4], ARGV[1], ARGV[14], ARGV[15],
                     ARGV[16], ARGV[17], ARGV[18])
-elseif not room_for_turn(ARGV[2], ARGV[3], tonumber(h[3]), tonumber(ARGV[12]),
+elseif not room_for_turn(ARGV[2], ARGV[3], tonumber(h[2]), tonumber(ARGV[12]),
                          tonumber(ARGV[10])) then
   -- Checked before anything is written. Eviction (below) gives back what it drops, but
   -- only once the turn is in: a conversation at max_turns needs room for one turn more.
@@ -66,7 +66,7 @@ if ARGV[6] ~= '' then
   redis.call('DEL', KEYS[6])
 end
 redis.call('ZADD', KEYS[2], 0, ARGV[4])
-touch(KEYS[1], KEYS[4], ARGV[3], ARGV[5], h[2], 'interaction_count', tonumber(h[3]) + 1)
+touch(KEYS[1], KEYS[4], ARGV[3], ARGV[5], h[1], 'interaction_count', tonumber(h[2]) + 1)
 evict(ARGV[2], ARGV[3], tonumber(ARGV[10]))
 -- Its own key is declared: a walk that reaches only this turn (its conversation's first)
 -- ends here; any other walk is left to retention_step.lua (retention.lua).

@@ -1,7 +1,7 @@
--- needs: keys usage
+-- needs: read keys usage
 -- KEYS: conv, ints, convs, usage, then the int key of each turn of this batch, then the
 -- request_id key of each of those that has one, in the same order.
--- ARGV: user, tag, cid, then per turn of the batch: iid, request_id ('' for none), as
+-- ARGV: caller (read.lua), tag, cid, then per turn of the batch: iid, request_id ('' for none), as
 -- the store read them just before.
 -- Every key it touches is declared, so while a reshard moves the slot Redis itself
 -- answers ASK or TRYAGAIN instead of the script missing keys still on the other node
@@ -19,9 +19,9 @@ local function unlink_each(names)
 end
 local conv, ints = KEYS[1], KEYS[2]
 local batch = (#ARGV - 3) / 2
-local h = redis.call('HMGET', conv, 'user', 'update_time')
+local h = redis.call('HMGET', conv, 'user', 'update_time', 'tenant')
 if h[1] then
-  if h[1] ~= ARGV[1] then return 0 end
+  if not owns(h[1], h[3], ARGV[1]) then return 0 end
   redis.call('UNLINK', conv)
   redis.call('ZREM', KEYS[3], string.format('%015d', tonumber(h[2])) .. ':' .. ARGV[3])
   forget_usage(ARGV[2], ARGV[3])

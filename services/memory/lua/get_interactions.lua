@@ -1,5 +1,5 @@
 -- needs: read
--- KEYS: int keys (one owner's: one slot). ARGV: user, tag.
+-- KEYS: int keys (one owner's: one slot). ARGV: caller (read.lua), tag.
 -- Returns one entry per key: the data, or false when missing or not the caller's.
 local out, seen = {}, {}
 for i, key in ipairs(KEYS) do

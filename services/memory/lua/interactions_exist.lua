@@ -1,5 +1,5 @@
 -- needs: read
--- KEYS: int keys (one owner's: one slot). ARGV: user, tag.
+-- KEYS: int keys (one owner's: one slot). ARGV: caller (read.lua), tag.
 -- Returns one entry per key: 1 when the interaction exists and is the caller's, else 0.
 -- Reads each turn's conversation id only, never its data: the index sweep asks this of
 -- every entry of the index.

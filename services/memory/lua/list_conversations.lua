@@ -1,30 +1,48 @@
 -- needs: read usage
--- KEYS: convs. ARGV: tag, start bound, page size. Returns {more, member1, row1, ...}.
+-- KEYS: convs. ARGV: caller (read.lua), tag, start bound, page size, most members to read.
+-- Returns {next, member1, row1, ...}: next is '' on the last page, else the member the
+-- next page starts after.
+-- Two owners may share the list (the two legacy owners of one tag, store.Owner.digest):
+-- the other one's conversations are skipped, neither shown nor touched. A page reads at
+-- most the given number of members; past it the page ends early (fewer items, or none)
+-- with the last member read as next, so a list that is mostly another owner's costs
+-- bounded work per page, and paging still moves on and skips none of the caller's.
 -- A member whose conversation hash is gone belongs to a conversation that expired (its
 -- time to live); it is removed here, on the way (with its bytes, usage.lua), and the
 -- page is filled from further on.
-local n = tonumber(ARGV[3])
-local start = ARGV[2]
-local out = {0}
-local found = 0
+local who, tag = ARGV[1], ARGV[2]
+local n = tonumber(ARGV[4])
+local budget = tonumber(ARGV[5])
+local start = ARGV[3]
+local out = {''}
+local found, read = 0, 0
+local last, shown = nil, nil
 while true do
-  local want = n + 1 - found
+  local want = math.min(n + 1 - found, budget - read)
+  if want <= 0 then
+    out[1] = last
+    return out
+  end
   local members = redis.call('ZRANGE', KEYS[1], start, '-', 'BYLEX', 'REV', 'LIMIT', 0, want)
   for _, member in ipairs(members) do
-    local row = conversation(ARGV[1] .. ':conv:' .. string.sub(member, 17))
-    if row[1] then
+    read = read + 1
+    last = member
+    local cid = string.sub(member, 17)
+    local row = conversation(tag .. ':conv:' .. cid)
+    if not row[1] then
+      redis.call('ZREM', KEYS[1], member)
+      forget_usage(tag, cid)
+    elseif owns(row[1], row[18], who) then
       if found == n then
-        out[1] = 1
+        out[1] = shown
         return out
       end
       out[#out + 1] = member
       out[#out + 1] = row
+      shown = member
       found = found + 1
-    else
-      redis.call('ZREM', KEYS[1], member)
-      forget_usage(ARGV[1], string.sub(member, 17))
     end
   end
   if #members < want then return out end
-  start = '(' .. members[#members]
+  start = '(' .. last
 end

@@ -1,9 +1,10 @@
--- KEYS: conv, ints. ARGV: user, tag, start bound, page size, page byte budget.
+-- needs: read
+-- KEYS: conv, ints. ARGV: caller (read.lua), tag, start bound, page size, page byte budget.
 -- Returns nil when the conversation is not the caller's, else {last id or '', data1, ...}
 -- where the last id is set only when more items follow. A page also ends before the item
 -- that would take it over the byte budget (an item costs its data plus 5 bytes of protobuf
 -- framing), so the reply always fits a gRPC message; it holds at least one item.
-if redis.call('HGET', KEYS[1], 'user') ~= ARGV[1] then return false end
+if not callers(KEYS[1], ARGV[1]) then return false end
 local n = tonumber(ARGV[4])
 local budget = tonumber(ARGV[5])
 local ids = redis.call('ZRANGE', KEYS[2], ARGV[3], '-', 'BYLEX', 'REV', 'LIMIT', 0, n + 1)

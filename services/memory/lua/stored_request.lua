@@ -1,6 +1,6 @@
 -- needs: read
 -- CheckStorage with a request_id: the caller's interaction already stored with it.
--- KEYS: req. ARGV: user, tag.
+-- KEYS: req. ARGV: caller (read.lua), tag.
 -- Returns {cid, data}, or false when none is (the key expired, the interaction or its
 -- conversation is gone, or it is not the caller's).
 local iid = redis.call('GET', KEYS[1])

@@ -1,12 +1,12 @@
 -- needs: read touch keys usage retention
--- KEYS: conv, convs, usage. ARGV: user, tag, cid, now_ms, eviction grace, max bytes (of the
+-- KEYS: conv, convs, usage. ARGV: caller (read.lua), tag, cid, now_ms, eviction grace, max bytes (of the
 -- owner), then for name, ttl_ms, max_turns, summary_disabled a pair each: '1' and the
 -- value to set it, '0' and '' not to.
 -- Returns the updated hash (store.CONVERSATION_FIELDS) and '1' when a walk of its turns is
 -- pending ('0' if not), nil when not found, or -1 when a longer name does not fit the
 -- owner's bytes (nothing written). Counts as activity (renews the ttl).
-local h = redis.call('HMGET', KEYS[1], 'user', 'update_time')
-if h[1] ~= ARGV[1] then return false end
+local h = redis.call('HMGET', KEYS[1], 'user', 'update_time', 'tenant')
+if not owns(h[1], h[3], ARGV[1]) then return false end
 local tag, cid, now = ARGV[2], ARGV[3], tonumber(ARGV[4])
 -- Always charged (0 bytes without a new name): a conversation stored before the
 -- accounting is measured here, so the eviction below can give its bytes back.

@@ -1,5 +1,5 @@
 -- needs: read keys usage retention
--- KEYS: conv, ints, usage. ARGV: user, tag, cid, now_ms, expected through, new through, text,
+-- KEYS: conv, ints, usage. ARGV: caller (read.lua), tag, cid, now_ms, expected through, new through, text,
 -- turns folded, prompt tokens, completion tokens, eviction grace, max bytes (of the
 -- owner).
 -- Compare-and-set: the summary changes only if it still covers the turns up to the
@@ -7,8 +7,9 @@
 -- {2} new through is not a newer interaction of the conversation, {3} summary disabled,
 -- {4, row} done, {5} a longer summary does not fit the owner's bytes (nothing written).
 -- Evicts the turns beyond max_turns the new summary covers.
-local h = redis.call('HMGET', KEYS[1], 'user', 'summary_through', 'summary_disabled')
-if h[1] ~= ARGV[1] then return {0} end
+local h = redis.call('HMGET', KEYS[1], 'user', 'summary_through', 'summary_disabled',
+                     'tenant')
+if not owns(h[1], h[4], ARGV[1]) then return {0} end
 local current = h[2] or ''
 if current ~= ARGV[5] then return {1, current} end
 if h[3] == '1' then return {3} end

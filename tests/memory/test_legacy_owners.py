@@ -1,0 +1,245 @@
+"""The two legacy owners of one user name — alice of the tenant ``default`` and alice of
+the tenant ``alice`` — share one key tag (``Owner.digest``: both keep the pre-tenant
+sha256(user)), yet never each other's conversations: every RPC answers NOT_FOUND as for
+a missing id, and lists leave the other's out. The pair can meet across key lists (here
+memory's own key ``alice:ka`` is alice of ``alice``, and the gateway forwards alice of
+``default``) and over time (an operator moving the name from one tenant to the other).
+
+A conversation stored before the tenant was recorded (simulated by removing the
+``tenant`` field with Redis directly: the hash the old code wrote) belongs to the one
+legacy owner ``GENSEARCH_MEMORY_UNTENANTED_OWNER`` names (docs/memory.md#legacy-owners).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import pytest
+from gensearch.memory.v1 import memory_service_pb2 as pb
+from google.protobuf import field_mask_pb2
+
+from services.common.auth import Identity, Role, forwarded_identity
+from services.memory import keys, store
+from services.memory.store import MemoryStore, Owner
+from tests.memory.conftest import ALICE, INTERNAL_TOKEN, Memory, MemoryFactory
+from tests.memory.helpers import expect_error
+from tests.memory.test_search_interactions import search_until
+
+NOT_FOUND = grpc.StatusCode.NOT_FOUND
+Metadata = tuple[tuple[str, str], ...]
+
+
+def as_(user: str, tenant: str) -> Metadata:
+    return forwarded_identity(Identity(user, tenant, Role.WRITER), INTERNAL_TOKEN)
+
+
+DEFAULT_ALICE = as_("alice", "default")  # forwarded by the gateway
+OWN_ALICE = as_("alice", "alice")  # forwarded; ALICE (memory's own key) is the same owner
+ACME_ALICE = as_("alice", "acme")
+
+
+async def conversation_with_turn(memory: Memory, who: Metadata) -> tuple[str, str]:
+    made = await memory.stub.CreateInteraction(
+        pb.CreateInteractionRequest(
+            input="the sourdough question",
+            response="the sourdough answer",
+            request_id="r1",
+            new_conversation=pb.CreateConversationRequest(name="private"),
+        ),
+        metadata=who,
+    )
+    return made.interaction.conversation_id, made.interaction.interaction_id
+
+
+async def listed(memory: Memory, who: Metadata, page_size: int = 0) -> list[str]:
+    """Every conversation id ``who`` lists, following page tokens (bounded)."""
+    ids: list[str] = []
+    token = ""
+    for _ in range(100):
+        page = await memory.stub.ListConversations(
+            pb.ListConversationsRequest(page_size=page_size, page_token=token), metadata=who
+        )
+        ids += [c.conversation_id for c in page.conversations]
+        token = page.next_page_token
+        if not token:
+            return ids
+    raise AssertionError("paging did not end")
+
+
+async def assert_not_theirs(memory: Memory, who: Metadata, cid: str, iid: str) -> None:
+    """Every RPC of ``who`` on the conversation ``cid`` (turn ``iid``) is NOT_FOUND and
+    its lists leave it out; nothing of it changes."""
+    stub = memory.stub
+    calls = [
+        stub.GetConversation(pb.GetConversationRequest(conversation_id=cid), metadata=who),
+        stub.UpdateConversation(
+            pb.UpdateConversationRequest(
+                conversation_id=cid,
+                name="taken",
+                update_mask=field_mask_pb2.FieldMask(paths=["name"]),
+            ),
+            metadata=who,
+        ),
+        stub.CreateInteraction(
+            pb.CreateInteractionRequest(conversation_id=cid, input="x", response="y"),
+            metadata=who,
+        ),
+        stub.ListInteractions(pb.ListInteractionsRequest(conversation_id=cid), metadata=who),
+        stub.GetInteraction(pb.GetInteractionRequest(interaction_id=iid), metadata=who),
+        stub.ListInteractionTraces(
+            pb.ListInteractionTracesRequest(interaction_id=iid), metadata=who
+        ),
+        stub.UpdateInteraction(
+            pb.UpdateInteractionRequest(
+                interaction=pb.Interaction(interaction_id=iid),
+                update_mask=field_mask_pb2.FieldMask(paths=["additional_info"]),
+            ),
+            metadata=who,
+        ),
+        stub.UpdateConversationSummary(
+            pb.UpdateConversationSummaryRequest(
+                conversation_id=cid, text="s", through_interaction_id=iid
+            ),
+            metadata=who,
+        ),
+        stub.CheckStorage(pb.CheckStorageRequest(conversation_id=cid, bytes=1), metadata=who),
+        stub.DeleteConversation(pb.DeleteConversationRequest(conversation_id=cid), metadata=who),
+    ]
+    for call in calls:
+        await expect_error(call, NOT_FOUND)
+    assert cid not in await listed(memory, who)
+    # A retry of the owner's request_id by the other one is a new turn, not the owner's.
+    again = await stub.CreateInteraction(
+        pb.CreateInteractionRequest(
+            input="mine", request_id="r1", new_conversation=pb.CreateConversationRequest()
+        ),
+        metadata=who,
+    )
+    assert again.interaction.conversation_id != cid
+
+
+async def assert_theirs(memory: Memory, who: Metadata, cid: str, iid: str) -> None:
+    got = await memory.stub.GetConversation(
+        pb.GetConversationRequest(conversation_id=cid), metadata=who
+    )
+    assert got.conversation.name == "private"
+    turns = await memory.stub.ListInteractions(
+        pb.ListInteractionsRequest(conversation_id=cid), metadata=who
+    )
+    assert [t.interaction_id for t in turns.interactions] == [iid]
+    assert cid in await listed(memory, who)
+
+
+@pytest.mark.parametrize(
+    ("creator", "other"),
+    [
+        (DEFAULT_ALICE, ALICE),  # across key lists: forwarded default, memory's own key
+        (ALICE, DEFAULT_ALICE),
+        (DEFAULT_ALICE, OWN_ALICE),  # both forwarded: the gateway's list changed over time
+        (OWN_ALICE, DEFAULT_ALICE),
+    ],
+    ids=["default-then-key", "key-then-default", "default-then-own", "own-then-default"],
+)
+async def test_the_two_legacy_owners_of_a_name_keep_apart(
+    memory: Memory, creator: Metadata, other: Metadata
+) -> None:
+    cid, iid = await conversation_with_turn(memory, creator)
+    await assert_not_theirs(memory, other, cid, iid)
+    # The creator's conversation is untouched by all of that.
+    await assert_theirs(memory, creator, cid, iid)
+    got = await memory.stub.GetConversation(
+        pb.GetConversationRequest(conversation_id=cid), metadata=creator
+    )
+    assert got.conversation.interaction_count == 1
+
+
+async def test_search_keeps_the_two_legacy_owners_apart(
+    memory_factory: MemoryFactory, tmp_path: Path
+) -> None:
+    memory = await memory_factory(
+        search_index="keyword", data_dir=tmp_path, search_retry_seconds=0.2
+    )
+    cid, iid = await conversation_with_turn(memory, DEFAULT_ALICE)
+    # Indexed in the background: once its owner finds it, the other must not.
+    assert await search_until(memory, DEFAULT_ALICE, "sourdough", [iid]) == [iid]
+    for who in (OWN_ALICE, ALICE):
+        found = await memory.stub.SearchInteractions(
+            pb.SearchInteractionsRequest(query="sourdough"), metadata=who
+        )
+        assert list(found.hits) == []
+        await expect_error(
+            memory.stub.SearchInteractions(
+                pb.SearchInteractionsRequest(query="sourdough", conversation_id=cid),
+                metadata=who,
+            ),
+            NOT_FOUND,
+        )
+
+
+async def test_lists_of_a_shared_tag_page_through_only_the_callers_own(
+    memory: Memory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A page reads past at most LIST_SKIP of the other owner's members: small here, so
+    # pages end early (some empty, with a token) and paging must still find every one.
+    monkeypatch.setattr(store, "LIST_SKIP", 2, raising=False)
+    mine: list[str] = []
+    theirs: list[str] = []
+    for n in range(12):
+        who, into = (DEFAULT_ALICE, mine) if n in (0, 5, 6) else (ALICE, theirs)
+        made = await memory.stub.CreateConversation(
+            pb.CreateConversationRequest(name=str(n)), metadata=who
+        )
+        into.append(made.conversation.conversation_id)
+    for page_size in (1, 2, 100):
+        assert await listed(memory, DEFAULT_ALICE, page_size) == mine[::-1]
+        assert await listed(memory, ALICE, page_size) == theirs[::-1]
+
+
+async def untenanted(memory: Memory, owner: Owner, cid: str) -> None:
+    """Makes ``cid`` what the code before tenants were recorded wrote: the same hash
+    without its ``tenant`` field (pre-change data, simulated with Redis directly)."""
+    tag = MemoryStore(memory.redis, key_prefix=memory.settings.key_prefix).tag(owner)
+    assert await memory.redis.hdel(keys.conversation(tag, cid), "tenant") == 1
+
+
+async def test_a_conversation_without_a_tenant_belongs_to_the_default_tenants_owner(
+    memory: Memory,
+) -> None:
+    cid, iid = await conversation_with_turn(memory, DEFAULT_ALICE)
+    await untenanted(memory, Owner("default", "alice"), cid)
+    await assert_not_theirs(memory, ALICE, cid, iid)
+    await assert_not_theirs(memory, OWN_ALICE, cid, iid)
+    await assert_theirs(memory, DEFAULT_ALICE, cid, iid)
+    # Still the default owner's to write: a turn, then gone with its delete.
+    await memory.stub.CreateInteraction(
+        pb.CreateInteractionRequest(conversation_id=cid, input="more"), metadata=DEFAULT_ALICE
+    )
+    await memory.stub.DeleteConversation(
+        pb.DeleteConversationRequest(conversation_id=cid), metadata=DEFAULT_ALICE
+    )
+    assert cid not in await listed(memory, DEFAULT_ALICE)
+
+
+async def test_untenanted_conversations_may_belong_to_the_own_tenants_owner(
+    memory_factory: MemoryFactory,
+) -> None:
+    # A deployment whose keys were "alice:key" before tenants: alice of "alice" wrote them.
+    memory = await memory_factory(untenanted_owner="own-tenant")
+    cid, iid = await conversation_with_turn(memory, ALICE)
+    await untenanted(memory, Owner("alice", "alice"), cid)
+    await assert_not_theirs(memory, DEFAULT_ALICE, cid, iid)
+    await assert_theirs(memory, ALICE, cid, iid)
+    await assert_theirs(memory, OWN_ALICE, cid, iid)
+
+
+async def test_an_owner_with_a_tag_of_its_own_keeps_its_untenanted_conversations(
+    memory: Memory,
+) -> None:
+    # alice of acme hashes its tenant into its tag: whatever is there is its own.
+    cid, iid = await conversation_with_turn(memory, ACME_ALICE)
+    await untenanted(memory, Owner("acme", "alice"), cid)
+    await assert_theirs(memory, ACME_ALICE, cid, iid)
+    await memory.stub.CreateInteraction(
+        pb.CreateInteractionRequest(conversation_id=cid, input="more"), metadata=ACME_ALICE
+    )
