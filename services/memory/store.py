@@ -430,13 +430,23 @@ class MemoryStore:
         whether the conversations stored without a tenant (before it was recorded) are
         its: always for an owner whose tag is its own, and for one of the two legacy owners
         of a tag, the one ``untenanted_owner`` names (docs/memory.md#legacy-owners)."""
+        return f"{owner.user}\0{owner.tenant}\0{int(self._untenanted(owner))}"
+
+    def _untenanted(self, owner: Owner) -> bool:
+        """Whether the conversations without a tenant under the owner's tag are its."""
         if not owner.legacy:
-            untenanted = True
-        elif self._untenanted_owner == "default":
-            untenanted = owner.tenant == DEFAULT_TENANT
-        else:
-            untenanted = owner.tenant == owner.user
-        return f"{owner.user}\0{owner.tenant}\0{int(untenanted)}"
+            return True  # its tag is its own
+        if self._untenanted_owner == "default":
+            return owner.tenant == DEFAULT_TENANT
+        return owner.tenant == owner.user
+
+    def _request(self, owner: Owner, tag: str, request_id: str) -> str:
+        # The legacy owner that does not own the untenanted conversations keeps its
+        # request_id keys apart (keys.py): never the other owner's, though they share a tag.
+        return keys.request(tag, request_id, apart=not self._untenanted(owner))
+
+    def _claim(self, owner: Owner, tag: str, request_id: str) -> str:
+        return keys.claim(tag, request_id, apart=not self._untenanted(owner))
 
     def _owns(self, owner: Owner, user: bytes | None, tenant: bytes | None) -> bool:
         """lua/read.lua's ``owns``, for the one read made without a script."""
@@ -502,7 +512,7 @@ class MemoryStore:
         tag = self.tag(owner)
         out = await _redis(
             self._stored_request(
-                keys=[keys.request(tag, request_id)], args=[self.caller(owner), tag]
+                keys=[self._request(owner, tag, request_id)], args=[self.caller(owner), tag]
             )
         )
         if not out:
@@ -518,7 +528,7 @@ class MemoryStore:
         tag = self.tag(owner)
         out = await _redis(
             self._claim_request(
-                keys=[keys.request(tag, request_id), keys.claim(tag, request_id)],
+                keys=[self._request(owner, tag, request_id), self._claim(owner, tag, request_id)],
                 args=[self.caller(owner), tag, token, seconds * 1000],
             )
         )
@@ -530,7 +540,8 @@ class MemoryStore:
         """Ends the attempt ``token``'s reservation of ``request_id``, if it still holds
         it."""
         tag = self.tag(owner)
-        await _redis(self._release_request(keys=[keys.claim(tag, request_id)], args=[token]))
+        claim = self._claim(owner, tag, request_id)
+        await _redis(self._release_request(keys=[claim], args=[token]))
 
     async def create_conversation(
         self, owner: Owner, name: str, retention: Retention | None = None
@@ -742,7 +753,7 @@ class MemoryStore:
             args: list[EncodableT] = [self.caller(owner), tag, cid]
             for iid, rid in zip(batch, rids, strict=True):
                 args += [iid, rid]
-            requests = [keys.request(tag, rid) for rid in rids if rid]
+            requests = [self._request(owner, tag, rid) for rid in rids if rid]
             status = await _redis(
                 self._delete_conversation(keys=names + turns + requests, args=args)
             )
@@ -858,8 +869,8 @@ class MemoryStore:
                 keys.conversation_interactions(tag, cid),
                 keys.interaction(tag, iid),
                 keys.conversations(tag),
-                keys.request(tag, request_id),
-                keys.claim(tag, request_id),
+                self._request(owner, tag, request_id),
+                self._claim(owner, tag, request_id),
             ]
             args: list[EncodableT] = [
                 self.caller(owner), tag, cid, iid, now, request_id, self._request_ttl_ms,

@@ -13,6 +13,7 @@ legacy owner ``GENSEARCH_MEMORY_UNTENANTED_OWNER`` names (docs/memory.md#legacy-
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -243,3 +244,38 @@ async def test_an_owner_with_a_tag_of_its_own_keeps_its_untenanted_conversations
     await memory.stub.CreateInteraction(
         pb.CreateInteractionRequest(conversation_id=cid, input="more"), metadata=ACME_ALICE
     )
+
+
+@pytest.mark.parametrize("untenanted_owner", ["default", "own-tenant"])
+async def test_the_same_request_id_stays_each_legacy_owners_own(
+    memory_factory: MemoryFactory, untenanted_owner: str
+) -> None:
+    # request_id keys live under the tag too: one owner's turn or reservation with a
+    # request_id must neither answer nor overwrite nor hold the other's.
+    memory = await memory_factory(untenanted_owner=untenanted_owner)
+    cid, iid = await conversation_with_turn(memory, DEFAULT_ALICE)
+    other, _ = await conversation_with_turn(memory, ALICE)  # the same request_id, "r1"
+    assert other != cid
+    retried = await memory.stub.CreateInteraction(
+        pb.CreateInteractionRequest(
+            input="the sourdough question",
+            request_id="r1",
+            new_conversation=pb.CreateConversationRequest(name="private"),
+        ),
+        metadata=DEFAULT_ALICE,
+    )
+    assert (retried.interaction.conversation_id, retried.interaction.interaction_id) == (
+        cid,
+        iid,
+    )
+    assert sorted(await listed(memory, DEFAULT_ALICE)) == [cid]
+
+    def claim(who: Metadata, token: str) -> Any:
+        request = pb.CheckStorageRequest(
+            bytes=1, request_id="r2", claim_token=token, claim_seconds=60
+        )
+        return memory.stub.CheckStorage(request, metadata=who)
+
+    assert not (await claim(ALICE, "a")).request_id_in_use
+    assert not (await claim(DEFAULT_ALICE, "b")).request_id_in_use
+    assert (await claim(ALICE, "c")).request_id_in_use  # a's hold, not b's
