@@ -202,7 +202,7 @@ async def test_data_stored_before_the_accounting_is_counted_when_written(
         await _turn(memory, cid)
     # As a conversation stored by an older version: no accounting at all.
     tag = MemoryStore(memory.redis, key_prefix=memory.settings.key_prefix).tag(
-        Owner("default", "alice")
+        Owner("alice", "alice")  # the key "alice:ka" (conftest ALICE)
     )
     assert await memory.redis.delete(keys.usage(tag)) == 1
     # Its first write measures it: the turns it already holds count.

@@ -16,7 +16,7 @@ from services.memory.store import MemoryStore, Owner
 from tests.memory.conftest import ALICE, Memory, MemoryFactory
 from tests.memory.helpers import expect_error
 
-OWNER = Owner("default", "alice")
+OWNER = Owner("alice", "alice")  # the key "alice:ka" (conftest ALICE)
 
 
 async def _create(memory: Memory, **fields: object) -> pb.Conversation:

@@ -24,7 +24,7 @@ from services.memory import keys
 from services.memory.store import ConversationUpdate, MemoryStore, Owner
 from tests.memory.conftest import ALICE, Memory, MemoryFactory
 
-OWNER = Owner("default", "alice")
+OWNER = Owner("alice", "alice")  # the key "alice:ka" (conftest ALICE)
 BATCH = 500  # RETENTION_BATCH in services/memory/lua/retention.lua
 TURNS = 2 * BATCH + 100  # three batches
 HOUR_MS = 3_600_000
