@@ -108,7 +108,8 @@ TURN_WRITE_ATTEMPTS = 64
 # and its request_id's) and how long it holds Redis; a longer conversation takes more runs.
 DELETE_BATCH = 500
 # Members of the owner's list belonging to another owner (the other legacy owner of its
-# tag, Owner.digest) one ListConversations page reads past at most before it ends early.
+# tag, Owner.digest) one ListConversations page holding an item reads past at most before
+# it ends early.
 LIST_SKIP = 1000
 # Who owns the conversations stored before their tenant was recorded, of the two legacy
 # owners of a tag (docs/memory.md#legacy-owners): alice of "default", or alice of "alice".
@@ -767,7 +768,7 @@ class MemoryStore:
         self, owner: Owner, page_size: int, cursor: str | None
     ) -> Page[ConversationRecord]:
         """A page of the owner's conversations, most recently updated first: at most
-        ``page_size``, and fewer (even none, with a cursor) when the list is shared with
+        ``page_size``, and fewer (never none, with a cursor) when the list is shared with
         another owner whose conversations fill it (lua/list_conversations.lua)."""
         tag = self.tag(owner)
         start = f"({cursor}" if cursor else "+"

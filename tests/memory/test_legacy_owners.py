@@ -63,6 +63,7 @@ async def listed(memory: Memory, who: Metadata, page_size: int = 0) -> list[str]
         )
         ids += [c.conversation_id for c in page.conversations]
         token = page.next_page_token
+        assert page.conversations or not token  # a page with a token is never empty
         if not token:
             return ids
     raise AssertionError("paging did not end")
@@ -181,8 +182,8 @@ async def test_search_keeps_the_two_legacy_owners_apart(
 async def test_lists_of_a_shared_tag_page_through_only_the_callers_own(
     memory: Memory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A page reads past at most LIST_SKIP of the other owner's members: small here, so
-    # pages end early (some empty, with a token) and paging must still find every one.
+    # Once it holds an item, a page reads past at most LIST_SKIP of the other owner's
+    # members: small here, so pages end early and paging must still find every one.
     monkeypatch.setattr(store, "LIST_SKIP", 2, raising=False)
     mine: list[str] = []
     theirs: list[str] = []

@@ -3,10 +3,11 @@
 -- Returns {next, member1, row1, ...}: next is '' on the last page, else the member the
 -- next page starts after.
 -- Two owners may share the list (the two legacy owners of one tag, store.Owner.digest):
--- the other one's conversations are skipped, neither shown nor touched. A page reads at
--- most the given number of members; past it the page ends early (fewer items, or none)
--- with the last member read as next, so a list that is mostly another owner's costs
--- bounded work per page, and paging still moves on and skips none of the caller's.
+-- the other one's conversations are skipped, neither shown nor touched. Once a page holds
+-- an item, it reads at most the given number of members; past it the page ends early
+-- (fewer items) with the last member read as next: paging moves on, skips none of the
+-- caller's, and a page with a next is never empty (one may read the whole list to find
+-- its first item: O(list), as usage.lua's reconcile).
 -- A member whose conversation hash is gone belongs to a conversation that expired (its
 -- time to live); it is removed here, on the way (with its bytes, usage.lua), and the
 -- page is filled from further on.
@@ -18,10 +19,13 @@ local out = {''}
 local found, read = 0, 0
 local last, shown = nil, nil
 while true do
-  local want = math.min(n + 1 - found, budget - read)
-  if want <= 0 then
-    out[1] = last
-    return out
+  local want = n + 1 - found
+  if found > 0 then
+    if read >= budget then
+      out[1] = last
+      return out
+    end
+    want = math.min(want, budget - read)
   end
   local members = redis.call('ZRANGE', KEYS[1], start, '-', 'BYLEX', 'REV', 'LIMIT', 0, want)
   for _, member in ipairs(members) do
