@@ -12,7 +12,7 @@ that puts every key of one owner in one slot):
                                     ListInteractionTracesResponse holding only its traces:
                                     a field, so written, expired and deleted with it)
     tag:req:<request_id>      STRING  an interaction id, for request_id_ttl_seconds
-                                    (tag:treq:<request_id> and tag:tclaim:<request_id>
+                                    (tag:t:req:<request_id> and tag:t:claim:<request_id>
                                     below: the same for the second legacy owner of a
                                     shared tag, ``request``)
     tag:claim:<request_id>    STRING  the claim_token of the attempt that reserved
@@ -57,14 +57,14 @@ def interaction(tag: str, iid: str) -> str:
 
 def request(tag: str, request_id: str, *, apart: bool = False) -> str:
     """``apart``: the key of the legacy owner of a shared tag that does not own its
-    untenanted conversations (store.MemoryStore._request), ``tag:treq:<request_id>``: the
+    untenanted conversations (store.MemoryStore._request), ``tag:t:req:<request_id>``: the
     two owners sharing the tag may send the same request_id without one finding, taking
     over or holding the other's."""
-    return f"{tag}:{'treq' if apart else 'req'}:{request_id}"
+    return f"{tag}:{'t:req' if apart else 'req'}:{request_id}"
 
 
 def claim(tag: str, request_id: str, *, apart: bool = False) -> str:
-    return f"{tag}:{'tclaim' if apart else 'claim'}:{request_id}"
+    return f"{tag}:{'t:claim' if apart else 'claim'}:{request_id}"
 
 
 def usage(tag: str) -> str:

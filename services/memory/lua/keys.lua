@@ -10,12 +10,12 @@ local function interaction_keys(tag, iid)
   return {tag .. ':int:' .. iid}
 end
 -- Deletes one interaction's keys, and its request_id entry if it still names it (either
--- owner's of a shared tag: 'req', or 'treq', services/memory/keys.py request).
+-- owner's of a shared tag: 'req', or 't:req', services/memory/keys.py request).
 local function forget_interaction(tag, iid)
   local key = tag .. ':int:' .. iid
   local rid = redis.call('HGET', key, 'request_id')
   if rid then
-    for _, kind in ipairs({':req:', ':treq:'}) do
+    for _, kind in ipairs({':req:', ':t:req:'}) do
       local req = tag .. kind .. rid
       if redis.call('GET', req) == iid then redis.call('DEL', req) end
     end
