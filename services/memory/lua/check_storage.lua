@@ -3,11 +3,12 @@
 -- and, for a new conversation, create_conversation decide; reconcile may drop expired
 -- conversations on the way, as theirs does).
 -- KEYS: convs, then conv when the turn goes to an existing conversation, then usage.
--- ARGV: caller (read.lua), tag, cid ('' for a new conversation), the turn's known bytes (without its
--- fixed overhead), max bytes, max conversations (of the owner), '1' when the bytes are
--- instead a new summary's length for cid (update_summary's check: only its growth over
--- the current summary counts), max turns per conversation, eviction grace (turns).
--- Returns {status, used bytes, conversations}: status 0 not found (or not the user's),
+-- ARGV: caller (read.lua), tag, cid ('' for a new conversation), the turn's known bytes
+-- (without its fixed overhead), max bytes, max conversations (of the owner), '1' when the
+-- bytes are instead a new summary's length for cid (update_summary's check: only its
+-- growth over the current summary counts), max turns per conversation, eviction grace
+-- (turns).
+-- Returns {status, used bytes, conversations}: status 0 not found (or not the caller's),
 -- 1 fits, 2 at the conversation limit, 3 does not fit the owner's bytes, 4 the
 -- conversation holds the most turns allowed (create_interaction's room_for_turn).
 local tag, cid = ARGV[2], ARGV[3]

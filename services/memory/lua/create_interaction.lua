@@ -1,8 +1,8 @@
 -- needs: read touch keys usage retention new_conversation
 -- KEYS: conv, ints, int, convs, req, claim (CheckStorage's reservation of request_id).
--- ARGV: caller (read.lua), tag, cid, iid, now_ms, request_id, ttl_ms, serialized interaction,
--- serialized traces ('' when none: a field of the interaction's hash, so they share its
--- slot, its expiry and its deletion),
+-- ARGV: caller (read.lua), tag, cid, iid, now_ms, request_id, ttl_ms, serialized
+-- interaction, serialized traces ('' when none: a field of the interaction's hash, so they
+-- share its slot, its expiry and its deletion),
 -- eviction grace (turns), max bytes (of the owner), max turns per conversation,
 -- then '1' when the turn starts conversation cid (CreateInteraction's new_conversation:
 -- made here with the turn, in the same atomic step, so it never exists without it) and

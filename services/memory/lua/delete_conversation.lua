@@ -1,8 +1,8 @@
 -- needs: read keys usage
 -- KEYS: conv, ints, convs, usage, then the int key of each turn of this batch, then the
 -- request_id key of each of those that has one, in the same order.
--- ARGV: caller (read.lua), tag, cid, then per turn of the batch: iid, request_id ('' for none), as
--- the store read them just before.
+-- ARGV: caller (read.lua), tag, cid, then per turn of the batch: iid, request_id ('' for
+-- none), as the store read them just before.
 -- Every key it touches is declared, so while a reshard moves the slot Redis itself
 -- answers ASK or TRYAGAIN instead of the script missing keys still on the other node
 -- (store.delete_conversation). Returns 0: not found; 1: deleted; 3: more turns to delete

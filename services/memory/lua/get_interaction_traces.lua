@@ -1,6 +1,6 @@
 -- needs: read
--- KEYS: int. ARGV: caller (read.lua), tag. Returns {traces or ''}, or nil when missing or not the
--- caller's.
+-- KEYS: int. ARGV: caller (read.lua), tag. Returns {traces or ''}, or nil when missing or
+-- not the caller's.
 local row = redis.call('HMGET', KEYS[1], 'conversation_id', 'traces')
 if not row[1] or not owned(ARGV[2], ARGV[1], row[1], {}) then
   return false

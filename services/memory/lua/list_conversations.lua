@@ -27,7 +27,8 @@ while true do
     end
     want = math.min(want, budget - read)
   end
-  local members = redis.call('ZRANGE', KEYS[1], start, '-', 'BYLEX', 'REV', 'LIMIT', 0, want)
+  local members = redis.call('ZRANGE', KEYS[1], start, '-', 'BYLEX', 'REV', 'LIMIT', 0,
+                             want)
   for _, member in ipairs(members) do
     read = read + 1
     last = member

@@ -1,6 +1,6 @@
--- Helper (after read.lua and usage.lua): a new conversation, for create_conversation.lua and for
--- create_interaction.lua's turn that starts one (the conversation and its first turn in
--- one atomic step: no conversation exists unless its first turn was stored).
+-- Helper (after read.lua and usage.lua): a new conversation, for create_conversation.lua
+-- and for create_interaction.lua's turn that starts one (the conversation and its first
+-- turn in one atomic step: no conversation exists unless its first turn was stored).
 -- Whether the owner may have one more conversation: expired ones still listed do not
 -- count (reconcile drops them before refusing).
 local function conversation_room(tag, convs, limit)

@@ -10,13 +10,14 @@ local function conversation(key)
                     'summary_prompt_tokens', 'summary_completion_tokens', 'summary_folds',
                     'summary_update_time', 'summary_evicted', 'tenant')
 end
--- The caller, as the store sends it (store.MemoryStore.caller): "<user>\0<tenant>\0<1|0>",
--- the last part '1' when conversations recorded without a tenant are the caller's (no
--- user or tenant name holds a NUL). Returns user, tenant and that flag.
+-- The caller, as the store sends it (store.MemoryStore.caller): "<user>\0<tenant>\0<flag>",
+-- the flag '1' when the conversations recorded without a tenant are the caller's (no user
+-- or tenant name holds a NUL). Returns user, tenant and whether the flag is set.
 local function caller(who)
   local a = string.find(who, '\0', 1, true)
   local b = string.find(who, '\0', a + 1, true)
-  return string.sub(who, 1, a - 1), string.sub(who, a + 1, b - 1), string.sub(who, b + 1) == '1'
+  local untenanted = string.sub(who, b + 1) == '1'
+  return string.sub(who, 1, a - 1), string.sub(who, a + 1, b - 1), untenanted
 end
 -- Whether a conversation whose hash holds `user` and `tenant` (false when absent) is the
 -- caller's: the same user and the same tenant. Two owners share one key tag (store.py,

@@ -1,7 +1,7 @@
 -- needs: read touch keys usage retention
--- KEYS: conv, convs, usage. ARGV: caller (read.lua), tag, cid, now_ms, eviction grace, max bytes (of the
--- owner), then for name, ttl_ms, max_turns, summary_disabled a pair each: '1' and the
--- value to set it, '0' and '' not to.
+-- KEYS: conv, convs, usage. ARGV: caller (read.lua), tag, cid, now_ms, eviction grace,
+-- max bytes (of the owner), then for name, ttl_ms, max_turns, summary_disabled a pair
+-- each: '1' and the value to set it, '0' and '' not to.
 -- Returns the updated hash (store.CONVERSATION_FIELDS) and '1' when a walk of its turns is
 -- pending ('0' if not), nil when not found, or -1 when a longer name does not fit the
 -- owner's bytes (nothing written). Counts as activity (renews the ttl).

@@ -1,6 +1,6 @@
 -- needs: read usage
--- KEYS: int, usage. ARGV: caller (read.lua), tag, SHA-1 (hex) of the data read before, new data, max bytes
--- (of the owner).
+-- KEYS: int, usage. ARGV: caller (read.lua), tag, SHA-1 (hex) of the data read before,
+-- new data, max bytes (of the owner).
 -- Compare-and-set: returns 1 when updated, 0 when missing or not the caller's, 2 when the
 -- data changed since it was read (the caller reads again and retries), 3 when the
 -- larger data does not fit the owner's bytes (nothing written). The caller sends

@@ -1,7 +1,7 @@
 -- needs: read keys usage retention
--- KEYS: conv, ints, usage. ARGV: caller (read.lua), tag, cid, now_ms, expected through, new through, text,
--- turns folded, prompt tokens, completion tokens, eviction grace, max bytes (of the
--- owner).
+-- KEYS: conv, ints, usage. ARGV: caller (read.lua), tag, cid, now_ms, expected through,
+-- new through, text, turns folded, prompt tokens, completion tokens, eviction grace, max
+-- bytes (of the owner).
 -- Compare-and-set: the summary changes only if it still covers the turns up to the
 -- expected interaction. Returns {0} not found, {1, current through} conflict,
 -- {2} new through is not a newer interaction of the conversation, {3} summary disabled,
