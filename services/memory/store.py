@@ -114,6 +114,14 @@ LIST_SKIP = 1000
 # Who owns the conversations stored before their tenant was recorded, of the two legacy
 # owners of a tag (docs/memory.md#legacy-owners): alice of "default", or alice of "alice".
 UntenantedOwner = Literal["default", "own-tenant"]
+# A script that may evict (create_interaction, update_conversation, update_summary) answers
+# this status, then the turns its eviction deletes that its run did not declare: the
+# caller runs it again declaring them (``_declare_turns``; lua/retention.lua).
+_DECLARE = 7
+# Runs of update_conversation.lua or update_summary.lua before giving up with ABORTED,
+# each finding other turns to evict than its run declared (another write evicted or
+# added turns in between). A turn's write counts these runs in TURN_WRITE_ATTEMPTS.
+EVICT_ATTEMPTS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,6 +328,29 @@ def _conversation(cid: str, row: list[bytes | None]) -> ConversationRecord:
         expire_ms=num(5),
         retention=Retention(num(6), num(7), row[8] == b"1"),
         summary=Summary(text(9), text(10), num(11), num(12), num(13), num(14), num(15), num(16)),
+    )
+
+
+def _declare_turns(tag: str, reply: list[Any]) -> tuple[list[str], list[EncodableT]]:
+    """The keys and the last ARGV (declared_turns, lua/keys.lua) that declare the turns a
+    script named in its ``_DECLARE`` answer (``[_DECLARE, iid, request_id, ...]``, ``[]``
+    for none): their interaction keys and their request_id keys, which eviction deletes.
+    Declared, a run on a half-moved slot is refused by Redis (TRYAGAIN) instead of
+    deleting turns whose keys are still on the other node."""
+    pairs = [bytes(v).decode() for v in reply[1:]]
+    ids, rids = pairs[0::2], pairs[1::2]
+    names = [keys.interaction(tag, iid) for iid in ids]
+    # Both owners' request_id keys of a shared tag (keys.request): a turn's entry is under
+    # the one its writer used; forget_interaction deletes whichever still names it.
+    names += [keys.request(tag, rid, apart=apart) for rid in rids if rid for apart in (False, True)]
+    return names, [*pairs, len(ids)]
+
+
+def _concurrent_update(cid: str) -> Aborted:
+    return Aborted(
+        "the conversation kept changing while it was updated; try again",
+        reason="CONCURRENT_UPDATE",
+        metadata={"conversation_id": cid},
     )
 
 
@@ -552,7 +583,7 @@ class MemoryStore:
         r = retention or Retention()
         expire_ms = await _redis(
             self._create_conversation(
-                keys=[keys.conversation(tag, cid), keys.conversations(tag)],
+                keys=[keys.conversation(tag, cid), keys.conversations(tag), keys.usage(tag)],
                 args=[
                     self.caller(owner), name, now, tag, cid, r.ttl_ms, r.max_turns,
                     int(r.summary_disabled), self._max_conversations, self._max_bytes,
@@ -585,12 +616,22 @@ class MemoryStore:
             None if update.summary_disabled is None else int(update.summary_disabled),
         ):
             args += ["0", ""] if value is None else ["1", value]
-        row = await _redis(
-            self._update_conversation(
-                keys=[keys.conversation(tag, cid), keys.conversations(tag), keys.usage(tag)],
-                args=args,
+        names = [
+            keys.conversation(tag, cid),
+            keys.conversations(tag),
+            keys.usage(tag),
+            keys.conversation_interactions(tag, cid),
+        ]
+        evicted, declared = _declare_turns(tag, [])
+        for _ in range(EVICT_ATTEMPTS):
+            row = await _redis(
+                self._update_conversation(keys=names + evicted, args=args + declared)
             )
-        )
+            if not (isinstance(row, list) and row[0] == _DECLARE):
+                break
+            evicted, declared = _declare_turns(tag, row)
+        else:
+            raise _concurrent_update(cid)
         if not row:
             raise conversation_not_found(cid)
         if row == -1:
@@ -621,7 +662,12 @@ class MemoryStore:
         still pending after that many is a bug (a run that walks nothing), failed loudly
         rather than left looping or stopped without a word."""
         runs = self._max_interactions + 2
-        names = [keys.conversation(tag, cid), keys.conversation_interactions(tag, cid)]
+        # usage: renew may lower its next_expiry (lua/usage.lua's expires_at).
+        names = [
+            keys.conversation(tag, cid),
+            keys.conversation_interactions(tag, cid),
+            keys.usage(tag),
+        ]
         batch: list[str] = []
         for _ in range(runs):
             row = await _redis(
@@ -693,19 +739,23 @@ class MemoryStore:
         longer covers the turns up to ``expected_through``."""
         tag = self.tag(owner)
         now = time.time_ns() // 1_000_000
-        out = await _redis(
-            self._update_summary(
-                keys=[
-                    keys.conversation(tag, cid),
-                    keys.conversation_interactions(tag, cid),
-                    keys.usage(tag),
-                ],
-                args=[
-                    self.caller(owner), tag, cid, now, expected_through, through, text, turns,
-                    prompt_tokens, completion_tokens, self._grace, self._max_bytes,
-                ],
-            )
-        )  # fmt: skip
+        names = [
+            keys.conversation(tag, cid),
+            keys.conversation_interactions(tag, cid),
+            keys.usage(tag),
+        ]
+        args: list[EncodableT] = [
+            self.caller(owner), tag, cid, now, expected_through, through, text, turns,
+            prompt_tokens, completion_tokens, self._grace, self._max_bytes,
+        ]  # fmt: skip
+        evicted, declared = _declare_turns(tag, [])
+        for _ in range(EVICT_ATTEMPTS):
+            out = await _redis(self._update_summary(keys=names + evicted, args=args + declared))
+            if out[0] != _DECLARE:
+                break
+            evicted, declared = _declare_turns(tag, out)
+        else:
+            raise _concurrent_update(cid)
         status = out[0]
         if status == 0:
             raise conversation_not_found(cid)
@@ -859,7 +909,12 @@ class MemoryStore:
     ) -> Any:
         """create_interaction.lua's answer for ``interaction`` with a new id, made again
         after the newest turn when another replica, its clock ahead of ours, wrote a turn
-        with a later id (status 6): turns keep the order they were written in."""
+        with a later id (status 6): turns keep the order they were written in. Run again
+        too, nothing written, when it names turns to declare (``_DECLARE``): those the
+        turn's eviction deletes (max_turns), or the turn ``request_id`` names when its key
+        is not on the node (mid-reshard: declared, Redis refuses the run until it moved,
+        rather than the turn being stored twice). At max_turns a turn takes two runs."""
+        evicted, declared = _declare_turns(tag, [])
         for _ in range(TURN_WRITE_ATTEMPTS):
             iid, now = self._ids.new()
             interaction.interaction_id = iid
@@ -872,16 +927,23 @@ class MemoryStore:
                 keys.conversations(tag),
                 self._request(owner, tag, request_id),
                 self._claim(owner, tag, request_id),
+                keys.usage(tag),
+                *evicted,
             ]
             args: list[EncodableT] = [
                 self.caller(owner), tag, cid, iid, now, request_id, self._request_ttl_ms,
                 interaction.SerializeToString(), traces, self._grace, self._max_bytes,
-                self._max_interactions, *created,
+                self._max_interactions, *created, *declared,
             ]  # fmt: skip
             out = await _redis(self._create_interaction(keys=names, args=args))
-            if out[0] != 6:
+            if out[0] == _DECLARE:
+                # The turns this write evicts (or the turn request_id names), declared in
+                # the next run: nothing was written.
+                evicted, declared = _declare_turns(tag, out)
+            elif out[0] == 6:
+                self._ids.advance_past(out[1].decode())
+            else:
                 return out
-            self._ids.advance_past(out[1].decode())
         raise Aborted(
             "the conversation kept getting newer turns while this one was written; try again",
             reason="CONCURRENT_UPDATE",

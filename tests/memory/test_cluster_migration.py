@@ -8,6 +8,7 @@ import asyncio
 
 import grpc
 import pytest
+import redis.asyncio as aioredis
 from gensearch.memory.v1 import memory_service_pb2 as pb
 from gensearch.memory.v1 import memory_service_pb2_grpc as pb_grpc
 from redis.crc import key_slot
@@ -411,4 +412,102 @@ async def test_a_walk_refused_midway_by_a_move_keeps_every_turn_after_its_conver
         assert await reader.hget(conv_key, "walk_after") is None
     finally:
         await reader.aclose()
+        await store.close()
+
+
+async def _usage(client: aioredis.Redis, tag: str, cid: str) -> tuple[int, int, int]:
+    """The usage hash's field for ``cid`` and its total, and the bytes measured from the
+    keys (lua/usage.lua: 256 of overhead per conversation and per turn)."""
+    conv = f"{tag}:conv:{cid}"
+    measured = 256 + await client.hstrlen(conv, "name") + await client.hstrlen(conv, "summary")
+    for iid in await client.zrange(f"{conv}:ints", 0, -1):
+        key = f"{tag}:int:{iid.decode()}"
+        measured += 256 + await client.hstrlen(key, "data") + await client.hstrlen(key, "traces")
+    field, total = await client.hmget(f"{tag}:usage", [cid, "total"])
+    return int(field), int(total), measured
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("by", ["turn", "max_turns", "summary"])
+async def test_turns_evicted_while_their_slot_moves_leave_no_key_behind(
+    own_cluster: LocalCluster, by: str
+) -> None:
+    """Eviction (max_turns) tried at every step of a move, first with the conversation's
+    keys and the owner's usage moved and its turns not: by a turn added at max_turns, by
+    UpdateConversation lowering max_turns, by a summary covering the oldest turns. The
+    evicting script declares every turn key (and request_id key) it deletes, so Redis
+    refuses it while they are split (UNAVAILABLE, retried). Before, it ran on the new node,
+    dropped the turns from the list and left their keys (and request_id keys) behind for
+    good, their bytes counted as the bare overhead."""
+    store = MemoryStore(connect(own_cluster.url, cluster=True, socket_timeout=5, connect_timeout=2))
+    owner = Owner(DEFAULT_TENANT, USER)
+    try:
+        # Summaries off: the oldest turns go at once (else only past the grace).
+        retention = Retention(max_turns=4, summary_disabled=True) if by == "turn" else None
+        cid = (await store.create_conversation(owner, "e", retention)).conversation_id
+        iids = [
+            (
+                await store.create_interaction(
+                    owner, cid, pb.Interaction(input=f"e{n}" * 50), f"e{n}", b"t" * n
+                )
+            ).interaction_id
+            for n in range(4)
+        ]
+        if by == "summary":
+            await store.update_conversation(owner, cid, ConversationUpdate(max_turns=2))
+            # No summary yet: within the grace, nothing evicted until one covers them.
+            assert (await store.get_conversation(owner, cid)).interaction_count == 4
+        tag = store.tag(owner)
+        done: list[object] = []
+        refused = 0
+
+        async def evict() -> object:
+            if by == "turn":
+                return await store.create_interaction(
+                    owner, cid, pb.Interaction(input="new"), "new"
+                )
+            if by == "max_turns":
+                return await store.update_conversation(
+                    owner, cid, ConversationUpdate(max_turns=2, summary_disabled=True)
+                )
+            return await store.update_summary(
+                owner, cid, expected_through="", through=iids[1], text="s", turns=2,
+                prompt_tokens=1, completion_tokens=1,
+            )  # fmt: skip
+
+        async def evict_once() -> None:
+            nonlocal refused
+            if not done:
+                try:
+                    done.append(await evict())
+                except Unavailable:
+                    refused += 1
+
+        slot = key_slot(_hash_tag(USER).encode())
+        source = next(node for node in own_cluster.nodes if node.owns(slot))
+        target = next(node for node in own_cluster.nodes if node is not source)
+        conv = f"{tag}:conv:{cid}"
+        await own_cluster.migrate_slot(
+            slot,
+            source,
+            target,
+            batch=2,
+            between=evict_once,
+            first=[f"{tag}:convs", conv, f"{conv}:ints", f"{tag}:usage"],
+        )
+        if not done:
+            await evict()
+        evicted = iids[:1] if by == "turn" else iids[:2]
+        async with source.client() as old, target.client() as new:
+            assert await old.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == 0
+            left = [m.decode() for m in await new.zrange(f"{conv}:ints", 0, -1)]
+            assert [iid for iid in iids if iid in left] == iids[len(evicted) :]
+            for iid in evicted:
+                n = iids.index(iid)
+                assert await new.exists(f"{tag}:int:{iid}", f"{tag}:req:e{n}") == 0, iid
+            assert await new.exists(*(f"{tag}:int:{iid}" for iid in left)) == len(left)
+            field, total, measured = await _usage(new, tag, cid)
+            assert field == total == measured
+        print(by, {"refused": refused})
+    finally:
         await store.close()

@@ -1,5 +1,5 @@
 -- needs: read keys usage retention new_conversation
--- KEYS: conv, convs. ARGV: caller (read.lua), name, now_ms, tag, cid, ttl_ms, max_turns,
+-- KEYS: conv, convs, usage. ARGV: caller (read.lua), name, now_ms, tag, cid, ttl_ms, max_turns,
 -- summary_disabled ('1'/'0'), max conversations, max bytes (of the owner).
 -- Returns the expire time (ms, 0: none), -1 if it exists, -2 when the owner has
 -- max conversations already, -3 when it does not fit the owner's bytes.

@@ -1,5 +1,6 @@
 -- needs: read touch keys usage retention new_conversation
--- KEYS: conv, ints, int, convs, req, claim (CheckStorage's reservation of request_id).
+-- KEYS: conv, ints, int, convs, req, claim (CheckStorage's reservation of request_id),
+-- usage, then the keys of the turns declared for eviction (declared_turns, keys.lua).
 -- ARGV: caller (read.lua), tag, cid, iid, now_ms, request_id, ttl_ms, serialized
 -- interaction, serialized traces ('' when none: a field of the interaction's hash, so they
 -- share its slot, its expiry and its deletion),
@@ -7,15 +8,21 @@
 -- then '1' when the turn starts conversation cid (CreateInteraction's new_conversation:
 -- made here with the turn, in the same atomic step, so it never exists without it) and
 -- that conversation's name, create_ms, ttl_ms, max_turns, summary_disabled ('1'/'0'),
--- and the max conversations (of the owner); '0' and nothing more otherwise.
+-- and the max conversations (of the owner); '0' and nothing more otherwise; then the
+-- turns declared for eviction (declared_turns: iid, request_id per turn, their number).
 -- Returns {0} not found, {1, walk} created (walk: '1' while a walk of the turns' expiry
 -- is pending, retention.lua: the caller runs retention_step.lua until done), {2, cid, data} already created by this request_id,
 -- {3} the turn (with its new conversation) does not fit the owner's bytes, {4} the
 -- conversation holds the most turns allowed, {5} the owner has the most conversations
 -- allowed (nothing written for any of them), {6, newest} iid is not newer than the
 -- conversation's newest turn (the writer's clock is behind the one that wrote it: the
--- caller makes an id after `newest` and writes again; nothing written).
+-- caller makes an id after `newest` and writes again; nothing written), {7, iid,
+-- request_id, ...} turns to declare and run again with (nothing written): those the
+-- eviction after this turn deletes (retention.lua), or the turn request_id names when
+-- its key is not on this node (mid-reshard it may not have moved yet: declared, Redis
+-- refuses the run until it has, rather than the turn being written twice).
 local create = ARGV[13] == '1'
+local declared = declared_turns()
 local h
 if create then
   h = {ARGV[15], '0'}
@@ -32,6 +39,7 @@ if ARGV[6] ~= '' then
     if found[1] and owned(ARGV[2], ARGV[1], found[1], {}) then
       return {2, found[1], found[2]}
     end
+    if not found[1] and declared[prev] == nil then return {7, prev, ARGV[6]} end
   end
 end
 if not create then
@@ -55,6 +63,10 @@ elseif not room_for_turn(ARGV[2], ARGV[3], tonumber(h[2]), tonumber(ARGV[12]),
   -- Checked before anything is written. Eviction (below) gives back what it drops, but
   -- only once the turn is in: a conversation at max_turns needs room for one turn more.
   return {4}
+else
+  local ask = undeclared(ARGV[2], ARGV[3], tonumber(ARGV[10]),
+                         {count = tonumber(h[2]) + 1}, declared)
+  if ask then return ask end
 end
 if not charge(ARGV[2], ARGV[3], size, tonumber(ARGV[11])) then return {3} end
 redis.call('HSET', KEYS[3], 'conversation_id', ARGV[3], 'data', ARGV[8])
@@ -67,7 +79,7 @@ if ARGV[6] ~= '' then
 end
 redis.call('ZADD', KEYS[2], 0, ARGV[4])
 touch(KEYS[1], KEYS[4], ARGV[3], ARGV[5], h[1], 'interaction_count', tonumber(h[2]) + 1)
-evict(ARGV[2], ARGV[3], tonumber(ARGV[10]))
+evict(ARGV[2], ARGV[3], tonumber(ARGV[10]), declared)
 -- Its own key is declared: a walk that reaches only this turn (its conversation's first)
 -- ends here; any other walk is left to retention_step.lua (retention.lua).
 local renewed, walking = renew(ARGV[2], ARGV[3], tonumber(ARGV[5]), {[ARGV[4]] = true})

@@ -9,16 +9,24 @@ end
 local function interaction_keys(tag, iid)
   return {tag .. ':int:' .. iid}
 end
--- Deletes one interaction's keys, and its request_id entry if it still names it (either
--- owner's of a shared tag: 'req', or 't:req', services/memory/keys.py request).
-local function forget_interaction(tag, iid)
-  local key = tag .. ':int:' .. iid
-  local rid = redis.call('HGET', key, 'request_id')
-  if rid then
+-- Deletes one interaction's keys, and its request_id entry (rid: the turn's request_id,
+-- '' for none) if it still names it: either owner's of a shared tag, 'req' or 't:req'
+-- (services/memory/keys.py request). Its caller declared them all (declared_turns).
+local function forget_interaction(tag, iid, rid)
+  if rid ~= '' then
     for _, kind in ipairs({':req:', ':t:req:'}) do
       local req = tag .. kind .. rid
       if redis.call('GET', req) == iid then redis.call('DEL', req) end
     end
   end
-  redis.call('UNLINK', unpack(interaction_keys(tag, iid)))
+  for _, key in ipairs(interaction_keys(tag, iid)) do redis.call('UNLINK', key) end
+end
+-- The turns whose keys the caller declared for deletion (eviction): ARGV ends with an
+-- iid and its request_id ('' for none) per turn, then their number; KEYS holds their
+-- interaction keys and request_id keys. A set: iid -> request_id.
+local function declared_turns()
+  local n = tonumber(ARGV[#ARGV])
+  local out = {}
+  for i = #ARGV - 2 * n, #ARGV - 1, 2 do out[ARGV[i]] = ARGV[i + 1] end
+  return out
 end

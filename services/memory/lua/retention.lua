@@ -144,30 +144,76 @@ end
 -- turns (the summariser is down or no client writes one), they go anyway and are counted
 -- in summary_evicted: storage stays bounded either way. Evicted bytes are given back to
 -- the owner's accounting (usage.lua).
-local function evict(tag, cid, grace)
+--
+-- Eviction deletes only turns whose keys (and request_id keys) its script declared
+-- (declared_turns, keys.lua): while a reshard moves the slot, Redis then refuses a run
+-- whose keys are split between the nodes (TRYAGAIN) instead of the run dropping turns
+-- from the list and leaving their keys, still on the old node, behind for good. A script
+-- that may evict first asks `undeclared` (nothing written yet): when it names turns, the
+-- script returns them and the caller runs it again declaring them (store.py).
+
+-- The turns evict would drop now, oldest first, and how many of them no summary covers.
+-- `o` overrides the hash's fields with what the script is about to write: count (turns),
+-- max (max_turns), through (summary_through), off (summary_disabled, '1'/'0').
+local function evictable(tag, cid, grace, o)
   local conv = tag .. ':conv:' .. cid
   local h = redis.call('HMGET', conv, 'max_turns', 'summary_through', 'summary_disabled',
-                      'interaction_count', 'summary_evicted')
-  local max = tonumber(h[1] or '0') or 0
-  local count = tonumber(h[4] or '0') or 0
-  if max <= 0 or count <= max then return 0 end
-  local through = h[2] or ''
-  local off = h[3] == '1'
-  local ints = conv .. ':ints'
-  local n, lost, freed = 0, 0, 0
-  for _, iid in ipairs(redis.call('ZRANGE', ints, 0, count - max - 1)) do
+                       'interaction_count')
+  local max = tonumber(o.max or h[1] or '0') or 0
+  local count = tonumber(o.count or h[4] or '0') or 0
+  if max <= 0 or count <= max then return {}, 0 end
+  local through = o.through or h[2] or ''
+  local off = (o.off or h[3]) == '1'
+  local ids, lost = {}, 0
+  for _, iid in ipairs(redis.call('ZRANGE', conv .. ':ints', 0, count - max - 1)) do
     if not (off or (through ~= '' and iid <= through)) then
-      if count - n <= max + grace then break end
+      if count - #ids <= max + grace then break end
       lost = lost + 1
     end
+    ids[#ids + 1] = iid
+  end
+  return ids, lost
+end
+-- Of the turns `evictable` names (with overrides `o`), those not declared as they are
+-- (`declared`: declared_turns'): the script's answer {7, iid, request_id, ...} for the
+-- caller to declare them and run again; nil when the eviction may run. An undeclared turn's request_id is read here as a hint (on a
+-- half-moved slot it may be missing: the next run, its key declared, reads it for sure).
+local function undeclared(tag, cid, grace, o, declared)
+  local out = {7}
+  for _, iid in ipairs((evictable(tag, cid, grace, o))) do
+    local rid = redis.call('HGET', tag .. ':int:' .. iid, 'request_id') or ''
+    if declared[iid] ~= rid then
+      out[#out + 1] = iid
+      out[#out + 1] = rid
+    end
+  end
+  if #out > 1 then return out end
+  return nil
+end
+-- Evicts what `evictable` names, only declared turns (checked by `undeclared` before the
+-- script wrote anything, so none is skipped); returns how many.
+local function evict(tag, cid, grace, declared)
+  local conv = tag .. ':conv:' .. cid
+  local ids = evictable(tag, cid, grace, {})
+  if #ids == 0 then return 0 end
+  local h = redis.call('HMGET', conv, 'summary_through', 'summary_disabled',
+                       'interaction_count', 'summary_evicted')
+  local through, off = h[1] or '', h[2] == '1'
+  local count = tonumber(h[3] or '0') or 0
+  local ints = conv .. ':ints'
+  local n, lost, freed = 0, 0, 0
+  for _, iid in ipairs(ids) do
+    local rid = declared[iid]
+    if rid == nil then break end
+    if not (off or (through ~= '' and iid <= through)) then lost = lost + 1 end
     freed = freed + turn_bytes(tag, iid)
-    forget_interaction(tag, iid)
+    forget_interaction(tag, iid, rid)
     redis.call('ZREM', ints, iid)
     n = n + 1
   end
   if n > 0 then
     redis.call('HSET', conv, 'interaction_count', count - n,
-               'summary_evicted', (tonumber(h[5] or '0') or 0) + lost)
+               'summary_evicted', (tonumber(h[4] or '0') or 0) + lost)
     count_bytes(tag, cid, -freed)
   end
   return n

@@ -1,8 +1,9 @@
 -- needs: read keys usage retention
 -- The next batch of a conversation's pending walk of its turns (retention.lua), renewing
 -- from its last activity (update_time): not activity itself.
--- KEYS: conv, ints, then the int key of each turn of this batch. ARGV: caller (read.lua),
--- tag, cid, then the batch's turn ids (the previous run's answer; none in the first run).
+-- KEYS: conv, ints, usage, then the int key of each turn of this batch. ARGV: caller
+-- (read.lua), tag, cid, then the batch's turn ids (the previous run's answer; none in the
+-- first run).
 -- Every key the batch touches is declared, so while a reshard moves the slot Redis itself
 -- answers ASK or TRYAGAIN instead of the run renewing only what its node holds
 -- (store._finish_walk). A batch that no longer comes next (another run went on, a turn

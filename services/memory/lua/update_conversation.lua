@@ -1,13 +1,23 @@
 -- needs: read touch keys usage retention
--- KEYS: conv, convs, usage. ARGV: caller (read.lua), tag, cid, now_ms, eviction grace,
+-- KEYS: conv, convs, usage, ints, then the keys of the turns declared for eviction
+-- (declared_turns, keys.lua). ARGV: caller (read.lua), tag, cid, now_ms, eviction grace,
 -- max bytes (of the owner), then for name, ttl_ms, max_turns, summary_disabled a pair
--- each: '1' and the value to set it, '0' and '' not to.
+-- each: '1' and the value to set it, '0' and '' not to; then the turns declared (iid,
+-- request_id per turn, their number).
 -- Returns the updated hash (store.CONVERSATION_FIELDS) and '1' when a walk of its turns is
 -- pending ('0' if not), nil when not found, or -1 when a longer name does not fit the
--- owner's bytes (nothing written). Counts as activity (renews the ttl).
+-- owner's bytes (nothing written), or {7, iid, request_id, ...}: the turns the eviction
+-- (a lower max_turns, summaries disabled) deletes, to declare and run again with
+-- (nothing written; retention.lua). Counts as activity (renews the ttl).
 local h = redis.call('HMGET', KEYS[1], 'user', 'update_time', 'tenant')
 if not owns(h[1], h[3], ARGV[1]) then return false end
 local tag, cid, now = ARGV[2], ARGV[3], tonumber(ARGV[4])
+local declared = declared_turns()
+local after = {}
+if ARGV[11] == '1' then after.max = ARGV[12] end
+if ARGV[13] == '1' then after.off = ARGV[14] end
+local ask = undeclared(tag, cid, tonumber(ARGV[5]), after, declared)
+if ask then return ask end
 -- Always charged (0 bytes without a new name): a conversation stored before the
 -- accounting is measured here, so the eviction below can give its bytes back.
 local grow = 0
@@ -21,7 +31,7 @@ if ARGV[13] == '1' then redis.call('HSET', KEYS[1], 'summary_disabled', ARGV[14]
 -- until it is done.
 if ARGV[9] == '1' then redis.call('HSET', KEYS[1], 'ttl_ms', ARGV[10]) end
 touch(KEYS[1], KEYS[2], cid, ARGV[4], h[2])
-evict(tag, cid, tonumber(ARGV[5]))
+evict(tag, cid, tonumber(ARGV[5]), declared)
 local _, walking = renew(tag, cid, now)
 local row = conversation(KEYS[1])
 table.insert(row, walking)

@@ -1,11 +1,14 @@
 -- needs: read keys usage retention
--- KEYS: conv, ints, usage. ARGV: caller (read.lua), tag, cid, now_ms, expected through,
+-- KEYS: conv, ints, usage, then the keys of the turns declared for eviction
+-- (declared_turns, keys.lua). ARGV: caller (read.lua), tag, cid, now_ms, expected through,
 -- new through, text, turns folded, prompt tokens, completion tokens, eviction grace, max
--- bytes (of the owner).
+-- bytes (of the owner), then the turns declared (iid, request_id per turn, their number).
 -- Compare-and-set: the summary changes only if it still covers the turns up to the
 -- expected interaction. Returns {0} not found, {1, current through} conflict,
 -- {2} new through is not a newer interaction of the conversation, {3} summary disabled,
--- {4, row} done, {5} a longer summary does not fit the owner's bytes (nothing written).
+-- {4, row} done, {5} a longer summary does not fit the owner's bytes (nothing written),
+-- {7, iid, request_id, ...} the turns the eviction deletes, to declare and run again with
+-- (nothing written; retention.lua).
 -- Evicts the turns beyond max_turns the new summary covers.
 local h = redis.call('HMGET', KEYS[1], 'user', 'summary_through', 'summary_disabled',
                      'tenant')
@@ -14,6 +17,9 @@ local current = h[2] or ''
 if current ~= ARGV[5] then return {1, current} end
 if h[3] == '1' then return {3} end
 if ARGV[6] <= current or not redis.call('ZSCORE', KEYS[2], ARGV[6]) then return {2} end
+local ask = undeclared(ARGV[2], ARGV[3], tonumber(ARGV[11]), {through = ARGV[6]},
+                       declared_turns())
+if ask then return ask end
 local grow = #ARGV[7] - redis.call('HSTRLEN', KEYS[1], 'summary')
 if not charge(ARGV[2], ARGV[3], grow, tonumber(ARGV[12])) then return {5} end
 redis.call('HSET', KEYS[1], 'summary', ARGV[7], 'summary_through', ARGV[6],
@@ -30,5 +36,5 @@ add('summary_turns', ARGV[8])
 add('summary_prompt_tokens', ARGV[9])
 add('summary_completion_tokens', ARGV[10])
 add('summary_folds', 1)
-evict(ARGV[2], ARGV[3], tonumber(ARGV[11]))
+evict(ARGV[2], ARGV[3], tonumber(ARGV[11]), declared_turns())
 return {4, conversation(KEYS[1])}
