@@ -331,19 +331,31 @@ def _conversation(cid: str, row: list[bytes | None]) -> ConversationRecord:
     )
 
 
-def _declare_turns(tag: str, reply: list[Any]) -> tuple[list[str], list[EncodableT]]:
-    """The keys and the last ARGV (declared_turns, lua/keys.lua) that declare the turns a
-    script named in its ``_DECLARE`` answer (``[_DECLARE, iid, request_id, ...]``, ``[]``
-    for none): their interaction keys and their request_id keys, which eviction deletes.
-    Declared, a run on a half-moved slot is refused by Redis (TRYAGAIN) instead of
-    deleting turns whose keys are still on the other node."""
-    pairs = [bytes(v).decode() for v in reply[1:]]
-    ids, rids = pairs[0::2], pairs[1::2]
-    names = [keys.interaction(tag, iid) for iid in ids]
+def _declare_turns(
+    tag: str, turns: dict[str, str], reply: list[Any] | None = None
+) -> tuple[list[str], list[EncodableT]]:
+    """Adds the turns a script named in its ``_DECLARE`` answer (``reply``: ``[_DECLARE,
+    iid, request_id, ...]``) to ``turns`` (iid -> request_id, '' for none: every turn a
+    run of this call asked for, so the runs converge), and returns the keys and the last
+    ARGV (declared_turns, lua/keys.lua) that declare them: their interaction keys and
+    request_id keys, which eviction deletes. Declared, a run on a half-moved slot is
+    refused by Redis (TRYAGAIN) instead of deleting turns whose keys are still on the
+    other node."""
+    pairs = [bytes(v).decode() for v in (reply or [])[1:]]
+    turns.update(zip(pairs[0::2], pairs[1::2], strict=True))
+    names = [keys.interaction(tag, iid) for iid in turns]
     # Both owners' request_id keys of a shared tag (keys.request): a turn's entry is under
     # the one its writer used; forget_interaction deletes whichever still names it.
-    names += [keys.request(tag, rid, apart=apart) for rid in rids if rid for apart in (False, True)]
-    return names, [*pairs, len(ids)]
+    names += [
+        keys.request(tag, rid, apart=apart)
+        for rid in turns.values()
+        if rid
+        for apart in (False, True)
+    ]
+    args: list[EncodableT] = []
+    for iid, rid in turns.items():
+        args += [iid, rid]
+    return names, [*args, len(turns)]
 
 
 def _concurrent_update(cid: str) -> Aborted:
@@ -622,14 +634,15 @@ class MemoryStore:
             keys.usage(tag),
             keys.conversation_interactions(tag, cid),
         ]
-        evicted, declared = _declare_turns(tag, [])
+        named: dict[str, str] = {}
+        evicted, declared = _declare_turns(tag, named)
         for _ in range(EVICT_ATTEMPTS):
             row = await _redis(
                 self._update_conversation(keys=names + evicted, args=args + declared)
             )
             if not (isinstance(row, list) and row[0] == _DECLARE):
                 break
-            evicted, declared = _declare_turns(tag, row)
+            evicted, declared = _declare_turns(tag, named, row)
         else:
             raise _concurrent_update(cid)
         if not row:
@@ -748,12 +761,13 @@ class MemoryStore:
             self.caller(owner), tag, cid, now, expected_through, through, text, turns,
             prompt_tokens, completion_tokens, self._grace, self._max_bytes,
         ]  # fmt: skip
-        evicted, declared = _declare_turns(tag, [])
+        named: dict[str, str] = {}
+        evicted, declared = _declare_turns(tag, named)
         for _ in range(EVICT_ATTEMPTS):
             out = await _redis(self._update_summary(keys=names + evicted, args=args + declared))
             if out[0] != _DECLARE:
                 break
-            evicted, declared = _declare_turns(tag, out)
+            evicted, declared = _declare_turns(tag, named, out)
         else:
             raise _concurrent_update(cid)
         status = out[0]
@@ -914,7 +928,8 @@ class MemoryStore:
         turn's eviction deletes (max_turns), or the turn ``request_id`` names when its key
         is not on the node (mid-reshard: declared, Redis refuses the run until it moved,
         rather than the turn being stored twice). At max_turns a turn takes two runs."""
-        evicted, declared = _declare_turns(tag, [])
+        named: dict[str, str] = {}
+        evicted, declared = _declare_turns(tag, named)
         for _ in range(TURN_WRITE_ATTEMPTS):
             iid, now = self._ids.new()
             interaction.interaction_id = iid
@@ -939,7 +954,7 @@ class MemoryStore:
             if out[0] == _DECLARE:
                 # The turns this write evicts (or the turn request_id names), declared in
                 # the next run: nothing was written.
-                evicted, declared = _declare_turns(tag, out)
+                evicted, declared = _declare_turns(tag, named, out)
             elif out[0] == 6:
                 self._ids.advance_past(out[1].decode())
             else:

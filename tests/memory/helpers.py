@@ -11,6 +11,7 @@ import pytest
 from gensearch.memory.v1 import memory_service_pb2 as pb
 from gensearch.memory.v1 import memory_service_pb2_grpc as pb_grpc
 
+from services.common.redis_client import RedisClient
 from tests.support.processes import descendants
 from tests.support.rpc import error_info
 
@@ -65,3 +66,16 @@ def redis_pid(data_dir: Path) -> int:
         except OSError:
             continue
     raise AssertionError(f"no redis process serving {wanted}")
+
+
+async def usage_bytes(client: RedisClient, tag: str, cid: str) -> tuple[int, int, int]:
+    """The owner's usage hash's field for ``cid`` and its total, and the bytes measured
+    from the conversation's keys (lua/usage.lua: 256 of overhead per conversation and per
+    turn)."""
+    conv = f"{tag}:conv:{cid}"
+    measured = 256 + await client.hstrlen(conv, "name") + await client.hstrlen(conv, "summary")
+    for iid in await client.zrange(f"{conv}:ints", 0, -1):
+        key = f"{tag}:int:{iid.decode()}"
+        measured += 256 + await client.hstrlen(key, "data") + await client.hstrlen(key, "traces")
+    field, total = await client.hmget(f"{tag}:usage", [cid, "total"])
+    return int(field), int(total), measured

@@ -8,7 +8,6 @@ import asyncio
 
 import grpc
 import pytest
-import redis.asyncio as aioredis
 from gensearch.memory.v1 import memory_service_pb2 as pb
 from gensearch.memory.v1 import memory_service_pb2_grpc as pb_grpc
 from redis.crc import key_slot
@@ -19,7 +18,7 @@ from services.common.redis_client import connect
 from services.memory.__main__ import build_server
 from services.memory.store import ConversationUpdate, MemoryStore, Owner, Retention
 from tests.memory.conftest import INTERNAL_TOKEN, make_settings
-from tests.memory.helpers import conversation_with_turns
+from tests.memory.helpers import conversation_with_turns, usage_bytes
 from tests.memory.test_cluster import _hash_tag
 from tests.support.redis_cluster import LocalCluster
 
@@ -415,18 +414,6 @@ async def test_a_walk_refused_midway_by_a_move_keeps_every_turn_after_its_conver
         await store.close()
 
 
-async def _usage(client: aioredis.Redis, tag: str, cid: str) -> tuple[int, int, int]:
-    """The usage hash's field for ``cid`` and its total, and the bytes measured from the
-    keys (lua/usage.lua: 256 of overhead per conversation and per turn)."""
-    conv = f"{tag}:conv:{cid}"
-    measured = 256 + await client.hstrlen(conv, "name") + await client.hstrlen(conv, "summary")
-    for iid in await client.zrange(f"{conv}:ints", 0, -1):
-        key = f"{tag}:int:{iid.decode()}"
-        measured += 256 + await client.hstrlen(key, "data") + await client.hstrlen(key, "traces")
-    field, total = await client.hmget(f"{tag}:usage", [cid, "total"])
-    return int(field), int(total), measured
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("by", ["turn", "max_turns", "summary"])
 async def test_turns_evicted_while_their_slot_moves_leave_no_key_behind(
@@ -506,7 +493,7 @@ async def test_turns_evicted_while_their_slot_moves_leave_no_key_behind(
                 n = iids.index(iid)
                 assert await new.exists(f"{tag}:int:{iid}", f"{tag}:req:e{n}") == 0, iid
             assert await new.exists(*(f"{tag}:int:{iid}" for iid in left)) == len(left)
-            field, total, measured = await _usage(new, tag, cid)
+            field, total, measured = await usage_bytes(new, tag, cid)
             assert field == total == measured
         print(by, {"refused": refused})
     finally:

@@ -14,7 +14,7 @@ from google.protobuf import duration_pb2, field_mask_pb2
 from services.memory import keys
 from services.memory.store import MemoryStore, Owner
 from tests.memory.conftest import ALICE, Memory, MemoryFactory
-from tests.memory.helpers import expect_error
+from tests.memory.helpers import expect_error, usage_bytes
 
 OWNER = Owner("alice", "alice")  # the key "alice:ka" (conftest ALICE)
 
@@ -228,6 +228,41 @@ async def test_max_turns_without_summary_evicts_the_oldest(memory: Memory) -> No
     )
     names = {k.decode() for k in await _tag_keys(memory)}
     assert not any(first.interaction_id in name for name in names)
+
+
+async def test_eviction_frees_the_request_id_and_gives_back_the_exact_bytes(
+    memory: Memory,
+) -> None:
+    """Eviction deletes the turns (and request_id keys) its script declared, as the store
+    read them before the run (lua/retention.lua): the evicted turn's key, its request_id
+    key and its bytes (data and traces) go; a request_id key naming a turn whose key is
+    not there (declared on a second run) starts a new turn, stored once."""
+    cid = (await _create(memory, max_turns=2, summary_disabled=True)).conversation_id
+    stored = []
+    for n in range(3):
+        request = pb.CreateInteractionRequest(
+            conversation_id=cid,
+            input=f"q{n}" * 40,
+            request_id=f"r{n}",
+            traces=[pb.Trace(trace_number=k + 1) for k in range(n)],
+        )
+        stored.append((await memory.stub.CreateInteraction(request, metadata=ALICE)).interaction)
+    assert await _inputs(memory, cid) == ["q1" * 40, "q2" * 40]
+    tag = MemoryStore(memory.redis, key_prefix=memory.settings.key_prefix).tag(OWNER)
+    first = stored[0].interaction_id
+    assert await memory.redis.exists(keys.interaction(tag, first), keys.request(tag, "r0")) == 0
+    field, total, measured = await usage_bytes(memory.redis, tag, cid)
+    assert field == total == measured
+
+    await memory.redis.set(keys.request(tag, "stale"), first)
+    again = pb.CreateInteractionRequest(conversation_id=cid, input="q3", request_id="stale")
+    made = (await memory.stub.CreateInteraction(again, metadata=ALICE)).interaction
+    assert made.interaction_id != first
+    retried = (await memory.stub.CreateInteraction(again, metadata=ALICE)).interaction
+    assert retried.interaction_id == made.interaction_id
+    assert await _inputs(memory, cid) == ["q2" * 40, "q3"]
+    field, total, measured = await usage_bytes(memory.redis, tag, cid)
+    assert field == total == measured
 
 
 async def _summarise(
