@@ -75,6 +75,10 @@ class FairExecutor:
         ]:
             await asyncio.wait(pending)
 
+    async def aclose(self) -> None:
+        """For a server's ``on_stop``: calls still waiting are dropped, the thread let go."""
+        self.shutdown(wait=False, cancel_futures=True)
+
     def shutdown(self, *, wait: bool = True, cancel_futures: bool = False) -> None:
         if cancel_futures:
             for queue in self._queues.values():

@@ -99,6 +99,7 @@ async def build(settings: GatewaySettings, *, port: int | None = None) -> Gatewa
     )
     server.on_stop(clients.close)
     server.on_stop(backends.tokenizers.close)
+    server.on_stop(backends.schema_checks.aclose)
     # Callbacks run last-registered first: queued semantic cache stores and summary folds
     # finish before the downstream channels close.
     server.on_stop(backends.summarizer.drain)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from services.common.fair_executor import FairExecutor
 from services.common.redis_client import RedisClient
 from services.gateway.catalog import Catalog
 from services.gateway.clients import Downstream
@@ -26,6 +27,8 @@ class Backends:
     cache: GenerationCache
     tokenizers: Tokenizers
     summarizer: Summarizer
+    # Where response_format schemas not seen before are checked (json_schema), tenants in turn.
+    schema_checks: FairExecutor
 
     @classmethod
     def build(
@@ -56,4 +59,5 @@ class Backends:
                 cache_entries=settings.token_cache_entries,
             ),
             summarizer=Summarizer(clients.memory, clients.generation, settings),
+            schema_checks=FairExecutor(thread_name_prefix="schema-check"),
         )

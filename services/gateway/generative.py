@@ -192,6 +192,9 @@ class GenerativeSearch:
 
     async def plan(self, request: SearchLike, caller: Caller, call_remaining: float | None) -> Plan:
         generative_request.validate(request, self._b.settings)
+        await generative_request.check_response_format(
+            request.generate, self._b.settings, self._b.schema_checks
+        )
         loop = asyncio.get_running_loop()
         call_deadline = None if call_remaining is None else loop.time() + call_remaining
         g = request.generate

@@ -9,7 +9,13 @@ from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 
 from services.common.errors import InvalidArgument
-from services.common.json_schema import SchemaLimits, check_schema, format_name, schema_data
+from services.common.fair_executor import FairExecutor
+from services.common.json_schema import (
+    SchemaLimits,
+    check_schema_fairly,
+    format_name,
+    schema_data,
+)
 from services.common.settings import MAX_WAIT_SECONDS
 from services.common.well_known import duration_seconds
 from services.gateway import generation_cache
@@ -91,9 +97,10 @@ def validate_generate(g: gw_pb.Generate, settings: GatewaySettings) -> None:
 
 
 def check_structured_options(g: gw_pb.Generate, s: GatewaySettings) -> None:
-    """stop, fallback, base_url and response_format: bounded and well formed before any call (the
-    generation service checks them again; here a mistake is one error, not one per hit).
-    Provider and model names are checked against ListModels by the plan."""
+    """stop, fallback, base_url and response_format's name: bounded and well formed before any
+    call (the generation service checks them again; here a mistake is one error, not one per
+    hit). Its schema: ``check_response_format``. Provider and model names are checked
+    against ListModels by the plan."""
     if len(g.stop) > s.max_stop_sequences:
         raise InvalidArgument(
             f"at most {s.max_stop_sequences} stop sequences are allowed", field="generate.stop"
@@ -111,8 +118,16 @@ def check_structured_options(g: gw_pb.Generate, s: GatewaySettings) -> None:
         raise InvalidArgument("base_url must not be blank", field="generate.base_url")
     if g.HasField("response_format"):
         format_name(g.response_format.name, "generate.response_format.name")
+
+
+async def check_response_format(
+    g: gw_pb.Generate, s: GatewaySettings, schema_checks: FairExecutor
+) -> None:
+    """response_format's schema, checked once here (not once per hit by the generation
+    service), its metaschema check on ``schema_checks``' thread, tenants in turn."""
+    if g.HasField("response_format"):
         field = "generate.response_format.json_schema"
-        check_schema(
+        await check_schema_fairly(
             schema_data(g.response_format.json_schema, field),
             field,
             SchemaLimits(
@@ -121,6 +136,7 @@ def check_structured_options(g: gw_pb.Generate, s: GatewaySettings) -> None:
                 max_nodes=s.max_schema_nodes,
                 nodes_setting="GENSEARCH_GATEWAY_MAX_SCHEMA_NODES",
             ),
+            schema_checks,
         )
 
 

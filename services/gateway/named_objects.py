@@ -75,6 +75,7 @@ class NamedObjects:
         g = request.generate
         generative_request.validate_generate(g, s)
         generative_request.require_task(g)
+        await generative_request.check_response_format(g, s, self._b.schema_checks)
         single = parse_single(g)  # once: checked below, rendered per object by the plan
         kind = request.WhichOneof("objects")
         if kind == "ids":

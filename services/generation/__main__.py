@@ -83,6 +83,7 @@ async def build_server(settings: GenerationSettings, *, port: int | None = None)
         SERVICE_NAME,
     )
     server.on_stop(registry.close)
+    server.on_stop(planner.schema_checks.aclose)
     return server
 
 

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from gensearch.generation.v1 import generation_service_pb2 as pb
 
 from services.common.errors import InvalidArgument, quote
+from services.common.fair_executor import FairExecutor
 from services.common.model_names import check_model_name
 from services.common.upstream_retry import Deadline
 from services.generation.answering import Plan
@@ -42,14 +43,19 @@ class Planner:
     default_timeout: float
     # See GenerationSettings.fallback_time_share.
     fallback_share: float = 0.5
+    # Where response_format schemas not seen before are checked (json_schema), tenants in
+    # turn: not on the event loop, which every other caller's call shares.
+    schema_checks: FairExecutor = dataclasses.field(
+        default_factory=lambda: FairExecutor(thread_name_prefix="schema-check")
+    )
 
-    def plan(
+    async def plan(
         self,
         msg: pb.GenerateRequest | pb.StreamGenerateRequest,
         metadata: Metadata,
         time_remaining: float | None,
     ) -> Plan:
-        fmt = response_format(msg, self.limits)
+        fmt = await response_format(msg, self.limits, self.schema_checks)
         provider = self.registry.get(msg.provider)
         base_url = msg.base_url.strip()
         if msg.base_url and not base_url:

@@ -25,17 +25,19 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
         self._registry = planner.registry
         self._allowed_hosts = allowed_hosts
 
-    def _plan(
+    async def _plan(
         self,
         request: pb.GenerateRequest | pb.StreamGenerateRequest,
         context: grpc.aio.ServicerContext,
     ) -> answering.Plan:
-        return self._planner.plan(request, context.invocation_metadata(), context.time_remaining())
+        return await self._planner.plan(
+            request, context.invocation_metadata(), context.time_remaining()
+        )
 
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> pb.GenerateResponse:
-        answer = await answering.generate(self._plan(request, context))
+        answer = await answering.generate(await self._plan(request, context))
         return pb.GenerateResponse(
             text=answer.completion.text, **_answer_fields(answer, debug=request.debug)
         )
@@ -43,7 +45,7 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
     async def StreamGenerate(
         self, request: pb.StreamGenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StreamGenerateResponse]:
-        plan = self._plan(request, context)
+        plan = await self._plan(request, context)
         async with contextlib.aclosing(answering.stream(plan)) as events:
             async for event in events:
                 if event.restart:

@@ -8,10 +8,11 @@ from dataclasses import dataclass, field
 from gensearch.generation.v1 import generation_service_pb2 as pb
 
 from services.common.errors import InvalidArgument, quote
+from services.common.fair_executor import FairExecutor
 from services.common.json_schema import (
     OutputSchema,
     SchemaLimits,
-    check_schema,
+    check_schema_fairly,
     format_name,
     schema_data,
 )
@@ -88,17 +89,18 @@ def check_context_window(
         )
 
 
-def response_format(
-    msg: pb.GenerateRequest | pb.StreamGenerateRequest, limits: Limits
+async def response_format(
+    msg: pb.GenerateRequest | pb.StreamGenerateRequest, limits: Limits, schema_checks: FairExecutor
 ) -> tuple[JsonSchemaFormat, OutputSchema] | None:
-    """The request's JSON schema format and what validates answers (None without one)."""
+    """The request's JSON schema format and what validates answers (None without one); a
+    schema not seen before is checked on ``schema_checks``' thread."""
     if not msg.HasField("response_format"):
         return None
     fmt = msg.response_format
     name = format_name(fmt.name, "response_format.name")
     field = "response_format.json_schema"
     schema = schema_data(fmt.json_schema, field)
-    output = check_schema(schema, field, limits.schema)
+    output = await check_schema_fairly(schema, field, limits.schema, schema_checks)
     strict = fmt.strict if fmt.HasField("strict") else None
     return JsonSchemaFormat(name=name, schema=schema, strict=strict), output
 

@@ -4,6 +4,7 @@ loopback fake."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -28,6 +29,7 @@ from tests.gateway.conftest import (
 )
 from tests.support.fake_openai import Behaviour, FakeOpenAI
 from tests.support.rpc import error_info
+from tests.support.schema_gate import HELD_TITLE, hold_schema_checks
 
 WITH_BODY = [b for b in BOOKS if b["body"]]
 SCHEMA: dict[str, Any] = {
@@ -920,3 +922,40 @@ async def test_a_callers_key_reaches_a_provider_named_with_an_underscore(
 async def _drain(stream: Any) -> None:
     async for _ in stream:
         pass
+
+
+async def test_a_new_schemas_check_leaves_the_event_loop_to_other_calls(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gateway checked response_format's schema against the metaschema on its event
+    loop (~0.4 s near MAX_SCHEMA_NODES): a caller sending a new schema per call stalled
+    every other caller. It runs on a worker thread: while it is held, another call is
+    answered; the held search then gets its structured answers as before."""
+    await create_books(stack, books=WITH_BODY)
+    gate = hold_schema_checks(monkeypatch)
+    stack.fake.reply = '{"title": "x"}'
+    held = asyncio.ensure_future(
+        stack.stub.GenerativeSearch(
+            _search(
+                limit=2,
+                single_prompt="About {title}",
+                response_format=_schema(extra={"title": HELD_TITLE}),
+            ),
+            metadata=ALICE,
+            timeout=60,
+        )
+    )
+    try:
+        assert await asyncio.to_thread(gate.entered.wait, 60)
+        assert gate.threads and gate.loop_thread not in gate.threads
+        plain = gw_pb.GenerativeSearchRequest(
+            collection="Books", near_vector=ret_pb.NearVector(vector=[0.5] * DIM), limit=2
+        )
+        other = await stack.stub.GenerativeSearch(plain, metadata=ALICE, timeout=60)
+        assert len(other.hits) == 2
+        assert not held.done()
+    finally:
+        gate.release.set()
+    reply = await held
+    structured = [json_format.MessageToDict(h.generation.structured) for h in reply.hits]
+    assert structured == [{"title": "x"}] * 2

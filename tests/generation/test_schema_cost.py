@@ -3,6 +3,7 @@ answer is the caller's to steer, so no keyword may make its check quadratic."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -15,6 +16,7 @@ from services.common.json_schema import SchemaLimits, check_schema, parse_output
 from tests.generation.conftest import Service, user
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.rpc import error_info
+from tests.support.schema_gate import HELD_TITLE, hold_schema_checks
 
 SCHEMA = {
     "type": "object",
@@ -246,3 +248,34 @@ async def test_a_ref_chain_validation_cannot_follow_is_refused_before_any_call(
         "response_format.json_schema",
     )
     assert fake.chat_requests == []
+
+
+async def test_a_new_schemas_check_leaves_the_event_loop_to_other_calls(
+    service: Service, fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The metaschema check of a schema not seen before (~0.4 ms a subschema, ~0.4 s near
+    MAX_SCHEMA_NODES) ran on the event loop: a caller sending a new schema per call stalled
+    every other caller. It runs on a worker thread: while it is held, another call is
+    answered; then the held call gets its answer as before."""
+    gate = hold_schema_checks(monkeypatch)
+    fake.reply = '{"n": 1}'
+    schema = struct_pb2.Struct()
+    schema.update({"type": "object", "title": HELD_TITLE, "properties": {"n": {"type": "integer"}}})
+    held = asyncio.ensure_future(
+        service.stub.Generate(
+            pb.GenerateRequest(
+                messages=[user("count")], response_format=pb.ResponseFormat(json_schema=schema)
+            ),
+            timeout=60,
+        )
+    )
+    try:
+        assert await asyncio.to_thread(gate.entered.wait, 60)
+        assert gate.threads and gate.loop_thread not in gate.threads
+        other = await service.stub.Generate(pb.GenerateRequest(messages=[user("hi")]), timeout=60)
+        assert other.text == '{"n": 1}'
+        assert not held.done()
+    finally:
+        gate.release.set()
+    reply = await held
+    assert json_format.MessageToDict(reply.structured) == {"n": 1}
