@@ -8,6 +8,7 @@ from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 
 from services.common.errors import InvalidArgument, quote
+from services.common.repeats import refuse_repeats
 from services.common.settings import MAX_QUERY_TEXT
 from services.common.well_known import duration_seconds
 from services.gateway.catalog import CollectionInfo
@@ -54,6 +55,7 @@ def budget(request: AskLike, settings: GatewaySettings, call_remaining: float | 
 def validate(request: AskLike, settings: GatewaySettings) -> AskParams:
     s = settings
     require(request, "collection")
+    refuse_repeats(request.context_field_list, "context_field_list")
     if not request.llm_question.strip():
         raise InvalidArgument("llm_question is required", field="llm_question")
     check_length(request, ("llm_question",), s.max_prompt_chars)
@@ -117,7 +119,8 @@ def context_fields(request: AskLike, info: CollectionInfo) -> list[str]:
             reason="UNKNOWN_PROPERTY",
             metadata={"property": unknown[0]},
         )
-    # Each once, in the order first named: a repeat shows the model nothing new.
+    # Each once, in the order first named: a collection's context_fields may repeat one
+    # (the request's own repeats were refused by validate).
     return list(dict.fromkeys(fields or info.generative.context_fields)) or info.text_properties
 
 

@@ -202,8 +202,8 @@ class GenerativeSearch:
         # collection is known, and the plan renders it per hit.
         single = parse_single(g)
         wants_generation = bool(g.single_prompt or g.grouped_task)
-        extra = list(single.properties) if single else []
-        extra += [p for p in g.grouped_properties if p not in extra]
+        # Each once, in one pass: names are checked against the schema only later.
+        extra = list(dict.fromkeys([*(single.properties if single else ()), *g.grouped_properties]))
         retrieval = self._b.clients.retrieval
 
         if not wants_generation:

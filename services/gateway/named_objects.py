@@ -27,6 +27,7 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from google.protobuf import struct_pb2
 
 from services.common.errors import InvalidArgument, NotFound
+from services.common.repeats import refuse_repeats
 from services.common.values import check_uuid, check_value
 from services.gateway import generative_request, templates
 from services.gateway.backends import Backends
@@ -75,6 +76,7 @@ class NamedObjects:
         g = request.generate
         generative_request.validate_generate(g, s)
         generative_request.require_task(g)
+        refuse_repeats(request.return_properties, "return_properties")
         await generative_request.check_response_format(g, s, self._b.schema_checks)
         single = parse_single(g)  # once: checked below, rendered per object by the plan
         kind = request.WhichOneof("objects")
@@ -93,7 +95,9 @@ class NamedObjects:
             )
         if kind == "ids":
             ids = [check_uuid(v, f"ids.ids[{i}]") for i, v in enumerate(request.ids.ids)]
-            _refuse_repeats(ids)
+            # One object twice would be two hits and two LLM calls; ids are canonical, so
+            # one repeated in upper case is caught too.
+            refuse_repeats(ids, "ids.ids", what="id", reason="DUPLICATE_ID")
             generative_request.require(request, "collection")
         else:
             for i, obj in enumerate(request.inline.objects):
@@ -193,19 +197,3 @@ class NamedObjects:
                 continue
             hits.append(ret_pb.Hit(id=got.id, properties=got.properties))
         return hits
-
-
-def _refuse_repeats(ids: list[str]) -> None:
-    """An id given twice would be two hits and cost two LLM calls for one object: the
-    whole call is refused, naming the repeat and the entry it repeats. ``ids`` are
-    canonical, so an id repeated in upper case is caught too."""
-    first: dict[str, int] = {}
-    for index, object_id in enumerate(ids):
-        seen = first.setdefault(object_id, index)
-        if seen != index:
-            raise InvalidArgument(
-                f"ids.ids[{index}] repeats ids.ids[{seen}] ({object_id}): give each id once",
-                field=f"ids.ids[{index}]",
-                reason="DUPLICATE_ID",
-                metadata={"first": f"ids.ids[{seen}]"},
-            )

@@ -299,7 +299,8 @@ class Rerankers:
                     field=f"{FIELD}.properties[{i}]",
                     reason="UNKNOWN_PROPERTY",
                 )
-        return list(rerank.properties) or schema.text_properties()
+        # Each once: a collection's default made before repeats were refused may hold one.
+        return list(dict.fromkeys(rerank.properties)) or schema.text_properties()
 
     # -- reranking -------------------------------------------------------------------------
     async def rerank(

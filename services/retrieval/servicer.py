@@ -25,6 +25,7 @@ from services.common.errors import (
     note_imported,
     quote,
 )
+from services.common.repeats import refuse_repeats
 from services.common.values import check_uuid
 from services.common.well_known import struct
 from services.retrieval import chunks
@@ -361,6 +362,9 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         if request.HasField("filter"):
             where = self._filter(request.filter, schema)
         wanted = _return_properties(schema, request.return_properties)
+        if request.HasField("rerank"):
+            # Each repeat was joined again into every candidate's text to rank.
+            refuse_repeats(request.rerank.properties, "rerank.properties")
         rerank = _rerank_stage(request, schema)
         if rerank is not None:
             use_caller_rerank_key(context.invocation_metadata())  # type: ignore[arg-type]
@@ -479,6 +483,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
 
 
 def _return_properties(schema: Schema, names: Any) -> list[str] | None:
+    refuse_repeats(names, "return_properties")
     for i, name in enumerate(names):
         if name not in schema.types:
             raise InvalidArgument(

@@ -157,21 +157,6 @@ async def test_grouped_prompt_over_selected_properties(stack: Stack) -> None:
     assert response.usage.total_tokens == response.grouped.usage.total_tokens > 0
 
 
-async def test_a_property_named_twice_is_shown_once_in_the_grouped_prompt(stack: Stack) -> None:
-    # Each hit's block repeated the line ('title: Dune' twice): tokens spent on nothing.
-    await create_books(stack)
-    for grouped, returned in ((["title", "year", "title"], []), ([], ["year", "title", "year"])):
-        stack.fake.reset_stats()
-        request = _near(limit=2, grouped_task="Which is oldest?", grouped_properties=grouped)
-        request.return_properties.extend(returned)
-        response = await stack.stub.GenerativeSearch(request, metadata=ALICE)
-        prompt = stack.fake.chat_requests[0].json["messages"][-1]["content"]
-        assert len(response.hits) == 2
-        for number in (1, 2):
-            block = prompt.split(f"[{number}]\n", 1)[1].split("\n\n", 1)[0]
-            assert block.count("title: ") == block.count("year: ") == 1, block
-
-
 async def test_a_grouped_prompt_past_the_rendered_limit_is_its_own_error(
     stack_factory: StackFactory,
 ) -> None:
@@ -527,34 +512,27 @@ async def test_a_huge_usage_sum_saturates_instead_of_failing(
     assert response.usage.prompt_tokens == 2**31 - 1  # 2.2e9 too
 
 
-async def test_a_property_listed_twice_is_shown_to_the_model_once(stack: Stack) -> None:
-    """grouped_properties, an Ask's context_field_list and a collection's context_fields
-    name properties; one named twice (or 5,000 times) was rendered as often into every
-    hit's block, paid for in tokens, and enough repeats pushed every hit out of the Ask's
-    context budget: the model was told "(no results)" while the hits came back."""
+async def test_a_property_a_collection_lists_twice_is_shown_to_the_model_once(
+    stack: Stack,
+) -> None:
+    """A collection's context_fields name properties; one named twice (or 5,000 times) was
+    rendered as often into every hit's block, paid for in tokens, and enough repeats pushed
+    every hit out of the Ask's context budget: the model was told "(no results)" while the
+    hits came back. (A request's own repeats are refused: test_repeated_names.py.)"""
     await create_books(
         stack, generative=ret_pb.GenerativeConfig(provider="fake", context_fields=["title"] * 3)
     )
-    await stack.stub.GenerativeSearch(
-        _near(limit=2, grouped_task="Compare", grouped_properties=["title", "year", "title"]),
+    response = await stack.stub.Ask(
+        gw_pb.AskRequest(
+            collection="Books",
+            llm_question="which book?",
+            near_vector=ret_pb.NearVector(vector=[0.5] * DIM),
+            context_size=2,
+        ),
         metadata=ALICE,
     )
-    grouped = stack.fake.chat_requests[-1].json["messages"][-1]["content"]
-    assert grouped.count("title: ") == 2 and grouped.count("year: ") == 2, grouped
-
-    for fields in (["title", "title"], ["title"] * 5000, []):  # [] : the collection's
-        response = await stack.stub.Ask(
-            gw_pb.AskRequest(
-                collection="Books",
-                llm_question="which book?",
-                near_vector=ret_pb.NearVector(vector=[0.5] * DIM),
-                context_size=2,
-                context_field_list=fields,
-            ),
-            metadata=ALICE,
-        )
-        asked = stack.fake.chat_requests[-1].json["messages"][-1]["content"]
-        assert response.trimmed.hits == 0 and "(no results)" not in asked, asked[:300]
-        for hit in response.hits:
-            title = hit.properties.fields["title"].string_value
-            assert asked.count(f"title: {title}") == 1, asked[:300]
+    asked = stack.fake.chat_requests[-1].json["messages"][-1]["content"]
+    assert response.trimmed.hits == 0 and "(no results)" not in asked, asked[:300]
+    for hit in response.hits:
+        title = hit.properties.fields["title"].string_value
+        assert asked.count(f"title: {title}") == 1, asked[:300]
