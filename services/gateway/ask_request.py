@@ -9,6 +9,7 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 
 from services.common.errors import InvalidArgument, quote
 from services.common.repeats import refuse_repeats
+from services.common.request_ids import check_request_id
 from services.common.settings import MAX_QUERY_TEXT
 from services.common.well_known import duration_seconds
 from services.gateway.catalog import CollectionInfo
@@ -75,6 +76,7 @@ def validate(request: AskLike, settings: GatewaySettings) -> AskParams:
             f"interaction_size must be between 0 and {s.max_interaction_size}",
             field="interaction_size",
         )
+    check_request_id(request.request_id)
     if request.request_id and not (request.conversation_id or request.new_conversation):
         raise InvalidArgument(
             "request_id makes a stored turn idempotent: give it with conversation_id or "

@@ -19,6 +19,7 @@ from services.common.errors import (
     NotFound,
     Unavailable,
 )
+from services.common.request_ids import check_request_id
 from services.common.turn_size import over_utf8, stored_interaction, utf8_size
 from services.common.values import check_value
 from services.common.well_known import duration_seconds
@@ -255,7 +256,9 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
         _text(request.prompt_template, "prompt_template", s.max_prompt_template_bytes)
         _text(request.response, "response", s.max_text_bytes)
         _text(request.origin, "origin", s.max_origin_bytes)
-        request_id = _text(request.request_id, "request_id", s.max_request_id_bytes)
+        request_id = check_request_id(
+            _text(request.request_id, "request_id", s.max_request_id_bytes)
+        )
         if request.HasField("additional_info"):
             _check_additional_info(request.additional_info, s)
         stored_traces = traces.prepare(
@@ -398,8 +401,8 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
                     field="request_id",
                     reason="REQUEST_ID_WITH_SUMMARY",
                 )
-            request_id = _text(
-                request.request_id, "request_id", self._settings.max_request_id_bytes
+            request_id = check_request_id(
+                _text(request.request_id, "request_id", self._settings.max_request_id_bytes)
             )
             if request.release_claim:
                 await self._store.release_request(owner, request_id, request.claim_token)

@@ -177,6 +177,39 @@ async def _fill(stack: Stack, cid: str) -> None:
             size //= 2
 
 
+@pytest.mark.parametrize("request_id", ["k\n2026-12-04 INFO forged", "k\x00", "k é", "k\u202e"])
+async def test_a_request_id_of_other_than_visible_ascii_is_refused(
+    stack_factory: StackFactory, request_id: str
+) -> None:
+    """A control character (a forged log line), a space or non-ASCII in an Ask's
+    request_id is INVALID_ARGUMENT naming request_id before any LLM call or write, in
+    StreamAsk too; a UUID, as clients send, is a key like any."""
+    stack = await _stack(stack_factory)
+    err = await _refused(
+        stack,
+        gw_pb.AskRequest(
+            collection="Books", llm_question="desert?", new_conversation=True, request_id=request_id
+        ),
+    )
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_info(err).metadata["field"] == "request_id"
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        stream = gw_pb.StreamAskRequest(
+            collection="Books", llm_question="desert?", new_conversation=True, request_id=request_id
+        )
+        async for _ in stack.stub.StreamAsk(stream, metadata=ALICE):
+            pass
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_info(caught.value).metadata["field"] == "request_id"
+    assert await _conversations(stack) == [] and stack.fake.chat_requests == []
+    uuid_key = "5b0f6c1e-9d1a-4c57-8f0e-3a2b7c1d9e40"
+    request = gw_pb.AskRequest(
+        collection="Books", llm_question="desert?", new_conversation=True, request_id=uuid_key
+    )
+    first = await stack.stub.Ask(request, metadata=ALICE)
+    _same_turn(await stack.stub.Ask(request, metadata=ALICE), first)
+
+
 async def test_a_full_owner_still_gets_its_stored_turn(stack_factory: StackFactory) -> None:
     """A retry needs no room: an owner filled up (bytes and conversations) since its turn
     was stored gets that turn back, where a new turn is RESOURCE_EXHAUSTED."""

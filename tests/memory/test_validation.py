@@ -263,3 +263,50 @@ async def test_tokens_from_another_secret_are_rejected(memory_factory: MemoryFac
             assert len((await call).conversations) == 1
         else:
             await expect_error(call, INVALID, "page_token")
+
+
+@pytest.mark.parametrize(
+    "request_id", ["a\nb", "k\x00", "\x1b[2J", "key one", "clé", "k\u202e", "\x7f"]
+)
+async def test_a_request_id_of_other_than_visible_ascii_is_refused(
+    memory: Memory, request_id: str
+) -> None:
+    """A request_id is an idempotency key that reaches logs and traces: control characters
+    forged lines there, and spaces or non-ASCII make keys that read the same and differ.
+    Refused in CreateInteraction and CheckStorage, naming request_id, nothing stored."""
+    cid = await _conversation(memory)
+    s = memory.stub
+    err = await expect_error(
+        s.CreateInteraction(
+            pb.CreateInteractionRequest(conversation_id=cid, input="q", request_id=request_id),
+            metadata=ALICE,
+        ),
+        INVALID,
+        "request_id",
+    )
+    assert "U+" in (err.details() or "")
+    await expect_error(
+        s.CheckStorage(
+            pb.CheckStorageRequest(conversation_id=cid, bytes=1, request_id=request_id),
+            metadata=ALICE,
+        ),
+        INVALID,
+        "request_id",
+    )
+    conv = await s.GetConversation(pb.GetConversationRequest(conversation_id=cid), metadata=ALICE)
+    assert conv.conversation.interaction_count == 0
+
+
+async def test_request_ids_clients_send_are_accepted(memory: Memory) -> None:
+    cid = await _conversation(memory)
+    for request_id in (
+        "5b0f6c1e-9d1a-4c57-8f0e-3a2b7c1d9e40",  # a UUID (AIP-155)
+        "0b9e3c55f3a04c2b9e0d6c1f2a3b4c5d",  # the gateway's own: uuid4().hex
+        "01HGW2N7EXAMPLE0000000000Z",  # a ULID
+        "order:42/retry~1",
+        "YWJj+ZGVm/Z2hp==",  # base64
+    ):
+        request = pb.CreateInteractionRequest(conversation_id=cid, input="q", request_id=request_id)
+        made = await memory.stub.CreateInteraction(request, metadata=ALICE)
+        again = await memory.stub.CreateInteraction(request, metadata=ALICE)  # a retry
+        assert made.interaction.interaction_id == again.interaction.interaction_id

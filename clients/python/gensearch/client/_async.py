@@ -368,9 +368,9 @@ class AsyncCollection:
 
         ``answer_timeout`` is the server's budget for the turn (AskRequest.timeout, default
         30 s); ``timeout`` the call's deadline, as everywhere. ``request_id`` (with
-        ``conversation_id`` or ``new_conversation``): your idempotency key for the turn; a
-        retry with it after the turn was stored returns that turn (``replayed``) with no
-        LLM call. Other AskRequest fields
+        ``conversation_id`` or ``new_conversation``): your idempotency key for the turn
+        (visible ASCII: ``str(uuid.uuid4())``, say); a retry with it after the turn was
+        stored returns that turn (``replayed``) with no LLM call. Other AskRequest fields
         (``llm_model``, ``provider``, ``fallback``, ``filter``, ``system_prompt``,
         ``near_text``, ``debug``, ``rerank=Rerank(...)``,
         ``expand_context=ContextExpansion(...)`` …) pass through; the client's dataclasses
