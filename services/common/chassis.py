@@ -3,7 +3,8 @@ server span and an access log line; also each method's request size limit (check
 raw bytes, before parsing), the request metadata's size (``metadata_size.py``), the
 deadline (too short to start, or about to pass: ``call_deadline.py``), the server's cap on
 calls at once (``call_slots.py``), the bytes of replies a tenant has in flight
-(``reply_bytes.py``), the wait for each message of a client stream (``stream_idle.py``)
+(``reply_bytes.py``), the bytes of requests the server holds (``request_bytes.py``), the
+wait for each message of a client stream (``stream_idle.py``)
 and, on the gateway, the admission guard of per-tenant quotas.
 
 Servicers raise ``ServiceError`` subclasses; this turns them into rich statuses. Any other
@@ -53,6 +54,7 @@ from services.common.logs import ACCESS_LOGGER, redact
 from services.common.metadata_size import MetadataLimit
 from services.common.metrics import MethodMetrics, grpc_type, split_method
 from services.common.reply_bytes import Holding, ReplyBytes
+from services.common.request_bytes import Held, RequestBytes, sized, unsized
 from services.common.request_parse import Undecodable, tolerant
 from services.common.request_size import TooLarge, bounded
 from services.common.stream_idle import IdleLimit
@@ -108,12 +110,14 @@ class ChassisRegistry:
         metadata_limit: MetadataLimit | None = None,
         deadline_limit: DeadlineLimit | None = None,
         reply_bytes: ReplyBytes | None = None,
+        request_bytes: RequestBytes | None = None,
     ) -> None:
         self._auth = auth
         self._call_slots = call_slots
         self._metadata_limit = metadata_limit
         self._deadline_limit = deadline_limit
         self._reply_bytes = reply_bytes
+        self._request_bytes = request_bytes
         self._response_limit = response_limit
         self._stream_idle = stream_idle
         self._server_name = server_name
@@ -142,6 +146,7 @@ class ChassisRegistry:
                 self._metadata_limit,
                 self._deadline_limit,
                 self._reply_bytes,
+                self._request_bytes,
             )
             # gRPC itself enforces the largest limit; only smaller ones need a check here.
             wrapped = wrapper.wrap(handler, limit if limit < self._largest else None)
@@ -213,6 +218,7 @@ class _MethodWrapper:
         metadata_limit: MetadataLimit | None = None,
         deadline_limit: DeadlineLimit | None = None,
         reply_bytes: ReplyBytes | None = None,
+        request_bytes: RequestBytes | None = None,
     ) -> None:
         service, name = split_method(method)
         self.metadata_limit = metadata_limit
@@ -227,6 +233,7 @@ class _MethodWrapper:
         self.admission = admission
         self.call_slots = call_slots or CallSlots(0, "")  # 0: no limit
         self.reply_bytes = reply_bytes or ReplyBytes(0, "")  # 0: no limit
+        self.request_bytes = request_bytes or RequestBytes(0, "")  # 0: no limit
         self.stream_idle = stream_idle
         self.method = method
         self.auth = auth
@@ -303,19 +310,29 @@ class _MethodWrapper:
             return grpc.StatusCode.DEADLINE_EXCEEDED
         return grpc.StatusCode.CANCELLED
 
-    def _received(self, request: Any, streaming: bool) -> Any:
+    def _held(self) -> Held | None:
+        """What the call holds of the server's bytes of requests; None when the server has
+        no such bound."""
+        return self.request_bytes.hold() if self.request_bytes.limit else None
+
+    def _received(self, request: Any, streaming: bool, held: Held | None) -> Any:
         if not streaming:
             self.metrics.received.inc()
+            request, size = unsized(request)
             if isinstance(request, TooLarge | Undecodable):
                 raise request.error()
+            if held is not None:
+                held.take(size)
             return request
-        return self._counted(request)
+        return self._counted(request, held)
 
-    async def _counted(self, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async def _counted(self, requests: AsyncIterator[Any], held: Held | None) -> AsyncIterator[Any]:
         received = self.metrics.received
         idle = self.stream_idle
         requests = aiter(requests)
         while True:
+            if held is not None:
+                held.release()  # the servicer asks for the next message: done with this one
             try:
                 # Raises STREAM_IDLE into the servicer (which may say what it did so far,
                 # as ImportObjects does); the call then ends and gives back its slots.
@@ -323,8 +340,11 @@ class _MethodWrapper:
             except StopAsyncIteration:
                 return
             received.inc()
+            request, size = unsized(request)
             if isinstance(request, TooLarge | Undecodable):
                 raise request.error()
+            if held is not None:
+                held.take(size)  # REQUEST_BYTES_IN_FLIGHT into the servicer, as STREAM_IDLE
             yield request
 
     def _admitted(
@@ -372,9 +392,9 @@ class _MethodWrapper:
         return data
 
     def _holding(self) -> Holding | None:
-        """What the call holds of its tenant's bytes of replies in flight; None when the
-        server has no such bound."""
-        if not self.reply_bytes.limit:
+        """What the call holds of its tenant's (and the server's) bytes of replies in
+        flight; None when the server has no such bound."""
+        if not self.reply_bytes.bounded:
             return None
         return self.reply_bytes.hold(current_identity().tenant)
 
@@ -385,11 +405,12 @@ class _MethodWrapper:
             begun = self._begin(context)
             code = None
             requests = request
+            held = self._held()
             try:
                 # The slot first, before authentication: the cheapest refusal under a flood.
                 with self.call_slots:
                     guard, cutoff = self._admitted(context)
-                    request = self._received(request, request_streaming)
+                    request = self._received(request, request_streaming, held)
                     async with cutoff, guard:
                         response = self._serialized(await fn(request, context))
                     holding = self._holding()
@@ -411,6 +432,8 @@ class _MethodWrapper:
                     await _drain(requests)
                 await context.abort(status.code, status.details, status.trailing_metadata)
             finally:
+                if held is not None:
+                    held.release()
                 self._end(context, begun, code)
 
         return call
@@ -426,13 +449,14 @@ class _MethodWrapper:
             code = None
             sent = self.metrics.sent
             holding = None
+            held = self._held()
             try:
                 # Given back however the stream ends, also when the client goes away
                 # mid-stream: the task running this generator is cancelled, and the
                 # CancelledError comes through the block.
                 with self.call_slots:
                     guard, cutoff = self._admitted(context)
-                    request = self._received(request, request_streaming)
+                    request = self._received(request, request_streaming, held)
                     holding = self._holding()
                     async with guard:
                         items = aiter(fn(request, context))
@@ -473,6 +497,8 @@ class _MethodWrapper:
             finally:
                 if holding is not None:
                     holding.release()  # a message the stream ended with or left unsent
+                if held is not None:
+                    held.release()
                 self._end(context, begun, code)
 
         return gen
@@ -482,6 +508,8 @@ class _MethodWrapper:
         deserializer = tolerant(handler.request_deserializer)
         if limit is not None and deserializer is not None:
             deserializer = bounded(deserializer, limit, self.method)
+        if self.request_bytes.limit and deserializer is not None:
+            deserializer = sized(deserializer)  # unwrapped by _received
         kwargs = {
             "request_deserializer": deserializer,
             "response_serializer": _passing_bytes(handler.response_serializer),

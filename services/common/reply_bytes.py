@@ -12,6 +12,13 @@ while the tenant has others in flight is refused, RESOURCE_EXHAUSTED with a Retr
 bytes the bound is about. A tenant's first reply always goes (the send limit bounds it),
 so no reply is refused for ever; other tenants count against their own bound. One counter
 per tenant on the event loop: no lock, nothing shared across processes.
+
+The per-tenant bound alone did not bound the process: 256 MiB per tenant times a few busy
+tenants passed a replica's container memory limit (deploy/), and the OOM kill failed every
+tenant's calls. So all tenants' replies together are bounded too
+(``max_reply_bytes_in_flight``): a reply past it while any reply is in flight is refused
+the same way (``setting`` names the process-wide variable), and a reply while none is in
+flight always goes.
 """
 
 from __future__ import annotations
@@ -25,15 +32,30 @@ RETRY_AFTER_SECONDS = 1.0
 
 
 class ReplyBytes:
-    def __init__(self, limit: int, setting: str) -> None:
-        """``limit`` bytes of replies in flight per tenant (0: no limit); ``setting`` is
-        the variable that sets it, named in the refusal."""
+    def __init__(
+        self, limit: int, setting: str, total_limit: int = 0, total_setting: str = ""
+    ) -> None:
+        """``limit`` bytes of replies in flight per tenant and ``total_limit`` for all
+        tenants together (0: no limit); ``setting`` and ``total_setting`` are the variables
+        that set them, named in a refusal."""
         self.limit = limit
         self.setting = setting
+        self.total_limit = total_limit
+        self.total_setting = total_setting
         self._held: dict[str, int] = {}
+        self._total = 0
+
+    @property
+    def bounded(self) -> bool:
+        return bool(self.limit or self.total_limit)
 
     def held(self, tenant: str) -> int:
         return self._held.get(tenant, 0)
+
+    @property
+    def total(self) -> int:
+        """Bytes of replies in flight, all tenants together."""
+        return self._total
 
     def hold(self, tenant: str) -> Holding:
         """What one call holds of its tenant's bound: a reply at a time."""
@@ -51,9 +73,22 @@ class ReplyBytes:
                 size,
                 self.setting,
             )
+        total = self._total
+        if self.total_limit and total and total + size > self.total_limit:
+            raise refusal(
+                f"the server has {total} bytes of replies in flight (all tenants); this one "
+                f"({size} bytes) would pass {self.total_limit} "
+                f"({self.total_setting}); retry once they are read",
+                self.total_limit,
+                total,
+                size,
+                self.total_setting,
+            )
         self._held[tenant] = held + size
+        self._total = total + size
 
     def give_back(self, tenant: str, size: int) -> None:
+        self._total -= size
         left = self._held.get(tenant, 0) - size
         if left > 0:
             self._held[tenant] = left
@@ -85,7 +120,7 @@ class Holding:
 
 
 def refusal(message: str, limit: int, held: int, size: int, setting: str) -> ResourceExhausted:
-    """RESOURCE_EXHAUSTED for bytes of one tenant in flight past ``limit`` (``setting``):
+    """RESOURCE_EXHAUSTED for bytes in flight (one tenant's, or all) past ``limit`` (``setting``):
     this reason, a RetryInfo, and the sizes as ErrorInfo metadata."""
     return ResourceExhausted(
         message,

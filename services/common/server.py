@@ -44,6 +44,7 @@ from services.common.logs import register_secret
 from services.common.metadata_size import MetadataLimit, core_limit
 from services.common.metrics import serve_metrics, server_name
 from services.common.reply_bytes import ReplyBytes
+from services.common.request_bytes import RequestBytes
 from services.common.settings import CommonSettings
 from services.common.stream_idle import IdleLimit
 from services.common.tracing import tracer
@@ -273,10 +274,17 @@ class GrpcServer:
         self.call_slots = CallSlots(
             settings.max_concurrent_rpcs, f"{settings.namespace()}MAX_CONCURRENT_RPCS"
         )
-        # Per tenant, for every service this server serves.
+        # Per tenant and for all tenants together, for every service this server serves.
         self.reply_bytes = ReplyBytes(
             settings.max_reply_bytes_in_flight_per_tenant,
             f"{settings.namespace()}MAX_REPLY_BYTES_IN_FLIGHT_PER_TENANT",
+            settings.max_reply_bytes_in_flight,
+            f"{settings.namespace()}MAX_REPLY_BYTES_IN_FLIGHT",
+        )
+        # All calls of every service this server serves.
+        self.request_bytes = RequestBytes(
+            settings.max_request_bytes_in_flight,
+            f"{settings.namespace()}MAX_REQUEST_BYTES_IN_FLIGHT",
         )
         self.stream_idle = IdleLimit(
             settings.stream_idle_timeout, f"{settings.namespace()}STREAM_IDLE_TIMEOUT"
@@ -320,6 +328,7 @@ class GrpcServer:
                 metadata_limit=self.metadata_limit,
                 deadline_limit=self.deadline_limit,
                 reply_bytes=self.reply_bytes,
+                request_bytes=self.request_bytes,
             )
         registrar(servicer, self._chassis)
         self._service_names.append(full_name)

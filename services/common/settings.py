@@ -111,6 +111,14 @@ DEFAULT_MAX_PROMPT_CHARS = 32_768
 # most this much of an Ask's question: a question may be longer than a search takes.
 MAX_QUERY_TEXT = 16_384
 
+# Bytes of replies a server holds for all tenants at once (max_reply_bytes_in_flight):
+# with the other terms of docs/operations.md#process-memory, the smallest container limit
+# of deploy/ (512 MiB) holds it.
+DEFAULT_REPLY_BYTES_IN_FLIGHT = 128 * MIB
+# Bytes of requests a server holds for its calls at once (max_request_bytes_in_flight):
+# four of the largest default request (ImportObjects, 16 MiB).
+DEFAULT_REQUEST_BYTES_IN_FLIGHT = 64 * MIB
+
 PREFIX = "GENSEARCH_"
 # Every service's namespace; a variable in one of them belongs to that service alone.
 NAMESPACES: dict[str, str] = {
@@ -215,6 +223,13 @@ class CommonSettings(BaseSettings):
     # RESPONSE_BYTES_IN_FLIGHT, with RetryInfo (services/common/reply_bytes.py). A tenant's
     # first reply always goes. 0 = no limit.
     max_reply_bytes_in_flight_per_tenant: int = Field(default=256 * MIB, ge=0, le=MAX_SIZE_BYTES)
+    # Bytes of replies all tenants together have in flight: a reply past it, while any is
+    # in flight, is refused the same way (``setting`` names this one); a reply while none
+    # is in flight always goes. What keeps a replica inside its container memory limit
+    # (docs/operations.md#process-memory; tests/deploy checks each overlay). 0 = no limit.
+    max_reply_bytes_in_flight: int = Field(
+        default=DEFAULT_REPLY_BYTES_IN_FLIGHT, ge=0, le=MAX_SIZE_BYTES
+    )
     # Largest request metadata (all headers, as gRPC counts them: name + value + 32 bytes
     # each, pseudo-headers included) the server takes; more is RESOURCE_EXHAUSTED /
     # METADATA_TOO_LARGE from the chassis, every time (services/common/metadata_size.py).
@@ -242,6 +257,14 @@ class CommonSettings(BaseSettings):
     # (docs/operations.md#limits). Env: JSON, e.g. '{"ImportObjects": 33554432}'.
     request_limits: dict[str, Annotated[int, Field(ge=1024, le=MAX_SIZE_BYTES)]] = Field(
         default_factory=lambda: dict(REQUEST_LIMITS)
+    )
+    # Bytes of requests the server holds for its calls at once, all tenants together (a
+    # unary request until its call ends, a client stream's message until the next is
+    # asked for); one past it, while any is held, is RESOURCE_EXHAUSTED, reason
+    # REQUEST_BYTES_IN_FLIGHT, with RetryInfo (services/common/request_bytes.py). A request
+    # while none is held always goes. 0 = no limit.
+    max_request_bytes_in_flight: int = Field(
+        default=DEFAULT_REQUEST_BYTES_IN_FLIGHT, ge=0, le=MAX_SIZE_BYTES
     )
     # The /metrics endpoint (services/common/metrics.py): a connection silent this many
     # seconds while its request is read, or not taking its reply within them, is closed;

@@ -140,3 +140,73 @@ async def test_a_cancelled_stream_gives_its_bytes_back(
     await _held(server, "noisy", BIG)
     call.cancel()
     await _held(server, "noisy", 0)
+
+
+PROCESS_SETTING = "GENSEARCH_RETRIEVAL_MAX_REPLY_BYTES_IN_FLIGHT"
+
+
+async def _serve(**limits: int) -> tuple[GrpcServer, grpc.aio.Channel]:
+    settings = RetrievalSettings(
+        api_keys=SecretStr("ann@noisy/reader:key-noisy,bob@quiet/reader:key-quiet"), **limits
+    )
+    server = GrpcServer(settings, port=0)
+    server.add_service(_register, None, SERVICE)
+    port = await server.start()
+    return server, grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=OPTIONS)
+
+
+async def test_tenants_within_their_own_bound_together_pass_the_process_bound() -> None:
+    # Each tenant may hold 2 x 8 MiB; the server holds 3 x 8 MiB for all of them.
+    server, channel = await _serve(
+        max_reply_bytes_in_flight_per_tenant=2 * BIG, max_reply_bytes_in_flight=3 * BIG
+    )
+    try:
+        stream = channel.unary_stream(f"/{SERVICE}/BigStream", _ident, _ident)
+        unary = channel.unary_unary(f"/{SERVICE}/Reply", _ident, _ident)
+        noisy = [stream(b"", metadata=NOISY, timeout=60) for _ in range(2)]
+        await _held(server, "noisy", 2 * BIG)
+        quiet = stream(b"", metadata=QUIET, timeout=60)
+        await _held(server, "quiet", BIG)
+
+        # The quiet tenant holds half its own bound, but the server is full.
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await unary(b"", metadata=QUIET, timeout=30)
+        err = caught.value
+        assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        info = error_info(err)
+        assert info.reason == "RESPONSE_BYTES_IN_FLIGHT"
+        assert dict(info.metadata) == {
+            "limit_bytes": str(3 * BIG),
+            "held_bytes": str(3 * BIG),
+            "size_bytes": str(MIB),
+            "setting": PROCESS_SETTING,
+        }
+        assert PROCESS_SETTING in (err.details() or "")
+        status = rpc_status.from_call(err)  # type: ignore[arg-type]
+        assert status is not None
+        assert [d for d in status.details if d.Is(error_details_pb2.RetryInfo.DESCRIPTOR)]
+        assert server.reply_bytes.total == 3 * BIG  # the refused reply was dropped
+
+        # Read, the replies are sent: the quiet tenant's calls go through again.
+        for call in (*noisy, quiet):
+            assert [len(m) async for m in call] == [BIG, 3]
+        await _held(server, "noisy", 0)
+        await _held(server, "quiet", 0)
+        assert await unary(b"", metadata=QUIET, timeout=30) == b"r" * MIB
+        await _held(server, "quiet", 0)  # given back when the call is done
+        assert server.reply_bytes.total == 0
+    finally:
+        await channel.close()
+        await server.stop(0)
+
+
+async def test_a_reply_past_the_process_bound_goes_when_none_is_in_flight() -> None:
+    server, channel = await _serve(max_reply_bytes_in_flight=1024)
+    try:
+        stream = channel.unary_stream(f"/{SERVICE}/BigStream", _ident, _ident)
+        assert [len(m) async for m in stream(b"", metadata=NOISY, timeout=60)] == [BIG, 3]
+        unary = channel.unary_unary(f"/{SERVICE}/Reply", _ident, _ident)
+        assert await unary(b"", metadata=QUIET, timeout=30) == b"r" * MIB
+    finally:
+        await channel.close()
+        await server.stop(0)

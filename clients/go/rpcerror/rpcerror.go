@@ -93,6 +93,7 @@ const (
 	QdrantError                  Reason = "QDRANT_ERROR"
 	QdrantUnavailable            Reason = "QDRANT_UNAVAILABLE"
 	QuotaExceeded                Reason = "QUOTA_EXCEEDED"
+	RequestBytesInFlight         Reason = "REQUEST_BYTES_IN_FLIGHT"
 	RequestIdInUse               Reason = "REQUEST_ID_IN_USE"
 	RequestIdReused              Reason = "REQUEST_ID_REUSED"
 	RequestIdWithoutConversation Reason = "REQUEST_ID_WITHOUT_CONVERSATION"

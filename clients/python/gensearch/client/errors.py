@@ -560,6 +560,14 @@ class ResponseBytesInFlightError(ResourceExhaustedError):
     error_reason = "RESPONSE_BYTES_IN_FLIGHT"
 
 
+class RequestBytesInFlightError(ResourceExhaustedError):
+    """The server holds as many bytes of requests as it allows, all callers together
+    (metadata ``limit_bytes``, ``held_bytes``, ``size_bytes``, ``setting``): retry after the
+    status's RetryInfo delay, or send smaller batches."""
+
+    error_reason = "REQUEST_BYTES_IN_FLIGHT"
+
+
 class TooManyConcurrentRpcsError(ResourceExhaustedError):
     """The server is serving its limit of calls at once (metadata ``limit``, ``setting``):
     retry shortly, or spread calls over more replicas."""
