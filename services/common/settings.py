@@ -221,8 +221,11 @@ class CommonSettings(BaseSettings):
     # Bytes of replies one tenant has in flight at once (serialized, not yet sent); a reply
     # past it, while the tenant has others in flight, is RESOURCE_EXHAUSTED, reason
     # RESPONSE_BYTES_IN_FLIGHT, with RetryInfo (services/common/reply_bytes.py). A tenant's
-    # first reply always goes. 0 = no limit.
-    max_reply_bytes_in_flight_per_tenant: int = Field(default=256 * MIB, ge=0, le=MAX_SIZE_BYTES)
+    # first reply always goes. Half the process-wide bound by default, so one tenant's
+    # unread replies leave room for the others' (at 256 MiB it could fill it). 0 = no limit.
+    max_reply_bytes_in_flight_per_tenant: int = Field(
+        default=DEFAULT_REPLY_BYTES_IN_FLIGHT // 2, ge=0, le=MAX_SIZE_BYTES
+    )
     # Bytes of replies all tenants together have in flight: a reply past it, while any is
     # in flight, is refused the same way (``setting`` names this one); a reply while none
     # is in flight always goes. What keeps a replica inside its container memory limit
