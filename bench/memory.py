@@ -195,7 +195,9 @@ class _Floor:
 
     def __init__(self, redis: RedisClient) -> None:
         self._redis = redis
-        self._tag = MemoryStore(redis).tag(Owner(DEFAULT_TENANT, ANONYMOUS))
+        store, owner = MemoryStore(redis), Owner(DEFAULT_TENANT, ANONYMOUS)
+        self._tag = store.tag(owner)
+        self._caller = store.caller(owner)
         self._script = redis.register_script(lua_source("create_interaction"))  # type: ignore[misc]
         self._ids = UUIDv7Generator()
 
@@ -205,15 +207,18 @@ class _Floor:
             conversation_id=cid, input=QUESTION, response=ANSWER, origin="bench"
         ).SerializeToString()
 
-        def create() -> Awaitable[Any]:
+        async def create() -> None:
             iid, now = self._ids.new()
             keys = [f"{tag}:conv:{cid}", f"{tag}:conv:{cid}:ints", f"{tag}:int:{iid}",
-                    f"{tag}:convs", f"{tag}:req:"]  # fmt: skip
+                    f"{tag}:convs", f"{tag}:req:", f"{tag}:claim:", f"{tag}:usage"]  # fmt: skip
             # As the store sends them: no traces, the default eviction grace and limits
-            # (the cap on turns as the bench's service has it).
-            args = [ANONYMOUS, tag, cid, iid, now, "", 1000, data, b"", EVICTION_GRACE,
-                    MAX_BYTES_PER_OWNER, MAX_INTERACTIONS_PER_CONVERSATION]  # fmt: skip
-            return self._script(keys=keys, args=args)
+            # (the cap on turns as the bench's service has it), no new conversation ("0")
+            # and no turns declared for eviction (0).
+            args = [self._caller, tag, cid, iid, now, "", 1000, data, b"", EVICTION_GRACE,
+                    MAX_BYTES_PER_OWNER, MAX_INTERACTIONS_PER_CONVERSATION, "0", 0]  # fmt: skip
+            out = await self._script(keys=keys, args=args)
+            if out[0] != 1:  # a floor that writes nothing would be no floor
+                raise SystemExit(f"the floor's create script wrote nothing (status {out[0]})")
 
         return create
 
