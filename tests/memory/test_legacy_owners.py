@@ -280,3 +280,30 @@ async def test_the_same_request_id_stays_each_legacy_owners_own(
     assert not (await claim(ALICE, "a")).request_id_in_use
     assert not (await claim(DEFAULT_ALICE, "b")).request_id_in_use
     assert (await claim(ALICE, "c")).request_id_in_use  # a's hold, not b's
+
+
+async def test_eviction_deletes_the_apart_owners_request_id_key(memory: Memory) -> None:
+    # The legacy owner that does not own untenanted conversations (alice of "alice" by
+    # default) keeps its request_id keys as tag:t:req:<id>; evicting its turn
+    # (forget_interaction, declared by store._declare_turns) must delete that key too.
+    first = await memory.stub.CreateInteraction(
+        pb.CreateInteractionRequest(
+            input="q1",
+            request_id="evicted-r1",
+            new_conversation=pb.CreateConversationRequest(
+                name="short", max_turns=1, summary_disabled=True
+            ),
+        ),
+        metadata=ALICE,
+    )
+    cid = first.interaction.conversation_id
+    tag = MemoryStore(memory.redis, key_prefix=memory.settings.key_prefix).tag(
+        Owner("alice", "alice")
+    )
+    apart = keys.request(tag, "evicted-r1", apart=True)
+    assert await memory.redis.get(apart) == first.interaction.interaction_id.encode()
+    await memory.stub.CreateInteraction(
+        pb.CreateInteractionRequest(conversation_id=cid, input="q2"), metadata=ALICE
+    )
+    assert await memory.redis.exists(keys.interaction(tag, first.interaction.interaction_id)) == 0
+    assert await memory.redis.exists(apart) == 0
