@@ -62,6 +62,27 @@ def test_unique_items_keeps_json_equality() -> None:
     assert unique([{}, []]) and unique(["a", ["a"]])
 
 
+async def _refused(
+    service: Service, schema: struct_pb2.Struct, prompt: str, timeout: float = 30
+) -> grpc.aio.AioRpcError:
+    """The error of a Generate asking for ``schema``: it must fail."""
+    request = pb.GenerateRequest(
+        messages=[user(prompt)], response_format=pb.ResponseFormat(json_schema=schema)
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await service.stub.Generate(request, timeout=timeout)
+    return raised.value
+
+
+def _assert_invalid_schema(err: grpc.aio.AioRpcError) -> None:
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
+    info = error_info(err)
+    assert (info.reason, info.metadata["field"]) == (
+        "INVALID_SCHEMA",
+        "response_format.json_schema",
+    )
+
+
 # Each level tries the first branch to the bottom, fails it on "required", then the second:
 # twice the work a level, 2^depth in all.
 BRANCHING: dict[str, Any] = {
@@ -92,14 +113,7 @@ async def test_a_schema_whose_check_is_exponential_stops_at_its_budget(
     fake.reply = json.dumps(nested)
     schema = struct_pb2.Struct()
     schema.update(BRANCHING)
-    with pytest.raises(grpc.aio.AioRpcError) as raised:
-        await service.stub.Generate(
-            pb.GenerateRequest(
-                messages=[user("nest")], response_format=pb.ResponseFormat(json_schema=schema)
-            ),
-            timeout=30,
-        )
-    err = raised.value
+    err = await _refused(service, schema, "nest")
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION, err.details()
     assert error_info(err).reason == "INVALID_OUTPUT"
     assert "GENSEARCH_GENERATION_SCHEMA_VALIDATE_SECONDS" in (err.details() or "")
@@ -127,20 +141,8 @@ async def test_a_nested_dialect_is_refused_before_any_call(
             },
         }
     )
-    with pytest.raises(grpc.aio.AioRpcError) as raised:
-        await service.stub.Generate(
-            pb.GenerateRequest(
-                messages=[user("steer")], response_format=pb.ResponseFormat(json_schema=schema)
-            ),
-            timeout=30,
-        )
-    err = raised.value
-    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
-    info = error_info(err)
-    assert (info.reason, info.metadata["field"]) == (
-        "INVALID_SCHEMA",
-        "response_format.json_schema",
-    )
+    err = await _refused(service, schema, "steer")
+    _assert_invalid_schema(err)
     assert "$schema" in (err.details() or "")
     assert fake.chat_requests == []
 
@@ -154,20 +156,8 @@ async def test_a_pattern_nesting_past_the_parsers_recursion_is_invalid_not_inter
     schema = struct_pb2.Struct()
     pattern = "(" * 1000 + "a" + ")" * 1000
     schema.update({"type": "object", "properties": {"t": {"type": "string", "pattern": pattern}}})
-    with pytest.raises(grpc.aio.AioRpcError) as raised:
-        await service.stub.Generate(
-            pb.GenerateRequest(
-                messages=[user("nest")], response_format=pb.ResponseFormat(json_schema=schema)
-            ),
-            timeout=30,
-        )
-    err = raised.value
-    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
-    info = error_info(err)
-    assert (info.reason, info.metadata["field"]) == (
-        "INVALID_SCHEMA",
-        "response_format.json_schema",
-    )
+    err = await _refused(service, schema, "nest")
+    _assert_invalid_schema(err)
     assert fake.chat_requests == []
 
 
@@ -181,14 +171,7 @@ async def test_an_answer_integer_past_a_double_is_invalid_output_not_internal(
     fake.reply = '{"n": 1' + "0" * 400 + "}"
     schema = struct_pb2.Struct()
     schema.update({"type": "object", "properties": {"n": {"type": "number", "multipleOf": 0.5}}})
-    with pytest.raises(grpc.aio.AioRpcError) as raised:
-        await service.stub.Generate(
-            pb.GenerateRequest(
-                messages=[user("big")], response_format=pb.ResponseFormat(json_schema=schema)
-            ),
-            timeout=30,
-        )
-    err = raised.value
+    err = await _refused(service, schema, "big")
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION, err.details()
     assert error_info(err).reason == "INVALID_OUTPUT"
     assert "out of the range of a double" in (err.details() or "")
@@ -204,20 +187,8 @@ async def test_a_schema_of_many_subschemas_is_refused_by_its_count(
     counted before the check, and nothing is sent upstream."""
     schema = struct_pb2.Struct()
     schema.update({"type": "object", "allOf": [{}] * 20_000})
-    with pytest.raises(grpc.aio.AioRpcError) as raised:
-        await service.stub.Generate(
-            pb.GenerateRequest(
-                messages=[user("many")], response_format=pb.ResponseFormat(json_schema=schema)
-            ),
-            timeout=60,
-        )
-    err = raised.value
-    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
-    info = error_info(err)
-    assert (info.reason, info.metadata["field"]) == (
-        "INVALID_SCHEMA",
-        "response_format.json_schema",
-    )
+    err = await _refused(service, schema, "many", timeout=60)
+    _assert_invalid_schema(err)
     assert "GENSEARCH_GENERATION_MAX_SCHEMA_NODES" in (err.details() or "")
     assert fake.chat_requests == []
 
@@ -233,20 +204,8 @@ async def test_a_ref_chain_validation_cannot_follow_is_refused_before_any_call(
     schema = struct_pb2.Struct()
     schema.update({"type": "object", "$defs": defs, "properties": {"x": {"$ref": "#/$defs/a0"}}})
     fake.reply = '{"x": "s"}'
-    with pytest.raises(grpc.aio.AioRpcError) as raised:
-        await service.stub.Generate(
-            pb.GenerateRequest(
-                messages=[user("chain")], response_format=pb.ResponseFormat(json_schema=schema)
-            ),
-            timeout=30,
-        )
-    err = raised.value
-    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
-    info = error_info(err)
-    assert (info.reason, info.metadata["field"]) == (
-        "INVALID_SCHEMA",
-        "response_format.json_schema",
-    )
+    err = await _refused(service, schema, "chain")
+    _assert_invalid_schema(err)
     assert fake.chat_requests == []
 
 
