@@ -22,6 +22,7 @@ from services.common.errors import InvalidArgument
 VERSION = 2
 MAX_TOKEN_CHARS = 512
 _MAC_BYTES = 16
+NOT_ISSUED = "page_token is not a token this service issued"
 # What ``encode`` writes: URL-safe base64 without padding.
 _TOKEN_CHARS = re.compile(r"[A-Za-z0-9_-]+")
 
@@ -54,28 +55,31 @@ class PageTokens:
         # and ignores padding and a last character's unused bits, so one token would
         # otherwise be many texts (a space, a '!' or '==' added, spare bits set).
         if not _TOKEN_CHARS.fullmatch(token):
-            raise _invalid("page_token is not a token this service issued")
+            raise _invalid(NOT_ISSUED)
         try:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         except (binascii.Error, ValueError):
-            raise _invalid("page_token is not a token this service issued") from None
+            raise _invalid(NOT_ISSUED) from None
         if base64.urlsafe_b64encode(raw).rstrip(b"=").decode() != token:
-            raise _invalid("page_token is not a token this service issued")
+            raise _invalid(NOT_ISSUED)
         payload, mac = raw[:-_MAC_BYTES], raw[-_MAC_BYTES:]
         if len(raw) <= _MAC_BYTES or not hmac.compare_digest(mac, self._mac(payload)):
-            raise _invalid("page_token is not a token this service issued")
+            raise _invalid(NOT_ISSUED)
         try:
             fields = json.loads(payload)
         except (ValueError, TypeError):
-            raise _invalid("page_token is not a token this service issued") from None
+            raise _invalid(NOT_ISSUED) from None
         if not isinstance(fields, list) or not fields or fields[0] != VERSION:
             raise _invalid("page_token is from an incompatible version; start from page one")
         try:
             _, token_kind, token_scope, holder, cursor = fields
         except ValueError:
-            raise _invalid("page_token is not a token this service issued") from None
+            raise _invalid(NOT_ISSUED) from None
         if holder != self._holder(owner):
-            raise _invalid("page_token was issued to another caller")
+            # Answered as a token we never issued, word for word: another caller's token
+            # is another tenant's (or user's) thing, and says nothing more than a missing
+            # one would (not even that it is genuine).
+            raise _invalid(NOT_ISSUED)
         if token_kind != kind or token_scope != scope or not isinstance(cursor, str):
             raise _invalid("page_token belongs to a different list")
         return cursor

@@ -208,3 +208,57 @@ async def test_rotation_two_keys_at_once_then_the_old_one_refused(
     assert error_info(err).reason == "INVALID_API_KEY"
     assert "key-ann-acme" not in (err.details() or "")
     await s.memory.ListConversations(mem_pb.ListConversationsRequest(), metadata=ANN_NEW)
+
+
+async def test_another_callers_page_token_is_answered_like_a_forged_one(prod: Stack) -> None:
+    """A page token replayed by another user of the tenant or by another tenant gets the
+    answer of a token nobody issued, field by field (it used to say "issued to another
+    caller": that the token is genuine and someone else's)."""
+    s = prod
+    made = await s.memory.CreateConversation(mem_pb.CreateConversationRequest(), metadata=ANN)
+    cid = made.conversation.conversation_id
+    await s.memory.CreateConversation(mem_pb.CreateConversationRequest(), metadata=ANN)
+    for _ in range(2):
+        await s.memory.CreateInteraction(
+            mem_pb.CreateInteractionRequest(conversation_id=cid, input="q", response="a"),
+            metadata=ANN,
+        )
+    listed = await s.memory.ListConversations(
+        mem_pb.ListConversationsRequest(page_size=1), metadata=ANN
+    )
+    turns = await s.memory.ListInteractions(
+        mem_pb.ListInteractionsRequest(conversation_id=cid, page_size=1), metadata=ANN
+    )
+    for who in (RAE, BO):
+        own = await s.memory.CreateConversation(mem_pb.CreateConversationRequest(), metadata=who)
+        own_cid = own.conversation.conversation_id
+
+        def calls(
+            conversations: str, interactions: str, who: Any = who, own_cid: str = own_cid
+        ) -> list[Any]:
+            return [
+                s.memory.ListConversations(
+                    mem_pb.ListConversationsRequest(page_size=1, page_token=conversations),
+                    metadata=who,
+                ),
+                s.memory.ListInteractions(
+                    mem_pb.ListInteractionsRequest(
+                        conversation_id=own_cid, page_size=1, page_token=interactions
+                    ),
+                    metadata=who,
+                ),
+            ]
+
+        # The same length and alphabet, one character changed: its signature fails.
+        forged = [_tampered(listed.next_page_token), _tampered(turns.next_page_token)]
+        for theirs, nobodys in zip(
+            calls(listed.next_page_token, turns.next_page_token), calls(*forged), strict=True
+        ):
+            got, expected = await failure(theirs), await failure(nobodys)
+            assert got.code() == grpc.StatusCode.INVALID_ARGUMENT, got.details()
+            assert error_info(got).reason == "INVALID_PAGE_TOKEN"
+            assert answer(got) == answer(expected)
+
+
+def _tampered(token: str) -> str:
+    return token[:-2] + ("A" if token[-2] != "A" else "B") + token[-1]
