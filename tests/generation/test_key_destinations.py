@@ -1,9 +1,9 @@
 """The operator's provider keys go only to the base URL of the provider they belong to.
 
 Two providers, each on its own loopback fake server with its own key variable: whatever
-a caller asks for (provider, model, headers), a key never reaches the other server. No
-request field names a URL (tests/common/test_request_urls.py), so a caller cannot point a
-provider's key elsewhere.
+a caller asks for (provider, model, headers), a key never reaches the other server. The
+one URL a request may name, ``base_url``, is a caller's URL that never gets a key from the
+environment (tests/common/test_request_urls.py, test_structured_and_sampling.py).
 """
 
 from __future__ import annotations
