@@ -3,7 +3,8 @@ services enforce them, and the gateway's own collection cache never crosses tena
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -13,9 +14,9 @@ from gensearch.memory.v1 import memory_service_pb2 as mem_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from google.protobuf import duration_pb2, struct_pb2
 
-from tests.gateway.conftest import DIM, Stack, StackFactory, create_books, vector
+from tests.gateway.conftest import BOOKS, DIM, Stack, StackFactory, create_books, vector
 from tests.gateway.test_generative_search import _near
-from tests.support.rpc import error_info
+from tests.support.rpc import error_info, failure_of, whole_answer
 
 KEYS = ",".join(
     [
@@ -262,3 +263,160 @@ async def test_conversations_are_per_tenant_through_the_gateway(tenants: Stack) 
     )
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error_info(err).metadata.get("field") == "page_token"
+
+
+def _collection_calls(s: Stack, who: Any, object_id: str) -> dict[str, Callable[[], Any]]:
+    """Every call, through the gateway, that names the collection "Books" (streams read to
+    their end; ImportObjects sends one message)."""
+    near = ret_pb.NearVector(vector=vector(0))
+    generate = gw_pb.Generate(single_prompt="{title}", grouped_task="which?")
+    ids = gw_pb.ObjectIds(ids=[object_id])
+    inline = gw_pb.InlineObjects(objects=[struct_pb2.Struct(fields={"title": _text("a")})])
+    year = ret_pb.Filter(
+        condition=ret_pb.Condition(
+            property="year",
+            operator=ret_pb.OPERATOR_GREATER_THAN,
+            value=struct_pb2.Value(number_value=0),
+        )
+    )
+    chunks = [ret_pb.ChunkRange(document=struct_pb2.Value(number_value=1))]
+    semantic = gw_pb.SemanticCache(mode=gw_pb.CACHE_MODE_USE)
+    r, g = s.retrieval, s.stub
+
+    async def one_import() -> AsyncIterator[ret_pb.ImportObjectsRequest]:
+        yield ret_pb.ImportObjectsRequest(
+            collection="Books", objects=[ret_pb.DataObject(vector=vector(1))]
+        )
+
+    def req(kind: type, **fields: Any) -> Any:
+        return kind(collection="Books", **fields)
+
+    m = {"metadata": who}
+    return {
+        "GetCollection": lambda: r.GetCollection(ret_pb.GetCollectionRequest(name="Books"), **m),
+        "UpsertObjects": lambda: r.UpsertObjects(
+            req(ret_pb.UpsertObjectsRequest, objects=[ret_pb.DataObject(vector=vector(1))]), **m
+        ),
+        "ImportObjects": lambda: r.ImportObjects(one_import(), **m),
+        "GetObject": lambda: r.GetObject(req(ret_pb.GetObjectRequest, id=object_id), **m),
+        "BatchGetObjects": lambda: r.BatchGetObjects(
+            req(ret_pb.BatchGetObjectsRequest, ids=[object_id]), **m
+        ),
+        "DeleteObjects": lambda: r.DeleteObjects(
+            req(ret_pb.DeleteObjectsRequest, ids=[object_id]), **m
+        ),
+        "DeleteObjects filter": lambda: r.DeleteObjects(
+            req(ret_pb.DeleteObjectsRequest, filter=year), **m
+        ),
+        "CountObjects": lambda: r.CountObjects(req(ret_pb.CountObjectsRequest), **m),
+        "Search": lambda: r.Search(req(ret_pb.SearchRequest, near_vector=near), **m),
+        "Search keyword, filter": lambda: r.Search(
+            req(ret_pb.SearchRequest, keyword=ret_pb.Keyword(text="dune"), filter=year), **m
+        ),
+        "GetChunks": lambda: r.GetChunks(req(ret_pb.GetChunksRequest, ranges=chunks), **m),
+        "GenerativeSearch": lambda: g.GenerativeSearch(
+            req(gw_pb.GenerativeSearchRequest, near_vector=near, generate=generate), **m
+        ),
+        "StreamGenerativeSearch": lambda: g.StreamGenerativeSearch(
+            req(gw_pb.StreamGenerativeSearchRequest, near_vector=near, generate=generate), **m
+        ),
+        "GenerateOnObjects ids": lambda: g.GenerateOnObjects(
+            req(gw_pb.GenerateOnObjectsRequest, ids=ids, generate=generate), **m
+        ),
+        "GenerateOnObjects inline": lambda: g.GenerateOnObjects(
+            req(gw_pb.GenerateOnObjectsRequest, inline=inline, generate=generate), **m
+        ),
+        "StreamGenerateOnObjects": lambda: g.StreamGenerateOnObjects(
+            req(gw_pb.StreamGenerateOnObjectsRequest, ids=ids, generate=generate), **m
+        ),
+        "Ask": lambda: g.Ask(req(gw_pb.AskRequest, llm_question="q"), **m),
+        "Ask new conversation": lambda: g.Ask(
+            req(gw_pb.AskRequest, llm_question="q", new_conversation=True), **m
+        ),
+        "Ask semantic cache": lambda: g.Ask(
+            req(gw_pb.AskRequest, llm_question="q", semantic_cache=semantic), **m
+        ),
+        "StreamAsk": lambda: g.StreamAsk(req(gw_pb.StreamAskRequest, llm_question="q"), **m),
+        "DeleteCollection": lambda: r.DeleteCollection(
+            ret_pb.DeleteCollectionRequest(name="Books"), **m
+        ),
+    }
+
+
+async def test_every_call_on_another_tenants_collection_answers_as_before_it_existed(
+    tenants: Stack,
+) -> None:
+    """The same calls of one caller on the name "Books", before and after another tenant
+    creates a "Books": every answer the same, code, message and every rich detail field by
+    field (nothing learnt of the other tenant's collection, its schema or its objects)."""
+    s = tenants
+    unknown = str(uuid.uuid4())
+    before = {
+        name: whole_answer(await failure_of(call()))
+        for name, call in _collection_calls(s, BOB, unknown).items()
+    }
+    await create_books(s, metadata=ALICE)
+    after = {
+        name: whole_answer(await failure_of(call()))
+        for name, call in _collection_calls(s, BOB, unknown).items()
+    }
+    assert after == before
+    assert {answer[0] for answer in before.values()} == {grpc.StatusCode.NOT_FOUND}
+    got = await s.retrieval.CountObjects(
+        ret_pb.CountObjectsRequest(collection="Books"), metadata=ALICE
+    )
+    assert got.count == len(BOOKS)  # and nothing of Alice's was touched
+    assert s.fake.chat_requests == []
+
+
+async def test_another_tenants_object_ids_are_unknown_ids_in_a_namesake(tenants: Stack) -> None:
+    """Alice's object ids, sent to Bob's own collection of the same name (its objects alike),
+    read as ids nobody wrote: missing alone in a BatchGet with Bob's own, and each call that
+    names one answers as for an unknown id (message and details, the id made equal)."""
+    s = tenants
+    alices = await create_books(s, metadata=ALICE)
+    bobs = await create_books(s, metadata=BOB)
+    got = await s.retrieval.BatchGetObjects(
+        ret_pb.BatchGetObjectsRequest(collection="Books", ids=[bobs[0], alices[1], bobs[2]]),
+        metadata=BOB,
+    )
+    assert [o.id for o in got.objects] == [bobs[0], bobs[2]]
+    assert list(got.missing_ids) == [alices[1]]
+    unknown = str(uuid.uuid4())
+    for name in ("GetObject", "GenerateOnObjects ids", "StreamGenerateOnObjects"):
+        theirs = _collection_calls(s, BOB, alices[1])[name]()
+        nobodys = _collection_calls(s, BOB, unknown)[name]()
+        if name == "GetObject":
+            assert whole_answer(await failure_of(theirs), alices[1]) == whole_answer(
+                await failure_of(nobodys), unknown
+            )
+            continue
+        seen = [str(x).replace(alices[1], "<id>") for x in await _all(theirs)]
+        assert seen == [str(x).replace(unknown, "<id>") for x in await _all(nobodys)]
+        assert "OBJECT_NOT_FOUND" in "".join(seen)
+    deleted = await s.retrieval.DeleteObjects(
+        ret_pb.DeleteObjectsRequest(collection="Books", ids=alices), metadata=BOB
+    )
+    assert deleted.deleted_count == 0
+    counts = [
+        (
+            await s.retrieval.CountObjects(
+                ret_pb.CountObjectsRequest(collection="Books"), metadata=who
+            )
+        ).count
+        for who in (ALICE, BOB)
+    ]
+    assert counts == [len(BOOKS), len(BOOKS)]
+
+
+async def _all(call: Any) -> list[Any]:
+    """A unary call's answer, or a server stream's messages (usage and timings dropped)."""
+    if isinstance(call, grpc.aio.UnaryStreamCall):
+        messages = [m async for m in call]
+    else:
+        messages = [await call]
+    for message in messages:
+        for name in ("usage", "done"):
+            if message.DESCRIPTOR.fields_by_name.get(name) and message.HasField(name):
+                message.ClearField(name)
+    return messages

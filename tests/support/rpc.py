@@ -3,10 +3,12 @@ call."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import grpc
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
+from google.protobuf import json_format
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
@@ -26,6 +28,21 @@ def error_info(err: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
     info = _detail(err, error_details_pb2.ErrorInfo)
     assert isinstance(info, error_details_pb2.ErrorInfo)
     return info
+
+
+def whole_answer(err: grpc.aio.AioRpcError, *sent: str) -> tuple[object, ...]:
+    """All a caller learns from a failed call: its code, message and every rich detail,
+    field by field, with the names and ids in ``sent`` made equal (to compare a refusal of
+    one thing with that of another)."""
+
+    def same(text: str) -> str:
+        for value in sent:
+            text = text.replace(value, "<sent>")
+        return text
+
+    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    details = json_format.MessageToDict(status) if status is not None else None
+    return err.code(), same(err.details() or ""), same(json.dumps(details, sort_keys=True))
 
 
 def bad_request_field(err: grpc.aio.AioRpcError) -> str:
