@@ -127,6 +127,27 @@ async def test_answers_never_cross_tenants(sem: Stack) -> None:
     assert not bobs.cached and calls(sem) == made + 1
 
 
+async def test_answers_never_cross_collections_and_leave_only_with_their_own(
+    sem: Stack,
+) -> None:
+    """A twin collection of the tenant (the same objects and settings) never gets Books'
+    answer; deleting the twin, or another tenant's namesake, leaves Books' answers."""
+    await create_books(sem, name="Twin", metadata=ALICE)
+    await create_books(sem, metadata=BOB)
+    await asked(sem, ask(Q1), metadata=ALICE)
+    made = calls(sem)
+    twin = ask(Q1)
+    twin.collection = "Twin"
+    assert not (await asked(sem, twin, metadata=ALICE)).cached
+    assert calls(sem) == made + 1
+    for name, who in (("Twin", ALICE), ("Books", BOB)):
+        await sem.retrieval.DeleteCollection(
+            ret_pb.DeleteCollectionRequest(name=name), metadata=who
+        )
+    kept = await asked(sem, ask(Q1), metadata=ALICE)
+    assert kept.cached and calls(sem) == made + 1
+
+
 async def test_deleting_the_collection_drops_its_answers(sem: Stack, tmp_path: Path) -> None:
     await asked(sem, ask(Q1), metadata=ALICE)
     hidden = answer_caches(tmp_path)
