@@ -91,6 +91,13 @@ _FULL = "OOM "
 # writes stay; each script is written so that its retry completes it). Redis says "Script
 # attempted to access a non local key in a cluster node", Valkey "Attempted to access ...".
 _MOVING = "non local key in a cluster node"
+# A write script stopped, nothing written, because the owner's accounting needs a script
+# that declares keys it cannot (lua/usage.lua, USAGE_FIRST): "reconcile" or "measure <cid>".
+_USAGE_FIRST = "GENSEARCH_USAGE_FIRST "
+# A script stopped, nothing written, because a key it derives (a turn's conversation hash,
+# the turn a request_id names) is missing and undeclared: mid-reshard it may not have moved
+# yet (lua/read.lua, declare_first). Then the names of the keys to declare.
+_DECLARE_FIRST = "GENSEARCH_DECLARE_FIRST "
 log = logging.getLogger("gensearch.memory.store")
 _URL_CREDENTIALS = re.compile(r"(\w+://)[^@/\s]*@")
 _LUA = resources.files("services.memory") / "lua"
@@ -122,6 +129,12 @@ _DECLARE = 7
 # each finding other turns to evict than its run declared (another write evicted or
 # added turns in between). A turn's write counts these runs in TURN_WRITE_ATTEMPTS.
 EVICT_ATTEMPTS = 8
+# Runs of a script before giving up with ABORTED, each stopped to reconcile or measure
+# first, or to declare a key it derives (``MemoryStore._run``): a run stops again only when
+# a conversation expired, or the list or turns changed, in between, or for the next key of
+# a chain (a request_id's turn, then that turn's conversation).
+USAGE_ATTEMPTS = 8
+# Members or turns one run of reconcile.lua or measure.lua may not declare more than:
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +225,25 @@ class ConversationUpdate:
     summary_disabled: bool | None = None
 
 
+class _UsageFirst(Exception):
+    """A write script stopped (nothing written) for ``reconcile.lua`` or, for conversation
+    ``cid``, ``measure.lua`` to run first (lua/usage.lua). Only ``MemoryStore._run``
+    runs the scripts that raise it, and handles it."""
+
+    def __init__(self, cid: str | None) -> None:
+        super().__init__(cid)
+        self.cid = cid
+
+
+class _DeclareFirst(Exception):
+    """A script stopped (nothing written) for a run with ``names`` declared too
+    (lua/read.lua's declare_first); ``MemoryStore._run`` handles it."""
+
+    def __init__(self, names: list[str]) -> None:
+        super().__init__(names)
+        self.names = names
+
+
 class SummaryConflict(Exception):
     """The summary no longer covers what the writer expected (someone folded first)."""
 
@@ -279,6 +311,13 @@ async def _redis(call: Awaitable[Any] | Any) -> Any:
             reason="STORE_IS_CLUSTER",
         ) from None
     except RedisError as err:
+        if str(err).startswith(_USAGE_FIRST):
+            what = str(err).removeprefix(_USAGE_FIRST).split()
+            raise _UsageFirst(what[1] if what[0] == "measure" else None) from None
+        if str(err).startswith(_DECLARE_FIRST):
+            # Redis appends " script: <where>" to an error a script raises.
+            names = str(err).removeprefix(_DECLARE_FIRST).partition(" script: ")[0].split()
+            raise _DeclareFirst(names) from None
         if str(err).startswith(_BUSY) or _MOVING in str(err):
             raise _unavailable(err) from None
         if isinstance(err, OutOfMemoryError) or str(err).startswith(_FULL):
@@ -437,6 +476,8 @@ class MemoryStore:
         self._stored_request = script("stored_request")
         self._claim_request = script("claim_request")
         self._release_request = script("release_request")
+        self._reconcile_script = script("reconcile")
+        self._measure_script = script("measure")
 
     async def load_scripts(self) -> None:
         """Loads every script now (SCRIPT LOAD; on a cluster, into every master).
@@ -452,7 +493,7 @@ class MemoryStore:
             self._list_conversations, self._get_interaction_traces, self._update_interaction,
             self._get_interactions, self._interactions_exist, self._check_storage,
             self._stored_request, self._retention_step, self._claim_request,
-            self._release_request,
+            self._release_request, self._reconcile_script, self._measure_script,
         ]  # fmt: skip
         for script in scripts:
             await _redis(self._redis.script_load(script.script))
@@ -500,6 +541,81 @@ class MemoryStore:
             return tenant.decode() == owner.tenant
         return self.caller(owner).endswith("1")
 
+    async def _run(
+        self, tag: str, script: AsyncScript, names: list[str], args: list[EncodableT]
+    ) -> Any:
+        """The answer of ``script`` (on ``names``, ``args``), after what a run of it stopped
+        for, nothing written: a write that charges the owner's bytes, for the reconcile or
+        the measure (lua/usage.lua), which read keys the script does not declare, so they
+        are scripts of their own, run with every key they read declared (two more round
+        trips each, only when a write would not fit and a conversation may have expired,
+        or once per conversation stored before the accounting); a script that found a key
+        it derives missing, for a run with it declared too (lua/read.lua's declare_first:
+        one more round trip, only then). None otherwise."""
+        names = list(names)
+        for _ in range(USAGE_ATTEMPTS):
+            try:
+                return await _redis(script(keys=names, args=args))
+            except _DeclareFirst as first:
+                names += first.names
+            except _UsageFirst as first:
+                if first.cid is None:
+                    await self._reconcile(tag)
+                else:
+                    await self._measure(tag, first.cid)
+        raise Aborted(
+            "the owner's conversations kept changing while this was written; try again",
+            reason="CONCURRENT_UPDATE",
+        )
+
+    async def _reconcile(self, tag: str, gone: list[str] | None = None) -> None:
+        """Drops the conversations whose hash is gone from the owner's list and accounting
+        (lua/reconcile.lua): the members ``gone`` names, or (None) every member, as a
+        write's reconcile. The hashes are declared: mid-reshard, split between the nodes,
+        Redis refuses the run (TRYAGAIN: UNAVAILABLE) rather than one not moved yet being
+        taken for expired."""
+        convs = keys.conversations(tag)
+        for _ in range(USAGE_ATTEMPTS):
+            if gone is None:
+                members = [
+                    bytes(m).decode() for m in await _redis(self._redis.zrange(convs, 0, -1))
+                ]
+            else:
+                members = gone
+            names = [keys.conversation(tag, m[16:]) for m in members]
+            done = await _redis(
+                self._reconcile_script(
+                    keys=[convs, keys.usage(tag), *names],
+                    args=[tag, "1" if gone is None else "0", *members],
+                )
+            )
+            if done == 1:
+                return
+        raise Aborted(
+            "the owner's conversations kept changing while they were counted; try again",
+            reason="CONCURRENT_UPDATE",
+        )
+
+    async def _measure(self, tag: str, cid: str) -> None:
+        """Counts conversation ``cid``, stored before the accounting (lua/measure.lua),
+        with every turn it reads declared, so that mid-reshard a turn not moved yet is not
+        counted as the bare overhead: Redis refuses the run (TRYAGAIN: UNAVAILABLE)."""
+        ints = keys.conversation_interactions(tag, cid)
+        for _ in range(USAGE_ATTEMPTS):
+            iids = [bytes(m).decode() for m in await _redis(self._redis.zrange(ints, 0, -1))]
+            done = await _redis(
+                self._measure_script(
+                    keys=[
+                        keys.conversation(tag, cid), ints, keys.usage(tag),
+                        *(keys.interaction(tag, iid) for iid in iids),
+                    ],
+                    args=[tag, cid, *iids],
+                )
+            )  # fmt: skip
+            if done == 1:
+                return
+        raise _concurrent_update(cid)
+
     async def shared_secret(self) -> bytes:
         """A random secret created once per key prefix, the same for every replica."""
         key = f"{self._prefix}:page-token-secret"
@@ -530,15 +646,15 @@ class MemoryStore:
         names.append(keys.usage(tag))
         # Past the limit it cannot fit whatever the count: no huge number for Lua.
         turn_bytes = min(turn_bytes, self._max_bytes + 1)
-        status, used, count = await _redis(
-            self._check_storage(
-                keys=names,
-                args=[
-                    self.caller(owner), tag, cid, turn_bytes, self._max_bytes,
-                    self._max_conversations, "1" if summary else "0", self._max_interactions,
-                    self._grace,
-                ],
-            )
+        status, used, count = await self._run(
+            tag,
+            self._check_storage,
+            names,
+            [
+                self.caller(owner), tag, cid, turn_bytes, self._max_bytes,
+                self._max_conversations, "1" if summary else "0", self._max_interactions,
+                self._grace,
+            ],
         )  # fmt: skip
         if status == 0:
             raise conversation_not_found(cid)
@@ -554,10 +670,11 @@ class MemoryStore:
         """The interaction ``owner`` stored with ``request_id`` (CreateInteraction's
         idempotency key, remembered for ``request_id_ttl``), if it still exists."""
         tag = self.tag(owner)
-        out = await _redis(
-            self._stored_request(
-                keys=[self._request(owner, tag, request_id)], args=[self.caller(owner), tag]
-            )
+        out = await self._run(
+            tag,
+            self._stored_request,
+            [self._request(owner, tag, request_id)],
+            [self.caller(owner), tag],
         )
         if not out:
             return None
@@ -570,11 +687,11 @@ class MemoryStore:
         it holds it already): True. False when another attempt holds it; the interaction
         ``owner`` stored with it meanwhile, if any (checked in the same atomic step)."""
         tag = self.tag(owner)
-        out = await _redis(
-            self._claim_request(
-                keys=[self._request(owner, tag, request_id), self._claim(owner, tag, request_id)],
-                args=[self.caller(owner), tag, token, seconds * 1000],
-            )
+        out = await self._run(
+            tag,
+            self._claim_request,
+            [self._request(owner, tag, request_id), self._claim(owner, tag, request_id)],
+            [self.caller(owner), tag, token, seconds * 1000],
         )
         if out[0] == 1:
             return pb.Interaction.FromString(out[2])
@@ -593,14 +710,14 @@ class MemoryStore:
         tag = self.tag(owner)
         cid, now = self._ids.new()
         r = retention or Retention()
-        expire_ms = await _redis(
-            self._create_conversation(
-                keys=[keys.conversation(tag, cid), keys.conversations(tag), keys.usage(tag)],
-                args=[
-                    self.caller(owner), name, now, tag, cid, r.ttl_ms, r.max_turns,
-                    int(r.summary_disabled), self._max_conversations, self._max_bytes,
-                ],
-            )
+        expire_ms = await self._run(
+            tag,
+            self._create_conversation,
+            [keys.conversation(tag, cid), keys.conversations(tag), keys.usage(tag)],
+            [
+                self.caller(owner), name, now, tag, cid, r.ttl_ms, r.max_turns,
+                int(r.summary_disabled), self._max_conversations, self._max_bytes,
+            ],
         )  # fmt: skip
         if expire_ms == -2:
             raise self._conversations_full()
@@ -637,8 +754,11 @@ class MemoryStore:
         named: dict[str, str] = {}
         evicted, declared = _declare_turns(tag, named)
         for _ in range(EVICT_ATTEMPTS):
-            row = await _redis(
-                self._update_conversation(keys=names + evicted, args=args + declared)
+            row = await self._run(
+                tag,
+                self._update_conversation,
+                names + evicted,
+                args + declared,
             )
             if not (isinstance(row, list) and row[0] == _DECLARE):
                 break
@@ -764,7 +884,7 @@ class MemoryStore:
         named: dict[str, str] = {}
         evicted, declared = _declare_turns(tag, named)
         for _ in range(EVICT_ATTEMPTS):
-            out = await _redis(self._update_summary(keys=names + evicted, args=args + declared))
+            out = await self._run(tag, self._update_summary, names + evicted, args + declared)
             if out[0] != _DECLARE:
                 break
             evicted, declared = _declare_turns(tag, named, out)
@@ -842,7 +962,12 @@ class MemoryStore:
                 args=[self.caller(owner), tag, start, page_size, page_size + 1 + LIST_SKIP],
             )
         )
-        items = [_conversation(out[i].decode()[16:], out[i + 1]) for i in range(1, len(out), 2)]
+        if out[1]:
+            # Members whose hash was missing: expired, or (mid-reshard) not moved yet to
+            # the node that ran the script. Removed with the hashes declared, so Redis
+            # refuses while they are split (UNAVAILABLE) rather than a live one leaving.
+            await self._reconcile(tag, [bytes(m).decode() for m in out[1]])
+        items = [_conversation(out[i].decode()[16:], out[i + 1]) for i in range(2, len(out), 2)]
         # The cursor is a list member, "<update_ms:015d>:<cid>" (lua/list_conversations.lua).
         return Page(items, out[0].decode() or None)
 
@@ -950,7 +1075,7 @@ class MemoryStore:
                 interaction.SerializeToString(), traces, self._grace, self._max_bytes,
                 self._max_interactions, *created, *declared,
             ]  # fmt: skip
-            out = await _redis(self._create_interaction(keys=names, args=args))
+            out = await self._run(tag, self._create_interaction, names, args)
             if out[0] == _DECLARE:
                 # The turns this write evicts (or the turn request_id names), declared in
                 # the next run: nothing was written.
@@ -989,10 +1114,11 @@ class MemoryStore:
     async def get_interaction_traces(self, owner: Owner, iid: str) -> bytes:
         """The interaction's serialized traces (b"" when it has none)."""
         tag = self.tag(owner)
-        out = await _redis(
-            self._get_interaction_traces(
-                keys=[keys.interaction(tag, iid)], args=[self.caller(owner), tag]
-            )
+        out = await self._run(
+            tag,
+            self._get_interaction_traces,
+            [keys.interaction(tag, iid)],
+            [self.caller(owner), tag],
         )
         if out is None:
             raise interaction_not_found(iid)
@@ -1000,8 +1126,8 @@ class MemoryStore:
 
     async def get_interaction_data(self, owner: Owner, iid: str) -> bytes:
         tag = self.tag(owner)
-        data = await _redis(
-            self._get_interaction(keys=[keys.interaction(tag, iid)], args=[self.caller(owner), tag])
+        data = await self._run(
+            tag, self._get_interaction, [keys.interaction(tag, iid)], [self.caller(owner), tag]
         )
         if data is None:
             raise interaction_not_found(iid)
@@ -1031,11 +1157,11 @@ class MemoryStore:
         digests (``redis.sha1hex``), so ``old`` itself is not sent back."""
         tag = self.tag(owner)
         digest = hashlib.sha1(old, usedforsecurity=False).hexdigest()
-        status = await _redis(
-            self._update_interaction(
-                keys=[keys.interaction(tag, iid), keys.usage(tag)],
-                args=[self.caller(owner), tag, digest, new, self._max_bytes],
-            )
+        status = await self._run(
+            tag,
+            self._update_interaction,
+            [keys.interaction(tag, iid), keys.usage(tag)],
+            [self.caller(owner), tag, digest, new, self._max_bytes],
         )
         if status == 0:
             raise interaction_not_found(iid)
@@ -1048,10 +1174,11 @@ class MemoryStore:
         if not iids:
             return []
         tag = self.tag(owner)
-        out = await _redis(
-            self._get_interactions(
-                keys=[keys.interaction(tag, iid) for iid in iids], args=[self.caller(owner), tag]
-            )
+        out = await self._run(
+            tag,
+            self._get_interactions,
+            [keys.interaction(tag, iid) for iid in iids],
+            [self.caller(owner), tag, len(iids)],
         )
         return [pb.Interaction.FromString(data) if data else None for data in out]
 
@@ -1061,10 +1188,11 @@ class MemoryStore:
         if not iids:
             return []
         tag = self.tag(owner)
-        out = await _redis(
-            self._interactions_exist(
-                keys=[keys.interaction(tag, iid) for iid in iids], args=[self.caller(owner), tag]
-            )
+        out = await self._run(
+            tag,
+            self._interactions_exist,
+            [keys.interaction(tag, iid) for iid in iids],
+            [self.caller(owner), tag, len(iids)],
         )
         return [flag == 1 for flag in out]
 

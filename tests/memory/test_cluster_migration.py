@@ -5,6 +5,7 @@ is on the new node afterwards."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import grpc
 import pytest
@@ -13,14 +14,14 @@ from gensearch.memory.v1 import memory_service_pb2_grpc as pb_grpc
 from redis.crc import key_slot
 
 from services.common.auth import DEFAULT_TENANT, Identity, Role, forwarded_identity
-from services.common.errors import Unavailable
+from services.common.errors import ResourceExhausted, Unavailable
 from services.common.redis_client import connect
 from services.memory.__main__ import build_server
 from services.memory.store import ConversationUpdate, MemoryStore, Owner, Retention
 from tests.memory.conftest import INTERNAL_TOKEN, make_settings
 from tests.memory.helpers import conversation_with_turns, usage_bytes
 from tests.memory.test_cluster import _hash_tag
-from tests.support.redis_cluster import LocalCluster
+from tests.support.redis_cluster import LocalCluster, Node
 
 BACKENDS = ("cluster",)
 USER = "mover"
@@ -496,5 +497,250 @@ async def test_turns_evicted_while_their_slot_moves_leave_no_key_behind(
             field, total, measured = await usage_bytes(new, tag, cid)
             assert field == total == measured
         print(by, {"refused": refused})
+    finally:
+        await store.close()
+
+
+def _move(own_cluster: LocalCluster) -> tuple[int, Node, Node]:
+    """The test user's slot, the node holding it and another to move it to."""
+    slot = key_slot(_hash_tag(USER).encode())
+    source = next(node for node in own_cluster.nodes if node.owns(slot))
+    target = next(node for node in own_cluster.nodes if node is not source)
+    return slot, source, target
+
+
+async def _usage_intact(node: Node, tag: str, cids: list[str]) -> None:
+    """Every conversation of ``cids`` in the owner's list and counted, as measured from its
+    keys, and the total the sum of them (lua/usage.lua)."""
+    async with node.client() as client:
+        listed = [m.decode()[16:] for m in await client.zrange(f"{tag}:convs", 0, -1)]
+        assert sorted(listed) == sorted(cids)
+        fields = []
+        for cid in cids:
+            field, total, measured = await usage_bytes(client, tag, cid)
+            assert field == measured, (cid, field, measured)
+            fields.append(field)
+        assert total == sum(fields)
+
+
+@pytest.mark.slow
+async def test_the_conversation_list_read_mid_move_keeps_every_conversation(
+    own_cluster: LocalCluster,
+) -> None:
+    """ListConversations at every step of a move, first with the owner's list and usage
+    moved and the conversations' hashes not: each answer is the whole list or UNAVAILABLE.
+    Before, run on the new node it took the hashes not moved yet for expired ones and
+    dropped the live conversations from the list and the accounting, for good."""
+    store = MemoryStore(connect(own_cluster.url, cluster=True, socket_timeout=5, connect_timeout=2))
+    owner = Owner(DEFAULT_TENANT, USER)
+    try:
+        cids = [(await store.create_conversation(owner, f"l{n}")).conversation_id for n in range(3)]
+        tag = store.tag(owner)
+        answers = {"whole": 0, "unavailable": 0}
+
+        async def list_all() -> None:
+            try:
+                page = await store.list_conversations(owner, 10, None)
+            except Unavailable:
+                answers["unavailable"] += 1
+                return
+            assert [c.conversation_id for c in page.items] == cids[::-1]
+            answers["whole"] += 1
+
+        slot, source, target = _move(own_cluster)
+        await own_cluster.migrate_slot(
+            slot,
+            source,
+            target,
+            batch=100,
+            between=list_all,
+            first=[f"{tag}:convs", f"{tag}:usage"],
+        )
+        await list_all()
+        assert answers["unavailable"] > 0  # tried with the hashes on the old node
+        assert answers["whole"] > 1
+        await _usage_intact(target, tag, cids)
+    finally:
+        await store.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("full", ["conversations", "bytes"])
+async def test_a_storage_check_at_the_limit_mid_move_keeps_every_conversation(
+    own_cluster: LocalCluster, full: str
+) -> None:
+    """CheckStorage for a new conversation, the owner at its conversation (or byte) limit,
+    at every step of a move, first with the owner's list and usage moved and the
+    conversations' hashes not: the reconcile it starts (a conversation may have expired)
+    declares every hash it reads (reconcile.lua), so Redis refuses it while they are split
+    (UNAVAILABLE) and the check says full once the move is done. Before, the reconcile ran
+    on the new node, took the hashes not moved yet for expired, dropped every
+    conversation from the list and the accounting, and answered that the turn fits."""
+    store = MemoryStore(
+        connect(own_cluster.url, cluster=True, socket_timeout=5, connect_timeout=2),
+        max_conversations_per_owner=3,
+        max_bytes_per_owner=3000,
+    )
+    owner = Owner(DEFAULT_TENANT, USER)
+    try:
+        # At the limit: three conversations, or two and a turn that would fit only without
+        # them (2 x 258 bytes counted; 2200 + 512 of overhead more fit 3000 only alone).
+        count, ask = (3, 0) if full == "conversations" else (2, 2200)
+        cids = [
+            (await store.create_conversation(owner, f"c{n}")).conversation_id for n in range(count)
+        ]
+        tag = store.tag(owner)
+        answers = {"full": 0, "unavailable": 0}
+
+        async def check() -> None:
+            try:
+                await store.check_storage(owner, "", ask)
+            except Unavailable:
+                answers["unavailable"] += 1
+                return
+            except ResourceExhausted as err:
+                reason = (
+                    "OWNER_CONVERSATIONS_FULL" if full == "conversations" else "OWNER_STORAGE_FULL"
+                )
+                assert err.reason == reason
+                answers["full"] += 1
+                return
+            raise AssertionError("a turn past the limit fits")
+
+        slot, source, target = _move(own_cluster)
+        await own_cluster.migrate_slot(
+            slot, source, target, batch=100, between=check, first=[f"{tag}:convs", f"{tag}:usage"]
+        )
+        await check()
+        assert answers["unavailable"] > 0  # tried with the hashes on the old node
+        assert answers["full"] > 0
+        await _usage_intact(target, tag, cids)
+    finally:
+        await store.close()
+
+
+@pytest.mark.slow
+async def test_a_conversation_measured_mid_move_counts_every_turn(
+    own_cluster: LocalCluster,
+) -> None:
+    """A conversation stored before the accounting (no field in the owner's usage hash),
+    checked at every step of a move, first with its own keys and the usage moved and its
+    turns not: it is measured with every turn declared (measure.lua), so Redis refuses the
+    measure while they are split (UNAVAILABLE), and afterwards it counts every turn's
+    bytes. Before, measured on the new node, the turns not moved yet counted only their
+    overhead, for good."""
+    store = MemoryStore(connect(own_cluster.url, cluster=True, socket_timeout=5, connect_timeout=2))
+    owner = Owner(DEFAULT_TENANT, USER)
+    try:
+        cid = (await store.create_conversation(owner, "m")).conversation_id
+        for n in range(5):
+            await store.create_interaction(
+                owner, cid, pb.Interaction(input=f"m{n}" * 100), f"m{n}", b"t" * 50
+            )
+        tag = store.tag(owner)
+        # As stored by an older version: the conversation not counted (the hash kept).
+        async with connect(
+            own_cluster.url, cluster=True, socket_timeout=5, connect_timeout=2
+        ) as admin:
+            await admin.hdel(f"{tag}:usage", cid)
+            await admin.hset(f"{tag}:usage", "total", 0)
+        answers = {"whole": 0, "unavailable": 0}
+
+        async def check() -> None:
+            try:
+                usage = await store.check_storage(owner, cid, 0)
+            except Unavailable:
+                answers["unavailable"] += 1
+                return
+            assert usage.used_bytes > 5 * 300
+            answers["whole"] += 1
+
+        slot, source, target = _move(own_cluster)
+        conv = f"{tag}:conv:{cid}"
+        await own_cluster.migrate_slot(
+            slot,
+            source,
+            target,
+            batch=100,
+            between=check,
+            first=[f"{tag}:convs", conv, f"{conv}:ints", f"{tag}:usage"],
+        )
+        await check()
+        await _usage_intact(target, tag, [cid])
+        assert answers["unavailable"] > 0  # tried with the turns on the old node
+    finally:
+        await store.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("first", ["turns", "request_ids"])
+async def test_reads_of_a_turn_mid_move_never_say_it_is_gone(
+    own_cluster: LocalCluster, first: str
+) -> None:
+    """The reads of a turn that derive a key from it (GetInteraction, the traces,
+    UpdateInteraction, the search index's hits and sweep: its conversation hash;
+    CheckStorage's request_id look-up and claim: the turn, then its conversation hash) at
+    every step of a move, first with the turns (and their request_id keys) moved and the
+    conversation not, or the request_id keys only: each answers the turn or UNAVAILABLE.
+    Before, run on the new node they took the keys not moved yet for gone: NOT_FOUND,
+    "not stored" (and a claim that let the request be answered again), a search hit left
+    out and its index entry removed."""
+    store = MemoryStore(connect(own_cluster.url, cluster=True, socket_timeout=5, connect_timeout=2))
+    owner = Owner(DEFAULT_TENANT, USER)
+    try:
+        cid = (await store.create_conversation(owner, "g")).conversation_id
+        iids = [
+            (
+                await store.create_interaction(
+                    owner, cid, pb.Interaction(input=f"g{n}"), f"g{n}", b"traces"
+                )
+            ).interaction_id
+            for n in range(3)
+        ]
+        tag = store.tag(owner)
+        answers = {"whole": 0, "unavailable": 0}
+
+        async def read_all() -> None:
+            try:
+                assert [
+                    i.input if i else None for i in await store.get_interactions(owner, iids)
+                ] == [f"g{n}" for n in range(3)]
+                assert await store.interactions_exist(owner, iids) == [True] * 3
+                answers["whole"] += 1
+            except Unavailable:
+                answers["unavailable"] += 1
+            for n, iid in enumerate(iids):
+                reads: dict[str, Any] = {
+                    "get": store.get_interaction_data(owner, iid),
+                    "traces": store.get_interaction_traces(owner, iid),
+                    "update": store.update_interaction(owner, iid, lambda i: None),
+                    "stored": store.stored_request(owner, f"g{n}"),
+                    "claim": store.claim_request(owner, f"g{n}", "token", 30),
+                }
+                for name, read in reads.items():
+                    try:
+                        got = await read
+                    except Unavailable:
+                        answers["unavailable"] += 1
+                        continue
+                    if name == "get":
+                        assert pb.Interaction.FromString(got).input == f"g{n}"
+                    elif name == "traces":
+                        assert got == b"traces"
+                    elif name in ("update", "stored", "claim"):
+                        assert isinstance(got, pb.Interaction), (name, got)
+                        assert got.interaction_id == iid
+                    answers["whole"] += 1
+
+        moved = [f"{tag}:req:g{n}" for n in range(3)]
+        if first == "turns":
+            moved += [f"{tag}:int:{iid}" for iid in iids]
+        slot, source, target = _move(own_cluster)
+        await own_cluster.migrate_slot(
+            slot, source, target, batch=100, between=read_all, first=moved
+        )
+        await read_all()
+        assert answers["unavailable"] > 0  # tried with the keys split
+        assert answers["whole"] >= 15
     finally:
         await store.close()

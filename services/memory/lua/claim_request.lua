@@ -2,12 +2,14 @@
 -- CheckStorage with a request_id and a claim_token: the caller's interaction already
 -- stored with request_id, else request_id reserved for this attempt (renewed when it is
 -- already), unless another attempt holds it.
--- KEYS: req, claim. ARGV: caller (read.lua), tag, claim_token, claim_ms.
+-- KEYS: req, claim, then any key a run before asked to declare (read.lua's declare_first:
+-- the turn req names, its conversation hash; checked before anything is written).
+-- ARGV: caller (read.lua), tag, claim_token, claim_ms.
 -- Returns {1, cid, data} stored already, {2} another attempt holds it, {0} reserved.
 local iid = redis.call('GET', KEYS[1])
 if iid then
-  local row = interaction(ARGV[2] .. ':int:' .. iid)
-  if row[1] and owned(ARGV[2], ARGV[1], row[1], {}) then return {1, row[1], row[2]} end
+  local row = declared_interaction(ARGV[2] .. ':int:' .. iid)
+  if row[1] and declared_owned(ARGV[2], ARGV[1], row[1]) then return {1, row[1], row[2]} end
 end
 local holder = redis.call('GET', KEYS[2])
 if holder and holder ~= ARGV[3] then return {2} end

@@ -1,21 +1,25 @@
--- needs: read usage
+-- needs: read
 -- KEYS: convs. ARGV: caller (read.lua), tag, start bound, page size, most members to read.
--- Returns {next, member1, row1, ...}: next is '' on the last page, else the member the
--- next page starts after.
+-- Returns {next, gone, member1, row1, ...}: next is '' on the last page, else the member
+-- the next page starts after; gone, the members read whose conversation hash is missing.
 -- Two owners may share the list (the two legacy owners of one tag, store.Owner.digest):
 -- the other one's conversations are skipped, neither shown nor touched. Once a page holds
 -- an item, it reads at most the given number of members; past it the page ends early
 -- (fewer items) with the last member read as next: paging moves on, skips none of the
 -- caller's, and a page with a next is never empty (one may read the whole list to find
 -- its first item: O(list), as usage.lua's reconcile).
--- A member whose conversation hash is gone belongs to a conversation that expired (its
--- time to live); it is removed here, on the way (with its bytes, usage.lua), and the
--- page is filled from further on.
+-- A member whose conversation hash is missing belongs to a conversation that expired (its
+-- time to live), or, mid-reshard on the slot's new node, to one whose hash has not moved
+-- yet: it is not shown, the page is filled from further on, and the store removes it
+-- (with its bytes) by reconcile.lua, which declares the hash: Redis refuses that run
+-- while the slot is half moved (the call answers UNAVAILABLE), so a live conversation
+-- never leaves the list nor a page.
 local who, tag = ARGV[1], ARGV[2]
 local n = tonumber(ARGV[4])
 local budget = tonumber(ARGV[5])
 local start = ARGV[3]
-local out = {''}
+local gone = {}
+local out = {'', gone}
 local found, read = 0, 0
 local last, shown = nil, nil
 while true do
@@ -35,8 +39,7 @@ while true do
     local cid = string.sub(member, 17)
     local row = conversation(tag .. ':conv:' .. cid)
     if not row[1] then
-      redis.call('ZREM', KEYS[1], member)
-      forget_usage(tag, cid)
+      gone[#gone + 1] = member
     elseif owns(row[1], row[18], who) then
       if found == n then
         out[1] = shown

@@ -45,3 +45,54 @@ local function owned(tag, who, cid, seen)
   end
   return mine
 end
+-- Keys a script reads by a name it derives (a turn's conversation hash, from the turn; the
+-- turn a request_id names) are not declared by its first run. Found missing, such a key
+-- may be gone, or, mid-reshard on the slot's new node, not moved yet: only a run that
+-- declared it may take it as gone (Redis refuses a run whose declared keys are split
+-- between the nodes: TRYAGAIN, the call UNAVAILABLE). So a run that finds one missing and
+-- undeclared stops, before writing anything, with an error reply naming it; the store
+-- runs the script again with it declared (store.MemoryStore._run). One more round
+-- trip, only when such a key is missing.
+local DECLARE_FIRST = 'GENSEARCH_DECLARE_FIRST'
+local function declare_first(names)
+  local wanted = {}
+  for _, name in ipairs(names) do
+    local found = false
+    for _, key in ipairs(KEYS) do
+      if key == name then
+        found = true
+        break
+      end
+    end
+    if not found then wanted[#wanted + 1] = name end
+  end
+  if #wanted > 0 then error({err = DECLARE_FIRST .. ' ' .. table.concat(wanted, ' ')}) end
+end
+-- The turn `key` (interaction's row), missing only when declared (above).
+local function declared_interaction(key)
+  local row = interaction(key)
+  if not row[1] then declare_first({key}) end
+  return row
+end
+-- Whether the conversation `cid` (under `tag`) is the caller's (as owned), its hash
+-- missing only when declared (above).
+local function declared_owned(tag, who, cid)
+  local conv = tag .. ':conv:' .. cid
+  local h = redis.call('HMGET', conv, 'user', 'tenant')
+  if not h[1] then declare_first({conv}) end
+  return owns(h[1], h[2], who)
+end
+-- As declared_owned, for a script reading several turns: `seen` keeps the answers of one
+-- run, and a missing undeclared hash is added to `missing`, which the script passes to
+-- declare_first once it has read them all (one more run for all of them).
+local function owned_noting(tag, who, cid, seen, missing)
+  local mine = seen[cid]
+  if mine == nil then
+    local conv = tag .. ':conv:' .. cid
+    local h = redis.call('HMGET', conv, 'user', 'tenant')
+    if not h[1] then missing[#missing + 1] = conv end
+    mine = owns(h[1], h[2], who)
+    seen[cid] = mine
+  end
+  return mine
+end

@@ -1,10 +1,11 @@
 -- needs: read
 -- CheckStorage with a request_id: the caller's interaction already stored with it.
--- KEYS: req. ARGV: caller (read.lua), tag.
+-- KEYS: req, then any key a run before asked to declare (read.lua's declare_first: the
+-- turn it names, its conversation hash). ARGV: caller (read.lua), tag.
 -- Returns {cid, data}, or false when none is (the key expired, the interaction or its
 -- conversation is gone, or it is not the caller's).
 local iid = redis.call('GET', KEYS[1])
 if not iid then return false end
-local row = interaction(ARGV[2] .. ':int:' .. iid)
-if not row[1] or not owned(ARGV[2], ARGV[1], row[1], {}) then return false end
+local row = declared_interaction(ARGV[2] .. ':int:' .. iid)
+if not row[1] or not declared_owned(ARGV[2], ARGV[1], row[1]) then return false end
 return {row[1], row[2]}

@@ -1,5 +1,6 @@
 -- needs: read usage
--- KEYS: int, usage. ARGV: caller (read.lua), tag, SHA-1 (hex) of the data read before,
+-- KEYS: int, usage, then any key a run before asked to declare (read.lua's declare_first:
+-- the turn's conversation hash). ARGV: caller (read.lua), tag, SHA-1 (hex) of the data read before,
 -- new data, max bytes (of the owner).
 -- Compare-and-set: returns 1 when updated, 0 when missing or not the caller's, 2 when the
 -- data changed since it was read (the caller reads again and retries), 3 when the
@@ -7,7 +8,7 @@
 -- a digest of what it read, not the data itself: 40 bytes however large the turn. HSET
 -- keeps the key's time to live.
 local row = interaction(KEYS[1])
-if not row[1] or not owned(ARGV[2], ARGV[1], row[1], {}) then
+if not row[1] or not declared_owned(ARGV[2], ARGV[1], row[1]) then
   return 0
 end
 if redis.sha1hex(row[2]) ~= ARGV[3] then return 2 end

@@ -6,13 +6,20 @@
 -- data and traces plus a fixed overhead (the hash, the id list entry, the request id: the
 -- overhead keeps a flood of tiny turns from filling Redis uncounted).
 -- Expiry (retention) deletes a conversation's keys without a script, so its field stays
--- until `reconcile` finds its hash gone: done whenever a write would not fit, before it
--- is refused, so an expired conversation never keeps an owner full. The walk costs
--- O(conversations) (~20 ms for 10,000), so it is made only once a conversation may have
--- expired: 'next_expiry' (ms, Redis's clock, the one expiry uses) is the earliest
--- expire_time the last walk saw, lowered by renew (retention.lua) whenever it sets an
+-- until a reconcile (reconcile.lua) finds its hash gone: done whenever a write would not
+-- fit, before it is refused, so an expired conversation never keeps an owner full. The
+-- walk costs O(conversations) (~20 ms for 10,000), so it is made only once a conversation
+-- may have expired: 'next_expiry' (ms, Redis's clock, the one expiry uses) is the
+-- earliest expiry the last walk saw, lowered by renew (retention.lua) whenever it sets an
 -- earlier one; absent (data from before, or never walked): walk. A full owner whose
 -- conversations do not expire is refused in O(1), however often it tries.
+-- The walk and the measure of a conversation stored before the accounting read keys a
+-- write script does not declare (every conversation hash, every turn): mid-reshard, one
+-- not moved yet would read as missing on the slot's new node (a live conversation
+-- dropped from the list, a turn counted as bare overhead). So a write script never makes
+-- them itself: it stops, nothing written, with an error reply naming what it needs
+-- (USAGE_FIRST below), and the store runs reconcile.lua or measure.lua with every key
+-- they read declared, then the write again (store.MemoryStore._run).
 local TURN_OVERHEAD = 256
 local CONVERSATION_OVERHEAD = 256
 local NEVER = 99999999999999  -- ms: year 5138
@@ -47,29 +54,23 @@ local function forget_usage(tag, cid)
     redis.call('HINCRBY', usage, 'total', -tonumber(n))
   end
 end
--- Removes the conversations whose hash expired from the owner's list and their bytes
--- from the accounting, when one may have: run only when a write would not fit.
+-- The error reply a write script stops with (nothing written) when the store must first
+-- run reconcile.lua ('reconcile') or measure.lua ('measure <cid>'); store.py matches it.
+local USAGE_FIRST = 'GENSEARCH_USAGE_FIRST '
+-- Whether a walk of the owner's conversations is due (one may have expired since the
+-- last): then the caller stops and the store runs reconcile.lua, all the hashes declared.
 local function reconcile(tag)
-  local usage = usage_key(tag)
+  -- No list: no conversation to drop (or, on a slot's new node mid-reshard, a list not
+  -- moved yet: declared, Redis refuses the run while it is split).
+  local convs = tag .. ':convs'
+  if redis.call('EXISTS', convs) == 0 then
+    declare_first({convs})
+    return
+  end
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  if now < tonumber(redis.call('HGET', usage, 'next_expiry') or '0') then return end
-  local convs = tag .. ':convs'
-  local soonest = NEVER
-  for _, member in ipairs(redis.call('ZRANGE', convs, 0, -1)) do
-    local cid = string.sub(member, 17)
-    local h = redis.call('HMGET', tag .. ':conv:' .. cid, 'user', 'expire_time')
-    if not h[1] then
-      redis.call('ZREM', convs, member)
-      forget_usage(tag, cid)
-    else
-      local expire = tonumber(h[2] or '0') or 0
-      if expire > 0 and expire < soonest then soonest = expire end
-    end
-  end
-  if redis.call('EXISTS', convs) == 1 then
-    redis.call('HSET', usage, 'next_expiry', string.format('%d', soonest))
-  end
+  if now < tonumber(redis.call('HGET', usage_key(tag), 'next_expiry') or '0') then return end
+  error({err = USAGE_FIRST .. 'reconcile'})
 end
 -- A conversation now expires at `expire` (ms): the next walk must not wait longer.
 local function expires_at(tag, expire)
@@ -88,19 +89,12 @@ local function room(tag, n, limit)
   return tonumber(redis.call('HGET', usage, 'total') or '0') + n <= limit
 end
 -- Counts conversation `cid` (which exists) if it is not yet: a conversation stored
--- before this accounting has no field; it is measured (O(its turns), once) and counted
--- from its first write (or check) on.
+-- before this accounting has no field; it is measured (O(its turns), once: measure.lua,
+-- its turns declared, run by the store when this stops the script) and counted from its
+-- first write (or check) on.
 local function measure(tag, cid)
-  local usage = usage_key(tag)
-  if redis.call('HEXISTS', usage, cid) == 0 then
-    local conv = tag .. ':conv:' .. cid
-    local size = CONVERSATION_OVERHEAD + redis.call('HSTRLEN', conv, 'name')
-                 + redis.call('HSTRLEN', conv, 'summary')
-    for _, iid in ipairs(redis.call('ZRANGE', conv .. ':ints', 0, -1)) do
-      size = size + turn_bytes(tag, iid)
-    end
-    redis.call('HSET', usage, cid, size)
-    redis.call('HINCRBY', usage, 'total', size)
+  if redis.call('HEXISTS', usage_key(tag), cid) == 0 then
+    error({err = USAGE_FIRST .. 'measure ' .. cid})
   end
 end
 -- A write that changes conversation `cid` (which exists) by n bytes: false, and nothing
