@@ -20,7 +20,7 @@ import redis.cluster
 from gensearch.memory.v1 import memory_service_pb2 as pb
 
 from services.common.auth import DEFAULT_TENANT
-from services.common.errors import Aborted, Unavailable
+from services.common.errors import Aborted, NotFound, Unavailable
 from services.common.redis_client import connect
 from services.devlaunch.processes import free_port
 from services.devlaunch.redis_server import RedisProcess, find_binary
@@ -149,6 +149,33 @@ class _CuttingProxy:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
+
+
+async def test_a_turn_whose_conversation_is_gone_reads_as_gone_everywhere(
+    memory: Memory,
+) -> None:
+    """A turn key that outlives its conversation hash (expiry: up to one ttl longer) is
+    gone for every read that derives the hash from it, now that each runs again with the
+    hash declared before taking it as missing (lua/read.lua's declare_first): NOT_FOUND,
+    "not stored", a free request_id, no search hit."""
+    store = MemoryStore(memory.redis)
+    cid = (await store.create_conversation(ALICE, "o")).conversation_id
+    iid = (
+        await store.create_interaction(ALICE, cid, pb.Interaction(input="o"), "o", b"traces")
+    ).interaction_id
+    tag = store.tag(ALICE)
+    assert await memory.redis.delete(keys.conversation(tag, cid)) == 1
+    for read in (
+        store.get_interaction_data(ALICE, iid),
+        store.get_interaction_traces(ALICE, iid),
+        store.update_interaction(ALICE, iid, lambda i: None),
+    ):
+        with pytest.raises(NotFound):
+            await read
+    assert await store.stored_request(ALICE, "o") is None
+    assert await store.claim_request(ALICE, "o", "token", 30) is True
+    assert await store.get_interactions(ALICE, [iid]) == [None]
+    assert await store.interactions_exist(ALICE, [iid]) == [False]
 
 
 async def test_a_write_whose_reply_is_lost_is_not_sent_again(redis_server: RedisProcess) -> None:
