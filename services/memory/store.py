@@ -12,7 +12,11 @@ the caller is part of every key, another user's data is simply not found. Conver
 hashes also store the owner, user and tenant, and every script checks both: the two
 legacy owners of one user name share a tag (``Owner.digest``).
 
-Every multi-key update is one Lua script (one round trip, atomic). Lists are keyset pages:
+Every multi-key update is one Lua script (one round trip, atomic); a script that must
+first declare a key it derives, or have the owner's accounting walked or measured by a
+script declaring every key that reads, stops with nothing written and runs again after
+(``MemoryStore._run``), so on a cluster mid-reshard no key not moved yet is taken for a
+missing one. Lists are keyset pages:
 ``ZRANGE key (<cursor> - BYLEX REV LIMIT 0 n`` costs O(log N + n) however long the list.
 
 An interaction is stored as its API message: protobuf encodes and decodes it in C, and the
@@ -132,9 +136,9 @@ EVICT_ATTEMPTS = 8
 # Runs of a script before giving up with ABORTED, each stopped to reconcile or measure
 # first, or to declare a key it derives (``MemoryStore._run``): a run stops again only when
 # a conversation expired, or the list or turns changed, in between, or for the next key of
-# a chain (a request_id's turn, then that turn's conversation).
-USAGE_ATTEMPTS = 8
-# Members or turns one run of reconcile.lua or measure.lua may not declare more than:
+# a chain (a request_id's turn, then that turn's conversation). The same bound for the
+# runs of reconcile.lua and measure.lua that find the list they were given changed.
+RUN_ATTEMPTS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,12 +315,13 @@ async def _redis(call: Awaitable[Any] | Any) -> Any:
             reason="STORE_IS_CLUSTER",
         ) from None
     except RedisError as err:
-        if str(err).startswith(_USAGE_FIRST):
-            what = str(err).removeprefix(_USAGE_FIRST).split()
+        # Redis 7 appends " script: <where>" to an error a script raises (older ones put
+        # their own words first): the words between the marker and that are ours.
+        if _USAGE_FIRST in str(err):
+            what = str(err).partition(_USAGE_FIRST)[2].partition(" script: ")[0].split()
             raise _UsageFirst(what[1] if what[0] == "measure" else None) from None
-        if str(err).startswith(_DECLARE_FIRST):
-            # Redis appends " script: <where>" to an error a script raises.
-            names = str(err).removeprefix(_DECLARE_FIRST).partition(" script: ")[0].split()
+        if _DECLARE_FIRST in str(err):
+            names = str(err).partition(_DECLARE_FIRST)[2].partition(" script: ")[0].split()
             raise _DeclareFirst(names) from None
         if str(err).startswith(_BUSY) or _MOVING in str(err):
             raise _unavailable(err) from None
@@ -547,13 +552,13 @@ class MemoryStore:
         """The answer of ``script`` (on ``names``, ``args``), after what a run of it stopped
         for, nothing written: a write that charges the owner's bytes, for the reconcile or
         the measure (lua/usage.lua), which read keys the script does not declare, so they
-        are scripts of their own, run with every key they read declared (two more round
+        are scripts of their own, run with every key they read declared (three more round
         trips each, only when a write would not fit and a conversation may have expired,
         or once per conversation stored before the accounting); a script that found a key
         it derives missing, for a run with it declared too (lua/read.lua's declare_first:
         one more round trip, only then). None otherwise."""
         names = list(names)
-        for _ in range(USAGE_ATTEMPTS):
+        for _ in range(RUN_ATTEMPTS):
             try:
                 return await _redis(script(keys=names, args=args))
             except _DeclareFirst as first:
@@ -564,7 +569,7 @@ class MemoryStore:
                 else:
                     await self._measure(tag, first.cid)
         raise Aborted(
-            "the owner's conversations kept changing while this was written; try again",
+            "the owner's conversations kept changing meanwhile; try again",
             reason="CONCURRENT_UPDATE",
         )
 
@@ -575,7 +580,7 @@ class MemoryStore:
         Redis refuses the run (TRYAGAIN: UNAVAILABLE) rather than one not moved yet being
         taken for expired."""
         convs = keys.conversations(tag)
-        for _ in range(USAGE_ATTEMPTS):
+        for _ in range(RUN_ATTEMPTS):
             if gone is None:
                 members = [
                     bytes(m).decode() for m in await _redis(self._redis.zrange(convs, 0, -1))
@@ -601,7 +606,7 @@ class MemoryStore:
         with every turn it reads declared, so that mid-reshard a turn not moved yet is not
         counted as the bare overhead: Redis refuses the run (TRYAGAIN: UNAVAILABLE)."""
         ints = keys.conversation_interactions(tag, cid)
-        for _ in range(USAGE_ATTEMPTS):
+        for _ in range(RUN_ATTEMPTS):
             iids = [bytes(m).decode() for m in await _redis(self._redis.zrange(ints, 0, -1))]
             done = await _redis(
                 self._measure_script(

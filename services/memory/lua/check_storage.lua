@@ -1,7 +1,7 @@
 -- needs: read keys usage retention new_conversation
 -- CheckStorage: whether one more turn fits, writing nothing of it (as create_interaction
--- and, for a new conversation, create_conversation decide; reconcile may drop expired
--- conversations on the way, as theirs does).
+-- and, for a new conversation, create_conversation decide; a reconcile of expired
+-- conversations, or a measure, due first stops it as it stops theirs: usage.lua).
 -- KEYS: convs, then conv when the turn goes to an existing conversation, then usage.
 -- ARGV: caller (read.lua), tag, cid ('' for a new conversation), the turn's known bytes
 -- (without its fixed overhead), max bytes, max conversations (of the owner), '1' when the
