@@ -12,6 +12,8 @@ from pathlib import Path
 
 from prometheus_client import REGISTRY
 
+from services.generation.metrics import OUTCOMES
+
 ROOT = Path(__file__).resolve().parents[1]
 OPERATIONS = ROOT / "docs" / "operations.md"
 # Metrics live in each service's metrics.py (and the chassis'): imported, they register.
@@ -34,3 +36,11 @@ def test_operations_names_every_exported_metric() -> None:
     assert "gensearch_gateway_generation_waiting" in exported  # the scan sees them all
     missing = sorted(name for name in exported if f"`{name}`" not in text)
     assert missing == [], f"not in docs/operations.md's metric tables: {missing}"
+
+
+def test_operations_lists_every_llm_outcome() -> None:
+    """Each value ``gensearch_llm_requests_total{outcome}`` / ``_retries_total{cause}``
+    can take (services/generation/metrics.py's fixed set) is on the operator's page."""
+    text = OPERATIONS.read_text(encoding="utf-8")
+    missing = sorted(value for value in OUTCOMES if f"`{value}`" not in text)
+    assert missing == [], f"outcomes not in docs/operations.md: {missing}"

@@ -1,8 +1,55 @@
-"""Prometheus metrics of upstream LLM calls (the chassis counts the gRPC side)."""
+"""Prometheus metrics of upstream LLM calls (the chassis counts the gRPC side).
+
+Every label takes its values from a fixed set (docs/operations.md lists them): each
+distinct value is a series Prometheus keeps, and nothing a caller or a provider chooses may
+add series without bound. ``provider`` is a configured provider's name (a request's
+``base_url`` counts under the provider it names; an unknown name is refused before any
+call); models, tenants, keys and URLs are no label. The upstream's HTTP status is the one
+label value a provider chooses: ``outcome_label`` maps it into a fixed set.
+"""
 
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
+
+# HTTP statuses counted as themselves in ``outcome`` / ``cause``: those OpenAI-compatible
+# servers answer and an operator acts on. Any other status counts as its class (``4xx``,
+# ``5xx``) or ``other``: a provider (or a caller's base_url) answering statuses 100 to 999
+# made up to 900 series per provider and metric.
+HTTP_STATUSES = frozenset({400, 401, 403, 404, 408, 409, 413, 422, 429, 500, 502, 503, 504})
+# UpstreamFault kinds (services/generation/upstream.py) other than ``http``.
+FAULT_KINDS = frozenset(
+    {
+        "connection",
+        "timeout",
+        "first_byte_timeout",
+        "bad_response",
+        "stream_error",
+        "missing_key",
+        "refused",
+        "limit_wait",
+        "queue_timeout",
+    }
+)
+OTHER = "other"
+# Every value ``outcome_label`` returns (``ok`` is a success's outcome).
+OUTCOMES = frozenset(
+    {"ok", "4xx", "5xx", OTHER, *FAULT_KINDS, *(str(status) for status in HTTP_STATUSES)}
+)
+
+
+def outcome_label(cause: str) -> str:
+    """The label of a fault's ``cause`` (an HTTP status or a fault kind): itself when in the
+    fixed sets above, else ``4xx`` / ``5xx`` for a status of those classes, else ``other``."""
+    if cause.isdigit():
+        status = int(cause)
+        if status in HTTP_STATUSES:
+            return cause
+        if 400 <= status < 600:
+            return f"{status // 100}xx"
+        return OTHER
+    return cause if cause in FAULT_KINDS else OTHER
+
 
 UPSTREAM_REQUESTS = Counter(
     "gensearch_llm_requests_total",

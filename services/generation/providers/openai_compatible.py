@@ -43,6 +43,7 @@ from services.generation.metrics import (
     UPSTREAM_REQUESTS,
     UPSTREAM_RETRIES,
     UPSTREAM_TOKENS,
+    outcome_label,
 )
 from services.generation.providers.base import (
     Completion,
@@ -158,7 +159,7 @@ class OpenAICompatibleProvider(Provider):
             self.retry,
             deadline,
             self.name,
-            on_retry=lambda cause: UPSTREAM_RETRIES.labels(self.name, cause).inc(),
+            on_retry=lambda cause: UPSTREAM_RETRIES.labels(self.name, outcome_label(cause)).inc(),
         )
 
     def _fail(
@@ -171,7 +172,7 @@ class OpenAICompatibleProvider(Provider):
         fault.attempts = turns.retrier.attempts
         fault.waited = turns.waited
         UPSTREAM_REQUESTS.labels(
-            self.name, fault.cause if fault.kind == "http" else fault.kind
+            self.name, outcome_label(fault.cause if fault.kind == "http" else fault.kind)
         ).inc()
         span.set_attribute(ATTEMPTS, fault.attempts)
         log.warning(
