@@ -15,6 +15,7 @@ import grpc
 import pytest
 from gensearch.generation.v1 import generation_service_pb2 as pb
 from gensearch.generation.v1 import generation_service_pb2_grpc as pb_grpc
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from services.devlaunch.processes import free_port
 from services.generation.settings import ProviderError
@@ -259,3 +260,40 @@ def test_an_operators_base_url_with_credentials_stops_the_service() -> None:
             settings.provider_configs({})
         assert "credentials" in str(caught.value)
         assert password not in str(caught.value)
+
+
+@pytest.mark.parametrize("field", ["model", "finish_reason"])
+async def test_a_key_the_provider_names_its_answer_by_reaches_no_reply_or_span(
+    fake: FakeOpenAI,
+    start_service: StartService,
+    spans: InMemorySpanExporter,
+    monkeypatch: pytest.MonkeyPatch,
+    field: str,
+) -> None:
+    """A provider (or a proxy in front of it) that answers with a key as the answer's
+    ``model`` or ``finish_reason``: both went as they came into the reply and the span
+    (``gen_ai.response.model``, ``gen_ai.response.finish_reasons``), so the operator's key
+    reached the caller. A name holding a secret is now no name: the requested model, a
+    redacted finish reason."""
+    monkeypatch.setenv(FAKE_KEY_ENV, ENV_KEY)
+    svc = await start_service([fake_provider(fake)])
+    shown: list[str] = []
+    for key, metadata in ((ENV_KEY, ()), (REQUEST_KEY, (("x-fake-api-key", REQUEST_KEY),))):
+        setattr(fake, f"{field}_override", key)
+        reply = await svc.stub.Generate(
+            pb.GenerateRequest(messages=[user("hi")]), metadata=metadata, timeout=5
+        )
+        chunks = [
+            c
+            async for c in svc.stub.StreamGenerate(
+                pb.StreamGenerateRequest(messages=[user("hi")]), metadata=metadata, timeout=5
+            )
+        ]
+        assert reply.text == "hi" and chunks[-1].finish_reason
+        if field == "model":
+            assert reply.model == chunks[-1].model == "fake-model"
+        shown += [str(reply), *map(str, chunks)]
+    shown += [span.to_json() for span in spans.get_finished_spans()]
+    assert any("gen_ai.response.model" in text for text in shown)  # the spans were kept
+    for key in (ENV_KEY, REQUEST_KEY):
+        assert [text for text in shown if key in text] == []

@@ -25,6 +25,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletio
 from openai.types.chat.chat_completion_chunk import Choice as ChunkChoice
 from opentelemetry.trace import Span
 
+from services.common.logs import redact
 from services.common.model_names import MAX_MODEL_CHARS
 from services.common.openai_api import (
     ATTEMPTS,
@@ -525,7 +526,7 @@ def _absorb(chunk: object, state: _StreamState) -> list[str]:
     """The text deltas of one chunk; model, usage and finish reason go into ``state``."""
     if not isinstance(chunk, ChatCompletionChunk):
         raise UpstreamFault("bad_response", "a stream event is not a JSON object")
-    if _model_name(chunk.model):
+    if chunk.model != state.model and _model_name(chunk.model):  # checked once, not per chunk
         state.model = chunk.model
     usage = _usage(chunk.usage)
     if usage is not None:
@@ -608,17 +609,26 @@ MAX_FINISH_REASON_CHARS = 64
 def _finish_reason(value: object) -> str:
     """The finish reason an answer gives, as text a reply can carry: any value still says
     the answer finished, but the SDK does not validate it, and "st\\ud83dop" (a lone
-    surrogate) failed the call with INTERNAL; a longer one is cut."""
-    return clean_text(str(value))[:MAX_FINISH_REASON_CHARS]
+    surrogate) failed the call with INTERNAL; a longer one is cut. Redacted (before the
+    cut, so a secret is found whole): it goes into replies and spans, which no log
+    formatter scrubs, and a provider (or a proxy) that answered with the key it was sent
+    there handed the operator's key to the caller."""
+    return redact(clean_text(str(value)))[:MAX_FINISH_REASON_CHARS]
 
 
 def _model_name(value: object) -> bool:
     """Whether the model an answer names is one to report. The SDK does not validate
     answers: a stream chunk's ``"model": {"a": 1}`` reached the reply and failed the call
     with INTERNAL. Held to the shape a request's model name must have (bounded, printable:
-    it goes into replies, spans and logs); else the requested model is reported, as when a
-    server names none."""
-    return isinstance(value, str) and 0 < len(value) <= MAX_MODEL_CHARS and value.isprintable()
+    it goes into replies, spans and logs), and holding no secret (a provider echoing the
+    key it was sent as the model reached the caller and the span); else the requested
+    model is reported, as when a server names none."""
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= MAX_MODEL_CHARS
+        and value.isprintable()
+        and redact(value) == value
+    )
 
 
 def _usage(raw: object) -> Usage | None:
