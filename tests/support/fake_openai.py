@@ -88,6 +88,9 @@ embedding requests; when the queue is empty the default (a normal answer) applie
         ``Retry-After`` header (whole seconds or an HTTP-date; ``None`` = no header), and a
         ``retry-after-ms`` one when given (sub-second waits: "0.2" is no Retry-After)
     ``Behaviour.unauthorized()``  401 ``invalid_api_key``
+    ``Behaviour.echo_request(status=400)``  an error whose message quotes the whole request
+        as received, its headers (``Authorization`` too) and body, as a careless server may
+        (chat, embeddings and rerank)
     ``Behaviour.model_not_found(model="x")``  404 ``model_not_found``
     ``Behaviour.reset()``  accept the request, then abort the TCP connection without a reply
     ``Behaviour.malformed()``  200 with a body that is not JSON (for a stream: one good chunk,
@@ -183,7 +186,7 @@ def count_tokens(text: str) -> int:
 class Behaviour:
     """How the server answers one request (see the module docstring for constructors)."""
 
-    kind: str = "ok"  # ok | error | reset | malformed | cut | hang
+    kind: str = "ok"  # ok | error | echo | reset | malformed | cut | hang
     status: int = 200
     body: Any = None
     headers: dict[str, str] = field(default_factory=dict)
@@ -218,6 +221,10 @@ class Behaviour:
                 }
             }
         return cls(kind="error", status=status, body=body, headers=dict(headers or {}))
+
+    @classmethod
+    def echo_request(cls, status: int = 400) -> Behaviour:
+        return cls(kind="echo", status=status)
 
     @classmethod
     def rate_limited(
@@ -602,8 +609,8 @@ class FakeOpenAI:
         await self._wait(behaviour)
         if behaviour.kind == "reset":
             return self._abort(request)
-        if behaviour.kind == "error":
-            return _error_response(behaviour)
+        if behaviour.kind in ("error", "echo"):
+            return _error_response(behaviour, rec)
         denied = self._auth_error(request)
         if denied is not None:
             return denied
@@ -780,8 +787,8 @@ class FakeOpenAI:
             await self._wait(behaviour)
             if behaviour.kind == "reset":
                 return self._abort(request)
-            if behaviour.kind == "error":
-                return _error_response(behaviour)
+            if behaviour.kind in ("error", "echo"):
+                return _error_response(behaviour, rec)
             if behaviour.kind == "malformed":
                 return web.Response(text="{not json", content_type="application/json")
             denied = self._auth_error(request)
@@ -833,8 +840,8 @@ class FakeOpenAI:
         await self._wait(behaviour)
         if behaviour.kind == "reset":
             return self._abort(request)
-        if behaviour.kind == "error":
-            return _error_response(behaviour)
+        if behaviour.kind in ("error", "echo"):
+            return _error_response(behaviour, rec)
         if behaviour.kind == "malformed":
             return web.Response(text="{not json", content_type="application/json")
         denied = self._auth_error(request)
@@ -885,7 +892,10 @@ def _cut(text: str, body: dict[str, Any]) -> tuple[list[str], str]:
     return words, finish
 
 
-def _error_response(behaviour: Behaviour) -> web.Response:
+def _error_response(behaviour: Behaviour, rec: RecordedRequest | None = None) -> web.Response:
+    if behaviour.kind == "echo" and rec is not None:
+        said = f"cannot serve this request: headers {rec.headers}, body {json.dumps(rec.json)}"
+        behaviour = Behaviour.error(behaviour.status, {"error": {"message": said, "code": None}})
     if isinstance(behaviour.body, bytes):  # sent as is (a gzip body, with its headers)
         return web.Response(status=behaviour.status, body=behaviour.body, headers=behaviour.headers)
     if isinstance(behaviour.body, dict | list):
