@@ -144,12 +144,17 @@ class ProviderLimiter:
         config: ProviderConfig,
         scope: str,
         shared: SharedLimits | None,
+        *,
+        operator_url: bool = True,
     ) -> None:
         self.name = config.name
         self.scope = scope
         # One limiter per API key in use, but the gauges are per provider: in flight is
-        # counted up and down by each, the limit published by the operator key's alone.
-        self._publishes_limit = scope == scope_of(config.name, None)
+        # counted up and down by each, the limit published by the operator key's alone at
+        # the operator's URL (``operator_url``). A caller's base_url has limiters of its
+        # own under the same provider name: one 429 there set the provider's published
+        # limit to 1 while the operator's endpoint still took 8.
+        self._publishes_limit = operator_url and scope == scope_of(config.name, None)
         # A provider that declares no limits never asks them (no Redis round trip per call).
         self._shared = shared if shared is not None and shared.limits.any else None
         ceiling = config.concurrency_cap
@@ -341,9 +346,14 @@ class Limiters:
     # Idle queues are dropped past this many (per-request keys come and go).
     MAX_IDLE = 1000
 
-    def __init__(self, config: ProviderConfig, shared: SharedLimits | None) -> None:
+    def __init__(
+        self, config: ProviderConfig, shared: SharedLimits | None, *, operator_url: bool = True
+    ) -> None:
+        """``operator_url``: False for a provider at a caller's base_url (its limit is not
+        published)."""
         self._config = config
         self._shared = shared
+        self._operator_url = operator_url
         self._by_scope: dict[str, ProviderLimiter] = {}
 
     def get(self, api_key: str | None) -> ProviderLimiter:
@@ -352,5 +362,7 @@ class Limiters:
         if limiter is None:
             if len(self._by_scope) >= self.MAX_IDLE:
                 self._by_scope = {s: q for s, q in self._by_scope.items() if not q.idle}
-            limiter = self._by_scope[scope] = ProviderLimiter(self._config, scope, self._shared)
+            limiter = self._by_scope[scope] = ProviderLimiter(
+                self._config, scope, self._shared, operator_url=self._operator_url
+            )
         return limiter

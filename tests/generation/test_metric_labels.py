@@ -123,3 +123,26 @@ async def test_unknown_methods_make_no_series(
             await call(b"", timeout=10)
         assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
     assert _marked_series() == []
+
+
+async def test_a_callers_base_url_leaves_the_providers_published_limit_alone(
+    fake: FakeOpenAI, start_service: StartService
+) -> None:
+    """A request's base_url is called with limiters of its own, under the provider's name:
+    their adaptive limit is not the provider's. Old code: one 429 at the caller's URL
+    published a limit of 1 for the provider while its own endpoint still took 8."""
+    service = await start_service(
+        [fake_provider(fake, max_concurrency=8)], allowed_hosts="http://127.0.0.1"
+    )
+
+    def published() -> float | None:
+        return REGISTRY.get_sample_value("gensearch_llm_concurrency_limit", {"provider": "fake"})
+
+    await service.stub.Generate(pb.GenerateRequest(messages=[user("hi")]), timeout=10)
+    assert published() == 8
+    fake.enqueue(Behaviour.error(429))  # retried, then answered
+    reply = await service.stub.Generate(
+        pb.GenerateRequest(base_url=fake.base_url, messages=[user("hi")]), timeout=10
+    )
+    assert reply.text == "hi" and reply.attempts == 2
+    assert published() == 8

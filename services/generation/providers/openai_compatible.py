@@ -90,7 +90,7 @@ class OpenAICompatibleProvider(Provider):
         self.max_answer_chars = max_answer_chars
         self.url = f"{config.base_url}/chat/completions"
         self._client = client
-        self.limiters = Limiters(config, shared_limits)
+        self.limiters = Limiters(config, shared_limits, operator_url=not caller_url)
 
     # -- plumbing --------------------------------------------------------------------------
     def build_params(self, request: CompletionRequest, *, stream: bool) -> dict[str, Any]:
