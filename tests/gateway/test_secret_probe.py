@@ -31,6 +31,7 @@ from prometheus_client import REGISTRY, generate_latest
 from services.common.logs import json_formatter
 from tests.gateway.conftest import (
     ALICE,
+    TOKEN,
     Stack,
     StackFactory,
     create_books,
@@ -207,7 +208,9 @@ async def test_provider_keys_in_upstream_errors_reach_no_sink(
         )
         stack.fake.model_override = stack.fake.finish_reason_override = None
     assert len(stack.fake.chat_requests) >= 40
-    sinks.assert_none_of([OPERATOR_KEY, CALLER_KEY, GATEWAY_KEY])
+    sinks.assert_none_of([OPERATOR_KEY, CALLER_KEY, GATEWAY_KEY, TOKEN])
+    # The gateway's own credentials never travel upstream either.
+    assert [r for r in stack.fake.requests if GATEWAY_KEY in str(r) or TOKEN in str(r)] == []
 
 
 async def test_base_urls_with_user_info_reach_no_sink(
