@@ -17,6 +17,7 @@ from gensearch.generation.v1 import generation_service_pb2 as pb
 from gensearch.generation.v1 import generation_service_pb2_grpc as pb_grpc
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from services.common.logs import MAX_TRANSIENT_SECRETS
 from services.devlaunch.processes import free_port
 from services.generation.settings import ProviderError
 from tests.generation.conftest import (
@@ -297,3 +298,41 @@ async def test_a_key_the_provider_names_its_answer_by_reaches_no_reply_or_span(
     assert any("gen_ai.response.model" in text for text in shown)  # the spans were kept
     for key in (ENV_KEY, REQUEST_KEY):
         assert [text for text in shown if key in text] == []
+
+
+async def test_a_key_pushed_out_of_the_redactor_meanwhile_is_still_not_quoted(
+    fake: FakeOpenAI, start_service: StartService
+) -> None:
+    """The redactor keeps the latest MAX_TRANSIENT_SECRETS callers' keys. A call whose
+    answer took long enough for that many other callers' keys to arrive had its own key
+    forgotten by the time the provider's error quoted it: a key not shaped like OpenAI's
+    (``sk-...``) then went into the error as it was."""
+    key = "gsk_live_caller_key_0123456789abcdef"
+    svc = await start_service([fake_provider(fake)])
+    fake.by_model["slow"] = Behaviour.error(400, f"invalid credentials {key}")
+    fake.gate = asyncio.Event()
+    call = asyncio.ensure_future(
+        svc.stub.Generate(
+            pb.GenerateRequest(model="slow", messages=[user("hi")]),
+            metadata=(("x-fake-api-key", key),),
+            timeout=60,
+        )
+    )
+    await fake.wait_for_requests(1)
+    others = [
+        svc.stub.Generate(
+            pb.GenerateRequest(messages=[user("hi")]),
+            metadata=(("x-fake-api-key", f"other-callers-key-{i:04d}-abcdef"),),
+            timeout=60,
+        )
+        for i in range(MAX_TRANSIENT_SECRETS + 10)
+    ]
+    await fake.wait_for_requests(len(others) + 1, timeout=60)
+    fake.gate.set()
+    assert all(reply.text == "hi" for reply in await asyncio.gather(*others))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    shown = f"{caught.value.details()} {error_info(caught.value)}"
+    assert "invalid credentials" in shown
+    assert key not in shown

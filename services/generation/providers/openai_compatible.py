@@ -25,7 +25,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletio
 from openai.types.chat.chat_completion_chunk import Choice as ChunkChoice
 from opentelemetry.trace import Span
 
-from services.common.logs import redact
+from services.common.logs import redact, register_secret
 from services.common.model_names import MAX_MODEL_CHARS
 from services.common.openai_api import (
     ATTEMPTS,
@@ -172,6 +172,11 @@ class OpenAICompatibleProvider(Provider):
             fault = turns.rate_limited
         fault.attempts = turns.retrier.attempts
         fault.waited = turns.waited
+        if request.api_key is not None:
+            # The redactor keeps only the latest callers' keys (MAX_TRANSIENT_SECRETS): this
+            # one may have left while the call waited, as many other callers' keys came.
+            # Back in before the error quotes the provider's text (no await in between).
+            register_secret(request.api_key, transient=True)
         UPSTREAM_REQUESTS.labels(
             self.name, outcome_label(fault.cause if fault.kind == "http" else fault.kind)
         ).inc()
