@@ -38,6 +38,8 @@ async def build_server(settings: MemorySettings, *, port: int | None = None) -> 
         port=settings.port if port is None else port,
         metrics_port=settings.metrics_port,
     )
+    # The page-token secret signs every caller's tokens: a log line must never show it.
+    register_secret(settings.page_token_secret.get_secret_value() or None)
     url = settings.redis_url.get_secret_value()
     embedded: RedisProcess | None = None
     if not url:

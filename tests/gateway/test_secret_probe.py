@@ -28,7 +28,7 @@ from grpc_status import rpc_status
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import REGISTRY, generate_latest
 
-from services.common.logs import json_formatter
+from services.common.logs import json_formatter, redact
 from tests.gateway.conftest import (
     ALICE,
     TOKEN,
@@ -306,6 +306,8 @@ async def test_redis_password_and_page_token_secret_reach_no_sink(
             sinks,
         )
     sinks.assert_none_of([page_secret, URL_PASSWORD, GATEWAY_KEY])
+    # Registered with the redactor at start: a line that ever quotes it is masked.
+    assert page_secret not in redact(f"signing with {page_secret}")
 
 
 async def test_embedding_and_rerank_keys_in_upstream_errors_reach_no_sink(
