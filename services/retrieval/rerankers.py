@@ -41,6 +41,7 @@ import numpy as np
 import openai
 from aiohttp.abc import AbstractResolver
 from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
+from opentelemetry.trace import Status, StatusCode
 
 from services.common.egress import (
     RERANK_KEY_HEADER,
@@ -343,15 +344,28 @@ class Rerankers:
     ) -> list[tuple[FoundPoint, float]]:
         assert plan.mmr_lambda is not None
         tracer = service_tracer("retrieval")
-        with tracer.start_as_current_span("rerank mmr", attributes={"gensearch.hits": len(hits)}):
-            stored = plan.needs_vectors(schema) and all(h.dense is not None for h in hits)
-            texts = [plan.query]
-            if not stored:  # the hits' texts are embedded only when no vector is reused
-                texts += [self._document(hit, plan.properties) for hit in hits]
-            vectors = await self._local.embed(texts)
-            query = np.asarray(vectors[0], dtype=np.float32)
-            docs = np.asarray([h.dense for h in hits] if stored else vectors[1:], dtype=np.float32)
-            picked = mmr(query, docs, plan.mmr_lambda, keep)
+        # Neither recorded nor set as the status: an exception's message may quote a key,
+        # and spans are not redacted (services/common/chassis.py); only its type is kept.
+        with tracer.start_as_current_span(
+            "rerank mmr",
+            attributes={"gensearch.hits": len(hits)},
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            try:
+                stored = plan.needs_vectors(schema) and all(h.dense is not None for h in hits)
+                texts = [plan.query]
+                if not stored:  # the hits' texts are embedded only when no vector is reused
+                    texts += [self._document(hit, plan.properties) for hit in hits]
+                vectors = await self._local.embed(texts)
+                query = np.asarray(vectors[0], dtype=np.float32)
+                docs = np.asarray(
+                    [h.dense for h in hits] if stored else vectors[1:], dtype=np.float32
+                )
+                picked = mmr(query, docs, plan.mmr_lambda, keep)
+            except Exception as err:
+                span.set_status(Status(StatusCode.ERROR, type(err).__name__))
+                raise
         return [(hits[i], score) for i, score in picked]
 
     async def _remote(
