@@ -10,6 +10,7 @@ import grpc
 from gensearch.memory.v1 import memory_service_pb2 as pb
 from gensearch.memory.v1 import memory_service_pb2_grpc as pb_grpc
 from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf.message import Message
 
 from services.common.auth import current_identity
 from services.common.errors import (
@@ -240,6 +241,7 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
         self, request: pb.CreateInteractionRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateInteractionResponse:
         s = self._settings
+        _drop_unknown_fields(request)
         new: NewConversation | None = None
         if request.HasField("new_conversation"):
             # The turn starts its conversation, made with it in one atomic step.
@@ -300,6 +302,7 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
     async def UpdateInteraction(
         self, request: pb.UpdateInteractionRequest, context: grpc.aio.ServicerContext
     ) -> pb.UpdateInteractionResponse:
+        _drop_unknown_fields(request)
         iid = _id(request.interaction.interaction_id, "interaction.interaction_id")
         keys = _update_paths(request)
         new_info = request.interaction.additional_info
@@ -562,6 +565,15 @@ def _update_paths(request: pb.UpdateInteractionRequest) -> list[str] | None:
                 reason="FIELD_NOT_UPDATABLE",
             )
     return None if whole else keys
+
+
+def _drop_unknown_fields(request: Message) -> None:
+    """Drops the fields of ``request`` (at every depth) its type does not declare, before
+    any of it is checked or kept. additional_info and traces are stored as sent: with
+    unknown fields (a client built from another .proto, or one padding on purpose) they
+    kept bytes no JSON read shows, served back on every read, and a trace kept them past
+    max_trace_bytes (the bound cut its own input and output instead)."""
+    request.DiscardUnknownFields()
 
 
 def _check_additional_info(info: Any, s: MemorySettings, field: str = "additional_info") -> None:

@@ -15,6 +15,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from tests.memory.conftest import ALICE, BOB, Memory, MemoryFactory
 from tests.memory.helpers import expect_error
+from tests.support.wire import add_unknown_field
 
 
 def _struct(**values: object) -> struct_pb2.Struct:
@@ -393,3 +394,51 @@ async def test_the_widest_valid_trace_times_read_back_as_json(memory: Memory) ->
     as_json = json_format.MessageToDict(listed)
     assert as_json["traces"][0]["startTime"] == "0001-01-01T00:00:00Z"
     assert as_json["traces"][1]["startTime"] == "9999-12-31T23:59:59.999999999Z"
+
+
+async def test_unknown_fields_of_a_trace_are_not_kept(memory_factory: MemoryFactory) -> None:
+    """A trace carrying a field its type does not declare (a client built from another
+    .proto, or one padding on purpose) was stored with it: max_trace_bytes cut the trace's
+    own input and output to nothing (truncated) and still kept the unknown bytes, 500 KB of
+    them in a trace bounded to 2 KiB, served back on every read. Unknown fields are
+    dropped before the trace is bounded: the trace keeps what it declares."""
+    memory = await memory_factory(max_trace_bytes=2048)
+    trace = pb.Trace(step=pb.STEP_OTHER, input=_struct(query="dune"))
+    add_unknown_field(trace, 1000, b"x" * 500_000)
+    add_unknown_field(trace.input, 1000, b"y" * 1000)
+    interaction = await _turn(memory, [trace])
+    page = await memory.stub.ListInteractionTraces(
+        pb.ListInteractionTracesRequest(interaction_id=interaction.interaction_id),
+        metadata=ALICE,
+    )
+    (stored,) = page.traces
+    assert stored.ByteSize() <= 2048
+    assert not stored.truncated
+    assert json_format.MessageToDict(stored.input) == {"query": "dune"}
+    assert stored.input.ByteSize() == _struct(query="dune").ByteSize()
+
+
+async def test_unknown_fields_of_additional_info_are_not_kept(memory: Memory) -> None:
+    """additional_info is kept as sent, and was kept with fields no Struct declares: bytes
+    no JSON read shows, served back on every read of the turn (and counted against the
+    owner's storage). Dropped when the turn is written and when it is updated."""
+    info = _struct(keep=1)
+    add_unknown_field(info, 1000, b"x" * 100_000)
+    interaction = await _turn(memory, [], additional_info=info)
+    assert interaction.additional_info == _struct(keep=1)
+    got = await memory.stub.GetInteraction(
+        pb.GetInteractionRequest(interaction_id=interaction.interaction_id), metadata=ALICE
+    )
+    assert got.interaction.additional_info.ByteSize() == _struct(keep=1).ByteSize()
+
+    new = _struct(keep=2)
+    add_unknown_field(new, 1000, b"y" * 100_000)
+    updated = await memory.stub.UpdateInteraction(
+        pb.UpdateInteractionRequest(
+            interaction=pb.Interaction(
+                interaction_id=interaction.interaction_id, additional_info=new
+            )
+        ),
+        metadata=ALICE,
+    )
+    assert updated.interaction.additional_info.ByteSize() == _struct(keep=2).ByteSize()
