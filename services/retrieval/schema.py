@@ -74,6 +74,11 @@ def validate_new_collection(
     """
     out = pb.Collection()
     out.CopyFrom(collection)
+    # Only what the schema declares: the stored JSON cannot hold unknown fields (a client
+    # built from another .proto, or one padding on purpose), and kept in the cached schema
+    # they were answered to every reader, counted against the tenant's schema bytes, until
+    # a restart or another replica answered without them.
+    out.DiscardUnknownFields()
     out.ClearField("create_time")
     check_collection_name(out.name, "collection.name")
     if len(out.description) > MAX_DESCRIPTION:

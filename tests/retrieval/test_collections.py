@@ -11,12 +11,14 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 
 from tests.retrieval.conftest import (
     ARTICLE_PROPS,
+    MakeRetrieval,
     Retrieval,
     expect_error,
     props,
     vector_collection,
 )
 from tests.support.rpc import error_info
+from tests.support.wire import add_unknown_field
 
 
 async def test_create_get_list_delete(retrieval: Retrieval) -> None:
@@ -418,3 +420,24 @@ async def test_listing_reads_the_engine_at_most_every_half_second(retrieval: Ret
     await stub.DeleteCollection(pb.DeleteCollectionRequest(name="A"))
     listed = await stub.ListCollections(pb.ListCollectionsRequest())
     assert [c.name for c in listed.collections] == ["B"]
+
+
+async def test_unknown_fields_of_a_collection_are_not_kept(make_retrieval: MakeRetrieval) -> None:
+    """A collection carrying fields its type does not declare (at the top and inside a
+    property) kept them in the cached schema: CreateCollection and GetCollection answered
+    100 KB the stored schema never held, and after a restart (or from another replica) the
+    same collection came back without them. They are dropped when it is created: every
+    answer is the stored one."""
+    first = await make_retrieval()
+    collection = vector_collection("Padded")
+    add_unknown_field(collection, 1000, b"x" * 100_000)
+    add_unknown_field(collection.properties[0], 1000, b"y" * 1000)
+    created = (
+        await first.stub.CreateCollection(pb.CreateCollectionRequest(collection=collection))
+    ).collection
+    got = (await first.stub.GetCollection(pb.GetCollectionRequest(name="Padded"))).collection
+    await first.stop()
+    again = await make_retrieval()  # the same data directory, read from disk
+    stored = (await again.stub.GetCollection(pb.GetCollectionRequest(name="Padded"))).collection
+    assert created == got == stored
+    assert created.ByteSize() == stored.ByteSize() < 10_000
