@@ -381,6 +381,23 @@ def note_imported(
     err.message += f" (message {message_no}; {imported} objects imported before it)"
 
 
+def object_error(index: int, id: str, field: str, message: str) -> retrieval_pb.ObjectError:
+    """Why one object of a batch was not written: ``id`` and ``field`` capped to
+    MAX_METADATA_CHARS, ``message`` to MAX_MESSAGE_CHARS, as a status's texts are (the
+    status detail of a failed import caps them further). ``id`` and ``field`` may be the
+    client's own text (an id that is no UUID, an unknown
+    property's key): echoed whole, an import of messages each holding one object with a
+    1 MB id kept 1 MB per rejection (up to max_import_errors of them, across a stream no
+    length bounds) and answered more than the send limit, so the client lost the counts
+    of what its stream imported."""
+    return retrieval_pb.ObjectError(
+        index=index,
+        id=_cut(id, MAX_METADATA_CHARS),
+        field=_cut(field, MAX_METADATA_CHARS),
+        message=_cut(message, MAX_MESSAGE_CHARS),
+    )
+
+
 def _import_detail(
     received: int, imported: int, rejected: Sequence[retrieval_pb.ObjectError]
 ) -> retrieval_pb.ImportObjectsResponse:

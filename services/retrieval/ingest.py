@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 
+from services.common.errors import object_error
 from services.common.values import DEFAULT_MAX_DEPTH
 from services.retrieval import bm25
 from services.retrieval.embedders import Embedder, Embedders, EmbeddingInputRejected
@@ -69,11 +70,7 @@ async def write_batch(
         try:
             ready.append(prepare_object(schema, first_index + i, obj, max_value_depth))
         except ObjectInvalid as err:
-            result.errors.append(
-                pb.ObjectError(
-                    index=first_index + i, id=obj.id, field=err.field, message=err.message
-                )
-            )
+            result.errors.append(object_error(first_index + i, obj.id, err.field, err.message))
     sources = schema.source_properties()
     to_embed: list[tuple[PreparedObject, str]] = []
     kept: list[PreparedObject] = []
@@ -82,11 +79,11 @@ async def write_batch(
             text = object_text(prepared.payload[PROPS], sources)
             if not text:
                 result.errors.append(
-                    pb.ObjectError(
-                        index=prepared.index,
-                        id=prepared.id,
-                        field="properties",
-                        message="no text to embed in "
+                    object_error(
+                        prepared.index,
+                        prepared.id,
+                        "properties",
+                        "no text to embed in "
                         + ", ".join(sources or ["(no text property)"])
                         + " and no vector given",
                     )
@@ -162,15 +159,13 @@ def _refused_error(
     sizes = {name: len(object_text(props, [name])) for name in sources}
     held = [name for name, size in sizes.items() if size]
     largest = max(held, key=lambda name: sizes[name]) if held else ""
-    return pb.ObjectError(
-        index=prepared.index,
-        id=prepared.id,
-        field=f"properties.{largest}" if largest else "properties",
-        message=(
-            f"the embeddings endpoint refused this object's text ({err.why}), made of "
-            + ", ".join(f"{name} ({sizes[name]} characters)" for name in held)
-            + "; it was not written: shorten it"
-        ),
+    return object_error(
+        prepared.index,
+        prepared.id,
+        f"properties.{largest}" if largest else "properties",
+        f"the embeddings endpoint refused this object's text ({err.why}), made of "
+        + ", ".join(f"{name} ({sizes[name]} characters)" for name in held)
+        + "; it was not written: shorten it",
     )
 
 

@@ -278,6 +278,37 @@ async def test_an_import_lists_at_most_max_import_errors_rejections(make_retriev
     assert error_info(err).metadata["rejected_indexes"] == "0,1,2,…"
 
 
+async def test_a_rejected_objects_long_id_or_key_is_cut_in_its_error(make_retrieval: Any) -> None:
+    """An ObjectError echoed the object's id (no UUID) and unknown property key whole: a
+    stream of messages each holding one object with a 100 KB id kept 100 KB per rejection
+    and answered more than the send limit, RESOURCE_EXHAUSTED, so the client lost the
+    counts of what its stream imported (the good object was stored). Cut to 256
+    characters, as a status's metadata is."""
+    retrieval = await make_retrieval(max_message_bytes=256 * 1024)
+    stub = retrieval.stub
+    await stub.CreateCollection(pb.CreateCollectionRequest(collection=vector_collection("A", DIMS)))
+    long_id = "x" * 100_000
+
+    async def stream() -> AsyncIterator[pb.ImportObjectsRequest]:
+        yield pb.ImportObjectsRequest(collection="A", objects=article_objects()[:1])
+        for _ in range(4):
+            yield pb.ImportObjectsRequest(objects=[obj({"title": "t"}, id=long_id, vector=V)])
+        yield pb.ImportObjectsRequest(objects=[obj({"k" * 100_000: 1}, vector=V)])
+
+    answer = await stub.ImportObjects(stream())
+    assert (answer.received_count, answer.imported_count) == (6, 1)
+    assert [e.field for e in answer.errors[:4]] == ["id"] * 4
+    for error in answer.errors[:4]:
+        assert error.id.startswith("xxx") and error.id.endswith("…") and len(error.id) == 256
+    key_error = answer.errors[4]
+    assert key_error.field.startswith("properties.kkk") and len(key_error.field) == 256
+    # The same cut in UpsertObjects' answer.
+    upserted = await stub.UpsertObjects(
+        pb.UpsertObjectsRequest(collection="A", objects=[obj({"title": "t"}, id=long_id, vector=V)])
+    )
+    assert len(upserted.errors[0].id) == 256
+
+
 def _too_deep() -> bytes:
     """An import message nested past protobuf's parsing limit (100 message levels)."""
     message = pb.ImportObjectsRequest()
