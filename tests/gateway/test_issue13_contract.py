@@ -1,0 +1,460 @@
+"""Issue 13's contract checked from outside, on the cases the other tests leave out: the
+grouped result and generation over named objects reporting what the provider's limits
+cost, a grouped call's fallback and corrective retry, an HTTP-date Retry-After, a
+preset's unknown model on every generating RPC, and the cache key following each
+sampling parameter. Real gRPC through the gateway, unary and streaming, against the
+loopback fake provider."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import time
+import uuid
+from typing import Any
+
+import grpc
+import pytest
+from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
+from gensearch.generation.v1 import generation_service_pb2 as gen_pb
+from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
+from google.protobuf import json_format, struct_pb2
+from prometheus_client import REGISTRY
+
+from services.common.server import GrpcServer
+from services.devlaunch.redis_server import RedisProcess
+from services.generation.__main__ import build_server as build_generation
+from services.generation.settings import GenerationSettings
+from tests.gateway.conftest import (
+    ALICE,
+    BOOKS,
+    DIM,
+    TOKEN,
+    Stack,
+    StackFactory,
+    create_books,
+    fake_provider,
+)
+from tests.support.fake_openai import Behaviour, FakeOpenAI
+from tests.support.rpc import error_info
+
+WITH_BODY = [b for b in BOOKS if b["body"]]
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"title": {"type": "string"}},
+    "required": ["title"],
+}
+
+
+def _schema() -> gen_pb.ResponseFormat:
+    s = struct_pb2.Struct()
+    s.update(SCHEMA)
+    return gen_pb.ResponseFormat(name="t", json_schema=s)
+
+
+def _search(limit: int = 4, **generate: Any) -> gw_pb.GenerativeSearchRequest:
+    return gw_pb.GenerativeSearchRequest(
+        collection="Books",
+        near_vector=ret_pb.NearVector(vector=[0.5] * DIM),
+        limit=limit,
+        generate=gw_pb.Generate(**generate),
+    )
+
+
+def _streamed(request: Any, kind: type) -> Any:
+    out = kind()
+    out.ParseFromString(request.SerializeToString())
+    return out
+
+
+async def _grouped(stack: Stack, rpc: str, request: Any) -> gw_pb.GenerationResult:
+    """The grouped result of a unary or streaming generating RPC."""
+    if rpc.startswith("Stream"):
+        events = [e async for e in getattr(stack.stub, rpc)(request, metadata=ALICE, timeout=60)]
+        (grouped,) = [e.grouped for e in events if e.HasField("grouped")]
+        return grouped
+    response = await getattr(stack.stub, rpc)(request, metadata=ALICE, timeout=60)
+    return response.grouped
+
+
+def _requests(ids: list[str], **generate: Any) -> list[tuple[str, Any]]:
+    """The same generate block on all four generating RPCs."""
+    search = _search(**generate)
+    objects = gw_pb.GenerateOnObjectsRequest(
+        collection="Books", ids=gw_pb.ObjectIds(ids=ids), generate=gw_pb.Generate(**generate)
+    )
+    return [
+        ("GenerativeSearch", search),
+        ("StreamGenerativeSearch", _streamed(search, gw_pb.StreamGenerativeSearchRequest)),
+        ("GenerateOnObjects", objects),
+        ("StreamGenerateOnObjects", _streamed(objects, gw_pb.StreamGenerateOnObjectsRequest)),
+    ]
+
+
+def _http_date(seconds_ahead: float) -> str:
+    return email.utils.formatdate(time.time() + seconds_ahead, usegmt=True)
+
+
+# -- §1: a grouped call's 429 is retried and reported ----------------------------------------
+@pytest.mark.parametrize("retry_after", ["1", "date"])
+async def test_a_grouped_call_refused_429_is_retried_and_says_what_it_cost(
+    stack: Stack, retry_after: str
+) -> None:
+    ids = await create_books(stack, books=WITH_BODY)
+    for rpc, request in _requests(ids, grouped_task="Which is oldest?"):
+        stack.fake.reset_stats()
+        header = _http_date(2) if retry_after == "date" else retry_after
+        stack.fake.enqueue(Behaviour.rate_limited(retry_after=header))
+        grouped = await _grouped(stack, rpc, request)
+        assert grouped.result and not grouped.HasField("error"), (rpc, grouped)
+        assert (grouped.attempts, grouped.upstream_calls) == (2, 2), rpc
+        assert grouped.wait_time.ToNanoseconds() > 0, rpc
+        assert [r.json["model"] for r in stack.fake.chat_requests] == ["fake-model"] * 2
+
+
+@pytest.mark.parametrize("rpc", ["GenerativeSearch", "StreamGenerativeSearch"])
+async def test_a_hit_refused_with_an_http_date_retry_after_waits_and_succeeds(
+    stack: Stack, rpc: str
+) -> None:
+    await create_books(stack, books=WITH_BODY)
+    stack.fake.enqueue(Behaviour.rate_limited(retry_after=_http_date(2)))
+    request = _search(limit=1, single_prompt="About {title}")
+    if rpc == "StreamGenerativeSearch":
+        request = _streamed(request, gw_pb.StreamGenerativeSearchRequest)
+        events = [e async for e in stack.stub.StreamGenerativeSearch(request, metadata=ALICE)]
+        (result,) = [e.hit_result.generation for e in events if e.HasField("hit_result")]
+    else:
+        (hit,) = (await stack.stub.GenerativeSearch(request, metadata=ALICE)).hits
+        result = hit.generation
+    assert result.result and result.attempts == 2
+    assert result.wait_time.ToNanoseconds() > 0
+    # The date's whole seconds were honoured: the retry came after the 429's date.
+    first, second = stack.fake.chat_requests
+    assert second.received_at > first.received_at
+
+
+# -- §2: a grouped call falls back and names who answered ------------------------------------
+async def test_a_grouped_call_falls_back_on_a_5xx_and_names_the_pair(stack: Stack) -> None:
+    ids = await create_books(stack, books=WITH_BODY)
+    stack.fake.by_model["primary"] = Behaviour.error(503)
+    chain = [gen_pb.ModelChoice(provider="fake", model="backup")]
+    for rpc, request in _requests(ids, grouped_task="Compare", model="primary", fallback=chain):
+        grouped = await _grouped(stack, rpc, request)
+        assert grouped.result and not grouped.HasField("error"), (rpc, grouped)
+        assert (grouped.provider, grouped.model, grouped.fallback_index) == (
+            "fake",
+            "backup",
+            1,
+        ), rpc
+
+
+async def test_a_grouped_output_invalid_twice_is_its_own_error_after_one_retry(
+    stack: Stack,
+) -> None:
+    ids = await create_books(stack, books=WITH_BODY)
+    stack.fake.reply = "not json at all"
+    for rpc, request in _requests(
+        ids, single_prompt="T {title}", grouped_task="Compare", response_format=_schema()
+    ):
+        stack.fake.reset_stats()
+        grouped = await _grouped(stack, rpc, request)
+        assert grouped.error.reason == "INVALID_OUTPUT", rpc
+        assert grouped.error.status == "FAILED_PRECONDITION"
+        assert grouped.upstream_calls == 2, rpc
+        # Every hit and the grouped call: its answer and exactly one corrective retry.
+        assert len(stack.fake.chat_requests) == 2 * (len(ids) + 1), rpc
+
+
+async def test_a_valid_grouped_output_over_named_objects_is_structured(stack: Stack) -> None:
+    ids = await create_books(stack, books=WITH_BODY)
+    stack.fake.reply = json.dumps({"title": "all"})
+    for rpc, request in _requests(ids, grouped_task="Compare", response_format=_schema()):
+        grouped = await _grouped(stack, rpc, request)
+        assert json_format.MessageToDict(grouped.structured) == {"title": "all"}, rpc
+
+
+# -- §2: a preset's unknown model, on every generating RPC ----------------------------------
+ANYSCALE_KEY = (("x-anyscale-api-key", "esecret_test"),)
+
+
+@pytest.mark.parametrize("checked", [True, False])
+async def test_an_unknown_anyscale_model_is_refused_before_any_call_on_every_rpc(
+    stack_factory: StackFactory, fake: FakeOpenAI, checked: bool
+) -> None:
+    stack = await stack_factory(
+        extra_providers=[{"name": "anyscale", "base_url": fake.base_url, "check_models": checked}],
+        allowed_hosts="http://127.0.0.1",
+    )
+    ids = await create_books(stack, books=WITH_BODY)
+    generate = {"single_prompt": "About {title}", "grouped_task": "G", "provider": "anyscale"}
+    calls: list[tuple[str, Any]] = _requests(ids, model="gpt-4", **generate)
+    ask = {"collection": "Books", "llm_question": "Which?", "provider": "anyscale"}
+    calls.append(("Ask", gw_pb.AskRequest(llm_model="gpt-4", **ask)))  # type: ignore[arg-type]
+    calls.append(("StreamAsk", gw_pb.StreamAskRequest(llm_model="gpt-4", **ask)))  # type: ignore[arg-type]
+    # A known primary with an unknown model in its chain.
+    chain = [gen_pb.ModelChoice(provider="anyscale", model="gpt-4")]
+    calls.append(
+        (
+            "GenerativeSearch",
+            _search(
+                provider="anyscale",
+                model="meta-llama/Llama-2-13b-chat-hf",
+                single_prompt="About {title}",
+                fallback=chain,
+            ),
+        )
+    )
+    metadata = ALICE + ANYSCALE_KEY
+    for rpc, request in calls:
+        fake.reset_stats()
+        call = getattr(stack.stub, rpc)(request, metadata=metadata, timeout=30)
+        if not checked:
+            if rpc.startswith("Stream"):
+                [e async for e in call]
+            else:
+                await call
+            assert fake.chat_requests, rpc
+            continue
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            if rpc.startswith("Stream"):
+                [e async for e in call]
+            else:
+                await call
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, rpc
+        field = error_info(caught.value).metadata["field"]
+        assert field.endswith("model"), (rpc, field)
+        assert "model" in (caught.value.details() or ""), rpc
+        assert fake.chat_requests == [], rpc
+
+
+# -- §4: the cache key follows every sampling parameter ---------------------------------------
+@pytest.fixture
+async def cached(stack_factory: StackFactory, shared_redis: RedisProcess) -> Stack:
+    return await stack_factory(redis_url=shared_redis.url, quota_key_prefix="c13-cache")
+
+
+SAMPLING: list[dict[str, Any]] = [
+    {"top_p": 0.5},
+    {"stop": ["END"]},
+    {"frequency_penalty": 0.5},
+    {"presence_penalty": 0.5},
+    {"seed": 7},
+    {"temperature": 0.3},
+    {"max_tokens": 50},
+    {"model": "other-model"},
+]
+
+
+@pytest.mark.parametrize("change", SAMPLING, ids=lambda c: next(iter(c)))
+async def test_each_sampling_parameter_is_part_of_the_cache_key(
+    cached: Stack, change: dict[str, Any]
+) -> None:
+    await create_books(cached, books=WITH_BODY)
+    use = gw_pb.GenerationCache(mode=gw_pb.CACHE_MODE_USE)
+    base: dict[str, Any] = {"single_prompt": "T {title}", "grouped_task": "G", "cache": use}
+    await cached.stub.GenerativeSearch(_search(**base), metadata=ALICE)
+    again = await cached.stub.GenerativeSearch(_search(**base), metadata=ALICE)
+    assert all(h.generation.cached for h in again.hits) and again.grouped.cached
+    made = len(cached.fake.chat_requests)
+    changed = await cached.stub.GenerativeSearch(_search(**base, **change), metadata=ALICE)
+    assert not any(h.generation.cached for h in changed.hits) and not changed.grouped.cached
+    assert len(cached.fake.chat_requests) == made + len(WITH_BODY) + 1
+    # The changed parameter reached the provider.
+    (name, value), *_ = change.items()
+    sent = cached.fake.chat_requests[-1].json
+    assert sent.get(name) == value or (name == "max_tokens" and sent.get("max_completion_tokens"))
+
+
+async def test_a_grouped_result_over_named_objects_is_cached_and_marked(cached: Stack) -> None:
+    ids = await create_books(cached, books=WITH_BODY)
+    use = gw_pb.GenerationCache(mode=gw_pb.CACHE_MODE_USE)
+    for rpc, request in _requests(ids, grouped_task="Oldest?", cache=use):
+        await _grouped(cached, rpc, request)
+        made = len(cached.fake.chat_requests)
+        grouped = await _grouped(cached, rpc, request)
+        assert grouped.cached and grouped.result, rpc
+        assert len(cached.fake.chat_requests) == made, rpc
+
+
+# -- §5: a missing id while streaming --------------------------------------------------------
+async def test_a_missing_id_is_that_objects_own_not_found_when_streaming(stack: Stack) -> None:
+    ids = await create_books(stack, books=WITH_BODY)
+    missing = "00000000-0000-4000-8000-000000000000"
+    request = gw_pb.StreamGenerateOnObjectsRequest(
+        collection="Books",
+        ids=gw_pb.ObjectIds(ids=[ids[0], missing]),
+        generate=gw_pb.Generate(single_prompt="T {title}", grouped_task="G"),
+    )
+    events = [e async for e in stack.stub.StreamGenerateOnObjects(request, metadata=ALICE)]
+    results = {
+        e.hit_result.hit_index: e.hit_result.generation for e in events if e.HasField("hit_result")
+    }
+    assert results[0].result == "T Dune"
+    assert results[1].error.status == "NOT_FOUND"
+    (grouped,) = [e.grouped for e in events if e.HasField("grouped")]
+    assert grouped.result
+
+
+# -- §1: two gateways in front of two generation replicas keep to one provider limit ------------
+LIMIT, WINDOW = 5, 1.0
+DECLARED = {"requests_per_minute": LIMIT * 60 / WINDOW, "rate_window": WINDOW, "rate_burst": 0.2}
+
+
+async def _limited_replica(fake: FakeOpenAI, redis_url: str, prefix: str) -> GrpcServer:
+    server = await build_generation(
+        GenerationSettings(
+            providers=[fake_provider(fake, max_concurrency=None, **DECLARED)],
+            default_provider="fake",
+            metrics_port=None,
+            internal_token=TOKEN,
+            grace_period=0.5,
+            redis_url=redis_url,
+            limits_key_prefix=prefix,
+        ),
+        port=0,
+    )
+    await server.start()
+    return server
+
+
+async def _hit_results(
+    stack: Stack, request: gw_pb.GenerativeSearchRequest, *, stream: bool
+) -> list[Any]:
+    if stream:
+        streamed = _streamed(request, gw_pb.StreamGenerativeSearchRequest)
+        events = [
+            e async for e in stack.stub.StreamGenerativeSearch(streamed, metadata=ALICE, timeout=60)
+        ]
+        return [e.hit_result.generation for e in events if e.HasField("hit_result")]
+    response = await stack.stub.GenerativeSearch(request, metadata=ALICE, timeout=60)
+    return [h.generation for h in response.hits]
+
+
+async def test_two_gateways_and_two_generation_replicas_keep_to_the_limit_together(
+    stack_factory: StackFactory, shared_redis: RedisProcess
+) -> None:
+    async with FakeOpenAI(rate_limit=LIMIT, rate_window=WINDOW) as limited:
+        prefix = f"c13-{uuid.uuid4().hex[:8]}"
+        replicas = [await _limited_replica(limited, shared_redis.url, prefix) for _ in range(2)]
+        try:
+            target = "ipv4:" + ",".join(f"127.0.0.1:{r.port}" for r in replicas)
+            first = await stack_factory(generation=False, generation_addr=target)
+            await create_books(
+                first, books=[dict(b, title=f"Book {i}") for i, b in enumerate(BOOKS * 2)]
+            )
+            second = await stack_factory(
+                generation=False,
+                generation_addr=target,
+                retrieval_addr=f"127.0.0.1:{first.servers['retrieval'].port}",
+            )
+            request = _search(limit=10, single_prompt="About {title}")
+            both = await asyncio.gather(
+                _hit_results(first, request, stream=False),
+                _hit_results(second, request, stream=True),
+            )
+        finally:
+            for replica in replicas:
+                await replica.stop(0)
+    results = [r for rs in both for r in rs]
+    assert len(results) == 20
+    assert all(r.result and not r.HasField("error") for r in results)
+    assert limited.rate_limited == 0
+    assert limited.max_per_window <= LIMIT
+    # Most waited their turn and say so.
+    assert sum(r.wait_time.ToNanoseconds() > 0 for r in results) >= 10
+
+
+# -- §1: AIMD through the gateway: shrinks on 429s, timeouts and rising latency, grows back --
+def _limit_of(provider: str) -> float:
+    value = REGISTRY.get_sample_value("gensearch_llm_concurrency_limit", {"provider": provider})
+    assert value is not None
+    return value
+
+
+async def _fan_out(stack: Stack, provider: str, hits: int = 8) -> list[gw_pb.GenerationResult]:
+    request = _search(limit=hits, single_prompt="About {title}", provider=provider)
+    response = await stack.stub.GenerativeSearch(request, metadata=ALICE, timeout=60)
+    return [h.generation for h in response.hits]
+
+
+@pytest.mark.parametrize("signal", ["429", "timeout", "latency"])
+async def test_the_concurrency_limit_shrinks_on_overload_and_grows_back(
+    stack_factory: StackFactory, fake: FakeOpenAI, signal: str
+) -> None:
+    name = f"aimd{signal}"
+    provider = fake_provider(
+        fake,
+        name=name,
+        max_concurrency=None,
+        adaptive_recovery=None,  # only successes grow it back: what this test watches
+        latency_factor=3.0 if signal == "latency" else None,
+        first_byte_timeout=0.5,
+    )
+    stack = await stack_factory(extra_providers=[provider])
+    await create_books(stack, books=[dict(BOOKS[0], title=f"Book {i}") for i in range(8)])
+    fake.latency = 0.05
+    await _fan_out(stack, name)
+    assert _limit_of(name) == float("inf")  # no ceiling, nothing pushed back yet
+    if signal == "429":
+        fake.rate_limit, fake.rate_window = 2, 1.0
+    elif signal == "timeout":
+        fake.enqueue(*[Behaviour.hang(3)] * 4)
+    else:
+        for _ in range(3):
+            await _fan_out(stack, name)
+        fake.latency = 2.0
+    await _fan_out(stack, name)
+    shrunk = _limit_of(name)
+    assert shrunk < 8
+    fake.rate_limit, fake.latency = None, 0.05
+    fake.clear_queue()
+    for _ in range(2):
+        assert all(r.result for r in await _fan_out(stack, name))
+    assert _limit_of(name) > shrunk
+
+
+# -- §4: the semantic cache: StreamAsk with history, another collection ------------------------
+SEM_Q1 = "Which book is set on a desert planet?"
+SEM_Q2 = "Which novel takes place on a desert planet?"
+
+
+def _sem_ask(question: str, **fields: Any) -> gw_pb.AskRequest:
+    cache = gw_pb.SemanticCache(mode=gw_pb.CACHE_MODE_USE, min_similarity=0.5)
+    return gw_pb.AskRequest(
+        collection=fields.pop("collection", "Books"),
+        llm_question=question,
+        context_size=2,
+        semantic_cache=cache,
+        **fields,
+    )
+
+
+async def test_stream_ask_with_history_is_never_served_from_the_semantic_cache(
+    stack: Stack,
+) -> None:
+    await create_books(stack)
+    await stack.stub.Ask(_sem_ask(SEM_Q1), metadata=ALICE)
+    await stack.ask.idle()
+    cached = await stack.stub.Ask(_sem_ask(SEM_Q2), metadata=ALICE)
+    assert cached.cached  # the control: without history it is served
+    started = await stack.stub.Ask(_sem_ask(SEM_Q1, new_conversation=True), metadata=ALICE)
+    made = len(stack.fake.chat_requests)
+    request = _streamed(
+        _sem_ask(SEM_Q2, conversation_id=started.conversation_id, rewrite_query=False),
+        gw_pb.StreamAskRequest,
+    )
+    events = [e async for e in stack.stub.StreamAsk(request, metadata=ALICE)]
+    (answer,) = [e.answer for e in events if e.HasField("answer")]
+    assert not answer.cached and answer.interaction_id
+    assert len(stack.fake.chat_requests) == made + 1
+
+
+async def test_the_semantic_cache_never_answers_over_another_collection(stack: Stack) -> None:
+    await create_books(stack)
+    await create_books(stack, "Shelf")
+    await stack.stub.Ask(_sem_ask(SEM_Q1), metadata=ALICE)
+    await stack.ask.idle()
+    made = len(stack.fake.chat_requests)
+    other = await stack.stub.Ask(_sem_ask(SEM_Q1, collection="Shelf"), metadata=ALICE)
+    assert not other.cached and len(stack.fake.chat_requests) == made + 1
