@@ -406,7 +406,10 @@ class GenerationSettings(DownstreamSettings):
     retry_base_backoff: float = Field(default=0.25, ge=0, le=MAX_WAIT_SECONDS)
     retry_max_backoff: float = Field(default=8.0, ge=0, le=MAX_WAIT_SECONDS)
     # A Retry-After longer than this is not waited for (the error is returned instead).
-    retry_after_max: float = Field(default=60.0, ge=0, le=MAX_WAIT_SECONDS)
+    # Default: a day, the longest deadline a call may have, so only the call's deadline
+    # bounds the wait (issue 13: a 429 never fails a call while its deadline allows the
+    # retry; a 60 s cap failed a call asked to wait 90 s with 120 s left).
+    retry_after_max: float = Field(default=MAX_WAIT_SECONDS, ge=0, le=MAX_WAIT_SECONDS)
 
     # Where the providers' limits are counted so they hold across every replica
     # (docs/generation.md#provider-limits): redis://... (the gateway's quota Redis does).

@@ -10,6 +10,8 @@ import grpc
 import pytest
 from gensearch.generation.v1 import generation_service_pb2 as pb
 
+from services.common.upstream_retry import RetryPolicy
+from services.generation.settings import GenerationSettings
 from tests.generation.conftest import Service, user
 from tests.support.fake_openai import Behaviour, FakeOpenAI
 from tests.support.rpc import error_info
@@ -80,3 +82,22 @@ async def test_a_deadline_that_ends_inside_an_attempt_after_429s_reports_the_lim
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert error_info(caught.value).reason == "UPSTREAM_RATE_LIMITED"
     assert "after 2 attempts" in (caught.value.details() or "")
+
+
+def test_by_default_only_the_deadline_bounds_a_retry_after() -> None:
+    """Issue 13: a 429 never fails a call while its deadline allows the retry. Before, the
+    default RETRY_AFTER_MAX (60 s) failed a call asked to wait 90 s with 120 s left."""
+    policy = RetryPolicy(retry_after_max=GenerationSettings().retry_after_max)
+    assert policy.delay(1, 90.0) == 90.0
+    assert policy.delay(1, 20 * 3600.0) == 20 * 3600.0
+
+
+@pytest.mark.slow
+async def test_a_retry_after_past_a_minute_is_waited_for_within_the_deadline(
+    service: Service, fake: FakeOpenAI
+) -> None:
+    # 61 s: past the old 60 s cap, well inside the call's 120 s.
+    fake.enqueue(Behaviour.rate_limited(retry_after="61"))
+    reply = await service.stub.Generate(pb.GenerateRequest(messages=[user("hi")]), timeout=120)
+    assert (reply.text, reply.attempts) == ("hi", 2)
+    assert reply.wait_time.ToNanoseconds() >= 60 * 10**9
