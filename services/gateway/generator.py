@@ -87,9 +87,21 @@ class Options:
             # A collection stores up to retrieval's 8 pairs; more than generation takes
             # would fail every hit alike: one error, on the collection (as max_tokens).
             check_fallback(chain, settings.max_fallbacks, fallback_field)
+        # A model belongs to its provider: the collection's (or the service's default)
+        # applies only while the request names no other provider. Before, a request
+        # naming another provider got the collection's model sent to it (anyscale asked
+        # for "fake-model": refused, or another endpoint's model called).
+        provider = request.provider or collection.provider or settings.default_provider
+        stored_model = ""
+        if _same_provider(request.provider, collection.provider):
+            stored_model = collection.model
+        if not stored_model and _same_provider(
+            request.provider or collection.provider, settings.default_provider
+        ):
+            stored_model = settings.default_model
         return cls(
-            provider=request.provider or collection.provider or settings.default_provider,
-            model=model or collection.model or settings.default_model,
+            provider=provider,
+            model=model or stored_model,
             temperature=first("temperature"),
             max_tokens=first("max_tokens"),
             top_p=own("top_p"),
@@ -117,10 +129,18 @@ class Options:
             ),
             model_field=(
                 "collection.generative.model"
-                if not model and collection.model
+                if not model and stored_model and stored_model == collection.model
                 else f"{prefix}{model_field}"
             ),
         )
+
+
+def _same_provider(named: str, owner: str) -> bool:
+    """Whether a provider ``named`` by a request (empty: none named) is the one a stored
+    model was chosen for (``owner``'s; empty: the default one), as the generation
+    service reads names (spaces stripped, case ignored)."""
+    named = named.strip().lower()
+    return not named or named == owner.strip().lower()
 
 
 R = TypeVar("R", gen_pb.GenerateRequest, gen_pb.StreamGenerateRequest)

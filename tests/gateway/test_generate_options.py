@@ -959,3 +959,32 @@ async def test_a_new_schemas_check_leaves_the_event_loop_to_other_calls(
     reply = await held
     structured = [json_format.MessageToDict(h.generation.structured) for h in reply.hits]
     assert structured == [{"title": "x"}] * 2
+
+
+async def test_a_request_naming_another_provider_gets_that_providers_default_model(
+    stack_factory: StackFactory, fake2: FakeOpenAI
+) -> None:
+    """A model belongs to its provider: the collection's (provider fake, model fake-model)
+    applies only while a request names no other provider. Before, a request naming
+    provider "other" had "fake-model" sent to it (and the anyscale preset refused its own
+    default, naming the collection's model)."""
+    other = fake_provider(fake2, name="other", default_model="other-default")
+    stack = await stack_factory(extra_providers=[other], default_model="gateway-default")
+    await create_books(stack, books=WITH_BODY)
+    response = await stack.stub.GenerativeSearch(
+        _search(single_prompt="About {title}", grouped_task="G", provider="other"),
+        metadata=ALICE,
+    )
+    assert {h.generation.model for h in response.hits} == {"other-default"}
+    assert response.grouped.model == "other-default"
+    answer = await stack.stub.Ask(
+        gw_pb.AskRequest(collection="Books", llm_question="Which?", provider="other"),
+        metadata=ALICE,
+    )
+    assert answer.model == "other-default"
+    assert {r.json["model"] for r in fake2.chat_requests} == {"other-default"}
+    # The request naming the collection's own provider keeps the collection's model.
+    response = await stack.stub.GenerativeSearch(
+        _search(single_prompt="About {title}", provider=" FAKE "), metadata=ALICE
+    )
+    assert {h.generation.model for h in response.hits} == {"fake-model"}

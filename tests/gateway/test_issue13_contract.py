@@ -458,3 +458,199 @@ async def test_the_semantic_cache_never_answers_over_another_collection(stack: S
     made = len(stack.fake.chat_requests)
     other = await stack.stub.Ask(_sem_ask(SEM_Q1, collection="Shelf"), metadata=ALICE)
     assert not other.cached and len(stack.fake.chat_requests) == made + 1
+
+
+# -- §2: sampling parameters reach every call a hit makes ----------------------------------------
+SAMPLED: dict[str, Any] = {
+    "top_p": 0.8,
+    "stop": ["\n\n"],
+    "frequency_penalty": 0.5,
+    "presence_penalty": -0.5,
+    "seed": 7,
+}
+
+
+def _sent_sampling(body: dict[str, Any]) -> dict[str, Any]:
+    return {name: body.get(name) for name in SAMPLED}
+
+
+async def _drain(stack: Stack, rpc: str, request: Any) -> None:
+    call = getattr(stack.stub, rpc)(request, metadata=ALICE, timeout=60)
+    if rpc.startswith("Stream"):
+        [e async for e in call]
+    else:
+        await call
+
+
+async def test_sampling_parameters_reach_fallback_pairs_and_corrective_retries(
+    stack: Stack,
+) -> None:
+    ids = await create_books(stack, books=WITH_BODY)
+    stack.fake.by_model["primary"] = Behaviour.error(503)
+    # The backup's first answer is invalid, its corrective retry valid.
+    chain = [gen_pb.ModelChoice(provider="fake", model="backup")]
+    for rpc, request in _requests(
+        ids,
+        single_prompt="T {title}",
+        grouped_task="G",
+        model="primary",
+        fallback=chain,
+        response_format=_schema(),
+        stream_tokens=True,
+        **SAMPLED,
+    ):
+        stack.fake.reset_stats()
+        answers = iter(["not json", json.dumps({"title": "t"})] * 10)
+        stack.fake.reply = lambda body, answers=answers: next(answers)  # type: ignore[misc]
+        await _drain(stack, rpc, request)
+        bodies = [r.json for r in stack.fake.chat_requests]
+        assert {b["model"] for b in bodies} == {"primary", "backup"}, rpc
+        # A corrective retry happened (the validation error went back to the model).
+        assert any(len(b["messages"]) > 2 for b in bodies if b["model"] == "backup"), rpc
+        for body in bodies:
+            assert _sent_sampling(body) == SAMPLED, (rpc, body["model"])
+            assert body["response_format"]["json_schema"]["schema"] == SCHEMA
+            assert body["response_format"]["type"] == "json_schema"
+
+
+# -- §2: a hit whose 429s outlast its deadline moves to the next pair -------------------------
+async def test_a_rate_limit_the_hit_cannot_wait_for_moves_to_the_next_pair(
+    stack_factory: StackFactory, fake: FakeOpenAI
+) -> None:
+    async with FakeOpenAI() as other:
+        stack = await stack_factory(extra_providers=[fake_provider(other, name="other")])
+        ids = await create_books(stack, books=WITH_BODY)
+        fake.by_model["fake-model"] = Behaviour.rate_limited(retry_after="3600")
+        chain = [gen_pb.ModelChoice(provider="other", model="other-model")]
+        for rpc, request in _requests(
+            ids, single_prompt="T {title}", grouped_task="G", fallback=chain
+        ):
+            results = await _all_results(stack, rpc, request)
+            for result in results:
+                assert result.result and not result.HasField("error"), (rpc, result)
+                assert (result.provider, result.model, result.fallback_index) == (
+                    "other",
+                    "other-model",
+                    1,
+                ), rpc
+
+
+async def _all_results(
+    stack: Stack, rpc: str, request: Any, metadata: Any = ALICE
+) -> list[gw_pb.GenerationResult]:
+    """Every per-hit result and the grouped one of a unary or streaming generating RPC."""
+    if rpc.startswith("Stream"):
+        events = [e async for e in getattr(stack.stub, rpc)(request, metadata=metadata, timeout=60)]
+        return [e.hit_result.generation for e in events if e.HasField("hit_result")] + [
+            e.grouped for e in events if e.HasField("grouped")
+        ]
+    response = await getattr(stack.stub, rpc)(request, metadata=metadata, timeout=60)
+    return [h.generation for h in response.hits] + [response.grouped]
+
+
+# -- §4: a cached answer keeps what the answer said: structured, provider, model -------------
+async def test_a_cached_answer_keeps_its_structured_output_and_the_pair_that_answered(
+    cached: Stack,
+) -> None:
+    ids = await create_books(cached, books=WITH_BODY)
+    cached.fake.reply = json.dumps({"title": "t"})
+    cached.fake.by_model["primary"] = Behaviour.error(503)
+    use = gw_pb.GenerationCache(mode=gw_pb.CACHE_MODE_USE)
+    chain = [gen_pb.ModelChoice(provider="fake", model="backup")]
+    for i in range(4):  # each RPC its own prompts: a fresh miss, then its repeat
+        rpc, request = _requests(
+            ids,
+            single_prompt=f"T{i} {{title}}",
+            grouped_task=f"G{i}",
+            model="primary",
+            fallback=chain,
+            response_format=_schema(),
+            cache=use,
+        )[i]
+        fresh = await _all_results(cached, rpc, request)
+        made = len(cached.fake.chat_requests)
+        again = await _all_results(cached, rpc, request)
+        assert len(cached.fake.chat_requests) == made, rpc
+        assert len(again) == len(fresh) == len(ids) + 1
+        for before, after in zip(fresh, again, strict=True):
+            assert after.cached and not before.cached, rpc
+            assert after.result == before.result
+            assert json_format.MessageToDict(after.structured) == {"title": "t"}, rpc
+            assert (after.provider, after.model, after.fallback_index) == (
+                "fake",
+                "backup",
+                1,
+            ), (rpc, after)
+
+
+# -- §2: a preset's default model is the one sent ----------------------------------------------
+async def test_the_anyscale_preset_sends_its_default_model(
+    stack_factory: StackFactory, fake: FakeOpenAI
+) -> None:
+    stack = await stack_factory(
+        extra_providers=[{"name": "anyscale", "base_url": fake.base_url}],
+    )
+    ids = await create_books(stack, books=WITH_BODY)
+    for rpc, request in _requests(ids, single_prompt="T {title}", provider="anyscale"):
+        fake.reset_stats()
+        results = await _all_results(stack, rpc, request, ALICE + ANYSCALE_KEY)
+        assert {r.model for r in results[:-1]} == {"meta-llama/Llama-2-70b-chat-hf"}, rpc
+        assert {r.json["model"] for r in fake.chat_requests} == {"meta-llama/Llama-2-70b-chat-hf"}
+        # The preset's temperature 0 too.
+        assert {r.json.get("temperature") for r in fake.chat_requests} == {0.0}
+
+
+# -- §2: a caller's base URL on every generating RPC ---------------------------------------------
+async def test_a_callers_base_url_is_checked_on_every_generating_rpc(
+    stack_factory: StackFactory, fake: FakeOpenAI
+) -> None:
+    async with FakeOpenAI() as theirs:
+        stack = await stack_factory(
+            generation_settings={"allowed_hosts": f"http://127.0.0.1:{theirs.port}"}
+        )
+        ids = await create_books(stack, books=WITH_BODY)
+        theirs.reply = "theirs"
+        allowed = _requests(
+            ids, single_prompt="T {title}", grouped_task="G", base_url=theirs.base_url
+        )
+        for rpc, request in allowed:
+            results = await _all_results(stack, rpc, request)
+            assert {r.result for r in results} == {"theirs"}, rpc
+        assert fake.chat_requests == []
+        refused = _requests(
+            ids, single_prompt="T {title}", grouped_task="G", base_url=fake.base_url
+        )
+        for rpc, request in refused:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await _drain(stack, rpc, request)
+            assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED, rpc
+            assert error_info(caught.value).metadata["field"] == "generate.base_url", rpc
+        assert fake.chat_requests == []
+
+
+# -- §5: inline objects, streamed ---------------------------------------------------------------
+async def test_inline_objects_stream_per_object_and_grouped(stack: Stack) -> None:
+    objects = [{"name": "tea", "price": 3}, {"name": "cake", "price": 4.5}]
+    request = gw_pb.StreamGenerateOnObjectsRequest(
+        inline=gw_pb.InlineObjects(objects=[_struct(o) for o in objects]),
+        generate=gw_pb.Generate(
+            single_prompt="{name} at {price}", grouped_task="Cheapest?", stream_tokens=True
+        ),
+    )
+    events = [e async for e in stack.stub.StreamGenerateOnObjects(request, metadata=ALICE)]
+    kinds = [e.WhichOneof("event") for e in events]
+    assert kinds[0] == "hits" and kinds[-2:] == ["grouped", "done"]
+    results = {
+        e.hit_result.hit_index: e.hit_result.generation.result
+        for e in events
+        if e.HasField("hit_result")
+    }
+    assert results == {0: "tea at 3", 1: "cake at 4.5"}
+    assert "tea" in events[-2].grouped.result and "cake" in events[-2].grouped.result
+    assert any(e.HasField("token") and e.token.grouped for e in events)
+
+
+def _struct(values: dict[str, Any]) -> struct_pb2.Struct:
+    s = struct_pb2.Struct()
+    s.update(values)
+    return s
