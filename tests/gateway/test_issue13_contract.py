@@ -97,12 +97,13 @@ def _http_date(seconds_ahead: float) -> str:
 
 
 # -- §1: a grouped call's 429 is retried and reported ----------------------------------------
+@pytest.mark.parametrize("tokens", [False, True], ids=["whole", "tokens"])
 @pytest.mark.parametrize("retry_after", ["1", "date"])
 async def test_a_grouped_call_refused_429_is_retried_and_says_what_it_cost(
-    stack: Stack, retry_after: str
+    stack: Stack, retry_after: str, tokens: bool
 ) -> None:
     ids = await create_books(stack, books=WITH_BODY)
-    for rpc, request in _requests(ids, grouped_task="Which is oldest?"):
+    for rpc, request in _requests(ids, grouped_task="Which is oldest?", stream_tokens=tokens):
         stack.fake.reset_stats()
         header = _http_date(2) if retry_after == "date" else retry_after
         stack.fake.enqueue(Behaviour.rate_limited(retry_after=header))
@@ -301,10 +302,12 @@ LIMIT, WINDOW = 5, 1.0
 DECLARED = {"requests_per_minute": LIMIT * 60 / WINDOW, "rate_window": WINDOW, "rate_burst": 0.2}
 
 
-async def _limited_replica(fake: FakeOpenAI, redis_url: str, prefix: str) -> GrpcServer:
+async def _limited_replica(
+    fake: FakeOpenAI, redis_url: str, prefix: str, declared: dict[str, Any]
+) -> GrpcServer:
     server = await build_generation(
         GenerationSettings(
-            providers=[fake_provider(fake, max_concurrency=None, **DECLARED)],
+            providers=[fake_provider(fake, max_concurrency=None, **declared)],
             default_provider="fake",
             metrics_port=None,
             internal_token=TOKEN,
@@ -331,12 +334,23 @@ async def _hit_results(
     return [h.generation for h in response.hits]
 
 
+IN_FLIGHT = 3
+
+
+@pytest.mark.parametrize("limit", ["requests_per_minute", "max_in_flight"])
 async def test_two_gateways_and_two_generation_replicas_keep_to_the_limit_together(
-    stack_factory: StackFactory, shared_redis: RedisProcess
+    stack_factory: StackFactory, shared_redis: RedisProcess, limit: str
 ) -> None:
-    async with FakeOpenAI(rate_limit=LIMIT, rate_window=WINDOW) as limited:
+    if limit == "max_in_flight":
+        # Each replica alone would let 3 run: together they still let 3 run, not 6.
+        fake, declared = FakeOpenAI(latency=0.3), {"max_in_flight": IN_FLIGHT}
+    else:
+        fake, declared = FakeOpenAI(rate_limit=LIMIT, rate_window=WINDOW), DECLARED
+    async with fake as limited:
         prefix = f"c13-{uuid.uuid4().hex[:8]}"
-        replicas = [await _limited_replica(limited, shared_redis.url, prefix) for _ in range(2)]
+        replicas = [
+            await _limited_replica(limited, shared_redis.url, prefix, declared) for _ in range(2)
+        ]
         try:
             target = "ipv4:" + ",".join(f"127.0.0.1:{r.port}" for r in replicas)
             first = await stack_factory(generation=False, generation_addr=target)
@@ -360,7 +374,10 @@ async def test_two_gateways_and_two_generation_replicas_keep_to_the_limit_togeth
     assert len(results) == 20
     assert all(r.result and not r.HasField("error") for r in results)
     assert limited.rate_limited == 0
-    assert limited.max_per_window <= LIMIT
+    if limit == "max_in_flight":
+        assert limited.max_concurrent == IN_FLIGHT
+    else:
+        assert limited.max_per_window <= LIMIT
     # Most waited their turn and say so.
     assert sum(r.wait_time.ToNanoseconds() > 0 for r in results) >= 10
 
