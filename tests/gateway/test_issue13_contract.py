@@ -19,7 +19,7 @@ import pytest
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.generation.v1 import generation_service_pb2 as gen_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import duration_pb2, json_format, struct_pb2
 from prometheus_client import REGISTRY
 
 from services.common.server import GrpcServer
@@ -671,3 +671,36 @@ def _struct(values: dict[str, Any]) -> struct_pb2.Struct:
     s = struct_pb2.Struct()
     s.update(values)
     return s
+
+
+# -- §2: a timeout, or 5xx retries exhausted, moves on; streaming too ---------------------------
+@pytest.mark.parametrize("fault", ["timeout", "5xx"])
+async def test_a_timeout_or_exhausted_retries_move_to_the_next_pair(
+    stack_factory: StackFactory, fake: FakeOpenAI, fault: str
+) -> None:
+    stack = await stack_factory(
+        provider=fake_provider(fake, first_byte_timeout=0.5),
+        generation_settings={"retry_max_attempts": 2, "retry_max_backoff": 0.05},
+    )
+    ids = await create_books(stack, books=WITH_BODY)
+    fake.by_model["primary"] = Behaviour.hang(30) if fault == "timeout" else Behaviour.error(502)
+    chain = [gen_pb.ModelChoice(provider="fake", model="backup")]
+    for rpc, request in _requests(
+        ids,
+        single_prompt="T {title}",
+        grouped_task="G",
+        model="primary",
+        fallback=chain,
+        stream_tokens=True,
+        timeout=duration_pb2.Duration(seconds=20),
+    ):
+        fake.reset_stats()
+        results = await _all_results(stack, rpc, request)
+        assert len(results) == len(ids) + 1
+        for result in results:
+            assert result.result and not result.HasField("error"), (rpc, result)
+            assert (result.model, result.fallback_index) == ("backup", 1), rpc
+            # The primary's two attempts, then the backup's one.
+            assert result.upstream_calls == 3, (rpc, result)
+        models = [r.json["model"] for r in fake.chat_requests]
+        assert models.count("primary") == 2 * len(results), rpc
