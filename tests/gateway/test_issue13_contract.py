@@ -18,6 +18,7 @@ import grpc
 import pytest
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.generation.v1 import generation_service_pb2 as gen_pb
+from gensearch.generation.v1 import generation_service_pb2_grpc as gen_grpc
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from google.protobuf import duration_pb2, json_format, struct_pb2
 from prometheus_client import REGISTRY
@@ -704,3 +705,29 @@ async def test_a_timeout_or_exhausted_retries_move_to_the_next_pair(
             assert result.upstream_calls == 3, (rpc, result)
         models = [r.json["model"] for r in fake.chat_requests]
         assert models.count("primary") == 2 * len(results), rpc
+
+
+async def test_an_unknown_anyscale_model_is_refused_by_the_forwarded_generation_api(
+    stack_factory: StackFactory, fake: FakeOpenAI
+) -> None:
+    stack = await stack_factory(extra_providers=[{"name": "anyscale", "base_url": fake.base_url}])
+    generation = gen_grpc.GenerationServiceStub(stack.channel)  # type: ignore[no-untyped-call]
+    message = gen_pb.Message(role=gen_pb.ROLE_USER, content="hi")
+    metadata = ALICE + ANYSCALE_KEY
+    for stream in (False, True):
+        fields: dict[str, Any] = {"provider": "anyscale", "model": "gpt-4", "messages": [message]}
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            if stream:
+                request = gen_pb.StreamGenerateRequest(**fields)
+                [c async for c in generation.StreamGenerate(request, metadata=metadata)]
+            else:
+                await generation.Generate(gen_pb.GenerateRequest(**fields), metadata=metadata)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert error_info(caught.value).metadata["field"] == "model"
+    assert fake.chat_requests == []
+    # The default model, unnamed, is the one called.
+    reply = await generation.Generate(
+        gen_pb.GenerateRequest(provider="anyscale", messages=[message]), metadata=metadata
+    )
+    assert reply.model == "meta-llama/Llama-2-70b-chat-hf"
+    assert [r.json["model"] for r in fake.chat_requests] == ["meta-llama/Llama-2-70b-chat-hf"]
