@@ -414,8 +414,10 @@ async def test_the_concurrency_limit_shrinks_on_overload_and_grows_back(
     fake.latency = 0.05
     await _fan_out(stack, name)
     assert _limit_of(name) == float("inf")  # no ceiling, nothing pushed back yet
+    # Each overload fails its hits outright (a Retry-After past the deadline, a timeout
+    # not retried): no success in the same fan-out grows the limit back before it is read.
     if signal == "429":
-        fake.rate_limit, fake.rate_window = 2, 1.0
+        fake.enqueue(*[Behaviour.rate_limited(retry_after="3600")] * 8)
     elif signal == "timeout":
         fake.enqueue(*[Behaviour.hang(3)] * 4)
     else:
@@ -425,7 +427,7 @@ async def test_the_concurrency_limit_shrinks_on_overload_and_grows_back(
     await _fan_out(stack, name)
     shrunk = _limit_of(name)
     assert shrunk < 8
-    fake.rate_limit, fake.latency = None, 0.05
+    fake.latency = 0.05
     fake.clear_queue()
     for _ in range(2):
         assert all(r.result for r in await _fan_out(stack, name))
