@@ -733,3 +733,45 @@ async def test_an_unknown_anyscale_model_is_refused_by_the_forwarded_generation_
     )
     assert reply.model == "meta-llama/Llama-2-70b-chat-hf"
     assert [r.json["model"] for r in fake.chat_requests] == ["meta-llama/Llama-2-70b-chat-hf"]
+
+
+# -- §4: the semantic cache's modes and TTL ------------------------------------------------------
+def _sem_mode(question: str, mode: int, ttl: float | None = None) -> gw_pb.AskRequest:
+    request = _sem_ask(question)
+    request.semantic_cache.mode = mode  # type: ignore[assignment]
+    if ttl is not None:
+        request.semantic_cache.ttl.FromNanoseconds(int(ttl * 1e9))
+    return request
+
+
+async def _asked(stack: Stack, request: gw_pb.AskRequest) -> gw_pb.AskResponse:
+    response = await stack.stub.Ask(request, metadata=ALICE)
+    await stack.ask.idle()  # its store ran
+    return response
+
+
+async def test_the_semantic_caches_modes_and_ttl(stack: Stack) -> None:
+    await create_books(stack)
+    use, refresh, bypass = gw_pb.CACHE_MODE_USE, gw_pb.CACHE_MODE_REFRESH, gw_pb.CACHE_MODE_BYPASS
+    # BYPASS stores nothing: a USE after it still generates.
+    assert not (await _asked(stack, _sem_mode(SEM_Q1, bypass))).cached
+    assert not (await _asked(stack, _sem_mode(SEM_Q1, use))).cached
+    # BYPASS does not read what USE stored.
+    made = len(stack.fake.chat_requests)
+    assert not (await _asked(stack, _sem_mode(SEM_Q2, bypass))).cached
+    assert len(stack.fake.chat_requests) == made + 1
+    # REFRESH regenerates and stores: the next USE gets the refreshed answer.
+    stack.fake.reply = "refreshed"
+    refreshed = await _asked(stack, _sem_mode(SEM_Q1, refresh))
+    assert not refreshed.cached and refreshed.answer.startswith("refreshed")
+    again = await _asked(stack, _sem_mode(SEM_Q2, use))
+    assert again.cached and again.answer == refreshed.answer
+    # A stored answer lives for its TTL.
+    stack.fake.reply = "short-lived"
+    await _asked(stack, _sem_mode(UNRELATED_Q, refresh, ttl=1.0))
+    assert (await _asked(stack, _sem_mode(UNRELATED_Q, use))).cached
+    await asyncio.sleep(2.5)
+    assert not (await _asked(stack, _sem_mode(UNRELATED_Q, use))).cached
+
+
+UNRELATED_Q = "How long should sourdough bread rise before baking?"
