@@ -775,3 +775,54 @@ async def test_the_semantic_caches_modes_and_ttl(stack: Stack) -> None:
 
 
 UNRELATED_Q = "How long should sourdough bread rise before baking?"
+
+
+# -- §4 x §5: a collection's cache default applies to named objects, streaming too -------------
+async def test_a_collections_cache_default_applies_to_named_objects(cached: Stack) -> None:
+    on = ret_pb.GenerativeConfig(
+        provider="fake", model="fake-model", cache=ret_pb.CacheDefaults(generation=True)
+    )
+    ids = await create_books(cached, "Cached", books=WITH_BODY, generative=on)
+    objects = [{"title": "Tea", "body": "Hot."}]
+    for rpc, request in _requests(ids, single_prompt="T {title}", grouped_task="G"):
+        request.collection = "Cached"
+        if rpc == "GenerativeSearch" or rpc == "StreamGenerativeSearch":
+            continue  # the collection default on a search: test_generation_cache.py
+        inline = type(request)(
+            collection="Cached",
+            inline=gw_pb.InlineObjects(objects=[_struct(o) for o in objects]),
+            generate=request.generate,
+        )
+        for named in (request, inline):
+            fresh = await _all_results(cached, rpc, named)
+            made = len(cached.fake.chat_requests)
+            again = await _all_results(cached, rpc, named)
+            assert len(cached.fake.chat_requests) == made, rpc
+            # The stream reads what the unary call stored: the same key.
+            assert any(r.cached for r in fresh) == rpc.startswith("Stream"), rpc
+            assert all(r.cached for r in again), rpc
+        # BYPASS in the request wins over the collection's default.
+        bypass = type(request)()
+        bypass.CopyFrom(request)
+        bypass.generate.cache.mode = gw_pb.CACHE_MODE_BYPASS
+        made = len(cached.fake.chat_requests)
+        assert not any(r.cached for r in await _all_results(cached, rpc, bypass))
+        assert len(cached.fake.chat_requests) == made + len(ids) + 1
+    # A changed object misses, the others still hit.
+    changed = _struct({**WITH_BODY[0], "title": "Dune Messiah"})
+    await cached.retrieval.UpsertObjects(
+        ret_pb.UpsertObjectsRequest(
+            collection="Cached",
+            objects=[ret_pb.DataObject(id=ids[0], properties=changed, vector=[0.1] * DIM)],
+        ),
+        metadata=ALICE,
+    )
+    request = gw_pb.GenerateOnObjectsRequest(
+        collection="Cached",
+        ids=gw_pb.ObjectIds(ids=ids),
+        generate=gw_pb.Generate(single_prompt="T {title}", grouped_task="G"),
+    )
+    response = await cached.stub.GenerateOnObjects(request, metadata=ALICE)
+    assert [h.generation.cached for h in response.hits] == [False] + [True] * (len(ids) - 1)
+    assert response.hits[0].generation.result == "T Dune Messiah"
+    assert not response.grouped.cached
