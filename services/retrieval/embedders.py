@@ -96,7 +96,7 @@ class EmbeddingInputRejected(InvalidArgument):
         self.status = status
         self.collection = collection
         super().__init__(
-            f"the embeddings endpoint refused the text ({why}); nothing was written",
+            f"the embeddings endpoint refused the text ({why})",
             metadata=_rejection_metadata(status, collection),
         )
 
@@ -234,7 +234,11 @@ class LocalEmbedder:
 class OpenAIEmbedder:
     """``embeddings.create`` on an OpenAI-compatible endpoint through the official SDK, in
     batches, each request with the shared retry policy (``services.common.upstream_retry``)
-    inside ``timeout`` seconds."""
+    inside ``timeout`` seconds.
+
+    Its errors say what failed, not what was written: it serves reads (a Search's query)
+    as well as writes, and only the write path knows nothing was stored
+    (``ingest.write_batch`` says so)."""
 
     def __init__(
         self,
@@ -297,7 +301,7 @@ class OpenAIEmbedder:
                         # operator has not allowed (DNS rebinding, or simply localhost).
                         raise PermissionDenied(
                             f"{VECTORIZER}.base_url of collection {self._collection!r}: "
-                            f"{refused.why} ({ALLOWLIST_SETTING}); nothing was written",
+                            f"{refused.why} ({ALLOWLIST_SETTING})",
                             field=f"{VECTORIZER}.base_url",
                             reason=URL_NOT_ALLOWED,
                             metadata={"collection": self._collection},
@@ -309,8 +313,7 @@ class OpenAIEmbedder:
                         raise FailedPrecondition(
                             f"{VECTORIZER}.base_url of collection {self._collection!r}: the "
                             f"embeddings endpoint answered with a redirect (HTTP {redirect}), "
-                            "which is not followed: the base URL must name the final address; "
-                            "nothing was written",
+                            "which is not followed: the base URL must name the final address",
                             field=f"{VECTORIZER}.base_url",
                             reason=UPSTREAM_REDIRECT,
                             metadata=_rejection_metadata(redirect, self._collection),
@@ -329,7 +332,7 @@ class OpenAIEmbedder:
                     ):
                         continue
                     raise Unavailable(
-                        f"the embeddings endpoint failed ({problem}); nothing was written",
+                        f"the embeddings endpoint failed ({problem})",
                         reason="EMBEDDINGS_UNAVAILABLE",
                     ) from None
                 tokens = getattr(getattr(response, "usage", None), "prompt_tokens", None)
@@ -365,8 +368,7 @@ class OpenAIEmbedder:
             # JSON parsers here take NaN and 1e309 (infinity): such a vector was stored
             # (never found again) or searched with (no hits, no error), silently.
             raise Unavailable(
-                "the embeddings endpoint returned a vector holding NaN or infinity; "
-                "nothing was written",
+                "the embeddings endpoint returned a vector holding NaN or infinity",
                 reason="EMBEDDINGS_UNAVAILABLE",
             )
         if not self._cosine:
@@ -376,7 +378,7 @@ class OpenAIEmbedder:
             if any(too_long(array) for array in arrays):
                 raise Unavailable(
                     "the embeddings endpoint returned a vector longer than 2^62, past which "
-                    "float32 scores overflow; nothing was written",
+                    "float32 scores overflow",
                     reason="EMBEDDINGS_UNAVAILABLE",
                 )
             return vectors
@@ -387,7 +389,7 @@ class OpenAIEmbedder:
         if any(unit is None for unit in units):
             raise Unavailable(
                 "the embeddings endpoint returned a vector of length 0, which cosine "
-                "distance cannot use; nothing was written",
+                "distance cannot use",
                 reason="EMBEDDINGS_UNAVAILABLE",
             )
         return [unit for unit in units if unit is not None]

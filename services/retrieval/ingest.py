@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 
-from services.common.errors import object_error
+from services.common.errors import ServiceError, object_error
 from services.common.values import DEFAULT_MAX_DEPTH
 from services.retrieval import bm25
 from services.retrieval.embedders import Embedder, Embedders, EmbeddingInputRejected
@@ -106,6 +106,11 @@ async def write_batch(
                 f"more of them than {MAX_ISOLATION_CALLS} calls could single out, so nothing "
                 "was written: shorten the texts, or check the collection's vectorizer model",
             ) from None
+        except ServiceError as err:
+            # The embedder serves Search too, so its errors leave out what was written;
+            # here nothing of the batch was (the write comes after the embedding).
+            err.message += "; nothing was written"
+            raise
         if refused:
             dropped = {id(prepared) for prepared, _ in refused}
             kept = [prepared for prepared in kept if id(prepared) not in dropped]

@@ -417,3 +417,5 @@ async def test_a_redirect_is_not_followed_and_names_the_base_url(
         assert f"HTTP {status}" in (caught.value.details() or "")
         assert "base_url" in (caught.value.details() or "")
         assert "127.0.0.2" not in (caught.value.details() or "")
+        # A write says so (the embedder's own message does not: it serves Search too).
+        assert (caught.value.details() or "").endswith("; nothing was written")

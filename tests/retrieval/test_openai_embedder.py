@@ -124,11 +124,15 @@ async def test_failing_endpoint_is_unavailable_and_writes_nothing(
     )
     assert error_info(err).reason == "EMBEDDINGS_UNAVAILABLE"
     assert "sk-test" not in (err.details() or "")
+    assert (err.details() or "").endswith("(HTTP 500); nothing was written")
     assert (await stub.CountObjects(pb.CountObjectsRequest(collection="Remote"))).count == 0
-    await expect_error(
+    err = await expect_error(
         stub.Search(pb.SearchRequest(collection="Remote", near_text=pb.NearText(text="x"))),
         grpc.StatusCode.UNAVAILABLE,
     )
+    # A read says what failed, not that nothing was written: it writes nothing anyway.
+    assert error_info(err).reason == "EMBEDDINGS_UNAVAILABLE"
+    assert err.details() == "the embeddings endpoint failed (HTTP 500)"
     fake.clear_queue()
 
     # A transient 503 is retried and the write lands.
@@ -287,12 +291,14 @@ async def test_a_vector_holding_nan_or_infinity_is_unavailable_and_writes_nothin
         grpc.StatusCode.UNAVAILABLE,
     )
     assert error_info(err).reason == "EMBEDDINGS_UNAVAILABLE"
+    assert (err.details() or "").endswith("NaN or infinity; nothing was written")
     assert (await stub.CountObjects(pb.CountObjectsRequest(collection="Remote"))).count == 0
     err = await expect_error(
         stub.Search(pb.SearchRequest(collection="Remote", near_text=pb.NearText(text="x"))),
         grpc.StatusCode.UNAVAILABLE,
     )
     assert error_info(err).reason == "EMBEDDINGS_UNAVAILABLE"
+    assert "written" not in (err.details() or "")
 
 
 async def test_cosine_vectors_of_the_endpoint_are_normalised_like_a_callers(
