@@ -423,20 +423,20 @@ class Rerankers:
                     ):
                         continue
                     raise Unavailable(
-                        f"the rerank endpoint of {plan.provider!r} failed ({problem})",
+                        f"{named(plan.provider, plan.operator)} failed ({problem})",
                         reason="RERANK_UNAVAILABLE",
                         metadata={"provider": plan.provider},
                     ) from None
                 except (ValueError, RecursionError):  # not JSON, or nested too deep
                     payload = None
-                return parse_results(payload, len(documents), plan.provider)
+                return parse_results(payload, len(documents), plan.provider, operator=plan.operator)
 
 
 def _redirected(plan: RerankPlan, status: int) -> FailedPrecondition:
     """A redirect, never followed: the next address was not checked against the allowlist,
     and the documents and the key would go there."""
     said = (
-        f"the rerank endpoint of {plan.provider!r} answered with a redirect (HTTP {status}), "
+        f"{named(plan.provider, plan.operator)} answered with a redirect (HTTP {status}), "
         "which is not followed: "
     )
     metadata = {"provider": plan.provider, "http_status": str(status)}
@@ -466,11 +466,24 @@ def _problem(err: BaseException) -> str:
     return "malformed body"
 
 
-def parse_results(payload: object, count: int, provider: str) -> list[tuple[int, float]]:
+def named(provider: str, operator: bool) -> str:
+    """Who reranks, as a message names it: an operator's provider by its name, as the
+    generation service names its providers (``rerank provider 'cohere'``); a caller's URL by
+    the field that set it. A caller's URL goes by the provider name "endpoint" (its span,
+    its ErrorInfo ``provider``), which an operator's provider may bear too: both read "the
+    rerank endpoint of 'endpoint'" before."""
+    if operator:
+        return f"rerank provider {provider!r}"
+    return f"the rerank endpoint at {FIELD}.base_url"
+
+
+def parse_results(
+    payload: object, count: int, provider: str, *, operator: bool = True
+) -> list[tuple[int, float]]:
     """``results`` as (index, score), best first; each index once, within the documents
     (``relevance_score``, or ``score`` as some servers name it)."""
     malformed = Unavailable(
-        f"the rerank endpoint of {provider!r} answered with a malformed body",
+        f"{named(provider, operator)} answered with a malformed body",
         reason="RERANK_UNAVAILABLE",
         metadata={"provider": provider},
     )

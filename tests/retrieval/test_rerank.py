@@ -117,6 +117,7 @@ async def test_a_provider_that_keeps_failing_is_unavailable(
     )
     assert error_info(err).reason == "RERANK_UNAVAILABLE"
     assert KEY not in (err.details() or "")
+    assert err.details() == "rerank provider 'fake' failed (HTTP 503)"
     assert len(fake.rerank_requests) == 3  # rerank_retries=2
 
 
@@ -611,3 +612,43 @@ async def test_a_redirect_is_not_followed_and_names_the_base_url(
         info = error_info(caught.value)
         assert info.reason == "UPSTREAM_REDIRECT"
         assert info.metadata["field"] == "rerank.base_url"
+        assert (caught.value.details() or "").startswith(
+            "the rerank endpoint at rerank.base_url answered with a redirect (HTTP 307)"
+        )
+
+
+async def test_a_failing_reranker_is_named_alike_whatever_the_provider_is_called(
+    make_retrieval: MakeRetrieval, fake: FakeOpenAI
+) -> None:
+    """A caller's URL reranks under the provider name "endpoint", which an operator's
+    provider may bear too: both failures read "the rerank endpoint of 'endpoint'" before.
+    The message names an operator's provider by its name and a caller's URL by its field;
+    the ErrorInfo stays as it was."""
+    providers = {"endpoint": {"base_url": fake.base_url, "api_key_env": KEY_ENV}}
+    harness = await make_retrieval(
+        rerank_providers=providers, rerank_retries=0, allowed_hosts="http://127.0.0.1"
+    )
+    await harness.stub.CreateCollection(pb.CreateCollectionRequest(collection=vcol("Towers")))
+    await harness.stub.UpsertObjects(
+        pb.UpsertObjectsRequest(
+            collection="Towers",
+            objects=[
+                obj({"title": t, "body": b}, vector=[1, i, 0, 0]) for i, (t, b) in enumerate(DOCS)
+            ],
+        )
+    )
+    for rerank, said in (
+        ({"provider": "endpoint"}, "rerank provider 'endpoint' failed (HTTP 500)"),
+        ({"base_url": fake.base_url}, "the rerank endpoint at rerank.base_url failed (HTTP 500)"),
+    ):
+        fake.enqueue(Behaviour.error(500))
+        err = await expect_error(harness.stub.Search(search(**rerank)), grpc.StatusCode.UNAVAILABLE)
+        assert err.details() == said
+        info = error_info(err)
+        assert info.reason == "RERANK_UNAVAILABLE"
+        assert dict(info.metadata) == {"provider": "endpoint"}
+    fake.enqueue(Behaviour.malformed())
+    err = await expect_error(
+        harness.stub.Search(search(provider="endpoint")), grpc.StatusCode.UNAVAILABLE
+    )
+    assert err.details() == "rerank provider 'endpoint' answered with a malformed body"
