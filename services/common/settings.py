@@ -472,7 +472,7 @@ def redis_url_setting(value: SecretStr) -> SecretStr:
     try:
         urlsplit(url).port  # noqa: B018 (raises for a port out of range or not a number)
     except ValueError:
-        raise ValueError("its port must be a number from 0 to 65535") from None
+        raise ValueError("must give its port as a number from 0 to 65535") from None
     if url:
         problem = _redis_options_problem(url)
         if problem:
@@ -588,7 +588,7 @@ def _check_host_port(text: str) -> None:
     if not sep or not host:
         raise ValueError(f"needs a port: {TARGET_FORMS}")
     if not _PORT.fullmatch(port) or not 1 <= int(port) <= 65535:
-        raise ValueError("its port must be a number from 1 to 65535")
+        raise ValueError("must give its port as a number from 1 to 65535")
     if host.startswith("[") and host.endswith("]"):
         try:
             ipaddress.IPv6Address(host[1:-1])
@@ -602,7 +602,9 @@ def _check_host_port(text: str) -> None:
 def http_url_problem(url: str) -> str | None:
     """What keeps ``url`` from being the root URL of an HTTP server we call (http or
     https, a host, a valid port, no query or fragment), or None. Never quotes the URL: it
-    may carry a password."""
+    may carry a password. The problem is a predicate ("must ..."): callers put what names
+    the URL before it ("base_url must name a host"); "base_url its port must be ..." read
+    before."""
     if any(c.isspace() or not c.isprintable() for c in url):
         return "must be an http:// or https:// URL"
     try:
@@ -618,7 +620,7 @@ def http_url_problem(url: str) -> str | None:
     if not parts.hostname:
         return "must name a host"
     if port == 0 or (port is None and parts.netloc.endswith(":")):
-        return "its port must be a number from 1 to 65535"
+        return "must give its port as a number from 1 to 65535"
     if parts.query or parts.fragment or "?" in url or "#" in url:
         return "must not have a query or fragment"
     return None

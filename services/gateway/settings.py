@@ -298,7 +298,7 @@ class GatewaySettings(CommonSettings):
         for name, url in value.items():
             problem = http_url_problem(url)
             if problem:
-                raise ValueError(f"provider {name[:64]!r}: {problem}")
+                raise ValueError(f"the URL of provider {name[:64]!r} {problem}")
         return value
 
     @model_validator(mode="after")

@@ -155,7 +155,7 @@ def test_a_redis_url_redis_py_cannot_open_stops_the_service(
     with pytest.raises(SystemExit) as err:
         load_settings(settings)
     assert _exit_message(err) == (
-        f"invalid setting {variable}: its port must be a number from 0 to 65535"
+        f"invalid setting {variable}: must give its port as a number from 0 to 65535"
     )
     for valid in ("redis://user:TOPSECRET@redis:6379/0", "rediss://redis", "unix:///run/r.sock"):
         monkeypatch.setenv(variable, valid)
@@ -371,8 +371,8 @@ TARGETS = "host:port or dns:///host:port (or an ipv4:, ipv6: or unix: target)"
         ("xds:///memory", f"unknown scheme: use {TARGETS}"),
         ("memory", f"needs a port: {TARGETS}"),  # gRPC would quietly use port 443
         ("dns:///memory", f"needs a port: {TARGETS}"),
-        ("memory:99999", "its port must be a number from 1 to 65535"),
-        ("memory:TOPSECRET", "its port must be a number from 1 to 65535"),
+        ("memory:99999", "must give its port as a number from 1 to 65535"),
+        ("memory:TOPSECRET", "must give its port as a number from 1 to 65535"),
         ("user:TOPSECRET@memory:50051", f"must be {TARGETS}"),
         ("mem ory:50051", f"must be {TARGETS}"),
         ("", f"must be {TARGETS}"),
@@ -414,8 +414,8 @@ def test_every_target_form_grpc_resolves_is_accepted(
         ("ftp://user:TOPSECRET@tok:8088", "must be an http:// or https:// URL"),
         ("127.0.0.1:8088", "must be an http:// or https:// URL"),
         ("http://", "must name a host"),
-        ("http://user:TOPSECRET@tok:99999", "its port must be a number from 1 to 65535"),
-        ("http://tok:TOPSECRET", "its port must be a number from 1 to 65535"),
+        ("http://user:TOPSECRET@tok:99999", "must give its port as a number from 1 to 65535"),
+        ("http://tok:TOPSECRET", "must give its port as a number from 1 to 65535"),
         ("http://tok:8088/?key=TOPSECRET", "must not have a query or fragment"),
     ],
 )
@@ -427,7 +427,7 @@ def test_a_tokenize_url_that_is_not_http_stops_the_gateway(
     with pytest.raises(SystemExit) as err:
         load_settings(GatewaySettings)
     assert _exit_message(err) == (
-        f"invalid setting GENSEARCH_GATEWAY_TOKENIZE_URLS: provider 'local': {reason}"
+        f"invalid setting GENSEARCH_GATEWAY_TOKENIZE_URLS: the URL of provider 'local' {reason}"
     )
     monkeypatch.setenv(
         "GENSEARCH_GATEWAY_TOKENIZE_URLS",

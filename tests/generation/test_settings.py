@@ -9,6 +9,7 @@ from services.generation.settings import (
     LOCAL_MAX_TOKENS,
     LOCAL_MODEL,
     GenerationSettings,
+    ProviderError,
     resolve_providers,
 )
 
@@ -111,6 +112,25 @@ def test_misconfigured_providers(entry: dict[str, object], complaint: str) -> No
     with pytest.raises(ValueError, match=complaint) as caught:
         resolve_providers([entry], environ={})
     assert "sk-should-not-be-here" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("base_url", "said"),
+    [
+        ("http://x:99999/v1", "base_url must give its port as a number from 1 to 65535"),
+        ("http://x:/v1", "base_url must give its port as a number from 1 to 65535"),
+        ("http:///v1", "base_url must name a host"),
+        ("https://x/v1?k=v", "base_url must not have a query or fragment"),
+    ],
+)
+def test_a_bad_base_url_is_said_in_a_sentence(base_url: str, said: str) -> None:
+    # The problem is joined after the field's name: "base_url its port must be a number
+    # from 1 to 65535" before.
+    with pytest.raises(ProviderError) as caught:
+        resolve_providers([{"name": "new", "base_url": base_url, "default_model": "m"}], environ={})
+    assert str(caught.value) == (
+        f"GENSEARCH_GENERATION_PROVIDERS[0].base_url (provider 'new'): {said}"
+    )
 
 
 def test_presets_carry_their_known_models() -> None:
