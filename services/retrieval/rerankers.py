@@ -74,6 +74,7 @@ from services.retrieval.store import PROPS, FoundPoint
 
 MMR = "mmr"
 FIELD = "rerank"
+MAX_CANDIDATES_SETTING = "GENSEARCH_RETRIEVAL_MAX_RERANK_CANDIDATES"
 MAX_RERANK_QUERY = 16_384
 # The caller's key and the base URL it names for it (x-rerank-base-url), per RPC.
 _caller_key: ContextVar[tuple[str, str]] = ContextVar("gensearch_rerank_key", default=("", ""))
@@ -146,19 +147,18 @@ class Rerankers:
         await self._caller_clients.close()
 
     # -- checks ----------------------------------------------------------------------------
-    def plan(self, rerank: pb.Rerank, schema: Schema, query_text: str, wanted: int) -> RerankPlan:
-        """Check ``rerank`` (fields named ``rerank.*``) for a page of ``wanted`` hits
-        (offset + limit) over ``schema``; ``query_text`` is the search's own text."""
+    def plan(
+        self, rerank: pb.Rerank, schema: Schema, query_text: str, offset: int, limit: int
+    ) -> RerankPlan:
+        """Check ``rerank`` (fields named ``rerank.*``) for a page of ``limit`` hits from
+        ``offset`` over ``schema``; ``query_text`` is the search's own text."""
         s = self._settings
+        wanted = offset + limit
         # The page first: a collection's default candidates are raised to it
         # (servicer.default_rerank), so a page past the ceiling is the page's fault, not
         # the candidates' (it named rerank.candidates, a field the caller never set).
         if wanted > s.max_rerank_candidates:
-            raise InvalidArgument(
-                f"offset + limit must be at most {s.max_rerank_candidates} with a rerank stage",
-                field="limit",
-                reason="OUT_OF_RANGE",
-            )
+            raise page_too_deep(offset, limit, s.max_rerank_candidates)
         if rerank.candidates < 0 or rerank.candidates > s.max_rerank_candidates:
             raise InvalidArgument(
                 f"{FIELD}.candidates must be in 0..{s.max_rerank_candidates}",
@@ -227,8 +227,7 @@ class Rerankers:
             limit = self._settings.max_rerank_candidates
             if collection.rerank.candidates > limit:
                 raise InvalidArgument(
-                    f"{where}.candidates must be in 0..{limit} "
-                    "(GENSEARCH_RETRIEVAL_MAX_RERANK_CANDIDATES)",
+                    f"{where}.candidates must be in 0..{limit} ({MAX_CANDIDATES_SETTING})",
                     field=f"{where}.candidates",
                     reason="OUT_OF_RANGE",
                     metadata={"max": str(limit)},
@@ -464,6 +463,27 @@ def _problem(err: BaseException) -> str:
     if isinstance(err, TimeoutError):
         return "no answer in time"
     return "malformed body"
+
+
+def page_too_deep(offset: int, limit: int, ceiling: int) -> InvalidArgument:
+    """A reranked page past MAX_RERANK_CANDIDATES. It names the larger of offset and limit
+    (offset on a tie), the one whose cut helps most, and says so; the metadata holds both.
+    It named ``limit`` whatever the two were, so a client paging deep with a small limit
+    was told to shrink the limit."""
+    field = "offset" if offset >= limit else "limit"
+    which = "as large as limit" if offset == limit else "the larger of the two"
+    return InvalidArgument(
+        f"offset + limit ({offset} + {limit}) must be at most {ceiling} with a rerank "
+        f"stage ({MAX_CANDIDATES_SETTING}): lower {field}, {which}",
+        field=field,
+        reason="OUT_OF_RANGE",
+        metadata={
+            "offset": str(offset),
+            "limit": str(limit),
+            "max": str(ceiling),
+            "setting": MAX_CANDIDATES_SETTING,
+        },
+    )
 
 
 def named(provider: str, operator: bool) -> str:

@@ -394,7 +394,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
     ) -> pb.SearchResponse:
         """Retrieve the plan's candidates (from the first hit), rerank them, then cut the
         page: each hit keeps its retrieval score beside its rerank score."""
-        plan = self._rerankers.plan(rerank, schema, _query_text(request), page.offset + page.limit)
+        plan = self._rerankers.plan(rerank, schema, _query_text(request), page.offset, page.limit)
         inner = Page(
             limit=plan.candidates,
             offset=0,

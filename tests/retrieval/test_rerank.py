@@ -544,13 +544,55 @@ async def test_a_collections_default_candidates_grow_with_the_page(
     await expect_error(
         retrieval.stub.Search(request), grpc.StatusCode.INVALID_ARGUMENT, "rerank.candidates"
     )
-    # A page past MAX_RERANK_CANDIDATES (200) is the page's fault, not the default's.
+    # A page past MAX_RERANK_CANDIDATES (200) is the page's fault, not the default's; the
+    # offset is the larger part here, and is named (it was always limit).
     request.ClearField("rerank")
     request.limit, request.offset = 100, 150
     err = await expect_error(
-        retrieval.stub.Search(request), grpc.StatusCode.INVALID_ARGUMENT, "limit"
+        retrieval.stub.Search(request), grpc.StatusCode.INVALID_ARGUMENT, "offset"
     )
     assert error_info(err).reason == "OUT_OF_RANGE"
+
+
+@pytest.mark.parametrize(
+    ("offset", "limit", "field", "tail"),
+    [
+        (15, 10, "offset", "lower offset, the larger of the two"),
+        (25, 0, "offset", "lower offset, the larger of the two"),  # limit 0: the default 10
+        (5, 16, "limit", "lower limit, the larger of the two"),
+        (11, 11, "offset", "lower offset, as large as limit"),
+    ],
+)
+async def test_a_reranked_page_too_deep_names_the_larger_of_offset_and_limit(
+    make_retrieval: MakeRetrieval, offset: int, limit: int, field: str, tail: str
+) -> None:
+    """offset + limit past MAX_RERANK_CANDIDATES named limit whatever the two were: a
+    client paging deep with a small limit was told to shrink the limit. The larger of the
+    two is named (offset on a tie), the message says why, the metadata holds both."""
+    harness = await make_retrieval(max_rerank_candidates=20)
+    await harness.stub.CreateCollection(pb.CreateCollectionRequest(collection=vcol("Towers")))
+    request = pb.SearchRequest(
+        collection="Towers",
+        near_vector=pb.NearVector(vector=[1.0, 0.0, 0.0, 0.0]),
+        limit=limit,
+        offset=offset,
+        rerank=pb.Rerank(query="tower"),
+    )
+    err = await expect_error(harness.stub.Search(request), grpc.StatusCode.INVALID_ARGUMENT, field)
+    limit = limit or 10
+    assert err.details() == (
+        f"offset + limit ({offset} + {limit}) must be at most 20 with a rerank stage "
+        f"(GENSEARCH_RETRIEVAL_MAX_RERANK_CANDIDATES): {tail}"
+    )
+    info = error_info(err)
+    assert info.reason == "OUT_OF_RANGE"
+    assert dict(info.metadata) == {
+        "field": field,
+        "offset": str(offset),
+        "limit": str(limit),
+        "max": "20",
+        "setting": "GENSEARCH_RETRIEVAL_MAX_RERANK_CANDIDATES",
+    }
 
 
 async def test_use_collection_rerank_applies_the_collections_default(
