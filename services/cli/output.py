@@ -183,10 +183,16 @@ class Progress:
         self._bar.stop()
 
     def abort(self) -> None:
-        """Stop without a last line: the error that stopped the work says it all."""
+        """Stop without a last line: the error that stopped the work says it all. Transient,
+        so a terminal's bar is cleared, and nothing at all is printed on a pipe (no empty
+        line above the one-line error)."""
         if self._open:
+            self._open = False
             self._bar.update(self._task, visible=False)
-            self.finish()
+            self._bar.live.transient = True
+            # The display alone: Progress.stop also prints a newline on a pipe (ending the
+            # final line it printed there), and with nothing printed that is a blank line.
+            self._bar.live.stop()
 
 
 MISSING_LLM_KEY = "MISSING_PROVIDER_API_KEY"
