@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
 import importlib.metadata
 import os
+import re
 import sys
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
@@ -30,6 +32,8 @@ from services.cli.client import (
 )
 
 Handler = Callable[[Client, argparse.Namespace], Awaitable[int]]
+# A long option as a help text writes it: "--near-text", "--llm-key".
+_LONG_OPTION = re.compile(r"(?<![\w-])--[A-Za-z][\w-]*")
 
 
 def version() -> str:
@@ -47,8 +51,49 @@ def version() -> str:
 class Parser(argparse.ArgumentParser):
     """Usage mistakes are one line too, pointing at --help."""
 
+    # Its subcommands by name (``add_subparsers`` below), for ``check_options``.
+    commands: dict[str, argparse.ArgumentParser]
+
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"error: {message} (see: {self.prog} --help)\n")
+
+    def add_subparsers(self, **kwargs: Any) -> Any:
+        action = super().add_subparsers(**kwargs)
+        self.commands = action.choices
+        return action
+
+    def options(self) -> set[str]:
+        """The long options this parser takes, as its help lists them (argparse keeps its
+        actions private). An option only named in some help text counts too: then a typo
+        of it is left to argparse, as before."""
+        return set(_LONG_OPTION.findall(self.format_help()))
+
+    def check_options(self, argv: Sequence[str]) -> None:
+        """A ``--flag`` no parser on the command's path takes is a usage error of the
+        deepest one, naming it, with the nearest option when one is close. argparse alone
+        reports it last, after everything else: ``search -c Books --keywrd x`` said that
+        one of --near-text, --keyword … is required, ``--adress 1:2 status`` that '1:2' is
+        not a command, and ``search … --limt 3`` pointed at ``gensearch --help``, which does
+        not list --limit."""
+        parser: argparse.ArgumentParser = self
+        known = self.options()
+        for token in argv:
+            if token == "--":
+                return
+            commands = getattr(parser, "commands", {})
+            if token in commands:
+                parser = commands[token]
+                known |= parser.options() if isinstance(parser, Parser) else set()
+                continue
+            if not token.startswith("--") or len(token) < 3:
+                continue
+            name = token.split("=", 1)[0]
+            # argparse takes a unique prefix of an option (allow_abbrev): leave those to it.
+            if any(option.startswith(name) for option in known):
+                continue
+            close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            parser.error(f"unrecognized argument {name}{hint}")
 
 
 def _client_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
@@ -88,7 +133,7 @@ def _client_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> Parser:
     parser = Parser(
         prog="gensearch",
         description="Generative and conversational search over gRPC.",
@@ -165,6 +210,7 @@ async def _run_client(handler: Handler, args: argparse.Namespace) -> int:
 def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
+        parser.check_options(sys.argv[1:] if argv is None else argv)
         args = parser.parse_args(argv)
     except SystemExit as done:  # --help, or a usage error already printed as one line
         return done.code if isinstance(done.code, int) else 1

@@ -1,0 +1,86 @@
+"""A mistyped flag is named in the one usage line, with the nearest option, pointing at the
+help of the command that takes it. Before, argparse reported it last: a misspelt query flag
+came out as "one of the arguments --near-text --keyword … is required", a misspelt global
+flag made its value "an invalid choice" of command, and a misspelt search flag pointed at
+`gensearch --help`, which does not list the search options."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from services.cli.__main__ import main
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (
+            ["search", "-c", "Books", "--keywrd", "desert"],
+            "error: unrecognized argument --keywrd (did you mean --keyword?) "
+            "(see: gensearch search --help)",
+        ),
+        (
+            ["--adress", "127.0.0.1:1", "status"],
+            "error: unrecognized argument --adress (did you mean --address?) "
+            "(see: gensearch --help)",
+        ),
+        (
+            ["search", "-c", "Books", "--keyword", "desert", "--limt", "3"],
+            "error: unrecognized argument --limt (did you mean --limit?) "
+            "(see: gensearch search --help)",
+        ),
+        (
+            ["collections", "create", "--nme", "Books"],
+            "error: unrecognized argument --nme (did you mean --name?) "
+            "(see: gensearch collections create --help)",
+        ),
+        (
+            ["ask", "-c", "Books", "--no-memry", "Who?"],
+            "error: unrecognized argument --no-memry (did you mean --no-memory?) "
+            "(see: gensearch ask --help)",
+        ),
+        (
+            ["search", "-c", "Books", "--keyword", "x", "--zzzzzz=1"],
+            "error: unrecognized argument --zzzzzz (see: gensearch search --help)",
+        ),
+    ],
+)
+def test_a_mistyped_flag_is_named(
+    argv: list[str],
+    expected: str,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("GENSEARCH_STATE_DIR", str(tmp_path))
+    code = main(argv)
+    captured = capsys.readouterr()
+    assert code == 2
+    assert captured.out == ""
+    assert captured.err == expected + "\n"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        # A unique prefix is argparse's to take, a global flag after the command too, and
+        # a value after "--" is no flag at all.
+        ["search", "-c", "Books", "--keyword", "desert", "--lim", "3"],
+        ["search", "-c", "Books", "--keyword", "desert", "--address", "127.0.0.1:1"],
+        ["ask", "-c", "Books", "--no-memory", "--", "--what is this?"],
+    ],
+)
+def test_known_flags_reach_the_call(
+    argv: list[str],
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("GENSEARCH_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("GENSEARCH_ADDRESS", "127.0.0.1:1")
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 1, err  # parsed, then the call found no gateway
+    assert err.startswith("error: UNAVAILABLE: cannot reach the gateway"), err
