@@ -216,7 +216,15 @@ async def start(args: argparse.Namespace) -> Stack:
     try:
         await _start_parts(stack)
     except BaseException as err:
+        interrupted = isinstance(err, asyncio.CancelledError)
+        if interrupted:
+            # Ctrl-C during start-up: said as when the stack is up (the parts' "stopped"
+            # lines otherwise followed the terminal's ^C on its line, and nothing said that
+            # everything had stopped).
+            say("\nstopping (start-up interrupted; what had started stops in order)")
         await stack.close()
+        if interrupted:
+            say(f"stopped; data kept in {stack.data_dir}")
         if isinstance(err, ValidationError):
             raise CliError(f"invalid setting: {_setting_problems(err)}") from None
         if isinstance(err, ApiKeyError):  # its message names the entry, never a key

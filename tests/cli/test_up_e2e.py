@@ -250,3 +250,27 @@ def test_a_dying_child_stops_the_whole_stack(tmp_path: Path, env: dict[str, str]
     errors = [line for line in up.stderr.splitlines() if line.startswith("error:")]
     assert errors == ["error: llm exited unexpectedly; everything else was stopped"], up.stderr
     assert [pid for pid in children if alive(pid)] == []
+
+
+def test_ctrl_c_during_start_up_says_it_stops(tmp_path: Path, env: dict[str, str]) -> None:
+    # Interrupted right after its first line, while Redis and MiniLM are still starting:
+    # the stop is said as when the stack is up, and nothing is left. (Before, the parts'
+    # "stopped" lines followed the ^C on its line and no line said everything had stopped.)
+    up = Up(
+        "--data-dir", str(tmp_path / "data"), "--port", "0",
+        "--llm-base-url", "http://127.0.0.1:9/v1", env=env,
+    )  # fmt: skip
+    try:
+        up.wait_for("starting gensearch", timeout=180)
+        children = descendants(up.proc.pid)
+        code = up.interrupt()
+    finally:
+        up.kill()
+    out = up.output
+    assert code == 0, out + up.stderr
+    assert "gensearch is up" not in out, out  # the signal came during start-up
+    assert "\nstopping (start-up interrupted; what had started stops in order)\n" in out, out
+    assert out.rstrip().endswith(f"stopped; data kept in {tmp_path / 'data'}"), out
+    assert "Traceback" not in up.stderr
+    time.sleep(0.5)
+    assert [pid for pid in children if alive(pid)] == []
