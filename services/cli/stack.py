@@ -25,6 +25,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import sys
 import time
 import warnings
@@ -326,12 +327,36 @@ def _check_ports(args: argparse.Namespace, settings: dict[str, Any]) -> None:
         )
     busy = busy_ports(host, wanted)
     if busy:
-        ports = ", ".join(f"{b.what} {b.port}" for b in busy)
+        served = [b for b in busy if _listening(host, b.port)]
+        held = [b for b in busy if b not in served]
+        said = []
+        if served:
+            ports = ", ".join(f"{b.what} {b.port}" for b in served)
+            said.append(f"{ports} (another gensearch running?)")
+        if held:
+            # 50050-50053 lie in Linux's default range for outgoing connections' ports: a
+            # connection of any program may hold one, and a closed one keeps it a minute.
+            ports = ", ".join(f"{b.what} {b.port}" for b in held)
+            said.append(
+                f"{ports} (no server listens on it: a connection of this machine holds it; "
+                "one that just closed frees it within a minute)"
+            )
         hints = ", ".join(b.option for b in busy)
         raise CliError(
-            f"already in use on {host}: {ports} (another gensearch running?); "
+            f"already in use on {host}: {'; '.join(said)}; "
             f"choose others with {hints} (0 = any free port); nothing was started"
         )
+
+
+def _listening(host: str, port: int) -> bool:
+    """Whether a server accepts connections on ``host`` and ``port`` (a wildcard host:
+    on loopback)."""
+    target = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
+    try:
+        with socket.create_connection((target, port), timeout=1):
+            return True
+    except OSError:
+        return False
 
 
 async def _start_parts(stack: Stack) -> None:

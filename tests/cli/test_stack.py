@@ -351,3 +351,31 @@ def test_local_llm_autostart_false_is_heeded_by_up() -> None:
         started = stack_mod._generation_settings(args, {})
     assert started.local_llm_autostart is True
     assert started.provider_configs()["local"].base_url != local.base_url
+
+
+def test_a_port_held_by_an_outgoing_connection_is_not_blamed_on_another_gensearch() -> None:
+    # An outgoing connection's port (Linux hands out 32768-60999, which holds 50050-50053)
+    # stays in TIME_WAIT a minute after it closes, and a server cannot bind it then: `up`
+    # said "(another gensearch running?)" while nothing listened at all.
+    from services.memory.settings import MemorySettings
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        with socket.socket() as client:  # no SO_REUSEADDR, as most clients
+            client.bind(("127.0.0.1", 0))
+            port = client.getsockname()[1]
+            client.connect(listener.getsockname())
+            accepted, _ = listener.accept()
+            client.close()  # the client closes first: its port goes to TIME_WAIT
+            accepted.recv(1)
+            accepted.close()
+    args = up_args(Path("unused"), port=port)
+    settings = {"memory": MemorySettings(port=0, metrics_port=None)}
+    with pytest.raises(stack_mod.CliError) as err:
+        stack_mod._check_ports(args, settings)
+    assert str(err.value) == (
+        f"already in use on 127.0.0.1: gateway port {port} (no server listens on it: a "
+        "connection of this machine holds it; one that just closed frees it within a "
+        "minute); choose others with --port (0 = any free port); nothing was started"
+    )
