@@ -48,14 +48,41 @@ def version() -> str:
         return str(tomllib.loads(pyproject.read_text())["project"]["version"])
 
 
+class UsageMistake(SystemExit):
+    """A usage error met while parsing: ``Parser.parse_args`` prints it as one line (or,
+    when a flag was mistyped, names that flag instead)."""
+
+    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
+        super().__init__(2)
+        self.line = f"error: {message} (see: {parser.prog} --help)"
+
+
 class Parser(argparse.ArgumentParser):
     """Usage mistakes are one line too, pointing at --help."""
 
-    # Its subcommands by name (``add_subparsers`` below), for ``check_options``.
+    # Its subcommands by name (``add_subparsers`` below), for ``mistyped_flag``.
     commands: dict[str, argparse.ArgumentParser]
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Long options added to the parser itself, hidden ones (help=SUPPRESS) included:
+        # argparse keeps its actions private, and its help lists only the shown ones. Set
+        # first: argparse's own __init__ adds --help.
+        self.hidden_options: set[str] = set()
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"error: {message} (see: {self.prog} --help)\n")
+        raise UsageMistake(self, message)
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> Any:
+        argv = list(sys.argv[1:] if args is None else args)
+        try:
+            return super().parse_args(argv, namespace)
+        except UsageMistake as mistake:
+            self.exit(2, (self.mistyped_flag(argv) or mistake.line) + "\n")
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> Any:
+        self.hidden_options.update(a for a in args if isinstance(a, str) and a.startswith("--"))
+        return super().add_argument(*args, **kwargs)
 
     def add_subparsers(self, **kwargs: Any) -> Any:
         action = super().add_subparsers(**kwargs)
@@ -63,23 +90,23 @@ class Parser(argparse.ArgumentParser):
         return action
 
     def options(self) -> set[str]:
-        """The long options this parser takes, as its help lists them (argparse keeps its
-        actions private). An option only named in some help text counts too: then a typo
-        of it is left to argparse, as before."""
-        return set(_LONG_OPTION.findall(self.format_help()))
+        """The long options this parser takes: as its help lists them, and those added to
+        it directly. One merely named in some help text counts too (then a typo of it gets
+        argparse's own message, as before)."""
+        return set(_LONG_OPTION.findall(self.format_help())) | self.hidden_options
 
-    def check_options(self, argv: Sequence[str]) -> None:
-        """A ``--flag`` no parser on the command's path takes is a usage error of the
-        deepest one, naming it, with the nearest option when one is close. argparse alone
-        reports it last, after everything else: ``search -c Books --keywrd x`` said that
-        one of --near-text, --keyword … is required, ``--adress 1:2 status`` that '1:2' is
-        not a command, and ``search … --limt 3`` pointed at ``gensearch --help``, which does
-        not list --limit."""
+    def mistyped_flag(self, argv: Sequence[str]) -> str | None:
+        """When parsing failed: the usage line for a ``--flag`` that no parser on the
+        command's path takes, naming it (with the nearest option when one is close) and the
+        help of the command it was given to. argparse reports an unknown flag last, after
+        everything else: ``search -c Books --keywrd x`` said that one of --near-text,
+        --keyword … is required, ``--adress 1:2 status`` that '1:2' is not a command, and
+        ``search … --limt 3`` pointed at ``gensearch --help``, which lists no search flag."""
         parser: argparse.ArgumentParser = self
         known = self.options()
         for token in argv:
             if token == "--":
-                return
+                return None
             commands = getattr(parser, "commands", {})
             if token in commands:
                 parser = commands[token]
@@ -88,12 +115,13 @@ class Parser(argparse.ArgumentParser):
             if not token.startswith("--") or len(token) < 3:
                 continue
             name = token.split("=", 1)[0]
-            # argparse takes a unique prefix of an option (allow_abbrev): leave those to it.
+            # argparse takes a unique prefix of an option (allow_abbrev): left to it.
             if any(option.startswith(name) for option in known):
                 continue
             close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
             hint = f" (did you mean {close[0]}?)" if close else ""
-            parser.error(f"unrecognized argument {name}{hint}")
+            return f"error: unrecognized argument {name}{hint} (see: {parser.prog} --help)"
+        return None
 
 
 def _client_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
@@ -210,7 +238,6 @@ async def _run_client(handler: Handler, args: argparse.Namespace) -> int:
 def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
-        parser.check_options(sys.argv[1:] if argv is None else argv)
         args = parser.parse_args(argv)
     except SystemExit as done:  # --help, or a usage error already printed as one line
         return done.code if isinstance(done.code, int) else 1

@@ -70,6 +70,8 @@ def test_a_mistyped_flag_is_named(
         ["search", "-c", "Books", "--keyword", "desert", "--lim", "3"],
         ["search", "-c", "Books", "--keyword", "desert", "--address", "127.0.0.1:1"],
         ["ask", "-c", "Books", "--no-memory", "--", "--what is this?"],
+        # A flag kept out of the help (help=SUPPRESS) is still a flag.
+        ["conversations", "delete", "0190a6f2-8c4e-7b3a-9f1d-2e5c6a7b8c9d", "--state-dir", "."],
     ],
 )
 def test_known_flags_reach_the_call(
