@@ -29,7 +29,7 @@ from gensearch.client.errors import NotFoundError
 from services.cli import corpus, render, state
 from services.cli.client import Client, Connection
 from services.cli.importer import import_objects
-from services.cli.output import Progress
+from services.cli.output import Progress, command_name
 
 if TYPE_CHECKING:
     from services.cli.stack import Stack
@@ -189,7 +189,7 @@ def continue_hint(gateway_address: str, *, ran_as: str = "") -> str:
     flags = ""
     if state.address_key(gateway_address) != state.address_key(DEFAULT_ADDRESS):
         flags = f" --address {gateway_address}"
-    hint = f'continue the conversation: gensearch ask{flags} -c {COLLECTION} "your question"'
+    hint = f'continue the conversation: {command_name()} ask{flags} -c {COLLECTION} "your question"'
     if ran_as:
         hint += (
             f"\n  (the stack checks API keys: the demo ran as {ran_as}; add that user's key "

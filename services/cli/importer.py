@@ -30,7 +30,7 @@ from gensearch.client.types import ObjectError, WriteResult
 
 from services.cli.chunking import Chunker
 from services.cli.client import Client, UsageError, int32
-from services.cli.output import Progress, dump_json, note
+from services.cli.output import Progress, command_name, dump_json, note
 
 ENVELOPE_KEYS = {"id", "properties", "vector"}
 # Exit code when the import ran but some lines or objects were rejected.
@@ -421,7 +421,7 @@ def stopped_line(
     )
     if resume_line is None:
         return f"{stop}; every line was sent"
-    command = f"gensearch import - --collection {shlex.quote(collection)}"
+    command = f"{command_name()} import - --collection {shlex.quote(collection)}"
     if file == "-":
         return f"{stop}; to resume, send the input from its line {resume_line} on: {command}"
     return f"{stop}; to resume: tail -n +{resume_line} {shlex.quote(file)} | {command}"

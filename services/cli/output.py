@@ -12,6 +12,7 @@ import shutil
 import sys
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any, TextIO
 
 from google.protobuf import json_format
@@ -123,6 +124,21 @@ class _Rate(ProgressColumn):
         elapsed = task.finished_time if task.finished else task.elapsed
         rate = task.completed / elapsed if elapsed else 0.0
         return Text(f"{rate:,.0f} {self.unit}/s")
+
+
+def command_name() -> str:
+    """How the user runs this CLI, for the commands it suggests: ``gensearch`` when that
+    name on PATH is this installation's, else this installation's script by path
+    (``.venv/bin/gensearch`` after ``make run``, which does not activate the venv: a
+    suggested bare ``gensearch`` was "command not found" there)."""
+    script = Path(sys.prefix) / "bin" / "gensearch"
+    found = shutil.which("gensearch")
+    if not script.is_file() or (found and Path(found).resolve() == script.resolve()):
+        return "gensearch"
+    try:
+        return str(script.relative_to(Path.cwd()))
+    except ValueError:
+        return str(script)
 
 
 class Progress:

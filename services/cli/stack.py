@@ -38,7 +38,7 @@ import grpc
 from pydantic import SecretStr, ValidationError
 
 from services.cli.client import CliError, check_health
-from services.cli.output import note
+from services.cli.output import command_name, note
 from services.common.hostport import bind_problem, join_host_port
 from services.common.logs import redacted_url
 
@@ -741,7 +741,8 @@ async def _up(args: argparse.Namespace, stop: asyncio.Event, serving: asyncio.Ev
     try:
         say(
             f"gensearch is up in {time.perf_counter() - began:.1f}s: gateway at "
-            f"{stack.gateway_address} (try: gensearch --address {stack.gateway_address} status)"
+            f"{stack.gateway_address} (try: {command_name()} --address {stack.gateway_address} "
+            "status)"
         )
         if args.demo:
             from services.cli import demo

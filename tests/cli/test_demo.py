@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 
 from services.cli import demo
+from services.cli.output import command_name
 from tests.cli.conftest import RunningStack
 
 
@@ -70,7 +72,9 @@ def test_demo_imports_once_then_searches_and_converses(
     assert listed["generative"]["provider"] == "local"
 
 
-def test_continue_hint_names_what_the_user_needs() -> None:
+def test_continue_hint_names_what_the_user_needs(monkeypatch: pytest.MonkeyPatch) -> None:
+    # This installation's gensearch on PATH (an activated venv): the bare name.
+    monkeypatch.setenv("PATH", str(Path(sys.prefix) / "bin"))
     default = demo.continue_hint("localhost:50050")
     assert (
         default == f'continue the conversation: gensearch ask -c {demo.COLLECTION} "your question"'
@@ -90,3 +94,18 @@ def test_the_tiny_model_note_only_when_the_bundled_model_answered() -> None:
     bundled = SimpleNamespace(children={"llm": object(), "redis": object()})
     assert "SmolLM2-135M" in (demo.model_note(bundled) or "")
     assert demo.model_note(SimpleNamespace(children={"redis": object()})) is None
+
+
+def test_hints_name_the_venv_script_when_gensearch_is_not_on_path(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # `make run` runs .venv/bin/python with the venv not activated: the hints said
+    # `gensearch ask …`, which the shell then could not find.
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    monkeypatch.chdir(Path(sys.prefix).parent)
+    script = Path(sys.prefix).name + "/bin/gensearch"  # ".venv/bin/gensearch"
+    assert demo.continue_hint("localhost:50050") == (
+        f'continue the conversation: {script} ask -c {demo.COLLECTION} "your question"'
+    )
+    monkeypatch.chdir(tmp_path)  # elsewhere: the script's full path
+    assert command_name() == str(Path(sys.prefix) / "bin" / "gensearch")

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from services.cli.output import command_name
 from tests.cli.conftest import QuotaGateway
 
 
@@ -95,6 +96,9 @@ def test_no_wait_for_quota_stops_at_the_quota_and_says_where_to_resume(
     assert result.code == 3, result.err
     assert f"imported 9 objects into {name}" in result.out
     assert "stopped at the tenant's write quota (10 objects a minute); it frees in" in result.err
-    assert "to resume, send the input from its line 10 on: gensearch import - " in result.err
+    # The command as the user runs it: `gensearch`, or the venv's script when not on PATH.
+    assert f"to resume, send the input from its line 10 on: {command_name()} import - " in (
+        result.err
+    )
     shown = json.loads(cli("collections", "show", name, "--json").out)
     assert int(shown["object_count"]) == 16  # objects 9-17 once each, after the first 7
