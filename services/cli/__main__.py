@@ -54,7 +54,10 @@ class UsageMistake(SystemExit):
 
     def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
         super().__init__(2)
-        self.line = f"error: {message} (see: {parser.prog} --help)"
+        self.parser, self.message = parser, message
+
+    def line(self, parser: argparse.ArgumentParser | None = None) -> str:
+        return f"error: {self.message} (see: {(parser or self.parser).prog} --help)"
 
 
 class Parser(argparse.ArgumentParser):
@@ -78,7 +81,11 @@ class Parser(argparse.ArgumentParser):
         try:
             return super().parse_args(argv, namespace)
         except UsageMistake as mistake:
-            self.exit(2, (self.mistyped_flag(argv) or mistake.line) + "\n")
+            # Arguments left over are found by this parser, after the command's own parser
+            # has finished: the help to read is the command's (`ask -c X "q" extra`).
+            leftover = mistake.message.startswith("unrecognized arguments")
+            line = mistake.line(self.command_parser(argv) if leftover else None)
+            self.exit(2, (self.mistyped_flag(argv) or line) + "\n")
 
     def add_argument(self, *args: Any, **kwargs: Any) -> Any:
         self.hidden_options.update(a for a in args if isinstance(a, str) and a.startswith("--"))
@@ -94,6 +101,17 @@ class Parser(argparse.ArgumentParser):
         it directly. One merely named in some help text counts too (then a typo of it gets
         argparse's own message, as before)."""
         return set(_LONG_OPTION.findall(self.format_help())) | self.hidden_options
+
+    def command_parser(self, argv: Sequence[str]) -> argparse.ArgumentParser:
+        """The parser of the (sub)command ``argv`` names, this one when it names none."""
+        parser: argparse.ArgumentParser = self
+        for token in argv:
+            if token == "--":
+                break
+            commands = getattr(parser, "commands", {})
+            if token in commands:
+                parser = commands[token]
+        return parser
 
     def mistyped_flag(self, argv: Sequence[str]) -> str | None:
         """When parsing failed: the usage line for a ``--flag`` that no parser on the

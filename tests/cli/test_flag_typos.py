@@ -45,6 +45,12 @@ from services.cli.__main__ import main
             ["search", "-c", "Books", "--keyword", "x", "--zzzzzz=1"],
             "error: unrecognized argument --zzzzzz (see: gensearch search --help)",
         ),
+        # Not a flag: argparse's message, pointing at the command's help (it pointed at
+        # `gensearch --help`).
+        (
+            ["ask", "-c", "Books", "Who?", "extra"],
+            "error: unrecognized arguments: extra (see: gensearch ask --help)",
+        ),
     ],
 )
 def test_a_mistyped_flag_is_named(
