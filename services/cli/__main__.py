@@ -67,10 +67,10 @@ class Parser(argparse.ArgumentParser):
     commands: dict[str, argparse.ArgumentParser]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        # Long options added to the parser itself, hidden ones (help=SUPPRESS) included:
-        # argparse keeps its actions private, and its help lists only the shown ones. Set
-        # first: argparse's own __init__ adds --help.
-        self.hidden_options: set[str] = set()
+        # Long options added to the parser itself (not through a group), so the hidden ones
+        # (help=SUPPRESS) are known too: argparse keeps its actions private, and its help
+        # lists only the shown ones. Set first: argparse's own __init__ adds --help.
+        self.direct_options: set[str] = set()
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
@@ -88,7 +88,7 @@ class Parser(argparse.ArgumentParser):
             self.exit(2, (self.mistyped_flag(argv) or line) + "\n")
 
     def add_argument(self, *args: Any, **kwargs: Any) -> Any:
-        self.hidden_options.update(a for a in args if isinstance(a, str) and a.startswith("--"))
+        self.direct_options.update(a for a in args if isinstance(a, str) and a.startswith("--"))
         return super().add_argument(*args, **kwargs)
 
     def add_subparsers(self, **kwargs: Any) -> Any:
@@ -100,7 +100,7 @@ class Parser(argparse.ArgumentParser):
         """The long options this parser takes: as its help lists them, and those added to
         it directly. One merely named in some help text counts too (then a typo of it gets
         argparse's own message, as before)."""
-        return set(_LONG_OPTION.findall(self.format_help())) | self.hidden_options
+        return set(_LONG_OPTION.findall(self.format_help())) | self.direct_options
 
     def command_parser(self, argv: Sequence[str]) -> argparse.ArgumentParser:
         """The parser of the (sub)command ``argv`` names, this one when it names none."""
