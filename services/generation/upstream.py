@@ -116,12 +116,27 @@ def _error_fields(body: object) -> tuple[str, str | None]:
     return ("" if body is None else str(body)[:_MAX_MESSAGE]), None
 
 
+# What the transport's commonest failures mean, said to a caller or operator who does not
+# know Python's exception names; the name follows in parentheses for searching the logs.
+_PLAIN_CAUSES = {
+    "gaierror": "its host name did not resolve",
+    "ConnectionRefusedError": "the connection was refused (nothing listens there)",
+    "ConnectionResetError": "the connection was reset",
+    "ServerDisconnectedError": "it closed the connection before answering",
+    "ClientConnectorCertificateError": "its TLS certificate was not trusted",
+    "ClientConnectorSSLError": "the TLS handshake failed",
+    "ClientSSLError": "the TLS handshake failed",
+}
+
+
 def _root_cause(err: BaseException) -> str:
-    """The transport's own exception name (e.g. ClientConnectorError, ServerDisconnectedError):
-    the SDK's message is only "Connection error." """
+    """What the transport's own exception means (the SDK's message is only "Connection
+    error."), with its name: e.g. "its host name did not resolve (gaierror)"."""
     while err.__cause__ is not None:
         err = err.__cause__
-    return type(err).__name__
+    name = type(err).__name__
+    plain = _PLAIN_CAUSES.get(name)
+    return f"{plain} ({name})" if plain else name
 
 
 def _mentions_model(fault: UpstreamFault) -> bool:

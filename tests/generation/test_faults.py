@@ -120,6 +120,10 @@ async def test_always_reset_is_unavailable(service: Service, fake: FakeOpenAI) -
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     assert error_info(caught.value).reason == "UPSTREAM_CONNECTION_FAILED"
     assert len(fake.chat_requests) == 4
+    # Said in words, not only by the transport's exception name.
+    assert "closed the connection" in (caught.value.details() or "") or "reset" in (
+        caught.value.details() or ""
+    )
 
 
 async def test_connection_refused_is_unavailable(start_service: StartService) -> None:
@@ -132,6 +136,19 @@ async def test_connection_refused_is_unavailable(start_service: StartService) ->
         await svc.stub.Generate(ask(), timeout=10)
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     assert error_info(caught.value).reason == "UPSTREAM_CONNECTION_FAILED"
+    assert "the connection was refused" in (caught.value.details() or "")
+
+
+async def test_a_host_that_does_not_resolve_is_said_so(start_service: StartService) -> None:
+    # Before: "could not reach provider 'fake' after 4 attempts: gaierror".
+    svc = await start_service(
+        [{"name": "fake", "base_url": "http://no-such-host.invalid/v1", "default_model": "m"}]
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await svc.stub.Generate(ask(), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert error_info(caught.value).reason == "UPSTREAM_CONNECTION_FAILED"
+    assert "its host name did not resolve (gaierror)" in (caught.value.details() or "")
 
 
 async def test_malformed_json_is_bad_upstream_response(service: Service, fake: FakeOpenAI) -> None:
