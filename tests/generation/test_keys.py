@@ -336,3 +336,57 @@ async def test_a_key_pushed_out_of_the_redactor_meanwhile_is_still_not_quoted(
     shown = f"{caught.value.details()} {error_info(caught.value)}"
     assert "invalid credentials" in shown
     assert key not in shown
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
+@pytest.mark.parametrize("field", ["model", "finish_reason"])
+async def test_a_key_pushed_out_of_the_redactor_meanwhile_names_no_answer(
+    fake: FakeOpenAI,
+    start_service: StartService,
+    spans: InMemorySpanExporter,
+    field: str,
+    stream: bool,
+) -> None:
+    """As above for an answer that succeeds: a call whose answer came after
+    MAX_TRANSIENT_SECRETS other callers' keys had its own key forgotten by the redactor,
+    so a provider naming its answer by that key (``model``, ``finish_reason``) had it pass
+    the check that keeps a secret out of the reply and the span (spans are not redacted)."""
+    key = "gsk_live_caller_key_0123456789abcdef"
+    svc = await start_service([fake_provider(fake)])
+    gate = fake.gate = asyncio.Event()
+    metadata = (("x-fake-api-key", key),)
+
+    async def first() -> list[str]:
+        if not stream:
+            reply = await svc.stub.Generate(
+                pb.GenerateRequest(messages=[user("hi")]), metadata=metadata, timeout=60
+            )
+            return [str(reply)]
+        return [
+            str(chunk)
+            async for chunk in svc.stub.StreamGenerate(
+                pb.StreamGenerateRequest(messages=[user("hi")]), metadata=metadata, timeout=60
+            )
+        ]
+
+    call = asyncio.ensure_future(first())
+    await fake.wait_for_requests(1)
+    fake.gate = None  # the others are answered at once; the first waits at `gate`
+    others = await asyncio.gather(
+        *(
+            svc.stub.Generate(
+                pb.GenerateRequest(messages=[user("hi")]),
+                metadata=(("x-fake-api-key", f"other-callers-key-{i:04d}-abcdef"),),
+                timeout=60,
+            )
+            for i in range(MAX_TRANSIENT_SECRETS + 10)
+        )
+    )
+    assert all(reply.text == "hi" for reply in others)
+    setattr(fake, f"{field}_override", key)
+    gate.set()
+    shown = await call
+    assert any("hi" in text for text in shown)
+    shown += [span.to_json() for span in spans.get_finished_spans()]
+    assert any("gen_ai.response.model" in text for text in shown)  # the spans were kept
+    assert [text for text in shown if key in text] == []

@@ -172,11 +172,8 @@ class OpenAICompatibleProvider(Provider):
             fault = turns.rate_limited
         fault.attempts = turns.retrier.attempts
         fault.waited = turns.waited
-        if request.api_key is not None:
-            # The redactor keeps only the latest callers' keys (MAX_TRANSIENT_SECRETS): this
-            # one may have left while the call waited, as many other callers' keys came.
-            # Back in before the error quotes the provider's text (no await in between).
-            register_secret(request.api_key, transient=True)
+        # Back in the redactor before the error quotes the provider's text (_hold_key).
+        _hold_key(request.api_key)
         UPSTREAM_REQUESTS.labels(
             self.name, outcome_label(fault.cause if fault.kind == "http" else fault.kind)
         ).inc()
@@ -274,6 +271,7 @@ class OpenAICompatibleProvider(Provider):
                     raise self._timeout(first_byte, deadline) from None
         except UPSTREAM_ERRORS as err:
             raise fault_from_error(err) from None
+        _hold_key(request.api_key)  # before the answer's model and finish reason are checked
         completion = _parse_completion(data, request, debug)
         if len(completion.text) > self.max_answer_chars:
             # The SDK has read the whole body by now; cutting it here still keeps every
@@ -319,7 +317,7 @@ class OpenAICompatibleProvider(Provider):
         started = time.perf_counter()
         with self._span(request, attach=False) as span:
             while True:
-                state = _StreamState(request.model, self.max_answer_chars)
+                state = _StreamState(request.model, self.max_answer_chars, request.api_key)
                 try:
                     permit = await turns.admit()
                     try:
@@ -502,10 +500,13 @@ class _Turns:
 
 
 class _StreamState:
-    __slots__ = ("cut", "emitted", "finish_reason", "model", "parts", "room", "usage")
+    __slots__ = ("api_key", "cut", "emitted", "finish_reason", "model", "parts", "room", "usage")
 
-    def __init__(self, model: str, max_chars: int) -> None:
+    def __init__(self, model: str, max_chars: int, api_key: str | None) -> None:
         self.model = model
+        # The caller's key (None: the operator's, always redacted): _hold_key before a
+        # chunk's model or finish reason is checked.
+        self.api_key = api_key
         self.parts: list[str] = []
         self.finish_reason: str | None = None
         self.usage: Usage | None = None
@@ -531,8 +532,10 @@ def _absorb(chunk: object, state: _StreamState) -> list[str]:
     """The text deltas of one chunk; model, usage and finish reason go into ``state``."""
     if not isinstance(chunk, ChatCompletionChunk):
         raise UpstreamFault("bad_response", "a stream event is not a JSON object")
-    if chunk.model != state.model and _model_name(chunk.model):  # checked once, not per chunk
-        state.model = chunk.model
+    if chunk.model != state.model:  # checked once, not per chunk
+        _hold_key(state.api_key)
+        if _model_name(chunk.model):
+            state.model = chunk.model
     usage = _usage(chunk.usage)
     if usage is not None:
         state.usage = usage
@@ -562,8 +565,18 @@ def _absorb(chunk: object, state: _StreamState) -> list[str]:
             if state.cut:
                 return deltas
         if choice.finish_reason:
+            _hold_key(state.api_key)
             state.finish_reason = _finish_reason(choice.finish_reason)
     return deltas
+
+
+def _hold_key(api_key: str | None) -> None:
+    """Puts a caller's key back in the redactor (the latest MAX_TRANSIENT_SECRETS callers'
+    keys only) before the provider's text is checked or quoted, with no await in between:
+    the key came with the call, and may have left while it waited, as many other callers'
+    keys came; then an answer or an error naming it (a key not shaped like sk-...) passed
+    into the reply, the span or the error. O(1) while it is still held."""
+    register_secret(api_key, transient=True)
 
 
 def json_schema_format(fmt: JsonSchemaFormat) -> dict[str, Any]:
