@@ -573,12 +573,13 @@ class MemoryStore:
             reason="CONCURRENT_UPDATE",
         )
 
-    async def _reconcile(self, tag: str, gone: list[str] | None = None) -> None:
+    async def _reconcile(self, tag: str, gone: list[str] | None = None) -> bool:
         """Drops the conversations whose hash is gone from the owner's list and accounting
         (lua/reconcile.lua): the members ``gone`` names, or (None) every member, as a
         write's reconcile. The hashes are declared: mid-reshard, split between the nodes,
         Redis refuses the run (TRYAGAIN: UNAVAILABLE) rather than one not moved yet being
-        taken for expired."""
+        taken for expired. False when a member of ``gone`` has its hash after all (a move
+        ended since it was read missing): nothing dropped for it."""
         convs = keys.conversations(tag)
         for _ in range(RUN_ATTEMPTS):
             if gone is None:
@@ -594,8 +595,8 @@ class MemoryStore:
                     args=[tag, "1" if gone is None else "0", *members],
                 )
             )
-            if done == 1:
-                return
+            if done != 0:
+                return done == 1
         raise Aborted(
             "the owner's conversations kept changing while they were counted; try again",
             reason="CONCURRENT_UPDATE",
@@ -961,17 +962,25 @@ class MemoryStore:
         another owner whose conversations fill it (lua/list_conversations.lua)."""
         tag = self.tag(owner)
         start = f"({cursor}" if cursor else "+"
-        out = await _redis(
-            self._list_conversations(
-                keys=[keys.conversations(tag)],
-                args=[self.caller(owner), tag, start, page_size, page_size + 1 + LIST_SKIP],
+        for _ in range(RUN_ATTEMPTS):
+            out = await _redis(
+                self._list_conversations(
+                    keys=[keys.conversations(tag)],
+                    args=[self.caller(owner), tag, start, page_size, page_size + 1 + LIST_SKIP],
+                )
             )
-        )
-        if out[1]:
             # Members whose hash was missing: expired, or (mid-reshard) not moved yet to
             # the node that ran the script. Removed with the hashes declared, so Redis
-            # refuses while they are split (UNAVAILABLE) rather than a live one leaving.
-            await self._reconcile(tag, [bytes(m).decode() for m in out[1]])
+            # refuses while they are split (UNAVAILABLE) rather than a live one leaving;
+            # one found after all (the move ended in between) was left out of this page,
+            # which is read again.
+            if not out[1] or await self._reconcile(tag, [bytes(m).decode() for m in out[1]]):
+                break
+        else:
+            raise Unavailable(
+                "the owner's conversations are being moved; try again",
+                reason="STORE_UNAVAILABLE",
+            )
         items = [_conversation(out[i].decode()[16:], out[i + 1]) for i in range(2, len(out), 2)]
         # The cursor is a list member, "<update_ms:015d>:<cid>" (lua/list_conversations.lua).
         return Page(items, out[0].decode() or None)

@@ -744,3 +744,59 @@ async def test_reads_of_a_turn_mid_move_never_say_it_is_gone(
         assert answers["whole"] >= 15
     finally:
         await store.close()
+
+
+@pytest.mark.slow
+async def test_a_conversation_list_page_read_as_the_move_ends_keeps_every_conversation(
+    own_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ListConversations whose page script ran with the owner's list moved and the
+    conversations' hashes not (so it read them missing and left them out of the page),
+    and whose reconcile of those hashes ran once the move was done (so it found every one
+    present and dropped none): the page was answered without the live conversations, its
+    cursor past them, and the client paged over them. The page is now read again."""
+    store = MemoryStore(connect(own_cluster.url, cluster=True, socket_timeout=5, connect_timeout=2))
+    owner = Owner(DEFAULT_TENANT, USER)
+    try:
+        cids = [(await store.create_conversation(owner, f"e{n}")).conversation_id for n in range(3)]
+        tag = store.tag(owner)
+        reconciling, moved = asyncio.Event(), asyncio.Event()
+        reconcile = store._reconcile
+
+        async def late_reconcile(tag: str, gone: list[str] | None = None) -> Any:
+            # Interleaving only (the store's own code runs, on the real cluster): the
+            # reconcile a page asks for waits until the move is done.
+            if gone is not None and not moved.is_set():
+                reconciling.set()
+                await moved.wait()
+            return await reconcile(tag, gone)
+
+        monkeypatch.setattr(store, "_reconcile", late_reconcile)
+        listing: list[asyncio.Task[Any]] = []
+
+        async def list_once() -> None:
+            if listing:
+                return
+            listing.append(asyncio.ensure_future(store.list_conversations(owner, 10, None)))
+            await asyncio.wait(
+                [listing[0], asyncio.ensure_future(reconciling.wait())],
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            assert reconciling.is_set()  # the page script read the hashes missing
+
+        slot, source, target = _move(own_cluster)
+        await own_cluster.migrate_slot(
+            slot,
+            source,
+            target,
+            batch=100,
+            between=list_once,
+            first=[f"{tag}:convs", f"{tag}:usage"],
+        )
+        moved.set()
+        page = await listing[0]
+        assert [c.conversation_id for c in page.items] == cids[::-1]
+        assert page.next_cursor is None
+        await _usage_intact(target, tag, cids)
+    finally:
+        await store.close()

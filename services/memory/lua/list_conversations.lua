@@ -12,8 +12,9 @@
 -- time to live), or, mid-reshard on the slot's new node, to one whose hash has not moved
 -- yet: it is not shown, the page is filled from further on, and the store removes it
 -- (with its bytes) by reconcile.lua, which declares the hash: Redis refuses that run
--- while the slot is half moved (the call answers UNAVAILABLE), so a live conversation
--- never leaves the list nor a page.
+-- while the slot is half moved (the call answers UNAVAILABLE) and, when the move ended
+-- since this run, finds the hash and the store reads the page again: a live
+-- conversation never leaves the list nor a page.
 local who, tag = ARGV[1], ARGV[2]
 local n = tonumber(ARGV[4])
 local budget = tonumber(ARGV[5])

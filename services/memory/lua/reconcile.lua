@@ -9,8 +9,9 @@
 -- The whole walk (a write found it due: usage.lua's reconcile) names every member of the
 -- list as the store read it; it also sets next_expiry, the earliest expiry it saw. When
 -- the list changed since the read it does nothing and returns 0 (the store reads it again).
--- Otherwise (ListConversations found these hashes gone) it drops those still gone.
--- Returns 1.
+-- Otherwise (ListConversations found these hashes gone) it drops those still gone, and
+-- returns 2 when one is here after all (the page script ran on a node the hash had not
+-- reached, and the move ended since: the store reads the page again), else 1.
 local tag, whole = ARGV[1], ARGV[2] == '1'
 local convs, usage = KEYS[1], KEYS[2]
 if whole then
@@ -41,9 +42,12 @@ if whole then
   end
   return 1
 end
+local alive = false
 for i = 3, #ARGV do
-  if redis.call('EXISTS', KEYS[i]) == 0 and redis.call('ZREM', convs, ARGV[i]) == 1 then
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    alive = true
+  elseif redis.call('ZREM', convs, ARGV[i]) == 1 then
     forget_usage(tag, string.sub(ARGV[i], 17))
   end
 end
-return 1
+return alive and 2 or 1
