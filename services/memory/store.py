@@ -556,14 +556,22 @@ class MemoryStore:
         trips each, only when a write would not fit and a conversation may have expired,
         or once per conversation stored before the accounting); a script that found a key
         it derives missing, for a run with it declared too (lua/read.lua's declare_first:
-        one more round trip, only then). None otherwise."""
+        one more round trip, only then)."""
         names = list(names)
-        for _ in range(RUN_ATTEMPTS):
+        declared = accounted = 0
+        # A stop for the reconcile follows a conversation that really expired since the
+        # last walk (reconcile.lua sets next_expiry from the hashes' own expiry), and one
+        # for the measure a conversation not measured yet: bounded by the owner's
+        # conversations, not by RUN_ATTEMPTS (a burst of conversations with one ttl
+        # expires a few milliseconds apart, each asking for its walk).
+        while declared < RUN_ATTEMPTS and accounted < self._max_conversations + RUN_ATTEMPTS:
             try:
                 return await _redis(script(keys=names, args=args))
             except _DeclareFirst as first:
+                declared += 1
                 names += first.names
             except _UsageFirst as first:
+                accounted += 1
                 if first.cid is None:
                     await self._reconcile(tag)
                 else:
