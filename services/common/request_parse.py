@@ -1,8 +1,10 @@
-"""Requests protobuf cannot parse: too deep (its limit is 100 message levels) or not the
-method's message at all. grpc-python answers a deserializer's exception itself, as UNKNOWN
-quoting the Python exception; the chassis wraps each method's deserializer with
-``tolerant`` so the handler gets an ``Undecodable`` instead, and answers INVALID_ARGUMENT
-with ErrorInfo (after authenticating the caller, as for ``request_size.TooLarge``).
+"""Requests protobuf cannot parse: too deep (its limit is 100 message levels), a string
+field that is not UTF-8, or not the method's message at all. grpc-python answers a
+deserializer's exception itself, as UNKNOWN quoting the Python exception; the chassis wraps
+each method's deserializer with ``tolerant`` so the handler gets an ``Undecodable``
+instead, and answers INVALID_ARGUMENT with ErrorInfo (after authenticating the caller, as
+for ``request_size.TooLarge``). For a string that is not UTF-8 the answer names the field
+(``wire_strings``), which protobuf's error does not.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from services.common.errors import InvalidArgument
+from services.common.wire_strings import bad_utf8_field
 
 
 class Undecodable:
@@ -19,11 +22,13 @@ class Undecodable:
     the handler instead, it becomes INVALID_ARGUMENT with ErrorInfo like any bad input
     (once the caller is authenticated, as ``TooLarge`` does)."""
 
-    __slots__ = ("error_text", "message_type")
+    __slots__ = ("error_text", "field", "message_type")
 
-    def __init__(self, error: Exception, message_type: str) -> None:
+    def __init__(self, error: Exception, message_type: str, field: str | None = None) -> None:
         self.error_text = str(error)
         self.message_type = message_type
+        # The string field that is not UTF-8, when that is what protobuf refused.
+        self.field = field
 
     def error(self) -> InvalidArgument:
         metadata = {"message_type": self.message_type}
@@ -35,6 +40,16 @@ class Undecodable:
                 reason="NESTING_TOO_DEEP",
                 metadata=metadata,
             )
+        if self.field is not None:
+            # The same reason as any malformed request (clients already match on it), with
+            # the field a client must fix.
+            return InvalidArgument(
+                f"{self.field} is not valid UTF-8: a protobuf string must be UTF-8 text "
+                f"(send binary data base64-encoded); nothing of the request was processed",
+                field=self.field,
+                reason="MALFORMED_REQUEST",
+                metadata=metadata,
+            )
         return InvalidArgument(
             f"the request is not a valid {self.message_type} message",
             reason="MALFORMED_REQUEST",
@@ -42,6 +57,8 @@ class Undecodable:
         )
 
 
+# What upb's error says of a string field that is not UTF-8 (it names no field).
+_BAD_UTF8 = "bad UTF-8"
 # protobuf's default recursion limit when parsing.
 _PARSE_DEPTH = 100
 
@@ -51,12 +68,16 @@ def tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], A
         return None
     # Generated handlers deserialize with ``<Message>.FromString``, bound to the class.
     cls = getattr(deserializer, "__self__", None)
-    message_type = getattr(getattr(cls, "DESCRIPTOR", None), "full_name", "request")
+    descriptor = getattr(cls, "DESCRIPTOR", None)
+    message_type = getattr(descriptor, "full_name", "request")
 
     def parse(data: bytes) -> Any:
         try:
             return deserializer(data)
         except Exception as err:  # protobuf's DecodeError, or a custom deserializer's
-            return Undecodable(err, message_type)
+            field = None
+            if descriptor is not None and _BAD_UTF8 in str(err):
+                field = bad_utf8_field(descriptor, data)
+            return Undecodable(err, message_type, field)
 
     return parse

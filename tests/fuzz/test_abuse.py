@@ -80,7 +80,8 @@ async def test_bytes_that_are_no_protobuf_are_invalid_argument_on_every_method(
     """Held: every method of every service, through the gateway and direct, answers bytes
     that are not its request message (or a string field that is not UTF-8, at the top or
     nested) INVALID_ARGUMENT, reason MALFORMED_REQUEST, naming the message type; never
-    UNKNOWN quoting protobuf's exception, nor INTERNAL."""
+    UNKNOWN quoting protobuf's exception, nor INTERNAL. A string that is not UTF-8 is
+    named as the field at fault (before, nothing said which)."""
     await create_books(stack)
     direct = {
         name: grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
@@ -98,12 +99,16 @@ async def test_bytes_that_are_no_protobuf_are_invalid_argument_on_every_method(
         for service in (s for s in services if s in SERVICES):
             for method in SERVICES[service].methods:
                 sent = dict(NEVER_PROTOBUF)
+                # The field a status names, by kind of bytes sent.
+                named: dict[str, str] = {}
                 first = method.input_type.fields_by_number.get(1)
                 if first is not None and first.type == first.TYPE_STRING:
                     sent["invalid UTF-8"] = _length_delimited(1, BAD_UTF8)
                     sent["a surrogate"] = _length_delimited(1, SURROGATE_AS_UTF8)
+                    named = {"invalid UTF-8": first.name, "a surrogate": first.name}
                 if service == retrieval and method.name == "CountObjects":
                     sent["nested invalid UTF-8"] = nested
+                    named["nested invalid UTF-8"] = "filter.condition.property"
                 for kind, data in sent.items():
                     err = await _raw_call(channel, service, method, data, metadata)
                     where = f"{service}/{method.name} ({kind})"
@@ -111,6 +116,7 @@ async def test_bytes_that_are_no_protobuf_are_invalid_argument_on_every_method(
                     info = error_info(err)
                     assert info.reason == "MALFORMED_REQUEST", (where, info)
                     assert info.metadata["message_type"] == method.input_type.full_name, where
+                    assert info.metadata.get("field") == named.get(kind), (where, info)
                     checked += 1
     assert checked > 400
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import grpc
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
+from gensearch.generation.v1 import generation_service_pb2 as gen_pb
+from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from google.protobuf import struct_pb2
+from google.protobuf.message import Message
 
-from tests.gateway.conftest import ALICE, StackFactory
+from tests.gateway.conftest import ALICE, Stack, StackFactory, vector
 from tests.support.fake_openai import FakeOpenAI
+from tests.support.rpc import bad_request_field, error_info, failure_of
 
 
 async def test_a_request_s_prompts_together_stay_within_their_bound(
@@ -42,3 +47,91 @@ async def test_a_request_s_prompts_together_stay_within_their_bound(
         assert g.upstream_calls == 0
     assert len(fake.chat_requests) == 3
     assert response.upstream_calls == 3
+
+
+async def test_a_string_that_is_not_utf8_is_named_through_the_gateway(stack: Stack) -> None:
+    """Hand-built wire bytes with a string that is not UTF-8 (a template, an inline
+    object's value or key, a fallback's model) were INVALID_ARGUMENT / MALFORMED_REQUEST
+    naming only the message type; now the status names the field, with the path the
+    gateway's other errors use (``inline.objects[1].title``), and no call is made."""
+    mark = b"\xffM\xfeK"  # as long as "MARK": every length prefix still holds
+    inline = [_props({"title": "a"}), _props({"title": "MARK", "tags": ["x", "y"]})]
+    cases: list[tuple[str, Message, str]] = [
+        (
+            "GenerateOnObjects",
+            gw_pb.GenerateOnObjectsRequest(
+                inline=gw_pb.InlineObjects(objects=inline),
+                generate=gw_pb.Generate(single_prompt="{title}"),
+            ),
+            "inline.objects[1].title",
+        ),
+        (
+            "GenerateOnObjects",
+            gw_pb.GenerateOnObjectsRequest(
+                inline=gw_pb.InlineObjects(objects=[_props({"title": "a", "MARK": "b"})]),
+                generate=gw_pb.Generate(single_prompt="{title}"),
+            ),
+            "inline.objects[0]",
+        ),
+        (
+            "StreamGenerateOnObjects",
+            gw_pb.StreamGenerateOnObjectsRequest(
+                inline=gw_pb.InlineObjects(objects=[_props({"tags": ["x", "MARK"]})]),
+                generate=gw_pb.Generate(grouped_task="sum up"),
+            ),
+            "inline.objects[0].tags[1]",
+        ),
+        (
+            "GenerativeSearch",
+            gw_pb.GenerativeSearchRequest(
+                collection="Books",
+                near_vector=ret_pb.NearVector(vector=vector(0)),
+                generate=gw_pb.Generate(single_prompt="{title} MARK"),
+            ),
+            "generate.single_prompt",
+        ),
+        (
+            "StreamGenerativeSearch",
+            gw_pb.StreamGenerativeSearchRequest(
+                collection="Books",
+                near_vector=ret_pb.NearVector(vector=vector(0)),
+                generate=gw_pb.Generate(
+                    grouped_task="sum up",
+                    fallback=[gen_pb.ModelChoice(provider="fake", model="MARK")],
+                ),
+            ),
+            "generate.fallback[0].model",
+        ),
+        ("Ask", gw_pb.AskRequest(collection="Books", llm_question="why MARK"), "llm_question"),
+    ]
+    for method, request, field in cases:
+        data = request.SerializeToString().replace(b"MARK", mark)
+        path = f"/gensearch.gateway.v1.GatewayService/{method}"
+        if method.startswith("Stream"):
+            call: object = stack.channel.unary_stream(path)(data, metadata=ALICE, timeout=10)
+        else:
+            call = stack.channel.unary_unary(path)(data, metadata=ALICE, timeout=10)
+        caught = await failure_of(call)
+        assert caught.code() == grpc.StatusCode.INVALID_ARGUMENT, (method, caught.details())
+        info = error_info(caught)
+        assert info.reason == "MALFORMED_REQUEST", method
+        assert info.metadata["message_type"] == request.DESCRIPTOR.full_name
+        assert (info.metadata["field"], bad_request_field(caught)) == (field, field), method
+        assert f"{field} is not valid UTF-8" in (caught.details() or ""), method
+    assert stack.fake.chat_requests == []
+    # The gateway still answers.
+    response = await stack.stub.GenerateOnObjects(
+        gw_pb.GenerateOnObjectsRequest(
+            inline=gw_pb.InlineObjects(objects=[_props({"title": "a"})]),
+            generate=gw_pb.Generate(single_prompt="{title}"),
+        ),
+        metadata=ALICE,
+        timeout=30,
+    )
+    assert response.hits[0].generation.result
+
+
+def _props(values: dict[str, object]) -> struct_pb2.Struct:
+    props = struct_pb2.Struct()
+    props.update(values)
+    return props

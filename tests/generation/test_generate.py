@@ -10,7 +10,7 @@ from gensearch.generation.v1 import generation_service_pb2 as pb
 
 from tests.generation.conftest import Service, StartService, fake_provider, user
 from tests.support.fake_openai import FakeOpenAI
-from tests.support.rpc import error_info
+from tests.support.rpc import bad_request_field, error_info, failure_of
 
 
 async def test_generate_returns_text_usage_and_finish_reason(
@@ -221,6 +221,47 @@ async def test_invalid_requests_name_the_field(
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert error_info(caught.value).metadata["field"] == field
     assert fake.chat_requests == []
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "field"),
+    [
+        ({"messages": [user("hi"), user("MARK")]}, "messages[1].content"),
+        ({"messages": [user("hi")], "stop": ["ok", "MARK"]}, "stop[1]"),
+        (
+            {"messages": [user("hi")], "fallback": [pb.ModelChoice(provider="MARK")]},
+            "fallback[0].provider",
+        ),
+    ],
+)
+async def test_a_string_that_is_not_utf8_is_named(
+    service: Service, fake: FakeOpenAI, request_fields: dict[str, object], field: str
+) -> None:
+    """A string field whose bytes are not UTF-8 (hand-built wire bytes: no protobuf
+    library sends them) was INVALID_ARGUMENT / MALFORMED_REQUEST naming only the message
+    type, as protobuf's own error says no more: the client could not tell which of its
+    strings to fix. Now the status names the field, reason and message_type unchanged."""
+    for method, message in (
+        ("Generate", pb.GenerateRequest),
+        ("StreamGenerate", pb.StreamGenerateRequest),
+    ):
+        # "MARK" is four bytes: the same length, so every length prefix still holds.
+        data = message(**request_fields).SerializeToString().replace(b"MARK", b"\xffM\xfeK")  # type: ignore[operator]
+        path = f"/gensearch.generation.v1.GenerationService/{method}"
+        if method == "Generate":
+            caught = await failure_of(service.channel.unary_unary(path)(data, timeout=5))
+        else:
+            caught = await failure_of(service.channel.unary_stream(path)(data, timeout=5))
+        assert caught.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.details()
+        info = error_info(caught)
+        assert info.reason == "MALFORMED_REQUEST"
+        assert info.metadata["message_type"] == message.DESCRIPTOR.full_name
+        assert info.metadata["field"] == field
+        assert bad_request_field(caught) == field
+        assert f"{field} is not valid UTF-8" in (caught.details() or "")
+    assert fake.chat_requests == []
+    reply = await service.stub.Generate(pb.GenerateRequest(messages=[user("hi")]), timeout=5)
+    assert reply.text == "hi"  # the service still answers
 
 
 async def test_unknown_model_from_a_fixed_list(
