@@ -111,7 +111,9 @@ class AskService:
                     if event.HasField("answer"):
                         answer = event.answer
         except TimeoutError:
-            raise _deadline(budget) from None
+            raise _deadline(budget, ask_request.budget_field(request, budget)) from None
+        except DeadlineExceeded as err:
+            raise _named(err, request, budget, deadline) from None
         return answer
 
     async def stream(
@@ -119,8 +121,11 @@ class AskService:
     ) -> AsyncIterator[gw_pb.StreamAskResponse]:
         budget = ask_request.budget(request, self._b.settings, call_remaining)
         deadline = asyncio.get_running_loop().time() + budget
-        async for event in self.events(request, caller, deadline, stream=True):
-            yield event
+        try:
+            async for event in self.events(request, caller, deadline, stream=True):
+                yield event
+        except DeadlineExceeded as err:
+            raise _named(err, request, budget, deadline) from None
 
     # -- the turn --------------------------------------------------------------------------
     async def events(
@@ -628,6 +633,38 @@ def _note_trimming(prompt: AskPrompt, model: str, window: int) -> None:
         )
 
 
-def _deadline(budget: float | None) -> DeadlineExceeded:
+# How early before the turn's deadline a step may end out of time for that deadline: the
+# services behind the gateway stop a little before the time they are given (generation's
+# DEADLINE_MARGIN, at most a quarter second) so their answer still arrives.
+_EARLY_SECONDS = 0.5
+
+
+def _named(err: DeadlineExceeded, request: AskLike, budget: float, deadline: float) -> ServiceError:
+    """A step that ran out of time (its own timer, or a service behind it said so, e.g.
+    UPSTREAM_TIMEOUT) as the turn's budget ran out: when the request's ``timeout`` set
+    that budget, the failure names the field (reason and metadata kept), as the whole
+    turn's timer does; otherwise ``err`` as it is."""
+    field = ask_request.budget_field(request, budget)
+    left = deadline - asyncio.get_running_loop().time()
+    if field is None or err.field or left > min(_EARLY_SECONDS, budget * 0.2):
+        return err
+    return DeadlineExceeded(
+        f"{field} of {budget:g} s ran out: {err.message}",
+        field=field,
+        reason=err.reason,
+        metadata=err.metadata,
+        retry_after=err.retry_after,
+    )
+
+
+def _deadline(budget: float | None, field: str | None = None) -> DeadlineExceeded:
+    """``field``: the request field that set ``budget`` (``timeout``), named as any error
+    about a client's field is; None when the call's deadline (or the default) set it."""
     detail = f" of {budget:g} s" if budget is not None else ""
+    if field is not None:
+        return DeadlineExceeded(
+            f"the question was not answered within {field}{detail}: a longer one leaves "
+            "the search and the model time",
+            field=field,
+        )
     return DeadlineExceeded(f"the question was not answered within its timeout{detail}")

@@ -36,6 +36,14 @@ class AskParams:
     rewrite: bool
 
 
+def budget_field(request: AskLike, budget: float) -> str | None:
+    """``timeout`` when the request's timeout set the turn's ``budget`` (shorter than what
+    the call's deadline left), so running out of it names the field; else None."""
+    if request.HasField("timeout") and duration_seconds(request.timeout, "timeout") <= budget:
+        return "timeout"
+    return None
+
+
 def budget(request: AskLike, settings: GatewaySettings, call_remaining: float | None) -> float:
     """Seconds the turn may take: the request's timeout (checked), else the default,
     never past the call's own deadline."""

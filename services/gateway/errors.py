@@ -58,9 +58,19 @@ def _known(err: BaseException) -> HitError | None:
     return None
 
 
-def deadline_exceeded() -> HitError:
+def deadline_exceeded(field: str | None = None) -> HitError:
+    """A hit cut off when the generation phase's budget ran out. ``field``: the request
+    field that set that budget (``generate.timeout``), named in the message and metadata
+    as any error about a client's field; None when the call's own deadline set it."""
+    if field is None:
+        return HitError(
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            "generation did not finish within the timeout",
+            "DEADLINE_EXCEEDED",
+        )
     return HitError(
         grpc.StatusCode.DEADLINE_EXCEEDED,
-        "generation did not finish within the timeout",
+        f"generation did not finish within {field}: a longer one leaves the model time",
         "DEADLINE_EXCEEDED",
+        {"field": field},
     )

@@ -115,13 +115,15 @@ async def fan_out_stream(
     timeout: float | None,
     unbounded: Collection[int] = (),
     max_buffered: int = DEFAULT_MAX_BUFFERED,
+    timeout_field: str | None = None,
 ) -> AsyncGenerator[Delta | Outcome[T], None]:
     """Yield deltas and outcomes as they happen; exactly one outcome per job.
 
     Jobs listed in ``unbounded`` (the grouped call) do not take a concurrency slot;
     ``max_concurrency`` None: no job waits for a slot (the generation service keeps to
     the provider's limits). At most ``max_buffered`` deltas wait for the consumer (all
-    jobs together); outcomes, one per job, never wait.
+    jobs together); outcomes, one per job, never wait. ``timeout_field``: the request
+    field that set ``timeout``, named by the outcome of a job it cut off.
     """
     if max_concurrency is not None and max_concurrency < 1:
         raise ValueError("max_concurrency must be >= 1")
@@ -175,7 +177,7 @@ async def fan_out_stream(
                 pending.discard(event.index)
             yield event
         for index in sorted(pending):
-            yield Outcome(index, error=deadline_exceeded())
+            yield Outcome(index, error=deadline_exceeded(timeout_field))
     finally:
         for task in tasks.values():
             task.cancel()

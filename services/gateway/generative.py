@@ -72,6 +72,9 @@ class Plan:
     cached: dict[int, gw_pb.GenerationResult] = field(default_factory=dict)
     max_concurrency: int | None = None
     timeout: float | None = None
+    # The request field that set ``timeout`` (generate.timeout), None when the call's
+    # deadline did: a hit it cuts off names it.
+    timeout_field: str | None = None
     # When the generation phase ends (loop time), fixed as its budget is measured: what
     # the plan awaits before the fan-out (ListModels, the cache read) comes out of the
     # budget, not on top of it past the caller's deadline. None: ``timeout`` counts from
@@ -106,6 +109,7 @@ class Plan:
             timeout=timeout,
             unbounded={GROUPED},
             max_buffered=self.max_buffered,
+            timeout_field=self.timeout_field,
         )
 
 
@@ -351,6 +355,7 @@ class GenerativeSearch:
             max_buffered=s.stream_buffered_deltas,
         )
         deadline = plan.deadline = loop.time() + (plan.timeout or 0)
+        plan.timeout_field = generative_request.budget_field(g, plan.timeout)
         options = Options.resolve(g, g.model, collection.generative, s)
         await self._b.models.check_choices(options, caller, min(plan.timeout or 2.0, 2.0))
         cache = self._b.cache

@@ -169,6 +169,16 @@ def max_concurrency(g: gw_pb.Generate, settings: GatewaySettings) -> int | None:
     return min(wanted, cap) if cap else wanted
 
 
+def budget_field(g: gw_pb.Generate, budget: float | None) -> str | None:
+    """``generate.timeout`` when the request's timeout set the generation phase's
+    ``budget`` (shorter than what the call's deadline left): a hit it cuts off names the
+    field to raise, as any error about a client's field does; None when the call's
+    deadline (or the default) set it."""
+    if budget is None or not g.HasField("timeout"):
+        return None
+    return "generate.timeout" if duration_seconds(g.timeout, "generate.timeout") <= budget else None
+
+
 def budget(g: gw_pb.Generate, call_deadline: float | None, settings: GatewaySettings) -> float:
     """Seconds the generation phase may take: the request's timeout, else the call's
     deadline less a margin, else the default."""

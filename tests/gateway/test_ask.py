@@ -36,7 +36,7 @@ from tests.gateway.conftest import (
 )
 from tests.support.fake_openai import Behaviour
 from tests.support.relay import Relay, serving
-from tests.support.rpc import error_info
+from tests.support.rpc import error_info, failure_of
 
 REWRITES = {
     "When was it written?": "Dune desert spice year",
@@ -293,8 +293,32 @@ async def test_timeout_is_enforced(stack: Stack) -> None:
     # Ended by the 0.4 s timeout, not the model's 60 s (the bound was 2 s with a 5 s
     # model: little room on a loaded machine; the gateway alone enforces this timeout).
     assert time.perf_counter() - started < 20
+    # The request's timeout ran out: the status names it (it named no field).
+    assert error_info(err.value).metadata["field"] == "timeout"
+    assert "timeout of 0.4 s" in (err.value.details() or "")
     listed = await stack.memory.ListConversations(mem_pb.ListConversationsRequest(), metadata=ALICE)
     assert list(listed.conversations) == []
+
+
+async def test_stream_ask_names_the_timeout_that_ran_out(stack: Stack) -> None:
+    """StreamAsk checks its budget step by step: one ran out of the request's timeout as
+    DEADLINE_EXCEEDED naming no field. Now ``timeout``, as Ask's whole-turn timer does."""
+    await create_books(stack)
+    stack.fake.latency = 60
+    call = stack.stub.StreamAsk(
+        gw_pb.StreamAskRequest(
+            collection="Books",
+            llm_question="desert?",
+            new_conversation=True,
+            timeout=duration_pb2.Duration(nanos=400_000_000),
+        ),
+        metadata=ALICE,
+        timeout=30,
+    )
+    err = await failure_of(call)
+    assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert error_info(err).metadata["field"] == "timeout"
+    assert "timeout of 0.4 s" in (err.details() or "")
 
 
 async def test_context_window_guard_trims_history_then_hits(

@@ -247,6 +247,12 @@ async def test_timeout_keeps_finished_hits(stack: Stack) -> None:
     assert elapsed < 20  # the budget ended it, not the hanging answers (60 s)
     statuses = sorted(h.generation.error.status or "OK" for h in response.hits)
     assert statuses == ["DEADLINE_EXCEEDED", "DEADLINE_EXCEEDED", "OK", "OK", "OK"]
+    # The request's generate.timeout ran out: the hits name it, as any error about a
+    # client's field does (they said "within the timeout", with no field).
+    for hit in response.hits:
+        if hit.generation.HasField("error"):
+            assert hit.generation.error.metadata["field"] == "generate.timeout"
+            assert "generate.timeout" in hit.generation.error.message
     # The abandoned upstream requests were really cancelled.
     await asyncio.wait_for(stack.fake.disconnected.wait(), 5)
 
@@ -259,6 +265,9 @@ async def test_call_deadline_is_the_budget_when_no_timeout(stack: Stack) -> None
     )
     statuses = sorted(h.generation.error.status or "OK" for h in response.hits)
     assert statuses == ["DEADLINE_EXCEEDED", "OK"]
+    # The call's deadline, no field of the request, set the budget: no field is named.
+    (error,) = [h.generation.error for h in response.hits if h.generation.HasField("error")]
+    assert "field" not in error.metadata
 
 
 async def test_generation_down_gives_per_hit_unavailable(stack_factory: StackFactory) -> None:
