@@ -149,9 +149,19 @@ class ChassisRegistry:
                 self._request_bytes,
             )
             # gRPC itself enforces the largest limit; only smaller ones need a check here.
-            wrapped = wrapper.wrap(handler, limit if limit < self._largest else None)
+            wrapped = wrapper.wrap(
+                handler, limit if limit < self._largest else None, self._limit_setting(method)
+            )
             self._wrapped[method] = wrapped
         return wrapped
+
+    def _limit_setting(self, method: str) -> str:
+        """The variable that holds ``method``'s request limit: its entry in
+        ``_REQUEST_LIMITS``, or ``_MAX_REQUEST_BYTES`` (the limit of every other method)."""
+        prefix = f"GENSEARCH_{self._server_name.upper()}"
+        if self._request_limit(split_method(method)[1]) != self._request_limit(""):
+            return f"{prefix}_REQUEST_LIMITS"
+        return f"{prefix}_MAX_REQUEST_BYTES"
 
     def largest_request(self) -> int:
         """The largest request limit among the methods registered so far."""
@@ -503,11 +513,14 @@ class _MethodWrapper:
 
         return gen
 
-    def wrap(self, handler: grpc.RpcMethodHandler, limit: int | None) -> grpc.RpcMethodHandler:
-        """``limit``: the largest request accepted, when smaller than gRPC's own."""
+    def wrap(
+        self, handler: grpc.RpcMethodHandler, limit: int | None, setting: str = ""
+    ) -> grpc.RpcMethodHandler:
+        """``limit``: the largest request accepted, when smaller than gRPC's own (held by
+        the variable ``setting``)."""
         deserializer = tolerant(handler.request_deserializer)
         if limit is not None and deserializer is not None:
-            deserializer = bounded(deserializer, limit, self.method)
+            deserializer = bounded(deserializer, limit, self.method, setting)
         if self.request_bytes.limit and deserializer is not None:
             deserializer = sized(deserializer)  # unwrapped by _received
         kwargs = {

@@ -18,31 +18,38 @@ class TooLarge:
     instead of parsing, and the handler answers RESOURCE_EXHAUSTED once the caller is
     authenticated (an exception in a deserializer would reach the client as UNKNOWN)."""
 
-    __slots__ = ("limit", "method", "size")
+    __slots__ = ("limit", "method", "setting", "size")
 
-    def __init__(self, size: int, limit: int, method: str) -> None:
+    def __init__(self, size: int, limit: int, method: str, setting: str = "") -> None:
         self.size = size
         self.limit = limit
         self.method = method
+        self.setting = setting
 
     def error(self) -> ResourceExhausted:
+        # The setting that holds the limit, named as every other size refusal names its
+        # own (metadata ``setting``): the operator's knob, the client's number to stay under.
+        named = f" ({self.setting})" if self.setting else ""
+        metadata = {"limit_bytes": str(self.limit), "size_bytes": str(self.size)}
+        if self.setting:
+            metadata["setting"] = self.setting
         return ResourceExhausted(
             f"the request is {self.size} bytes; {split_method(self.method)[1]} accepts at "
-            f"most {self.limit}",
+            f"most {self.limit}{named}",
             reason="REQUEST_TOO_LARGE",
-            metadata={"limit_bytes": str(self.limit), "size_bytes": str(self.size)},
+            metadata=metadata,
         )
 
 
 def bounded(
-    deserializer: Callable[[bytes], Any], limit: int, method: str
+    deserializer: Callable[[bytes], Any], limit: int, method: str, setting: str = ""
 ) -> Callable[[bytes], Any]:
-    """``deserializer``, except that a message over ``limit`` bytes becomes a ``TooLarge``
-    unparsed."""
+    """``deserializer``, except that a message over ``limit`` bytes (held by the variable
+    ``setting``) becomes a ``TooLarge`` unparsed."""
 
     def deserialize(data: bytes) -> Any:
         if len(data) > limit:
-            return TooLarge(len(data), limit, method)
+            return TooLarge(len(data), limit, method, setting)
         return deserializer(data)
 
     return deserialize

@@ -16,6 +16,8 @@ import grpc
 import pytest
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.gateway.v1 import gateway_service_pb2_grpc as gw_grpc
+from gensearch.memory.v1 import memory_service_pb2 as mem_pb
+from gensearch.memory.v1 import memory_service_pb2_grpc as mem_grpc
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as ret_grpc
 from google.protobuf import struct_pb2
@@ -67,6 +69,10 @@ async def test_a_small_method_refuses_a_large_request_unparsed(
     assert info.reason == "REQUEST_TOO_LARGE"
     assert info.metadata["limit_bytes"] == str(4 * MIB)
     assert "GenerativeSearch accepts at most 4194304" in caught.value.details()
+    # The variable that holds the limit, named as every other size refusal names its own
+    # (it was named nowhere: an operator had to guess which of the size settings).
+    assert info.metadata["setting"] == "GENSEARCH_GATEWAY_MAX_REQUEST_BYTES"
+    assert "(GENSEARCH_GATEWAY_MAX_REQUEST_BYTES)" in caught.value.details()
 
 
 async def test_an_unauthenticated_large_request_learns_nothing_more(
@@ -173,3 +179,21 @@ async def test_a_reply_too_large_suggests_only_what_the_method_has(
             pass
     assert error_info(caught.value).reason == "RESPONSE_TOO_LARGE"
     assert "stream" not in (caught.value.details() or ""), caught.value.details()
+
+
+async def test_a_method_with_its_own_limit_names_request_limits(
+    gateway: grpc.aio.Channel,
+) -> None:
+    """A method whose limit is its entry in REQUEST_LIMITS (CreateInteraction: 8 MiB,
+    below ImportObjects' 16 MiB that gRPC enforces) names that setting, not
+    MAX_REQUEST_BYTES, when it refuses a larger request."""
+    stub = mem_grpc.MemoryServiceStub(gateway)
+    request = mem_pb.CreateInteractionRequest(input="x" * (9 * MIB), response="y")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.CreateInteraction(request, metadata=ALICE, timeout=10)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    info = error_info(caught.value)
+    assert info.reason == "REQUEST_TOO_LARGE"
+    assert info.metadata["limit_bytes"] == str(8 * MIB)
+    assert info.metadata["setting"] == "GENSEARCH_GATEWAY_REQUEST_LIMITS"
+    assert "(GENSEARCH_GATEWAY_REQUEST_LIMITS)" in caught.value.details()
