@@ -41,7 +41,6 @@ from services.common import call_slots
 from services.common.egress import EMBEDDING_KEY_HEADER, RERANK_KEY_HEADER
 from services.common.errors import (
     WAIT_MS,
-    InvalidArgument,
     ResourceExhausted,
     ServiceError,
     metadata_count,
@@ -303,17 +302,30 @@ class GenerationClient(ServiceClient):
 
 
 def prompt_refused(err: ServiceError, prompt_field: str | None) -> ServiceError:
-    """``err``, or, when it is generation's refusal of messages the gateway rendered from
-    the caller's ``prompt_field`` as too long, the same refusal naming that field: the
-    caller never sent ``messages``. Reason and metadata are kept (``max_chars``,
-    ``chars``, ``setting``), with ``service``: generation."""
-    if prompt_field is None or err.reason != PROMPT_TOO_LONG or err.field != "messages":
+    """``err``, or, when it is generation's refusal of the messages the gateway rendered
+    from the caller's ``prompt_field``, the same refusal naming that field: the caller
+    never sent ``messages``. Too long (PROMPT_TOO_LONG: metadata ``max_chars``, ``chars``,
+    ``setting``) and past a provider's context window (CONTEXT_WINDOW_EXCEEDED: the
+    gateway's own guard fits a prompt to the window it knows, which may not be the one
+    generation checks, e.g. another model of a provider with one window) alike. Code,
+    reason and metadata are kept, with ``service``: generation."""
+    if prompt_field is None or err.field != "messages":
         return err
     m = err.metadata
-    return InvalidArgument(
-        f"the prompt is {m.get('chars', '?')} characters; the generation service takes at "
-        f"most {m.get('max_chars', '?')} ({m.get('setting', '?')})",
+    if err.reason == PROMPT_TOO_LONG:
+        message = (
+            f"the prompt is {m.get('chars', '?')} characters; the generation service takes "
+            f"at most {m.get('max_chars', '?')} ({m.get('setting', '?')})"
+        )
+    else:
+        message = err.message.removeprefix("messages: ")
+        message = f"the prompt rendered from {prompt_field} is refused: {message}"
+    renamed = type(err)(
+        message,
         field=prompt_field,
-        reason=PROMPT_TOO_LONG,
+        reason=err.reason,
         metadata={**m, "field": prompt_field, "service": "generation"},
+        retry_after=err.retry_after,
     )
+    renamed.details = err.details
+    return renamed
