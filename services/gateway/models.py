@@ -130,8 +130,11 @@ class ModelCatalog:
         timeout: float,
     ) -> tuple[int, str, str]:
         """The context window of the model ``options`` will use, that model's name and
-        its provider's: the configured ``windows`` first, else what the provider reports
-        for its default model, else ``default``."""
+        its provider's: the configured ``windows`` first, else what the provider reports,
+        else ``default``. The provider's window is the one the generation service holds
+        every model of that provider to (``validation.check_context_window``): fitted to
+        ``default`` instead, a prompt for a model other than the default one went past it
+        and was refused there, where the fit would have left out history and hits."""
         name, fallback = options.model, default
         provider_name = options.provider
         # None when generation cannot tell: that only costs a default context window.
@@ -139,9 +142,7 @@ class ModelCatalog:
         if provider is not None:
             name = name or provider.default_model
             provider_name = provider.name
-            if provider.context_window > 0 and (
-                not options.model or options.model == provider.default_model
-            ):
+            if provider.context_window > 0:
                 fallback = provider.context_window
         return context_window_for(name, windows, fallback), name, provider_name
 

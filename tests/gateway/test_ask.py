@@ -31,10 +31,11 @@ from tests.gateway.conftest import (
     StackFactory,
     create_books,
     create_embedded,
+    fake_provider,
     refused_before_any_event,
     storing_asks,
 )
-from tests.support.fake_openai import Behaviour
+from tests.support.fake_openai import Behaviour, FakeOpenAI
 from tests.support.relay import Relay, serving
 from tests.support.rpc import error_info, failure_of
 
@@ -319,6 +320,39 @@ async def test_stream_ask_names_the_timeout_that_ran_out(stack: Stack) -> None:
     assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert error_info(err).metadata["field"] == "timeout"
     assert "timeout of 0.4 s" in (err.details() or "")
+
+
+async def test_the_guard_fits_any_model_of_a_provider_to_its_window(
+    stack_factory: StackFactory, fake: FakeOpenAI
+) -> None:
+    """The generation service holds every model of a provider to the provider's context
+    window; the gateway fitted an Ask's prompt to it for the default model only, to the
+    default window (8192) for another one: hits that fit 8192 tokens and not the
+    provider's 400 failed the whole Ask (CONTEXT_WINDOW_EXCEEDED, naming ``messages``, a
+    field the caller never sent). Now the guard leaves hits out, as for the default model."""
+    stack = await stack_factory(
+        provider=fake_provider(fake, context_window=400, models=["fake-model", "big"]),
+        answer_reserve_tokens=64,
+    )
+    long_books = [
+        {"title": f"Book {i}", "body": "desert spice " * 60, "year": 1900 + i, "tags": []}
+        for i in range(5)
+    ]
+    await create_books(stack, books=long_books)
+    answer = await stack.stub.Ask(
+        gw_pb.AskRequest(
+            collection="Books",
+            llm_question="desert planet spice?",
+            near_vector=ret_pb.NearVector(vector=[0.5] * DIM),
+            llm_model="big",
+            debug=True,
+        ),
+        metadata=ALICE,
+        timeout=30,
+    )
+    assert answer.model == "big"
+    assert answer.trimmed.hits >= 1
+    assert len(fake.chat_requests) == 1
 
 
 async def test_context_window_guard_trims_history_then_hits(
