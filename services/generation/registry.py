@@ -147,9 +147,11 @@ class ProviderRegistry:
             self._caller_clients = OpenAIClients(
                 egress=self.egress, max_response_bytes=self._max_response_bytes
             )
-        config = provider.config.model_copy(
-            update={"base_url": base_url.rstrip("/"), "requires_key": False}
-        )
+        # The URL called is the one checked, as the allowlist read it: the caller's own
+        # spelling went to the HTTP client, which reads some differently ("HTTP://",
+        # "127.0.0.1.", port "08080") and refused them as it sent each attempt, every
+        # retry counted and charged as a call to an unavailable upstream.
+        config = provider.config.model_copy(update={"base_url": canonical, "requires_key": False})
         made = make_provider(
             config,
             clients=self._caller_clients,

@@ -405,6 +405,44 @@ async def test_base_url_on_the_allowlist_gets_only_the_callers_key(
 
 
 @pytest.mark.parametrize(
+    "url",
+    [
+        "HTTP://127.0.0.1:{port}/v1",
+        "http://127.0.0.1.:{port}/v1",  # an address with a trailing dot
+        "http://127.0.0.1:0{port}/v1",  # a port with a leading zero
+        "http://LocalHost.:{port}/v1/",
+    ],
+)
+async def test_a_base_url_is_called_as_the_allowlist_read_it(
+    fake: FakeOpenAI, start_service: StartService, url: str
+) -> None:
+    """Spellings the allowlist reads as an allowed host and port while the HTTP client
+    reads them otherwise: the caller's own spelling was sent, which the client refused on
+    each attempt, and the call ended UNAVAILABLE / UPSTREAM_CONNECTION_FAILED after every
+    retry (each counted in upstream_calls, charged by the gateway). Now the URL called is
+    the one checked."""
+    svc = await start_service(
+        [fake_provider(fake)], allowed_hosts="http://127.0.0.1,http://localhost"
+    )
+    base_url = url.format(port=fake.port)
+    reply = await svc.stub.Generate(
+        pb.GenerateRequest(messages=[user("hi")], base_url=base_url, debug=True), timeout=5
+    )
+    assert reply.text == "hi"
+    assert (reply.attempts, reply.upstream_calls) == (1, 1)
+    host = "localhost" if "ocal" in url else "127.0.0.1"
+    assert reply.debug.url == f"http://{host}:{fake.port}/v1/chat/completions"
+    chunks = [
+        c
+        async for c in svc.stub.StreamGenerate(
+            pb.StreamGenerateRequest(messages=[user("hi")], base_url=base_url), timeout=5
+        )
+    ]
+    assert chunks[-1].finish_reason == "stop"
+    assert len(fake.chat_requests) == 2
+
+
+@pytest.mark.parametrize(
     ("allowed", "url"),
     [
         ("", "http://127.0.0.1:{port}/v1"),  # nothing allowed by default
