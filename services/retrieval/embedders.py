@@ -465,9 +465,10 @@ class Embedders:
                 register_secret(api_key)
             clients = self._operator_clients if endpoint.operator else self._caller_clients
             timeout = self._settings.embed_timeout
+            # The endpoint's URL, as the policy checked it (canonical), not as written.
             return OpenAIEmbedder(
-                clients.get(vec.base_url, connect_timeout=timeout, read_timeout=timeout),
-                base_url=vec.base_url,
+                clients.get(endpoint.base_url, connect_timeout=timeout, read_timeout=timeout),
+                base_url=endpoint.base_url,
                 model=vec.model,
                 dimensions=vec.dimensions,
                 api_key=api_key,

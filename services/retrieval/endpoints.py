@@ -93,7 +93,9 @@ class EmbeddingPolicy:
                 field=f"{where}.api_key_env",
                 reason=KEY_NOT_ALLOWED,
             )
-        return Endpoint(base_url=vec.base_url, operator=operator, key_env=vec.api_key_env)
+        # Called as checked (canonical): the vectorizer's own spelling ("127.0.0.1.",
+        # "HTTP://") passed the allowlist, and the HTTP client then failed to connect to it.
+        return Endpoint(base_url=canonical, operator=operator, key_env=vec.api_key_env)
 
 
 def _same_url(a: str, b: str) -> bool:

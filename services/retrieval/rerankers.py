@@ -250,9 +250,12 @@ class Rerankers:
                 )
             try:
                 self._egress.check_url(rerank.base_url)
+                # Called as checked: the caller's own spelling ("127.0.0.1.", "HTTP://")
+                # passed the allowlist, and the HTTP client then failed to connect to it.
+                base_url = canonical_url(rerank.base_url)
             except UrlRefused as err:
                 raise url_not_allowed(f"{where}.base_url", err.why, ALLOWLIST_SETTING) from None
-            return {"provider": "endpoint", "base_url": rerank.base_url, "model": rerank.model}
+            return {"provider": "endpoint", "base_url": base_url, "model": rerank.model}
         if rerank.HasField("mmr_lambda") and provider not in ("", MMR):
             raise InvalidArgument(
                 f"{where}.mmr_lambda applies to the local mmr reranker only",

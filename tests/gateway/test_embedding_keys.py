@@ -61,3 +61,40 @@ async def test_the_embedding_and_rerank_keys_never_reach_an_llm_provider(
         )
         [sent] = fake.chat_requests
         assert EMBEDDING_KEY not in str(sent.headers)
+
+
+async def test_a_vectorizer_base_url_is_called_as_the_allowlist_read_it(stack: Stack) -> None:
+    """A vectorizer's address written with a trailing dot passed the allowlist (read
+    without it) and was then called as written, which the HTTP client could not connect
+    to: every upsert and near_text search of the collection failed UNAVAILABLE. Now the
+    URL called is the one checked."""
+    collection = ret_pb.Collection(
+        name="Dotted",
+        properties=[ret_pb.Property(name="title", data_type=ret_pb.DATA_TYPE_TEXT)],
+        vectorizer=ret_pb.Vectorizer(
+            kind=ret_pb.VECTORIZER_KIND_OPENAI_COMPATIBLE,
+            base_url=f"http://127.0.0.1.:{stack.fake.port}/v1",
+            model="fake-embedding",
+            dimensions=stack.fake.embedding_dim,
+        ),
+    )
+    await stack.retrieval.CreateCollection(
+        ret_pb.CreateCollectionRequest(collection=collection), metadata=ALICE
+    )
+    props = struct_pb2.Struct()
+    props.update({"title": "Dune"})
+    response = await stack.retrieval.UpsertObjects(
+        ret_pb.UpsertObjectsRequest(
+            collection="Dotted", objects=[ret_pb.DataObject(properties=props)]
+        ),
+        metadata=ALICE,
+        timeout=30,
+    )
+    assert not response.errors, response.errors
+    found = await stack.retrieval.Search(
+        ret_pb.SearchRequest(collection="Dotted", near_text=ret_pb.NearText(text="Dune")),
+        metadata=ALICE,
+        timeout=30,
+    )
+    assert [h.properties["title"] for h in found.hits] == ["Dune"]
+    assert len([r for r in stack.fake.requests if r.path.endswith("/embeddings")]) == 2

@@ -120,6 +120,23 @@ async def test_generative_search_keeps_the_top_limit_after_rerank(stack: Stack) 
     assert events[0].hits.hits[1].rerank_score == pytest.approx(0.5)
 
 
+@pytest.mark.parametrize("spelling", ["http://127.0.0.1.:{port}/v1", "HTTP://127.0.0.1:{port}/v1/"])
+async def test_a_rerank_base_url_is_called_as_the_allowlist_read_it(
+    stack: Stack, spelling: str
+) -> None:
+    """An address with a trailing dot passed the allowlist (read without it) and was then
+    sent as written, which the HTTP client could not connect to: the search failed
+    UNAVAILABLE / RERANK_UNAVAILABLE naming no field. Now the URL called is the one
+    checked, and the rerank runs."""
+    await create_books(stack)
+    stack.fake.rerank_score = lambda query, document: prefer(document)
+    request = generative(stack)
+    request.rerank.base_url = spelling.format(port=stack.fake.port)
+    response = await stack.stub.GenerativeSearch(request, metadata=ALICE, timeout=30)
+    assert titles(h.hit for h in response.hits) == ["Emma", "Neuromancer"]
+    assert len(stack.fake.rerank_requests) == 1
+
+
 async def create_ranked(stack: Stack) -> None:
     """ "Ranked": the books, in a collection that reranks by default (the fake's taste)."""
     await create_books(stack, "Books")
