@@ -192,7 +192,19 @@ async def test_generation_errors_stay_on_their_hit(
         for result in results:
             assert (result.error.code, result.error.status) == (code.value[0], code.name)
             assert result.error.reason == f"SCRIPTED_{code.name}"
-            assert result.error.message == f"messages: scripted {code.name}"
+            if code == grpc.StatusCode.INVALID_ARGUMENT:
+                # A refusal of the messages the gateway rendered names the caller's field
+                # they came from: the caller never sent "messages".
+                assert result.error.metadata["field"] in (
+                    "generate.single_prompt",
+                    "generate.grouped_task",
+                )
+                assert result.error.message == (
+                    f"the prompt rendered from {result.error.metadata['field']} is "
+                    f"refused: scripted {code.name}"
+                )
+            else:
+                assert result.error.message == f"messages: scripted {code.name}"
 
 
 # A status that came without our ErrorInfo: its code as the gateway's caller gets it, and

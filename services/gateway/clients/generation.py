@@ -302,14 +302,18 @@ class GenerationClient(ServiceClient):
 
 
 def prompt_refused(err: ServiceError, prompt_field: str | None) -> ServiceError:
-    """``err``, or, when it is generation's refusal of the messages the gateway rendered
-    from the caller's ``prompt_field``, the same refusal naming that field: the caller
-    never sent ``messages``. Too long (PROMPT_TOO_LONG: metadata ``max_chars``, ``chars``,
-    ``setting``) and past a provider's context window (CONTEXT_WINDOW_EXCEEDED: the
-    gateway's own guard fits a prompt to the window it knows, which may not be the one
-    generation checks, e.g. another model of a provider with one window) alike. Code,
-    reason and metadata are kept, with ``service``: generation."""
-    if prompt_field is None or err.field != "messages":
+    """``err``, or, when it is generation's refusal (INVALID_ARGUMENT) of the messages the
+    gateway rendered from the caller's ``prompt_field``, the same refusal naming that
+    field: the caller never sent ``messages``. Too long (PROMPT_TOO_LONG: metadata
+    ``max_chars``, ``chars``, ``setting``) and past a provider's context window
+    (CONTEXT_WINDOW_EXCEEDED: the gateway's own guard fits a prompt to the window it
+    knows, which may not be the one generation checks) alike. Code, reason and metadata
+    are kept, with ``service``: generation. Other codes pass as they came."""
+    if (
+        prompt_field is None
+        or err.field != "messages"
+        or err.code != grpc.StatusCode.INVALID_ARGUMENT
+    ):
         return err
     m = err.metadata
     if err.reason == PROMPT_TOO_LONG:
