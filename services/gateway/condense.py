@@ -63,6 +63,13 @@ MAX_EXTRA_WORDS = 8
 COPY_JACCARD = 0.6
 COPY_CONTAINMENT = 0.9
 COPY_MIN_WORDS = 8
+# Those two miss a short copy: "The answer is Dune." out of a three-line answer shares
+# 4 of its 7 words and is under COPY_MIN_WORDS. So a rewrite is also answer text, whatever
+# its length, when its words are one line or sentence of an earlier answer, or a run of
+# consecutive words of one that carries a function word (a stopword or a one-letter word):
+# copied prose brings its "the/is/a" along, while a query naming the answer's subject
+# ("sandworms", "Frank Herbert", "desert planet Arrakis") need not, and passes.
+_PASSAGE_BREAK = re.compile(r"\n|(?<=[.!?])\s+")
 # Providers whose models get the few-shot prompt: the bundled llama.cpp server.
 SMALL_MODEL_PROVIDERS = frozenset({"local"})
 # ... and models known to be small wherever they are served (name contains one of these).
@@ -133,6 +140,8 @@ def check_rewrite(rewrite: str, question: str, turns: Sequence[Turn]) -> Rejecti
         answer = set(words(turn.answer))
         if not answer:
             continue
+        if any(_copies_passage(got, passage) for passage in answer_passages(turn.answer)):
+            return Rejection.COPIES_ANSWER
         if jaccard(got_set, answer) >= COPY_JACCARD:
             return Rejection.COPIES_ANSWER
         if (
@@ -147,6 +156,23 @@ def check_rewrite(rewrite: str, question: str, turns: Sequence[Turn]) -> Rejecti
     if not known & set(content_words(rewrite)):
         return Rejection.NO_SHARED_WORDS
     return None
+
+
+def answer_passages(answer: str) -> list[list[str]]:
+    """The words of each line and sentence of ``answer``, citation markers left out (the
+    model's copy of "Frank Herbert [2]." is "Frank Herbert")."""
+    text = _MARKER.sub(" ", answer)
+    return [found for part in _PASSAGE_BREAK.split(text) if (found := words(part))]
+
+
+def _copies_passage(got: list[str], passage: list[str]) -> bool:
+    """``got`` is the whole ``passage``, or a run of its consecutive words with a function
+    word in it (a bare name may be part of one: see the comment on _PASSAGE_BREAK)."""
+    if got == passage:
+        return True
+    if len(got) >= len(passage) or all(len(w) >= 2 and w not in STOPWORDS for w in got):
+        return False
+    return any(passage[i : i + len(got)] == got for i in range(len(passage) - len(got) + 1))
 
 
 def fallback_query(question: str, turns: Sequence[Turn]) -> str:

@@ -69,6 +69,54 @@ def test_jaccard_near_copy_of_a_short_answer() -> None:
     )
 
 
+# The probe's answer: a rewrite that copies its last sentence shares only 4 of its 7 words
+# (under COPY_JACCARD) and has fewer than COPY_MIN_WORDS, so it used to be searched for.
+SHORT_ANSWER = "Title: Dune\nbody: Spice.\n\nThe answer is Dune."
+
+
+@pytest.mark.parametrize(
+    "rewrite",
+    [
+        "The answer is Dune.",  # a sentence of the answer, as the probe found it accepted
+        "the   ANSWER is dune",  # the same, whatever the case, spacing and punctuation
+        "Title: Dune",  # a line
+        "body spice",  # a line, two words
+        "The answer is",  # part of a sentence, with its function words
+        "answer is Dune",
+    ],
+)
+def test_a_short_copy_of_a_line_or_sentence_is_answer_text(rewrite: str) -> None:
+    turns = [Turn("Which book is about spice?", SHORT_ANSWER)]
+    assert check_rewrite(rewrite, "Who wrote it?", turns) is Rejection.COPIES_ANSWER
+
+
+@pytest.mark.parametrize(
+    "rewrite",
+    [
+        "Who wrote Dune?",  # a genuine standalone question naming the answer's subject
+        "Dune",  # the subject alone is part of a line, but a query, not a copy
+        "Dune author",
+        "Dune spice",  # words of two lines: no line or sentence
+    ],
+)
+def test_a_short_query_about_the_answer_is_not_a_copy(rewrite: str) -> None:
+    turns = [Turn("Which book is about spice?", SHORT_ANSWER)]
+    assert check_rewrite(rewrite, "Who wrote it?", turns) is None
+
+
+def test_copied_words_from_the_middle_of_a_long_sentence() -> None:
+    # A run of FIRST_ANSWER's one sentence with its "the": copied prose. The same run's
+    # bare noun phrase is what a query names.
+    assert check_rewrite("set on the desert planet Arrakis", "Where is it set?", TURNS) is (
+        Rejection.COPIES_ANSWER
+    )
+    assert check_rewrite("desert planet Arrakis", "Where is it set?", TURNS) is None
+    # Markers are left out of the answer: "Frank Herbert" is that whole sentence.
+    turns = [Turn("Who wrote Dune?", "It was written by Frank Herbert. Frank Herbert [2].")]
+    assert check_rewrite("Frank Herbert", "What else?", turns) is Rejection.COPIES_ANSWER
+    assert check_rewrite("by Frank Herbert", "What else?", turns) is Rejection.COPIES_ANSWER
+
+
 def test_a_rewrite_with_a_citation_marker_is_answer_text() -> None:
     # Seen with the bundled model: the follow-up "And the sequel?" was "rewritten" as the
     # opening of its own earlier answer, "The answer to this question is: [1] …", with
