@@ -16,7 +16,14 @@ from gensearch.memory.v1 import memory_service_pb2
 from gensearch.retrieval.v1 import retrieval_service_pb2 as rpb
 from google.protobuf import json_format
 
-from services.cli.client import Client, UsageError, check_health, describe_error, int32
+from services.cli.client import (
+    Client,
+    UsageError,
+    check_health,
+    describe_error,
+    int32,
+    is_unreachable,
+)
 from services.cli.output import KEY_HINTS, dump_json, message_dict, table
 from services.cli.state import address_key
 
@@ -75,6 +82,7 @@ class PartStatus:
     status: str
     detail: str = ""
     ms: float = 0.0
+    error: GensearchError | None = None
 
     @property
     def ok(self) -> bool:
@@ -83,10 +91,17 @@ class PartStatus:
 
 async def status(client: Client, args: argparse.Namespace) -> int:
     """Gateway health, then each service: directly when its address is known (flag, env, or
-    the stack file ``gensearch up`` writes), else through the gateway with a cheap call."""
+    the stack file ``gensearch up`` writes), else through the gateway with a cheap call.
+
+    A gateway that nothing answers for is one error line, like any command's: the health
+    probe (no retries) finds it at once, while each forwarded call, retried by the client,
+    took its time and said "cannot reach the gateway" again on every row."""
     timeout = client.timeout(3.0) or 3.0
+    gateway = await _gateway_status(client, timeout)
+    if gateway.error is not None and is_unreachable(gateway.error):
+        raise gateway.error  # _run_client: "error: UNAVAILABLE: cannot reach the gateway…"
     running = _stack_addresses(client.conn.address)
-    checks: list[Awaitable[PartStatus]] = [_gateway_status(client, timeout)]
+    checks: list[Awaitable[PartStatus]] = []
     for part in PARTS:
         direct = (
             getattr(args, f"{part}_address", None)
@@ -97,7 +112,7 @@ async def status(client: Client, args: argparse.Namespace) -> int:
             checks.append(_direct_status(part, direct, timeout))
         else:
             checks.append(_via_gateway_status(client, part, timeout))
-    results = await asyncio.gather(*checks)
+    results = [gateway, *await asyncio.gather(*checks)]
     healthy = all(r.ok for r in results)
     if args.json:
         dump_json(
@@ -139,9 +154,11 @@ async def _timed(
 ) -> PartStatus:
     started = time.perf_counter()
     detail = ""
+    error = None
     try:
         state = await probe()
     except GensearchError as err:
+        error = err
         state = err.code.name
         what = f"the {part} service" if direct else "the gateway"
         detail = describe_error(err, "", what).split(": ", 1)[-1]
@@ -150,7 +167,8 @@ async def _timed(
             detail = f"{wanting}: {KEY_HINTS[err.reason]}"
     if state == "UNKNOWN_SERVICE":
         detail = detail or "the service is not registered there"
-    return PartStatus(part, address, state, detail, (time.perf_counter() - started) * 1000)
+    elapsed = (time.perf_counter() - started) * 1000
+    return PartStatus(part, address, state, detail, elapsed, error)
 
 
 async def _gateway_status(client: Client, timeout: float) -> PartStatus:

@@ -164,7 +164,7 @@ def describe_error(err: GensearchError, address: str = "", what: str = "the gate
     """One line: ``NOT_FOUND: conversation not found (field conversation_id)``."""
     code = err.code
     message = err.message.strip() or code.name
-    if code == grpc.StatusCode.UNAVAILABLE and _is_connect_failure(message):
+    if is_unreachable(err):
         where = f" at {address}" if address else ""
         hint = (
             " (is `gensearch up` running? set --address or GENSEARCH_ADDRESS)"
@@ -186,6 +186,12 @@ def describe_error(err: GensearchError, address: str = "", what: str = "the gate
             break
     hint = key_hint(err.reason, err.metadata.get("provider", ""), message)
     return f"{code.name}: {message}{suffix}{hint}"
+
+
+def is_unreachable(err: GensearchError) -> bool:
+    """Nothing answered at the address (refused, unresolvable, no route), as opposed to
+    a server that answered UNAVAILABLE."""
+    return err.code == grpc.StatusCode.UNAVAILABLE and _is_connect_failure(err.message)
 
 
 def _is_connect_failure(message: str) -> bool:

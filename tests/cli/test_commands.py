@@ -106,12 +106,6 @@ def test_status_fails_when_a_part_is_down(cli: Any) -> None:
     assert "UNAVAILABLE" in row and "cannot reach the generation service" in row
 
 
-def test_status_of_an_unreachable_gateway(cli: Any) -> None:
-    result = cli("status", address="127.0.0.1:1")
-    assert result.code == 1
-    assert "UNAVAILABLE" in result.out.splitlines()[1]
-
-
 def test_collections_create_list_show_delete(cli: Any) -> None:
     name = new_name("Notes")
     created = cli(
