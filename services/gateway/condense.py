@@ -172,7 +172,11 @@ def _copies_passage(got: list[str], passage: list[str]) -> bool:
         return True
     if len(got) >= len(passage) or all(len(w) >= 2 and w not in STOPWORDS for w in got):
         return False
-    return any(passage[i : i + len(got)] == got for i in range(len(passage) - len(got) + 1))
+    # Compare only where the first word matches: an answer may be a long single line.
+    first, n = got[0], len(got)
+    return any(
+        passage[i : i + n] == got for i in range(len(passage) - n + 1) if passage[i] == first
+    )
 
 
 def fallback_query(question: str, turns: Sequence[Turn]) -> str:

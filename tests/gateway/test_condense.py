@@ -111,6 +111,12 @@ def test_copied_words_from_the_middle_of_a_long_sentence() -> None:
         Rejection.COPIES_ANSWER
     )
     assert check_rewrite("desert planet Arrakis", "Where is it set?", TURNS) is None
+    # The cost, as docs/gateway.md says: a good query that repeats a phrase of the answer
+    # with its function words is taken for a copy (and the fallback query is searched).
+    turns = [Turn("How do I open a file?", "You can close a file in Python with f.close().")]
+    assert check_rewrite("close a file in Python", "And close it?", turns) is (
+        Rejection.COPIES_ANSWER
+    )
     # Markers are left out of the answer: "Frank Herbert" is that whole sentence.
     turns = [Turn("Who wrote Dune?", "It was written by Frank Herbert. Frank Herbert [2].")]
     assert check_rewrite("Frank Herbert", "What else?", turns) is Rejection.COPIES_ANSWER
