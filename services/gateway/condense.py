@@ -66,9 +66,11 @@ COPY_MIN_WORDS = 8
 # Those two miss a short copy: "The answer is Dune." out of a three-line answer shares
 # 4 of its 7 words and is under COPY_MIN_WORDS. So a rewrite is also answer text, whatever
 # its length, when its words are one line or sentence of an earlier answer, or a run of
-# consecutive words of one that carries a function word (a stopword or a one-letter word):
-# copied prose brings its "the/is/a" along, while a query naming the answer's subject
-# ("sandworms", "Frank Herbert", "desert planet Arrakis") need not, and passes.
+# consecutive words making most (COPY_JACCARD) of one and carrying a function word (a
+# stopword or a one-letter word): copied prose brings its "the/is/a" along. A query naming
+# the answer's subject ("sandworms", "desert planet Arrakis") or repeating a phrase of a
+# longer sentence ("close a file in Python" out of "You can close a file in Python with
+# f.close().") is what a good rewrite looks like, and passes.
 _PASSAGE_BREAK = re.compile(r"\n|(?<=[.!?])\s+")
 # Providers whose models get the few-shot prompt: the bundled llama.cpp server.
 SMALL_MODEL_PROVIDERS = frozenset({"local"})
@@ -166,11 +168,13 @@ def answer_passages(answer: str) -> list[list[str]]:
 
 
 def _copies_passage(got: list[str], passage: list[str]) -> bool:
-    """``got`` is the whole ``passage``, or a run of its consecutive words with a function
-    word in it (a bare name may be part of one: see the comment on _PASSAGE_BREAK)."""
+    """``got`` is the whole ``passage``, or a run of most of its consecutive words with a
+    function word in it (see the comment on _PASSAGE_BREAK)."""
     if got == passage:
         return True
-    if len(got) >= len(passage) or all(len(w) >= 2 and w not in STOPWORDS for w in got):
+    if len(got) >= len(passage) or len(got) < COPY_JACCARD * len(passage):
+        return False
+    if all(len(w) >= 2 and w not in STOPWORDS for w in got):
         return False
     # Compare only where the first word matches: an answer may be a long single line.
     first, n = got[0], len(got)

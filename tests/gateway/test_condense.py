@@ -105,22 +105,23 @@ def test_a_short_query_about_the_answer_is_not_a_copy(rewrite: str) -> None:
 
 
 def test_copied_words_from_the_middle_of_a_long_sentence() -> None:
-    # A run of FIRST_ANSWER's one sentence with its "the": copied prose. The same run's
-    # bare noun phrase is what a query names.
-    assert check_rewrite("set on the desert planet Arrakis", "Where is it set?", TURNS) is (
+    # Most of a sentence with its function words is copied prose; a phrase of a longer
+    # sentence, or its bare noun phrase, is what a good query repeats.
+    turns = [Turn("Which book?", "It is set on the desert planet Arrakis.")]
+    assert check_rewrite("set on the desert planet Arrakis", "Where is it set?", turns) is (
         Rejection.COPIES_ANSWER
     )
+    assert check_rewrite("set on the desert planet Arrakis", "Where is it set?", TURNS) is None
     assert check_rewrite("desert planet Arrakis", "Where is it set?", TURNS) is None
-    # The cost, as docs/gateway.md says: a good query that repeats a phrase of the answer
-    # with its function words is taken for a copy (and the fallback query is searched).
     turns = [Turn("How do I open a file?", "You can close a file in Python with f.close().")]
-    assert check_rewrite("close a file in Python", "And close it?", turns) is (
-        Rejection.COPIES_ANSWER
-    )
+    assert check_rewrite("close a file in Python", "And close it?", turns) is None
     # Markers are left out of the answer: "Frank Herbert" is that whole sentence.
     turns = [Turn("Who wrote Dune?", "It was written by Frank Herbert. Frank Herbert [2].")]
     assert check_rewrite("Frank Herbert", "What else?", turns) is Rejection.COPIES_ANSWER
-    assert check_rewrite("by Frank Herbert", "What else?", turns) is Rejection.COPIES_ANSWER
+    assert check_rewrite("written by Frank Herbert", "What else?", turns) is (
+        Rejection.COPIES_ANSWER
+    )
+    assert check_rewrite("books by Frank Herbert", "What else?", turns) is None
 
 
 def test_a_rewrite_with_a_citation_marker_is_answer_text() -> None:
