@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/fake_llm.py --latency 0.2 [--jitter 0.1] [--port 0]
         [--rate-limit R --rate-window W]   # a provider taking R requests per W seconds
+        [--reply-chars N]                  # answers padded to N characters (large replies)
 
 Prints its port on the first line of stdout once it listens, then serves until SIGTERM.
 Every answer waits ``latency`` x uniform(1 - jitter, 1 + jitter) seconds, and its first
@@ -34,18 +35,34 @@ def stamped(body: dict[str, Any]) -> str:
     return f"{time.perf_counter():.6f} {TAIL}"
 
 
+def padded(chars: int) -> Any:
+    """``stamped``, padded with words to ``chars`` characters (an answer of that size)."""
+
+    def reply(body: dict[str, Any]) -> str:
+        text = stamped(body)
+        filler = " lorem" * max(0, (chars - len(text)) // 6)
+        return text + filler
+
+    return reply
+
+
 def first_token_gap(first_delta: str, received: float) -> float:
     """Seconds from the fake making an answer to a client reading its first token."""
     return received - float(first_delta.split()[0])
 
 
 async def serve(
-    latency: float, jitter: float, port: int, rate_limit: int | None, rate_window: float
+    latency: float,
+    jitter: float,
+    port: int,
+    rate_limit: int | None,
+    rate_window: float,
+    reply_chars: int = 0,
 ) -> None:
     fake = FakeOpenAI(
         latency=latency,
         latency_jitter=jitter,
-        reply=stamped,
+        reply=padded(reply_chars) if reply_chars else stamped,
         record=False,
         port=port,
         rate_limit=rate_limit,
@@ -68,8 +85,18 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--rate-limit", type=int, help="429 past this many requests a window")
     parser.add_argument("--rate-window", type=float, default=60.0, help="seconds")
+    parser.add_argument("--reply-chars", type=int, default=0, help="pad answers to this size")
     args = parser.parse_args()
-    asyncio.run(serve(args.latency, args.jitter, args.port, args.rate_limit, args.rate_window))
+    asyncio.run(
+        serve(
+            args.latency,
+            args.jitter,
+            args.port,
+            args.rate_limit,
+            args.rate_window,
+            args.reply_chars,
+        )
+    )
 
 
 if __name__ == "__main__":

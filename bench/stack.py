@@ -49,6 +49,7 @@ HOST = "GENSEARCH_HOST"
 DATA_DIR = "GENSEARCH_DATA_DIR"
 INTERNAL_TOKEN = "GENSEARCH_INTERNAL_TOKEN"
 LOG_LEVEL = "GENSEARCH_LOG_LEVEL"
+API_KEYS = "GENSEARCH_API_KEYS"  # "user@tenant/role:key,..." (services/common/api_keys.py)
 
 MEMORY_PORT = "GENSEARCH_MEMORY_PORT"
 MEMORY_METRICS_PORT = "GENSEARCH_MEMORY_METRICS_PORT"
@@ -76,6 +77,21 @@ GATEWAY_GENERATION_ADDR = "GENSEARCH_GATEWAY_GENERATION_ADDR"
 GATEWAY_DEFAULT_MAX_CONCURRENCY = "GENSEARCH_GATEWAY_DEFAULT_MAX_CONCURRENCY"
 GATEWAY_REDIS_URL = "GENSEARCH_GATEWAY_REDIS_URL"  # quotas and the generation cache
 GATEWAY_MAX_HITS = "GENSEARCH_GATEWAY_MAX_HITS"
+
+# The bounds on bytes held at once (services/common/request_bytes.py, reply_bytes.py,
+# services/retrieval/read_bytes.py), by service: GENSEARCH_<SERVICE>_<one of these>.
+REQUEST_BYTES_IN_FLIGHT = "MAX_REQUEST_BYTES_IN_FLIGHT"
+REPLY_BYTES_IN_FLIGHT = "MAX_REPLY_BYTES_IN_FLIGHT"
+REPLY_BYTES_IN_FLIGHT_PER_TENANT = "MAX_REPLY_BYTES_IN_FLIGHT_PER_TENANT"
+RETRIEVAL_READ_BYTES_IN_FLIGHT_PER_TENANT = (
+    "GENSEARCH_RETRIEVAL_MAX_READ_BYTES_IN_FLIGHT_PER_TENANT"
+)
+
+
+def service_setting(service: str, field: str) -> str:
+    """The variable of ``field`` (e.g. ``REPLY_BYTES_IN_FLIGHT``) in ``service``'s namespace."""
+    return f"GENSEARCH_{service.upper()}_{field}"
+
 
 # -- what every benchmark shares --------------------------------------------------------
 TOKEN = "bench-internal-token"
@@ -360,17 +376,21 @@ class Stack:
         jitter: float = 0.1,
         rate_limit: int | None = None,
         rate_window: float = 60.0,
+        reply_chars: int = 0,
     ) -> str:
         """A fake OpenAI-compatible endpoint in its own process; returns its base URL.
 
         Each answer waits ``latency`` seconds times a uniform factor in
         [1 - jitter, 1 + jitter], so N calls at once finish over a spread, as on a real
         endpoint. Each answer's first word is ``time.perf_counter()`` taken right before it
-        is written (see bench/fake_llm.py)."""
+        is written (see bench/fake_llm.py); ``reply_chars`` pads each answer to that many
+        characters."""
         argv = [sys.executable, str(ROOT / "bench" / "fake_llm.py")]
         argv += ["--latency", str(latency), "--jitter", str(jitter)]
         if rate_limit is not None:
             argv += ["--rate-limit", str(rate_limit), "--rate-window", str(rate_window)]
+        if reply_chars:
+            argv += ["--reply-chars", str(reply_chars)]
         proc = await asyncio.create_subprocess_exec(
             *die_with_parent(argv),
             cwd=ROOT,
