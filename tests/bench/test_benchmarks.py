@@ -6,6 +6,7 @@ sizes, so a renamed setting or a changed RPC fails here rather than in the next
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 from pathlib import Path
 
@@ -117,3 +118,35 @@ async def test_quality_reports_every_retrieval_mode_and_ask() -> None:
     assert figures["quality keyword recall@5"].value > 0.5
     assert 0 <= figures["quality Ask citation coverage (fake)"].value <= 1
     assert figures["quality Ask follow-up hit@5 (fake)"].value in (0.0, 1.0)
+
+
+async def test_rss_measures_every_service_under_each_load_with_bounds_and_without(
+    tmp_path: Path,
+) -> None:
+    """bench/rss.py at tiny sizes: every load runs against a stack with the bounds at their
+    defaults and one with them lifted, and each service it goes through gets its figures."""
+    from bench.rss import LOADS
+
+    out = tmp_path / "rss.json"
+    text = await run_bench(
+        "rss", "--clients", "3", "--request-mb", "0.2", "--turn-mb", "0.1", "--reads", "2",
+        "--objects", "2", "--object-mb", "0.1", "--searches", "2", "--hits", "2",
+        "--hit-mb", "0.05", "--answer-mb", "0.05", "--latency", "0.05", "--settle", "0.2",
+        "--tenants", "2", "--json", str(out), "--summary",
+    )  # fmt: skip
+    rows = json.loads(out.read_text())["runs"][0]
+    seen = {(r["load"], r["config"]) for r in rows}
+    assert seen == {(load, c) for load in LOADS for c in ("defaults", "lifted")}, seen
+    for row in rows:
+        assert row["peak"] >= row["idle"] > 0 and row["peak_anon"] > 0, row
+        assert row["allowed"] <= row["demand"], row
+    # Tiny loads pass every bound: each call answered, and every service the load goes
+    # through was sent bytes (GenerativeSearch: gateway, retrieval and generation).
+    calls = {"UpsertObjects": 3, "CreateInteraction": 3, "BatchGetObjects": 2}
+    for row in rows:
+        assert row["ends"] == {"OK": calls.get(row["load"], 2)}, row
+    sent = {r["service"] for r in rows if r["load"] == "GenerativeSearch" and r["demand"]}
+    assert sent == {"gateway", "retrieval", "generation"}
+    figures = {f.name: f for f in parse_figures(text)}
+    assert figures["UpsertObjects retrieval defaults peak RSS"].value > 0
+    assert figures["CreateInteraction memory lifted peak RSS"].unit == "MiB"
