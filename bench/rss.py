@@ -66,7 +66,7 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb  # noqa: E402
 from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as ret_grpc  # noqa: E402
 from google.protobuf import struct_pb2  # noqa: E402
 
-from bench.report import Figures, machine, table  # noqa: E402
+from bench.report import Figures, machine, markdown, table  # noqa: E402
 from bench.stack import (  # noqa: E402
     API_KEYS,
     REPLY_BYTES_IN_FLIGHT,
@@ -440,11 +440,15 @@ def multiple(row: dict[str, Any]) -> float:
 
 
 def ends(rows: list[dict[str, Any]]) -> str:
-    """How the calls ended, run by run."""
-    return " | ".join(", ".join(f"{k} {v}" for k, v in sorted(r["ends"].items())) for r in rows)
+    """How the calls ended: each status with its range over the runs."""
+    codes = sorted({code for r in rows for code in r["ends"]})
+    return ", ".join(
+        f"{code} {spread([r['ends'].get(code, 0) for r in rows], lambda x: f'{x:.0f}')}"
+        for code in codes
+    )
 
 
-def report(runs: list[list[dict[str, Any]]], summary: bool) -> None:
+def report(runs: list[list[dict[str, Any]]], summary: bool, as_markdown: bool = False) -> None:
     by_key: dict[tuple[str, str, str], list[dict[str, Any]]] = collections.defaultdict(list)
     for rows in runs:
         for row in rows:
@@ -452,7 +456,7 @@ def report(runs: list[list[dict[str, Any]]], summary: bool) -> None:
                 by_key[(row["load"], row["service"], row["config"])].append(row)
     header = [
         "load / service / bounds", "at start", "idle", "peak", "idle anon", "peak anon", "after",
-        "sent", "allowed", "(peak - idle) / allowed", "calls ended (each run)",
+        "sent", "allowed", "(peak - idle) / allowed", "calls ended",
     ]  # fmt: skip
     lines = []
     figures = Figures()
@@ -481,6 +485,9 @@ def report(runs: list[list[dict[str, Any]]], summary: bool) -> None:
         "allowed."
     )
     print(table(header, lines))
+    if as_markdown:
+        print()
+        print(markdown(header, lines))
     if summary:
         figures.emit()
 
@@ -506,8 +513,13 @@ def main() -> None:
         "--loads", type=lambda v: v.split(","), default=list(LOADS), help="comma-separated"
     )
     parser.add_argument("--json", type=Path, help="write every row of every run here")
+    parser.add_argument("--markdown", action="store_true", help="the table in Markdown too")
     parser.add_argument("--summary", action="store_true", help="end with the figures as JSON")
+    parser.add_argument("--from-json", type=Path, help="report the runs of this --json file")
     args = parser.parse_args()
+    if args.from_json is not None:
+        report(json.loads(args.from_json.read_text())["runs"], args.summary, args.markdown)
+        return
     print(f"bench/rss.py, commit {commit()}, started {machine()}", flush=True)
     began = time.monotonic()
     runs = []
@@ -524,7 +536,7 @@ def main() -> None:
     if args.json is not None:
         args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)},
                                          "runs": runs}))  # fmt: skip
-    report(runs, args.summary)
+    report(runs, args.summary, args.markdown)
 
 
 def load_average() -> str:
