@@ -19,6 +19,9 @@ reads its high-water mark (VmHWM, reset before each load), while ``--tenants`` t
 * ``GenerativeSearch``: ``--searches`` calls over ``--hits`` hits of ``--hit-mb`` MB, one
   answer per hit and a grouped one, each ``--answer-mb`` MB from the fake LLM (retrieval's
   search replies, generation's answers, the gateway's reply of all of them).
+* ``BatchGetObjects to a stopped reader``: the ``BatchGetObjects`` above from a child
+  process stopped (SIGSTOP) for ``--stall`` seconds once its calls are sent: the replies
+  wait in the gateway, where the reply bound is meant to act.
 
 Every call is made once (no retries): a refusal (RESOURCE_EXHAUSTED) is counted, not
 repeated. Each run starts new processes twice, once with the bounds at their defaults and
@@ -45,6 +48,7 @@ import asyncio
 import collections
 import json
 import os
+import signal
 import statistics
 import sys
 import time
@@ -91,6 +95,7 @@ DIM = 4
 # The growth the model allows per byte held (docs/operations.md#process-memory): a held
 # message exists as gRPC's bytes and as Python's (the parsed request, the serialized reply).
 MODEL_MULTIPLE = 2.0
+STALLED = "BatchGetObjects to a stopped reader"
 SETTLE_NOTE = "--settle seconds after the load"
 # Which bound holds each load's bytes: requests, or replies.
 LOADS = {
@@ -98,6 +103,9 @@ LOADS = {
     "CreateInteraction": "request",
     "BatchGetObjects": "reply",
     "GenerativeSearch": "reply",
+    # BatchGetObjects from a client process stopped (SIGSTOP) once its calls are sent, for
+    # --stall seconds: the replies wait in the gateway, where the reply bound is meant to act.
+    STALLED: "reply",
 }
 
 
@@ -207,7 +215,7 @@ async def setup(args: argparse.Namespace, load: str, channels: list[grpc.aio.Cha
                 timeout=60,
             )
             continue
-        name = {"UpsertObjects": "Sink", "BatchGetObjects": "Big"}.get(load, "Gen")
+        name = {"UpsertObjects": "Sink", "BatchGetObjects": "Big", STALLED: "Big"}.get(load, "Gen")
         await create(stub, tenant, name)
         if load == "UpsertObjects":
             small = ret_pb.UpsertObjectsRequest(collection=name, objects=[text_object(0, 10)])
@@ -226,7 +234,7 @@ async def setup(args: argparse.Namespace, load: str, channels: list[grpc.aio.Cha
                 metadata=md,
                 timeout=120,
             )
-        if load == "BatchGetObjects":
+        if name == "Big":
             small_read = ret_pb.BatchGetObjectsRequest(collection=name, ids=[object_id(0)])
             await stub.BatchGetObjects(small_read, metadata=md, timeout=60)
 
@@ -304,6 +312,7 @@ def loads(args: argparse.Namespace, channels: list[grpc.aio.Channel]) -> list[Lo
     hits = int(args.hits * args.hit_mb * MB) * args.searches
     answers = int((args.hits + 1) * args.answer_mb * MB) * args.searches
     return [
+        Load(STALLED, list, {"gateway": reads, "retrieval": reads}),  # calls: stalled_reads
         Load("UpsertObjects", upsert_calls, {"gateway": up, "retrieval": up}),
         Load("CreateInteraction", interaction_calls, {"gateway": turns, "memory": turns}),
         Load("BatchGetObjects", read_calls, {"gateway": reads, "retrieval": reads}),
@@ -385,11 +394,14 @@ async def measure(args: argparse.Namespace, lifted: bool, load_name: str) -> lis
             sampler.reset()
             sampling = asyncio.create_task(sampler.run())
             try:
-                results = await asyncio.gather(*load.calls(), return_exceptions=True)
+                if load.name == STALLED:
+                    load.ends.update(await stalled_reads(args, gateway.address, sampler))
+                else:
+                    results = await asyncio.gather(*load.calls(), return_exceptions=True)
+                    load.ends.update(end_of(r) for r in results)
                 sampler.sample()
             finally:
                 sampling.cancel()
-            load.ends.update(end_of(r) for r in results)
             hwm = {name: status(pid)["VmHWM"] for name, pid in pids.items()}
             await asyncio.sleep(args.settle)
             after = rss(pids)
@@ -416,6 +428,54 @@ async def measure(args: argparse.Namespace, lifted: bool, load_name: str) -> lis
             }
         )
     return rows
+
+
+async def stalled_reads(args: argparse.Namespace, address: str, sampler: Sampler) -> dict[str, int]:
+    """``--reads`` BatchGetObjects from a child process (this script, ``--reader``), stopped
+    with SIGSTOP once it has sent them and let go on after ``--stall`` seconds: its replies
+    wait in the gateway meanwhile. How its calls ended."""
+    argv = [sys.executable, __file__, "--reader", address, "--reads", str(args.reads)]
+    argv += ["--tenants", str(args.tenants), "--objects", str(args.objects)]
+    child = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, start_new_session=True
+    )
+    assert child.stdout is not None
+    try:
+        await asyncio.wait_for(child.stdout.readline(), 60)  # "sent"
+        child.send_signal(signal.SIGSTOP)
+        await asyncio.sleep(args.stall)
+        sampler.sample()
+    finally:
+        if child.returncode is None:
+            child.send_signal(signal.SIGCONT)
+    out, _ = await asyncio.wait_for(child.communicate(), 180)
+    if child.returncode != 0:
+        raise RuntimeError(f"the stopped reader failed ({child.returncode})")
+    ends: dict[str, int] = json.loads(out.decode().splitlines()[-1])
+    return ends
+
+
+async def reader(args: argparse.Namespace) -> None:
+    """The child of ``stalled_reads``: sends its calls, says so, prints how they ended."""
+    options = [("grpc.max_receive_message_length", -1)]
+    channels = [grpc.aio.insecure_channel(args.reader, options=options) for _ in range(args.reads)]
+    read = ret_pb.BatchGetObjectsRequest(
+        collection="Big", ids=[object_id(n) for n in range(args.objects)]
+    )
+    calls = [
+        asyncio.ensure_future(
+            ret_grpc.RetrievalServiceStub(channel).BatchGetObjects(
+                read, metadata=metadata(i % args.tenants), timeout=120
+            )
+        )
+        for i, channel in enumerate(channels)
+    ]
+    await asyncio.sleep(0.5)  # the requests are small: written by now
+    print("sent", flush=True)
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    print(json.dumps(collections.Counter(end_of(r) for r in results)), flush=True)
+    for channel in channels:
+        await channel.close()
 
 
 def rss(pids: dict[str, int]) -> dict[str, int]:
@@ -515,8 +575,13 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write every row of every run here")
     parser.add_argument("--markdown", action="store_true", help="the table in Markdown too")
     parser.add_argument("--summary", action="store_true", help="end with the figures as JSON")
+    parser.add_argument("--stall", type=float, default=3.0, help="seconds the reader stops")
     parser.add_argument("--from-json", type=Path, help="report the runs of this --json file")
+    parser.add_argument("--reader", help=argparse.SUPPRESS)  # the stopped reader's child
     args = parser.parse_args()
+    if args.reader:
+        asyncio.run(reader(args))
+        return
     if args.from_json is not None:
         report(json.loads(args.from_json.read_text())["runs"], args.summary, args.markdown)
         return
