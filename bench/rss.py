@@ -50,6 +50,7 @@ import json
 import os
 import signal
 import statistics
+import subprocess
 import sys
 import time
 import uuid
@@ -582,6 +583,9 @@ def main() -> None:
     if args.reader:
         asyncio.run(reader(args))
         return
+    unknown = [name for name in args.loads if name not in LOADS]
+    if unknown:
+        parser.error(f"--loads: no load {unknown[0]!r} (loads: {', '.join(LOADS)})")
     if args.from_json is not None:
         report(json.loads(args.from_json.read_text())["runs"], args.summary, args.markdown)
         return
@@ -609,16 +613,15 @@ def load_average() -> str:
 
 
 def commit() -> str:
-    head = ROOT / ".git"
+    """The checkout's commit, short."""
     try:
-        import subprocess
-
-        return subprocess.run(
+        done = subprocess.run(
             ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
             capture_output=True, text=True, check=True,
-        ).stdout.strip()  # fmt: skip
+        )  # fmt: skip
     except (OSError, subprocess.CalledProcessError):
-        return f"unknown ({head})"
+        return "unknown"
+    return done.stdout.strip()
 
 
 if __name__ == "__main__":
