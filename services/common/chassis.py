@@ -95,9 +95,9 @@ def _forget(err: BaseException) -> None:
     """Clears the locals of the frames ``err`` went through (the running one excepted: the
     caller drops its own). The call's abort chains ``err`` into a reference cycle with
     gRPC's call state, which only the cyclic collector frees, and those frames held the
-    call's request and reply: a refused 16 MB reply stayed in memory after its call ended,
-    and a burst of them kept the gateway hundreds of MiB over its bound
-    (docs/benchmarks.md, process memory). The traceback itself (file, line) stays."""
+    call's request and reply: a refused request or a refused 16 MB reply stayed in memory
+    after its call ended, and a burst of them kept the gateway hundreds of MiB over its
+    bounds (docs/benchmarks.md, process memory). The traceback itself (file, line) stays."""
     traceback.clear_frames(err.__traceback__)
 
 
@@ -453,6 +453,7 @@ class _MethodWrapper:
                 _forget(err)
                 if request_streaming:
                     await _drain(requests)
+                requests = None
                 await context.abort(status.code, status.details, status.trailing_metadata)
             finally:
                 if held is not None:

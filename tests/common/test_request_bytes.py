@@ -7,6 +7,8 @@ client stream holds one message at a time. A real grpc.aio server and channel.""
 from __future__ import annotations
 
 import asyncio
+import gc
+import tracemalloc
 from collections.abc import AsyncIterator
 
 import grpc
@@ -152,3 +154,37 @@ async def test_a_request_goes_when_none_is_held_and_a_stream_holds_one_message(
     messages = iter([b"m" * (3 * MIB)] * 3)
     assert await stream(messages, metadata=ALICE, timeout=60) == str(9 * MIB).encode()
     await _holds(server, 0)
+
+
+async def test_a_refused_request_is_freed_when_its_call_ends(
+    served: tuple[GrpcServer, grpc.aio.Channel],
+) -> None:
+    """A refused request's bytes go when its call ends, not at the next cyclic garbage
+    collection (the frames of the refusal's traceback held it, in a cycle with gRPC's call
+    state: test_reply_bytes.py has the same for replies). The collector is off here."""
+    server, channel = served
+    first = asyncio.ensure_future(
+        channel.unary_unary(f"/{SERVICE}/Held", _ident, _ident)(
+            b"a" * (3 * MIB), metadata=ALICE, timeout=30
+        )
+    )
+    await _holds(server, 3 * MIB)
+    quick = channel.unary_unary(f"/{SERVICE}/Quick", _ident, _ident)
+    payload = b"b" * (3 * MIB)
+    gc.collect()
+    gc.disable()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(3):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await quick(payload, metadata=BOB, timeout=30)
+            _assert_refused(caught.value, 3 * MIB, 3 * MIB)
+        await asyncio.sleep(0.2)  # the server's calls are over
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+        gc.enable()
+    assert kept < MIB, f"{kept} bytes kept after three refused {3 * MIB}-byte requests"
+    GATE.open.set()
+    assert await first == str(3 * MIB).encode()
