@@ -51,6 +51,17 @@ def is_transient(err: BaseException) -> bool:
     return isinstance(err, openai.APIConnectionError)
 
 
+def rate_limit_wait(err: BaseException) -> float | None:
+    """The wait a 429 asked for, when it asked for one above 0: the fault to report as
+    RESOURCE_EXHAUSTED with a RetryInfo of that wait once no retry is made (the wait was
+    above the call's deadline or the operator's ``retry_after_max``), rather than as an
+    endpoint that is down."""
+    if isinstance(err, openai.APIStatusError) and err.status_code == 429:
+        wait = server_wait(err)
+        return wait if wait else None
+    return None
+
+
 def server_wait(err: BaseException) -> float | None:
     """The wait an error response asked for, in seconds, if any."""
     if isinstance(err, openai.APIStatusError):

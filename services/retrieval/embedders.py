@@ -45,6 +45,7 @@ from services.common.errors import (
     FailedPrecondition,
     InvalidArgument,
     PermissionDenied,
+    ResourceExhausted,
     Unavailable,
 )
 from services.common.fair_executor import FairExecutor
@@ -57,7 +58,14 @@ from services.common.openai_api import (
     upstream_span,
 )
 from services.common.tracing import service_tracer
-from services.common.upstream_retry import Deadline, Retrier, RetryPolicy, is_transient, server_wait
+from services.common.upstream_retry import (
+    Deadline,
+    Retrier,
+    RetryPolicy,
+    is_transient,
+    rate_limit_wait,
+    server_wait,
+)
 from services.retrieval.endpoints import ALLOWLIST_SETTING, caller_key_for
 from services.retrieval.schema import Schema, too_long, unit_vector
 from services.retrieval.settings import RetrievalSettings
@@ -331,6 +339,9 @@ class OpenAIEmbedder:
                         retryable=is_transient(err), retry_after=server_wait(err), cause=problem
                     ):
                         continue
+                    wait = rate_limit_wait(err)
+                    if wait is not None:
+                        raise _rate_limited(wait, retrier.attempts) from None
                     raise Unavailable(
                         f"the embeddings endpoint failed ({problem})",
                         reason="EMBEDDINGS_UNAVAILABLE",
@@ -395,6 +406,20 @@ class OpenAIEmbedder:
         return [unit for unit in units if unit is not None]
 
 
+def _rate_limited(wait: float, attempts: int) -> ResourceExhausted:
+    """A 429 whose wait this request could not make (past its deadline, EMBED_TIMEOUT, or
+    RETRY_AFTER_MAX): the endpoint is up, only busy, so the caller learns when to try
+    again (RetryInfo) instead of an UNAVAILABLE that says nothing of when."""
+    return ResourceExhausted(
+        f"the embeddings endpoint is rate limiting (HTTP 429) and asks to wait {wait:.1f} s, "
+        "longer than this request may (GENSEARCH_RETRIEVAL_EMBED_TIMEOUT, "
+        "GENSEARCH_RETRIEVAL_RETRY_AFTER_MAX)",
+        reason="EMBEDDINGS_RATE_LIMITED",
+        retry_after=wait,
+        metadata={"retry_after_ms": str(round(wait * 1000)), "attempts": str(attempts)},
+    )
+
+
 def _problem(err: BaseException) -> str:
     """What went wrong, in a few words safe to show (no body: it may quote the key)."""
     if isinstance(err, openai.APIStatusError):
@@ -437,7 +462,9 @@ class Embedders:
         self._caller_clients = OpenAIClients(
             egress=self._policy.egress, resolver=resolver, max_response_bytes=bound
         )
-        self._retry = RetryPolicy(max_attempts=settings.embed_retries + 1)
+        self._retry = RetryPolicy(
+            max_attempts=settings.embed_retries + 1, retry_after_max=settings.retry_after_max
+        )
 
     def for_collection(self, schema: Schema) -> Embedder:
         vec = schema.collection.vectorizer

@@ -58,6 +58,7 @@ from services.common.egress import (
 from services.common.errors import (
     FailedPrecondition,
     InvalidArgument,
+    ResourceExhausted,
     Unavailable,
     quote,
 )
@@ -65,7 +66,14 @@ from services.common.logs import register_secret
 from services.common.model_names import check_model_name
 from services.common.openai_api import ATTEMPTS, OpenAIClients, authorized, upstream_span
 from services.common.tracing import service_tracer
-from services.common.upstream_retry import Deadline, Retrier, RetryPolicy, is_transient, server_wait
+from services.common.upstream_retry import (
+    Deadline,
+    Retrier,
+    RetryPolicy,
+    is_transient,
+    rate_limit_wait,
+    server_wait,
+)
 from services.retrieval.embedders import LocalEmbedder
 from services.retrieval.endpoints import ALLOWLIST_SETTING, caller_key_for
 from services.retrieval.schema import TEXT_TYPES, Schema
@@ -140,7 +148,9 @@ class Rerankers:
         self._caller_clients = OpenAIClients(
             egress=self._egress, resolver=resolver, max_response_bytes=bound
         )
-        self._retry = RetryPolicy(max_attempts=settings.rerank_retries + 1)
+        self._retry = RetryPolicy(
+            max_attempts=settings.rerank_retries + 1, retry_after_max=settings.retry_after_max
+        )
 
     async def close(self) -> None:
         await self._operator_clients.close()
@@ -424,6 +434,9 @@ class Rerankers:
                         retryable=is_transient(err), retry_after=server_wait(err), cause=problem
                     ):
                         continue
+                    wait = rate_limit_wait(err)
+                    if wait is not None:
+                        raise _rate_limited(plan, wait, retrier.attempts) from None
                     raise Unavailable(
                         f"{named(plan.provider, plan.operator)} failed ({problem})",
                         reason="RERANK_UNAVAILABLE",
@@ -454,6 +467,24 @@ def _redirected(plan: RerankPlan, status: int) -> FailedPrecondition:
         field=f"{FIELD}.base_url",
         reason=UPSTREAM_REDIRECT,
         metadata=metadata,
+    )
+
+
+def _rate_limited(plan: RerankPlan, wait: float, attempts: int) -> ResourceExhausted:
+    """A 429 whose wait this Search could not make (past its deadline, RERANK_TIMEOUT, or
+    RETRY_AFTER_MAX): the provider is up, only busy, so the caller learns when to try
+    again (RetryInfo) instead of an UNAVAILABLE that says nothing of when."""
+    return ResourceExhausted(
+        f"{named(plan.provider, plan.operator)} is rate limiting (HTTP 429) and asks to wait "
+        f"{wait:.1f} s, longer than this search may (its deadline, "
+        "GENSEARCH_RETRIEVAL_RERANK_TIMEOUT, GENSEARCH_RETRIEVAL_RETRY_AFTER_MAX)",
+        reason="RERANK_RATE_LIMITED",
+        retry_after=wait,
+        metadata={
+            "provider": plan.provider,
+            "retry_after_ms": str(round(wait * 1000)),
+            "attempts": str(attempts),
+        },
     )
 
 

@@ -203,6 +203,13 @@ class RetrievalSettings(DownstreamSettings):
     # policy of services/common/upstream_retry.py).
     rerank_timeout: float = Field(default=30.0, gt=0, le=MAX_WAIT_SECONDS)
     rerank_retries: int = Field(default=2, ge=0, le=10)
+    # A 429's Retry-After (or retry-after-ms) longer than this is not waited for, by
+    # embeddings and rerank requests alike. Default: a day, the longest wait a setting may
+    # name, so only the request's own deadline bounds the wait (EMBED_TIMEOUT; for rerank
+    # RERANK_TIMEOUT or the Search's deadline, whichever ends first), as in generation
+    # (RETRY_AFTER_MAX there): the shared policy's 60 s cap failed a request asked to wait
+    # 90 s with 120 s left. Lower it to fail fast instead.
+    retry_after_max: float = Field(default=MAX_WAIT_SECONDS, ge=0, le=MAX_WAIT_SECONDS)
     # Local MMR: weight of relevance against diversity when a request sets none.
     mmr_lambda: float = Field(default=0.7, ge=0.0, le=1.0)
     # GetChunks: the most chunks one range returns (a whole document included).

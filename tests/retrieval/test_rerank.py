@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -15,7 +16,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from tests.retrieval.conftest import MakeRetrieval, Retrieval, expect_error, obj, props
 from tests.retrieval.conftest import vector_collection as vcol
 from tests.support.fake_openai import Behaviour, FakeOpenAI, word_overlap
-from tests.support.rpc import error_info
+from tests.support.rpc import error_info, retry_delay
 
 KEY_ENV = "TEST_RERANK_KEY"
 KEY = "sk-test-rerank-key-456"
@@ -105,6 +106,60 @@ async def test_429_and_5xx_are_retried(retrieval: Retrieval, fake: FakeOpenAI) -
     fake.enqueue(Behaviour.rate_limited(retry_after="0"), Behaviour.error(503))
     response = await retrieval.stub.Search(search(provider="fake", candidates=6))
     assert response.hits[0].properties["title"] == "tower four"
+    assert len(fake.rerank_requests) == 3
+
+
+async def test_a_retry_after_above_retry_after_max_is_resource_exhausted_at_once(
+    make_retrieval: MakeRetrieval, fake: FakeOpenAI, tmp_path: Path
+) -> None:
+    # A 2 s wait fits RERANK_TIMEOUT (30 s) but not RETRY_AFTER_MAX (1 s): reported at
+    # once with the wait asked for (before, the setting did not exist and the shared
+    # policy's 60 s cap let it through).
+    providers = {"fake": {"base_url": fake.base_url, "api_key_env": KEY_ENV, "model": "rr-1"}}
+    harness = await make_retrieval(
+        data_dir=tmp_path / "capped", rerank_providers=providers, retry_after_max=1.0
+    )
+    await harness.stub.CreateCollection(pb.CreateCollectionRequest(collection=vcol("Towers")))
+    await harness.stub.UpsertObjects(
+        pb.UpsertObjectsRequest(
+            collection="Towers", objects=[obj({"title": "t", "body": "tower"}, vector=[1.0] * 4)]
+        )
+    )
+    fake.enqueue(Behaviour.rate_limited(retry_after="2"))
+    err = await expect_error(
+        harness.stub.Search(search(provider="fake", candidates=6)),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    )
+    info = error_info(err)
+    assert info.reason == "RERANK_RATE_LIMITED"
+    assert info.metadata["provider"] == "fake"
+    assert info.metadata["retry_after_ms"] == "2000"
+    assert retry_delay(err) == 2.0
+    assert err.details() == (
+        "rerank provider 'fake' is rate limiting (HTTP 429) and asks to wait 2.0 s, longer "
+        "than this search may (its deadline, GENSEARCH_RETRIEVAL_RERANK_TIMEOUT, "
+        "GENSEARCH_RETRIEVAL_RETRY_AFTER_MAX)"
+    )
+    assert len(fake.rerank_requests) == 1
+
+
+async def test_a_retry_after_is_waited_for_up_to_the_searchs_deadline(
+    retrieval: Retrieval, fake: FakeOpenAI
+) -> None:
+    # The default cap (a day) leaves only the deadline: 2 s fits, and is waited for.
+    fake.enqueue(Behaviour.rate_limited(retry_after="2"))
+    response = await retrieval.stub.Search(search(provider="fake", candidates=6))
+    assert response.hits[0].properties["title"] == "tower four"
+    assert len(fake.rerank_requests) == 2
+    # 90 s does not fit the Search's 10 s deadline: nothing sleeps, the caller learns when
+    # to come back (before: UNAVAILABLE, RERANK_UNAVAILABLE, no RetryInfo).
+    fake.enqueue(Behaviour.rate_limited(retry_after="90"))
+    err = await expect_error(
+        retrieval.stub.Search(search(provider="fake", candidates=6), timeout=10),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    )
+    assert error_info(err).reason == "RERANK_RATE_LIMITED"
+    assert retry_delay(err) == 90.0
     assert len(fake.rerank_requests) == 3
 
 
