@@ -483,6 +483,7 @@ class MemoryStore:
         self._release_request = script("release_request")
         self._reconcile_script = script("reconcile")
         self._measure_script = script("measure")
+        self._drop_missing_script = script("drop_missing")
 
     async def load_scripts(self) -> None:
         """Loads every script now (SCRIPT LOAD; on a cluster, into every master).
@@ -499,6 +500,7 @@ class MemoryStore:
             self._get_interactions, self._interactions_exist, self._check_storage,
             self._stored_request, self._retention_step, self._claim_request,
             self._release_request, self._reconcile_script, self._measure_script,
+            self._drop_missing_script,
         ]  # fmt: skip
         for script in scripts:
             await _redis(self._redis.script_load(script.script))
@@ -1123,15 +1125,45 @@ class MemoryStore:
         ``next_cursor`` continues right after the last one returned)."""
         tag = self.tag(owner)
         start = f"({cursor}" if cursor else "+"
-        out = await _redis(
-            self._list_interactions(
-                keys=[keys.conversation(tag, cid), keys.conversation_interactions(tag, cid)],
-                args=[self.caller(owner), tag, start, page_size, max_bytes],
+        for _ in range(RUN_ATTEMPTS):
+            out = await _redis(
+                self._list_interactions(
+                    keys=[keys.conversation(tag, cid), keys.conversation_interactions(tag, cid)],
+                    args=[self.caller(owner), tag, start, page_size, max_bytes],
+                )
             )
-        )
-        if out is None:
-            raise conversation_not_found(cid)
-        return Page(out[1:], out[0].decode() or None)
+            if out is None:
+                raise conversation_not_found(cid)
+            if out[0] != 0:
+                return Page(out[1:], out[0].decode() or None)
+            # A listed turn has no key on the node the page ran on: gone, or not moved
+            # there yet (lua/list_interactions.lua). Dropped only by a run that declares
+            # every turn; then the page is read again.
+            await self._drop_missing(owner, tag, cid)
+        raise _concurrent_update(cid)
+
+    async def _drop_missing(self, owner: Owner, tag: str, cid: str) -> None:
+        """Drops the turns of conversation ``cid`` whose key is gone from its list, and
+        counts its bytes again from what is left (lua/drop_missing.lua), with every turn
+        declared: mid-reshard, split between the slot's two nodes, Redis refuses the run
+        (TRYAGAIN: UNAVAILABLE, retryable) rather than a turn not moved yet being dropped.
+        Standalone (or once the move is done) a missing key is gone for good: before, the
+        conversation answered UNAVAILABLE to every ListInteractions (and Ask) forever."""
+        ints = keys.conversation_interactions(tag, cid)
+        for _ in range(RUN_ATTEMPTS):
+            iids = [bytes(m).decode() for m in await _redis(self._redis.zrange(ints, 0, -1))]
+            done = await _redis(
+                self._drop_missing_script(
+                    keys=[
+                        keys.conversation(tag, cid), ints, keys.usage(tag),
+                        *(keys.interaction(tag, iid) for iid in iids),
+                    ],
+                    args=[self.caller(owner), cid, *iids],
+                )
+            )  # fmt: skip
+            if done == 1:
+                return
+        raise _concurrent_update(cid)
 
     async def get_interaction_traces(self, owner: Owner, iid: str) -> bytes:
         """The interaction's serialized traces (b"" when it has none)."""

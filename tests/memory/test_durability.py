@@ -12,7 +12,7 @@ from services.devlaunch.redis_server import RedisProcess
 from services.memory.__main__ import build_server
 from services.memory.store import MemoryStore, Owner
 from tests.memory.conftest import ALICE, BOB, Memory, MemoryFactory, make_settings
-from tests.memory.helpers import expect_error, rpc_error
+from tests.memory.helpers import conversation_with_turns, expect_error, rpc_error, usage_bytes
 from tests.support.rpc import error_info
 
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
@@ -298,3 +298,37 @@ async def test_deleting_every_conversation_leaves_no_key_of_the_owner(memory: Me
     )
     assert usage.conversation_count == 1 and 0 < usage.used_bytes < 1024
     assert bob.conversation.conversation_id
+
+
+async def test_a_turn_key_gone_for_good_is_dropped_not_unavailable_forever(
+    memory: Memory,
+) -> None:
+    """A turn whose key is gone while its id is still listed (Redis evicted it under a
+    maxmemory-policy other than noeviction, or an operator deleted it: here by hand) is
+    dropped from the conversation, with its bytes given back. Before, ListInteractions
+    (and Ask, which reads the recent turns with it) answered UNAVAILABLE for that
+    conversation on every call, for good: the script took the missing key for one a
+    reshard had not moved yet (TRYAGAIN), on a standalone server too."""
+    cid, iids = await conversation_with_turns(memory.stub, "lost", 3, ALICE)
+    tag = MemoryStore(memory.redis, key_prefix=memory.settings.key_prefix).tag(OWNER)
+    await memory.redis.delete(f"{tag}:int:{iids[1]}")
+    listing = pb.ListInteractionsRequest(conversation_id=cid, page_size=10)
+    for _ in range(2):  # the first read drops it, the next finds it dropped
+        page = await memory.stub.ListInteractions(listing, metadata=ALICE)
+        assert [i.input for i in page.interactions] == ["lost2", "lost0"]
+    assert [m.decode() for m in await memory.redis.zrange(f"{tag}:conv:{cid}:ints", 0, -1)] == [
+        iids[0],
+        iids[2],
+    ]
+    got = await memory.stub.GetConversation(
+        pb.GetConversationRequest(conversation_id=cid), metadata=ALICE
+    )
+    assert got.conversation.interaction_count == 2
+    field, total, measured = await usage_bytes(memory.redis, tag, cid)
+    assert field == measured == total
+    # The conversation goes on as before.
+    await _interaction(memory, cid, "after")
+    page = await memory.stub.ListInteractions(listing, metadata=ALICE)
+    assert [i.input for i in page.interactions] == ["after", "lost2", "lost0"]
+    field, _, measured = await usage_bytes(memory.redis, tag, cid)
+    assert field == measured

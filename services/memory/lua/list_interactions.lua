@@ -1,6 +1,7 @@
 -- needs: read
 -- KEYS: conv, ints. ARGV: caller (read.lua), tag, start bound, page size, page byte budget.
--- Returns nil when the conversation is not the caller's, else {last id or '', data1, ...}
+-- Returns nil when the conversation is not the caller's; {0} when a turn it lists has no
+-- key here (below); else {last id or '', data1, ...}
 -- where the last id is set only when more items follow. A page also ends before the item
 -- that would take it over the byte budget (an item costs its data plus 5 bytes of protobuf
 -- framing), so the reply always fits a gRPC message; it holds at least one item.
@@ -12,10 +13,11 @@ local out = {''}
 local used = 0
 for i = 1, math.min(n, #ids) do
   local data = redis.call('HGET', ARGV[2] .. ':int:' .. ids[i], 'data')
-  -- Listed but not here: a cluster reshard has not moved it to this node yet (the call
-  -- reached the slot's new node by ASK). TRYAGAIN: the client asks again, then fails the
-  -- call with UNAVAILABLE; never a page with a turn missing.
-  if not data then return redis.error_reply('TRYAGAIN interaction not on this node yet') end
+  -- Listed but not here: gone for good (evicted, deleted by hand, kept shorter than its
+  -- conversation by older data), or, mid-reshard on the slot's new node, not moved yet.
+  -- Only a run that declares every turn may tell (drop_missing.lua, which Redis refuses
+  -- while they are split): never a page with a turn missing, never UNAVAILABLE for good.
+  if not data then return {0} end
   used = used + #data + 5
   if i > 1 and used > budget then
     out[1] = ids[i - 1]
