@@ -7,6 +7,7 @@ import contextlib
 
 import grpc
 from gensearch.memory.v1 import memory_service_pb2 as pb
+from google.protobuf import duration_pb2
 
 from services.devlaunch.redis_server import RedisProcess
 from services.memory.__main__ import build_server
@@ -330,5 +331,48 @@ async def test_a_turn_key_gone_for_good_is_dropped_not_unavailable_forever(
     await _interaction(memory, cid, "after")
     page = await memory.stub.ListInteractions(listing, metadata=ALICE)
     assert [i.input for i in page.interactions] == ["after", "lost2", "lost0"]
+    field, _, measured = await usage_bytes(memory.redis, tag, cid)
+    assert field == measured
+
+
+async def test_turns_evicted_by_a_volatile_lru_redis_leave_their_conversation_readable(
+    memory: Memory, redis_server: RedisProcess
+) -> None:
+    """The realistic way a turn's key goes while its conversation stays: a Redis run with
+    a maxmemory-policy other than noeviction (volatile-lru is the default of several
+    managed offerings; deploy/ runs noeviction), full. A conversation with a ttl has every
+    key volatile; its old turns, read least recently, are evicted first, its hash and list
+    (touched by every turn) last. Before, that conversation answered UNAVAILABLE to
+    ListInteractions (and Ask) for good; now the evicted turns are dropped from it."""
+    conv = await memory.stub.CreateConversation(
+        pb.CreateConversationRequest(name="lru", ttl=duration_pb2.Duration(seconds=3600)),
+        metadata=ALICE,
+    )
+    cid = conv.conversation.conversation_id
+    big = "x" * 20_000
+    for n in range(20):
+        await _interaction(memory, cid, f"{n}{big}")
+    # Redis's LRU clock ticks once a second: let the turns written so far age past it,
+    # then a new turn touches the conversation's own keys.
+    await asyncio.sleep(2.5)
+    await _interaction(memory, cid, f"new{big}")
+    tag = MemoryStore(memory.redis, key_prefix=memory.settings.key_prefix).tag(OWNER)
+    used = (await memory.redis.info("memory"))["used_memory"]
+    await memory.redis.config_set("maxmemory-policy", "volatile-lru")
+    await memory.redis.config_set("maxmemory", used + 200_000)
+    n = 0
+    while (await memory.redis.info("stats"))["evicted_keys"] == 0:
+        await memory.redis.set(f"filler:{n}", big, px=3_600_000)
+        n += 1
+    await memory.redis.config_set("maxmemory", 0)
+    listed = [m.decode() for m in await memory.redis.zrange(f"{tag}:conv:{cid}:ints", 0, -1)]
+    kept = [iid for iid in listed if await memory.redis.exists(f"{tag}:int:{iid}")]
+    assert await memory.redis.exists(f"{tag}:conv:{cid}")
+    assert len(kept) < len(listed)  # the state: a listed turn whose key was evicted
+    page = await memory.stub.ListInteractions(
+        pb.ListInteractionsRequest(conversation_id=cid, page_size=50), metadata=ALICE
+    )
+    assert [i.interaction_id for i in page.interactions] == kept[::-1]
+    assert [m.decode() for m in await memory.redis.zrange(f"{tag}:conv:{cid}:ints", 0, -1)] == kept
     field, _, measured = await usage_bytes(memory.redis, tag, cid)
     assert field == measured
