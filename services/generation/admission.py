@@ -207,6 +207,12 @@ class ProviderLimiter:
         loop = asyncio.get_running_loop()
         entered = loop.time()
         call_id = uuid.uuid4().hex
+        tokens = self._shared.limits.tokens if self._shared is not None else None
+        if tokens is not None:
+            # The limits charge a call dearer than the whole bucket the bucket: the permit
+            # keeps what was charged, so that its refund corrects that to the real usage
+            # (from the estimate, the correction charged such a call far less than it used).
+            cost = min(cost, tokens.capacity)
         if (
             not self._queue
             and self._shared is None

@@ -252,6 +252,18 @@ async def test_token_estimates_are_corrected_with_the_real_usage() -> None:
     assert (await limits.admit("s", "b", 1000, 10)).wait == 0
 
 
+async def test_a_call_dearer_than_the_bucket_is_corrected_to_what_it_used() -> None:
+    config = _config(tokens_per_minute=6000, rate_burst=0.5)  # 3000 at once, 50 a second
+    limits = LocalLimits(DeclaredLimits.of(config))
+    limiter = ProviderLimiter(config, "p", limits)
+    # Estimated at 5000, charged the whole bucket (3000), and it used 4000: the bucket owes
+    # 1000, which takes 20 s to refill. Corrected from the estimate it got 1000 back.
+    permit = await limiter.acquire(limiter.ticket(), 5000, Deadline(5))
+    await permit.release(outcome="ok", tokens=4000)
+    admission = await limits.admit("p", "next", 1, 10)
+    assert admission.wait == pytest.approx(1001 / 50, abs=0.5)
+
+
 async def test_the_in_flight_limit_holds_until_a_call_ends() -> None:
     limits = LocalLimits(DeclaredLimits.of(_config(max_in_flight=1)))
     assert (await limits.admit("s", "a", 1, 10)).wait == 0
