@@ -336,17 +336,33 @@ async def _hit_results(
 
 
 IN_FLIGHT = 3
+# tokens_per_minute: every hit costs the fake 12 tokens ("About Book 7": 3 prompt words, and
+# 9 answer words, cut there by max_tokens from a longer reply), estimated at 13 up front
+# (~3.5 characters a token) and corrected to the 12 the fake reports. A window allows 8 hits:
+# 20 need 4 windows and more, and the replicas together never pass 96 in one.
+ANSWER_TOKENS, TOKENS = 9, 96
+DECLARED_TOKENS = {"tokens_per_minute": TOKENS * 60 / WINDOW, "rate_window": WINDOW}
 
 
-@pytest.mark.parametrize("limit", ["requests_per_minute", "max_in_flight"])
+def _limited(limit: str) -> tuple[FakeOpenAI, dict[str, Any], dict[str, Any]]:
+    """The fake provider keeping to ``limit``, what the replicas declare, and what each hit
+    asks for."""
+    if limit == "max_in_flight":
+        # Each replica alone would let 3 run: together they still let 3 run, not 6.
+        return FakeOpenAI(latency=0.3), {"max_in_flight": IN_FLIGHT}, {}
+    if limit == "tokens_per_minute":
+        fake = FakeOpenAI(token_limit=TOKENS, rate_window=WINDOW, reply="word " * 50)
+        # Half a window's tokens at once (4 hits), the rest spread over the window.
+        declared = {**DECLARED_TOKENS, "rate_burst": 0.5}
+        return fake, declared, {"max_tokens": ANSWER_TOKENS}
+    return FakeOpenAI(rate_limit=LIMIT, rate_window=WINDOW), DECLARED, {}
+
+
+@pytest.mark.parametrize("limit", ["requests_per_minute", "tokens_per_minute", "max_in_flight"])
 async def test_two_gateways_and_two_generation_replicas_keep_to_the_limit_together(
     stack_factory: StackFactory, shared_redis: RedisProcess, limit: str
 ) -> None:
-    if limit == "max_in_flight":
-        # Each replica alone would let 3 run: together they still let 3 run, not 6.
-        fake, declared = FakeOpenAI(latency=0.3), {"max_in_flight": IN_FLIGHT}
-    else:
-        fake, declared = FakeOpenAI(rate_limit=LIMIT, rate_window=WINDOW), DECLARED
+    fake, declared, asked = _limited(limit)
     async with fake as limited:
         prefix = f"c13-{uuid.uuid4().hex[:8]}"
         replicas = [
@@ -363,7 +379,7 @@ async def test_two_gateways_and_two_generation_replicas_keep_to_the_limit_togeth
                 generation_addr=target,
                 retrieval_addr=f"127.0.0.1:{first.servers['retrieval'].port}",
             )
-            request = _search(limit=10, single_prompt="About {title}")
+            request = _search(limit=10, single_prompt="About {title}", **asked)
             both = await asyncio.gather(
                 _hit_results(first, request, stream=False),
                 _hit_results(second, request, stream=True),
@@ -377,6 +393,11 @@ async def test_two_gateways_and_two_generation_replicas_keep_to_the_limit_togeth
     assert limited.rate_limited == 0
     if limit == "max_in_flight":
         assert limited.max_concurrent == IN_FLIGHT
+    elif limit == "tokens_per_minute":
+        assert limited.max_tokens_per_window <= TOKENS
+        # Every hit cost what the budget above assumes, and reached the fake once.
+        assert all(r.usage.total_tokens == 12 for r in results)
+        assert sum(limited.window_tokens.values()) == 20 * 12
     else:
         assert limited.max_per_window <= LIMIT
     # Most waited their turn and say so.

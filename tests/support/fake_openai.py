@@ -29,7 +29,8 @@ Endpoints
         ``tokenize_body`` (bytes) is answered instead when set.
         ``tokenize_calls`` counts the texts it was asked to tokenize.
     ``GET /fake/stats``  the counters below as JSON (for a client in another process):
-        ``served``, ``rate_limited``, ``max_per_window``; ``POST /fake/reset`` resets them.
+        ``served``, ``rate_limited``, ``max_per_window``, ``max_tokens_per_window``;
+        ``POST /fake/reset`` resets them.
     ``POST /v1/embeddings``  deterministic unit vectors (``embedding_dim`` floats), one per
         input string, derived from a hash of the text.
     ``POST /v1/rerank``  the common rerank API (Cohere's shape, as served by vLLM, TEI and
@@ -76,7 +77,13 @@ Constructor / attributes (all attributes may be changed while the server runs)
                        limit). A request over it gets 429 ``rate_limit_exceeded`` with
                        ``Retry-After`` (whole seconds, rounded up) and ``retry-after-ms``
                        until the window ends, and is not answered otherwise.
-    ``rate_window``    the window of ``rate_limit`` in seconds (default 60).
+    ``token_limit``    a provider limited to this many tokens (prompt + completion, as its
+                       ``usage`` counts them: one word = one token) per ``rate_window``
+                       seconds, counted in the window the request arrived in once its answer
+                       is known (default None: no limit). An answer that takes its window
+                       past the limit is not sent: 429 ``rate_limit_exceeded``
+                       (``Retry-After`` as for ``rate_limit``) instead.
+    ``rate_window``    the window of ``rate_limit`` and ``token_limit`` in seconds (default 60).
 
 Per-request behaviours (:class:`Behaviour`), consumed first-in first-out by chat and
 embedding requests; when the queue is empty the default (a normal answer) applies:
@@ -117,7 +124,12 @@ Recording
     ``served``          chat + embedding requests received so far
     ``window_counts``   chat requests *received* per window of ``rate_window`` (429s too):
                         ``max_per_window`` is the most any window saw; with a polite client
-                        it never exceeds ``rate_limit``. ``rate_limited``: 429s answered;
+                        it never exceeds ``rate_limit``. ``window_tokens``: the tokens of
+                        the chat requests received, per window they arrived in (the answers
+                        refused over ``token_limit`` too): ``max_tokens_per_window`` is the
+                        most any window saw; with a polite client it never exceeds
+                        ``token_limit``.
+                        ``rate_limited``: 429s answered;
                         ``refused``: an ``asyncio.Event`` set on the first one.
     ``await wait_for_requests(n, timeout=5)``   until ``served >= n``
     ``gate``            an ``asyncio.Event`` (default None): chat answers wait until it is
@@ -322,6 +334,7 @@ class FakeOpenAI:
         port: int = 0,
         rate_limit: int | None = None,
         rate_window: float = 60.0,
+        token_limit: int | None = None,
     ) -> None:
         self.latency = latency
         self.latency_jitter = latency_jitter
@@ -346,6 +359,8 @@ class FakeOpenAI:
         self.rate_limit = rate_limit
         self.rate_window = rate_window
         self.window_counts: dict[int, int] = {}
+        self.token_limit = token_limit
+        self.window_tokens: dict[int, int] = {}
         self.rate_limited = 0
         self.refused = asyncio.Event()
         self.requests: list[RecordedRequest] = []
@@ -477,18 +492,32 @@ class FakeOpenAI:
     def max_per_window(self) -> int:
         return max(self.window_counts.values(), default=0)
 
-    def _over_rate_limit(self) -> float | None:
+    @property
+    def max_tokens_per_window(self) -> int:
+        return max(self.window_tokens.values(), default=0)
+
+    def _over_rate_limit(self, window: int) -> float | None:
         """Counts a chat request in its window; the seconds until the window ends when the
         request is over ``rate_limit``."""
-        now = time.monotonic()
-        window = int(now // self.rate_window)
         count = self.window_counts[window] = self.window_counts.get(window, 0) + 1
         if self.rate_limit is None or count <= self.rate_limit:
             return None
-        return (window + 1) * self.rate_window - now
+        return self._window_left(window)
+
+    def _window_left(self, window: int) -> float:
+        return max(0.0, (window + 1) * self.rate_window - time.monotonic())
+
+    def _over_token_limit(self, window: int, tokens: int) -> float | None:
+        """Counts an answer's tokens in the window its request arrived in; the seconds
+        until the window ends when they take it past ``token_limit``."""
+        spent = self.window_tokens[window] = self.window_tokens.get(window, 0) + tokens
+        if self.token_limit is None or spent <= self.token_limit:
+            return None
+        return self._window_left(window)
 
     def reset_stats(self) -> None:
         self.window_counts.clear()
+        self.window_tokens.clear()
         self.rate_limited = 0
         self.refused = asyncio.Event()
         self.requests.clear()
@@ -515,6 +544,7 @@ class FakeOpenAI:
                 "served": self.served,
                 "rate_limited": self.rate_limited,
                 "max_per_window": self.max_per_window,
+                "max_tokens_per_window": self.max_tokens_per_window,
             }
         )
 
@@ -561,16 +591,12 @@ class FakeOpenAI:
         self.max_concurrent = max(self.max_concurrent, self.concurrent)
         rec: RecordedRequest | None = None
         try:
+            window = int(time.monotonic() // self.rate_window)
             rec, behaviour = await self._begin(request)
-            wait = self._over_rate_limit()
+            wait = self._over_rate_limit(window)
             if wait is not None:
-                self.rate_limited += 1
-                self.refused.set()
-                rec.behaviour = "rate_limited"
-                limited = Behaviour.rate_limited(retry_after=math.ceil(wait))
-                limited.headers["retry-after-ms"] = str(math.ceil(wait * 1000))
-                return _error_response(limited)
-            return await self._answer_chat(request, rec, behaviour)
+                return self._refuse(rec, wait)
+            return await self._answer_chat(request, rec, behaviour, window)
         except (asyncio.CancelledError, ConnectionResetError):
             if rec is not None:
                 self._note_disconnect(rec)
@@ -579,6 +605,15 @@ class FakeOpenAI:
             self.concurrent -= 1
             if rec is not None:
                 rec.finished_at = time.perf_counter()
+
+    def _refuse(self, rec: RecordedRequest, wait: float) -> web.Response:
+        """429 until the window ends: over ``rate_limit`` or ``token_limit``."""
+        self.rate_limited += 1
+        self.refused.set()
+        rec.behaviour = "rate_limited"
+        limited = Behaviour.rate_limited(retry_after=math.ceil(wait))
+        limited.headers["retry-after-ms"] = str(math.ceil(wait * 1000))
+        return _error_response(limited)
 
     async def _wait(self, behaviour: Behaviour) -> None:
         """The latency before an answer: the behaviour's own, else the (jittered) default."""
@@ -595,7 +630,7 @@ class FakeOpenAI:
         self.disconnected.set()
 
     async def _answer_chat(
-        self, request: web.Request, rec: RecordedRequest, behaviour: Behaviour
+        self, request: web.Request, rec: RecordedRequest, behaviour: Behaviour, window: int
     ) -> web.StreamResponse:
         body = rec.json if isinstance(rec.json, dict) else {}
         stream = bool(body.get("stream"))
@@ -652,6 +687,9 @@ class FakeOpenAI:
             "completion_tokens": len(words),
         }
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        wait = self._over_token_limit(window, usage["total_tokens"])
+        if wait is not None:
+            return self._refuse(rec, wait)
         if self.usage_override is not None:
             usage = dict(self.usage_override)
         with_usage = self.include_usage if behaviour.usage is None else behaviour.usage
