@@ -338,8 +338,9 @@ async def _hit_results(
 IN_FLIGHT = 3
 # tokens_per_minute: every hit costs the fake 12 tokens ("About Book 7": 3 prompt words, and
 # 9 answer words, cut there by max_tokens from a longer reply), estimated at 13 up front
-# (~3.5 characters a token) and corrected to the 12 the fake reports. A window allows 8 hits:
-# 20 need 4 windows and more, and the replicas together never pass 96 in one.
+# (~3.5 characters a token) and corrected to the 12 the fake reports. A window allows 96
+# tokens, 8 hits: the 20 hits (240 tokens) are spread over several windows, none of which
+# the replicas together take past 96 (each replica alone would).
 ANSWER_TOKENS, TOKENS = 9, 96
 DECLARED_TOKENS = {"tokens_per_minute": TOKENS * 60 / WINDOW, "rate_window": WINDOW}
 
@@ -352,7 +353,7 @@ def _limited(limit: str) -> tuple[FakeOpenAI, dict[str, Any], dict[str, Any]]:
         return FakeOpenAI(latency=0.3), {"max_in_flight": IN_FLIGHT}, {}
     if limit == "tokens_per_minute":
         fake = FakeOpenAI(token_limit=TOKENS, rate_window=WINDOW, reply="word " * 50)
-        # Half a window's tokens at once (4 hits), the rest spread over the window.
+        # Half a window's tokens (48) at once, the rest refilled evenly over the window.
         declared = {**DECLARED_TOKENS, "rate_burst": 0.5}
         return fake, declared, {"max_tokens": ANSWER_TOKENS}
     return FakeOpenAI(rate_limit=LIMIT, rate_window=WINDOW), DECLARED, {}
