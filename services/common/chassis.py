@@ -58,7 +58,7 @@ from services.common.reply_bytes import Holding, ReplyBytes
 from services.common.request_bytes import Held, RequestBytes, sized, unsized
 from services.common.request_parse import Undecodable, tolerant
 from services.common.request_size import TooLarge, bounded
-from services.common.stream_idle import IdleLimit
+from services.common.stream_idle import STALLED, IdleLimit
 from services.common.tracing import metadata_getter
 
 log = logging.getLogger("gensearch.rpc")
@@ -468,66 +468,107 @@ class _MethodWrapper:
         if not inspect.isasyncgenfunction(fn):
             return self.unary_response(fn, request_streaming)
 
-        async def gen(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async def call(request: Any, context: grpc.aio.ServicerContext) -> None:
+            # A coroutine writing each message itself (gRPC's reader-writer form), not an
+            # async generator gRPC writes for: only so can a write be bounded
+            # (stream_send_timeout), and a client that stops reading be cut.
             begun = self._begin(context)
             code = None
             sent = self.metrics.sent
             holding = None
             held = self._held()
+            ended = False
             try:
                 # Given back however the stream ends, also when the client goes away
-                # mid-stream: the task running this generator is cancelled, and the
-                # CancelledError comes through the block.
+                # mid-stream: gRPC cancels this task, and the CancelledError comes
+                # through the block.
                 with self.call_slots:
                     guard, cutoff = self._admitted(context)
                     request = self._received(request, request_streaming, held)
                     holding = self._holding()
                     async with guard:
-                        items = aiter(fn(request, context))
-                        while True:
-                            # The cutoff bounds each step, never a write: cancelled while
-                            # gRPC sends, the stream could not end with our status.
-                            async with cutoff:
-                                try:
-                                    item = await anext(items)
-                                except StopAsyncIteration:
-                                    break
-                            data = self._serialized(item)
-                            if holding is not None and isinstance(data, bytes):
-                                holding.take(len(data))
-                            yield data
-                            # Asked for the next one: gRPC has sent this one.
-                            if holding is not None:
-                                holding.release()
-                            sent.inc()
+                        items = fn(request, context)
+                        try:
+                            await self._send_all(items, context, cutoff, holding, sent)
+                        finally:
+                            # The servicer's work (upstream calls) stops before the slots
+                            # are given back, also when the stream is cut at a write.
+                            await items.aclose()
             except AbortError:
                 raise
             except asyncio.CancelledError:
                 code = self._cancelled(context)
                 raise
-            except GeneratorExit:
-                # Closed while suspended at a yield: gRPC dropped the stream (the client
-                # went away) and the generator is finalized later, in another task's
-                # context, where the span's context cannot be detached (OpenTelemetry
-                # would log "Failed to detach context"); the RPC's own task, which it was
-                # attached in, is over.
-                code = self._cancelled(context)
-                begun = (*begun[:2], None)
-                raise
             except Exception as err:
                 status = self._fail(err)
                 code = status.code
-                request = item = data = None  # see _forget
+                request = items = None  # see _forget
                 _forget(err)
-                await context.abort(status.code, status.details, status.trailing_metadata)
+                stalled = _reason(err) == STALLED
+                if stalled:
+                    # The status waits behind what gRPC holds for the client, until it
+                    # reads on or goes away: the call is over for us now (its slots were
+                    # given back above), its unsent bytes still count.
+                    self._end(context, begun, code)
+                    ended = True
+                try:
+                    await context.abort(status.code, status.details, status.trailing_metadata)
+                except AbortError:
+                    raise
+                except Exception:
+                    if not stalled:
+                        raise
+                    # The client went away before it read the status: gRPC fails the
+                    # status' send; nothing is left to tell it.
             finally:
                 if holding is not None:
                     holding.release()  # a message the stream ended with or left unsent
                 if held is not None:
                     held.release()
-                self._end(context, begun, code)
+                if not ended:
+                    self._end(context, begun, code)
 
-        return gen
+        return call
+
+    async def _send_all(
+        self,
+        items: AsyncIterator[Any],
+        context: grpc.aio.ServicerContext,
+        cutoff: contextlib.AbstractAsyncContextManager[Any],
+        holding: Holding | None,
+        sent: Any,
+    ) -> None:
+        """The servicer's messages, each serialized, counted and written in turn."""
+        first = True
+        while True:
+            # The cutoff bounds each step, never a write: cancelled while gRPC sends, the
+            # stream could not end with our status.
+            async with cutoff:
+                try:
+                    item = await anext(items)
+                except StopAsyncIteration:
+                    return
+            data = self._serialized(item)
+            if holding is not None and isinstance(data, bytes):
+                holding.take(len(data))
+            if first:
+                # Headers on their own: a first message cut at its write would otherwise
+                # leave them in a send gRPC never finished, and the status' send would
+                # try them again (and fail).
+                await context.send_initial_metadata(())
+                first = False
+            try:
+                await self.stream_idle.send(context, data)
+            except ServiceError:
+                raise
+            except Exception as err:
+                # gRPC failed the send: the call is over (the client went away, or the
+                # server is stopping), as when gRPC cancels this task itself.
+                raise asyncio.CancelledError from err
+            # Written: gRPC has sent it (or holds it in the client's flow-control window).
+            if holding is not None:
+                holding.release()
+            sent.inc()
 
     def wrap(
         self, handler: grpc.RpcMethodHandler, limit: int | None, setting: str = ""
@@ -612,3 +653,7 @@ def _too_large_hint(service: str, name: str) -> str:
     if method is not None and not method.server_streaming and stream in methods:
         hint += f", or use {stream}"
     return hint
+
+
+def _reason(err: Exception) -> str:
+    return err.reason if isinstance(err, ServiceError) else ""

@@ -287,7 +287,10 @@ class GrpcServer:
             f"{settings.namespace()}MAX_REQUEST_BYTES_IN_FLIGHT",
         )
         self.stream_idle = IdleLimit(
-            settings.stream_idle_timeout, f"{settings.namespace()}STREAM_IDLE_TIMEOUT"
+            settings.stream_idle_timeout,
+            f"{settings.namespace()}STREAM_IDLE_TIMEOUT",
+            settings.stream_send_timeout,
+            f"{settings.namespace()}STREAM_SEND_TIMEOUT",
         )
         self.metadata_limit = MetadataLimit(
             settings.max_metadata_bytes, f"{settings.namespace()}MAX_METADATA_BYTES"

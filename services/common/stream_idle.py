@@ -8,6 +8,14 @@ streams. So the chassis waits at most ``stream_idle_timeout`` seconds for each r
 message, the first one included, and ends the call DEADLINE_EXCEEDED (reason
 ``STREAM_IDLE``) when none comes; the slots are given back as the call ends. Only the wait
 for a message counts: the servicer's own work between messages does not.
+
+The other way round, a server stream whose client stops reading (or never reads) held its
+call the same way: gRPC cannot send a message its client does not take, so the stream
+waited at its write for ever (a StreamGenerativeSearch whose client read the hits and
+stalled kept its tenant's only quota slot after every hit had ended). So each message
+must be taken within ``stream_send_timeout`` seconds (``send``); past it the call ends
+DEADLINE_EXCEEDED (reason ``STREAM_STALLED``) and gives its slots back at once. The status
+reaches the client after the messages gRPC already holds for it, when it reads on.
 """
 
 from __future__ import annotations
@@ -16,17 +24,26 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import grpc
+
 from services.common.errors import DeadlineExceeded
 
 REASON = "STREAM_IDLE"
+STALLED = "STREAM_STALLED"
 
 
 class IdleLimit:
-    def __init__(self, seconds: float, setting: str) -> None:
-        """``seconds`` to wait for each request message; ``setting`` is the variable that
-        sets it, named in the error so an operator knows what to raise."""
+    def __init__(
+        self, seconds: float, setting: str, send_seconds: float = 0.0, send_setting: str = ""
+    ) -> None:
+        """``seconds`` to wait for each request message, ``send_seconds`` for the client to
+        take each reply message of a stream (0: no limit); ``setting`` and ``send_setting``
+        are the variables that set them, named in the errors so an operator knows what to
+        raise."""
         self.seconds = seconds
         self.setting = setting
+        self.send_seconds = send_seconds
+        self.send_setting = send_setting
 
     def error(self) -> DeadlineExceeded:
         return DeadlineExceeded(
@@ -46,4 +63,28 @@ class IdleLimit:
         except TimeoutError:
             if timeout.expired():
                 raise self.error() from None
+            raise
+
+    def stalled(self) -> DeadlineExceeded:
+        return DeadlineExceeded(
+            f"the client took no stream message within {self.send_seconds:g} s "
+            f"({self.send_setting}); the stream was ended: read it as it comes",
+            reason=STALLED,
+            metadata={"timeout_seconds": f"{self.send_seconds:g}", "setting": self.send_setting},
+        )
+
+    async def send(self, context: grpc.aio.ServicerContext, data: Any) -> None:
+        """Writes one message of a server stream, or raises the ``STREAM_STALLED`` error
+        when its client has not taken it in time (the message stays with gRPC, sent ahead
+        of the status if the client reads on)."""
+        if not self.send_seconds:
+            await context.write(data)
+            return
+        timeout = asyncio.timeout(self.send_seconds)
+        try:
+            async with timeout:
+                await context.write(data)
+        except TimeoutError:
+            if timeout.expired():
+                raise self.stalled() from None
             raise
