@@ -292,8 +292,9 @@ class CommonSettings(BaseSettings):
     # before it ends DEADLINE_EXCEEDED, reason STREAM_IDLE: a silent stream would otherwise
     # hold its call slot and its tenant's quota for ever (services/common/stream_idle.py).
     stream_idle_timeout: float = Field(default=30.0, gt=0, le=MAX_WAIT_SECONDS)
-    # Seconds a server stream's client has to take each message (HTTP/2 flow control
-    # holds the next one back until it reads) before the call ends DEADLINE_EXCEEDED,
+    # Seconds the client of a server stream without a deadline has to take each message
+    # (HTTP/2 flow control holds the next one back until it reads; a call with a deadline
+    # ends at it) before the call ends DEADLINE_EXCEEDED,
     # reason STREAM_STALLED: a client that stopped reading would otherwise hold its call
     # slot and its tenant's quota for ever (services/common/stream_idle.py).
     stream_send_timeout: float = Field(default=30.0, gt=0, le=MAX_WAIT_SECONDS)

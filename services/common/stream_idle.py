@@ -14,7 +14,8 @@ call the same way: gRPC cannot send a message its client does not take, so the s
 waited at its write for ever (a StreamGenerativeSearch whose client read the hits and
 stalled kept its tenant's only quota slot after every hit had ended). So each message
 must be taken within ``stream_send_timeout`` seconds (``send``); past it the call ends
-DEADLINE_EXCEEDED (reason ``STREAM_STALLED``) and gives its slots back at once. The status
+DEADLINE_EXCEEDED (reason ``STREAM_STALLED``) and gives its slots back at once. A call
+with a deadline is held to its deadline instead (gRPC ends it there, read or not). The status
 reaches the client after the messages gRPC already holds for it, when it reads on.
 """
 
@@ -77,7 +78,12 @@ class IdleLimit:
         """Writes one message of a server stream, or raises the ``STREAM_STALLED`` error
         when its client has not taken it in time (the message stays with gRPC, sent ahead
         of the status if the client reads on)."""
-        if not self.send_seconds:
+        if not self.send_seconds or context.time_remaining() is not None:
+            # A call with a deadline ends at it anyway (cut earlier by this, it would
+            # end sooner than its caller asked): the gateway's streams from generation
+            # always have one, their hit's budget, and a hit the gateway's client holds
+            # back (the gateway's delta buffer full) stops reading its generation stream
+            # for as long as that client lets it, then ends at its budget, as documented.
             await context.write(data)
             return
         timeout = asyncio.timeout(self.send_seconds)

@@ -153,3 +153,21 @@ async def test_a_client_that_reads_slowly_but_steadily_is_not_cut(stack: Stack) 
         await asyncio.sleep(0.02)
     assert events[0] == "hits" and events[-1] == "done"
     assert events.count("hit_result") == 4
+
+
+async def test_a_stalled_call_with_a_deadline_is_held_to_its_deadline(
+    stack: Stack, stub: gw_grpc.GatewayServiceAsyncStub
+) -> None:
+    # Its deadline ends it, read or not: the send timeout does not cut it sooner than its
+    # caller asked (the gateway's own streams from generation are such calls: a hit held
+    # back by a slow client ends at its budget, not at generation's send timeout).
+    stack.fake.reply = "y" * MIB
+    call = stub.StreamGenerativeSearch(
+        _request(single_prompt="Say {title}"), metadata=ALICE, timeout=4 * SEND
+    )
+    assert (await call.read()).WhichOneof("event") == "hits"
+    await _until(lambda: stack.gateway.call_slots.in_flight == 0, "the call was never ended")
+    err = await _read_on(call)
+    assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "STREAM_STALLED" not in (err.debug_error_string() or "")
+    assert "took no stream message" not in (err.details() or "")
