@@ -44,7 +44,8 @@ class UpstreamFault(Exception):
     kind: ``http`` (a non-2xx status), ``connection`` (refused, reset, cut short),
     ``timeout`` (the call's deadline passed), ``first_byte_timeout`` (the provider's
     ``first_byte_timeout`` passed before its answer began), ``bad_response`` (not the protocol),
-    ``stream_error`` (an error event inside a stream), ``missing_key`` (no API key for a
+    ``stream_error`` (an error event inside a stream), ``read_timeout`` (a stream went silent
+    past the read timeout mid-answer), ``missing_key`` (no API key for a
     provider that needs one), ``refused`` (a caller's base URL refused at connect time),
     ``limit_wait`` (the provider's limits need a longer wait than the deadline leaves),
     ``queue_timeout`` (the deadline passed while waiting for them).
@@ -177,6 +178,12 @@ _BY_KIND: dict[str, tuple[type[ServiceError], str, str]] = {
         Unavailable,
         "UPSTREAM_CONNECTION_FAILED",
         "could not reach provider {provider!r}{tries}: {clean}",
+    ),
+    "read_timeout": (
+        Unavailable,
+        "UPSTREAM_READ_TIMEOUT",
+        "provider {provider!r} sent nothing for longer than GENSEARCH_GENERATION_READ_TIMEOUT"
+        "{tries}: {clean}",
     ),
     "stream_error": (
         Unavailable,

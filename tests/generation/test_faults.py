@@ -471,3 +471,30 @@ async def test_retry_after_ms_is_honoured(service: Service, fake: FakeOpenAI) ->
     assert reply.attempts == 2
     gap = fake.chat_requests[1].received_at - fake.chat_requests[0].received_at
     assert gap >= 0.38  # the server's wait, not our 10-50 ms test backoff
+
+
+async def test_a_stream_that_stalls_past_the_read_timeout_says_so(
+    fake: FakeOpenAI, start_service: StartService
+) -> None:
+    # The answer began, then the provider went silent for longer than READ_TIMEOUT. Before,
+    # the caller was told the provider "sent a malformed response: the stream broke off
+    # (SocketTimeoutError)", naming neither the stall nor the setting to raise.
+    service = await start_service([fake_provider(fake)], read_timeout=1.0)
+    fake.reply = "a b c d"
+    fake.enqueue(Behaviour.slow_stream(chunk_delay=5))
+    received: list[str] = []
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for chunk in service.stub.StreamGenerate(
+            pb.StreamGenerateRequest(messages=[user("x")]), timeout=30
+        ):
+            received.append(chunk.delta)
+    err = caught.value
+    assert received == ["a"]
+    assert err.code() == grpc.StatusCode.UNAVAILABLE  # as before: retried, falls back
+    info = error_info(err)
+    assert info.reason == "UPSTREAM_READ_TIMEOUT"
+    assert info.metadata["provider"] == "fake"
+    details = err.details() or ""
+    assert "GENSEARCH_GENERATION_READ_TIMEOUT" in details
+    assert "malformed" not in details
+    assert len(fake.chat_requests) == 1  # text already reached the caller: no retry

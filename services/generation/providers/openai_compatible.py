@@ -517,6 +517,11 @@ class _StreamState:
 
 
 def _stream_fault(err: BaseException) -> UpstreamFault:
+    if isinstance(err, openai.APITimeoutError):
+        # Mid-stream, so connected: the provider went silent past the client's read
+        # timeout. Retryable as a dropped connection (no text reached the caller yet);
+        # told as what it is, naming the setting (it read "a malformed response").
+        return UpstreamFault("read_timeout", "the answer stalled mid-stream", retryable=True)
     fault = fault_from_error(err)
     if fault.kind == "connection":
         # Retryable as a dropped connection, as long as no text reached the caller yet.
