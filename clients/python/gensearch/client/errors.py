@@ -619,6 +619,14 @@ class StreamIdleError(DeadlineExceededError):
     error_reason = "STREAM_IDLE"
 
 
+class StreamStalledError(DeadlineExceededError):
+    """The client of a server stream without a deadline took no message within the
+    server's ``STREAM_SEND_TIMEOUT`` (metadata ``timeout_seconds``, ``setting``): it stopped
+    reading, and the stream was ended. Read a stream as it comes."""
+
+    error_reason = "STREAM_STALLED"
+
+
 class UpstreamTimeoutError(DeadlineExceededError):
     error_reason = "UPSTREAM_TIMEOUT"
 
@@ -653,6 +661,13 @@ class UpstreamConnectionFailedError(UnavailableError):
 
 class UpstreamStreamErrorError(UnavailableError):
     error_reason = "UPSTREAM_STREAM_ERROR"
+
+
+class UpstreamReadTimeoutError(UnavailableError):
+    """The provider's stream went silent mid-answer for longer than the generation
+    service's ``READ_TIMEOUT``."""
+
+    error_reason = "UPSTREAM_READ_TIMEOUT"
 
 
 class UpstreamUnavailableError(UnavailableError):
