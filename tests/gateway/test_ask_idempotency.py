@@ -505,3 +505,41 @@ async def test_a_replay_leaves_out_additional_info_a_client_reshaped(
     replay = await stack.stub.Ask(request, metadata=ALICE)
     assert replay.replayed and replay.answer == first.answer
     assert list(replay.citations) == [] and replay.trimmed.hits == 0
+
+
+async def test_a_stream_ask_cancelled_mid_answer_stores_nothing_and_its_retry_one_turn(
+    stack_factory: StackFactory,
+) -> None:
+    """The client cancels (or its connection drops) after the answer began: the LLM
+    request is closed, no turn is stored (the conversation keeps none), nothing is left in
+    flight; a retry with the same request_id runs afresh and stores exactly one turn, which
+    a further retry replays."""
+    stack = await _stack(stack_factory)
+    stack.fake.reply = " ".join(f"w{i}" for i in range(200))
+    stack.fake.chunk_delay = 0.05
+    await stack.memory.CreateConversation(mem_pb.CreateConversationRequest(), metadata=ALICE)
+    ((conversation, _),) = await _conversations(stack)
+    request = gw_pb.StreamAskRequest(
+        collection="Books", llm_question="desert?", conversation_id=conversation, request_id="c1"
+    )
+    call = stack.stub.StreamAsk(request, metadata=ALICE)
+    deltas = 0
+    while deltas < 3:
+        event = await call.read()
+        deltas += event.WhichOneof("event") == "delta"
+    call.cancel()
+    await asyncio.wait_for(stack.fake.disconnected.wait(), 30)
+    end = asyncio.get_running_loop().time() + 30
+    while stack.gateway.call_slots.in_flight or stack.servers["generation"].call_slots.in_flight:
+        assert asyncio.get_running_loop().time() < end, "a call is still being served"
+        await asyncio.sleep(0.02)
+    assert await _conversations(stack) == [(conversation, 0)]
+
+    stack.fake.chunk_delay = 0
+    retried = [e async for e in stack.stub.StreamAsk(request, metadata=ALICE)]
+    assert not retried[-1].answer.replayed and retried[-1].answer.interaction_id
+    assert await _conversations(stack) == [(conversation, 1)]
+    replay = [e async for e in stack.stub.StreamAsk(request, metadata=ALICE)]
+    assert replay[-1].answer.replayed
+    assert replay[-1].answer.interaction_id == retried[-1].answer.interaction_id
+    assert await _conversations(stack) == [(conversation, 1)]
