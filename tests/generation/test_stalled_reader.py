@@ -12,12 +12,18 @@ import grpc
 import pytest
 from gensearch.generation.v1 import generation_service_pb2 as pb
 from gensearch.generation.v1 import generation_service_pb2_grpc as pb_grpc
+from prometheus_client import REGISTRY
 
 from tests.generation.conftest import StartService, fake_provider, user
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.rpc import error_info
 
 SEND = 2.0
+IN_FLIGHT = {
+    "server": "generation",
+    "grpc_service": "gensearch.generation.v1.GenerationService",
+    "grpc_method": "StreamGenerate",
+}
 # HTTP/2's 64 KiB window for good (gRPC's BDP probing would grow it as the stream goes).
 CLIENT_OPTIONS = [("grpc.http2.bdp_probe", 0), ("grpc.use_local_subchannel_pool", 1)]
 
@@ -42,6 +48,8 @@ async def test_a_client_that_stops_reading_is_cut_and_its_upstream_closed(
         while service.server.call_slots.in_flight:
             assert asyncio.get_running_loop().time() < end, "the stream was not cut"
             await asyncio.sleep(0.02)
+        # Over for the metrics too (gensearch_grpc_server_in_flight), its client still away.
+        assert REGISTRY.get_sample_value("gensearch_grpc_server_in_flight", IN_FLIGHT) == 0
         with pytest.raises(grpc.aio.AioRpcError) as ended:
             while await call.read() is not grpc.aio.EOF:
                 pass
