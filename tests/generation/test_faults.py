@@ -498,3 +498,77 @@ async def test_a_stream_that_stalls_past_the_read_timeout_says_so(
     assert "GENSEARCH_GENERATION_READ_TIMEOUT" in details
     assert "malformed" not in details
     assert len(fake.chat_requests) == 1  # text already reached the caller: no retry
+
+
+def _sse_chunk(text: str | None = None, finish: str | None = None) -> str:
+    delta = {} if text is None else {"content": text}
+    body = {
+        "id": "c",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "fake-model",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+    return f"data: {json.dumps(body)}\n\n"
+
+
+DONE = "data: [DONE]\n\n"
+
+
+@pytest.mark.parametrize(
+    ("body", "deltas", "finish"),
+    [
+        # No [DONE] after the finish reason: the answer is whole.
+        (_sse_chunk("a") + _sse_chunk(" b") + _sse_chunk(finish="stop"), ["a", " b"], "stop"),
+        # Events after [DONE] are not read.
+        (_sse_chunk("a") + _sse_chunk(finish="stop") + DONE + _sse_chunk(" late"), ["a"], "stop"),
+        # Lines that are not `data:` events are passed over.
+        (
+            "garbage\n\n: comment\n\n" + _sse_chunk("a") + _sse_chunk(finish="stop") + DONE,
+            ["a"],
+            "stop",
+        ),
+        # One enormous chunk: cut at MAX_ANSWER_CHARS (1,000,000), finish_reason "length".
+        (
+            _sse_chunk("z" * 3_000_000) + _sse_chunk(finish="stop") + DONE,
+            ["z" * 1_000_000],
+            "length",
+        ),
+    ],
+    ids=["no-done", "data-after-done", "not-data-lines", "enormous-chunk"],
+)
+async def test_stream_edge_cases_that_still_answer(
+    service: Service, fake: FakeOpenAI, body: str, deltas: list[str], finish: str
+) -> None:
+    fake.enqueue(Behaviour.error(200, body, headers={"Content-Type": "text/event-stream"}))
+    chunks = await collect(
+        service.stub.StreamGenerate(pb.StreamGenerateRequest(messages=[user("x")]), timeout=30)
+    )
+    assert [c.delta for c in chunks if c.delta] == deltas
+    assert chunks[-1].finish_reason == finish
+    assert len(fake.chat_requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("event", "message"),
+    [
+        ("{not json", "a stream event is not JSON"),
+        ("[1, 2, 3]", "a stream event is not a JSON object"),
+    ],
+)
+async def test_a_bad_stream_event_after_text_is_bad_upstream_response(
+    service: Service, fake: FakeOpenAI, event: str, message: str
+) -> None:
+    body = _sse_chunk("a") + f"data: {event}\n\n" + _sse_chunk(" b") + _sse_chunk(finish="stop")
+    fake.enqueue(Behaviour.error(200, body, headers={"Content-Type": "text/event-stream"}))
+    received: list[str] = []
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for chunk in service.stub.StreamGenerate(
+            pb.StreamGenerateRequest(messages=[user("x")]), timeout=30
+        ):
+            received.append(chunk.delta)
+    assert received == ["a"]
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert error_info(caught.value).reason == "BAD_UPSTREAM_RESPONSE"
+    assert message in (caught.value.details() or "")
+    assert len(fake.chat_requests) == 1
