@@ -551,13 +551,13 @@ class _MethodWrapper:
             data = self._serialized(item)
             if holding is not None and isinstance(data, bytes):
                 holding.take(len(data))
-            if first:
-                # Headers on their own: a first message cut at its write would otherwise
-                # leave them in a send gRPC never finished, and the status' send would
-                # try them again (and fail).
-                await context.send_initial_metadata(())
-                first = False
             try:
+                if first:
+                    # Headers on their own: a first message cut at its write would
+                    # otherwise leave them in a send gRPC never finished, and the status'
+                    # send would try them again (and fail).
+                    await context.send_initial_metadata(())
+                    first = False
                 await self.stream_idle.send(context, data)
             except ServiceError:
                 raise
