@@ -23,15 +23,17 @@ BASELINE_BYTES = {
     "retrieval": 512 * MIB,
     "generation": 192 * MIB,
 }
-# A held message exists twice: the bytes gRPC holds and Python's (a request's parsed
-# message, a reply's serialized copy).
-COPIES = 2
+# A held message exists two to four times: the bytes gRPC holds and Python's (a request's
+# parsed message, a reply's serialized copy), plus the allocator's and protobuf's
+# transient copies. bench/rss.py measured a held request at 2-4 times its wire size
+# (docs/benchmarks.md, process memory): the model takes the top of that.
+COPIES = 4
 
 
 def worst_case_bytes(service: str, settings: CommonSettings) -> float:
     """The most a replica's memory reaches under its bounds: its baseline, the replies in
     flight (all tenants; one always goes, so at least the send limit) and the requests
-    held (all calls; one always goes, so at least the largest request), each twice. A
+    held (all calls; one always goes, so at least the largest request), each COPIES times. A
     bound of 0 (none) is infinite."""
 
     def held(bound: int, single: int) -> float:
