@@ -616,16 +616,25 @@ class MemoryStore:
         """Counts conversation ``cid``, stored before the accounting (lua/measure.lua),
         with every turn it reads declared, so that mid-reshard a turn not moved yet is not
         counted as the bare overhead: Redis refuses the run (TRYAGAIN: UNAVAILABLE)."""
+        await self._with_every_turn(self._measure_script, tag, cid, tag)
+
+    async def _with_every_turn(
+        self, script: AsyncScript, tag: str, cid: str, first_arg: str
+    ) -> None:
+        """Runs ``script`` on conversation ``cid`` with every turn of its list declared
+        (KEYS: the conversation, its list, the owner's usage, then each turn; ARGV:
+        ``first_arg``, ``cid``, then each turn id), until it finds the list it was given
+        unchanged (it answers 1)."""
         ints = keys.conversation_interactions(tag, cid)
         for _ in range(RUN_ATTEMPTS):
             iids = [bytes(m).decode() for m in await _redis(self._redis.zrange(ints, 0, -1))]
             done = await _redis(
-                self._measure_script(
+                script(
                     keys=[
                         keys.conversation(tag, cid), ints, keys.usage(tag),
                         *(keys.interaction(tag, iid) for iid in iids),
                     ],
-                    args=[tag, cid, *iids],
+                    args=[first_arg, cid, *iids],
                 )
             )  # fmt: skip
             if done == 1:
@@ -1149,21 +1158,7 @@ class MemoryStore:
         (TRYAGAIN: UNAVAILABLE, retryable) rather than a turn not moved yet being dropped.
         Standalone (or once the move is done) a missing key is gone for good: before, the
         conversation answered UNAVAILABLE to every ListInteractions (and Ask) forever."""
-        ints = keys.conversation_interactions(tag, cid)
-        for _ in range(RUN_ATTEMPTS):
-            iids = [bytes(m).decode() for m in await _redis(self._redis.zrange(ints, 0, -1))]
-            done = await _redis(
-                self._drop_missing_script(
-                    keys=[
-                        keys.conversation(tag, cid), ints, keys.usage(tag),
-                        *(keys.interaction(tag, iid) for iid in iids),
-                    ],
-                    args=[self.caller(owner), cid, *iids],
-                )
-            )  # fmt: skip
-            if done == 1:
-                return
-        raise _concurrent_update(cid)
+        await self._with_every_turn(self._drop_missing_script, tag, cid, self.caller(owner))
 
     async def get_interaction_traces(self, owner: Owner, iid: str) -> bytes:
         """The interaction's serialized traces (b"" when it has none)."""
