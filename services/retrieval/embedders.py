@@ -156,7 +156,12 @@ def use_caller_key(metadata: Iterable[tuple[str, str | bytes]] | None) -> None:
 
 
 class Embedder(Protocol):
-    async def embed(self, texts: list[str]) -> list[list[float]]: ...
+    async def embed(self, texts: list[str], *, time_left: float | None) -> list[list[float]]:
+        """``time_left``: seconds left before the deadline of the RPC being served (None:
+        it has none), from ``context.time_remaining()``; a remote embedder ends within it
+        as well as within EMBED_TIMEOUT, so a 429's wait the caller would not see the end
+        of is reported at once (EMBEDDINGS_RATE_LIMITED) rather than started."""
+        ...
 
 
 def bundled_model_path() -> Path:
@@ -226,7 +231,9 @@ class LocalEmbedder:
         )
         return [row.tolist() for row in vectors]
 
-    async def embed(self, texts: list[str]) -> list[list[float]]:
+    async def embed(self, texts: list[str], *, time_left: float | None = None) -> list[list[float]]:
+        # ``time_left`` is ignored: no upstream here asks for a wait, and the chassis ends
+        # a call at its deadline (call_deadline.py).
         vectors: list[list[float]] = []
         for start in range(0, len(texts), self.batch_size):
             # One batch per turn: the thread serves the other tenants between two.
@@ -273,14 +280,20 @@ class OpenAIEmbedder:
         self._retry = retry
         self._batch_size = batch_size
 
-    async def embed(self, texts: list[str]) -> list[list[float]]:
+    async def embed(self, texts: list[str], *, time_left: float | None) -> list[list[float]]:
+        loop = asyncio.get_running_loop()
+        ends = None if time_left is None else loop.time() + time_left
         out: list[list[float]] = []
         for start in range(0, len(texts), self._batch_size):
-            out.extend(await self._request(texts[start : start + self._batch_size]))
+            left = None if ends is None else ends - loop.time()
+            out.extend(await self._request(texts[start : start + self._batch_size], left))
         return out
 
-    async def _request(self, texts: list[str]) -> list[list[float]]:
-        deadline = Deadline(self._timeout)
+    async def _request(self, texts: list[str], time_left: float | None) -> list[list[float]]:
+        # Within EMBED_TIMEOUT and within the RPC's own deadline, as a rerank request: a
+        # wait past the caller's deadline was started (only EMBED_TIMEOUT bounded it), and
+        # the caller got a bare DEADLINE_EXCEEDED instead of EMBEDDINGS_RATE_LIMITED.
+        deadline = Deadline(self._timeout if time_left is None else min(self._timeout, time_left))
         retrier = Retrier(self._retry, deadline, self._host)
         with upstream_span(
             service_tracer("retrieval"),
@@ -407,12 +420,12 @@ class OpenAIEmbedder:
 
 
 def _rate_limited(wait: float, attempts: int) -> ResourceExhausted:
-    """A 429 whose wait this request could not make (past its deadline, EMBED_TIMEOUT, or
-    RETRY_AFTER_MAX): the endpoint is up, only busy, so the caller learns when to try
+    """A 429 whose wait this request could not make (past the RPC's deadline, EMBED_TIMEOUT,
+    or RETRY_AFTER_MAX): the endpoint is up, only busy, so the caller learns when to try
     again (RetryInfo) instead of an UNAVAILABLE that says nothing of when."""
     return ResourceExhausted(
         f"the embeddings endpoint is rate limiting (HTTP 429) and asks to wait {wait:.1f} s, "
-        "longer than this request may (GENSEARCH_RETRIEVAL_EMBED_TIMEOUT, "
+        "longer than this request may (its deadline, GENSEARCH_RETRIEVAL_EMBED_TIMEOUT, "
         "GENSEARCH_RETRIEVAL_RETRY_AFTER_MAX)",
         reason="EMBEDDINGS_RATE_LIMITED",
         retry_after=wait,

@@ -58,12 +58,15 @@ async def write_batch(
     max_value_depth: int = DEFAULT_MAX_DEPTH,
     before_write: Callable[[], Awaitable[None]] | None = None,
     check_room: Callable[[list[str]], Awaitable[None]] | None = None,
+    time_left: Callable[[], float | None],
 ) -> BatchResult:
     """``before_write``: awaited just before the write (after embedding, the slow part),
     so whatever it checks still holds when the points are sent; its error fails the batch
     with nothing of it written. ``check_room``: awaited with the ids the batch would write
     (its valid objects) before they are embedded, so a batch refused for room costs no
-    embedding; its error fails the batch the same way."""
+    embedding; its error fails the batch the same way. ``time_left``: the seconds left
+    before the RPC's deadline (None: none; the servicer's ``context.time_remaining``),
+    asked at each embeddings call, which ends within it (``Embedder.embed``)."""
     result = BatchResult()
     ready: list[PreparedObject] = []
     for i, obj in enumerate(objects):
@@ -98,7 +101,7 @@ async def write_batch(
         budget = [MAX_ISOLATION_CALLS]
         refused: list[tuple[PreparedObject, EmbeddingInputRejected]] = []
         try:
-            await _embed_isolating(embedder, to_embed, refused, budget)
+            await _embed_isolating(embedder, to_embed, refused, budget, time_left)
         except EmbeddingInputRejected as err:
             raise err.for_field(
                 "objects",
@@ -134,12 +137,13 @@ async def _embed_isolating(
     items: list[tuple[PreparedObject, str]],
     refused: list[tuple[PreparedObject, EmbeddingInputRejected]],
     budget: list[int],
+    time_left: Callable[[], float | None],
 ) -> None:
     """Embeds ``items`` into their objects; the objects whose text the endpoint refuses
     alone go to ``refused``. A refused request of several texts is asked again in halves,
     within ``budget`` calls (past it the refusal is raised)."""
     try:
-        vectors = await embedder.embed([text for _, text in items])
+        vectors = await embedder.embed([text for _, text in items], time_left=time_left())
     except EmbeddingInputRejected as err:
         if len(items) == 1:
             refused.append((items[0][0], err))
@@ -148,8 +152,8 @@ async def _embed_isolating(
             raise
         budget[0] -= 2
         half = len(items) // 2
-        await _embed_isolating(embedder, items[:half], refused, budget)
-        await _embed_isolating(embedder, items[half:], refused, budget)
+        await _embed_isolating(embedder, items[:half], refused, budget, time_left)
+        await _embed_isolating(embedder, items[half:], refused, budget, time_left)
         return
     for (prepared, _), vector in zip(items, vectors, strict=True):
         prepared.vector = vector

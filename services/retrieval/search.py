@@ -82,8 +82,15 @@ class Searcher:
         return page.limit
 
     async def search(
-        self, schema: Schema, request: pb.SearchRequest, where: Node | None, page: Page
+        self,
+        schema: Schema,
+        request: pb.SearchRequest,
+        where: Node | None,
+        page: Page,
+        time_left: float | None,
     ) -> SearchResult:
+        """``time_left``: seconds before the RPC's deadline (None: none), which bounds the
+        query's embedding as EMBED_TIMEOUT does."""
         mode = request.WhichOneof("query")
         if mode is None:
             raise InvalidArgument(
@@ -100,18 +107,21 @@ class Searcher:
                     field="near_text",
                     reason="NO_VECTORIZER",
                 )
-            vector, embed_ms = await self._embed(schema, text, "near_text.text")
+            vector, embed_ms = await self._embed(schema, text, "near_text.text", time_left)
             return await self._dense(schema, vector, where, page, embed_ms)
         if mode == "keyword":
             text = _text(request.keyword.text, "keyword.text")
             _need_keyword_index(schema, "keyword")
             return await self._keyword(schema, text, where, page)
-        return await self._hybrid(schema, request.hybrid, where, page)
+        return await self._hybrid(schema, request.hybrid, where, page, time_left)
 
-    async def _embed(self, schema: Schema, text: str, field: str) -> tuple[list[float], float]:
+    async def _embed(
+        self, schema: Schema, text: str, field: str, time_left: float | None
+    ) -> tuple[list[float], float]:
         started = time.perf_counter()
         try:
-            [vector] = await self._embedders.for_collection(schema).embed([text])
+            embedder = self._embedders.for_collection(schema)
+            [vector] = await embedder.embed([text], time_left=time_left)
         except EmbeddingInputRejected as err:
             raise err.for_field(field, "the query text") from None
         return vector, (time.perf_counter() - started) * 1000
@@ -143,7 +153,12 @@ class Searcher:
         return SearchResult(hits=canonical(hits), query_ms=(time.perf_counter() - started) * 1000)
 
     async def _hybrid(
-        self, schema: Schema, hybrid: pb.Hybrid, where: Node | None, page: Page
+        self,
+        schema: Schema,
+        hybrid: pb.Hybrid,
+        where: Node | None,
+        page: Page,
+        time_left: float | None,
     ) -> SearchResult:
         alpha = hybrid.alpha if hybrid.HasField("alpha") else DEFAULT_ALPHA
         if not math.isfinite(alpha) or not 0.0 <= alpha <= 1.0:
@@ -161,7 +176,7 @@ class Searcher:
         vector = check_vector(given, schema, "hybrid.vector") if given else None
         embed_ms = 0.0
         if alpha > 0.0 and vector is None:
-            vector, embed_ms = await self._embed(schema, text, "hybrid.text")
+            vector, embed_ms = await self._embed(schema, text, "hybrid.text", time_left)
         depth = max(page.offset + page.limit, self._candidates)
         inner = Page(limit=depth, offset=0, with_vector=page.with_vector)
         started = time.perf_counter()

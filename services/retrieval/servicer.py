@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import grpc
@@ -124,7 +124,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         use_caller_key(context.invocation_metadata())  # type: ignore[arg-type]
         schema = await self._catalog.get(require_role(Role.WRITER).tenant, request.collection)
         self._check_batch(len(request.objects))
-        result = await self._write(schema, request.objects, 0)
+        result = await self._write(schema, request.objects, 0, context)
         return pb.UpsertObjectsResponse(ids=result.ids, errors=result.errors)
 
     async def ImportObjects(
@@ -154,7 +154,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
                 self._check_batch(len(message.objects), message_no)
                 # Into the collection the stream started with: one deleted since (and maybe
                 # created again under its name) takes no more of its objects (_write).
-                result = await self._write(schema, message.objects, received)
+                result = await self._write(schema, message.objects, received, context)
                 received += len(message.objects)
                 imported += len(result.ids)
                 errors.extend(result.errors[: self._settings.max_import_errors - len(errors)])
@@ -178,10 +178,17 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
             errors_truncated=len(errors) < received - imported,
         )
 
-    async def _write(self, schema: Schema, objects: Any, first_index: int) -> Any:
+    async def _write(
+        self,
+        schema: Schema,
+        objects: Any,
+        first_index: int,
+        context: grpc.aio.ServicerContext,
+    ) -> Any:
         """Writes only into the very collection ``schema`` was read from, checked in the
         engine right before the write: embedding may take long enough for it to be
-        deleted, and maybe created again under its name, in between."""
+        deleted, and maybe created again under its name, in between. Its embeddings end
+        within the call's deadline (``context.time_remaining``)."""
 
         async def same_collection() -> None:
             await self._catalog.check_same(schema)
@@ -199,6 +206,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
                 max_value_depth=self._settings.max_value_depth,
                 before_write=same_collection,
                 check_room=room,
+                time_left=context.time_remaining,
             )
 
     async def _check_room(self, schema: Schema, ids: list[str]) -> None:
@@ -369,12 +377,14 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         if rerank is not None:
             use_caller_rerank_key(context.invocation_metadata())  # type: ignore[arg-type]
             return await self._reranked_search(
-                schema, request, rerank, where, page, wanted, context.time_remaining()
+                schema, request, rerank, where, page, wanted, context.time_remaining
             )
         points = self._searcher.points_read(request, page)
         async with self._reading(schema, points, context.time_remaining()):
             with self._dropped(schema):
-                result = await self._searcher.search(schema, request, where, page)
+                result = await self._searcher.search(
+                    schema, request, where, page, context.time_remaining()
+                )
             self._reads.observe(schema.store_name, result.hits)
             return pb.SearchResponse(
                 hits=[_hit(h, wanted) for h in result.hits],
@@ -390,10 +400,12 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         where: Node | None,
         page: Page,
         wanted: list[str] | None,
-        time_left: float | None,
+        time_left: Callable[[], float | None],
     ) -> pb.SearchResponse:
         """Retrieve the plan's candidates (from the first hit), rerank them, then cut the
-        page: each hit keeps its retrieval score beside its rerank score."""
+        page: each hit keeps its retrieval score beside its rerank score. ``time_left``
+        (``context.time_remaining``) is asked at each step, so the query's embedding and
+        the rerank request each end within what the call has left by then."""
         plan = self._rerankers.plan(rerank, schema, _query_text(request), page.offset, page.limit)
         inner = Page(
             limit=plan.candidates,
@@ -401,12 +413,12 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
             with_vector=page.with_vector or plan.needs_vectors(schema),
         )
         points = self._searcher.points_read(request, inner)
-        async with self._reading(schema, points, time_left):
+        async with self._reading(schema, points, time_left()):
             with self._dropped(schema):
-                result = await self._searcher.search(schema, request, where, inner)
+                result = await self._searcher.search(schema, request, where, inner, time_left())
             self._reads.observe(schema.store_name, result.hits)
             ranked = await self._rerankers.rerank(
-                plan, schema, result.hits, page.offset + page.limit, time_left=time_left
+                plan, schema, result.hits, page.offset + page.limit, time_left=time_left()
             )
             hits: list[pb.Hit] = []
             for point, score in ranked[page.offset :]:

@@ -283,6 +283,103 @@ async def test_a_retry_after_past_the_embed_timeout_is_resource_exhausted_at_onc
     assert len([r for r in fake.requests if r.path.endswith("/embeddings")]) == 1
 
 
+# A Search or a write whose gRPC deadline (3 s) is shorter than the wait a 429 asks for
+# (20 s) and than EMBED_TIMEOUT (30 s, the default). Before, only EMBED_TIMEOUT bounded the
+# embeddings request: the 20 s wait was started, and the caller got the bare
+# DEADLINE_EXCEEDED of its deadline instead of when to come back.
+SHORT_DEADLINE = 3.0
+LONG_WAIT = "20"
+
+
+def _asked_once(fake: FakeOpenAI) -> None:
+    assert len([r for r in fake.requests if r.path.endswith("/embeddings")]) == 1
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        {"near_text": pb.NearText(text="x")},
+        {"hybrid": pb.Hybrid(text="x", alpha=0.5)},
+        # The reranked path (MMR: no provider needed) embeds the query the same way.
+        {
+            "near_text": pb.NearText(text="x"),
+            "rerank": pb.Rerank(provider="mmr", mmr_lambda=0.5, candidates=10),
+        },
+    ],
+    ids=["near_text", "hybrid", "reranked"],
+)
+async def test_a_search_whose_deadline_cannot_cover_the_wait_is_rate_limited_at_once(
+    stub: Any, fake: FakeOpenAI, query: dict[str, Any]
+) -> None:
+    fake.enqueue(Behaviour.rate_limited(retry_after=LONG_WAIT))
+    err = await expect_error(
+        stub.Search(pb.SearchRequest(collection="Remote", **query), timeout=SHORT_DEADLINE),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    )
+    info = error_info(err)
+    assert info.reason == "EMBEDDINGS_RATE_LIMITED", err.details()
+    assert info.metadata["retry_after_ms"] == "20000"
+    assert retry_delay(err) == 20.0
+    assert "its deadline" in (err.details() or "")
+    _asked_once(fake)
+
+
+async def test_an_upsert_whose_deadline_cannot_cover_the_wait_is_rate_limited_at_once(
+    stub: Any, fake: FakeOpenAI
+) -> None:
+    fake.enqueue(Behaviour.rate_limited(retry_after=LONG_WAIT))
+    err = await expect_error(
+        stub.UpsertObjects(
+            pb.UpsertObjectsRequest(collection="Remote", objects=[obj({"title": "x"})]),
+            timeout=SHORT_DEADLINE,
+        ),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    )
+    assert error_info(err).reason == "EMBEDDINGS_RATE_LIMITED", err.details()
+    assert retry_delay(err) == 20.0
+    assert (err.details() or "").endswith("; nothing was written")
+    _asked_once(fake)
+    assert (await stub.CountObjects(pb.CountObjectsRequest(collection="Remote"))).count == 0
+
+
+async def test_an_import_whose_deadline_cannot_cover_the_wait_is_rate_limited_at_once(
+    stub: Any, fake: FakeOpenAI
+) -> None:
+    # The first message is embedded at once; the second gets the 429.
+    fake.enqueue(Behaviour.ok(), Behaviour.rate_limited(retry_after=LONG_WAIT))
+
+    async def stream() -> AsyncIterator[pb.ImportObjectsRequest]:
+        yield pb.ImportObjectsRequest(collection="Remote", objects=[obj({"title": "first"})])
+        yield pb.ImportObjectsRequest(objects=[obj({"title": "second"})])
+
+    err = await expect_error(
+        stub.ImportObjects(stream(), timeout=SHORT_DEADLINE), grpc.StatusCode.RESOURCE_EXHAUSTED
+    )
+    info = error_info(err)
+    assert info.reason == "EMBEDDINGS_RATE_LIMITED", err.details()
+    assert info.metadata["retry_after_ms"] == "20000"
+    assert retry_delay(err) == 20.0
+    assert len([r for r in fake.requests if r.path.endswith("/embeddings")]) == 2
+    # The first message's object is stored, as the error says.
+    assert (await stub.CountObjects(pb.CountObjectsRequest(collection="Remote"))).count == 1
+
+
+async def test_a_wait_the_deadline_covers_is_still_waited_for(stub: Any, fake: FakeOpenAI) -> None:
+    # 1 s asked, 60 s of deadline (room for a loaded machine): waited for, then answered.
+    fake.enqueue(Behaviour.rate_limited(retry_after="1"))
+    resp = await stub.UpsertObjects(
+        pb.UpsertObjectsRequest(collection="Remote", objects=[obj({"title": "late"})]),
+        timeout=60,
+    )
+    assert len(resp.ids) == 1
+    fake.enqueue(Behaviour.rate_limited(retry_after="1"))
+    found = await stub.Search(
+        pb.SearchRequest(collection="Remote", near_text=pb.NearText(text="late")), timeout=60
+    )
+    assert len(found.hits) == 1
+    assert len([r for r in fake.requests if r.path.endswith("/embeddings")]) == 4
+
+
 @pytest.mark.slow
 async def test_a_retry_after_above_a_minute_is_waited_for_when_the_timeout_allows(
     make_retrieval: MakeRetrieval, fake: FakeOpenAI
