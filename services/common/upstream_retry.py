@@ -192,6 +192,12 @@ class Retrier:
         await asyncio.sleep(wait)
         return True
 
+    def could_wait(self, retry_after: float) -> bool:
+        """Whether a wait of ``retry_after`` fits the operator's cap and the deadline: when
+        it does and no retry was made, the attempts ran out instead."""
+        wait = self.policy.delay(self.attempts, retry_after)
+        return wait is not None and wait < self.deadline.remaining()
+
     def plan(
         self,
         *,

@@ -354,7 +354,7 @@ class OpenAIEmbedder:
                         continue
                     wait = rate_limit_wait(err)
                     if wait is not None:
-                        raise _rate_limited(wait, retrier.attempts) from None
+                        raise _rate_limited(wait, retrier) from None
                     raise Unavailable(
                         f"the embeddings endpoint failed ({problem})",
                         reason="EMBEDDINGS_UNAVAILABLE",
@@ -419,17 +419,24 @@ class OpenAIEmbedder:
         return [unit for unit in units if unit is not None]
 
 
-def _rate_limited(wait: float, attempts: int) -> ResourceExhausted:
-    """A 429 whose wait this request could not make (past the RPC's deadline, EMBED_TIMEOUT,
-    or RETRY_AFTER_MAX): the endpoint is up, only busy, so the caller learns when to try
-    again (RetryInfo) instead of an UNAVAILABLE that says nothing of when."""
+def _rate_limited(wait: float, retrier: Retrier) -> ResourceExhausted:
+    """A 429 this request made no more attempts for: its wait did not fit (past its
+    deadline, EMBED_TIMEOUT, or RETRY_AFTER_MAX), or EMBED_RETRIES ran out. The endpoint is
+    up, only busy, so the caller learns when to try again (RetryInfo) instead of an
+    UNAVAILABLE that says nothing of when; the message names what stopped the retries."""
+    if retrier.could_wait(wait):
+        why = f"still refused after {retrier.attempts} attempts (GENSEARCH_RETRIEVAL_EMBED_RETRIES)"
+    else:
+        why = (
+            "longer than this request may (its deadline, GENSEARCH_RETRIEVAL_EMBED_TIMEOUT, "
+            "GENSEARCH_RETRIEVAL_RETRY_AFTER_MAX)"
+        )
     return ResourceExhausted(
         f"the embeddings endpoint is rate limiting (HTTP 429) and asks to wait {wait:.1f} s, "
-        "longer than this request may (its deadline, GENSEARCH_RETRIEVAL_EMBED_TIMEOUT, "
-        "GENSEARCH_RETRIEVAL_RETRY_AFTER_MAX)",
+        + why,
         reason="EMBEDDINGS_RATE_LIMITED",
         retry_after=wait,
-        metadata={"retry_after_ms": str(round(wait * 1000)), "attempts": str(attempts)},
+        metadata={"retry_after_ms": str(round(wait * 1000)), "attempts": str(retrier.attempts)},
     )
 
 

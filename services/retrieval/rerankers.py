@@ -436,7 +436,7 @@ class Rerankers:
                         continue
                     wait = rate_limit_wait(err)
                     if wait is not None:
-                        raise _rate_limited(plan, wait, retrier.attempts) from None
+                        raise _rate_limited(plan, wait, retrier) from None
                     raise Unavailable(
                         f"{named(plan.provider, plan.operator)} failed ({problem})",
                         reason="RERANK_UNAVAILABLE",
@@ -470,20 +470,29 @@ def _redirected(plan: RerankPlan, status: int) -> FailedPrecondition:
     )
 
 
-def _rate_limited(plan: RerankPlan, wait: float, attempts: int) -> ResourceExhausted:
-    """A 429 whose wait this Search could not make (past its deadline, RERANK_TIMEOUT, or
-    RETRY_AFTER_MAX): the provider is up, only busy, so the caller learns when to try
-    again (RetryInfo) instead of an UNAVAILABLE that says nothing of when."""
+def _rate_limited(plan: RerankPlan, wait: float, retrier: Retrier) -> ResourceExhausted:
+    """A 429 this Search made no more attempts for: its wait did not fit (past its
+    deadline, RERANK_TIMEOUT, or RETRY_AFTER_MAX), or RERANK_RETRIES ran out. The provider
+    is up, only busy, so the caller learns when to try again (RetryInfo) instead of an
+    UNAVAILABLE that says nothing of when; the message names what stopped the retries."""
+    if retrier.could_wait(wait):
+        why = (
+            f"still refused after {retrier.attempts} attempts (GENSEARCH_RETRIEVAL_RERANK_RETRIES)"
+        )
+    else:
+        why = (
+            "longer than this search may (its deadline, "
+            "GENSEARCH_RETRIEVAL_RERANK_TIMEOUT, GENSEARCH_RETRIEVAL_RETRY_AFTER_MAX)"
+        )
     return ResourceExhausted(
         f"{named(plan.provider, plan.operator)} is rate limiting (HTTP 429) and asks to wait "
-        f"{wait:.1f} s, longer than this search may (its deadline, "
-        "GENSEARCH_RETRIEVAL_RERANK_TIMEOUT, GENSEARCH_RETRIEVAL_RETRY_AFTER_MAX)",
+        f"{wait:.1f} s, {why}",
         reason="RERANK_RATE_LIMITED",
         retry_after=wait,
         metadata={
             "provider": plan.provider,
             "retry_after_ms": str(round(wait * 1000)),
-            "attempts": str(attempts),
+            "attempts": str(retrier.attempts),
         },
     )
 

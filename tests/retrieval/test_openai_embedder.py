@@ -266,6 +266,26 @@ async def test_a_retry_after_above_retry_after_max_is_not_waited_for(
     assert len(resp.ids) == 1
 
 
+async def test_a_429_out_of_retries_names_embed_retries_not_the_wait_settings(
+    make_retrieval: MakeRetrieval, fake: FakeOpenAI
+) -> None:
+    # A 1 s wait fits EMBED_TIMEOUT and RETRY_AFTER_MAX alike: what stopped the retries is
+    # EMBED_RETRIES (0 here). The message said the wait was "longer than this request may"
+    # and named the two settings that had nothing to do with it.
+    stub = await _remote_harness(make_retrieval, fake, embed_retries=0)
+    fake.enqueue(Behaviour.rate_limited(retry_after="1"))
+    err = await expect_error(
+        stub.Search(pb.SearchRequest(collection="Remote", near_text=pb.NearText(text="x"))),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    )
+    assert error_info(err).reason == "EMBEDDINGS_RATE_LIMITED"
+    assert retry_delay(err) == 1.0
+    details = err.details() or ""
+    assert "still refused after 1 attempts (GENSEARCH_RETRIEVAL_EMBED_RETRIES)" in details
+    assert "longer than this request may" not in details
+    assert "RETRY_AFTER_MAX" not in details
+
+
 async def test_a_retry_after_past_the_embed_timeout_is_resource_exhausted_at_once(
     make_retrieval: MakeRetrieval, fake: FakeOpenAI
 ) -> None:

@@ -143,6 +143,35 @@ async def test_a_retry_after_above_retry_after_max_is_resource_exhausted_at_once
     assert len(fake.rerank_requests) == 1
 
 
+async def test_a_429_out_of_rerank_retries_names_rerank_retries(
+    make_retrieval: MakeRetrieval, fake: FakeOpenAI, tmp_path: Path
+) -> None:
+    # The 1 s wait fits the deadline and RETRY_AFTER_MAX: RERANK_RETRIES (0) ran out, and
+    # the message says so (it blamed the wait and named the settings bounding it).
+    providers = {"fake": {"base_url": fake.base_url, "api_key_env": KEY_ENV, "model": "rr-1"}}
+    harness = await make_retrieval(
+        data_dir=tmp_path / "retries", rerank_providers=providers, rerank_retries=0
+    )
+    await harness.stub.CreateCollection(pb.CreateCollectionRequest(collection=vcol("Towers")))
+    await harness.stub.UpsertObjects(
+        pb.UpsertObjectsRequest(
+            collection="Towers", objects=[obj({"title": "t", "body": "tower"}, vector=[1.0] * 4)]
+        )
+    )
+    fake.enqueue(Behaviour.rate_limited(retry_after="1"))
+    err = await expect_error(
+        harness.stub.Search(search(provider="fake", candidates=6), timeout=10),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    )
+    assert error_info(err).reason == "RERANK_RATE_LIMITED"
+    assert retry_delay(err) == 1.0
+    assert err.details() == (
+        "rerank provider 'fake' is rate limiting (HTTP 429) and asks to wait 1.0 s, still "
+        "refused after 1 attempts (GENSEARCH_RETRIEVAL_RERANK_RETRIES)"
+    )
+    assert len(fake.rerank_requests) == 1
+
+
 async def test_a_retry_after_is_waited_for_up_to_the_searchs_deadline(
     retrieval: Retrieval, fake: FakeOpenAI
 ) -> None:
