@@ -553,11 +553,13 @@ class _MethodWrapper:
                 holding.take(len(data))
             try:
                 if first:
-                    # Headers on their own: a first message cut at its write would
-                    # otherwise leave them in a send gRPC never finished, and the status'
-                    # send would try them again (and fail).
-                    await context.send_initial_metadata(())
                     first = False
+                    if self.stream_idle.cuts(context):
+                        # Headers on their own: a first message cut at its write would
+                        # otherwise leave them in a send gRPC never finished, and the
+                        # status' send would try them again (and fail). Only then: it
+                        # costs a step before the first message (the first token).
+                        await context.send_initial_metadata(())
                 await self.stream_idle.send(context, data)
             except ServiceError:
                 raise

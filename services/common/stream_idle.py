@@ -74,11 +74,16 @@ class IdleLimit:
             metadata={"timeout_seconds": f"{self.send_seconds:g}", "setting": self.send_setting},
         )
 
+    def cuts(self, context: grpc.aio.ServicerContext) -> bool:
+        """Whether ``send`` may cut this call's writes: a send timeout is set and the call
+        has no deadline of its own."""
+        return bool(self.send_seconds) and context.time_remaining() is None
+
     async def send(self, context: grpc.aio.ServicerContext, data: Any) -> None:
         """Writes one message of a server stream, or raises the ``STREAM_STALLED`` error
         when its client has not taken it in time (the message stays with gRPC, sent ahead
         of the status if the client reads on)."""
-        if not self.send_seconds or context.time_remaining() is not None:
+        if not self.cuts(context):
             # A call with a deadline ends at it anyway (cut earlier by this, it would
             # end sooner than its caller asked): the gateway's streams from generation
             # always have one, their hit's budget, and a hit the gateway's client holds
