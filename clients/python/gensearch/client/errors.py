@@ -595,6 +595,22 @@ class UpstreamRateLimitedError(ResourceExhaustedError):
     error_reason = "UPSTREAM_RATE_LIMITED"
 
 
+class EmbeddingsRateLimitedError(ResourceExhaustedError):
+    """A collection's embeddings endpoint answered 429 asking for a wait this request could
+    not make (its deadline, ``EMBED_TIMEOUT``, ``RETRY_AFTER_MAX``) or its retries ran out:
+    ``retry_after`` says when to try again (metadata ``retry_after_ms``, ``attempts``)."""
+
+    error_reason = "EMBEDDINGS_RATE_LIMITED"
+
+
+class RerankRateLimitedError(ResourceExhaustedError):
+    """A rerank provider answered 429 asking for a wait the Search could not make, or its
+    retries ran out: ``retry_after`` says when to try again (metadata ``provider``,
+    ``retry_after_ms``, ``attempts``)."""
+
+    error_reason = "RERANK_RATE_LIMITED"
+
+
 class DownstreamTimeoutError(DeadlineExceededError):
     error_reason = "DOWNSTREAM_TIMEOUT"
 
