@@ -12,15 +12,11 @@ local usage = KEYS[3]
 if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('HEXISTS', usage, cid) == 1 then
   return 1
 end
-local iids = redis.call('ZRANGE', KEYS[2], 0, -1)
-if #iids ~= #ARGV - 2 then return 0 end
-local size = CONVERSATION_OVERHEAD + redis.call('HSTRLEN', KEYS[1], 'name')
-             + redis.call('HSTRLEN', KEYS[1], 'summary')
-for i, iid in ipairs(iids) do
-  if iid ~= ARGV[2 + i] then return 0 end
-  size = size + redis.call('HSTRLEN', KEYS[3 + i], 'data')
-         + redis.call('HSTRLEN', KEYS[3 + i], 'traces') + TURN_OVERHEAD
-end
+local size, gone = stored_bytes(KEYS, ARGV)
+if not size then return 0 end
+-- A turn whose key is gone still has its entry in the list (until drop_missing.lua drops
+-- it): it counts as the bare overhead.
+size = size + #gone * TURN_OVERHEAD
 redis.call('HSET', usage, cid, size)
 redis.call('HINCRBY', usage, 'total', size)
 return 1
