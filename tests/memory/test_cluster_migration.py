@@ -5,17 +5,19 @@ is on the new node afterwards."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
 import pytest
+import pytest_asyncio
 from gensearch.memory.v1 import memory_service_pb2 as pb
 from gensearch.memory.v1 import memory_service_pb2_grpc as pb_grpc
 from redis.crc import key_slot
 
 from services.common.auth import DEFAULT_TENANT, Identity, Role, forwarded_identity
 from services.common.errors import ResourceExhausted, Unavailable
-from services.common.redis_client import connect
+from services.common.redis_client import RedisClient, connect
 from services.memory.__main__ import build_server
 from services.memory.store import ConversationUpdate, MemoryStore, Owner, Retention
 from tests.memory.conftest import INTERNAL_TOKEN, make_settings
@@ -28,6 +30,49 @@ USER = "mover"
 WHO = forwarded_identity(Identity(USER, DEFAULT_TENANT, Role.READER), INTERNAL_TOKEN)
 WRITERS = 4
 RETENTION_BATCH = 500  # services/memory/lua/retention.lua
+OWNER = Owner(DEFAULT_TENANT, USER)
+
+
+def _client(own_cluster: LocalCluster) -> RedisClient:
+    """A cluster client of the test's own cluster."""
+    return connect(own_cluster.url, cluster=True, socket_timeout=5, connect_timeout=2)
+
+
+def _move(own_cluster: LocalCluster) -> tuple[int, Node, Node]:
+    """The test user's slot, the node holding it and another to move it to."""
+    slot = key_slot(_hash_tag(USER).encode())
+    source = next(node for node in own_cluster.nodes if node.owns(slot))
+    target = next(node for node in own_cluster.nodes if node is not source)
+    return slot, source, target
+
+
+async def _move_slot(
+    own_cluster: LocalCluster,
+    *,
+    batch: int,
+    between: Callable[[], Awaitable[None]],
+    first: Sequence[str],
+) -> Node:
+    """Moves the test user's slot to another node (``LocalCluster.migrate_slot``: ``first``
+    moved first, ``between`` awaited after each batch); returns the node it is on now."""
+    slot, source, target = _move(own_cluster)
+    await own_cluster.migrate_slot(slot, source, target, batch=batch, between=between, first=first)
+    return target
+
+
+@pytest_asyncio.fixture
+async def make_store(own_cluster: LocalCluster) -> AsyncIterator[Callable[..., MemoryStore]]:
+    """Makes a store on the test's own cluster (keywords: its limits); each one made is
+    closed after the test."""
+    stores: list[MemoryStore] = []
+
+    def make(**limits: Any) -> MemoryStore:
+        stores.append(MemoryStore(_client(own_cluster), **limits))
+        return stores[-1]
+
+    yield make
+    for store in stores:
+        await store.close()
 
 
 async def _retrying(call: object, attempts: int = 1000) -> object:
@@ -130,9 +175,7 @@ async def test_a_slot_moved_under_traffic_loses_nothing(own_cluster: LocalCluste
 
             writers = [asyncio.create_task(writer(w)) for w in range(WRITERS)]
             writers.append(asyncio.create_task(reader()))
-            slot = key_slot(_hash_tag(USER).encode())
-            source = next(node for node in own_cluster.nodes if node.owns(slot))
-            target = next(node for node in own_cluster.nodes if node is not source)
+            slot, source, target = _move(own_cluster)
             try:
                 moved = await own_cluster.migrate_slot(
                     slot, source, target, between=lambda: asyncio.sleep(0.01)
@@ -177,9 +220,7 @@ async def test_a_conversation_deleted_while_its_slot_moves_leaves_nothing(
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             stub = pb_grpc.MemoryServiceStub(channel)
             cid, _ = await conversation_with_turns(stub, "d", 30, WHO)
-            slot = key_slot(_hash_tag(USER).encode())
-            source = next(node for node in own_cluster.nodes if node.owns(slot))
-            target = next(node for node in own_cluster.nodes if node is not source)
+            slot, source, target = _move(own_cluster)
             tag = f"gensearch:{_hash_tag(USER)}"
             deleted = []
             tries = 0
@@ -229,147 +270,123 @@ async def test_a_conversation_deleted_while_its_slot_moves_leaves_nothing(
 @pytest.mark.slow
 async def test_reads_that_derive_turn_keys_mid_move_are_whole_or_unavailable(
     own_cluster: LocalCluster,
+    make_store: Callable[..., MemoryStore],
 ) -> None:
     """The scripts that read turns by ids or walk a list (get_interactions,
     interactions_exist, list_conversations, check_storage's accounting) at every step of
     a move, first with the conversation's keys moved and its turns not: each answers the
     whole truth or UNAVAILABLE (retryable), never INTERNAL nor a turn missing."""
-    store = MemoryStore(connect(own_cluster.url, cluster=True, socket_timeout=5, connect_timeout=2))
-    owner = Owner(DEFAULT_TENANT, USER)
-    try:
-        cid = (await store.create_conversation(owner, "r")).conversation_id
-        iids = [
-            (
-                await store.create_interaction(owner, cid, pb.Interaction(input=f"r{n}"), f"r{n}")
-            ).interaction_id
-            for n in range(10)
-        ]
-        answers: dict[str, int] = {"whole": 0, "unavailable": 0}
+    store = make_store()
+    cid = (await store.create_conversation(OWNER, "r")).conversation_id
+    iids = [
+        (
+            await store.create_interaction(OWNER, cid, pb.Interaction(input=f"r{n}"), f"r{n}")
+        ).interaction_id
+        for n in range(10)
+    ]
+    answers: dict[str, int] = {"whole": 0, "unavailable": 0}
 
-        async def read_all() -> None:
-            reads = {
-                "get": store.get_interactions(owner, iids),
-                "exist": store.interactions_exist(owner, iids),
-                "list": store.list_conversations(owner, 10, None),
-                "usage": store.check_storage(owner, cid, 0),
-            }
-            for name, read in reads.items():
-                try:
-                    got = await read
-                except Unavailable:
-                    answers["unavailable"] += 1
-                    continue
-                if name == "get":
-                    assert [i.input if i else None for i in got] == [f"r{n}" for n in range(10)]
-                elif name == "exist":
-                    assert got == [True] * 10
-                elif name == "list":
-                    assert [(c.conversation_id, c.interaction_count) for c in got.items] == [
-                        (cid, 10)
-                    ]
-                else:
-                    assert got.conversations == 1
-                answers["whole"] += 1
+    async def read_all() -> None:
+        reads = {
+            "get": store.get_interactions(OWNER, iids),
+            "exist": store.interactions_exist(OWNER, iids),
+            "list": store.list_conversations(OWNER, 10, None),
+            "usage": store.check_storage(OWNER, cid, 0),
+        }
+        for name, read in reads.items():
+            try:
+                got = await read
+            except Unavailable:
+                answers["unavailable"] += 1
+                continue
+            if name == "get":
+                assert [i.input if i else None for i in got] == [f"r{n}" for n in range(10)]
+            elif name == "exist":
+                assert got == [True] * 10
+            elif name == "list":
+                assert [(c.conversation_id, c.interaction_count) for c in got.items] == [(cid, 10)]
+            else:
+                assert got.conversations == 1
+            answers["whole"] += 1
 
-        slot = key_slot(_hash_tag(USER).encode())
-        source = next(node for node in own_cluster.nodes if node.owns(slot))
-        target = next(node for node in own_cluster.nodes if node is not source)
-        tag = store.tag(owner)
-        await own_cluster.migrate_slot(
-            slot,
-            source,
-            target,
-            batch=3,
-            between=read_all,
-            first=[f"{tag}:convs", f"{tag}:conv:{cid}", f"{tag}:conv:{cid}:ints"],
-        )
-        await read_all()
-        assert answers["whole"] > 4  # at least the reads after the move
-        print(answers)
-    finally:
-        await store.close()
+    tag = store.tag(OWNER)
+    await _move_slot(
+        own_cluster,
+        batch=3,
+        between=read_all,
+        first=[f"{tag}:convs", f"{tag}:conv:{cid}", f"{tag}:conv:{cid}:ints"],
+    )
+    await read_all()
+    assert answers["whole"] > 4  # at least the reads after the move
+    print(answers)
 
 
 @pytest.mark.slow
 async def test_a_ttl_changed_while_its_slot_moves_leaves_no_turn_expiring_first(
     own_cluster: LocalCluster,
+    make_store: Callable[..., MemoryStore],
 ) -> None:
     """A ttl change tried at every step of a move, first with the conversation's keys
     moved and its turns not: the walk of the turns' expiry declares every turn it sets
     (retention_step.lua), so Redis refuses it while they are split (UNAVAILABLE, retried)
     rather than it renewing none and ending. Before, it ended there: the turns kept their
     old expiry, an hour before their conversation's new one."""
-    store = MemoryStore(connect(own_cluster.url, cluster=True, socket_timeout=5, connect_timeout=2))
-    owner = Owner(DEFAULT_TENANT, USER)
-    try:
-        made = await store.create_conversation(owner, "t", Retention(ttl_ms=3_600_000))
-        cid = made.conversation_id
-        iids = [
-            (
-                await store.create_interaction(owner, cid, pb.Interaction(input="t"), "")
-            ).interaction_id
-            for _ in range(5)
-        ]
-        tag = store.tag(owner)
-        changed = []
-        refused = 0
+    store = make_store()
+    made = await store.create_conversation(OWNER, "t", Retention(ttl_ms=3_600_000))
+    cid = made.conversation_id
+    iids = [
+        (await store.create_interaction(OWNER, cid, pb.Interaction(input="t"), "")).interaction_id
+        for _ in range(5)
+    ]
+    tag = store.tag(OWNER)
+    changed = []
+    refused = 0
 
-        async def change_once() -> None:
-            nonlocal refused
-            if not changed:
-                try:
-                    await store.update_conversation(
-                        owner, cid, ConversationUpdate(ttl_ms=7_200_000)
-                    )
-                    changed.append(True)
-                except Unavailable:
-                    refused += 1
-
-        slot = key_slot(_hash_tag(USER).encode())
-        source = next(node for node in own_cluster.nodes if node.owns(slot))
-        target = next(node for node in own_cluster.nodes if node is not source)
-        await own_cluster.migrate_slot(
-            slot,
-            source,
-            target,
-            batch=100,
-            between=change_once,
-            first=[f"{tag}:convs", f"{tag}:conv:{cid}", f"{tag}:conv:{cid}:ints", f"{tag}:usage"],
-        )
+    async def change_once() -> None:
+        nonlocal refused
         if not changed:
-            await store.update_conversation(owner, cid, ConversationUpdate(ttl_ms=7_200_000))
-        async with target.client() as client:
-            conv = await client.execute_command("PEXPIRETIME", f"{tag}:conv:{cid}")
-            turns = [
-                await client.execute_command("PEXPIRETIME", f"{tag}:int:{iid}") for iid in iids
-            ]
-            assert await client.hget(f"{tag}:conv:{cid}", "walk_after") is None
-        assert conv > 0
-        assert all(t >= conv for t in turns), (conv, turns)
-        assert refused > 0  # tried with the turns still on the old node
-    finally:
-        await store.close()
+            try:
+                await store.update_conversation(OWNER, cid, ConversationUpdate(ttl_ms=7_200_000))
+                changed.append(True)
+            except Unavailable:
+                refused += 1
+
+    target = await _move_slot(
+        own_cluster,
+        batch=100,
+        between=change_once,
+        first=[f"{tag}:convs", f"{tag}:conv:{cid}", f"{tag}:conv:{cid}:ints", f"{tag}:usage"],
+    )
+    if not changed:
+        await store.update_conversation(OWNER, cid, ConversationUpdate(ttl_ms=7_200_000))
+    async with target.client() as client:
+        conv = await client.execute_command("PEXPIRETIME", f"{tag}:conv:{cid}")
+        turns = [await client.execute_command("PEXPIRETIME", f"{tag}:int:{iid}") for iid in iids]
+        assert await client.hget(f"{tag}:conv:{cid}", "walk_after") is None
+    assert conv > 0
+    assert all(t >= conv for t in turns), (conv, turns)
+    assert refused > 0  # tried with the turns still on the old node
 
 
 @pytest.mark.slow
 async def test_a_walk_refused_midway_by_a_move_keeps_every_turn_after_its_conversation(
     own_cluster: LocalCluster,
+    make_store: Callable[..., MemoryStore],
 ) -> None:
     """A ttl change whose walk takes two batches, the slot moved up to the middle of the
     second: the first batch is walked on the new node, the second refused (UNAVAILABLE)
     with the walk's state at the end of the first. Then every turn, walked or not, on
     either node, expires no earlier than its conversation; the update retried after the
     move finishes the walk."""
-    store = MemoryStore(connect(own_cluster.url, cluster=True, socket_timeout=5, connect_timeout=2))
-    reader = connect(own_cluster.url, cluster=True, socket_timeout=5, connect_timeout=2)
-    owner = Owner(DEFAULT_TENANT, USER)
+    store = make_store()
+    reader = _client(own_cluster)
     longer = ConversationUpdate(ttl_ms=7_200_000)
     try:
-        made = await store.create_conversation(owner, "w", Retention(ttl_ms=3_600_000))
+        made = await store.create_conversation(OWNER, "w", Retention(ttl_ms=3_600_000))
         cid = made.conversation_id
         for _ in range(RETENTION_BATCH + 200):
-            await store.create_interaction(owner, cid, pb.Interaction(input="w"), "")
-        tag = store.tag(owner)
+            await store.create_interaction(OWNER, cid, pb.Interaction(input="w"), "")
+        tag = store.tag(OWNER)
         conv_key = f"{tag}:conv:{cid}"
         iids = sorted(m.decode() for m in await reader.zrange(f"{conv_key}:ints", 0, -1))
 
@@ -383,18 +400,13 @@ async def test_a_walk_refused_midway_by_a_move_keeps_every_turn_after_its_conver
         async def change_midway() -> None:
             if not midway:
                 with pytest.raises(Unavailable):
-                    await store.update_conversation(owner, cid, longer)
+                    await store.update_conversation(OWNER, cid, longer)
                 conv, turns = await expiries()
                 midway.append((conv, turns, await reader.hget(conv_key, "walk_after")))
 
-        slot = key_slot(_hash_tag(USER).encode())
-        source = next(node for node in own_cluster.nodes if node.owns(slot))
-        target = next(node for node in own_cluster.nodes if node is not source)
         moved_turns = [f"{tag}:int:{iid}" for iid in iids[: RETENTION_BATCH + 100]]
-        await own_cluster.migrate_slot(
-            slot,
-            source,
-            target,
+        await _move_slot(
+            own_cluster,
             batch=1000,
             between=change_midway,
             first=[f"{tag}:convs", conv_key, f"{conv_key}:ints", f"{tag}:usage", *moved_turns],
@@ -405,20 +417,19 @@ async def test_a_walk_refused_midway_by_a_move_keeps_every_turn_after_its_conver
         assert 0 < conv <= min(turns), (conv, min(turns))
         assert max(turns) > min(turns)  # the second batch kept its old expiry
 
-        updated = await store.update_conversation(owner, cid, longer)
+        updated = await store.update_conversation(OWNER, cid, longer)
         conv, turns = await expiries()
         assert conv == updated.expire_ms
         assert len(set(turns)) == 1 and turns[0] >= conv + 3_600_000, (conv, set(turns))
         assert await reader.hget(conv_key, "walk_after") is None
     finally:
         await reader.aclose()
-        await store.close()
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("by", ["turn", "max_turns", "summary"])
 async def test_turns_evicted_while_their_slot_moves_leave_no_key_behind(
-    own_cluster: LocalCluster, by: str
+    own_cluster: LocalCluster, make_store: Callable[..., MemoryStore], by: str
 ) -> None:
     """Eviction (max_turns) tried at every step of a move, first with the conversation's
     keys and the owner's usage moved and its turns not: by a turn added at max_turns, by
@@ -427,86 +438,70 @@ async def test_turns_evicted_while_their_slot_moves_leave_no_key_behind(
     refuses it while they are split (UNAVAILABLE, retried). Before, it ran on the new node,
     dropped the turns from the list and left their keys (and request_id keys) behind for
     good, their bytes counted as the bare overhead."""
-    store = MemoryStore(connect(own_cluster.url, cluster=True, socket_timeout=5, connect_timeout=2))
-    owner = Owner(DEFAULT_TENANT, USER)
-    try:
-        # Summaries off: the oldest turns go at once (else only past the grace).
-        retention = Retention(max_turns=4, summary_disabled=True) if by == "turn" else None
-        cid = (await store.create_conversation(owner, "e", retention)).conversation_id
-        iids = [
-            (
-                await store.create_interaction(
-                    owner, cid, pb.Interaction(input=f"e{n}" * 50), f"e{n}", b"t" * n
-                )
-            ).interaction_id
-            for n in range(4)
-        ]
-        if by == "summary":
-            await store.update_conversation(owner, cid, ConversationUpdate(max_turns=2))
-            # No summary yet: within the grace, nothing evicted until one covers them.
-            assert (await store.get_conversation(owner, cid)).interaction_count == 4
-        tag = store.tag(owner)
-        done: list[object] = []
-        refused = 0
+    store = make_store()
+    # Summaries off: the oldest turns go at once (else only past the grace).
+    retention = Retention(max_turns=4, summary_disabled=True) if by == "turn" else None
+    cid = (await store.create_conversation(OWNER, "e", retention)).conversation_id
+    iids = [
+        (
+            await store.create_interaction(
+                OWNER, cid, pb.Interaction(input=f"e{n}" * 50), f"e{n}", b"t" * n
+            )
+        ).interaction_id
+        for n in range(4)
+    ]
+    if by == "summary":
+        await store.update_conversation(OWNER, cid, ConversationUpdate(max_turns=2))
+        # No summary yet: within the grace, nothing evicted until one covers them.
+        assert (await store.get_conversation(OWNER, cid)).interaction_count == 4
+    tag = store.tag(OWNER)
+    done: list[object] = []
+    refused = 0
 
-        async def evict() -> object:
-            if by == "turn":
-                return await store.create_interaction(
-                    owner, cid, pb.Interaction(input="new"), "new"
-                )
-            if by == "max_turns":
-                return await store.update_conversation(
-                    owner, cid, ConversationUpdate(max_turns=2, summary_disabled=True)
-                )
-            return await store.update_summary(
-                owner, cid, expected_through="", through=iids[1], text="s", turns=2,
-                prompt_tokens=1, completion_tokens=1,
-            )  # fmt: skip
+    async def evict() -> object:
+        if by == "turn":
+            return await store.create_interaction(OWNER, cid, pb.Interaction(input="new"), "new")
+        if by == "max_turns":
+            return await store.update_conversation(
+                OWNER, cid, ConversationUpdate(max_turns=2, summary_disabled=True)
+            )
+        return await store.update_summary(
+            OWNER, cid, expected_through="", through=iids[1], text="s", turns=2,
+            prompt_tokens=1, completion_tokens=1,
+        )  # fmt: skip
 
-        async def evict_once() -> None:
-            nonlocal refused
-            if not done:
-                try:
-                    done.append(await evict())
-                except Unavailable:
-                    refused += 1
-
-        slot = key_slot(_hash_tag(USER).encode())
-        source = next(node for node in own_cluster.nodes if node.owns(slot))
-        target = next(node for node in own_cluster.nodes if node is not source)
-        conv = f"{tag}:conv:{cid}"
-        await own_cluster.migrate_slot(
-            slot,
-            source,
-            target,
-            batch=2,
-            between=evict_once,
-            first=[f"{tag}:convs", conv, f"{conv}:ints", f"{tag}:usage"],
-        )
+    async def evict_once() -> None:
+        nonlocal refused
         if not done:
-            await evict()
-        evicted = iids[:1] if by == "turn" else iids[:2]
-        async with source.client() as old, target.client() as new:
-            assert await old.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == 0
-            left = [m.decode() for m in await new.zrange(f"{conv}:ints", 0, -1)]
-            assert [iid for iid in iids if iid in left] == iids[len(evicted) :]
-            for iid in evicted:
-                n = iids.index(iid)
-                assert await new.exists(f"{tag}:int:{iid}", f"{tag}:req:e{n}") == 0, iid
-            assert await new.exists(*(f"{tag}:int:{iid}" for iid in left)) == len(left)
-            field, total, measured = await usage_bytes(new, tag, cid)
-            assert field == total == measured
-        print(by, {"refused": refused})
-    finally:
-        await store.close()
+            try:
+                done.append(await evict())
+            except Unavailable:
+                refused += 1
 
-
-def _move(own_cluster: LocalCluster) -> tuple[int, Node, Node]:
-    """The test user's slot, the node holding it and another to move it to."""
-    slot = key_slot(_hash_tag(USER).encode())
-    source = next(node for node in own_cluster.nodes if node.owns(slot))
-    target = next(node for node in own_cluster.nodes if node is not source)
-    return slot, source, target
+    conv = f"{tag}:conv:{cid}"
+    slot, source, target = _move(own_cluster)
+    await own_cluster.migrate_slot(
+        slot,
+        source,
+        target,
+        batch=2,
+        between=evict_once,
+        first=[f"{tag}:convs", conv, f"{conv}:ints", f"{tag}:usage"],
+    )
+    if not done:
+        await evict()
+    evicted = iids[:1] if by == "turn" else iids[:2]
+    async with source.client() as old, target.client() as new:
+        assert await old.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == 0
+        left = [m.decode() for m in await new.zrange(f"{conv}:ints", 0, -1)]
+        assert [iid for iid in iids if iid in left] == iids[len(evicted) :]
+        for iid in evicted:
+            n = iids.index(iid)
+            assert await new.exists(f"{tag}:int:{iid}", f"{tag}:req:e{n}") == 0, iid
+        assert await new.exists(*(f"{tag}:int:{iid}" for iid in left)) == len(left)
+        field, total, measured = await usage_bytes(new, tag, cid)
+        assert field == total == measured
+    print(by, {"refused": refused})
 
 
 async def _usage_intact(node: Node, tag: str, cids: list[str]) -> None:
@@ -526,48 +521,39 @@ async def _usage_intact(node: Node, tag: str, cids: list[str]) -> None:
 @pytest.mark.slow
 async def test_the_conversation_list_read_mid_move_keeps_every_conversation(
     own_cluster: LocalCluster,
+    make_store: Callable[..., MemoryStore],
 ) -> None:
     """ListConversations at every step of a move, first with the owner's list and usage
     moved and the conversations' hashes not: each answer is the whole list or UNAVAILABLE.
     Before, run on the new node it took the hashes not moved yet for expired ones and
     dropped the live conversations from the list and the accounting, for good."""
-    store = MemoryStore(connect(own_cluster.url, cluster=True, socket_timeout=5, connect_timeout=2))
-    owner = Owner(DEFAULT_TENANT, USER)
-    try:
-        cids = [(await store.create_conversation(owner, f"l{n}")).conversation_id for n in range(3)]
-        tag = store.tag(owner)
-        answers = {"whole": 0, "unavailable": 0}
+    store = make_store()
+    cids = [(await store.create_conversation(OWNER, f"l{n}")).conversation_id for n in range(3)]
+    tag = store.tag(OWNER)
+    answers = {"whole": 0, "unavailable": 0}
 
-        async def list_all() -> None:
-            try:
-                page = await store.list_conversations(owner, 10, None)
-            except Unavailable:
-                answers["unavailable"] += 1
-                return
-            assert [c.conversation_id for c in page.items] == cids[::-1]
-            answers["whole"] += 1
+    async def list_all() -> None:
+        try:
+            page = await store.list_conversations(OWNER, 10, None)
+        except Unavailable:
+            answers["unavailable"] += 1
+            return
+        assert [c.conversation_id for c in page.items] == cids[::-1]
+        answers["whole"] += 1
 
-        slot, source, target = _move(own_cluster)
-        await own_cluster.migrate_slot(
-            slot,
-            source,
-            target,
-            batch=100,
-            between=list_all,
-            first=[f"{tag}:convs", f"{tag}:usage"],
-        )
-        await list_all()
-        assert answers["unavailable"] > 0  # tried with the hashes on the old node
-        assert answers["whole"] > 1
-        await _usage_intact(target, tag, cids)
-    finally:
-        await store.close()
+    target = await _move_slot(
+        own_cluster, batch=100, between=list_all, first=[f"{tag}:convs", f"{tag}:usage"]
+    )
+    await list_all()
+    assert answers["unavailable"] > 0  # tried with the hashes on the old node
+    assert answers["whole"] > 1
+    await _usage_intact(target, tag, cids)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("full", ["conversations", "bytes"])
 async def test_a_storage_check_at_the_limit_mid_move_keeps_every_conversation(
-    own_cluster: LocalCluster, full: str
+    own_cluster: LocalCluster, make_store: Callable[..., MemoryStore], full: str
 ) -> None:
     """CheckStorage for a new conversation, the owner at its conversation (or byte) limit,
     at every step of a move, first with the owner's list and usage moved and the
@@ -576,52 +562,40 @@ async def test_a_storage_check_at_the_limit_mid_move_keeps_every_conversation(
     (UNAVAILABLE) and the check says full once the move is done. Before, the reconcile ran
     on the new node, took the hashes not moved yet for expired, dropped every
     conversation from the list and the accounting, and answered that the turn fits."""
-    store = MemoryStore(
-        connect(own_cluster.url, cluster=True, socket_timeout=5, connect_timeout=2),
-        max_conversations_per_owner=3,
-        max_bytes_per_owner=3000,
+    store = make_store(max_conversations_per_owner=3, max_bytes_per_owner=3000)
+    # At the limit: three conversations, or two and a turn that would fit only without
+    # them (2 x 258 bytes counted; 2200 + 512 of overhead more fit 3000 only alone).
+    count, ask = (3, 0) if full == "conversations" else (2, 2200)
+    cids = [(await store.create_conversation(OWNER, f"c{n}")).conversation_id for n in range(count)]
+    tag = store.tag(OWNER)
+    answers = {"full": 0, "unavailable": 0}
+
+    async def check() -> None:
+        try:
+            await store.check_storage(OWNER, "", ask)
+        except Unavailable:
+            answers["unavailable"] += 1
+            return
+        except ResourceExhausted as err:
+            reason = "OWNER_CONVERSATIONS_FULL" if full == "conversations" else "OWNER_STORAGE_FULL"
+            assert err.reason == reason
+            answers["full"] += 1
+            return
+        raise AssertionError("a turn past the limit fits")
+
+    target = await _move_slot(
+        own_cluster, batch=100, between=check, first=[f"{tag}:convs", f"{tag}:usage"]
     )
-    owner = Owner(DEFAULT_TENANT, USER)
-    try:
-        # At the limit: three conversations, or two and a turn that would fit only without
-        # them (2 x 258 bytes counted; 2200 + 512 of overhead more fit 3000 only alone).
-        count, ask = (3, 0) if full == "conversations" else (2, 2200)
-        cids = [
-            (await store.create_conversation(owner, f"c{n}")).conversation_id for n in range(count)
-        ]
-        tag = store.tag(owner)
-        answers = {"full": 0, "unavailable": 0}
-
-        async def check() -> None:
-            try:
-                await store.check_storage(owner, "", ask)
-            except Unavailable:
-                answers["unavailable"] += 1
-                return
-            except ResourceExhausted as err:
-                reason = (
-                    "OWNER_CONVERSATIONS_FULL" if full == "conversations" else "OWNER_STORAGE_FULL"
-                )
-                assert err.reason == reason
-                answers["full"] += 1
-                return
-            raise AssertionError("a turn past the limit fits")
-
-        slot, source, target = _move(own_cluster)
-        await own_cluster.migrate_slot(
-            slot, source, target, batch=100, between=check, first=[f"{tag}:convs", f"{tag}:usage"]
-        )
-        await check()
-        assert answers["unavailable"] > 0  # tried with the hashes on the old node
-        assert answers["full"] > 0
-        await _usage_intact(target, tag, cids)
-    finally:
-        await store.close()
+    await check()
+    assert answers["unavailable"] > 0  # tried with the hashes on the old node
+    assert answers["full"] > 0
+    await _usage_intact(target, tag, cids)
 
 
 @pytest.mark.slow
 async def test_a_conversation_measured_mid_move_counts_every_turn(
     own_cluster: LocalCluster,
+    make_store: Callable[..., MemoryStore],
 ) -> None:
     """A conversation stored before the accounting (no field in the owner's usage hash),
     checked at every step of a move, first with its own keys and the usage moved and its
@@ -629,53 +603,44 @@ async def test_a_conversation_measured_mid_move_counts_every_turn(
     measure while they are split (UNAVAILABLE), and afterwards it counts every turn's
     bytes. Before, measured on the new node, the turns not moved yet counted only their
     overhead, for good."""
-    store = MemoryStore(connect(own_cluster.url, cluster=True, socket_timeout=5, connect_timeout=2))
-    owner = Owner(DEFAULT_TENANT, USER)
-    try:
-        cid = (await store.create_conversation(owner, "m")).conversation_id
-        for n in range(5):
-            await store.create_interaction(
-                owner, cid, pb.Interaction(input=f"m{n}" * 100), f"m{n}", b"t" * 50
-            )
-        tag = store.tag(owner)
-        # As stored by an older version: the conversation not counted (the hash kept).
-        async with connect(
-            own_cluster.url, cluster=True, socket_timeout=5, connect_timeout=2
-        ) as admin:
-            await admin.hdel(f"{tag}:usage", cid)
-            await admin.hset(f"{tag}:usage", "total", 0)
-        answers = {"whole": 0, "unavailable": 0}
-
-        async def check() -> None:
-            try:
-                usage = await store.check_storage(owner, cid, 0)
-            except Unavailable:
-                answers["unavailable"] += 1
-                return
-            assert usage.used_bytes > 5 * 300
-            answers["whole"] += 1
-
-        slot, source, target = _move(own_cluster)
-        conv = f"{tag}:conv:{cid}"
-        await own_cluster.migrate_slot(
-            slot,
-            source,
-            target,
-            batch=100,
-            between=check,
-            first=[f"{tag}:convs", conv, f"{conv}:ints", f"{tag}:usage"],
+    store = make_store()
+    cid = (await store.create_conversation(OWNER, "m")).conversation_id
+    for n in range(5):
+        await store.create_interaction(
+            OWNER, cid, pb.Interaction(input=f"m{n}" * 100), f"m{n}", b"t" * 50
         )
-        await check()
-        await _usage_intact(target, tag, [cid])
-        assert answers["unavailable"] > 0  # tried with the turns on the old node
-    finally:
-        await store.close()
+    tag = store.tag(OWNER)
+    # As stored by an older version: the conversation not counted (the hash kept).
+    async with _client(own_cluster) as admin:
+        await admin.hdel(f"{tag}:usage", cid)
+        await admin.hset(f"{tag}:usage", "total", 0)
+    answers = {"whole": 0, "unavailable": 0}
+
+    async def check() -> None:
+        try:
+            usage = await store.check_storage(OWNER, cid, 0)
+        except Unavailable:
+            answers["unavailable"] += 1
+            return
+        assert usage.used_bytes > 5 * 300
+        answers["whole"] += 1
+
+    conv = f"{tag}:conv:{cid}"
+    target = await _move_slot(
+        own_cluster,
+        batch=100,
+        between=check,
+        first=[f"{tag}:convs", conv, f"{conv}:ints", f"{tag}:usage"],
+    )
+    await check()
+    await _usage_intact(target, tag, [cid])
+    assert answers["unavailable"] > 0  # tried with the turns on the old node
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("first", ["turns", "request_ids"])
 async def test_reads_of_a_turn_mid_move_never_say_it_is_gone(
-    own_cluster: LocalCluster, first: str
+    own_cluster: LocalCluster, make_store: Callable[..., MemoryStore], first: str
 ) -> None:
     """The reads of a turn that derive a key from it (GetInteraction, the traces,
     UpdateInteraction, the search index's hits and sweep: its conversation hash;
@@ -685,127 +650,112 @@ async def test_reads_of_a_turn_mid_move_never_say_it_is_gone(
     Before, run on the new node they took the keys not moved yet for gone: NOT_FOUND,
     "not stored" (and a claim that let the request be answered again), a search hit left
     out and its index entry removed."""
-    store = MemoryStore(connect(own_cluster.url, cluster=True, socket_timeout=5, connect_timeout=2))
-    owner = Owner(DEFAULT_TENANT, USER)
-    try:
-        cid = (await store.create_conversation(owner, "g")).conversation_id
-        iids = [
-            (
-                await store.create_interaction(
-                    owner, cid, pb.Interaction(input=f"g{n}"), f"g{n}", b"traces"
-                )
-            ).interaction_id
-            for n in range(3)
-        ]
-        tag = store.tag(owner)
-        answers = {"whole": 0, "unavailable": 0}
+    store = make_store()
+    cid = (await store.create_conversation(OWNER, "g")).conversation_id
+    iids = [
+        (
+            await store.create_interaction(
+                OWNER, cid, pb.Interaction(input=f"g{n}"), f"g{n}", b"traces"
+            )
+        ).interaction_id
+        for n in range(3)
+    ]
+    tag = store.tag(OWNER)
+    answers = {"whole": 0, "unavailable": 0}
 
-        async def read_all() -> None:
-            try:
-                assert [
-                    i.input if i else None for i in await store.get_interactions(owner, iids)
-                ] == [f"g{n}" for n in range(3)]
-                assert await store.interactions_exist(owner, iids) == [True] * 3
+    async def read_all() -> None:
+        try:
+            assert [i.input if i else None for i in await store.get_interactions(OWNER, iids)] == [
+                f"g{n}" for n in range(3)
+            ]
+            assert await store.interactions_exist(OWNER, iids) == [True] * 3
+            answers["whole"] += 1
+        except Unavailable:
+            answers["unavailable"] += 1
+        for n, iid in enumerate(iids):
+            reads: dict[str, Any] = {
+                "get": store.get_interaction_data(OWNER, iid),
+                "traces": store.get_interaction_traces(OWNER, iid),
+                "update": store.update_interaction(OWNER, iid, lambda i: None),
+                "stored": store.stored_request(OWNER, f"g{n}"),
+                "claim": store.claim_request(OWNER, f"g{n}", "token", 30),
+            }
+            for name, read in reads.items():
+                try:
+                    got = await read
+                except Unavailable:
+                    answers["unavailable"] += 1
+                    continue
+                if name == "get":
+                    assert pb.Interaction.FromString(got).input == f"g{n}"
+                elif name == "traces":
+                    assert got == b"traces"
+                elif name in ("update", "stored", "claim"):
+                    assert isinstance(got, pb.Interaction), (name, got)
+                    assert got.interaction_id == iid
                 answers["whole"] += 1
-            except Unavailable:
-                answers["unavailable"] += 1
-            for n, iid in enumerate(iids):
-                reads: dict[str, Any] = {
-                    "get": store.get_interaction_data(owner, iid),
-                    "traces": store.get_interaction_traces(owner, iid),
-                    "update": store.update_interaction(owner, iid, lambda i: None),
-                    "stored": store.stored_request(owner, f"g{n}"),
-                    "claim": store.claim_request(owner, f"g{n}", "token", 30),
-                }
-                for name, read in reads.items():
-                    try:
-                        got = await read
-                    except Unavailable:
-                        answers["unavailable"] += 1
-                        continue
-                    if name == "get":
-                        assert pb.Interaction.FromString(got).input == f"g{n}"
-                    elif name == "traces":
-                        assert got == b"traces"
-                    elif name in ("update", "stored", "claim"):
-                        assert isinstance(got, pb.Interaction), (name, got)
-                        assert got.interaction_id == iid
-                    answers["whole"] += 1
 
-        moved = [f"{tag}:req:g{n}" for n in range(3)]
-        if first == "turns":
-            moved += [f"{tag}:int:{iid}" for iid in iids]
-        slot, source, target = _move(own_cluster)
-        await own_cluster.migrate_slot(
-            slot, source, target, batch=100, between=read_all, first=moved
-        )
-        await read_all()
-        assert answers["unavailable"] > 0  # tried with the keys split
-        assert answers["whole"] >= 15
-    finally:
-        await store.close()
+    moved = [f"{tag}:req:g{n}" for n in range(3)]
+    if first == "turns":
+        moved += [f"{tag}:int:{iid}" for iid in iids]
+    await _move_slot(own_cluster, batch=100, between=read_all, first=moved)
+    await read_all()
+    assert answers["unavailable"] > 0  # tried with the keys split
+    assert answers["whole"] >= 15
 
 
 @pytest.mark.slow
 async def test_a_conversation_list_page_read_as_the_move_ends_keeps_every_conversation(
-    own_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
+    own_cluster: LocalCluster,
+    make_store: Callable[..., MemoryStore],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """ListConversations whose page script ran with the owner's list moved and the
     conversations' hashes not (so it read them missing and left them out of the page),
     and whose reconcile of those hashes ran once the move was done (so it found every one
     present and dropped none): the page was answered without the live conversations, its
     cursor past them, and the client paged over them. The page is now read again."""
-    store = MemoryStore(connect(own_cluster.url, cluster=True, socket_timeout=5, connect_timeout=2))
-    owner = Owner(DEFAULT_TENANT, USER)
-    try:
-        cids = [(await store.create_conversation(owner, f"e{n}")).conversation_id for n in range(3)]
-        tag = store.tag(owner)
-        reconciling, moved = asyncio.Event(), asyncio.Event()
-        reconcile = store._reconcile
+    store = make_store()
+    cids = [(await store.create_conversation(OWNER, f"e{n}")).conversation_id for n in range(3)]
+    tag = store.tag(OWNER)
+    reconciling, moved = asyncio.Event(), asyncio.Event()
+    reconcile = store._reconcile
 
-        async def late_reconcile(tag: str, gone: list[str] | None = None) -> Any:
-            # Interleaving only (the store's own code runs, on the real cluster): the
-            # reconcile a page asks for waits until the move is done.
-            if gone is not None and not moved.is_set():
-                reconciling.set()
-                await moved.wait()
-            return await reconcile(tag, gone)
+    async def late_reconcile(tag: str, gone: list[str] | None = None) -> Any:
+        # Interleaving only (the store's own code runs, on the real cluster): the
+        # reconcile a page asks for waits until the move is done.
+        if gone is not None and not moved.is_set():
+            reconciling.set()
+            await moved.wait()
+        return await reconcile(tag, gone)
 
-        monkeypatch.setattr(store, "_reconcile", late_reconcile)
-        listing: list[asyncio.Task[Any]] = []
+    monkeypatch.setattr(store, "_reconcile", late_reconcile)
+    listing: list[asyncio.Task[Any]] = []
 
-        async def list_once() -> None:
-            if listing:
-                return
-            listing.append(asyncio.ensure_future(store.list_conversations(owner, 10, None)))
-            await asyncio.wait(
-                [listing[0], asyncio.ensure_future(reconciling.wait())],
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-            assert reconciling.is_set()  # the page script read the hashes missing
-
-        slot, source, target = _move(own_cluster)
-        await own_cluster.migrate_slot(
-            slot,
-            source,
-            target,
-            batch=100,
-            between=list_once,
-            first=[f"{tag}:convs", f"{tag}:usage"],
+    async def list_once() -> None:
+        if listing:
+            return
+        listing.append(asyncio.ensure_future(store.list_conversations(OWNER, 10, None)))
+        await asyncio.wait(
+            [listing[0], asyncio.ensure_future(reconciling.wait())],
+            return_when=asyncio.FIRST_COMPLETED,
         )
-        moved.set()
-        page = await listing[0]
-        assert [c.conversation_id for c in page.items] == cids[::-1]
-        assert page.next_cursor is None
-        await _usage_intact(target, tag, cids)
-    finally:
-        await store.close()
+        assert reconciling.is_set()  # the page script read the hashes missing
+
+    target = await _move_slot(
+        own_cluster, batch=100, between=list_once, first=[f"{tag}:convs", f"{tag}:usage"]
+    )
+    moved.set()
+    page = await listing[0]
+    assert [c.conversation_id for c in page.items] == cids[::-1]
+    assert page.next_cursor is None
+    await _usage_intact(target, tag, cids)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("first", ["list", "turns"])
 async def test_turns_listed_mid_move_are_never_dropped(
-    own_cluster: LocalCluster, first: str
+    own_cluster: LocalCluster, make_store: Callable[..., MemoryStore], first: str
 ) -> None:
     """ListInteractions at every step of a move, first with the conversation's keys (its
     hash, its list of turns, the owner's usage) moved and its turns not, or the turns
@@ -813,41 +763,36 @@ async def test_turns_listed_mid_move_are_never_dropped(
     still listed and counted. A listed turn with no key is dropped only by a run that
     declares every turn (lua/drop_missing.lua), which Redis refuses while they are split:
     a turn not moved yet is never taken for one gone for good."""
-    store = MemoryStore(connect(own_cluster.url, cluster=True, socket_timeout=5, connect_timeout=2))
-    owner = Owner(DEFAULT_TENANT, USER)
-    try:
-        cid = (await store.create_conversation(owner, "l")).conversation_id
-        iids = [
-            (
-                await store.create_interaction(owner, cid, pb.Interaction(input=f"l{n}"), f"l{n}")
-            ).interaction_id
-            for n in range(6)
-        ]
-        tag = store.tag(owner)
-        answers = {"whole": 0, "unavailable": 0}
+    store = make_store()
+    cid = (await store.create_conversation(OWNER, "l")).conversation_id
+    iids = [
+        (
+            await store.create_interaction(OWNER, cid, pb.Interaction(input=f"l{n}"), f"l{n}")
+        ).interaction_id
+        for n in range(6)
+    ]
+    tag = store.tag(OWNER)
+    answers = {"whole": 0, "unavailable": 0}
 
-        async def list_all() -> None:
-            try:
-                page = await store.list_interactions(owner, cid, 10, None, 1 << 20)
-            except Unavailable:
-                answers["unavailable"] += 1
-                return
-            got = [pb.Interaction.FromString(data).input for data in page.items]
-            assert got == [f"l{n}" for n in reversed(range(6))]
-            answers["whole"] += 1
+    async def list_all() -> None:
+        try:
+            page = await store.list_interactions(OWNER, cid, 10, None, 1 << 20)
+        except Unavailable:
+            answers["unavailable"] += 1
+            return
+        got = [pb.Interaction.FromString(data).input for data in page.items]
+        assert got == [f"l{n}" for n in reversed(range(6))]
+        answers["whole"] += 1
 
-        if first == "list":
-            moved = [f"{tag}:convs", f"{tag}:usage", f"{tag}:conv:{cid}", f"{tag}:conv:{cid}:ints"]
-        else:
-            moved = [f"{tag}:int:{iid}" for iid in iids]
-        slot, source, target = _move(own_cluster)
-        await own_cluster.migrate_slot(slot, source, target, batch=2, between=list_all, first=moved)
-        await list_all()
-        assert answers["unavailable"] > 0  # tried with the turns split from their list
-        async with target.client() as client:
-            listed = [m.decode() for m in await client.zrange(f"{tag}:conv:{cid}:ints", 0, -1)]
-            assert listed == iids
-            assert await client.hget(f"{tag}:conv:{cid}", "interaction_count") == b"6"
-        await _usage_intact(target, tag, [cid])
-    finally:
-        await store.close()
+    if first == "list":
+        moved = [f"{tag}:convs", f"{tag}:usage", f"{tag}:conv:{cid}", f"{tag}:conv:{cid}:ints"]
+    else:
+        moved = [f"{tag}:int:{iid}" for iid in iids]
+    target = await _move_slot(own_cluster, batch=2, between=list_all, first=moved)
+    await list_all()
+    assert answers["unavailable"] > 0  # tried with the turns split from their list
+    async with target.client() as client:
+        listed = [m.decode() for m in await client.zrange(f"{tag}:conv:{cid}:ints", 0, -1)]
+        assert listed == iids
+        assert await client.hget(f"{tag}:conv:{cid}", "interaction_count") == b"6"
+    await _usage_intact(target, tag, [cid])
