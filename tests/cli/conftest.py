@@ -15,7 +15,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -148,6 +148,27 @@ def cli(
     def run(*argv: str, address: str | None = None) -> Result:
         capsys.readouterr()
         code = main(["--address", address or running_stack.address, *argv])
+        captured = capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+
+    return run
+
+
+CliAlone = Callable[[list[str]], Result]
+
+
+@pytest.fixture
+def cli_alone(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> CliAlone:
+    """``cli_alone(["search", ...])`` runs ``gensearch search ...`` with no stack started,
+    its state directory in the test's tmp_path: for what the CLI says before, or instead
+    of, reaching a gateway."""
+    monkeypatch.setenv("GENSEARCH_STATE_DIR", str(tmp_path))
+
+    def run(argv: list[str]) -> Result:
+        capsys.readouterr()
+        code = main(argv)
         captured = capsys.readouterr()
         return Result(code, captured.out, captured.err)
 

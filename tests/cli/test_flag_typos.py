@@ -6,11 +6,9 @@ flag made its value "an invalid choice" of command, and a misspelt search flag p
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from services.cli.__main__ import main
+from tests.cli.conftest import CliAlone
 
 
 @pytest.mark.parametrize(
@@ -53,19 +51,11 @@ from services.cli.__main__ import main
         ),
     ],
 )
-def test_a_mistyped_flag_is_named(
-    argv: list[str],
-    expected: str,
-    capsys: pytest.CaptureFixture[str],
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setenv("GENSEARCH_STATE_DIR", str(tmp_path))
-    code = main(argv)
-    captured = capsys.readouterr()
-    assert code == 2
-    assert captured.out == ""
-    assert captured.err == expected + "\n"
+def test_a_mistyped_flag_is_named(argv: list[str], expected: str, cli_alone: CliAlone) -> None:
+    result = cli_alone(argv)
+    assert result.code == 2
+    assert result.out == ""
+    assert result.err == expected + "\n"
 
 
 @pytest.mark.parametrize(
@@ -81,14 +71,10 @@ def test_a_mistyped_flag_is_named(
     ],
 )
 def test_known_flags_reach_the_call(
-    argv: list[str],
-    capsys: pytest.CaptureFixture[str],
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    argv: list[str], cli_alone: CliAlone, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("GENSEARCH_STATE_DIR", str(tmp_path))
     monkeypatch.setenv("GENSEARCH_ADDRESS", "127.0.0.1:1")
-    code = main(argv)
-    err = capsys.readouterr().err
-    assert code == 1, err  # parsed, then the call found no gateway
+    result = cli_alone(argv)
+    err = result.err
+    assert result.code == 1, err  # parsed, then the call found no gateway
     assert err.startswith("error: UNAVAILABLE: cannot reach the gateway"), err

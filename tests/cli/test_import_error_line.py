@@ -8,19 +8,19 @@ from pathlib import Path
 
 import pytest
 
-from services.cli.__main__ import main
+from tests.cli.conftest import CliAlone
 
 
 def test_a_failed_import_leaves_no_blank_line(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    cli_alone: CliAlone, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("GENSEARCH_STATE_DIR", str(tmp_path))
     monkeypatch.delenv("GENSEARCH_API_KEY", raising=False)
     books = tmp_path / "books.jsonl"
     books.write_text('{"title": "Emma", "year": 1815}\n')
-    code = main(["--address", "127.0.0.1:1", "import", str(books), "--collection", "Books"])
-    captured = capsys.readouterr()
-    assert code == 1
+    captured = cli_alone(
+        ["--address", "127.0.0.1:1", "import", str(books), "--collection", "Books"]
+    )
+    assert captured.code == 1
     assert captured.out == ""
     assert captured.err.startswith("error: UNAVAILABLE: cannot reach the gateway"), captured.err
     assert captured.err.count("\n") == 1, repr(captured.err)

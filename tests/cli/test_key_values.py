@@ -4,11 +4,9 @@ usage mistake, one line naming the flag, never the key; before this it was grpc 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from services.cli.__main__ import main
+from tests.cli.conftest import CliAlone
 
 SECRET = "sk-caf\u00e9\u2026"
 
@@ -23,24 +21,19 @@ SECRET = "sk-caf\u00e9\u2026"
 def test_a_key_that_is_no_metadata_value_is_a_usage_mistake(
     argv: list[str],
     flag: str,
-    capsys: pytest.CaptureFixture[str],
-    tmp_path: Path,
+    cli_alone: CliAlone,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("GENSEARCH_STATE_DIR", str(tmp_path))
     monkeypatch.delenv("GENSEARCH_API_KEY", raising=False)
-    code = main(["--address", "127.0.0.1:1", *argv, "collections", "list"])
-    err = capsys.readouterr().err
-    assert code == 2
+    result = cli_alone(["--address", "127.0.0.1:1", *argv, "collections", "list"])
+    err = result.err
+    assert result.code == 2
     assert err.count("\n") == 1 and err.startswith(f"error: {flag}")
     assert "printable ASCII" in err and SECRET not in err and "caf" not in err
 
 
-def test_the_env_key_is_named_too(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("GENSEARCH_STATE_DIR", str(tmp_path))
+def test_the_env_key_is_named_too(cli_alone: CliAlone, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GENSEARCH_API_KEY", "two\nlines")
-    code = main(["--address", "127.0.0.1:1", "collections", "list"])
-    err = capsys.readouterr().err
-    assert code == 2 and err.startswith("error: --api-key (GENSEARCH_API_KEY)")
+    result = cli_alone(["--address", "127.0.0.1:1", "collections", "list"])
+    err = result.err
+    assert result.code == 2 and err.startswith("error: --api-key (GENSEARCH_API_KEY)")

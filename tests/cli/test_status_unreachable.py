@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from services.cli.__main__ import main
+from tests.cli.conftest import CliAlone
 from tests.cli.test_commands import one_error_line
 
 UNREACHABLE = (
@@ -24,17 +24,15 @@ UNREACHABLE = (
 @pytest.mark.parametrize("json_flag", [[], ["--json"]])
 def test_status_of_an_unreachable_gateway_is_one_line(
     json_flag: list[str],
-    capsys: pytest.CaptureFixture[str],
+    cli_alone: CliAlone,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("GENSEARCH_DATA_DIR", str(tmp_path))  # no stack.json of an `up`
-    monkeypatch.setenv("GENSEARCH_STATE_DIR", str(tmp_path))
     monkeypatch.delenv("GENSEARCH_API_KEY", raising=False)
     for part in ("MEMORY", "RETRIEVAL", "GENERATION"):
         monkeypatch.delenv(f"GENSEARCH_GATEWAY_{part}_ADDR", raising=False)
-    code = main(["--address", "127.0.0.1:1", "status", *json_flag])
-    captured = capsys.readouterr()
-    assert code == 1  # docs/cli.md: 1 for an error, or a part that is down
+    captured = cli_alone(["--address", "127.0.0.1:1", "status", *json_flag])
+    assert captured.code == 1  # docs/cli.md: 1 for an error, or a part that is down
     assert captured.out == ""  # no table (or JSON) of rows that all say the same
     assert one_error_line(captured.err) == UNREACHABLE
