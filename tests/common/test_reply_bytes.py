@@ -9,8 +9,6 @@ so the server holds it until the client reads)."""
 from __future__ import annotations
 
 import asyncio
-import gc
-import tracemalloc
 from collections.abc import AsyncIterator
 
 import grpc
@@ -21,6 +19,7 @@ from pydantic import SecretStr
 
 from services.common.server import GrpcServer
 from services.retrieval.settings import RetrievalSettings
+from tests.support.allocations import bytes_kept
 from tests.support.rpc import error_info
 
 SERVICE = "gensearch.test.v1.ReplyBytesService"
@@ -232,20 +231,14 @@ async def test_a_refused_reply_is_freed_when_its_call_ends(
     unary = channel.unary_unary(f"/{SERVICE}/Huge", _ident, _ident)
     held = [stream(b"", metadata=NOISY, timeout=60) for _ in range(2)]
     await _held(server, "noisy", 2 * BIG)
-    gc.collect()
-    gc.disable()
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
+
+    async def refused_thrice() -> None:
         for _ in range(3):
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await unary(b"", metadata=NOISY, timeout=30)
             assert error_info(caught.value).reason == "RESPONSE_BYTES_IN_FLIGHT"
-        await asyncio.sleep(0.2)  # the server's calls are over
-        kept = tracemalloc.get_traced_memory()[0] - before
-    finally:
-        tracemalloc.stop()
-        gc.enable()
+
+    kept = await bytes_kept(refused_thrice)
     assert kept < BIG // 2, f"{kept} bytes kept after three refused {BIG}-byte replies"
     for call in held:
         assert [len(m) async for m in call] == [BIG, 3]

@@ -7,8 +7,6 @@ client stream holds one message at a time. A real grpc.aio server and channel.""
 from __future__ import annotations
 
 import asyncio
-import gc
-import tracemalloc
 from collections.abc import AsyncIterator
 
 import grpc
@@ -19,6 +17,7 @@ from pydantic import SecretStr
 
 from services.common.server import GrpcServer
 from services.retrieval.settings import RetrievalSettings
+from tests.support.allocations import bytes_kept
 from tests.support.rpc import error_info
 
 SERVICE = "gensearch.test.v1.RequestBytesService"
@@ -171,20 +170,14 @@ async def test_a_refused_request_is_freed_when_its_call_ends(
     await _holds(server, 3 * MIB)
     quick = channel.unary_unary(f"/{SERVICE}/Quick", _ident, _ident)
     payload = b"b" * (3 * MIB)
-    gc.collect()
-    gc.disable()
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
+
+    async def refused_thrice() -> None:
         for _ in range(3):
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await quick(payload, metadata=BOB, timeout=30)
             _assert_refused(caught.value, 3 * MIB, 3 * MIB)
-        await asyncio.sleep(0.2)  # the server's calls are over
-        kept = tracemalloc.get_traced_memory()[0] - before
-    finally:
-        tracemalloc.stop()
-        gc.enable()
+
+    kept = await bytes_kept(refused_thrice)
     assert kept < MIB, f"{kept} bytes kept after three refused {3 * MIB}-byte requests"
     GATE.open.set()
     assert await first == str(3 * MIB).encode()
