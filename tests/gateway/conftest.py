@@ -248,6 +248,50 @@ BOOKS = [
 ]
 
 
+# The books create_books stores whose body is not empty.
+WITH_BODY = [b for b in BOOKS if b["body"]]
+
+
+def books_search(limit: int = 4, **generate: Any) -> gw_pb.GenerativeSearchRequest:
+    """A GenerativeSearch of ``create_books``' Books, near every book, its generate block
+    as ``generate`` says."""
+    return gw_pb.GenerativeSearchRequest(**_books_search(limit, generate))
+
+
+def books_stream_search(limit: int = 4, **generate: Any) -> gw_pb.StreamGenerativeSearchRequest:
+    """``books_search``, as a StreamGenerativeSearch."""
+    return gw_pb.StreamGenerativeSearchRequest(**_books_search(limit, generate))
+
+
+def _books_search(limit: int, generate: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "collection": "Books",
+        "near_vector": ret_pb.NearVector(vector=[0.5] * DIM),
+        "limit": limit,
+        "generate": gw_pb.Generate(**generate),
+    }
+
+
+def books_ask(**fields: Any) -> gw_pb.AskRequest:
+    """An Ask of ``create_books``' Books, near every book: the desert question unless
+    ``fields`` say otherwise."""
+    return gw_pb.AskRequest(**_books_question(fields))
+
+
+def books_stream_ask(**fields: Any) -> gw_pb.StreamAskRequest:
+    """``books_ask``, as a StreamAsk."""
+    return gw_pb.StreamAskRequest(**_books_question(fields))
+
+
+def _books_question(fields: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "collection": "Books",
+        "llm_question": "Which book is about a desert?",
+        "near_vector": ret_pb.NearVector(vector=[0.5] * DIM),
+        **fields,
+    }
+
+
 def vector(i: int) -> list[float]:
     v = [0.1] * DIM
     v[i % DIM] = 1.0

@@ -29,6 +29,7 @@ from tests.gateway.conftest import (
     TOKEN,
     Stack,
     StackFactory,
+    books_ask,
     create_books,
     create_embedded,
     fake_provider,
@@ -276,27 +277,32 @@ async def test_an_empty_answer_does_not_break_the_conversation(stack: Stack) -> 
         assert "desert?" not in [m["content"] for m in sent]  # the unanswered turn is left out
 
 
+# A new conversation's turn with a timeout of 0.4 s (the model made slower than that).
+TIMED_TURN: dict[str, Any] = {
+    "collection": "Books",
+    "llm_question": "desert?",
+    "new_conversation": True,
+    "timeout": duration_pb2.Duration(nanos=400_000_000),
+}
+
+
+def _ran_out_of_the_timeout(err: grpc.aio.AioRpcError) -> None:
+    """The request's timeout ran out: the status says so and names it (it named no field)."""
+    assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert error_info(err).metadata["field"] == "timeout"
+    assert "timeout of 0.4 s" in (err.details() or "")
+
+
 async def test_timeout_is_enforced(stack: Stack) -> None:
     await create_books(stack)
     stack.fake.latency = 60
     started = time.perf_counter()
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await stack.stub.Ask(
-            gw_pb.AskRequest(
-                collection="Books",
-                llm_question="desert?",
-                new_conversation=True,
-                timeout=duration_pb2.Duration(nanos=400_000_000),
-            ),
-            metadata=ALICE,
-        )
-    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        await stack.stub.Ask(gw_pb.AskRequest(**TIMED_TURN), metadata=ALICE)
     # Ended by the 0.4 s timeout, not the model's 60 s (the bound was 2 s with a 5 s
     # model: little room on a loaded machine; the gateway alone enforces this timeout).
     assert time.perf_counter() - started < 20
-    # The request's timeout ran out: the status names it (it named no field).
-    assert error_info(err.value).metadata["field"] == "timeout"
-    assert "timeout of 0.4 s" in (err.value.details() or "")
+    _ran_out_of_the_timeout(err.value)
     listed = await stack.memory.ListConversations(mem_pb.ListConversationsRequest(), metadata=ALICE)
     assert list(listed.conversations) == []
 
@@ -306,20 +312,14 @@ async def test_stream_ask_names_the_timeout_that_ran_out(stack: Stack) -> None:
     DEADLINE_EXCEEDED naming no field. Now ``timeout``, as Ask's whole-turn timer does."""
     await create_books(stack)
     stack.fake.latency = 60
-    call = stack.stub.StreamAsk(
-        gw_pb.StreamAskRequest(
-            collection="Books",
-            llm_question="desert?",
-            new_conversation=True,
-            timeout=duration_pb2.Duration(nanos=400_000_000),
-        ),
-        metadata=ALICE,
-        timeout=30,
-    )
-    err = await failure_of(call)
-    assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert error_info(err).metadata["field"] == "timeout"
-    assert "timeout of 0.4 s" in (err.details() or "")
+    call = stack.stub.StreamAsk(gw_pb.StreamAskRequest(**TIMED_TURN), metadata=ALICE, timeout=30)
+    _ran_out_of_the_timeout(await failure_of(call))
+
+
+def _window_ask(**fields: Any) -> gw_pb.AskRequest:
+    """An Ask for the context-window guard's tests: a short question, the prompt sent
+    (and what the guard trimmed) in the answer."""
+    return books_ask(llm_question="desert planet spice?", debug=True, **fields)
 
 
 async def test_the_guard_fits_any_model_of_a_provider_to_its_window(
@@ -339,20 +339,25 @@ async def test_the_guard_fits_any_model_of_a_provider_to_its_window(
         for i in range(5)
     ]
     await create_books(stack, books=long_books)
-    answer = await stack.stub.Ask(
-        gw_pb.AskRequest(
-            collection="Books",
-            llm_question="desert planet spice?",
-            near_vector=ret_pb.NearVector(vector=[0.5] * DIM),
-            llm_model="big",
-            debug=True,
-        ),
-        metadata=ALICE,
-        timeout=30,
-    )
+    answer = await stack.stub.Ask(_window_ask(llm_model="big"), metadata=ALICE, timeout=30)
     assert answer.model == "big"
     assert answer.trimmed.hits >= 1
     assert len(fake.chat_requests) == 1
+
+
+async def _old_turns(stack: Stack) -> str:
+    """A conversation of Alice's with four long turns; returns its id."""
+    made = await stack.memory.CreateConversation(mem_pb.CreateConversationRequest(), metadata=ALICE)
+    for i in range(4):
+        await stack.memory.CreateInteraction(
+            mem_pb.CreateInteractionRequest(
+                conversation_id=made.conversation.conversation_id,
+                input=f"old question {i} " + "word " * 40,
+                response=f"old answer {i} " + "word " * 40,
+            ),
+            metadata=ALICE,
+        )
+    return made.conversation.conversation_id
 
 
 async def test_context_window_guard_trims_history_then_hits(
@@ -360,27 +365,9 @@ async def test_context_window_guard_trims_history_then_hits(
 ) -> None:
     stack = await stack_factory(context_windows={"tiny": 250}, answer_reserve_tokens=64)
     await create_books(stack)
-    made = await stack.memory.CreateConversation(mem_pb.CreateConversationRequest(), metadata=ALICE)
-    conversation = made.conversation.conversation_id
-    for i in range(4):
-        await stack.memory.CreateInteraction(
-            mem_pb.CreateInteractionRequest(
-                conversation_id=conversation,
-                input=f"old question {i} " + "word " * 40,
-                response=f"old answer {i} " + "word " * 40,
-            ),
-            metadata=ALICE,
-        )
+    conversation = await _old_turns(stack)
     answer = await stack.stub.Ask(
-        gw_pb.AskRequest(
-            collection="Books",
-            llm_question="desert planet spice?",
-            near_vector=ret_pb.NearVector(vector=[0.5] * DIM),
-            llm_model="tiny-model",
-            conversation_id=conversation,
-            rewrite_query=False,
-            debug=True,
-        ),
+        _window_ask(llm_model="tiny-model", conversation_id=conversation, rewrite_query=False),
         metadata=ALICE,
     )
     assert answer.trimmed.history_turns == 4
@@ -394,28 +381,9 @@ async def test_context_window_guard_trims_history_then_hits(
     # A roomier window keeps the most recent turns and drops the oldest first.
     stack2 = await stack_factory(context_windows={"tiny": 600}, answer_reserve_tokens=64)
     await create_books(stack2, name="Books")
-    made2 = await stack2.memory.CreateConversation(
-        mem_pb.CreateConversationRequest(), metadata=ALICE
-    )
-    for i in range(4):
-        await stack2.memory.CreateInteraction(
-            mem_pb.CreateInteractionRequest(
-                conversation_id=made2.conversation.conversation_id,
-                input=f"old question {i} " + "word " * 40,
-                response=f"old answer {i} " + "word " * 40,
-            ),
-            metadata=ALICE,
-        )
+    conversation2 = await _old_turns(stack2)
     roomy = await stack2.stub.Ask(
-        gw_pb.AskRequest(
-            collection="Books",
-            llm_question="desert planet spice?",
-            near_vector=ret_pb.NearVector(vector=[0.5] * DIM),
-            llm_model="tiny-model",
-            conversation_id=made2.conversation.conversation_id,
-            rewrite_query=False,
-            debug=True,
-        ),
+        _window_ask(llm_model="tiny-model", conversation_id=conversation2, rewrite_query=False),
         metadata=ALICE,
     )
     assert 0 < roomy.trimmed.history_turns < 4 and roomy.trimmed.hits == 0

@@ -15,37 +15,20 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 
 from tests.gateway.conftest import (
     ALICE,
-    BOOKS,
     DIM,
+    WITH_BODY,
     Stack,
     StackFactory,
+    books_ask,
+    books_stream_ask,
     create_books,
     fake_provider,
 )
 from tests.support.fake_openai import Behaviour, FakeOpenAI
 from tests.support.rpc import error_info
 
-WITH_BODY = [b for b in BOOKS if b["body"]]
 BACKUP = [gen_pb.ModelChoice(provider="backup")]
 BACKUP_PAIR = gen_pb.ModelChoice(provider="fake", model="backup")
-
-
-def _ask(**fields: Any) -> gw_pb.AskRequest:
-    return gw_pb.AskRequest(
-        collection="Books",
-        llm_question="Which book is about a desert?",
-        near_vector=ret_pb.NearVector(vector=[0.5] * DIM),
-        **fields,
-    )
-
-
-def _stream_ask(**fields: Any) -> gw_pb.StreamAskRequest:
-    return gw_pb.StreamAskRequest(
-        collection="Books",
-        llm_question="Which book is about a desert?",
-        near_vector=ret_pb.NearVector(vector=[0.5] * DIM),
-        **fields,
-    )
 
 
 def _models(fake: FakeOpenAI) -> list[str]:
@@ -71,7 +54,7 @@ async def two(stack_factory: StackFactory, fake2: FakeOpenAI) -> Stack:
 
 
 async def test_ask_falls_back_on_the_requests_chain(two: Stack, fake2: FakeOpenAI) -> None:
-    reply = await two.stub.Ask(_ask(llm_model="primary", fallback=BACKUP), metadata=ALICE)
+    reply = await two.stub.Ask(books_ask(llm_model="primary", fallback=BACKUP), metadata=ALICE)
     assert reply.answer == "backup answer"
     assert (reply.provider, reply.model, reply.fallback_index) == ("backup", "b-model", 1)
     assert _models(two.fake) == ["primary"]
@@ -82,7 +65,7 @@ async def test_stream_ask_falls_back_before_the_first_delta(two: Stack, fake2: F
     events = [
         e
         async for e in two.stub.StreamAsk(
-            _stream_ask(llm_model="primary", fallback=BACKUP), metadata=ALICE
+            books_stream_ask(llm_model="primary", fallback=BACKUP), metadata=ALICE
         )
     ]
     deltas = "".join(e.delta for e in events if e.WhichOneof("event") == "delta")
@@ -93,7 +76,7 @@ async def test_stream_ask_falls_back_before_the_first_delta(two: Stack, fake2: F
 
 async def test_without_a_fallback_the_primarys_error_is_the_answer(two: Stack) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await two.stub.Ask(_ask(llm_model="primary"), metadata=ALICE)
+        await two.stub.Ask(books_ask(llm_model="primary"), metadata=ALICE)
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
@@ -106,12 +89,12 @@ async def test_the_requests_chain_wins_over_the_collections(stack: Stack) -> Non
     await create_books(stack, books=WITH_BODY, generative=generative)
     stack.fake.by_model["primary"] = Behaviour.error(500)
     # No chain on the request: the collection's applies, streamed too.
-    events = [e async for e in stack.stub.StreamAsk(_stream_ask(), metadata=ALICE)]
+    events = [e async for e in stack.stub.StreamAsk(books_stream_ask(), metadata=ALICE)]
     answer = events[-1].answer
     assert (answer.model, answer.fallback_index) == ("collection-backup", 1)
     stack.fake.reset_stats()
     reply = await stack.stub.Ask(
-        _ask(fallback=[gen_pb.ModelChoice(provider="fake", model="request-backup")]),
+        books_ask(fallback=[gen_pb.ModelChoice(provider="fake", model="request-backup")]),
         metadata=ALICE,
     )
     assert (reply.model, reply.fallback_index) == ("request-backup", 1)
@@ -151,8 +134,8 @@ async def test_bad_choices_fail_before_any_call(
 ) -> None:
     await create_books(stack, books=WITH_BODY)
     for call in (
-        lambda: stack.stub.Ask(_ask(**fields), metadata=ALICE),
-        lambda: _drain(stack.stub.StreamAsk(_stream_ask(**fields), metadata=ALICE)),
+        lambda: stack.stub.Ask(books_ask(**fields), metadata=ALICE),
+        lambda: _drain(stack.stub.StreamAsk(books_stream_ask(**fields), metadata=ALICE)),
     ):
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await call()
@@ -170,7 +153,7 @@ async def test_a_collections_bad_chain_is_named(stack: Stack) -> None:
     )
     await create_books(stack, books=WITH_BODY, generative=generative)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await stack.stub.Ask(_ask(), metadata=ALICE)
+        await stack.stub.Ask(books_ask(), metadata=ALICE)
     # The stored chain is at fault, not the request: FAILED_PRECONDITION (was INVALID_ARGUMENT).
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert error_info(caught.value).metadata["field"] == (
@@ -192,8 +175,8 @@ async def test_a_collections_chain_repeating_a_pair_is_named(stack: Stack) -> No
     )
     await create_books(stack, books=WITH_BODY, generative=generative)
     for call in (
-        lambda: stack.stub.Ask(_ask(), metadata=ALICE),
-        lambda: _drain(stack.stub.StreamAsk(_stream_ask(), metadata=ALICE)),
+        lambda: stack.stub.Ask(books_ask(), metadata=ALICE),
+        lambda: _drain(stack.stub.StreamAsk(books_stream_ask(), metadata=ALICE)),
     ):
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await call()
@@ -210,7 +193,7 @@ async def test_a_collections_chain_repeating_a_pair_is_named(stack: Stack) -> No
 async def test_the_question_rewrite_does_not_fall_back(two: Stack, fake2: FakeOpenAI) -> None:
     two.fake.by_model.clear()
     first = await two.stub.Ask(
-        _ask(llm_model="primary", new_conversation=True, fallback=BACKUP), metadata=ALICE
+        books_ask(llm_model="primary", new_conversation=True, fallback=BACKUP), metadata=ALICE
     )
     assert first.fallback_index == 0
     two.fake.by_model["primary"] = Behaviour.error(503)

@@ -28,17 +28,18 @@ from tests.gateway import test_history_budget as budget
 from tests.gateway.conftest import (
     ALICE,
     BOB,
-    BOOKS,
     DIM,
+    WITH_BODY,
     Stack,
     StackFactory,
+    books_ask,
+    books_stream_ask,
     create_books,
     fake_provider,
 )
 from tests.support.fake_openai import Behaviour, FakeOpenAI
 from tests.support.rpc import error_info, failure_of, retry_delay
 
-WITH_BODY = [b for b in BOOKS if b["body"]]
 BACKUP = [gen_pb.ModelChoice(provider="backup")]
 
 
@@ -125,13 +126,7 @@ def _schema() -> gen_pb.ResponseFormat:
 
 
 def _ask(**fields: Any) -> gw_pb.AskRequest:
-    return gw_pb.AskRequest(
-        collection="Books",
-        llm_question="Which book is about a desert?",
-        near_vector=ret_pb.NearVector(vector=[0.5] * DIM),
-        llm_model="primary",
-        **fields,
-    )
+    return books_ask(llm_model="primary", **fields)
 
 
 async def test_a_fallback_and_a_corrective_retry_are_charged_then_the_tenant_is_refused(
@@ -187,13 +182,7 @@ async def test_asks_fallback_calls_are_charged_unary_and_streamed(metered_factor
     events = [
         e
         async for e in m.stack.stub.StreamAsk(
-            gw_pb.StreamAskRequest(
-                collection="Books",
-                llm_question="Which book is about a desert?",
-                near_vector=ret_pb.NearVector(vector=[0.5] * DIM),
-                llm_model="primary",
-                fallback=BACKUP,
-            ),
+            books_stream_ask(llm_model="primary", fallback=BACKUP),
             metadata=ALICE,
             timeout=20,
         )
