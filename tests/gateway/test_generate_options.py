@@ -19,11 +19,13 @@ from google.protobuf import duration_pb2, json_format, struct_pb2
 
 from tests.gateway.conftest import (
     ALICE,
-    BOOKS,
     DIM,
     KEYS,
+    WITH_BODY,
     Stack,
     StackFactory,
+    books_search,
+    books_stream_search,
     create_books,
     fake_provider,
 )
@@ -31,7 +33,6 @@ from tests.support.fake_openai import Behaviour, FakeOpenAI
 from tests.support.rpc import error_info
 from tests.support.schema_gate import HELD_TITLE, hold_schema_checks
 
-WITH_BODY = [b for b in BOOKS if b["body"]]
 SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {"title": {"type": "string"}, "n": {"type": "integer"}},
@@ -43,24 +44,6 @@ def _schema(name: str = "", extra: dict[str, Any] | None = None) -> gen_pb.Respo
     s = struct_pb2.Struct()
     s.update({**SCHEMA, **(extra or {})})
     return gen_pb.ResponseFormat(name=name, json_schema=s)
-
-
-def _search(limit: int = 4, **generate: Any) -> gw_pb.GenerativeSearchRequest:
-    return gw_pb.GenerativeSearchRequest(
-        collection="Books",
-        near_vector=ret_pb.NearVector(vector=[0.5] * DIM),
-        limit=limit,
-        generate=gw_pb.Generate(**generate),
-    )
-
-
-def _stream(limit: int = 4, **generate: Any) -> gw_pb.StreamGenerativeSearchRequest:
-    return gw_pb.StreamGenerativeSearchRequest(
-        collection="Books",
-        near_vector=ret_pb.NearVector(vector=[0.5] * DIM),
-        limit=limit,
-        generate=gw_pb.Generate(**generate),
-    )
 
 
 def _title(hit: gw_pb.GenerativeHit) -> str:
@@ -88,7 +71,7 @@ async def test_per_hit_fallback_names_the_pair_that_answered(
     stack.fake.by_model["primary"] = Behaviour.error(503)
     fake2.reply = "backup answer"
     response = await stack.stub.GenerativeSearch(
-        _search(
+        books_search(
             single_prompt="About {title}",
             grouped_task="Compare",
             model="primary",
@@ -112,14 +95,14 @@ async def test_a_collections_chain_applies_and_a_400_does_not_fall_back(stack: S
     await create_books(stack, books=WITH_BODY, generative=generative)
     stack.fake.by_model["primary"] = Behaviour.error(500)
     response = await stack.stub.GenerativeSearch(
-        _search(single_prompt="About {title}"), metadata=ALICE
+        books_search(single_prompt="About {title}"), metadata=ALICE
     )
     assert {h.generation.model for h in response.hits} == {"backup"}
     assert {h.generation.fallback_index for h in response.hits} == {1}
     stack.fake.reset_stats()
     stack.fake.by_model["primary"] = Behaviour.error(400)
     response = await stack.stub.GenerativeSearch(
-        _search(single_prompt="About {title}"), metadata=ALICE
+        books_search(single_prompt="About {title}"), metadata=ALICE
     )
     assert {h.generation.error.status for h in response.hits} == {"INVALID_ARGUMENT"}
     assert set(_models(stack.fake)) == {"primary"}
@@ -131,7 +114,7 @@ async def test_streaming_falls_back_before_the_first_token(stack: Stack) -> None
     events = [
         e
         async for e in stack.stub.StreamGenerativeSearch(
-            _stream(
+            books_stream_search(
                 single_prompt="About {title}",
                 model="primary",
                 stream_tokens=True,
@@ -167,7 +150,7 @@ async def test_bad_chains_fail_the_request_before_any_call(
     await create_books(stack, books=WITH_BODY)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stack.stub.GenerativeSearch(
-            _search(single_prompt="About {title}", fallback=fallback), metadata=ALICE
+            books_search(single_prompt="About {title}", fallback=fallback), metadata=ALICE
         )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error_info(caught.value).metadata["field"] == field
@@ -180,7 +163,9 @@ async def test_a_collections_unknown_fallback_provider_is_named(stack: Stack) ->
     )
     await create_books(stack, books=WITH_BODY, generative=generative)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await stack.stub.GenerativeSearch(_search(single_prompt="About {title}"), metadata=ALICE)
+        await stack.stub.GenerativeSearch(
+            books_search(single_prompt="About {title}"), metadata=ALICE
+        )
     field = error_info(caught.value).metadata["field"]
     assert field == "collection.generative.fallback[0].provider"
     # No change to the request fixes a stored value: the collection must be (as for its
@@ -217,11 +202,12 @@ async def test_a_chain_repeating_an_endpoint_is_refused_before_any_call(
     stack.fake.by_model["fake-model"] = Behaviour.error(503)
     for call in (
         lambda: stack.stub.GenerativeSearch(
-            _search(single_prompt="About {title}", fallback=fallback), metadata=ALICE
+            books_search(single_prompt="About {title}", fallback=fallback), metadata=ALICE
         ),
         lambda: _drain(
             stack.stub.StreamGenerativeSearch(
-                _stream(single_prompt="About {title}", fallback=fallback), metadata=ALICE
+                books_stream_search(single_prompt="About {title}", fallback=fallback),
+                metadata=ALICE,
             )
         ),
     ):
@@ -242,7 +228,9 @@ async def test_a_collections_chain_repeating_its_primary_is_named(stack: Stack) 
     )
     await create_books(stack, books=WITH_BODY, generative=generative)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await stack.stub.GenerativeSearch(_search(single_prompt="About {title}"), metadata=ALICE)
+        await stack.stub.GenerativeSearch(
+            books_search(single_prompt="About {title}"), metadata=ALICE
+        )
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     info = error_info(caught.value)
     assert (info.reason, info.metadata["field"]) == (
@@ -253,7 +241,7 @@ async def test_a_collections_chain_repeating_its_primary_is_named(stack: Stack) 
     # The request's own model makes the stored pair another endpoint: it is a fallback.
     stack.fake.by_model["other"] = Behaviour.error(503)
     response = await stack.stub.GenerativeSearch(
-        _search(single_prompt="About {title}", model="other"), metadata=ALICE
+        books_search(single_prompt="About {title}", model="other"), metadata=ALICE
     )
     assert {h.generation.fallback_index for h in response.hits} == {1}
 
@@ -267,7 +255,7 @@ async def test_a_callers_base_url_is_another_endpoint_than_the_operators(
     await create_books(stack, books=WITH_BODY)
     fake2.by_model["fake-model"] = Behaviour.error(503)
     response = await stack.stub.GenerativeSearch(
-        _search(
+        books_search(
             single_prompt="About {title}",
             base_url=fake2.base_url,
             model="fake-model",
@@ -296,7 +284,7 @@ async def test_a_collections_unknown_provider_or_model_is_named_as_the_collectio
         collection="Books", llm_question="Which?", near_vector=ret_pb.NearVector(vector=[0.5] * DIM)
     )
     for call in (
-        stack.stub.GenerativeSearch(_search(single_prompt="About {title}"), metadata=ALICE),
+        stack.stub.GenerativeSearch(books_search(single_prompt="About {title}"), metadata=ALICE),
         stack.stub.Ask(ask, metadata=ALICE),
     ):
         with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -309,7 +297,7 @@ async def test_a_collections_unknown_provider_or_model_is_named_as_the_collectio
     # The request's own choice is still named as the request's, and a bad argument.
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stack.stub.GenerativeSearch(
-            _search(single_prompt="About {title}", provider="gone2"), metadata=ALICE
+            books_search(single_prompt="About {title}", provider="gone2"), metadata=ALICE
         )
     assert error_info(caught.value).metadata["field"] == "generate.provider"
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -361,9 +349,9 @@ async def test_every_sampling_parameter_reaches_the_provider(stack: Stack) -> No
         "seed": 7,
         "response_format": _schema(),
     }
-    await stack.stub.GenerativeSearch(_search(**generate), metadata=ALICE)
+    await stack.stub.GenerativeSearch(books_search(**generate), metadata=ALICE)
     async for _ in stack.stub.StreamGenerativeSearch(
-        _stream(stream_tokens=True, **generate), metadata=ALICE
+        books_stream_search(stream_tokens=True, **generate), metadata=ALICE
     ):
         pass
     assert len(stack.fake.chat_requests) == 10
@@ -436,7 +424,7 @@ async def test_bad_options_fail_the_request_naming_the_field(
     await create_books(stack, books=WITH_BODY)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stack.stub.GenerativeSearch(
-            _search(single_prompt="About {title}", **generate), metadata=ALICE
+            books_search(single_prompt="About {title}", **generate), metadata=ALICE
         )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error_info(caught.value).metadata["field"] == field
@@ -455,9 +443,9 @@ async def test_max_tokens_beyond_a_context_window_fails_the_request(
     )
     await create_books(stack, books=WITH_BODY)
     cases = [
-        (_search(single_prompt="About {title}", max_tokens=2147483647), "fake"),
+        (books_search(single_prompt="About {title}", max_tokens=2147483647), "fake"),
         (
-            _search(
+            books_search(
                 single_prompt="About {title}",
                 max_tokens=1000,
                 fallback=[gen_pb.ModelChoice(provider="backup")],
@@ -478,7 +466,7 @@ async def test_max_tokens_beyond_a_context_window_fails_the_request(
     assert fake.chat_requests == [] and fake2.chat_requests == []
     # The window itself is allowed.
     await stack.stub.GenerativeSearch(
-        _search(limit=1, single_prompt="About {title}", max_tokens=4096), metadata=ALICE
+        books_search(limit=1, single_prompt="About {title}", max_tokens=4096), metadata=ALICE
     )
     assert fake.chat_requests[-1].json["max_tokens"] == 4096
 
@@ -496,7 +484,7 @@ async def test_a_prompt_past_a_providers_window_names_the_callers_field(
     await create_books(stack, books=WITH_BODY)
     long_text = "word " * 800  # ~1000 tokens by the estimate: past 300 (and its slack)
     response = await stack.stub.GenerativeSearch(
-        _search(limit=1, single_prompt="{title} " + long_text, model="big"),
+        books_search(limit=1, single_prompt="{title} " + long_text, model="big"),
         metadata=ALICE,
         timeout=30,
     )
@@ -518,7 +506,7 @@ async def test_max_tokens_past_the_service_limit_fails_the_request_without_a_win
     await create_books(stack, books=WITH_BODY)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stack.stub.GenerativeSearch(
-            _search(single_prompt="About {title}", max_tokens=2147483647), metadata=ALICE
+            books_search(single_prompt="About {title}", max_tokens=2147483647), metadata=ALICE
         )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     info = error_info(caught.value)
@@ -534,7 +522,9 @@ async def test_a_collections_max_tokens_is_named_as_the_collections(
     generative = ret_pb.GenerativeConfig(provider="fake", max_tokens=5000)
     await create_books(stack, books=WITH_BODY, generative=generative)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await stack.stub.GenerativeSearch(_search(single_prompt="About {title}"), metadata=ALICE)
+        await stack.stub.GenerativeSearch(
+            books_search(single_prompt="About {title}"), metadata=ALICE
+        )
     # The collection's setting, not the request, is at fault.
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert error_info(caught.value).metadata["field"] == "collection.generative.max_tokens"
@@ -564,7 +554,9 @@ async def test_schema_outputs_per_hit_and_grouped(stack: Stack) -> None:
     await create_books(stack, books=WITH_BODY)
     _json_replies(stack.fake)
     response = await stack.stub.GenerativeSearch(
-        _search(single_prompt="Extract {title}", grouped_task="Compare", response_format=_schema()),
+        books_search(
+            single_prompt="Extract {title}", grouped_task="Compare", response_format=_schema()
+        ),
         metadata=ALICE,
     )
     by_title = {_title(h): h.generation for h in response.hits}
@@ -587,7 +579,7 @@ async def test_streamed_schema_outputs_restart_for_a_correction(stack: Stack) ->
     events = [
         e
         async for e in stack.stub.StreamGenerativeSearch(
-            _stream(
+            books_stream_search(
                 single_prompt="Extract {title}",
                 grouped_task="Compare",
                 response_format=_schema(),
@@ -626,7 +618,7 @@ async def test_a_callers_base_url_is_allowed_only_on_the_allowlist(
     await create_books(stack, books=WITH_BODY)
     fake2.reply = "theirs"
     response = await stack.stub.GenerativeSearch(
-        _search(single_prompt="About {title}", base_url=fake2.base_url), metadata=ALICE
+        books_search(single_prompt="About {title}", base_url=fake2.base_url), metadata=ALICE
     )
     assert {h.generation.result for h in response.hits} == {"theirs"}
     assert stack.fake.chat_requests == []
@@ -634,7 +626,7 @@ async def test_a_callers_base_url_is_allowed_only_on_the_allowlist(
 
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stack.stub.GenerativeSearch(
-            _search(single_prompt="About {title}", base_url=stack.fake.base_url),
+            books_search(single_prompt="About {title}", base_url=stack.fake.base_url),
             metadata=ALICE,
         )
     assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
@@ -644,7 +636,9 @@ async def test_a_callers_base_url_is_allowed_only_on_the_allowlist(
     # A password in the URL is never echoed back (nor logged with the error).
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stack.stub.GenerativeSearch(
-            _search(single_prompt="About {title}", base_url="http://svc:S3cretPw@127.0.0.2/v1"),
+            books_search(
+                single_prompt="About {title}", base_url="http://svc:S3cretPw@127.0.0.2/v1"
+            ),
             metadata=ALICE,
         )
     assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
@@ -664,7 +658,7 @@ async def test_a_blank_base_url_is_invalid_naming_it(stack: Stack, blank: str) -
     )
     calls = [
         stack.stub.GenerativeSearch(
-            _search(single_prompt="About {title}", base_url=blank), metadata=ALICE
+            books_search(single_prompt="About {title}", base_url=blank), metadata=ALICE
         ),
         stack.stub.GenerateOnObjects(objects, metadata=ALICE),
     ]
@@ -690,7 +684,7 @@ async def test_spaces_around_an_allowed_base_url_are_read_as_generation_reads_th
     await create_books(stack, books=WITH_BODY)
     padded = f"  {fake2.base_url}\t"
     response = await stack.stub.GenerativeSearch(
-        _search(single_prompt="About {title}", base_url=padded), metadata=ALICE
+        books_search(single_prompt="About {title}", base_url=padded), metadata=ALICE
     )
     assert [h.generation.error.code for h in response.hits] == [0] * len(response.hits)
     assert len(fake2.chat_requests) == len(response.hits) > 0
@@ -713,7 +707,7 @@ async def test_a_provider_name_is_read_as_generation_reads_it(stack: Stack) -> N
     what GenerativeSearch refused."""
     await create_books(stack, books=WITH_BODY)
     response = await stack.stub.GenerativeSearch(
-        _search(single_prompt="About {title}", provider=" FAKE "), metadata=ALICE
+        books_search(single_prompt="About {title}", provider=" FAKE "), metadata=ALICE
     )
     assert response.hits and all(h.generation.result for h in response.hits)
 
@@ -731,7 +725,7 @@ async def test_a_callers_base_url_with_a_query_is_refused_naming_it(
     for url in (fake2.base_url + "?key=S3cretQ", fake2.base_url + "?"):
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stack.stub.GenerativeSearch(
-                _search(single_prompt="About {title}", base_url=url), metadata=ALICE
+                books_search(single_prompt="About {title}", base_url=url), metadata=ALICE
             )
         assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
         info = error_info(caught.value)
@@ -756,7 +750,9 @@ async def test_the_operators_key_never_goes_to_a_callers_url(
     )
     await create_books(stack, books=WITH_BODY)
     async for _ in stack.stub.StreamGenerativeSearch(
-        _stream(single_prompt="About {title}", base_url=fake2.base_url, stream_tokens=True),
+        books_stream_search(
+            single_prompt="About {title}", base_url=fake2.base_url, stream_tokens=True
+        ),
         metadata=(*ALICE, ("x-fake-api-key", "sk-callers-own")),
     ):
         pass
@@ -764,7 +760,7 @@ async def test_the_operators_key_never_goes_to_a_callers_url(
     for request in fake2.chat_requests:
         assert request.headers["Authorization"] == "Bearer sk-callers-own"
         assert OPERATOR_KEY not in json.dumps(request.headers)
-    await stack.stub.GenerativeSearch(_search(single_prompt="About {title}"), metadata=ALICE)
+    await stack.stub.GenerativeSearch(books_search(single_prompt="About {title}"), metadata=ALICE)
     assert stack.fake.chat_requests[-1].headers["Authorization"] == f"Bearer {OPERATOR_KEY}"
 
 
@@ -776,7 +772,7 @@ async def test_the_model_check_follows_the_providers_setting(
         provider=fake_provider(fake, models=["fake-model"], check_models=checked)
     )
     await create_books(stack, books=WITH_BODY)
-    request = _search(single_prompt="About {title}", model="newer-model")
+    request = books_search(single_prompt="About {title}", model="newer-model")
     if checked:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stack.stub.GenerativeSearch(request, metadata=ALICE)
@@ -793,7 +789,7 @@ async def test_a_hanging_primary_falls_back_within_the_hits_budget(stack: Stack)
     events = [
         e
         async for e in stack.stub.StreamGenerativeSearch(
-            _stream(
+            books_stream_search(
                 single_prompt="About {title}",
                 model="primary",
                 stream_tokens=True,
@@ -824,7 +820,9 @@ async def test_a_collections_fallback_chain_longer_than_allowed_fails_once_on_th
         direct=True,  # stored under the default max (4): through this gateway it is refused
     )
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await stack.stub.GenerativeSearch(_search(single_prompt="About {title}"), metadata=ALICE)
+        await stack.stub.GenerativeSearch(
+            books_search(single_prompt="About {title}"), metadata=ALICE
+        )
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     info = error_info(caught.value)
     assert (info.reason, info.metadata["field"]) == (
@@ -893,9 +891,11 @@ async def test_a_provider_needing_a_key_the_caller_lacks_fails_once_before_any_h
     stack = await stack_factory(extra_providers=[keyed])
     await create_books(stack, books=WITH_BODY)
     for call in (stack.stub.GenerativeSearch, stack.stub.StreamGenerativeSearch):
-        request = _search(single_prompt="About {title}", grouped_task="All", provider="keyed")
+        request = books_search(single_prompt="About {title}", grouped_task="All", provider="keyed")
         if call is stack.stub.StreamGenerativeSearch:
-            request = _stream(single_prompt="About {title}", grouped_task="All", provider="keyed")
+            request = books_stream_search(
+                single_prompt="About {title}", grouped_task="All", provider="keyed"
+            )
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             result = call(request, metadata=ALICE)
             if hasattr(result, "__aiter__"):
@@ -910,13 +910,15 @@ async def test_a_provider_needing_a_key_the_caller_lacks_fails_once_before_any_h
     # With the caller's own key the call goes ahead (to an endpoint that is down here:
     # each hit says so on its own).
     response = await stack.stub.GenerativeSearch(
-        _search(single_prompt="About {title}", provider="keyed"),
+        books_search(single_prompt="About {title}", provider="keyed"),
         metadata=(*ALICE, ("x-keyed-api-key", "sk-callers-own")),
     )
     assert {h.generation.error.reason for h in response.hits} == {"UPSTREAM_CONNECTION_FAILED"}
     # A fallback pair's key is asked for only if the chain reaches it.
     response = await stack.stub.GenerativeSearch(
-        _search(single_prompt="About {title}", fallback=[gen_pb.ModelChoice(provider="keyed")]),
+        books_search(
+            single_prompt="About {title}", fallback=[gen_pb.ModelChoice(provider="keyed")]
+        ),
         metadata=ALICE,
     )
     assert all(h.generation.result for h in response.hits)
@@ -938,7 +940,7 @@ async def test_a_callers_key_reaches_a_provider_named_with_an_underscore(
     stack = await stack_factory(extra_providers=[keyed])
     await create_books(stack, books=WITH_BODY)
     response = await stack.stub.GenerativeSearch(
-        _search(single_prompt="About {title}", provider="my_llm"),
+        books_search(single_prompt="About {title}", provider="my_llm"),
         metadata=(*ALICE, ("x-my_llm-api-key", "sk-callers-own")),
     )
     assert response.hits and all(h.generation.result for h in response.hits)
@@ -963,7 +965,7 @@ async def test_a_new_schemas_check_leaves_the_event_loop_to_other_calls(
     stack.fake.reply = '{"title": "x"}'
     held = asyncio.ensure_future(
         stack.stub.GenerativeSearch(
-            _search(
+            books_search(
                 limit=2,
                 single_prompt="About {title}",
                 response_format=_schema(extra={"title": HELD_TITLE}),
@@ -999,7 +1001,7 @@ async def test_a_request_naming_another_provider_gets_that_providers_default_mod
     stack = await stack_factory(extra_providers=[other], default_model="gateway-default")
     await create_books(stack, books=WITH_BODY)
     response = await stack.stub.GenerativeSearch(
-        _search(single_prompt="About {title}", grouped_task="G", provider="other"),
+        books_search(single_prompt="About {title}", grouped_task="G", provider="other"),
         metadata=ALICE,
     )
     assert {h.generation.model for h in response.hits} == {"other-default"}
@@ -1012,6 +1014,6 @@ async def test_a_request_naming_another_provider_gets_that_providers_default_mod
     assert {r.json["model"] for r in fake2.chat_requests} == {"other-default"}
     # The request naming the collection's own provider keeps the collection's model.
     response = await stack.stub.GenerativeSearch(
-        _search(single_prompt="About {title}", provider=" FAKE "), metadata=ALICE
+        books_search(single_prompt="About {title}", provider=" FAKE "), metadata=ALICE
     )
     assert {h.generation.model for h in response.hits} == {"fake-model"}

@@ -7,26 +7,15 @@ errors and errors relayed from the generation service, unary and streamed."""
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
-from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 
-from tests.gateway.conftest import ALICE, DIM, Stack, StackFactory, create_books
+from tests.gateway.conftest import ALICE, Stack, StackFactory, books_search, create_books
 from tests.gateway.test_named_objects import by_ids, inline
 from tests.support.fake_openai import Behaviour
 from tests.support.rpc import error_info, failure_of
 
 RENDERED = "GENSEARCH_GATEWAY_MAX_RENDERED_PROMPT_CHARS"
-
-
-def _search(limit: int = 5, **generate: Any) -> gw_pb.GenerativeSearchRequest:
-    return gw_pb.GenerativeSearchRequest(
-        collection="Books",
-        near_vector=ret_pb.NearVector(vector=[0.5] * DIM),
-        limit=limit,
-        generate=gw_pb.Generate(**generate),
-    )
 
 
 def _streamed(request: gw_pb.GenerativeSearchRequest) -> gw_pb.StreamGenerativeSearchRequest:
@@ -61,7 +50,9 @@ async def _both(
 async def test_gateway_made_errors_carry_their_error_info(stack_factory: StackFactory) -> None:
     stack = await stack_factory(max_rendered_prompt_chars=100)
     await create_books(stack)
-    request = _search(single_prompt="About {title}: {body} {body}", grouped_task="Which is oldest?")
+    request = books_search(
+        limit=5, single_prompt="About {title}: {body} {body}", grouped_task="Which is oldest?"
+    )
     for hits, grouped in await _both(stack, request):
         draft = hits["Untitled draft"].error  # body ""
         assert (draft.reason, draft.domain) == ("MISSING_PROPERTY", "gensearch")
@@ -119,7 +110,7 @@ async def test_a_relayed_prompt_refusal_says_what_asks_unary_error_says(
         )
     )
     unary = error_info(err)
-    request = _search(limit=2, single_prompt="About {title}." + long)
+    request = books_search(limit=2, single_prompt="About {title}." + long)
     for hits, _ in await _both(stack, request):
         for result in hits.values():
             error = result.error
@@ -142,7 +133,7 @@ async def test_an_upstream_failure_says_what_asks_unary_error_says(stack: Stack)
     )
     unary = error_info(err)
     assert unary.reason == "UPSTREAM_UNAUTHENTICATED"
-    request = _search(limit=1, single_prompt="About {title}")
+    request = books_search(limit=1, single_prompt="About {title}")
     for _ in range(2):
         stack.fake.enqueue(Behaviour.unauthorized())
     for hits, _ in await _both(stack, request):

@@ -32,15 +32,17 @@ from tests.gateway.conftest import (
     BOOKS,
     DIM,
     TOKEN,
+    WITH_BODY,
     Stack,
     StackFactory,
+    books_search,
     create_books,
     fake_provider,
 )
 from tests.support.fake_openai import Behaviour, FakeOpenAI
 from tests.support.rpc import error_info
 
-WITH_BODY = [b for b in BOOKS if b["body"]]
+BACKUP = [gen_pb.ModelChoice(provider="fake", model="backup")]
 SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {"title": {"type": "string"}},
@@ -52,15 +54,6 @@ def _schema() -> gen_pb.ResponseFormat:
     s = struct_pb2.Struct()
     s.update(SCHEMA)
     return gen_pb.ResponseFormat(name="t", json_schema=s)
-
-
-def _search(limit: int = 4, **generate: Any) -> gw_pb.GenerativeSearchRequest:
-    return gw_pb.GenerativeSearchRequest(
-        collection="Books",
-        near_vector=ret_pb.NearVector(vector=[0.5] * DIM),
-        limit=limit,
-        generate=gw_pb.Generate(**generate),
-    )
 
 
 def _streamed(request: Any, kind: type) -> Any:
@@ -81,7 +74,7 @@ async def _grouped(stack: Stack, rpc: str, request: Any) -> gw_pb.GenerationResu
 
 def _requests(ids: list[str], **generate: Any) -> list[tuple[str, Any]]:
     """The same generate block on all four generating RPCs."""
-    search = _search(**generate)
+    search = books_search(**generate)
     objects = gw_pb.GenerateOnObjectsRequest(
         collection="Books", ids=gw_pb.ObjectIds(ids=ids), generate=gw_pb.Generate(**generate)
     )
@@ -91,6 +84,23 @@ def _requests(ids: list[str], **generate: Any) -> list[tuple[str, Any]]:
         ("GenerateOnObjects", objects),
         ("StreamGenerateOnObjects", _streamed(objects, gw_pb.StreamGenerateOnObjectsRequest)),
     ]
+
+
+def _failing_over(ids: list[str], **generate: Any) -> list[tuple[str, Any]]:
+    """``_requests`` with single and grouped prompts, for model "primary" (made to fail)
+    and then the fallback "backup"."""
+    return _requests(
+        ids, single_prompt="T {title}", grouped_task="G", model="primary", fallback=BACKUP,
+        **generate,
+    )  # fmt: skip
+
+
+def _answered_by_the_fallback(
+    result: gw_pb.GenerationResult, provider: str, model: str, rpc: str
+) -> None:
+    """``result`` is an answer, from the chain's first fallback: ``provider``'s ``model``."""
+    assert result.result and not result.HasField("error"), (rpc, result)
+    assert (result.provider, result.model, result.fallback_index) == (provider, model, 1), rpc
 
 
 def _http_date(seconds_ahead: float) -> str:
@@ -121,7 +131,7 @@ async def test_a_hit_refused_with_an_http_date_retry_after_waits_and_succeeds(
 ) -> None:
     await create_books(stack, books=WITH_BODY)
     stack.fake.enqueue(Behaviour.rate_limited(retry_after=_http_date(2)))
-    request = _search(limit=1, single_prompt="About {title}")
+    request = books_search(limit=1, single_prompt="About {title}")
     if rpc == "StreamGenerativeSearch":
         request = _streamed(request, gw_pb.StreamGenerativeSearchRequest)
         events = [e async for e in stack.stub.StreamGenerativeSearch(request, metadata=ALICE)]
@@ -140,15 +150,9 @@ async def test_a_hit_refused_with_an_http_date_retry_after_waits_and_succeeds(
 async def test_a_grouped_call_falls_back_on_a_5xx_and_names_the_pair(stack: Stack) -> None:
     ids = await create_books(stack, books=WITH_BODY)
     stack.fake.by_model["primary"] = Behaviour.error(503)
-    chain = [gen_pb.ModelChoice(provider="fake", model="backup")]
-    for rpc, request in _requests(ids, grouped_task="Compare", model="primary", fallback=chain):
+    for rpc, request in _requests(ids, grouped_task="Compare", model="primary", fallback=BACKUP):
         grouped = await _grouped(stack, rpc, request)
-        assert grouped.result and not grouped.HasField("error"), (rpc, grouped)
-        assert (grouped.provider, grouped.model, grouped.fallback_index) == (
-            "fake",
-            "backup",
-            1,
-        ), rpc
+        _answered_by_the_fallback(grouped, "fake", "backup", rpc)
 
 
 async def test_a_grouped_output_invalid_twice_is_its_own_error_after_one_retry(
@@ -199,7 +203,7 @@ async def test_an_unknown_anyscale_model_is_refused_before_any_call_on_every_rpc
     calls.append(
         (
             "GenerativeSearch",
-            _search(
+            books_search(
                 provider="anyscale",
                 model="meta-llama/Llama-2-13b-chat-hf",
                 single_prompt="About {title}",
@@ -255,11 +259,11 @@ async def test_each_sampling_parameter_is_part_of_the_cache_key(
     await create_books(cached, books=WITH_BODY)
     use = gw_pb.GenerationCache(mode=gw_pb.CACHE_MODE_USE)
     base: dict[str, Any] = {"single_prompt": "T {title}", "grouped_task": "G", "cache": use}
-    await cached.stub.GenerativeSearch(_search(**base), metadata=ALICE)
-    again = await cached.stub.GenerativeSearch(_search(**base), metadata=ALICE)
+    await cached.stub.GenerativeSearch(books_search(**base), metadata=ALICE)
+    again = await cached.stub.GenerativeSearch(books_search(**base), metadata=ALICE)
     assert all(h.generation.cached for h in again.hits) and again.grouped.cached
     made = len(cached.fake.chat_requests)
-    changed = await cached.stub.GenerativeSearch(_search(**base, **change), metadata=ALICE)
+    changed = await cached.stub.GenerativeSearch(books_search(**base, **change), metadata=ALICE)
     assert not any(h.generation.cached for h in changed.hits) and not changed.grouped.cached
     assert len(cached.fake.chat_requests) == made + len(WITH_BODY) + 1
     # The changed parameter reached the provider.
@@ -380,7 +384,7 @@ async def test_two_gateways_and_two_generation_replicas_keep_to_the_limit_togeth
                 generation_addr=target,
                 retrieval_addr=f"127.0.0.1:{first.servers['retrieval'].port}",
             )
-            request = _search(limit=10, single_prompt="About {title}", **asked)
+            request = books_search(limit=10, single_prompt="About {title}", **asked)
             both = await asyncio.gather(
                 _hit_results(first, request, stream=False),
                 _hit_results(second, request, stream=True),
@@ -413,7 +417,7 @@ def _limit_of(provider: str) -> float:
 
 
 async def _fan_out(stack: Stack, provider: str, hits: int = 8) -> list[gw_pb.GenerationResult]:
-    request = _search(limit=hits, single_prompt="About {title}", provider=provider)
+    request = books_search(limit=hits, single_prompt="About {title}", provider=provider)
     response = await stack.stub.GenerativeSearch(request, metadata=ALICE, timeout=60)
     return [h.generation for h in response.hits]
 
@@ -530,16 +534,8 @@ async def test_sampling_parameters_reach_fallback_pairs_and_corrective_retries(
     ids = await create_books(stack, books=WITH_BODY)
     stack.fake.by_model["primary"] = Behaviour.error(503)
     # The backup's first answer is invalid, its corrective retry valid.
-    chain = [gen_pb.ModelChoice(provider="fake", model="backup")]
-    for rpc, request in _requests(
-        ids,
-        single_prompt="T {title}",
-        grouped_task="G",
-        model="primary",
-        fallback=chain,
-        response_format=_schema(),
-        stream_tokens=True,
-        **SAMPLED,
+    for rpc, request in _failing_over(
+        ids, response_format=_schema(), stream_tokens=True, **SAMPLED
     ):
         stack.fake.reset_stats()
         answers = iter(["not json", json.dumps({"title": "t"})] * 10)
@@ -569,12 +565,7 @@ async def test_a_rate_limit_the_hit_cannot_wait_for_moves_to_the_next_pair(
         ):
             results = await _all_results(stack, rpc, request)
             for result in results:
-                assert result.result and not result.HasField("error"), (rpc, result)
-                assert (result.provider, result.model, result.fallback_index) == (
-                    "other",
-                    "other-model",
-                    1,
-                ), rpc
+                _answered_by_the_fallback(result, "other", "other-model", rpc)
 
 
 async def _all_results(
@@ -598,14 +589,13 @@ async def test_a_cached_answer_keeps_its_structured_output_and_the_pair_that_ans
     cached.fake.reply = json.dumps({"title": "t"})
     cached.fake.by_model["primary"] = Behaviour.error(503)
     use = gw_pb.GenerationCache(mode=gw_pb.CACHE_MODE_USE)
-    chain = [gen_pb.ModelChoice(provider="fake", model="backup")]
     for i in range(4):  # each RPC its own prompts: a fresh miss, then its repeat
         rpc, request = _requests(
             ids,
             single_prompt=f"T{i} {{title}}",
             grouped_task=f"G{i}",
             model="primary",
-            fallback=chain,
+            fallback=BACKUP,
             response_format=_schema(),
             cache=use,
         )[i]
@@ -709,15 +699,8 @@ async def test_a_timeout_or_exhausted_retries_move_to_the_next_pair(
     )
     ids = await create_books(stack, books=WITH_BODY)
     fake.by_model["primary"] = Behaviour.hang(30) if fault == "timeout" else Behaviour.error(502)
-    chain = [gen_pb.ModelChoice(provider="fake", model="backup")]
-    for rpc, request in _requests(
-        ids,
-        single_prompt="T {title}",
-        grouped_task="G",
-        model="primary",
-        fallback=chain,
-        stream_tokens=True,
-        timeout=duration_pb2.Duration(seconds=20),
+    for rpc, request in _failing_over(
+        ids, stream_tokens=True, timeout=duration_pb2.Duration(seconds=20)
     ):
         fake.reset_stats()
         results = await _all_results(stack, rpc, request)
