@@ -34,6 +34,7 @@ from tests.gateway.conftest import (
     TOKEN,
     Stack,
     StackFactory,
+    books_search,
     create_books,
     create_embedded,
     fake_provider,
@@ -176,12 +177,7 @@ async def test_provider_keys_in_upstream_errors_reach_no_sink(
             stack.fake.enqueue(behaviour)
             sinks.reply(
                 await stack.stub.GenerativeSearch(
-                    gw_pb.GenerativeSearchRequest(
-                        collection="Books",
-                        near_vector=ret_pb.NearVector(vector=[0.5] * 4),
-                        limit=1,
-                        generate=gw_pb.Generate(grouped_task="Summarise", debug=True),
-                    ),
+                    books_search(limit=1, grouped_task="Summarise", debug=True),
                     metadata=metadata,
                 )
             )
@@ -197,12 +193,7 @@ async def test_provider_keys_in_upstream_errors_reach_no_sink(
         stack.fake.model_override = stack.fake.finish_reason_override = key
         sinks.reply(
             await stack.stub.GenerativeSearch(
-                gw_pb.GenerativeSearchRequest(
-                    collection="Books",
-                    near_vector=ret_pb.NearVector(vector=[0.5] * 4),
-                    limit=1,
-                    generate=gw_pb.Generate(single_prompt="Summarise {title}"),
-                ),
+                books_search(limit=1, single_prompt="Summarise {title}"),
                 metadata=metadata,
             )
         )

@@ -8,29 +8,27 @@ import time
 from collections.abc import Callable
 
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
-from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 
-from tests.gateway.conftest import ALICE, BOOKS, DIM, Stack, StackFactory, create_books
+from tests.gateway.conftest import (
+    ALICE,
+    WITH_BODY,
+    Stack,
+    StackFactory,
+    books_stream_search,
+    create_books,
+)
 from tests.support.fake_openai import Behaviour
 
 
-def _request(**generate: object) -> gw_pb.StreamGenerativeSearchRequest:
-    return gw_pb.StreamGenerativeSearchRequest(
-        collection="Books",
-        near_vector=ret_pb.NearVector(vector=[0.5] * DIM),
-        limit=4,
-        generate=gw_pb.Generate(**generate),  # type: ignore[arg-type]
-    )
-
-
 async def test_stream_order_and_tagging(stack: Stack) -> None:
-    await create_books(stack, books=[b for b in BOOKS if b["body"]])
+    await create_books(stack, books=WITH_BODY)
     # The first requests to arrive answer last: completion order differs from hit order.
     stack.fake.enqueue(*(Behaviour.ok(latency=0.3 - 0.1 * i) for i in range(4)))
     events = [
         e
         async for e in stack.stub.StreamGenerativeSearch(
-            _request(single_prompt="Title: {title}", grouped_task="Compare"), metadata=ALICE
+            books_stream_search(single_prompt="Title: {title}", grouped_task="Compare"),
+            metadata=ALICE,
         )
     ]
     kinds = [e.WhichOneof("event") for e in events]
@@ -57,11 +55,13 @@ async def test_stream_order_and_tagging(stack: Stack) -> None:
 
 
 async def test_stream_token_deltas(stack: Stack) -> None:
-    await create_books(stack, books=[b for b in BOOKS if b["body"]])
+    await create_books(stack, books=WITH_BODY)
     events = [
         e
         async for e in stack.stub.StreamGenerativeSearch(
-            _request(single_prompt="Say {title} now", grouped_task="All", stream_tokens=True),
+            books_stream_search(
+                single_prompt="Say {title} now", grouped_task="All", stream_tokens=True
+            ),
             metadata=ALICE,
         )
     ]
@@ -97,7 +97,7 @@ async def test_stream_token_deltas(stack: Stack) -> None:
 
 async def test_stream_missing_property_comes_right_after_hits(stack: Stack) -> None:
     await create_books(stack)
-    request = _request(single_prompt="{body}")
+    request = books_stream_search(single_prompt="{body}")
     request.limit = 5
     events = [e async for e in stack.stub.StreamGenerativeSearch(request, metadata=ALICE)]
     hits = events[0].hits.hits
@@ -113,10 +113,10 @@ async def test_a_slow_reader_gets_every_token_through_a_one_delta_buffer(
     """With STREAM_BUFFERED_DELTAS at 1 the hits wait for the client at every delta (they
     stop reading their generation streams meanwhile); nothing is lost or reordered."""
     stack = await stack_factory(stream_buffered_deltas=1)
-    await create_books(stack, books=[b for b in BOOKS if b["body"]])
+    await create_books(stack, books=WITH_BODY)
     stack.fake.reply = lambda body: " ".join(f"w{i}" for i in range(40))
     call = stack.stub.StreamGenerativeSearch(
-        _request(single_prompt="{title}", grouped_task="All", stream_tokens=True),
+        books_stream_search(single_prompt="{title}", grouped_task="All", stream_tokens=True),
         metadata=ALICE,
     )
     text: dict[int, str] = {}
@@ -137,9 +137,11 @@ async def test_a_slow_reader_gets_every_token_through_a_one_delta_buffer(
 
 
 async def test_client_going_away_cancels_upstream_calls(stack: Stack) -> None:
-    await create_books(stack, books=[b for b in BOOKS if b["body"]])
+    await create_books(stack, books=WITH_BODY)
     stack.fake.latency = 30
-    call = stack.stub.StreamGenerativeSearch(_request(single_prompt="{title}"), metadata=ALICE)
+    call = stack.stub.StreamGenerativeSearch(
+        books_stream_search(single_prompt="{title}"), metadata=ALICE
+    )
     first = await call.read()
     assert first.WhichOneof("event") == "hits"  # type: ignore[union-attr]
     await _until(lambda: stack.fake.concurrent == 4)
@@ -162,11 +164,11 @@ async def _until(condition: Callable[[], bool], timeout: float = 30) -> None:
 async def test_tokens_are_relayed_while_the_model_is_still_writing(stack: Stack) -> None:
     # Not a latency threshold: an ordering. The first token must reach the client before
     # the (slow) upstream stream has finished, i.e. nothing buffers the answer.
-    await create_books(stack, books=[b for b in BOOKS if b["body"]])
+    await create_books(stack, books=WITH_BODY)
     # 0.5 s between chunks (was 0.15): the first token has seconds, not under one, to reach
     # the client before the upstream stream ends, however loaded the machine.
     stack.fake.chunk_delay = 0.5
-    request = _request(single_prompt="Say {title} right now please", stream_tokens=True)
+    request = books_stream_search(single_prompt="Say {title} right now please", stream_tokens=True)
     request.limit = 1
     first_token_at = None
     async for event in stack.stub.StreamGenerativeSearch(request, metadata=ALICE):
@@ -184,7 +186,7 @@ async def test_a_slow_reader_gets_every_ask_token_through_a_one_delta_buffer(
     """StreamAsk's answer through STREAM_BUFFERED_DELTAS at 1 (its queue was unbounded):
     the generation waits for the client at every delta; nothing is lost or reordered."""
     stack = await stack_factory(stream_buffered_deltas=1)
-    await create_books(stack, books=[b for b in BOOKS if b["body"]])
+    await create_books(stack, books=WITH_BODY)
     expected = " ".join(f"w{i}" for i in range(40))
     stack.fake.reply = expected
     text = ""

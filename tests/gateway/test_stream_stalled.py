@@ -14,12 +14,18 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.gateway.v1 import gateway_service_pb2_grpc as gw_grpc
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 
 from services.devlaunch.redis_server import RedisProcess
-from tests.gateway.conftest import ALICE, BOOKS, DIM, Stack, StackFactory, create_books
+from tests.gateway.conftest import (
+    ALICE,
+    WITH_BODY,
+    Stack,
+    StackFactory,
+    books_stream_search,
+    create_books,
+)
 from tests.support.rpc import error_info
 
 SEND = 2.0  # the gateway's STREAM_SEND_TIMEOUT here
@@ -34,15 +40,6 @@ CLIENT_OPTIONS = [
 ]
 
 
-def _request(**generate: object) -> gw_pb.StreamGenerativeSearchRequest:
-    return gw_pb.StreamGenerativeSearchRequest(
-        collection="Books",
-        near_vector=ret_pb.NearVector(vector=[0.5] * DIM),
-        limit=4,
-        generate=gw_pb.Generate(**generate),  # type: ignore[arg-type]
-    )
-
-
 @pytest.fixture
 async def stack(stack_factory: StackFactory, shared_redis: RedisProcess) -> Stack:
     # A quota of one call at once: a stalled stream that kept its slot would lock alice out.
@@ -52,7 +49,7 @@ async def stack(stack_factory: StackFactory, shared_redis: RedisProcess) -> Stac
         quota_concurrent_calls=1,
         stream_send_timeout=SEND,
     )
-    await create_books(stack, books=[b for b in BOOKS if b["body"]])
+    await create_books(stack, books=WITH_BODY)
     return stack
 
 
@@ -101,7 +98,9 @@ async def test_a_client_that_stops_reading_is_cut_and_frees_its_tenants_quota(
     # Answers far larger than the client's flow-control window: the gateway cannot send
     # the hits' results to a client that does not read.
     stack.fake.reply = "y" * MIB  # GENSEARCH_GENERATION_MAX_ANSWER_CHARS
-    call = stub.StreamGenerativeSearch(_request(single_prompt="Say {title}"), metadata=ALICE)
+    call = stub.StreamGenerativeSearch(
+        books_stream_search(single_prompt="Say {title}"), metadata=ALICE
+    )
     first = await call.read()
     assert first.WhichOneof("event") == "hits"
     # Stalled: every hit ends, and the stream waits at a write ...
@@ -121,7 +120,7 @@ async def test_cutting_a_stalled_stream_stops_its_hits_upstream(
     # then the gateway's delta buffer, then the hits stop reading their generation streams.
     stack.fake.reply = " ".join("w" * 20_000 for _ in range(500))
     call = stub.StreamGenerativeSearch(
-        _request(single_prompt="Say {title}", stream_tokens=True),
+        books_stream_search(single_prompt="Say {title}", stream_tokens=True),
         metadata=ALICE,
     )
     assert (await call.read()).WhichOneof("event") == "hits"
@@ -147,7 +146,7 @@ async def test_a_client_that_reads_slowly_but_steadily_is_not_cut(stack: Stack) 
     stack.fake.chunk_delay = 0.05
     events = []
     async for event in stack.stub.StreamGenerativeSearch(
-        _request(single_prompt="Say {title}", stream_tokens=True), metadata=ALICE
+        books_stream_search(single_prompt="Say {title}", stream_tokens=True), metadata=ALICE
     ):
         events.append(event.WhichOneof("event"))
         await asyncio.sleep(0.02)
@@ -163,7 +162,7 @@ async def test_a_stalled_call_with_a_deadline_is_held_to_its_deadline(
     # back by a slow client ends at its budget, not at generation's send timeout).
     stack.fake.reply = "y" * MIB
     call = stub.StreamGenerativeSearch(
-        _request(single_prompt="Say {title}"), metadata=ALICE, timeout=4 * SEND
+        books_stream_search(single_prompt="Say {title}"), metadata=ALICE, timeout=4 * SEND
     )
     assert (await call.read()).WhichOneof("event") == "hits"
     await _until(lambda: stack.gateway.call_slots.in_flight == 0, "the call was never ended")
