@@ -6,13 +6,13 @@ add no label values either (docs/operations.md)."""
 from __future__ import annotations
 
 import grpc
-import pytest
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from prometheus_client import REGISTRY
 
 from tests.gateway.conftest import ALICE, BOOKS, Stack, create_books, vector
 from tests.support.fake_openai import Behaviour
+from tests.support.metrics import call_unserved_methods, marked_series
 
 MARK = "cardinality-probe"
 SERVICES = [
@@ -24,23 +24,10 @@ SERVICES = [
 ]
 
 
-def _marked_series() -> list[tuple[str, dict[str, str]]]:
-    return [
-        (sample.name, sample.labels)
-        for family in REGISTRY.collect()
-        for sample in family.samples
-        if any(MARK in value for value in sample.labels.values())
-    ]
-
-
 async def test_methods_the_gateway_does_not_serve_make_no_series(stack: Stack) -> None:
     for service in SERVICES:
-        for i in range(10):
-            call = stack.channel.unary_unary(f"/{service}/{MARK}{i}")
-            with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await call(b"", metadata=ALICE, timeout=10)
-            assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert _marked_series() == []
+        await call_unserved_methods(stack.channel, service, MARK, 10, metadata=ALICE)
+    assert marked_series(MARK) == []
 
 
 async def test_collections_models_and_failures_callers_name_make_no_series(stack: Stack) -> None:

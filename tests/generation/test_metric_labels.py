@@ -13,6 +13,7 @@ from prometheus_client import REGISTRY
 from services.generation.metrics import OUTCOMES
 from tests.generation.conftest import StartService, fake_provider, user
 from tests.support.fake_openai import Behaviour, FakeOpenAI
+from tests.support.metrics import call_unserved_methods, marked_series
 from tests.support.rpc import failure_of
 
 # In every caller-chosen value below, so a label holding one is found whatever its name.
@@ -29,15 +30,6 @@ def _values(metric: str, label: str, provider: str = "fake") -> set[str]:
         for sample in family.samples
         if sample.name == metric and sample.labels.get("provider") == provider
     }
-
-
-def _marked_series() -> list[tuple[str, dict[str, str]]]:
-    return [
-        (sample.name, sample.labels)
-        for family in REGISTRY.collect()
-        for sample in family.samples
-        if any(MARK in value for value in sample.labels.values())
-    ]
 
 
 async def test_upstream_statuses_count_under_a_fixed_set_of_outcomes(
@@ -62,7 +54,7 @@ async def test_upstream_statuses_count_under_a_fixed_set_of_outcomes(
     # The statuses named keep their own series; the rest are counted, by class.
     assert {"400", "403", "409", "4xx", "500", "5xx", "other"} <= outcomes
     assert {"409", "500", "5xx", "other"} <= causes
-    assert _marked_series() == []
+    assert marked_series(MARK) == []
 
 
 async def test_callers_names_urls_models_and_keys_make_no_series(
@@ -99,7 +91,7 @@ async def test_callers_names_urls_models_and_keys_make_no_series(
                 timeout=10,
             )
         )
-    assert _marked_series() == []
+    assert marked_series(MARK) == []
     providers = {
         sample.labels["provider"]
         for family in REGISTRY.collect()
@@ -117,12 +109,8 @@ async def test_unknown_methods_make_no_series(
     """Only registered methods are counted: a call to any other is UNIMPLEMENTED by gRPC
     before the chassis, whatever name the caller makes up."""
     service = await start_service([fake_provider(fake)])
-    for i in range(20):
-        call = service.channel.unary_unary(f"/{service_name}/{MARK}{i}")
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await call(b"", timeout=10)
-        assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert _marked_series() == []
+    await call_unserved_methods(service.channel, service_name, MARK, 20)
+    assert marked_series(MARK) == []
 
 
 async def test_a_callers_base_url_leaves_the_providers_published_limit_alone(
