@@ -243,23 +243,28 @@ async def setup(args: argparse.Namespace, load: str, channels: list[grpc.aio.Cha
 def loads(args: argparse.Namespace, channels: list[grpc.aio.Channel]) -> list[Load]:
     tenants = args.tenants
 
-    def client(i: int) -> tuple[grpc.aio.Channel, tuple[tuple[str, str], ...]]:
-        # Client i: its own connection, its tenant i % tenants.
-        return channels[i], metadata(i % tenants)
+    def calls(
+        count: int, rpc: Callable[[grpc.aio.Channel], Any], request: Callable[[int], Any]
+    ) -> Callable[[], list[Awaitable[Any]]]:
+        """One call of ``rpc`` (the stub method on a channel) by each of ``count`` clients,
+        client i with ``request(i)``, on its own connection, as its tenant i % tenants."""
+
+        def make() -> list[Awaitable[Any]]:
+            return [
+                rpc(channels[i])(request(i), metadata=metadata(i % tenants), timeout=120)
+                for i in range(count)
+            ]
+
+        return make
 
     upsert_size = int(args.request_mb * MB)
     upserts = [
         ret_pb.UpsertObjectsRequest(collection="Sink", objects=[text_object(n % 4, upsert_size)])
         for n in range(args.clients)
     ]
-
-    def upsert_calls() -> list[Awaitable[Any]]:
-        out = []
-        for i, request in enumerate(upserts):
-            channel, md = client(i)
-            stub = ret_grpc.RetrievalServiceStub(channel)
-            out.append(stub.UpsertObjects(request, metadata=md, timeout=120))
-        return out
+    upsert_calls = calls(
+        args.clients, lambda c: ret_grpc.RetrievalServiceStub(c).UpsertObjects, upserts.__getitem__
+    )
 
     turn = int(args.turn_mb * MB) // 2  # input and response, each at most 1 MiB
     interaction = mem_pb.CreateInteractionRequest(
@@ -267,26 +272,18 @@ def loads(args: argparse.Namespace, channels: list[grpc.aio.Channel]) -> list[Lo
         response="a" * turn,
         new_conversation=mem_pb.CreateConversationRequest(name="rss"),
     )
-
-    def interaction_calls() -> list[Awaitable[Any]]:
-        out = []
-        for i in range(args.clients):
-            channel, md = client(i)
-            stub = mem_grpc.MemoryServiceStub(channel)
-            out.append(stub.CreateInteraction(interaction, metadata=md, timeout=120))
-        return out
+    interaction_calls = calls(
+        args.clients,
+        lambda c: mem_grpc.MemoryServiceStub(c).CreateInteraction,
+        lambda _: interaction,
+    )
 
     read = ret_pb.BatchGetObjectsRequest(
         collection="Big", ids=[object_id(n) for n in range(args.objects)]
     )
-
-    def read_calls() -> list[Awaitable[Any]]:
-        out = []
-        for i in range(args.reads):
-            channel, md = client(i)
-            stub = ret_grpc.RetrievalServiceStub(channel)
-            out.append(stub.BatchGetObjects(read, metadata=md, timeout=120))
-        return out
+    read_calls = calls(
+        args.reads, lambda c: ret_grpc.RetrievalServiceStub(c).BatchGetObjects, lambda _: read
+    )
 
     search = gw_pb.GenerativeSearchRequest(
         collection="Gen",
@@ -298,14 +295,9 @@ def loads(args: argparse.Namespace, channels: list[grpc.aio.Channel]) -> list[Lo
             grouped_properties=["title"],
         ),
     )
-
-    def search_calls() -> list[Awaitable[Any]]:
-        out = []
-        for i in range(args.searches):
-            channel, md = client(i)
-            stub = gw_grpc.GatewayServiceStub(channel)
-            out.append(stub.GenerativeSearch(search, metadata=md, timeout=120))
-        return out
+    search_calls = calls(
+        args.searches, lambda c: gw_grpc.GatewayServiceStub(c).GenerativeSearch, lambda _: search
+    )
 
     up = upserts[0].ByteSize() * args.clients
     turns = interaction.ByteSize() * args.clients

@@ -5,11 +5,16 @@ from __future__ import annotations
 import grpc
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.generation.v1 import generation_service_pb2 as gen_pb
-from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from google.protobuf import struct_pb2
 from google.protobuf.message import Message
 
-from tests.gateway.conftest import ALICE, Stack, StackFactory, vector
+from tests.gateway.conftest import (
+    ALICE,
+    Stack,
+    StackFactory,
+    books_search,
+    books_stream_search,
+)
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.rpc import bad_request_field, error_info, failure_of
 
@@ -83,22 +88,13 @@ async def test_a_string_that_is_not_utf8_is_named_through_the_gateway(stack: Sta
         ),
         (
             "GenerativeSearch",
-            gw_pb.GenerativeSearchRequest(
-                collection="Books",
-                near_vector=ret_pb.NearVector(vector=vector(0)),
-                generate=gw_pb.Generate(single_prompt="{title} MARK"),
-            ),
+            books_search(single_prompt="{title} MARK"),
             "generate.single_prompt",
         ),
         (
             "StreamGenerativeSearch",
-            gw_pb.StreamGenerativeSearchRequest(
-                collection="Books",
-                near_vector=ret_pb.NearVector(vector=vector(0)),
-                generate=gw_pb.Generate(
-                    grouped_task="sum up",
-                    fallback=[gen_pb.ModelChoice(provider="fake", model="MARK")],
-                ),
+            books_stream_search(
+                grouped_task="sum up", fallback=[gen_pb.ModelChoice(provider="fake", model="MARK")]
             ),
             "generate.fallback[0].model",
         ),
