@@ -103,6 +103,16 @@ class Up:
             self.lines.append(line)
         return code
 
+    def interrupt_at(self, text: str, timeout: float = 180) -> tuple[int, list[int]]:
+        """Waits for the line ``text``, then interrupts (Ctrl-C): the exit code and the
+        processes it had started by then. Killed, with them, if it fails first."""
+        try:
+            self.wait_for(text, timeout)
+            children = descendants(self.proc.pid)
+            return self.interrupt(), children
+        finally:
+            self.kill()
+
     def kill(self) -> None:
         if self.proc.poll() is None:
             for pid in descendants(self.proc.pid):
@@ -221,12 +231,7 @@ def test_up_demo_then_ctrl_c_leaves_nothing_and_keeps_data(
 
     # Again: the collection and its passages are still there; Ctrl-C during the demo is clean.
     again = Up("--demo", "--data-dir", str(data), "--port", "0", env=env)
-    try:
-        again.wait_for("24 passages (kept from the last run)", timeout=180)
-        children = descendants(again.proc.pid)
-        code = again.interrupt()
-    finally:
-        again.kill()
+    code, children = again.interrupt_at("24 passages (kept from the last run)")
     assert code == 0, again.output + again.stderr
     assert "stopped; data kept in" in again.output
     assert "Traceback" not in again.stderr
@@ -260,12 +265,7 @@ def test_ctrl_c_during_start_up_says_it_stops(tmp_path: Path, env: dict[str, str
         "--data-dir", str(tmp_path / "data"), "--port", "0",
         "--llm-base-url", "http://127.0.0.1:9/v1", env=env,
     )  # fmt: skip
-    try:
-        up.wait_for("starting gensearch", timeout=180)
-        children = descendants(up.proc.pid)
-        code = up.interrupt()
-    finally:
-        up.kill()
+    code, children = up.interrupt_at("starting gensearch")
     out = up.output
     assert code == 0, out + up.stderr
     assert "gensearch is up" not in out, out  # the signal came during start-up
