@@ -157,6 +157,8 @@ class ProviderLimiter:
         self._publishes_limit = operator_url and scope == scope_of(config.name, None)
         # A provider that declares no limits never asks them (no Redis round trip per call).
         self._shared = shared if shared is not None and shared.limits.any else None
+        # How the provider counts tokens_per_minute (docs/generation.md#provider-limits).
+        self._reserved = config.tokens_counted == "reserved"
         ceiling = config.concurrency_cap
         self.adaptive = config.adaptive
         self.limit = AdaptiveLimit(
@@ -208,10 +210,12 @@ class ProviderLimiter:
         entered = loop.time()
         call_id = uuid.uuid4().hex
         tokens = self._shared.limits.tokens if self._shared is not None else None
-        if tokens is not None:
-            # The limits charge a call dearer than the whole bucket the bucket: the permit
-            # keeps what was charged, so that its refund corrects that to the real usage
-            # (from the estimate, the correction charged such a call far less than it used).
+        if tokens is not None and not self._reserved:
+            # Counted as used: a call dearer than the whole bucket is charged the bucket,
+            # and the permit keeps what was charged, so that its refund corrects that to
+            # the real usage (from the estimate, the correction charged such a call far
+            # less than it used). Counted as reserved, the provider takes the whole
+            # estimate at once: so do the buckets (a debt the next calls wait for).
             cost = min(cost, tokens.capacity)
         if (
             not self._queue
@@ -341,8 +345,19 @@ class ProviderLimiter:
         self._released.set()
         self._wake_head()
         if self._shared is not None:
-            refund = 0.0 if tokens is None else permit.cost - tokens
-            await self._shared.release(self.scope, permit.call_id, refund)
+            await self._shared.release(self.scope, permit.call_id, self._refund(permit, tokens))
+
+    def _refund(self, permit: Permit, tokens: float | None) -> float:
+        """What goes back to the tokens bucket when a call ends (negative: what it owes).
+        Counted as used, the estimate is corrected to the real usage both ways. Counted as
+        reserved, the provider keeps what it reserved whatever the call used (a failure
+        and a 429 too): nothing comes back, and only a usage above the charge (a call
+        without max_tokens that answered long) is charged on top."""
+        if tokens is None:
+            return 0.0
+        if self._reserved:
+            return min(0.0, permit.cost - tokens)
+        return permit.cost - tokens
 
 
 class Limiters:

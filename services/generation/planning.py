@@ -27,6 +27,7 @@ from services.generation.validation import (
     build_request,
     check_context_window,
     check_model,
+    check_token_budget,
     response_format,
 )
 
@@ -92,6 +93,7 @@ class Planner:
             model = choice.model.strip() or other.config.default_model
             check_model(model, other.config, f"{where}.model")
             check_context_window(list(request.messages), request.max_tokens, other.config)
+            check_token_budget(list(request.messages), request.max_tokens, other.config)
             _check_repeat(named, (other.name, model, ""), where)
             chain.append(
                 Target(

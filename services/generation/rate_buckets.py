@@ -13,6 +13,10 @@ ever sees more than the limit's share of it, whatever the provider's own account
 (a fixed or a sliding window, or a bucket): ``capacity`` = ``rate_burst`` x the window's
 allowance may start at once, the rest refills evenly over the window.
 
+A call is charged its estimated tokens when admitted (whole, even past the bucket's
+capacity: a debt the next calls wait for); what comes back when it ends is the limiter's
+choice (``ProviderLimiter._refund``: nothing for a provider that counts reservations).
+
 A 429's ``Retry-After`` pause is kept there too (``RedisLimits.pause``, script
 ``provider_pause.lua``): the end of the pause, on the Redis clock, in a key with the same
 hash tag, which the admit script checks first, so that every replica holds back the
@@ -118,7 +122,8 @@ class SharedLimits(Protocol):
 
     async def admit(self, scope: str, call_id: str, cost: float, lease: float) -> Admission:
         """``Admission.wait`` 0: admitted; > 0: seconds until the buckets can pay;
-        ``FLIGHT_FULL``."""
+        ``FLIGHT_FULL``. ``cost`` tokens are taken whole once the bucket holds them, or
+        is full for a call dearer than it (the bucket is then left in debt)."""
 
     async def release(self, scope: str, call_id: str, refund: float) -> None:
         """The call ended: it leaves the in-flight set; ``refund`` tokens go back."""
@@ -171,9 +176,11 @@ class LocalLimits:
                 wait = floor = (1 - req.level) / req.shape.per_second
         if self.limits.tokens is not None:
             tok = self._bucket(self._tokens, self.limits.tokens, scope)
-            cost = min(cost, tok.shape.capacity)
-            if tok.refill(now) < cost:
-                wait = max(wait, (cost - tok.level) / tok.shape.per_second)
+            # A call dearer than the whole bucket waits for a full one (or it would wait
+            # forever), and is charged all it costs: the bucket owes the rest.
+            need = min(cost, tok.shape.capacity)
+            if tok.refill(now) < need:
+                wait = max(wait, (need - tok.level) / tok.shape.per_second)
         if wait > 0:
             return Admission(wait, floor)
         if req is not None:

@@ -121,6 +121,12 @@ class ProviderConfig(BaseModel):
     # without it). None: not declared. Per minute, counted over `rate_window` seconds.
     requests_per_minute: float | None = Field(default=None, gt=0, le=MAX_PER_MINUTE)
     tokens_per_minute: float | None = Field(default=None, gt=0, le=MAX_PER_MINUTE)
+    # How the provider counts a call against tokens_per_minute. "reserved" (OpenAI's
+    # documented way): the prompt plus max_tokens when the call arrives, never given back,
+    # so a call is charged its estimate up front and keeps it (more if its usage says so).
+    # "used": what the call really used, so the unused part of the estimate is given back
+    # when it ends (for endpoints that count usage, such as most self-hosted servers).
+    tokens_counted: Literal["reserved", "used"] = "reserved"
     max_in_flight: int | None = Field(default=None, ge=1, le=100_000)
     # The period the provider counts its per-minute limits over (seconds): no span of this
     # length ever sees more than the limit's share of it.
@@ -272,6 +278,7 @@ _ENV_FIELDS: dict[str, str] = {
     "MAX_CONCURRENCY": "max_concurrency",
     "REQUESTS_PER_MINUTE": "requests_per_minute",
     "TOKENS_PER_MINUTE": "tokens_per_minute",
+    "TOKENS_COUNTED": "tokens_counted",
     "MAX_IN_FLIGHT": "max_in_flight",
     "RATE_WINDOW": "rate_window",
     "RATE_BURST": "rate_burst",

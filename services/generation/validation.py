@@ -22,6 +22,7 @@ from services.generation.providers.base import (
     ChatMessage,
     CompletionRequest,
     JsonSchemaFormat,
+    estimate_call_tokens,
     estimate_prompt_tokens,
 )
 from services.generation.settings import ProviderConfig
@@ -87,6 +88,35 @@ def check_context_window(
             field="messages",
             reason="CONTEXT_WINDOW_EXCEEDED",
         )
+
+
+def check_token_budget(
+    messages: list[ChatMessage], max_tokens: int | None, config: ProviderConfig
+) -> None:
+    """A call that a provider counting reserved tokens can never take: its prompt plus
+    ``max_tokens`` (the request's, else the provider's) above what ``tokens_per_minute``
+    allows in a whole ``rate_window``. The provider would refuse it 429 however long it
+    waited, and charged up front it would hold every other call back for a window."""
+    if config.tokens_per_minute is None or config.tokens_counted != "reserved":
+        return
+    allowance = config.tokens_per_minute * config.rate_window / 60.0
+    asked = max_tokens if max_tokens is not None else config.max_tokens
+    cost = estimate_call_tokens(messages, asked)
+    if cost <= allowance:
+        return
+    prompt = estimate_prompt_tokens(messages)
+    whose = "max_tokens" if max_tokens is not None else "the provider's default max_tokens"
+    if asked is None:
+        whose = "the completion estimate"
+    raise InvalidArgument(
+        f"the prompt (~{prompt} tokens) plus {whose} ({cost - prompt}) exceeds the "
+        f"{math.floor(allowance)} tokens provider {config.name!r} allows in "
+        f"{config.rate_window:g} s (it counts max_tokens when a call arrives)",
+        # What the caller can lower: max_tokens, unless the prompt alone is too long.
+        field="messages" if prompt > allowance else "max_tokens",
+        reason="PROVIDER_TOKEN_LIMIT_EXCEEDED",
+        metadata={"provider": config.name, "tokens": str(math.floor(allowance))},
+    )
 
 
 async def response_format(
@@ -202,6 +232,7 @@ def build_request(
     seed = msg.seed if msg.HasField("seed") else None
 
     check_context_window(messages, max_tokens, config)
+    check_token_budget(messages, max_tokens, config)
 
     return CompletionRequest(
         model=model,

@@ -340,10 +340,11 @@ async def _hit_results(
 
 
 IN_FLIGHT = 3
-# tokens_per_minute: every hit costs the fake 12 tokens ("About Book 7": 3 prompt words, and
-# 9 answer words, cut there by max_tokens from a longer reply), estimated at 13 up front
-# (~3.5 characters a token) and corrected to the 12 the fake reports. A window allows 96
-# tokens, 8 hits: the 20 hits (240 tokens) are spread over several windows, none of which
+# tokens_per_minute: the fake counts tokens as OpenAI does, each hit's prompt + max_tokens
+# when it arrives: 12 ("About Book 7": 3 prompt words, and max_tokens 9, which the answer
+# uses, cut there from a longer reply). The replicas charge each hit 13 up front (~3.5
+# characters a token) and keep it (tokens_counted "reserved", the default). A window
+# allows 96 tokens: the 20 hits (240 tokens) are spread over several windows, none of which
 # the replicas together take past 96 (each replica alone would).
 ANSWER_TOKENS, TOKENS = 9, 96
 DECLARED_TOKENS = {"tokens_per_minute": TOKENS * 60 / WINDOW, "rate_window": WINDOW}
@@ -356,7 +357,9 @@ def _limited(limit: str) -> tuple[FakeOpenAI, dict[str, Any], dict[str, Any]]:
         # Each replica alone would let 3 run: together they still let 3 run, not 6.
         return FakeOpenAI(latency=0.3), {"max_in_flight": IN_FLIGHT}, {}
     if limit == "tokens_per_minute":
-        fake = FakeOpenAI(token_limit=TOKENS, rate_window=WINDOW, reply="word " * 50)
+        fake = FakeOpenAI(
+            token_limit=TOKENS, rate_window=WINDOW, reply="word " * 50, token_counting="reserved"
+        )
         # Half a window's tokens (48) at once, the rest refilled evenly over the window.
         declared = {**DECLARED_TOKENS, "rate_burst": 0.5}
         return fake, declared, {"max_tokens": ANSWER_TOKENS}

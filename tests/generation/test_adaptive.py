@@ -253,7 +253,8 @@ async def test_token_estimates_are_corrected_with_the_real_usage() -> None:
 
 
 async def test_a_call_dearer_than_the_bucket_is_corrected_to_what_it_used() -> None:
-    config = _config(tokens_per_minute=6000, rate_burst=0.5)  # 3000 at once, 50 a second
+    # 3000 at once, 50 a second; a provider counting what calls use.
+    config = _config(tokens_per_minute=6000, rate_burst=0.5, tokens_counted="used")
     limits = LocalLimits(DeclaredLimits.of(config))
     limiter = ProviderLimiter(config, "p", limits)
     # Estimated at 5000, charged the whole bucket (3000), and it used 4000: the bucket owes
@@ -262,6 +263,54 @@ async def test_a_call_dearer_than_the_bucket_is_corrected_to_what_it_used() -> N
     await permit.release(outcome="ok", tokens=4000)
     admission = await limits.admit("p", "next", 1, 10)
     assert admission.wait == pytest.approx(1001 / 50, abs=0.5)
+
+
+@pytest.mark.parametrize("counted", ["reserved", "used"])
+async def test_what_a_call_did_not_use_comes_back_only_when_counted_as_used(
+    counted: str,
+) -> None:
+    config = _config(tokens_per_minute=6000, rate_burst=0.5, tokens_counted=counted)
+    limits = LocalLimits(DeclaredLimits.of(config))
+    limiter = ProviderLimiter(config, "p", limits)
+    # Estimated at 3000 (the whole bucket), used 1000: counted as used, 2000 come back and
+    # the next call of 1000 starts at once; counted as reserved (as the provider keeps
+    # them), it waits for 1000 to refill (20 s).
+    permit = await limiter.acquire(limiter.ticket(), 3000, Deadline(5))
+    await permit.release(outcome="ok", tokens=1000)
+    admission = await limits.admit("p", "next", 1000, 10)
+    if counted == "used":
+        assert admission.wait == 0
+    else:
+        assert admission.wait == pytest.approx(1000 / 50, abs=0.5)
+
+
+@pytest.mark.parametrize("outcome", ["failed", "overloaded"])
+async def test_counted_as_reserved_a_failed_call_keeps_its_charge(outcome: str) -> None:
+    config = _config(tokens_per_minute=6000, rate_burst=0.5)  # reserved: the default
+    limits = LocalLimits(DeclaredLimits.of(config))
+    limiter = ProviderLimiter(config, "p", limits)
+    permit = await limiter.acquire(limiter.ticket(), 3000, Deadline(5))
+    # As _Turns.failed releases a 429 (0 tokens) and another failure (its prompt).
+    await permit.release(outcome=outcome, tokens=0 if outcome == "overloaded" else 100)
+    assert (await limits.admit("p", "next", 1000, 10)).wait == pytest.approx(20, abs=0.5)
+
+
+async def test_counted_as_reserved_a_call_dearer_than_the_bucket_is_charged_all_it_costs() -> None:
+    config = _config(tokens_per_minute=6000, rate_burst=0.5)  # 3000 at once, 50 a second
+    limits = LocalLimits(DeclaredLimits.of(config))
+    limiter = ProviderLimiter(config, "p", limits)
+    # Estimated at 5000: it starts on a full bucket and owes 2000 at once, before it ends
+    # (the provider counted all 5000 when it arrived); using less gives nothing back, and
+    # using more than charged is charged on top.
+    permit = await limiter.acquire(limiter.ticket(), 5000, Deadline(5))
+    assert (await limits.admit("p", "during", 1, 10)).wait == pytest.approx(2001 / 50, abs=0.5)
+    await permit.release(outcome="ok", tokens=1000)
+    assert (await limits.admit("p", "next", 1, 10)).wait == pytest.approx(2001 / 50, abs=0.5)
+    limits = LocalLimits(DeclaredLimits.of(config))
+    limiter = ProviderLimiter(config, "p", limits)
+    permit = await limiter.acquire(limiter.ticket(), 1000, Deadline(5))
+    await permit.release(outcome="ok", tokens=1500)  # 500 more than charged: 1500 left
+    assert (await limits.admit("p", "last", 2000, 10)).wait == pytest.approx(500 / 50, abs=0.5)
 
 
 async def test_the_in_flight_limit_holds_until_a_call_ends() -> None:
@@ -350,6 +399,24 @@ async def test_tokens_are_corrected_in_redis_too(redis_server: RedisProcess) -> 
         await limits.release("p:p", "a", refund=2000)
         assert (await limits.admit("p:p", "b", 1000, 10)).wait == 0
         assert await redis.exists("t:limits:{p:p}:tokens")
+    finally:
+        await redis.aclose()
+
+
+async def test_a_debt_in_redis_outlives_the_buckets_usual_ttl(redis_server: RedisProcess) -> None:
+    declared = DeclaredLimits.of(_config(tokens_per_minute=6000, rate_burst=0.5))
+    redis = connect(redis_server.url, cluster=False, socket_timeout=1, connect_timeout=1)
+    try:
+        limits = RedisLimits(redis, declared, key_prefix="debt")
+        # 6000 on a bucket of 3000 refilled 50 a second: 3000 owed, full again in 120 s.
+        assert (await limits.admit("p:p", "a", 6000, 10)).wait == 0
+        assert (await limits.admit("p:p", "b", 1, 10)).wait == pytest.approx(60, abs=1)
+        # The key lives until the bucket is full again (the idle ttl is ~61 s): gone with
+        # the debt, it would be a full bucket.
+        assert declared.ttl < 62
+        assert await redis.pttl("debt:limits:{p:p}:tokens") > 119_000
+        await limits.release("p:p", "a", refund=-1000)  # a debt taken at release, too
+        assert await redis.pttl("debt:limits:{p:p}:tokens") > 139_000
     finally:
         await redis.aclose()
 

@@ -81,3 +81,24 @@ async def test_latency_jitter_spreads_the_wait_within_its_bounds() -> None:
     # Each waits 0.1 s x uniform(0.5, 1.5): never less than 0.05 s, and not all alike.
     assert min(waits) >= 0.05
     assert max(waits) - min(waits) >= 0.02
+
+
+@pytest.mark.parametrize("counting", ["reserved", "used"])
+async def test_token_counting_reserved_takes_max_tokens_at_arrival(counting: str) -> None:
+    # Each request: 3 prompt words, max_tokens 10, a 1-word answer. Reserved: 13 each at
+    # arrival, so the 4th of a 50-token window is refused unanswered; used: 4 each.
+    async with FakeOpenAI(
+        token_limit=50, rate_window=3600, reply="ok", token_counting=counting
+    ) as fake:
+        body = {"model": "m", "messages": [{"role": "user", "content": "a b c"}], "max_tokens": 10}
+        async with aiohttp.ClientSession() as http:
+            statuses = []
+            for _ in range(4):
+                async with http.post(f"{fake.base_url}/chat/completions", json=body) as resp:
+                    statuses.append(resp.status)
+    if counting == "reserved":
+        assert statuses == [200, 200, 200, 429]
+        assert fake.max_tokens_per_window == 4 * 13
+    else:
+        assert statuses == [200] * 4
+        assert fake.max_tokens_per_window == 4 * 4

@@ -179,6 +179,15 @@ def test_no_fixed_caps_by_default_and_limits_from_the_environment() -> None:
         resolve_providers([], environ={"GENSEARCH_GENERATION_OPENAI_RATE_BURST": "0.9"})
 
 
+def test_tokens_are_counted_as_reserved_unless_the_provider_counts_usage() -> None:
+    # OpenAI counts a call's prompt + max_tokens when it arrives and gives nothing back.
+    assert all(c.tokens_counted == "reserved" for c in resolve_providers([], environ={}).values())
+    env = {"GENSEARCH_GENERATION_VLLM_TOKENS_COUNTED": "used"}
+    assert resolve_providers([], environ=env)["vllm"].tokens_counted == "used"
+    with pytest.raises(ValueError, match="GENSEARCH_GENERATION_VLLM_TOKENS_COUNTED"):
+        resolve_providers([], environ={"GENSEARCH_GENERATION_VLLM_TOKENS_COUNTED": "billed"})
+
+
 def test_a_redis_cluster_needs_a_url() -> None:
     with pytest.raises(ValueError, match="redis_cluster needs redis_url"):
         GenerationSettings(redis_cluster=True)

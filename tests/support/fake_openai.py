@@ -83,6 +83,12 @@ Constructor / attributes (all attributes may be changed while the server runs)
                        is known (default None: no limit). An answer that takes its window
                        past the limit is not sent: 429 ``rate_limit_exceeded``
                        (``Retry-After`` as for ``rate_limit``) instead.
+    ``token_counting`` how ``token_limit`` counts a request: ``"used"`` (default) as above;
+                       ``"reserved"`` as OpenAI documents for its TPM limit: the prompt plus
+                       the request's ``max_tokens`` when it arrives, whatever the answer then
+                       uses (a request over the limit gets the 429 at once, unanswered);
+                       without ``max_tokens``, the prompt at arrival and the answer's tokens
+                       once known.
     ``rate_window``    the window of ``rate_limit`` and ``token_limit`` in seconds (default 60).
 
 Per-request behaviours (:class:`Behaviour`), consumed first-in first-out by chat and
@@ -335,6 +341,7 @@ class FakeOpenAI:
         rate_limit: int | None = None,
         rate_window: float = 60.0,
         token_limit: int | None = None,
+        token_counting: str = "used",
     ) -> None:
         self.latency = latency
         self.latency_jitter = latency_jitter
@@ -360,6 +367,9 @@ class FakeOpenAI:
         self.rate_window = rate_window
         self.window_counts: dict[int, int] = {}
         self.token_limit = token_limit
+        if token_counting not in ("used", "reserved"):
+            raise ValueError(f"token_counting: 'used' or 'reserved', not {token_counting!r}")
+        self.token_counting = token_counting
         self.window_tokens: dict[int, int] = {}
         self.rate_limited = 0
         self.refused = asyncio.Event()
@@ -594,6 +604,8 @@ class FakeOpenAI:
             window = int(time.monotonic() // self.rate_window)
             rec, behaviour = await self._begin(request)
             wait = self._over_rate_limit(window)
+            if wait is None and self.token_counting == "reserved":
+                wait = self._over_token_limit(window, _reserved_tokens(rec.json))
             if wait is not None:
                 return self._refuse(rec, wait)
             return await self._answer_chat(request, rec, behaviour, window)
@@ -687,7 +699,12 @@ class FakeOpenAI:
             "completion_tokens": len(words),
         }
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-        wait = self._over_token_limit(window, usage["total_tokens"])
+        if self.token_counting == "used":
+            wait = self._over_token_limit(window, usage["total_tokens"])
+        elif _max_tokens(body) is None:  # reserved: the prompt was counted at arrival
+            wait = self._over_token_limit(window, usage["completion_tokens"])
+        else:
+            wait = None  # reserved: counted whole at arrival
         if wait is not None:
             return self._refuse(rec, wait)
         if self.usage_override is not None:
@@ -907,6 +924,22 @@ class FakeOpenAI:
         raw = [(digest[i % len(digest)] - 127.5) / 127.5 for i in range(self.embedding_dim)]
         norm = math.sqrt(sum(x * x for x in raw)) or 1.0
         return [x / norm for x in raw]
+
+
+def _max_tokens(body: dict[str, Any]) -> int | None:
+    value = body.get("max_tokens", body.get("max_completion_tokens"))
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _reserved_tokens(body: Any) -> int:
+    """What a provider counting reserved tokens takes when a request arrives: its prompt
+    (one word = one token) plus its ``max_tokens``."""
+    if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+        return 0
+    prompt = sum(
+        count_tokens(str(m.get("content", ""))) for m in body["messages"] if isinstance(m, dict)
+    )
+    return prompt + (_max_tokens(body) or 0)
 
 
 def _cut(text: str, body: dict[str, Any]) -> tuple[list[str], str]:

@@ -30,8 +30,10 @@ end
 
 local req_cap, req_rate = tonumber(ARGV[1]), tonumber(ARGV[2])
 local tok_cap, tok_rate = tonumber(ARGV[3]), tonumber(ARGV[4])
--- A call dearer than the whole bucket is charged the bucket, or it would wait forever.
-local cost = math.min(tonumber(ARGV[5]), tok_cap)
+-- A call dearer than the whole bucket waits for a full one, or it would wait forever; it
+-- is charged all it costs (the bucket owes the rest: the next calls wait for it).
+local cost = tonumber(ARGV[5])
+local need = math.min(cost, tok_cap)
 local flight_limit, lease = tonumber(ARGV[6]), tonumber(ARGV[7])
 
 -- The provider asked every caller to wait (a 429 seen by any replica): nothing starts.
@@ -56,8 +58,8 @@ if req_cap > 0 then
 end
 if tok_cap > 0 then
   tok_level = level(KEYS[2], tok_cap, tok_rate)
-  if tok_level < cost then
-    wait = math.max(wait, (cost - tok_level) / tok_rate)
+  if tok_level < need then
+    wait = math.max(wait, (need - tok_level) / tok_rate)
   end
 end
 if wait > 0 then
@@ -71,8 +73,11 @@ if req_cap > 0 then
   end
 end
 if tok_cap > 0 then
-  redis.call('HSET', KEYS[2], 'l', tok_level - cost, 't', now)
-  redis.call('PEXPIRE', KEYS[2], ttl)
+  local left = tok_level - cost
+  redis.call('HSET', KEYS[2], 'l', left, 't', now)
+  -- Kept until full again: a bucket in debt takes longer than the ttl to refill, and a
+  -- key gone with its debt would be a full bucket.
+  redis.call('PEXPIRE', KEYS[2], math.max(ttl, math.ceil((tok_cap - left) / tok_rate) + 1000))
 end
 if flight_limit > 0 then
   redis.call('ZADD', KEYS[3], now + lease, ARGV[8])

@@ -15,6 +15,7 @@ if capacity > 0 and refund ~= 0 then
   end
   l = math.min(capacity, l + math.max(0, now - last) * per_ms + refund)
   redis.call('HSET', KEYS[1], 'l', l, 't', now)
-  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[5]))
+  -- Kept until full again (a debt outlasts the ttl; the key gone, the debt would be too).
+  redis.call('PEXPIRE', KEYS[1], math.max(tonumber(ARGV[5]), math.ceil((capacity - l) / per_ms) + 1000))
 end
 return 1

@@ -96,6 +96,20 @@ def estimate_prompt_tokens(messages: Sequence[ChatMessage]) -> int:
     return sum(estimate_tokens(m.content) for m in messages)
 
 
+# Completion tokens a call is charged up front under tokens_per_minute when neither the
+# request nor the provider sets max_tokens. What a provider that counts reserved tokens
+# (OpenAI) reserves for such a call is not documented; a call that then uses more is
+# charged the rest when it ends (docs/generation.md#provider-limits).
+COMPLETION_ESTIMATE = 256
+
+
+def estimate_call_tokens(messages: Sequence[ChatMessage], max_tokens: int | None) -> int:
+    """The tokens a call is charged when it starts: its prompt plus ``max_tokens`` (the
+    request's, else the provider's), else ``COMPLETION_ESTIMATE``."""
+    completion = COMPLETION_ESTIMATE if max_tokens is None else max_tokens
+    return estimate_prompt_tokens(messages) + completion
+
+
 def estimate_usage(messages: Sequence[ChatMessage], completion: str) -> Usage:
     prompt = estimate_prompt_tokens(messages)
     done = estimate_tokens(completion)

@@ -54,6 +54,7 @@ from services.generation.providers.base import (
     Provider,
     StreamChunk,
     Usage,
+    estimate_call_tokens,
     estimate_prompt_tokens,
     estimate_usage,
 )
@@ -202,10 +203,10 @@ class OpenAICompatibleProvider(Provider):
             span.set_attribute("gen_ai.response.finish_reasons", [completion.finish_reason])
 
     def _turns(self, request: CompletionRequest, deadline: Deadline) -> _Turns:
-        prompt = estimate_prompt_tokens(request.messages)
         return _Turns(
-            self.limiters.get(request.api_key), self._retrier(deadline), deadline, prompt,
-            prompt + (self._max_tokens(request) or COMPLETION_ESTIMATE),
+            self.limiters.get(request.api_key), self._retrier(deadline), deadline,
+            estimate_prompt_tokens(request.messages),
+            estimate_call_tokens(request.messages, self._max_tokens(request)),
         )  # fmt: skip
 
     @staticmethod
@@ -408,11 +409,6 @@ class OpenAICompatibleProvider(Provider):
             )
 
 
-# Completion tokens assumed for a request without max_tokens, when the provider declares
-# tokens_per_minute: the estimate is corrected with the real usage once the call ends.
-COMPLETION_ESTIMATE = 256
-
-
 class _Turns:
     """One call's attempts under the provider's limits: its place in the queue (kept across
     retries), the attempts made and the time spent waiting."""
@@ -480,7 +476,8 @@ class _Turns:
                 await self.limiter.pause(wait)
                 paused = True
         finally:
-            # A refused request used no tokens; a failed one is charged its prompt.
+            # A refused request used no tokens, a failed one its prompt (what counts for a
+            # provider counting usage; one counting reservations keeps the whole charge).
             await permit.release(
                 outcome="overloaded" if overloaded else "failed",
                 tokens=0 if rate_limited else self.prompt,
