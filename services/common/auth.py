@@ -83,6 +83,9 @@ class Identity:
     # Authenticated by an API key (a client), not asserted by a peer service holding the
     # internal token nor open (no keys configured). Not part of who the caller is.
     client_key: bool = field(default=False, compare=False)
+    # Asserted by a peer service holding the internal token (the gateway calling on a
+    # client's behalf). Not part of who the caller is.
+    forwarded: bool = field(default=False, compare=False)
 
 
 def _check_name(value: str, what: str) -> str | None:
@@ -306,7 +309,7 @@ def _forwarded(headers: Mapping[str, str]) -> Identity:
         raise _bad_forward(TENANT_HEADER, "MISSING_FORWARDED_TENANT")
     if role is None:
         raise _bad_forward(ROLE_HEADER, "MISSING_FORWARDED_ROLE")
-    return Identity(user, tenant, role)
+    return Identity(user, tenant, role, forwarded=True)
 
 
 def _bad_forward(header: str, reason: str) -> Unauthenticated:

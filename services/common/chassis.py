@@ -538,39 +538,60 @@ class _MethodWrapper:
         holding: Holding | None,
         sent: Any,
     ) -> None:
-        """The servicer's messages, each serialized, counted and written in turn."""
+        """The servicer's messages, each serialized, counted and written in turn; a write
+        blocked past the send timeout ends the call STREAM_STALLED (``stream_idle.py``)."""
+        limit = self.stream_idle
         first = True
-        while True:
-            # The cutoff bounds each step, never a write: cancelled while gRPC sends, the
-            # stream could not end with our status.
-            async with cutoff:
+        watch = None
+        try:
+            while True:
+                # The cutoff bounds each step, never a write: cancelled while gRPC sends,
+                # the stream could not end with our status.
+                async with cutoff:
+                    try:
+                        item = await anext(items)
+                    except StopAsyncIteration:
+                        return
+                data = self._serialized(item)
+                if holding is not None and isinstance(data, bytes):
+                    holding.take(len(data))
                 try:
-                    item = await anext(items)
-                except StopAsyncIteration:
-                    return
-            data = self._serialized(item)
-            if holding is not None and isinstance(data, bytes):
-                holding.take(len(data))
-            try:
-                if first:
-                    first = False
-                    if self.stream_idle.cuts(context):
-                        # Headers on their own: a first message cut at its write would
-                        # otherwise leave them in a send gRPC never finished, and the
-                        # status' send would try them again (and fail). Only then: it
-                        # costs a step before the first message (the first token).
-                        await context.send_initial_metadata(())
-                await self.stream_idle.send(context, data)
-            except ServiceError:
-                raise
-            except Exception as err:
-                # gRPC failed the send: the call is over (the client went away, or the
-                # server is stopping), as when gRPC cancels this task itself.
-                raise asyncio.CancelledError from err
-            # Written: gRPC has sent it (or holds it in the client's flow-control window).
-            if holding is not None:
-                holding.release()
-            sent.inc()
+                    if first:
+                        first = False
+                        if limit.cuts(context):
+                            watch = limit.watch()
+                            # Headers on their own: a first message cut at its write would
+                            # otherwise leave them in a send gRPC never finished, and the
+                            # status' send would try them again (and fail). Only then: it
+                            # costs a step before the first message (the first token).
+                            await context.send_initial_metadata(())
+                    if watch is None:
+                        await context.write(data)
+                    else:
+                        # Only the write is watched, never the wait for the next message.
+                        watch.writing()
+                        try:
+                            await context.write(data)
+                        except asyncio.CancelledError:
+                            if watch.stalled():
+                                raise limit.stalled() from None
+                            raise
+                        finally:
+                            watch.written()
+                except ServiceError:
+                    raise
+                except Exception as err:
+                    # gRPC failed the send: the call is over (the client went away, or the
+                    # server is stopping), as when gRPC cancels this task itself.
+                    raise asyncio.CancelledError from err
+                # Written: gRPC has sent it (or holds it in the client's flow-control
+                # window).
+                if holding is not None:
+                    holding.release()
+                sent.inc()
+        finally:
+            if watch is not None:
+                watch.close()
 
     def wrap(
         self, handler: grpc.RpcMethodHandler, limit: int | None, setting: str = ""

@@ -292,11 +292,12 @@ class CommonSettings(BaseSettings):
     # before it ends DEADLINE_EXCEEDED, reason STREAM_IDLE: a silent stream would otherwise
     # hold its call slot and its tenant's quota for ever (services/common/stream_idle.py).
     stream_idle_timeout: float = Field(default=30.0, gt=0, le=MAX_WAIT_SECONDS)
-    # Seconds the client of a server stream without a deadline has to take each message
-    # (HTTP/2 flow control holds the next one back until it reads; a call with a deadline
-    # ends at it) before the call ends DEADLINE_EXCEEDED,
-    # reason STREAM_STALLED: a client that stopped reading would otherwise hold its call
-    # slot and its tenant's quota for ever (services/common/stream_idle.py).
+    # Seconds a server stream's write may stay blocked (HTTP/2 flow control holds the next
+    # message back until the client reads) before the call ends DEADLINE_EXCEEDED, reason
+    # STREAM_STALLED, whatever its deadline: a client that stopped reading would otherwise
+    # hold its call slot and its tenant's quota for ever, or until a far deadline. Left to
+    # their deadline: calls whose deadline comes first, and a peer service's calls with
+    # the internal token (services/common/stream_idle.py).
     stream_send_timeout: float = Field(default=30.0, gt=0, le=MAX_WAIT_SECONDS)
     # Seconds a call must have left before its deadline when it arrives; less is refused
     # at once, DEADLINE_EXCEEDED / DEADLINE_TOO_SHORT (services/common/call_deadline.py):

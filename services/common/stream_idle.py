@@ -12,11 +12,18 @@ for a message counts: the servicer's own work between messages does not.
 The other way round, a server stream whose client stops reading (or never reads) held its
 call the same way: gRPC cannot send a message its client does not take, so the stream
 waited at its write for ever (a StreamGenerativeSearch whose client read the hits and
-stalled kept its tenant's only quota slot after every hit had ended). So each message
-must be taken within ``stream_send_timeout`` seconds (``send``); past it the call ends
-DEADLINE_EXCEEDED (reason ``STREAM_STALLED``) and gives its slots back at once. A call
-with a deadline is held to its deadline instead (gRPC ends it there, read or not). The status
-reaches the client after the messages gRPC already holds for it, when it reads on.
+stalled kept its tenant's only quota slot after every hit had ended). So a write blocked
+for ``stream_send_timeout`` seconds ends the call DEADLINE_EXCEEDED (reason
+``STREAM_STALLED``) and gives its slots back at once (``SendWatch``). Only a write counts:
+the time a servicer takes to produce its next message (a slow LLM, a slow upstream) never
+does. A deadline does not exempt a call: a client that set one hour and stopped reading
+held its quota slot for that hour. Two kinds of call are left to their deadline: one whose
+deadline comes before the send timeout would (it ends there anyway), and one a peer
+service makes with the internal token (the gateway's streams from generation: the gateway
+holds a hit back on purpose while its own client reads slowly, and cuts that client itself
+when it stalls; cut by generation, the hit would end at generation's send timeout instead
+of its budget). The status reaches the client after the messages gRPC already holds for
+it, when it reads on.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from typing import Any
 
 import grpc
 
+from services.common.auth import current_identity
 from services.common.errors import DeadlineExceeded
 
 REASON = "STREAM_IDLE"
@@ -75,27 +83,83 @@ class IdleLimit:
         )
 
     def cuts(self, context: grpc.aio.ServicerContext) -> bool:
-        """Whether ``send`` may cut this call's writes: a send timeout is set and the call
-        has no deadline of its own."""
-        return bool(self.send_seconds) and context.time_remaining() is None
+        """Whether this call's writes are watched (``SendWatch``): a send timeout is set,
+        the call's deadline (if any) is further away than it, and the caller is not a peer
+        service (see the module's docstring). Called as the call begins, after
+        authentication."""
+        if not self.send_seconds:
+            return False
+        remaining = context.time_remaining()
+        if remaining is None:
+            return True
+        return remaining > self.send_seconds and not current_identity().forwarded
 
-    async def send(self, context: grpc.aio.ServicerContext, data: Any) -> None:
-        """Writes one message of a server stream, or raises the ``STREAM_STALLED`` error
-        when its client has not taken it in time (the message stays with gRPC, sent ahead
-        of the status if the client reads on)."""
-        if not self.cuts(context):
-            # A call with a deadline ends at it anyway (cut earlier by this, it would
-            # end sooner than its caller asked): the gateway's streams from generation
-            # always have one, their hit's budget, and a hit the gateway's client holds
-            # back (the gateway's delta buffer full) stops reading its generation stream
-            # for as long as that client lets it, then ends at its budget, as documented.
-            await context.write(data)
+    def watch(self) -> SendWatch:
+        """The watch of the current call's writes (run in the call's own task)."""
+        return SendWatch(self.send_seconds)
+
+
+class SendWatch:
+    """One call's stream writes, watched by one timer for the whole call: a write blocked
+    for ``seconds`` cancels the call's task, and ``stalled`` tells that cancellation from
+    any other (gRPC's, the client gone).
+
+    Each write only stamps when it began (``writing``) and that it ended (``written``):
+    no coroutine, no timer of its own (an ``asyncio.timeout`` per write cost a timer
+    handle and a context manager each). The one timer is armed by the first write that
+    finds none; when it fires it looks at the write under way: none, it is not re-armed
+    (the next write arms it); one that began ``seconds`` ago or more, the call is cut;
+    a younger one, it is re-armed for that write's own limit. A stream writing steadily
+    so costs one timer per ``seconds``, whatever its number of messages.
+    """
+
+    __slots__ = ("_cancelling", "_fired", "_handle", "_loop", "_seconds", "_since", "_task")
+
+    def __init__(self, seconds: float) -> None:
+        self._seconds = seconds
+        self._loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        # Cancellations requested before the watch: never ours (asyncio.timeout's rule).
+        self._cancelling = task.cancelling()
+        self._since: float | None = None  # when the write under way began
+        self._handle: asyncio.TimerHandle | None = None
+        self._fired = False
+
+    def writing(self) -> None:
+        """A write begins."""
+        since = self._since = self._loop.time()
+        if self._handle is None:
+            self._handle = self._loop.call_at(since + self._seconds, self._check)
+
+    def written(self) -> None:
+        """The write ended (however)."""
+        self._since = None
+
+    def _check(self) -> None:
+        self._handle = None
+        since = self._since
+        if since is None or self._fired:
             return
-        timeout = asyncio.timeout(self.send_seconds)
-        try:
-            async with timeout:
-                await context.write(data)
-        except TimeoutError:
-            if timeout.expired():
-                raise self.stalled() from None
-            raise
+        due = since + self._seconds
+        if self._loop.time() < due:
+            # A later write, not yet at its limit (or the loop ran this a hair early).
+            self._handle = self._loop.call_at(due, self._check)
+            return
+        self._fired = True
+        self._task.cancel()
+
+    def stalled(self) -> bool:
+        """On a CancelledError out of a write: True when the watch cut it, and no one
+        else cancelled the task too (the cancellation is then consumed, as
+        ``asyncio.timeout`` does it); False: let it through."""
+        if not self._fired:
+            return False
+        return self._task.uncancel() <= self._cancelling
+
+    def close(self) -> None:
+        """The call is over: its timer goes."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None

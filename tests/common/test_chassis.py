@@ -63,6 +63,14 @@ async def flood(request: bytes, context: grpc.aio.ServicerContext) -> AsyncItera
         yield b"x" * 16384
 
 
+async def trickle(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+    """Three messages, ``request`` seconds apart: a slow producer, not a slow reader."""
+    for i in range(3):
+        if i:
+            await asyncio.sleep(float(request.decode()))
+        yield b"%d" % i
+
+
 async def collect(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> bytes:
     return b"".join([r async for r in requests])
 
@@ -86,6 +94,9 @@ def _register(_servicer: object, server: grpc.aio.Server) -> None:
     )
     unary["Flood"] = grpc.unary_stream_rpc_method_handler(
         flood, request_deserializer=_ident, response_serializer=_ident
+    )
+    unary["Trickle"] = grpc.unary_stream_rpc_method_handler(
+        trickle, request_deserializer=_ident, response_serializer=_ident
     )
     unary["Collect"] = grpc.stream_unary_rpc_method_handler(
         collect, request_deserializer=_ident, response_serializer=_ident
@@ -207,6 +218,84 @@ async def test_a_stream_dropped_while_it_waits_to_send_ends_cancelled_and_quietl
         for r in caplog.records
         if r.name.startswith(("opentelemetry", "gensearch")) and r.levelno >= logging.ERROR
     ]
+
+
+SEND = 0.5  # STREAM_SEND_TIMEOUT in the tests below
+# HTTP/2's 64 KiB window for good (gRPC's BDP probing would grow it as the stream goes).
+STALLING_CLIENT = [("grpc.http2.bdp_probe", 0), ("grpc.use_local_subchannel_pool", 1)]
+
+
+async def _stalled_server() -> tuple[GrpcServer, grpc.aio.Channel]:
+    server, channel = await _start(
+        api_keys=SecretStr("alice:key-alice"),
+        internal_token=SecretStr("internal-secret"),
+        stream_send_timeout=SEND,
+    )
+    await channel.close()  # a client of its own instead, whose window stays small
+    return server, grpc.aio.insecure_channel(f"127.0.0.1:{server.port}", options=STALLING_CLIENT)
+
+
+async def _stalls(channel: grpc.aio.Channel, **kwargs: Any) -> grpc.aio.AioRpcError:
+    """A Flood read once, then left unread for long enough to be cut; then read on: the
+    error it ends with."""
+    call = channel.unary_stream(f"/{SERVICE}/Flood", _ident, _ident)(b"", **kwargs)
+    await call.read()
+    await asyncio.sleep(6 * SEND)  # the window fills, the server's write blocks
+    with pytest.raises(grpc.aio.AioRpcError) as ended:
+        while await call.read() is not grpc.aio.EOF:
+            pass
+    return ended.value
+
+
+async def test_a_stalled_reader_is_cut_whatever_its_deadline() -> None:
+    """A client that set a deadline an hour away and stopped reading is cut at the send
+    timeout. Before, only a call without a deadline was: this one held its call slot (and,
+    on the gateway, its tenant's quota slot) for the hour."""
+    server, channel = await _stalled_server()
+    try:
+        err = await asyncio.wait_for(
+            _stalls(channel, metadata=(("authorization", "Bearer key-alice"),), timeout=3600),
+            30,
+        )
+        assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED, err.details()
+        assert _error_info(err).reason == "STREAM_STALLED"
+        assert server.call_slots.in_flight == 0
+    finally:
+        await channel.close()
+        await server.stop(0)
+
+
+async def test_a_peer_services_stalled_stream_is_held_to_its_deadline() -> None:
+    """The gateway's streams from a backend carry the internal token and their hit's
+    budget: the gateway holds a hit back on purpose while its own client reads slowly
+    (and cuts that client itself), so the backend leaves such a call to its deadline."""
+    server, channel = await _stalled_server()
+    try:
+        err = await asyncio.wait_for(
+            _stalls(channel, metadata=FORWARDED_CAROL, timeout=12 * SEND), 30
+        )
+        assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED, err.details()
+        assert "took no stream message" not in (err.details() or "")
+        assert "STREAM_STALLED" not in str(err.trailing_metadata())
+    finally:
+        await channel.close()
+        await server.stop(0)
+
+
+async def test_a_slow_producer_is_never_cut() -> None:
+    """Only a blocked write counts, never the servicer's wait for its next message (a slow
+    LLM, a slow upstream): messages far apart, each read at once, on a call with a
+    deadline and one without."""
+    server, channel = await _stalled_server()
+    try:
+        trickle = channel.unary_stream(f"/{SERVICE}/Trickle", _ident, _ident)
+        alice = (("authorization", "Bearer key-alice"),)
+        for timeout in (None, 3600):
+            got = [m async for m in trickle(b"%g" % (3 * SEND), metadata=alice, timeout=timeout)]
+            assert got == [b"0", b"1", b"2"]
+    finally:
+        await channel.close()
+        await server.stop(0)
 
 
 @pytest.mark.parametrize(

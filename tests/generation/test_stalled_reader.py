@@ -1,5 +1,6 @@
 """A StreamGenerate whose client stops reading is cut (services/common/stream_idle.py):
-without a deadline, each message must be taken within STREAM_SEND_TIMEOUT, else the call
+each message must be taken within STREAM_SEND_TIMEOUT (a deadline further away changes
+nothing; tests/common/test_chassis.py), else the call
 ends DEADLINE_EXCEEDED (STREAM_STALLED), its call slot is free and its upstream request is
 closed, so the provider stops generating. Before, the stream waited at its write, its
 upstream request open, for as long as the client kept its connection."""

@@ -636,9 +636,9 @@ class StreamIdleError(DeadlineExceededError):
 
 
 class StreamStalledError(DeadlineExceededError):
-    """The client of a server stream without a deadline took no message within the
-    server's ``STREAM_SEND_TIMEOUT`` (metadata ``timeout_seconds``, ``setting``): it stopped
-    reading, and the stream was ended. Read a stream as it comes."""
+    """The client of a server stream took no message within the server's
+    ``STREAM_SEND_TIMEOUT`` (metadata ``timeout_seconds``, ``setting``), whatever its
+    deadline: it stopped reading, and the stream was ended. Read a stream as it comes."""
 
     error_reason = "STREAM_STALLED"
 
