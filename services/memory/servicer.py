@@ -377,7 +377,9 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
         cid = ""
         if request.conversation_id:
             cid = _id(request.conversation_id, "conversation_id")
-            await self._store.get_conversation(owner, cid)  # NOT_FOUND unless the caller's
+            await self._store.get_conversation(
+                owner, cid, counted=False
+            )  # NOT_FOUND unless the caller's
         hits = await self._indexer.search(owner, query, cid, request.mode, limit)
         return pb.SearchInteractionsResponse(hits=hits)
 

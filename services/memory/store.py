@@ -122,6 +122,10 @@ DELETE_BATCH = 500
 # tag, Owner.digest) one ListConversations page holding an item reads past at most before
 # it ends early.
 LIST_SKIP = 1000
+# Turns one ListConversations page checks for a key gone (lua/list_conversations.lua)
+# before it ends early, once it holds an item (also at most the turns a conversation may
+# hold): a page costs O(this + one conversation's turns), however long its conversations.
+LIST_TURNS = 10_000
 # Who owns the conversations stored before their tenant was recorded, of the two legacy
 # owners of a tag (docs/memory.md#legacy-owners): alice of "default", or alice of "alice".
 UntenantedOwner = Literal["default", "own-tenant"]
@@ -287,6 +291,9 @@ _TENANT = CONVERSATION_FIELDS.index("tenant")
 # whether a walk of its turns is still pending (b"1"); retention_step.lua then the ids of
 # the walk's next batch.
 _WALK_PENDING = len(CONVERSATION_FIELDS)
+# get_conversation.lua answers a conversation row and then whether a turn it lists has no
+# key (b"1").
+_MISSING_TURN = len(CONVERSATION_FIELDS)
 
 
 @cache
@@ -484,6 +491,7 @@ class MemoryStore:
         self._reconcile_script = script("reconcile")
         self._measure_script = script("measure")
         self._drop_missing_script = script("drop_missing")
+        self._get_conversation = script("get_conversation")
 
     async def load_scripts(self) -> None:
         """Loads every script now (SCRIPT LOAD; on a cluster, into every master).
@@ -500,7 +508,7 @@ class MemoryStore:
             self._get_interactions, self._interactions_exist, self._check_storage,
             self._stored_request, self._retention_step, self._claim_request,
             self._release_request, self._reconcile_script, self._measure_script,
-            self._drop_missing_script,
+            self._drop_missing_script, self._get_conversation,
         ]  # fmt: skip
         for script in scripts:
             await _redis(self._redis.script_load(script.script))
@@ -560,36 +568,58 @@ class MemoryStore:
         it derives missing, for a run with it declared too (lua/read.lua's declare_first:
         one more round trip, only then)."""
         names = list(names)
-        declared = accounted = 0
+        declared = measured = walked = 0
         # A stop for the reconcile follows a conversation that really expired since the
-        # last walk (reconcile.lua sets next_expiry from the hashes' own expiry), and one
-        # for the measure a conversation not measured yet: bounded by the owner's
-        # conversations, not by RUN_ATTEMPTS (a burst of conversations with one ttl
-        # expires a few milliseconds apart, each asking for its walk).
-        while declared < RUN_ATTEMPTS and accounted < self._max_conversations + RUN_ATTEMPTS:
+        # last walk (reconcile.lua sets next_expiry from the hashes' own expiry), so in a
+        # burst of conversations with one ttl, expiring a few milliseconds apart, each
+        # run again may ask for another walk: more than RUN_ATTEMPTS of them. But each walk
+        # reads the whole list (O(conversations)): bounded by their number, the walks of
+        # one call cost O(conversations²). So the bound is on the members walked, linear:
+        # RUN_ATTEMPTS times the most conversations an owner may have (a small owner may
+        # walk many times, a full one RUN_ATTEMPTS times). Past it the call is ABORTED;
+        # what its walks dropped stays dropped, so a retry goes on from there. A stop for
+        # the measure names the write's own conversation, measured then: RUN_ATTEMPTS.
+        budget = self._max_conversations * RUN_ATTEMPTS
+        while declared < RUN_ATTEMPTS and measured < RUN_ATTEMPTS and walked <= budget:
             try:
                 return await _redis(script(keys=names, args=args))
             except _DeclareFirst as first:
                 declared += 1
                 names += first.names
             except _UsageFirst as first:
-                accounted += 1
                 if first.cid is None:
-                    await self._reconcile(tag)
+                    walked += await self._walk(tag)
                 else:
+                    measured += 1
                     await self._measure(tag, first.cid)
         raise Aborted(
             "the owner's conversations kept changing meanwhile; try again",
             reason="CONCURRENT_UPDATE",
         )
 
-    async def _reconcile(self, tag: str, gone: list[str] | None = None) -> bool:
+    async def _reconcile(self, tag: str, gone: list[str]) -> bool:
         """Drops the conversations whose hash is gone from the owner's list and accounting
-        (lua/reconcile.lua): the members ``gone`` names, or (None) every member, as a
-        write's reconcile. The hashes are declared: mid-reshard, split between the nodes,
+        (lua/reconcile.lua): the members ``gone`` names (ListConversations found their
+        hashes missing). The hashes are declared: mid-reshard, split between the nodes,
         Redis refuses the run (TRYAGAIN: UNAVAILABLE) rather than one not moved yet being
         taken for expired. False when a member of ``gone`` has its hash after all (a move
         ended since it was read missing): nothing dropped for it."""
+        return await self._reconcile_run(tag, gone) == 1
+
+    async def _walk(self, tag: str) -> int:
+        """A write's reconcile (lua/usage.lua): every member of the owner's list whose
+        hash is gone dropped, as ``_reconcile``, and next_expiry set. Returns the members
+        read, summed over its runs (``_run`` bounds the work of one call by them)."""
+        read: list[int] = []
+        await self._reconcile_run(tag, None, read)
+        return sum(read)
+
+    async def _reconcile_run(
+        self, tag: str, gone: list[str] | None, read: list[int] | None = None
+    ) -> int:
+        """reconcile.lua's answer (1 or 2) on ``gone``, or (None) on every member of the
+        list, read again while the list changed since its read (0); ``read`` gets the
+        number of members of each run."""
         convs = keys.conversations(tag)
         for _ in range(RUN_ATTEMPTS):
             if gone is None:
@@ -598,6 +628,8 @@ class MemoryStore:
                 ]
             else:
                 members = gone
+            if read is not None:
+                read.append(len(members))
             names = [keys.conversation(tag, m[16:]) for m in members]
             done = await _redis(
                 self._reconcile_script(
@@ -606,7 +638,7 @@ class MemoryStore:
                 )
             )
             if done != 0:
-                return done == 1
+                return int(done)
         raise Aborted(
             "the owner's conversations kept changing while they were counted; try again",
             reason="CONCURRENT_UPDATE",
@@ -750,12 +782,45 @@ class MemoryStore:
             raise self._storage_full()
         return ConversationRecord(cid, owner.user, name, now, now, 0, int(expire_ms), r)
 
-    async def get_conversation(self, owner: Owner, cid: str) -> ConversationRecord:
-        key = keys.conversation(self.tag(owner), cid)
-        row = await _redis(self._redis.hmget(key, list(CONVERSATION_FIELDS)))
-        if not self._owns(owner, row[0], row[_TENANT]):
-            raise conversation_not_found(cid)
+    async def get_conversation(
+        self, owner: Owner, cid: str, *, counted: bool = True
+    ) -> ConversationRecord:
+        """The conversation, NOT_FOUND unless the caller's. Its interaction_count never
+        includes a turn whose key is gone for good (evicted under a maxmemory-policy other
+        than noeviction, deleted by hand): lua/get_conversation.lua checks every listed
+        turn (O(turns), the same one round trip) and, when one has no key, the store drops
+        such turns with their bytes (``_drop_missing``, every turn declared) and reads
+        again: two round trips more, only then. Mid-reshard, with the turns split between
+        the slot's two nodes, Redis refuses the drop: the conversation is answered as read
+        (its turns not moved yet are not gone). ``counted`` False (an ownership check only)
+        reads the hash alone."""
+        tag = self.tag(owner)
+        if not counted:
+            row = await _redis(
+                self._redis.hmget(keys.conversation(tag, cid), list(CONVERSATION_FIELDS))
+            )
+            if not self._owns(owner, row[0], row[_TENANT]):
+                raise conversation_not_found(cid)
+            return _conversation(cid, row)
+        names = [keys.conversation(tag, cid), keys.conversation_interactions(tag, cid)]
+        for _ in range(RUN_ATTEMPTS):
+            row = await _redis(self._get_conversation(keys=names, args=[self.caller(owner), tag]))
+            if not row:
+                raise conversation_not_found(cid)
+            if row[_MISSING_TURN] != b"1" or not await self._dropped(owner, tag, cid):
+                break
         return _conversation(cid, row)
+
+    async def _dropped(self, owner: Owner, tag: str, cid: str) -> bool:
+        """``_drop_missing`` for a read that found a listed turn without its key: True
+        once done (the read is made again), False when Redis refused it (UNAVAILABLE:
+        mid-reshard the turns are split between the slot's nodes, not gone; the read is
+        answered as it was)."""
+        try:
+            await self._drop_missing(owner, tag, cid)
+        except Unavailable:
+            return False
+        return True
 
     async def update_conversation(
         self, owner: Owner, cid: str, update: ConversationUpdate
@@ -981,26 +1046,32 @@ class MemoryStore:
         another owner whose conversations fill it (lua/list_conversations.lua)."""
         tag = self.tag(owner)
         start = f"({cursor}" if cursor else "+"
+        args: list[EncodableT] = [
+            self.caller(owner), tag, start, page_size, page_size + 1 + LIST_SKIP,
+            min(LIST_TURNS, self._max_interactions),
+        ]  # fmt: skip
         for _ in range(RUN_ATTEMPTS):
-            out = await _redis(
-                self._list_conversations(
-                    keys=[keys.conversations(tag)],
-                    args=[self.caller(owner), tag, start, page_size, page_size + 1 + LIST_SKIP],
-                )
-            )
+            out = await _redis(self._list_conversations(keys=[keys.conversations(tag)], args=args))
             # Members whose hash was missing: expired, or (mid-reshard) not moved yet to
             # the node that ran the script. Removed with the hashes declared, so Redis
             # refuses while they are split (UNAVAILABLE) rather than a live one leaving;
             # one found after all (the move ended in between) was left out of this page,
             # which is read again.
-            if not out[1] or await self._reconcile(tag, [bytes(m).decode() for m in out[1]]):
+            if out[1] and not await self._reconcile(tag, [bytes(m).decode() for m in out[1]]):
+                continue
+            # Conversations of the page with a listed turn whose key is missing: gone for
+            # good, dropped (``_dropped``) and the page read again, so no count shown
+            # includes it; or, mid-reshard, not moved yet: the page as read.
+            stale = [bytes(c).decode() for c in out[2]]
+            dropped = [await self._dropped(owner, tag, c) for c in stale]
+            if not any(dropped):
                 break
         else:
             raise Unavailable(
                 "the owner's conversations are being moved; try again",
                 reason="STORE_UNAVAILABLE",
             )
-        items = [_conversation(out[i].decode()[16:], out[i + 1]) for i in range(2, len(out), 2)]
+        items = [_conversation(out[i].decode()[16:], out[i + 1]) for i in range(3, len(out), 2)]
         # The cursor is a list member, "<update_ms:015d>:<cid>" (lua/list_conversations.lua).
         return Page(items, out[0].decode() or None)
 

@@ -9,7 +9,11 @@
 local iid = redis.call('GET', KEYS[1])
 if iid then
   local row = declared_interaction(ARGV[2] .. ':int:' .. iid)
-  if row[1] and declared_owned(ARGV[2], ARGV[1], row[1]) then return {1, row[1], row[2]} end
+  if not row[1] then
+    gone_request(KEYS[1], iid)  -- its turn is gone for good: the key dies with it
+  elseif declared_owned(ARGV[2], ARGV[1], row[1]) then
+    return {1, row[1], row[2]}
+  end
 end
 local holder = redis.call('GET', KEYS[2])
 if holder and holder ~= ARGV[3] then return {2} end

@@ -1,7 +1,13 @@
 -- needs: read
--- KEYS: convs. ARGV: caller (read.lua), tag, start bound, page size, most members to read.
--- Returns {next, gone, member1, row1, ...}: next is '' on the last page, else the member
--- the next page starts after; gone, the members read whose conversation hash is missing.
+-- KEYS: convs. ARGV: caller (read.lua), tag, start bound, page size, most members to read,
+-- most turns to check (below).
+-- Returns {next, gone, stale, member1, row1, ...}: next is '' on the last page, else the
+-- member the next page starts after; gone, the members read whose conversation hash is
+-- missing; stale, the ids of the page's conversations with a listed turn that has no key
+-- here (read.lua's missing_turn: the store drops those turns with drop_missing.lua, every
+-- turn declared, and reads the page again, so no interaction_count shown counts a turn that
+-- is gone). Checking costs O(the page's turns): once a page holds an item and has checked
+-- the given number of turns, it ends early (fewer items, its last one as next).
 -- Two owners may share the list (the two legacy owners of one tag, store.Owner.digest):
 -- the other one's conversations are skipped, neither shown nor touched. Once a page holds
 -- an item, it reads at most the given number of members; past it the page ends early
@@ -18,10 +24,11 @@
 local who, tag = ARGV[1], ARGV[2]
 local n = tonumber(ARGV[4])
 local budget = tonumber(ARGV[5])
+local turns = tonumber(ARGV[6])
 local start = ARGV[3]
-local gone = {}
-local out = {'', gone}
-local found, read = 0, 0
+local gone, stale = {}, {}
+local out = {'', gone, stale}
+local found, read, checked = 0, 0, 0
 local last, shown = nil, nil
 while true do
   local want = n + 1 - found
@@ -42,10 +49,13 @@ while true do
     if not row[1] then
       gone[#gone + 1] = member
     elseif owns(row[1], row[18], who) then
-      if found == n then
+      if found == n or (found > 0 and checked >= turns) then
         out[1] = shown
         return out
       end
+      local listed, missing = missing_turn(tag, tag .. ':conv:' .. cid .. ':ints')
+      checked = checked + listed
+      if missing then stale[#stale + 1] = cid end
       out[#out + 1] = member
       out[#out + 1] = row
       shown = member

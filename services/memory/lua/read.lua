@@ -74,6 +74,16 @@ local function declared_interaction(key)
   if not row[1] then declare_first({key}) end
   return row
 end
+-- A request_id key `req` naming turn `iid`, whose key a run declared and found missing:
+-- the turn is gone for good (Redis evicted it under a maxmemory-policy other than
+-- noeviction, or it was deleted by hand; the turn's hash is the only record of its
+-- request_id, so drop_missing.lua cannot find the key). The idempotency key dies with its
+-- turn: deleted here, so a retry with it stores the turn again (as it would without the
+-- key) and no later look-up pays the run with the turn declared again. Declared, the
+-- turn's key is never taken for gone while a reshard has not moved it yet.
+local function gone_request(req, iid)
+  if redis.call('GET', req) == iid then redis.call('DEL', req) end
+end
 -- Whether the conversation `cid` (under `tag`) is the caller's (as owned), its hash
 -- missing only when declared (above).
 local function declared_owned(tag, who, cid)
@@ -95,4 +105,23 @@ local function owned_noting(tag, who, cid, seen, missing)
     seen[cid] = mine
   end
   return mine
+end
+-- The number of turns listed in `ints` (a conversation's id list, under `tag`), and
+-- whether one of them has no key here: gone for good (evicted under a maxmemory-policy
+-- other than noeviction, deleted by hand), or, mid-reshard on the slot's new node, not
+-- moved yet. Only a run that declares every turn may tell which (drop_missing.lua, which
+-- Redis refuses while they are split), so the caller only reports it. O(turns), in one
+-- EXISTS per thousand keys: what keeps a conversation's interaction_count (and its owner's
+-- bytes) from counting a turn that is gone (GetConversation, ListConversations).
+local function missing_turn(tag, ints)
+  local ids = redis.call('ZRANGE', ints, 0, -1)
+  local batch = {}
+  for i, iid in ipairs(ids) do
+    batch[#batch + 1] = tag .. ':int:' .. iid
+    if #batch == 1000 or i == #ids then
+      if redis.call('EXISTS', unpack(batch)) < #batch then return #ids, true end
+      batch = {}
+    end
+  end
+  return #ids, false
 end

@@ -1,0 +1,168 @@
+"""A turn whose key is gone for good while its id is still listed (Redis evicted it under a
+maxmemory-policy other than noeviction, or an operator deleted it: here by hand, with the
+test's own client): no count, byte total or request_id outlives it, whichever call meets
+it first (docs/memory.md#storage-key-layout). And the owner's walks of one write are
+bounded linearly (store.MemoryStore._run). On a standalone server and on a cluster."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from gensearch.memory.v1 import memory_service_pb2 as pb
+
+from services.common.errors import Aborted, ResourceExhausted
+from services.memory import keys
+from services.memory.store import RUN_ATTEMPTS, MemoryStore, Owner
+from tests.memory.conftest import ALICE, Memory, MemoryFactory
+from tests.memory.helpers import conversation_with_turns, usage_bytes
+
+OWNER = Owner("alice", "alice")  # the key "alice:ka": alice alone in a tenant of her name
+
+
+def _store(memory: Memory, **settings: Any) -> MemoryStore:
+    """A store on the test's own client, beside the service (not closed here: the fixture
+    closes the client)."""
+    return MemoryStore(memory.redis, key_prefix=memory.settings.key_prefix, **settings)
+
+
+async def _listed(memory: Memory, tag: str, cid: str) -> list[str]:
+    return [
+        m.decode()
+        for m in await memory.redis.zrange(keys.conversation_interactions(tag, cid), 0, -1)
+    ]
+
+
+async def test_get_conversation_never_counts_a_turn_that_is_gone(memory: Memory) -> None:
+    """GetConversation (which the gateway reads before every Ask turn) finds the gone turn
+    itself: it is dropped from the conversation with its bytes, and the count answered is
+    the turns left. Before, interaction_count and the owner's bytes kept it until a
+    ListInteractions read that conversation's turns."""
+    cid, iids = await conversation_with_turns(memory.stub, "g", 3, ALICE)
+    tag = _store(memory).tag(OWNER)
+    await memory.redis.delete(keys.interaction(tag, iids[1]))
+    got = await memory.stub.GetConversation(
+        pb.GetConversationRequest(conversation_id=cid), metadata=ALICE
+    )
+    assert got.conversation.interaction_count == 2
+    assert await _listed(memory, tag, cid) == [iids[0], iids[2]]
+    field, total, measured = await usage_bytes(memory.redis, tag, cid)
+    assert field == measured == total
+    usage = await memory.stub.CheckStorage(
+        pb.CheckStorageRequest(conversation_id=cid), metadata=ALICE
+    )
+    assert usage.used_bytes == measured
+
+
+async def test_list_conversations_never_counts_a_turn_that_is_gone(memory: Memory) -> None:
+    """A ListConversations page finds gone turns in every conversation it shows: each is
+    dropped with its bytes and the page read again, so every count shown and the owner's
+    total are right. Before, they kept the gone turns."""
+    first, one = await conversation_with_turns(memory.stub, "a", 2, ALICE)
+    second, two = await conversation_with_turns(memory.stub, "b", 3, ALICE)
+    tag = _store(memory).tag(OWNER)
+    await memory.redis.delete(keys.interaction(tag, one[0]), keys.interaction(tag, two[2]))
+    page = await memory.stub.ListConversations(
+        pb.ListConversationsRequest(page_size=10), metadata=ALICE
+    )
+    counts = {c.conversation_id: c.interaction_count for c in page.conversations}
+    assert counts == {first: 1, second: 2}
+    assert await _listed(memory, tag, first) == [one[1]]
+    assert await _listed(memory, tag, second) == two[:2]
+    fields = []
+    for cid in (first, second):
+        field, total, measured = await usage_bytes(memory.redis, tag, cid)
+        assert field == measured
+        fields.append(field)
+    assert total == sum(fields)
+
+
+async def test_a_conversation_page_checks_a_bounded_number_of_turns(
+    memory_factory: MemoryFactory,
+) -> None:
+    """Checking the shown conversations' turns costs O(their turns): once a page holds a
+    conversation and has checked as many turns as one conversation may hold (at most
+    LIST_TURNS), it ends early with a next page token. Paging still shows every
+    conversation once."""
+    memory = await memory_factory(max_interactions_per_conversation=3)
+    made = [(await conversation_with_turns(memory.stub, f"c{n}", 3, ALICE))[0] for n in range(3)]
+    seen: list[str] = []
+    token = ""
+    sizes = []
+    while True:
+        page = await memory.stub.ListConversations(
+            pb.ListConversationsRequest(page_size=10, page_token=token), metadata=ALICE
+        )
+        seen += [c.conversation_id for c in page.conversations]
+        sizes.append(len(page.conversations))
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == made[::-1]
+    assert sizes[0] == 1  # its one conversation's 3 turns used the budget
+
+
+async def test_a_request_id_dies_with_its_turn(memory: Memory) -> None:
+    """A request_id key naming a turn that is gone for good: the look-ups (CheckStorage's,
+    stored and claimed) answer "not stored", as they did, and now delete the key, so a
+    retry stores the turn again under it and no look-up meets the gone turn again. Before,
+    the key lived on for its whole ttl, each look-up paying a run more to find the turn
+    missing."""
+    store = _store(memory)
+    owner = Owner("acme", "alice")  # its request_id keys are req:, claim:
+    tag = store.tag(owner)
+    cid = (await store.create_conversation(owner, "r")).conversation_id
+    gone = [
+        await store.create_interaction(owner, cid, pb.Interaction(input=rid), rid)
+        for rid in ("r1", "r2")
+    ]
+    for turn in gone:
+        await memory.redis.delete(keys.interaction(tag, turn.interaction_id))
+    assert await store.stored_request(owner, "r1") is None
+    assert not await memory.redis.exists(keys.request(tag, "r1"))
+    assert await store.claim_request(owner, "r2", "token", 30) is True
+    assert not await memory.redis.exists(keys.request(tag, "r2"))
+    assert await memory.redis.get(keys.claim(tag, "r2")) == b"token"
+    again = await store.create_interaction(owner, cid, pb.Interaction(input="r1"), "r1")
+    assert again.interaction_id != gone[0].interaction_id
+    stored = await store.stored_request(owner, "r1")
+    assert stored is not None and stored.interaction_id == again.interaction_id
+
+
+async def test_the_walks_of_one_write_are_bounded_linearly(
+    memory: Memory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write at the byte limit stops for a walk of the owner's conversations (an
+    expired one may free room: lua/usage.lua's reconcile) each time one more expired
+    since the last walk. Each walk reads the whole list, so bounded by the number of
+    conversations the walks of one call read O(conversations²) members; now at most
+    RUN_ATTEMPTS times the most conversations an owner may have, and the call is ABORTED
+    (retryable: what the walks dropped stays dropped)."""
+    conversations = 30
+    store = _store(memory, max_bytes_per_owner=20_000, max_conversations_per_owner=conversations)
+    tag = store.tag(OWNER)
+    cids = [
+        (await store.create_conversation(OWNER, "w")).conversation_id for _ in range(conversations)
+    ]
+    walked: list[int] = []
+    walk = store._reconcile_script
+
+    async def walk_then_one_expires(keys: list[str], args: list[Any]) -> Any:
+        # Interleaving only (the real walk runs): after each walk one more conversation
+        # expires (its hash goes) and next_expiry says so, as renew's expires_at would.
+        done = await walk(keys=keys, args=args)
+        if args[1] == "1":
+            walked.append(len(args) - 2)
+            listed = [m.decode()[16:] for m in await memory.redis.zrange(f"{tag}:convs", 0, -1)]
+            others = [c for c in listed if c != cids[0]]
+            if others:
+                await memory.redis.delete(f"{tag}:conv:{others[0]}")
+                await memory.redis.hset(f"{tag}:usage", "next_expiry", "0")
+        return done
+
+    monkeypatch.setattr(store, "_reconcile_script", walk_then_one_expires)
+    with pytest.raises((Aborted, ResourceExhausted)) as ended:
+        await store.check_storage(OWNER, cids[0], 20_000)
+    assert len(walked) > 1  # stopped again after a walk, as in a burst of expiries
+    assert sum(walked) <= (RUN_ATTEMPTS + 1) * conversations, walked
+    assert isinstance(ended.value, Aborted)
