@@ -19,7 +19,13 @@ from services.common.auth import DEFAULT_TENANT, Identity, Role, forwarded_ident
 from services.common.errors import ResourceExhausted, Unavailable
 from services.common.redis_client import RedisClient, connect
 from services.memory.__main__ import build_server
-from services.memory.store import ConversationUpdate, MemoryStore, Owner, Retention
+from services.memory.store import (
+    ConversationRecord,
+    ConversationUpdate,
+    MemoryStore,
+    Owner,
+    Retention,
+)
 from tests.memory.conftest import INTERNAL_TOKEN, make_settings
 from tests.memory.helpers import conversation_with_turns, usage_bytes
 from tests.memory.test_cluster import _hash_tag
@@ -759,8 +765,8 @@ async def test_turns_listed_mid_move_are_never_dropped(
 ) -> None:
     """ListInteractions at every step of a move, first with the conversation's keys (its
     hash, its list of turns, the owner's usage) moved and its turns not, or the turns
-    only: each page is whole or UNAVAILABLE (retryable), and afterwards every turn is
-    still listed and counted. A listed turn with no key is dropped only by a run that
+    only: each page (and GetConversation's and ListConversations' count) is whole or
+    UNAVAILABLE (retryable), and afterwards every turn is still listed and counted. A listed turn with no key is dropped only by a run that
     declares every turn (lua/drop_missing.lua), which Redis refuses while they are split:
     a turn not moved yet is never taken for one gone for good."""
     store = make_store()
@@ -775,14 +781,27 @@ async def test_turns_listed_mid_move_are_never_dropped(
     answers = {"whole": 0, "unavailable": 0}
 
     async def list_all() -> None:
-        try:
-            page = await store.list_interactions(OWNER, cid, 10, None, 1 << 20)
-        except Unavailable:
-            answers["unavailable"] += 1
-            return
-        got = [pb.Interaction.FromString(data).input for data in page.items]
-        assert got == [f"l{n}" for n in reversed(range(6))]
-        answers["whole"] += 1
+        # The page, then the reads of the count, which check every turn's key too
+        # (lua/read.lua's missing_turn): a turn not moved yet is counted, never dropped.
+        reads: list[Any] = [
+            store.list_interactions(OWNER, cid, 10, None, 1 << 20),
+            store.get_conversation(OWNER, cid),
+            store.list_conversations(OWNER, 10, None),
+        ]
+        for read in reads:
+            try:
+                got = await read
+            except Unavailable:
+                answers["unavailable"] += 1
+                continue
+            if isinstance(got, ConversationRecord):
+                assert got.interaction_count == 6
+            elif got.items and isinstance(got.items[0], ConversationRecord):
+                assert [c.interaction_count for c in got.items] == [6]
+            else:
+                inputs = [pb.Interaction.FromString(data).input for data in got.items]
+                assert inputs == [f"l{n}" for n in reversed(range(6))]
+            answers["whole"] += 1
 
     if first == "list":
         moved = [f"{tag}:convs", f"{tag}:usage", f"{tag}:conv:{cid}", f"{tag}:conv:{cid}:ints"]

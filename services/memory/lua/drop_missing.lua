@@ -1,6 +1,6 @@
 -- needs: read usage
--- Drops from a conversation's list the turns whose key is gone for good (list_interactions
--- found one missing): Redis evicted it (a maxmemory-policy other than noeviction), an
+-- Drops from a conversation's list the turns whose key is gone for good (list_interactions,
+-- get_conversation or list_conversations found one missing: read.lua's missing_turn): Redis evicted it (a maxmemory-policy other than noeviction), an
 -- operator deleted it, or data from before kept it shorter than its conversation. Every
 -- turn key it reads is declared, so while a reshard has them split between the slot's two
 -- nodes Redis refuses the run (TRYAGAIN: UNAVAILABLE) rather than a turn not moved yet
