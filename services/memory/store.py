@@ -234,12 +234,14 @@ class ConversationUpdate:
 
 
 class _UsageFirst(Exception):
-    """A write script stopped (nothing written) for ``reconcile.lua`` or, for conversation
-    ``cid``, ``measure.lua`` to run first (lua/usage.lua). Only ``MemoryStore._run``
-    runs the scripts that raise it, and handles it."""
+    """A write script stopped (nothing written) for ``reconcile.lua`` (``what``
+    "reconcile") or, for conversation ``cid``, ``measure.lua`` ("measure") or
+    ``drop_missing.lua`` ("drop") to run first (lua/usage.lua). Only
+    ``MemoryStore._run`` runs the scripts that raise it, and handles it."""
 
-    def __init__(self, cid: str | None) -> None:
-        super().__init__(cid)
+    def __init__(self, what: str, cid: str | None) -> None:
+        super().__init__(what, cid)
+        self.what = what
         self.cid = cid
 
 
@@ -326,7 +328,7 @@ async def _redis(call: Awaitable[Any] | Any) -> Any:
         # their own words first): the words between the marker and that are ours.
         if _USAGE_FIRST in str(err):
             what = str(err).partition(_USAGE_FIRST)[2].partition(" script: ")[0].split()
-            raise _UsageFirst(what[1] if what[0] == "measure" else None) from None
+            raise _UsageFirst(what[0], what[1] if len(what) > 1 else None) from None
         if _DECLARE_FIRST in str(err):
             names = str(err).partition(_DECLARE_FIRST)[2].partition(" script: ")[0].split()
             raise _DeclareFirst(names) from None
@@ -564,9 +566,11 @@ class MemoryStore:
         the measure (lua/usage.lua), which read keys the script does not declare, so they
         are scripts of their own, run with every key they read declared (three more round
         trips each, only when a write would not fit and a conversation may have expired,
-        or once per conversation stored before the accounting); a script that found a key
-        it derives missing, for a run with it declared too (lua/read.lua's declare_first:
-        one more round trip, only then)."""
+        or once per conversation stored before the accounting), or for the drop of the
+        gone turns of the conversation written to (drop_missing.lua: three more, only when
+        the write would not fit and a turn of its conversation has no key); a script that
+        found a key it derives missing, for a run with it declared too (lua/read.lua's
+        declare_first: one more round trip, only then)."""
         names = list(names)
         declared = measured = walked = 0
         # A stop for the reconcile follows a conversation that really expired since the
@@ -589,8 +593,16 @@ class MemoryStore:
             except _UsageFirst as first:
                 if first.cid is None:
                     walked += await self._walk(tag)
+                    continue
+                measured += 1
+                if first.what == "drop":
+                    # A write at the limit whose conversation lists a turn with no key
+                    # (lua/usage.lua's gone_turns): its bytes are counted again without
+                    # the gone ones. The caller is the script's first argument.
+                    await self._with_every_turn(
+                        self._drop_missing_script, tag, first.cid, str(args[0])
+                    )
                 else:
-                    measured += 1
                     await self._measure(tag, first.cid)
         raise Aborted(
             "the owner's conversations kept changing meanwhile; try again",

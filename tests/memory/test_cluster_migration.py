@@ -599,6 +599,64 @@ async def test_a_storage_check_at_the_limit_mid_move_keeps_every_conversation(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("first", ["list", "turns"])
+async def test_a_write_at_the_limit_mid_move_drops_no_turn(
+    own_cluster: LocalCluster, first: str
+) -> None:
+    """CheckStorage for a turn of a conversation at the owner's byte limit, at every step
+    of a move, first with the conversation's keys moved and its turns not, or the turns
+    only: the look for gone turns it makes at the limit (lua/usage.lua's gone_turns) finds
+    a turn not moved yet missing, and the drop it asks for declares every turn
+    (drop_missing.lua), which Redis refuses while they are split: UNAVAILABLE, or full,
+    never a turn dropped nor its bytes given back."""
+    store = MemoryStore(
+        connect(own_cluster.url, cluster=True, socket_timeout=5, connect_timeout=2),
+        max_bytes_per_owner=6000,
+    )
+    owner = Owner(DEFAULT_TENANT, USER)
+    try:
+        cid = (await store.create_conversation(owner, "f")).conversation_id
+        iids = [
+            (
+                await store.create_interaction(
+                    owner, cid, pb.Interaction(input="x" * 1000), f"f{n}"
+                )
+            ).interaction_id
+            for n in range(4)
+        ]
+        tag = store.tag(owner)
+        answers = {"full": 0, "unavailable": 0}
+
+        async def check() -> None:
+            try:
+                await store.check_storage(owner, cid, 1000)
+            except Unavailable:
+                answers["unavailable"] += 1
+                return
+            except ResourceExhausted as err:
+                assert err.reason == "OWNER_STORAGE_FULL"
+                answers["full"] += 1
+                return
+            raise AssertionError("a turn past the limit fits")
+
+        if first == "list":
+            moved = [f"{tag}:convs", f"{tag}:usage", f"{tag}:conv:{cid}", f"{tag}:conv:{cid}:ints"]
+        else:
+            moved = [f"{tag}:int:{iid}" for iid in iids]
+        slot, source, target = _move(own_cluster)
+        await own_cluster.migrate_slot(slot, source, target, batch=2, between=check, first=moved)
+        await check()
+        assert answers["unavailable"] > 0  # tried with the turns split from their list
+        assert answers["full"] > 0
+        async with target.client() as client:
+            listed = [m.decode() for m in await client.zrange(f"{tag}:conv:{cid}:ints", 0, -1)]
+            assert listed == iids
+        await _usage_intact(target, tag, [cid])
+    finally:
+        await store.close()
+
+
+@pytest.mark.slow
 async def test_a_conversation_measured_mid_move_counts_every_turn(
     own_cluster: LocalCluster,
     make_store: Callable[..., MemoryStore],
@@ -766,9 +824,10 @@ async def test_turns_listed_mid_move_are_never_dropped(
     """ListInteractions at every step of a move, first with the conversation's keys (its
     hash, its list of turns, the owner's usage) moved and its turns not, or the turns
     only: each page (and GetConversation's and ListConversations' count) is whole or
-    UNAVAILABLE (retryable), and afterwards every turn is still listed and counted. A listed turn with no key is dropped only by a run that
-    declares every turn (lua/drop_missing.lua), which Redis refuses while they are split:
-    a turn not moved yet is never taken for one gone for good."""
+    UNAVAILABLE (retryable), and afterwards every turn is still listed and counted. A
+    listed turn with no key is dropped only by a run that declares every turn
+    (lua/drop_missing.lua), which Redis refuses while they are split: a turn not moved
+    yet is never taken for one gone for good."""
     store = make_store()
     cid = (await store.create_conversation(OWNER, "l")).conversation_id
     iids = [

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import grpc
 import pytest
 from gensearch.memory.v1 import memory_service_pb2 as pb
 
@@ -15,7 +16,7 @@ from services.common.errors import Aborted, ResourceExhausted
 from services.memory import keys
 from services.memory.store import RUN_ATTEMPTS, MemoryStore, Owner
 from tests.memory.conftest import ALICE, Memory, MemoryFactory
-from tests.memory.helpers import conversation_with_turns, usage_bytes
+from tests.memory.helpers import conversation_with_turns, expect_error, usage_bytes
 
 OWNER = Owner("alice", "alice")  # the key "alice:ka": alice alone in a tenant of her name
 
@@ -166,3 +167,40 @@ async def test_the_walks_of_one_write_are_bounded_linearly(
     assert len(walked) > 1  # stopped again after a walk, as in a burst of expiries
     assert sum(walked) <= (RUN_ATTEMPTS + 1) * conversations, walked
     assert isinstance(ended.value, Aborted)
+
+
+async def test_a_write_at_the_limit_gives_back_the_gone_turns_of_its_conversation(
+    memory_factory: MemoryFactory,
+) -> None:
+    """A turn (and CheckStorage for it) that does not fit the owner's bytes looks for gone
+    turns in its own conversation before it is refused: their bytes are given back (the
+    conversation counted again, every turn declared) and the write decides again. Before,
+    the gone turn kept the owner full until a read of that conversation's turns (and the
+    gateway checks room for an Ask at the same time as it reads the history)."""
+    memory = await memory_factory(max_bytes_per_owner=20_000)
+    text = "x" * 4000  # a turn counts ~4.35 KB: four fit in 20,000 bytes, a fifth does not
+    made = await memory.stub.CreateConversation(pb.CreateConversationRequest(), metadata=ALICE)
+    cid = made.conversation.conversation_id
+
+    def turn(n: int) -> Any:
+        request = pb.CreateInteractionRequest(conversation_id=cid, input=text, request_id=f"t{n}")
+        return memory.stub.CreateInteraction(request, metadata=ALICE)
+
+    iids = [(await turn(n)).interaction.interaction_id for n in range(4)]
+    check = pb.CheckStorageRequest(conversation_id=cid, bytes=len(text))
+    await expect_error(
+        memory.stub.CheckStorage(check, metadata=ALICE), grpc.StatusCode.RESOURCE_EXHAUSTED
+    )
+    tag = _store(memory).tag(OWNER)
+    await memory.redis.delete(keys.interaction(tag, iids[1]))
+    await memory.stub.CheckStorage(check, metadata=ALICE)
+    iids.append((await turn(4)).interaction.interaction_id)
+    assert await _listed(memory, tag, cid) == [iids[0], *iids[2:]]
+    await expect_error(turn(5), grpc.StatusCode.RESOURCE_EXHAUSTED)  # full again
+    # The write itself, without a CheckStorage first.
+    await memory.redis.delete(keys.interaction(tag, iids[2]))
+    iids.append((await turn(5)).interaction.interaction_id)
+    assert await _listed(memory, tag, cid) == [iids[0], *iids[3:]]
+    field, total, measured = await usage_bytes(memory.redis, tag, cid)
+    assert field == measured == total
+    await expect_error(turn(6), grpc.StatusCode.RESOURCE_EXHAUSTED)

@@ -29,6 +29,14 @@ else
   if not conversation_room(tag, KEYS[1], tonumber(ARGV[6])) then status = 2 end
   n = n + CONVERSATION_OVERHEAD
 end
-if status == 1 and not room(tag, n, tonumber(ARGV[5])) then status = 3 end
+if status == 1 then
+  local fits
+  if cid ~= '' then
+    fits = room_in(tag, cid, n, tonumber(ARGV[5]))
+  else
+    fits = room(tag, n, tonumber(ARGV[5]))
+  end
+  if not fits then status = 3 end
+end
 local used = tonumber(redis.call('HGET', usage_key(tag), 'total') or '0')
 return {status, used, redis.call('ZCARD', KEYS[1])}

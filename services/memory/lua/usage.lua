@@ -80,7 +80,9 @@ local function forget_usage(tag, cid)
   end
 end
 -- The error reply a write script stops with (nothing written) when the store must first
--- run reconcile.lua ('reconcile') or measure.lua ('measure <cid>'); store.py matches it.
+-- run reconcile.lua ('reconcile'), measure.lua ('measure <cid>') or drop_missing.lua
+-- ('drop <cid>', with the caller the script's first ARGV, as every script that charges
+-- bytes takes it); store.py matches it.
 local USAGE_FIRST = 'GENSEARCH_USAGE_FIRST '
 -- Whether a walk of the owner's conversations is due (one may have expired since the
 -- last): then the caller stops and the store runs reconcile.lua, all the hashes declared.
@@ -122,11 +124,27 @@ local function measure(tag, cid)
     error({err = USAGE_FIRST .. 'measure ' .. cid})
   end
 end
+-- A write to conversation `cid` (which exists, the caller's) that does not fit: when a
+-- turn its list names has no key here (read.lua's missing_turn: gone for good, or
+-- mid-reshard not moved yet), its bytes may be counted still. Only a run declaring every
+-- turn may drop it (drop_missing.lua), so the script stops, nothing written, for the
+-- store to run that and then the write again ('drop <cid>'). O(the conversation's turns),
+-- only at the limit.
+local function gone_turns(tag, cid)
+  local _, missing = missing_turn(tag, tag .. ':conv:' .. cid .. ':ints')
+  if missing then error({err = USAGE_FIRST .. 'drop ' .. cid}) end
+end
+-- Whether n more bytes for conversation `cid` fit (room, then gone_turns when not).
+local function room_in(tag, cid, n, limit)
+  if room(tag, n, limit) then return true end
+  gone_turns(tag, cid)
+  return false
+end
 -- A write that changes conversation `cid` (which exists) by n bytes: false, and nothing
 -- counted, when it does not fit.
 local function charge(tag, cid, n, limit)
   measure(tag, cid)
-  if not room(tag, n, limit) then return false end
+  if not room_in(tag, cid, n, limit) then return false end
   count_bytes(tag, cid, n)
   return true
 end
