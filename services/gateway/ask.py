@@ -38,6 +38,7 @@ from services.gateway import (
     chunks,
     citations,
     condense,
+    generation_cache,
     history_budget,
     memory_limits,
     rerank,
@@ -474,7 +475,9 @@ class AskService:
                     interaction_size=params.interaction_size,
                     summary_tokens=s.summary_max_tokens + 16,
                 )
-        if semantic.policy.mode.writes:
+        if semantic.policy.mode.writes and generation_cache.worth_keeping(
+            response.answer, result.finish_reason
+        ):
             # Queued: made in the background, after the answer is out. Its sources: every
             # hit it shows, and the chunks its prompt held.
             sources = list(hits)

@@ -163,6 +163,20 @@ def cache_request_message(
     return request
 
 
+# A finish reason saying the provider withheld the answer (OpenAI's "content_filter"): a
+# verdict on this one call, not an answer to reuse.
+FILTERED = "content_filter"
+
+
+def worth_keeping(text: str, finish_reason: str, *, structured: bool = False) -> bool:
+    """Whether an answer may be cached (both caches): one with something in it that the
+    provider did not withhold. An empty answer (a refusal, a content filter, a model that
+    spent its tokens elsewhere) or a filtered one is no answer to serve the whole tenant
+    for a TTL: the next call asks again. Before, such an answer was stored and every
+    repeat got it, empty, until the entry expired."""
+    return (bool(text) or structured) and finish_reason != FILTERED
+
+
 def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
@@ -173,6 +187,12 @@ _DROP_BATCH = 500
 # What a key costs besides the value: the entry's name, its ledger member, its size field
 # and its collection index member.
 _KEY_COPIES = 4
+
+
+def _storable(result: gw_pb.GenerationResult) -> bool:
+    return not result.HasField("error") and worth_keeping(
+        result.result, result.finish_reason, structured=result.HasField("structured")
+    )
 
 
 def _tenant_tag(tenant: str) -> str:
@@ -292,7 +312,7 @@ class GenerationCache:
         right after finds it); one that does not answer never holds an answer back past
         the budget (it used to: the hit got DEADLINE_EXCEEDED, its LLM call made and
         charged)."""
-        if self._redis is None or result.HasField("error") or ttl <= 0:
+        if self._redis is None or not _storable(result) or ttl <= 0:
             return
         task = asyncio.ensure_future(self.put(scope, key, result, ttl))
         self._stores.add(task)  # held until done: the loop keeps only weak references
@@ -301,8 +321,9 @@ class GenerationCache:
             await asyncio.wait_for(asyncio.shield(task), timeout=max(wait, 0.0))
 
     async def put(self, scope: Scope, key: str, result: gw_pb.GenerationResult, ttl: float) -> None:
-        """Keep a successful result (never an error) for ``ttl`` seconds."""
-        if self._redis is None or result.HasField("error") or ttl <= 0:
+        """Keep a successful result (never an error, nor an empty or filtered answer:
+        ``worth_keeping``) for ``ttl`` seconds."""
+        if self._redis is None or not _storable(result) or ttl <= 0:
             return
         # The whole result (so fields added to it later are kept too) but what belongs to
         # this call: usage, upstream calls, attempts and wait (a cached answer spends

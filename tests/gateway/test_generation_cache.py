@@ -438,6 +438,30 @@ async def test_errors_are_never_cached(cached: Stack) -> None:
     assert all(g.cached for i, g in by_id.items() if i != failed[0])
 
 
+async def test_an_empty_or_filtered_answer_is_never_cached(cached: Stack) -> None:
+    """An answer the provider withheld (finish_reason content_filter, empty or cut short)
+    or an empty one is no answer to serve the tenant for a TTL (probe: the first search's
+    empty, filtered answers came back cached, empty, on every repeat)."""
+    await create_books(cached, metadata=ALICE)
+    cached.fake.finish_reason_override = "content_filter"
+    cached.fake.enqueue(Behaviour.ok(text=""), Behaviour.ok(text="Par"))
+    first = await cached.stub.GenerativeSearch(search(limit=1), metadata=ALICE)
+    outputs = [first.hits[0].generation, first.grouped]
+    assert sorted(g.result for g in outputs) == ["", "Par"]
+    assert {g.finish_reason for g in outputs} == {"content_filter"}
+    cached.fake.finish_reason_override = None
+    cached.fake.enqueue(Behaviour.ok(text=""), Behaviour.ok(text=""))  # empty, "stop"
+    second = await cached.stub.GenerativeSearch(search(limit=1), metadata=ALICE)
+    assert calls(cached) == 4  # each asked again
+    assert not second.hits[0].generation.cached and not second.grouped.cached
+    assert second.hits[0].generation.result == second.grouped.result == ""
+    third = await cached.stub.GenerativeSearch(search(limit=1), metadata=ALICE)
+    assert calls(cached) == 6 and third.hits[0].generation.result
+    assert not third.hits[0].generation.cached and not third.grouped.cached
+    fourth = await cached.stub.GenerativeSearch(search(limit=1), metadata=ALICE)
+    assert calls(cached) == 6 and fourth.hits[0].generation.cached and fourth.grouped.cached
+
+
 async def test_streaming_marks_cached_results(cached: Stack) -> None:
     await create_books(cached, metadata=ALICE)
     unary = search()

@@ -22,6 +22,7 @@ from services.gateway import ask_cache
 from services.gateway.clients import RetrievalClient
 from tests.gateway.conftest import BOOKS, Stack, StackFactory, create_books, vector
 from tests.gateway.test_rerank_and_chunks import CHUNKS, create_docs, zebra_ask
+from tests.support.fake_openai import Behaviour
 from tests.support.rpc import error_info
 
 KEYS = (
@@ -117,6 +118,23 @@ async def test_a_conversation_never_uses_it(sem: Stack) -> None:
     )
     assert not follow.cached and follow.interaction_id
     assert calls(sem) == made + 2
+
+
+async def test_an_empty_or_filtered_answer_is_never_stored(sem: Stack) -> None:
+    """Probe: an Ask whose answer the provider filtered (empty) was stored and served,
+    empty and marked cached, to every close question of the tenant for the TTL."""
+    sem.fake.finish_reason_override = "content_filter"
+    sem.fake.enqueue(Behaviour.ok(text=""), Behaviour.ok(text="Du"))
+    for _ in range(2):  # empty, then cut short by the filter
+        assert not (await asked(sem, ask(Q1), metadata=ALICE)).cached
+    sem.fake.finish_reason_override = None
+    sem.fake.enqueue(Behaviour.ok(text=""))  # an empty answer that finished
+    assert not (await asked(sem, ask(Q1), metadata=ALICE)).cached
+    assert calls(sem) == 3
+    answered = await asked(sem, ask(Q1), metadata=CAROL)
+    assert not answered.cached and answered.answer and calls(sem) == 4
+    again = await asked(sem, ask(Q1), metadata=CAROL)
+    assert again.cached and again.answer == answered.answer and calls(sem) == 4
 
 
 async def test_answers_never_cross_tenants(sem: Stack) -> None:
