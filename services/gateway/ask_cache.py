@@ -239,10 +239,20 @@ def context_key(request: AskLike, info: CollectionInfo, options: Options) -> str
 
 
 def replay(answer: gw_pb.AskResponse, *, stream: bool) -> list[gw_pb.StreamAskResponse]:
-    """A cached answer as the events of an Ask: its context, its text as one delta when
-    streaming, the answer."""
+    """A cached answer as the events of an Ask: its context, and when streaming its text
+    as one delta and its citation check (the stored answer's own: a stream sends every
+    answer's ``citations`` event between the last delta and the answer; a client reading
+    citations from the event got none from a cached answer), then the answer."""
     events = [gw_pb.StreamAskResponse(context=gw_pb.AskContextEvent(hits=answer.hits))]
-    if stream and answer.answer:
-        events.append(gw_pb.StreamAskResponse(delta=answer.answer))
+    if stream:
+        if answer.answer:
+            events.append(gw_pb.StreamAskResponse(delta=answer.answer))
+        checked = gw_pb.CitationsEvent(
+            citations=answer.citations,
+            sentences=answer.sentences,
+            citation_coverage=answer.citation_coverage,
+            dropped_citations=answer.dropped_citations,
+        )
+        events.append(gw_pb.StreamAskResponse(citations=checked))
     events.append(gw_pb.StreamAskResponse(answer=answer))
     return events

@@ -278,14 +278,21 @@ async def test_a_changed_chunk_of_a_passage_is_a_change_too(sem: Stack) -> None:
 
 
 async def test_stream_ask_replays_a_cached_answer(sem: Stack) -> None:
+    sem.fake.enqueue(Behaviour.ok(text="Dune is set on a desert planet [1]."))
     first = await asked(sem, ask(Q1), metadata=ALICE)
     request = gw_pb.StreamAskRequest()
     request.ParseFromString(ask(Q1).SerializeToString())
     made = calls(sem)
     events = [e async for e in sem.stub.StreamAsk(request, metadata=ALICE)]
-    assert [e.WhichOneof("event") for e in events] == ["context", "delta", "answer"]
+    # As every streamed answer: its citation check between the text and the answer (the
+    # probe: a cached one had no citations event, though its answer held citations).
+    assert [e.WhichOneof("event") for e in events] == ["context", "delta", "citations", "answer"]
     assert events[1].delta == first.answer
-    assert events[2].answer.cached and calls(sem) == made
+    checked = events[2].citations
+    assert list(checked.citations) == list(first.citations) and first.citations
+    assert list(checked.sentences) == list(first.sentences) and first.sentences
+    assert checked.citation_coverage == first.citation_coverage
+    assert events[3].answer.cached and calls(sem) == made
 
 
 @pytest.mark.parametrize(
