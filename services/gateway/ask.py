@@ -475,8 +475,16 @@ class AskService:
                     interaction_size=params.interaction_size,
                     summary_tokens=s.summary_max_tokens + 16,
                 )
-        if semantic.policy.mode.writes and generation_cache.worth_keeping(
-            response.answer, result.finish_reason
+        # An Ask that searched and found nothing is not kept: its answer has no source
+        # to check at lookup (retrieval serves such an entry as built from no object), so
+        # the first import that gives the question a match would not reach it, and the
+        # tenant would get "no results" for the TTL. One that searched for nothing
+        # (context_size 0) depends on no object and is kept.
+        found_nothing = not hits and params.context_size > 0
+        if (
+            semantic.policy.mode.writes
+            and not found_nothing
+            and generation_cache.worth_keeping(response.answer, result.finish_reason)
         ):
             # Queued: made in the background, after the answer is out. Its sources: every
             # hit it shows, and the chunks its prompt held.

@@ -782,7 +782,8 @@ async def test_the_semantic_caches_modes_and_ttl(stack: Stack) -> None:
     assert not (await _asked(stack, _sem_mode(UNRELATED_Q, use))).cached
 
 
-UNRELATED_Q = "How long should sourdough bread rise before baking?"
+# Far from SEM_Q1 in meaning, but it finds a book (an Ask that finds nothing is not stored).
+UNRELATED_Q = "Who is the hacker in a cyberpunk future?"
 
 
 # -- §4 x §5: a collection's cache default applies to named objects, streaming too -------------

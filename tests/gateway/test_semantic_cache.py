@@ -6,6 +6,7 @@ changed since, streaming."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,8 @@ BOB = (("authorization", "Bearer key-bob-globex"),)
 Q1 = "Which book is set on a desert planet?"
 Q2 = "Which novel takes place on a desert planet?"
 UNRELATED = "How long should sourdough bread rise before baking?"
+# Far from Q1 in meaning, but it finds a book (an Ask that finds nothing is not stored).
+OTHER = "Who is the hacker in a cyberpunk future?"
 
 
 def ask(question: str, min_similarity: float | None = None, **fields: Any) -> gw_pb.AskRequest:
@@ -137,6 +140,26 @@ async def test_an_empty_or_filtered_answer_is_never_stored(sem: Stack) -> None:
     assert again.cached and again.answer == answered.answer and calls(sem) == 4
 
 
+async def test_an_ask_that_found_nothing_is_not_stored(stack_factory: StackFactory) -> None:
+    """Probe: an Ask over a collection with nothing matching yet was stored with no
+    source to check, and after the import that gives it a match every close question got
+    the stored "no results" answer, with no hits, for the TTL. One that searches for
+    nothing (context_size 0) depends on no object, and is still stored."""
+    stack = await stack_factory(shared={"api_keys": KEYS})
+    await create_books(stack, metadata=ALICE, books=[])
+    first = await asked(stack, ask(Q1), metadata=ALICE)
+    assert not first.hits and not first.cached
+    dune = str(uuid.uuid4())
+    await upsert(stack, dune, 0)  # the import: Dune
+    after = await asked(stack, ask(Q1), metadata=ALICE)
+    assert not after.cached and [h.id for h in after.hits] == [dune]
+    assert calls(stack) == 2
+    unsearched = ask(UNRELATED)
+    unsearched.context_size = 0
+    assert not (await asked(stack, unsearched, metadata=ALICE)).cached
+    assert (await asked(stack, unsearched, metadata=ALICE)).cached and calls(stack) == 3
+
+
 async def test_answers_never_cross_tenants(sem: Stack) -> None:
     await asked(sem, ask(Q1), metadata=ALICE)
     await create_books(sem, metadata=BOB)  # same name, same objects
@@ -210,10 +233,11 @@ async def test_a_deleted_hit_is_never_served_from_the_cache(sem: Stack) -> None:
     assert not second.cached and calls(sem) == made + 1
     assert dune.id not in [h.id for h in second.hits]
     assert lookups("stale") == stale + 1
-    # The answer built without it is what the cache holds now.
+    # Without Dune the question matches nothing: an answer with no source is not kept
+    # (test_an_ask_that_found_nothing_is_not_stored), so the next one asks again.
+    assert not second.hits
     third = await asked(sem, ask(Q2, 0.5), metadata=CAROL)
-    assert third.cached and third.answer == second.answer and calls(sem) == made + 1
-    assert dune.id not in [h.id for h in third.hits]
+    assert not third.cached and calls(sem) == made + 2
 
 
 async def test_an_updated_hit_is_never_served_from_the_cache(sem: Stack) -> None:
@@ -434,7 +458,7 @@ async def test_stores_beyond_the_queue_are_dropped(
     dropped = dropped_stores()
     await stack.stub.Ask(ask(Q1), metadata=ALICE)
     await asyncio.wait_for(held.first_started.wait(), 10)  # the worker holds it
-    await stack.stub.Ask(ask(UNRELATED), metadata=ALICE)  # waits in the queue
+    await stack.stub.Ask(ask(OTHER), metadata=ALICE)  # waits in the queue
     third = await stack.stub.Ask(ask("Who wrote Dune?"), metadata=ALICE)
     assert third.answer  # answered all the same; its store was dropped
     assert dropped_stores() == dropped + 1
@@ -443,7 +467,7 @@ async def test_stores_beyond_the_queue_are_dropped(
     assert held.started == 2
     made = calls(stack)
     assert (await stack.stub.Ask(ask(Q2, 0.5), metadata=ALICE)).cached
-    assert (await stack.stub.Ask(ask(UNRELATED), metadata=ALICE)).cached
+    assert (await stack.stub.Ask(ask(OTHER), metadata=ALICE)).cached
     assert calls(stack) == made
 
 
