@@ -243,7 +243,16 @@ def replay(answer: gw_pb.AskResponse, *, stream: bool) -> list[gw_pb.StreamAskRe
     as one delta and its citation check (the stored answer's own: a stream sends every
     answer's ``citations`` event between the last delta and the answer; a client reading
     citations from the event got none from a cached answer), then the answer."""
-    events = [gw_pb.StreamAskResponse(context=gw_pb.AskContextEvent(hits=answer.hits))]
+    # The context as the answer's own fields say it (the rewrite method too: a context
+    # event from the cache said REWRITE_METHOD_UNSPECIFIED where its answer, and a fresh
+    # Ask's context event, said UNCHANGED).
+    context = gw_pb.AskContextEvent(
+        hits=answer.hits,
+        rewritten_query=answer.rewritten_query,
+        rewrite_method=answer.rewrite_method,
+        rewrite_rejection=answer.rewrite_rejection,
+    )
+    events = [gw_pb.StreamAskResponse(context=context)]
     if stream:
         if answer.answer:
             events.append(gw_pb.StreamAskResponse(delta=answer.answer))

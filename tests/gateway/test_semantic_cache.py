@@ -301,13 +301,22 @@ async def test_a_changed_chunk_of_a_passage_is_a_change_too(sem: Stack) -> None:
     assert CHUNKS[1][2] not in str(sem.fake.chat_requests[-1].json["messages"])
 
 
+def request_of(request: gw_pb.AskRequest) -> gw_pb.StreamAskRequest:
+    streamed = gw_pb.StreamAskRequest()
+    streamed.ParseFromString(request.SerializeToString())
+    return streamed
+
+
 async def test_stream_ask_replays_a_cached_answer(sem: Stack) -> None:
     sem.fake.enqueue(Behaviour.ok(text="Dune is set on a desert planet [1]."))
     first = await asked(sem, ask(Q1), metadata=ALICE)
-    request = gw_pb.StreamAskRequest()
-    request.ParseFromString(ask(Q1).SerializeToString())
-    made = calls(sem)
-    events = [e async for e in sem.stub.StreamAsk(request, metadata=ALICE)]
+    made = calls(sem) + 1  # the fresh StreamAsk below
+    fresh = [e async for e in sem.stub.StreamAsk(request_of(ask(UNRELATED)), metadata=ALICE)]
+    events = [e async for e in sem.stub.StreamAsk(request_of(ask(Q1)), metadata=ALICE)]
+    # Its context event says what a fresh one says (rewrite_method was UNSPECIFIED).
+    assert fresh[0].context.rewrite_method == first.rewrite_method != 0
+    assert events[0].context.rewrite_method == first.rewrite_method
+    assert [h.id for h in events[0].context.hits] == [h.id for h in first.hits]
     # As every streamed answer: its citation check between the text and the answer (the
     # probe: a cached one had no citations event, though its answer held citations).
     assert [e.WhichOneof("event") for e in events] == ["context", "delta", "citations", "answer"]
