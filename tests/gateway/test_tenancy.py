@@ -265,6 +265,37 @@ async def test_conversations_are_per_tenant_through_the_gateway(tenants: Stack) 
     assert error_info(err).metadata.get("field") == "page_token"
 
 
+async def test_anothers_conversation_in_an_ask_is_refused_as_a_missing_one(
+    tenants: Stack,
+) -> None:
+    """Ask and StreamAsk naming a conversation of another user of the tenant, of another
+    tenant's user of the same name, or none at all: the same code, message and details
+    (the id aside), and no LLM call."""
+    s = tenants
+    await create_books(s, metadata=ALICE)  # acme's Books, which Rita reads
+    await create_books(s, metadata=ALICE_OF_GLOBEX)
+    made = await s.memory.CreateConversation(mem_pb.CreateConversationRequest(), metadata=ALICE)
+    theirs, missing = made.conversation.conversation_id, str(uuid.uuid4())
+    for who in (RITA, ALICE_OF_GLOBEX):
+        for kind in (gw_pb.AskRequest, gw_pb.StreamAskRequest):
+            rpc = s.stub.Ask if kind is gw_pb.AskRequest else s.stub.StreamAsk
+            answers = [
+                whole_answer(
+                    await failure_of(
+                        rpc(  # type: ignore[operator]
+                            kind(collection="Books", llm_question="q", conversation_id=c),
+                            metadata=who,
+                        )
+                    ),
+                    c,
+                )
+                for c in (theirs, missing)
+            ]
+            assert answers[0] == answers[1]
+            assert answers[0][0] == grpc.StatusCode.NOT_FOUND
+    assert not s.fake.chat_requests
+
+
 def _collection_calls(s: Stack, who: Any, object_id: str) -> dict[str, Callable[[], Any]]:
     """Every call, through the gateway, that names the collection "Books" (streams read to
     their end; ImportObjects sends one message)."""
