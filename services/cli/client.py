@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import grpc
 from gensearch.client import DEFAULT_ADDRESS, AsyncGensearch, GensearchError
 
-from services.cli.output import key_hint
+from services.cli.output import KEY_HINTS, key_hint
 
 _PROVIDER_KEY = "[a-z0-9][a-z0-9_-]*"
 
@@ -178,6 +178,10 @@ def describe_error(err: GensearchError, address: str = "", what: str = "the gate
     if err.metadata.get("field"):
         fields.append(err.metadata["field"])
     fields = list(dict.fromkeys(fields))
+    if err.reason in KEY_HINTS:
+        # The field is the `authorization` header, which a CLI user never writes: the
+        # hint names the flag that sends it instead.
+        fields = []
     suffix = f" (field {', '.join(fields)})" if fields else ""
     message = " ".join(message.split())
     for name in fields:  # "name: … (field name)" names it once, in the suffix

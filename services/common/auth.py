@@ -260,7 +260,12 @@ class Authenticator:
         token = headers.get(TOKEN_HEADER) if self._accept_forwarded else None
         if token is not None:
             if not self._token or not hmac.compare_digest(token.encode(), self._token):
-                raise Unauthenticated("invalid internal token", reason="INVALID_INTERNAL_TOKEN")
+                raise Unauthenticated(
+                    f"invalid internal token: {TOKEN_HEADER!r} does not match this "
+                    "service's GENSEARCH_INTERNAL_TOKEN",
+                    field=TOKEN_HEADER,
+                    reason="INVALID_INTERNAL_TOKEN",
+                )
             return _forwarded(headers)
         if not self._keys:
             if self._token:
@@ -278,6 +283,7 @@ class Authenticator:
         if not auth:
             raise Unauthenticated(
                 "missing credentials: send metadata 'authorization: Bearer <api key>'",
+                field=AUTHORIZATION,
                 reason="MISSING_CREDENTIALS",
             )
         scheme, _, key = auth.partition(" ")
@@ -290,7 +296,12 @@ class Authenticator:
             )
         identity = self._keys.get(_digest(key.strip()))
         if identity is None:
-            raise Unauthenticated("invalid API key", reason="INVALID_API_KEY")
+            # The field is the header, never its value (the key).
+            raise Unauthenticated(
+                "invalid API key",
+                field=AUTHORIZATION,
+                reason="INVALID_API_KEY",
+            )
         return identity
 
 

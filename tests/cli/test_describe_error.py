@@ -59,13 +59,18 @@ def test_a_missing_or_wrong_api_key_says_how_the_cli_sends_one() -> None:
         "missing credentials: send metadata 'authorization: Bearer <api key>'",
         code=grpc.StatusCode.UNAUTHENTICATED,
         reason="MISSING_CREDENTIALS",
+        metadata={"field": "authorization"},  # as the services name it
     )
+    # No "(field authorization)": a CLI user sends that header only through the flag.
     assert describe_error(missing) == (
         "UNAUTHENTICATED: missing credentials: send metadata 'authorization: Bearer <api key>'"
         "; with gensearch: --api-key KEY or GENSEARCH_API_KEY"
     )
     wrong = GensearchError(
-        "invalid API key", code=grpc.StatusCode.UNAUTHENTICATED, reason="INVALID_API_KEY"
+        "invalid API key",
+        code=grpc.StatusCode.UNAUTHENTICATED,
+        reason="INVALID_API_KEY",
+        metadata={"field": "authorization"},
     )
     assert describe_error(wrong) == (
         "UNAUTHENTICATED: invalid API key; with gensearch: check --api-key or GENSEARCH_API_KEY"

@@ -298,6 +298,17 @@ async def test_a_slow_producer_is_never_cut() -> None:
         await server.stop(0)
 
 
+_REFUSED_HEADER = {
+    "MISSING_CREDENTIALS": "authorization",
+    "INVALID_API_KEY": "authorization",
+    "MALFORMED_CREDENTIALS": "authorization",
+    "INVALID_INTERNAL_TOKEN": "x-gensearch-internal-token",
+    "MISSING_FORWARDED_USER": "x-gensearch-user",
+    "MISSING_FORWARDED_TENANT": "x-gensearch-tenant",
+    "MISSING_FORWARDED_ROLE": "x-gensearch-role",
+}
+
+
 @pytest.mark.parametrize(
     ("metadata", "reason"),
     [
@@ -337,8 +348,10 @@ async def test_rejected_credentials(
     info = _error_info(caught.value)
     assert info.reason == reason
     assert "key-alice" not in (caught.value.details() or "") + str(info)
+    # Every refusal names the header at fault, as any other bad input names its field
+    # (MISSING_CREDENTIALS, INVALID_API_KEY and INVALID_INTERNAL_TOKEN named none).
+    assert info.metadata["field"] == _REFUSED_HEADER[reason]
     if reason == "MALFORMED_CREDENTIALS":
-        assert info.metadata["field"] == "authorization"
         assert caught.value.details() == (
             "malformed authorization header: expected 'Bearer <api key>'"
         )
