@@ -24,7 +24,6 @@ from rich.progress import (
     ProgressColumn,
     Task,
     TextColumn,
-    TimeElapsedColumn,
 )
 from rich.progress import Progress as RichProgress
 from rich.text import Text
@@ -121,9 +120,24 @@ class _Rate(ProgressColumn):
         self.unit = unit
 
     def render(self, task: Task) -> Text:
-        elapsed = task.finished_time if task.finished else task.elapsed
+        # Up to finish(), not to the last advance: the bar advances as batches go out,
+        # and the last one can sit in the server for seconds (the demo's 40 passages went
+        # out in 0.03 s and were embedded in 2.9 s: the bar said 1,373 passages/s above a
+        # summary of 13.6). task.elapsed stops with the task, at finish().
+        elapsed = task.elapsed
         rate = task.completed / elapsed if elapsed else 0.0
         return Text(f"{rate:,.0f} {self.unit}/s")
+
+
+class _Elapsed(ProgressColumn):
+    """rich's TimeElapsedColumn, stopped at finish() rather than at the last advance (as
+    _Rate)."""
+
+    def render(self, task: Task) -> Text:
+        seconds = int(task.elapsed or 0)
+        return Text(
+            f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}", "progress.elapsed"
+        )
 
 
 def command_name() -> str:
@@ -157,7 +171,7 @@ class Progress:
             MofNCompleteColumn() if total else TextColumn("{task.completed}"),
             TextColumn(unit),
             _Rate(unit),
-            TimeElapsedColumn(),
+            _Elapsed(),
             console=Console(stderr=True),
             refresh_per_second=10,
         )
