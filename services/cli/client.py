@@ -97,12 +97,33 @@ class Connection:
             api_key, flag = os.environ.get("GENSEARCH_API_KEY", ""), "--api-key (GENSEARCH_API_KEY)"
         else:
             flag = "--api-key"
+        if address:
+            where = "--address"
+        else:
+            address = os.environ.get("GENSEARCH_ADDRESS") or DEFAULT_ADDRESS
+            where = "--address (GENSEARCH_ADDRESS)"
         return cls(
-            address=address or os.environ.get("GENSEARCH_ADDRESS") or DEFAULT_ADDRESS,
+            address=_target(address, where),
             api_key=_sendable(api_key, flag),
             llm_keys=parse_llm_keys(llm_keys),
             timeout=timeout,
         )
+
+
+def _target(address: str, flag: str) -> str:
+    """HOST:PORT (or any gRPC target: ``dns:///…``, ``unix:…``). A URL, as the TypeScript
+    client's GENSEARCH_URL takes, reached gRPC's resolver as a host name ("errors resolving
+    http://localhost:50050: … Misformatted domain name"), and a host without a port was
+    "cannot reach the gateway" (gRPC tried port 443): both are usage mistakes, said so."""
+    scheme = re.match(r"(?i)(https?)://", address)
+    if scheme:
+        host_port = address[scheme.end() :].split("/", 1)[0]
+        if ":" not in host_port:
+            host_port = f"{host_port or 'HOST'}:PORT"
+        raise UsageError(f"{flag} takes HOST:PORT, not a URL: {host_port} rather than {address}")
+    if address and ":" not in address:
+        raise UsageError(f"{flag} {address!r} has no port: give HOST:PORT, e.g. {address}:50050")
+    return address
 
 
 def _sendable(key: str, flag: str) -> str:

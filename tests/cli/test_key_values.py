@@ -37,3 +37,46 @@ def test_the_env_key_is_named_too(cli_alone: CliAlone, monkeypatch: pytest.Monke
     result = cli_alone(["--address", "127.0.0.1:1", "collections", "list"])
     err = result.err
     assert result.code == 2 and err.startswith("error: --api-key (GENSEARCH_API_KEY)")
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "expected"),
+    [
+        # Before: "UNAVAILABLE: errors resolving http://localhost:50050: [field:hostname
+        # lookup error:address lookup failed for http://localhost:50050: Misformatted
+        # domain name]" (the TypeScript client's GENSEARCH_URL is such a URL).
+        (
+            ["--address", "http://localhost:50050"],
+            None,
+            "error: --address takes HOST:PORT, not a URL: localhost:50050 rather than "
+            "http://localhost:50050",
+        ),
+        (
+            [],
+            "https://gateway.example.com/",
+            "error: --address (GENSEARCH_ADDRESS) takes HOST:PORT, not a URL: "
+            "gateway.example.com:PORT rather than https://gateway.example.com/",
+        ),
+        # Before: "UNAVAILABLE: cannot reach the gateway at localhost" (gRPC tried 443).
+        (
+            ["--address", "localhost"],
+            None,
+            "error: --address 'localhost' has no port: give HOST:PORT, e.g. localhost:50050",
+        ),
+    ],
+)
+def test_an_address_that_is_no_grpc_target_is_a_usage_mistake(
+    argv: list[str],
+    env: str | None,
+    expected: str,
+    cli_alone: CliAlone,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("GENSEARCH_API_KEY", raising=False)
+    if env is None:
+        monkeypatch.delenv("GENSEARCH_ADDRESS", raising=False)
+    else:
+        monkeypatch.setenv("GENSEARCH_ADDRESS", env)
+    result = cli_alone([*argv, "collections", "list"])
+    assert result.code == 2
+    assert result.err.splitlines() == [expected]
