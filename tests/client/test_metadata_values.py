@@ -59,3 +59,17 @@ async def test_key_urls_go_as_the_headers_retrieval_reads() -> None:
         )
     with pytest.raises(ValueError, match="key_urls: 'openai' must be 'embedding' or 'rerank'"):
         AsyncGensearch("127.0.0.1:1", key_urls={"openai": "https://x.example"})
+
+
+async def test_an_address_that_is_a_url_is_refused_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Before: every call failed UNAVAILABLE "errors resolving http://localhost:50050:
+    … Misformatted domain name" (a Connect client's baseUrl is such a URL)."""
+    with pytest.raises(ValueError, match="not a URL: 'localhost:50050' rather than"):
+        AsyncGensearch("http://localhost:50050")
+    monkeypatch.setenv("GENSEARCH_ADDRESS", "HTTPS://gw.example.com/")
+    with pytest.raises(ValueError, match=r"not a URL: 'gw\.example\.com' rather than"):
+        Gensearch()
+    async with AsyncGensearch("dns:///localhost:50050") as client:  # a target, still taken
+        assert client.address == "dns:///localhost:50050"

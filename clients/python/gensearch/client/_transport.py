@@ -53,6 +53,23 @@ def _metadata_value(value: str, what: str) -> str:
     return value
 
 
+_URL = re.compile(r"(?i)https?://")
+
+
+def _target(address: str) -> str:
+    """A gRPC target (``host:port``, ``dns:///host:port``, ``unix:path``). A URL, as
+    Connect/gRPC-web clients take (the TypeScript client's ``baseUrl``), reached gRPC's
+    resolver as a host name and failed every call UNAVAILABLE with "Misformatted domain
+    name": refused here instead, saying what to give."""
+    if _URL.match(address):
+        host_port = address.split("://", 1)[1].split("/", 1)[0] or "host:port"
+        raise ValueError(
+            f"address must be host:port (a gRPC target), not a URL: {host_port!r} rather "
+            f"than {address!r} (TLS: credentials=grpc.ssl_channel_credentials())"
+        )
+    return address
+
+
 # Safe to repeat: reads. (Writes, generation and Ask are never retried by the client.)
 IDEMPOTENT: dict[str, tuple[str, ...]] = {
     "gensearch.retrieval.v1.RetrievalService": (
@@ -128,7 +145,7 @@ class Transport:
         credentials: grpc.ChannelCredentials | None = None,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
-        self.address = address or os.environ.get("GENSEARCH_ADDRESS") or DEFAULT_ADDRESS
+        self.address = _target(address or os.environ.get("GENSEARCH_ADDRESS") or DEFAULT_ADDRESS)
         key = api_key if api_key is not None else os.environ.get("GENSEARCH_API_KEY", "")
         pairs: list[tuple[str, str]] = []
         if key:
