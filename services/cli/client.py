@@ -199,11 +199,10 @@ def describe_error(err: GensearchError, address: str = "", what: str = "the gate
     if err.metadata.get("field"):
         fields.append(err.metadata["field"])
     fields = list(dict.fromkeys(fields))
-    if err.reason in KEY_HINTS:
-        # The field is the `authorization` header, which a CLI user never writes: the
-        # hint names the flag that sends it instead.
-        fields = []
-    suffix = f" (field {', '.join(fields)})" if fields else ""
+    # A key's field is the `authorization` header, which a CLI user never writes: the
+    # hint names the flag that sends it instead.
+    named = fields and err.reason not in KEY_HINTS
+    suffix = f" (field {', '.join(fields)})" if named else ""
     message = " ".join(message.split())
     for name in fields:  # "name: … (field name)" names it once, in the suffix
         if message.startswith(f"{name}: "):

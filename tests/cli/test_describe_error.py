@@ -67,7 +67,7 @@ def test_a_missing_or_wrong_api_key_says_how_the_cli_sends_one() -> None:
         "; with gensearch: --api-key KEY or GENSEARCH_API_KEY"
     )
     wrong = GensearchError(
-        "invalid API key",
+        "authorization: invalid API key",  # the services' message, naming the header
         code=grpc.StatusCode.UNAUTHENTICATED,
         reason="INVALID_API_KEY",
         metadata={"field": "authorization"},
