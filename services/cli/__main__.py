@@ -30,6 +30,7 @@ from services.cli.client import (
     describe_error,
     seconds,
 )
+from services.cli.output import PrintableStream, printable
 
 Handler = Callable[[Client, argparse.Namespace], Awaitable[int]]
 # A long option as a help text writes it: "--near-text", "--llm-key".
@@ -246,11 +247,17 @@ async def _run_client(handler: Handler, args: argparse.Namespace) -> int:
         llm_keys=args.llm_key or (),
         timeout=args.timeout,
     )
-    async with Client(conn) as client:
-        try:
-            return await handler(client, args)
-        except GensearchError as err:
-            raise CliError(describe_error(err, conn.address)) from None
+    out = sys.stdout
+    if not args.json:  # (JSON escapes control characters itself, and scripts want it exact)
+        sys.stdout = PrintableStream(out)  # type: ignore[assignment]
+    try:
+        async with Client(conn) as client:
+            try:
+                return await handler(client, args)
+            except GensearchError as err:
+                raise CliError(describe_error(err, conn.address)) from None
+    finally:
+        sys.stdout = out
 
 
 def _main(argv: Sequence[str] | None) -> int:
@@ -315,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _error(message: str) -> None:
     sys.stdout.flush()
-    sys.stderr.write(f"error: {' '.join(message.split())}\n")
+    sys.stderr.write(f"error: {printable(' '.join(message.split()))}\n")
     sys.stderr.flush()
 
 

@@ -58,6 +58,39 @@ def _default(value: Any) -> Any:
     return value.isoformat() if isinstance(value, datetime) else str(value)
 
 
+# Control characters in what the CLI prints for people, each made a visible character of
+# the same width (tables are aligned before they are written): stored objects, names and
+# model output are anyone's text, and a raw ESC or BEL there drove the reader's terminal
+# (an object titled "\x1b]0;…\x07\x1b[31m…" retitled the window and coloured the table).
+# C0 controls become their Unicode "control pictures" (ESC is ␛), DEL ␡, C1 controls �;
+# a carriage return is dropped (it could overwrite the line before it; CRLF stays a line
+# break). Tab and line feed pass. --json output is left alone: JSON escapes C0 itself.
+VISIBLE_CONTROLS: dict[int, str | None] = {
+    **{c: chr(0x2400 + c) for c in range(0x20) if c not in (0x09, 0x0A, 0x0D)},
+    0x0D: None,
+    0x7F: "\u2421",
+    **{c: "\ufffd" for c in range(0x80, 0xA0)},
+}
+
+
+def printable(text: str) -> str:
+    return text.translate(VISIBLE_CONTROLS)
+
+
+class PrintableStream:
+    """A text stream that writes through ``printable`` (``sys.stdout`` of a command)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        self.stream.write(printable(text))
+        return len(text)
+
+    def __getattr__(self, name: str) -> Any:  # flush, isatty, fileno, encoding …
+        return getattr(self.stream, name)
+
+
 def dump_json(value: Any, stream: TextIO | None = None, *, line: bool = False) -> None:
     """Indented JSON; ``line=True``: one compact line (JSON Lines, for streamed events)."""
     out = stream or sys.stdout

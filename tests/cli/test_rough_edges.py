@@ -191,3 +191,39 @@ def test_the_progress_rate_counts_until_the_import_is_done(
     final = capsys.readouterr().err
     rate = float(re.search(r"([\d,.]+) objects/s", final)[1].replace(",", ""))  # type: ignore[index]
     assert rate <= 4, final  # 2 objects over at least 0.5 s
+
+
+HOSTILE = "\x1b]0;owned\x07\x1b[31mRed\x1b[0m\rOver\x9b2J"
+
+
+def test_control_characters_in_data_never_reach_the_terminal(
+    cli: Any, running_stack: RunningStack, tmp_path: Path
+) -> None:
+    """A stored value (anyone with write access in the tenant wrote it; a model wrote the
+    answers) went to the terminal raw: ESC sequences retitled the window and coloured the
+    table, a carriage return overwrote it. Shown visibly now (ESC as ␛), tables still
+    aligned; --json keeps the exact string."""
+    name = f"Hostile_{uuid.uuid4().hex[:8]}"
+    assert cli("collections", "create", "--name", name, "--property", "title:text").code == 0
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps({"title": f"desert {HOSTILE}"}) + "\n")
+    assert cli("import", str(path), "--collection", name).code == 0
+    with Gensearch(running_stack.address) as client:
+        turn = client.collections.get(name).chat().ask("Which desert?")
+        client.conversations.update(turn.conversation_id, name=HOSTILE)
+    for argv in (
+        ("search", "-c", name, "--keyword", "desert"),
+        ("collections", "show", name),
+        ("conversations", "list"),
+        ("conversations", "show", turn.conversation_id),
+    ):
+        shown = cli(*argv)
+        assert shown.code == 0, shown.err
+        assert not any(ch in shown.out for ch in "\x1b\x07\r\x9b"), (argv, shown.out)
+    listed = cli("conversations", "list").out
+    assert "␛]0;owned␇␛[31mRed␛[0m Over\ufffd2J" in listed  # (a table cell's \r: a space)
+    found = cli("search", "-c", name, "--keyword", "desert", "--json")
+    assert json.loads(found.out)["hits"][0]["properties"]["title"] == f"desert {HOSTILE}"
+    # An error quoting what the caller sent is printed the same way.
+    missing = cli("conversations", "show", "\x1b[2J")
+    assert missing.code != 0 and "\x1b" not in missing.err, missing.err
