@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import grpc
 from gensearch.client import DEFAULT_ADDRESS, AsyncGensearch, GensearchError
 
-from services.cli.output import KEY_HINTS, key_hint
+from services.cli.output import KEY_HINTS, MISSING_LLM_KEY, key_hint
 
 _PROVIDER_KEY = "[a-z0-9][a-z0-9_-]*"
 
@@ -199,9 +199,9 @@ def describe_error(err: GensearchError, address: str = "", what: str = "the gate
     if err.metadata.get("field"):
         fields.append(err.metadata["field"])
     fields = list(dict.fromkeys(fields))
-    # A key's field is the `authorization` header, which a CLI user never writes: the
-    # hint names the flag that sends it instead.
-    named = fields and err.reason not in KEY_HINTS
+    # A key's field is a header (`authorization`, `x-openai-api-key`), which a CLI user
+    # never writes: the hint names the flag that sends it instead.
+    named = fields and err.reason not in KEY_HINTS and err.reason != MISSING_LLM_KEY
     suffix = f" (field {', '.join(fields)})" if named else ""
     message = " ".join(message.split())
     for name in fields:  # "name: … (field name)" names it once, in the suffix

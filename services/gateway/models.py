@@ -213,6 +213,7 @@ def _check_key(provider: gen_pb.Provider, caller: Caller) -> None:
     envs = " or ".join(e for e in provider.api_key_env.split(",") if e) or "its key variable"
     raise Unauthenticated(
         f"provider {provider.name!r} needs an API key: send metadata '{header}' or set {envs}",
+        field=header,
         reason="MISSING_PROVIDER_API_KEY",
         metadata={"provider": provider.name},
     )

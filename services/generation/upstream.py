@@ -224,7 +224,13 @@ def to_service_error(
             "base_url", fault.detail, ALLOWLIST_SETTING, then="; nothing was sent", metadata=meta
         )
     if fault.kind == "missing_key":
-        return Unauthenticated(fault.detail, reason="MISSING_PROVIDER_API_KEY", metadata=meta)
+        # The field is the header the caller may send the key in (as the message says).
+        return Unauthenticated(
+            fault.detail,
+            field=f"x-{provider}-api-key",
+            reason="MISSING_PROVIDER_API_KEY",
+            metadata=meta,
+        )
     by_kind = _BY_KIND.get(fault.kind)
     if by_kind is not None:
         error, reason, text = by_kind

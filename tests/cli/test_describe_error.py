@@ -47,8 +47,9 @@ def test_a_missing_llm_key_says_how_the_cli_sends_one() -> None:
         "OPENAI_APIKEY or OPENAI_API_KEY",
         code=grpc.StatusCode.UNAUTHENTICATED,
         reason="MISSING_PROVIDER_API_KEY",
-        metadata={"provider": "openai"},
+        metadata={"provider": "openai", "field": "x-openai-api-key"},  # as the services send it
     )
+    # No "(field x-openai-api-key)": the flag is the CLI's way to send that header.
     assert describe_error(err).endswith("OPENAI_API_KEY; with gensearch: --llm-key openai=KEY")
 
 

@@ -907,6 +907,7 @@ async def test_a_provider_needing_a_key_the_caller_lacks_fails_once_before_any_h
         info = error_info(caught.value)
         assert info.reason == "MISSING_PROVIDER_API_KEY"
         assert "x-keyed-api-key" in caught.value.details()
+        assert info.metadata["field"] == "x-keyed-api-key"
     # With the caller's own key the call goes ahead (to an endpoint that is down here:
     # each hit says so on its own).
     response = await stack.stub.GenerativeSearch(

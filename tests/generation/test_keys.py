@@ -180,6 +180,8 @@ async def test_provider_requiring_a_key_fails_fast(
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert error_info(caught.value).reason == "MISSING_PROVIDER_API_KEY"
     assert "x-fake-api-key" in (caught.value.details() or "")
+    # The header to send it in is the field, as any other refusal names its field.
+    assert error_info(caught.value).metadata["field"] == "x-fake-api-key"
     assert fake.chat_requests == []
 
 
