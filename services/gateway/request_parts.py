@@ -18,11 +18,27 @@ def require(message: Any, name: str, *, prefix: str = "") -> None:
         raise InvalidArgument(f"{name} is required", field=prefix + name)
 
 
-def check_length(message: Any, names: tuple[str, ...], limit: int, *, prefix: str = "") -> None:
-    """Each text field in ``names`` is at most ``limit`` characters."""
+PROMPT_CHARS_SETTING = "GENSEARCH_GATEWAY_MAX_PROMPT_CHARS"
+
+
+def check_length(
+    message: Any,
+    names: tuple[str, ...],
+    limit: int,
+    *,
+    prefix: str = "",
+    setting: str = PROMPT_CHARS_SETTING,
+) -> None:
+    """Each text field in ``names`` is at most ``limit`` characters (the variable
+    ``setting``): named in the message and as ErrorInfo ``max_chars`` / ``setting``, the
+    shape a collection's over-long system_prompt is refused in (forward.py)."""
     for name in names:
         if len(getattr(message, name)) > limit:
-            raise InvalidArgument(f"{name} is longer than {limit} characters", field=prefix + name)
+            raise InvalidArgument(
+                f"{name} is longer than {limit} characters ({setting})",
+                field=prefix + name,
+                metadata={"max_chars": str(limit), "setting": setting},
+            )
 
 
 def check_sampling(message: Any, *, prefix: str = "") -> None:

@@ -775,7 +775,14 @@ async def test_a_collection_and_a_request_hold_a_system_prompt_to_one_limit(
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stack.stub.Ask(ask(longer), metadata=ALICE)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert error_info(caught.value).metadata["field"] == name
+    # Refused in the collection's shape: the request's limit is the same setting, and it
+    # was not named ("system_prompt is longer than 32768 characters", field alone).
+    assert dict(error_info(caught.value).metadata) == {
+        "field": name,
+        "max_chars": str(limit),
+        "setting": "GENSEARCH_GATEWAY_MAX_PROMPT_CHARS",
+    }
+    assert "GENSEARCH_GATEWAY_MAX_PROMPT_CHARS" in (caught.value.details() or "")
 
 
 async def test_a_gateway_holds_a_collections_system_prompt_to_its_own_limit(
