@@ -85,8 +85,8 @@ class IdleLimit:
     def cuts(self, context: grpc.aio.ServicerContext) -> bool:
         """Whether this call's writes are watched (``SendWatch``): a send timeout is set,
         the call's deadline (if any) is further away than it, and the caller is not a peer
-        service (see the module's docstring). Called as the call begins, after
-        authentication."""
+        service with the internal token (see the module's docstring). Called at the
+        call's first message (after authentication): the deadline left is the one then."""
         if not self.send_seconds:
             return False
         remaining = context.time_remaining()
