@@ -102,9 +102,12 @@ def check_token_budget(
     allowance = config.tokens_per_minute * config.rate_window / 60.0
     asked = max_tokens if max_tokens is not None else config.max_tokens
     cost = estimate_call_tokens(messages, asked)
-    if cost <= allowance:
-        return
     prompt = estimate_prompt_tokens(messages)
+    # max_tokens is counted exactly; the prompt only as estimated, so (as for the context
+    # window) the call is refused only if even its least plausible prompt cannot fit.
+    least_prompt = math.floor(prompt / _ESTIMATE_SLACK)
+    if cost - prompt + least_prompt <= allowance:
+        return
     whose = "max_tokens" if max_tokens is not None else "the provider's default max_tokens"
     if asked is None:
         whose = "the completion estimate"
@@ -113,7 +116,7 @@ def check_token_budget(
         f"{math.floor(allowance)} tokens provider {config.name!r} allows in "
         f"{config.rate_window:g} s (it counts max_tokens when a call arrives)",
         # What the caller can lower: max_tokens, unless the prompt alone is too long.
-        field="messages" if prompt > allowance else "max_tokens",
+        field="messages" if least_prompt > allowance else "max_tokens",
         reason="PROVIDER_TOKEN_LIMIT_EXCEEDED",
         metadata={"provider": config.name, "tokens": str(math.floor(allowance))},
     )

@@ -17,6 +17,10 @@ import grpc
 import pytest
 from gensearch.generation.v1 import generation_service_pb2 as pb
 
+from services.common.errors import InvalidArgument
+from services.generation.providers.base import ChatMessage, estimate_prompt_tokens
+from services.generation.settings import ProviderConfig
+from services.generation.validation import check_token_budget
 from tests.generation.conftest import StartService, fake_provider, user
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.rpc import error_info
@@ -118,3 +122,32 @@ async def test_a_call_a_reserving_provider_can_never_take_is_refused_before_any_
         pb.GenerateRequest(messages=[user("hit")], max_tokens=600), timeout=10
     )
     assert reply.text == "hit"
+
+
+def test_only_a_prompt_that_surely_cannot_fit_is_refused() -> None:
+    """The prompt's tokens are estimated (~3.5 characters a token), max_tokens is exact: a
+    call is refused only when even its least plausible prompt (the estimate / 1.25, the
+    slack the context-window check allows) cannot fit. Before, a prompt the estimate put
+    a few tokens over was refused though the provider's own count could take it."""
+    config = ProviderConfig(
+        name="p",
+        base_url="http://127.0.0.1:9/v1",
+        default_model="m",
+        tokens_per_minute=600,
+        rate_window=60.0,
+        tokens_counted="reserved",
+    )
+    messages = [ChatMessage(role="user", content="word " * 280)]
+    prompt = estimate_prompt_tokens(messages)
+    # Over by the estimate, within it by the slack.
+    fitting = 600 - int(prompt / 1.25)
+    assert prompt + fitting > 600
+    check_token_budget(messages, fitting - 2, config)
+    with pytest.raises(InvalidArgument) as caught:
+        check_token_budget(messages, fitting + 2, config)
+    assert caught.value.field == "max_tokens"
+    # A prompt alone past the window, even at its least: the prompt is what to shorten.
+    long = [ChatMessage(role="user", content="word " * 2000)]
+    with pytest.raises(InvalidArgument) as caught:
+        check_token_budget(long, 1, config)
+    assert caught.value.field == "messages"
