@@ -412,6 +412,14 @@ class _MethodWrapper:
             )
         return data
 
+    def _room(self) -> None:
+        """Refuses the call before its work (the services behind it, its reply) when its
+        tenant's, or the server's, bytes of replies in flight are already at their bound:
+        no reply of it but an empty one could go (reply_bytes.py). After authentication
+        (the tenant), before the admission guard: a refused call takes no quota."""
+        if self.reply_bytes.bounded:
+            self.reply_bytes.refuse_if_full(current_identity().tenant)
+
     def _holding(self) -> Holding | None:
         """What the call holds of its tenant's (and the server's) bytes of replies in
         flight; None when the server has no such bound."""
@@ -432,6 +440,7 @@ class _MethodWrapper:
                 with self.call_slots:
                     guard, cutoff = self._admitted(context)
                     request = self._received(request, request_streaming, held)
+                    self._room()
                     async with cutoff, guard:
                         response = self._serialized(await fn(request, context))
                     holding = self._holding()
@@ -485,6 +494,7 @@ class _MethodWrapper:
                 with self.call_slots:
                     guard, cutoff = self._admitted(context)
                     request = self._received(request, request_streaming, held)
+                    self._room()
                     holding = self._holding()
                     async with guard:
                         items = fn(request, context)

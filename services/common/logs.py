@@ -383,3 +383,46 @@ class ThrottledWarning:
             )
             return
         self._log.warning(self._message, type(err).__name__)
+
+
+# gRPC's asyncio server logs through this logger.
+GRPC_SERVER_LOGGER = "grpc._cython.cygrpc"
+_SERVED_METHOD = re.compile(r"servicer method \[([^\]]*)\]")
+
+
+class UndeliveredReplyFilter(logging.Filter):
+    """gRPC's "ExecuteBatchError raised in core by servicer method [...]", an ERROR with a
+    traceback, made one INFO line without one.
+
+    gRPC logs it when core fails to send what a call's handler returned (a unary reply with
+    its status) because the call already ended on the other side: its client refused a
+    reply larger than its own receive limit (gRPC's default 4 MiB; the client then gets
+    RESOURCE_EXHAUSTED "Received message larger than max" from its library), or went away
+    while the reply was being sent. Nothing failed in the server and nothing can be done
+    there: the client's limit is the client's to raise. A stream's writes go through the
+    chassis, which ends the call on such a failure without gRPC logging it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        err = record.exc_info[1] if record.exc_info else None
+        if err is None or type(err).__name__ != "ExecuteBatchError":
+            return True
+        found = _SERVED_METHOD.search(record.getMessage())
+        record.msg = (
+            "the reply to %s was not delivered: the call ended on the client's side while it "
+            "was sent (the reply was larger than the client's receive limit, gRPC's default "
+            "4 MiB, or the client went away)"
+        )
+        record.args = (found.group(1) if found else "a call",)
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        record.exc_info = record.exc_text = record.stack_info = None
+        return True
+
+
+_undelivered = UndeliveredReplyFilter()
+
+
+def quiet_undelivered_replies() -> None:
+    """Installs ``UndeliveredReplyFilter`` on gRPC's server logger (once per process)."""
+    grpc_log = logging.getLogger(GRPC_SERVER_LOGGER)
+    if _undelivered not in grpc_log.filters:
+        grpc_log.addFilter(_undelivered)

@@ -19,6 +19,15 @@ tenant's calls. So all tenants' replies together are bounded too
 (``max_reply_bytes_in_flight``): a reply past it while any reply is in flight is refused
 the same way (``setting`` names the process-wide variable), and a reply while none is in
 flight always goes.
+
+A reply's size is known only once it is built, which takes the call's work (the gateway's
+calls to retrieval, generation and memory) and several copies of it. So a call whose
+tenant's bound, or the server's, is already full (held at or past it: no reply but an empty
+one could go) is refused the same way before its work (``refuse_if_full``): it neither calls the
+services behind it nor builds a reply only to drop it, and a write (an upsert, a delete) is
+not done behind a refusal. The refusal says what is held, not what the reply would have
+been (no ``size_bytes``). The replies in flight may be read while a call works; a call
+refused up front for that retries after the RetryInfo delay, as one refused after its work.
 """
 
 from __future__ import annotations
@@ -60,6 +69,30 @@ class ReplyBytes:
     def hold(self, tenant: str) -> Holding:
         """What one call holds of its tenant's bound: a reply at a time."""
         return Holding(self, tenant)
+
+    def refuse_if_full(self, tenant: str) -> None:
+        """Raises RESOURCE_EXHAUSTED (RetryInfo) when ``tenant``'s bound, or the server's, is
+        already full: any reply but an empty one would be refused. Called before the work."""
+        held = self._held.get(tenant, 0)
+        if self.limit and held and held >= self.limit:
+            raise refusal(
+                f"the caller's tenant has {held} bytes of replies in flight, as many as "
+                f"{self.limit} allows ({self.setting}); retry once they are read",
+                self.limit,
+                held,
+                None,
+                self.setting,
+            )
+        total = self._total
+        if self.total_limit and total and total >= self.total_limit:
+            raise refusal(
+                f"the server has {total} bytes of replies in flight (all tenants), as many as "
+                f"{self.total_limit} allows ({self.total_setting}); retry once they are read",
+                self.total_limit,
+                total,
+                None,
+                self.total_setting,
+            )
 
     def take(self, tenant: str, size: int) -> None:
         held = self._held.get(tenant, 0)
@@ -119,17 +152,16 @@ class Holding:
             self._size = 0
 
 
-def refusal(message: str, limit: int, held: int, size: int, setting: str) -> ResourceExhausted:
+def refusal(
+    message: str, limit: int, held: int, size: int | None, setting: str
+) -> ResourceExhausted:
     """RESOURCE_EXHAUSTED for bytes in flight (one tenant's, or all) past ``limit`` (``setting``):
-    this reason, a RetryInfo, and the sizes as ErrorInfo metadata."""
+    this reason, a RetryInfo, and the sizes as ErrorInfo metadata (``size``: None when the
+    call is refused before its reply is built)."""
+    metadata = {"limit_bytes": str(limit), "held_bytes": str(held)}
+    if size is not None:
+        metadata["size_bytes"] = str(size)
+    metadata["setting"] = setting
     return ResourceExhausted(
-        message,
-        reason=REASON,
-        metadata={
-            "limit_bytes": str(limit),
-            "held_bytes": str(held),
-            "size_bytes": str(size),
-            "setting": setting,
-        },
-        retry_after=RETRY_AFTER_SECONDS,
+        message, reason=REASON, metadata=metadata, retry_after=RETRY_AFTER_SECONDS
     )

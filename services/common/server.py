@@ -40,7 +40,7 @@ from services.common.channel_args import metadata_options
 from services.common.chassis import Admission, ChassisRegistry, WrappedGeneric
 from services.common.errors import InvalidArgument, ResourceExhausted, ServiceError
 from services.common.hostport import bind_problem, join_host_port
-from services.common.logs import register_secret
+from services.common.logs import quiet_undelivered_replies, register_secret
 from services.common.metadata_size import MetadataLimit, core_limit
 from services.common.metrics import serve_metrics, server_name
 from services.common.reply_bytes import ReplyBytes
@@ -358,6 +358,8 @@ class GrpcServer:
 
     async def start(self) -> int:
         raise_file_limit()
+        # A reply its client refused (over the client's receive limit) is no server error.
+        quiet_undelivered_replies()
         self._server = self._build()
         names = (
             *self._service_names,

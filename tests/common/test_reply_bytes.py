@@ -9,6 +9,7 @@ so the server holds it until the client reads)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 
 import grpc
@@ -17,6 +18,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from pydantic import SecretStr
 
+from services.common.logs import GRPC_SERVER_LOGGER
 from services.common.server import GrpcServer
 from services.retrieval.settings import RetrievalSettings
 from tests.support.allocations import bytes_kept
@@ -40,6 +42,19 @@ async def reply(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
     return b"r" * MIB
 
 
+# Calls the Counted handler ran: a call refused before its work never gets there.
+ran: list[bytes] = []
+
+
+async def counted(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    ran.append(request)
+    return b"c"
+
+
+async def twice(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    return b"t" * 2 * MIB
+
+
 async def huge(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
     return b"h" * BIG
 
@@ -54,6 +69,8 @@ def _register(_servicer: object, server: grpc.aio.Server) -> None:
     handlers = {
         "Reply": grpc.unary_unary_rpc_method_handler(reply, **kw),
         "Huge": grpc.unary_unary_rpc_method_handler(huge, **kw),
+        "Twice": grpc.unary_unary_rpc_method_handler(twice, **kw),
+        "Counted": grpc.unary_unary_rpc_method_handler(counted, **kw),
         "BigStream": grpc.unary_stream_rpc_method_handler(big_stream, **kw),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
@@ -86,9 +103,11 @@ async def test_a_tenants_unread_replies_refuse_its_next_and_not_another_tenants(
     served: tuple[GrpcServer, grpc.aio.Channel],
 ) -> None:
     server, channel = served
+    # Room for half a MiB past two 8 MiB messages: a reply of 1 MiB is refused once built.
+    limit = server.reply_bytes.limit = 2 * BIG + MIB // 2
     stream = channel.unary_stream(f"/{SERVICE}/BigStream", _ident, _ident)
     unary = channel.unary_unary(f"/{SERVICE}/Reply", _ident, _ident)
-    # Two unread 8 MiB messages: the noisy tenant's bound (16 MiB) is full.
+    # Two unread 8 MiB messages: the noisy tenant's bound has no room for 1 MiB.
     held = [stream(b"", metadata=NOISY, timeout=60) for _ in range(2)]
     await _held(server, "noisy", 2 * BIG)
 
@@ -99,7 +118,7 @@ async def test_a_tenants_unread_replies_refuse_its_next_and_not_another_tenants(
     info = error_info(err)
     assert info.reason == "RESPONSE_BYTES_IN_FLIGHT" and info.domain == "gensearch"
     assert dict(info.metadata) == {
-        "limit_bytes": str(2 * BIG),
+        "limit_bytes": str(limit),
         "held_bytes": str(2 * BIG),
         "size_bytes": str(MIB),
         "setting": SETTING,
@@ -162,9 +181,10 @@ async def _serve(**limits: int) -> tuple[GrpcServer, grpc.aio.Channel]:
 
 
 async def test_tenants_within_their_own_bound_together_pass_the_process_bound() -> None:
-    # Each tenant may hold 2 x 8 MiB; the server holds 3 x 8 MiB for all of them.
+    # Each tenant may hold 2 x 8 MiB; the server 3 x 8 MiB and half a MiB for all of them.
+    total = 3 * BIG + MIB // 2
     server, channel = await _serve(
-        max_reply_bytes_in_flight_per_tenant=2 * BIG, max_reply_bytes_in_flight=3 * BIG
+        max_reply_bytes_in_flight_per_tenant=2 * BIG, max_reply_bytes_in_flight=total
     )
     try:
         stream = channel.unary_stream(f"/{SERVICE}/BigStream", _ident, _ident)
@@ -174,7 +194,7 @@ async def test_tenants_within_their_own_bound_together_pass_the_process_bound() 
         quiet = stream(b"", metadata=QUIET, timeout=60)
         await _held(server, "quiet", BIG)
 
-        # The quiet tenant holds half its own bound, but the server is full.
+        # The quiet tenant holds half its own bound, but the server has no room for 1 MiB.
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await unary(b"", metadata=QUIET, timeout=30)
         err = caught.value
@@ -182,7 +202,7 @@ async def test_tenants_within_their_own_bound_together_pass_the_process_bound() 
         info = error_info(err)
         assert info.reason == "RESPONSE_BYTES_IN_FLIGHT"
         assert dict(info.metadata) == {
-            "limit_bytes": str(3 * BIG),
+            "limit_bytes": str(total),
             "held_bytes": str(3 * BIG),
             "size_bytes": str(MIB),
             "setting": PROCESS_SETTING,
@@ -227,6 +247,7 @@ async def test_a_refused_reply_is_freed_when_its_call_ends(
     stayed in the gateway's memory until the collector ran (docs/benchmarks.md, process
     memory). The collector is off here: what is still held after the call is in a cycle."""
     server, channel = served
+    server.reply_bytes.limit = 2 * BIG + MIB  # not full: each Huge is built, then refused
     stream = channel.unary_stream(f"/{SERVICE}/BigStream", _ident, _ident)
     unary = channel.unary_unary(f"/{SERVICE}/Huge", _ident, _ident)
     held = [stream(b"", metadata=NOISY, timeout=60) for _ in range(2)]
@@ -242,3 +263,127 @@ async def test_a_refused_reply_is_freed_when_its_call_ends(
     assert kept < BIG // 2, f"{kept} bytes kept after three refused {BIG}-byte replies"
     for call in held:
         assert [len(m) async for m in call] == [BIG, 3]
+
+
+def _refused_before_the_work(
+    err: grpc.aio.AioRpcError, limit: int, held: int, setting: str
+) -> None:
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    info = error_info(err)
+    assert info.reason == "RESPONSE_BYTES_IN_FLIGHT"
+    # No size_bytes: no reply was built.
+    assert dict(info.metadata) == {
+        "limit_bytes": str(limit),
+        "held_bytes": str(held),
+        "setting": setting,
+    }
+    assert setting in (err.details() or "")
+    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    assert status is not None
+    assert [d for d in status.details if d.Is(error_details_pb2.RetryInfo.DESCRIPTOR)]
+
+
+async def test_a_call_of_a_tenant_at_its_bound_is_refused_before_its_work(
+    served: tuple[GrpcServer, grpc.aio.Channel],
+) -> None:
+    """A tenant whose replies in flight fill its bound could get no reply but an empty one:
+    its next call is refused before the servicer runs (before, the servicer did the work,
+    the gateway's calls to the services behind it, a write, and the reply was dropped)."""
+    server, channel = served
+    stream = channel.unary_stream(f"/{SERVICE}/BigStream", _ident, _ident)
+    call = channel.unary_unary(f"/{SERVICE}/Counted", _ident, _ident)
+    held = [stream(b"", metadata=NOISY, timeout=60) for _ in range(2)]
+    await _held(server, "noisy", 2 * BIG)  # the noisy tenant's bound (16 MiB) is full
+    ran.clear()
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call(b"noisy", metadata=NOISY, timeout=30)
+    assert ran == []  # the servicer never ran
+    _refused_before_the_work(caught.value, 2 * BIG, 2 * BIG, SETTING)
+
+    assert await call(b"quiet", metadata=QUIET, timeout=30) == b"c"  # another tenant's runs
+    assert ran == [b"quiet"]
+    for stream_call in held:
+        assert [len(m) async for m in stream_call] == [BIG, 3]
+    await _held(server, "noisy", 0)
+    assert await call(b"noisy", metadata=NOISY, timeout=30) == b"c"
+    assert ran == [b"quiet", b"noisy"]
+
+
+async def test_a_call_while_the_server_is_at_its_bound_is_refused_before_its_work() -> None:
+    server, channel = await _serve(
+        max_reply_bytes_in_flight_per_tenant=2 * BIG, max_reply_bytes_in_flight=BIG
+    )
+    try:
+        stream = channel.unary_stream(f"/{SERVICE}/BigStream", _ident, _ident)
+        call = channel.unary_unary(f"/{SERVICE}/Counted", _ident, _ident)
+        held = stream(b"", metadata=NOISY, timeout=60)
+        await _held(server, "noisy", BIG)  # the server's bound (8 MiB) is full
+        ran.clear()
+        # The quiet tenant holds nothing of its own bound, but the server is full.
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call(b"quiet", metadata=QUIET, timeout=30)
+        assert ran == []
+        _refused_before_the_work(caught.value, BIG, BIG, PROCESS_SETTING)
+        assert [len(m) async for m in held] == [BIG, 3]
+        await _held(server, "noisy", 0)
+        assert await call(b"quiet", metadata=QUIET, timeout=30) == b"c"
+        assert ran == [b"quiet"]
+    finally:
+        await channel.close()
+        await server.stop(0)
+
+
+async def test_a_reply_over_its_clients_receive_limit_is_no_server_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A client that did not raise its receive limit (gRPC's default 4 MiB) refuses a larger
+    reply: its library fails the call RESOURCE_EXHAUSTED. gRPC's server, whose send then
+    failed, logged "ExecuteBatchError raised in core by servicer method" at ERROR with a
+    traceback, as if the server had failed; it is one INFO line now (logs.py)."""
+    # None refused here for the bytes in flight.
+    server, _ = await _serve(max_reply_bytes_in_flight_per_tenant=0, max_reply_bytes_in_flight=0)
+    caplog.set_level(logging.INFO)
+    # Takes at most 1 MiB: every Reply (1 MiB and its framing) is over it.
+    channel = grpc.aio.insecure_channel(
+        f"127.0.0.1:{server.port}", options=[("grpc.max_receive_message_length", MIB)]
+    )
+    unary = channel.unary_unary(f"/{SERVICE}/Twice", _ident, _ident)
+    calls = 0
+    try:
+        # gRPC's server sees its send fail only when the client's refusal reaches it before
+        # the send completed: many replies at once on the one connection (each one's end
+        # then waits behind the others' bytes), in rounds until one did.
+        for _ in range(60):
+            answers = await asyncio.gather(
+                *(unary(b"", metadata=NOISY, timeout=60) for _ in range(32)),
+                return_exceptions=True,
+            )
+            calls += len(answers)
+            for answer in answers:
+                assert isinstance(answer, grpc.aio.AioRpcError), answer
+                assert answer.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert "Received message larger than max" in (answer.details() or "")
+            await asyncio.sleep(0.1)  # the server's side of the calls ends
+            if _grpc_lines(caplog):
+                break
+        else:
+            pytest.fail("no send of the server failed: nothing was tested")
+    finally:
+        await channel.close()
+        await server.stop(0)
+    lines = _grpc_lines(caplog)
+    assert 0 < len(lines) <= calls  # at most one line per call
+    for line in lines:
+        message = line.getMessage()
+        assert line.levelno == logging.INFO, message
+        assert line.exc_info is None and not line.exc_text and not line.stack_info
+        assert "\n" not in message
+        assert message.startswith(f"the reply to /{SERVICE}/Twice was not delivered"), message
+        assert "receive limit" in message
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "Traceback" not in caplog.text
+
+
+def _grpc_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == GRPC_SERVER_LOGGER]
