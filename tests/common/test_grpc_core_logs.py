@@ -8,6 +8,7 @@ the other side closed for idleness (every service's ``MAX_CONNECTION_IDLE``, 300
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -64,3 +65,115 @@ def test_an_operator_may_still_ask_for_the_core_s_logs() -> None:
     done = _run({**env, "GRPC_VERBOSITY": "INFO"})
     assert done.returncode == 0, done.stderr
     assert "goaway" in done.stderr.lower()
+
+
+# A service's server (GrpcServer, logging configured as every service's __main__ does) that
+# answers 2 MiB to a client taking at most 1 MiB. gRPC's server sees its send fail only when
+# the client's refusal reaches it before the send completed, which depends on timing: many
+# calls at once on the one connection (each reply's end then waits behind the others' bytes),
+# in rounds until gRPC logged about one. A process of its own: in one that has moved large
+# messages before (other tests), gRPC's sends complete sooner and the race is rarely lost.
+REFUSED_REPLY_SCRIPT = """
+import asyncio
+import logging
+import sys
+import services  # noqa: F401
+import grpc
+from services.common.logs import GRPC_SERVER_LOGGER, configure_logging
+from services.common.server import GrpcServer
+from services.gateway.settings import GatewaySettings
+
+SERVICE = "gensearch.test.v1.Replies"
+MIB = 1024 * 1024
+seen = []
+
+
+class Seen(logging.Handler):
+    def emit(self, record):
+        seen.append(record)
+
+
+async def twice(request, context):
+    return b"t" * 2 * MIB
+
+
+def register(_servicer, server):
+    handler = grpc.unary_unary_rpc_method_handler(
+        twice, request_deserializer=bytes, response_serializer=bytes
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(SERVICE, {"Twice": handler}),)
+    )
+
+
+async def main():
+    configure_logging("INFO", service="gateway")
+    logging.getLogger(GRPC_SERVER_LOGGER).addHandler(Seen())
+    settings = GatewaySettings(
+        api_keys="ann:key-ann", max_reply_bytes_in_flight_per_tenant=0,
+        max_reply_bytes_in_flight=0, metrics_port=None,
+    )
+    server = GrpcServer(settings, port=0)
+    server.add_service(register, None, SERVICE)
+    port = await server.start()
+    channel = grpc.aio.insecure_channel(
+        f"127.0.0.1:{port}", options=[("grpc.max_receive_message_length", MIB)]
+    )
+    call = channel.unary_unary(f"/{SERVICE}/Twice")
+    calls = 0
+    refused = True  # every call failed on the client's side, for its own limit
+    for _ in range(60):
+        answers = await asyncio.gather(
+            *(call(b"", metadata=(("authorization", "Bearer key-ann"),), timeout=60)
+              for _ in range(32)),
+            return_exceptions=True,
+        )
+        calls += len(answers)
+        refused &= all(
+            isinstance(a, grpc.aio.AioRpcError)
+            and a.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            and "Received message larger than max" in (a.details() or "")
+            for a in answers
+        )
+        await asyncio.sleep(0.1)  # the server's side of the calls ends
+        if seen:
+            break
+    await channel.close()
+    await server.stop(0)
+    print(calls, len(seen), refused)
+
+asyncio.run(main())
+"""
+
+
+def test_a_reply_over_its_clients_receive_limit_is_one_info_line() -> None:
+    """A client that did not raise its receive limit (gRPC's default 4 MiB) refuses a larger
+    reply: its library fails the call RESOURCE_EXHAUSTED. gRPC's server, whose send then
+    failed, logged "ExecuteBatchError raised in core by servicer method" at ERROR with a
+    traceback, as if the service had failed; it is one INFO line now."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GRPC_", "GENSEARCH_"))}
+    done = subprocess.run(
+        [sys.executable, "-c", REFUSED_REPLY_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    calls, logged, refused = done.stdout.split()
+    assert refused == "True", "a call did not fail RESOURCE_EXHAUSTED for its client's limit"
+    assert int(logged) > 0, "no send of the server failed: nothing was tested"
+    lines = [json.loads(line) for line in done.stderr.splitlines() if line.strip()]
+    assert not [line for line in lines if line["level"] in ("ERROR", "CRITICAL")], done.stderr
+    assert "Traceback" not in done.stderr
+    assert "ExecuteBatchError" not in done.stderr
+    undelivered = [line for line in lines if "was not delivered" in line["message"]]
+    assert 0 < len(undelivered) <= int(calls)  # at most one line per call
+    for line in undelivered:
+        assert line["level"] == "INFO", line
+        assert line["message"].startswith(
+            "the reply to /gensearch.test.v1.Replies/Twice was not delivered"
+        )
+        assert "receive limit" in line["message"]
+        assert "exc_info" not in line

@@ -554,7 +554,8 @@ class ResponseTooLargeError(ResourceExhaustedError):
 
 class ResponseBytesInFlightError(ResourceExhaustedError):
     """The tenant has as many bytes of replies in flight as the server allows (metadata
-    ``limit_bytes``, ``held_bytes``, ``size_bytes``, ``setting``): retry after the status's
+    ``limit_bytes``, ``held_bytes``, ``size_bytes``, ``setting``; no ``size_bytes`` when the
+    call was refused before its work, its bound already full): retry after the status's
     RetryInfo delay, or ask for fewer or smaller results."""
 
     error_reason = "RESPONSE_BYTES_IN_FLIGHT"
