@@ -8,9 +8,14 @@ generation service, embeddings in retrieval).
   digits of seconds, or an HTTP-date; any other value counts as none) when it sends one,
   else full jitter, uniform in [0, min(max_backoff, base_backoff * 2^(n-1))] (the AWS
   architecture blog's "full jitter").
+- Attempts: ``max_attempts`` bounds every cause but 429. A 429 only asks us to slow down: it
+  is retried for as long as the deadline allows and spends none of the retries, so a 5xx
+  after a few 429s still gets all of them.
 - Bounded by the call's ``Deadline``: a wait that would end after it is not started, nor is a
   ``Retry-After`` above ``retry_after_max``; the last fault is returned at once instead of
-  sleeping into a deadline no retry can meet.
+  sleeping into a deadline no retry can meet. The deadline is the caller's less
+  ``DEADLINE_MARGIN`` (``exchange_seconds``), so the status saying why the call failed
+  reaches a caller still waiting for it.
 
 The SDK's own retries are off (``max_retries=0`` in ``services.common.openai_api``), so this
 is the only policy.
@@ -34,6 +39,20 @@ from services.common.egress import refusal
 log = logging.getLogger("gensearch.upstream.retry")
 
 RETRYABLE_STATUS = frozenset({408, 409, 429})
+# Seconds an upstream exchange ends before its caller's deadline (at most a tenth of a short
+# one): time for the status saying why (a 429's RetryInfo, say) to reach the caller before
+# the chassis (call_deadline.py, min(0.2 s, 5 %) early) or the caller's gRPC ends the call
+# with a bare DEADLINE_EXCEEDED.
+DEADLINE_MARGIN = 0.25
+
+
+def exchange_seconds(time_left: float | None, timeout: float) -> float:
+    """Seconds one upstream exchange may take: ``timeout`` (the operator's bound, the only
+    one of a call without a deadline), and never past the caller's ``time_left`` less the
+    margin."""
+    if time_left is None:
+        return timeout
+    return min(time_left - min(DEADLINE_MARGIN, time_left * 0.1), timeout)
 
 
 def retryable_status(status: int) -> bool:
@@ -51,15 +70,10 @@ def is_transient(err: BaseException) -> bool:
     return isinstance(err, openai.APIConnectionError)
 
 
-def rate_limit_wait(err: BaseException) -> float | None:
-    """The wait a 429 asked for, when it asked for one above 0: the fault to report as
-    RESOURCE_EXHAUSTED with a RetryInfo of that wait once no retry is made (the wait was
-    above the call's deadline or the operator's ``retry_after_max``), rather than as an
-    endpoint that is down."""
-    if isinstance(err, openai.APIStatusError) and err.status_code == 429:
-        wait = server_wait(err)
-        return wait if wait else None
-    return None
+def is_rate_limited(err: BaseException) -> bool:
+    """A 429: the endpoint is up and asks us to slow down (``Retrier.plan``'s
+    ``rate_limited``)."""
+    return isinstance(err, openai.APIStatusError) and err.status_code == 429
 
 
 def server_wait(err: BaseException) -> float | None:
@@ -125,12 +139,15 @@ class RetryPolicy:
     # A Retry-After above this is not waited for.
     retry_after_max: float = 60.0
 
-    def backoff(self, attempt: int) -> float:
-        """Full jitter: uniform in [0, min(cap, base * 2^(attempt-1))]."""
+    def ceiling(self, attempt: int) -> float:
+        """The longest backoff after attempt ``attempt``: min(cap, base * 2^(attempt-1))."""
         # The exponent is bounded: 429s are retried for as long as the deadline allows, so
         # attempts are not bounded by max_attempts there.
-        ceiling = min(self.max_backoff, self.base_backoff * (2 ** min(attempt - 1, 32)))
-        return random.uniform(0.0, ceiling)
+        return min(self.max_backoff, self.base_backoff * (2 ** min(max(attempt, 1) - 1, 32)))
+
+    def backoff(self, attempt: int) -> float:
+        """Full jitter: uniform in [0, ceiling(attempt)]."""
+        return random.uniform(0.0, self.ceiling(attempt))
 
     def delay(self, attempt: int, retry_after: float | None) -> float | None:
         """Seconds before the next attempt, or None when the server asks for too long."""
@@ -165,6 +182,9 @@ class Retrier:
     Use it in a loop: ``retrier.begin()`` before each attempt; after a failed one,
     ``await retrier.pause(...)`` sleeps and returns True when another attempt is worth
     making, or returns False at once when the fault is final.
+
+    ``attempts`` counts every attempt; ``max_attempts`` bounds only those that failed other
+    than by a 429 (``rate_limited``): 429s spend none of the retries.
     """
 
     def __init__(
@@ -179,24 +199,30 @@ class Retrier:
         self.upstream = upstream  # a provider name or host, for logs; never a URL with a key
         self._on_retry = on_retry
         self.attempts = 0
+        # Attempts that failed other than by a 429 (the ones max_attempts bounds).
+        self._failures = 0
 
     def begin(self) -> int:
         self.attempts += 1
         return self.attempts
 
-    async def pause(self, *, retryable: bool, retry_after: float | None, cause: str) -> bool:
-        """``cause`` (an HTTP status or a fault kind) labels logs and metrics."""
-        wait = self.plan(retryable=retryable, retry_after=retry_after, cause=cause)
+    async def pause(
+        self,
+        *,
+        retryable: bool,
+        retry_after: float | None,
+        cause: str,
+        rate_limited: bool = False,
+    ) -> bool:
+        """``cause`` (an HTTP status or a fault kind) labels logs and metrics;
+        ``rate_limited``: see ``plan``."""
+        wait = self.plan(
+            retryable=retryable, retry_after=retry_after, cause=cause, rate_limited=rate_limited
+        )
         if wait is None:
             return False
         await asyncio.sleep(wait)
         return True
-
-    def could_wait(self, retry_after: float) -> bool:
-        """Whether a wait of ``retry_after`` fits the operator's cap and the deadline: when
-        it does and no retry was made, the attempts ran out instead."""
-        wait = self.policy.delay(self.attempts, retry_after)
-        return wait is not None and wait < self.deadline.remaining()
 
     def plan(
         self,
@@ -209,8 +235,12 @@ class Retrier:
         """The wait before the next attempt, or None when the fault is final; for callers
         that wait their own way (a provider's queue). ``rate_limited`` (a 429): retried as
         long as the deadline allows, whatever ``max_attempts`` says, since the provider
-        only asked us to slow down."""
-        if not retryable or (not rate_limited and self.attempts >= self.policy.max_attempts):
+        only asked us to slow down; nor does it spend one of the retries of other faults
+        (before, 429s counted among ``attempts`` there, so a 5xx after them was not
+        retried)."""
+        if not rate_limited:
+            self._failures += 1
+        if not retryable or (not rate_limited and self._failures >= self.policy.max_attempts):
             return None
         wait = self.policy.delay(self.attempts, retry_after)
         if wait is None or wait >= self.deadline.remaining():

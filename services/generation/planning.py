@@ -17,7 +17,7 @@ from gensearch.generation.v1 import generation_service_pb2 as pb
 from services.common.errors import InvalidArgument, quote
 from services.common.fair_executor import FairExecutor
 from services.common.model_names import check_model_name
-from services.common.upstream_retry import Deadline
+from services.common.upstream_retry import Deadline, exchange_seconds
 from services.generation.answering import Plan
 from services.generation.fallback import Target
 from services.generation.keys import request_key, resolve_key
@@ -32,9 +32,6 @@ from services.generation.validation import (
 )
 
 Metadata = Iterable[tuple[str, str | bytes]] | None
-# Seconds our deadline ends before the caller's (at most a tenth of a short one): time for
-# the reply to reach the caller, through the gateway too.
-DEADLINE_MARGIN = 0.25
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,19 +102,13 @@ class Planner:
                 )
             )
         # The caller's deadline bounds everything upstream, retries and fallbacks included,
-        # less a margin: a call that fails on it (a wait for the provider's limits, an
-        # upstream that does not answer) is told so while the caller still listens, not
-        # left to the caller's own bare DEADLINE_EXCEEDED.
-        timeout = (
-            self.default_timeout
-            if time_remaining is None
-            else min(
-                time_remaining - min(DEADLINE_MARGIN, time_remaining * 0.1), self.default_timeout
-            )
-        )
+        # less a margin (upstream_retry.DEADLINE_MARGIN, time for the reply to reach the
+        # caller, through the gateway too): a call that fails on it (a wait for the
+        # provider's limits, an upstream that does not answer) is told so while the caller
+        # still listens, not left to the caller's own bare DEADLINE_EXCEEDED.
         return Plan(
             chain=chain,
-            deadline=Deadline(timeout),
+            deadline=Deadline(exchange_seconds(time_remaining, self.default_timeout)),
             share=self.fallback_share,
             schema=None if fmt is None else fmt[1],
         )

@@ -45,30 +45,17 @@ from services.common.errors import (
     FailedPrecondition,
     InvalidArgument,
     PermissionDenied,
-    ResourceExhausted,
     Unavailable,
 )
 from services.common.fair_executor import FairExecutor
 from services.common.logs import register_secret
-from services.common.openai_api import (
-    ATTEMPTS,
-    OpenAIClients,
-    authorized,
-    too_large,
-    upstream_span,
-)
+from services.common.openai_api import ATTEMPTS, OpenAIClients, authorized, upstream_span
 from services.common.tracing import service_tracer
-from services.common.upstream_retry import (
-    Deadline,
-    Retrier,
-    RetryPolicy,
-    is_transient,
-    rate_limit_wait,
-    server_wait,
-)
+from services.common.upstream_retry import Deadline, RetryPolicy, exchange_seconds
 from services.retrieval.endpoints import ALLOWLIST_SETTING, caller_key_for
 from services.retrieval.schema import Schema, too_long, unit_vector
 from services.retrieval.settings import RetrievalSettings
+from services.retrieval.upstream import Attempts, problem
 
 # Weights come from disk; a missing file must fail, not trigger a download.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -82,7 +69,7 @@ VECTORIZER = "collection.vectorizer"
 # Statuses by which an embeddings endpoint says the input itself is at fault (a text too
 # large or too long for the model, one it cannot take): another attempt gets the same
 # answer, so they are INVALID_ARGUMENT, never retried. 401/403 (the key), 404 (the model),
-# 408, 409, 429 and 5xx stay UNAVAILABLE.
+# 408, 409 and 5xx stay UNAVAILABLE; 429 is RESOURCE_EXHAUSTED (``upstream``).
 INPUT_REJECTED_STATUSES = frozenset({400, 413, 422})
 EMBEDDING_INPUT_REJECTED = "EMBEDDING_INPUT_REJECTED"
 # An endpoint's error code is shown when it looks like one ("context_length_exceeded"):
@@ -290,11 +277,13 @@ class OpenAIEmbedder:
         return out
 
     async def _request(self, texts: list[str], time_left: float | None) -> list[list[float]]:
-        # Within EMBED_TIMEOUT and within the RPC's own deadline, as a rerank request: a
-        # wait past the caller's deadline was started (only EMBED_TIMEOUT bounded it), and
-        # the caller got a bare DEADLINE_EXCEEDED instead of EMBEDDINGS_RATE_LIMITED.
-        deadline = Deadline(self._timeout if time_left is None else min(self._timeout, time_left))
-        retrier = Retrier(self._retry, deadline, self._host)
+        # Within EMBED_TIMEOUT and within the RPC's own deadline (less the margin that lets
+        # the status reach the caller), as a rerank request: a wait past the caller's
+        # deadline was started (only EMBED_TIMEOUT bounded it), and the caller got a bare
+        # DEADLINE_EXCEEDED instead of EMBEDDINGS_RATE_LIMITED. EMBED_TIMEOUT alone bounds
+        # a call without a deadline, 429s retried for ever included.
+        deadline = Deadline(exchange_seconds(time_left, self._timeout))
+        attempts = Attempts(self._retry, deadline, self._host)
         with upstream_span(
             service_tracer("retrieval"),
             "embeddings",
@@ -303,7 +292,7 @@ class OpenAIEmbedder:
             base_url=self._base_url,
         ) as span:
             while True:
-                span.set_attribute(ATTEMPTS, retrier.begin())
+                span.set_attribute(ATTEMPTS, attempts.begin())
                 try:
                     async with asyncio.timeout_at(deadline.expires_at):
                         # "float": the format every OpenAI-compatible server knows (the SDK
@@ -347,16 +336,20 @@ class OpenAIEmbedder:
                         raise EmbeddingInputRejected(
                             _rejection(err), status=err.status_code, collection=self._collection
                         ) from None
-                    problem = _problem(err)
-                    if await retrier.pause(
-                        retryable=is_transient(err), retry_after=server_wait(err), cause=problem
-                    ):
+                    fault = problem(err)
+                    if await attempts.retry(err, fault):
                         continue
-                    wait = rate_limit_wait(err)
-                    if wait is not None:
-                        raise _rate_limited(wait, retrier) from None
+                    limited = attempts.rate_limit(err)
+                    if limited is not None:
+                        raise attempts.rate_limited(
+                            limited,
+                            who="the embeddings endpoint",
+                            what="request",
+                            timeout_setting="GENSEARCH_RETRIEVAL_EMBED_TIMEOUT",
+                            reason="EMBEDDINGS_RATE_LIMITED",
+                        ) from None
                     raise Unavailable(
-                        f"the embeddings endpoint failed ({problem})",
+                        f"the embeddings endpoint failed ({fault})",
                         reason="EMBEDDINGS_UNAVAILABLE",
                     ) from None
                 tokens = getattr(getattr(response, "usage", None), "prompt_tokens", None)
@@ -417,41 +410,6 @@ class OpenAIEmbedder:
                 reason="EMBEDDINGS_UNAVAILABLE",
             )
         return [unit for unit in units if unit is not None]
-
-
-def _rate_limited(wait: float, retrier: Retrier) -> ResourceExhausted:
-    """A 429 this request made no more attempts for: its wait did not fit (past its
-    deadline, EMBED_TIMEOUT, or RETRY_AFTER_MAX), or EMBED_RETRIES ran out. The endpoint is
-    up, only busy, so the caller learns when to try again (RetryInfo) instead of an
-    UNAVAILABLE that says nothing of when; the message names what stopped the retries."""
-    if retrier.could_wait(wait):
-        why = f"still refused after {retrier.attempts} attempts (GENSEARCH_RETRIEVAL_EMBED_RETRIES)"
-    else:
-        why = (
-            "longer than this request may (its deadline, GENSEARCH_RETRIEVAL_EMBED_TIMEOUT, "
-            "GENSEARCH_RETRIEVAL_RETRY_AFTER_MAX)"
-        )
-    return ResourceExhausted(
-        f"the embeddings endpoint is rate limiting (HTTP 429) and asks to wait {wait:.1f} s, "
-        + why,
-        reason="EMBEDDINGS_RATE_LIMITED",
-        retry_after=wait,
-        metadata={"retry_after_ms": str(round(wait * 1000)), "attempts": str(retrier.attempts)},
-    )
-
-
-def _problem(err: BaseException) -> str:
-    """What went wrong, in a few words safe to show (no body: it may quote the key)."""
-    if isinstance(err, openai.APIStatusError):
-        return f"HTTP {err.status_code}"
-    if isinstance(err, openai.APIConnectionError):
-        return "connection failed"
-    if isinstance(err, TimeoutError):
-        return "no answer in time"
-    big = too_large(err)
-    if big is not None:
-        return f"{big} (GENSEARCH_RETRIEVAL_MAX_RESPONSE_BYTES)"
-    return "malformed body"
 
 
 class Embedders:

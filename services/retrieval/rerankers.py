@@ -55,30 +55,18 @@ from services.common.egress import (
     refusal,
     url_not_allowed,
 )
-from services.common.errors import (
-    FailedPrecondition,
-    InvalidArgument,
-    ResourceExhausted,
-    Unavailable,
-    quote,
-)
+from services.common.errors import FailedPrecondition, InvalidArgument, Unavailable, quote
 from services.common.logs import register_secret
 from services.common.model_names import check_model_name
 from services.common.openai_api import ATTEMPTS, OpenAIClients, authorized, upstream_span
 from services.common.tracing import service_tracer
-from services.common.upstream_retry import (
-    Deadline,
-    Retrier,
-    RetryPolicy,
-    is_transient,
-    rate_limit_wait,
-    server_wait,
-)
+from services.common.upstream_retry import Deadline, RetryPolicy, exchange_seconds
 from services.retrieval.embedders import LocalEmbedder
 from services.retrieval.endpoints import ALLOWLIST_SETTING, caller_key_for
 from services.retrieval.schema import TEXT_TYPES, Schema
 from services.retrieval.settings import RetrievalSettings
 from services.retrieval.store import PROPS, FoundPoint
+from services.retrieval.upstream import Attempts, problem
 
 MMR = "mmr"
 FIELD = "rerank"
@@ -399,9 +387,11 @@ class Rerankers:
         }
         if plan.model:
             body["model"] = plan.model
-        deadline = Deadline(timeout if time_left is None else min(timeout, time_left))
+        # RERANK_TIMEOUT, and the Search's deadline less the margin that lets the status
+        # reach the caller (RERANK_TIMEOUT alone bounds a call without one).
+        deadline = Deadline(exchange_seconds(time_left, timeout))
         host = urlsplit(plan.base_url).hostname or "rerank"
-        retrier = Retrier(self._retry, deadline, plan.provider if plan.operator else host)
+        attempts = Attempts(self._retry, deadline, plan.provider if plan.operator else host)
         with upstream_span(
             service_tracer("retrieval"),
             "rerank",
@@ -410,7 +400,7 @@ class Rerankers:
             base_url=plan.base_url,
         ) as span:
             while True:
-                span.set_attribute(ATTEMPTS, retrier.begin())
+                span.set_attribute(ATTEMPTS, attempts.begin())
                 try:
                     async with asyncio.timeout_at(deadline.expires_at):
                         response = await client.post(
@@ -429,16 +419,21 @@ class Rerankers:
                     redirect = is_redirect(err)
                     if redirect is not None:
                         raise _redirected(plan, redirect) from None
-                    problem = _problem(err)
-                    if await retrier.pause(
-                        retryable=is_transient(err), retry_after=server_wait(err), cause=problem
-                    ):
+                    fault = problem(err)
+                    if await attempts.retry(err, fault):
                         continue
-                    wait = rate_limit_wait(err)
-                    if wait is not None:
-                        raise _rate_limited(plan, wait, retrier) from None
+                    limited = attempts.rate_limit(err)
+                    if limited is not None:
+                        raise attempts.rate_limited(
+                            limited,
+                            who=named(plan.provider, plan.operator),
+                            what="search",
+                            timeout_setting="GENSEARCH_RETRIEVAL_RERANK_TIMEOUT",
+                            reason="RERANK_RATE_LIMITED",
+                            metadata={"provider": plan.provider},
+                        ) from None
                     raise Unavailable(
-                        f"{named(plan.provider, plan.operator)} failed ({problem})",
+                        f"{named(plan.provider, plan.operator)} failed ({fault})",
                         reason="RERANK_UNAVAILABLE",
                         metadata={"provider": plan.provider},
                     ) from None
@@ -468,44 +463,6 @@ def _redirected(plan: RerankPlan, status: int) -> FailedPrecondition:
         reason=UPSTREAM_REDIRECT,
         metadata=metadata,
     )
-
-
-def _rate_limited(plan: RerankPlan, wait: float, retrier: Retrier) -> ResourceExhausted:
-    """A 429 this Search made no more attempts for: its wait did not fit (past its
-    deadline, RERANK_TIMEOUT, or RETRY_AFTER_MAX), or RERANK_RETRIES ran out. The provider
-    is up, only busy, so the caller learns when to try again (RetryInfo) instead of an
-    UNAVAILABLE that says nothing of when; the message names what stopped the retries."""
-    if retrier.could_wait(wait):
-        why = (
-            f"still refused after {retrier.attempts} attempts (GENSEARCH_RETRIEVAL_RERANK_RETRIES)"
-        )
-    else:
-        why = (
-            "longer than this search may (its deadline, "
-            "GENSEARCH_RETRIEVAL_RERANK_TIMEOUT, GENSEARCH_RETRIEVAL_RETRY_AFTER_MAX)"
-        )
-    return ResourceExhausted(
-        f"{named(plan.provider, plan.operator)} is rate limiting (HTTP 429) and asks to wait "
-        f"{wait:.1f} s, {why}",
-        reason="RERANK_RATE_LIMITED",
-        retry_after=wait,
-        metadata={
-            "provider": plan.provider,
-            "retry_after_ms": str(round(wait * 1000)),
-            "attempts": str(retrier.attempts),
-        },
-    )
-
-
-def _problem(err: BaseException) -> str:
-    """What went wrong, in a few words safe to show (no body: it may quote the key)."""
-    if isinstance(err, openai.APIStatusError):
-        return f"HTTP {err.status_code}"
-    if isinstance(err, openai.APIConnectionError):
-        return "connection failed"
-    if isinstance(err, TimeoutError):
-        return "no answer in time"
-    return "malformed body"
 
 
 def page_too_deep(offset: int, limit: int, ceiling: int) -> InvalidArgument:

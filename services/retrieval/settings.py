@@ -146,10 +146,12 @@ class RetrievalSettings(DownstreamSettings):
     # the service every tenant shares. 64 MiB holds 64 texts x 3072 dimensions many
     # times over; raise it with EMBED_BATCH_SIZE for very large batches.
     max_response_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, le=MAX_SIZE_BYTES)
-    # Seconds an OpenAI-compatible embeddings request may take, its retries included.
+    # Seconds an OpenAI-compatible embeddings request may take, its retries included (the
+    # only bound of a call without a deadline, 429s retried included).
     embed_timeout: float = Field(default=30.0, gt=0, le=MAX_WAIT_SECONDS)
-    # Retries of an embeddings request (408, 409, 429, 5xx, connection errors; the shared
-    # policy of services/common/upstream_retry.py).
+    # Retries of an embeddings request (408, 409, 5xx, connection errors; the shared policy
+    # of services/common/upstream_retry.py). A 429 spends none: it is retried for as long
+    # as the request's deadline allows, as in generation.
     embed_retries: int = Field(default=2, ge=0, le=10)
     # Where callers may point a collection's OpenAI-compatible vectorizer (base_url): the
     # operator's allowlist (services/common/egress.py; docs/retrieval.md). Comma-separated
@@ -200,7 +202,7 @@ class RetrievalSettings(DownstreamSettings):
     # Characters of each hit's text sent to a reranker (the rest is cut).
     max_rerank_document_chars: int = Field(default=4000, ge=100, le=MAX_SIZE_BYTES)
     # Seconds a rerank request may take, its retries included, and its retries (the shared
-    # policy of services/common/upstream_retry.py).
+    # policy of services/common/upstream_retry.py; a 429 spends none, as for embeddings).
     rerank_timeout: float = Field(default=30.0, gt=0, le=MAX_WAIT_SECONDS)
     rerank_retries: int = Field(default=2, ge=0, le=10)
     # A 429's Retry-After (or retry-after-ms) longer than this is not waited for, by

@@ -79,6 +79,18 @@ async def test_429s_are_retried_past_max_attempts_while_the_deadline_allows(
     assert len(fake.chat_requests) == 11
 
 
+async def test_429s_leave_every_retry_to_the_5xx_after_them(
+    service: Service, fake: FakeOpenAI
+) -> None:
+    # Five 429s, then three 5xx: RETRY_MAX_ATTEMPTS (4) bounds the 5xx alone. Before, the
+    # 429s counted among the attempts, so the first 503 after them was final (UNAVAILABLE).
+    fake.fail_next(5, Behaviour.rate_limited(retry_after="0"))
+    fake.enqueue(Behaviour.error(500), Behaviour.error(502), Behaviour.error(503))
+    reply = await service.stub.Generate(ask(), timeout=30)
+    assert reply.text == "hi"
+    assert reply.attempts == len(fake.chat_requests) == 9
+
+
 async def test_always_429_is_resource_exhausted_when_the_deadline_comes(
     service: Service, fake: FakeOpenAI
 ) -> None:

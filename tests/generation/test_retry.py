@@ -15,6 +15,7 @@ from services.common.upstream_retry import (
     Deadline,
     Retrier,
     RetryPolicy,
+    exchange_seconds,
     is_transient,
     parse_retry_after,
     server_wait,
@@ -133,3 +134,32 @@ async def test_retrier_never_sleeps_past_the_deadline() -> None:
     assert not await retrier.pause(retryable=True, retry_after=1.0, cause="429")
     assert asyncio.get_running_loop().time() - started < 0.05
     assert await retrier.pause(retryable=True, retry_after=0.1, cause="429")
+
+
+async def test_429s_spend_none_of_the_retries() -> None:
+    # max_attempts bounds the other faults alone, however many 429s came first: before,
+    # 429s counted among the attempts, so the 5xx after three of them was final.
+    retrier = Retrier(RetryPolicy(max_attempts=2, base_backoff=0.0), Deadline(10), "p")
+    waits = []
+    for rate_limited in (True, True, True, False, True, False):
+        retrier.begin()
+        waits.append(
+            retrier.plan(retryable=True, retry_after=None, cause="x", rate_limited=rate_limited)
+        )
+    assert [wait is not None for wait in waits] == [True, True, True, True, True, False]
+    assert retrier.attempts == 6
+
+
+@pytest.mark.parametrize(
+    ("time_left", "timeout", "expected"),
+    [
+        (None, 30.0, 30.0),  # no deadline: the timeout alone
+        (10.0, 30.0, 9.75),  # the call's deadline less DEADLINE_MARGIN
+        (1.0, 30.0, 0.9),  # a tenth of a short one
+        (100.0, 30.0, 30.0),  # the timeout when it ends first
+    ],
+)
+def test_an_exchange_ends_a_margin_before_its_callers_deadline(
+    time_left: float | None, timeout: float, expected: float
+) -> None:
+    assert exchange_seconds(time_left, timeout) == pytest.approx(expected)

@@ -10,7 +10,6 @@ import asyncio
 import math
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -231,76 +230,6 @@ async def _remote_harness(make_retrieval: MakeRetrieval, fake: FakeOpenAI, **set
         pb.CreateCollectionRequest(collection=remote(fake.base_url))
     )
     return harness.stub
-
-
-async def test_a_retry_after_above_retry_after_max_is_not_waited_for(
-    make_retrieval: MakeRetrieval, fake: FakeOpenAI, tmp_path: Path
-) -> None:
-    # The operator's cap: a 2 s wait fits EMBED_TIMEOUT (30 s) but not RETRY_AFTER_MAX
-    # (1 s), so the 429 is reported at once with the wait it asked for (before, the
-    # setting did not exist and the shared policy's 60 s cap let the wait through).
-    stub = await _remote_harness(make_retrieval, fake, retry_after_max=1.0)
-    fake.enqueue(Behaviour.rate_limited(retry_after="2"))
-    err = await expect_error(
-        stub.UpsertObjects(
-            pb.UpsertObjectsRequest(collection="Remote", objects=[obj({"title": "x"})])
-        ),
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-    )
-    info = error_info(err)
-    assert info.reason == "EMBEDDINGS_RATE_LIMITED"
-    assert info.metadata["retry_after_ms"] == "2000"
-    assert info.metadata["attempts"] == "1"
-    assert retry_delay(err) == 2.0
-    assert "asks to wait 2.0 s" in (err.details() or "")
-    assert (err.details() or "").endswith("; nothing was written")
-    assert len([r for r in fake.requests if r.path.endswith("/embeddings")]) == 1
-    assert (await stub.CountObjects(pb.CountObjectsRequest(collection="Remote"))).count == 0
-
-    # The same wait with the cap left alone (a day): waited for, and the write lands.
-    stub = await _remote_harness(make_retrieval, fake, data_dir=tmp_path / "default")
-    fake.enqueue(Behaviour.rate_limited(retry_after="2"))
-    resp = await stub.UpsertObjects(
-        pb.UpsertObjectsRequest(collection="Remote", objects=[obj({"title": "late"})])
-    )
-    assert len(resp.ids) == 1
-
-
-async def test_a_429_out_of_retries_names_embed_retries_not_the_wait_settings(
-    make_retrieval: MakeRetrieval, fake: FakeOpenAI
-) -> None:
-    # A 1 s wait fits EMBED_TIMEOUT and RETRY_AFTER_MAX alike: what stopped the retries is
-    # EMBED_RETRIES (0 here). The message said the wait was "longer than this request may"
-    # and named the two settings that had nothing to do with it.
-    stub = await _remote_harness(make_retrieval, fake, embed_retries=0)
-    fake.enqueue(Behaviour.rate_limited(retry_after="1"))
-    err = await expect_error(
-        stub.Search(pb.SearchRequest(collection="Remote", near_text=pb.NearText(text="x"))),
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-    )
-    assert error_info(err).reason == "EMBEDDINGS_RATE_LIMITED"
-    assert retry_delay(err) == 1.0
-    details = err.details() or ""
-    assert "still refused after 1 attempts (GENSEARCH_RETRIEVAL_EMBED_RETRIES)" in details
-    assert "longer than this request may" not in details
-    assert "RETRY_AFTER_MAX" not in details
-
-
-async def test_a_retry_after_past_the_embed_timeout_is_resource_exhausted_at_once(
-    make_retrieval: MakeRetrieval, fake: FakeOpenAI
-) -> None:
-    # Only the request's deadline (EMBED_TIMEOUT, the bound of a call with no deadline)
-    # bounds the wait: 90 s does not fit 1 s, so nothing sleeps, and the caller learns
-    # when to come back (before: UNAVAILABLE, EMBEDDINGS_UNAVAILABLE, no RetryInfo).
-    stub = await _remote_harness(make_retrieval, fake, embed_timeout=1.0)
-    fake.enqueue(Behaviour.rate_limited(retry_after="90"))
-    err = await expect_error(
-        stub.Search(pb.SearchRequest(collection="Remote", near_text=pb.NearText(text="x"))),
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-    )
-    assert error_info(err).reason == "EMBEDDINGS_RATE_LIMITED"
-    assert retry_delay(err) == 90.0
-    assert len([r for r in fake.requests if r.path.endswith("/embeddings")]) == 1
 
 
 # A Search or a write whose gRPC deadline (3 s) is shorter than the wait a 429 asks for

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import grpc
 import pytest
@@ -100,76 +99,6 @@ async def test_offset_pages_through_the_reranked_order(
     request.offset = 1
     second = await retrieval.stub.Search(request)
     assert second.hits[0].id == first.hits[1].id
-
-
-async def test_429_and_5xx_are_retried(retrieval: Retrieval, fake: FakeOpenAI) -> None:
-    fake.enqueue(Behaviour.rate_limited(retry_after="0"), Behaviour.error(503))
-    response = await retrieval.stub.Search(search(provider="fake", candidates=6))
-    assert response.hits[0].properties["title"] == "tower four"
-    assert len(fake.rerank_requests) == 3
-
-
-async def test_a_retry_after_above_retry_after_max_is_resource_exhausted_at_once(
-    make_retrieval: MakeRetrieval, fake: FakeOpenAI, tmp_path: Path
-) -> None:
-    # A 2 s wait fits RERANK_TIMEOUT (30 s) but not RETRY_AFTER_MAX (1 s): reported at
-    # once with the wait asked for (before, the setting did not exist and the shared
-    # policy's 60 s cap let it through).
-    providers = {"fake": {"base_url": fake.base_url, "api_key_env": KEY_ENV, "model": "rr-1"}}
-    harness = await make_retrieval(
-        data_dir=tmp_path / "capped", rerank_providers=providers, retry_after_max=1.0
-    )
-    await harness.stub.CreateCollection(pb.CreateCollectionRequest(collection=vcol("Towers")))
-    await harness.stub.UpsertObjects(
-        pb.UpsertObjectsRequest(
-            collection="Towers", objects=[obj({"title": "t", "body": "tower"}, vector=[1.0] * 4)]
-        )
-    )
-    fake.enqueue(Behaviour.rate_limited(retry_after="2"))
-    err = await expect_error(
-        harness.stub.Search(search(provider="fake", candidates=6)),
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-    )
-    info = error_info(err)
-    assert info.reason == "RERANK_RATE_LIMITED"
-    assert info.metadata["provider"] == "fake"
-    assert info.metadata["retry_after_ms"] == "2000"
-    assert retry_delay(err) == 2.0
-    assert err.details() == (
-        "rerank provider 'fake' is rate limiting (HTTP 429) and asks to wait 2.0 s, longer "
-        "than this search may (its deadline, GENSEARCH_RETRIEVAL_RERANK_TIMEOUT, "
-        "GENSEARCH_RETRIEVAL_RETRY_AFTER_MAX)"
-    )
-    assert len(fake.rerank_requests) == 1
-
-
-async def test_a_429_out_of_rerank_retries_names_rerank_retries(
-    make_retrieval: MakeRetrieval, fake: FakeOpenAI, tmp_path: Path
-) -> None:
-    # The 1 s wait fits the deadline and RETRY_AFTER_MAX: RERANK_RETRIES (0) ran out, and
-    # the message says so (it blamed the wait and named the settings bounding it).
-    providers = {"fake": {"base_url": fake.base_url, "api_key_env": KEY_ENV, "model": "rr-1"}}
-    harness = await make_retrieval(
-        data_dir=tmp_path / "retries", rerank_providers=providers, rerank_retries=0
-    )
-    await harness.stub.CreateCollection(pb.CreateCollectionRequest(collection=vcol("Towers")))
-    await harness.stub.UpsertObjects(
-        pb.UpsertObjectsRequest(
-            collection="Towers", objects=[obj({"title": "t", "body": "tower"}, vector=[1.0] * 4)]
-        )
-    )
-    fake.enqueue(Behaviour.rate_limited(retry_after="1"))
-    err = await expect_error(
-        harness.stub.Search(search(provider="fake", candidates=6), timeout=10),
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-    )
-    assert error_info(err).reason == "RERANK_RATE_LIMITED"
-    assert retry_delay(err) == 1.0
-    assert err.details() == (
-        "rerank provider 'fake' is rate limiting (HTTP 429) and asks to wait 1.0 s, still "
-        "refused after 1 attempts (GENSEARCH_RETRIEVAL_RERANK_RETRIES)"
-    )
-    assert len(fake.rerank_requests) == 1
 
 
 async def test_a_retry_after_is_waited_for_up_to_the_searchs_deadline(
