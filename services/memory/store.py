@@ -32,6 +32,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import random
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -126,6 +127,13 @@ LIST_SKIP = 1000
 # before it ends early, once it holds an item (also at most the turns a conversation may
 # hold): a page costs O(this + one conversation's turns), however long its conversations.
 LIST_TURNS = 10_000
+# Turns of a conversation one call checks for a key gone (lua/read.lua's missing_turn):
+# GetConversation, each conversation of a ListConversations page, a write at the byte
+# limit. A window from an offset chosen at random per call (``MemoryStore._gone_check``),
+# wrapping: no call costs more than this, however long the conversation, and repeated calls
+# cover every turn (a conversation of t turns has a given gone turn found by one call in
+# this/t, so within t/this calls in expectation). A conversation no longer is checked whole.
+GONE_CHECK_TURNS = 512
 # Who owns the conversations stored before their tenant was recorded, of the two legacy
 # owners of a tag (docs/memory.md#legacy-owners): alice of "default", or alice of "alice".
 UntenantedOwner = Literal["default", "own-tenant"]
@@ -453,6 +461,8 @@ class MemoryStore:
         max_interactions_per_conversation: int = 10_000,
         ids: UUIDv7Generator | None = None,
         untenanted_owner: UntenantedOwner = "default",
+        gone_check_turns: int = GONE_CHECK_TURNS,
+        gone_check_offsets: Callable[[], int] | None = None,
     ) -> None:
         self._redis = redis
         self._grace = eviction_grace_turns
@@ -464,6 +474,10 @@ class MemoryStore:
         self._ids = ids or UUIDv7Generator()
         self._tags: dict[Owner, str] = {}
         self._untenanted_owner = untenanted_owner
+        self._gone_turns = gone_check_turns
+        # Where a call's check for gone turns starts (taken modulo the conversation's turns
+        # by the script); a test may give a fixed sequence.
+        self._gone_offsets = gone_check_offsets or (lambda: random.randrange(1 << 31))
         # Turn writes under way per conversation: [lock, writers holding or waiting].
         self._turn_writes: dict[str, list[Any]] = {}
 
@@ -558,6 +572,12 @@ class MemoryStore:
             return tenant.decode() == owner.tenant
         return self.caller(owner).endswith("1")
 
+    def _gone_check(self) -> list[EncodableT]:
+        """The window of one call's check for gone turns (lua/read.lua's missing_turn), as
+        the scripts take it in ARGV: where it starts, how many turns it checks. Chosen here,
+        per call, so that a script is deterministic given its arguments."""
+        return [self._gone_offsets(), self._gone_turns]
+
     async def _run(
         self, tag: str, script: AsyncScript, names: list[str], args: list[EncodableT]
     ) -> Any:
@@ -584,7 +604,7 @@ class MemoryStore:
         # what its walks dropped stays dropped, so a retry goes on from there. A stop for
         # the measure names the write's own conversation, measured then: RUN_ATTEMPTS.
         budget = self._max_conversations * RUN_ATTEMPTS
-        while declared < RUN_ATTEMPTS and measured < RUN_ATTEMPTS and walked <= budget:
+        while declared < RUN_ATTEMPTS and measured < RUN_ATTEMPTS and walked < budget:
             try:
                 return await _redis(script(keys=names, args=args))
             except _DeclareFirst as first:
@@ -722,7 +742,7 @@ class MemoryStore:
             [
                 self.caller(owner), tag, cid, turn_bytes, self._max_bytes,
                 self._max_conversations, "1" if summary else "0", self._max_interactions,
-                self._grace,
+                self._grace, *self._gone_check(),
             ],
         )  # fmt: skip
         if status == 0:
@@ -816,7 +836,8 @@ class MemoryStore:
             return _conversation(cid, row)
         names = [keys.conversation(tag, cid), keys.conversation_interactions(tag, cid)]
         for _ in range(RUN_ATTEMPTS):
-            row = await _redis(self._get_conversation(keys=names, args=[self.caller(owner), tag]))
+            args = [self.caller(owner), tag, *self._gone_check()]
+            row = await _redis(self._get_conversation(keys=names, args=args))
             if not row:
                 raise conversation_not_found(cid)
             if row[_MISSING_TURN] != b"1" or not await self._dropped(owner, tag, cid):
@@ -826,11 +847,13 @@ class MemoryStore:
     async def _dropped(self, owner: Owner, tag: str, cid: str) -> bool:
         """``_drop_missing`` for a read that found a listed turn without its key: True
         once done (the read is made again), False when Redis refused it (UNAVAILABLE:
-        mid-reshard the turns are split between the slot's nodes, not gone; the read is
-        answered as it was)."""
+        mid-reshard the turns are split between the slot's nodes, not gone) or the
+        conversation's turns kept changing under it (ABORTED: turns written meanwhile, as
+        many times as it reads them again): the read is answered as it was, its count
+        still including the gone turn, which a later read drops."""
         try:
             await self._drop_missing(owner, tag, cid)
-        except Unavailable:
+        except (Unavailable, Aborted):
             return False
         return True
 
@@ -847,6 +870,7 @@ class MemoryStore:
             None if update.summary_disabled is None else int(update.summary_disabled),
         ):
             args += ["0", ""] if value is None else ["1", value]
+        args += self._gone_check()
         names = [
             keys.conversation(tag, cid),
             keys.conversations(tag),
@@ -981,7 +1005,7 @@ class MemoryStore:
         ]
         args: list[EncodableT] = [
             self.caller(owner), tag, cid, now, expected_through, through, text, turns,
-            prompt_tokens, completion_tokens, self._grace, self._max_bytes,
+            prompt_tokens, completion_tokens, self._grace, self._max_bytes, *self._gone_check(),
         ]  # fmt: skip
         named: dict[str, str] = {}
         evicted, declared = _declare_turns(tag, named)
@@ -1060,7 +1084,7 @@ class MemoryStore:
         start = f"({cursor}" if cursor else "+"
         args: list[EncodableT] = [
             self.caller(owner), tag, start, page_size, page_size + 1 + LIST_SKIP,
-            min(LIST_TURNS, self._max_interactions),
+            min(LIST_TURNS, self._max_interactions), *self._gone_check(),
         ]  # fmt: skip
         for _ in range(RUN_ATTEMPTS):
             out = await _redis(self._list_conversations(keys=[keys.conversations(tag)], args=args))
@@ -1189,7 +1213,7 @@ class MemoryStore:
             args: list[EncodableT] = [
                 self.caller(owner), tag, cid, iid, now, request_id, self._request_ttl_ms,
                 interaction.SerializeToString(), traces, self._grace, self._max_bytes,
-                self._max_interactions, *created, *declared,
+                self._max_interactions, *created, *self._gone_check(), *declared,
             ]  # fmt: skip
             out = await self._run(tag, self._create_interaction, names, args)
             if out[0] == _DECLARE:
@@ -1293,7 +1317,7 @@ class MemoryStore:
             tag,
             self._update_interaction,
             [keys.interaction(tag, iid), keys.usage(tag)],
-            [self.caller(owner), tag, digest, new, self._max_bytes],
+            [self.caller(owner), tag, digest, new, self._max_bytes, *self._gone_check()],
         )
         if status == 0:
             raise interaction_not_found(iid)

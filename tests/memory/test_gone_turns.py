@@ -6,6 +6,7 @@ bounded linearly (store.MemoryStore._run). On a standalone server and on a clust
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -25,6 +26,12 @@ def _store(memory: Memory, **settings: Any) -> MemoryStore:
     """A store on the test's own client, beside the service (not closed here: the fixture
     closes the client)."""
     return MemoryStore(memory.redis, key_prefix=memory.settings.key_prefix, **settings)
+
+
+def _offsets(*at: int) -> Callable[[], int]:
+    """The windows' offsets of a store's calls, in order (store.MemoryStore._gone_check)."""
+    left = iter(at)
+    return lambda: next(left)
 
 
 async def _listed(memory: Memory, tag: str, cid: str) -> list[str]:
@@ -103,6 +110,96 @@ async def test_a_conversation_page_checks_a_bounded_number_of_turns(
     assert sizes[0] == 1  # its one conversation's 3 turns used the budget
 
 
+async def test_get_conversation_checks_a_bounded_window_of_turns(memory: Memory) -> None:
+    """GetConversation checks a window of its turns (GONE_CHECK_TURNS, here 4) from an
+    offset chosen per call, wrapping past the newest: no call checks more (one that leaves
+    the gone turn out answers the count as stored), and the call whose window holds it
+    drops it. Before, every call checked all the turns: O(turns) per Ask."""
+    cid, iids = await conversation_with_turns(memory.stub, "w", 12, ALICE)
+    store = _store(memory, gone_check_turns=4, gone_check_offsets=_offsets(0, 4, 8, 0, 9, 0))
+    tag = store.tag(OWNER)
+    await memory.redis.delete(keys.interaction(tag, iids[9]))
+    for _ in range(2):  # turns 0-3, then 4-7: the gone one is not looked at
+        assert (await store.get_conversation(OWNER, cid)).interaction_count == 12
+    # Turns 8-11 hold it: dropped, and the count read again (turns 0-3).
+    assert (await store.get_conversation(OWNER, cid)).interaction_count == 11
+    assert await _listed(memory, tag, cid) == iids[:9] + iids[10:]
+    # Of the 11 left, a window from 9 wraps: 9, 10, then 0 and 1, where the next gone one is.
+    await memory.redis.delete(keys.interaction(tag, iids[1]))
+    assert (await store.get_conversation(OWNER, cid)).interaction_count == 10
+    assert await _listed(memory, tag, cid) == [iids[0], *iids[2:9], *iids[10:]]
+
+
+async def test_random_windows_find_a_gone_turn_within_a_bounded_number_of_reads(
+    memory: Memory,
+) -> None:
+    """With the store's own random offsets, each GetConversation of a conversation of 20
+    turns finds a given gone turn with chance 4/20: within 200 reads unless one chance in
+    ~10^19. The count answered is then the turns left."""
+    cid, iids = await conversation_with_turns(memory.stub, "r", 20, ALICE)
+    store = _store(memory, gone_check_turns=4)
+    tag = store.tag(OWNER)
+    await memory.redis.delete(keys.interaction(tag, iids[13]))
+    counts = []
+    for _ in range(200):
+        counts.append((await store.get_conversation(OWNER, cid)).interaction_count)
+        if counts[-1] == 19:
+            break
+    assert counts[-1] == 19 and set(counts[:-1]) <= {20}, counts
+    assert await _listed(memory, tag, cid) == iids[:13] + iids[14:]
+
+
+async def test_a_conversation_page_checks_a_window_of_each_conversation(
+    memory: Memory,
+) -> None:
+    """A ListConversations page checks a window of each conversation's turns (here 4 of
+    8, from the page's offset): a page whose windows leave the gone turn out shows the count
+    as stored, the one whose window holds it drops it."""
+    cid, iids = await conversation_with_turns(memory.stub, "p", 8, ALICE)
+    store = _store(memory, gone_check_turns=4, gone_check_offsets=_offsets(0, 4, 0))
+    tag = store.tag(OWNER)
+    await memory.redis.delete(keys.interaction(tag, iids[6]))
+    page = await store.list_conversations(OWNER, 10, None)
+    assert [c.interaction_count for c in page.items] == [8]
+    page = await store.list_conversations(OWNER, 10, None)  # 4-7: dropped, read again
+    assert [c.interaction_count for c in page.items] == [7]
+    assert await _listed(memory, tag, cid) == iids[:6] + iids[7:]
+
+
+async def test_a_read_meeting_a_gone_turn_while_turns_are_written_answers_as_read(
+    memory: Memory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read that finds a gone turn while the conversation's turns keep changing (the
+    drop finds its list changed, every time it reads it again: ABORTED) answers the
+    conversation as it read it, as it does mid-reshard; a later read drops the turn.
+    Before, GetConversation (and the Ask that called it) and ListConversations failed
+    ABORTED."""
+    cid, iids = await conversation_with_turns(memory.stub, "c", 3, ALICE)
+    store = _store(memory)
+    tag = store.tag(OWNER)
+    await memory.redis.delete(keys.interaction(tag, iids[1]))
+    drop = store._drop_missing_script
+    written = []
+
+    async def a_turn_written_meanwhile(keys: list[str], args: list[Any]) -> Any:
+        # Interleaving only (the real drop runs): another writer's turn lands between the
+        # drop's read of the list and its run.
+        turn = await store.create_interaction(OWNER, cid, pb.Interaction(input="x"), "")
+        written.append(turn.interaction_id)
+        return await drop(keys=keys, args=args)
+
+    monkeypatch.setattr(store, "_drop_missing_script", a_turn_written_meanwhile)
+    assert (await store.get_conversation(OWNER, cid)).interaction_count == 3
+    before = len(written)  # the page reads these, then the drop meets more
+    page = await store.list_conversations(OWNER, 10, None)
+    assert [c.interaction_count for c in page.items] == [3 + before]
+    assert len(written) > before
+    monkeypatch.setattr(store, "_drop_missing_script", drop)
+    got = await store.get_conversation(OWNER, cid)
+    assert got.interaction_count == 2 + len(written)
+    assert await _listed(memory, tag, cid) == [iids[0], iids[2], *written]
+
+
 async def test_a_request_id_dies_with_its_turn(memory: Memory) -> None:
     """A request_id key naming a turn that is gone for good: the look-ups (CheckStorage's,
     stored and claimed) answer "not stored", as they did, and now delete the key, so a
@@ -167,6 +264,36 @@ async def test_the_walks_of_one_write_are_bounded_linearly(
     assert len(walked) > 1  # stopped again after a walk, as in a burst of expiries
     assert sum(walked) <= (RUN_ATTEMPTS + 1) * conversations, walked
     assert isinstance(ended.value, Aborted)
+
+
+async def test_one_write_walks_at_most_its_budget(
+    memory: Memory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Walks that each read the most conversations an owner may have: RUN_ATTEMPTS of
+    them reach the budget (store.MemoryStore._run), and the call is ABORTED without one
+    more. Before, a walk that reached the budget exactly was followed by another."""
+    conversations = 5
+    store = _store(memory, max_bytes_per_owner=20_000, max_conversations_per_owner=conversations)
+    tag = store.tag(OWNER)
+    cids = [
+        (await store.create_conversation(OWNER, "w")).conversation_id for _ in range(conversations)
+    ]
+    walked: list[int] = []
+    walk = store._reconcile_script
+
+    async def walk_then_due_again(keys: list[str], args: list[Any]) -> Any:
+        # Interleaving only (the real walk runs): after each walk another one is due, as
+        # when a conversation expires meanwhile, but the list keeps its length.
+        done = await walk(keys=keys, args=args)
+        if args[1] == "1":
+            walked.append(len(args) - 2)
+            await memory.redis.hset(f"{tag}:usage", "next_expiry", "0")
+        return done
+
+    monkeypatch.setattr(store, "_reconcile_script", walk_then_due_again)
+    with pytest.raises(Aborted):
+        await store.check_storage(OWNER, cids[0], 20_000)
+    assert walked == [conversations] * RUN_ATTEMPTS
 
 
 async def test_a_write_at_the_limit_gives_back_the_gone_turns_of_its_conversation(

@@ -7,10 +7,12 @@
 -- (without its fixed overhead), max bytes, max conversations (of the owner), '1' when the
 -- bytes are instead a new summary's length for cid (update_summary's check: only its
 -- growth over the current summary counts), max turns per conversation, eviction grace
--- (turns).
+-- (turns), then the window of the check for gone turns at the limit (usage.lua's
+-- gone_check_at: its offset, its turns).
 -- Returns {status, used bytes, conversations}: status 0 not found (or not the caller's),
 -- 1 fits, 2 at the conversation limit, 3 does not fit the owner's bytes, 4 the
 -- conversation holds the most turns allowed (create_interaction's room_for_turn).
+gone_check_at(10)
 local tag, cid = ARGV[2], ARGV[3]
 local n = tonumber(ARGV[4]) + TURN_OVERHEAD
 local status = 1

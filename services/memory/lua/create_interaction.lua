@@ -9,7 +9,9 @@
 -- made here with the turn, in the same atomic step, so it never exists without it) and
 -- that conversation's name, create_ms, ttl_ms, max_turns, summary_disabled ('1'/'0'),
 -- and the max conversations (of the owner); '0' and nothing more otherwise; then the
--- turns declared for eviction (declared_turns: iid, request_id per turn, their number).
+-- window of the check for gone turns at the limit (usage.lua's gone_check_before_declared:
+-- its offset, its turns); then the turns declared for eviction (declared_turns: iid,
+-- request_id per turn, their number).
 -- Returns {0} not found, {1, walk} created (walk: '1' while a walk of the turns' expiry
 -- is pending, retention.lua: the caller runs retention_step.lua until done), {2, cid, data} already created by this request_id,
 -- {3} the turn (with its new conversation) does not fit the owner's bytes, {4} the
@@ -21,6 +23,7 @@
 -- eviction after this turn deletes (retention.lua), or the turn request_id names when
 -- its key is not on this node (mid-reshard it may not have moved yet: declared, Redis
 -- refuses the run until it has, rather than the turn being written twice).
+gone_check_before_declared()
 local create = ARGV[13] == '1'
 local declared = declared_turns()
 local h

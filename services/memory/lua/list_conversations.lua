@@ -1,13 +1,15 @@
 -- needs: read
 -- KEYS: convs. ARGV: caller (read.lua), tag, start bound, page size, most members to read,
--- most turns to check (below).
+-- most turns to check (below), then where each conversation's check for a gone turn starts
+-- and how many of its turns it checks (read.lua's missing_turn: a window).
 -- Returns {next, gone, stale, member1, row1, ...}: next is '' on the last page, else the
 -- member the next page starts after; gone, the members read whose conversation hash is
--- missing; stale, the ids of the page's conversations with a listed turn that has no key
--- here (read.lua's missing_turn: the store drops those turns with drop_missing.lua, every
+-- missing; stale, the ids of the page's conversations with a turn of their window that has
+-- no key here (read.lua's missing_turn: the store drops those turns with drop_missing.lua, every
 -- turn declared, and reads the page again, so no interaction_count shown counts a turn that
--- is gone). Checking costs O(the page's turns): once a page holds an item and has checked
--- the given number of turns, it ends early (fewer items, its last one as next).
+-- is found gone). Checking costs O(the page's items times the window): once a page holds an
+-- item and has checked the given number of turns, it ends early (fewer items, its last one
+-- as next).
 -- Two owners may share the list (the two legacy owners of one tag, store.Owner.digest):
 -- the other one's conversations are skipped, neither shown nor touched. Once a page holds
 -- an item, it reads at most the given number of members; past it the page ends early
@@ -26,6 +28,7 @@ local n = tonumber(ARGV[4])
 local budget = tonumber(ARGV[5])
 local turns = tonumber(ARGV[6])
 local start = ARGV[3]
+local offset, window = tonumber(ARGV[7]), tonumber(ARGV[8])
 local gone, stale = {}, {}
 local out = {'', gone, stale}
 local found, read, checked = 0, 0, 0
@@ -53,7 +56,8 @@ while true do
         out[1] = shown
         return out
       end
-      local listed, missing = missing_turn(tag, tag .. ':conv:' .. cid .. ':ints')
+      local listed, missing = missing_turn(tag, tag .. ':conv:' .. cid .. ':ints', offset,
+                                           window)
       checked = checked + listed
       if missing then stale[#stale + 1] = cid end
       out[#out + 1] = member

@@ -106,15 +106,33 @@ local function owned_noting(tag, who, cid, seen, missing)
   end
   return mine
 end
--- The number of turns listed in `ints` (a conversation's id list, under `tag`), and
--- whether one of them has no key here: gone for good (evicted under a maxmemory-policy
--- other than noeviction, deleted by hand), or, mid-reshard on the slot's new node, not
--- moved yet. Only a run that declares every turn may tell which (drop_missing.lua, which
--- Redis refuses while they are split), so the caller only reports it. O(turns), in one
--- EXISTS per thousand keys: what keeps a conversation's interaction_count (and its owner's
--- bytes) from counting a turn that is gone (GetConversation, ListConversations).
-local function missing_turn(tag, ints)
-  local ids = redis.call('ZRANGE', ints, 0, -1)
+-- Whether a turn listed in `ints` (a conversation's id list, under `tag`) has no key here:
+-- gone for good (evicted under a maxmemory-policy other than noeviction, deleted by hand),
+-- or, mid-reshard on the slot's new node, not moved yet. Only a run that declares every
+-- turn may tell which (drop_missing.lua, which Redis refuses while they are split), so the
+-- caller only reports it. It checks a window of at most `window` turns, from position
+-- `offset` modulo their number and wrapping past the newest to the oldest (the store picks
+-- the offset at random per call, store.MemoryStore._gone_check): no call costs more than
+-- O(log turns + window), however long the conversation, and repeated calls cover every
+-- turn over time. A list no longer than the window is checked whole. Returns how many turns
+-- it checked and whether one of them is missing. What keeps a conversation's
+-- interaction_count (and its owner's bytes) from counting a turn that is gone
+-- (GetConversation, ListConversations, a write at the byte limit: usage.lua's gone_turns).
+local function missing_turn(tag, ints, offset, window)
+  local n = redis.call('ZCARD', ints)
+  if n == 0 then return 0, false end
+  local ids
+  if n <= window then
+    ids = redis.call('ZRANGE', ints, 0, -1)
+  else
+    local first = offset % n
+    ids = redis.call('ZRANGE', ints, first, first + window - 1)
+    if #ids < window then
+      for _, iid in ipairs(redis.call('ZRANGE', ints, 0, window - #ids - 1)) do
+        ids[#ids + 1] = iid
+      end
+    end
+  end
   local batch = {}
   for i, iid in ipairs(ids) do
     batch[#batch + 1] = tag .. ':int:' .. iid

@@ -2,13 +2,15 @@
 -- KEYS: conv, convs, usage, ints, then the keys of the turns declared for eviction
 -- (declared_turns, keys.lua). ARGV: caller (read.lua), tag, cid, now_ms, eviction grace,
 -- max bytes (of the owner), then for name, ttl_ms, max_turns, summary_disabled a pair
--- each: '1' and the value to set it, '0' and '' not to; then the turns declared (iid,
--- request_id per turn, their number).
+-- each: '1' and the value to set it, '0' and '' not to; then the window of the check for
+-- gone turns at the limit (usage.lua's gone_check_before_declared: its offset, its turns);
+-- then the turns declared (iid, request_id per turn, their number).
 -- Returns the updated hash (store.CONVERSATION_FIELDS) and '1' when a walk of its turns is
 -- pending ('0' if not), nil when not found, or -1 when a longer name does not fit the
 -- owner's bytes (nothing written), or {7, iid, request_id, ...}: the turns the eviction
 -- (a lower max_turns, summaries disabled) deletes, to declare and run again with
 -- (nothing written; retention.lua). Counts as activity (renews the ttl).
+gone_check_before_declared()
 local h = redis.call('HMGET', KEYS[1], 'user', 'update_time', 'tenant')
 if not owns(h[1], h[3], ARGV[1]) then return false end
 local tag, cid, now = ARGV[2], ARGV[3], tonumber(ARGV[4])

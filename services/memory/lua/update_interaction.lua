@@ -1,12 +1,14 @@
 -- needs: read usage
 -- KEYS: int, usage, then any key a run before asked to declare (read.lua's declare_first:
 -- the turn's conversation hash). ARGV: caller (read.lua), tag, SHA-1 (hex) of the data read before,
--- new data, max bytes (of the owner).
+-- new data, max bytes (of the owner), then the window of the check for gone turns at the
+-- limit (usage.lua's gone_check_at: its offset, its turns).
 -- Compare-and-set: returns 1 when updated, 0 when missing or not the caller's, 2 when the
 -- data changed since it was read (the caller reads again and retries), 3 when the
 -- larger data does not fit the owner's bytes (nothing written). The caller sends
 -- a digest of what it read, not the data itself: 40 bytes however large the turn. HSET
 -- keeps the key's time to live.
+gone_check_at(6)
 local row = interaction(KEYS[1])
 if not row[1] or not declared_owned(ARGV[2], ARGV[1], row[1]) then
   return 0

@@ -2,7 +2,9 @@
 -- KEYS: conv, ints, usage, then the keys of the turns declared for eviction
 -- (declared_turns, keys.lua). ARGV: caller (read.lua), tag, cid, now_ms, expected through,
 -- new through, text, turns folded, prompt tokens, completion tokens, eviction grace, max
--- bytes (of the owner), then the turns declared (iid, request_id per turn, their number).
+-- bytes (of the owner), then the window of the check for gone turns at the limit
+-- (usage.lua's gone_check_before_declared: its offset, its turns), then the turns declared
+-- (iid, request_id per turn, their number).
 -- Compare-and-set: the summary changes only if it still covers the turns up to the
 -- expected interaction. Returns {0} not found, {1, current through} conflict,
 -- {2} new through is not a newer interaction of the conversation, {3} summary disabled,
@@ -10,6 +12,7 @@
 -- {7, iid, request_id, ...} the turns the eviction deletes, to declare and run again with
 -- (nothing written; retention.lua).
 -- Evicts the turns beyond max_turns the new summary covers.
+gone_check_before_declared()
 local h = redis.call('HMGET', KEYS[1], 'user', 'summary_through', 'summary_disabled',
                      'tenant')
 if not owns(h[1], h[4], ARGV[1]) then return {0} end

@@ -124,14 +124,28 @@ local function measure(tag, cid)
     error({err = USAGE_FIRST .. 'measure ' .. cid})
   end
 end
+-- The window of gone_turns (read.lua's missing_turn): where it starts and how many turns it
+-- checks, two ARGV the store sends (store.MemoryStore._gone_check) to every script that
+-- charges bytes; the script names their position (gone_check_at) before it charges.
+local gone_window = {0, 0}
+local function gone_check_at(at)
+  gone_window = {tonumber(ARGV[at]), tonumber(ARGV[at + 1])}
+end
+-- As gone_check_at, for a script whose ARGV ends with the turns declared for eviction
+-- (keys.lua's declared_turns): the two come just before them.
+local function gone_check_before_declared()
+  gone_check_at(#ARGV - 2 * tonumber(ARGV[#ARGV]) - 2)
+end
 -- A write to conversation `cid` (which exists, the caller's) that does not fit: when a
--- turn its list names has no key here (read.lua's missing_turn: gone for good, or
+-- turn of its window (read.lua's missing_turn) has no key here (gone for good, or
 -- mid-reshard not moved yet), its bytes may be counted still. Only a run declaring every
 -- turn may drop it (drop_missing.lua), so the script stops, nothing written, for the
--- store to run that and then the write again ('drop <cid>'). O(the conversation's turns),
--- only at the limit.
+-- store to run that and then the write again ('drop <cid>'). Only at the limit, and
+-- O(the window) however long the conversation: a client retrying against a full owner
+-- pays no more per retry, and its retries (each with its own window) cover every turn.
 local function gone_turns(tag, cid)
-  local _, missing = missing_turn(tag, tag .. ':conv:' .. cid .. ':ints')
+  local _, missing = missing_turn(tag, tag .. ':conv:' .. cid .. ':ints', gone_window[1],
+                                  gone_window[2])
   if missing then error({err = USAGE_FIRST .. 'drop ' .. cid}) end
 end
 -- Whether n more bytes for conversation `cid` fit (room, then gone_turns when not).
