@@ -125,7 +125,8 @@ DELETE_BATCH = 500
 LIST_SKIP = 1000
 # Turns one ListConversations page checks for a key gone (lua/list_conversations.lua)
 # before it ends early, once it holds an item (also at most the turns a conversation may
-# hold): a page costs O(this + one conversation's turns), however long its conversations.
+# hold): a page costs O(this + one window, GONE_CHECK_TURNS), however long its
+# conversations.
 LIST_TURNS = 10_000
 # Turns of a conversation one call checks for a key gone (lua/read.lua's missing_turn):
 # GetConversation, each conversation of a ListConversations page, a write at the byte
@@ -819,10 +820,11 @@ class MemoryStore:
     ) -> ConversationRecord:
         """The conversation, NOT_FOUND unless the caller's. Its interaction_count never
         includes a turn whose key is gone for good (evicted under a maxmemory-policy other
-        than noeviction, deleted by hand): lua/get_conversation.lua checks every listed
-        turn (O(turns), the same one round trip) and, when one has no key, the store drops
-        such turns with their bytes (``_drop_missing``, every turn declared) and reads
-        again: two round trips more, only then. Mid-reshard, with the turns split between
+        than noeviction, deleted by hand) once found: lua/get_conversation.lua checks a
+        window of the listed turns (``_gone_check``: at most GONE_CHECK_TURNS, the same one
+        round trip; repeated reads cover them all) and, when one has no key, the store
+        drops such turns with their bytes (``_drop_missing``, every turn declared) and
+        reads again: two round trips more, only then. Mid-reshard, with the turns split between
         the slot's two nodes, Redis refuses the drop: the conversation is answered as read
         (its turns not moved yet are not gone). ``counted`` False (an ownership check only)
         reads the hash alone."""

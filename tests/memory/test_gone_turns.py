@@ -331,3 +331,27 @@ async def test_a_write_at_the_limit_gives_back_the_gone_turns_of_its_conversatio
     field, total, measured = await usage_bytes(memory.redis, tag, cid)
     assert field == measured == total
     await expect_error(turn(6), grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+
+async def test_a_write_at_the_limit_checks_a_window_of_its_conversation(
+    memory_factory: MemoryFactory,
+) -> None:
+    """A write at the byte limit (here CheckStorage's) checks a window of its
+    conversation's turns (here 2 of 6): one that leaves the gone turn out is refused with
+    the turn still listed, the one whose window holds it has it dropped. Before, every
+    refused write (each retry of a client against a full owner) checked all the turns."""
+    memory = await memory_factory(max_bytes_per_owner=20_000)
+    cid, iids = await conversation_with_turns(memory.stub, "l", 6, ALICE)
+    store = _store(
+        memory, max_bytes_per_owner=20_000, gone_check_turns=2, gone_check_offsets=_offsets(0, 4)
+    )
+    tag = store.tag(OWNER)
+    await memory.redis.delete(keys.interaction(tag, iids[4]))
+    with pytest.raises(ResourceExhausted):
+        await store.check_storage(OWNER, cid, 20_000)
+    assert await _listed(memory, tag, cid) == iids  # turns 0-1: not looked at
+    with pytest.raises(ResourceExhausted):
+        await store.check_storage(OWNER, cid, 20_000)
+    assert await _listed(memory, tag, cid) == iids[:4] + iids[5:]
+    field, total, measured = await usage_bytes(memory.redis, tag, cid)
+    assert field == measured == total
