@@ -840,8 +840,9 @@ async def test_turns_listed_mid_move_are_never_dropped(
     answers = {"whole": 0, "unavailable": 0}
 
     async def list_all() -> None:
-        # The page, then the reads of the count, which check every turn's key too
-        # (lua/read.lua's missing_turn): a turn not moved yet is counted, never dropped.
+        # The page, then the reads of the count, which check the turns' keys too (a
+        # window, here every turn: lua/read.lua's missing_turn): a turn not moved yet is
+        # counted, never dropped.
         reads: list[Any] = [
             store.list_interactions(OWNER, cid, 10, None, 1 << 20),
             store.get_conversation(OWNER, cid),
