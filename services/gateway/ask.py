@@ -340,6 +340,7 @@ class AskService:
                     emit=deltas.put if stream else None,
                     # As the gateway's own limit on the prompt (history_budget) names it.
                     prompt_field="llm_question",
+                    max_tokens_field=options.max_tokens_field,
                 ),
             )
         )

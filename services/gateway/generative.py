@@ -400,6 +400,7 @@ class GenerativeSearch:
                     prompt_field=(
                         "generate.grouped_task" if index == GROUPED else "generate.single_prompt"
                     ),
+                    max_tokens_field=options.max_tokens_field,
                 )
                 result = await traced(index, attributes, call)
                 if policy.mode.writes:

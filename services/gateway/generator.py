@@ -112,10 +112,12 @@ class Options:
             response_format=own("response_format"),
             fallback=tuple((c.provider, c.model) for c in chain),
             fallback_field=fallback_field,
+            # Without either, the provider's default applies: the request's field is the
+            # one a caller can set to change it.
             max_tokens_field=(
-                f"{prefix}max_tokens"
-                if request.HasField("max_tokens")
-                else "collection.generative.max_tokens"
+                "collection.generative.max_tokens"
+                if not request.HasField("max_tokens") and collection.HasField("max_tokens")
+                else f"{prefix}max_tokens"
             ),
             # Spaces around it are no part of a URL, as the generation service reads it.
             base_url=getattr(request, "base_url", "").strip(),
@@ -184,15 +186,24 @@ async def complete(
     emit: Callable[[str], Awaitable[None]] | None = None,
     restart: Callable[[], Awaitable[None]] | None = None,
     prompt_field: str | None = None,
+    max_tokens_field: str | None = None,
 ) -> gw_pb.GenerationResult:
     """Ask the model; with ``emit``, stream and hand each text delta to it as it comes,
     reading the next one only once ``emit`` returned (it waits while its consumer is
     behind); ``restart``: the deltas so far are void, a corrective retry's follow.
     ``prompt_field``: the caller's field ``messages`` were rendered from, which a refusal
-    of them as too long names (``GenerationClient.generate``)."""
+    of them as too long names (``GenerationClient.generate``); ``max_tokens_field``: the
+    caller's field that set ``options.max_tokens`` (``options.max_tokens_field``), which
+    a refusal of it names; None for the gateway's own calls."""
     if emit is None:
         request = generate_request(gen_pb.GenerateRequest, options, messages)
-        response = await generation.generate(request, caller, timeout, prompt_field=prompt_field)
+        response = await generation.generate(
+            request,
+            caller,
+            timeout,
+            prompt_field=prompt_field,
+            max_tokens_field=max_tokens_field,
+        )
         result = gw_pb.GenerationResult(
             result=response.text,
             usage=response.usage,
@@ -210,7 +221,13 @@ async def complete(
     stream_request = generate_request(gen_pb.StreamGenerateRequest, options, messages)
     parts: list[str] = []
     result = gw_pb.GenerationResult()
-    chunks = generation.stream_generate(stream_request, caller, timeout, prompt_field=prompt_field)
+    chunks = generation.stream_generate(
+        stream_request,
+        caller,
+        timeout,
+        prompt_field=prompt_field,
+        max_tokens_field=max_tokens_field,
+    )
     async for chunk in chunks:
         if chunk.restart:
             parts.clear()

@@ -51,6 +51,7 @@ from services.gateway.clients.base import ServiceClient
 from services.gateway.clients.caller import Caller, Metadata
 from services.gateway.clients.channel import GENERATION_SERVICE
 from services.gateway.metrics import GENERATION_REFUSED, GENERATION_WAITING
+from services.gateway.request_parts import refusal_at
 from services.gateway.settings import GatewaySettings
 
 SETTING = "GENSEARCH_GATEWAY_GENERATION_MAX_IN_FLIGHT"
@@ -235,9 +236,12 @@ class GenerationClient(ServiceClient):
         timeout: float | None,
         *,
         prompt_field: str | None = None,
+        max_tokens_field: str | None = None,
     ) -> gen_pb.GenerateResponse:
         """``prompt_field``: the caller's field the gateway rendered ``request.messages``
-        from, named instead of ``messages`` when generation refuses them as too long."""
+        from, named instead of ``messages`` when generation refuses them as too long;
+        ``max_tokens_field``: the caller's field ``request.max_tokens`` came from (or the
+        one that sets it), named instead of ``max_tokens`` (``caller_fields_refused``)."""
         deadline = self._deadline(timeout)
         waited = _Waited()
         try:
@@ -255,7 +259,7 @@ class GenerationClient(ServiceClient):
         except ServiceError as err:
             waited.note(err)
             await self._charge_extra(upstream_calls(err.metadata), caller)
-            raise prompt_refused(err, prompt_field) from None
+            raise caller_fields_refused(err, prompt_field, max_tokens_field) from None
         waited.add_to(response.wait_time)
         await self._charge_extra(response.upstream_calls, caller)
         return response
@@ -267,6 +271,7 @@ class GenerationClient(ServiceClient):
         timeout: float | None,
         *,
         prompt_field: str | None = None,
+        max_tokens_field: str | None = None,
     ) -> AsyncIterator[gen_pb.StreamGenerateResponse]:
         """As ``generate``, streamed."""
         deadline = self._deadline(timeout)
@@ -295,10 +300,48 @@ class GenerationClient(ServiceClient):
         except ServiceError as err:
             waited.note(err)
             await self._charge_extra(upstream_calls(err.metadata), caller)
-            raise prompt_refused(err, prompt_field) from None
+            raise caller_fields_refused(err, prompt_field, max_tokens_field) from None
 
     async def list_models(self, caller: Caller, timeout: float | None) -> gen_pb.ListModelsResponse:
         return await self.unary("ListModels", gen_pb.ListModelsRequest(), caller, timeout)
+
+
+def caller_fields_refused(
+    err: ServiceError, prompt_field: str | None, max_tokens_field: str | None
+) -> ServiceError:
+    """``err`` naming the caller's field when it is generation's refusal (INVALID_ARGUMENT)
+    of a field of the request the gateway built: ``messages`` as ``prompt_field``
+    (``prompt_refused``), ``max_tokens`` as ``max_tokens_field`` (``max_tokens_refused``).
+    None: that field is the gateway's own (a question rewrite, a summary), named as it
+    came."""
+    if err.code != grpc.StatusCode.INVALID_ARGUMENT:
+        return err
+    if err.field == "max_tokens":
+        return max_tokens_refused(err, max_tokens_field)
+    return prompt_refused(err, prompt_field)
+
+
+def max_tokens_refused(err: ServiceError, max_tokens_field: str | None) -> ServiceError:
+    """``err``, generation's refusal of the ``max_tokens`` the gateway sent, naming the
+    caller's ``max_tokens_field`` instead: ``generate.max_tokens``, Ask's ``max_tokens``,
+    or ``collection.generative.max_tokens`` when the collection's stored default set it
+    (then FAILED_PRECONDITION, as the gateway's own checks of it: ``refusal_at``). Chiefly
+    PROVIDER_TOKEN_LIMIT_EXCEEDED (a prompt plus max_tokens that can never fit a
+    provider's tokens_per_minute window), which only generation can tell; reason and
+    metadata are kept, with ``service``: generation."""
+    if max_tokens_field is None or err.field != "max_tokens":
+        return err
+    renamed = refusal_at(max_tokens_field)(
+        # Prefixed with the caller's field (ServiceError), as generation's message was
+        # with its own when it did not name it.
+        err.message.removeprefix("max_tokens: "),
+        field=max_tokens_field,
+        reason=err.reason,
+        metadata={**err.metadata, "field": max_tokens_field, "service": "generation"},
+        retry_after=err.retry_after,
+    )
+    renamed.details = err.details
+    return renamed
 
 
 def prompt_refused(err: ServiceError, prompt_field: str | None) -> ServiceError:
