@@ -6,13 +6,16 @@ INTERNAL: the wait went into the error's ErrorInfo as milliseconds."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 import grpc
 import pytest
 from gensearch.generation.v1 import generation_service_pb2 as pb
 
 from services.common.upstream_retry import RetryPolicy
 from services.generation.settings import GenerationSettings
-from tests.generation.conftest import Service, user
+from tests.generation.conftest import Service, StartService, fake_provider, user
 from tests.support.fake_openai import Behaviour, FakeOpenAI
 from tests.support.rpc import error_info
 
@@ -82,6 +85,36 @@ async def test_a_deadline_that_ends_inside_an_attempt_after_429s_reports_the_lim
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert error_info(caught.value).reason == "UPSTREAM_RATE_LIMITED"
     assert "after 2 attempts" in (caught.value.details() or "")
+
+
+async def test_a_deadline_that_ends_waiting_for_the_limits_after_429s_reports_the_limit(
+    start_service: StartService, fake: FakeOpenAI
+) -> None:
+    # The 429 halves the adaptive limit (2 -> 1) while another call holds a slot for 5 s:
+    # the retry waits in the provider's queue until the deadline passes there. Before: the
+    # call was DEADLINE_EXCEEDED / PROVIDER_QUEUE_TIMEOUT "the deadline passed while
+    # waiting 0.7 s for the provider's limits"; its only answer was the rate limit. The
+    # same end, with the 429's own short pause as the wait, made
+    # test_no_wait_asked_is_not_called_a_wait_longer_than_the_call flaky under load.
+    service = await start_service([fake_provider(fake, max_concurrency=2)])
+    fake.enqueue(Behaviour.ok(latency=5))
+    fake.enqueue(Behaviour.rate_limited(retry_after="0"))
+    slow = asyncio.ensure_future(
+        service.stub.Generate(pb.GenerateRequest(messages=[user("slow")]), timeout=30)
+    )
+    try:
+        await fake.wait_for_requests(1)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await service.stub.Generate(pb.GenerateRequest(messages=[user("hi")]), timeout=1)
+    finally:
+        slow.cancel()
+        with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+            await slow
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    info = error_info(caught.value)
+    assert info.reason == "UPSTREAM_RATE_LIMITED"
+    assert info.metadata["attempts"] == "1"
+    assert len(fake.chat_requests) == 2  # the slow call's and this one's: no retry sent
 
 
 def test_by_default_only_the_deadline_bounds_a_retry_after() -> None:

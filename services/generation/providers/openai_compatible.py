@@ -167,9 +167,16 @@ class OpenAICompatibleProvider(Provider):
     def _fail(
         self, fault: UpstreamFault, request: CompletionRequest, span: Span, turns: _Turns
     ) -> Exception:
-        if fault.kind == "timeout" and turns.rate_limited is not None and turns.deadline.expired:
-            # The deadline ended inside an attempt made after 429s: the provider's rate
-            # limit is why the call did not get through, not a slow answer.
+        if (
+            fault.kind in ("timeout", "queue_timeout")
+            and turns.rate_limited is not None
+            and turns.deadline.expired
+        ):
+            # The deadline ended inside an attempt made after 429s, or in the wait for the
+            # provider's limits before the next one (the pause the 429 imposed, on a loaded
+            # loop admitted too late): the provider's rate limit is why the call did not
+            # get through, not a slow answer. Before, the wait's end was DEADLINE_EXCEEDED
+            # "the deadline passed while waiting 0.0 s for the provider's limits".
             fault = turns.rate_limited
         fault.attempts = turns.retrier.attempts
         fault.waited = turns.waited
