@@ -29,6 +29,7 @@ const (
 	CollectionFull               Reason = "COLLECTION_FULL"
 	ConcurrentUpdate             Reason = "CONCURRENT_UPDATE"
 	ContextWindowExceeded        Reason = "CONTEXT_WINDOW_EXCEEDED"
+	ProviderTokenLimitExceeded   Reason = "PROVIDER_TOKEN_LIMIT_EXCEEDED"
 	ConversationInteractionsFull Reason = "CONVERSATION_INTERACTIONS_FULL"
 	ConversationNotFound         Reason = "CONVERSATION_NOT_FOUND"
 	DeadlineTooShort             Reason = "DEADLINE_TOO_SHORT"

@@ -206,6 +206,14 @@ class ContextWindowExceededError(InvalidArgumentError):
     error_reason = "CONTEXT_WINDOW_EXCEEDED"
 
 
+class ProviderTokenLimitExceededError(InvalidArgumentError):
+    """A call a provider counting reserved tokens could never take: its prompt plus
+    ``max_tokens`` above what the provider's ``tokens_per_minute`` allows in a whole window
+    (metadata ``provider``, ``tokens``). Lower ``max_tokens`` (or the prompt)."""
+
+    error_reason = "PROVIDER_TOKEN_LIMIT_EXCEEDED"
+
+
 class DimensionMismatchError(InvalidArgumentError):
     error_reason = "DIMENSION_MISMATCH"
 
