@@ -3,11 +3,21 @@ hold: visible ASCII, 0x21-0x7e (a UUID as AIP-155 suggests, a ULID, base64,
 ``order:42/retry``). Not control characters (they reach logs and traces, where a line
 break forges a line), spaces (a key cut or padded by a shell reads the same) or non-ASCII
 (look-alike letters, bidirectional overrides: two keys that read the same and differ).
-Its length is the caller's to bound (memory's MAX_REQUEST_ID_BYTES)."""
+Its length is the caller's to bound (memory's MAX_REQUEST_ID_BYTES).
+
+A key reused for another request must be refused, not answered with the first one's
+result (Stripe's idempotency keys, AIP-155): ``fingerprint`` is what tells the two apart.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
+from collections.abc import Iterable
+
+from google.protobuf import json_format
+from google.protobuf.message import Message
 
 from services.common.errors import InvalidArgument
 
@@ -27,3 +37,22 @@ def check_request_id(value: str, field: str = "request_id") -> str:
             metadata={"position": str(found.start())},
         )
     return value
+
+
+def fingerprint(message: Message, leave_out: Iterable[str] = ()) -> str:
+    """The SHA-256 (hex) of ``message`` with the fields ``leave_out`` cleared, over its
+    canonical JSON: proto field names, keys sorted, unset fields absent. By name, not by
+    field number: two messages with the same fields (AskRequest, StreamAskRequest) of the
+    same values have one fingerprint, and a field added later that a request leaves unset
+    changes no fingerprint."""
+    copy = type(message)()
+    copy.CopyFrom(message)
+    for name in leave_out:
+        copy.ClearField(name)
+    canonical = json.dumps(
+        json_format.MessageToDict(copy, preserving_proto_field_name=True),
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()

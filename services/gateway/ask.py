@@ -161,13 +161,16 @@ class AskService:
     ) -> AsyncIterator[gw_pb.StreamAskResponse]:
         params = ask_request.validate(request, self._b.settings)
         question = params.question
+        # With the client's key, what a retry must repeat: memory refuses the key reused
+        # for another request (REQUEST_ID_REUSED) instead of replaying the wrong turn.
+        fingerprint = ask_request.request_fingerprint(request) if request.request_id else ""
 
         # Memory first (with the collection alongside): nothing is generated for a
         # conversation we cannot read, or may not.
         s = self._b.settings
         use_summary = s.summary_enabled and not request.summary_disabled
         history, info, room = await self._history_and_collection(
-            request, params, caller, deadline, use_summary, claim
+            request, params, caller, deadline, use_summary, claim, fingerprint
         )
         if room.stored is not None:
             # A retry of a turn already stored (the client never saw its answer): that
@@ -445,6 +448,7 @@ class AskService:
                     deadline,
                     limits,
                     request.request_id,
+                    fingerprint,
                 ),
             )
             if request.request_id and (
@@ -512,6 +516,7 @@ class AskService:
         deadline: float,
         use_summary: bool,
         claim: Claim | None,
+        fingerprint: str,
     ) -> tuple[History, CollectionInfo | BaseException, Room]:
         """The conversation's newest turns (newest first) and the collection, read at once;
         and, for a turn that will be stored, whether memory has room for it (the owner's
@@ -545,6 +550,7 @@ class AskService:
                 deadline,
                 request.request_id,
                 claim,
+                fingerprint,
             )
             if request.conversation_id or request.new_conversation
             else _value(Room())

@@ -9,7 +9,7 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 
 from services.common.errors import InvalidArgument, quote
 from services.common.repeats import refuse_repeats
-from services.common.request_ids import check_request_id
+from services.common.request_ids import check_request_id, fingerprint
 from services.common.settings import MAX_QUERY_TEXT
 from services.common.well_known import duration_seconds
 from services.gateway.catalog import CollectionInfo
@@ -59,6 +59,26 @@ def budget(request: AskLike, settings: GatewaySettings, call_remaining: float | 
     if call_remaining is not None:
         value = min(value, call_remaining)
     return value
+
+
+# An Ask's fields left out of its fingerprint: they do not decide its answer, and a retry
+# may well change them. The key itself; the time given (a retry after a deadline passed
+# gives more); debug (adds the prompt to a fresh answer; a replay has none to show); the
+# conversation, which memory checks on its own (REQUEST_ID_REUSED when another; a retry of
+# a turn that started a conversation finds it whichever way it names it). Every other
+# field, those added later included, is in (docs/gateway.md#retrying-an-ask-request_id).
+NOT_FINGERPRINTED = ("request_id", "timeout", "debug", "conversation_id", "new_conversation")
+
+
+def request_fingerprint(request: AskLike) -> str:
+    """What tells a retry of this Ask from another request reusing its request_id: a
+    SHA-256 over every field that decides the answer (the collection, the question, the
+    prompts, the model and provider, the search and its filter…), as memory keeps it
+    with the turn. The same for an Ask and a StreamAsk of the same fields; the question
+    as the turn stores it (without surrounding blanks)."""
+    same = type(request).FromString(request.SerializeToString())
+    same.llm_question = same.llm_question.strip()
+    return fingerprint(same, NOT_FINGERPRINTED)
 
 
 def validate(request: AskLike, settings: GatewaySettings) -> AskParams:

@@ -214,6 +214,7 @@ async def check_room(
     deadline: float,
     request_id: str = "",
     claim: Claim | None = None,
+    fingerprint: str = "",
 ) -> Room:
     """Before any LLM call: RESOURCE_EXHAUSTED, as storing the turn would be, when memory
     has no room for it in ``conversation_id`` (or in a new conversation when empty);
@@ -226,8 +227,9 @@ async def check_room(
     best-effort guard: the write checks again, atomically (docs/gateway.md).
 
     With the client's ``request_id``: the turn memory already stored with it, if any (its
-    retry needs no room; one in another conversation than ``conversation_id`` is memory's
-    REQUEST_ID_REUSED). With ``claim``, the key is reserved for this attempt:
+    retry needs no room; one in another conversation than ``conversation_id``, or stored
+    for another request than the Ask's ``fingerprint``, is memory's REQUEST_ID_REUSED).
+    With ``claim``, the key is reserved for this attempt:
     RequestIdInUse when another attempt holds it (a memory service older than claims
     reserves nothing: attempts at once then both answer, one turn stored)."""
     known = mem_pb.Interaction(input=question, prompt_template=request_template).ByteSize()
@@ -239,6 +241,7 @@ async def check_room(
         caller,
         time_left(deadline),
         request_id=request_id,
+        request_fingerprint=fingerprint if request_id else "",
         claim_token=claim.token if claim else "",
         claim_seconds=claim.seconds(deadline) if claim else 0,
     )
@@ -260,6 +263,7 @@ async def store_turn(
     deadline: float,
     limits: mem_pb.InteractionLimits | None = None,
     client_request_id: str = "",
+    fingerprint: str = "",
 ) -> mem_pb.Interaction:
     """Store ``interaction`` in ``conversation_id``, or, when that is empty, in a new
     conversation named after its input, made by memory with the turn in one atomic step
@@ -270,13 +274,17 @@ async def store_turn(
     is, and the interaction returned may then be another attempt's, stored first with it
     (memory answers a write with the turn already stored with the key, which could be
     this attempt's own write retried by the channel, so the caller compares what it
-    holds)."""
+    holds). The Ask's ``fingerprint`` goes with the client's key: memory keeps it with
+    the turn, and refuses the key with another (REQUEST_ID_REUSED), where this attempt's
+    answer, whatever it is, would not tell."""
     if conversation_id:
         interaction.conversation_id = conversation_id
     else:
         interaction.new_conversation.name = fit_name(title(interaction.input), limits)
     # Retries (channel policy) of this write land once.
     interaction.request_id = client_request_id or fit_request_id(uuid.uuid4().hex, limits)
+    if client_request_id:
+        interaction.request_fingerprint = fingerprint
     return await memory.create_interaction(interaction, caller, time_left(deadline))
 
 
@@ -396,7 +404,9 @@ def replay_events(answer: gw_pb.AskResponse, *, stream: bool) -> list[gw_pb.Stre
 
 def check_replay(stored: mem_pb.Interaction, question: str) -> None:
     """INVALID_ARGUMENT / REQUEST_ID_REUSED when the turn stored under the request's
-    request_id asked another question (memory has checked the conversation)."""
+    request_id asked another question (memory has checked the conversation, and the
+    request's fingerprint when the turn has one: a turn stored before memory kept them,
+    or by a memory service older than them, is compared by its question alone)."""
     if stored.input != question:
         raise InvalidArgument(
             "request_id was already used for a turn with another llm_question; a retry "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +21,7 @@ from services.common.errors import (
     NotFound,
     Unavailable,
 )
-from services.common.request_ids import check_request_id
+from services.common.request_ids import check_request_id, fingerprint
 from services.common.turn_size import over_utf8, stored_interaction, utf8_size
 from services.common.values import check_value
 from services.common.well_known import duration_seconds
@@ -263,6 +264,7 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
         )
         if request.HasField("additional_info"):
             _check_additional_info(request.additional_info, s)
+        kept = _turn_fingerprint(request) if request_id else ""
         stored_traces = traces.prepare(
             request.traces, s.max_traces, s.max_trace_bytes, s.max_value_depth
         )
@@ -270,7 +272,7 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
         _check_fits_a_page(interaction, s.page_bytes)
         owner = _owner()
         stored = await self._store.create_interaction(
-            owner, cid, interaction, request_id, stored_traces, new
+            owner, cid, interaction, request_id, stored_traces, new, kept
         )
         if self._indexer is not None:
             self._indexer.stored(owner, stored)
@@ -399,6 +401,7 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
             )
         owner = _owner()
         claim = _claim(request)
+        kept = _given_fingerprint(request.request_fingerprint)
         if request.request_id:
             if summary:
                 raise InvalidArgument(
@@ -412,13 +415,13 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
             if request.release_claim:
                 await self._store.release_request(owner, request_id, request.claim_token)
                 return pb.CheckStorageResponse()
-            stored = await self._store.stored_request(owner, request_id)
+            stored = await self._store.stored_request(owner, request_id, kept)
             if stored is not None:
                 return self._stored(stored, cid)
         usage = await self._store.check_storage(owner, cid, request.bytes, summary=summary)
         if claim:
             # Last, once the turn is known to fit: a refused check reserves nothing.
-            held = await self._store.claim_request(owner, request.request_id, *claim)
+            held = await self._store.claim_request(owner, request.request_id, *claim, kept)
             if isinstance(held, pb.Interaction):
                 return self._stored(held, cid)  # stored since it was looked up
             if not held:
@@ -467,6 +470,29 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
 # longest claim_token (an attempt's id: a UUID is 36 bytes).
 MAX_CLAIM_SECONDS = 3600
 _MAX_CLAIM_TOKEN_BYTES = 64
+
+
+# CreateInteraction's fields left out of a turn's content fingerprint (_turn_fingerprint).
+_NOT_FINGERPRINTED = ("request_id", "request_fingerprint", "conversation_id", "new_conversation")
+
+
+def _given_fingerprint(given: str) -> str:
+    """What memory keeps of a client's request_fingerprint: its SHA-256, whatever its
+    length ("" for none: nothing to compare)."""
+    return hashlib.sha256(b"given\0" + given.encode()).hexdigest() if given else ""
+
+
+def _turn_fingerprint(request: pb.CreateInteractionRequest) -> str:
+    """The fingerprint a turn is stored with under its request_id: the client's (an Ask's
+    digest, from the gateway), else the request's own content, every field but the key
+    and the conversation it goes to (conversation_id or new_conversation: checked as
+    before, REQUEST_ID_REUSED for another conversation_id, and a retry that starts a
+    conversation finds the turn wherever it is). Prefixed apart, so that a content
+    fingerprint never equals a client's."""
+    if request.request_fingerprint:
+        return _given_fingerprint(request.request_fingerprint)
+    content = fingerprint(request, _NOT_FINGERPRINTED)
+    return hashlib.sha256(b"content\0" + content.encode()).hexdigest()
 
 
 def _claim(request: pb.CheckStorageRequest) -> tuple[str, int] | None:

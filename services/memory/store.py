@@ -420,6 +420,21 @@ def _declare_turns(
     return names, [*args, len(turns)]
 
 
+def _same_request(fingerprint: str, stored: bytes | None) -> None:
+    """INVALID_ARGUMENT / REQUEST_ID_REUSED when the turn stored under a request_id was
+    stored for another request: its fingerprint is not ``fingerprint``. A turn stored
+    before fingerprints were kept (``stored`` None), or a caller that gives none, is not
+    compared (the gateway still compares the question)."""
+    if fingerprint and stored is not None and bytes(stored).decode() != fingerprint:
+        raise InvalidArgument(
+            "request_id was already used for another request (an interaction with other "
+            "content, or an Ask with other fields); a retry sends the same request, a new "
+            "one a new request_id",
+            field="request_id",
+            reason="REQUEST_ID_REUSED",
+        )
+
+
 def _concurrent_update(cid: str) -> Aborted:
     return Aborted(
         "the conversation kept changing while it was updated; try again",
@@ -756,9 +771,13 @@ class MemoryStore:
             raise self._conversation_full(cid)
         return StorageUsage(int(used), self._max_bytes, int(count), self._max_conversations)
 
-    async def stored_request(self, owner: Owner, request_id: str) -> pb.Interaction | None:
+    async def stored_request(
+        self, owner: Owner, request_id: str, fingerprint: str = ""
+    ) -> pb.Interaction | None:
         """The interaction ``owner`` stored with ``request_id`` (CreateInteraction's
-        idempotency key, remembered for ``request_id_ttl``), if it still exists."""
+        idempotency key, remembered for ``request_id_ttl``), if it still exists.
+        REQUEST_ID_REUSED when it was stored for another request than ``fingerprint``
+        (_same_request)."""
         tag = self.tag(owner)
         out = await self._run(
             tag,
@@ -768,14 +787,16 @@ class MemoryStore:
         )
         if not out:
             return None
+        _same_request(fingerprint, out[2])
         return pb.Interaction.FromString(out[1])
 
     async def claim_request(
-        self, owner: Owner, request_id: str, token: str, seconds: int
+        self, owner: Owner, request_id: str, token: str, seconds: int, fingerprint: str = ""
     ) -> pb.Interaction | bool:
         """Reserves ``request_id`` for the attempt ``token`` for ``seconds`` (renewed when
         it holds it already): True. False when another attempt holds it; the interaction
-        ``owner`` stored with it meanwhile, if any (checked in the same atomic step)."""
+        ``owner`` stored with it meanwhile, if any (checked in the same atomic step; one
+        stored for another request than ``fingerprint``: REQUEST_ID_REUSED)."""
         tag = self.tag(owner)
         out = await self._run(
             tag,
@@ -784,6 +805,7 @@ class MemoryStore:
             [self.caller(owner), tag, token, seconds * 1000],
         )
         if out[0] == 1:
+            _same_request(fingerprint, out[3])
             return pb.Interaction.FromString(out[2])
         return out[0] == 0
 
@@ -1121,12 +1143,15 @@ class MemoryStore:
         request_id: str,
         traces: bytes = b"",
         new: NewConversation | None = None,
+        fingerprint: str = "",
     ) -> pb.Interaction:
         """Stores ``interaction`` (its id, conversation and create_time are set here) with
         its serialized ``traces``, in one atomic step. With ``new`` (``cid`` empty), the
         turn starts a conversation made in that same step: it exists only with its first
         turn, and a write refused (a limit) or never made leaves nothing. The interaction
-        already stored with ``request_id`` is then returned whatever its conversation."""
+        already stored with ``request_id`` is then returned whatever its conversation.
+        ``fingerprint`` (with ``request_id``) is kept with the turn: a write with the
+        same key and another fingerprint is REQUEST_ID_REUSED, nothing written."""
         tag = self.tag(owner)
         created: list[EncodableT] = ["0"]
         if new is not None:
@@ -1137,7 +1162,9 @@ class MemoryStore:
                 self._max_conversations,
             ]  # fmt: skip
         async with self._one_turn_write(tag, cid):
-            out = await self._write_turn(owner, tag, cid, interaction, request_id, traces, created)
+            out = await self._write_turn(
+                owner, tag, cid, interaction, request_id, traces, created, fingerprint
+            )
         status = out[0]
         if status == 0:
             raise conversation_not_found(cid)
@@ -1148,6 +1175,7 @@ class MemoryStore:
                     field="request_id",
                     reason="REQUEST_ID_REUSED",
                 )
+            _same_request(fingerprint, out[3])
             return pb.Interaction.FromString(out[2])
         if status == 3:
             raise self._storage_full()
@@ -1187,6 +1215,7 @@ class MemoryStore:
         request_id: str,
         traces: bytes,
         created: list[EncodableT],
+        fingerprint: str,
     ) -> Any:
         """create_interaction.lua's answer for ``interaction`` with a new id, made again
         after the newest turn when another replica, its clock ahead of ours, wrote a turn
@@ -1215,7 +1244,7 @@ class MemoryStore:
             args: list[EncodableT] = [
                 self.caller(owner), tag, cid, iid, now, request_id, self._request_ttl_ms,
                 interaction.SerializeToString(), traces, self._grace, self._max_bytes,
-                self._max_interactions, *created, *self._gone_check(), *declared,
+                self._max_interactions, fingerprint, *created, *self._gone_check(), *declared,
             ]  # fmt: skip
             out = await self._run(tag, self._create_interaction, names, args)
             if out[0] == _DECLARE:

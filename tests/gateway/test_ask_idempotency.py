@@ -10,12 +10,23 @@ from typing import Any
 
 import grpc
 import pytest
+import redis.asyncio as aioredis
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.memory.v1 import memory_service_pb2 as mem_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
+from google.protobuf import duration_pb2, struct_pb2
 
 from services.gateway import turns
-from tests.gateway.conftest import ALICE, BOB, Stack, StackFactory, create_books
+from tests.gateway.conftest import (
+    ALICE,
+    BOB,
+    Stack,
+    StackFactory,
+    books_ask,
+    books_stream_ask,
+    create_books,
+    refused_before_any_event,
+)
 from tests.support.fake_openai import Behaviour
 from tests.support.redis_cluster import LocalCluster
 from tests.support.relay import Relay
@@ -161,6 +172,130 @@ async def test_a_request_id_reused_for_another_turn_is_refused(
     info = error_info(err)
     assert (info.reason, info.metadata["field"]) == ("FIELD_TOO_LARGE", "request_id")
     assert sorted(await _conversations(stack)) == sorted([(first.conversation_id, 1), (other, 0)])
+
+
+# What another request reusing a request_id with the same question may change, one field
+# at a time: each decides the answer, so the turn stored for the first is not its answer.
+_OTHER_REQUESTS: list[dict[str, Any]] = [
+    {"collection": "Other"},
+    {"system_prompt": "Answer in French."},
+    {"user_instructions": "One word."},
+    {"llm_model": "other-model"},
+    {"provider": "other"},
+    {"context_size": 1},
+    {"temperature": 0.5},
+    {"rewrite_query": False},
+    {
+        "filter": ret_pb.Filter(
+            condition=ret_pb.Condition(
+                property="year",
+                operator=ret_pb.OPERATOR_GREATER_THAN,
+                value=struct_pb2.Value(number_value=1970),
+            )
+        )
+    },
+]
+
+
+async def _ask(stack: Stack, request: gw_pb.AskRequest | gw_pb.StreamAskRequest) -> Any:
+    """The answer of ``request``, an Ask or a StreamAsk (its last event's)."""
+    if isinstance(request, gw_pb.AskRequest):
+        return await stack.stub.Ask(request, metadata=ALICE)
+    events = [e async for e in stack.stub.StreamAsk(request, metadata=ALICE)]
+    return events[-1].answer
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_request_id_reused_for_another_request_is_refused(
+    stack_factory: StackFactory, stream: bool
+) -> None:
+    """The same request_id and the same question, but another collection, system prompt,
+    model, provider, context size, filter…: INVALID_ARGUMENT / REQUEST_ID_REUSED naming
+    request_id, before any LLM call, storing nothing, in a new conversation or an
+    existing one, Ask or StreamAsk. It replayed the first request's turn: an answer over
+    the wrong collection. The same request again, with only what a retry may change
+    (timeout, debug), or sent the other way (StreamAsk for an Ask), is replayed."""
+    stack = await _stack(stack_factory)
+    await create_books(stack, "Other")
+    ask = books_stream_ask if stream else books_ask
+    first = await _ask(stack, ask(new_conversation=True, request_id="k"))
+    assert not first.replayed and first.interaction_id
+    cid = first.conversation_id
+    second = await _ask(stack, ask(conversation_id=cid, request_id="k2"))
+    assert not second.replayed and second.conversation_id == cid
+    calls = len(stack.fake.chat_requests)
+    for changed in _OTHER_REQUESTS:
+        for key in (
+            {"new_conversation": True, "request_id": "k"},
+            {"conversation_id": cid, "request_id": "k2"},
+        ):
+            request = ask(**key, **changed)
+            if stream:
+                err = await refused_before_any_event(stack.stub.StreamAsk(request, metadata=ALICE))
+            else:
+                err = await refused_before_any_event(stack.stub.Ask(request, metadata=ALICE))
+            assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, (changed, err)
+            info = error_info(err)
+            assert (info.reason, info.metadata["field"]) == ("REQUEST_ID_REUSED", "request_id")
+            assert "request_id" in (err.details() or "")
+    assert len(stack.fake.chat_requests) == calls, "the model was called"
+    assert await _conversations(stack) == [(cid, 2)]
+
+    # A retry: more time, debug, or the other RPC: the stored turns, no LLM call.
+    retry = ask(
+        new_conversation=True,
+        request_id="k",
+        timeout=duration_pb2.Duration(seconds=60),
+        debug=True,
+    )
+    _same_turn(await _ask(stack, retry), first)
+    other_way = books_ask if stream else books_stream_ask
+    _same_turn(await _ask(stack, other_way(conversation_id=cid, request_id="k2")), second)
+    # Blanks around the question: the question the turn stores, the same request.
+    question = books_ask().llm_question
+    spaced = ask(conversation_id=cid, request_id="k2", llm_question=f"  {question}\n")
+    _same_turn(await _ask(stack, spaced), second)
+    assert len(stack.fake.chat_requests) == calls
+    assert await _conversations(stack) == [(cid, 2)]
+
+
+async def _forget_fingerprints(stack: Stack) -> int:
+    """Deletes the request fingerprint memory keeps with each stored turn, as turns stored
+    before it kept them have none; how many it deleted."""
+    assert stack.memory_settings is not None
+    redis = aioredis.Redis.from_url(stack.memory_settings.redis_url.get_secret_value())
+    try:
+        prefix = stack.memory_settings.key_prefix
+        deleted = 0
+        async for key in redis.scan_iter(match=f"{prefix}:*:int:*"):
+            deleted += await redis.hdel(key, "request_fingerprint")
+        return deleted
+    finally:
+        await redis.aclose()
+
+
+async def test_a_turn_stored_before_fingerprints_is_compared_by_its_question(
+    stack_factory: StackFactory,
+) -> None:
+    """A turn stored before memory kept request fingerprints (or by a gateway older than
+    them) has none: its key's retry is compared by the question alone, as before, so a
+    client's retry across the upgrade still replays, and another question is still
+    REQUEST_ID_REUSED."""
+    stack = await _stack(stack_factory)
+    first = await stack.stub.Ask(books_ask(new_conversation=True, request_id="k"), metadata=ALICE)
+    assert await _forget_fingerprints(stack) == 1
+    calls = len(stack.fake.chat_requests)
+    replay = await stack.stub.Ask(
+        books_ask(new_conversation=True, request_id="k", system_prompt="Be brief."),
+        metadata=ALICE,
+    )
+    _same_turn(replay, first)
+    err = await _refused(
+        stack, books_ask(new_conversation=True, request_id="k", llm_question="hacker?")
+    )
+    assert error_info(err).reason == "REQUEST_ID_REUSED"
+    assert len(stack.fake.chat_requests) == calls
+    assert await _conversations(stack) == [(first.conversation_id, 1)]
 
 
 async def _fill(stack: Stack, cid: str) -> None:

@@ -142,11 +142,14 @@ async def test_bad_new_conversation_fields_are_named(memory: Memory) -> None:
 
 async def test_a_key_used_in_a_conversation_is_that_turn(memory: Memory) -> None:
     """A request_id already used for a turn of an existing conversation: that turn, no
-    new conversation (as CheckStorage with no conversation_id finds it)."""
+    new conversation (as CheckStorage with no conversation_id finds it). The same turn:
+    only the conversation it names may differ (docs/memory.md, request_fingerprint)."""
     made = await memory.stub.CreateConversation(pb.CreateConversationRequest(), metadata=ALICE)
     cid = made.conversation.conversation_id
     first = await memory.stub.CreateInteraction(
-        pb.CreateInteractionRequest(conversation_id=cid, input="q", request_id="k"),
+        pb.CreateInteractionRequest(
+            conversation_id=cid, input="desert?", response="Arrakis.", request_id="k"
+        ),
         metadata=ALICE,
     )
     again = await memory.stub.CreateInteraction(_starting(request_id="k"), metadata=ALICE)

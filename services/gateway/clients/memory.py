@@ -37,6 +37,7 @@ class MemoryClient(ServiceClient):
         *,
         summary: bool = False,
         request_id: str = "",
+        request_fingerprint: str = "",
         claim_token: str = "",
         claim_seconds: int = 0,
         release_claim: bool = False,
@@ -48,7 +49,9 @@ class MemoryClient(ServiceClient):
         ``conversation_id`` instead (UpdateConversationSummary's check). A memory service
         too old to have CheckStorage is not an error (None): the write will tell. With
         ``request_id``, the answer's ``interaction`` is the caller's turn already stored
-        with it (unset: none, or a memory service older than the field). With
+        with it (unset: none, or a memory service older than the field); one stored
+        for another request than ``request_fingerprint`` is memory's INVALID_ARGUMENT /
+        REQUEST_ID_REUSED. With
         ``claim_token``, ``request_id`` is reserved for that attempt for ``claim_seconds``
         unless another holds it (the answer's ``request_id_in_use``); ``release_claim``
         ends the attempt's reservation instead."""
@@ -57,6 +60,7 @@ class MemoryClient(ServiceClient):
             bytes=turn_bytes,
             summary=summary,
             request_id=request_id,
+            request_fingerprint=request_fingerprint,
             claim_token=claim_token,
             claim_seconds=claim_seconds,
             release_claim=release_claim,

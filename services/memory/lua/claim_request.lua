@@ -5,14 +5,17 @@
 -- KEYS: req, claim, then any key a run before asked to declare (read.lua's declare_first:
 -- the turn req names, its conversation hash; checked before anything is written).
 -- ARGV: caller (read.lua), tag, claim_token, claim_ms.
--- Returns {1, cid, data} stored already, {2} another attempt holds it, {0} reserved.
+-- Returns {1, cid, data, fingerprint} stored already (the request_fingerprint it was
+-- stored with, false for none: the caller compares), {2} another attempt holds it, {0}
+-- reserved.
 local iid = redis.call('GET', KEYS[1])
 if iid then
-  local row = declared_interaction(ARGV[2] .. ':int:' .. iid)
+  local key = ARGV[2] .. ':int:' .. iid
+  local row = declared_interaction(key)
   if not row[1] then
     gone_request(KEYS[1], iid)  -- its turn is gone for good: the key dies with it
   elseif declared_owned(ARGV[2], ARGV[1], row[1]) then
-    return {1, row[1], row[2]}
+    return {1, row[1], row[2], redis.call('HGET', key, 'request_fingerprint')}
   end
 end
 local holder = redis.call('GET', KEYS[2])

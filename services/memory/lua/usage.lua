@@ -3,8 +3,9 @@
 -- (cid -> its bytes), beside tag:convs and in the same slot, so the script that writes
 -- also checks and counts, atomically: two writes at the limit cannot both pass.
 -- A conversation counts a fixed overhead plus its name and summary; a turn its serialized
--- data and traces plus a fixed overhead (the hash, the id list entry, the request id: the
--- overhead keeps a flood of tiny turns from filling Redis uncounted).
+-- data and traces plus a fixed overhead (the hash, the id list entry, the request id and
+-- its fingerprint: the overhead keeps a flood of tiny turns from filling Redis
+-- uncounted).
 -- Expiry (retention) deletes a conversation's keys without a script, so its field stays
 -- until a reconcile (reconcile.lua) finds its hash gone: done whenever a write would not
 -- fit, before it is refused, so an expired conversation never keeps an owner full. The

@@ -204,7 +204,7 @@ class DeleteConversationResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class CreateInteractionRequest(_message.Message):
-    __slots__ = ("conversation_id", "input", "prompt_template", "response", "origin", "additional_info", "request_id", "traces", "new_conversation")
+    __slots__ = ("conversation_id", "input", "prompt_template", "response", "origin", "additional_info", "request_id", "traces", "new_conversation", "request_fingerprint")
     CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
@@ -214,6 +214,7 @@ class CreateInteractionRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TRACES_FIELD_NUMBER: _ClassVar[int]
     NEW_CONVERSATION_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     conversation_id: str
     input: str
     prompt_template: str
@@ -223,7 +224,8 @@ class CreateInteractionRequest(_message.Message):
     request_id: str
     traces: _containers.RepeatedCompositeFieldContainer[Trace]
     new_conversation: CreateConversationRequest
-    def __init__(self, conversation_id: _Optional[str] = ..., input: _Optional[str] = ..., prompt_template: _Optional[str] = ..., response: _Optional[str] = ..., origin: _Optional[str] = ..., additional_info: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., request_id: _Optional[str] = ..., traces: _Optional[_Iterable[_Union[Trace, _Mapping]]] = ..., new_conversation: _Optional[_Union[CreateConversationRequest, _Mapping]] = ...) -> None: ...
+    request_fingerprint: str
+    def __init__(self, conversation_id: _Optional[str] = ..., input: _Optional[str] = ..., prompt_template: _Optional[str] = ..., response: _Optional[str] = ..., origin: _Optional[str] = ..., additional_info: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., request_id: _Optional[str] = ..., traces: _Optional[_Iterable[_Union[Trace, _Mapping]]] = ..., new_conversation: _Optional[_Union[CreateConversationRequest, _Mapping]] = ..., request_fingerprint: _Optional[str] = ...) -> None: ...
 
 class CreateInteractionResponse(_message.Message):
     __slots__ = ("interaction",)
@@ -344,7 +346,7 @@ class UpdateConversationSummaryResponse(_message.Message):
     def __init__(self, conversation: _Optional[_Union[Conversation, _Mapping]] = ...) -> None: ...
 
 class CheckStorageRequest(_message.Message):
-    __slots__ = ("conversation_id", "bytes", "summary", "request_id", "claim_token", "claim_seconds", "release_claim")
+    __slots__ = ("conversation_id", "bytes", "summary", "request_id", "claim_token", "claim_seconds", "release_claim", "request_fingerprint")
     CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
     BYTES_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
@@ -352,6 +354,7 @@ class CheckStorageRequest(_message.Message):
     CLAIM_TOKEN_FIELD_NUMBER: _ClassVar[int]
     CLAIM_SECONDS_FIELD_NUMBER: _ClassVar[int]
     RELEASE_CLAIM_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     conversation_id: str
     bytes: int
     summary: bool
@@ -359,7 +362,8 @@ class CheckStorageRequest(_message.Message):
     claim_token: str
     claim_seconds: int
     release_claim: bool
-    def __init__(self, conversation_id: _Optional[str] = ..., bytes: _Optional[int] = ..., summary: _Optional[bool] = ..., request_id: _Optional[str] = ..., claim_token: _Optional[str] = ..., claim_seconds: _Optional[int] = ..., release_claim: _Optional[bool] = ...) -> None: ...
+    request_fingerprint: str
+    def __init__(self, conversation_id: _Optional[str] = ..., bytes: _Optional[int] = ..., summary: _Optional[bool] = ..., request_id: _Optional[str] = ..., claim_token: _Optional[str] = ..., claim_seconds: _Optional[int] = ..., release_claim: _Optional[bool] = ..., request_fingerprint: _Optional[str] = ...) -> None: ...
 
 class CheckStorageResponse(_message.Message):
     __slots__ = ("used_bytes", "limit_bytes", "conversation_count", "max_conversations", "limits", "interaction", "request_id_in_use")

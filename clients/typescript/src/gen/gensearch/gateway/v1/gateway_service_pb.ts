@@ -995,8 +995,10 @@ export type AskRequest = Message<"gensearch.gateway.v1.AskRequest"> & {
    * the same request_id whose turn is already stored (by an attempt whose answer the
    * client never saw, its deadline passed) returns that stored turn with replayed set,
    * making no LLM call, no search and storing nothing. The same request_id with another
-   * llm_question, or from another conversation than conversation_id, is INVALID_ARGUMENT
-   * / REQUEST_ID_REUSED naming request_id; a turn that starts a conversation
+   * request (any field but request_id, timeout, debug, conversation_id and
+   * new_conversation differs: another collection, llm_question, system_prompt, model,
+   * filter…; docs/gateway.md), or from another conversation than conversation_id, is
+   * INVALID_ARGUMENT / REQUEST_ID_REUSED naming request_id; a turn that starts a conversation
    * (new_conversation) is found in whichever conversation it started. Only with
    * conversation_id or new_conversation (a stored turn); remembered per caller for
    * memory's request_id_ttl_seconds (24 h); at most memory's max_request_id_bytes (128)
