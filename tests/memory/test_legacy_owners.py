@@ -258,8 +258,9 @@ async def test_the_same_request_id_stays_each_legacy_owners_own(
     other, _ = await conversation_with_turn(memory, ALICE)  # the same request_id, "r1"
     assert other != cid
     retried = await memory.stub.CreateInteraction(
-        pb.CreateInteractionRequest(
+        pb.CreateInteractionRequest(  # a retry: the same request (request_fingerprint)
             input="the sourdough question",
+            response="the sourdough answer",
             request_id="r1",
             new_conversation=pb.CreateConversationRequest(name="private"),
         ),
