@@ -283,8 +283,9 @@ async def store_turn(
         interaction.new_conversation.name = fit_name(title(interaction.input), limits)
     # Retries (channel policy) of this write land once.
     interaction.request_id = client_request_id or fit_request_id(uuid.uuid4().hex, limits)
-    if client_request_id:
-        interaction.request_fingerprint = fingerprint
+    # The gateway's own key names its one write: it is the fingerprint too (memory need
+    # not digest the turn's content, traces and all, to compare a channel's retry).
+    interaction.request_fingerprint = fingerprint if client_request_id else interaction.request_id
     return await memory.create_interaction(interaction, caller, time_left(deadline))
 
 

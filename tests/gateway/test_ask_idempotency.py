@@ -505,6 +505,11 @@ async def test_a_retry_replays_on_a_cluster(
     request.llm_question = "hacker?"
     err = await _refused(stack, request)
     assert error_info(err).reason == "REQUEST_ID_REUSED"
+    request.llm_question = "desert?"
+    request.collection = "Other"  # the request's fingerprint, kept in the turn's slot
+    err = await _refused(stack, request)
+    assert error_info(err).reason == "REQUEST_ID_REUSED"
+    assert await _conversations(stack) == [(first.conversation_id, 1)]
 
 
 async def _race(stack: Stack, request: gw_pb.AskRequest, n: int) -> list[Any]:
