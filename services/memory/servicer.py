@@ -30,6 +30,8 @@ from services.memory.ids import parse_id
 from services.memory.page_token import PageTokens
 from services.memory.settings import MemorySettings
 from services.memory.store import (
+    CONTENT,
+    GIVEN,
     ConversationRecord,
     ConversationUpdate,
     MemoryStore,
@@ -479,7 +481,7 @@ _NOT_FINGERPRINTED = ("request_id", "request_fingerprint", "conversation_id", "n
 def _given_fingerprint(given: str) -> str:
     """What memory keeps of a client's request_fingerprint: its SHA-256, whatever its
     length ("" for none: nothing to compare)."""
-    return hashlib.sha256(b"given\0" + given.encode()).hexdigest() if given else ""
+    return GIVEN + hashlib.sha256(given.encode()).hexdigest() if given else ""
 
 
 def _turn_fingerprint(request: pb.CreateInteractionRequest) -> str:
@@ -487,12 +489,12 @@ def _turn_fingerprint(request: pb.CreateInteractionRequest) -> str:
     digest, from the gateway), else the request's own content, every field but the key
     and the conversation it goes to (conversation_id or new_conversation: checked as
     before, REQUEST_ID_REUSED for another conversation_id, and a retry that starts a
-    conversation finds the turn wherever it is). Prefixed apart, so that a content
-    fingerprint never equals a client's."""
+    conversation finds the turn wherever it is). Marked apart (store.GIVEN, CONTENT), so
+    that a content fingerprint never equals a client's."""
     if request.request_fingerprint:
         return _given_fingerprint(request.request_fingerprint)
     content = fingerprint(request, _NOT_FINGERPRINTED)
-    return hashlib.sha256(b"content\0" + content.encode()).hexdigest()
+    return CONTENT + content
 
 
 def _claim(request: pb.CheckStorageRequest) -> tuple[str, int] | None:

@@ -420,12 +420,25 @@ def _declare_turns(
     return names, [*args, len(turns)]
 
 
+# How a turn's request fingerprint starts: the client's request_fingerprint (digested),
+# or, when it gave none, the request's own content (servicer._turn_fingerprint).
+GIVEN = "given:"
+CONTENT = "content:"
+
+
 def _same_request(fingerprint: str, stored: bytes | None) -> None:
     """INVALID_ARGUMENT / REQUEST_ID_REUSED when the turn stored under a request_id was
-    stored for another request: its fingerprint is not ``fingerprint``. A turn stored
-    before fingerprints were kept (``stored`` None), or a caller that gives none, is not
-    compared (the gateway still compares the question)."""
-    if fingerprint and stored is not None and bytes(stored).decode() != fingerprint:
+    stored for another request: its fingerprint is not ``fingerprint``. Not compared: a
+    turn stored before fingerprints were kept (``stored`` None), a caller that gives none,
+    and a client's fingerprint against a turn's content one (a turn an Ask stored through
+    a gateway older than request_fingerprint: its retry through a newer one is compared
+    by the question, by the gateway, as before, whichever was upgraded first)."""
+    if not fingerprint or stored is None:
+        return
+    kept = bytes(stored).decode()
+    if kept.startswith(CONTENT) and not fingerprint.startswith(CONTENT):
+        return
+    if kept != fingerprint:
         raise InvalidArgument(
             "request_id was already used for another request (an interaction with other "
             "content, or an Ask with other fields); a retry sends the same request, a new "

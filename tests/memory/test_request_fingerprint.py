@@ -147,6 +147,25 @@ async def test_a_turn_stored_before_fingerprints_is_returned(memory: Memory) -> 
     assert await _count(memory, cid) == 1
 
 
+async def test_a_turn_stored_without_a_client_fingerprint_is_not_compared_with_one(
+    memory: Memory,
+) -> None:
+    """A turn written without request_fingerprint (an Ask's, through a gateway older than
+    the field) has its content's: a client's fingerprint is not compared with it (the
+    gateway compares the question, as before), so a retry through a newer gateway still
+    gets it, whichever was upgraded first. A write without one is still compared."""
+    cid = await _conversation(memory)
+    first = (await memory.stub.CreateInteraction(_turn(cid), metadata=ALICE)).interaction
+    check = pb.CheckStorageRequest(
+        conversation_id=cid, bytes=1, request_id="k", request_fingerprint="ask-1"
+    )
+    assert (await memory.stub.CheckStorage(check, metadata=ALICE)).interaction == first
+    newer = _turn(cid, response="a newer attempt's answer", request_fingerprint="ask-1")
+    assert (await memory.stub.CreateInteraction(newer, metadata=ALICE)).interaction == first
+    await _reused(memory.stub.CreateInteraction(_turn(cid, response="other"), metadata=ALICE))
+    assert await _count(memory, cid) == 1
+
+
 async def test_a_claim_that_finds_the_turn_compares_its_fingerprint(memory: Memory) -> None:
     """The claim's own look-up (a turn stored since CheckStorage looked): the same
     comparison in the same atomic step, nothing reserved when it fails."""
