@@ -312,7 +312,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
                 f"ids must hold between 1 and {limit} entries, not {len(request.ids)}",
                 field="ids",
                 reason="OUT_OF_RANGE",
-                metadata={"max": str(limit)},
+                metadata={"max": str(limit), "setting": "GENSEARCH_RETRIEVAL_MAX_GET_IDS"},
             )
         # Canonical and each once (the engine answers an id once however often it is
         # named); the answer follows the order ids were first given.
@@ -482,6 +482,13 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
             raise InvalidArgument(
                 f"limit must be in 1..{self._settings.max_limit} (0 means {default})",
                 field="limit",
+                # Its bound and setting, as BATCH_TOO_LARGE gives them: a client pages by
+                # it without parsing the message (before: reason INVALID_ARGUMENT, no bound).
+                reason="OUT_OF_RANGE",
+                metadata={
+                    "max": str(self._settings.max_limit),
+                    "setting": "GENSEARCH_RETRIEVAL_MAX_LIMIT",
+                },
             )
         if request.offset < 0:
             raise InvalidArgument("offset must not be negative", field="offset")
@@ -489,7 +496,13 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         # the limit against MAX_OFFSET + MAX_LIMIT, a small page could start past it.
         if request.offset > self._settings.max_offset:
             raise InvalidArgument(
-                f"offset must be at most {self._settings.max_offset}", field="offset"
+                f"offset must be at most {self._settings.max_offset}",
+                field="offset",
+                reason="OUT_OF_RANGE",
+                metadata={
+                    "max": str(self._settings.max_offset),
+                    "setting": "GENSEARCH_RETRIEVAL_MAX_OFFSET",
+                },
             )
         return Page(limit=limit, offset=request.offset, with_vector=request.include_vector)
 

@@ -487,7 +487,12 @@ async def test_batch_get_objects_errors(make_retrieval: Any) -> None:
         grpc.StatusCode.INVALID_ARGUMENT,
         "ids",
     )
-    assert error_info(too_many).metadata["max"] == "3"
+    assert error_info(too_many).reason == "OUT_OF_RANGE"
+    assert dict(error_info(too_many).metadata) == {
+        "field": "ids",
+        "max": "3",
+        "setting": "GENSEARCH_RETRIEVAL_MAX_GET_IDS",
+    }
     await expect_error(
         s.BatchGetObjects(pb.BatchGetObjectsRequest(collection="B", ids=ids[:1])),
         grpc.StatusCode.NOT_FOUND,

@@ -150,6 +150,28 @@ async def test_search_errors(stub: Any) -> None:
     )
 
 
+async def test_limit_and_offset_at_and_past_their_settings(make_retrieval: Any) -> None:
+    """The largest limit and offset pass; one more is OUT_OF_RANGE with the bound and the
+    setting (before: reason INVALID_ARGUMENT, neither bound nor setting)."""
+    harness = await make_retrieval(max_limit=5, max_offset=7)
+    s = harness.stub
+    await s.CreateCollection(pb.CreateCollectionRequest(collection=vector_collection("A", DIMS)))
+    vec = pb.NearVector(vector=[0.1] * DIMS)
+    await s.Search(pb.SearchRequest(collection="A", near_vector=vec, limit=5, offset=7))
+    for request, field, bound, setting in (
+        (pb.SearchRequest(collection="A", near_vector=vec, limit=6), "limit", "5", "MAX_LIMIT"),
+        (pb.SearchRequest(collection="A", near_vector=vec, offset=8), "offset", "7", "MAX_OFFSET"),
+    ):
+        err = await expect_error(s.Search(request), grpc.StatusCode.INVALID_ARGUMENT, field)
+        info = error_info(err)
+        assert info.reason == "OUT_OF_RANGE"
+        assert dict(info.metadata) == {
+            "field": field,
+            "max": bound,
+            "setting": f"GENSEARCH_RETRIEVAL_{setting}",
+        }
+
+
 async def test_the_default_limit_stays_within_a_lower_max_limit(make_retrieval: Any) -> None:
     """MAX_LIMIT below the default of 10 refused every search that set no limit
     (INVALID_ARGUMENT naming ``limit``); the default is now cut to the maximum."""
