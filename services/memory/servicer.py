@@ -110,7 +110,7 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
         the request holds them: CreateInteraction's ``new_conversation.``)."""
         s = self._settings
         return NewConversation(
-            _text(request.name, f"{prefix}name", s.max_name_bytes),
+            _text(request.name, f"{prefix}name", s.max_name_bytes, "max_name_bytes"),
             Retention(
                 ttl_ms=(
                     self._ttl_ms(request.ttl, f"{prefix}ttl")
@@ -136,6 +136,10 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
                 f"{field} must be between 0 (no expiry) and {limit} s",
                 field=field,
                 reason="INVALID_TTL",
+                metadata={
+                    "max_seconds": str(limit),
+                    "setting": _setting("max_conversation_ttl_seconds"),
+                },
             )
         if 0 < ns < 1_000_000_000:
             raise InvalidArgument(
@@ -175,7 +179,9 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
         update = ConversationUpdate()
         for path in paths:
             if path == "name":
-                update.name = _text(request.name, "name", self._settings.max_name_bytes)
+                update.name = _text(
+                    request.name, "name", self._settings.max_name_bytes, "max_name_bytes"
+                )
             elif path == "ttl":
                 update.ttl_ms = self._ttl_ms(request.ttl, "ttl")
             elif path == "max_turns":
@@ -196,7 +202,7 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
         self, request: pb.UpdateConversationSummaryRequest, context: grpc.aio.ServicerContext
     ) -> pb.UpdateConversationSummaryResponse:
         cid = _id(request.conversation_id, "conversation_id")
-        text = _text(request.text, "text", self._settings.max_summary_bytes)
+        text = _text(request.text, "text", self._settings.max_summary_bytes, "max_summary_bytes")
         if not text.strip():
             raise InvalidArgument("text is required", field="text", reason="MISSING_FIELD")
         expected = (
@@ -257,12 +263,17 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
             cid = ""
         else:
             cid = _id(request.conversation_id, "conversation_id")
-        _text(request.input, "input", s.max_text_bytes)
-        _text(request.prompt_template, "prompt_template", s.max_prompt_template_bytes)
-        _text(request.response, "response", s.max_text_bytes)
-        _text(request.origin, "origin", s.max_origin_bytes)
+        _text(request.input, "input", s.max_text_bytes, "max_text_bytes")
+        _text(
+            request.prompt_template,
+            "prompt_template",
+            s.max_prompt_template_bytes,
+            "max_prompt_template_bytes",
+        )
+        _text(request.response, "response", s.max_text_bytes, "max_text_bytes")
+        _text(request.origin, "origin", s.max_origin_bytes, "max_origin_bytes")
         request_id = check_request_id(
-            _text(request.request_id, "request_id", s.max_request_id_bytes)
+            _text(request.request_id, "request_id", s.max_request_id_bytes, "max_request_id_bytes")
         )
         if request.HasField("additional_info"):
             _check_additional_info(request.additional_info, s)
@@ -361,7 +372,7 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
                 "interaction search is off on this memory service (search_index=off)",
                 reason="SEARCH_DISABLED",
             )
-        query = _text(request.query, "query", s.max_search_query_bytes)
+        query = _text(request.query, "query", s.max_search_query_bytes, "max_search_query_bytes")
         if not query.strip():
             raise InvalidArgument("query is required", field="query", reason="MISSING_FIELD")
         if request.limit < 0 or request.limit > s.max_search_limit:
@@ -369,6 +380,7 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
                 f"limit must be between 0 and {s.max_search_limit}",
                 field="limit",
                 reason="INVALID_LIMIT",
+                metadata={"max": str(s.max_search_limit), "setting": _setting("max_search_limit")},
             )
         if request.mode not in pb.SearchMode.values():
             raise InvalidArgument(
@@ -412,7 +424,12 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
                     reason="REQUEST_ID_WITH_SUMMARY",
                 )
             request_id = check_request_id(
-                _text(request.request_id, "request_id", self._settings.max_request_id_bytes)
+                _text(
+                    request.request_id,
+                    "request_id",
+                    self._settings.max_request_id_bytes,
+                    "max_request_id_bytes",
+                )
             )
             if request.release_claim:
                 await self._store.release_request(owner, request_id, request.claim_token)
@@ -613,6 +630,10 @@ def _check_additional_info(info: Any, s: MemorySettings, field: str = "additiona
             f"{field} is {size} bytes serialized; the limit is {s.max_additional_info_bytes}",
             field=field,
             reason="FIELD_TOO_LARGE",
+            metadata={
+                "limit_bytes": str(s.max_additional_info_bytes),
+                "setting": _setting("max_additional_info_bytes"),
+            },
         )
     # After the size check: the walk is bounded by it.
     # Kept as sent and read back as JSON too: every Value must have a kind.
@@ -638,12 +659,24 @@ def _id(value: str, field: str) -> str:
     return parsed
 
 
-def _text(value: str, field: str, limit: int) -> str:
+def _setting(name: str) -> str:
+    """The environment variable of the memory setting ``name`` (a MemorySettings field)."""
+    return f"GENSEARCH_MEMORY_{name.upper()}"
+
+
+def _text(value: str, field: str, limit: int, setting: str | None = None) -> str:
+    """``value`` when it fits ``limit`` UTF-8 bytes. ``setting`` names the setting that
+    is the limit (none for a fixed one): a client then sees which bound it hit, and an
+    operator which variable raises it, without parsing the message."""
     if over_utf8(value, limit):
+        metadata = {"limit_bytes": str(limit)}
+        if setting is not None:
+            metadata["setting"] = _setting(setting)
         raise InvalidArgument(
             f"{field} is longer than {limit} bytes (UTF-8)",
             field=field,
             reason="FIELD_TOO_LARGE",
+            metadata=metadata,
         )
     return value
 

@@ -32,6 +32,7 @@ def prepare(traces: Sequence[pb.Trace], max_traces: int, max_bytes: int, max_dep
             f"traces has {len(traces)} entries; the limit is {max_traces}",
             field="traces",
             reason="TOO_MANY_TRACES",
+            metadata={"max": str(max_traces), "setting": "GENSEARCH_MEMORY_MAX_TRACES"},
         )
     stored = pb.ListInteractionTracesResponse()
     for number, trace in enumerate(traces):

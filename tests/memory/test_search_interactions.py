@@ -19,7 +19,7 @@ from gensearch.memory.v1 import memory_service_pb2 as pb
 from services.retrieval.edge_store import EdgeStore
 from services.retrieval.filters import Match
 from tests.memory.conftest import INTERNAL_TOKEN, Memory, MemoryFactory
-from tests.memory.helpers import expect_error
+from tests.memory.helpers import expect_error, rpc_error
 from tests.support.rpc import error_info
 
 Metadata = tuple[tuple[str, str], ...]
@@ -266,6 +266,15 @@ async def test_search_arguments_and_modes(memory_factory: MemoryFactory, tmp_pat
             grpc.StatusCode.INVALID_ARGUMENT,
             field,
         )
+    # The bounds say which they are and the setting that sets them.
+    for request, bound, setting in (
+        (pb.SearchInteractionsRequest(query="x" * 4097), ("limit_bytes", "4096"), "QUERY_BYTES"),
+        (pb.SearchInteractionsRequest(query="x", limit=6), ("max", "5"), "LIMIT"),
+    ):
+        err = await rpc_error(memory.stub.SearchInteractions(request, metadata=ALICE))
+        metadata = dict(error_info(err).metadata)
+        assert metadata[bound[0]] == bound[1], metadata
+        assert metadata["setting"] == f"GENSEARCH_MEMORY_MAX_SEARCH_{setting}", metadata
     # A mode the enum does not have is the caller's mistake: INVALID_ARGUMENT naming it
     # (it was FAILED_PRECONDITION, as if the service were in the wrong state).
     for mode in (99, -1):

@@ -7,10 +7,11 @@ from collections.abc import Awaitable, Callable
 import grpc
 import pytest
 from gensearch.memory.v1 import memory_service_pb2 as pb
-from google.protobuf import struct_pb2
+from google.protobuf import duration_pb2, struct_pb2
 
 from tests.memory.conftest import ALICE, Memory, MemoryFactory
 from tests.memory.helpers import expect_error
+from tests.support.rpc import error_info
 
 # Validation happens before the store is called: one backend shows it.
 BACKENDS = ("standalone",)
@@ -111,6 +112,86 @@ async def test_text_limits(small: Memory) -> None:
     assert ok.interaction.response == "é" * 5  # type: ignore[attr-defined]
     conv = await s.GetConversation(pb.GetConversationRequest(conversation_id=cid), metadata=ALICE)
     assert conv.conversation.interaction_count == 1
+
+
+async def test_a_limit_refusal_names_its_bound_and_setting(memory_factory: MemoryFactory) -> None:
+    """Each size or count limit past its value names the limit and the setting that sets
+    it, as the owner's storage limit does (before: the field and the reason alone)."""
+    m = await memory_factory(
+        max_text_bytes=10,
+        max_prompt_template_bytes=11,
+        max_name_bytes=12,
+        max_origin_bytes=13,
+        max_additional_info_bytes=14,
+        max_request_id_bytes=15,
+        max_summary_bytes=16,
+        max_traces=2,
+        max_conversation_ttl_seconds=100,
+    )
+    cid = await _conversation(m)
+    s = m.stub
+
+    def interaction(**fields: object) -> Awaitable[object]:
+        return s.CreateInteraction(
+            pb.CreateInteractionRequest(conversation_id=cid, **fields),  # type: ignore[arg-type]
+            metadata=ALICE,
+        )
+
+    big = struct_pb2.Struct()
+    big.update({"key": "a long enough value"})
+    steps = [pb.Trace(step=pb.STEP_OTHER)] * 3
+    for call, field, bound, setting in (
+        (interaction(input="x" * 11), "input", ("limit_bytes", "10"), "MAX_TEXT_BYTES"),
+        (interaction(response="x" * 11), "response", ("limit_bytes", "10"), "MAX_TEXT_BYTES"),
+        (
+            interaction(prompt_template="x" * 12),
+            "prompt_template",
+            ("limit_bytes", "11"),
+            "MAX_PROMPT_TEMPLATE_BYTES",
+        ),
+        (interaction(origin="x" * 14), "origin", ("limit_bytes", "13"), "MAX_ORIGIN_BYTES"),
+        (
+            interaction(request_id="x" * 16),
+            "request_id",
+            ("limit_bytes", "15"),
+            "MAX_REQUEST_ID_BYTES",
+        ),
+        (
+            interaction(additional_info=big),
+            "additional_info",
+            ("limit_bytes", "14"),
+            "MAX_ADDITIONAL_INFO_BYTES",
+        ),
+        (interaction(input="x", traces=steps), "traces", ("max", "2"), "MAX_TRACES"),
+        (
+            s.CreateConversation(pb.CreateConversationRequest(name="x" * 13), metadata=ALICE),
+            "name",
+            ("limit_bytes", "12"),
+            "MAX_NAME_BYTES",
+        ),
+        (
+            s.CreateConversation(
+                pb.CreateConversationRequest(ttl=duration_pb2.Duration(seconds=101)),
+                metadata=ALICE,
+            ),
+            "ttl",
+            ("max_seconds", "100"),
+            "MAX_CONVERSATION_TTL_SECONDS",
+        ),
+        (
+            s.UpdateConversationSummary(
+                pb.UpdateConversationSummaryRequest(conversation_id=cid, text="x" * 17),
+                metadata=ALICE,
+            ),
+            "text",
+            ("limit_bytes", "16"),
+            "MAX_SUMMARY_BYTES",
+        ),
+    ):
+        err = await expect_error(call, INVALID, field)
+        metadata = dict(error_info(err).metadata)
+        assert metadata.get(bound[0]) == bound[1], (field, metadata)
+        assert metadata.get("setting") == f"GENSEARCH_MEMORY_{setting}", (field, metadata)
 
 
 async def test_default_limit_is_one_mebibyte(memory: Memory) -> None:
