@@ -42,6 +42,7 @@ def check_ranges(schema: Schema, request: pb.GetChunksRequest, max_ranges: int) 
             f"ranges holds {len(request.ranges)} entries, more than the limit of {max_ranges}",
             field="ranges",
             reason="OUT_OF_RANGE",
+            metadata={"max": str(max_ranges), "setting": "GENSEARCH_RETRIEVAL_MAX_LIMIT"},
         )
     document_type = schema.types[chunking.document_property]
     for i, item in enumerate(request.ranges):

@@ -162,6 +162,8 @@ class Rerankers:
                 f"{FIELD}.candidates must be in 0..{s.max_rerank_candidates}",
                 field=f"{FIELD}.candidates",
                 reason="OUT_OF_RANGE",
+                # As the collection's own candidates say it (below).
+                metadata={"max": str(s.max_rerank_candidates), "setting": MAX_CANDIDATES_SETTING},
             )
         if rerank.candidates and rerank.candidates < wanted:
             raise InvalidArgument(
@@ -228,7 +230,7 @@ class Rerankers:
                     f"{where}.candidates must be in 0..{limit} ({MAX_CANDIDATES_SETTING})",
                     field=f"{where}.candidates",
                     reason="OUT_OF_RANGE",
-                    metadata={"max": str(limit)},
+                    metadata={"max": str(limit), "setting": MAX_CANDIDATES_SETTING},
                 )
             self._reranker(collection.rerank, where)
 

@@ -120,6 +120,31 @@ async def test_a_long_document_is_cut_and_says_so(make_retrieval: MakeRetrieval)
     assert len(response.ranges[0].chunks) == 3 and response.ranges[0].truncated
 
 
+async def test_ranges_past_max_limit_name_the_setting(make_retrieval: MakeRetrieval) -> None:
+    """MAX_LIMIT ranges pass; one more is OUT_OF_RANGE with the bound and the setting (it
+    gave neither)."""
+    harness = await make_retrieval(max_limit=2)
+    stub = harness.stub
+    await stub.CreateCollection(
+        pb.CreateCollectionRequest(
+            collection=chunked(document_property="doc_id", order_property="chunk_index")
+        )
+    )
+    ranges = [pb.ChunkRange(document=doc(name)) for name in ("a", "b", "c")]
+    await stub.GetChunks(pb.GetChunksRequest(collection="Docs", ranges=ranges[:2]))
+    err = await expect_error(
+        stub.GetChunks(pb.GetChunksRequest(collection="Docs", ranges=ranges)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        field="ranges",
+    )
+    assert error_info(err).reason == "OUT_OF_RANGE"
+    assert dict(error_info(err).metadata) == {
+        "field": "ranges",
+        "max": "2",
+        "setting": "GENSEARCH_RETRIEVAL_MAX_LIMIT",
+    }
+
+
 async def test_bad_ranges_name_their_field(docs: Retrieval) -> None:
     stub = docs.stub
     cases = [

@@ -233,6 +233,25 @@ async def test_bad_rerank_blocks_name_their_field(
     assert error_info(err).domain == "gensearch"
 
 
+async def test_candidates_past_their_setting_name_it(retrieval: Retrieval) -> None:
+    """A request's and a collection's rerank.candidates past MAX_RERANK_CANDIDATES name the
+    bound and the setting (the request's gave neither, the collection's no setting)."""
+    collection = vcol("TooMany")
+    collection.rerank.CopyFrom(pb.Rerank(candidates=201))
+    for call, field in (
+        (retrieval.stub.Search(search(candidates=100_000)), "rerank.candidates"),
+        (
+            retrieval.stub.CreateCollection(pb.CreateCollectionRequest(collection=collection)),
+            "collection.rerank.candidates",
+        ),
+    ):
+        err = await expect_error(call, grpc.StatusCode.INVALID_ARGUMENT, field=field)
+        assert error_info(err).reason == "OUT_OF_RANGE"
+        metadata = dict(error_info(err).metadata)
+        assert metadata["max"] == "200", metadata
+        assert metadata["setting"] == "GENSEARCH_RETRIEVAL_MAX_RERANK_CANDIDATES", metadata
+
+
 @pytest.mark.parametrize(
     "rerank",
     [
