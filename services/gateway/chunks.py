@@ -105,6 +105,10 @@ def check(expansion: gw_pb.ContextExpansion, settings: GatewaySettings) -> int:
             f"{FIELD}.neighbors must be in 0..{s.max_expansion_neighbors}",
             field=f"{FIELD}.neighbors",
             reason="OUT_OF_RANGE",
+            metadata={
+                "max": str(s.max_expansion_neighbors),
+                "setting": "GENSEARCH_GATEWAY_MAX_EXPANSION_NEIGHBORS",
+            },
         )
     # Each field's own range before what the block lacks: ``{max_tokens: -1}`` alone was
     # refused as a missing ``neighbors``, the bad value not named.
@@ -115,6 +119,10 @@ def check(expansion: gw_pb.ContextExpansion, settings: GatewaySettings) -> int:
             f"{FIELD}.max_tokens must be in 1..{s.max_expansion_tokens}",
             field=f"{FIELD}.max_tokens",
             reason="OUT_OF_RANGE",
+            metadata={
+                "max": str(s.max_expansion_tokens),
+                "setting": "GENSEARCH_GATEWAY_MAX_EXPANSION_TOKENS",
+            },
         )
     if expansion.neighbors == 0 and not expansion.whole_document:
         raise InvalidArgument(

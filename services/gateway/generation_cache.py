@@ -111,7 +111,7 @@ def check_block(
             f"{field}.ttl must be positive and at most {limit:g} s",
             field=f"{field}.ttl",
             reason="OUT_OF_RANGE",
-            metadata={"max_seconds": f"{limit:g}"},
+            metadata={"max_seconds": f"{limit:g}", "setting": "GENSEARCH_GATEWAY_CACHE_MAX_TTL"},
         )
 
 

@@ -39,7 +39,12 @@ def validate(request: SearchLike, settings: GatewaySettings) -> None:
     refuse_repeats(request.return_properties, "return_properties")
     if request.limit < 0 or request.limit > s.max_hits:
         raise InvalidArgument(
-            f"limit must be between 0 and {s.max_hits}", field="limit", reason="OUT_OF_RANGE"
+            f"limit must be between 0 and {s.max_hits}",
+            field="limit",
+            reason="OUT_OF_RANGE",
+            # The bound and its setting, as every count limit gives them: a client splits
+            # by it without parsing the message (before: the field alone).
+            metadata={"max": str(s.max_hits), "setting": "GENSEARCH_GATEWAY_MAX_HITS"},
         )
     validate_generate(request.generate, s)
     # No generate block: a plain search. A block with no task is a mistake, refused as

@@ -91,7 +91,7 @@ class NamedObjects:
                 f"{what} must hold between 1 and {s.max_hits} entries",
                 field=what,
                 reason="OUT_OF_RANGE",
-                metadata={"max": str(s.max_hits)},
+                metadata={"max": str(s.max_hits), "setting": "GENSEARCH_GATEWAY_MAX_HITS"},
             )
         if kind == "ids":
             ids = [check_uuid(v, f"ids.ids[{i}]") for i, v in enumerate(request.ids.ids)]

@@ -504,6 +504,9 @@ async def test_bad_cache_settings_name_the_field(
         await cached.stub.GenerativeSearch(request, metadata=ALICE)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error_info(caught.value).metadata["field"] == field
+    if field == "generate.cache.ttl":  # its bound and setting (the setting was missing)
+        assert error_info(caught.value).metadata["max_seconds"] == str(7 * 86400)
+        assert error_info(caught.value).metadata["setting"] == "GENSEARCH_GATEWAY_CACHE_MAX_TTL"
     assert calls(cached) == 0
 
 

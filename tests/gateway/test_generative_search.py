@@ -342,6 +342,10 @@ async def test_search_errors_pass_through(stack: Stack) -> None:
         await stack.stub.GenerativeSearch(_near(limit=1000), metadata=ALICE)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert _bad_request_field(err.value) == "limit"
+    # The gateway's own bound, with its setting (the refusal gave the field alone).
+    assert error_info(err.value).reason == "OUT_OF_RANGE"
+    assert error_info(err.value).metadata["max"] == "100"  # the default MAX_HITS
+    assert error_info(err.value).metadata["setting"] == "GENSEARCH_GATEWAY_MAX_HITS"
 
 
 @pytest.mark.parametrize(

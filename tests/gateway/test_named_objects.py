@@ -285,6 +285,18 @@ async def test_bad_requests_name_the_field(
     assert not stack.fake.chat_requests
 
 
+async def test_too_many_ids_name_the_bound_and_setting(stack: Stack) -> None:
+    """More ids than MAX_HITS: the bound and its setting (the setting was missing)."""
+    await create_books(stack)
+    request = by_ids([str(uuid.UUID(int=i)) for i in range(101)], grouped_task="x")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stack.stub.GenerateOnObjects(request, metadata=ALICE)
+    info = error_info(caught.value)
+    assert (info.reason, info.metadata["field"]) == ("OUT_OF_RANGE", "ids.ids")
+    assert info.metadata["max"] == "100"
+    assert info.metadata["setting"] == "GENSEARCH_GATEWAY_MAX_HITS"
+
+
 async def test_inline_nesting_is_bounded_by_the_gateways_setting(
     stack_factory: StackFactory,
 ) -> None:

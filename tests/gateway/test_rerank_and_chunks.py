@@ -276,11 +276,21 @@ async def test_bad_rerank_and_expansion_blocks_name_their_field(stack: Stack) ->
         "rerank.base_url",
     )
     too_wide = ask(stack, expand_context=gw_pb.ContextExpansion(neighbors=10_000))
-    await expect(
+    err = await expect(
         stack.stub.Ask(too_wide, metadata=ALICE),
         grpc.StatusCode.INVALID_ARGUMENT,
         "expand_context.neighbors",
     )
+    # The bound and its setting (the refusal gave the field alone).
+    assert error_info(err).metadata["max"] == "10"
+    assert error_info(err).metadata["setting"] == "GENSEARCH_GATEWAY_MAX_EXPANSION_NEIGHBORS"
+    too_long = ask(stack, expand_context=gw_pb.ContextExpansion(neighbors=1, max_tokens=10**6))
+    err = await expect(
+        stack.stub.Ask(too_long, metadata=ALICE),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "expand_context.max_tokens",
+    )
+    assert error_info(err).metadata["setting"] == "GENSEARCH_GATEWAY_MAX_EXPANSION_TOKENS"
     unchunked = ask(stack, expand_context=gw_pb.ContextExpansion(neighbors=1))
     err = await expect(
         stack.stub.Ask(unchunked, metadata=ALICE),
