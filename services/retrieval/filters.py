@@ -123,7 +123,12 @@ class _Walk:
 
 def _node(message: pb.Filter, b: _Walk, field: str, depth: int) -> Node:
     if depth > MAX_DEPTH:
-        raise InvalidArgument(f"{field}: filters nest at most {MAX_DEPTH} deep", field=field)
+        # Fixed bounds (no setting) say their value, as the settings' refusals do.
+        raise InvalidArgument(
+            f"{field}: filters nest at most {MAX_DEPTH} deep",
+            field=field,
+            metadata={"max": str(MAX_DEPTH)},
+        )
     kind = message.WhichOneof("filter")
     if kind is None:
         raise InvalidArgument(
@@ -133,7 +138,9 @@ def _node(message: pb.Filter, b: _Walk, field: str, depth: int) -> Node:
         b.conditions += 1
         if b.conditions > MAX_CONDITIONS:
             raise InvalidArgument(
-                f"a filter holds at most {MAX_CONDITIONS} conditions", field=field
+                f"a filter holds at most {MAX_CONDITIONS} conditions",
+                field=field,
+                metadata={"max": str(MAX_CONDITIONS)},
             )
         leaf = _condition(message.condition, b, f"{field}.condition")
         b.engine_conditions += _engine_conditions(leaf)
@@ -216,7 +223,9 @@ def _condition(cond: pb.Condition, b: _Walk, field: str) -> Node:
             raise InvalidArgument(f"{value_field} must be a non-empty list", field=value_field)
         if len(value) > MAX_LIST:
             raise InvalidArgument(
-                f"{value_field} holds more than {MAX_LIST} values", field=value_field
+                f"{value_field} holds more than {MAX_LIST} values",
+                field=value_field,
+                metadata={"max": str(MAX_LIST)},
             )
         items = [_scalar(data_type, v, f"{value_field}[{i}]") for i, v in enumerate(value)]
         # Each value once: a repeated one adds a check to the engine's work, never a match

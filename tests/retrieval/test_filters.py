@@ -242,6 +242,43 @@ async def test_bad_filters(loaded: Any) -> None:
     )
 
 
+async def test_the_fixed_filter_bounds_pass_at_their_value_and_name_it_past_it(
+    loaded: Any,
+) -> None:
+    """8 levels, 256 conditions and 1024 values of a list pass; one more names the bound
+    in ErrorInfo ``max`` (the refusal gave the field alone)."""
+    from services.retrieval.filters import MAX_CONDITIONS, MAX_DEPTH, MAX_LIST
+
+    def nested(levels: int) -> pb.Filter:
+        flt = cond("year", EQ, 2000)
+        for _ in range(levels):
+            flt = all_of(flt)
+        return flt
+
+    def count(flt: pb.Filter) -> Any:
+        return loaded.CountObjects(pb.CountObjectsRequest(collection="Articles", filter=flt))
+
+    deep = "filter" + ".all_of.filters[0]" * (MAX_DEPTH + 1)
+    for at, past, field, bound in (
+        (nested(MAX_DEPTH), nested(MAX_DEPTH + 1), deep, MAX_DEPTH),
+        (
+            any_of(*[cond("year", EQ, i) for i in range(MAX_CONDITIONS)]),
+            any_of(*[cond("year", EQ, i) for i in range(MAX_CONDITIONS + 1)]),
+            f"filter.any_of.filters[{MAX_CONDITIONS}]",
+            MAX_CONDITIONS,
+        ),
+        (
+            cond("tags", ANY, [str(i) for i in range(MAX_LIST)]),
+            cond("tags", ANY, [str(i) for i in range(MAX_LIST + 1)]),
+            "filter.condition.value",
+            MAX_LIST,
+        ),
+    ):
+        await count(at)
+        err = await expect_error(count(past), grpc.StatusCode.INVALID_ARGUMENT, field)
+        assert error_info(err).metadata["max"] == str(bound)
+
+
 async def test_an_operator_the_enum_does_not_have_is_named_as_such(loaded: Any) -> None:
     # Operator 99 (a newer client's, or garbage) was "filter.condition.operator is
     # required", as if none had been sent.
