@@ -205,7 +205,12 @@ def _text(value: str, field: str) -> str:
     if not value.strip():
         raise InvalidArgument(f"{field} is required", field=field)
     if len(value) > MAX_QUERY_TEXT:
-        raise InvalidArgument(f"{field} is longer than {MAX_QUERY_TEXT} characters", field=field)
+        # Its bound, as the prompt limits give theirs (max_chars); a fixed one: no setting.
+        raise InvalidArgument(
+            f"{field} is longer than {MAX_QUERY_TEXT} characters",
+            field=field,
+            metadata={"max_chars": str(MAX_QUERY_TEXT)},
+        )
     return value
 
 

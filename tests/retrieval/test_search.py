@@ -172,6 +172,27 @@ async def test_limit_and_offset_at_and_past_their_settings(make_retrieval: Any) 
         }
 
 
+async def test_query_text_at_and_past_its_bound(stub: Any) -> None:
+    """16 384 characters of query text pass; one more names the bound (max_chars), for
+    keyword and hybrid text alike (the refusal gave the field alone)."""
+    from services.common.settings import MAX_QUERY_TEXT
+
+    await stub.CreateCollection(pb.CreateCollectionRequest(collection=vector_collection("Q", DIMS)))
+    vector = [0.1] * DIMS
+    at, past = "a " * (MAX_QUERY_TEXT // 2), "a " * (MAX_QUERY_TEXT // 2) + "b"
+    await stub.Search(pb.SearchRequest(collection="Q", keyword=pb.Keyword(text=at)))
+    await stub.Search(pb.SearchRequest(collection="Q", hybrid=pb.Hybrid(text=at, vector=vector)))
+    for request, field in (
+        (pb.SearchRequest(collection="Q", keyword=pb.Keyword(text=past)), "keyword.text"),
+        (
+            pb.SearchRequest(collection="Q", hybrid=pb.Hybrid(text=past, vector=vector)),
+            "hybrid.text",
+        ),
+    ):
+        err = await expect_error(stub.Search(request), grpc.StatusCode.INVALID_ARGUMENT, field)
+        assert error_info(err).metadata["max_chars"] == str(MAX_QUERY_TEXT)
+
+
 async def test_the_default_limit_stays_within_a_lower_max_limit(make_retrieval: Any) -> None:
     """MAX_LIMIT below the default of 10 refused every search that set no limit
     (INVALID_ARGUMENT naming ``limit``); the default is now cut to the maximum."""
