@@ -51,7 +51,7 @@ from services.common.fair_executor import FairExecutor
 from services.common.logs import register_secret
 from services.common.openai_api import ATTEMPTS, OpenAIClients, authorized, upstream_span
 from services.common.tracing import service_tracer
-from services.common.upstream_retry import Deadline, RetryPolicy, exchange_seconds
+from services.common.upstream_retry import RetryPolicy
 from services.retrieval.endpoints import ALLOWLIST_SETTING, caller_key_for
 from services.retrieval.schema import Schema, too_long, unit_vector
 from services.retrieval.settings import RetrievalSettings
@@ -282,8 +282,8 @@ class OpenAIEmbedder:
         # deadline was started (only EMBED_TIMEOUT bounded it), and the caller got a bare
         # DEADLINE_EXCEEDED instead of EMBEDDINGS_RATE_LIMITED. EMBED_TIMEOUT alone bounds
         # a call without a deadline, 429s retried for ever included.
-        deadline = Deadline(exchange_seconds(time_left, self._timeout))
-        attempts = Attempts(self._retry, deadline, self._host)
+        attempts = Attempts(self._retry, time_left, self._timeout, self._host)
+        deadline = attempts.deadline
         with upstream_span(
             service_tracer("retrieval"),
             "embeddings",
@@ -348,6 +348,9 @@ class OpenAIEmbedder:
                             timeout_setting="GENSEARCH_RETRIEVAL_EMBED_TIMEOUT",
                             reason="EMBEDDINGS_RATE_LIMITED",
                         ) from None
+                    late = attempts.out_of_time(err, "the embeddings endpoint")
+                    if late is not None:
+                        raise late from None
                     raise Unavailable(
                         f"the embeddings endpoint failed ({fault})",
                         reason="EMBEDDINGS_UNAVAILABLE",

@@ -60,7 +60,7 @@ from services.common.logs import register_secret
 from services.common.model_names import check_model_name
 from services.common.openai_api import ATTEMPTS, OpenAIClients, authorized, upstream_span
 from services.common.tracing import service_tracer
-from services.common.upstream_retry import Deadline, RetryPolicy, exchange_seconds
+from services.common.upstream_retry import RetryPolicy
 from services.retrieval.embedders import LocalEmbedder
 from services.retrieval.endpoints import ALLOWLIST_SETTING, caller_key_for
 from services.retrieval.schema import TEXT_TYPES, Schema
@@ -391,9 +391,10 @@ class Rerankers:
             body["model"] = plan.model
         # RERANK_TIMEOUT, and the Search's deadline less the margin that lets the status
         # reach the caller (RERANK_TIMEOUT alone bounds a call without one).
-        deadline = Deadline(exchange_seconds(time_left, timeout))
         host = urlsplit(plan.base_url).hostname or "rerank"
-        attempts = Attempts(self._retry, deadline, plan.provider if plan.operator else host)
+        upstream = plan.provider if plan.operator else host
+        attempts = Attempts(self._retry, time_left, timeout, upstream)
+        deadline = attempts.deadline
         with upstream_span(
             service_tracer("retrieval"),
             "rerank",
@@ -434,6 +435,9 @@ class Rerankers:
                             reason="RERANK_RATE_LIMITED",
                             metadata={"provider": plan.provider},
                         ) from None
+                    late = attempts.out_of_time(err, named(plan.provider, plan.operator))
+                    if late is not None:
+                        raise late from None
                     raise Unavailable(
                         f"{named(plan.provider, plan.operator)} failed ({fault})",
                         reason="RERANK_UNAVAILABLE",

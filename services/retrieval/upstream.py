@@ -13,14 +13,17 @@ RESOURCE_EXHAUSTED with a RetryInfo, never UNAVAILABLE: the endpoint is up, only
 
 from __future__ import annotations
 
+import asyncio
+
 import openai
 
-from services.common.errors import ResourceExhausted
+from services.common.errors import DeadlineExceeded, ResourceExhausted
 from services.common.openai_api import too_large
 from services.common.upstream_retry import (
     Deadline,
     Retrier,
     RetryPolicy,
+    exchange_seconds,
     is_rate_limited,
     is_transient,
     server_wait,
@@ -33,12 +36,24 @@ class Attempts:
     """The attempts of one embeddings or rerank request: ``begin()`` before each, and after
     a failed one ``await retry(err, cause)`` (sleeps; False when ``err`` is final)."""
 
-    __slots__ = ("_limited", "deadline", "retrier")
+    __slots__ = ("_call_ends", "_limited", "deadline", "retrier", "time_left")
 
-    def __init__(self, policy: RetryPolicy, deadline: Deadline, upstream: str) -> None:
-        self.deadline = deadline
-        self.retrier = Retrier(policy, deadline, upstream)
+    def __init__(
+        self, policy: RetryPolicy, time_left: float | None, timeout: float, upstream: str
+    ) -> None:
+        """``time_left``: seconds before the served RPC's deadline (None: it has none);
+        ``timeout``: the operator's bound on the whole exchange (EMBED_/RERANK_TIMEOUT)."""
+        self.time_left = time_left
+        self.deadline = Deadline(exchange_seconds(time_left, timeout))
+        self.retrier = Retrier(policy, self.deadline, upstream)
         self._limited: openai.APIStatusError | None = None  # the last 429, if any
+        # When the RPC's deadline (not the timeout) bounds the exchange: it ends there.
+        caller_bound = time_left is not None and exchange_seconds(time_left, timeout) < timeout
+        self._call_ends = (
+            asyncio.get_running_loop().time() + time_left
+            if caller_bound and time_left is not None
+            else None
+        )
 
     @property
     def count(self) -> int:
@@ -70,6 +85,27 @@ class Attempts:
         if isinstance(err, TimeoutError) and self.deadline.expired:
             return self._limited
         return None
+
+    def out_of_time(self, err: BaseException, who: str) -> DeadlineExceeded | None:
+        """The DEADLINE_EXCEEDED of a request whose last attempt the caller's own deadline
+        cut (None: ``err`` is something else, or EMBED_/RERANK_TIMEOUT was the bound). The
+        exchange ends a margin before that deadline so this status reaches the caller; as
+        UNAVAILABLE it would have told the caller the endpoint was down and to retry."""
+        ends = self._call_ends
+        if ends is None or not isinstance(err, TimeoutError) or not self.deadline.expired:
+            return None
+        tries = f" after {self.count} attempts" if self.count > 1 else ""
+        left = max(0.0, ends - asyncio.get_running_loop().time())
+        return DeadlineExceeded(
+            f"{who} did not answer before the call's deadline{tries}: give the call a "
+            "longer timeout",
+            # As the chassis' own cut (call_deadline.py): what the call had when the
+            # request began, and what was left when it was ended.
+            metadata={
+                "timeout_ms": str(round((self.time_left or 0.0) * 1000)),
+                "remaining_ms": str(round(left * 1000)),
+            },
+        )
 
     def rate_limited(
         self,

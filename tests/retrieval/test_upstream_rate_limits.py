@@ -262,3 +262,28 @@ async def test_a_retry_after_past_the_timeout_is_resource_exhausted_at_once(
     assert error_info(err).reason == upstream.reason
     assert retry_delay(err) == 90.0
     assert len(upstream.sent(fake)) == 1
+
+
+@pytest.mark.parametrize("deadline", ["call", "none"])
+async def test_a_provider_that_never_answers_ends_at_the_callers_deadline(
+    make_retrieval: MakeRetrieval, fake: FakeOpenAI, upstream: Upstream, deadline: str
+) -> None:
+    # The call's deadline cut the exchange (a margin before it, so this status reaches the
+    # caller): DEADLINE_EXCEEDED with ErrorInfo. Before, UNAVAILABLE ("failed (no answer
+    # in time)"), as if the endpoint were down. Cut by the timeout setting instead (no call
+    # deadline), the endpoint is the one that failed: UNAVAILABLE, as before.
+    settings: dict[str, Any] = {upstream.retries: 0}
+    if deadline == "none":
+        settings[upstream.timeout] = 2.0
+    stub = await upstream.start(make_retrieval, fake, **settings)
+    fake.latency = 3600.0
+    if deadline == "none":
+        err = await expect_error(upstream.search(stub), grpc.StatusCode.UNAVAILABLE)
+        assert error_info(err).reason == upstream.unavailable
+        return
+    err = await expect_error(upstream.search(stub, timeout=3.0), grpc.StatusCode.DEADLINE_EXCEEDED)
+    info = error_info(err)
+    assert info.reason == "DEADLINE_EXCEEDED"
+    assert 0 < int(info.metadata["timeout_ms"]) < 3600_000
+    assert info.metadata["remaining_ms"].isdecimal()
+    assert (err.details() or "").startswith(f"{upstream.who} did not answer before the call's")
