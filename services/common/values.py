@@ -98,3 +98,19 @@ def check_uuid(value: str, field: str) -> str:
 # The largest integers a double holds exactly: chunk positions travel as filter values the
 # engine compares as doubles, so positions are kept within it (gateway and retrieval).
 MAX_EXACT_INTEGER = 2**53
+
+
+def past_exact_integer(value: float) -> bool:
+    """Whether ``value``, read from a Struct's double as an int property's value, may not
+    be the integer the client meant: past 2^53 the double holds only every second (then
+    fourth, …) integer, so 2^60 + 1 arrives as 2^60 and was stored rounded with an OK."""
+    return abs(value) > MAX_EXACT_INTEGER
+
+
+def past_exact_integer_message(field: str) -> str:
+    """Why an int property's value past 2^53 is refused (upserts, imports, filters,
+    chunk ranges, the gateway's inline objects)."""
+    return (
+        f"{field} is past 2^53 ({MAX_EXACT_INTEGER}): a Struct's double cannot carry an "
+        "integer that large exactly, so it would be stored rounded"
+    )

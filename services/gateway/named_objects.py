@@ -28,7 +28,12 @@ from google.protobuf import struct_pb2
 
 from services.common.errors import InvalidArgument, NotFound
 from services.common.repeats import refuse_repeats
-from services.common.values import check_uuid, check_value
+from services.common.values import (
+    check_uuid,
+    check_value,
+    past_exact_integer,
+    past_exact_integer_message,
+)
 from services.gateway import generative_request, templates
 from services.gateway.backends import Backends
 from services.gateway.catalog import CollectionInfo
@@ -140,6 +145,18 @@ class NamedObjects:
                                 f"no property {name[:64]!r} in collection {info.collection.name!r}",
                                 field=f"inline.objects[{i}].{name[:64]}",
                                 reason="UNKNOWN_PROPERTY",
+                            )
+                        value = obj.fields[name]
+                        if (
+                            info.properties[name] == ret_pb.DATA_TYPE_INT
+                            and value.WhichOneof("kind") == "number_value"
+                            and past_exact_integer(value.number_value)
+                        ):
+                            # As retrieval refuses it stored: the double may not be the
+                            # integer the client meant, and the prompt would show another.
+                            path = f"inline.objects[{i}].{name[:64]}"
+                            raise InvalidArgument(
+                                past_exact_integer_message(path), field=path, reason="WRONG_TYPE"
                             )
         return await self._search.build(
             hits=hits,

@@ -16,12 +16,15 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 from google.protobuf import struct_pb2
 
 from services.common.errors import FailedPrecondition, InvalidArgument
-from services.common.values import MAX_EXACT_INTEGER
+from services.common.values import (
+    MAX_EXACT_INTEGER,
+    past_exact_integer,
+    past_exact_integer_message,
+)
 from services.retrieval.filters import Node, build_filter
 from services.retrieval.schema import Schema
 from services.retrieval.store import PROPS, FoundPoint, VectorStore
 
-INT64 = 2**63
 # The largest position a range may name: filters hold numbers as doubles (JSON numbers),
 # which keep every integer up to 2^53 exact and no more.
 MAX_POSITION = MAX_EXACT_INTEGER
@@ -53,9 +56,15 @@ def check_ranges(schema: Schema, request: pb.GetChunksRequest, max_ranges: int) 
         else:
             value = item.document.number_value
             ok = kind == "number_value" and math.isfinite(value) and value == int(value)
-            # As every int property holds it (schema.coerce_value, filters._scalar): -2^63
-            # itself was let through here, then named a filter field the request never had.
-            ok = ok and abs(value) < INT64
+            if ok and past_exact_integer(value):
+                # As every int property holds it (schema.coerce_value, filters._scalar):
+                # -2^63 itself was let through here, then named a filter field the request
+                # never had; 2^53 + 1 arrived as 2^53 and read another document's chunks.
+                raise InvalidArgument(
+                    past_exact_integer_message(f"{where}.document"),
+                    field=f"{where}.document",
+                    reason="WRONG_TYPE",
+                )
         if not ok:
             wanted = "a non-empty string" if document_type == pb.DATA_TYPE_TEXT else "an integer"
             raise InvalidArgument(

@@ -19,7 +19,12 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 from google.protobuf import json_format
 
 from services.common.errors import InvalidArgument, quote
-from services.common.values import DEFAULT_MAX_DEPTH, check_value
+from services.common.values import (
+    DEFAULT_MAX_DEPTH,
+    check_value,
+    past_exact_integer,
+    past_exact_integer_message,
+)
 from services.retrieval.normalize import NORMALIZED, nfkc
 from services.retrieval.schema import RFC3339_DATE_TIME, ObjectInvalid, format_date, parse_date
 
@@ -309,7 +314,13 @@ def _scalar(data_type: int, value: Any, field: str) -> Any:
         ok = value if isinstance(value, str) else None
         expected = "a string"
     elif data_type == pb.DATA_TYPE_INT:
-        is_int = _is_number(value) and float(value).is_integer() and abs(value) < 2**63
+        is_int = _is_number(value) and float(value).is_integer()
+        if is_int and past_exact_integer(value):
+            # The double may not be the integer the client meant: an EQUAL on 2^60 + 1
+            # matched 2^60. Past int64 too, which no int property holds.
+            raise InvalidArgument(
+                past_exact_integer_message(field), field=field, reason="WRONG_TYPE"
+            )
         ok = int(value) if is_int else None
         expected = "an integer"
     elif data_type == pb.DATA_TYPE_NUMBER:

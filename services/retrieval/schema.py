@@ -18,7 +18,12 @@ from services.common.auth import DEFAULT_TENANT
 from services.common.errors import InvalidArgument, quote
 from services.common.model_names import check_model_name
 from services.common.settings import DEFAULT_MAX_FALLBACKS, DEFAULT_MAX_PROMPT_CHARS
-from services.common.values import DEFAULT_MAX_DEPTH, check_value
+from services.common.values import (
+    DEFAULT_MAX_DEPTH,
+    check_value,
+    past_exact_integer,
+    past_exact_integer_message,
+)
 from services.common.well_known import duration_seconds
 from services.retrieval.endpoints import ENV_NAME, EmbeddingPolicy
 from services.retrieval.normalize import NORMALIZED, normalized_copy
@@ -47,7 +52,6 @@ DISTANCES: dict[int, str] = {
     pb.DISTANCE_DOT: "dot",
     pb.DISTANCE_EUCLID: "euclid",
 }
-INT64 = 2**63
 OPENAI_DEFAULT_MODEL = "text-embedding-3-small"
 
 
@@ -585,7 +589,9 @@ def coerce_value(data_type: int, value: Any, path: str) -> Any:
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
             return value
     elif data_type == pb.DATA_TYPE_INT:
-        if _is_number(value) and float(value).is_integer() and abs(value) < INT64:
+        if _is_number(value) and float(value).is_integer() and past_exact_integer(value):
+            raise ObjectInvalid(path, past_exact_integer_message(path))
+        if _is_number(value) and float(value).is_integer():
             return int(value)
     elif data_type == pb.DATA_TYPE_NUMBER:
         if _is_number(value) and math.isfinite(value):
