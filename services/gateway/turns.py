@@ -17,6 +17,7 @@ from gensearch.memory.v1 import memory_service_pb2 as mem_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from google.protobuf import json_format, struct_pb2
 
+from services.common.control_chars import without_controls
 from services.common.errors import Aborted, InvalidArgument, ServiceError
 from services.common.well_known import struct
 from services.gateway import ask_traces
@@ -311,7 +312,10 @@ def _in_background(work: Awaitable[None]) -> asyncio.Future[None]:
 
 
 def title(question: str) -> str:
-    line = " ".join(question.split())
+    # The question is free text and kept as asked; the name made from it is a display
+    # string, which memory refuses with control characters (an ESC or NUL that split()
+    # leaves would fail the Ask naming new_conversation.name, a field it never sent).
+    line = " ".join(without_controls(question).split())
     return line if len(line) <= _NAME_CHARS else line[: _NAME_CHARS - 1] + "…"
 
 

@@ -14,6 +14,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from google.protobuf.message import Message
 
 from services.common.auth import current_identity
+from services.common.control_chars import check_no_controls
 from services.common.errors import (
     Aborted,
     FailedPrecondition,
@@ -110,7 +111,7 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
         the request holds them: CreateInteraction's ``new_conversation.``)."""
         s = self._settings
         return NewConversation(
-            _text(request.name, f"{prefix}name", s.max_name_bytes, "max_name_bytes"),
+            _name(request.name, f"{prefix}name", s.max_name_bytes),
             Retention(
                 ttl_ms=(
                     self._ttl_ms(request.ttl, f"{prefix}ttl")
@@ -179,9 +180,7 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
         update = ConversationUpdate()
         for path in paths:
             if path == "name":
-                update.name = _text(
-                    request.name, "name", self._settings.max_name_bytes, "max_name_bytes"
-                )
+                update.name = _name(request.name, "name", self._settings.max_name_bytes)
             elif path == "ttl":
                 update.ttl_ms = self._ttl_ms(request.ttl, "ttl")
             elif path == "max_turns":
@@ -657,6 +656,12 @@ def _id(value: str, field: str) -> str:
             reason="INVALID_ID",
         )
     return parsed
+
+
+def _name(value: str, field: str, limit: int) -> str:
+    """A conversation's name: a display string, so no control characters (they were
+    stored as sent, and a NUL, a newline or an ESC sequence reached whoever listed it)."""
+    return check_no_controls(_text(value, field, limit, "max_name_bytes"), field)
 
 
 def _setting(name: str) -> str:

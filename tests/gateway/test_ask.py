@@ -850,3 +850,33 @@ async def test_a_question_the_collection_cannot_search_names_the_query(stack: St
         assert (info.reason, info.metadata["field"]) == ("NO_KEYWORD_INDEX", "query"), info
         assert "near_vector" in err.details()
     assert len(stack.fake.chat_requests) == calls  # no rewrite, no answer
+
+
+async def test_a_question_with_control_characters_names_its_conversation_without_them(
+    stack: Stack,
+) -> None:
+    """The question is free text, kept as asked; the new conversation's name made from it
+    is a display name, which memory refuses with control characters (an ESC that split()
+    kept failed the Ask naming new_conversation.name, a field it never sent). Through the
+    gateway a client's own name with one is refused naming ``name``."""
+    await create_books(stack)
+    question = "desert\x1b[31m planets\x07\x85?"
+    answer = await stack.stub.Ask(
+        gw_pb.AskRequest(collection="Books", llm_question=question, new_conversation=True),
+        metadata=ALICE,
+    )
+    got = await stack.memory.GetConversation(
+        mem_pb.GetConversationRequest(conversation_id=answer.conversation_id), metadata=ALICE
+    )
+    assert got.conversation.name == "desert [31m planets ?"
+    turns = await stack.memory.ListInteractions(
+        mem_pb.ListInteractionsRequest(conversation_id=answer.conversation_id), metadata=ALICE
+    )
+    assert turns.interactions[0].input == question
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stack.memory.CreateConversation(
+            mem_pb.CreateConversationRequest(name="a\x1b]0;owned\x07"), metadata=ALICE
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    info = error_info(caught.value)
+    assert (info.reason, info.metadata["field"]) == ("CONTROL_CHARACTER", "name")

@@ -391,3 +391,40 @@ async def test_request_ids_clients_send_are_accepted(memory: Memory) -> None:
         made = await memory.stub.CreateInteraction(request, metadata=ALICE)
         again = await memory.stub.CreateInteraction(request, metadata=ALICE)  # a retry
         assert made.interaction.interaction_id == again.interaction.interaction_id
+
+
+@pytest.mark.parametrize("control", ["\x00", "\n", "\t", "\x1b", "\x7f", "\x85", "\x9b"])
+async def test_a_conversation_name_with_a_control_character_is_refused(
+    memory: Memory, control: str
+) -> None:
+    """A display name: NUL, newline, ESC, DEL and the C1 controls were stored as sent and
+    reached whoever listed the conversations. Refused where a name is set, naming the
+    field where the request holds it and the character by code point and position."""
+    s = memory.stub
+    name = f"Trip{control}[31m"
+    err = await expect_error(
+        s.CreateConversation(pb.CreateConversationRequest(name=name), metadata=ALICE),
+        INVALID,
+        "name",
+    )
+    info = error_info(err)
+    assert (info.reason, info.metadata["position"]) == ("CONTROL_CHARACTER", "4")
+    assert f"U+{ord(control):04X} at position 4" in (err.details() or "")
+    assert control not in (err.details() or "")
+    made = await s.CreateConversation(pb.CreateConversationRequest(name="Trip ✈"), metadata=ALICE)
+    cid = made.conversation.conversation_id
+    await expect_error(
+        s.UpdateConversation(
+            pb.UpdateConversationRequest(conversation_id=cid, name=name), metadata=ALICE
+        ),
+        INVALID,
+        "name",
+    )
+    starting = pb.CreateInteractionRequest(
+        input="q", new_conversation=pb.CreateConversationRequest(name=name)
+    )
+    await expect_error(
+        s.CreateInteraction(starting, metadata=ALICE), INVALID, "new_conversation.name"
+    )
+    listed = await s.ListConversations(pb.ListConversationsRequest(), metadata=ALICE)
+    assert [c.name for c in listed.conversations] == ["Trip ✈"]
