@@ -11,6 +11,7 @@ a user's program would.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -29,7 +30,7 @@ from gensearch.client.errors import NotFoundError
 from services.cli import corpus, render, state
 from services.cli.client import Client, Connection
 from services.cli.importer import import_objects
-from services.cli.output import Progress, command_name
+from services.cli.output import PrintableStream, Progress, command_name
 
 if TYPE_CHECKING:
     from services.cli.stack import Stack
@@ -199,6 +200,18 @@ def continue_hint(gateway_address: str, *, ran_as: str = "") -> str:
 
 
 async def run(stack: Stack, began: float) -> None:
+    # The model's answers (streamed token by token), the passages' titles and errors are
+    # anyone's text: shown with control characters visible (ESC as ␛), as every other
+    # command shows them (__main__._run_client); they reached the terminal raw here.
+    out = sys.stdout
+    sys.stdout = PrintableStream(out)  # type: ignore[assignment]
+    try:
+        await _run(stack, began)
+    finally:
+        sys.stdout = out
+
+
+async def _run(stack: Stack, began: float) -> None:
     args = stack.args
     provider, model = args.llm_provider, args.llm_model
     max_tokens = getattr(args, "demo_max_tokens", MAX_TOKENS) or MAX_TOKENS

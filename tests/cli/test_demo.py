@@ -24,7 +24,8 @@ def test_demo_imports_once_then_searches_and_converses(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     fake = running_stack.fake
-    fake.reply = lambda body: f"ANSWER#{len(fake.chat_requests)}"
+    # Model output is anyone's text: an ESC or BEL in it drove the terminal raw.
+    fake.reply = lambda body: f"ANSWER#{len(fake.chat_requests)} \x1b]0;owned\x07\x1b[31mRed"
     monkeypatch.setattr(running_stack.stack.args, "demo_limit", 24)
     capsys.readouterr()
 
@@ -39,6 +40,8 @@ def test_demo_imports_once_then_searches_and_converses(
     assert out.index(f"you: {demo.QUESTIONS[0]}") < out.index(f"you: {demo.QUESTIONS[1]}")
     assert out.count("sources:") == 2
     assert "first answer printed" in out
+    assert "\x1b" not in out and "\x07" not in out
+    assert out.count("␛]0;owned␇␛[31mRed") == 3 + 1 + 2  # per hit, grouped, two turns
     assert "SmolLM2" not in out  # the fake answered (--llm-base-url), not the bundled model
     # The stack is on a free port: the hint says how to reach it.
     assert (
