@@ -57,6 +57,21 @@ def _cut(text: str, limit: int) -> str:
     return clean_text(text if len(text) <= limit else text[: limit - 1] + "…")
 
 
+def _with_field(message: str, field: str) -> str:
+    """``message`` naming ``field`` in full: a message that begins with the field's last
+    segment has it replaced by the whole path ("single_prompt has no …" for
+    ``generate.single_prompt``: "generate.single_prompt has no …"); any other is prefixed
+    with it. Prefixing both said the field twice ("generate.single_prompt: single_prompt
+    has no …")."""
+    last = field.rsplit(".", 1)[-1]
+    if last != field and message.startswith(last):
+        after = message[len(last) : len(last) + 1]
+        # A whole segment only: "model_name …" does not begin with the segment "model".
+        if not (after.isalnum() or after == "_"):
+            return field + message[len(last) :]
+    return f"{field}: {message}"
+
+
 class ServiceError(Exception):
     """An error with a canonical status code, a reason and optionally the field at fault.
 
@@ -77,7 +92,7 @@ class ServiceError(Exception):
     ) -> None:
         if field and field not in message:
             # A client reading only the message should still learn which field is at fault.
-            message = f"{field}: {message}"
+            message = _with_field(message, field)
         super().__init__(message)
         self.message = _cut(message, MAX_MESSAGE_CHARS)
         self.field = field

@@ -90,6 +90,8 @@ async def test_template_errors_fail_before_any_llm_call(
     for word in words:
         assert word in (err.value.details() or "")
     assert _bad_request_field(err.value) == "generate.single_prompt"
+    # The path once: "generate.single_prompt: single_prompt has no …" said it twice.
+    assert (err.value.details() or "").count("single_prompt") == 1
     assert stack.fake.chat_requests == []
 
 
