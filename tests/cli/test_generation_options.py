@@ -454,16 +454,22 @@ def test_sampling_flags_on_every_generation_call(
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--top-p", "2"], "INVALID_ARGUMENT: top_p must be in (0, 1] (field generate.top_p)"),
-        (["--top-p", "0"], "INVALID_ARGUMENT: top_p must be in (0, 1] (field generate.top_p)"),
+        (
+            ["--top-p", "2"],
+            "INVALID_ARGUMENT: generate.top_p must be in (0, 1] (field generate.top_p)",
+        ),
+        (
+            ["--top-p", "0"],
+            "INVALID_ARGUMENT: generate.top_p must be in (0, 1] (field generate.top_p)",
+        ),
         (
             ["--frequency-penalty", "2.5"],
-            "INVALID_ARGUMENT: frequency_penalty must be between -2 and 2 "
+            "INVALID_ARGUMENT: generate.frequency_penalty must be between -2 and 2 "
             "(field generate.frequency_penalty)",
         ),
         (
             ["--presence-penalty", "-3"],
-            "INVALID_ARGUMENT: presence_penalty must be between -2 and 2 "
+            "INVALID_ARGUMENT: generate.presence_penalty must be between -2 and 2 "
             "(field generate.presence_penalty)",
         ),
         (
@@ -476,7 +482,9 @@ def test_sampling_flags_on_every_generation_call(
         ),
         (
             ["--base-url", " "],
-            "INVALID_ARGUMENT: base_url must not be blank (field generate.base_url)",
+            # The message names the path in full (it read "generate.base_url: base_url …",
+            # the CLI cutting the prefix).
+            "INVALID_ARGUMENT: generate.base_url must not be blank (field generate.base_url)",
         ),
     ],
 )
