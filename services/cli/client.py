@@ -202,12 +202,15 @@ def describe_error(err: GensearchError, address: str = "", what: str = "the gate
     # A key's field is a header (`authorization`, `x-openai-api-key`), which a CLI user
     # never writes: the hint names the flag that sends it instead.
     named = fields and err.reason not in KEY_HINTS and err.reason != MISSING_LLM_KEY
-    suffix = f" (field {', '.join(fields)})" if named else ""
     message = " ".join(message.split())
     for name in fields:  # "name: … (field name)" names it once, in the suffix
         if message.startswith(f"{name}: "):
             message = message[len(name) + 2 :]
             break
+    # "generate.top_p must be …" names its field already (the services word a message
+    # so when it begins with the field): no suffix repeating it.
+    suffixed = [name for name in fields if not message.startswith(f"{name} ")]
+    suffix = f" (field {', '.join(suffixed)})" if named and suffixed else ""
     hint = key_hint(err.reason, err.metadata.get("provider", ""), message)
     return f"{code.name}: {message}{suffix}{hint}"
 

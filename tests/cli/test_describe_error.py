@@ -39,6 +39,20 @@ def test_a_field_the_message_starts_with_is_named_once() -> None:
     assert describe_error(other) == "INVALID_ARGUMENT: limit: too big (field offset)"
 
 
+def test_a_message_worded_from_its_field_has_no_suffix_repeating_it() -> None:
+    # The services word "generate.top_p must be …" when a message begins with its field;
+    # before, the line read "… must be in (0, 1] (field generate.top_p)".
+    err = GensearchError(
+        "generate.top_p must be in (0, 1]",
+        code=grpc.StatusCode.INVALID_ARGUMENT,
+        metadata={"field": "generate.top_p"},
+        field_violations=[FieldViolation("generate.stop", "too many")],
+    )
+    assert describe_error(err) == (
+        "INVALID_ARGUMENT: generate.top_p must be in (0, 1] (field generate.stop)"
+    )
+
+
 def test_a_missing_llm_key_says_how_the_cli_sends_one() -> None:
     # Before: only the service's words, "send metadata 'x-openai-api-key' or set
     # OPENAI_APIKEY or OPENAI_API_KEY": a CLI user has no way to send metadata but --llm-key.
