@@ -29,6 +29,7 @@ const (
 	CollectionFull               Reason = "COLLECTION_FULL"
 	ConcurrentUpdate             Reason = "CONCURRENT_UPDATE"
 	ContextWindowExceeded        Reason = "CONTEXT_WINDOW_EXCEEDED"
+	ControlCharacter             Reason = "CONTROL_CHARACTER"
 	ConversationInteractionsFull Reason = "CONVERSATION_INTERACTIONS_FULL"
 	ConversationNotFound         Reason = "CONVERSATION_NOT_FOUND"
 	DeadlineTooShort             Reason = "DEADLINE_TOO_SHORT"

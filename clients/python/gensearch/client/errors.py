@@ -206,6 +206,13 @@ class ContextWindowExceededError(InvalidArgumentError):
     error_reason = "CONTEXT_WINDOW_EXCEEDED"
 
 
+class ControlCharacterError(InvalidArgumentError):
+    """A conversation name holding a control character (C0, DEL or C1); metadata
+    ``position`` says where. Names are display strings: send it without them."""
+
+    error_reason = "CONTROL_CHARACTER"
+
+
 class ProviderTokenLimitExceededError(InvalidArgumentError):
     """A call a provider counting reserved tokens could never take: its prompt plus
     ``max_tokens`` above what the provider's ``tokens_per_minute`` allows in a whole window
