@@ -276,10 +276,12 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
         )
         if request.HasField("additional_info"):
             _check_additional_info(request.additional_info, s)
-        kept = _turn_fingerprint(request) if request_id else ""
         stored_traces = traces.prepare(
             request.traces, s.max_traces, s.max_trace_bytes, s.max_value_depth
         )
+        # Once the traces are checked: canonical JSON cannot carry an invalid Timestamp
+        # or an infinite number, which they name (it was INTERNAL before their check).
+        kept = _turn_fingerprint(request) if request_id else ""
         interaction = stored_interaction(request)
         _check_fits_a_page(interaction, s.page_bytes)
         owner = _owner()

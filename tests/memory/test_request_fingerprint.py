@@ -183,3 +183,22 @@ async def test_a_claim_that_finds_the_turn_compares_its_fingerprint(memory: Memo
         assert await memory.redis.exists(keys.claim(tag, "k", apart=apart)) == 0
     held = await store.claim_request(owner, "k", "token", 30, "f1")
     assert isinstance(held, pb.Interaction) and held.interaction_id == made.interaction_id
+
+
+@pytest.mark.parametrize("bad", ["start_time", "infinite_input"])
+async def test_a_keyed_turn_with_an_invalid_trace_names_the_trace(memory: Memory, bad: str) -> None:
+    """A turn with request_id whose trace holds what JSON cannot carry (a Timestamp past
+    year 9999, an infinite number) is refused naming the trace, as without a key: its
+    content fingerprint (canonical JSON) is taken once the turn is valid, never INTERNAL."""
+    cid = await _conversation(memory)
+    turn = _turn(cid)
+    trace = turn.traces.add(step=pb.STEP_RETRIEVAL)
+    if bad == "start_time":
+        trace.start_time.seconds = 10**12
+    else:
+        trace.input.update({"score": float("inf")})
+    err = await expect_error(
+        memory.stub.CreateInteraction(turn, metadata=ALICE), grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert error_info(err).metadata["field"].startswith("traces[0]."), err.details()
+    assert await _count(memory, cid) == 0
