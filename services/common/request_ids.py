@@ -49,10 +49,14 @@ def fingerprint(message: Message, leave_out: Iterable[str] = ()) -> str:
     copy.CopyFrom(message)
     for name in leave_out:
         copy.ClearField(name)
-    canonical = json.dumps(
-        json_format.MessageToDict(copy, preserving_proto_field_name=True),
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-    )
+    try:
+        fields = json_format.MessageToDict(copy, preserving_proto_field_name=True)
+    except json_format.SerializeToJsonError:
+        # A value JSON cannot carry (an infinite number in a Value, a Timestamp or
+        # Duration out of range): the request is refused by its own check, later, naming
+        # the field; until then its deterministic wire form tells it apart (the same for
+        # an Ask and a StreamAsk: their fields share numbers), never INTERNAL.
+        wire = copy.SerializeToString(deterministic=True)
+        return hashlib.sha256(b"wire:" + wire).hexdigest()
+    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()

@@ -683,3 +683,31 @@ async def test_a_stream_ask_cancelled_mid_answer_stores_nothing_and_its_retry_on
     assert replay[-1].answer.replayed
     assert replay[-1].answer.interaction_id == retried[-1].answer.interaction_id
     assert await _conversations(stack) == [(conversation, 1)]
+
+
+@pytest.mark.parametrize("bad", ["filter", "ttl"])
+async def test_a_keyed_ask_holding_what_json_cannot_carry_is_refused_as_unkeyed(
+    stack_factory: StackFactory, bad: str
+) -> None:
+    """An Ask with request_id whose filter value is infinite, or whose semantic_cache.ttl
+    is past what a Duration holds, is the same INVALID_ARGUMENT naming that field as the
+    Ask without a key: its fingerprint (canonical JSON, which cannot carry them) was an
+    INTERNAL error before any check named the field."""
+    stack = await _stack(stack_factory)
+    if bad == "filter":
+        value = struct_pb2.Value(number_value=float("inf"))
+        fields: dict[str, Any] = {
+            "filter": ret_pb.Filter(
+                condition=ret_pb.Condition(property="year", operator=1, value=value)
+            )
+        }
+        field = "filter.condition.value"
+    else:
+        ttl = duration_pb2.Duration(seconds=10**12)
+        fields = {"semantic_cache": gw_pb.SemanticCache(mode=1, ttl=ttl)}
+        field = "semantic_cache.ttl"
+    for key in ("", "k1"):
+        err = await _refused(stack, books_ask(new_conversation=True, request_id=key, **fields))
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, (key, err.details())
+        assert error_info(err).metadata["field"] == field
+    assert await _conversations(stack) == []
