@@ -140,10 +140,14 @@ class NamedObjects:
                 for i, obj in enumerate(request.inline.objects):
                     for name in obj.fields:
                         if name not in info.properties:
-                            # The field (the property's path) starts the message.
+                            # The field (the property's path) starts the message, written
+                            # out: a property named "no" would otherwise be read as the
+                            # message's subject ("inline.objects[0].no property 'no' …").
+                            path = f"inline.objects[{i}].{name[:64]}"
                             raise InvalidArgument(
-                                f"no property {name[:64]!r} in collection {info.collection.name!r}",
-                                field=f"inline.objects[{i}].{name[:64]}",
+                                f"{path}: no property {name[:64]!r} in collection "
+                                f"{info.collection.name!r}",
+                                field=path,
                                 reason="UNKNOWN_PROPERTY",
                             )
                         value = obj.fields[name]

@@ -223,6 +223,13 @@ async def test_inline_objects_checked_against_a_named_collection(stack: Stack) -
     assert caught.value.details() == (
         "inline.objects[0].author: no property 'author' in collection 'Books'"
     )
+    # A property named as the message's first word is still the path, then the message
+    # (it read "inline.objects[0].no property 'no' …": the name taken for its subject).
+    worded = inline([{"title": "Kim", "no": 1}], single_prompt="About {title}")
+    worded.collection = "Books"
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stack.stub.GenerateOnObjects(worded, metadata=ALICE)
+    assert caught.value.details() == "inline.objects[0].no: no property 'no' in collection 'Books'"
     # An int property's value past 2^53: the Struct's double may not be the integer meant
     # (2^60 + 1 arrives as 2^60), so the prompt would show another number; as retrieval
     # refuses it stored. 2^53 itself is exact.
