@@ -103,14 +103,16 @@ MAX_EXACT_INTEGER = 2**53
 def past_exact_integer(value: float) -> bool:
     """Whether ``value``, read from a Struct's double as an int property's value, may not
     be the integer the client meant: past 2^53 the double holds only every second (then
-    fourth, …) integer, so 2^60 + 1 arrives as 2^60 and was stored rounded with an OK."""
-    return abs(value) > MAX_EXACT_INTEGER
+    fourth, …) integer, so 2^60 + 1 arrives as 2^60 and was stored rounded with an OK.
+    2^53 itself is refused too: 2^53 + 1 arrives as it. What is kept are the safe integers
+    (JavaScript's Number.MAX_SAFE_INTEGER, 2^53 - 1), each the only integer of its double."""
+    return abs(value) >= MAX_EXACT_INTEGER
 
 
 def past_exact_integer_message(field: str) -> str:
-    """Why an int property's value past 2^53 is refused (upserts, imports, filters,
+    """Why an int property's value of 2^53 or more is refused (upserts, imports, filters,
     chunk ranges, the gateway's inline objects)."""
     return (
-        f"{field} is past 2^53 ({MAX_EXACT_INTEGER}): a Struct's double cannot carry an "
-        "integer that large exactly, so it would be stored rounded"
+        f"{field} is past 2^53 - 1 ({MAX_EXACT_INTEGER - 1}): a Struct's double cannot "
+        "carry an integer that large exactly, so it would be stored rounded"
     )

@@ -165,7 +165,7 @@ def to_text(value: Any) -> str:
 
 
 def _plain(value: Any) -> Any:
-    # 2^53 itself is exact (an int property holds it; past it values are refused).
+    # 2^53 itself is exact as a number (int properties refuse it: 2^53 + 1 arrives as it).
     if isinstance(value, float) and value.is_integer() and abs(value) <= MAX_EXACT_INTEGER:
         return int(value)
     if isinstance(value, list):

@@ -232,11 +232,11 @@ async def test_inline_objects_checked_against_a_named_collection(stack: Stack) -
     assert caught.value.details() == "inline.objects[0].no: no property 'no' in collection 'Books'"
     # An int property's value past 2^53: the Struct's double may not be the integer meant
     # (2^60 + 1 arrives as 2^60), so the prompt would show another number; as retrieval
-    # refuses it stored. 2^53 itself is exact.
-    exact = inline([{"title": "Kim", "year": 2**53}], single_prompt="{title} {year}")
+    # refuses it stored. 2^53 - 1 (the largest safe integer) is exact.
+    exact = inline([{"title": "Kim", "year": 2**53 - 1}], single_prompt="{title} {year}")
     exact.collection = "Books"
     response = await stack.stub.GenerateOnObjects(exact, metadata=ALICE)
-    assert response.hits[0].generation.result.endswith(f"Kim {2**53}")
+    assert response.hits[0].generation.result.endswith(f"Kim {2**53 - 1}")
     rounded = inline([{"title": "Kim"}, {"year": 2**60 + 1}], single_prompt="{title}")
     rounded.collection = "Books"
     with pytest.raises(grpc.aio.AioRpcError) as caught:

@@ -414,30 +414,29 @@ async def test_ask_merges_overlapping_neighbourhoods_in_document_order(stack: St
     assert prompt.count("[1]") == 1 and "[3]" not in prompt
 
 
-async def test_positions_past_exact_integers_stay_their_own_passage(stack: Stack) -> None:
-    """GetChunks refuses bounds past +-2^53 naming ``ranges[i].last``, a field the Ask never
-    sent: a hit placed past it is no window, and a window stops there."""
+async def test_positions_at_the_safe_integers_edge_make_their_window(stack: Stack) -> None:
+    """Positions are int properties: past 2^53 - 1 they are refused when stored (a Struct's
+    double cannot carry them exactly), so no hit is placed where GetChunks refuses bounds;
+    a hit at the last safe integer still gets its window, cut where positions end."""
     await create_docs(stack)
-    far = 2**63 - 1024  # an integer a double holds exactly, stored as one
-    edge = 2**53
+    edge = 2**53 - 1  # the largest position an int property holds
     placed = [("c", edge - 1, "Gamma before the edge."), ("c", edge, "Gamma giraffe edge.")]
-    placed.append(("d", far, "Delta giraffe far away."))
+    placed.append(("d", 2**63 - 1024, "Delta giraffe far away."))
     objects = []
     for i, (doc, index, text) in enumerate(placed):
         props = struct_pb2.Struct()
         props.update({"doc_id": doc, "chunk_index": index, "text": text})
         objects.append(ret_pb.DataObject(properties=props, vector=vector(i)))
-    ids = (
-        await stack.retrieval.UpsertObjects(
-            ret_pb.UpsertObjectsRequest(collection="Docs", objects=objects), metadata=ALICE
-        )
-    ).ids
+    stored = await stack.retrieval.UpsertObjects(
+        ret_pb.UpsertObjectsRequest(collection="Docs", objects=objects), metadata=ALICE
+    )
+    assert [(e.index, e.field) for e in stored.errors] == [(2, "properties.chunk_index")]
+    ids = stored.ids
     request = zebra_ask(neighbors=1)
     request.keyword.text = request.llm_question = "giraffe"
     response = await stack.stub.Ask(request, metadata=ALICE)
     by_hit = {p.hit_ids[0]: p for p in response.passages}
-    assert list(by_hit[ids[2]].chunk_ids) == [ids[2]]  # alone, no window
-    assert list(by_hit[ids[1]].chunk_ids) == [ids[0], ids[1]]  # window cut at 2^53
+    assert list(by_hit[ids[1]].chunk_ids) == [ids[0], ids[1]]
     assert (by_hit[ids[1]].first, by_hit[ids[1]].last) == (edge - 1, edge)
 
 

@@ -670,22 +670,24 @@ async def test_a_collection_holds_at_most_max_objects_per_collection(
 
 async def test_an_int_past_2_53_is_refused_not_rounded(retrieval: Retrieval, stub: Any) -> None:
     """Properties travel as a Struct's doubles: 2^60 + 1 arrived as 2^60 and was stored
-    rounded with an OK. Past 2^53 the double may not be the integer meant: refused, in a
-    property and in a filter's int value; 2^53 itself is exact and kept."""
+    rounded with an OK. From 2^53 on the double may not be the integer meant (2^53 + 1
+    arrives as 2^53): refused, in a property and in a filter's int value; the safe
+    integers, within ±(2^53 - 1), are exact and kept."""
     objects = [
         obj({"year": 2**60 + 1}, vector=V),
         obj({"year": -(2**53) - 2}, vector=V),
         obj({"year": 2.0**63}, vector=V),  # past int64 too: the same refusal
-        obj({"year": 2**53}, vector=V),
-        obj({"year": -(2**53)}, vector=V),
+        obj({"year": 2**53 + 1}, vector=V),  # arrives as 2^53
+        obj({"year": 2**53 - 1}, vector=V),
+        obj({"year": -(2**53) + 1}, vector=V),
     ]
     resp = await stub.UpsertObjects(pb.UpsertObjectsRequest(collection="Articles", objects=objects))
-    assert [(e.index, e.field) for e in resp.errors] == [(i, "properties.year") for i in range(3)]
-    assert all("past 2^53" in e.message and "Struct" in e.message for e in resp.errors)
+    assert [(e.index, e.field) for e in resp.errors] == [(i, "properties.year") for i in range(4)]
+    assert all("past 2^53 - 1" in e.message and "Struct" in e.message for e in resp.errors)
     got = await stub.BatchGetObjects(pb.BatchGetObjectsRequest(collection="Articles", ids=resp.ids))
-    assert sorted(o.properties["year"] for o in got.objects) == [-(2**53), 2**53]
+    assert sorted(o.properties["year"] for o in got.objects) == [-(2**53) + 1, 2**53 - 1]
     assert await count(stub) == 2
-    for value in (2**53 + 2, [2020, -(2**60)]):
+    for value in (2**53, [2020, -(2**60)]):
         op = pb.OPERATOR_CONTAINS_ANY if isinstance(value, list) else pb.OPERATOR_EQUAL
         field = "filter.condition.value" + ("[1]" if isinstance(value, list) else "")
         err = await expect_error(
