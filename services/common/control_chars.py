@@ -1,7 +1,10 @@
 """Control characters in names and other display strings a client sets (a conversation's
 name): C0 controls (NUL, newline, tab, ESC …), DEL and the C1 controls (U+0080-U+009F:
-CSI, NEL …). A terminal acts on them rather than shows them, a log line splits at them, a
-list of names printed by a script carries them to whoever reads it. Identifiers elsewhere
+CSI, NEL …), and the format characters that reorder or break what is shown: the
+bidirectional embeddings, overrides and isolates (U+202A-U+202E, U+2066-U+2069: a name
+that reads otherwise than it is) and the line and paragraph separators (U+2028, U+2029).
+A terminal acts on them rather than shows them, a log line splits at them, a list of names
+printed by a script carries them to whoever reads it. Identifiers elsewhere
 already keep to narrower patterns (collection and property names, tenant and user ids,
 model and provider names, request ids); free text (questions, turns, property values)
 keeps them as sent."""
@@ -12,7 +15,7 @@ import re
 
 from services.common.errors import InvalidArgument
 
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
 def check_no_controls(value: str, field: str) -> str:

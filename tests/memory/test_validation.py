@@ -393,7 +393,12 @@ async def test_request_ids_clients_send_are_accepted(memory: Memory) -> None:
         assert made.interaction.interaction_id == again.interaction.interaction_id
 
 
-@pytest.mark.parametrize("control", ["\x00", "\n", "\t", "\x1b", "\x7f", "\x85", "\x9b"])
+@pytest.mark.parametrize(
+    "control",
+    # C0, DEL, C1; then a right-to-left override and isolate and the line separator, which
+    # make a name read otherwise than it is (found by review: they were stored as sent).
+    ["\x00", "\n", "\t", "\x1b", "\x7f", "\x85", "\x9b", "\u202e", "\u2067", "\u2028"],
+)
 async def test_a_conversation_name_with_a_control_character_is_refused(
     memory: Memory, control: str
 ) -> None:

@@ -207,7 +207,8 @@ class ContextWindowExceededError(InvalidArgumentError):
 
 
 class ControlCharacterError(InvalidArgumentError):
-    """A conversation name holding a control character (C0, DEL or C1); metadata
+    """A conversation name holding a control character (C0, DEL, C1, a bidirectional
+    override or isolate, a line or paragraph separator); metadata
     ``position`` says where. Names are display strings: send it without them."""
 
     error_reason = "CONTROL_CHARACTER"
