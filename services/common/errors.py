@@ -64,12 +64,20 @@ def _with_field(message: str, field: str) -> str:
     with it. Prefixing both said the field twice ("generate.single_prompt: single_prompt
     has no …")."""
     last = field.rsplit(".", 1)[-1]
-    if last != field and message.startswith(last):
-        after = message[len(last) : len(last) + 1]
-        # A whole segment only: "model_name …" does not begin with the segment "model".
-        if not (after.isalnum() or after == "_"):
-            return field + message[len(last) :]
+    # The field as the subject of its sentence ("top_p must …", "single_prompt has …"),
+    # not a word that happens to open it: a segment may be a client's own name (a property
+    # "no" and "no property 'no' in …"; found by review), which a plain prefix keeps clear.
+    words = message.split(" ", 2)
+    subject = words[0] == last or words[0].startswith(last + "[")  # "objects[2] is …"
+    if last != field and len(words) > 1 and subject and words[1] in _FIELD_VERBS:
+        return field + message[len(last) :]
     return f"{field}: {message}"
+
+
+# The verbs a message saying what is wrong with its field opens with, after the field.
+_FIELD_VERBS = frozenset(
+    ("must", "is", "are", "has", "have", "holds", "names", "needs", "exceeds", "was", "cannot")
+)
 
 
 class ServiceError(Exception):

@@ -26,6 +26,14 @@ from services.common.errors import InvalidArgument, NotFound
         # Not the segment as a whole word: prefixed.
         ("model_name is wrong", "generate.model", "generate.model: model_name is wrong"),
         ("no property 'a'", "inline.objects[0].a", "inline.objects[0].a: no property 'a'"),
+        # A client's own name as the segment, opening a sentence it is not the subject of
+        # (found by review: "inline.objects[0].no property 'no' in …").
+        ("no property 'no'", "inline.objects[0].no", "inline.objects[0].no: no property 'no'"),
+        (
+            "the limit is 5",
+            "objects[3].properties.the",
+            "objects[3].properties.the: the limit is 5",
+        ),
         # Already in full, or a field of one segment: as before.
         ("page_size must not be negative", "page_size", "page_size must not be negative"),
         ("it is wrong", "page_size", "page_size: it is wrong"),
