@@ -40,7 +40,7 @@ from google.protobuf import struct_pb2  # noqa: E402
 
 from services.common.auth import DEFAULT_TENANT, Identity, Role, forwarded_identity  # noqa: E402
 from services.devlaunch.processes import die_with_parent, free_port  # noqa: E402
-from tests.support.processes import wait_serving  # noqa: E402
+from tests.support.processes import owned_ports_known, wait_serving  # noqa: E402
 
 # -- environment variable names ---------------------------------------------------------
 # Shared settings are GENSEARCH_<FIELD>, a service's own GENSEARCH_<SERVICE>_<FIELD>
@@ -204,8 +204,16 @@ class ServiceProcess:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def service(self) -> str:
+        """The full name of its gRPC service, as its health check knows it."""
+        return f"gensearch.{self.name}.v1.{self.name.title()}Service"
+
     async def start(self) -> ServiceProcess:
-        self.port = free_port()
+        # Port 0 where the port it bound can be read back (Linux): a port picked here would
+        # be free only until the service binds it, seconds of imports later, and another
+        # process (a parallel test's service or Redis) may take it in between.
+        self.port = 0 if owned_ports_known() else free_port()
         argv = die_with_parent([sys.executable, "-m", f"services.{self.name}"])
         log = await asyncio.to_thread(open, self.log, "ab")
         with log:
@@ -219,7 +227,9 @@ class ServiceProcess:
                 start_new_session=True,  # a terminal's Ctrl-C reaches the bench only
             )
         try:
-            await wait_serving(self.address, self.proc, timeout=START_TIMEOUT)
+            self.port = await wait_serving(
+                self.address, self.proc, service=self.service, timeout=START_TIMEOUT
+            )
         except AssertionError as err:
             await self.stop()
             tail = self.log.read_text(errors="replace")[-3000:]

@@ -67,7 +67,7 @@ async def gateway() -> AsyncIterator[str]:
     )
     address = f"127.0.0.1:{port}"
     try:
-        await wait_serving(address, proc, timeout=60)
+        await wait_serving(address, proc, service="gensearch.gateway.v1.GatewayService", timeout=60)
         yield address
     finally:
         with contextlib.suppress(ProcessLookupError):

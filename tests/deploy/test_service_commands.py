@@ -73,7 +73,12 @@ async def test_container_command_serves_and_stops_cleanly(
     )
     try:
         try:
-            await wait_serving(f"127.0.0.1:{grpc_port}", proc, timeout=START_TIMEOUT)
+            await wait_serving(
+                f"127.0.0.1:{grpc_port}",
+                proc,
+                service=f"gensearch.{service}.v1.{service.title()}Service",
+                timeout=START_TIMEOUT,
+            )
         except AssertionError:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()

@@ -16,6 +16,7 @@ from services.devlaunch.processes import free_port
 from tests.support.processes import alive, descendants, wait_serving
 
 ROOT = Path(__file__).resolve().parents[2]
+MEMORY = "gensearch.memory.v1.MemoryService"
 
 
 async def _start(data_dir: Path, port: int) -> asyncio.subprocess.Process:
@@ -44,7 +45,7 @@ async def test_runs_alone_with_embedded_redis(tmp_path: Path) -> None:
     proc = await _start(tmp_path, port)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            await wait_serving(f"127.0.0.1:{port}", proc)
+            await wait_serving(f"127.0.0.1:{port}", proc, service=MEMORY)
             redis_pids = descendants(proc.pid)
             assert redis_pids, "no embedded redis child process"
             stub = pb_grpc.MemoryServiceStub(channel)
@@ -69,7 +70,7 @@ async def test_runs_alone_with_embedded_redis(tmp_path: Path) -> None:
     proc = await _start(tmp_path, port)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            await wait_serving(f"127.0.0.1:{port}", proc)
+            await wait_serving(f"127.0.0.1:{port}", proc, service=MEMORY)
             stub = pb_grpc.MemoryServiceStub(channel)
             listed = await stub.ListInteractions(
                 pb.ListInteractionsRequest(conversation_id=conv.conversation_id)

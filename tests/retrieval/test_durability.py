@@ -76,7 +76,7 @@ async def test_kill_9_after_acknowledged_write(
     )  # fmt: skip
     try:
         address = f"127.0.0.1:{port}"
-        await wait_serving(address, proc)
+        await wait_serving(address, proc, service="gensearch.retrieval.v1.RetrievalService")
         async with grpc.aio.insecure_channel(address) as channel:
             stub = pb_grpc.RetrievalServiceStub(channel)
             await stub.CreateCollection(

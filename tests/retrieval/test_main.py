@@ -43,7 +43,7 @@ async def test_starts_and_answers_unavailable_while_qdrant_is_unreachable(
     )  # fmt: skip
     try:
         address = f"127.0.0.1:{port}"
-        await wait_serving(address, proc)
+        await wait_serving(address, proc, service="gensearch.retrieval.v1.RetrievalService")
         async with grpc.aio.insecure_channel(address) as channel:
             stub = pb_grpc.RetrievalServiceStub(channel)
             for call in (

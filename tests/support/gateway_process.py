@@ -15,23 +15,25 @@ import pytest
 from services.devlaunch.processes import free_port
 from tests.gateway.conftest import KEYS, TOKEN, Stack, StackFactory
 from tests.support.fake_openai import FakeOpenAI
-from tests.support.processes import wait_serving
+from tests.support.processes import owned_ports_known, wait_serving
 
 ROOT = Path(__file__).resolve().parents[2]
 # An answer far slower than any test: 200 words, streamed 0.5 s apart.
 SLOW = " ".join(f"w{i}" for i in range(200))
+GATEWAY = "gensearch.gateway.v1.GatewayService"
 
 
 class GatewayProcess:
-    """``python -m services.gateway`` on a fixed port, in front of ``stack``'s services."""
+    """``python -m services.gateway`` in front of ``stack``'s services: on a port of its
+    own choosing the first time (none picked here that another process could take before
+    it binds), on that same port when started again."""
 
     def __init__(self, stack: Stack) -> None:
-        self.port = free_port()
+        self.port = 0 if owned_ports_known() else free_port()
         self.proc: asyncio.subprocess.Process | None = None
         self.env = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "gen")]),
-            "GENSEARCH_GATEWAY_PORT": str(self.port),
             "GENSEARCH_GATEWAY_METRICS_PORT": "0",
             "GENSEARCH_API_KEYS": KEYS,
             "GENSEARCH_INTERNAL_TOKEN": TOKEN,
@@ -47,10 +49,11 @@ class GatewayProcess:
 
     async def start(self) -> None:
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "services.gateway", cwd=ROOT, env=self.env,
+            sys.executable, "-m", "services.gateway", cwd=ROOT,
+            env={**self.env, "GENSEARCH_GATEWAY_PORT": str(self.port)},
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
         )  # fmt: skip
-        await wait_serving(self.address, self.proc)
+        self.port = await wait_serving(self.address, self.proc, service=GATEWAY)
 
     async def kill(self) -> None:
         assert self.proc is not None
