@@ -169,7 +169,15 @@ class RedisProcess:
         log.info("redis started", extra={"url": self.url, "binary": self.binary})
 
     async def _wait_ready(self, timeout: float) -> None:
-        client = aioredis.Redis(host=self.host, port=self.port, socket_timeout=1)
+        # Asked on the unix socket, in our own private directory: the server answering is
+        # surely ours. On the TCP port, another process's Redis that took the port (picked
+        # free a moment before) answered while ours failed to bind it and exited, and its
+        # owner then talked to a server it had not started, or to none. The server opens
+        # the socket after binding the port, so an answer there means both are ours.
+        assert self._socket_dir is not None
+        client = aioredis.Redis(
+            unix_socket_path=str(self._socket_dir / "redis.sock"), socket_timeout=1
+        )
         deadline = asyncio.get_running_loop().time() + timeout
         try:
             while True:

@@ -86,3 +86,18 @@ def test_the_server_binary_can_be_chosen(monkeypatch: pytest.MonkeyPatch, tmp_pa
     monkeypatch.setenv("GENSEARCH_REDIS_SERVER", "no-such-redis-server")
     with pytest.raises(RuntimeError, match="GENSEARCH_REDIS_SERVER"):
         find_binary()
+
+
+async def test_a_port_another_redis_holds_fails_the_start(
+    tmp_path: Path, redis_server: RedisProcess
+) -> None:
+    """The port picked for the embedded server was taken by another process's Redis
+    before ours bound it: ours exits, and the start says so. Before, readiness was asked on
+    the TCP port, where the other server answered: the start passed, and the memory
+    service then used a socket nothing served (its own server had exited)."""
+    taken = RedisProcess(tmp_path / "second", port=redis_server.port)
+    try:
+        with pytest.raises(RuntimeError, match="redis exited"):
+            await taken.start(timeout=30)
+    finally:
+        await taken.stop()
