@@ -29,6 +29,7 @@ from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from services.devlaunch.processes import die_with_parent, free_port
 from services.devlaunch.redis_server import find_binary
+from tests.support.processes import listening_ports, owned_ports_known
 
 NODE_TIMEOUT_MS = 2000
 
@@ -229,6 +230,14 @@ class LocalCluster:
 
 
 async def _ping(node: Node) -> bool:
+    """The node answers, and it is ours: its ports were picked free a moment before it
+    bound them, and another process's Redis (a parallel test's) may hold one by then; that
+    one would answer too, while ours failed to bind and exited."""
+    assert node.process is not None and node.process.poll() is None, (
+        f"node {node.port} exited with {node.process and node.process.returncode}"
+    )
+    if owned_ports_known() and not {node.port, node.bus_port} <= listening_ports(node.pid):
+        return False
     async with node.client() as client:
         return bool(await client.ping())  # type: ignore[misc]
 
