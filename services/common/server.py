@@ -465,6 +465,11 @@ def server_options(settings: CommonSettings, largest_request: int) -> list[tuple
         options.append(("grpc.max_connection_idle_ms", _ms(settings.max_connection_idle)))
     if settings.max_connection_age > 0:
         options.append(("grpc.max_connection_age_ms", _ms(settings.max_connection_age)))
+        if settings.max_connection_age_grace > 0:
+            # Then the connection is closed, its calls with it: what ends a cut stream's
+            # status waiting behind bytes its client never reads (stream_idle.py).
+            grace = _ms(settings.max_connection_age_grace)
+            options.append(("grpc.max_connection_age_grace_ms", grace))
     return options
 
 

@@ -310,6 +310,14 @@ class CommonSettings(BaseSettings):
     # flight finish first). 0 = never. Clients that balance over DNS (dns:/// targets with
     # round_robin) resolve again on reconnect, so this is how they find new replicas.
     max_connection_age: float = Field(default=0.0, ge=0, le=MAX_CONNECTION_SECONDS)
+    # Seconds the calls still open on a connection get after that GOAWAY before the server
+    # closes it under them. 0 = no limit (gRPC's default): a stream whose client stopped
+    # reading and was cut (STREAM_STALLED) keeps its HTTP/2 stream and its unsent reply
+    # bytes until its client reads on or goes away, since its status waits behind those
+    # bytes; with both set, until MAX_CONNECTION_AGE + this at most. Longer than the
+    # longest call served (a stream of generated hits), which it cuts too. Needs
+    # max_connection_age.
+    max_connection_age_grace: float = Field(default=0.0, ge=0, le=MAX_CONNECTION_SECONDS)
     # Seconds a connection with no call in progress stays open (GOAWAY after). 0 = never.
     max_connection_idle: float = Field(default=300.0, ge=0, le=MAX_CONNECTION_SECONDS)
     # Seconds a new connection gets to open HTTP/2 (send its preface and SETTINGS) before it

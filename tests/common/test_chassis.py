@@ -780,3 +780,67 @@ async def test_metrics_follow_grpc_prometheus_conventions() -> None:
     )
     await channel.close()
     await server.stop(0)
+
+
+async def _cut_and_left(**settings: Any) -> tuple[GrpcServer, grpc.aio.Channel, Any]:
+    """A server (``settings``) whose Flood stream a client read once, then neither read on
+    nor left: the stream has been cut (its call slot is free); returns the call, unread."""
+    server, channel = await _start(
+        api_keys=SecretStr("alice:key-alice"), stream_send_timeout=SEND, **settings
+    )
+    await channel.close()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}", options=STALLING_CLIENT)
+    alice = (("authorization", "Bearer key-alice"),)
+    call = channel.unary_stream(f"/{SERVICE}/Flood", _ident, _ident)(b"", metadata=alice)
+    await call.read()
+    end = asyncio.get_running_loop().time() + 30  # polled: a loaded machine is slow to it
+    while server.call_slots.in_flight:
+        assert asyncio.get_running_loop().time() < end, "the stalled stream was not cut"
+        await asyncio.sleep(0.05)
+    return server, channel, call
+
+
+async def test_a_cut_stream_left_unread_holds_its_reply_bytes_while_its_connection_lives() -> None:
+    """Measured: once cut, the call's status waits behind the message gRPC was sending, so
+    the message's bytes stay counted (its tenant's MAX_REPLY_BYTES_IN_FLIGHT_PER_TENANT) and
+    its HTTP/2 stream open for as long as the client neither reads nor leaves. Keepalive
+    does not end it (the client's library answers pings), nor MAX_CONNECTION_AGE alone
+    (gRPC's grace after its GOAWAY is unlimited). Its call slot is free."""
+    server, channel, call = await _cut_and_left(max_connection_age=SEND)
+    try:
+        await asyncio.sleep(8 * SEND)  # the connection's age passed long ago
+        assert server.reply_bytes.total > 0
+        assert server.call_slots.in_flight == 0
+        assert not call.done()
+    finally:
+        await channel.close()
+    # The client gone, all of it is given back.
+    end = asyncio.get_running_loop().time() + 30
+    while server.reply_bytes.total:
+        assert asyncio.get_running_loop().time() < end, "reply bytes held after the client left"
+        await asyncio.sleep(0.05)
+    await server.stop(0)
+
+
+async def test_max_connection_age_grace_frees_a_cut_stream_left_unread() -> None:
+    """MAX_CONNECTION_AGE with MAX_CONNECTION_AGE_GRACE: the connection of a client that
+    neither reads nor leaves is closed at age + grace, and the cut stream's reply bytes
+    (held while its status waited behind them) are given back, the client still holding
+    its call unread."""
+    server, channel, call = await _cut_and_left(
+        max_connection_age=SEND, max_connection_age_grace=SEND
+    )
+    try:
+        end = asyncio.get_running_loop().time() + 30  # polled: a loaded machine is slow
+        while server.reply_bytes.total:
+            assert asyncio.get_running_loop().time() < end, "reply bytes still held"
+            await asyncio.sleep(0.05)
+        assert server.call_slots.in_flight == 0
+        # The call ended under the client too, the connection closed under it.
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            while await call.read() is not grpc.aio.EOF:
+                pass
+        assert ended.value.code() == grpc.StatusCode.UNAVAILABLE, ended.value
+    finally:
+        await channel.close()
+        await server.stop(0)

@@ -56,6 +56,7 @@ CLASSES: list[type[BaseModel]] = [
 # lifetimes sent to Redis as whole seconds.
 MS_FLOATS = {
     "max_connection_age",
+    "max_connection_age_grace",
     "max_connection_idle",
     "handshake_timeout",
     "keepalive_time",
@@ -217,6 +218,7 @@ async def test_the_largest_values_still_serve(tmp_path: Path) -> None:
         "max_concurrent_rpcs": MAX_CONCURRENCY,
         "max_concurrent_streams": MAX_CONCURRENCY,
         "max_connection_age": MAX_CONNECTION_SECONDS,
+        "max_connection_age_grace": MAX_CONNECTION_SECONDS,
         "max_connection_idle": MAX_CONNECTION_SECONDS,
         "handshake_timeout": MAX_CONNECTION_SECONDS,
         "keepalive_time": MAX_CONNECTION_SECONDS,
