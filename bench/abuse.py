@@ -22,30 +22,24 @@ import argparse
 import asyncio
 import os
 import shutil
-import socket
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "gen"))
+sys.path[:0] = [str(ROOT), str(ROOT / "gen")]
 from gensearch.memory.v1 import memory_service_pb2 as mem_pb  # noqa: E402
+
+from tests.support.processes import wait_serving  # noqa: E402
 
 MB = 1_000_000
 KEY = "bench-abuse-key"
 METHOD = "/gensearch.memory.v1.MemoryService/CreateInteraction"
 # deploy/base/{gateway,memory}.yaml resources.limits.memory
 LIMITS_MIB = {"gateway": 1024, "memory": 512}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _status(pid: int) -> dict[str, int]:
@@ -59,20 +53,6 @@ def _status(pid: int) -> dict[str, int]:
 
 def _reset_peak(pid: int) -> None:
     Path(f"/proc/{pid}/clear_refs").write_text("5")
-
-
-async def _serving(address: str, proc: asyncio.subprocess.Process) -> None:
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        for _ in range(600):
-            if proc.returncode is not None:
-                raise SystemExit(f"a service exited with {proc.returncode}")
-            try:
-                await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                return
-            except grpc.aio.AioRpcError:
-                await asyncio.sleep(0.1)
-    raise SystemExit(f"{address} never served")
 
 
 async def _start(tree: Path, service: str, env: dict[str, str]) -> asyncio.subprocess.Process:
@@ -114,7 +94,6 @@ async def main() -> None:
     args = parser.parse_args()
     data = Path(tempfile.mkdtemp(prefix="gensearch-abuse-"))
     token = "bench-abuse-internal-token"
-    mem_port, gw_port = _free_port(), _free_port()
     shared = {
         "GENSEARCH_DATA_DIR": str(data),
         "GENSEARCH_API_KEYS": f"alice:{KEY}",
@@ -122,26 +101,32 @@ async def main() -> None:
         "GENSEARCH_LOG_LEVEL": "WARNING",
         "GENSEARCH_REDIS_SERVER": os.environ.get("GENSEARCH_REDIS_SERVER", "bundled"),
     }
+    # Each on a port of its own choosing (0), read back once it serves: none picked here
+    # that another process could take before the service binds it.
     memory = await _start(
         args.tree,
         "memory",
-        {**shared, "GENSEARCH_MEMORY_PORT": str(mem_port), "GENSEARCH_MEMORY_METRICS_PORT": "0"},
+        {**shared, "GENSEARCH_MEMORY_PORT": "0", "GENSEARCH_MEMORY_METRICS_PORT": "0"},
     )
-    gateway = await _start(
-        args.tree,
-        "gateway",
-        {
-            **shared,
-            "GENSEARCH_GATEWAY_PORT": str(gw_port),
-            "GENSEARCH_GATEWAY_METRICS_PORT": "0",
-            "GENSEARCH_GATEWAY_MEMORY_ADDR": f"127.0.0.1:{mem_port}",
-        },
-    )
-    procs = {"gateway": gateway, "memory": memory}
-    address = f"127.0.0.1:{gw_port}"
+    procs = {"memory": memory}
     try:
-        await _serving(f"127.0.0.1:{mem_port}", memory)
-        await _serving(address, gateway)
+        mem_port = await wait_serving(
+            "127.0.0.1:0", memory, service="gensearch.memory.v1.MemoryService", timeout=60
+        )
+        procs["gateway"] = gateway = await _start(
+            args.tree,
+            "gateway",
+            {
+                **shared,
+                "GENSEARCH_GATEWAY_PORT": "0",
+                "GENSEARCH_GATEWAY_METRICS_PORT": "0",
+                "GENSEARCH_GATEWAY_MEMORY_ADDR": f"127.0.0.1:{mem_port}",
+            },
+        )
+        gw_port = await wait_serving(
+            "127.0.0.1:0", gateway, service="gensearch.gateway.v1.GatewayService", timeout=60
+        )
+        address = f"127.0.0.1:{gw_port}"
         idle = {name: _status(p.pid)["VmRSS"] for name, p in procs.items()}
         print(f"tree: {args.tree}")
         print(f"idle RSS MiB: gateway {idle['gateway']}, memory {idle['memory']}")

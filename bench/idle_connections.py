@@ -33,12 +33,10 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.support.processes import wait_serving  # noqa: E402
 
 
 async def _probe(address: str, timeout: float) -> bool:
@@ -53,11 +51,13 @@ async def _probe(address: str, timeout: float) -> bool:
 
 
 async def _start_gateway(
-    tree: Path, port: int, fd_limit: int, data: Path, fd_soft: int | None = None
-) -> asyncio.subprocess.Process:
+    tree: Path, fd_limit: int, data: Path, fd_soft: int | None = None
+) -> tuple[asyncio.subprocess.Process, int]:
+    """The gateway, SERVING, and its port: one of its own choosing (0), read back, so none
+    is picked here that another process could take before the gateway binds it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GENSEARCH_")}
     env.update(
-        GENSEARCH_GATEWAY_PORT=str(port),
+        GENSEARCH_GATEWAY_PORT="0",
         GENSEARCH_GATEWAY_METRICS_PORT="0",
         GENSEARCH_DATA_DIR=str(data),
         GENSEARCH_LOG_LEVEL="WARNING",
@@ -71,13 +71,15 @@ async def _start_gateway(
         sys.executable, "-m", "services.gateway", cwd=tree, env=env, preexec_fn=limit,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
-    address = f"127.0.0.1:{port}"
-    for _ in range(300):
-        if await _probe(address, 1.0):
-            return proc
-        await asyncio.sleep(0.1)
-    proc.kill()
-    raise SystemExit("the gateway did not become SERVING")
+    try:
+        port = await wait_serving(
+            "127.0.0.1:0", proc, service="gensearch.gateway.v1.GatewayService", timeout=30
+        )
+    except AssertionError as err:
+        if proc.returncode is None:
+            proc.kill()
+        raise SystemExit(f"the gateway did not become SERVING: {err}") from None
+    return proc, port
 
 
 def _open_idle(port: int, count: int) -> list[socket.socket]:
@@ -113,12 +115,11 @@ async def _run(args: argparse.Namespace) -> None:
     if hard < need:
         raise SystemExit(f"this shell allows {hard} open files; --connections needs {need}")
     resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
-    port = _free_port()
-    address = f"127.0.0.1:{port}"
     with tempfile.TemporaryDirectory(prefix="bench-idle-") as data:
-        gateway = await _start_gateway(
-            args.tree.resolve(), port, args.fd_limit, Path(data), args.fd_soft
+        gateway, port = await _start_gateway(
+            args.tree.resolve(), args.fd_limit, Path(data), args.fd_soft
         )
+        address = f"127.0.0.1:{port}"
         try:
             sockets = _open_idle(port, args.connections)
             started = time.monotonic()
