@@ -48,7 +48,6 @@ from gensearch.memory.v1 import memory_service_pb2_grpc as pb_grpc  # noqa: E402
 from bench.report import Figures, median_range  # noqa: E402
 from services.common.auth import ANONYMOUS, DEFAULT_TENANT  # noqa: E402
 from services.common.redis_client import RedisClient, connect  # noqa: E402
-from services.devlaunch.processes import free_port  # noqa: E402
 from services.devlaunch.redis_server import RedisProcess  # noqa: E402
 from services.memory.ids import UUIDv7Generator  # noqa: E402
 from services.memory.settings import MemorySettings  # noqa: E402
@@ -57,6 +56,7 @@ from services.memory.store import (  # noqa: E402
     Owner,
     lua_source,
 )
+from tests.support.processes import wait_serving  # noqa: E402
 from tests.support.redis_cluster import LocalCluster  # noqa: E402
 
 ECHO_METHOD = "/bench.v1.EchoService/Echo"
@@ -106,13 +106,14 @@ async def _echo_process() -> AsyncIterator[str]:
 
 @contextlib.asynccontextmanager
 async def _memory_process(redis_url: str, cluster: bool, data: Path) -> AsyncIterator[str]:
-    """``python -m services.memory`` as deployed, configured by environment."""
-    port = free_port()
+    """``python -m services.memory`` as deployed, configured by environment, on a port of
+    its own choosing (0), read back once it serves: a port picked here would be free only
+    until the service bound it, seconds of imports later."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GENSEARCH_")}
     env.update(
         GENSEARCH_MEMORY_REDIS_URL=redis_url,
         GENSEARCH_MEMORY_REDIS_CLUSTER="true" if cluster else "false",
-        GENSEARCH_MEMORY_PORT=str(port),
+        GENSEARCH_MEMORY_PORT="0",
         GENSEARCH_MEMORY_METRICS_PORT="0",
         GENSEARCH_MEMORY_MAX_INTERACTIONS_PER_CONVERSATION=str(MAX_INTERACTIONS_PER_CONVERSATION),
         GENSEARCH_DATA_DIR=str(data),
@@ -121,11 +122,11 @@ async def _memory_process(redis_url: str, cluster: bool, data: Path) -> AsyncIte
     child = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "services.memory", cwd=ROOT, env=env
     )
-    address = f"127.0.0.1:{port}"
     try:
-        async with grpc.aio.insecure_channel(address) as channel:
-            await asyncio.wait_for(channel.channel_ready(), 60)
-        yield address
+        port = await wait_serving(
+            "127.0.0.1:0", child, service="gensearch.memory.v1.MemoryService", timeout=60
+        )
+        yield f"127.0.0.1:{port}"
     finally:
         child.send_signal(signal.SIGTERM)
         await child.wait()
