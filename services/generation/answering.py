@@ -82,16 +82,25 @@ def _invalid(target: Target, why: str, spent: Completion) -> FailedPrecondition:
     """The refusal of an answer still invalid after its corrective retry; ``spent`` (both
     calls summed) gives the attempts and wait a failed call reports, as any other does."""
     INVALID_OUTPUTS.labels(target.provider.name, "retry").inc()
+    metadata = {
+        "provider": target.provider.name,
+        "model": target.request.model,
+        ATTEMPTS: str(spent.attempts),
+        WAIT_MS: str(round(spent.waited * 1000)),
+    }
+    if spent.finish_reason == "length":
+        # The model ran out of tokens mid-JSON: "Unterminated string" alone sent users
+        # looking at the schema or the model when the fix is a larger max_tokens.
+        why += (
+            "; the answer was cut at max_tokens (finish_reason 'length') before its JSON "
+            "ended: give a larger max_tokens"
+        )
+        metadata["finish_reason"] = "length"
     return FailedPrecondition(
         f"the answer of provider {target.provider.name!r} does not match "
         f"response_format.json_schema, even after one corrective retry: {why}",
         reason=INVALID_OUTPUT,
-        metadata={
-            "provider": target.provider.name,
-            "model": target.request.model,
-            ATTEMPTS: str(spent.attempts),
-            WAIT_MS: str(round(spent.waited * 1000)),
-        },
+        metadata=metadata,
     )
 
 

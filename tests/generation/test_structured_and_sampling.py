@@ -227,6 +227,39 @@ async def test_invalid_twice_is_invalid_output(service: Service, fake: FakeOpenA
     assert len(fake.chat_requests) == 2  # one corrective retry, no more
 
 
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_an_answer_cut_at_max_tokens_says_so(
+    service: Service, fake: FakeOpenAI, streamed: bool
+) -> None:
+    """JSON cut short by max_tokens (finish_reason "length") is INVALID_OUTPUT whose
+    message says why and what to change: "the answer is not JSON (Unterminated string…)"
+    alone sent a user (the bundled model, a small max_tokens) looking at the schema."""
+    fake.reply = '{"title": "Dune", "year": 1965}'
+    fields: dict[str, Any] = dict(messages=[user("hi")], response_format=fmt(), max_tokens=2)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        if streamed:
+            await drain(service.stub.StreamGenerate(pb.StreamGenerateRequest(**fields), timeout=5))
+        else:
+            await service.stub.Generate(pb.GenerateRequest(**fields), timeout=5)
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    info = error_info(caught.value)
+    assert (info.reason, info.metadata["finish_reason"]) == ("INVALID_OUTPUT", "length")
+    assert "cut at max_tokens" in (caught.value.details() or "")
+    assert len(fake.chat_requests) == 2
+
+
+async def test_an_invalid_answer_not_cut_names_no_max_tokens(
+    service: Service, fake: FakeOpenAI
+) -> None:
+    fake.reply = "not json at all"
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.Generate(
+            pb.GenerateRequest(messages=[user("hi")], response_format=fmt()), timeout=5
+        )
+    assert "max_tokens" not in (caught.value.details() or "")
+    assert "finish_reason" not in error_info(caught.value).metadata
+
+
 async def test_a_pattern_python_cannot_compile_is_invalid_argument(
     service: Service, fake: FakeOpenAI
 ) -> None:
