@@ -15,6 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from gensearch.client.types import exact_structured
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from rich.console import Console
@@ -32,11 +33,40 @@ from rich.text import Text
 def message_dict(message: Message, types: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The API's JSON form (proto field names), with the numbers of ``int`` properties
     (``types``: the collection's property name -> data type) as integers: a ``Struct``
-    holds every number as a double, so 1965 would print as 1965.0."""
+    holds every number as a double, so 1965 would print as 1965.0. A generation's
+    ``structured`` answer gets its own numbers back from the JSON text it was parsed from
+    (``"year": 1965``, as the table output shows it, not ``1965.0``)."""
     value = json_format.MessageToDict(message, preserving_proto_field_name=True)
     if types:
         _integers(value, types)
+    _exact_structured(value)
     return value
+
+
+def inline_types(objects: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """Property name -> ``int`` for the names an inline object gives an integer: with no
+    collection there is no schema, and the objects given come back through a ``Struct``
+    (``{"year": 1972}`` would print as ``1972.0``). Only whole numbers are printed as
+    integers, so another object's ``1979.5`` stays as it is."""
+    return {
+        name: "int"
+        for obj in objects
+        for name, number in obj.items()
+        if isinstance(number, int) and not isinstance(number, bool)
+    }
+
+
+def _exact_structured(value: Any) -> None:
+    if isinstance(value, list):
+        for item in value:
+            _exact_structured(item)
+    elif isinstance(value, dict):
+        structured, text = value.get("structured"), value.get("result")
+        if isinstance(structured, dict) and isinstance(text, str):
+            value["structured"] = exact_structured(text, structured)
+        for key, inner in value.items():
+            if key != "structured":
+                _exact_structured(inner)
 
 
 def _integers(value: Any, types: Mapping[str, str]) -> None:

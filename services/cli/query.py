@@ -18,7 +18,7 @@ from google.protobuf import json_format
 
 from services.cli import render, state
 from services.cli.client import Client, CliError, UsageError, int32, int64
-from services.cli.output import dump_json, message_dict, note
+from services.cli.output import dump_json, inline_types, message_dict, note
 
 OPERATORS = {name.removeprefix("OPERATOR_").lower(): value for name, value in rpb.Operator.items()}
 GROUPS = ("all_of", "any_of", "none_of")
@@ -621,7 +621,7 @@ async def generate_on_objects(client: Client, args: argparse.Namespace) -> int:
         )
     if args.ids and not args.collection:
         raise UsageError("--id needs --collection (the collection holding the objects)")
-    types: dict[str, str] = {}
+    types = inline_types(inline)
     if args.collection:
         collection = client.collections.get(args.collection)
         types = await collection.property_types()

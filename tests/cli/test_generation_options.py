@@ -121,6 +121,15 @@ def test_search_response_format_shows_structured(
     )  # fmt: skip
     assert from_file.code == 0, from_file.err
     assert json.loads(from_file.out)["grouped"]["structured"] == {"title": "Dune", "year": 1965}
+    # Printed as the answer wrote it, as the table shows it: not 1965.0 (a Struct's double).
+    assert '"year": 1965.0' not in from_file.out and '"year": 1965\n' in from_file.out
+    streamed_json = cli(
+        "search", "-c", novels, "--keyword", "desert", "--limit", "1", "--stream", "--json",
+        "--single-prompt", "Title and year of {title}", "--response-format", str(schema_file),
+    )  # fmt: skip
+    assert streamed_json.code == 0, streamed_json.err
+    assert '"structured": {"title": "Dune", "year": 1965}' in streamed_json.out
+    assert "1965.0" not in streamed_json.out
 
     streamed = cli(
         "search", "-c", novels, "--keyword", "desert", "--limit", "1", "--stream",
@@ -321,6 +330,18 @@ def test_generate_inline_objects(cli: Any, fake: Any, tmp_path: Path) -> None:
     assert sorted(prompts) == sorted(
         ["JSON for Roadside Picnic (1972)", "JSON for Solaris (1961)", "JSON for Ubik (1969)"]
     )
+
+    # --json: the objects given come back as given (1972, not a Struct's 1972.0), and so
+    # do the structured answers' integers.
+    as_json = cli(
+        "generate", "--object", '{"title": "Roadside Picnic", "year": 1972}', "--json",
+        "--object", '{"title": "Stalker", "year": 1979.5}', "--single-prompt", "JSON for {title}",
+        "--response-format", json.dumps(SCHEMA),
+    )  # fmt: skip
+    assert as_json.code == 0, as_json.err
+    assert '"year": 1972,' in as_json.out or '"year": 1972\n' in as_json.out
+    assert '"year": 1972.0' not in as_json.out and '"year": 1979.5' in as_json.out
+    assert '"year": 1961.0' not in as_json.out and as_json.out.count('"year": 1961') == 2
 
     grouped = json.loads(
         cli(
