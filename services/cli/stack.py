@@ -24,6 +24,7 @@ import fcntl
 import json
 import os
 import secrets
+import shlex
 import signal
 import socket
 import sys
@@ -679,6 +680,19 @@ async def _remove_stack_file(stack: Stack) -> None:
         (stack.data_dir / STACK_FILE).unlink()
 
 
+def status_hint(gateway_address: str, data_dir: str | Path) -> str:
+    """The ``status`` command that checks this stack's services directly: it finds them in
+    ``<data dir>/stack.json``, looked up where ``read_stack_file`` looks (``GENSEARCH_DATA_DIR``,
+    else ``./data``), so another ``--data-dir`` is named in front of it. Without it, that
+    command checked the services through the gateway instead, each row UNAUTHENTICATED
+    ("no API key") on a stack with keys, and exit code 1 (or read another stack's file)."""
+    command = f"{command_name()} --address {gateway_address} status"
+    looked_up = Path(os.environ.get("GENSEARCH_DATA_DIR") or "data")
+    if Path(data_dir).resolve() == looked_up.resolve():
+        return command
+    return f"GENSEARCH_DATA_DIR={shlex.quote(str(data_dir))} {command}"
+
+
 def read_stack_file(data_dir: str | Path | None = None) -> dict[str, Any]:
     """The addresses of a running ``gensearch up`` (empty when there is none)."""
     base = Path(data_dir or os.environ.get("GENSEARCH_DATA_DIR") or "data")
@@ -741,8 +755,7 @@ async def _up(args: argparse.Namespace, stop: asyncio.Event, serving: asyncio.Ev
     try:
         say(
             f"gensearch is up in {time.perf_counter() - began:.1f}s: gateway at "
-            f"{stack.gateway_address} (try: {command_name()} --address {stack.gateway_address} "
-            "status)"
+            f"{stack.gateway_address} (try: {status_hint(stack.gateway_address, stack.data_dir)})"
         )
         if args.demo:
             from services.cli import demo
