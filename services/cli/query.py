@@ -113,7 +113,8 @@ def add_ask_arguments(parser: argparse.ArgumentParser) -> None:
         "--semantic-cache",
         metavar="MODE[:TTL]",
         help="answer from the semantic cache when a question close enough was answered "
-        "before (questions without history): use, refresh or bypass; TTL as for --cache",
+        "before (questions without history): use, refresh or bypass; TTL as for "
+        "search --cache (600, 10m, 1h, 1d)",
     )
     parser.add_argument(
         "--min-similarity",

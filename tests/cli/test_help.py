@@ -62,3 +62,22 @@ def subcommand_help(name: str) -> str:
     with contextlib.redirect_stdout(buffer), pytest.raises(SystemExit):
         build_parser().parse_args([name, "--help"])
     return buffer.getvalue()
+
+
+COMMANDS = [
+    ["up"], ["status"], ["import"], ["search"], ["generate"], ["ask"],
+    *(["collections", c] for c in ("create", "list", "show", "delete")),
+    *(["conversations", c] for c in ("list", "show", "delete")),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_an_option_a_help_refers_to_is_one_of_that_command(command: list[str]) -> None:
+    # Before: `ask --help` said "TTL as for --cache", and ask has no --cache (search has).
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        build_parser().parse_args([*command, "--help"])
+    usage, _, rest = " ".join(out.getvalue().split()).partition(" options: ")
+    referred = re.findall(r"(?<![\w-])as for (--[\w-]+)", rest)
+    missing = [o for o in referred if not re.search(rf"(?<![\w-]){o}(?![\w-])", usage)]
+    assert not missing, (command, missing)
