@@ -180,10 +180,13 @@ def echo_url(url: str) -> str:
 def split_url(url: str) -> tuple[str, str, int, str]:
     """(scheme, host, port, rest) of a plain http(s) base URL: no credentials, escapes,
     query (a client appends its API path to a base URL), fragment, spaces or backslashes
-    (spellings that URL parsers disagree on). ``host`` is in lower case without brackets or
-    trailing dot; ``port`` is the default one when not given; ``rest`` is the path
-    (trailing slashes dropped)."""
-    if len(url) > MAX_URL or any(c.isspace() or c == "\\" or ord(c) < 32 for c in url):
+    (spellings that URL parsers disagree on), nor a character that is not printable (DEL,
+    C1 controls, zero-width and other invisible ones, as the operator's own base URLs,
+    ``settings.http_url_problem``): DEL in the path passed here and the HTTP client then
+    refused the URL with an error nobody expected, and the call failed INTERNAL. ``host``
+    is in lower case without brackets or trailing dot; ``port`` is the default one when
+    not given; ``rest`` is the path (trailing slashes dropped)."""
+    if len(url) > MAX_URL or any(c.isspace() or c == "\\" or not c.isprintable() for c in url):
         raise UrlRefused(f"{echo_url(url)} is not a plain URL")
     try:
         parts = urlsplit(url)

@@ -116,6 +116,11 @@ def allowed(allowlist: str, url: str) -> bool:
         ("api.example.com", "https://api.example.com\\@evil.test/v1", False),
         ("api.example.com", "https://evil.test#@api.example.com/v1", False),
         ("api.example.com", "https://api.example.com /v1", False),
+        # characters no URL holds: DEL passed and failed the call INTERNAL in the client
+        ("api.example.com", "https://api.example.com/v1\x7f", False),
+        ("api.example.com", "https://api.example.com/v1/\x9b", False),
+        ("api.example.com", "https://api.example.com/v1/\u200b", False),
+        ("api.example.com", "https://api.example.com/v1/\u202e", False),
         ("api.example.com", "ftp://api.example.com/v1", False),
         ("api.example.com", "https://api.example.com:0/v1", False),
         ("api.example.com", "https://api.example.com:99999/v1", False),

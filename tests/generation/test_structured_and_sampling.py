@@ -475,6 +475,31 @@ async def test_a_base_url_is_called_as_the_allowlist_read_it(
     assert len(fake.chat_requests) == 2
 
 
+@pytest.mark.parametrize("path", ["/v1\x7f", "/v1/\x7fchat", "/v1/\u200b"])
+async def test_a_base_url_holding_an_unprintable_character_is_refused_naming_it(
+    fake: FakeOpenAI, start_service: StartService, path: str
+) -> None:
+    """DEL (and other characters no URL holds) in a base_url's path passed the allowlist,
+    then the HTTP client refused the URL with an exception of its own: INTERNAL."""
+    svc = await start_service([fake_provider(fake)], allowed_hosts="http://127.0.0.1")
+    base_url = f"http://127.0.0.1:{fake.port}{path}"
+    for call, message in (
+        (svc.stub.Generate, pb.GenerateRequest),
+        (svc.stub.StreamGenerate, pb.StreamGenerateRequest),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            result = call(message(messages=[user("hi")], base_url=base_url), timeout=5)
+            if hasattr(result, "__aiter__"):
+                await drain(result)
+            else:
+                await result
+        assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        info = error_info(caught.value)
+        assert (info.reason, info.metadata["field"]) == ("URL_NOT_ALLOWED", "base_url")
+        assert "not a plain URL" in caught.value.details()
+    assert fake.requests == []
+
+
 @pytest.mark.parametrize(
     ("allowed", "url"),
     [
