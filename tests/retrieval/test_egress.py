@@ -419,3 +419,38 @@ async def test_a_redirect_is_not_followed_and_names_the_base_url(
         assert "127.0.0.2" not in (caught.value.details() or "")
         # A write says so (the embedder's own message does not: it serves Search too).
         assert (caught.value.details() or "").endswith("; nothing was written")
+
+
+async def test_a_callers_url_holding_an_unprintable_character_is_refused(
+    make_retrieval: MakeRetrieval, attacker: FakeOpenAI
+) -> None:
+    """DEL in a base URL's path passed the allowlist and was stored; the HTTP client then
+    refused the URL with an exception of its own, and every embedding or rerank call failed
+    INTERNAL. Refused where it is named, as a URL with a query is."""
+    retrieval = await make_retrieval(allowed_hosts="http://127.0.0.1")
+    url = attacker.base_url + "\x7f"
+    err = await expect_error(
+        retrieval.stub.CreateCollection(pb.CreateCollectionRequest(collection=vectorizing(url))),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "collection.vectorizer.base_url",
+    )
+    assert error_info(err).reason == "URL_NOT_ALLOWED"
+    plain = pb.Collection(
+        name="Ranked",
+        properties=ARTICLE_PROPS,
+        vectorizer=pb.Vectorizer(kind=pb.VECTORIZER_KIND_NONE, dimensions=8),
+    )
+    await retrieval.stub.CreateCollection(pb.CreateCollectionRequest(collection=plain))
+    err = await expect_error(
+        retrieval.stub.Search(
+            pb.SearchRequest(
+                collection="Ranked",
+                keyword=pb.Keyword(text="title"),
+                rerank=pb.Rerank(base_url=url),
+            )
+        ),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "rerank.base_url",
+    )
+    assert error_info(err).reason == "URL_NOT_ALLOWED"
+    assert attacker.requests == [] and attacker.rerank_requests == []
