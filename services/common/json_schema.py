@@ -83,6 +83,20 @@ MAX_IN_PLACE_DEPTH = 100
 # more per group, and ~500 levels (a 1 KB pattern) passed the interpreter's recursion
 # limit, the deeper the caller's stack the sooner.
 MAX_PATTERN_NESTING = 100
+# Code points the ranges of a schema's character classes span together (in the Basic
+# Multilingual Plane, beyond which nothing is walked): Python's ``re``, which compiles every
+# pattern when the schema is checked (the metaschema's "regex" format), walks each code
+# point of a range in Python to build the class (more still under ``(?i)``), before any
+# bound of ours applied: 7,000 distinct ranges such as ``a-\uffff`` (56 KB of schema) held
+# a CPU for most of a minute per request, every new variant as long again. Sixteen ranges
+# over the whole plane here; ``[a-z0-9_-]`` spans 36, ``[^"]`` none.
+MAX_SCHEMA_CLASS_SPAN = 16 * 0x10000
+_BMP_LAST = 0xFFFF
+# A character-class escape naming one character by its code (``\x41``, ``\u0041``,
+# ``\U00000041``) or in octal (``\101``, ``\0``).
+_CODE_ESCAPE = re.compile(r"x([0-9a-fA-F]{2})|u([0-9a-fA-F]{4})|U([0-9a-fA-F]{8})|([0-7]{1,3})")
+# Escapes of one control character (``\n`` ...) inside a class (``\b`` is backspace there).
+_CONTROL_ESCAPES = {"a": 7, "b": 8, "f": 12, "n": 10, "r": 13, "t": 9, "v": 11}
 _COUNTED = re.compile(r"\{(\d*)(?:,(\d*))?\}")
 # Inline flags (``(?i)``, ``(?x:``): verbose mode makes spaces and ``#`` comments nothing,
 # so what a count repeats is no longer the character before it.
@@ -337,6 +351,75 @@ def _class_end(pattern: str, start: int) -> int:
     while i < len(pattern) and pattern[i] != "]":
         i += 2 if pattern[i] == "\\" else 1
     return i
+
+
+def class_span(pattern: str) -> int:
+    """Code points (in the BMP) the ranges of ``pattern``'s character classes span: what
+    ``re`` walks one by one when it compiles them. A range whose ends are not single
+    characters counts as the whole plane (``re`` refuses it anyway)."""
+    total, i = 0, 0
+    while i < len(pattern):
+        char = pattern[i]
+        if char == "\\":
+            i += 2
+        elif char == "[":
+            end = _class_end(pattern, i)
+            total += _ranges_span(pattern, i + 1, end)
+            i = end + 1
+        else:
+            i += 1
+    return total
+
+
+def _ranges_span(pattern: str, start: int, end: int) -> int:
+    """The span of the ranges of the class whose items are ``pattern[start:end]``."""
+    i = start + 1 if pattern[start : start + 1] == "^" else start
+    total = 0
+    while i < end:
+        low, i = _class_item(pattern, i, end)
+        if pattern[i : i + 1] == "-" and i + 1 < end:
+            high, i = _class_item(pattern, i + 1, end)
+            if low is None or high is None:
+                total += _BMP_LAST + 1
+            else:
+                total += max(0, min(high, _BMP_LAST) - low + 1)
+    return total
+
+
+def _class_item(pattern: str, i: int, end: int) -> tuple[int | None, int]:
+    """The code point of the class item at ``i`` (None: not one character, as ``\\d``),
+    and where the next item starts."""
+    if pattern[i] != "\\" or i + 1 >= end:
+        return ord(pattern[i]), i + 1
+    escaped = pattern[i + 1]
+    code = _CODE_ESCAPE.match(pattern, i + 1)
+    if code is not None:
+        hex_digits = code.group(1) or code.group(2) or code.group(3)
+        value = int(hex_digits, 16) if hex_digits else int(code.group(4), 8)
+        return value, code.end()
+    if escaped == "N":  # \N{NAME}: one character, whose code is not worth looking up
+        closing = pattern.find("}", i)
+        return None, (closing + 1 if 0 < closing < end else i + 2)
+    if escaped.isalnum():
+        return _CONTROL_ESCAPES.get(escaped), i + 2
+    return ord(escaped), i + 2
+
+
+def _check_class_spans(patterns: list[str], field: str) -> None:
+    """INVALID_ARGUMENT when the schema's character classes span more than
+    ``MAX_SCHEMA_CLASS_SPAN`` code points together: made before ``re`` compiles them."""
+    total = 0
+    for pattern in patterns:
+        total += class_span(pattern)
+        if total > MAX_SCHEMA_CLASS_SPAN:
+            raise InvalidArgument(
+                f"not a valid JSON schema: the character classes of its patterns span more "
+                f"than {MAX_SCHEMA_CLASS_SPAN} characters together (pattern "
+                f"{_short(repr(pattern[:64]))}...): name fewer or narrower ranges",
+                field=field,
+                reason=INVALID_SCHEMA,
+                metadata={"max_class_span": str(MAX_SCHEMA_CLASS_SPAN)},
+            )
 
 
 def _scan(schema: Any) -> tuple[list[str], set[str]]:
@@ -685,6 +768,9 @@ def _remember(
 def _checked(schema: Mapping[str, Any], field: str) -> Draft202012Validator:
     """The validator of a bounded ``schema`` not seen before, or INVALID_ARGUMENT: the
     metaschema check and the rest, the costly part (safe on a worker thread)."""
+    # Before the metaschema check, which compiles every pattern with ``re``.
+    patterns, keywords = _scan(schema)
+    _check_class_spans(patterns, field)
     try:
         Draft202012Validator.check_schema(schema)
     except SchemaError as err:
@@ -745,7 +831,6 @@ def _checked(schema: Mapping[str, Any], field: str) -> Draft202012Validator:
             reason=INVALID_SCHEMA,
         )
     _check_dialect(schema, field)
-    patterns, keywords = _scan(schema)
     _check_patterns(patterns, field)
     if {"unevaluatedProperties", "patternProperties"} <= keywords:
         raise InvalidArgument(

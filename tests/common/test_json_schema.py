@@ -12,7 +12,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from services.common.errors import InvalidArgument
-from services.common.json_schema import SchemaLimits, check_schema, parse_output, pattern_problem
+from services.common.json_schema import (
+    MAX_SCHEMA_CLASS_SPAN,
+    SchemaLimits,
+    check_schema,
+    class_span,
+    parse_output,
+    pattern_problem,
+)
 
 FIELD = "generate.response_format.json_schema"
 KEYWORDS = [
@@ -379,6 +386,64 @@ def test_many_patterns_together_are_bounded_like_one() -> None:
         check_schema({"type": "object", "properties": properties}, FIELD, SchemaLimits())
     assert caught.value.reason == "INVALID_SCHEMA" and "together" in caught.value.message
     few = dict(list(properties.items())[:5])
+    check_schema({"type": "object", "properties": few}, FIELD, SchemaLimits())
+
+
+def wide_ranges(count: int, *, start: int = 0) -> str:
+    """A class of ``count`` distinct ranges each spanning most of the BMP (``re`` drops
+    repeated items before it builds a class, so each must differ)."""
+    lows = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+    return (
+        "["
+        + "".join(f"{lows[i % 62]}-{chr(0xFFFF - i // 62)}" for i in range(start, start + count))
+        + "]"
+    )
+
+
+@pytest.mark.parametrize(
+    ("pattern", "span"),
+    [
+        ("[a-z0-9_-]", 36),
+        ('[^"]', 0),
+        (r"^\[a-z\]$", 0),  # escaped brackets: no class
+        (r"[\u0000-\uffff]", 0x10000),
+        (r"[\x00-\x1f]", 32),
+        (r"[\0-\177]", 128),
+        ("[]a-c]", 3),  # a "]" first is a literal
+        (r"[\n-\r]", 4),
+        ("[\U00010000-\U0010ffff]", 0),  # re walks the BMP only
+        (r"[\d-z]", 0x10000),  # not a range re takes: counted as the whole plane
+    ],
+)
+def test_the_span_of_a_patterns_character_classes(pattern: str, span: int) -> None:
+    assert class_span(pattern) == span
+
+
+@pytest.mark.parametrize("where", ["pattern", "patternProperties", "propertyNames"])
+def test_character_classes_spanning_too_much_are_refused_before_re_compiles_them(
+    where: str,
+) -> None:
+    """re builds a class by walking each code point of its ranges, in Python, when the
+    metaschema check compiles a pattern (before any bound of ours): 7,000 distinct ranges
+    such as "a-\\uffff" (56 KB of schema) held a CPU for most of a minute per request.
+    The span is bounded, counted before re sees a pattern."""
+    pattern = wide_ranges(MAX_SCHEMA_CLASS_SPAN // 0xF000 + 2)
+    schema = {
+        "pattern": {"type": "object", "properties": {"t": {"type": "string", "pattern": pattern}}},
+        "patternProperties": {"type": "object", "patternProperties": {pattern: {}}},
+        "propertyNames": {"type": "object", "propertyNames": {"pattern": pattern}},
+    }[where]
+    with pytest.raises(InvalidArgument) as caught:
+        check_schema(schema, FIELD, SchemaLimits())
+    assert caught.value.field == FIELD and caught.value.reason == "INVALID_SCHEMA"
+    assert "character classes" in caught.value.message
+    # Spread over many patterns, the same: the bound is the schema's.
+    properties = {
+        f"p{i}": {"type": "string", "pattern": wide_ranges(3, start=3 * i)} for i in range(8)
+    }
+    with pytest.raises(InvalidArgument):
+        check_schema({"type": "object", "properties": properties}, FIELD, SchemaLimits())
+    few = dict(list(properties.items())[:4])
     check_schema({"type": "object", "properties": few}, FIELD, SchemaLimits())
 
 

@@ -238,3 +238,25 @@ async def test_a_new_schemas_check_leaves_the_event_loop_to_other_calls(
         gate.release.set()
     reply = await held
     assert json_format.MessageToDict(reply.structured) == {"n": 1}
+
+
+async def test_character_classes_spanning_too_much_are_refused_before_any_call(
+    service: Service, fake: FakeOpenAI
+) -> None:
+    """Python's re, which compiles every pattern when a new schema is checked, builds a
+    character class by walking each code point of its ranges: 7,000 distinct ranges such as
+    "a-\\uffff" (56 KB of schema, within MAX_SCHEMA_CHARS) held a CPU for most of a minute
+    per request, every variant anew, and the call then went upstream. The classes' span is
+    bounded (MAX_SCHEMA_CLASS_SPAN) before re sees them: INVALID_SCHEMA naming the field."""
+    lows = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+    ranges = "".join(f"{lows[i % 62]}-{chr(0xFFFF - i // 62)}" for i in range(20))
+    schema = struct_pb2.Struct()
+    schema.update(
+        {"type": "object", "properties": {"t": {"type": "string", "pattern": f"[{ranges}]"}}}
+    )
+    fake.reply = '{"t": "b"}'
+    err = await _refused(service, schema, "wide")
+    _assert_invalid_schema(err)
+    assert "character classes" in (err.details() or "")
+    assert error_info(err).metadata["max_class_span"] == str(16 * 0x10000)
+    assert fake.chat_requests == []
