@@ -257,10 +257,21 @@ def _encoded_secret(blob: str, known: _Known) -> bool:
     return False
 
 
+# The most characters of text times characters of a secret that finding a secret's other
+# spellings in place (``_spellings``) may take, summed over the secrets found: that search
+# tries every start in the text, as far as the secret, so a caller's own 1 KB key of one
+# repeated character, quoted percent-encoded in a long upstream error (the caller's own
+# endpoint writes both), held the event loop for seconds per 100 KB. Past it, a text that
+# holds a secret in another spelling is not shown at all, as when the spelling is unknown.
+MAX_SPELLING_WORK = 1 << 18
+
+
 def _redact_encoded(text: str, known: _Known) -> str:
     """Known secrets in the other spellings an echo may use (see ``MIN_ENCODED_SECRET``)."""
     if any(mark in text for mark in _ENCODING_MARKS):
         hits = _found_decoded(text, known)
+        if sum(len(text) * len(secret) for secret in hits) > MAX_SPELLING_WORK:
+            return REDACTED
         for secret in hits:
             text = _spellings(secret).sub(REDACTED, text)
         if hits and _found_decoded(text, known):

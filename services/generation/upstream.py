@@ -31,6 +31,14 @@ from services.common.upstream_retry import is_transient, server_wait
 BAD_UPSTREAM_RESPONSE = "BAD_UPSTREAM_RESPONSE"
 ALLOWLIST_SETTING = "GENSEARCH_GENERATION_ALLOWED_HOSTS"
 _MAX_MESSAGE = 300
+# Characters of an upstream message read to quote from it. Redaction (every known secret
+# looked for in every spelling) costs in the length of the text, on the event loop, and a
+# message may be as long as GENSEARCH_GENERATION_MAX_RESPONSE_BYTES: a caller's own
+# base_url answering a 16 MB error held the loop for seconds. A longer message is cut to
+# this first, and what lies within _CUT_MARGIN of the cut is never shown: a secret cut in
+# two there is not found whole, so not redacted (see _clean).
+_QUOTED_WINDOW = 8 * 1024
+_CUT_MARGIN = 4 * 1024
 # What an attempt may raise besides UpstreamFault: the SDK's errors, a body that is not
 # JSON (the SDK's json.loads: ValueError, or RecursionError for JSON nested deeper than
 # the parser recurses, e.g. 100 KB of "[", which failed the call with INTERNAL), the
@@ -114,7 +122,8 @@ def _error_fields(body: object) -> tuple[str, str | None]:
         message = body.get("message") or body.get("detail") or ""
         code = body.get("code")
         return str(message), (str(code) if code is not None else None)
-    return ("" if body is None else str(body)[:_MAX_MESSAGE]), None
+    # Whole: cut here, a secret at the cut was shown in part (_clean cuts it safely).
+    return ("" if body is None else str(body)), None
 
 
 # What the transport's commonest failures mean, said to a caller or operator who does not
@@ -195,8 +204,15 @@ _BY_KIND: dict[str, tuple[type[ServiceError], str, str]] = {
 
 def _clean(detail: str) -> str:
     # Redacted before blanks are collapsed: a secret split across lines is found whole.
-    text = " ".join(redact(detail).split())
-    return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 1] + "…"
+    if len(detail) <= _QUOTED_WINDOW:
+        text = " ".join(redact(detail).split())
+        return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 1] + "…"
+    text = " ".join(redact(detail[:_QUOTED_WINDOW]).split())
+    if len(text) < _MAX_MESSAGE + _CUT_MARGIN:
+        # Blanks or redactions shrank the window so far that its cut end (perhaps a part
+        # of a secret) would be among what is shown.
+        return f"(a message of {len(detail)} characters, not shown)"
+    return text[: _MAX_MESSAGE - 1] + "…"
 
 
 def to_service_error(

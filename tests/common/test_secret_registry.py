@@ -104,6 +104,24 @@ def test_a_secret_a_further_decoding_would_change_is_still_found() -> None:
             assert redact(f"upstream said: {spelled}!") == f"upstream said: {REDACTED}!"
 
 
+def test_a_long_text_holding_a_secret_in_another_spelling_is_not_shown() -> None:
+    """Finding a secret's other spellings in place tries every start of the text as far as
+    the secret: a caller's own 1 KB key of one repeated character, quoted percent-encoded
+    in a long upstream error (the caller's endpoint writes both), took the event loop
+    seconds per 100 KB, quadratic in the text. Past MAX_SPELLING_WORK the text is not shown
+    at all, as one holding a spelling the redactor cannot undo; a short one keeps the rest."""
+    key = "a" * 1024
+    block = "%61" * 1023 + "X"
+    with own_secrets():
+        register_secret(key, transient=True)
+        long_text = "%61" * 1024 + " then " + block * 8
+        assert redact(long_text) == REDACTED
+        short_key = "pw-" + "b" * 29
+        register_secret(short_key, transient=True)
+        spelled = quote(short_key, safe="").replace("b", "%62")
+        assert redact(f"said {spelled} and more") == f"said {REDACTED} and more"
+
+
 # Secrets: printable, regex metacharacters included; keys and passwords have no blanks at
 # their ends (auth strips them), so none here: a line break beside one may be removed.
 SECRET_CHARS = "".join(c for c in string.printable if not c.isspace()) + " "

@@ -10,7 +10,7 @@ import grpc
 import pytest
 from gensearch.generation.v1 import generation_service_pb2 as pb
 
-from tests.generation.conftest import Service, StartService, fake_provider, user
+from tests.generation.conftest import FAKE_KEY_ENV, Service, StartService, fake_provider, user
 from tests.support.fake_openai import Behaviour, FakeOpenAI
 from tests.support.rpc import error_info
 
@@ -407,6 +407,42 @@ async def test_upstream_400_message_is_passed_on(service: Service, fake: FakeOpe
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await service.stub.Generate(ask(), timeout=10)
     assert "max_tokens is too large" in (caught.value.details() or "")
+
+
+OPERATOR_KEY = "opkey-" + "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+
+
+async def test_a_plain_text_400_quoting_the_key_shows_none_of_it(
+    fake: FakeOpenAI, start_service: StartService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plain-text error body was cut to 300 characters before it was redacted: the
+    operator's key quoted across that cut was not found whole, and the part before the cut
+    (here 19 characters, less than half: not a recognisable piece either) went to the
+    caller. Now the message is redacted before it is cut."""
+    monkeypatch.setenv(FAKE_KEY_ENV, OPERATOR_KEY)
+    svc = await start_service([fake_provider(fake)])
+    fake.enqueue(Behaviour.error(400, "x" * 280 + " " + OPERATOR_KEY + " may not do that"))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await svc.stub.Generate(ask(), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert OPERATOR_KEY[:12] not in (caught.value.details() or "")
+
+
+async def test_a_huge_upstream_message_is_quoted_from_its_start_only(
+    service: Service, fake: FakeOpenAI
+) -> None:
+    """An upstream error message is read to quote from it within a window (redacting a
+    16 MB one held the event loop for seconds); one whose window is mostly blanks, so that
+    its cut end would be shown, is not quoted at all."""
+    fake.enqueue(Behaviour.error(400, {"error": {"message": "too big: " + "y" * 2_000_000}}))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.Generate(ask(), timeout=10)
+    details = caught.value.details() or ""
+    assert "too big: yyy" in details and details.endswith("…")
+    fake.enqueue(Behaviour.error(400, {"error": {"message": " " * 9000 + "the end"}}))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.Generate(ask(), timeout=10)
+    assert "(a message of 9007 characters, not shown)" in (caught.value.details() or "")
 
 
 async def test_401_on_a_stream(service: Service, fake: FakeOpenAI) -> None:

@@ -25,3 +25,22 @@ async def test_a_malformed_finish_reason_is_made_sendable(
     ]
     assert "".join(c.delta for c in chunks) == "hi"
     assert chunks[-1].finish_reason == reply.finish_reason
+
+
+async def test_a_finish_reason_too_long_to_be_one_is_unknown(
+    service: Service, fake: FakeOpenAI
+) -> None:
+    """Each finish reason was redacted whole before it was cut to 64 characters: a stream
+    may send one per chunk, each as long as a line may be (megabytes), and redaction costs
+    in the text's length on the event loop. One past MAX_FINISH_REASON_READ is no finish
+    reason a client can use: it is reported as "unknown", unread."""
+    fake.finish_reason_override = "stop" + "p" * 5000
+    reply = await service.stub.Generate(pb.GenerateRequest(messages=[user("hi")]), timeout=10)
+    assert (reply.text, reply.finish_reason) == ("hi", "unknown")
+    chunks = [
+        c
+        async for c in service.stub.StreamGenerate(
+            pb.StreamGenerateRequest(messages=[user("hi")]), timeout=10
+        )
+    ]
+    assert chunks[-1].finish_reason == "unknown"

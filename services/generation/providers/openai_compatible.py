@@ -633,6 +633,14 @@ MAX_REPORTED_TOKENS = 10_000_000
 MAX_FINISH_REASON_CHARS = 64
 
 
+# Characters of a finish reason redacted to report it (redaction costs in the length of
+# the text, on the event loop; a stream may send one per chunk, each as long as a line
+# may be): a longer one is no finish reason a client can use, and is reported as
+# UNKNOWN_FINISH_REASON, unread.
+MAX_FINISH_REASON_READ = 1024
+UNKNOWN_FINISH_REASON = "unknown"
+
+
 def _finish_reason(value: object) -> str:
     """The finish reason an answer gives, as text a reply can carry: any value still says
     the answer finished, but the SDK does not validate it, and "st\\ud83dop" (a lone
@@ -640,7 +648,10 @@ def _finish_reason(value: object) -> str:
     cut, so a secret is found whole): it goes into replies and spans, which no log
     formatter scrubs, and a provider (or a proxy) that answered with the key it was sent
     there handed the operator's key to the caller."""
-    return redact(clean_text(str(value)))[:MAX_FINISH_REASON_CHARS]
+    text = str(value)
+    if len(text) > MAX_FINISH_REASON_READ:
+        return UNKNOWN_FINISH_REASON
+    return redact(clean_text(text))[:MAX_FINISH_REASON_CHARS]
 
 
 def _model_name(value: object) -> bool:
