@@ -24,6 +24,7 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as ret_grpc
 
 from services.common.auth import Role, require_role
+from services.common.egress import UrlRefused, canonical_url
 from services.common.errors import (
     Internal,
     InvalidArgument,
@@ -358,8 +359,12 @@ def _hide_operator_url(
     only when the caller's own ``base_url`` answered: the primary pair, under that URL."""
     if not reply.HasField("debug") or not reply.debug.url:
         return
-    base_url = base_url.strip()  # as generation reads it
-    own = base_url.rstrip("/") + "/"
-    if base_url and reply.fallback_index == 0 and reply.debug.url.startswith(own):
+    # As generation called it: the URL the allowlist read (canonical), not the caller's
+    # spelling ("HTTP://…", no port, a trailing dot), which hid the caller's own URL.
+    try:
+        own = canonical_url(base_url.strip()) + "/" if base_url.strip() else ""
+    except UrlRefused:
+        own = ""
+    if own and reply.fallback_index == 0 and reply.debug.url.startswith(own):
         return
     reply.debug.ClearField("url")

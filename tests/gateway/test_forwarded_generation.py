@@ -188,3 +188,20 @@ async def test_debug_does_not_name_the_operators_endpoint(
         _hello(debug=True, base_url=fake2.base_url), metadata=ALICE, timeout=10
     )
     assert own.debug.url == f"{fake2.base_url}/chat/completions"
+
+
+async def test_debug_names_the_callers_own_endpoint_however_it_was_spelled(
+    stack_factory: StackFactory, fake2: FakeOpenAI
+) -> None:
+    """Generation calls a caller's base_url as the allowlist read it (lower case, the port
+    written, no trailing slash): the gateway compared debug.url with the caller's own
+    spelling and hid the caller's own endpoint from them."""
+    stack = await stack_factory(
+        generation_settings={"allowed_hosts": f"http://127.0.0.1:{fake2.port}"}
+    )
+    both = Both(stack)
+    spelled = f"HTTP://127.0.0.1.:{fake2.port}/v1/"
+    own = await both.gateway.Generate(
+        _hello(debug=True, base_url=spelled), metadata=ALICE, timeout=10
+    )
+    assert own.debug.url == f"{fake2.base_url}/chat/completions"
