@@ -28,9 +28,15 @@ from services.common.values import (
 from services.retrieval.normalize import NORMALIZED, nfkc
 from services.retrieval.schema import RFC3339_DATE_TIME, ObjectInvalid, format_date, parse_date
 
+# The defaults of the settings GENSEARCH_RETRIEVAL_MAX_FILTER_DEPTH, _MAX_FILTER_CONDITIONS
+# and _MAX_FILTER_VALUES (settings.py): levels of all_of/any_of/none_of, conditions in one
+# filter, values in one CONTAINS_ANY/ALL list.
 MAX_DEPTH = 8
 MAX_CONDITIONS = 256
 MAX_LIST = 1024
+DEPTH_SETTING = "GENSEARCH_RETRIEVAL_MAX_FILTER_DEPTH"
+CONDITIONS_SETTING = "GENSEARCH_RETRIEVAL_MAX_FILTER_CONDITIONS"
+VALUES_SETTING = "GENSEARCH_RETRIEVAL_MAX_FILTER_VALUES"
 # The most conditions the engine evaluates for one filter, after CONTAINS_ANY/ALL and
 # TEXT_MATCH expand into one per value (a number or date CONTAINS_ANY is a range per value:
 # the engine has no set match for them). Without it 256 conditions of 1024 dates each made
@@ -106,11 +112,17 @@ def build_filter(
     *,
     max_value_depth: int = DEFAULT_MAX_DEPTH,
     max_checks: int = MAX_ENGINE_CONDITIONS,
+    max_depth: int = MAX_DEPTH,
+    max_conditions: int = MAX_CONDITIONS,
+    max_values: int = MAX_LIST,
 ) -> Node:
     """Validate ``message`` against the property ``types``; errors name the offending field.
     ``max_value_depth`` bounds the nesting inside each condition's value, ``max_checks``
-    the conditions the engine evaluates once CONTAINS_ANY/ALL and TEXT_MATCH expand."""
-    return _node(message, _Walk(types, max_value_depth, max_checks), field, 0)
+    the conditions the engine evaluates once CONTAINS_ANY/ALL and TEXT_MATCH expand,
+    ``max_depth`` the levels of groups, ``max_conditions`` the conditions as written and
+    ``max_values`` the values of one list."""
+    walk = _Walk(types, max_value_depth, max_checks, max_depth, max_conditions, max_values)
+    return _node(message, walk, field, 0)
 
 
 @dataclass
@@ -121,18 +133,22 @@ class _Walk:
     max_value_depth: int
     # The most conditions the engine may evaluate (MAX_FILTER_CHECKS).
     max_checks: int
+    # MAX_FILTER_DEPTH, MAX_FILTER_CONDITIONS, MAX_FILTER_VALUES.
+    max_depth: int
+    max_conditions: int
+    max_values: int
     conditions: int = 0
     # Conditions the engine evaluates, counted against max_checks.
     engine_conditions: int = 0
 
 
 def _node(message: pb.Filter, b: _Walk, field: str, depth: int) -> Node:
-    if depth > MAX_DEPTH:
-        # Fixed bounds (no setting) say their value, as the settings' refusals do.
+    if depth > b.max_depth:
         raise InvalidArgument(
-            f"{field}: filters nest at most {MAX_DEPTH} deep",
+            f"{field}: filters nest at most {b.max_depth} deep ({DEPTH_SETTING})",
             field=field,
-            metadata={"max": str(MAX_DEPTH)},
+            reason="NESTING_TOO_DEEP",
+            metadata={"max": str(b.max_depth), "setting": DEPTH_SETTING},
         )
     kind = message.WhichOneof("filter")
     if kind is None:
@@ -141,11 +157,12 @@ def _node(message: pb.Filter, b: _Walk, field: str, depth: int) -> Node:
         )
     if kind == "condition":
         b.conditions += 1
-        if b.conditions > MAX_CONDITIONS:
+        if b.conditions > b.max_conditions:
             raise InvalidArgument(
-                f"a filter holds at most {MAX_CONDITIONS} conditions",
+                f"a filter holds at most {b.max_conditions} conditions ({CONDITIONS_SETTING})",
                 field=field,
-                metadata={"max": str(MAX_CONDITIONS)},
+                reason="FILTER_TOO_LARGE",
+                metadata={"max": str(b.max_conditions), "setting": CONDITIONS_SETTING},
             )
         leaf = _condition(message.condition, b, f"{field}.condition")
         b.engine_conditions += _engine_conditions(leaf)
@@ -226,11 +243,12 @@ def _condition(cond: pb.Condition, b: _Walk, field: str) -> Node:
             )
         if not isinstance(value, list) or not value:
             raise InvalidArgument(f"{value_field} must be a non-empty list", field=value_field)
-        if len(value) > MAX_LIST:
+        if len(value) > b.max_values:
             raise InvalidArgument(
-                f"{value_field} holds more than {MAX_LIST} values",
+                f"{value_field} holds more than {b.max_values} values ({VALUES_SETTING})",
                 field=value_field,
-                metadata={"max": str(MAX_LIST)},
+                reason="FILTER_TOO_LARGE",
+                metadata={"max": str(b.max_values), "setting": VALUES_SETTING},
             )
         items = [_scalar(data_type, v, f"{value_field}[{i}]") for i, v in enumerate(value)]
         # Each value once: a repeated one adds a check to the engine's work, never a match

@@ -271,6 +271,9 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
             schema.types,
             max_value_depth=self._settings.max_value_depth,
             max_checks=self._settings.max_filter_checks,
+            max_depth=self._settings.max_filter_depth,
+            max_conditions=self._settings.max_filter_conditions,
+            max_values=self._settings.max_filter_values,
         )
 
     def _check_batch(

@@ -21,7 +21,7 @@ from services.common.settings import (
 )
 from services.common.values import DEFAULT_MAX_DEPTH
 from services.retrieval.endpoints import DEFAULT_KEY_URLS, ENV_NAME, EmbeddingPolicy
-from services.retrieval.filters import MAX_ENGINE_CONDITIONS
+from services.retrieval.filters import MAX_CONDITIONS, MAX_DEPTH, MAX_ENGINE_CONDITIONS, MAX_LIST
 from services.retrieval.store import WRITE_TURN_BYTES
 
 RERANK_PROVIDER_NAME = r"[a-z0-9][a-z0-9_.-]{0,63}"
@@ -114,6 +114,15 @@ class RetrievalSettings(DownstreamSettings):
     # the engine's thread (qdrant-edge: ~2 s per 1024 ranges over 1000 points), so the
     # bound stays within 5x the default; at least 2, what one TEXT_MATCH needs.
     max_filter_checks: int = Field(default=MAX_ENGINE_CONDITIONS, ge=2, le=10_000)
+    # A filter as written (filters.py): levels of all_of/any_of/none_of, conditions, values
+    # in one CONTAINS_ANY/ALL list; one past is INVALID_ARGUMENT (NESTING_TOO_DEEP, or
+    # FILTER_TOO_LARGE), metadata max and setting. Depth at most 32: each level is two
+    # protobuf messages, and protobuf parses at most 100 nested ones (with the condition's
+    # value, up to MAX_VALUE_DEPTH more). Conditions and values are bounded by
+    # MAX_FILTER_CHECKS too once expanded; these bound the parsing before that.
+    max_filter_depth: int = Field(default=MAX_DEPTH, ge=1, le=32)
+    max_filter_conditions: int = Field(default=MAX_CONDITIONS, ge=1, le=10_000)
+    max_filter_values: int = Field(default=MAX_LIST, ge=1, le=10_000)
     # The most bytes of one write (payloads and vectors, estimated) qdrant-edge's one thread
     # takes in a turn; a larger write is handed over in pieces, other tenants' calls
     # running between them (edge_store.py). One 15 MB UpsertObjects held the thread ~1.3 s

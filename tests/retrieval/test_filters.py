@@ -242,12 +242,9 @@ async def test_bad_filters(loaded: Any) -> None:
     )
 
 
-async def test_the_fixed_filter_bounds_pass_at_their_value_and_name_it_past_it(
-    loaded: Any,
-) -> None:
-    """8 levels, 256 conditions and 1024 values of a list pass; one more names the bound
-    in ErrorInfo ``max`` (the refusal gave the field alone)."""
-    from services.retrieval.filters import MAX_CONDITIONS, MAX_DEPTH, MAX_LIST
+def _bound_cases(depth: int, conditions: int, values: int) -> list[tuple[Any, ...]]:
+    """(at the bound, one past it, the field named, the bound, reason, setting) for a
+    filter's depth, conditions and list values."""
 
     def nested(levels: int) -> pb.Filter:
         flt = cond("year", EQ, 2000)
@@ -255,28 +252,64 @@ async def test_the_fixed_filter_bounds_pass_at_their_value_and_name_it_past_it(
             flt = all_of(flt)
         return flt
 
-    def count(flt: pb.Filter) -> Any:
-        return loaded.CountObjects(pb.CountObjectsRequest(collection="Articles", filter=flt))
-
-    deep = "filter" + ".all_of.filters[0]" * (MAX_DEPTH + 1)
-    for at, past, field, bound in (
-        (nested(MAX_DEPTH), nested(MAX_DEPTH + 1), deep, MAX_DEPTH),
+    return [
         (
-            any_of(*[cond("year", EQ, i) for i in range(MAX_CONDITIONS)]),
-            any_of(*[cond("year", EQ, i) for i in range(MAX_CONDITIONS + 1)]),
-            f"filter.any_of.filters[{MAX_CONDITIONS}]",
-            MAX_CONDITIONS,
+            nested(depth),
+            nested(depth + 1),
+            "filter" + ".all_of.filters[0]" * (depth + 1),
+            depth,
+            "NESTING_TOO_DEEP",
+            "GENSEARCH_RETRIEVAL_MAX_FILTER_DEPTH",
         ),
         (
-            cond("tags", ANY, [str(i) for i in range(MAX_LIST)]),
-            cond("tags", ANY, [str(i) for i in range(MAX_LIST + 1)]),
+            any_of(*[cond("year", EQ, i) for i in range(conditions)]),
+            any_of(*[cond("year", EQ, i) for i in range(conditions + 1)]),
+            f"filter.any_of.filters[{conditions}]",
+            conditions,
+            "FILTER_TOO_LARGE",
+            "GENSEARCH_RETRIEVAL_MAX_FILTER_CONDITIONS",
+        ),
+        (
+            cond("tags", ANY, [str(i) for i in range(values)]),
+            cond("tags", ANY, [str(i) for i in range(values + 1)]),
             "filter.condition.value",
-            MAX_LIST,
+            values,
+            "FILTER_TOO_LARGE",
+            "GENSEARCH_RETRIEVAL_MAX_FILTER_VALUES",
         ),
-    ):
+    ]
+
+
+async def _check_bounds(stub: Any, cases: list[tuple[Any, ...]]) -> None:
+    def count(flt: pb.Filter) -> Any:
+        return stub.CountObjects(pb.CountObjectsRequest(collection="Articles", filter=flt))
+
+    for at, past, field, bound, reason, setting in cases:
         await count(at)
         err = await expect_error(count(past), grpc.StatusCode.INVALID_ARGUMENT, field)
-        assert error_info(err).metadata["max"] == str(bound)
+        info = error_info(err)
+        assert (info.reason, info.metadata["max"], info.metadata["setting"]) == (
+            reason,
+            str(bound),
+            setting,
+        ), err.details()
+        assert setting in (err.details() or "")
+
+
+async def test_the_filter_bounds_pass_at_their_value_and_name_it_past_it(loaded: Any) -> None:
+    """8 levels, 256 conditions and 1024 values of a list pass by default; one more names
+    the bound and its setting in ErrorInfo (they were fixed, with ``max`` alone)."""
+    from services.retrieval.filters import MAX_CONDITIONS, MAX_DEPTH, MAX_LIST
+
+    await _check_bounds(loaded, _bound_cases(MAX_DEPTH, MAX_CONDITIONS, MAX_LIST))
+
+
+async def test_the_filter_bounds_are_settings(make_retrieval: MakeRetrieval) -> None:
+    harness = await make_retrieval(max_filter_depth=2, max_filter_conditions=3, max_filter_values=4)
+    await harness.stub.CreateCollection(
+        pb.CreateCollectionRequest(collection=vector_collection("Articles", DIMS))
+    )
+    await _check_bounds(harness.stub, _bound_cases(2, 3, 4))
 
 
 async def test_an_operator_the_enum_does_not_have_is_named_as_such(loaded: Any) -> None:
