@@ -161,6 +161,17 @@ class InvalidArgument(ServiceError):
     default_reason = "INVALID_ARGUMENT"
 
 
+MISSING_FIELD = "MISSING_FIELD"
+
+
+class MissingField(InvalidArgument):
+    """A field the client must set and did not (empty, unset, a list with no entries, an
+    enum left at UNSPECIFIED): INVALID_ARGUMENT with reason MISSING_FIELD in every service,
+    so a client tells "you forgot X" from "X is wrong" by reason alone."""
+
+    default_reason = MISSING_FIELD
+
+
 class NotFound(ServiceError):
     code = grpc.StatusCode.NOT_FOUND
     default_reason = "NOT_FOUND"

@@ -47,7 +47,7 @@ from referencing import Registry
 from referencing.exceptions import Unresolvable
 from referencing.jsonschema import DRAFT202012
 
-from services.common.errors import InvalidArgument
+from services.common.errors import InvalidArgument, MissingField
 from services.common.fair_executor import FairExecutor
 from services.common.text import clean_text
 from services.common.values import check_value
@@ -722,7 +722,7 @@ def _bounded(schema: Mapping[str, Any], field: str, limits: SchemaLimits) -> str
     """The schema's canonical JSON, once its size, depth and subschemas are within
     ``limits`` (cheap: before any metaschema check)."""
     if not schema:
-        raise InvalidArgument("a JSON schema is required", field=field, reason=INVALID_SCHEMA)
+        raise MissingField("a JSON schema is required", field=field)
     depth = _depth(schema, limits.max_depth)
     if depth > limits.max_depth:
         raise InvalidArgument(

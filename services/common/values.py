@@ -25,7 +25,7 @@ import uuid
 
 from google.protobuf import struct_pb2
 
-from services.common.errors import InvalidArgument, quote
+from services.common.errors import InvalidArgument, MissingField, quote
 
 # The default of each service's ``max_value_depth`` setting: objects and lists inside one
 # another, the outermost counting as 1. Deeper than anything a client needs, and shallow
@@ -87,6 +87,8 @@ def check_value(
 def check_uuid(value: str, field: str) -> str:
     """The canonical (lower-case, hyphenated) form of a UUID string (object ids, in
     retrieval and in the gateway's generation over named objects)."""
+    if not value:
+        raise MissingField(f"{field} is required", field=field)
     try:
         return str(uuid.UUID(value))
     except (ValueError, AttributeError, TypeError):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 
-from services.common.errors import InvalidArgument, quote
+from services.common.errors import InvalidArgument, MissingField, quote
 from services.common.repeats import refuse_repeats
 from services.common.request_ids import check_request_id, fingerprint
 from services.common.settings import MAX_QUERY_TEXT
@@ -86,7 +86,7 @@ def validate(request: AskLike, settings: GatewaySettings) -> AskParams:
     require(request, "collection")
     refuse_repeats(request.context_field_list, "context_field_list")
     if not request.llm_question.strip():
-        raise InvalidArgument("llm_question is required", field="llm_question")
+        raise MissingField("llm_question is required", field="llm_question")
     check_length(request, ("llm_question",), s.max_prompt_chars)
     if request.conversation_id and request.new_conversation:
         raise InvalidArgument(

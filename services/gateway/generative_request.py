@@ -8,7 +8,7 @@ import asyncio
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 
-from services.common.errors import InvalidArgument
+from services.common.errors import InvalidArgument, MissingField
 from services.common.fair_executor import FairExecutor
 from services.common.json_schema import (
     SchemaLimits,
@@ -55,7 +55,7 @@ def validate(request: SearchLike, settings: GatewaySettings) -> None:
 
 def require_task(g: gw_pb.Generate) -> None:
     if not (g.single_prompt or g.grouped_task):
-        raise InvalidArgument(
+        raise MissingField(
             "give generate.single_prompt, generate.grouped_task or both",
             field="generate.single_prompt",
         )

@@ -26,7 +26,7 @@ from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from google.protobuf import struct_pb2
 
-from services.common.errors import InvalidArgument, NotFound
+from services.common.errors import InvalidArgument, MissingField, NotFound
 from services.common.repeats import refuse_repeats
 from services.common.values import (
     check_uuid,
@@ -90,7 +90,7 @@ class NamedObjects:
         elif kind == "inline":
             count, what = len(request.inline.objects), "inline.objects"
         else:
-            raise InvalidArgument("give ids or inline objects", field="ids")
+            raise MissingField("give ids or inline objects", field="ids")
         if not 1 <= count <= s.max_hits:
             raise InvalidArgument(
                 f"{what} must hold between 1 and {s.max_hits} entries",

@@ -10,12 +10,12 @@ from typing import Any
 from gensearch.generation.v1.generation_service_pb2 import ModelChoice
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 
-from services.common.errors import FailedPrecondition, InvalidArgument
+from services.common.errors import MISSING_FIELD, FailedPrecondition, InvalidArgument, MissingField
 
 
 def require(message: Any, name: str, *, prefix: str = "") -> None:
     if not getattr(message, name):
-        raise InvalidArgument(f"{name} is required", field=prefix + name)
+        raise MissingField(f"{name} is required", field=prefix + name)
 
 
 PROMPT_CHARS_SETTING = "GENSEARCH_GATEWAY_MAX_PROMPT_CHARS"
@@ -80,7 +80,9 @@ def check_fallback(
         )
     for i, choice in enumerate(chain):
         if not choice.provider.strip():
-            raise refusal("provider is required", field=f"{field}[{i}].provider")
+            raise refusal(
+                "provider is required", field=f"{field}[{i}].provider", reason=MISSING_FIELD
+            )
 
 
 def copy_query(request: Any, search: ret_pb.SearchRequest) -> str | None:

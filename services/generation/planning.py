@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 from gensearch.generation.v1 import generation_service_pb2 as pb
 
-from services.common.errors import InvalidArgument, quote
+from services.common.errors import InvalidArgument, MissingField, quote
 from services.common.fair_executor import FairExecutor
 from services.common.model_names import check_model_name
 from services.common.upstream_retry import Deadline, exchange_seconds
@@ -84,7 +84,7 @@ class Planner:
         for i, choice in enumerate(msg.fallback):
             where = f"fallback[{i}]"
             if not choice.provider.strip():
-                raise InvalidArgument("provider is required", field=f"{where}.provider")
+                raise MissingField("provider is required", field=f"{where}.provider")
             other = self.registry.get(choice.provider, field=f"{where}.provider")
             check_model_name(choice.model, f"{where}.model")  # as sent, as for the primary
             model = choice.model.strip() or other.config.default_model

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from gensearch.generation.v1 import generation_service_pb2 as pb
 
-from services.common.errors import InvalidArgument, quote
+from services.common.errors import InvalidArgument, MissingField, quote
 from services.common.fair_executor import FairExecutor
 from services.common.json_schema import (
     OutputSchema,
@@ -159,7 +159,7 @@ def build_request(
     """The primary (provider, model)'s request. ``check_models`` False: a caller's own
     base URL, whose models the provider's list does not describe."""
     if not msg.messages:
-        raise InvalidArgument("messages must not be empty", field="messages")
+        raise MissingField("messages must not be empty", field="messages")
     if len(msg.messages) > limits.max_messages:
         raise InvalidArgument(
             f"at most {limits.max_messages} messages are allowed", field="messages"
@@ -168,13 +168,18 @@ def build_request(
     chars = 0
     for i, m in enumerate(msg.messages):
         role = ROLE_NAMES.get(m.role)
+        if m.role == pb.ROLE_UNSPECIFIED:
+            raise MissingField(
+                f"messages[{i}].role is required: ROLE_SYSTEM, ROLE_USER or ROLE_ASSISTANT",
+                field=f"messages[{i}].role",
+            )
         if role is None:
             raise InvalidArgument(
                 f"messages[{i}].role must be ROLE_SYSTEM, ROLE_USER or ROLE_ASSISTANT",
                 field=f"messages[{i}].role",
             )
         if not m.content.strip():
-            raise InvalidArgument(
+            raise MissingField(
                 f"messages[{i}].content must not be empty", field=f"messages[{i}].content"
             )
         chars += len(m.content)

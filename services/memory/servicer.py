@@ -19,6 +19,7 @@ from services.common.errors import (
     Aborted,
     FailedPrecondition,
     InvalidArgument,
+    MissingField,
     NotFound,
     Unavailable,
 )
@@ -203,7 +204,7 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
         cid = _id(request.conversation_id, "conversation_id")
         text = _text(request.text, "text", self._settings.max_summary_bytes, "max_summary_bytes")
         if not text.strip():
-            raise InvalidArgument("text is required", field="text", reason="MISSING_FIELD")
+            raise MissingField("text is required", field="text")
         expected = (
             _id(request.expected_through_interaction_id, "expected_through_interaction_id")
             if request.expected_through_interaction_id
@@ -375,7 +376,7 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
             )
         query = _text(request.query, "query", s.max_search_query_bytes, "max_search_query_bytes")
         if not query.strip():
-            raise InvalidArgument("query is required", field="query", reason="MISSING_FIELD")
+            raise MissingField("query is required", field="query")
         if request.limit < 0 or request.limit > s.max_search_limit:
             raise InvalidArgument(
                 f"limit must be between 0 and {s.max_search_limit}",
@@ -522,15 +523,20 @@ def _claim(request: pb.CheckStorageRequest) -> tuple[str, int] | None:
             raise InvalidArgument("claim_seconds goes with a claim_token", field="claim_seconds")
         return None
     if not request.request_id:
-        raise InvalidArgument(
+        raise MissingField(
             "a claim reserves a request_id: request_id is required with claim_token",
             field="request_id",
         )
     token = _text(request.claim_token, "claim_token", _MAX_CLAIM_TOKEN_BYTES)
     if not token:
-        raise InvalidArgument("release_claim names its attempt's claim_token", field="claim_token")
+        raise MissingField("release_claim names its attempt's claim_token", field="claim_token")
     if request.release_claim:
         return None
+    if not request.claim_seconds:
+        raise MissingField(
+            f"claim_seconds is required with claim_token (1 to {MAX_CLAIM_SECONDS})",
+            field="claim_seconds",
+        )
     if not 1 <= request.claim_seconds <= MAX_CLAIM_SECONDS:
         raise InvalidArgument(
             f"claim_seconds must be between 1 and {MAX_CLAIM_SECONDS}",
@@ -649,7 +655,7 @@ def _owner() -> Owner:
 
 def _id(value: str, field: str) -> str:
     if not value:
-        raise InvalidArgument(f"{field} is required", field=field, reason="MISSING_FIELD")
+        raise MissingField(f"{field} is required", field=field)
     parsed = parse_id(value)
     if parsed is None:
         raise InvalidArgument(

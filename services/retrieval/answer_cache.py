@@ -48,7 +48,13 @@ from typing import Any
 
 from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 
-from services.common.errors import AlreadyExists, InvalidArgument, NotFound, ResourceExhausted
+from services.common.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    MissingField,
+    NotFound,
+    ResourceExhausted,
+)
 from services.common.settings import MAX_TTL_SECONDS
 from services.common.values import check_uuid
 from services.common.well_known import duration_seconds, properties_sha256, struct
@@ -302,7 +308,7 @@ class AnswerCache:
 
     def _check_question(self, question: str) -> None:
         if not question.strip():
-            raise InvalidArgument("question is required", field="question")
+            raise MissingField("question is required", field="question")
         limit = self._settings.max_cached_question_chars
         if len(question) > limit:
             raise InvalidArgument(

@@ -15,7 +15,7 @@ import math
 from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 from google.protobuf import struct_pb2
 
-from services.common.errors import FailedPrecondition, InvalidArgument
+from services.common.errors import FailedPrecondition, InvalidArgument, MissingField
 from services.common.values import (
     MAX_EXACT_INTEGER,
     past_exact_integer,
@@ -39,7 +39,7 @@ def check_ranges(schema: Schema, request: pb.GetChunksRequest, max_ranges: int) 
             reason="NO_CHUNKING",
         )
     if not request.ranges:
-        raise InvalidArgument("ranges is required", field="ranges")
+        raise MissingField("ranges is required", field="ranges")
     if len(request.ranges) > max_ranges:
         raise InvalidArgument(
             f"ranges holds {len(request.ranges)} entries, more than the limit of {max_ranges}",

@@ -18,7 +18,7 @@ from typing import Any
 from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 from google.protobuf import json_format
 
-from services.common.errors import InvalidArgument, quote
+from services.common.errors import InvalidArgument, MissingField, quote
 from services.common.values import (
     DEFAULT_MAX_DEPTH,
     check_value,
@@ -152,7 +152,7 @@ def _node(message: pb.Filter, b: _Walk, field: str, depth: int) -> Node:
         )
     kind = message.WhichOneof("filter")
     if kind is None:
-        raise InvalidArgument(
+        raise MissingField(
             f"{field} is empty: set condition, all_of, any_of or none_of", field=field
         )
     if kind == "condition":
@@ -179,7 +179,7 @@ def _node(message: pb.Filter, b: _Walk, field: str, depth: int) -> Node:
     group: pb.FilterGroup = getattr(message, kind)
     where = f"{field}.{kind}.filters"
     if not group.filters:
-        raise InvalidArgument(f"{where} must not be empty", field=where)
+        raise MissingField(f"{where} must not be empty", field=where)
     children = tuple(
         _node(child, b, f"{where}[{i}]", depth + 1) for i, child in enumerate(group.filters)
     )
@@ -193,7 +193,7 @@ def _node(message: pb.Filter, b: _Walk, field: str, depth: int) -> Node:
 def _condition(cond: pb.Condition, b: _Walk, field: str) -> Node:
     name = cond.property
     if not name:
-        raise InvalidArgument(f"{field}.property is required", field=f"{field}.property")
+        raise MissingField(f"{field}.property is required", field=f"{field}.property")
     data_type = b.types.get(name)
     if data_type is None:
         raise InvalidArgument(
@@ -204,7 +204,7 @@ def _condition(cond: pb.Condition, b: _Walk, field: str) -> Node:
     op = cond.operator
     value_field = f"{field}.value"
     if not cond.HasField("value"):
-        raise InvalidArgument(f"{value_field} is required", field=value_field)
+        raise MissingField(f"{value_field} is required", field=value_field)
     # Before json_format, which refuses NaN and ±Infinity with a bare ValueError.
     check_value(cond.value, value_field, b.max_value_depth)
     value = json_format.MessageToDict(cond.value)
@@ -285,7 +285,7 @@ def _condition(cond: pb.Condition, b: _Walk, field: str) -> Node:
         texts = (Text(key=f"p.{name}", text=wanted), Text(key=f"{NORMALIZED}.{name}", text=wanted))
         return Bool(should=texts)
     if op == pb.OPERATOR_UNSPECIFIED:
-        raise InvalidArgument(f"{field}.operator is required", field=f"{field}.operator")
+        raise MissingField(f"{field}.operator is required", field=f"{field}.operator")
     raise InvalidArgument(f"{field}.operator: {op} is not an Operator", field=f"{field}.operator")
 
 

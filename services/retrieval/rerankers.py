@@ -55,7 +55,13 @@ from services.common.egress import (
     refusal,
     url_not_allowed,
 )
-from services.common.errors import FailedPrecondition, InvalidArgument, Unavailable, quote
+from services.common.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    MissingField,
+    Unavailable,
+    quote,
+)
 from services.common.logs import register_secret
 from services.common.model_names import check_model_name
 from services.common.openai_api import ATTEMPTS, OpenAIClients, authorized, upstream_span
@@ -177,7 +183,7 @@ class Rerankers:
         )
         query = rerank.query or query_text
         if not query.strip():
-            raise InvalidArgument(
+            raise MissingField(
                 f"{FIELD}.query is required when the search has no text (near_vector)",
                 field=f"{FIELD}.query",
             )

@@ -15,7 +15,7 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 from google.protobuf import json_format
 
 from services.common.auth import DEFAULT_TENANT
-from services.common.errors import InvalidArgument, quote
+from services.common.errors import InvalidArgument, MissingField, quote
 from services.common.model_names import check_model_name
 from services.common.settings import DEFAULT_MAX_FALLBACKS, DEFAULT_MAX_PROMPT_CHARS
 from services.common.values import (
@@ -57,7 +57,7 @@ OPENAI_DEFAULT_MODEL = "text-embedding-3-small"
 
 def check_collection_name(name: str, field: str) -> str:
     if not name:
-        raise InvalidArgument(f"{field} is required", field=field)
+        raise MissingField(f"{field} is required", field=field)
     if not COLLECTION_NAME.fullmatch(name):
         raise InvalidArgument(
             f"{field} must match [A-Za-z][A-Za-z0-9_-]{{0,62}}", field=field, reason="BAD_NAME"
@@ -107,13 +107,12 @@ def validate_new_collection(
             raise InvalidArgument(
                 f"property {quote(prop.name)} is declared twice", field=f"{where}.name"
             )
+        if prop.data_type == pb.DATA_TYPE_UNSPECIFIED:
+            raise MissingField(f"{where}.data_type is required", field=f"{where}.data_type")
         if prop.data_type not in TYPE_NAMES:
-            problem = (
-                "is required"
-                if prop.data_type == pb.DATA_TYPE_UNSPECIFIED
-                else f"{prop.data_type} is not a DataType"
+            raise InvalidArgument(
+                f"{where}.data_type {prop.data_type} is not a DataType", field=f"{where}.data_type"
             )
-            raise InvalidArgument(f"{where}.data_type {problem}", field=f"{where}.data_type")
         if len(prop.description) > MAX_DESCRIPTION:
             raise InvalidArgument(f"{where}.description is too long", field=f"{where}.description")
         types[prop.name] = prop.data_type
@@ -144,7 +143,7 @@ def _validate_chunking(collection: pb.Collection, types: dict[str, int]) -> None
     for name, allowed, wanted in checks:
         value = getattr(chunking, name)
         if not value:
-            raise InvalidArgument(f"{where}.{name} is required", field=f"{where}.{name}")
+            raise MissingField(f"{where}.{name} is required", field=f"{where}.{name}")
         kind = types.get(value)
         if kind is None:
             raise InvalidArgument(
@@ -240,13 +239,13 @@ def _validate_vectorizer(
         policy.endpoint(vec, where)
         vec.model = vec.model or OPENAI_DEFAULT_MODEL
         if not vec.dimensions:
-            raise InvalidArgument(
+            raise MissingField(
                 f"{where}.dimensions is required for an OpenAI-compatible vectorizer",
                 field=f"{where}.dimensions",
             )
     elif vec.kind == pb.VECTORIZER_KIND_NONE:
         if not vec.dimensions:
-            raise InvalidArgument(
+            raise MissingField(
                 f"{where}.dimensions is required when callers supply vectors",
                 field=f"{where}.dimensions",
             )
@@ -337,7 +336,7 @@ def _validate_generative(gen: pb.GenerativeConfig, types: dict[str, int]) -> Non
         )
     for i, pair in enumerate(gen.fallback):
         if not pair.provider.strip():
-            raise InvalidArgument(
+            raise MissingField(
                 f"{where}.fallback[{i}].provider is required",
                 field=f"{where}.fallback[{i}].provider",
             )

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 
-from services.common.errors import InvalidArgument
+from services.common.errors import InvalidArgument, MissingField
 from services.common.settings import MAX_QUERY_TEXT
 from services.retrieval import bm25
 from services.retrieval.embedders import Embedders, EmbeddingInputRejected
@@ -203,7 +203,7 @@ class Searcher:
 
 def _text(value: str, field: str) -> str:
     if not value.strip():
-        raise InvalidArgument(f"{field} is required", field=field)
+        raise MissingField(f"{field} is required", field=field)
     if len(value) > MAX_QUERY_TEXT:
         # Its bound, as the prompt limits give theirs (max_chars); a fixed one: no setting.
         raise InvalidArgument(

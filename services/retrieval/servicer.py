@@ -19,6 +19,7 @@ from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as pb_grpc
 from services.common.auth import Role, require_role, require_service_caller
 from services.common.errors import (
     InvalidArgument,
+    MissingField,
     NotFound,
     ResourceExhausted,
     ServiceError,
@@ -79,7 +80,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
     ) -> pb.CreateCollectionResponse:
         tenant = require_role(Role.ADMIN).tenant
         if not request.HasField("collection"):
-            raise InvalidArgument("collection is required", field="collection")
+            raise MissingField("collection is required", field="collection")
         self._rerankers.check_default(request.collection)
         schema = await self._catalog.create(tenant, request.collection)
         return pb.CreateCollectionResponse(collection=schema.collection)
@@ -142,7 +143,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
             async for message in request_iterator:
                 if schema is None:
                     if not message.collection:
-                        raise InvalidArgument(
+                        raise MissingField(
                             "the first message must name the collection", field="collection"
                         )
                     schema = await self._catalog.get(tenant, message.collection)
@@ -349,7 +350,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
             with self._dropped(schema):
                 deleted = await self._store.delete_matching(schema.store_name, where)
         else:
-            raise InvalidArgument("give ids or filter", field="ids")
+            raise MissingField("give ids or filter", field="ids")
         return pb.DeleteObjectsResponse(deleted_count=deleted)
 
     async def CountObjects(
