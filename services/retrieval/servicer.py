@@ -311,7 +311,9 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
     ) -> pb.BatchGetObjectsResponse:
         schema = await self._catalog.get(require_role(Role.READER).tenant, request.collection)
         limit = self._settings.max_get_ids
-        if not 1 <= len(request.ids) <= limit:
+        if not request.ids:
+            raise MissingField(f"ids is required: 1 to {limit} object ids", field="ids")
+        if len(request.ids) > limit:
             raise InvalidArgument(
                 f"ids must hold between 1 and {limit} entries, not {len(request.ids)}",
                 field="ids",

@@ -73,6 +73,7 @@ def _cases(stack: Stack) -> list[tuple[str, Any, Any]]:
             (_count(_condition(property="title", value=_value("x")))),
         ),
         ("id", r.GetObject, (ret_pb.GetObjectRequest(collection="Things"))),
+        ("ids", r.BatchGetObjects, (ret_pb.BatchGetObjectsRequest(collection="Things"))),
         ("ids", r.DeleteObjects, (ret_pb.DeleteObjectsRequest(collection="Things"))),
         (
             "collection.name",
