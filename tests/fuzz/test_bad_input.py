@@ -157,7 +157,7 @@ def _deep_filter(request: Any, levels: int) -> None:
 async def test_filters_nested_too_deep_are_invalid_argument(stack: Stack) -> None:
     await create_books(stack)
     for levels, reason, field in (
-        (9, "INVALID_ARGUMENT", "filter" + ".all_of.filters[0]" * 9),  # our limit (8)
+        (9, "NESTING_TOO_DEEP", "filter" + ".all_of.filters[0]" * 9),  # MAX_FILTER_DEPTH (8)
         (49, "NESTING_TOO_DEEP", None),  # protobuf's parsing limit: used to be UNKNOWN
     ):
         count = ret_pb.CountObjectsRequest(collection="Books")
