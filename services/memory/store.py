@@ -758,10 +758,15 @@ class MemoryStore:
         # mid-reshard Redis refuses the script (TRYAGAIN) rather than letting it create
         # the hash on the slot's new node before the old one's has moved (MIGRATE would
         # then fail: BUSYKEY). The same in the other scripts that charge bytes.
+        # At the limit the script reads the conversation's list of turns (the cap on turns,
+        # the look for gone ones): declared too, as is every key a script touches (the
+        # window's turn keys are asked for by a first run: lua/usage.lua's gone_turns).
         names = [keys.conversations(tag)]
         if cid:
             names.append(keys.conversation(tag, cid))
         names.append(keys.usage(tag))
+        if cid:
+            names.append(keys.conversation_interactions(tag, cid))
         # Past the limit it cannot fit whatever the count: no huge number for Lua.
         turn_bytes = min(turn_bytes, self._max_bytes + 1)
         status, used, count = await self._run(
@@ -1035,10 +1040,12 @@ class MemoryStore:
         longer covers the turns up to ``expected_through``."""
         tag = self.tag(owner)
         now = time.time_ns() // 1_000_000
+        # The owner's list too: read when the new summary does not fit (usage.lua).
         names = [
             keys.conversation(tag, cid),
             keys.conversation_interactions(tag, cid),
             keys.usage(tag),
+            keys.conversations(tag),
         ]
         args: list[EncodableT] = [
             self.caller(owner), tag, cid, now, expected_through, through, text, turns,
@@ -1342,8 +1349,10 @@ class MemoryStore:
         for _ in range(UPDATE_ATTEMPTS):
             old = await self.get_interaction_data(owner, iid)
             interaction = pb.Interaction.FromString(old)
+            cid = interaction.conversation_id
             change(interaction)
-            if await self._replace_interaction(owner, iid, old, interaction.SerializeToString()):
+            new = interaction.SerializeToString()
+            if await self._replace_interaction(owner, iid, cid, old, new):
                 return interaction
         raise Aborted(
             "the interaction kept changing while it was updated; try again",
@@ -1351,16 +1360,27 @@ class MemoryStore:
             metadata={"interaction_id": iid},
         )
 
-    async def _replace_interaction(self, owner: Owner, iid: str, old: bytes, new: bytes) -> bool:
+    async def _replace_interaction(
+        self, owner: Owner, iid: str, cid: str, old: bytes, new: bytes
+    ) -> bool:
         """Compare-and-set of the interaction's data: False when it changed since ``old``
         was read; NOT_FOUND when it is gone or not the caller's. Redis compares SHA-1
-        digests (``redis.sha1hex``), so ``old`` itself is not sent back."""
+        digests (``redis.sha1hex``), so ``old`` itself is not sent back. Every key the
+        script touches is declared: the turn's conversation ``cid`` (its hash, and its
+        list and the owner's list, read at the byte limit), and the window's turns the
+        look for gone ones reads there (asked for by a first run: lua/usage.lua)."""
         tag = self.tag(owner)
         digest = hashlib.sha1(old, usedforsecurity=False).hexdigest()
         status = await self._run(
             tag,
             self._update_interaction,
-            [keys.interaction(tag, iid), keys.usage(tag)],
+            [
+                keys.interaction(tag, iid),
+                keys.usage(tag),
+                keys.conversation(tag, cid),
+                keys.conversation_interactions(tag, cid),
+                keys.conversations(tag),
+            ],
             [self.caller(owner), tag, digest, new, self._max_bytes, *self._gone_check()],
         )
         if status == 0:

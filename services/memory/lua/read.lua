@@ -54,17 +54,20 @@ end
 -- runs the script again with it declared (store.MemoryStore._run). One more round
 -- trip, only when such a key is missing.
 local DECLARE_FIRST = 'GENSEARCH_DECLARE_FIRST'
+-- KEYS as a set, built once per run (a run at the byte limit may ask about hundreds of
+-- turns: one pass over KEYS, not one per name).
+local declared_set = nil
+local function declared(name)
+  if not declared_set then
+    declared_set = {}
+    for _, key in ipairs(KEYS) do declared_set[key] = true end
+  end
+  return declared_set[name] == true
+end
 local function declare_first(names)
   local wanted = {}
   for _, name in ipairs(names) do
-    local found = false
-    for _, key in ipairs(KEYS) do
-      if key == name then
-        found = true
-        break
-      end
-    end
-    if not found then wanted[#wanted + 1] = name end
+    if not declared(name) then wanted[#wanted + 1] = name end
   end
   if #wanted > 0 then error({err = DECLARE_FIRST .. ' ' .. table.concat(wanted, ' ')}) end
 end
@@ -118,7 +121,12 @@ end
 -- it checked and whether one of them is missing. What keeps a conversation's
 -- interaction_count (and its owner's bytes) from counting a turn that is gone
 -- (GetConversation, ListConversations, a write at the byte limit: usage.lua's gone_turns).
-local function missing_turn(tag, ints, offset, window)
+local function missing_turn(tag, ints, offset, window, strict)
+  -- `strict` (a write script at the byte limit, usage.lua's gone_turns): every key it
+  -- reads declared, the list and the window's turns, asked for with declare_first (one
+  -- more run, only at the limit) before any is read. Undeclared, a turn key is outside
+  -- what Redis Cluster and script-routing proxies know the script touches.
+  if strict then declare_first({ints}) end
   local n = redis.call('ZCARD', ints)
   if n == 0 then return 0, false end
   local ids
@@ -133,13 +141,12 @@ local function missing_turn(tag, ints, offset, window)
       end
     end
   end
-  local batch = {}
-  for i, iid in ipairs(ids) do
-    batch[#batch + 1] = tag .. ':int:' .. iid
-    if #batch == 1000 or i == #ids then
-      if redis.call('EXISTS', unpack(batch)) < #batch then return #ids, true end
-      batch = {}
-    end
+  local names = {}
+  for i, iid in ipairs(ids) do names[i] = tag .. ':int:' .. iid end
+  if strict then declare_first(names) end
+  for i = 1, #names, 1000 do
+    local batch = {unpack(names, i, math.min(i + 999, #names))}
+    if redis.call('EXISTS', unpack(batch)) < #batch then return #ids, true end
   end
   return #ids, false
 end

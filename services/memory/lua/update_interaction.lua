@@ -1,6 +1,9 @@
 -- needs: read usage
--- KEYS: int, usage, then any key a run before asked to declare (read.lua's declare_first:
--- the turn's conversation hash). ARGV: caller (read.lua), tag, SHA-1 (hex) of the data read before,
+-- KEYS: int, usage, the turn's conversation hash and its list of turns (the store names
+-- them from the data it read), the owner's list of conversations, then any key a run
+-- before asked to declare (read.lua's declare_first: the window's turns at the byte limit,
+-- usage.lua's gone_turns). Every key it touches is declared: at the limit it reads the
+-- list and a window of turns, which Redis Cluster and script-routing proxies must know. ARGV: caller (read.lua), tag, SHA-1 (hex) of the data read before,
 -- new data, max bytes (of the owner), then the window of the check for gone turns at the
 -- limit (usage.lua's gone_check_at: its offset, its turns).
 -- Compare-and-set: returns 1 when updated, 0 when missing or not the caller's, 2 when the
@@ -10,6 +13,10 @@
 -- keeps the key's time to live.
 gone_check_at(6)
 local row = interaction(KEYS[1])
+if row[1] then
+  local conv = ARGV[2] .. ':conv:' .. row[1]
+  declare_first({conv, conv .. ':ints'})
+end
 if not row[1] or not declared_owned(ARGV[2], ARGV[1], row[1]) then
   return 0
 end

@@ -1,5 +1,6 @@
 -- needs: read keys usage retention
--- KEYS: conv, ints, usage, then the keys of the turns declared for eviction
+-- KEYS: conv, ints, usage, convs (read when the summary does not fit: usage.lua), then the
+-- keys of the turns declared for eviction
 -- (declared_turns, keys.lua). ARGV: caller (read.lua), tag, cid, now_ms, expected through,
 -- new through, text, turns folded, prompt tokens, completion tokens, eviction grace, max
 -- bytes (of the owner), then the window of the check for gone turns at the limit

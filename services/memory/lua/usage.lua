@@ -90,11 +90,10 @@ local USAGE_FIRST = 'GENSEARCH_USAGE_FIRST '
 local function reconcile(tag)
   -- No list: no conversation to drop (or, on a slot's new node mid-reshard, a list not
   -- moved yet: declared, Redis refuses the run while it is split).
+  -- The list is read: declared (every caller passes it; else one more run with it).
   local convs = tag .. ':convs'
-  if redis.call('EXISTS', convs) == 0 then
-    declare_first({convs})
-    return
-  end
+  declare_first({convs})
+  if redis.call('EXISTS', convs) == 0 then return end
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   if now < tonumber(redis.call('HGET', usage_key(tag), 'next_expiry') or '0') then return end
@@ -138,7 +137,8 @@ local function gone_check_before_declared()
   gone_check_at(#ARGV - 2 * tonumber(ARGV[#ARGV]) - 2)
 end
 -- A write to conversation `cid` (which exists, the caller's) that does not fit: when a
--- turn of its window (read.lua's missing_turn) has no key here (gone for good, or
+-- turn of its window (read.lua's missing_turn, strict: the list and every turn key of the
+-- window declared, the script run again with them when they are not) has no key here (gone for good, or
 -- mid-reshard not moved yet), its bytes may be counted still. Only a run declaring every
 -- turn may drop it (drop_missing.lua), so the script stops, nothing written, for the
 -- store to run that and then the write again ('drop <cid>'). Only at the limit, and
@@ -146,7 +146,7 @@ end
 -- pays no more per retry, and its retries (each with its own window) cover every turn.
 local function gone_turns(tag, cid)
   local _, missing = missing_turn(tag, tag .. ':conv:' .. cid .. ':ints', gone_window[1],
-                                  gone_window[2])
+                                  gone_window[2], true)
   if missing then error({err = USAGE_FIRST .. 'drop ' .. cid}) end
 end
 -- Whether n more bytes for conversation `cid` fit (room, then gone_turns when not).
