@@ -18,6 +18,11 @@ that puts every key of one owner in one slot):
     tag:claim:<request_id>    STRING  the claim_token of the attempt that reserved
                                     request_id (CheckStorage), for its claim_seconds;
                                     deleted by the write of a turn with request_id
+    tag:claimfp:<request_id>  STRING  the request_fingerprint (digested, as kept with a turn)
+                                    of the attempt holding tag:claim:<request_id>, set
+                                    and expiring with it (tag:t:claimfp: the second legacy
+                                    owner's): an attempt of another request finds the key
+                                    reused, not merely in use
     tag:usage                 HASH  the owner's stored bytes: "total", <cid> -> the
                                     bytes of that conversation, and "next_expiry" (ms)
                                     (lua/usage.lua)
@@ -66,6 +71,10 @@ def request(tag: str, request_id: str, *, apart: bool = False) -> str:
 
 def claim(tag: str, request_id: str, *, apart: bool = False) -> str:
     return f"{tag}:{'t:claim' if apart else 'claim'}:{request_id}"
+
+
+def claim_fingerprint(tag: str, request_id: str, *, apart: bool = False) -> str:
+    return f"{tag}:{'t:claimfp' if apart else 'claimfp'}:{request_id}"
 
 
 def usage(tag: str) -> str:

@@ -593,6 +593,9 @@ class MemoryStore:
     def _claim(self, owner: Owner, tag: str, request_id: str) -> str:
         return keys.claim(tag, request_id, apart=not self._untenanted(owner))
 
+    def _claim_fingerprint(self, owner: Owner, tag: str, request_id: str) -> str:
+        return keys.claim_fingerprint(tag, request_id, apart=not self._untenanted(owner))
+
     def _owns(self, owner: Owner, user: bytes | None, tenant: bytes | None) -> bool:
         """lua/read.lua's ``owns``, for the one read made without a script."""
         if user is None or user.decode() != owner.user:
@@ -812,27 +815,39 @@ class MemoryStore:
         self, owner: Owner, request_id: str, token: str, seconds: int, fingerprint: str = ""
     ) -> pb.Interaction | bool:
         """Reserves ``request_id`` for the attempt ``token`` for ``seconds`` (renewed when
-        it holds it already): True. False when another attempt holds it; the interaction
-        ``owner`` stored with it meanwhile, if any (checked in the same atomic step; one
-        stored for another request than ``fingerprint``: REQUEST_ID_REUSED)."""
+        it holds it already), keeping ``fingerprint`` with the reservation: True. False
+        when another attempt holds it; the interaction ``owner`` stored with it
+        meanwhile, if any (checked in the same atomic step). Either one stored or a
+        holder claiming for another request than ``fingerprint``: REQUEST_ID_REUSED,
+        before "in use" (a retry of another request never succeeds). A holder with no
+        fingerprint kept (claimed without one, or by a replica older than this) is not
+        compared: False, in use."""
         tag = self.tag(owner)
         out = await self._run(
             tag,
             self._claim_request,
-            [self._request(owner, tag, request_id), self._claim(owner, tag, request_id)],
-            [self.caller(owner), tag, token, seconds * 1000],
+            [
+                self._request(owner, tag, request_id),
+                self._claim(owner, tag, request_id),
+                self._claim_fingerprint(owner, tag, request_id),
+            ],
+            [self.caller(owner), tag, token, seconds * 1000, fingerprint],
         )
         if out[0] == 1:
             _same_request(fingerprint, out[3])
             return pb.Interaction.FromString(out[2])
-        return out[0] == 0
+        if out[0] == 2:
+            _same_request(fingerprint, out[1] if len(out) > 1 else None)
+            return False
+        return True
 
     async def release_request(self, owner: Owner, request_id: str, token: str) -> None:
         """Ends the attempt ``token``'s reservation of ``request_id``, if it still holds
         it."""
         tag = self.tag(owner)
         claim = self._claim(owner, tag, request_id)
-        await _redis(self._release_request(keys=[claim], args=[token]))
+        held = self._claim_fingerprint(owner, tag, request_id)
+        await _redis(self._release_request(keys=[claim, held], args=[token]))
 
     async def create_conversation(
         self, owner: Owner, name: str, retention: Retention | None = None
@@ -1259,6 +1274,7 @@ class MemoryStore:
                 self._request(owner, tag, request_id),
                 self._claim(owner, tag, request_id),
                 keys.usage(tag),
+                self._claim_fingerprint(owner, tag, request_id),
                 *evicted,
             ]
             args: list[EncodableT] = [

@@ -60,6 +60,7 @@ def test_memory_keys_of_an_owner_share_its_own_tag(
             keys.interaction(tag, iid),
             keys.request(tag, rid),
             keys.claim(tag, rid),
+            keys.claim_fingerprint(tag, rid),
             keys.usage(tag),
         ]
 

@@ -558,8 +558,10 @@ async def test_attempts_at_once_make_one_answer(stack_factory: StackFactory, new
 
 async def test_another_question_with_a_key_in_use_is_refused(stack_factory: StackFactory) -> None:
     """While an attempt runs, the same key for another question (here streamed) is
-    refused too, before any LLM call: ABORTED / REQUEST_ID_IN_USE; once the first turn
-    is stored, REQUEST_ID_REUSED as before. Nothing else is stored."""
+    refused too, before any LLM call, as what it is: INVALID_ARGUMENT / REQUEST_ID_REUSED
+    (memory compares it with the fingerprint the running attempt claimed the key with),
+    the same answer as once the first turn is stored. Before, it was ABORTED /
+    REQUEST_ID_IN_USE, and its retries could never succeed. Nothing else is stored."""
     stack = await _stack(stack_factory)
     stack.fake.gate = asyncio.Event()
     request = gw_pb.AskRequest(
@@ -574,8 +576,9 @@ async def test_another_question_with_a_key_in_use_is_refused(stack_factory: Stac
     )
     with pytest.raises(grpc.aio.AioRpcError) as err:
         _ = [e async for e in stack.stub.StreamAsk(other, metadata=ALICE, timeout=30)]
-    assert err.value.code() == grpc.StatusCode.ABORTED
-    assert error_info(err.value).reason == "REQUEST_ID_IN_USE"
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    info = error_info(err.value)
+    assert (info.reason, info.metadata["field"]) == ("REQUEST_ID_REUSED", "request_id")
     stack.fake.gate.set()
     answer = await first
     assert not answer.replayed and len(stack.fake.chat_requests) == 1

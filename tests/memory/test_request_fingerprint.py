@@ -202,3 +202,36 @@ async def test_a_keyed_turn_with_an_invalid_trace_names_the_trace(memory: Memory
     )
     assert error_info(err).metadata["field"].startswith("traces[0]."), err.details()
     assert await _count(memory, cid) == 0
+
+
+async def test_a_key_in_use_for_another_request_is_reused_not_in_use(memory: Memory) -> None:
+    """While an attempt holds a request_id (CheckStorage's claim, the first Ask still
+    answering), an attempt with another request_fingerprint is INVALID_ARGUMENT /
+    REQUEST_ID_REUSED, as it will be once the turn is stored: retrying it can never
+    succeed. The same request, or one with no fingerprint to compare, is told the key is
+    in use (retry later), and so is any attempt while the holder kept no fingerprint.
+    Before, every one of them was told REQUEST_ID_IN_USE. The holder's fingerprint goes
+    with its claim (released here)."""
+    cid = await _conversation(memory)
+
+    def check(token: str, given: str, **more: Any) -> pb.CheckStorageRequest:
+        return pb.CheckStorageRequest(
+            conversation_id=cid, bytes=1, request_id="k", request_fingerprint=given,
+            claim_token=token, claim_seconds=30, **more,
+        )  # fmt: skip
+
+    held = await memory.stub.CheckStorage(check("attempt-1", "ask-1"), metadata=ALICE)
+    assert held.limits.max_text_bytes and not held.request_id_in_use
+    await _reused(memory.stub.CheckStorage(check("attempt-2", "ask-2"), metadata=ALICE))
+    for same in ("ask-1", ""):
+        answer = await memory.stub.CheckStorage(check("attempt-2", same), metadata=ALICE)
+        assert answer.request_id_in_use
+    release = check("attempt-1", "", release_claim=True)
+    release.ClearField("claim_seconds")
+    await memory.stub.CheckStorage(release, metadata=ALICE)
+    assert [key async for key in memory.redis.scan_iter(match="*claim*")] == []
+    # A holder that kept no fingerprint: nothing to compare, in use.
+    await memory.stub.CheckStorage(check("attempt-3", ""), metadata=ALICE)
+    answer = await memory.stub.CheckStorage(check("attempt-4", "ask-2"), metadata=ALICE)
+    assert answer.request_id_in_use
+    assert await _count(memory, cid) == 0

@@ -1,6 +1,7 @@
 -- needs: read touch keys usage retention new_conversation
 -- KEYS: conv, ints, int, convs, req, claim (CheckStorage's reservation of request_id),
--- usage, then the keys of the turns declared for eviction (declared_turns, keys.lua).
+-- usage, claimfp (the reservation's fingerprint, claim_request.lua), then the keys of the
+-- turns declared for eviction (declared_turns, keys.lua).
 -- ARGV: caller (read.lua), tag, cid, iid, now_ms, request_id, ttl_ms, serialized
 -- interaction, serialized traces ('' when none: a field of the interaction's hash, so they
 -- share its slot, its expiry and its deletion),
@@ -85,7 +86,7 @@ if ARGV[6] ~= '' then
   if ARGV[13] ~= '' then redis.call('HSET', KEYS[3], 'request_fingerprint', ARGV[13]) end
   redis.call('SET', KEYS[5], ARGV[4], 'PX', ARGV[7])
   -- Stored: an attempt that reserved request_id is done (the others now find the turn).
-  redis.call('DEL', KEYS[6])
+  redis.call('DEL', KEYS[6], KEYS[8])
 end
 redis.call('ZADD', KEYS[2], 0, ARGV[4])
 touch(KEYS[1], KEYS[4], ARGV[3], ARGV[5], h[1], 'interaction_count', tonumber(h[2]) + 1)
