@@ -119,6 +119,10 @@ TURN_WRITE_ATTEMPTS = 64
 # Turns one run of delete_conversation.lua deletes: bounds the keys it declares (a turn's
 # and its request_id's) and how long it holds Redis; a longer conversation takes more runs.
 DELETE_BATCH = 500
+# Turns one run of drop_missing.lua walks (declares, checks, drops): bounds how long one
+# run holds Redis however long the conversation; a longer one takes more runs
+# (``MemoryStore._drop_gone``).
+DROP_BATCH = 500
 # Members of the owner's list belonging to another owner (the other legacy owner of its
 # tag, Owner.digest) one ListConversations page holding an item reads past at most before
 # it ends early.
@@ -492,6 +496,7 @@ class MemoryStore:
         untenanted_owner: UntenantedOwner = "default",
         gone_check_turns: int = GONE_CHECK_TURNS,
         gone_check_offsets: Callable[[], int] | None = None,
+        drop_batch: int = DROP_BATCH,
     ) -> None:
         self._redis = redis
         self._grace = eviction_grace_turns
@@ -504,6 +509,7 @@ class MemoryStore:
         self._tags: dict[Owner, str] = {}
         self._untenanted_owner = untenanted_owner
         self._gone_turns = gone_check_turns
+        self._drop_batch = drop_batch
         # Where a call's check for gone turns starts (taken modulo the conversation's turns
         # by the script); a test may give a fixed sequence.
         self._gone_offsets = gone_check_offsets or (lambda: random.randrange(1 << 31))
@@ -651,9 +657,7 @@ class MemoryStore:
                     # A write at the limit whose conversation lists a turn with no key
                     # (lua/usage.lua's gone_turns): its bytes are counted again without
                     # the gone ones. The caller is the script's first argument.
-                    await self._with_every_turn(
-                        self._drop_missing_script, tag, first.cid, str(args[0])
-                    )
+                    await self._drop_gone(tag, first.cid, str(args[0]))
                 else:
                     await self._measure(tag, first.cid)
         raise Aborted(
@@ -1332,7 +1336,57 @@ class MemoryStore:
         (TRYAGAIN: UNAVAILABLE, retryable) rather than a turn not moved yet being dropped.
         Standalone (or once the move is done) a missing key is gone for good: before, the
         conversation answered UNAVAILABLE to every ListInteractions (and Ask) forever."""
-        await self._with_every_turn(self._drop_missing_script, tag, cid, self.caller(owner))
+        await self._drop_gone(tag, cid, self.caller(owner))
+
+    async def _drop_gone(self, tag: str, cid: str, caller: str) -> None:
+        """``_drop_missing``'s walk, ``caller`` the script's: the conversation's list in
+        chunks of ``drop_batch`` turns, one run of drop_missing.lua each (each chunk read
+        just before, its turns declared), so no run holds Redis for O(turns). Each run
+        drops its chunk's gone turns and sets interaction_count; the last sets the
+        conversation's bytes from the sum the runs carried (lua/drop_missing.lua). A chunk
+        whose turns changed since its read is read again; a walk whose conversation's bytes
+        changed under it (a write between two runs) starts over: at most RUN_ATTEMPTS
+        times each, then ABORTED (what it dropped stays dropped)."""
+        conv = keys.conversation(tag, cid)
+        ints = keys.conversation_interactions(tag, cid)
+        usage = keys.usage(tag)
+        after, seen, total = "", "-", 0
+        misreads = restarts = 0
+        while True:
+            start = f"({after}" if after else "-"
+            batch = [
+                bytes(m).decode()
+                for m in await _redis(
+                    self._redis.zrange(ints, start, "+", bylex=True, offset=0, num=self._drop_batch)
+                )
+            ]
+            out = await _redis(
+                self._drop_missing_script(
+                    keys=[conv, ints, usage, *(keys.interaction(tag, iid) for iid in batch)],
+                    args=[caller, cid, after, seen, total, *batch],
+                )
+            )
+            status = int(out[0])
+            if status == 1:
+                return
+            if status == 0:
+                misreads += 1
+                if misreads >= RUN_ATTEMPTS:
+                    raise _concurrent_update(cid)
+                continue
+            if status == 2:
+                restarts += 1
+                if restarts >= RUN_ATTEMPTS:
+                    raise _concurrent_update(cid)
+                after, seen, total = "", "-", 0
+                continue
+            if not batch:  # turns written since the (empty) read: read again
+                misreads += 1
+                if misreads >= RUN_ATTEMPTS:
+                    raise _concurrent_update(cid)
+                continue
+            misreads = 0
+            after, seen, total = batch[-1], bytes(out[1]).decode(), int(out[2])
 
     async def get_interaction_traces(self, owner: Owner, iid: str) -> bytes:
         """The interaction's serialized traces (b"" when it has none)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Awaitable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import grpc
 import pytest
@@ -12,6 +13,7 @@ from gensearch.memory.v1 import memory_service_pb2 as pb
 from gensearch.memory.v1 import memory_service_pb2_grpc as pb_grpc
 
 from services.common.redis_client import RedisClient
+from tests.memory.conftest import Target
 from tests.support.processes import descendants
 from tests.support.rpc import error_info
 
@@ -66,6 +68,16 @@ def redis_pid(data_dir: Path) -> int:
         except OSError:
             continue
     raise AssertionError(f"no redis process serving {wanted}")
+
+
+def script_server(target: Target, tag: str) -> tuple[str, int]:
+    """Host and port of the server that runs the scripts of the owner of ``tag``: the
+    standalone one, or the cluster node holding its slot (tests/support/script_keys.py)."""
+    if target.cluster is not None:
+        return "127.0.0.1", target.cluster.node_for(tag).port
+    url = urlsplit(target.url)
+    assert url.hostname is not None and url.port is not None
+    return url.hostname, url.port
 
 
 async def usage_bytes(client: RedisClient, tag: str, cid: str) -> tuple[int, int, int]:

@@ -9,7 +9,6 @@ that holds the owner's slot."""
 from __future__ import annotations
 
 import hashlib
-from urllib.parse import urlsplit
 
 import pytest
 from gensearch.memory.v1 import memory_service_pb2 as pb
@@ -18,7 +17,7 @@ from services.common.errors import ResourceExhausted
 from services.memory import keys
 from services.memory.store import MemoryStore, Owner, lua_source
 from tests.memory.conftest import ALICE, MemoryFactory, Target
-from tests.memory.helpers import conversation_with_turns, usage_bytes
+from tests.memory.helpers import conversation_with_turns, script_server, usage_bytes
 from tests.support.script_keys import ScriptKeys
 
 OWNER = Owner("alice", "alice")  # the key "alice:ka": alice alone in a tenant of her name
@@ -28,15 +27,6 @@ WATCHED = {
     hashlib.sha1(lua_source(name).encode()).hexdigest()
     for name in ("check_storage", "update_interaction", "create_interaction")
 }
-
-
-def _server(target: Target, tag: str) -> tuple[str, int]:
-    """The server that runs the owner's scripts."""
-    if target.cluster is not None:
-        return "127.0.0.1", target.cluster.node_for(tag).port
-    url = urlsplit(target.url)
-    assert url.hostname is not None and url.port is not None
-    return url.hostname, url.port
 
 
 async def test_writes_at_the_byte_limit_touch_only_declared_keys(
@@ -57,7 +47,7 @@ async def test_writes_at_the_byte_limit_touch_only_declared_keys(
     def grow(turn: pb.Interaction) -> None:
         turn.additional_info.update({"big": "x" * LIMIT})
 
-    async with ScriptKeys(*_server(target, tag)) as watch:
+    async with ScriptKeys(*script_server(target, tag)) as watch:
         with pytest.raises(ResourceExhausted):
             await store.check_storage(OWNER, cid, LIMIT)
         with pytest.raises(ResourceExhausted):

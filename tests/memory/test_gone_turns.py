@@ -6,6 +6,7 @@ bounded linearly (store.MemoryStore._run). On a standalone server and on a clust
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from typing import Any
 
@@ -15,9 +16,15 @@ from gensearch.memory.v1 import memory_service_pb2 as pb
 
 from services.common.errors import Aborted, ResourceExhausted
 from services.memory import keys
-from services.memory.store import RUN_ATTEMPTS, MemoryStore, Owner
-from tests.memory.conftest import ALICE, Memory, MemoryFactory
-from tests.memory.helpers import conversation_with_turns, expect_error, usage_bytes
+from services.memory.store import RUN_ATTEMPTS, MemoryStore, Owner, lua_source
+from tests.memory.conftest import ALICE, Memory, MemoryFactory, Target
+from tests.memory.helpers import (
+    conversation_with_turns,
+    expect_error,
+    script_server,
+    usage_bytes,
+)
+from tests.support.script_keys import ScriptKeys
 
 OWNER = Owner("alice", "alice")  # the key "alice:ka": alice alone in a tenant of her name
 
@@ -169,13 +176,15 @@ async def test_a_conversation_page_checks_a_window_of_each_conversation(
 async def test_a_read_meeting_a_gone_turn_while_turns_are_written_answers_as_read(
     memory: Memory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A read that finds a gone turn while the conversation's turns keep changing (the
-    drop finds its list changed, every time it reads it again: ABORTED) answers the
-    conversation as it read it, as it does mid-reshard; a later read drops the turn.
-    Before, GetConversation (and the Ask that called it) and ListConversations failed
-    ABORTED."""
+    """A read that finds a gone turn while the conversation's turns keep changing (each
+    run of the chunked drop meets the conversation's bytes changed by a turn written
+    before it and starts over: ABORTED) answers the conversation as it read it, as it does
+    mid-reshard. The first chunk dropped the gone turn (a turn appended meanwhile does not
+    change the chunk read); its bytes, counted still, are given back by a later read,
+    which the drop left pending. Before, GetConversation (and the Ask that called it) and
+    ListConversations failed ABORTED."""
     cid, iids = await conversation_with_turns(memory.stub, "c", 3, ALICE)
-    store = _store(memory)
+    store = _store(memory, drop_batch=2)
     tag = store.tag(OWNER)
     await memory.redis.delete(keys.interaction(tag, iids[1]))
     drop = store._drop_missing_script
@@ -190,14 +199,15 @@ async def test_a_read_meeting_a_gone_turn_while_turns_are_written_answers_as_rea
 
     monkeypatch.setattr(store, "_drop_missing_script", a_turn_written_meanwhile)
     assert (await store.get_conversation(OWNER, cid)).interaction_count == 3
-    before = len(written)  # the page reads these, then the drop meets more
-    page = await store.list_conversations(OWNER, 10, None)
-    assert [c.interaction_count for c in page.items] == [3 + before]
-    assert len(written) > before
-    monkeypatch.setattr(store, "_drop_missing_script", drop)
-    got = await store.get_conversation(OWNER, cid)
-    assert got.interaction_count == 2 + len(written)
+    assert len(written) > 2
     assert await _listed(memory, tag, cid) == [iids[0], iids[2], *written]
+    assert await memory.redis.hget(keys.conversation(tag, cid), "drop_pending") == b"1"
+    monkeypatch.setattr(store, "_drop_missing_script", drop)
+    page = await store.list_conversations(OWNER, 10, None)
+    assert [c.interaction_count for c in page.items] == [2 + len(written)]
+    assert await memory.redis.hget(keys.conversation(tag, cid), "drop_pending") is None
+    field, total, measured = await usage_bytes(memory.redis, tag, cid)
+    assert field == measured == total
 
 
 async def test_a_request_id_dies_with_its_turn(memory: Memory) -> None:
@@ -353,5 +363,42 @@ async def test_a_write_at_the_limit_checks_a_window_of_its_conversation(
     with pytest.raises(ResourceExhausted):
         await store.check_storage(OWNER, cid, 20_000)
     assert await _listed(memory, tag, cid) == iids[:4] + iids[5:]
+    field, total, measured = await usage_bytes(memory.redis, tag, cid)
+    assert field == measured == total
+
+
+async def test_many_gone_turns_are_dropped_in_runs_of_a_bounded_chunk(
+    memory: Memory, target: Target
+) -> None:
+    """Most turns of a long conversation gone at once (here 40 of 60, in chunks of 7 turns
+    per run; DROP_BATCH, 500, in production): the drop walks the list one chunk per run
+    of drop_missing.lua, no run declaring, checking or dropping more than the chunk, and
+    at the end interaction_count, the conversation's bytes and the owner's total are
+    exactly what is stored. Before, one run declared and walked every turn: with 100,000
+    turns, one call held Redis for all of them."""
+    chunk = 7
+    store = _store(memory, drop_batch=chunk)
+    cid = (await store.create_conversation(OWNER, "many")).conversation_id
+    iids = []
+    for n in range(60):
+        turn = pb.Interaction(input="m" * (10 + n))
+        iids.append((await store.create_interaction(OWNER, cid, turn, "")).interaction_id)
+    tag = store.tag(OWNER)
+    kept = iids[::3]
+    await memory.redis.delete(*(keys.interaction(tag, iid) for iid in iids if iid not in kept))
+    drop = hashlib.sha1(lua_source("drop_missing").encode()).hexdigest()
+    async with ScriptKeys(*script_server(target, tag)) as watch:
+        page = await store.list_interactions(OWNER, cid, 100, None, 1 << 20)
+        runs = [run for run in await watch.runs() if run.sha == drop]
+    assert [pb.Interaction.FromString(d).interaction_id for d in page.items] == kept[::-1]
+    assert len(runs) >= 60 // chunk
+    for run in runs:
+        looked = [c for c in run.commands if c[0] == b"EXISTS"]
+        dropped = [c for c in run.commands if c[0] == b"ZREM"]
+        assert len(run.declared) <= 3 + chunk, run
+        assert len(looked) <= chunk and len(dropped) <= chunk, run
+    got = await store.get_conversation(OWNER, cid)
+    assert got.interaction_count == len(kept)
+    assert await _listed(memory, tag, cid) == kept
     field, total, measured = await usage_bytes(memory.redis, tag, cid)
     assert field == measured == total

@@ -18,6 +18,7 @@ and every one must be among the call's declared keys.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import re
 import uuid
@@ -104,8 +105,12 @@ class ScriptKeys:
             await self._end()
         if self._task is not None:
             self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
         if self._writer is not None:
             self._writer.close()
+            with contextlib.suppress(OSError):
+                await self._writer.wait_closed()
 
     async def _end(self) -> None:
         """Every command up to now is in the stream: a marker sent after them is read."""

@@ -126,7 +126,11 @@ local function missing_turn(tag, ints, offset, window, strict)
   -- reads declared, the list and the window's turns, asked for with declare_first (one
   -- more run, only at the limit) before any is read. Undeclared, a turn key is outside
   -- what Redis Cluster and script-routing proxies know the script touches.
-  if strict then declare_first({ints}) end
+  local conv = string.sub(ints, 1, -6)  -- "<conv>:ints"
+  if strict then declare_first({conv, ints}) end
+  -- A chunked drop (drop_missing.lua) that dropped turns but did not reach its last
+  -- chunk: the conversation's bytes still count them until a walk ends, so it is due.
+  if redis.call('HEXISTS', conv, 'drop_pending') == 1 then return 0, true end
   local n = redis.call('ZCARD', ints)
   if n == 0 then return 0, false end
   local ids

@@ -36,8 +36,8 @@ end
 local function turn_bytes(tag, iid)
   return turn_key_bytes(tag .. ':int:' .. iid)
 end
--- A conversation counted from what is stored, for measure.lua and drop_missing.lua, which
--- declare every key it reads: `keys` are the conversation's hash, its turn list, the usage
+-- A conversation counted from what is stored, for measure.lua, which declares every key
+-- it reads: `keys` are the conversation's hash, its turn list, the usage
 -- hash, then the key of each turn `argv` names from argv[3] on, in the order of the list
 -- the store read. Returns nil when that list changed since the read; else the bytes of the
 -- conversation and of the turns whose key is there, the ids of the turns whose key is gone
