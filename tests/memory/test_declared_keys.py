@@ -36,10 +36,14 @@ async def test_writes_at_the_byte_limit_touch_only_declared_keys(
     turn of the conversation gone (its key deleted): the look for gone turns reads the
     conversation's list and a window of its turns, every one declared (asked for by a
     first run, lua/usage.lua's gone_turns); the gone turn is dropped and the writes are
-    refused as full. Before, check_storage.lua and update_interaction.lua read the list
-    and the turn keys undeclared (update_interaction.lua the owner's list too)."""
+    refused as full. The look at the owner's other conversations (here one) declares
+    their hashes, lists and turns the same way. Before, check_storage.lua and
+    update_interaction.lua read the list and the turn keys undeclared
+    (update_interaction.lua the owner's list too)."""
     memory = await memory_factory(max_bytes_per_owner=LIMIT)
     cid, iids = await conversation_with_turns(memory.stub, "d", 6, ALICE)
+    # Another conversation: a write refused at the limit looks at its turns too.
+    other, others = await conversation_with_turns(memory.stub, "e", 2, ALICE)
     store = MemoryStore(memory.redis, max_bytes_per_owner=LIMIT)
     tag = store.tag(OWNER)
     await memory.redis.delete(keys.interaction(tag, iids[2]))
@@ -60,10 +64,17 @@ async def test_writes_at_the_byte_limit_touch_only_declared_keys(
     assert undeclared == []
     # Not vacuous: the look for gone turns ran, reading turn keys (EXISTS), and the gone
     # turn was dropped.
-    turn_key = keys.interaction(tag, iids[0]).encode()
-    looked = [run for run in runs for c in run.commands if c[0] == b"EXISTS" and turn_key in c]
-    assert len(looked) >= 3, runs
+    for turn_key in (keys.interaction(tag, iids[0]), keys.interaction(tag, others[0])):
+        looked = [
+            run
+            for run in runs
+            for c in run.commands
+            if c[0] == b"EXISTS" and turn_key.encode() in c
+        ]
+        assert len(looked) >= 3, (turn_key, runs)
     listed = [m.decode() for m in await memory.redis.zrange(f"{tag}:conv:{cid}:ints", 0, -1)]
     assert listed == iids[:2] + iids[3:]
     field, total, measured = await usage_bytes(memory.redis, tag, cid)
-    assert field == measured == total
+    other_field, _, other_measured = await usage_bytes(memory.redis, tag, other)
+    assert field == measured and other_field == other_measured
+    assert total == field + other_field

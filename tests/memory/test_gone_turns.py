@@ -24,6 +24,7 @@ from tests.memory.helpers import (
     script_server,
     usage_bytes,
 )
+from tests.support.rpc import error_info
 from tests.support.script_keys import ScriptKeys
 
 OWNER = Owner("alice", "alice")  # the key "alice:ka": alice alone in a tenant of her name
@@ -402,3 +403,46 @@ async def test_many_gone_turns_are_dropped_in_runs_of_a_bounded_chunk(
     assert await _listed(memory, tag, cid) == kept
     field, total, measured = await usage_bytes(memory.redis, tag, cid)
     assert field == measured == total
+
+
+@pytest.mark.parametrize("where", ["its_conversation", "new_conversation"])
+async def test_a_write_at_the_limit_finds_gone_turns_of_other_conversations(
+    memory_factory: MemoryFactory, where: str
+) -> None:
+    """The owner at its byte limit because of another conversation's turns, whose keys
+    are then gone (deleted by hand, as an eviction would): a turn written to a third
+    conversation (or one starting a new conversation) now fits, because a write refused
+    at the limit also looks (bounded: up to 16 conversations and 512 turns across them)
+    at the owner's other conversations, drops their gone turns and gives their bytes
+    back before it decides. Before, only the written conversation was looked at, and the
+    write was refused until something read the other conversation."""
+    memory = await memory_factory(max_bytes_per_owner=20_000)
+    big = "b" * 2000
+    other, iids = await conversation_with_turns(memory.stub, "o", 0, ALICE)
+    for n in range(7):
+        turn = pb.CreateInteractionRequest(conversation_id=other, input=f"{n}{big}")
+        iids.append(
+            (await memory.stub.CreateInteraction(turn, metadata=ALICE)).interaction.interaction_id
+        )
+    mine, _ = await conversation_with_turns(memory.stub, "m", 1, ALICE)
+    if where == "new_conversation":
+        write = pb.CreateInteractionRequest(
+            new_conversation=pb.CreateConversationRequest(name="n"), input="y" * 4000
+        )
+    else:
+        write = pb.CreateInteractionRequest(conversation_id=mine, input="y" * 4000)
+    err = await expect_error(
+        memory.stub.CreateInteraction(write, metadata=ALICE), grpc.StatusCode.RESOURCE_EXHAUSTED
+    )
+    assert error_info(err).reason == "OWNER_STORAGE_FULL"
+    tag = _store(memory).tag(OWNER)
+    await memory.redis.delete(*(keys.interaction(tag, iid) for iid in iids))
+    made = await memory.stub.CreateInteraction(write, metadata=ALICE)
+    assert made.interaction.input == "y" * 4000
+    assert await _listed(memory, tag, other) == []
+    field, _, measured = await usage_bytes(memory.redis, tag, other)
+    assert field == measured == 256 + len("o")
+    got = await memory.stub.GetConversation(
+        pb.GetConversationRequest(conversation_id=other), metadata=ALICE
+    )
+    assert got.conversation.interaction_count == 0

@@ -38,7 +38,7 @@ if status == 1 then
   if cid ~= '' then
     fits = room_in(tag, cid, n, tonumber(ARGV[5]))
   else
-    fits = room(tag, n, tonumber(ARGV[5]))
+    fits = room_new(tag, n, tonumber(ARGV[5]))
   end
   if not fits then status = 3 end
 end

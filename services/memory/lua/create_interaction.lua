@@ -61,7 +61,7 @@ if create then
   -- Every check before anything is written: the conversation and its turn, or neither.
   -- (It holds no turn yet: the cap on turns, at least 1, cannot refuse this one.)
   if not conversation_room(ARGV[2], KEYS[4], tonumber(ARGV[20])) then return {5} end
-  if not room(ARGV[2], conversation_size(ARGV[15]) + size, tonumber(ARGV[11])) then
+  if not room_new(ARGV[2], conversation_size(ARGV[15]) + size, tonumber(ARGV[11])) then
     return {3}
   end
   make_conversation(ARGV[2], ARGV[3], KEYS[1], KEYS[4], ARGV[1], ARGV[15], ARGV[16],

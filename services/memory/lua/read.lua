@@ -121,6 +121,21 @@ end
 -- it checked and whether one of them is missing. What keeps a conversation's
 -- interaction_count (and its owner's bytes) from counting a turn that is gone
 -- (GetConversation, ListConversations, a write at the byte limit: usage.lua's gone_turns).
+-- At most `window` members of the sorted set `list` from position `offset` modulo its
+-- size, wrapping past the last to the first (the whole set when it is no larger).
+local function turn_window(list, offset, window)
+  local n = redis.call('ZCARD', list)
+  if n == 0 then return {} end
+  if n <= window then return redis.call('ZRANGE', list, 0, -1) end
+  local first = offset % n
+  local ids = redis.call('ZRANGE', list, first, first + window - 1)
+  if #ids < window then
+    for _, iid in ipairs(redis.call('ZRANGE', list, 0, window - #ids - 1)) do
+      ids[#ids + 1] = iid
+    end
+  end
+  return ids
+end
 local function missing_turn(tag, ints, offset, window, strict)
   -- `strict` (a write script at the byte limit, usage.lua's gone_turns): every key it
   -- reads declared, the list and the window's turns, asked for with declare_first (one
@@ -131,20 +146,8 @@ local function missing_turn(tag, ints, offset, window, strict)
   -- A chunked drop (drop_missing.lua) that dropped turns but did not reach its last
   -- chunk: the conversation's bytes still count them until a walk ends, so it is due.
   if redis.call('HEXISTS', conv, 'drop_pending') == 1 then return 0, true end
-  local n = redis.call('ZCARD', ints)
-  if n == 0 then return 0, false end
-  local ids
-  if n <= window then
-    ids = redis.call('ZRANGE', ints, 0, -1)
-  else
-    local first = offset % n
-    ids = redis.call('ZRANGE', ints, first, first + window - 1)
-    if #ids < window then
-      for _, iid in ipairs(redis.call('ZRANGE', ints, 0, window - #ids - 1)) do
-        ids[#ids + 1] = iid
-      end
-    end
-  end
+  local ids = turn_window(ints, offset, window)
+  if #ids == 0 then return 0, false end
   local names = {}
   for i, iid in ipairs(ids) do names[i] = tag .. ':int:' .. iid end
   if strict then declare_first(names) end

@@ -149,10 +149,67 @@ local function gone_turns(tag, cid)
                                   gone_window[2], true)
   if missing then error({err = USAGE_FIRST .. 'drop ' .. cid}) end
 end
--- Whether n more bytes for conversation `cid` fit (room, then gone_turns when not).
+-- Conversations other than the written one a write at the byte limit looks into for
+-- gone turns (gone_elsewhere), at most.
+local OTHER_CONVERSATIONS = 16
+-- A write that does not fit (after gone_turns found none in its own conversation `cid`,
+-- '' for a new one): gone turns of the caller's other conversations count still (until
+-- something reads them), so before refusing it looks, bounded like gone_turns, at up to
+-- OTHER_CONVERSATIONS of the owner's conversations (from the window's offset in the
+-- owner's list, wrapping) and, across them, at most the window's number of turns (each
+-- its share, from the same offset). Every key it reads is declared: the conversations'
+-- hashes and lists, then their turns, each asked for by a run that stops before reading
+-- them (declare_first: two more runs, only at the limit). A turn found missing stops the
+-- script for drop_missing.lua on that conversation ('drop <cid>'), then the write runs
+-- again. The other legacy owner's conversations of a shared tag are skipped (its own
+-- reads drop its turns).
+local function gone_elsewhere(tag, cid)
+  if gone_window[2] <= 0 then return end  -- a script without the window (no look)
+  local convs = tag .. ':convs'
+  declare_first({convs})
+  local members = turn_window(convs, gone_window[1], OTHER_CONVERSATIONS + 1)
+  local others, names = {}, {}
+  for _, member in ipairs(members) do
+    local other = string.sub(member, 17)
+    if other ~= cid and #others < OTHER_CONVERSATIONS then
+      others[#others + 1] = other
+      names[#names + 1] = tag .. ':conv:' .. other
+      names[#names + 1] = tag .. ':conv:' .. other .. ':ints'
+    end
+  end
+  if #others == 0 then return end
+  declare_first(names)
+  local share = math.max(1, math.floor(gone_window[2] / #others))
+  local turns, of = {}, {}
+  for _, other in ipairs(others) do
+    local conv = tag .. ':conv:' .. other
+    if callers(conv, ARGV[1]) then
+      if redis.call('HEXISTS', conv, 'drop_pending') == 1 then
+        error({err = USAGE_FIRST .. 'drop ' .. other})
+      end
+      for _, iid in ipairs(turn_window(conv .. ':ints', gone_window[1], share)) do
+        turns[#turns + 1] = tag .. ':int:' .. iid
+        of[#turns] = other
+      end
+    end
+  end
+  declare_first(turns)
+  for i, key in ipairs(turns) do
+    if redis.call('EXISTS', key) == 0 then error({err = USAGE_FIRST .. 'drop ' .. of[i]}) end
+  end
+end
+-- Whether n more bytes for a new conversation fit (room, then gone_elsewhere when not).
+local function room_new(tag, n, limit)
+  if room(tag, n, limit) then return true end
+  gone_elsewhere(tag, '')
+  return false
+end
+-- Whether n more bytes for conversation `cid` fit (room, then gone_turns and
+-- gone_elsewhere when not).
 local function room_in(tag, cid, n, limit)
   if room(tag, n, limit) then return true end
   gone_turns(tag, cid)
+  gone_elsewhere(tag, cid)
   return false
 end
 -- A write that changes conversation `cid` (which exists) by n bytes: false, and nothing
