@@ -11,7 +11,10 @@ before then:
   ``setting``);
 - a call still working ``margin`` before its deadline is ended there,
   DEADLINE_EXCEEDED / ``DEADLINE_EXCEEDED`` (metadata ``timeout_ms``: what it had on
-  arrival, ``remaining_ms``: what was left when it was ended).
+  arrival, ``remaining_ms``: what was left when it was ended). Work that ends itself before
+  the deadline for the same reason (an upstream request, services.retrieval.upstream)
+  reports it with ``ended_early``, the same status with the same metadata: the call's
+  ``Cutoff`` (``call_cutoff``) tells it what the call had on arrival.
 
 The margin is smaller than the ones our handlers keep for themselves (a generative
 search's partial results and generation's own timeouts end min(0.25 s, 10 %) early), so
@@ -23,6 +26,7 @@ bare: docs/operations.md#deadline_exceeded.
 from __future__ import annotations
 
 import asyncio
+from contextvars import ContextVar
 from types import TracebackType
 
 import grpc
@@ -40,6 +44,26 @@ def _ms(seconds: float) -> str:
     return f"{max(seconds, 0) * 1000:.0f}"
 
 
+def ended_early(message: str, *, timeout: float, left: float) -> DeadlineExceeded:
+    """The DEADLINE_EXCEEDED of work ended just before its call's deadline, so that this
+    status reaches the caller first: ErrorInfo metadata ``timeout_ms``, what the call had
+    when it arrived (``timeout`` seconds), and ``remaining_ms``, what was left when it was
+    ended (``left``). The chassis' cut and an upstream request's alike."""
+    return DeadlineExceeded(
+        message, metadata={"timeout_ms": _ms(timeout), "remaining_ms": _ms(left)}
+    )
+
+
+# The cutoff of the call being served, set on the call's task as it arrives (None: it has
+# no deadline): what the call had then, for work that ends itself early (``ended_early``).
+_call_cutoff: ContextVar[Cutoff | None] = ContextVar("gensearch_call_cutoff", default=None)
+
+
+def call_cutoff() -> Cutoff | None:
+    """The cutoff of the call being served (None: it has no deadline, or no call is)."""
+    return _call_cutoff.get()
+
+
 class DeadlineLimit:
     def __init__(self, min_deadline: float, setting: str) -> None:
         """``min_deadline``: seconds a call must have left on arrival; ``setting``: the
@@ -52,6 +76,7 @@ class DeadlineLimit:
         ``min_deadline`` is left."""
         remaining = context.time_remaining()
         if remaining is None:
+            _call_cutoff.set(None)
             return None
         if remaining < self.min_deadline or remaining <= 0:
             raise DeadlineExceeded(
@@ -65,7 +90,9 @@ class DeadlineLimit:
                     "setting": self.setting,
                 },
             )
-        return Cutoff(remaining)
+        cutoff = Cutoff(remaining)
+        _call_cutoff.set(cutoff)
+        return cutoff
 
 
 class Cutoff:
@@ -85,10 +112,11 @@ class Cutoff:
 
     def error(self) -> DeadlineExceeded:
         left = self.when + self.margin() - asyncio.get_running_loop().time()
-        return DeadlineExceeded(
+        return ended_early(
             f"the call's deadline ({self.timeout * 1000:.0f} ms when it arrived) was about "
             "to pass before the work was done: give the call a longer timeout",
-            metadata={"timeout_ms": _ms(self.timeout), "remaining_ms": _ms(left)},
+            timeout=self.timeout,
+            left=left,
         )
 
     async def __aenter__(self) -> Cutoff:

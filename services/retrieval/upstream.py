@@ -17,6 +17,7 @@ import asyncio
 
 import openai
 
+from services.common.call_deadline import call_cutoff, ended_early
 from services.common.errors import DeadlineExceeded, ResourceExhausted
 from services.common.openai_api import too_large
 from services.common.upstream_retry import (
@@ -44,14 +45,14 @@ class Attempts:
         """``time_left``: seconds before the served RPC's deadline (None: it has none);
         ``timeout``: the operator's bound on the whole exchange (EMBED_/RERANK_TIMEOUT)."""
         self.time_left = time_left
-        self.deadline = Deadline(exchange_seconds(time_left, timeout))
+        seconds = exchange_seconds(time_left, timeout)
+        self.deadline = Deadline(seconds)
         self.retrier = Retrier(policy, self.deadline, upstream)
         self._limited: openai.APIStatusError | None = None  # the last 429, if any
         # When the RPC's deadline (not the timeout) bounds the exchange: it ends there.
-        caller_bound = time_left is not None and exchange_seconds(time_left, timeout) < timeout
         self._call_ends = (
             asyncio.get_running_loop().time() + time_left
-            if caller_bound and time_left is not None
+            if time_left is not None and seconds < timeout
             else None
         )
 
@@ -95,16 +96,17 @@ class Attempts:
         if ends is None or not isinstance(err, TimeoutError) or not self.deadline.expired:
             return None
         tries = f" after {self.count} attempts" if self.count > 1 else ""
-        left = max(0.0, ends - asyncio.get_running_loop().time())
-        return DeadlineExceeded(
+        # What the call had when it arrived, as in the chassis' own cut (the request may
+        # have begun later: a second batch, a rerank after the search); only outside a
+        # served call, what it had when this request began.
+        cutoff = call_cutoff()
+        had = self.time_left if cutoff is None else cutoff.timeout
+        assert had is not None  # ``ends`` is set only under a deadline
+        return ended_early(
             f"{who} did not answer before the call's deadline{tries}: give the call a "
             "longer timeout",
-            # As the chassis' own cut (call_deadline.py): what the call had when the
-            # request began, and what was left when it was ended.
-            metadata={
-                "timeout_ms": str(round((self.time_left or 0.0) * 1000)),
-                "remaining_ms": str(round(left * 1000)),
-            },
+            timeout=had,
+            left=ends - asyncio.get_running_loop().time(),
         )
 
     def rate_limited(

@@ -20,7 +20,15 @@ from opentelemetry.trace import SpanKind, StatusCode
 from pydantic import ValidationError
 
 from services.retrieval.settings import RetrievalSettings
-from tests.retrieval.conftest import ARTICLE_PROPS, MakeRetrieval, Retrieval, expect_error, obj
+from tests.retrieval.conftest import (
+    ARTICLE_PROPS,
+    MakeRetrieval,
+    Retrieval,
+    expect_error,
+    obj,
+    remote_collection,
+    remote_retrieval,
+)
 from tests.support.fake_openai import Behaviour, FakeOpenAI
 from tests.support.rpc import error_info, retry_delay
 
@@ -35,18 +43,7 @@ async def fake(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeOpenAI]:
 
 
 def remote(base_url: str, key_env: str = KEY_ENV) -> pb.Collection:
-    return pb.Collection(
-        name="Remote",
-        properties=ARTICLE_PROPS,
-        vectorizer=pb.Vectorizer(
-            kind=pb.VECTORIZER_KIND_OPENAI_COMPATIBLE,
-            base_url=base_url,
-            model="text-embedding-3-small",
-            api_key_env=key_env,
-            dimensions=16,
-            source_properties=["title"],
-        ),
-    )
+    return remote_collection(base_url, key_env)
 
 
 @pytest.fixture
@@ -172,11 +169,8 @@ async def test_an_answer_past_max_response_bytes_is_unavailable_and_not_read_who
 ) -> None:
     # Before: the SDK read an embeddings body whole, however large (a collection's own
     # endpoint could answer gigabytes into the retrieval service every tenant shares).
-    retrieval = await make_retrieval(
-        embedding_key_urls={KEY_ENV: fake.base_url}, max_response_bytes=4096
-    )
-    await retrieval.stub.CreateCollection(
-        pb.CreateCollectionRequest(collection=remote(fake.base_url))
+    retrieval = await remote_retrieval(
+        make_retrieval, fake.base_url, KEY_ENV, max_response_bytes=4096
     )
     objects = [obj({"title": f"t{i}"}) for i in range(20)]  # 20 x 16 floats: > 4 KB of JSON
     err = await expect_error(
@@ -222,14 +216,6 @@ async def test_retry_after_is_honoured(stub: Any, fake: FakeOpenAI) -> None:
     sent = [r for r in fake.requests if r.path.endswith("/embeddings")]
     assert len(sent) == 2
     assert sent[1].received_at - sent[0].received_at >= 0.95
-
-
-async def _remote_harness(make_retrieval: MakeRetrieval, fake: FakeOpenAI, **settings: Any) -> Any:
-    harness = await make_retrieval(embedding_key_urls={KEY_ENV: fake.base_url}, **settings)
-    await harness.stub.CreateCollection(
-        pb.CreateCollectionRequest(collection=remote(fake.base_url))
-    )
-    return harness.stub
 
 
 # A Search or a write whose gRPC deadline (3 s) is shorter than the wait a 429 asks for
@@ -313,6 +299,34 @@ async def test_an_import_whose_deadline_cannot_cover_the_wait_is_rate_limited_at
     assert (await stub.CountObjects(pb.CountObjectsRequest(collection="Remote"))).count == 1
 
 
+async def test_an_import_cut_by_its_deadline_names_what_the_call_had_on_arrival(
+    stub: Any, fake: FakeOpenAI
+) -> None:
+    # The second message's embeddings request begins after the client's 1.5 s pause and
+    # never answers: ended before the call's 4 s deadline, DEADLINE_EXCEEDED whose
+    # timeout_ms is what the call had when it arrived, as the chassis' own cut says
+    # (call_deadline.ended_early). Before, it was what was left when that request began
+    # (at most 2.5 s): the same status and reason, with another meaning.
+    fake.enqueue(Behaviour.ok(), Behaviour.hang())
+
+    async def stream() -> AsyncIterator[pb.ImportObjectsRequest]:
+        yield pb.ImportObjectsRequest(collection="Remote", objects=[obj({"title": "first"})])
+        await asyncio.sleep(1.5)
+        yield pb.ImportObjectsRequest(objects=[obj({"title": "second"})])
+
+    err = await expect_error(
+        stub.ImportObjects(stream(), timeout=4.0), grpc.StatusCode.DEADLINE_EXCEEDED
+    )
+    info = error_info(err)
+    assert info.reason == "DEADLINE_EXCEEDED"
+    assert (err.details() or "").startswith(
+        "the embeddings endpoint did not answer before the call's deadline"
+    )
+    # gRPC rounds the timeout it sends up a little: not above 4000 ms.
+    assert 3000 < int(info.metadata["timeout_ms"]) < 4500, dict(info.metadata)
+    assert int(info.metadata["remaining_ms"]) < 1000, dict(info.metadata)
+
+
 async def test_a_wait_the_deadline_covers_is_still_waited_for(stub: Any, fake: FakeOpenAI) -> None:
     # 1 s asked, 60 s of deadline (room for a loaded machine): waited for, then answered.
     fake.enqueue(Behaviour.rate_limited(retry_after="1"))
@@ -335,7 +349,9 @@ async def test_a_retry_after_above_a_minute_is_waited_for_when_the_timeout_allow
 ) -> None:
     # The case of the report: the shared policy's 60 s cap failed a request asked to wait
     # longer with time left. Waits 61 s.
-    stub = await _remote_harness(make_retrieval, fake, embed_timeout=120.0)
+    stub = (
+        await remote_retrieval(make_retrieval, fake.base_url, KEY_ENV, embed_timeout=120.0)
+    ).stub
     fake.enqueue(Behaviour.rate_limited(retry_after="61"))
     resp = await stub.UpsertObjects(
         pb.UpsertObjectsRequest(collection="Remote", objects=[obj({"title": "late"})]),
@@ -354,10 +370,7 @@ def test_retry_after_max_defaults_to_a_day() -> None:
 async def test_a_hanging_endpoint_fails_within_the_timeout(
     make_retrieval: MakeRetrieval, fake: FakeOpenAI
 ) -> None:
-    harness = await make_retrieval(embedding_key_urls={KEY_ENV: fake.base_url}, embed_timeout=0.5)
-    await harness.stub.CreateCollection(
-        pb.CreateCollectionRequest(collection=remote(fake.base_url))
-    )
+    harness = await remote_retrieval(make_retrieval, fake.base_url, KEY_ENV, embed_timeout=0.5)
     fake.enqueue(Behaviour.hang())
     started = time.perf_counter()
     err = await expect_error(
