@@ -7,7 +7,7 @@ bounded linearly (store.MemoryStore._run). On a standalone server and on a clust
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -238,16 +238,16 @@ async def test_a_request_id_dies_with_its_turn(memory: Memory) -> None:
     assert stored is not None and stored.interaction_id == again.interaction_id
 
 
-async def test_the_walks_of_one_write_are_bounded_linearly(
-    memory: Memory, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A write at the byte limit stops for a walk of the owner's conversations (an
-    expired one may free room: lua/usage.lua's reconcile) each time one more expired
-    since the last walk. Each walk reads the whole list, so bounded by the number of
-    conversations the walks of one call read O(conversations²) members; now at most
-    RUN_ATTEMPTS times the most conversations an owner may have, and the call is ABORTED
-    (retryable: what the walks dropped stays dropped)."""
-    conversations = 30
+async def _walks_of_a_write_at_the_limit(
+    memory: Memory,
+    monkeypatch: pytest.MonkeyPatch,
+    conversations: int,
+    after_walk: Callable[[str, list[str]], Awaitable[None]],
+) -> tuple[list[int], Exception]:
+    """A CheckStorage at the byte limit for the first of an owner's ``conversations``
+    (its most), each walk of the owner's list (lua/reconcile.lua's whole walk) followed by
+    ``after_walk(tag, conversation ids)``: the members each walk read, and the error the
+    call ended in."""
     store = _store(memory, max_bytes_per_owner=20_000, max_conversations_per_owner=conversations)
     tag = store.tag(OWNER)
     cids = [
@@ -256,25 +256,52 @@ async def test_the_walks_of_one_write_are_bounded_linearly(
     walked: list[int] = []
     walk = store._reconcile_script
 
-    async def walk_then_one_expires(keys: list[str], args: list[Any]) -> Any:
-        # Interleaving only (the real walk runs): after each walk one more conversation
-        # expires (its hash goes) and next_expiry says so, as renew's expires_at would.
+    async def walk_then(keys: list[str], args: list[Any]) -> Any:
+        # Interleaving only: the real walk runs, and what follows it happens after.
         done = await walk(keys=keys, args=args)
         if args[1] == "1":
             walked.append(len(args) - 2)
-            listed = [m.decode()[16:] for m in await memory.redis.zrange(f"{tag}:convs", 0, -1)]
-            others = [c for c in listed if c != cids[0]]
-            if others:
-                await memory.redis.delete(f"{tag}:conv:{others[0]}")
-                await memory.redis.hset(f"{tag}:usage", "next_expiry", "0")
+            await after_walk(tag, cids)
         return done
 
-    monkeypatch.setattr(store, "_reconcile_script", walk_then_one_expires)
+    monkeypatch.setattr(store, "_reconcile_script", walk_then)
     with pytest.raises((Aborted, ResourceExhausted)) as ended:
         await store.check_storage(OWNER, cids[0], 20_000)
-    assert len(walked) > 1  # stopped again after a walk, as in a burst of expiries
-    assert sum(walked) <= (RUN_ATTEMPTS + 1) * conversations, walked
-    assert isinstance(ended.value, Aborted)
+    return walked, ended.value
+
+
+async def test_the_walks_of_one_write_are_bounded_linearly(
+    memory: Memory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write at the byte limit stops for a walk of the owner's conversations (an
+    expired one may free room: lua/usage.lua's reconcile) each time one more expired
+    since the last walk. Each walk reads the whole list, so bounded by the number of
+    conversations the walks of one call read O(conversations²) members; now they stop at
+    the first walk that brings the members read to RUN_ATTEMPTS times the most
+    conversations an owner may have (store.MemoryStore._run's budget), so less than that
+    and one list more, and the call is ABORTED (retryable: what the walks dropped stays
+    dropped)."""
+    conversations = 30
+
+    async def one_expires(tag: str, cids: list[str]) -> None:
+        # After each walk one more conversation expires (its hash goes) and next_expiry
+        # says so, as renew's expires_at would.
+        listed = [m.decode()[16:] for m in await memory.redis.zrange(f"{tag}:convs", 0, -1)]
+        others = [c for c in listed if c != cids[0]]
+        if others:
+            await memory.redis.delete(f"{tag}:conv:{others[0]}")
+            await memory.redis.hset(f"{tag}:usage", "next_expiry", "0")
+
+    walked, ended = await _walks_of_a_write_at_the_limit(
+        memory, monkeypatch, conversations, one_expires
+    )
+    assert len(walked) > RUN_ATTEMPTS  # more walks than runs: as in a burst of expiries
+    # Each walk read the list once, as long as it was then: the whole of it twice (the
+    # second drops the one expired after the first), then one member fewer each time.
+    assert walked == [conversations, *range(conversations, conversations - len(walked) + 1, -1)]
+    # And the walks stopped at the first that reached the budget, not one later.
+    assert sum(walked[:-1]) < RUN_ATTEMPTS * conversations <= sum(walked), walked
+    assert isinstance(ended, Aborted)
 
 
 async def test_one_write_walks_at_most_its_budget(
@@ -284,26 +311,16 @@ async def test_one_write_walks_at_most_its_budget(
     them reach the budget (store.MemoryStore._run), and the call is ABORTED without one
     more. Before, a walk that reached the budget exactly was followed by another."""
     conversations = 5
-    store = _store(memory, max_bytes_per_owner=20_000, max_conversations_per_owner=conversations)
-    tag = store.tag(OWNER)
-    cids = [
-        (await store.create_conversation(OWNER, "w")).conversation_id for _ in range(conversations)
-    ]
-    walked: list[int] = []
-    walk = store._reconcile_script
 
-    async def walk_then_due_again(keys: list[str], args: list[Any]) -> Any:
-        # Interleaving only (the real walk runs): after each walk another one is due, as
-        # when a conversation expires meanwhile, but the list keeps its length.
-        done = await walk(keys=keys, args=args)
-        if args[1] == "1":
-            walked.append(len(args) - 2)
-            await memory.redis.hset(f"{tag}:usage", "next_expiry", "0")
-        return done
+    async def due_again(tag: str, cids: list[str]) -> None:
+        # After each walk another one is due, as when a conversation expires meanwhile,
+        # but the list keeps its length.
+        await memory.redis.hset(f"{tag}:usage", "next_expiry", "0")
 
-    monkeypatch.setattr(store, "_reconcile_script", walk_then_due_again)
-    with pytest.raises(Aborted):
-        await store.check_storage(OWNER, cids[0], 20_000)
+    walked, ended = await _walks_of_a_write_at_the_limit(
+        memory, monkeypatch, conversations, due_again
+    )
+    assert isinstance(ended, Aborted)
     assert walked == [conversations] * RUN_ATTEMPTS
 
 

@@ -133,6 +133,35 @@ def vector_collection(name: str, dims: int = 4, **kw: Any) -> pb.Collection:
     )
 
 
+def remote_collection(base_url: str, key_env: str) -> pb.Collection:
+    """The collection "Remote", its texts embedded (16 dimensions) by the OpenAI-compatible
+    endpoint at ``base_url`` with the key in the variable ``key_env``."""
+    return pb.Collection(
+        name="Remote",
+        properties=ARTICLE_PROPS,
+        vectorizer=pb.Vectorizer(
+            kind=pb.VECTORIZER_KIND_OPENAI_COMPATIBLE,
+            base_url=base_url,
+            model="text-embedding-3-small",
+            api_key_env=key_env,
+            dimensions=16,
+            source_properties=["title"],
+        ),
+    )
+
+
+async def remote_retrieval(
+    make_retrieval: MakeRetrieval, base_url: str, key_env: str, **settings: Any
+) -> Retrieval:
+    """A service (``settings``) whose operator pairs ``key_env`` with the endpoint at
+    ``base_url`` (so its key goes there, and only there), holding ``remote_collection``."""
+    retrieval = await make_retrieval(embedding_key_urls={key_env: base_url}, **settings)
+    await retrieval.stub.CreateCollection(
+        pb.CreateCollectionRequest(collection=remote_collection(base_url, key_env))
+    )
+    return retrieval
+
+
 async def expect_error(
     call: Awaitable[Any], code: grpc.StatusCode, field: str | None = None
 ) -> grpc.aio.AioRpcError:

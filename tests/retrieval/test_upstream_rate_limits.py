@@ -18,7 +18,7 @@ import grpc
 import pytest
 from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 
-from tests.retrieval.conftest import ARTICLE_PROPS, MakeRetrieval, expect_error, obj
+from tests.retrieval.conftest import MakeRetrieval, expect_error, obj, remote_retrieval
 from tests.retrieval.conftest import vector_collection as vcol
 from tests.support.fake_openai import Behaviour, FakeOpenAI, RecordedRequest
 from tests.support.rpc import error_info, retry_delay
@@ -45,10 +45,7 @@ class Upstream:
 
     async def start(self, make_retrieval: MakeRetrieval, fake: FakeOpenAI, **settings: Any) -> Any:
         if self.name == "embeddings":
-            harness = await make_retrieval(embedding_key_urls={KEY_ENV: fake.base_url}, **settings)
-            await harness.stub.CreateCollection(
-                pb.CreateCollectionRequest(collection=_embedded(fake.base_url))
-            )
+            harness = await remote_retrieval(make_retrieval, fake.base_url, KEY_ENV, **settings)
             # Its own vector: nothing is embedded before the Search.
             await harness.stub.UpsertObjects(
                 pb.UpsertObjectsRequest(
@@ -116,21 +113,6 @@ RERANK = Upstream(
 )
 
 
-def _embedded(base_url: str) -> pb.Collection:
-    return pb.Collection(
-        name="Remote",
-        properties=ARTICLE_PROPS,
-        vectorizer=pb.Vectorizer(
-            kind=pb.VECTORIZER_KIND_OPENAI_COMPATIBLE,
-            base_url=base_url,
-            model="text-embedding-3-small",
-            api_key_env=KEY_ENV,
-            dimensions=16,
-            source_properties=["title"],
-        ),
-    )
-
-
 @pytest.fixture(params=[EMBEDDINGS, RERANK], ids=lambda upstream: upstream.name)
 def upstream(request: pytest.FixtureRequest) -> Upstream:
     value: Upstream = request.param
@@ -144,28 +126,31 @@ async def fake(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeOpenAI]:
         yield server
 
 
-async def test_a_429_then_an_answer_succeeds_with_no_retries_configured(
-    make_retrieval: MakeRetrieval, fake: FakeOpenAI, upstream: Upstream
+@pytest.mark.parametrize(
+    ("retries", "answers", "sent"),
+    [
+        # RETRIES = 0: before, the 429 spent the only attempt and the Search failed
+        # RESOURCE_EXHAUSTED ("still refused after 1 attempts"), though its wait fitted.
+        (0, [Behaviour.rate_limited(retry_after="1")], 2),
+        # One retry (RETRIES = 1): before, the 429 spent it and the 503 after it was final
+        # (UNAVAILABLE after 2 requests).
+        (1, [Behaviour.rate_limited(retry_after="0"), Behaviour.error(503)], 3),
+    ],
+    ids=["no-retries-configured", "retry-left-to-a-later-5xx"],
+)
+async def test_a_429_spends_no_retry(
+    make_retrieval: MakeRetrieval,
+    fake: FakeOpenAI,
+    upstream: Upstream,
+    retries: int,
+    answers: list[Behaviour],
+    sent: int,
 ) -> None:
-    # RETRIES = 0: before, the 429 spent the only attempt and the Search failed
-    # RESOURCE_EXHAUSTED ("still refused after 1 attempts"), though its wait fitted.
-    stub = await upstream.start(make_retrieval, fake, **{upstream.retries: 0})
-    fake.enqueue(Behaviour.rate_limited(retry_after="1"))
+    stub = await upstream.start(make_retrieval, fake, **{upstream.retries: retries})
+    fake.enqueue(*answers)
     response = await upstream.search(stub, timeout=60)
     assert len(response.hits) == 1
-    assert len(upstream.sent(fake)) == 2
-
-
-async def test_a_429_leaves_the_retries_to_a_later_5xx(
-    make_retrieval: MakeRetrieval, fake: FakeOpenAI, upstream: Upstream
-) -> None:
-    # One retry (RETRIES = 1): before, the 429 spent it and the 503 after it was final
-    # (UNAVAILABLE after 2 requests).
-    stub = await upstream.start(make_retrieval, fake, **{upstream.retries: 1})
-    fake.enqueue(Behaviour.rate_limited(retry_after="0"), Behaviour.error(503))
-    response = await upstream.search(stub, timeout=60)
-    assert len(response.hits) == 1
-    assert len(upstream.sent(fake)) == 3
+    assert len(upstream.sent(fake)) == sent
 
 
 async def test_a_5xx_still_spends_a_retry(
