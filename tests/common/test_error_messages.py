@@ -7,6 +7,15 @@ import pytest
 from services.common.errors import InvalidArgument, NotFound
 
 
+def _shown(message: str, field: str) -> str:
+    """The message of a refusal of ``field``, as the client reads it too; what names the
+    field for a program is unchanged."""
+    err = InvalidArgument(message, field=field)
+    assert err.to_proto().message == err.message
+    assert err.field == field and err.metadata["field"] == field
+    return err.message
+
+
 @pytest.mark.parametrize(
     ("message", "field", "shown"),
     [
@@ -23,29 +32,39 @@ from services.common.errors import InvalidArgument, NotFound
             "generate.max_concurrency must not be negative",
         ),
         ("objects[2] is empty", "request.objects", "request.objects[2] is empty"),
-        # Not the segment as a whole word: prefixed.
-        ("model_name is wrong", "generate.model", "generate.model: model_name is wrong"),
-        ("no property 'a'", "inline.objects[0].a", "inline.objects[0].a: no property 'a'"),
-        # A client's own name as the segment, opening a sentence it is not the subject of
-        # (found by review: "inline.objects[0].no property 'no' in …").
-        ("no property 'no'", "inline.objects[0].no", "inline.objects[0].no: no property 'no'"),
-        (
-            "the limit is 5",
-            "objects[3].properties.the",
-            "objects[3].properties.the: the limit is 5",
-        ),
-        # Already in full, or a field of one segment: as before.
-        ("page_size must not be negative", "page_size", "page_size must not be negative"),
-        ("it is wrong", "page_size", "page_size: it is wrong"),
-        ("ranges[1].first must be …", "ranges[1].first", "ranges[1].first must be …"),
     ],
 )
-def test_the_field_is_named_once(message: str, field: str, shown: str) -> None:
-    err = InvalidArgument(message, field=field)
-    assert err.message == shown
-    assert err.to_proto().message == shown
-    # What names the field for a program is unchanged.
-    assert err.field == field and err.metadata["field"] == field
+def test_the_field_takes_the_place_of_its_segment(message: str, field: str, shown: str) -> None:
+    assert _shown(message, field) == shown
+
+
+@pytest.mark.parametrize(
+    ("message", "field"),
+    [
+        # Not the segment as a whole word.
+        ("model_name is wrong", "generate.model"),
+        ("no property 'a'", "inline.objects[0].a"),
+        # A client's own name as the segment, opening a sentence it is not the subject of
+        # (found by review: "inline.objects[0].no property 'no' in …").
+        ("no property 'no'", "inline.objects[0].no"),
+        ("the limit is 5", "objects[3].properties.the"),
+        # A field of one segment not named by the message: as before.
+        ("it is wrong", "page_size"),
+    ],
+)
+def test_the_field_prefixes_a_message_it_is_not_the_subject_of(message: str, field: str) -> None:
+    assert _shown(message, field) == f"{field}: {message}"
+
+
+@pytest.mark.parametrize(
+    ("message", "field"),
+    [
+        ("page_size must not be negative", "page_size"),
+        ("ranges[1].first must be …", "ranges[1].first"),
+    ],
+)
+def test_a_message_naming_its_field_in_full_is_left_alone(message: str, field: str) -> None:
+    assert _shown(message, field) == message
 
 
 def test_a_message_without_a_field_is_left_alone() -> None:

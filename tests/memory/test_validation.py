@@ -28,22 +28,38 @@ BAD_IDS = [
 ]
 
 
+# Tiny limits, so every limit can be hit cheaply.
+SMALL_LIMITS = {
+    "max_text_bytes": 10,
+    "max_prompt_template_bytes": 11,
+    "max_name_bytes": 12,
+    "max_origin_bytes": 13,
+    "max_additional_info_bytes": 14,
+    "max_request_id_bytes": 15,
+}
+
+
 @pytest.fixture
 async def small(memory_factory: MemoryFactory) -> Memory:
-    """A service with tiny limits, so every limit can be hit cheaply."""
-    return await memory_factory(
-        max_text_bytes=10,
-        max_prompt_template_bytes=11,
-        max_name_bytes=12,
-        max_origin_bytes=13,
-        max_additional_info_bytes=14,
-        max_request_id_bytes=15,
-    )
+    """A service with SMALL_LIMITS."""
+    return await memory_factory(**SMALL_LIMITS)
 
 
 async def _conversation(memory: Memory) -> str:
     answer = await memory.stub.CreateConversation(pb.CreateConversationRequest(), metadata=ALICE)
     return answer.conversation.conversation_id
+
+
+def _turn_in(memory: Memory, cid: str) -> Callable[..., Awaitable[object]]:
+    """A CreateInteraction in conversation ``cid`` of the fields it is given."""
+
+    def interaction(**fields: object) -> Awaitable[object]:
+        return memory.stub.CreateInteraction(
+            pb.CreateInteractionRequest(conversation_id=cid, **fields),  # type: ignore[arg-type]
+            metadata=ALICE,
+        )
+
+    return interaction
 
 
 async def test_bad_ids(memory: Memory) -> None:
@@ -75,13 +91,7 @@ async def _bad_ids(memory: Memory, bad: str) -> None:
 async def test_text_limits(small: Memory) -> None:
     cid = await _conversation(small)
     s = small.stub
-
-    def interaction(**fields: object) -> Awaitable[object]:
-        return s.CreateInteraction(
-            pb.CreateInteractionRequest(conversation_id=cid, **fields),  # type: ignore[arg-type]
-            metadata=ALICE,
-        )
-
+    interaction = _turn_in(small, cid)
     await expect_error(interaction(input="x" * 11), INVALID, "input")
     await expect_error(interaction(input="é" * 6), INVALID, "input")  # 12 bytes, 6 characters
     await expect_error(interaction(response="x" * 11), INVALID, "response")
@@ -118,25 +128,11 @@ async def test_a_limit_refusal_names_its_bound_and_setting(memory_factory: Memor
     """Each size or count limit past its value names the limit and the setting that sets
     it, as the owner's storage limit does (before: the field and the reason alone)."""
     m = await memory_factory(
-        max_text_bytes=10,
-        max_prompt_template_bytes=11,
-        max_name_bytes=12,
-        max_origin_bytes=13,
-        max_additional_info_bytes=14,
-        max_request_id_bytes=15,
-        max_summary_bytes=16,
-        max_traces=2,
-        max_conversation_ttl_seconds=100,
+        **SMALL_LIMITS, max_summary_bytes=16, max_traces=2, max_conversation_ttl_seconds=100
     )
     cid = await _conversation(m)
     s = m.stub
-
-    def interaction(**fields: object) -> Awaitable[object]:
-        return s.CreateInteraction(
-            pb.CreateInteractionRequest(conversation_id=cid, **fields),  # type: ignore[arg-type]
-            metadata=ALICE,
-        )
-
+    interaction = _turn_in(m, cid)
     big = struct_pb2.Struct()
     big.update({"key": "a long enough value"})
     steps = [pb.Trace(step=pb.STEP_OTHER)] * 3
