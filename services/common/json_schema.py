@@ -23,12 +23,21 @@ takes 2.8 GB, with no timeout), so every pattern is measured up front
 comments and ``(?x)`` verbose mode, which hide what a count repeats, are refused) and
 compiled once when the schema is accepted. A literal ``{`` must be escaped: ``a{e<=1}`` is
 text to ``re`` but fuzzy matching to ``regex``.
+
+The gate reads patterns as the matcher does: the metaschema's ``"format": "regex"`` check
+compiles them with ``regex`` and ``PATTERN_FLAGS`` (not jsonschema's ``re``), so a pattern
+is accepted exactly when the matcher can use it, and means what the matcher makes of it
+(``[[:alpha:]]`` is a POSIX class to ``regex``, a ``[``-class and a ``]`` to ``re``).
+Every bound a caller's schema can meet is a setting of the service checking it
+(``SchemaLimits``; docs/generation.md, docs/gateway.md); a refusal names the field and
+carries the bound (``max_…``) and the setting in its ErrorInfo metadata.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import math
 import re
@@ -41,7 +50,7 @@ from typing import Any
 
 import regex
 from google.protobuf import json_format, struct_pb2
-from jsonschema import Draft202012Validator, validators
+from jsonschema import Draft202012Validator, FormatChecker, validators
 from jsonschema.exceptions import SchemaError, ValidationError
 from referencing import Registry
 from referencing.exceptions import Unresolvable
@@ -57,24 +66,32 @@ INVALID_SCHEMA = "INVALID_SCHEMA"
 # against the metaschema costs ~1.5 ms, and a fan-out of N hits sends the same schema N
 # times (measured 2026-12-02 under load; a cached lookup is the cost of one json.dumps).
 MAX_CACHED = 256
-_accepted: OrderedDict[str, Draft202012Validator] = OrderedDict()
+_accepted: OrderedDict[tuple[str, tuple[int, ...]], Draft202012Validator] = OrderedDict()
 # When the validation under way must stop matching patterns (time.monotonic()).
 _pattern_deadline: ContextVar[float] = ContextVar("pattern_deadline", default=math.inf)
 # When the validation under way must stop altogether (time.monotonic()).
 _validate_deadline: ContextVar[float] = ContextVar("validate_deadline", default=math.inf)
 VALIDATE_SETTING = "GENSEARCH_GENERATION_SCHEMA_VALIDATE_SECONDS"
-# Characters of a validation error quoted back (to the caller and to the model).
+# Characters of a validation error quoted back (to the caller and to the model). Kept a
+# constant: it shortens a message, it refuses nothing.
 MAX_ERROR_CHARS = 400
 # Nesting of an answer carried as a Struct: each JSON level is up to three protobuf
 # levels (Struct, map entry, Value), and protobuf's decoders stop at 100 levels, which
 # our responses' own messages share. A deeper answer cannot travel, so it is invalid.
+# Kept a constant: it bounds the model's answer, not the caller's input, and no value
+# above it could travel (a setting could only lower it).
 MAX_OUTPUT_DEPTH = 32
+# The bounds of a caller's schema below are settings of each service that checks one
+# (SchemaLimits: GENSEARCH_GATEWAY_* and GENSEARCH_GENERATION_*); these are their defaults
+# and the upper bounds of those settings (services/*/settings.py).
 # Atoms of a pattern with its counted repeats multiplied out (``\d{3}-\d{4}``: 8; a UUID's
 # pattern: ~40): what ``regex`` writes out when it compiles one, ~280 bytes each, kept in
 # its cache of compiled patterns. Lengths belong in maxLength, not in ``.{0,5000}``.
 MAX_PATTERN_SIZE = 1_000
 # The same over all the patterns of one schema: compiling them holds the interpreter.
 MAX_SCHEMA_PATTERNS_SIZE = 10_000
+# Upper bound of both: ~280 bytes an atom, 28 MB compiled for one schema at most.
+PATTERN_SIZE_CEILING = 100_000
 # Subschemas applied in place one inside another ($ref -> $ref -> ..., allOf in allOf):
 # each is a level of jsonschema's recursion, and a chain of ~500 passed Python's limit when
 # an answer was validated (found only then: two charged calls, then INVALID_OUTPUT).
@@ -83,24 +100,39 @@ MAX_IN_PLACE_DEPTH = 100
 # more per group, and ~500 levels (a 1 KB pattern) passed the interpreter's recursion
 # limit, the deeper the caller's stack the sooner.
 MAX_PATTERN_NESTING = 100
+# Upper bound of both nesting settings: well short of the ~500 that overflowed the stack.
+NESTING_CEILING = 200
 # Code points the ranges of a schema's character classes span together (in the Basic
-# Multilingual Plane, beyond which nothing is walked): Python's ``re``, which compiles every
-# pattern when the schema is checked (the metaschema's "regex" format), walks each code
-# point of a range in Python to build the class (more still under ``(?i)``), before any
-# bound of ours applied: 7,000 distinct ranges such as ``a-\uffff`` (56 KB of schema) held
-# a CPU for most of a minute per request, every new variant as long again. Sixteen ranges
-# over the whole plane here; ``[a-z0-9_-]`` spans 36, ``[^"]`` none.
+# Multilingual Plane, beyond which nothing is walked): Python's ``re`` walked each code
+# point of a range in Python to build the class (more still under ``(?i)``) when it
+# compiled the patterns for the metaschema check, before any bound of ours applied: 7,000
+# distinct ranges such as ``a-\uffff`` (56 KB of schema) held a CPU for most of a minute
+# per request, every new variant as long again. ``regex`` compiles them now; the bound
+# stays, counted before any engine sees a pattern. Sixteen ranges over the whole plane
+# here; ``[a-z0-9_-]`` spans 36, ``[^"]`` none.
 MAX_SCHEMA_CLASS_SPAN = 16 * 0x10000
+# Upper bound of its setting: 256 ranges over the whole plane (~4x the default's cost).
+CLASS_SPAN_CEILING = 256 * 0x10000
+# The engine and flags every pattern is read with, by the gate (the metaschema's "regex"
+# format) and by the matcher alike: ``regex``'s version 0 (re's syntax, closest to JSON
+# Schema's ECMA-262; version 1's set operations such as ``[[a-z]--[aeiou]]`` are neither),
+# named rather than left to the process-wide ``regex.DEFAULT_VERSION``. A pattern's own
+# ``(?V1)`` is refused (``_measure``).
+PATTERN_FLAGS = regex.VERSION0
 _BMP_LAST = 0xFFFF
 # A character-class escape naming one character by its code (``\x41``, ``\u0041``,
 # ``\U00000041``) or in octal (``\101``, ``\0``).
 _CODE_ESCAPE = re.compile(r"x([0-9a-fA-F]{2})|u([0-9a-fA-F]{4})|U([0-9a-fA-F]{8})|([0-7]{1,3})")
+# Escapes whose braces hold a name, not a count: a character (``\N{DIGIT ONE}``) or a
+# Unicode property (``\p{L}``, ``\P{Lu}``; JSON Schema's ECMA-262 has them too).
+_NAMED_ESCAPES = ("N{", "p{", "P{")
 # Escapes of one control character (``\n`` ...) inside a class (``\b`` is backspace there).
 _CONTROL_ESCAPES = {"a": 7, "b": 8, "f": 12, "n": 10, "r": 13, "t": 9, "v": 11}
 _COUNTED = re.compile(r"\{(\d*)(?:,(\d*))?\}")
-# Inline flags (``(?i)``, ``(?x:``): verbose mode makes spaces and ``#`` comments nothing,
-# so what a count repeats is no longer the character before it.
-_FLAGS = re.compile(r"\(\?[aiLmsux]*(?:-[imsx]+)?[):]")
+# Inline flags (``(?i)``, ``(?x:``, ``regex``'s own ``(?fx)``, ``(?V1x)``): verbose mode
+# makes spaces and ``#`` comments nothing, so what a count repeats is no longer the
+# character before it.
+_FLAGS = re.compile(r"\(\?[abefiLmprsuwxV01]*(?:-[abefiLmprsuwxV01]+)?[):]")
 # Keywords whose values are data, not schemas: a "pattern" key inside them is no pattern.
 _DATA_KEYWORDS = frozenset({"const", "enum", "default", "examples"})
 # Keywords whose value maps names to subschemas: the map itself is no subschema.
@@ -122,6 +154,15 @@ class SchemaLimits:
     # costs ~0.4 ms each, on the caller's thread. ``nodes_setting`` names the bound.
     max_nodes: int = 1000
     nodes_setting: str = "MAX_SCHEMA_NODES"
+    # The bounds above the module's constants of the same meaning (their defaults).
+    max_class_span: int = MAX_SCHEMA_CLASS_SPAN
+    max_pattern_size: int = MAX_PATTERN_SIZE
+    max_patterns_size: int = MAX_SCHEMA_PATTERNS_SIZE
+    max_pattern_nesting: int = MAX_PATTERN_NESTING
+    max_in_place_depth: int = MAX_IN_PLACE_DEPTH
+    # The settings' namespace (``GENSEARCH_GATEWAY_``): a refusal names
+    # ``<namespace>MAX_SCHEMA_CLASS_SPAN`` and the like.
+    namespace: str = ""
     # Time one validation of an answer may spend matching the schema's patterns.
     pattern_seconds: float = 0.1
     # Time one validation of an answer may spend in all (anyOf branches that both recurse
@@ -147,7 +188,8 @@ def _matches(pattern: str, text: str) -> bool:
     try:
         if remaining <= 0:
             raise TimeoutError
-        return regex.search(pattern, text, timeout=remaining, concurrent=True) is not None
+        found = regex.search(pattern, text, flags=PATTERN_FLAGS, timeout=remaining, concurrent=True)
+        return found is not None
     except TimeoutError:
         raise _PatternFailed(f"matching pattern {pattern!r} took longer than allowed") from None
     except regex.error as err:
@@ -276,28 +318,60 @@ def _depth(value: Any, limit: int) -> int:
     return deepest
 
 
-def pattern_size(pattern: str) -> int | str:
-    """The size of ``pattern`` (one ``re`` already compiles) with its counted repeats
-    written out, or why it cannot be measured: Python's comments ``(?#…)`` and verbose mode
-    ``(?x)`` (neither is in JSON Schema's ECMA-262 dialect, and both hide what a count
-    repeats), or a brace ``regex`` would read otherwise than ``re``."""
+@dataclass(frozen=True)
+class _Refusal:
+    """Why a pattern cannot be used, and the bound (and setting) it passed, if any."""
+
+    why: str
+    metadata: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+def _bound(key: str, value: int, setting: str, limits: SchemaLimits) -> dict[str, str]:
+    """A limit refusal's ErrorInfo metadata: the bound and the setting that sets it."""
+    return {key: str(value), "setting": limits.namespace + setting}
+
+
+def pattern_size(pattern: str, limits: SchemaLimits | None = None) -> int | str:
+    """The size of ``pattern`` with its counted repeats written out, or why it cannot be
+    measured: Python's comments ``(?#…)`` and verbose mode ``(?x)`` (neither is in JSON
+    Schema's ECMA-262 dialect, and both hide what a count repeats), a brace ``regex``
+    would read otherwise than ``re``, or groups nested deeper than ``limits`` allow. Made
+    before any engine compiles the pattern: it may not be a valid one."""
+    size = _measure(pattern, limits or SchemaLimits())
+    return size.why if isinstance(size, _Refusal) else size
+
+
+def _measure(pattern: str, limits: SchemaLimits) -> int | _Refusal:
     if "(?#" in pattern:
-        return "comments (?#...) are not supported"
-    if any("x" in flags.group(0) for flags in _FLAGS.finditer(pattern)):
-        return "verbose mode (?x) is not supported"
+        return _Refusal("comments (?#...) are not supported")
+    flags = "".join(found.group(0) for found in _FLAGS.finditer(pattern))
+    if "x" in flags:
+        return _Refusal("verbose mode (?x) is not supported")
+    if "V1" in flags:
+        # PATTERN_FLAGS names version 0; regex refuses both at once with a ValueError.
+        return _Refusal("regex's version 1 syntax (?V1) is not supported")
     frames = [[0, 0]]  # per open group: its size so far, and the size of its last atom
     i = 0
     while i < len(pattern):
         char, atom = pattern[i], 1
         if char == "\\":
             i += 1
-            if pattern[i : i + 2] == "N{":  # \N{NAME}: one character
-                i = pattern.index("}", i)
+            if pattern[i : i + 2] in _NAMED_ESCAPES:  # \N{NAME}, \p{Letter}: one character
+                closing = pattern.find("}", i)
+                i = closing if closing >= 0 else len(pattern)
         elif char == "[":
             i = _class_end(pattern, i)
         elif char == "(":
-            if len(frames) > MAX_PATTERN_NESTING:
-                return f"its groups nest deeper than {MAX_PATTERN_NESTING} levels"
+            if len(frames) > limits.max_pattern_nesting:
+                return _Refusal(
+                    f"its groups nest deeper than {limits.max_pattern_nesting} levels",
+                    _bound(
+                        "max_nesting",
+                        limits.max_pattern_nesting,
+                        "MAX_SCHEMA_PATTERN_NESTING",
+                        limits,
+                    ),
+                )
             frames.append([0, 0])
             i += 1
             continue
@@ -306,13 +380,13 @@ def pattern_size(pattern: str) -> int | str:
         elif char == "{":
             counted = _COUNTED.match(pattern, i)
             if counted is None or counted.group(0) == "{}":
-                return "a literal '{' must be escaped as '\\{'"
+                return _Refusal("a literal '{' must be escaped as '\\{'")
             low, high = counted.group(1), counted.group(2)
             count = max(int(low or 0), int(high or 0))
             frame = frames[-1]
             frame[0] += frame[1] * (count - 1)
             frame[1] *= count
-            if frame[0] > MAX_SCHEMA_PATTERNS_SIZE:
+            if frame[0] > limits.max_patterns_size:
                 break
             i = counted.end()
             continue
@@ -325,18 +399,21 @@ def pattern_size(pattern: str) -> int | str:
     return sum(frame[0] for frame in frames)
 
 
-def pattern_problem(pattern: str) -> str | None:
+def pattern_problem(pattern: str, limits: SchemaLimits | None = None) -> str | None:
     """Why ``pattern`` cannot be matched safely (``pattern_size``), or None."""
-    return _size_problem(pattern_size(pattern))
+    limits = limits or SchemaLimits()
+    problem = _size_problem(_measure(pattern, limits), limits)
+    return None if problem is None else problem.why
 
 
-def _size_problem(size: int | str) -> str | None:
-    if isinstance(size, str):
+def _size_problem(size: int | _Refusal, limits: SchemaLimits) -> _Refusal | None:
+    if isinstance(size, _Refusal):
         return size
-    if size > MAX_PATTERN_SIZE:
-        return (
-            f"its counted repeats make it larger than {MAX_PATTERN_SIZE} characters "
-            "written out (bound lengths with maxLength)"
+    if size > limits.max_pattern_size:
+        return _Refusal(
+            f"its counted repeats make it larger than {limits.max_pattern_size} characters "
+            "written out (bound lengths with maxLength)",
+            _bound("max_size", limits.max_pattern_size, "MAX_SCHEMA_PATTERN_SIZE", limits),
         )
     return None
 
@@ -397,7 +474,7 @@ def _class_item(pattern: str, i: int, end: int) -> tuple[int | None, int]:
         hex_digits = code.group(1) or code.group(2) or code.group(3)
         value = int(hex_digits, 16) if hex_digits else int(code.group(4), 8)
         return value, code.end()
-    if escaped == "N":  # \N{NAME}: one character, whose code is not worth looking up
+    if pattern[i + 1 : i + 3] in _NAMED_ESCAPES:  # \N{NAME}, \p{L}: not worth looking up
         closing = pattern.find("}", i)
         return None, (closing + 1 if 0 < closing < end else i + 2)
     if escaped.isalnum():
@@ -405,20 +482,22 @@ def _class_item(pattern: str, i: int, end: int) -> tuple[int | None, int]:
     return ord(escaped), i + 2
 
 
-def _check_class_spans(patterns: list[str], field: str) -> None:
+def _check_class_spans(patterns: list[str], field: str, limits: SchemaLimits) -> None:
     """INVALID_ARGUMENT when the schema's character classes span more than
-    ``MAX_SCHEMA_CLASS_SPAN`` code points together: made before ``re`` compiles them."""
+    ``limits.max_class_span`` code points together: made before any engine compiles them."""
     total = 0
     for pattern in patterns:
         total += class_span(pattern)
-        if total > MAX_SCHEMA_CLASS_SPAN:
+        if total > limits.max_class_span:
             raise InvalidArgument(
                 f"not a valid JSON schema: the character classes of its patterns span more "
-                f"than {MAX_SCHEMA_CLASS_SPAN} characters together (pattern "
+                f"than {limits.max_class_span} characters together (pattern "
                 f"{_short(repr(pattern[:64]))}...): name fewer or narrower ranges",
                 field=field,
                 reason=INVALID_SCHEMA,
-                metadata={"max_class_span": str(MAX_SCHEMA_CLASS_SPAN)},
+                metadata=_bound(
+                    "max_class_span", limits.max_class_span, "MAX_SCHEMA_CLASS_SPAN", limits
+                ),
             )
 
 
@@ -500,28 +579,48 @@ def _check_dialect(schema: Mapping[str, Any], field: str) -> None:
                 stack.append(child)
 
 
-def _check_patterns(patterns: list[str], field: str) -> None:
-    sizes = [(pattern, pattern_size(pattern)) for pattern in patterns]
-    if sum(size for _, size in sizes if isinstance(size, int)) > MAX_SCHEMA_PATTERNS_SIZE:
+def _check_patterns(patterns: list[str], field: str, limits: SchemaLimits) -> None:
+    """INVALID_ARGUMENT when a pattern is too large (or nests too deep) to compile
+    safely: made before the metaschema check compiles them (``regex`` writes a counted
+    repeat out, ``x{10000000}`` taking 2.8 GB, and its parser recurses per group)."""
+    sizes = [(pattern, _measure(pattern, limits)) for pattern in patterns]
+    if sum(size for _, size in sizes if isinstance(size, int)) > limits.max_patterns_size:
         raise InvalidArgument(
             "not a valid JSON schema: its patterns together are larger than "
-            f"{MAX_SCHEMA_PATTERNS_SIZE} characters written out",
+            f"{limits.max_patterns_size} characters written out",
             field=field,
             reason=INVALID_SCHEMA,
+            metadata=_bound(
+                "max_size", limits.max_patterns_size, "MAX_SCHEMA_PATTERNS_SIZE", limits
+            ),
         )
     for pattern, size in sizes:
-        why = _size_problem(size)
-        if why is None:
-            try:
-                regex.compile(pattern)
-            except regex.error as err:
-                why = f"the regex engine cannot use it ({err})"
-        if why is not None:
+        problem = _size_problem(size, limits)
+        if problem is not None:
             raise InvalidArgument(
-                f"not a valid JSON schema: pattern {_short(repr(pattern))}: {why}",
+                f"not a valid JSON schema: pattern {_short(repr(pattern))}: {problem.why}",
                 field=field,
                 reason=INVALID_SCHEMA,
+                metadata=dict(problem.metadata),
             )
+
+
+def _compiles(pattern: object) -> bool:
+    """The metaschema's "regex" format, by the engine and flags answers are matched with
+    (jsonschema's own check compiles with ``re``, which reads some patterns otherwise)."""
+    if isinstance(pattern, str):
+        try:
+            regex.compile(pattern, PATTERN_FLAGS)
+        except ValueError as err:  # flags at odds with PATTERN_FLAGS: not a usable pattern
+            raise regex.error(str(err)) from None
+    return True
+
+
+# Draft 2020-12's format checks, "regex" by ``_compiles`` (its error the format error).
+_METASCHEMA_FORMATS = FormatChecker(formats=())
+for _name, (_check, _raises) in Draft202012Validator.FORMAT_CHECKER.checkers.items():
+    _METASCHEMA_FORMATS.checks(_name, _raises)(_check)
+_METASCHEMA_FORMATS.checks("regex", regex.error)(_compiles)
 
 
 def _remote_refs(value: Any) -> bool:
@@ -701,7 +800,7 @@ def check_schema(schema: Mapping[str, Any], field: str, limits: SchemaLimits) ->
     cached = _cached(canonical, limits)
     if cached is not None:
         return cached
-    return _remember(canonical, _checked(schema, field), limits)
+    return _remember(canonical, _checked(schema, field, limits), limits)
 
 
 async def check_schema_fairly(
@@ -715,7 +814,7 @@ async def check_schema_fairly(
     cached = _cached(canonical, limits)
     if cached is not None:
         return cached
-    return _remember(canonical, await executor.run(_checked, schema, field), limits)
+    return _remember(canonical, await executor.run(_checked, schema, field, limits), limits)
 
 
 def _bounded(schema: Mapping[str, Any], field: str, limits: SchemaLimits) -> str:
@@ -729,6 +828,7 @@ def _bounded(schema: Mapping[str, Any], field: str, limits: SchemaLimits) -> str
             f"the schema nests deeper than {limits.max_depth} levels",
             field=field,
             reason=INVALID_SCHEMA,
+            metadata=_bound("max_depth", limits.max_depth, "MAX_SCHEMA_DEPTH", limits),
         )
     canonical = json.dumps(schema, separators=(",", ":"), sort_keys=True)
     size = len(canonical)
@@ -737,21 +837,37 @@ def _bounded(schema: Mapping[str, Any], field: str, limits: SchemaLimits) -> str
             f"the schema is {size} characters as JSON; at most {limits.max_chars} are allowed",
             field=field,
             reason=INVALID_SCHEMA,
+            metadata=_bound("max_chars", limits.max_chars, "MAX_SCHEMA_CHARS", limits),
         )
     if _more_nodes_than(schema, limits.max_nodes):
         raise InvalidArgument(
             f"the schema has more than {limits.max_nodes} subschemas ({limits.nodes_setting})",
             field=field,
             reason=INVALID_SCHEMA,
+            metadata={"max_nodes": str(limits.max_nodes), "setting": limits.nodes_setting},
         )
     return canonical
 
 
+def _cache_key(canonical: str, limits: SchemaLimits) -> tuple[str, tuple[int, ...]]:
+    """A schema accepted under some bounds is not yet accepted under smaller ones (the
+    gateway's and the generation service's settings may differ in one process)."""
+    bounds = (
+        limits.max_class_span,
+        limits.max_pattern_size,
+        limits.max_patterns_size,
+        limits.max_pattern_nesting,
+        limits.max_in_place_depth,
+    )
+    return canonical, bounds
+
+
 def _cached(canonical: str, limits: SchemaLimits) -> OutputSchema | None:
-    cached = _accepted.get(canonical)
+    key = _cache_key(canonical, limits)
+    cached = _accepted.get(key)
     if cached is None:
         return None
-    _accepted.move_to_end(canonical)
+    _accepted.move_to_end(key)
     return OutputSchema(cached, limits.pattern_seconds, limits.validate_seconds)
 
 
@@ -759,36 +875,40 @@ def _remember(
     canonical: str, validator: Draft202012Validator, limits: SchemaLimits
 ) -> OutputSchema:
     # On the event loop's thread (or the caller's): the cache is never touched from a worker.
-    _accepted[canonical] = validator
+    _accepted[_cache_key(canonical, limits)] = validator
     if len(_accepted) > MAX_CACHED:
         _accepted.popitem(last=False)
     return OutputSchema(validator, limits.pattern_seconds, limits.validate_seconds)
 
 
-def _checked(schema: Mapping[str, Any], field: str) -> Draft202012Validator:
+def _checked(schema: Mapping[str, Any], field: str, limits: SchemaLimits) -> Draft202012Validator:
     """The validator of a bounded ``schema`` not seen before, or INVALID_ARGUMENT: the
     metaschema check and the rest, the costly part (safe on a worker thread)."""
-    # Before the metaschema check, which compiles every pattern with ``re``.
+    # Before the metaschema check, which compiles every pattern (``_compiles``).
     patterns, keywords = _scan(schema)
-    _check_class_spans(patterns, field)
+    _check_class_spans(patterns, field, limits)
+    _check_patterns(patterns, field, limits)
     try:
-        Draft202012Validator.check_schema(schema)
+        Draft202012Validator.check_schema(schema, format_checker=_METASCHEMA_FORMATS)
     except SchemaError as err:
         raise InvalidArgument(
             f"not a valid JSON schema: {_short(err.message)}", field=field, reason=INVALID_SCHEMA
         ) from None
-    except OverflowError as err:  # re.compile of a "pattern" like "a{4294967296}"
+    except OverflowError as err:  # a compile of a "pattern" like "a{4294967296}"
         raise InvalidArgument(
             f"not a valid JSON schema: a regular expression {_short(str(err))}",
             field=field,
             reason=INVALID_SCHEMA,
         ) from None
-    except RecursionError:  # re.compile of groups nested hundreds deep (MAX_PATTERN_NESTING)
+    except RecursionError:  # a compile of groups nested hundreds deep (max_pattern_nesting)
         raise InvalidArgument(
             "not a valid JSON schema: a regular expression's groups nest deeper than "
-            f"{MAX_PATTERN_NESTING} levels",
+            f"{limits.max_pattern_nesting} levels",
             field=field,
             reason=INVALID_SCHEMA,
+            metadata=_bound(
+                "max_nesting", limits.max_pattern_nesting, "MAX_SCHEMA_PATTERN_NESTING", limits
+            ),
         ) from None
     if _remote_refs(schema):
         raise InvalidArgument(
@@ -816,13 +936,16 @@ def _checked(schema: Mapping[str, Any], field: str) -> Draft202012Validator:
             field=field,
             reason=INVALID_SCHEMA,
         )
-    if loop > MAX_IN_PLACE_DEPTH:
+    if loop > limits.max_in_place_depth:
         raise InvalidArgument(
             f"the schema's subschemas apply one another in place {loop} deep (through $ref, "
-            f"allOf, anyOf, oneOf, not, if/then/else); at most {MAX_IN_PLACE_DEPTH} deep "
-            "can be validated",
+            f"allOf, anyOf, oneOf, not, if/then/else); at most {limits.max_in_place_depth} "
+            "deep can be validated",
             field=field,
             reason=INVALID_SCHEMA,
+            metadata=_bound(
+                "max_depth", limits.max_in_place_depth, "MAX_SCHEMA_IN_PLACE_DEPTH", limits
+            ),
         )
     if schema.get("type") != "object":
         raise InvalidArgument(
@@ -831,7 +954,6 @@ def _checked(schema: Mapping[str, Any], field: str) -> Draft202012Validator:
             reason=INVALID_SCHEMA,
         )
     _check_dialect(schema, field)
-    _check_patterns(patterns, field)
     if {"unevaluatedProperties", "patternProperties"} <= keywords:
         raise InvalidArgument(
             "unevaluatedProperties cannot be used with patternProperties",

@@ -143,6 +143,12 @@ async def check_response_format(
                 max_depth=s.max_schema_depth,
                 max_nodes=s.max_schema_nodes,
                 nodes_setting="GENSEARCH_GATEWAY_MAX_SCHEMA_NODES",
+                max_class_span=s.max_schema_class_span,
+                max_pattern_size=s.max_schema_pattern_size,
+                max_patterns_size=s.max_schema_patterns_size,
+                max_pattern_nesting=s.max_schema_pattern_nesting,
+                max_in_place_depth=s.max_schema_in_place_depth,
+                namespace=s.namespace(),
             ),
             schema_checks,
         )

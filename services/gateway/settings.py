@@ -7,6 +7,16 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from services.common.json_schema import (
+    CLASS_SPAN_CEILING,
+    MAX_IN_PLACE_DEPTH,
+    MAX_PATTERN_NESTING,
+    MAX_PATTERN_SIZE,
+    MAX_SCHEMA_CLASS_SPAN,
+    MAX_SCHEMA_PATTERNS_SIZE,
+    NESTING_CEILING,
+    PATTERN_SIZE_CEILING,
+)
 from services.common.model_names import model_name_setting, provider_name_setting
 from services.common.settings import (
     DEFAULT_MAX_FALLBACKS,
@@ -96,6 +106,19 @@ class GatewaySettings(CommonSettings):
     max_schema_depth: int = Field(default=32, ge=1, le=MAX_SCHEMA_DEPTH)
     # Its subschemas: the metaschema check costs ~0.4 ms each on the event loop.
     max_schema_nodes: int = Field(default=1000, ge=1, le=100_000)
+    # Its patterns (docs/generation.md#json-output-response_format): the code points their character
+    # classes' ranges span together (each walked once when they were compiled), each
+    # pattern's and all patterns' size with counted repeats written out (``regex`` writes
+    # them out, ~280 bytes an atom), their groups' nesting (the parsers recurse per group),
+    # and how deep subschemas apply one another in place ($ref, allOf...: a level of
+    # recursion each when an answer is validated). Upper bounds: json_schema's *_CEILING.
+    max_schema_class_span: int = Field(default=MAX_SCHEMA_CLASS_SPAN, ge=0, le=CLASS_SPAN_CEILING)
+    max_schema_pattern_size: int = Field(default=MAX_PATTERN_SIZE, ge=1, le=PATTERN_SIZE_CEILING)
+    max_schema_patterns_size: int = Field(
+        default=MAX_SCHEMA_PATTERNS_SIZE, ge=1, le=PATTERN_SIZE_CEILING
+    )
+    max_schema_pattern_nesting: int = Field(default=MAX_PATTERN_NESTING, ge=1, le=NESTING_CEILING)
+    max_schema_in_place_depth: int = Field(default=MAX_IN_PLACE_DEPTH, ge=1, le=NESTING_CEILING)
     # Generation budget when neither the request nor the call has a deadline, seconds.
     default_generation_timeout: float = Field(default=120.0, gt=0, le=MAX_WAIT_SECONDS)
 

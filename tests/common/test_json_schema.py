@@ -580,3 +580,96 @@ def test_a_ref_chain_deeper_than_validation_can_follow_is_refused_before_any_cal
     assert "deep" in str(caught.value)
     output = check_schema(_ref_chain(50), FIELD, SchemaLimits())
     assert parse_output('{"x": "s"}', output) == ({"x": "s"}, "")
+
+
+def _object(pattern: str) -> dict[str, Any]:
+    return {"type": "object", "properties": {"t": {"type": "string", "pattern": pattern}}}
+
+
+@pytest.mark.parametrize(
+    ("pattern", "matching", "not_matching"),
+    [
+        # A POSIX class to regex; to re a class of "[:alph" and a "]" after it.
+        (r"^[[:alpha:]]+$", "abc", ":]"),
+        # ECMA-262 (JSON Schema's dialect) has both; re refused them ("bad escape \p").
+        (r"^\p{L}+$", "héllo", "h3llo"),
+        (r"^(?<year>\d{4})$", "2026", "26"),
+    ],
+)
+def test_the_gate_reads_a_pattern_as_the_matcher_does(
+    pattern: str, matching: str, not_matching: str
+) -> None:
+    """The metaschema check compiled patterns with re and answers were matched with
+    regex, which read some of them otherwise: a pattern was refused that the matcher would
+    use, or accepted meaning one thing and matched meaning another. Both use regex with
+    the same flags now: accepted, and matched as regex reads it."""
+    output = check_schema(_object(pattern), FIELD, SchemaLimits())
+    assert parse_output(json.dumps({"t": matching}), output)[0] == {"t": matching}
+    value, why = parse_output(json.dumps({"t": not_matching}), output)
+    assert value is None and "does not match" in why
+
+
+@pytest.mark.parametrize(
+    ("pattern", "why"),
+    [
+        # re took it (a class and a "]"); regex has no such POSIX class.
+        ("[[:foo:]]", "is not a 'regex'"),
+        # Set difference in regex's version 1, not ECMA-262 and not the matcher's version.
+        (r"(?V1)^[[a-z]--[aeiou]]+$", "(?V1)"),
+        (r"(?V1x)^[[a-z]--[aeiou]]+$", "verbose"),
+    ],
+)
+def test_a_pattern_the_matcher_would_not_use_is_refused_by_the_gate(pattern: str, why: str) -> None:
+    """Refused by the gate itself, naming the pattern, never accepted to fail (or mean
+    something else) when an answer is matched."""
+    with pytest.raises(InvalidArgument) as caught:
+        check_schema(_object(pattern), FIELD, SchemaLimits())
+    err = caught.value
+    assert (err.field, err.reason) == (FIELD, "INVALID_SCHEMA")
+    assert pattern in err.message and why in err.message
+
+
+IN_PLACE_CHAIN: dict[str, Any] = {
+    "type": "object",
+    "$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"$ref": "#/$defs/c"}, "c": {"type": "object"}},
+    "$ref": "#/$defs/a",
+}
+
+
+TWO_PATTERNS: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "a": {"type": "string", "pattern": r"\d{3}-\d{4}"},
+        "b": {"type": "string", "pattern": r"\d{3}-\d{4}"},
+    },
+}
+
+
+@pytest.mark.parametrize(
+    ("bound", "schema", "key", "setting"),
+    [
+        ({"max_class_span": 30}, _object("[a-z][0-9]"), "max_class_span", "CLASS_SPAN"),
+        ({"max_pattern_size": 5}, _object(r"\d{3}-\d{4}"), "max_size", "PATTERN_SIZE"),
+        ({"max_patterns_size": 10}, TWO_PATTERNS, "max_size", "PATTERNS_SIZE"),
+        ({"max_pattern_nesting": 2}, _object("(((a)))"), "max_nesting", "PATTERN_NESTING"),
+        ({"max_in_place_depth": 3}, IN_PLACE_CHAIN, "max_depth", "IN_PLACE_DEPTH"),
+        ({"max_depth": 2}, _object("a"), "max_depth", "DEPTH"),
+        ({"max_chars": 20}, _object("a"), "max_chars", "CHARS"),
+    ],
+)
+def test_each_schema_bound_is_a_setting_its_refusal_names(
+    bound: dict[str, int], schema: dict[str, Any], key: str, setting: str
+) -> None:
+    """The bounds of a caller's schema were module constants: an operator could not
+    change them, and a refusal did not say which setting (nor, for most, which bound). Each
+    is a SchemaLimits field now, from the service's settings; the refusal carries the
+    bound and the variable, in the service's namespace. The same schema passes the
+    defaults."""
+    check_schema(schema, FIELD, SchemaLimits())
+    with pytest.raises(InvalidArgument) as caught:
+        check_schema(schema, FIELD, SchemaLimits(**bound, namespace="GENSEARCH_GATEWAY_"))
+    err = caught.value
+    assert (err.field, err.reason) == (FIELD, "INVALID_SCHEMA")
+    (value,) = bound.values()
+    assert err.metadata[key] == str(value) and str(value) in err.message
+    assert err.metadata["setting"] == f"GENSEARCH_GATEWAY_MAX_SCHEMA_{setting}"

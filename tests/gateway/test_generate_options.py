@@ -857,6 +857,31 @@ async def test_a_collection_chain_past_this_gateways_max_is_refused_at_create(
     )
 
 
+async def test_the_gateways_schema_pattern_bounds_are_its_settings(
+    stack_factory: StackFactory,
+) -> None:
+    """The gateway checks a response_format schema by its own settings (the bounds of a
+    pattern were constants of services/common/json_schema.py): set lower, a pattern the
+    defaults take is refused before any search or call, naming the field, the bound and
+    the gateway's variable."""
+    stack = await stack_factory(max_schema_class_span=30)
+    await create_books(stack, books=WITH_BODY)
+    fmt = _schema(extra={"properties": {"title": {"type": "string", "pattern": "[a-z][0-9]"}}})
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stack.stub.GenerativeSearch(
+            books_search(single_prompt="About {title}", response_format=fmt), metadata=ALICE
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    info = error_info(caught.value)
+    assert (info.reason, info.metadata["field"]) == (
+        "INVALID_SCHEMA",
+        "generate.response_format.json_schema",
+    )
+    assert info.metadata["max_class_span"] == "30"
+    assert info.metadata["setting"] == "GENSEARCH_GATEWAY_MAX_SCHEMA_CLASS_SPAN"
+    assert stack.fake.chat_requests == []
+
+
 async def test_a_model_of_spaces_is_refused_on_ask_too(stack: Stack) -> None:
     await create_books(stack, books=WITH_BODY)
     for fields, field in (

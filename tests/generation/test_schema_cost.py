@@ -13,7 +13,7 @@ from gensearch.generation.v1 import generation_service_pb2 as pb
 from google.protobuf import json_format, struct_pb2
 
 from services.common.json_schema import SchemaLimits, check_schema, parse_output
-from tests.generation.conftest import Service, user
+from tests.generation.conftest import Service, StartService, fake_provider, user
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.rpc import error_info
 from tests.support.schema_gate import HELD_TITLE, hold_schema_checks
@@ -258,5 +258,27 @@ async def test_character_classes_spanning_too_much_are_refused_before_any_call(
     err = await _refused(service, schema, "wide")
     _assert_invalid_schema(err)
     assert "character classes" in (err.details() or "")
-    assert error_info(err).metadata["max_class_span"] == str(16 * 0x10000)
+    info = error_info(err)
+    assert info.metadata["max_class_span"] == str(16 * 0x10000)
+    assert info.metadata["setting"] == "GENSEARCH_GENERATION_MAX_SCHEMA_CLASS_SPAN"
+    assert fake.chat_requests == []
+
+
+async def test_the_schema_pattern_bounds_are_the_services_settings(
+    start_service: StartService, fake: FakeOpenAI
+) -> None:
+    """The bounds of a schema's patterns were constants no operator could change. Set
+    lower, a pattern the defaults take is refused, before any call, with the bound and
+    the setting in ErrorInfo."""
+    service = await start_service([fake_provider(fake)], max_schema_pattern_size=5)
+    schema = struct_pb2.Struct()
+    schema.update(
+        {"type": "object", "properties": {"t": {"type": "string", "pattern": r"^\d{3}-\d{4}$"}}}
+    )
+    fake.reply = '{"t": "555-1234"}'
+    err = await _refused(service, schema, "phone")
+    _assert_invalid_schema(err)
+    info = error_info(err)
+    assert info.metadata["max_size"] == "5"
+    assert info.metadata["setting"] == "GENSEARCH_GENERATION_MAX_SCHEMA_PATTERN_SIZE"
     assert fake.chat_requests == []
