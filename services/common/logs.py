@@ -263,6 +263,8 @@ def _encoded_secret(blob: str, known: _Known) -> bool:
 # repeated character, quoted percent-encoded in a long upstream error (the caller's own
 # endpoint writes both), held the event loop for seconds per 100 KB. Past it, a text that
 # holds a secret in another spelling is not shown at all, as when the spelling is unknown.
+# A constant, not a setting: no caller is ever refused by it (a log line or message is
+# redacted whole instead), and raising it only lets one text hold the event loop longer.
 MAX_SPELLING_WORK = 1 << 18
 
 

@@ -36,7 +36,10 @@ _MAX_MESSAGE = 300
 # message may be as long as GENSEARCH_GENERATION_MAX_RESPONSE_BYTES: a caller's own
 # base_url answering a 16 MB error held the loop for seconds. A longer message is cut to
 # this first, and what lies within _CUT_MARGIN of the cut is never shown: a secret cut in
-# two there is not found whole, so not redacted (see _clean).
+# two there is not found whole, so not redacted (see _clean). Constants, not settings:
+# they refuse nothing (the call fails as it would; only less of the upstream's message is
+# quoted, and at most _MAX_MESSAGE characters of it ever are), so a setting would only let
+# an operator make redaction hold the event loop longer.
 _QUOTED_WINDOW = 8 * 1024
 _CUT_MARGIN = 4 * 1024
 # What an attempt may raise besides UpstreamFault: the SDK's errors, a body that is not

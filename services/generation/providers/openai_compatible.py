@@ -636,7 +636,9 @@ MAX_FINISH_REASON_CHARS = 64
 # Characters of a finish reason redacted to report it (redaction costs in the length of
 # the text, on the event loop; a stream may send one per chunk, each as long as a line
 # may be): a longer one is no finish reason a client can use, and is reported as
-# UNKNOWN_FINISH_REASON, unread.
+# UNKNOWN_FINISH_REASON, unread. A constant, not a setting: nothing is refused by it (the
+# answer is kept, its finish reason reported as unknown), and every real finish reason is
+# far shorter (MAX_FINISH_REASON_CHARS).
 MAX_FINISH_REASON_READ = 1024
 UNKNOWN_FINISH_REASON = "unknown"
 
