@@ -65,6 +65,7 @@ INVALID_SCHEMA = "INVALID_SCHEMA"
 # Validators of schemas already accepted, by their canonical JSON: checking a schema
 # against the metaschema costs ~1.5 ms, and a fan-out of N hits sends the same schema N
 # times (measured 2026-12-02 under load; a cached lookup is the cost of one json.dumps).
+# A constant: it refuses nothing (a schema past it is checked again), and it bounds memory.
 MAX_CACHED = 256
 _accepted: OrderedDict[tuple[str, tuple[int, ...]], Draft202012Validator] = OrderedDict()
 # When the validation under way must stop matching patterns (time.monotonic()).
@@ -432,8 +433,8 @@ def _class_end(pattern: str, start: int) -> int:
 
 def class_span(pattern: str) -> int:
     """Code points (in the BMP) the ranges of ``pattern``'s character classes span: what
-    ``re`` walks one by one when it compiles them. A range whose ends are not single
-    characters counts as the whole plane (``re`` refuses it anyway)."""
+    ``re`` walked one by one when it compiled them (``max_class_span`` bounds it). A range
+    whose ends are not single characters counts as the whole plane (no engine takes it)."""
     total, i = 0, 0
     while i < len(pattern):
         char = pattern[i]

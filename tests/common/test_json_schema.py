@@ -413,6 +413,7 @@ def wide_ranges(count: int, *, start: int = 0) -> str:
         (r"[\n-\r]", 4),
         ("[\U00010000-\U0010ffff]", 0),  # re walks the BMP only
         (r"[\d-z]", 0x10000),  # not a range re takes: counted as the whole plane
+        (r"[\p{L}a-c]", 3),  # a property is one item: its braces hold no range
     ],
 )
 def test_the_span_of_a_patterns_character_classes(pattern: str, span: int) -> None:
