@@ -434,7 +434,7 @@ def _class_end(pattern: str, start: int) -> int:
 def class_span(pattern: str) -> int:
     """Code points (in the BMP) the ranges of ``pattern``'s character classes span: what
     ``re`` walked one by one when it compiled them (``max_class_span`` bounds it). A range
-    whose ends are not single characters counts as the whole plane (no engine takes it)."""
+    whose ends are not single characters counts as the whole plane (an over-count at worst)."""
     total, i = 0, 0
     while i < len(pattern):
         char = pattern[i]
