@@ -80,6 +80,13 @@ class GatewaySettings(CommonSettings):
     # 0: no bound. Otherwise more than max_hits, so that one request's hits and its
     # grouped call never wait for each other.
     generation_max_in_flight: int = Field(default=1000, ge=0, le=MAX_CONCURRENCY)
+    # Of those, the most one tenant's calls hold at once (at most generation_max_in_flight
+    # takes effect); its others wait for its own to end while free slots stay for the
+    # other tenants' calls. Without it a tenant whose calls took every slot (its
+    # concurrent-calls quota times max_hits is 6400) made another tenant's call wait for
+    # one of them to end. 0: no bound but the total. Otherwise more than max_hits, as the
+    # total, so one request is never split into waves of its own.
+    generation_max_in_flight_per_tenant: int = Field(default=500, ge=0, le=MAX_CONCURRENCY)
     # Token deltas a streaming generative search (or StreamGenerateOnObjects) holds for
     # a client that has not read them yet, all its hits together; when full, its hits
     # stop reading their generation streams (flow control holds the rest back, up to the
@@ -295,6 +302,13 @@ class GatewaySettings(CommonSettings):
                 f"generation_max_in_flight ({bound}) must be 0 (no bound) or more than "
                 f"max_hits ({self.max_hits}): a request of max_hits hits and a grouped call "
                 "would otherwise wait for its own calls"
+            )
+        share = self.generation_max_in_flight_per_tenant
+        if bound and share and share <= self.max_hits:
+            raise ValueError(
+                f"generation_max_in_flight_per_tenant ({share}) must be 0 (no bound but "
+                f"generation_max_in_flight) or more than max_hits ({self.max_hits}): a "
+                "request of max_hits hits would otherwise wait for its own calls"
             )
         return self
 

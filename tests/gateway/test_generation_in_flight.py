@@ -26,7 +26,7 @@ from services.gateway.settings import GatewaySettings
 from services.generation.__main__ import build_server as build_generation
 from services.generation.settings import GenerationSettings
 from tests.gateway.conftest import ALICE, BOB, TOKEN, StackFactory, fake_provider
-from tests.support.fake_openai import FakeOpenAI
+from tests.support.fake_openai import Behaviour, FakeOpenAI
 
 
 def _objects(count: int, prefix: str, **generate: Any) -> gw_pb.GenerateOnObjectsRequest:
@@ -130,6 +130,48 @@ async def test_a_tenant_waits_for_one_freed_slot_not_for_another_tenants_whole_q
     assert after >= 4, finished
 
 
+async def test_a_tenant_holding_its_share_leaves_the_other_slots_to_other_tenants(
+    stack_factory: StackFactory, fake: FakeOpenAI
+) -> None:
+    """Turns alone let one tenant hold every slot: its calls took them while nobody else
+    waited (its concurrent-calls quota times max_hits is 6400 calls against 1000 slots),
+    and another tenant's one call then waited for one of them to end, a minute-long LLM
+    call, and failed GENERATION_IN_FLIGHT_WAIT. Now a tenant holds at most
+    GENERATION_MAX_IN_FLIGHT_PER_TENANT; the slots past it serve the others at once."""
+    fake.by_model["slow-model"] = Behaviour.hang(60)
+    stack = await stack_factory(
+        generation_max_in_flight=4, generation_max_in_flight_per_tenant=2, max_hits=1
+    )
+    slow = duration_pb2.Duration(seconds=4)
+
+    async def noisy_call(n: int) -> gw_pb.GenerateOnObjectsResponse:
+        request = _objects(1, f"a{n}-", model="slow-model", timeout=slow)
+        response: gw_pb.GenerateOnObjectsResponse = await stack.stub.GenerateOnObjects(
+            request, metadata=ALICE
+        )
+        return response
+
+    noisy = [asyncio.create_task(noisy_call(n)) for n in range(6)]
+    for _ in range(200):  # until Alice's share is running, her others waiting
+        if len(fake.chat_requests) >= 2:
+            break
+        await asyncio.sleep(0.05)
+    bob = await stack.stub.GenerateOnObjects(
+        _objects(1, "bob", timeout=duration_pb2.Duration(seconds=2)), metadata=BOB
+    )
+    generation = bob.hits[0].generation
+    assert not generation.HasField("error"), generation.error
+    assert generation.wait_time.ToNanoseconds() == 0  # a slot was free for him
+    alice = [(await task).hits[0].generation for task in noisy]
+    # Never more than her share upstream at once; those that found no slot of her share
+    # within their deadline say which setting held them.
+    assert sum(r.json["model"] == "slow-model" for r in fake.chat_requests) == 2
+    waited = [g.error for g in alice if g.error.reason == "GENERATION_IN_FLIGHT_WAIT"]
+    assert len(waited) == 4
+    for error in waited:
+        assert "GENSEARCH_GATEWAY_GENERATION_MAX_IN_FLIGHT_PER_TENANT" in error.message
+
+
 async def test_a_call_that_gets_no_slot_within_its_deadline_fails_resource_exhausted(
     stack_factory: StackFactory, fake: FakeOpenAI
 ) -> None:
@@ -167,6 +209,10 @@ def test_the_bound_leaves_room_for_a_whole_request() -> None:
         GatewaySettings(generation_max_in_flight=100)
     with pytest.raises(ValidationError, match="more than max_hits"):
         GatewaySettings(max_hits=2000)  # the default bound, 1000, is less
+    # A tenant's share too: a whole request fits in it.
+    with pytest.raises(ValidationError, match=r"per_tenant \(100\) must be 0"):
+        GatewaySettings(generation_max_in_flight_per_tenant=100)
+    assert GatewaySettings(generation_max_in_flight_per_tenant=0).generation_max_in_flight
 
 
 async def _replica(fake: FakeOpenAI) -> GrpcServer:

@@ -55,6 +55,7 @@ from services.gateway.request_parts import refusal_at
 from services.gateway.settings import GatewaySettings
 
 SETTING = "GENSEARCH_GATEWAY_GENERATION_MAX_IN_FLIGHT"
+PER_TENANT_SETTING = "GENSEARCH_GATEWAY_GENERATION_MAX_IN_FLIGHT_PER_TENANT"
 #: A call that found no free slot in time (RESOURCE_EXHAUSTED).
 IN_FLIGHT_WAIT = "GENERATION_IN_FLIGHT_WAIT"
 #: The generation service's connection refused the call: HTTP/2 REFUSED_STREAM, its
@@ -125,7 +126,17 @@ class GenerationClient(ServiceClient):
         self.max_in_flight = settings.generation_max_in_flight
         # Waiters take turns by tenant (asyncio's semaphore served them first come, first
         # served: one tenant's queue of calls held every other tenant's behind all of it).
-        self._slots = FairSlots(self.max_in_flight) if self.max_in_flight else None
+        # And one tenant holds at most its share of them, so slots are left for the others
+        # however long its calls run.
+        self.max_in_flight_per_tenant = min(
+            settings.generation_max_in_flight_per_tenant or self.max_in_flight,
+            self.max_in_flight,
+        )
+        self._slots = (
+            FairSlots(self.max_in_flight, self.max_in_flight_per_tenant)
+            if self.max_in_flight
+            else None
+        )
 
     def metadata(self, caller: Caller) -> Metadata:
         # The caller's own provider keys go to the generation service only; not the keys
@@ -164,7 +175,7 @@ class GenerationClient(ServiceClient):
         if slots is None:
             yield
             return
-        if slots.locked():
+        if slots.locked(tenant):
             loop = asyncio.get_running_loop()
             started = loop.time()
             wait = None if deadline is None else deadline - MIN_CALL_SECONDS - started
@@ -175,6 +186,18 @@ class GenerationClient(ServiceClient):
                     )
             except TimeoutError:
                 waited.seconds += loop.time() - started
+                if slots.at_share(tenant):
+                    raise ResourceExhausted(
+                        f"the caller's tenant has its share of {self.max_in_flight_per_tenant} "
+                        f"generation calls in flight in this gateway ({PER_TENANT_SETTING}) "
+                        "and none ended in time for this call's deadline; retry shortly, "
+                        "with a longer deadline, or fewer calls at once",
+                        reason=IN_FLIGHT_WAIT,
+                        metadata={
+                            "limit": str(self.max_in_flight_per_tenant),
+                            "setting": PER_TENANT_SETTING,
+                        },
+                    ) from None
                 raise ResourceExhausted(
                     f"the gateway has its limit of {self.max_in_flight} generation calls in "
                     f"flight ({SETTING}) and none ended in time for this call's deadline; "
@@ -188,7 +211,7 @@ class GenerationClient(ServiceClient):
         try:
             yield
         finally:
-            slots.release()
+            slots.release(tenant)
 
     async def _backoff(
         self, err: ResourceExhausted, pause: float, deadline: float | None, waited: _Waited
