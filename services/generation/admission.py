@@ -43,7 +43,7 @@ import heapq
 import itertools
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from services.common.auth import current_tenant
@@ -78,18 +78,21 @@ class _Waiter:
 
 class _FairQueue:
     """The waiting calls by tenant, each tenant's in a heap by ticket; the tenants in turn
-    order. The head is the first call of the tenant whose turn it is."""
+    order. The head is the first call of the tenant whose turn it is, passing over the
+    tenants ``full`` says hold their share of calls in flight."""
 
-    def __init__(self) -> None:
+    def __init__(self, full: Callable[[str], bool]) -> None:
         self._tenants: OrderedDict[str, list[_Waiter]] = OrderedDict()
+        self._full = full
 
     def __bool__(self) -> bool:
         return bool(self._tenants)
 
     @property
     def head(self) -> _Waiter | None:
-        for waiters in self._tenants.values():
-            return waiters[0]
+        for tenant, waiters in self._tenants.items():
+            if not self._full(tenant):
+                return waiters[0]
         return None
 
     def __iter__(self) -> Iterator[_Waiter]:
@@ -121,10 +124,13 @@ class _FairQueue:
 class Permit:
     """One admitted attempt; ``release`` exactly once when it ends."""
 
-    __slots__ = ("_limiter", "call_id", "cost", "started", "waited")
+    __slots__ = ("_limiter", "call_id", "cost", "started", "tenant", "waited")
 
-    def __init__(self, limiter: ProviderLimiter, call_id: str, cost: float, waited: float) -> None:
+    def __init__(
+        self, limiter: ProviderLimiter, call_id: str, cost: float, waited: float, tenant: str
+    ) -> None:
         self._limiter = limiter
+        self.tenant = tenant
         self.call_id = call_id
         self.cost = cost
         self.waited = waited
@@ -166,7 +172,10 @@ class ProviderLimiter:
             latency_factor=config.latency_factor if config.adaptive else None,
             recovery=config.adaptive_recovery,
         )
-        self._queue = _FairQueue()
+        # One tenant's calls in flight here, at most ``max_in_flight_per_tenant``.
+        self._per_tenant = config.max_in_flight_per_tenant
+        self._tenant_in_flight: dict[str, int] = {}
+        self._queue = _FairQueue(self._tenant_full)
         self._seq = itertools.count()
         self.in_flight = 0
         self._paused_until = 0.0
@@ -201,6 +210,11 @@ class ProviderLimiter:
     def _allows(self) -> bool:
         return self.in_flight < self._current_limit
 
+    def _tenant_full(self, tenant: str) -> bool:
+        """Whether ``tenant`` holds its share of the calls in flight here."""
+        share = self._per_tenant
+        return share is not None and self._tenant_in_flight.get(tenant, 0) >= share
+
     def _publish_limit(self) -> None:
         if self._publishes_limit:
             CONCURRENCY_LIMIT.labels(self.name).set(self._current_limit)
@@ -222,8 +236,9 @@ class ProviderLimiter:
             and self._shared is None
             and self._paused_until <= entered
             and self._allows()
+            and not self._tenant_full(ticket.tenant)
         ):
-            return self._admitted(call_id, cost, 0.0)
+            return self._admitted(call_id, cost, 0.0, ticket.tenant)
         waiter = _Waiter(ticket, deadline.expires_at)
         self._queue.add(waiter)
         try:
@@ -237,13 +252,16 @@ class ProviderLimiter:
             ) from None
         finally:
             self._leave(waiter)
-        return self._admitted(call_id, cost, loop.time() - entered)
+        return self._admitted(call_id, cost, loop.time() - entered, ticket.tenant)
 
-    def _admitted(self, call_id: str, cost: float, waited: float) -> Permit:
+    def _admitted(self, call_id: str, cost: float, waited: float, tenant: str) -> Permit:
         self.in_flight += 1
+        self._tenant_in_flight[tenant] = self._tenant_in_flight.get(tenant, 0) + 1
         IN_FLIGHT.labels(self.name).inc()
         QUEUE_WAIT.labels(self.name).observe(waited)
-        return Permit(self, call_id, cost, waited)
+        if self._tenant_full(tenant):
+            self._wake_head()  # the head may now be another tenant's call
+        return Permit(self, call_id, cost, waited, tenant)
 
     def _leave(self, waiter: _Waiter) -> None:
         if self._queue.remove(waiter):
@@ -335,6 +353,11 @@ class ProviderLimiter:
 
     async def _release(self, permit: Permit, outcome: str, tokens: float | None) -> None:
         self.in_flight -= 1
+        held = self._tenant_in_flight.get(permit.tenant, 0) - 1
+        if held > 0:
+            self._tenant_in_flight[permit.tenant] = held
+        else:
+            self._tenant_in_flight.pop(permit.tenant, None)
         latency = asyncio.get_running_loop().time() - permit.started
         if outcome == "ok":
             self.limit.succeeded(latency, self.in_flight + 1)
@@ -343,7 +366,7 @@ class ProviderLimiter:
         IN_FLIGHT.labels(self.name).dec()
         self._publish_limit()
         self._released.set()
-        self._wake_head()
+        self._wake_head()  # its tenant's next call may be the head again, under its share
         if self._shared is not None:
             await self._shared.release(self.scope, permit.call_id, self._refund(permit, tokens))
 

@@ -11,7 +11,8 @@ Providers are resolved in three layers, later ones winning:
    (comma list), ``_MAX_CONCURRENCY``, ``_TEMPERATURE``, ``_CONTEXT_WINDOW``,
    ``_FIRST_BYTE_TIMEOUT``, ``_CHECK_MODELS`` (false: a model outside ``models`` goes
    upstream, for endpoints that add models), and the provider's limits
-   ``_REQUESTS_PER_MINUTE``, ``_TOKENS_PER_MINUTE``, ``_MAX_IN_FLIGHT``, ``_RATE_WINDOW``,
+   ``_REQUESTS_PER_MINUTE``, ``_TOKENS_PER_MINUTE``, ``_MAX_IN_FLIGHT``,
+   ``_MAX_IN_FLIGHT_PER_TENANT``, ``_RATE_WINDOW``,
    ``_RATE_BURST``, ``_ADAPTIVE``, ``_LATENCY_FACTOR``.
    e.g. ``GENSEARCH_GENERATION_LOCAL_BASE_URL=http://10.0.0.5:8088/v1``.
 
@@ -126,6 +127,12 @@ class ProviderConfig(BaseModel):
     # no fixed cap; only the provider's declared limits below and the adaptive limit
     # (docs/generation.md#provider-limits) hold calls back.
     max_concurrency: int | None = Field(default=None, ge=1, le=10_000)
+    # Requests of one tenant this replica runs at once on this provider. None: no bound
+    # but the others. Turns between waiting tenants never bound what one tenant holds: its
+    # long calls took every slot (of max_concurrency, or of an adaptive limit shrunk by
+    # their latency) while nobody else waited, and another tenant's call then waited for
+    # one of them to end. With it, the tenant's further calls wait for its own.
+    max_in_flight_per_tenant: int | None = Field(default=None, ge=1, le=100_000)
     # What the provider allows, kept to across every replica together (token buckets and
     # an in-flight count in Redis, GENSEARCH_GENERATION_REDIS_URL; in this process alone
     # without it). None: not declared. Per minute, counted over `rate_window` seconds.
@@ -290,6 +297,7 @@ _ENV_FIELDS: dict[str, str] = {
     "TOKENS_PER_MINUTE": "tokens_per_minute",
     "TOKENS_COUNTED": "tokens_counted",
     "MAX_IN_FLIGHT": "max_in_flight",
+    "MAX_IN_FLIGHT_PER_TENANT": "max_in_flight_per_tenant",
     "RATE_WINDOW": "rate_window",
     "RATE_BURST": "rate_burst",
     "ADAPTIVE": "adaptive",

@@ -123,3 +123,34 @@ async def test_a_call_the_queue_cannot_serve_in_time_fails_with_a_reason_before_
     assert info.metadata["provider"] == "fake"
     assert info.metadata["attempts"] == "0"
     assert len(fake.chat_requests) == 1  # the queued call was never sent
+
+
+async def test_a_tenant_holding_its_share_leaves_the_other_slots_to_other_tenants(
+    fake: FakeOpenAI, start_service: StartService
+) -> None:
+    """Turns between waiting tenants never bounded what one tenant holds: its long calls
+    took every slot of the provider (here 2, as a local server's) while nobody else
+    waited, and another tenant's call then waited for one of them to end, failing
+    PROVIDER_QUEUE_TIMEOUT. With ``max_in_flight_per_tenant`` its further calls wait for
+    its own, and the slot left serves the other tenant at once."""
+    service = await start_service(
+        [fake_provider(fake, max_concurrency=2, max_in_flight_per_tenant=1, adaptive=False)],
+        internal_token=SecretStr(TOKEN),
+    )
+    fake.by_model["slow-model"] = Behaviour.hang(30)
+    slow = pb.GenerateRequest(model="slow-model", messages=[user("acme")])
+
+    async def hog() -> None:
+        await service.stub.Generate(slow, metadata=ALICE, timeout=60)
+
+    hogs = [asyncio.create_task(hog()) for _ in range(2)]
+    try:
+        await fake.wait_for_requests(1)
+        reply = await generate(service, "beta", metadata=BOB, timeout=5)
+        sent = [r.json["model"] for r in fake.chat_requests]
+    finally:
+        for task in hogs:
+            task.cancel()
+        await asyncio.gather(*hogs, return_exceptions=True)
+    assert reply.text == "beta"
+    assert sent == ["slow-model", "fake-model"]  # Alice's second call waits for her first
