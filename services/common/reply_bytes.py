@@ -17,7 +17,8 @@ The per-tenant bound alone did not bound the process: 256 MiB per tenant times a
 tenants passed a replica's container memory limit (deploy/), and the OOM kill failed every
 tenant's calls. So all tenants' replies together are bounded too
 (``max_reply_bytes_in_flight``): a reply past it while any reply is in flight is refused
-the same way (``setting`` names the process-wide variable), and a reply while none is in
+the same way (``setting`` names the process-wide variable; no ``held_bytes``, nor a number
+in the message: the total is mostly other tenants' bytes), and a reply while none is in
 flight always goes.
 
 A reply's size is known only once it is built, which takes the call's work (the gateway's
@@ -86,10 +87,10 @@ class ReplyBytes:
         total = self._total
         if self.total_limit and total and total >= self.total_limit:
             raise refusal(
-                f"the server has {total} bytes of replies in flight (all tenants), as many as "
-                f"{self.total_limit} allows ({self.total_setting}); retry once they are read",
+                "the server's replies in flight (all tenants together) are at "
+                f"{self.total_limit} bytes ({self.total_setting}); retry shortly",
                 self.total_limit,
-                total,
+                None,
                 None,
                 self.total_setting,
             )
@@ -109,11 +110,11 @@ class ReplyBytes:
         total = self._total
         if self.total_limit and total and total + size > self.total_limit:
             raise refusal(
-                f"the server has {total} bytes of replies in flight (all tenants); this one "
-                f"({size} bytes) would pass {self.total_limit} "
-                f"({self.total_setting}); retry once they are read",
+                f"this reply ({size} bytes) would take the server's replies in flight (all "
+                f"tenants together) past {self.total_limit} bytes ({self.total_setting}); "
+                "retry shortly",
                 self.total_limit,
-                total,
+                None,
                 size,
                 self.total_setting,
             )
@@ -153,12 +154,17 @@ class Holding:
 
 
 def refusal(
-    message: str, limit: int, held: int, size: int | None, setting: str
+    message: str, limit: int, held: int | None, size: int | None, setting: str
 ) -> ResourceExhausted:
     """RESOURCE_EXHAUSTED for bytes in flight (one tenant's, or all) past ``limit`` (``setting``):
     this reason, a RetryInfo, and the sizes as ErrorInfo metadata (``size``: None when the
-    call is refused before its reply is built)."""
-    metadata = {"limit_bytes": str(limit), "held_bytes": str(held)}
+    call is refused before its reply is built). ``held``: the caller's tenant's own bytes,
+    None for the bound of all tenants together: what the others hold is theirs, and a
+    refusal naming the total told a tenant, to the byte, what other tenants were being
+    sent."""
+    metadata = {"limit_bytes": str(limit)}
+    if held is not None:
+        metadata["held_bytes"] = str(held)
     if size is not None:
         metadata["size_bytes"] = str(size)
     metadata["setting"] = setting

@@ -76,13 +76,15 @@ class RequestBytes:
     def take(self, size: int) -> None:
         held = self._held
         if self.limit and held and held + size > self.limit:
+            # Neither the message nor the metadata says what is held: the other calls'
+            # requests, other tenants' among them (to the byte, what they were sending).
             raise ResourceExhausted(
-                f"the server holds {held} bytes of requests (all calls); this one "
-                f"({size} bytes) would pass {self.limit} ({self.setting}); retry shortly",
+                f"this request ({size} bytes) would take the requests the server holds "
+                f"(all calls together) past {self.limit} bytes ({self.setting}); retry "
+                "shortly",
                 reason=REASON,
                 metadata={
                     "limit_bytes": str(self.limit),
-                    "held_bytes": str(held),
                     "size_bytes": str(size),
                     "setting": self.setting,
                 },

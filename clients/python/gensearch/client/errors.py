@@ -571,7 +571,8 @@ class ResponseTooLargeError(ResourceExhaustedError):
 class ResponseBytesInFlightError(ResourceExhaustedError):
     """The tenant has as many bytes of replies in flight as the server allows (metadata
     ``limit_bytes``, ``held_bytes``, ``size_bytes``, ``setting``; no ``size_bytes`` when the
-    call was refused before its work, its bound already full): retry after the status's
+    call was refused before its work, its bound already full; no ``held_bytes`` for the
+    bound of all tenants together, whose total is not told): retry after the status's
     RetryInfo delay, or ask for fewer or smaller results."""
 
     error_reason = "RESPONSE_BYTES_IN_FLIGHT"
@@ -579,8 +580,9 @@ class ResponseBytesInFlightError(ResourceExhaustedError):
 
 class RequestBytesInFlightError(ResourceExhaustedError):
     """The server holds as many bytes of requests as it allows, all callers together
-    (metadata ``limit_bytes``, ``held_bytes``, ``size_bytes``, ``setting``): retry after the
-    status's RetryInfo delay, or send smaller batches."""
+    (metadata ``limit_bytes``, ``size_bytes``, ``setting``; what is held, other callers'
+    requests, is not told): retry after the status's RetryInfo delay, or send smaller
+    batches."""
 
     error_reason = "REQUEST_BYTES_IN_FLIGHT"
 
