@@ -113,7 +113,13 @@ def _indexer(settings: MemorySettings, store: MemoryStore) -> Indexer | None:
     )
     if index is None:
         return None
-    indexer = Indexer(store, index, settings.search_retry_seconds, settings.search_sweep_seconds)
+    indexer = Indexer(
+        store,
+        index,
+        settings.search_retry_seconds,
+        settings.search_sweep_seconds,
+        settings.search_jobs_per_tenant,
+    )
     indexer.start()
     return indexer
 

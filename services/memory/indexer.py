@@ -54,12 +54,22 @@ class Indexer:
         index: InteractionIndex,
         retry_seconds: float,
         sweep_seconds: float = 3600.0,
+        jobs_per_tenant: int = 0,
     ):
+        """``jobs_per_tenant``: the most of one tenant's jobs running at once (0: no bound
+        but ``MAX_RUNNING_JOBS``)."""
         self._store = store
         self._index = index
         self._retry = retry_seconds
         self._sweep_every = sweep_seconds
         self._tasks: set[asyncio.Task[None]] = set()
+        # Tenant -> its jobs running now. Without a share, a tenant writing turns faster
+        # than the index takes them held every running job, and every other tenant's new
+        # turns went to the outbox behind its backlog (drained a batch per retry period):
+        # not found by search for as long as that backlog lasted.
+        self._per_tenant = jobs_per_tenant
+        self._running: dict[str, int] = {}
+        self._running_total = 0
         self._drainer: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._closed = False
@@ -97,10 +107,17 @@ class Indexer:
         self._spawn([_DROP_INTERACTION, owner.tenant, owner.user, iid])
 
     def _spawn(self, job: list[str], interaction: pb.Interaction | None = None) -> None:
-        if len(self._tasks) >= MAX_RUNNING_JOBS:
+        tenant = job[1]
+        running = self._running.get(tenant, 0)
+        # Jobs running, not those on their way to the outbox (a Redis write each).
+        if self._running_total >= MAX_RUNNING_JOBS or (
+            self._per_tenant and running >= self._per_tenant
+        ):
             coroutine = self._defer(job)
         else:
             coroutine = self._run(job, interaction)
+            self._running[tenant] = running + 1
+            self._running_total += 1
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -114,6 +131,13 @@ class Indexer:
                 extra={"job": job[0], "error": _describe(err)},
             )
             await self._defer(job)
+        finally:
+            self._running_total -= 1
+            left = self._running.get(job[1], 0) - 1
+            if left > 0:
+                self._running[job[1]] = left
+            else:
+                self._running.pop(job[1], None)  # no entry left per tenant ever seen
 
     async def _defer(self, job: list[str]) -> None:
         """Puts ``job`` in the outbox, for the retry loop."""

@@ -137,6 +137,10 @@ class MemorySettings(DownstreamSettings):
     # Indexing runs after the turn is stored and never fails it; what failed waits in an
     # outbox in Redis and is tried again every this many seconds.
     search_retry_seconds: float = Field(default=5.0, gt=0, le=MAX_WAIT_SECONDS)
+    # Index jobs of one tenant running at once in a replica (of 256 in all); its further
+    # jobs wait in the outbox, and the rest serve other tenants' turns at once. 0: no
+    # bound but the 256.
+    search_jobs_per_tenant: int = Field(default=64, ge=0, le=100_000)
     # Every this many seconds one replica walks the whole index and removes the entries of
     # turns Redis no longer holds (expired by retention, evicted, deleted): a search never
     # returns those anyway (every hit is re-read from Redis), this keeps the index small.

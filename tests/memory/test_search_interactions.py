@@ -372,3 +372,27 @@ async def test_the_service_sweeps_its_index_periodically(
 
 async def _exists(memory: Memory, key: str) -> bool:
     return bool(await memory.redis.exists(key))
+
+
+async def test_a_tenants_flood_of_turns_leaves_running_room_for_another_tenants(
+    memory_factory: MemoryFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The jobs running at once were first come, first served: a tenant writing turns
+    faster than the index takes them (here while the model loads) held them all, and
+    another tenant's turn went to the outbox behind its backlog, not found until a retry
+    reached it. A tenant now runs at most GENSEARCH_MEMORY_SEARCH_JOBS_PER_TENANT."""
+    from services.memory import indexer
+
+    monkeypatch.setattr(indexer, "MAX_RUNNING_JOBS", 3)
+    memory = await memory_factory(
+        search_index="hybrid",
+        data_dir=tmp_path,
+        search_jobs_per_tenant=1,
+        search_retry_seconds=3600,  # nothing deferred is retried within the test
+    )
+    acme, beta = as_("alice", "acme"), as_("bob", "beta")
+    cid = await conversation(memory, acme)
+    for n in range(3):  # their jobs wait for the model, loading on first use
+        await turn(memory, acme, cid, f"harbour seals {n}", "on sandbanks")
+    bobs = await turn(memory, beta, await conversation(memory, beta), "puffin burrows", "cliffs")
+    assert await search_until(memory, beta, "puffin burrows", [bobs]) == [bobs]
