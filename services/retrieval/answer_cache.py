@@ -102,8 +102,10 @@ class AnswerCache:
         self._budget = AnswerBudget(store, settings.max_cached_answer_bytes_per_tenant)
 
     async def lookup(
-        self, tenant: str, request: pb.LookupCachedAnswerRequest
+        self, tenant: str, user: str, request: pb.LookupCachedAnswerRequest
     ) -> pb.LookupCachedAnswerResponse:
+        """The nearest fresh entry of ``tenant``'s collection; its question only when
+        ``user`` asked it (``_asker``)."""
         schema = await self._catalog.get(tenant, request.collection)
         self._check_question(request.question)
         if not MIN_SIMILARITY <= request.min_similarity <= 1:
@@ -138,7 +140,10 @@ class AnswerCache:
             found = pb.LookupCachedAnswerResponse(
                 found=True,
                 answer=base64.b64decode(props.get("a", "")),
-                question=str(props.get("q", "")),
+                # Another user's question is theirs: the tenant shares the answer, not
+                # the words a colleague typed (it was told to anyone of the tenant whose
+                # question came near, an Ask's own question being private otherwise).
+                question=str(props.get("q", "")) if props.get("u") == _asker(user) else "",
                 similarity=point.score,
             )
             break
@@ -149,7 +154,7 @@ class AnswerCache:
         found.stale = len(stale)
         return found
 
-    async def store(self, tenant: str, request: pb.StoreCachedAnswerRequest) -> None:
+    async def store(self, tenant: str, user: str, request: pb.StoreCachedAnswerRequest) -> None:
         schema = await self._catalog.get(tenant, request.collection)
         self._check_question(request.question)
         s = self._settings
@@ -180,6 +185,7 @@ class AnswerCache:
             payload={
                 PROPS: {
                     "q": request.question,
+                    "u": _asker(user),
                     "a": base64.b64encode(request.answer).decode(),
                     "s": sources,
                 },
@@ -314,6 +320,12 @@ class AnswerCache:
             raise InvalidArgument(
                 f"question is longer than {limit} characters", field="question", reason="TOO_LONG"
             )
+
+
+def _asker(user: str) -> str:
+    """Who asked an entry's question, as stored with it: a digest, never the name (the
+    entry already lives in its tenant's collection)."""
+    return hashlib.sha256(b"asker\0" + user.encode()).hexdigest()[:32]
 
 
 def _check_context_key(key: str) -> None:

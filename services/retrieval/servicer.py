@@ -468,7 +468,8 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         self, request: pb.LookupCachedAnswerRequest, context: grpc.aio.ServicerContext
     ) -> pb.LookupCachedAnswerResponse:
         require_service_caller()
-        return await self._answers.lookup(require_role(Role.READER).tenant, request)
+        caller = require_role(Role.READER)
+        return await self._answers.lookup(caller.tenant, caller.user, request)
 
     async def StoreCachedAnswer(
         self, request: pb.StoreCachedAnswerRequest, context: grpc.aio.ServicerContext
@@ -476,7 +477,8 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         # Reader, like the Ask whose answer it keeps: the gateway calls it for any caller
         # who may ask; the entry is scoped to the caller's tenant and collection.
         require_service_caller()
-        await self._answers.store(require_role(Role.READER).tenant, request)
+        caller = require_role(Role.READER)
+        await self._answers.store(caller.tenant, caller.user, request)
         return pb.StoreCachedAnswerResponse()
 
     def _page(self, request: pb.SearchRequest) -> Page:

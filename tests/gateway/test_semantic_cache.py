@@ -160,6 +160,17 @@ async def test_an_ask_that_found_nothing_is_not_stored(stack_factory: StackFacto
     assert (await asked(stack, unsearched, metadata=ALICE)).cached and calls(stack) == 3
 
 
+async def test_another_users_question_is_never_told(sem: Stack) -> None:
+    """The tenant shares an answer, not the words a colleague typed: a cached answer told
+    anyone of the tenant whose question came near the stored question, verbatim."""
+    await asked(sem, ask(Q1), metadata=ALICE)
+    carols = await asked(sem, ask(Q2, 0.5), metadata=CAROL)
+    assert carols.cached and carols.answer
+    assert carols.cached_question == "" and carols.cached_similarity >= 0.5
+    alices = await asked(sem, ask(Q2, 0.5), metadata=ALICE)
+    assert alices.cached and alices.cached_question == Q1  # her own, told back
+
+
 async def test_answers_never_cross_tenants(sem: Stack) -> None:
     await asked(sem, ask(Q1), metadata=ALICE)
     await create_books(sem, metadata=BOB)  # same name, same objects

@@ -76,8 +76,11 @@ async def test_store_then_find_by_meaning_within_a_tenant(
     assert not (await r.stub.LookupCachedAnswer(lookup(), metadata=ACME)).found
     await r.stub.StoreCachedAnswer(store(), metadata=READER)  # a reader may: it asks
     found = await r.stub.LookupCachedAnswer(lookup(), metadata=ACME)
-    assert found.found and found.answer == b"Dune" and found.question == Q
+    # Alice shares her tenant's answer, not the words Rita typed (they were told to her).
+    assert found.found and found.answer == b"Dune" and found.question == ""
     assert 0.8 <= found.similarity < 1
+    own = await r.stub.LookupCachedAnswer(lookup(), metadata=READER)
+    assert own.found and own.question == Q  # Rita's own question, told back to her
     strict = await r.stub.LookupCachedAnswer(lookup(similarity=1.0), metadata=ACME)
     assert not strict.found
     other_key = await r.stub.LookupCachedAnswer(lookup(key="other"), metadata=ACME)

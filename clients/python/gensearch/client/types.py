@@ -842,7 +842,8 @@ class Answer:
     rewrite_method: str = ""
     rewrite_rejection: str = ""
     # Answered from the semantic cache (no retrieval, no LLM call): the stored question
-    # it matched and how close it was (cosine).
+    # it matched (empty when another user of the tenant asked it) and how close it was
+    # (cosine).
     cached: bool = False
     cached_question: str = ""
     cached_similarity: float = 0.0
