@@ -21,6 +21,7 @@ from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from grpc_status import rpc_status
 
+from tests.client.test_readme import tool
 from tests.gateway.conftest import (
     ALICE,
     AS_ALICE,
@@ -126,3 +127,38 @@ async def test_a_deadline_already_past_never_reaches_the_gateway(stack: Stack) -
     assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert rpc_status.from_call(err) is None  # type: ignore[arg-type]
     assert started_calls(GATEWAY, "GenerativeSearch") == before
+
+
+# What a Go client (here grpcurl, `-max-time`) sends for a deadline ~285 years away: the
+# header "2500000H". gRPC allows up to 99999999 hours.
+FAR_DEADLINE_SECONDS = "9e9"
+
+
+async def test_a_deadline_centuries_away_reaches_the_services_behind(stack: Stack) -> None:
+    """A deadline a client set far away (here 9e9 s, from a Go client; gRPC's grpc-timeout
+    carries up to 99999999 hours) is no deadline in practice. Before, the gateway passed
+    what was left of it to its own calls, which grpc-python cannot send past ~7.5e9 s: the
+    call to memory (retrieval, generation) failed at once, and the client read
+    DEADLINE_EXCEEDED, DOWNSTREAM_TIMEOUT, "the memory service did not answer in time"."""
+    await create_books(stack)
+    port = stack.gateway.port
+    forwarded = {
+        "gensearch.memory.v1.MemoryService/CreateConversation": '{"name": "far"}',
+        "gensearch.retrieval.v1.RetrievalService/GetCollection": '{"name": "Books"}',
+        "gensearch.generation.v1.GenerationService/Generate": (
+            '{"messages": [{"role": "ROLE_USER", "content": "hi"}]}'
+        ),
+        f"{GATEWAY}/GenerativeSearch": (
+            '{"collection": "Books", "near_vector": {"vector": [1, 0, 0, 0]}, "limit": 1,'
+            ' "generate": {"single_prompt": "{title}"}}'
+        ),
+    }
+    for method, body in forwarded.items():
+        process = await asyncio.create_subprocess_exec(
+            tool("grpcurl"), "-plaintext", "-max-time", FAR_DEADLINE_SECONDS,
+            "-H", f"{ALICE[0][0]}: {ALICE[0][1]}", "-d", body, f"127.0.0.1:{port}", method,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(process.communicate(), 60)
+        assert process.returncode == 0, (method, err.decode())
+        assert out.strip().startswith(b"{"), (method, out)

@@ -27,7 +27,7 @@ import grpc
 from services.common.errors import ServiceError, from_rpc_error
 from services.gateway.clients.caller import Caller, Metadata
 from services.gateway.clients.channel import make_channel
-from services.gateway.deadline import time_left
+from services.gateway.deadline import sendable, time_left
 from services.gateway.settings import GatewaySettings
 
 
@@ -91,7 +91,7 @@ class ServiceClient:
     async def unary(self, method: str, request: Any, caller: Caller, timeout: float | None) -> Any:
         """One call with one response (``request`` may be a stream of requests for a
         client-streaming method)."""
-        timeout = await self._first_connection(timeout)
+        timeout = sendable(await self._first_connection(timeout))
         with self._mapped():
             return await getattr(self._stub, method)(
                 request, metadata=self.metadata(caller), timeout=timeout
@@ -101,7 +101,7 @@ class ServiceClient:
         self, method: str, request: Any, caller: Caller, timeout: float | None
     ) -> AsyncIterator[Any]:
         """The responses of a server-streaming call as they come."""
-        timeout = await self._first_connection(timeout)
+        timeout = sendable(await self._first_connection(timeout))
         call = getattr(self._stub, method)(request, metadata=self.metadata(caller), timeout=timeout)
         try:
             with self._mapped():
