@@ -56,7 +56,13 @@ from services.common.metadata_size import MetadataLimit
 from services.common.metrics import MethodMetrics, grpc_type, split_method
 from services.common.reply_bytes import Holding, ReplyBytes
 from services.common.request_bytes import Held, RequestBytes, sized, unsized
-from services.common.request_parse import Undecodable, tolerant
+from services.common.request_parse import (
+    Undecodable,
+    Unreceived,
+    message_type,
+    no_request,
+    tolerant,
+)
 from services.common.request_size import TooLarge, bounded
 from services.common.stream_idle import STALLED, IdleLimit
 from services.common.tracing import metadata_getter
@@ -340,7 +346,7 @@ class _MethodWrapper:
         if not streaming:
             self.metrics.received.inc()
             request, size = unsized(request)
-            if isinstance(request, TooLarge | Undecodable):
+            if isinstance(request, TooLarge | Undecodable | Unreceived):
                 raise request.error()
             if held is not None:
                 held.take(size)
@@ -603,11 +609,28 @@ class _MethodWrapper:
             if watch is not None:
                 watch.close()
 
+    def _one_request(
+        self, handle: Callable[..., Awaitable[Any]], request_type: str
+    ) -> Callable[..., Awaitable[Any]]:
+        """``handle`` (of one request) called with the first message of a client stream:
+        none before the client half-closes is MALFORMED_REQUEST, none within
+        ``stream_idle_timeout`` is STREAM_IDLE, as for a client stream's message (both
+        answered by ``handle`` once the caller is authenticated). A message after the
+        first is never read, as gRPC never read one past a unary request."""
+
+        idle = self.stream_idle
+
+        async def call(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+            return await handle(await first_request(requests, idle, request_type), context)
+
+        return call
+
     def wrap(
         self, handler: grpc.RpcMethodHandler, limit: int | None, setting: str = ""
     ) -> grpc.RpcMethodHandler:
         """``limit``: the largest request accepted, when smaller than gRPC's own (held by
         the variable ``setting``)."""
+        request_type = message_type(handler.request_deserializer)
         deserializer = tolerant(handler.request_deserializer)
         if limit is not None and deserializer is not None:
             deserializer = bounded(deserializer, limit, self.method, setting)
@@ -617,21 +640,48 @@ class _MethodWrapper:
             "request_deserializer": deserializer,
             "response_serializer": _passing_bytes(handler.response_serializer),
         }
+        # A unary-request method is served as a client stream of one message: grpc.aio
+        # leaves a unary call whose client half-closes without its request open, never
+        # answered, until its deadline (without one, for ever), and waits for a request
+        # that never comes the same way; no handler of ours ever ran, so no limit held it.
         if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                self.unary_response(handler.unary_unary, False), **kwargs
+            return grpc.stream_unary_rpc_method_handler(
+                self._one_request(self.unary_response(handler.unary_unary, False), request_type),
+                **kwargs,
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
                 self.unary_response(handler.stream_unary, True), **kwargs
             )
         if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                self.stream_response(handler.unary_stream, False), **kwargs
+            return grpc.stream_stream_rpc_method_handler(
+                self._one_request(self.stream_response(handler.unary_stream, False), request_type),
+                **kwargs,
             )
         return grpc.stream_stream_rpc_method_handler(
             self.stream_response(handler.stream_stream, True), **kwargs
         )
+
+
+async def first_request(requests: AsyncIterator[Any], idle: IdleLimit, request_type: str) -> Any:
+    """The one request of a unary-request method served as a client stream (``wrap``):
+    its first message, or an ``Unreceived`` standing for the refusal when the client
+    half-closed without one (MALFORMED_REQUEST) or sent none within ``idle``'s time
+    (STREAM_IDLE)."""
+    requests = aiter(requests)
+    try:
+        request = await idle.next(requests)
+    except StopAsyncIteration:
+        return Unreceived(no_request(request_type))
+    except ServiceError as err:  # STREAM_IDLE
+        return Unreceived(err)
+    # gRPC's reader is a generator holding the message it gave until asked for the next:
+    # closed, it lets go, and a refused request's bytes go with its call (see _forget),
+    # not with the next cyclic collection. Nothing reads past the one message anyway.
+    close = getattr(requests, "aclose", None)
+    if close is not None:
+        await close()
+    return request
 
 
 def _passing_bytes(

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from services.common.errors import InvalidArgument
+from services.common.errors import InvalidArgument, ServiceError
 from services.common.wire_strings import bad_utf8_field
 
 
@@ -63,12 +63,21 @@ _BAD_UTF8 = "bad UTF-8"
 _PARSE_DEPTH = 100
 
 
+def _descriptor(deserializer: Callable[[bytes], Any] | None) -> Any:
+    # Generated handlers deserialize with ``<Message>.FromString``, bound to the class.
+    cls = getattr(deserializer, "__self__", None)
+    return getattr(cls, "DESCRIPTOR", None)
+
+
+def message_type(deserializer: Callable[[bytes], Any] | None) -> str:
+    """The full name of the message ``deserializer`` parses ("request" when unknown)."""
+    return getattr(_descriptor(deserializer), "full_name", "request")
+
+
 def tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
     if deserializer is None:
         return None
-    # Generated handlers deserialize with ``<Message>.FromString``, bound to the class.
-    cls = getattr(deserializer, "__self__", None)
-    descriptor = getattr(cls, "DESCRIPTOR", None)
+    descriptor = _descriptor(deserializer)
     message_type = getattr(descriptor, "full_name", "request")
 
     def parse(data: bytes) -> Any:
@@ -81,3 +90,26 @@ def tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], A
             return Undecodable(err, message_type, field)
 
     return parse
+
+
+class Unreceived:
+    """Stands in for the request of a unary-request call that never came: the client
+    half-closed without sending one, or sent nothing within the stream idle limit. The
+    handler answers ``refusal`` (once the caller is authenticated, as for ``Undecodable``)."""
+
+    __slots__ = ("refusal",)
+
+    def __init__(self, refusal: ServiceError) -> None:
+        self.refusal = refusal
+
+    def error(self) -> ServiceError:
+        return self.refusal
+
+
+def no_request(message_type: str) -> InvalidArgument:
+    """The refusal of a unary-request call that half-closed without a request message."""
+    return InvalidArgument(
+        f"the call carried no {message_type} message: a unary method takes exactly one",
+        reason="MALFORMED_REQUEST",
+        metadata={"message_type": message_type},
+    )

@@ -37,7 +37,7 @@ from services.common.call_deadline import DeadlineLimit
 from services.common.call_slots import REASON as CALL_SLOTS_REASON
 from services.common.call_slots import CallSlots
 from services.common.channel_args import metadata_options
-from services.common.chassis import Admission, ChassisRegistry, WrappedGeneric
+from services.common.chassis import Admission, ChassisRegistry, WrappedGeneric, first_request
 from services.common.errors import InvalidArgument, ResourceExhausted, ServiceError
 from services.common.hostport import bind_problem, join_host_port
 from services.common.logs import quiet_undelivered_replies, register_secret
@@ -45,6 +45,7 @@ from services.common.metadata_size import MetadataLimit, core_limit
 from services.common.metrics import serve_metrics, server_name
 from services.common.reply_bytes import ReplyBytes
 from services.common.request_bytes import RequestBytes
+from services.common.request_parse import Unreceived, message_type
 from services.common.settings import CommonSettings
 from services.common.stream_idle import IdleLimit
 from services.common.tracing import tracer
@@ -176,11 +177,15 @@ class _MetadataChecked:
     past ``max_metadata_bytes`` the way the chassis does (METADATA_TOO_LARGE, naming the
     largest header), and nothing else of the chassis (no key, metrics, trace or access
     log). Outside the chassis, such metadata passed up to gRPC's own limit (twice the
-    setting) and past it got gRPC's bare refusal."""
+    setting) and past it got gRPC's bare refusal. A unary-request method (health's Check,
+    Watch and List) is served as a client stream of one message, as the chassis serves
+    ours (``chassis.first_request``): grpc.aio left a Check whose client half-closed without
+    a request open and unanswered for ever, for anyone, no key needed."""
 
-    def __init__(self, server: grpc.aio.Server, limit: MetadataLimit) -> None:
+    def __init__(self, server: grpc.aio.Server, limit: MetadataLimit, idle: IdleLimit) -> None:
         self._server = server
         self._limit = limit
+        self._idle = idle
 
     def add_generic_rpc_handlers(self, handlers: Iterable[grpc.GenericRpcHandler]) -> None:
         self._server.add_generic_rpc_handlers(tuple(WrappedGeneric(h, self) for h in handlers))
@@ -218,14 +223,29 @@ class _MetadataChecked:
 
             return call
 
+        idle, request_type = self._idle, message_type(handler.request_deserializer)
+
+        def one_request(fn: Callable[..., Any]) -> Callable[..., Any]:
+            async def call(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+                request = await first_request(requests, idle, request_type)
+                if isinstance(request, Unreceived):
+                    await _abort(context, request.error())
+                return await fn(request, context)
+
+            return call
+
         codecs = {
             "request_deserializer": handler.request_deserializer,
             "response_serializer": handler.response_serializer,
         }
         if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(checked(handler.unary_unary), **codecs)
+            return grpc.stream_unary_rpc_method_handler(
+                one_request(checked(handler.unary_unary)), **codecs
+            )
         if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(checked(handler.unary_stream), **codecs)
+            return grpc.stream_stream_rpc_method_handler(
+                one_request(checked(handler.unary_stream)), **codecs
+            )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(checked(handler.stream_unary), **codecs)
         return grpc.stream_stream_rpc_method_handler(checked(handler.stream_stream), **codecs)
@@ -350,7 +370,7 @@ class GrpcServer:
             largest = self._chassis.largest_request()
         # Not gRPC's maximum_concurrent_rpcs: the chassis holds that cap (call_slots.py).
         server = grpc.aio.server(options=server_options(self.settings, largest))
-        checked = _MetadataChecked(server, self.metadata_limit)
+        checked = _MetadataChecked(server, self.metadata_limit, self.stream_idle)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, checked)
         if self._chassis is not None:
             self._chassis.register(server)
@@ -374,7 +394,7 @@ class GrpcServer:
             f"{self.settings.namespace()}REFLECTION_MAX_STREAMS",
         )
         reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
-            reflecting, _MetadataChecked(self.server, self.metadata_limit)
+            reflecting, _MetadataChecked(self.server, self.metadata_limit, self.stream_idle)
         )
         address = join_host_port(self.host, self.port)
         # Probed first: gRPC says why only in a log line of its own, then raises.

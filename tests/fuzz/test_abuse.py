@@ -5,6 +5,7 @@ chain that repeats its primary sent to the generation service."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -18,10 +19,20 @@ from gensearch.memory.v1 import memory_service_pb2 as mem_pb
 from gensearch.memory.v1 import memory_service_pb2_grpc as mem_grpc
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from google.protobuf import field_mask_pb2, struct_pb2
+from grpc_health.v1 import health_pb2
 from grpc_status import rpc_status
 
 from services.common.auth import Identity, Role, forwarded_identity
-from tests.gateway.conftest import ALICE, AS_ALICE, BOB, TOKEN, Stack, create_books, vector
+from tests.gateway.conftest import (
+    ALICE,
+    AS_ALICE,
+    BOB,
+    TOKEN,
+    Stack,
+    StackFactory,
+    create_books,
+    vector,
+)
 from tests.support.rpc import error_info, failure_of
 
 AS_BOB = forwarded_identity(Identity("bob", "bob", Role.ADMIN), TOKEN)
@@ -287,3 +298,88 @@ async def test_a_fallback_pair_repeating_an_endpoint_is_refused_by_generation_to
                 assert info.metadata["field"] == f"fallback[{at}]", info
                 assert info.metadata["repeats"] == repeats, info
     assert stack.fake.chat_requests == []
+
+
+async def _without_request(
+    channel: grpc.aio.Channel, path: str, metadata: Any, requests: Any, server_streaming: bool
+) -> grpc.aio.AioRpcError:
+    """A call of the method at ``path`` as a client stream of ``requests`` (gRPC sends a
+    unary request the same way: headers, one message, half-close), read to its end."""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        if server_streaming:
+            async for _ in channel.stream_stream(path)(requests, metadata=metadata, timeout=10):
+                pass
+        else:
+            await channel.stream_unary(path)(requests, metadata=metadata, timeout=10)
+    return caught.value
+
+
+HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"]
+
+
+@pytest.mark.slow
+async def test_a_unary_call_without_its_request_is_answered(stack: Stack) -> None:
+    """A call of a unary-request method (every method but ImportObjects, and health's
+    Check, Watch and List) whose client half-closes without sending its request is
+    INVALID_ARGUMENT, MALFORMED_REQUEST, naming the message type, through the gateway and
+    direct, with a key and without (UNAUTHENTICATED then; health needs none). Before,
+    grpc.aio never answered it: no handler ran, and the call stayed open until its
+    deadline (here DEADLINE_EXCEEDED, bare), without one for ever, for anyone."""
+    direct = {
+        name: grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+        for name, server in stack.servers.items()
+    }
+    stack.channels.extend(direct.values())
+    targets = [(stack.channel, ALICE, stack.gateway.service_names)] + [
+        (channel, AS_ALICE, stack.servers[name].service_names) for name, channel in direct.items()
+    ]
+    checked = 0
+    for channel, metadata, services in targets:
+        methods = [
+            (service, method)
+            for service in services
+            if service in SERVICES
+            for method in SERVICES[service].methods
+            if not method.client_streaming
+        ] + [(HEALTH.full_name, method) for method in HEALTH.methods]
+        for service, method in methods:
+            path = f"/{service}/{method.name}"
+            keyless = service == HEALTH.full_name
+            for sent in (metadata, ()) if not keyless else ((),):
+                err = await _without_request(channel, path, sent, iter(()), method.server_streaming)
+                where = (path, sent)
+                if not sent and not keyless:
+                    assert err.code() == grpc.StatusCode.UNAUTHENTICATED, (where, err.details())
+                    continue
+                assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, (where, err.details())
+                info = error_info(err)
+                assert info.reason == "MALFORMED_REQUEST", (where, info)
+                assert info.metadata["message_type"] == method.input_type.full_name, where
+                checked += 1
+    assert checked > 60
+
+
+async def test_a_unary_call_whose_request_never_comes_ends_stream_idle(
+    stack_factory: StackFactory,
+) -> None:
+    """A unary call whose client sends headers and then nothing (no request, no
+    half-close) is ended after ``stream_idle_timeout``, DEADLINE_EXCEEDED / STREAM_IDLE, as a
+    silent client stream is; health's Check too. Before, it stayed open until its deadline,
+    without one for ever."""
+    stack = await stack_factory(shared={"stream_idle_timeout": 0.5})
+
+    async def silent() -> Any:
+        await asyncio.Event().wait()
+        yield b""  # never reached
+
+    calls = [
+        (stack.channel, ALICE, "/gensearch.memory.v1.MemoryService/ListConversations", False),
+        (stack.channel, ALICE, "/gensearch.gateway.v1.GatewayService/StreamAsk", True),
+        (stack.channel, (), f"/{HEALTH.full_name}/Check", False),
+    ]
+    for channel, metadata, path, server_streaming in calls:
+        err = await _without_request(channel, path, metadata, silent(), server_streaming)
+        assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED, (path, err.details())
+        info = error_info(err)
+        assert info.reason == "STREAM_IDLE", (path, info)
+        assert info.metadata["setting"] == "GENSEARCH_GATEWAY_STREAM_IDLE_TIMEOUT", path
