@@ -61,6 +61,9 @@ MAX_NAME_LEN = 256
 # and in logs, and "\0" separates tenant from user where both are hashed together. Stores
 # never use a tenant name as is (they hash it), so no other character is special.
 _NAME_CHARS = re.compile(r"[\x20-\x7e]+")
+# What a caller's key may not hold: a character outside printable ASCII. gRPC sends no
+# other in a header that is not -bin, and an HTTP header value carries none as it is.
+_OUTSIDE_KEY = re.compile(r"[^\x20-\x7e]")
 
 
 class Role(enum.StrEnum):
@@ -243,7 +246,20 @@ class Authenticator:
 
     def _check_caller_key(self, header: str, value: str) -> None:
         """INVALID_ARGUMENT naming ``header`` (never quoting its value) when the key is
-        longer than the bound."""
+        longer than the bound, or holds a character no HTTP header may carry as it is."""
+        outside = _OUTSIDE_KEY.search(value)
+        if outside is not None:
+            # Sent on as it was, such a key failed the gateway's own call to the service
+            # behind it (INTERNAL: gRPC refuses to send the header) or reached the
+            # provider's HTTP server, whose 400 was reported as the provider's fault.
+            raise InvalidArgument(
+                f"the header {header!r} carries a key with a character that is not "
+                f"printable ASCII (a control character or non-ASCII) at position "
+                f"{outside.start()}; an API key is printable ASCII",
+                field=header,
+                reason="MALFORMED_CALLER_KEY",
+                metadata={"position": str(outside.start())},
+            )
         size = len(value.encode())
         if size > self._max_caller_key_bytes:
             raise over_limit(

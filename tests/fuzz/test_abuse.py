@@ -33,6 +33,7 @@ from tests.gateway.conftest import (
     create_books,
     vector,
 )
+from tests.support.raw_grpc import raw_unary
 from tests.support.rpc import error_info, failure_of
 
 AS_BOB = forwarded_identity(Identity("bob", "bob", Role.ADMIN), TOKEN)
@@ -383,3 +384,34 @@ async def test_a_unary_call_whose_request_never_comes_ends_stream_idle(
         info = error_info(err)
         assert info.reason == "STREAM_IDLE", (path, info)
         assert info.metadata["setting"] == "GENSEARCH_GATEWAY_STREAM_IDLE_TIMEOUT", path
+
+
+# Keys no gRPC library sends (each validates its headers), an HTTP/2 client of another kind
+# or a proxy may: a control character, a non-ASCII letter (UTF-8), a tab, DEL.
+# Each with the position of its first such character.
+UNSENDABLE_KEYS = {b"sk-\x01abc": 3, "sk-caf\u00e9".encode(): 6, b"sk-a\tb": 4, b"sk-\x7fabc": 3}
+
+
+async def test_a_caller_key_that_is_no_header_value_is_invalid_argument(stack: Stack) -> None:
+    """A caller's provider key holding a character outside printable ASCII is
+    INVALID_ARGUMENT, reason MALFORMED_CALLER_KEY, naming the header (never its value),
+    through the gateway and straight to generation, and reaches no provider. Before, the
+    gateway answered INTERNAL (gRPC refused to send the header on to generation), and
+    generation sent it to the provider, whose 400 came back as UNAVAILABLE,
+    BAD_UPSTREAM_RESPONSE: "provider 'fake' sent a malformed response"."""
+    request = gen_pb.GenerateRequest(
+        messages=[gen_pb.Message(role=gen_pb.ROLE_USER, content="hi")]
+    ).SerializeToString()
+    path = "/gensearch.generation.v1.GenerationService/Generate"
+    targets = [(stack.gateway.port, ALICE), (stack.servers["generation"].port, AS_ALICE)]
+    for port, metadata in targets:
+        for key, position in UNSENDABLE_KEYS.items():
+            status = await raw_unary(port, path, [*metadata, ("x-fake-api-key", key)], request)
+            where = (port, key)
+            assert status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0], (where, status)
+            info = status.error_info()
+            assert info.reason == "MALFORMED_CALLER_KEY", where
+            assert info.metadata["field"] == "x-fake-api-key", where
+            assert info.metadata["position"] == str(position), where
+            assert "abc" not in status.message and "caf" not in status.message, where
+    assert stack.fake.chat_requests == []
