@@ -66,6 +66,23 @@ _NAME_CHARS = re.compile(r"[\x20-\x7e]+")
 _OUTSIDE_KEY = re.compile(r"[^\x20-\x7e]")
 
 
+def check_header_text(header: str, value: str, what: str, reason: str) -> None:
+    """INVALID_ARGUMENT naming ``header`` and the position of the first character of
+    ``value`` outside printable ASCII (never quoting the value: it may be a key), if any.
+    A service passes such headers on, and gRPC sends no other character in a header that
+    is not -bin (nor does an HTTP header value carry one as it is)."""
+    outside = _OUTSIDE_KEY.search(value)
+    if outside is not None:
+        raise InvalidArgument(
+            f"the header {header!r} carries a {what} with a character that is not printable "
+            f"ASCII (a control character or non-ASCII) at position {outside.start()}; a "
+            f"{what} is printable ASCII",
+            field=header,
+            reason=reason,
+            metadata={"position": str(outside.start())},
+        )
+
+
 class Role(enum.StrEnum):
     """Declared from least to most: a role may do everything the roles before it may."""
 
@@ -247,19 +264,10 @@ class Authenticator:
     def _check_caller_key(self, header: str, value: str) -> None:
         """INVALID_ARGUMENT naming ``header`` (never quoting its value) when the key is
         longer than the bound, or holds a character no HTTP header may carry as it is."""
-        outside = _OUTSIDE_KEY.search(value)
-        if outside is not None:
-            # Sent on as it was, such a key failed the gateway's own call to the service
-            # behind it (INTERNAL: gRPC refuses to send the header) or reached the
-            # provider's HTTP server, whose 400 was reported as the provider's fault.
-            raise InvalidArgument(
-                f"the header {header!r} carries a key with a character that is not "
-                f"printable ASCII (a control character or non-ASCII) at position "
-                f"{outside.start()}; an API key is printable ASCII",
-                field=header,
-                reason="MALFORMED_CALLER_KEY",
-                metadata={"position": str(outside.start())},
-            )
+        # Sent on as it was, such a key failed the gateway's own call to the service
+        # behind it (INTERNAL: gRPC refuses to send the header) or reached the provider's
+        # HTTP server, whose 400 was reported as the provider's fault.
+        check_header_text(header, value, "key", "MALFORMED_CALLER_KEY")
         size = len(value.encode())
         if size > self._max_caller_key_bytes:
             raise over_limit(

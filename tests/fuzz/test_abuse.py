@@ -415,3 +415,27 @@ async def test_a_caller_key_that_is_no_header_value_is_invalid_argument(stack: S
             assert info.metadata["position"] == str(position), where
             assert "abc" not in status.message and "caf" not in status.message, where
     assert stack.fake.chat_requests == []
+
+
+async def test_a_base_url_header_that_is_no_header_value_is_invalid_argument(
+    stack: Stack,
+) -> None:
+    """``x-embedding-base-url`` / ``x-rerank-base-url`` holding a character outside
+    printable ASCII is INVALID_ARGUMENT, MALFORMED_URL, naming the header, on any gateway
+    call that reaches retrieval. Before, the gateway answered INTERNAL to every such call,
+    a GetCollection too: it passes the headers on, and gRPC refused to send them."""
+    await create_books(stack)
+    request = ret_pb.GetCollectionRequest(name="Books").SerializeToString()
+    path = "/gensearch.retrieval.v1.RetrievalService/GetCollection"
+    for header in ("x-embedding-base-url", "x-rerank-base-url"):
+        for url, position in (
+            (b"http://127.0.0.1\x01/v1", 16),
+            ("http://caf\u00e9.example".encode(), 10),
+        ):
+            status = await raw_unary(stack.gateway.port, path, [*ALICE, (header, url)], request)
+            where = (header, url)
+            assert status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0], (where, status)
+            info = status.error_info()
+            assert info.reason == "MALFORMED_URL", where
+            assert info.metadata["field"] == header, where
+            assert info.metadata["position"] == str(position), where

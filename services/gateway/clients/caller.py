@@ -21,6 +21,7 @@ from services.common.auth import (
     TOKEN_HEADER,
     USER_HEADER,
     Identity,
+    check_header_text,
     current_identity,
     forwarded_identity,
 )
@@ -66,6 +67,9 @@ def caller_from(
     destinations = tuple(
         (k, v) for k, v in headers if k in (EMBEDDING_URL_HEADER, RERANK_URL_HEADER)
     )
+    for k, v in destinations:
+        # Passed on with every retrieval call: gRPC would refuse to send it (INTERNAL).
+        check_header_text(k, v, "URL", "MALFORMED_URL")
     return Caller(who=who, identity=identity, provider_keys=keys, key_destinations=destinations)
 
 
