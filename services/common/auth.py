@@ -66,7 +66,7 @@ _NAME_CHARS = re.compile(r"[\x20-\x7e]+")
 _OUTSIDE_KEY = re.compile(r"[^\x20-\x7e]")
 
 
-def check_header_text(header: str, value: str, what: str, reason: str) -> None:
+def check_header_text(header: str, value: str, what: str, *, reason: str) -> None:
     """INVALID_ARGUMENT naming ``header`` and the position of the first character of
     ``value`` outside printable ASCII (never quoting the value: it may be a key), if any.
     A service passes such headers on, and gRPC sends no other character in a header that
@@ -267,7 +267,7 @@ class Authenticator:
         # Sent on as it was, such a key failed the gateway's own call to the service
         # behind it (INTERNAL: gRPC refuses to send the header) or reached the provider's
         # HTTP server, whose 400 was reported as the provider's fault.
-        check_header_text(header, value, "key", "MALFORMED_CALLER_KEY")
+        check_header_text(header, value, "key", reason="MALFORMED_CALLER_KEY")
         size = len(value.encode())
         if size > self._max_caller_key_bytes:
             raise over_limit(

@@ -69,7 +69,7 @@ def caller_from(
     )
     for k, v in destinations:
         # Passed on with every retrieval call: gRPC would refuse to send it (INTERNAL).
-        check_header_text(k, v, "URL", "MALFORMED_URL")
+        check_header_text(k, v, "URL", reason="MALFORMED_URL")
     return Caller(who=who, identity=identity, provider_keys=keys, key_destinations=destinations)
 
 

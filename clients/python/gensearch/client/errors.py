@@ -288,8 +288,16 @@ class InvalidTemplateError(InvalidArgumentError):
     error_reason = "INVALID_TEMPLATE"
 
 
+class MalformedCallerKeyError(InvalidArgumentError):
+    error_reason = "MALFORMED_CALLER_KEY"
+
+
 class MalformedRequestError(InvalidArgumentError):
     error_reason = "MALFORMED_REQUEST"
+
+
+class MalformedUrlError(InvalidArgumentError):
+    error_reason = "MALFORMED_URL"
 
 
 class MissingFieldError(InvalidArgumentError):
