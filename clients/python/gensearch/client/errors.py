@@ -403,6 +403,13 @@ class InteractionNotFoundError(NotFoundError):
     error_reason = "INTERACTION_NOT_FOUND"
 
 
+class ObjectNotFoundError(NotFoundError):
+    """A named object (GenerateOnObjects' ``ids``) is not in the collection: that hit's
+    own error."""
+
+    error_reason = "OBJECT_NOT_FOUND"
+
+
 class EmbeddingDimensionMismatchError(FailedPreconditionError):
     error_reason = "EMBEDDING_DIMENSION_MISMATCH"
 
@@ -472,6 +479,24 @@ class MalformedCredentialsError(UnauthenticatedError):
 
 class MissingCredentialsError(UnauthenticatedError):
     error_reason = "MISSING_CREDENTIALS"
+
+
+class MissingForwardedRoleError(UnauthenticatedError):
+    """A peer service's call with the internal token names no valid caller role."""
+
+    error_reason = "MISSING_FORWARDED_ROLE"
+
+
+class MissingForwardedTenantError(UnauthenticatedError):
+    """A peer service's call with the internal token names no valid caller tenant."""
+
+    error_reason = "MISSING_FORWARDED_TENANT"
+
+
+class MissingForwardedUserError(UnauthenticatedError):
+    """A peer service's call with the internal token names no caller."""
+
+    error_reason = "MISSING_FORWARDED_USER"
 
 
 class MissingProviderApiKeyError(UnauthenticatedError):
