@@ -11,7 +11,6 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from services.common.errors import InvalidArgument, MissingField
 from services.common.fair_executor import FairExecutor
 from services.common.json_schema import (
-    SchemaLimits,
     check_schema_fairly,
     format_name,
     schema_data,
@@ -138,18 +137,7 @@ async def check_response_format(
         await check_schema_fairly(
             schema_data(g.response_format.json_schema, field),
             field,
-            SchemaLimits(
-                max_chars=s.max_schema_chars,
-                max_depth=s.max_schema_depth,
-                max_nodes=s.max_schema_nodes,
-                nodes_setting="GENSEARCH_GATEWAY_MAX_SCHEMA_NODES",
-                max_class_span=s.max_schema_class_span,
-                max_pattern_size=s.max_schema_pattern_size,
-                max_patterns_size=s.max_schema_patterns_size,
-                max_pattern_nesting=s.max_schema_pattern_nesting,
-                max_in_place_depth=s.max_schema_in_place_depth,
-                namespace=s.namespace(),
-            ),
+            s.schema_limits(),
             schema_checks,
         )
 

@@ -7,30 +7,19 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from services.common.json_schema import (
-    CLASS_SPAN_CEILING,
-    MAX_IN_PLACE_DEPTH,
-    MAX_PATTERN_NESTING,
-    MAX_PATTERN_SIZE,
-    MAX_SCHEMA_CLASS_SPAN,
-    MAX_SCHEMA_PATTERNS_SIZE,
-    NESTING_CEILING,
-    PATTERN_SIZE_CEILING,
-)
 from services.common.model_names import model_name_setting, provider_name_setting
+from services.common.schema_settings import SchemaBoundSettings
 from services.common.settings import (
     DEFAULT_MAX_FALLBACKS,
     DEFAULT_MAX_PROMPT_CHARS,
     MAX_CONCURRENCY,
     MAX_FALLBACKS,
     MAX_PER_MINUTE,
-    MAX_SCHEMA_DEPTH,
     MAX_SIZE_BYTES,
     MAX_TOKENS,
     MAX_TTL_SECONDS,
     MAX_WAIT_SECONDS,
     NAMESPACES,
-    CommonSettings,
     grpc_target_setting,
     http_url_problem,
     redis_key_prefix_setting,
@@ -39,7 +28,7 @@ from services.common.settings import (
 from services.common.values import DEFAULT_MAX_DEPTH
 
 
-class GatewaySettings(CommonSettings):
+class GatewaySettings(SchemaBoundSettings):
     model_config = SettingsConfigDict(env_prefix=NAMESPACES["gateway"])
 
     port: int = Field(default=50050, ge=0, le=65535)
@@ -108,24 +97,7 @@ class GatewaySettings(CommonSettings):
     max_stop_chars: int = Field(default=256, ge=1, le=MAX_SIZE_BYTES)
     # generate.fallback and Ask's fallback: (provider, model) pairs after the primary one.
     max_fallbacks: int = Field(default=DEFAULT_MAX_FALLBACKS, ge=0, le=MAX_FALLBACKS)
-    # generate.response_format.json_schema: size as compact JSON, and nesting depth.
-    max_schema_chars: int = Field(default=65_536, ge=2, le=MAX_SIZE_BYTES)
-    max_schema_depth: int = Field(default=32, ge=1, le=MAX_SCHEMA_DEPTH)
-    # Its subschemas: the metaschema check costs ~0.4 ms each on the event loop.
-    max_schema_nodes: int = Field(default=1000, ge=1, le=100_000)
-    # Its patterns (docs/generation.md#json-output-response_format): the code points their character
-    # classes' ranges span together (each walked once when they were compiled), each
-    # pattern's and all patterns' size with counted repeats written out (``regex`` writes
-    # them out, ~280 bytes an atom), their groups' nesting (the parsers recurse per group),
-    # and how deep subschemas apply one another in place ($ref, allOf...: a level of
-    # recursion each when an answer is validated). Upper bounds: json_schema's *_CEILING.
-    max_schema_class_span: int = Field(default=MAX_SCHEMA_CLASS_SPAN, ge=0, le=CLASS_SPAN_CEILING)
-    max_schema_pattern_size: int = Field(default=MAX_PATTERN_SIZE, ge=1, le=PATTERN_SIZE_CEILING)
-    max_schema_patterns_size: int = Field(
-        default=MAX_SCHEMA_PATTERNS_SIZE, ge=1, le=PATTERN_SIZE_CEILING
-    )
-    max_schema_pattern_nesting: int = Field(default=MAX_PATTERN_NESTING, ge=1, le=NESTING_CEILING)
-    max_schema_in_place_depth: int = Field(default=MAX_IN_PLACE_DEPTH, ge=1, le=NESTING_CEILING)
+    # generate.response_format.json_schema: its bounds are SchemaBoundSettings'.
     # Generation budget when neither the request nor the call has a deadline, seconds.
     default_generation_timeout: float = Field(default=120.0, gt=0, le=MAX_WAIT_SECONDS)
 

@@ -13,7 +13,6 @@ from collections.abc import Mapping
 
 from gensearch.generation.v1 import generation_service_pb2_grpc as pb_grpc
 
-from services.common.json_schema import SchemaLimits
 from services.common.logs import configure_logging
 from services.common.redis_client import RedisClient, connect_configured
 from services.common.server import GrpcServer, run_until_signal
@@ -62,17 +61,7 @@ async def build_server(settings: GenerationSettings, *, port: int | None = None)
         max_stop_chars=settings.max_stop_chars,
         max_fallbacks=settings.max_fallbacks,
         max_tokens=settings.max_tokens_limit,
-        schema=SchemaLimits(
-            max_chars=settings.max_schema_chars,
-            max_depth=settings.max_schema_depth,
-            max_nodes=settings.max_schema_nodes,
-            nodes_setting="GENSEARCH_GENERATION_MAX_SCHEMA_NODES",
-            max_class_span=settings.max_schema_class_span,
-            max_pattern_size=settings.max_schema_pattern_size,
-            max_patterns_size=settings.max_schema_patterns_size,
-            max_pattern_nesting=settings.max_schema_pattern_nesting,
-            max_in_place_depth=settings.max_schema_in_place_depth,
-            namespace=settings.namespace(),
+        schema=settings.schema_limits(
             pattern_seconds=settings.schema_pattern_seconds,
             validate_seconds=settings.schema_validate_seconds,
         ),

@@ -40,22 +40,12 @@ from pydantic import (
 from pydantic_settings import SettingsConfigDict
 
 from services.common.egress import EgressPolicy
-from services.common.json_schema import (
-    CLASS_SPAN_CEILING,
-    MAX_IN_PLACE_DEPTH,
-    MAX_PATTERN_NESTING,
-    MAX_PATTERN_SIZE,
-    MAX_SCHEMA_CLASS_SPAN,
-    MAX_SCHEMA_PATTERNS_SIZE,
-    NESTING_CEILING,
-    PATTERN_SIZE_CEILING,
-)
 from services.common.model_names import PROVIDER_NAME, PROVIDER_NAME_RULE, model_name_setting
+from services.common.schema_settings import SchemaBoundSettings
 from services.common.settings import (
     DEFAULT_MAX_FALLBACKS,
     MAX_FALLBACKS,
     MAX_PER_MINUTE,
-    MAX_SCHEMA_DEPTH,
     MAX_SIZE_BYTES,
     MAX_TOKENS,
     MAX_WAIT_SECONDS,
@@ -414,7 +404,7 @@ def provider_prefix(name: str) -> str:
     return NAMESPACES["generation"] + name.upper().replace("-", "_") + "_"
 
 
-class GenerationSettings(DownstreamSettings):
+class GenerationSettings(DownstreamSettings, SchemaBoundSettings):
     model_config = SettingsConfigDict(env_prefix=NAMESPACES["generation"])
 
     port: int = Field(default=50053, ge=0, le=65535)
@@ -477,26 +467,7 @@ class GenerationSettings(DownstreamSettings):
     # With more pairs to try, one pair may spend at most this share of the time left, so
     # a pair that times out still leaves time for the next (the last pair gets it all).
     fallback_time_share: float = Field(default=0.5, gt=0, le=1)
-    # A response_format JSON schema: its size as compact JSON and its nesting depth.
-    max_schema_chars: int = Field(default=65_536, ge=2, le=MAX_SIZE_BYTES)
-    max_schema_depth: int = Field(default=32, ge=1, le=MAX_SCHEMA_DEPTH)
-    # Its subschemas (objects and booleans outside const/enum/default/examples): the
-    # metaschema check costs ~0.4 ms each on the event loop ({"allOf": [{}, ...]} of 60 KB:
-    # ~8 s).
-    max_schema_nodes: int = Field(default=1000, ge=1, le=100_000)
-    # Its patterns (docs/generation.md#json-output-response_format): the code points their character
-    # classes' ranges span together (each walked once when they were compiled), each
-    # pattern's and all patterns' size with counted repeats written out (``regex`` writes
-    # them out, ~280 bytes an atom), their groups' nesting (the parsers recurse per group),
-    # and how deep subschemas apply one another in place ($ref, allOf...: a level of
-    # recursion each when an answer is validated). Upper bounds: json_schema's *_CEILING.
-    max_schema_class_span: int = Field(default=MAX_SCHEMA_CLASS_SPAN, ge=0, le=CLASS_SPAN_CEILING)
-    max_schema_pattern_size: int = Field(default=MAX_PATTERN_SIZE, ge=1, le=PATTERN_SIZE_CEILING)
-    max_schema_patterns_size: int = Field(
-        default=MAX_SCHEMA_PATTERNS_SIZE, ge=1, le=PATTERN_SIZE_CEILING
-    )
-    max_schema_pattern_nesting: int = Field(default=MAX_PATTERN_NESTING, ge=1, le=NESTING_CEILING)
-    max_schema_in_place_depth: int = Field(default=MAX_IN_PLACE_DEPTH, ge=1, le=NESTING_CEILING)
+    # A response_format JSON schema: its bounds are SchemaBoundSettings'.
     # Time one validation of an answer may spend matching the schema's patterns (a
     # caller's regular expression can backtrack for hours on a steered answer).
     schema_pattern_seconds: float = Field(default=0.1, gt=0, le=10)
