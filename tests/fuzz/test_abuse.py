@@ -95,14 +95,7 @@ async def test_bytes_that_are_no_protobuf_are_invalid_argument_on_every_method(
     UNKNOWN quoting protobuf's exception, nor INTERNAL. A string that is not UTF-8 is
     named as the field at fault (before, nothing said which)."""
     await create_books(stack)
-    direct = {
-        name: grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
-        for name, server in stack.servers.items()
-    }
-    stack.channels.extend(direct.values())
-    targets = [(stack.channel, ALICE, stack.gateway.service_names)] + [
-        (channel, AS_ALICE, stack.servers[name].service_names) for name, channel in direct.items()
-    ]
+    targets = _gateway_and_direct(stack)
     # Condition.property (a string) inside CountObjectsRequest.filter.condition.
     nested = _length_delimited(2, _length_delimited(1, _length_delimited(1, BAD_UTF8)))
     retrieval = ret_pb.DESCRIPTOR.services_by_name["RetrievalService"].full_name
@@ -326,14 +319,7 @@ async def test_a_unary_call_without_its_request_is_answered(stack: Stack) -> Non
     direct, with a key and without (UNAUTHENTICATED then; health needs none). Before,
     grpc.aio never answered it: no handler ran, and the call stayed open until its
     deadline (here DEADLINE_EXCEEDED, bare), without one for ever, for anyone."""
-    direct = {
-        name: grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
-        for name, server in stack.servers.items()
-    }
-    stack.channels.extend(direct.values())
-    targets = [(stack.channel, ALICE, stack.gateway.service_names)] + [
-        (channel, AS_ALICE, stack.servers[name].service_names) for name, channel in direct.items()
-    ]
+    targets = _gateway_and_direct(stack)
     checked = 0
     for channel, metadata, services in targets:
         methods = [
@@ -439,3 +425,16 @@ async def test_a_base_url_header_that_is_no_header_value_is_invalid_argument(
             assert info.reason == "MALFORMED_URL", where
             assert info.metadata["field"] == header, where
             assert info.metadata["position"] == str(position), where
+
+
+def _gateway_and_direct(stack: Stack) -> list[tuple[grpc.aio.Channel, Any, list[str]]]:
+    """(channel, metadata, service names) of the gateway as Alice, and of each service
+    behind it called directly as the gateway forwards Alice."""
+    direct = {
+        name: grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+        for name, server in stack.servers.items()
+    }
+    stack.channels.extend(direct.values())
+    return [(stack.channel, ALICE, stack.gateway.service_names)] + [
+        (channel, AS_ALICE, stack.servers[name].service_names) for name, channel in direct.items()
+    ]
