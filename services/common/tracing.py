@@ -53,6 +53,10 @@ TRACER_NAME = "gensearch"
 # Span attribute of an upstream call (LLM, embeddings, rerank) and of a generative hit:
 # attempts made, first included (not a semantic-convention name).
 UPSTREAM_ATTEMPTS = "gensearch.upstream.attempts"
+# Span attribute of an LLM call: seconds it spent waiting (for the provider's limits, a
+# 429's Retry-After, retry backoffs) rather than in exchanges; each retry is also an event
+# (upstream_retry.RETRY_EVENT).
+UPSTREAM_WAITED = "gensearch.upstream.waited_seconds"
 # Span attribute of a generative hit and of an Ask: whether a cache (the generation cache,
 # the semantic answer cache) answered instead of an LLM call.
 CACHE_HIT = "gensearch.cache.hit"

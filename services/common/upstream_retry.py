@@ -33,10 +33,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import openai
+from opentelemetry import trace
 
 from services.common.egress import refusal
 
 log = logging.getLogger("gensearch.upstream.retry")
+
+# The span event of each retry (on the upstream call's span): which attempt failed, why
+# (the same bounded cause as the metric's label) and the wait before the next one, so a
+# trace shows where a slow call spent its time (a 429's Retry-After, backoffs), not only
+# how many attempts it took (``gensearch.upstream.attempts``).
+RETRY_EVENT = "gensearch.upstream.retry"
 
 RETRYABLE_STATUS = frozenset({408, 409, 429})
 # Seconds an upstream exchange ends before its caller's deadline (at most a tenth of a short
@@ -198,6 +205,8 @@ class Retrier:
         self.deadline = deadline
         self.upstream = upstream  # a provider name or host, for logs; never a URL with a key
         self._on_retry = on_retry
+        # The span the retry events go on (the upstream call's); None: the current span.
+        self.span: trace.Span | None = None
         self.attempts = 0
         # Attempts that failed other than by a 429 (the ones max_attempts bounds).
         self._failures = 0
@@ -247,6 +256,15 @@ class Retrier:
             return None
         if self._on_retry is not None:
             self._on_retry(cause)
+        (self.span or trace.get_current_span()).add_event(
+            RETRY_EVENT,
+            {
+                "gensearch.upstream.attempt": self.attempts,
+                "gensearch.upstream.cause": cause,
+                "gensearch.upstream.rate_limited": rate_limited,
+                "gensearch.upstream.wait_seconds": round(wait, 3),
+            },
+        )
         log.warning(
             "retrying upstream call",
             extra={

@@ -99,3 +99,41 @@ async def test_a_failed_call_sets_error_status_and_reason(
     for span in (limited, refused):
         assert "gen_ai.usage.output_tokens" not in (span.attributes or {})
         assert_no_secret_or_prompt(span, env_key)
+
+
+def retry_events(span: ReadableSpan) -> list[dict[str, object]]:
+    return [dict(e.attributes or {}) for e in span.events if e.name == "gensearch.upstream.retry"]
+
+
+async def test_each_retry_and_its_wait_is_an_event_of_the_call_span(
+    service: Service, fake: FakeOpenAI, spans: InMemorySpanExporter
+) -> None:
+    # A 429 (its Retry-After honoured) then a 503, both retried: the trace shows each
+    # failed attempt, why, and the wait it caused, not only that 3 attempts were made (the
+    # operator asking "why was this call slow" had only the attempt count and log lines).
+    fake.enqueue(Behaviour.rate_limited(retry_after=None, retry_after_ms="50"))
+    fake.enqueue(Behaviour.error(503))
+    await service.stub.Generate(pb.GenerateRequest(messages=[user(PROMPT)]), timeout=10)
+    fake.enqueue(Behaviour.error(503))
+    async for _ in service.stub.StreamGenerate(
+        pb.StreamGenerateRequest(messages=[user(PROMPT)]), timeout=10
+    ):
+        pass
+    unary, stream = chat_spans(spans)
+    first, second = retry_events(unary)
+    assert first["gensearch.upstream.attempt"] == 1
+    assert first["gensearch.upstream.cause"] == "429"
+    assert first["gensearch.upstream.rate_limited"] is True
+    assert first["gensearch.upstream.wait_seconds"] == 0.05
+    assert (second["gensearch.upstream.attempt"], second["gensearch.upstream.cause"]) == (2, "503")
+    assert second["gensearch.upstream.rate_limited"] is False
+    assert (unary.attributes or {})["gensearch.upstream.attempts"] == 3
+    waited = (unary.attributes or {})["gensearch.upstream.waited_seconds"]
+    assert isinstance(waited, float) and waited >= 0.05
+    # A stream's span is not the current one while it runs (upstream_span): its retries
+    # are on it all the same, not on the server span.
+    (retried,) = retry_events(stream)
+    assert retried["gensearch.upstream.cause"] == "503"
+    assert (stream.attributes or {})["gensearch.upstream.attempts"] == 2
+    server = [s for s in spans.get_finished_spans() if s.kind == SpanKind.SERVER]
+    assert all(not retry_events(s) for s in server)

@@ -36,6 +36,7 @@ from services.common.openai_api import (
     upstream_span,
 )
 from services.common.text import clean_text
+from services.common.tracing import UPSTREAM_WAITED as WAITED
 from services.common.tracing import service_tracer
 from services.common.upstream_retry import Deadline, Retrier, RetryPolicy
 from services.generation.admission import Limiters, Permit, ProviderLimiter
@@ -186,6 +187,7 @@ class OpenAICompatibleProvider(Provider):
             self.name, outcome_label(fault.cause if fault.kind == "http" else fault.kind)
         ).inc()
         span.set_attribute(ATTEMPTS, fault.attempts)
+        span.set_attribute(WAITED, round(fault.waited, 3))
         log.warning(
             "upstream call failed",
             extra={
@@ -205,6 +207,7 @@ class OpenAICompatibleProvider(Provider):
         UPSTREAM_TOKENS.labels(self.name, "completion").inc(usage.completion_tokens)
         record_usage(span, usage.prompt_tokens, usage.completion_tokens)
         span.set_attribute(ATTEMPTS, completion.attempts)
+        span.set_attribute(WAITED, round(completion.waited, 3))
         span.set_attribute("gen_ai.response.model", completion.model)
         if completion.finish_reason:
             span.set_attribute("gen_ai.response.finish_reasons", [completion.finish_reason])
@@ -238,6 +241,7 @@ class OpenAICompatibleProvider(Provider):
         debug = DebugInfo(url=self.url, request_body="")
         turns = self._turns(request, deadline)
         with self._span(request) as span:
+            turns.retrier.span = span
             while True:
                 try:
                     permit = await turns.admit()
@@ -324,6 +328,7 @@ class OpenAICompatibleProvider(Provider):
         turns = self._turns(request, deadline)
         started = time.perf_counter()
         with self._span(request, attach=False) as span:
+            turns.retrier.span = span  # not the current span: see upstream_span
             while True:
                 state = _StreamState(request.model, self.max_answer_chars, request.api_key)
                 try:
