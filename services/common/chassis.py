@@ -39,6 +39,7 @@ from grpc.aio import AbortError
 from opentelemetry import context as otel_context
 from opentelemetry.propagate import extract
 from opentelemetry.trace import (
+    Link,
     Span,
     SpanKind,
     StatusCode,
@@ -128,8 +129,10 @@ class ChassisRegistry:
         deadline_limit: DeadlineLimit | None = None,
         reply_bytes: ReplyBytes | None = None,
         request_bytes: RequestBytes | None = None,
+        trust_caller_trace: bool = True,
     ) -> None:
         self._auth = auth
+        self._trust_caller_trace = trust_caller_trace
         self._call_slots = call_slots
         self._metadata_limit = metadata_limit
         self._deadline_limit = deadline_limit
@@ -164,6 +167,7 @@ class ChassisRegistry:
                 self._deadline_limit,
                 self._reply_bytes,
                 self._request_bytes,
+                self._trust_caller_trace,
             )
             # gRPC itself enforces the largest limit; only smaller ones need a check here.
             wrapped = wrapper.wrap(
@@ -246,8 +250,10 @@ class _MethodWrapper:
         deadline_limit: DeadlineLimit | None = None,
         reply_bytes: ReplyBytes | None = None,
         request_bytes: RequestBytes | None = None,
+        trust_caller_trace: bool = True,
     ) -> None:
         service, name = split_method(method)
+        self.trust_caller_trace = trust_caller_trace
         self.metadata_limit = metadata_limit
         self.deadline_limit = deadline_limit
         self.server = server
@@ -273,10 +279,17 @@ class _MethodWrapper:
         self.metrics.start()
         span = token = None
         if self.tracer is not None:
-            # The caller's W3C traceparent, if any, is the parent.
+            # The caller's W3C traceparent, if any, is the parent; or, from callers not
+            # trusted with it, only linked: the trace (its id, whether it is sampled, the
+            # baggage passed on) is then ours.
             parent = extract(context.invocation_metadata() or (), getter=metadata_getter)
+            links = None
+            if not self.trust_caller_trace:
+                caller = get_current_span(parent).get_span_context()
+                links = [Link(caller)] if caller.is_valid else None
+                parent = otel_context.Context()
             span = self.tracer.start_span(
-                self.method, parent, SpanKind.SERVER, self.span_attributes
+                self.method, parent, SpanKind.SERVER, self.span_attributes, links
             )
             token = otel_context.attach(set_span_in_context(span, parent))
         return time.perf_counter(), span, token

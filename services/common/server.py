@@ -352,6 +352,7 @@ class GrpcServer:
                 deadline_limit=self.deadline_limit,
                 reply_bytes=self.reply_bytes,
                 request_bytes=self.request_bytes,
+                trust_caller_trace=self.settings.trust_caller_trace,
             )
         registrar(servicer, self._chassis)
         self._service_names.append(full_name)

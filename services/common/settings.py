@@ -214,6 +214,13 @@ class CommonSettings(BaseSettings):
     log_level: str = Field(default="INFO", validation_alias="GENSEARCH_LOG_LEVEL")
 
     # --- per service (in the service's namespace) ---
+    # Whether a caller's W3C trace context (traceparent, tracestate, baggage) is followed:
+    # its trace id, its parent span, its sampled flag. False (the gateway's default, the
+    # face callers reach): each call starts a trace of our own, linked to the caller's span,
+    # so a caller can neither force sampling (the operator's OTEL_TRACES_SAMPLER decides),
+    # nor pour its calls into one endless trace or another tenant's trace, nor pass its
+    # baggage on to the services behind (services/common/chassis.py).
+    trust_caller_trace: bool = True
     # Seconds in-flight calls get to finish on SIGTERM.
     grace_period: float = Field(default=10.0, ge=0, le=MAX_WAIT_SECONDS)
     # Largest gRPC message sent (and, by the gateway, received from a downstream service).

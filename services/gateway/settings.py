@@ -32,6 +32,9 @@ class GatewaySettings(SchemaBoundSettings):
     model_config = SettingsConfigDict(env_prefix=NAMESPACES["gateway"])
 
     port: int = Field(default=50050, ge=0, le=65535)
+    # Callers are not trusted with the trace context: a call's trace is the gateway's own,
+    # linked to the caller's span (CommonSettings.trust_caller_trace; docs/operations.md).
+    trust_caller_trace: bool = False
     # None: no metrics endpoint (tests); 0: any free port.
     metrics_port: int | None = Field(default=9090, ge=0, le=65535)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from opentelemetry import trace
+from opentelemetry import baggage, trace
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -434,3 +434,50 @@ def test_the_operators_attribute_length_is_the_sdks_to_read(
     import os
 
     assert tracing.span_limits(os.environ).max_attribute_length == 100
+
+
+async def _baggage(_request: bytes, _context: grpc.aio.ServicerContext) -> bytes:
+    return json.dumps(dict(baggage.get_all())).encode()
+
+
+def _register_baggage(_servicer: object, server: grpc.aio.Server) -> None:
+    handler = grpc.unary_unary_rpc_method_handler(
+        _baggage, request_deserializer=_ident, response_serializer=_ident
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(SERVICE, {"Baggage": handler}),)
+    )
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+async def test_an_untrusted_callers_trace_is_linked_and_its_baggage_dropped(
+    trusted: bool, spans: InMemorySpanExporter, access_lines: io.StringIO
+) -> None:
+    # GENSEARCH_<SERVICE>_TRUST_CALLER_TRACE=false (the gateway's default): the caller's
+    # traceparent is a link of a new trace, and its baggage goes no further (the gateway's
+    # client interceptors would have passed it on to every service behind it).
+    settings = CommonSettings(api_keys="bob:key-bob", trust_caller_trace=trusted)  # type: ignore[call-arg]
+    server = GrpcServer(settings, port=0)
+    server.add_service(_register_baggage, None, SERVICE)
+    port = await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as plain:
+            got = await plain.unary_unary(f"/{SERVICE}/Baggage", _ident, _ident)(
+                b"", metadata=BOB + TRACEPARENT + (("baggage", "tenant=globex"),)
+            )
+    finally:
+        await server.stop(0)
+    await _spans_finished(spans, 1)
+    span = _server_span(spans, "Baggage")
+    (line,) = (json.loads(text) for text in access_lines.getvalue().splitlines())
+    if trusted:
+        assert json.loads(got) == {"tenant": "globex"}
+        assert span.context.trace_id == int(TRACE_ID, 16) and not span.links
+        assert line["trace_id"] == TRACE_ID
+        return
+    assert json.loads(got) == {}
+    assert span.parent is None and span.context.trace_id != int(TRACE_ID, 16)
+    (link,) = span.links
+    assert link.context.trace_id == int(TRACE_ID, 16)
+    assert link.context.span_id == int(PARENT_ID, 16)
+    assert line["trace_id"] == f"{span.context.trace_id:032x}"

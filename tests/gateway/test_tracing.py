@@ -239,3 +239,74 @@ async def test_no_prompt_property_or_answer_goes_into_a_span(
     for book in BOOKS:
         secrets += [book["title"], book["body"]] if book["body"] else [book["title"]]
     assert [s for s in secrets if s in exported] == []
+
+
+CALLER_TRACE = "0af7651916cd43dd8448eb211c80319c"
+CALLER_SPAN = "b7ad6b7169203331"
+CALLER = (
+    ("traceparent", f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"),
+    ("baggage", "tenant=globex,user=mallory"),
+)
+
+
+async def test_a_callers_trace_context_is_linked_not_followed(
+    stack: Stack, spans: InMemorySpanExporter
+) -> None:
+    # A caller of the gateway chose the trace id (another tenant's, or one for all its
+    # calls) and the sampled flag, and its baggage went on to every service behind: the
+    # trace is now the gateway's own, linked to the caller's span (OpenTelemetry's
+    # "public endpoint"; GENSEARCH_GATEWAY_TRUST_CALLER_TRACE=true follows it).
+    await create_books(stack)
+    for _ in range(2):
+        await stack.stub.GenerativeSearch(
+            gw_pb.GenerativeSearchRequest(
+                collection="Books",
+                near_vector=ret_pb.NearVector(vector=[0.5] * DIM),
+                limit=1,
+                generate=gw_pb.Generate(single_prompt="Summarise {title}"),
+            ),
+            metadata=ALICE + CALLER,
+        )
+    finished = spans.get_finished_spans()
+    assert all(s.context.trace_id != int(CALLER_TRACE, 16) for s in finished)
+    roots = [
+        s
+        for s in finished
+        if s.name == "/gensearch.gateway.v1.GatewayService/GenerativeSearch"
+        and s.kind == SpanKind.SERVER
+    ]
+    assert len(roots) == 2 and roots[0].context.trace_id != roots[1].context.trace_id
+    for root in roots:
+        assert root.parent is None
+        (link,) = root.links
+        assert (link.context.trace_id, link.context.span_id) == (
+            int(CALLER_TRACE, 16),
+            int(CALLER_SPAN, 16),
+        )
+        # The services behind follow the gateway's trace: still one trace per request.
+        trace = [s for s in finished if s.context.trace_id == root.context.trace_id]
+        _assert_connected(trace)
+        _assert_rpc_pairs(trace)
+        assert {_service(s) for s in trace} == {"gateway", "retrieval", "generation"}
+
+
+async def test_the_operator_may_follow_the_callers_trace(
+    stack_factory: StackFactory, spans: InMemorySpanExporter
+) -> None:
+    stack = await stack_factory(trust_caller_trace=True)
+    await create_books(stack)
+    await stack.stub.GenerativeSearch(
+        gw_pb.GenerativeSearchRequest(
+            collection="Books", near_vector=ret_pb.NearVector(vector=[0.5] * DIM), limit=1
+        ),
+        metadata=ALICE + CALLER,
+    )
+    (root,) = [
+        s
+        for s in spans.get_finished_spans()
+        if s.name == "/gensearch.gateway.v1.GatewayService/GenerativeSearch"
+        and s.kind == SpanKind.SERVER
+    ]
+    assert root.parent is not None and root.parent.span_id == int(CALLER_SPAN, 16)
+    assert root.context.trace_id == int(CALLER_TRACE, 16)
+    assert not root.links
