@@ -47,6 +47,13 @@ IN_FLIGHT = Gauge(
     ["server", "grpc_service", "grpc_method"],
 )
 
+# Counted by services/common/redis_errors.py (its fixed sets of labels).
+REDIS_ERRORS = Counter(
+    "gensearch_redis_errors_total",
+    "Redis calls that failed, by what Redis served and the kind of failure.",
+    ["store", "kind"],
+)
+
 # grpc.StatusCode -> the name Go's codes.Code.String() gives it (the label value stock
 # dashboards and alerts expect).
 GO_CODE_NAMES = {

@@ -51,6 +51,7 @@ import grpc
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisClusterException, RedisError
 
+from services.common import redis_errors
 from services.common.auth import current_tenant
 from services.common.errors import ResourceExhausted
 from services.common.logs import ThrottledWarning
@@ -155,6 +156,7 @@ class Quotas:
         try:
             return await script(keys=[key], args=list(args))
         except (RedisError, RedisClusterException, OSError) as err:
+            redis_errors.count("quotas", err)
             self._unchecked(err)
             return None
 
@@ -170,6 +172,7 @@ class Quotas:
         try:
             await self._redis.zrem(key, call_id)
         except Exception as err:
+            redis_errors.count("quotas", err)
             self._unchecked(err)
 
     async def _renew_while_running(

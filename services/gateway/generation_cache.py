@@ -55,6 +55,7 @@ from google.protobuf import duration_pb2
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
+from services.common import redis_errors
 from services.common.errors import InvalidArgument
 from services.common.quotas import lua_script
 from services.common.redis_client import RedisClient
@@ -278,6 +279,7 @@ class GenerationCache:
             async with asyncio.timeout(timeout):
                 values = await self._redis.mget([keys[i] for i in indexes])
         except (RedisError, TimeoutError) as err:
+            redis_errors.count("generation_cache", err)
             log.warning("generation cache read failed", extra={"error": type(err).__name__})
             CACHE_LOOKUPS.labels("exact", "error").inc(len(keys))
             return {}
@@ -349,6 +351,7 @@ class GenerationCache:
             if not await self._put(keys=keys, args=args):
                 log.info("generation cache entry not stored: over the tenant's budget")
         except RedisError as err:
+            redis_errors.count("generation_cache", err)
             log.warning("generation cache write failed", extra={"error": type(err).__name__})
 
     async def drop_collection(self, tenant: str, collection: str) -> None:
@@ -392,4 +395,5 @@ class GenerationCache:
             # UNLINK: a large index is freed in the background, never blocking Redis.
             await redis.unlink(index, scored_index, old_index)
         except RedisError as err:
+            redis_errors.count("generation_cache", err)
             log.warning("generation cache drop failed", extra={"error": type(err).__name__})

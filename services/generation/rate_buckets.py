@@ -41,6 +41,7 @@ from typing import Protocol
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisClusterException, RedisError
 
+from services.common import redis_errors
 from services.common.logs import ThrottledWarning
 from services.common.quotas import LEASE_SLACK_SECONDS, lua_script
 from services.common.redis_client import RedisClient
@@ -241,6 +242,7 @@ class RedisLimits:
         try:
             reply = await self._admit(keys=list(self.keys(scope)), args=args)
         except (RedisError, RedisClusterException, OSError) as err:
+            redis_errors.count("rate_limits", err)
             self._failed(err)
             answer = await self._fallback.admit(scope, call_id, cost, lease)
             if answer.wait == 0:
@@ -271,6 +273,7 @@ class RedisLimits:
             await self._release(keys=[tokens, flight], args=args)
         except Exception as err:
             # Best effort: the lease frees the slot, and the call's outcome must not change.
+            redis_errors.count("rate_limits", err)
             self._failed(err)
 
     async def pause(self, scope: str, seconds: float) -> None:
@@ -279,6 +282,7 @@ class RedisLimits:
             await self._pause(keys=[pause], args=[math.ceil(seconds * 1000)])
         except Exception as err:
             # Best effort: the replica that got the 429 pauses anyway (its own queue).
+            redis_errors.count("rate_limits", err)
             self._failed(err)
 
 

@@ -58,6 +58,7 @@ from redis.exceptions import (
 )
 from redis.typing import EncodableT
 
+from services.common import redis_errors
 from services.common.auth import DEFAULT_TENANT
 from services.common.errors import (
     Aborted,
@@ -328,8 +329,10 @@ async def _redis(call: Awaitable[Any] | Any) -> Any:
     try:
         return await call
     except _UNAVAILABLE as err:
+        redis_errors.count("memory", err)
         raise _unavailable(err) from None
-    except (MovedError, AskError):
+    except (MovedError, AskError) as err:
+        redis_errors.count("memory", err)
         # The cluster client follows these itself; the standalone one gets them from a
         # cluster node it was given by mistake (GENSEARCH_MEMORY_REDIS_CLUSTER unset).
         raise FailedPrecondition(
@@ -345,6 +348,7 @@ async def _redis(call: Awaitable[Any] | Any) -> Any:
         if _DECLARE_FIRST in str(err):
             names = str(err).partition(_DECLARE_FIRST)[2].partition(" script: ")[0].split()
             raise _DeclareFirst(names) from None
+        redis_errors.count("memory", err)
         if str(err).startswith(_BUSY) or _MOVING in str(err):
             raise _unavailable(err) from None
         if isinstance(err, OutOfMemoryError) or str(err).startswith(_FULL):
