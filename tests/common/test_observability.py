@@ -440,13 +440,41 @@ async def _baggage(_request: bytes, _context: grpc.aio.ServicerContext) -> bytes
     return json.dumps(dict(baggage.get_all())).encode()
 
 
+async def _recording(_request: bytes, _context: grpc.aio.ServicerContext) -> bytes:
+    return str(trace.get_current_span().is_recording()).encode()
+
+
 def _register_baggage(_servicer: object, server: grpc.aio.Server) -> None:
-    handler = grpc.unary_unary_rpc_method_handler(
-        _baggage, request_deserializer=_ident, response_serializer=_ident
-    )
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler(SERVICE, {"Baggage": handler}),)
-    )
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(
+            fn, request_deserializer=_ident, response_serializer=_ident
+        )
+        for name, fn in {"Baggage": _baggage, "Recording": _recording}.items()
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+async def test_an_untrusted_caller_cannot_make_the_service_record(
+    trusted: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Nothing exports (the default: spans get ids, record nothing). A trusted caller's
+    # sampled flag is followed; an untrusted one's made every span under the call record
+    # (and, exporting, be exported whatever OTEL_TRACES_SAMPLER said).
+    monkeypatch.setattr(tracing, "_exporting", False)
+    monkeypatch.setattr(tracing, "_providers", {})
+    settings = CommonSettings(api_keys="bob:key-bob", trust_caller_trace=trusted)  # type: ignore[call-arg]
+    server = GrpcServer(settings, port=0)
+    server.add_service(_register_baggage, None, SERVICE)
+    port = await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as plain:
+            got = await plain.unary_unary(f"/{SERVICE}/Recording", _ident, _ident)(
+                b"", metadata=BOB + TRACEPARENT
+            )
+    finally:
+        await server.stop(0)
+    assert got == str(trusted).encode()
 
 
 @pytest.mark.parametrize("trusted", [True, False])
