@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.gateway.v1 import gateway_service_pb2_grpc as gw_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as otlp
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc as otlp_grpc
@@ -27,7 +26,7 @@ class _Collector(otlp_grpc.TraceServiceServicer):
     def __init__(self) -> None:
         self.requests: list[otlp.ExportTraceServiceRequest] = []
 
-    async def Export(  # noqa: N802 (the generated name)
+    async def Export(
         self, request: otlp.ExportTraceServiceRequest, context: grpc.aio.ServicerContext
     ) -> otlp.ExportTraceServiceResponse:
         self.requests.append(request)
