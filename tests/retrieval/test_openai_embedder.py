@@ -411,6 +411,15 @@ async def test_each_embeddings_call_has_a_span(
     assert failed.status.status_code == StatusCode.ERROR
     assert (failed.attributes or {})["error.type"] == "EMBEDDINGS_UNAVAILABLE"
     assert (failed.attributes or {})["gensearch.upstream.attempts"] == 3
+    # Each retry is an event of the call's span: the attempt that failed, why, the wait.
+    retries = [
+        dict(e.attributes or {}) for e in failed.events if e.name == "gensearch.upstream.retry"
+    ]
+    assert [(r["gensearch.upstream.attempt"], r["gensearch.upstream.cause"]) for r in retries] == [
+        (1, "HTTP 500"),
+        (2, "HTTP 500"),
+    ]
+    assert not [e for e in ok.events if e.name == "gensearch.upstream.retry"]
     for span in (ok, failed):
         text = " ".join(str(v) for v in (span.attributes or {}).values())
         assert "sk-test" not in text
