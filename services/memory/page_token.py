@@ -20,6 +20,8 @@ import re
 from services.common.errors import InvalidArgument
 
 VERSION = 2
+# Not a setting: it bounds no caller's data, only how much of a text we never issued is
+# read before refusing it (every token ``encode`` writes is far shorter).
 MAX_TOKEN_CHARS = 512
 _MAC_BYTES = 16
 NOT_ISSUED = "page_token is not a token this service issued"
@@ -49,19 +51,10 @@ class PageTokens:
     def decode(self, token: str, kind: str, scope: str, owner: str) -> str:
         """The cursor in ``token``; INVALID_ARGUMENT unless it was made by us for this list
         and this ``owner``."""
-        if len(token) > MAX_TOKEN_CHARS:
-            raise _invalid("page_token is too long")
-        # Only the text issued: base64 decoding skips characters outside its alphabet
-        # and ignores padding and a last character's unused bits, so one token would
-        # otherwise be many texts (a space, a '!' or '==' added, spare bits set).
-        if not _TOKEN_CHARS.fullmatch(token):
-            raise _invalid(NOT_ISSUED)
-        try:
-            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        except (binascii.Error, ValueError):
-            raise _invalid(NOT_ISSUED) from None
-        if base64.urlsafe_b64encode(raw).rstrip(b"=").decode() != token:
-            raise _invalid(NOT_ISSUED)
+        return self.open(unwrap(token), kind, scope, owner)
+
+    def open(self, raw: bytes, kind: str, scope: str, owner: str) -> str:
+        """The cursor in a token's bytes (from ``unwrap``): the checks that need the key."""
         payload, mac = raw[:-_MAC_BYTES], raw[-_MAC_BYTES:]
         if len(raw) <= _MAC_BYTES or not hmac.compare_digest(mac, self._mac(payload)):
             raise _invalid(NOT_ISSUED)
@@ -83,6 +76,26 @@ class PageTokens:
         if token_kind != kind or token_scope != scope or not isinstance(cursor, str):
             raise _invalid("page_token belongs to a different list")
         return cursor
+
+
+def unwrap(token: str) -> bytes:
+    """A token's bytes, checked for the form ``encode`` writes. Needs no key: the caller
+    checks this first, so a malformed token is INVALID_ARGUMENT even when the key (kept in
+    Redis unless configured) cannot be had."""
+    if len(token) > MAX_TOKEN_CHARS:
+        raise _invalid("page_token is too long")
+    # Only the text issued: base64 decoding skips characters outside its alphabet
+    # and ignores padding and a last character's unused bits, so one token would
+    # otherwise be many texts (a space, a '!' or '==' added, spare bits set).
+    if not _TOKEN_CHARS.fullmatch(token):
+        raise _invalid(NOT_ISSUED)
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    except (binascii.Error, ValueError):
+        raise _invalid(NOT_ISSUED) from None
+    if base64.urlsafe_b64encode(raw).rstrip(b"=").decode() != token:
+        raise _invalid(NOT_ISSUED)
+    return raw
 
 
 def _invalid(message: str) -> InvalidArgument:

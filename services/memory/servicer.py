@@ -29,7 +29,7 @@ from services.common.values import check_value
 from services.common.well_known import duration_seconds
 from services.memory import traces
 from services.memory.ids import parse_id
-from services.memory.page_token import PageTokens
+from services.memory.page_token import PageTokens, unwrap
 from services.memory.settings import MemorySettings
 from services.memory.store import (
     CONTENT,
@@ -90,7 +90,8 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
         """The cursor a list's ``page_token`` carries; None for the first page."""
         if not token:
             return None
-        return (await self.page_tokens()).decode(token, kind, scope, owner.key)
+        raw = unwrap(token)  # before the key: a malformed token is refused even without it
+        return (await self.page_tokens()).open(raw, kind, scope, owner.key)
 
     async def _next_token(self, kind: str, scope: str, cursor: str | None, owner: Owner) -> str:
         """The ``next_page_token`` for the page after ``cursor``; "" when none follows."""

@@ -9,6 +9,7 @@ import pytest
 from gensearch.memory.v1 import memory_service_pb2 as pb
 from google.protobuf import duration_pb2, struct_pb2
 
+from services.devlaunch.redis_server import RedisProcess
 from tests.memory.conftest import ALICE, Memory, MemoryFactory
 from tests.memory.helpers import expect_error
 from tests.support.rpc import error_info
@@ -320,6 +321,33 @@ async def test_a_token_is_accepted_only_as_issued(memory: Memory) -> None:
         metadata=ALICE,
     )
     assert len(again.interactions) == 2
+
+
+async def test_malformed_page_token_is_invalid_while_redis_keeps_the_key_and_is_down(
+    memory_factory: MemoryFactory, redis_server: RedisProcess
+) -> None:
+    """Without GENSEARCH_MEMORY_PAGE_TOKEN_SECRET the key is in Redis; with Redis down,
+    a token that is not even of the issued form is still the caller's mistake
+    (INVALID_ARGUMENT), not UNAVAILABLE: the checks that need no key come first."""
+    await redis_server.stop()
+    try:
+        memory = await memory_factory()  # the key could not be fetched at start
+        cid = "0190a6f2-8c4e-7b3a-9f1d-2e5c6a7b8c9d"
+        for bad in ("garbage!", "x" * 600, "YWJj=="):
+            calls = (
+                memory.stub.ListConversations(
+                    pb.ListConversationsRequest(page_token=bad), metadata=ALICE
+                ),
+                memory.stub.ListInteractions(
+                    pb.ListInteractionsRequest(conversation_id=cid, page_token=bad),
+                    metadata=ALICE,
+                ),
+            )
+            for call in calls:
+                err = await expect_error(call, INVALID, "page_token")
+                assert error_info(err).reason == "INVALID_PAGE_TOKEN"
+    finally:
+        await redis_server.start()
 
 
 async def test_tokens_from_another_secret_are_rejected(memory_factory: MemoryFactory) -> None:
