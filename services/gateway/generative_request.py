@@ -72,8 +72,11 @@ def validate_generate(g: gw_pb.Generate, settings: GatewaySettings) -> None:
         )
     refuse_repeats(g.grouped_properties, "generate.grouped_properties")
     if g.grouped_properties and not g.grouped_task:
-        raise InvalidArgument(
-            "grouped_properties needs a grouped_task", field="generate.grouped_properties"
+        # The missing one is the task (the properties say what it reads): named as every
+        # missing field is, so a client tells "you forgot X" by reason alone.
+        raise MissingField(
+            "generate.grouped_task is required when generate.grouped_properties is set",
+            field="generate.grouped_task",
         )
     if g.max_concurrency < 0:
         raise InvalidArgument(

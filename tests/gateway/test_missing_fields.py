@@ -160,6 +160,17 @@ def _cases(stack: Stack) -> list[tuple[str, Any, Any]]:
                 )
             ),
         ),
+        (
+            "generate.grouped_task",
+            g.GenerateOnObjects,
+            (
+                gw_pb.GenerateOnObjectsRequest(
+                    collection="Things",
+                    ids=gw_pb.ObjectIds(ids=[some_id]),
+                    generate=gw_pb.Generate(grouped_properties=["title"]),
+                )
+            ),
+        ),
     ]
 
 
