@@ -7,6 +7,7 @@ import contextlib
 import inspect
 import io
 import re
+from pathlib import Path
 
 import pytest
 
@@ -81,3 +82,43 @@ def test_an_option_a_help_refers_to_is_one_of_that_command(command: list[str]) -
     referred = re.findall(r"(?<![\w-])as for (--[\w-]+)", rest)
     missing = [o for o in referred if not re.search(rf"(?<![\w-]){o}(?![\w-])", usage)]
     assert not missing, (command, missing)
+
+
+def _options(argv: list[str]) -> list[str]:
+    """The long options ``gensearch <argv> --help`` lists (its entries' first words)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        build_parser().parse_args([*argv, "--help"])
+    entries = out.getvalue().partition("\noptions:\n")[2]
+    found = re.findall(r"^ {2}(?:-\w[^,\n]*, )?(--[\w-]+)", entries, flags=re.MULTILINE)
+    return [o for o in found if o not in ("--help", "--version")]
+
+
+def _cli_doc_section(command: str) -> str:
+    """docs/cli.md's section on ``gensearch <command>``, its subsections included."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "cli.md").read_text()
+    start = text.index(f"\n## `gensearch {command}`")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end >= 0 else len(text)]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_every_option_of_a_command_is_in_its_section_of_docs_cli(command: list[str]) -> None:
+    # Before: `collections list --page-size` was in the help and nowhere in docs/cli.md
+    # (conversations list's --page-size was, in another section).
+    section = _cli_doc_section(command[0])
+    options = _options(command)
+    assert options, command  # the help's entries were found
+    # The connection and output options every command takes are documented once, in
+    # their own section (checked by the next test).
+    options = [o for o in options if o not in _options([])]
+    missing = [o for o in options if not re.search(rf"(?<![\w-]){o}(?![\w-])", section)]
+    assert not missing, (command, missing)
+
+
+def test_every_global_option_is_in_docs_cli() -> None:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "cli.md").read_text()
+    options = _options([])
+    assert "--api-key" in options, options  # the help's entries were found
+    missing = [o for o in options if not re.search(rf"(?<![\w-]){o}(?![\w-])", text)]
+    assert not missing, missing
