@@ -107,8 +107,9 @@ MAX_FALLBACKS = 32
 # gateway holds a collection it creates to its own MAX_PROMPT_CHARS too). Before, the two
 # differed (32 000 and 32 768): a collection's system prompt that a request could not send.
 DEFAULT_MAX_PROMPT_CHARS = 32_768
-# Characters of a search's text (keyword, hybrid, near_text). The gateway searches with at
-# most this much of an Ask's question: a question may be longer than a search takes.
+# Characters of a search's text (keyword, hybrid, near_text) and of a rerank query: the
+# default of retrieval's MAX_QUERY_TEXT_CHARS and MAX_RERANK_QUERY_CHARS, and of the
+# gateway's ASK_SEARCH_TEXT_CHARS (how much of an Ask's question it searches with).
 MAX_QUERY_TEXT = 16_384
 
 # Bytes of replies a server holds for all tenants at once (max_reply_bytes_in_flight):

@@ -263,7 +263,11 @@ class AskService:
 
         hits: list[ret_pb.Hit] = []
         if params.context_size > 0:
-            query = rewrite.search_text(question)
+            # A question may be longer than a search takes; its beginning is what an
+            # embedder, keyword search or reranker weighs anyway. Cut here, so the rerank
+            # query (the question, when the caller names none) is cut with it: a longer one
+            # was refused naming rerank.query, a field the caller never set.
+            query = rewrite.search_text(question)[: self._b.settings.ask_search_text_chars]
             search = ask_request.search_request(request, info, query, params.context_size)
             rerank.apply(search, request, info, query)
             step = traces.start(

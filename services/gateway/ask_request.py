@@ -10,7 +10,6 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from services.common.errors import InvalidArgument, MissingField, quote
 from services.common.repeats import refuse_repeats
 from services.common.request_ids import check_request_id, fingerprint
-from services.common.settings import MAX_QUERY_TEXT
 from services.common.well_known import duration_seconds
 from services.gateway.catalog import CollectionInfo
 from services.gateway.request_parts import (
@@ -197,9 +196,8 @@ def search_request(
     """The request's query with ``text`` where it has none; without a query, hybrid over
     ``text``, or keyword alone when the collection has no embedder to make a vector."""
     search = ret_pb.SearchRequest(collection=request.collection, limit=limit)
-    # A question may be longer than a search takes; its beginning is what an embedder or
-    # keyword search would weigh anyway. A caller's own query text is theirs, not cut.
-    text = text[:MAX_QUERY_TEXT]
+    # ``text`` comes cut to ASK_SEARCH_TEXT_CHARS (ask.py); a caller's own query text is
+    # theirs, not cut.
     kind = copy_query(request, search)
     if kind is not None:
         query = getattr(search, kind)

@@ -15,6 +15,7 @@ from services.common.settings import (
     MAX_CONCURRENCY,
     MAX_FALLBACKS,
     MAX_PER_MINUTE,
+    MAX_QUERY_TEXT,
     MAX_SIZE_BYTES,
     MAX_TOKENS,
     MAX_TTL_SECONDS,
@@ -172,6 +173,11 @@ class GatewaySettings(SchemaBoundSettings):
     # common context windows hold, and the rewrite prompt stays under generation's
     # default prompt limit (1M characters).
     ask_history_chars: int = Field(default=512_000, ge=1000, le=MAX_SIZE_BYTES)
+    # Characters of an Ask's question (or its rewrite) it searches and reranks with, when
+    # the request names no query text of its own: the rest is not sent to retrieval. Keep
+    # it at most retrieval's MAX_QUERY_TEXT_CHARS and MAX_RERANK_QUERY_CHARS (their
+    # default is this one's), or a long question is refused there.
+    ask_search_text_chars: int = Field(default=MAX_QUERY_TEXT, ge=1, le=MAX_SIZE_BYTES)
     # Each trace an Ask stores with its turn (rewrite, retrieval, generation) is cut to this
     # many serialized bytes before it is sent (long strings shortened, marked truncated);
     # memory applies its own max_trace_bytes too. 0: store no traces.

@@ -201,6 +201,8 @@ class Catalog:
             local_model_name=self._settings.local_model_name,
             local_dimensions=local_dims,
             policy=self._settings.embedding_policy(),
+            max_description_chars=self._settings.max_description_chars,
+            max_properties=self._settings.max_properties,
         )
         normalized.create_time.FromNanoseconds(time.time_ns() // 1000 * 1000)
         size = normalized.ByteSize()

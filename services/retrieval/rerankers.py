@@ -77,7 +77,7 @@ from services.retrieval.upstream import Attempts, problem
 MMR = "mmr"
 FIELD = "rerank"
 MAX_CANDIDATES_SETTING = "GENSEARCH_RETRIEVAL_MAX_RERANK_CANDIDATES"
-MAX_RERANK_QUERY = 16_384
+RERANK_QUERY_SETTING = "GENSEARCH_RETRIEVAL_MAX_RERANK_QUERY_CHARS"
 # The caller's key and the base URL it names for it (x-rerank-base-url), per RPC.
 _caller_key: ContextVar[tuple[str, str]] = ContextVar("gensearch_rerank_key", default=("", ""))
 
@@ -187,10 +187,12 @@ class Rerankers:
                 f"{FIELD}.query is required when the search has no text (near_vector)",
                 field=f"{FIELD}.query",
             )
-        if len(query) > MAX_RERANK_QUERY:
+        limit = s.max_rerank_query_chars
+        if len(query) > limit:
             raise InvalidArgument(
-                f"{FIELD}.query is longer than {MAX_RERANK_QUERY} characters",
+                f"{FIELD}.query is longer than {limit} characters ({RERANK_QUERY_SETTING})",
                 field=f"{FIELD}.query",
+                metadata={"max": str(limit), "setting": RERANK_QUERY_SETTING},
             )
         properties = self._properties(rerank, schema)
         common: dict[str, Any] = {

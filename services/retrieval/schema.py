@@ -31,9 +31,13 @@ from services.retrieval.tenancy import DERIVED, NAMING_KEY, TENANT_KEY, engine_n
 
 COLLECTION_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,62}")
 PROPERTY_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+# The defaults of the settings GENSEARCH_RETRIEVAL_MAX_PROPERTIES and
+# _MAX_DESCRIPTION_CHARS (settings.py).
 MAX_PROPERTIES = 256
-MAX_DIMENSIONS = 65_536
 MAX_DESCRIPTION = 4096
+PROPERTIES_SETTING = "GENSEARCH_RETRIEVAL_MAX_PROPERTIES"
+DESCRIPTION_SETTING = "GENSEARCH_RETRIEVAL_MAX_DESCRIPTION_CHARS"
+MAX_DIMENSIONS = 65_536
 # Characters of a provider or model name in a collection's generative fallback chain
 # (which providers exist is the generation service's to say, when the chain is used); the
 # chain's length is bounded by the gateway's default MAX_FALLBACKS (DEFAULT_MAX_FALLBACKS).
@@ -65,12 +69,23 @@ def check_collection_name(name: str, field: str) -> str:
     return name
 
 
+def _check_description(text: str, field: str, limit: int) -> None:
+    if len(text) > limit:
+        raise InvalidArgument(
+            f"{field} is longer than {limit} characters ({DESCRIPTION_SETTING})",
+            field=field,
+            metadata={"max": str(limit), "setting": DESCRIPTION_SETTING},
+        )
+
+
 def validate_new_collection(
     collection: pb.Collection,
     *,
     local_model_name: str,
     local_dimensions: int | None,
     policy: EmbeddingPolicy,
+    max_description_chars: int = MAX_DESCRIPTION,
+    max_properties: int = MAX_PROPERTIES,
 ) -> pb.Collection:
     """A normalized copy of ``collection`` with every default filled in.
 
@@ -85,14 +100,12 @@ def validate_new_collection(
     out.DiscardUnknownFields()
     out.ClearField("create_time")
     check_collection_name(out.name, "collection.name")
-    if len(out.description) > MAX_DESCRIPTION:
+    _check_description(out.description, "collection.description", max_description_chars)
+    if len(out.properties) > max_properties:
         raise InvalidArgument(
-            f"collection.description is longer than {MAX_DESCRIPTION} characters",
-            field="collection.description",
-        )
-    if len(out.properties) > MAX_PROPERTIES:
-        raise InvalidArgument(
-            f"a collection has at most {MAX_PROPERTIES} properties", field="collection.properties"
+            f"a collection has at most {max_properties} properties ({PROPERTIES_SETTING})",
+            field="collection.properties",
+            metadata={"max": str(max_properties), "setting": PROPERTIES_SETTING},
         )
     types: dict[str, int] = {}
     for i, prop in enumerate(out.properties):
@@ -113,8 +126,7 @@ def validate_new_collection(
             raise InvalidArgument(
                 f"{where}.data_type {prop.data_type} is not a DataType", field=f"{where}.data_type"
             )
-        if len(prop.description) > MAX_DESCRIPTION:
-            raise InvalidArgument(f"{where}.description is too long", field=f"{where}.description")
+        _check_description(prop.description, f"{where}.description", max_description_chars)
         types[prop.name] = prop.data_type
     _validate_vectorizer(out.vectorizer, types, local_model_name, local_dimensions, policy)
     if not out.HasField("keyword_index"):

@@ -25,6 +25,9 @@ from services.retrieval.filters import Node
 from services.retrieval.schema import Schema, check_vector
 from services.retrieval.store import FoundPoint, VectorStore
 
+# Characters of a search's text (keyword, hybrid, near_text): the setting's name, as refusals
+# carry it (its default is MAX_QUERY_TEXT).
+QUERY_CHARS_SETTING = "GENSEARCH_RETRIEVAL_MAX_QUERY_TEXT_CHARS"
 DEFAULT_ALPHA = 0.5
 
 
@@ -67,12 +70,19 @@ def fuse(
 
 class Searcher:
     def __init__(
-        self, store: VectorStore, embedders: Embedders, *, candidates: int, rrf_k: int
+        self,
+        store: VectorStore,
+        embedders: Embedders,
+        *,
+        candidates: int,
+        rrf_k: int,
+        max_query_chars: int = MAX_QUERY_TEXT,
     ) -> None:
         self._store = store
         self._embedders = embedders
         self._candidates = candidates
         self._rrf_k = rrf_k
+        self._max_query_chars = max_query_chars
 
     def points_read(self, request: pb.SearchRequest, page: Page) -> int:
         """The most points, payloads and all, the engine reads for ``page`` of ``request``:
@@ -80,6 +90,22 @@ class Searcher:
         if request.WhichOneof("query") == "hybrid":
             return 2 * max(page.offset + page.limit, self._candidates)
         return page.limit
+
+    def _text(self, value: str, field: str) -> str:
+        if not value.strip():
+            raise MissingField(f"{field} is required", field=field)
+        limit = self._max_query_chars
+        if len(value) > limit:
+            raise InvalidArgument(
+                f"{field} is longer than {limit} characters ({QUERY_CHARS_SETTING})",
+                field=field,
+                metadata={
+                    "max": str(limit),
+                    "max_chars": str(limit),
+                    "setting": QUERY_CHARS_SETTING,
+                },
+            )
+        return value
 
     async def search(
         self,
@@ -100,7 +126,7 @@ class Searcher:
             vector = check_vector(list(request.near_vector.vector), schema, "near_vector.vector")
             return await self._dense(schema, vector, where, page, 0.0)
         if mode == "near_text":
-            text = _text(request.near_text.text, "near_text.text")
+            text = self._text(request.near_text.text, "near_text.text")
             if not schema.embeds:
                 raise InvalidArgument(
                     f"collection {schema.name!r} has no vectorizer: use near_vector",
@@ -110,7 +136,7 @@ class Searcher:
             vector, embed_ms = await self._embed(schema, text, "near_text.text", time_left)
             return await self._dense(schema, vector, where, page, embed_ms)
         if mode == "keyword":
-            text = _text(request.keyword.text, "keyword.text")
+            text = self._text(request.keyword.text, "keyword.text")
             _need_keyword_index(schema, "keyword")
             return await self._keyword(schema, text, where, page)
         return await self._hybrid(schema, request.hybrid, where, page, time_left)
@@ -163,7 +189,7 @@ class Searcher:
         alpha = hybrid.alpha if hybrid.HasField("alpha") else DEFAULT_ALPHA
         if not math.isfinite(alpha) or not 0.0 <= alpha <= 1.0:
             raise InvalidArgument("hybrid.alpha must be in [0, 1]", field="hybrid.alpha")
-        text = _text(hybrid.text, "hybrid.text")
+        text = self._text(hybrid.text, "hybrid.text")
         given = list(hybrid.vector)
         if alpha > 0.0 and not given and not schema.embeds:
             raise InvalidArgument(
@@ -199,19 +225,6 @@ class Searcher:
         return SearchResult(
             hits=fused[page.offset : page.offset + page.limit], embed_ms=embed_ms, query_ms=query_ms
         )
-
-
-def _text(value: str, field: str) -> str:
-    if not value.strip():
-        raise MissingField(f"{field} is required", field=field)
-    if len(value) > MAX_QUERY_TEXT:
-        # Its bound, as the prompt limits give theirs (max_chars); a fixed one: no setting.
-        raise InvalidArgument(
-            f"{field} is longer than {MAX_QUERY_TEXT} characters",
-            field=field,
-            metadata={"max_chars": str(MAX_QUERY_TEXT)},
-        )
-    return value
 
 
 def _need_keyword_index(schema: Schema, field: str) -> None:

@@ -66,7 +66,11 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         self._catalog = catalog
         self._embedders = embedders
         self._searcher = Searcher(
-            store, embedders, candidates=settings.hybrid_candidates, rrf_k=settings.rrf_k
+            store,
+            embedders,
+            candidates=settings.hybrid_candidates,
+            rrf_k=settings.rrf_k,
+            max_query_chars=settings.max_query_text_chars,
         )
         # The bytes one tenant's Searches and BatchGetObjects may be building at once.
         self._reads = ReadBytes(

@@ -10,6 +10,7 @@ from pydantic_settings import SettingsConfigDict
 from services.common.egress import EgressPolicy, UrlRefused, canonical_url
 from services.common.model_names import model_name_setting
 from services.common.settings import (
+    MAX_QUERY_TEXT,
     MAX_SIZE_BYTES,
     MAX_TTL_SECONDS,
     MAX_WAIT_SECONDS,
@@ -22,6 +23,7 @@ from services.common.settings import (
 from services.common.values import DEFAULT_MAX_DEPTH
 from services.retrieval.endpoints import DEFAULT_KEY_URLS, ENV_NAME, EmbeddingPolicy
 from services.retrieval.filters import MAX_CONDITIONS, MAX_DEPTH, MAX_ENGINE_CONDITIONS, MAX_LIST
+from services.retrieval.schema import MAX_DESCRIPTION, MAX_PROPERTIES
 from services.retrieval.store import WRITE_TURN_BYTES
 
 RERANK_PROVIDER_NAME = r"[a-z0-9][a-z0-9_.-]{0,63}"
@@ -173,6 +175,18 @@ class RetrievalSettings(DownstreamSettings):
     # sent to (JSON object). A collection naming that base URL may name that variable as
     # api_key_env; no other URL ever receives it. GENSEARCH_* variables are refused.
     embedding_key_urls: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_KEY_URLS))
+
+    # Characters of a search's text (near_text, keyword, hybrid): longer is INVALID_ARGUMENT,
+    # metadata max and setting. The gateway searches with at most its own
+    # ASK_SEARCH_TEXT_CHARS of an Ask's question: keep that at most this.
+    max_query_text_chars: int = Field(default=MAX_QUERY_TEXT, ge=1, le=MAX_SIZE_BYTES)
+    # Characters of a rerank stage's query (Rerank.query, else the search's text).
+    max_rerank_query_chars: int = Field(default=MAX_QUERY_TEXT, ge=1, le=MAX_SIZE_BYTES)
+    # Characters of a collection's description and of each property's description, and
+    # properties one collection declares; more is INVALID_ARGUMENT, metadata max and
+    # setting (the schema's bytes are bounded by MAX_SCHEMA_BYTES as well).
+    max_description_chars: int = Field(default=MAX_DESCRIPTION, ge=1, le=MAX_SIZE_BYTES)
+    max_properties: int = Field(default=MAX_PROPERTIES, ge=1, le=10_000)
 
     # Candidates each side of a hybrid query contributes before fusion (at least offset+limit).
     hybrid_candidates: int = Field(default=50, ge=1, le=10_000)

@@ -13,7 +13,15 @@ from google.protobuf import struct_pb2
 
 from services.gateway.chunks import join_overlapping, merge
 from services.gateway.prompting import estimate_tokens
-from tests.gateway.conftest import ALICE, DIM, Stack, create_books, retrieval_calls, vector
+from tests.gateway.conftest import (
+    ALICE,
+    DIM,
+    Stack,
+    StackFactory,
+    create_books,
+    retrieval_calls,
+    vector,
+)
 from tests.support.rpc import error_info
 
 
@@ -547,3 +555,26 @@ async def test_a_collections_default_rerank_url_gets_a_callers_key_only_when_nam
     assert titles(response.hits) == ["Emma", "Neuromancer"]
     [sent] = stack.fake.rerank_requests
     assert sent.headers["Authorization"] == "Bearer sk-alice-rerank-0123456789"
+
+
+async def test_a_long_question_is_searched_and_reranked_by_its_beginning(
+    stack_factory: StackFactory,
+) -> None:
+    """GENSEARCH_GATEWAY_ASK_SEARCH_TEXT_CHARS of an Ask's question are what it searches
+    and reranks with. Before, the search text was cut to a fixed 16 384 characters but a
+    collection's default rerank got the whole question as its query: a question longer
+    than retrieval takes was INVALID_ARGUMENT naming rerank.query, never sent."""
+    stack = await stack_factory(ask_search_text_chars=40)
+    await create_ranked(stack)
+    question = "a story about people " + "x" * 16_400
+    response = await stack.stub.Ask(
+        gw_pb.AskRequest(
+            collection="Ranked",
+            llm_question=question,
+            near_vector=ret_pb.NearVector(vector=vector(0)),
+            context_size=2,
+        ),
+        metadata=ALICE,
+    )
+    assert response.answer
+    assert stack.fake.rerank_requests[-1].json["query"] == question[:40]

@@ -394,3 +394,80 @@ async def test_a_property_named_twice_is_refused_naming_the_repeat(
         field,
     )
     assert error_info(err).metadata["first"] == field.split("[")[0] + first
+
+
+async def test_text_description_and_property_bounds_are_settings(make_retrieval: Any) -> None:
+    """A search's text, a rerank query, a description and the properties of a collection
+    are bounded by settings, and a refusal names the bound and the setting (before: fixed
+    16 384, 16 384, 4096 and 256, and a description's refusal said neither)."""
+    harness = await make_retrieval(
+        max_query_text_chars=10,
+        max_rerank_query_chars=6,
+        max_description_chars=5,
+        max_properties=2,
+    )
+    s = harness.stub
+    two = vector_collection("Q", DIMS, description="a" * 5)
+    del two.properties[2:]
+    await s.CreateCollection(pb.CreateCollectionRequest(collection=two))
+    vector = [0.1] * DIMS
+    await s.Search(pb.SearchRequest(collection="Q", keyword=pb.Keyword(text="a" * 10)))
+    await s.Search(
+        pb.SearchRequest(
+            collection="Q",
+            near_vector=pb.NearVector(vector=vector),
+            rerank=pb.Rerank(query="b" * 6),
+        )
+    )
+    too_many = vector_collection("R", DIMS)  # seven properties
+    long_described = vector_collection("S", DIMS)
+    del long_described.properties[2:]
+    long_described.properties[1].description = "d" * 6
+    cases = (
+        (
+            s.Search(pb.SearchRequest(collection="Q", keyword=pb.Keyword(text="a" * 11))),
+            "keyword.text",
+            "10",
+            "MAX_QUERY_TEXT_CHARS",
+        ),
+        (
+            s.Search(
+                pb.SearchRequest(
+                    collection="Q",
+                    near_vector=pb.NearVector(vector=vector),
+                    rerank=pb.Rerank(query="b" * 7),
+                )
+            ),
+            "rerank.query",
+            "6",
+            "MAX_RERANK_QUERY_CHARS",
+        ),
+        (
+            s.CreateCollection(
+                pb.CreateCollectionRequest(
+                    collection=vector_collection("T", DIMS, description="a" * 6)
+                )
+            ),
+            "collection.description",
+            "5",
+            "MAX_DESCRIPTION_CHARS",
+        ),
+        (
+            s.CreateCollection(pb.CreateCollectionRequest(collection=long_described)),
+            "collection.properties[1].description",
+            "5",
+            "MAX_DESCRIPTION_CHARS",
+        ),
+        (
+            s.CreateCollection(pb.CreateCollectionRequest(collection=too_many)),
+            "collection.properties",
+            "2",
+            "MAX_PROPERTIES",
+        ),
+    )
+    for call, field, bound, setting in cases:
+        err = await expect_error(call, grpc.StatusCode.INVALID_ARGUMENT, field)
+        info = error_info(err)
+        assert info.metadata["max"] == bound, (field, info)
+        assert info.metadata["setting"] == f"GENSEARCH_RETRIEVAL_{setting}", (field, info)
+        assert f"GENSEARCH_RETRIEVAL_{setting}" in err.details()
