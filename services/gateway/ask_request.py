@@ -10,6 +10,7 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from services.common.errors import InvalidArgument, MissingField, quote
 from services.common.repeats import refuse_repeats
 from services.common.request_ids import check_request_id, fingerprint
+from services.common.suggest import did_you_mean
 from services.common.well_known import duration_seconds
 from services.gateway.catalog import CollectionInfo
 from services.gateway.request_parts import (
@@ -142,11 +143,12 @@ def context_fields(request: AskLike, info: CollectionInfo) -> list[str]:
     fields = list(request.context_field_list)
     unknown = [f for f in fields if f not in info.properties]
     if unknown:
+        hint, suggestion = did_you_mean(unknown[0], info.properties)
         raise InvalidArgument(
-            f"unknown property {quote(unknown[0])} in context_field_list",
+            f"unknown property {quote(unknown[0])} in context_field_list{hint}",
             field="context_field_list",
             reason="UNKNOWN_PROPERTY",
-            metadata={"property": unknown[0]},
+            metadata={"property": unknown[0], **suggestion},
         )
     # Each once, in the order first named: a collection's context_fields may repeat one
     # (the request's own repeats were refused by validate).

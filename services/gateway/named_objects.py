@@ -28,6 +28,7 @@ from google.protobuf import struct_pb2
 
 from services.common.errors import InvalidArgument, MissingField, NotFound
 from services.common.repeats import refuse_repeats
+from services.common.suggest import did_you_mean
 from services.common.values import (
     check_uuid,
     check_value,
@@ -144,11 +145,13 @@ class NamedObjects:
                             # out: a property named "no" would otherwise be read as the
                             # message's subject ("inline.objects[0].no property 'no' …").
                             path = f"inline.objects[{i}].{name[:64]}"
+                            hint, suggestion = did_you_mean(name, info.properties)
                             raise InvalidArgument(
                                 f"{path}: no property {name[:64]!r} in collection "
-                                f"{info.collection.name!r}",
+                                f"{info.collection.name!r}{hint}",
                                 field=path,
                                 reason="UNKNOWN_PROPERTY",
+                                metadata=suggestion,
                             )
                         value = obj.fields[name]
                         if (

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.common.errors import FailedPrecondition, InvalidArgument, quote
+from services.common.suggest import did_you_mean
 from services.common.values import MAX_EXACT_INTEGER
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
@@ -143,12 +144,15 @@ def check_known(
 ) -> None:
     unknown = [name for name in names if name not in schema]
     if unknown:
+        # ``schema`` is the caller's own collection's (or its inline objects'): the
+        # suggestion names nothing it could not read.
+        hint, suggestion = did_you_mean(unknown[0], schema)
         raise InvalidArgument(
             f"unknown property {quote(unknown[0])}: {owner} "
-            f"{', '.join(sorted(schema)) or 'no properties'}",
+            f"{', '.join(sorted(schema)) or 'no properties'}{hint}",
             field=field,
             reason="UNKNOWN_PROPERTY",
-            metadata={"property": unknown[0]},
+            metadata={"property": unknown[0], **suggestion},
         )
 
 

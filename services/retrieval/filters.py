@@ -19,6 +19,7 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 from google.protobuf import json_format
 
 from services.common.errors import InvalidArgument, MissingField, quote
+from services.common.suggest import did_you_mean
 from services.common.values import (
     DEFAULT_MAX_DEPTH,
     check_value,
@@ -196,10 +197,12 @@ def _condition(cond: pb.Condition, b: _Walk, field: str) -> Node:
         raise MissingField(f"{field}.property is required", field=f"{field}.property")
     data_type = b.types.get(name)
     if data_type is None:
+        hint, metadata = did_you_mean(name, b.types)  # this collection's own names only
         raise InvalidArgument(
-            f"{field}.property: no property {quote(name)} in this collection",
+            f"{field}.property: no property {quote(name)} in this collection{hint}",
             field=f"{field}.property",
             reason="UNKNOWN_PROPERTY",
+            metadata=metadata,
         )
     op = cond.operator
     value_field = f"{field}.value"

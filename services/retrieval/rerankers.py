@@ -65,6 +65,7 @@ from services.common.errors import (
 from services.common.logs import register_secret
 from services.common.model_names import check_model_name
 from services.common.openai_api import ATTEMPTS, OpenAIClients, authorized, upstream_span
+from services.common.suggest import did_you_mean
 from services.common.tracing import service_tracer
 from services.common.upstream_retry import RetryPolicy
 from services.retrieval.embedders import LocalEmbedder
@@ -304,11 +305,14 @@ class Rerankers:
         for i, name in enumerate(rerank.properties):
             kind = schema.types.get(name)
             if kind is None or kind not in TEXT_TYPES:
+                texts = [p for p, t in schema.types.items() if t in TEXT_TYPES]
+                hint, metadata = did_you_mean(name, texts) if kind is None else ("", {})
                 raise InvalidArgument(
                     f"{FIELD}.properties[{i}]: {quote(name)} is not a text property of "
-                    "this collection",
+                    f"this collection{hint}",
                     field=f"{FIELD}.properties[{i}]",
                     reason="UNKNOWN_PROPERTY",
+                    metadata=metadata,
                 )
         # Each once: a collection's default made before repeats were refused may hold one.
         return list(dict.fromkeys(rerank.properties)) or schema.text_properties()

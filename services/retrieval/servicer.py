@@ -27,6 +27,7 @@ from services.common.errors import (
     quote,
 )
 from services.common.repeats import refuse_repeats
+from services.common.suggest import did_you_mean
 from services.common.values import check_uuid
 from services.common.well_known import struct
 from services.retrieval import chunks
@@ -523,10 +524,12 @@ def _return_properties(schema: Schema, names: Any) -> list[str] | None:
     refuse_repeats(names, "return_properties")
     for i, name in enumerate(names):
         if name not in schema.types:
+            hint, metadata = did_you_mean(name, schema.types)
             raise InvalidArgument(
-                f"return_properties[{i}]: no property {quote(name)} in this collection",
+                f"return_properties[{i}]: no property {quote(name)} in this collection{hint}",
                 field=f"return_properties[{i}]",
                 reason="UNKNOWN_PROPERTY",
+                metadata=metadata,
             )
     return list(names) or None
 

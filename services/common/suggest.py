@@ -1,0 +1,36 @@
+"""'Did you mean …?' for a name the caller got wrong (a property named in a filter or a
+template): the closest known name, when one is close enough.
+
+The known names are always the caller's own (the schema of a collection it may read): a
+suggestion must never show another tenant's names. The caller passes them in; nothing here
+looks anything up.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+# difflib's default: a third of the letters may differ ("yeer" -> "year", "titel" ->
+# "title"), while "foo" suggests nothing for "year".
+_CUTOFF = 0.6
+# Longer than any property name can be (64 characters): nothing is close enough to it,
+# and difflib's work grows with the length of what it compares.
+_MAX_CHARS = 128
+
+
+def closest(name: str, known: Iterable[str]) -> str | None:
+    """The known name closest to ``name``, or None when none is close."""
+    if not name or len(name) > _MAX_CHARS:
+        return None
+    found = difflib.get_close_matches(name, [k for k in known if k != name], n=1, cutoff=_CUTOFF)
+    return found[0] if found else None
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> tuple[str, dict[str, str]]:
+    """The text to end a refusal's message with (``"; did you mean 'year'?"``) and the
+    ErrorInfo metadata saying it (``{"suggestion": "year"}``); both empty without one."""
+    match = closest(name, known)
+    if match is None:
+        return "", {}
+    return f"; did you mean {match!r}?", {"suggestion": match}
