@@ -42,7 +42,8 @@ from services.gateway.settings import GatewaySettings
 from services.gateway.templates import is_empty, to_text
 
 FIELD = "expand_context"
-# Longest overlap looked for between two neighbouring chunks' texts (characters).
+# Longest overlap looked for between two neighbouring chunks' texts (characters). Not a
+# setting: it refuses nothing, it bounds the work of joining two chunks.
 MAX_OVERLAP = 2000
 MIN_OVERLAP = 8
 # The widest position GetChunks takes (retrieval holds positions as doubles, exact to

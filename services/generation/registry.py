@@ -20,7 +20,8 @@ from services.generation.rate_buckets import (
 from services.generation.settings import GenerationSettings, ProviderConfig
 from services.generation.upstream import ALLOWLIST_SETTING
 
-# Providers kept for callers' base URLs (each holds its own concurrency limit).
+# Providers kept for callers' base URLs (each holds its own concurrency limit). Not a
+# setting: it refuses nothing, a provider past it is made again when next used.
 MAX_CALLER_ENDPOINTS = 64
 
 

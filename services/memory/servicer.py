@@ -49,6 +49,9 @@ if TYPE_CHECKING:  # the search index (and what it imports) loads only when it i
 
 log = logging.getLogger("gensearch.memory")
 DEFAULT_PAGE_SIZE = 10
+# Not a setting: a larger page_size is served as this (AIP-158), never refused, and a
+# caller pages on with next_page_token (GENSEARCH_MEMORY_MAX_PAGE_BYTES bounds a page's
+# bytes).
 MAX_PAGE_SIZE = 100
 _CONVERSATIONS = "c"
 _INTERACTIONS = "i"

@@ -50,6 +50,8 @@ from services.retrieval.store import CollectionLayout, VectorStore
 from services.retrieval.tenancy import TENANT_KEY
 
 DEFAULT_PAGE_SIZE = 10
+# Not a setting: a larger page_size is served as this (AIP-158), never refused, and a
+# caller pages on with next_page_token.
 MAX_PAGE_SIZE = 100
 
 MISS_RELOAD_SECONDS = 0.5
@@ -203,6 +205,7 @@ class Catalog:
             policy=self._settings.embedding_policy(),
             max_description_chars=self._settings.max_description_chars,
             max_properties=self._settings.max_properties,
+            max_dimensions=self._settings.max_dimensions,
         )
         normalized.create_time.FromNanoseconds(time.time_ns() // 1000 * 1000)
         size = normalized.ByteSize()
@@ -333,7 +336,8 @@ def not_found(name: str, field: str) -> NotFound:
 # (a 3 MB token, stray characters or bytes that are no name were silently read as some
 # cursor, often an empty page).
 _TOKEN_PREFIX = b"c1:"
-# The longest token: that of the longest collection name (63 characters).
+# The longest token: that of the longest collection name (63 characters). Not a setting:
+# it bounds no caller's data, only what is read of a text no ListCollections issued.
 MAX_TOKEN_CHARS = 128
 
 

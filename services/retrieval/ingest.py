@@ -21,13 +21,15 @@ from services.common.values import DEFAULT_MAX_DEPTH
 from services.retrieval import bm25
 from services.retrieval.embedders import Embedder, Embedders, EmbeddingInputRejected
 from services.retrieval.schema import ObjectInvalid, PreparedObject, Schema, prepare_object
+from services.retrieval.settings import MAX_ISOLATION_CALLS
 from services.retrieval.store import PROPS, StoredPoint, VectorStore
 
 # The most embedding calls one batch may spend finding which of its objects an endpoint
 # refused (bisection: about 2 x log2(batch) calls per refused object, 20 for one in 1000).
 # Past it the whole call is INVALID_ARGUMENT: an endpoint refusing every text (a model it
-# does not serve, answered 400) must not be asked once per object.
-MAX_ISOLATION_CALLS = 64
+# does not serve, answered 400) must not be asked once per object. The setting
+# GENSEARCH_RETRIEVAL_MAX_ISOLATION_CALLS (default MAX_ISOLATION_CALLS).
+ISOLATION_SETTING = "GENSEARCH_RETRIEVAL_MAX_ISOLATION_CALLS"
 
 
 @dataclass
@@ -56,6 +58,7 @@ async def write_batch(
     *,
     first_index: int = 0,
     max_value_depth: int = DEFAULT_MAX_DEPTH,
+    max_isolation_calls: int = MAX_ISOLATION_CALLS,
     before_write: Callable[[], Awaitable[None]] | None = None,
     check_room: Callable[[list[str]], Awaitable[None]] | None = None,
     time_left: Callable[[], float | None],
@@ -98,17 +101,20 @@ async def write_batch(
         await check_room([prepared.id for prepared in kept])
     if to_embed:
         embedder = embedders.for_collection(schema)
-        budget = [MAX_ISOLATION_CALLS]
+        budget = [max_isolation_calls]
         refused: list[tuple[PreparedObject, EmbeddingInputRejected]] = []
         try:
             await _embed_isolating(embedder, to_embed, refused, budget, time_left)
         except EmbeddingInputRejected as err:
-            raise err.for_field(
+            refusal = err.for_field(
                 "objects",
                 "the texts of this batch",
-                f"more of them than {MAX_ISOLATION_CALLS} calls could single out, so nothing "
-                "was written: shorten the texts, or check the collection's vectorizer model",
-            ) from None
+                f"more of them than {max_isolation_calls} calls ({ISOLATION_SETTING}) could "
+                "single out, so nothing was written: shorten the texts, or check the "
+                "collection's vectorizer model",
+            )
+            refusal.metadata.update(max=str(max_isolation_calls), setting=ISOLATION_SETTING)
+            raise refusal from None
         except ServiceError as err:
             # The embedder serves Search too, so its errors leave out what was written;
             # here nothing of the batch was (the write comes after the embedding).

@@ -37,7 +37,9 @@ MAX_PROPERTIES = 256
 MAX_DESCRIPTION = 4096
 PROPERTIES_SETTING = "GENSEARCH_RETRIEVAL_MAX_PROPERTIES"
 DESCRIPTION_SETTING = "GENSEARCH_RETRIEVAL_MAX_DESCRIPTION_CHARS"
+# The default and the most of GENSEARCH_RETRIEVAL_MAX_DIMENSIONS: Qdrant's own limit.
 MAX_DIMENSIONS = 65_536
+DIMENSIONS_SETTING = "GENSEARCH_RETRIEVAL_MAX_DIMENSIONS"
 # Characters of a provider or model name in a collection's generative fallback chain
 # (which providers exist is the generation service's to say, when the chain is used); the
 # chain's length is bounded by the gateway's default MAX_FALLBACKS (DEFAULT_MAX_FALLBACKS).
@@ -86,6 +88,7 @@ def validate_new_collection(
     policy: EmbeddingPolicy,
     max_description_chars: int = MAX_DESCRIPTION,
     max_properties: int = MAX_PROPERTIES,
+    max_dimensions: int = MAX_DIMENSIONS,
 ) -> pb.Collection:
     """A normalized copy of ``collection`` with every default filled in.
 
@@ -128,7 +131,9 @@ def validate_new_collection(
             )
         _check_description(prop.description, f"{where}.description", max_description_chars)
         types[prop.name] = prop.data_type
-    _validate_vectorizer(out.vectorizer, types, local_model_name, local_dimensions, policy)
+    _validate_vectorizer(
+        out.vectorizer, types, local_model_name, local_dimensions, policy, max_dimensions
+    )
     if not out.HasField("keyword_index"):
         out.keyword_index = True
     _validate_generative(out.generative, types)
@@ -208,6 +213,7 @@ def _validate_vectorizer(
     local_model_name: str,
     local_dimensions: int | None,
     policy: EmbeddingPolicy,
+    max_dimensions: int = MAX_DIMENSIONS,
 ) -> None:
     where = "collection.vectorizer"
     if vec.kind == pb.VECTORIZER_KIND_UNSPECIFIED:
@@ -216,9 +222,11 @@ def _validate_vectorizer(
         vec.distance = pb.DISTANCE_COSINE
     if vec.distance not in DISTANCES:
         raise InvalidArgument(f"{where}.distance is unknown", field=f"{where}.distance")
-    if vec.dimensions < 0 or vec.dimensions > MAX_DIMENSIONS:
+    if vec.dimensions < 0 or vec.dimensions > max_dimensions:
         raise InvalidArgument(
-            f"{where}.dimensions must be in 1..{MAX_DIMENSIONS}", field=f"{where}.dimensions"
+            f"{where}.dimensions must be in 1..{max_dimensions} ({DIMENSIONS_SETTING})",
+            field=f"{where}.dimensions",
+            metadata={"max": str(max_dimensions), "setting": DIMENSIONS_SETTING},
         )
     if vec.kind == pb.VECTORIZER_KIND_LOCAL:
         if vec.model and vec.model != local_model_name:

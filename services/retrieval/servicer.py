@@ -210,6 +210,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
                 self._embedders,
                 first_index=first_index,
                 max_value_depth=self._settings.max_value_depth,
+                max_isolation_calls=self._settings.max_isolation_calls,
                 before_write=same_collection,
                 check_room=room,
                 time_left=context.time_remaining,

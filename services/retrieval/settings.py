@@ -23,7 +23,7 @@ from services.common.settings import (
 from services.common.values import DEFAULT_MAX_DEPTH
 from services.retrieval.endpoints import DEFAULT_KEY_URLS, ENV_NAME, EmbeddingPolicy
 from services.retrieval.filters import MAX_CONDITIONS, MAX_DEPTH, MAX_ENGINE_CONDITIONS, MAX_LIST
-from services.retrieval.schema import MAX_DESCRIPTION, MAX_PROPERTIES
+from services.retrieval.schema import MAX_DESCRIPTION, MAX_DIMENSIONS, MAX_PROPERTIES
 from services.retrieval.store import WRITE_TURN_BYTES
 
 RERANK_PROVIDER_NAME = r"[a-z0-9][a-z0-9_.-]{0,63}"
@@ -60,6 +60,10 @@ class RerankProvider(BaseModel):
         if value and (not ENV_NAME.fullmatch(value) or value.upper().startswith("GENSEARCH_")):
             raise ValueError(f"{value[:64]!r} cannot hold a rerank key")
         return value
+
+
+# The default of max_isolation_calls (ingest.py says why it is needed).
+MAX_ISOLATION_CALLS = 64
 
 
 class RetrievalSettings(DownstreamSettings):
@@ -160,6 +164,11 @@ class RetrievalSettings(DownstreamSettings):
     # Seconds an OpenAI-compatible embeddings request may take, its retries included (the
     # only bound of a call without a deadline, 429s retried included).
     embed_timeout: float = Field(default=30.0, gt=0, le=MAX_WAIT_SECONDS)
+    # Embeddings calls one UpsertObjects / ImportObjects batch may spend singling out the
+    # objects whose text the endpoint refused (ingest.py); past it the call is
+    # INVALID_ARGUMENT naming objects (EMBEDDING_INPUT_REJECTED, metadata max and setting),
+    # nothing written.
+    max_isolation_calls: int = Field(default=MAX_ISOLATION_CALLS, ge=1, le=10_000)
     # Retries of an embeddings request (408, 409, 5xx, connection errors; the shared policy
     # of services/common/upstream_retry.py). A 429 spends none: it is retried for as long
     # as the request's deadline allows, as in generation.
@@ -187,6 +196,9 @@ class RetrievalSettings(DownstreamSettings):
     # setting (the schema's bytes are bounded by MAX_SCHEMA_BYTES as well).
     max_description_chars: int = Field(default=MAX_DESCRIPTION, ge=1, le=MAX_SIZE_BYTES)
     max_properties: int = Field(default=MAX_PROPERTIES, ge=1, le=10_000)
+    # A vectorizer's dimensions; more is INVALID_ARGUMENT, metadata max and setting. At most
+    # Qdrant's own limit (65 536).
+    max_dimensions: int = Field(default=MAX_DIMENSIONS, ge=1, le=MAX_DIMENSIONS)
 
     # Candidates each side of a hybrid query contributes before fusion (at least offset+limit).
     hybrid_candidates: int = Field(default=50, ge=1, le=10_000)

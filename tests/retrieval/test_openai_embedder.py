@@ -629,3 +629,29 @@ async def test_an_upsert_does_not_land_in_a_collection_created_while_it_embedded
     assert "deleted after this call started" in (err.details() or "")
     fake.latency = 0.0
     assert (await stub.CountObjects(pb.CountObjectsRequest(collection="Remote"))).count == 0
+
+
+async def test_the_isolation_budget_is_a_setting_the_refusal_names(
+    make_retrieval: MakeRetrieval, fake: FakeOpenAI
+) -> None:
+    # GENSEARCH_RETRIEVAL_MAX_ISOLATION_CALLS (was a fixed 64, named by no refusal).
+    retrieval = await make_retrieval(
+        embedding_key_urls={KEY_ENV: fake.base_url}, max_isolation_calls=5
+    )
+    await retrieval.stub.CreateCollection(
+        pb.CreateCollectionRequest(collection=remote(fake.base_url))
+    )
+    fake.max_embedding_chars, fake.oversize_status = 3, 400
+    objects = [obj({"title": f"title {i}"}) for i in range(200)]
+    err = await expect_error(
+        retrieval.stub.UpsertObjects(pb.UpsertObjectsRequest(collection="Remote", objects=objects)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "objects",
+    )
+    info = error_info(err)
+    assert info.reason == "EMBEDDING_INPUT_REJECTED"
+    assert (info.metadata["max"], info.metadata["setting"]) == (
+        "5",
+        "GENSEARCH_RETRIEVAL_MAX_ISOLATION_CALLS",
+    )
+    assert _embedding_calls(fake) <= 7

@@ -396,15 +396,18 @@ async def test_a_property_named_twice_is_refused_naming_the_repeat(
     assert error_info(err).metadata["first"] == field.split("[")[0] + first
 
 
-async def test_text_description_and_property_bounds_are_settings(make_retrieval: Any) -> None:
-    """A search's text, a rerank query, a description and the properties of a collection
-    are bounded by settings, and a refusal names the bound and the setting (before: fixed
-    16 384, 16 384, 4096 and 256, and a description's refusal said neither)."""
+async def test_text_description_property_and_dimension_bounds_are_settings(
+    make_retrieval: Any,
+) -> None:
+    """A search's text, a rerank query, a description, the properties of a collection and
+    its vectors' dimensions are bounded by settings, and a refusal names the bound and the
+    setting (before: fixed 16 384, 16 384, 4096, 256 and 65 536, named by no refusal)."""
     harness = await make_retrieval(
         max_query_text_chars=10,
         max_rerank_query_chars=6,
         max_description_chars=5,
         max_properties=2,
+        max_dimensions=DIMS,
     )
     s = harness.stub
     two = vector_collection("Q", DIMS, description="a" * 5)
@@ -463,6 +466,16 @@ async def test_text_description_and_property_bounds_are_settings(make_retrieval:
             "collection.properties",
             "2",
             "MAX_PROPERTIES",
+        ),
+    )
+    wide = vector_collection("U", DIMS + 1)
+    del wide.properties[2:]
+    cases += (
+        (
+            s.CreateCollection(pb.CreateCollectionRequest(collection=wide)),
+            "collection.vectorizer.dimensions",
+            str(DIMS),
+            "MAX_DIMENSIONS",
         ),
     )
     for call, field, bound, setting in cases:
