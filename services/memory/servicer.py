@@ -420,7 +420,7 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
                 "bytes must not be negative", field="bytes", reason="NEGATIVE_COUNT"
             )
         owner = _owner()
-        claim = _claim(request)
+        claim = _claim(request, self._settings.max_claim_token_bytes)
         kept = _given_fingerprint(request.request_fingerprint)
         if request.request_id:
             if summary:
@@ -491,10 +491,10 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
         )
 
 
-# The longest reservation CheckStorage makes of a request_id (claim_seconds), and the
-# longest claim_token (an attempt's id: a UUID is 36 bytes).
+# The longest reservation CheckStorage makes of a request_id (claim_seconds): a duration,
+# kept in step with the gateway's (turns.py), which claims up to it. (The longest
+# claim_token is the setting max_claim_token_bytes.)
 MAX_CLAIM_SECONDS = 3600
-_MAX_CLAIM_TOKEN_BYTES = 64
 
 
 # CreateInteraction's fields left out of a turn's content fingerprint (_turn_fingerprint).
@@ -520,7 +520,7 @@ def _turn_fingerprint(request: pb.CreateInteractionRequest) -> str:
     return CONTENT + content
 
 
-def _claim(request: pb.CheckStorageRequest) -> tuple[str, int] | None:
+def _claim(request: pb.CheckStorageRequest, max_token_bytes: int) -> tuple[str, int] | None:
     """CheckStorage's claim_token and claim_seconds, checked: None without a claim."""
     if not request.claim_token and not request.release_claim:
         if request.claim_seconds:
@@ -531,7 +531,7 @@ def _claim(request: pb.CheckStorageRequest) -> tuple[str, int] | None:
             "a claim reserves a request_id: request_id is required with claim_token",
             field="request_id",
         )
-    token = _text(request.claim_token, "claim_token", _MAX_CLAIM_TOKEN_BYTES)
+    token = _text(request.claim_token, "claim_token", max_token_bytes, "max_claim_token_bytes")
     if not token:
         raise MissingField("release_claim names its attempt's claim_token", field="claim_token")
     if request.release_claim:

@@ -100,6 +100,9 @@ class MemorySettings(DownstreamSettings):
         default=MIB, ge=1, le=MAX_SIZE_BYTES
     )  # serialized Struct
     max_request_id_bytes: int = Field(default=128, ge=1, le=MAX_SIZE_BYTES)
+    # CheckStorage's claim_token: an attempt's id (the gateway sends a 32-character UUID in
+    # hex, so at least that).
+    max_claim_token_bytes: int = Field(default=64, ge=32, le=MAX_SIZE_BYTES)
     # Deepest nesting of objects and lists in additional_info (services/common/values.py).
     # At most 32: deeper, a stored Struct would no longer parse inside the responses that
     # carry it (protobuf stops at 100 message levels).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import grpc
 import pytest
@@ -457,3 +458,28 @@ async def test_a_conversation_name_with_a_control_character_is_refused(
     )
     listed = await s.ListConversations(pb.ListConversationsRequest(), metadata=ALICE)
     assert [c.name for c in listed.conversations] == ["Trip ✈"]
+
+
+async def test_claim_token_bound_is_a_setting_the_refusal_names(
+    memory_factory: MemoryFactory,
+) -> None:
+    # GENSEARCH_MEMORY_MAX_CLAIM_TOKEN_BYTES (was a fixed 64, named by no refusal).
+    memory = await memory_factory(max_claim_token_bytes=40)
+    cid = (
+        await memory.stub.CreateConversation(pb.CreateConversationRequest(), metadata=ALICE)
+    ).conversation.conversation_id
+
+    def check(token: str) -> Any:
+        request = pb.CheckStorageRequest(
+            conversation_id=cid, bytes=1, request_id="k", claim_token=token, claim_seconds=60
+        )
+        return memory.stub.CheckStorage(request, metadata=ALICE)
+
+    assert not (await check("a" * 40)).request_id_in_use
+    err = await expect_error(check("b" * 41), INVALID, "claim_token")
+    info = error_info(err)
+    assert info.reason == "FIELD_TOO_LARGE"
+    assert (info.metadata["limit_bytes"], info.metadata["setting"]) == (
+        "40",
+        "GENSEARCH_MEMORY_MAX_CLAIM_TOKEN_BYTES",
+    )
