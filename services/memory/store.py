@@ -517,6 +517,8 @@ class MemoryStore:
         # Where a call's check for gone turns starts (taken modulo the conversation's turns
         # by the script); a test may give a fixed sequence.
         self._gone_offsets = gone_check_offsets or (lambda: random.randrange(1 << 31))
+        # Keys to declare with a turn's key (its conversation's hash), learnt (``_run``).
+        self._hints: dict[str, list[str]] = {}
         # Turn writes under way per conversation: [lock, writers holding or waiting].
         self._turn_writes: dict[str, list[Any]] = {}
 
@@ -621,7 +623,13 @@ class MemoryStore:
         return [self._gone_offsets(), self._gone_turns]
 
     async def _run(
-        self, tag: str, script: AsyncScript, names: list[str], args: list[EncodableT]
+        self,
+        tag: str,
+        script: AsyncScript,
+        names: list[str],
+        args: list[EncodableT],
+        *,
+        hint: str = "",
     ) -> Any:
         """The answer of ``script`` (on ``names``, ``args``), after what a run of it stopped
         for, nothing written: a write that charges the owner's bytes, for the reconcile or
@@ -631,9 +639,13 @@ class MemoryStore:
         or once per conversation stored before the accounting), or for the drop of the
         gone turns of the conversation written to (drop_missing.lua: three more, only when
         the write would not fit and a turn of its conversation has no key); a script that
-        found a key it derives missing, for a run with it declared too (lua/read.lua's
-        declare_first: one more round trip, only then)."""
-        names = list(names)
+        reads a key it derives and its run did not declare, for a run with it declared
+        too (lua/read.lua's declare_first: one more round trip each). ``hint`` (a turn's
+        key) names the call's turn: the keys a run of it asked for are kept (its
+        conversation's hash: a turn never changes conversation) and declared up front by
+        the next call naming it, which so takes one round trip."""
+        names = list(names) + self._hints.get(hint, []) if hint else list(names)
+        asked: list[str] = []
         declared = measured = walked = 0
         # A stop for the reconcile follows a conversation that really expired since the
         # last walk (reconcile.lua sets next_expiry from the hashes' own expiry), so in a
@@ -648,10 +660,14 @@ class MemoryStore:
         budget = self._max_conversations * RUN_ATTEMPTS
         while declared < RUN_ATTEMPTS and measured < RUN_ATTEMPTS and walked < budget:
             try:
-                return await _redis(script(keys=names, args=args))
+                out = await _redis(script(keys=names, args=args))
+                if hint and asked:
+                    self._hint(hint, asked)
+                return out
             except _DeclareFirst as first:
                 declared += 1
                 names += first.names
+                asked += first.names
             except _UsageFirst as first:
                 if first.cid is None:
                     walked += await self._walk(tag)
@@ -668,6 +684,12 @@ class MemoryStore:
             "the owner's conversations kept changing meanwhile; try again",
             reason="CONCURRENT_UPDATE",
         )
+
+    def _hint(self, turn: str, names: list[str]) -> None:
+        """Keeps ``names`` to declare up front with the turn key ``turn`` (``_run``)."""
+        if len(self._hints) >= 10_000:  # a cache, not a leak
+            self._hints.clear()
+        self._hints[turn] = names
 
     async def _reconcile(self, tag: str, gone: list[str]) -> bool:
         """Drops the conversations whose hash is gone from the owner's list and accounting
@@ -808,12 +830,10 @@ class MemoryStore:
         REQUEST_ID_REUSED when it was stored for another request than ``fingerprint``
         (_same_request)."""
         tag = self.tag(owner)
-        out = await self._run(
-            tag,
-            self._stored_request,
-            [self._request(owner, tag, request_id)],
-            [self.caller(owner), tag],
-        )
+        req = self._request(owner, tag, request_id)
+        # The turn it names and that turn's conversation hash are asked for by first runs
+        # (lua/read.lua's declare_first), then kept for a retry's look-up (``_run``).
+        out = await self._run(tag, self._stored_request, [req], [self.caller(owner), tag], hint=req)
         if not out:
             return None
         _same_request(fingerprint, out[2])
@@ -831,15 +851,17 @@ class MemoryStore:
         fingerprint kept (claimed without one, or by a replica older than this) is not
         compared: False, in use."""
         tag = self.tag(owner)
+        req = self._request(owner, tag, request_id)
         out = await self._run(
             tag,
             self._claim_request,
             [
-                self._request(owner, tag, request_id),
+                req,
                 self._claim(owner, tag, request_id),
                 self._claim_fingerprint(owner, tag, request_id),
             ],
             [self.caller(owner), tag, token, seconds * 1000, fingerprint],
+            hint=req,
         )
         if out[0] == 1:
             _same_request(fingerprint, out[3])
@@ -902,7 +924,8 @@ class MemoryStore:
         names = [keys.conversation(tag, cid), keys.conversation_interactions(tag, cid)]
         for _ in range(RUN_ATTEMPTS):
             args = [self.caller(owner), tag, *self._gone_check()]
-            row = await _redis(self._get_conversation(keys=names, args=args))
+            # The window's turns are asked for by a first run (lua/read.lua's missing_turn).
+            row = await self._run(tag, self._get_conversation, names, args)
             if not row:
                 raise conversation_not_found(cid)
             if row[_MISSING_TURN] != b"1" or not await self._dropped(owner, tag, cid):
@@ -1154,7 +1177,9 @@ class MemoryStore:
             min(LIST_TURNS, self._max_interactions), *self._gone_check(),
         ]  # fmt: skip
         for _ in range(RUN_ATTEMPTS):
-            out = await _redis(self._list_conversations(keys=[keys.conversations(tag)], args=args))
+            # The page's hashes, lists and windows' turns are asked for by first runs
+            # (lua/list_conversations.lua).
+            out = await self._run(tag, self._list_conversations, [keys.conversations(tag)], args)
             # Members whose hash was missing: expired, or (mid-reshard) not moved yet to
             # the node that ran the script. Removed with the hashes declared, so Redis
             # refuses while they are split (UNAVAILABLE) rather than a live one leaving;
@@ -1226,6 +1251,8 @@ class MemoryStore:
             raise self._conversation_full(cid)
         if status == 5:
             raise self._conversations_full()
+        # A read of the turn by its id declares its conversation's hash up front (``_run``).
+        self._hint(keys.interaction(tag, interaction.interaction_id), [keys.conversation(tag, cid)])
         if out[1] == b"1":
             # This turn's renewal started a walk of every turn's expiry (once per ttl of
             # activity): finished before the turn is acknowledged, so the conversation
@@ -1317,11 +1344,12 @@ class MemoryStore:
         tag = self.tag(owner)
         start = f"({cursor}" if cursor else "+"
         for _ in range(RUN_ATTEMPTS):
-            out = await _redis(
-                self._list_interactions(
-                    keys=[keys.conversation(tag, cid), keys.conversation_interactions(tag, cid)],
-                    args=[self.caller(owner), tag, start, page_size, max_bytes],
-                )
+            # The page's turns are asked for by a first run (lua/list_interactions.lua).
+            out = await self._run(
+                tag,
+                self._list_interactions,
+                [keys.conversation(tag, cid), keys.conversation_interactions(tag, cid)],
+                [self.caller(owner), tag, start, page_size, max_bytes],
             )
             if out is None:
                 raise conversation_not_found(cid)
@@ -1395,11 +1423,9 @@ class MemoryStore:
     async def get_interaction_traces(self, owner: Owner, iid: str) -> bytes:
         """The interaction's serialized traces (b"" when it has none)."""
         tag = self.tag(owner)
+        turn = keys.interaction(tag, iid)
         out = await self._run(
-            tag,
-            self._get_interaction_traces,
-            [keys.interaction(tag, iid)],
-            [self.caller(owner), tag],
+            tag, self._get_interaction_traces, [turn], [self.caller(owner), tag], hint=turn
         )
         if out is None:
             raise interaction_not_found(iid)
@@ -1407,8 +1433,9 @@ class MemoryStore:
 
     async def get_interaction_data(self, owner: Owner, iid: str) -> bytes:
         tag = self.tag(owner)
+        turn = keys.interaction(tag, iid)
         data = await self._run(
-            tag, self._get_interaction, [keys.interaction(tag, iid)], [self.caller(owner), tag]
+            tag, self._get_interaction, [turn], [self.caller(owner), tag], hint=turn
         )
         if data is None:
             raise interaction_not_found(iid)

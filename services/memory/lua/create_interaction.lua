@@ -24,8 +24,8 @@
 -- conversation's newest turn (the writer's clock is behind the one that wrote it: the
 -- caller makes an id after `newest` and writes again; nothing written), {7, iid,
 -- request_id, ...} turns to declare and run again with (nothing written): those the
--- eviction after this turn deletes (retention.lua), or the turn request_id names when
--- its key is not on this node (mid-reshard it may not have moved yet: declared, Redis
+-- eviction after this turn deletes (retention.lua), or the turn request_id names (its
+-- key is read only declared: mid-reshard it may not have moved yet, and declared, Redis
 -- refuses the run until it has, rather than the turn being written twice).
 gone_check_before_declared()
 local create = ARGV[14] == '1'
@@ -42,12 +42,15 @@ if ARGV[6] ~= '' then
   if prev then
     -- A turn is gone when its conversation hash is (expired: its own key may live one
     -- ttl longer): then the key is free, as stored_request.lua (CheckStorage) says too.
+    -- Its key is read only declared (a first run names it, nothing written), as is
+    -- its conversation's hash (owned, read.lua: declare_first), so that mid-reshard a
+    -- turn not moved yet is never taken for gone and the turn written twice.
     local key = ARGV[2] .. ':int:' .. prev
+    if declared[prev] == nil then return {7, prev, ARGV[6]} end
     local found = interaction(key)
     if found[1] and owned(ARGV[2], ARGV[1], found[1], {}) then
       return {2, found[1], found[2], redis.call('HGET', key, 'request_fingerprint')}
     end
-    if not found[1] and declared[prev] == nil then return {7, prev, ARGV[6]} end
   end
 end
 if not create then

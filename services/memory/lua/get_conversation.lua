@@ -1,5 +1,6 @@
 -- needs: read
--- GetConversation. KEYS: conv, ints. ARGV: caller (read.lua), tag, then where the check for
+-- GetConversation. KEYS: conv, ints, then the window's turn keys (a run before asked to
+-- declare them: read.lua's missing_turn). ARGV: caller (read.lua), tag, then where the check for
 -- a gone turn starts and how many turns it checks (read.lua's missing_turn: a window).
 -- Returns false when the conversation is not the caller's (or missing); else its row
 -- (store.CONVERSATION_FIELDS) and then '1' when a turn of the window has no key here (the

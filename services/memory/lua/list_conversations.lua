@@ -1,5 +1,5 @@
 -- needs: read
--- KEYS: convs. ARGV: caller (read.lua), tag, start bound, page size, most members to read,
+-- KEYS: convs, then the keys a run before asked to declare (below). ARGV: caller (read.lua), tag, start bound, page size, most members to read,
 -- most turns to check (below), then where each conversation's check for a gone turn starts
 -- and how many of its turns it checks (read.lua's missing_turn: a window).
 -- Returns {next, gone, stale, member1, row1, ...}: next is '' on the last page, else the
@@ -33,12 +33,36 @@ local gone, stale = {}, {}
 local out = {'', gone, stale}
 local found, read, checked = 0, 0, 0
 local last, shown = nil, nil
+-- Every key read is declared: a member's hash and list, then its window's turns, are
+-- noted when they are not, and not read (read.lua's declare_first): the run stops, nothing
+-- written, naming them all, and the store runs the page again with them declared. A
+-- member whose hash was not read leaves the rest of its batch unsure (whether it is the
+-- caller's, how many the page holds): the run stops after that batch, naming too the
+-- hashes and lists of the members that may follow (the most a page reads), so that the
+-- next run reads on through them and notes only their windows' turns. A page so takes
+-- three runs (hashes and lists, windows, the answer), each with every key it reads
+-- declared.
+local notes, blind = {}, false
+local function unsure(after)
+  if not blind then return end
+  local more = redis.call('ZRANGE', KEYS[1], '(' .. after, '-', 'BYLEX', 'REV', 'LIMIT', 0,
+                          budget)
+  for _, member in ipairs(more) do
+    local conv = tag .. ':conv:' .. string.sub(member, 17)
+    note_undeclared({conv, conv .. ':ints'}, notes)
+  end
+  declare_first(notes)
+end
+local function answer()
+  declare_first(notes)
+  return out
+end
 while true do
   local want = n + 1 - found
   if found > 0 then
     if read >= budget then
       out[1] = last
-      return out
+      return answer()
     end
     want = math.min(want, budget - read)
   end
@@ -48,24 +72,29 @@ while true do
     read = read + 1
     last = member
     local cid = string.sub(member, 17)
-    local row = conversation(tag .. ':conv:' .. cid)
-    if not row[1] then
-      gone[#gone + 1] = member
-    elseif owns(row[1], row[18], who) then
-      if found == n or (found > 0 and checked >= turns) then
-        out[1] = shown
-        return out
+    local conv = tag .. ':conv:' .. cid
+    if note_undeclared({conv, conv .. ':ints'}, notes) then
+      blind = true
+    else
+      local row = conversation(conv)
+      if not row[1] then
+        gone[#gone + 1] = member
+      elseif owns(row[1], row[18], who) then
+        if found == n or (found > 0 and checked >= turns) then
+          out[1] = shown
+          return answer()
+        end
+        local listed, missing = missing_turn(tag, conv .. ':ints', offset, window, notes)
+        checked = checked + listed
+        if missing then stale[#stale + 1] = cid end
+        out[#out + 1] = member
+        out[#out + 1] = row
+        shown = member
+        found = found + 1
       end
-      local listed, missing = missing_turn(tag, tag .. ':conv:' .. cid .. ':ints', offset,
-                                           window)
-      checked = checked + listed
-      if missing then stale[#stale + 1] = cid end
-      out[#out + 1] = member
-      out[#out + 1] = row
-      shown = member
-      found = found + 1
     end
   end
-  if #members < want then return out end
+  if #members < want then return answer() end
+  unsure(last)
   start = '(' .. last
 end

@@ -1,5 +1,6 @@
 -- needs: read
--- KEYS: conv, ints. ARGV: caller (read.lua), tag, start bound, page size, page byte budget.
+-- KEYS: conv, ints, then the page's turn keys (a run before asked to declare them,
+-- read.lua's declare_first). ARGV: caller (read.lua), tag, start bound, page size, page byte budget.
 -- Returns nil when the conversation is not the caller's; {0} when a turn it lists has no
 -- key here (below); else {last id or '', data1, ...}
 -- where the last id is set only when more items follow. A page also ends before the item
@@ -9,10 +10,15 @@ if not callers(KEYS[1], ARGV[1]) then return false end
 local n = tonumber(ARGV[4])
 local budget = tonumber(ARGV[5])
 local ids = redis.call('ZRANGE', KEYS[2], ARGV[3], '-', 'BYLEX', 'REV', 'LIMIT', 0, n + 1)
+-- The page's turns are read only declared (read.lua's declare_first: a first run names
+-- them, the store reads them declared).
+local names = {}
+for i = 1, math.min(n, #ids) do names[i] = ARGV[2] .. ':int:' .. ids[i] end
+declare_first(names)
 local out = {''}
 local used = 0
 for i = 1, math.min(n, #ids) do
-  local data = redis.call('HGET', ARGV[2] .. ':int:' .. ids[i], 'data')
+  local data = redis.call('HGET', names[i], 'data')
   -- Listed but not here: gone for good (evicted, deleted by hand, kept shorter than its
   -- conversation by older data), or, mid-reshard on the slot's new node, not moved yet.
   -- Only a run that declares every turn may tell (drop_missing.lua, which Redis refuses

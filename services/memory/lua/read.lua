@@ -34,25 +34,16 @@ local function callers(conv, who)
   local h = redis.call('HMGET', conv, 'user', 'tenant')
   return owns(h[1], h[2], who)
 end
--- Whether the conversation `cid` (under `tag`) exists and is the caller's: a turn is gone
--- when its conversation hash is, whatever its own key still holds (retention.lua). `seen`
--- keeps the answers of one script run (several turns of one conversation, one HMGET).
-local function owned(tag, who, cid, seen)
-  local mine = seen[cid]
-  if mine == nil then
-    mine = callers(tag .. ':conv:' .. cid, who)
-    seen[cid] = mine
-  end
-  return mine
-end
--- Keys a script reads by a name it derives (a turn's conversation hash, from the turn; the
--- turn a request_id names) are not declared by its first run. Found missing, such a key
--- may be gone, or, mid-reshard on the slot's new node, not moved yet: only a run that
--- declared it may take it as gone (Redis refuses a run whose declared keys are split
--- between the nodes: TRYAGAIN, the call UNAVAILABLE). So a run that finds one missing and
--- undeclared stops, before writing anything, with an error reply naming it; the store
--- runs the script again with it declared (store.MemoryStore._run). One more round
--- trip, only when such a key is missing.
+-- Every key a script touches is declared in its KEYS: Redis Cluster routes, locks and
+-- migrates a script by them, and script-routing proxies route by them (neither Redis nor
+-- Valkey refuses an undeclared key of the slot, so nothing else would tell). A key a
+-- script derives (a turn's conversation hash, from the turn; the turn a request_id names;
+-- a page's turns and conversations; a window of turns) and its run did not declare is
+-- not read: the run stops, before writing anything, with an error reply naming it, and
+-- the store runs the script again with it declared (store.MemoryStore._run; the store
+-- declares up front what it knows, so most calls take one run). Declared, a key found
+-- missing mid-reshard on the slot's new node makes Redis refuse the run (TRYAGAIN, the
+-- call UNAVAILABLE) rather than a key not moved yet being taken for gone.
 local DECLARE_FIRST = 'GENSEARCH_DECLARE_FIRST'
 -- KEYS as a set, built once per run (a run at the byte limit may ask about hundreds of
 -- turns: one pass over KEYS, not one per name).
@@ -71,11 +62,24 @@ local function declare_first(names)
   end
   if #wanted > 0 then error({err = DECLARE_FIRST .. ' ' .. table.concat(wanted, ' ')}) end
 end
--- The turn `key` (interaction's row), missing only when declared (above).
+-- Whether the conversation `cid` (under `tag`) exists and is the caller's: a turn is gone
+-- when its conversation hash is, whatever its own key still holds (retention.lua). `seen`
+-- keeps the answers of one script run (several turns of one conversation, one HMGET).
+-- The hash is a key the script derives: declared first (declare_first, above).
+local function owned(tag, who, cid, seen)
+  local mine = seen[cid]
+  if mine == nil then
+    local conv = tag .. ':conv:' .. cid
+    declare_first({conv})
+    mine = callers(conv, who)
+    seen[cid] = mine
+  end
+  return mine
+end
+-- The turn `key` (interaction's row), read only once declared (above).
 local function declared_interaction(key)
-  local row = interaction(key)
-  if not row[1] then declare_first({key}) end
-  return row
+  declare_first({key})
+  return interaction(key)
 end
 -- A request_id key `req` naming turn `iid`, whose key a run declared and found missing:
 -- the turn is gone for good (Redis evicted it under a maxmemory-policy other than
@@ -87,24 +91,26 @@ end
 local function gone_request(req, iid)
   if redis.call('GET', req) == iid then redis.call('DEL', req) end
 end
--- Whether the conversation `cid` (under `tag`) is the caller's (as owned), its hash
--- missing only when declared (above).
+-- Whether the conversation `cid` (under `tag`) is the caller's (as owned), its hash read
+-- only once declared (above).
 local function declared_owned(tag, who, cid)
   local conv = tag .. ':conv:' .. cid
-  local h = redis.call('HMGET', conv, 'user', 'tenant')
-  if not h[1] then declare_first({conv}) end
-  return owns(h[1], h[2], who)
+  declare_first({conv})
+  return callers(conv, who)
 end
 -- As declared_owned, for a script reading several turns: `seen` keeps the answers of one
--- run, and a missing undeclared hash is added to `missing`, which the script passes to
--- declare_first once it has read them all (one more run for all of them).
+-- run, and an undeclared hash is not read but added to `missing`, which the script passes
+-- to declare_first once it has been through them all (one more run for all of them).
 local function owned_noting(tag, who, cid, seen, missing)
   local mine = seen[cid]
   if mine == nil then
     local conv = tag .. ':conv:' .. cid
-    local h = redis.call('HMGET', conv, 'user', 'tenant')
-    if not h[1] then missing[#missing + 1] = conv end
-    mine = owns(h[1], h[2], who)
+    if declared(conv) then
+      mine = callers(conv, who)
+    else
+      missing[#missing + 1] = conv
+      mine = false
+    end
     seen[cid] = mine
   end
   return mine
@@ -136,13 +142,26 @@ local function turn_window(list, offset, window)
   end
   return ids
 end
-local function missing_turn(tag, ints, offset, window, strict)
-  -- `strict` (a write script at the byte limit, usage.lua's gone_turns): every key it
-  -- reads declared, the list and the window's turns, asked for with declare_first (one
-  -- more run, only at the limit) before any is read. Undeclared, a turn key is outside
-  -- what Redis Cluster and script-routing proxies know the script touches.
+-- The names of `names` its run did not declare, added to `wanted`: whether any was.
+local function note_undeclared(names, wanted)
+  local before = #wanted
+  for _, name in ipairs(names) do
+    if not declared(name) then wanted[#wanted + 1] = name end
+  end
+  return #wanted > before
+end
+local function missing_turn(tag, ints, offset, window, notes)
+  -- Every key it reads declared: the conversation's hash and list, then the window's turns,
+  -- each asked for with declare_first (one more run each) before any is read; or, given
+  -- `notes` (a script that looks at several conversations, list_conversations.lua), the
+  -- undeclared names added there and nothing read (0, false), for one declare_first of
+  -- all of them.
   local conv = string.sub(ints, 1, -6)  -- "<conv>:ints"
-  if strict then declare_first({conv, ints}) end
+  local wanted = notes or {}
+  if note_undeclared({conv, ints}, wanted) then
+    if notes then return 0, false end
+    declare_first(wanted)
+  end
   -- A chunked drop (drop_missing.lua) that dropped turns but did not reach its last
   -- chunk: the conversation's bytes still count them until a walk ends, so it is due.
   if redis.call('HEXISTS', conv, 'drop_pending') == 1 then return 0, true end
@@ -150,7 +169,10 @@ local function missing_turn(tag, ints, offset, window, strict)
   if #ids == 0 then return 0, false end
   local names = {}
   for i, iid in ipairs(ids) do names[i] = tag .. ':int:' .. iid end
-  if strict then declare_first(names) end
+  if note_undeclared(names, wanted) then
+    if notes then return #ids, false end
+    declare_first(wanted)
+  end
   for i = 1, #names, 1000 do
     local batch = {unpack(names, i, math.min(i + 999, #names))}
     if redis.call('EXISTS', unpack(batch)) < #batch then return #ids, true end

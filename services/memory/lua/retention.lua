@@ -176,12 +176,17 @@ local function evictable(tag, cid, grace, o)
 end
 -- Of the turns `evictable` names (with overrides `o`), those not declared as they are
 -- (`declared`: declared_turns'): the script's answer {7, iid, request_id, ...} for the
--- caller to declare them and run again; nil when the eviction may run. An undeclared turn's request_id is read here as a hint (on a
--- half-moved slot it may be missing: the next run, its key declared, reads it for sure).
+-- caller to declare them and run again; nil when the eviction may run. A turn's
+-- request_id is read only once its key is declared: an undeclared turn is named with ''
+-- (the next run, its key declared, reads its request_id and names it again when it has
+-- one, for its request_id key to be declared too).
 local function undeclared(tag, cid, grace, o, declared)
   local out = {7}
   for _, iid in ipairs((evictable(tag, cid, grace, o))) do
-    local rid = redis.call('HGET', tag .. ':int:' .. iid, 'request_id') or ''
+    local rid = ''
+    if declared[iid] ~= nil then
+      rid = redis.call('HGET', tag .. ':int:' .. iid, 'request_id') or ''
+    end
     if declared[iid] ~= rid then
       out[#out + 1] = iid
       out[#out + 1] = rid

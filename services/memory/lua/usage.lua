@@ -146,7 +146,7 @@ end
 -- pays no more per retry, and its retries (each with its own window) cover every turn.
 local function gone_turns(tag, cid)
   local _, missing = missing_turn(tag, tag .. ':conv:' .. cid .. ':ints', gone_window[1],
-                                  gone_window[2], true)
+                                  gone_window[2])
   if missing then error({err = USAGE_FIRST .. 'drop ' .. cid}) end
 end
 -- Conversations other than the written one a write at the byte limit looks into for
