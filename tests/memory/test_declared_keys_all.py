@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import pytest
 from gensearch.memory.v1 import memory_service_pb2 as pb
 
 from services.memory import keys
@@ -65,7 +64,7 @@ async def test_every_store_call_touches_only_declared_keys(
         record = await store.get_conversation(OWNER, cid)
         assert record.interaction_count == 5
         # Writes, and idempotent retries: the turn a request_id names, another conversation's.
-        await store.update_interaction(OWNER, iids[0], lambda t: t.additional_info.update({"a": "b"}))
+        await store.update_interaction(OWNER, iids[0], lambda t: t.additional_info.update({"a": 1}))
         again = await store.create_interaction(OWNER, cid, pb.Interaction(input="x"), "d1")
         assert again.interaction_id == iids[1]
         again = await store.create_interaction(
@@ -77,15 +76,28 @@ async def test_every_store_call_touches_only_declared_keys(
         assert (await store.claim_request(OWNER, "new", "tok", 30)) is True
         await store.release_request(OWNER, "new", "tok")
         await store.check_storage(OWNER, cid, 10)
-        await store.update_conversation(OWNER, cid, ConversationUpdate(name="m", max_turns=3))
+        # Eviction (max_turns, unsummarised turns evicted at once) and a walk of the turns'
+        # expiry (a new ttl).
+        update = ConversationUpdate(name="m", ttl_ms=3_600_000, max_turns=3, summary_disabled=True)
+        assert (await store.update_conversation(OWNER, cid, update)).interaction_count == 3
+        await store.update_conversation(OWNER, cid, ConversationUpdate(summary_disabled=False))
         made = await store.create_interaction(OWNER, cid, pb.Interaction(input="z"), "z")
+        # A turn read by the store that wrote it takes one run: its conversation's hash is
+        # declared up front.
+        async with ScriptKeys(*script_server(target, tag)) as once:
+            await store.get_interaction(OWNER, made.interaction_id)
+            assert len(await once.runs()) == 1
         await store.update_summary(
             OWNER, cid, expected_through="", through=made.interaction_id, text="s", turns=1,
             prompt_tokens=1, completion_tokens=1,
         )  # fmt: skip
+        # A request_id whose turn is gone: a retry writes it again.
+        await memory.redis.delete(keys.interaction(tag, others[0]))
+        again = await store.create_interaction(OWNER, other, pb.Interaction(input="x"), "e0")
+        assert again.interaction_id != others[0]
         # A turn gone: the reads find it and drop it.
         await memory.redis.delete(keys.interaction(tag, others[2]))
-        assert (await store.get_conversation(OWNER, other)).interaction_count == 2
+        assert (await store.get_conversation(OWNER, other)).interaction_count == 2  # -2, +1
         await memory.redis.delete(keys.interaction(tag, others[1]))
         page = await store.list_interactions(OWNER, other, 5, None, 1 << 20)
         assert len(page.items) == 1

@@ -33,15 +33,17 @@ local gone, stale = {}, {}
 local out = {'', gone, stale}
 local found, read, checked = 0, 0, 0
 local last, shown = nil, nil
--- Every key read is declared: a member's hash and list, then its window's turns, are
--- noted when they are not, and not read (read.lua's declare_first): the run stops, nothing
--- written, naming them all, and the store runs the page again with them declared. A
--- member whose hash was not read leaves the rest of its batch unsure (whether it is the
--- caller's, how many the page holds): the run stops after that batch, naming too the
--- hashes and lists of the members that may follow (the most a page reads), so that the
--- next run reads on through them and notes only their windows' turns. A page so takes
--- three runs (hashes and lists, windows, the answer), each with every key it reads
--- declared.
+-- Every key read is declared: a member's hash, then (a conversation of the caller's with
+-- turns) its list, then its window's turns, are noted when they are not, and not read
+-- (read.lua's declare_first): the run stops, nothing written, naming them all, and the
+-- store runs the page again with them declared. A member whose hash was not read leaves
+-- the rest of its batch unsure (whether it is the caller's, how many the page holds): the
+-- run stops after that batch, naming too the hashes of the members that may follow (the
+-- most a page reads), so that the next run reads on through them. A page so takes up to
+-- four runs (hashes, lists, windows, the answer), each with every key it reads declared.
+-- A list is declared only when its conversation counts turns: a key declared and missing
+-- makes Redis refuse the run while a reshard moves the slot (TRYAGAIN), and an empty
+-- conversation has no list.
 local notes, blind = {}, false
 local function unsure(after)
   if not blind then return end
@@ -49,7 +51,7 @@ local function unsure(after)
                           budget)
   for _, member in ipairs(more) do
     local conv = tag .. ':conv:' .. string.sub(member, 17)
-    note_undeclared({conv, conv .. ':ints'}, notes)
+    note_undeclared({conv}, notes)
   end
   declare_first(notes)
 end
@@ -73,7 +75,7 @@ while true do
     last = member
     local cid = string.sub(member, 17)
     local conv = tag .. ':conv:' .. cid
-    if note_undeclared({conv, conv .. ':ints'}, notes) then
+    if note_undeclared({conv}, notes) then
       blind = true
     else
       local row = conversation(conv)
@@ -84,7 +86,10 @@ while true do
           out[1] = shown
           return answer()
         end
-        local listed, missing = missing_turn(tag, conv .. ':ints', offset, window, notes)
+        local listed, missing = 0, false
+        if tonumber(row[5] or '0') > 0 or redis.call('HEXISTS', conv, 'drop_pending') == 1 then
+          listed, missing = missing_turn(tag, conv .. ':ints', offset, window, notes)
+        end
         checked = checked + listed
         if missing then stale[#stale + 1] = cid end
         out[#out + 1] = member
