@@ -741,31 +741,47 @@ class MemoryStore:
     async def _measure(self, tag: str, cid: str) -> None:
         """Counts conversation ``cid``, stored before the accounting (lua/measure.lua),
         with every turn it reads declared, so that mid-reshard a turn not moved yet is not
-        counted as the bare overhead: Redis refuses the run (TRYAGAIN: UNAVAILABLE)."""
-        await self._with_every_turn(self._measure_script, tag, cid, tag)
-
-    async def _with_every_turn(
-        self, script: AsyncScript, tag: str, cid: str, first_arg: str
-    ) -> None:
-        """Runs ``script`` on conversation ``cid`` with every turn of its list declared
-        (KEYS: the conversation, its list, the owner's usage, then each turn; ARGV:
-        ``first_arg``, ``cid``, then each turn id), until it finds the list it was given
-        unchanged (it answers 1)."""
+        counted as the bare overhead: Redis refuses the run (TRYAGAIN: UNAVAILABLE). The
+        list in chunks of ``drop_batch`` turns, one run each (each chunk read just before,
+        its turns declared), so no run holds Redis for O(turns); the runs carry the sum
+        and the last sets the conversation's bytes. A chunk whose turns changed since its
+        read is read again; a walk whose earlier turns changed under it (an eviction, a
+        deletion) starts over: at most RUN_ATTEMPTS times each, then ABORTED."""
+        conv = keys.conversation(tag, cid)
         ints = keys.conversation_interactions(tag, cid)
-        for _ in range(RUN_ATTEMPTS):
-            iids = [bytes(m).decode() for m in await _redis(self._redis.zrange(ints, 0, -1))]
-            done = await _redis(
-                script(
-                    keys=[
-                        keys.conversation(tag, cid), ints, keys.usage(tag),
-                        *(keys.interaction(tag, iid) for iid in iids),
-                    ],
-                    args=[first_arg, cid, *iids],
+        usage = keys.usage(tag)
+        after, through, total = "", 0, 0
+        misreads = restarts = 0
+        while True:
+            start = f"({after}" if after else "-"
+            batch = [
+                bytes(m).decode()
+                for m in await _redis(
+                    self._redis.zrange(ints, start, "+", bylex=True, offset=0, num=self._drop_batch)
                 )
-            )  # fmt: skip
-            if done == 1:
+            ]
+            out = await _redis(
+                self._measure_script(
+                    keys=[conv, ints, usage, *(keys.interaction(tag, iid) for iid in batch)],
+                    args=[tag, cid, after, through, total, *batch],
+                )
+            )
+            status = int(out[0])
+            if status == 1:
                 return
-        raise _concurrent_update(cid)
+            if status == 2:
+                restarts += 1
+                if restarts >= RUN_ATTEMPTS:
+                    raise _concurrent_update(cid)
+                after, through, total = "", 0, 0
+                continue
+            if status == 0 or not batch:  # the chunk changed since its read: read again
+                misreads += 1
+                if misreads >= RUN_ATTEMPTS:
+                    raise _concurrent_update(cid)
+                continue
+            misreads = 0
+            after, through, total = batch[-1], int(out[1]), int(out[2])
 
     async def shared_secret(self) -> bytes:
         """A random secret created once per key prefix, the same for every replica."""

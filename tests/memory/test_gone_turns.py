@@ -463,3 +463,37 @@ async def test_a_write_at_the_limit_finds_gone_turns_of_other_conversations(
         pb.GetConversationRequest(conversation_id=other), metadata=ALICE
     )
     assert got.conversation.interaction_count == 0
+
+
+async def test_a_conversation_from_before_the_accounting_is_measured_in_bounded_chunks(
+    memory: Memory, target: Target
+) -> None:
+    """A long conversation stored before the accounting (no bytes field; here 30 turns, 5
+    of them gone, in chunks of 7 turns per run; DROP_BATCH, 500, in production): its first
+    write measures it one chunk per run of measure.lua, no run declaring or reading more
+    than the chunk, and its bytes and the owner's total end exactly what is stored (a gone
+    turn counted as the bare overhead until a look drops it). Before, one run declared and
+    read every turn: with 100,000 turns, one call held Redis for all of them."""
+    chunk = 7
+    store = _store(memory, drop_batch=chunk)
+    cid = (await store.create_conversation(OWNER, "old")).conversation_id
+    iids = []
+    for n in range(30):
+        turn = pb.Interaction(input="o" * (10 + n))
+        iids.append((await store.create_interaction(OWNER, cid, turn, "")).interaction_id)
+    tag = store.tag(OWNER)
+    await memory.redis.delete(*(keys.interaction(tag, iid) for iid in iids[3::6]))
+    field, total, _ = await usage_bytes(memory.redis, tag, cid)
+    await memory.redis.hdel(keys.usage(tag), cid)  # as stored before the accounting
+    await memory.redis.hincrby(keys.usage(tag), "total", -field)
+    measure = hashlib.sha1(lua_source("measure").encode()).hexdigest()
+    async with ScriptKeys(*script_server(target, tag)) as watch:
+        await store.update_interaction(OWNER, iids[0], lambda t: None)
+        runs = [run for run in await watch.runs() if run.sha == measure]
+    assert len(runs) >= 30 // chunk
+    for run in runs:
+        read = [c for c in run.commands if c[0] in (b"EXISTS", b"HSTRLEN") and b":int:" in c[1]]
+        assert len(run.declared) <= 3 + chunk, run
+        assert len({c[1] for c in read}) <= chunk, run
+    field, total, measured = await usage_bytes(memory.redis, tag, cid)
+    assert field == measured == total  # measured: a gone turn as the bare overhead

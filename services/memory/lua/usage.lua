@@ -36,28 +36,6 @@ end
 local function turn_bytes(tag, iid)
   return turn_key_bytes(tag .. ':int:' .. iid)
 end
--- A conversation counted from what is stored, for measure.lua, which declares every key
--- it reads: `keys` are the conversation's hash, its turn list, the usage
--- hash, then the key of each turn `argv` names from argv[3] on, in the order of the list
--- the store read. Returns nil when that list changed since the read; else the bytes of the
--- conversation and of the turns whose key is there, the ids of the turns whose key is gone
--- (their size is not known), and how many turns the list holds.
-local function stored_bytes(keys, argv)
-  local iids = redis.call('ZRANGE', keys[2], 0, -1)
-  if #iids ~= #argv - 2 then return nil end
-  local size = CONVERSATION_OVERHEAD + redis.call('HSTRLEN', keys[1], 'name')
-               + redis.call('HSTRLEN', keys[1], 'summary')
-  local gone = {}
-  for i, iid in ipairs(iids) do
-    if iid ~= argv[2 + i] then return nil end
-    if redis.call('EXISTS', keys[3 + i]) == 0 then
-      gone[#gone + 1] = iid
-    else
-      size = size + turn_key_bytes(keys[3 + i])
-    end
-  end
-  return size, gone, #iids
-end
 -- Adds n (may be negative) to a conversation that has a field, and to the total.
 local function count_bytes(tag, cid, n)
   local usage = usage_key(tag)
