@@ -691,6 +691,11 @@ class MemoryStore:
             self._hints.clear()
         self._hints[turn] = names
 
+    def _known(self, turns: list[str]) -> list[str]:
+        """The conversation hashes ``_hint`` keeps for ``turns``, each once (declared up
+        front by a read of several turns, so that it usually takes one run)."""
+        return list(dict.fromkeys(name for turn in turns for name in self._hints.get(turn, [])))
+
     async def _reconcile(self, tag: str, gone: list[str]) -> bool:
         """Drops the conversations whose hash is gone from the owner's list and accounting
         (lua/reconcile.lua): the members ``gone`` names (ListConversations found their
@@ -1511,13 +1516,18 @@ class MemoryStore:
         if not iids:
             return []
         tag = self.tag(owner)
+        turns = [keys.interaction(tag, iid) for iid in iids]
         out = await self._run(
             tag,
             self._get_interactions,
-            [keys.interaction(tag, iid) for iid in iids],
+            turns + self._known(turns),
             [self.caller(owner), tag, len(iids)],
         )
-        return [pb.Interaction.FromString(data) if data else None for data in out]
+        found = [pb.Interaction.FromString(data) if data else None for data in out]
+        for turn, interaction in zip(turns, found, strict=True):
+            if interaction is not None:
+                self._hint(turn, [keys.conversation(tag, interaction.conversation_id)])
+        return found
 
     async def interactions_exist(self, owner: Owner, iids: list[str]) -> list[bool]:
         """Whether each of ``iids`` exists and is the caller's, in one round trip, without
@@ -1525,10 +1535,11 @@ class MemoryStore:
         if not iids:
             return []
         tag = self.tag(owner)
+        turns = [keys.interaction(tag, iid) for iid in iids]
         out = await self._run(
             tag,
             self._interactions_exist,
-            [keys.interaction(tag, iid) for iid in iids],
+            turns + self._known(turns),
             [self.caller(owner), tag, len(iids)],
         )
         return [flag == 1 for flag in out]

@@ -83,10 +83,12 @@ async def test_every_store_call_touches_only_declared_keys(
         await store.update_conversation(OWNER, cid, ConversationUpdate(summary_disabled=False))
         made = await store.create_interaction(OWNER, cid, pb.Interaction(input="z"), "z")
         # A turn read by the store that wrote it takes one run: its conversation's hash is
-        # declared up front.
+        # declared up front (by id, several by id, whether they exist).
         async with ScriptKeys(*script_server(target, tag)) as once:
             await store.get_interaction(OWNER, made.interaction_id)
-            assert len(await once.runs()) == 1
+            assert await store.get_interactions(OWNER, [made.interaction_id]) != [None]
+            assert await store.interactions_exist(OWNER, [made.interaction_id]) == [True]
+            assert len(await once.runs()) == 3
         await store.update_summary(
             OWNER, cid, expected_through="", through=made.interaction_id, text="s", turns=1,
             prompt_tokens=1, completion_tokens=1,
