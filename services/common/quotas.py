@@ -49,13 +49,12 @@ from typing import Any
 
 import grpc
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisClusterException, RedisError
 
 from services.common import redis_errors
 from services.common.auth import current_tenant
 from services.common.errors import ResourceExhausted
 from services.common.logs import ThrottledWarning
-from services.common.redis_client import RedisClient
+from services.common.redis_client import REDIS_FAILURES, RedisClient
 
 log = logging.getLogger("gensearch.quotas")
 
@@ -155,7 +154,7 @@ class Quotas:
         """The script's reply, or None when Redis failed (the call goes through)."""
         try:
             return await script(keys=[key], args=list(args))
-        except (RedisError, RedisClusterException, OSError) as err:
+        except REDIS_FAILURES as err:
             redis_errors.count("quotas", err)
             self._unchecked(err)
             return None

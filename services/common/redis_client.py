@@ -32,10 +32,28 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisClusterException, RedisError
 
 from services.common.logs import register_secret, url_secrets
 
 RedisClient: TypeAlias = Redis | RedisCluster
+
+# What a Redis call may raise when Redis (or a cluster node) fails, for the callers that
+# carry on without it (quotas, provider limits, the generation cache) or answer
+# UNAVAILABLE (memory). RedisClusterException is not a RedisError ("Redis Cluster cannot
+# be connected": every node down). AttributeError: when a whole cluster restarts, the
+# cluster client's CLUSTERDOWN handling disconnects every node's connections, including
+# one another call is using, whose writer redis-py then finds None mid-command
+# ("'NoneType' object has no attribute 'writelines'"); that call is a Redis failure like
+# any lost connection (its command's fate unknown), not a bug of ours.
+REDIS_FAILURES: tuple[type[Exception], ...] = (
+    RedisError,
+    RedisClusterException,
+    OSError,
+    AttributeError,
+)
+# The same, for a call also bounded by ``asyncio.timeout`` (the generation cache's reads).
+REDIS_FAILURES_OR_TIMEOUT: tuple[type[Exception], ...] = (*REDIS_FAILURES, TimeoutError)
 
 
 def connect(

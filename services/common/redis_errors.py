@@ -33,7 +33,9 @@ def kind(err: BaseException) -> str:
     read-only replica), or anything else."""
     if isinstance(err, RedisTimeoutError | TimeoutError):
         return "timeout"
-    if isinstance(err, RedisConnectionError | OSError):
+    # AttributeError: redis-py's cluster client closing a connection under a call
+    # (services/common/redis_client.py, REDIS_FAILURES): a lost connection.
+    if isinstance(err, RedisConnectionError | OSError | AttributeError):
         return "connection"
     if isinstance(err, ClusterError | RedisClusterException | TryAgainError | AskError):
         return "cluster"  # AskError: MOVED too (MovedError is one)

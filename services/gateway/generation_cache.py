@@ -53,12 +53,11 @@ from gensearch.generation.v1 import generation_service_pb2 as gen_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from google.protobuf import duration_pb2
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
 
 from services.common import redis_errors
 from services.common.errors import InvalidArgument
 from services.common.quotas import lua_script
-from services.common.redis_client import RedisClient
+from services.common.redis_client import REDIS_FAILURES, REDIS_FAILURES_OR_TIMEOUT, RedisClient
 from services.common.well_known import duration_seconds
 from services.gateway.generator import Options, generate_request
 from services.gateway.metrics import CACHE_LOOKUPS
@@ -278,7 +277,7 @@ class GenerationCache:
         try:
             async with asyncio.timeout(timeout):
                 values = await self._redis.mget([keys[i] for i in indexes])
-        except (RedisError, TimeoutError) as err:
+        except REDIS_FAILURES_OR_TIMEOUT as err:
             redis_errors.count("generation_cache", err)
             log.warning("generation cache read failed", extra={"error": type(err).__name__})
             CACHE_LOOKUPS.labels("exact", "error").inc(len(keys))
@@ -350,7 +349,7 @@ class GenerationCache:
         try:
             if not await self._put(keys=keys, args=args):
                 log.info("generation cache entry not stored: over the tenant's budget")
-        except RedisError as err:
+        except REDIS_FAILURES as err:
             redis_errors.count("generation_cache", err)
             log.warning("generation cache write failed", extra={"error": type(err).__name__})
 
@@ -394,6 +393,6 @@ class GenerationCache:
                 await redis.unlink(*batch)
             # UNLINK: a large index is freed in the background, never blocking Redis.
             await redis.unlink(index, scored_index, old_index)
-        except RedisError as err:
+        except REDIS_FAILURES as err:
             redis_errors.count("generation_cache", err)
             log.warning("generation cache drop failed", extra={"error": type(err).__name__})

@@ -39,12 +39,11 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisClusterException, RedisError
 
 from services.common import redis_errors
 from services.common.logs import ThrottledWarning
 from services.common.quotas import LEASE_SLACK_SECONDS, lua_script
-from services.common.redis_client import RedisClient
+from services.common.redis_client import REDIS_FAILURES, RedisClient
 from services.generation.settings import ProviderConfig
 
 log = logging.getLogger("gensearch.generation.limits")
@@ -241,7 +240,7 @@ class RedisLimits:
         ]
         try:
             reply = await self._admit(keys=list(self.keys(scope)), args=args)
-        except (RedisError, RedisClusterException, OSError) as err:
+        except REDIS_FAILURES as err:
             redis_errors.count("rate_limits", err)
             self._failed(err)
             answer = await self._fallback.admit(scope, call_id, cost, lease)

@@ -85,6 +85,9 @@ _UNAVAILABLE = (
     TryAgainError,
     RedisClusterException,  # not a RedisError; includes SlotNotCoveredError
     OSError,
+    # A connection closed under the command by the cluster client itself (a whole
+    # cluster restarting: services/common/redis_client.py, REDIS_FAILURES).
+    AttributeError,
 )
 _BUSY = "BUSY"  # a script runs too long; redis-py keeps it a plain ResponseError
 # Redis at its maxmemory with noeviction (as deploy/ runs it) refuses writes: "OOM command

@@ -674,3 +674,30 @@ def test_a_requests_keys_are_the_digest_of_each_whole_generate_request() -> None
         assert key_of(messages) == f"gc:gencache:{{{tenant}}}:{scope.tag()}:{digest}"
     other = cache.keys_for(Scope("globex", "Books", 123), options)
     assert other(messages) != key_of(messages)
+
+
+@pytest.mark.slow
+async def test_a_cluster_with_every_node_down_is_a_miss_not_an_error(
+    cluster: LocalCluster,
+) -> None:
+    # With every node down the cluster client's next map refresh raises
+    # RedisClusterException ("cannot be connected"), which is not a RedisError: it once
+    # escaped the cache, failing the whole generative call instead of missing.
+    client = redis_client.connect(cluster.url, cluster=True, socket_timeout=1, connect_timeout=1)
+    cache = GenerationCache(client, "gc", 3600, 1 << 20)
+    scope = Scope("acme", "Books", 123)
+    key = cache.keys_for(scope, Options(provider="fake", model="m"))(
+        [gen_pb.Message(role=gen_pb.ROLE_USER, content="Title: Emma")]
+    )
+    result = gw_pb.GenerationResult(result="an answer", finish_reason="stop")
+    try:
+        await cache.put(scope, key, result, 60)
+        assert (await cache.get_many({0: key}))[0].result == "an answer"
+        for node in cluster.nodes:
+            cluster.kill(node)
+        for _ in range(3):  # the first fails on its connection, the next on the map
+            assert await cache.get_many({0: key}) == {}
+            await cache.put(scope, key, result, 60)
+            await cache.drop_collection("acme", "Books")
+    finally:
+        await client.aclose()
