@@ -26,7 +26,10 @@ A node that fails (connection error, CLUSTERDOWN) still refreshes the whole map.
 
 from __future__ import annotations
 
-from typing import Protocol, TypeAlias
+import asyncio
+import logging
+import weakref
+from typing import Any, Protocol, TypeAlias
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
@@ -34,7 +37,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException, RedisError
 
-from services.common.logs import register_secret, url_secrets
+from services.common.logs import ThrottledWarning, register_secret, url_secrets
+
+log = logging.getLogger("gensearch.redis")
 
 RedisClient: TypeAlias = Redis | RedisCluster
 
@@ -66,6 +71,7 @@ def connect(
     # its view of the cluster is still refreshed for the next call.
     never_resend = Retry(NoBackoff(), 0)
     if cluster:
+        _quiet_dropped_cluster_nodes()
         return RedisCluster.from_url(
             url,
             socket_timeout=socket_timeout,
@@ -79,6 +85,41 @@ def connect(
         socket_connect_timeout=connect_timeout,
         retry=never_resend,
     )
+
+
+# redis-py's cluster client drops node objects whose connections it has not closed yet
+# when a node fails (redis-py#3572); the garbage collector closes their sockets, but each
+# drop reaches the event loop's exception handler, which asyncio logs at ERROR ("Unclosed
+# ClusterNode object"): hundreds of ERROR lines for one node's outage, which is an expected
+# event (UNAVAILABLE, logged as a WARNING). The loops of this process's cluster clients
+# log it as such instead, at most every 30 s; everything else reaches the handler as
+# before.
+_DROPPED_NODE = "Unclosed ClusterNode object"
+_dropped_node = ThrottledWarning(
+    log, "Redis Cluster node failed: its client dropped the node's connections (%s)"
+)
+_quieted: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+
+
+def _quiet_dropped_cluster_nodes() -> None:
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return  # no loop yet: nothing is dropped before one runs the client
+    if loop in _quieted:
+        return
+    _quieted.add(loop)
+    previous = loop.get_exception_handler()
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if context.get("message") == _DROPPED_NODE:
+            _dropped_node(ConnectionError(_DROPPED_NODE))
+        elif previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
 
 
 class RedisSettings(Protocol):

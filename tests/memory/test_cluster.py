@@ -212,7 +212,7 @@ async def test_a_whole_cluster_killed_under_writes_is_unavailable_then_back(
     # Every node killed (-9) mid-burst and started again on its port and AOF: each write is
     # acknowledged and kept, or UNAVAILABLE, never INTERNAL (redis-py's CLUSTERDOWN handling
     # closed connections under other calls: an AttributeError, once INTERNAL with a trace).
-    caplog.set_level(logging.ERROR, "gensearch")
+    caplog.set_level(logging.WARNING)
     server = await build_server(make_settings(own_cluster.url, redis_cluster=True), port=0)
     await server.start()
     try:
@@ -269,9 +269,8 @@ async def test_a_whole_cluster_killed_under_writes_is_unavailable_then_back(
                     if not (token := page.next_page_token):
                         break
                 assert acked[user] and set(acked[user]) <= stored  # AOF, fsync always
-            # Ours only: redis-py's asyncio "Unclosed ClusterNode object" (redis-py#3572) is
-            # not (docs/operations.md#redis-cluster).
-            ours = [r for r in caplog.records if r.name.startswith("gensearch")]
-            assert not [r.getMessage() for r in ours if r.levelno >= logging.ERROR]
+            # Nothing at ERROR: an outage is a WARNING, redis-py's dropped node objects too
+            # (asyncio logged each "Unclosed ClusterNode object" at ERROR, redis-py#3572).
+            assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     finally:
         await server.stop(0)
