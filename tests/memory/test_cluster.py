@@ -15,7 +15,7 @@ from gensearch.memory.v1 import memory_service_pb2_grpc as pb_grpc
 from services.common.auth import DEFAULT_TENANT, Identity, Role, forwarded_identity
 from services.memory.__main__ import build_server
 from tests.memory.conftest import INTERNAL_TOKEN, Memory, make_settings
-from tests.memory.helpers import conversation_with_turns, expect_error
+from tests.memory.helpers import conversation_with_turns, expect_error, usage_bytes
 from tests.support.redis_cluster import LocalCluster, Node
 from tests.support.rpc import error_info
 
@@ -269,6 +269,11 @@ async def test_a_whole_cluster_killed_under_writes_is_unavailable_then_back(
                     if not (token := page.next_page_token):
                         break
                 assert acked[user] and set(acked[user]) <= stored  # AOF, fsync always
+                # The owner's byte counters as measured from its keys: no write half-applied.
+                tag = f"gensearch:{_hash_tag(user)}"
+                async with own_cluster.node_for(tag).client() as client:
+                    field, total, measured = await usage_bytes(client, tag, cids[user])
+                assert field == total == measured, (user, field, total, measured)
             # Nothing at ERROR: an outage is a WARNING, redis-py's dropped node objects too
             # (asyncio logged each "Unclosed ClusterNode object" at ERROR, redis-py#3572).
             assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
