@@ -240,7 +240,7 @@ async def test_a_whole_cluster_killed_under_writes_is_unavailable_then_back(
                         refused.add(err.code())
                         await asyncio.sleep(0.02)
 
-            writers = [asyncio.create_task(writer(u, k)) for u in users for k in range(5)]
+            writers = [asyncio.create_task(writer(u, k)) for u in users for k in range(10)]
             for _ in range(3):  # the race is a matter of timing: three outages, not one
                 await asyncio.sleep(0.5)
                 for node in own_cluster.nodes:
