@@ -136,7 +136,11 @@ class AskService:
         # as it is checked, so attempts at once pay for one answer: the others are
         # REQUEST_ID_IN_USE. An attempt that ends without its turn stored lets it go.
         claim = (
-            Claim.of(request.request_id, self._b.settings.ask_cleanup_seconds)
+            Claim.of(
+                request.request_id,
+                self._b.settings.ask_cleanup_seconds,
+                self._b.settings.memory_max_claim_seconds,
+            )
             if request.conversation_id or request.new_conversation
             else None
         )

@@ -165,6 +165,11 @@ class GatewaySettings(SchemaBoundSettings):
     # then), and letting it go when the Ask fails gets that long. (A new conversation
     # needs none: memory makes it with its first turn, in one atomic write.)
     ask_cleanup_seconds: float = Field(default=30.0, gt=0, le=MAX_WAIT_SECONDS)
+    # The longest reservation of its request_id an Ask asks memory for (it asks for its
+    # time left plus ask_cleanup_seconds, capped here). Keep it at most memory's
+    # GENSEARCH_MEMORY_MAX_CLAIM_SECONDS (same default): above it, a long Ask's claim is
+    # refused by memory (INVALID_ARGUMENT claim_seconds, naming that setting).
+    memory_max_claim_seconds: int = Field(default=3600, ge=1, le=MAX_WAIT_SECONDS)
     max_context_size: int = Field(default=50, ge=1, le=10_000)
     max_interaction_size: int = Field(default=100, ge=1, le=10_000)
     # Characters of past turns (questions and answers) an Ask reads at most; older turns

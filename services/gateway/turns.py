@@ -161,8 +161,6 @@ class RequestIdInUse(Aborted):
 
 # The RetryInfo of REQUEST_ID_IN_USE: an answer takes seconds; the retry replays it.
 IN_USE_RETRY_SECONDS = 1.0
-# The longest reservation memory makes of a request_id (its MAX_CLAIM_SECONDS).
-_MAX_CLAIM_SECONDS = 3600
 
 
 @dataclass
@@ -174,17 +172,20 @@ class Claim:
     token: str
     # Seconds past the Ask's deadline it lasts: its clean-up's time.
     grace: float
+    # The longest reservation asked for (memory_max_claim_seconds, at most memory's
+    # max_claim_seconds).
+    max_seconds: int
     # Asked of memory (it may hold the key from then on).
     sent: bool = False
 
     @classmethod
-    def of(cls, request_id: str, grace: float) -> Claim | None:
-        return cls(request_id, uuid.uuid4().hex, grace) if request_id else None
+    def of(cls, request_id: str, grace: float, max_seconds: int) -> Claim | None:
+        return cls(request_id, uuid.uuid4().hex, grace, max_seconds) if request_id else None
 
     def seconds(self, deadline: float) -> int:
         """Until the attempt may still store its turn: then a gateway gone without a word
         (killed) no longer holds the key."""
-        return max(1, min(_MAX_CLAIM_SECONDS, math.ceil(time_left(deadline) + self.grace)))
+        return max(1, min(self.max_seconds, math.ceil(time_left(deadline) + self.grace)))
 
     def release(self, memory: MemoryClient, caller: Caller) -> None:
         """The attempt failed, its turn not stored: the key is let go in the background

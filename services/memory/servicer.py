@@ -420,7 +420,9 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
                 "bytes must not be negative", field="bytes", reason="NEGATIVE_COUNT"
             )
         owner = _owner()
-        claim = _claim(request, self._settings.max_claim_token_bytes)
+        claim = _claim(
+            request, self._settings.max_claim_token_bytes, self._settings.max_claim_seconds
+        )
         kept = _given_fingerprint(request.request_fingerprint)
         if request.request_id:
             if summary:
@@ -491,12 +493,6 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
         )
 
 
-# The longest reservation CheckStorage makes of a request_id (claim_seconds): a duration,
-# kept in step with the gateway's (turns.py), which claims up to it. (The longest
-# claim_token is the setting max_claim_token_bytes.)
-MAX_CLAIM_SECONDS = 3600
-
-
 # CreateInteraction's fields left out of a turn's content fingerprint (_turn_fingerprint).
 _NOT_FINGERPRINTED = ("request_id", "request_fingerprint", "conversation_id", "new_conversation")
 
@@ -520,7 +516,9 @@ def _turn_fingerprint(request: pb.CreateInteractionRequest) -> str:
     return CONTENT + content
 
 
-def _claim(request: pb.CheckStorageRequest, max_token_bytes: int) -> tuple[str, int] | None:
+def _claim(
+    request: pb.CheckStorageRequest, max_token_bytes: int, max_seconds: int
+) -> tuple[str, int] | None:
     """CheckStorage's claim_token and claim_seconds, checked: None without a claim."""
     if not request.claim_token and not request.release_claim:
         if request.claim_seconds:
@@ -538,13 +536,17 @@ def _claim(request: pb.CheckStorageRequest, max_token_bytes: int) -> tuple[str, 
         return None
     if not request.claim_seconds:
         raise MissingField(
-            f"claim_seconds is required with claim_token (1 to {MAX_CLAIM_SECONDS})",
+            f"claim_seconds is required with claim_token (1 to {max_seconds})",
             field="claim_seconds",
         )
-    if not 1 <= request.claim_seconds <= MAX_CLAIM_SECONDS:
+    if not 1 <= request.claim_seconds <= max_seconds:
+        # The longest reservation (max_claim_seconds): the gateway claims up to its
+        # MEMORY_MAX_CLAIM_SECONDS, documented to be at most this.
         raise InvalidArgument(
-            f"claim_seconds must be between 1 and {MAX_CLAIM_SECONDS}",
+            f"claim_seconds must be between 1 and {max_seconds} ({_setting('max_claim_seconds')})",
             field="claim_seconds",
+            reason="OUT_OF_RANGE",
+            metadata={"max": str(max_seconds), "setting": _setting("max_claim_seconds")},
         )
     return token, request.claim_seconds
 

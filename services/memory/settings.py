@@ -103,6 +103,10 @@ class MemorySettings(DownstreamSettings):
     # CheckStorage's claim_token: an attempt's id (the gateway sends a 32-character UUID in
     # hex, so at least that).
     max_claim_token_bytes: int = Field(default=64, ge=32, le=MAX_SIZE_BYTES)
+    # CheckStorage's claim_seconds, the longest reservation of a request_id; more is
+    # INVALID_ARGUMENT (OUT_OF_RANGE, metadata max, setting). The gateway claims up to its
+    # GENSEARCH_GATEWAY_MEMORY_MAX_CLAIM_SECONDS: keep that at most this.
+    max_claim_seconds: int = Field(default=3600, ge=1, le=MAX_WAIT_SECONDS)
     # Deepest nesting of objects and lists in additional_info (services/common/values.py).
     # At most 32: deeper, a stored Struct would no longer parse inside the responses that
     # carry it (protobuf stops at 100 message levels).

@@ -206,6 +206,7 @@ class Catalog:
             max_description_chars=self._settings.max_description_chars,
             max_properties=self._settings.max_properties,
             max_dimensions=self._settings.max_dimensions,
+            max_provider_chars=self._settings.max_provider_chars,
         )
         normalized.create_time.FromNanoseconds(time.time_ns() // 1000 * 1000)
         size = normalized.ByteSize()

@@ -70,7 +70,7 @@ from services.common.tracing import service_tracer
 from services.common.upstream_retry import RetryPolicy
 from services.retrieval.embedders import LocalEmbedder
 from services.retrieval.endpoints import ALLOWLIST_SETTING, caller_key_for
-from services.retrieval.schema import TEXT_TYPES, Schema
+from services.retrieval.schema import RERANK_DEFAULT_SETTING, TEXT_TYPES, Schema, check_chars
 from services.retrieval.settings import RetrievalSettings
 from services.retrieval.store import PROPS, FoundPoint
 from services.retrieval.upstream import Attempts, problem
@@ -233,6 +233,14 @@ class Rerankers:
         which every search using it would otherwise refuse."""
         if collection.HasField("rerank"):
             where = f"collection.{FIELD}"
+            # First: stored with the collection, so bounded before anything reads them.
+            for name in ("provider", "model", "base_url"):
+                check_chars(
+                    getattr(collection.rerank, name),
+                    f"{where}.{name}",
+                    self._settings.max_rerank_default_chars,
+                    RERANK_DEFAULT_SETTING,
+                )
             limit = self._settings.max_rerank_candidates
             if collection.rerank.candidates > limit:
                 raise InvalidArgument(

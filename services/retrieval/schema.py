@@ -40,10 +40,15 @@ DESCRIPTION_SETTING = "GENSEARCH_RETRIEVAL_MAX_DESCRIPTION_CHARS"
 # The default and the most of GENSEARCH_RETRIEVAL_MAX_DIMENSIONS: Qdrant's own limit.
 MAX_DIMENSIONS = 65_536
 DIMENSIONS_SETTING = "GENSEARCH_RETRIEVAL_MAX_DIMENSIONS"
-# Characters of a provider or model name in a collection's generative fallback chain
-# (which providers exist is the generation service's to say, when the chain is used); the
-# chain's length is bounded by the gateway's default MAX_FALLBACKS (DEFAULT_MAX_FALLBACKS).
-MAX_NAME = 256
+# The defaults of GENSEARCH_RETRIEVAL_MAX_PROVIDER_CHARS (characters of a provider name in
+# a collection's generative config and fallback chain: which providers exist is the
+# generation service's to say, when the chain is used; the chain's length is bounded by the
+# gateway's default MAX_FALLBACKS) and _MAX_RERANK_DEFAULT_CHARS (a default rerank's
+# provider, model and base_url).
+MAX_PROVIDER = 256
+MAX_RERANK_DEFAULT = 2048
+PROVIDER_SETTING = "GENSEARCH_RETRIEVAL_MAX_PROVIDER_CHARS"
+RERANK_DEFAULT_SETTING = "GENSEARCH_RETRIEVAL_MAX_RERANK_DEFAULT_CHARS"
 TEXT_TYPES = (pb.DATA_TYPE_TEXT, pb.DATA_TYPE_TEXT_ARRAY)
 TYPE_NAMES: dict[int, str] = {
     pb.DATA_TYPE_TEXT: "text",
@@ -71,6 +76,16 @@ def check_collection_name(name: str, field: str) -> str:
     return name
 
 
+def check_chars(text: str, field: str, limit: int, setting: str) -> None:
+    if len(text) > limit:
+        raise InvalidArgument(
+            f"{field} is longer than {limit} characters ({setting})",
+            field=field,
+            reason="FIELD_TOO_LARGE",
+            metadata={"max": str(limit), "setting": setting},
+        )
+
+
 def _check_description(text: str, field: str, limit: int) -> None:
     if len(text) > limit:
         raise InvalidArgument(
@@ -89,6 +104,7 @@ def validate_new_collection(
     max_description_chars: int = MAX_DESCRIPTION,
     max_properties: int = MAX_PROPERTIES,
     max_dimensions: int = MAX_DIMENSIONS,
+    max_provider_chars: int = MAX_PROVIDER,
 ) -> pb.Collection:
     """A normalized copy of ``collection`` with every default filled in.
 
@@ -136,7 +152,7 @@ def validate_new_collection(
     )
     if not out.HasField("keyword_index"):
         out.keyword_index = True
-    _validate_generative(out.generative, types)
+    _validate_generative(out.generative, types, max_provider_chars)
     _validate_chunking(out, types)
     _validate_rerank_default(out, types)
     return out
@@ -184,8 +200,8 @@ def _validate_chunking(collection: pb.Collection, types: dict[str, int]) -> None
 
 def _validate_rerank_default(collection: pb.Collection, types: dict[str, int]) -> None:
     """What can be checked without the service's settings; its provider and base URL are
-    checked at creation too (``Rerankers.check_default``), and all of it again when a
-    request uses the default."""
+    checked at creation too (``Rerankers.check_default``, which bounds their lengths and
+    the model's first), and all of it again when a request uses the default."""
     if not collection.HasField("rerank"):
         return
     where = "collection.rerank"
@@ -201,9 +217,6 @@ def _validate_rerank_default(collection: pb.Collection, types: dict[str, int]) -
             f"{where}.query: a collection's default reranks against each request's query",
             field=f"{where}.query",
         )
-    for name in ("provider", "model", "base_url"):
-        if len(getattr(rerank, name)) > MAX_NAME * 8:
-            raise InvalidArgument(f"{where}.{name} is too long", field=f"{where}.{name}")
     _check_text_properties(rerank.properties, types, f"{where}.properties")
 
 
@@ -310,7 +323,9 @@ def _check_fallback_repeats(gen: pb.GenerativeConfig, where: str) -> None:
         seen[key] = field
 
 
-def _validate_generative(gen: pb.GenerativeConfig, types: dict[str, int]) -> None:
+def _validate_generative(
+    gen: pb.GenerativeConfig, types: dict[str, int], max_provider_chars: int
+) -> None:
     where = "collection.generative"
     if gen.HasField("temperature") and not (0.0 <= gen.temperature <= 2.0):
         raise InvalidArgument(
@@ -324,8 +339,7 @@ def _validate_generative(gen: pb.GenerativeConfig, types: dict[str, int]) -> Non
             f"{where}.provider must not be only spaces (leave it empty for the default provider)",
             field=f"{where}.provider",
         )
-    if len(gen.provider) > MAX_NAME:
-        raise InvalidArgument(f"{where}.provider is too long", field=f"{where}.provider")
+    check_chars(gen.provider, f"{where}.provider", max_provider_chars, PROVIDER_SETTING)
     check_model_name(gen.model, f"{where}.model")
     for name in ("system_prompt", "user_instructions"):
         text = getattr(gen, name)
@@ -360,11 +374,9 @@ def _validate_generative(gen: pb.GenerativeConfig, types: dict[str, int]) -> Non
                 f"{where}.fallback[{i}].provider is required",
                 field=f"{where}.fallback[{i}].provider",
             )
-        if len(pair.provider) > MAX_NAME:
-            raise InvalidArgument(
-                f"{where}.fallback[{i}].provider is too long",
-                field=f"{where}.fallback[{i}].provider",
-            )
+        check_chars(
+            pair.provider, f"{where}.fallback[{i}].provider", max_provider_chars, PROVIDER_SETTING
+        )
         check_model_name(pair.model, f"{where}.fallback[{i}].model")
     _check_fallback_repeats(gen, where)
     for i, name in enumerate(gen.context_fields):

@@ -23,7 +23,13 @@ from services.common.settings import (
 from services.common.values import DEFAULT_MAX_DEPTH
 from services.retrieval.endpoints import DEFAULT_KEY_URLS, ENV_NAME, EmbeddingPolicy
 from services.retrieval.filters import MAX_CONDITIONS, MAX_DEPTH, MAX_ENGINE_CONDITIONS, MAX_LIST
-from services.retrieval.schema import MAX_DESCRIPTION, MAX_DIMENSIONS, MAX_PROPERTIES
+from services.retrieval.schema import (
+    MAX_DESCRIPTION,
+    MAX_DIMENSIONS,
+    MAX_PROPERTIES,
+    MAX_PROVIDER,
+    MAX_RERANK_DEFAULT,
+)
 from services.retrieval.store import WRITE_TURN_BYTES
 
 RERANK_PROVIDER_NAME = r"[a-z0-9][a-z0-9_.-]{0,63}"
@@ -196,6 +202,11 @@ class RetrievalSettings(DownstreamSettings):
     # setting (the schema's bytes are bounded by MAX_SCHEMA_BYTES as well).
     max_description_chars: int = Field(default=MAX_DESCRIPTION, ge=1, le=MAX_SIZE_BYTES)
     max_properties: int = Field(default=MAX_PROPERTIES, ge=1, le=10_000)
+    # Characters of a collection's generative provider (and each fallback pair's), and of
+    # its default rerank's provider, model and base_url; more is INVALID_ARGUMENT
+    # (FIELD_TOO_LARGE) at CreateCollection naming the field, metadata max and setting.
+    max_provider_chars: int = Field(default=MAX_PROVIDER, ge=1, le=MAX_SIZE_BYTES)
+    max_rerank_default_chars: int = Field(default=MAX_RERANK_DEFAULT, ge=1, le=MAX_SIZE_BYTES)
     # A vectorizer's dimensions; more is INVALID_ARGUMENT, metadata max and setting. At most
     # Qdrant's own limit (65 536).
     max_dimensions: int = Field(default=MAX_DIMENSIONS, ge=1, le=MAX_DIMENSIONS)

@@ -381,8 +381,11 @@ class _Relay(Relay):
         self.no_claims = no_claims
         self.hold = hold
         self.stored = 0
+        self.claim_seconds: list[int] = []  # CheckStorage's, as the gateway sent them
 
     def request(self, method: str, request: bytes) -> bytes:
+        if method.endswith("/CheckStorage"):
+            self.claim_seconds.append(mem_pb.CheckStorageRequest.FromString(request).claim_seconds)
         if (self.old or self.no_claims) and method.endswith("/CheckStorage"):
             check = mem_pb.CheckStorageRequest.FromString(request)
             for field in ("claim_token", "claim_seconds", "release_claim"):
@@ -714,3 +717,16 @@ async def test_a_keyed_ask_holding_what_json_cannot_carry_is_refused_as_unkeyed(
         assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, (key, err.details())
         assert error_info(err).metadata["field"] == field
     assert await _conversations(stack) == []
+
+
+async def test_the_longest_claim_is_a_setting(stack_factory: StackFactory) -> None:
+    """An Ask claims its request_id for its time left plus ASK_CLEANUP_SECONDS, capped at
+    GENSEARCH_GATEWAY_MEMORY_MAX_CLAIM_SECONDS (was a fixed 3600 mirroring memory's bound);
+    memory's own bound, GENSEARCH_MEMORY_MAX_CLAIM_SECONDS, refuses more."""
+    relay = _Relay()
+    stack = await _relayed(
+        stack_factory, relay, memory_max_claim_seconds=7, memory={"max_claim_seconds": 7}
+    )
+    request = await _desert_ask(stack, True, "capped")
+    await stack.stub.Ask(request, metadata=ALICE, timeout=60)
+    assert relay.claim_seconds and set(relay.claim_seconds) == {7}

@@ -483,3 +483,33 @@ async def test_claim_token_bound_is_a_setting_the_refusal_names(
         "40",
         "GENSEARCH_MEMORY_MAX_CLAIM_TOKEN_BYTES",
     )
+
+
+async def test_claim_seconds_bound_is_a_setting_the_refusal_names(
+    memory_factory: MemoryFactory,
+) -> None:
+    # GENSEARCH_MEMORY_MAX_CLAIM_SECONDS (was a fixed 3600, named by no refusal).
+    memory = await memory_factory(max_claim_seconds=90)
+    cid = (
+        await memory.stub.CreateConversation(pb.CreateConversationRequest(), metadata=ALICE)
+    ).conversation.conversation_id
+
+    def check(seconds: int) -> Any:
+        request = pb.CheckStorageRequest(
+            conversation_id=cid,
+            bytes=1,
+            request_id="k",
+            claim_token="t" * 32,
+            claim_seconds=seconds,
+        )
+        return memory.stub.CheckStorage(request, metadata=ALICE)
+
+    assert not (await check(90)).request_id_in_use
+    err = await expect_error(check(91), INVALID, "claim_seconds")
+    info = error_info(err)
+    assert info.reason == "OUT_OF_RANGE"
+    assert (info.metadata["max"], info.metadata["setting"]) == (
+        "90",
+        "GENSEARCH_MEMORY_MAX_CLAIM_SECONDS",
+    )
+    assert "GENSEARCH_MEMORY_MAX_CLAIM_SECONDS" in (err.details() or "")

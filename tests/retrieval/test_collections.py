@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from collections.abc import Callable
 from typing import Any
 
 import grpc
+import pytest
 from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 
 from tests.retrieval.conftest import (
@@ -441,3 +443,63 @@ async def test_unknown_fields_of_a_collection_are_not_kept(make_retrieval: MakeR
     stored = (await again.stub.GetCollection(pb.GetCollectionRequest(name="Padded"))).collection
     assert created == got == stored
     assert created.ByteSize() == stored.ByteSize() < 10_000
+
+
+_PROVIDER = ("max_provider_chars", "GENSEARCH_RETRIEVAL_MAX_PROVIDER_CHARS")
+_RERANK = ("max_rerank_default_chars", "GENSEARCH_RETRIEVAL_MAX_RERANK_DEFAULT_CHARS")
+
+
+@pytest.mark.parametrize(
+    ("setting", "field", "collection"),
+    [
+        (
+            _PROVIDER,
+            "collection.generative.provider",
+            lambda n: vector_collection("P", generative=pb.GenerativeConfig(provider="p" * n)),
+        ),
+        (
+            _PROVIDER,
+            "collection.generative.fallback[0].provider",
+            lambda n: vector_collection(
+                "P",
+                generative=pb.GenerativeConfig(fallback=[pb.GenerativeModel(provider="p" * n)]),
+            ),
+        ),
+        (
+            _RERANK,
+            "collection.rerank.provider",
+            lambda n: vector_collection("P", rerank=pb.Rerank(provider="p" * n)),
+        ),
+        (
+            _RERANK,
+            "collection.rerank.model",
+            lambda n: vector_collection("P", rerank=pb.Rerank(provider="mmr", model="m" * n)),
+        ),
+        (
+            _RERANK,
+            "collection.rerank.base_url",
+            lambda n: vector_collection(
+                "P", rerank=pb.Rerank(provider="mmr", base_url="https://a.example/" + "x" * n)
+            ),
+        ),
+    ],
+)
+async def test_provider_and_rerank_default_bounds_are_settings_the_refusal_names(
+    make_retrieval: MakeRetrieval,
+    setting: tuple[str, str],
+    field: str,
+    collection: Callable[[int], pb.Collection],
+) -> None:
+    """A generative provider's length and a default rerank's provider, model and base_url
+    lengths are settings (were a fixed 256 and 2048, refused with no reason nor bound)."""
+    name, variable = setting
+    retrieval = await make_retrieval(**{name: 30})
+    err = await expect_error(
+        retrieval.stub.CreateCollection(pb.CreateCollectionRequest(collection=collection(31))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        field,
+    )
+    info = error_info(err)
+    assert info.reason == "FIELD_TOO_LARGE"
+    assert (info.metadata["max"], info.metadata["setting"]) == ("30", variable)
+    assert variable in (err.details() or "")
