@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import re
 
-from services.common.errors import InvalidArgument
+from services.common.errors import InvalidArgument, ServiceError
 
-# Longer than any provider's model id (Hugging Face repo ids are at most 96 characters,
-# Bedrock ARNs about 200).
+FIELD_TOO_LARGE = "FIELD_TOO_LARGE"
+
+# The default of each service's MAX_MODEL_CHARS setting (GENSEARCH_GATEWAY_MAX_MODEL_CHARS,
+# _GENERATION_, _RETRIEVAL_): longer than any provider's model id (Hugging Face repo ids
+# are at most 96 characters, Bedrock ARNs about 200). Also the bound of the default model
+# settings, checked at start, and of a model name an upstream answer reports.
 MAX_MODEL_CHARS = 256
 # A provider's name (generation's PROVIDERS entries and presets); lookups strip and
 # lower-case what a caller sends.
@@ -19,13 +23,14 @@ PROVIDER_NAME = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 PROVIDER_NAME_RULE = "provider names are lower-case letters, digits, '-' or '_'"
 
 
-def model_name_problem(model: str) -> str | None:
-    """What is wrong with ``model`` as a model name, or None: too long, with control
-    characters (a newline, NUL …) or of spaces only; an empty name (the provider's
-    default) is fine. Spaces alone were once read as empty, so a caller who meant a model
-    silently got the default one; they are a mistake to name, not a choice."""
-    if len(model) > MAX_MODEL_CHARS:
-        return f"a model name is at most {MAX_MODEL_CHARS} characters"
+def model_name_problem(model: str, max_chars: int = MAX_MODEL_CHARS) -> str | None:
+    """What is wrong with ``model`` as a model name, or None: longer than ``max_chars``,
+    with control characters (a newline, NUL …) or of spaces only; an empty name (the
+    provider's default) is fine. Spaces alone were once read as empty, so a caller who
+    meant a model silently got the default one; they are a mistake to name, not a
+    choice."""
+    if len(model) > max_chars:
+        return f"a model name is at most {max_chars} characters"
     if not model.isprintable():
         return "a model name must not contain control characters"
     if model and not model.strip():
@@ -33,12 +38,33 @@ def model_name_problem(model: str) -> str | None:
     return None
 
 
-def check_model_name(model: str, field: str) -> None:
-    """INVALID_ARGUMENT naming ``field`` for a model name a caller sent that
-    ``model_name_problem`` refuses."""
-    problem = model_name_problem(model)
-    if problem:
-        raise InvalidArgument(problem, field=field)
+def model_name_error(
+    model: str,
+    field: str,
+    max_chars: int,
+    setting: str,
+    error: type[ServiceError] = InvalidArgument,
+) -> ServiceError | None:
+    """The refusal (``error``, naming ``field``) of a model name a caller sent that
+    ``model_name_problem`` refuses, or None. Too long is FIELD_TOO_LARGE with metadata
+    ``max_chars`` and ``setting`` (the service's MAX_MODEL_CHARS variable), as other
+    limit refusals."""
+    if len(model) > max_chars:
+        return error(
+            f"{field}: a model name is at most {max_chars} characters ({setting})",
+            field=field,
+            reason=FIELD_TOO_LARGE,
+            metadata={"max_chars": str(max_chars), "setting": setting},
+        )
+    problem = model_name_problem(model, max_chars)
+    return error(problem, field=field) if problem else None
+
+
+def check_model_name(model: str, field: str, max_chars: int, setting: str) -> None:
+    """Raise ``model_name_error``'s INVALID_ARGUMENT, if any."""
+    err = model_name_error(model, field, max_chars, setting)
+    if err is not None:
+        raise err
 
 
 def model_name_setting(value: str) -> str:

@@ -44,7 +44,7 @@ class Backends:
         return cls(
             clients=clients,
             catalog=Catalog(clients.retrieval, settings.collection_cache_ttl),
-            models=ModelCatalog(clients.generation),
+            models=ModelCatalog(clients.generation, settings.max_model_chars),
             settings=settings,
             cache=GenerationCache(
                 redis,

@@ -13,18 +13,20 @@ from services.common.errors import (
     Unauthenticated,
     quote,
 )
-from services.common.model_names import model_name_problem
+from services.common.model_names import model_name_error
 from services.gateway.clients import Caller, GenerationClient
 from services.gateway.generator import Options
 from services.gateway.prompting import context_window_for
 from services.gateway.request_parts import refusal_at
 
 TTL_SECONDS = 60.0
+MAX_MODEL_CHARS_SETTING = "GENSEARCH_GATEWAY_MAX_MODEL_CHARS"
 
 
 class ModelCatalog:
-    def __init__(self, generation: GenerationClient) -> None:
+    def __init__(self, generation: GenerationClient, max_model_chars: int) -> None:
         self._generation = generation
+        self._max_model_chars = max_model_chars
         self._cached: tuple[float, gen_pb.ListModelsResponse] | None = None
 
     async def models(self, caller: Caller, timeout: float) -> gen_pb.ListModelsResponse | None:
@@ -81,9 +83,15 @@ class ModelCatalog:
             for i, (p, m) in enumerate(options.fallback)
         ]
         for provider_name, model, provider_field, model_at, callers_url in pairs:
-            problem = model_name_problem(model)
-            if problem:
-                raise refusal_at(model_at)(problem, field=model_at)
+            err = model_name_error(
+                model,
+                model_at,
+                self._max_model_chars,
+                MAX_MODEL_CHARS_SETTING,
+                refusal_at(model_at),
+            )
+            if err is not None:
+                raise err
             provider = _find_provider(models, provider_name)
             if provider is None:
                 known = ", ".join(sorted(p.name for p in models.providers))

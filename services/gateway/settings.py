@@ -7,7 +7,11 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from services.common.model_names import model_name_setting, provider_name_setting
+from services.common.model_names import (
+    MAX_MODEL_CHARS,
+    model_name_setting,
+    provider_name_setting,
+)
 from services.common.schema_settings import SchemaBoundSettings
 from services.common.settings import (
     DEFAULT_MAX_FALLBACKS,
@@ -99,6 +103,12 @@ class GatewaySettings(SchemaBoundSettings):
     # generate.stop: sequences and characters each.
     max_stop_sequences: int = Field(default=4, ge=0, le=1000)
     max_stop_chars: int = Field(default=256, ge=1, le=MAX_SIZE_BYTES)
+    # Characters of a model name (a request's model, a fallback pair's), checked before any
+    # LLM call; longer is INVALID_ARGUMENT (FIELD_TOO_LARGE) naming the field, metadata
+    # max_chars and setting (a collection's stored one: FAILED_PRECONDITION). Keep it at
+    # most generation's GENSEARCH_GENERATION_MAX_MODEL_CHARS, which checks again. The
+    # default model settings are held to the default, 256, at start.
+    max_model_chars: int = Field(default=MAX_MODEL_CHARS, ge=1, le=MAX_SIZE_BYTES)
     # generate.fallback and Ask's fallback: (provider, model) pairs after the primary one.
     max_fallbacks: int = Field(default=DEFAULT_MAX_FALLBACKS, ge=0, le=MAX_FALLBACKS)
     # generate.response_format.json_schema: its bounds are SchemaBoundSettings'.

@@ -61,6 +61,7 @@ async def build_server(settings: GenerationSettings, *, port: int | None = None)
         max_stop_chars=settings.max_stop_chars,
         max_fallbacks=settings.max_fallbacks,
         max_tokens=settings.max_tokens_limit,
+        max_model_chars=settings.max_model_chars,
         schema=settings.schema_limits(
             pattern_seconds=settings.schema_pattern_seconds,
             validate_seconds=settings.schema_validate_seconds,

@@ -23,6 +23,7 @@ from services.generation.fallback import Target
 from services.generation.keys import request_key, resolve_key
 from services.generation.registry import ProviderRegistry
 from services.generation.validation import (
+    MAX_MODEL_CHARS_SETTING,
     Limits,
     build_request,
     check_context_window,
@@ -86,7 +87,13 @@ class Planner:
             if not choice.provider.strip():
                 raise MissingField("provider is required", field=f"{where}.provider")
             other = self.registry.get(choice.provider, field=f"{where}.provider")
-            check_model_name(choice.model, f"{where}.model")  # as sent, as for the primary
+            # As sent, as for the primary.
+            check_model_name(
+                choice.model,
+                f"{where}.model",
+                self.limits.max_model_chars,
+                MAX_MODEL_CHARS_SETTING,
+            )
             model = choice.model.strip() or other.config.default_model
             check_model(model, other.config, f"{where}.model")
             check_context_window(list(request.messages), request.max_tokens, other.config)

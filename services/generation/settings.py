@@ -40,7 +40,12 @@ from pydantic import (
 from pydantic_settings import SettingsConfigDict
 
 from services.common.egress import EgressPolicy
-from services.common.model_names import PROVIDER_NAME, PROVIDER_NAME_RULE, model_name_setting
+from services.common.model_names import (
+    MAX_MODEL_CHARS,
+    PROVIDER_NAME,
+    PROVIDER_NAME_RULE,
+    model_name_setting,
+)
 from services.common.schema_settings import SchemaBoundSettings
 from services.common.settings import (
     DEFAULT_MAX_FALLBACKS,
@@ -448,6 +453,10 @@ class GenerationSettings(DownstreamSettings, SchemaBoundSettings):
     max_prompt_chars: int = Field(default=1_000_000, ge=1, le=MAX_SIZE_BYTES)
     max_stop_sequences: int = Field(default=4, ge=0, le=1000)
     max_stop_chars: int = Field(default=256, ge=1, le=MAX_SIZE_BYTES)
+    # Characters of a model name a caller sends (a request's model, a fallback pair's);
+    # longer is INVALID_ARGUMENT (FIELD_TOO_LARGE) naming the field, metadata max_chars
+    # and setting. The default model settings are held to the default, 256, at start.
+    max_model_chars: int = Field(default=MAX_MODEL_CHARS, ge=1, le=MAX_SIZE_BYTES)
     # The most max_tokens a request may ask for, whatever the provider (one with a
     # context_window refuses more than its window too).
     max_tokens_limit: int = Field(default=1_000_000, ge=1, le=MAX_TOKENS)

@@ -16,7 +16,7 @@ from services.common.json_schema import (
     format_name,
     schema_data,
 )
-from services.common.model_names import check_model_name
+from services.common.model_names import MAX_MODEL_CHARS, check_model_name
 from services.common.settings import DEFAULT_MAX_FALLBACKS
 from services.generation.providers.base import (
     ChatMessage,
@@ -34,6 +34,7 @@ _ESTIMATE_SLACK = 1.25
 #: ``messages``, metadata ``max_chars``, ``chars``, ``setting``).
 PROMPT_TOO_LONG = "PROMPT_TOO_LONG"
 MAX_PROMPT_CHARS_SETTING = "GENSEARCH_GENERATION_MAX_PROMPT_CHARS"
+MAX_MODEL_CHARS_SETTING = "GENSEARCH_GENERATION_MAX_MODEL_CHARS"
 
 ROLE_NAMES = {pb.ROLE_SYSTEM: "system", pb.ROLE_USER: "user", pb.ROLE_ASSISTANT: "assistant"}
 
@@ -46,6 +47,7 @@ class Limits:
     max_stop_chars: int = 256
     max_fallbacks: int = DEFAULT_MAX_FALLBACKS
     max_tokens: int = 1_000_000
+    max_model_chars: int = MAX_MODEL_CHARS
     schema: SchemaLimits = field(default_factory=SchemaLimits)
 
 
@@ -198,7 +200,7 @@ def build_request(
         )
 
     # The name as sent: spaces alone are refused there, not stripped into the default.
-    check_model_name(msg.model, "model")
+    check_model_name(msg.model, "model", limits.max_model_chars, MAX_MODEL_CHARS_SETTING)
     model = msg.model.strip() or config.default_model
     if check_models:
         check_model(model, config, "model")

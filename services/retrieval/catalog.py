@@ -207,6 +207,7 @@ class Catalog:
             max_properties=self._settings.max_properties,
             max_dimensions=self._settings.max_dimensions,
             max_provider_chars=self._settings.max_provider_chars,
+            max_model_chars=self._settings.max_model_chars,
         )
         normalized.create_time.FromNanoseconds(time.time_ns() // 1000 * 1000)
         size = normalized.ByteSize()

@@ -70,7 +70,13 @@ from services.common.tracing import service_tracer
 from services.common.upstream_retry import RetryPolicy
 from services.retrieval.embedders import LocalEmbedder
 from services.retrieval.endpoints import ALLOWLIST_SETTING, caller_key_for
-from services.retrieval.schema import RERANK_DEFAULT_SETTING, TEXT_TYPES, Schema, check_chars
+from services.retrieval.schema import (
+    MODEL_SETTING,
+    RERANK_DEFAULT_SETTING,
+    TEXT_TYPES,
+    Schema,
+    check_chars,
+)
 from services.retrieval.settings import RetrievalSettings
 from services.retrieval.store import PROPS, FoundPoint
 from services.retrieval.upstream import Attempts, problem
@@ -257,7 +263,7 @@ class Rerankers:
         s = self._settings
         # Sent upstream in the body and named in the span: held to a generation model
         # name's shape, as the providers' configured models are at start.
-        check_model_name(rerank.model, f"{where}.model")
+        check_model_name(rerank.model, f"{where}.model", s.max_model_chars, MODEL_SETTING)
         provider = rerank.provider.strip()
         if rerank.base_url:
             if provider and provider != MMR:

@@ -16,7 +16,7 @@ from google.protobuf import json_format
 
 from services.common.auth import DEFAULT_TENANT
 from services.common.errors import InvalidArgument, MissingField, quote
-from services.common.model_names import check_model_name
+from services.common.model_names import MAX_MODEL_CHARS, check_model_name
 from services.common.settings import DEFAULT_MAX_FALLBACKS, DEFAULT_MAX_PROMPT_CHARS
 from services.common.values import (
     DEFAULT_MAX_DEPTH,
@@ -49,6 +49,8 @@ MAX_PROVIDER = 256
 MAX_RERANK_DEFAULT = 2048
 PROVIDER_SETTING = "GENSEARCH_RETRIEVAL_MAX_PROVIDER_CHARS"
 RERANK_DEFAULT_SETTING = "GENSEARCH_RETRIEVAL_MAX_RERANK_DEFAULT_CHARS"
+# A model name's characters (services/common/model_names.py; its default MAX_MODEL_CHARS).
+MODEL_SETTING = "GENSEARCH_RETRIEVAL_MAX_MODEL_CHARS"
 TEXT_TYPES = (pb.DATA_TYPE_TEXT, pb.DATA_TYPE_TEXT_ARRAY)
 TYPE_NAMES: dict[int, str] = {
     pb.DATA_TYPE_TEXT: "text",
@@ -105,6 +107,7 @@ def validate_new_collection(
     max_properties: int = MAX_PROPERTIES,
     max_dimensions: int = MAX_DIMENSIONS,
     max_provider_chars: int = MAX_PROVIDER,
+    max_model_chars: int = MAX_MODEL_CHARS,
 ) -> pb.Collection:
     """A normalized copy of ``collection`` with every default filled in.
 
@@ -148,11 +151,17 @@ def validate_new_collection(
         _check_description(prop.description, f"{where}.description", max_description_chars)
         types[prop.name] = prop.data_type
     _validate_vectorizer(
-        out.vectorizer, types, local_model_name, local_dimensions, policy, max_dimensions
+        out.vectorizer,
+        types,
+        local_model_name,
+        local_dimensions,
+        policy,
+        max_dimensions,
+        max_model_chars,
     )
     if not out.HasField("keyword_index"):
         out.keyword_index = True
-    _validate_generative(out.generative, types, max_provider_chars)
+    _validate_generative(out.generative, types, max_provider_chars, max_model_chars)
     _validate_chunking(out, types)
     _validate_rerank_default(out, types)
     return out
@@ -227,6 +236,7 @@ def _validate_vectorizer(
     local_dimensions: int | None,
     policy: EmbeddingPolicy,
     max_dimensions: int = MAX_DIMENSIONS,
+    max_model_chars: int = MAX_MODEL_CHARS,
 ) -> None:
     where = "collection.vectorizer"
     if vec.kind == pb.VECTORIZER_KIND_UNSPECIFIED:
@@ -268,7 +278,7 @@ def _validate_vectorizer(
             )
         # Sent upstream in every embeddings body and named in each call's span, as a
         # rerank or generative model is: held to the same model-name shape.
-        check_model_name(vec.model, f"{where}.model")
+        check_model_name(vec.model, f"{where}.model", max_model_chars, MODEL_SETTING)
         policy.endpoint(vec, where)
         vec.model = vec.model or OPENAI_DEFAULT_MODEL
         if not vec.dimensions:
@@ -324,7 +334,7 @@ def _check_fallback_repeats(gen: pb.GenerativeConfig, where: str) -> None:
 
 
 def _validate_generative(
-    gen: pb.GenerativeConfig, types: dict[str, int], max_provider_chars: int
+    gen: pb.GenerativeConfig, types: dict[str, int], max_provider_chars: int, max_model_chars: int
 ) -> None:
     where = "collection.generative"
     if gen.HasField("temperature") and not (0.0 <= gen.temperature <= 2.0):
@@ -340,7 +350,7 @@ def _validate_generative(
             field=f"{where}.provider",
         )
     check_chars(gen.provider, f"{where}.provider", max_provider_chars, PROVIDER_SETTING)
-    check_model_name(gen.model, f"{where}.model")
+    check_model_name(gen.model, f"{where}.model", max_model_chars, MODEL_SETTING)
     for name in ("system_prompt", "user_instructions"):
         text = getattr(gen, name)
         if text and not text.strip():
@@ -377,7 +387,7 @@ def _validate_generative(
         check_chars(
             pair.provider, f"{where}.fallback[{i}].provider", max_provider_chars, PROVIDER_SETTING
         )
-        check_model_name(pair.model, f"{where}.fallback[{i}].model")
+        check_model_name(pair.model, f"{where}.fallback[{i}].model", max_model_chars, MODEL_SETTING)
     _check_fallback_repeats(gen, where)
     for i, name in enumerate(gen.context_fields):
         if name not in types:

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.egress import EgressPolicy, UrlRefused, canonical_url
-from services.common.model_names import model_name_setting
+from services.common.model_names import MAX_MODEL_CHARS, model_name_setting
 from services.common.settings import (
     MAX_QUERY_TEXT,
     MAX_SIZE_BYTES,
@@ -207,6 +207,11 @@ class RetrievalSettings(DownstreamSettings):
     # (FIELD_TOO_LARGE) at CreateCollection naming the field, metadata max and setting.
     max_provider_chars: int = Field(default=MAX_PROVIDER, ge=1, le=MAX_SIZE_BYTES)
     max_rerank_default_chars: int = Field(default=MAX_RERANK_DEFAULT, ge=1, le=MAX_SIZE_BYTES)
+    # Characters of a model name a caller sends (a collection's generative, fallback and
+    # vectorizer models, a rerank's model); longer is INVALID_ARGUMENT (FIELD_TOO_LARGE)
+    # naming the field, metadata max_chars and setting. The default model settings are held
+    # to the default, 256, at start.
+    max_model_chars: int = Field(default=MAX_MODEL_CHARS, ge=1, le=MAX_SIZE_BYTES)
     # A vectorizer's dimensions; more is INVALID_ARGUMENT, metadata max and setting. At most
     # Qdrant's own limit (65 536).
     max_dimensions: int = Field(default=MAX_DIMENSIONS, ge=1, le=MAX_DIMENSIONS)

@@ -1043,3 +1043,28 @@ async def test_a_request_naming_another_provider_gets_that_providers_default_mod
         books_search(single_prompt="About {title}", provider=" FAKE "), metadata=ALICE
     )
     assert {h.generation.model for h in response.hits} == {"fake-model"}
+
+
+async def test_the_model_name_bound_is_a_setting_the_refusal_names(
+    stack_factory: StackFactory,
+) -> None:
+    """GENSEARCH_GATEWAY_MAX_MODEL_CHARS (was a fixed 256, named by no refusal): refused
+    by the gateway before any call, though generation (at 256) would take the name."""
+    stack = await stack_factory(max_model_chars=20)
+    await create_books(stack, books=WITH_BODY)
+    fallback = [gen_pb.ModelChoice(provider="fake", model="m" * 21)]
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stack.stub.GenerativeSearch(
+            books_search(single_prompt="About {title}", fallback=fallback), metadata=ALICE
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    info = error_info(caught.value)
+    assert (info.reason, info.metadata["field"]) == (
+        "FIELD_TOO_LARGE",
+        "generate.fallback[0].model",
+    )
+    assert (info.metadata["max_chars"], info.metadata["setting"]) == (
+        "20",
+        "GENSEARCH_GATEWAY_MAX_MODEL_CHARS",
+    )
+    assert stack.fake.chat_requests == []

@@ -378,3 +378,27 @@ async def test_a_blank_base_url_is_refused_not_read_as_unset(
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error_info(caught.value).metadata["field"] == "base_url"
     assert not fake.chat_requests
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"model": "m" * 21}, "model"),
+        ({"fallback": [pb.ModelChoice(provider="fake", model="m" * 21)]}, "fallback[0].model"),
+    ],
+)
+async def test_the_model_name_bound_is_a_setting_the_refusal_names(
+    fake: FakeOpenAI, start_service: StartService, fields: dict[str, object], field: str
+) -> None:
+    """GENSEARCH_GENERATION_MAX_MODEL_CHARS (was a fixed 256, named by no refusal)."""
+    service = await start_service([fake_provider(fake)], max_model_chars=20)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.Generate(pb.GenerateRequest(messages=[user("hi")], **fields))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    info = error_info(caught.value)
+    assert (info.reason, info.metadata["field"]) == ("FIELD_TOO_LARGE", field)
+    assert (info.metadata["max_chars"], info.metadata["setting"]) == (
+        "20",
+        "GENSEARCH_GENERATION_MAX_MODEL_CHARS",
+    )
+    assert fake.chat_requests == []

@@ -445,8 +445,9 @@ async def test_unknown_fields_of_a_collection_are_not_kept(make_retrieval: MakeR
     assert created.ByteSize() == stored.ByteSize() < 10_000
 
 
-_PROVIDER = ("max_provider_chars", "GENSEARCH_RETRIEVAL_MAX_PROVIDER_CHARS")
-_RERANK = ("max_rerank_default_chars", "GENSEARCH_RETRIEVAL_MAX_RERANK_DEFAULT_CHARS")
+_PROVIDER = ("max_provider_chars", "GENSEARCH_RETRIEVAL_MAX_PROVIDER_CHARS", "max")
+_RERANK = ("max_rerank_default_chars", "GENSEARCH_RETRIEVAL_MAX_RERANK_DEFAULT_CHARS", "max")
+_MODEL = ("max_model_chars", "GENSEARCH_RETRIEVAL_MAX_MODEL_CHARS", "max_chars")
 
 
 @pytest.mark.parametrize(
@@ -482,18 +483,40 @@ _RERANK = ("max_rerank_default_chars", "GENSEARCH_RETRIEVAL_MAX_RERANK_DEFAULT_C
                 "P", rerank=pb.Rerank(provider="mmr", base_url="https://a.example/" + "x" * n)
             ),
         ),
+        (
+            _MODEL,
+            "collection.generative.model",
+            lambda n: vector_collection("P", generative=pb.GenerativeConfig(model="m" * n)),
+        ),
+        (
+            _MODEL,
+            "collection.generative.fallback[0].model",
+            lambda n: vector_collection(
+                "P",
+                generative=pb.GenerativeConfig(
+                    fallback=[pb.GenerativeModel(provider="openai", model="m" * n)]
+                ),
+            ),
+        ),
+        (
+            _MODEL,
+            "collection.rerank.model",
+            lambda n: vector_collection("P", rerank=pb.Rerank(provider="mmr", model="m" * n)),
+        ),
     ],
 )
-async def test_provider_and_rerank_default_bounds_are_settings_the_refusal_names(
+async def test_provider_rerank_default_and_model_bounds_are_settings_the_refusal_names(
     make_retrieval: MakeRetrieval,
-    setting: tuple[str, str],
+    setting: tuple[str, str, str],
     field: str,
     collection: Callable[[int], pb.Collection],
 ) -> None:
-    """A generative provider's length and a default rerank's provider, model and base_url
-    lengths are settings (were a fixed 256 and 2048, refused with no reason nor bound)."""
-    name, variable = setting
-    retrieval = await make_retrieval(**{name: 30})
+    """A generative provider's length, a default rerank's provider, model and base_url
+    lengths and a model name's are settings (were a fixed 256, 2048 and 256, refused with
+    no reason nor bound)."""
+    name, variable, bound = setting
+    # The rerank default's own bound stays above the model's.
+    retrieval = await make_retrieval(**{"max_rerank_default_chars": 2048, name: 30})
     err = await expect_error(
         retrieval.stub.CreateCollection(pb.CreateCollectionRequest(collection=collection(31))),
         grpc.StatusCode.INVALID_ARGUMENT,
@@ -501,5 +524,5 @@ async def test_provider_and_rerank_default_bounds_are_settings_the_refusal_names
     )
     info = error_info(err)
     assert info.reason == "FIELD_TOO_LARGE"
-    assert (info.metadata["max"], info.metadata["setting"]) == ("30", variable)
+    assert (info.metadata[bound], info.metadata["setting"]) == ("30", variable)
     assert variable in (err.details() or "")
