@@ -50,7 +50,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from services.common.errors import PermissionDenied
+from services.common.errors import InvalidArgument, PermissionDenied
 from services.common.hostport import join_host_port
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -91,8 +91,26 @@ def url_not_allowed(
     )
 
 
+def check_url_length(url: str, field: str, max_chars: int, setting: str) -> None:
+    """INVALID_ARGUMENT (FIELD_TOO_LARGE, metadata ``max_chars`` and ``setting``) for a
+    URL a caller sent in ``field`` that is longer than ``max_chars``: checked before the
+    allowlist, which once refused it as "not a plain URL" (PERMISSION_DENIED)."""
+    if len(url) > max_chars:
+        raise InvalidArgument(
+            f"{field} is longer than {max_chars} characters ({setting})",
+            field=field,
+            reason="FIELD_TOO_LARGE",
+            metadata={"max_chars": str(max_chars), "setting": setting},
+        )
+
+
 DEFAULT_PORTS = {"https": 443, "http": 80}
+# The default of each service's MAX_URL_CHARS setting (GENSEARCH_GATEWAY_MAX_URL_CHARS,
+# _GENERATION_, _RETRIEVAL_: characters of a URL a caller sends, ``check_url_length``),
+# and the upper bound of those settings, which is also the longest URL ``split_url``
+# reads at all (an operator's own URLs included).
 MAX_URL = 2048
+MAX_URL_BOUND = 65_536
 # Characters of a refused host or URL echoed in a message.
 ECHO = 64
 
@@ -186,7 +204,9 @@ def split_url(url: str) -> tuple[str, str, int, str]:
     refused the URL with an error nobody expected, and the call failed INTERNAL. ``host``
     is in lower case without brackets or trailing dot; ``port`` is the default one when
     not given; ``rest`` is the path (trailing slashes dropped)."""
-    if len(url) > MAX_URL or any(c.isspace() or c == "\\" or not c.isprintable() for c in url):
+    if len(url) > MAX_URL_BOUND or any(
+        c.isspace() or c == "\\" or not c.isprintable() for c in url
+    ):
         raise UrlRefused(f"{echo_url(url)} is not a plain URL")
     try:
         parts = urlsplit(url)

@@ -44,7 +44,9 @@ class Backends:
         return cls(
             clients=clients,
             catalog=Catalog(clients.retrieval, settings.collection_cache_ttl),
-            models=ModelCatalog(clients.generation, settings.max_model_chars),
+            models=ModelCatalog(
+                clients.generation, settings.max_model_chars, settings.max_url_chars
+            ),
             settings=settings,
             cache=GenerationCache(
                 redis,

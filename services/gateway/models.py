@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 
 from gensearch.generation.v1 import generation_service_pb2 as gen_pb
 
-from services.common.egress import EgressPolicy, UrlRefused, url_not_allowed
+from services.common.egress import EgressPolicy, UrlRefused, check_url_length, url_not_allowed
 from services.common.errors import (
     ServiceError,
     Unauthenticated,
@@ -21,12 +21,16 @@ from services.gateway.request_parts import refusal_at
 
 TTL_SECONDS = 60.0
 MAX_MODEL_CHARS_SETTING = "GENSEARCH_GATEWAY_MAX_MODEL_CHARS"
+MAX_URL_SETTING = "GENSEARCH_GATEWAY_MAX_URL_CHARS"
 
 
 class ModelCatalog:
-    def __init__(self, generation: GenerationClient, max_model_chars: int) -> None:
+    def __init__(
+        self, generation: GenerationClient, max_model_chars: int, max_url_chars: int
+    ) -> None:
         self._generation = generation
         self._max_model_chars = max_model_chars
+        self._max_url_chars = max_url_chars
         self._cached: tuple[float, gen_pb.ListModelsResponse] | None = None
 
     async def models(self, caller: Caller, timeout: float) -> gen_pb.ListModelsResponse | None:
@@ -121,6 +125,9 @@ class ModelCatalog:
                 metadata={"max": str(limit)},
             )
         if options.base_url:
+            check_url_length(
+                options.base_url, f"{prefix}base_url", self._max_url_chars, MAX_URL_SETTING
+            )
             try:
                 EgressPolicy.parse(models.allowed_hosts).check_url(options.base_url)
             except (UrlRefused, ValueError) as err:

@@ -7,6 +7,7 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from services.common.egress import MAX_URL, MAX_URL_BOUND
 from services.common.model_names import (
     MAX_MODEL_CHARS,
     model_name_setting,
@@ -109,6 +110,10 @@ class GatewaySettings(SchemaBoundSettings):
     # most generation's GENSEARCH_GENERATION_MAX_MODEL_CHARS, which checks again. The
     # default model settings are held to the default, 256, at start.
     max_model_chars: int = Field(default=MAX_MODEL_CHARS, ge=1, le=MAX_SIZE_BYTES)
+    # Characters of a URL a caller sends (generate.base_url, an Ask's base_url):
+    # longer is INVALID_ARGUMENT (FIELD_TOO_LARGE) naming the field, metadata max_chars
+    # and setting, before the allowlist is read.
+    max_url_chars: int = Field(default=MAX_URL, ge=16, le=MAX_URL_BOUND)
     # generate.fallback and Ask's fallback: (provider, model) pairs after the primary one.
     max_fallbacks: int = Field(default=DEFAULT_MAX_FALLBACKS, ge=0, le=MAX_FALLBACKS)
     # generate.response_format.json_schema: its bounds are SchemaBoundSettings'.

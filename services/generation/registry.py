@@ -5,7 +5,14 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Mapping
 
-from services.common.egress import EgressPolicy, UrlRefused, canonical_url, url_not_allowed
+from services.common.egress import (
+    MAX_URL,
+    EgressPolicy,
+    UrlRefused,
+    canonical_url,
+    check_url_length,
+    url_not_allowed,
+)
 from services.common.errors import InvalidArgument, quote
 from services.common.openai_api import OpenAIClients
 from services.common.redis_client import RedisClient
@@ -18,7 +25,7 @@ from services.generation.rate_buckets import (
     SharedLimits,
 )
 from services.generation.settings import GenerationSettings, ProviderConfig
-from services.generation.upstream import ALLOWLIST_SETTING
+from services.generation.upstream import ALLOWLIST_SETTING, MAX_URL_SETTING
 
 # Providers kept for callers' base URLs (each holds its own concurrency limit). Not a
 # setting: it refuses nothing, a provider past it is made again when next used.
@@ -51,6 +58,7 @@ class ProviderRegistry:
         redis: RedisClient | None = None,
         max_answer_chars: int = DEFAULT_MAX_ANSWER_CHARS,
         max_response_bytes: int | None = None,
+        max_url_chars: int = MAX_URL,
     ) -> None:
         if default not in providers:
             raise ValueError(f"default provider {default!r} is not configured")
@@ -66,6 +74,7 @@ class ProviderRegistry:
         self._timeouts = (connect_timeout, read_timeout)
         self._max_answer_chars = max_answer_chars
         self._max_response_bytes = max_response_bytes
+        self._max_url_chars = max_url_chars
         self._caller_clients: OpenAIClients | None = None
         self._caller_providers: OrderedDict[tuple[str, str], Provider] = OrderedDict()
         # Where the providers' limits are counted; closed with the registry.
@@ -109,6 +118,7 @@ class ProviderRegistry:
             redis=redis,
             max_answer_chars=settings.max_answer_chars,
             max_response_bytes=settings.max_response_bytes,
+            max_url_chars=settings.max_url_chars,
         )
 
     def get(self, name: str, field: str = "provider") -> Provider:
@@ -134,6 +144,7 @@ class ProviderRegistry:
         """``provider`` at a base URL the caller named, if the operator's allowlist allows
         it (PERMISSION_DENIED naming ``base_url`` otherwise). It never sends the operator's
         key: callers of it pass only the caller's own key, and it requires none."""
+        check_url_length(base_url, "base_url", self._max_url_chars, MAX_URL_SETTING)
         try:
             self.egress.check_url(base_url)
             canonical = canonical_url(base_url)

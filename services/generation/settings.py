@@ -39,7 +39,7 @@ from pydantic import (
 )
 from pydantic_settings import SettingsConfigDict
 
-from services.common.egress import EgressPolicy
+from services.common.egress import MAX_URL, MAX_URL_BOUND, EgressPolicy
 from services.common.model_names import (
     MAX_MODEL_CHARS,
     PROVIDER_NAME,
@@ -457,6 +457,10 @@ class GenerationSettings(DownstreamSettings, SchemaBoundSettings):
     # longer is INVALID_ARGUMENT (FIELD_TOO_LARGE) naming the field, metadata max_chars
     # and setting. The default model settings are held to the default, 256, at start.
     max_model_chars: int = Field(default=MAX_MODEL_CHARS, ge=1, le=MAX_SIZE_BYTES)
+    # Characters of a URL a caller sends (a request's base_url):
+    # longer is INVALID_ARGUMENT (FIELD_TOO_LARGE) naming the field, metadata max_chars
+    # and setting, before the allowlist is read.
+    max_url_chars: int = Field(default=MAX_URL, ge=16, le=MAX_URL_BOUND)
     # The most max_tokens a request may ask for, whatever the provider (one with a
     # context_window refuses more than its window too).
     max_tokens_limit: int = Field(default=1_000_000, ge=1, le=MAX_TOKENS)

@@ -30,6 +30,7 @@ from services.common.upstream_retry import is_transient, server_wait
 
 BAD_UPSTREAM_RESPONSE = "BAD_UPSTREAM_RESPONSE"
 ALLOWLIST_SETTING = "GENSEARCH_GENERATION_ALLOWED_HOSTS"
+MAX_URL_SETTING = "GENSEARCH_GENERATION_MAX_URL_CHARS"
 _MAX_MESSAGE = 300
 # Characters of an upstream message read to quote from it. Redaction (every known secret
 # looked for in every spelling) costs in the length of the text, on the event loop, and a

@@ -34,9 +34,11 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 
 from services.common.egress import (
     EMBEDDING_KEY_HEADER,
+    MAX_URL,
     EgressPolicy,
     UrlRefused,
     canonical_url,
+    check_url_length,
     echo,
     echo_url,
     url_not_allowed,
@@ -47,6 +49,7 @@ ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 KEY_NOT_ALLOWED = "KEY_NOT_ALLOWED"
 KEY_DESTINATION_UNCONFIRMED = "KEY_DESTINATION_UNCONFIRMED"
 ALLOWLIST_SETTING = "GENSEARCH_RETRIEVAL_ALLOWED_HOSTS"
+MAX_URL_SETTING = "GENSEARCH_RETRIEVAL_MAX_URL_CHARS"
 KEY_URLS_SETTING = "GENSEARCH_RETRIEVAL_EMBEDDING_KEY_URLS"
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 # The operator's default pairs: an OpenAI key goes to OpenAI.
@@ -71,10 +74,13 @@ class EmbeddingPolicy:
     egress: EgressPolicy = field(default_factory=EgressPolicy)
     # key variable -> the canonical base URL (``canonical_url``) its value may be sent to.
     key_urls: Mapping[str, str] = field(default_factory=dict)
+    # GENSEARCH_RETRIEVAL_MAX_URL_CHARS: the longest base_url a caller may name.
+    max_url_chars: int = MAX_URL
 
     def endpoint(self, vec: pb.Vectorizer, where: str) -> Endpoint:
         """The endpoint of ``vec`` if the operator allows it; PERMISSION_DENIED otherwise.
         ``where`` is the vectorizer's field path (``collection.vectorizer``)."""
+        check_url_length(vec.base_url, f"{where}.base_url", self.max_url_chars, MAX_URL_SETTING)
         try:
             canonical = canonical_url(vec.base_url)
         except UrlRefused:

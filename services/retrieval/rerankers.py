@@ -50,6 +50,7 @@ from services.common.egress import (
     EgressPolicy,
     UrlRefused,
     canonical_url,
+    check_url_length,
     header_value,
     is_redirect,
     refusal,
@@ -69,7 +70,7 @@ from services.common.suggest import did_you_mean
 from services.common.tracing import service_tracer
 from services.common.upstream_retry import RetryPolicy
 from services.retrieval.embedders import LocalEmbedder
-from services.retrieval.endpoints import ALLOWLIST_SETTING, caller_key_for
+from services.retrieval.endpoints import ALLOWLIST_SETTING, MAX_URL_SETTING, caller_key_for
 from services.retrieval.schema import (
     MODEL_SETTING,
     RERANK_DEFAULT_SETTING,
@@ -271,6 +272,7 @@ class Rerankers:
                     f"give {where}.provider or {where}.base_url, not both",
                     field=f"{where}.base_url",
                 )
+            check_url_length(rerank.base_url, f"{where}.base_url", s.max_url_chars, MAX_URL_SETTING)
             try:
                 self._egress.check_url(rerank.base_url)
                 # Called as checked: the caller's own spelling ("127.0.0.1.", "HTTP://")

@@ -7,7 +7,7 @@ import re
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from services.common.egress import EgressPolicy, UrlRefused, canonical_url
+from services.common.egress import MAX_URL, MAX_URL_BOUND, EgressPolicy, UrlRefused, canonical_url
 from services.common.model_names import MAX_MODEL_CHARS, model_name_setting
 from services.common.settings import (
     MAX_QUERY_TEXT,
@@ -212,6 +212,10 @@ class RetrievalSettings(DownstreamSettings):
     # naming the field, metadata max_chars and setting. The default model settings are held
     # to the default, 256, at start.
     max_model_chars: int = Field(default=MAX_MODEL_CHARS, ge=1, le=MAX_SIZE_BYTES)
+    # Characters of a URL a caller sends (a vectorizer's and a rerank's base_url):
+    # longer is INVALID_ARGUMENT (FIELD_TOO_LARGE) naming the field, metadata max_chars
+    # and setting, before the allowlist is read.
+    max_url_chars: int = Field(default=MAX_URL, ge=16, le=MAX_URL_BOUND)
     # A vectorizer's dimensions; more is INVALID_ARGUMENT, metadata max and setting. At most
     # Qdrant's own limit (65 536).
     max_dimensions: int = Field(default=MAX_DIMENSIONS, ge=1, le=MAX_DIMENSIONS)
@@ -301,6 +305,7 @@ class RetrievalSettings(DownstreamSettings):
         return EmbeddingPolicy(
             egress=EgressPolicy.parse(self.allowed_hosts),
             key_urls={name: canonical_url(url) for name, url in self.embedding_key_urls.items()},
+            max_url_chars=self.max_url_chars,
         )
 
     def problems(self) -> list[str]:

@@ -1045,26 +1045,34 @@ async def test_a_request_naming_another_provider_gets_that_providers_default_mod
     assert {h.generation.model for h in response.hits} == {"fake-model"}
 
 
-async def test_the_model_name_bound_is_a_setting_the_refusal_names(
-    stack_factory: StackFactory,
+@pytest.mark.parametrize(
+    ("setting", "field", "generate"),
+    [
+        (
+            "max_model_chars",
+            "generate.fallback[0].model",
+            {"fallback": [gen_pb.ModelChoice(provider="fake", model="m" * 21)]},
+        ),
+        ("max_url_chars", "generate.base_url", {"base_url": "https://a.example/" + "x" * 3}),
+    ],
+)
+async def test_model_name_and_url_bounds_are_settings_the_refusal_names(
+    stack_factory: StackFactory, setting: str, field: str, generate: dict[str, Any]
 ) -> None:
-    """GENSEARCH_GATEWAY_MAX_MODEL_CHARS (was a fixed 256, named by no refusal): refused
-    by the gateway before any call, though generation (at 256) would take the name."""
-    stack = await stack_factory(max_model_chars=20)
+    """GENSEARCH_GATEWAY_MAX_MODEL_CHARS and _MAX_URL_CHARS (were a fixed 256 and 2048,
+    named by no refusal; a long URL was PERMISSION_DENIED): refused by the gateway before
+    any call, though generation (at its defaults) would take the value."""
+    stack = await stack_factory(**{setting: 20})
     await create_books(stack, books=WITH_BODY)
-    fallback = [gen_pb.ModelChoice(provider="fake", model="m" * 21)]
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stack.stub.GenerativeSearch(
-            books_search(single_prompt="About {title}", fallback=fallback), metadata=ALICE
+            books_search(single_prompt="About {title}", **generate), metadata=ALICE
         )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     info = error_info(caught.value)
-    assert (info.reason, info.metadata["field"]) == (
-        "FIELD_TOO_LARGE",
-        "generate.fallback[0].model",
-    )
+    assert (info.reason, info.metadata["field"]) == ("FIELD_TOO_LARGE", field)
     assert (info.metadata["max_chars"], info.metadata["setting"]) == (
         "20",
-        "GENSEARCH_GATEWAY_MAX_MODEL_CHARS",
+        f"GENSEARCH_GATEWAY_{setting.upper()}",
     )
     assert stack.fake.chat_requests == []

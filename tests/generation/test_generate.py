@@ -381,17 +381,27 @@ async def test_a_blank_base_url_is_refused_not_read_as_unset(
 
 
 @pytest.mark.parametrize(
-    ("fields", "field"),
+    ("setting", "fields", "field"),
     [
-        ({"model": "m" * 21}, "model"),
-        ({"fallback": [pb.ModelChoice(provider="fake", model="m" * 21)]}, "fallback[0].model"),
+        ("max_model_chars", {"model": "m" * 21}, "model"),
+        (
+            "max_model_chars",
+            {"fallback": [pb.ModelChoice(provider="fake", model="m" * 21)]},
+            "fallback[0].model",
+        ),
+        ("max_url_chars", {"base_url": "https://a.example/" + "x" * 3}, "base_url"),
     ],
 )
-async def test_the_model_name_bound_is_a_setting_the_refusal_names(
-    fake: FakeOpenAI, start_service: StartService, fields: dict[str, object], field: str
+async def test_model_name_and_url_bounds_are_settings_the_refusal_names(
+    fake: FakeOpenAI,
+    start_service: StartService,
+    setting: str,
+    fields: dict[str, object],
+    field: str,
 ) -> None:
-    """GENSEARCH_GENERATION_MAX_MODEL_CHARS (was a fixed 256, named by no refusal)."""
-    service = await start_service([fake_provider(fake)], max_model_chars=20)
+    """GENSEARCH_GENERATION_MAX_MODEL_CHARS and _MAX_URL_CHARS (were a fixed 256 and
+    2048, named by no refusal; a long URL was PERMISSION_DENIED)."""
+    service = await start_service([fake_provider(fake)], **{setting: 20})
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await service.stub.Generate(pb.GenerateRequest(messages=[user("hi")], **fields))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -399,6 +409,6 @@ async def test_the_model_name_bound_is_a_setting_the_refusal_names(
     assert (info.reason, info.metadata["field"]) == ("FIELD_TOO_LARGE", field)
     assert (info.metadata["max_chars"], info.metadata["setting"]) == (
         "20",
-        "GENSEARCH_GENERATION_MAX_MODEL_CHARS",
+        f"GENSEARCH_GENERATION_{setting.upper()}",
     )
     assert fake.chat_requests == []

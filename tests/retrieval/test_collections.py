@@ -448,6 +448,7 @@ async def test_unknown_fields_of_a_collection_are_not_kept(make_retrieval: MakeR
 _PROVIDER = ("max_provider_chars", "GENSEARCH_RETRIEVAL_MAX_PROVIDER_CHARS", "max")
 _RERANK = ("max_rerank_default_chars", "GENSEARCH_RETRIEVAL_MAX_RERANK_DEFAULT_CHARS", "max")
 _MODEL = ("max_model_chars", "GENSEARCH_RETRIEVAL_MAX_MODEL_CHARS", "max_chars")
+_URL = ("max_url_chars", "GENSEARCH_RETRIEVAL_MAX_URL_CHARS", "max_chars")
 
 
 @pytest.mark.parametrize(
@@ -502,6 +503,26 @@ _MODEL = ("max_model_chars", "GENSEARCH_RETRIEVAL_MAX_MODEL_CHARS", "max_chars")
             _MODEL,
             "collection.rerank.model",
             lambda n: vector_collection("P", rerank=pb.Rerank(provider="mmr", model="m" * n)),
+        ),
+        (
+            _URL,
+            "collection.rerank.base_url",
+            lambda n: vector_collection(
+                "P", rerank=pb.Rerank(base_url="https://a.example/" + "x" * (n - 18))
+            ),
+        ),
+        (
+            _URL,
+            "collection.vectorizer.base_url",
+            lambda n: pb.Collection(
+                name="P",
+                vectorizer=pb.Vectorizer(
+                    kind=pb.VECTORIZER_KIND_OPENAI_COMPATIBLE,
+                    base_url="https://a.example/" + "x" * (n - 18),
+                    model="m",
+                    dimensions=4,
+                ),
+            ),
         ),
     ],
 )
