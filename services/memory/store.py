@@ -749,16 +749,28 @@ class MemoryStore:
     async def _measure(self, tag: str, cid: str) -> None:
         """Counts conversation ``cid``, stored before the accounting (lua/measure.lua),
         with every turn it reads declared, so that mid-reshard a turn not moved yet is not
-        counted as the bare overhead: Redis refuses the run (TRYAGAIN: UNAVAILABLE). The
-        list in chunks of ``drop_batch`` turns, one run each (each chunk read just before,
-        its turns declared), so no run holds Redis for O(turns); the runs carry the sum
-        and the last sets the conversation's bytes. A chunk whose turns changed since its
-        read is read again; a walk whose earlier turns changed under it (an eviction, a
-        deletion) starts over: at most RUN_ATTEMPTS times each, then ABORTED."""
+        counted as the bare overhead: Redis refuses the run (TRYAGAIN: UNAVAILABLE). Walked
+        in chunks (``_walk_in_chunks``): the runs carry the sum and the last sets the
+        conversation's bytes; a walk whose earlier turns changed under it (an eviction, a
+        deletion) starts over."""
+        await self._walk_in_chunks(self._measure_script, tag, cid, tag, "0")
+
+    async def _walk_in_chunks(
+        self, script: AsyncScript, tag: str, cid: str, head: str, mark: str
+    ) -> None:
+        """Runs ``script`` (measure.lua, drop_missing.lua) over conversation ``cid``'s list
+        in chunks of ``drop_batch`` turns, one run each (each chunk read just before, its
+        turns declared), so no run holds Redis for O(turns). A run answers 1 (done), 2
+        (what the walk carried changed under it: start over), 0 (the chunk changed since
+        its read: read it again), or 3 with what it carries to the next run: a mark (the
+        script's own) and a byte sum. ``head`` is the script's first argument, ``mark``
+        the first run's. At most RUN_ATTEMPTS restarts, and as many misreads in a row,
+        then ABORTED (what the runs did stays done)."""
         conv = keys.conversation(tag, cid)
         ints = keys.conversation_interactions(tag, cid)
         usage = keys.usage(tag)
-        after, through, total = "", 0, 0
+        first_mark = mark
+        after, total = "", 0
         misreads = restarts = 0
         while True:
             start = f"({after}" if after else "-"
@@ -769,9 +781,9 @@ class MemoryStore:
                 )
             ]
             out = await _redis(
-                self._measure_script(
+                script(
                     keys=[conv, ints, usage, *(keys.interaction(tag, iid) for iid in batch)],
-                    args=[tag, cid, after, through, total, *batch],
+                    args=[head, cid, after, mark, total, *batch],
                 )
             )
             status = int(out[0])
@@ -781,7 +793,7 @@ class MemoryStore:
                 restarts += 1
                 if restarts >= RUN_ATTEMPTS:
                     raise _concurrent_update(cid)
-                after, through, total = "", 0, 0
+                after, mark, total = "", first_mark, 0
                 continue
             if status == 0 or not batch:  # the chunk changed since its read: read again
                 misreads += 1
@@ -789,7 +801,9 @@ class MemoryStore:
                     raise _concurrent_update(cid)
                 continue
             misreads = 0
-            after, through, total = batch[-1], int(out[1]), int(out[2])
+            carried = out[1]
+            mark = carried.decode() if isinstance(carried, bytes) else str(carried)
+            after, total = batch[-1], int(out[2])
 
     async def shared_secret(self) -> bytes:
         """A random secret created once per key prefix, the same for every replica."""
@@ -1395,54 +1409,12 @@ class MemoryStore:
         await self._drop_gone(tag, cid, self.caller(owner))
 
     async def _drop_gone(self, tag: str, cid: str, caller: str) -> None:
-        """``_drop_missing``'s walk, ``caller`` the script's: the conversation's list in
-        chunks of ``drop_batch`` turns, one run of drop_missing.lua each (each chunk read
-        just before, its turns declared), so no run holds Redis for O(turns). Each run
-        drops its chunk's gone turns and sets interaction_count; the last sets the
-        conversation's bytes from the sum the runs carried (lua/drop_missing.lua). A chunk
-        whose turns changed since its read is read again; a walk whose conversation's bytes
-        changed under it (a write between two runs) starts over: at most RUN_ATTEMPTS
-        times each, then ABORTED (what it dropped stays dropped)."""
-        conv = keys.conversation(tag, cid)
-        ints = keys.conversation_interactions(tag, cid)
-        usage = keys.usage(tag)
-        after, seen, total = "", "-", 0
-        misreads = restarts = 0
-        while True:
-            start = f"({after}" if after else "-"
-            batch = [
-                bytes(m).decode()
-                for m in await _redis(
-                    self._redis.zrange(ints, start, "+", bylex=True, offset=0, num=self._drop_batch)
-                )
-            ]
-            out = await _redis(
-                self._drop_missing_script(
-                    keys=[conv, ints, usage, *(keys.interaction(tag, iid) for iid in batch)],
-                    args=[caller, cid, after, seen, total, *batch],
-                )
-            )
-            status = int(out[0])
-            if status == 1:
-                return
-            if status == 0:
-                misreads += 1
-                if misreads >= RUN_ATTEMPTS:
-                    raise _concurrent_update(cid)
-                continue
-            if status == 2:
-                restarts += 1
-                if restarts >= RUN_ATTEMPTS:
-                    raise _concurrent_update(cid)
-                after, seen, total = "", "-", 0
-                continue
-            if not batch:  # turns written since the (empty) read: read again
-                misreads += 1
-                if misreads >= RUN_ATTEMPTS:
-                    raise _concurrent_update(cid)
-                continue
-            misreads = 0
-            after, seen, total = batch[-1], bytes(out[1]).decode(), int(out[2])
+        """``_drop_missing``'s walk, ``caller`` the script's, in chunks
+        (``_walk_in_chunks``): each run drops its chunk's gone turns and sets
+        interaction_count; the last sets the conversation's bytes from the sum the runs
+        carried (lua/drop_missing.lua); a walk whose conversation's bytes changed under it
+        (a write between two runs) starts over."""
+        await self._walk_in_chunks(self._drop_missing_script, tag, cid, caller, "-")
 
     async def get_interaction_traces(self, owner: Owner, iid: str) -> bytes:
         """The interaction's serialized traces (b"" when it has none)."""
