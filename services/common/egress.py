@@ -50,8 +50,9 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from services.common.errors import InvalidArgument, PermissionDenied
+from services.common.errors import PermissionDenied
 from services.common.hostport import join_host_port
+from services.common.values import check_chars
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -92,16 +93,9 @@ def url_not_allowed(
 
 
 def check_url_length(url: str, field: str, max_chars: int, setting: str) -> None:
-    """INVALID_ARGUMENT (FIELD_TOO_LARGE, metadata ``max_chars`` and ``setting``) for a
-    URL a caller sent in ``field`` that is longer than ``max_chars``: checked before the
-    allowlist, which once refused it as "not a plain URL" (PERMISSION_DENIED)."""
-    if len(url) > max_chars:
-        raise InvalidArgument(
-            f"{field} is longer than {max_chars} characters ({setting})",
-            field=field,
-            reason="FIELD_TOO_LARGE",
-            metadata={"max_chars": str(max_chars), "setting": setting},
-        )
+    """``check_chars`` for a URL a caller sent in ``field``: checked before the
+    allowlist, which once refused a long one as "not a plain URL" (PERMISSION_DENIED)."""
+    check_chars(url, field, max_chars, setting)
 
 
 DEFAULT_PORTS = {"https": 443, "http": 80}

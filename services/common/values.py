@@ -118,3 +118,16 @@ def past_exact_integer_message(field: str) -> str:
         f"{field} is past 2^53 - 1 ({MAX_EXACT_INTEGER - 1}): a Struct's double cannot "
         "carry an integer that large exactly, so it would be stored rounded"
     )
+
+
+def check_chars(text: str, field: str, limit: int, setting: str) -> None:
+    """INVALID_ARGUMENT, FIELD_TOO_LARGE, for a ``text`` the caller sent in ``field`` that
+    is longer than ``limit`` characters (the variable ``setting``): metadata ``max`` and
+    ``max_chars`` (both: refusals of either spelling were once answered) and ``setting``."""
+    if len(text) > limit:
+        raise InvalidArgument(
+            f"{field} is longer than {limit} characters ({setting})",
+            field=field,
+            reason="FIELD_TOO_LARGE",
+            metadata={"max": str(limit), "max_chars": str(limit), "setting": setting},
+        )

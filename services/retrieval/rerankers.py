@@ -69,6 +69,7 @@ from services.common.openai_api import ATTEMPTS, OpenAIClients, authorized, upst
 from services.common.suggest import did_you_mean
 from services.common.tracing import service_tracer
 from services.common.upstream_retry import RetryPolicy
+from services.common.values import check_chars
 from services.retrieval.embedders import LocalEmbedder
 from services.retrieval.endpoints import ALLOWLIST_SETTING, MAX_URL_SETTING, caller_key_for
 from services.retrieval.schema import (
@@ -76,7 +77,6 @@ from services.retrieval.schema import (
     RERANK_DEFAULT_SETTING,
     TEXT_TYPES,
     Schema,
-    check_chars,
 )
 from services.retrieval.settings import RetrievalSettings
 from services.retrieval.store import PROPS, FoundPoint
@@ -195,13 +195,7 @@ class Rerankers:
                 f"{FIELD}.query is required when the search has no text (near_vector)",
                 field=f"{FIELD}.query",
             )
-        limit = s.max_rerank_query_chars
-        if len(query) > limit:
-            raise InvalidArgument(
-                f"{FIELD}.query is longer than {limit} characters ({RERANK_QUERY_SETTING})",
-                field=f"{FIELD}.query",
-                metadata={"max": str(limit), "setting": RERANK_QUERY_SETTING},
-            )
+        check_chars(query, f"{FIELD}.query", s.max_rerank_query_chars, RERANK_QUERY_SETTING)
         properties = self._properties(rerank, schema)
         common: dict[str, Any] = {
             "candidates": candidates,

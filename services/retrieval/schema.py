@@ -20,6 +20,7 @@ from services.common.model_names import MAX_MODEL_CHARS, check_model_name
 from services.common.settings import DEFAULT_MAX_FALLBACKS, DEFAULT_MAX_PROMPT_CHARS
 from services.common.values import (
     DEFAULT_MAX_DEPTH,
+    check_chars,
     check_value,
     past_exact_integer,
     past_exact_integer_message,
@@ -78,25 +79,6 @@ def check_collection_name(name: str, field: str) -> str:
     return name
 
 
-def check_chars(text: str, field: str, limit: int, setting: str) -> None:
-    if len(text) > limit:
-        raise InvalidArgument(
-            f"{field} is longer than {limit} characters ({setting})",
-            field=field,
-            reason="FIELD_TOO_LARGE",
-            metadata={"max": str(limit), "setting": setting},
-        )
-
-
-def _check_description(text: str, field: str, limit: int) -> None:
-    if len(text) > limit:
-        raise InvalidArgument(
-            f"{field} is longer than {limit} characters ({DESCRIPTION_SETTING})",
-            field=field,
-            metadata={"max": str(limit), "setting": DESCRIPTION_SETTING},
-        )
-
-
 def validate_new_collection(
     collection: pb.Collection,
     *,
@@ -122,7 +104,9 @@ def validate_new_collection(
     out.DiscardUnknownFields()
     out.ClearField("create_time")
     check_collection_name(out.name, "collection.name")
-    _check_description(out.description, "collection.description", max_description_chars)
+    check_chars(
+        out.description, "collection.description", max_description_chars, DESCRIPTION_SETTING
+    )
     if len(out.properties) > max_properties:
         raise InvalidArgument(
             f"a collection has at most {max_properties} properties ({PROPERTIES_SETTING})",
@@ -148,7 +132,9 @@ def validate_new_collection(
             raise InvalidArgument(
                 f"{where}.data_type {prop.data_type} is not a DataType", field=f"{where}.data_type"
             )
-        _check_description(prop.description, f"{where}.description", max_description_chars)
+        check_chars(
+            prop.description, f"{where}.description", max_description_chars, DESCRIPTION_SETTING
+        )
         types[prop.name] = prop.data_type
     _validate_vectorizer(
         out.vectorizer,

@@ -19,6 +19,7 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 
 from services.common.errors import InvalidArgument, MissingField
 from services.common.settings import MAX_QUERY_TEXT
+from services.common.values import check_chars
 from services.retrieval import bm25
 from services.retrieval.embedders import Embedders, EmbeddingInputRejected
 from services.retrieval.filters import Node
@@ -94,17 +95,7 @@ class Searcher:
     def _text(self, value: str, field: str) -> str:
         if not value.strip():
             raise MissingField(f"{field} is required", field=field)
-        limit = self._max_query_chars
-        if len(value) > limit:
-            raise InvalidArgument(
-                f"{field} is longer than {limit} characters ({QUERY_CHARS_SETTING})",
-                field=field,
-                metadata={
-                    "max": str(limit),
-                    "max_chars": str(limit),
-                    "setting": QUERY_CHARS_SETTING,
-                },
-            )
+        check_chars(value, field, self._max_query_chars, QUERY_CHARS_SETTING)
         return value
 
     async def search(
