@@ -30,13 +30,8 @@ if not callers(KEYS[1], ARGV[1]) then return {1} end
 local cid, after, seen, sum = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
 local n = #ARGV - 5
 local usage = KEYS[3]
-local start = after == '' and '-' or '(' .. after
--- One more than the chunk: whether turns follow it.
-local ids = redis.call('ZRANGE', KEYS[2], start, '+', 'BYLEX', 'LIMIT', 0, n + 1)
-if #ids < n then return {0} end
-for i = 1, n do
-  if ids[i] ~= ARGV[5 + i] then return {0} end
-end
+local as_read, more = chunk_as_read(KEYS[2], after, n)
+if not as_read then return {0} end
 local field = redis.call('HGET', usage, cid) or ''
 if seen ~= '-' and field ~= seen then return {2} end
 local gone = 0
@@ -52,7 +47,7 @@ end
 if gone > 0 then
   redis.call('HSET', KEYS[1], 'interaction_count', redis.call('ZCARD', KEYS[2]))
 end
-if #ids > n then
+if more then
   -- Turns dropped, their bytes not given back yet: until a walk reaches its last chunk,
   -- every look for gone turns (read.lua's missing_turn) asks for one, so a walk cut short
   -- (ABORTED, UNAVAILABLE) never leaves them counted for good.

@@ -27,13 +27,8 @@ end
 if after ~= '' and redis.call('ZLEXCOUNT', KEYS[2], '-', '[' .. after) ~= through then
   return {2}
 end
-local start = after == '' and '-' or '(' .. after
--- One more than the chunk: whether turns follow it.
-local ids = redis.call('ZRANGE', KEYS[2], start, '+', 'BYLEX', 'LIMIT', 0, n + 1)
-if #ids < n then return {0} end
-for i = 1, n do
-  if ids[i] ~= ARGV[5 + i] then return {0} end
-end
+local as_read, more = chunk_as_read(KEYS[2], after, n)
+if not as_read then return {0} end
 for i = 1, n do
   -- A turn whose key is gone still has its entry in the list (until drop_missing.lua
   -- drops it): it counts as the bare overhead.
@@ -44,7 +39,7 @@ for i = 1, n do
     sum = sum + turn_key_bytes(key)
   end
 end
-if #ids > n then return {3, through + n, sum} end
+if more then return {3, through + n, sum} end
 local size = CONVERSATION_OVERHEAD + redis.call('HSTRLEN', KEYS[1], 'name')
              + redis.call('HSTRLEN', KEYS[1], 'summary') + sum
 redis.call('HSET', usage, cid, size)

@@ -102,6 +102,20 @@ local function measure(tag, cid)
     error({err = USAGE_FIRST .. 'measure ' .. cid})
   end
 end
+-- A chunked walk's run (drop_missing.lua, measure.lua; store.MemoryStore._walk_in_chunks):
+-- whether the list still holds, after `after`, the chunk of n turn ids the store read
+-- (ARGV[6..5 + n]), and if so whether turns follow it. A false first: the list changed
+-- since the read, nothing may be done (the store reads the chunk again).
+local function chunk_as_read(list, after, n)
+  local start = after == '' and '-' or '(' .. after
+  -- One more than the chunk: whether turns follow it.
+  local ids = redis.call('ZRANGE', list, start, '+', 'BYLEX', 'LIMIT', 0, n + 1)
+  if #ids < n then return false, false end
+  for i = 1, n do
+    if ids[i] ~= ARGV[5 + i] then return false, false end
+  end
+  return true, #ids > n
+end
 -- The window of gone_turns (read.lua's missing_turn): where it starts and how many turns it
 -- checks, two ARGV the store sends (store.MemoryStore._gone_check) to every script that
 -- charges bytes; the script names their position (gone_check_at) before it charges.
