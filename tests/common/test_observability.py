@@ -463,18 +463,25 @@ async def test_an_untrusted_caller_cannot_make_the_service_record(
     # (and, exporting, be exported whatever OTEL_TRACES_SAMPLER said).
     monkeypatch.setattr(tracing, "_exporting", False)
     monkeypatch.setattr(tracing, "_providers", {})
+    got = await _call_as_bob("Recording", trusted, BOB + TRACEPARENT)
+    assert got == str(trusted).encode()
+
+
+async def _call_as_bob(method: str, trusted: bool, metadata: tuple[tuple[str, str], ...]) -> bytes:
+    """One call of ``method`` of the test service, on a server trusting its caller's trace
+    context or not."""
     settings = CommonSettings(api_keys="bob:key-bob", trust_caller_trace=trusted)  # type: ignore[call-arg]
     server = GrpcServer(settings, port=0)
     server.add_service(_register_baggage, None, SERVICE)
     port = await server.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as plain:
-            got = await plain.unary_unary(f"/{SERVICE}/Recording", _ident, _ident)(
-                b"", metadata=BOB + TRACEPARENT
+            got: bytes = await plain.unary_unary(f"/{SERVICE}/{method}", _ident, _ident)(
+                b"", metadata=metadata
             )
+            return got
     finally:
         await server.stop(0)
-    assert got == str(trusted).encode()
 
 
 @pytest.mark.parametrize("trusted", [True, False])
@@ -484,17 +491,9 @@ async def test_an_untrusted_callers_trace_is_linked_and_its_baggage_dropped(
     # GENSEARCH_<SERVICE>_TRUST_CALLER_TRACE=false (the gateway's default): the caller's
     # traceparent is a link of a new trace, and its baggage goes no further (the gateway's
     # client interceptors would have passed it on to every service behind it).
-    settings = CommonSettings(api_keys="bob:key-bob", trust_caller_trace=trusted)  # type: ignore[call-arg]
-    server = GrpcServer(settings, port=0)
-    server.add_service(_register_baggage, None, SERVICE)
-    port = await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as plain:
-            got = await plain.unary_unary(f"/{SERVICE}/Baggage", _ident, _ident)(
-                b"", metadata=BOB + TRACEPARENT + (("baggage", "tenant=globex"),)
-            )
-    finally:
-        await server.stop(0)
+    got = await _call_as_bob(
+        "Baggage", trusted, BOB + TRACEPARENT + (("baggage", "tenant=globex"),)
+    )
     await _spans_finished(spans, 1)
     span = _server_span(spans, "Baggage")
     (line,) = (json.loads(text) for text in access_lines.getvalue().splitlines())
