@@ -428,7 +428,8 @@ def _class_end(pattern: str, start: int) -> int:
         i += 1
     while i < len(pattern) and pattern[i] != "]":
         i += 2 if pattern[i] == "\\" else 1
-    return i
+    # An unclosed class ending in a backslash stepped past the end: the compile refuses it.
+    return min(i, len(pattern))
 
 
 def class_span(pattern: str) -> int:

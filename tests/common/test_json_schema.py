@@ -136,14 +136,36 @@ def test_an_accepted_schema_is_checked_once() -> None:
 
 def test_a_pattern_python_cannot_compile_is_refused_not_a_crash() -> None:
     # re.compile raises OverflowError (not re.error) for a repetition above 2**32 - 1.
+    # An unclosed character class ending in a backslash made the class-span count read
+    # past the pattern's end: IndexError, INTERNAL (found by review).
     for schema in (
         {"type": "object", "properties": {"t": {"type": "string", "pattern": "a{4294967296}"}}},
         {"type": "object", "patternProperties": {"a{4294967296}": {}}},
+        *(
+            {"type": "object", "properties": {"t": {"type": "string", "pattern": bad}}}
+            for bad in ("[\\", "[a-\\", "x[^a\\")
+        ),
+        {"type": "object", "patternProperties": {"[\\": {}}},
     ):
         with pytest.raises(InvalidArgument) as caught:
             check_schema(schema, FIELD, SchemaLimits())
         assert caught.value.field == FIELD
         assert caught.value.reason == "INVALID_SCHEMA"
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.text(alphabet="[]\\^-az{}()?*+|.:=!<>P0123", max_size=24))
+def test_any_pattern_is_accepted_or_refused_never_a_crash(pattern: str) -> None:
+    """Whatever a caller writes as a pattern is a schema accepted or INVALID_ARGUMENT,
+    never another exception (the class-span count once read past an unclosed class)."""
+    for schema in (
+        {"type": "object", "properties": {"t": {"type": "string", "pattern": pattern}}},
+        {"type": "object", "patternProperties": {pattern: {}}},
+    ):
+        try:
+            check_schema(schema, FIELD, SchemaLimits())
+        except InvalidArgument as err:
+            assert err.field == FIELD
 
 
 @pytest.mark.parametrize(
