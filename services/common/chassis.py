@@ -357,9 +357,11 @@ class _MethodWrapper:
 
     def _received(self, request: Any, streaming: bool, held: Held | None) -> Any:
         if not streaming:
+            if isinstance(request, Unreceived):  # no message came: none counted received
+                raise request.error()
             self.metrics.received.inc()
             request, size = unsized(request)
-            if isinstance(request, TooLarge | Undecodable | Unreceived):
+            if isinstance(request, TooLarge | Undecodable):
                 raise request.error()
             if held is not None:
                 held.take(size)
@@ -634,7 +636,7 @@ class _MethodWrapper:
         idle = self.stream_idle
 
         async def call(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
-            return await handle(await first_request(requests, idle, request_type), context)
+            return await handle(await first_request(requests, idle, request_type, context), context)
 
         return call
 
@@ -676,14 +678,23 @@ class _MethodWrapper:
         )
 
 
-async def first_request(requests: AsyncIterator[Any], idle: IdleLimit, request_type: str) -> Any:
+async def first_request(
+    requests: AsyncIterator[Any],
+    idle: IdleLimit,
+    request_type: str,
+    context: grpc.aio.ServicerContext,
+) -> Any:
     """The one request of a unary-request method served as a client stream (``wrap``):
     its first message, or an ``Unreceived`` standing for the refusal when the client
-    half-closed without one (MALFORMED_REQUEST) or sent none within ``idle``'s time
-    (STREAM_IDLE)."""
+    half-closed without one (MALFORMED_REQUEST) or, on a call without a deadline, sent
+    none within ``idle``'s time (STREAM_IDLE). A call with a deadline waits for its
+    request until then, as gRPC did: a large request slowly uploaded is not idle."""
     requests = aiter(requests)
     try:
-        request = await idle.next(requests)
+        if context.time_remaining() is None:
+            request = await idle.next(requests)
+        else:
+            request = await anext(requests)
     except StopAsyncIteration:
         return Unreceived(no_request(request_type))
     except ServiceError as err:  # STREAM_IDLE

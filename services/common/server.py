@@ -227,7 +227,7 @@ class _MetadataChecked:
 
         def one_request(fn: Callable[..., Any]) -> Callable[..., Any]:
             async def call(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
-                request = await first_request(requests, idle, request_type)
+                request = await first_request(requests, idle, request_type, context)
                 if isinstance(request, Unreceived):
                     await _abort(context, request.error())
                 return await fn(request, context)
