@@ -58,8 +58,7 @@ redis.call('HDEL', KEYS[1], 'drop_pending')
 -- The last chunk. Not measured yet (stored before the accounting): its first write
 -- measures it.
 if field ~= '' then
-  local size = CONVERSATION_OVERHEAD + redis.call('HSTRLEN', KEYS[1], 'name')
-               + redis.call('HSTRLEN', KEYS[1], 'summary') + sum
+  local size = conversation_bytes(KEYS[1], sum)
   redis.call('HSET', usage, cid, size)
   redis.call('HINCRBY', usage, 'total', size - tonumber(field))
 end

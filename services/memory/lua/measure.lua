@@ -40,8 +40,7 @@ for i = 1, n do
   end
 end
 if more then return {3, through + n, sum} end
-local size = CONVERSATION_OVERHEAD + redis.call('HSTRLEN', KEYS[1], 'name')
-             + redis.call('HSTRLEN', KEYS[1], 'summary') + sum
+local size = conversation_bytes(KEYS[1], sum)
 redis.call('HSET', usage, cid, size)
 redis.call('HINCRBY', usage, 'total', size)
 return {1}

@@ -46,6 +46,11 @@ end
 -- Drops a conversation's field (deleted or expired), giving its bytes back; called once
 -- its member has left the owner's list. With the owner's last conversation gone the
 -- whole hash goes (an empty list is no key either): nothing of the owner stays in Redis.
+-- A conversation's bytes (key `conv`: its hash) with its turns summing `turns`.
+local function conversation_bytes(conv, turns)
+  return CONVERSATION_OVERHEAD + redis.call('HSTRLEN', conv, 'name')
+         + redis.call('HSTRLEN', conv, 'summary') + turns
+end
 local function forget_usage(tag, cid)
   local usage = usage_key(tag)
   if redis.call('EXISTS', tag .. ':convs') == 0 then
