@@ -376,7 +376,7 @@ async def test_search_errors_pass_through(stack: Stack) -> None:
             },
             "generate.cache.ttl",
         ),
-        ({"grouped_properties": ["title"]}, "generate.grouped_properties"),
+        ({"grouped_properties": ["title"]}, "generate.grouped_task"),  # the field missing
         ({"single_prompt": "{title}" * 10_000}, "generate.single_prompt"),
         # A blank task sent the model the hits and no instruction (Ask refuses a blank
         # llm_question the same way).
