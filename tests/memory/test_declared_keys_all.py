@@ -8,8 +8,10 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import pytest
 from gensearch.memory.v1 import memory_service_pb2 as pb
 
+from services.common.errors import ResourceExhausted
 from services.memory import keys
 from services.memory.store import (
     ConversationUpdate,
@@ -114,3 +116,43 @@ async def test_every_store_call_touches_only_declared_keys(
     assert undeclared == [], sorted({(named.get(runs[n].sha), c, k) for n, c, k in undeclared})
     ran = {named.get(run.sha) for run in runs}
     assert {"measure", "drop_missing", "retention_step", "create_conversation"} <= ran, ran
+
+
+async def test_reconcile_touches_only_declared_keys(
+    memory_factory: MemoryFactory, target: Target
+) -> None:
+    """reconcile.lua, both ways the store runs it: the whole walk a write at the byte
+    limit asks for (next_expiry due), and the drop of the members a ListConversations
+    page found without a hash; each with a hash gone (deleted by hand, as expiry does),
+    so the walk drops a member and gives its bytes back. Not covered before."""
+    limit = 20_000
+    memory = await memory_factory(max_bytes_per_owner=limit)
+    store = MemoryStore(memory.redis, max_bytes_per_owner=limit)
+    tag = store.tag(OWNER)
+    kept, _ = await conversation_with_turns(memory.stub, "k", 2, ALICE)
+    walked, _ = await conversation_with_turns(memory.stub, "w", 1, ALICE)
+    paged, _ = await conversation_with_turns(memory.stub, "p", 1, ALICE)
+    async with ScriptKeys(*script_server(target, tag)) as watch:
+        # The whole walk: a write that does not fit, a walk due (next_expiry 0).
+        await memory.redis.delete(keys.conversation(tag, walked))
+        await memory.redis.hset(keys.usage(tag), "next_expiry", "0")
+        with pytest.raises(ResourceExhausted):
+            await store.check_storage(OWNER, kept, limit)
+        # The drop of a page's gone members (no walk due: next_expiry far ahead).
+        await memory.redis.delete(keys.conversation(tag, paged))
+        await memory.redis.hset(keys.usage(tag), "next_expiry", str(1 << 50))
+        page = await store.list_conversations(OWNER, 10, None)
+        assert [c.conversation_id for c in page.items] == [kept]
+        runs = await watch.runs()
+        undeclared = await watch.undeclared(runs)
+    named = {_sha(name): name for name in _SCRIPTS}
+    assert undeclared == [], sorted({(named.get(runs[n].sha), c, k) for n, c, k in undeclared})
+    # Not vacuous: reconcile ran both ways, and dropped both members and their bytes.
+    reconciles = [run for run in runs if named.get(run.sha) == "reconcile"]
+    first_commands = {run.commands[0][0] for run in reconciles if run.commands}
+    assert first_commands >= {b"TIME", b"EXISTS"}
+    members = [m.decode()[16:] for m in await memory.redis.zrange(keys.conversations(tag), 0, -1)]
+    assert members == [kept]
+    assert await memory.redis.hkeys(keys.usage(tag)) != []
+    assert await memory.redis.hget(keys.usage(tag), walked) is None
+    assert await memory.redis.hget(keys.usage(tag), paged) is None
