@@ -128,8 +128,8 @@ DELETE_BATCH = 500
 # (``MemoryStore._drop_gone``).
 DROP_BATCH = 500
 # Members of the owner's list belonging to another owner (the other legacy owner of its
-# tag, Owner.digest) one ListConversations page holding an item reads past at most before
-# it ends early.
+# tag, Owner.digest) one ListConversations page reads past at most before it ends early
+# (with no item when it found none of the caller's by then: the next page goes on).
 LIST_SKIP = 1000
 # Turns one ListConversations page checks for a key gone (lua/list_conversations.lua)
 # before it ends early, once it holds an item (also at most the turns a conversation may
@@ -1206,8 +1206,10 @@ class MemoryStore:
         self, owner: Owner, page_size: int, cursor: str | None
     ) -> Page[ConversationRecord]:
         """A page of the owner's conversations, most recently updated first: at most
-        ``page_size``, and fewer (never none, with a cursor) when the list is shared with
-        another owner whose conversations fill it (lua/list_conversations.lua)."""
+        ``page_size``, and fewer (none, with a cursor, when the other owner's fill all a
+        page reads) when the list is shared with another owner whose conversations fill
+        it: a page reads at most ``page_size + 1 + LIST_SKIP`` members, so its runs are
+        bounded however many of the other's come first (lua/list_conversations.lua)."""
         tag = self.tag(owner)
         start = f"({cursor}" if cursor else "+"
         args: list[EncodableT] = [

@@ -11,11 +11,14 @@
 -- item and has checked the given number of turns, it ends early (fewer items, its last one
 -- as next).
 -- Two owners may share the list (the two legacy owners of one tag, store.Owner.digest):
--- the other one's conversations are skipped, neither shown nor touched. Once a page holds
--- an item, it reads at most the given number of members; past it the page ends early
--- (fewer items) with the last member read as next: paging moves on, skips none of the
--- caller's, and a page with a next is never empty (one may read the whole list to find
--- its first item: O(list), as usage.lua's reconcile).
+-- the other one's conversations are skipped, neither shown nor touched. A page reads at
+-- most the given number of members; past it the page ends early (fewer items, or none
+-- when the other owner's fill all it read) with the last member read as next: paging
+-- moves on and skips none of the caller's, and no page costs more than that number of
+-- members (and their hashes declared: a run at a time, at most two runs of hashes),
+-- however many of the other one's come first. Before, a page read on until its first
+-- item, declaring the members' hashes a run at a time: behind a much larger owner it ran
+-- out of runs (ABORTED).
 -- A member whose conversation hash is missing belongs to a conversation that expired (its
 -- time to live), or, mid-reshard on the slot's new node, to one whose hash has not moved
 -- yet: it is not shown, the page is filled from further on, and the store removes it
@@ -60,14 +63,15 @@ local function answer()
   return out
 end
 while true do
-  local want = n + 1 - found
-  if found > 0 then
-    if read >= budget then
-      out[1] = last
-      return answer()
-    end
-    want = math.min(want, budget - read)
+  -- At most `budget` members read, whether the page holds an item yet or not: a page of
+  -- one owner behind many of the other's ends with none, its next past them (a later
+  -- page goes on from there), rather than reading (and declaring, a run at a time) the
+  -- whole list.
+  if read >= budget then
+    out[1] = last
+    return answer()
   end
+  local want = math.min(n + 1 - found, budget - read)
   local members = redis.call('ZRANGE', KEYS[1], start, '-', 'BYLEX', 'REV', 'LIMIT', 0,
                              want)
   for _, member in ipairs(members) do
