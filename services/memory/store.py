@@ -829,15 +829,16 @@ class MemoryStore:
         # mid-reshard Redis refuses the script (TRYAGAIN) rather than letting it create
         # the hash on the slot's new node before the old one's has moved (MIGRATE would
         # then fail: BUSYKEY). The same in the other scripts that charge bytes.
-        # At the limit the script reads the conversation's list of turns (the cap on turns,
-        # the look for gone ones): declared too, as is every key a script touches (the
-        # window's turn keys are asked for by a first run: lua/usage.lua's gone_turns).
+        # At the limit (the cap on turns, the look for gone ones) the script reads the
+        # conversation's list of turns: asked for by a first run then, as the window's turn
+        # keys are (lua/usage.lua's gone_turns), not declared up front: a conversation
+        # without turns has no list, and a key declared and missing makes Redis refuse
+        # the script while a reshard moves the slot (TRYAGAIN: UNAVAILABLE, for as long as
+        # the move lasts), where the check has its answer.
         names = [keys.conversations(tag)]
         if cid:
             names.append(keys.conversation(tag, cid))
         names.append(keys.usage(tag))
-        if cid:
-            names.append(keys.conversation_interactions(tag, cid))
         # Past the limit it cannot fit whatever the count: no huge number for Lua.
         turn_bytes = min(turn_bytes, self._max_bytes + 1)
         status, used, count = await self._run(

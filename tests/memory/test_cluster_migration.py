@@ -866,3 +866,68 @@ async def test_turns_listed_mid_move_are_never_dropped(
         assert listed == iids
         assert await client.hget(f"{tag}:conv:{cid}", "interaction_count") == b"6"
     await _usage_intact(target, tag, [cid])
+
+
+@pytest.mark.slow
+async def test_answers_mid_move_that_need_no_missing_key_are_given(
+    own_cluster: LocalCluster, make_store: Callable[..., MemoryStore]
+) -> None:
+    """With every key of the owner on the slot's new node and the move not ended yet
+    (MIGRATING, IMPORTING: the client follows ASK): CheckStorage of a conversation without
+    turns, and writes at the byte limit whose look for gone turns meets a conversation
+    without turns (CheckStorage, UpdateInteraction), answer what they answer once the move
+    is done: it fits, or OWNER_STORAGE_FULL. Before, their scripts declared the list of
+    the conversation without turns, a key that does not exist: Redis refused them
+    (TRYAGAIN: UNAVAILABLE) for as long as the move lasted."""
+    limit = 6400  # 4 turns of ~1,350 bytes and 2 conversations of ~260 fit, not one more
+    store = make_store(max_bytes_per_owner=limit)
+    empty = (await store.create_conversation(OWNER, "e")).conversation_id
+    full = (await store.create_conversation(OWNER, "f")).conversation_id
+    iids = [
+        (
+            await store.create_interaction(OWNER, full, pb.Interaction(input="x" * 1000), f"f{n}")
+        ).interaction_id
+        for n in range(4)
+    ]
+
+    def grow(turn: pb.Interaction) -> None:
+        turn.additional_info.update({"big": "x" * limit})
+
+    calls: dict[str, Callable[[], Awaitable[object]]] = {
+        "check empty": lambda: store.check_storage(OWNER, empty, 10),
+        "check empty at the limit": lambda: store.check_storage(OWNER, empty, 1000),
+        "check at the limit": lambda: store.check_storage(OWNER, full, 1000),
+        "update at the limit": lambda: store.update_interaction(OWNER, iids[0], grow),
+    }
+
+    async def answers() -> dict[str, str]:
+        out = {}
+        for name, call in calls.items():
+            try:
+                got = await call()
+                out[name] = f"fits {got.conversations}" if hasattr(got, "conversations") else "?"
+            except (Unavailable, ResourceExhausted) as err:
+                out[name] = f"{type(err).__name__} {err.reason}"
+        return out
+
+    mid_move: list[dict[str, str]] = []
+
+    async def during() -> None:
+        mid_move.append(await answers())
+
+    slot, source, target = _move(own_cluster)
+    async with source.client() as client:
+        owned = await client.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100)
+    assert len(owned) > 6  # the lists, hashes, turns, usage, request ids
+    await own_cluster.migrate_slot(
+        slot, source, target, batch=100, between=during, first=[k.decode() for k in owned]
+    )
+    after = await answers()
+    assert after == {
+        "check empty": "fits 2",
+        "check empty at the limit": "ResourceExhausted OWNER_STORAGE_FULL",
+        "check at the limit": "ResourceExhausted OWNER_STORAGE_FULL",
+        "update at the limit": "ResourceExhausted OWNER_STORAGE_FULL",
+    }
+    assert mid_move == [after]
+    await _usage_intact(target, store.tag(OWNER), [empty, full])

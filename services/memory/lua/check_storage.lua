@@ -3,8 +3,11 @@
 -- and, for a new conversation, create_conversation decide; a reconcile of expired
 -- conversations, or a measure, due first stops it as it stops theirs: usage.lua).
 -- KEYS: convs, then conv when the turn goes to an existing conversation, then usage, then
--- (with conv) its list of turns, then any key a run before asked to declare (the window's
--- turns at the byte limit: usage.lua's gone_turns). Every key it touches is declared.
+-- any key a run before asked to declare (at the cap on turns or the byte limit: the
+-- conversation's list of turns, when it has turns, and the window's turns: retention.lua's
+-- room_for_turn, usage.lua's gone_turns and gone_elsewhere). Every key it touches is
+-- declared, and none that may be missing (a conversation without turns has no list): a
+-- key declared and missing makes Redis refuse the run mid-reshard (TRYAGAIN).
 -- ARGV: caller (read.lua), tag, cid ('' for a new conversation), the turn's known bytes
 -- (without its fixed overhead), max bytes, max conversations (of the owner), '1' when the
 -- bytes are instead a new summary's length for cid (update_summary's check: only its

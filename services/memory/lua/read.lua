@@ -151,20 +151,30 @@ local function note_undeclared(names, wanted)
   return #wanted > before
 end
 local function missing_turn(tag, ints, offset, window, notes)
-  -- Every key it reads declared: the conversation's hash and list, then the window's turns,
-  -- each asked for with declare_first (one more run each) before any is read; or, given
-  -- `notes` (a script that looks at several conversations, list_conversations.lua), the
-  -- undeclared names added there and nothing read (0, false), for one declare_first of
-  -- all of them.
+  -- Every key it reads declared: the conversation's hash, then its list, then the window's
+  -- turns, each asked for with declare_first (one more run each) before any is read; or,
+  -- given `notes` (a script that looks at several conversations, list_conversations.lua),
+  -- the undeclared names added there and nothing read (0, false), for one declare_first
+  -- of all of them.
   local conv = string.sub(ints, 1, -6)  -- "<conv>:ints"
   local wanted = notes or {}
-  if note_undeclared({conv, ints}, wanted) then
+  if note_undeclared({conv}, wanted) then
     if notes then return 0, false end
     declare_first(wanted)
   end
   -- A chunked drop (drop_missing.lua) that dropped turns but did not reach its last
   -- chunk: the conversation's bytes still count them until a walk ends, so it is due.
   if redis.call('HEXISTS', conv, 'drop_pending') == 1 then return 0, true end
+  -- A conversation without turns has no list: nothing to check, and its list is not
+  -- declared (a key declared and missing makes Redis refuse the run while a reshard
+  -- moves the slot: TRYAGAIN, UNAVAILABLE for as long as the move lasts).
+  if tonumber(redis.call('HGET', conv, 'interaction_count') or '0') == 0 then
+    return 0, false
+  end
+  if note_undeclared({ints}, wanted) then
+    if notes then return 0, false end
+    declare_first(wanted)
+  end
   local ids = turn_window(ints, offset, window)
   if #ids == 0 then return 0, false end
   local names = {}

@@ -235,6 +235,9 @@ local function room_for_turn(tag, cid, count, cap, grace)
   if max <= 0 or count + 1 <= max then return false end
   if h[3] == '1' or count + 1 > max + grace then return true end
   local through = h[2] or ''
+  -- At the cap the conversation has turns, so a list: declared first (a caller that
+  -- declares it only when read, check_storage.lua, runs again with it).
+  declare_first({conv .. ':ints'})
   local oldest = redis.call('ZRANGE', conv .. ':ints', 0, 0)[1]
   return through ~= '' and oldest ~= nil and oldest <= through
 end

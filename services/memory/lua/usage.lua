@@ -153,10 +153,12 @@ local OTHER_CONVERSATIONS = 16
 -- '' for a new one): gone turns of the caller's other conversations count still (until
 -- something reads them), so before refusing it looks, bounded like gone_turns, at up to
 -- OTHER_CONVERSATIONS of the owner's conversations (from the window's offset in the
--- owner's list, wrapping) and, across them, at most the window's number of turns (each
--- its share, from the same offset). Every key it reads is declared: the conversations'
--- hashes and lists, then their turns, each asked for by a run that stops before reading
--- them (declare_first: two more runs, only at the limit). A turn found missing stops the
+-- owner's list, wrapping) and, across those with turns, at most the window's number of
+-- turns (each its share, from the same offset). Every key it reads is declared: the
+-- conversations' hashes, then the lists of those with turns, then their turns, each asked
+-- for by a run that stops before reading them (declare_first: three more runs, only at
+-- the limit); a conversation without turns has no list, so none is declared for it (a
+-- key declared and missing: TRYAGAIN mid-reshard). A turn found missing stops the
 -- script for drop_missing.lua on that conversation ('drop <cid>'), then the write runs
 -- again. The other legacy owner's conversations of a shared tag are skipped (its own
 -- reads drop its turns).
@@ -171,23 +173,35 @@ local function gone_elsewhere(tag, cid)
     if other ~= cid and #others < OTHER_CONVERSATIONS then
       others[#others + 1] = other
       names[#names + 1] = tag .. ':conv:' .. other
-      names[#names + 1] = tag .. ':conv:' .. other .. ':ints'
     end
   end
   if #others == 0 then return end
   declare_first(names)
-  local share = math.max(1, math.floor(gone_window[2] / #others))
-  local turns, of = {}, {}
+  -- Then the lists of those with turns (the caller's): a conversation without turns has
+  -- no list, and a key declared and missing makes Redis refuse the run while a reshard
+  -- moves the slot (TRYAGAIN: the write would answer UNAVAILABLE for as long as the move
+  -- lasts, not the refusal it is), as list_conversations.lua declares them.
+  local looked, lists = {}, {}
   for _, other in ipairs(others) do
     local conv = tag .. ':conv:' .. other
     if callers(conv, ARGV[1]) then
       if redis.call('HEXISTS', conv, 'drop_pending') == 1 then
         error({err = USAGE_FIRST .. 'drop ' .. other})
       end
-      for _, iid in ipairs(turn_window(conv .. ':ints', gone_window[1], share)) do
-        turns[#turns + 1] = tag .. ':int:' .. iid
-        of[#turns] = other
+      if tonumber(redis.call('HGET', conv, 'interaction_count') or '0') > 0 then
+        looked[#looked + 1] = other
+        lists[#lists + 1] = conv .. ':ints'
       end
+    end
+  end
+  if #looked == 0 then return end
+  declare_first(lists)
+  local share = math.max(1, math.floor(gone_window[2] / #looked))
+  local turns, of = {}, {}
+  for i, other in ipairs(looked) do
+    for _, iid in ipairs(turn_window(lists[i], gone_window[1], share)) do
+      turns[#turns + 1] = tag .. ':int:' .. iid
+      of[#turns] = other
     end
   end
   declare_first(turns)
