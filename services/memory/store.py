@@ -633,6 +633,7 @@ class MemoryStore:
         args: list[EncodableT],
         *,
         hint: str = "",
+        window: int | None = None,
     ) -> Any:
         """The answer of ``script`` (on ``names``, ``args``), after what a run of it stopped
         for, nothing written: a write that charges the owner's bytes, for the reconcile or
@@ -646,8 +647,16 @@ class MemoryStore:
         too (lua/read.lua's declare_first: one more round trip each). ``hint`` (a turn's
         key) names the call's turn: the keys a run of it asked for are kept (its
         conversation's hash: a turn never changes conversation) and declared up front by
-        the next call naming it, which so takes one round trip."""
+        the next call naming it, which so takes one round trip. Keys a run asks for that
+        may not exist (another conversation's hash, in the look for gone turns at the byte
+        limit: lua/read.lua's declare_present) are read first, each alone (``_present``):
+        those found are declared, the others named as missing after the window's turn
+        count, ``args[window]`` (lua/usage.lua's gone_check_at), for the script to leave
+        alone: mid-reshard Redis refuses a run declaring a missing key (TRYAGAIN) for as
+        long as the move lasts, as it cannot tell it from one not moved yet."""
         names = list(names) + self._hints.get(hint, []) if hint else list(names)
+        args = list(args)
+        missing: list[str] = []
         asked: list[str] = []
         declared = measured = walked = 0
         # A stop for the reconcile follows a conversation that really expired since the
@@ -669,8 +678,18 @@ class MemoryStore:
                 return out
             except _DeclareFirst as first:
                 declared += 1
-                names += first.names
-                asked += first.names
+                wanted = [name for name in first.names if not name.startswith("?")]
+                maybe = [name[1:] for name in first.names if name.startswith("?")]
+                if maybe:
+                    if window is None:
+                        raise Internal("a script asked for keys that may not exist") from None
+                    found = await self._present(maybe)
+                    wanted += found
+                    missing += [name for name in maybe if name not in found]
+                    turns = str(args[window]).split()[0]
+                    args[window] = " ".join([turns, *missing])
+                names += wanted
+                asked += wanted
             except _UsageFirst as first:
                 if first.cid is None:
                     walked += await self._walk(tag)
@@ -687,6 +706,16 @@ class MemoryStore:
             "the owner's conversations kept changing meanwhile; try again",
             reason="CONCURRENT_UPDATE",
         )
+
+    async def _present(self, names: list[str]) -> list[str]:
+        """Those of ``names`` that exist, each read alone: a command on one key is served
+        mid-reshard by the node holding it (the client follows ASK), where a script
+        declaring a missing key is refused (``_run``). One after the other (at most
+        usage.lua's OTHER_CONVERSATIONS, only at the byte limit): redis-py's cluster client
+        sends ASKING and the command it precedes as two calls on the node's pool, so
+        concurrent ones may get them on two connections and bounce between the nodes
+        until it gives up (ClusterError: UNAVAILABLE)."""
+        return [name for name in names if await _redis(self._redis.exists(name))]
 
     def _hint(self, turn: str, names: list[str]) -> None:
         """Keeps ``names`` to declare up front with the turn key ``turn`` (``_run``)."""
@@ -850,6 +879,7 @@ class MemoryStore:
                 self._max_conversations, "1" if summary else "0", self._max_interactions,
                 self._grace, *self._gone_check(),
             ],
+            window=-1,
         )  # fmt: skip
         if status == 0:
             raise conversation_not_found(cid)
@@ -1012,6 +1042,7 @@ class MemoryStore:
                 self._update_conversation,
                 names + evicted,
                 args + declared,
+                window=-1 - len(declared),
             )
             if not (isinstance(row, list) and row[0] == _DECLARE):
                 break
@@ -1139,7 +1170,13 @@ class MemoryStore:
         named: dict[str, str] = {}
         evicted, declared = _declare_turns(tag, named)
         for _ in range(EVICT_ATTEMPTS):
-            out = await self._run(tag, self._update_summary, names + evicted, args + declared)
+            out = await self._run(
+                tag,
+                self._update_summary,
+                names + evicted,
+                args + declared,
+                window=-1 - len(declared),
+            )
             if out[0] != _DECLARE:
                 break
             evicted, declared = _declare_turns(tag, named, out)
@@ -1358,7 +1395,9 @@ class MemoryStore:
                 interaction.SerializeToString(), traces, self._grace, self._max_bytes,
                 self._max_interactions, fingerprint, *created, *self._gone_check(), *declared,
             ]  # fmt: skip
-            out = await self._run(tag, self._create_interaction, names, args)
+            out = await self._run(
+                tag, self._create_interaction, names, args, window=-1 - len(declared)
+            )
             if out[0] == _DECLARE:
                 # The turns this write evicts (or the turn request_id names), declared in
                 # the next run: nothing was written.
@@ -1482,6 +1521,7 @@ class MemoryStore:
                 keys.conversations(tag),
             ],
             [self.caller(owner), tag, digest, new, self._max_bytes, *self._gone_check()],
+            window=-1,
         )
         if status == 0:
             raise interaction_not_found(iid)

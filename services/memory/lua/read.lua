@@ -62,6 +62,20 @@ local function declare_first(names)
   end
   if #wanted > 0 then error({err = DECLARE_FIRST .. ' ' .. table.concat(wanted, ' ')}) end
 end
+-- As declare_first, for keys that may not exist (another conversation's hash, named by the
+-- owner's list: evicted, or deleted by hand). Redis cannot tell a key not moved yet from
+-- one that does not exist, so mid-reshard it refuses a run declaring a missing key for as
+-- long as the move lasts. So these are named with a '?': the store reads each alone (one
+-- key: served by whichever node holds it, the client following ASK), declares those it
+-- finds and passes the others back as missing (usage.lua's gone_check_at), which the
+-- script then leaves alone.
+local function declare_present(names)
+  local wanted = {}
+  for _, name in ipairs(names) do
+    if not declared(name) then wanted[#wanted + 1] = '?' .. name end
+  end
+  if #wanted > 0 then error({err = DECLARE_FIRST .. ' ' .. table.concat(wanted, ' ')}) end
+end
 -- Whether the conversation `cid` (under `tag`) exists and is the caller's: a turn is gone
 -- when its conversation hash is, whatever its own key still holds (retention.lua). `seen`
 -- keeps the answers of one script run (several turns of one conversation, one HMGET).

@@ -124,9 +124,16 @@ end
 -- The window of gone_turns (read.lua's missing_turn): where it starts and how many turns it
 -- checks, two ARGV the store sends (store.MemoryStore._gone_check) to every script that
 -- charges bytes; the script names their position (gone_check_at) before it charges.
+-- The second may be followed (space-separated) by the names of the keys the store found
+-- missing when a run asked for them with declare_present (read.lua): gone_elsewhere
+-- skips those conversations.
 local gone_window = {0, 0}
+local gone_missing = {}
 local function gone_check_at(at)
-  gone_window = {tonumber(ARGV[at]), tonumber(ARGV[at + 1])}
+  local words = {}
+  for word in string.gmatch(ARGV[at + 1], '%S+') do words[#words + 1] = word end
+  gone_window = {tonumber(ARGV[at]), tonumber(words[1])}
+  for i = 2, #words do gone_missing[words[i]] = true end
 end
 -- As gone_check_at, for a script whose ARGV ends with the turns declared for eviction
 -- (keys.lua's declared_turns): the two come just before them.
@@ -157,8 +164,10 @@ local OTHER_CONVERSATIONS = 16
 -- turns (each its share, from the same offset). Every key it reads is declared: the
 -- conversations' hashes, then the lists of those with turns, then their turns, each asked
 -- for by a run that stops before reading them (declare_first: three more runs, only at
--- the limit); a conversation without turns has no list, so none is declared for it (a
--- key declared and missing: TRYAGAIN mid-reshard). A turn found missing stops the
+-- the limit); a conversation without turns has no list, so none is declared for it, and
+-- a hash the store finds missing is skipped (declare_present, read.lua): a key declared
+-- and missing makes Redis refuse the run mid-reshard (TRYAGAIN). A turn found missing
+-- stops the
 -- script for drop_missing.lua on that conversation ('drop <cid>'), then the write runs
 -- again. The other legacy owner's conversations of a shared tag are skipped (its own
 -- reads drop its turns).
@@ -170,13 +179,17 @@ local function gone_elsewhere(tag, cid)
   local others, names = {}, {}
   for _, member in ipairs(members) do
     local other = string.sub(member, 17)
-    if other ~= cid and #others < OTHER_CONVERSATIONS then
+    local conv = tag .. ':conv:' .. other
+    if other ~= cid and not gone_missing[conv] and #others < OTHER_CONVERSATIONS then
       others[#others + 1] = other
-      names[#names + 1] = tag .. ':conv:' .. other
+      names[#names + 1] = conv
     end
   end
   if #others == 0 then return end
-  declare_first(names)
+  -- A member's hash may be missing (evicted, deleted by hand: no reconcile is due, else
+  -- room() would have stopped for it), so only those the store finds are declared, the
+  -- others skipped: a hash missing gives no turn back here either way.
+  declare_present(names)
   -- Then the lists of those with turns (the caller's): a conversation without turns has
   -- no list, and a key declared and missing makes Redis refuse the run while a reshard
   -- moves the slot (TRYAGAIN: the write would answer UNAVAILABLE for as long as the move
