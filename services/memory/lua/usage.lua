@@ -167,10 +167,9 @@ local OTHER_CONVERSATIONS = 16
 -- the limit); a conversation without turns has no list, so none is declared for it, and
 -- a hash the store finds missing is skipped (declare_present, read.lua): a key declared
 -- and missing makes Redis refuse the run mid-reshard (TRYAGAIN). A turn found missing
--- stops the
--- script for drop_missing.lua on that conversation ('drop <cid>'), then the write runs
--- again. The other legacy owner's conversations of a shared tag are skipped (its own
--- reads drop its turns).
+-- stops the script for drop_missing.lua on that conversation ('drop <cid>'), then the
+-- write runs again. The other legacy owner's conversations of a shared tag are skipped
+-- (its own reads drop its turns).
 local function gone_elsewhere(tag, cid)
   if gone_window[2] <= 0 then return end  -- a script without the window (no look)
   local convs = tag .. ':convs'
