@@ -119,6 +119,8 @@ def _indexer(settings: MemorySettings, store: MemoryStore) -> Indexer | None:
         settings.search_retry_seconds,
         settings.search_sweep_seconds,
         settings.search_jobs_per_tenant,
+        outbox_max_jobs=settings.search_outbox_max_jobs,
+        outbox_jobs_per_tenant=settings.search_outbox_jobs_per_tenant,
     )
     indexer.start()
     return indexer

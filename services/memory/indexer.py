@@ -7,6 +7,12 @@ Redis is the truth; the index (``search_index.py``) is derived from it and may l
   in Redis (``store.outbox_*``) and retried every ``search_retry_seconds`` by every
   replica until it succeeds; a retried "index" job reads the interaction from Redis again,
   so one deleted meanwhile is not brought back.
+- The outbox is bounded: at most ``outbox_max_jobs`` jobs, ``outbox_jobs_per_tenant`` of
+  one tenant. A job past either is dropped (counted, never an error: the turn is stored
+  already), and left for the sweep: a dropped "index" job notes its owner, whose recent
+  turns the next sweep indexes; a dropped removal is what the sweep does for every entry
+  Redis no longer holds. Not backpressure: indexing must never delay a turn, and a
+  tenant writing faster than the index takes its turns would only wait longer and longer.
 - Every hit is re-read from Redis before it is returned, as the caller: a turn deleted or
   expired (retention) but still in the index, or one indexed after its conversation was
   deleted, is never returned, and its entries are removed from the index on the way.
@@ -27,6 +33,7 @@ from gensearch.memory.v1 import memory_service_pb2 as pb
 
 from services.common.errors import NotFound, ServiceError, Unavailable
 from services.common.tasks import cancel_and_wait
+from services.memory.metrics import OUTBOX_FULL, SEARCH_JOBS_DROPPED, TENANT_SHARE
 from services.memory.search_index import InteractionIndex
 from services.memory.store import MemoryStore, Owner
 
@@ -42,6 +49,9 @@ _CATCH_UP_PAGE_BYTES = 4 * 1024 * 1024
 # Index jobs running at once in one replica; beyond, a job goes straight to the outbox
 # (memory stays bounded when turns come faster than the model embeds them).
 MAX_RUNNING_JOBS = 256
+# A dropped job is logged at most once per this many seconds (a flood drops thousands;
+# the metric counts every one).
+_DROP_LOG_SECONDS = 60.0
 # How many candidates to rank per result asked for: room for stale entries the Redis check
 # drops.
 _CANDIDATES_PER_HIT = 2
@@ -55,9 +65,13 @@ class Indexer:
         retry_seconds: float,
         sweep_seconds: float = 3600.0,
         jobs_per_tenant: int = 0,
+        *,
+        outbox_max_jobs: int = 100_000,
+        outbox_jobs_per_tenant: int = 0,
     ):
         """``jobs_per_tenant``: the most of one tenant's jobs running at once (0: no bound
-        but ``MAX_RUNNING_JOBS``)."""
+        but ``MAX_RUNNING_JOBS``). ``outbox_max_jobs``: the most jobs waiting in the outbox
+        (all replicas'), ``outbox_jobs_per_tenant`` of one tenant (0: no share)."""
         self._store = store
         self._index = index
         self._retry = retry_seconds
@@ -70,6 +84,11 @@ class Indexer:
         self._per_tenant = jobs_per_tenant
         self._running: dict[str, int] = {}
         self._running_total = 0
+        # The outbox was one queue with no bound: a tenant writing turns faster than the
+        # index took them grew it without end (Redis memory), and filled it for everyone.
+        self._outbox_max = outbox_max_jobs
+        self._outbox_share = outbox_jobs_per_tenant
+        self._drop_logged = -_DROP_LOG_SECONDS
         self._drainer: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._closed = False
@@ -143,11 +162,34 @@ class Indexer:
         """Puts ``job`` in the outbox, for the retry loop."""
         due = time.time_ns() // 1_000_000 + int(self._retry * 1000)
         try:
-            await self._store.outbox_add(json.dumps(job), due)
+            await self._queue(json.dumps(job), job, due)
         except ServiceError as err:
             log.error(
                 "search index job lost: neither the index nor Redis took it",
                 extra={"job": job[0], "error": _describe(err)},
+            )
+
+    async def _queue(self, member: str, job: list[str], due_ms: int) -> None:
+        """Queues ``job`` (``member`` its JSON) under the outbox's bounds; past them it is
+        dropped, counted, for the sweep."""
+        queued = await self._store.outbox_add(
+            member,
+            due_ms,
+            Owner(job[1], job[2]),
+            max_jobs=self._outbox_max,
+            per_tenant=self._outbox_share,
+            index=job[0] == _INDEX,
+        )
+        if queued > 0:
+            return
+        reason = OUTBOX_FULL if queued == 0 else TENANT_SHARE
+        SEARCH_JOBS_DROPPED.labels(reason).inc()
+        now = time.monotonic()
+        if now - self._drop_logged >= _DROP_LOG_SECONDS:
+            self._drop_logged = now
+            log.warning(
+                "search index job dropped: the outbox is full; the sweep catches up",
+                extra={"job": job[0], "reason": reason},
             )
 
     async def _apply(self, job: list[str], interaction: pb.Interaction | None) -> None:
@@ -168,21 +210,35 @@ class Indexer:
 
     async def drain(self) -> int:
         """Tries the outbox's due jobs once; how many succeeded."""
+        await self._adopt_legacy()
         done = 0
         now = time.time_ns() // 1_000_000
         for member in await self._store.outbox_due(now, _DRAIN_BATCH):
+            job = _parse(member)
+            if job is None:  # not ours: drop it
+                log.error("bad outbox entry dropped")
+                await self._store.outbox_remove(member, "")
+                continue
             try:
-                job = json.loads(member)
                 await self._apply(job, None)
-            except (ValueError, TypeError) as err:  # not ours: drop it
-                log.error("bad outbox entry dropped", extra={"error": _describe(err)})
             except Exception as err:
                 log.warning("search index retry failed", extra={"error": _describe(err)})
-                await self._store.outbox_add(member, now + int(self._retry * 1000))
+                # Already queued: only its due time moves, never refused.
+                await self._queue(member, job, now + int(self._retry * 1000))
                 continue
-            await self._store.outbox_remove(member)
+            await self._store.outbox_remove(member, job[1])
             done += 1
         return done
+
+    async def _adopt_legacy(self) -> None:
+        """Jobs left in the outbox of before the bound join the bounded one (due now)."""
+        members = await self._store.legacy_outbox(_DRAIN_BATCH)
+        now = time.time_ns() // 1_000_000
+        for member in members:
+            job = _parse(member)
+            if job is not None:
+                await self._queue(member, job, now)
+        await self._store.forget_legacy_outbox(members)
 
     async def _drain_forever(self) -> None:
         while True:
@@ -200,8 +256,19 @@ class Indexer:
         With ``since_ms``, it also catches up: the turns made since then by every owner
         the index knows, and missing from it (their job lost with a killed replica), are
         indexed."""
+        if since_ms is None:
+            return await self._sweep(set())
+        # Owners whose index job the full outbox refused: the index may know none of
+        # their turns yet. Put back if this pass fails, for the next one.
+        missed = await self._store.outbox_take_missed()
+        try:
+            return await self._sweep(set(missed), since_ms)
+        except Exception:
+            await self._store.outbox_note_missed(missed)
+            raise
+
+    async def _sweep(self, owners: set[Owner], since_ms: int | None = None) -> int:
         removed = 0
-        owners: set[Owner] = set()
         offset: str | None = None
         while True:
             points, offset = await self._index.scroll(offset, _SWEEP_PAGE)
@@ -303,6 +370,17 @@ class Indexer:
             if len(out) < limit:
                 out.append(pb.InteractionHit(interaction=interaction, score=hit.score))
         return out
+
+
+def _parse(member: str) -> list[str] | None:
+    """An outbox member as the job it holds; None: not one of ours."""
+    try:
+        job = json.loads(member)
+    except ValueError:
+        return None
+    if not (isinstance(job, list) and len(job) == 4 and all(isinstance(x, str) for x in job)):
+        return None
+    return job
 
 
 def _describe(err: BaseException) -> Any:

@@ -148,6 +148,12 @@ class MemorySettings(DownstreamSettings):
     # jobs wait in the outbox, and the rest serve other tenants' turns at once. 0: no
     # bound but the 256.
     search_jobs_per_tenant: int = Field(default=64, ge=0, le=100_000)
+    # Jobs waiting in the outbox (every replica's, in Redis), and of one tenant (0: no
+    # share). A job past either is dropped, never the turn: the sweep indexes the recent
+    # turns of its owner (and removes what Redis no longer holds). Unbounded, a tenant
+    # writing turns faster than the index took them grew it without end, for everyone.
+    search_outbox_max_jobs: int = Field(default=100_000, ge=1, le=10_000_000)
+    search_outbox_jobs_per_tenant: int = Field(default=25_000, ge=0, le=10_000_000)
     # Every this many seconds one replica walks the whole index and removes the entries of
     # turns Redis no longer holds (expired by retention, evicted, deleted): a search never
     # returns those anyway (every hit is re-read from Redis), this keeps the index small.

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import random
@@ -552,6 +553,8 @@ class MemoryStore:
         self._measure_script = script("measure")
         self._drop_missing_script = script("drop_missing")
         self._get_conversation = script("get_conversation")
+        self._outbox_add = script("outbox_add")
+        self._outbox_remove = script("outbox_remove")
 
     async def load_scripts(self) -> None:
         """Loads every script now (SCRIPT LOAD; on a cluster, into every master).
@@ -568,7 +571,8 @@ class MemoryStore:
             self._get_interactions, self._interactions_exist, self._check_storage,
             self._stored_request, self._retention_step, self._claim_request,
             self._release_request, self._reconcile_script, self._measure_script,
-            self._drop_missing_script, self._get_conversation,
+            self._drop_missing_script, self._get_conversation, self._outbox_add,
+            self._outbox_remove,
         ]  # fmt: skip
         for script in scripts:
             await _redis(self._redis.script_load(script.script))
@@ -1563,24 +1567,91 @@ class MemoryStore:
         return [flag == 1 for flag in out]
 
     # -- the search index's outbox -------------------------------------------------------
-    # P:search-outbox  ZSET  index work that failed, scored by when to try it again (ms).
-    # One key for the whole service (not an owner's): the retry loop finds all of it with
-    # one read. Its members name the owner, so they never need another key to be acted on.
+    # P:{search-outbox}:jobs     ZSET  index work waiting (failed, or beyond the running
+    #                                  jobs), scored by when to try it (ms)
+    # P:{search-outbox}:tenants  HASH  tenant -> its jobs in the outbox
+    # P:{search-outbox}:missed   SET   owners ([tenant, user] JSON) an index job of which
+    #                                  the outbox refused, for the sweep to catch up
+    # One hash tag for the whole service (not an owner's): the retry loop finds all of it
+    # with one read, and the scripts that bound it (lua/outbox_add.lua) see all three keys.
+    # Members name the owner, so they never need another key to be acted on.
+    # P:search-outbox (no tag) is where jobs waited before the bound: ``outbox_adopt``.
 
-    def _outbox(self) -> str:
-        return f"{self._prefix}:search-outbox"
+    def _outbox_keys(self) -> list[str]:
+        base = f"{self._prefix}:{{search-outbox}}"
+        return [f"{base}:jobs", f"{base}:tenants", f"{base}:missed"]
 
-    async def outbox_add(self, job: str, due_ms: int) -> None:
-        await _redis(self._redis.zadd(self._outbox(), {job: due_ms}))
+    @property
+    def outbox_key(self) -> str:
+        return self._outbox_keys()[0]
+
+    async def outbox_add(
+        self, job: str, due_ms: int, owner: Owner, *, max_jobs: int, per_tenant: int, index: bool
+    ) -> int:
+        """Queues ``job`` (of ``owner``) unless the outbox holds ``max_jobs``, or
+        ``per_tenant`` of the owner's tenant (0: no share): 1 queued (a job already queued
+        only gets the new due time), 0 refused as full, -1 refused as the tenant's share.
+        A refused ``index`` job notes its owner for ``outbox_take_missed``."""
+        out = await _redis(
+            self._outbox_add(
+                keys=self._outbox_keys(),
+                args=[
+                    job,
+                    due_ms,
+                    owner.tenant,
+                    json.dumps([owner.tenant, owner.user]),
+                    max_jobs,
+                    per_tenant,
+                    1 if index else 0,
+                ],
+            )
+        )
+        return int(out)
 
     async def outbox_due(self, now_ms: int, count: int) -> list[str]:
         out = await _redis(
-            self._redis.zrangebyscore(self._outbox(), "-inf", now_ms, start=0, num=count)
+            self._redis.zrangebyscore(self.outbox_key, "-inf", now_ms, start=0, num=count)
         )
         return [bytes(member).decode() for member in out]
 
-    async def outbox_remove(self, job: str) -> None:
-        await _redis(self._redis.zrem(self._outbox(), job))
+    async def outbox_remove(self, job: str, tenant: str) -> None:
+        await _redis(self._outbox_remove(keys=self._outbox_keys()[:2], args=[job, tenant]))
+
+    async def outbox_take_missed(self) -> list[Owner]:
+        """The owners an index job of which the outbox refused, taken off the set (a
+        refusal from now on notes its owner again, for the next sweep)."""
+        missed = self._outbox_keys()[2]
+        members = list(await _redis(self._redis.smembers(missed)))
+        if members:
+            await _redis(self._redis.srem(missed, *members))
+        owners = []
+        for member in members:
+            try:
+                pair = json.loads(bytes(member).decode())
+            except ValueError:
+                continue  # not ours
+            if isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) for x in pair):
+                owners.append(Owner(pair[0], pair[1]))
+        return owners
+
+    async def outbox_note_missed(self, owners: list[Owner]) -> None:
+        """Puts back owners ``outbox_take_missed`` gave a sweep that did not finish."""
+        if owners:
+            members = [json.dumps([o.tenant, o.user]) for o in owners]
+            await _redis(self._redis.sadd(self._outbox_keys()[2], *members))
+
+    def _legacy_outbox(self) -> str:
+        return f"{self._prefix}:search-outbox"
+
+    async def legacy_outbox(self, count: int) -> list[str]:
+        """Up to ``count`` jobs of the outbox from before the bound (``P:search-outbox``):
+        the caller queues them anew, then ``forget_legacy_outbox``."""
+        members = await _redis(self._redis.zrange(self._legacy_outbox(), 0, count - 1))
+        return [bytes(member).decode() for member in members]
+
+    async def forget_legacy_outbox(self, jobs: list[str]) -> None:
+        if jobs:
+            await _redis(self._redis.zrem(self._legacy_outbox(), *jobs))
 
     async def try_lock(self, name: str, ttl_ms: int) -> bool:
         """True for the one caller that takes ``P:lock:<name>`` until it expires."""

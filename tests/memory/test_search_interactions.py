@@ -7,6 +7,7 @@ what they expect (a bounded wait, not a timing assertion)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -230,7 +231,7 @@ async def test_a_failing_index_never_loses_the_turn(
         grpc.StatusCode.UNAVAILABLE,
     )
     # The failed job waits in the outbox in Redis...
-    outbox = f"{memory.settings.key_prefix}:search-outbox"
+    outbox = f"{memory.settings.key_prefix}:{{search-outbox}}:jobs"
     assert await eventually(lambda: _size_is(memory, outbox, 1))
     # ...and lands once the index is back.
     blocker.unlink()
@@ -396,3 +397,63 @@ async def test_a_tenants_flood_of_turns_leaves_running_room_for_another_tenants(
         await turn(memory, acme, cid, f"harbour seals {n}", "on sandbanks")
     bobs = await turn(memory, beta, await conversation(memory, beta), "puffin burrows", "cliffs")
     assert await search_until(memory, beta, "puffin burrows", [bobs]) == [bobs]
+
+
+async def test_the_outbox_is_bounded_with_a_share_per_tenant(
+    memory_factory: MemoryFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The outbox was one queue with no size limit: a tenant writing turns faster than the
+    index took them grew it without end in Redis, and its backlog was every tenant's.
+    Now it holds GENSEARCH_MEMORY_SEARCH_OUTBOX_MAX_JOBS, of one tenant
+    GENSEARCH_MEMORY_SEARCH_OUTBOX_JOBS_PER_TENANT; a job past them is dropped and counted,
+    its turn stored all the same."""
+    from services.memory import indexer
+
+    monkeypatch.setattr(indexer, "MAX_RUNNING_JOBS", 0)  # every job goes to the outbox
+    memory = await memory_factory(
+        search_index="keyword",
+        data_dir=tmp_path,
+        search_outbox_max_jobs=4,
+        search_outbox_jobs_per_tenant=2,
+        search_retry_seconds=3600,  # nothing leaves the outbox within the test
+    )
+    dropped = _dropped()
+    acme, beta = as_("alice", "acme"), as_("bob", "beta")
+    flood_conv = await conversation(memory, acme)
+    flood = [await turn(memory, acme, flood_conv, f"seal {n}", "sandbank") for n in range(5)]
+    outbox = f"{memory.settings.key_prefix}:{{search-outbox}}:jobs"
+    # acme's share taken, the rest of its jobs dropped: room left for beta.
+    assert await eventually(lambda: _size_is(memory, outbox, 2))
+    assert await eventually(lambda: _dropped_since(dropped, "tenant_share", 3))
+    beta_conv = await conversation(memory, beta)
+    betas = [await turn(memory, beta, beta_conv, f"puffin {n}", "cliff") for n in range(2)]
+    assert await eventually(lambda: _size_is(memory, outbox, 4))
+    queued = [json.loads(m) for m in await memory.redis.zrange(outbox, 0, -1)]
+    assert sorted(job[3] for job in queued if job[1] == "beta") == sorted(betas)
+    # Full: the next job of a tenant under its share is dropped too.
+    gamma = as_("carol", "gamma")
+    late = await turn(memory, gamma, await conversation(memory, gamma), "gannet", "rock")
+    assert await eventually(lambda: _dropped_since(dropped, "outbox_full", 1))
+    assert await memory.redis.zcard(outbox) == 4
+    # Never the turn: every one is stored.
+    for who, iid in [*((acme, i) for i in flood), *((beta, i) for i in betas), (gamma, late)]:
+        got = await memory.stub.GetInteraction(
+            pb.GetInteractionRequest(interaction_id=iid), metadata=who
+        )
+        assert got.interaction.interaction_id == iid
+
+
+def _dropped() -> dict[str, float]:
+    from prometheus_client import REGISTRY
+
+    return {
+        reason: REGISTRY.get_sample_value(
+            "gensearch_memory_search_jobs_dropped_total", {"reason": reason}
+        )
+        or 0.0
+        for reason in ("tenant_share", "outbox_full")
+    }
+
+
+async def _dropped_since(before: dict[str, float], reason: str, count: int) -> bool:
+    return _dropped()[reason] - before[reason] == count

@@ -123,3 +123,45 @@ async def test_the_sweep_catches_up_on_lost_index_jobs(target: Target, tmp_path:
     finally:
         await indexer.close()
         await redis.aclose()
+
+
+async def test_the_sweep_catches_up_on_jobs_the_full_outbox_dropped(
+    target: Target, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job the bounded outbox refuses is dropped, left for the sweep. The catch-up
+    walked only the owners the index knew: an owner none of whose turns had been indexed
+    yet (all its jobs dropped) was never caught up. The refusal notes the owner for it."""
+    from services.memory import indexer as indexer_module
+
+    monkeypatch.setattr(indexer_module, "MAX_RUNNING_JOBS", 0)  # every job to the outbox
+    redis = connect(
+        target.url, cluster=target.cluster is not None, socket_timeout=5, connect_timeout=2
+    )
+    store = MemoryStore(redis, key_prefix=f"dropped-{uuid.uuid4().hex[:8]}")
+    index = InteractionIndex(EdgeStore(tmp_path / "index"), None, "dropped")
+    indexer = Indexer(
+        store, index, retry_seconds=60.0, outbox_max_jobs=10, outbox_jobs_per_tenant=1
+    )
+    flood = Owner("acme", "carol")
+    try:
+        since = time.time_ns() // 1_000_000
+        cid = (await store.create_conversation(flood, "flood")).conversation_id
+        turns = []
+        for n in range(3):
+            stored = await store.create_interaction(
+                flood, cid, pb.Interaction(input=f"kittiwake {n}", response="ledge"), ""
+            )
+            indexer.stored(flood, stored)
+            turns.append(stored.interaction_id)
+        await indexer.idle()
+        assert await redis.zcard(store.outbox_key) == 1  # its share; two dropped
+        assert [await index.count(flood, i) for i in turns] == [0, 0, 0]
+
+        await indexer.sweep(since)
+        # The dropped ones are indexed (the queued one waits for the retry loop, or was
+        # caught up too: either way nothing of the owner's is missing).
+        assert [await index.count(flood, i) for i in turns] == [2, 2, 2]
+        assert await store.outbox_take_missed() == []  # noted once, caught up once
+    finally:
+        await indexer.close()
+        await redis.aclose()

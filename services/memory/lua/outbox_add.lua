@@ -1,0 +1,32 @@
+-- KEYS: the outbox (ZSET of jobs by due ms), its per-tenant counts (HASH tenant -> jobs),
+-- the owners whose index job it refused (SET of [tenant, user] JSON): one hash tag, one
+-- slot. ARGV: job, due ms, tenant, owner (JSON), the most jobs in all, the most of one
+-- tenant (0: no share), whether the job indexes a turn (1) or drops entries (0).
+-- Returns 1 when the job is queued (a job already there only gets its new due time: a
+-- retry is never refused), 0 when the outbox holds its most jobs, -1 when the tenant
+-- holds its share. A refused index job notes its owner for the sweep's catch-up (at most
+-- as many owners as jobs); a refused drop needs nothing: the sweep removes what Redis no
+-- longer holds.
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  redis.call('ZADD', KEYS[1], 'XX', ARGV[2], ARGV[1])
+  return 1
+end
+local size = redis.call('ZCARD', KEYS[1])
+if size == 0 then
+  -- Counts of jobs that are gone (the outbox evicted or deleted) never hold a share.
+  redis.call('DEL', KEYS[2])
+end
+local answer = 1
+local share = tonumber(ARGV[6])
+if size >= tonumber(ARGV[5]) then
+  answer = 0
+elseif share > 0 and tonumber(redis.call('HGET', KEYS[2], ARGV[3]) or '0') >= share then
+  answer = -1
+end
+if answer == 1 then
+  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+  redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
+elseif ARGV[7] == '1' and redis.call('SCARD', KEYS[3]) < tonumber(ARGV[5]) then
+  redis.call('SADD', KEYS[3], ARGV[4])
+end
+return answer
