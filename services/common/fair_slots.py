@@ -33,6 +33,11 @@ class FairSlots:
         # a slot is free, every waiting tenant holds its whole share.
         self._waiters: OrderedDict[str, deque[asyncio.Future[None]]] = OrderedDict()
 
+    @property
+    def idle(self) -> bool:
+        """No slot held and nobody waiting: the owner may drop these slots."""
+        return self._free == self._limit and not self._waiters
+
     def locked(self, tenant: str) -> bool:
         """Whether ``acquire(tenant)`` would wait."""
         return (

@@ -55,7 +55,8 @@ from services.common.upstream_retry import RetryPolicy
 from services.retrieval.endpoints import ALLOWLIST_SETTING, caller_key_for
 from services.retrieval.schema import Schema, too_long, unit_vector
 from services.retrieval.settings import RetrievalSettings
-from services.retrieval.upstream import Attempts, problem
+from services.retrieval.upstream import Attempts, problem, slots_busy
+from services.retrieval.upstream_slots import UpstreamSlots
 
 # Weights come from disk; a missing file must fail, not trigger a download.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -255,8 +256,11 @@ class OpenAIEmbedder:
         batch_size: int,
         collection: str = "",
         cosine: bool = False,
+        slots: UpstreamSlots | None = None,
     ) -> None:
+        """``slots``: the requests in flight per endpoint and tenant (None: unbounded)."""
         self._client, self._headers = authorized(client, api_key)
+        self._slots = slots
         self._collection = collection
         self._cosine = cosine
         self._base_url = base_url
@@ -294,15 +298,7 @@ class OpenAIEmbedder:
             while True:
                 span.set_attribute(ATTEMPTS, attempts.begin())
                 try:
-                    async with asyncio.timeout_at(deadline.expires_at):
-                        # "float": the format every OpenAI-compatible server knows (the SDK
-                        # would otherwise ask for base64).
-                        response = await self._client.embeddings.create(
-                            model=self._model,
-                            input=texts,
-                            encoding_format="float",
-                            extra_headers=self._headers,
-                        )
+                    response = await self._exchange(texts, deadline.expires_at)
                 # RecursionError: a body nested deeper than json.loads recurses.
                 except (openai.OpenAIError, ValueError, RecursionError, TimeoutError) as err:
                     refused = refusal(err)
@@ -359,6 +355,32 @@ class OpenAIEmbedder:
                 if isinstance(tokens, int):
                     span.set_attribute("gen_ai.usage.input_tokens", tokens)
                 return self._parse(response, len(texts))
+
+    async def _exchange(self, texts: list[str], expires_at: float) -> Any:
+        """One attempt, in a slot at the endpoint (``upstream_slots``), given back when it
+        ends: a retry's pause holds none. No slot by ``expires_at``: RESOURCE_EXHAUSTED."""
+        slot = (
+            None
+            if self._slots is None
+            else await self._slots.take(
+                self._base_url,
+                expires_at,
+                slots_busy("the embeddings endpoint", "EMBEDDINGS_RATE_LIMITED"),
+            )
+        )
+        try:
+            async with asyncio.timeout_at(expires_at):
+                # "float": the format every OpenAI-compatible server knows (the SDK would
+                # otherwise ask for base64).
+                return await self._client.embeddings.create(
+                    model=self._model,
+                    input=texts,
+                    encoding_format="float",
+                    extra_headers=self._headers,
+                )
+        finally:
+            if slot is not None:
+                slot.release()
 
     def _parse(self, response: object, expected: int) -> list[list[float]]:
         # The SDK does not validate responses: a missing field is None and a body that is
@@ -446,6 +468,9 @@ class Embedders:
         self._retry = RetryPolicy(
             max_attempts=settings.embed_retries + 1, retry_after_max=settings.retry_after_max
         )
+        self._slots = UpstreamSlots(
+            settings.upstream_max_in_flight, settings.upstream_max_in_flight_per_tenant
+        )
 
     def for_collection(self, schema: Schema) -> Embedder:
         vec = schema.collection.vectorizer
@@ -485,6 +510,7 @@ class Embedders:
                 batch_size=self._settings.embed_batch_size,
                 collection=schema.name,
                 cosine=schema.distance == "cosine",
+                slots=self._slots,
             )
         raise FailedPrecondition(
             f"collection {schema.name!r} has no vectorizer", reason="NO_VECTORIZER"

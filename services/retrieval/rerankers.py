@@ -65,7 +65,13 @@ from services.common.errors import (
 )
 from services.common.logs import register_secret
 from services.common.model_names import check_model_name
-from services.common.openai_api import ATTEMPTS, OpenAIClients, authorized, upstream_span
+from services.common.openai_api import (
+    ATTEMPTS,
+    ExtraHeaders,
+    OpenAIClients,
+    authorized,
+    upstream_span,
+)
 from services.common.suggest import did_you_mean
 from services.common.tracing import service_tracer
 from services.common.upstream_retry import RetryPolicy
@@ -80,7 +86,8 @@ from services.retrieval.schema import (
 )
 from services.retrieval.settings import RetrievalSettings
 from services.retrieval.store import PROPS, FoundPoint
-from services.retrieval.upstream import Attempts, problem
+from services.retrieval.upstream import Attempts, problem, slots_busy
+from services.retrieval.upstream_slots import UpstreamSlots
 
 MMR = "mmr"
 FIELD = "rerank"
@@ -152,6 +159,10 @@ class Rerankers:
         )
         self._retry = RetryPolicy(
             max_attempts=settings.rerank_retries + 1, retry_after_max=settings.retry_after_max
+        )
+        # As the embeddings endpoints' (a slot per attempt), in slots of their own.
+        self._slots = UpstreamSlots(
+            settings.upstream_max_in_flight, settings.upstream_max_in_flight_per_tenant
         )
 
     async def close(self) -> None:
@@ -427,14 +438,7 @@ class Rerankers:
             while True:
                 span.set_attribute(ATTEMPTS, attempts.begin())
                 try:
-                    async with asyncio.timeout_at(deadline.expires_at):
-                        response = await client.post(
-                            "/rerank",
-                            cast_to=httpx.Response,
-                            body=body,
-                            options={"headers": headers},
-                        )
-                        payload = response.json()
+                    payload = await self._exchange(plan, client, body, headers, deadline.expires_at)
                 except (openai.OpenAIError, TimeoutError) as err:
                     refused = refusal(err)
                     if refused is not None:
@@ -468,6 +472,34 @@ class Rerankers:
                 except (ValueError, RecursionError):  # not JSON, or nested too deep
                     payload = None
                 return parse_results(payload, len(documents), plan.provider, operator=plan.operator)
+
+    async def _exchange(
+        self,
+        plan: RerankPlan,
+        client: openai.AsyncOpenAI,
+        body: dict[str, Any],
+        headers: ExtraHeaders,
+        expires_at: float,
+    ) -> Any:
+        """One attempt, in a slot at the provider (``upstream_slots``), given back when it
+        ends: a retry's pause holds none. No slot by ``expires_at``: RESOURCE_EXHAUSTED."""
+        slot = await self._slots.take(
+            plan.base_url,
+            expires_at,
+            slots_busy(
+                named(plan.provider, plan.operator),
+                "RERANK_RATE_LIMITED",
+                {"provider": plan.provider},
+            ),
+        )
+        try:
+            async with asyncio.timeout_at(expires_at):
+                response = await client.post(
+                    "/rerank", cast_to=httpx.Response, body=body, options={"headers": headers}
+                )
+                return response.json()
+        finally:
+            slot.release()
 
 
 def _redirected(plan: RerankPlan, status: int) -> FailedPrecondition:

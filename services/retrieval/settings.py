@@ -267,6 +267,13 @@ class RetrievalSettings(DownstreamSettings):
     # (RETRY_AFTER_MAX there): the shared policy's 60 s cap failed a request asked to wait
     # 90 s with 120 s left. Lower it to fail fast instead.
     retry_after_max: float = Field(default=MAX_WAIT_SECONDS, ge=0, le=MAX_WAIT_SECONDS)
+    # Requests in flight at once from this replica to one embeddings endpoint or rerank
+    # provider (its base URL), and of one tenant (0: no share but the first); past them a
+    # request waits its tenant's turn, within its deadline, then is RESOURCE_EXHAUSTED
+    # (services/retrieval/upstream_slots.py). Without a share, one tenant's import flood
+    # filled the endpoint's own concurrency (429s), and another tenant's Search waited.
+    upstream_max_in_flight: int = Field(default=64, ge=1, le=100_000)
+    upstream_max_in_flight_per_tenant: int = Field(default=16, ge=0, le=100_000)
     # Local MMR: weight of relevance against diversity when a request sets none.
     mmr_lambda: float = Field(default=0.7, ge=0.0, le=1.0)
     # GetChunks: the most chunks one range returns (a whole document included).

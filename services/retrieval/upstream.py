@@ -14,6 +14,7 @@ RESOURCE_EXHAUSTED with a RetryInfo, never UNAVAILABLE: the endpoint is up, only
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import openai
 
@@ -31,6 +32,8 @@ from services.common.upstream_retry import (
 )
 
 RETRY_AFTER_MAX_SETTING = "GENSEARCH_RETRIEVAL_RETRY_AFTER_MAX"
+# What a request that waited out its time for a slot (``upstream_slots``) is told to wait.
+SLOT_RETRY_AFTER = 1.0
 
 
 class Attempts:
@@ -149,6 +152,31 @@ class Attempts:
                 "attempts": str(self.count),
             },
         )
+
+
+def slots_busy(
+    who: str, reason: str, metadata: dict[str, str] | None = None
+) -> Callable[[str, int], ResourceExhausted]:
+    """The RESOURCE_EXHAUSTED of a request that found no slot at ``who`` in its time
+    (``upstream_slots``): the endpoint's rate-limit ``reason``, as the wait is the same
+    kind (retry shortly), with the setting that held it."""
+
+    def busy(setting: str, limit: int) -> ResourceExhausted:
+        whose = "the caller's tenant" if setting.endswith("_PER_TENANT") else "this replica"
+        return ResourceExhausted(
+            f"{whose} had {limit} requests in flight to {who} ({setting}), and none ended "
+            "before this request ran out of time; retry shortly",
+            reason=reason,
+            retry_after=SLOT_RETRY_AFTER,
+            metadata={
+                **(metadata or {}),
+                "limit": str(limit),
+                "setting": setting,
+                "retry_after_ms": str(round(SLOT_RETRY_AFTER * 1000)),
+            },
+        )
+
+    return busy
 
 
 def problem(err: BaseException) -> str:

@@ -90,6 +90,10 @@ Constructor / attributes (all attributes may be changed while the server runs)
                        without ``max_tokens``, the prompt at arrival and the answer's tokens
                        once known.
     ``rate_window``    the window of ``rate_limit`` and ``token_limit`` in seconds (default 60).
+    ``embedding_concurrency``  an embeddings endpoint serving at most this many
+                       /v1/embeddings requests at once, as TEI's ``--max-concurrent-requests``
+                       (default None: any number): one more is answered 429 at once, with
+                       ``Retry-After: 1`` (``rate_limited`` counts it).
 
 Per-request behaviours (:class:`Behaviour`), consumed first-in first-out by chat and
 embedding requests; when the queue is empty the default (a normal answer) applies:
@@ -374,6 +378,8 @@ class FakeOpenAI:
         self.rate_limited = 0
         self.refused = asyncio.Event()
         self.requests: list[RecordedRequest] = []
+        self.embedding_concurrency: int | None = None
+        self._embedding_in_flight = 0
         self.concurrent = 0
         self.max_concurrent = 0
         self.disconnects = 0
@@ -837,8 +843,12 @@ class FakeOpenAI:
     async def _embeddings(self, request: web.Request) -> web.StreamResponse:
         self.concurrent += 1
         self.max_concurrent = max(self.max_concurrent, self.concurrent)
+        self._embedding_in_flight += 1
         try:
             rec, behaviour = await self._begin(request)
+            cap = self.embedding_concurrency
+            if cap is not None and self._embedding_in_flight > cap:
+                return self._refuse(rec, 1.0)  # overloaded: the endpoint's own 429
             await self._wait(behaviour)
             if behaviour.kind == "reset":
                 return self._abort(request)
@@ -885,6 +895,7 @@ class FakeOpenAI:
             )
         finally:
             self.concurrent -= 1
+            self._embedding_in_flight -= 1
 
     @property
     def rerank_requests(self) -> list[RecordedRequest]:
