@@ -6,14 +6,22 @@ endpoint that serves a few requests at once and answers 429 past them (as TEI's
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
 
 import grpc
 import pytest
 from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 from pydantic import SecretStr
 
-from tests.retrieval.conftest import ARTICLE_PROPS, MakeRetrieval, Retrieval, expect_error, obj
+from tests.retrieval.conftest import (
+    ARTICLE_PROPS,
+    MakeRetrieval,
+    Retrieval,
+    expect_error,
+    obj,
+    vector_collection,
+)
 from tests.support.fake_openai import Behaviour, FakeOpenAI
 from tests.support.rpc import error_info
 
@@ -117,7 +125,7 @@ def _flood_requests(fake: FakeOpenAI) -> int:
     )
 
 
-async def _stop(tasks: list[asyncio.Task[pb.UpsertObjectsResponse]]) -> None:
+async def _stop(tasks: Sequence[asyncio.Future[Any]]) -> None:
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -166,3 +174,55 @@ async def test_a_request_that_finds_its_tenants_share_full_is_told_which(
         assert _flood_requests(fake) == 2  # it never reached the endpoint
     finally:
         await _stop(flood)
+
+
+async def test_a_rerank_provider_is_shared_the_same_way(
+    make_retrieval: MakeRetrieval, fake: FakeOpenAI
+) -> None:
+    """The rerank stage calls its provider through the same slots: acme's four reranked
+    Searches (each one request, never answered) reached the provider all at once; now two
+    do, and globex's reranked Search is answered meanwhile."""
+    fake.by_model["flood-rr"] = Behaviour.hang()
+    r = await make_retrieval(
+        internal_token=SecretStr(TOKEN),
+        rerank_providers={
+            "fake": {"base_url": fake.base_url, "api_key_env": KEY_ENV, "model": "rr-1"}
+        },
+        upstream_max_in_flight_per_tenant=2,
+    )
+    for who in (ACME, GLOBEX):
+        await r.stub.CreateCollection(
+            pb.CreateCollectionRequest(collection=vector_collection("Towers")), metadata=who
+        )
+        await r.stub.UpsertObjects(
+            pb.UpsertObjectsRequest(
+                collection="Towers",
+                objects=[obj({"title": "t", "body": "tower"}, vector=[1.0] * 4)],
+            ),
+            metadata=who,
+        )
+
+    def reranked(who: Metadata, model: str) -> Awaitable[pb.SearchResponse]:
+        return r.stub.Search(  # type: ignore[no-any-return]
+            pb.SearchRequest(
+                collection="Towers",
+                keyword=pb.Keyword(text="tower"),
+                limit=1,
+                rerank=pb.Rerank(provider="fake", model=model, candidates=6),
+            ),
+            metadata=who,
+            timeout=10,
+        )
+
+    flood = [asyncio.ensure_future(reranked(ACME, "flood-rr")) for _ in range(4)]
+    try:
+        assert await eventually(lambda: len(_reranks(fake, "flood-rr")) >= 2)
+        found = await reranked(GLOBEX, "rr-1")
+        assert len(found.hits) == 1
+        assert len(_reranks(fake, "flood-rr")) == 2  # the other two wait in retrieval
+    finally:
+        await _stop(flood)
+
+
+def _reranks(fake: FakeOpenAI, model: str) -> list[object]:
+    return [r for r in fake.rerank_requests if (r.json or {}).get("model") == model]
