@@ -12,6 +12,12 @@ from services.cli import state
 from services.cli.client import Client, int32
 from services.cli.output import dump_json, message_dict, table
 
+# Pages ``conversations list`` (without --all) reads for its first conversation. Memory
+# bounds each page's work (page_size + 1 + 1,000 members read at most), so with its
+# default limits (10,000 conversations a list) ten pages reach past all of the other
+# owner's of a shared list; past them the command prints the token to go on from.
+PAGES_FOR_ONE = 10
+
 
 def add_arguments(parser: argparse.ArgumentParser, client_options: Callable[..., None]) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -39,18 +45,34 @@ def _when(ts: datetime | None) -> str:
     return ts.strftime("%Y-%m-%d %H:%M:%S") if ts else ""
 
 
+async def _list(
+    client: Client, args: argparse.Namespace, timeout: float | None
+) -> tuple[list[Conversation], str, int]:
+    """The conversations of the pages read, the token after the last one ("" at the end)
+    and how many pages were read: every page with ``--all``; else the first page that
+    holds one, or the end, or PAGES_FOR_ONE pages. A page may be empty and still have a
+    next_page_token (the other owner of a shared list filled all it read,
+    docs/memory.md#legacy-owners): only an empty token ends the list."""
+    found: list[Conversation] = []
+    token = args.page_token
+    read = 0
+    while True:
+        page, token = await client.conversations.page(
+            page_size=args.page_size, page_token=token, timeout=timeout
+        )
+        read += 1
+        found.extend(page)
+        if not token:
+            break
+        if not args.all and (found or read >= PAGES_FOR_ONE):
+            break
+    return found, token, read
+
+
 async def run(client: Client, args: argparse.Namespace) -> int:
     timeout = client.timeout(30.0)
     if args.action == "list":
-        found: list[Conversation] = []
-        token = args.page_token
-        while True:
-            page, token = await client.conversations.page(
-                page_size=args.page_size, page_token=token, timeout=timeout
-            )
-            found.extend(page)
-            if not token or not args.all:
-                break
+        found, token, read = await _list(client, args, timeout)
         if args.json:
             dump_json(
                 {
@@ -63,7 +85,9 @@ async def run(client: Client, args: argparse.Namespace) -> int:
             ["id", "name", "turns", "updated"],
             [(c.id, c.name, c.interaction_count, _when(c.update_time)) for c in found],
         )
-        if token:
+        if token and not found:
+            print(f"(none in the {read} pages read; more: --page-token {token}, or --all)")
+        elif token:
             print(f"(more: --page-token {token}, or --all)")
         return 0
 

@@ -269,3 +269,77 @@ def bytes_quota_gateway(running_stack: RunningStack) -> Iterator[QuotaGateway]:
         running_stack, BYTES_QUOTA_LIMIT, quota_bytes_written_per_minute=BYTES_QUOTA_LIMIT
     ) as gateway:
         yield gateway
+
+
+@dataclass
+class SharedList:
+    """One user name in two tenants, ``default`` and its own: the two legacy owners of one
+    tag, sharing one conversation list (docs/memory.md#legacy-owners). One gateway
+    refuses a user in both, so each has a gateway of its own in front of the stack's
+    memory (as when an operator moves a name from one tenant to the other). The legacy
+    one has one conversation (``legacy_id``), behind ``theirs``, newer, of the other."""
+
+    legacy: Gateway
+    other: Gateway
+    legacy_id: str
+    theirs: list[str]
+
+
+@dataclass
+class Gateway:
+    address: str
+    api_key: str
+
+
+# Members a ListConversations page reads past (of the other owner's) at most, in
+# shared_list: small, so that a page of page_size 1 reads 4 members and the legacy owner's
+# first pages are empty, each with a next_page_token.
+SHARED_LIST_SKIP = 2
+SHARED_LIST_THEIRS = 20
+
+
+@contextlib.contextmanager
+def keyed_gateway_of(running_stack: RunningStack, user: str, tenant: str) -> Iterator[Gateway]:
+    """A gateway in front of the stack's services with one API key, of ``user`` (a
+    writer) in ``tenant``."""
+    from pydantic import SecretStr
+
+    key = f"{user}-{tenant}-key"
+    running = running_stack.stack.parts["gateway"].server.settings
+    assert isinstance(running, GatewaySettings)
+    settings = running.model_copy(
+        update={"api_keys": SecretStr(f"{user}@{tenant}/writer:{key}"), "metrics_port": None}
+    )
+
+    async def start() -> Any:
+        server = await gateway_main.build_server(settings, port=0)
+        await server.start()
+        return server
+
+    server = running_stack.loop.run(start())
+    try:
+        yield Gateway(f"127.0.0.1:{server.port}", key)
+    finally:
+        running_stack.loop.run(server.stop(0))
+
+
+@pytest.fixture
+def shared_list(
+    running_stack: RunningStack, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[SharedList]:
+    from gensearch.client import Gensearch
+
+    from services.memory import store
+
+    # Read by each ListConversations call of the stack's memory (in this process).
+    monkeypatch.setattr(store, "LIST_SKIP", SHARED_LIST_SKIP)
+    user = f"pager{uuid.uuid4().hex[:8]}"
+    with (
+        keyed_gateway_of(running_stack, user, "default") as legacy,
+        keyed_gateway_of(running_stack, user, user) as other,
+    ):
+        with Gensearch(legacy.address, api_key=legacy.api_key, timeout=60) as client:
+            legacy_id = client.conversations.create("mine").id
+        with Gensearch(other.address, api_key=other.api_key, timeout=60) as client:
+            theirs = [client.conversations.create(str(n)).id for n in range(SHARED_LIST_THEIRS)]
+        yield SharedList(legacy, other, legacy_id, theirs)
