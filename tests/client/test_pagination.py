@@ -1,6 +1,7 @@
 """The client's paging helpers against the real stack: they stop at ``limit`` exactly,
 read no page for ``limit=0``, and refuse a negative ``limit`` by name (it used to cut
-the last item off, or give one)."""
+the last item off, or give one); and they read on past an empty page that has a
+next_page_token (docs/memory.md#legacy-owners)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 from gensearch.client import AsyncGensearch
 
-from tests.cli.conftest import RunningStack
+from tests.cli.conftest import RunningStack, SharedList
 
 _names = itertools.count()
 
@@ -50,3 +51,17 @@ async def test_conversation_lists_stop_at_limit(client: AsyncGensearch) -> None:
         await conversations.interactions(first.id, limit=-1)
     with pytest.raises(ValueError, match="limit"):
         await conversations.traces("0190a6f2-8c4e-7b3a-9f1d-2e5c6a7b8c9d", limit=-1)
+
+
+async def test_conversation_helpers_read_on_past_empty_pages(shared_list: SharedList) -> None:
+    """Her first pages (page_size 1) are empty, each with a next_page_token: the other
+    owner of the list she shares fills all they read. Only an empty token ends a list."""
+    gateway = shared_list.legacy
+    async with AsyncGensearch(gateway.address, api_key=gateway.api_key, timeout=60) as client:
+        conversations = client.conversations
+        first, token = await conversations.page(page_size=1)
+        assert first == [] and token
+        mine = [shared_list.legacy_id]
+        assert [c.id for c in await conversations.list(page_size=1)] == mine
+        assert [c.id for c in await conversations.list(limit=1, page_size=1)] == mine
+        assert [c.id async for c in conversations.iter(page_size=1)] == mine

@@ -1447,7 +1447,8 @@ class Conversations:
     async def page(
         self, *, page_size: int = 10, page_token: str = "", timeout: Timeout = DEFAULT
     ) -> tuple[builtins.list[t.Conversation], str]:
-        """One page and the token of the next ("" after the last)."""
+        """One page and the token of the next ("" after the last). A page may be empty
+        and still have a token (docs/memory.md#legacy-owners): only "" ends the list."""
         reply = await self._t.unary(
             self._t.memory.ListConversations,
             mpb.ListConversationsRequest(page_size=page_size, page_token=page_token),
