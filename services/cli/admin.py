@@ -192,8 +192,9 @@ async def _via_gateway_status(client: Client, part: str, timeout: float) -> Part
     address = f"via {client.conn.address}"
 
     async def probe() -> str:
-        if part == "memory":
-            await client.conversations.list(limit=1, page_size=1, timeout=timeout)
+        if part == "memory":  # one page, even an empty one with a token (a list read
+            # on to its first item may take several: docs/memory.md#legacy-owners)
+            await client.conversations.page(page_size=1, timeout=timeout)
         elif part == "retrieval":
             await client.collections.list(limit=1, page_size=1, timeout=timeout)
         else:  # ListModels: no LLM call, nothing charged to a quota

@@ -9,6 +9,7 @@ import json
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from services.cli import conversations
 from tests.cli.conftest import Gateway, Result, SharedList
@@ -69,3 +70,27 @@ def test_a_page_holding_conversations_ends_the_listing(cli: Any, shared_list: Sh
     assert ids(first) == newest[:5] and json.loads(first.out)["next_page_token"]
     assert "(more: --page-token " in listing(cli, shared_list.other, "--page-size", "5").out
     assert ids(listing(cli, shared_list.other, "--page-size", "5", "--all", "--json")) == newest
+
+
+def list_conversations_calls() -> float:
+    """ListConversations calls served in this process (the stack's gateway and memory
+    count each of theirs in one series)."""
+    labels = {
+        "grpc_type": "unary",
+        "grpc_service": "gensearch.memory.v1.MemoryService",
+        "grpc_method": "ListConversations",
+    }
+    return REGISTRY.get_sample_value("grpc_server_started_total", labels) or 0.0
+
+
+def test_status_probes_memory_with_one_page(cli: Any, shared_list: SharedList) -> None:
+    # Her conversations list starts with empty pages: status read on to her first one
+    # (conversations.list(limit=1, page_size=1), six pages) to learn that memory answers.
+    before = list_conversations_calls()
+    gateway = shared_list.legacy
+    result = cli("--api-key", gateway.api_key, "status", address=gateway.address)
+    assert result.code == 0, result.out + result.err
+    rows = {line.split()[0]: line for line in result.out.splitlines()[1:]}
+    assert "SERVING" in rows["memory"] and "via" in rows["memory"], result.out
+    # One call, counted by the gateway and by memory.
+    assert 0 < list_conversations_calls() - before <= 2
