@@ -1,7 +1,8 @@
 """``gensearch conversations list`` of an owner whose first pages are empty, each with a
 next_page_token (the other legacy owner of a shared list fills all they read,
 docs/memory.md#legacy-owners): only an empty token is the end, so the command reads on to
-the first page holding a conversation, a bounded number of pages."""
+the first page holding a conversation, a bounded number of pages; ``status`` probes memory
+with one page."""
 
 from __future__ import annotations
 
