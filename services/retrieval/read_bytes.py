@@ -6,12 +6,13 @@ from its serialization on; the memory of a large read sits before that: the engi
 payloads, our hits, the protobuf reply, several copies of it. 16 concurrent ~60 MB
 Searches of one tenant took retrieval to ~1 GB, that bound unmoved (bench/reply_bytes.py).
 So each read takes, before it reaches the engine, an estimate of what it will build: the
-points it asks for (``limit``, the candidates of a hybrid or reranked search, the ids of a
-BatchGetObjects) times its collection's mean point size, as reads of that collection have
-measured it (``observe``), starting from a sample of its first ``SAMPLE_POINTS`` points
-(one small engine read per collection per process). Measuring is on every read's path, so
-it samples: one read in ``MEASURE_EVERY`` of a collection (and its first), and of that
-read at most ``MEASURED_POINTS`` points, spread over it. A change in a collection's point
+points it asks for (``limit``, the candidates of a hybrid or reranked search, the ids of
+a BatchGetObjects, ``MAX_CHUNKS_PER_RANGE`` + 1 per GetChunks range) times its
+collection's mean point size, as reads of that collection have measured it
+(``observe``), starting from a sample of its first ``SAMPLE_POINTS`` points (one small
+engine read per collection per process). Measuring is on every read's path, so it
+samples: one read in ``MEASURE_EVERY`` of a collection (and its first), and of that read
+at most ``MEASURED_POINTS`` points, spread over it. A change in a collection's point
 size is followed within a few dozen reads of it. The estimate is held until the call's
 reply is built (then the chassis's count takes over).
 

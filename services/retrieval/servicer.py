@@ -73,7 +73,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
             rrf_k=settings.rrf_k,
             max_query_chars=settings.max_query_text_chars,
         )
-        # The bytes one tenant's Searches and BatchGetObjects may be building at once.
+        # The bytes one tenant's Searches, BatchGetObjects and GetChunks may be building at once.
         self._reads = ReadBytes(
             settings.max_read_bytes_in_flight_per_tenant, settings.read_bytes_wait
         )
@@ -452,21 +452,29 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
             for name in (chunking.document_property, chunking.order_property):
                 if name not in wanted:
                     wanted.append(name)
-        with self._dropped(schema):
-            found = await chunks.read_ranges(
-                self._store,
-                schema,
-                chunking,
-                list(request.ranges),
-                max_chunks=self._settings.max_chunks_per_range,
-                max_value_depth=self._settings.max_value_depth,
+        # Room in the tenant's reads for what each range asks the engine for (its chunks
+        # and the one that says more matched), as a Search takes it for its limit: up to
+        # MAX_LIMIT ranges of MAX_CHUNKS_PER_RANGE chunks, 200 Searches' worth at the
+        # defaults, built here at once before the reply bound counts any of it.
+        max_chunks = self._settings.max_chunks_per_range
+        points = len(request.ranges) * (max_chunks + 1)
+        async with self._reading(schema, points, context.time_remaining()):
+            with self._dropped(schema):
+                found = await chunks.read_ranges(
+                    self._store,
+                    schema,
+                    chunking,
+                    list(request.ranges),
+                    max_chunks=max_chunks,
+                    max_value_depth=self._settings.max_value_depth,
+                )
+            self._reads.observe(schema.store_name, [p for got, _ in found for p in got])
+            return pb.GetChunksResponse(
+                ranges=[
+                    pb.ChunkList(chunks=[_hit(p, wanted) for p in got], truncated=truncated)
+                    for got, truncated in found
+                ]
             )
-        return pb.GetChunksResponse(
-            ranges=[
-                pb.ChunkList(chunks=[_hit(p, wanted) for p in points], truncated=truncated)
-                for points, truncated in found
-            ]
-        )
 
     # -- semantic answer cache (internal: the gateway's Ask; not forwarded to clients) ---
 

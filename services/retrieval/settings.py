@@ -140,11 +140,11 @@ class RetrievalSettings(DownstreamSettings):
     # running between them (edge_store.py). One 15 MB UpsertObjects held the thread ~1.3 s
     # in one call. Lower: shorter waits for others, more engine calls per write.
     # The bytes (estimated: points asked for x the collection's mean point size) one
-    # tenant's Searches and BatchGetObjects may be building at once, gated before the engine
-    # read (read_bytes.py). 16 concurrent ~60 MB Searches of one tenant took retrieval to
-    # ~1 GB: the reply bound counts a reply only once it is built. A read past it waits up
-    # to READ_BYTES_WAIT seconds for room, then is RESOURCE_EXHAUSTED with RetryInfo; a
-    # tenant's read always goes when none of its others is being built. 0: no limit.
+    # tenant's Searches, BatchGetObjects and GetChunks may be building at once, gated
+    # before the engine read (read_bytes.py). 16 concurrent ~60 MB Searches of one tenant
+    # took retrieval to ~1 GB: the reply bound counts a reply only once it is built. A read
+    # past it waits up to READ_BYTES_WAIT seconds for room, then is RESOURCE_EXHAUSTED with
+    # RetryInfo; a tenant's read always goes when none of its others is being built. 0: no limit.
     max_read_bytes_in_flight_per_tenant: int = Field(
         default=128 * 1024 * 1024, ge=0, le=MAX_SIZE_BYTES
     )

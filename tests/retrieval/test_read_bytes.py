@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 import pytest
 from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
+from google.protobuf import struct_pb2
 from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
@@ -257,3 +258,66 @@ async def test_a_reads_size_is_measured_on_a_few_of_its_points_and_still_moves_t
     late = _points(500, 10) + _points(500, 100_000)
     reads.observe("c", late)
     assert reads.estimate("c", 1) > 20_000
+
+
+def _chunked(name: str) -> pb.Collection:
+    return pb.Collection(
+        name=name,
+        properties=[
+            pb.Property(name="doc", data_type=pb.DATA_TYPE_TEXT),
+            pb.Property(name="pos", data_type=pb.DATA_TYPE_INT),
+            pb.Property(name="body", data_type=pb.DATA_TYPE_TEXT),
+        ],
+        vectorizer=pb.Vectorizer(kind=pb.VECTORIZER_KIND_NONE, dimensions=DIMS),
+        chunking=pb.Chunking(document_property="doc", order_property="pos"),
+    )
+
+
+def _get_chunks(r: Retrieval, who: Any) -> Awaitable[pb.GetChunksResponse]:
+    # Ten ranges over the one document: each reads its chunks again (~1 MB a range).
+    document = pb.ChunkRange(document=struct_pb2.Value(string_value="book"))
+    return r.stub.GetChunks(
+        pb.GetChunksRequest(collection="Chunks", ranges=[document] * 10), metadata=who
+    )
+
+
+async def test_get_chunks_takes_its_room_in_the_tenants_reads_like_a_search(
+    make_retrieval: MakeRetrieval,
+) -> None:
+    """GetChunks read up to MAX_LIMIT ranges of MAX_CHUNKS_PER_RANGE chunks each (20 100
+    points at the defaults, 200 times a Search's most) past the gate: any number of one
+    tenant's at once, each building its payloads before the reply bound saw it. It now
+    takes room for the chunks it asks the engine for, as a Search does for its limit."""
+    r = await _setup(make_retrieval, read_bytes_wait=0, max_chunks_per_range=OBJECTS)
+    for who in (GREEDY, OTHER):
+        await r.stub.CreateCollection(
+            pb.CreateCollectionRequest(collection=_chunked("Chunks")), metadata=who
+        )
+        objects = [
+            obj({"doc": "book", "pos": i, "body": "x" * (OBJECT_CHARS // 10)}, vector=[1, i, 0, 0])
+            for i in range(OBJECTS)
+        ]
+        resp = await r.stub.UpsertObjects(
+            pb.UpsertObjectsRequest(collection="Chunks", objects=objects), metadata=who
+        )
+        assert not resp.errors
+        await _get_chunks(r, who)  # its point size measured, before the engine is held
+    gate, holding = _hold_engine(r)
+    first = asyncio.ensure_future(_get_chunks(r, GREEDY))
+    await _until(lambda: _queued(r, "greedy") >= 1)  # past the gate, at the engine
+    # The same tenant's second one finds no room: refused before the engine.
+    err = await expect_error(_get_chunks(r, GREEDY), grpc.StatusCode.RESOURCE_EXHAUSTED)
+    info = error_info(err)
+    assert info.reason == "RESPONSE_BYTES_IN_FLIGHT"
+    assert info.metadata["setting"] == SETTING
+    assert retry_delay(err) > 0
+    # Another tenant's counts against its own bound.
+    other = asyncio.ensure_future(_get_chunks(r, OTHER))
+    await _until(lambda: _queued(r, "other") >= 1)
+    gate.set()
+    await holding
+    for call in (first, other):
+        ranges = (await call).ranges
+        assert [len(chunks.chunks) for chunks in ranges] == [OBJECTS] * 10
+    # Its room given back, the tenant reads again.
+    assert len((await _get_chunks(r, GREEDY)).ranges) == 10
