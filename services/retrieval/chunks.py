@@ -48,6 +48,9 @@ def check_ranges(schema: Schema, request: pb.GetChunksRequest, max_ranges: int) 
             metadata={"max": str(max_ranges), "setting": "GENSEARCH_RETRIEVAL_MAX_LIMIT"},
         )
     document_type = schema.types[chunking.document_property]
+    # Each range is its own engine read and its chunks come back again in the reply: the
+    # one document named MAX_LIMIT times was read MAX_LIMIT times for one answer.
+    seen: dict[bytes, int] = {}
     for i, item in enumerate(request.ranges):
         where = f"ranges[{i}]"
         kind = item.document.WhichOneof("kind")
@@ -82,6 +85,14 @@ def check_ranges(schema: Schema, request: pb.GetChunksRequest, max_ranges: int) 
         if item.HasField("first") and item.HasField("last") and item.first > item.last:
             raise InvalidArgument(
                 f"{where}.first must not be greater than {where}.last", field=f"{where}.first"
+            )
+        first = seen.setdefault(item.SerializeToString(deterministic=True), i)
+        if first != i:
+            raise InvalidArgument(
+                f"{where} repeats ranges[{first}] (the same document and positions): give "
+                "each range once",
+                field=where,
+                metadata={"first": f"ranges[{first}]"},
             )
     return chunking
 

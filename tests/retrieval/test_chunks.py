@@ -293,3 +293,24 @@ async def test_both_adapters_read_the_same_chunks(
     )
     texts = [[c.properties["text"] for c in r.chunks] for r in response.ranges]
     assert texts == [["b-0", "b-1", "b-2"], ["a-0", "a-1", "a-2", "a-3"]]
+
+
+async def test_a_repeated_range_is_refused_naming_the_range_it_repeats(docs: Retrieval) -> None:
+    """Each range is its own engine read, and its chunks come back again in the reply: the
+    one document named MAX_LIMIT times read it MAX_LIMIT times for one answer. A repeat is
+    refused, as a repeated return property is (the gateway asks each window once)."""
+    ranges = [
+        pb.ChunkRange(document=doc("a"), first=1, last=3),
+        pb.ChunkRange(document=doc("b")),
+        pb.ChunkRange(document=doc("a"), first=1),  # another range of the same document
+        pb.ChunkRange(document=doc("b")),
+    ]
+    err = await expect_error(
+        docs.stub.GetChunks(pb.GetChunksRequest(collection="Docs", ranges=ranges)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        field="ranges[3]",
+    )
+    assert error_info(err).metadata["first"] == "ranges[1]"
+    assert "ranges[3] repeats ranges[1]" in (err.details() or "")
+    response = await docs.stub.GetChunks(pb.GetChunksRequest(collection="Docs", ranges=ranges[:3]))
+    assert [len(r.chunks) for r in response.ranges] == [3, 5, 4]
