@@ -185,7 +185,8 @@ async def load(harness: Retrieval, name: str) -> None:
         for start in range(0, len(items), 100):
             yield pb.ImportObjectsRequest(collection=name, objects=items[start : start + 100])
 
-    # ImportObjects ends with the engine's optimize: immutable segments, indexes in use.
+    # ImportObjects ends with the engine's optimize (OBJECTS reach the harnesses'
+    # IMPORT_OPTIMIZE_MIN_OBJECTS): immutable segments, indexes in use.
     resp = await harness.stub.ImportObjects(stream())
     assert resp.imported_count == OBJECTS, resp
 
@@ -220,7 +221,7 @@ async def test_edge_indexes_made_on_open_and_with_new_collections_answer_as_the_
     data = tmp_path / "data"
     old_name = storage_name(DEFAULT_TENANT, "Old")
     monkeypatch.setattr(edge_store, "create_indexes", lambda *args, **kwargs: {})
-    old = await make_retrieval("edge", data_dir=data)
+    old = await make_retrieval("edge", data_dir=data, import_optimize_min_objects=OBJECTS)
     await load(old, "Old")
     assert isinstance(old.store, EdgeStore)
     assert await old.store.indexes(old_name) == {}
@@ -228,7 +229,7 @@ async def test_edge_indexes_made_on_open_and_with_new_collections_answer_as_the_
     await old.stop()
     monkeypatch.undo()
 
-    reopened = await make_retrieval("edge", data_dir=data)
+    reopened = await make_retrieval("edge", data_dir=data, import_optimize_min_objects=OBJECTS)
     assert isinstance(reopened.store, EdgeStore)
     await reopened.store.migrated()  # built after open (the next test)
     assert await reopened.store.indexes(old_name) == ARTICLE_INDEXES
@@ -388,7 +389,7 @@ async def test_edge_builds_an_old_collections_indexes_after_open_returns(
     name = storage_name(DEFAULT_TENANT, "Old")
     gone = storage_name(DEFAULT_TENANT, "Gone")
     monkeypatch.setattr(edge_store, "create_indexes", lambda *args, **kwargs: {})
-    old = await make_retrieval("edge", data_dir=data)
+    old = await make_retrieval("edge", data_dir=data, import_optimize_min_objects=OBJECTS)
     await load(old, "Old")
     await old.stub.CreateCollection(
         pb.CreateCollectionRequest(collection=vector_collection("Gone", DIMS))
@@ -430,7 +431,7 @@ async def test_a_collection_with_the_old_date_index_filters_dates_as_before_and_
     by the payload, and the datetime index is built after open; answers do not change."""
     data = tmp_path / "data"
     name = storage_name(DEFAULT_TENANT, "Old")
-    old = await make_retrieval("edge", data_dir=data)
+    old = await make_retrieval("edge", data_dir=data, import_optimize_min_objects=OBJECTS)
     await load(old, "Old")
     current = await answers(old.stub, "Old")
     await old.stop()
@@ -445,7 +446,7 @@ async def test_a_collection_with_the_old_date_index_filters_dates_as_before_and_
     finally:
         await store.close()
 
-    reopened = await make_retrieval("edge", data_dir=data)
+    reopened = await make_retrieval("edge", data_dir=data, import_optimize_min_objects=OBJECTS)
     assert isinstance(reopened.store, EdgeStore)
     assert await answers(reopened.stub, "Old") == current  # by the payload, or indexed
     await reopened.store.migrated()
