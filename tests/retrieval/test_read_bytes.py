@@ -274,11 +274,11 @@ def _chunked(name: str) -> pb.Collection:
 
 
 def _get_chunks(r: Retrieval, who: Any) -> Awaitable[pb.GetChunksResponse]:
-    # Ten ranges over the one document: each reads its chunks again (~1 MB a range).
-    document = pb.ChunkRange(document=struct_pb2.Value(string_value="book"))
-    return r.stub.GetChunks(
-        pb.GetChunksRequest(collection="Chunks", ranges=[document] * 10), metadata=who
-    )
+    # Ten ranges over the one document, each its own (a repeat is refused) and each
+    # holding every chunk: each reads them again (~1 MB a range).
+    book = struct_pb2.Value(string_value="book")
+    ranges = [pb.ChunkRange(document=book, first=0, last=OBJECTS - 1 + k) for k in range(10)]
+    return r.stub.GetChunks(pb.GetChunksRequest(collection="Chunks", ranges=ranges), metadata=who)
 
 
 async def test_get_chunks_takes_its_room_in_the_tenants_reads_like_a_search(
