@@ -66,7 +66,7 @@ from services.common.request_parse import (
 )
 from services.common.request_size import TooLarge, bounded
 from services.common.stream_idle import STALLED, IdleLimit
-from services.common.tracing import metadata_getter
+from services.common.trace_headers import metadata_getter
 
 log = logging.getLogger("gensearch.rpc")
 # One line per RPC (method, code, duration, user, trace id) at INFO: off with

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import unquote
 
@@ -30,7 +30,6 @@ from grpc.aio import ClientCallDetails
 from opentelemetry import trace
 from opentelemetry.environment_variables import OTEL_TRACES_EXPORTER
 from opentelemetry.propagate import inject
-from opentelemetry.propagators.textmap import Getter
 from opentelemetry.sdk.environment_variables import (
     OTEL_EXPORTER_OTLP_ENDPOINT,
     OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
@@ -302,17 +301,3 @@ class _StreamUnary(_Streaming, grpc.aio.StreamUnaryClientInterceptor):
 
 class _StreamStream(_Streaming, grpc.aio.StreamStreamClientInterceptor):
     intercept_stream_stream = _Streaming._intercept
-
-
-class _MetadataGetter(Getter[Sequence[tuple[str, str | bytes]]]):
-    """Reads propagation headers from gRPC invocation metadata (a sequence of pairs)."""
-
-    def get(self, carrier: Sequence[tuple[str, str | bytes]], key: str) -> list[str] | None:
-        values = [v for k, v in carrier if k == key and isinstance(v, str)]
-        return values or None
-
-    def keys(self, carrier: Sequence[tuple[str, str | bytes]]) -> list[str]:
-        return [k for k, _ in carrier]
-
-
-metadata_getter = _MetadataGetter()

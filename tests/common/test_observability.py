@@ -15,6 +15,7 @@ from pathlib import Path
 import grpc
 import pytest
 from opentelemetry import baggage, trace
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -508,3 +509,53 @@ async def test_an_untrusted_callers_trace_is_linked_and_its_baggage_dropped(
     assert link.context.trace_id == int(TRACE_ID, 16)
     assert link.context.span_id == int(PARENT_ID, 16)
     assert line["trace_id"] == f"{span.context.trace_id:032x}"
+
+
+# Trace headers OpenTelemetry's propagators refuse with a WARNING (some quoting the header):
+# written before the call is authenticated, a line per call of text the caller chose.
+def _members(count: int) -> str:
+    return ",".join(f"k{i}=v" for i in range(count))
+
+
+SPAMMING_TRACE_HEADERS = {
+    "long traceparent": (("traceparent", f"00-{TRACE_ID}-{PARENT_ID}-01-" + "x" * 600),),
+    "malformed tracestate": (*TRACEPARENT, ("tracestate", "a=b,Bad Key=1")),
+    "too many tracestate members": (*TRACEPARENT, ("tracestate", _members(33))),
+    "long tracestate": (*TRACEPARENT, ("tracestate", "a=b," * 2100 + "a=b")),
+    "long baggage": (*TRACEPARENT, ("baggage", "k=" + "v" * 9000)),
+    "too many baggage members": (*TRACEPARENT, ("baggage", _members(181))),
+    "long baggage member": (*TRACEPARENT, ("baggage", "k=" + "v" * 5000)),
+    "malformed baggage member": (*TRACEPARENT, ("baggage", "tenant=globex,no-equals-sign")),
+}
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+@pytest.mark.parametrize("headers", SPAMMING_TRACE_HEADERS.values(), ids=SPAMMING_TRACE_HEADERS)
+async def test_a_malformed_trace_header_writes_no_log_line(
+    headers: tuple[tuple[str, str], ...], trusted: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A header not wholly well-formed (or past the propagators' bounds) is dropped unread,
+    # as if not sent: the call goes on, and nothing from it reaches the log.
+    with caplog.at_level(logging.WARNING, logger="opentelemetry"):
+        got = await _call_as_bob("Baggage", trusted, BOB + headers)
+    assert json.loads(got) == {}
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("opentelemetry")] == []
+
+
+async def test_well_formed_trace_headers_are_still_followed(
+    spans: InMemorySpanExporter, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The check drops only what the propagators would refuse: a full tracestate, and
+    # baggage with properties, optional spaces and URL-encoding, are read as the
+    # propagators read them.
+    tracestate = ",".join(f"k{i}=v" for i in range(31)) + ", tenant@vendor=x y"
+    bag = " tenant = globex ; p=1 ;q , user=b%20ob,empty="
+    headers = (("tracestate", tracestate), ("baggage", bag))
+    with caplog.at_level(logging.WARNING, logger="opentelemetry"):
+        got = await _call_as_bob("Baggage", True, BOB + TRACEPARENT + headers)
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("opentelemetry")] == []
+    read = dict(baggage.get_all(W3CBaggagePropagator().extract({"baggage": bag})))
+    assert len(read) == 3 and json.loads(got) == read
+    await _spans_finished(spans, 1)
+    state = _server_span(spans, "Baggage").context.trace_state
+    assert len(state) == 32 and state["tenant@vendor"] == "x y"
