@@ -2,7 +2,8 @@
 collection's ``generative.model``): it goes upstream in the request body, into span
 attributes and into log lines, so it is bounded and printable before any
 provider sees it, whether or not the provider checks its models against a known list.
-The default model and provider settings are held to the same shapes at start."""
+The default model and provider settings are held to the same shapes at start, a default
+model to the service's own MAX_MODEL_CHARS (``model_setting_too_long``)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ FIELD_TOO_LARGE = "FIELD_TOO_LARGE"
 
 # The default of each service's MAX_MODEL_CHARS setting (GENSEARCH_GATEWAY_MAX_MODEL_CHARS,
 # _GENERATION_, _RETRIEVAL_): longer than any provider's model id (Hugging Face repo ids
-# are at most 96 characters, Bedrock ARNs about 200). Also the bound of the default model
-# settings, checked at start, and of a model name an upstream answer reports.
+# are at most 96 characters, Bedrock ARNs about 200). Also the bound of a model name an
+# upstream answer reports.
 MAX_MODEL_CHARS = 256
 # A provider's name (generation's PROVIDERS entries and presets); lookups strip and
 # lower-case what a caller sends.
@@ -23,13 +24,14 @@ PROVIDER_NAME = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 PROVIDER_NAME_RULE = "provider names are lower-case letters, digits, '-' or '_'"
 
 
-def model_name_problem(model: str, max_chars: int = MAX_MODEL_CHARS) -> str | None:
-    """What is wrong with ``model`` as a model name, or None: longer than ``max_chars``,
+def model_name_problem(model: str, max_chars: int | None = MAX_MODEL_CHARS) -> str | None:
+    """What is wrong with ``model`` as a model name, or None: longer than ``max_chars``
+    (None: any length),
     with control characters (a newline, NUL …) or of spaces only; an empty name (the
     provider's default) is fine. Spaces alone were once read as empty, so a caller who
     meant a model silently got the default one; they are a mistake to name, not a
     choice."""
-    if len(model) > max_chars:
+    if max_chars is not None and len(model) > max_chars:
         return f"a model name is at most {max_chars} characters"
     if not model.isprintable():
         return "a model name must not contain control characters"
@@ -68,14 +70,26 @@ def check_model_name(model: str, field: str, max_chars: int, setting: str) -> No
 
 
 def model_name_setting(value: str) -> str:
-    """A model name setting (a default model), held to what a request's model is held to
-    (``model_name_problem``) and refused at start: a default of spaces only used to be
+    """A model name setting (a default model), held to the shape a request's model is held
+    to (``model_name_problem``) and refused at start: a default of spaces only used to be
     sent with every call that named no model, and each failed INVALID_ARGUMENT ``model``,
-    blaming the caller for the operator's setting."""
-    problem = model_name_problem(value)
+    blaming the caller for the operator's setting. Its length is the service's
+    MAX_MODEL_CHARS setting's to bound (``model_setting_too_long``, checked where the
+    settings hold both)."""
+    problem = model_name_problem(value, None)
     if problem:
         raise ValueError(problem)
     return value
+
+
+def model_setting_too_long(value: str, max_chars: int, setting: str) -> str | None:
+    """Why a default model setting longer than ``max_chars`` (the service's MAX_MODEL_CHARS,
+    the variable ``setting``) is refused at start, or None: every call naming no model
+    would send it, and the service behind, holding its requests to the same bound, would
+    refuse each. Once held to a fixed 256 whatever the setting said."""
+    if len(value) > max_chars:
+        return f"a model name is at most {max_chars} characters ({setting}); it has {len(value)}"
+    return None
 
 
 def provider_name_setting(value: str) -> str:

@@ -11,6 +11,7 @@ from services.common.egress import MAX_URL, MAX_URL_BOUND
 from services.common.model_names import (
     MAX_MODEL_CHARS,
     model_name_setting,
+    model_setting_too_long,
     provider_name_setting,
 )
 from services.common.schema_settings import SchemaBoundSettings
@@ -108,7 +109,7 @@ class GatewaySettings(SchemaBoundSettings):
     # LLM call; longer is INVALID_ARGUMENT (FIELD_TOO_LARGE) naming the field, metadata
     # max_chars and setting (a collection's stored one: FAILED_PRECONDITION). Keep it at
     # most generation's GENSEARCH_GENERATION_MAX_MODEL_CHARS, which checks again. The
-    # default model settings are held to the default, 256, at start.
+    # default model setting is held to it at start.
     max_model_chars: int = Field(default=MAX_MODEL_CHARS, ge=1, le=MAX_SIZE_BYTES)
     # Characters of a URL a caller sends (generate.base_url, an Ask's base_url):
     # longer is INVALID_ARGUMENT (FIELD_TOO_LARGE) naming the field, metadata max_chars
@@ -343,4 +344,16 @@ class GatewaySettings(SchemaBoundSettings):
     def _cluster_needs_url(self) -> GatewaySettings:
         if self.redis_cluster and not self.redis_url.get_secret_value():
             raise ValueError("redis_cluster needs redis_url")
+        return self
+
+    @model_validator(mode="after")
+    def _default_model_within_max(self) -> GatewaySettings:
+        # Sent with every call that names no model: held at start to the bound a caller's
+        # model is held to, not to a fixed 256. Named by field (load_settings says the
+        # variables).
+        problem = model_setting_too_long(
+            self.default_model, self.max_model_chars, "max_model_chars"
+        )
+        if problem:
+            raise ValueError(f"default_model: {problem}")
         return self

@@ -45,6 +45,7 @@ from services.common.model_names import (
     PROVIDER_NAME,
     PROVIDER_NAME_RULE,
     model_name_setting,
+    model_setting_too_long,
 )
 from services.common.schema_settings import SchemaBoundSettings
 from services.common.settings import (
@@ -322,11 +323,14 @@ def resolve_providers(
     overrides: list[dict[str, Any]],
     environ: Mapping[str, str] | None = None,
     max_tokens_limit: int | None = None,
+    max_model_chars: int = MAX_MODEL_CHARS,
 ) -> dict[str, ProviderConfig]:
     """Presets, then ``providers`` entries, then ``GENSEARCH_GENERATION_<NAME>_*`` variables
     (``ProviderError`` naming every variable that is wrong). ``max_tokens_limit``: the most
     a request may ask for (``GENSEARCH_GENERATION_MAX_TOKENS_LIMIT``), which a provider's
-    default ``max_tokens`` may not pass either."""
+    default ``max_tokens`` may not pass either; ``max_model_chars``: the longest model name
+    a request may name (``GENSEARCH_GENERATION_MAX_MODEL_CHARS``), which its default and
+    known models may not pass either."""
     env = os.environ if environ is None else environ
     merged: dict[str, dict[str, Any]] = {name: dict(p) for name, p in PRESETS.items()}
     # Where each provider's fields were set: its variable, or its entry in PROVIDERS.
@@ -370,6 +374,10 @@ def resolve_providers(
                 f"context window ({window} tokens)"
             )
             continue
+        too_long = _model_too_long(name, config, sources[name], max_model_chars)
+        if too_long:
+            problems.append(too_long)
+            continue
         if (
             max_tokens_limit is not None
             and config.max_tokens is not None
@@ -388,6 +396,27 @@ def resolve_providers(
         # said once.
         raise ProviderError(list(dict.fromkeys(problems)))
     return providers
+
+
+def _model_too_long(
+    name: str, config: ProviderConfig, sources: Mapping[str, str], max_chars: int
+) -> str | None:
+    """The problem of a default or known model the operator set (a preset's own are left
+    alone: a lower bound must not stop the start for a provider nobody configured) that
+    is longer than ``max_chars``, naming the variable it came from, or None. The default
+    is sent with every call that names no model, and a known model is one a caller would
+    be refused for naming."""
+    for field, models in (("default_model", [config.default_model]), ("models", config.models)):
+        source = sources.get(field)
+        if source is None:
+            continue
+        for model in models:
+            problem = model_setting_too_long(
+                model, max_chars, f"{NAMESPACES['generation']}MAX_MODEL_CHARS"
+            )
+            if problem:
+                return f"{source} (provider {name!r}): {problem}"
+    return None
 
 
 def _problems(name: str, sources: Mapping[str, str], err: ValidationError) -> list[str]:
@@ -455,7 +484,7 @@ class GenerationSettings(DownstreamSettings, SchemaBoundSettings):
     max_stop_chars: int = Field(default=256, ge=1, le=MAX_SIZE_BYTES)
     # Characters of a model name a caller sends (a request's model, a fallback pair's);
     # longer is INVALID_ARGUMENT (FIELD_TOO_LARGE) naming the field, metadata max_chars
-    # and setting. The default model settings are held to the default, 256, at start.
+    # and setting. Each provider's default and known models are held to it at start.
     max_model_chars: int = Field(default=MAX_MODEL_CHARS, ge=1, le=MAX_SIZE_BYTES)
     # Characters of a URL a caller sends (a request's base_url):
     # longer is INVALID_ARGUMENT (FIELD_TOO_LARGE) naming the field, metadata max_chars
@@ -525,7 +554,9 @@ class GenerationSettings(DownstreamSettings, SchemaBoundSettings):
     def provider_configs(
         self, environ: Mapping[str, str] | None = None
     ) -> dict[str, ProviderConfig]:
-        providers = resolve_providers(self.providers, environ, self.max_tokens_limit)
+        providers = resolve_providers(
+            self.providers, environ, self.max_tokens_limit, self.max_model_chars
+        )
         if self.default_provider not in providers:
             raise ProviderError(
                 [

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import re
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.egress import MAX_URL, MAX_URL_BOUND, EgressPolicy, UrlRefused, canonical_url
-from services.common.model_names import MAX_MODEL_CHARS, model_name_setting
+from services.common.model_names import MAX_MODEL_CHARS, model_name_setting, model_setting_too_long
 from services.common.settings import (
     MAX_QUERY_TEXT,
     MAX_SIZE_BYTES,
@@ -46,7 +46,8 @@ class RerankProvider(BaseModel):
     api_key_env: str = ""
     # Model sent when a request names none; empty: none sent (TEI serves one model). Held
     # at start to the shape of a generation provider's model names (model_name_setting):
-    # it goes upstream in every request body and into span names.
+    # it goes upstream in every request body and into span names; its length, to
+    # GENSEARCH_RETRIEVAL_MAX_MODEL_CHARS (RetrievalSettings).
     model: str = ""
 
     _valid_model = field_validator("model")(model_name_setting)
@@ -216,8 +217,8 @@ class RetrievalSettings(DownstreamSettings):
     max_rerank_default_chars: int = Field(default=MAX_RERANK_DEFAULT, ge=1, le=MAX_SIZE_BYTES)
     # Characters of a model name a caller sends (a collection's generative, fallback and
     # vectorizer models, a rerank's model); longer is INVALID_ARGUMENT (FIELD_TOO_LARGE)
-    # naming the field, metadata max_chars and setting. The default model settings are held
-    # to the default, 256, at start.
+    # naming the field, metadata max_chars and setting. A rerank provider's default model
+    # is held to it at start.
     max_model_chars: int = Field(default=MAX_MODEL_CHARS, ge=1, le=MAX_SIZE_BYTES)
     # Characters of a URL a caller sends (a vectorizer's and a rerank's base_url):
     # longer is INVALID_ARGUMENT (FIELD_TOO_LARGE) naming the field, metadata max_chars
@@ -288,6 +289,19 @@ class RetrievalSettings(DownstreamSettings):
 
     _local_model_path = field_validator("local_model_path")(model_directory)
     _qdrant_url = field_validator("qdrant_url")(qdrant_url_setting)
+
+    @model_validator(mode="after")
+    def _rerank_models_within_max(self) -> RetrievalSettings:
+        # Sent with every rerank naming no model: held at start to the bound a request's
+        # model is held to (MAX_MODEL_CHARS), not to a fixed 256.
+        # Named by field (load_settings says the variables).
+        for name, provider in self.rerank_providers.items():
+            problem = model_setting_too_long(
+                provider.model, self.max_model_chars, "max_model_chars"
+            )
+            if problem:
+                raise ValueError(f"rerank_providers.{name}.model: {problem}")
+        return self
 
     @field_validator("rerank_providers")
     @classmethod

@@ -490,7 +490,6 @@ def test_a_gateway_default_model_and_provider_requests_could_name_are_accepted(
     [
         ("   ", "a model name must not be only spaces (leave it empty for the default model)"),
         ("rerank\n-v2", "a model name must not contain control characters"),
-        ("m" * 257, "a model name is at most 256 characters"),
     ],
 )
 def test_a_rerank_provider_model_no_request_could_name_stops_retrieval(
@@ -520,6 +519,118 @@ def test_a_rerank_provider_model_a_request_could_name_is_accepted(
         "tei": "",
         "vllm": "BAAI/bge-reranker-v2-m3",
     }
+
+
+# Each service's default model settings, held to that service's MAX_MODEL_CHARS (they were
+# held to a fixed 256 whatever it said): (the setting, its variable in the refusal).
+_RERANK = {"tei": {"base_url": "http://tei:8080/v1", "model": "MODEL"}}
+DEFAULT_MODEL_SETTINGS = [
+    (
+        GatewaySettings,
+        {"GENSEARCH_GATEWAY_DEFAULT_MODEL": "MODEL"},
+        "GENSEARCH_GATEWAY_DEFAULT_MODEL",
+        "GENSEARCH_GATEWAY_MAX_MODEL_CHARS",
+    ),
+    (
+        RetrievalSettings,
+        {"GENSEARCH_RETRIEVAL_RERANK_PROVIDERS": json.dumps(_RERANK)},
+        "GENSEARCH_RETRIEVAL_RERANK_PROVIDERS.tei.model",
+        "GENSEARCH_RETRIEVAL_MAX_MODEL_CHARS",
+    ),
+    (
+        GenerationSettings,
+        {"GENSEARCH_GENERATION_FAKE_MODEL": "MODEL"},
+        "GENSEARCH_GENERATION_FAKE_MODEL (provider 'fake')",
+        "GENSEARCH_GENERATION_MAX_MODEL_CHARS",
+    ),
+    (
+        GenerationSettings,
+        {
+            "GENSEARCH_GENERATION_PROVIDERS": json.dumps(
+                [
+                    {
+                        "name": "fake",
+                        "base_url": "http://127.0.0.1:1/v1",
+                        "default_model": "m",
+                        "models": ["m", "MODEL"],
+                    }
+                ]
+            )
+        },
+        "GENSEARCH_GENERATION_PROVIDERS[0].models (provider 'fake')",
+        "GENSEARCH_GENERATION_MAX_MODEL_CHARS",
+    ),
+]
+
+
+def _model_env(monkeypatch: pytest.MonkeyPatch, variables: dict[str, str], model: str) -> None:
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value.replace("MODEL", model))
+
+
+@pytest.mark.parametrize(
+    ("cls", "variables", "variable", "setting"),
+    DEFAULT_MODEL_SETTINGS,
+    ids=["gateway", "retrieval-rerank", "generation-model", "generation-models"],
+)
+def test_a_default_model_longer_than_max_model_chars_stops_the_service(
+    cls: type[CommonSettings],
+    variables: dict[str, str],
+    variable: str,
+    setting: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # 20 characters, under the old fixed 256 but past the service's own bound of 10: it
+    # was accepted, and sent with every call naming no model, which the same bound
+    # refuses when a caller names it.
+    if cls is GenerationSettings:
+        _generation_env(monkeypatch)
+    monkeypatch.setenv(setting, "10")
+    _model_env(monkeypatch, variables, "m" * 20)
+    with pytest.raises(SystemExit) as err:
+        load_settings(cls)
+    assert _exit_message(err) == (
+        f"invalid setting {variable}: a model name is at most 10 characters ({setting}); it has 20"
+    )
+
+
+@pytest.mark.parametrize(
+    ("cls", "variables", "variable", "setting"),
+    DEFAULT_MODEL_SETTINGS,
+    ids=["gateway", "retrieval-rerank", "generation-model", "generation-models"],
+)
+def test_a_default_model_within_a_raised_max_model_chars_is_accepted(
+    cls: type[CommonSettings],
+    variables: dict[str, str],
+    variable: str,
+    setting: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # 300 characters with the bound raised to 512: refused at start ("at most 256") whatever
+    # MAX_MODEL_CHARS said, though every request could name it.
+    if cls is GenerationSettings:
+        _generation_env(monkeypatch)
+    monkeypatch.setenv(setting, "512")
+    _model_env(monkeypatch, variables, "m" * 300)
+    settings = load_settings(cls)
+    if isinstance(settings, GatewaySettings):
+        assert settings.default_model == "m" * 300
+    elif isinstance(settings, RetrievalSettings):
+        assert settings.rerank_providers["tei"].model == "m" * 300
+    else:
+        assert isinstance(settings, GenerationSettings)
+        assert "m" * 300 in settings.provider_configs()["fake"].known_models
+
+
+def test_a_preset_default_model_past_a_lowered_max_model_chars_does_not_stop_generation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The presets' models are not the operator's settings: a bound of 5 must not stop the
+    # start for "gpt-4o-mini" on a provider nobody configured.
+    _generation_env(monkeypatch)
+    monkeypatch.setenv("GENSEARCH_GENERATION_MAX_MODEL_CHARS", "5")
+    settings = load_settings(GenerationSettings)
+    assert settings.provider_configs()["openai"].default_model == "gpt-4o-mini"
 
 
 HOST_FORMS = "a host name or an IP address (0.0.0.0 or :: for every interface)"
