@@ -36,6 +36,7 @@ from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
+from services.common.ascii_text import OUTSIDE_PRINTABLE, check_ascii
 from services.common.errors import InvalidArgument, PermissionDenied, Unauthenticated, over_limit
 from services.common.logs import register_secret
 
@@ -61,9 +62,6 @@ MAX_NAME_LEN = 256
 # and in logs, and "\0" separates tenant from user where both are hashed together. Stores
 # never use a tenant name as is (they hash it), so no other character is special.
 _NAME_CHARS = re.compile(r"[\x20-\x7e]+")
-# What a caller's key may not hold: a character outside printable ASCII. gRPC sends no
-# other in a header that is not -bin, and an HTTP header value carries none as it is.
-_OUTSIDE_KEY = re.compile(r"[^\x20-\x7e]")
 
 
 def check_header_text(header: str, value: str, what: str, *, reason: str) -> None:
@@ -71,16 +69,15 @@ def check_header_text(header: str, value: str, what: str, *, reason: str) -> Non
     ``value`` outside printable ASCII (never quoting the value: it may be a key), if any.
     A service passes such headers on, and gRPC sends no other character in a header that
     is not -bin (nor does an HTTP header value carry one as it is)."""
-    outside = _OUTSIDE_KEY.search(value)
-    if outside is not None:
-        raise InvalidArgument(
+
+    def says(_: str, position: int) -> str:
+        return (
             f"the header {header!r} carries a {what} with a character that is not printable "
-            f"ASCII (a control character or non-ASCII) at position {outside.start()}; a "
-            f"{what} is printable ASCII",
-            field=header,
-            reason=reason,
-            metadata={"position": str(outside.start())},
+            f"ASCII (a control character or non-ASCII) at position {position}; a "
+            f"{what} is printable ASCII"
         )
+
+    check_ascii(value, OUTSIDE_PRINTABLE, header, says, reason=reason)
 
 
 class Role(enum.StrEnum):

@@ -52,7 +52,6 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 
 from services.common.errors import PermissionDenied
 from services.common.hostport import join_host_port
-from services.common.values import check_chars
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -92,15 +91,11 @@ def url_not_allowed(
     )
 
 
-def check_url_length(url: str, field: str, max_chars: int, setting: str) -> None:
-    """``check_chars`` for a URL a caller sent in ``field``: checked before the
-    allowlist, which once refused a long one as "not a plain URL" (PERMISSION_DENIED)."""
-    check_chars(url, field, max_chars, setting)
-
-
 DEFAULT_PORTS = {"https": 443, "http": 80}
 # The default of each service's MAX_URL_CHARS setting (GENSEARCH_GATEWAY_MAX_URL_CHARS,
-# _GENERATION_, _RETRIEVAL_: characters of a URL a caller sends, ``check_url_length``),
+# _GENERATION_, _RETRIEVAL_: characters of a URL a caller sends, held by
+# ``values.check_chars`` before the allowlist, which once refused a long one as "not a
+# plain URL"),
 # and the upper bound of those settings, which is also the longest URL ``split_url``
 # reads at all (an operator's own URLs included).
 MAX_URL = 2048

@@ -13,30 +13,25 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Iterable
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from services.common.errors import InvalidArgument
-
-_OUTSIDE = re.compile(r"[^\x21-\x7e]")
+from services.common.ascii_text import OUTSIDE_VISIBLE, check_ascii
 
 
 def check_request_id(value: str, field: str = "request_id") -> str:
     """``value``, or INVALID_ARGUMENT naming ``field`` and the first character refused (by
     its code point and position: the character itself may be what must not be echoed)."""
-    found = _OUTSIDE.search(value)
-    if found is not None:
-        raise InvalidArgument(
+
+    def says(char: str, position: int) -> str:
+        return (
             f"{field} may hold only visible ASCII characters (letters, digits and "
-            f"punctuation, e.g. a UUID); U+{ord(found.group()):04X} at position "
-            f"{found.start()} is not one",
-            field=field,
-            metadata={"position": str(found.start())},
+            f"punctuation, e.g. a UUID); U+{ord(char):04X} at position {position} is not one"
         )
-    return value
+
+    return check_ascii(value, OUTSIDE_VISIBLE, field, says)
 
 
 def fingerprint(message: Message, leave_out: Iterable[str] = ()) -> str:

@@ -7,13 +7,14 @@ from collections.abc import Callable, Mapping
 
 from gensearch.generation.v1 import generation_service_pb2 as gen_pb
 
-from services.common.egress import EgressPolicy, UrlRefused, check_url_length, url_not_allowed
+from services.common.egress import EgressPolicy, UrlRefused, url_not_allowed
 from services.common.errors import (
     ServiceError,
     Unauthenticated,
     quote,
 )
 from services.common.model_names import model_name_error
+from services.common.values import check_chars
 from services.gateway.clients import Caller, GenerationClient
 from services.gateway.generator import Options
 from services.gateway.prompting import context_window_for
@@ -125,9 +126,7 @@ class ModelCatalog:
                 metadata={"max": str(limit)},
             )
         if options.base_url:
-            check_url_length(
-                options.base_url, f"{prefix}base_url", self._max_url_chars, MAX_URL_SETTING
-            )
+            check_chars(options.base_url, f"{prefix}base_url", self._max_url_chars, MAX_URL_SETTING)
             try:
                 EgressPolicy.parse(models.allowed_hosts).check_url(options.base_url)
             except (UrlRefused, ValueError) as err:

@@ -10,13 +10,13 @@ from services.common.egress import (
     EgressPolicy,
     UrlRefused,
     canonical_url,
-    check_url_length,
     url_not_allowed,
 )
 from services.common.errors import InvalidArgument, quote
 from services.common.openai_api import OpenAIClients
 from services.common.redis_client import RedisClient
 from services.common.upstream_retry import RetryPolicy
+from services.common.values import check_chars
 from services.generation.providers import DEFAULT_MAX_ANSWER_CHARS, Provider, make_provider
 from services.generation.rate_buckets import (
     DeclaredLimits,
@@ -144,7 +144,7 @@ class ProviderRegistry:
         """``provider`` at a base URL the caller named, if the operator's allowlist allows
         it (PERMISSION_DENIED naming ``base_url`` otherwise). It never sends the operator's
         key: callers of it pass only the caller's own key, and it requires none."""
-        check_url_length(base_url, "base_url", self._max_url_chars, MAX_URL_SETTING)
+        check_chars(base_url, "base_url", self._max_url_chars, MAX_URL_SETTING)
         try:
             self.egress.check_url(base_url)
             canonical = canonical_url(base_url)

@@ -38,12 +38,12 @@ from services.common.egress import (
     EgressPolicy,
     UrlRefused,
     canonical_url,
-    check_url_length,
     echo,
     echo_url,
     url_not_allowed,
 )
 from services.common.errors import PermissionDenied
+from services.common.values import check_chars
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 KEY_NOT_ALLOWED = "KEY_NOT_ALLOWED"
@@ -80,7 +80,7 @@ class EmbeddingPolicy:
     def endpoint(self, vec: pb.Vectorizer, where: str) -> Endpoint:
         """The endpoint of ``vec`` if the operator allows it; PERMISSION_DENIED otherwise.
         ``where`` is the vectorizer's field path (``collection.vectorizer``)."""
-        check_url_length(vec.base_url, f"{where}.base_url", self.max_url_chars, MAX_URL_SETTING)
+        check_chars(vec.base_url, f"{where}.base_url", self.max_url_chars, MAX_URL_SETTING)
         try:
             canonical = canonical_url(vec.base_url)
         except UrlRefused:

@@ -50,7 +50,6 @@ from services.common.egress import (
     EgressPolicy,
     UrlRefused,
     canonical_url,
-    check_url_length,
     header_value,
     is_redirect,
     refusal,
@@ -277,7 +276,7 @@ class Rerankers:
                     f"give {where}.provider or {where}.base_url, not both",
                     field=f"{where}.base_url",
                 )
-            check_url_length(rerank.base_url, f"{where}.base_url", s.max_url_chars, MAX_URL_SETTING)
+            check_chars(rerank.base_url, f"{where}.base_url", s.max_url_chars, MAX_URL_SETTING)
             try:
                 self._egress.check_url(rerank.base_url)
                 # Called as checked: the caller's own spelling ("127.0.0.1.", "HTTP://")
