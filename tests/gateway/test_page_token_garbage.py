@@ -4,7 +4,10 @@ ListInteractions and ListInteractionTraces (memory: signed). Anything but a toke
 service issued for this caller and this list is INVALID_ARGUMENT naming ``page_token``
 (reason INVALID_PAGE_TOKEN) — never INTERNAL, never another tenant's or user's items —
 except a well-formed collections cursor, which only picks where the caller's own list
-starts (docs/retrieval.md: ListCollections pages)."""
+starts (docs/retrieval.md: ListCollections pages). A genuine token is refused on any list
+but its own, and is taken on its own (so the refusals are of the tokens, not of all).
+Checked against broken verifiers (page_token.py without its MAC, holder, list-kind or
+list-scope check): each fails a test here."""
 
 from __future__ import annotations
 
@@ -87,6 +90,7 @@ async def _issued(stack: Stack) -> dict[str, Any]:
     assert cols.next_page_token and convs.next_page_token and turns.next_page_token
     return {
         "cid": cids[0],
+        "other_cid": cids[1],
         "iid": iids[0],
         "collections": cols.next_page_token,
         "conversations": convs.next_page_token,
@@ -134,8 +138,33 @@ async def _check(stack: Stack, made: dict[str, Any], token: str, who: Any = ALIC
         assert {c.name for c in answer.collections} <= mine, token[:60]
 
 
+async def _own_pages(stack: Stack, made: dict[str, Any]) -> None:
+    """Each issued token, unedited, is taken by its own list for its own caller (the second
+    of two items): the refusals below are of the edits, not of every token."""
+    cols = await stack.retrieval.ListCollections(
+        ret_pb.ListCollectionsRequest(page_size=1, page_token=made["collections"]),
+        metadata=ALICE,
+    )
+    convs = await stack.memory.ListConversations(
+        mem_pb.ListConversationsRequest(page_size=1, page_token=made["conversations"]),
+        metadata=ALICE,
+    )
+    turns = await stack.memory.ListInteractions(
+        mem_pb.ListInteractionsRequest(
+            conversation_id=made["cid"], page_size=1, page_token=made["interactions"]
+        ),
+        metadata=ALICE,
+    )
+    assert (len(cols.collections), len(convs.conversations), len(turns.interactions)) == (
+        1,
+        1,
+        1,
+    )
+
+
 async def test_garbage_and_edited_page_tokens_are_refused(stack: Stack) -> None:
     made = await _issued(stack)
+    await _own_pages(stack, made)
     loop = asyncio.get_running_loop()
 
     @EXAMPLES
@@ -166,3 +195,34 @@ async def test_another_callers_tokens_show_nothing_of_the_issuers(stack: Stack) 
         ret_pb.ListCollectionsRequest(page_token=made["collections"]), metadata=BOB
     )
     assert [c.name for c in page.collections] == ["BobsOwn"]
+
+
+async def _refused_as_another_lists(call: Any, what: str) -> None:
+    try:
+        await call
+    except grpc.aio.AioRpcError as err:
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, (what, err.details())
+        info = error_info(err)
+        assert (info.reason, info.metadata["field"]) == ("INVALID_PAGE_TOKEN", "page_token")
+        return
+    raise AssertionError(f"{what}: a page token of another list was taken")
+
+
+async def test_a_token_is_refused_by_every_other_list(stack: Stack) -> None:
+    # Genuine, unedited and presented by the caller it was issued to, a token still names
+    # one list: the conversations list, or the interactions of one conversation. Taken by
+    # another list, its cursor (another list's sort key) would pick that list's start.
+    made = await _issued(stack)
+    await _own_pages(stack, made)
+    for kind in ("collections", "conversations", "interactions"):
+        for name, call in _calls(stack, made, made[kind], ALICE).items():
+            if name != kind:
+                await _refused_as_another_lists(call, f"a {kind} token on {name}")
+    # The interactions of another conversation of the same caller.
+    other = stack.memory.ListInteractions(
+        mem_pb.ListInteractionsRequest(
+            conversation_id=made["other_cid"], page_token=made["interactions"]
+        ),
+        metadata=ALICE,
+    )
+    await _refused_as_another_lists(other, "an interactions token on another conversation")
