@@ -477,8 +477,9 @@ class Embedders:
         if vec.kind == pb.VECTORIZER_KIND_LOCAL:
             return self.local
         if vec.kind == pb.VECTORIZER_KIND_OPENAI_COMPATIBLE:
-            # Again at use: the collection may predate a tighter policy.
-            endpoint = self._policy.endpoint(vec, VECTORIZER)
+            # Again at use: the collection may predate a tighter allowlist (its URL's
+            # length was bounded when it was set).
+            endpoint = self._policy.endpoint(vec, VECTORIZER, stored=True)
             # The caller's own key wins; the operator's only on the operator's endpoint
             # (``endpoint`` refused any other pairing). On a caller's URL, the caller's key
             # only if that caller named the URL: whoever set the vectorizer chose it.

@@ -77,10 +77,15 @@ class EmbeddingPolicy:
     # GENSEARCH_RETRIEVAL_MAX_URL_CHARS: the longest base_url a caller may name.
     max_url_chars: int = MAX_URL
 
-    def endpoint(self, vec: pb.Vectorizer, where: str) -> Endpoint:
+    def endpoint(self, vec: pb.Vectorizer, where: str, *, stored: bool = False) -> Endpoint:
         """The endpoint of ``vec`` if the operator allows it; PERMISSION_DENIED otherwise.
-        ``where`` is the vectorizer's field path (``collection.vectorizer``)."""
-        check_chars(vec.base_url, f"{where}.base_url", self.max_url_chars, MAX_URL_SETTING)
+        ``where`` is the vectorizer's field path (``collection.vectorizer``). ``stored``:
+        a collection's vectorizer at use, whose URL was held to MAX_URL_CHARS when it was
+        set; a bound lowered since does not refuse the collection's every later call (it
+        bounds what a caller sends), while the allowlist, which may have tightened, is
+        read again."""
+        if not stored:
+            check_chars(vec.base_url, f"{where}.base_url", self.max_url_chars, MAX_URL_SETTING)
         try:
             canonical = canonical_url(vec.base_url)
         except UrlRefused:

@@ -212,7 +212,7 @@ class Rerankers:
             "query": query,
             "properties": properties,
         }
-        reranker = self._reranker(rerank, FIELD)
+        reranker = self._reranker(rerank, FIELD, stored=_stored_default(rerank, schema))
         self._check_key_destination(reranker, schema)
         return RerankPlan(**common, **reranker)
 
@@ -262,9 +262,12 @@ class Rerankers:
                 )
             self._reranker(collection.rerank, where)
 
-    def _reranker(self, rerank: pb.Rerank, where: str) -> dict[str, Any]:
+    def _reranker(self, rerank: pb.Rerank, where: str, *, stored: bool = False) -> dict[str, Any]:
         """Who reranks: ``RerankPlan``'s fields for ``rerank``'s provider or base URL, or
-        its refusal naming ``where``'s fields."""
+        its refusal naming ``where``'s fields. ``stored``: its base URL is the collection's
+        default's, held to MAX_URL_CHARS when it was set (not again: a bound lowered since
+        bounds what callers send, and does not refuse every later search of the collection;
+        the allowlist is read again)."""
         s = self._settings
         # Sent upstream in the body and named in the span: held to a generation model
         # name's shape, as the providers' configured models are at start.
@@ -276,7 +279,8 @@ class Rerankers:
                     f"give {where}.provider or {where}.base_url, not both",
                     field=f"{where}.base_url",
                 )
-            check_chars(rerank.base_url, f"{where}.base_url", s.max_url_chars, MAX_URL_SETTING)
+            if not stored:
+                check_chars(rerank.base_url, f"{where}.base_url", s.max_url_chars, MAX_URL_SETTING)
             try:
                 self._egress.check_url(rerank.base_url)
                 # Called as checked: the caller's own spelling ("127.0.0.1.", "HTTP://")
@@ -605,3 +609,10 @@ def mmr(query: Any, docs: Any, lam: float, keep: int) -> list[tuple[int, float]]
         picked.append((index, scores[best]))
         redundancy = np.maximum(redundancy, similarity[index])
     return picked
+
+
+def _stored_default(rerank: pb.Rerank, schema: Schema) -> bool:
+    """Whether ``rerank`` calls the base URL of ``schema``'s default rerank, as stored (the
+    collection's default applied here, or copied onto the search by the gateway)."""
+    default = schema.collection.rerank if schema.collection.HasField("rerank") else None
+    return default is not None and bool(rerank.base_url) and rerank.base_url == default.base_url

@@ -291,6 +291,38 @@ async def test_a_collection_is_checked_again_when_used(
     assert attacker.requests == []
 
 
+async def test_a_collections_url_outlives_a_lowered_max_url_chars(
+    make_retrieval: MakeRetrieval, attacker: FakeOpenAI
+) -> None:
+    """GENSEARCH_RETRIEVAL_MAX_URL_CHARS bounds the URLs callers send: lowered below the
+    vectorizer URL a collection stored (held to the bound of its day), it refused every
+    later insert and search of that collection. The URL keeps working; a new collection
+    naming it is refused, and the allowlist is read again at every use (the test above)."""
+    before = await make_retrieval(allowed_hosts="http://127.0.0.1")
+    await before.stub.CreateCollection(
+        pb.CreateCollectionRequest(collection=vectorizing(attacker.base_url))
+    )
+    await before.stop()
+    assert len(attacker.base_url) > 16
+    after = await make_retrieval(
+        data_dir=before.settings.data_dir, allowed_hosts="http://127.0.0.1", max_url_chars=16
+    )
+    upsert = pb.UpsertObjectsRequest(collection="Stolen", objects=[obj({"title": "mine"})])
+    await after.stub.UpsertObjects(upsert, metadata=own_key(attacker.base_url))
+    search = pb.SearchRequest(collection="Stolen", near_text=pb.NearText(text="mine"))
+    hits = await after.stub.Search(search, metadata=own_key(attacker.base_url))
+    assert hits.hits[0].properties["title"] == "mine"
+    assert authorizations(attacker) == [f"Bearer {CALLER_KEY}"] * 2
+    err = await expect_error(
+        after.stub.CreateCollection(
+            pb.CreateCollectionRequest(collection=vectorizing(attacker.base_url, name="New"))
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "collection.vectorizer.base_url",
+    )
+    assert error_info(err).reason == "FIELD_TOO_LARGE"
+
+
 # -- the operator's settings ----------------------------------------------------------------
 
 

@@ -507,6 +507,55 @@ async def test_a_collections_rerank_endpoint_is_checked_again_at_use(
     assert fake.rerank_requests == []
 
 
+async def test_a_collections_rerank_url_outlives_a_lowered_max_url_chars(
+    make_retrieval: MakeRetrieval, fake: FakeOpenAI
+) -> None:
+    """GENSEARCH_RETRIEVAL_MAX_URL_CHARS bounds the URLs callers send: lowered below a
+    collection's stored default rerank URL (held to the bound of its day), it refused
+    every later search using that default. The URL keeps working, whether retrieval
+    applies the default or the gateway copies it onto the search; a caller naming a URL
+    that long is refused, and the allowlist is still read at every use (the test above)."""
+    before = await make_retrieval(allowed_hosts="http://127.0.0.1")
+    collection = vcol("Ranked")
+    collection.rerank.CopyFrom(pb.Rerank(base_url=fake.base_url))
+    await before.stub.CreateCollection(pb.CreateCollectionRequest(collection=collection))
+    await before.stub.UpsertObjects(
+        pb.UpsertObjectsRequest(
+            collection="Ranked",
+            objects=[
+                obj({"title": t, "body": b}, vector=[1, i, 0, 0]) for i, (t, b) in enumerate(DOCS)
+            ],
+        )
+    )
+    await before.stop()
+    assert len(fake.base_url) > 16
+    after = await make_retrieval(
+        data_dir=before.settings.data_dir, allowed_hosts="http://127.0.0.1", max_url_chars=16
+    )
+    applied = pb.SearchRequest(
+        collection="Ranked", keyword=pb.Keyword(text=QUERY), use_collection_rerank=True
+    )
+    copied = pb.SearchRequest(
+        collection="Ranked",
+        keyword=pb.Keyword(text=QUERY),
+        rerank=pb.Rerank(base_url=fake.base_url),
+    )
+    for request in (applied, copied):
+        response = await after.stub.Search(request)
+        assert response.hits[0].properties["title"] == "tower four"
+    assert len(fake.rerank_requests) == 2
+    other = pb.SearchRequest(
+        collection="Ranked",
+        keyword=pb.Keyword(text=QUERY),
+        rerank=pb.Rerank(base_url=fake.base_url + "/"),
+    )
+    err = await expect_error(
+        after.stub.Search(other), grpc.StatusCode.INVALID_ARGUMENT, field="rerank.base_url"
+    )
+    assert error_info(err).reason == "FIELD_TOO_LARGE"
+    assert len(fake.rerank_requests) == 2
+
+
 async def test_a_collections_rerank_default_is_kept(retrieval: Retrieval) -> None:
     collection = vcol("Defaults")
     collection.rerank.CopyFrom(pb.Rerank(provider="fake", candidates=20))
