@@ -33,10 +33,17 @@ class RawStatus:
 
 
 async def raw_unary(
-    port: int, path: str, headers: list[tuple[str, str | bytes]], request: bytes
+    port: int,
+    path: str,
+    headers: list[tuple[str, str | bytes]],
+    request: bytes,
+    *,
+    compressed: bool = False,
 ) -> RawStatus:
-    """Sends ``request`` (one uncompressed message) to ``path`` on loopback ``port`` with
-    ``headers`` as they are, half-closes, and reads the call's status."""
+    """Sends ``request`` (one message, its bytes as given: with ``compressed``, the
+    message's compressed flag is set, and a ``grpc-encoding`` header is the caller's to
+    add) to ``path`` on loopback ``port`` with ``headers`` as they are, half-closes, and
+    reads the call's status."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     config = h2.config.H2Configuration(
         client_side=True,
@@ -57,7 +64,14 @@ async def raw_unary(
         (b"content-type", b"application/grpc"),
     ] + [(k.encode(), v if isinstance(v, bytes) else v.encode()) for k, v in headers]
     conn.send_headers(stream, sent)
-    conn.send_data(stream, b"\0" + struct.pack(">I", len(request)) + request, end_stream=True)
+    flag = b"\1" if compressed else b"\0"
+    message = flag + struct.pack(">I", len(request)) + request
+    # In frames no larger than HTTP/2's default maximum (16 KiB), within the flow-control
+    # windows the server grants as it reads.
+    chunks = [message[i : i + 16_384] for i in range(0, len(message), 16_384)] or [b""]
+    for chunk in chunks[:-1]:
+        conn.send_data(stream, chunk)
+    conn.send_data(stream, chunks[-1], end_stream=True)
     received: dict[bytes, bytes] = {}
     try:
         async with asyncio.timeout(30):
