@@ -32,6 +32,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
+from services.common import reflection_v1
 from services.common.auth import Authenticator
 from services.common.call_deadline import DeadlineLimit
 from services.common.call_slots import REASON as CALL_SLOTS_REASON
@@ -119,12 +120,13 @@ class _BoundedHealth(HealthServicer):
 
 
 class _BoundedReflection(reflection.aio.ReflectionServicer):  # type: ignore[misc]
-    """grpc.reflection.v1alpha.ServerReflection with at most ``max_streams`` streams open
-    at once (more are RESOURCE_EXHAUSTED), each waiting at most ``idle``'s time for its
-    next request (then DEADLINE_EXCEEDED, STREAM_IDLE), as the chassis waits for a client
-    stream's. Reflection needs no key, and a stream whose client neither sent nor
-    half-closed stayed open for ever, uncounted, holding its connection. grpcurl asks,
-    half-closes and reads: well within both."""
+    """grpc.reflection.v1alpha.ServerReflection (and v1: reflection_v1.py) with at most
+    ``max_streams`` streams open at once, both names together (more are
+    RESOURCE_EXHAUSTED), each waiting at most ``idle``'s time for its next request (then
+    DEADLINE_EXCEEDED, STREAM_IDLE), as the chassis waits for a client stream's.
+    Reflection needs no key, and a stream whose client neither sent nor half-closed stayed
+    open for ever, uncounted, holding its connection. grpcurl asks, half-closes and reads:
+    well within both."""
 
     def __init__(self, names: Sequence[str], max_streams: int, idle: IdleLimit, setting: str):
         super().__init__(names)
@@ -384,6 +386,7 @@ class GrpcServer:
         self._server = self._build()
         names = (
             *self._service_names,
+            reflection_v1.SERVICE_NAME,
             reflection.SERVICE_NAME,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
         )
@@ -394,9 +397,10 @@ class GrpcServer:
             self.stream_idle,
             f"{self.settings.namespace()}REFLECTION_MAX_STREAMS",
         )
-        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
-            reflecting, _MetadataChecked(self.server, self.metadata_limit, self.stream_idle)
-        )
+        checked = _MetadataChecked(self.server, self.metadata_limit, self.stream_idle)
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflecting, checked)
+        # The same servicer (its cap counts both) under the stable name, which clients ask first.
+        reflection_v1.add_to_server(reflecting, checked)
         address = join_host_port(self.host, self.port)
         # Probed first: gRPC says why only in a log line of its own, then raises.
         problem = bind_problem(self.host, self.port)
