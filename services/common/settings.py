@@ -143,9 +143,16 @@ TOOL_VARIABLES = frozenset(
         "GENSEARCH_LOCAL_LLM_THREADS",  # dev launcher: the local model's threads
         "GENSEARCH_LOCAL_LLM_WEIGHTS",  # dev launcher: f16 (widened once) or shipped
         "GENSEARCH_ALLOW_SKIP_KUBECTL",  # test suite: deploy tests may skip without kubectl
+        "GENSEARCH_ALLOW_SKIP_NODE",  # test suite: client tests may skip without Node.js in CI
+        "GENSEARCH_FUZZ_EXAMPLES",  # test suite: hypothesis examples per request message
         "GENSEARCH_URL",  # TypeScript examples (clients/typescript/src): the gateway
         "GENSEARCH_KEY",  # TypeScript and Go examples: the API key they send
         "GENSEARCH_ADDR",  # Go example (clients/go/example): the gateway
+        "GENSEARCH_COLLECTION",  # TypeScript and Go examples (quota, leave, keys): which one
+        "GENSEARCH_EMBEDDING_URL",  # keys.ts, clients/go/keys: the vectorizer URL confirmed
+        "GENSEARCH_EMBEDDING_KEY",  # keys.ts, clients/go/keys: the caller's embedding key
+        "GENSEARCH_PRIMARY_MODEL",  # features.ts, clients/go/features: the chain's first model
+        "GENSEARCH_BACKUP_PROVIDER",  # features.ts, clients/go/features: its fallback
     }
 )
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import re
 from itertools import combinations
+from pathlib import Path
 
 import pytest
 from pydantic import Field
@@ -157,6 +159,43 @@ def test_the_example_clients_variables_are_not_typos() -> None:
     }
     assert unknown_variables(MemorySettings(), environ=env) == []
     assert set(env) <= TOOL_VARIABLES
+
+
+# How a program of ours reads a variable: TypeScript, Go, Python.
+_READS = re.compile(
+    r"process\.env\.(GENSEARCH_\w+)"
+    r"|os\.Getenv\(\"(GENSEARCH_\w+)\"\)"
+    r"|os\.environ(?:\.get\(|\[)\"(GENSEARCH_\w+)\""
+)
+
+
+def test_every_variable_the_examples_and_tests_read_is_known() -> None:
+    # Before: features.ts/go (GENSEARCH_PRIMARY_MODEL, GENSEARCH_BACKUP_PROVIDER), keys.ts/go
+    # (GENSEARCH_EMBEDDING_URL, GENSEARCH_EMBEDDING_KEY), quota and leave
+    # (GENSEARCH_COLLECTION) and the test suite (GENSEARCH_ALLOW_SKIP_NODE,
+    # GENSEARCH_FUZZ_EXAMPLES) read variables a service started in the same shell warned
+    # about as "unknown GENSEARCH_ variables ignored (a typo?)".
+    root = Path(__file__).resolve().parents[2]
+    sources = [
+        *(root / "clients" / "typescript" / "src").glob("*.ts"),
+        *(root / "clients" / "go").rglob("*.go"),
+        *(root / "tests").rglob("*.py"),
+    ]
+    read = {
+        name
+        for path in sources
+        if "/gen/" not in path.as_posix()
+        for found in _READS.findall(path.read_text(encoding="utf-8"))
+        for name in found
+        if name
+    }
+    assert {"GENSEARCH_URL", "GENSEARCH_ADDR", "GENSEARCH_FUZZ_EXAMPLES"} <= read  # it scans
+    unknown = unknown_variables(
+        *(cls() for cls in SERVICES.values()), environ=dict.fromkeys(read, "1")
+    )
+    assert unknown == [], f"add to TOOL_VARIABLES (and docs/operations.md): {unknown}"
+    operations = (root / "docs" / "operations.md").read_text(encoding="utf-8")
+    assert [n for n in sorted(TOOL_VARIABLES) if f"`{n}`" not in operations] == []
 
 
 def test_several_services_in_one_process_know_each_other() -> None:
