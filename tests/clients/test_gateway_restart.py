@@ -14,7 +14,10 @@ from tests.clients.conftest import finish, go_build, go_on, next_line, program_e
 from tests.support.fake_openai import Behaviour, FakeOpenAI
 from tests.support.gateway_process import SLOW, GatewayProcess, until_disconnected
 
-LINES = ["died Unavailable Unavailable", "down Unavailable Unavailable"]
+# The code as the client library names it, then the reason: a status without ErrorInfo
+# stands for the code's canonical name, as the services' generic reasons (was
+# "Unavailable", the library's spelling, where the gateway's own said "UNAVAILABLE").
+LINES = ["died Unavailable UNAVAILABLE", "down Unavailable UNAVAILABLE"]
 
 
 async def restart_under(

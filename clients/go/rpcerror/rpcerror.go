@@ -162,7 +162,8 @@ type FieldViolation struct {
 type Failure struct {
 	Status *status.Status
 	Code   codes.Code
-	// The ErrorInfo reason, or the code's name when the status had none.
+	// The ErrorInfo reason, or the code's canonical name when the status had none
+	// ("UNAVAILABLE", as the services' own generic reasons and the Python client's).
 	Reason          Reason
 	Domain          string
 	Metadata        map[string]string
@@ -189,9 +190,27 @@ func (e *Failure) Field() string {
 	return ""
 }
 
+// canonicalNames are the gRPC codes' canonical names, by code.
+var canonicalNames = [...]string{
+	"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+	"ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+	"ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+	"UNAUTHENTICATED",
+}
+
+// CanonicalName is a code's canonical gRPC name, "UNAVAILABLE" for codes.Unavailable: the
+// reason a status without ErrorInfo stands for. codes.Code's String() is Go's spelling
+// ("Unavailable"): a transport failure read so where the gateway's said "UNAVAILABLE".
+func CanonicalName(code codes.Code) string {
+	if int(code) < len(canonicalNames) {
+		return canonicalNames[code]
+	}
+	return code.String()
+}
+
 // FromStatus reads a status's details.
 func FromStatus(st *status.Status) *Failure {
-	e := &Failure{Status: st, Code: st.Code(), Reason: Reason(st.Code().String()), Metadata: map[string]string{}, Message: st.Message()}
+	e := &Failure{Status: st, Code: st.Code(), Reason: Reason(CanonicalName(st.Code())), Metadata: map[string]string{}, Message: st.Message()}
 	for _, detail := range st.Details() {
 		switch d := detail.(type) {
 		case *errdetails.ErrorInfo:

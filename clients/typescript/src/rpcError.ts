@@ -150,7 +150,8 @@ export interface FieldViolation {
  * domain, metadata), BadRequest field violations and RetryInfo. */
 export class GensearchError extends Error {
   readonly code: Code;
-  /** The ErrorInfo reason (a `Reason`), or the code's name when the status had none. */
+  /** The ErrorInfo reason (a `Reason`), or the code's canonical name when the status had
+   * none (`UNAVAILABLE`, as the services' own generic reasons and the Python client's). */
   readonly reason: string;
   readonly domain: string;
   readonly metadata: Record<string, string>;
@@ -163,7 +164,7 @@ export class GensearchError extends Error {
     this.name = "GensearchError";
     this.code = cause.code;
     const [info] = cause.findDetails(ErrorInfoSchema);
-    this.reason = info?.reason || Code[cause.code];
+    this.reason = info?.reason || canonicalName(cause.code);
     this.domain = info?.domain ?? "";
     this.metadata = { ...(info?.metadata ?? {}) };
     this.fieldViolations = cause.findDetails(BadRequestSchema).flatMap((bad) =>
@@ -183,6 +184,14 @@ export class GensearchError extends Error {
   get field(): string {
     return this.metadata["field"] || this.fieldViolations[0]?.field || "";
   }
+}
+
+/** A code's canonical gRPC name, `UNAVAILABLE` for Code.Unavailable: the reason a status
+ * without ErrorInfo stands for. Connect's names are its own spelling (`Unavailable`,
+ * `Canceled`): a transport failure read `Unavailable` where the gateway's said
+ * `UNAVAILABLE`, so one check had to know both. */
+export function canonicalName(code: Code): string {
+  return code === Code.Canceled ? "CANCELLED" : Code[code].replace(/([a-z])([A-Z])/g, "$1_$2").toUpperCase();
 }
 
 /** Whether `err` (a GensearchError or a ConnectError) carries the ErrorInfo reason `reason`. */
