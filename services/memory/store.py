@@ -73,6 +73,7 @@ from services.common.errors import (
 from services.common.redis_client import RedisClient
 from services.memory import keys
 from services.memory.ids import UUIDv7Generator
+from services.memory.recent_turns import RecentTurns
 
 # Redis cannot serve now but may soon: down or unreachable, loading its data, a read-only
 # replica after a failover, a cluster that is down or resharding (CLUSTERDOWN, MASTERDOWN
@@ -139,7 +140,8 @@ LIST_SKIP = 1000
 LIST_TURNS = 10_000
 # Turns of a conversation one call checks for a key gone (lua/read.lua's missing_turn):
 # GetConversation, each conversation of a ListConversations page, a write at the byte
-# limit. A window from an offset chosen at random per call (``MemoryStore._gone_check``),
+# limit. A window from an offset chosen at random per call (``MemoryStore._gone_check``;
+# GetConversation's is drawn one call ahead, so that the call before can name its turns),
 # wrapping: no call costs more than this, however long the conversation, and repeated calls
 # cover every turn (a conversation of t turns has a given gone turn found by one call in
 # this/t, so within t/this calls in expectation). A conversation no longer is checked whole.
@@ -312,8 +314,10 @@ _TENANT = CONVERSATION_FIELDS.index("tenant")
 # the walk's next batch.
 _WALK_PENDING = len(CONVERSATION_FIELDS)
 # get_conversation.lua answers a conversation row and then whether a turn it lists has no
-# key (b"1").
+# key (b"1"), then where the next call's window starts and that window's turn ids (or
+# b"=": the turn keys the run declared).
 _MISSING_TURN = len(CONVERSATION_FIELDS)
+_NEXT_WINDOW = _MISSING_TURN + 1
 
 
 @cache
@@ -523,6 +527,9 @@ class MemoryStore:
         self._gone_offsets = gone_check_offsets or (lambda: random.randrange(1 << 31))
         # Keys to declare with a turn's key (its conversation's hash), learnt (``_run``).
         self._hints: dict[str, list[str]] = {}
+        # The turn keys each conversation's next page and window are expected to read,
+        # learnt from the last read and this replica's own writes (recent_turns.py).
+        self._recent = RecentTurns(gone_check_turns)
         # Turn writes under way per conversation: [lock, writers holding or waiting].
         self._turn_writes: dict[str, list[Any]] = {}
 
@@ -638,6 +645,7 @@ class MemoryStore:
         *,
         hint: str = "",
         window: int | None = None,
+        asked_into: list[str] | None = None,
     ) -> Any:
         """The answer of ``script`` (on ``names``, ``args``), after what a run of it stopped
         for, nothing written: a write that charges the owner's bytes, for the reconcile or
@@ -657,7 +665,9 @@ class MemoryStore:
         those found are declared, the others named as missing after the window's turn
         count, ``args[window]`` (lua/usage.lua's gone_check_at), for the script to leave
         alone: mid-reshard Redis refuses a run declaring a missing key (TRYAGAIN) for as
-        long as the move lasts, as it cannot tell it from one not moved yet."""
+        long as the move lasts, as it cannot tell it from one not moved yet. ``asked_into``
+        gets the names the runs asked for (the answering run declared ``names`` and
+        those)."""
         names = list(names) + self._hints.get(hint, []) if hint else list(names)
         args = list(args)
         missing: list[str] = []
@@ -679,6 +689,8 @@ class MemoryStore:
                 out = await _redis(script(keys=names, args=args))
                 if hint and asked:
                     self._hint(hint, asked)
+                if asked_into is not None:
+                    asked_into += asked
                 return out
             except _DeclareFirst as first:
                 declared += 1
@@ -979,8 +991,10 @@ class MemoryStore:
         """The conversation, NOT_FOUND unless the caller's. Its interaction_count never
         includes a turn whose key is gone for good (evicted under a maxmemory-policy other
         than noeviction, deleted by hand) once found: lua/get_conversation.lua checks a
-        window of the listed turns (``_gone_check``: at most GONE_CHECK_TURNS, the same one
-        round trip; repeated reads cover them all) and, when one has no key, the store
+        window of the listed turns (at most GONE_CHECK_TURNS from a random offset, drawn by
+        the call before, which named the window's turns: declared up front, they make it
+        one round trip, two when they changed since; repeated reads cover them all) and,
+        when one has no key, the store
         drops such turns with their bytes (``_drop_missing``, every turn declared) and
         reads again: two round trips more, only then. Mid-reshard, with the turns split between
         the slot's two nodes, Redis refuses the drop: the conversation is answered as read
@@ -994,16 +1008,37 @@ class MemoryStore:
             if not self._owns(owner, row[0], row[_TENANT]):
                 raise conversation_not_found(cid)
             return _conversation(cid, row)
-        names = [keys.conversation(tag, cid), keys.conversation_interactions(tag, cid)]
+        conv = keys.conversation(tag, cid)
+        names = [conv, keys.conversation_interactions(tag, cid)]
         for _ in range(RUN_ATTEMPTS):
-            args = [self.caller(owner), tag, *self._gone_check()]
-            # The window's turns are asked for by a first run (lua/read.lua's missing_turn).
-            row = await self._run(tag, self._get_conversation, names, args)
+            # The window's turns: those the last call found for this one (its offset drawn
+            # then), declared up front; a run asks for any other (read.lua's missing_turn).
+            offset, turns = self._recent.window(conv)
+            if offset is None:
+                offset = self._gone_offsets()
+            args: list[EncodableT] = [
+                self.caller(owner), tag, offset, self._gone_turns, self._gone_offsets(),
+            ]  # fmt: skip
+            asked: list[str] = []
+            row = await self._run(
+                tag, self._get_conversation, names + turns, args, asked_into=asked
+            )
             if not row:
                 raise conversation_not_found(cid)
+            self._learn_window(tag, conv, row[_NEXT_WINDOW:], turns + asked)
             if row[_MISSING_TURN] != b"1" or not await self._dropped(owner, tag, cid):
                 break
         return _conversation(cid, row)
+
+    def _learn_window(self, tag: str, conv: str, reply: list[Any], declared: list[str]) -> None:
+        """Keeps the next window get_conversation.lua named (``reply``: its start, then
+        b"=" when its turns are the run's ``declared`` turn keys, else their ids)."""
+        rest = reply[1:]
+        if rest == [b"="]:
+            turns = declared
+        else:
+            turns = [keys.interaction(tag, bytes(iid).decode()) for iid in rest]
+        self._recent.learn_window(conv, int(reply[0]), turns)
 
     async def _dropped(self, owner: Owner, tag: str, cid: str) -> bool:
         """``_drop_missing`` for a read that found a listed turn without its key: True
@@ -1222,6 +1257,7 @@ class MemoryStore:
         tag = self.tag(owner)
         ints = keys.conversation_interactions(tag, cid)
         names = [keys.conversation(tag, cid), ints, keys.conversations(tag), keys.usage(tag)]
+        self._recent.forget(names[0])  # its turns are expected by no read any more
         started = False
         while True:
             batch = [
@@ -1333,8 +1369,11 @@ class MemoryStore:
             raise self._conversation_full(cid)
         if status == 5:
             raise self._conversations_full()
-        # A read of the turn by its id declares its conversation's hash up front (``_run``).
-        self._hint(keys.interaction(tag, interaction.interaction_id), [keys.conversation(tag, cid)])
+        # A read of the turn by its id declares its conversation's hash up front (``_run``),
+        # and the next page and window of its conversation declare the turn (RecentTurns).
+        turn = keys.interaction(tag, interaction.interaction_id)
+        self._hint(turn, [keys.conversation(tag, cid)])
+        self._recent.wrote(keys.conversation(tag, cid), turn, new=new is not None)
         if out[1] == b"1":
             # This turn's renewal started a walk of every turn's expiry (once per ttl of
             # activity): finished before the turn is acknowledged, so the conversation
@@ -1427,18 +1466,27 @@ class MemoryStore:
         ``next_cursor`` continues right after the last one returned)."""
         tag = self.tag(owner)
         start = f"({cursor}" if cursor else "+"
+        conv = keys.conversation(tag, cid)
         for _ in range(RUN_ATTEMPTS):
-            # The page's turns are asked for by a first run (lua/list_interactions.lua).
+            # The newest page's turns (an Ask's history) as the last read found them and
+            # this replica's writes since added, declared up front; a run asks for any
+            # other (lua/list_interactions.lua). A later page is read once: asked for.
+            turns = self._recent.page(conv, page_size) if cursor is None else []
             out = await self._run(
                 tag,
                 self._list_interactions,
-                [keys.conversation(tag, cid), keys.conversation_interactions(tag, cid)],
+                [conv, keys.conversation_interactions(tag, cid), *turns],
                 [self.caller(owner), tag, start, page_size, max_bytes],
             )
             if out is None:
                 raise conversation_not_found(cid)
             if out[0] != 0:
-                return Page(out[1:], out[0].decode() or None)
+                read = 2 + int(out[1])
+                if cursor is None:
+                    ids = [bytes(iid).decode() for iid in out[2:read]]
+                    turns = [keys.interaction(tag, iid) for iid in ids]
+                    self._recent.learn_page(conv, turns, page_size)
+                return Page(out[read:], out[0].decode() or None)
             # A listed turn has no key on the node the page ran on: gone, or not moved
             # there yet (lua/list_interactions.lua). Dropped only by a run that declares
             # every turn; then the page is read again.

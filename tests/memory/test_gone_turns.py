@@ -122,9 +122,11 @@ async def test_get_conversation_checks_a_bounded_window_of_turns(memory: Memory)
     """GetConversation checks a window of its turns (GONE_CHECK_TURNS, here 4) from an
     offset chosen per call, wrapping past the newest: no call checks more (one that leaves
     the gone turn out answers the count as stored), and the call whose window holds it
-    drops it. Before, every call checked all the turns: O(turns) per Ask."""
+    drops it. Before, every call checked all the turns: O(turns) per Ask. (Each call
+    draws the next one's offset, so that it can name that window's turns: the first
+    draws two, and the last draw here is for a call not made.)"""
     cid, iids = await conversation_with_turns(memory.stub, "w", 12, ALICE)
-    store = _store(memory, gone_check_turns=4, gone_check_offsets=_offsets(0, 4, 8, 0, 9, 0))
+    store = _store(memory, gone_check_turns=4, gone_check_offsets=_offsets(0, 4, 8, 0, 9, 0, 0))
     tag = store.tag(OWNER)
     await memory.redis.delete(keys.interaction(tag, iids[9]))
     for _ in range(2):  # turns 0-3, then 4-7: the gone one is not looked at

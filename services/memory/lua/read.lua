@@ -135,7 +135,8 @@ end
 -- turn may tell which (drop_missing.lua, which Redis refuses while they are split), so the
 -- caller only reports it. It checks a window of at most `window` turns, from position
 -- `offset` modulo their number and wrapping past the newest to the oldest (the store picks
--- the offset at random per call, store.MemoryStore._gone_check): no call costs more than
+-- the offset at random per call, store.MemoryStore._gone_check; GetConversation's one call
+-- ahead, get_conversation.lua): no call costs more than
 -- O(log turns + window), however long the conversation, and repeated calls cover every
 -- turn over time. A list no longer than the window is checked whole. Returns how many turns
 -- it checked and whether one of them is missing. What keeps a conversation's
