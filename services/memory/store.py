@@ -994,12 +994,11 @@ class MemoryStore:
         window of the listed turns (at most GONE_CHECK_TURNS from a random offset, drawn by
         the call before, which named the window's turns: declared up front, they make it
         one round trip, two when they changed since; repeated reads cover them all) and,
-        when one has no key, the store
-        drops such turns with their bytes (``_drop_missing``, every turn declared) and
-        reads again: two round trips more, only then. Mid-reshard, with the turns split between
-        the slot's two nodes, Redis refuses the drop: the conversation is answered as read
-        (its turns not moved yet are not gone). ``counted`` False (an ownership check only)
-        reads the hash alone."""
+        when one has no key, the store drops such turns with their bytes
+        (``_drop_missing``, every turn declared) and reads again: two round trips more,
+        only then. Mid-reshard, with the turns split between the slot's two nodes, Redis
+        refuses the drop: the conversation is answered as read (its turns not moved yet
+        are not gone). ``counted`` False (an ownership check only) reads the hash alone."""
         tag = self.tag(owner)
         if not counted:
             row = await _redis(
