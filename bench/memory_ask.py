@@ -9,7 +9,12 @@ Measured, interleaved round by round so load from elsewhere hits both alike:
     conversation: GetConversation + ListInteractions (interaction_size + 1 newest) +
     CreateInteraction (which also renews the sliding ttl: the conversations have one).
 
-    .venv/bin/python bench/memory_ask.py [--rounds 7] [--asks 20]
+With ``--versus <checkout>``, a second memory service runs that checkout's code (its own
+embedded Redis) and its memory turns are timed in the same rounds, alternately with this
+checkout's: an A/B that load from elsewhere hits alike (on a shared machine, two benches
+run one after the other do not).
+
+    .venv/bin/python bench/memory_ask.py [--rounds 7] [--asks 20] [--versus /path/to/main]
 """
 
 from __future__ import annotations
@@ -123,16 +128,35 @@ async def _bench(args: argparse.Namespace) -> None:
         mem_gw = mem_grpc.MemoryServiceStub(stack.channel(gateway))
         conversations = {n: await _conversation(mem_gw, n) for n in (2, 200)}
         own = {n: await _conversation(mem, n) for n in (2, 200)}
+        versus: dict[int, str] = {}
+        if args.versus:
+            other = mem_grpc.MemoryServiceStub(stack.channel(await stack.memory(root=args.versus)))
+            versus = {n: await _conversation(other, n) for n in (2, 200)}
         for cid in conversations.values():  # warm up channels, scripts, tokenizer caches
             await _ask(gw, cid)
         ask: dict[int, list[float]] = {n: [] for n in conversations}
         direct: dict[int, list[float]] = {n: [] for n in conversations}
+        against: dict[int, list[float]] = {n: [] for n in versus}
         for _ in range(args.rounds):
             for n, cid in conversations.items():
                 ask[n].append(statistics.median([await _ask(gw, cid) for _ in range(args.asks)]))
-                direct[n].append(
-                    statistics.median([await _memory_turn(mem, own[n]) for _ in range(args.asks)])
-                )
+                if not versus:
+                    direct[n].append(
+                        statistics.median(
+                            [await _memory_turn(mem, own[n]) for _ in range(args.asks)]
+                        )
+                    )
+                    continue
+                # Turn by turn, alternately, each first every other turn.
+                mine, theirs = [], []
+                for i in range(args.asks):
+                    if i % 2:
+                        theirs.append(await _memory_turn(other, versus[n]))
+                    mine.append(await _memory_turn(mem, own[n]))
+                    if not i % 2:
+                        theirs.append(await _memory_turn(other, versus[n]))
+                direct[n].append(statistics.median(mine))
+                against[n].append(statistics.median(theirs))
         counts = {}
         for n, cid in conversations.items():
             got = await mem_gw.GetConversation(
@@ -148,6 +172,10 @@ async def _bench(args: argparse.Namespace) -> None:
         print(_row(f"Ask, {n}-turn conversation", ask[n]))
     for n in conversations:
         print(_row(f"memory per turn, {n}-turn conv.", direct[n]))
+    for n in against:
+        print(_row(f"memory per turn, {n}-turn, versus", against[n]))
+    if against:
+        print(f"(versus: the memory service of {args.versus}, timed alternately)")
     print(f"(turns at the end: {counts})")
 
 
@@ -155,7 +183,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--asks", type=int, default=20)
-    asyncio.run(_bench(parser.parse_args()))
+    parser.add_argument(
+        "--versus", type=Path, help="another checkout whose memory service is timed alike"
+    )
+    args = parser.parse_args()
+    if args.versus:
+        args.versus = args.versus.resolve()
+    asyncio.run(_bench(args))
 
 
 if __name__ == "__main__":

@@ -192,11 +192,15 @@ class ServiceProcess:
     """One ``python -m services.<name>``; ``start`` again after ``stop`` serves the same
     data dir on a new port."""
 
-    def __init__(self, name: str, port_var: str, env: dict[str, str], log: Path) -> None:
+    def __init__(
+        self, name: str, port_var: str, env: dict[str, str], log: Path, root: Path = ROOT
+    ) -> None:
         self.name = name
         self.port_var = port_var
         self.env = env
         self.log = log
+        # The checkout whose code it runs (``python -m`` imports from its working directory).
+        self.root = root
         self.port = 0
         self.proc: asyncio.subprocess.Process | None = None
 
@@ -219,7 +223,7 @@ class ServiceProcess:
         with log:
             self.proc = await asyncio.create_subprocess_exec(
                 *argv,
-                cwd=ROOT,
+                cwd=self.root,
                 env={**self.env, self.port_var: str(self.port)},
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log,
@@ -306,17 +310,25 @@ class Stack:
             LOG_LEVEL: self.log_level,
         }
 
-    async def _service(self, name: str, port_var: str, env: dict[str, str]) -> ServiceProcess:
+    async def _service(
+        self, name: str, port_var: str, env: dict[str, str], *, label: str = "", root: Path = ROOT
+    ) -> ServiceProcess:
         env = {**env, **self.extra_env.get(name, {})}
-        service = ServiceProcess(name, port_var, env, self.work / f"{name}.log")
+        log = self.work / f"{label or name}.log"
+        service = ServiceProcess(name, port_var, env, log, root)
         self._services.append(service)
         return await service.start()
 
     # -- the services -----------------------------------------------------------------------
-    async def memory(self) -> ServiceProcess:
-        """The memory service on the Redis it starts itself (the embedded default)."""
-        env = {**self._common("memory"), MEMORY_METRICS_PORT: "0", MEMORY_REDIS_URL: ""}
-        return await self._service("memory", MEMORY_PORT, env)
+    async def memory(self, root: Path | None = None) -> ServiceProcess:
+        """The memory service on the Redis it starts itself (the embedded default);
+        ``root``: another checkout whose code it runs (an A/B in one bench, both under
+        the same load), with a data dir and log of its own."""
+        label = "memory" if root is None else "memory-versus"
+        env = {**self._common(label), MEMORY_METRICS_PORT: "0", MEMORY_REDIS_URL: ""}
+        if root is not None:
+            env["PYTHONPATH"] = os.pathsep.join([str(root), str(root / "gen")])
+        return await self._service("memory", MEMORY_PORT, env, label=label, root=root or ROOT)
 
     async def retrieval(
         self, *, max_batch_size: int | None = None, max_limit: int | None = None
