@@ -96,8 +96,15 @@ async def test_memory_bench_runs_the_service_beside_its_floors() -> None:
 
 
 async def test_memory_by_conversation_length_runs() -> None:
-    text = await run_bench("memory_ask", "--rounds", "1", "--asks", "2")
-    for row in ("Ask, 2-turn", "Ask, 200-turn", "memory per turn, 200-turn"):
+    """With --versus, a second memory service (here of this same checkout) is timed in
+    the same rounds."""
+    text = await run_bench("memory_ask", "--rounds", "1", "--asks", "2", "--versus", str(ROOT))
+    for row in (
+        "Ask, 2-turn",
+        "Ask, 200-turn",
+        "memory per turn, 200-turn conv.",
+        "memory per turn, 200-turn, versus",
+    ):
         assert row in text, text
 
 
