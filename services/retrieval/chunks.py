@@ -50,7 +50,9 @@ def check_ranges(schema: Schema, request: pb.GetChunksRequest, max_ranges: int) 
     document_type = schema.types[chunking.document_property]
     # Each range is its own engine read and its chunks come back again in the reply: the
     # one document named MAX_LIMIT times was read MAX_LIMIT times for one answer.
-    seen: dict[bytes, int] = {}
+    # Keyed by what the range reads, not its bytes: the same range spelled in other bytes
+    # (an int document as -0.0, a field this service does not know) is a repeat too.
+    seen: dict[tuple[object, ...], int] = {}
     for i, item in enumerate(request.ranges):
         where = f"ranges[{i}]"
         kind = item.document.WhichOneof("kind")
@@ -86,7 +88,17 @@ def check_ranges(schema: Schema, request: pb.GetChunksRequest, max_ranges: int) 
             raise InvalidArgument(
                 f"{where}.first must not be greater than {where}.last", field=f"{where}.first"
             )
-        first = seen.setdefault(item.SerializeToString(deterministic=True), i)
+        document = (
+            item.document.string_value
+            if document_type == pb.DATA_TYPE_TEXT
+            else int(item.document.number_value)
+        )
+        key = (
+            document,
+            item.first if item.HasField("first") else None,
+            item.last if item.HasField("last") else None,
+        )
+        first = seen.setdefault(key, i)
         if first != i:
             raise InvalidArgument(
                 f"{where} repeats ranges[{first}] (the same document and positions): give "

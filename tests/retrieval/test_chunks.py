@@ -314,3 +314,32 @@ async def test_a_repeated_range_is_refused_naming_the_range_it_repeats(docs: Ret
     assert "ranges[3] repeats ranges[1]" in (err.details() or "")
     response = await docs.stub.GetChunks(pb.GetChunksRequest(collection="Docs", ranges=ranges[:3]))
     assert [len(r.chunks) for r in response.ranges] == [3, 5, 4]
+
+
+async def test_a_range_repeated_in_other_bytes_is_refused_too(retrieval: Retrieval) -> None:
+    """The repeat check compared each range's serialized bytes: the same range spelled in
+    other bytes (an int document as -0.0 and 0.0, or with a field this service does not
+    know, kept as an unknown field) passed, and was read again."""
+    stub = retrieval.stub
+    await stub.CreateCollection(
+        pb.CreateCollectionRequest(
+            collection=pb.Collection(
+                name="Numbered",
+                properties=props(("doc", pb.DATA_TYPE_INT), ("pos", pb.DATA_TYPE_INT)),
+                vectorizer=pb.Vectorizer(kind=pb.VECTORIZER_KIND_NONE, dimensions=2),
+                chunking=pb.Chunking(document_property="doc", order_property="pos"),
+            )
+        )
+    )
+    zero = pb.ChunkRange(document=struct_pb2.Value(number_value=0.0), last=3)
+    minus_zero = pb.ChunkRange(document=struct_pb2.Value(number_value=-0.0), last=3)
+    # Field 15 (varint 1): unknown to ChunkRange, kept and sent on as it came.
+    unknown = pb.ChunkRange.FromString(zero.SerializeToString() + b"\x78\x01")
+    for repeat in (minus_zero, unknown):
+        ranges = [zero, pb.ChunkRange(document=struct_pb2.Value(number_value=1)), repeat]
+        err = await expect_error(
+            stub.GetChunks(pb.GetChunksRequest(collection="Numbered", ranges=ranges)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            field="ranges[2]",
+        )
+        assert error_info(err).metadata["first"] == "ranges[0]"
