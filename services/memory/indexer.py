@@ -259,12 +259,13 @@ class Indexer:
         if since_ms is None:
             return await self._sweep(set())
         # Owners whose index job the full outbox refused: the index may know none of
-        # their turns yet. Put back if this pass fails, for the next one.
+        # their turns yet. Put back if this pass does not finish, for the next one: failed,
+        # or cancelled (the replica shutting down; its sweep may walk for long).
         missed = await self._store.outbox_take_missed()
         try:
             return await self._sweep(set(missed), since_ms)
-        except Exception:
-            await self._store.outbox_note_missed(missed)
+        except BaseException:
+            await asyncio.shield(self._store.outbox_note_missed(missed))
             raise
 
     async def _sweep(self, owners: set[Owner], since_ms: int | None = None) -> int:

@@ -165,3 +165,47 @@ async def test_the_sweep_catches_up_on_jobs_the_full_outbox_dropped(
     finally:
         await indexer.close()
         await redis.aclose()
+
+
+async def test_a_sweep_cancelled_midway_keeps_the_owners_it_had_to_catch_up(
+    target: Target, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sweep takes the owners whose index job the full outbox refused off their set,
+    and put them back when it failed; but a sweep cancelled (the replica shutting down, a
+    deploy) is no Exception: they were lost, their turns never indexed."""
+    from services.memory import indexer as indexer_module
+
+    monkeypatch.setattr(indexer_module, "MAX_RUNNING_JOBS", 0)  # every job to the outbox
+    redis = connect(
+        target.url, cluster=target.cluster is not None, socket_timeout=5, connect_timeout=2
+    )
+    store = MemoryStore(redis, key_prefix=f"cancelled-{uuid.uuid4().hex[:8]}")
+    index = InteractionIndex(EdgeStore(tmp_path / "index"), None, "cancelled")
+    indexer = Indexer(store, index, retry_seconds=60.0, outbox_max_jobs=1)
+    flood = Owner("acme", "carol")
+    try:
+        since = time.time_ns() // 1_000_000
+        cid = (await store.create_conversation(flood, "flood")).conversation_id
+        for n in range(2):
+            stored = await store.create_interaction(
+                flood, cid, pb.Interaction(input=f"fulmar {n}", response="cliff"), ""
+            )
+            indexer.stored(flood, stored)
+        await indexer.idle()  # one queued, one refused: its owner noted
+
+        scrolling = asyncio.Event()
+
+        async def stalled_scroll(*_: object) -> None:
+            scrolling.set()
+            await asyncio.Event().wait()  # a long walk of the index
+
+        monkeypatch.setattr(index, "scroll", stalled_scroll)
+        sweep = asyncio.create_task(indexer.sweep(since))
+        await asyncio.wait_for(scrolling.wait(), 10)
+        sweep.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await sweep
+        assert await store.outbox_take_missed() == [flood]  # for the next sweep
+    finally:
+        await indexer.close()
+        await redis.aclose()
