@@ -52,6 +52,14 @@ MAX_RUNNING_JOBS = 256
 # A dropped job is logged at most once per this many seconds (a flood drops thousands;
 # the metric counts every one).
 _DROP_LOG_SECONDS = 60.0
+_DROPPED_FULL = (
+    "search index job dropped: the outbox is full (GENSEARCH_MEMORY_SEARCH_OUTBOX_MAX_JOBS); "
+    "the sweep catches up"
+)
+_DROPPED_SHARE = (
+    "search index job dropped: its tenant holds its share of the outbox "
+    "(GENSEARCH_MEMORY_SEARCH_OUTBOX_JOBS_PER_TENANT); the sweep catches up"
+)
 # How many candidates to rank per result asked for: room for stale entries the Redis check
 # drops.
 _CANDIDATES_PER_HIT = 2
@@ -187,8 +195,9 @@ class Indexer:
         now = time.monotonic()
         if now - self._drop_logged >= _DROP_LOG_SECONDS:
             self._drop_logged = now
+            # Which bound, by its setting: a tenant's share full is not the outbox full.
             log.warning(
-                "search index job dropped: the outbox is full; the sweep catches up",
+                _DROPPED_FULL if queued == 0 else _DROPPED_SHARE,
                 extra={"job": job[0], "reason": reason},
             )
 

@@ -7,6 +7,7 @@ effect is read in the engine itself."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from pathlib import Path
@@ -206,6 +207,44 @@ async def test_a_sweep_cancelled_midway_keeps_the_owners_it_had_to_catch_up(
         with pytest.raises(asyncio.CancelledError):
             await sweep
         assert await store.outbox_take_missed() == [flood]  # for the next sweep
+    finally:
+        await indexer.close()
+        await redis.aclose()
+
+
+async def test_a_job_dropped_for_its_tenants_share_is_logged_as_that(
+    target: Target,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A job past its tenant's share of the outbox was logged "the outbox is full" while
+    the outbox had room: an operator looked at the wrong bound."""
+    from services.memory import indexer as indexer_module
+
+    monkeypatch.setattr(indexer_module, "MAX_RUNNING_JOBS", 0)  # every job to the outbox
+    redis = connect(
+        target.url, cluster=target.cluster is not None, socket_timeout=5, connect_timeout=2
+    )
+    store = MemoryStore(redis, key_prefix=f"share-{uuid.uuid4().hex[:8]}")
+    index = InteractionIndex(EdgeStore(tmp_path / "index"), None, "share")
+    indexer = Indexer(
+        store, index, retry_seconds=60.0, outbox_max_jobs=10, outbox_jobs_per_tenant=1
+    )
+    flood = Owner("acme", "carol")
+    try:
+        cid = (await store.create_conversation(flood, "flood")).conversation_id
+        with caplog.at_level(logging.WARNING, logger="gensearch.memory.indexer"):
+            for n in range(2):
+                stored = await store.create_interaction(
+                    flood, cid, pb.Interaction(input=f"shag {n}", response="rock"), ""
+                )
+                indexer.stored(flood, stored)
+            await indexer.idle()
+        assert await redis.zcard(store.outbox_key) == 1  # room for nine more
+        [line] = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+        assert "full" not in line
+        assert "GENSEARCH_MEMORY_SEARCH_OUTBOX_JOBS_PER_TENANT" in line
     finally:
         await indexer.close()
         await redis.aclose()
