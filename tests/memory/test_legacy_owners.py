@@ -12,6 +12,7 @@ legacy owner ``GENSEARCH_MEMORY_UNTENANTED_OWNER`` names (docs/memory.md#legacy-
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from pathlib import Path
 from typing import Any
@@ -346,3 +347,33 @@ async def test_eviction_deletes_the_apart_owners_request_id_key(memory: Memory) 
     )
     assert await memory.redis.exists(keys.interaction(tag, first.interaction.interaction_id)) == 0
     assert await memory.redis.exists(apart) == 0
+
+
+async def test_a_page_token_never_shows_the_other_owners_conversations(
+    memory: Memory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page that ends on the other owner's member (now every empty page of a legacy
+    owner behind the other's) carried that member as its cursor, in the clear (signed,
+    base64 of JSON): the other tenant's conversation id and update time, read by whoever
+    decodes the token. Its conversations are NOT_FOUND exactly like missing ones."""
+    monkeypatch.setattr(store, "LIST_SKIP", 2, raising=False)
+    await memory.stub.CreateConversation(
+        pb.CreateConversationRequest(name="mine"), metadata=DEFAULT_ALICE
+    )
+    theirs = [
+        (
+            await memory.stub.CreateConversation(
+                pb.CreateConversationRequest(name=str(n)), metadata=ALICE
+            )
+        ).conversation.conversation_id
+        for n in range(8)
+    ]
+    page = await memory.stub.ListConversations(
+        pb.ListConversationsRequest(page_size=1), metadata=DEFAULT_ALICE
+    )
+    assert not page.conversations and page.next_page_token  # ended on theirs
+    token = page.next_page_token
+    raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    assert not [cid for cid in theirs if cid.encode() in raw]
+    # Still a token that goes on: paging reaches hers, and only hers.
+    assert len(await listed(memory, DEFAULT_ALICE, 1)) == 1

@@ -4,7 +4,11 @@ whatever is created between (and during) page requests."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
 import itertools
+import json
 import uuid
 
 from gensearch.memory.v1 import memory_service_pb2 as pb
@@ -12,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from services.common.auth import DEFAULT_TENANT, Identity, Role, forwarded_identity
+from services.memory.page_token import PageTokens
 from tests.memory.conftest import INTERNAL_TOKEN, Memory
 
 EXAMPLES = settings(
@@ -183,3 +188,18 @@ async def test_updated_conversation_moves_to_the_top(memory: Memory) -> None:
     assert [c.conversation_id for c in second.conversations] == [ids[1], ids[0]]
     again = await s.ListConversations(pb.ListConversationsRequest(page_size=1), metadata=who)
     assert again.conversations[0].conversation_id == ids[3]
+
+
+def test_a_token_of_the_version_before_sealed_cursors_is_still_read() -> None:
+    """Version 3 seals the cursor (services/memory/page_token.py); a version 2 token, its
+    cursor in the clear, issued before an upgrade, still pages on."""
+    tokens = PageTokens(b"s" * 32)
+    cursor = "000001700000000:a-conversation"
+    sealed = tokens.encode("conversations", "", cursor, "alice")
+    assert cursor.encode() not in base64.urlsafe_b64decode(sealed + "=" * (-len(sealed) % 4))
+    assert tokens.decode(sealed, "conversations", "", "alice") == cursor
+    holder = hashlib.sha256(b"alice").hexdigest()[:16]
+    payload = json.dumps([2, "conversations", "", holder, cursor], separators=(",", ":")).encode()
+    mac = hmac.new(b"s" * 32, payload, hashlib.sha256).digest()[:16]
+    old = base64.urlsafe_b64encode(payload + mac).rstrip(b"=").decode()
+    assert tokens.decode(old, "conversations", "", "alice") == cursor
