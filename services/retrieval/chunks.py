@@ -18,11 +18,13 @@ from google.protobuf import struct_pb2
 from services.common.errors import FailedPrecondition, InvalidArgument, MissingField
 from services.common.values import (
     MAX_EXACT_INTEGER,
+    check_chars,
     past_exact_integer,
     past_exact_integer_message,
 )
 from services.retrieval.filters import Node, build_filter
 from services.retrieval.schema import Schema
+from services.retrieval.search import QUERY_CHARS_SETTING
 from services.retrieval.store import PROPS, FoundPoint, VectorStore
 
 # The largest position a range may name: filters hold numbers as doubles (JSON numbers),
@@ -30,7 +32,12 @@ from services.retrieval.store import PROPS, FoundPoint, VectorStore
 MAX_POSITION = MAX_EXACT_INTEGER
 
 
-def check_ranges(schema: Schema, request: pb.GetChunksRequest, max_ranges: int) -> pb.Chunking:
+def check_ranges(
+    schema: Schema, request: pb.GetChunksRequest, max_ranges: int, max_document_chars: int
+) -> pb.Chunking:
+    """The request's ranges, checked; ``max_document_chars`` bounds a text document's id
+    (MAX_QUERY_TEXT_CHARS: like a search's text it is a caller's key to look up, and had no
+    bound of its own but the 4 MB request, all of it sent to the engine as a filter)."""
     chunking = schema.chunking
     if chunking is None:
         raise FailedPrecondition(
@@ -58,6 +65,13 @@ def check_ranges(schema: Schema, request: pb.GetChunksRequest, max_ranges: int) 
         kind = item.document.WhichOneof("kind")
         if document_type == pb.DATA_TYPE_TEXT:
             ok = kind == "string_value" and bool(item.document.string_value)
+            if ok:
+                check_chars(
+                    item.document.string_value,
+                    f"{where}.document",
+                    max_document_chars,
+                    QUERY_CHARS_SETTING,
+                )
         else:
             value = item.document.number_value
             ok = kind == "number_value" and math.isfinite(value) and value == int(value)

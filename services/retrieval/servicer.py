@@ -462,7 +462,9 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         self, request: pb.GetChunksRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetChunksResponse:
         schema = await self._catalog.get(require_role(Role.READER).tenant, request.collection)
-        chunking = chunks.check_ranges(schema, request, self._settings.max_limit)
+        chunking = chunks.check_ranges(
+            schema, request, self._settings.max_limit, self._settings.max_query_text_chars
+        )
         wanted = _return_properties(schema, request.return_properties)
         if wanted is not None:
             # The chunking properties always come back: they say where a chunk belongs.

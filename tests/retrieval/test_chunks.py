@@ -343,3 +343,29 @@ async def test_a_range_repeated_in_other_bytes_is_refused_too(retrieval: Retriev
             field="ranges[2]",
         )
         assert error_info(err).metadata["first"] == "ranges[0]"
+
+
+async def test_a_document_longer_than_the_query_text_bound_is_field_too_large(
+    make_retrieval: MakeRetrieval,
+) -> None:
+    """A range's document string is a lookup key as a search's text is: bounded by
+    MAX_QUERY_TEXT_CHARS (it had no bound but the 4 MB request: a 3 MB document string went
+    to the engine as a filter value)."""
+    harness = await make_retrieval(max_query_text_chars=10)
+    stub = harness.stub
+    await stub.CreateCollection(
+        pb.CreateCollectionRequest(
+            collection=chunked(document_property="doc_id", order_property="chunk_index")
+        )
+    )
+    ok = pb.ChunkRange(document=doc("a" * 10))
+    await stub.GetChunks(pb.GetChunksRequest(collection="Docs", ranges=[ok]))
+    long = pb.ChunkRange(document=doc("a" * 11))
+    err = await expect_error(
+        stub.GetChunks(pb.GetChunksRequest(collection="Docs", ranges=[ok, long])),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        field="ranges[1].document",
+    )
+    assert error_info(err).reason == "FIELD_TOO_LARGE"
+    assert error_info(err).metadata["setting"] == "GENSEARCH_RETRIEVAL_MAX_QUERY_TEXT_CHARS"
+    assert error_info(err).metadata["max_chars"] == "10"
