@@ -43,7 +43,11 @@ class Backends:
         clients = Downstream(settings, interceptors)
         return cls(
             clients=clients,
-            catalog=Catalog(clients.retrieval, settings.collection_cache_ttl),
+            catalog=Catalog(
+                clients.retrieval,
+                settings.collection_cache_ttl,
+                settings.collection_cache_entries_per_tenant,
+            ),
             models=ModelCatalog(
                 clients.generation, settings.max_model_chars, settings.max_url_chars
             ),

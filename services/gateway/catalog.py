@@ -4,6 +4,7 @@ from retrieval's GetCollection and kept for a moment so a burst of searches asks
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -38,32 +39,55 @@ class CollectionInfo:
 
 
 class Catalog:
-    def __init__(self, retrieval: RetrievalClient, ttl: float) -> None:
+    def __init__(
+        self, retrieval: RetrievalClient, ttl: float, entries_per_tenant: int = 1024
+    ) -> None:
+        """``entries_per_tenant``: (user, collection) pairs kept per tenant, the least
+        recently used dropped first (COLLECTION_CACHE_ENTRIES_PER_TENANT)."""
         self._retrieval = retrieval
         self._ttl = ttl
+        self._entries_per_tenant = entries_per_tenant
         # Keyed by tenant (names are unique per tenant only: the same name in two tenants
-        # is two collections) and by user (whether a caller may read a collection is
-        # retrieval's call, never this cache's).
-        self._cache: dict[tuple[str, str, str], tuple[float, CollectionInfo]] = {}
+        # is two collections), then by user (whether a caller may read a collection is
+        # retrieval's call, never this cache's) and name. Each tenant's entries are bounded
+        # on their own: the whole cache was emptied past 1,024 entries, so one tenant with
+        # many collections or users kept clearing every tenant's. Tenants are the API
+        # keys' (a bounded, configured set).
+        self._cache: dict[str, OrderedDict[tuple[str, str], tuple[float, CollectionInfo]]] = {}
 
     def forget(self, tenant: str, name: str) -> None:
         """Drop what is kept of ``tenant``'s collection ``name`` (for every user)."""
-        for key in [k for k in self._cache if k[0] == tenant and k[2] == name]:
-            del self._cache[key]
+        held = self._cache.get(tenant)
+        if held is None:
+            return
+        for key in [k for k in held if k[1] == name]:
+            del held[key]
+        if not held:
+            del self._cache[tenant]
 
     def peek(self, name: str, caller: Caller) -> CollectionInfo | None:
         """What is kept of ``name`` for ``caller`` if still fresh, else None (no call)."""
-        cached = self._cache.get((caller.tenant, caller.user, name))
+        held = self._cache.get(caller.tenant)
+        key = (caller.user, name)
+        cached = held.get(key) if held is not None else None
         if cached is not None and time.monotonic() - cached[0] < self._ttl:
+            held.move_to_end(key)  # type: ignore[union-attr]
             return cached[1]
         return None
+
+    def _keep(self, caller: Caller, name: str, kept: tuple[float, CollectionInfo]) -> None:
+        held = self._cache.setdefault(caller.tenant, OrderedDict())
+        key = (caller.user, name)
+        held[key] = kept
+        held.move_to_end(key)
+        while len(held) > self._entries_per_tenant:
+            held.popitem(last=False)
 
     async def get(self, name: str, caller: Caller, timeout: float | None) -> CollectionInfo:
         known = self.peek(name, caller)
         if known is not None:
             return known
         now = time.monotonic()
-        key = (caller.tenant, caller.user, name)
         try:
             collection = await self._retrieval.get_collection(name, caller, timeout)
         except ServiceError as err:
@@ -82,7 +106,5 @@ class Catalog:
             ) from None
         info = CollectionInfo.of(collection)
         if self._ttl > 0:
-            if len(self._cache) > 1024:
-                self._cache.clear()
-            self._cache[key] = (now, info)
+            self._keep(caller, name, (now, info))
         return info

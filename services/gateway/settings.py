@@ -229,6 +229,9 @@ class GatewaySettings(SchemaBoundSettings):
     max_citation_checks: int = Field(default=50_000, ge=0, le=10_000_000)
     # Cache of collection schemas and generative defaults, seconds (0: ask every time).
     collection_cache_ttl: float = Field(default=2.0, ge=0, le=MAX_WAIT_SECONDS)
+    # (user, collection) entries that cache keeps per tenant, the least recently used
+    # dropped first: one tenant's many collections or users never evict another's.
+    collection_cache_entries_per_tenant: int = Field(default=1024, ge=1, le=MAX_CONCURRENCY)
 
     # --- per-tenant quotas (docs/operations.md#quotas), counted in Redis ---
     # redis://... shared by every gateway replica. Empty: no quotas (logged at start);
