@@ -24,17 +24,13 @@ from collections.abc import AsyncIterator
 import grpc
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
-from google.protobuf import struct_pb2
+from google.protobuf import json_format, struct_pb2
 
 from services.common.errors import InvalidArgument, MissingField, NotFound
+from services.common.property_types import ObjectInvalid, coerce_value
 from services.common.repeats import refuse_repeats
 from services.common.suggest import did_you_mean
-from services.common.values import (
-    check_uuid,
-    check_value,
-    past_exact_integer,
-    past_exact_integer_message,
-)
+from services.common.values import check_uuid, check_value
 from services.gateway import generative_request, templates
 from services.gateway.backends import Backends
 from services.gateway.catalog import CollectionInfo
@@ -153,18 +149,8 @@ class NamedObjects:
                                 reason="UNKNOWN_PROPERTY",
                                 metadata=suggestion,
                             )
-                        value = obj.fields[name]
-                        if (
-                            info.properties[name] == ret_pb.DATA_TYPE_INT
-                            and value.WhichOneof("kind") == "number_value"
-                            and past_exact_integer(value.number_value)
-                        ):
-                            # As retrieval refuses it stored: the double may not be the
-                            # integer the client meant, and the prompt would show another.
-                            path = f"inline.objects[{i}].{name[:64]}"
-                            raise InvalidArgument(
-                                past_exact_integer_message(path), field=path, reason="WRONG_TYPE"
-                            )
+                        path = f"inline.objects[{i}].{name[:64]}"
+                        _check_type(info.properties[name], obj.fields[name], path)
         return await self._search.build(
             hits=hits,
             info=info,
@@ -221,3 +207,20 @@ class NamedObjects:
                 continue
             hits.append(ret_pb.Hit(id=got.id, properties=got.properties))
         return hits
+
+
+def _check_type(data_type: int, value: struct_pb2.Value, path: str) -> None:
+    """WRONG_TYPE naming ``path`` for a value the collection would not store in a property
+    of ``data_type`` (UpsertObjects' own rule: ``property_types.coerce_value``): a text
+    property given the number 5 was taken and rendered "5.0" into the prompt. An int past
+    2^53 is refused too: the Struct's double may not be the integer the client meant. A
+    null is no value, as UpsertObjects stores it. The value's depth and size were checked
+    before (``_check_inline``)."""
+    if value.WhichOneof("kind") == "null_value":
+        return
+    try:
+        coerce_value(data_type, json_format.MessageToDict(value), path)
+    except ObjectInvalid as err:
+        # The message starts with the path (as the unknown property's does), once.
+        message = err.message if err.message.startswith(path) else f"{path}: {err.message}"
+        raise InvalidArgument(message, field=path, reason="WRONG_TYPE") from None

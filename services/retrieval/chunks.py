@@ -76,7 +76,7 @@ def check_ranges(
             value = item.document.number_value
             ok = kind == "number_value" and math.isfinite(value) and value == int(value)
             if ok and past_exact_integer(value):
-                # As every int property holds it (schema.coerce_value, filters._scalar):
+                # As every int property holds it (property_types.coerce_value, filters._scalar):
                 # -2^63 itself was let through here, then named a filter field the request
                 # never had; 2^53 + 1 arrived as 2^53 and read another document's chunks.
                 raise InvalidArgument(

@@ -19,6 +19,7 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 from google.protobuf import json_format
 
 from services.common.errors import InvalidArgument, MissingField, quote
+from services.common.property_types import RFC3339_DATE_TIME, ObjectInvalid, format_date, parse_date
 from services.common.suggest import did_you_mean
 from services.common.values import (
     DEFAULT_MAX_DEPTH,
@@ -27,7 +28,6 @@ from services.common.values import (
     past_exact_integer_message,
 )
 from services.retrieval.normalize import NORMALIZED, nfkc
-from services.retrieval.schema import RFC3339_DATE_TIME, ObjectInvalid, format_date, parse_date
 
 # The defaults of the settings GENSEARCH_RETRIEVAL_MAX_FILTER_DEPTH, _MAX_FILTER_CONDITIONS
 # and _MAX_FILTER_VALUES (settings.py): levels of all_of/any_of/none_of, conditions in one
@@ -329,7 +329,7 @@ def _equal(name: str, data_type: int, value: Any) -> Node:
 
 def _scalar(data_type: int, value: Any, field: str) -> Any:
     """One value of the property's (element) type; dates become their microsecond in UTC,
-    RFC 3339, as stored (``schema.format_date``)."""
+    RFC 3339, as stored (``property_types.format_date``)."""
     ok: Any = None
     if data_type in (pb.DATA_TYPE_TEXT, pb.DATA_TYPE_TEXT_ARRAY):
         ok = value if isinstance(value, str) else None

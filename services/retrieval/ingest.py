@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 
 from services.common.errors import ServiceError, object_error
+from services.common.property_types import ObjectInvalid
 from services.common.values import DEFAULT_MAX_DEPTH
 from services.retrieval import bm25
 from services.retrieval.embedders import Embedder, Embedders, EmbeddingInputRejected
-from services.retrieval.schema import ObjectInvalid, PreparedObject, Schema, prepare_object
+from services.retrieval.schema import PreparedObject, Schema, prepare_object
 from services.retrieval.settings import MAX_ISOLATION_CALLS
 from services.retrieval.store import PROPS, StoredPoint, VectorStore
 

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import math
 import re
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -17,13 +15,17 @@ from google.protobuf import json_format
 from services.common.auth import DEFAULT_TENANT
 from services.common.errors import InvalidArgument, MissingField, quote
 from services.common.model_names import MAX_MODEL_CHARS, check_model_name
+from services.common.property_types import (
+    TYPE_NAMES,
+    ObjectInvalid,
+    coerce_value,
+    parse_date,
+)
 from services.common.settings import DEFAULT_MAX_FALLBACKS, DEFAULT_MAX_PROMPT_CHARS
 from services.common.values import (
     DEFAULT_MAX_DEPTH,
     check_chars,
     check_value,
-    past_exact_integer,
-    past_exact_integer_message,
 )
 from services.common.well_known import duration_seconds
 from services.retrieval.endpoints import ENV_NAME, EmbeddingPolicy
@@ -53,14 +55,6 @@ RERANK_DEFAULT_SETTING = "GENSEARCH_RETRIEVAL_MAX_RERANK_DEFAULT_CHARS"
 # A model name's characters (services/common/model_names.py; its default MAX_MODEL_CHARS).
 MODEL_SETTING = "GENSEARCH_RETRIEVAL_MAX_MODEL_CHARS"
 TEXT_TYPES = (pb.DATA_TYPE_TEXT, pb.DATA_TYPE_TEXT_ARRAY)
-TYPE_NAMES: dict[int, str] = {
-    pb.DATA_TYPE_TEXT: "text",
-    pb.DATA_TYPE_TEXT_ARRAY: "text array",
-    pb.DATA_TYPE_INT: "int",
-    pb.DATA_TYPE_NUMBER: "number",
-    pb.DATA_TYPE_BOOL: "bool",
-    pb.DATA_TYPE_DATE: "date",
-}
 DISTANCES: dict[int, str] = {
     pb.DISTANCE_COSINE: "cosine",
     pb.DISTANCE_DOT: "dot",
@@ -473,13 +467,6 @@ class PreparedObject:
     vector: list[float] | None
 
 
-class ObjectInvalid(Exception):
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
-        self.message = message
-
-
 # The longest vector a dot or Euclid collection takes: two vectors this long have a dot
 # product of at most 2^124 and a Euclid distance of at most 2^63 (squared 2^126), both
 # finite in float32 (whose largest value is ~2^128).
@@ -604,95 +591,3 @@ def prepare_object(
     if flags:
         payload["b"] = flags
     return PreparedObject(index=index, id=object_id, payload=payload, vector=vector)
-
-
-def coerce_value(data_type: int, value: Any, path: str) -> Any:
-    """``value`` (decoded from a protobuf Value) as stored for ``data_type``."""
-    expected = TYPE_NAMES[data_type]
-    if data_type == pb.DATA_TYPE_TEXT:
-        if isinstance(value, str):
-            return value
-    elif data_type == pb.DATA_TYPE_TEXT_ARRAY:
-        if isinstance(value, list) and all(isinstance(v, str) for v in value):
-            return value
-    elif data_type == pb.DATA_TYPE_INT:
-        if _is_number(value) and float(value).is_integer() and past_exact_integer(value):
-            raise ObjectInvalid(path, past_exact_integer_message(path))
-        if _is_number(value) and float(value).is_integer():
-            return int(value)
-    elif data_type == pb.DATA_TYPE_NUMBER:
-        if _is_number(value) and math.isfinite(value):
-            return float(value)
-    elif data_type == pb.DATA_TYPE_BOOL:
-        if isinstance(value, bool):
-            return value
-    elif data_type == pb.DATA_TYPE_DATE and isinstance(value, str):
-        parsed = parse_date(value, path)
-        try:
-            return format_date(parsed)
-        except OverflowError:
-            # Stored in UTC: "0001-01-01T00:00:00+01:00" is in year 0 there, which datetime
-            # cannot hold (it failed the whole batch with INTERNAL).
-            raise ObjectInvalid(
-                path, f"{quote(value)} is before year 1 or after year 9999 in UTC"
-            ) from None
-    raise ObjectInvalid(path, f"expected {expected}, got {_describe(value)}")
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _describe(value: Any) -> str:
-    if isinstance(value, bool):
-        return "a bool"
-    if isinstance(value, int | float):
-        return f"the number {value!r}"
-    if isinstance(value, str):
-        return f"the string {quote(value)}"
-    if isinstance(value, list):
-        return "a list"
-    return "an object"
-
-
-# RFC 3339's date-time (section 5.6), the one date form the API takes: a full date, "T",
-# hours:minutes:seconds, optional fractional seconds after ".", and "Z" or a +hh:mm/-hh:mm
-# offset ("t" and "z" may be lower case). Checked before datetime.fromisoformat, which also
-# reads ISO 8601 forms RFC 3339 does not have: week dates ("2024-W01-1T00:00:00Z"), compact
-# forms ("20240101T000000Z"), times without seconds ("…T12:00Z"), "," fractions, offsets
-# without a colon or with seconds ("+0100", "+01", "+01:00:30"), offset minutes past 59
-# ("+01:60", read as +02:00) and a space before the offset. ASCII digits only (re.ASCII);
-# the range of each field is left to fromisoformat (it refuses "2024-02-30" and a leap
-# second ":60").
-RFC3339_DATE_TIME = re.compile(
-    r"(?P<date>\d{4}-\d{2}-\d{2})[Tt](?P<time>\d{2}:\d{2}:\d{2})(?P<fraction>\.\d+)?"
-    r"(?P<offset>[Zz]|[+-]\d{2}:[0-5]\d)",
-    re.ASCII,
-)
-
-
-def parse_date(value: str, path: str) -> datetime:
-    """An RFC 3339 date-time with a time zone offset (``Z`` or ``+hh:mm``), and nothing
-    else that ``datetime.fromisoformat`` would read (``RFC3339_DATE_TIME``)."""
-    # fullmatch, not match: a trailing newline or a NUL and more (CPython's fromisoformat
-    # stops reading at a NUL, so "2024-05-01T12:00:00Z\x00anything" once parsed, the rest
-    # silently dropped) is not a date.
-    match = RFC3339_DATE_TIME.fullmatch(value)
-    parsed = None
-    if match:
-        # Microseconds are all a datetime holds: further digits are dropped, as before.
-        fraction = (match["fraction"] or "")[:7]
-        offset = "+00:00" if match["offset"] in ("Z", "z") else match["offset"]
-        try:
-            parsed = datetime.fromisoformat(f"{match['date']}T{match['time']}{fraction}{offset}")
-        except ValueError:  # a field out of range: month 13, February 30, second 60 ...
-            parsed = None
-    if parsed is None:
-        raise ObjectInvalid(path, f"expected an RFC 3339 date-time with offset, got {quote(value)}")
-    return parsed
-
-
-def format_date(value: datetime) -> str:
-    """Dates are stored in UTC, RFC 3339, so equal instants compare equal as strings."""
-    text = value.astimezone(UTC).isoformat()
-    return text.replace("+00:00", "Z")

@@ -25,7 +25,7 @@ from gensearch.client import (
 from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as ret_grpc
 
 from services.common.errors import FailedPrecondition, NotFound, ServiceError
-from services.retrieval.schema import RFC3339_DATE_TIME
+from services.common.property_types import RFC3339_DATE_TIME
 from tests.cli.conftest import RunningStack
 
 ROOT = Path(__file__).resolve().parents[2]

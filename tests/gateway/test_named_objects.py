@@ -247,6 +247,38 @@ async def test_inline_objects_checked_against_a_named_collection(stack: Stack) -
     assert "past 2^53" in (caught.value.details() or "")
 
 
+@pytest.mark.parametrize(
+    ("value", "name", "expected"),
+    [
+        (5, "title", "expected text, got the number 5.0"),
+        (["sf", 3], "tags", "expected text array, got a list"),
+        ("1965", "year", "expected int, got the string '1965'"),
+        (1965.5, "year", "expected int, got the number 1965.5"),
+        (True, "year", "expected int, got a bool"),
+    ],
+)
+async def test_inline_values_of_the_wrong_type_for_a_named_collection_are_wrong_type(
+    stack: Stack, value: Any, name: str, expected: str
+) -> None:
+    """A named collection's types hold for inline objects as for UpsertObjects (the same
+    rule, property_types.coerce_value): a text property given the number 5 was accepted
+    and rendered into the prompt as "5.0". Refused before any LLM call, naming the field."""
+    await create_books(stack)
+    objects: list[dict[str, Any]] = [{"title": "Kim"}, {"title": "Emma"}, {"title": "Dune"}]
+    objects[2][name] = value
+    request = inline(objects, single_prompt="About {title}")
+    request.collection = "Books"
+    calls = len(stack.fake.chat_requests)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stack.stub.GenerateOnObjects(request, metadata=ALICE)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    info = error_info(caught.value)
+    path = f"inline.objects[2].{name}"
+    assert (info.reason, info.metadata["field"]) == ("WRONG_TYPE", path)
+    assert caught.value.details() == f"{path}: {expected}"
+    assert len(stack.fake.chat_requests) == calls
+
+
 async def test_streaming_with_ids(stack: Stack) -> None:
     ids = await create_books(stack)
     request = gw_pb.StreamGenerateOnObjectsRequest()

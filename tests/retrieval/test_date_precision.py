@@ -17,9 +17,10 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from services.common.property_types import format_date
 from services.retrieval.edge_store import create_indexes, to_edge_filter
 from services.retrieval.filters import build_filter
-from services.retrieval.schema import Schema, format_date, prepare_object
+from services.retrieval.schema import Schema, prepare_object
 from tests.retrieval.conftest import (
     EQ,
     GT,
