@@ -62,10 +62,11 @@ from services.common.request_parse import (
     Unreceived,
     message_type,
     no_request,
+    request_descriptor,
     tolerant,
 )
 from services.common.request_size import TooLarge, bounded
-from services.common.stream_idle import STALLED, IdleLimit
+from services.common.stream_idle import STALLED, IdleLimit, progress_rule
 from services.common.trace_headers import metadata_getter
 
 log = logging.getLogger("gensearch.rpc")
@@ -268,6 +269,8 @@ class _MethodWrapper:
         self.reply_bytes = reply_bytes or ReplyBytes(0, "")  # 0: no limit
         self.request_bytes = request_bytes or RequestBytes(0, "")  # 0: no limit
         self.stream_idle = stream_idle
+        # Which messages of a client stream reset its idle clock (set by ``wrap``).
+        self.progress: Callable[[Any], bool] = progress_rule(None)
         self.method = method
         self.auth = auth
         kind = grpc_type(handler.request_streaming, handler.response_streaming)
@@ -371,20 +374,25 @@ class _MethodWrapper:
     async def _counted(self, requests: AsyncIterator[Any], held: Held | None) -> AsyncIterator[Any]:
         received = self.metrics.received
         idle = self.stream_idle
+        clock = idle.clock()
+        progress = self.progress
         requests = aiter(requests)
         while True:
             if held is not None:
                 held.release()  # the servicer asks for the next message: done with this one
             try:
-                # Raises STREAM_IDLE into the servicer (which may say what it did so far,
-                # as ImportObjects does); the call then ends and gives back its slots.
-                request = await idle.next(requests)
+                # Raises STREAM_IDLE or STREAM_TOO_LONG into the servicer (which may say
+                # what it did so far, as ImportObjects does); the call then ends and gives
+                # back its slots.
+                request = await idle.next_of_stream(requests, clock)
             except StopAsyncIteration:
                 return
             received.inc()
             request, size = unsized(request)
             if isinstance(request, TooLarge | Undecodable):
                 raise request.error()
+            if progress(request):
+                clock.progress()
             if held is not None:
                 held.take(size)  # REQUEST_BYTES_IN_FLIGHT into the servicer, as STREAM_IDLE
             yield request
@@ -646,6 +654,7 @@ class _MethodWrapper:
         """``limit``: the largest request accepted, when smaller than gRPC's own (held by
         the variable ``setting``)."""
         request_type = message_type(handler.request_deserializer)
+        self.progress = progress_rule(request_descriptor(handler.request_deserializer))
         deserializer = tolerant(handler.request_deserializer)
         if limit is not None and deserializer is not None:
             deserializer = bounded(deserializer, limit, self.method, setting)

@@ -63,7 +63,7 @@ _BAD_UTF8 = "bad UTF-8"
 _PARSE_DEPTH = 100
 
 
-def _descriptor(deserializer: Callable[[bytes], Any] | None) -> Any:
+def request_descriptor(deserializer: Callable[[bytes], Any] | None) -> Any:
     # Generated handlers deserialize with ``<Message>.FromString``, bound to the class.
     cls = getattr(deserializer, "__self__", None)
     return getattr(cls, "DESCRIPTOR", None)
@@ -71,13 +71,13 @@ def _descriptor(deserializer: Callable[[bytes], Any] | None) -> Any:
 
 def message_type(deserializer: Callable[[bytes], Any] | None) -> str:
     """The full name of the message ``deserializer`` parses ("request" when unknown)."""
-    return getattr(_descriptor(deserializer), "full_name", "request")
+    return getattr(request_descriptor(deserializer), "full_name", "request")
 
 
 def tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
     if deserializer is None:
         return None
-    descriptor = _descriptor(deserializer)
+    descriptor = request_descriptor(deserializer)
     message_type = getattr(descriptor, "full_name", "request")
 
     def parse(data: bytes) -> Any:

@@ -313,6 +313,8 @@ class GrpcServer:
             f"{settings.namespace()}STREAM_IDLE_TIMEOUT",
             settings.stream_send_timeout,
             f"{settings.namespace()}STREAM_SEND_TIMEOUT",
+            settings.client_stream_max_seconds,
+            f"{settings.namespace()}CLIENT_STREAM_MAX_SECONDS",
         )
         self.metadata_limit = MetadataLimit(
             settings.max_metadata_bytes, f"{settings.namespace()}MAX_METADATA_BYTES"

@@ -306,7 +306,14 @@ class CommonSettings(BaseSettings):
     # Seconds a client-streaming call waits for each request message (the first one too)
     # before it ends DEADLINE_EXCEEDED, reason STREAM_IDLE: a silent stream would otherwise
     # hold its call slot and its tenant's quota for ever (services/common/stream_idle.py).
+    # A message carrying nothing (an ImportObjects message without objects) is no progress:
+    # the wait before it counts on towards the next.
     stream_idle_timeout: float = Field(default=30.0, gt=0, le=MAX_WAIT_SECONDS)
+    # Seconds a client stream (ImportObjects) lasts at most from its start, however steadily
+    # it sends; past it, the wait for its next message ends the call DEADLINE_EXCEEDED,
+    # reason STREAM_TOO_LONG (what it imported kept and said): a trickle of one object a
+    # message would otherwise hold its call slot and its tenant's quota for ever.
+    client_stream_max_seconds: float = Field(default=3600.0, gt=0, le=MAX_WAIT_SECONDS)
     # Seconds a server stream's write may stay blocked (HTTP/2 flow control holds the next
     # message back until the client reads) before the call ends DEADLINE_EXCEEDED, reason
     # STREAM_STALLED, whatever its deadline: a client that stopped reading would otherwise

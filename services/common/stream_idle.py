@@ -7,7 +7,14 @@ them for ever: a writer's key locked its whole tenant out with 8 silent ImportOb
 streams. So the chassis waits at most ``stream_idle_timeout`` seconds for each request
 message, the first one included, and ends the call DEADLINE_EXCEEDED (reason
 ``STREAM_IDLE``) when none comes; the slots are given back as the call ends. Only the wait
-for a message counts: the servicer's own work between messages does not.
+for a message counts: the servicer's own work between messages does not. A message that
+carries nothing (an ImportObjects message with no objects: ``progress_rule``) is no
+progress: the wait before it counts on towards the next one, so a client sending an empty
+message just inside the timeout, over and over, is ended as a silent one (it held its slots
+for ever that way). And whatever it sends, a client stream lasts at most
+``client_stream_max_seconds`` from its start: past it, the wait for its next message ends
+the call DEADLINE_EXCEEDED (reason ``STREAM_TOO_LONG``), what it imported kept and said, as
+for ``STREAM_IDLE`` (a steady trickle of one object a message held its slots for ever too).
 
 The other way round, a server stream whose client stops reading (or never reads) held its
 call the same way: gRPC cannot send a message its client does not take, so the stream
@@ -29,7 +36,7 @@ it, when it reads on.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -39,20 +46,30 @@ from services.common.errors import DeadlineExceeded
 
 REASON = "STREAM_IDLE"
 STALLED = "STREAM_STALLED"
+TOO_LONG = "STREAM_TOO_LONG"
 
 
 class IdleLimit:
     def __init__(
-        self, seconds: float, setting: str, send_seconds: float = 0.0, send_setting: str = ""
+        self,
+        seconds: float,
+        setting: str,
+        send_seconds: float = 0.0,
+        send_setting: str = "",
+        max_seconds: float = 0.0,
+        max_setting: str = "",
     ) -> None:
         """``seconds`` to wait for each request message, ``send_seconds`` for the client to
-        take each reply message of a stream (0: no limit); ``setting`` and ``send_setting``
-        are the variables that set them, named in the errors so an operator knows what to
+        take each reply message of a stream (0: no limit), ``max_seconds`` a client stream
+        lasts at most (0: no limit); ``setting``, ``send_setting`` and ``max_setting`` are
+        the variables that set them, named in the errors so an operator knows what to
         raise."""
         self.seconds = seconds
         self.setting = setting
         self.send_seconds = send_seconds
         self.send_setting = send_setting
+        self.max_seconds = max_seconds
+        self.max_setting = max_setting
 
     def error(self) -> DeadlineExceeded:
         return DeadlineExceeded(
@@ -73,6 +90,46 @@ class IdleLimit:
             if timeout.expired():
                 raise self.error() from None
             raise
+
+    def too_long(self) -> DeadlineExceeded:
+        return DeadlineExceeded(
+            f"the stream lasted its {self.max_seconds:g} s ({self.max_setting}) and was "
+            "ended: send the rest in another stream",
+            reason=TOO_LONG,
+            metadata={"max_seconds": f"{self.max_seconds:g}", "setting": self.max_setting},
+        )
+
+    def clock(self) -> StreamClock:
+        """The clocks of a client stream starting now."""
+        loop = asyncio.get_running_loop()
+        ends_at = loop.time() + self.max_seconds if self.max_seconds else None
+        return StreamClock(ends_at)
+
+    async def next_of_stream(self, requests: AsyncIterator[Any], clock: StreamClock) -> Any:
+        """The next message of the client stream ``requests`` (StopAsyncIteration at its
+        end): ``STREAM_IDLE`` when none comes within what is left of ``seconds`` since its
+        last message that carried something (``clock.progress``), ``STREAM_TOO_LONG`` when
+        the stream reaches ``max_seconds`` first."""
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        wait = self.seconds - clock.idle
+        ends_first = False
+        if clock.ends_at is not None:
+            left = clock.ends_at - began
+            if left <= 0:
+                raise self.too_long()
+            if left < wait:
+                wait, ends_first = left, True
+        timeout = asyncio.timeout(wait)
+        try:
+            async with timeout:
+                return await anext(requests)
+        except TimeoutError:
+            if timeout.expired():
+                raise (self.too_long() if ends_first else self.error()) from None
+            raise
+        finally:
+            clock.idle += loop.time() - began
 
     def stalled(self) -> DeadlineExceeded:
         return DeadlineExceeded(
@@ -97,6 +154,33 @@ class IdleLimit:
     def watch(self) -> SendWatch:
         """The watch of the current call's writes (run in the call's own task)."""
         return SendWatch(self.send_seconds)
+
+
+class StreamClock:
+    """One client stream's clocks: when it must end (None: never), and the seconds it
+    waited for messages since its last one that carried something."""
+
+    __slots__ = ("ends_at", "idle")
+
+    def __init__(self, ends_at: float | None) -> None:
+        self.ends_at = ends_at
+        self.idle = 0.0
+
+    def progress(self) -> None:
+        """The message just received carried something: the idle wait starts over."""
+        self.idle = 0.0
+
+
+def progress_rule(descriptor: Any) -> Callable[[Any], bool]:
+    """Whether a message of a client stream whose message type is ``descriptor`` is
+    progress: one of a message with repeated fields (ImportObjects' ``objects``) must carry
+    an entry of one (an empty one only kept a stream open); any other message is. Unknown
+    type (None): every message is."""
+    fields = getattr(descriptor, "fields", ())
+    names = [f.name for f in fields if f.is_repeated]
+    if not names:
+        return lambda message: True
+    return lambda message: any(len(getattr(message, name)) for name in names)
 
 
 class SendWatch:

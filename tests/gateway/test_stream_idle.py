@@ -165,3 +165,65 @@ async def test_a_slow_stream_within_the_timeout_completes(stack: Stack) -> None:
     imported = await stack.retrieval.ImportObjects(slow(), metadata=ALICE, timeout=10)
     assert (imported.received_count, imported.imported_count) == (3, 3)
     assert await _count(stack) == 8
+
+
+async def test_empty_messages_do_not_hold_the_quota_slot(
+    stack: Stack, shared_redis: RedisProcess, quota_prefix: str
+) -> None:
+    """An ImportObjects stream sending a message without objects every IDLE / 4 held
+    alice's only quota slot until its deadline (a bare DEADLINE_EXCEEDED, no ErrorInfo):
+    such a message is no progress, so the gateway ends it STREAM_IDLE, what it imported
+    kept and said, and her slot is free again."""
+
+    async def keeping_alive() -> AsyncIterator[ret_pb.ImportObjectsRequest]:
+        yield _batch(40, 2, "Books")
+        while True:
+            await asyncio.sleep(IDLE / 4)
+            yield ret_pb.ImportObjectsRequest()
+
+    call = asyncio.ensure_future(
+        stack.retrieval.ImportObjects(keeping_alive(), metadata=ALICE, timeout=6 * IDLE)
+    )
+    await _holds_a_quota_slot(shared_redis.url, quota_prefix, call)
+    with pytest.raises(grpc.aio.AioRpcError) as ended:
+        await call
+    _assert_idle(ended.value, 2)
+    assert await _count(stack) == 7
+    await _slots_free(stack)
+
+
+async def test_a_stream_past_its_lifetime_ends_and_says_what_it_imported(
+    stack_factory: StackFactory, shared_redis: RedisProcess, quota_prefix: str
+) -> None:
+    """A trickle of one object a message, each within the idle timeout, is ended by the
+    gateway's CLIENT_STREAM_MAX_SECONDS: DEADLINE_EXCEEDED, STREAM_TOO_LONG naming the
+    setting, with the count retrieval imported (all of it stored: no acknowledged write
+    lost)."""
+    stack = await stack_factory(
+        redis_url=shared_redis.url,
+        quota_key_prefix=quota_prefix,
+        quota_concurrent_calls=1,
+        stream_idle_timeout=IDLE,
+        client_stream_max_seconds=IDLE,
+    )
+    await create_books(stack)
+
+    async def trickle() -> AsyncIterator[ret_pb.ImportObjectsRequest]:
+        yield _batch(50, 1, "Books")
+        i = 51
+        while True:
+            await asyncio.sleep(IDLE / 8)
+            yield _batch(i, 1)
+            i += 1
+
+    with pytest.raises(grpc.aio.AioRpcError) as ended:
+        await stack.retrieval.ImportObjects(trickle(), metadata=ALICE, timeout=10 * IDLE)
+    err = ended.value
+    assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED, err.details()
+    info = error_info(err)
+    assert info.reason == "STREAM_TOO_LONG"
+    assert info.metadata["setting"] == "GENSEARCH_GATEWAY_CLIENT_STREAM_MAX_SECONDS"
+    imported = int(info.metadata["imported_count"])
+    assert imported >= 1
+    assert await _count(stack) == 5 + imported
+    await _slots_free(stack)

@@ -95,3 +95,55 @@ async def test_a_slow_stream_within_the_timeout_completes(retrieval: Retrieval) 
     imported = await retrieval.stub.ImportObjects(slow(), timeout=10)
     assert (imported.received_count, imported.imported_count) == (3, 3)
     assert await _count(retrieval) == 3
+
+
+async def test_empty_messages_do_not_keep_a_stream_open(retrieval: Retrieval) -> None:
+    """A message without objects is no progress: one sent every IDLE / 4 kept the stream,
+    its call slot and its tenant's quota slot for ever (here: until the client's deadline,
+    a bare DEADLINE_EXCEEDED). It ends STREAM_IDLE, the objects before it kept and said."""
+
+    async def keeping_alive() -> AsyncIterator[pb.ImportObjectsRequest]:
+        yield _batch(2, "A")
+        while True:
+            await asyncio.sleep(IDLE / 4)
+            yield pb.ImportObjectsRequest()
+
+    with pytest.raises(grpc.aio.AioRpcError) as ended:
+        await retrieval.stub.ImportObjects(keeping_alive(), timeout=6 * IDLE)
+    _assert_idle(ended.value, 2)
+    assert retrieval.server.call_slots.in_flight == 0
+    assert await _count(retrieval) == 2
+
+
+async def test_a_stream_past_its_lifetime_ends_keeping_what_it_imported(
+    make_retrieval: MakeRetrieval,
+) -> None:
+    """However steadily it sends, a stream lasts CLIENT_STREAM_MAX_SECONDS at most: a
+    trickle of one object a message held its slots for ever. It ends DEADLINE_EXCEEDED,
+    STREAM_TOO_LONG naming the setting, and says what it imported: every object it says
+    is stored is (no acknowledged write lost)."""
+    harness = await make_retrieval(
+        stream_idle_timeout=IDLE, client_stream_max_seconds=IDLE, max_concurrent_rpcs=1
+    )
+    await harness.stub.CreateCollection(
+        pb.CreateCollectionRequest(collection=vector_collection("A"))
+    )
+
+    async def trickle() -> AsyncIterator[pb.ImportObjectsRequest]:
+        yield _batch(1, "A")
+        while True:
+            await asyncio.sleep(IDLE / 8)
+            yield _batch(1)
+
+    with pytest.raises(grpc.aio.AioRpcError) as ended:
+        await harness.stub.ImportObjects(trickle(), timeout=10 * IDLE)
+    err = ended.value
+    assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED, err.details()
+    info = error_info(err)
+    assert info.reason == "STREAM_TOO_LONG"
+    assert info.metadata["setting"] == "GENSEARCH_RETRIEVAL_CLIENT_STREAM_MAX_SECONDS"
+    assert info.metadata["max_seconds"] == f"{IDLE:g}"
+    imported = int(info.metadata["imported_count"])
+    assert imported >= 1 and info.metadata["received_count"] == str(imported)
+    assert harness.server.call_slots.in_flight == 0
+    assert await _count(harness) == imported

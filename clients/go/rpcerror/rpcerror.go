@@ -121,6 +121,7 @@ const (
 	StoreUnavailable             Reason = "STORE_UNAVAILABLE"
 	StreamIdle                   Reason = "STREAM_IDLE"
 	StreamStalled                Reason = "STREAM_STALLED"
+	StreamTooLong                Reason = "STREAM_TOO_LONG"
 	SummaryChanged               Reason = "SUMMARY_CHANGED"
 	SummaryDisabled              Reason = "SUMMARY_DISABLED"
 	TenantSchemasFull            Reason = "TENANT_SCHEMAS_FULL"

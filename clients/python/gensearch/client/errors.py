@@ -687,6 +687,14 @@ class StreamIdleError(DeadlineExceededError):
     error_reason = "STREAM_IDLE"
 
 
+class StreamTooLongError(DeadlineExceededError):
+    """A client stream (ImportObjects) lasted the server's ``CLIENT_STREAM_MAX_SECONDS``
+    (metadata ``max_seconds``, ``setting``) and was ended; ImportObjects says what it
+    imported (``imported_count``, ``received_count``): send the rest in another stream."""
+
+    error_reason = "STREAM_TOO_LONG"
+
+
 class StreamStalledError(DeadlineExceededError):
     """The client of a server stream took no message within the server's
     ``STREAM_SEND_TIMEOUT`` (metadata ``timeout_seconds``, ``setting``), whatever its
