@@ -381,7 +381,8 @@ class ThrottledWarning:
         self._every = every
         self._warned_at = -math.inf
 
-    def __call__(self, err: BaseException) -> None:
+    def __call__(self, err: BaseException, *, extra: dict[str, Any] | None = None) -> None:
+        """``extra``: fields of the line (a redacted description of the error, say)."""
         now = time.monotonic()
         if now - self._warned_at < self._every:
             return
@@ -395,7 +396,15 @@ class ThrottledWarning:
                 type(err).__name__,
             )
             return
-        self._log.warning(self._message, type(err).__name__)
+        self._log.warning(self._message, type(err).__name__, extra=extra)
+
+    def recovered(self, message: str) -> None:
+        """The dependency answered again: ``message`` logged (INFO) when the outage was
+        warned about, and the next failure is a new outage, warned about at once."""
+        if self._warned_at == -math.inf:
+            return
+        self._warned_at = -math.inf
+        self._log.info(message)
 
 
 # gRPC's asyncio server logs through this logger.

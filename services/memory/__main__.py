@@ -58,10 +58,10 @@ async def build_server(settings: MemorySettings, *, port: int | None = None) -> 
         max_interactions_per_conversation=settings.max_interactions_per_conversation,
         untenanted_owner=settings.untenanted_owner,
     )
-    try:
+    # Redis down at start: served UNAVAILABLE until it is back. The store logged the
+    # outage (one line for it, not one here too).
+    with contextlib.suppress(Unavailable):
         await store.load_scripts()
-    except Unavailable as err:  # Redis down at start: served UNAVAILABLE until it is back
-        log.warning("memory store unavailable at start: %s", err)
     indexer = _indexer(settings, store)
     servicer = MemoryServicer(store, settings, indexer)
     # The page-token secret kept from now on: a Redis Cluster node holding it that fails

@@ -70,6 +70,7 @@ from services.common.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from services.common.logs import ThrottledWarning
 from services.common.redis_client import RedisClient
 from services.memory import keys
 from services.memory.ids import UUIDv7Generator
@@ -330,15 +331,17 @@ def lua_source(name: str) -> str:
     return "".join(lua_source(helper) for helper in needs) + source
 
 
-async def _redis(call: Awaitable[Any] | Any) -> Any:
+async def _redis(outage: ThrottledWarning, call: Awaitable[Any] | Any) -> Any:
     """Awaits one Redis call; its failure becomes the service's error, here and only here.
+    ``outage`` logs Redis unreachable once per outage (and its end), not once per call.
     (Typed loosely: redis-py annotates a command's result as ``Awaitable[T] | T``, one set
     of annotations for its sync and async clients.)"""
     try:
-        return await call
+        out = await call
     except _UNAVAILABLE as err:
         redis_errors.count("memory", err)
-        raise _unavailable(err) from None
+        outage(err, extra={"error": _describe(err)})
+        raise _unavailable() from None
     except (MovedError, AskError) as err:
         redis_errors.count("memory", err)
         # The cluster client follows these itself; the standalone one gets them from a
@@ -358,7 +361,8 @@ async def _redis(call: Awaitable[Any] | Any) -> Any:
             raise _DeclareFirst(names) from None
         redis_errors.count("memory", err)
         if str(err).startswith(_BUSY) or _MOVING in str(err):
-            raise _unavailable(err) from None
+            outage(err, extra={"error": _describe(err)})
+            raise _unavailable() from None
         if isinstance(err, OutOfMemoryError) or str(err).startswith(_FULL):
             log.error(
                 "memory store full: Redis refuses writes past its maxmemory "
@@ -370,11 +374,13 @@ async def _redis(call: Awaitable[Any] | Any) -> Any:
             ) from None
         log.error("memory store error", extra={"error": _describe(err)})
         raise Internal("memory store error") from None
+    outage.recovered("memory store reachable again")
+    return out
 
 
-def _unavailable(err: BaseException) -> Unavailable:
-    # redis-py's text names Redis's host and port: for the log, not for the caller.
-    log.warning("memory store unavailable", extra={"error": _describe(err)})
+def _unavailable() -> Unavailable:
+    # redis-py's text names Redis's host and port: for the log (the outage's line), not
+    # for the caller.
     return Unavailable("memory store unavailable; try again", reason="STORE_UNAVAILABLE")
 
 
@@ -511,6 +517,13 @@ class MemoryStore:
         drop_batch: int = DROP_BATCH,
     ) -> None:
         self._redis = redis
+        # Redis unreachable: one WARNING per outage (again every 30 s while it lasts), and
+        # one INFO line when it answers again; a line per call buried everything else.
+        self._outage = ThrottledWarning(
+            log,
+            "memory store unavailable (%s): calls answer UNAVAILABLE until Redis answers "
+            "(GENSEARCH_MEMORY_REDIS_URL)",
+        )
         self._grace = eviction_grace_turns
         self._max_bytes = max_bytes_per_owner
         self._max_conversations = max_conversations_per_owner
@@ -582,7 +595,7 @@ class MemoryStore:
             self._outbox_remove,
         ]  # fmt: skip
         for script in scripts:
-            await _redis(self._redis.script_load(script.script))
+            await _redis(self._outage, self._redis.script_load(script.script))
 
     async def close(self) -> None:
         await self._redis.aclose()
@@ -686,7 +699,7 @@ class MemoryStore:
         budget = self._max_conversations * RUN_ATTEMPTS
         while declared < RUN_ATTEMPTS and measured < RUN_ATTEMPTS and walked < budget:
             try:
-                out = await _redis(script(keys=names, args=args))
+                out = await _redis(self._outage, script(keys=names, args=args))
                 if hint and asked:
                     self._hint(hint, asked)
                 if asked_into is not None:
@@ -731,7 +744,7 @@ class MemoryStore:
         sends ASKING and the command it precedes as two calls on the node's pool, so
         concurrent ones may get them on two connections and bounce between the nodes
         until it gives up (ClusterError: UNAVAILABLE)."""
-        return [name for name in names if await _redis(self._redis.exists(name))]
+        return [name for name in names if await _redis(self._outage, self._redis.exists(name))]
 
     def _hint(self, turn: str, names: list[str]) -> None:
         """Keeps ``names`` to declare up front with the turn key ``turn`` (``_run``)."""
@@ -771,7 +784,8 @@ class MemoryStore:
         for _ in range(RUN_ATTEMPTS):
             if gone is None:
                 members = [
-                    bytes(m).decode() for m in await _redis(self._redis.zrange(convs, 0, -1))
+                    bytes(m).decode()
+                    for m in await _redis(self._outage, self._redis.zrange(convs, 0, -1))
                 ]
             else:
                 members = gone
@@ -779,10 +793,11 @@ class MemoryStore:
                 read.append(len(members))
             names = [keys.conversation(tag, m[16:]) for m in members]
             done = await _redis(
+                self._outage,
                 self._reconcile_script(
                     keys=[convs, keys.usage(tag), *names],
                     args=[tag, "1" if gone is None else "0", *members],
-                )
+                ),
             )
             if done != 0:
                 return int(done)
@@ -822,14 +837,18 @@ class MemoryStore:
             batch = [
                 bytes(m).decode()
                 for m in await _redis(
-                    self._redis.zrange(ints, start, "+", bylex=True, offset=0, num=self._drop_batch)
+                    self._outage,
+                    self._redis.zrange(
+                        ints, start, "+", bylex=True, offset=0, num=self._drop_batch
+                    ),
                 )
             ]
             out = await _redis(
+                self._outage,
                 script(
                     keys=[conv, ints, usage, *(keys.interaction(tag, iid) for iid in batch)],
                     args=[head, cid, after, mark, total, *batch],
-                )
+                ),
             )
             status = int(out[0])
             if status == 1:
@@ -853,8 +872,8 @@ class MemoryStore:
     async def shared_secret(self) -> bytes:
         """A random secret created once per key prefix, the same for every replica."""
         key = f"{self._prefix}:page-token-secret"
-        await _redis(self._redis.set(key, os.urandom(32).hex(), nx=True))
-        value = await _redis(self._redis.get(key))
+        await _redis(self._outage, self._redis.set(key, os.urandom(32).hex(), nx=True))
+        value = await _redis(self._outage, self._redis.get(key))
         if not value:
             raise Unavailable("memory store unavailable: page token secret missing")
         return bytes(value)
@@ -962,7 +981,7 @@ class MemoryStore:
         tag = self.tag(owner)
         claim = self._claim(owner, tag, request_id)
         held = self._claim_fingerprint(owner, tag, request_id)
-        await _redis(self._release_request(keys=[claim, held], args=[token]))
+        await _redis(self._outage, self._release_request(keys=[claim, held], args=[token]))
 
     async def create_conversation(
         self, owner: Owner, name: str, retention: Retention | None = None
@@ -1002,7 +1021,8 @@ class MemoryStore:
         tag = self.tag(owner)
         if not counted:
             row = await _redis(
-                self._redis.hmget(keys.conversation(tag, cid), list(CONVERSATION_FIELDS))
+                self._outage,
+                self._redis.hmget(keys.conversation(tag, cid), list(CONVERSATION_FIELDS)),
             )
             if not self._owns(owner, row[0], row[_TENANT]):
                 raise conversation_not_found(cid)
@@ -1126,10 +1146,11 @@ class MemoryStore:
         batch: list[str] = []
         for _ in range(runs):
             row = await _redis(
+                self._outage,
                 self._retention_step(
                     keys=names + [keys.interaction(tag, iid) for iid in batch],
                     args=[self.caller(owner), tag, cid, *batch],
-                )
+                ),
             )
             if not row or row[_WALK_PENDING] != b"1":
                 return row
@@ -1261,17 +1282,21 @@ class MemoryStore:
         while True:
             batch = [
                 bytes(m).decode()
-                for m in await _redis(self._redis.zrange(ints, 0, DELETE_BATCH - 1))
+                for m in await _redis(self._outage, self._redis.zrange(ints, 0, DELETE_BATCH - 1))
             ]
             turns = [keys.interaction(tag, iid) for iid in batch]
-            read = await _redis(self._turn_requests(keys=turns, args=[])) if batch else []
+            read = (
+                await _redis(self._outage, self._turn_requests(keys=turns, args=[]))
+                if batch
+                else []
+            )
             rids = [bytes(rid).decode() if rid else "" for rid in read]
             args: list[EncodableT] = [self.caller(owner), tag, cid]
             for iid, rid in zip(batch, rids, strict=True):
                 args += [iid, rid]
             requests = [self._request(owner, tag, rid) for rid in rids if rid]
             status = await _redis(
-                self._delete_conversation(keys=names + turns + requests, args=args)
+                self._outage, self._delete_conversation(keys=names + turns + requests, args=args)
             )
             if status == 0 and not started:
                 raise conversation_not_found(cid)
@@ -1640,6 +1665,7 @@ class MemoryStore:
         only gets the new due time), 0 refused as full, -1 refused as the tenant's share.
         A refused ``index`` job notes its owner for ``outbox_take_missed``."""
         out = await _redis(
+            self._outage,
             self._outbox_add(
                 keys=self._outbox_keys(),
                 args=[
@@ -1651,26 +1677,29 @@ class MemoryStore:
                     per_tenant,
                     1 if index else 0,
                 ],
-            )
+            ),
         )
         return int(out)
 
     async def outbox_due(self, now_ms: int, count: int) -> list[str]:
         out = await _redis(
-            self._redis.zrangebyscore(self.outbox_key, "-inf", now_ms, start=0, num=count)
+            self._outage,
+            self._redis.zrangebyscore(self.outbox_key, "-inf", now_ms, start=0, num=count),
         )
         return [bytes(member).decode() for member in out]
 
     async def outbox_remove(self, job: str, tenant: str) -> None:
-        await _redis(self._outbox_remove(keys=self._outbox_keys()[:2], args=[job, tenant]))
+        await _redis(
+            self._outage, self._outbox_remove(keys=self._outbox_keys()[:2], args=[job, tenant])
+        )
 
     async def outbox_take_missed(self) -> list[Owner]:
         """The owners an index job of which the outbox refused, taken off the set (a
         refusal from now on notes its owner again, for the next sweep)."""
         missed = self._outbox_keys()[2]
-        members = list(await _redis(self._redis.smembers(missed)))
+        members = list(await _redis(self._outage, self._redis.smembers(missed)))
         if members:
-            await _redis(self._redis.srem(missed, *members))
+            await _redis(self._outage, self._redis.srem(missed, *members))
         owners = []
         for member in members:
             try:
@@ -1685,7 +1714,7 @@ class MemoryStore:
         """Puts back owners ``outbox_take_missed`` gave a sweep that did not finish."""
         if owners:
             members = [json.dumps([o.tenant, o.user]) for o in owners]
-            await _redis(self._redis.sadd(self._outbox_keys()[2], *members))
+            await _redis(self._outage, self._redis.sadd(self._outbox_keys()[2], *members))
 
     def _legacy_outbox(self) -> str:
         return f"{self._prefix}:search-outbox"
@@ -1693,14 +1722,18 @@ class MemoryStore:
     async def legacy_outbox(self, count: int) -> list[str]:
         """Up to ``count`` jobs of the outbox from before the bound (``P:search-outbox``):
         the caller queues them anew, then ``forget_legacy_outbox``."""
-        members = await _redis(self._redis.zrange(self._legacy_outbox(), 0, count - 1))
+        members = await _redis(
+            self._outage, self._redis.zrange(self._legacy_outbox(), 0, count - 1)
+        )
         return [bytes(member).decode() for member in members]
 
     async def forget_legacy_outbox(self, jobs: list[str]) -> None:
         if jobs:
-            await _redis(self._redis.zrem(self._legacy_outbox(), *jobs))
+            await _redis(self._outage, self._redis.zrem(self._legacy_outbox(), *jobs))
 
     async def try_lock(self, name: str, ttl_ms: int) -> bool:
         """True for the one caller that takes ``P:lock:<name>`` until it expires."""
         key = f"{self._prefix}:lock:{name}"
-        return bool(await _redis(self._redis.set(key, "1", nx=True, px=max(ttl_ms, 1))))
+        return bool(
+            await _redis(self._outage, self._redis.set(key, "1", nx=True, px=max(ttl_ms, 1)))
+        )

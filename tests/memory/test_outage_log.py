@@ -1,0 +1,84 @@
+"""An operator's view of a Redis outage in the memory service's log: one WARNING when it
+starts (what redis-py said, without the URL's password), not one per call, and one INFO
+line when Redis answers again; the next outage is a new one, warned about at once."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from services.common.auth import DEFAULT_TENANT
+from services.common.errors import Unavailable
+from services.common.redis_client import connect
+from services.devlaunch.redis_server import RedisProcess
+from services.memory.store import MemoryStore, Owner
+
+ALICE = Owner(DEFAULT_TENANT, "alice")
+CALLS = 5
+
+
+def _lines(caplog: pytest.LogCaptureFixture, level: int, start: str) -> list[logging.LogRecord]:
+    return [
+        r
+        for r in caplog.records
+        if r.name == "gensearch.memory.store"
+        and r.levelno == level
+        and r.getMessage().startswith(start)
+    ]
+
+
+async def _fail(store: MemoryStore, calls: int) -> None:
+    for _ in range(calls):
+        with pytest.raises(Unavailable) as caught:
+            await store.list_conversations(ALICE, 10, None)
+        assert caught.value.reason == "STORE_UNAVAILABLE"
+
+
+async def test_a_redis_outage_is_one_line_and_its_end_another(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = RedisProcess(tmp_path / "redis")  # not started yet: nothing on its port
+    url = server.url.replace("redis://", "redis://:not-the-password-123@", 1)
+    store = MemoryStore(connect(url, cluster=False, socket_timeout=1, connect_timeout=1))
+    caplog.set_level(logging.INFO, "gensearch.memory.store")
+    try:
+        await _fail(store, CALLS)
+        down = _lines(caplog, logging.WARNING, "memory store unavailable")
+        assert len(down) == 1, [r.getMessage() for r in down]
+        assert "GENSEARCH_MEMORY_REDIS_URL" in down[0].getMessage()
+        assert "onnect" in getattr(down[0], "error", "")  # what redis-py said, for the operator
+        assert "not-the-password-123" not in caplog.text
+
+        await server.start()
+        try:
+            await store.close()
+            # Redis asks for no password: redis-py's AUTH is refused, so the URL without it.
+            store = MemoryStore(
+                connect(server.url, cluster=False, socket_timeout=1, connect_timeout=1)
+            )
+            await _fail_then_recover(store, server, caplog)
+        finally:
+            await server.stop()
+    finally:
+        await store.close()
+
+
+async def _fail_then_recover(
+    store: MemoryStore, server: RedisProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.clear()
+    await store.list_conversations(ALICE, 10, None)
+    assert not _lines(caplog, logging.INFO, "memory store reachable again")  # no outage yet
+    await server.stop()
+    await _fail(store, CALLS)
+    assert len(_lines(caplog, logging.WARNING, "memory store unavailable")) == 1
+    await server.start()
+    for _ in range(CALLS):
+        await store.list_conversations(ALICE, 10, None)
+    assert len(_lines(caplog, logging.INFO, "memory store reachable again")) == 1
+    await server.stop()
+    await _fail(store, 1)  # a new outage: warned about at once, not 30 s later
+    assert len(_lines(caplog, logging.WARNING, "memory store unavailable")) == 2
+    await server.start()
