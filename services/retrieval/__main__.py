@@ -16,7 +16,7 @@ from services.retrieval.catalog import Catalog
 from services.retrieval.edge_store import EdgeStore
 from services.retrieval.embedders import Embedders, LocalEmbedder
 from services.retrieval.rerankers import Rerankers
-from services.retrieval.server_store import ServerStore
+from services.retrieval.server_store import OUTAGE_REASONS, ServerStore
 from services.retrieval.servicer import RetrievalServicer
 from services.retrieval.settings import RetrievalSettings
 from services.retrieval.store import VectorStore
@@ -61,11 +61,13 @@ async def build_server(
         await store.open()
         await catalog.load()
     except Unavailable as err:
-        log.warning(
-            "vector store unavailable at start (GENSEARCH_RETRIEVAL_QDRANT_URL); calls "
-            "answer UNAVAILABLE until it is back: %s",
-            err,
-        )
+        # The store logged its outage (one line for it, not one here too).
+        if err.reason not in OUTAGE_REASONS:
+            log.warning(
+                "vector store unavailable at start (GENSEARCH_RETRIEVAL_QDRANT_URL); calls "
+                "answer UNAVAILABLE until it is back: %s",
+                err,
+            )
     except BaseException:
         await store.close()
         raise

@@ -28,6 +28,7 @@ from qdrant_client import AsyncQdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from services.common.errors import AlreadyExists, NotFound, Unavailable
+from services.common.logs import ThrottledWarning
 from services.retrieval import filters as f
 from services.retrieval.payload_index import IndexKind, missing, payload_indexes
 from services.retrieval.store import (
@@ -136,21 +137,45 @@ def _guard(name: str | None = None) -> Iterator[None]:
         raise
 
 
+# What a Qdrant server that cannot serve answers with: logged once per outage.
+OUTAGE_REASONS = ("QDRANT_UNAVAILABLE", "QDRANT_ERROR")
+
+
 class ServerStore:
     def __init__(self, client: AsyncQdrantClient) -> None:
         self.client = client
+        # Qdrant unreachable (or refusing, e.g. a wrong API key): one WARNING per outage
+        # (again every 30 s while it lasts) and one INFO line when it answers again. Each
+        # call answered UNAVAILABLE before with nothing but its access line.
+        self._outage = ThrottledWarning(
+            log,
+            "vector store unavailable (%s): calls answer UNAVAILABLE until Qdrant answers "
+            "(GENSEARCH_RETRIEVAL_QDRANT_URL, GENSEARCH_RETRIEVAL_QDRANT_API_KEY)",
+        )
         # Collections whose payload indexes this process has seen to (_indexed).
         self._indexed_names: set[str] = set()
 
+    @contextlib.contextmanager
+    def _guard(self, name: str | None = None) -> Iterator[None]:
+        """``_guard``, and the outage's log: its start, and its end."""
+        try:
+            with _guard(name):
+                yield
+        except Unavailable as err:
+            if err.reason in OUTAGE_REASONS:
+                self._outage(err.__context__ or err, extra={"error": err.message})
+            raise
+        self._outage.recovered("vector store reachable again")
+
     async def open(self) -> None:
-        with _guard():
+        with self._guard():
             await self.client.get_collections()
 
     async def close(self) -> None:
         await self.client.close()
 
     async def create_collection(self, layout: CollectionLayout, schema: dict[str, Any]) -> None:
-        with _guard():
+        with self._guard():
             if await self.client.collection_exists(layout.name):
                 raise AlreadyExists(
                     f"collection {layout.name!r} already exists", field="collection.name"
@@ -180,7 +205,7 @@ class ServerStore:
     async def indexes(self, name: str) -> dict[str, IndexKind | None]:
         """The payload indexes collection ``name`` has, as the server reports them (the
         in-process engine reports none)."""
-        with _guard(name):
+        with self._guard(name):
             info = await self.client.get_collection(name)
         return _server_indexes(info)
 
@@ -190,13 +215,13 @@ class ServerStore:
         for a missing collection, as the call that asks would say."""
         if name in self._indexed_names:
             return
-        with _guard(name):
+        with self._guard(name):
             info = await self.client.get_collection(name)
         schema = (info.config.metadata or {}).get(SCHEMA_KEY)
         wanted = payload_indexes(schema) if isinstance(schema, dict) else {}
         lacking = missing(wanted, _server_indexes(info))
         try:
-            with _guard(name):
+            with self._guard(name):
                 for key, kind in lacking.items():
                     # Not waited for: over a large collection the build takes a while, and
                     # the server filters correctly (by reading payloads) until it is done.
@@ -219,14 +244,14 @@ class ServerStore:
 
     async def delete_collection(self, name: str) -> bool:
         self._indexed_names.discard(name)
-        with _guard(name):
+        with self._guard(name):
             if not await self.client.collection_exists(name):
                 return False
             return bool(await self.client.delete_collection(name))
 
     async def schemas(self) -> list[dict[str, Any]]:
         out = []
-        with _guard():
+        with self._guard():
             for description in (await self.client.get_collections()).collections:
                 info = await self.client.get_collection(description.name)
                 schema = (info.config.metadata or {}).get(SCHEMA_KEY)
@@ -236,7 +261,7 @@ class ServerStore:
 
     async def schema(self, name: str) -> dict[str, Any] | None:
         try:
-            with _guard(name):
+            with self._guard(name):
                 info = await self.client.get_collection(name)
         except NotFound:
             return None
@@ -255,12 +280,12 @@ class ServerStore:
                 )
             structs.append(models.PointStruct(id=point.id, vector=vectors, payload=point.payload))
         await self._indexed(name)
-        with _guard(name):
+        with self._guard(name):
             await self.client.upsert(name, points=structs, wait=True)
 
     async def retrieve(self, name: str, ids: list[str], with_vector: bool) -> list[FoundPoint]:
         await self._indexed(name)
-        with _guard(name):
+        with self._guard(name):
             records = await self.client.retrieve(
                 name,
                 ids=list(ids),
@@ -271,7 +296,7 @@ class ServerStore:
 
     async def delete_ids(self, name: str, ids: list[str]) -> int:
         await self._indexed(name)
-        with _guard(name):
+        with self._guard(name):
             existing = await self.client.retrieve(
                 name, ids=list(ids), with_payload=False, with_vectors=False
             )
@@ -291,7 +316,7 @@ class ServerStore:
         selector = to_qdrant_filter(where)
         assert selector is not None
         await self._indexed(name)
-        with _guard(name):
+        with self._guard(name):
             count = (await self.client.count(name, count_filter=selector, exact=True)).count
             if count:
                 await self.client.delete(
@@ -301,7 +326,7 @@ class ServerStore:
 
     async def count(self, name: str, where: f.Node | None) -> int:
         await self._indexed(name)
-        with _guard(name):
+        with self._guard(name):
             result = await self.client.count(name, count_filter=to_qdrant_filter(where), exact=True)
         return int(result.count)
 
@@ -314,7 +339,7 @@ class ServerStore:
         fields: Sequence[str] | None = None,
     ) -> tuple[list[FoundPoint], str | None]:
         await self._indexed(name)
-        with _guard(name):
+        with self._guard(name):
             records, next_offset = await self.client.scroll(
                 name,
                 scroll_filter=to_qdrant_filter(where),
@@ -360,7 +385,7 @@ class ServerStore:
         with_vector: bool,
     ) -> list[FoundPoint]:
         await self._indexed(name)
-        with _guard(name):
+        with self._guard(name):
             response = await self.client.query_points(
                 name,
                 query=query,
