@@ -381,8 +381,11 @@ class ThrottledWarning:
         self._every = every
         self._warned_at = -math.inf
 
-    def __call__(self, err: BaseException, *, extra: dict[str, Any] | None = None) -> None:
-        """``extra``: fields of the line (a redacted description of the error, say)."""
+    def __call__(
+        self, err: BaseException, *, extra: dict[str, Any] | None = None, cause: str = ""
+    ) -> None:
+        """``extra``: fields of the line (a redacted description of the error, say);
+        ``cause``: what the ``%s`` says instead of the error's type."""
         now = time.monotonic()
         if now - self._warned_at < self._every:
             return
@@ -396,7 +399,7 @@ class ThrottledWarning:
                 type(err).__name__,
             )
             return
-        self._log.warning(self._message, type(err).__name__, extra=extra)
+        self._log.warning(self._message, cause or type(err).__name__, extra=extra)
 
     def recovered(self, message: str) -> None:
         """The dependency answered again: ``message`` logged (INFO) when the outage was

@@ -265,7 +265,9 @@ class Retrier:
                 "gensearch.upstream.wait_seconds": round(wait, 3),
             },
         )
-        log.warning(
+        # INFO: a line per attempt of a call (the outage, if it is one, is logged once by
+        # the caller); the metrics count retries.
+        log.info(
             "retrying upstream call",
             extra={
                 "provider": self.upstream,

@@ -25,7 +25,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletio
 from openai.types.chat.chat_completion_chunk import Choice as ChunkChoice
 from opentelemetry.trace import Span
 
-from services.common.logs import redact, register_secret
+from services.common.logs import ThrottledWarning, redact, register_secret
 from services.common.model_names import MAX_MODEL_CHARS
 from services.common.openai_api import (
     ATTEMPTS,
@@ -60,7 +60,7 @@ from services.generation.providers.base import (
     estimate_usage,
 )
 from services.generation.rate_buckets import SharedLimits
-from services.generation.settings import ProviderConfig
+from services.generation.settings import ProviderConfig, provider_prefix
 from services.generation.upstream import (
     UPSTREAM_ERRORS,
     UpstreamFault,
@@ -72,6 +72,19 @@ log = logging.getLogger("gensearch.generation.openai")
 
 # GENSEARCH_GENERATION_MAX_ANSWER_CHARS's default (settings.py says why there is one).
 DEFAULT_MAX_ANSWER_CHARS = 1_000_000
+
+
+# Faults that say the endpoint itself cannot serve now, whoever calls: not a request's
+# (a 4xx), nor the call's deadline, nor the provider's limits.
+_OUTAGE_KINDS = frozenset(
+    {"connection", "first_byte_timeout", "read_timeout", "bad_response", "stream_error"}
+)
+
+
+def _is_outage(fault: UpstreamFault) -> bool:
+    if fault.kind == "http":
+        return fault.status is not None and fault.status >= 500
+    return fault.kind in _OUTAGE_KINDS
 
 
 class OpenAICompatibleProvider(Provider):
@@ -93,6 +106,14 @@ class OpenAICompatibleProvider(Provider):
         self.url = f"{config.base_url}/chat/completions"
         self._client = client
         self.limiters = Limiters(config, shared_limits, operator_url=not caller_url)
+        # The operator's endpoint down or failing: one WARNING per outage (again every 30 s
+        # while it lasts) and one INFO line when it answers again. Each failed call logged
+        # a WARNING of its own, and each retry one more: four lines a call while it was down.
+        self._outage = ThrottledWarning(
+            log,
+            f"provider {config.name!r} unavailable (%s): its calls fail until it answers "
+            f"({provider_prefix(config.name)}BASE_URL)",
+        )
 
     # -- plumbing --------------------------------------------------------------------------
     def build_params(self, request: CompletionRequest, *, stream: bool) -> dict[str, Any]:
@@ -188,19 +209,20 @@ class OpenAICompatibleProvider(Provider):
         ).inc()
         span.set_attribute(ATTEMPTS, fault.attempts)
         span.set_attribute(WAITED, round(fault.waited, 3))
-        log.warning(
+        fields = {"provider": self.name, "model": request.model, "fault": fault.kind}
+        # INFO: a line per call, as the access log's; the outage's WARNING is below.
+        log.info(
             "upstream call failed",
-            extra={
-                "provider": self.name,
-                "model": request.model,
-                "fault": fault.kind,
-                "status": fault.status,
-                "attempts": fault.attempts,
-            },
+            extra={**fields, "status": fault.status, "attempts": fault.attempts},
         )
+        if not self.caller_url and _is_outage(fault):
+            cause = f"HTTP {fault.status}" if fault.kind == "http" else fault.kind
+            self._outage(fault, extra=fields, cause=cause)
         return to_service_error(fault, self.name, request.model, caller_url=self.caller_url)
 
     def _succeeded(self, completion: Completion, span: Span) -> None:
+        if not self.caller_url:
+            self._outage.recovered(f"provider {self.name!r} answering again")
         usage = completion.usage
         UPSTREAM_REQUESTS.labels(self.name, "ok").inc()
         UPSTREAM_TOKENS.labels(self.name, "prompt").inc(usage.prompt_tokens)
