@@ -56,6 +56,7 @@ from redis.commands.core import AsyncScript
 
 from services.common import redis_errors
 from services.common.errors import InvalidArgument
+from services.common.logs import ThrottledWarning
 from services.common.quotas import lua_script
 from services.common.redis_client import REDIS_FAILURES, REDIS_FAILURES_OR_TIMEOUT, RedisClient
 from services.common.well_known import duration_seconds
@@ -215,6 +216,13 @@ class GenerationCache:
             self._drop: AsyncScript = redis.register_script(lua_script("gencache_drop"))  # type: ignore[misc]
         # Writes still running after their hit's answer went out (``store``).
         self._stores: set[asyncio.Future[None]] = set()
+        # Redis down: one WARNING per outage (again every 30 s while it lasts) and one INFO
+        # line when it answers again; each cached call logged a read and a write failure.
+        self._outage = ThrottledWarning(
+            log,
+            "generation cache unavailable (%s): generations run uncached until Redis answers "
+            "(GENSEARCH_GATEWAY_REDIS_URL)",
+        )
 
     def index_key(self, tenant: str, collection: str) -> str:
         """The sorted set naming every live key stored for ``tenant``'s ``collection``
@@ -279,9 +287,10 @@ class GenerationCache:
                 values = await self._redis.mget([keys[i] for i in indexes])
         except REDIS_FAILURES_OR_TIMEOUT as err:
             redis_errors.count("generation_cache", err)
-            log.warning("generation cache read failed", extra={"error": type(err).__name__})
+            self._outage(err, extra={"operation": "read"})
             CACHE_LOOKUPS.labels("exact", "error").inc(len(keys))
             return {}
+        self._outage.recovered("generation cache reachable again")
         found: dict[int, gw_pb.GenerationResult] = {}
         for index, value in zip(indexes, values, strict=True):
             if value is None:
@@ -351,7 +360,9 @@ class GenerationCache:
                 log.info("generation cache entry not stored: over the tenant's budget")
         except REDIS_FAILURES as err:
             redis_errors.count("generation_cache", err)
-            log.warning("generation cache write failed", extra={"error": type(err).__name__})
+            self._outage(err, extra={"operation": "write"})
+        else:
+            self._outage.recovered("generation cache reachable again")
 
     async def drop_collection(self, tenant: str, collection: str) -> None:
         """Delete every entry stored for ``tenant``'s ``collection``, and its index. Best
@@ -395,4 +406,4 @@ class GenerationCache:
             await redis.unlink(index, scored_index, old_index)
         except REDIS_FAILURES as err:
             redis_errors.count("generation_cache", err)
-            log.warning("generation cache drop failed", extra={"error": type(err).__name__})
+            self._outage(err, extra={"operation": "drop"})

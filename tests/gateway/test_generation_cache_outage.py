@@ -1,0 +1,66 @@
+"""An operator's view of a Redis outage in the gateway's generation cache: one WARNING
+when it starts, not a read and a write failure per cached call, and one INFO line when
+Redis answers again (a real Redis-protocol server, stopped and started again)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
+from gensearch.generation.v1 import generation_service_pb2 as gen_pb
+
+from services.common import redis_client
+from services.devlaunch.redis_server import RedisProcess
+from services.gateway.generation_cache import GenerationCache, Scope
+from services.gateway.generator import Options
+
+CALLS = 3
+LOGGER = "gensearch.gateway.cache"
+
+
+def _lines(caplog: pytest.LogCaptureFixture, level: int, start: str) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == LOGGER and r.levelno == level and r.getMessage().startswith(start)
+    ]
+
+
+async def test_a_redis_outage_is_one_warning_and_its_end_one_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = RedisProcess(tmp_path / "redis")
+    await server.start()
+    client = redis_client.connect(server.url, cluster=False, socket_timeout=1, connect_timeout=1)
+    cache = GenerationCache(client, "gc", 3600, 1 << 20)
+    scope = Scope("acme", "Books", 123)
+    key = cache.keys_for(scope, Options(provider="fake", model="m"))(
+        [gen_pb.Message(role=gen_pb.ROLE_USER, content="Title: Emma")]
+    )
+    result = gw_pb.GenerationResult(result="an answer", finish_reason="stop")
+    caplog.set_level(logging.INFO, LOGGER)
+    try:
+        await cache.put(scope, key, result, 60)
+        assert (await cache.get_many({0: key}))[0].result == "an answer"
+        assert not _lines(caplog, logging.INFO, "generation cache reachable again")
+        await server.stop()
+        for _ in range(CALLS):  # a cached call: a read, then a write
+            assert await cache.get_many({0: key}) == {}
+            await cache.put(scope, key, result, 60)
+        warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(warned) == 1, warned  # before: a read and a write failure per call
+        down = _lines(caplog, logging.WARNING, "generation cache unavailable")
+        assert len(down) == 1, down
+        assert "GENSEARCH_GATEWAY_REDIS_URL" in down[0]
+        await server.start()
+        for _ in range(CALLS):
+            assert (await cache.get_many({0: key}))[0].result == "an answer"
+        assert len(_lines(caplog, logging.INFO, "generation cache reachable again")) == 1
+        await server.stop()
+        assert await cache.get_many({0: key}) == {}  # a new outage: warned about at once
+        assert len(_lines(caplog, logging.WARNING, "generation cache unavailable")) == 2
+    finally:
+        await client.aclose()
+        await server.stop()
