@@ -19,16 +19,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any, ClassVar
 
 import grpc
 
 from services.common.errors import ServiceError, from_rpc_error
+from services.common.logs import ThrottledWarning
 from services.gateway.clients.caller import Caller, Metadata
 from services.gateway.clients.channel import make_channel
 from services.gateway.deadline import sendable, time_left
 from services.gateway.settings import GatewaySettings
+
+log = logging.getLogger("gensearch.gateway.downstream")
 
 
 class ServiceClient:
@@ -52,6 +56,14 @@ class ServiceClient:
         self._connected = self._connect_wait == 0
         # Loop time until which calls wait for the first connection, set by the first call.
         self._wait_until: float | None = None
+        # The service unreachable (its channel's own UNAVAILABLE, not one the service
+        # answered): one WARNING per outage (again every 30 s while it lasts) and one INFO
+        # line when it answers again. Before, nothing but each call's access line.
+        self._outage = ThrottledWarning(
+            log,
+            f"the {self.service} service is unreachable (%s): calls to it answer UNAVAILABLE "
+            f"until it answers (GENSEARCH_GATEWAY_{self.service.upper()}_ADDR)",
+        )
 
     def metadata(self, caller: Caller) -> Metadata:
         """What every call carries: the identity the gateway vouches for."""
@@ -62,7 +74,13 @@ class ServiceClient:
         try:
             yield
         except grpc.aio.AioRpcError as err:
-            raise self.map_error(err) from None
+            mapped = self.map_error(err)
+            if mapped.reason == "DOWNSTREAM_UNAVAILABLE":
+                self._outage(err, cause=err.code().name)
+            else:  # the service answered, if with an error
+                self._outage.recovered(f"the {self.service} service answers again")
+            raise mapped from None
+        self._outage.recovered(f"the {self.service} service answers again")
 
     def map_error(self, err: grpc.aio.AioRpcError) -> ServiceError:
         """Our error for a failed call (a client may recognise statuses of its own first)."""
