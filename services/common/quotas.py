@@ -153,11 +153,15 @@ class Quotas:
     async def _run(self, script: AsyncScript, key: str, *args: Any) -> Any:
         """The script's reply, or None when Redis failed (the call goes through)."""
         try:
-            return await script(keys=[key], args=list(args))
+            reply = await script(keys=[key], args=list(args))
         except REDIS_FAILURES as err:
             redis_errors.count("quotas", err)
             self._unchecked(err)
             return None
+        # The outage's end is a line too, and the next outage is warned about at once (not
+        # up to 30 s later, by which time it may be over unseen).
+        self._unchecked.recovered("quotas checked again: Redis answers")
+        return reply
 
     def _lease_ms(self, context: grpc.aio.ServicerContext) -> int:
         remaining = context.time_remaining()

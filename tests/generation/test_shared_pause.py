@@ -6,6 +6,7 @@ shares the provider's hash tag (one slot on a Redis Cluster)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,9 @@ PAUSE = 2  # seconds of Retry-After
 # Declared limits far above what the tests send: only the pause holds calls back.
 DECLARED = {"requests_per_minute": 60_000, "rate_window": 1.0, "rate_burst": 0.5}
 PAUSE_KEY = "gensearch:limits:{p:fake}:pause"
+
+
+LIMITS_LOGGER = "gensearch.generation.limits"
 
 
 def _config(**fields: Any) -> ProviderConfig:
@@ -170,3 +174,36 @@ async def test_a_pause_redis_fails_to_record_still_holds_in_this_replica() -> No
         assert caught.value.kind == "limit_wait"
     finally:
         await redis.aclose()
+
+
+async def test_a_redis_outage_is_one_line_its_end_another(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis back is a line too, and the next outage is warned about at once: before, a
+    second outage within 30 s of the first's line left none."""
+    server = RedisProcess(tmp_path / "redis")
+    await server.start()
+    declared = DeclaredLimits.of(_config(requests_per_minute=6000))
+    redis = connect(server.url, cluster=False, socket_timeout=1, connect_timeout=1)
+    caplog.set_level(logging.INFO, logger=LIMITS_LOGGER)
+    try:
+        limits = RedisLimits(redis, declared, key_prefix="t")
+        assert (await limits.admit("p:p", "first", 1, 10)).wait == 0
+        for outage in (1, 2):
+            await server.stop()
+            for i in range(3):  # counted in this process meanwhile
+                assert (await limits.admit("p:p", f"down {outage} {i}", 1, 10)).wait == 0
+            await server.start()
+            assert (await limits.admit("p:p", f"back {outage}", 1, 10)).wait == 0
+            lines = [r.getMessage() for r in caplog.records if r.name == LIMITS_LOGGER]
+            assert (
+                lines
+                == [
+                    "provider limits counted in this process only, Redis failed: ConnectionError",
+                    "provider limits counted in Redis again",
+                ]
+                * outage
+            ), lines
+    finally:
+        await redis.aclose()
+        await server.stop()
