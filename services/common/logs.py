@@ -373,13 +373,15 @@ class ThrottledWarning:
     once every ``every`` seconds: one line per outage, not one per call. ``message`` has one
     ``%s``, for the error's type (its text may quote what it was sent)."""
 
-    __slots__ = ("_every", "_log", "_message", "_warned_at")
+    __slots__ = ("_down", "_every", "_log", "_message", "_warned_at")
 
     def __init__(self, log: logging.Logger, message: str, *, every: float = 30.0) -> None:
         self._log = log
         self._message = message
         self._every = every
         self._warned_at = -math.inf
+        # An outage was warned about and nothing has answered since (``recovered``).
+        self._down = False
 
     def __call__(
         self, err: BaseException, *, extra: dict[str, Any] | None = None, cause: str = ""
@@ -392,22 +394,25 @@ class ThrottledWarning:
         self._warned_at = now
         if isinstance(err, MovedError | AskError):
             # Not an outage but a setting: a standalone client given a Redis Cluster node
-            # fails on every key of another node's slots, for good.
+            # fails on every key of another node's slots, for good (the keys of its own
+            # slots answer: no "again" line for those).
             self._log.error(
                 self._message + " (the Redis URL names a Redis Cluster node: set this "
                 "service's GENSEARCH_<SERVICE>_REDIS_CLUSTER=true)",
                 type(err).__name__,
             )
             return
+        self._down = True
         self._log.warning(self._message, cause or type(err).__name__, extra=extra)
 
     def recovered(self, message: str) -> None:
-        """The dependency answered again: ``message`` logged (INFO) when the outage was
-        warned about, and the next failure is a new outage, warned about at once."""
-        if self._warned_at == -math.inf:
-            return
-        self._warned_at = -math.inf
-        self._log.info(message)
+        """The dependency answered again: ``message`` logged (INFO) once when an outage was
+        warned about. The warnings keep their pace (at most one every ``every`` seconds):
+        a partial outage (one Redis Cluster node down, the calls to the others answered)
+        is at most a warning and this line every ``every`` seconds, not a pair per call."""
+        if self._down:
+            self._down = False
+            self._log.info(message)
 
 
 # gRPC's asyncio server logs through this logger.

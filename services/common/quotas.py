@@ -158,8 +158,8 @@ class Quotas:
             redis_errors.count("quotas", err)
             self._unchecked(err)
             return None
-        # The outage's end is a line too, and the next outage is warned about at once (not
-        # up to 30 s later, by which time it may be over unseen).
+        # The outage's end is a line too (once per warning: a flapping Redis is two lines
+        # every 30 s at most).
         self._unchecked.recovered("quotas checked again: Redis answers")
         return reply
 

@@ -249,7 +249,7 @@ class RedisLimits:
             # The in-memory count is not the one the next call asks (Redis is back by
             # then, or not): no floor from it.
             return Admission(answer.wait)
-        # The outage's end is a line too, and the next one is warned about at once.
+        # The outage's end is a line too (once per warning).
         self._failed.recovered("provider limits counted in Redis again")
         wait_ms, floor_ms = (int(n) for n in reply)
         return Admission(FLIGHT_FULL if wait_ms < 0 else wait_ms / 1000, floor_ms / 1000)

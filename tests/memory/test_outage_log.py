@@ -1,6 +1,6 @@
 """An operator's view of a Redis outage in the memory service's log: one WARNING when it
 starts (what redis-py said, without the URL's password), not one per call, and one INFO
-line when Redis answers again; the next outage is a new one, warned about at once."""
+line when Redis answers again; at most one warning every 30 s, however it flaps."""
 
 from __future__ import annotations
 
@@ -79,6 +79,8 @@ async def _fail_then_recover(
         await store.list_conversations(ALICE, 10, None)
     assert len(_lines(caplog, logging.INFO, "memory store reachable again")) == 1
     await server.stop()
-    await _fail(store, 1)  # a new outage: warned about at once, not 30 s later
-    assert len(_lines(caplog, logging.WARNING, "memory store unavailable")) == 2
+    # A second outage within 30 s of the first's warning: no second one (a flapping Redis,
+    # or a cluster with one node down, is a warning and an "again" line every 30 s at most).
+    await _fail(store, CALLS)
+    assert len(_lines(caplog, logging.WARNING, "memory store unavailable")) == 1
     await server.start()
