@@ -24,7 +24,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Self, TypeVar
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
@@ -511,10 +511,26 @@ def redis_url_setting(value: SecretStr) -> SecretStr:
     except ValueError:
         raise ValueError("must give its port as a number from 0 to 65535") from None
     if url:
-        problem = _redis_options_problem(url)
+        problem = _redis_database_problem(url) or _redis_options_problem(url)
         if problem:
             raise ValueError(problem)
     return value
+
+
+_DATABASE_PATH = re.compile(r"/?([0-9]+)?")
+
+
+def _redis_database_problem(url: str) -> str | None:
+    """A redis:// or rediss:// URL's path is its database number: redis-py took a path that
+    is not one ("/abc", "/1x") for database 0 without a word, "/0/1" for 1, and "/-1" (or
+    ``?db=-1``) for a database Redis refuses on every connection, after the service started."""
+    parts = urlsplit(url)
+    tcp = parts.scheme.lower() in ("redis", "rediss")
+    if tcp and not _DATABASE_PATH.fullmatch(unquote(parts.path)):
+        return "its path must be a database number, e.g. /0"
+    if any(db.strip().startswith("-") for db in parse_qs(parts.query).get("db", [])):
+        return "its database number (db) must not be negative"
+    return None
 
 
 _UNKNOWN_OPTION = re.compile(r"unexpected keyword argument '(\w+)'")

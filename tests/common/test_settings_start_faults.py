@@ -149,3 +149,35 @@ async def test_a_data_dir_that_cannot_be_a_directory_exits_with_one_line(
     assert len(lines) == 1, stderr
     assert lines[0].startswith("invalid setting GENSEARCH_DATA_DIR: "), stderr
     assert "Traceback" not in stderr
+
+
+# A Redis URL's database that redis-py took silently as another one (0, or 1 for "/0/1"),
+# or as one Redis refuses on every connection once the service runs.
+BAD_REDIS_DATABASES = [
+    f"redis://:{SECRET}@127.0.0.1:1/abc",
+    f"redis://:{SECRET}@127.0.0.1:1/1x",
+    f"rediss://:{SECRET}@127.0.0.1:1/0/1",
+    f"redis://:{SECRET}@127.0.0.1:1/-1",
+    f"redis://:{SECRET}@127.0.0.1:1?db=-1",
+]
+
+
+@pytest.mark.parametrize("url", BAD_REDIS_DATABASES)
+def test_a_redis_url_database_that_is_no_number_names_the_variable(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GENSEARCH_MEMORY_REDIS_URL", url)
+    with pytest.raises(SystemExit) as err:
+        load_settings(MemorySettings)
+    message = err.value.code
+    assert isinstance(message, str)
+    assert message.startswith("invalid setting GENSEARCH_MEMORY_REDIS_URL: its "), message
+    assert "database number" in message
+    assert SECRET not in message
+    assert "\n" not in message
+
+
+def test_redis_url_databases_are_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    for url in ("redis://redis:6379", "redis://redis:6379/", "redis://redis/15", "redis://r?db=3"):
+        monkeypatch.setenv("GENSEARCH_MEMORY_REDIS_URL", url)
+        assert load_settings(MemorySettings)
