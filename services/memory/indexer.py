@@ -32,6 +32,7 @@ from typing import Any
 from gensearch.memory.v1 import memory_service_pb2 as pb
 
 from services.common.errors import NotFound, ServiceError, Unavailable
+from services.common.logs import ThrottledWarning
 from services.common.tasks import cancel_and_wait
 from services.memory.metrics import OUTBOX_FULL, SEARCH_JOBS_DROPPED, TENANT_SHARE
 from services.memory.search_index import InteractionIndex
@@ -83,6 +84,14 @@ class Indexer:
         self._store = store
         self._index = index
         self._retry = retry_seconds
+        # The index down (its Qdrant server unreachable, say): one WARNING per outage
+        # (again every 30 s while it lasts) and one INFO line when it answers again. Each
+        # stored turn, each retry and each search logged a WARNING of its own before.
+        self._outage = ThrottledWarning(
+            log,
+            "search index unavailable (%s): turns wait in the outbox and SearchInteractions "
+            "answers UNAVAILABLE until it answers (GENSEARCH_MEMORY_SEARCH_QDRANT_URL)",
+        )
         self._sweep_every = sweep_seconds
         self._tasks: set[asyncio.Task[None]] = set()
         # Tenant -> its jobs running now. Without a share, a tenant writing turns faster
@@ -153,11 +162,11 @@ class Indexer:
         try:
             await self._apply(job, interaction)
         except Exception as err:
-            log.warning(
-                "search index update failed; queued for retry",
-                extra={"job": job[0], "error": _describe(err)},
-            )
+            # Queued for retry.
+            self._outage(err, extra={"job": job[0], "error": _describe(err)})
             await self._defer(job)
+        else:
+            self._outage.recovered("search index reachable again")
         finally:
             self._running_total -= 1
             left = self._running.get(job[1], 0) - 1
@@ -231,10 +240,11 @@ class Indexer:
             try:
                 await self._apply(job, None)
             except Exception as err:
-                log.warning("search index retry failed", extra={"error": _describe(err)})
+                self._outage(err, extra={"job": job[0], "error": _describe(err)})
                 # Already queued: only its due time moves, never refused.
                 await self._queue(member, job, now + int(self._retry * 1000))
                 continue
+            self._outage.recovered("search index reachable again")
             await self._store.outbox_remove(member, job[1])
             done += 1
         return done
@@ -365,7 +375,7 @@ class Indexer:
         except ServiceError:
             raise
         except Exception as err:  # the engine or the model failed: not the caller's doing
-            log.warning("search index failed", extra={"error": _describe(err)})
+            self._outage(err, extra={"error": _describe(err)})
             raise Unavailable(
                 "the interaction search index is unavailable; try again later",
                 reason="SEARCH_INDEX_UNAVAILABLE",

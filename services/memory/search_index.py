@@ -264,7 +264,10 @@ def make_index(
             if url == ":memory:"
             else AsyncQdrantClient(url=url, api_key=qdrant_api_key or None)
         )
-        store = ServerStore(client)
+        store = ServerStore(
+            client,
+            variables="GENSEARCH_MEMORY_SEARCH_QDRANT_URL, GENSEARCH_MEMORY_SEARCH_QDRANT_API_KEY",
+        )
     embedder = None
     if mode == "hybrid":
         embedder = LocalEmbedder(Path(model_path) if model_path else None, threads=embed_threads)

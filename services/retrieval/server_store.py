@@ -142,15 +142,22 @@ OUTAGE_REASONS = ("QDRANT_UNAVAILABLE", "QDRANT_ERROR")
 
 
 class ServerStore:
-    def __init__(self, client: AsyncQdrantClient) -> None:
+    def __init__(
+        self,
+        client: AsyncQdrantClient,
+        *,
+        variables: str = "GENSEARCH_RETRIEVAL_QDRANT_URL, GENSEARCH_RETRIEVAL_QDRANT_API_KEY",
+    ) -> None:
+        """``variables``: the settings that name this server, for the outage's line (the
+        memory service's search index uses this store too, with settings of its own)."""
         self.client = client
         # Qdrant unreachable (or refusing, e.g. a wrong API key): one WARNING per outage
         # (again every 30 s while it lasts) and one INFO line when it answers again. Each
         # call answered UNAVAILABLE before with nothing but its access line.
         self._outage = ThrottledWarning(
             log,
-            "vector store unavailable (%s): calls answer UNAVAILABLE until Qdrant answers "
-            "(GENSEARCH_RETRIEVAL_QDRANT_URL, GENSEARCH_RETRIEVAL_QDRANT_API_KEY)",
+            f"vector store unavailable (%s): calls answer UNAVAILABLE until Qdrant answers "
+            f"({variables})",
         )
         # Collections whose payload indexes this process has seen to (_indexed).
         self._indexed_names: set[str] = set()
