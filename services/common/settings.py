@@ -533,6 +533,20 @@ def _redis_database_problem(url: str) -> str | None:
     return None
 
 
+def redis_cluster_problem(url: str) -> str | None:
+    """Why ``url`` (a valid Redis URL setting) cannot name a Redis Cluster node, or None. A
+    cluster has database 0 only: redis-py's cluster client refused another when the service
+    built it, in a traceback, after the settings were accepted. The database is read as
+    redis-py reads it (the path, or ``?db=``, which wins). Never quotes the URL."""
+    try:
+        database = ConnectionPool.from_url(url).connection_kwargs.get("db") or 0
+    except (TypeError, ValueError, RedisError):  # said by redis_url_setting already
+        return None
+    if database != 0:
+        return "redis_url names a database other than 0: a Redis Cluster has database 0 only"
+    return None
+
+
 _UNKNOWN_OPTION = re.compile(r"unexpected keyword argument '(\w+)'")
 
 

@@ -29,6 +29,7 @@ from services.common.settings import (
     NAMESPACES,
     grpc_target_setting,
     http_url_problem,
+    redis_cluster_problem,
     redis_key_prefix_setting,
     redis_url_setting,
 )
@@ -347,6 +348,9 @@ class GatewaySettings(SchemaBoundSettings):
     def _cluster_needs_url(self) -> GatewaySettings:
         if self.redis_cluster and not self.redis_url.get_secret_value():
             raise ValueError("redis_cluster needs redis_url")
+        problem = redis_cluster_problem(self.redis_url.get_secret_value())
+        if self.redis_cluster and problem:
+            raise ValueError(problem)
         return self
 
     @model_validator(mode="after")

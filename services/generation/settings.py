@@ -58,6 +58,7 @@ from services.common.settings import (
     NAMESPACES,
     DownstreamSettings,
     http_url_problem,
+    redis_cluster_problem,
     redis_key_prefix_setting,
     redis_url_setting,
 )
@@ -540,6 +541,9 @@ class GenerationSettings(DownstreamSettings, SchemaBoundSettings):
     def _cluster_needs_url(self) -> GenerationSettings:
         if self.redis_cluster and not self.redis_url.get_secret_value():
             raise ValueError("redis_cluster needs redis_url")
+        problem = redis_cluster_problem(self.redis_url.get_secret_value())
+        if self.redis_cluster and problem:
+            raise ValueError(problem)
         return self
 
     @field_validator("providers", mode="before")

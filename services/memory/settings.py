@@ -16,6 +16,7 @@ from services.common.settings import (
     data_dir_problem,
     model_directory,
     qdrant_url_setting,
+    redis_cluster_problem,
     redis_key_prefix_setting,
     redis_url_setting,
 )
@@ -186,6 +187,9 @@ class MemorySettings(DownstreamSettings):
     def _cluster_needs_url(self) -> MemorySettings:
         if self.redis_cluster and not self.redis_url.get_secret_value():
             raise ValueError("redis_cluster needs redis_url: the embedded server is standalone")
+        problem = redis_cluster_problem(self.redis_url.get_secret_value())
+        if self.redis_cluster and problem:
+            raise ValueError(problem)
         return self
 
     @property

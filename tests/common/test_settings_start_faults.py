@@ -181,3 +181,36 @@ def test_redis_url_databases_are_accepted(monkeypatch: pytest.MonkeyPatch) -> No
     for url in ("redis://redis:6379", "redis://redis:6379/", "redis://redis/15", "redis://r?db=3"):
         monkeypatch.setenv("GENSEARCH_MEMORY_REDIS_URL", url)
         assert load_settings(MemorySettings)
+
+
+# A Redis Cluster has database 0 only: redis-py's cluster client refused another when the
+# service built it, in a traceback after the settings were accepted.
+@pytest.mark.parametrize(
+    ("cls", "prefix"),
+    [
+        (MemorySettings, "GENSEARCH_MEMORY_"),
+        (GatewaySettings, "GENSEARCH_GATEWAY_"),
+        (GenerationSettings, "GENSEARCH_GENERATION_"),
+    ],
+)
+@pytest.mark.parametrize("database", ["/3", "?db=2"])
+def test_a_redis_cluster_url_with_a_database_names_the_variable(
+    cls: type[CommonSettings], prefix: str, database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(f"{prefix}REDIS_URL", f"redis://:{SECRET}@127.0.0.1:1{database}")
+    monkeypatch.setenv(f"{prefix}REDIS_CLUSTER", "true")
+    with pytest.raises(SystemExit) as err:
+        load_settings(cls)
+    message = err.value.code
+    assert isinstance(message, str)
+    assert message.startswith("invalid setting "), message
+    assert f"{prefix}REDIS_URL" in message and "database 0" in message, message
+    assert SECRET not in message
+    assert "\n" not in message
+
+
+def test_a_redis_cluster_url_with_database_0_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    for url in ("redis://redis:6379", "redis://redis:6379/0", "redis://r?db=0"):
+        monkeypatch.setenv("GENSEARCH_MEMORY_REDIS_URL", url)
+        monkeypatch.setenv("GENSEARCH_MEMORY_REDIS_CLUSTER", "true")
+        assert load_settings(MemorySettings).redis_cluster
