@@ -92,6 +92,14 @@ class Indexer:
             "search index unavailable (%s): turns wait in the outbox and SearchInteractions "
             "answers UNAVAILABLE until it answers (GENSEARCH_MEMORY_SEARCH_QDRANT_URL)",
         )
+        # Memory's own Redis down: the outbox cannot be read, one WARNING per outage (again
+        # every 30 s while it lasts), as the store's own line; it was one every retry period
+        # (5 s by default) beside the store's.
+        self._unreadable = ThrottledWarning(
+            log,
+            "search outbox unreadable (%s): stored turns wait to be indexed until Redis "
+            "answers (GENSEARCH_MEMORY_REDIS_URL)",
+        )
         self._sweep_every = sweep_seconds
         self._tasks: set[asyncio.Task[None]] = set()
         # Tenant -> its jobs running now. Without a share, a tenant writing turns faster
@@ -265,7 +273,9 @@ class Indexer:
             try:
                 await self.drain()
             except Exception as err:  # Redis down: next time
-                log.warning("search outbox unreadable", extra={"error": _describe(err)})
+                self._unreadable(err, extra={"error": _describe(err)})
+            else:
+                self._unreadable.recovered("search outbox readable again")
 
     async def sweep(self, since_ms: int | None = None) -> int:
         """One pass over the whole index: entries whose turn Redis no longer holds

@@ -5,6 +5,7 @@ server, real qdrant-client against a port where nothing listens)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 from gensearch.memory.v1 import memory_service_pb2 as pb
 
 from services.common.auth import DEFAULT_TENANT
+from services.common.metrics import REDIS_ERRORS
 from services.common.redis_client import connect
 from services.devlaunch.processes import free_port
 from services.devlaunch.redis_server import RedisProcess
@@ -61,3 +63,54 @@ async def test_an_unreachable_index_is_one_warning_not_one_per_turn(
     finally:
         await indexer.close()
         await redis.aclose()
+
+
+def _memory_redis_errors() -> float:
+    return sum(
+        sample.value
+        for metric in REDIS_ERRORS.collect()
+        for sample in metric.samples
+        if sample.name.endswith("_total") and sample.labels.get("store") == "memory"
+    )
+
+
+async def test_a_redis_outage_is_not_a_warning_per_outbox_retry(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Memory's own Redis down while the search index is on: the outbox retry loop, every
+    GENSEARCH_MEMORY_SEARCH_RETRY_SECONDS (5 s), logged 'search outbox unreadable' as a
+    WARNING each time (six every 30 s beside the store's one 'memory store unavailable').
+    Now at most one every 30 s, as the store's own."""
+    server = RedisProcess(tmp_path / "redis")  # never started: nothing on its port
+    store = MemoryStore(connect(server.url, cluster=False, socket_timeout=1, connect_timeout=1))
+    index = make_index(
+        mode="keyword",
+        data_dir=tmp_path,
+        qdrant_url="",
+        qdrant_api_key="",
+        collection="outage",
+        model_path="",
+        embed_threads=1,
+    )
+    assert index is not None
+    indexer = Indexer(store, index, retry_seconds=0.01)
+    caplog.set_level(logging.INFO)
+    before = _memory_redis_errors()
+    indexer.start()
+    try:
+        # Each failed drain counts at least one failed Redis call: wait for six of them
+        # (no timing is asserted; the bound only keeps a broken loop from hanging).
+        async with asyncio.timeout(60):
+            while True:
+                if _memory_redis_errors() >= before + 6:
+                    break
+                await asyncio.sleep(0.01)
+    finally:
+        await indexer.close()
+        await store.close()
+    unreadable = [
+        r
+        for r in caplog.records
+        if r.name == "gensearch.memory.indexer" and r.levelno >= logging.WARNING
+    ]
+    assert len(unreadable) <= 1, [r.getMessage() for r in unreadable]
