@@ -23,6 +23,7 @@ from services.common.errors import (
     NotFound,
     Unavailable,
 )
+from services.common.logs import ThrottledWarning
 from services.common.request_ids import check_request_id, fingerprint
 from services.common.turn_size import over_utf8, stored_interaction, utf8_size
 from services.common.values import check_value
@@ -70,6 +71,14 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
         secret = settings.page_token_secret.get_secret_value()
         self._tokens: PageTokens | None = PageTokens(secret.encode()) if secret else None
         self._tokens_lock = asyncio.Lock()
+        # The key kept in Redis unreachable: one WARNING every 30 s at most, as the store's
+        # own line for the outage; each call needing the key logged one before.
+        self._secret_unreachable = ThrottledWarning(
+            log,
+            "page-token secret unreachable in Redis (%s): paging fails until its node "
+            "answers (set GENSEARCH_MEMORY_PAGE_TOKEN_SECRET to not depend on it, "
+            "docs/memory.md)",
+        )
 
     async def page_tokens(self) -> PageTokens:
         """The page-token signer. Without a configured secret, the one kept in Redis: fetched
@@ -80,13 +89,10 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
                 if self._tokens is None:
                     try:
                         self._tokens = PageTokens(await self._store.shared_secret())
-                    except Unavailable:
-                        log.warning(
-                            "page-token secret unreachable in Redis: paging fails until its "
-                            "node answers (set GENSEARCH_MEMORY_PAGE_TOKEN_SECRET to not "
-                            "depend on it, docs/memory.md)"
-                        )
+                    except Unavailable as err:
+                        self._secret_unreachable(err)
                         raise
+                    self._secret_unreachable.recovered("page-token secret read from Redis")
         return self._tokens
 
     async def _cursor(self, token: str, kind: str, scope: str, owner: Owner) -> str | None:

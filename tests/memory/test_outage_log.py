@@ -13,6 +13,8 @@ from services.common.auth import DEFAULT_TENANT
 from services.common.errors import Unavailable
 from services.common.redis_client import connect
 from services.devlaunch.redis_server import RedisProcess
+from services.memory.servicer import MemoryServicer
+from services.memory.settings import MemorySettings
 from services.memory.store import MemoryStore, Owner
 
 ALICE = Owner(DEFAULT_TENANT, "alice")
@@ -84,3 +86,28 @@ async def _fail_then_recover(
     await _fail(store, CALLS)
     assert len(_lines(caplog, logging.WARNING, "memory store unavailable")) == 1
     await server.start()
+
+
+async def test_the_page_token_secret_unreachable_is_not_a_warning_per_call(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without GENSEARCH_MEMORY_PAGE_TOKEN_SECRET and Redis down since the start, every
+    call needing the page-token key asked Redis again and logged 'page-token secret
+    unreachable' as a WARNING of its own, beside the store's one line for the outage."""
+    server = RedisProcess(tmp_path / "redis")  # never started: nothing on its port
+    store = MemoryStore(connect(server.url, cluster=False, socket_timeout=1, connect_timeout=1))
+    servicer = MemoryServicer(store, MemorySettings(redis_url=server.url))
+    caplog.set_level(logging.INFO, "gensearch.memory")
+    try:
+        for _ in range(CALLS):
+            with pytest.raises(Unavailable):
+                await servicer.page_tokens()
+    finally:
+        await store.close()
+    secret = [
+        r
+        for r in caplog.records
+        if r.name == "gensearch.memory" and r.getMessage().startswith("page-token secret")
+    ]
+    assert len(secret) == 1, [r.getMessage() for r in secret]
+    assert "GENSEARCH_MEMORY_PAGE_TOKEN_SECRET" in secret[0].getMessage()
