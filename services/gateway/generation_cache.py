@@ -282,12 +282,17 @@ class GenerationCache:
         if self._redis is None or not keys:
             return {}
         indexes = list(keys)
+        budget = asyncio.timeout(timeout)
         try:
-            async with asyncio.timeout(timeout):
+            async with budget:
                 values = await self._redis.mget([keys[i] for i in indexes])
         except REDIS_FAILURES_OR_TIMEOUT as err:
             redis_errors.count("generation_cache", err)
-            self._outage(err, extra={"operation": "read"})
+            if not (isinstance(err, TimeoutError) and budget.expired()):
+                # Redis failed. The request's own budget running out says nothing of it:
+                # warned as an outage, that sent the operator to REDIS_URL for a caller's
+                # short deadline.
+                self._outage(err, extra={"operation": "read"})
             CACHE_LOOKUPS.labels("exact", "error").inc(len(keys))
             return {}
         self._outage.recovered("generation cache reachable again")

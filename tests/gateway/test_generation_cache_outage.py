@@ -65,3 +65,30 @@ async def test_a_redis_outage_is_one_warning_and_its_end_one_line(
     finally:
         await client.aclose()
         await server.stop()
+
+
+async def test_a_call_out_of_time_is_no_redis_outage(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A read given no time (the request's generation budget spent) is a miss, but Redis
+    answers well: it warned 'generation cache unavailable' naming GENSEARCH_GATEWAY_REDIS_URL
+    (and the next read logged it 'reachable again'), sending the operator to a setting
+    for a caller's short deadline."""
+    server = RedisProcess(tmp_path / "redis")
+    await server.start()
+    client = redis_client.connect(server.url, cluster=False, socket_timeout=1, connect_timeout=1)
+    cache = GenerationCache(client, "gc", 3600, 1 << 20)
+    scope = Scope("acme", "Books", 123)
+    key = cache.keys_for(scope, Options(provider="fake", model="m"))(
+        [gen_pb.Message(role=gen_pb.ROLE_USER, content="Title: Emma")]
+    )
+    caplog.set_level(logging.INFO, LOGGER)
+    try:
+        await cache.put(scope, key, gw_pb.GenerationResult(result="an answer"), 60)
+        assert await cache.get_many({0: key}, timeout=0.0) == {}
+        assert (await cache.get_many({0: key}))[0].result == "an answer"
+        assert not _lines(caplog, logging.WARNING, "generation cache unavailable")
+        assert not _lines(caplog, logging.INFO, "generation cache reachable again")
+    finally:
+        await client.aclose()
+        await server.stop()
