@@ -188,7 +188,7 @@ async def test_lists_of_a_shared_tag_page_through_only_the_callers_own(
 ) -> None:
     # A page reads past at most LIST_SKIP of the other owner's members: small here, so
     # pages end early (some with none) and paging must still find every one.
-    monkeypatch.setattr(store, "LIST_SKIP", 2, raising=False)
+    monkeypatch.setattr(store, "LIST_SKIP", 2)
     mine: list[str] = []
     theirs: list[str] = []
     for n in range(12):
@@ -211,7 +211,7 @@ async def test_a_page_behind_many_of_the_other_owners_conversations_is_answered(
     until her conversation. Before, a page read on until its first item, declaring the
     hashes LIST_SKIP + page_size + 1 more a run: past RUN_ATTEMPTS runs, ABORTED
     (CONCURRENT_UPDATE) for a legal request, every time."""
-    monkeypatch.setattr(store, "LIST_SKIP", 2, raising=False)
+    monkeypatch.setattr(store, "LIST_SKIP", 2)
     budget = 1 + 1 + 2  # page_size 1
     made = await memory.stub.CreateConversation(
         pb.CreateConversationRequest(name="mine"), metadata=DEFAULT_ALICE
@@ -356,7 +356,7 @@ async def test_a_page_token_never_shows_the_other_owners_conversations(
     owner behind the other's) carried that member as its cursor, in the clear (signed,
     base64 of JSON): the other tenant's conversation id and update time, read by whoever
     decodes the token. Its conversations are NOT_FOUND exactly like missing ones."""
-    monkeypatch.setattr(store, "LIST_SKIP", 2, raising=False)
+    monkeypatch.setattr(store, "LIST_SKIP", 2)
     await memory.stub.CreateConversation(
         pb.CreateConversationRequest(name="mine"), metadata=DEFAULT_ALICE
     )
