@@ -156,11 +156,17 @@ async def read_ranges(
     *,
     max_chunks: int,
     max_value_depth: int,
+    max_value_chars: int,
 ) -> list[tuple[list[FoundPoint], bool]]:
     """Each range's chunks sorted by position, at most ``max_chunks`` (the first ones), and
     whether more matched."""
     wheres: list[Node] = [
-        build_filter(range_filter(chunking, item), schema.types, max_value_depth=max_value_depth)
+        build_filter(
+            range_filter(chunking, item),
+            schema.types,
+            max_value_depth=max_value_depth,
+            max_value_chars=max_value_chars,
+        )
         for item in ranges
     ]
     found = await asyncio.gather(

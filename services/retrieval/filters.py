@@ -20,9 +20,11 @@ from google.protobuf import json_format
 
 from services.common.errors import InvalidArgument, MissingField, quote
 from services.common.property_types import RFC3339_DATE_TIME, ObjectInvalid, format_date, parse_date
+from services.common.settings import MAX_QUERY_TEXT
 from services.common.suggest import did_you_mean
 from services.common.values import (
     DEFAULT_MAX_DEPTH,
+    check_chars,
     check_value,
     past_exact_integer,
     past_exact_integer_message,
@@ -46,6 +48,10 @@ VALUES_SETTING = "GENSEARCH_RETRIEVAL_MAX_FILTER_VALUES"
 # The default of the setting GENSEARCH_RETRIEVAL_MAX_FILTER_CHECKS (settings.py).
 MAX_ENGINE_CONDITIONS = 2048
 MAX_CHECKS_SETTING = "GENSEARCH_RETRIEVAL_MAX_FILTER_CHECKS"
+# Characters of one string value of a condition (EQUAL's text, TEXT_MATCH's words, each
+# value of a list): the bound of a search's text, the other key a caller looks things up
+# with. Before it a value had none but the 4 MB request, all of it sent to the engine.
+VALUE_CHARS_SETTING = "GENSEARCH_RETRIEVAL_MAX_QUERY_TEXT_CHARS"
 
 Scalar = str | int | bool
 
@@ -116,13 +122,17 @@ def build_filter(
     max_depth: int = MAX_DEPTH,
     max_conditions: int = MAX_CONDITIONS,
     max_values: int = MAX_LIST,
+    max_value_chars: int = MAX_QUERY_TEXT,
 ) -> Node:
     """Validate ``message`` against the property ``types``; errors name the offending field.
     ``max_value_depth`` bounds the nesting inside each condition's value, ``max_checks``
     the conditions the engine evaluates once CONTAINS_ANY/ALL and TEXT_MATCH expand,
     ``max_depth`` the levels of groups, ``max_conditions`` the conditions as written and
-    ``max_values`` the values of one list."""
-    walk = _Walk(types, max_value_depth, max_checks, max_depth, max_conditions, max_values)
+    ``max_values`` the values of one list, ``max_value_chars`` the characters of each
+    string value."""
+    walk = _Walk(
+        types, max_value_depth, max_checks, max_depth, max_conditions, max_values, max_value_chars
+    )
     return _node(message, walk, field, 0)
 
 
@@ -138,6 +148,8 @@ class _Walk:
     max_depth: int
     max_conditions: int
     max_values: int
+    # MAX_QUERY_TEXT_CHARS: characters of one string value.
+    max_value_chars: int
     conditions: int = 0
     # Conditions the engine evaluates, counted against max_checks.
     engine_conditions: int = 0
@@ -211,6 +223,7 @@ def _condition(cond: pb.Condition, b: _Walk, field: str) -> Node:
     # Before json_format, which refuses NaN and ±Infinity with a bare ValueError.
     check_value(cond.value, value_field, b.max_value_depth)
     value = json_format.MessageToDict(cond.value)
+    _check_value_chars(value, value_field, b.max_value_chars)
     is_date = data_type == pb.DATA_TYPE_DATE
 
     if op in (pb.OPERATOR_EQUAL, pb.OPERATOR_NOT_EQUAL):
@@ -290,6 +303,17 @@ def _condition(cond: pb.Condition, b: _Walk, field: str) -> Node:
     if op == pb.OPERATOR_UNSPECIFIED:
         raise MissingField(f"{field}.operator is required", field=f"{field}.operator")
     raise InvalidArgument(f"{field}.operator: {op} is not an Operator", field=f"{field}.operator")
+
+
+def _check_value_chars(value: Any, field: str, limit: int) -> None:
+    """FIELD_TOO_LARGE naming the first string value (the value, or an element of its list)
+    longer than ``limit`` characters. Other kinds inside a list are refused by type later."""
+    if isinstance(value, str):
+        check_chars(value, field, limit, VALUE_CHARS_SETTING)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            if isinstance(item, str):
+                check_chars(item, f"{field}[{i}]", limit, VALUE_CHARS_SETTING)
 
 
 def _engine_conditions(node: Node) -> int:

@@ -298,6 +298,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
             max_depth=self._settings.max_filter_depth,
             max_conditions=self._settings.max_filter_conditions,
             max_values=self._settings.max_filter_values,
+            max_value_chars=self._settings.max_query_text_chars,
         )
 
     def _check_batch(
@@ -486,6 +487,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
                     list(request.ranges),
                     max_chunks=max_chunks,
                     max_value_depth=self._settings.max_value_depth,
+                    max_value_chars=self._settings.max_query_text_chars,
                 )
             self._reads.observe(schema.store_name, [p for got, _ in found for p in got])
             return pb.GetChunksResponse(

@@ -449,3 +449,58 @@ def test_the_filter_check_budget_is_bounded() -> None:
     for wrong in (1, 10_001):
         with pytest.raises(ValidationError):
             RetrievalSettings(max_filter_checks=wrong)
+
+
+async def test_a_filter_string_value_is_bounded_by_max_query_text_chars(
+    make_retrieval: MakeRetrieval,
+) -> None:
+    """A condition's string value had no bound but the 4 MB request, all of it sent to the
+    engine: past GENSEARCH_RETRIEVAL_MAX_QUERY_TEXT_CHARS it is FIELD_TOO_LARGE naming the
+    value (each element of a list by its index), in a search, a count and a delete."""
+    setting = "GENSEARCH_RETRIEVAL_MAX_QUERY_TEXT_CHARS"
+    harness = await make_retrieval(max_query_text_chars=8)
+    stub = harness.stub
+    await stub.CreateCollection(
+        pb.CreateCollectionRequest(collection=vector_collection("Articles", DIMS))
+    )
+    await stub.UpsertObjects(
+        pb.UpsertObjectsRequest(collection="Articles", objects=article_objects())
+    )
+    long = "x" * 9
+    calls = [
+        (
+            stub.CountObjects(
+                pb.CountObjectsRequest(collection="Articles", filter=cond("title", EQ, long))
+            ),
+            "filter.condition.value",
+        ),
+        (
+            stub.Search(
+                pb.SearchRequest(
+                    collection="Articles",
+                    near_vector=pb.NearVector(vector=[1.0] * DIMS),
+                    filter=all_of(cond("year", GT, 1), cond("body", TEXT, f"a {long}")),
+                )
+            ),
+            "filter.all_of.filters[1].condition.value",
+        ),
+        (
+            stub.DeleteObjects(
+                pb.DeleteObjectsRequest(
+                    collection="Articles", filter=cond("title", ANY, ["a", long])
+                )
+            ),
+            "filter.condition.value[1]",
+        ),
+    ]
+    for call, field in calls:
+        err = await expect_error(call, grpc.StatusCode.INVALID_ARGUMENT, field)
+        info = error_info(err)
+        assert info.reason == "FIELD_TOO_LARGE", err.details()
+        assert (info.metadata["max"], info.metadata["setting"]) == ("8", setting)
+        assert setting in (err.details() or "")
+    # At the bound the value is taken (and nothing was deleted above).
+    count = await stub.CountObjects(
+        pb.CountObjectsRequest(collection="Articles", filter=cond("title", NE, "x" * 8))
+    )
+    assert count.count == len(articles())
