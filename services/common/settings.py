@@ -26,7 +26,14 @@ from pathlib import Path
 from typing import Annotated, Any, Self, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator
+from pydantic import (
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 from redis.asyncio import ConnectionPool
 from redis.exceptions import RedisError
@@ -365,6 +372,18 @@ class CommonSettings(BaseSettings):
         return level
 
     _host = field_validator("host")(bind_host_setting)
+
+    @model_validator(mode="after")
+    def _grace_needs_age(self) -> Self:
+        # gRPC counts the grace from the connection's age: without an age it was silently
+        # ignored, and an operator who set it believed cut streams were bounded. Refused
+        # like the other pair that needs its partner (redis_cluster without redis_url).
+        if self.max_connection_age_grace > 0 and self.max_connection_age == 0:
+            raise ValueError(
+                "max_connection_age_grace needs max_connection_age (above 0): the grace "
+                "counts from that age, so without it nothing would close the connection"
+            )
+        return self
 
     def request_limit(self, method: str) -> int:
         """Largest request of ``method`` (its name, e.g. ``ImportObjects``), in bytes."""

@@ -93,6 +93,38 @@ def test_a_check_across_settings_names_the_variables(
     assert _exit_message(err) == expected
 
 
+@pytest.mark.parametrize(
+    ("service", "settings"),
+    [
+        ("GATEWAY", GatewaySettings),
+        ("MEMORY", MemorySettings),
+        ("RETRIEVAL", RetrievalSettings),
+        ("GENERATION", GenerationSettings),
+    ],
+)
+def test_a_connection_age_grace_without_an_age_stops_the_service(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, service: str, settings: type[CommonSettings]
+) -> None:
+    """MAX_CONNECTION_AGE_GRACE counts from MAX_CONNECTION_AGE: with the age 0 (never) the
+    grace was silently ignored, and nothing bounded a cut stream left unread. It stops the
+    service with one line naming both variables, as REDIS_CLUSTER without REDIS_URL does."""
+    monkeypatch.setenv("GENSEARCH_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv(f"GENSEARCH_{service}_MAX_CONNECTION_AGE_GRACE", "3600")
+    with pytest.raises(SystemExit) as err:
+        load_settings(settings)
+    assert _exit_message(err) == (
+        f"invalid setting GENSEARCH_{service}_MAX_CONNECTION_AGE_GRACE needs "
+        f"GENSEARCH_{service}_MAX_CONNECTION_AGE (above 0): the grace counts from that age, "
+        "so without it nothing would close the connection"
+    )
+    # With an age, or without a grace, the service starts.
+    monkeypatch.setenv(f"GENSEARCH_{service}_MAX_CONNECTION_AGE", "60")
+    assert load_settings(settings).max_connection_age_grace == 3600
+    monkeypatch.setenv(f"GENSEARCH_{service}_MAX_CONNECTION_AGE", "0")
+    monkeypatch.setenv(f"GENSEARCH_{service}_MAX_CONNECTION_AGE_GRACE", "0")
+    assert load_settings(settings).max_connection_age == 0
+
+
 @pytest.mark.parametrize("service", ["memory", "retrieval", "generation", "gateway"])
 async def test_a_service_started_with_an_invalid_setting_exits_with_one_line(
     service: str, tmp_path: Path
