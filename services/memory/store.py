@@ -96,8 +96,15 @@ _BUSY = "BUSY"  # a script runs too long; redis-py keeps it a plain ResponseErro
 # Redis at its maxmemory with noeviction (as deploy/ runs it) refuses writes: "OOM command
 # not allowed ..." (OutOfMemoryError; a plain ResponseError when a script's write is
 # refused). Until the operator makes room, or retention frees some, the store cannot take
-# writes: UNAVAILABLE to the caller, an ERROR for the operator, who must act.
+# writes: UNAVAILABLE to the caller, a WARNING for the operator, who must act (one per
+# 30 s while it lasts, and an INFO line when a write succeeds again: ``StoreWarnings``).
 _FULL = "OOM "
+# The commands of our scripts that Redis refuses past its maxmemory (those that may grow
+# what it holds): a script calling one is a write, whose success ends a "store full".
+_GROWS = frozenset(
+    {"SET", "HSET", "HSETNX", "HINCRBY", "INCR", "INCRBY", "ZADD", "SADD", "RPUSH", "LPUSH"}
+)
+_CALLED = re.compile(r"redis\.p?call\(\s*'(\w+)'")
 # A script touched a key it derives (an interaction's, from the conversation's list) that a
 # reshard has already moved to the slot's new node: the script stopped there (its earlier
 # writes stay; each script is written so that its retry completes it). Redis says "Script
@@ -331,16 +338,44 @@ def lua_source(name: str) -> str:
     return "".join(lua_source(helper) for helper in needs) + source
 
 
-async def _redis(outage: ThrottledWarning, call: Awaitable[Any] | Any) -> Any:
+class StoreWarnings:
+    """What the store tells its operator about Redis failing many calls at once: each kind
+    one WARNING per outage (again every 30 s while it lasts) and one INFO line at its end,
+    not a line per call. ``down``: Redis unreachable (or busy, or moving slots), ended by
+    any answer; ``full``: Redis at its maxmemory refusing writes (OOM), ended by a write
+    that succeeds (reads succeed all along)."""
+
+    __slots__ = ("down", "full")
+
+    def __init__(self) -> None:
+        self.down = ThrottledWarning(
+            log,
+            "memory store unavailable (%s): calls answer UNAVAILABLE until Redis answers "
+            "(GENSEARCH_MEMORY_REDIS_URL)",
+        )
+        self.full = ThrottledWarning(
+            log,
+            "memory store full (%s): Redis refuses writes past its maxmemory; writes answer "
+            "UNAVAILABLE until it has room (docs/operations.md)",
+        )
+
+
+def writes(source: str) -> bool:
+    """Whether a script's ``source`` calls a command Redis refuses past its maxmemory."""
+    return any(command.upper() in _GROWS for command in _CALLED.findall(source))
+
+
+async def _redis(outage: StoreWarnings, call: Awaitable[Any] | Any, *, write: bool = False) -> Any:
     """Awaits one Redis call; its failure becomes the service's error, here and only here.
-    ``outage`` logs Redis unreachable once per outage (and its end), not once per call.
+    ``outage`` logs Redis unreachable, or full, once per outage (and its end), not once per
+    call; ``write``: the call may grow what Redis holds, so its success ends a full one.
     (Typed loosely: redis-py annotates a command's result as ``Awaitable[T] | T``, one set
     of annotations for its sync and async clients.)"""
     try:
         out = await call
     except _UNAVAILABLE as err:
         redis_errors.count("memory", err)
-        outage(err, extra={"error": _describe(err)})
+        outage.down(err, extra={"error": _describe(err)})
         raise _unavailable() from None
     except (MovedError, AskError) as err:
         redis_errors.count("memory", err)
@@ -361,20 +396,19 @@ async def _redis(outage: ThrottledWarning, call: Awaitable[Any] | Any) -> Any:
             raise _DeclareFirst(names) from None
         redis_errors.count("memory", err)
         if str(err).startswith(_BUSY) or _MOVING in str(err):
-            outage(err, extra={"error": _describe(err)})
+            outage.down(err, extra={"error": _describe(err)})
             raise _unavailable() from None
         if isinstance(err, OutOfMemoryError) or str(err).startswith(_FULL):
-            log.error(
-                "memory store full: Redis refuses writes past its maxmemory "
-                "(docs/operations.md, UNAVAILABLE)",
-                extra={"error": _describe(err)},
-            )
+            # A script's refused write is a plain ResponseError: named as Redis's OOM.
+            outage.full(err, extra={"error": _describe(err)}, cause="OOM")
             raise Unavailable(
                 "memory store unavailable; try again", reason="STORE_UNAVAILABLE"
             ) from None
         log.error("memory store error", extra={"error": _describe(err)})
         raise Internal("memory store error") from None
-    outage.recovered("memory store reachable again")
+    outage.down.recovered("memory store reachable again")
+    if write:
+        outage.full.recovered("memory store takes writes again: Redis has room")
     return out
 
 
@@ -517,13 +551,9 @@ class MemoryStore:
         drop_batch: int = DROP_BATCH,
     ) -> None:
         self._redis = redis
-        # Redis unreachable: one WARNING per outage (again every 30 s while it lasts), and
-        # one INFO line when it answers again; a line per call buried everything else.
-        self._outage = ThrottledWarning(
-            log,
-            "memory store unavailable (%s): calls answer UNAVAILABLE until Redis answers "
-            "(GENSEARCH_MEMORY_REDIS_URL)",
-        )
+        # Redis unreachable or full: one WARNING per outage (again every 30 s while it
+        # lasts), and one INFO line when it ends; a line per call buried everything else.
+        self._outage = StoreWarnings()
         self._grace = eviction_grace_turns
         self._max_bytes = max_bytes_per_owner
         self._max_conversations = max_conversations_per_owner
@@ -549,7 +579,13 @@ class MemoryStore:
         def script(name: str) -> AsyncScript:
             # EVALSHA; on NOSCRIPT (a restarted or flushed Redis) redis-py loads it again.
             # (redis-py annotates register_script's self as Redis; RedisCluster has it too.)
-            return redis.register_script(lua_source(name))  # type: ignore[misc]
+            made: AsyncScript = redis.register_script(lua_source(name))  # type: ignore[misc]
+            if writes(lua_source(name)):
+                self._writers.add(made)
+            return made
+
+        # The scripts that write (``writes``): their success ends a "store full".
+        self._writers: set[AsyncScript] = set()
 
         self._create_conversation = script("create_conversation")
         self._update_conversation = script("update_conversation")
@@ -699,7 +735,9 @@ class MemoryStore:
         budget = self._max_conversations * RUN_ATTEMPTS
         while declared < RUN_ATTEMPTS and measured < RUN_ATTEMPTS and walked < budget:
             try:
-                out = await _redis(self._outage, script(keys=names, args=args))
+                out = await _redis(
+                    self._outage, script(keys=names, args=args), write=script in self._writers
+                )
                 if hint and asked:
                     self._hint(hint, asked)
                 if asked_into is not None:
@@ -798,6 +836,7 @@ class MemoryStore:
                     keys=[convs, keys.usage(tag), *names],
                     args=[tag, "1" if gone is None else "0", *members],
                 ),
+                write=True,
             )
             if done != 0:
                 return int(done)
@@ -849,6 +888,7 @@ class MemoryStore:
                     keys=[conv, ints, usage, *(keys.interaction(tag, iid) for iid in batch)],
                     args=[head, cid, after, mark, total, *batch],
                 ),
+                write=script in self._writers,
             )
             status = int(out[0])
             if status == 1:
@@ -872,7 +912,7 @@ class MemoryStore:
     async def shared_secret(self) -> bytes:
         """A random secret created once per key prefix, the same for every replica."""
         key = f"{self._prefix}:page-token-secret"
-        await _redis(self._outage, self._redis.set(key, os.urandom(32).hex(), nx=True))
+        await _redis(self._outage, self._redis.set(key, os.urandom(32).hex(), nx=True), write=True)
         value = await _redis(self._outage, self._redis.get(key))
         if not value:
             raise Unavailable("memory store unavailable: page token secret missing")
@@ -1678,6 +1718,7 @@ class MemoryStore:
                     1 if index else 0,
                 ],
             ),
+            write=True,
         )
         return int(out)
 
@@ -1714,7 +1755,9 @@ class MemoryStore:
         """Puts back owners ``outbox_take_missed`` gave a sweep that did not finish."""
         if owners:
             members = [json.dumps([o.tenant, o.user]) for o in owners]
-            await _redis(self._outage, self._redis.sadd(self._outbox_keys()[2], *members))
+            await _redis(
+                self._outage, self._redis.sadd(self._outbox_keys()[2], *members), write=True
+            )
 
     def _legacy_outbox(self) -> str:
         return f"{self._prefix}:search-outbox"
@@ -1735,5 +1778,7 @@ class MemoryStore:
         """True for the one caller that takes ``P:lock:<name>`` until it expires."""
         key = f"{self._prefix}:lock:{name}"
         return bool(
-            await _redis(self._outage, self._redis.set(key, "1", nx=True, px=max(ttl_ms, 1)))
+            await _redis(
+                self._outage, self._redis.set(key, "1", nx=True, px=max(ttl_ms, 1)), write=True
+            )
         )
