@@ -36,7 +36,7 @@ from services.common.logs import ThrottledWarning
 from services.common.tasks import cancel_and_wait
 from services.memory.metrics import OUTBOX_FULL, SEARCH_JOBS_DROPPED, TENANT_SHARE
 from services.memory.search_index import InteractionIndex
-from services.memory.store import MemoryStore, Owner
+from services.memory.store import MISSED_BATCH, MemoryStore, Owner
 
 log = logging.getLogger("gensearch.memory.indexer")
 
@@ -287,15 +287,30 @@ class Indexer:
         indexed."""
         if since_ms is None:
             return await self._sweep(set())
-        # Owners whose index job the full outbox refused: the index may know none of
-        # their turns yet. Put back if this pass does not finish, for the next one: failed,
-        # or cancelled (the replica shutting down; its sweep may walk for long).
-        missed = await self._store.outbox_take_missed()
-        try:
-            return await self._sweep(set(missed), since_ms)
-        except BaseException:
-            await asyncio.shield(self._store.outbox_note_missed(missed))
-            raise
+        removed = await self._sweep(set(), since_ms)
+        await self._catch_up_missed(since_ms)
+        return removed
+
+    async def _catch_up_missed(self, since_ms: int) -> None:
+        """Catches up the owners whose index job the full outbox refused: the index may
+        know none of their turns yet. Taken off their set a batch at a time (SPOP), as
+        many as it held when this began (owners noted meanwhile wait for the next sweep);
+        those of a batch not caught up are put back if this does not finish: failed, or
+        cancelled (the replica shutting down)."""
+        left = await self._store.outbox_missed_count()
+        while left > 0:
+            count = min(left, MISSED_BATCH)
+            left -= count
+            pending = await self._store.outbox_take_missed(count)
+            if not pending:
+                return
+            try:
+                while pending:
+                    await self.catch_up(pending[0], since_ms)
+                    pending.pop(0)
+            except BaseException:
+                await asyncio.shield(self._store.outbox_note_missed(pending))
+                raise
 
     async def _sweep(self, owners: set[Owner], since_ms: int | None = None) -> int:
         removed = 0

@@ -130,6 +130,9 @@ UPDATE_ATTEMPTS = 8
 # per conversation (``_one_turn_write``): only replicas compete, and every refusal means
 # another's turn was stored; generous, as a refused turn is a refused answer.
 TURN_WRITE_ATTEMPTS = 64
+# Owners ``outbox_take_missed`` takes at once by default: a sweep takes them in batches of
+# this many, however many the full outbox's refusals noted (up to SEARCH_OUTBOX_MAX_JOBS).
+MISSED_BATCH = 100
 # Turns one run of delete_conversation.lua deletes: bounds the keys it declares (a turn's
 # and its request_id's) and how long it holds Redis; a longer conversation takes more runs.
 DELETE_BATCH = 500
@@ -1734,13 +1737,17 @@ class MemoryStore:
             self._outage, self._outbox_remove(keys=self._outbox_keys()[:2], args=[job, tenant])
         )
 
-    async def outbox_take_missed(self) -> list[Owner]:
-        """The owners an index job of which the outbox refused, taken off the set (a
-        refusal from now on notes its owner again, for the next sweep)."""
+    async def outbox_missed_count(self) -> int:
+        """How many owners the outbox's refusals have noted (``outbox_take_missed``)."""
+        return int(await _redis(self._outage, self._redis.scard(self._outbox_keys()[2])))
+
+    async def outbox_take_missed(self, count: int = MISSED_BATCH) -> list[Owner]:
+        """Up to ``count`` of the owners an index job of which the outbox refused, taken
+        off the set (a refusal from now on notes its owner again, for the next sweep).
+        One SPOP: atomic, and bounded (the set holds up to SEARCH_OUTBOX_MAX_JOBS owners;
+        SMEMBERS then SREM read it whole and could drop an owner noted in between)."""
         missed = self._outbox_keys()[2]
-        members = list(await _redis(self._outage, self._redis.smembers(missed)))
-        if members:
-            await _redis(self._outage, self._redis.srem(missed, *members))
+        members = list(await _redis(self._outage, self._redis.spop(missed, count)) or [])
         owners = []
         for member in members:
             try:

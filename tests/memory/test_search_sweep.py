@@ -248,3 +248,56 @@ async def test_a_job_dropped_for_its_tenants_share_is_logged_as_that(
     finally:
         await indexer.close()
         await redis.aclose()
+
+
+async def test_the_sweep_takes_the_missed_owners_in_batches_and_puts_back_the_rest(
+    target: Target, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The owners the full outbox's refusals noted (up to SEARCH_OUTBOX_MAX_JOBS) were
+    read whole (SMEMBERS) and removed (SREM) before the sweep's long walk: one reply of
+    the whole set, and a sweep that failed put every one back, caught up or not. Now a
+    batch at a time (SPOP): the set still holds the owners of later batches while the
+    first is caught up, and a sweep cancelled midway puts back only those not caught up."""
+    from services.memory import indexer as indexer_module
+
+    # (raising=False: the code before batches had no such constant, and fails below.)
+    monkeypatch.setattr(indexer_module, "MISSED_BATCH", 2, raising=False)
+    redis = connect(
+        target.url, cluster=target.cluster is not None, socket_timeout=5, connect_timeout=2
+    )
+    store = MemoryStore(redis, key_prefix=f"batches-{uuid.uuid4().hex[:8]}")
+    index = InteractionIndex(EdgeStore(tmp_path / "index"), None, "batches")
+    indexer = Indexer(store, index, retry_seconds=60.0, outbox_max_jobs=1)
+    owners = [Owner("acme", f"user-{n}") for n in range(5)]
+    missed = store.outbox_key.removesuffix(":jobs") + ":missed"  # the refusals' notes
+    try:
+        await store.outbox_note_missed(owners)
+        caught: list[Owner] = []
+        left_then: list[int] = []
+        stalled = asyncio.Event()
+
+        async def catch_up(owner: Owner, since_ms: int) -> int:
+            if len(caught) == 3:
+                stalled.set()
+                await asyncio.Event().wait()  # a long catch-up, cancelled
+            left_then.append(await redis.scard(missed))
+            caught.append(owner)
+            return 0
+
+        monkeypatch.setattr(indexer, "catch_up", catch_up)
+        sweep = asyncio.create_task(indexer.sweep(time.time_ns() // 1_000_000))
+        await asyncio.wait_for(stalled.wait(), 10)
+        sweep.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await sweep
+        # Batches of two: three owners left while the first batch was caught up, one
+        # while the second was.
+        assert left_then == [3, 3, 1]
+        back = await store.outbox_take_missed()
+        # The one whose catch-up was cancelled and the one not taken yet; not the three
+        # caught up.
+        assert len(back) == 2 and not set(back) & set(caught), (back, caught)
+        assert set(back) | set(caught) == set(owners)
+    finally:
+        await indexer.close()
+        await redis.aclose()
