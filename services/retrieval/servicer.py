@@ -165,6 +165,9 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
                 # Into the collection the stream started with: one deleted since (and maybe
                 # created again under its name) takes no more of its objects (_write).
                 result = await self._write(schema, message.objects, received, context)
+                # Counted as written: a stream that ends in an error (a later message's,
+                # or the stream's own) wrote these all the same.
+                self._written(schema, len(result.ids))
                 received += len(message.objects)
                 imported += len(result.ids)
                 errors.extend(result.errors[: self._settings.max_import_errors - len(errors)])
@@ -178,17 +181,29 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
             raise
         if schema is None:
             raise InvalidArgument("the stream carried no message", field="collection")
-        if self._written(schema, imported) >= self._settings.import_optimize_min_objects:
-            # The count first: a stream ending while this one optimizes starts a new one.
-            self._unoptimized.pop(schema.store_name, None)
-            with self._dropped(schema):
-                await self._store.optimize(schema.store_name)
+        if self._written(schema, 0) >= self._settings.import_optimize_min_objects:
+            await self._optimize(schema)
         return pb.ImportObjectsResponse(
             received_count=received,
             imported_count=imported,
             errors=errors,
             errors_truncated=len(errors) < received - imported,
         )
+
+    async def _optimize(self, schema: Schema) -> None:
+        """Optimizes ``schema``'s collection, its count of objects written cleared first
+        (a stream ending meanwhile starts a new count, not another optimize) and given back
+        if the optimize fails: its objects are still unoptimized, and were lost to the
+        count. Not for a collection dropped meanwhile, whose count went with it."""
+        held = self._unoptimized.pop(schema.store_name, 0)
+        try:
+            with self._dropped(schema):
+                await self._store.optimize(schema.store_name)
+        except (CollectionGone, NotFound):
+            raise
+        except BaseException:
+            self._written(schema, held)
+            raise
 
     def _written(self, schema: Schema, count: int) -> int:
         """Counts ``count`` objects written into ``schema``'s collection; returns how many

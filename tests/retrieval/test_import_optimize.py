@@ -12,8 +12,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import grpc
+import pytest
 from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 
+from services.common.errors import Unavailable
 from tests.retrieval.conftest import MakeRetrieval, Retrieval, obj, vector_collection
 
 MIN_OBJECTS = 10
@@ -83,3 +86,59 @@ async def test_a_deleted_collection_starts_its_count_again(make_retrieval: MakeR
     await r.stub.CreateCollection(pb.CreateCollectionRequest(collection=collection))
     await _import(r, 1)
     assert calls == []
+
+
+async def test_a_stream_ending_in_an_error_counts_what_it_wrote(
+    make_retrieval: MakeRetrieval,
+) -> None:
+    """A stream whose later message was refused wrote its earlier ones, but added none of
+    them to the collection's count: they never led to an optimize."""
+    r = await make_retrieval("edge", import_optimize_min_objects=MIN_OBJECTS)
+    await r.stub.CreateCollection(
+        pb.CreateCollectionRequest(collection=vector_collection("Notes", 4))
+    )
+    calls = _counting_optimizes(r)
+
+    async def messages() -> AsyncIterator[pb.ImportObjectsRequest]:
+        yield pb.ImportObjectsRequest(
+            collection="Notes",
+            objects=[
+                obj({"title": f"note {i}"}, vector=[1.0, float(i), 0.5, 0.1])
+                for i in range(MIN_OBJECTS - 1)
+            ],
+        )
+        yield pb.ImportObjectsRequest(collection="Other")  # refused: another collection
+
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await r.stub.ImportObjects(messages())
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+    count = await r.stub.CountObjects(pb.CountObjectsRequest(collection="Notes"))
+    assert count.count == MIN_OBJECTS - 1  # written
+    assert calls == []
+    await _import(r, 1, start=MIN_OBJECTS)  # the bound, with the failed stream's
+    assert len(calls) == 1
+
+
+async def test_an_optimize_that_fails_keeps_the_count(make_retrieval: MakeRetrieval) -> None:
+    """The count was cleared before the optimize: one that failed (the engine busy or
+    down) lost it, and the objects waited for another IMPORT_OPTIMIZE_MIN_OBJECTS."""
+    r = await make_retrieval("edge", import_optimize_min_objects=MIN_OBJECTS)
+    await r.stub.CreateCollection(
+        pb.CreateCollectionRequest(collection=vector_collection("Notes", 4))
+    )
+    calls: list[str] = []
+    optimize = r.store.optimize
+
+    async def failing_once(name: str) -> None:
+        calls.append(name)
+        if len(calls) == 1:
+            raise Unavailable("the engine is busy; try again")
+        await optimize(name)
+
+    r.store.optimize = failing_once  # type: ignore[method-assign]
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await _import(r, MIN_OBJECTS)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
+    assert len(calls) == 1
+    await _import(r, 1, start=MIN_OBJECTS)  # still past the bound: optimized now
+    assert len(calls) == 2
