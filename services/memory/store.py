@@ -174,6 +174,9 @@ EVICT_ATTEMPTS = 8
 # a chain (a request_id's turn, then that turn's conversation). The same bound for the
 # runs of reconcile.lua and measure.lua that find the list they were given changed.
 RUN_ATTEMPTS = 8
+# The last runs of a read, out of RUN_ATTEMPTS, that leave out its check for gone turns
+# (``MemoryStore._run``'s ``sample_at``).
+SAMPLE_RUNS = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -698,6 +701,7 @@ class MemoryStore:
         hint: str = "",
         window: int | None = None,
         asked_into: list[str] | None = None,
+        sample_at: int | None = None,
     ) -> Any:
         """The answer of ``script`` (on ``names``, ``args``), after what a run of it stopped
         for, nothing written: a write that charges the owner's bytes, for the reconcile or
@@ -719,7 +723,11 @@ class MemoryStore:
         alone: mid-reshard Redis refuses a run declaring a missing key (TRYAGAIN) for as
         long as the move lasts, as it cannot tell it from one not moved yet. ``asked_into``
         gets the names the runs asked for (the answering run declared ``names`` and
-        those)."""
+        those). ``sample_at`` is where ``args`` holds the size of the window of turns a
+        read checks for gone ones (lua/read.lua's missing_turn): its last SAMPLE_RUNS runs
+        skip the check, so a read racing a stream of writes to the conversation, each
+        adding a turn to the window that no run had declared, still answers (the check
+        is a sample of the turns; the next read checks them) instead of ABORTED."""
         names = list(names) + self._hints.get(hint, []) if hint else list(names)
         args = list(args)
         missing: list[str] = []
@@ -737,6 +745,8 @@ class MemoryStore:
         # the measure names the write's own conversation, measured then: RUN_ATTEMPTS.
         budget = self._max_conversations * RUN_ATTEMPTS
         while declared < RUN_ATTEMPTS and measured < RUN_ATTEMPTS and walked < budget:
+            if sample_at is not None and declared >= RUN_ATTEMPTS - SAMPLE_RUNS:
+                args[sample_at] = 0
             try:
                 out = await _redis(
                     self._outage, script(keys=names, args=args), write=script in self._writers
@@ -1083,7 +1093,7 @@ class MemoryStore:
             ]  # fmt: skip
             asked: list[str] = []
             row = await self._run(
-                tag, self._get_conversation, names + turns, args, asked_into=asked
+                tag, self._get_conversation, names + turns, args, asked_into=asked, sample_at=3
             )
             if not row:
                 raise conversation_not_found(cid)
@@ -1364,7 +1374,9 @@ class MemoryStore:
         for _ in range(RUN_ATTEMPTS):
             # The page's hashes, lists and windows' turns are asked for by first runs
             # (lua/list_conversations.lua).
-            out = await self._run(tag, self._list_conversations, [keys.conversations(tag)], args)
+            out = await self._run(
+                tag, self._list_conversations, [keys.conversations(tag)], args, sample_at=7
+            )
             # Members whose hash was missing: expired, or (mid-reshard) not moved yet to
             # the node that ran the script. Removed with the hashes declared, so Redis
             # refuses while they are split (UNAVAILABLE) rather than a live one leaving;
