@@ -79,6 +79,8 @@ def _describe(value: Any) -> str:
         return f"the string {quote(value)}"
     if isinstance(value, list):
         return "a list"
+    if value is None:  # a null, or a protobuf Value with no kind set (decoded as None)
+        return "no value"
     return "an object"
 
 

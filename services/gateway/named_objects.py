@@ -214,9 +214,10 @@ def _check_type(data_type: int, value: struct_pb2.Value, path: str) -> None:
     of ``data_type`` (UpsertObjects' own rule: ``property_types.coerce_value``): a text
     property given the number 5 was taken and rendered "5.0" into the prompt. An int past
     2^53 is refused too: the Struct's double may not be the integer the client meant. A
-    null is no value, as UpsertObjects stores it. The value's depth and size were checked
-    before (``_check_inline``)."""
-    if value.WhichOneof("kind") == "null_value":
+    null is no value, as UpsertObjects stores it; so is a Value with no kind set, which
+    UpsertObjects reads as null and skips too (it was refused here as "got an object").
+    The value's depth and size were checked before (``_check_inline``)."""
+    if value.WhichOneof("kind") in ("null_value", None):
         return
     try:
         coerce_value(data_type, json_format.MessageToDict(value), path)

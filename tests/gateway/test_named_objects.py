@@ -13,6 +13,7 @@ from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from google.protobuf import struct_pb2
 
+from services.common.property_types import ObjectInvalid, coerce_value
 from services.devlaunch.redis_server import RedisProcess
 from tests.gateway.conftest import ALICE, Stack, StackFactory, create_books, retrieval_calls
 from tests.support.rpc import error_info
@@ -277,6 +278,45 @@ async def test_inline_values_of_the_wrong_type_for_a_named_collection_are_wrong_
     assert (info.reason, info.metadata["field"]) == ("WRONG_TYPE", path)
     assert caught.value.details() == f"{path}: {expected}"
     assert len(stack.fake.chat_requests) == calls
+
+
+async def test_an_inline_value_with_no_kind_is_a_null_as_upsert_objects_takes_it(
+    stack: Stack,
+) -> None:
+    """A protobuf Value with none of its kinds set: UpsertObjects reads it as a null and
+    skips it; an inline object over the same collection was refused instead, as WRONG_TYPE
+    "expected int, got an object". Now taken as the null it stands for, rendered as one."""
+    await create_books(stack)
+    unset = struct({"title": "Kim"})
+    unset.fields["year"].CopyFrom(struct_pb2.Value())  # no kind set
+    stored = await stack.retrieval.UpsertObjects(
+        ret_pb.UpsertObjectsRequest(
+            collection="Books", objects=[ret_pb.DataObject(properties=unset, vector=[0.1] * 4)]
+        ),
+        metadata=ALICE,
+    )
+    assert not stored.errors and len(stored.ids) == 1
+    for obj in (unset, struct({"title": "Kim", "year": None})):
+        for prompt in ("About {title}", "About {title} ({year})"):
+            request = gw_pb.GenerateOnObjectsRequest(
+                collection="Books",
+                inline=gw_pb.InlineObjects(objects=[obj]),
+                generate=gw_pb.Generate(single_prompt=prompt),
+            )
+            response = await stack.stub.GenerateOnObjects(request, metadata=ALICE)
+            generation = response.hits[0].generation
+            if "{year}" in prompt:  # a null has no value to render: that object fails alone
+                assert generation.error.reason == "MISSING_PROPERTY"
+            else:
+                assert generation.result == "About Kim"
+
+
+def test_a_value_of_none_is_described_as_no_value() -> None:
+    # The shared rule's message for a None (a null or a kind-less Value, decoded) given
+    # where a type is required: it said "got an object".
+    with pytest.raises(ObjectInvalid) as caught:
+        coerce_value(ret_pb.DATA_TYPE_INT, None, "properties.year")
+    assert caught.value.message == "expected int, got no value"
 
 
 async def test_streaming_with_ids(stack: Stack) -> None:
