@@ -371,13 +371,23 @@ def configure_logging(level: str = "INFO", service: str = "gensearch") -> None:
 class ThrottledWarning:
     """A warning about a dependency that failed a call (Redis down, say), logged at most
     once every ``every`` seconds: one line per outage, not one per call. ``message`` has one
-    ``%s``, for the error's type (its text may quote what it was sent)."""
+    ``%s``, for the error's type (its text may quote what it was sent). ``recovery``: the
+    INFO line that ends an outage (``recovered``), written once here: ``recovered`` runs
+    after every call that succeeds, so it builds nothing; None, no such line."""
 
-    __slots__ = ("_down", "_every", "_log", "_message", "_warned_at")
+    __slots__ = ("_down", "_every", "_log", "_message", "_recovery", "_warned_at")
 
-    def __init__(self, log: logging.Logger, message: str, *, every: float = 30.0) -> None:
+    def __init__(
+        self,
+        log: logging.Logger,
+        message: str,
+        *,
+        recovery: str | None = None,
+        every: float = 30.0,
+    ) -> None:
         self._log = log
         self._message = message
+        self._recovery = recovery
         self._every = every
         self._warned_at = -math.inf
         # An outage was warned about and nothing has answered since (``recovered``).
@@ -405,14 +415,16 @@ class ThrottledWarning:
         self._down = True
         self._log.warning(self._message, cause or type(err).__name__, extra=extra)
 
-    def recovered(self, message: str) -> None:
-        """The dependency answered again: ``message`` logged (INFO) once when an outage was
-        warned about. The warnings keep their pace (at most one every ``every`` seconds):
-        a partial outage (one Redis Cluster node down, the calls to the others answered)
-        is at most a warning and this line every ``every`` seconds, not a pair per call."""
+    def recovered(self) -> None:
+        """The dependency answered again: the ``recovery`` line logged (INFO) once when an
+        outage was warned about; otherwise nothing but this flag's check. The warnings keep
+        their pace (at most one every ``every`` seconds): a partial outage (one Redis
+        Cluster node down, the calls to the others answered) is at most a warning and this
+        line every ``every`` seconds, not a pair per call."""
         if self._down:
             self._down = False
-            self._log.info(message)
+            if self._recovery is not None:
+                self._log.info(self._recovery)
 
 
 # gRPC's asyncio server logs through this logger.

@@ -138,7 +138,11 @@ class Quotas:
         self._renew: AsyncScript = redis.register_script(lua_script("quota_renew"))  # type: ignore[misc]
         # Releases of slots whose call was cancelled while entering: referenced until done.
         self._releasing: set[asyncio.Task[None]] = set()
-        self._unchecked = ThrottledWarning(log, "quotas not checked, Redis failed: %s")
+        self._unchecked = ThrottledWarning(
+            log,
+            "quotas not checked, Redis failed: %s",
+            recovery="quotas checked again: Redis answers",
+        )
         self._tags: dict[str, str] = {}
 
     def _key(self, tenant: str, name: str) -> str:
@@ -160,7 +164,7 @@ class Quotas:
             return None
         # The outage's end is a line too (once per warning: a flapping Redis is two lines
         # every 30 s at most).
-        self._unchecked.recovered("quotas checked again: Redis answers")
+        self._unchecked.recovered()
         return reply
 
     def _lease_ms(self, context: grpc.aio.ServicerContext) -> int:

@@ -222,6 +222,7 @@ class GenerationCache:
             log,
             "generation cache unavailable (%s): generations run uncached until Redis answers "
             "(GENSEARCH_GATEWAY_REDIS_URL)",
+            recovery="generation cache reachable again",
         )
 
     def index_key(self, tenant: str, collection: str) -> str:
@@ -295,7 +296,7 @@ class GenerationCache:
                 self._outage(err, extra={"operation": "read"})
             CACHE_LOOKUPS.labels("exact", "error").inc(len(keys))
             return {}
-        self._outage.recovered("generation cache reachable again")
+        self._outage.recovered()
         found: dict[int, gw_pb.GenerationResult] = {}
         for index, value in zip(indexes, values, strict=True):
             if value is None:
@@ -367,7 +368,7 @@ class GenerationCache:
             redis_errors.count("generation_cache", err)
             self._outage(err, extra={"operation": "write"})
         else:
-            self._outage.recovered("generation cache reachable again")
+            self._outage.recovered()
 
     async def drop_collection(self, tenant: str, collection: str) -> None:
         """Delete every entry stored for ``tenant``'s ``collection``, and its index. Best

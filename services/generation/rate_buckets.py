@@ -215,7 +215,9 @@ class RedisLimits:
         self._pause: AsyncScript = redis.register_script(lua_script("provider_pause"))  # type: ignore[misc]
         self._fallback = LocalLimits(limits)
         self._failed = ThrottledWarning(
-            log, "provider limits counted in this process only, Redis failed: %s"
+            log,
+            "provider limits counted in this process only, Redis failed: %s",
+            recovery="provider limits counted in Redis again",
         )
         # Calls admitted in memory (Redis failed): released there too.
         self._local_calls: set[str] = set()
@@ -250,7 +252,7 @@ class RedisLimits:
             # then, or not): no floor from it.
             return Admission(answer.wait)
         # The outage's end is a line too (once per warning).
-        self._failed.recovered("provider limits counted in Redis again")
+        self._failed.recovered()
         wait_ms, floor_ms = (int(n) for n in reply)
         return Admission(FLIGHT_FULL if wait_ms < 0 else wait_ms / 1000, floor_ms / 1000)
 

@@ -91,6 +91,7 @@ class Indexer:
             log,
             "search index unavailable (%s): turns wait in the outbox and SearchInteractions "
             "answers UNAVAILABLE until it answers (GENSEARCH_MEMORY_SEARCH_QDRANT_URL)",
+            recovery="search index reachable again",
         )
         # Memory's own Redis down: the outbox cannot be read, one WARNING per outage (again
         # every 30 s while it lasts), as the store's own line; it was one every retry period
@@ -99,6 +100,7 @@ class Indexer:
             log,
             "search outbox unreadable (%s): stored turns wait to be indexed until Redis "
             "answers (GENSEARCH_MEMORY_REDIS_URL)",
+            recovery="search outbox readable again",
         )
         self._sweep_every = sweep_seconds
         self._tasks: set[asyncio.Task[None]] = set()
@@ -174,7 +176,7 @@ class Indexer:
             self._outage(err, extra={"job": job[0], "error": _describe(err)})
             await self._defer(job)
         else:
-            self._outage.recovered("search index reachable again")
+            self._outage.recovered()
         finally:
             self._running_total -= 1
             left = self._running.get(job[1], 0) - 1
@@ -252,7 +254,7 @@ class Indexer:
                 # Already queued: only its due time moves, never refused.
                 await self._queue(member, job, now + int(self._retry * 1000))
                 continue
-            self._outage.recovered("search index reachable again")
+            self._outage.recovered()
             await self._store.outbox_remove(member, job[1])
             done += 1
         return done
@@ -275,7 +277,7 @@ class Indexer:
             except Exception as err:  # Redis down: next time
                 self._unreadable(err, extra={"error": _describe(err)})
             else:
-                self._unreadable.recovered("search outbox readable again")
+                self._unreadable.recovered()
 
     async def sweep(self, since_ms: int | None = None) -> int:
         """One pass over the whole index: entries whose turn Redis no longer holds

@@ -78,6 +78,7 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
             "page-token secret unreachable in Redis (%s): paging fails until its node "
             "answers (set GENSEARCH_MEMORY_PAGE_TOKEN_SECRET to not depend on it, "
             "docs/memory.md)",
+            recovery="page-token secret read from Redis",
         )
 
     async def page_tokens(self) -> PageTokens:
@@ -92,7 +93,7 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
                     except Unavailable as err:
                         self._secret_unreachable(err)
                         raise
-                    self._secret_unreachable.recovered("page-token secret read from Redis")
+                    self._secret_unreachable.recovered()
         return self._tokens
 
     async def _cursor(self, token: str, kind: str, scope: str, owner: Owner) -> str | None:

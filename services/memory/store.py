@@ -358,11 +358,13 @@ class StoreWarnings:
             log,
             "memory store unavailable (%s): calls answer UNAVAILABLE until Redis answers "
             "(GENSEARCH_MEMORY_REDIS_URL)",
+            recovery="memory store reachable again",
         )
         self.full = ThrottledWarning(
             log,
             "memory store full (%s): Redis refuses writes past its maxmemory; writes answer "
             "UNAVAILABLE until it has room (docs/operations.md)",
+            recovery="memory store takes writes again: Redis has room",
         )
 
 
@@ -412,9 +414,9 @@ async def _redis(outage: StoreWarnings, call: Awaitable[Any] | Any, *, write: bo
             ) from None
         log.error("memory store error", extra={"error": _describe(err)})
         raise Internal("memory store error") from None
-    outage.down.recovered("memory store reachable again")
+    outage.down.recovered()
     if write:
-        outage.full.recovered("memory store takes writes again: Redis has room")
+        outage.full.recovered()
     return out
 
 

@@ -158,6 +158,7 @@ class ServerStore:
             log,
             f"vector store unavailable (%s): calls answer UNAVAILABLE until Qdrant answers "
             f"({variables})",
+            recovery="vector store reachable again",
         )
         # Collections whose payload indexes this process has seen to (_indexed).
         self._indexed_names: set[str] = set()
@@ -172,7 +173,7 @@ class ServerStore:
             if err.reason in OUTAGE_REASONS:
                 self._outage(err.__context__ or err, extra={"error": err.message})
             raise
-        self._outage.recovered("vector store reachable again")
+        self._outage.recovered()
 
     async def open(self) -> None:
         with self._guard():

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
+from redis.exceptions import MovedError
 
 from services.common.auth import Identity, Role
 from services.common.logs import (
@@ -149,6 +150,41 @@ def test_a_throttled_warning_logs_once_per_period(caplog: pytest.LogCaptureFixtu
         "down: ConnectionError",
         "down: TimeoutError",
     ]
+
+
+def test_a_throttled_warnings_recovery_line_ends_an_outage_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The recovery line is given once, at construction: ``recovered`` runs after every call
+    # that succeeds and logs it only when an outage was warned about.
+    warn = ThrottledWarning(
+        logging.getLogger("t.recovery"), "down: %s", recovery="up again (100%)", every=0.0
+    )
+    with caplog.at_level(logging.INFO, logger="t.recovery"):
+        warn.recovered()  # no outage behind it: nothing
+        assert caplog.records == []
+        warn(ConnectionError())
+        warn.recovered()
+        warn.recovered()
+        # A wrong setting (a standalone client given a cluster node) is no outage to end.
+        warn(MovedError("3999 127.0.0.1:6381"))
+        warn.recovered()
+        warn(TimeoutError())
+        warn.recovered()
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert [level for level, _ in lines] == ["WARNING", "INFO", "ERROR", "WARNING", "INFO"]
+    assert lines[0][1] == "down: ConnectionError"
+    assert lines[1][1] == lines[4][1] == "up again (100%)"  # as written: no %-formatting
+    assert lines[2][1].startswith("down: MovedError (the Redis URL names a Redis Cluster node")
+    assert lines[3][1] == "down: TimeoutError"
+
+    # Without a recovery line, an outage's end is not logged.
+    quiet = ThrottledWarning(logging.getLogger("t.recovery.quiet"), "down: %s", every=0.0)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="t.recovery.quiet"):
+        quiet(ConnectionError())
+        quiet.recovered()
+    assert [r.getMessage() for r in caplog.records] == ["down: ConnectionError"]
 
 
 def _stderr_of(script: str) -> str:

@@ -63,6 +63,7 @@ class ServiceClient:
             log,
             f"the {self.service} service is unreachable (%s): calls to it answer UNAVAILABLE "
             f"until it answers (GENSEARCH_GATEWAY_{self.service.upper()}_ADDR)",
+            recovery=f"the {self.service} service answers again",
         )
 
     def metadata(self, caller: Caller) -> Metadata:
@@ -78,9 +79,9 @@ class ServiceClient:
             if mapped.reason == "DOWNSTREAM_UNAVAILABLE":
                 self._outage(err, cause=err.code().name)
             else:  # the service answered, if with an error
-                self._outage.recovered(f"the {self.service} service answers again")
+                self._outage.recovered()
             raise mapped from None
-        self._outage.recovered(f"the {self.service} service answers again")
+        self._outage.recovered()
 
     def map_error(self, err: grpc.aio.AioRpcError) -> ServiceError:
         """Our error for a failed call (a client may recognise statuses of its own first)."""

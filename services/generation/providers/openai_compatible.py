@@ -113,6 +113,7 @@ class OpenAICompatibleProvider(Provider):
             log,
             f"provider {config.name!r} unavailable (%s): its calls fail until it answers "
             f"({provider_prefix(config.name)}BASE_URL)",
+            recovery=f"provider {config.name!r} answering again",
         )
 
     # -- plumbing --------------------------------------------------------------------------
@@ -222,7 +223,7 @@ class OpenAICompatibleProvider(Provider):
 
     def _succeeded(self, completion: Completion, span: Span) -> None:
         if not self.caller_url:
-            self._outage.recovered(f"provider {self.name!r} answering again")
+            self._outage.recovered()
         usage = completion.usage
         UPSTREAM_REQUESTS.labels(self.name, "ok").inc()
         UPSTREAM_TOKENS.labels(self.name, "prompt").inc(usage.prompt_tokens)
