@@ -175,8 +175,53 @@ EVICT_ATTEMPTS = 8
 # runs of reconcile.lua and measure.lua that find the list they were given changed.
 RUN_ATTEMPTS = 8
 # The last runs of a read, out of RUN_ATTEMPTS, that leave out its check for gone turns
-# (``MemoryStore._run``'s ``sample_at``).
+# (``RunOptions.sample_at``).
 SAMPLE_RUNS = 2
+
+
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    """Where a script's ARGV holds what ``MemoryStore._run`` rewrites between its runs:
+    0-based indexes into the ``args`` it is given (ARGV[n] is ``args[n - 1]``). One per
+    script that needs them, below, its indexes written there only."""
+
+    # The turn count of the window of the look for gone turns at the byte limit
+    # (lua/usage.lua's gone_check_at, the second of ``MemoryStore._gone_check``): the
+    # keys a run asked for that are missing are named after it, for the script to leave
+    # alone (lua/read.lua's declare_present). Without it (nor ``gone_before_declared``) a
+    # script asking for such keys is a bug (INTERNAL).
+    gone_at: int | None = None
+    # ``gone_at`` counted back from the turns declared for eviction that end ARGV
+    # (lua/keys.lua's declared_turns: pairs, then their count), as lua/usage.lua's
+    # gone_check_before_declared does: the window's two ARGV come just before them.
+    gone_before_declared: bool = False
+    # The size of the window of turns a read checks for gone ones (lua/read.lua's
+    # missing_turn): 0 in its last SAMPLE_RUNS runs, so a read racing a stream of writes
+    # to the conversation, each adding a turn to the window that no run had declared,
+    # still answers (the check is a sample of the turns; the next read checks them)
+    # instead of ABORTED.
+    sample_at: int | None = None
+
+    def gone_index(self, args: list[EncodableT]) -> int | None:
+        """Where ``args`` holds the gone window's turn count (``gone_at``)."""
+        if self.gone_before_declared:
+            return len(args) - 2 * int(str(args[-1])) - 2
+        return self.gone_at
+
+
+# A script whose ARGV ``_run`` leaves as it is.
+_AS_GIVEN = RunOptions()
+# The scripts that charge bytes: the gone window's turn count.
+_CHECK_STORAGE = RunOptions(gone_at=10)  # check_storage.lua's ARGV[11]
+_UPDATE_INTERACTION = RunOptions(gone_at=6)  # update_interaction.lua's ARGV[7]
+# create_interaction.lua, update_conversation.lua, update_summary.lua: ARGV[#ARGV - 2n - 1],
+# n the count of turns declared, their last ARGV.
+_CREATE_INTERACTION = RunOptions(gone_before_declared=True)
+_UPDATE_CONVERSATION = RunOptions(gone_before_declared=True)
+_UPDATE_SUMMARY = RunOptions(gone_before_declared=True)
+# The reads that check a window of turns for gone ones: its size.
+_GET_CONVERSATION = RunOptions(sample_at=3)  # get_conversation.lua's ARGV[4]
+_LIST_CONVERSATIONS = RunOptions(sample_at=7)  # list_conversations.lua's ARGV[8]
 
 
 @dataclass(frozen=True, slots=True)
@@ -701,35 +746,42 @@ class MemoryStore:
         args: list[EncodableT],
         *,
         hint: str = "",
-        window: int | None = None,
-        asked_into: list[str] | None = None,
-        sample_at: int | None = None,
+        options: RunOptions = _AS_GIVEN,
     ) -> Any:
-        """The answer of ``script`` (on ``names``, ``args``), after what a run of it stopped
-        for, nothing written: a write that charges the owner's bytes, for the reconcile or
-        the measure (lua/usage.lua), which read keys the script does not declare, so they
-        are scripts of their own, run with every key they read declared (three more round
-        trips each, only when a write would not fit and a conversation may have expired,
-        or once per conversation stored before the accounting), or for the drop of the
-        gone turns of the conversation written to (drop_missing.lua: three more, only when
-        the write would not fit and a turn of its conversation has no key); a script that
-        reads a key it derives and its run did not declare, for a run with it declared
-        too (lua/read.lua's declare_first: one more round trip each). ``hint`` (a turn's
-        key) names the call's turn: the keys a run of it asked for are kept (its
-        conversation's hash: a turn never changes conversation) and declared up front by
-        the next call naming it, which so takes one round trip. Keys a run asks for that
-        may not exist (another conversation's hash, in the look for gone turns at the byte
-        limit: lua/read.lua's declare_present) are read first, each alone (``_present``):
-        those found are declared, the others named as missing after the window's turn
-        count, ``args[window]`` (lua/usage.lua's gone_check_at), for the script to leave
-        alone: mid-reshard Redis refuses a run declaring a missing key (TRYAGAIN) for as
-        long as the move lasts, as it cannot tell it from one not moved yet. ``asked_into``
-        gets the names the runs asked for (the answering run declared ``names`` and
-        those). ``sample_at`` is where ``args`` holds the size of the window of turns a
-        read checks for gone ones (lua/read.lua's missing_turn): its last SAMPLE_RUNS runs
-        skip the check, so a read racing a stream of writes to the conversation, each
-        adding a turn to the window that no run had declared, still answers (the check
-        is a sample of the turns; the next read checks them) instead of ABORTED."""
+        """The answer of ``script`` (on ``names``, ``args``), as ``_run_asking``."""
+        out, _ = await self._run_asking(tag, script, names, args, hint=hint, options=options)
+        return out
+
+    async def _run_asking(
+        self,
+        tag: str,
+        script: AsyncScript,
+        names: list[str],
+        args: list[EncodableT],
+        *,
+        hint: str = "",
+        options: RunOptions = _AS_GIVEN,
+    ) -> tuple[Any, list[str]]:
+        """The answer of ``script`` (on ``names``, ``args``), and the keys its runs asked
+        for (the answering run declared ``names`` and those), after what a run of it
+        stopped for, nothing written:
+
+        - a write that charges the owner's bytes, for the reconcile or the measure
+          (lua/usage.lua), which read keys the script does not declare, so they are
+          scripts of their own, run with every key they read declared (three more round
+          trips each, only when a write would not fit and a conversation may have
+          expired, or once per conversation stored before the accounting), or for the
+          drop of the gone turns of the conversation written to (drop_missing.lua: three
+          more, only when the write would not fit and a turn of its conversation has no
+          key);
+        - a script that reads a key it derives and its run did not declare, for a run with
+          it declared too (lua/read.lua's declare_first: one more round trip each; see
+          ``_to_declare`` for keys that may not exist).
+
+        ``hint`` (a turn's key) names the call's turn: the keys a run of it asked for are
+        kept (its conversation's hash: a turn never changes conversation) and declared up
+        front by the next call naming it, which so takes one round trip. ``options``: where
+        the script's ARGV holds what the runs rewrite (``RunOptions``)."""
         names = list(names) + self._hints.get(hint, []) if hint else list(names)
         args = list(args)
         missing: list[str] = []
@@ -747,29 +799,18 @@ class MemoryStore:
         # the measure names the write's own conversation, measured then: RUN_ATTEMPTS.
         budget = self._max_conversations * RUN_ATTEMPTS
         while declared < RUN_ATTEMPTS and measured < RUN_ATTEMPTS and walked < budget:
-            if sample_at is not None and declared >= RUN_ATTEMPTS - SAMPLE_RUNS:
-                args[sample_at] = 0
+            if options.sample_at is not None and declared >= RUN_ATTEMPTS - SAMPLE_RUNS:
+                args[options.sample_at] = 0
             try:
                 out = await _redis(
                     self._outage, script(keys=names, args=args), write=script in self._writers
                 )
                 if hint and asked:
                     self._hint(hint, asked)
-                if asked_into is not None:
-                    asked_into += asked
-                return out
+                return out, asked
             except _DeclareFirst as first:
                 declared += 1
-                wanted = [name for name in first.names if not name.startswith("?")]
-                maybe = [name[1:] for name in first.names if name.startswith("?")]
-                if maybe:
-                    if window is None:
-                        raise Internal("a script asked for keys that may not exist") from None
-                    found = await self._present(maybe)
-                    wanted += found
-                    missing += [name for name in maybe if name not in found]
-                    turns = str(args[window]).split()[0]
-                    args[window] = " ".join([turns, *missing])
+                wanted = await self._to_declare(first.names, args, options, missing)
                 names += wanted
                 asked += wanted
             except _UsageFirst as first:
@@ -788,6 +829,30 @@ class MemoryStore:
             "the owner's conversations kept changing meanwhile; try again",
             reason="CONCURRENT_UPDATE",
         )
+
+    async def _to_declare(
+        self, asked_for: list[str], args: list[EncodableT], options: RunOptions, missing: list[str]
+    ) -> list[str]:
+        """The keys to declare in the next run, of those a run asked for (``_DeclareFirst``).
+        Those that may not exist (``?``-marked: another conversation's hash, in the look
+        for gone turns at the byte limit: lua/read.lua's declare_present) are read first,
+        each alone (``_present``): those found are declared, the others join ``missing``,
+        named after the gone window's turn count in ``args`` (``RunOptions.gone_at``) for
+        the script to leave alone: mid-reshard Redis refuses a run declaring a missing key
+        (TRYAGAIN) for as long as the move lasts, as it cannot tell it from one not moved
+        yet."""
+        wanted = [name for name in asked_for if not name.startswith("?")]
+        maybe = [name[1:] for name in asked_for if name.startswith("?")]
+        if maybe:
+            window = options.gone_index(args)
+            if window is None:
+                raise Internal("a script asked for keys that may not exist") from None
+            found = await self._present(maybe)
+            wanted += found
+            missing += [name for name in maybe if name not in found]
+            turns = str(args[window]).split()[0]
+            args[window] = " ".join([turns, *missing])
+        return wanted
 
     async def _present(self, names: list[str]) -> list[str]:
         """Those of ``names`` that exist, each read alone: a command on one key is served
@@ -969,7 +1034,7 @@ class MemoryStore:
                 self._max_conversations, "1" if summary else "0", self._max_interactions,
                 self._grace, *self._gone_check(),
             ],
-            window=-1,
+            options=_CHECK_STORAGE,
         )  # fmt: skip
         if status == 0:
             raise conversation_not_found(cid)
@@ -1093,9 +1158,8 @@ class MemoryStore:
             args: list[EncodableT] = [
                 self.caller(owner), tag, offset, self._gone_turns, self._gone_offsets(),
             ]  # fmt: skip
-            asked: list[str] = []
-            row = await self._run(
-                tag, self._get_conversation, names + turns, args, asked_into=asked, sample_at=3
+            row, asked = await self._run_asking(
+                tag, self._get_conversation, names + turns, args, options=_GET_CONVERSATION
             )
             if not row:
                 raise conversation_not_found(cid)
@@ -1155,7 +1219,7 @@ class MemoryStore:
                 self._update_conversation,
                 names + evicted,
                 args + declared,
-                window=-1 - len(declared),
+                options=_UPDATE_CONVERSATION,
             )
             if not (isinstance(row, list) and row[0] == _DECLARE):
                 break
@@ -1289,7 +1353,7 @@ class MemoryStore:
                 self._update_summary,
                 names + evicted,
                 args + declared,
-                window=-1 - len(declared),
+                options=_UPDATE_SUMMARY,
             )
             if out[0] != _DECLARE:
                 break
@@ -1377,7 +1441,11 @@ class MemoryStore:
             # The page's hashes, lists and windows' turns are asked for by first runs
             # (lua/list_conversations.lua).
             out = await self._run(
-                tag, self._list_conversations, [keys.conversations(tag)], args, sample_at=7
+                tag,
+                self._list_conversations,
+                [keys.conversations(tag)],
+                args,
+                options=_LIST_CONVERSATIONS,
             )
             # Members whose hash was missing: expired, or (mid-reshard) not moved yet to
             # the node that ran the script. Removed with the hashes declared, so Redis
@@ -1520,7 +1588,7 @@ class MemoryStore:
                 self._max_interactions, fingerprint, *created, *self._gone_check(), *declared,
             ]  # fmt: skip
             out = await self._run(
-                tag, self._create_interaction, names, args, window=-1 - len(declared)
+                tag, self._create_interaction, names, args, options=_CREATE_INTERACTION
             )
             if out[0] == _DECLARE:
                 # The turns this write evicts (or the turn request_id names), declared in
@@ -1654,7 +1722,7 @@ class MemoryStore:
                 keys.conversations(tag),
             ],
             [self.caller(owner), tag, digest, new, self._max_bytes, *self._gone_check()],
-            window=-1,
+            options=_UPDATE_INTERACTION,
         )
         if status == 0:
             raise interaction_not_found(iid)
