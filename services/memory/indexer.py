@@ -93,6 +93,15 @@ class Indexer:
             "answers UNAVAILABLE until it answers (GENSEARCH_MEMORY_SEARCH_QDRANT_URL)",
             recovery="search index reachable again",
         )
+        # A retried "index" job reads its turn from memory's own Redis first: that read
+        # failing is Redis's outage (a Redis Cluster node down, say, the outbox's node
+        # up), not the index's. It was logged as the line above, naming the Qdrant setting.
+        self._turn_unreadable = ThrottledWarning(
+            log,
+            "search index jobs cannot read their turns (%s): they wait in the outbox until "
+            "Redis answers (GENSEARCH_MEMORY_REDIS_URL)",
+            recovery="search index jobs read their turns again",
+        )
         # Memory's own Redis down: the outbox cannot be read, one WARNING per outage (again
         # every 30 s while it lasts), as the store's own line; it was one every retry period
         # (5 s by default) beside the store's.
@@ -173,10 +182,8 @@ class Indexer:
             await self._apply(job, interaction)
         except Exception as err:
             # Queued for retry.
-            self._outage(err, extra={"job": job[0], "error": _describe(err)})
+            self._failed(err, job)
             await self._defer(job)
-        else:
-            self._outage.recovered()
         finally:
             self._running_total -= 1
             left = self._running.get(job[1], 0) - 1
@@ -220,13 +227,26 @@ class Indexer:
                 extra={"job": job[0], "reason": reason},
             )
 
+    def _failed(self, err: Exception, job: list[str]) -> None:
+        """Logs a failed job's outage: Redis's when its turn could not be read, else the
+        index's."""
+        if isinstance(err, _TurnUnreadable):
+            cause = err.__cause__ or err
+            self._turn_unreadable(cause, extra={"job": job[0], "error": _describe(cause)})
+        else:
+            self._outage(err, extra={"job": job[0], "error": _describe(err)})
+
     async def _apply(self, job: list[str], interaction: pb.Interaction | None) -> None:
         op, tenant, user, ident = job
         owner = Owner(tenant, user)
         if op == _INDEX:
             if interaction is None:
                 # A retry: what Redis holds now (nothing if the turn is gone).
-                found = (await self._store.get_interactions(owner, [ident]))[0]
+                try:
+                    found = (await self._store.get_interactions(owner, [ident]))[0]
+                except Exception as err:
+                    raise _TurnUnreadable() from err
+                self._turn_unreadable.recovered()
                 if found is None:
                     return
                 interaction = found
@@ -235,6 +255,7 @@ class Indexer:
             await self._index.remove_interaction(owner, ident)
         elif op == _DROP_CONVERSATION:
             await self._index.remove_conversation(owner, ident)
+        self._outage.recovered()
 
     async def drain(self) -> int:
         """Tries the outbox's due jobs once; how many succeeded."""
@@ -250,11 +271,10 @@ class Indexer:
             try:
                 await self._apply(job, None)
             except Exception as err:
-                self._outage(err, extra={"job": job[0], "error": _describe(err)})
+                self._failed(err, job)
                 # Already queued: only its due time moves, never refused.
                 await self._queue(member, job, now + int(self._retry * 1000))
                 continue
-            self._outage.recovered()
             await self._store.outbox_remove(member, job[1])
             done += 1
         return done
@@ -417,6 +437,10 @@ class Indexer:
             if len(out) < limit:
                 out.append(pb.InteractionHit(interaction=interaction, score=hit.score))
         return out
+
+
+class _TurnUnreadable(Exception):
+    """A retried index job could not read its turn from Redis (the cause: why)."""
 
 
 def _parse(member: str) -> list[str] | None:

@@ -6,6 +6,7 @@ server, real qdrant-client against a port where nothing listens)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import uuid
 from pathlib import Path
@@ -21,6 +22,7 @@ from services.devlaunch.redis_server import RedisProcess
 from services.memory.indexer import Indexer
 from services.memory.search_index import make_index
 from services.memory.store import MemoryStore, Owner
+from tests.support.redis_cluster import LocalCluster
 
 ALICE = Owner(DEFAULT_TENANT, "alice")
 TURNS = 4
@@ -114,3 +116,73 @@ async def test_a_redis_outage_is_not_a_warning_per_outbox_retry(
         if r.name == "gensearch.memory.indexer" and r.levelno >= logging.WARNING
     ]
     assert len(unreadable) <= 1, [r.getMessage() for r in unreadable]
+
+
+async def test_a_turn_redis_cannot_read_is_blamed_on_redis_not_the_index(
+    own_cluster: LocalCluster, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A retried index job reads its turn from memory's Redis first. With the Redis Cluster
+    node of the turn's owner down (the outbox's node up, the index fine) that read fails:
+    the indexer logged 'search index unavailable ... GENSEARCH_MEMORY_SEARCH_QDRANT_URL',
+    sending the operator to a Qdrant that was never down. Now its line names Redis's
+    setting, and one INFO line says when the turns are read again."""
+    redis = connect(own_cluster.url, cluster=True, socket_timeout=2, connect_timeout=1)
+    store = MemoryStore(redis, key_prefix=f"unread-{uuid.uuid4().hex[:8]}")
+    # The outbox's nodes (and that of its keys from before the bound) stay up.
+    prefix = store.outbox_key.partition(":{")[0]
+    outbox_nodes = {
+        own_cluster.node_for(key).port for key in (store.outbox_key, f"{prefix}:search-outbox")
+    }
+    owner = next(
+        o
+        for o in (Owner(DEFAULT_TENANT, f"user-{n}") for n in range(1000))
+        if own_cluster.node_for(store.tag(o)).port not in outbox_nodes
+    )
+    victim = own_cluster.node_for(store.tag(owner))
+    index = make_index(
+        mode="keyword",
+        data_dir=tmp_path,
+        qdrant_url="",  # the embedded engine: up all along
+        qdrant_api_key="",
+        collection="unread",
+        model_path="",
+        embed_threads=1,
+    )
+    assert index is not None
+    indexer = Indexer(store, index, retry_seconds=0.0)
+    caplog.set_level(logging.INFO)
+    try:
+        cid = (await store.create_conversation(owner, "c")).conversation_id
+        stored = await store.create_interaction(
+            owner, cid, pb.Interaction(input="puffins", response="seabirds"), ""
+        )
+        # The job as a failed first attempt leaves it: in the outbox, due now.
+        job = json.dumps(["index", owner.tenant, owner.user, stored.interaction_id])
+        await store.outbox_add(job, 0, owner, max_jobs=10, per_tenant=0, index=True)
+
+        own_cluster.kill(victim)
+        assert await indexer.drain() == 0  # the turn's read failed: the job waits
+        warned = [
+            r.getMessage()
+            for r in caplog.records
+            if r.name == "gensearch.memory.indexer" and r.levelno >= logging.WARNING
+        ]
+        assert len(warned) == 1, warned
+        assert "GENSEARCH_MEMORY_REDIS_URL" in warned[0], warned
+        assert "QDRANT" not in warned[0], warned
+
+        await own_cluster.restart(victim)
+        for _ in range(600):  # the cluster client finds the node again
+            if await indexer.drain() == 1:
+                break
+            await asyncio.sleep(0.1)
+        assert await index.count(owner, stored.interaction_id) == 2
+        back = [
+            r.getMessage()
+            for r in caplog.records
+            if r.name == "gensearch.memory.indexer" and r.levelno == logging.INFO
+        ]
+        assert back == ["search index jobs read their turns again"], back
+    finally:
+        await indexer.close()
+        await redis.aclose()
