@@ -427,6 +427,9 @@ class Indexer:
                 "the interaction search index is unavailable; try again later",
                 reason="SEARCH_INDEX_UNAVAILABLE",
             ) from None
+        # A search failing warned as the jobs do, so its answering ends the outage too: with
+        # no turn stored meanwhile (a read-mostly tenant, say) nothing else ever said so.
+        self._outage.recovered("search index reachable again")
         found = await self._store.get_interactions(owner, [h.interaction_id for h in hits])
         out: list[pb.InteractionHit] = []
         for hit, interaction in zip(hits, found, strict=True):

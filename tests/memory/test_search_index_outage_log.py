@@ -15,6 +15,7 @@ import pytest
 from gensearch.memory.v1 import memory_service_pb2 as pb
 
 from services.common.auth import DEFAULT_TENANT
+from services.common.errors import Unavailable
 from services.common.metrics import REDIS_ERRORS
 from services.common.redis_client import connect
 from services.devlaunch.processes import free_port
@@ -183,6 +184,52 @@ async def test_a_turn_redis_cannot_read_is_blamed_on_redis_not_the_index(
             if r.name == "gensearch.memory.indexer" and r.levelno == logging.INFO
         ]
         assert back == ["search index jobs read their turns again"], back
+    finally:
+        await indexer.close()
+        await redis.aclose()
+
+
+async def test_a_search_only_outage_of_the_index_ends_with_an_info_line(
+    redis_server: RedisProcess, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The index failing searches only (no turn stored meanwhile; Redis fine) warned once,
+    and never said when it answered again: only a job's success did. Here the embedded
+    engine cannot open its directory (a file where it goes), then can."""
+    redis = connect(redis_server.url, cluster=False, socket_timeout=5, connect_timeout=2)
+    store = MemoryStore(redis, key_prefix=f"search-out-{uuid.uuid4().hex[:8]}")
+    blocked = tmp_path / "data"
+    blocked.write_text("not a directory")
+    index = make_index(
+        mode="keyword",
+        data_dir=blocked,
+        qdrant_url="",
+        qdrant_api_key="",
+        collection="search-outage",
+        model_path="",
+        embed_threads=1,
+    )
+    assert index is not None
+    indexer = Indexer(store, index, retry_seconds=60.0)
+    caplog.set_level(logging.INFO)
+
+    def lines(level: int) -> list[str]:
+        return [
+            r.getMessage()
+            for r in caplog.records
+            if r.name == "gensearch.memory.indexer" and r.levelno == level
+        ]
+
+    try:
+        for _ in range(3):
+            with pytest.raises(Unavailable) as caught:
+                await indexer.search(ALICE, "puffins", "", pb.SEARCH_MODE_KEYWORD, 5)
+            assert caught.value.reason == "SEARCH_INDEX_UNAVAILABLE"
+        assert len(lines(logging.WARNING)) == 1, lines(logging.WARNING)
+        assert not lines(logging.INFO)
+
+        blocked.unlink()  # the engine's directory can be made now
+        assert await indexer.search(ALICE, "puffins", "", pb.SEARCH_MODE_KEYWORD, 5) == []
+        assert lines(logging.INFO) == ["search index reachable again"]
     finally:
         await indexer.close()
         await redis.aclose()
