@@ -537,6 +537,10 @@ def redis_url_setting(value: SecretStr) -> SecretStr:
 
 
 _DATABASE_PATH = re.compile(r"/?([0-9]+)?")
+# The largest database number any Redis server takes: SELECT reads a signed 32-bit int, and
+# its 'databases' setting is at most 2^31 - 1, so the last database is 2^31 - 2. A server's
+# own 'databases' (16 by default) is known only when connected: past it, SELECT fails then.
+MAX_REDIS_DATABASE = 2**31 - 2
 
 
 def _redis_database_problem(url: str) -> str | None:
@@ -549,6 +553,17 @@ def _redis_database_problem(url: str) -> str | None:
         return "its path must be a database number, e.g. /0"
     if any(db.strip().startswith("-") for db in parse_qs(parts.query).get("db", [])):
         return "its database number (db) must not be negative"
+    try:
+        database = ConnectionPool.from_url(url).connection_kwargs.get("db") or 0
+    except (TypeError, ValueError, RedisError):  # said by _redis_options_problem
+        return None
+    if isinstance(database, int) and database > MAX_REDIS_DATABASE:
+        # redis-py took any integer, and Redis refused it on every connection once the
+        # service ran (SELECT: "value is not an integer or out of range").
+        return (
+            f"its database number (db) must be at most {MAX_REDIS_DATABASE}: Redis's "
+            "databases are 0 to its 'databases' setting minus one (16 by default)"
+        )
     return None
 
 

@@ -10,8 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
-from services.common.settings import CommonSettings, load_settings
+from services.common.settings import MAX_REDIS_DATABASE, CommonSettings, load_settings
+from services.devlaunch.redis_server import RedisProcess
 from services.gateway.settings import GatewaySettings
 from services.generation.settings import GenerationSettings
 from services.memory.settings import MemorySettings
@@ -159,6 +162,12 @@ BAD_REDIS_DATABASES = [
     f"rediss://:{SECRET}@127.0.0.1:1/0/1",
     f"redis://:{SECRET}@127.0.0.1:1/-1",
     f"redis://:{SECRET}@127.0.0.1:1?db=-1",
+    # Past any database a Redis server has (2^31 - 2 at most: SELECT reads a signed 32-bit
+    # int), which redis-py took and Redis refused on every connection.
+    f"redis://:{SECRET}@127.0.0.1:1/99999999999999999999",
+    f"redis://:{SECRET}@127.0.0.1:1/2147483647",
+    f"redis://:{SECRET}@127.0.0.1:1?db=99999999999999999999",
+    f"unix:///tmp/redis.sock?password={SECRET}&db=4294967296",
 ]
 
 
@@ -177,8 +186,27 @@ def test_a_redis_url_database_that_is_no_number_names_the_variable(
     assert "\n" not in message
 
 
+@pytest.mark.parametrize("database", ["99999999999999999999", str(MAX_REDIS_DATABASE + 1)])
+async def test_redis_itself_refuses_a_database_past_the_bound(
+    redis_server: RedisProcess, database: str
+) -> None:
+    # Why such a URL is refused at start: every connection's SELECT would fail.
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        with pytest.raises(ResponseError):
+            await client.execute_command("SELECT", database)
+    finally:
+        await client.aclose()
+
+
 def test_redis_url_databases_are_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
-    for url in ("redis://redis:6379", "redis://redis:6379/", "redis://redis/15", "redis://r?db=3"):
+    for url in (
+        "redis://redis:6379",
+        "redis://redis:6379/",
+        "redis://redis/15",
+        "redis://r?db=3",
+        "redis://r/2147483646",  # the last database a server with the most of them has
+    ):
         monkeypatch.setenv("GENSEARCH_MEMORY_REDIS_URL", url)
         assert load_settings(MemorySettings)
 
