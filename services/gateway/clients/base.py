@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 
 import grpc
 
-from services.common.errors import ServiceError, from_rpc_error
+from services.common.errors import ServiceError, Unavailable, from_rpc_error
 from services.common.logs import ThrottledWarning
 from services.gateway.clients.caller import Caller, Metadata
 from services.gateway.clients.channel import make_channel
@@ -33,6 +33,21 @@ from services.gateway.deadline import sendable, time_left
 from services.gateway.settings import GatewaySettings
 
 log = logging.getLogger("gensearch.gateway.downstream")
+
+# How grpc-python reports HTTP/2 RST_STREAM REFUSED_STREAM (error code 7; RFC 9113 8.7:
+# "the stream was not processed", safe to retry): UNAVAILABLE, "Stream removed (RST_STREAM
+# (Received RST_STREAM with error code 7))", in the status text only. A server resets a
+# stream so when its connection carries its MAX_CONCURRENT_STREAMS, or as it goes away.
+# Pinned by tests/gateway/test_refused_streams.py and test_generation_in_flight.py, which
+# fail if a grpcio release words it otherwise.
+REFUSED_STREAM_TEXT = "RST_STREAM with error code 7"
+
+
+def refused_stream(err: grpc.aio.AioRpcError) -> bool:
+    """Whether the service's HTTP/2 connection refused the call before it ran."""
+    return err.code() == grpc.StatusCode.UNAVAILABLE and REFUSED_STREAM_TEXT in (
+        err.details() or ""
+    )
 
 
 class ServiceClient:
@@ -65,6 +80,17 @@ class ServiceClient:
             f"until it answers (GENSEARCH_GATEWAY_{self.service.upper()}_ADDR)",
             recovery=f"the {self.service} service answers again",
         )
+        # The service refusing calls at its HTTP/2 layer (REFUSED_STREAM) is no outage: it
+        # answered, over a connection that works. It was logged as the line above, sending
+        # the operator to an address setting that was right.
+        self._streams_setting = f"GENSEARCH_{self.service.upper()}_MAX_CONCURRENT_STREAMS"
+        self._refused = ThrottledWarning(
+            log,
+            f"the {self.service} service refused calls (%s): HTTP/2 REFUSED_STREAM, its "
+            f"connection from this gateway carries its limit of calls at once "
+            f"({self._streams_setting}), or it is going away; those calls never ran and "
+            f"answer UNAVAILABLE, safe to retry",
+        )
 
     def metadata(self, caller: Caller) -> Metadata:
         """What every call carries: the identity the gateway vouches for."""
@@ -76,15 +102,27 @@ class ServiceClient:
             yield
         except grpc.aio.AioRpcError as err:
             mapped = self.map_error(err)
-            if mapped.reason == "DOWNSTREAM_UNAVAILABLE":
+            if mapped.reason == "DOWNSTREAM_UNAVAILABLE" and not refused_stream(err):
                 self._outage(err, cause=err.code().name)
-            else:  # the service answered, if with an error
+            else:  # the service answered, if with an error or a refusal
                 self._outage.recovered()
+                if mapped.reason == "DOWNSTREAM_UNAVAILABLE":
+                    self._refused(err, cause="REFUSED_STREAM")
             raise mapped from None
         self._outage.recovered()
 
     def map_error(self, err: grpc.aio.AioRpcError) -> ServiceError:
         """Our error for a failed call (a client may recognise statuses of its own first)."""
+        if refused_stream(err):
+            # Still UNAVAILABLE (retryable, as gRPC's clients take it), but saying what
+            # happened: "is unavailable" read as the service being down.
+            return Unavailable(
+                f"the {self.service} service refused the call: the gateway's connection to "
+                f"it carries its limit of calls at once ({self._streams_setting}); the call "
+                "never ran, try again shortly",
+                reason="DOWNSTREAM_UNAVAILABLE",
+                metadata={"service": self.service, "setting": self._streams_setting},
+            )
         return from_rpc_error(err, self.service)
 
     async def _first_connection(self, timeout: float | None) -> float | None:

@@ -47,7 +47,7 @@ from services.common.errors import (
     upstream_calls,
 )
 from services.common.fair_slots import FairSlots
-from services.gateway.clients.base import ServiceClient
+from services.gateway.clients.base import ServiceClient, refused_stream
 from services.gateway.clients.caller import Caller, Metadata
 from services.gateway.clients.channel import GENERATION_SERVICE
 from services.gateway.metrics import GENERATION_REFUSED, GENERATION_WAITING
@@ -72,12 +72,6 @@ MIN_CALL_SECONDS = 0.5
 #: drawn between half and all of it (so refused calls do not come back together).
 FIRST_BACKOFF = 0.05
 MAX_BACKOFF = 1.0
-# How grpc-python reports HTTP/2 RST_STREAM REFUSED_STREAM (error code 7; RFC 9113 8.7:
-# "the stream was not processed", safe to retry): UNAVAILABLE, "Stream removed (RST_STREAM
-# (Received RST_STREAM with error code 7))", in the status text only. Pinned by
-# tests/gateway/test_generation_in_flight.py, which fails if a grpcio release words it
-# otherwise.
-_REFUSED_STREAM_TEXT = "RST_STREAM with error code 7"
 #: Generation's refusal of messages longer than its GENSEARCH_GENERATION_MAX_PROMPT_CHARS
 #: (field ``messages``; metadata ``max_chars``, ``chars``, ``setting``).
 PROMPT_TOO_LONG = "PROMPT_TOO_LONG"
@@ -150,9 +144,7 @@ class GenerationClient(ServiceClient):
         return caller.identity + keys
 
     def map_error(self, err: grpc.aio.AioRpcError) -> ServiceError:
-        if err.code() == grpc.StatusCode.UNAVAILABLE and _REFUSED_STREAM_TEXT in (
-            err.details() or ""
-        ):
+        if refused_stream(err):
             return ResourceExhausted(
                 "the generation service refused the call: the gateway's connection to it "
                 f"carries its limit of calls at once ({STREAMS_SETTING}); retry shortly",
