@@ -404,14 +404,29 @@ class Indexer:
         while True:
             await asyncio.sleep(self._sweep_every)
             try:
-                # One replica a period: the others find the lock taken.
-                if await self._store.try_lock("search-sweep", int(self._sweep_every * 1000)):
-                    # Two periods back: a sweep that did not run (no replica up) is covered.
-                    since = time.time_ns() // 1_000_000 - int(2 * self._sweep_every * 1000)
-                    removed = await self.sweep(since)
-                    log.info("search index swept", extra={"removed": removed})
+                await self.sweep_once()
             except Exception as err:  # Redis or the index down: next period
                 log.warning("search index sweep failed", extra={"error": _describe(err)})
+
+    async def sweep_once(self) -> bool:
+        """The periodic sweep, if no other replica runs it this period: False when one
+        does. Raises what failed it (the next period tries again).
+
+        Its catch-up looks back to where the last sweep that finished began, kept in Redis
+        (``store.sweep_since``), and at least two periods (a sweep that did not run, no
+        replica up, is covered). Two periods from now was all it looked back before: an
+        owner left in, or put back into, the outbox's missed set by sweeps failing two
+        periods in a row had turns older than that, never indexed."""
+        # One replica a period: the others find the lock taken.
+        if not await self._store.try_lock("search-sweep", int(self._sweep_every * 1000)):
+            return False
+        started = time.time_ns() // 1_000_000
+        floor = started - int(2 * self._sweep_every * 1000)
+        since = min(await self._store.sweep_since(floor), floor)
+        removed = await self.sweep(since)
+        await self._store.sweep_done(started)
+        log.info("search index swept", extra={"removed": removed, "since_ms": since})
+        return True
 
     # -- search -------------------------------------------------------------------------
     async def search(

@@ -1848,6 +1848,26 @@ class MemoryStore:
                 self._outage, self._redis.sadd(self._outbox_keys()[2], *members), write=True
             )
 
+    def _sweep_mark(self) -> str:
+        # P:{search-outbox}:swept  STRING  when (ms) the last sweep that finished began
+        return f"{self._prefix}:{{search-outbox}}:swept"
+
+    async def sweep_since(self, default_ms: int) -> int:
+        """When the last sweep that finished began (``sweep_done``): where the next one's
+        catch-up starts. None recorded yet: ``default_ms``, recorded now, so that sweeps
+        failing from the first one on still look back to it."""
+        mark = self._sweep_mark()
+        await _redis(self._outage, self._redis.set(mark, default_ms, nx=True), write=True)
+        value = await _redis(self._outage, self._redis.get(mark))
+        try:
+            return int(value) if value is not None else default_ms
+        except ValueError:  # not ours
+            return default_ms
+
+    async def sweep_done(self, started_ms: int) -> None:
+        """A sweep that began at ``started_ms`` finished: the next one looks back to it."""
+        await _redis(self._outage, self._redis.set(self._sweep_mark(), started_ms), write=True)
+
     def _legacy_outbox(self) -> str:
         return f"{self._prefix}:search-outbox"
 

@@ -301,3 +301,57 @@ async def test_the_sweep_takes_the_missed_owners_in_batches_and_puts_back_the_re
     finally:
         await indexer.close()
         await redis.aclose()
+
+
+PERIOD = 0.05  # GENSEARCH_MEMORY_SEARCH_SWEEP_SECONDS of the test's replicas
+
+
+async def _sweep_when_free(indexer: Indexer) -> None:
+    """One periodic sweep by ``indexer``, once the period's lock is free again."""
+    for _ in range(1000):
+        if await indexer.sweep_once():
+            return
+        await asyncio.sleep(PERIOD / 5)
+    raise AssertionError("the sweep lock was never free")
+
+
+async def test_catch_up_reaches_back_to_the_last_sweep_that_finished(
+    target: Target, tmp_path: Path
+) -> None:
+    """An owner noted in the outbox's missed set, then two sweeps in a row failing: the
+    next one looked back only two periods from now, and the owner's turn, older than that,
+    was never indexed. Now its catch-up starts where the last sweep that finished began
+    (kept in Redis, so any replica's sweep finds it)."""
+    redis = connect(
+        target.url, cluster=target.cluster is not None, socket_timeout=5, connect_timeout=2
+    )
+    store = MemoryStore(redis, key_prefix=f"window-{uuid.uuid4().hex[:8]}")
+    index = InteractionIndex(EdgeStore(tmp_path / "index"), None, "window")
+    replica = Indexer(store, index, retry_seconds=60.0, sweep_seconds=PERIOD)
+    # Another replica whose index cannot open (a file where its directory goes): every
+    # sweep it takes fails.
+    blocked = tmp_path / "blocked"
+    blocked.write_text("not a directory")
+    broken_index = InteractionIndex(EdgeStore(blocked / "index"), None, "window")
+    broken = Indexer(store, broken_index, retry_seconds=60.0, sweep_seconds=PERIOD)
+    try:
+        await _sweep_when_free(replica)  # a sweep that finishes
+        cid = (await store.create_conversation(ALICE, "c")).conversation_id
+        turn = await store.create_interaction(
+            ALICE, cid, pb.Interaction(input="puffins", response="seabirds"), ""
+        )
+        # Its index job refused by the full outbox: the refusal notes its owner.
+        await store.outbox_note_missed([ALICE])
+        for _ in range(2):
+            with pytest.raises(OSError):
+                await _sweep_when_free(broken)
+        await asyncio.sleep(3 * PERIOD)  # the turn is more than two periods old now
+        assert await index.count(ALICE, turn.interaction_id) == 0
+
+        await _sweep_when_free(replica)
+        assert await index.count(ALICE, turn.interaction_id) == 2
+        assert await store.outbox_missed_count() == 0
+    finally:
+        await replica.close()
+        await broken.close()
+        await redis.aclose()
