@@ -60,22 +60,27 @@ async def write_batch(
     first_index: int = 0,
     max_value_depth: int = DEFAULT_MAX_DEPTH,
     max_isolation_calls: int = MAX_ISOLATION_CALLS,
+    max_document_chars: int | None = None,
     before_write: Callable[[], Awaitable[None]] | None = None,
     check_room: Callable[[list[str]], Awaitable[None]] | None = None,
     time_left: Callable[[], float | None],
 ) -> BatchResult:
-    """``before_write``: awaited just before the write (after embedding, the slow part),
-    so whatever it checks still holds when the points are sent; its error fails the batch
-    with nothing of it written. ``check_room``: awaited with the ids the batch would write
-    (its valid objects) before they are embedded, so a batch refused for room costs no
-    embedding; its error fails the batch the same way. ``time_left``: the seconds left
-    before the RPC's deadline (None: none; the servicer's ``context.time_remaining``),
-    asked at each embeddings call, which ends within it (``Embedder.embed``)."""
+    """``max_document_chars``: the longest key a chunked collection's document property may
+    hold (``prepare_object``). ``before_write``: awaited just before the write (after
+    embedding, the slow part), so whatever it checks still holds when the points are sent;
+    its error fails the batch with nothing of it written. ``check_room``: awaited with the
+    ids the batch would write (its valid objects) before they are embedded, so a batch
+    refused for room costs no embedding; its error fails the batch the same way.
+    ``time_left``: the seconds left before the RPC's deadline (None: none; the servicer's
+    ``context.time_remaining``), asked at each embeddings call, which ends within it
+    (``Embedder.embed``)."""
     result = BatchResult()
     ready: list[PreparedObject] = []
     for i, obj in enumerate(objects):
         try:
-            ready.append(prepare_object(schema, first_index + i, obj, max_value_depth))
+            ready.append(
+                prepare_object(schema, first_index + i, obj, max_value_depth, max_document_chars)
+            )
         except ObjectInvalid as err:
             result.errors.append(object_error(first_index + i, obj.id, err.field, err.message))
     sources = schema.source_properties()

@@ -457,6 +457,11 @@ class Schema:
         return cls(collection, str(data.get(TENANT_KEY, DEFAULT_TENANT)), derived)
 
 
+# What bounds a chunked collection's document key, stored (prepare_object) and looked up
+# (GetChunks, chunks.check_ranges): the two agree.
+DOCUMENT_CHARS_SETTING = "GENSEARCH_RETRIEVAL_MAX_QUERY_TEXT_CHARS"
+
+
 @dataclass
 class PreparedObject:
     """An object that passed validation, ready to embed and store."""
@@ -531,10 +536,16 @@ def unit_vector(values: np.ndarray) -> list[float] | None:
 
 
 def prepare_object(
-    schema: Schema, index: int, obj: pb.DataObject, max_value_depth: int = DEFAULT_MAX_DEPTH
+    schema: Schema,
+    index: int,
+    obj: pb.DataObject,
+    max_value_depth: int = DEFAULT_MAX_DEPTH,
+    max_document_chars: int | None = None,
 ) -> PreparedObject:
     """Check one object against the schema; raises ObjectInvalid naming the field relative to
-    the object (``properties.year``, ``vector``), as ``ObjectError.field`` reports it."""
+    the object (``properties.year``, ``vector``), as ``ObjectError.field`` reports it.
+    ``max_document_chars``: the longest text a chunked collection's document property may
+    hold (MAX_QUERY_TEXT_CHARS, the bound of GetChunks' ``ranges[].document``)."""
     if obj.id:
         try:
             object_id = str(uuid.UUID(obj.id))
@@ -573,6 +584,21 @@ def prepare_object(
         if value is None:
             continue
         props[name] = coerce_value(data_type, value, path)
+        if (
+            max_document_chars is not None
+            and schema.chunking is not None
+            and name == schema.chunking.document_property
+            and isinstance(props[name], str)
+            and len(props[name]) > max_document_chars
+        ):
+            # GetChunks names a document by this key, and takes none longer (it is sent to
+            # the engine as a filter value): a longer one was stored and its chunks could
+            # never be read by document.
+            raise ObjectInvalid(
+                path,
+                f"the document key is longer than {max_document_chars} characters "
+                f"({DOCUMENT_CHARS_SETTING}), the longest GetChunks can name",
+            )
         if data_type == pb.DATA_TYPE_DATE:
             # No longer read (filters compare the stored date itself, exactly: filters.py);
             # still written so a rollback to a release that filters on it finds new objects.

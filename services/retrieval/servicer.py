@@ -243,6 +243,9 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
                 first_index=first_index,
                 max_value_depth=self._settings.max_value_depth,
                 max_isolation_calls=self._settings.max_isolation_calls,
+                # The bound GetChunks' document has (check_ranges): any key stored can be
+                # named there.
+                max_document_chars=self._settings.max_query_text_chars,
                 before_write=same_collection,
                 check_room=room,
                 time_left=context.time_remaining,

@@ -369,3 +369,42 @@ async def test_a_document_longer_than_the_query_text_bound_is_field_too_large(
     assert error_info(err).reason == "FIELD_TOO_LARGE"
     assert error_info(err).metadata["setting"] == "GENSEARCH_RETRIEVAL_MAX_QUERY_TEXT_CHARS"
     assert error_info(err).metadata["max_chars"] == "10"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["UpsertObjects", "ImportObjects"])
+async def test_a_stored_document_key_is_one_get_chunks_can_name(
+    make_retrieval: MakeRetrieval, stream: bool
+) -> None:
+    """GetChunks takes a document of at most MAX_QUERY_TEXT_CHARS characters (above), and
+    storing took any: a chunk whose document key was longer was stored, and its document
+    could never be read with GetChunks. Now storing refuses that chunk (its ObjectError
+    names the property and the setting) and keeps the others; any key stored can be named."""
+    harness = await make_retrieval(max_query_text_chars=10)
+    stub = harness.stub
+    await stub.CreateCollection(
+        pb.CreateCollectionRequest(
+            collection=chunked(document_property="doc_id", order_property="chunk_index")
+        )
+    )
+    objects = [
+        obj({"doc_id": "a" * 10, "chunk_index": 0, "text": "fits"}, vector=[1.0, 0.0]),
+        obj({"doc_id": "b" * 11, "chunk_index": 0, "text": "too long"}, vector=[0.0, 1.0]),
+    ]
+    if stream:
+        reply = await stub.ImportObjects(
+            iter([pb.ImportObjectsRequest(collection="Docs", objects=objects)])
+        )
+        errors, written = list(reply.errors), reply.imported_count
+    else:
+        upserted = await stub.UpsertObjects(
+            pb.UpsertObjectsRequest(collection="Docs", objects=objects)
+        )
+        errors, written = list(upserted.errors), len(upserted.ids)
+    assert written == 1
+    assert [(e.index, e.field) for e in errors] == [(1, "properties.doc_id")]
+    assert "GENSEARCH_RETRIEVAL_MAX_QUERY_TEXT_CHARS" in errors[0].message
+    assert "10 characters" in errors[0].message
+    got = await stub.GetChunks(
+        pb.GetChunksRequest(collection="Docs", ranges=[pb.ChunkRange(document=doc("a" * 10))])
+    )
+    assert [c.properties["text"] for c in got.ranges[0].chunks] == ["fits"]
