@@ -444,7 +444,7 @@ class Indexer:
             ) from None
         # A search failing warned as the jobs do, so its answering ends the outage too: with
         # no turn stored meanwhile (a read-mostly tenant, say) nothing else ever said so.
-        self._outage.recovered("search index reachable again")
+        self._outage.recovered()
         found = await self._store.get_interactions(owner, [h.interaction_id for h in hits])
         out: list[pb.InteractionHit] = []
         for hit, interaction in zip(hits, found, strict=True):
