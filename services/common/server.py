@@ -46,7 +46,7 @@ from services.common.metadata_size import MetadataLimit, core_limit
 from services.common.metrics import serve_metrics, server_name
 from services.common.reply_bytes import ReplyBytes
 from services.common.request_bytes import RequestBytes
-from services.common.request_parse import Unreceived, message_type
+from services.common.request_parse import Undecodable, Unreceived, message_type, tolerant
 from services.common.settings import CommonSettings
 from services.common.stream_idle import IdleLimit
 from services.common.tracing import tracer
@@ -182,7 +182,8 @@ class _MetadataChecked:
     setting) and past it got gRPC's bare refusal. A unary-request method (health's Check,
     Watch and List) is served as a client stream of one message, as the chassis serves
     ours (``chassis.first_request``): grpc.aio left a Check whose client half-closed without
-    a request open and unanswered for ever, for anyone, no key needed."""
+    a request open and unanswered for ever, for anyone, no key needed. Bytes that are no
+    request message are MALFORMED_REQUEST (``request_parse.tolerant``), as for our methods."""
 
     def __init__(self, server: grpc.aio.Server, limit: MetadataLimit, idle: IdleLimit) -> None:
         self._server = server
@@ -227,17 +228,53 @@ class _MetadataChecked:
 
         idle, request_type = self._idle, message_type(handler.request_deserializer)
 
+        async def refuse_undecodable(request: Any, context: grpc.aio.ServicerContext) -> None:
+            # Bytes protobuf could not parse reach the servicer as an Undecodable (the
+            # deserializer is ``tolerant``): MALFORMED_REQUEST, as for our own methods.
+            # Parsed by gRPC itself, they were UNKNOWN quoting protobuf's DecodeError, and
+            # an ERROR with a traceback in the log, for anyone (health and reflection need
+            # no key).
+            if isinstance(request, Undecodable):
+                await refuse_large(context)
+                await _abort(context, request.error())
+
         def one_request(fn: Callable[..., Any]) -> Callable[..., Any]:
             async def call(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
                 request = await first_request(requests, idle, request_type, context)
                 if isinstance(request, Unreceived):
                     await _abort(context, request.error())
+                await refuse_undecodable(request, context)
                 return await fn(request, context)
 
             return call
 
+        def decoded(fn: Callable[..., Any]) -> Callable[..., Any]:
+            """``fn`` of a client stream, refusing its first message protobuf could not parse."""
+
+            async def each(
+                requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+            ) -> AsyncIterator[Any]:
+                async for request in requests:
+                    await refuse_undecodable(request, context)
+                    yield request
+
+            if inspect.isasyncgenfunction(fn):  # reflection's stream
+
+                async def stream(
+                    requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+                ) -> AsyncIterator[Any]:
+                    async for reply in fn(each(requests, context), context):
+                        yield reply
+
+                return stream
+
+            async def call(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+                return await fn(each(requests, context), context)
+
+            return call
+
         codecs = {
-            "request_deserializer": handler.request_deserializer,
+            "request_deserializer": tolerant(handler.request_deserializer),
             "response_serializer": handler.response_serializer,
         }
         if handler.unary_unary:
@@ -249,8 +286,12 @@ class _MetadataChecked:
                 one_request(checked(handler.unary_stream)), **codecs
             )
         if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(checked(handler.stream_unary), **codecs)
-        return grpc.stream_stream_rpc_method_handler(checked(handler.stream_stream), **codecs)
+            return grpc.stream_unary_rpc_method_handler(
+                decoded(checked(handler.stream_unary)), **codecs
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            decoded(checked(handler.stream_stream)), **codecs
+        )
 
 
 class BindError(RuntimeError):
