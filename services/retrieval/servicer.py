@@ -180,7 +180,14 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
             note_imported(err, message_no, received, imported, errors)
             raise
         if schema is None:
-            raise InvalidArgument("the stream carried no message", field="collection")
+            # It forgot the collection as a first message without one does: the same
+            # reason (it was the generic INVALID_ARGUMENT), and the counts every failed
+            # stream's status carries.
+            raise MissingField(
+                "the stream carried no message; the first must name the collection",
+                field="collection",
+                metadata={"received_count": "0", "imported_count": "0"},
+            )
         if self._written(schema, 0) >= self._settings.import_optimize_min_objects:
             await self._optimize(schema)
         return pb.ImportObjectsResponse(

@@ -373,6 +373,20 @@ async def test_import_stream(stub: Any) -> None:
         "collection",
     )
 
+    async def nothing() -> AsyncIterator[pb.ImportObjectsRequest]:
+        return
+        yield  # an async generator that sends no message at all
+
+    # A stream of no message forgot its collection as a first message without one does:
+    # the same reason, MISSING_FIELD (it was the generic INVALID_ARGUMENT), and the counts.
+    for forgot in (no_name(), nothing()):
+        err = await expect_error(
+            stub.ImportObjects(forgot), grpc.StatusCode.INVALID_ARGUMENT, "collection"
+        )
+        info = error_info(err)
+        assert info.reason == "MISSING_FIELD", info
+        assert info.metadata["imported_count"] == "0", info
+
     async def other_name() -> AsyncIterator[pb.ImportObjectsRequest]:
         yield pb.ImportObjectsRequest(collection="Articles", objects=objects[:1])
         yield pb.ImportObjectsRequest(collection="Other", objects=objects[1:2])
