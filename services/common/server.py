@@ -39,7 +39,13 @@ from services.common.call_slots import REASON as CALL_SLOTS_REASON
 from services.common.call_slots import CallSlots
 from services.common.channel_args import metadata_options
 from services.common.chassis import Admission, ChassisRegistry, WrappedGeneric, first_request
-from services.common.errors import InvalidArgument, ResourceExhausted, ServiceError
+from services.common.errors import (
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    ServiceError,
+    quote,
+)
 from services.common.hostport import bind_problem, join_host_port
 from services.common.logs import quiet_undelivered_replies, register_secret
 from services.common.metadata_size import MetadataLimit, core_limit
@@ -94,6 +100,17 @@ class _BoundedHealth(HealthServicer):
 
     async def Check(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         await self._refuse_long(request, context)
+        if request.service not in self._names:
+            # The protocol's NOT_FOUND, which grpcio-health-checking sends bare (no
+            # message, no ErrorInfo): named and detailed like every other refusal.
+            served = ", ".join(repr(name) for name in self._names)
+            await _abort(
+                context,
+                NotFound(
+                    f"service {quote(request.service)} is not served here (it serves {served})",
+                    field="service",
+                ),
+            )
         return await super().Check(request, context)
 
     async def set(self, service: str, status: Any) -> None:

@@ -93,3 +93,18 @@ async def test_a_service_name_that_is_not_utf8_is_named(channel: grpc.aio.Channe
 async def test_a_good_request_still_answers(channel: grpc.aio.Channel) -> None:
     reply = await channel.unary_unary("/grpc.health.v1.Health/Check")(b"", timeout=10)
     assert reply == b"\x08\x01"  # status: SERVING
+
+
+async def test_a_service_not_served_is_not_found_naming_the_field(
+    channel: grpc.aio.Channel,
+) -> None:
+    """The health protocol's NOT_FOUND for a name the server does not serve, now with a
+    message naming ``service`` and an ErrorInfo, as every other refusal; before, the
+    status had neither (an empty message)."""
+    request = b"\x0a\x04nope"  # service: "nope"
+    err = await _refusal(channel, "/grpc.health.v1.Health/Check", request, False, False)
+    assert err.code() == grpc.StatusCode.NOT_FOUND, err.details()
+    assert "service" in (err.details() or "") and "nope" in (err.details() or ""), err.details()
+    info = error_info(err)
+    assert info.reason == "NOT_FOUND", info
+    assert info.metadata["field"] == "service", info
