@@ -57,6 +57,20 @@ def describe() -> None:
         pool.FindServiceByName(SERVICE_NAME)
     except KeyError:
         pool.AddSerializedFile(v1_file().SerializeToString())
+    _V1Request.DESCRIPTOR = pool.FindMessageTypeByName(f"{_PACKAGE}.ServerReflectionRequest")
+
+
+class _V1Request:
+    """v1's request, parsed as v1alpha's message (the same wire) for the v1alpha servicer,
+    but named as v1's: a request that does not parse is refused naming the message type
+    the client sent (``request_parse.tolerant`` reads ``DESCRIPTOR`` of the class the
+    deserializer is bound to), not v1alpha's, which a v1 client never heard of."""
+
+    DESCRIPTOR: Any = None  # set by ``describe``
+
+    @classmethod
+    def FromString(cls, data: bytes) -> reflection_pb2.ServerReflectionRequest:
+        return reflection_pb2.ServerReflectionRequest.FromString(data)
 
 
 def add_to_server(servicer: Any, server: _Registry) -> None:
@@ -65,7 +79,7 @@ def add_to_server(servicer: Any, server: _Registry) -> None:
     describe()
     handler = grpc.stream_stream_rpc_method_handler(
         servicer.ServerReflectionInfo,
-        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        request_deserializer=_V1Request.FromString,
         response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
     )
     # Both, as the generated function does: grpc.aio matches a registered method first.

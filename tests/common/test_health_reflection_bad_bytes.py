@@ -27,7 +27,7 @@ METHODS = [
     ("/grpc.health.v1.Health/List", "grpc.health.v1.HealthListRequest", False, False),
     (
         "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-        "grpc.reflection.v1alpha.ServerReflectionRequest",  # served as v1's (same wire)
+        "grpc.reflection.v1.ServerReflectionRequest",  # v1's name, though parsed as v1alpha's
         True,
         True,
     ),
