@@ -5,6 +5,8 @@ Redis answers again (a real Redis-protocol server, stopped and started again).""
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,35 @@ CALLS = 3
 LOGGER = "gensearch.gateway.cache"
 
 
+@dataclass
+class Cached:
+    """A cache on a Redis of the test's own (stopped and started by it), and the key of
+    one call's answer."""
+
+    server: RedisProcess
+    cache: GenerationCache
+    scope: Scope
+    key: str
+
+
+@pytest.fixture
+async def cached(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> AsyncIterator[Cached]:
+    server = RedisProcess(tmp_path / "redis")
+    await server.start()
+    client = redis_client.connect(server.url, cluster=False, socket_timeout=1, connect_timeout=1)
+    cache = GenerationCache(client, "gc", 3600, 1 << 20)
+    scope = Scope("acme", "Books", 123)
+    key = cache.keys_for(scope, Options(provider="fake", model="m"))(
+        [gen_pb.Message(role=gen_pb.ROLE_USER, content="Title: Emma")]
+    )
+    caplog.set_level(logging.INFO, LOGGER)
+    try:
+        yield Cached(server, cache, scope, key)
+    finally:
+        await client.aclose()
+        await server.stop()
+
+
 def _lines(caplog: pytest.LogCaptureFixture, level: int, start: str) -> list[str]:
     return [
         r.getMessage()
@@ -29,66 +60,42 @@ def _lines(caplog: pytest.LogCaptureFixture, level: int, start: str) -> list[str
 
 
 async def test_a_redis_outage_is_one_warning_and_its_end_one_line(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    cached: Cached, caplog: pytest.LogCaptureFixture
 ) -> None:
-    server = RedisProcess(tmp_path / "redis")
-    await server.start()
-    client = redis_client.connect(server.url, cluster=False, socket_timeout=1, connect_timeout=1)
-    cache = GenerationCache(client, "gc", 3600, 1 << 20)
-    scope = Scope("acme", "Books", 123)
-    key = cache.keys_for(scope, Options(provider="fake", model="m"))(
-        [gen_pb.Message(role=gen_pb.ROLE_USER, content="Title: Emma")]
-    )
+    cache, key = cached.cache, cached.key
     result = gw_pb.GenerationResult(result="an answer", finish_reason="stop")
-    caplog.set_level(logging.INFO, LOGGER)
-    try:
-        await cache.put(scope, key, result, 60)
+    await cache.put(cached.scope, key, result, 60)
+    assert (await cache.get_many({0: key}))[0].result == "an answer"
+    assert not _lines(caplog, logging.INFO, "generation cache reachable again")
+    await cached.server.stop()
+    for _ in range(CALLS):  # a cached call: a read, then a write
+        assert await cache.get_many({0: key}) == {}
+        await cache.put(cached.scope, key, result, 60)
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warned) == 1, warned  # before: a read and a write failure per call
+    down = _lines(caplog, logging.WARNING, "generation cache unavailable")
+    assert len(down) == 1, down
+    assert "GENSEARCH_GATEWAY_REDIS_URL" in down[0]
+    await cached.server.start()
+    for _ in range(CALLS):
         assert (await cache.get_many({0: key}))[0].result == "an answer"
-        assert not _lines(caplog, logging.INFO, "generation cache reachable again")
-        await server.stop()
-        for _ in range(CALLS):  # a cached call: a read, then a write
-            assert await cache.get_many({0: key}) == {}
-            await cache.put(scope, key, result, 60)
-        warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-        assert len(warned) == 1, warned  # before: a read and a write failure per call
-        down = _lines(caplog, logging.WARNING, "generation cache unavailable")
-        assert len(down) == 1, down
-        assert "GENSEARCH_GATEWAY_REDIS_URL" in down[0]
-        await server.start()
-        for _ in range(CALLS):
-            assert (await cache.get_many({0: key}))[0].result == "an answer"
-        assert len(_lines(caplog, logging.INFO, "generation cache reachable again")) == 1
-        await server.stop()
-        for _ in range(CALLS):  # within 30 s of the first warning: at most one per 30 s
-            assert await cache.get_many({0: key}) == {}
-        assert len(_lines(caplog, logging.WARNING, "generation cache unavailable")) == 1
-    finally:
-        await client.aclose()
-        await server.stop()
+    assert len(_lines(caplog, logging.INFO, "generation cache reachable again")) == 1
+    await cached.server.stop()
+    for _ in range(CALLS):  # within 30 s of the first warning: at most one per 30 s
+        assert await cache.get_many({0: key}) == {}
+    assert len(_lines(caplog, logging.WARNING, "generation cache unavailable")) == 1
 
 
 async def test_a_call_out_of_time_is_no_redis_outage(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    cached: Cached, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A read given no time (the request's generation budget spent) is a miss, but Redis
     answers well: it warned 'generation cache unavailable' naming GENSEARCH_GATEWAY_REDIS_URL
     (and the next read logged it 'reachable again'), sending the operator to a setting
     for a caller's short deadline."""
-    server = RedisProcess(tmp_path / "redis")
-    await server.start()
-    client = redis_client.connect(server.url, cluster=False, socket_timeout=1, connect_timeout=1)
-    cache = GenerationCache(client, "gc", 3600, 1 << 20)
-    scope = Scope("acme", "Books", 123)
-    key = cache.keys_for(scope, Options(provider="fake", model="m"))(
-        [gen_pb.Message(role=gen_pb.ROLE_USER, content="Title: Emma")]
-    )
-    caplog.set_level(logging.INFO, LOGGER)
-    try:
-        await cache.put(scope, key, gw_pb.GenerationResult(result="an answer"), 60)
-        assert await cache.get_many({0: key}, timeout=0.0) == {}
-        assert (await cache.get_many({0: key}))[0].result == "an answer"
-        assert not _lines(caplog, logging.WARNING, "generation cache unavailable")
-        assert not _lines(caplog, logging.INFO, "generation cache reachable again")
-    finally:
-        await client.aclose()
-        await server.stop()
+    cache, key = cached.cache, cached.key
+    await cache.put(cached.scope, key, gw_pb.GenerationResult(result="an answer"), 60)
+    assert await cache.get_many({0: key}, timeout=0.0) == {}
+    assert (await cache.get_many({0: key}))[0].result == "an answer"
+    assert not _lines(caplog, logging.WARNING, "generation cache unavailable")
+    assert not _lines(caplog, logging.INFO, "generation cache reachable again")
