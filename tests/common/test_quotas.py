@@ -19,6 +19,7 @@ from services.devlaunch.processes import free_port
 from services.devlaunch.redis_server import RedisProcess
 from tests.support.lost_cancel import LosesTheFirstCancel
 from tests.support.redis_cluster import LocalCluster
+from tests.support.redis_outages import two_outages
 
 
 def _as_tenant(tenant: str) -> None:
@@ -412,23 +413,20 @@ async def test_a_renewal_whose_cancel_is_lost_stops_when_its_call_ends(
 
 
 async def test_a_redis_outage_is_one_line_its_end_another(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    redis_server: RedisProcess, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Redis back is a line too (before, none); a second outage within 30 s of the first's
     warning adds nothing (a flapping Redis is two lines every 30 s at most)."""
-    server = RedisProcess(tmp_path / "redis")
-    await server.start()
-    quotas, redis = _quotas(server.url, llm_calls_per_minute=1000)
+    quotas, redis = _quotas(redis_server.url, llm_calls_per_minute=1000)
     _as_tenant("dave")
     caplog.set_level(logging.INFO, logger="gensearch.quotas")
+
+    async def charge(_: str) -> None:
+        await quotas.charge_llm()  # while Redis is down, unchecked: the call goes through
+
     try:
         await quotas.charge_llm()
-        for _outage in (1, 2):
-            await server.stop()
-            for _ in range(3):
-                await quotas.charge_llm()  # unchecked: the call goes through
-            await server.start()
-            await quotas.charge_llm()
+        async for _outage in two_outages(redis_server, charge):
             lines = [r.getMessage() for r in caplog.records if r.name == "gensearch.quotas"]
             assert lines == [
                 "quotas not checked, Redis failed: ConnectionError",
@@ -436,4 +434,3 @@ async def test_a_redis_outage_is_one_line_its_end_another(
             ], lines  # the second outage, within 30 s of the first warning: nothing more
     finally:
         await redis.aclose()
-        await server.stop()

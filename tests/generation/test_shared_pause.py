@@ -24,6 +24,7 @@ from services.generation.upstream import UpstreamFault
 from tests.generation.conftest import Service, StartService, fake_provider, user
 from tests.support.fake_openai import Behaviour, FakeOpenAI
 from tests.support.redis_cluster import LocalCluster
+from tests.support.redis_outages import two_outages
 
 PAUSE = 2  # seconds of Retry-After
 # Declared limits far above what the tests send: only the pause holds calls back.
@@ -177,24 +178,22 @@ async def test_a_pause_redis_fails_to_record_still_holds_in_this_replica() -> No
 
 
 async def test_a_redis_outage_is_one_line_its_end_another(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    redis_server: RedisProcess, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Redis back is a line too (before, none); a second outage within 30 s of the first's
     warning adds nothing (a flapping Redis is two lines every 30 s at most)."""
-    server = RedisProcess(tmp_path / "redis")
-    await server.start()
     declared = DeclaredLimits.of(_config(requests_per_minute=6000))
-    redis = connect(server.url, cluster=False, socket_timeout=1, connect_timeout=1)
+    redis = connect(redis_server.url, cluster=False, socket_timeout=1, connect_timeout=1)
     caplog.set_level(logging.INFO, logger=LIMITS_LOGGER)
+    limits = RedisLimits(redis, declared, key_prefix="t")
+
+    async def admitted(name: str) -> None:
+        # Admitted at once: counted in Redis, or while it is down in this process alone.
+        assert (await limits.admit("p:p", name, 1, 10)).wait == 0
+
     try:
-        limits = RedisLimits(redis, declared, key_prefix="t")
-        assert (await limits.admit("p:p", "first", 1, 10)).wait == 0
-        for outage in (1, 2):
-            await server.stop()
-            for i in range(3):  # counted in this process meanwhile
-                assert (await limits.admit("p:p", f"down {outage} {i}", 1, 10)).wait == 0
-            await server.start()
-            assert (await limits.admit("p:p", f"back {outage}", 1, 10)).wait == 0
+        await admitted("first")
+        async for _outage in two_outages(redis_server, admitted):
             lines = [r.getMessage() for r in caplog.records if r.name == LIMITS_LOGGER]
             assert lines == [
                 "provider limits counted in this process only, Redis failed: ConnectionError",
@@ -202,4 +201,3 @@ async def test_a_redis_outage_is_one_line_its_end_another(
             ], lines  # the second outage, within 30 s of the first warning: nothing more
     finally:
         await redis.aclose()
-        await server.stop()
