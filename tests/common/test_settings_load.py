@@ -8,6 +8,8 @@ import json
 import os
 import socket
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -595,56 +597,56 @@ DEFAULT_MODEL_SETTINGS = [
 ]
 
 
-def _model_env(monkeypatch: pytest.MonkeyPatch, variables: dict[str, str], model: str) -> None:
-    for name, value in variables.items():
-        monkeypatch.setenv(name, value.replace("MODEL", model))
+@dataclass
+class DefaultModel:
+    """One of DEFAULT_MODEL_SETTINGS, its service's other settings set: ``model`` sets
+    the default model and the service's MAX_MODEL_CHARS."""
+
+    cls: type[CommonSettings]
+    variable: str  # the variable a refusal names
+    setting: str  # the service's MAX_MODEL_CHARS
+    model: Callable[[str, int], None]
 
 
-@pytest.mark.parametrize(
-    ("cls", "variables", "variable", "setting"),
-    DEFAULT_MODEL_SETTINGS,
+@pytest.fixture(
+    params=DEFAULT_MODEL_SETTINGS,
     ids=["gateway", "retrieval-rerank", "generation-model", "generation-models"],
 )
+def default_model(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> DefaultModel:
+    cls, variables, variable, setting = request.param
+    if cls is GenerationSettings:
+        _generation_env(monkeypatch)
+
+    def model(name: str, max_chars: int) -> None:
+        monkeypatch.setenv(setting, str(max_chars))
+        for env, value in variables.items():
+            monkeypatch.setenv(env, value.replace("MODEL", name))
+
+    return DefaultModel(cls, variable, setting, model)
+
+
 def test_a_default_model_longer_than_max_model_chars_stops_the_service(
-    cls: type[CommonSettings],
-    variables: dict[str, str],
-    variable: str,
-    setting: str,
-    monkeypatch: pytest.MonkeyPatch,
+    default_model: DefaultModel,
 ) -> None:
     # 20 characters, under the old fixed 256 but past the service's own bound of 10: it
     # was accepted, and sent with every call naming no model, which the same bound
     # refuses when a caller names it.
-    if cls is GenerationSettings:
-        _generation_env(monkeypatch)
-    monkeypatch.setenv(setting, "10")
-    _model_env(monkeypatch, variables, "m" * 20)
+    default_model.model("m" * 20, 10)
     with pytest.raises(SystemExit) as err:
-        load_settings(cls)
+        load_settings(default_model.cls)
     assert _exit_message(err) == (
-        f"invalid setting {variable}: a model name is at most 10 characters ({setting}); it has 20"
+        f"invalid setting {default_model.variable}: a model name is at most 10 characters "
+        f"({default_model.setting}); it has 20"
     )
 
 
-@pytest.mark.parametrize(
-    ("cls", "variables", "variable", "setting"),
-    DEFAULT_MODEL_SETTINGS,
-    ids=["gateway", "retrieval-rerank", "generation-model", "generation-models"],
-)
 def test_a_default_model_within_a_raised_max_model_chars_is_accepted(
-    cls: type[CommonSettings],
-    variables: dict[str, str],
-    variable: str,
-    setting: str,
-    monkeypatch: pytest.MonkeyPatch,
+    default_model: DefaultModel,
 ) -> None:
     # 300 characters with the bound raised to 512: refused at start ("at most 256") whatever
     # MAX_MODEL_CHARS said, though every request could name it.
-    if cls is GenerationSettings:
-        _generation_env(monkeypatch)
-    monkeypatch.setenv(setting, "512")
-    _model_env(monkeypatch, variables, "m" * 300)
-    settings = load_settings(cls)
+    default_model.model("m" * 300, 512)
+    settings = load_settings(default_model.cls)
     if isinstance(settings, GatewaySettings):
         assert settings.default_model == "m" * 300
     elif isinstance(settings, RetrievalSettings):
