@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections import Counter
+from collections.abc import Awaitable, Callable
 
 import pytest
 from gensearch.memory.v1 import memory_service_pb2 as pb
@@ -45,14 +46,44 @@ async def _history(store: MemoryStore, cid: str) -> tuple[int, list[str]]:
     return record.interaction_count, [pb.Interaction.FromString(d).input for d in page.items]
 
 
-async def _runs_of(target: Target, store: MemoryStore, reads: int, cid: str) -> Counter[str]:
-    """The script runs of ``reads`` history reads, by script, every key declared."""
+async def _runs_while(
+    target: Target, store: MemoryStore, calls: Callable[[], Awaitable[None]]
+) -> Counter[str]:
+    """The history reads' script runs while ``calls`` runs, by script, every key
+    declared."""
     async with ScriptKeys(*script_server(target, store.tag(OWNER))) as watch:
-        for _ in range(reads):
-            await _history(store, cid)
+        await calls()
         runs = await watch.runs()
         assert not await watch.undeclared(runs)
     return Counter(_NAMES[r.sha] for r in runs if r.sha in _NAMES)
+
+
+async def _runs_of(target: Target, store: MemoryStore, reads: int, cid: str) -> Counter[str]:
+    """The script runs of ``reads`` history reads, by script, every key declared."""
+
+    async def read() -> None:
+        for _ in range(reads):
+            await _history(store, cid)
+
+    return await _runs_while(target, store, read)
+
+
+async def _runs_of_reads_between_writes(
+    target: Target, store: MemoryStore, cid: str, name: str, turns: range
+) -> Counter[str]:
+    """The script runs of a history read before each write of this replica's turn ``n``
+    of ``turns`` (input ``name`` and its number, as those before it): each read finds
+    the conversation's ``n`` turns, newest first."""
+
+    async def read_and_write() -> None:
+        for n in turns:
+            count, inputs = await _history(store, cid)
+            assert count == n
+            assert inputs == [f"{name}{k}" for k in reversed(range(n))][:PAGE]
+            turn = pb.Interaction(input=f"{name}{n}")
+            await store.create_interaction(OWNER, cid, turn, f"{name}{n}")
+
+    return await _runs_while(target, store, read_and_write)
 
 
 async def test_an_ask_turn_reads_its_history_in_one_run_each(
@@ -66,16 +97,10 @@ async def test_an_ask_turn_reads_its_history_in_one_run_each(
     made = await store.create_interaction(
         OWNER, "", pb.Interaction(input="q0"), "r0", new=NewConversation("a", Retention())
     )
-    cid = made.conversation_id
-    async with ScriptKeys(*script_server(target, store.tag(OWNER))) as watch:
-        for n in range(1, 5):
-            count, inputs = await _history(store, cid)
-            assert count == n
-            assert inputs == [f"q{k}" for k in reversed(range(n))]
-            await store.create_interaction(OWNER, cid, pb.Interaction(input=f"q{n}"), f"r{n}")
-        runs = await watch.runs()
-        assert not await watch.undeclared(runs)
-    assert Counter(_NAMES[r.sha] for r in runs if r.sha in _NAMES) == {
+    runs = await _runs_of_reads_between_writes(
+        target, store, made.conversation_id, "q", range(1, 5)
+    )
+    assert runs == {
         "get_conversation": 4,
         "list_interactions": 4,
     }
@@ -122,15 +147,7 @@ async def test_a_long_conversations_window_is_named_one_call_ahead(
     cid, _ = await conversation_with_turns(memory.stub, "w", 9, ALICE)
     store = await _store(memory, gone_check_turns=4)
     await _history(store, cid)
-    async with ScriptKeys(*script_server(target, store.tag(OWNER))) as watch:
-        for n in range(9, 13):
-            count, inputs = await _history(store, cid)
-            assert count == n
-            assert inputs == [f"w{k}" for k in reversed(range(n))][:PAGE]
-            await store.create_interaction(OWNER, cid, pb.Interaction(input=f"w{n}"), f"w{n}")
-        runs = await watch.runs()
-        assert not await watch.undeclared(runs)
-    assert Counter(_NAMES[r.sha] for r in runs if r.sha in _NAMES) == {
+    assert await _runs_of_reads_between_writes(target, store, cid, "w", range(9, 13)) == {
         "get_conversation": 4,
         "list_interactions": 4,
     }
