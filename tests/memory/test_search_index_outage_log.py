@@ -21,7 +21,7 @@ from services.common.redis_client import connect
 from services.devlaunch.processes import free_port
 from services.devlaunch.redis_server import RedisProcess
 from services.memory.indexer import Indexer
-from services.memory.search_index import make_index
+from services.memory.search_index import InteractionIndex, make_index
 from services.memory.store import MemoryStore, Owner
 from tests.support.redis_cluster import LocalCluster
 
@@ -29,21 +29,28 @@ ALICE = Owner(DEFAULT_TENANT, "alice")
 TURNS = 4
 
 
-async def test_an_unreachable_index_is_one_warning_not_one_per_turn(
-    redis_server: RedisProcess, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    redis = connect(redis_server.url, cluster=False, socket_timeout=5, connect_timeout=2)
-    store = MemoryStore(redis, key_prefix=f"outage-{uuid.uuid4().hex[:8]}")
+def _keyword_index(data_dir: Path, *, qdrant_url: str) -> InteractionIndex:
+    """Memory's search index as its settings make it, keyword mode (no model): on the
+    Qdrant server at ``qdrant_url``, or the embedded engine in ``data_dir`` for ""."""
     index = make_index(
         mode="keyword",
-        data_dir=tmp_path,
-        qdrant_url=f"http://127.0.0.1:{free_port()}",
+        data_dir=data_dir,
+        qdrant_url=qdrant_url,
         qdrant_api_key="",
         collection="outage",
         model_path="",
         embed_threads=1,
     )
     assert index is not None
+    return index
+
+
+async def test_an_unreachable_index_is_one_warning_not_one_per_turn(
+    redis_server: RedisProcess, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    redis = connect(redis_server.url, cluster=False, socket_timeout=5, connect_timeout=2)
+    store = MemoryStore(redis, key_prefix=f"outage-{uuid.uuid4().hex[:8]}")
+    index = _keyword_index(tmp_path, qdrant_url=f"http://127.0.0.1:{free_port()}")
     indexer = Indexer(store, index, retry_seconds=0.0)
     caplog.set_level(logging.INFO)
     try:
@@ -86,16 +93,7 @@ async def test_a_redis_outage_is_not_a_warning_per_outbox_retry(
     Now at most one every 30 s, as the store's own."""
     server = RedisProcess(tmp_path / "redis")  # never started: nothing on its port
     store = MemoryStore(connect(server.url, cluster=False, socket_timeout=1, connect_timeout=1))
-    index = make_index(
-        mode="keyword",
-        data_dir=tmp_path,
-        qdrant_url="",
-        qdrant_api_key="",
-        collection="outage",
-        model_path="",
-        embed_threads=1,
-    )
-    assert index is not None
+    index = _keyword_index(tmp_path, qdrant_url="")
     indexer = Indexer(store, index, retry_seconds=0.01)
     caplog.set_level(logging.INFO)
     before = _memory_redis_errors()
