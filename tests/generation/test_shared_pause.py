@@ -24,7 +24,7 @@ from services.generation.upstream import UpstreamFault
 from tests.generation.conftest import Service, StartService, fake_provider, user
 from tests.support.fake_openai import Behaviour, FakeOpenAI
 from tests.support.redis_cluster import LocalCluster
-from tests.support.redis_outages import two_outages
+from tests.support.redis_outages import two_outages_log
 
 PAUSE = 2  # seconds of Retry-After
 # Declared limits far above what the tests send: only the pause holds calls back.
@@ -193,11 +193,15 @@ async def test_a_redis_outage_is_one_line_its_end_another(
 
     try:
         await admitted("first")
-        async for _outage in two_outages(redis_server, admitted):
-            lines = [r.getMessage() for r in caplog.records if r.name == LIMITS_LOGGER]
-            assert lines == [
+        await two_outages_log(
+            redis_server,
+            admitted,
+            caplog,
+            LIMITS_LOGGER,
+            [
                 "provider limits counted in this process only, Redis failed: ConnectionError",
                 "provider limits counted in Redis again",
-            ], lines  # the second outage, within 30 s of the first warning: nothing more
+            ],
+        )
     finally:
         await redis.aclose()
