@@ -84,6 +84,22 @@ async def docs(retrieval: Retrieval) -> Retrieval:
     return retrieval
 
 
+@pytest.fixture
+async def numbered(retrieval: Retrieval) -> Retrieval:
+    """A chunked collection "Numbered" whose documents are ints (no objects)."""
+    await retrieval.stub.CreateCollection(
+        pb.CreateCollectionRequest(
+            collection=pb.Collection(
+                name="Numbered",
+                properties=props(("doc", pb.DATA_TYPE_INT), ("pos", pb.DATA_TYPE_INT)),
+                vectorizer=pb.Vectorizer(kind=pb.VECTORIZER_KIND_NONE, dimensions=2),
+                chunking=pb.Chunking(document_property="doc", order_property="pos"),
+            )
+        )
+    )
+    return retrieval
+
+
 async def test_ranges_come_back_in_document_order(docs: Retrieval) -> None:
     response = await docs.stub.GetChunks(
         pb.GetChunksRequest(
@@ -191,20 +207,10 @@ async def test_bounds_past_exact_integers_are_out_of_range(
     assert len(response.ranges[0].chunks) == 5
 
 
-async def test_an_int_document_past_int64_names_its_range(retrieval: Retrieval) -> None:
+async def test_an_int_document_past_int64_names_its_range(numbered: Retrieval) -> None:
     """-2^63 is a double no int property holds: it named
     filter.all_of.filters[0].condition.value, a field the request never had."""
-    stub = retrieval.stub
-    await stub.CreateCollection(
-        pb.CreateCollectionRequest(
-            collection=pb.Collection(
-                name="Numbered",
-                properties=props(("doc", pb.DATA_TYPE_INT), ("pos", pb.DATA_TYPE_INT)),
-                vectorizer=pb.Vectorizer(kind=pb.VECTORIZER_KIND_NONE, dimensions=2),
-                chunking=pb.Chunking(document_property="doc", order_property="pos"),
-            )
-        )
-    )
+    stub = numbered.stub
     # Past 2^53 the double may not be the document meant (2^53 + 1 arrives as 2^53).
     for value in (-(2.0**63), 2.0**63, 2.0**53 + 2, 2.0**53, -(2.0**60)):
         ranges = [
@@ -316,21 +322,11 @@ async def test_a_repeated_range_is_refused_naming_the_range_it_repeats(docs: Ret
     assert [len(r.chunks) for r in response.ranges] == [3, 5, 4]
 
 
-async def test_a_range_repeated_in_other_bytes_is_refused_too(retrieval: Retrieval) -> None:
+async def test_a_range_repeated_in_other_bytes_is_refused_too(numbered: Retrieval) -> None:
     """The repeat check compared each range's serialized bytes: the same range spelled in
     other bytes (an int document as -0.0 and 0.0, or with a field this service does not
     know, kept as an unknown field) passed, and was read again."""
-    stub = retrieval.stub
-    await stub.CreateCollection(
-        pb.CreateCollectionRequest(
-            collection=pb.Collection(
-                name="Numbered",
-                properties=props(("doc", pb.DATA_TYPE_INT), ("pos", pb.DATA_TYPE_INT)),
-                vectorizer=pb.Vectorizer(kind=pb.VECTORIZER_KIND_NONE, dimensions=2),
-                chunking=pb.Chunking(document_property="doc", order_property="pos"),
-            )
-        )
-    )
+    stub = numbered.stub
     zero = pb.ChunkRange(document=struct_pb2.Value(number_value=0.0), last=3)
     minus_zero = pb.ChunkRange(document=struct_pb2.Value(number_value=-0.0), last=3)
     # Field 15 (varint 1): unknown to ChunkRange, kept and sent on as it came.
