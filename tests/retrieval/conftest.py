@@ -133,16 +133,18 @@ def vector_collection(name: str, dims: int = 4, **kw: Any) -> pb.Collection:
     )
 
 
-def remote_collection(base_url: str, key_env: str) -> pb.Collection:
-    """The collection "Remote", its texts embedded (16 dimensions) by the OpenAI-compatible
-    endpoint at ``base_url`` with the key in the variable ``key_env``."""
+def remote_collection(
+    base_url: str, key_env: str, *, name: str = "Remote", model: str = "text-embedding-3-small"
+) -> pb.Collection:
+    """The collection ``name``, its titles embedded (16 dimensions) by ``model`` of the
+    OpenAI-compatible endpoint at ``base_url`` with the key in the variable ``key_env``."""
     return pb.Collection(
-        name="Remote",
+        name=name,
         properties=ARTICLE_PROPS,
         vectorizer=pb.Vectorizer(
             kind=pb.VECTORIZER_KIND_OPENAI_COMPATIBLE,
             base_url=base_url,
-            model="text-embedding-3-small",
+            model=model,
             api_key_env=key_env,
             dimensions=16,
             source_properties=["title"],

@@ -15,11 +15,11 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 from pydantic import SecretStr
 
 from tests.retrieval.conftest import (
-    ARTICLE_PROPS,
     MakeRetrieval,
     Retrieval,
     expect_error,
     obj,
+    remote_collection,
     vector_collection,
 )
 from tests.support.fake_openai import Behaviour, FakeOpenAI
@@ -43,21 +43,6 @@ def as_(user: str, tenant: str) -> Metadata:
 
 ACME = as_("alice", "acme")
 GLOBEX = as_("bob", "globex")
-
-
-def embedded(name: str, base_url: str, model: str) -> pb.Collection:
-    return pb.Collection(
-        name=name,
-        properties=ARTICLE_PROPS,
-        vectorizer=pb.Vectorizer(
-            kind=pb.VECTORIZER_KIND_OPENAI_COMPATIBLE,
-            base_url=base_url,
-            model=model,
-            api_key_env=KEY_ENV,
-            dimensions=16,
-            source_properties=["title"],
-        ),
-    )
 
 
 @pytest.fixture
@@ -92,11 +77,15 @@ async def flooded(
         upstream_max_in_flight_per_tenant=2,
     )
     await r.stub.CreateCollection(
-        pb.CreateCollectionRequest(collection=embedded("Flood", fake.base_url, FLOOD_MODEL)),
+        pb.CreateCollectionRequest(
+            collection=remote_collection(fake.base_url, KEY_ENV, name="Flood", model=FLOOD_MODEL)
+        ),
         metadata=ACME,
     )
     await r.stub.CreateCollection(
-        pb.CreateCollectionRequest(collection=embedded("Docs", fake.base_url, "embed-1")),
+        pb.CreateCollectionRequest(
+            collection=remote_collection(fake.base_url, KEY_ENV, name="Docs", model="embed-1")
+        ),
         metadata=GLOBEX,
     )
     done = await r.stub.UpsertObjects(
