@@ -20,6 +20,7 @@ from pydantic import SecretStr
 from services.devlaunch.redis_server import RedisProcess
 from tests.generation.conftest import Service, StartService, fake_provider, user
 from tests.support.fake_openai import Behaviour, FakeOpenAI
+from tests.support.forwarded import forwarded
 from tests.support.rpc import error_info
 
 TOKEN = "generation-fair-share-internal-token"
@@ -36,13 +37,7 @@ FLOOD = 30  # about ten seconds of the provider's allowance
 
 
 def as_(user_name: str, tenant: str) -> tuple[tuple[str, str], ...]:
-    # What the gateway sends for the caller it authenticated (services/common/auth.py).
-    return (
-        ("x-gensearch-internal-token", TOKEN),
-        ("x-gensearch-user", user_name),
-        ("x-gensearch-tenant", tenant),
-        ("x-gensearch-role", "reader"),
-    )
+    return forwarded(TOKEN, user_name, tenant, "reader")
 
 
 ALICE = as_("alice", "acme")

@@ -21,6 +21,7 @@ from services.retrieval.edge_store import EdgeStore
 from services.retrieval.filters import Match
 from tests.memory.conftest import INTERNAL_TOKEN, Memory, MemoryFactory
 from tests.memory.helpers import expect_error, rpc_error
+from tests.support.forwarded import forwarded
 from tests.support.rpc import error_info
 
 Metadata = tuple[tuple[str, str], ...]
@@ -28,12 +29,7 @@ WAIT_SECONDS = 60.0
 
 
 def as_(user: str, tenant: str = "default") -> Metadata:
-    return (
-        ("x-gensearch-internal-token", INTERNAL_TOKEN),
-        ("x-gensearch-user", user),
-        ("x-gensearch-tenant", tenant),
-        ("x-gensearch-role", "writer"),
-    )
+    return forwarded(INTERNAL_TOKEN, user, tenant, "writer")
 
 
 ALICE = as_("alice")

@@ -10,20 +10,14 @@ from gensearch.memory.v1 import memory_service_pb2 as pb
 
 from tests.memory.conftest import ALICE, BOB, INTERNAL_TOKEN, Memory
 from tests.memory.helpers import expect_error
+from tests.support.forwarded import forwarded
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 Metadata = tuple[tuple[str, str], ...]
 
 
 def as_(user: str, tenant: str) -> Metadata:
-    # The headers the gateway sends (services/common/auth.py, forwarded_identity), spelled
-    # out so this file runs on code from before tenants too (and fails there).
-    return (
-        ("x-gensearch-internal-token", INTERNAL_TOKEN),
-        ("x-gensearch-user", user),
-        ("x-gensearch-tenant", tenant),
-        ("x-gensearch-role", "reader"),
-    )
+    return forwarded(INTERNAL_TOKEN, user, tenant, "reader")
 
 
 async def first_page_token(memory: Memory, who: Metadata) -> str:

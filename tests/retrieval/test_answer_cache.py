@@ -20,6 +20,7 @@ from services.retrieval.embedders import LocalEmbedder
 from services.retrieval.schema import Schema
 from services.retrieval.store import PROPS, StoredPoint
 from tests.retrieval.conftest import MakeRetrieval, Retrieval, vector_collection
+from tests.support.forwarded import forwarded
 from tests.support.rpc import error_info
 
 TOKEN = "answer-cache-internal-token"
@@ -27,12 +28,7 @@ ADAPTERS = ("edge", "server")
 
 
 def as_(user: str, tenant: str, role: str = "admin") -> tuple[tuple[str, str], ...]:
-    return (
-        ("x-gensearch-internal-token", TOKEN),
-        ("x-gensearch-user", user),
-        ("x-gensearch-tenant", tenant),
-        ("x-gensearch-role", role),
-    )
+    return forwarded(TOKEN, user, tenant, role)
 
 
 ACME, GLOBEX = as_("alice", "acme"), as_("bob", "globex")

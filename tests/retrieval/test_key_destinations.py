@@ -26,6 +26,7 @@ from tests.retrieval.conftest import (
     vector_collection,
 )
 from tests.support.fake_openai import FakeOpenAI
+from tests.support.forwarded import forwarded
 from tests.support.rpc import error_info
 
 TOKEN = "retrieval-key-destinations-token"
@@ -34,12 +35,7 @@ Metadata = tuple[tuple[str, str], ...]
 
 
 def as_(user: str, role: str) -> Metadata:
-    return (
-        ("x-gensearch-internal-token", TOKEN),
-        ("x-gensearch-user", user),
-        ("x-gensearch-tenant", "acme"),
-        ("x-gensearch-role", role),
-    )
+    return forwarded(TOKEN, user, "acme", role)
 
 
 ADMIN = as_("mallory", "admin")

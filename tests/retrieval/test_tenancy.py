@@ -14,6 +14,7 @@ from pydantic import SecretStr
 
 from services.common.well_known import duration
 from tests.retrieval.conftest import MakeRetrieval, Retrieval, expect_error, obj, vector_collection
+from tests.support.forwarded import forwarded
 from tests.support.rpc import error_info
 
 TOKEN = "retrieval-tenancy-internal-token"
@@ -22,14 +23,7 @@ Metadata = tuple[tuple[str, str], ...]
 
 
 def as_(user: str, tenant: str, role: str = "admin") -> Metadata:
-    # The headers the gateway sends (services/common/auth.py, forwarded_identity), spelled
-    # out so this file runs on code from before tenants too (and fails there).
-    return (
-        ("x-gensearch-internal-token", TOKEN),
-        ("x-gensearch-user", user),
-        ("x-gensearch-tenant", tenant),
-        ("x-gensearch-role", role),
-    )
+    return forwarded(TOKEN, user, tenant, role)
 
 
 ACME = as_("alice", "acme")

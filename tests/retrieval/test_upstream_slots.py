@@ -23,6 +23,7 @@ from tests.retrieval.conftest import (
     vector_collection,
 )
 from tests.support.fake_openai import Behaviour, FakeOpenAI
+from tests.support.forwarded import forwarded
 from tests.support.rpc import error_info
 
 TOKEN = "retrieval-upstream-slots-token"
@@ -33,12 +34,7 @@ WAIT_SECONDS = 30.0
 
 
 def as_(user: str, tenant: str) -> Metadata:
-    return (
-        ("x-gensearch-internal-token", TOKEN),
-        ("x-gensearch-user", user),
-        ("x-gensearch-tenant", tenant),
-        ("x-gensearch-role", "admin"),
-    )
+    return forwarded(TOKEN, user, tenant, "admin")
 
 
 ACME = as_("alice", "acme")
