@@ -24,7 +24,7 @@ from gensearch.memory.v1 import memory_service_pb2 as pb
 from services.common.redis_client import connect
 from services.devlaunch.redis_server import RedisProcess
 from services.memory.store import RUN_ATTEMPTS, SAMPLE_RUNS, MemoryStore, Owner, lua_source
-from tests.support.redis_relay import RedisRelay
+from tests.support.redis_relay import relaying
 
 ALICE = Owner("acme", "alice")
 
@@ -61,8 +61,8 @@ async def test_a_read_meeting_a_new_turn_before_each_run_answers(
     try:
         cid = (await writer.create_conversation(ALICE, "raced")).conversation_id
         await writer.create_interaction(ALICE, cid, pb.Interaction(input="first"), "")
-        async with RedisRelay(redis_server.url, write_a_turn) as relay:
-            relayed = connect(relay.url, cluster=False, socket_timeout=5, connect_timeout=2)
+        async with relaying(redis_server.url, write_a_turn) as url:
+            relayed = connect(url, cluster=False, socket_timeout=5, connect_timeout=2)
             reader = MemoryStore(relayed, key_prefix="raced")
             try:
                 await reader.load_scripts()  # (a NOSCRIPT retry is no run of the read's)

@@ -5,15 +5,15 @@ between two round trips of one call every time, where a race would only sometime
 there. The bytes go through as they are; only a standalone server (a cluster's clients
 learn its nodes' own addresses, past the relay).
 
-    async with RedisRelay(server.url, before) as relay:
-        client = connect(relay.url, cluster=False)
+    async with relaying(server.url, before) as url:
+        client = connect(url, cluster=False)
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from types import TracebackType
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from urllib.parse import urlsplit
 
 Step = Callable[[list[bytes]], Awaitable[None]]
@@ -36,37 +36,16 @@ async def _command(reader: asyncio.StreamReader) -> tuple[bytes, list[bytes]]:
 
 
 class RedisRelay:
+    """Serves each client connection (``serve``) with one of its own to ``upstream_url``."""
+
     def __init__(self, upstream_url: str, before: Step) -> None:
         url = urlsplit(upstream_url)
         assert url.hostname is not None and url.port is not None, upstream_url
         self._upstream = (url.hostname, url.port)
         self._before = before
-        self._server: asyncio.Server | None = None
         self._pipes: set[asyncio.Task[None]] = set()
 
-    @property
-    def url(self) -> str:
-        assert self._server is not None
-        return f"redis://127.0.0.1:{self._server.sockets[0].getsockname()[1]}/0"
-
-    async def __aenter__(self) -> RedisRelay:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        assert self._server is not None
-        self._server.close()
-        for pipe in list(self._pipes):
-            pipe.cancel()
-        await asyncio.gather(*self._pipes, return_exceptions=True)
-        await self._server.wait_closed()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection(*self._upstream)
 
         async def to_redis() -> None:
@@ -95,3 +74,23 @@ class RedisRelay:
                 self._pipes.discard(pipe)
             writer.close()
             up_writer.close()
+
+    async def cancel(self) -> None:
+        """Ends every connection still open."""
+        for pipe in list(self._pipes):
+            pipe.cancel()
+        await asyncio.gather(*self._pipes, return_exceptions=True)
+
+
+@contextlib.asynccontextmanager
+async def relaying(upstream_url: str, before: Step) -> AsyncIterator[str]:
+    """A RedisRelay to ``upstream_url`` served on a loopback port for the block; yields
+    its URL."""
+    relay = RedisRelay(upstream_url, before)
+    server = await asyncio.start_server(relay.serve, "127.0.0.1", 0)
+    try:
+        yield f"redis://127.0.0.1:{server.sockets[0].getsockname()[1]}/0"
+    finally:
+        server.close()
+        await relay.cancel()
+        await server.wait_closed()
