@@ -73,7 +73,9 @@ async def sweeping(target: Target, tmp_path: Path) -> AsyncIterator[StartSweepin
             target.url, cluster=target.cluster is not None, socket_timeout=5, connect_timeout=2
         )
         store = MemoryStore(redis, key_prefix=f"{name}-{uuid.uuid4().hex[:8]}")
-        index = InteractionIndex(vectors or EdgeStore(tmp_path / "index"), None, name)
+        if vectors is None:
+            vectors = EdgeStore(tmp_path / "index")
+        index = InteractionIndex(vectors, None, name)
         started.append(
             Sweeping(redis, store, index, Indexer(store, index, retry_seconds=60.0, **options))
         )
