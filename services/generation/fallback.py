@@ -1,8 +1,11 @@
 """Fallback chains: a request's (provider, model) pairs tried in order.
 
-The provider adapter already retried within its own pair (429 with Retry-After, 5xx,
-dropped connections); what it still raises decides here whether the next pair is worth
-trying:
+A pair with a next one after it is not retried on what that next pair takes over: a 5xx,
+a failed (refused, reset) connection, a timeout or a malformed answer ends it at once
+(``next_pair``, the provider adapter's ``_next_pair_takes``), as issue 13 asks. A 429 is
+still retried on its own pair while the pair's time share allows. The last pair (and a
+call with no chain) keeps every retry (429 with Retry-After, 5xx, dropped connections).
+What a pair still raises decides here whether the next pair is worth trying:
 
 * falls back: the upstream is unavailable (5xx, connection failures, malformed answers),
   timed out, or kept rate limiting until retries were exhausted — UNAVAILABLE,
@@ -112,7 +115,7 @@ async def complete(
         last = position == len(chain) - 1
         try:
             done = await target.provider.complete(
-                target.request, _deadline_for(deadline, share, last)
+                target.request, _deadline_for(deadline, share, last), next_pair=not last
             )
         except ServiceError as err:
             calls.failed(err)
@@ -136,7 +139,9 @@ async def stream(
         sent = False
         try:
             async with contextlib.aclosing(
-                target.provider.stream(target.request, _deadline_for(deadline, share, last))
+                target.provider.stream(
+                    target.request, _deadline_for(deadline, share, last), next_pair=not last
+                )
             ) as chunks:
                 async for chunk in chunks:
                     sent = sent or bool(chunk.delta)

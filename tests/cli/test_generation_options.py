@@ -26,10 +26,6 @@ SCHEMA = {
 }
 
 
-# The generation service's attempts per (provider, model) (retry_max_attempts).
-RETRIES = 4
-
-
 def fake_model() -> str:
     """The local provider's one model (the stack refuses any other)."""
     return GenerationSettings().provider_configs()["local"].default_model
@@ -82,10 +78,11 @@ def test_search_cache_use_then_cached(cli: Any, novels: str, fake: Any) -> None:
 
 
 def test_search_fallback_names_who_answered(cli: Any, novels: str, fake: Any) -> None:
-    # The primary (the stack's one model) fails every retry; the fallback pair (the ollama
-    # preset, pointed at the same fake) answers.
+    # The primary (the stack's one model) fails once, and is not retried: with a next pair
+    # a 5xx moves on at once, and the fallback pair (the ollama preset, pointed at the same
+    # fake) answers. (One 5xx queued per call: a leftover would fail later tests' calls.)
     model = fake_model()
-    fake.enqueue_for_model(model, *[Behaviour.error(503)] * RETRIES)
+    fake.enqueue_for_model(model, Behaviour.error(503))
     result = cli(
         "search", "-c", novels, "--keyword", "desert", "--limit", "1",
         "--single-prompt", "About {title}", "--fallback", FALLBACK,
@@ -93,7 +90,7 @@ def test_search_fallback_names_who_answered(cli: Any, novels: str, fake: Any) ->
     assert result.code == 0, result.err
     assert f"answered by {FALLBACK} (fallback 1)" in result.out
 
-    fake.enqueue_for_model(model, *[Behaviour.error(500)] * RETRIES)
+    fake.enqueue_for_model(model, Behaviour.error(500))
     grouped = cli(
         "search", "-c", novels, "--keyword", "desert", "--limit", "1", "--json",
         "--grouped-task", "Sum up", "--fallback", FALLBACK,
@@ -184,7 +181,7 @@ def test_a_directory_as_response_format(cli: Any, novels: str, tmp_path: Path) -
 def test_ask_fallback(cli: Any, novels: str, fake: Any) -> None:
     model = fake_model()
     fake.reply = "Dune is about a desert planet [1]."
-    fake.enqueue_for_model(model, *[Behaviour.error(503)] * RETRIES)
+    fake.enqueue_for_model(model, Behaviour.error(503))
     answer = cli(
         "ask", "-c", novels, "What is Dune about?", "--no-memory", "--json",
         "--fallback", FALLBACK,

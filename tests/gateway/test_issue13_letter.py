@@ -1,16 +1,19 @@
 """Issue 13 to the letter, on what the other tests leave out: a 429 the time allows is
 retried on its own pair even with a fallback chain (never failed over early), on every
 generating RPC, per hit and grouped, streamed too, and one asking past the pair's share
-moves on; a collection deleted through one gateway is gone from both caches for another;
-the semantic threshold's precedence (request, collection, operator); inline objects'
-cached answers per tenant and per object; the request's cache mode and TTL over the
-collection's. Real gRPC through the gateway, loopback fake provider, real Redis."""
+moves on; a 5xx or a timeout moves to the next pair at once, unretried (and without a
+chain a 5xx is still retried); a collection deleted through one gateway is gone from
+both caches for another; the semantic threshold's precedence (request, collection,
+operator); inline objects' cached answers per tenant and per object; the request's cache
+mode and TTL over the collection's. Real gRPC through the gateway, loopback fake
+provider, real Redis."""
 
 from __future__ import annotations
 
 import uuid
 from typing import Any
 
+import pytest
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from google.protobuf import duration_pb2
@@ -25,10 +28,11 @@ from tests.gateway.conftest import (
     StackFactory,
     books_search,
     create_books,
+    fake_provider,
     vector,
 )
 from tests.gateway.test_issue13_contract import BACKUP, _all_results, _requests, _struct
-from tests.support.fake_openai import Behaviour
+from tests.support.fake_openai import Behaviour, FakeOpenAI
 
 
 async def test_a_429_the_deadline_can_wait_for_is_retried_not_failed_over(stack: Stack) -> None:
@@ -66,6 +70,72 @@ async def test_a_429_the_deadline_can_wait_for_is_retried_not_failed_over(stack:
             assert sum(r.attempts - 1 for r in results) == refusals, rpc
             models = [r.json["model"] for r in stack.fake.chat_requests]
             assert models == ["primary"] * (len(results) + refusals), (rpc, models)
+
+
+# -- §2: "a hit ... that gets a 5xx or a timeout moves to the next", at once -----------------
+@pytest.mark.parametrize("fault", ["500", "timeout"])
+async def test_a_5xx_or_a_timeout_moves_to_the_next_pair_without_a_retry(
+    stack_factory: StackFactory, fake: FakeOpenAI, fault: str
+) -> None:
+    # Retries allowed (the stacks' default is one attempt): the primary is not retried
+    # because a next pair exists, not because retries are off.
+    stack = await stack_factory(
+        provider=fake_provider(fake, first_byte_timeout=0.5),
+        generation_settings={"retry_max_attempts": 4, "retry_max_backoff": 0.05},
+    )
+    ids = await create_books(stack, books=WITH_BODY)
+    for rpc, request in _requests(
+        ids,
+        single_prompt="T {title}",
+        grouped_task="G",
+        model="primary",
+        fallback=BACKUP,
+        stream_tokens=True,
+        timeout=duration_pb2.Duration(seconds=20),
+    ):
+        fake.reset_stats()
+        calls = len(ids) + 1
+        # One fault per call: a retry on the primary would be answered by it.
+        once = Behaviour.hang(30) if fault == "timeout" else Behaviour.error(500)
+        fake.enqueue_for_model("primary", *[once] * calls)
+        results = await _all_results(stack, rpc, request)
+        assert len(results) == calls, rpc
+        for result in results:
+            assert result.result and not result.HasField("error"), (rpc, result)
+            assert (result.provider, result.model, result.fallback_index) == (
+                "fake",
+                "backup",
+                1,
+            ), (rpc, result)
+            # The backup's own attempt; the primary's one is among upstream_calls.
+            assert (result.attempts, result.upstream_calls) == (1, 2), (rpc, result)
+        models = [r.json["model"] for r in fake.chat_requests]
+        assert sorted(models) == ["backup"] * calls + ["primary"] * calls, (rpc, models)
+
+
+async def test_without_a_chain_a_5xx_is_retried_on_the_same_pair(
+    stack_factory: StackFactory, fake: FakeOpenAI
+) -> None:
+    stack = await stack_factory(
+        generation_settings={"retry_max_attempts": 4, "retry_max_backoff": 0.05}
+    )
+    ids = await create_books(stack, books=WITH_BODY)
+    for rpc, request in _requests(
+        ids, single_prompt="T {title}", grouped_task="G", model="primary", stream_tokens=True
+    ):
+        fake.reset_stats()
+        calls = len(ids) + 1
+        fake.enqueue_for_model("primary", *[Behaviour.error(500)] * calls)
+        results = await _all_results(stack, rpc, request)
+        assert len(results) == calls, rpc
+        for result in results:
+            assert result.result and not result.HasField("error"), (rpc, result)
+            assert (result.model, result.fallback_index) == ("primary", 0), (rpc, result)
+            assert result.attempts == result.upstream_calls >= 1, (rpc, result)
+        # Every 500 was retried on the primary: one more call per 500.
+        assert sum(r.attempts - 1 for r in results) == calls, rpc
+        models = [r.json["model"] for r in fake.chat_requests]
+        assert models == ["primary"] * (2 * calls), (rpc, models)
 
 
 # -- §4: a collection deleted through one gateway is gone from both caches for another ------

@@ -134,7 +134,11 @@ async def test_a_fallback_and_a_corrective_retry_are_charged_then_the_tenant_is_
 ) -> None:
     m = await metered_factory(limit=3)
     m.stack.fake.by_model["primary"] = Behaviour.error(503)
-    m.fake2.enqueue(Behaviour.ok(text='{"title": 7}'), Behaviour.ok(text='{"title": "Dune"}'))
+    m.fake2.enqueue(
+        Behaviour.error(502),
+        Behaviour.ok(text='{"title": 7}'),
+        Behaviour.ok(text='{"title": "Dune"}'),
+    )
     response = await m.stack.stub.GenerativeSearch(
         gw_pb.GenerativeSearchRequest(
             collection="Books",
@@ -153,8 +157,9 @@ async def test_a_fallback_and_a_corrective_retry_are_charged_then_the_tenant_is_
     hit = response.hits[0].generation
     assert json_format.MessageToDict(hit.structured) == {"title": "Dune"}
     assert (hit.provider, hit.fallback_index) == ("backup", 1)
-    # The primary twice (a 5xx, retried), the backup's invalid answer and its correction:
-    # one LLM call admitted, four made, four counted, past the limit of 3.
+    # The primary once (a 5xx with a next pair moves on at once), the backup's 502 (the
+    # last pair: retried), its invalid answer and its correction: one LLM call admitted,
+    # four made, four counted, past the limit of 3.
     assert m.received() == 4
     assert await m.counted() == m.received()
     # At its limit the tenant's next LLM call is refused before it is made.
@@ -177,8 +182,9 @@ async def test_asks_fallback_calls_are_charged_unary_and_streamed(metered_factor
     m.stack.fake.by_model["primary"] = Behaviour.error(502)
     reply = await m.stack.stub.Ask(_ask(fallback=BACKUP), metadata=ALICE, timeout=20)
     assert (reply.provider, reply.fallback_index) == ("backup", 1)
-    assert m.received() == 3
-    assert await m.counted() == 3
+    # The primary once (not retried: a next pair exists), then the backup.
+    assert m.received() == 2
+    assert await m.counted() == 2
     events = [
         e
         async for e in m.stack.stub.StreamAsk(
@@ -188,7 +194,7 @@ async def test_asks_fallback_calls_are_charged_unary_and_streamed(metered_factor
         )
     ]
     assert events[-1].answer.fallback_index == 1
-    assert m.received() == 6
+    assert m.received() == 4
     assert await m.counted() == m.received()
 
 
@@ -199,7 +205,8 @@ async def test_the_calls_of_a_failed_answer_are_charged(metered_factory: Any) ->
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await m.stack.stub.Ask(_ask(fallback=BACKUP), metadata=ALICE, timeout=20)
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert m.received() == 4
+    # The primary once, the last pair twice (retried).
+    assert m.received() == 3
     assert await m.counted() == m.received()
 
 
@@ -262,12 +269,14 @@ async def test_generate_through_the_gateway_is_charged_like_its_own_calls(
     generation = gen_grpc.GenerationServiceStub(m.stack.channel)
     hello = [gen_pb.Message(role=gen_pb.ROLE_USER, content="hello")]
     m.stack.fake.by_model["primary"] = Behaviour.error(503)
+    m.fake2.enqueue(Behaviour.error(502))
     reply = await generation.Generate(
         gen_pb.GenerateRequest(messages=hello, model="primary", fallback=BACKUP),
         metadata=ALICE,
         timeout=20,
     )
-    # The primary twice (a 5xx, retried), then the backup: three calls, three counted.
+    # The primary once (a 5xx with a next pair moves on at once), the backup twice (its
+    # 502 retried, as the last pair's): three calls, three counted.
     assert (reply.provider, reply.upstream_calls) == ("backup", 3)
     assert m.received() == await m.counted() == 3
     m.stack.fake.by_model.clear()

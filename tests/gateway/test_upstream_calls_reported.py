@@ -59,7 +59,8 @@ def _backup_reply(body: dict[str, Any]) -> str:
 async def metered(
     stack_factory: StackFactory, fake2: FakeOpenAI, shared_redis: RedisProcess
 ) -> Metered:
-    """A stack whose "primary" model always answers 503 (two attempts per pair), with a
+    """A stack whose "primary" model always answers 503 (two attempts for the last pair of
+    a chain; one for the primary, which a next pair takes over at once), with a
     backup provider on ``fake2``, the exact cache and the LLM quota on a real Redis."""
     prefix = f"uc-{uuid.uuid4().hex[:8]}"
     stack = await stack_factory(
@@ -130,13 +131,13 @@ async def test_generative_search_reports_each_hits_calls_and_their_sum(metered: 
     sent = _requests(m)
     per_hit = {h.hit.properties["title"]: h.generation.upstream_calls for h in response.hits}
     assert per_hit == {t: _sent_for(sent, f"Title: {t}") for t in per_hit}
-    # The primary twice (a 5xx, retried), then the backup: its invalid answer and the
-    # correction for Dune, one answer for the others.
-    assert per_hit["Dune"] == 4 and per_hit["Emma"] == 3
+    # The primary once (a 5xx with a next pair: not retried), then the backup: its
+    # invalid answer and the correction for Dune, one answer for the others.
+    assert per_hit["Dune"] == 3 and per_hit["Emma"] == 2
     assert all(h.generation.fallback_index == 1 for h in response.hits)
     assert json_format.MessageToDict(response.hits[0].generation.structured) == {"title": "ok"}
-    assert response.grouped.upstream_calls == _sent_grouped(sent) == 3
-    assert response.upstream_calls == m.received() == len(sent) == 4 + 3 * 4 + 3
+    assert response.grouped.upstream_calls == _sent_grouped(sent) == 2
+    assert response.upstream_calls == m.received() == len(sent) == 3 + 2 * 4 + 2
     # What the tenant's quota counted is what the response says.
     assert await m.counted() == response.upstream_calls
 
@@ -157,10 +158,10 @@ async def test_the_stream_reports_them_on_each_result_and_on_done(metered: Meter
     assert per_hit == {
         h.properties["title"]: _sent_for(sent, f"Title: {h.properties['title']}") for h in hits
     }
-    assert per_hit["Dune"] == 4
+    assert per_hit["Dune"] == 3
     grouped = [e.grouped for e in events if e.WhichOneof("event") == "grouped"]
-    assert [g.upstream_calls for g in grouped] == [_sent_grouped(sent)] == [3]
-    assert events[-1].done.upstream_calls == m.received() == len(sent) == 19
+    assert [g.upstream_calls for g in grouped] == [_sent_grouped(sent)] == [2]
+    assert events[-1].done.upstream_calls == m.received() == len(sent) == 13
     assert await m.counted() == events[-1].done.upstream_calls
 
 
@@ -183,8 +184,8 @@ async def test_generate_on_objects_and_a_failed_hit(metered: Metered) -> None:
         metadata=ALICE,
         timeout=30,
     )
-    assert [h.generation.upstream_calls for h in response.hits] == [4, 3]
-    assert response.upstream_calls == m.received() == 7
+    assert [h.generation.upstream_calls for h in response.hits] == [3, 2]
+    assert response.upstream_calls == m.received() == 5
     before = m.received()
     streamed = gw_pb.StreamGenerateOnObjectsRequest(
         inline=inline(["Dune", "Emma"]), generate=_generate(grouped_task="")
@@ -197,10 +198,11 @@ async def test_generate_on_objects_and_a_failed_hit(metered: Metered) -> None:
         for e in events
         if e.WhichOneof("event") == "hit_result"
     }
-    assert calls == {0: 4, 1: 3}
-    assert events[-1].done.upstream_calls == m.received() - before == 7
+    assert calls == {0: 3, 1: 2}
+    assert events[-1].done.upstream_calls == m.received() - before == 5
 
-    # Both pairs fail: the hit's error says what was spent on it (2 + 2 attempts).
+    # Both pairs fail: the hit's error says what was spent on it (the primary's one
+    # attempt, the last pair's two).
     m.fake2.by_model["b-model"] = Behaviour.error(500)
     before = m.received()
     failed = await m.stack.stub.GenerateOnObjects(
@@ -210,8 +212,8 @@ async def test_generate_on_objects_and_a_failed_hit(metered: Metered) -> None:
     )
     generation = failed.hits[0].generation
     assert generation.HasField("error") and generation.error.status == "UNAVAILABLE"
-    assert generation.upstream_calls == m.received() - before == 4
-    assert failed.upstream_calls == 4
+    assert generation.upstream_calls == m.received() - before == 3
+    assert failed.upstream_calls == 3
     assert await m.counted() == m.received()
 
 
@@ -219,9 +221,9 @@ async def test_answers_from_the_generation_cache_say_0(metered: Metered) -> None
     m = metered
     use = gw_pb.GenerationCache(mode=gw_pb.CACHE_MODE_USE)
     first = await m.stack.stub.GenerativeSearch(_search(cache=use), metadata=ALICE, timeout=30)
-    assert first.upstream_calls == m.received() == 19
+    assert first.upstream_calls == m.received() == 13
     second = await m.stack.stub.GenerativeSearch(_search(cache=use), metadata=ALICE, timeout=30)
-    assert m.received() == 19  # no call at all
+    assert m.received() == 13  # no call at all
     assert all(h.generation.cached for h in second.hits) and second.grouped.cached
     assert [h.generation.upstream_calls for h in second.hits] == [0] * len(BOOKS)
     assert second.grouped.upstream_calls == 0 and second.upstream_calls == 0
@@ -231,7 +233,7 @@ async def test_answers_from_the_generation_cache_say_0(metered: Metered) -> None
             _stream(_search(cache=use)), metadata=ALICE, timeout=30
         )
     ]
-    assert m.received() == 19
+    assert m.received() == 13
     results = [e.hit_result.generation for e in events if e.WhichOneof("event") == "hit_result"]
     assert len(results) == len(BOOKS) and all(g.cached for g in results)
     assert [g.upstream_calls for g in results] == [0] * len(BOOKS)
@@ -270,29 +272,29 @@ async def test_ask_counts_its_rewrite_and_its_answer(metered: Metered) -> None:
         metadata=ALICE,
     )
     reply = await m.stack.stub.Ask(gw_pb.AskRequest(**_ask(cid)), metadata=ALICE, timeout=30)
-    # The rewrite (primary only: 503 twice, then the fallback query), then the answer
-    # (primary twice, the backup once).
+    # The rewrite (primary only, no chain: 503 twice, then the fallback query), then the
+    # answer (the primary once, a next pair taking its 5xx over at once, the backup once).
     assert reply.rewrite_method == gw_pb.REWRITE_METHOD_FALLBACK
     assert reply.fallback_index == 1
-    assert reply.upstream_calls == m.received() == 5
+    assert reply.upstream_calls == m.received() == 4
     events = [
         e
         async for e in m.stack.stub.StreamAsk(
             gw_pb.StreamAskRequest(**_ask(cid)), metadata=ALICE, timeout=30
         )
     ]
-    assert events[-1].answer.upstream_calls == m.received() - 5 == 5
+    assert events[-1].answer.upstream_calls == m.received() - 4 == 4
     assert await m.counted() == m.received()
 
     # The answer fails on both pairs too: the error counts the rewrite's calls (2) and the
-    # answer's (2 + 2), all of them charged.
+    # answer's (1 + 2: the last pair retried), all of them charged.
     m.fake2.by_model["b-model"] = Behaviour.error(500)
     before = m.received()
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await m.stack.stub.Ask(gw_pb.AskRequest(**_ask(cid)), metadata=ALICE, timeout=30)
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     info = error_info(err.value)
-    assert int(info.metadata["upstream_calls"]) == m.received() - before == 6
+    assert int(info.metadata["upstream_calls"]) == m.received() - before == 5
     assert await m.counted() == m.received()
 
 
@@ -308,11 +310,11 @@ async def test_answers_from_the_semantic_cache_say_0(metered: Metered) -> None:
         "semantic_cache": gw_pb.SemanticCache(mode=gw_pb.CACHE_MODE_USE),
     }
     first = await m.stack.stub.Ask(gw_pb.AskRequest(**fields), metadata=ALICE, timeout=30)
-    assert not first.cached and first.upstream_calls == m.received() == 3
+    assert not first.cached and first.upstream_calls == m.received() == 2
     await m.stack.ask.idle()  # the answer's store, made after it
     second = await m.stack.stub.Ask(gw_pb.AskRequest(**fields), metadata=ALICE, timeout=30)
     assert second.cached and second.answer == first.answer
-    assert second.upstream_calls == 0 and m.received() == 3
+    assert second.upstream_calls == 0 and m.received() == 2
     events = [
         e
         async for e in m.stack.stub.StreamAsk(
@@ -320,4 +322,4 @@ async def test_answers_from_the_semantic_cache_say_0(metered: Metered) -> None:
         )
     ]
     assert events[-1].answer.cached and events[-1].answer.upstream_calls == 0
-    assert m.received() == 3
+    assert m.received() == 2

@@ -1,16 +1,19 @@
 """Fallback chains on the generation service alone, against loopback fakes: a pair that
 fails with a 5xx, a timeout or exhausted retries gives way to the next, and the answer
-names the pair that answered; a 4xx does not fall back."""
+names the pair that answered; a 4xx does not fall back. With a next pair, a 5xx, a
+timeout or a reset moves on at once, unretried; the last pair keeps its retries."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import grpc
 import pytest
 from gensearch.generation.v1 import generation_service_pb2 as pb
+from prometheus_client import REGISTRY
 
-from tests.generation.conftest import StartService, fake_provider, user
+from tests.generation.conftest import Service, StartService, fake_provider, user
 from tests.support.fake_openai import Behaviour, FakeOpenAI
 from tests.support.rpc import error_info
 
@@ -49,9 +52,102 @@ async def test_a_5xx_falls_back_to_the_next_pair_which_is_named(
     )
     assert reply.text == "from the backup"
     assert (reply.provider, reply.model, reply.fallback_index) == ("backup", "b-model", 2)
-    # The primary was retried (its own retries), then each pair in turn.
-    assert models_called(fake) == ["primary", "primary", "also-down", "also-down"]
+    # Each failing pair with a next one was called once (a 5xx moves on at once), then
+    # the next pair in turn.
+    assert models_called(fake) == ["primary", "also-down"]
     assert models_called(fake2) == ["b-model"]
+    assert (reply.attempts, reply.upstream_calls) == (1, 3)
+
+
+# What the next pair takes over at once (issue 13: "a hit ... that gets a 5xx or a
+# timeout moves to the next"), each once: a retry on the primary would be answered.
+AT_ONCE: dict[str, tuple[Callable[[], Behaviour], dict[str, Any], str]] = {
+    "500": (lambda: Behaviour.error(500), {}, "UNAVAILABLE"),
+    "first-byte-timeout": (
+        lambda: Behaviour.hang(30),
+        {"first_byte_timeout": 0.5},
+        "DEADLINE_EXCEEDED",
+    ),
+    "reset": (Behaviour.reset, {}, "UNAVAILABLE"),
+}
+
+
+async def _answer(
+    svc: Service, stream: bool, **fields: Any
+) -> tuple[str, pb.GenerateResponse | pb.StreamGenerateResponse]:
+    """The text and the reply (a stream's last message) of Generate or StreamGenerate."""
+    if not stream:
+        reply = await svc.stub.Generate(pb.GenerateRequest(**fields), timeout=10)
+        return reply.text, reply
+    events = [
+        e async for e in svc.stub.StreamGenerate(pb.StreamGenerateRequest(**fields), timeout=10)
+    ]
+    return "".join(e.delta for e in events), events[-1]
+
+
+def _fallbacks_counted(status: str) -> float:
+    labels = {"provider": "fake", "status": status}
+    return REGISTRY.get_sample_value("gensearch_llm_fallbacks_total", labels) or 0.0
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
+@pytest.mark.parametrize("fault", AT_ONCE)
+async def test_a_5xx_timeout_or_reset_moves_to_the_next_pair_without_a_retry(
+    fake: FakeOpenAI, fake2: FakeOpenAI, start_service: StartService, fault: str, stream: bool
+) -> None:
+    behaviour, fields, status = AT_ONCE[fault]
+    svc = await start_service(
+        [
+            fake_provider(fake, **fields),
+            fake_provider(fake2, name="backup", default_model="b-model"),
+        ]
+    )
+    fake.enqueue_for_model("fake-model", behaviour())
+    fake2.reply = "from the backup"
+    counted = _fallbacks_counted(status)
+    text, reply = await _answer(
+        svc, stream, messages=[user("hi")], fallback=[pb.ModelChoice(provider="backup")]
+    )
+    assert text == "from the backup"
+    assert (reply.provider, reply.model, reply.fallback_index) == ("backup", "b-model", 1)
+    # Called once, not retried (RETRY_MAX_ATTEMPTS is 4 here).
+    assert models_called(fake) == ["fake-model"]
+    assert models_called(fake2) == ["b-model"]
+    # attempts: the answering pair's; upstream_calls: every pair's.
+    assert (reply.attempts, reply.upstream_calls) == (1, 2)
+    assert _fallbacks_counted(status) == counted + 1
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
+async def test_the_last_pair_of_a_chain_keeps_its_retries(
+    fake: FakeOpenAI, fake2: FakeOpenAI, start_service: StartService, stream: bool
+) -> None:
+    svc = await start_service(providers(fake, fake2))
+    fake.enqueue_for_model("fake-model", Behaviour.error(500))
+    fake2.enqueue_for_model("b-model", Behaviour.error(502))
+    fake2.reply = "from the backup"
+    text, reply = await _answer(
+        svc, stream, messages=[user("hi")], fallback=[pb.ModelChoice(provider="backup")]
+    )
+    assert text == "from the backup"
+    assert (reply.provider, reply.fallback_index) == ("backup", 1)
+    assert models_called(fake) == ["fake-model"]
+    assert models_called(fake2) == ["b-model", "b-model"]
+    assert (reply.attempts, reply.upstream_calls) == (2, 3)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
+async def test_without_a_chain_a_5xx_is_retried_on_the_same_provider(
+    fake: FakeOpenAI, start_service: StartService, stream: bool
+) -> None:
+    svc = await start_service([fake_provider(fake)])
+    fake.enqueue(Behaviour.error(500))
+    fake.reply = "after a retry"
+    text, reply = await _answer(svc, stream, messages=[user("hi")])
+    assert text == "after a retry"
+    assert (reply.provider, reply.fallback_index) == ("fake", 0)
+    assert models_called(fake) == ["fake-model", "fake-model"]
+    assert (reply.attempts, reply.upstream_calls) == (2, 2)
 
 
 async def test_exhausted_429_retries_fall_back(

@@ -44,7 +44,8 @@ def _received(*fakes: FakeOpenAI) -> int:
 
 async def _service(fake: FakeOpenAI, fake2: FakeOpenAI, start_service: StartService) -> Any:
     providers = [fake_provider(fake), fake_provider(fake2, name="backup", default_model="b")]
-    # Two attempts per pair: the 5xx primary is retried once before the chain moves on.
+    # Two attempts for the last pair (a 5xx retried once); the primary, with a next pair,
+    # moves on at its first 5xx.
     return await start_service(providers, retry_max_attempts=2)
 
 
@@ -53,7 +54,11 @@ async def test_a_fallback_and_a_corrective_retry_are_all_counted(
 ) -> None:
     svc = await _service(fake, fake2, start_service)
     fake.by_model["fake-model"] = Behaviour.error(503)
-    fake2.enqueue(Behaviour.ok(text='{"title": 7}'), Behaviour.ok(text='{"title": "Dune"}'))
+    fake2.enqueue(
+        Behaviour.error(502),
+        Behaviour.ok(text='{"title": 7}'),
+        Behaviour.ok(text='{"title": "Dune"}'),
+    )
     reply = await svc.stub.Generate(
         pb.GenerateRequest(
             messages=[user("hi")], fallback=CHAIN, response_format=_schema(), debug=True
@@ -62,12 +67,12 @@ async def test_a_fallback_and_a_corrective_retry_are_all_counted(
     )
     assert json_format.MessageToDict(reply.structured) == {"title": "Dune"}
     assert (reply.provider, reply.fallback_index, reply.corrected) == ("backup", 1, True)
-    # Two attempts on the primary, the backup's answer and its correction.
-    assert (len(fake.chat_requests), len(fake2.chat_requests)) == (2, 2)
+    # The primary's one attempt; the backup's 502, its retry's answer and the correction.
+    assert (len(fake.chat_requests), len(fake2.chat_requests)) == (1, 3)
     assert reply.upstream_calls == _received(fake, fake2) == 4
-    # `attempts` is the answering pair's alone (its answer and the correction); the
+    # `attempts` is the answering pair's alone (its two and the correction); the
     # deprecated Debug.attempts repeats it.
-    assert reply.attempts == reply.debug.attempts == 2
+    assert reply.attempts == reply.debug.attempts == 3
 
 
 async def test_a_plain_answer_is_one_call(
@@ -85,7 +90,11 @@ async def test_a_stream_counts_on_its_last_message(
 ) -> None:
     svc = await _service(fake, fake2, start_service)
     fake.by_model["fake-model"] = Behaviour.error(502)
-    fake2.enqueue(Behaviour.ok(text="not json"), Behaviour.ok(text='{"title": "Emma"}'))
+    fake2.enqueue(
+        Behaviour.error(503),
+        Behaviour.ok(text="not json"),
+        Behaviour.ok(text='{"title": "Emma"}'),
+    )
     events = [
         e
         async for e in svc.stub.StreamGenerate(
@@ -123,7 +132,8 @@ async def test_a_failed_answer_says_what_it_spent(
             )
     info = error_info(caught.value)
     assert info.reason == "INVALID_OUTPUT"
-    assert info.metadata["upstream_calls"] == str(_received(fake, fake2)) == "4"
+    # The primary's one attempt, the backup's answer and its corrective retry.
+    assert info.metadata["upstream_calls"] == str(_received(fake, fake2)) == "3"
     # Like any failed call, the answering pair's attempts (its answer and the corrective
     # retry) and its wait, which the gateway reports on the failed hit.
     assert info.metadata["attempts"] == "2"
@@ -141,5 +151,6 @@ async def test_every_pair_failing_counts_every_attempt(
             pb.GenerateRequest(messages=[user("hi")], fallback=CHAIN), timeout=10
         )
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert error_info(caught.value).metadata["upstream_calls"] == "4"
-    assert _received(fake, fake2) == 4
+    # The primary once (a next pair exists), the last pair with its retry.
+    assert error_info(caught.value).metadata["upstream_calls"] == "3"
+    assert (len(fake.chat_requests), len(fake2.chat_requests)) == (1, 2)

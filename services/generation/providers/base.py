@@ -127,15 +127,22 @@ class Provider(abc.ABC):
         return self.config.name
 
     @abc.abstractmethod
-    async def complete(self, request: CompletionRequest, deadline: Deadline) -> Completion:
-        """One completion; retries within ``deadline``."""
+    async def complete(
+        self, request: CompletionRequest, deadline: Deadline, *, next_pair: bool = False
+    ) -> Completion:
+        """One completion; retries within ``deadline``. ``next_pair``: a fallback chain
+        has a pair after this one, so a fault that pair would take over (a 5xx, a failed
+        connection, a timeout, a malformed answer) ends the call at once instead of being
+        retried here; a 429 is still retried (docs/generation.md#fallback-chains)."""
 
     @abc.abstractmethod
     def stream(
-        self, request: CompletionRequest, deadline: Deadline
+        self, request: CompletionRequest, deadline: Deadline, *, next_pair: bool = False
     ) -> AsyncGenerator[StreamChunk, None]:
         """Text deltas as they arrive, then one chunk with ``final`` set. Closing the
-        iterator early (the caller went away) cancels the upstream request."""
+        iterator early (the caller went away) cancels the upstream request.
+        ``next_pair``: as for ``complete``, before the first delta (after it, a fault
+        ends the stream as it always does)."""
 
     async def close(self) -> None:
         """Release connections (called once at shutdown)."""

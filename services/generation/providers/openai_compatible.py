@@ -87,6 +87,18 @@ def _is_outage(fault: UpstreamFault) -> bool:
     return fault.kind in _OUTAGE_KINDS
 
 
+def _next_pair_takes(fault: UpstreamFault) -> bool:
+    """Whether a fallback chain's next pair takes this fault over at once, unretried here:
+    the endpoint failing (a 5xx, a refused or reset connection, a stream cut short, a
+    malformed answer) or too slow (its first-byte or read timeout, the pair's time).
+    Issue 13 asks for it: another endpoint is likelier to answer now than this one after
+    a backoff, and each retry here spent the time the next pair would answer in. A 429 is
+    not among them: the endpoint is up and asks to wait, which the pair does while its
+    time share allows (``FALLBACK_TIME_SHARE``). Nor are 408 and 409, which end as
+    errors no pair takes over (docs/generation.md#fallback-chains)."""
+    return _is_outage(fault) or fault.kind == "timeout"
+
+
 class OpenAICompatibleProvider(Provider):
     def __init__(
         self,
@@ -235,11 +247,12 @@ class OpenAICompatibleProvider(Provider):
         if completion.finish_reason:
             span.set_attribute("gen_ai.response.finish_reasons", [completion.finish_reason])
 
-    def _turns(self, request: CompletionRequest, deadline: Deadline) -> _Turns:
+    def _turns(self, request: CompletionRequest, deadline: Deadline, next_pair: bool) -> _Turns:
         return _Turns(
             self.limiters.get(request.api_key), self._retrier(deadline), deadline,
             estimate_prompt_tokens(request.messages),
             estimate_call_tokens(request.messages, self._max_tokens(request)),
+            next_pair=next_pair,
         )  # fmt: skip
 
     @staticmethod
@@ -258,11 +271,13 @@ class OpenAICompatibleProvider(Provider):
         return raw.parse()
 
     # -- unary -----------------------------------------------------------------------------
-    async def complete(self, request: CompletionRequest, deadline: Deadline) -> Completion:
+    async def complete(
+        self, request: CompletionRequest, deadline: Deadline, *, next_pair: bool = False
+    ) -> Completion:
         client, headers = self._authorized(request)
         params = self.build_params(request, stream=False)
         debug = DebugInfo(url=self.url, request_body="")
-        turns = self._turns(request, deadline)
+        turns = self._turns(request, deadline, next_pair)
         with self._span(request) as span:
             turns.retrier.span = span
             while True:
@@ -343,12 +358,12 @@ class OpenAICompatibleProvider(Provider):
 
     # -- streaming -------------------------------------------------------------------------
     async def stream(
-        self, request: CompletionRequest, deadline: Deadline
+        self, request: CompletionRequest, deadline: Deadline, *, next_pair: bool = False
     ) -> AsyncGenerator[StreamChunk, None]:
         client, headers = self._authorized(request)
         params = self.build_params(request, stream=True)
         debug = DebugInfo(url=self.url, request_body="")
-        turns = self._turns(request, deadline)
+        turns = self._turns(request, deadline, next_pair)
         started = time.perf_counter()
         with self._span(request, attach=False) as span:
             turns.retrier.span = span  # not the current span: see upstream_span
@@ -446,12 +461,14 @@ class OpenAICompatibleProvider(Provider):
 
 class _Turns:
     """One call's attempts under the provider's limits: its place in the queue (kept across
-    retries), the attempts made and the time spent waiting."""
+    retries), the attempts made and the time spent waiting. ``next_pair``: a fallback
+    chain's next pair takes over the faults ``_next_pair_takes`` names, unretried."""
 
     __slots__ = (
         "deadline",
         "estimate",
         "limiter",
+        "next_pair",
         "prompt",
         "rate_limited",
         "retrier",
@@ -466,8 +483,11 @@ class _Turns:
         deadline: Deadline,
         prompt: int,
         estimate: int,
+        *,
+        next_pair: bool = False,
     ) -> None:
         self.limiter = limiter
+        self.next_pair = next_pair
         self.retrier = retrier
         self.deadline = deadline
         self.prompt = prompt
@@ -497,12 +517,15 @@ class _Turns:
         if rate_limited:
             self.rate_limited = fault
         overloaded = rate_limited or fault.kind in ("timeout", "first_byte_timeout")
-        wait = self.retrier.plan(
-            retryable=fault.retryable,
-            retry_after=fault.retry_after,
-            cause=fault.cause,
-            rate_limited=rate_limited,
-        )
+        if self.next_pair and _next_pair_takes(fault):
+            wait = None  # final here: the fallback chain moves on at once
+        else:
+            wait = self.retrier.plan(
+                retryable=fault.retryable,
+                retry_after=fault.retry_after,
+                cause=fault.cause,
+                rate_limited=rate_limited,
+            )
         paused = False
         try:
             if wait is not None and rate_limited and fault.retry_after is not None:
