@@ -21,7 +21,7 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Self, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -448,6 +448,21 @@ class DownstreamSettings(CommonSettings):
     max_metadata_bytes: int = Field(
         default=DOWNSTREAM_MAX_METADATA_BYTES, ge=8 * KIB, le=MAX_METADATA_BYTES
     )
+
+
+def defaults_within_their_maximum(settings: object, pairs: Sequence[tuple[str, str]]) -> None:
+    """Raises ``ValueError`` ("ask_timeout must not exceed max_ask_timeout", by field: the
+    model validator's message, which ``load_settings`` says by variable) for each pair of
+    (what a request gets when it sets none, the most a request may set) whose first is the
+    larger. The default is used as it is, unchecked: above its maximum, every request that
+    set nothing got more than any request could ask for (which INVALID_ARGUMENT refused)."""
+    past = [
+        f"{default} must not exceed {limit}"
+        for default, limit in pairs
+        if getattr(settings, default) > getattr(settings, limit)
+    ]
+    if past:
+        raise ValueError("; ".join(past))
 
 
 def unknown_variables(

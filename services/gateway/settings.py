@@ -27,6 +27,7 @@ from services.common.settings import (
     MAX_TTL_SECONDS,
     MAX_WAIT_SECONDS,
     NAMESPACES,
+    defaults_within_their_maximum,
     grpc_target_setting,
     http_url_problem,
     redis_cluster_problem,
@@ -319,9 +320,19 @@ class GatewaySettings(SchemaBoundSettings):
         return self
 
     @model_validator(mode="after")
-    def _ttl_within_max(self) -> GatewaySettings:
-        if self.cache_default_ttl > self.cache_max_ttl:
-            raise ValueError("cache_default_ttl must not exceed cache_max_ttl")
+    def _defaults_within_max(self) -> GatewaySettings:
+        # What a request that sets none gets, at most what one may set: an Ask without a
+        # timeout once ran past MAX_ASK_TIMEOUT, which one with a timeout could not.
+        defaults_within_their_maximum(
+            self,
+            (
+                ("cache_default_ttl", "cache_max_ttl"),
+                ("ask_timeout", "max_ask_timeout"),
+                ("ask_context_size", "max_context_size"),
+                ("ask_interaction_size", "max_interaction_size"),
+                ("expansion_tokens", "max_expansion_tokens"),
+            ),
+        )
         return self
 
     _redis_url = field_validator("redis_url")(redis_url_setting)

@@ -14,6 +14,7 @@ from services.common.settings import (
     NAMESPACES,
     DownstreamSettings,
     data_dir_problem,
+    defaults_within_their_maximum,
     model_directory,
     qdrant_url_setting,
     redis_cluster_problem,
@@ -182,6 +183,15 @@ class MemorySettings(DownstreamSettings):
         embedded_index = self.search_index != "off" and not self.search_qdrant_url
         problem = data_dir_problem(self.data_dir) if embedded_redis or embedded_index else None
         return [problem] if problem else []
+
+    @model_validator(mode="after")
+    def _default_ttl_within_max(self) -> MemorySettings:
+        # A conversation created without a ttl would otherwise live longer than any
+        # request may ask for (INVALID_TTL past the maximum).
+        defaults_within_their_maximum(
+            self, (("default_conversation_ttl_seconds", "max_conversation_ttl_seconds"),)
+        )
+        return self
 
     @model_validator(mode="after")
     def _cluster_needs_url(self) -> MemorySettings:

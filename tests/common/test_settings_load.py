@@ -96,6 +96,58 @@ def test_a_check_across_settings_names_the_variables(
 
 
 @pytest.mark.parametrize(
+    ("settings", "default", "limit"),
+    [
+        (GatewaySettings, "GENSEARCH_GATEWAY_ASK_TIMEOUT", "GENSEARCH_GATEWAY_MAX_ASK_TIMEOUT"),
+        (
+            GatewaySettings,
+            "GENSEARCH_GATEWAY_ASK_CONTEXT_SIZE",
+            "GENSEARCH_GATEWAY_MAX_CONTEXT_SIZE",
+        ),
+        (
+            GatewaySettings,
+            "GENSEARCH_GATEWAY_ASK_INTERACTION_SIZE",
+            "GENSEARCH_GATEWAY_MAX_INTERACTION_SIZE",
+        ),
+        (
+            GatewaySettings,
+            "GENSEARCH_GATEWAY_EXPANSION_TOKENS",
+            "GENSEARCH_GATEWAY_MAX_EXPANSION_TOKENS",
+        ),
+        (GatewaySettings, "GENSEARCH_GATEWAY_CACHE_DEFAULT_TTL", "GENSEARCH_GATEWAY_CACHE_MAX_TTL"),
+        (
+            MemorySettings,
+            "GENSEARCH_MEMORY_DEFAULT_CONVERSATION_TTL_SECONDS",
+            "GENSEARCH_MEMORY_MAX_CONVERSATION_TTL_SECONDS",
+        ),
+    ],
+)
+def test_a_default_past_its_maximum_stops_the_service(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    settings: type[CommonSettings],
+    default: str,
+    limit: str,
+) -> None:
+    """What a request gets when it sets none (an Ask's timeout, context_size,
+    interaction_size, expand_context.max_tokens; a conversation's ttl) was used unchecked:
+    set above the most a request may ask for, every request that set nothing got more than
+    any request that set it could (an Ask of 700 s without a timeout, INVALID_ARGUMENT
+    with one of 700 s). Refused at start naming both variables, as the cache TTLs were."""
+    monkeypatch.setenv("GENSEARCH_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv(limit, "60")
+    monkeypatch.setenv(default, "61")
+    with pytest.raises(SystemExit) as err:
+        load_settings(settings)
+    assert _exit_message(err) == f"invalid setting {default} must not exceed {limit}"
+    # Equal, or the default below its maximum: the service starts.
+    monkeypatch.setenv(default, "60")
+    assert load_settings(settings)
+    monkeypatch.setenv(default, "1")
+    assert load_settings(settings)
+
+
+@pytest.mark.parametrize(
     ("service", "settings"),
     [
         ("GATEWAY", GatewaySettings),
