@@ -208,8 +208,14 @@ async def start(args: argparse.Namespace) -> Stack:
     """
     from services.common.api_keys import ApiKeyError
     from services.common.logs import configure_logging
+    from services.common.otel_environment import otel_problems
 
     configure_logging(args.log_level.upper(), service="gensearch")
+    # The OTEL_* variables the services' tracing reads, as each service checks them alone
+    # (load_settings): the SDK misread a bad one later, some in a traceback.
+    otel = otel_problems()
+    if otel:
+        raise CliError(f"invalid setting: {'; '.join(otel)}")
     data_dir = _prepare_data_dir(args.data_dir)
     lock = _claim_data_dir(data_dir)
     token = os.environ.get("GENSEARCH_INTERNAL_TOKEN") or secrets.token_urlsafe(32)

@@ -752,11 +752,15 @@ def load_settings(cls: type[S]) -> S:
     """``cls()``, or exit (status 1) with one line per invalid variable on stderr: its name
     and what is wrong, never its value (it may hold a password or a key). The API keys are
     parsed here too, so a malformed entry or keys file is one line as well, and so are the
-    settings' own ``problems``."""
+    settings' own ``problems`` and the ``OTEL_*`` variables tracing reads."""
+    # Here, not at the top: otel_environment uses this module's checks.
+    from services.common.otel_environment import otel_problems
+
     try:
         settings = cls()
         settings.api_key_map()  # a malformed key entry or file: its message names it
-        problems = settings.problems()
+        # The OTEL_* variables its tracing will read, misread by the SDK later otherwise.
+        problems = settings.problems() + otel_problems()
         if not problems:
             return settings
     except ApiKeyError as err:

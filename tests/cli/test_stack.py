@@ -286,6 +286,14 @@ def test_settings_updated_by_up_keep_the_keys_already_read(tmp_path: Path) -> No
             {"GENSEARCH_GATEWAY_REDIS_CLUSTER": "true", "GENSEARCH_GATEWAY_REDIS_URL": ""},
             "invalid setting: GENSEARCH_GATEWAY_REDIS_CLUSTER needs GENSEARCH_GATEWAY_REDIS_URL",
         ),
+        (
+            # The OTLP exporter's float() of it raised once a service made its tracer.
+            {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317",
+                "OTEL_EXPORTER_OTLP_TIMEOUT": "abc",
+            },
+            "invalid setting: OTEL_EXPORTER_OTLP_TIMEOUT: must be a number of seconds above 0",
+        ),
     ],
 )
 async def test_an_invalid_setting_reads_as_when_a_service_runs_alone(
