@@ -335,6 +335,20 @@ class GatewaySettings(SchemaBoundSettings):
         )
         return self
 
+    @model_validator(mode="after")
+    def _claims_outlast_asks(self) -> GatewaySettings:
+        # An Ask's claim on its request_id lasts its time left plus ask_cleanup_seconds,
+        # capped at memory_max_claim_seconds: below the longest Ask, the claim ended while
+        # the Ask still ran, and a retry with the same request_id ran (and paid for) a
+        # second answer instead of REQUEST_ID_IN_USE.
+        if self.max_ask_timeout + self.ask_cleanup_seconds > self.memory_max_claim_seconds:
+            raise ValueError(
+                "max_ask_timeout + ask_cleanup_seconds must not exceed "
+                "memory_max_claim_seconds: a claim on a request_id would end while its Ask "
+                "still runs, and a retry would pay for a second answer"
+            )
+        return self
+
     _redis_url = field_validator("redis_url")(redis_url_setting)
     _key_prefix = field_validator("quota_key_prefix")(redis_key_prefix_setting)
     # Held at start to what a request's provider and model are held to (model_names.py).

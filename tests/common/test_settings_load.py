@@ -147,6 +147,27 @@ def test_a_default_past_its_maximum_stops_the_service(
     assert load_settings(settings)
 
 
+def test_an_ask_that_outlives_its_claim_stops_the_gateway(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An Ask's claim on its request_id is capped at MEMORY_MAX_CLAIM_SECONDS: with the
+    longest Ask (MAX_ASK_TIMEOUT, plus ASK_CLEANUP_SECONDS) above it, the claim ended while
+    the Ask still ran, and a retry with the same request_id called the LLM a second time
+    (seen: two calls, both answers replayed=False) instead of REQUEST_ID_IN_USE."""
+    monkeypatch.setenv("GENSEARCH_GATEWAY_MAX_ASK_TIMEOUT", "3600")
+    with pytest.raises(SystemExit) as err:
+        load_settings(GatewaySettings)
+    assert _exit_message(err) == (
+        "invalid setting GENSEARCH_GATEWAY_MAX_ASK_TIMEOUT + "
+        "GENSEARCH_GATEWAY_ASK_CLEANUP_SECONDS must not exceed "
+        "GENSEARCH_GATEWAY_MEMORY_MAX_CLAIM_SECONDS: a claim on a request_id would end while "
+        "its Ask still runs, and a retry would pay for a second answer"
+    )
+    # Raised with it (memory's MAX_CLAIM_SECONDS too, docs/gateway.md), it starts.
+    monkeypatch.setenv("GENSEARCH_GATEWAY_MEMORY_MAX_CLAIM_SECONDS", "3630")
+    assert load_settings(GatewaySettings).max_ask_timeout == 3600
+
+
 @pytest.mark.parametrize(
     ("service", "settings"),
     [

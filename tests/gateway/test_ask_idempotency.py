@@ -722,11 +722,24 @@ async def test_a_keyed_ask_holding_what_json_cannot_carry_is_refused_as_unkeyed(
 async def test_the_longest_claim_is_a_setting(stack_factory: StackFactory) -> None:
     """An Ask claims its request_id for its time left plus ASK_CLEANUP_SECONDS, capped at
     GENSEARCH_GATEWAY_MEMORY_MAX_CLAIM_SECONDS (was a fixed 3600 mirroring memory's bound);
-    memory's own bound, GENSEARCH_MEMORY_MAX_CLAIM_SECONDS, refuses more."""
+    memory's own bound, GENSEARCH_MEMORY_MAX_CLAIM_SECONDS, refuses more. The gateway's
+    setting covers its longest Ask (MAX_ASK_TIMEOUT + ASK_CLEANUP_SECONDS, checked at
+    start), so the cap never cuts a claim short of its Ask."""
     relay = _Relay()
     stack = await _relayed(
-        stack_factory, relay, memory_max_claim_seconds=7, memory={"max_claim_seconds": 7}
+        stack_factory,
+        relay,
+        memory_max_claim_seconds=7,
+        memory={"max_claim_seconds": 7},
+        ask_timeout=5,
+        max_ask_timeout=5,
+        ask_cleanup_seconds=2,
     )
     request = await _desert_ask(stack, True, "capped")
     await stack.stub.Ask(request, metadata=ALICE, timeout=60)
-    assert relay.claim_seconds and set(relay.claim_seconds) == {7}
+    # The Ask's 5 s budget plus 2 s, within the 7 memory takes.
+    assert relay.claim_seconds and all(2 < s <= 7 for s in relay.claim_seconds)
+    # What is asked for past the setting, e.g. a deadline far off: the cap.
+    far = asyncio.get_running_loop().time() + 600
+    claim = turns.Claim.of("k", 2, 7)
+    assert claim is not None and claim.seconds(far) == 7
