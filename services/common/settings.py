@@ -139,8 +139,8 @@ NAMESPACES: dict[str, str] = {
 # suite, never by a service (docs/operations.md lists them).
 TOOL_VARIABLES = frozenset(
     {
-        "GENSEARCH_ADDRESS",  # gensearch CLI: the gateway
-        "GENSEARCH_API_KEY",  # gensearch CLI: its own key (the services read API_KEYS)
+        "GENSEARCH_ADDRESS",  # gensearch CLI, Python client, TS and Go examples: the gateway
+        "GENSEARCH_API_KEY",  # the same: the caller's own key (the services read API_KEYS)
         "GENSEARCH_STATE_DIR",  # gensearch CLI: the last conversation
         "GENSEARCH_DEBUG",  # gensearch CLI: tracebacks
         "GENSEARCH_DEMO_LIMIT",  # gensearch up --demo
@@ -152,9 +152,9 @@ TOOL_VARIABLES = frozenset(
         "GENSEARCH_ALLOW_SKIP_KUBECTL",  # test suite: deploy tests may skip without kubectl
         "GENSEARCH_ALLOW_SKIP_NODE",  # test suite: client tests may skip without Node.js in CI
         "GENSEARCH_FUZZ_EXAMPLES",  # test suite: hypothesis examples per request message
-        "GENSEARCH_URL",  # TypeScript examples (clients/typescript/src): the gateway
-        "GENSEARCH_KEY",  # TypeScript and Go examples: the API key they send
-        "GENSEARCH_ADDR",  # Go example (clients/go/example): the gateway
+        "GENSEARCH_URL",  # deprecated, TypeScript examples: the gateway (now GENSEARCH_ADDRESS)
+        "GENSEARCH_KEY",  # deprecated, TypeScript and Go examples: the key (now GENSEARCH_API_KEY)
+        "GENSEARCH_ADDR",  # deprecated, Go examples: the gateway (now GENSEARCH_ADDRESS)
         "GENSEARCH_COLLECTION",  # TypeScript and Go examples (quota, leave, keys): which one
         "GENSEARCH_EMBEDDING_URL",  # keys.ts, clients/go/keys: the vectorizer URL confirmed
         "GENSEARCH_EMBEDDING_KEY",  # keys.ts, clients/go/keys: the caller's embedding key

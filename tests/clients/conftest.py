@@ -173,13 +173,24 @@ def go_build(gopath: Path, package: str) -> Path:
     return binary
 
 
-def program_env(
-    language: str, port: int, key: str, extra_env: dict[str, str] | None = None
-) -> dict[str, str]:
-    """A TypeScript ("ts") or Go ("go") program's environment: the gateway, the key."""
-    where = {"ts": ("GENSEARCH_URL", f"http://127.0.0.1:{port}"),
-             "go": ("GENSEARCH_ADDR", f"127.0.0.1:{port}")}[language]  # fmt: skip
-    return {**os.environ, where[0]: where[1], "GENSEARCH_KEY": key, **(extra_env or {})}
+# Where nothing listens: a program that reads a deprecated variable first fails.
+NOWHERE = "127.0.0.1:1"
+
+
+def program_env(port: int, key: str, extra_env: dict[str, str] | None = None) -> dict[str, str]:
+    """A TypeScript or Go program's environment: the gateway (host:port) and the key under
+    the names the Python client and CLI read. The deprecated former names are set too, to
+    nowhere and a wrong key: the new names must win (clients/go/gatewayenv,
+    clients/typescript/src/gatewayEnv.ts)."""
+    return {
+        **os.environ,
+        "GENSEARCH_ADDRESS": f"127.0.0.1:{port}",
+        "GENSEARCH_API_KEY": key,
+        "GENSEARCH_URL": f"http://{NOWHERE}",
+        "GENSEARCH_ADDR": NOWHERE,
+        "GENSEARCH_KEY": "key-deprecated-and-wrong",
+        **(extra_env or {}),
+    }
 
 
 async def start_program(
@@ -201,14 +212,14 @@ async def finish(proc: asyncio.subprocess.Process, name: str) -> str:
 
 
 async def run_go(binary: Path, port: int, extra_env: dict[str, str] | None = None) -> str:
-    env = program_env("go", port, "key-alice-123", extra_env)
+    env = program_env(port, "key-alice-123", extra_env)
     return await finish(await start_program([str(binary)], env), binary.name)
 
 
 async def run_node(
     node: str, script: Path, port: int, key: str, extra_env: dict[str, str] | None = None
 ) -> str:
-    env = program_env("ts", port, key, extra_env)
+    env = program_env(port, key, extra_env)
     return await finish(await start_program([node, str(script)], env), script.name)
 
 

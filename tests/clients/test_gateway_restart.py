@@ -39,7 +39,7 @@ async def restart_under(
 async def test_typescript_client_through_a_gateway_restart(
     gateway_process: GatewayProcess, fake: FakeOpenAI, node: str, typescript_build: Path
 ) -> None:
-    env = program_env("ts", gateway_process.port, "key-alice-123")
+    env = program_env(gateway_process.port, "key-alice-123")
     await restart_under([node, str(typescript_build / "restart.js")], env, gateway_process, fake)
 
 
@@ -48,5 +48,5 @@ async def test_go_client_through_a_gateway_restart(
     gateway_process: GatewayProcess, fake: FakeOpenAI, gopath: Path
 ) -> None:
     binary = go_build(gopath, "restart")
-    env = program_env("go", gateway_process.port, "key-alice-123")
+    env = program_env(gateway_process.port, "key-alice-123")
     await restart_under([str(binary)], env, gateway_process, fake)

@@ -115,8 +115,8 @@ def test_go_import_waits_out_the_write_quota_like_the_python_client(
     quota_gateway.early_in_a_window(margin=6.0)
     proc = subprocess.run(
         [str(go_quota)],
-        env={**os.environ, "GENSEARCH_ADDR": quota_gateway.address,
-             "GENSEARCH_COLLECTION": name, "GENSEARCH_KEY": ""},
+        env={**os.environ, "GENSEARCH_ADDRESS": quota_gateway.address,
+             "GENSEARCH_COLLECTION": name, "GENSEARCH_API_KEY": ""},
         capture_output=True, text=True, timeout=240, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, f"quota failed:\n{proc.stdout}{proc.stderr}"

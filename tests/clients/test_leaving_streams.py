@@ -32,7 +32,7 @@ async def test_typescript_leaving_a_stream_cancels_its_call(
     stack = await stack_with_books(stack_factory)
     fake = stack.fake
     fake.enqueue(Behaviour.ok(text=SLOW, chunk_delay=0.5), Behaviour.ok(text=SLOW, chunk_delay=0.5))
-    env = program_env("ts", stack.gateway.port, ALICE_KEY, {"GENSEARCH_COLLECTION": "Books"})
+    env = program_env(stack.gateway.port, ALICE_KEY, {"GENSEARCH_COLLECTION": "Books"})
     async with talking_to([node, str(typescript_build / "leave.js")], env) as proc:
         assert await next_line(proc) == "left"  # break
         await until_disconnected(fake, 1)
@@ -52,7 +52,7 @@ async def test_go_cancelling_a_streams_context_cancels_its_call(
     stack = await stack_with_books(stack_factory)
     fake = stack.fake
     fake.enqueue(Behaviour.ok(text=SLOW, chunk_delay=0.5))
-    env = program_env("go", stack.gateway.port, ALICE_KEY, {"GENSEARCH_COLLECTION": "Books"})
+    env = program_env(stack.gateway.port, ALICE_KEY, {"GENSEARCH_COLLECTION": "Books"})
     async with talking_to([str(binary)], env) as proc:
         assert await next_line(proc) == "left Canceled"
         await until_disconnected(fake, 1)

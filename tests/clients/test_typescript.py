@@ -36,13 +36,14 @@ SRC = Path(__file__).resolve().parents[2] / "clients" / "typescript" / "src"
 @pytest.mark.parametrize("example", ["example.ts", "stream.ts"])
 def test_example_is_short_and_uses_generated_code_only(example: str) -> None:
     """Under 30 lines, and nothing converts by hand: the example imports only the generated
-    modules and Connect (no @bufbuild/protobuf helpers such as fromJson or create)."""
+    modules, Connect and gatewayEnv.ts, which reads the gateway's address and key (no
+    @bufbuild/protobuf helpers such as fromJson or create)."""
     source = (SRC / example).read_text()
     assert len(source.splitlines()) < EXAMPLE_MAX_LINES
     imported = set(re.findall(r'^import .* from "([^"]+)";$', source, re.M))
     assert imported, "no imports found"
     for module in imported:
-        assert module.startswith(("./gen/", "@connectrpc/")), module
+        assert module.startswith(("./gen/", "@connectrpc/")) or module == "./gatewayEnv.js", module
 
 
 @pytest.mark.slow  # compiles TypeScript, loads the local embedding model
@@ -206,8 +207,8 @@ def test_import_waits_out_the_write_quota_like_the_python_client(
     quota_gateway.early_in_a_window(margin=6.0)
     proc = subprocess.run(
         [node, str(typescript_build / "quota.js")],
-        env={**os.environ, "GENSEARCH_URL": f"http://{quota_gateway.address}",
-             "GENSEARCH_COLLECTION": name, "GENSEARCH_KEY": ""},
+        env={**os.environ, "GENSEARCH_ADDRESS": quota_gateway.address,
+             "GENSEARCH_COLLECTION": name, "GENSEARCH_API_KEY": ""},
         capture_output=True, text=True, timeout=240, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, f"quota.js failed:\n{proc.stdout}{proc.stderr}"

@@ -1,7 +1,8 @@
 // The README's main flow through the generated Go client: create a collection, import
 // objects, search, generative search, a two-turn conversation, and a rich error read as
-// google.rpc.ErrorInfo. GENSEARCH_ADDR (default localhost:50050), GENSEARCH_KEY (omit
-// when no keys are configured). Struct properties go in and out as Go maps through
+// google.rpc.ErrorInfo. GENSEARCH_ADDRESS (host:port, default localhost:50050),
+// GENSEARCH_API_KEY (omit when no keys are configured): the names the Python client and
+// CLI read (package gatewayenv). Struct properties go in and out as Go maps through
 // structpb's own NewStruct and AsMap.
 package main
 
@@ -9,9 +10,9 @@ import (
 	"context"
 	"fmt"
 	"log"
-	"os"
 	"time"
 
+	"gensearch/clients/go/gatewayenv"
 	gatewayv1 "gensearch/clients/go/gensearch/gateway/v1"
 	retrievalv1 "gensearch/clients/go/gensearch/retrieval/v1"
 
@@ -23,16 +24,14 @@ import (
 )
 
 func main() {
-	addr := os.Getenv("GENSEARCH_ADDR")
-	if addr == "" {
-		addr = "localhost:50050"
-	}
+	addr, err := gatewayenv.Address()
+	check(err)
 	conn, err := grpc.Dial(addr, grpc.WithInsecure())
 	check(err)
 	defer conn.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	if key := os.Getenv("GENSEARCH_KEY"); key != "" {
+	if key := gatewayenv.APIKey(); key != "" {
 		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+key)
 	}
 	retrieval := retrievalv1.NewRetrievalServiceClient(conn)

@@ -1,7 +1,7 @@
 // Issue 13's fields through the generated Go client: generation over named objects
 // (GenerateOnObjects) with the generation cache, a fallback chain, an Ask retried with its
 // request_id, memory's CheckStorage limits, and an ErrorInfo reason. One line per result.
-// GENSEARCH_ADDR and GENSEARCH_KEY as in ../example; GENSEARCH_PRIMARY_MODEL names a model
+// GENSEARCH_ADDRESS and GENSEARCH_API_KEY as in ../example; GENSEARCH_PRIMARY_MODEL names a model
 // that fails (the test's fake LLM answers it 503) and GENSEARCH_BACKUP_PROVIDER the
 // provider the chain falls back to (default ollama: not the stack's default pair, which a
 // chain may not repeat; with no failing primary the primary answers, fallback index 0).
@@ -14,6 +14,7 @@ import (
 	"os"
 	"time"
 
+	"gensearch/clients/go/gatewayenv"
 	gatewayv1 "gensearch/clients/go/gensearch/gateway/v1"
 	generationv1 "gensearch/clients/go/gensearch/generation/v1"
 	memoryv1 "gensearch/clients/go/gensearch/memory/v1"
@@ -30,16 +31,14 @@ import (
 const collection = "FeaturesGo"
 
 func main() {
-	addr := os.Getenv("GENSEARCH_ADDR")
-	if addr == "" {
-		addr = "localhost:50050"
-	}
+	addr, err := gatewayenv.Address()
+	check(err)
 	conn, err := grpc.Dial(addr, grpc.WithInsecure())
 	check(err)
 	defer conn.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	if key := os.Getenv("GENSEARCH_KEY"); key != "" {
+	if key := gatewayenv.APIKey(); key != "" {
 		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+key)
 	}
 	retrieval := retrievalv1.NewRetrievalServiceClient(conn)

@@ -1,7 +1,7 @@
 // Your own embedding key to a collection whose vectorizer URL its admin set (the
 // providerkeys package, docs/clients.md#your-own-provider-keys): refused until the call
 // names that URL in KeyURLs, then sent there; src/keys.ts in Go, printing the same lines.
-// GENSEARCH_ADDR, GENSEARCH_KEY as in the example; GENSEARCH_COLLECTION (its vectorizer
+// GENSEARCH_ADDRESS, GENSEARCH_API_KEY as in the example; GENSEARCH_COLLECTION (its vectorizer
 // at GENSEARCH_EMBEDDING_URL), GENSEARCH_EMBEDDING_KEY: your key.
 package main
 
@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"gensearch/clients/go/gatewayenv"
 	retrievalv1 "gensearch/clients/go/gensearch/retrieval/v1"
 	"gensearch/clients/go/providerkeys"
 	"gensearch/clients/go/rpcerror"
@@ -23,12 +24,14 @@ import (
 )
 
 func main() {
-	conn, err := grpc.Dial(os.Getenv("GENSEARCH_ADDR"), grpc.WithInsecure())
+	addr, err := gatewayenv.Address()
+	check(err)
+	conn, err := grpc.Dial(addr, grpc.WithInsecure())
 	check(err)
 	defer conn.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	if key := os.Getenv("GENSEARCH_KEY"); key != "" {
+	if key := gatewayenv.APIKey(); key != "" {
 		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+key)
 	}
 	retrieval := retrievalv1.NewRetrievalServiceClient(conn)
@@ -50,7 +53,7 @@ func main() {
 	// On the connection: every call sends the key and its URL.
 	keys, err := providerkeys.New(providerkeys.Options{LLMKeys: llmKeys, KeyURLs: providerkeys.KeyURLs{Embedding: url}})
 	check(err)
-	confirmedConn, err := grpc.Dial(os.Getenv("GENSEARCH_ADDR"), grpc.WithInsecure(), grpc.WithPerRPCCredentials(keys))
+	confirmedConn, err := grpc.Dial(addr, grpc.WithInsecure(), grpc.WithPerRPCCredentials(keys))
 	check(err)
 	defer confirmedConn.Close()
 	confirmed := retrievalv1.NewRetrievalServiceClient(confirmedConn)

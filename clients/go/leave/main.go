@@ -1,7 +1,7 @@
 // Leaving a StreamGenerativeSearch early: cancelling the call's context cancels the call
 // (docs/clients.md#deadlines-leaving-a-stream-closing) and ends the goroutines it used.
 // After cancelling, the program waits for a line on stdin (the test has seen the
-// upstream LLM request closed). GENSEARCH_ADDR, GENSEARCH_KEY as in the example;
+// upstream LLM request closed). GENSEARCH_ADDRESS, GENSEARCH_API_KEY as in the example;
 // GENSEARCH_COLLECTION: a collection with a title.
 package main
 
@@ -14,6 +14,7 @@ import (
 	"runtime"
 	"time"
 
+	"gensearch/clients/go/gatewayenv"
 	gatewayv1 "gensearch/clients/go/gensearch/gateway/v1"
 	retrievalv1 "gensearch/clients/go/gensearch/retrieval/v1"
 
@@ -23,11 +24,13 @@ import (
 )
 
 func main() {
-	conn, err := grpc.Dial(os.Getenv("GENSEARCH_ADDR"), grpc.WithInsecure())
+	addr, err := gatewayenv.Address()
+	check(err)
+	conn, err := grpc.Dial(addr, grpc.WithInsecure())
 	check(err)
 	defer conn.Close()
 	base := context.Background()
-	if key := os.Getenv("GENSEARCH_KEY"); key != "" {
+	if key := gatewayenv.APIKey(); key != "" {
 		base = metadata.AppendToOutgoingContext(base, "authorization", "Bearer "+key)
 	}
 	gateway := gatewayv1.NewGatewayServiceClient(conn)

@@ -1,6 +1,6 @@
 // The importer package through a gateway with a small write quota: one import stopped at the
 // quota (NoWaitForQuota), then one that waits it out and resumes; one JSON line each, as
-// clients/typescript/src/quota.ts prints them. GENSEARCH_ADDR, GENSEARCH_KEY as in the
+// clients/typescript/src/quota.ts prints them. GENSEARCH_ADDRESS, GENSEARCH_API_KEY as in the
 // example; GENSEARCH_COLLECTION: a collection with an int property "n" and 2-dimensional
 // vectors.
 package main
@@ -14,6 +14,7 @@ import (
 	"os"
 	"time"
 
+	"gensearch/clients/go/gatewayenv"
 	retrievalv1 "gensearch/clients/go/gensearch/retrieval/v1"
 	"gensearch/clients/go/importer"
 	"gensearch/clients/go/rpcerror"
@@ -41,12 +42,14 @@ func objects(count, first int, bad ...int) []*retrievalv1.DataObject {
 }
 
 func main() {
-	conn, err := grpc.Dial(os.Getenv("GENSEARCH_ADDR"), grpc.WithInsecure())
+	addr, err := gatewayenv.Address()
+	check(err)
+	conn, err := grpc.Dial(addr, grpc.WithInsecure())
 	check(err)
 	defer conn.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	if key := os.Getenv("GENSEARCH_KEY"); key != "" {
+	if key := gatewayenv.APIKey(); key != "" {
 		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+key)
 	}
 	retrieval := retrievalv1.NewRetrievalServiceClient(conn)

@@ -2,7 +2,7 @@
 // and restarts it): the stream fails at once with Unavailable, so does a call while it is
 // down, and the same connection works once it is back; src/restart.ts in Go, printing the
 // same lines. After "down" the program waits for a line on stdin (the gateway is back).
-// GENSEARCH_ADDR, GENSEARCH_KEY as in the example.
+// GENSEARCH_ADDRESS, GENSEARCH_API_KEY as in the example.
 package main
 
 import (
@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"time"
 
+	"gensearch/clients/go/gatewayenv"
 	generationv1 "gensearch/clients/go/gensearch/generation/v1"
 	"gensearch/clients/go/rpcerror"
 
@@ -35,12 +36,14 @@ func failure(err error) string {
 }
 
 func main() {
-	conn, err := grpc.Dial(os.Getenv("GENSEARCH_ADDR"), grpc.WithInsecure())
+	addr, err := gatewayenv.Address()
+	check(err)
+	conn, err := grpc.Dial(addr, grpc.WithInsecure())
 	check(err)
 	defer conn.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	if key := os.Getenv("GENSEARCH_KEY"); key != "" {
+	if key := gatewayenv.APIKey(); key != "" {
 		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+key)
 	}
 	generation := generationv1.NewGenerationServiceClient(conn)

@@ -3,11 +3,11 @@
 // ErrorInfo reason BAD_NAME and a BadRequest naming the field.
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
+import { baseUrl, key } from "./gatewayEnv.js";
 import { RetrievalService } from "./gen/gensearch/retrieval/v1/retrieval_service_pb.js";
 import { BadRequestSchema, ErrorInfoSchema } from "./gen/google/rpc/error_details_pb.js";
 
-const key = process.env.GENSEARCH_KEY;
-const transport = createGrpcTransport({ baseUrl: process.env.GENSEARCH_URL ?? "http://localhost:50050",
+const transport = createGrpcTransport({ baseUrl,
   interceptors: key ? [(next) => (req) => { req.header.set("authorization", `Bearer ${key}`); return next(req); }] : [] });
 const retrieval = createClient(RetrievalService, transport);
 try {

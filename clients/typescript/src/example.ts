@@ -1,11 +1,11 @@
 // The README's main flow through generated code only: Struct properties are plain objects.
-// GENSEARCH_URL (default http://localhost:50050); GENSEARCH_KEY where keys are configured.
+// GENSEARCH_ADDRESS (host:port, default localhost:50050); GENSEARCH_API_KEY where keys are set (gatewayEnv.ts).
 import { createClient, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
+import { baseUrl, key } from "./gatewayEnv.js";
 import { GatewayService } from "./gen/gensearch/gateway/v1/gateway_service_pb.js";
 import { DataType, RetrievalService, VectorizerKind } from "./gen/gensearch/retrieval/v1/retrieval_service_pb.js";
 
-const key = process.env.GENSEARCH_KEY, baseUrl = process.env.GENSEARCH_URL ?? "http://localhost:50050";
 const auth: Interceptor = (next) => (req) => { if (key) req.header.set("authorization", `Bearer ${key}`); return next(req); };
 const transport = createGrpcTransport({ baseUrl, interceptors: [auth], defaultTimeoutMs: 60_000 });
 const retrieval = createClient(RetrievalService, transport), gateway = createClient(GatewayService, transport);

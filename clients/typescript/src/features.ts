@@ -1,18 +1,18 @@
 // Issue 13's fields through generated code: generation over named objects (GenerateOnObjects)
 // with the generation cache, a fallback chain, an Ask retried with its request_id, memory's
 // CheckStorage limits, and an ErrorInfo reason. One line per result, for the test to read.
-// GENSEARCH_URL, GENSEARCH_KEY as in example.ts; GENSEARCH_PRIMARY_MODEL names a model that
+// GENSEARCH_ADDRESS, GENSEARCH_API_KEY as in example.ts; GENSEARCH_PRIMARY_MODEL names a model that
 // fails (the test's fake LLM answers it 503) and GENSEARCH_BACKUP_PROVIDER the provider the
 // chain falls back to (default ollama: not the stack's default pair, which a chain may not
 // repeat; with no failing primary the primary answers, fallback index 0).
 import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
+import { baseUrl, key } from "./gatewayEnv.js";
 import { CacheMode, GatewayService, type GenerationResult } from "./gen/gensearch/gateway/v1/gateway_service_pb.js";
 import { MemoryService } from "./gen/gensearch/memory/v1/memory_service_pb.js";
 import { DataType, RetrievalService, VectorizerKind } from "./gen/gensearch/retrieval/v1/retrieval_service_pb.js";
 import { ErrorInfoSchema } from "./gen/google/rpc/error_details_pb.js";
 
-const key = process.env.GENSEARCH_KEY, baseUrl = process.env.GENSEARCH_URL ?? "http://localhost:50050";
 const auth: Interceptor = (next) => (req) => { if (key) req.header.set("authorization", `Bearer ${key}`); return next(req); };
 const transport = createGrpcTransport({ baseUrl, interceptors: [auth], defaultTimeoutMs: 60_000 });
 const retrieval = createClient(RetrievalService, transport), gateway = createClient(GatewayService, transport);

@@ -1,15 +1,15 @@
 // Your own embedding key to a collection whose vectorizer URL its admin set
 // (src/providerKeys.ts, docs/clients.md#your-own-provider-keys): refused until the call
 // names that URL in keyUrls, then sent there. One line per step, for the test to read.
-// GENSEARCH_URL, GENSEARCH_KEY as in example.ts; GENSEARCH_COLLECTION (its vectorizer at
+// GENSEARCH_ADDRESS, GENSEARCH_API_KEY as in example.ts; GENSEARCH_COLLECTION (its vectorizer at
 // GENSEARCH_EMBEDDING_URL), GENSEARCH_EMBEDDING_KEY: your key.
 import { Code, createClient, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
+import { baseUrl, key } from "./gatewayEnv.js";
 import { RetrievalService } from "./gen/gensearch/retrieval/v1/retrieval_service_pb.js";
 import { providerKeys, type ProviderKeysOptions } from "./providerKeys.js";
 import { GensearchError } from "./rpcError.js";
 
-const key = process.env.GENSEARCH_KEY, baseUrl = process.env.GENSEARCH_URL ?? "http://localhost:50050";
 const auth: Interceptor = (next) => (req) => { if (key) req.header.set("authorization", `Bearer ${key}`); return next(req); };
 const collection = process.env.GENSEARCH_COLLECTION ?? "Shared", url = process.env.GENSEARCH_EMBEDDING_URL ?? "";
 const llmKeys = { embedding: process.env.GENSEARCH_EMBEDDING_KEY ?? "" };

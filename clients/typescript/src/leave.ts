@@ -3,14 +3,14 @@
 // aborting your own `signal` passed to it. After each the program waits
 // for a line on stdin (the test has seen the upstream LLM request closed); at the end it
 // exits by itself, which Node does only when no call is left open.
-// GENSEARCH_URL, GENSEARCH_KEY as in example.ts; GENSEARCH_COLLECTION: a collection with a title.
+// GENSEARCH_ADDRESS, GENSEARCH_API_KEY as in example.ts; GENSEARCH_COLLECTION: a collection with a title.
 import { createInterface } from "node:readline";
 import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { cancelOnLeave } from "./cancelOnLeave.js";
+import { baseUrl, key } from "./gatewayEnv.js";
 import { GatewayService } from "./gen/gensearch/gateway/v1/gateway_service_pb.js";
 
-const key = process.env.GENSEARCH_KEY, baseUrl = process.env.GENSEARCH_URL ?? "http://localhost:50050";
 const auth: Interceptor = (next) => (req) => { if (key) req.header.set("authorization", `Bearer ${key}`); return next(req); };
 const gateway = createClient(GatewayService, createGrpcTransport({ baseUrl, interceptors: [auth] }));
 const request = { collection: process.env.GENSEARCH_COLLECTION ?? "Books", limit: 1,

@@ -1,14 +1,14 @@
 // importObjects (src/importer.ts) through a gateway with a small write quota: one import
 // stopped at the quota (waitForQuota: false), then one that waits it out and resumes. One
-// JSON line each, for the test to read. GENSEARCH_URL, GENSEARCH_KEY as in example.ts;
+// JSON line each, for the test to read. GENSEARCH_ADDRESS, GENSEARCH_API_KEY as in example.ts;
 // GENSEARCH_COLLECTION: a collection with an int property "n" and 2-dimensional vectors.
 import { createClient, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
+import { baseUrl, key } from "./gatewayEnv.js";
 import { RetrievalService } from "./gen/gensearch/retrieval/v1/retrieval_service_pb.js";
 import { importObjects, ImportStreamError } from "./importer.js";
 import { hasReason, Reason } from "./rpcError.js";
 
-const key = process.env.GENSEARCH_KEY, baseUrl = process.env.GENSEARCH_URL ?? "http://localhost:50050";
 const auth: Interceptor = (next) => (req) => { if (key) req.header.set("authorization", `Bearer ${key}`); return next(req); };
 const retrieval = createClient(RetrievalService, createGrpcTransport({ baseUrl, interceptors: [auth] }));
 const collection = process.env.GENSEARCH_COLLECTION ?? "Numbers";

@@ -2,16 +2,16 @@
 // and restarts it): the stream fails at once with Unavailable (Canceled without
 // unavailableOnConnectionLoss, src/rpcError.ts), so does a call while it is
 // down, and the same client works once it is back. One line per step; after "down" the
-// program waits for a line on stdin (the gateway is back). GENSEARCH_URL, GENSEARCH_KEY as
+// program waits for a line on stdin (the gateway is back). GENSEARCH_ADDRESS, GENSEARCH_API_KEY as
 // in example.ts.
 import { setTimeout as sleep } from "node:timers/promises";
 import { createInterface } from "node:readline";
 import { Code, createClient, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
+import { baseUrl, key } from "./gatewayEnv.js";
 import { GenerationService, Role } from "./gen/gensearch/generation/v1/generation_service_pb.js";
 import { GensearchError, unavailableOnConnectionLoss } from "./rpcError.js";
 
-const key = process.env.GENSEARCH_KEY, baseUrl = process.env.GENSEARCH_URL ?? "http://localhost:50050";
 const auth: Interceptor = (next) => (req) => { if (key) req.header.set("authorization", `Bearer ${key}`); return next(req); };
 const generation = createClient(GenerationService, createGrpcTransport({ baseUrl,
   interceptors: [auth, unavailableOnConnectionLoss] }));

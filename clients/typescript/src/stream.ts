@@ -2,10 +2,10 @@
 // (by hit index, completion order), the grouped result, then done. Uses (and deletes) its own collection.
 import { createClient, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
+import { baseUrl, key } from "./gatewayEnv.js";
 import { GatewayService, type GenerationResult } from "./gen/gensearch/gateway/v1/gateway_service_pb.js";
 import { DataType, RetrievalService, VectorizerKind } from "./gen/gensearch/retrieval/v1/retrieval_service_pb.js";
 
-const key = process.env.GENSEARCH_KEY, baseUrl = process.env.GENSEARCH_URL ?? "http://localhost:50050";
 const auth: Interceptor = (next) => (req) => { if (key) req.header.set("authorization", `Bearer ${key}`); return next(req); };
 const transport = createGrpcTransport({ baseUrl, interceptors: [auth], defaultTimeoutMs: 60_000 });
 const retrieval = createClient(RetrievalService, transport), gateway = createClient(GatewayService, transport);

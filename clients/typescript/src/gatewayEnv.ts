@@ -1,0 +1,23 @@
+// Where the gateway is and the caller's API key, under the names the Python client and the
+// gensearch CLI read, so one shell serves every client:
+// - GENSEARCH_ADDRESS: host:port as for the CLI (http:// is put in front), or a URL (http://
+//   or https://, taken as is: TypeScript only, the Python and Go clients want host:port).
+//   Default http://localhost:50050.
+// - GENSEARCH_API_KEY: sent as `authorization: Bearer <key>`; unset where no keys are configured.
+// The examples' former names, GENSEARCH_URL and GENSEARCH_KEY, are still read, with a warning
+// on stderr, when the new name is unset: deprecated, they go in the next release.
+
+function deprecated(old: string, name: string, value: string | undefined): string | undefined {
+  if (value) console.error(`gensearch: ${old} is deprecated and goes in the next release: set ${name}`);
+  return value || undefined;
+}
+
+// A scheme (http://, https://) says the value is a URL already.
+const address = process.env.GENSEARCH_ADDRESS || undefined;
+export const baseUrl = address === undefined
+  ? deprecated("GENSEARCH_URL", "GENSEARCH_ADDRESS", process.env.GENSEARCH_URL) ?? "http://localhost:50050"
+  : /^[a-z][a-z0-9+.-]*:\/\//i.test(address) ? address : `http://${address}`;
+
+// Set but empty, GENSEARCH_API_KEY means no key, as for the Python client: the old name is not read.
+export const key: string | undefined =
+  process.env.GENSEARCH_API_KEY ?? deprecated("GENSEARCH_KEY", "GENSEARCH_API_KEY", process.env.GENSEARCH_KEY);
