@@ -93,17 +93,19 @@ def validate(request: AskLike, settings: GatewaySettings) -> AskParams:
             "give either conversation_id or new_conversation, not both",
             field="new_conversation",
         )
-    if request.HasField("context_size") and not 0 <= request.context_size <= s.max_context_size:
-        raise InvalidArgument(
-            f"context_size must be between 0 and {s.max_context_size}", field="context_size"
-        )
-    if request.HasField("interaction_size") and not (
-        0 <= request.interaction_size <= s.max_interaction_size
+    for name, bound, setting in (
+        ("context_size", s.max_context_size, "GENSEARCH_GATEWAY_MAX_CONTEXT_SIZE"),
+        ("interaction_size", s.max_interaction_size, "GENSEARCH_GATEWAY_MAX_INTERACTION_SIZE"),
     ):
-        raise InvalidArgument(
-            f"interaction_size must be between 0 and {s.max_interaction_size}",
-            field="interaction_size",
-        )
+        if request.HasField(name) and not 0 <= getattr(request, name) <= bound:
+            # The bound and its setting in the ErrorInfo, as ``limit`` gives them (before:
+            # the field alone).
+            raise InvalidArgument(
+                f"{name} must be between 0 and {bound}",
+                field=name,
+                reason="OUT_OF_RANGE",
+                metadata={"max": str(bound), "setting": setting},
+            )
     check_request_id(request.request_id)
     if request.request_id and not (request.conversation_id or request.new_conversation):
         raise InvalidArgument(

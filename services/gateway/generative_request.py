@@ -112,14 +112,26 @@ def check_structured_options(g: gw_pb.Generate, s: GatewaySettings) -> None:
     hit). Its schema: ``check_response_format``. Provider and model names are checked
     against ListModels by the plan."""
     if len(g.stop) > s.max_stop_sequences:
+        # The bound and its setting in the ErrorInfo, as ``limit`` gives them: a client
+        # trims by them without parsing the message (before: the field alone).
         raise InvalidArgument(
-            f"at most {s.max_stop_sequences} stop sequences are allowed", field="generate.stop"
+            f"at most {s.max_stop_sequences} stop sequences are allowed",
+            field="generate.stop",
+            reason="OUT_OF_RANGE",
+            metadata={
+                "max": str(s.max_stop_sequences),
+                "setting": "GENSEARCH_GATEWAY_MAX_STOP_SEQUENCES",
+            },
         )
     for i, stop in enumerate(g.stop):
         if not stop or len(stop) > s.max_stop_chars:
             raise InvalidArgument(
                 f"a stop sequence has 1 to {s.max_stop_chars} characters",
                 field=f"generate.stop[{i}]",
+                metadata={
+                    "max_chars": str(s.max_stop_chars),
+                    "setting": "GENSEARCH_GATEWAY_MAX_STOP_CHARS",
+                },
             )
     check_fallback(g.fallback, s.max_fallbacks, "generate.fallback")
     if g.base_url and not g.base_url.strip():

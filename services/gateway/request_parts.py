@@ -77,6 +77,7 @@ def check_fallback(
             f"at most {limit} fallback pairs are allowed (GENSEARCH_GATEWAY_MAX_FALLBACKS)",
             field=field,
             reason="OUT_OF_RANGE",
+            metadata={"max": str(limit), "setting": "GENSEARCH_GATEWAY_MAX_FALLBACKS"},
         )
     for i, choice in enumerate(chain):
         if not choice.provider.strip():

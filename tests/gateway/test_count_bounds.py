@@ -1,0 +1,83 @@
+"""A request past a bound the operator sets is told which bound, as GENSEARCH_GATEWAY_MAX_HITS
+tells it on ``limit``: the ErrorInfo names the field, the bound (``max`` for a count,
+``max_chars`` for a length) and the variable that sets it (``setting``), so a client
+splits or trims by it without parsing the message. Before, the stop sequences, Ask's
+context_size and interaction_size and the fallback chain named the field alone."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import pytest
+from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
+from gensearch.generation.v1 import generation_service_pb2 as gen_pb
+
+from tests.gateway.conftest import ALICE, Stack, books_ask, books_search, create_books
+from tests.support.rpc import error_info
+
+_PAIR = gen_pb.ModelChoice(provider="fake", model="fake-model")
+
+
+@pytest.mark.parametrize(
+    ("generate", "field", "bound", "setting"),
+    [
+        ({"stop": ["s"] * 5}, "generate.stop", ("max", "4"), "MAX_STOP_SEQUENCES"),
+        ({"stop": ["x" * 257]}, "generate.stop[0]", ("max_chars", "256"), "MAX_STOP_CHARS"),
+        ({"fallback": [_PAIR] * 5}, "generate.fallback", ("max", "4"), "MAX_FALLBACKS"),
+    ],
+)
+async def test_a_generate_block_past_a_bound_names_it(
+    stack: Stack, generate: dict[str, Any], field: str, bound: tuple[str, str], setting: str
+) -> None:
+    await create_books(stack)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stack.stub.GenerativeSearch(
+            books_search(single_prompt="{title}", **generate), metadata=ALICE
+        )
+    err = caught.value
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
+    info = error_info(err)
+    assert info.metadata["field"] == field
+    assert info.metadata[bound[0]] == bound[1]
+    assert info.metadata["setting"] == f"GENSEARCH_GATEWAY_{setting}"
+
+
+@pytest.mark.parametrize(
+    ("fields", "field", "bound", "setting"),
+    [
+        ({"context_size": 51}, "context_size", "50", "MAX_CONTEXT_SIZE"),
+        ({"context_size": -1}, "context_size", "50", "MAX_CONTEXT_SIZE"),
+        ({"interaction_size": 101}, "interaction_size", "100", "MAX_INTERACTION_SIZE"),
+        ({"fallback": [_PAIR] * 5}, "fallback", "4", "MAX_FALLBACKS"),
+    ],
+)
+async def test_an_ask_past_a_bound_names_it(
+    stack: Stack, fields: dict[str, Any], field: str, bound: str, setting: str
+) -> None:
+    await create_books(stack)
+    for call in (
+        stack.stub.Ask(books_ask(**fields), metadata=ALICE),
+        _first_event(
+            stack.stub.StreamAsk(gw_pb.StreamAskRequest(**_ask_fields(fields)), metadata=ALICE)
+        ),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        err = caught.value
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
+        info = error_info(err)
+        assert info.reason == "OUT_OF_RANGE"
+        assert info.metadata["field"] == field
+        assert info.metadata["max"] == bound
+        assert info.metadata["setting"] == f"GENSEARCH_GATEWAY_{setting}"
+
+
+def _ask_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    request = books_ask(**fields)
+    return {f.name: v for f, v in request.ListFields()}
+
+
+async def _first_event(stream: Any) -> None:
+    async for _ in stream:
+        return
