@@ -81,6 +81,10 @@ class Planner:
                 f"at most {self.limits.max_fallbacks} fallback pairs are allowed",
                 field="fallback",
                 reason="OUT_OF_RANGE",
+                metadata={
+                    "max": str(self.limits.max_fallbacks),
+                    "setting": "GENSEARCH_GENERATION_MAX_FALLBACKS",
+                },
             )
         for i, choice in enumerate(msg.fallback):
             where = f"fallback[{i}]"

@@ -35,6 +35,8 @@ _ESTIMATE_SLACK = 1.25
 PROMPT_TOO_LONG = "PROMPT_TOO_LONG"
 MAX_PROMPT_CHARS_SETTING = "GENSEARCH_GENERATION_MAX_PROMPT_CHARS"
 MAX_MODEL_CHARS_SETTING = "GENSEARCH_GENERATION_MAX_MODEL_CHARS"
+# The prefix of the generation service's own variables, named beside each bound it sets.
+_SETTING = "GENSEARCH_GENERATION_"
 
 ROLE_NAMES = {pb.ROLE_SYSTEM: "system", pb.ROLE_USER: "user", pb.ROLE_ASSISTANT: "assistant"}
 
@@ -163,8 +165,13 @@ def build_request(
     if not msg.messages:
         raise MissingField("messages must not be empty", field="messages")
     if len(msg.messages) > limits.max_messages:
+        # Each bound with its setting in the ErrorInfo, as the gateway's are: a client
+        # trims by them without parsing the message (before: the field alone).
         raise InvalidArgument(
-            f"at most {limits.max_messages} messages are allowed", field="messages"
+            f"at most {limits.max_messages} messages are allowed",
+            field="messages",
+            reason="OUT_OF_RANGE",
+            metadata={"max": str(limits.max_messages), "setting": _SETTING + "MAX_MESSAGES"},
         )
     messages: list[ChatMessage] = []
     chars = 0
@@ -221,13 +228,19 @@ def build_request(
             "(GENSEARCH_GENERATION_MAX_TOKENS_LIMIT)",
             field="max_tokens",
             reason="OUT_OF_RANGE",
-            metadata={"max": str(limits.max_tokens)},
+            metadata={"max": str(limits.max_tokens), "setting": _SETTING + "MAX_TOKENS_LIMIT"},
         )
 
     stop = list(msg.stop)
     if len(stop) > limits.max_stop_sequences:
         raise InvalidArgument(
-            f"at most {limits.max_stop_sequences} stop sequences are allowed", field="stop"
+            f"at most {limits.max_stop_sequences} stop sequences are allowed",
+            field="stop",
+            reason="OUT_OF_RANGE",
+            metadata={
+                "max": str(limits.max_stop_sequences),
+                "setting": _SETTING + "MAX_STOP_SEQUENCES",
+            },
         )
     for i, s in enumerate(stop):
         if not s:
@@ -236,6 +249,10 @@ def build_request(
             raise InvalidArgument(
                 f"a stop sequence is at most {limits.max_stop_chars} characters",
                 field=f"stop[{i}]",
+                metadata={
+                    "max_chars": str(limits.max_stop_chars),
+                    "setting": _SETTING + "MAX_STOP_CHARS",
+                },
             )
     frequency_penalty = _penalty(msg, "frequency_penalty")
     presence_penalty = _penalty(msg, "presence_penalty")

@@ -12,6 +12,7 @@ import grpc
 import pytest
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.generation.v1 import generation_service_pb2 as gen_pb
+from gensearch.generation.v1 import generation_service_pb2_grpc as gen_grpc
 
 from tests.gateway.conftest import ALICE, Stack, books_ask, books_search, create_books
 from tests.support.rpc import error_info
@@ -81,3 +82,46 @@ def _ask_fields(fields: dict[str, Any]) -> dict[str, Any]:
 async def _first_event(stream: Any) -> None:
     async for _ in stream:
         return
+
+
+def _hello(**fields: Any) -> gen_pb.GenerateRequest:
+    return gen_pb.GenerateRequest(
+        provider="fake",
+        messages=[gen_pb.Message(role=gen_pb.ROLE_USER, content="hello")],
+        **fields,
+    )
+
+
+@pytest.mark.parametrize(
+    ("fields", "field", "bound", "setting"),
+    [
+        ({"stop": ["s"] * 5}, "stop", ("max", "4"), "MAX_STOP_SEQUENCES"),
+        ({"stop": ["x" * 257]}, "stop[0]", ("max_chars", "256"), "MAX_STOP_CHARS"),
+        ({"fallback": [_PAIR] * 5}, "fallback", ("max", "4"), "MAX_FALLBACKS"),
+        (
+            {"messages": [gen_pb.Message(role=gen_pb.ROLE_USER, content="hi")] * 513},
+            "messages",
+            ("max", "512"),
+            "MAX_MESSAGES",
+        ),
+        ({"max_tokens": 1_000_001}, "max_tokens", ("max", "1000000"), "MAX_TOKENS_LIMIT"),
+    ],
+)
+async def test_a_forwarded_generate_past_a_bound_names_it(
+    stack: Stack, fields: dict[str, Any], field: str, bound: tuple[str, str], setting: str
+) -> None:
+    """Generate through the gateway reaches the generation service's own bounds, which say
+    so the same way (GENSEARCH_GENERATION_*)."""
+    generation = gen_grpc.GenerationServiceStub(stack.channel)
+    request = _hello()
+    request.MergeFrom(gen_pb.GenerateRequest(**{k: v for k, v in fields.items()}))
+    if "messages" in fields:
+        del request.messages[0]
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await generation.Generate(request, metadata=ALICE)
+    err = caught.value
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
+    info = error_info(err)
+    assert info.metadata["field"] == field
+    assert info.metadata[bound[0]] == bound[1]
+    assert info.metadata["setting"] == f"GENSEARCH_GENERATION_{setting}"
