@@ -740,6 +740,15 @@ def _ref_loop(schema: Mapping[str, Any]) -> bool | int:
     # Where each subschema's references resolve: a $ref's target takes the resolver its
     # lookup returns (a target under a data keyword is no subschema of the walk above).
     where = {key: resolver for key, (_, resolver) in nodes.items()}
+    # The subschemas carrying each $dynamicAnchor. A $dynamicRef whose static target
+    # carries the anchor it names resolves, at validation, to the outermost subschema with
+    # that anchor in the dynamic scope, which depends on the path validation took: any of
+    # them, here. Followed statically alone, a loop through the dynamic scope passed (the
+    # root applying a resource whose "#m" is a leaf statically, the root dynamically).
+    dynamic: dict[str, list[dict[str, Any]]] = {}
+    for node, _ in nodes.values():
+        if isinstance(node.get("$dynamicAnchor"), str):
+            dynamic.setdefault(node["$dynamicAnchor"], []).append(node)
 
     def in_place(node: dict[str, Any]) -> list[Any]:
         resolver = where[id(node)]
@@ -761,6 +770,12 @@ def _ref_loop(schema: Mapping[str, Any]) -> bool | int:
                     if isinstance(resolved.contents, dict):
                         where.setdefault(id(resolved.contents), resolved.resolver)
                         children.append(resolved.contents)
+                        anchor = node[key].partition("#")[2]
+                        if (
+                            key == "$dynamicRef"
+                            and resolved.contents.get("$dynamicAnchor") == anchor
+                        ):
+                            children.extend(dynamic.get(anchor, ()))
         return children
 
     # Depth-first over the subschemas (by identity), iterative; a subschema met again

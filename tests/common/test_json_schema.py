@@ -231,6 +231,62 @@ def test_a_ref_loop_beside_a_nested_id_is_refused_before_any_call(loop: dict[str
     assert "without end" in caught.value.message
 
 
+# A $dynamicRef whose static target carries the $dynamicAnchor it names resolves, at
+# validation, to the outermost subschema of the dynamic scope with that anchor: here the
+# root, which applies "sub" in place, whose $dynamicRef applies the root again, for ever.
+# Statically "#m" in "sub" is its leaf, which ends: the check passed it, and each call
+# cost two upstream calls and came back INVALID_OUTPUT (found by probe-abuser).
+DYNAMIC_LOOP = {
+    "$id": "https://example.com/root",
+    "$dynamicAnchor": "m",
+    "type": "object",
+    "allOf": [{"$ref": "#/$defs/sub"}],
+    "$defs": {
+        "sub": {
+            "$id": "sub",
+            "$defs": {"leaf": {"$dynamicAnchor": "m", "type": "object"}},
+            "allOf": [{"$dynamicRef": "#m"}],
+        }
+    },
+}
+
+
+def test_a_dynamic_ref_looping_through_the_dynamic_scope_is_refused_before_any_call() -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        check_schema(DYNAMIC_LOOP, FIELD, SchemaLimits())
+    assert caught.value.field == FIELD
+    assert caught.value.reason == "INVALID_SCHEMA"
+    assert "without end" in caught.value.message
+
+
+def test_a_dynamic_ref_that_descends_into_the_answer_may_recur() -> None:
+    # The extensible tree of the 2020-12 specification: "strict" extends "tree", whose
+    # children are whatever the outermost "node" anchor says (strict's, at validation).
+    strict_tree = {
+        "$id": "https://example.com/strict-tree",
+        "$dynamicAnchor": "node",
+        "type": "object",
+        "$ref": "#/$defs/tree",
+        "unevaluatedProperties": False,
+        "$defs": {
+            "tree": {
+                "$id": "https://example.com/tree",
+                "$dynamicAnchor": "node",
+                "type": "object",
+                "properties": {
+                    "data": True,
+                    "children": {"type": "array", "items": {"$dynamicRef": "#node"}},
+                },
+            }
+        },
+    }
+    output = check_schema(strict_tree, FIELD, SchemaLimits())
+    value, why = parse_output('{"children": [{"data": 1, "children": []}]}', output)
+    assert value is not None, why
+    value, why = parse_output('{"children": [{"daat": 1}]}', output)
+    assert value is None and why
+
+
 def test_a_tree_under_a_nested_id_may_recur() -> None:
     # "#" under the nested $id is the node, not the root: a tree's recursion, allowed.
     tree = {

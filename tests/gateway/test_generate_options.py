@@ -408,6 +408,28 @@ async def test_every_sampling_parameter_reaches_the_provider(stack: Stack) -> No
             },
             "generate.response_format.json_schema",
         ),
+        # A loop through the dynamic scope ($dynamicRef to the outermost "m", the root,
+        # which applies "sub" in place again): it passed, cost two upstream calls a hit and
+        # came back INVALID_OUTPUT on every hit.
+        (
+            {
+                "response_format": _schema(
+                    extra={
+                        "$id": "https://example.com/root",
+                        "$dynamicAnchor": "m",
+                        "allOf": [{"$ref": "#/$defs/sub"}],
+                        "$defs": {
+                            "sub": {
+                                "$id": "sub",
+                                "$defs": {"leaf": {"$dynamicAnchor": "m"}},
+                                "allOf": [{"$dynamicRef": "#m"}],
+                            }
+                        },
+                    }
+                )
+            },
+            "generate.response_format.json_schema",
+        ),
         ({"model": "gpt-4", "provider": "anyscale"}, "generate.model"),
         # Spaces alone were read as "the default model" (the fake provider lists none, so
         # nothing else refused them).
