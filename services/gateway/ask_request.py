@@ -51,8 +51,16 @@ def budget(request: AskLike, settings: GatewaySettings, call_remaining: float | 
     if request.HasField("timeout"):
         value = duration_seconds(request.timeout, "timeout")
         if value <= 0 or value > s.max_ask_timeout:
+            # The bound and its setting in the ErrorInfo, as generate.cache.ttl gives them
+            # (before: the field alone).
             raise InvalidArgument(
-                f"timeout must be in (0, {s.max_ask_timeout}] seconds", field="timeout"
+                f"timeout must be in (0, {s.max_ask_timeout:g}] seconds",
+                field="timeout",
+                reason="OUT_OF_RANGE",
+                metadata={
+                    "max_seconds": f"{s.max_ask_timeout:g}",
+                    "setting": "GENSEARCH_GATEWAY_MAX_ASK_TIMEOUT",
+                },
             )
     else:
         value = s.ask_timeout

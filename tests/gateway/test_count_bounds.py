@@ -13,6 +13,7 @@ import pytest
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.generation.v1 import generation_service_pb2 as gen_pb
 from gensearch.generation.v1 import generation_service_pb2_grpc as gen_grpc
+from google.protobuf import duration_pb2
 
 from tests.gateway.conftest import ALICE, Stack, books_ask, books_search, create_books
 from tests.support.rpc import error_info
@@ -125,3 +126,18 @@ async def test_a_forwarded_generate_past_a_bound_names_it(
     assert info.metadata["field"] == field
     assert info.metadata[bound[0]] == bound[1]
     assert info.metadata["setting"] == f"GENSEARCH_GENERATION_{setting}"
+
+
+@pytest.mark.parametrize("seconds", [601, 0])
+async def test_an_ask_timeout_past_its_bound_names_it(stack: Stack, seconds: int) -> None:
+    await create_books(stack)
+    request = books_ask(timeout=duration_pb2.Duration(seconds=seconds))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stack.stub.Ask(request, metadata=ALICE)
+    err = caught.value
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
+    info = error_info(err)
+    assert info.reason == "OUT_OF_RANGE"
+    assert info.metadata["field"] == "timeout"
+    assert info.metadata["max_seconds"] == "600"
+    assert info.metadata["setting"] == "GENSEARCH_GATEWAY_MAX_ASK_TIMEOUT"
