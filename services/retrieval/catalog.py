@@ -123,6 +123,9 @@ class Catalog:
         self._schemas: dict[tuple[str, str], Schema] = {}
         self._parsed: Parsed = {}  # as of the last load: what need not be parsed again
         self._lock = asyncio.Lock()
+        # (tenant, name) -> schema bytes of each create under way (``create``): its name is
+        # taken and it counts toward its tenant's bounds while the engine makes it.
+        self._creating: dict[tuple[str, str], int] = {}
         self._loaded_at = -MISS_RELOAD_SECONDS
         # False until one load succeeded (the engine may be unreachable at start).
         self._loaded = False
@@ -232,26 +235,13 @@ class Catalog:
         known = await self._lookup(tenant, schema.name) if tenant == DEFAULT_TENANT else None
         if not self._loaded:  # the count of the tenant's collections below needs them all
             await self.load()
+        key = (tenant, schema.name)
+        # The lock is held to check and reserve the name, and to record the collection,
+        # not while the engine makes it (a collection of many properties took 10-16 s):
+        # every other tenant's reload (a list, a name not known yet) and create waited.
         async with self._lock:
-            if known is not None or (tenant, schema.name) in self._schemas:
-                raise _already_exists(schema.name)
-            # Per tenant: one tenant cannot use up another's room, nor learn from a refusal
-            # that other tenants' collections exist.
-            held = sum(1 for owner, _ in self._schemas if owner == tenant)
-            if held >= self._settings.max_collections:
-                # A per-tenant quota, as memory's OWNER_CONVERSATIONS_FULL: delete some, or
-                # the operator raises the setting.
-                limit = self._settings.max_collections
-                raise ResourceExhausted(
-                    f"a tenant holds at most {limit} collections "
-                    "(GENSEARCH_RETRIEVAL_MAX_COLLECTIONS); delete some to create more",
-                    reason="TOO_MANY_COLLECTIONS",
-                    metadata={
-                        "limit": str(limit),
-                        "setting": "GENSEARCH_RETRIEVAL_MAX_COLLECTIONS",
-                    },
-                )
-            self._check_schema_room(tenant, size)
+            self._reserve(tenant, schema, size, known)
+        try:
             layout = CollectionLayout(
                 name=schema.store_name,
                 dimensions=schema.dimensions,
@@ -265,9 +255,39 @@ class Catalog:
                 # Only the caller's own collection has this derived name (made by another
                 # replica a moment ago); the engine's name for it stays ours to know.
                 raise _already_exists(schema.name) from None
-            self._schemas[(tenant, schema.name)] = schema
-            self._parsed[(tenant, schema.name)] = (stored, schema)  # no reload parses it
+            async with self._lock:
+                self._schemas[key] = schema
+                self._parsed[key] = (stored, schema)  # no reload parses it
+        finally:
+            self._creating.pop(key, None)
         return schema
+
+    def _reserve(self, tenant: str, schema: Schema, size: int, known: Schema | None) -> None:
+        """Holds ``schema``'s name for a create (under the lock), or refuses it: the name
+        taken (by a collection or a create under way), the tenant's collections or their
+        schemas' bytes at their bounds (creates under way counted)."""
+        key = (tenant, schema.name)
+        if known is not None or key in self._schemas or key in self._creating:
+            raise _already_exists(schema.name)
+        # Per tenant: one tenant cannot use up another's room, nor learn from a refusal
+        # that other tenants' collections exist.
+        held = sum(1 for owner, _ in self._schemas if owner == tenant)
+        held += sum(1 for owner, _ in self._creating if owner == tenant)
+        if held >= self._settings.max_collections:
+            # A per-tenant quota, as memory's OWNER_CONVERSATIONS_FULL: delete some, or
+            # the operator raises the setting.
+            limit = self._settings.max_collections
+            raise ResourceExhausted(
+                f"a tenant holds at most {limit} collections "
+                "(GENSEARCH_RETRIEVAL_MAX_COLLECTIONS); delete some to create more",
+                reason="TOO_MANY_COLLECTIONS",
+                metadata={
+                    "limit": str(limit),
+                    "setting": "GENSEARCH_RETRIEVAL_MAX_COLLECTIONS",
+                },
+            )
+        self._check_schema_room(tenant, size)
+        self._creating[key] = size
 
     def _check_schema_room(self, tenant: str, size: int) -> None:
         """RESOURCE_EXHAUSTED unless the tenant's schemas, with one of ``size`` bytes more,
@@ -276,6 +296,7 @@ class Catalog:
         held = sum(
             s.collection.ByteSize() for (owner, _), s in self._schemas.items() if owner == tenant
         )
+        held += sum(b for (owner, _), b in self._creating.items() if owner == tenant)
         if held + size > limit:
             raise ResourceExhausted(
                 f"the tenant's collection schemas take {held} bytes; with this one ({size}) "

@@ -183,6 +183,8 @@ class EdgeStore:
         self._executor = FairExecutor(thread_name_prefix="qdrant-edge")
         self._shards: dict[str, qe.EdgeShard] = {}
         self._schemas: dict[str, dict[str, Any]] = {}
+        # Shards being created (create_collection), not served until whole.
+        self._creating: dict[str, qe.EdgeShard] = {}
         # Building the indexes collections lacked at open (_create_missing_indexes).
         self._migration: asyncio.Task[None] | None = None
 
@@ -287,10 +289,31 @@ class EdgeStore:
     # -- collections --------------------------------------------------------------------
 
     async def create_collection(self, layout: CollectionLayout, schema: dict[str, Any]) -> None:
-        await self._run(self._create, layout, schema)
+        """The shard in one turn of the engine's thread, then its payload indexes one a
+        turn, then its schema file: other tenants' calls run between them. Each index costs
+        more than the last (256 properties took 10-16 s), and in one turn every tenant's
+        call waited for all of them. Once handed over, a create runs to its end even if its
+        caller goes away meanwhile (shielded, as a write is); the collection is served only
+        once it is whole (a shard without its schema file is removed at open)."""
+        task = asyncio.create_task(self._create_in_turns(layout, schema))
+        self._writes.add(task)
+        task.add_done_callback(self._write_done)
+        await asyncio.shield(task)
 
-    def _create(self, layout: CollectionLayout, schema: dict[str, Any]) -> None:
-        if layout.name in self._shards:
+    async def _create_in_turns(self, layout: CollectionLayout, schema: dict[str, Any]) -> None:
+        await self._run(self._create_shard, layout)
+        try:
+            tried: set[str] = set()
+            # Each key once, whatever the engine then reports: never a loop.
+            while made := await self._run(self._index_new_shard, layout.name, schema, tried):
+                tried |= set(made)
+            await self._run(self._open_new_shard, layout.name, schema)
+        except BaseException:
+            await self._run(self._drop_new_shard, layout.name)
+            raise
+
+    def _create_shard(self, layout: CollectionLayout) -> None:
+        if layout.name in self._shards or layout.name in self._creating:
             raise AlreadyExists(
                 f"collection {layout.name!r} already exists", field="collection.name"
             )
@@ -302,17 +325,25 @@ class EdgeStore:
             {SPARSE: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)} if layout.sparse else None
         )
         config = qe.EdgeConfig(vectors={DENSE: dense}, sparse_vectors=sparse)
-        shard = qe.EdgeShard.create(str(path), config)
-        try:
-            # Before the schema file: a shard with a schema file has its indexes.
-            create_indexes(shard, schema)
-            write_json_atomically(self._dir / f"{layout.name}.json", schema)
-        except BaseException:
-            shard.close()
-            shutil.rmtree(path, ignore_errors=True)
-            raise
-        self._shards[layout.name] = shard
-        self._schemas[layout.name] = schema
+        self._creating[layout.name] = qe.EdgeShard.create(str(path), config)
+
+    def _index_new_shard(
+        self, name: str, schema: dict[str, Any], tried: set[str]
+    ) -> dict[str, IndexKind]:
+        return create_indexes(self._creating[name], schema, most=1, skip=tried)
+
+    def _open_new_shard(self, name: str, schema: dict[str, Any]) -> None:
+        # After the indexes: a shard with a schema file has its indexes.
+        write_json_atomically(self._dir / f"{name}.json", schema)
+        self._shards[name] = self._creating.pop(name)
+        self._schemas[name] = schema
+
+    def _drop_new_shard(self, name: str) -> None:
+        shard = self._creating.pop(name, None)
+        if shard is not None:
+            with contextlib.suppress(Exception):
+                shard.close()
+        shutil.rmtree(self._dir / name, ignore_errors=True)
 
     async def delete_collection(self, name: str) -> bool:
         return await self._run(self._delete_collection, name)

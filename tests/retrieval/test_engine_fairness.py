@@ -285,3 +285,78 @@ async def test_another_tenants_search_runs_between_the_turns_of_a_large_write(
     finally:
         auth._current.reset(token)
     await store.close()
+
+
+async def test_a_wide_collection_being_created_holds_neither_the_engine_nor_the_catalog(
+    make_retrieval: MakeRetrieval,
+) -> None:
+    """A collection of many properties gets a payload index each (payload_index.py), and
+    each costs more than the last: 256 took 10-16 s, all of it one turn of the engine's
+    thread and under the catalog's lock. Meanwhile another tenant's search waited for the
+    whole create, and so did its ListCollections and CreateCollection (each reloads the
+    catalog under that lock). Now the indexes are built a turn each, the lock held only
+    to reserve the name and to record the collection: the quiet tenant's calls finish
+    while the wide collection is still being made. Found by probe-abuser."""
+    r = await make_retrieval("edge", internal_token=SecretStr(TOKEN))
+    store = r.store
+    assert isinstance(store, EdgeStore)
+    await r.stub.CreateCollection(
+        pb.CreateCollectionRequest(collection=vector_collection("Small", DIMS)), metadata=QUIET
+    )
+    await r.stub.UpsertObjects(
+        pb.UpsertObjectsRequest(collection="Small", objects=[obj({}, vector=[1, 0, 0, 0])]),
+        metadata=QUIET,
+    )
+    wide = pb.Collection(
+        name="Wide",
+        properties=[
+            pb.Property(name=f"p{i}", data_type=pb.DATA_TYPE_TEXT)
+            for i in range(r.settings.max_properties)
+        ],
+        vectorizer=pb.Vectorizer(kind=pb.VECTORIZER_KIND_NONE, dimensions=DIMS),
+    )
+    finished: list[str] = []
+
+    async def call(name: str, rpc: Any) -> None:
+        await rpc
+        finished.append(name)
+
+    before = set(store._dir.iterdir())
+    creating = asyncio.create_task(
+        call(
+            "wide",
+            r.stub.CreateCollection(pb.CreateCollectionRequest(collection=wide), metadata=NOISY),
+        )
+    )
+    # The wide collection's shard is on disk: its create is on the engine's thread.
+    for _ in range(3000):
+        if set(store._dir.iterdir()) - before:
+            break
+        await asyncio.sleep(0.01)
+    else:
+        raise AssertionError("the wide collection never reached the engine")
+    # Past the catalog's reload pace: the quiet tenant's list reloads it.
+    await asyncio.sleep(MISS_RELOAD_SECONDS)
+    quiet = [
+        call(
+            "search",
+            r.stub.Search(
+                pb.SearchRequest(
+                    collection="Small", near_vector=pb.NearVector(vector=[1, 0, 0, 0])
+                ),
+                metadata=QUIET,
+            ),
+        ),
+        call("list", r.stub.ListCollections(pb.ListCollectionsRequest(), metadata=QUIET)),
+        call(
+            "create",
+            r.stub.CreateCollection(
+                pb.CreateCollectionRequest(collection=vector_collection("Other", DIMS)),
+                metadata=QUIET,
+            ),
+        ),
+    ]
+    await asyncio.gather(creating, *quiet)
+    assert finished[-1] == "wide", finished
+    got = await r.stub.GetCollection(pb.GetCollectionRequest(name="Wide"), metadata=NOISY)
+    assert len(got.collection.properties) == r.settings.max_properties
