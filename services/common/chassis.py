@@ -66,6 +66,8 @@ from services.common.request_parse import (
     tolerant,
 )
 from services.common.request_size import TooLarge, bounded
+from services.common.shutdown_cut import REASON as SHUTDOWN_REASON
+from services.common.shutdown_cut import CallCut, Draining
 from services.common.stream_idle import STALLED, IdleLimit, progress_rule
 from services.common.trace_headers import metadata_getter
 
@@ -131,8 +133,10 @@ class ChassisRegistry:
         reply_bytes: ReplyBytes | None = None,
         request_bytes: RequestBytes | None = None,
         trust_caller_trace: bool = True,
+        draining: Draining | None = None,
     ) -> None:
         self._auth = auth
+        self._draining = draining
         self._trust_caller_trace = trust_caller_trace
         self._call_slots = call_slots
         self._metadata_limit = metadata_limit
@@ -169,6 +173,7 @@ class ChassisRegistry:
                 self._reply_bytes,
                 self._request_bytes,
                 self._trust_caller_trace,
+                self._draining,
             )
             # gRPC itself enforces the largest limit; only smaller ones need a check here.
             wrapped = wrapper.wrap(
@@ -252,8 +257,11 @@ class _MethodWrapper:
         reply_bytes: ReplyBytes | None = None,
         request_bytes: RequestBytes | None = None,
         trust_caller_trace: bool = True,
+        draining: Draining | None = None,
     ) -> None:
         service, name = split_method(method)
+        # The stopping server's end of calls still running (shutdown_cut.py).
+        self.draining = draining
         self.trust_caller_trace = trust_caller_trace
         self.metadata_limit = metadata_limit
         self.deadline_limit = deadline_limit
@@ -352,6 +360,20 @@ class _MethodWrapper:
         if remaining is not None and remaining <= 0:
             return grpc.StatusCode.DEADLINE_EXCEEDED
         return grpc.StatusCode.CANCELLED
+
+    def _cut(self, streaming: bool) -> CallCut | contextlib.AbstractAsyncContextManager[Any]:
+        """The call's cut by its stopping server (shutdown_cut.py): entered around its
+        work, each step of a stream."""
+        if self.draining is None:
+            return _NO_CUTOFF
+        return self.draining.call(streaming)
+
+    def _drain_seconds(self, err: Exception) -> float:
+        """How long a failed client stream reads on: within what is left of a stopping
+        server's grace period when the server ended it (gRPC cancels the call then)."""
+        if self.draining is not None and _reason(err) == SHUTDOWN_REASON:
+            return self.draining.drain_seconds()
+        return DRAIN_SECONDS
 
     def _held(self) -> Held | None:
         """What the call holds of the server's bytes of requests; None when the server has
@@ -470,7 +492,7 @@ class _MethodWrapper:
                     guard, cutoff = self._admitted(context)
                     request = self._received(request, request_streaming, held)
                     self._room()
-                    async with cutoff, guard:
+                    async with self._cut(False), cutoff, guard:
                         response = self._serialized(await fn(request, context))
                     holding = self._holding()
                     if holding is not None and isinstance(response, bytes):
@@ -490,7 +512,7 @@ class _MethodWrapper:
                 request = response = None  # see _forget
                 _forget(err)
                 if request_streaming:
-                    await _drain(requests)
+                    await _drain(requests, self._drain_seconds(err))
                 requests = None
                 await context.abort(status.code, status.details, status.trailing_metadata)
             finally:
@@ -528,7 +550,9 @@ class _MethodWrapper:
                     async with guard:
                         items = fn(request, context)
                         try:
-                            await self._send_all(items, context, cutoff, holding, sent)
+                            await self._send_all(
+                                items, context, cutoff, holding, sent, self._cut(True)
+                            )
                         finally:
                             # The servicer's work (upstream calls) stops before the slots
                             # are given back, also when the stream is cut at a write.
@@ -576,17 +600,20 @@ class _MethodWrapper:
         cutoff: contextlib.AbstractAsyncContextManager[Any],
         holding: Holding | None,
         sent: Any,
+        cut: CallCut | contextlib.AbstractAsyncContextManager[Any],
     ) -> None:
         """The servicer's messages, each serialized, counted and written in turn; a write
-        blocked past the send timeout ends the call STREAM_STALLED (``stream_idle.py``)."""
+        blocked past the send timeout ends the call STREAM_STALLED (``stream_idle.py``);
+        ``cut``, the stopping server's, ends it SHUTTING_DOWN at a step, saying how many
+        messages went out."""
         limit = self.stream_idle
         first = True
         watch = None
         try:
             while True:
                 # The cutoff bounds each step, never a write: cancelled while gRPC sends,
-                # the stream could not end with our status.
-                async with cutoff:
+                # the stream could not end with our status. The server's cut likewise.
+                async with cut, cutoff:
                     try:
                         item = await anext(items)
                     except StopAsyncIteration:
@@ -628,6 +655,8 @@ class _MethodWrapper:
                 if holding is not None:
                     holding.release()
                 sent.inc()
+                if isinstance(cut, CallCut):
+                    cut.sent += 1
         finally:
             if watch is not None:
                 watch.close()
@@ -734,17 +763,17 @@ def _passing_bytes(
 DRAIN_SECONDS = 2.0
 
 
-async def _drain(requests: AsyncIterator[Any]) -> None:
+async def _drain(requests: AsyncIterator[Any], seconds: float = DRAIN_SECONDS) -> None:
     """Reads, and drops, the rest of a client stream before the call ends with an error.
 
     A grpc-python asyncio client still writing when our status arrives reports INTERNAL
     ("Internal error from Core") instead of that status (grpc/grpc#36066): the gateway,
     forwarding ImportObjects, did so when retrieval refused an early message. Reading on
-    until the client half-closes (for DRAIN_SECONDS at most) lets it see the real status.
+    until the client half-closes (for ``seconds`` at most) lets it see the real status.
     Any failure here (the stream broken, or read elsewhere at the same time) ends the
     drain; the status is sent all the same."""
     with contextlib.suppress(Exception):
-        async with asyncio.timeout(DRAIN_SECONDS):
+        async with asyncio.timeout(seconds):
             async for _ in requests:
                 pass
 

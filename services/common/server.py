@@ -54,6 +54,7 @@ from services.common.reply_bytes import ReplyBytes
 from services.common.request_bytes import RequestBytes
 from services.common.request_parse import Undecodable, Unreceived, message_type, tolerant
 from services.common.settings import CommonSettings
+from services.common.shutdown_cut import Draining, margin
 from services.common.stream_idle import IdleLimit
 from services.common.tracing import tracer
 
@@ -380,6 +381,8 @@ class GrpcServer:
         self.deadline_limit = DeadlineLimit(
             settings.min_deadline, f"{settings.namespace()}MIN_DEADLINE"
         )
+        # Calls still running as the grace period ends get our status, not gRPC's.
+        self.draining = Draining(settings.grace_period, f"{settings.namespace()}GRACE_PERIOD")
         # Built by start(): the receive limit gRPC enforces depends on the methods served.
         self._server: grpc.aio.Server | None = None
         self._chassis: ChassisRegistry | None = None
@@ -401,6 +404,7 @@ class GrpcServer:
         traces (``service.name=gensearch-<name>``)."""
         if self._chassis is None:
             name = server_name(full_name)
+            self.draining.service = name
             self._chassis = ChassisRegistry(
                 self.authenticator,
                 name,
@@ -415,6 +419,7 @@ class GrpcServer:
                 reply_bytes=self.reply_bytes,
                 request_bytes=self.request_bytes,
                 trust_caller_trace=self.settings.trust_caller_trace,
+                draining=self.draining,
             )
         registrar(servicer, self._chassis)
         self._service_names.append(full_name)
@@ -508,8 +513,24 @@ class GrpcServer:
         return BindError(where, problem, variables, metrics=metrics)
 
     async def stop(self, grace: float | None = None) -> None:
+        """Stops taking calls and gives those in flight ``grace`` seconds (the setting's
+        by default). Calls still running a margin before it ends are ended by the chassis,
+        UNAVAILABLE / SHUTTING_DOWN (shutdown_cut.py): what gRPC would cancel a moment
+        later with a bare UNAVAILABLE."""
+        grace = self.settings.grace_period if grace is None else grace
+        self.draining.grace = grace
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(self.settings.grace_period if grace is None else grace)
+        stopping = asyncio.ensure_future(self.server.stop(grace))
+        if grace > 0:
+            done, _ = await asyncio.wait({stopping}, timeout=grace - margin(grace))
+            if not done:
+                ended = self.draining.end_calls()
+                if ended:
+                    log.info(
+                        "ending calls still running: the grace period is about to end",
+                        extra={"calls": ended, "grace_period": grace},
+                    )
+        await stopping
         for callback in reversed(self._on_stop):
             try:
                 await callback()

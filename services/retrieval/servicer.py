@@ -7,6 +7,7 @@ call.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -27,6 +28,7 @@ from services.common.errors import (
     quote,
 )
 from services.common.repeats import refuse_repeats
+from services.common.shutdown_cut import claimed
 from services.common.suggest import did_you_mean
 from services.common.values import check_uuid
 from services.common.well_known import struct
@@ -179,6 +181,15 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
             # hence the whole loop in here.
             note_imported(err, message_no, received, imported, errors)
             raise
+        except asyncio.CancelledError:
+            # The server stopping ended the stream (shutdown_cut.py), waiting for the next
+            # message or in a write: said like the failures above, so the client resumes
+            # where it should (on another replica).
+            cut = claimed()
+            if cut is None:
+                raise
+            note_imported(cut, message_no, received, imported, errors)
+            raise cut from None
         if schema is None:
             # It forgot the collection as a first message without one does: the same
             # reason (it was the generic INVALID_ARGUMENT), and the counts every failed

@@ -117,6 +117,7 @@ const (
 	SearchDisabled               Reason = "SEARCH_DISABLED"
 	SearchIndexUnavailable       Reason = "SEARCH_INDEX_UNAVAILABLE"
 	SearchModeUnavailable        Reason = "SEARCH_MODE_UNAVAILABLE"
+	ShuttingDown                 Reason = "SHUTTING_DOWN"
 	StoreIsCluster               Reason = "STORE_IS_CLUSTER"
 	StoreUnavailable             Reason = "STORE_UNAVAILABLE"
 	StreamIdle                   Reason = "STREAM_IDLE"

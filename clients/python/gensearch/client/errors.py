@@ -731,6 +731,15 @@ class StoreUnavailableError(UnavailableError):
     error_reason = "STORE_UNAVAILABLE"
 
 
+class ShuttingDownError(UnavailableError):
+    """The service was stopping (a rolling update, a scale-down) and ended the call as its
+    grace period ran out; the call did not finish and may be retried (another replica
+    serves it). ErrorInfo metadata ``grace_period_seconds``, ``setting``, and for a stream
+    ``sent_count`` (its messages sent before the cut)."""
+
+    error_reason = "SHUTTING_DOWN"
+
+
 class UpstreamConnectionFailedError(UnavailableError):
     error_reason = "UPSTREAM_CONNECTION_FAILED"
 

@@ -1,0 +1,57 @@
+"""An ImportObjects stream still open as retrieval's grace period ends is ended by the
+chassis, UNAVAILABLE / SHUTTING_DOWN, saying what its messages imported, as a stream's
+other failures do (services/common/shutdown_cut.py); before, gRPC core cancelled it bare
+("Cancelling all calls", no ErrorInfo, no counts). A real server, a real client."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
+
+from tests.retrieval.conftest import MakeRetrieval, obj, vector_collection
+from tests.support.rpc import error_info
+
+GRACE = 1.0
+
+
+async def _one_batch_then_silent(sent: asyncio.Event) -> AsyncIterator[pb.ImportObjectsRequest]:
+    objects = [obj({"title": f"t{i}"}, vector=[0.1, 0.2, 0.3, 0.4]) for i in range(2)]
+    yield pb.ImportObjectsRequest(collection="A", objects=objects)
+    sent.set()
+    await asyncio.Event().wait()
+
+
+async def test_an_import_open_as_the_grace_period_ends_says_what_it_imported(
+    make_retrieval: MakeRetrieval,
+) -> None:
+    retrieval = await make_retrieval(stream_idle_timeout=3600)
+    await retrieval.stub.CreateCollection(
+        pb.CreateCollectionRequest(collection=vector_collection("A"))
+    )
+    sent = asyncio.Event()
+    call = retrieval.stub.ImportObjects(_one_batch_then_silent(sent), timeout=60)
+    await sent.wait()
+    # The first message written: the stream now waits for the next one.
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 30
+    while (await retrieval.stub.CountObjects(pb.CountObjectsRequest(collection="A"))).count < 2:
+        assert not call.done() and loop.time() < end, "the first message was never written"
+        await asyncio.sleep(0.01)
+    stopping = asyncio.create_task(retrieval.server.stop(GRACE))
+    try:
+        await call
+    except grpc.aio.AioRpcError as failed:
+        err = failed
+    else:
+        raise AssertionError("the import ended without an error")
+    await stopping
+    assert err.code() == grpc.StatusCode.UNAVAILABLE, err
+    info = error_info(err)
+    assert info.reason == "SHUTTING_DOWN"
+    assert info.metadata["setting"] == "GENSEARCH_RETRIEVAL_GRACE_PERIOD"
+    assert info.metadata["imported_count"] == info.metadata["received_count"] == "2"
+    assert "(message 1; 2 objects imported before it)" in (err.details() or "")
+    assert "retrieval service is shutting down" in (err.details() or "")
