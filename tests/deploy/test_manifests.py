@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 import kubernetes_validate
 import pytest
 
+from services.gateway.settings import GatewaySettings
 from tests.deploy.manifests import (
     K8S_VERSION,
     OVERLAYS,
@@ -334,8 +335,33 @@ def test_generation_is_balanced_per_call_through_a_headless_service(path: str) -
 # --- lifecycle, scaling, storage ---------------------------------------------------------
 
 
+# The waits a stopping service's shutdown hooks may take, one after the other, after its
+# grace period (services/gateway/__main__.py's on_stop): each a setting of that service.
+SHUTDOWN_DRAINS = {
+    "gateway": (
+        "semantic_cache_store_drain_timeout",
+        "ask_cleanup_seconds",
+        "summary_drain_timeout",
+    ),
+}
+
+
+def _drains(docs: tuple[Doc, ...], service: str) -> float:
+    """Seconds ``service``'s shutdown drains may take: the rendered config's values, or
+    the settings' defaults."""
+    total = 0.0
+    for name in SHUTDOWN_DRAINS.get(service, ()):
+        value = config(docs).get(f"GENSEARCH_{service.upper()}_{name.upper()}")
+        total += float(value if value is not None else GatewaySettings.model_fields[name].default)
+    return total
+
+
 @pytest.mark.parametrize("path", ALL)
 def test_termination_grace_covers_drain(path: str) -> None:
+    """Kubernetes kills a pod terminationGracePeriodSeconds after it began terminating:
+    the preStop sleep, then the grace period (calls still running at its end get
+    SHUTTING_DOWN), then the shutdown drains must all fit in it, or the pod is killed
+    mid-drain (the gateway's Ask clean-ups and summary folds cut, keys left held)."""
     docs = render(path)
     for service in SERVICES:
         grace = float(config(docs)[f"GENSEARCH_{service.upper()}_GRACE_PERIOD"])
@@ -343,7 +369,20 @@ def test_termination_grace_covers_drain(path: str) -> None:
         pre_stop = container(deployment)["lifecycle"]["preStop"]["exec"]["command"]
         assert pre_stop[0] == "sleep"
         budget = pod_spec(deployment)["terminationGracePeriodSeconds"]
-        assert budget > grace + float(pre_stop[1]), service
+        assert budget > float(pre_stop[1]) + grace + _drains(docs, service), service
+
+
+@pytest.mark.parametrize("path", ALL)
+@pytest.mark.parametrize("service", ["gateway", "generation"])
+def test_llm_answers_get_the_default_ask_its_time(path: str, service: str) -> None:
+    """The services that serve LLM answers give calls in flight at least the gateway's
+    default Ask budget: an Ask begun just before a rolling update finishes."""
+    docs = render(path)
+    ask = config(docs).get("GENSEARCH_GATEWAY_ASK_TIMEOUT")
+    default_ask = float(
+        ask if ask is not None else GatewaySettings.model_fields["ask_timeout"].default
+    )
+    assert float(config(docs)[f"GENSEARCH_{service.upper()}_GRACE_PERIOD"]) >= default_ask
 
 
 @pytest.mark.parametrize("path", ["base", "overlays/prod"])
