@@ -57,6 +57,7 @@ async def build_server(settings: MemorySettings, *, port: int | None = None) -> 
         max_conversations_per_owner=settings.max_conversations_per_owner,
         max_interactions_per_conversation=settings.max_interactions_per_conversation,
         untenanted_owner=settings.untenanted_owner,
+        slot_move_wait=settings.slot_move_wait_seconds,
     )
     # Redis down at start: served UNAVAILABLE until it is back. The store logged the
     # outage (one line for it, not one here too).

@@ -58,6 +58,11 @@ class MemorySettings(DownstreamSettings):
     # UNAVAILABLE, and the call is not sent again (docs/memory.md).
     redis_socket_timeout: float = Field(default=2.0, gt=0, le=MAX_WAIT_SECONDS)
     redis_connect_timeout: float = Field(default=1.0, gt=0, le=MAX_WAIT_SECONDS)
+    # Redis Cluster: how long a call refused by a slot move (TRYAGAIN: a write creating a
+    # key, or keys split between the slot's two nodes, for as long as the move lasts)
+    # waits at most for the move to end, sending the script again with backoff; never
+    # past the call's deadline. Then UNAVAILABLE (docs/memory.md). 0: at once.
+    slot_move_wait_seconds: float = Field(default=5.0, ge=0, le=MAX_WAIT_SECONDS)
 
     # Signs page tokens. Empty: a random secret is created once in Redis (SET NX), so
     # every replica and every restart agree.

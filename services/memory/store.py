@@ -61,6 +61,7 @@ from redis.typing import EncodableT
 
 from services.common import redis_errors
 from services.common.auth import DEFAULT_TENANT
+from services.common.call_deadline import call_cutoff
 from services.common.errors import (
     Aborted,
     FailedPrecondition,
@@ -418,16 +419,84 @@ def writes(source: str) -> bool:
     return any(command.upper() in _GROWS for command in _CALLED.findall(source))
 
 
-async def _redis(outage: StoreWarnings, call: Awaitable[Any] | Any, *, write: bool = False) -> Any:
+def _slot_moving(err: BaseException) -> bool:
+    """Whether ``err`` is a reshard's refusal of a call that no node ran, so that sending it
+    again is safe: TRYAGAIN (a multi-key script, or command, on a slot being moved whose
+    keys are split between the slot's two nodes, or one of whose keys does not exist yet:
+    Redis cannot tell a missing key from one not moved yet), or redis-py's cluster client
+    giving up after following such refusals and MOVED/ASK redirections (a bare
+    ``ClusterError("TTL exhausted.")``, raised only once every try was refused or
+    redirected: ``RedisCluster._execute_command``). CLUSTERDOWN and MASTERDOWN are
+    subclasses, not this."""
+    return isinstance(err, TryAgainError) or type(err) is ClusterError
+
+
+class _SlotMoving(Exception):
+    """A call refused by a slot move (``_slot_moving``), raised by ``_redis`` only for a
+    caller that waits for the move (``_redis_waiting``), which handles it."""
+
+    def __init__(self, err: BaseException) -> None:
+        super().__init__(err)
+        self.err = err
+
+
+# The pauses between the tries of a call refused by a slot move (``_redis_waiting``):
+# doubled from the first up to the last, each with jitter so that the replicas' retries
+# spread. Each try is itself up to 16 of redis-py's (the last eight 50 ms apart).
+SLOT_MOVE_FIRST_PAUSE = 0.01
+SLOT_MOVE_MAX_PAUSE = 0.25
+
+
+async def _redis_waiting(
+    outage: StoreWarnings, make: Callable[[], Awaitable[Any]], *, wait: float, write: bool = False
+) -> Any:
+    """``_redis`` of the call ``make`` makes, made again while a slot move refuses it
+    (``_slot_moving``: it did not run) for at most ``wait`` seconds, and never past the
+    call's own cutoff (``call_deadline.call_cutoff``: the gRPC call's deadline less the
+    chassis' margin): a try is started only when it and another as long (for the answer)
+    end before then. Then the refusal is UNAVAILABLE ``STORE_UNAVAILABLE`` (retryable), as
+    without waiting. A script that declares a key it creates (a new turn beside its
+    conversation) is refused by Redis for the whole move, on either node (TRYAGAIN), so
+    only waiting for the move's end lets it run: a small slot moves in milliseconds."""
+    loop = asyncio.get_running_loop()
+    until = loop.time() + wait
+    cutoff = call_cutoff()
+    if cutoff is not None:
+        until = min(until, cutoff.when)
+    pause = SLOT_MOVE_FIRST_PAUSE
+    while True:
+        started = loop.time()
+        try:
+            return await _redis(outage, make(), write=write, moving=True)
+        except _SlotMoving as refused:
+            took = loop.time() - started
+            pause_now = pause * (0.5 + random.random() / 2)
+            if loop.time() + pause_now + 2 * took > until:
+                outage.down(refused.err, extra={"error": _describe(refused.err)})
+                raise _unavailable() from None
+            await asyncio.sleep(pause_now)
+            pause = min(pause * 2, SLOT_MOVE_MAX_PAUSE)
+
+
+async def _redis(
+    outage: StoreWarnings,
+    call: Awaitable[Any] | Any,
+    *,
+    write: bool = False,
+    moving: bool = False,
+) -> Any:
     """Awaits one Redis call; its failure becomes the service's error, here and only here.
     ``outage`` logs Redis unreachable, or full, once per outage (and its end), not once per
-    call; ``write``: the call may grow what Redis holds, so its success ends a full one.
-    (Typed loosely: redis-py annotates a command's result as ``Awaitable[T] | T``, one set
-    of annotations for its sync and async clients.)"""
+    call; ``write``: the call may grow what Redis holds, so its success ends a full one;
+    ``moving``: a slot move's refusal is ``_SlotMoving`` (counted, not logged), for
+    ``_redis_waiting``. (Typed loosely: redis-py annotates a command's result as
+    ``Awaitable[T] | T``, one set of annotations for its sync and async clients.)"""
     try:
         out = await call
     except _UNAVAILABLE as err:
         redis_errors.count("memory", err)
+        if moving and _slot_moving(err):
+            raise _SlotMoving(err) from None
         outage.down(err, extra={"error": _describe(err)})
         raise _unavailable() from None
     except (MovedError, AskError) as err:
@@ -602,8 +671,12 @@ class MemoryStore:
         gone_check_turns: int = GONE_CHECK_TURNS,
         gone_check_offsets: Callable[[], int] | None = None,
         drop_batch: int = DROP_BATCH,
+        slot_move_wait: float = 0.0,
     ) -> None:
         self._redis = redis
+        # How long a call refused by a slot move waits at most for the move to end
+        # (``_redis_waiting``; GENSEARCH_MEMORY_SLOT_MOVE_WAIT_SECONDS): 0, refused at once.
+        self._slot_move_wait = slot_move_wait
         # Redis unreachable or full: one WARNING per outage (again every 30 s while it
         # lasts), and one INFO line when it ends; a line per call buried everything else.
         self._outage = StoreWarnings()
@@ -802,9 +875,7 @@ class MemoryStore:
             if options.sample_at is not None and declared >= RUN_ATTEMPTS - SAMPLE_RUNS:
                 args[options.sample_at] = 0
             try:
-                out = await _redis(
-                    self._outage, script(keys=names, args=args), write=script in self._writers
-                )
+                out = await self._script(script, names, args)
                 if hint and asked:
                     self._hint(hint, asked)
                 return out, asked
@@ -828,6 +899,18 @@ class MemoryStore:
         raise Aborted(
             "the owner's conversations kept changing meanwhile; try again",
             reason="CONCURRENT_UPDATE",
+        )
+
+    async def _script(
+        self, script: AsyncScript, names: list[str], args: list[EncodableT], *, wait: bool = True
+    ) -> Any:
+        """One run of ``script`` on ``names``, ``args``, sent again while a slot move
+        refuses it (``_redis_waiting``; ``wait`` False: refused at once)."""
+        return await _redis_waiting(
+            self._outage,
+            lambda: script(keys=names, args=args),
+            wait=self._slot_move_wait if wait else 0.0,
+            write=script in self._writers,
         )
 
     async def _to_declare(
@@ -861,8 +944,17 @@ class MemoryStore:
         usage.lua's OTHER_CONVERSATIONS, only at the byte limit): redis-py's cluster client
         sends ASKING and the command it precedes as two calls on the node's pool, so
         concurrent ones may get them on two connections and bounce between the nodes
-        until it gives up (ClusterError: UNAVAILABLE)."""
-        return [name for name in names if await _redis(self._outage, self._redis.exists(name))]
+        until it gives up (ClusterError: sent again as a slot move's refusal,
+        ``_redis_waiting``)."""
+        found = []
+        for name in names:
+
+            def exists(name: str = name) -> Awaitable[Any]:
+                return self._redis.exists(name)  # type: ignore[no-any-return]
+
+            if await _redis_waiting(self._outage, exists, wait=self._slot_move_wait):
+                found.append(name)
+        return found
 
     def _hint(self, turn: str, names: list[str]) -> None:
         """Keeps ``names`` to declare up front with the turn key ``turn`` (``_run``)."""
@@ -910,13 +1002,10 @@ class MemoryStore:
             if read is not None:
                 read.append(len(members))
             names = [keys.conversation(tag, m[16:]) for m in members]
-            done = await _redis(
-                self._outage,
-                self._reconcile_script(
-                    keys=[convs, keys.usage(tag), *names],
-                    args=[tag, "1" if gone is None else "0", *members],
-                ),
-                write=True,
+            done = await self._script(
+                self._reconcile_script,
+                [convs, keys.usage(tag), *names],
+                [tag, "1" if gone is None else "0", *members],
             )
             if done != 0:
                 return int(done)
@@ -935,7 +1024,7 @@ class MemoryStore:
         await self._walk_in_chunks(self._measure_script, tag, cid, tag, "0")
 
     async def _walk_in_chunks(
-        self, script: AsyncScript, tag: str, cid: str, head: str, mark: str
+        self, script: AsyncScript, tag: str, cid: str, head: str, mark: str, *, wait: bool = True
     ) -> None:
         """Runs ``script`` (measure.lua, drop_missing.lua) over conversation ``cid``'s list
         in chunks of ``drop_batch`` turns, one run each (each chunk read just before, its
@@ -944,7 +1033,8 @@ class MemoryStore:
         its read: read it again), or 3 with what it carries to the next run: a mark (the
         script's own) and a byte sum. ``head`` is the script's first argument, ``mark``
         the first run's. At most RUN_ATTEMPTS restarts, and as many misreads in a row,
-        then ABORTED (what the runs did stays done)."""
+        then ABORTED (what the runs did stays done). ``wait`` False: a run refused by a
+        slot move is UNAVAILABLE at once (``_script``)."""
         conv = keys.conversation(tag, cid)
         ints = keys.conversation_interactions(tag, cid)
         usage = keys.usage(tag)
@@ -962,13 +1052,11 @@ class MemoryStore:
                     ),
                 )
             ]
-            out = await _redis(
-                self._outage,
-                script(
-                    keys=[conv, ints, usage, *(keys.interaction(tag, iid) for iid in batch)],
-                    args=[head, cid, after, mark, total, *batch],
-                ),
-                write=script in self._writers,
+            out = await self._script(
+                script,
+                [conv, ints, usage, *(keys.interaction(tag, iid) for iid in batch)],
+                [head, cid, after, mark, total, *batch],
+                wait=wait,
             )
             status = int(out[0])
             if status == 1:
@@ -1186,7 +1274,8 @@ class MemoryStore:
         many times as it reads them again): the read is answered as it was, its count
         still including the gone turn, which a later read drops."""
         try:
-            await self._drop_missing(owner, tag, cid)
+            # Not waiting for a slot move: the read has its answer already.
+            await self._drop_missing(owner, tag, cid, wait=False)
         except (Unavailable, Aborted):
             return False
         return True
@@ -1264,12 +1353,10 @@ class MemoryStore:
         ]
         batch: list[str] = []
         for _ in range(runs):
-            row = await _redis(
-                self._outage,
-                self._retention_step(
-                    keys=names + [keys.interaction(tag, iid) for iid in batch],
-                    args=[self.caller(owner), tag, cid, *batch],
-                ),
+            row = await self._script(
+                self._retention_step,
+                names + [keys.interaction(tag, iid) for iid in batch],
+                [self.caller(owner), tag, cid, *batch],
             )
             if not row or row[_WALK_PENDING] != b"1":
                 return row
@@ -1404,19 +1491,13 @@ class MemoryStore:
                 for m in await _redis(self._outage, self._redis.zrange(ints, 0, DELETE_BATCH - 1))
             ]
             turns = [keys.interaction(tag, iid) for iid in batch]
-            read = (
-                await _redis(self._outage, self._turn_requests(keys=turns, args=[]))
-                if batch
-                else []
-            )
+            read = await self._script(self._turn_requests, turns, []) if batch else []
             rids = [bytes(rid).decode() if rid else "" for rid in read]
             args: list[EncodableT] = [self.caller(owner), tag, cid]
             for iid, rid in zip(batch, rids, strict=True):
                 args += [iid, rid]
             requests = [self._request(owner, tag, rid) for rid in rids if rid]
-            status = await _redis(
-                self._outage, self._delete_conversation(keys=names + turns + requests, args=args)
-            )
+            status = await self._script(self._delete_conversation, names + turns + requests, args)
             if status == 0 and not started:
                 raise conversation_not_found(cid)
             if status != 3:  # 1, or 0 after a run of ours: another call finished it
@@ -1642,22 +1723,22 @@ class MemoryStore:
             await self._drop_missing(owner, tag, cid)
         raise _concurrent_update(cid)
 
-    async def _drop_missing(self, owner: Owner, tag: str, cid: str) -> None:
+    async def _drop_missing(self, owner: Owner, tag: str, cid: str, *, wait: bool = True) -> None:
         """Drops the turns of conversation ``cid`` whose key is gone from its list, and
         counts its bytes again from what is left (lua/drop_missing.lua), with every turn
         declared: mid-reshard, split between the slot's two nodes, Redis refuses the run
         (TRYAGAIN: UNAVAILABLE, retryable) rather than a turn not moved yet being dropped.
         Standalone (or once the move is done) a missing key is gone for good: before, the
         conversation answered UNAVAILABLE to every ListInteractions (and Ask) forever."""
-        await self._drop_gone(tag, cid, self.caller(owner))
+        await self._drop_gone(tag, cid, self.caller(owner), wait=wait)
 
-    async def _drop_gone(self, tag: str, cid: str, caller: str) -> None:
+    async def _drop_gone(self, tag: str, cid: str, caller: str, *, wait: bool = True) -> None:
         """``_drop_missing``'s walk, ``caller`` the script's, in chunks
         (``_walk_in_chunks``): each run drops its chunk's gone turns and sets
         interaction_count; the last sets the conversation's bytes from the sum the runs
         carried (lua/drop_missing.lua); a walk whose conversation's bytes changed under it
         (a write between two runs) starts over."""
-        await self._walk_in_chunks(self._drop_missing_script, tag, cid, caller, "-")
+        await self._walk_in_chunks(self._drop_missing_script, tag, cid, caller, "-", wait=wait)
 
     async def get_interaction_traces(self, owner: Owner, iid: str) -> bytes:
         """The interaction's serialized traces (b"" when it has none)."""

@@ -13,6 +13,7 @@ import pytest
 import pytest_asyncio
 from gensearch.memory.v1 import memory_service_pb2 as pb
 from gensearch.memory.v1 import memory_service_pb2_grpc as pb_grpc
+from prometheus_client import REGISTRY
 from redis.crc import key_slot
 
 from services.common.auth import DEFAULT_TENANT, Identity, Role, forwarded_identity
@@ -27,9 +28,10 @@ from services.memory.store import (
     Retention,
 )
 from tests.memory.conftest import INTERNAL_TOKEN, make_settings
-from tests.memory.helpers import conversation_with_turns, usage_bytes
+from tests.memory.helpers import conversation_with_turns, rpc_error, usage_bytes
 from tests.memory.test_cluster import _hash_tag
 from tests.support.redis_cluster import LocalCluster, Node
+from tests.support.rpc import error_info
 
 BACKENDS = ("cluster",)
 USER = "mover"
@@ -946,3 +948,120 @@ async def test_answers_mid_move_that_need_no_missing_key_are_given(
     assert mid_move == [after]
     if not hash_gone:
         await _usage_intact(target, tag, [empty, full])
+
+
+def _slot_refusals() -> float:
+    """The memory store's Redis calls a cluster refused so far (a slot move's TRYAGAIN among
+    them: ``gensearch_redis_errors_total{store="memory",kind="cluster"}``)."""
+    labels = {"store": "memory", "kind": "cluster"}
+    return REGISTRY.get_sample_value("gensearch_redis_errors_total", labels) or 0.0
+
+
+async def _until_refused(since: float, count: int) -> None:
+    """Until the store met ``count`` refusals more than ``since``: the calls just made
+    reached the slot mid-move (not a bound on how long they take)."""
+    for _ in range(2000):
+        if _slot_refusals() >= since + count:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the calls never met the move")
+
+
+async def _memory_server(own_cluster: LocalCluster, **overrides: Any) -> Any:
+    server = await build_server(
+        make_settings(own_cluster.url, redis_cluster=True, **overrides), port=0
+    )
+    await server.start()
+    return server
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("held", ["split", "all moved"])
+async def test_writes_creating_a_key_mid_move_are_stored_once_the_move_ends(
+    own_cluster: LocalCluster, held: str
+) -> None:
+    """CreateInteraction (a new turn key beside its conversation) and CreateConversation (a
+    new hash) sent while a slot move is held, its keys split between the nodes or all on
+    the new one before the move ends: Redis refuses their scripts (TRYAGAIN) for the whole
+    move, as a declared key that does not exist yet may be one not moved yet. They wait
+    for the move's end within their deadline and are stored once, on the new node. Before,
+    they answered UNAVAILABLE at once."""
+    server = await _memory_server(own_cluster)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.MemoryServiceStub(channel)
+            cid, _ = await conversation_with_turns(stub, "h", 3, WHO)
+            tag = f"gensearch:{_hash_tag(USER)}"
+            calls: dict[str, asyncio.Future[Any]] = {}
+
+            async def hold() -> None:
+                if calls:
+                    return
+                before = _slot_refusals()
+                turn = pb.CreateInteractionRequest(
+                    conversation_id=cid, input="mid", request_id="mid"
+                )
+                calls["turn"] = asyncio.ensure_future(
+                    stub.CreateInteraction(turn, metadata=WHO, timeout=60)
+                )
+                made = pb.CreateConversationRequest(name="mid")
+                calls["conversation"] = asyncio.ensure_future(
+                    stub.CreateConversation(made, metadata=WHO, timeout=60)
+                )
+                await _until_refused(before, 2)
+
+            first = [f"{tag}:conv:{cid}"] if held == "split" else []
+            slot, source, target = _move(own_cluster)
+            await own_cluster.migrate_slot(
+                slot, source, target, batch=1000, between=hold, first=first
+            )
+            turn = (await calls["turn"]).interaction
+            new = (await calls["conversation"]).conversation
+            page = await stub.ListInteractions(
+                pb.ListInteractionsRequest(conversation_id=cid, page_size=10), metadata=WHO
+            )
+            assert [i.input for i in page.interactions] == ["mid", "h2", "h1", "h0"]
+            assert page.interactions[0].interaction_id == turn.interaction_id
+            got = await stub.GetConversation(
+                pb.GetConversationRequest(conversation_id=new.conversation_id), metadata=WHO
+            )
+            assert got.conversation.name == "mid"
+            async with source.client() as old:
+                assert await old.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == 0
+    finally:
+        await server.stop(0)
+
+
+@pytest.mark.slow
+async def test_a_write_mid_move_whose_deadline_passes_is_unavailable(
+    own_cluster: LocalCluster,
+) -> None:
+    """A turn sent while a slot move is held past its deadline: it waits for the move no
+    longer than its deadline allows, then answers UNAVAILABLE STORE_UNAVAILABLE
+    (retryable, with ErrorInfo), nothing stored; its retry after the move is stored."""
+    server = await _memory_server(own_cluster)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.MemoryServiceStub(channel)
+            cid, _ = await conversation_with_turns(stub, "d", 2, WHO)
+            turn = pb.CreateInteractionRequest(conversation_id=cid, input="late", request_id="late")
+            refused: list[grpc.aio.AioRpcError] = []
+
+            async def hold() -> None:
+                if not refused:
+                    refused.append(
+                        await rpc_error(stub.CreateInteraction(turn, metadata=WHO, timeout=2))
+                    )
+
+            slot, source, target = _move(own_cluster)
+            await own_cluster.migrate_slot(slot, source, target, batch=1000, between=hold)
+            assert refused[0].code() == grpc.StatusCode.UNAVAILABLE, refused[0].details()
+            assert error_info(refused[0]).reason == "STORE_UNAVAILABLE"
+            stored = await stub.CreateInteraction(turn, metadata=WHO, timeout=10)
+            page = await stub.ListInteractions(
+                pb.ListInteractionsRequest(conversation_id=cid, page_size=10), metadata=WHO
+            )
+            assert [i.input for i in page.interactions] == ["late", "d1", "d0"]
+            assert page.interactions[0].interaction_id == stored.interaction.interaction_id
+    finally:
+        await server.stop(0)
