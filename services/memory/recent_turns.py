@@ -16,6 +16,12 @@ The keys are the full Redis key names, under the owner's tag: a guess for one ow
 conversation is never another owner's (the two legacy owners sharing a tag share the
 guess, but each script checks the caller owns the conversation before reading any turn:
 another owner's is NOT_FOUND, guessed or not).
+
+It also keeps which conversations it last saw without turns (``known_empty``): such a
+conversation has no list of turns, and a script declaring a key that does not exist is
+refused by Redis for as long as a slot move lasts (TRYAGAIN), so their reads and updates
+do not declare the list. A stale guess (another replica wrote a turn since) costs one
+more run, the script asking for the list (lua/read.lua's declare_first).
 """
 
 from __future__ import annotations
@@ -29,6 +35,9 @@ MAX_KEYS = 100_000
 # The most turn keys kept as a page whose size was never asked (a conversation this
 # replica started and has not listed yet): the largest page the service serves.
 UNSIZED_PAGE = 100
+# Conversations kept as known to have no turns (a key each, ~100 bytes: ~1 MB at most;
+# the least recently seen forgotten first).
+MAX_EMPTY = 10_000
 
 
 @dataclass(slots=True)
@@ -56,6 +65,7 @@ class RecentTurns:
         self._max_keys = max_keys
         self._kept = 0
         self._entries: OrderedDict[str, _Expected] = OrderedDict()
+        self._empty: OrderedDict[str, None] = OrderedDict()
 
     def page(self, conv: str, size: int) -> list[str]:
         """The turn keys the newest page of ``size`` turns is expected to read."""
@@ -89,11 +99,26 @@ class RecentTurns:
         entry.offset, entry.window = offset, turns
         self._trim()
 
+    def known_empty(self, conv: str) -> bool:
+        """Whether the conversation (its hash's key) had no turns when last seen."""
+        return conv in self._empty
+
+    def learn_count(self, conv: str, count: int) -> None:
+        """The conversation's turn count as a call found it (0: a new conversation)."""
+        if count:
+            self._empty.pop(conv, None)
+            return
+        self._empty[conv] = None
+        self._empty.move_to_end(conv)
+        while len(self._empty) > MAX_EMPTY:
+            self._empty.popitem(last=False)
+
     def wrote(self, conv: str, turn: str, *, new: bool) -> None:
         """A turn this replica wrote (``new``: the first of a conversation it started). It
         is the newest: first of the newest page (the oldest of the page's size drops out)
         and, turns being appended, in the next window (the whole list while it fits one,
         else one more turn that the window, wrapping, may reach)."""
+        self._empty.pop(conv, None)
         entry = self._entries.get(conv)
         if entry is None:
             if not new:
@@ -113,6 +138,7 @@ class RecentTurns:
 
     def forget(self, conv: str) -> None:
         """A conversation deleted: nothing to expect of it."""
+        self._empty.pop(conv, None)
         entry = self._entries.pop(conv, None)
         if entry is not None:
             self._kept -= entry.size()

@@ -1210,6 +1210,7 @@ class MemoryStore:
             raise self._conversations_full()
         if expire_ms == -3:
             raise self._storage_full()
+        self._recent.learn_count(keys.conversation(tag, cid), 0)
         return ConversationRecord(cid, owner.user, name, now, now, 0, int(expire_ms), r)
 
     async def get_conversation(
@@ -1236,7 +1237,7 @@ class MemoryStore:
                 raise conversation_not_found(cid)
             return _conversation(cid, row)
         conv = keys.conversation(tag, cid)
-        names = [conv, keys.conversation_interactions(tag, cid)]
+        names = [conv, *self._turn_list(tag, cid)]
         for _ in range(RUN_ATTEMPTS):
             # The window's turns: those the last call found for this one (its offset drawn
             # then), declared up front; a run asks for any other (read.lua's missing_turn).
@@ -1251,10 +1252,23 @@ class MemoryStore:
             )
             if not row:
                 raise conversation_not_found(cid)
-            self._learn_window(tag, conv, row[_NEXT_WINDOW:], turns + asked)
+            named = [key for key in asked if key.startswith(keys.interaction(tag, ""))]
+            self._learn_window(tag, conv, row[_NEXT_WINDOW:], turns + named)
             if row[_MISSING_TURN] != b"1" or not await self._dropped(owner, tag, cid):
                 break
-        return _conversation(cid, row)
+        record = _conversation(cid, row)
+        self._recent.learn_count(conv, record.interaction_count)
+        return record
+
+    def _turn_list(self, tag: str, cid: str) -> list[str]:
+        """The conversation's list of turns, to declare up front, unless this replica saw
+        it without turns last (``RecentTurns.known_empty``): then it has no list, and a
+        script declaring a key that does not exist is refused by Redis for as long as a
+        reshard moves the slot (TRYAGAIN); a run that finds turns asks for it
+        (lua/read.lua's declare_first: one more run)."""
+        if self._recent.known_empty(keys.conversation(tag, cid)):
+            return []
+        return [keys.conversation_interactions(tag, cid)]
 
     def _learn_window(self, tag: str, conv: str, reply: list[Any], declared: list[str]) -> None:
         """Keeps the next window get_conversation.lua named (``reply``: its start, then
@@ -1298,7 +1312,7 @@ class MemoryStore:
             keys.conversation(tag, cid),
             keys.conversations(tag),
             keys.usage(tag),
-            keys.conversation_interactions(tag, cid),
+            *self._turn_list(tag, cid),
         ]
         named: dict[str, str] = {}
         evicted, declared = _declare_turns(tag, named)
@@ -1319,6 +1333,7 @@ class MemoryStore:
             raise conversation_not_found(cid)
         if row == -1:
             raise self._storage_full()
+        self._recent.learn_count(names[0], _conversation(cid, row).interaction_count)
         # A new ttl sets every turn's expiry in batches (lua/retention.lua): the answer
         # waits for the last.
         if row[_WALK_PENDING] == b"1":
@@ -1424,9 +1439,9 @@ class MemoryStore:
         # The owner's list too: read when the new summary does not fit (usage.lua).
         names = [
             keys.conversation(tag, cid),
-            keys.conversation_interactions(tag, cid),
             keys.usage(tag),
             keys.conversations(tag),
+            *self._turn_list(tag, cid),
         ]
         args: list[EncodableT] = [
             self.caller(owner), tag, cid, now, expected_through, through, text, turns,

@@ -17,7 +17,7 @@ from prometheus_client import REGISTRY
 from redis.crc import key_slot
 
 from services.common.auth import DEFAULT_TENANT, Identity, Role, forwarded_identity
-from services.common.errors import ResourceExhausted, Unavailable
+from services.common.errors import InvalidArgument, ResourceExhausted, Unavailable
 from services.common.redis_client import RedisClient, connect
 from services.memory.__main__ import build_server
 from services.memory.store import (
@@ -1065,3 +1065,52 @@ async def test_a_write_mid_move_whose_deadline_passes_is_unavailable(
             assert page.interactions[0].interaction_id == stored.interaction.interaction_id
     finally:
         await server.stop(0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("moved", ["its keys", "other keys"])
+async def test_a_conversation_without_turns_is_read_and_updated_mid_move(
+    own_cluster: LocalCluster, make_store: Callable[..., MemoryStore], moved: str
+) -> None:
+    """GetConversation, UpdateConversation (a new name and ttl) and UpdateSummary of a
+    conversation without turns, while a slot move is held with the owner's keys on the
+    new node, or on the old one (another conversation's moved): each is answered at once,
+    the store not waiting for the move. A conversation without turns has no list, so
+    their scripts no longer declare it (the store saw it without turns: it made it).
+    Before, they declared the list, a key that does not exist: Redis refused them
+    (TRYAGAIN) for the whole move, UNAVAILABLE."""
+    store = make_store()
+    tag = store.tag(OWNER)
+    other = (await store.create_conversation(OWNER, "o")).conversation_id
+    turn = await store.create_interaction(OWNER, other, pb.Interaction(input="o"), "o")
+    empty = (await store.create_conversation(OWNER, "e")).conversation_id
+    answers: list[dict[str, object]] = []
+
+    async def during() -> None:
+        if answers:
+            return
+        got: dict[str, object] = {}
+        got["get"] = (await store.get_conversation(OWNER, empty)).interaction_count
+        update = ConversationUpdate(name="renamed", ttl_ms=3_600_000)
+        got["update"] = (await store.update_conversation(OWNER, empty, update)).name
+        try:
+            await store.update_summary(
+                OWNER, empty, expected_through="", through=turn.interaction_id, text="s",
+                turns=1, prompt_tokens=1, completion_tokens=1,
+            )  # fmt: skip
+        except InvalidArgument as err:
+            got["summary"] = err.reason
+        answers.append(got)
+
+    if moved == "its keys":
+        first = [f"{tag}:conv:{empty}", f"{tag}:convs", f"{tag}:usage"]
+    else:
+        first = [f"{tag}:conv:{other}", f"{tag}:conv:{other}:ints"]
+    target = await _move_slot(own_cluster, batch=100, between=during, first=first)
+    assert answers == [{"get": 0, "update": "renamed", "summary": "INVALID_SUMMARY_RANGE"}]
+    record = await store.get_conversation(OWNER, empty)
+    assert (record.name, record.interaction_count) == ("renamed", 0)
+    assert record.expire_ms > 0
+    async with target.client() as client:
+        assert await client.exists(f"{tag}:conv:{empty}:ints") == 0
+    await _usage_intact(target, tag, [other, empty])

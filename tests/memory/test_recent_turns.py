@@ -4,7 +4,7 @@ replica's own turns added, and a bounded cache."""
 
 from __future__ import annotations
 
-from services.memory.recent_turns import RecentTurns
+from services.memory.recent_turns import MAX_EMPTY, RecentTurns
 
 
 def test_own_turns_join_the_page_and_the_window() -> None:
@@ -48,3 +48,26 @@ def test_the_cache_keeps_at_most_its_keys_forgetting_the_least_recently_read() -
     recent.learn_window("big", 0, [f"b{n}" for n in range(9)])
     assert [n for n in range(6) if recent.page(f"c{n}", 2)] == []  # the one used stays
     assert recent.window("big") == (0, [f"b{n}" for n in range(9)])
+
+
+def test_a_conversation_seen_without_turns_is_known_so_until_a_turn_or_a_count() -> None:
+    recent = RecentTurns(window_turns=4)
+    assert not recent.known_empty("c")  # never seen: taken to have turns
+    recent.learn_count("c", 0)
+    assert recent.known_empty("c")
+    recent.wrote("c", "t0", new=False)  # a turn of this replica
+    assert not recent.known_empty("c")
+    recent.learn_count("c", 0)
+    recent.learn_count("c", 3)  # another replica's turns, found by a read
+    assert not recent.known_empty("c")
+    recent.learn_count("c", 0)
+    recent.forget("c")  # deleted
+    assert not recent.known_empty("c")
+
+
+def test_the_conversations_known_without_turns_are_bounded() -> None:
+    recent = RecentTurns(window_turns=4)
+    for n in range(MAX_EMPTY + 1):
+        recent.learn_count(f"c{n}", 0)
+    assert not recent.known_empty("c0")  # the least recently seen forgotten
+    assert recent.known_empty("c1") and recent.known_empty(f"c{MAX_EMPTY}")

@@ -127,7 +127,14 @@ local function renew(tag, cid, now, declared)
   end
   local until_ms = expire
   if after then until_ms = earlier(expire, floor) end
-  for _, key in ipairs(conversation_keys(tag, cid)) do expire_at(key, until_ms) end
+  -- A conversation without turns has no list (nor any other key but its hash): its
+  -- callers need not declare it (a key declared and missing makes Redis refuse a run
+  -- while a reshard moves the slot), so it is not touched. One with turns: declared by
+  -- every caller, before anything is written.
+  local turns = tonumber(redis.call('HGET', conv, 'interaction_count') or '0') > 0
+  for _, key in ipairs(conversation_keys(tag, cid)) do
+    if key == conv or turns then expire_at(key, until_ms) end
+  end
   if until_ms > 0 then expires_at(tag, until_ms) end
   -- renewed_until: every turn expires at it or later (0: some may never), also for a
   -- replica running the code from before walks (it walks all turns when a conversation

@@ -1,6 +1,9 @@
 -- needs: read touch keys usage retention
--- KEYS: conv, convs, usage, ints, then the keys of the turns declared for eviction
--- (declared_turns, keys.lua). ARGV: caller (read.lua), tag, cid, now_ms, eviction grace,
+-- KEYS: conv, convs, usage, then ints unless the store expects no turns (a conversation
+-- without turns has no list, and a key declared and missing makes Redis refuse the run
+-- for as long as a reshard moves the slot: TRYAGAIN; a run that needs it asks for it,
+-- nothing written), then the keys of the turns declared for eviction (declared_turns,
+-- keys.lua). ARGV: caller (read.lua), tag, cid, now_ms, eviction grace,
 -- max bytes (of the owner), then for name, ttl_ms, max_turns, summary_disabled a pair
 -- each: '1' and the value to set it, '0' and '' not to; then the window of the check for
 -- gone turns at the limit (usage.lua's gone_check_before_declared: its offset, its turns);
@@ -11,9 +14,13 @@
 -- (a lower max_turns, summaries disabled) deletes, to declare and run again with
 -- (nothing written; retention.lua). Counts as activity (renews the ttl).
 gone_check_before_declared()
-local h = redis.call('HMGET', KEYS[1], 'user', 'update_time', 'tenant')
+local h = redis.call('HMGET', KEYS[1], 'user', 'update_time', 'tenant',
+                     'interaction_count')
 if not owns(h[1], h[3], ARGV[1]) then return false end
 local tag, cid, now = ARGV[2], ARGV[3], tonumber(ARGV[4])
+-- Its list is read (eviction) and its expiry set (renew) only when it has turns: then
+-- declared, before anything is written.
+if tonumber(h[4] or '0') > 0 then declare_first({KEYS[1] .. ':ints'}) end
 local declared = declared_turns()
 local after = {}
 if ARGV[11] == '1' then after.max = ARGV[12] end

@@ -1,7 +1,9 @@
 -- needs: read keys usage retention
--- KEYS: conv, ints, usage, convs (read when the summary does not fit: usage.lua), then the
--- keys of the turns declared for eviction
--- (declared_turns, keys.lua). ARGV: caller (read.lua), tag, cid, now_ms, expected through,
+-- KEYS: conv, usage, convs (read when the summary does not fit: usage.lua), then ints
+-- unless the store expects no turns (a conversation without turns has no list, and a
+-- key declared and missing makes Redis refuse the run for as long as a reshard moves the
+-- slot: TRYAGAIN; a run that needs it asks for it, nothing written), then the keys of
+-- the turns declared for eviction (declared_turns, keys.lua). ARGV: caller (read.lua), tag, cid, now_ms, expected through,
 -- new through, text, turns folded, prompt tokens, completion tokens, eviction grace, max
 -- bytes (of the owner), then the window of the check for gone turns at the limit
 -- (usage.lua's gone_check_before_declared: its offset, its turns), then the turns declared
@@ -15,12 +17,16 @@
 -- Evicts the turns beyond max_turns the new summary covers.
 gone_check_before_declared()
 local h = redis.call('HMGET', KEYS[1], 'user', 'summary_through', 'summary_disabled',
-                     'tenant')
+                     'tenant', 'interaction_count')
 if not owns(h[1], h[4], ARGV[1]) then return {0} end
 local current = h[2] or ''
 if current ~= ARGV[5] then return {1, current} end
 if h[3] == '1' then return {3} end
-if ARGV[6] <= current or not redis.call('ZSCORE', KEYS[2], ARGV[6]) then return {2} end
+-- Without turns, no list: no interaction for the summary to cover.
+if ARGV[6] <= current or tonumber(h[5] or '0') == 0 then return {2} end
+local ints = KEYS[1] .. ':ints'
+declare_first({ints})
+if not redis.call('ZSCORE', ints, ARGV[6]) then return {2} end
 local ask = undeclared(ARGV[2], ARGV[3], tonumber(ARGV[11]), {through = ARGV[6]},
                        declared_turns())
 if ask then return ask end
