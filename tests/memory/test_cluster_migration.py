@@ -1033,13 +1033,20 @@ async def test_writes_creating_a_key_mid_move_are_stored_once_the_move_ends(
 
 
 @pytest.mark.slow
-async def test_a_write_mid_move_whose_deadline_passes_is_unavailable(
-    own_cluster: LocalCluster,
+@pytest.mark.parametrize("bound", ["deadline", "setting"])
+async def test_a_write_mid_move_whose_wait_ends_is_unavailable(
+    own_cluster: LocalCluster, bound: str
 ) -> None:
-    """A turn sent while a slot move is held past its deadline: it waits for the move no
-    longer than its deadline allows, then answers UNAVAILABLE STORE_UNAVAILABLE
-    (retryable, with ErrorInfo), nothing stored; its retry after the move is stored."""
-    server = await _memory_server(own_cluster)
+    """A turn sent while a slot move is held past what it may wait: its deadline (2 s,
+    under GENSEARCH_MEMORY_SLOT_MOVE_WAIT_SECONDS' 5), or, without a deadline, that
+    setting (here 1 s). It waits for the move no longer, then answers UNAVAILABLE
+    STORE_UNAVAILABLE (retryable, with ErrorInfo; not the chassis' DEADLINE_EXCEEDED),
+    nothing stored; its retry after the move is stored."""
+    timeout: float | None = 2
+    overrides: dict[str, Any] = {}
+    if bound == "setting":
+        timeout, overrides = None, {"slot_move_wait_seconds": 1.0}
+    server = await _memory_server(own_cluster, **overrides)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             stub = pb_grpc.MemoryServiceStub(channel)
@@ -1050,7 +1057,7 @@ async def test_a_write_mid_move_whose_deadline_passes_is_unavailable(
             async def hold() -> None:
                 if not refused:
                     refused.append(
-                        await rpc_error(stub.CreateInteraction(turn, metadata=WHO, timeout=2))
+                        await rpc_error(stub.CreateInteraction(turn, metadata=WHO, timeout=timeout))
                     )
 
             slot, source, target = _move(own_cluster)
