@@ -17,8 +17,11 @@ Redis is the truth; the index (``search_index.py``) is derived from it and may l
   expired (retention) but still in the index, or one indexed after its conversation was
   deleted, is never returned, and its entries are removed from the index on the way.
 
-A replica killed between the Redis write and the index write loses that index job (the
-turn itself is stored); such a turn is not found by search. docs/memory.md says so.
+- An "index" job is in the outbox before its turn is acknowledged (``stored``), due a
+  retry period later, and taken out once the index holds the turn: a replica killed
+  (``kill -9``) between the Redis write and the index write leaves it there, for the next
+  drain of any replica. It was lost with the replica before, and the turn never found by
+  search if the index knew none of its owner's turns (the sweep walks known owners only).
 """
 
 from __future__ import annotations
@@ -112,7 +115,7 @@ class Indexer:
             recovery="search outbox readable again",
         )
         self._sweep_every = sweep_seconds
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
         # Tenant -> its jobs running now. Without a share, a tenant writing turns faster
         # than the index takes them held every running job, and every other tenant's new
         # turns went to the outbox behind its backlog (drained a batch per retry period):
@@ -152,8 +155,31 @@ class Indexer:
             await asyncio.wait(set(self._tasks))
 
     # -- jobs ---------------------------------------------------------------------------
-    def stored(self, owner: Owner, interaction: pb.Interaction) -> None:
-        self._spawn([_INDEX, owner.tenant, owner.user, interaction.interaction_id], interaction)
+    async def stored(self, owner: Owner, interaction: pb.Interaction) -> None:
+        """Indexes a turn just stored, in the background, its job written ahead to the
+        outbox first (awaited: the caller acknowledges the turn after this). The write
+        ahead runs to its end even if the caller goes away (shielded); the job then waits
+        for a drain instead of running here."""
+        job = [_INDEX, owner.tenant, owner.user, interaction.interaction_id]
+        ahead = asyncio.get_running_loop().create_task(self._write_ahead(job))
+        self._tasks.add(ahead)
+        ahead.add_done_callback(self._tasks.discard)
+        queued = await asyncio.shield(ahead)
+        self._spawn(job, interaction, queued)
+
+    async def _write_ahead(self, job: list[str]) -> bool | None:
+        """Puts ``job`` in the outbox, due a retry period from now: True queued, False
+        refused by its bounds (counted, its owner noted for the sweep), None when Redis
+        did not take it (the job runs all the same, as before write-ahead)."""
+        due = time.time_ns() // 1_000_000 + int(self._retry * 1000)
+        try:
+            return await self._queue(json.dumps(job), job, due)
+        except ServiceError as err:
+            log.warning(
+                "search index job not written ahead: a crash before it runs loses it",
+                extra={"job": job[0], "error": _describe(err)},
+            )
+            return None
 
     def conversation_deleted(self, owner: Owner, cid: str) -> None:
         self._spawn([_DROP_CONVERSATION, owner.tenant, owner.user, cid])
@@ -161,29 +187,41 @@ class Indexer:
     def interaction_deleted(self, owner: Owner, iid: str) -> None:
         self._spawn([_DROP_INTERACTION, owner.tenant, owner.user, iid])
 
-    def _spawn(self, job: list[str], interaction: pb.Interaction | None = None) -> None:
+    def _spawn(
+        self, job: list[str], interaction: pb.Interaction | None = None, ahead: bool | None = None
+    ) -> None:
+        """``ahead``: what ``_write_ahead`` did with ``job`` (None: not written ahead)."""
         tenant = job[1]
         running = self._running.get(tenant, 0)
         # Jobs running, not those on their way to the outbox (a Redis write each).
         if self._running_total >= MAX_RUNNING_JOBS or (
             self._per_tenant and running >= self._per_tenant
         ):
+            if ahead is not None:
+                return  # in the outbox already, or refused by it (counted once)
             coroutine = self._defer(job)
         else:
-            coroutine = self._run(job, interaction)
+            coroutine = self._run(job, interaction, ahead)
             self._running[tenant] = running + 1
             self._running_total += 1
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, job: list[str], interaction: pb.Interaction | None) -> None:
+    async def _run(
+        self, job: list[str], interaction: pb.Interaction | None, ahead: bool | None = None
+    ) -> None:
         try:
             await self._apply(job, interaction)
         except Exception as err:
-            # Queued for retry.
             self._failed(err, job)
-            await self._defer(job)
+            # Queued for retry (its write-ahead entry only moves its due time); one the
+            # outbox refused ahead was counted and its owner noted for the sweep already.
+            if ahead is not False:
+                await self._defer(job)
+        else:
+            if ahead:
+                await self._done_ahead(job)
         finally:
             self._running_total -= 1
             left = self._running.get(job[1], 0) - 1
@@ -191,6 +229,17 @@ class Indexer:
                 self._running[job[1]] = left
             else:
                 self._running.pop(job[1], None)  # no entry left per tenant ever seen
+
+    async def _done_ahead(self, job: list[str]) -> None:
+        """Takes a job done out of the outbox. Failing that, a drain does it once more
+        (the index's writes are idempotent: point ids derive from the turn's)."""
+        try:
+            await self._store.outbox_remove(json.dumps(job), job[1])
+        except ServiceError as err:
+            log.warning(
+                "search index job done but left in the outbox: it runs again",
+                extra={"job": job[0], "error": _describe(err)},
+            )
 
     async def _defer(self, job: list[str]) -> None:
         """Puts ``job`` in the outbox, for the retry loop."""
@@ -203,9 +252,9 @@ class Indexer:
                 extra={"job": job[0], "error": _describe(err)},
             )
 
-    async def _queue(self, member: str, job: list[str], due_ms: int) -> None:
+    async def _queue(self, member: str, job: list[str], due_ms: int) -> bool:
         """Queues ``job`` (``member`` its JSON) under the outbox's bounds; past them it is
-        dropped, counted, for the sweep."""
+        dropped, counted, for the sweep (False)."""
         queued = await self._store.outbox_add(
             member,
             due_ms,
@@ -215,7 +264,7 @@ class Indexer:
             index=job[0] == _INDEX,
         )
         if queued > 0:
-            return
+            return True
         reason = OUTBOX_FULL if queued == 0 else TENANT_SHARE
         SEARCH_JOBS_DROPPED.labels(reason).inc()
         now = time.monotonic()
@@ -226,6 +275,7 @@ class Indexer:
                 _DROPPED_FULL if queued == 0 else _DROPPED_SHARE,
                 extra={"job": job[0], "reason": reason},
             )
+        return False
 
     def _failed(self, err: Exception, job: list[str]) -> None:
         """Logs a failed job's outage: Redis's when its turn could not be read, else the

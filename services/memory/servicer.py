@@ -301,7 +301,7 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
             owner, cid, interaction, request_id, stored_traces, new, kept
         )
         if self._indexer is not None:
-            self._indexer.stored(owner, stored)
+            await self._indexer.stored(owner, stored)
         return pb.CreateInteractionResponse(interaction=stored)
 
     async def GetInteraction(

@@ -59,7 +59,7 @@ async def test_an_unreachable_index_is_one_warning_not_one_per_turn(
             stored = await store.create_interaction(
                 ALICE, cid, pb.Interaction(input=f"q{i}", response=f"a{i}"), ""
             )
-            indexer.stored(ALICE, stored)
+            await indexer.stored(ALICE, stored)
             await indexer.idle()
         await indexer.drain()  # every job fails again
         warned = [

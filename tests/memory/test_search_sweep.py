@@ -52,7 +52,7 @@ class Sweeping:
             owner, cid, pb.Interaction(input=text, response=response), ""
         )
         if indexed:
-            self.indexer.stored(owner, stored)
+            await self.indexer.stored(owner, stored)
         return stored.interaction_id
 
     async def conversation(self, owner: Owner, name: str) -> str:
