@@ -123,6 +123,10 @@ class Indexer:
         self._per_tenant = jobs_per_tenant
         self._running: dict[str, int] = {}
         self._running_total = 0
+        # Written-ahead jobs running here (outbox member -> how many): a drain finding one
+        # due (embedding slower than a retry period, under load) moves it on instead of
+        # running it a second time beside itself.
+        self._ahead: dict[str, int] = {}
         # The outbox was one queue with no bound: a tenant writing turns faster than the
         # index took them grew it without end (Redis memory), and filled it for everyone.
         self._outbox_max = outbox_max_jobs
@@ -211,6 +215,9 @@ class Indexer:
     async def _run(
         self, job: list[str], interaction: pb.Interaction | None, ahead: bool | None = None
     ) -> None:
+        member = json.dumps(job)
+        if ahead:
+            self._ahead[member] = self._ahead.get(member, 0) + 1
         try:
             await self._apply(job, interaction)
         except Exception as err:
@@ -223,6 +230,11 @@ class Indexer:
             if ahead:
                 await self._done_ahead(job)
         finally:
+            if ahead:
+                if self._ahead[member] > 1:
+                    self._ahead[member] -= 1
+                else:
+                    del self._ahead[member]
             self._running_total -= 1
             left = self._running.get(job[1], 0) - 1
             if left > 0:
@@ -317,6 +329,9 @@ class Indexer:
             if job is None:  # not ours: drop it
                 log.error("bad outbox entry dropped")
                 await self._store.outbox_remove(member, "")
+                continue
+            if member in self._ahead:  # running here: due again a period later
+                await self._queue(member, job, now + int(self._retry * 1000))
                 continue
             try:
                 await self._apply(job, None)

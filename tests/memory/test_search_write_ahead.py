@@ -1,0 +1,72 @@
+"""A turn's index job is in the outbox before the turn is acknowledged (so a replica killed
+before the index took it loses nothing: tests/memory/test_kill_9.py), and leaves it once
+the index holds the turn. A drain finding the job due while it still runs in this replica
+moves it on rather than indexing the turn a second time beside it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from pathlib import Path
+
+from gensearch.memory.v1 import memory_service_pb2 as pb
+
+from services.common.redis_client import connect
+from services.memory.indexer import Indexer
+from services.memory.search_index import InteractionIndex
+from services.memory.store import MemoryStore, Owner
+from services.retrieval.edge_store import EdgeStore
+from tests.memory.conftest import Target
+
+BACKENDS = ("standalone",)
+ALICE = Owner("acme", "alice")
+FAR = 2**62  # a due time every job is before
+
+
+class _HeldIndex(InteractionIndex):
+    """The real index, whose writes wait until ``go`` is set (an embedder slower than the
+    retry period), counted."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)  # type: ignore[arg-type]
+        self.go = asyncio.Event()
+        self.adds = 0
+
+    async def add(self, owner: Owner, interaction: pb.Interaction) -> None:
+        self.adds += 1
+        await self.go.wait()
+        await super().add(owner, interaction)
+
+
+async def test_the_job_is_written_ahead_run_once_and_then_removed(
+    target: Target, tmp_path: Path
+) -> None:
+    redis = connect(target.url, cluster=False, socket_timeout=5, connect_timeout=2)
+    store = MemoryStore(redis, key_prefix=f"ahead-{uuid.uuid4().hex[:8]}")
+    index = _HeldIndex(EdgeStore(tmp_path / "index"), None, "ahead")
+    indexer = Indexer(store, index, retry_seconds=0.05)
+    try:
+        cid = (await store.create_conversation(ALICE, "c")).conversation_id
+        turn = await store.create_interaction(ALICE, cid, pb.Interaction(input="kumquats"), "")
+        before = time.time_ns() // 1_000_000
+        await indexer.stored(ALICE, turn)
+        job = json.dumps(["index", ALICE.tenant, ALICE.user, turn.interaction_id])
+        assert await store.outbox_due(FAR, 10) == [job]  # there before the acknowledgement
+        assert await store.outbox_due(before, 10) == []  # due a retry period later
+
+        await asyncio.sleep(0.1)  # due now, still running here
+        assert await store.outbox_due(time.time_ns() // 1_000_000, 10) == [job]
+        # (Run again, it would wait here for `go`: the same write twice.)
+        assert await asyncio.wait_for(indexer.drain(), 10) == 0
+        assert index.adds == 1  # not run again beside itself
+        assert await store.outbox_due(time.time_ns() // 1_000_000, 10) == []  # moved on
+
+        index.go.set()
+        await indexer.idle()
+        assert await index.indexed([turn.interaction_id]) == {turn.interaction_id}
+        assert await store.outbox_due(FAR, 10) == []  # done: out of the outbox
+    finally:
+        await indexer.close()
+        await redis.aclose()
