@@ -6,9 +6,12 @@ import asyncio
 import os
 import signal
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
+import pytest
 from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as pb_grpc
 
@@ -18,6 +21,7 @@ from tests.retrieval.data import DIMS, article_objects, articles
 from tests.support.processes import wait_serving
 
 ROOT = Path(__file__).resolve().parents[2]
+RETRIEVAL = "gensearch.retrieval.v1.RetrievalService"
 
 
 async def test_restart_keeps_schema_and_objects(
@@ -99,3 +103,90 @@ async def test_kill_9_after_acknowledged_write(
         pb.GetObjectRequest(collection="K", id=articles()[7]["id"])
     )
     assert got.object.properties["title"] == articles()[7]["props"]["title"]
+
+
+async def _serve_alone(data_dir: Path) -> tuple[asyncio.subprocess.Process, str]:
+    """``python -m services.retrieval`` on the embedded engine in ``data_dir``."""
+    env = {
+        **os.environ,
+        "GENSEARCH_DATA_DIR": str(data_dir),
+        "GENSEARCH_RETRIEVAL_PORT": "0",
+        "GENSEARCH_RETRIEVAL_METRICS_PORT": "0",
+        "GENSEARCH_RETRIEVAL_QDRANT_URL": "",
+        "GENSEARCH_API_KEYS": "",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "gen")]),
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.retrieval", cwd=ROOT, env=env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        port = await wait_serving("127.0.0.1:0", proc, service=RETRIEVAL)
+    except BaseException:
+        proc.kill()
+        await proc.wait()
+        raise
+    return proc, f"127.0.0.1:{port}"
+
+
+@pytest.mark.slow  # starts the service process twice
+async def test_kill_9_after_small_imports_and_deletes(tmp_path: Path) -> None:
+    """Import streams far below IMPORT_OPTIMIZE_MIN_OBJECTS end with no optimize and no
+    flush: what they acknowledged is in the engine's write-ahead log all the same, as are
+    deletes of objects and of a collection, and survives kill -9 (two in a row: the log
+    replayed, written to and killed again)."""
+    objects, rows = article_objects(), articles()
+
+    async def stream(name: str, batches: list[list[pb.DataObject]]) -> AsyncIterator[Any]:
+        for n, batch in enumerate(batches):
+            yield pb.ImportObjectsRequest(collection=name if n == 0 else "", objects=batch)
+
+    proc, address = await _serve_alone(tmp_path)
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = pb_grpc.RetrievalServiceStub(channel)
+            for name in ("Kept", "Dropped"):
+                await stub.CreateCollection(
+                    pb.CreateCollectionRequest(collection=vector_collection(name, DIMS))
+                )
+            done = await stub.ImportObjects(stream("Kept", [objects[:5], objects[5:]]))
+            assert done.imported_count == 12
+            await stub.ImportObjects(stream("Dropped", [objects[:2]]))
+            await stub.DeleteCollection(pb.DeleteCollectionRequest(name="Dropped"))
+            deleted = await stub.DeleteObjects(
+                pb.DeleteObjectsRequest(collection="Kept", ids=[rows[0]["id"]])
+            )
+            assert deleted.deleted_count == 1
+        os.kill(proc.pid, signal.SIGKILL)
+        await proc.wait()
+
+        proc, address = await _serve_alone(tmp_path)
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = pb_grpc.RetrievalServiceStub(channel)
+            changed = pb.DataObject()
+            changed.CopyFrom(objects[2])
+            changed.properties["title"] = "Kumquats, renamed"
+            await stub.ImportObjects(stream("Kept", [[changed]]))
+        os.kill(proc.pid, signal.SIGKILL)
+        await proc.wait()
+
+        proc, address = await _serve_alone(tmp_path)
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = pb_grpc.RetrievalServiceStub(channel)
+            listed = await stub.ListCollections(pb.ListCollectionsRequest())
+            assert [c.name for c in listed.collections] == ["Kept"]
+            count = await stub.CountObjects(pb.CountObjectsRequest(collection="Kept"))
+            assert count.count == 11
+            with pytest.raises(grpc.aio.AioRpcError) as missing:
+                await stub.GetObject(pb.GetObjectRequest(collection="Kept", id=rows[0]["id"]))
+            assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+            got = await stub.GetObject(pb.GetObjectRequest(collection="Kept", id=rows[2]["id"]))
+            assert got.object.properties["title"] == "Kumquats, renamed"
+            found = await stub.Search(
+                pb.SearchRequest(collection="Kept", keyword=pb.Keyword(text="kumquats"))
+            )
+            assert [hit.id for hit in found.hits] == [rows[2]["id"]]
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
