@@ -29,7 +29,12 @@ def make_store(settings: RetrievalSettings) -> VectorStore:
     """qdrant-edge under <data_dir>/qdrant, or a Qdrant server when qdrant_url is set."""
     url = settings.qdrant_url.strip()
     if not url:
-        return EdgeStore(settings.data_dir / "qdrant", settings.engine_write_turn_bytes)
+        return EdgeStore(
+            settings.data_dir / "qdrant",
+            settings.engine_write_turn_bytes,
+            settings.flush_after_objects,
+            settings.flush_interval_seconds,
+        )
     if url == ":memory:":
         return ServerStore(AsyncQdrantClient(location=":memory:"))
     api_key = settings.qdrant_api_key.get_secret_value() or None

@@ -15,3 +15,11 @@ READS_REFUSED = Counter(
     "Searches, BatchGetObjects and GetChunks refused after waiting READ_BYTES_WAIT for room under "
     "GENSEARCH_RETRIEVAL_MAX_READ_BYTES_IN_FLIGHT_PER_TENANT.",
 )
+ENGINE_FLUSHES = Counter(
+    "gensearch_retrieval_engine_flushes_total",
+    "Flushes of a qdrant-edge collection's shard, by what asked for it: writes "
+    "(GENSEARCH_RETRIEVAL_FLUSH_AFTER_OBJECTS), interval "
+    "(GENSEARCH_RETRIEVAL_FLUSH_INTERVAL_SECONDS), "
+    "optimize (a large import's end), index (a payload index built after open).",
+    ["trigger"],
+)

@@ -72,7 +72,12 @@ async def make_retrieval(
         settings = RetrievalSettings(data_dir=data_dir or tmp_path / "data", **overrides)
         store: VectorStore
         if adapter == "edge":
-            store = EdgeStore(settings.data_dir / "qdrant", settings.engine_write_turn_bytes)
+            store = EdgeStore(
+                settings.data_dir / "qdrant",
+                settings.engine_write_turn_bytes,
+                settings.flush_after_objects,
+                settings.flush_interval_seconds,
+            )
         else:
             store = ServerStore(AsyncQdrantClient(location=":memory:"))
         server = await build_server(settings, port=0, store=store, local_embedder=local_embedder)
