@@ -18,6 +18,7 @@ from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as pb_grpc
 from services.devlaunch.processes import free_port
 from tests.retrieval.conftest import MakeRetrieval, vector_collection
 from tests.retrieval.data import DIMS, article_objects, articles
+from tests.retrieval.test_engine_flush import flushed_up_to
 from tests.support.processes import wait_serving
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -105,8 +106,9 @@ async def test_kill_9_after_acknowledged_write(
     assert got.object.properties["title"] == articles()[7]["props"]["title"]
 
 
-async def _serve_alone(data_dir: Path) -> tuple[asyncio.subprocess.Process, str]:
-    """``python -m services.retrieval`` on the embedded engine in ``data_dir``."""
+async def _serve_alone(data_dir: Path, **settings: str) -> tuple[asyncio.subprocess.Process, str]:
+    """``python -m services.retrieval`` on the embedded engine in ``data_dir``, with
+    ``settings`` (their ``GENSEARCH_RETRIEVAL_`` variables)."""
     env = {
         **os.environ,
         "GENSEARCH_DATA_DIR": str(data_dir),
@@ -115,6 +117,7 @@ async def _serve_alone(data_dir: Path) -> tuple[asyncio.subprocess.Process, str]
         "GENSEARCH_RETRIEVAL_QDRANT_URL": "",
         "GENSEARCH_API_KEYS": "",
         "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "gen")]),
+        **{f"GENSEARCH_RETRIEVAL_{name.upper()}": value for name, value in settings.items()},
     }
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "services.retrieval", cwd=ROOT, env=env,
@@ -186,6 +189,54 @@ async def test_kill_9_after_small_imports_and_deletes(tmp_path: Path) -> None:
                 pb.SearchRequest(collection="Kept", keyword=pb.Keyword(text="kumquats"))
             )
             assert [hit.id for hit in found.hits] == [rows[2]["id"]]
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+@pytest.mark.slow  # starts the service process twice
+async def test_kill_9_after_flushes_and_writes_since(tmp_path: Path) -> None:
+    """UpsertObjects alone flush the collection every FLUSH_AFTER_OBJECTS objects (its
+    write-ahead log truncated up to there): a kill -9 after more acknowledged writes
+    still loses nothing, neither what was flushed nor what the log holds since."""
+    objects, rows = article_objects(), articles()
+    proc, address = await _serve_alone(
+        tmp_path, flush_after_objects="5", flush_interval_seconds="0"
+    )
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = pb_grpc.RetrievalServiceStub(channel)
+            await stub.CreateCollection(
+                pb.CreateCollectionRequest(collection=vector_collection("Kept", DIMS))
+            )
+            for obj in objects:  # 12 one at a time: flushed after 5 and 10
+                await stub.UpsertObjects(pb.UpsertObjectsRequest(collection="Kept", objects=[obj]))
+            flushed = flushed_up_to(tmp_path, "Kept")
+            assert flushed is not None
+            changed = pb.DataObject()
+            changed.CopyFrom(objects[3])
+            changed.properties["title"] = "Kumquats, renamed"
+            await stub.UpsertObjects(pb.UpsertObjectsRequest(collection="Kept", objects=[changed]))
+            await stub.DeleteObjects(
+                pb.DeleteObjectsRequest(collection="Kept", ids=[rows[0]["id"]])
+            )
+            assert flushed_up_to(tmp_path, "Kept") == flushed  # those two only in the log
+        os.kill(proc.pid, signal.SIGKILL)
+        await proc.wait()
+
+        proc, address = await _serve_alone(tmp_path)
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = pb_grpc.RetrievalServiceStub(channel)
+            count = await stub.CountObjects(pb.CountObjectsRequest(collection="Kept"))
+            assert count.count == 11
+            with pytest.raises(grpc.aio.AioRpcError) as missing:
+                await stub.GetObject(pb.GetObjectRequest(collection="Kept", id=rows[0]["id"]))
+            assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+            got = await stub.GetObject(pb.GetObjectRequest(collection="Kept", id=rows[3]["id"]))
+            assert got.object.properties["title"] == "Kumquats, renamed"
+            last = await stub.GetObject(pb.GetObjectRequest(collection="Kept", id=rows[11]["id"]))
+            assert last.object.properties["title"] == rows[11]["props"]["title"]
     finally:
         if proc.returncode is None:
             proc.kill()
