@@ -78,7 +78,8 @@ def otel_problems(environ: Mapping[str, str] = os.environ) -> list[str]:
     if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return []
     problems = [f"{name}: {problem}" for name, problem in _tracing(environ)]
-    exporter = environ.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower()
+    # Empty is unset (the specification's rule for every OTEL_* variable): otlp.
+    exporter = environ.get("OTEL_TRACES_EXPORTER", "").strip().lower() or "otlp"
     if exporter == "otlp" and any(environ.get(name) for name in ENDPOINTS):
         problems += [f"{name}: {problem}" for name, problem in _export(environ)]
     return problems
@@ -86,8 +87,8 @@ def otel_problems(environ: Mapping[str, str] = os.environ) -> list[str]:
 
 def _tracing(environ: Mapping[str, str]) -> list[tuple[str, str]]:
     found = []
-    exporter = environ.get("OTEL_TRACES_EXPORTER")
-    if exporter is not None and exporter.strip().lower() not in EXPORTERS:
+    exporter = environ.get("OTEL_TRACES_EXPORTER", "").strip().lower()
+    if exporter and exporter not in EXPORTERS:
         found.append(
             ("OTEL_TRACES_EXPORTER", "must be otlp or none: this build exports over OTLP/gRPC only")
         )
@@ -127,11 +128,15 @@ def _export(environ: Mapping[str, str]) -> list[tuple[str, str]]:
         if problem:
             found.append((name, problem))
     found += _batch_problems(environ)
-    sampler = environ.get("OTEL_TRACES_SAMPLER")
-    if sampler is not None and sampler.strip().lower() not in SAMPLERS:
+    # Read as the SDK reads it: lower-cased, not stripped (" traceidratio" would be an
+    # unknown sampler, replaced by the default, which samples every trace); empty is unset.
+    sampler = environ.get("OTEL_TRACES_SAMPLER", "").lower()
+    if sampler and sampler not in SAMPLERS:
         found.append(("OTEL_TRACES_SAMPLER", f"must be one of {', '.join(SAMPLERS)}"))
-    elif sampler is not None and sampler.strip().lower() in RATIO_SAMPLERS:
-        ratio = _number(environ.get("OTEL_TRACES_SAMPLER_ARG", ""))
+    elif sampler in RATIO_SAMPLERS and environ.get("OTEL_TRACES_SAMPLER_ARG", "").strip():
+        # A ratio sampler without its argument samples every trace (1.0, the
+        # specification's default): as meant.
+        ratio = _number(environ["OTEL_TRACES_SAMPLER_ARG"])
         if ratio is None or not 0 <= ratio <= 1:
             found.append(("OTEL_TRACES_SAMPLER_ARG", "must be a ratio from 0 to 1, e.g. 0.1"))
     return found

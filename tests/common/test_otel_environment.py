@@ -78,6 +78,15 @@ def _clear_otel(monkeypatch: pytest.MonkeyPatch) -> None:
             "OTEL_TRACES_SAMPLER_ARG: must be a ratio from 0 to 1, e.g. 0.1",
         ),
         (
+            {"OTEL_TRACES_SAMPLER": " traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"},
+            "OTEL_TRACES_SAMPLER: must be one of always_on, always_off, traceidratio, "
+            "parentbased_always_on, parentbased_always_off, parentbased_traceidratio",
+        ),
+        (
+            {"OTEL_TRACES_EXPORTER": "", "OTEL_EXPORTER_OTLP_TIMEOUT": "abc"},
+            "OTEL_EXPORTER_OTLP_TIMEOUT: must be a number of seconds above 0",
+        ),
+        (
             {"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0,1"},
             "OTEL_TRACES_SAMPLER_ARG: must be a ratio from 0 to 1, e.g. 0.1",
         ),
@@ -123,6 +132,11 @@ def test_an_otel_variable_the_sdk_would_misread_stops_the_service(
         {"OTEL_BSP_MAX_QUEUE_SIZE": "100", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "100"},
         {"OTEL_TRACES_SAMPLER": "ParentBased_TraceIdRatio", "OTEL_TRACES_SAMPLER_ARG": "0.1"},
         {"OTEL_EXPORTER_OTLP_ENDPOINT": "collector.monitoring:4317"},
+        # The specification: an empty variable is unset; a ratio sampler without its
+        # argument takes 1.0.
+        {"OTEL_TRACES_SAMPLER": "traceidratio"},
+        {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": ""},
+        {"OTEL_TRACES_SAMPLER": "", "OTEL_TRACES_EXPORTER": ""},
     ],
 )
 def test_what_the_sdk_reads_as_meant_starts_the_service(
