@@ -241,6 +241,19 @@ class Catalog:
         # every other tenant's reload (a list, a name not known yet) and create waited.
         async with self._lock:
             self._reserve(tenant, schema, size, known)
+        # Made and recorded, its reservation given back after, even if the caller goes away
+        # meanwhile (the engine's create runs on, shielded): given back at the caller's
+        # cancel, the name and the tenant's room were free while the engine still made
+        # the collection, which then went unrecorded (uncounted toward MAX_COLLECTIONS)
+        # until a reload.
+        making = asyncio.ensure_future(self._make(key, schema))
+        making.add_done_callback(_retrieved)
+        await asyncio.shield(making)
+        return schema
+
+    async def _make(self, key: tuple[str, str], schema: Schema) -> None:
+        """Has the engine make ``schema``'s collection reserved under ``key``, and records
+        it; the reservation is given back either way."""
         try:
             layout = CollectionLayout(
                 name=schema.store_name,
@@ -260,7 +273,6 @@ class Catalog:
                 self._parsed[key] = (stored, schema)  # no reload parses it
         finally:
             self._creating.pop(key, None)
-        return schema
 
     def _reserve(self, tenant: str, schema: Schema, size: int, known: Schema | None) -> None:
         """Holds ``schema``'s name for a create (under the lock), or refuses it: the name
@@ -339,6 +351,13 @@ class Catalog:
         chosen = names[:size]
         next_token = _encode_token(chosen[-1]) if len(names) > size else ""
         return [self._schemas[(tenant, n)] for n in chosen], next_token
+
+
+def _retrieved(task: asyncio.Future[None]) -> None:
+    """Takes a shielded create's outcome, told to no one when its caller went away (not
+    logged as an exception never retrieved)."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _already_exists(name: str) -> AlreadyExists:

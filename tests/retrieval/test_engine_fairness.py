@@ -12,6 +12,8 @@ import random
 import threading
 import time
 import uuid
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -21,10 +23,13 @@ from pydantic import SecretStr
 
 from services.common import auth
 from services.common.auth import Identity, Role
+from services.common.errors import ResourceExhausted
 from services.common.fair_executor import FairExecutor
-from services.retrieval.catalog import MISS_RELOAD_SECONDS
+from services.retrieval.catalog import MISS_RELOAD_SECONDS, Catalog
 from services.retrieval.edge_store import EdgeStore
+from services.retrieval.embedders import Embedders
 from services.retrieval.schema import Schema
+from services.retrieval.settings import RetrievalSettings
 from services.retrieval.store import CollectionLayout, StoredPoint
 from tests.retrieval.conftest import MakeRetrieval, expect_error, obj, vector_collection
 from tests.retrieval.test_tenancy import TOKEN, as_
@@ -360,3 +365,44 @@ async def test_a_wide_collection_being_created_holds_neither_the_engine_nor_the_
     assert finished[-1] == "wide", finished
     got = await r.stub.GetCollection(pb.GetCollectionRequest(name="Wide"), metadata=NOISY)
     assert len(got.collection.properties) == r.settings.max_properties
+
+
+async def test_a_create_whose_caller_went_away_still_counts_toward_the_tenants_collections(
+    tmp_path: Path,
+) -> None:
+    """The engine's create runs on when its caller goes away (shielded, edge_store.py); the
+    catalog gave the name's reservation back at once and never recorded the collection:
+    the tenant's next create passed MAX_COLLECTIONS (test failed before: two collections
+    of one allowed). Now the collection is recorded as it is made, and counted."""
+    settings = RetrievalSettings(data_dir=tmp_path, max_collections=1)
+    store = EdgeStore(tmp_path / "qdrant", settings.engine_write_turn_bytes)
+    await store.open()
+    catalog = Catalog(store, Embedders(settings), settings)
+    await catalog.load()  # before the engine is held: a create's first load needs it
+    gate = threading.Event()
+    # The engine's thread held: the create waits in the engine, its name reserved.
+    holding = asyncio.ensure_future(store._executor.run(gate.wait, 60))
+    try:
+        creating = asyncio.ensure_future(catalog.create("acme", vector_collection("A", DIMS)))
+        await _until(lambda: bool(catalog._creating), "the create never reserved its name")
+        creating.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await creating
+        gate.set()
+        await holding
+        await _until(lambda: not catalog._creating, "the create never ended")
+        with pytest.raises(ResourceExhausted) as refused:
+            await catalog.create("acme", vector_collection("B", DIMS))
+        assert refused.value.reason == "TOO_MANY_COLLECTIONS"
+        assert [s.name for s in (await catalog.page("acme", 10, ""))[0]] == ["A"]
+    finally:
+        gate.set()
+        await store.close()
+
+
+async def _until(condition: Callable[[], bool], failure: str) -> None:
+    for _ in range(3000):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(failure)
