@@ -37,39 +37,38 @@ from tests.support.fake_openai import Behaviour, FakeOpenAI
 
 async def test_a_429_the_deadline_can_wait_for_is_retried_not_failed_over(stack: Stack) -> None:
     ids = await create_books(stack, books=WITH_BODY)
-    for tokens in (True,):
-        for rpc, request in _requests(
-            ids,
-            single_prompt="T {title}",
-            grouped_task="G",
-            model="primary",
-            fallback=BACKUP,
-            stream_tokens=tokens,
-        ):
-            stack.fake.reset_stats()
-            # As many 429s (Retry-After: a second) as there are calls; which call gets
-            # them is the race's, and a call may get two.
-            refusals = len(ids) + 1
-            stack.fake.enqueue_for_model(
-                "primary", *[Behaviour.rate_limited(retry_after="1")] * refusals
-            )
-            results = await _all_results(stack, rpc, request)
-            assert len(results) == len(ids) + 1, rpc
-            for result in results:
-                assert result.result and not result.HasField("error"), (rpc, result)
-                # The primary answered, after waiting when it was refused.
-                assert (result.provider, result.model, result.fallback_index) == (
-                    "fake",
-                    "primary",
-                    0,
-                ), (rpc, result)
-                assert result.attempts == result.upstream_calls >= 1, (rpc, result)
-                assert result.attempts == 1 or result.wait_time.ToNanoseconds() > 0, rpc
-                assert not result.cached
-            # Every 429 was retried on the primary; the backup was never called.
-            assert sum(r.attempts - 1 for r in results) == refusals, rpc
-            models = [r.json["model"] for r in stack.fake.chat_requests]
-            assert models == ["primary"] * (len(results) + refusals), (rpc, models)
+    for rpc, request in _requests(
+        ids,
+        single_prompt="T {title}",
+        grouped_task="G",
+        model="primary",
+        fallback=BACKUP,
+        stream_tokens=True,
+    ):
+        stack.fake.reset_stats()
+        # As many 429s (Retry-After: a second) as there are calls; which call gets
+        # them is the race's, and a call may get two.
+        refusals = len(ids) + 1
+        stack.fake.enqueue_for_model(
+            "primary", *[Behaviour.rate_limited(retry_after="1")] * refusals
+        )
+        results = await _all_results(stack, rpc, request)
+        assert len(results) == len(ids) + 1, rpc
+        for result in results:
+            assert result.result and not result.HasField("error"), (rpc, result)
+            # The primary answered, after waiting when it was refused.
+            assert (result.provider, result.model, result.fallback_index) == (
+                "fake",
+                "primary",
+                0,
+            ), (rpc, result)
+            assert result.attempts == result.upstream_calls >= 1, (rpc, result)
+            assert result.attempts == 1 or result.wait_time.ToNanoseconds() > 0, rpc
+            assert not result.cached
+        # Every 429 was retried on the primary; the backup was never called.
+        assert sum(r.attempts - 1 for r in results) == refusals, rpc
+        models = [r.json["model"] for r in stack.fake.chat_requests]
+        assert models == ["primary"] * (len(results) + refusals), (rpc, models)
 
 
 # -- §2: "a hit ... that gets a 5xx or a timeout moves to the next", at once -----------------
