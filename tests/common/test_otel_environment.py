@@ -7,9 +7,7 @@ gRPC all the same)."""
 
 from __future__ import annotations
 
-import asyncio
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,7 @@ import pytest
 from services.common.otel_environment import otel_problems
 from services.common.settings import load_settings
 from services.memory.settings import MemorySettings
+from tests.common.test_settings_start_faults import _start
 
 ROOT = Path(__file__).resolve().parents[2]
 COLLECTOR = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317"}
@@ -165,27 +164,16 @@ def test_only_what_the_process_reads_is_checked(monkeypatch: pytest.MonkeyPatch)
 async def test_the_service_says_one_line_not_a_traceback(tmp_path: Path) -> None:
     """``python -m services.memory`` with a timeout that is not a number: it started, then
     died making the exporter, in a traceback."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GENSEARCH_", "OTEL_"))}
-    env |= {
-        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "gen")]),
-        "GENSEARCH_DATA_DIR": str(tmp_path),
-        "GENSEARCH_MEMORY_PORT": "0",
-        "GENSEARCH_MEMORY_METRICS_PORT": "0",
-        "GENSEARCH_MEMORY_REDIS_URL": "redis://127.0.0.1:1/0",
-        **COLLECTOR,
-        "OTEL_EXPORTER_OTLP_TIMEOUT": "abc",
-    }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.memory", cwd=ROOT, env=env,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        _, stderr = await asyncio.wait_for(proc.communicate(), 60)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    assert proc.returncode == 1
-    assert stderr.decode().strip().splitlines() == [
+    code, stderr = await _start(
+        {
+            "GENSEARCH_MEMORY_REDIS_URL": "redis://127.0.0.1:1/0",
+            **COLLECTOR,
+            "OTEL_EXPORTER_OTLP_TIMEOUT": "abc",
+        },
+        "memory",
+        tmp_path,
+    )
+    assert code == 1
+    assert stderr.strip().splitlines() == [
         "invalid setting OTEL_EXPORTER_OTLP_TIMEOUT: must be a number of seconds above 0"
     ]

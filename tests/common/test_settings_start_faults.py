@@ -26,8 +26,9 @@ SECRET = "TOPSECRET"
 
 async def _start(env_update: dict[str, str], service: str, tmp_path: Path) -> tuple[int, str]:
     """Runs ``python -m services.<service>`` until it exits (killed after 60 s: a service
-    that keeps running did not find the problem)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GENSEARCH_")}
+    that keeps running did not find the problem). Nothing of the suite's own GENSEARCH_ and
+    OTEL_ variables is passed on: only ``env_update``'s."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GENSEARCH_", "OTEL_"))}
     env.update(
         {
             "GENSEARCH_DATA_DIR": str(tmp_path / "data"),
