@@ -24,7 +24,7 @@ import asyncio
 from contextvars import ContextVar
 from types import TracebackType
 
-from services.common.errors import Unavailable
+from services.common.errors import ServiceError, Unavailable
 
 REASON = "SHUTTING_DOWN"
 # Calls are ended this long before the grace period ends: a tenth of it, at most MAX_MARGIN
@@ -147,3 +147,8 @@ class CallCut:
         task.uncancel()
         if isinstance(exc, asyncio.CancelledError):
             raise self.error() from None
+        if isinstance(exc, Exception) and not isinstance(exc, ServiceError):
+            # The work, cancelled, ended with an error of its own (a library's 'aborted'):
+            # the cut is the cause, as the deadline is for call_deadline.Cutoff; as it was,
+            # the client got INTERNAL. A status of ours (the deadline's) stays.
+            raise self.error() from exc
