@@ -12,7 +12,7 @@ import grpc
 
 from tests.gateway.conftest import ALICE, Stack, books_ask, books_stream_ask, create_books
 from tests.support.fake_openai import Behaviour
-from tests.support.rpc import error_info, failure_of
+from tests.support.rpc import error_info, failure_of, stopped_mid_stream
 
 GRACE = 1.0
 
@@ -40,21 +40,11 @@ async def test_a_stream_ask_on_a_stopping_gateway_says_what_it_sent(stack: Stack
     # The first chunk at once, the next an hour later.
     stack.fake.enqueue(Behaviour.slow_stream(chunk_delay=3600))
     call = stack.stub.StreamAsk(books_stream_ask(), metadata=ALICE, timeout=60)
-    events = 0
-    stopping = None
-    try:
-        async for event in call:
-            events += 1
-            if event.HasField("delta") and stopping is None:
-                stopping = asyncio.create_task(stack.gateway.stop(GRACE))
-    except grpc.aio.AioRpcError as failed:
-        err = failed
-    else:
-        raise AssertionError("the stream ended without an error")
-    assert stopping is not None
-    await stopping
+    events, err = await stopped_mid_stream(
+        call, lambda: stack.gateway.stop(GRACE), at=lambda event: event.HasField("delta")
+    )
     assert err.code() == grpc.StatusCode.UNAVAILABLE, err
     info = error_info(err)
     assert info.reason == "SHUTTING_DOWN"
     assert info.metadata["setting"] == "GENSEARCH_GATEWAY_GRACE_PERIOD"
-    assert info.metadata["sent_count"] == str(events)
+    assert info.metadata["sent_count"] == str(len(events))

@@ -12,7 +12,7 @@ from gensearch.generation.v1 import generation_service_pb2 as pb
 
 from tests.generation.conftest import Service, user
 from tests.support.fake_openai import Behaviour, FakeOpenAI
-from tests.support.rpc import error_info, failure_of
+from tests.support.rpc import error_info, failure_of, stopped_mid_stream
 
 GRACE = 1.0
 
@@ -44,20 +44,8 @@ async def test_a_stream_running_at_the_end_of_the_grace_period_says_what_it_sent
     # The first chunk at once, the next an hour later.
     fake.enqueue(Behaviour.slow_stream(chunk_delay=3600))
     call = service.stub.StreamGenerate(pb.StreamGenerateRequest(messages=[user("x")]))
-    deltas = []
-    stopping = None
-    try:
-        async for message in call:
-            deltas.append(message.delta)
-            if stopping is None:
-                stopping = asyncio.create_task(service.server.stop(GRACE))
-    except grpc.aio.AioRpcError as failed:
-        err = failed
-    else:
-        raise AssertionError("the stream ended without an error")
-    assert stopping is not None
-    await stopping
-    assert deltas == ["a"]
+    messages, err = await stopped_mid_stream(call, lambda: service.server.stop(GRACE))
+    assert [m.delta for m in messages] == ["a"]
     assert err.code() == grpc.StatusCode.UNAVAILABLE
     info = error_info(err)
     assert info.reason == "SHUTTING_DOWN"

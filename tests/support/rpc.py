@@ -3,7 +3,9 @@ call."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -76,3 +78,23 @@ async def failure_of(call: Any) -> grpc.aio.AioRpcError:
     except grpc.aio.AioRpcError as err:
         return err
     raise AssertionError(f"{call!r} succeeded")
+
+
+async def stopped_mid_stream(
+    call: Any, stop: Callable[[], Awaitable[None]], at: Callable[[Any], bool] = lambda _: True
+) -> tuple[list[Any], grpc.aio.AioRpcError]:
+    """Reads a server stream, ``stop`` (a server's stop) started at the first message
+    ``at`` accepts and awaited once the stream failed: the messages read, and the error
+    (an AssertionError when the stream ends without one, or ``at`` never held)."""
+    messages: list[Any] = []
+    stopping = None
+    try:
+        async for message in call:
+            messages.append(message)
+            if stopping is None and at(message):
+                stopping = asyncio.create_task(stop())
+    except grpc.aio.AioRpcError as err:
+        assert stopping is not None, "the stream failed before the stop"
+        await stopping
+        return messages, err
+    raise AssertionError("the stream ended without an error")
