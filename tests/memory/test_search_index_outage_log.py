@@ -138,16 +138,7 @@ async def test_a_turn_redis_cannot_read_is_blamed_on_redis_not_the_index(
         if own_cluster.node_for(store.tag(o)).port not in outbox_nodes
     )
     victim = own_cluster.node_for(store.tag(owner))
-    index = make_index(
-        mode="keyword",
-        data_dir=tmp_path,
-        qdrant_url="",  # the embedded engine: up all along
-        qdrant_api_key="",
-        collection="unread",
-        model_path="",
-        embed_threads=1,
-    )
-    assert index is not None
+    index = _keyword_index(tmp_path, qdrant_url="")  # the embedded engine: up all along
     indexer = Indexer(store, index, retry_seconds=0.0)
     caplog.set_level(logging.INFO)
     try:
@@ -197,16 +188,7 @@ async def test_a_search_only_outage_of_the_index_ends_with_an_info_line(
     store = MemoryStore(redis, key_prefix=f"search-out-{uuid.uuid4().hex[:8]}")
     blocked = tmp_path / "data"
     blocked.write_text("not a directory")
-    index = make_index(
-        mode="keyword",
-        data_dir=blocked,
-        qdrant_url="",
-        qdrant_api_key="",
-        collection="search-outage",
-        model_path="",
-        embed_threads=1,
-    )
-    assert index is not None
+    index = _keyword_index(blocked, qdrant_url="")
     indexer = Indexer(store, index, retry_seconds=60.0)
     caplog.set_level(logging.INFO)
 
