@@ -11,7 +11,7 @@ from services.common.errors import InvalidArgument, MissingField, quote
 from services.common.repeats import refuse_repeats
 from services.common.request_ids import check_request_id, fingerprint
 from services.common.suggest import did_you_mean
-from services.common.well_known import duration_seconds
+from services.common.well_known import duration_seconds, seconds_text
 from services.gateway.catalog import CollectionInfo
 from services.gateway.request_parts import (
     check_fallback,
@@ -54,11 +54,11 @@ def budget(request: AskLike, settings: GatewaySettings, call_remaining: float | 
             # The bound and its setting in the ErrorInfo, as generate.cache.ttl gives them
             # (before: the field alone).
             raise InvalidArgument(
-                f"timeout must be in (0, {s.max_ask_timeout:g}] seconds",
+                f"timeout must be in (0, {seconds_text(s.max_ask_timeout)}] seconds",
                 field="timeout",
                 reason="OUT_OF_RANGE",
                 metadata={
-                    "max_seconds": f"{s.max_ask_timeout:g}",
+                    "max_seconds": seconds_text(s.max_ask_timeout),
                     "setting": "GENSEARCH_GATEWAY_MAX_ASK_TIMEOUT",
                 },
             )

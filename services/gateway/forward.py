@@ -32,7 +32,7 @@ from services.common.errors import (
     ServiceError,
     note_imported,
 )
-from services.common.well_known import duration_seconds
+from services.common.well_known import duration_seconds, seconds_text
 from services.gateway.catalog import Catalog
 from services.gateway.clients import Caller, GenerationClient, caller_of
 from services.gateway.clients.base import ServiceClient
@@ -257,11 +257,12 @@ class RetrievalForwarder(_Forwarder, ret_grpc.RetrievalServiceServicer):
             and duration_seconds(cache.ttl, field) > limit
         ):
             raise InvalidArgument(
-                f"{field} must be at most {limit:g} s (GENSEARCH_GATEWAY_CACHE_MAX_TTL)",
+                f"{field} must be at most {seconds_text(limit)} s "
+                "(GENSEARCH_GATEWAY_CACHE_MAX_TTL)",
                 field=field,
                 reason="OUT_OF_RANGE",
                 metadata={
-                    "max_seconds": f"{limit:g}",
+                    "max_seconds": seconds_text(limit),
                     "setting": "GENSEARCH_GATEWAY_CACHE_MAX_TTL",
                 },
             )

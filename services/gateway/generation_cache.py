@@ -59,7 +59,7 @@ from services.common.errors import InvalidArgument
 from services.common.logs import ThrottledWarning
 from services.common.quotas import lua_script
 from services.common.redis_client import REDIS_FAILURES, REDIS_FAILURES_OR_TIMEOUT, RedisClient
-from services.common.well_known import duration_seconds
+from services.common.well_known import duration_seconds, seconds_text
 from services.gateway.generator import Options, generate_request
 from services.gateway.metrics import CACHE_LOOKUPS
 from services.gateway.settings import GatewaySettings
@@ -109,10 +109,13 @@ def check_block(
     limit = settings.cache_max_ttl
     if ttl is not None and not 0 < duration_seconds(ttl, f"{field}.ttl") <= limit:
         raise InvalidArgument(
-            f"{field}.ttl must be positive and at most {limit:g} s",
+            f"{field}.ttl must be positive and at most {seconds_text(limit)} s",
             field=f"{field}.ttl",
             reason="OUT_OF_RANGE",
-            metadata={"max_seconds": f"{limit:g}", "setting": "GENSEARCH_GATEWAY_CACHE_MAX_TTL"},
+            metadata={
+                "max_seconds": seconds_text(limit),
+                "setting": "GENSEARCH_GATEWAY_CACHE_MAX_TTL",
+            },
         )
 
 
