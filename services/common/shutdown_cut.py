@@ -25,6 +25,7 @@ from contextvars import ContextVar
 from types import TracebackType
 
 from services.common.errors import ServiceError, Unavailable
+from services.common.well_known import seconds_text
 
 REASON = "SHUTTING_DOWN"
 # Calls are ended this long before the grace period ends: a tenth of it, at most MAX_MARGIN
@@ -98,7 +99,7 @@ class CallCut:
         self.sent = 0  # messages of a stream written before the cut
 
     def error(self) -> Unavailable:
-        grace = f"{self._draining.grace:g}"
+        grace = seconds_text(self._draining.grace)
         metadata = {"grace_period_seconds": grace, "setting": self._draining.setting}
         done = ""
         if self.streaming:

@@ -50,3 +50,12 @@ async def test_a_cut_call_ends_shutting_down_whatever_its_work_raised(convert: b
     assert ended.metadata["setting"] == "GENSEARCH_TEST_GRACE_PERIOD"
     # The cut's cancellation taken back: the chassis' work after it is not cancelled.
     assert task.cancelling() == 0
+
+
+def test_the_grace_period_is_named_in_full() -> None:
+    """A grace period of 4 h 10 min 0.25 s (within GRACE_PERIOD's bound) read "15000.2" with
+    ``:g`` (test failed before)."""
+    draining = Draining(15000.25, "GENSEARCH_TEST_GRACE_PERIOD")
+    error = draining.call().error()
+    assert error.metadata["grace_period_seconds"] == "15000.25"
+    assert "(15000.25 s, GENSEARCH_TEST_GRACE_PERIOD)" in error.message
