@@ -109,7 +109,8 @@ class CallCut:
         return Unavailable(
             f"{server} is shutting down and ended the call{done}, its grace period "
             f"({grace} s, {self._draining.setting}) about to end; the call may be retried "
-            "(another replica serves it)",
+            "(another replica serves it; a write may have taken effect before the cut: "
+            "retry it with the same request_id where the call takes one)",
             reason=REASON,
             metadata=metadata,
         )
