@@ -148,6 +148,9 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         tenant = require_role(Role.WRITER).tenant
         schema: Schema | None = None
         received = imported = 0
+        # The objects of the message being written: a write the server's stop cuts runs on
+        # in the engine (shielded) and may land after the stream's status left.
+        writing = 0
         errors: list[pb.ObjectError] = []
         message_no = 0
         try:
@@ -166,7 +169,9 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
                 self._check_batch(len(message.objects), message_no)
                 # Into the collection the stream started with: one deleted since (and maybe
                 # created again under its name) takes no more of its objects (_write).
+                writing = len(message.objects)
                 result = await self._write(schema, message.objects, received, context)
+                writing = 0
                 # Counted as written: a stream that ends in an error (a later message's,
                 # or the stream's own) wrote these all the same.
                 self._written(schema, len(result.ids))
@@ -189,6 +194,9 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
             if cut is None:
                 raise
             note_imported(cut, message_no, received, imported, errors)
+            if writing:
+                cut.metadata["writing_count"] = str(writing)
+                cut.message += f"; its {writing} objects were being written and may be stored too"
             raise cut from None
         if schema is None:
             # It forgot the collection as a first message without one does: the same

@@ -7,7 +7,9 @@ per test session and shared by every server.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,8 @@ from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as pb_grpc
 from google.protobuf import struct_pb2
 from qdrant_client import AsyncQdrantClient
 
+from services.common import auth
+from services.common.auth import Identity, Role
 from services.common.server import GrpcServer
 from services.retrieval.__main__ import build_server
 from services.retrieval.edge_store import EdgeStore
@@ -205,3 +209,16 @@ def any_of(*filters: pb.Filter) -> pb.Filter:
 
 def none_of(*filters: pb.Filter) -> pb.Filter:
     return pb.Filter(none_of=pb.FilterGroup(filters=list(filters)))
+
+
+def hold_engine(r: Retrieval) -> tuple[threading.Event, asyncio.Future[Any]]:
+    """The engine's one thread busy with a third tenant's call until the event is set."""
+    store = r.store
+    assert isinstance(store, EdgeStore)
+    gate = threading.Event()
+    token = auth._current.set(Identity("u", "blocker", Role.ADMIN))
+    try:
+        holding = asyncio.ensure_future(store._executor.run(gate.wait, 60))
+    finally:
+        auth._current.reset(token)
+    return gate, holding

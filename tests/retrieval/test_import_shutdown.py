@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import grpc
 from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 
-from tests.retrieval.conftest import MakeRetrieval, obj, vector_collection
+from tests.retrieval.conftest import MakeRetrieval, hold_engine, obj, vector_collection
 from tests.support.rpc import error_info
 
 GRACE = 1.0
@@ -55,3 +55,46 @@ async def test_an_import_open_as_the_grace_period_ends_says_what_it_imported(
     assert info.metadata["imported_count"] == info.metadata["received_count"] == "2"
     assert "(message 1; 2 objects imported before it)" in (err.details() or "")
     assert "retrieval service is shutting down" in (err.details() or "")
+
+
+async def _one_batch_then_silent_forever(
+    sent: asyncio.Event,
+) -> AsyncIterator[pb.ImportObjectsRequest]:
+    objects = [obj({"title": f"w{i}"}, vector=[0.1, 0.2, 0.3, 0.4]) for i in range(3)]
+    yield pb.ImportObjectsRequest(collection="W", objects=objects)
+    sent.set()
+    await asyncio.Event().wait()
+
+
+async def test_an_import_cut_while_writing_says_its_batch_may_be_stored(
+    make_retrieval: MakeRetrieval,
+) -> None:
+    """The cut lands while a message's objects wait for the engine (held here by another
+    tenant's work): that write is shielded and runs on after the status left, so the
+    status cannot count it as imported nor as lost; it names it (``writing_count``)."""
+    retrieval = await make_retrieval(stream_idle_timeout=3600)
+    await retrieval.stub.CreateCollection(
+        pb.CreateCollectionRequest(collection=vector_collection("W"))
+    )
+    gate, holding = hold_engine(retrieval)
+    try:
+        sent = asyncio.Event()
+        call = retrieval.stub.ImportObjects(_one_batch_then_silent_forever(sent), timeout=60)
+        await sent.wait()
+        stopping = asyncio.create_task(retrieval.server.stop(GRACE))
+        try:
+            await call
+        except grpc.aio.AioRpcError as failed:
+            err = failed
+        else:
+            raise AssertionError("the import ended without an error")
+    finally:
+        gate.set()
+        await holding
+    await stopping
+    info = error_info(err)
+    assert info.reason == "SHUTTING_DOWN", err
+    assert info.metadata["imported_count"] == "0"
+    assert info.metadata["received_count"] == "0"
+    assert info.metadata["writing_count"] == "3"
+    assert "its 3 objects were being written and may be stored too" in (err.details() or "")

@@ -10,7 +10,6 @@ depends on the gate alone, never on a clock. Real gRPC, the real qdrant-edge eng
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -21,13 +20,18 @@ from google.protobuf import struct_pb2
 from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
-from services.common import auth
-from services.common.auth import Identity, Role
 from services.common.errors import DeadlineExceeded, ResourceExhausted
 from services.retrieval.edge_store import EdgeStore
 from services.retrieval.read_bytes import MEASURE_EVERY, MEASURED_POINTS, SETTING, ReadBytes
 from services.retrieval.store import FoundPoint
-from tests.retrieval.conftest import MakeRetrieval, Retrieval, expect_error, obj, vector_collection
+from tests.retrieval.conftest import (
+    MakeRetrieval,
+    Retrieval,
+    expect_error,
+    hold_engine,
+    obj,
+    vector_collection,
+)
 from tests.retrieval.test_tenancy import TOKEN, as_
 from tests.support.rpc import error_info, retry_delay
 
@@ -69,19 +73,6 @@ def _search(r: Retrieval, who: Any) -> Awaitable[pb.SearchResponse]:
     return r.stub.Search(request, metadata=who)
 
 
-def _hold_engine(r: Retrieval) -> tuple[threading.Event, asyncio.Future[Any]]:
-    """The engine's one thread busy with a third tenant's call until the event is set."""
-    store = r.store
-    assert isinstance(store, EdgeStore)
-    gate = threading.Event()
-    token = auth._current.set(Identity("u", "blocker", Role.ADMIN))
-    try:
-        holding = asyncio.ensure_future(store._executor.run(gate.wait, 60))
-    finally:
-        auth._current.reset(token)
-    return gate, holding
-
-
 async def _until(condition: Callable[[], bool], timeout: float = 60) -> None:
     """Polls counters that offer no event (the engine's queue, a gauge); the generous
     limit only ends a test that would otherwise hang."""
@@ -106,7 +97,7 @@ async def test_a_tenants_second_large_read_is_refused_while_another_tenant_reads
     make_retrieval: MakeRetrieval,
 ) -> None:
     r = await _setup(make_retrieval, read_bytes_wait=0)
-    gate, holding = _hold_engine(r)
+    gate, holding = hold_engine(r)
     first = asyncio.ensure_future(_search(r, GREEDY))
     await _until(lambda: _queued(r, "greedy") == 1)  # past the gate, at the engine
     # Another of the same tenant's: the first one's ~1 MB leaves no room, and no wait.
@@ -133,7 +124,7 @@ async def test_a_read_over_the_bound_waits_for_room_then_runs(
     make_retrieval: MakeRetrieval,
 ) -> None:
     r = await _setup(make_retrieval, read_bytes_wait=60)
-    gate, holding = _hold_engine(r)
+    gate, holding = hold_engine(r)
     first = asyncio.ensure_future(_search(r, GREEDY))
     await _until(lambda: _queued(r, "greedy") == 1)
     already = _waiting()
@@ -302,7 +293,7 @@ async def test_get_chunks_takes_its_room_in_the_tenants_reads_like_a_search(
         )
         assert not resp.errors
         await _get_chunks(r, who)  # its point size measured, before the engine is held
-    gate, holding = _hold_engine(r)
+    gate, holding = hold_engine(r)
     first = asyncio.ensure_future(_get_chunks(r, GREEDY))
     await _until(lambda: _queued(r, "greedy") >= 1)  # past the gate, at the engine
     # The same tenant's second one finds no room: refused before the engine.
