@@ -95,7 +95,8 @@ def _tracing(environ: Mapping[str, str]) -> list[tuple[str, str]]:
     for name in SPAN_LIMITS:
         value = environ.get(name)
         if value is not None and value.strip().lower() != "unset" and _integer(value) is None:
-            found.append((name, "must be an integer from 0 up, or unset"))
+            # Empty is refused too: this SDK reads an empty span limit as set, and fails.
+            found.append((name, "must be an integer from 0 up, or unset (empty is not unset)"))
     return found
 
 

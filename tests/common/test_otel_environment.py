@@ -53,11 +53,13 @@ def _clear_otel(monkeypatch: pytest.MonkeyPatch) -> None:
         ),
         (
             {"OTEL_SPAN_EVENT_COUNT_LIMIT": ""},
-            "OTEL_SPAN_EVENT_COUNT_LIMIT: must be an integer from 0 up, or unset",
+            "OTEL_SPAN_EVENT_COUNT_LIMIT: must be an integer from 0 up, or unset "
+            "(empty is not unset)",
         ),
         (
             {"OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT": "abc"},
-            "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT: must be an integer from 0 up, or unset",
+            "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT: must be an integer from 0 up, or unset "
+            "(empty is not unset)",
         ),
         (
             {"OTEL_BSP_MAX_QUEUE_SIZE": "abc"},
@@ -155,7 +157,9 @@ def test_only_what_the_process_reads_is_checked(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("OTEL_TRACES_SAMPLER", "bogus")
     assert otel_problems() == []
     monkeypatch.setenv("OTEL_SPAN_LINK_COUNT_LIMIT", "-1")
-    assert otel_problems() == ["OTEL_SPAN_LINK_COUNT_LIMIT: must be an integer from 0 up, or unset"]
+    assert otel_problems() == [
+        "OTEL_SPAN_LINK_COUNT_LIMIT: must be an integer from 0 up, or unset (empty is not unset)"
+    ]
     monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")
     assert otel_problems() == []
