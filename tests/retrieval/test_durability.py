@@ -15,7 +15,6 @@ import pytest
 from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as pb_grpc
 
-from services.devlaunch.processes import free_port
 from tests.retrieval.conftest import MakeRetrieval, vector_collection
 from tests.retrieval.data import DIMS, article_objects, articles
 from tests.retrieval.test_engine_flush import flushed_up_to
@@ -65,23 +64,8 @@ async def test_kill_9_after_acknowledged_write(
     make_retrieval: MakeRetrieval, tmp_path: Path
 ) -> None:
     data_dir = tmp_path / "killed"
-    port = free_port()
-    env = {
-        **os.environ,
-        "GENSEARCH_DATA_DIR": str(data_dir),
-        "GENSEARCH_RETRIEVAL_PORT": str(port),
-        "GENSEARCH_RETRIEVAL_METRICS_PORT": "0",
-        "GENSEARCH_RETRIEVAL_QDRANT_URL": "",
-        "GENSEARCH_API_KEYS": "",
-        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "gen")]),
-    }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.retrieval", cwd=ROOT, env=env,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
+    proc, address = await _serve_alone(data_dir)
     try:
-        address = f"127.0.0.1:{port}"
-        await wait_serving(address, proc, service="gensearch.retrieval.v1.RetrievalService")
         async with grpc.aio.insecure_channel(address) as channel:
             stub = pb_grpc.RetrievalServiceStub(channel)
             await stub.CreateCollection(

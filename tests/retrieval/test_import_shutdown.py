@@ -17,9 +17,11 @@ from tests.support.rpc import error_info
 GRACE = 1.0
 
 
-async def _one_batch_then_silent(sent: asyncio.Event) -> AsyncIterator[pb.ImportObjectsRequest]:
-    objects = [obj({"title": f"t{i}"}, vector=[0.1, 0.2, 0.3, 0.4]) for i in range(2)]
-    yield pb.ImportObjectsRequest(collection="A", objects=objects)
+async def _one_batch_then_silent(
+    sent: asyncio.Event, collection: str = "A", count: int = 2
+) -> AsyncIterator[pb.ImportObjectsRequest]:
+    objects = [obj({"title": f"t{i}"}, vector=[0.1, 0.2, 0.3, 0.4]) for i in range(count)]
+    yield pb.ImportObjectsRequest(collection=collection, objects=objects)
     sent.set()
     await asyncio.Event().wait()
 
@@ -57,15 +59,6 @@ async def test_an_import_open_as_the_grace_period_ends_says_what_it_imported(
     assert "retrieval service is shutting down" in (err.details() or "")
 
 
-async def _one_batch_then_silent_forever(
-    sent: asyncio.Event,
-) -> AsyncIterator[pb.ImportObjectsRequest]:
-    objects = [obj({"title": f"w{i}"}, vector=[0.1, 0.2, 0.3, 0.4]) for i in range(3)]
-    yield pb.ImportObjectsRequest(collection="W", objects=objects)
-    sent.set()
-    await asyncio.Event().wait()
-
-
 async def test_an_import_cut_while_writing_says_its_batch_may_be_stored(
     make_retrieval: MakeRetrieval,
 ) -> None:
@@ -79,7 +72,7 @@ async def test_an_import_cut_while_writing_says_its_batch_may_be_stored(
     gate, holding = hold_engine(retrieval)
     try:
         sent = asyncio.Event()
-        call = retrieval.stub.ImportObjects(_one_batch_then_silent_forever(sent), timeout=60)
+        call = retrieval.stub.ImportObjects(_one_batch_then_silent(sent, "W", 3), timeout=60)
         await sent.wait()
         stopping = asyncio.create_task(retrieval.server.stop(GRACE))
         try:
