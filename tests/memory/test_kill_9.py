@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from gensearch.memory.v1 import memory_service_pb2 as pb
 from gensearch.memory.v1 import memory_service_pb2_grpc as pb_grpc
 from google.protobuf import field_mask_pb2
 
-from tests.support.processes import descendants, wait_serving
+from tests.support.processes import descendants, start_serving
 
 ROOT = Path(__file__).resolve().parents[2]
 MEMORY = "gensearch.memory.v1.MemoryService"
@@ -34,17 +33,7 @@ async def _start(data_dir: Path) -> tuple[asyncio.subprocess.Process, str]:
         GENSEARCH_MEMORY_SEARCH_INDEX="keyword",
         GENSEARCH_MEMORY_SEARCH_RETRY_SECONDS="0.5",
     )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.memory", cwd=ROOT, env=env,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        port = await wait_serving("127.0.0.1:0", proc, service=MEMORY)
-    except BaseException:
-        proc.kill()
-        await proc.wait()
-        raise
-    return proc, f"127.0.0.1:{port}"
+    return await start_serving("services.memory", env, service=MEMORY, cwd=ROOT)
 
 
 def _kill_9(pids: set[int]) -> None:

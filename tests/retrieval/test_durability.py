@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as pb_grpc
 from tests.retrieval.conftest import MakeRetrieval, vector_collection
 from tests.retrieval.data import DIMS, article_objects, articles
 from tests.retrieval.test_engine_flush import flushed_up_to
-from tests.support.processes import wait_serving
+from tests.support.processes import start_serving
 
 ROOT = Path(__file__).resolve().parents[2]
 RETRIEVAL = "gensearch.retrieval.v1.RetrievalService"
@@ -103,17 +102,7 @@ async def _serve_alone(data_dir: Path, **settings: str) -> tuple[asyncio.subproc
         "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "gen")]),
         **{f"GENSEARCH_RETRIEVAL_{name.upper()}": value for name, value in settings.items()},
     }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.retrieval", cwd=ROOT, env=env,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        port = await wait_serving("127.0.0.1:0", proc, service=RETRIEVAL)
-    except BaseException:
-        proc.kill()
-        await proc.wait()
-        raise
-    return proc, f"127.0.0.1:{port}"
+    return await start_serving("services.retrieval", env, service=RETRIEVAL, cwd=ROOT)
 
 
 @pytest.mark.slow  # starts the service process twice

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -45,6 +46,24 @@ async def wait_serving(
                 return port
         assert time.monotonic() < deadline, f"{service} not SERVING within {timeout:g} s"
         await asyncio.sleep(0.1)
+
+
+async def start_serving(
+    module: str, env: dict[str, str], *, service: str, cwd: Path
+) -> tuple[asyncio.subprocess.Process, str]:
+    """``python -m module`` with ``env`` (which must make it bind port 0), once it serves
+    ``service``: the process and its address. Killed if it never does."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", module, cwd=cwd, env=env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        port = await wait_serving("127.0.0.1:0", proc, service=service)
+    except BaseException:
+        proc.kill()
+        await proc.wait()
+        raise
+    return proc, f"127.0.0.1:{port}"
 
 
 async def _serves(address: str, service: str) -> bool:
