@@ -15,6 +15,7 @@ checkout's: an A/B that load from elsewhere hits alike (on a shared machine, two
 run one after the other do not).
 
     .venv/bin/python bench/memory_ask.py [--rounds 7] [--asks 20] [--versus /path/to/main]
+        [--search-index off|keyword|hybrid]
 """
 
 from __future__ import annotations
@@ -105,6 +106,9 @@ def _row(name: str, medians: list[float]) -> str:
 
 async def _bench(args: argparse.Namespace) -> None:
     async with Stack() as stack:
+        if args.search_index != "off":
+            # Both memory services (this checkout's and --versus') index their turns.
+            stack.extra_env["memory"] = {"GENSEARCH_MEMORY_SEARCH_INDEX": args.search_index}
         llm = await stack.fake_llm(latency=0.0, jitter=0.0)
         memory = await stack.memory()
         retrieval = await stack.retrieval()
@@ -166,7 +170,8 @@ async def _bench(args: argparse.Namespace) -> None:
     print(
         f"\nmemory-by-length bench {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
         f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores, "
-        f"{args.rounds} interleaved rounds of {args.asks} calls (medians per round)"
+        f"{args.rounds} interleaved rounds of {args.asks} calls (medians per round), "
+        f"search index {args.search_index}"
     )
     for n in conversations:
         print(_row(f"Ask, {n}-turn conversation", ask[n]))
@@ -185,6 +190,12 @@ def main() -> None:
     parser.add_argument("--asks", type=int, default=20)
     parser.add_argument(
         "--versus", type=Path, help="another checkout whose memory service is timed alike"
+    )
+    parser.add_argument(
+        "--search-index",
+        choices=("off", "keyword", "hybrid"),
+        default="off",
+        help="memory's GENSEARCH_MEMORY_SEARCH_INDEX (off, the service's default)",
     )
     args = parser.parse_args()
     if args.versus:
