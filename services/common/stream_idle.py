@@ -43,6 +43,7 @@ import grpc
 
 from services.common.auth import current_identity
 from services.common.errors import DeadlineExceeded
+from services.common.well_known import seconds_text
 
 REASON = "STREAM_IDLE"
 STALLED = "STREAM_STALLED"
@@ -73,10 +74,10 @@ class IdleLimit:
 
     def error(self) -> DeadlineExceeded:
         return DeadlineExceeded(
-            f"no request message arrived within {self.seconds:g} s ({self.setting}); "
+            f"no request message arrived within {seconds_text(self.seconds)} s ({self.setting}); "
             "the stream was ended",
             reason=REASON,
-            metadata={"timeout_seconds": f"{self.seconds:g}", "setting": self.setting},
+            metadata={"timeout_seconds": seconds_text(self.seconds), "setting": self.setting},
         )
 
     async def next(self, requests: AsyncIterator[Any]) -> Any:
@@ -93,10 +94,13 @@ class IdleLimit:
 
     def too_long(self) -> DeadlineExceeded:
         return DeadlineExceeded(
-            f"the stream lasted its {self.max_seconds:g} s ({self.max_setting}) and was "
-            "ended: send the rest in another stream",
+            f"the stream lasted its {seconds_text(self.max_seconds)} s ({self.max_setting}) "
+            "and was ended: send the rest in another stream",
             reason=TOO_LONG,
-            metadata={"max_seconds": f"{self.max_seconds:g}", "setting": self.max_setting},
+            metadata={
+                "max_seconds": seconds_text(self.max_seconds),
+                "setting": self.max_setting,
+            },
         )
 
     def clock(self) -> StreamClock:
@@ -133,10 +137,13 @@ class IdleLimit:
 
     def stalled(self) -> DeadlineExceeded:
         return DeadlineExceeded(
-            f"the client took no stream message within {self.send_seconds:g} s "
+            f"the client took no stream message within {seconds_text(self.send_seconds)} s "
             f"({self.send_setting}); the stream was ended: read it as it comes",
             reason=STALLED,
-            metadata={"timeout_seconds": f"{self.send_seconds:g}", "setting": self.send_setting},
+            metadata={
+                "timeout_seconds": seconds_text(self.send_seconds),
+                "setting": self.send_setting,
+            },
         )
 
     def cuts(self, context: grpc.aio.ServicerContext) -> bool:

@@ -32,6 +32,7 @@ from services.common.errors import (
 )
 from services.common.tracing import CACHE_HIT
 from services.common.turn_size import fit_utf8
+from services.common.well_known import seconds_text
 from services.gateway import (
     ask_request,
     ask_traces,
@@ -675,7 +676,7 @@ def _named(err: DeadlineExceeded, request: AskLike, budget: float, deadline: flo
     if field is None or err.field or left > min(_EARLY_SECONDS, budget * 0.2):
         return err
     return DeadlineExceeded(
-        f"{field} of {budget:g} s ran out: {err.message}",
+        f"{field} of {seconds_text(budget)} s ran out: {err.message}",
         field=field,
         reason=err.reason,
         metadata=err.metadata,
@@ -686,7 +687,7 @@ def _named(err: DeadlineExceeded, request: AskLike, budget: float, deadline: flo
 def _deadline(budget: float | None, field: str | None = None) -> DeadlineExceeded:
     """``field``: the request field that set ``budget`` (``timeout``), named as any error
     about a client's field is; None when the call's deadline (or the default) set it."""
-    detail = f" of {budget:g} s" if budget is not None else ""
+    detail = f" of {seconds_text(budget)} s" if budget is not None else ""
     if field is not None:
         return DeadlineExceeded(
             f"the question was not answered within {field}{detail}: a longer one leaves "

@@ -18,6 +18,7 @@ from services.common.json_schema import (
 )
 from services.common.model_names import MAX_MODEL_CHARS, check_model_name
 from services.common.settings import DEFAULT_MAX_FALLBACKS
+from services.common.well_known import seconds_text
 from services.generation.providers.base import (
     ChatMessage,
     CompletionRequest,
@@ -118,7 +119,7 @@ def check_token_budget(
     raise InvalidArgument(
         f"the prompt (~{prompt} tokens) plus {whose} ({cost - prompt}) exceeds the "
         f"{math.floor(allowance)} tokens provider {config.name!r} allows in "
-        f"{config.rate_window:g} s (it counts max_tokens when a call arrives)",
+        f"{seconds_text(config.rate_window)} s (it counts max_tokens when a call arrives)",
         # What the caller can lower: max_tokens, unless the prompt alone is too long.
         field="messages" if least_prompt > allowance else "max_tokens",
         reason="PROVIDER_TOKEN_LIMIT_EXCEEDED",

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 
 from services.common.errors import DeadlineExceeded, ResourceExhausted
 from services.common.reply_bytes import refusal
+from services.common.well_known import seconds_text
 from services.retrieval.metrics import READS_REFUSED, READS_WAITING
 from services.retrieval.store import FoundPoint, value_bytes
 
@@ -196,7 +197,8 @@ class ReadBytes:
         return refusal(
             f"the caller's tenant has reads of about {held} bytes being built; this one "
             f"(about {size} bytes) would pass {self.limit} ({SETTING}) and found no room "
-            f"within {self.wait:g} s; retry shortly, or ask for fewer or smaller results",
+            f"within {seconds_text(self.wait)} s; retry shortly, or ask for fewer or smaller "
+            "results",
             self.limit,
             held,
             size,

@@ -9,6 +9,7 @@ import pytest
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 
 from services.common.errors import InvalidArgument
+from services.common.stream_idle import IdleLimit
 from services.common.well_known import duration
 from services.gateway.ask_request import budget
 from services.gateway.generation_cache import check_block
@@ -32,3 +33,17 @@ def test_an_ask_timeout_past_a_fractional_bound_names_it_in_full() -> None:
         budget(request, settings, None)
     assert refused.value.metadata["max_seconds"] == "1234.5678"
     assert "(0, 1234.5678]" in refused.value.message
+
+
+def test_stream_bounds_are_named_in_full() -> None:
+    """The stream idle, stalled and too-long refusals name their bounds as the others do
+    (they still used ``:g``: a client stream lasting 30 days at most read "2.592e+06")."""
+    limit = IdleLimit(
+        1234.5678, "IDLE", send_seconds=THIRTY_DAYS, send_setting="SEND",
+        max_seconds=THIRTY_DAYS, max_setting="MAX",
+    )  # fmt: skip
+    assert limit.error().metadata["timeout_seconds"] == "1234.5678"
+    assert "within 1234.5678 s" in limit.error().message
+    assert limit.stalled().metadata["timeout_seconds"] == "2592000"
+    assert limit.too_long().metadata["max_seconds"] == "2592000"
+    assert "lasted its 2592000 s" in limit.too_long().message
