@@ -12,6 +12,7 @@ import email.utils
 import json
 import time
 import uuid
+from collections.abc import Awaitable
 from typing import Any
 
 import grpc
@@ -425,6 +426,16 @@ async def _fan_out(stack: Stack, provider: str, hits: int = 8) -> list[gw_pb.Gen
     return [h.generation for h in response.hits]
 
 
+async def _lowest_limit_during(name: str, fan_out: Awaitable[object]) -> float:
+    task = asyncio.ensure_future(fan_out)
+    lowest = _limit_of(name)
+    while not task.done():
+        lowest = min(lowest, _limit_of(name))
+        await asyncio.sleep(0.01)
+    await task
+    return min(lowest, _limit_of(name))
+
+
 @pytest.mark.parametrize("signal", ["429", "timeout", "latency"])
 async def test_the_concurrency_limit_shrinks_on_overload_and_grows_back(
     stack_factory: StackFactory, fake: FakeOpenAI, signal: str
@@ -436,11 +447,15 @@ async def test_the_concurrency_limit_shrinks_on_overload_and_grows_back(
         max_concurrency=None,
         adaptive_recovery=None,  # only successes grow it back: what this test watches
         latency_factor=3.0 if signal == "latency" else None,
-        first_byte_timeout=0.5,
+        first_byte_timeout=10.0 if signal == "latency" else 0.5,
     )
     stack = await stack_factory(extra_providers=[provider])
     await create_books(stack, books=[dict(BOOKS[0], title=f"Book {i}") for i in range(8)])
-    fake.latency = 0.05
+    # The latency signal compares answers with their recent average: a base latency far
+    # above the milliseconds a loaded machine adds keeps the first fan-out from reading as
+    # a rise (at 0.05 s, a busy CI host made one and shrank the limit before any overload).
+    base = 0.3 if signal == "latency" else 0.05
+    fake.latency = base
     await _fan_out(stack, name)
     assert _limit_of(name) == float("inf")  # no ceiling, nothing pushed back yet
     # Each overload fails its hits outright (a Retry-After past the deadline, a timeout
@@ -452,11 +467,13 @@ async def test_the_concurrency_limit_shrinks_on_overload_and_grows_back(
     else:
         for _ in range(3):
             await _fan_out(stack, name)
-        fake.latency = 2.0
-    await _fan_out(stack, name)
-    shrunk = _limit_of(name)
+        # Slow answers, a tenth of a second apart: the first shrinks the limit, and the
+        # last, alone in flight by then, is no rise and adds one back (by design: a
+        # burst's last answer is not an overload), so the shrink is read while it runs.
+        fake.enqueue(*[Behaviour.ok(latency=12 * base + 0.1 * i) for i in range(8)])
+    shrunk = await _lowest_limit_during(name, _fan_out(stack, name))
     assert shrunk < 8
-    fake.latency = 0.05
+    fake.latency = base
     fake.clear_queue()
     for _ in range(2):
         assert all(r.result for r in await _fan_out(stack, name))
