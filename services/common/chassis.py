@@ -673,7 +673,10 @@ class _MethodWrapper:
         idle = self.stream_idle
 
         async def call(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
-            return await handle(await first_request(requests, idle, request_type, context), context)
+            # The wait for the request is cut as the server stops, as the work is: a call
+            # whose request had not come ended bare when gRPC cancelled it.
+            request = await first_request(requests, idle, request_type, context, self._cut(False))
+            return await handle(request, context)
 
         return call
 
@@ -721,21 +724,24 @@ async def first_request(
     idle: IdleLimit,
     request_type: str,
     context: grpc.aio.ServicerContext,
+    cut: CallCut | contextlib.AbstractAsyncContextManager[Any] = _NO_CUTOFF,
 ) -> Any:
     """The one request of a unary-request method served as a client stream (``wrap``):
     its first message, or an ``Unreceived`` standing for the refusal when the client
     half-closed without one (MALFORMED_REQUEST) or, on a call without a deadline, sent
-    none within ``idle``'s time (STREAM_IDLE). A call with a deadline waits for its
-    request until then, as gRPC did: a large request slowly uploaded is not idle."""
+    none within ``idle``'s time (STREAM_IDLE), or the server, stopping, ended the wait
+    (``cut``: SHUTTING_DOWN). A call with a deadline waits for its request until then, as
+    gRPC did: a large request slowly uploaded is not idle."""
     requests = aiter(requests)
     try:
-        if context.time_remaining() is None:
-            request = await idle.next(requests)
-        else:
-            request = await anext(requests)
+        async with cut:
+            if context.time_remaining() is None:
+                request = await idle.next(requests)
+            else:
+                request = await anext(requests)
     except StopAsyncIteration:
         return Unreceived(no_request(request_type))
-    except ServiceError as err:  # STREAM_IDLE
+    except ServiceError as err:  # STREAM_IDLE, SHUTTING_DOWN
         return Unreceived(err)
     # gRPC's reader is a generator holding the message it gave until asked for the next:
     # closed, it lets go, and a refused request's bytes go with its call (see _forget),

@@ -54,7 +54,7 @@ from services.common.reply_bytes import ReplyBytes
 from services.common.request_bytes import RequestBytes
 from services.common.request_parse import Undecodable, Unreceived, message_type, tolerant
 from services.common.settings import CommonSettings
-from services.common.shutdown_cut import Draining, margin
+from services.common.shutdown_cut import CallCut, Draining, margin
 from services.common.stream_idle import IdleLimit
 from services.common.tracing import tracer
 
@@ -201,12 +201,28 @@ class _MetadataChecked:
     Watch and List) is served as a client stream of one message, as the chassis serves
     ours (``chassis.first_request``): grpc.aio left a Check whose client half-closed without
     a request open and unanswered for ever, for anyone, no key needed. Bytes that are no
-    request message are MALFORMED_REQUEST (``request_parse.tolerant``), as for our methods."""
+    request message are MALFORMED_REQUEST (``request_parse.tolerant``), as for our methods.
+    And, as the server stops, a call still running (a Watch, a reflection stream, a call
+    still waiting for its request) is ended by ``draining`` with UNAVAILABLE /
+    SHUTTING_DOWN, as the chassis ends ours (shutdown_cut.py); before, gRPC cancelled them
+    bare at the end of the grace period ("Cancelling all calls", no ErrorInfo)."""
 
-    def __init__(self, server: grpc.aio.Server, limit: MetadataLimit, idle: IdleLimit) -> None:
+    def __init__(
+        self,
+        server: grpc.aio.Server,
+        limit: MetadataLimit,
+        idle: IdleLimit,
+        draining: Draining | None = None,
+    ) -> None:
         self._server = server
         self._limit = limit
         self._idle = idle
+        self._draining = draining
+
+    def _cut(self, streaming: bool) -> CallCut | contextlib.AbstractAsyncContextManager[Any]:
+        if self._draining is None:
+            return contextlib.nullcontext()
+        return self._draining.call(streaming)
 
     def add_generic_rpc_handlers(self, handlers: Iterable[grpc.GenericRpcHandler]) -> None:
         self._server.add_generic_rpc_handlers(tuple(WrappedGeneric(h, self) for h in handlers))
@@ -226,6 +242,8 @@ class _MetadataChecked:
             except ServiceError as err:
                 await _abort(context, err)
 
+        cut = self._cut
+
         def checked(fn: Callable[..., Any]) -> Callable[..., Any]:
             if inspect.isasyncgenfunction(fn):  # reflection's stream
 
@@ -233,14 +251,37 @@ class _MetadataChecked:
                     request: Any, context: grpc.aio.ServicerContext
                 ) -> AsyncIterator[Any]:
                     await refuse_large(context)
-                    async for reply in fn(request, context):
-                        yield reply
+                    replies = fn(request, context)
+                    stream_cut = cut(True)
+                    try:
+                        while True:
+                            # Each step cut, never the write (as the chassis' _send_all):
+                            # cancelled while gRPC sends, a stream cannot end with our status.
+                            async with stream_cut:
+                                try:
+                                    reply = await anext(replies)
+                                except StopAsyncIteration:
+                                    return
+                            yield reply
+                            if isinstance(stream_cut, CallCut):
+                                stream_cut.sent += 1
+                    except ServiceError as err:  # SHUTTING_DOWN
+                        await _abort(context, err)
+                    finally:
+                        await replies.aclose()
 
                 return stream
 
             async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 await refuse_large(context)
-                return await fn(request, context)
+                # A Watch, waiting for the next change of status, is cut there (its
+                # NOT_SERVING went out as the server began to stop). Counted as no stream:
+                # its messages are statuses, nothing a client resumes from.
+                try:
+                    async with cut(False):
+                        return await fn(request, context)
+                except ServiceError as err:  # SHUTTING_DOWN
+                    await _abort(context, err)
 
             return call
 
@@ -258,7 +299,7 @@ class _MetadataChecked:
 
         def one_request(fn: Callable[..., Any]) -> Callable[..., Any]:
             async def call(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
-                request = await first_request(requests, idle, request_type, context)
+                request = await first_request(requests, idle, request_type, context, cut(False))
                 if isinstance(request, Unreceived):
                     await _abort(context, request.error())
                 await refuse_undecodable(request, context)
@@ -438,7 +479,7 @@ class GrpcServer:
             largest = self._chassis.largest_request()
         # Not gRPC's maximum_concurrent_rpcs: the chassis holds that cap (call_slots.py).
         server = grpc.aio.server(options=server_options(self.settings, largest))
-        checked = _MetadataChecked(server, self.metadata_limit, self.stream_idle)
+        checked = _MetadataChecked(server, self.metadata_limit, self.stream_idle, self.draining)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, checked)
         if self._chassis is not None:
             self._chassis.register(server)
@@ -462,7 +503,9 @@ class GrpcServer:
             self.stream_idle,
             f"{self.settings.namespace()}REFLECTION_MAX_STREAMS",
         )
-        checked = _MetadataChecked(self.server, self.metadata_limit, self.stream_idle)
+        checked = _MetadataChecked(
+            self.server, self.metadata_limit, self.stream_idle, self.draining
+        )
         reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflecting, checked)
         # The same servicer (its cap counts both) under the stable name, which clients ask first.
         reflection_v1.add_to_server(reflecting, checked)

@@ -58,6 +58,11 @@ class Draining:
         _call_cut.set(cut)
         return cut
 
+    @property
+    def running(self) -> int:
+        """How many calls are in their work now (a stream's between steps not counted)."""
+        return len(self._running)
+
     def drain_seconds(self) -> float:
         """How long an ended client stream may read on what its client still sends
         (``chassis._drain``): half the margin, so its status leaves before gRPC's cut."""
