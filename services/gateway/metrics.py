@@ -54,6 +54,8 @@ GENERATION_REFUSED = Counter(
     "gensearch_gateway_generation_refused_total",
     "Generation calls the generation service refused before running them, by reason "
     "(TOO_MANY_CONCURRENT_RPCS: its process was full; TOO_MANY_CONCURRENT_STREAMS: the "
-    "gateway's connection to it was); each is sent again while its deadline allows.",
+    "gateway's connection to it was; SHUTTING_DOWN: its replica was stopping and ended "
+    "the call before anything of it was sent on, sent again once); each is sent again "
+    "while its deadline allows.",
     ["reason"],
 )

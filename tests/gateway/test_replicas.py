@@ -3,6 +3,7 @@ the target (``ipv4:a,b`` here; ``dns:///name:port`` in a cluster)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -13,7 +14,10 @@ from services.common.server import GrpcServer
 from services.generation.__main__ import build_server as build_generation
 from services.generation.settings import GenerationSettings
 from tests.gateway.conftest import ALICE, DIM, TOKEN, StackFactory, create_books, fake_provider
-from tests.support.fake_openai import FakeOpenAI
+from tests.support.fake_openai import Behaviour, FakeOpenAI
+
+# The stopping replica's grace period: its calls are ended a tenth of it before its end.
+GRACE = 2.0
 
 
 async def _replica(fake: FakeOpenAI) -> GrpcServer:
@@ -87,3 +91,32 @@ async def test_dns_target(stack_factory: StackFactory, fake: FakeOpenAI) -> None
         assert all(h.generation.result for h in response.hits)
     finally:
         await server.stop(0)
+
+
+async def test_a_hit_whose_replica_shuts_down_is_answered_by_another(
+    stack_factory: StackFactory, replicas: list[tuple[GrpcServer, FakeOpenAI]]
+) -> None:
+    """The replica running a hit's generation stops (a rolling update) and, its grace
+    period ending, ends the call UNAVAILABLE / SHUTTING_DOWN: nothing was generated for the
+    caller, so the gateway sends it once more, to the other replica, and the hit is
+    answered. Before, the hit failed with SHUTTING_DOWN (test failed before)."""
+    target = "ipv4:" + ",".join(f"127.0.0.1:{server.port}" for server, _ in replicas)
+    stack = await stack_factory(generation=False, generation_addr=target)
+    await create_books(stack)
+    for _, fake in replicas:
+        fake.enqueue(Behaviour.hang())
+    call = stack.stub.GenerativeSearch(_request(1), metadata=ALICE, timeout=60)
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 30
+    while not any(fake.chat_requests for _, fake in replicas):
+        assert not call.done() and loop.time() < end, "no replica got the hit's call"
+        await asyncio.sleep(0.01)
+    running = 0 if replicas[0][1].chat_requests else 1
+    other = replicas[1 - running][1]
+    other.clear_queue()  # the other replica answers at once
+    await replicas[running][0].stop(GRACE)
+    response = await call
+    generation = response.hits[0].generation
+    assert not generation.HasField("error"), generation.error
+    assert generation.result
+    assert len(other.chat_requests) == 1

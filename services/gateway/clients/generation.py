@@ -43,10 +43,12 @@ from services.common.errors import (
     WAIT_MS,
     ResourceExhausted,
     ServiceError,
+    Unavailable,
     metadata_count,
     upstream_calls,
 )
 from services.common.fair_slots import FairSlots
+from services.common.shutdown_cut import REASON as SHUTDOWN_REASON
 from services.gateway.clients.base import ServiceClient, refused_stream
 from services.gateway.clients.caller import Caller, Metadata
 from services.gateway.clients.channel import GENERATION_SERVICE
@@ -75,6 +77,8 @@ MAX_BACKOFF = 1.0
 #: Generation's refusal of messages longer than its GENSEARCH_GENERATION_MAX_PROMPT_CHARS
 #: (field ``messages``; metadata ``max_chars``, ``chars``, ``setting``).
 PROMPT_TOO_LONG = "PROMPT_TOO_LONG"
+#: The channel's own UNAVAILABLE (from_rpc_error): no replica answered.
+NO_REPLICA = "DOWNSTREAM_UNAVAILABLE"
 
 R = TypeVar("R")
 #: A StreamGenerate call that was not refused: its messages, and the first (None: none came).
@@ -227,9 +231,11 @@ class GenerationClient(ServiceClient):
         deadline: float | None,
         waited: _Waited,
     ) -> R:
-        """``send(timeout)``, sent again while the generation service refuses it unrun."""
+        """``send(timeout)``, sent again while the generation service refuses it unrun,
+        and once when the replica that ran it was shutting down (``_again_after_cut``)."""
         loop = asyncio.get_running_loop()
         backoff = FIRST_BACKOFF
+        cut: Unavailable | None = None  # the replica's SHUTTING_DOWN, once sent again
         while True:
             timeout = None if deadline is None else max(deadline - loop.time(), 0.001)
             try:
@@ -239,6 +245,31 @@ class GenerationClient(ServiceClient):
                 if not await self._backoff(err, pause, deadline, waited):
                     raise
                 backoff = min(backoff * 2, MAX_BACKOFF)
+            except Unavailable as err:
+                if cut is not None:
+                    if err.reason == NO_REPLICA:
+                        # No other replica took it (one replica, or all stopping): the
+                        # cut says what happened, the channel's failure does not.
+                        raise cut from None
+                    raise
+                if not self._again_after_cut(err, deadline):
+                    raise
+                cut = err
+
+    @staticmethod
+    def _again_after_cut(err: Unavailable, deadline: float | None) -> bool:
+        """Whether a call the generation service ended SHUTTING_DOWN (its replica going
+        away, shutdown_cut.py) is sent again: yes, once, while the deadline leaves
+        ``MIN_CALL_SECONDS``. Safe: nothing of it reached the caller (a stream is sent
+        again only while its first message has not come), and round-robin sends it to
+        another replica, the stopping one's connection having gone away (GOAWAY) at the
+        start of its grace period. Before, the hit failed UNAVAILABLE, though any other
+        replica would have answered it."""
+        if err.reason != SHUTDOWN_REASON:
+            return False
+        GENERATION_REFUSED.labels(SHUTDOWN_REASON).inc()
+        left = None if deadline is None else deadline - asyncio.get_running_loop().time()
+        return left is None or left >= MIN_CALL_SECONDS
 
     @staticmethod
     def _deadline(timeout: float | None) -> float | None:
