@@ -7,10 +7,20 @@ answer back."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import grpc
+from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
+from google.protobuf import struct_pb2
 
-from tests.gateway.conftest import ALICE, Stack, books_ask, books_stream_ask, create_books
+from tests.gateway.conftest import (
+    ALICE,
+    Stack,
+    books_ask,
+    books_stream_ask,
+    create_books,
+    vector,
+)
 from tests.support.fake_openai import Behaviour
 from tests.support.rpc import error_info, failure_of, stopped_mid_stream
 
@@ -48,3 +58,47 @@ async def test_a_stream_ask_on_a_stopping_gateway_says_what_it_sent(stack: Stack
     assert info.reason == "SHUTTING_DOWN"
     assert info.metadata["setting"] == "GENSEARCH_GATEWAY_GRACE_PERIOD"
     assert info.metadata["sent_count"] == str(len(events))
+
+
+async def test_an_import_through_the_gateway_cut_by_retrieval_keeps_its_counts(
+    stack: Stack,
+) -> None:
+    """An ImportObjects stream the gateway relays, open as retrieval's grace period ends:
+    retrieval's SHUTTING_DOWN says what the stream imported (``imported_count``, ...), and
+    the gateway's caller gets those counts, where to resume, as from retrieval itself."""
+    await create_books(stack, books=[])
+    sent = asyncio.Event()
+
+    async def one_batch_then_silent() -> AsyncIterator[ret_pb.ImportObjectsRequest]:
+        objects = [
+            ret_pb.DataObject(properties=_title(f"t{i}"), vector=vector(i)) for i in range(2)
+        ]
+        yield ret_pb.ImportObjectsRequest(collection="Books", objects=objects)
+        sent.set()
+        await asyncio.Event().wait()
+
+    call = stack.retrieval.ImportObjects(one_batch_then_silent(), metadata=ALICE, timeout=60)
+    await sent.wait()
+    # The first message written: the relayed stream now waits for the next one.
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 30
+    count = ret_pb.CountObjectsRequest(collection="Books")
+    while (await stack.retrieval.CountObjects(count, metadata=ALICE)).count < 2:
+        assert not call.done() and loop.time() < end, "the first message was never written"
+        await asyncio.sleep(0.01)
+    stopping = asyncio.create_task(stack.servers["retrieval"].stop(GRACE))
+    err = await failure_of(call)
+    await stopping
+    assert err.code() == grpc.StatusCode.UNAVAILABLE, err
+    info = error_info(err)
+    assert info.reason == "SHUTTING_DOWN", err
+    assert info.metadata["setting"] == "GENSEARCH_RETRIEVAL_GRACE_PERIOD"
+    assert info.metadata["imported_count"] == info.metadata["received_count"] == "2"
+    assert "(message 1; 2 objects imported before it)" in (err.details() or "")
+    assert "retrieval service is shutting down" in (err.details() or "")
+
+
+def _title(title: str) -> struct_pb2.Struct:
+    props = struct_pb2.Struct()
+    props.update({"title": title})
+    return props
