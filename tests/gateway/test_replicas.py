@@ -10,7 +10,9 @@ import pytest
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 
+from services.common.errors import Unavailable
 from services.common.server import GrpcServer
+from services.gateway.clients.generation import MIN_CALL_SECONDS, GenerationClient
 from services.generation.__main__ import build_server as build_generation
 from services.generation.settings import GenerationSettings
 from tests.gateway.conftest import ALICE, DIM, TOKEN, StackFactory, create_books, fake_provider
@@ -120,3 +122,15 @@ async def test_a_hit_whose_replica_shuts_down_is_answered_by_another(
     assert not generation.HasField("error"), generation.error
     assert generation.result
     assert len(other.chat_requests) == 1
+
+
+async def test_a_cut_call_is_sent_again_only_within_its_deadline() -> None:
+    """The second try needs MIN_CALL_SECONDS of the call's deadline, as a refused call's
+    (else the cut is the answer, at once); another reason is never sent again here."""
+    cut = Unavailable("the generation service is shutting down", reason="SHUTTING_DOWN")
+    now = asyncio.get_running_loop().time()
+    assert GenerationClient._again_after_cut(cut, None)
+    assert GenerationClient._again_after_cut(cut, now + MIN_CALL_SECONDS + 30)
+    assert not GenerationClient._again_after_cut(cut, now + MIN_CALL_SECONDS / 2)
+    down = Unavailable("the generation service is unavailable", reason="DOWNSTREAM_UNAVAILABLE")
+    assert not GenerationClient._again_after_cut(down, None)

@@ -267,9 +267,11 @@ class GenerationClient(ServiceClient):
         replica would have answered it."""
         if err.reason != SHUTDOWN_REASON:
             return False
-        GENERATION_REFUSED.labels(SHUTDOWN_REASON).inc()
         left = None if deadline is None else deadline - asyncio.get_running_loop().time()
-        return left is None or left >= MIN_CALL_SECONDS
+        if left is not None and left < MIN_CALL_SECONDS:
+            return False
+        GENERATION_REFUSED.labels(SHUTDOWN_REASON).inc()
+        return True
 
     @staticmethod
     def _deadline(timeout: float | None) -> float | None:
