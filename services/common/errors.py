@@ -257,6 +257,35 @@ def over_limit(
     )
 
 
+def seconds_text(seconds: float) -> str:
+    """``seconds`` as a bound's message and ErrorInfo metadata give it: every digit a
+    setting may hold (2592000, 0.25), never ``:g``'s six (30 days was "2.592e+06", a
+    bound a client cannot read back)."""
+    return f"{seconds:.15g}"
+
+
+def out_of_range(
+    message: str,
+    *,
+    field: str,
+    bound: float,
+    setting: str,
+    seconds: bool = False,
+    error: type[ServiceError] = InvalidArgument,
+) -> ServiceError:
+    """A refusal of ``field`` past its ``bound`` (set by the variable ``setting``), one
+    shape for every such refusal: reason OUT_OF_RANGE, ErrorInfo metadata ``max`` (with
+    ``seconds``, ``max_seconds``, written with ``seconds_text``) and ``setting``, so a
+    client trims by them without parsing ``message``; the message names the setting too
+    (appended when it does not already)."""
+    if setting not in message:
+        message = f"{message} ({setting})"
+    key, text = ("max_seconds", seconds_text(bound)) if seconds else ("max", str(bound))
+    return error(
+        message, field=field, reason="OUT_OF_RANGE", metadata={key: text, "setting": setting}
+    )
+
+
 _BY_CODE: dict[grpc.StatusCode, type[ServiceError]] = {
     cls.code: cls
     for cls in (

@@ -24,8 +24,7 @@ import asyncio
 from contextvars import ContextVar
 from types import TracebackType
 
-from services.common.errors import ServiceError, Unavailable
-from services.common.well_known import seconds_text
+from services.common.errors import ServiceError, Unavailable, seconds_text
 
 REASON = "SHUTTING_DOWN"
 # Calls are ended this long before the grace period ends: a tenth of it, at most MAX_MARGIN

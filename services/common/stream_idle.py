@@ -42,8 +42,7 @@ from typing import Any
 import grpc
 
 from services.common.auth import current_identity
-from services.common.errors import DeadlineExceeded
-from services.common.well_known import seconds_text
+from services.common.errors import DeadlineExceeded, seconds_text
 
 REASON = "STREAM_IDLE"
 STALLED = "STREAM_STALLED"

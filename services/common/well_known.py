@@ -41,13 +41,6 @@ def duration(seconds: float) -> duration_pb2.Duration:
     return out
 
 
-def seconds_text(seconds: float) -> str:
-    """``seconds`` as a bound's message and ErrorInfo metadata give it: every digit a
-    setting may hold (2592000, 0.25), never ``:g``'s six (30 days was "2.592e+06", a
-    bound a client cannot read back)."""
-    return f"{seconds:.15g}"
-
-
 def duration_seconds(value: duration_pb2.Duration, field: str) -> float:
     """A caller's ``Duration`` in seconds, or INVALID_ARGUMENT naming ``field`` when it is
     not a valid one (duration.proto): ``nanos`` within +-999,999,999 and of the sign of

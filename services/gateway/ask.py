@@ -28,11 +28,11 @@ from services.common.errors import (
     DeadlineExceeded,
     InvalidArgument,
     ServiceError,
+    seconds_text,
     upstream_calls,
 )
 from services.common.tracing import CACHE_HIT
 from services.common.turn_size import fit_utf8
-from services.common.well_known import seconds_text
 from services.gateway import (
     ask_request,
     ask_traces,

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 
-from services.common.errors import InvalidArgument, MissingField, quote
+from services.common.errors import InvalidArgument, MissingField, out_of_range, quote, seconds_text
 from services.common.repeats import refuse_repeats
 from services.common.request_ids import check_request_id, fingerprint
 from services.common.suggest import did_you_mean
-from services.common.well_known import duration_seconds, seconds_text
+from services.common.well_known import duration_seconds
 from services.gateway.catalog import CollectionInfo
 from services.gateway.request_parts import (
     check_fallback,
@@ -53,14 +53,12 @@ def budget(request: AskLike, settings: GatewaySettings, call_remaining: float | 
         if value <= 0 or value > s.max_ask_timeout:
             # The bound and its setting in the ErrorInfo, as generate.cache.ttl gives them
             # (before: the field alone).
-            raise InvalidArgument(
+            raise out_of_range(
                 f"timeout must be in (0, {seconds_text(s.max_ask_timeout)}] seconds",
                 field="timeout",
-                reason="OUT_OF_RANGE",
-                metadata={
-                    "max_seconds": seconds_text(s.max_ask_timeout),
-                    "setting": "GENSEARCH_GATEWAY_MAX_ASK_TIMEOUT",
-                },
+                bound=s.max_ask_timeout,
+                setting="GENSEARCH_GATEWAY_MAX_ASK_TIMEOUT",
+                seconds=True,
             )
     else:
         value = s.ask_timeout
@@ -108,11 +106,8 @@ def validate(request: AskLike, settings: GatewaySettings) -> AskParams:
         if request.HasField(name) and not 0 <= getattr(request, name) <= bound:
             # The bound and its setting in the ErrorInfo, as ``limit`` gives them (before:
             # the field alone).
-            raise InvalidArgument(
-                f"{name} must be between 0 and {bound}",
-                field=name,
-                reason="OUT_OF_RANGE",
-                metadata={"max": str(bound), "setting": setting},
+            raise out_of_range(
+                f"{name} must be between 0 and {bound}", field=name, bound=bound, setting=setting
             )
     check_request_id(request.request_id)
     if request.request_id and not (request.conversation_id or request.new_conversation):

@@ -32,7 +32,7 @@ from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from google.protobuf import json_format, struct_pb2
 
-from services.common.errors import FailedPrecondition, InvalidArgument
+from services.common.errors import FailedPrecondition, InvalidArgument, out_of_range
 from services.common.tokens import estimate_tokens
 from services.common.values import MAX_EXACT_INTEGER
 from services.gateway.catalog import CollectionInfo
@@ -102,28 +102,22 @@ def check(expansion: gw_pb.ContextExpansion, settings: GatewaySettings) -> int:
     """The checked block's token budget (fields named ``expand_context.*``)."""
     s = settings
     if not 0 <= expansion.neighbors <= s.max_expansion_neighbors:
-        raise InvalidArgument(
+        raise out_of_range(
             f"{FIELD}.neighbors must be in 0..{s.max_expansion_neighbors}",
             field=f"{FIELD}.neighbors",
-            reason="OUT_OF_RANGE",
-            metadata={
-                "max": str(s.max_expansion_neighbors),
-                "setting": "GENSEARCH_GATEWAY_MAX_EXPANSION_NEIGHBORS",
-            },
+            bound=s.max_expansion_neighbors,
+            setting="GENSEARCH_GATEWAY_MAX_EXPANSION_NEIGHBORS",
         )
     # Each field's own range before what the block lacks: ``{max_tokens: -1}`` alone was
     # refused as a missing ``neighbors``, the bad value not named.
     if expansion.HasField("max_tokens") and not (
         1 <= expansion.max_tokens <= s.max_expansion_tokens
     ):
-        raise InvalidArgument(
+        raise out_of_range(
             f"{FIELD}.max_tokens must be in 1..{s.max_expansion_tokens}",
             field=f"{FIELD}.max_tokens",
-            reason="OUT_OF_RANGE",
-            metadata={
-                "max": str(s.max_expansion_tokens),
-                "setting": "GENSEARCH_GATEWAY_MAX_EXPANSION_TOKENS",
-            },
+            bound=s.max_expansion_tokens,
+            setting="GENSEARCH_GATEWAY_MAX_EXPANSION_TOKENS",
         )
     if expansion.neighbors == 0 and not expansion.whole_document:
         raise InvalidArgument(

@@ -31,8 +31,10 @@ from services.common.errors import (
     PermissionDenied,
     ServiceError,
     note_imported,
+    out_of_range,
+    seconds_text,
 )
-from services.common.well_known import duration_seconds, seconds_text
+from services.common.well_known import duration_seconds
 from services.gateway.catalog import Catalog
 from services.gateway.clients import Caller, GenerationClient, caller_of
 from services.gateway.clients.base import ServiceClient
@@ -225,15 +227,11 @@ class RetrievalForwarder(_Forwarder, ret_grpc.RetrievalServiceServicer):
         require_role(Role.ADMIN)
         chain = request.collection.generative.fallback
         if self._max_fallbacks is not None and len(chain) > self._max_fallbacks:
-            raise InvalidArgument(
-                f"collection.generative.fallback has at most {self._max_fallbacks} pairs "
-                "(GENSEARCH_GATEWAY_MAX_FALLBACKS)",
+            raise out_of_range(
+                f"collection.generative.fallback has at most {self._max_fallbacks} pairs",
                 field="collection.generative.fallback",
-                reason="OUT_OF_RANGE",
-                metadata={
-                    "max": str(self._max_fallbacks),
-                    "setting": "GENSEARCH_GATEWAY_MAX_FALLBACKS",
-                },
+                bound=self._max_fallbacks,
+                setting="GENSEARCH_GATEWAY_MAX_FALLBACKS",
             )
         generative = request.collection.generative
         chars = self._max_prompt_chars
@@ -256,15 +254,12 @@ class RetrievalForwarder(_Forwarder, ret_grpc.RetrievalServiceServicer):
             and cache.HasField("ttl")
             and duration_seconds(cache.ttl, field) > limit
         ):
-            raise InvalidArgument(
-                f"{field} must be at most {seconds_text(limit)} s "
-                "(GENSEARCH_GATEWAY_CACHE_MAX_TTL)",
+            raise out_of_range(
+                f"{field} must be at most {seconds_text(limit)} s",
                 field=field,
-                reason="OUT_OF_RANGE",
-                metadata={
-                    "max_seconds": seconds_text(limit),
-                    "setting": "GENSEARCH_GATEWAY_CACHE_MAX_TTL",
-                },
+                bound=limit,
+                setting="GENSEARCH_GATEWAY_CACHE_MAX_TTL",
+                seconds=True,
             )
         answer: ret_pb.CreateCollectionResponse = await self._create_collection(request, context)
         return answer

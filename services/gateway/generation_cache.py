@@ -55,11 +55,11 @@ from google.protobuf import duration_pb2
 from redis.commands.core import AsyncScript
 
 from services.common import redis_errors
-from services.common.errors import InvalidArgument
+from services.common.errors import InvalidArgument, out_of_range, seconds_text
 from services.common.logs import ThrottledWarning
 from services.common.quotas import lua_script
 from services.common.redis_client import REDIS_FAILURES, REDIS_FAILURES_OR_TIMEOUT, RedisClient
-from services.common.well_known import duration_seconds, seconds_text
+from services.common.well_known import duration_seconds
 from services.gateway.generator import Options, generate_request
 from services.gateway.metrics import CACHE_LOOKUPS
 from services.gateway.settings import GatewaySettings
@@ -108,14 +108,12 @@ def check_block(
         raise InvalidArgument(f"{field}.mode: unknown mode {mode}", field=f"{field}.mode")
     limit = settings.cache_max_ttl
     if ttl is not None and not 0 < duration_seconds(ttl, f"{field}.ttl") <= limit:
-        raise InvalidArgument(
+        raise out_of_range(
             f"{field}.ttl must be positive and at most {seconds_text(limit)} s",
             field=f"{field}.ttl",
-            reason="OUT_OF_RANGE",
-            metadata={
-                "max_seconds": seconds_text(limit),
-                "setting": "GENSEARCH_GATEWAY_CACHE_MAX_TTL",
-            },
+            bound=limit,
+            setting="GENSEARCH_GATEWAY_CACHE_MAX_TTL",
+            seconds=True,
         )
 
 

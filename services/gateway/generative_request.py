@@ -8,7 +8,7 @@ import asyncio
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 
-from services.common.errors import InvalidArgument, MissingField
+from services.common.errors import InvalidArgument, MissingField, out_of_range
 from services.common.fair_executor import FairExecutor
 from services.common.json_schema import (
     check_schema_fairly,
@@ -37,13 +37,11 @@ def validate(request: SearchLike, settings: GatewaySettings) -> None:
     require(request, "collection")
     refuse_repeats(request.return_properties, "return_properties")
     if request.limit < 0 or request.limit > s.max_hits:
-        raise InvalidArgument(
+        raise out_of_range(
             f"limit must be between 0 and {s.max_hits}",
             field="limit",
-            reason="OUT_OF_RANGE",
-            # The bound and its setting, as every count limit gives them: a client splits
-            # by it without parsing the message (before: the field alone).
-            metadata={"max": str(s.max_hits), "setting": "GENSEARCH_GATEWAY_MAX_HITS"},
+            bound=s.max_hits,
+            setting="GENSEARCH_GATEWAY_MAX_HITS",
         )
     validate_generate(request.generate, s)
     # No generate block: a plain search. A block with no task is a mistake, refused as
@@ -114,14 +112,11 @@ def check_structured_options(g: gw_pb.Generate, s: GatewaySettings) -> None:
     if len(g.stop) > s.max_stop_sequences:
         # The bound and its setting in the ErrorInfo, as ``limit`` gives them: a client
         # trims by them without parsing the message (before: the field alone).
-        raise InvalidArgument(
+        raise out_of_range(
             f"at most {s.max_stop_sequences} stop sequences are allowed",
             field="generate.stop",
-            reason="OUT_OF_RANGE",
-            metadata={
-                "max": str(s.max_stop_sequences),
-                "setting": "GENSEARCH_GATEWAY_MAX_STOP_SEQUENCES",
-            },
+            bound=s.max_stop_sequences,
+            setting="GENSEARCH_GATEWAY_MAX_STOP_SEQUENCES",
         )
     for i, stop in enumerate(g.stop):
         if not stop or len(stop) > s.max_stop_chars:

@@ -11,6 +11,7 @@ from services.common.egress import EgressPolicy, UrlRefused, url_not_allowed
 from services.common.errors import (
     ServiceError,
     Unauthenticated,
+    out_of_range,
     quote,
 )
 from services.common.model_names import model_name_error
@@ -119,11 +120,12 @@ class ModelCatalog:
         _check_repeats(options, lambda p, m: _endpoint(models, p, m))
         limit = models.max_tokens_limit
         if options.max_tokens is not None and 0 < limit < options.max_tokens:
-            raise refusal_at(options.max_tokens_field)(
-                f"max_tokens must be at most {limit} (GENSEARCH_GENERATION_MAX_TOKENS_LIMIT)",
+            raise out_of_range(
+                f"max_tokens must be at most {limit}",
                 field=options.max_tokens_field,
-                reason="OUT_OF_RANGE",
-                metadata={"max": str(limit)},
+                bound=limit,
+                setting="GENSEARCH_GENERATION_MAX_TOKENS_LIMIT",
+                error=refusal_at(options.max_tokens_field),
             )
         if options.base_url:
             check_chars(options.base_url, f"{prefix}base_url", self._max_url_chars, MAX_URL_SETTING)

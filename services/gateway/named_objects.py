@@ -26,7 +26,7 @@ from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from google.protobuf import json_format, struct_pb2
 
-from services.common.errors import InvalidArgument, MissingField, NotFound
+from services.common.errors import InvalidArgument, MissingField, NotFound, out_of_range
 from services.common.property_types import ObjectInvalid, coerce_value
 from services.common.repeats import refuse_repeats
 from services.common.suggest import did_you_mean
@@ -89,11 +89,11 @@ class NamedObjects:
         else:
             raise MissingField("give ids or inline objects", field="ids")
         if not 1 <= count <= s.max_hits:
-            raise InvalidArgument(
+            raise out_of_range(
                 f"{what} must hold between 1 and {s.max_hits} entries",
                 field=what,
-                reason="OUT_OF_RANGE",
-                metadata={"max": str(s.max_hits), "setting": "GENSEARCH_GATEWAY_MAX_HITS"},
+                bound=s.max_hits,
+                setting="GENSEARCH_GATEWAY_MAX_HITS",
             )
         if kind == "ids":
             ids = [check_uuid(v, f"ids.ids[{i}]") for i, v in enumerate(request.ids.ids)]

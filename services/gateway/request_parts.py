@@ -10,7 +10,13 @@ from typing import Any
 from gensearch.generation.v1.generation_service_pb2 import ModelChoice
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 
-from services.common.errors import MISSING_FIELD, FailedPrecondition, InvalidArgument, MissingField
+from services.common.errors import (
+    MISSING_FIELD,
+    FailedPrecondition,
+    InvalidArgument,
+    MissingField,
+    out_of_range,
+)
 
 
 def require(message: Any, name: str, *, prefix: str = "") -> None:
@@ -73,11 +79,12 @@ def check_fallback(
     ``ModelCatalog.check_choices``)."""
     refusal = refusal_at(field)
     if len(chain) > limit:
-        raise refusal(
-            f"at most {limit} fallback pairs are allowed (GENSEARCH_GATEWAY_MAX_FALLBACKS)",
+        raise out_of_range(
+            f"at most {limit} fallback pairs are allowed",
             field=field,
-            reason="OUT_OF_RANGE",
-            metadata={"max": str(limit), "setting": "GENSEARCH_GATEWAY_MAX_FALLBACKS"},
+            bound=limit,
+            setting="GENSEARCH_GATEWAY_MAX_FALLBACKS",
+            error=refusal,
         )
     for i, choice in enumerate(chain):
         if not choice.provider.strip():

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 from gensearch.generation.v1 import generation_service_pb2 as pb
 
-from services.common.errors import InvalidArgument, MissingField, quote
+from services.common.errors import InvalidArgument, MissingField, out_of_range, quote
 from services.common.fair_executor import FairExecutor
 from services.common.model_names import check_model_name
 from services.common.upstream_retry import Deadline, exchange_seconds
@@ -77,14 +77,11 @@ class Planner:
         # Endpoint (provider, model, caller's base URL or "") -> the field that named it.
         named = {(provider.name, request.model, base_url): "primary"}
         if len(msg.fallback) > self.limits.max_fallbacks:
-            raise InvalidArgument(
+            raise out_of_range(
                 f"at most {self.limits.max_fallbacks} fallback pairs are allowed",
                 field="fallback",
-                reason="OUT_OF_RANGE",
-                metadata={
-                    "max": str(self.limits.max_fallbacks),
-                    "setting": "GENSEARCH_GENERATION_MAX_FALLBACKS",
-                },
+                bound=self.limits.max_fallbacks,
+                setting="GENSEARCH_GENERATION_MAX_FALLBACKS",
             )
         for i, choice in enumerate(msg.fallback):
             where = f"fallback[{i}]"

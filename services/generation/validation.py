@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from gensearch.generation.v1 import generation_service_pb2 as pb
 
-from services.common.errors import InvalidArgument, MissingField, quote
+from services.common.errors import InvalidArgument, MissingField, out_of_range, quote, seconds_text
 from services.common.fair_executor import FairExecutor
 from services.common.json_schema import (
     OutputSchema,
@@ -18,7 +18,6 @@ from services.common.json_schema import (
 )
 from services.common.model_names import MAX_MODEL_CHARS, check_model_name
 from services.common.settings import DEFAULT_MAX_FALLBACKS
-from services.common.well_known import seconds_text
 from services.generation.providers.base import (
     ChatMessage,
     CompletionRequest,
@@ -168,11 +167,11 @@ def build_request(
     if len(msg.messages) > limits.max_messages:
         # Each bound with its setting in the ErrorInfo, as the gateway's are: a client
         # trims by them without parsing the message (before: the field alone).
-        raise InvalidArgument(
+        raise out_of_range(
             f"at most {limits.max_messages} messages are allowed",
             field="messages",
-            reason="OUT_OF_RANGE",
-            metadata={"max": str(limits.max_messages), "setting": _SETTING + "MAX_MESSAGES"},
+            bound=limits.max_messages,
+            setting=_SETTING + "MAX_MESSAGES",
         )
     messages: list[ChatMessage] = []
     chars = 0
@@ -224,24 +223,20 @@ def build_request(
     if max_tokens is not None and max_tokens < 1:
         raise InvalidArgument("max_tokens must be at least 1", field="max_tokens")
     if max_tokens is not None and max_tokens > limits.max_tokens:
-        raise InvalidArgument(
-            f"max_tokens must be at most {limits.max_tokens} "
-            "(GENSEARCH_GENERATION_MAX_TOKENS_LIMIT)",
+        raise out_of_range(
+            f"max_tokens must be at most {limits.max_tokens}",
             field="max_tokens",
-            reason="OUT_OF_RANGE",
-            metadata={"max": str(limits.max_tokens), "setting": _SETTING + "MAX_TOKENS_LIMIT"},
+            bound=limits.max_tokens,
+            setting=_SETTING + "MAX_TOKENS_LIMIT",
         )
 
     stop = list(msg.stop)
     if len(stop) > limits.max_stop_sequences:
-        raise InvalidArgument(
+        raise out_of_range(
             f"at most {limits.max_stop_sequences} stop sequences are allowed",
             field="stop",
-            reason="OUT_OF_RANGE",
-            metadata={
-                "max": str(limits.max_stop_sequences),
-                "setting": _SETTING + "MAX_STOP_SEQUENCES",
-            },
+            bound=limits.max_stop_sequences,
+            setting=_SETTING + "MAX_STOP_SEQUENCES",
         )
     for i, s in enumerate(stop):
         if not s:

@@ -22,6 +22,7 @@ from services.common.errors import (
     MissingField,
     NotFound,
     Unavailable,
+    out_of_range,
 )
 from services.common.logs import ThrottledWarning
 from services.common.request_ids import check_request_id, fingerprint
@@ -549,11 +550,11 @@ def _claim(
     if not 1 <= request.claim_seconds <= max_seconds:
         # The longest reservation (max_claim_seconds): the gateway claims up to its
         # MEMORY_MAX_CLAIM_SECONDS, documented to be at most this.
-        raise InvalidArgument(
-            f"claim_seconds must be between 1 and {max_seconds} ({_setting('max_claim_seconds')})",
+        raise out_of_range(
+            f"claim_seconds must be between 1 and {max_seconds}",
             field="claim_seconds",
-            reason="OUT_OF_RANGE",
-            metadata={"max": str(max_seconds), "setting": _setting("max_claim_seconds")},
+            bound=max_seconds,
+            setting=_setting("max_claim_seconds"),
         )
     return token, request.claim_seconds
 

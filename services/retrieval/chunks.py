@@ -15,7 +15,7 @@ import math
 from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 from google.protobuf import struct_pb2
 
-from services.common.errors import FailedPrecondition, InvalidArgument, MissingField
+from services.common.errors import FailedPrecondition, InvalidArgument, MissingField, out_of_range
 from services.common.values import (
     MAX_EXACT_INTEGER,
     check_chars,
@@ -48,11 +48,11 @@ def check_ranges(
     if not request.ranges:
         raise MissingField("ranges is required", field="ranges")
     if len(request.ranges) > max_ranges:
-        raise InvalidArgument(
+        raise out_of_range(
             f"ranges holds {len(request.ranges)} entries, more than the limit of {max_ranges}",
             field="ranges",
-            reason="OUT_OF_RANGE",
-            metadata={"max": str(max_ranges), "setting": "GENSEARCH_RETRIEVAL_MAX_LIMIT"},
+            bound=max_ranges,
+            setting="GENSEARCH_RETRIEVAL_MAX_LIMIT",
         )
     document_type = schema.types[chunking.document_property]
     # Each range is its own engine read and its chunks come back again in the reply: the

@@ -39,9 +39,8 @@ from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
-from services.common.errors import DeadlineExceeded, ResourceExhausted
+from services.common.errors import DeadlineExceeded, ResourceExhausted, seconds_text
 from services.common.reply_bytes import refusal
-from services.common.well_known import seconds_text
 from services.retrieval.metrics import READS_REFUSED, READS_WAITING
 from services.retrieval.store import FoundPoint, value_bytes
 

@@ -60,6 +60,7 @@ from services.common.errors import (
     InvalidArgument,
     MissingField,
     Unavailable,
+    out_of_range,
     quote,
 )
 from services.common.logs import register_secret
@@ -182,12 +183,11 @@ class Rerankers:
         if wanted > s.max_rerank_candidates:
             raise page_too_deep(offset, limit, s.max_rerank_candidates)
         if rerank.candidates < 0 or rerank.candidates > s.max_rerank_candidates:
-            raise InvalidArgument(
+            raise out_of_range(
                 f"{FIELD}.candidates must be in 0..{s.max_rerank_candidates}",
                 field=f"{FIELD}.candidates",
-                reason="OUT_OF_RANGE",
-                # As the collection's own candidates say it (below).
-                metadata={"max": str(s.max_rerank_candidates), "setting": MAX_CANDIDATES_SETTING},
+                bound=s.max_rerank_candidates,
+                setting=MAX_CANDIDATES_SETTING,
             )
         if rerank.candidates and rerank.candidates < wanted:
             raise InvalidArgument(
@@ -254,11 +254,11 @@ class Rerankers:
                 )
             limit = self._settings.max_rerank_candidates
             if collection.rerank.candidates > limit:
-                raise InvalidArgument(
-                    f"{where}.candidates must be in 0..{limit} ({MAX_CANDIDATES_SETTING})",
+                raise out_of_range(
+                    f"{where}.candidates must be in 0..{limit}",
                     field=f"{where}.candidates",
-                    reason="OUT_OF_RANGE",
-                    metadata={"max": str(limit), "setting": MAX_CANDIDATES_SETTING},
+                    bound=limit,
+                    setting=MAX_CANDIDATES_SETTING,
                 )
             self._reranker(collection.rerank, where)
 

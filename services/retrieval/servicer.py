@@ -25,6 +25,7 @@ from services.common.errors import (
     ResourceExhausted,
     ServiceError,
     note_imported,
+    out_of_range,
     quote,
 )
 from services.common.repeats import refuse_repeats
@@ -382,11 +383,11 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         if not request.ids:
             raise MissingField(f"ids is required: 1 to {limit} object ids", field="ids")
         if len(request.ids) > limit:
-            raise InvalidArgument(
+            raise out_of_range(
                 f"ids must hold between 1 and {limit} entries, not {len(request.ids)}",
                 field="ids",
-                reason="OUT_OF_RANGE",
-                metadata={"max": str(limit), "setting": "GENSEARCH_RETRIEVAL_MAX_GET_IDS"},
+                bound=limit,
+                setting="GENSEARCH_RETRIEVAL_MAX_GET_IDS",
             )
         # Canonical and each once (the engine answers an id once however often it is
         # named); the answer follows the order ids were first given.
@@ -566,30 +567,22 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         default = min(DEFAULT_LIMIT, self._settings.max_limit)
         limit = request.limit or default
         if limit < 0 or limit > self._settings.max_limit:
-            raise InvalidArgument(
+            raise out_of_range(
                 f"limit must be in 1..{self._settings.max_limit} (0 means {default})",
                 field="limit",
-                # Its bound and setting, as BATCH_TOO_LARGE gives them: a client pages by
-                # it without parsing the message (before: reason INVALID_ARGUMENT, no bound).
-                reason="OUT_OF_RANGE",
-                metadata={
-                    "max": str(self._settings.max_limit),
-                    "setting": "GENSEARCH_RETRIEVAL_MAX_LIMIT",
-                },
+                bound=self._settings.max_limit,
+                setting="GENSEARCH_RETRIEVAL_MAX_LIMIT",
             )
         if request.offset < 0:
             raise InvalidArgument("offset must not be negative", field="offset")
         # The offset itself, as documented (MAX_OFFSET is the largest offset): measured with
         # the limit against MAX_OFFSET + MAX_LIMIT, a small page could start past it.
         if request.offset > self._settings.max_offset:
-            raise InvalidArgument(
+            raise out_of_range(
                 f"offset must be at most {self._settings.max_offset}",
                 field="offset",
-                reason="OUT_OF_RANGE",
-                metadata={
-                    "max": str(self._settings.max_offset),
-                    "setting": "GENSEARCH_RETRIEVAL_MAX_OFFSET",
-                },
+                bound=self._settings.max_offset,
+                setting="GENSEARCH_RETRIEVAL_MAX_OFFSET",
             )
         return Page(limit=limit, offset=request.offset, with_vector=request.include_vector)
 

@@ -490,7 +490,8 @@ def test_sampling_flags_on_every_generation_call(
         ),
         (
             ["--stop", "a", "--stop", "b", "--stop", "c", "--stop", "d", "--stop", "e"],
-            "INVALID_ARGUMENT: at most 4 stop sequences are allowed (field generate.stop)",
+            "INVALID_ARGUMENT: at most 4 stop sequences are allowed "
+            "(GENSEARCH_GATEWAY_MAX_STOP_SEQUENCES) (field generate.stop)",
         ),
         (
             ["--stop", ""],

@@ -43,6 +43,8 @@ async def test_a_generate_block_past_a_bound_names_it(
     assert info.metadata["field"] == field
     assert info.metadata[bound[0]] == bound[1]
     assert info.metadata["setting"] == f"GENSEARCH_GATEWAY_{setting}"
+    if bound[0] == "max":  # a count's OUT_OF_RANGE names its setting in the message too
+        assert info.metadata["setting"] in err.details()
 
 
 @pytest.mark.parametrize(
@@ -73,6 +75,7 @@ async def test_an_ask_past_a_bound_names_it(
         assert info.metadata["field"] == field
         assert info.metadata["max"] == bound
         assert info.metadata["setting"] == f"GENSEARCH_GATEWAY_{setting}"
+        assert info.metadata["setting"] in err.details()
 
 
 def _ask_fields(fields: dict[str, Any]) -> dict[str, Any]:
@@ -126,6 +129,25 @@ async def test_a_forwarded_generate_past_a_bound_names_it(
     assert info.metadata["field"] == field
     assert info.metadata[bound[0]] == bound[1]
     assert info.metadata["setting"] == f"GENSEARCH_GENERATION_{setting}"
+    if bound[0] == "max":
+        assert info.metadata["setting"] in err.details()
+
+
+async def test_a_generate_block_past_the_token_limit_names_it(stack: Stack) -> None:
+    """The gateway's own check of max_tokens against the generation service's limit (as
+    ListModels gives it) says its setting as the generation service's does; before, the
+    ErrorInfo had ``max`` alone."""
+    await create_books(stack)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stack.stub.GenerativeSearch(
+            books_search(single_prompt="{title}", max_tokens=1_000_001), metadata=ALICE
+        )
+    _out_of_range(
+        caught.value,
+        "generate.max_tokens",
+        ("max", "1000000"),
+        "GENSEARCH_GENERATION_MAX_TOKENS_LIMIT",
+    )
 
 
 @pytest.mark.parametrize("seconds", [601, 0])
@@ -134,10 +156,20 @@ async def test_an_ask_timeout_past_its_bound_names_it(stack: Stack, seconds: int
     request = books_ask(timeout=duration_pb2.Duration(seconds=seconds))
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stack.stub.Ask(request, metadata=ALICE)
-    err = caught.value
+    _out_of_range(
+        caught.value, "timeout", ("max_seconds", "600"), "GENSEARCH_GATEWAY_MAX_ASK_TIMEOUT"
+    )
+
+
+def _out_of_range(
+    err: grpc.aio.AioRpcError, field: str, bound: tuple[str, str], setting: str
+) -> None:
+    """``err`` is services.common.errors.out_of_range's refusal: OUT_OF_RANGE, the field,
+    the bound and the setting in the ErrorInfo, and the setting in the message too."""
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
     info = error_info(err)
     assert info.reason == "OUT_OF_RANGE"
-    assert info.metadata["field"] == "timeout"
-    assert info.metadata["max_seconds"] == "600"
-    assert info.metadata["setting"] == "GENSEARCH_GATEWAY_MAX_ASK_TIMEOUT"
+    assert info.metadata["field"] == field
+    assert info.metadata[bound[0]] == bound[1]
+    assert info.metadata["setting"] == setting
+    assert setting in (err.details() or "")
