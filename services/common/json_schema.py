@@ -56,7 +56,7 @@ from referencing import Registry
 from referencing.exceptions import Unresolvable
 from referencing.jsonschema import DRAFT202012
 
-from services.common.errors import InvalidArgument, MissingField
+from services.common.errors import InvalidArgument, MissingField, seconds_text
 from services.common.fair_executor import FairExecutor
 from services.common.text import clean_text
 from services.common.values import check_value
@@ -1020,7 +1020,7 @@ def parse_output(text: str, schema: OutputSchema) -> tuple[dict[str, Any] | None
     except _TooSlow:
         return None, (
             f"checking the answer against the schema took longer than "
-            f"{schema.validate_seconds:g} s ({VALIDATE_SETTING})"
+            f"{seconds_text(schema.validate_seconds)} s ({VALIDATE_SETTING})"
         )
     except ValidationError as err:
         where = "/".join(str(p) for p in err.absolute_path) or "(root)"

@@ -12,9 +12,13 @@ import asyncio
 import time
 
 import grpc
+import openai
 import pytest
 from gensearch.generation.v1 import generation_service_pb2 as pb
 
+from services.common.upstream_retry import Deadline, RetryPolicy
+from services.generation.providers.openai_compatible import OpenAICompatibleProvider
+from services.generation.settings import ProviderConfig
 from tests.generation.conftest import StartService, fake_provider, user
 from tests.support.fake_openai import Behaviour, FakeOpenAI
 from tests.support.rpc import error_info
@@ -87,3 +91,18 @@ async def test_slow_but_steady_streams_are_not_cut(
     svc = await start_service([fake_provider(fake, first_byte_timeout=0.3)])
     fake.enqueue(Behaviour.slow_stream(0.2))
     assert await _stream(svc.stub, "one two three four", 10) == "one two three four"
+
+
+async def test_the_first_byte_timeout_is_named_in_full() -> None:
+    """The fault says the timeout as every bound in seconds is said (``seconds_text``);
+    with ``:g`` a 1234.5678 s timeout read "1234.57", less than it is."""
+    config = ProviderConfig(
+        name="p", base_url="http://127.0.0.1:9/v1", default_model="m", first_byte_timeout=1234.5678
+    )
+    client = openai.AsyncOpenAI(base_url=config.base_url, api_key="unused")
+    provider = OpenAICompatibleProvider(config, client=client, retry=RetryPolicy())
+    deadline = Deadline(2000)
+    fault = provider._timeout(provider._first_byte_at(deadline), deadline)
+    assert fault.kind == "first_byte_timeout"
+    assert fault.detail == "no answer began within 1234.5678 s"
+    await client.close()

@@ -120,6 +120,18 @@ async def test_a_schema_whose_check_is_exponential_stops_at_its_budget(
     assert len(fake.chat_requests) == 2  # the answer and its corrective retry
 
 
+def test_the_validate_budget_is_named_in_full() -> None:
+    """The budget is said as every bound in seconds is (``seconds_text``); with ``:g`` a
+    0.0123456789 s budget read "0.0123457", more than it is."""
+    nested: dict[str, Any] = {}
+    for _ in range(22):
+        nested = {"x": nested}
+    output = check_schema(BRANCHING, "schema", SchemaLimits(validate_seconds=0.0123456789))
+    value, why = parse_output(json.dumps(nested), output)
+    assert value is None
+    assert "took longer than 0.0123456789 s (" in why
+
+
 async def test_a_nested_dialect_is_refused_before_any_call(
     service: Service, fake: FakeOpenAI
 ) -> None:

@@ -25,6 +25,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletio
 from openai.types.chat.chat_completion_chunk import Choice as ChunkChoice
 from opentelemetry.trace import Span
 
+from services.common.errors import seconds_text
 from services.common.logs import ThrottledWarning, redact, register_secret
 from services.common.model_names import MAX_MODEL_CHARS
 from services.common.openai_api import (
@@ -348,10 +349,11 @@ class OpenAICompatibleProvider(Provider):
         return min(deadline.expires_at, asyncio.get_running_loop().time() + limit)
 
     def _timeout(self, first_byte: float, deadline: Deadline) -> UpstreamFault:
-        if first_byte < deadline.expires_at:
+        limit = self.config.first_byte_timeout
+        if limit is not None and first_byte < deadline.expires_at:
             return UpstreamFault(
                 "first_byte_timeout",
-                f"no answer began within {self.config.first_byte_timeout:g} s",
+                f"no answer began within {seconds_text(limit)} s",
                 retryable=True,
             )
         return UpstreamFault("timeout")
