@@ -820,24 +820,11 @@ class MemoryStore:
         *,
         hint: str = "",
         options: RunOptions = _AS_GIVEN,
+        asked: list[str] | None = None,
     ) -> Any:
-        """The answer of ``script`` (on ``names``, ``args``), as ``_run_asking``."""
-        out, _ = await self._run_asking(tag, script, names, args, hint=hint, options=options)
-        return out
-
-    async def _run_asking(
-        self,
-        tag: str,
-        script: AsyncScript,
-        names: list[str],
-        args: list[EncodableT],
-        *,
-        hint: str = "",
-        options: RunOptions = _AS_GIVEN,
-    ) -> tuple[Any, list[str]]:
-        """The answer of ``script`` (on ``names``, ``args``), and the keys its runs asked
-        for (the answering run declared ``names`` and those), after what a run of it
-        stopped for, nothing written:
+        """The answer of ``script`` (on ``names``, ``args``), after what a run of it
+        stopped for, nothing written (``asked``, given empty, gets the keys its runs asked
+        for: the answering run declared ``names`` and those):
 
         - a write that charges the owner's bytes, for the reconcile or the measure
           (lua/usage.lua), which read keys the script does not declare, so they are
@@ -858,7 +845,7 @@ class MemoryStore:
         names = list(names) + self._hints.get(hint, []) if hint else list(names)
         args = list(args)
         missing: list[str] = []
-        asked: list[str] = []
+        asked = [] if asked is None else asked
         declared = measured = walked = 0
         # A stop for the reconcile follows a conversation that really expired since the
         # last walk (reconcile.lua sets next_expiry from the hashes' own expiry), so in a
@@ -878,7 +865,7 @@ class MemoryStore:
                 out = await self._script(script, names, args)
                 if hint and asked:
                     self._hint(hint, asked)
-                return out, asked
+                return out
             except _DeclareFirst as first:
                 declared += 1
                 wanted = await self._to_declare(first.names, args, options, missing)
@@ -1247,8 +1234,14 @@ class MemoryStore:
             args: list[EncodableT] = [
                 self.caller(owner), tag, offset, self._gone_turns, self._gone_offsets(),
             ]  # fmt: skip
-            row, asked = await self._run_asking(
-                tag, self._get_conversation, names + turns, args, options=_GET_CONVERSATION
+            asked: list[str] = []
+            row = await self._run(
+                tag,
+                self._get_conversation,
+                names + turns,
+                args,
+                options=_GET_CONVERSATION,
+                asked=asked,
             )
             if not row:
                 raise conversation_not_found(cid)
