@@ -222,6 +222,16 @@ async def stack(stack_factory: StackFactory) -> Stack:
     return await stack_factory()
 
 
+@pytest.fixture
+async def retrying(stack_factory: StackFactory, fake: FakeOpenAI) -> Stack:
+    """A stack whose generation retries (up to four attempts, backoff at most 0.05 s; the
+    stacks' default is one attempt) and gives up on a provider's first byte after 0.5 s."""
+    return await stack_factory(
+        provider=fake_provider(fake, first_byte_timeout=0.5),
+        generation_settings={"retry_max_attempts": 4, "retry_max_backoff": 0.05},
+    )
+
+
 def started_calls(service: str, method: str) -> float:
     """Unary calls of ``service``/``method`` started so far in this process, by the chassis
     metric (counted before the handler runs, so a call answered is a call counted). The

@@ -28,23 +28,22 @@ from tests.gateway.conftest import (
     StackFactory,
     books_search,
     create_books,
-    fake_provider,
     vector,
 )
-from tests.gateway.test_issue13_contract import BACKUP, _all_results, _requests, _struct
-from tests.support.fake_openai import Behaviour, FakeOpenAI
+from tests.gateway.test_issue13_contract import (
+    BACKUP,
+    _all_results,
+    _answered_by_the_fallback,
+    _failing_over,
+    _requests,
+    _struct,
+)
+from tests.support.fake_openai import Behaviour
 
 
 async def test_a_429_the_deadline_can_wait_for_is_retried_not_failed_over(stack: Stack) -> None:
     ids = await create_books(stack, books=WITH_BODY)
-    for rpc, request in _requests(
-        ids,
-        single_prompt="T {title}",
-        grouped_task="G",
-        model="primary",
-        fallback=BACKUP,
-        stream_tokens=True,
-    ):
+    for rpc, request in _failing_over(ids, stream_tokens=True):
         stack.fake.reset_stats()
         # As many 429s (Retry-After: a second) as there are calls; which call gets
         # them is the race's, and a call may get two.
@@ -74,23 +73,14 @@ async def test_a_429_the_deadline_can_wait_for_is_retried_not_failed_over(stack:
 # -- §2: "a hit ... that gets a 5xx or a timeout moves to the next", at once -----------------
 @pytest.mark.parametrize("fault", ["500", "timeout"])
 async def test_a_5xx_or_a_timeout_moves_to_the_next_pair_without_a_retry(
-    stack_factory: StackFactory, fake: FakeOpenAI, fault: str
+    retrying: Stack, fault: str
 ) -> None:
     # Retries allowed (the stacks' default is one attempt): the primary is not retried
     # because a next pair exists, not because retries are off.
-    stack = await stack_factory(
-        provider=fake_provider(fake, first_byte_timeout=0.5),
-        generation_settings={"retry_max_attempts": 4, "retry_max_backoff": 0.05},
-    )
+    stack, fake = retrying, retrying.fake
     ids = await create_books(stack, books=WITH_BODY)
-    for rpc, request in _requests(
-        ids,
-        single_prompt="T {title}",
-        grouped_task="G",
-        model="primary",
-        fallback=BACKUP,
-        stream_tokens=True,
-        timeout=duration_pb2.Duration(seconds=20),
+    for rpc, request in _failing_over(
+        ids, stream_tokens=True, timeout=duration_pb2.Duration(seconds=20)
     ):
         fake.reset_stats()
         calls = len(ids) + 1
@@ -100,24 +90,15 @@ async def test_a_5xx_or_a_timeout_moves_to_the_next_pair_without_a_retry(
         results = await _all_results(stack, rpc, request)
         assert len(results) == calls, rpc
         for result in results:
-            assert result.result and not result.HasField("error"), (rpc, result)
-            assert (result.provider, result.model, result.fallback_index) == (
-                "fake",
-                "backup",
-                1,
-            ), (rpc, result)
+            _answered_by_the_fallback(result, "fake", "backup", rpc)
             # The backup's own attempt; the primary's one is among upstream_calls.
             assert (result.attempts, result.upstream_calls) == (1, 2), (rpc, result)
         models = [r.json["model"] for r in fake.chat_requests]
         assert sorted(models) == ["backup"] * calls + ["primary"] * calls, (rpc, models)
 
 
-async def test_without_a_chain_a_5xx_is_retried_on_the_same_pair(
-    stack_factory: StackFactory, fake: FakeOpenAI
-) -> None:
-    stack = await stack_factory(
-        generation_settings={"retry_max_attempts": 4, "retry_max_backoff": 0.05}
-    )
+async def test_without_a_chain_a_5xx_is_retried_on_the_same_pair(retrying: Stack) -> None:
+    stack, fake = retrying, retrying.fake
     ids = await create_books(stack, books=WITH_BODY)
     for rpc, request in _requests(
         ids, single_prompt="T {title}", grouped_task="G", model="primary", stream_tokens=True
