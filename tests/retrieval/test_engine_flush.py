@@ -16,7 +16,7 @@ from prometheus_client import REGISTRY
 
 from services.common.auth import DEFAULT_TENANT
 from services.retrieval.tenancy import storage_name
-from tests.retrieval.conftest import MakeRetrieval, vector_collection
+from tests.retrieval.conftest import MakeRetrieval, Retrieval, vector_collection
 from tests.retrieval.data import DIMS, article_objects
 
 NAME = "Flushed"
@@ -39,15 +39,24 @@ def flushes(trigger: str) -> float:
     return value or 0.0
 
 
+async def _with_collection(
+    make_retrieval: MakeRetrieval, data_dir: Path, **flush: float
+) -> Retrieval:
+    """A retrieval service on ``data_dir`` with the ``flush`` settings, holding an empty
+    collection NAME."""
+    harness = await make_retrieval(data_dir=data_dir, **flush)
+    await harness.stub.CreateCollection(
+        pb.CreateCollectionRequest(collection=vector_collection(NAME, DIMS))
+    )
+    return harness
+
+
 async def test_a_collection_is_flushed_every_flush_after_objects_upserted(
     make_retrieval: MakeRetrieval, tmp_path: Path
 ) -> None:
     data_dir = tmp_path / "data"
-    harness = await make_retrieval(
-        data_dir=data_dir, flush_after_objects=5, flush_interval_seconds=0
-    )
-    await harness.stub.CreateCollection(
-        pb.CreateCollectionRequest(collection=vector_collection(NAME, DIMS))
+    harness = await _with_collection(
+        make_retrieval, data_dir, flush_after_objects=5, flush_interval_seconds=0
     )
     objects = article_objects()
     before, counted = flushed_up_to(data_dir), flushes("writes")
@@ -81,11 +90,8 @@ async def test_a_write_left_alone_is_flushed_after_the_interval(
     make_retrieval: MakeRetrieval, tmp_path: Path
 ) -> None:
     data_dir = tmp_path / "data"
-    harness = await make_retrieval(
-        data_dir=data_dir, flush_after_objects=0, flush_interval_seconds=0.2
-    )
-    await harness.stub.CreateCollection(
-        pb.CreateCollectionRequest(collection=vector_collection(NAME, DIMS))
+    harness = await _with_collection(
+        make_retrieval, data_dir, flush_after_objects=0, flush_interval_seconds=0.2
     )
     counted = flushes("interval")
     await harness.stub.UpsertObjects(

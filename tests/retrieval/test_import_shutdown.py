@@ -11,7 +11,13 @@ from collections.abc import AsyncIterator
 import grpc
 from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 
-from tests.retrieval.conftest import MakeRetrieval, hold_engine, obj, vector_collection
+from tests.retrieval.conftest import (
+    MakeRetrieval,
+    expect_error,
+    hold_engine,
+    obj,
+    vector_collection,
+)
 from tests.support.rpc import error_info
 
 GRACE = 1.0
@@ -43,14 +49,8 @@ async def test_an_import_open_as_the_grace_period_ends_says_what_it_imported(
         assert not call.done() and loop.time() < end, "the first message was never written"
         await asyncio.sleep(0.01)
     stopping = asyncio.create_task(retrieval.server.stop(GRACE))
-    try:
-        await call
-    except grpc.aio.AioRpcError as failed:
-        err = failed
-    else:
-        raise AssertionError("the import ended without an error")
+    err = await expect_error(call, grpc.StatusCode.UNAVAILABLE)
     await stopping
-    assert err.code() == grpc.StatusCode.UNAVAILABLE, err
     info = error_info(err)
     assert info.reason == "SHUTTING_DOWN"
     assert info.metadata["setting"] == "GENSEARCH_RETRIEVAL_GRACE_PERIOD"
@@ -75,12 +75,7 @@ async def test_an_import_cut_while_writing_says_its_batch_may_be_stored(
         call = retrieval.stub.ImportObjects(_one_batch_then_silent(sent, "W", 3), timeout=60)
         await sent.wait()
         stopping = asyncio.create_task(retrieval.server.stop(GRACE))
-        try:
-            await call
-        except grpc.aio.AioRpcError as failed:
-            err = failed
-        else:
-            raise AssertionError("the import ended without an error")
+        err = await expect_error(call, grpc.StatusCode.UNAVAILABLE)
     finally:
         gate.set()
         await holding
