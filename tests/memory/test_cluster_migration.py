@@ -1056,20 +1056,28 @@ async def test_a_write_mid_move_whose_wait_ends_is_unavailable(
 
             async def hold() -> None:
                 if not refused:
-                    refused.append(
-                        await rpc_error(stub.CreateInteraction(turn, metadata=WHO, timeout=timeout))
-                    )
+                    call = stub.CreateInteraction(turn, metadata=WHO, timeout=timeout)
+                    # A bound on the wait, not a timing assertion: a write that waits out
+                    # the held move (bound ignored) fails here instead of hanging the test.
+                    refused.append(await asyncio.wait_for(rpc_error(call), 30))
+
+            async def listed() -> list[pb.Interaction]:
+                page = await stub.ListInteractions(
+                    pb.ListInteractionsRequest(conversation_id=cid, page_size=10), metadata=WHO
+                )
+                return list(page.interactions)
 
             slot, source, target = _move(own_cluster)
             await own_cluster.migrate_slot(slot, source, target, batch=1000, between=hold)
             assert refused[0].code() == grpc.StatusCode.UNAVAILABLE, refused[0].details()
             assert error_info(refused[0]).reason == "STORE_UNAVAILABLE"
+            # Nothing stored: checked before the retry, which, with the same request_id,
+            # would replay a stored turn and read the same.
+            assert [i.input for i in await listed()] == ["d1", "d0"]
             stored = await stub.CreateInteraction(turn, metadata=WHO, timeout=10)
-            page = await stub.ListInteractions(
-                pb.ListInteractionsRequest(conversation_id=cid, page_size=10), metadata=WHO
-            )
-            assert [i.input for i in page.interactions] == ["late", "d1", "d0"]
-            assert page.interactions[0].interaction_id == stored.interaction.interaction_id
+            after = await listed()
+            assert [i.input for i in after] == ["late", "d1", "d0"]
+            assert after[0].interaction_id == stored.interaction.interaction_id
     finally:
         await server.stop(0)
 
