@@ -35,16 +35,17 @@ async def _stderr_at_exit(proc: asyncio.subprocess.Process) -> bytes:
     return stderr
 
 
-def _exit_message(err: pytest.ExceptionInfo[SystemExit]) -> str:
-    assert isinstance(err.value.code, str), err.value.code  # a message: exit status 1
+def _refusal(settings: type[CommonSettings]) -> str:
+    """The message ``load_settings(settings)`` exits with (a message: exit status 1)."""
+    with pytest.raises(SystemExit) as err:
+        load_settings(settings)
+    assert isinstance(err.value.code, str), err.value.code
     return err.value.code
 
 
 def test_a_value_out_of_range_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GENSEARCH_MEMORY_MAX_TEXT_BYTES", "-5")
-    with pytest.raises(SystemExit) as err:
-        load_settings(MemorySettings)
-    assert _exit_message(err) == (
+    assert _refusal(MemorySettings) == (
         "invalid setting GENSEARCH_MEMORY_MAX_TEXT_BYTES: "
         "Input should be greater than or equal to 1"
     )
@@ -53,18 +54,17 @@ def test_a_value_out_of_range_names_the_variable(monkeypatch: pytest.MonkeyPatch
 def test_a_value_of_the_wrong_shape_is_not_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
     # The value may carry credentials (a URL's password): only the variable is named.
     monkeypatch.setenv("GENSEARCH_GATEWAY_TOKENIZE_URLS", '["http://user:TOPSECRET@tok:8080"]')
-    with pytest.raises(SystemExit) as err:
-        load_settings(GatewaySettings)
-    message = _exit_message(err)
+    message = _refusal(GatewaySettings)
     assert message.startswith("invalid setting GENSEARCH_GATEWAY_TOKENIZE_URLS: "), message
     assert "TOPSECRET" not in message
 
 
 def test_json_that_does_not_parse_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GENSEARCH_GENERATION_PROVIDERS", '[{"name": "x", "base_url": ')
-    with pytest.raises(SystemExit) as err:
-        load_settings(GenerationSettings)
-    assert _exit_message(err) == "invalid setting GENSEARCH_GENERATION_PROVIDERS: not valid JSON"
+    assert (
+        _refusal(GenerationSettings)
+        == "invalid setting GENSEARCH_GENERATION_PROVIDERS: not valid JSON"
+    )
 
 
 @pytest.mark.parametrize(
@@ -90,9 +90,7 @@ def test_a_check_across_settings_names_the_variables(
     # an operator had to guess which variables those were.
     for name, value in variables.items():
         monkeypatch.setenv(name, value)
-    with pytest.raises(SystemExit) as err:
-        load_settings(GatewaySettings)
-    assert _exit_message(err) == expected
+    assert _refusal(GatewaySettings) == expected
 
 
 @pytest.mark.parametrize(
@@ -137,9 +135,7 @@ def test_a_default_past_its_maximum_stops_the_service(
     monkeypatch.setenv("GENSEARCH_DATA_DIR", str(tmp_path))
     monkeypatch.setenv(limit, "60")
     monkeypatch.setenv(default, "61")
-    with pytest.raises(SystemExit) as err:
-        load_settings(settings)
-    assert _exit_message(err) == f"invalid setting {default} must not exceed {limit}"
+    assert _refusal(settings) == f"invalid setting {default} must not exceed {limit}"
     # Equal, or the default below its maximum: the service starts.
     monkeypatch.setenv(default, "60")
     assert load_settings(settings)
@@ -155,9 +151,7 @@ def test_an_ask_that_outlives_its_claim_stops_the_gateway(
     the Ask still ran, and a retry with the same request_id called the LLM a second time
     (seen: two calls, both answers replayed=False) instead of REQUEST_ID_IN_USE."""
     monkeypatch.setenv("GENSEARCH_GATEWAY_MAX_ASK_TIMEOUT", "3600")
-    with pytest.raises(SystemExit) as err:
-        load_settings(GatewaySettings)
-    assert _exit_message(err) == (
+    assert _refusal(GatewaySettings) == (
         "invalid setting GENSEARCH_GATEWAY_MAX_ASK_TIMEOUT + "
         "GENSEARCH_GATEWAY_ASK_CLEANUP_SECONDS must not exceed "
         "GENSEARCH_GATEWAY_MEMORY_MAX_CLAIM_SECONDS: a claim on a request_id would end while "
@@ -185,9 +179,7 @@ def test_a_connection_age_grace_without_an_age_stops_the_service(
     service with one line naming both variables, as REDIS_CLUSTER without REDIS_URL does."""
     monkeypatch.setenv("GENSEARCH_DATA_DIR", str(tmp_path))
     monkeypatch.setenv(f"GENSEARCH_{service}_MAX_CONNECTION_AGE_GRACE", "3600")
-    with pytest.raises(SystemExit) as err:
-        load_settings(settings)
-    assert _exit_message(err) == (
+    assert _refusal(settings) == (
         f"invalid setting GENSEARCH_{service}_MAX_CONNECTION_AGE_GRACE needs "
         f"GENSEARCH_{service}_MAX_CONNECTION_AGE (above 0): the grace counts from that age, "
         "so without it nothing would close the connection"
@@ -231,9 +223,7 @@ def test_a_model_path_that_is_not_a_directory_stops_the_service(
     # Loaded lazily, a wrong path would fail every call that embeds (retrieval: INTERNAL).
     missing = tmp_path / "no-model"
     monkeypatch.setenv(variable, str(missing))
-    with pytest.raises(SystemExit) as err:
-        load_settings(settings)
-    assert _exit_message(err) == f"invalid setting {variable}: '{missing}' is not a directory"
+    assert _refusal(settings) == f"invalid setting {variable}: '{missing}' is not a directory"
     monkeypatch.setenv(variable, str(tmp_path))
     assert load_settings(settings)
 
@@ -251,17 +241,13 @@ def test_a_redis_url_redis_py_cannot_open_stops_the_service(
 ) -> None:
     # redis-py itself refuses it only when the client is built, in a traceback.
     monkeypatch.setenv(variable, "http://user:TOPSECRET@redis:6379")
-    with pytest.raises(SystemExit) as err:
-        load_settings(settings)
-    assert _exit_message(err) == (
+    assert _refusal(settings) == (
         f"invalid setting {variable}: "
         "must start with redis://, rediss:// or unix:// and name a server"
     )
     # A port out of range: redis-py raised ValueError("Port out of range") in a traceback.
     monkeypatch.setenv(variable, "redis://user:TOPSECRET@redis:99999/0")
-    with pytest.raises(SystemExit) as err:
-        load_settings(settings)
-    assert _exit_message(err) == (
+    assert _refusal(settings) == (
         f"invalid setting {variable}: must give its port as a number from 0 to 65535"
     )
     for valid in ("redis://user:TOPSECRET@redis:6379/0", "rediss://redis", "unix:///run/r.sock"):
@@ -271,9 +257,7 @@ def test_a_redis_url_redis_py_cannot_open_stops_the_service(
 
 def test_an_unknown_log_level_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GENSEARCH_LOG_LEVEL", "LOUD")
-    with pytest.raises(SystemExit) as err:
-        load_settings(MemorySettings)
-    assert _exit_message(err) == (
+    assert _refusal(MemorySettings) == (
         "invalid setting GENSEARCH_LOG_LEVEL: must be DEBUG, INFO, WARNING, ERROR or CRITICAL"
     )
     monkeypatch.setenv("GENSEARCH_LOG_LEVEL", "warning")
@@ -284,9 +268,7 @@ def test_a_malformed_api_key_entry_is_one_line_without_the_key(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("GENSEARCH_API_KEYS", "alice:k1,TOPSECRETKEY")
-    with pytest.raises(SystemExit) as err:
-        load_settings(MemorySettings)
-    message = _exit_message(err)
+    message = _refusal(MemorySettings)
     assert message.startswith("invalid setting GENSEARCH_API_KEYS entry 1: "), message
     assert "TOPSECRETKEY" not in message and "\n" not in message
 
@@ -366,10 +348,9 @@ def test_a_misconfigured_provider_names_its_variable(
     _generation_env(monkeypatch)
     for name, value in variables.items():
         monkeypatch.setenv(name, value)
-    with pytest.raises(SystemExit) as err:
-        load_settings(GenerationSettings)
-    assert _exit_message(err).splitlines() == [f"invalid setting {line}" for line in lines]
-    assert "TOPSECRET" not in _exit_message(err)
+    message = _refusal(GenerationSettings)
+    assert message.splitlines() == [f"invalid setting {line}" for line in lines]
+    assert "TOPSECRET" not in message
 
 
 @pytest.mark.parametrize(
@@ -385,9 +366,7 @@ def test_a_qdrant_url_the_client_cannot_open_stops_the_service(
     # qdrant-client refused it only when the store was built ("Unknown scheme: ftp").
     for invalid in ("ftp://user:TOPSECRET@x", "qdrant:6333", "http://", "http://[bad"):
         monkeypatch.setenv(variable, invalid)
-        with pytest.raises(SystemExit) as err:
-            load_settings(settings)
-        assert _exit_message(err) == (
+        assert _refusal(settings) == (
             f"invalid setting {variable}: "
             "must be an http:// or https:// URL of a Qdrant server, or :memory:"
         )
@@ -399,9 +378,7 @@ def test_a_qdrant_url_the_client_cannot_open_stops_the_service(
 def test_a_short_page_token_secret_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     # The servicer refused it at start, in a traceback that showed no variable.
     monkeypatch.setenv("GENSEARCH_MEMORY_PAGE_TOKEN_SECRET", "TOPSECRET")
-    with pytest.raises(SystemExit) as err:
-        load_settings(MemorySettings)
-    assert _exit_message(err) == (
+    assert _refusal(MemorySettings) == (
         "invalid setting GENSEARCH_MEMORY_PAGE_TOKEN_SECRET: must be at least 16 bytes"
     )
 
@@ -410,9 +387,7 @@ def test_an_allowlist_entry_is_quoted_without_its_credentials(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("GENSEARCH_GENERATION_ALLOWED_HOSTS", "https://u:TOPSECRET@h/p?k=SECRET2")
-    with pytest.raises(SystemExit) as err:
-        load_settings(GenerationSettings)
-    message = _exit_message(err)
+    message = _refusal(GenerationSettings)
     assert message.startswith("invalid setting GENSEARCH_GENERATION_ALLOWED_HOSTS: "), message
     assert "https://***@h/p?…" in message
     assert "TOPSECRET" not in message and "SECRET2" not in message
@@ -490,9 +465,7 @@ def test_a_downstream_address_grpc_cannot_use_stops_the_gateway(
 ) -> None:
     # gRPC takes any string as a target and fails every call to it with UNAVAILABLE.
     monkeypatch.setenv(variable, value)
-    with pytest.raises(SystemExit) as err:
-        load_settings(GatewaySettings)
-    assert _exit_message(err) == f"invalid setting {variable}: {reason}"
+    assert _refusal(GatewaySettings) == f"invalid setting {variable}: {reason}"
 
 
 @pytest.mark.parametrize(
@@ -531,9 +504,7 @@ def test_a_tokenize_url_that_is_not_http_stops_the_gateway(
 ) -> None:
     # It was only found out at the first Ask ("tokenize unavailable", estimates for ever).
     monkeypatch.setenv("GENSEARCH_GATEWAY_TOKENIZE_URLS", json.dumps({"local": url}))
-    with pytest.raises(SystemExit) as err:
-        load_settings(GatewaySettings)
-    assert _exit_message(err) == (
+    assert _refusal(GatewaySettings) == (
         f"invalid setting GENSEARCH_GATEWAY_TOKENIZE_URLS: the URL of provider 'local' {reason}"
     )
     monkeypatch.setenv(
@@ -575,9 +546,7 @@ def test_a_gateway_default_model_or_provider_no_request_could_name_stops_it(
     # Spaces only were accepted: every call naming no model then failed INVALID_ARGUMENT
     # "model" (blaming the caller), and a provider of spaces silently meant the default.
     monkeypatch.setenv(variable, value)
-    with pytest.raises(SystemExit) as err:
-        load_settings(GatewaySettings)
-    assert _exit_message(err) == f"invalid setting {variable}: {reason}"
+    assert _refusal(GatewaySettings) == f"invalid setting {variable}: {reason}"
 
 
 def test_a_gateway_default_model_and_provider_requests_could_name_are_accepted(
@@ -606,9 +575,7 @@ def test_a_rerank_provider_model_no_request_could_name_stops_retrieval(
     # it was accepted and sent upstream, and into span names, with every rerank call.
     providers = {"tei": {"base_url": "http://tei:8080/v1", "model": model}}
     monkeypatch.setenv("GENSEARCH_RETRIEVAL_RERANK_PROVIDERS", json.dumps(providers))
-    with pytest.raises(SystemExit) as err:
-        load_settings(RetrievalSettings)
-    assert _exit_message(err) == (
+    assert _refusal(RetrievalSettings) == (
         f"invalid setting GENSEARCH_RETRIEVAL_RERANK_PROVIDERS.tei.model: {reason}"
     )
 
@@ -705,9 +672,7 @@ def test_a_default_model_longer_than_max_model_chars_stops_the_service(
     # was accepted, and sent with every call naming no model, which the same bound
     # refuses when a caller names it.
     default_model.model("m" * 20, 10)
-    with pytest.raises(SystemExit) as err:
-        load_settings(default_model.cls)
-    assert _exit_message(err) == (
+    assert _refusal(default_model.cls) == (
         f"invalid setting {default_model.variable}: a model name is at most 10 characters "
         f"({default_model.setting}); it has 20"
     )
@@ -768,9 +733,7 @@ def test_a_bind_host_no_server_can_bind_names_the_variable(
     for settings in (MemorySettings, RetrievalSettings, GenerationSettings, GatewaySettings):
         if settings is GenerationSettings:
             _generation_env(monkeypatch)
-        with pytest.raises(SystemExit) as err:
-            load_settings(settings)
-        assert _exit_message(err) == f"invalid setting GENSEARCH_HOST: {reason}"
+        assert _refusal(settings) == f"invalid setting GENSEARCH_HOST: {reason}"
 
 
 @pytest.mark.parametrize(
