@@ -6,6 +6,7 @@ context_size and interaction_size and the fallback chain named the field alone."
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Any
 
 import grpc
@@ -21,6 +22,33 @@ from tests.support.rpc import error_info
 _PAIR = gen_pb.ModelChoice(provider="fake", model="fake-model")
 
 
+async def _refused_naming_the_bound(
+    call: Awaitable[Any],
+    field: str,
+    bound: tuple[str, str],
+    setting: str,
+    *,
+    reason: str | None = None,
+) -> None:
+    """``call`` fails INVALID_ARGUMENT (with ``reason``, when given), its ErrorInfo naming
+    the ``field``, the bound (``bound``: its key and value) and the ``setting`` that sets
+    it."""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    err = caught.value
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
+    info = error_info(err)
+    if reason is not None:
+        assert info.reason == reason
+    assert info.metadata["field"] == field
+    assert info.metadata[bound[0]] == bound[1]
+    assert info.metadata["setting"] == setting
+    if (
+        bound[0] == "max" or reason == "OUT_OF_RANGE"
+    ):  # errors.out_of_range names it in the text too
+        assert setting in (err.details() or "")
+
+
 @pytest.mark.parametrize(
     ("generate", "field", "bound", "setting"),
     [
@@ -33,18 +61,9 @@ async def test_a_generate_block_past_a_bound_names_it(
     stack: Stack, generate: dict[str, Any], field: str, bound: tuple[str, str], setting: str
 ) -> None:
     await create_books(stack)
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await stack.stub.GenerativeSearch(
-            books_search(single_prompt="{title}", **generate), metadata=ALICE
-        )
-    err = caught.value
-    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
-    info = error_info(err)
-    assert info.metadata["field"] == field
-    assert info.metadata[bound[0]] == bound[1]
-    assert info.metadata["setting"] == f"GENSEARCH_GATEWAY_{setting}"
-    if bound[0] == "max":  # a count's OUT_OF_RANGE names its setting in the message too
-        assert info.metadata["setting"] in err.details()
+    request = books_search(single_prompt="{title}", **generate)
+    call = stack.stub.GenerativeSearch(request, metadata=ALICE)
+    await _refused_naming_the_bound(call, field, bound, f"GENSEARCH_GATEWAY_{setting}")
 
 
 @pytest.mark.parametrize(
@@ -66,16 +85,9 @@ async def test_an_ask_past_a_bound_names_it(
             stack.stub.StreamAsk(gw_pb.StreamAskRequest(**_ask_fields(fields)), metadata=ALICE)
         ),
     ):
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await call
-        err = caught.value
-        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
-        info = error_info(err)
-        assert info.reason == "OUT_OF_RANGE"
-        assert info.metadata["field"] == field
-        assert info.metadata["max"] == bound
-        assert info.metadata["setting"] == f"GENSEARCH_GATEWAY_{setting}"
-        assert info.metadata["setting"] in err.details()
+        await _refused_naming_the_bound(
+            call, field, ("max", bound), f"GENSEARCH_GATEWAY_{setting}", reason="OUT_OF_RANGE"
+        )
 
 
 def _ask_fields(fields: dict[str, Any]) -> dict[str, Any]:
@@ -121,16 +133,8 @@ async def test_a_forwarded_generate_past_a_bound_names_it(
     request.MergeFrom(gen_pb.GenerateRequest(**{k: v for k, v in fields.items()}))
     if "messages" in fields:
         del request.messages[0]
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await generation.Generate(request, metadata=ALICE)
-    err = caught.value
-    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
-    info = error_info(err)
-    assert info.metadata["field"] == field
-    assert info.metadata[bound[0]] == bound[1]
-    assert info.metadata["setting"] == f"GENSEARCH_GENERATION_{setting}"
-    if bound[0] == "max":
-        assert info.metadata["setting"] in err.details()
+    call = generation.Generate(request, metadata=ALICE)
+    await _refused_naming_the_bound(call, field, bound, f"GENSEARCH_GENERATION_{setting}")
 
 
 async def test_a_generate_block_past_the_token_limit_names_it(stack: Stack) -> None:
@@ -138,15 +142,14 @@ async def test_a_generate_block_past_the_token_limit_names_it(stack: Stack) -> N
     ListModels gives it) says its setting as the generation service's does; before, the
     ErrorInfo had ``max`` alone."""
     await create_books(stack)
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await stack.stub.GenerativeSearch(
+    await _refused_naming_the_bound(
+        stack.stub.GenerativeSearch(
             books_search(single_prompt="{title}", max_tokens=1_000_001), metadata=ALICE
-        )
-    _out_of_range(
-        caught.value,
+        ),
         "generate.max_tokens",
         ("max", "1000000"),
         "GENSEARCH_GENERATION_MAX_TOKENS_LIMIT",
+        reason="OUT_OF_RANGE",
     )
 
 
@@ -154,22 +157,10 @@ async def test_a_generate_block_past_the_token_limit_names_it(stack: Stack) -> N
 async def test_an_ask_timeout_past_its_bound_names_it(stack: Stack, seconds: int) -> None:
     await create_books(stack)
     request = books_ask(timeout=duration_pb2.Duration(seconds=seconds))
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await stack.stub.Ask(request, metadata=ALICE)
-    _out_of_range(
-        caught.value, "timeout", ("max_seconds", "600"), "GENSEARCH_GATEWAY_MAX_ASK_TIMEOUT"
+    await _refused_naming_the_bound(
+        stack.stub.Ask(request, metadata=ALICE),
+        "timeout",
+        ("max_seconds", "600"),
+        "GENSEARCH_GATEWAY_MAX_ASK_TIMEOUT",
+        reason="OUT_OF_RANGE",
     )
-
-
-def _out_of_range(
-    err: grpc.aio.AioRpcError, field: str, bound: tuple[str, str], setting: str
-) -> None:
-    """``err`` is services.common.errors.out_of_range's refusal: OUT_OF_RANGE, the field,
-    the bound and the setting in the ErrorInfo, and the setting in the message too."""
-    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
-    info = error_info(err)
-    assert info.reason == "OUT_OF_RANGE"
-    assert info.metadata["field"] == field
-    assert info.metadata[bound[0]] == bound[1]
-    assert info.metadata["setting"] == setting
-    assert setting in (err.details() or "")
