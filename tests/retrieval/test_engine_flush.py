@@ -39,25 +39,26 @@ def flushes(trigger: str) -> float:
     return value or 0.0
 
 
-async def _with_collection(
-    make_retrieval: MakeRetrieval, data_dir: Path, **flush: float
-) -> Retrieval:
-    """A retrieval service on ``data_dir`` with the ``flush`` settings, holding an empty
-    collection NAME."""
-    harness = await make_retrieval(data_dir=data_dir, **flush)
+async def _flushing(
+    make_retrieval: MakeRetrieval, tmp_path: Path, *, objects: int, seconds: float
+) -> tuple[Retrieval, Path]:
+    """A retrieval service holding an empty collection NAME, flushing it every ``objects``
+    objects written (FLUSH_AFTER_OBJECTS) and ``seconds`` after a write left unflushed
+    (FLUSH_INTERVAL_SECONDS; 0: neither); and its data directory."""
+    data_dir = tmp_path / "data"
+    harness = await make_retrieval(
+        data_dir=data_dir, flush_after_objects=objects, flush_interval_seconds=seconds
+    )
     await harness.stub.CreateCollection(
         pb.CreateCollectionRequest(collection=vector_collection(NAME, DIMS))
     )
-    return harness
+    return harness, data_dir
 
 
 async def test_a_collection_is_flushed_every_flush_after_objects_upserted(
     make_retrieval: MakeRetrieval, tmp_path: Path
 ) -> None:
-    data_dir = tmp_path / "data"
-    harness = await _with_collection(
-        make_retrieval, data_dir, flush_after_objects=5, flush_interval_seconds=0
-    )
+    harness, data_dir = await _flushing(make_retrieval, tmp_path, objects=5, seconds=0)
     objects = article_objects()
     before, counted = flushed_up_to(data_dir), flushes("writes")
 
@@ -89,10 +90,7 @@ async def test_a_collection_is_flushed_every_flush_after_objects_upserted(
 async def test_a_write_left_alone_is_flushed_after_the_interval(
     make_retrieval: MakeRetrieval, tmp_path: Path
 ) -> None:
-    data_dir = tmp_path / "data"
-    harness = await _with_collection(
-        make_retrieval, data_dir, flush_after_objects=0, flush_interval_seconds=0.2
-    )
+    harness, data_dir = await _flushing(make_retrieval, tmp_path, objects=0, seconds=0.2)
     counted = flushes("interval")
     await harness.stub.UpsertObjects(
         pb.UpsertObjectsRequest(collection=NAME, objects=article_objects()[:1])
