@@ -40,7 +40,12 @@ def coerce_value(data_type: int, value: Any, path: str) -> Any:
         if isinstance(value, str):
             return value
     elif data_type == pb.DATA_TYPE_TEXT_ARRAY:
-        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        if isinstance(value, list):
+            # A list is the right shape: the element that is not text is what is wrong
+            # ("expected text array, got a list" named neither it nor its type).
+            for i, item in enumerate(value):
+                if not isinstance(item, str):
+                    raise ObjectInvalid(f"{path}[{i}]", f"expected text, got {_describe(item)}")
             return value
     elif data_type == pb.DATA_TYPE_INT:
         if _is_number(value) and float(value).is_integer() and past_exact_integer(value):

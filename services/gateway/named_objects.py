@@ -222,6 +222,8 @@ def _check_type(data_type: int, value: struct_pb2.Value, path: str) -> None:
     try:
         coerce_value(data_type, json_format.MessageToDict(value), path)
     except ObjectInvalid as err:
-        # The message starts with the path (as the unknown property's does), once.
-        message = err.message if err.message.startswith(path) else f"{path}: {err.message}"
-        raise InvalidArgument(message, field=path, reason="WRONG_TYPE") from None
+        # The message starts with the field (as the unknown property's does), once; the
+        # field is the element of a text array that is not text (``tags[1]``), if one is.
+        field = err.field
+        message = err.message if err.message.startswith(field) else f"{field}: {err.message}"
+        raise InvalidArgument(message, field=field, reason="WRONG_TYPE") from None

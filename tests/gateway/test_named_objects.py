@@ -249,21 +249,25 @@ async def test_inline_objects_checked_against_a_named_collection(stack: Stack) -
 
 
 @pytest.mark.parametrize(
-    ("value", "name", "expected"),
+    ("value", "name", "where", "expected"),
     [
-        (5, "title", "expected text, got the number 5.0"),
-        (["sf", 3], "tags", "expected text array, got a list"),
-        ("1965", "year", "expected int, got the string '1965'"),
-        (1965.5, "year", "expected int, got the number 1965.5"),
-        (True, "year", "expected int, got a bool"),
+        (5, "title", "title", "expected text, got the number 5.0"),
+        # The element that is not text, by its index: "expected text array, got a list"
+        # said neither which element nor what it was, of a value that is a list.
+        (["sf", 3], "tags", "tags[1]", "expected text, got the number 3.0"),
+        (["sf", None], "tags", "tags[1]", "expected text, got no value"),
+        ("1965", "year", "year", "expected int, got the string '1965'"),
+        (1965.5, "year", "year", "expected int, got the number 1965.5"),
+        (True, "year", "year", "expected int, got a bool"),
     ],
 )
 async def test_inline_values_of_the_wrong_type_for_a_named_collection_are_wrong_type(
-    stack: Stack, value: Any, name: str, expected: str
+    stack: Stack, value: Any, name: str, where: str, expected: str
 ) -> None:
     """A named collection's types hold for inline objects as for UpsertObjects (the same
     rule, property_types.coerce_value): a text property given the number 5 was accepted
-    and rendered into the prompt as "5.0". Refused before any LLM call, naming the field."""
+    and rendered into the prompt as "5.0". Refused before any LLM call, naming the field
+    (for a text array, its element)."""
     await create_books(stack)
     objects: list[dict[str, Any]] = [{"title": "Kim"}, {"title": "Emma"}, {"title": "Dune"}]
     objects[2][name] = value
@@ -274,7 +278,7 @@ async def test_inline_values_of_the_wrong_type_for_a_named_collection_are_wrong_
         await stack.stub.GenerateOnObjects(request, metadata=ALICE)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     info = error_info(caught.value)
-    path = f"inline.objects[2].{name}"
+    path = f"inline.objects[2].{where}"
     assert (info.reason, info.metadata["field"]) == ("WRONG_TYPE", path)
     assert caught.value.details() == f"{path}: {expected}"
     assert len(stack.fake.chat_requests) == calls

@@ -166,7 +166,7 @@ async def test_invalid_objects_reported_rest_lands(stub: Any) -> None:
         (1, "properties.colour"),
         (2, "properties.year"),
         (3, "properties.year"),
-        (4, "properties.tags"),
+        (4, "properties.tags[1]"),  # the element that is not text, not the list
         (5, "properties.date"),
         (6, "properties.date"),
         (7, "properties.date"),
@@ -177,6 +177,8 @@ async def test_invalid_objects_reported_rest_lands(stub: Any) -> None:
     ]
     assert all(e.message for e in resp.errors)
     assert "year 1" in resp.errors[6].message
+    # Not "expected text array, got a list": a list it is, its element 1 is not text.
+    assert resp.errors[3].message == "expected text, got the number 1.0"
     assert resp.errors[8].id == "not-a-uuid"
     assert await count(stub) == 2
 
