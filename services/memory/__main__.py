@@ -21,6 +21,7 @@ from services.common.redis_client import connect_configured
 from services.common.server import GrpcServer, run_until_signal
 from services.common.settings import load_settings, warn_unknown_variables
 from services.devlaunch.redis_server import RedisProcess, start_embedded
+from services.memory.deletions import DeletionResumer
 from services.memory.servicer import MemoryServicer
 from services.memory.settings import MemorySettings
 from services.memory.store import MemoryStore
@@ -58,6 +59,7 @@ async def build_server(settings: MemorySettings, *, port: int | None = None) -> 
         max_interactions_per_conversation=settings.max_interactions_per_conversation,
         untenanted_owner=settings.untenanted_owner,
         slot_move_wait=settings.slot_move_wait_seconds,
+        delete_resume_seconds=settings.delete_resume_seconds,
     )
     # Redis down at start: served UNAVAILABLE until it is back. The store logged the
     # outage (one line for it, not one here too).
@@ -77,6 +79,10 @@ async def build_server(settings: MemorySettings, *, port: int | None = None) -> 
         # append-only file and exits.
         server.on_stop(embedded.stop)
     server.on_stop(store.close)
+    # Runs before store.close (on_stop runs in reverse).
+    resumer = DeletionResumer(store, settings.delete_resume_seconds)
+    resumer.start()
+    server.on_stop(resumer.close)
     if indexer is not None:
         # Runs before store.close (reverse order): index jobs under way still reach Redis.
         server.on_stop(indexer.close)

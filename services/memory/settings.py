@@ -63,6 +63,11 @@ class MemorySettings(DownstreamSettings):
     # waits at most for the move to end, sending the script again with backoff; never
     # past the call's deadline. Then UNAVAILABLE (docs/memory.md). 0: at once.
     slot_move_wait_seconds: float = Field(default=5.0, ge=0, le=MAX_WAIT_SECONDS)
+    # DeleteConversation interrupted between its batches (the process died, Redis failed,
+    # the caller gave up): the conversation is gone for every reader already, its turns
+    # still stored. How long after its last batch its deletion counts as interrupted, and
+    # how often every replica looks for those and finishes them (services/memory/deletions.py).
+    delete_resume_seconds: float = Field(default=60.0, gt=0, le=MAX_WAIT_SECONDS)
 
     # Signs page tokens. Empty: a random secret is created once in Redis (SET NX), so
     # every replica and every restart agree.

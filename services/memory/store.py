@@ -137,6 +137,12 @@ MISSED_BATCH = 100
 # Turns one run of delete_conversation.lua deletes: bounds the keys it declares (a turn's
 # and its request_id's) and how long it holds Redis; a longer conversation takes more runs.
 DELETE_BATCH = 500
+# How old (since its last batch) a deletion's mark (``MemoryStore._deleting_key``) is when
+# it is taken as interrupted by default: far longer than one batch takes (a call marks
+# again before each).
+DELETE_RESUME_SECONDS = 60.0
+# Deletions one ``MemoryStore.resume_deletions`` finishes at most.
+RESUME_BATCH = 100
 # Turns one run of drop_missing.lua walks (declares, checks, drops): bounds how long one
 # run holds Redis however long the conversation; a longer one takes more runs
 # (``MemoryStore._drop_gone``).
@@ -672,8 +678,12 @@ class MemoryStore:
         gone_check_offsets: Callable[[], int] | None = None,
         drop_batch: int = DROP_BATCH,
         slot_move_wait: float = 0.0,
+        delete_resume_seconds: float = DELETE_RESUME_SECONDS,
     ) -> None:
         self._redis = redis
+        # How old a deletion's mark is when ``resume_deletions`` takes it as interrupted
+        # (GENSEARCH_MEMORY_DELETE_RESUME_SECONDS).
+        self._delete_resume_ms = max(int(delete_resume_seconds * 1000), 1)
         # How long a call refused by a slot move waits at most for the move to end
         # (``_redis_waiting``; GENSEARCH_MEMORY_SLOT_MOVE_WAIT_SECONDS): 0, refused at once.
         self._slot_move_wait = slot_move_wait
@@ -737,6 +747,7 @@ class MemoryStore:
         self._get_conversation = script("get_conversation")
         self._outbox_add = script("outbox_add")
         self._outbox_remove = script("outbox_remove")
+        self._unmark_deletion = script("unmark_deletion")
 
     async def load_scripts(self) -> None:
         """Loads every script now (SCRIPT LOAD; on a cluster, into every master).
@@ -754,7 +765,7 @@ class MemoryStore:
             self._stored_request, self._retention_step, self._claim_request,
             self._release_request, self._reconcile_script, self._measure_script,
             self._drop_missing_script, self._get_conversation, self._outbox_add,
-            self._outbox_remove,
+            self._outbox_remove, self._unmark_deletion,
         ]  # fmt: skip
         for script in scripts:
             await _redis(self._outage, self._redis.script_load(script.script))
@@ -1477,7 +1488,9 @@ class MemoryStore:
             raise self._storage_full()
         return _conversation(cid, out[1])
 
-    async def delete_conversation(self, owner: Owner, cid: str) -> None:
+    async def delete_conversation(
+        self, owner: Owner, cid: str, *, finish_only: int | None = None
+    ) -> bool:
         """Deletes the conversation and its turns (with their request_id keys).
 
         Runs of delete_conversation.lua, each after reading the turn ids and their
@@ -1487,11 +1500,23 @@ class MemoryStore:
         on holds. At most DELETE_BATCH turns per run: the first removes the conversation
         (gone for every reader and writer from then on, so its list no longer changes),
         later ones its remaining turns and any written between the read and the first
-        run; a retry of a call that failed in between finishes them."""
+        run; a retry of a call that failed in between finishes them.
+
+        A call that failed in between and is never retried (the caller gave up, the
+        process died, Redis failed) left turns stored that nothing reads: before each run
+        the call marks the deletion in ``_deleting_key`` (with the time), and unmarks it
+        once done, so ``resume_deletions`` finishes any left marked longer than
+        DELETE_RESUME_SECONDS. ``finish_only`` (the resume's: the time, in ms, the marks
+        it took were made by):
+        a conversation whose hash is still there was never deleted (the mark was made,
+        the first run was not) and is left alone: False then, else True. Its mark is
+        removed only while still made by then: a call deleting the conversation now (it
+        marks again before each run) keeps its own."""
         tag = self.tag(owner)
         ints = keys.conversation_interactions(tag, cid)
         names = [keys.conversation(tag, cid), ints, keys.conversations(tag), keys.usage(tag)]
         self._recent.forget(names[0])  # its turns are expected by no read any more
+        mark = json.dumps([owner.tenant, owner.user, cid])
         started = False
         while True:
             batch = [
@@ -1504,13 +1529,66 @@ class MemoryStore:
             args: list[EncodableT] = [self.caller(owner), tag, cid]
             for iid, rid in zip(batch, rids, strict=True):
                 args += [iid, rid]
+            args.append("0" if finish_only is None else "1")
             requests = [self._request(owner, tag, rid) for rid in rids if rid]
+            # Marked (again) before every run: a run whose call fails after it is found
+            # by the resume, and one under way is not taken for interrupted. The resume
+            # leaves the mark it took as it is (due) until it is done.
+            if finish_only is None:
+                await self._mark_deleting(mark)
             status = await self._script(self._delete_conversation, names + turns + requests, args)
-            if status == 0 and not started:
+            if status == 3:
+                started = True
+                continue
+            await self._unmark_deleting(mark, finish_only)
+            if status == 0 and not started and finish_only is None:
                 raise conversation_not_found(cid)
-            if status != 3:  # 1, or 0 after a run of ours: another call finished it
-                return
-            started = True
+            # 1; 0 after a run of ours (another call finished it) or for the resume (done
+            # already); 2: the resume's, a conversation never deleted.
+            return status != 2
+
+    def _deleting_key(self) -> str:
+        # P:{deletes}:pending  ZSET  [tenant, user, cid] JSON of each deletion under way or
+        # interrupted, scored by when (ms) it was last marked: the time of the last batch
+        # its call began (``resume_deletions`` takes the old ones as interrupted).
+        # One hash tag for the whole service: the resume finds every owner's with one read.
+        return f"{self._prefix}:{{deletes}}:pending"
+
+    async def _mark_deleting(self, mark: str) -> None:
+        now = time.time_ns() // 1_000_000
+        await _redis(self._outage, self._redis.zadd(self._deleting_key(), {mark: now}), write=True)
+
+    async def _unmark_deleting(self, mark: str, made_by: int | None = None) -> None:
+        """Removes ``mark``; with ``made_by`` (the resume's) only while it was made by then."""
+        args: list[EncodableT] = [mark, "" if made_by is None else made_by]
+        await _redis(self._outage, self._unmark_deletion(keys=[self._deleting_key()], args=args))
+
+    async def deletions_pending(self) -> int:
+        """How many deletions are marked (under way, or interrupted and not resumed yet)."""
+        return int(await _redis(self._outage, self._redis.zcard(self._deleting_key())))
+
+    async def resume_deletions(self, count: int = RESUME_BATCH) -> int:
+        """Finishes up to ``count`` deletions whose call was interrupted
+        (``delete_conversation``: last marked more than DELETE_RESUME_SECONDS ago, by this
+        replica's setting); how many it finished. Raises what failed one (it stays marked,
+        for the next resume)."""
+        made_by = time.time_ns() // 1_000_000 - self._delete_resume_ms
+        due = await _redis(
+            self._outage,
+            self._redis.zrangebyscore(self._deleting_key(), "-inf", made_by, start=0, num=count),
+        )
+        finished = 0
+        for member in due:
+            mark = bytes(member).decode()
+            try:
+                tenant, user, cid = json.loads(mark)
+                owner = Owner(str(tenant), str(user))
+            except (ValueError, TypeError):
+                await self._unmark_deleting(mark)  # not ours
+                continue
+            if await self.delete_conversation(owner, str(cid), finish_only=made_by):
+                finished += 1
+        return finished
 
     async def list_conversations(
         self, owner: Owner, page_size: int, cursor: str | None

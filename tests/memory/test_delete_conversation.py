@@ -4,6 +4,7 @@ retry, and a turn written between the read and the delete is deleted too."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -12,6 +13,7 @@ from gensearch.memory.v1 import memory_service_pb2 as pb
 from services.common.auth import DEFAULT_TENANT
 from services.common.errors import NotFound, Unavailable
 from services.memory import store as store_module
+from services.memory.deletions import DeletionResumer
 from services.memory.store import MemoryStore, Owner
 from tests.memory.conftest import Memory
 
@@ -139,3 +141,134 @@ async def test_a_writer_that_writes_after_every_read_cannot_hold_the_delete_off(
     assert answers[1:] and set(answers[1:]) == {"gone"}
     assert await _left(memory, store, cid) == []
     assert (await store.list_conversations(ALICE, 10, None)).items == []
+
+
+async def test_an_interrupted_delete_nobody_retries_is_finished_by_the_resume(
+    memory: Memory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A delete that failed after its first batch and whose caller never came back (the
+    process died, Redis failed, the client gave up) left its turns stored for good:
+    another replica's resume loop (deletions.py) finishes it. The conversation stays
+    NOT_FOUND from the first batch to the last."""
+    monkeypatch.setattr(store_module, "DELETE_BATCH", 4)
+    dying = MemoryStore(memory.redis, delete_resume_seconds=0.001)
+    cid = await _conversation(dying, 10)
+    turn = (await dying.list_interactions(ALICE, cid, 1, None, 1 << 20)).items[0]
+    iid = pb.Interaction.FromString(turn).interaction_id
+    script = dying._delete_conversation
+
+    async def then_die(**kwargs: Any) -> object:
+        await script(**kwargs)  # the first batch, on the real Redis; then the call is gone
+        raise asyncio.CancelledError
+
+    dying._delete_conversation = then_die  # type: ignore[assignment]
+    with pytest.raises(asyncio.CancelledError):
+        await dying.delete_conversation(ALICE, cid)
+
+    survivor = MemoryStore(memory.redis, delete_resume_seconds=0.001)
+    await survivor.load_scripts()
+
+    async def gone_for_readers() -> None:
+        with pytest.raises(NotFound):
+            await survivor.get_conversation(ALICE, cid)
+        with pytest.raises(NotFound):
+            await survivor.get_interaction(ALICE, iid)
+        assert (await survivor.list_conversations(ALICE, 10, None)).items == []
+
+    await gone_for_readers()
+    assert len([k for k in await _left(memory, survivor, cid) if ":int:" in k]) == 6
+    assert await survivor.deletions_pending() == 1
+    runs: list[object] = []
+    resumed = survivor._delete_conversation
+
+    async def checked(**kwargs: Any) -> object:
+        runs.append(await resumed(**kwargs))
+        await gone_for_readers()  # between the resume's batches too
+        return runs[-1]
+
+    survivor._delete_conversation = checked  # type: ignore[assignment]
+    resumer = DeletionResumer(survivor, 0.01)
+    resumer.start()
+    try:
+        for _ in range(500):  # a bound on the wait, not a timing assertion
+            if await survivor.deletions_pending() == 0:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        await resumer.close()
+    assert runs == [3, 1]  # 4 + 2 turns were left
+    assert await _left(memory, survivor, cid) == []
+    assert await survivor.deletions_pending() == 0
+    await gone_for_readers()
+
+
+async def test_the_resume_leaves_a_conversation_whose_delete_never_began(
+    memory: Memory,
+) -> None:
+    """Marked, then the call failed before its first batch: the caller was not told it
+    was deleted, and the resume does not delete it on its own (only finishes)."""
+    store = MemoryStore(memory.redis, delete_resume_seconds=0.001)
+    cid = await _conversation(store, 3)
+
+    async def refused(**kwargs: Any) -> object:
+        raise Unavailable("lost", reason="STORE_UNAVAILABLE")
+
+    script = store._delete_conversation
+    store._delete_conversation = refused  # type: ignore[assignment]
+    with pytest.raises(Unavailable):
+        await store.delete_conversation(ALICE, cid)
+    store._delete_conversation = script  # type: ignore[assignment]
+    await asyncio.sleep(0.01)  # past the mark's due time (1 ms)
+    assert await store.resume_deletions() == 0
+    assert await store.deletions_pending() == 0
+    assert (await store.get_conversation(ALICE, cid)).interaction_count == 3
+
+
+async def test_the_resume_keeps_the_mark_of_a_delete_that_began_meanwhile(
+    memory: Memory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The resume finds a conversation never deleted and removes the mark; a call that
+    marked it again in between (and died after its first batch) keeps its mark, so the
+    next resume still finishes that call's deletion."""
+    monkeypatch.setattr(store_module, "DELETE_BATCH", 4)
+    store = MemoryStore(memory.redis, delete_resume_seconds=0.001)
+    cid = await _conversation(store, 10)
+    script = store._delete_conversation
+
+    async def refused(**kwargs: Any) -> object:
+        raise Unavailable("lost", reason="STORE_UNAVAILABLE")
+
+    store._delete_conversation = refused  # type: ignore[assignment]
+    with pytest.raises(Unavailable):
+        await store.delete_conversation(ALICE, cid)  # marked; nothing deleted
+    store._delete_conversation = script  # type: ignore[assignment]
+    await asyncio.sleep(0.01)  # past the mark's due time (1 ms)
+
+    caller = MemoryStore(memory.redis, delete_resume_seconds=0.001)
+    first = caller._delete_conversation
+
+    async def then_die(**kwargs: Any) -> object:
+        await first(**kwargs)
+        raise asyncio.CancelledError
+
+    caller._delete_conversation = then_die  # type: ignore[assignment]
+    unmark = store._unmark_deletion
+    began: list[bool] = []
+
+    async def delete_begins_first(**kwargs: Any) -> object:
+        if not began:  # the resume found it untouched; now a call marks and begins
+            began.append(True)
+            with pytest.raises(asyncio.CancelledError):
+                await caller.delete_conversation(ALICE, cid)
+        return await unmark(**kwargs)
+
+    store._unmark_deletion = delete_begins_first  # type: ignore[assignment]
+    assert await store.resume_deletions() == 0  # untouched when it looked
+    assert began
+    assert await store.deletions_pending() == 1  # the call's mark
+    with pytest.raises(NotFound):
+        await store.get_conversation(ALICE, cid)
+    await asyncio.sleep(0.01)  # past the call's mark's due time
+    assert await store.resume_deletions() == 1
+    assert await _left(memory, store, cid) == []
+    assert await store.deletions_pending() == 0

@@ -2,11 +2,13 @@
 -- KEYS: conv, ints, convs, usage, then the int key of each turn of this batch, then the
 -- request_id key of each of those that has one, in the same order.
 -- ARGV: caller (read.lua), tag, cid, then per turn of the batch: iid, request_id ('' for
--- none), as the store read them just before.
+-- none), as the store read them just before, then finish_only: '1' for a run that only
+-- finishes a deletion already begun (the resume of store.resume_deletions): a
+-- conversation whose hash is still there was never deleted, and is left alone.
 -- Every key it touches is declared, so while a reshard moves the slot Redis itself
 -- answers ASK or TRYAGAIN instead of the script missing keys still on the other node
 -- (store.delete_conversation). Returns 0: not found; 1: deleted; 3: more turns to delete
--- (read again and run again).
+-- (read again and run again); 2: finish_only, and the conversation is there (untouched).
 -- The first run removes the conversation's hash and list entry, so it is gone for every
 -- reader and writer at once (a turn written after the store's read is then in the list,
 -- and deleted by a later run); the list of turns stays until its last batch, so a retry
@@ -18,8 +20,9 @@ local function unlink_each(names)
   for _, key in ipairs(names) do redis.call('UNLINK', key) end
 end
 local conv, ints = KEYS[1], KEYS[2]
-local batch = (#ARGV - 3) / 2
+local batch = (#ARGV - 4) / 2
 local h = redis.call('HMGET', conv, 'user', 'update_time', 'tenant')
+if h[1] and ARGV[#ARGV] == '1' then return 2 end
 if h[1] then
   if not owns(h[1], h[3], ARGV[1]) then return 0 end
   redis.call('UNLINK', conv)

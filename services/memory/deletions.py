@@ -1,0 +1,49 @@
+"""Finishes deletions that were interrupted.
+
+DeleteConversation deletes a long conversation in batches (``store.delete_conversation``):
+the first removes the conversation, so it is NOT_FOUND at once; later ones its turns. A
+call that failed in between and was never retried left those turns stored, read by no
+one, for good. Every call marks its deletion in Redis before each batch and unmarks it
+when done; this loop, in every replica, finishes the deletions whose mark outlived
+GENSEARCH_MEMORY_DELETE_RESUME_SECONDS (``store.resume_deletions``). Two replicas
+finishing one deletion at once is harmless: each batch deletes what is still listed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from services.common.tasks import cancel_and_wait
+from services.memory.store import MemoryStore
+
+log = logging.getLogger("gensearch.memory.deletions")
+
+
+class DeletionResumer:
+    def __init__(self, store: MemoryStore, every_seconds: float) -> None:
+        self._store = store
+        self._every = every_seconds
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._forever())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            await cancel_and_wait(self._task)
+            self._task = None
+
+    async def _forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._every)
+            try:
+                finished = await self._store.resume_deletions()
+            except Exception as err:  # Redis down (the store logged it): next period
+                log.warning(
+                    "interrupted deletions not finished yet",
+                    extra={"error": (str(err) or type(err).__name__)[:300]},
+                )
+                continue
+            if finished:
+                log.info("interrupted deletions finished", extra={"finished": finished})
