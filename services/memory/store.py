@@ -832,6 +832,7 @@ class MemoryStore:
         hint: str = "",
         options: RunOptions = _AS_GIVEN,
         asked: list[str] | None = None,
+        maybe_missing: str = "",
     ) -> Any:
         """The answer of ``script`` (on ``names``, ``args``), after what a run of it
         stopped for, nothing written (``asked``, given empty, gets the keys its runs asked
@@ -852,7 +853,16 @@ class MemoryStore:
         ``hint`` (a turn's key) names the call's turn: the keys a run of it asked for are
         kept (its conversation's hash: a turn never changes conversation) and declared up
         front by the next call naming it, which so takes one round trip. ``options``: where
-        the script's ARGV holds what the runs rewrite (``RunOptions``)."""
+        the script's ARGV holds what the runs rewrite (``RunOptions``).
+
+        ``maybe_missing``: a key of ``names`` that may not exist (the list of turns of a
+        conversation this replica has not seen without turns, ``_turn_list``: one without
+        turns has none). Mid-reshard Redis refuses a run declaring a missing key for the
+        whole move (TRYAGAIN: it may be one not moved yet), so a run declaring it that a
+        move refuses is made again at once without it, rather than waiting out the move
+        (GENSEARCH_MEMORY_SLOT_MOVE_WAIT_SECONDS) for a key there is no need of: a run
+        that needs it (the conversation has turns) asks for it (lua/read.lua's
+        declare_first), and that run waits for the move as any other."""
         names = list(names) + self._hints.get(hint, []) if hint else list(names)
         args = list(args)
         missing: list[str] = []
@@ -873,10 +883,13 @@ class MemoryStore:
             if options.sample_at is not None and declared >= RUN_ATTEMPTS - SAMPLE_RUNS:
                 args[options.sample_at] = 0
             try:
-                out = await self._script(script, names, args)
+                out = await self._script(script, names, args, refused_moving=bool(maybe_missing))
                 if hint and asked:
                     self._hint(hint, asked)
                 return out
+            except _SlotMoving:
+                names.remove(maybe_missing)
+                maybe_missing = ""
             except _DeclareFirst as first:
                 declared += 1
                 wanted = await self._to_declare(first.names, args, options, missing)
@@ -900,10 +913,24 @@ class MemoryStore:
         )
 
     async def _script(
-        self, script: AsyncScript, names: list[str], args: list[EncodableT], *, wait: bool = True
+        self,
+        script: AsyncScript,
+        names: list[str],
+        args: list[EncodableT],
+        *,
+        wait: bool = True,
+        refused_moving: bool = False,
     ) -> Any:
         """One run of ``script`` on ``names``, ``args``, sent again while a slot move
-        refuses it (``_redis_waiting``; ``wait`` False: refused at once)."""
+        refuses it (``_redis_waiting``; ``wait`` False: refused at once, UNAVAILABLE;
+        ``refused_moving``: refused at once as ``_SlotMoving``, for the caller to handle)."""
+        if refused_moving:
+            return await _redis(
+                self._outage,
+                script(keys=names, args=args),
+                write=script in self._writers,
+                moving=True,
+            )
         return await _redis_waiting(
             self._outage,
             lambda: script(keys=names, args=args),
@@ -1253,6 +1280,7 @@ class MemoryStore:
                 args,
                 options=_GET_CONVERSATION,
                 asked=asked,
+                maybe_missing=self._unseen_list(names),
             )
             if not row:
                 raise conversation_not_found(cid)
@@ -1273,6 +1301,13 @@ class MemoryStore:
         if self._recent.known_empty(keys.conversation(tag, cid)):
             return []
         return [keys.conversation_interactions(tag, cid)]
+
+    @staticmethod
+    def _unseen_list(names: list[str]) -> str:
+        """The list of turns among ``names`` (``_turn_list`` put it there: the conversation
+        was not seen without turns), which may not exist: ``_run``'s
+        ``maybe_missing``; "" when ``names`` has none."""
+        return next((name for name in names if name.endswith(":ints")), "")
 
     def _learn_window(self, tag: str, conv: str, reply: list[Any], declared: list[str]) -> None:
         """Keeps the next window get_conversation.lua named (``reply``: its start, then
@@ -1327,6 +1362,7 @@ class MemoryStore:
                 names + evicted,
                 args + declared,
                 options=_UPDATE_CONVERSATION,
+                maybe_missing=self._unseen_list(names),
             )
             if not (isinstance(row, list) and row[0] == _DECLARE):
                 break
@@ -1460,6 +1496,7 @@ class MemoryStore:
                 names + evicted,
                 args + declared,
                 options=_UPDATE_SUMMARY,
+                maybe_missing=self._unseen_list(names),
             )
             if out[0] != _DECLARE:
                 break

@@ -1129,3 +1129,60 @@ async def test_a_conversation_without_turns_is_read_and_updated_mid_move(
     async with target.client() as client:
         assert await client.exists(f"{tag}:conv:{empty}:ints") == 0
     await _usage_intact(target, tag, [other, empty])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("moved", ["its keys", "other keys"])
+async def test_a_conversation_without_turns_never_seen_is_answered_mid_move(
+    own_cluster: LocalCluster, make_store: Callable[..., MemoryStore], moved: str
+) -> None:
+    """As above, by a replica that has not seen the conversation (another one made it, or
+    this one restarted since): it cannot know there is no list of turns and declares it,
+    a key that does not exist, which Redis refuses (TRYAGAIN) for the whole move. Its run
+    is made again at once without the list (a conversation with turns would ask for it):
+    GetConversation, UpdateConversation and UpdateSummary each answer, one refusal each.
+    Before, each waited out GENSEARCH_MEMORY_SLOT_MOVE_WAIT_SECONDS (here 1 s, the move
+    held longer) and answered UNAVAILABLE."""
+    maker = make_store()
+    tag = maker.tag(OWNER)
+    other = (await maker.create_conversation(OWNER, "o")).conversation_id
+    turn = await maker.create_interaction(OWNER, other, pb.Interaction(input="o"), "o")
+    empty = (await maker.create_conversation(OWNER, "e")).conversation_id
+    reader = make_store(slot_move_wait=1.0)  # never saw `empty`
+    answers: list[dict[str, object]] = []
+
+    async def during() -> None:
+        if answers:
+            return
+        got: dict[str, object] = {}
+        before = _slot_refusals()
+        try:
+            got["get"] = (await reader.get_conversation(OWNER, empty)).interaction_count
+        except Unavailable as err:
+            got["get"] = err.reason
+        got["get refusals"] = _slot_refusals() - before
+        fresh = make_store(slot_move_wait=1.0)  # nor did this one
+        try:
+            update = ConversationUpdate(name="renamed")
+            got["update"] = (await fresh.update_conversation(OWNER, empty, update)).name
+        except Unavailable as err:
+            got["update"] = err.reason
+        try:
+            await make_store(slot_move_wait=1.0).update_summary(
+                OWNER, empty, expected_through="", through=turn.interaction_id, text="s",
+                turns=1, prompt_tokens=1, completion_tokens=1,
+            )  # fmt: skip
+        except (InvalidArgument, Unavailable) as err:
+            got["summary"] = err.reason
+        answers.append(got)
+
+    if moved == "its keys":
+        first = [f"{tag}:conv:{empty}", f"{tag}:convs", f"{tag}:usage"]
+    else:
+        first = [f"{tag}:conv:{other}", f"{tag}:conv:{other}:ints"]
+    await _move_slot(own_cluster, batch=100, between=during, first=first)
+    assert answers == [
+        {"get": 0, "get refusals": 1, "update": "renamed", "summary": "INVALID_SUMMARY_RANGE"}
+    ]
+    record = await make_store().get_conversation(OWNER, empty)
+    assert (record.name, record.interaction_count) == ("renamed", 0)
