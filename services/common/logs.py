@@ -373,9 +373,22 @@ class ThrottledWarning:
     once every ``every`` seconds: one line per outage, not one per call. ``message`` has one
     ``%s``, for the error's type (its text may quote what it was sent). ``recovery``: the
     INFO line that ends an outage (``recovered``), written once here: ``recovered`` runs
-    after every call that succeeds, so it builds nothing; None, no such line."""
+    after every call that succeeds, so it builds nothing; None, no such line.
 
-    __slots__ = ("_down", "_every", "_log", "_message", "_recovery", "_warned_at")
+    A dependency of several nodes (a Redis Cluster's masters) is tracked per ``node`` (its
+    address, as the call names it; never a URL's user info or password): each node's
+    outage is its own warning and its own recovery line, both naming it, and one node's
+    answer ends only its own outage. Before, a partial outage (one node down, the others
+    answering) flipped one shared flag: every call the healthy nodes served logged the
+    recovery line, and the next call to the dead node the warning again, every ``every``
+    seconds. ``node`` None: the dependency as one (its only node, or a failing node that
+    could not be known), whose outage any answer ends."""
+
+    __slots__ = ("_down", "_every", "_log", "_message", "_nodes", "_recovery")
+
+    # Nodes remembered at most (each one's last warning and whether it is down): a
+    # cluster's masters are a handful; past this, those not down are forgotten.
+    MAX_NODES = 256
 
     def __init__(
         self,
@@ -389,19 +402,35 @@ class ThrottledWarning:
         self._message = message
         self._recovery = recovery
         self._every = every
-        self._warned_at = -math.inf
-        # An outage was warned about and nothing has answered since (``recovered``).
-        self._down = False
+        # Node (None: the dependency as one) -> [when it was last warned about, whether an
+        # outage was warned about and nothing has answered since (``recovered``)].
+        self._nodes: dict[str | None, list[Any]] = {}
+        self._down = 0  # how many of them are down
 
     def __call__(
-        self, err: BaseException, *, extra: dict[str, Any] | None = None, cause: str = ""
+        self,
+        err: BaseException,
+        *,
+        extra: dict[str, Any] | None = None,
+        cause: str = "",
+        node: str | None = None,
     ) -> None:
         """``extra``: fields of the line (a redacted description of the error, say);
-        ``cause``: what the ``%s`` says instead of the error's type."""
+        ``cause``: what the ``%s`` says instead of the error's type; ``node``: the node of
+        the dependency that failed (see the class), named in the line and its field
+        ``node``."""
         now = time.monotonic()
-        if now - self._warned_at < self._every:
+        state = self._nodes.get(node)
+        if state is None:
+            self._forget_some()
+            state = self._nodes[node] = [-math.inf, False]
+        if now - state[0] < self._every:
             return
-        self._warned_at = now
+        state[0] = now
+        what = cause or type(err).__name__
+        if node is not None:
+            what = f"{what} at node {node}"
+            extra = {**(extra or {}), "node": node}
         if isinstance(err, MovedError | AskError):
             # Not an outage but a setting: a standalone client given a Redis Cluster node
             # fails on every key of another node's slots, for good (the keys of its own
@@ -412,19 +441,41 @@ class ThrottledWarning:
                 type(err).__name__,
             )
             return
-        self._down = True
-        self._log.warning(self._message, cause or type(err).__name__, extra=extra)
+        if not state[1]:
+            state[1] = True
+            self._down += 1
+        self._log.warning(self._message, what, extra=extra)
 
-    def recovered(self) -> None:
-        """The dependency answered again: the ``recovery`` line logged (INFO) once when an
-        outage was warned about; otherwise nothing but this flag's check. The warnings keep
-        their pace (at most one every ``every`` seconds): a partial outage (one Redis
-        Cluster node down, the calls to the others answered) is at most a warning and this
-        line every ``every`` seconds, not a pair per call."""
-        if self._down:
-            self._down = False
-            if self._recovery is not None:
-                self._log.info(self._recovery)
+    def recovered(self, node: str | None = None) -> None:
+        """``node`` answered again (None: the dependency): the ``recovery`` line logged
+        (INFO) once when its outage was warned about; otherwise nothing but a check. An
+        answer also ends the outage of a node that could not be known (None): the
+        dependency is reachable. The warnings keep their pace (at most one every ``every``
+        seconds per node)."""
+        if not self._down:
+            return
+        for which in (node, None) if node is not None else (None,):
+            state = self._nodes.get(which)
+            if state is not None and state[1]:
+                state[1] = False
+                self._down -= 1
+                if self._recovery is None:
+                    continue
+                if which is None:
+                    self._log.info(self._recovery)
+                else:
+                    self._log.info("%s (node %s)", self._recovery, which, extra={"node": which})
+
+    @property
+    def any_down(self) -> bool:
+        """Whether an outage (of any node) was warned about and has not ended: a caller
+        that must work out which node answered (``recovered``) need not when none is."""
+        return self._down > 0
+
+    def _forget_some(self) -> None:
+        if len(self._nodes) >= self.MAX_NODES:
+            for which in [n for n, state in self._nodes.items() if not state[1]]:
+                del self._nodes[which]
 
 
 # gRPC's asyncio server logs through this logger.

@@ -36,6 +36,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException, RedisError
+from redis.typing import KeyT
 
 from services.common.logs import ThrottledWarning, register_secret, url_secrets
 
@@ -120,6 +121,34 @@ def _quiet_dropped_cluster_nodes() -> None:
             loop.default_exception_handler(context)
 
     loop.set_exception_handler(handler)
+
+
+def node_of(client: RedisClient, key: KeyT | None) -> str | None:
+    """The Redis node that serves ``key``, as an outage's log line names it: its
+    ``host:port`` (a unix socket's path), never the URL's user name or password; None when
+    it cannot be known (a Redis Cluster whose slot map the client has not read, a call of
+    no key). Outages are logged per node (``ThrottledWarning``'s ``node``).
+
+    redis-py's exceptions name no node in a public attribute: a connection error says
+    ``host:port`` in its text only (a timeout not even there), and the undeclared
+    ``connection`` attribute its cluster client sets on some errors, for its own metrics,
+    is no API. So the node is the one the client's slot map routes ``key`` to, through
+    ``RedisCluster.get_node_from_key`` (public), read just after the call: the map the call
+    was routed by unless another call refreshed it meanwhile (a failover moving the slot;
+    not for a master down without a replica, which keeps its slots). A standalone client
+    has one node: its connection pool's."""
+    if isinstance(client, RedisCluster):
+        if key is None:
+            return None
+        try:
+            node = client.get_node_from_key(key)  # type: ignore[arg-type]
+        except RedisClusterException:  # the slot is in no map the client has read
+            return None
+        return node.name if node is not None else None
+    kwargs = client.connection_pool.connection_kwargs
+    if kwargs.get("path"):
+        return str(kwargs["path"])
+    return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
 
 
 class RedisSettings(Protocol):

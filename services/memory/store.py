@@ -57,7 +57,7 @@ from redis.exceptions import (
     TimeoutError,
     TryAgainError,
 )
-from redis.typing import EncodableT
+from redis.typing import EncodableT, KeyT
 
 from services.common import redis_errors
 from services.common.auth import DEFAULT_TENANT
@@ -72,7 +72,7 @@ from services.common.errors import (
     Unavailable,
 )
 from services.common.logs import ThrottledWarning
-from services.common.redis_client import RedisClient
+from services.common.redis_client import RedisClient, node_of
 from services.memory import keys
 from services.memory.ids import UUIDv7Generator
 from services.memory.recent_turns import RecentTurns
@@ -398,14 +398,17 @@ def lua_source(name: str) -> str:
 
 class StoreWarnings:
     """What the store tells its operator about Redis failing many calls at once: each kind
-    one WARNING per outage (again every 30 s while it lasts) and one INFO line at its end,
-    not a line per call. ``down``: Redis unreachable (or busy, or moving slots), ended by
-    any answer; ``full``: Redis at its maxmemory refusing writes (OOM), ended by a write
-    that succeeds (reads succeed all along)."""
+    one WARNING per outage of each Redis node (again every 30 s while it lasts) and one
+    INFO line at its end, not a line per call. ``down``: Redis unreachable (or busy, or
+    moving slots), ended by any answer of that node; ``full``: Redis at its maxmemory
+    refusing writes (OOM), ended by a write that node takes (reads succeed all along).
+    The node of a call is the one the client routes its key to (``node``): with a Redis
+    Cluster master down, the other masters' answers are not its recovery."""
 
-    __slots__ = ("down", "full")
+    __slots__ = ("_redis", "down", "full")
 
-    def __init__(self) -> None:
+    def __init__(self, redis: RedisClient | None = None) -> None:
+        self._redis = redis
         self.down = ThrottledWarning(
             log,
             "memory store unavailable (%s): calls answer UNAVAILABLE until Redis answers "
@@ -418,6 +421,10 @@ class StoreWarnings:
             "UNAVAILABLE until it has room (docs/operations.md)",
             recovery="memory store takes writes again: Redis has room",
         )
+
+    def node(self, key: KeyT | None) -> str | None:
+        """The node of a call on ``key`` (``redis_client.node_of``; None: not known)."""
+        return None if self._redis is None else node_of(self._redis, key)
 
 
 def writes(source: str) -> bool:
@@ -454,7 +461,12 @@ SLOT_MOVE_MAX_PAUSE = 0.25
 
 
 async def _redis_waiting(
-    outage: StoreWarnings, make: Callable[[], Awaitable[Any]], *, wait: float, write: bool = False
+    outage: StoreWarnings,
+    make: Callable[[], Awaitable[Any]],
+    *,
+    key: KeyT | None,
+    wait: float,
+    write: bool = False,
 ) -> Any:
     """``_redis`` of the call ``make`` makes, made again while a slot move refuses it
     (``_slot_moving``: it did not run) for at most ``wait`` seconds, and never past the
@@ -473,12 +485,14 @@ async def _redis_waiting(
     while True:
         started = loop.time()
         try:
-            return await _redis(outage, make(), write=write, moving=True)
+            return await _redis(outage, make(), key=key, write=write, moving=True)
         except _SlotMoving as refused:
             took = loop.time() - started
             pause_now = pause * (0.5 + random.random() / 2)
             if loop.time() + pause_now + 2 * took > until:
-                outage.down(refused.err, extra={"error": _describe(refused.err)})
+                outage.down(
+                    refused.err, extra={"error": _describe(refused.err)}, node=outage.node(key)
+                )
                 raise _unavailable() from None
             await asyncio.sleep(pause_now)
             pause = min(pause * 2, SLOT_MOVE_MAX_PAUSE)
@@ -488,12 +502,15 @@ async def _redis(
     outage: StoreWarnings,
     call: Awaitable[Any] | Any,
     *,
+    key: KeyT | None,
     write: bool = False,
     moving: bool = False,
 ) -> Any:
     """Awaits one Redis call; its failure becomes the service's error, here and only here.
     ``outage`` logs Redis unreachable, or full, once per outage (and its end), not once per
-    call; ``write``: the call may grow what Redis holds, so its success ends a full one;
+    call, per Redis node: ``key``, one of the call's keys, names the node (None: a call
+    of no key, or of every node); ``write``: the call may grow what Redis holds, so its
+    success ends a full one;
     ``moving``: a slot move's refusal is ``_SlotMoving`` (counted, not logged), for
     ``_redis_waiting``. (Typed loosely: redis-py annotates a command's result as
     ``Awaitable[T] | T``, one set of annotations for its sync and async clients.)"""
@@ -503,7 +520,7 @@ async def _redis(
         redis_errors.count("memory", err)
         if moving and _slot_moving(err):
             raise _SlotMoving(err) from None
-        outage.down(err, extra={"error": _describe(err)})
+        outage.down(err, extra={"error": _describe(err)}, node=outage.node(key))
         raise _unavailable() from None
     except (MovedError, AskError) as err:
         redis_errors.count("memory", err)
@@ -524,19 +541,22 @@ async def _redis(
             raise _DeclareFirst(names) from None
         redis_errors.count("memory", err)
         if str(err).startswith(_BUSY) or _MOVING in str(err):
-            outage.down(err, extra={"error": _describe(err)})
+            outage.down(err, extra={"error": _describe(err)}, node=outage.node(key))
             raise _unavailable() from None
         if isinstance(err, OutOfMemoryError) or str(err).startswith(_FULL):
             # A script's refused write is a plain ResponseError: named as Redis's OOM.
-            outage.full(err, extra={"error": _describe(err)}, cause="OOM")
+            outage.full(err, extra={"error": _describe(err)}, cause="OOM", node=outage.node(key))
             raise Unavailable(
                 "memory store unavailable; try again", reason="STORE_UNAVAILABLE"
             ) from None
         log.error("memory store error", extra={"error": _describe(err)})
         raise Internal("memory store error") from None
-    outage.down.recovered()
-    if write:
-        outage.full.recovered()
+    # Which node answered is worked out only while an outage is open (most calls: none).
+    if outage.down.any_down or (write and outage.full.any_down):
+        node = outage.node(key)
+        outage.down.recovered(node)
+        if write:
+            outage.full.recovered(node)
     return out
 
 
@@ -689,7 +709,7 @@ class MemoryStore:
         self._slot_move_wait = slot_move_wait
         # Redis unreachable or full: one WARNING per outage (again every 30 s while it
         # lasts), and one INFO line when it ends; a line per call buried everything else.
-        self._outage = StoreWarnings()
+        self._outage = StoreWarnings(redis)
         self._grace = eviction_grace_turns
         self._max_bytes = max_bytes_per_owner
         self._max_conversations = max_conversations_per_owner
@@ -768,7 +788,8 @@ class MemoryStore:
             self._outbox_remove, self._unmark_deletion,
         ]  # fmt: skip
         for script in scripts:
-            await _redis(self._outage, self._redis.script_load(script.script))
+            # On a cluster, every master: no one node to name.
+            await _redis(self._outage, self._redis.script_load(script.script), key=None)
 
     async def close(self) -> None:
         await self._redis.aclose()
@@ -934,6 +955,7 @@ class MemoryStore:
         return await _redis_waiting(
             self._outage,
             lambda: script(keys=names, args=args),
+            key=names[0] if names else None,
             wait=self._slot_move_wait if wait else 0.0,
             write=script in self._writers,
         )
@@ -977,7 +999,7 @@ class MemoryStore:
             def exists(name: str = name) -> Awaitable[Any]:
                 return self._redis.exists(name)  # type: ignore[no-any-return]
 
-            if await _redis_waiting(self._outage, exists, wait=self._slot_move_wait):
+            if await _redis_waiting(self._outage, exists, key=name, wait=self._slot_move_wait):
                 found.append(name)
         return found
 
@@ -1020,7 +1042,7 @@ class MemoryStore:
             if gone is None:
                 members = [
                     bytes(m).decode()
-                    for m in await _redis(self._outage, self._redis.zrange(convs, 0, -1))
+                    for m in await _redis(self._outage, self._redis.zrange(convs, 0, -1), key=convs)
                 ]
             else:
                 members = gone
@@ -1075,6 +1097,7 @@ class MemoryStore:
                     self._redis.zrange(
                         ints, start, "+", bylex=True, offset=0, num=self._drop_batch
                     ),
+                    key=ints,
                 )
             ]
             out = await self._script(
@@ -1105,8 +1128,10 @@ class MemoryStore:
     async def shared_secret(self) -> bytes:
         """A random secret created once per key prefix, the same for every replica."""
         key = f"{self._prefix}:page-token-secret"
-        await _redis(self._outage, self._redis.set(key, os.urandom(32).hex(), nx=True), write=True)
-        value = await _redis(self._outage, self._redis.get(key))
+        await _redis(
+            self._outage, self._redis.set(key, os.urandom(32).hex(), nx=True), key=key, write=True
+        )
+        value = await _redis(self._outage, self._redis.get(key), key=key)
         if not value:
             raise Unavailable("memory store unavailable: page token secret missing")
         return bytes(value)
@@ -1214,7 +1239,9 @@ class MemoryStore:
         tag = self.tag(owner)
         claim = self._claim(owner, tag, request_id)
         held = self._claim_fingerprint(owner, tag, request_id)
-        await _redis(self._outage, self._release_request(keys=[claim, held], args=[token]))
+        await _redis(
+            self._outage, self._release_request(keys=[claim, held], args=[token]), key=claim
+        )
 
     async def create_conversation(
         self, owner: Owner, name: str, retention: Retention | None = None
@@ -1257,6 +1284,7 @@ class MemoryStore:
             row = await _redis(
                 self._outage,
                 self._redis.hmget(keys.conversation(tag, cid), list(CONVERSATION_FIELDS)),
+                key=keys.conversation(tag, cid),
             )
             if not self._owns(owner, row[0], row[_TENANT]):
                 raise conversation_not_found(cid)
@@ -1558,7 +1586,9 @@ class MemoryStore:
         while True:
             batch = [
                 bytes(m).decode()
-                for m in await _redis(self._outage, self._redis.zrange(ints, 0, DELETE_BATCH - 1))
+                for m in await _redis(
+                    self._outage, self._redis.zrange(ints, 0, DELETE_BATCH - 1), key=ints
+                )
             ]
             turns = [keys.interaction(tag, iid) for iid in batch]
             read = await self._script(self._turn_requests, turns, []) if batch else []
@@ -2007,6 +2037,7 @@ class MemoryStore:
                     1 if index else 0,
                 ],
             ),
+            key=self.outbox_key,
             write=True,
         )
         return int(out)
@@ -2015,17 +2046,21 @@ class MemoryStore:
         out = await _redis(
             self._outage,
             self._redis.zrangebyscore(self.outbox_key, "-inf", now_ms, start=0, num=count),
+            key=self.outbox_key,
         )
         return [bytes(member).decode() for member in out]
 
     async def outbox_remove(self, job: str, tenant: str) -> None:
         await _redis(
-            self._outage, self._outbox_remove(keys=self._outbox_keys()[:2], args=[job, tenant])
+            self._outage,
+            self._outbox_remove(keys=self._outbox_keys()[:2], args=[job, tenant]),
+            key=self.outbox_key,
         )
 
     async def outbox_missed_count(self) -> int:
         """How many owners the outbox's refusals have noted (``outbox_take_missed``)."""
-        return int(await _redis(self._outage, self._redis.scard(self._outbox_keys()[2])))
+        missed = self._outbox_keys()[2]
+        return int(await _redis(self._outage, self._redis.scard(missed), key=missed))
 
     async def outbox_take_missed(self, count: int = MISSED_BATCH) -> list[Owner]:
         """Up to ``count`` of the owners an index job of which the outbox refused, taken
@@ -2033,7 +2068,9 @@ class MemoryStore:
         One SPOP: atomic, and bounded (the set holds up to SEARCH_OUTBOX_MAX_JOBS owners;
         SMEMBERS then SREM read it whole and could drop an owner noted in between)."""
         missed = self._outbox_keys()[2]
-        members = list(await _redis(self._outage, self._redis.spop(missed, count)) or [])
+        members = list(
+            await _redis(self._outage, self._redis.spop(missed, count), key=missed) or []
+        )
         owners = []
         for member in members:
             try:
@@ -2048,9 +2085,8 @@ class MemoryStore:
         """Puts back owners ``outbox_take_missed`` gave a sweep that did not finish."""
         if owners:
             members = [json.dumps([o.tenant, o.user]) for o in owners]
-            await _redis(
-                self._outage, self._redis.sadd(self._outbox_keys()[2], *members), write=True
-            )
+            missed = self._outbox_keys()[2]
+            await _redis(self._outage, self._redis.sadd(missed, *members), key=missed, write=True)
 
     def _sweep_mark(self) -> str:
         # P:{search-outbox}:swept  STRING  when (ms) the last sweep that finished began
@@ -2061,8 +2097,8 @@ class MemoryStore:
         catch-up starts. None recorded yet: ``default_ms``, recorded now, so that sweeps
         failing from the first one on still look back to it."""
         mark = self._sweep_mark()
-        await _redis(self._outage, self._redis.set(mark, default_ms, nx=True), write=True)
-        value = await _redis(self._outage, self._redis.get(mark))
+        await _redis(self._outage, self._redis.set(mark, default_ms, nx=True), key=mark, write=True)
+        value = await _redis(self._outage, self._redis.get(mark), key=mark)
         try:
             return int(value) if value is not None else default_ms
         except ValueError:  # not ours
@@ -2070,7 +2106,8 @@ class MemoryStore:
 
     async def sweep_done(self, started_ms: int) -> None:
         """A sweep that began at ``started_ms`` finished: the next one looks back to it."""
-        await _redis(self._outage, self._redis.set(self._sweep_mark(), started_ms), write=True)
+        mark = self._sweep_mark()
+        await _redis(self._outage, self._redis.set(mark, started_ms), key=mark, write=True)
 
     def _legacy_outbox(self) -> str:
         return f"{self._prefix}:search-outbox"
@@ -2078,20 +2115,23 @@ class MemoryStore:
     async def legacy_outbox(self, count: int) -> list[str]:
         """Up to ``count`` jobs of the outbox from before the bound (``P:search-outbox``):
         the caller queues them anew, then ``forget_legacy_outbox``."""
-        members = await _redis(
-            self._outage, self._redis.zrange(self._legacy_outbox(), 0, count - 1)
-        )
+        legacy = self._legacy_outbox()
+        members = await _redis(self._outage, self._redis.zrange(legacy, 0, count - 1), key=legacy)
         return [bytes(member).decode() for member in members]
 
     async def forget_legacy_outbox(self, jobs: list[str]) -> None:
         if jobs:
-            await _redis(self._outage, self._redis.zrem(self._legacy_outbox(), *jobs))
+            legacy = self._legacy_outbox()
+            await _redis(self._outage, self._redis.zrem(legacy, *jobs), key=legacy)
 
     async def try_lock(self, name: str, ttl_ms: int) -> bool:
         """True for the one caller that takes ``P:lock:<name>`` until it expires."""
         key = f"{self._prefix}:lock:{name}"
         return bool(
             await _redis(
-                self._outage, self._redis.set(key, "1", nx=True, px=max(ttl_ms, 1)), write=True
+                self._outage,
+                self._redis.set(key, "1", nx=True, px=max(ttl_ms, 1)),
+                key=key,
+                write=True,
             )
         )

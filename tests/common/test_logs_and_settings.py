@@ -187,6 +187,57 @@ def test_a_throttled_warnings_recovery_line_ends_an_outage_once(
     assert [r.getMessage() for r in caplog.records] == ["down: ConnectionError"]
 
 
+def test_a_throttled_warning_tracks_each_node_apart(caplog: pytest.LogCaptureFixture) -> None:
+    # A Redis Cluster with one master down: the healthy masters' answers (``recovered`` of
+    # their nodes) are not the dead one's recovery, and its next failures within the
+    # period log nothing; before, one flag for all of them flipped on every such pair.
+    warn = ThrottledWarning(logging.getLogger("t.nodes"), "down: %s", recovery="up again")
+    with caplog.at_level(logging.INFO, logger="t.nodes"):
+        for _ in range(3):
+            warn(ConnectionError(), node="10.0.0.2:6379")
+            warn.recovered("10.0.0.1:6379")
+            warn.recovered("10.0.0.3:6379")
+        assert warn.any_down
+        warn(TimeoutError(), node="10.0.0.3:6379")  # another node: its own line
+        warn.recovered("10.0.0.3:6379")
+        warn.recovered("10.0.0.2:6379")
+        warn.recovered("10.0.0.2:6379")
+        assert not warn.any_down
+    lines = [(r.levelname, r.getMessage(), getattr(r, "node", None)) for r in caplog.records]
+    assert lines == [
+        ("WARNING", "down: ConnectionError at node 10.0.0.2:6379", "10.0.0.2:6379"),
+        ("WARNING", "down: TimeoutError at node 10.0.0.3:6379", "10.0.0.3:6379"),
+        ("INFO", "up again (node 10.0.0.3:6379)", "10.0.0.3:6379"),
+        ("INFO", "up again (node 10.0.0.2:6379)", "10.0.0.2:6379"),
+    ]
+
+
+def test_a_failure_of_no_known_node_is_ended_by_any_answer(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    warn = ThrottledWarning(logging.getLogger("t.unknown"), "down: %s", recovery="up again")
+    with caplog.at_level(logging.INFO, logger="t.unknown"):
+        warn(ConnectionError())  # no node could be named
+        warn.recovered("10.0.0.1:6379")
+    assert [r.getMessage() for r in caplog.records] == ["down: ConnectionError", "up again"]
+
+
+def test_a_redis_node_is_named_by_its_address_only() -> None:
+    from redis.asyncio import Redis
+    from redis.asyncio.cluster import RedisCluster
+
+    from services.common.redis_client import node_of
+
+    standalone = Redis.from_url("redis://alice:pw-never-logged-77@10.1.2.3:6390/2")
+    assert node_of(standalone, "any") == node_of(standalone, None) == "10.1.2.3:6390"
+    local = Redis.from_url("unix://:pw-never-logged-77@/run/redis.sock")
+    assert node_of(local, "any") == "/run/redis.sock"
+    # A cluster client that has not read the slot map yet: no node can be named.
+    cluster = RedisCluster.from_url("redis://:pw-never-logged-77@10.1.2.3:7000")
+    assert node_of(cluster, "any") is None
+    assert node_of(cluster, None) is None
+
+
 def _stderr_of(script: str) -> str:
     """What ``script`` writes to stderr, run in a Python process of its own (the logging
     set-up is the process's: pytest's own would be in the way)."""
