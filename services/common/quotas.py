@@ -54,7 +54,7 @@ from services.common import redis_errors
 from services.common.auth import current_tenant
 from services.common.errors import ResourceExhausted
 from services.common.logs import ThrottledWarning
-from services.common.redis_client import REDIS_FAILURES, RedisClient
+from services.common.redis_client import REDIS_FAILURES, RedisClient, node_of
 
 log = logging.getLogger("gensearch.quotas")
 
@@ -160,11 +160,13 @@ class Quotas:
             reply = await script(keys=[key], args=list(args))
         except REDIS_FAILURES as err:
             redis_errors.count("quotas", err)
-            self._unchecked(err)
+            self._unchecked(err, node=node_of(self._redis, key))
             return None
         # The outage's end is a line too (once per warning: a flapping Redis is two lines
-        # every 30 s at most).
-        self._unchecked.recovered()
+        # every 30 s at most), per Redis node: a tenant's keys are on one node, and another
+        # node's answer is not the end of its outage.
+        if self._unchecked.any_down:
+            self._unchecked.recovered(node_of(self._redis, key))
         return reply
 
     def _lease_ms(self, context: grpc.aio.ServicerContext) -> int:
@@ -180,7 +182,7 @@ class Quotas:
             await self._redis.zrem(key, call_id)
         except Exception as err:
             redis_errors.count("quotas", err)
-            self._unchecked(err)
+            self._unchecked(err, node=node_of(self._redis, key))
 
     async def _renew_while_running(
         self, key: str, call_id: str, context: grpc.aio.ServicerContext, ended: asyncio.Event

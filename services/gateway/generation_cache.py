@@ -58,7 +58,12 @@ from services.common import redis_errors
 from services.common.errors import InvalidArgument, out_of_range, seconds_text
 from services.common.logs import ThrottledWarning
 from services.common.quotas import lua_script
-from services.common.redis_client import REDIS_FAILURES, REDIS_FAILURES_OR_TIMEOUT, RedisClient
+from services.common.redis_client import (
+    REDIS_FAILURES,
+    REDIS_FAILURES_OR_TIMEOUT,
+    RedisClient,
+    node_of,
+)
 from services.common.well_known import duration_seconds
 from services.gateway.generator import Options, generate_request
 from services.gateway.metrics import CACHE_LOOKUPS
@@ -226,6 +231,16 @@ class GenerationCache:
             recovery="generation cache reachable again",
         )
 
+    def _node(self, key: str) -> str | None:
+        """The Redis node serving ``key`` (all of a tenant's keys share one), as the outage
+        lines name it: one Cluster master down is its own outage, not every node's."""
+        return None if self._redis is None else node_of(self._redis, key)
+
+    def _recovered(self, key: str) -> None:
+        """A call on ``key`` answered: the end of its node's outage, if one was logged."""
+        if self._outage.any_down:
+            self._outage.recovered(self._node(key))
+
     def index_key(self, tenant: str, collection: str) -> str:
         """The sorted set naming every live key stored for ``tenant``'s ``collection``
         (whatever its creation time: all of them go when the name is deleted), scored by
@@ -294,10 +309,10 @@ class GenerationCache:
                 # Redis failed. The request's own budget running out says nothing of it:
                 # warned as an outage, that sent the operator to REDIS_URL for a caller's
                 # short deadline.
-                self._outage(err, extra={"operation": "read"})
+                self._outage(err, extra={"operation": "read"}, node=self._node(keys[indexes[0]]))
             CACHE_LOOKUPS.labels("exact", "error").inc(len(keys))
             return {}
-        self._outage.recovered()
+        self._recovered(keys[indexes[0]])
         found: dict[int, gw_pb.GenerationResult] = {}
         for index, value in zip(indexes, values, strict=True):
             if value is None:
@@ -367,9 +382,9 @@ class GenerationCache:
                 log.info("generation cache entry not stored: over the tenant's budget")
         except REDIS_FAILURES as err:
             redis_errors.count("generation_cache", err)
-            self._outage(err, extra={"operation": "write"})
+            self._outage(err, extra={"operation": "write"}, node=self._node(key))
         else:
-            self._outage.recovered()
+            self._recovered(key)
 
     async def drop_collection(self, tenant: str, collection: str) -> None:
         """Delete every entry stored for ``tenant``'s ``collection``, and its index. Best
@@ -413,4 +428,5 @@ class GenerationCache:
             await redis.unlink(index, scored_index, old_index)
         except REDIS_FAILURES as err:
             redis_errors.count("generation_cache", err)
-            self._outage(err, extra={"operation": "drop"})
+            # The tenant's node (its index and ledger; a layout of before may span others).
+            self._outage(err, extra={"operation": "drop"}, node=self._node(index))

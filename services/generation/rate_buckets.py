@@ -43,7 +43,7 @@ from redis.commands.core import AsyncScript
 from services.common import redis_errors
 from services.common.logs import ThrottledWarning
 from services.common.quotas import LEASE_SLACK_SECONDS, lua_script
-from services.common.redis_client import REDIS_FAILURES, RedisClient
+from services.common.redis_client import REDIS_FAILURES, RedisClient, node_of
 from services.generation.settings import ProviderConfig
 
 log = logging.getLogger("gensearch.generation.limits")
@@ -209,6 +209,7 @@ class RedisLimits:
     def __init__(self, redis: RedisClient, limits: DeclaredLimits, *, key_prefix: str) -> None:
         self.limits = limits
         self._prefix = key_prefix
+        self._redis = redis
         # redis-py annotates register_script's self as Redis; RedisCluster has it too.
         self._admit: AsyncScript = redis.register_script(lua_script("provider_admit"))  # type: ignore[misc]
         self._release: AsyncScript = redis.register_script(lua_script("provider_release"))  # type: ignore[misc]
@@ -240,19 +241,22 @@ class RedisLimits:
             call_id,
             int(self.limits.ttl * 1000),
         ]
+        keys = list(self.keys(scope))
         try:
-            reply = await self._admit(keys=list(self.keys(scope)), args=args)
+            reply = await self._admit(keys=keys, args=args)
         except REDIS_FAILURES as err:
             redis_errors.count("rate_limits", err)
-            self._failed(err)
+            self._failed(err, node=node_of(self._redis, keys[0]))
             answer = await self._fallback.admit(scope, call_id, cost, lease)
             if answer.wait == 0:
                 self._local_calls.add(call_id)
             # The in-memory count is not the one the next call asks (Redis is back by
             # then, or not): no floor from it.
             return Admission(answer.wait)
-        # The outage's end is a line too (once per warning).
-        self._failed.recovered()
+        # The outage's end is a line too (once per warning), per Redis node: a scope's keys
+        # are on one node, and another node's answer is not the end of its outage.
+        if self._failed.any_down:
+            self._failed.recovered(node_of(self._redis, keys[0]))
         wait_ms, floor_ms = (int(n) for n in reply)
         return Admission(FLIGHT_FULL if wait_ms < 0 else wait_ms / 1000, floor_ms / 1000)
 
@@ -277,7 +281,7 @@ class RedisLimits:
         except Exception as err:
             # Best effort: the lease frees the slot, and the call's outcome must not change.
             redis_errors.count("rate_limits", err)
-            self._failed(err)
+            self._failed(err, node=node_of(self._redis, tokens))
 
     async def pause(self, scope: str, seconds: float) -> None:
         *_, pause = self.keys(scope)
@@ -286,7 +290,7 @@ class RedisLimits:
         except Exception as err:
             # Best effort: the replica that got the 429 pauses anyway (its own queue).
             redis_errors.count("rate_limits", err)
-            self._failed(err)
+            self._failed(err, node=node_of(self._redis, pause))
 
 
 def scope_of(provider: str, api_key: str | None) -> str:

@@ -294,7 +294,9 @@ class Indexer:
         index's."""
         if isinstance(err, _TurnUnreadable):
             cause = err.__cause__ or err
-            self._turn_unreadable(cause, extra={"job": job[0], "error": _describe(cause)})
+            self._turn_unreadable(
+                cause, extra={"job": job[0], "error": _describe(cause)}, node=err.node
+            )
         else:
             self._outage(err, extra={"job": job[0], "error": _describe(err)})
 
@@ -307,8 +309,11 @@ class Indexer:
                 try:
                     found = (await self._store.get_interactions(owner, [ident]))[0]
                 except Exception as err:
-                    raise _TurnUnreadable() from err
-                self._turn_unreadable.recovered()
+                    raise _TurnUnreadable(self._store.node(owner)) from err
+                # Per Redis node: a turn read on another Cluster master is not the end of
+                # the dead one's outage (each such read logged it, and the warning again).
+                if self._turn_unreadable.any_down:
+                    self._turn_unreadable.recovered(self._store.node(owner))
                 if found is None:
                     return
                 interaction = found
@@ -523,7 +528,12 @@ class Indexer:
 
 
 class _TurnUnreadable(Exception):
-    """A retried index job could not read its turn from Redis (the cause: why)."""
+    """A retried index job could not read its turn from Redis (the cause: why) on ``node``,
+    the Redis node of the turn's owner (None: not known)."""
+
+    def __init__(self, node: str | None) -> None:
+        super().__init__(node)
+        self.node = node
 
 
 def _parse(member: str) -> list[str] | None:

@@ -794,6 +794,11 @@ class MemoryStore:
     async def close(self) -> None:
         await self._redis.aclose()
 
+    def node(self, owner: Owner) -> str | None:
+        """The Redis node holding ``owner``'s keys, as outage lines name it (None: not
+        known; ``redis_client.node_of``)."""
+        return self._outage.node(self.tag(owner))
+
     def tag(self, owner: Owner) -> str:
         """Key prefix of everything ``owner`` owns, including the cluster hash tag."""
         tag = self._tags.get(owner)

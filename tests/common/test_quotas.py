@@ -303,8 +303,9 @@ async def test_keys_share_one_cluster_slot_per_tenant(redis_server: RedisProcess
 
 
 async def test_redis_down_lets_calls_through(caplog: pytest.LogCaptureFixture) -> None:
+    port = free_port()
     quotas, redis = _quotas(
-        f"redis://127.0.0.1:{free_port()}/0",
+        f"redis://127.0.0.1:{port}/0",
         concurrent_calls=1,
         llm_calls_per_minute=1,
         objects_written_per_minute=1,
@@ -317,9 +318,9 @@ async def test_redis_down_lets_calls_through(caplog: pytest.LogCaptureFixture) -
                     await quotas.charge_objects_written(1, "alice")
     finally:
         await redis.aclose()
-    # One line for the outage, not one per failed script.
+    # One line for the outage, not one per failed script, naming the Redis node.
     assert [r.getMessage() for r in caplog.records if r.name == "gensearch.quotas"] == [
-        "quotas not checked, Redis failed: ConnectionError"
+        f"quotas not checked, Redis failed: ConnectionError at node 127.0.0.1:{port}"
     ]
 
 
@@ -418,6 +419,7 @@ async def test_a_redis_outage_is_one_line_its_end_another(
     """Redis back is a line too (before, none); a second outage within 30 s of the first's
     warning adds nothing (a flapping Redis is two lines every 30 s at most)."""
     quotas, redis = _quotas(redis_server.url, llm_calls_per_minute=1000)
+    node = f"{redis_server.host}:{redis_server.port}"  # the lines name Redis's node
     _as_tenant("dave")
     caplog.set_level(logging.INFO, logger="gensearch.quotas")
 
@@ -432,8 +434,8 @@ async def test_a_redis_outage_is_one_line_its_end_another(
             caplog,
             "gensearch.quotas",
             [
-                "quotas not checked, Redis failed: ConnectionError",
-                "quotas checked again: Redis answers",
+                f"quotas not checked, Redis failed: ConnectionError at node {node}",
+                f"quotas checked again: Redis answers (node {node})",
             ],
         )
     finally:

@@ -186,6 +186,7 @@ async def test_a_redis_outage_is_one_line_its_end_another(
     redis = connect(redis_server.url, cluster=False, socket_timeout=1, connect_timeout=1)
     caplog.set_level(logging.INFO, logger=LIMITS_LOGGER)
     limits = RedisLimits(redis, declared, key_prefix="t")
+    node = f"{redis_server.host}:{redis_server.port}"  # the lines name Redis's node
 
     async def admitted(name: str) -> None:
         # Admitted at once: counted in Redis, or while it is down in this process alone.
@@ -199,8 +200,9 @@ async def test_a_redis_outage_is_one_line_its_end_another(
             caplog,
             LIMITS_LOGGER,
             [
-                "provider limits counted in this process only, Redis failed: ConnectionError",
-                "provider limits counted in Redis again",
+                "provider limits counted in this process only, Redis failed: ConnectionError"
+                f" at node {node}",
+                f"provider limits counted in Redis again (node {node})",
             ],
         )
     finally:

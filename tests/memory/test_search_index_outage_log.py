@@ -172,7 +172,9 @@ async def test_a_turn_redis_cannot_read_is_blamed_on_redis_not_the_index(
             for r in caplog.records
             if r.name == "gensearch.memory.indexer" and r.levelno == logging.INFO
         ]
-        assert back == ["search index jobs read their turns again"], back
+        node = f"127.0.0.1:{victim.port}"  # the turn's node, named in both lines
+        assert node in warned[0], warned
+        assert back == [f"search index jobs read their turns again (node {node})"], back
     finally:
         await indexer.close()
         await redis.aclose()
