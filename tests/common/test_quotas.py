@@ -6,6 +6,7 @@ down lets calls through."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -438,5 +439,56 @@ async def test_a_redis_outage_is_one_line_its_end_another(
                 f"quotas checked again: Redis answers (node {node})",
             ],
         )
+    finally:
+        await redis.aclose()
+
+
+async def test_one_dead_cluster_node_is_one_line_and_its_end_another(
+    own_cluster: LocalCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One Redis Cluster master down: the tenants of the other masters are checked all
+    along, and that is not the dead master's recovery. Before, every such check logged
+    'quotas checked again' and the dead master's next failure the warning again (every
+    30 s), naming no node."""
+    quotas, redis = _quotas(own_cluster.url, cluster=True, llm_calls_per_minute=1000)
+    victim = own_cluster.nodes[2]
+    address = f"127.0.0.1:{victim.port}"
+
+    def node(tenant: str) -> object:
+        # The key layout of docs/operations.md: P:quota:{t:<sha256 of the tenant>}:<quota>
+        digest = hashlib.sha256(tenant.encode()).hexdigest()[:20]
+        return own_cluster.node_for(f"test:quota:{{t:{digest}}}:llm")
+
+    tenants = [f"tenant-{n}" for n in range(1000)]
+    dead = next(t for t in tenants if node(t) is victim)
+    alive = next(t for t in tenants if node(t) is not victim)
+
+    def lines(level: int) -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.name == "gensearch.quotas" and r.levelno == level]
+
+    caplog.set_level(logging.INFO, logger="gensearch.quotas")
+    try:
+        for tenant in (dead, alive):  # the script loaded on every master while all are up
+            await quotas.charge_llm(tenant)
+        own_cluster.kill(victim)
+        for _ in range(4):
+            await quotas.charge_llm(dead)  # unchecked: goes through
+            await quotas.charge_llm(alive)
+        assert [r.getMessage() for r in lines(logging.INFO)] == []
+        warned = [r.getMessage() for r in lines(logging.WARNING)]
+        assert warned == [f"quotas not checked, Redis failed: ConnectionError at node {address}"]
+
+        await own_cluster.restart(victim)
+        await quotas.charge_llm(alive)
+        assert [r.getMessage() for r in lines(logging.INFO)] == []
+        for _ in range(600):  # until the client finds the node again (no timing asserted)
+            await quotas.charge_llm(dead)
+            if lines(logging.INFO):
+                break
+            await asyncio.sleep(0.1)
+        assert [r.getMessage() for r in lines(logging.INFO)] == [
+            f"quotas checked again: Redis answers (node {address})"
+        ]
+        assert len(lines(logging.WARNING)) == 1
     finally:
         await redis.aclose()
