@@ -138,10 +138,25 @@ async def test_a_turn_redis_cannot_read_is_blamed_on_redis_not_the_index(
         if own_cluster.node_for(store.tag(o)).port not in outbox_nodes
     )
     victim = own_cluster.node_for(store.tag(owner))
+    # Another owner, on a master that stays up: its turns are read all along.
+    healthy = next(
+        o
+        for o in (Owner(DEFAULT_TENANT, f"user-{n}") for n in range(1000))
+        if own_cluster.node_for(store.tag(o)) is not victim
+    )
     index = _keyword_index(tmp_path, qdrant_url="")  # the embedded engine: up all along
     indexer = Indexer(store, index, retry_seconds=0.0)
     caplog.set_level(logging.INFO)
+
+    def back() -> list[str]:
+        return [
+            r.getMessage()
+            for r in caplog.records
+            if r.name == "gensearch.memory.indexer" and r.levelno == logging.INFO
+        ]
+
     try:
+        await store.load_scripts()  # as the service does: a script is on every master
         cid = (await store.create_conversation(owner, "c")).conversation_id
         stored = await store.create_interaction(
             owner, cid, pb.Interaction(input="puffins", response="seabirds"), ""
@@ -161,20 +176,28 @@ async def test_a_turn_redis_cannot_read_is_blamed_on_redis_not_the_index(
         assert "GENSEARCH_MEMORY_REDIS_URL" in warned[0], warned
         assert "QDRANT" not in warned[0], warned
 
+        # A turn of the healthy master read (its job done) is not the dead one's recovery:
+        # before, it logged 'search index jobs read their turns again' (and the dead
+        # master's next failure the warning again, every 30 s).
+        other = (await store.create_conversation(healthy, "c")).conversation_id
+        read = await store.create_interaction(
+            healthy, other, pb.Interaction(input="gannets", response="seabirds"), ""
+        )
+        job = json.dumps(["index", healthy.tenant, healthy.user, read.interaction_id])
+        await store.outbox_add(job, 0, healthy, max_jobs=10, per_tenant=0, index=True)
+        assert await indexer.drain() == 1  # the healthy one's; the dead one's waits
+        assert await index.count(healthy, read.interaction_id) == 2
+        assert back() == [], back()
+
         await own_cluster.restart(victim)
         for _ in range(600):  # the cluster client finds the node again
             if await indexer.drain() == 1:
                 break
             await asyncio.sleep(0.1)
         assert await index.count(owner, stored.interaction_id) == 2
-        back = [
-            r.getMessage()
-            for r in caplog.records
-            if r.name == "gensearch.memory.indexer" and r.levelno == logging.INFO
-        ]
         node = f"127.0.0.1:{victim.port}"  # the turn's node, named in both lines
         assert node in warned[0], warned
-        assert back == [f"search index jobs read their turns again (node {node})"], back
+        assert back() == [f"search index jobs read their turns again (node {node})"], back()
     finally:
         await indexer.close()
         await redis.aclose()
