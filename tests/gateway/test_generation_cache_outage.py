@@ -4,6 +4,7 @@ Redis answers again (a real Redis-protocol server, stopped and started again).""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from services.common import redis_client
 from services.devlaunch.redis_server import RedisProcess
 from services.gateway.generation_cache import GenerationCache, Scope
 from services.gateway.generator import Options
+from tests.support.redis_cluster import LocalCluster
 
 CALLS = 3
 LOGGER = "gensearch.gateway.cache"
@@ -99,3 +101,47 @@ async def test_a_call_out_of_time_is_no_redis_outage(
     assert (await cache.get_many({0: key}))[0].result == "an answer"
     assert not _lines(caplog, logging.WARNING, "generation cache unavailable")
     assert not _lines(caplog, logging.INFO, "generation cache reachable again")
+
+
+async def test_one_dead_cluster_node_is_one_line_and_its_end_another(
+    own_cluster: LocalCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One Redis Cluster master down: reads of the tenants of the other masters answer all
+    along, and that is not the dead master's recovery. Before, every such read logged
+    'generation cache reachable again' and the dead master's next failure the warning
+    again (every 30 s), naming no node."""
+    client = redis_client.connect(
+        own_cluster.url, cluster=True, socket_timeout=2, connect_timeout=1
+    )
+    cache = GenerationCache(client, "gc", 3600, 1 << 20)
+    message = [gen_pb.Message(role=gen_pb.ROLE_USER, content="Title: Emma")]
+    options = Options(provider="fake", model="m")
+    keys = [cache.keys_for(Scope(f"tenant-{n}", "Books", 1), options)(message) for n in range(200)]
+    victim = own_cluster.nodes[1]  # not the node of the URL, the client's first
+    address = f"127.0.0.1:{victim.port}"
+    dead = next(k for k in keys if own_cluster.node_for(k) is victim)
+    alive = next(k for k in keys if own_cluster.node_for(k) is not victim)
+    caplog.set_level(logging.INFO, LOGGER)
+    try:
+        assert await cache.get_many({0: alive}) == {}  # the client reads the slot map
+        own_cluster.kill(victim)
+        for _ in range(CALLS):
+            assert await cache.get_many({0: dead}) == {}
+            assert await cache.get_many({0: alive}) == {}
+        assert _lines(caplog, logging.INFO, "generation cache reachable again") == []
+        warned = _lines(caplog, logging.WARNING, "generation cache unavailable")
+        assert len(warned) == 1 and address in warned[0], warned
+
+        await own_cluster.restart(victim)
+        await cache.get_many({0: alive})
+        assert _lines(caplog, logging.INFO, "generation cache reachable again") == []
+        for _ in range(600):  # until the client finds the node again (no timing asserted)
+            await cache.get_many({0: dead})
+            if _lines(caplog, logging.INFO, "generation cache reachable again"):
+                break
+            await asyncio.sleep(0.1)
+        assert _lines(caplog, logging.INFO, "generation cache reachable again") == [
+            f"generation cache reachable again (node {address})"
+        ]
+    finally:
+        await client.aclose()
