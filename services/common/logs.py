@@ -5,7 +5,7 @@ record, together with anything that looks like a bearer token or a provider key.
 carries an ISO-8601 UTC ``time`` (``2026-12-02T03:04:05.123Z``) and, when a span is current
 (always, inside an RPC), the ``trace_id`` and ``span_id`` that find it in the tracing backend
 and in the other services' logs. ``ThrottledWarning`` keeps a failing dependency to one
-line per outage.
+line per outage (per node of it: a Redis Cluster's masters each have their own).
 """
 
 from __future__ import annotations
