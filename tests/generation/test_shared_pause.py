@@ -207,3 +207,51 @@ async def test_a_redis_outage_is_one_line_its_end_another(
         )
     finally:
         await redis.aclose()
+
+
+async def test_one_dead_cluster_node_is_one_line_and_its_end_another(
+    own_cluster: LocalCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One Redis Cluster master down: the scopes of the other masters are counted in Redis
+    all along, and that is not the dead master's recovery. Before, every such admission
+    logged 'provider limits counted in Redis again' and the dead master's next failure the
+    warning again (every 30 s), naming no node."""
+    declared = DeclaredLimits.of(_config(requests_per_minute=6000))
+    redis = connect(own_cluster.url, cluster=True, socket_timeout=2, connect_timeout=1)
+    limits = RedisLimits(redis, declared, key_prefix="t")
+    victim = own_cluster.nodes[2]
+    address = f"127.0.0.1:{victim.port}"
+    scopes = [f"p:p{n}" for n in range(200)]
+    dead = next(s for s in scopes if own_cluster.node_for(limits.keys(s)[0]) is victim)
+    alive = next(s for s in scopes if own_cluster.node_for(limits.keys(s)[0]) is not victim)
+
+    def lines(level: int) -> list[str]:
+        return [
+            r.getMessage() for r in caplog.records if r.name == LIMITS_LOGGER and r.levelno == level
+        ]
+
+    caplog.set_level(logging.INFO, logger=LIMITS_LOGGER)
+    try:
+        for scope in (dead, alive):  # the script loaded on every master while all are up
+            await limits.admit(scope, "warm", 1, 10)
+        own_cluster.kill(victim)
+        for i in range(4):
+            assert (await limits.admit(dead, f"d{i}", 1, 10)).wait == 0  # in process
+            assert (await limits.admit(alive, f"a{i}", 1, 10)).wait == 0
+        assert lines(logging.INFO) == []
+        assert lines(logging.WARNING) == [
+            "provider limits counted in this process only, Redis failed: ConnectionError"
+            f" at node {address}"
+        ]
+
+        await own_cluster.restart(victim)
+        await limits.admit(alive, "a", 1, 10)
+        assert lines(logging.INFO) == []
+        for i in range(600):  # until the client finds the node again (no timing asserted)
+            await limits.admit(dead, f"back{i}", 1, 10)
+            if lines(logging.INFO):
+                break
+            await asyncio.sleep(0.1)
+        assert lines(logging.INFO) == [f"provider limits counted in Redis again (node {address})"]
+    finally:
+        await redis.aclose()
