@@ -954,6 +954,7 @@ class MemoryStore:
             return await _redis(
                 self._outage,
                 script(keys=names, args=args),
+                key=names[0] if names else None,
                 write=script in self._writers,
                 moving=True,
             )
@@ -1628,16 +1629,26 @@ class MemoryStore:
 
     async def _mark_deleting(self, mark: str) -> None:
         now = time.time_ns() // 1_000_000
-        await _redis(self._outage, self._redis.zadd(self._deleting_key(), {mark: now}), write=True)
+        await _redis(
+            self._outage,
+            self._redis.zadd(self._deleting_key(), {mark: now}),
+            key=self._deleting_key(),
+            write=True,
+        )
 
     async def _unmark_deleting(self, mark: str, made_by: int | None = None) -> None:
         """Removes ``mark``; with ``made_by`` (the resume's) only while it was made by then."""
         args: list[EncodableT] = [mark, "" if made_by is None else made_by]
-        await _redis(self._outage, self._unmark_deletion(keys=[self._deleting_key()], args=args))
+        await _redis(
+            self._outage,
+            self._unmark_deletion(keys=[self._deleting_key()], args=args),
+            key=self._deleting_key(),
+        )
 
     async def deletions_pending(self) -> int:
         """How many deletions are marked (under way, or interrupted and not resumed yet)."""
-        return int(await _redis(self._outage, self._redis.zcard(self._deleting_key())))
+        key = self._deleting_key()
+        return int(await _redis(self._outage, self._redis.zcard(key), key=key))
 
     async def resume_deletions(self, count: int = RESUME_BATCH) -> int:
         """Finishes up to ``count`` deletions whose call was interrupted
@@ -1648,6 +1659,7 @@ class MemoryStore:
         due = await _redis(
             self._outage,
             self._redis.zrangebyscore(self._deleting_key(), "-inf", made_by, start=0, num=count),
+            key=self._deleting_key(),
         )
         finished = 0
         for member in due:

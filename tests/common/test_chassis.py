@@ -708,7 +708,10 @@ async def test_during_the_grace_period_probes_are_refused_and_watchers_told() ->
             await health_pb2_grpc.HealthStub(probe).Check(
                 health_pb2.HealthCheckRequest(), timeout=1
             )
-    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    # UNAVAILABLE: no listener. About one run in eight, gRPC core took the connection in
+    # the instant before its listener closed and ended the call CANCELLED as the server
+    # stops taking calls: a failed probe either way, never a NOT_SERVING answer.
+    assert caught.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
     assert not in_flight.done()
     assert await in_flight == b"done"
     await stopping
