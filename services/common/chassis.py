@@ -37,7 +37,6 @@ import grpc
 from google.protobuf import descriptor_pool
 from grpc.aio import AbortError
 from opentelemetry import context as otel_context
-from opentelemetry.propagate import extract
 from opentelemetry.trace import (
     Link,
     Span,
@@ -55,6 +54,7 @@ from services.common.errors import Internal, ResourceExhausted, ServiceError
 from services.common.logs import ACCESS_LOGGER, redact
 from services.common.metadata_size import MetadataLimit
 from services.common.metrics import MethodMetrics, grpc_type, split_method
+from services.common.propagation import extract
 from services.common.reply_bytes import Holding, ReplyBytes
 from services.common.request_bytes import Held, RequestBytes, sized, unsized
 from services.common.request_parse import (

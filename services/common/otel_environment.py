@@ -13,13 +13,23 @@ console`` or ``OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf`` (port 4318) exported 
 all the same, every batch failing. Only what the process will read is checked: nothing with
 ``OTEL_SDK_DISABLED=true``, the exporter's, the batch processor's and the sampler's
 variables only when spans are exported (an OTLP endpoint set).
+
+Two more were found by running the services as an operator would: ``OTEL_PROPAGATORS``
+naming a propagator this build does not have (``b3``, ``xray``, or an empty name from a
+stray comma) stopped every service in a traceback from ``opentelemetry.propagate``'s
+import, before any setting was checked, and with ``OTEL_SDK_DISABLED=true`` too (the
+propagators are the API's, not the SDK's); and an ``OTEL_EXPORTER_OTLP_HEADERS`` entry
+that is not ``name=value`` (``authorization: Bearer …``) was dropped with a WARNING, so
+every export went without the credential it was meant to carry.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping
+from importlib.metadata import entry_points
 from urllib.parse import urlsplit
 
 from services.common.settings import grpc_target_setting
@@ -57,6 +67,17 @@ BATCH_POSITIVE = (
 BATCH_TIMEOUT = "OTEL_BSP_EXPORT_TIMEOUT"
 DEFAULT_QUEUE_SIZE = 2048
 DEFAULT_BATCH_SIZE = 512
+# The propagators opentelemetry.propagate loads by name (OTEL_PROPAGATORS); "none" is none.
+PROPAGATORS = "OTEL_PROPAGATORS"
+PROPAGATOR_GROUP = "opentelemetry_propagator"
+HEADERS = ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS")
+# One header as the OTLP exporter takes it (the specification's name=value, and the
+# exporter's liberal reading: a value may hold spaces); entries are split at commas.
+_HEADER = re.compile(
+    r"[ \t]*[\x21\x23-\x27\x2a\x2b\x2d\x2e\x30-\x39\x41-\x5a\x5e-\x7a\x7c\x7e]+[ \t]*="
+    r"[\x20\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*"
+)
+_HEADER_SEPARATOR = re.compile(r"[ \t]*,[ \t]*")
 ENDPOINTS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
 PROTOCOLS = ("OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
 TIMEOUTS = ("OTEL_EXPORTER_OTLP_TIMEOUT", "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT")
@@ -75,9 +96,11 @@ def otel_problems(environ: Mapping[str, str] = os.environ) -> list[str]:
     """``VARIABLE: what is wrong`` for each ``OTEL_*`` variable this process would read and
     could not use as its operator meant; never the value (a header or an endpoint may hold
     a credential)."""
+    # Read on import of opentelemetry.propagate, whether the SDK is disabled or not.
+    problems = [f"{PROPAGATORS}: {problem}" for problem in _propagator_problems(environ)]
     if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
-        return []
-    problems = [f"{name}: {problem}" for name, problem in _tracing(environ)]
+        return problems
+    problems += [f"{name}: {problem}" for name, problem in _tracing(environ)]
     # Empty is unset (the specification's rule for every OTEL_* variable): otlp.
     exporter = environ.get("OTEL_TRACES_EXPORTER", "").strip().lower() or "otlp"
     if exporter == "otlp" and any(environ.get(name) for name in ENDPOINTS):
@@ -124,6 +147,9 @@ def _export(environ: Mapping[str, str]) -> list[tuple[str, str]]:
         value = environ.get(name)
         if value is not None and value.strip().lower() != "gzip":
             found.append((name, "must be gzip (unset: no compression)"))
+    for name in HEADERS:
+        if not _headers_are_pairs(environ.get(name, "")):
+            found.append((name, "must be a comma-separated list of name=value headers"))
     for name in FILES:
         problem = _file_problem(environ.get(name, ""))
         if problem:
@@ -141,6 +167,29 @@ def _export(environ: Mapping[str, str]) -> list[tuple[str, str]]:
         if ratio is None or not 0 <= ratio <= 1:
             found.append(("OTEL_TRACES_SAMPLER_ARG", "must be a ratio from 0 to 1, e.g. 0.1"))
     return found
+
+
+def _propagator_problems(environ: Mapping[str, str]) -> list[str]:
+    """The names in ``OTEL_PROPAGATORS`` this build cannot load, as opentelemetry.propagate
+    reads them (split at commas, stripped; ``none`` anywhere means none at all)."""
+    configured = environ.get(PROPAGATORS, "")
+    if not configured:
+        return []
+    names = [name.strip() for name in configured.split(",")]
+    if any(name.lower() == "none" for name in names):
+        return []
+    installed = sorted(entry.name for entry in entry_points(group=PROPAGATOR_GROUP))
+    unknown = [name for name in names if name not in installed]
+    if not unknown:
+        return []
+    # The names are not secrets, but an empty one (a stray comma) would read as nothing.
+    return [f"must name propagators this build has ({', '.join(installed)}) or none"]
+
+
+def _headers_are_pairs(value: str) -> bool:
+    return all(
+        _HEADER.fullmatch(entry) for entry in _HEADER_SEPARATOR.split(value.strip()) if entry
+    )
 
 
 def _batch_problems(environ: Mapping[str, str]) -> list[tuple[str, str]]:

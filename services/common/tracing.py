@@ -29,7 +29,6 @@ import grpc
 from grpc.aio import ClientCallDetails
 from opentelemetry import trace
 from opentelemetry.environment_variables import OTEL_TRACES_EXPORTER
-from opentelemetry.propagate import inject
 from opentelemetry.sdk.environment_variables import (
     OTEL_EXPORTER_OTLP_ENDPOINT,
     OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
@@ -47,6 +46,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 
 from services.common.logs import register_secret, url_secrets
+from services.common.propagation import inject
 
 TRACER_NAME = "gensearch"
 # Span attribute of an upstream call (LLM, embeddings, rerank) and of a generative hit:

@@ -104,6 +104,27 @@ def _clear_otel(monkeypatch: pytest.MonkeyPatch) -> None:
             "OTEL_EXPORTER_OTLP_ENDPOINT: must not carry credentials (user:password@): put "
             "them in OTEL_EXPORTER_OTLP_HEADERS",
         ),
+        # A header written as HTTP writes it: the exporter dropped it with a WARNING, and
+        # exported without the credential.
+        (
+            {"OTEL_EXPORTER_OTLP_HEADERS": "authorization: Bearer TOPSECRET"},
+            "OTEL_EXPORTER_OTLP_HEADERS: must be a comma-separated list of name=value headers",
+        ),
+        (
+            {"OTEL_EXPORTER_OTLP_TRACES_HEADERS": "x-team=search,TOPSECRET"},
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS: must be a comma-separated list of name=value "
+            "headers",
+        ),
+        (
+            {"OTEL_PROPAGATORS": "tracecontext,b3"},
+            "OTEL_PROPAGATORS: must name propagators this build has (baggage, tracecontext) "
+            "or none",
+        ),
+        (
+            {"OTEL_PROPAGATORS": "tracecontext,"},
+            "OTEL_PROPAGATORS: must name propagators this build has (baggage, tracecontext) "
+            "or none",
+        ),
     ],
 )
 def test_an_otel_variable_the_sdk_would_misread_stops_the_service(
@@ -138,6 +159,11 @@ def test_an_otel_variable_the_sdk_would_misread_stops_the_service(
         {"OTEL_TRACES_SAMPLER": "traceidratio"},
         {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": ""},
         {"OTEL_TRACES_SAMPLER": "", "OTEL_TRACES_EXPORTER": ""},
+        {"OTEL_EXPORTER_OTLP_HEADERS": "authorization=Bearer abc, x-team = search ,"},
+        {"OTEL_EXPORTER_OTLP_TRACES_HEADERS": "authorization=Bearer%20abc"},
+        {"OTEL_PROPAGATORS": " tracecontext , baggage"},
+        {"OTEL_PROPAGATORS": "none"},
+        {"OTEL_PROPAGATORS": ""},
     ],
 )
 def test_what_the_sdk_reads_as_meant_starts_the_service(
@@ -180,4 +206,24 @@ async def test_the_service_says_one_line_not_a_traceback(tmp_path: Path) -> None
     assert code == 1
     assert stderr.strip().splitlines() == [
         "invalid setting OTEL_EXPORTER_OTLP_TIMEOUT: must be a number of seconds above 0"
+    ]
+
+
+async def test_an_unknown_propagator_is_one_line_even_with_tracing_off(tmp_path: Path) -> None:
+    """``OTEL_PROPAGATORS`` is read by opentelemetry.propagate when it is imported (the API,
+    not the SDK, so ``OTEL_SDK_DISABLED=true`` does not spare it): an unknown name stopped
+    every service in a traceback before its settings were read."""
+    code, stderr = await _start(
+        {
+            "GENSEARCH_MEMORY_REDIS_URL": "redis://127.0.0.1:1/0",
+            "OTEL_SDK_DISABLED": "true",
+            "OTEL_PROPAGATORS": "xray",
+        },
+        "memory",
+        tmp_path,
+    )
+    assert code == 1
+    assert stderr.strip().splitlines() == [
+        "invalid setting OTEL_PROPAGATORS: must name propagators this build has "
+        "(baggage, tracecontext) or none"
     ]
