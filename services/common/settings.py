@@ -657,6 +657,16 @@ def qdrant_url_setting(value: str) -> str:
         parsed = None
     if parsed is None or parsed.scheme not in (None, "http", "https") or not parsed.host:
         raise ValueError("must be an http:// or https:// URL of a Qdrant server, or :memory:")
+    # qdrant-client keeps only the URL's scheme, host, port and path: a user:password@ or a
+    # query (?api-key=…) was dropped without a word, and every call went unauthenticated;
+    # a port 0 became its default port 6333.
+    if parsed.auth is not None or parsed.query is not None or parsed.fragment is not None:
+        raise ValueError(
+            "must not carry credentials (user:password@) or a query: the Qdrant client drops "
+            "them; give the key in the matching _QDRANT_API_KEY setting"
+        )
+    if parsed.port == 0:
+        raise ValueError("must give its port as a number from 1 to 65535")
     return value
 
 

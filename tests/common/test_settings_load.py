@@ -370,7 +370,25 @@ def test_a_qdrant_url_the_client_cannot_open_stops_the_service(
             f"invalid setting {variable}: "
             "must be an http:// or https:// URL of a Qdrant server, or :memory:"
         )
-    for valid in ("http://u:TOPSECRET@qdrant:6333", "https://q.example", "localhost:6333"):
+    # qdrant-client sends neither a URL's user info nor its query (the key goes in
+    # _QDRANT_API_KEY): taken, every call went without the credential written.
+    for credentials in ("http://u:TOPSECRET@qdrant:6333", "https://q.example?api-key=TOPSECRET"):
+        monkeypatch.setenv(variable, credentials)
+        with pytest.raises(SystemExit) as err:
+            load_settings(settings)
+        assert _exit_message(err) == (
+            f"invalid setting {variable}: must not carry credentials (user:password@) or a "
+            "query: the Qdrant client drops them; give the key in the matching "
+            "_QDRANT_API_KEY setting"
+        )
+    # Port 0 became the client's default, 6333.
+    monkeypatch.setenv(variable, "http://qdrant:0")
+    with pytest.raises(SystemExit) as err:
+        load_settings(settings)
+    assert _exit_message(err) == (
+        f"invalid setting {variable}: must give its port as a number from 1 to 65535"
+    )
+    for valid in ("http://qdrant:6333/prefix", "https://q.example", "localhost:6333"):
         monkeypatch.setenv(variable, valid)
         assert load_settings(settings)
 
