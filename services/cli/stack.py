@@ -30,6 +30,7 @@ import socket
 import sys
 import time
 import warnings
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -353,6 +354,25 @@ def _check_ports(args: argparse.Namespace, settings: dict[str, Any]) -> None:
             f"already in use on {host}: {'; '.join(said)}; "
             f"choose others with {hints} (0 = any free port); nothing was started"
         )
+    # Free, but wanted by two parts: the second failed once the slow parts had started,
+    # said as "address already in use; another gensearch running?".
+    twice = _wanted_twice(wanted)
+    if twice:
+        hints = ", ".join(w.option for w in twice)
+        ports = "; ".join(
+            f"{' and '.join(w.what for w in twice if w.port == port)} are {port}"
+            for port in dict.fromkeys(w.port for w in twice)
+        )
+        raise CliError(
+            f"one port for two parts: {ports}; choose others with {hints} "
+            "(0 = any free port); nothing was started"
+        )
+
+
+def _wanted_twice(wanted: list[WantedPort]) -> list[WantedPort]:
+    """The wanted ports (0 = any free port, never shared) that two parts or more want."""
+    counts = Counter(w.port for w in wanted if w.port)
+    return [w for w in wanted if w.port and counts[w.port] > 1]
 
 
 def _listening(host: str, port: int) -> bool:

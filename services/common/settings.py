@@ -385,6 +385,18 @@ class CommonSettings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _metrics_port_is_another_port(self) -> Self:
+        # Both servers bind at start; on one port the second failed with "address already
+        # in use", sending the operator to look for another process holding it.
+        port, metrics_port = getattr(self, "port", None), getattr(self, "metrics_port", None)
+        if port and metrics_port == port:
+            raise ValueError(
+                f"metrics_port must differ from {type(self).namespace()}PORT: the gRPC "
+                "server and /metrics cannot listen on one port"
+            )
+        return self
+
     def request_limit(self, method: str) -> int:
         """Largest request of ``method`` (its name, e.g. ``ImportObjects``), in bytes."""
         return self.request_limits.get(method, self.max_request_bytes)

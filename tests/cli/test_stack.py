@@ -91,6 +91,30 @@ def test_a_busy_port_is_one_line_before_anything_starts(
     assert "starting" not in captured.out and not (tmp_path / "data" / "redis").exists()
 
 
+def test_one_free_port_wanted_by_two_parts_is_refused_before_anything_starts() -> None:
+    # Free, it passed the busy check; the stack then started Redis, the model and the
+    # embeddings, and the second part to bind it failed "address already in use (another
+    # gensearch running?)".
+    from services.gateway.settings import GatewaySettings
+    from services.memory.settings import MemorySettings
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        free = probe.getsockname()[1]
+    args = up_args(Path("unused"), port=0)
+    settings = {
+        "memory": MemorySettings(port=0, metrics_port=free),
+        "gateway": GatewaySettings(port=0, metrics_port=free),
+    }
+    with pytest.raises(stack_mod.CliError) as err:
+        stack_mod._check_ports(args, settings)
+    assert str(err.value) == (
+        f"one port for two parts: memory metrics port and gateway metrics port are {free}; "
+        "choose others with GENSEARCH_MEMORY_METRICS_PORT, GENSEARCH_GATEWAY_METRICS_PORT "
+        "(0 = any free port); nothing was started"
+    )
+
+
 @pytest.mark.parametrize("port", [70000, -1, 65536])
 def test_a_port_out_of_range_is_refused_before_anything_starts(port: int) -> None:
     # --port 70000 started the whole stack with the gateway on 4464 (70000 - 65536), and

@@ -829,3 +829,26 @@ async def test_an_address_a_service_cannot_listen_on_is_one_line(
     assert "Traceback" not in stderr
     # The last line (the gateway may log a warning first, e.g. that quotas are off).
     assert stderr.splitlines()[-1] == line.replace("{taken}", port)
+
+
+@pytest.mark.parametrize(
+    "settings", [GatewaySettings, MemorySettings, RetrievalSettings, GenerationSettings]
+)
+def test_a_metrics_port_equal_to_the_grpc_port_names_both(
+    settings: type[CommonSettings], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Both servers bound it, and the second said "address already in use" as though
+    # another process held the port.
+    namespace = settings.namespace()
+    monkeypatch.setenv("GENSEARCH_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv(f"{namespace}PORT", "51170")
+    monkeypatch.setenv(f"{namespace}METRICS_PORT", "51170")
+    with pytest.raises(SystemExit) as err:
+        load_settings(settings)
+    assert _exit_message(err) == (
+        f"invalid setting {namespace}METRICS_PORT must differ from {namespace}PORT: the gRPC "
+        "server and /metrics cannot listen on one port"
+    )
+    monkeypatch.setenv(f"{namespace}PORT", "0")  # any free port: never the same
+    monkeypatch.setenv(f"{namespace}METRICS_PORT", "0")
+    assert load_settings(settings)
