@@ -8,12 +8,13 @@ Providers are resolved in three layers, later ones winning:
    and ``default_model`` are required);
 3. per-field variables for any provider ``<NAME>`` (upper case, ``-`` as ``_``):
    ``GENSEARCH_GENERATION_<NAME>_BASE_URL``, ``_MODEL``, ``_MODELS`` (comma list), ``_API_KEY_ENV``
-   (comma list), ``_MAX_CONCURRENCY``, ``_TEMPERATURE``, ``_CONTEXT_WINDOW``,
-   ``_FIRST_BYTE_TIMEOUT``, ``_CHECK_MODELS`` (false: a model outside ``models`` goes
-   upstream, for endpoints that add models), and the provider's limits
-   ``_REQUESTS_PER_MINUTE``, ``_TOKENS_PER_MINUTE``, ``_MAX_IN_FLIGHT``,
-   ``_MAX_IN_FLIGHT_PER_TENANT``, ``_RATE_WINDOW``,
-   ``_RATE_BURST``, ``_ADAPTIVE``, ``_LATENCY_FACTOR``.
+   (comma list), ``_MAX_CONCURRENCY``, ``_TEMPERATURE``, ``_MAX_TOKENS``,
+   ``_CONTEXT_WINDOW``, ``_FIRST_BYTE_TIMEOUT``, ``_CHECK_MODELS`` (false: a model outside
+   ``models`` goes upstream, for endpoints that add models), and the provider's limits
+   ``_REQUESTS_PER_MINUTE``, ``_TOKENS_PER_MINUTE``, ``_TOKENS_COUNTED``, ``_MAX_IN_FLIGHT``,
+   ``_MAX_IN_FLIGHT_PER_TENANT``, ``_RATE_WINDOW``, ``_RATE_BURST``, ``_ADAPTIVE``,
+   ``_LATENCY_FACTOR``, ``_ADAPTIVE_RECOVERY`` (docs/generation.md lists the same:
+   tests/test_docs_provider_variables.py).
    e.g. ``GENSEARCH_GENERATION_LOCAL_BASE_URL=http://10.0.0.5:8088/v1``.
 
 API keys are never settings: a provider names the environment variable(s) that hold its
