@@ -115,6 +115,16 @@ def _tracing(environ: Mapping[str, str]) -> list[tuple[str, str]]:
         found.append(
             ("OTEL_TRACES_EXPORTER", "must be otlp or none: this build exports over OTLP/gRPC only")
         )
+    # Each entry key=value (the SDK's resource detector drops any other with a WARNING
+    # quoting it, once per tracer provider: four times under gensearch up).
+    attributes = environ.get("OTEL_RESOURCE_ATTRIBUTES", "")
+    if attributes and any("=" not in entry for entry in attributes.split(",")):
+        found.append(
+            (
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "must be comma-separated key=value pairs (no empty entry)",
+            )
+        )
     for name in SPAN_LIMITS:
         value = environ.get(name)
         if value is not None and value.strip().lower() != "unset" and _integer(value) is None:

@@ -115,6 +115,11 @@ def _clear_otel(monkeypatch: pytest.MonkeyPatch) -> None:
             "OTEL_EXPORTER_OTLP_TRACES_HEADERS: must be a comma-separated list of name=value "
             "headers",
         ),
+        # Dropped by the SDK with a WARNING quoting the entry, once per service.
+        (
+            {"OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=prod,team search"},
+            "OTEL_RESOURCE_ATTRIBUTES: must be comma-separated key=value pairs (no empty entry)",
+        ),
         (
             {"OTEL_PROPAGATORS": "tracecontext,b3"},
             "OTEL_PROPAGATORS: must name propagators this build has (baggage, tracecontext) "
@@ -163,6 +168,7 @@ def test_an_otel_variable_the_sdk_would_misread_stops_the_service(
         {"OTEL_EXPORTER_OTLP_TRACES_HEADERS": "authorization=Bearer%20abc"},
         {"OTEL_PROPAGATORS": " tracecontext , baggage"},
         {"OTEL_PROPAGATORS": "none"},
+        {"OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=prod, team=a%20b"},
         {"OTEL_PROPAGATORS": ""},
     ],
 )
