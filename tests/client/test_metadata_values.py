@@ -69,7 +69,23 @@ async def test_an_address_that_is_a_url_is_refused_at_once(
     with pytest.raises(ValueError, match="not a URL: 'localhost:50050' rather than"):
         AsyncGensearch("http://localhost:50050")
     monkeypatch.setenv("GENSEARCH_ADDRESS", "HTTPS://gw.example.com/")
-    with pytest.raises(ValueError, match=r"not a URL: 'gw\.example\.com' rather than"):
+    # Named as docs/clients.md says: the variable, not an argument the program never passed.
+    with pytest.raises(
+        ValueError,
+        match=r"^GENSEARCH_ADDRESS must be host:port \(a gRPC target\), not a URL: "
+        r"'gw\.example\.com' rather than",
+    ):
         Gensearch()
+    # No port: gRPC tried 443 and every call failed UNAVAILABLE (the gensearch command
+    # refused it already).
+    monkeypatch.setenv("GENSEARCH_ADDRESS", "gw.example.com")
+    with pytest.raises(
+        ValueError,
+        match=r"^GENSEARCH_ADDRESS 'gw\.example\.com' has no port \(gRPC would try 443\): "
+        r"give host:port, e.g. 'gw\.example\.com:50050'$",
+    ):
+        Gensearch()
+    with pytest.raises(ValueError, match=r"^address 'localhost' has no port"):
+        AsyncGensearch("localhost")
     async with AsyncGensearch("dns:///localhost:50050") as client:  # a target, still taken
         assert client.address == "dns:///localhost:50050"

@@ -56,16 +56,23 @@ def _metadata_value(value: str, what: str) -> str:
 _URL = re.compile(r"(?i)https?://")
 
 
-def _target(address: str) -> str:
+def _target(address: str, where: str = "address") -> str:
     """A gRPC target (``host:port``, ``dns:///host:port``, ``unix:path``). A URL, as
     Connect/gRPC-web clients take (the TypeScript client's ``baseUrl``), reached gRPC's
     resolver as a host name and failed every call UNAVAILABLE with "Misformatted domain
-    name": refused here instead, saying what to give."""
+    name", and a host without a port failed them all the same (gRPC tried port 443): both
+    refused here instead, as the ``gensearch`` command refuses them, saying what to give.
+    ``where`` names what the address came from: the argument, or ``GENSEARCH_ADDRESS``."""
     if _URL.match(address):
         host_port = address.split("://", 1)[1].split("/", 1)[0] or "host:port"
         raise ValueError(
-            f"address must be host:port (a gRPC target), not a URL: {host_port!r} rather "
+            f"{where} must be host:port (a gRPC target), not a URL: {host_port!r} rather "
             f"than {address!r} (TLS: credentials=grpc.ssl_channel_credentials())"
+        )
+    if ":" not in address:
+        raise ValueError(
+            f"{where} {address!r} has no port (gRPC would try 443): give host:port, "
+            f"e.g. '{address}:50050'"
         )
     return address
 
@@ -145,7 +152,11 @@ class Transport:
         credentials: grpc.ChannelCredentials | None = None,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
-        self.address = _target(address or os.environ.get("GENSEARCH_ADDRESS") or DEFAULT_ADDRESS)
+        if address:
+            self.address = _target(address)
+        else:
+            from_env = os.environ.get("GENSEARCH_ADDRESS")
+            self.address = _target(from_env or DEFAULT_ADDRESS, "GENSEARCH_ADDRESS")
         key = api_key if api_key is not None else os.environ.get("GENSEARCH_API_KEY", "")
         pairs: list[tuple[str, str]] = []
         if key:
