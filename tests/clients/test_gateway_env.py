@@ -99,6 +99,16 @@ async def test_go_refuses_a_url_for_an_address_naming_the_variable(go_example: P
     assert "Unavailable" not in err, err
 
 
+@pytest.mark.slow  # compiles Go
+async def test_go_refuses_a_host_without_a_port_naming_the_variable(go_example: Path) -> None:
+    """gRPC dialled port 443 of a bare host, and the first call failed Unavailable after
+    its timeout; the Python client and the gensearch command refuse it at once."""
+    status, out, err = await run([str(go_example)], {"GENSEARCH_ADDRESS": "localhost"})
+    assert status != 0, out + err
+    assert 'GENSEARCH_ADDRESS "localhost" has no port' in err, err
+    assert "Unavailable" not in err, err
+
+
 # The former names, as a shell line sets them or a sentence names them.
 _FORMER = re.compile(r"\bGENSEARCH_(?:ADDR|URL|KEY)\b")
 

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"regexp"
+	"strings"
 )
 
 // DefaultAddress is the gateway's port on this machine, as `gensearch up` serves it.
@@ -21,7 +22,7 @@ var urlForm = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9+.-]*://`)
 
 // Address is the gateway's host:port: GENSEARCH_ADDRESS, else the deprecated GENSEARCH_ADDR,
 // else DefaultAddress. A URL is refused by name: grpc.Dial would take it for a host name and
-// fail every call Unavailable, saying nothing of the variable.
+// fail every call Unavailable, saying nothing of the variable; so is a host without a port.
 func Address() (string, error) {
 	address := os.Getenv("GENSEARCH_ADDRESS")
 	if address == "" {
@@ -32,6 +33,11 @@ func Address() (string, error) {
 	}
 	if urlForm.MatchString(address) {
 		return "", fmt.Errorf("GENSEARCH_ADDRESS must be host:port (a gRPC target), not a URL: %q", address)
+	}
+	// A host alone: gRPC dialled port 443 and every call failed Unavailable (the Python
+	// client and the gensearch command refuse it too).
+	if !strings.Contains(address, ":") {
+		return "", fmt.Errorf("GENSEARCH_ADDRESS %q has no port (gRPC would try 443): give host:port, e.g. %q", address, address+":50050")
 	}
 	return address, nil
 }
