@@ -26,6 +26,12 @@ def _module() -> ModuleType:
     return _propagate
 
 
+def load() -> None:
+    """Loads the propagators now (tracing.tracer_provider, as a server is built after its
+    settings were checked), so that no call pays for the import."""
+    _module()
+
+
 def extract(carrier: CarrierT, getter: Getter[CarrierT]) -> Context:
     """The caller's context from ``carrier``, through the global propagator."""
     context: Context = _module().extract(carrier, getter=getter)

@@ -45,6 +45,7 @@ from opentelemetry.sdk.trace import (
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 
+from services.common import propagation
 from services.common.logs import register_secret, url_secrets
 from services.common.propagation import inject
 
@@ -158,6 +159,7 @@ def tracer_provider(service: str) -> TracerProvider | None:
     provider = _providers.get(service)
     if provider is None:
         _configure_export()
+        propagation.load()
         name = os.environ.get(OTEL_SERVICE_NAME) or f"gensearch-{service}"
         provider = TracerProvider(
             # Exporting: the SDK's sampler (OTEL_TRACES_SAMPLER, default parent-based always
