@@ -71,6 +71,20 @@ async def test_typescript_still_reads_the_deprecated_names_with_a_warning(
     assert warned(err, "GENSEARCH_KEY", "GENSEARCH_API_KEY"), err
 
 
+@pytest.mark.slow  # compiles TypeScript
+async def test_typescript_refuses_a_host_without_a_port_naming_the_variable(
+    node: str, typescript_build: Path
+) -> None:
+    """Put behind http://, a bare host meant port 80: every call failed unavailable with
+    no word of the variable. Refused at once, as the Python and Go clients refuse it."""
+    status, out, err = await run(
+        [node, str(typescript_build / "errors.js")], {"GENSEARCH_ADDRESS": "localhost"}
+    )
+    assert status == 2, out + err
+    assert 'GENSEARCH_ADDRESS "localhost" has no port' in err, err
+    assert "    at " not in err, err  # a line, not a stack trace
+
+
 @pytest.fixture(scope="module")
 def go_example(gopath: Path) -> Path:
     return go_build(gopath, "example")

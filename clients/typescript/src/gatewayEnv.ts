@@ -1,6 +1,7 @@
 // Where the gateway is and the caller's API key, under the names the Python client and the
 // gensearch CLI read, so one shell serves every client:
-// - GENSEARCH_ADDRESS: host:port as for the CLI (http:// is put in front), or a URL (http://
+// - GENSEARCH_ADDRESS: host:port as for the CLI (http:// is put in front; a host without a
+//   port is refused), or a URL (http://
 //   or https://, taken as is: TypeScript only, the Python and Go clients want host:port).
 //   Default http://localhost:50050.
 // - GENSEARCH_API_KEY: sent as `authorization: Bearer <key>`; unset where no keys are configured.
@@ -12,11 +13,18 @@ function deprecated(old: string, name: string, value: string | undefined): strin
   return value || undefined;
 }
 
-// A scheme (http://, https://) says the value is a URL already.
+// A scheme (http://, https://) says the value is a URL already. A host without a port is
+// refused here, naming the variable, as the Python and Go clients and the CLI refuse it: put
+// behind http:// it meant port 80, and every call failed unavailable with no word why.
 const address = process.env.GENSEARCH_ADDRESS || undefined;
+const isUrl = address !== undefined && /^[a-z][a-z0-9+.-]*:\/\//i.test(address);
+if (address !== undefined && !isUrl && !/:\d+$/.test(address)) {
+  console.error(`gensearch: GENSEARCH_ADDRESS ${JSON.stringify(address)} has no port: set host:port (or a URL)`);
+  process.exit(2);
+}
 export const baseUrl = address === undefined
   ? deprecated("GENSEARCH_URL", "GENSEARCH_ADDRESS", process.env.GENSEARCH_URL) ?? "http://localhost:50050"
-  : /^[a-z][a-z0-9+.-]*:\/\//i.test(address) ? address : `http://${address}`;
+  : isUrl ? address : `http://${address}`;
 
 // Set but empty, GENSEARCH_API_KEY means no key, as for the Python client: the old name is not read.
 export const key: string | undefined =
