@@ -1577,8 +1577,15 @@ class MemoryStore:
         process died, Redis failed) left turns stored that nothing reads: before each run
         the call marks the deletion in ``_deleting_key`` (with the time), and unmarks it
         once done, so ``resume_deletions`` finishes any left marked longer than
-        DELETE_RESUME_SECONDS. ``finish_only`` (the resume's: the time, in ms, the marks
-        it took were made by):
+        DELETE_RESUME_SECONDS. The call does not depend on its marks: one Redis refuses
+        (full: a ZADD grows it, the deletion's steps do not; or, on a Cluster, the marks'
+        master down while the owner's answers) leaves the deletion unmarked, which only a
+        retry finishes if it is cut off, as before the marks; an unmark refused after the
+        last step leaves a mark the resume clears (nothing left to finish). Before, a full
+        Redis refused every DeleteConversation, the one call that frees room, the marks'
+        master down every owner's, and a deletion done answered UNAVAILABLE.
+
+        ``finish_only`` (the resume's: the time, in ms, the marks it took were made by):
         a conversation whose hash is still there was never deleted (the mark was made,
         the first run was not) and is left alone: False then, else True. Its mark is
         removed only while still made by then: a call deleting the conversation now (it
@@ -1608,12 +1615,18 @@ class MemoryStore:
             # by the resume, and one under way is not taken for interrupted. The resume
             # leaves the mark it took as it is (due) until it is done.
             if finish_only is None:
-                await self._mark_deleting(mark)
+                # Best effort (see above; ``_redis`` logged a refusal).
+                with contextlib.suppress(Unavailable):
+                    await self._mark_deleting(mark)
             status = await self._script(self._delete_conversation, names + turns + requests, args)
             if status == 3:
                 started = True
                 continue
-            await self._unmark_deleting(mark, finish_only)
+            if finish_only is None:
+                with contextlib.suppress(Unavailable):
+                    await self._unmark_deleting(mark)
+            else:
+                await self._unmark_deleting(mark, finish_only)
             if status == 0 and not started and finish_only is None:
                 raise conversation_not_found(cid)
             # 1; 0 after a run of ours (another call finished it) or for the resume (done

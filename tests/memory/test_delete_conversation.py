@@ -5,6 +5,7 @@ retry, and a turn written between the read and the delete is deleted too."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -12,10 +13,13 @@ from gensearch.memory.v1 import memory_service_pb2 as pb
 
 from services.common.auth import DEFAULT_TENANT
 from services.common.errors import NotFound, Unavailable
+from services.common.redis_client import connect
+from services.devlaunch.redis_server import RedisProcess
 from services.memory import store as store_module
 from services.memory.deletions import DeletionResumer
 from services.memory.store import MemoryStore, Owner
 from tests.memory.conftest import Memory
+from tests.support.redis_relay import relaying
 
 ALICE = Owner(DEFAULT_TENANT, "alice")
 
@@ -272,3 +276,73 @@ async def test_the_resume_keeps_the_mark_of_a_delete_that_began_meanwhile(
     assert await store.resume_deletions() == 1
     assert await _left(memory, store, cid) == []
     assert await store.deletions_pending() == 0
+
+
+async def test_a_full_redis_still_deletes(redis_server: RedisProcess, memory: Memory) -> None:
+    """Deleting is how an owner frees room in a Redis at its maxmemory: its steps only
+    remove keys, which a full Redis takes. The deletion's mark (a ZADD, refused there)
+    is not what the call waits on: the call deletes unmarked (before, every
+    DeleteConversation of a full Redis answered UNAVAILABLE)."""
+    store = MemoryStore(memory.redis)
+    cid = await _conversation(store, 3)
+    await memory.redis.config_set("maxmemory", 1)  # every write that grows is refused
+    try:
+        await store.delete_conversation(ALICE, cid)
+    finally:
+        await memory.redis.config_set("maxmemory", 0)
+    with pytest.raises(NotFound):
+        await store.get_conversation(ALICE, cid)
+    assert await _left(memory, store, cid) == []
+
+
+def _failing(commands: set[bytes]) -> Callable[[list[bytes]], Awaitable[None]]:
+    """A relay step that drops the connection of a command on the deletion marks' key
+    among ``commands`` (its Redis node gone, as a Cluster master may be alone)."""
+
+    async def step(args: list[bytes]) -> None:
+        if args[0].upper() in commands and any(b"{deletes}" in arg for arg in args):
+            raise ConnectionError("the marks' node is down")
+
+    return step
+
+
+async def test_the_marks_node_down_is_no_failure_of_the_delete(
+    redis_server: RedisProcess, memory: Memory
+) -> None:
+    """On a Redis Cluster the marks (``P:{deletes}:pending``) live on one master: down,
+    it took every owner's DeleteConversation down with it (UNAVAILABLE at the mark),
+    where before only its own owners' were. The deletion goes on unmarked."""
+    async with relaying(redis_server.url, _failing({b"ZADD", b"EVALSHA", b"EVAL"})) as url:
+        redis = connect(url, cluster=False, socket_timeout=5, connect_timeout=2)
+        try:
+            store = MemoryStore(redis)
+            cid = await _conversation(store, 3)
+            await store.delete_conversation(ALICE, cid)
+            with pytest.raises(NotFound):
+                await store.get_conversation(ALICE, cid)
+        finally:
+            await redis.aclose()
+    assert await _left(memory, store, cid) == []
+
+
+async def test_a_delete_done_whose_unmark_failed_answers_ok(
+    redis_server: RedisProcess, memory: Memory
+) -> None:
+    """The deletion done, its unmark failed: the call answered UNAVAILABLE for a delete
+    that happened, and its retry NOT_FOUND. It answers OK; the mark left is the resume's
+    to clear (nothing left to finish)."""
+    async with relaying(redis_server.url, _failing({b"EVALSHA", b"EVAL"})) as url:
+        redis = connect(url, cluster=False, socket_timeout=5, connect_timeout=2)
+        try:
+            store = MemoryStore(redis)
+            cid = await _conversation(store, 3)
+            await store.delete_conversation(ALICE, cid)
+        finally:
+            await redis.aclose()
+    survivor = MemoryStore(memory.redis, delete_resume_seconds=0.001)
+    assert await _left(memory, survivor, cid) == []
+    assert await survivor.deletions_pending() == 1
+    await asyncio.sleep(0.01)  # past the mark's due time (1 ms)
+    await survivor.resume_deletions()  # nothing was left to finish: the mark goes
+    assert await survivor.deletions_pending() == 0
+    assert await _left(memory, survivor, cid) == []
