@@ -69,6 +69,7 @@ from services.common.errors import (
     InvalidArgument,
     NotFound,
     ResourceExhausted,
+    ServiceError,
     Unavailable,
 )
 from services.common.logs import ThrottledWarning
@@ -1666,8 +1667,10 @@ class MemoryStore:
     async def resume_deletions(self, count: int = RESUME_BATCH) -> int:
         """Finishes up to ``count`` deletions whose call was interrupted
         (``delete_conversation``: last marked more than DELETE_RESUME_SECONDS ago, by this
-        replica's setting); how many it finished. Raises what failed one (it stays marked,
-        for the next resume)."""
+        replica's setting); how many it finished. One that fails (its owner's Cluster
+        master down, say) stays marked, for the next resume, and holds no other back:
+        the rest are finished, then the first failure is raised. (Stopping at it, the
+        oldest mark first every time, finished no other owner's while it lasted.)"""
         made_by = time.time_ns() // 1_000_000 - self._delete_resume_ms
         due = await _redis(
             self._outage,
@@ -1675,6 +1678,7 @@ class MemoryStore:
             key=self._deleting_key(),
         )
         finished = 0
+        failed: ServiceError | None = None
         for member in due:
             mark = bytes(member).decode()
             try:
@@ -1683,8 +1687,13 @@ class MemoryStore:
             except (ValueError, TypeError):
                 await self._unmark_deleting(mark)  # not ours
                 continue
-            if await self.delete_conversation(owner, str(cid), finish_only=made_by):
-                finished += 1
+            try:
+                if await self.delete_conversation(owner, str(cid), finish_only=made_by):
+                    finished += 1
+            except ServiceError as err:
+                failed = failed or err
+        if failed is not None:
+            raise failed
         return finished
 
     async def list_conversations(

@@ -346,3 +346,43 @@ async def test_a_delete_done_whose_unmark_failed_answers_ok(
     await survivor.resume_deletions()  # nothing was left to finish: the mark goes
     assert await survivor.deletions_pending() == 0
     assert await _left(memory, survivor, cid) == []
+
+
+async def test_one_deletion_the_resume_cannot_finish_holds_no_other_back(
+    memory: Memory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The resume takes the oldest marks first: one it cannot finish (its owner's Redis
+    Cluster master down, say) stopped the whole resume there, every period, so no other
+    owner's interrupted deletion was finished while it lasted. It finishes the others,
+    then raises what failed (that one stays marked, for the next resume)."""
+    monkeypatch.setattr(store_module, "DELETE_BATCH", 4)
+    dying = MemoryStore(memory.redis)
+    stuck = await _conversation(dying, 10, "stuck")
+    other = await _conversation(dying, 10, "other")
+    script = dying._delete_conversation
+
+    async def then_die(**kwargs: Any) -> object:
+        await script(**kwargs)
+        raise asyncio.CancelledError
+
+    dying._delete_conversation = then_die  # type: ignore[assignment]
+    for cid in (stuck, other):  # stuck's mark the older
+        with pytest.raises(asyncio.CancelledError):
+            await dying.delete_conversation(ALICE, cid)
+        await asyncio.sleep(0.01)
+
+    survivor = MemoryStore(memory.redis, delete_resume_seconds=0.001)
+    resumed = survivor._delete_conversation
+
+    async def stuck_fails(**kwargs: Any) -> object:
+        if stuck in kwargs["args"]:
+            raise Unavailable("memory store unavailable; try again", reason="STORE_UNAVAILABLE")
+        return await resumed(**kwargs)
+
+    survivor._delete_conversation = stuck_fails  # type: ignore[assignment]
+    with pytest.raises(Unavailable):
+        await survivor.resume_deletions()
+    left = await _left(memory, survivor, other)
+    assert [k for k in left if other in k] == []  # its list went with its last turn
+    assert len([k for k in left if ":int:" in k]) == 6  # stuck's 4 + 2, none of other's
+    assert await survivor.deletions_pending() == 1  # stuck's, for the next resume
