@@ -1597,6 +1597,7 @@ class MemoryStore:
         self._recent.forget(names[0])  # its turns are expected by no read any more
         mark = json.dumps([owner.tenant, owner.user, cid])
         started = False
+        marking = finish_only is None
         while True:
             batch = [
                 bytes(m).decode()
@@ -1615,10 +1616,13 @@ class MemoryStore:
             # Marked (again) before every run: a run whose call fails after it is found
             # by the resume, and one under way is not taken for interrupted. The resume
             # leaves the mark it took as it is (due) until it is done.
-            if finish_only is None:
-                # Best effort (see above; ``_redis`` logged a refusal).
-                with contextlib.suppress(Unavailable):
+            if marking:
+                try:
                     await self._mark_deleting(mark)
+                except Unavailable:  # logged by _redis; best effort (see above)
+                    # Not again in this call: a node that hangs would cost each step
+                    # its socket timeout.
+                    marking = False
             status = await self._script(self._delete_conversation, names + turns + requests, args)
             if status == 3:
                 started = True
