@@ -1596,7 +1596,7 @@ class MemoryStore:
         names = [keys.conversation(tag, cid), ints, keys.conversations(tag), keys.usage(tag)]
         self._recent.forget(names[0])  # its turns are expected by no read any more
         mark = json.dumps([owner.tenant, owner.user, cid])
-        started = False
+        started = marked = False
         marking = finish_only is None
         while True:
             batch = [
@@ -1613,12 +1613,17 @@ class MemoryStore:
                 args += [iid, rid]
             args.append("0" if finish_only is None else "1")
             requests = [self._request(owner, tag, rid) for rid in rids if rid]
-            # Marked (again) before every run: a run whose call fails after it is found
-            # by the resume, and one under way is not taken for interrupted. The resume
-            # leaves the mark it took as it is (due) until it is done.
-            if marking:
+            # Marked (again) before every run that may leave turns to a later one: a run
+            # whose call fails after it is found by the resume, and one under way is not
+            # taken for interrupted. A run reading fewer than DELETE_BATCH turns deletes
+            # them all at once, so the first run of a small (or missing) conversation is
+            # not marked: every call marking, a client sending deletes it cuts short (a
+            # deadline, a cancel) piled marks up faster than the resume clears them. The
+            # resume leaves the mark it took as it is (due) until it is done.
+            if marking and (started or len(batch) == DELETE_BATCH):
                 try:
                     await self._mark_deleting(mark)
+                    marked = True
                 except Unavailable:  # logged by _redis; best effort (see above)
                     # Not again in this call: a node that hangs would cost each step
                     # its socket timeout.
@@ -1628,8 +1633,9 @@ class MemoryStore:
                 started = True
                 continue
             if finish_only is None:
-                with contextlib.suppress(Unavailable):
-                    await self._unmark_deleting(mark)
+                if marked:
+                    with contextlib.suppress(Unavailable):
+                        await self._unmark_deleting(mark)
             else:
                 await self._unmark_deleting(mark, finish_only)
             if status == 0 and not started and finish_only is None:

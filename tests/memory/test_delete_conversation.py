@@ -5,6 +5,7 @@ retry, and a turn written between the read and the delete is deleted too."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -335,17 +336,49 @@ async def test_the_marks_node_down_is_no_failure_of_the_delete(
     assert await _left(memory, store, cid) == []
 
 
+async def test_a_delete_done_in_one_run_writes_no_mark(
+    redis_server: RedisProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run reading fewer than DELETE_BATCH turns deletes them all at once: nothing for
+    the resume to finish, so no mark. Every call marked, and one cut off after its mark (a
+    short deadline, a cancel) left it behind: a client sending deletes of conversations
+    that do not exist piled marks up faster than the resume clears them."""
+    monkeypatch.setattr(store_module, "DELETE_BATCH", 4)
+    seen: list[bytes] = []
+
+    async def step(args: list[bytes]) -> None:
+        if any(b"{deletes}" in arg for arg in args):
+            seen.append(args[0].upper())
+
+    async with relaying(redis_server.url, step) as url:
+        redis = connect(url, cluster=False, socket_timeout=5, connect_timeout=2)
+        try:
+            store = MemoryStore(redis)
+            small = await _conversation(store, 3)
+            await store.delete_conversation(ALICE, small)
+            with pytest.raises(NotFound):
+                await store.delete_conversation(ALICE, str(uuid.uuid4()))
+            assert seen == []
+            large = await _conversation(store, 10)  # three runs: marked before each
+            await store.delete_conversation(ALICE, large)
+            assert seen.count(b"ZADD") == 3
+            assert await store.deletions_pending() == 0
+        finally:
+            await redis.aclose()
+
+
 async def test_a_delete_done_whose_unmark_failed_answers_ok(
-    redis_server: RedisProcess, memory: Memory
+    redis_server: RedisProcess, memory: Memory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The deletion done, its unmark failed: the call answered UNAVAILABLE for a delete
     that happened, and its retry NOT_FOUND. It answers OK; the mark left is the resume's
     to clear (nothing left to finish)."""
+    monkeypatch.setattr(store_module, "DELETE_BATCH", 4)
     async with relaying(redis_server.url, _failing({b"EVALSHA", b"EVAL"})) as url:
         redis = connect(url, cluster=False, socket_timeout=5, connect_timeout=2)
         try:
             store = MemoryStore(redis)
-            cid = await _conversation(store, 3)
+            cid = await _conversation(store, 10)  # three runs, so marked
             await store.delete_conversation(ALICE, cid)
         finally:
             await redis.aclose()
