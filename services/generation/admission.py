@@ -183,6 +183,8 @@ class ProviderLimiter:
         # pause, their requests bucket), as the head last heard: only ever raised.
         self._floor = 0.0
         self._released = asyncio.Event()
+        # Releases of shared admissions cut short by a cancellation: referenced until done.
+        self._forgetting: set[asyncio.Task[None]] = set()
         self._publish_limit()
 
     def ticket(self) -> Ticket:
@@ -299,7 +301,14 @@ class ProviderLimiter:
             if self._shared is None:
                 return
             asked = loop.time()
-            answer = await self._shared.admit(self.scope, call_id, cost, deadline.remaining())
+            try:
+                answer = await self._shared.admit(self.scope, call_id, cost, deadline.remaining())
+            except BaseException:
+                # Cancelled (the client gave up) with the admission on its way: Redis may
+                # run it all the same, and its slot in flight would count against every
+                # replica until its lease ended (the deadline, plus slack).
+                await self._forget_shared(call_id)
+                raise
             # From when it was asked: the limits' clock read it later, never sooner.
             if asked + answer.floor > self._floor:
                 self._floor = asked + answer.floor
@@ -314,6 +323,17 @@ class ProviderLimiter:
                         await self._released.wait()
                 continue
             await self._sleep(wait, deadline, "the provider's rate limits (or a 429's Retry-After)")
+
+    async def _forget_shared(self, call_id: str) -> None:
+        """Takes back the slot in flight an admission cut short may have taken in the shared
+        limits (leaving an absent call is a no-op), shielded so that a second cancellation
+        does not stop it. No tokens come back: whether the admission took any is not known,
+        and giving back some it never took would let calls past the declared limit."""
+        assert self._shared is not None
+        release = asyncio.create_task(self._shared.release(self.scope, call_id, 0.0))
+        self._forgetting.add(release)
+        release.add_done_callback(self._forgetting.discard)
+        await asyncio.shield(release)
 
     def _wake_hopeless(self) -> None:
         """Queued calls whose deadline ends before anything can start learn it now, not
