@@ -55,7 +55,7 @@ from services.common.request_bytes import RequestBytes
 from services.common.request_parse import Undecodable, Unreceived, message_type, tolerant
 from services.common.settings import CommonSettings
 from services.common.shutdown_cut import CallCut, Draining, margin
-from services.common.stream_idle import IdleLimit
+from services.common.stream_idle import STALLED, IdleLimit
 from services.common.tracing import tracer
 
 log = logging.getLogger("gensearch.server")
@@ -176,6 +176,57 @@ class _BoundedReflection(reflection.aio.ReflectionServicer):  # type: ignore[mis
             self._open -= 1
 
 
+async def _write_all(
+    replies: AsyncIterator[Any],
+    context: grpc.aio.ServicerContext,
+    cut: CallCut | contextlib.AbstractAsyncContextManager[Any],
+    idle: IdleLimit,
+) -> None:
+    """Writes each of ``replies`` (a stream outside the chassis: reflection's) as the
+    chassis' ``_send_all`` does: each step cut as the server stops (``cut``), never a
+    write; a write its client has not taken within the send timeout ends the call
+    STREAM_STALLED. No call outside the chassis is a peer's (the internal token's), so
+    only a deadline sooner than the send timeout leaves a stream to it."""
+    remaining = context.time_remaining()
+    watched = bool(idle.send_seconds) and (remaining is None or remaining > idle.send_seconds)
+    watch = None
+    try:
+        while True:
+            async with cut:
+                try:
+                    reply = await anext(replies)
+                except StopAsyncIteration:
+                    return
+            try:
+                if watched and watch is None:
+                    watch = idle.watch()
+                    # Headers on their own first, as the chassis sends them: a first reply
+                    # cut at its write would leave them in a send gRPC never finished.
+                    await context.send_initial_metadata(())
+                if watch is None:
+                    await context.write(reply)
+                else:
+                    watch.writing()
+                    try:
+                        await context.write(reply)
+                    except asyncio.CancelledError:
+                        if watch.stalled():
+                            raise idle.stalled() from None
+                        raise
+                    finally:
+                        watch.written()
+            except ServiceError:
+                raise
+            except Exception as err:
+                # gRPC failed the send: the client went away (or the server is stopping).
+                raise asyncio.CancelledError from err
+            if isinstance(cut, CallCut):
+                cut.sent += 1
+    finally:
+        if watch is not None:
+            watch.close()
+
+
 def _too_many(limit: int, what: str, setting: str, instead: str = "") -> ResourceExhausted:
     """The refusal of a stream past ``limit`` of its kind (``what``) open at once."""
     return ResourceExhausted(
@@ -247,28 +298,36 @@ class _MetadataChecked:
         def checked(fn: Callable[..., Any]) -> Callable[..., Any]:
             if inspect.isasyncgenfunction(fn):  # reflection's stream
 
-                async def stream(
-                    request: Any, context: grpc.aio.ServicerContext
-                ) -> AsyncIterator[Any]:
+                async def stream(request: Any, context: grpc.aio.ServicerContext) -> None:
+                    # Written here (gRPC's reader-writer form), not yielded for gRPC to
+                    # write: only so is a write bounded by the send timeout, as the
+                    # chassis' streams are (stream_idle.py). Yielded, a client that asked
+                    # and never read held its reflection slot for as long as it kept its
+                    # connection open.
                     await refuse_large(context)
                     replies = fn(request, context)
                     stream_cut = cut(True)
                     try:
-                        while True:
-                            # Each step cut, never the write (as the chassis' _send_all):
-                            # cancelled while gRPC sends, a stream cannot end with our status.
-                            async with stream_cut:
-                                try:
-                                    reply = await anext(replies)
-                                except StopAsyncIteration:
-                                    return
-                            yield reply
-                            if isinstance(stream_cut, CallCut):
-                                stream_cut.sent += 1
-                    except ServiceError as err:  # SHUTTING_DOWN
-                        await _abort(context, err)
+                        await _write_all(replies, context, stream_cut, idle)
+                    except ServiceError as err:  # SHUTTING_DOWN, STREAM_STALLED
+                        failure: ServiceError | None = err
+                    else:
+                        failure = None
                     finally:
+                        # Closed first (reflection's slot given back): a stalled stream's
+                        # status waits behind what gRPC holds for its client, until it
+                        # reads on or goes away.
                         await replies.aclose()
+                    if failure is None:
+                        return
+                    try:
+                        await _abort(context, failure)
+                    except grpc.aio.AbortError:
+                        raise
+                    except Exception:
+                        if failure.reason != STALLED:
+                            raise
+                        # The client went away before it read the status.
 
                 return stream
 
