@@ -22,13 +22,14 @@ Four quotas (docs/operations.md#quotas):
 * **bytes written per minute**: the same, counting the bytes of each such request or
   message, so that a tenant's writes of large objects are bounded too (the cost of a
   write, its parsing, keyword index and engine time, grows with its bytes: 1000 objects
-  of 15 KB cost ~1.3 CPU-seconds); a write is counted against both or neither
-  (``charge_written``).
+  of 15 KB cost ~1.3 CPU-seconds); a write is counted against both or neither, in one
+  script (``charge_written``).
 
-All are atomic Lua scripts (``lua/quota_*.lua``; both per-minute quotas run
-``quota_charge``). Keys carry a Redis Cluster hash tag per tenant, so one tenant's quotas
-live in one slot. Over a quota the call gets RESOURCE_EXHAUSTED with ``ErrorInfo`` (reason
-``QUOTA_EXCEEDED``, metadata ``quota`` and ``limit``) and ``RetryInfo`` (when to try
+All are atomic Lua scripts (``lua/quota_*.lua``; the per-minute quotas run
+``quota_charge``, a write counted against both ``quota_charge_pair``). Keys carry a
+Redis Cluster hash tag per tenant, so one tenant's quotas live in one slot. Over a quota
+the call gets RESOURCE_EXHAUSTED with ``ErrorInfo`` (reason ``QUOTA_EXCEEDED``, metadata
+``quota`` and ``limit``) and ``RetryInfo`` (when to try
 again; none for a write larger than the whole quota, which never fits).
 
 A quota that cannot be checked (Redis down) lets the call through and logs a warning:
@@ -136,6 +137,7 @@ class Quotas:
         self._enter: AsyncScript = redis.register_script(lua_script("quota_enter"))  # type: ignore[misc]
         self._charge_script: AsyncScript = redis.register_script(lua_script("quota_charge"))  # type: ignore[misc]
         self._renew: AsyncScript = redis.register_script(lua_script("quota_renew"))  # type: ignore[misc]
+        self._pair: AsyncScript = redis.register_script(lua_script("quota_charge_pair"))  # type: ignore[misc]
         # Releases of slots whose call was cancelled while entering: referenced until done.
         self._releasing: set[asyncio.Task[None]] = set()
         self._unchecked = ThrottledWarning(
@@ -156,8 +158,13 @@ class Quotas:
 
     async def _run(self, script: AsyncScript, key: str, *args: Any) -> Any:
         """The script's reply, or None when Redis failed (the call goes through)."""
+        return await self._run_on(script, [key], list(args))
+
+    async def _run_on(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
+        """``_run`` with ``keys`` (one tenant's: one node), the first naming the node."""
+        key = keys[0]
         try:
-            reply = await script(keys=[key], args=list(args))
+            reply = await script(keys=keys, args=args)
         except REDIS_FAILURES as err:
             redis_errors.count("quotas", err)
             self._unchecked(err, node=node_of(self._redis, key))
@@ -268,19 +275,31 @@ class Quotas:
 
     async def charge_written(self, objects: int, size: int, tenant: str) -> None:
         """Counts one write of ``tenant`` (an UpsertObjects request, an ImportObjects
-        message: ``objects`` objects, ``size`` bytes) against both its objects-written and
-        its bytes-written quotas before it is forwarded, all or none: QuotaExceeded,
-        nothing counted, when it does not fit in what is left of either. The bytes are
-        counted first and given back when the objects do not fit."""
-        await self.charge_bytes_written(size, tenant)
-        try:
+        message: ``objects`` objects, ``size`` bytes) against both its bytes-written and
+        its objects-written quotas before it is forwarded, in one script, all or none:
+        QuotaExceeded, nothing counted, when it does not fit in what is left of either
+        (the bytes' quota named when neither has room). Not the bytes first and given
+        back when the objects did not fit: given back in the next window, they came off
+        that window's count (the tenant could pass its quota), and a call cancelled in
+        between kept them counted without its write."""
+        bytes_limit, objects_limit = self.bytes_written_per_minute, self.objects_written_per_minute
+        if bytes_limit <= 0 or size <= 0 or objects_limit <= 0 or objects <= 0:
+            # One quota (or none) counts this write.
+            await self.charge_bytes_written(size, tenant)
             await self.charge_objects_written(objects, tenant)
-        except QuotaExceeded:
-            if self.bytes_written_per_minute > 0 and size > 0:
-                key = self._key(tenant, "write-bytes")
-                limit = self.bytes_written_per_minute
-                await self._run(self._charge_script, key, limit, self.window_ms, -size, 1)
-            raise
+            return
+        _never_fits(self.BYTES_WRITTEN_PER_MINUTE, bytes_limit, size, "bytes")
+        _never_fits(self.OBJECTS_WRITTEN_PER_MINUTE, objects_limit, objects, "objects")
+        keys = [self._key(tenant, "write-bytes"), self._key(tenant, "writes")]
+        args = [bytes_limit, size, objects_limit, objects, self.window_ms]
+        reply = await self._run_on(self._pair, keys, args)
+        if reply is None:
+            return
+        refused, wait_ms = (int(n) for n in reply)
+        if refused == 1:
+            raise QuotaExceeded(self.BYTES_WRITTEN_PER_MINUTE, bytes_limit, wait_ms / 1000)
+        if refused == 2:
+            raise QuotaExceeded(self.OBJECTS_WRITTEN_PER_MINUTE, objects_limit, wait_ms / 1000)
 
     async def charge_bytes_written(self, size: int, tenant: str) -> None:
         """Counts the ``size`` bytes of one write of ``tenant`` (``_charge_write``)."""
@@ -305,12 +324,17 @@ class Quotas:
         More than the whole quota never fits: refused without RetryInfo, saying so."""
         if limit <= 0 or amount <= 0:
             return
-        if amount > limit:
-            raise QuotaExceeded(
-                quota,
-                limit,
-                None,
-                f"quota {quota} ({limit}) is smaller than this write of {amount} {unit}, "
-                f"which can never fit: send at most {limit} {unit} per request or message",
-            )
+        _never_fits(quota, limit, amount, unit)
         await self._charge(quota, limit, name, amount, tenant)
+
+
+def _never_fits(quota: str, limit: int, amount: int, unit: str) -> None:
+    """More than the whole quota never fits: refused without RetryInfo, saying so."""
+    if amount > limit:
+        raise QuotaExceeded(
+            quota,
+            limit,
+            None,
+            f"quota {quota} ({limit}) is smaller than this write of {amount} {unit}, "
+            f"which can never fit: send at most {limit} {unit} per request or message",
+        )

@@ -21,6 +21,7 @@ from services.devlaunch.redis_server import RedisProcess
 from tests.support.lost_cancel import LosesTheFirstCancel
 from tests.support.redis_cluster import LocalCluster
 from tests.support.redis_outages import two_outages_log
+from tests.support.redis_relay import relaying
 
 
 def _as_tenant(tenant: str) -> None:
@@ -490,5 +491,64 @@ async def test_one_dead_cluster_node_is_one_line_and_its_end_another(
             f"quotas checked again: Redis answers (node {address})"
         ]
         assert len(lines(logging.WARNING)) == 1
+    finally:
+        await redis.aclose()
+
+
+async def test_a_refused_write_never_gives_bytes_back_to_the_next_window(
+    redis_server: RedisProcess,
+) -> None:
+    """A write over the objects quota counts nothing, its bytes included, in one script.
+    Before, its bytes were counted and then given back by a second script: when the window
+    ended between the two, the give-back came off the next window's count, and the tenant
+    could write that many bytes past its quota there. A relay holds the give-back until
+    the next window has begun and the tenant has used its whole bytes quota in it."""
+    window_ms = 4000
+    limits = {
+        "objects_written_per_minute": 5,
+        "bytes_written_per_minute": 1000,
+        "window_ms": window_ms,
+    }
+    quotas, redis = _quotas(redis_server.url, **limits)
+    next_window, through = asyncio.Event(), asyncio.Event()
+
+    async def before(args: list[bytes]) -> None:
+        # quota_charge's ARGV: limit, window_ms, count, made: a negative count gives back.
+        if args[:1] == [b"EVALSHA"] and args[-2].startswith(b"-"):
+            through.set()
+            await next_window.wait()
+
+    async def window_start() -> int:
+        seconds, micros = await redis.time()
+        now_ms = seconds * 1000 + micros // 1000
+        return now_ms - now_ms % window_ms
+
+    try:
+        async with relaying(redis_server.url, before) as url:
+            relayed, relayed_redis = _quotas(url, **limits)
+            try:
+                await _early_in_a_window(redis, window_ms, margin=3.0)
+                first = await window_start()
+                await quotas.charge_objects_written(5, "alice")  # the objects quota is full
+                refused = asyncio.create_task(relayed.charge_written(1, 400, "alice"))
+                # Refused at once (one script), or its give-back held by the relay.
+                held = asyncio.create_task(through.wait())
+                await asyncio.wait([refused, held], return_when=asyncio.FIRST_COMPLETED)
+                held.cancel()
+                end = asyncio.get_running_loop().time() + 20
+                while await window_start() == first:  # polled, bounded
+                    assert asyncio.get_running_loop().time() < end
+                    await asyncio.sleep(0.05)
+                await quotas.charge_written(0, 1000, "alice")  # the new window's whole bytes
+                next_window.set()
+                with pytest.raises(QuotaExceeded) as caught:
+                    await refused
+                assert caught.value.metadata["quota"] == "objects_written_per_minute"
+                # Nothing of the refused write came off this window's 1000 bytes.
+                with pytest.raises(QuotaExceeded) as caught:
+                    await quotas.charge_written(0, 400, "alice")
+                assert caught.value.metadata["quota"] == "bytes_written_per_minute"
+            finally:
+                await relayed_redis.aclose()
     finally:
         await redis.aclose()
