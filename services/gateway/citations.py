@@ -56,6 +56,11 @@ _NUMBERS = r"\s*\d+\s*(?:[,;]\s*\d+\s*)*"
 _MARKER = rf"\[{_NUMBERS}\]"
 _CITATION = re.compile(rf"\[({_NUMBERS})\]")
 _NUMBER = re.compile(r"\d+")
+# The number a dropped marker reports when its own is larger: DroppedCitation.number is an
+# int32, and a model may write "[99999999999999999999]" (its offsets still locate it).
+MAX_MARKER_NUMBER = 2**31 - 1
+# Digits read as a number: more is past any hit (and int() refuses over 4300 digits).
+_MAX_MARKER_DIGITS = 10
 # The end of a sentence: terminal punctuation (with closing quotes/brackets) followed by
 # whitespace or the end of the text, or a line break. A run of marks is tried from its
 # first one only (the lookbehinds): tried from each mark in turn, each attempt reading
@@ -279,7 +284,7 @@ def verify(
             if inside >= 0 and marker.start() < code[inside][1]:
                 continue
             for raw in _NUMBER.finditer(marker.group(1)):
-                number = int(raw.group())
+                number = _marker_number(raw.group())
                 if not 1 <= number <= len(hits):
                     dropped.append(Dropped(number, index, Span(marker.start(), marker.end())))
                     continue
@@ -316,6 +321,14 @@ def verify(
                 sentence.citations.append(support)
         sentences.append(sentence)
     return Verified(sentences, dropped)
+
+
+def _marker_number(digits: str) -> int:
+    """A marker's number, at most MAX_MARKER_NUMBER (a larger one points at no hit)."""
+    significant = digits.lstrip("0")
+    if len(significant) > _MAX_MARKER_DIGITS:
+        return MAX_MARKER_NUMBER
+    return min(int(digits), MAX_MARKER_NUMBER)
 
 
 # -- the wire form ------------------------------------------------------------------------
