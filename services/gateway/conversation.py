@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -82,18 +81,3 @@ def clean_rewrite(text: str, fallback: str, *, max_chars: int = 1000) -> str:
         if line:
             return line[:max_chars]
     return fallback
-
-
-_CITATION = re.compile(r"\[(\s*\d+\s*(?:[,;]\s*\d+\s*)*)\]")
-
-
-def cited_numbers(answer: str, count: int) -> list[int]:
-    """The ``[n]`` markers (also ``[1, 3]``) the answer uses, in order of first use,
-    keeping only numbers of hits that were in the prompt."""
-    seen: dict[int, None] = {}
-    for match in _CITATION.finditer(answer):
-        for raw in re.split(r"[,;]", match.group(1)):
-            number = int(raw)
-            if 1 <= number <= count:
-                seen.setdefault(number)
-    return list(seen)

@@ -1,4 +1,4 @@
-"""Ask prompts: history order, rewriting, the context-window guard, citations."""
+"""Ask prompts: history order, rewriting, the context-window guard (citations: test_citations)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from gensearch.generation.v1 import generation_service_pb2 as gen_pb
 from services.common.errors import InvalidArgument
 from services.gateway.conversation import (
     Turn,
-    cited_numbers,
     clean_rewrite,
     history_messages,
     recent_turns,
@@ -143,11 +142,6 @@ def test_guard_past_the_rendered_limit_says_the_limit_as_a_hit_would() -> None:
         "max_chars": "200",
         "setting": "GENSEARCH_GATEWAY_MAX_RENDERED_PROMPT_CHARS",
     }
-
-
-def test_citations_map_markers_to_prompt_hits() -> None:
-    answer = "Dune [2] was written in 1965 [1, 2]; see also [7] and [2]."
-    assert cited_numbers(answer, 3) == [2, 1]
 
 
 def test_context_window_by_model_name() -> None:
