@@ -16,6 +16,7 @@ import grpc
 import pytest
 from gensearch.client.errors import InvalidModeError, from_rpc_error
 from gensearch.memory.v1 import memory_service_pb2 as pb
+from google.protobuf import duration_pb2
 
 from services.retrieval.edge_store import EdgeStore
 from services.retrieval.filters import Match
@@ -453,3 +454,55 @@ def _dropped() -> dict[str, float]:
 
 async def _dropped_since(before: dict[str, float], reason: str, count: int) -> bool:
     return _dropped()[reason] - before[reason] == count
+
+
+async def test_evicted_turns_and_expired_conversations_leave_search(
+    memory_factory: MemoryFactory, tmp_path: Path
+) -> None:
+    """Retention is the way a single turn is deleted (there is no DeleteInteraction, as
+    OpenSearch's memory API has none): a turn evicted by max_turns, and a conversation
+    whose time to live ran out, are never found again, by Redis itself (no call)."""
+    memory = await keyword_memory(memory_factory, tmp_path)
+    capped = (
+        await memory.stub.CreateConversation(
+            pb.CreateConversationRequest(max_turns=2, summary_disabled=True), metadata=ALICE
+        )
+    ).conversation.conversation_id
+    oldest = await turn(memory, ALICE, capped, "walrus tusks", "ivory")
+    middle = await turn(memory, ALICE, capped, "walrus diet", "clams")
+    assert set(await search_until(memory, ALICE, "walrus", [oldest, middle])) == {oldest, middle}
+    newest = await turn(memory, ALICE, capped, "walrus weight", "a ton")
+    # The third turn evicted the oldest in the same write: gone from search at once.
+    assert set(await search_until(memory, ALICE, "walrus", [middle, newest])) == {middle, newest}
+    await expect_error(
+        memory.stub.GetInteraction(pb.GetInteractionRequest(interaction_id=oldest), metadata=ALICE),
+        grpc.StatusCode.NOT_FOUND,
+    )
+
+    short = (
+        await memory.stub.CreateConversation(
+            pb.CreateConversationRequest(ttl=duration_pb2.Duration(seconds=1)), metadata=ALICE
+        )
+    ).conversation
+    assert short.HasField("expire_time")
+    brief = await turn(memory, ALICE, short.conversation_id, "narwhal horn", "a tooth")
+    assert await search_until(memory, ALICE, "narwhal", [brief]) == [brief]
+
+    async def expired() -> bool:
+        try:
+            await memory.stub.GetConversation(
+                pb.GetConversationRequest(conversation_id=short.conversation_id), metadata=ALICE
+            )
+        except grpc.aio.AioRpcError as err:
+            return err.code() == grpc.StatusCode.NOT_FOUND
+        return False
+
+    assert await eventually(expired)
+    assert await search(memory, ALICE, "narwhal") == []
+    await expect_error(
+        memory.stub.SearchInteractions(
+            pb.SearchInteractionsRequest(query="narwhal", conversation_id=short.conversation_id),
+            metadata=ALICE,
+        ),
+        grpc.StatusCode.NOT_FOUND,
+    )
