@@ -328,6 +328,35 @@ async def test_a_queued_fold_is_finished_at_shutdown(stack_factory: StackFactory
     assert got.conversation.summary.through_interaction_id >= ids[0]
 
 
+async def test_the_answer_never_waits_for_its_fold(stack_factory: StackFactory) -> None:
+    """The fold runs after the turn is stored, in the background: a fold that hangs (the
+    fake holds it an hour, the summary's own timeout is longer still) costs the answer
+    nothing; the turn is stored and answered while the fold is held."""
+    stack = await _stack(stack_factory, summary_timeout=3600.0, summary_drain_timeout=0.1)
+    cid = await _conversation(stack)
+    await _fill(stack, cid, 12)
+    stack.fake.enqueue(Behaviour.ok(), Behaviour.hang())  # the answer, then the fold
+    request = gw_pb.AskRequest(
+        collection="Books",
+        llm_question=f"q12 {FILLER}",
+        conversation_id=cid,
+        context_size=2,
+        rewrite_query=False,
+    )
+    # A bound on the wait, not a timing assertion: an answer held for the fold never comes.
+    answer = await stack.stub.Ask(request, metadata=ALICE, timeout=60)
+    assert answer.answer and answer.interaction_id and not answer.summary_used
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 30
+    while not any(is_fold(r.json) for r in stack.fake.chat_requests):
+        assert loop.time() < end, "no fold was asked for"
+        await asyncio.sleep(0.05)
+    folds = [r for r in stack.fake.chat_requests if is_fold(r.json)]
+    assert len(folds) == 1 and folds[0].finished_at is None  # still held
+    conversation = await _get(stack, cid)
+    assert conversation.interaction_count == 13 and not conversation.HasField("summary")
+
+
 async def test_summary_and_retention_of_another_user_are_not_found(
     stack_factory: StackFactory,
 ) -> None:
