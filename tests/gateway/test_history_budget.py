@@ -195,6 +195,43 @@ async def test_summary_off_per_request_and_per_conversation(stack_factory: Stack
     assert answer.prompt[1].content.startswith(SUMMARY_PREFIX)
 
 
+async def test_the_budget_is_the_window_minus_the_reserve_and_the_retrieved_context(
+    stack_factory: StackFactory,
+) -> None:
+    """The history's budget is what the window leaves after the answer reserve, the
+    system prompt and the question with its retrieved context: the same question with
+    hits has less room for history than without, and everything sent fits the window."""
+    stack = await _stack(stack_factory)
+    cid = await _conversation(stack)
+    await _fill(stack, cid, 3)
+    answers = []
+    for n, hits in ((3, 0), (4, 3)):
+        request = gw_pb.AskRequest(
+            collection="Books",
+            llm_question=f"q{n} dune desert planet spice",
+            conversation_id=cid,
+            context_size=hits,
+            rewrite_query=False,
+            summary_disabled=True,
+            debug=True,
+        )
+        answers.append(await stack.stub.Ask(request, metadata=ALICE))
+    bare, with_hits = answers
+    assert not bare.hits and with_hits.hits
+    question_bare = estimate_tokens(bare.prompt[-1].content)
+    question_with_hits = estimate_tokens(with_hits.prompt[-1].content)
+    assert question_with_hits > question_bare
+    # What the hits added to the question came off the history's budget.
+    assert bare.history_budget_tokens - with_hits.history_budget_tokens >= (
+        question_with_hits - question_bare - 4
+    )
+    for answer in answers:
+        system = estimate_tokens(answer.prompt[0].content) + 4
+        question = estimate_tokens(answer.prompt[-1].content) + 4
+        assert answer.history_budget_tokens <= WINDOW - RESERVE - system - question + 4
+        assert answer.history_tokens <= answer.history_budget_tokens
+
+
 async def test_twenty_large_turns_fit_instead_of_failing(stack_factory: StackFactory) -> None:
     stack = await _stack(stack_factory, summary_enabled=False)
     cid = await _conversation(stack)
