@@ -194,6 +194,13 @@ async def test_summary_off_per_request_and_per_conversation(stack_factory: Stack
     assert answer.summary_used
     assert answer.prompt[1].content.startswith(SUMMARY_PREFIX)
 
+    # Off for one request while the conversation has a summary: the prompt goes without it.
+    assert (await _get(stack, cid)).summary.text
+    answer = await _ask(stack, cid, 15, summary_disabled=True)
+    assert not answer.summary_used
+    assert not any(m.content.startswith(SUMMARY_PREFIX) for m in answer.prompt)
+    assert _turn_labels(list(answer.prompt))[-1] == 14
+
 
 async def test_the_budget_is_the_window_minus_the_reserve_and_the_retrieved_context(
     stack_factory: StackFactory,
