@@ -201,6 +201,20 @@ async def test_summary_off_per_request_and_per_conversation(stack_factory: Stack
     assert not any(m.content.startswith(SUMMARY_PREFIX) for m in answer.prompt)
     assert _turn_labels(list(answer.prompt))[-1] == 14
 
+    # Turned off on the conversation (by update) while it has a summary: not used either.
+    await stack.memory.UpdateConversation(
+        mem_pb.UpdateConversationRequest(
+            conversation_id=cid,
+            summary_disabled=True,
+            update_mask=field_mask_pb2.FieldMask(paths=["summary_disabled"]),
+        ),
+        metadata=ALICE,
+    )
+    answer = await _ask(stack, cid, 16)
+    assert not answer.summary_used
+    assert not any(m.content.startswith(SUMMARY_PREFIX) for m in answer.prompt)
+    assert _turn_labels(list(answer.prompt))[-1] == 15
+
 
 async def test_the_budget_is_the_window_minus_the_reserve_and_the_retrieved_context(
     stack_factory: StackFactory,
