@@ -674,9 +674,13 @@ class _MethodWrapper:
 
         async def call(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
             # The wait for the request is cut as the server stops, as the work is: a call
-            # whose request had not come ended bare when gRPC cancelled it.
-            request = await first_request(requests, idle, request_type, context, self._cut(False))
-            return await handle(request, context)
+            # whose request had not come ended bare when gRPC cancelled it. The request is
+            # no local of this frame: a refusal's traceback keeps the frame, in a cycle
+            # with gRPC's call state, and its bytes with it (_forget clears the others).
+            return await handle(
+                await first_request(requests, idle, request_type, context, self._cut(False)),
+                context,
+            )
 
         return call
 
