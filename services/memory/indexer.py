@@ -159,17 +159,61 @@ class Indexer:
             await asyncio.wait(set(self._tasks))
 
     # -- jobs ---------------------------------------------------------------------------
-    async def stored(self, owner: Owner, interaction: pb.Interaction) -> None:
-        """Indexes a turn just stored, in the background, its job written ahead to the
-        outbox first (awaited: the caller acknowledges the turn after this). The write
-        ahead runs to its end even if the caller goes away (shielded); the job then waits
-        for a drain instead of running here."""
-        job = [_INDEX, owner.tenant, owner.user, interaction.interaction_id]
+    def write_ahead(self, owner: Owner) -> WriteAhead:
+        """A write ahead of ``owner``'s next turn's index job, for the store to start
+        beside the turn's own write (``MemoryStore.create_interaction``'s ``beside``),
+        then given to ``stored`` (or to ``abandon`` when the turn was not written)."""
+        return WriteAhead(self, owner)
+
+    def _start_ahead(self, job: list[str]) -> asyncio.Task[bool | None]:
         ahead = asyncio.get_running_loop().create_task(self._write_ahead(job))
         self._tasks.add(ahead)
         ahead.add_done_callback(self._tasks.discard)
-        queued = await asyncio.shield(ahead)
+        return ahead
+
+    async def stored(
+        self, owner: Owner, interaction: pb.Interaction, ahead: WriteAhead | None = None
+    ) -> None:
+        """Indexes a turn just stored, in the background, its job written ahead to the
+        outbox first (awaited: the caller acknowledges the turn after this). The write
+        ahead runs to its end even if the caller goes away (shielded); the job then waits
+        for a drain instead of running here.
+
+        ``ahead``: the job already written beside the turn's write (one round trip less
+        before the acknowledgement), used when it names this turn; else (the turn written
+        under another id, or a request_id's earlier turn) it is taken out again and the
+        job written now. A turn write slower than half a retry period writes the job again:
+        the job, due a retry period after it was sent, may have been drained meanwhile
+        (any replica's, on a clock ahead of this one's) before the turn existed, and a
+        drain dropping the job of a turn it does not find, the turn would be left without
+        one."""
+        job = [_INDEX, owner.tenant, owner.user, interaction.interaction_id]
+        if ahead is not None and ahead.names(interaction.interaction_id):
+            assert ahead.task is not None
+            queued = await asyncio.shield(ahead.task)
+            if queued is not False and time.monotonic() - ahead.started > self._retry / 2:
+                queued = await asyncio.shield(self._start_ahead(job))
+        else:
+            if ahead is not None:
+                self.abandon(ahead)
+            queued = await asyncio.shield(self._start_ahead(job))
         self._spawn(job, interaction, queued)
+
+    def abandon(self, ahead: WriteAhead) -> None:
+        """The turn ``ahead`` wrote the job of was not written (under its id): the job is
+        taken out of the outbox, in the background, once its write is done (left there, a
+        drain would find no turn and drop it; meanwhile it would hold a place of the
+        outbox's bounds)."""
+        if ahead.task is None:
+            return
+        job, task = ahead.job, ahead.task
+
+        async def take_out() -> None:
+            if await task:
+                await self._done_ahead(job)
+
+        self._tasks.add(out := asyncio.get_running_loop().create_task(take_out()))
+        out.add_done_callback(self._tasks.discard)
 
     async def _write_ahead(self, job: list[str]) -> bool | None:
         """Puts ``job`` in the outbox, due a retry period from now: True queued, False
@@ -534,6 +578,30 @@ class _TurnUnreadable(Exception):
     def __init__(self, node: str | None) -> None:
         super().__init__(node)
         self.node = node
+
+
+class WriteAhead:
+    """A turn's index job written to the outbox beside the turn's own write
+    (``Indexer.write_ahead``): called by the store with the turn's id just before the
+    write is sent (``MemoryStore.create_interaction``'s ``beside``; the first call only)."""
+
+    def __init__(self, indexer: Indexer, owner: Owner) -> None:
+        self._indexer = indexer
+        self._owner = owner
+        self.job: list[str] = []
+        self.task: asyncio.Task[bool | None] | None = None
+        self.started = 0.0  # time.monotonic() when the job was sent
+
+    def __call__(self, iid: str) -> None:
+        if self.task is not None:
+            return
+        self.job = [_INDEX, self._owner.tenant, self._owner.user, iid]
+        self.started = time.monotonic()
+        self.task = self._indexer._start_ahead(self.job)
+
+    def names(self, iid: str) -> bool:
+        """Whether the job written (or on its way) is that of the turn ``iid``."""
+        return self.task is not None and self.job[3] == iid
 
 
 def _parse(member: str) -> list[str] | None:

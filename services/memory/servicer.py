@@ -21,6 +21,7 @@ from services.common.errors import (
     InvalidArgument,
     MissingField,
     NotFound,
+    ServiceError,
     Unavailable,
     out_of_range,
 )
@@ -298,11 +299,22 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
         interaction = stored_interaction(request)
         _check_fits_a_page(interaction, s.page_bytes)
         owner = _owner()
-        stored = await self._store.create_interaction(
-            owner, cid, interaction, request_id, stored_traces, new, kept
-        )
+        # The index job is written ahead beside the turn's own write (the two round trips
+        # overlap), and awaited before the turn is acknowledged (indexer.stored).
+        ahead = None if self._indexer is None else self._indexer.write_ahead(owner)
+        try:
+            stored = await self._store.create_interaction(
+                owner, cid, interaction, request_id, stored_traces, new, kept, beside=ahead
+            )
+        except ServiceError as err:
+            # Refused: no turn under the job's id. An outage may have stored it all the
+            # same: its job is left for a drain, which indexes the turn or finds none.
+            refused = not isinstance(err, Unavailable)
+            if self._indexer is not None and ahead is not None and refused:
+                self._indexer.abandon(ahead)
+            raise
         if self._indexer is not None:
-            await self._indexer.stored(owner, stored)
+            await self._indexer.stored(owner, stored, ahead)
         return pb.CreateInteractionResponse(interaction=stored)
 
     async def GetInteraction(

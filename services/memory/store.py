@@ -1762,6 +1762,7 @@ class MemoryStore:
         traces: bytes = b"",
         new: NewConversation | None = None,
         fingerprint: str = "",
+        beside: Callable[[str], object] | None = None,
     ) -> pb.Interaction:
         """Stores ``interaction`` (its id, conversation and create_time are set here) with
         its serialized ``traces``, in one atomic step. With ``new`` (``cid`` empty), the
@@ -1769,7 +1770,11 @@ class MemoryStore:
         turn, and a write refused (a limit) or never made leaves nothing. The interaction
         already stored with ``request_id`` is then returned whatever its conversation.
         ``fingerprint`` (with ``request_id``) is kept with the turn: a write with the
-        same key and another fingerprint is REQUEST_ID_REUSED, nothing written."""
+        same key and another fingerprint is REQUEST_ID_REUSED, nothing written.
+        ``beside`` is called with the turn's id once it is chosen, just before its first
+        write is sent, to start a write of its own beside it (the search index's job
+        written ahead, indexer.WriteAhead): the two round trips overlap. A later attempt
+        writes the turn under another id, which ``beside`` is not told."""
         tag = self.tag(owner)
         created: list[EncodableT] = ["0"]
         if new is not None:
@@ -1781,7 +1786,7 @@ class MemoryStore:
             ]  # fmt: skip
         async with self._one_turn_write(tag, cid):
             out = await self._write_turn(
-                owner, tag, cid, interaction, request_id, traces, created, fingerprint
+                owner, tag, cid, interaction, request_id, traces, created, fingerprint, beside
             )
         status = out[0]
         if status == 0:
@@ -1839,6 +1844,7 @@ class MemoryStore:
         traces: bytes,
         created: list[EncodableT],
         fingerprint: str,
+        beside: Callable[[str], object] | None = None,
     ) -> Any:
         """create_interaction.lua's answer for ``interaction`` with a new id, made again
         after the newest turn when another replica, its clock ahead of ours, wrote a turn
@@ -1870,6 +1876,9 @@ class MemoryStore:
                 interaction.SerializeToString(), traces, self._grace, self._max_bytes,
                 self._max_interactions, fingerprint, *created, *self._gone_check(), *declared,
             ]  # fmt: skip
+            if beside is not None:
+                beside(iid)  # the first attempt's id only (create_interaction)
+                beside = None
             out = await self._run(
                 tag, self._create_interaction, names, args, options=_CREATE_INTERACTION
             )
