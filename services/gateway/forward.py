@@ -183,6 +183,7 @@ class MemoryForwarder(_Forwarder, mem_grpc.MemoryServiceServicer):
     GetInteraction = _forward("GetInteraction")
     ListInteractions = _forward("ListInteractions")
     UpdateInteraction = _forward("UpdateInteraction")
+    DeleteInteraction = _forward("DeleteInteraction")
     ListInteractionTraces = _forward("ListInteractionTraces")
     SearchInteractions = _forward("SearchInteractions")
     UpdateConversationSummary = _forward("UpdateConversationSummary")

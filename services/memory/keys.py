@@ -36,8 +36,9 @@ with ``renew``'s result (``lua/retention.lua``) in the script that creates it: t
 expires, is evicted and deleted with its conversation without further code, except that
 ``store.delete_conversation`` declares the keys it deletes (an interaction's:
 ``interaction``, ``request``), ``store._finish_walk`` those whose expiry it sets
-(``interaction``) and ``store._declare_turns`` those eviction deletes (``interaction``,
-``request``), so a new key of an interaction is declared there too. Nothing may
+(``interaction``) and ``store._declare_turns`` those eviction and DeleteInteraction
+delete (``interaction``, ``request``), so a new key of an interaction is declared there
+too. Nothing may
 read an interaction's keys without checking its conversation hash (owner, existence):
 the hash expires first (see retention.lua), and that is when the turn is gone.
 """

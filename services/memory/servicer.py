@@ -376,6 +376,19 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
             raise interaction_not_found(iid, "interaction.interaction_id") from None
         return pb.UpdateInteractionResponse(interaction=updated)
 
+    async def DeleteInteraction(
+        self, request: pb.DeleteInteractionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteInteractionResponse:
+        """Deletes the turn as eviction does (store.delete_interaction), then drops it from
+        the search index by the job eviction's and DeleteConversation's removals use (the
+        outbox retries it; a search re-reads every hit, so it is never returned meanwhile)."""
+        iid = _id(request.interaction_id, "interaction_id")
+        owner = _owner()
+        await self._store.delete_interaction(owner, iid)
+        if self._indexer is not None:
+            self._indexer.interaction_deleted(owner, iid)
+        return pb.DeleteInteractionResponse()
+
     async def ListInteractionTraces(
         self, request: pb.ListInteractionTracesRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListInteractionTracesResponse:

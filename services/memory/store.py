@@ -756,6 +756,7 @@ class MemoryStore:
         self._list_conversations = script("list_conversations")
         self._get_interaction_traces = script("get_interaction_traces")
         self._update_interaction = script("update_interaction")
+        self._delete_interaction = script("delete_interaction")
         self._get_interactions = script("get_interactions")
         self._interactions_exist = script("interactions_exist")
         self._check_storage = script("check_storage")
@@ -782,7 +783,8 @@ class MemoryStore:
             self._update_summary, self._turn_requests,
             self._create_interaction, self._get_interaction, self._list_interactions,
             self._list_conversations, self._get_interaction_traces, self._update_interaction,
-            self._get_interactions, self._interactions_exist, self._check_storage,
+            self._delete_interaction, self._get_interactions, self._interactions_exist,
+            self._check_storage,
             self._stored_request, self._retention_step, self._claim_request,
             self._release_request, self._reconcile_script, self._measure_script,
             self._drop_missing_script, self._get_conversation, self._outbox_add,
@@ -2021,6 +2023,42 @@ class MemoryStore:
         if status == 3:
             raise self._storage_full()
         return bool(status == 1)
+
+    async def delete_interaction(self, owner: Owner, iid: str) -> str:
+        """Deletes one of the caller's turns as eviction deletes one (lua/retention.lua's
+        drop_turns, run by lua/delete_interaction.lua): its keys and request_id key, its
+        entry in its conversation's list, its count, its bytes from the owner's
+        accounting, in one atomic step; returns its conversation's id. NOT_FOUND when it
+        is missing or not the caller's (a retry after a deletion included). The
+        conversation's summary is not rewritten. Every key the script touches is declared:
+        the turn's conversation hash and list (asked for by a first run, then kept as the
+        turn's hint) and its request_id keys (named by a run, as eviction's are:
+        ``_declare_turns``), so mid-reshard Redis refuses a run rather than half of it."""
+        tag = self.tag(owner)
+        turn = keys.interaction(tag, iid)
+        named: dict[str, str] = {}
+        declared_names, declared = _declare_turns(tag, named)
+        for _ in range(RUN_ATTEMPTS):
+            out = await self._run(
+                tag,
+                self._delete_interaction,
+                [turn, keys.usage(tag), *declared_names],
+                [self.caller(owner), tag, iid, *declared],
+                hint=turn,
+            )
+            if out[0] == 0:
+                raise interaction_not_found(iid)
+            if out[0] != _DECLARE:
+                cid = bytes(out[1]).decode()
+                # Its conversation's next page and window no longer expect the turn.
+                self._recent.forget(keys.conversation(tag, cid))
+                return cid
+            declared_names, declared = _declare_turns(tag, named, out)
+        raise Aborted(
+            "the interaction kept changing while it was deleted; try again",
+            reason="CONCURRENT_UPDATE",
+            metadata={"interaction_id": iid},
+        )
 
     async def get_interactions(self, owner: Owner, iids: list[str]) -> list[pb.Interaction | None]:
         """Each of ``iids`` that exists and is the caller's, else None, in one round trip."""

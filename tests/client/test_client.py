@@ -337,7 +337,7 @@ def test_retries_cover_only_idempotent_reads() -> None:
     writes = {
         "CreateCollection", "ImportObjects", "UpsertObjects", "GenerativeSearch", "Ask",
         "UpdateConversation", "UpdateInteraction", "UpdateConversationSummary",
-        "GenerateOnObjects", "StreamGenerateOnObjects",
+        "DeleteInteraction", "GenerateOnObjects", "StreamGenerateOnObjects",
     }  # fmt: skip
     assert not methods & writes
     assert method_config["retryPolicy"]["maxAttempts"] == 3

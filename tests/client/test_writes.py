@@ -1,5 +1,5 @@
 """The client's writes to conversations through the real gateway stack: UpdateConversation
-(by field mask), UpdateInteraction (additional_info, whole or by key) and
+(by field mask), UpdateInteraction (additional_info, whole or by key), DeleteInteraction and
 UpdateConversationSummary (a compare-and-set); and that writes are never retried."""
 
 from __future__ import annotations
@@ -82,6 +82,22 @@ async def test_update_interaction_replaces_or_sets_keys(client: AsyncGensearch) 
         await conversations.update_interaction(turn.id, {"rating": 2}, keys=[])
     with pytest.raises(errors.InteractionNotFoundError):
         await conversations.update_interaction(str(uuid.uuid4()), {"rating": 2})
+
+
+async def test_delete_interaction_removes_one_turn(client: AsyncGensearch) -> None:
+    conversations = client.conversations
+    conv = await conversations.create("pruned")
+    kept = await conversations.add_interaction(conv.id, "Keep this?", "Yes.")
+    gone = await conversations.add_interaction(conv.id, "Drop this?", "Yes.")
+
+    assert await conversations.delete_interaction(gone.id) is None
+
+    with pytest.raises(errors.InteractionNotFoundError):
+        await conversations.get_interaction(gone.id)
+    assert [t.id for t in await conversations.interactions(conv.id)] == [kept.id]
+    # Not retried, and a second call is told it is gone.
+    with pytest.raises(errors.InteractionNotFoundError):
+        await conversations.delete_interaction(gone.id)
 
 
 async def test_update_summary_is_a_compare_and_set(client: AsyncGensearch) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from gensearch.memory.v1 import memory_service_pb2 as pb
 
-from services.common.errors import ResourceExhausted
+from services.common.errors import NotFound, ResourceExhausted
 from services.memory import keys
 from services.memory.store import (
     ConversationUpdate,
@@ -95,6 +95,11 @@ async def test_every_store_call_touches_only_declared_keys(
             OWNER, cid, expected_through="", through=made.interaction_id, text="s", turns=1,
             prompt_tokens=1, completion_tokens=1,
         )  # fmt: skip
+        # One turn deleted (its conversation's hash and list, its request_id key "z"), and
+        # again: gone.
+        assert await store.delete_interaction(OWNER, made.interaction_id) == cid
+        with pytest.raises(NotFound):
+            await store.delete_interaction(OWNER, made.interaction_id)
         # A conversation made, and one stored before the accounting (measured at its write).
         await store.create_conversation(OWNER, "c")
         await memory.redis.hdel(keys.usage(tag), other)
@@ -115,7 +120,13 @@ async def test_every_store_call_touches_only_declared_keys(
     named = {_sha(name): name for name in _SCRIPTS}
     assert undeclared == [], sorted({(named.get(runs[n].sha), c, k) for n, c, k in undeclared})
     ran = {named.get(run.sha) for run in runs}
-    assert {"measure", "drop_missing", "retention_step", "create_conversation"} <= ran, ran
+    assert {
+        "measure",
+        "drop_missing",
+        "retention_step",
+        "create_conversation",
+        "delete_interaction",
+    } <= ran, ran
 
 
 async def test_reconcile_touches_only_declared_keys(

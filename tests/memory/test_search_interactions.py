@@ -459,9 +459,9 @@ async def _dropped_since(before: dict[str, float], reason: str, count: int) -> b
 async def test_evicted_turns_and_expired_conversations_leave_search(
     memory_factory: MemoryFactory, tmp_path: Path
 ) -> None:
-    """Retention is the way a single turn is deleted (there is no DeleteInteraction, as
-    OpenSearch's memory API has none): a turn evicted by max_turns, and a conversation
-    whose time to live ran out, are never found again, by Redis itself (no call)."""
+    """Retention deletes turns without a call (DeleteInteraction deletes one on request:
+    test_delete_interaction.py): a turn evicted by max_turns, and a conversation whose
+    time to live ran out, are never found again, by Redis itself (no call)."""
     memory = await keyword_memory(memory_factory, tmp_path)
     capped = (
         await memory.stub.CreateConversation(

@@ -202,14 +202,16 @@ local function undeclared(tag, cid, grace, o, declared)
   if #out > 1 then return out end
   return nil
 end
--- Evicts what `evictable` names, only declared turns (checked by `undeclared` before the
--- script wrote anything, so none is skipped); returns how many.
-local function evict(tag, cid, grace, declared)
+-- Deletes the turns `ids` of conversation `cid`, in order, stopping at the first one its
+-- script did not declare (`declared`: declared_turns'): their keys and request_id keys,
+-- their list entries, their bytes (given back to the owner's accounting) and their count
+-- in interaction_count. The one way a turn is removed from a living conversation:
+-- eviction (below) and DeleteInteraction (delete_interaction.lua) both go through it.
+-- Returns how many, and how many of them no summary covers.
+local function drop_turns(tag, cid, ids, declared)
   local conv = tag .. ':conv:' .. cid
-  local ids = evictable(tag, cid, grace, {})
-  if #ids == 0 then return 0 end
   local h = redis.call('HMGET', conv, 'summary_through', 'summary_disabled',
-                       'interaction_count', 'summary_evicted')
+                       'interaction_count')
   local through, off = h[1] or '', h[2] == '1'
   local count = tonumber(h[3] or '0') or 0
   local ints = conv .. ':ints'
@@ -224,9 +226,22 @@ local function evict(tag, cid, grace, declared)
     n = n + 1
   end
   if n > 0 then
-    redis.call('HSET', conv, 'interaction_count', count - n,
-               'summary_evicted', (tonumber(h[4] or '0') or 0) + lost)
+    redis.call('HSET', conv, 'interaction_count', count - n)
     count_bytes(tag, cid, -freed)
+  end
+  return n, lost
+end
+-- Evicts what `evictable` names, only declared turns (checked by `undeclared` before the
+-- script wrote anything, so none is skipped); returns how many. Those no summary covers
+-- are counted in summary_evicted.
+local function evict(tag, cid, grace, declared)
+  local ids = evictable(tag, cid, grace, {})
+  if #ids == 0 then return 0 end
+  local n, lost = drop_turns(tag, cid, ids, declared)
+  if lost > 0 then
+    local conv = tag .. ':conv:' .. cid
+    local before = redis.call('HGET', conv, 'summary_evicted')
+    redis.call('HSET', conv, 'summary_evicted', (tonumber(before or '0') or 0) + lost)
   end
   return n
 end

@@ -1700,3 +1700,15 @@ class Conversations:
         )
         reply = await self._t.unary(self._t.memory.UpdateInteraction, request, timeout)
         return t.from_proto(t.Interaction, reply.interaction)
+
+    async def delete_interaction(self, interaction_id: str, *, timeout: Timeout = DEFAULT) -> None:
+        """Delete one of your interactions (DeleteInteraction): it leaves its conversation,
+        its traces with it, its bytes go back to your storage and search stops finding it.
+        The conversation's summary is not rewritten: what was folded into it stays. Another
+        user's, or one already deleted, is ``InteractionNotFoundError``. Not retried (a
+        write: a retry after it landed would be ``InteractionNotFoundError``)."""
+        await self._t.unary(
+            self._t.memory.DeleteInteraction,
+            mpb.DeleteInteractionRequest(interaction_id=interaction_id),
+            timeout,
+        )

@@ -277,6 +277,16 @@ class UpdateInteractionResponse(_message.Message):
     interaction: Interaction
     def __init__(self, interaction: _Optional[_Union[Interaction, _Mapping]] = ...) -> None: ...
 
+class DeleteInteractionRequest(_message.Message):
+    __slots__ = ("interaction_id",)
+    INTERACTION_ID_FIELD_NUMBER: _ClassVar[int]
+    interaction_id: str
+    def __init__(self, interaction_id: _Optional[str] = ...) -> None: ...
+
+class DeleteInteractionResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class ListInteractionTracesRequest(_message.Message):
     __slots__ = ("interaction_id", "page_size", "page_token")
     INTERACTION_ID_FIELD_NUMBER: _ClassVar[int]

@@ -84,6 +84,11 @@ class MemoryServiceStub:
                 request_serializer=gensearch_dot_memory_dot_v1_dot_memory__service__pb2.UpdateInteractionRequest.SerializeToString,
                 response_deserializer=gensearch_dot_memory_dot_v1_dot_memory__service__pb2.UpdateInteractionResponse.FromString,
                 _registered_method=True)
+        self.DeleteInteraction = channel.unary_unary(
+                '/gensearch.memory.v1.MemoryService/DeleteInteraction',
+                request_serializer=gensearch_dot_memory_dot_v1_dot_memory__service__pb2.DeleteInteractionRequest.SerializeToString,
+                response_deserializer=gensearch_dot_memory_dot_v1_dot_memory__service__pb2.DeleteInteractionResponse.FromString,
+                _registered_method=True)
         self.ListInteractionTraces = channel.unary_unary(
                 '/gensearch.memory.v1.MemoryService/ListInteractionTraces',
                 request_serializer=gensearch_dot_memory_dot_v1_dot_memory__service__pb2.ListInteractionTracesRequest.SerializeToString,
@@ -181,6 +186,17 @@ class MemoryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteInteraction(self, request, context):
+        """Deletes one interaction of the caller's, atomically: it leaves its conversation's
+        list, its traces and its request_id go with it, its bytes are given back to the
+        caller's storage, and search stops returning it. The conversation's rolling summary
+        is not rewritten (what was folded into it stays). NOT_FOUND when missing or not the
+        caller's, a retry after a deletion included.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListInteractionTraces(self, request, context):
         """Lists the traces (the steps that produced it) of one of the caller's interactions,
         in the order the steps ran.
@@ -269,6 +285,11 @@ def add_MemoryServiceServicer_to_server(servicer, server):
                     servicer.UpdateInteraction,
                     request_deserializer=gensearch_dot_memory_dot_v1_dot_memory__service__pb2.UpdateInteractionRequest.FromString,
                     response_serializer=gensearch_dot_memory_dot_v1_dot_memory__service__pb2.UpdateInteractionResponse.SerializeToString,
+            ),
+            'DeleteInteraction': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteInteraction,
+                    request_deserializer=gensearch_dot_memory_dot_v1_dot_memory__service__pb2.DeleteInteractionRequest.FromString,
+                    response_serializer=gensearch_dot_memory_dot_v1_dot_memory__service__pb2.DeleteInteractionResponse.SerializeToString,
             ),
             'ListInteractionTraces': grpc.unary_unary_rpc_method_handler(
                     servicer.ListInteractionTraces,
@@ -539,6 +560,33 @@ class MemoryService:
             '/gensearch.memory.v1.MemoryService/UpdateInteraction',
             gensearch_dot_memory_dot_v1_dot_memory__service__pb2.UpdateInteractionRequest.SerializeToString,
             gensearch_dot_memory_dot_v1_dot_memory__service__pb2.UpdateInteractionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteInteraction(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gensearch.memory.v1.MemoryService/DeleteInteraction',
+            gensearch_dot_memory_dot_v1_dot_memory__service__pb2.DeleteInteractionRequest.SerializeToString,
+            gensearch_dot_memory_dot_v1_dot_memory__service__pb2.DeleteInteractionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -63,6 +63,13 @@ class MemoryServiceStub:
     """Changes an interaction's additional_info (the only field that may change, as in
     OpenSearch's memory API), as named by a field mask.
     """
+    DeleteInteraction: _grpc.UnaryUnaryMultiCallable[_memory_service_pb2.DeleteInteractionRequest, _memory_service_pb2.DeleteInteractionResponse]
+    """Deletes one interaction of the caller's, atomically: it leaves its conversation's
+    list, its traces and its request_id go with it, its bytes are given back to the
+    caller's storage, and search stops returning it. The conversation's rolling summary
+    is not rewritten (what was folded into it stays). NOT_FOUND when missing or not the
+    caller's, a retry after a deletion included.
+    """
     ListInteractionTraces: _grpc.UnaryUnaryMultiCallable[_memory_service_pb2.ListInteractionTracesRequest, _memory_service_pb2.ListInteractionTracesResponse]
     """Lists the traces (the steps that produced it) of one of the caller's interactions,
     in the order the steps ran.
@@ -123,6 +130,13 @@ class MemoryServiceAsyncStub(MemoryServiceStub):
     UpdateInteraction: _aio.UnaryUnaryMultiCallable[_memory_service_pb2.UpdateInteractionRequest, _memory_service_pb2.UpdateInteractionResponse]  # type: ignore[assignment]
     """Changes an interaction's additional_info (the only field that may change, as in
     OpenSearch's memory API), as named by a field mask.
+    """
+    DeleteInteraction: _aio.UnaryUnaryMultiCallable[_memory_service_pb2.DeleteInteractionRequest, _memory_service_pb2.DeleteInteractionResponse]  # type: ignore[assignment]
+    """Deletes one interaction of the caller's, atomically: it leaves its conversation's
+    list, its traces and its request_id go with it, its bytes are given back to the
+    caller's storage, and search stops returning it. The conversation's rolling summary
+    is not rewritten (what was folded into it stays). NOT_FOUND when missing or not the
+    caller's, a retry after a deletion included.
     """
     ListInteractionTraces: _aio.UnaryUnaryMultiCallable[_memory_service_pb2.ListInteractionTracesRequest, _memory_service_pb2.ListInteractionTracesResponse]  # type: ignore[assignment]
     """Lists the traces (the steps that produced it) of one of the caller's interactions,
@@ -235,6 +249,19 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_memory_service_pb2.UpdateInteractionResponse, _abc.Awaitable[_memory_service_pb2.UpdateInteractionResponse]]:
         """Changes an interaction's additional_info (the only field that may change, as in
         OpenSearch's memory API), as named by a field mask.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteInteraction(
+        self,
+        request: _memory_service_pb2.DeleteInteractionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_memory_service_pb2.DeleteInteractionResponse, _abc.Awaitable[_memory_service_pb2.DeleteInteractionResponse]]:
+        """Deletes one interaction of the caller's, atomically: it leaves its conversation's
+        list, its traces and its request_id go with it, its bytes are given back to the
+        caller's storage, and search stops returning it. The conversation's rolling summary
+        is not rewritten (what was folded into it stays). NOT_FOUND when missing or not the
+        caller's, a retry after a deletion included.
         """
 
     @_abc_1.abstractmethod

@@ -1682,6 +1682,91 @@ func (x *UpdateInteractionResponse) GetInteraction() *Interaction {
 	return nil
 }
 
+type DeleteInteractionRequest struct {
+	state         protoimpl.MessageState
+	sizeCache     protoimpl.SizeCache
+	unknownFields protoimpl.UnknownFields
+
+	InteractionId string `protobuf:"bytes,1,opt,name=interaction_id,json=interactionId,proto3" json:"interaction_id,omitempty"`
+}
+
+func (x *DeleteInteractionRequest) Reset() {
+	*x = DeleteInteractionRequest{}
+	if protoimpl.UnsafeEnabled {
+		mi := &file_gensearch_memory_v1_memory_service_proto_msgTypes[22]
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		ms.StoreMessageInfo(mi)
+	}
+}
+
+func (x *DeleteInteractionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteInteractionRequest) ProtoMessage() {}
+
+func (x *DeleteInteractionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_gensearch_memory_v1_memory_service_proto_msgTypes[22]
+	if protoimpl.UnsafeEnabled && x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteInteractionRequest.ProtoReflect.Descriptor instead.
+func (*DeleteInteractionRequest) Descriptor() ([]byte, []int) {
+	return file_gensearch_memory_v1_memory_service_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *DeleteInteractionRequest) GetInteractionId() string {
+	if x != nil {
+		return x.InteractionId
+	}
+	return ""
+}
+
+type DeleteInteractionResponse struct {
+	state         protoimpl.MessageState
+	sizeCache     protoimpl.SizeCache
+	unknownFields protoimpl.UnknownFields
+}
+
+func (x *DeleteInteractionResponse) Reset() {
+	*x = DeleteInteractionResponse{}
+	if protoimpl.UnsafeEnabled {
+		mi := &file_gensearch_memory_v1_memory_service_proto_msgTypes[23]
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		ms.StoreMessageInfo(mi)
+	}
+}
+
+func (x *DeleteInteractionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteInteractionResponse) ProtoMessage() {}
+
+func (x *DeleteInteractionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_gensearch_memory_v1_memory_service_proto_msgTypes[23]
+	if protoimpl.UnsafeEnabled && x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteInteractionResponse.ProtoReflect.Descriptor instead.
+func (*DeleteInteractionResponse) Descriptor() ([]byte, []int) {
+	return file_gensearch_memory_v1_memory_service_proto_rawDescGZIP(), []int{23}
+}
+
 type ListInteractionTracesRequest struct {
 	state         protoimpl.MessageState
 	sizeCache     protoimpl.SizeCache
@@ -1697,7 +1782,7 @@ type ListInteractionTracesRequest struct {
 func (x *ListInteractionTracesRequest) Reset() {
 	*x = ListInteractionTracesRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_gensearch_memory_v1_memory_service_proto_msgTypes[22]
+		mi := &file_gensearch_memory_v1_memory_service_proto_msgTypes[24]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -1710,7 +1795,7 @@ func (x *ListInteractionTracesRequest) String() string {
 func (*ListInteractionTracesRequest) ProtoMessage() {}
 
 func (x *ListInteractionTracesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gensearch_memory_v1_memory_service_proto_msgTypes[22]
+	mi := &file_gensearch_memory_v1_memory_service_proto_msgTypes[24]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1723,7 +1808,7 @@ func (x *ListInteractionTracesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListInteractionTracesRequest.ProtoReflect.Descriptor instead.
 func (*ListInteractionTracesRequest) Descriptor() ([]byte, []int) {
-	return file_gensearch_memory_v1_memory_service_proto_rawDescGZIP(), []int{22}
+	return file_gensearch_memory_v1_memory_service_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ListInteractionTracesRequest) GetInteractionId() string {
@@ -1761,7 +1846,7 @@ type ListInteractionTracesResponse struct {
 func (x *ListInteractionTracesResponse) Reset() {
 	*x = ListInteractionTracesResponse{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_gensearch_memory_v1_memory_service_proto_msgTypes[23]
+		mi := &file_gensearch_memory_v1_memory_service_proto_msgTypes[25]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -1774,7 +1859,7 @@ func (x *ListInteractionTracesResponse) String() string {
 func (*ListInteractionTracesResponse) ProtoMessage() {}
 
 func (x *ListInteractionTracesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gensearch_memory_v1_memory_service_proto_msgTypes[23]
+	mi := &file_gensearch_memory_v1_memory_service_proto_msgTypes[25]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1787,7 +1872,7 @@ func (x *ListInteractionTracesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListInteractionTracesResponse.ProtoReflect.Descriptor instead.
 func (*ListInteractionTracesResponse) Descriptor() ([]byte, []int) {
-	return file_gensearch_memory_v1_memory_service_proto_rawDescGZIP(), []int{23}
+	return file_gensearch_memory_v1_memory_service_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ListInteractionTracesResponse) GetTraces() []*Trace {
@@ -1821,7 +1906,7 @@ type SearchInteractionsRequest struct {
 func (x *SearchInteractionsRequest) Reset() {
 	*x = SearchInteractionsRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_gensearch_memory_v1_memory_service_proto_msgTypes[24]
+		mi := &file_gensearch_memory_v1_memory_service_proto_msgTypes[26]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -1834,7 +1919,7 @@ func (x *SearchInteractionsRequest) String() string {
 func (*SearchInteractionsRequest) ProtoMessage() {}
 
 func (x *SearchInteractionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gensearch_memory_v1_memory_service_proto_msgTypes[24]
+	mi := &file_gensearch_memory_v1_memory_service_proto_msgTypes[26]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1847,7 +1932,7 @@ func (x *SearchInteractionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SearchInteractionsRequest.ProtoReflect.Descriptor instead.
 func (*SearchInteractionsRequest) Descriptor() ([]byte, []int) {
-	return file_gensearch_memory_v1_memory_service_proto_rawDescGZIP(), []int{24}
+	return file_gensearch_memory_v1_memory_service_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *SearchInteractionsRequest) GetQuery() string {
@@ -1892,7 +1977,7 @@ type InteractionHit struct {
 func (x *InteractionHit) Reset() {
 	*x = InteractionHit{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_gensearch_memory_v1_memory_service_proto_msgTypes[25]
+		mi := &file_gensearch_memory_v1_memory_service_proto_msgTypes[27]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -1905,7 +1990,7 @@ func (x *InteractionHit) String() string {
 func (*InteractionHit) ProtoMessage() {}
 
 func (x *InteractionHit) ProtoReflect() protoreflect.Message {
-	mi := &file_gensearch_memory_v1_memory_service_proto_msgTypes[25]
+	mi := &file_gensearch_memory_v1_memory_service_proto_msgTypes[27]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1918,7 +2003,7 @@ func (x *InteractionHit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InteractionHit.ProtoReflect.Descriptor instead.
 func (*InteractionHit) Descriptor() ([]byte, []int) {
-	return file_gensearch_memory_v1_memory_service_proto_rawDescGZIP(), []int{25}
+	return file_gensearch_memory_v1_memory_service_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *InteractionHit) GetInteraction() *Interaction {
@@ -1947,7 +2032,7 @@ type SearchInteractionsResponse struct {
 func (x *SearchInteractionsResponse) Reset() {
 	*x = SearchInteractionsResponse{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_gensearch_memory_v1_memory_service_proto_msgTypes[26]
+		mi := &file_gensearch_memory_v1_memory_service_proto_msgTypes[28]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -1960,7 +2045,7 @@ func (x *SearchInteractionsResponse) String() string {
 func (*SearchInteractionsResponse) ProtoMessage() {}
 
 func (x *SearchInteractionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gensearch_memory_v1_memory_service_proto_msgTypes[26]
+	mi := &file_gensearch_memory_v1_memory_service_proto_msgTypes[28]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1973,7 +2058,7 @@ func (x *SearchInteractionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SearchInteractionsResponse.ProtoReflect.Descriptor instead.
 func (*SearchInteractionsResponse) Descriptor() ([]byte, []int) {
-	return file_gensearch_memory_v1_memory_service_proto_rawDescGZIP(), []int{26}
+	return file_gensearch_memory_v1_memory_service_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *SearchInteractionsResponse) GetHits() []*InteractionHit {
@@ -2006,7 +2091,7 @@ type UpdateConversationSummaryRequest struct {
 func (x *UpdateConversationSummaryRequest) Reset() {
 	*x = UpdateConversationSummaryRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_gensearch_memory_v1_memory_service_proto_msgTypes[27]
+		mi := &file_gensearch_memory_v1_memory_service_proto_msgTypes[29]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -2019,7 +2104,7 @@ func (x *UpdateConversationSummaryRequest) String() string {
 func (*UpdateConversationSummaryRequest) ProtoMessage() {}
 
 func (x *UpdateConversationSummaryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gensearch_memory_v1_memory_service_proto_msgTypes[27]
+	mi := &file_gensearch_memory_v1_memory_service_proto_msgTypes[29]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2032,7 +2117,7 @@ func (x *UpdateConversationSummaryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateConversationSummaryRequest.ProtoReflect.Descriptor instead.
 func (*UpdateConversationSummaryRequest) Descriptor() ([]byte, []int) {
-	return file_gensearch_memory_v1_memory_service_proto_rawDescGZIP(), []int{27}
+	return file_gensearch_memory_v1_memory_service_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *UpdateConversationSummaryRequest) GetConversationId() string {
@@ -2095,7 +2180,7 @@ type UpdateConversationSummaryResponse struct {
 func (x *UpdateConversationSummaryResponse) Reset() {
 	*x = UpdateConversationSummaryResponse{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_gensearch_memory_v1_memory_service_proto_msgTypes[28]
+		mi := &file_gensearch_memory_v1_memory_service_proto_msgTypes[30]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -2108,7 +2193,7 @@ func (x *UpdateConversationSummaryResponse) String() string {
 func (*UpdateConversationSummaryResponse) ProtoMessage() {}
 
 func (x *UpdateConversationSummaryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gensearch_memory_v1_memory_service_proto_msgTypes[28]
+	mi := &file_gensearch_memory_v1_memory_service_proto_msgTypes[30]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2121,7 +2206,7 @@ func (x *UpdateConversationSummaryResponse) ProtoReflect() protoreflect.Message 
 
 // Deprecated: Use UpdateConversationSummaryResponse.ProtoReflect.Descriptor instead.
 func (*UpdateConversationSummaryResponse) Descriptor() ([]byte, []int) {
-	return file_gensearch_memory_v1_memory_service_proto_rawDescGZIP(), []int{28}
+	return file_gensearch_memory_v1_memory_service_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *UpdateConversationSummaryResponse) GetConversation() *Conversation {
@@ -2184,7 +2269,7 @@ type CheckStorageRequest struct {
 func (x *CheckStorageRequest) Reset() {
 	*x = CheckStorageRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_gensearch_memory_v1_memory_service_proto_msgTypes[29]
+		mi := &file_gensearch_memory_v1_memory_service_proto_msgTypes[31]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -2197,7 +2282,7 @@ func (x *CheckStorageRequest) String() string {
 func (*CheckStorageRequest) ProtoMessage() {}
 
 func (x *CheckStorageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gensearch_memory_v1_memory_service_proto_msgTypes[29]
+	mi := &file_gensearch_memory_v1_memory_service_proto_msgTypes[31]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2210,7 +2295,7 @@ func (x *CheckStorageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckStorageRequest.ProtoReflect.Descriptor instead.
 func (*CheckStorageRequest) Descriptor() ([]byte, []int) {
-	return file_gensearch_memory_v1_memory_service_proto_rawDescGZIP(), []int{29}
+	return file_gensearch_memory_v1_memory_service_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *CheckStorageRequest) GetConversationId() string {
@@ -2298,7 +2383,7 @@ type CheckStorageResponse struct {
 func (x *CheckStorageResponse) Reset() {
 	*x = CheckStorageResponse{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_gensearch_memory_v1_memory_service_proto_msgTypes[30]
+		mi := &file_gensearch_memory_v1_memory_service_proto_msgTypes[32]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -2311,7 +2396,7 @@ func (x *CheckStorageResponse) String() string {
 func (*CheckStorageResponse) ProtoMessage() {}
 
 func (x *CheckStorageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gensearch_memory_v1_memory_service_proto_msgTypes[30]
+	mi := &file_gensearch_memory_v1_memory_service_proto_msgTypes[32]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2324,7 +2409,7 @@ func (x *CheckStorageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckStorageResponse.ProtoReflect.Descriptor instead.
 func (*CheckStorageResponse) Descriptor() ([]byte, []int) {
-	return file_gensearch_memory_v1_memory_service_proto_rawDescGZIP(), []int{30}
+	return file_gensearch_memory_v1_memory_service_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *CheckStorageResponse) GetUsedBytes() int64 {
@@ -2416,7 +2501,7 @@ type InteractionLimits struct {
 func (x *InteractionLimits) Reset() {
 	*x = InteractionLimits{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_gensearch_memory_v1_memory_service_proto_msgTypes[31]
+		mi := &file_gensearch_memory_v1_memory_service_proto_msgTypes[33]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -2429,7 +2514,7 @@ func (x *InteractionLimits) String() string {
 func (*InteractionLimits) ProtoMessage() {}
 
 func (x *InteractionLimits) ProtoReflect() protoreflect.Message {
-	mi := &file_gensearch_memory_v1_memory_service_proto_msgTypes[31]
+	mi := &file_gensearch_memory_v1_memory_service_proto_msgTypes[33]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2442,7 +2527,7 @@ func (x *InteractionLimits) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InteractionLimits.ProtoReflect.Descriptor instead.
 func (*InteractionLimits) Descriptor() ([]byte, []int) {
-	return file_gensearch_memory_v1_memory_service_proto_rawDescGZIP(), []int{31}
+	return file_gensearch_memory_v1_memory_service_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *InteractionLimits) GetMaxTextBytes() int64 {
@@ -2790,7 +2875,13 @@ var file_gensearch_memory_v1_memory_service_proto_rawDesc = []byte{
 	0x28, 0x0b, 0x32, 0x20, 0x2e, 0x67, 0x65, 0x6e, 0x73, 0x65, 0x61, 0x72, 0x63, 0x68, 0x2e, 0x6d,
 	0x65, 0x6d, 0x6f, 0x72, 0x79, 0x2e, 0x76, 0x31, 0x2e, 0x49, 0x6e, 0x74, 0x65, 0x72, 0x61, 0x63,
 	0x74, 0x69, 0x6f, 0x6e, 0x52, 0x0b, 0x69, 0x6e, 0x74, 0x65, 0x72, 0x61, 0x63, 0x74, 0x69, 0x6f,
-	0x6e, 0x22, 0x81, 0x01, 0x0a, 0x1c, 0x4c, 0x69, 0x73, 0x74, 0x49, 0x6e, 0x74, 0x65, 0x72, 0x61,
+	0x6e, 0x22, 0x41, 0x0a, 0x18, 0x44, 0x65, 0x6c, 0x65, 0x74, 0x65, 0x49, 0x6e, 0x74, 0x65, 0x72,
+	0x61, 0x63, 0x74, 0x69, 0x6f, 0x6e, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x12, 0x25, 0x0a,
+	0x0e, 0x69, 0x6e, 0x74, 0x65, 0x72, 0x61, 0x63, 0x74, 0x69, 0x6f, 0x6e, 0x5f, 0x69, 0x64, 0x18,
+	0x01, 0x20, 0x01, 0x28, 0x09, 0x52, 0x0d, 0x69, 0x6e, 0x74, 0x65, 0x72, 0x61, 0x63, 0x74, 0x69,
+	0x6f, 0x6e, 0x49, 0x64, 0x22, 0x1b, 0x0a, 0x19, 0x44, 0x65, 0x6c, 0x65, 0x74, 0x65, 0x49, 0x6e,
+	0x74, 0x65, 0x72, 0x61, 0x63, 0x74, 0x69, 0x6f, 0x6e, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73,
+	0x65, 0x22, 0x81, 0x01, 0x0a, 0x1c, 0x4c, 0x69, 0x73, 0x74, 0x49, 0x6e, 0x74, 0x65, 0x72, 0x61,
 	0x63, 0x74, 0x69, 0x6f, 0x6e, 0x54, 0x72, 0x61, 0x63, 0x65, 0x73, 0x52, 0x65, 0x71, 0x75, 0x65,
 	0x73, 0x74, 0x12, 0x25, 0x0a, 0x0e, 0x69, 0x6e, 0x74, 0x65, 0x72, 0x61, 0x63, 0x74, 0x69, 0x6f,
 	0x6e, 0x5f, 0x69, 0x64, 0x18, 0x01, 0x20, 0x01, 0x28, 0x09, 0x52, 0x0d, 0x69, 0x6e, 0x74, 0x65,
@@ -2945,7 +3036,7 @@ var file_gensearch_memory_v1_memory_service_proto_rawDesc = []byte{
 	0x52, 0x49, 0x44, 0x10, 0x01, 0x12, 0x18, 0x0a, 0x14, 0x53, 0x45, 0x41, 0x52, 0x43, 0x48, 0x5f,
 	0x4d, 0x4f, 0x44, 0x45, 0x5f, 0x53, 0x45, 0x4d, 0x41, 0x4e, 0x54, 0x49, 0x43, 0x10, 0x02, 0x12,
 	0x17, 0x0a, 0x13, 0x53, 0x45, 0x41, 0x52, 0x43, 0x48, 0x5f, 0x4d, 0x4f, 0x44, 0x45, 0x5f, 0x4b,
-	0x45, 0x59, 0x57, 0x4f, 0x52, 0x44, 0x10, 0x03, 0x32, 0x83, 0x0c, 0x0a, 0x0d, 0x4d, 0x65, 0x6d,
+	0x45, 0x59, 0x57, 0x4f, 0x52, 0x44, 0x10, 0x03, 0x32, 0xf7, 0x0c, 0x0a, 0x0d, 0x4d, 0x65, 0x6d,
 	0x6f, 0x72, 0x79, 0x53, 0x65, 0x72, 0x76, 0x69, 0x63, 0x65, 0x12, 0x75, 0x0a, 0x12, 0x43, 0x72,
 	0x65, 0x61, 0x74, 0x65, 0x43, 0x6f, 0x6e, 0x76, 0x65, 0x72, 0x73, 0x61, 0x74, 0x69, 0x6f, 0x6e,
 	0x12, 0x2e, 0x2e, 0x67, 0x65, 0x6e, 0x73, 0x65, 0x61, 0x72, 0x63, 0x68, 0x2e, 0x6d, 0x65, 0x6d,
@@ -3011,51 +3102,58 @@ var file_gensearch_memory_v1_memory_service_proto_rawDesc = []byte{
 	0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x2e, 0x2e, 0x67, 0x65, 0x6e, 0x73, 0x65, 0x61, 0x72, 0x63,
 	0x68, 0x2e, 0x6d, 0x65, 0x6d, 0x6f, 0x72, 0x79, 0x2e, 0x76, 0x31, 0x2e, 0x55, 0x70, 0x64, 0x61,
 	0x74, 0x65, 0x49, 0x6e, 0x74, 0x65, 0x72, 0x61, 0x63, 0x74, 0x69, 0x6f, 0x6e, 0x52, 0x65, 0x73,
-	0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12, 0x7e, 0x0a, 0x15, 0x4c, 0x69, 0x73, 0x74, 0x49, 0x6e, 0x74,
-	0x65, 0x72, 0x61, 0x63, 0x74, 0x69, 0x6f, 0x6e, 0x54, 0x72, 0x61, 0x63, 0x65, 0x73, 0x12, 0x31,
-	0x2e, 0x67, 0x65, 0x6e, 0x73, 0x65, 0x61, 0x72, 0x63, 0x68, 0x2e, 0x6d, 0x65, 0x6d, 0x6f, 0x72,
-	0x79, 0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x69, 0x73, 0x74, 0x49, 0x6e, 0x74, 0x65, 0x72, 0x61, 0x63,
-	0x74, 0x69, 0x6f, 0x6e, 0x54, 0x72, 0x61, 0x63, 0x65, 0x73, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73,
-	0x74, 0x1a, 0x32, 0x2e, 0x67, 0x65, 0x6e, 0x73, 0x65, 0x61, 0x72, 0x63, 0x68, 0x2e, 0x6d, 0x65,
-	0x6d, 0x6f, 0x72, 0x79, 0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x69, 0x73, 0x74, 0x49, 0x6e, 0x74, 0x65,
-	0x72, 0x61, 0x63, 0x74, 0x69, 0x6f, 0x6e, 0x54, 0x72, 0x61, 0x63, 0x65, 0x73, 0x52, 0x65, 0x73,
-	0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12, 0x75, 0x0a, 0x12, 0x53, 0x65, 0x61, 0x72, 0x63, 0x68, 0x49,
-	0x6e, 0x74, 0x65, 0x72, 0x61, 0x63, 0x74, 0x69, 0x6f, 0x6e, 0x73, 0x12, 0x2e, 0x2e, 0x67, 0x65,
-	0x6e, 0x73, 0x65, 0x61, 0x72, 0x63, 0x68, 0x2e, 0x6d, 0x65, 0x6d, 0x6f, 0x72, 0x79, 0x2e, 0x76,
-	0x31, 0x2e, 0x53, 0x65, 0x61, 0x72, 0x63, 0x68, 0x49, 0x6e, 0x74, 0x65, 0x72, 0x61, 0x63, 0x74,
-	0x69, 0x6f, 0x6e, 0x73, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x2f, 0x2e, 0x67, 0x65,
-	0x6e, 0x73, 0x65, 0x61, 0x72, 0x63, 0x68, 0x2e, 0x6d, 0x65, 0x6d, 0x6f, 0x72, 0x79, 0x2e, 0x76,
-	0x31, 0x2e, 0x53, 0x65, 0x61, 0x72, 0x63, 0x68, 0x49, 0x6e, 0x74, 0x65, 0x72, 0x61, 0x63, 0x74,
-	0x69, 0x6f, 0x6e, 0x73, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12, 0x8a, 0x01, 0x0a,
-	0x19, 0x55, 0x70, 0x64, 0x61, 0x74, 0x65, 0x43, 0x6f, 0x6e, 0x76, 0x65, 0x72, 0x73, 0x61, 0x74,
-	0x69, 0x6f, 0x6e, 0x53, 0x75, 0x6d, 0x6d, 0x61, 0x72, 0x79, 0x12, 0x35, 0x2e, 0x67, 0x65, 0x6e,
+	0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12, 0x72, 0x0a, 0x11, 0x44, 0x65, 0x6c, 0x65, 0x74, 0x65, 0x49,
+	0x6e, 0x74, 0x65, 0x72, 0x61, 0x63, 0x74, 0x69, 0x6f, 0x6e, 0x12, 0x2d, 0x2e, 0x67, 0x65, 0x6e,
 	0x73, 0x65, 0x61, 0x72, 0x63, 0x68, 0x2e, 0x6d, 0x65, 0x6d, 0x6f, 0x72, 0x79, 0x2e, 0x76, 0x31,
-	0x2e, 0x55, 0x70, 0x64, 0x61, 0x74, 0x65, 0x43, 0x6f, 0x6e, 0x76, 0x65, 0x72, 0x73, 0x61, 0x74,
-	0x69, 0x6f, 0x6e, 0x53, 0x75, 0x6d, 0x6d, 0x61, 0x72, 0x79, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73,
-	0x74, 0x1a, 0x36, 0x2e, 0x67, 0x65, 0x6e, 0x73, 0x65, 0x61, 0x72, 0x63, 0x68, 0x2e, 0x6d, 0x65,
-	0x6d, 0x6f, 0x72, 0x79, 0x2e, 0x76, 0x31, 0x2e, 0x55, 0x70, 0x64, 0x61, 0x74, 0x65, 0x43, 0x6f,
-	0x6e, 0x76, 0x65, 0x72, 0x73, 0x61, 0x74, 0x69, 0x6f, 0x6e, 0x53, 0x75, 0x6d, 0x6d, 0x61, 0x72,
-	0x79, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12, 0x63, 0x0a, 0x0c, 0x43, 0x68, 0x65,
-	0x63, 0x6b, 0x53, 0x74, 0x6f, 0x72, 0x61, 0x67, 0x65, 0x12, 0x28, 0x2e, 0x67, 0x65, 0x6e, 0x73,
+	0x2e, 0x44, 0x65, 0x6c, 0x65, 0x74, 0x65, 0x49, 0x6e, 0x74, 0x65, 0x72, 0x61, 0x63, 0x74, 0x69,
+	0x6f, 0x6e, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x2e, 0x2e, 0x67, 0x65, 0x6e, 0x73,
 	0x65, 0x61, 0x72, 0x63, 0x68, 0x2e, 0x6d, 0x65, 0x6d, 0x6f, 0x72, 0x79, 0x2e, 0x76, 0x31, 0x2e,
-	0x43, 0x68, 0x65, 0x63, 0x6b, 0x53, 0x74, 0x6f, 0x72, 0x61, 0x67, 0x65, 0x52, 0x65, 0x71, 0x75,
-	0x65, 0x73, 0x74, 0x1a, 0x29, 0x2e, 0x67, 0x65, 0x6e, 0x73, 0x65, 0x61, 0x72, 0x63, 0x68, 0x2e,
-	0x6d, 0x65, 0x6d, 0x6f, 0x72, 0x79, 0x2e, 0x76, 0x31, 0x2e, 0x43, 0x68, 0x65, 0x63, 0x6b, 0x53,
-	0x74, 0x6f, 0x72, 0x61, 0x67, 0x65, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x42, 0xce,
-	0x01, 0x0a, 0x17, 0x63, 0x6f, 0x6d, 0x2e, 0x67, 0x65, 0x6e, 0x73, 0x65, 0x61, 0x72, 0x63, 0x68,
-	0x2e, 0x6d, 0x65, 0x6d, 0x6f, 0x72, 0x79, 0x2e, 0x76, 0x31, 0x42, 0x12, 0x4d, 0x65, 0x6d, 0x6f,
-	0x72, 0x79, 0x53, 0x65, 0x72, 0x76, 0x69, 0x63, 0x65, 0x50, 0x72, 0x6f, 0x74, 0x6f, 0x50, 0x01,
-	0x5a, 0x31, 0x67, 0x65, 0x6e, 0x73, 0x65, 0x61, 0x72, 0x63, 0x68, 0x2f, 0x63, 0x6c, 0x69, 0x65,
-	0x6e, 0x74, 0x73, 0x2f, 0x67, 0x6f, 0x2f, 0x67, 0x65, 0x6e, 0x73, 0x65, 0x61, 0x72, 0x63, 0x68,
-	0x2f, 0x6d, 0x65, 0x6d, 0x6f, 0x72, 0x79, 0x2f, 0x76, 0x31, 0x3b, 0x6d, 0x65, 0x6d, 0x6f, 0x72,
-	0x79, 0x76, 0x31, 0xa2, 0x02, 0x03, 0x47, 0x4d, 0x58, 0xaa, 0x02, 0x13, 0x47, 0x65, 0x6e, 0x73,
-	0x65, 0x61, 0x72, 0x63, 0x68, 0x2e, 0x4d, 0x65, 0x6d, 0x6f, 0x72, 0x79, 0x2e, 0x56, 0x31, 0xca,
-	0x02, 0x13, 0x47, 0x65, 0x6e, 0x73, 0x65, 0x61, 0x72, 0x63, 0x68, 0x5c, 0x4d, 0x65, 0x6d, 0x6f,
-	0x72, 0x79, 0x5c, 0x56, 0x31, 0xe2, 0x02, 0x1f, 0x47, 0x65, 0x6e, 0x73, 0x65, 0x61, 0x72, 0x63,
-	0x68, 0x5c, 0x4d, 0x65, 0x6d, 0x6f, 0x72, 0x79, 0x5c, 0x56, 0x31, 0x5c, 0x47, 0x50, 0x42, 0x4d,
-	0x65, 0x74, 0x61, 0x64, 0x61, 0x74, 0x61, 0xea, 0x02, 0x15, 0x47, 0x65, 0x6e, 0x73, 0x65, 0x61,
-	0x72, 0x63, 0x68, 0x3a, 0x3a, 0x4d, 0x65, 0x6d, 0x6f, 0x72, 0x79, 0x3a, 0x3a, 0x56, 0x31, 0x62,
-	0x06, 0x70, 0x72, 0x6f, 0x74, 0x6f, 0x33,
+	0x44, 0x65, 0x6c, 0x65, 0x74, 0x65, 0x49, 0x6e, 0x74, 0x65, 0x72, 0x61, 0x63, 0x74, 0x69, 0x6f,
+	0x6e, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12, 0x7e, 0x0a, 0x15, 0x4c, 0x69, 0x73,
+	0x74, 0x49, 0x6e, 0x74, 0x65, 0x72, 0x61, 0x63, 0x74, 0x69, 0x6f, 0x6e, 0x54, 0x72, 0x61, 0x63,
+	0x65, 0x73, 0x12, 0x31, 0x2e, 0x67, 0x65, 0x6e, 0x73, 0x65, 0x61, 0x72, 0x63, 0x68, 0x2e, 0x6d,
+	0x65, 0x6d, 0x6f, 0x72, 0x79, 0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x69, 0x73, 0x74, 0x49, 0x6e, 0x74,
+	0x65, 0x72, 0x61, 0x63, 0x74, 0x69, 0x6f, 0x6e, 0x54, 0x72, 0x61, 0x63, 0x65, 0x73, 0x52, 0x65,
+	0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x32, 0x2e, 0x67, 0x65, 0x6e, 0x73, 0x65, 0x61, 0x72, 0x63,
+	0x68, 0x2e, 0x6d, 0x65, 0x6d, 0x6f, 0x72, 0x79, 0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x69, 0x73, 0x74,
+	0x49, 0x6e, 0x74, 0x65, 0x72, 0x61, 0x63, 0x74, 0x69, 0x6f, 0x6e, 0x54, 0x72, 0x61, 0x63, 0x65,
+	0x73, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12, 0x75, 0x0a, 0x12, 0x53, 0x65, 0x61,
+	0x72, 0x63, 0x68, 0x49, 0x6e, 0x74, 0x65, 0x72, 0x61, 0x63, 0x74, 0x69, 0x6f, 0x6e, 0x73, 0x12,
+	0x2e, 0x2e, 0x67, 0x65, 0x6e, 0x73, 0x65, 0x61, 0x72, 0x63, 0x68, 0x2e, 0x6d, 0x65, 0x6d, 0x6f,
+	0x72, 0x79, 0x2e, 0x76, 0x31, 0x2e, 0x53, 0x65, 0x61, 0x72, 0x63, 0x68, 0x49, 0x6e, 0x74, 0x65,
+	0x72, 0x61, 0x63, 0x74, 0x69, 0x6f, 0x6e, 0x73, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a,
+	0x2f, 0x2e, 0x67, 0x65, 0x6e, 0x73, 0x65, 0x61, 0x72, 0x63, 0x68, 0x2e, 0x6d, 0x65, 0x6d, 0x6f,
+	0x72, 0x79, 0x2e, 0x76, 0x31, 0x2e, 0x53, 0x65, 0x61, 0x72, 0x63, 0x68, 0x49, 0x6e, 0x74, 0x65,
+	0x72, 0x61, 0x63, 0x74, 0x69, 0x6f, 0x6e, 0x73, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65,
+	0x12, 0x8a, 0x01, 0x0a, 0x19, 0x55, 0x70, 0x64, 0x61, 0x74, 0x65, 0x43, 0x6f, 0x6e, 0x76, 0x65,
+	0x72, 0x73, 0x61, 0x74, 0x69, 0x6f, 0x6e, 0x53, 0x75, 0x6d, 0x6d, 0x61, 0x72, 0x79, 0x12, 0x35,
+	0x2e, 0x67, 0x65, 0x6e, 0x73, 0x65, 0x61, 0x72, 0x63, 0x68, 0x2e, 0x6d, 0x65, 0x6d, 0x6f, 0x72,
+	0x79, 0x2e, 0x76, 0x31, 0x2e, 0x55, 0x70, 0x64, 0x61, 0x74, 0x65, 0x43, 0x6f, 0x6e, 0x76, 0x65,
+	0x72, 0x73, 0x61, 0x74, 0x69, 0x6f, 0x6e, 0x53, 0x75, 0x6d, 0x6d, 0x61, 0x72, 0x79, 0x52, 0x65,
+	0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x36, 0x2e, 0x67, 0x65, 0x6e, 0x73, 0x65, 0x61, 0x72, 0x63,
+	0x68, 0x2e, 0x6d, 0x65, 0x6d, 0x6f, 0x72, 0x79, 0x2e, 0x76, 0x31, 0x2e, 0x55, 0x70, 0x64, 0x61,
+	0x74, 0x65, 0x43, 0x6f, 0x6e, 0x76, 0x65, 0x72, 0x73, 0x61, 0x74, 0x69, 0x6f, 0x6e, 0x53, 0x75,
+	0x6d, 0x6d, 0x61, 0x72, 0x79, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12, 0x63, 0x0a,
+	0x0c, 0x43, 0x68, 0x65, 0x63, 0x6b, 0x53, 0x74, 0x6f, 0x72, 0x61, 0x67, 0x65, 0x12, 0x28, 0x2e,
+	0x67, 0x65, 0x6e, 0x73, 0x65, 0x61, 0x72, 0x63, 0x68, 0x2e, 0x6d, 0x65, 0x6d, 0x6f, 0x72, 0x79,
+	0x2e, 0x76, 0x31, 0x2e, 0x43, 0x68, 0x65, 0x63, 0x6b, 0x53, 0x74, 0x6f, 0x72, 0x61, 0x67, 0x65,
+	0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x29, 0x2e, 0x67, 0x65, 0x6e, 0x73, 0x65, 0x61,
+	0x72, 0x63, 0x68, 0x2e, 0x6d, 0x65, 0x6d, 0x6f, 0x72, 0x79, 0x2e, 0x76, 0x31, 0x2e, 0x43, 0x68,
+	0x65, 0x63, 0x6b, 0x53, 0x74, 0x6f, 0x72, 0x61, 0x67, 0x65, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e,
+	0x73, 0x65, 0x42, 0xce, 0x01, 0x0a, 0x17, 0x63, 0x6f, 0x6d, 0x2e, 0x67, 0x65, 0x6e, 0x73, 0x65,
+	0x61, 0x72, 0x63, 0x68, 0x2e, 0x6d, 0x65, 0x6d, 0x6f, 0x72, 0x79, 0x2e, 0x76, 0x31, 0x42, 0x12,
+	0x4d, 0x65, 0x6d, 0x6f, 0x72, 0x79, 0x53, 0x65, 0x72, 0x76, 0x69, 0x63, 0x65, 0x50, 0x72, 0x6f,
+	0x74, 0x6f, 0x50, 0x01, 0x5a, 0x31, 0x67, 0x65, 0x6e, 0x73, 0x65, 0x61, 0x72, 0x63, 0x68, 0x2f,
+	0x63, 0x6c, 0x69, 0x65, 0x6e, 0x74, 0x73, 0x2f, 0x67, 0x6f, 0x2f, 0x67, 0x65, 0x6e, 0x73, 0x65,
+	0x61, 0x72, 0x63, 0x68, 0x2f, 0x6d, 0x65, 0x6d, 0x6f, 0x72, 0x79, 0x2f, 0x76, 0x31, 0x3b, 0x6d,
+	0x65, 0x6d, 0x6f, 0x72, 0x79, 0x76, 0x31, 0xa2, 0x02, 0x03, 0x47, 0x4d, 0x58, 0xaa, 0x02, 0x13,
+	0x47, 0x65, 0x6e, 0x73, 0x65, 0x61, 0x72, 0x63, 0x68, 0x2e, 0x4d, 0x65, 0x6d, 0x6f, 0x72, 0x79,
+	0x2e, 0x56, 0x31, 0xca, 0x02, 0x13, 0x47, 0x65, 0x6e, 0x73, 0x65, 0x61, 0x72, 0x63, 0x68, 0x5c,
+	0x4d, 0x65, 0x6d, 0x6f, 0x72, 0x79, 0x5c, 0x56, 0x31, 0xe2, 0x02, 0x1f, 0x47, 0x65, 0x6e, 0x73,
+	0x65, 0x61, 0x72, 0x63, 0x68, 0x5c, 0x4d, 0x65, 0x6d, 0x6f, 0x72, 0x79, 0x5c, 0x56, 0x31, 0x5c,
+	0x47, 0x50, 0x42, 0x4d, 0x65, 0x74, 0x61, 0x64, 0x61, 0x74, 0x61, 0xea, 0x02, 0x15, 0x47, 0x65,
+	0x6e, 0x73, 0x65, 0x61, 0x72, 0x63, 0x68, 0x3a, 0x3a, 0x4d, 0x65, 0x6d, 0x6f, 0x72, 0x79, 0x3a,
+	0x3a, 0x56, 0x31, 0x62, 0x06, 0x70, 0x72, 0x6f, 0x74, 0x6f, 0x33,
 }
 
 var (
@@ -3071,7 +3169,7 @@ func file_gensearch_memory_v1_memory_service_proto_rawDescGZIP() []byte {
 }
 
 var file_gensearch_memory_v1_memory_service_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_gensearch_memory_v1_memory_service_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
+var file_gensearch_memory_v1_memory_service_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_gensearch_memory_v1_memory_service_proto_goTypes = []interface{}{
 	(Step)(0),                                 // 0: gensearch.memory.v1.Step
 	(SearchMode)(0),                           // 1: gensearch.memory.v1.SearchMode
@@ -3097,58 +3195,60 @@ var file_gensearch_memory_v1_memory_service_proto_goTypes = []interface{}{
 	(*ListInteractionsResponse)(nil),          // 21: gensearch.memory.v1.ListInteractionsResponse
 	(*UpdateInteractionRequest)(nil),          // 22: gensearch.memory.v1.UpdateInteractionRequest
 	(*UpdateInteractionResponse)(nil),         // 23: gensearch.memory.v1.UpdateInteractionResponse
-	(*ListInteractionTracesRequest)(nil),      // 24: gensearch.memory.v1.ListInteractionTracesRequest
-	(*ListInteractionTracesResponse)(nil),     // 25: gensearch.memory.v1.ListInteractionTracesResponse
-	(*SearchInteractionsRequest)(nil),         // 26: gensearch.memory.v1.SearchInteractionsRequest
-	(*InteractionHit)(nil),                    // 27: gensearch.memory.v1.InteractionHit
-	(*SearchInteractionsResponse)(nil),        // 28: gensearch.memory.v1.SearchInteractionsResponse
-	(*UpdateConversationSummaryRequest)(nil),  // 29: gensearch.memory.v1.UpdateConversationSummaryRequest
-	(*UpdateConversationSummaryResponse)(nil), // 30: gensearch.memory.v1.UpdateConversationSummaryResponse
-	(*CheckStorageRequest)(nil),               // 31: gensearch.memory.v1.CheckStorageRequest
-	(*CheckStorageResponse)(nil),              // 32: gensearch.memory.v1.CheckStorageResponse
-	(*InteractionLimits)(nil),                 // 33: gensearch.memory.v1.InteractionLimits
-	(*timestamppb.Timestamp)(nil),             // 34: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),               // 35: google.protobuf.Duration
-	(*structpb.Struct)(nil),                   // 36: google.protobuf.Struct
-	(*fieldmaskpb.FieldMask)(nil),             // 37: google.protobuf.FieldMask
+	(*DeleteInteractionRequest)(nil),          // 24: gensearch.memory.v1.DeleteInteractionRequest
+	(*DeleteInteractionResponse)(nil),         // 25: gensearch.memory.v1.DeleteInteractionResponse
+	(*ListInteractionTracesRequest)(nil),      // 26: gensearch.memory.v1.ListInteractionTracesRequest
+	(*ListInteractionTracesResponse)(nil),     // 27: gensearch.memory.v1.ListInteractionTracesResponse
+	(*SearchInteractionsRequest)(nil),         // 28: gensearch.memory.v1.SearchInteractionsRequest
+	(*InteractionHit)(nil),                    // 29: gensearch.memory.v1.InteractionHit
+	(*SearchInteractionsResponse)(nil),        // 30: gensearch.memory.v1.SearchInteractionsResponse
+	(*UpdateConversationSummaryRequest)(nil),  // 31: gensearch.memory.v1.UpdateConversationSummaryRequest
+	(*UpdateConversationSummaryResponse)(nil), // 32: gensearch.memory.v1.UpdateConversationSummaryResponse
+	(*CheckStorageRequest)(nil),               // 33: gensearch.memory.v1.CheckStorageRequest
+	(*CheckStorageResponse)(nil),              // 34: gensearch.memory.v1.CheckStorageResponse
+	(*InteractionLimits)(nil),                 // 35: gensearch.memory.v1.InteractionLimits
+	(*timestamppb.Timestamp)(nil),             // 36: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),               // 37: google.protobuf.Duration
+	(*structpb.Struct)(nil),                   // 38: google.protobuf.Struct
+	(*fieldmaskpb.FieldMask)(nil),             // 39: google.protobuf.FieldMask
 }
 var file_gensearch_memory_v1_memory_service_proto_depIdxs = []int32{
-	34, // 0: gensearch.memory.v1.Conversation.create_time:type_name -> google.protobuf.Timestamp
-	34, // 1: gensearch.memory.v1.Conversation.update_time:type_name -> google.protobuf.Timestamp
-	34, // 2: gensearch.memory.v1.Conversation.expire_time:type_name -> google.protobuf.Timestamp
-	35, // 3: gensearch.memory.v1.Conversation.ttl:type_name -> google.protobuf.Duration
+	36, // 0: gensearch.memory.v1.Conversation.create_time:type_name -> google.protobuf.Timestamp
+	36, // 1: gensearch.memory.v1.Conversation.update_time:type_name -> google.protobuf.Timestamp
+	36, // 2: gensearch.memory.v1.Conversation.expire_time:type_name -> google.protobuf.Timestamp
+	37, // 3: gensearch.memory.v1.Conversation.ttl:type_name -> google.protobuf.Duration
 	3,  // 4: gensearch.memory.v1.Conversation.summary:type_name -> gensearch.memory.v1.ConversationSummary
-	34, // 5: gensearch.memory.v1.ConversationSummary.update_time:type_name -> google.protobuf.Timestamp
-	36, // 6: gensearch.memory.v1.Interaction.additional_info:type_name -> google.protobuf.Struct
-	34, // 7: gensearch.memory.v1.Interaction.create_time:type_name -> google.protobuf.Timestamp
-	34, // 8: gensearch.memory.v1.Interaction.update_time:type_name -> google.protobuf.Timestamp
+	36, // 5: gensearch.memory.v1.ConversationSummary.update_time:type_name -> google.protobuf.Timestamp
+	38, // 6: gensearch.memory.v1.Interaction.additional_info:type_name -> google.protobuf.Struct
+	36, // 7: gensearch.memory.v1.Interaction.create_time:type_name -> google.protobuf.Timestamp
+	36, // 8: gensearch.memory.v1.Interaction.update_time:type_name -> google.protobuf.Timestamp
 	0,  // 9: gensearch.memory.v1.Trace.step:type_name -> gensearch.memory.v1.Step
-	36, // 10: gensearch.memory.v1.Trace.input:type_name -> google.protobuf.Struct
-	36, // 11: gensearch.memory.v1.Trace.output:type_name -> google.protobuf.Struct
-	34, // 12: gensearch.memory.v1.Trace.start_time:type_name -> google.protobuf.Timestamp
-	35, // 13: gensearch.memory.v1.Trace.duration:type_name -> google.protobuf.Duration
-	35, // 14: gensearch.memory.v1.CreateConversationRequest.ttl:type_name -> google.protobuf.Duration
+	38, // 10: gensearch.memory.v1.Trace.input:type_name -> google.protobuf.Struct
+	38, // 11: gensearch.memory.v1.Trace.output:type_name -> google.protobuf.Struct
+	36, // 12: gensearch.memory.v1.Trace.start_time:type_name -> google.protobuf.Timestamp
+	37, // 13: gensearch.memory.v1.Trace.duration:type_name -> google.protobuf.Duration
+	37, // 14: gensearch.memory.v1.CreateConversationRequest.ttl:type_name -> google.protobuf.Duration
 	2,  // 15: gensearch.memory.v1.CreateConversationResponse.conversation:type_name -> gensearch.memory.v1.Conversation
 	2,  // 16: gensearch.memory.v1.GetConversationResponse.conversation:type_name -> gensearch.memory.v1.Conversation
 	2,  // 17: gensearch.memory.v1.ListConversationsResponse.conversations:type_name -> gensearch.memory.v1.Conversation
-	37, // 18: gensearch.memory.v1.UpdateConversationRequest.update_mask:type_name -> google.protobuf.FieldMask
-	35, // 19: gensearch.memory.v1.UpdateConversationRequest.ttl:type_name -> google.protobuf.Duration
+	39, // 18: gensearch.memory.v1.UpdateConversationRequest.update_mask:type_name -> google.protobuf.FieldMask
+	37, // 19: gensearch.memory.v1.UpdateConversationRequest.ttl:type_name -> google.protobuf.Duration
 	2,  // 20: gensearch.memory.v1.UpdateConversationResponse.conversation:type_name -> gensearch.memory.v1.Conversation
-	36, // 21: gensearch.memory.v1.CreateInteractionRequest.additional_info:type_name -> google.protobuf.Struct
+	38, // 21: gensearch.memory.v1.CreateInteractionRequest.additional_info:type_name -> google.protobuf.Struct
 	5,  // 22: gensearch.memory.v1.CreateInteractionRequest.traces:type_name -> gensearch.memory.v1.Trace
 	6,  // 23: gensearch.memory.v1.CreateInteractionRequest.new_conversation:type_name -> gensearch.memory.v1.CreateConversationRequest
 	4,  // 24: gensearch.memory.v1.CreateInteractionResponse.interaction:type_name -> gensearch.memory.v1.Interaction
 	4,  // 25: gensearch.memory.v1.GetInteractionResponse.interaction:type_name -> gensearch.memory.v1.Interaction
 	4,  // 26: gensearch.memory.v1.ListInteractionsResponse.interactions:type_name -> gensearch.memory.v1.Interaction
 	4,  // 27: gensearch.memory.v1.UpdateInteractionRequest.interaction:type_name -> gensearch.memory.v1.Interaction
-	37, // 28: gensearch.memory.v1.UpdateInteractionRequest.update_mask:type_name -> google.protobuf.FieldMask
+	39, // 28: gensearch.memory.v1.UpdateInteractionRequest.update_mask:type_name -> google.protobuf.FieldMask
 	4,  // 29: gensearch.memory.v1.UpdateInteractionResponse.interaction:type_name -> gensearch.memory.v1.Interaction
 	5,  // 30: gensearch.memory.v1.ListInteractionTracesResponse.traces:type_name -> gensearch.memory.v1.Trace
 	1,  // 31: gensearch.memory.v1.SearchInteractionsRequest.mode:type_name -> gensearch.memory.v1.SearchMode
 	4,  // 32: gensearch.memory.v1.InteractionHit.interaction:type_name -> gensearch.memory.v1.Interaction
-	27, // 33: gensearch.memory.v1.SearchInteractionsResponse.hits:type_name -> gensearch.memory.v1.InteractionHit
+	29, // 33: gensearch.memory.v1.SearchInteractionsResponse.hits:type_name -> gensearch.memory.v1.InteractionHit
 	2,  // 34: gensearch.memory.v1.UpdateConversationSummaryResponse.conversation:type_name -> gensearch.memory.v1.Conversation
-	33, // 35: gensearch.memory.v1.CheckStorageResponse.limits:type_name -> gensearch.memory.v1.InteractionLimits
+	35, // 35: gensearch.memory.v1.CheckStorageResponse.limits:type_name -> gensearch.memory.v1.InteractionLimits
 	4,  // 36: gensearch.memory.v1.CheckStorageResponse.interaction:type_name -> gensearch.memory.v1.Interaction
 	6,  // 37: gensearch.memory.v1.MemoryService.CreateConversation:input_type -> gensearch.memory.v1.CreateConversationRequest
 	8,  // 38: gensearch.memory.v1.MemoryService.GetConversation:input_type -> gensearch.memory.v1.GetConversationRequest
@@ -3159,25 +3259,27 @@ var file_gensearch_memory_v1_memory_service_proto_depIdxs = []int32{
 	18, // 43: gensearch.memory.v1.MemoryService.GetInteraction:input_type -> gensearch.memory.v1.GetInteractionRequest
 	20, // 44: gensearch.memory.v1.MemoryService.ListInteractions:input_type -> gensearch.memory.v1.ListInteractionsRequest
 	22, // 45: gensearch.memory.v1.MemoryService.UpdateInteraction:input_type -> gensearch.memory.v1.UpdateInteractionRequest
-	24, // 46: gensearch.memory.v1.MemoryService.ListInteractionTraces:input_type -> gensearch.memory.v1.ListInteractionTracesRequest
-	26, // 47: gensearch.memory.v1.MemoryService.SearchInteractions:input_type -> gensearch.memory.v1.SearchInteractionsRequest
-	29, // 48: gensearch.memory.v1.MemoryService.UpdateConversationSummary:input_type -> gensearch.memory.v1.UpdateConversationSummaryRequest
-	31, // 49: gensearch.memory.v1.MemoryService.CheckStorage:input_type -> gensearch.memory.v1.CheckStorageRequest
-	7,  // 50: gensearch.memory.v1.MemoryService.CreateConversation:output_type -> gensearch.memory.v1.CreateConversationResponse
-	9,  // 51: gensearch.memory.v1.MemoryService.GetConversation:output_type -> gensearch.memory.v1.GetConversationResponse
-	11, // 52: gensearch.memory.v1.MemoryService.ListConversations:output_type -> gensearch.memory.v1.ListConversationsResponse
-	13, // 53: gensearch.memory.v1.MemoryService.UpdateConversation:output_type -> gensearch.memory.v1.UpdateConversationResponse
-	15, // 54: gensearch.memory.v1.MemoryService.DeleteConversation:output_type -> gensearch.memory.v1.DeleteConversationResponse
-	17, // 55: gensearch.memory.v1.MemoryService.CreateInteraction:output_type -> gensearch.memory.v1.CreateInteractionResponse
-	19, // 56: gensearch.memory.v1.MemoryService.GetInteraction:output_type -> gensearch.memory.v1.GetInteractionResponse
-	21, // 57: gensearch.memory.v1.MemoryService.ListInteractions:output_type -> gensearch.memory.v1.ListInteractionsResponse
-	23, // 58: gensearch.memory.v1.MemoryService.UpdateInteraction:output_type -> gensearch.memory.v1.UpdateInteractionResponse
-	25, // 59: gensearch.memory.v1.MemoryService.ListInteractionTraces:output_type -> gensearch.memory.v1.ListInteractionTracesResponse
-	28, // 60: gensearch.memory.v1.MemoryService.SearchInteractions:output_type -> gensearch.memory.v1.SearchInteractionsResponse
-	30, // 61: gensearch.memory.v1.MemoryService.UpdateConversationSummary:output_type -> gensearch.memory.v1.UpdateConversationSummaryResponse
-	32, // 62: gensearch.memory.v1.MemoryService.CheckStorage:output_type -> gensearch.memory.v1.CheckStorageResponse
-	50, // [50:63] is the sub-list for method output_type
-	37, // [37:50] is the sub-list for method input_type
+	24, // 46: gensearch.memory.v1.MemoryService.DeleteInteraction:input_type -> gensearch.memory.v1.DeleteInteractionRequest
+	26, // 47: gensearch.memory.v1.MemoryService.ListInteractionTraces:input_type -> gensearch.memory.v1.ListInteractionTracesRequest
+	28, // 48: gensearch.memory.v1.MemoryService.SearchInteractions:input_type -> gensearch.memory.v1.SearchInteractionsRequest
+	31, // 49: gensearch.memory.v1.MemoryService.UpdateConversationSummary:input_type -> gensearch.memory.v1.UpdateConversationSummaryRequest
+	33, // 50: gensearch.memory.v1.MemoryService.CheckStorage:input_type -> gensearch.memory.v1.CheckStorageRequest
+	7,  // 51: gensearch.memory.v1.MemoryService.CreateConversation:output_type -> gensearch.memory.v1.CreateConversationResponse
+	9,  // 52: gensearch.memory.v1.MemoryService.GetConversation:output_type -> gensearch.memory.v1.GetConversationResponse
+	11, // 53: gensearch.memory.v1.MemoryService.ListConversations:output_type -> gensearch.memory.v1.ListConversationsResponse
+	13, // 54: gensearch.memory.v1.MemoryService.UpdateConversation:output_type -> gensearch.memory.v1.UpdateConversationResponse
+	15, // 55: gensearch.memory.v1.MemoryService.DeleteConversation:output_type -> gensearch.memory.v1.DeleteConversationResponse
+	17, // 56: gensearch.memory.v1.MemoryService.CreateInteraction:output_type -> gensearch.memory.v1.CreateInteractionResponse
+	19, // 57: gensearch.memory.v1.MemoryService.GetInteraction:output_type -> gensearch.memory.v1.GetInteractionResponse
+	21, // 58: gensearch.memory.v1.MemoryService.ListInteractions:output_type -> gensearch.memory.v1.ListInteractionsResponse
+	23, // 59: gensearch.memory.v1.MemoryService.UpdateInteraction:output_type -> gensearch.memory.v1.UpdateInteractionResponse
+	25, // 60: gensearch.memory.v1.MemoryService.DeleteInteraction:output_type -> gensearch.memory.v1.DeleteInteractionResponse
+	27, // 61: gensearch.memory.v1.MemoryService.ListInteractionTraces:output_type -> gensearch.memory.v1.ListInteractionTracesResponse
+	30, // 62: gensearch.memory.v1.MemoryService.SearchInteractions:output_type -> gensearch.memory.v1.SearchInteractionsResponse
+	32, // 63: gensearch.memory.v1.MemoryService.UpdateConversationSummary:output_type -> gensearch.memory.v1.UpdateConversationSummaryResponse
+	34, // 64: gensearch.memory.v1.MemoryService.CheckStorage:output_type -> gensearch.memory.v1.CheckStorageResponse
+	51, // [51:65] is the sub-list for method output_type
+	37, // [37:51] is the sub-list for method input_type
 	37, // [37:37] is the sub-list for extension type_name
 	37, // [37:37] is the sub-list for extension extendee
 	0,  // [0:37] is the sub-list for field type_name
@@ -3454,7 +3556,7 @@ func file_gensearch_memory_v1_memory_service_proto_init() {
 			}
 		}
 		file_gensearch_memory_v1_memory_service_proto_msgTypes[22].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*ListInteractionTracesRequest); i {
+			switch v := v.(*DeleteInteractionRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -3466,7 +3568,7 @@ func file_gensearch_memory_v1_memory_service_proto_init() {
 			}
 		}
 		file_gensearch_memory_v1_memory_service_proto_msgTypes[23].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*ListInteractionTracesResponse); i {
+			switch v := v.(*DeleteInteractionResponse); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -3478,7 +3580,7 @@ func file_gensearch_memory_v1_memory_service_proto_init() {
 			}
 		}
 		file_gensearch_memory_v1_memory_service_proto_msgTypes[24].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*SearchInteractionsRequest); i {
+			switch v := v.(*ListInteractionTracesRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -3490,7 +3592,7 @@ func file_gensearch_memory_v1_memory_service_proto_init() {
 			}
 		}
 		file_gensearch_memory_v1_memory_service_proto_msgTypes[25].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*InteractionHit); i {
+			switch v := v.(*ListInteractionTracesResponse); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -3502,7 +3604,7 @@ func file_gensearch_memory_v1_memory_service_proto_init() {
 			}
 		}
 		file_gensearch_memory_v1_memory_service_proto_msgTypes[26].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*SearchInteractionsResponse); i {
+			switch v := v.(*SearchInteractionsRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -3514,7 +3616,7 @@ func file_gensearch_memory_v1_memory_service_proto_init() {
 			}
 		}
 		file_gensearch_memory_v1_memory_service_proto_msgTypes[27].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*UpdateConversationSummaryRequest); i {
+			switch v := v.(*InteractionHit); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -3526,7 +3628,7 @@ func file_gensearch_memory_v1_memory_service_proto_init() {
 			}
 		}
 		file_gensearch_memory_v1_memory_service_proto_msgTypes[28].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*UpdateConversationSummaryResponse); i {
+			switch v := v.(*SearchInteractionsResponse); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -3538,7 +3640,7 @@ func file_gensearch_memory_v1_memory_service_proto_init() {
 			}
 		}
 		file_gensearch_memory_v1_memory_service_proto_msgTypes[29].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*CheckStorageRequest); i {
+			switch v := v.(*UpdateConversationSummaryRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -3550,7 +3652,7 @@ func file_gensearch_memory_v1_memory_service_proto_init() {
 			}
 		}
 		file_gensearch_memory_v1_memory_service_proto_msgTypes[30].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*CheckStorageResponse); i {
+			switch v := v.(*UpdateConversationSummaryResponse); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -3562,6 +3664,30 @@ func file_gensearch_memory_v1_memory_service_proto_init() {
 			}
 		}
 		file_gensearch_memory_v1_memory_service_proto_msgTypes[31].Exporter = func(v interface{}, i int) interface{} {
+			switch v := v.(*CheckStorageRequest); i {
+			case 0:
+				return &v.state
+			case 1:
+				return &v.sizeCache
+			case 2:
+				return &v.unknownFields
+			default:
+				return nil
+			}
+		}
+		file_gensearch_memory_v1_memory_service_proto_msgTypes[32].Exporter = func(v interface{}, i int) interface{} {
+			switch v := v.(*CheckStorageResponse); i {
+			case 0:
+				return &v.state
+			case 1:
+				return &v.sizeCache
+			case 2:
+				return &v.unknownFields
+			default:
+				return nil
+			}
+		}
+		file_gensearch_memory_v1_memory_service_proto_msgTypes[33].Exporter = func(v interface{}, i int) interface{} {
 			switch v := v.(*InteractionLimits); i {
 			case 0:
 				return &v.state
@@ -3581,7 +3707,7 @@ func file_gensearch_memory_v1_memory_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: file_gensearch_memory_v1_memory_service_proto_rawDesc,
 			NumEnums:      2,
-			NumMessages:   32,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -39,6 +39,12 @@ type MemoryServiceClient interface {
 	// Changes an interaction's additional_info (the only field that may change, as in
 	// OpenSearch's memory API), as named by a field mask.
 	UpdateInteraction(ctx context.Context, in *UpdateInteractionRequest, opts ...grpc.CallOption) (*UpdateInteractionResponse, error)
+	// Deletes one interaction of the caller's, atomically: it leaves its conversation's
+	// list, its traces and its request_id go with it, its bytes are given back to the
+	// caller's storage, and search stops returning it. The conversation's rolling summary
+	// is not rewritten (what was folded into it stays). NOT_FOUND when missing or not the
+	// caller's, a retry after a deletion included.
+	DeleteInteraction(ctx context.Context, in *DeleteInteractionRequest, opts ...grpc.CallOption) (*DeleteInteractionResponse, error)
 	// Lists the traces (the steps that produced it) of one of the caller's interactions,
 	// in the order the steps ran.
 	ListInteractionTraces(ctx context.Context, in *ListInteractionTracesRequest, opts ...grpc.CallOption) (*ListInteractionTracesResponse, error)
@@ -151,6 +157,15 @@ func (c *memoryServiceClient) UpdateInteraction(ctx context.Context, in *UpdateI
 	return out, nil
 }
 
+func (c *memoryServiceClient) DeleteInteraction(ctx context.Context, in *DeleteInteractionRequest, opts ...grpc.CallOption) (*DeleteInteractionResponse, error) {
+	out := new(DeleteInteractionResponse)
+	err := c.cc.Invoke(ctx, "/gensearch.memory.v1.MemoryService/DeleteInteraction", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *memoryServiceClient) ListInteractionTraces(ctx context.Context, in *ListInteractionTracesRequest, opts ...grpc.CallOption) (*ListInteractionTracesResponse, error) {
 	out := new(ListInteractionTracesResponse)
 	err := c.cc.Invoke(ctx, "/gensearch.memory.v1.MemoryService/ListInteractionTraces", in, out, opts...)
@@ -213,6 +228,12 @@ type MemoryServiceServer interface {
 	// Changes an interaction's additional_info (the only field that may change, as in
 	// OpenSearch's memory API), as named by a field mask.
 	UpdateInteraction(context.Context, *UpdateInteractionRequest) (*UpdateInteractionResponse, error)
+	// Deletes one interaction of the caller's, atomically: it leaves its conversation's
+	// list, its traces and its request_id go with it, its bytes are given back to the
+	// caller's storage, and search stops returning it. The conversation's rolling summary
+	// is not rewritten (what was folded into it stays). NOT_FOUND when missing or not the
+	// caller's, a retry after a deletion included.
+	DeleteInteraction(context.Context, *DeleteInteractionRequest) (*DeleteInteractionResponse, error)
 	// Lists the traces (the steps that produced it) of one of the caller's interactions,
 	// in the order the steps ran.
 	ListInteractionTraces(context.Context, *ListInteractionTracesRequest) (*ListInteractionTracesResponse, error)
@@ -267,6 +288,9 @@ func (UnimplementedMemoryServiceServer) ListInteractions(context.Context, *ListI
 }
 func (UnimplementedMemoryServiceServer) UpdateInteraction(context.Context, *UpdateInteractionRequest) (*UpdateInteractionResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method UpdateInteraction not implemented")
+}
+func (UnimplementedMemoryServiceServer) DeleteInteraction(context.Context, *DeleteInteractionRequest) (*DeleteInteractionResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method DeleteInteraction not implemented")
 }
 func (UnimplementedMemoryServiceServer) ListInteractionTraces(context.Context, *ListInteractionTracesRequest) (*ListInteractionTracesResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListInteractionTraces not implemented")
@@ -455,6 +479,24 @@ func _MemoryService_UpdateInteraction_Handler(srv interface{}, ctx context.Conte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _MemoryService_DeleteInteraction_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteInteractionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MemoryServiceServer).DeleteInteraction(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/gensearch.memory.v1.MemoryService/DeleteInteraction",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MemoryServiceServer).DeleteInteraction(ctx, req.(*DeleteInteractionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _MemoryService_ListInteractionTraces_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ListInteractionTracesRequest)
 	if err := dec(in); err != nil {
@@ -566,6 +608,10 @@ var _MemoryService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "UpdateInteraction",
 			Handler:    _MemoryService_UpdateInteraction_Handler,
+		},
+		{
+			MethodName: "DeleteInteraction",
+			Handler:    _MemoryService_DeleteInteraction_Handler,
 		},
 		{
 			MethodName: "ListInteractionTraces",

@@ -1,0 +1,194 @@
+"""DeleteInteraction on the memory service: real gRPC, real Redis (standalone and a
+3-master cluster), the real search engine (qdrant-edge, keyword index)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+from gensearch.memory.v1 import memory_service_pb2 as pb
+
+from services.retrieval.edge_store import EdgeStore
+from services.retrieval.filters import Match
+from tests.memory.conftest import Memory, MemoryFactory
+from tests.memory.helpers import expect_error
+from tests.memory.test_search_interactions import (
+    ALICE,
+    BOB,
+    as_,
+    conversation,
+    keyword_memory,
+    search,
+    search_until,
+    turn,
+)
+from tests.support.rpc import error_info
+
+
+def delete(memory: Memory, iid: str, who: tuple[tuple[str, str], ...] = ALICE) -> object:
+    return memory.stub.DeleteInteraction(
+        pb.DeleteInteractionRequest(interaction_id=iid), metadata=who
+    )
+
+
+async def used_bytes(memory: Memory, who: tuple[tuple[str, str], ...] = ALICE) -> int:
+    checked = await memory.stub.CheckStorage(pb.CheckStorageRequest(), metadata=who)
+    return checked.used_bytes
+
+
+async def keys_naming(memory: Memory, text: str) -> list[str]:
+    return [
+        bytes(key).decode() async for key in memory.redis.scan_iter(match=f"*{text}*", count=1000)
+    ]
+
+
+async def expect_not_found(memory: Memory, iid: str, who: tuple[tuple[str, str], ...]) -> str:
+    err = await expect_error(delete(memory, iid, who), grpc.StatusCode.NOT_FOUND, "interaction_id")
+    info = error_info(err)
+    assert info.reason == "INTERACTION_NOT_FOUND"
+    assert info.metadata["interaction_id"] == iid
+    return str(err.details())
+
+
+async def test_a_deleted_turn_is_gone_everywhere(
+    memory_factory: MemoryFactory, tmp_path: Path
+) -> None:
+    memory = await keyword_memory(memory_factory, tmp_path)
+    cid = await conversation(memory, ALICE)
+    first = await turn(memory, ALICE, cid, "heron nesting", "in colonies")
+    second = await turn(memory, ALICE, cid, "heron diet", "fish and frogs")
+    before = await used_bytes(memory)
+    made = await memory.stub.CreateInteraction(
+        pb.CreateInteractionRequest(
+            conversation_id=cid,
+            input="zebra stripes",
+            response="camouflage",
+            request_id="zebra-request",
+            traces=[pb.Trace(step=pb.STEP_GENERATION)],
+        ),
+        metadata=ALICE,
+    )
+    doomed = made.interaction.interaction_id
+    # Never searched for after its deletion: only the deletion can drop it from the index.
+    unseen = await turn(memory, ALICE, cid, "okapi habitat", "rainforest")
+    assert await search_until(memory, ALICE, "zebra", [doomed]) == [doomed]
+    assert await search_until(memory, ALICE, "okapi", [unseen]) == [unseen]
+    with_both = await used_bytes(memory)
+    assert with_both > before
+    await delete(memory, unseen)
+
+    await delete(memory, doomed)
+
+    await expect_error(
+        memory.stub.GetInteraction(pb.GetInteractionRequest(interaction_id=doomed), metadata=ALICE),
+        grpc.StatusCode.NOT_FOUND,
+        "interaction_id",
+    )
+    await expect_error(
+        memory.stub.ListInteractionTraces(
+            pb.ListInteractionTracesRequest(interaction_id=doomed), metadata=ALICE
+        ),
+        grpc.StatusCode.NOT_FOUND,
+    )
+    listed = await memory.stub.ListInteractions(
+        pb.ListInteractionsRequest(conversation_id=cid), metadata=ALICE
+    )
+    assert [i.interaction_id for i in listed.interactions] == [second, first]
+    got = await memory.stub.GetConversation(
+        pb.GetConversationRequest(conversation_id=cid), metadata=ALICE
+    )
+    assert got.conversation.interaction_count == 2
+    # Its bytes went back, exactly: the owner holds what it held before the two turns.
+    assert await used_bytes(memory) == before
+    # No key names it any more (its hash, with its traces), nor its request_id.
+    assert await keys_naming(memory, doomed) == []
+    assert await keys_naming(memory, "zebra-request") == []
+    assert await search(memory, ALICE, "zebra") == []
+    # A retry after success: NOT_FOUND, as for any missing turn.
+    await expect_not_found(memory, doomed, ALICE)
+    # The request_id is free again: a new turn, not the deleted one returned.
+    again = await memory.stub.CreateInteraction(
+        pb.CreateInteractionRequest(
+            conversation_id=cid, input="zebra again", request_id="zebra-request"
+        ),
+        metadata=ALICE,
+    )
+    assert again.interaction.interaction_id != doomed
+
+    # The index forgot both (stopping the service ends its jobs and frees the files).
+    await memory.server.stop(0)
+    engine = EdgeStore(tmp_path / "memory-index")
+    await engine.open()
+    try:
+        count = {
+            iid: await engine.count(memory.settings.search_collection, Match("i", iid))
+            for iid in (doomed, unseen, first)
+        }
+    finally:
+        await engine.close()
+    assert count == {doomed: 0, unseen: 0, first: 2}
+
+
+async def test_another_owners_turn_is_not_found_like_a_missing_one(
+    memory_factory: MemoryFactory, tmp_path: Path
+) -> None:
+    memory = await keyword_memory(memory_factory, tmp_path)
+    cid = await conversation(memory, ALICE)
+    mine = await turn(memory, ALICE, cid, "albatross wingspan", "over three metres")
+    before = await used_bytes(memory)
+    other_tenant = as_("alice", "globex")
+    said = {
+        await expect_not_found(memory, mine, BOB),
+        await expect_not_found(memory, mine, other_tenant),
+    }
+    missing = "0190f5a8-8a3f-7cc1-9d2e-0123456789ab"
+    # Word for word what a missing one gets (its id aside).
+    absent = await expect_not_found(memory, missing, ALICE)
+    assert said == {f"interaction_id: interaction {mine} not found"}
+    assert absent == f"interaction_id: interaction {missing} not found"
+    # Untouched by the refused calls.
+    got = await memory.stub.GetInteraction(
+        pb.GetInteractionRequest(interaction_id=mine), metadata=ALICE
+    )
+    assert got.interaction.input == "albatross wingspan"
+    assert await used_bytes(memory) == before
+    assert await search_until(memory, ALICE, "albatross", [mine]) == [mine]
+    await expect_error(
+        delete(memory, "not-an-id"), grpc.StatusCode.INVALID_ARGUMENT, "interaction_id"
+    )
+    await expect_error(delete(memory, ""), grpc.StatusCode.INVALID_ARGUMENT, "interaction_id")
+
+
+async def test_the_summary_stays_and_eviction_counts_on(memory_factory: MemoryFactory) -> None:
+    """The summary is not rewritten, and the conversation's turn count stays right, so
+    max_turns evicts as before: the deleted turn counts no more."""
+    memory = await memory_factory()
+    made = await memory.stub.CreateConversation(
+        pb.CreateConversationRequest(max_turns=2), metadata=ALICE
+    )
+    cid = made.conversation.conversation_id
+    a = await turn(memory, ALICE, cid, "a", "1")
+    b = await turn(memory, ALICE, cid, "b", "2")
+    await memory.stub.UpdateConversationSummary(
+        pb.UpdateConversationSummaryRequest(
+            conversation_id=cid, text="asked about a and b", through_interaction_id=b
+        ),
+        metadata=ALICE,
+    )
+    await delete(memory, a)
+    c = await turn(memory, ALICE, cid, "c", "3")  # two turns: nothing evicted
+
+    async def listed() -> list[str]:
+        page = await memory.stub.ListInteractions(
+            pb.ListInteractionsRequest(conversation_id=cid), metadata=ALICE
+        )
+        return [i.interaction_id for i in page.interactions]
+
+    assert await listed() == [c, b]
+    d = await turn(memory, ALICE, cid, "d", "4")  # three: the oldest, b (summarised), left
+    assert await listed() == [d, c]
+    got = await memory.stub.GetConversation(
+        pb.GetConversationRequest(conversation_id=cid), metadata=ALICE
+    )
+    assert got.conversation.interaction_count == 2
+    assert got.conversation.summary.text == "asked about a and b"
