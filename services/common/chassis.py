@@ -621,35 +621,13 @@ class _MethodWrapper:
                 data = self._serialized(item)
                 if holding is not None and isinstance(data, bytes):
                     holding.take(len(data))
-                try:
-                    if first:
-                        first = False
-                        if limit.cuts(context):
-                            watch = limit.watch()
-                            # Headers on their own: a first message cut at its write would
-                            # otherwise leave them in a send gRPC never finished, and the
-                            # status' send would try them again (and fail). Only then: it
-                            # costs a step before the first message (the first token).
-                            await context.send_initial_metadata(())
-                    if watch is None:
-                        await context.write(data)
-                    else:
-                        # Only the write is watched, never the wait for the next message.
-                        watch.writing()
-                        try:
-                            await context.write(data)
-                        except asyncio.CancelledError:
-                            if watch.stalled():
-                                raise limit.stalled() from None
-                            raise
-                        finally:
-                            watch.written()
-                except ServiceError:
-                    raise
-                except Exception as err:
-                    # gRPC failed the send: the call is over (the client went away, or the
-                    # server is stopping), as when gRPC cancels this task itself.
-                    raise asyncio.CancelledError from err
+                # A watched stream's headers go on their own first; only then: it costs a
+                # step before the first message (the first token).
+                headers_first = first and limit.cuts(context)
+                if headers_first:
+                    watch = limit.watch()
+                first = False
+                await limit.write(context, data, watch, headers_first=headers_first)
                 # Written: gRPC has sent it (or holds it in the client's flow-control
                 # window).
                 if holding is not None:

@@ -197,29 +197,10 @@ async def _write_all(
                     reply = await anext(replies)
                 except StopAsyncIteration:
                     return
-            try:
-                if watched and watch is None:
-                    watch = idle.watch()
-                    # Headers on their own first, as the chassis sends them: a first reply
-                    # cut at its write would leave them in a send gRPC never finished.
-                    await context.send_initial_metadata(())
-                if watch is None:
-                    await context.write(reply)
-                else:
-                    watch.writing()
-                    try:
-                        await context.write(reply)
-                    except asyncio.CancelledError:
-                        if watch.stalled():
-                            raise idle.stalled() from None
-                        raise
-                    finally:
-                        watch.written()
-            except ServiceError:
-                raise
-            except Exception as err:
-                # gRPC failed the send: the client went away (or the server is stopping).
-                raise asyncio.CancelledError from err
+            headers_first = watched and watch is None
+            if headers_first:
+                watch = idle.watch()
+            await idle.write(context, reply, watch, headers_first=headers_first)
             if isinstance(cut, CallCut):
                 cut.sent += 1
     finally:

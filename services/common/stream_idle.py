@@ -42,7 +42,7 @@ from typing import Any
 import grpc
 
 from services.common.auth import current_identity
-from services.common.errors import DeadlineExceeded, seconds_text
+from services.common.errors import DeadlineExceeded, ServiceError, seconds_text
 
 REASON = "STREAM_IDLE"
 STALLED = "STREAM_STALLED"
@@ -160,6 +160,41 @@ class IdleLimit:
     def watch(self) -> SendWatch:
         """The watch of the current call's writes (run in the call's own task)."""
         return SendWatch(self.send_seconds)
+
+    async def write(
+        self,
+        context: grpc.aio.ServicerContext,
+        message: Any,
+        watch: SendWatch | None,
+        *,
+        headers_first: bool = False,
+    ) -> None:
+        """Writes one message of a server stream; under ``watch``, a write its client has
+        not taken within the send timeout ends the call STREAM_STALLED (only the write is
+        watched, never the wait for the next message). A send gRPC failed (the client went
+        away, or the server is stopping) is the call's end, as when gRPC cancels the task
+        itself: CancelledError. ``headers_first``: the headers are sent on their own before
+        it (a watched stream's first message: cut at its write, it would leave them in a
+        send gRPC never finished, and the status' send would try them again, and fail)."""
+        try:
+            if headers_first:
+                await context.send_initial_metadata(())
+            if watch is None:
+                await context.write(message)
+                return
+            watch.writing()
+            try:
+                await context.write(message)
+            except asyncio.CancelledError:
+                if watch.stalled():
+                    raise self.stalled() from None
+                raise
+            finally:
+                watch.written()
+        except ServiceError:
+            raise
+        except Exception as err:
+            raise asyncio.CancelledError from err
 
 
 class StreamClock:
