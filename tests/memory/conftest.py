@@ -8,6 +8,7 @@ stops, kills or restarts the standalone server).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -127,3 +128,16 @@ async def memory_factory(target: Target) -> AsyncIterator[MemoryFactory]:
 @pytest.fixture
 async def memory(memory_factory: MemoryFactory) -> Memory:
     return await memory_factory()
+
+
+def store_lines(
+    caplog: pytest.LogCaptureFixture, level: int, start: str
+) -> list[logging.LogRecord]:
+    """The memory store's log records of ``level`` whose message begins with ``start``."""
+    return [
+        r
+        for r in caplog.records
+        if r.name == "gensearch.memory.store"
+        and r.levelno == level
+        and r.getMessage().startswith(start)
+    ]

@@ -17,19 +17,10 @@ from services.common.auth import DEFAULT_TENANT
 from services.common.errors import Unavailable
 from services.common.redis_client import connect
 from services.memory.store import MemoryStore, Owner
+from tests.memory.conftest import store_lines
 from tests.support.redis_cluster import LocalCluster
 
 ROUNDS = 4
-
-
-def _lines(caplog: pytest.LogCaptureFixture, level: int, start: str) -> list[logging.LogRecord]:
-    return [
-        r
-        for r in caplog.records
-        if r.name == "gensearch.memory.store"
-        and r.levelno == level
-        and r.getMessage().startswith(start)
-    ]
 
 
 async def test_one_dead_node_is_one_warning_and_one_recovery_naming_it(
@@ -57,16 +48,16 @@ async def test_one_dead_node_is_one_warning_and_one_recovery_naming_it(
             assert caught.value.reason == "STORE_UNAVAILABLE"
             # The healthy masters serve their users all along: no recovery of the dead one.
             assert len((await store.list_conversations(alive, 10, None)).items) == 1
-        back = _lines(caplog, logging.INFO, "memory store reachable again")
+        back = store_lines(caplog, logging.INFO, "memory store reachable again")
         assert back == [], [r.getMessage() for r in back]
-        down = _lines(caplog, logging.WARNING, "memory store unavailable")
+        down = store_lines(caplog, logging.WARNING, "memory store unavailable")
         assert len(down) == 1, [r.getMessage() for r in down]
         assert address in down[0].getMessage(), down[0].getMessage()
         assert getattr(down[0], "node", None) == address
 
         await own_cluster.restart(victim)
         assert len((await store.list_conversations(alive, 10, None)).items) == 1
-        assert _lines(caplog, logging.INFO, "memory store reachable again") == []
+        assert store_lines(caplog, logging.INFO, "memory store reachable again") == []
         for _ in range(600):  # until the client finds the node again (no timing asserted)
             try:
                 await store.list_conversations(dead, 10, None)
@@ -76,9 +67,9 @@ async def test_one_dead_node_is_one_warning_and_one_recovery_naming_it(
         for _ in range(ROUNDS):
             await store.list_conversations(dead, 10, None)
             await store.list_conversations(alive, 10, None)
-        back = _lines(caplog, logging.INFO, "memory store reachable again")
+        back = store_lines(caplog, logging.INFO, "memory store reachable again")
         assert [r.getMessage() for r in back] == [f"memory store reachable again (node {address})"]
         assert getattr(back[0], "node", None) == address
-        assert len(_lines(caplog, logging.WARNING, "memory store unavailable")) == 1
+        assert len(store_lines(caplog, logging.WARNING, "memory store unavailable")) == 1
     finally:
         await store.close()

@@ -16,19 +16,10 @@ from services.devlaunch.redis_server import RedisProcess
 from services.memory.servicer import MemoryServicer
 from services.memory.settings import MemorySettings
 from services.memory.store import MemoryStore, Owner
+from tests.memory.conftest import store_lines
 
 ALICE = Owner(DEFAULT_TENANT, "alice")
 CALLS = 5
-
-
-def _lines(caplog: pytest.LogCaptureFixture, level: int, start: str) -> list[logging.LogRecord]:
-    return [
-        r
-        for r in caplog.records
-        if r.name == "gensearch.memory.store"
-        and r.levelno == level
-        and r.getMessage().startswith(start)
-    ]
 
 
 async def _fail(store: MemoryStore, calls: int) -> None:
@@ -47,7 +38,7 @@ async def test_a_redis_outage_is_one_line_and_its_end_another(
     caplog.set_level(logging.INFO, "gensearch.memory.store")
     try:
         await _fail(store, CALLS)
-        down = _lines(caplog, logging.WARNING, "memory store unavailable")
+        down = store_lines(caplog, logging.WARNING, "memory store unavailable")
         assert len(down) == 1, [r.getMessage() for r in down]
         assert "GENSEARCH_MEMORY_REDIS_URL" in down[0].getMessage()
         assert "onnect" in getattr(down[0], "error", "")  # what redis-py said, for the operator
@@ -72,19 +63,19 @@ async def _fail_then_recover(
 ) -> None:
     caplog.clear()
     await store.list_conversations(ALICE, 10, None)
-    assert not _lines(caplog, logging.INFO, "memory store reachable again")  # no outage yet
+    assert not store_lines(caplog, logging.INFO, "memory store reachable again")  # no outage yet
     await server.stop()
     await _fail(store, CALLS)
-    assert len(_lines(caplog, logging.WARNING, "memory store unavailable")) == 1
+    assert len(store_lines(caplog, logging.WARNING, "memory store unavailable")) == 1
     await server.start()
     for _ in range(CALLS):
         await store.list_conversations(ALICE, 10, None)
-    assert len(_lines(caplog, logging.INFO, "memory store reachable again")) == 1
+    assert len(store_lines(caplog, logging.INFO, "memory store reachable again")) == 1
     await server.stop()
     # A second outage within 30 s of the first's warning: no second one (a flapping Redis,
     # or a cluster with one node down, is a warning and an "again" line every 30 s at most).
     await _fail(store, CALLS)
-    assert len(_lines(caplog, logging.WARNING, "memory store unavailable")) == 1
+    assert len(store_lines(caplog, logging.WARNING, "memory store unavailable")) == 1
     await server.start()
 
 
