@@ -328,7 +328,9 @@ def _marker_number(digits: str) -> int:
     significant = digits.lstrip("0")
     if len(significant) > _MAX_MARKER_DIGITS:
         return MAX_MARKER_NUMBER
-    return min(int(digits), MAX_MARKER_NUMBER)
+    # The significant digits only: int() refuses a text past 4300 digits, leading zeros
+    # counted (ValueError: the Ask failed INTERNAL).
+    return min(int(significant or "0"), MAX_MARKER_NUMBER)
 
 
 # -- the wire form ------------------------------------------------------------------------

@@ -412,7 +412,13 @@ def test_an_ordinary_answer_checks_the_same_within_the_bound(max_checks: int) ->
 # A marker's number past what DroppedCitation.number (int32) holds, and one of more digits
 # than Python's int() reads (4300): both point at no hit. The first failed the whole Ask
 # (the proto refused the number), the second the check itself (int() raised).
-HUGE_MARKERS = "Spice on Dune [1]. Past int32 [99999999999999999999]. Long [" + "7" * 5000 + "]."
+HUGE_MARKERS = (
+    "Spice on Dune [1]. Past int32 [99999999999999999999]. Long ["
+    + "7" * 5000
+    + "]. Zeros ["
+    + "0" * 5000
+    + "9]."
+)
 
 
 async def test_a_marker_number_past_int32_is_dropped_and_reported(stack: Stack) -> None:
@@ -422,8 +428,12 @@ async def test_a_marker_number_past_int32_is_dropped_and_reported(stack: Stack) 
     assert response.answer == HUGE_MARKERS
     assert [c.number for c in response.citations] == [1]
     dropped = [(d.number, d.sentence) for d in response.dropped_citations]
-    assert dropped == [(citations.MAX_MARKER_NUMBER, 1), (citations.MAX_MARKER_NUMBER, 2)]
-    first, second = response.dropped_citations
+    assert dropped == [
+        (citations.MAX_MARKER_NUMBER, 1),
+        (citations.MAX_MARKER_NUMBER, 2),
+        (9, 3),  # leading zeros are no digits: the INTERNAL the review found
+    ]
+    first, second, _ = response.dropped_citations
     assert HUGE_MARKERS[first.start : first.end] == "[99999999999999999999]"
     assert HUGE_MARKERS[second.start : second.end] == "[" + "7" * 5000 + "]"
     request = gw_pb.StreamAskRequest(**_ASK_BOTH_BOOKS)
