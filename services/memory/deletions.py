@@ -3,8 +3,9 @@
 DeleteConversation deletes a long conversation in batches (``store.delete_conversation``):
 the first removes the conversation, so it is NOT_FOUND at once; later ones its turns. A
 call that failed in between and was never retried left those turns stored, read by no
-one, for good. Every call marks its deletion in Redis before each batch and unmarks it
-when done; this loop, in every replica, finishes the deletions whose mark outlived
+one, for good. A call marks its deletion in Redis before each batch that may leave turns
+to a later one (a conversation deleted in one batch needs no mark) and unmarks it when
+done; this loop, in every replica, finishes the deletions whose mark outlived
 GENSEARCH_MEMORY_DELETE_RESUME_SECONDS (``store.resume_deletions``). Two replicas
 finishing one deletion at once is harmless: each batch deletes what is still listed.
 """

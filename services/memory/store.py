@@ -1623,16 +1623,18 @@ class MemoryStore:
             # deadline, a cancel) piled marks up faster than the resume clears them. The
             # resume leaves the mark it took as it is (due) until it is done.
             if marking and (started or len(batch) == DELETE_BATCH):
-                try:
-                    await self._mark_deleting(mark)
-                    marked = True
-                except Unavailable:  # logged by _redis; best effort (see above)
-                    # Not again in this call: a node that hangs would cost each step
-                    # its socket timeout.
-                    marking = False
+                # Not again in this call once refused: a node that hangs would cost each
+                # step its socket timeout.
+                marking = await self._marked(mark)
+                marked = marked or marking
             status = await self._script(self._delete_conversation, names + turns + requests, args)
             if status == 3:
                 started = True
+                if marking and not marked:
+                    # An unmarked first run left turns (written between its read and it),
+                    # the conversation gone: marked at once, whatever becomes of the call,
+                    # or one cut before its next run left them to no one.
+                    marking = marked = await asyncio.shield(self._marked(mark))
                 continue
             if finish_only is None:
                 if marked:
@@ -1642,9 +1644,11 @@ class MemoryStore:
                 await self._unmark_deleting(mark, finish_only)
             if status == 0 and not started and finish_only is None:
                 raise conversation_not_found(cid)
-            # 1; 0 after a run of ours (another call finished it) or for the resume (done
-            # already); 2: the resume's, a conversation never deleted.
-            return status != 2
+            # 1: this run deleted the last of it; 0: nothing was left (another call
+            # finished it, or, for the resume, it was done already); 2: the resume's, a
+            # conversation never deleted. The resume counts only what it deleted: a mark
+            # whose deletion was complete (its unmark refused) is no deletion finished.
+            return finish_only is None or started or status == 1
 
     def _deleting_key(self) -> str:
         # P:{deletes}:pending  ZSET  [tenant, user, cid] JSON of each deletion under way or
@@ -1661,6 +1665,15 @@ class MemoryStore:
             key=self._deleting_key(),
             write=True,
         )
+
+    async def _marked(self, mark: str) -> bool:
+        """Marks the deletion, best effort: False when Redis refused (logged by _redis),
+        and the deletion goes on unmarked (``delete_conversation``)."""
+        try:
+            await self._mark_deleting(mark)
+        except Unavailable:
+            return False
+        return True
 
     async def _unmark_deleting(self, mark: str, made_by: int | None = None) -> None:
         """Removes ``mark``; with ``made_by`` (the resume's) only while it was made by then."""

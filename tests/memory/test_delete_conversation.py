@@ -16,6 +16,7 @@ from services.common.auth import DEFAULT_TENANT
 from services.common.errors import NotFound, Unavailable
 from services.common.redis_client import connect
 from services.devlaunch.redis_server import RedisProcess
+from services.memory import keys
 from services.memory import store as store_module
 from services.memory.deletions import DeletionResumer
 from services.memory.store import MemoryStore, Owner
@@ -367,6 +368,46 @@ async def test_a_delete_done_in_one_run_writes_no_mark(
             await redis.aclose()
 
 
+async def test_a_first_run_that_leaves_turns_is_marked_before_the_call_goes_on(
+    redis_server: RedisProcess, memory: Memory
+) -> None:
+    """A conversation of one batch is deleted unmarked; a turn written between the
+    run's read and the run is left to a later one, the conversation already gone. A call
+    cut there (here: Redis unreachable for its next read) left that turn to no one: the
+    resume never saw it. The call marks the deletion as soon as its first run says so."""
+    cid = ""
+    ints = ""
+    phase = "before"
+
+    async def step(args: list[bytes]) -> None:
+        nonlocal phase
+        command = args[0].upper()
+        if phase == "armed" and command in (b"EVALSHA", b"EVAL") and cid.encode() in args:
+            # A turn listed between the read and the run: the run leaves it (status 3).
+            await memory.redis.zadd(ints, {"0190d2e5-late-turn": 1})
+            phase = "ran"
+        elif phase == "ran" and not (command == b"ZADD" and b"{deletes}" in args[1]):
+            raise ConnectionError("Redis gone after the first run")
+
+    async with relaying(redis_server.url, step) as url:
+        redis = connect(url, cluster=False, socket_timeout=5, connect_timeout=2)
+        try:
+            store = MemoryStore(redis)
+            cid = await _conversation(store, 3)
+            ints = keys.conversation_interactions(store.tag(ALICE), cid)
+            phase = "armed"
+            with pytest.raises(Unavailable):
+                await store.delete_conversation(ALICE, cid)
+        finally:
+            await redis.aclose()
+    survivor = MemoryStore(memory.redis, delete_resume_seconds=0.001)
+    assert await survivor.deletions_pending() == 1
+    await asyncio.sleep(0.01)  # past the mark's due time (1 ms)
+    assert await survivor.resume_deletions() == 1
+    assert await survivor.deletions_pending() == 0
+    assert await _left(memory, survivor, cid) == []
+
+
 async def test_a_delete_done_whose_unmark_failed_answers_ok(
     redis_server: RedisProcess, memory: Memory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -386,7 +427,7 @@ async def test_a_delete_done_whose_unmark_failed_answers_ok(
     assert await _left(memory, survivor, cid) == []
     assert await survivor.deletions_pending() == 1
     await asyncio.sleep(0.01)  # past the mark's due time (1 ms)
-    await survivor.resume_deletions()  # nothing was left to finish: the mark goes
+    assert await survivor.resume_deletions() == 0  # nothing was left to finish: the mark goes
     assert await survivor.deletions_pending() == 0
     assert await _left(memory, survivor, cid) == []
 
