@@ -6,9 +6,11 @@ moves it on rather than indexing the turn a second time beside it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from gensearch.memory.v1 import memory_service_pb2 as pb
@@ -40,14 +42,26 @@ class _HeldIndex(InteractionIndex):
         await super().add(owner, interaction)
 
 
+@contextlib.asynccontextmanager
+async def held_indexer(
+    url: str, tmp_path: Path, retry_seconds: float
+) -> AsyncIterator[tuple[MemoryStore, _HeldIndex, Indexer]]:
+    """A store on its own key prefix and an indexer of a ``_HeldIndex``, closed after."""
+    redis = connect(url, cluster=False, socket_timeout=5, connect_timeout=2)
+    store = MemoryStore(redis, key_prefix=f"ahead-{uuid.uuid4().hex[:8]}")
+    index = _HeldIndex(EdgeStore(tmp_path / "index"), None, "ahead")
+    indexer = Indexer(store, index, retry_seconds=retry_seconds)
+    try:
+        yield store, index, indexer
+    finally:
+        await indexer.close()
+        await redis.aclose()
+
+
 async def test_the_job_is_written_ahead_run_once_and_then_removed(
     target: Target, tmp_path: Path
 ) -> None:
-    redis = connect(target.url, cluster=False, socket_timeout=5, connect_timeout=2)
-    store = MemoryStore(redis, key_prefix=f"ahead-{uuid.uuid4().hex[:8]}")
-    index = _HeldIndex(EdgeStore(tmp_path / "index"), None, "ahead")
-    indexer = Indexer(store, index, retry_seconds=0.05)
-    try:
+    async with held_indexer(target.url, tmp_path, 0.05) as (store, index, indexer):
         cid = (await store.create_conversation(ALICE, "c")).conversation_id
         turn = await store.create_interaction(ALICE, cid, pb.Interaction(input="kumquats"), "")
         before = time.time_ns() // 1_000_000
@@ -67,6 +81,3 @@ async def test_the_job_is_written_ahead_run_once_and_then_removed(
         await indexer.idle()
         assert await index.indexed([turn.interaction_id]) == {turn.interaction_id}
         assert await store.outbox_due(FAR, 10) == []  # done: out of the outbox
-    finally:
-        await indexer.close()
-        await redis.aclose()

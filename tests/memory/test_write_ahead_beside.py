@@ -22,15 +22,12 @@ import pytest
 from gensearch.memory.v1 import memory_service_pb2 as pb
 from gensearch.memory.v1 import memory_service_pb2_grpc as pb_grpc
 
-from services.common.redis_client import connect
 from services.devlaunch.redis_server import RedisProcess
 from services.memory.__main__ import build_server
-from services.memory.indexer import Indexer
-from services.memory.store import MemoryStore, Owner, lua_source
-from services.retrieval.edge_store import EdgeStore
+from services.memory.store import Owner, lua_source
 from tests.memory.conftest import Memory, MemoryFactory, make_settings
 from tests.memory.test_search_interactions import ALICE
-from tests.memory.test_search_write_ahead import FAR, _HeldIndex
+from tests.memory.test_search_write_ahead import FAR, held_indexer
 from tests.support.redis_relay import relaying
 
 WAIT_SECONDS = 5.0
@@ -141,11 +138,7 @@ async def test_a_turn_written_slower_than_half_a_retry_period_has_its_job_writte
     write slower than that (a slot move waited out), a drain (any replica's) may take the
     job before the turn exists, find no turn and drop it. Past half a retry period the
     job is written again before the turn is acknowledged."""
-    redis = connect(redis_server.url, cluster=False, socket_timeout=5, connect_timeout=2)
-    store = MemoryStore(redis, key_prefix=f"beside-{uuid.uuid4().hex[:8]}")
-    index = _HeldIndex(EdgeStore(tmp_path / "index"), None, "beside")
-    indexer = Indexer(store, index, retry_seconds=0.2)
-    try:
+    async with held_indexer(redis_server.url, tmp_path, 0.2) as (store, index, indexer):
         cid = (await store.create_conversation(OWNER, "c")).conversation_id
         ahead = indexer.write_ahead(OWNER)
         turn = await store.create_interaction(
@@ -162,6 +155,3 @@ async def test_a_turn_written_slower_than_half_a_retry_period_has_its_job_writte
         index.go.set()
         await indexer.idle()
         assert await index.indexed([turn.interaction_id]) == {turn.interaction_id}
-    finally:
-        await indexer.close()
-        await redis.aclose()
