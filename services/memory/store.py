@@ -1788,8 +1788,9 @@ class MemoryStore:
         same key and another fingerprint is REQUEST_ID_REUSED, nothing written.
         ``beside`` is called with the turn's id once it is chosen, just before its first
         write is sent, to start a write of its own beside it (the search index's job
-        written ahead, indexer.WriteAhead): the two round trips overlap. A later attempt
-        writes the turn under another id, which ``beside`` is not told."""
+        written ahead, indexer.WriteAhead): the two round trips overlap. A run after
+        another replica's newer turn (status 6) writes the turn under another id, which
+        ``beside`` is not told."""
         tag = self.tag(owner)
         created: list[EncodableT] = ["0"]
         if new is not None:
@@ -1867,11 +1868,14 @@ class MemoryStore:
         too, nothing written, when it names turns to declare (``_DECLARE``): those the
         turn's eviction deletes (max_turns), or the turn ``request_id`` names when its key
         is not on the node (mid-reshard: declared, Redis refuses the run until it moved,
-        rather than the turn being stored twice). At max_turns a turn takes two runs."""
+        rather than the turn being stored twice). At max_turns a turn takes two runs, under
+        one id: the id is made again only after status 6 (before, every run made one, so
+        the index job ``beside`` wrote for the first was taken out again and written anew
+        for the second: two more outbox writes per turn at max_turns)."""
         named: dict[str, str] = {}
         evicted, declared = _declare_turns(tag, named)
+        iid, now = self._ids.new()
         for _ in range(TURN_WRITE_ATTEMPTS):
-            iid, now = self._ids.new()
             interaction.interaction_id = iid
             interaction.conversation_id = cid
             interaction.create_time.FromMilliseconds(now)
@@ -1903,6 +1907,7 @@ class MemoryStore:
                 evicted, declared = _declare_turns(tag, named, out)
             elif out[0] == 6:
                 self._ids.advance_past(out[1].decode())
+                iid, now = self._ids.new()  # after the newest turn (nothing written)
             else:
                 return out
         raise Aborted(

@@ -12,9 +12,11 @@ wait, then the test fails; no timing assertion)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -22,6 +24,7 @@ import pytest
 from gensearch.memory.v1 import memory_service_pb2 as pb
 from gensearch.memory.v1 import memory_service_pb2_grpc as pb_grpc
 
+from services.common.redis_client import RedisClient, connect
 from services.devlaunch.redis_server import RedisProcess
 from services.memory.__main__ import build_server
 from services.memory.store import Owner, lua_source
@@ -155,3 +158,67 @@ async def test_a_turn_written_slower_than_half_a_retry_period_has_its_job_writte
         index.go.set()
         await indexer.idle()
         assert await index.indexed([turn.interaction_id]) == {turn.interaction_id}
+
+
+@contextlib.asynccontextmanager
+async def _service(
+    url: str, server: RedisProcess, tmp_path: Path, **overrides: object
+) -> AsyncIterator[Memory]:
+    """The memory service with a keyword index on ``url`` (a relay), and a client of the
+    test's own straight to ``server``."""
+    settings = make_settings(url, search_index="keyword", data_dir=tmp_path, **overrides)
+    grpc_server = await build_server(settings, port=0)
+    await grpc_server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{grpc_server.port}")
+    memory = Memory(
+        grpc_server, channel, pb_grpc.MemoryServiceStub(channel), _client(server), settings
+    )
+    try:
+        yield memory
+    finally:
+        await channel.close()
+        await memory.redis.aclose()
+        await grpc_server.stop(0)
+
+
+def _client(server: RedisProcess) -> RedisClient:
+    return connect(server.url, cluster=False, socket_timeout=5, connect_timeout=2)
+
+
+def _job_of(args: list[bytes]) -> list[str]:
+    """The index job an outbox_add command queues (its member, a JSON list)."""
+    return next(json.loads(a) for a in args if a.startswith(b'["index"'))
+
+
+async def test_a_turn_at_max_turns_has_its_job_written_once_under_its_id(
+    redis_server: RedisProcess, tmp_path: Path
+) -> None:
+    """At max_turns a turn takes two runs of its script: the first names the turns its
+    eviction deletes, to declare. Its id was made again for the second run, so the job
+    written beside the first was taken out and written again for the new id (two outbox
+    writes more per turn). The id is kept: one write, naming the turn stored. Counted from
+    the commands that reach Redis."""
+    adds: list[list[str]] = []
+
+    async def step(args: list[bytes]) -> None:
+        if _script(args) == _SHA["outbox_add"]:
+            adds.append(_job_of(args))
+
+    async with (
+        relaying(redis_server.url, step) as url,
+        _service(url, redis_server, tmp_path, search_retry_seconds=30.0) as memory,
+    ):
+        create = pb.CreateConversationRequest(max_turns=1, summary_disabled=True)
+        made = await memory.stub.CreateConversation(create, metadata=ALICE)
+        cid = made.conversation.conversation_id
+        ask = pb.CreateInteractionRequest(conversation_id=cid, input="kumquats")
+        await memory.stub.CreateInteraction(ask, metadata=ALICE)
+        adds.clear()
+        ask.input = "quinces"  # evicts the first
+        stored = await memory.stub.CreateInteraction(ask, metadata=ALICE)
+        iid = stored.interaction.interaction_id
+        listed = await memory.stub.ListInteractions(
+            pb.ListInteractionsRequest(conversation_id=cid), metadata=ALICE
+        )
+        assert [t.interaction_id for t in listed.interactions] == [iid]  # at max_turns
+        assert [job[3] for job in adds] == [iid]
