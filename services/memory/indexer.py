@@ -186,9 +186,11 @@ class Indexer:
         the job, due a retry period after it was sent, may have been drained meanwhile
         (any replica's, on a clock ahead of this one's) before the turn existed, and a
         drain dropping the job of a turn it does not find, the turn would be left without
-        one."""
+        one. ``ahead`` is settled here: a later ``abandon`` of it (the call failed after
+        the turn was stored) leaves the stored turn's job alone."""
         job = [_INDEX, owner.tenant, owner.user, interaction.interaction_id]
         if ahead is not None and ahead.names(interaction.interaction_id):
+            ahead.settled = True  # the stored turn's job: never abandoned after this
             assert ahead.task is not None
             queued = await asyncio.shield(ahead.task)
             if queued is not False and time.monotonic() - ahead.started > self._retry / 2:
@@ -196,6 +198,7 @@ class Indexer:
         else:
             if ahead is not None:
                 self.abandon(ahead)
+                ahead.settled = True  # taken out once: not again by a later abandon
             queued = await asyncio.shield(self._start_ahead(job))
         self._spawn(job, interaction, queued)
 
@@ -203,8 +206,9 @@ class Indexer:
         """The turn ``ahead`` wrote the job of was not written (under its id): the job is
         taken out of the outbox, in the background, once its write is done (left there, a
         drain would find no turn and drop it; meanwhile it would hold a place of the
-        outbox's bounds)."""
-        if ahead.task is None:
+        outbox's bounds). Nothing for one ``stored`` took for its turn (``settled``): the
+        turn is stored, and its job (running, or waiting in the outbox) is its index's."""
+        if ahead.task is None or ahead.settled:
             return
         job, task = ahead.job, ahead.task
 
@@ -591,6 +595,7 @@ class WriteAhead:
         self.job: list[str] = []
         self.task: asyncio.Task[bool | None] | None = None
         self.started = 0.0  # time.monotonic() when the job was sent
+        self.settled = False  # the job is the stored turn's (Indexer.stored): kept
 
     def __call__(self, iid: str) -> None:
         if self.task is not None:

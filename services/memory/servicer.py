@@ -300,21 +300,29 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
         _check_fits_a_page(interaction, s.page_bytes)
         owner = _owner()
         # The index job is written ahead beside the turn's own write (the two round trips
-        # overlap), and awaited before the turn is acknowledged (indexer.stored).
-        ahead = None if self._indexer is None else self._indexer.write_ahead(owner)
+        # overlap), and awaited before the turn is acknowledged (indexer.stored), as soon
+        # as the turn is known stored: an error after that (the walk of its turns' expiry
+        # failing) leaves the job to the stored turn.
+        indexer = self._indexer
+        ahead = None if indexer is None else indexer.write_ahead(owner)
+
+        async def index(turn: pb.Interaction) -> None:
+            assert indexer is not None
+            await indexer.stored(owner, turn, ahead)
+
         try:
             stored = await self._store.create_interaction(
-                owner, cid, interaction, request_id, stored_traces, new, kept, beside=ahead
-            )
+                owner, cid, interaction, request_id, stored_traces, new, kept,
+                beside=ahead, stored=None if indexer is None else index,
+            )  # fmt: skip
         except ServiceError as err:
-            # Refused: no turn under the job's id. An outage may have stored it all the
-            # same: its job is left for a drain, which indexes the turn or finds none.
+            # Refused: no turn under the job's id (abandon leaves a job handed to stored
+            # alone). An outage may have stored it all the same: its job is left for a
+            # drain, which indexes the turn or finds none.
             refused = not isinstance(err, Unavailable)
-            if self._indexer is not None and ahead is not None and refused:
-                self._indexer.abandon(ahead)
+            if indexer is not None and ahead is not None and refused:
+                indexer.abandon(ahead)
             raise
-        if self._indexer is not None:
-            await self._indexer.stored(owner, stored, ahead)
         return pb.CreateInteractionResponse(interaction=stored)
 
     async def GetInteraction(

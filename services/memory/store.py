@@ -1778,6 +1778,7 @@ class MemoryStore:
         new: NewConversation | None = None,
         fingerprint: str = "",
         beside: Callable[[str], object] | None = None,
+        stored: Callable[[pb.Interaction], Awaitable[None]] | None = None,
     ) -> pb.Interaction:
         """Stores ``interaction`` (its id, conversation and create_time are set here) with
         its serialized ``traces``, in one atomic step. With ``new`` (``cid`` empty), the
@@ -1790,7 +1791,10 @@ class MemoryStore:
         write is sent, to start a write of its own beside it (the search index's job
         written ahead, indexer.WriteAhead): the two round trips overlap. A run after
         another replica's newer turn (status 6) writes the turn under another id, which
-        ``beside`` is not told."""
+        ``beside`` is not told. ``stored`` is awaited with the turn the call answers with
+        (this one stored, or ``request_id``'s earlier one) as soon as it is known stored,
+        before the walk of the turns' expiry, which may still fail the call: the turn is
+        stored all the same (its index job must not be taken out)."""
         tag = self.tag(owner)
         created: list[EncodableT] = ["0"]
         if new is not None:
@@ -1815,7 +1819,10 @@ class MemoryStore:
                     reason="REQUEST_ID_REUSED",
                 )
             _same_request(fingerprint, out[3])
-            return pb.Interaction.FromString(out[2])
+            earlier = pb.Interaction.FromString(out[2])
+            if stored is not None:
+                await stored(earlier)
+            return earlier
         if status == 3:
             raise self._storage_full()
         if status == 4:
@@ -1827,6 +1834,8 @@ class MemoryStore:
         turn = keys.interaction(tag, interaction.interaction_id)
         self._hint(turn, [keys.conversation(tag, cid)])
         self._recent.wrote(keys.conversation(tag, cid), turn, new=new is not None)
+        if stored is not None:
+            await stored(interaction)
         if out[1] == b"1":
             # This turn's renewal started a walk of every turn's expiry (once per ttl of
             # activity): finished before the turn is acknowledged, so the conversation

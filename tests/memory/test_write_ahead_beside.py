@@ -23,20 +23,22 @@ import grpc
 import pytest
 from gensearch.memory.v1 import memory_service_pb2 as pb
 from gensearch.memory.v1 import memory_service_pb2_grpc as pb_grpc
+from google.protobuf import duration_pb2
 
 from services.common.redis_client import RedisClient, connect
 from services.devlaunch.redis_server import RedisProcess
 from services.memory.__main__ import build_server
 from services.memory.store import Owner, lua_source
 from tests.memory.conftest import Memory, MemoryFactory, make_settings
-from tests.memory.test_search_interactions import ALICE
+from tests.memory.helpers import rpc_error
+from tests.memory.test_search_interactions import ALICE, search_until
 from tests.memory.test_search_write_ahead import FAR, held_indexer
 from tests.support.redis_relay import relaying
 
 WAIT_SECONDS = 5.0
 OWNER = Owner("acme", "alice")
 _SHA = {name: hashlib.sha1(lua_source(name).encode()).hexdigest().encode()
-        for name in ("create_interaction", "outbox_add")}  # fmt: skip
+        for name in ("create_interaction", "outbox_add", "retention_step")}  # fmt: skip
 
 
 def _script(args: list[bytes]) -> bytes:
@@ -222,3 +224,59 @@ async def test_a_turn_at_max_turns_has_its_job_written_once_under_its_id(
         )
         assert [t.interaction_id for t in listed.interactions] == [iid]  # at max_turns
         assert [job[3] for job in adds] == [iid]
+
+
+async def test_a_turn_stored_then_failed_by_its_walk_keeps_its_index_job(
+    redis_server: RedisProcess, tmp_path: Path
+) -> None:
+    """A turn stored whose walk of its conversation's turn expiries then fails (INTERNAL:
+    here Redis refuses the walk's keys, an ACL changed under the service) is stored all
+    the same: its index job stays and the turn is indexed. Before, the failed call took
+    the job out as a refused write's, and search missed the turn until the periodic
+    sweep (an hour by default)."""
+    admin = _client(redis_server)
+    password = uuid.uuid4().hex
+    await admin.execute_command("ACL", "SETUSER", "memory", "on", f">{password}", "allkeys",
+                                "allchannels", "+@all")  # fmt: skip
+    armed = False
+    outbox = ""
+
+    async def step(args: list[bytes]) -> None:
+        nonlocal armed
+        if armed and _script(args) == _SHA["retention_step"]:
+            armed = False
+            # The outbox alone stays the service's: the walk's keys are refused (NOPERM).
+            await admin.execute_command("ACL", "SETUSER", "memory", "resetkeys", outbox)
+
+    try:
+        async with relaying(redis_server.url, step) as url:
+            as_memory = url.replace("redis://", f"redis://memory:{password}@")
+            async with _service(
+                as_memory, redis_server, tmp_path, search_retry_seconds=2.0
+            ) as memory:
+                outbox = f"~{memory.settings.key_prefix}:{{search-outbox}}:*"
+                create = pb.CreateConversationRequest(ttl=duration_pb2.Duration(seconds=3600))
+                made = await memory.stub.CreateConversation(create, metadata=ALICE)
+                cid = made.conversation.conversation_id
+                ask = pb.CreateInteractionRequest(conversation_id=cid, input="kumquats")
+                first = (await memory.stub.CreateInteraction(ask, metadata=ALICE)).interaction
+                # As if the turns were last renewed a ttl ago: the next turn starts a walk
+                # of every turn's expiry, which reaches the first one in retention_step.lua.
+                (conversation,) = await admin.keys(f"*:conv:{cid}")
+                expire = int(await admin.hget(conversation, "expire_time"))
+                await admin.hset(conversation, "renewed_until", expire - 3_540_000)
+                armed = True
+                ask.input = "quinces"
+                failed = await rpc_error(memory.stub.CreateInteraction(ask, metadata=ALICE))
+                assert failed.code() == grpc.StatusCode.INTERNAL
+                assert not armed  # the walk's run was the one refused
+                await admin.execute_command("ACL", "SETUSER", "memory", "allkeys")
+                listed = await memory.stub.ListInteractions(
+                    pb.ListInteractionsRequest(conversation_id=cid), metadata=ALICE
+                )
+                turns = [t.interaction_id for t in listed.interactions]
+                assert len(turns) == 2 and first.interaction_id in turns  # stored
+                (second,) = set(turns) - {first.interaction_id}
+                assert await search_until(memory, ALICE, "quinces", [second]) == [second]
+    finally:
+        await admin.aclose()
