@@ -162,6 +162,10 @@ class InvalidArgument(ServiceError):
 
 
 MISSING_FIELD = "MISSING_FIELD"
+# A downstream service unreachable (its channel's own UNAVAILABLE or UNKNOWN, with no
+# ErrorInfo of ours) or refusing the call at its HTTP/2 layer: ``from_rpc_error`` and the
+# gateway's clients raise it, and the gateway tells an outage by it.
+DOWNSTREAM_UNAVAILABLE = "DOWNSTREAM_UNAVAILABLE"
 
 
 class MissingField(InvalidArgument):
@@ -376,12 +380,12 @@ _BARE_STATUS: dict[grpc.StatusCode, tuple[type[ServiceError], str, str]] = {
     grpc.StatusCode.UNAVAILABLE: (
         Unavailable,
         "is unavailable; try again shortly",
-        "DOWNSTREAM_UNAVAILABLE",
+        DOWNSTREAM_UNAVAILABLE,
     ),
     grpc.StatusCode.UNKNOWN: (
         Unavailable,
         "is unavailable; try again shortly",
-        "DOWNSTREAM_UNAVAILABLE",
+        DOWNSTREAM_UNAVAILABLE,
     ),
     grpc.StatusCode.DEADLINE_EXCEEDED: (
         DeadlineExceeded,

@@ -42,6 +42,9 @@ from services.retrieval.store import (
 
 log = logging.getLogger("gensearch.retrieval.qdrant")
 SCHEMA_KEY = "gensearch_schema"
+# The reasons of a Qdrant server that cannot serve: unreachable, or answering an error.
+QDRANT_UNAVAILABLE = "QDRANT_UNAVAILABLE"
+QDRANT_ERROR = "QDRANT_ERROR"
 
 _DISTANCES = {
     "cosine": models.Distance.COSINE,
@@ -123,12 +126,10 @@ def _guard(name: str | None = None) -> Iterator[None]:
     except UnexpectedResponse as err:
         if err.status_code == 404 and name is not None:
             raise NotFound(f"collection {name!r} not found", field="collection") from None
-        raise Unavailable(
-            f"Qdrant answered HTTP {err.status_code}", reason="QDRANT_ERROR"
-        ) from None
+        raise Unavailable(f"Qdrant answered HTTP {err.status_code}", reason=QDRANT_ERROR) from None
     except (ResponseHandlingException, httpx.HTTPError, ConnectionError, TimeoutError) as err:
         raise Unavailable(
-            f"Qdrant is unreachable ({type(err).__name__})", reason="QDRANT_UNAVAILABLE"
+            f"Qdrant is unreachable ({type(err).__name__})", reason=QDRANT_UNAVAILABLE
         ) from None
     except ValueError as err:
         # The in-process engine reports a missing collection this way.
@@ -138,7 +139,7 @@ def _guard(name: str | None = None) -> Iterator[None]:
 
 
 # What a Qdrant server that cannot serve answers with: logged once per outage.
-OUTAGE_REASONS = ("QDRANT_UNAVAILABLE", "QDRANT_ERROR")
+OUTAGE_REASONS = (QDRANT_UNAVAILABLE, QDRANT_ERROR)
 
 
 class ServerStore:
@@ -237,7 +238,7 @@ class ServerStore:
                         name, key, field_schema=_INDEXES[kind], wait=False
                     )
         except Unavailable as err:
-            if err.reason == "QDRANT_UNAVAILABLE":
+            if err.reason == QDRANT_UNAVAILABLE:
                 raise  # unreachable: tried again on the next call
             # Refused (a read-only key, say): served as before, by reading payloads.
             log.warning(

@@ -25,7 +25,12 @@ from typing import Any, ClassVar
 
 import grpc
 
-from services.common.errors import ServiceError, Unavailable, from_rpc_error
+from services.common.errors import (
+    DOWNSTREAM_UNAVAILABLE,
+    ServiceError,
+    Unavailable,
+    from_rpc_error,
+)
 from services.common.logs import ThrottledWarning
 from services.gateway.clients.caller import Caller, Metadata
 from services.gateway.clients.channel import make_channel
@@ -102,11 +107,11 @@ class ServiceClient:
             yield
         except grpc.aio.AioRpcError as err:
             mapped = self.map_error(err)
-            if mapped.reason == "DOWNSTREAM_UNAVAILABLE" and not refused_stream(err):
+            if mapped.reason == DOWNSTREAM_UNAVAILABLE and not refused_stream(err):
                 self._outage(err, cause=err.code().name)
             else:  # the service answered, if with an error or a refusal
                 self._outage.recovered()
-                if mapped.reason == "DOWNSTREAM_UNAVAILABLE":
+                if mapped.reason == DOWNSTREAM_UNAVAILABLE:
                     self._refused(err, cause="REFUSED_STREAM")
             raise mapped from None
         self._outage.recovered()
@@ -120,7 +125,7 @@ class ServiceClient:
                 f"the {self.service} service refused the call: the gateway's connection to "
                 f"it carries its limit of calls at once ({self._streams_setting}); the call "
                 "never ran, try again shortly",
-                reason="DOWNSTREAM_UNAVAILABLE",
+                reason=DOWNSTREAM_UNAVAILABLE,
                 metadata={"service": self.service, "setting": self._streams_setting},
             )
         return from_rpc_error(err, self.service)

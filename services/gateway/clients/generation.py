@@ -40,6 +40,7 @@ from google.protobuf import duration_pb2
 from services.common import call_slots
 from services.common.egress import EMBEDDING_KEY_HEADER, RERANK_KEY_HEADER
 from services.common.errors import (
+    DOWNSTREAM_UNAVAILABLE,
     WAIT_MS,
     ResourceExhausted,
     ServiceError,
@@ -78,7 +79,7 @@ MAX_BACKOFF = 1.0
 #: (field ``messages``; metadata ``max_chars``, ``chars``, ``setting``).
 PROMPT_TOO_LONG = "PROMPT_TOO_LONG"
 #: The channel's own UNAVAILABLE (from_rpc_error): no replica answered.
-NO_REPLICA = "DOWNSTREAM_UNAVAILABLE"
+NO_REPLICA = DOWNSTREAM_UNAVAILABLE
 
 R = TypeVar("R")
 #: A StreamGenerate call that was not refused: its messages, and the first (None: none came).
