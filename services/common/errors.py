@@ -280,10 +280,10 @@ def out_of_range(
     """A refusal of ``field`` past its ``bound`` (set by the variable ``setting``), one
     shape for every such refusal: reason OUT_OF_RANGE, ErrorInfo metadata ``max`` (with
     ``seconds``, ``max_seconds``, written with ``seconds_text``) and ``setting``, so a
-    client trims by them without parsing ``message``; the message names the setting too
-    (appended when it does not already)."""
-    if setting not in message:
-        message = f"{message} ({setting})"
+    client trims by them without parsing ``message``; the message names the setting too,
+    appended here as `` (SETTING)``: a caller's ``message`` says only what the bound is
+    (tests/common/test_error_messages.py keeps every caller's message free of it)."""
+    message = f"{message} ({setting})"
     key, text = ("max_seconds", seconds_text(bound)) if seconds else ("max", str(bound))
     return error(
         message, field=field, reason="OUT_OF_RANGE", metadata={key: text, "setting": setting}

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import pytest
 
-from services.common.errors import InvalidArgument, NotFound
+from services.common.errors import InvalidArgument, NotFound, out_of_range
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _shown(message: str, field: str) -> str:
@@ -71,3 +76,36 @@ def test_a_message_without_a_field_is_left_alone() -> None:
     assert NotFound("single_prompt has no placeholder").message == (
         "single_prompt has no placeholder"
     )
+
+
+def test_out_of_range_names_its_setting_after_the_message() -> None:
+    err = out_of_range(
+        "limit must be between 0 and 50",
+        field="limit",
+        bound=50,
+        setting="GENSEARCH_GATEWAY_MAX_HITS",
+    )
+    assert err.message == "limit must be between 0 and 50 (GENSEARCH_GATEWAY_MAX_HITS)"
+    assert err.reason == "OUT_OF_RANGE"
+    assert err.metadata == {"max": "50", "setting": "GENSEARCH_GATEWAY_MAX_HITS", "field": "limit"}
+
+
+def test_no_out_of_range_message_names_its_setting() -> None:
+    """``out_of_range`` appends the setting to every message, so a caller's own text must
+    not name one (it would be said twice): every call's message says only the bound."""
+    calls = []
+    for path in sorted((ROOT / "services").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "out_of_range":
+                calls.append((f"{path.name}:{node.lineno}", node))
+    assert len(calls) >= 20  # the scan found the callers
+    naming = []
+    for where, call in calls:
+        (setting,) = [ast.unparse(k.value) for k in call.keywords if k.arg == "setting"]
+        parts = call.args[0].values if isinstance(call.args[0], ast.JoinedStr) else [call.args[0]]
+        for part in parts:
+            if isinstance(part, ast.Constant) and "GENSEARCH_" in str(part.value):
+                naming.append(where)  # a setting's name written out
+            if isinstance(part, ast.FormattedValue) and ast.unparse(part.value) == setting:
+                naming.append(where)  # the setting passed in again
+    assert naming == []
