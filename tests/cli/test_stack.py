@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import socket
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 import pytest
@@ -69,6 +71,13 @@ async def test_external_redis_qdrant_and_llm(
     assert not (data_dir / stack_mod.STACK_FILE).exists()
 
 
+def _ports_refused(args: argparse.Namespace, settings: dict[str, Any]) -> str:
+    """The one line ``up``'s port check refuses ``args`` and ``settings`` with."""
+    with pytest.raises(stack_mod.CliError) as err:
+        stack_mod._check_ports(args, settings)
+    return str(err.value)
+
+
 def test_a_busy_port_is_one_line_before_anything_starts(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -106,9 +115,7 @@ def test_one_free_port_wanted_by_two_parts_is_refused_before_anything_starts() -
         "memory": MemorySettings(port=0, metrics_port=free),
         "gateway": GatewaySettings(port=0, metrics_port=free),
     }
-    with pytest.raises(stack_mod.CliError) as err:
-        stack_mod._check_ports(args, settings)
-    assert str(err.value) == (
+    assert _ports_refused(args, settings) == (
         f"one port for two parts: memory metrics port and gateway metrics port are {free}; "
         "choose others with GENSEARCH_MEMORY_METRICS_PORT, GENSEARCH_GATEWAY_METRICS_PORT "
         "(0 = any free port); nothing was started"
@@ -123,9 +130,8 @@ def test_a_port_out_of_range_is_refused_before_anything_starts(port: int) -> Non
 
     args = up_args(Path("unused"), port=port)
     settings = {"memory": MemorySettings(port=0, metrics_port=None)}
-    with pytest.raises(stack_mod.CliError) as err:
-        stack_mod._check_ports(args, settings)
-    assert str(err.value) == f"--port must be 0..65535 (0 = any free port), not {port}"
+    refused = _ports_refused(args, settings)
+    assert refused == f"--port must be 0..65535 (0 = any free port), not {port}"
 
 
 def test_a_host_this_machine_cannot_listen_on_is_named_as_such() -> None:
@@ -135,9 +141,7 @@ def test_a_host_this_machine_cannot_listen_on_is_named_as_such() -> None:
 
     args = up_args(Path("unused"), host="192.0.2.1", port=0)
     settings = {"memory": MemorySettings(host=args.host, port=0, metrics_port=None)}
-    with pytest.raises(stack_mod.CliError) as err:
-        stack_mod._check_ports(args, settings)
-    assert str(err.value) == (
+    assert _ports_refused(args, settings) == (
         "cannot listen on 192.0.2.1: cannot assign requested address; choose another "
         "with --host (GENSEARCH_HOST); nothing was started"
     )
@@ -404,9 +408,7 @@ def test_a_port_held_by_an_outgoing_connection_is_not_blamed_on_another_gensearc
             accepted.close()
     args = up_args(Path("unused"), port=port)
     settings = {"memory": MemorySettings(port=0, metrics_port=None)}
-    with pytest.raises(stack_mod.CliError) as err:
-        stack_mod._check_ports(args, settings)
-    assert str(err.value) == (
+    assert _ports_refused(args, settings) == (
         f"already in use on 127.0.0.1: gateway port {port} (no server listens on it: a "
         "connection of this machine holds it; one that just closed frees it within a "
         "minute); choose others with --port (0 = any free port); nothing was started"
