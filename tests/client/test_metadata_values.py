@@ -61,31 +61,39 @@ async def test_key_urls_go_as_the_headers_retrieval_reads() -> None:
         AsyncGensearch("127.0.0.1:1", key_urls={"openai": "https://x.example"})
 
 
-async def test_an_address_that_is_a_url_is_refused_at_once(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_an_address_that_is_a_url_is_refused_at_once() -> None:
     """Before: every call failed UNAVAILABLE "errors resolving http://localhost:50050:
     … Misformatted domain name" (a Connect client's baseUrl is such a URL)."""
     with pytest.raises(ValueError, match="not a URL: 'localhost:50050' rather than"):
         AsyncGensearch("http://localhost:50050")
-    monkeypatch.setenv("GENSEARCH_ADDRESS", "HTTPS://gw.example.com/")
-    # Named as docs/clients.md says: the variable, not an argument the program never passed.
-    with pytest.raises(
-        ValueError,
-        match=r"^GENSEARCH_ADDRESS must be host:port \(a gRPC target\), not a URL: "
-        r"'gw\.example\.com' rather than",
-    ):
-        Gensearch()
-    # No port: gRPC tried 443 and every call failed UNAVAILABLE (the gensearch command
-    # refused it already).
-    monkeypatch.setenv("GENSEARCH_ADDRESS", "gw.example.com")
-    with pytest.raises(
-        ValueError,
-        match=r"^GENSEARCH_ADDRESS 'gw\.example\.com' has no port \(gRPC would try 443\): "
-        r"give host:port, e.g. 'gw\.example\.com:50050'$",
-    ):
-        Gensearch()
     with pytest.raises(ValueError, match=r"^address 'localhost' has no port"):
         AsyncGensearch("localhost")
     async with AsyncGensearch("dns:///localhost:50050") as client:  # a target, still taken
         assert client.address == "dns:///localhost:50050"
+
+
+@pytest.mark.parametrize(
+    ("address", "refusal"),
+    [
+        (
+            "HTTPS://gw.example.com/",
+            r"^GENSEARCH_ADDRESS must be host:port \(a gRPC target\), not a URL: "
+            r"'gw\.example\.com' rather than",
+        ),
+        # No port: gRPC tried 443 and every call failed UNAVAILABLE (the gensearch command
+        # refused it already).
+        (
+            "gw.example.com",
+            r"^GENSEARCH_ADDRESS 'gw\.example\.com' has no port \(gRPC would try 443\): "
+            r"give host:port, e.g. 'gw\.example\.com:50050'$",
+        ),
+    ],
+)
+def test_a_gensearch_address_that_is_no_target_is_refused_at_once(
+    monkeypatch: pytest.MonkeyPatch, address: str, refusal: str
+) -> None:
+    """Named as docs/clients.md says: the variable, not an argument the program never
+    passed."""
+    monkeypatch.setenv("GENSEARCH_ADDRESS", address)
+    with pytest.raises(ValueError, match=refusal):
+        Gensearch()
