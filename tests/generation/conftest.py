@@ -17,7 +17,7 @@ from gensearch.generation.v1 import generation_service_pb2_grpc as pb_grpc
 from services.common.server import GrpcServer
 from services.devlaunch import llm_server as local_llm
 from services.generation.__main__ import build_server
-from services.generation.settings import GenerationSettings
+from services.generation.settings import GenerationSettings, ProviderConfig
 from tests.support.fake_openai import FakeOpenAI
 
 FAKE_KEY_ENV = "GENSEARCH_TEST_FAKE_KEY"
@@ -40,6 +40,12 @@ def fake_provider(fake: FakeOpenAI, **fields: Any) -> dict[str, Any]:
         "max_concurrency": 8,
         **fields,
     }
+
+
+def unreached_provider(name: str = "p", **fields: Any) -> ProviderConfig:
+    """A provider's config with ``fields`` (its limits) for tests that never call it: its
+    base URL is a loopback port nothing listens on (discard, 9)."""
+    return ProviderConfig(name=name, base_url="http://127.0.0.1:9/v1", default_model="m", **fields)
 
 
 def make_settings(providers: list[dict[str, Any]], **overrides: Any) -> GenerationSettings:

@@ -25,8 +25,9 @@ from services.generation.rate_buckets import (
     RedisLimits,
     scope_of,
 )
-from services.generation.settings import GenerationSettings, ProviderConfig
+from services.generation.settings import GenerationSettings
 from services.generation.upstream import UpstreamFault, to_service_error
+from tests.generation.conftest import unreached_provider
 
 
 class Clock:
@@ -38,7 +39,7 @@ class Clock:
 
 
 async def test_no_ceiling_means_no_limit_until_the_provider_pushes_back() -> None:
-    limiter = ProviderLimiter(_config(), "p", None)
+    limiter = ProviderLimiter(unreached_provider(), "p", None)
     assert limiter.limit.limit == math.inf
     # Every call is admitted at once: with any limit the last ones would wait and time out.
     permits = [await limiter.acquire(limiter.ticket(), 1, Deadline(0.1)) for _ in range(1000)]
@@ -189,7 +190,7 @@ def test_a_limit_left_alone_doubles_each_recovery_period() -> None:
 async def test_a_queued_call_is_admitted_when_the_limit_recovers_by_itself() -> None:
     """The limit fell to 1 and one long call holds it: the next call starts once the
     recovery period has passed, not when the long call ends."""
-    limiter = ProviderLimiter(_config(adaptive_recovery=0.3), "p", None)
+    limiter = ProviderLimiter(unreached_provider(adaptive_recovery=0.3), "p", None)
     first = await limiter.acquire(limiter.ticket(), 1, Deadline(5))
     second = await limiter.acquire(limiter.ticket(), 1, Deadline(5))
     await second.release(outcome="overloaded")  # halved from the 2 in flight: 1
@@ -206,7 +207,7 @@ async def test_slower_answers_after_fast_ones_keep_every_slot() -> None:
     """External check of issue 13 (finding A): a provider declaring 4 in flight answered
     fast, then took seconds per answer; the limit fell to 1 and never grew back, so 12
     hits ran one at a time. Every round of 4 must run at once."""
-    limiter = ProviderLimiter(_config(max_in_flight=4), "p", None)
+    limiter = ProviderLimiter(unreached_provider(max_in_flight=4), "p", None)
     for _ in range(20):
         permit = await limiter.acquire(limiter.ticket(), 1, Deadline(5))
         await permit.release(outcome="ok")
@@ -239,12 +240,10 @@ def test_a_bucket_never_admits_more_than_the_limit_in_a_window(
     assert bucket.capacity + bucket.per_second * window <= max(allowance, 2)
 
 
-def _config(**fields: object) -> ProviderConfig:
-    return ProviderConfig(name="p", base_url="http://127.0.0.1:9/v1", default_model="m", **fields)
-
-
 async def test_token_estimates_are_corrected_with_the_real_usage() -> None:
-    limits = LocalLimits(DeclaredLimits.of(_config(tokens_per_minute=6000, rate_burst=0.5)))
+    limits = LocalLimits(
+        DeclaredLimits.of(unreached_provider(tokens_per_minute=6000, rate_burst=0.5))
+    )
     # 3000 at once, 50 a second after that.
     assert (await limits.admit("s", "a", 3000, 10)).wait == 0
     assert (await limits.admit("s", "b", 1000, 10)).wait > 0
@@ -254,7 +253,7 @@ async def test_token_estimates_are_corrected_with_the_real_usage() -> None:
 
 async def test_a_call_dearer_than_the_bucket_is_corrected_to_what_it_used() -> None:
     # 3000 at once, 50 a second; a provider counting what calls use.
-    config = _config(tokens_per_minute=6000, rate_burst=0.5, tokens_counted="used")
+    config = unreached_provider(tokens_per_minute=6000, rate_burst=0.5, tokens_counted="used")
     limits = LocalLimits(DeclaredLimits.of(config))
     limiter = ProviderLimiter(config, "p", limits)
     # Estimated at 5000, charged the whole bucket (3000), and it used 4000: the bucket owes
@@ -269,7 +268,7 @@ async def test_a_call_dearer_than_the_bucket_is_corrected_to_what_it_used() -> N
 async def test_what_a_call_did_not_use_comes_back_only_when_counted_as_used(
     counted: str,
 ) -> None:
-    config = _config(tokens_per_minute=6000, rate_burst=0.5, tokens_counted=counted)
+    config = unreached_provider(tokens_per_minute=6000, rate_burst=0.5, tokens_counted=counted)
     limits = LocalLimits(DeclaredLimits.of(config))
     limiter = ProviderLimiter(config, "p", limits)
     # Estimated at 3000 (the whole bucket), used 1000: counted as used, 2000 come back and
@@ -286,7 +285,7 @@ async def test_what_a_call_did_not_use_comes_back_only_when_counted_as_used(
 
 @pytest.mark.parametrize("outcome", ["failed", "overloaded"])
 async def test_counted_as_reserved_a_failed_call_keeps_its_charge(outcome: str) -> None:
-    config = _config(tokens_per_minute=6000, rate_burst=0.5)  # reserved: the default
+    config = unreached_provider(tokens_per_minute=6000, rate_burst=0.5)  # reserved: the default
     limits = LocalLimits(DeclaredLimits.of(config))
     limiter = ProviderLimiter(config, "p", limits)
     permit = await limiter.acquire(limiter.ticket(), 3000, Deadline(5))
@@ -296,7 +295,7 @@ async def test_counted_as_reserved_a_failed_call_keeps_its_charge(outcome: str) 
 
 
 async def test_counted_as_reserved_a_call_dearer_than_the_bucket_is_charged_all_it_costs() -> None:
-    config = _config(tokens_per_minute=6000, rate_burst=0.5)  # 3000 at once, 50 a second
+    config = unreached_provider(tokens_per_minute=6000, rate_burst=0.5)  # 3000 at once, 50 a second
     limits = LocalLimits(DeclaredLimits.of(config))
     limiter = ProviderLimiter(config, "p", limits)
     # Estimated at 5000: it starts on a full bucket and owes 2000 at once, before it ends
@@ -314,7 +313,7 @@ async def test_counted_as_reserved_a_call_dearer_than_the_bucket_is_charged_all_
 
 
 async def test_the_in_flight_limit_holds_until_a_call_ends() -> None:
-    limits = LocalLimits(DeclaredLimits.of(_config(max_in_flight=1)))
+    limits = LocalLimits(DeclaredLimits.of(unreached_provider(max_in_flight=1)))
     assert (await limits.admit("s", "a", 1, 10)).wait == 0
     assert (await limits.admit("s", "b", 1, 10)).wait == FLIGHT_FULL
     await limits.release("s", "a", refund=0)
@@ -322,7 +321,7 @@ async def test_the_in_flight_limit_holds_until_a_call_ends() -> None:
 
 
 async def test_a_deadline_passing_in_the_queue_is_deadline_exceeded() -> None:
-    config = _config(max_in_flight=1)
+    config = unreached_provider(max_in_flight=1)
     limiter = ProviderLimiter(config, "p", LocalLimits(DeclaredLimits.of(config)))
     first = await limiter.acquire(limiter.ticket(), 1, Deadline(5))
     with pytest.raises(UpstreamFault) as caught:
@@ -336,7 +335,7 @@ async def test_a_deadline_passing_in_the_queue_is_deadline_exceeded() -> None:
 
 
 async def test_a_pause_longer_than_the_deadline_fails_at_once() -> None:
-    limiter = ProviderLimiter(_config(), "p", None)
+    limiter = ProviderLimiter(unreached_provider(), "p", None)
     await limiter.pause(30)
     with pytest.raises(UpstreamFault) as caught:
         await asyncio.wait_for(limiter.acquire(limiter.ticket(), 1, Deadline(5)), 1)
@@ -346,7 +345,7 @@ async def test_a_pause_longer_than_the_deadline_fails_at_once() -> None:
 
 
 async def test_waiters_are_admitted_by_first_arrival() -> None:
-    limiter = ProviderLimiter(_config(max_concurrency=1), "p", None)
+    limiter = ProviderLimiter(unreached_provider(max_concurrency=1), "p", None)
     held = await limiter.acquire(limiter.ticket(), 1, Deadline(5))
     early, late = limiter.ticket(), limiter.ticket()
     order: list[str] = []
@@ -367,7 +366,7 @@ async def test_waiters_are_admitted_by_first_arrival() -> None:
 
 
 async def test_tenants_take_turns_and_each_keeps_its_own_order() -> None:
-    limiter = ProviderLimiter(_config(max_concurrency=1), "p", None)
+    limiter = ProviderLimiter(unreached_provider(max_concurrency=1), "p", None)
     held = await limiter.acquire(limiter.ticket(), 1, Deadline(5))
     order: list[str] = []
 
@@ -390,7 +389,7 @@ async def test_tenants_take_turns_and_each_keeps_its_own_order() -> None:
 
 
 async def test_tokens_are_corrected_in_redis_too(redis_server: RedisProcess) -> None:
-    declared = DeclaredLimits.of(_config(tokens_per_minute=6000, rate_burst=0.5))
+    declared = DeclaredLimits.of(unreached_provider(tokens_per_minute=6000, rate_burst=0.5))
     redis = connect(redis_server.url, cluster=False, socket_timeout=1, connect_timeout=1)
     try:
         limits = RedisLimits(redis, declared, key_prefix="t")
@@ -404,7 +403,7 @@ async def test_tokens_are_corrected_in_redis_too(redis_server: RedisProcess) -> 
 
 
 async def test_a_debt_in_redis_outlives_the_buckets_usual_ttl(redis_server: RedisProcess) -> None:
-    declared = DeclaredLimits.of(_config(tokens_per_minute=6000, rate_burst=0.5))
+    declared = DeclaredLimits.of(unreached_provider(tokens_per_minute=6000, rate_burst=0.5))
     redis = connect(redis_server.url, cluster=False, socket_timeout=1, connect_timeout=1)
     try:
         limits = RedisLimits(redis, declared, key_prefix="debt")
@@ -422,7 +421,7 @@ async def test_a_debt_in_redis_outlives_the_buckets_usual_ttl(redis_server: Redi
 
 
 async def test_a_redis_that_fails_does_not_fail_calls() -> None:
-    declared = DeclaredLimits.of(_config(requests_per_minute=60, max_in_flight=1))
+    declared = DeclaredLimits.of(unreached_provider(requests_per_minute=60, max_in_flight=1))
     url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
     redis = connect(url, cluster=False, socket_timeout=0.2, connect_timeout=0.2)
     try:
@@ -437,9 +436,7 @@ async def test_a_redis_that_fails_does_not_fail_calls() -> None:
 
 
 async def test_the_provider_gauges_add_up_every_api_keys_limiter() -> None:
-    config = ProviderConfig(
-        name="gauged", base_url="http://127.0.0.1:9/v1", default_model="m", max_concurrency=4
-    )
+    config = unreached_provider("gauged", max_concurrency=4)
 
     def sample(metric: str) -> float | None:
         return REGISTRY.get_sample_value(metric, {"provider": "gauged"})

@@ -21,7 +21,7 @@ from services.common.upstream_retry import Deadline
 from services.devlaunch.redis_server import RedisProcess
 from services.generation.admission import ProviderLimiter
 from services.generation.rate_buckets import DeclaredLimits, RedisLimits
-from services.generation.settings import ProviderConfig
+from tests.generation.conftest import unreached_provider
 from tests.support.redis_relay import relaying
 
 SCOPE = "p"
@@ -43,13 +43,7 @@ async def _until(check: object, what: str) -> None:
 async def test_a_call_cancelled_during_its_shared_admission_leaves_no_call_in_flight(
     redis_server: RedisProcess,
 ) -> None:
-    config = ProviderConfig(
-        name="p",
-        base_url="http://127.0.0.1:9/v1",
-        default_model="m",
-        max_in_flight=1,
-        requests_per_minute=6000,
-    )
+    config = unreached_provider(max_in_flight=1, requests_per_minute=6000)
     direct = connect(redis_server.url, cluster=False, socket_timeout=5, connect_timeout=5)
     # Loaded up front: the held EVALSHA then runs as it is (no NOSCRIPT round trip).
     await direct.script_load(lua_script("provider_admit"))

@@ -18,8 +18,7 @@ from gensearch.generation.v1 import generation_service_pb2 as pb
 
 from services.common.upstream_retry import Deadline, RetryPolicy
 from services.generation.providers.openai_compatible import OpenAICompatibleProvider
-from services.generation.settings import ProviderConfig
-from tests.generation.conftest import StartService, fake_provider, user
+from tests.generation.conftest import StartService, fake_provider, unreached_provider, user
 from tests.support.fake_openai import Behaviour, FakeOpenAI
 from tests.support.rpc import error_info
 
@@ -96,9 +95,7 @@ async def test_slow_but_steady_streams_are_not_cut(
 async def test_the_first_byte_timeout_is_named_in_full() -> None:
     """The fault says the timeout as every bound in seconds is said (``seconds_text``);
     with ``:g`` a 1234.5678 s timeout read "1234.57", less than it is."""
-    config = ProviderConfig(
-        name="p", base_url="http://127.0.0.1:9/v1", default_model="m", first_byte_timeout=1234.5678
-    )
+    config = unreached_provider(first_byte_timeout=1234.5678)
     client = openai.AsyncOpenAI(base_url=config.base_url, api_key="unused")
     provider = OpenAICompatibleProvider(config, client=client, retry=RetryPolicy())
     deadline = Deadline(2000)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
 import grpc
 import pytest
@@ -16,9 +15,8 @@ from prometheus_client import REGISTRY
 from services.common.upstream_retry import Deadline
 from services.devlaunch.redis_server import RedisProcess
 from services.generation.admission import ProviderLimiter
-from services.generation.settings import ProviderConfig
 from services.generation.upstream import UpstreamFault, to_service_error
-from tests.generation.conftest import StartService, fake_provider, user
+from tests.generation.conftest import StartService, fake_provider, unreached_provider, user
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.rpc import error_info
 
@@ -96,12 +94,8 @@ async def test_a_call_queued_behind_a_pause_it_cannot_outwait_fails_at_once(
     assert "hurried" not in [r.json["messages"][-1]["content"] for r in fake.chat_requests]
 
 
-def _config(**fields: Any) -> ProviderConfig:
-    return ProviderConfig(name="p", base_url="http://127.0.0.1:1/v1", default_model="m", **fields)
-
-
 async def test_a_pause_that_starts_while_calls_wait_refuses_those_it_outlasts() -> None:
-    limiter = ProviderLimiter(_config(max_concurrency=1), "p", None)
+    limiter = ProviderLimiter(unreached_provider(max_concurrency=1), "p", None)
     held = await limiter.acquire(limiter.ticket(), 1, Deadline(10))
     short = asyncio.create_task(limiter.acquire(limiter.ticket(), 1, Deadline(2)))
     long = asyncio.create_task(limiter.acquire(limiter.ticket(), 1, Deadline(10)))

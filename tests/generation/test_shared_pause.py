@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import Any
 
 import pytest
 from gensearch.generation.v1 import generation_service_pb2 as pb
@@ -19,9 +18,8 @@ from services.devlaunch.processes import free_port
 from services.devlaunch.redis_server import RedisProcess
 from services.generation.admission import ProviderLimiter
 from services.generation.rate_buckets import DeclaredLimits, RedisLimits
-from services.generation.settings import ProviderConfig
 from services.generation.upstream import UpstreamFault
-from tests.generation.conftest import Service, StartService, fake_provider, user
+from tests.generation.conftest import Service, StartService, fake_provider, unreached_provider, user
 from tests.support.fake_openai import Behaviour, FakeOpenAI
 from tests.support.redis_cluster import LocalCluster
 from tests.support.redis_outages import two_outages_log
@@ -33,10 +31,6 @@ PAUSE_KEY = "gensearch:limits:{p:fake}:pause"
 
 
 LIMITS_LOGGER = "gensearch.generation.limits"
-
-
-def _config(**fields: Any) -> ProviderConfig:
-    return ProviderConfig(name="p", base_url="http://127.0.0.1:1/v1", default_model="m", **fields)
 
 
 async def call(replica: Service, text: str) -> pb.GenerateResponse:
@@ -107,7 +101,7 @@ async def test_without_redis_the_other_replica_is_not_paused(
 async def test_a_shorter_retry_after_never_shortens_a_running_pause(
     redis_server: RedisProcess,
 ) -> None:
-    declared = DeclaredLimits.of(_config(requests_per_minute=6000))
+    declared = DeclaredLimits.of(unreached_provider(requests_per_minute=6000))
     redis = connect(redis_server.url, cluster=False, socket_timeout=1, connect_timeout=1)
     try:
         limits = RedisLimits(redis, declared, key_prefix="t")
@@ -127,7 +121,7 @@ async def test_a_shorter_retry_after_never_shortens_a_running_pause(
 
 
 async def test_a_shorter_retry_after_never_shortens_the_local_pause() -> None:
-    limiter = ProviderLimiter(_config(), "p", None)
+    limiter = ProviderLimiter(unreached_provider(), "p", None)
     await limiter.pause(30)
     await limiter.pause(0.01)
     await asyncio.sleep(0.05)
@@ -139,7 +133,7 @@ async def test_a_shorter_retry_after_never_shortens_the_local_pause() -> None:
 @pytest.mark.slow
 async def test_the_shared_pause_works_on_a_redis_cluster(tmp_path: Path) -> None:
     cluster = LocalCluster(tmp_path / "cluster")
-    declared = DeclaredLimits.of(_config(requests_per_minute=6000, max_in_flight=4))
+    declared = DeclaredLimits.of(unreached_provider(requests_per_minute=6000, max_in_flight=4))
     try:
         await cluster.start()
         redis = connect(cluster.url, cluster=True, socket_timeout=1, connect_timeout=1)
@@ -162,7 +156,7 @@ async def test_the_shared_pause_works_on_a_redis_cluster(tmp_path: Path) -> None
 
 
 async def test_a_pause_redis_fails_to_record_still_holds_in_this_replica() -> None:
-    config = _config(requests_per_minute=6000)
+    config = unreached_provider(requests_per_minute=6000)
     url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
     redis = connect(url, cluster=False, socket_timeout=0.2, connect_timeout=0.2)
     try:
@@ -182,7 +176,7 @@ async def test_a_redis_outage_is_one_line_its_end_another(
 ) -> None:
     """Redis back is a line too (before, none); a second outage within 30 s of the first's
     warning adds nothing (a flapping Redis is two lines every 30 s at most)."""
-    declared = DeclaredLimits.of(_config(requests_per_minute=6000))
+    declared = DeclaredLimits.of(unreached_provider(requests_per_minute=6000))
     redis = connect(redis_server.url, cluster=False, socket_timeout=1, connect_timeout=1)
     caplog.set_level(logging.INFO, logger=LIMITS_LOGGER)
     limits = RedisLimits(redis, declared, key_prefix="t")
@@ -216,7 +210,7 @@ async def test_one_dead_cluster_node_is_one_line_and_its_end_another(
     all along, and that is not the dead master's recovery. Before, every such admission
     logged 'provider limits counted in Redis again' and the dead master's next failure the
     warning again (every 30 s), naming no node."""
-    declared = DeclaredLimits.of(_config(requests_per_minute=6000))
+    declared = DeclaredLimits.of(unreached_provider(requests_per_minute=6000))
     redis = connect(own_cluster.url, cluster=True, socket_timeout=2, connect_timeout=1)
     limits = RedisLimits(redis, declared, key_prefix="t")
     victim = own_cluster.nodes[2]

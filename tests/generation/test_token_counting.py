@@ -19,9 +19,8 @@ from gensearch.generation.v1 import generation_service_pb2 as pb
 
 from services.common.errors import InvalidArgument
 from services.generation.providers.base import ChatMessage, estimate_prompt_tokens
-from services.generation.settings import ProviderConfig
 from services.generation.validation import check_token_budget
-from tests.generation.conftest import StartService, fake_provider, user
+from tests.generation.conftest import StartService, fake_provider, unreached_provider, user
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.rpc import error_info
 
@@ -129,14 +128,7 @@ def test_only_a_prompt_that_surely_cannot_fit_is_refused() -> None:
     call is refused only when even its least plausible prompt (the estimate / 1.25, the
     slack the context-window check allows) cannot fit. Before, a prompt the estimate put
     a few tokens over was refused though the provider's own count could take it."""
-    config = ProviderConfig(
-        name="p",
-        base_url="http://127.0.0.1:9/v1",
-        default_model="m",
-        tokens_per_minute=600,
-        rate_window=60.0,
-        tokens_counted="reserved",
-    )
+    config = unreached_provider(tokens_per_minute=600, rate_window=60.0, tokens_counted="reserved")
     messages = [ChatMessage(role="user", content="word " * 280)]
     prompt = estimate_prompt_tokens(messages)
     # Over by the estimate, within it by the slack.
