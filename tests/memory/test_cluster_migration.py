@@ -1082,6 +1082,15 @@ async def test_a_write_mid_move_whose_wait_ends_is_unavailable(
         await server.stop(0)
 
 
+def _moved_first(moved: str, tag: str, *, empty: str, other: str) -> list[str]:
+    """The keys a held move carries first: with "its keys", the turnless conversation
+    ``empty``'s hash, the owner's list of conversations and usage (the new node has them);
+    otherwise only the ``other`` conversation's (the owner's stay on the old node)."""
+    if moved == "its keys":
+        return [f"{tag}:conv:{empty}", f"{tag}:convs", f"{tag}:usage"]
+    return [f"{tag}:conv:{other}", f"{tag}:conv:{other}:ints"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("moved", ["its keys", "other keys"])
 async def test_a_conversation_without_turns_is_read_and_updated_mid_move(
@@ -1117,10 +1126,7 @@ async def test_a_conversation_without_turns_is_read_and_updated_mid_move(
             got["summary"] = err.reason
         answers.append(got)
 
-    if moved == "its keys":
-        first = [f"{tag}:conv:{empty}", f"{tag}:convs", f"{tag}:usage"]
-    else:
-        first = [f"{tag}:conv:{other}", f"{tag}:conv:{other}:ints"]
+    first = _moved_first(moved, tag, empty=empty, other=other)
     target = await _move_slot(own_cluster, batch=100, between=during, first=first)
     assert answers == [{"get": 0, "update": "renamed", "summary": "INVALID_SUMMARY_RANGE"}]
     record = await store.get_conversation(OWNER, empty)
@@ -1176,10 +1182,7 @@ async def test_a_conversation_without_turns_never_seen_is_answered_mid_move(
             got["summary"] = err.reason
         answers.append(got)
 
-    if moved == "its keys":
-        first = [f"{tag}:conv:{empty}", f"{tag}:convs", f"{tag}:usage"]
-    else:
-        first = [f"{tag}:conv:{other}", f"{tag}:conv:{other}:ints"]
+    first = _moved_first(moved, tag, empty=empty, other=other)
     await _move_slot(own_cluster, batch=100, between=during, first=first)
     assert answers == [
         {"get": 0, "get refusals": 1, "update": "renamed", "summary": "INVALID_SUMMARY_RANGE"}
