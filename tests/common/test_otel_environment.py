@@ -197,39 +197,33 @@ def test_only_what_the_process_reads_is_checked(monkeypatch: pytest.MonkeyPatch)
     assert otel_problems() == []
 
 
-async def test_the_service_says_one_line_not_a_traceback(tmp_path: Path) -> None:
-    """``python -m services.memory`` with a timeout that is not a number: it started, then
-    died making the exporter, in a traceback."""
+@pytest.mark.parametrize(
+    ("env", "line"),
+    [
+        # ``python -m services.memory`` with a timeout that is not a number: it started,
+        # then died making the exporter, in a traceback.
+        (
+            {**COLLECTOR, "OTEL_EXPORTER_OTLP_TIMEOUT": "abc"},
+            "invalid setting OTEL_EXPORTER_OTLP_TIMEOUT: must be a number of seconds above 0",
+        ),
+        # ``OTEL_PROPAGATORS`` is read by opentelemetry.propagate when it is imported (the
+        # API, not the SDK, so ``OTEL_SDK_DISABLED=true`` does not spare it): an unknown
+        # name stopped every service in a traceback before its settings were read.
+        (
+            {"OTEL_SDK_DISABLED": "true", "OTEL_PROPAGATORS": "xray"},
+            "invalid setting OTEL_PROPAGATORS: must name propagators this build has "
+            "(baggage, tracecontext) or none",
+        ),
+    ],
+    ids=["timeout, tracing on", "propagator, tracing off"],
+)
+async def test_the_service_says_one_line_not_a_traceback(
+    tmp_path: Path, env: dict[str, str], line: str
+) -> None:
+    """An OTEL_* variable the process cannot use stops the memory service in one line
+    naming it, whether tracing is on or off."""
     code, stderr = await _start(
-        {
-            "GENSEARCH_MEMORY_REDIS_URL": "redis://127.0.0.1:1/0",
-            **COLLECTOR,
-            "OTEL_EXPORTER_OTLP_TIMEOUT": "abc",
-        },
-        "memory",
-        tmp_path,
+        {"GENSEARCH_MEMORY_REDIS_URL": "redis://127.0.0.1:1/0", **env}, "memory", tmp_path
     )
     assert code == 1
-    assert stderr.strip().splitlines() == [
-        "invalid setting OTEL_EXPORTER_OTLP_TIMEOUT: must be a number of seconds above 0"
-    ]
-
-
-async def test_an_unknown_propagator_is_one_line_even_with_tracing_off(tmp_path: Path) -> None:
-    """``OTEL_PROPAGATORS`` is read by opentelemetry.propagate when it is imported (the API,
-    not the SDK, so ``OTEL_SDK_DISABLED=true`` does not spare it): an unknown name stopped
-    every service in a traceback before its settings were read."""
-    code, stderr = await _start(
-        {
-            "GENSEARCH_MEMORY_REDIS_URL": "redis://127.0.0.1:1/0",
-            "OTEL_SDK_DISABLED": "true",
-            "OTEL_PROPAGATORS": "xray",
-        },
-        "memory",
-        tmp_path,
-    )
-    assert code == 1
-    assert stderr.strip().splitlines() == [
-        "invalid setting OTEL_PROPAGATORS: must name propagators this build has "
-        "(baggage, tracecontext) or none"
-    ]
+    assert stderr.strip().splitlines() == [line]
