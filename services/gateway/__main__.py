@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from dataclasses import dataclass
 
@@ -65,6 +66,9 @@ async def build(settings: GatewaySettings, *, port: int | None = None) -> Gatewa
     if redis is not None:
         server.on_stop(redis.aclose)
     if quotas is not None:
+        # Run just before the client closes (callbacks run last-registered first): the
+        # slots' releases still on their way end first, bounded by the grace period.
+        server.on_stop(functools.partial(quotas.settle, settings.grace_period))
         clients.generation.before_generate = quotas.charge_llm
         clients.generation.after_generate = quotas.charge_llm_made
     token = settings.internal_token.get_secret_value()

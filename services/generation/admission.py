@@ -183,8 +183,6 @@ class ProviderLimiter:
         # pause, their requests bucket), as the head last heard: only ever raised.
         self._floor = 0.0
         self._released = asyncio.Event()
-        # Releases of shared admissions cut short by a cancellation: referenced until done.
-        self._forgetting: set[asyncio.Task[None]] = set()
         self._publish_limit()
 
     def ticket(self) -> Ticket:
@@ -330,10 +328,9 @@ class ProviderLimiter:
         does not stop it. No tokens come back: whether the admission took any is not known,
         and giving back some it never took would let calls past the declared limit."""
         assert self._shared is not None
-        release = asyncio.create_task(self._shared.release(self.scope, call_id, 0.0))
-        self._forgetting.add(release)
-        release.add_done_callback(self._forgetting.discard)
-        await asyncio.shield(release)
+        # A task of the shared limits' releases: the registry's close awaits it before
+        # closing Redis (closed under it, the slot stayed taken until its lease ended).
+        await self._shared.releases.run(self._shared.release(self.scope, call_id, 0.0))
 
     def _wake_hopeless(self) -> None:
         """Queued calls whose deadline ends before anything can start learn it now, not

@@ -44,6 +44,7 @@ from services.common import redis_errors
 from services.common.logs import ThrottledWarning
 from services.common.quotas import LEASE_SLACK_SECONDS, lua_script
 from services.common.redis_client import REDIS_FAILURES, RedisClient, node_of
+from services.common.releases import Releases
 from services.generation.settings import ProviderConfig
 
 log = logging.getLogger("gensearch.generation.limits")
@@ -119,6 +120,9 @@ class SharedLimits(Protocol):
     # The provider's declared limits, made once from its config (``registry.shared_limits``)
     # and read by each of its per-key queues.
     limits: DeclaredLimits
+    # Releases run apart from their call (``ProviderLimiter._forget_shared``), awaited
+    # before the Redis client closes (``ProviderRegistry.close``).
+    releases: Releases
 
     async def admit(self, scope: str, call_id: str, cost: float, lease: float) -> Admission:
         """``Admission.wait`` 0: admitted; > 0: seconds until the buckets can pay;
@@ -153,6 +157,7 @@ class LocalLimits:
 
     def __init__(self, limits: DeclaredLimits) -> None:
         self.limits = limits
+        self.releases = Releases()
         self._requests: dict[str, _LocalBucket] = {}
         self._tokens: dict[str, _LocalBucket] = {}
         self._flight: dict[str, set[str]] = {}
@@ -206,8 +211,17 @@ class LocalLimits:
 class RedisLimits:
     """The limits counted in Redis for every replica; in memory for a call Redis fails."""
 
-    def __init__(self, redis: RedisClient, limits: DeclaredLimits, *, key_prefix: str) -> None:
+    def __init__(
+        self,
+        redis: RedisClient,
+        limits: DeclaredLimits,
+        *,
+        key_prefix: str,
+        releases: Releases | None = None,
+    ) -> None:
         self.limits = limits
+        # Shared by the providers on one client, which their registry settles at close.
+        self.releases = releases or Releases()
         self._prefix = key_prefix
         self._redis = redis
         # redis-py annotates register_script's self as Redis; RedisCluster has it too.

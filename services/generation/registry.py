@@ -15,6 +15,7 @@ from services.common.egress import (
 from services.common.errors import InvalidArgument, quote
 from services.common.openai_api import OpenAIClients
 from services.common.redis_client import RedisClient
+from services.common.releases import Releases
 from services.common.upstream_retry import RetryPolicy
 from services.common.values import check_chars
 from services.generation.providers import DEFAULT_MAX_ANSWER_CHARS, Provider, make_provider
@@ -33,15 +34,19 @@ MAX_CALLER_ENDPOINTS = 64
 
 
 def shared_limits(
-    config: ProviderConfig, redis: RedisClient | None, key_prefix: str
+    config: ProviderConfig,
+    redis: RedisClient | None,
+    key_prefix: str,
+    releases: Releases | None = None,
 ) -> SharedLimits | None:
-    """Where a provider's declared limits are counted: Redis (every replica), else memory."""
+    """Where a provider's declared limits are counted: Redis (every replica), else memory.
+    ``releases``: where the Redis releases run (the registry's, settled at its close)."""
     declared = DeclaredLimits.of(config)
     if not declared.any:
         return None
     if redis is None:
         return LocalLimits(declared)
-    return RedisLimits(redis, declared, key_prefix=key_prefix)
+    return RedisLimits(redis, declared, key_prefix=key_prefix, releases=releases)
 
 
 class ProviderRegistry:
@@ -59,7 +64,12 @@ class ProviderRegistry:
         max_answer_chars: int = DEFAULT_MAX_ANSWER_CHARS,
         max_response_bytes: int | None = None,
         max_url_chars: int = MAX_URL,
+        releases: Releases | None = None,
+        close_wait: float = 0.0,
     ) -> None:
+        """``releases``: the providers' shared limits' releases (``shared_limits``),
+        awaited at ``close`` for at most ``close_wait`` seconds (the grace period) before
+        the Redis client closes."""
         if default not in providers:
             raise ValueError(f"default provider {default!r} is not configured")
         self._providers = dict(providers)
@@ -79,6 +89,8 @@ class ProviderRegistry:
         self._caller_providers: OrderedDict[tuple[str, str], Provider] = OrderedDict()
         # Where the providers' limits are counted; closed with the registry.
         self._redis = redis
+        self._releases = releases or Releases()
+        self._close_wait = close_wait
 
     @classmethod
     def from_settings(
@@ -89,6 +101,7 @@ class ProviderRegistry:
     ) -> ProviderRegistry:
         configs = configs if configs is not None else settings.provider_configs()
         clients = OpenAIClients(max_response_bytes=settings.max_response_bytes)
+        releases = Releases()
         retry = RetryPolicy(
             max_attempts=settings.retry_max_attempts,
             base_backoff=settings.retry_base_backoff,
@@ -102,7 +115,7 @@ class ProviderRegistry:
                 retry=retry,
                 connect_timeout=settings.connect_timeout,
                 read_timeout=settings.read_timeout,
-                shared_limits=shared_limits(config, redis, settings.limits_key_prefix),
+                shared_limits=shared_limits(config, redis, settings.limits_key_prefix, releases),
                 max_answer_chars=settings.max_answer_chars,
             )
             for name, config in configs.items()
@@ -119,6 +132,8 @@ class ProviderRegistry:
             max_answer_chars=settings.max_answer_chars,
             max_response_bytes=settings.max_response_bytes,
             max_url_chars=settings.max_url_chars,
+            releases=releases,
+            close_wait=settings.grace_period,
         )
 
     def get(self, name: str, field: str = "provider") -> Provider:
@@ -189,4 +204,7 @@ class ProviderRegistry:
         if self._caller_clients is not None:
             await self._caller_clients.close()
         if self._redis is not None:
+            # Slots released by calls cut short are freed before the client closes under
+            # them (the process then gone, each stayed taken until its lease ended).
+            await self._releases.settle(self._close_wait)
             await self._redis.aclose()

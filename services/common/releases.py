@@ -1,0 +1,53 @@
+"""Releases of Redis slots (a quota's concurrent-call slot, a provider's slot in flight)
+that must outlive the call that started them, and that the service's close awaits.
+
+A call cancelled while it frees a slot (its client gave up, the shutdown cut, gRPC's
+cancel at the end of the grace period) would lose the release with it: the slot stayed
+taken, for every replica, until its lease ended. So the release runs as a task of its
+own, shielded from the call's cancellation. And that task must end before the service
+closes its Redis client: closed under it (or the process gone), the release was lost the
+same way. ``settle`` waits for the pending ones, bounded by the shutdown's grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+log = logging.getLogger("gensearch.releases")
+
+
+class Releases:
+    """Background releases, referenced until done and awaited by ``settle``."""
+
+    def __init__(self) -> None:
+        self._pending: set[asyncio.Task[None]] = set()
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def start(self, release: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(release)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+        return task
+
+    async def run(self, release: Coroutine[Any, Any, None]) -> None:
+        """Runs ``release`` to its end, whatever cancels the caller meanwhile: the caller
+        is cancelled at once, the release goes on (and ``settle`` awaits it)."""
+        await asyncio.shield(self.start(release))
+
+    async def settle(self, timeout: float) -> None:
+        """Waits for the pending releases, at most ``timeout`` seconds (the grace period:
+        past it the process is going away all the same, and the leases free the slots)."""
+        if not self._pending:
+            return
+        _, left = await asyncio.wait(set(self._pending), timeout=max(timeout, 0.0))
+        if left:
+            log.warning(
+                "releases of Redis slots still pending at close: their leases free them",
+                extra={"releases": len(left)},
+            )

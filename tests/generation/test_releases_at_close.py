@@ -1,0 +1,108 @@
+"""A slot in flight released by a call cut short (``ProviderLimiter._forget_shared``) is
+freed in Redis before the registry closes its Redis client at shutdown: before, the
+release was a task nobody awaited, the client was closed under it (and the process went
+away), and the slot stayed taken for every replica until its lease ended.
+
+A relay holds the admission until the call is cancelled, and makes the release slow (it
+is on its way as the service stops); the call is cancelled again meanwhile, as gRPC
+cancels a call still running at the end of the grace period."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from services.common.openai_api import OpenAIClients
+from services.common.quotas import lua_script
+from services.common.redis_client import connect
+from services.common.releases import Releases
+from services.common.upstream_retry import Deadline, RetryPolicy
+from services.devlaunch.redis_server import RedisProcess
+from services.generation.providers import make_provider
+from services.generation.providers.openai_compatible import OpenAICompatibleProvider
+from services.generation.rate_buckets import DeclaredLimits, RedisLimits, scope_of
+from services.generation.registry import ProviderRegistry
+from services.generation.settings import ProviderConfig
+from tests.support.redis_relay import relaying
+
+# How long the relay holds the release: the stop comes while it is on its way.
+SLOW_RELEASE = 0.5
+
+
+def _sha(name: str) -> bytes:
+    return hashlib.sha1(lua_script(name).encode()).hexdigest().encode()
+
+
+async def _until(check: Callable[[], Awaitable[object]], what: str) -> None:
+    end = asyncio.get_running_loop().time() + 20
+    while asyncio.get_running_loop().time() < end:
+        if await check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"never {what}")
+
+
+async def test_a_release_on_its_way_at_close_frees_the_slot_before_redis_closes(
+    redis_server: RedisProcess,
+) -> None:
+    config = ProviderConfig(
+        name="p",
+        base_url="http://127.0.0.1:9/v1",
+        default_model="m",
+        max_in_flight=1,
+        requests_per_minute=6000,
+    )
+    direct = connect(redis_server.url, cluster=False, socket_timeout=5, connect_timeout=5)
+    await direct.script_load(lua_script("provider_admit"))
+    await direct.script_load(lua_script("provider_release"))
+    probe = RedisLimits(direct, DeclaredLimits.of(config), key_prefix="gensearch")
+    # A provider's queue for the operator's key.
+    requests_key, _, flight_key, _ = probe.keys(scope_of("p", None))
+    admitting, let_admit, releasing = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def before(args: list[bytes]) -> None:
+        if args[:2] == [b"EVALSHA", _sha("provider_admit")] and not admitting.is_set():
+            admitting.set()
+            await let_admit.wait()
+        elif args[:2] == [b"EVALSHA", _sha("provider_release")]:
+            # As on one connection: the admission, sent first, has run by then.
+            await _until(lambda: direct.exists(requests_key), "ran the held admission")
+            releasing.set()
+            await asyncio.sleep(SLOW_RELEASE)
+
+    try:
+        async with relaying(redis_server.url, before) as url:
+            client = connect(url, cluster=False, socket_timeout=5, connect_timeout=5)
+            releases = Releases()
+            limits = RedisLimits(
+                client, DeclaredLimits.of(config), key_prefix="gensearch", releases=releases
+            )
+            clients = OpenAIClients()
+            provider = make_provider(
+                config,
+                clients=clients,
+                retry=RetryPolicy(),
+                connect_timeout=5,
+                read_timeout=5,
+                shared_limits=limits,
+            )
+            registry = ProviderRegistry(
+                {"p": provider}, "p", clients, redis=client, releases=releases, close_wait=30
+            )
+            assert isinstance(provider, OpenAICompatibleProvider)
+            limiter = provider.limiters.get(None)
+            call = asyncio.create_task(limiter.acquire(limiter.ticket(), 1, Deadline(60)))
+            await asyncio.wait_for(admitting.wait(), 20)
+            call.cancel()  # the client gave up, or the shutdown's cut
+            let_admit.set()
+            await asyncio.wait_for(releasing.wait(), 20)
+            call.cancel()  # gRPC's cancel at the end of the grace period
+            with pytest.raises(asyncio.CancelledError):
+                await call
+            await registry.close()
+            assert await direct.zcard(flight_key) == 0, "the slot stayed taken past the close"
+    finally:
+        await direct.aclose()
