@@ -56,6 +56,7 @@ from services.common.auth import current_tenant
 from services.common.errors import ResourceExhausted
 from services.common.logs import ThrottledWarning
 from services.common.redis_client import REDIS_FAILURES, RedisClient, node_of
+from services.common.releases import Releases
 
 log = logging.getLogger("gensearch.quotas")
 
@@ -138,8 +139,9 @@ class Quotas:
         self._charge_script: AsyncScript = redis.register_script(lua_script("quota_charge"))  # type: ignore[misc]
         self._renew: AsyncScript = redis.register_script(lua_script("quota_renew"))  # type: ignore[misc]
         self._pair: AsyncScript = redis.register_script(lua_script("quota_charge_pair"))  # type: ignore[misc]
-        # Releases of slots whose call was cancelled while entering: referenced until done.
-        self._releasing: set[asyncio.Task[None]] = set()
+        # Releases of slots, run apart from their call (a cancel must not lose them) and
+        # awaited by ``settle`` before the client is closed.
+        self._releasing = Releases()
         self._unchecked = ThrottledWarning(
             log,
             "quotas not checked, Redis failed: %s",
@@ -220,10 +222,7 @@ class Quotas:
             # Cancelled (or failed) with the script in flight: Redis may have taken the slot
             # all the same. Release it whatever happened (ZREM of an absent member is a
             # no-op), shielded so a second cancellation does not stop it.
-            release = asyncio.create_task(self._release(key, call_id))
-            self._releasing.add(release)
-            release.add_done_callback(self._releasing.discard)
-            await asyncio.shield(release)
+            await self._releasing.run(self._release(key, call_id))
             raise
         if entered == 0:
             raise QuotaExceeded(self.CONCURRENT, self.concurrent_calls, CONCURRENT_RETRY_SECONDS)
@@ -243,7 +242,15 @@ class Quotas:
             if renewal is not None:
                 ended.set()
                 renewal.cancel()
-                await self._release(key, call_id)
+                # Shielded: a call cancelled (again) while its release is on its way, as
+                # gRPC cancels a call still running at the end of the grace period, lost
+                # it, and the slot stayed taken until its lease ended.
+                await self._releasing.run(self._release(key, call_id))
+
+    async def settle(self, timeout: float) -> None:
+        """Waits (at most ``timeout`` seconds) for the releases still on their way: run
+        before the Redis client is closed at shutdown, which lost them."""
+        await self._releasing.settle(timeout)
 
     async def _charge(self, quota: str, limit: int, name: str, count: int, tenant: str) -> None:
         """Counts ``count`` uses of the per-minute quota ``quota`` in the window, all or

@@ -1,0 +1,142 @@
+"""A concurrent-call slot's release outlives its call: cancelled again while the release
+is on its way (gRPC cancels a call still running at the end of the grace period), the
+call no longer takes the release down with it; and a release still on its way at
+shutdown ends before the Redis client is closed (``Quotas.settle``). Before, either way
+the slot stayed taken, for every replica, until its lease ended.
+
+A relay in front of a real Redis holds the release where the test needs it: while its
+connection is being made (the client's other connection busy), or on its way."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from services.common.auth import Identity, Role, set_current_identity
+from services.common.quotas import Quotas
+from services.common.redis_client import RedisClient, connect
+from services.devlaunch.redis_server import RedisProcess
+from tests.support.redis_relay import relaying
+
+# How long the relay holds a release that is on its way as the service stops.
+SLOW_RELEASE = 0.5
+
+
+class _Context:
+    """What ``admit`` reads of a call: its remaining time."""
+
+    def time_remaining(self) -> float | None:
+        return None
+
+
+def _quotas(url: str) -> tuple[Quotas, RedisClient]:
+    redis = connect(url, cluster=False, socket_timeout=30, connect_timeout=30)
+    quotas = Quotas(
+        redis,
+        key_prefix="test",
+        concurrent_calls=1,
+        llm_calls_per_minute=0,
+        lease=60.0,
+        lease_slack=0.0,
+    )
+    return quotas, redis
+
+
+async def _slots_taken(direct: RedisClient) -> int:
+    keys = await direct.keys("test:quota:*:calls")
+    return sum([await direct.zcard(key) for key in keys])
+
+
+async def _until(check: Callable[[], Awaitable[bool]], what: str) -> None:
+    end = asyncio.get_running_loop().time() + 20
+    while asyncio.get_running_loop().time() < end:
+        if await check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"never {what}")
+
+
+async def _inside(quotas: Quotas, inside: asyncio.Event) -> None:
+    set_current_identity(Identity("judy", "judy", Role.ADMIN))
+    async with quotas.admit("/x/Y", _Context()):  # type: ignore[arg-type]
+        inside.set()
+        await asyncio.Event().wait()
+
+
+async def test_a_call_cancelled_again_while_its_slot_is_released_still_frees_it(
+    redis_server: RedisProcess,
+) -> None:
+    direct = connect(redis_server.url, cluster=False, socket_timeout=5, connect_timeout=5)
+    holding, let_get = asyncio.Event(), asyncio.Event()
+    connecting, let_connect = asyncio.Event(), asyncio.Event()
+    hold_connects = False
+
+    async def before(args: list[bytes]) -> None:
+        if args[:2] == [b"GET", b"hold"]:
+            holding.set()
+            await let_get.wait()
+        elif hold_connects and args[:2] == [b"CLIENT", b"SETINFO"] and not connecting.is_set():
+            connecting.set()  # a new connection: the release's, its first command held
+            await let_connect.wait()
+
+    try:
+        async with relaying(redis_server.url, before) as url:
+            quotas, redis = _quotas(url)
+            try:
+                inside = asyncio.Event()
+                call = asyncio.create_task(_inside(quotas, inside))
+                await asyncio.wait_for(inside.wait(), 20)
+                assert await _slots_taken(direct) == 1
+                # The client's one connection busy: the release has to make another.
+                holder = asyncio.create_task(redis.get("hold"))
+                await asyncio.wait_for(holding.wait(), 20)
+                hold_connects = True
+                call.cancel()  # the shutdown's cut: the call ends, its slot is released
+                await asyncio.wait_for(connecting.wait(), 20)
+                call.cancel()  # gRPC's cancel at the end of the grace period
+                with pytest.raises(asyncio.CancelledError):
+                    await call
+                let_connect.set()
+                let_get.set()
+                await holder
+
+                async def free() -> bool:
+                    return await _slots_taken(direct) == 0
+
+                await _until(free, "freed the cancelled call's slot")
+            finally:
+                await redis.aclose()
+    finally:
+        await direct.aclose()
+
+
+async def test_a_release_on_its_way_at_shutdown_ends_before_the_client_closes(
+    redis_server: RedisProcess,
+) -> None:
+    direct = connect(redis_server.url, cluster=False, socket_timeout=5, connect_timeout=5)
+    releasing = asyncio.Event()
+
+    async def before(args: list[bytes]) -> None:
+        if args[:1] == [b"ZREM"]:
+            releasing.set()
+            await asyncio.sleep(SLOW_RELEASE)
+
+    try:
+        async with relaying(redis_server.url, before) as url:
+            quotas, redis = _quotas(url)
+            inside = asyncio.Event()
+            call = asyncio.create_task(_inside(quotas, inside))
+            await asyncio.wait_for(inside.wait(), 20)
+            call.cancel()  # the shutdown's cut
+            await asyncio.wait_for(releasing.wait(), 20)
+            call.cancel()  # gRPC's cancel at the end of the grace period
+            with pytest.raises(asyncio.CancelledError):
+                await call
+            # The gateway's stop: settle (bounded by the grace period), then close.
+            await quotas.settle(30)
+            await redis.aclose()
+            assert await _slots_taken(direct) == 0, "the slot stayed taken past the close"
+    finally:
+        await direct.aclose()
