@@ -20,12 +20,14 @@ calls (the gateway's per-tenant quota) charges what was really spent.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from services.common import shutdown_cut
 from services.common.errors import ATTEMPTS, WAIT_MS, FailedPrecondition, ServiceError
 from services.common.json_schema import OutputSchema, parse_output_async
 from services.common.upstream_retry import Deadline
@@ -129,6 +131,11 @@ async def generate(plan: Plan) -> Answer:
     except ServiceError as err:
         calls.charged_to(err)
         raise
+    except asyncio.CancelledError:
+        cut = _cut_charged(calls)
+        if cut is None:
+            raise
+        raise cut from None
     return dataclasses.replace(answer, upstream_calls=calls.made)
 
 
@@ -166,6 +173,22 @@ async def stream(plan: Plan) -> AsyncGenerator[Event, None]:
     except ServiceError as err:
         calls.charged_to(err)
         raise
+    except asyncio.CancelledError:
+        cut = _cut_charged(calls)
+        if cut is None:
+            raise
+        raise cut from None
+
+
+def _cut_charged(calls: Calls) -> ServiceError | None:
+    """What a cancelled answer raises in its place: the server's cut (shutdown_cut.py)
+    carrying the requests already made, as any failed answer's error does, so that the
+    gateway charges them to the tenant's quota (the cut's status had none: they went
+    uncounted); None when the cancellation is not the cut (the client went away). A
+    request on its way at the cut is not counted: whether it reached the provider is not
+    known."""
+    cut = shutdown_cut.claimed()
+    return None if cut is None else calls.charged_to(cut)
 
 
 async def _stream(plan: Plan, calls: Calls) -> AsyncGenerator[Event, None]:

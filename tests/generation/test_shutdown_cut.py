@@ -9,6 +9,7 @@ import asyncio
 
 import grpc
 from gensearch.generation.v1 import generation_service_pb2 as pb
+from google.protobuf import struct_pb2
 
 from tests.generation.conftest import Service, user
 from tests.support.fake_openai import Behaviour, FakeOpenAI
@@ -63,3 +64,46 @@ async def test_calls_that_finish_within_the_grace_period_are_answered(
     reply = await call
     await stopping
     assert reply.text == "done"
+
+
+def _schema() -> pb.ResponseFormat:
+    schema = struct_pb2.Struct()
+    schema.update({"type": "object", "properties": {"t": {"type": "string"}}, "required": ["t"]})
+    return pb.ResponseFormat(json_schema=schema)
+
+
+async def test_a_cut_call_says_how_many_llm_requests_it_made(
+    service: Service, fake: FakeOpenAI
+) -> None:
+    """The requests made before the cut are on its status (``upstream_calls``), as on any
+    failed call's, so the gateway charges them to the tenant's quota: the answer (not
+    valid for the schema) came, the corrective retry was on its way as the server
+    stopped. Before, the cut's status had no count and the request went uncounted."""
+    fake.enqueue(Behaviour.ok(text="not json"), Behaviour.hang())
+    call = service.stub.Generate(
+        pb.GenerateRequest(messages=[user("x")], response_format=_schema())
+    )
+    await fake.wait_for_requests(2)
+    stopping = asyncio.create_task(service.server.stop(GRACE))
+    err = await failure_of(call)
+    await stopping
+    info = error_info(err)
+    assert info.reason == "SHUTTING_DOWN"
+    assert info.metadata["upstream_calls"] == "1"
+
+
+async def test_a_cut_stream_says_how_many_llm_requests_it_made(
+    service: Service, fake: FakeOpenAI
+) -> None:
+    """As a unary call: the stream's answer was invalid, its corrective retry on its way."""
+    fake.enqueue(Behaviour.ok(text="not json"), Behaviour.hang())
+    call = service.stub.StreamGenerate(
+        pb.StreamGenerateRequest(messages=[user("x")], response_format=_schema())
+    )
+    messages, err = await stopped_mid_stream(
+        call, lambda: service.server.stop(GRACE), at=lambda m: m.restart
+    )
+    assert messages[-1].restart
+    info = error_info(err)
+    assert info.reason == "SHUTTING_DOWN"
+    assert info.metadata["upstream_calls"] == "1"
