@@ -4,18 +4,24 @@ the target (``ipv4:a,b`` here; ``dns:///name:port`` in a cluster)."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 
 import pytest
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
+from gensearch.generation.v1 import generation_service_pb2 as gen_pb
+from gensearch.generation.v1 import generation_service_pb2_grpc as gen_grpc
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
+from google.protobuf import struct_pb2
 
 from services.common.errors import Unavailable
 from services.common.server import GrpcServer
+from services.devlaunch.redis_server import RedisProcess
 from services.gateway.clients.generation import MIN_CALL_SECONDS, GenerationClient
 from services.generation.__main__ import build_server as build_generation
 from services.generation.settings import GenerationSettings
 from tests.gateway.conftest import ALICE, DIM, TOKEN, StackFactory, create_books, fake_provider
+from tests.gateway.test_llm_call_charges import Metered
 from tests.support.fake_openai import Behaviour, FakeOpenAI
 
 # The stopping replica's grace period: its calls are ended a tenth of it before its end.
@@ -134,3 +140,57 @@ async def test_a_cut_call_is_sent_again_only_within_its_deadline() -> None:
     assert not GenerationClient._again_after_cut(cut, now + MIN_CALL_SECONDS / 2)
     down = Unavailable("the generation service is unavailable", reason="DOWNSTREAM_UNAVAILABLE")
     assert not GenerationClient._again_after_cut(down, None)
+
+
+def _schema() -> gen_pb.ResponseFormat:
+    schema = struct_pb2.Struct()
+    schema.update({"type": "object", "properties": {"t": {"type": "string"}}, "required": ["t"]})
+    return gen_pb.ResponseFormat(json_schema=schema)
+
+
+async def test_the_llm_requests_of_a_cut_call_sent_again_are_charged(
+    stack_factory: StackFactory,
+    replicas: list[tuple[GrpcServer, FakeOpenAI]],
+    shared_redis: RedisProcess,
+) -> None:
+    """A Generate whose replica stops after its answer (invalid for the schema) came and
+    while its corrective retry is on its way is sent again to the other replica, which
+    answers with one request: the tenant's quota counts the cut try's request too (the
+    one on its way at the cut is not known to have reached the provider: not counted).
+    Before, the cut's status had no count and the gateway charged only the second try."""
+    prefix = f"q-{uuid.uuid4().hex[:8]}"
+    target = "ipv4:" + ",".join(f"127.0.0.1:{server.port}" for server, _ in replicas)
+    stack = await stack_factory(
+        generation=False,
+        generation_addr=target,
+        redis_url=shared_redis.url,
+        quota_key_prefix=prefix,
+        quota_llm_calls_per_minute=1000,
+    )
+    # The quota's counts, as the LLM-charges tests read them (fake2 unused here).
+    metered = Metered(stack, replicas[0][1], shared_redis, prefix)
+    await metered.fresh_window()
+    for _, fake in replicas:
+        fake.enqueue(Behaviour.ok(text="not json"), Behaviour.hang())
+    generation = gen_grpc.GenerationServiceStub(stack.channel)
+    hello = [gen_pb.Message(role=gen_pb.ROLE_USER, content="hello")]
+    call = generation.Generate(
+        gen_pb.GenerateRequest(messages=hello, response_format=_schema()),
+        metadata=ALICE,
+        timeout=60,
+    )
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 30
+    while not any(len(fake.chat_requests) == 2 for _, fake in replicas):
+        assert not call.done() and loop.time() < end, "no corrective retry on its way"
+        await asyncio.sleep(0.01)
+    running = 0 if len(replicas[0][1].chat_requests) == 2 else 1
+    other = replicas[1 - running][1]
+    other.clear_queue()
+    other.reply = '{"t": "ok"}'  # the other replica answers at once, valid
+    await replicas[running][0].stop(GRACE)
+    reply = await call
+    assert reply.upstream_calls == 1
+    assert len(other.chat_requests) == 1
+    # The cut try's answer, and the second try's request.
+    assert await metered.counted() == 2

@@ -88,9 +88,12 @@ _Opened = tuple[AsyncIterator[gen_pb.StreamGenerateResponse], gen_pb.StreamGener
 
 @dataclass
 class _Waited:
-    """Seconds one call spent waiting in the gateway: for a slot, after refusals."""
+    """Seconds one call spent waiting in the gateway: for a slot, after refusals; and
+    ``cut_calls``, the LLM requests of a try cut by its replica's shutdown, sent again
+    (charged with the call's outcome: the second try's count replaces the cut's)."""
 
     seconds: float = 0.0
+    cut_calls: int = 0
 
     def add_to(self, duration: duration_pb2.Duration) -> None:
         if self.seconds > 0:
@@ -158,9 +161,13 @@ class GenerationClient(ServiceClient):
             )
         return super().map_error(err)
 
-    async def _charge_extra(self, calls: int, caller: Caller) -> None:
-        if self.after_generate is not None and calls > 1:
-            await self.after_generate(calls - 1, caller.tenant)
+    async def _charge_extra(self, calls: int, caller: Caller, waited: _Waited) -> None:
+        """Charges the ``calls`` of the call's outcome beyond the one admitted before it,
+        and those of a try cut by shutdown (once)."""
+        extra = max(calls - 1, 0) + waited.cut_calls
+        waited.cut_calls = 0
+        if self.after_generate is not None and extra > 0:
+            await self.after_generate(extra, caller.tenant)
 
     @contextlib.asynccontextmanager
     async def _slot(
@@ -233,7 +240,9 @@ class GenerationClient(ServiceClient):
         waited: _Waited,
     ) -> R:
         """``send(timeout)``, sent again while the generation service refuses it unrun,
-        and once when the replica that ran it was shutting down (``_again_after_cut``)."""
+        and once when the replica that ran it was shutting down (``_again_after_cut``):
+        the LLM requests the cut try made (its ``upstream_calls``) are then kept in
+        ``waited``, charged with the call's outcome (``_charge_extra``)."""
         loop = asyncio.get_running_loop()
         backoff = FIRST_BACKOFF
         cut: Unavailable | None = None  # the replica's SHUTTING_DOWN, once sent again
@@ -250,11 +259,17 @@ class GenerationClient(ServiceClient):
                 if cut is not None:
                     if err.reason == NO_REPLICA:
                         # No other replica took it (one replica, or all stopping): the
-                        # cut says what happened, the channel's failure does not.
+                        # cut says what happened, the channel's failure does not, and
+                        # its count is the call's (charged from it, not twice).
+                        waited.cut_calls = 0
                         raise cut from None
                     raise
                 if not self._again_after_cut(err, deadline):
                     raise
+                # Counted where it is sent again (the predicate above only decides).
+                GENERATION_REFUSED.labels(SHUTDOWN_REASON).inc()
+                # All of them: the call admitted before the first try is the second's.
+                waited.cut_calls = upstream_calls(err.metadata)
                 cut = err
 
     @staticmethod
@@ -269,10 +284,7 @@ class GenerationClient(ServiceClient):
         if err.reason != SHUTDOWN_REASON:
             return False
         left = None if deadline is None else deadline - asyncio.get_running_loop().time()
-        if left is not None and left < MIN_CALL_SECONDS:
-            return False
-        GENERATION_REFUSED.labels(SHUTDOWN_REASON).inc()
-        return True
+        return left is None or left >= MIN_CALL_SECONDS
 
     @staticmethod
     def _deadline(timeout: float | None) -> float | None:
@@ -307,10 +319,10 @@ class GenerationClient(ServiceClient):
                 response = await self._unrefused(send, deadline, waited)
         except ServiceError as err:
             waited.note(err)
-            await self._charge_extra(upstream_calls(err.metadata), caller)
+            await self._charge_extra(upstream_calls(err.metadata), caller, waited)
             raise caller_fields_refused(err, prompt_field, max_tokens_field) from None
         waited.add_to(response.wait_time)
-        await self._charge_extra(response.upstream_calls, caller)
+        await self._charge_extra(response.upstream_calls, caller, waited)
         return response
 
     async def stream_generate(
@@ -343,12 +355,12 @@ class GenerationClient(ServiceClient):
                     if chunk.upstream_calls:
                         # The last message: charged before it is passed on, so a reader that
                         # stops at it leaves nothing uncounted.
-                        await self._charge_extra(chunk.upstream_calls, caller)
+                        await self._charge_extra(chunk.upstream_calls, caller, waited)
                     yield chunk
                     chunk = await anext(chunks, None)
         except ServiceError as err:
             waited.note(err)
-            await self._charge_extra(upstream_calls(err.metadata), caller)
+            await self._charge_extra(upstream_calls(err.metadata), caller, waited)
             raise caller_fields_refused(err, prompt_field, max_tokens_field) from None
 
     async def list_models(self, caller: Caller, timeout: float | None) -> gen_pb.ListModelsResponse:
