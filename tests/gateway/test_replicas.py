@@ -7,22 +7,25 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
+import grpc
 import pytest
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.generation.v1 import generation_service_pb2 as gen_pb
 from gensearch.generation.v1 import generation_service_pb2_grpc as gen_grpc
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from google.protobuf import struct_pb2
+from prometheus_client import REGISTRY
 
-from services.common.errors import Unavailable
 from services.common.server import GrpcServer
+from services.common.shutdown_cut import MARGIN_SHARE, margin
 from services.devlaunch.redis_server import RedisProcess
-from services.gateway.clients.generation import MIN_CALL_SECONDS, GenerationClient
+from services.gateway.clients.generation import MIN_CALL_SECONDS
 from services.generation.__main__ import build_server as build_generation
 from services.generation.settings import GenerationSettings
 from tests.gateway.conftest import ALICE, DIM, TOKEN, StackFactory, create_books, fake_provider
 from tests.gateway.test_llm_call_charges import Metered
 from tests.support.fake_openai import Behaviour, FakeOpenAI
+from tests.support.rpc import error_info, failure_of
 
 # The stopping replica's grace period: its calls are ended a tenth of it before its end.
 GRACE = 2.0
@@ -130,16 +133,53 @@ async def test_a_hit_whose_replica_shuts_down_is_answered_by_another(
     assert len(other.chat_requests) == 1
 
 
-async def test_a_cut_call_is_sent_again_only_within_its_deadline() -> None:
-    """The second try needs MIN_CALL_SECONDS of the call's deadline, as a refused call's
-    (else the cut is the answer, at once); another reason is never sent again here."""
-    cut = Unavailable("the generation service is shutting down", reason="SHUTTING_DOWN")
-    now = asyncio.get_running_loop().time()
-    assert GenerationClient._again_after_cut(cut, None)
-    assert GenerationClient._again_after_cut(cut, now + MIN_CALL_SECONDS + 30)
-    assert not GenerationClient._again_after_cut(cut, now + MIN_CALL_SECONDS / 2)
-    down = Unavailable("the generation service is unavailable", reason="DOWNSTREAM_UNAVAILABLE")
-    assert not GenerationClient._again_after_cut(down, None)
+def _cuts_sent_again() -> float:
+    sample = REGISTRY.get_sample_value(
+        "gensearch_gateway_generation_refused_total", {"reason": "SHUTTING_DOWN"}
+    )
+    return sample or 0.0
+
+
+async def test_a_cut_call_is_not_sent_again_when_its_deadline_leaves_too_little_time(
+    stack_factory: StackFactory, replicas: list[tuple[GrpcServer, FakeOpenAI]]
+) -> None:
+    """A Generate cut by its replica's shutdown with less than MIN_CALL_SECONDS of its
+    caller's deadline left is not sent again (the other replica, which would answer at
+    once, gets nothing): the caller gets the cut, UNAVAILABLE / SHUTTING_DOWN, at once.
+    The replica is stopped with the grace period that puts its cut in the middle of the
+    call's last MIN_CALL_SECONDS (shutdown_cut.margin: the cut comes that long before the
+    grace period ends)."""
+    target = "ipv4:" + ",".join(f"127.0.0.1:{server.port}" for server, _ in replicas)
+    stack = await stack_factory(generation=False, generation_addr=target)
+    for _, fake in replicas:
+        fake.enqueue(Behaviour.hang())
+    generation = gen_grpc.GenerationServiceStub(stack.channel)
+    hello = [gen_pb.Message(role=gen_pb.ROLE_USER, content="hello")]
+    loop = asyncio.get_running_loop()
+    timeout = 8.0
+    deadline = loop.time() + timeout
+    call = generation.Generate(
+        gen_pb.GenerateRequest(messages=hello), metadata=ALICE, timeout=timeout
+    )
+    while not any(fake.chat_requests for _, fake in replicas):
+        assert not call.done() and loop.time() < deadline, "no replica got the call"
+        await asyncio.sleep(0.01)
+    running = 0 if replicas[0][1].chat_requests else 1
+    other = replicas[1 - running][1]
+    other.clear_queue()  # it would answer at once, were the call sent again
+    refused = _cuts_sent_again()
+    # The cut comes grace - margin(grace) after the stop starts: at the deadline less
+    # half of MIN_CALL_SECONDS (margin is a tenth of the grace period below 10 s).
+    cut_in = deadline - MIN_CALL_SECONDS / 2 - loop.time()
+    grace = cut_in / (1 - MARGIN_SHARE)
+    assert grace - margin(grace) == pytest.approx(cut_in)
+    stopping = asyncio.create_task(replicas[running][0].stop(grace))
+    err = await failure_of(call)
+    await stopping
+    assert err.code() == grpc.StatusCode.UNAVAILABLE
+    assert error_info(err).reason == "SHUTTING_DOWN"
+    assert not other.chat_requests, "the cut call was sent again"
+    assert _cuts_sent_again() == refused
 
 
 def _schema() -> gen_pb.ResponseFormat:
