@@ -46,6 +46,7 @@ from services.memory.store import (
     SummaryConflict,
     interaction_not_found,
 )
+from services.memory.update_masks import refuse_path, unsupported_path
 
 if TYPE_CHECKING:  # the search index (and what it imports) loads only when it is on
     from services.memory.indexer import Indexer
@@ -202,12 +203,7 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
             elif path == "summary_disabled":
                 update.summary_disabled = request.summary_disabled
             else:
-                raise InvalidArgument(
-                    f"update_mask: {path!r} cannot be updated "
-                    "(name, ttl, max_turns, summary_disabled can)",
-                    field="update_mask",
-                    reason="INVALID_UPDATE_MASK",
-                )
+                raise refuse_path(path, pb.Conversation, _CONVERSATION_UPDATABLE)
         record = await self._store.update_conversation(_owner(), cid, update)
         return pb.UpdateConversationResponse(conversation=_conversation(record))
 
@@ -415,9 +411,14 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
     ) -> pb.SearchInteractionsResponse:
         s = self._settings
         if self._indexer is None:
+            # The client cannot turn it on: the message names the setting its operator
+            # sets (it used to say search_index=off, which is no environment variable).
+            setting = _setting("search_index")
             raise FailedPrecondition(
-                "interaction search is off on this memory service (search_index=off)",
+                f"interaction search is off on this memory service ({setting}=off); "
+                f"its operator turns it on with {setting}=keyword or {setting}=hybrid",
                 reason="SEARCH_DISABLED",
+                metadata={"setting": setting},
             )
         query = _text(request.query, "query", s.max_search_query_bytes, "max_search_query_bytes")
         if not query.strip():
@@ -638,6 +639,11 @@ def _refuse_fixed_changes(sent: pb.Interaction, stored: pb.Interaction) -> None:
         )
 
 
+# What each Update*'s mask may name, for its refusals (update_masks.refuse_path).
+_CONVERSATION_UPDATABLE = "name, ttl, max_turns, summary_disabled"
+_INTERACTION_UPDATABLE = "additional_info, additional_info.<key>"
+
+
 def _update_paths(request: pb.UpdateInteractionRequest) -> list[str] | None:
     """None: replace additional_info whole; else the top-level keys to set or remove."""
     paths = list(request.update_mask.paths) or [_ADDITIONAL_INFO]
@@ -651,20 +657,14 @@ def _update_paths(request: pb.UpdateInteractionRequest) -> list[str] | None:
             if "." in key:
                 # A FieldMask reads a.b as key b inside a: setting the top-level key "a.b"
                 # instead (or removing it) would do what the caller did not ask.
-                raise InvalidArgument(
-                    f"update_mask path {path[:100]!r} names a nested key; only top-level "
-                    "keys (additional_info.<key>) can be set on their own",
-                    field="update_mask",
-                    reason="FIELD_NOT_UPDATABLE",
+                raise unsupported_path(
+                    path,
+                    "names a nested key; only top-level keys (additional_info.<key>) can "
+                    "be set on their own",
                 )
             keys.append(key)
         else:
-            raise InvalidArgument(
-                f"update_mask path {path[:100]!r} cannot be updated; only additional_info "
-                "(or additional_info.<key>) may change",
-                field="update_mask",
-                reason="FIELD_NOT_UPDATABLE",
-            )
+            raise refuse_path(path, pb.Interaction, _INTERACTION_UPDATABLE)
     return None if whole else keys
 
 

@@ -18,6 +18,7 @@ from gensearch.client.errors import InvalidModeError, from_rpc_error
 from gensearch.memory.v1 import memory_service_pb2 as pb
 from google.protobuf import duration_pb2
 
+from services.memory.settings import MemorySettings
 from services.retrieval.edge_store import EdgeStore
 from services.retrieval.filters import Match
 from tests.memory.conftest import INTERNAL_TOKEN, Memory, MemoryFactory
@@ -246,10 +247,15 @@ async def _size_is(memory: Memory, key: str, size: int) -> bool:
 
 async def test_search_arguments_and_modes(memory_factory: MemoryFactory, tmp_path: Path) -> None:
     off = await memory_factory()
-    await expect_error(
+    disabled = await expect_error(
         off.stub.SearchInteractions(pb.SearchInteractionsRequest(query="x"), metadata=ALICE),
         grpc.StatusCode.FAILED_PRECONDITION,
     )
+    # The client cannot turn search on: the refusal names the setting its operator sets.
+    assert error_info(disabled).reason == "SEARCH_DISABLED"
+    assert "GENSEARCH_MEMORY_SEARCH_INDEX" in (disabled.details() or "")
+    assert error_info(disabled).metadata["setting"] == "GENSEARCH_MEMORY_SEARCH_INDEX"
+    assert "search_index" in MemorySettings.model_fields  # the setting the name is made of
     memory = await keyword_memory(memory_factory, tmp_path, max_search_limit=5)
     for request, field in (
         (pb.SearchInteractionsRequest(query=""), "query"),
