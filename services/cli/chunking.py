@@ -1,5 +1,5 @@
 """Long texts split into chunks for collections that declare ``chunking`` (the importer's
-``--chunk-property``; the demo corpus packs its passages with the same functions).
+``--chunk-property``; the demo corpus is loaded through that command, ``demo.import_argv``).
 
 Text is cut where a reader would cut it: paragraphs (blank lines) are packed into chunks of
 about two thirds of ``size`` up to ``size`` characters; a paragraph longer than ``size`` is

@@ -11,10 +11,13 @@ a user's program would.
 from __future__ import annotations
 
 import json
+import shlex
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gensearch.client import (
@@ -29,8 +32,7 @@ from gensearch.client.errors import NotFoundError
 
 from services.cli import corpus, render, state
 from services.cli.client import Client, Connection
-from services.cli.importer import import_objects
-from services.cli.output import PrintableStream, Progress, command_name
+from services.cli.output import PrintableStream, command_name
 
 if TYPE_CHECKING:
     from services.cli.stack import Stack
@@ -89,8 +91,58 @@ def demo_passages(limit: int | None) -> list[corpus.Passage]:
 
 
 def corpus_lines(passages: list[corpus.Passage]) -> Iterator[str]:
+    """One JSON line per topic: the whole document ``gensearch import --chunk-property``
+    splits into the demo's passages. A capped corpus keeps the first parts of a topic, so
+    its document is those parts (their text joined as the packing reads it back)."""
+    parts: dict[str, list[corpus.Passage]] = {}
     for passage in passages:
-        yield json.dumps({"id": passage.id, "properties": passage.properties()})
+        parts.setdefault(passage.topic, []).append(passage)
+    for topic in sorted(parts):
+        ordered = sorted(parts[topic], key=lambda p: p.part)
+        text = "\n\n".join(p.text for p in ordered)
+        yield json.dumps({"properties": {"title": topic, "topic": topic, "text": text}})
+
+
+def import_argv(path: str) -> list[str]:
+    """The ``gensearch import`` command the demo corpus is loaded with, as a user would
+    type it: the importer's chunking (``--chunk-property text``) cuts each topic into the
+    passages ``corpus.chunk_text`` makes (same size, no overlap), ``topic`` the document
+    and ``part`` the position the collection's chunking declares."""
+    return [
+        "import",
+        path,
+        "--collection",
+        COLLECTION,
+        "--chunk-property",
+        "text",
+        "--document-property",
+        "topic",
+        "--order-property",
+        "part",
+        "--chunk-size",
+        str(corpus.LIMIT_CHARS),
+        "--chunk-overlap",
+        "0",
+        "--batch-size",
+        "32",
+        "--objects-per-call",
+        "64",
+    ]
+
+
+async def import_corpus(client: Client, passages: list[corpus.Passage]) -> int:
+    """Loads ``passages`` through the ``gensearch import`` command (its parser and its
+    handler, as ``gensearch import`` runs them), printing the command; returns its exit
+    code. Before, the demo called the importer's functions with passages it had packed."""
+    from services.cli.__main__ import HANDLERS, build_parser  # the CLI imports this module
+
+    with tempfile.TemporaryDirectory(prefix="gensearch-demo-") as folder:
+        path = Path(folder) / "python-reference.jsonl"
+        path.write_text("".join(line + "\n" for line in corpus_lines(passages)))
+        argv = import_argv(str(path))
+        print(f"  {command_name()} {shlex.join(argv)}", flush=True)
+        args = build_parser().parse_args(argv)
+        return await HANDLERS[args.command](client, args)
 
 
 def section(title: str) -> None:
@@ -114,25 +166,9 @@ async def ensure_corpus(client: Client, provider: str, model: str, limit: int | 
         "Python language reference (pydoc topics), embedded with MiniLM on this CPU",
         flush=True,
     )
-    selected = demo_passages(limit)
-    progress = Progress(len(selected), label="  importing", unit="passages")
-    result = await import_objects(
-        client,
-        COLLECTION,
-        corpus_lines(selected),
-        batch_size=32,
-        objects_per_call=64,
-        progress=progress,
-    )
-    failed = f"; {len(result.errors)} failed" if result.errors else ""
-    print(
-        f"  imported {result.imported} passages in {result.seconds:.1f}s "
-        f"({result.rate:.1f} passages/s){failed}",
-        flush=True,
-    )
-    for error in result.errors[:5]:
-        print(f"  {error}")
-    return result.imported
+    await import_corpus(client, demo_passages(limit))
+    got = await client.collections.get(COLLECTION).config(timeout=30)
+    return got.object_count or 0
 
 
 async def generative_search(

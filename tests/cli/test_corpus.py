@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import re
 
-from services.cli import corpus
+import pytest
+from gensearch.client import DataObject
+
+from services.cli import corpus, demo
+from services.cli.__main__ import build_parser
 from services.cli.demo import DEMO_TOPICS, demo_passages
+from services.cli.importer import chunker_of
 
 
 def _words(text: str) -> list[str]:
@@ -70,3 +76,26 @@ def test_a_capped_corpus_keeps_the_demo_topics_and_spans_the_rest() -> None:
     assert rest and all(p.part == 1 for p in rest)
     assert len({p.topic for p in rest}) == len(rest)
     assert len(corpus.passages(max_passages=0)) == 0
+
+
+@pytest.mark.parametrize("limit", [24, 300, None])
+def test_the_import_command_cuts_the_demo_documents_into_the_demo_passages(
+    limit: int | None,
+) -> None:
+    """The demo loads its corpus with `gensearch import --chunk-property text` (issue 15):
+    that command's own parser and chunker, run on the demo's documents (a topic a line),
+    give exactly the passages corpus.py packs (capped or not), ``part`` counted from 0."""
+    args = build_parser().parse_args(demo.import_argv("corpus.jsonl"))
+    assert args.command == "import" and args.chunk_property == "text"
+    chunker = chunker_of(args)
+    assert chunker is not None
+    passages = demo.demo_passages(limit)
+    made = []
+    for line in demo.corpus_lines(passages):
+        document = json.loads(line)
+        assert set(document) == {"properties"}  # ids are the chunker's
+        for chunk in chunker.split(DataObject(id="", properties=document["properties"])):
+            made.append(
+                (chunk.properties["topic"], chunk.properties["part"], chunk.properties["text"])
+            )
+    assert sorted(made) == sorted((p.topic, p.part - 1, p.text) for p in passages)

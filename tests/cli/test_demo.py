@@ -32,7 +32,14 @@ def test_demo_imports_once_then_searches_and_converses(
     running_stack.loop.run(demo.run(running_stack.stack, time.perf_counter()))
     out = capsys.readouterr().out
     assert f"demo collection {demo.COLLECTION}: created" in out
-    assert "imported 24 passages" in out
+    # Loaded through `gensearch import --chunk-property` (issue 15), its command printed:
+    # each topic a document the importer's chunker cuts into the demo's passages.
+    command = out[out.index(f"{command_name()} import ") :].splitlines()[0]
+    assert "--chunk-property text" in command
+    assert "--document-property topic --order-property part" in command
+    assert f"imported 24 objects into {demo.COLLECTION}" in out
+    shown = json.loads(cli("collections", "show", demo.COLLECTION, "--json").out)
+    assert shown["object_count"] == 24
     # hits, then a result per hit, then the grouped result, then the two turns
     assert out.index("3 hits:") < out.index("→") < out.index("grouped result:")
     assert out.count(" →\n") == 3
@@ -64,6 +71,7 @@ def test_demo_imports_once_then_searches_and_converses(
     assert [t["input"] for t in turns] == list(demo.QUESTIONS)
 
     # A second run reuses the collection: no import.
+    capsys.readouterr()
     running_stack.loop.run(demo.run(running_stack.stack, time.perf_counter()))
     again = capsys.readouterr().out
     assert "24 passages (kept from the last run)" in again

@@ -201,7 +201,7 @@ def test_up_demo_then_ctrl_c_leaves_nothing_and_keeps_data(
         ], clash.stderr
         assert "starting" not in clash.stdout and "redis" not in clash.stdout
 
-        up.wait_for("imported 24 passages", timeout=180)
+        up.wait_for("imported 24 objects into PythonReference", timeout=180)
         up.wait_for("grouped result:", timeout=300)
         up.wait_for("you: How can those checks be switched off?", timeout=300)
         up.wait_for("serving; press Ctrl-C to stop", timeout=300)
