@@ -466,6 +466,30 @@ class ThrottledWarning:
                 else:
                     self._log.info("%s (node %s)", self._recovery, which, extra={"node": which})
 
+    def retired(self, node: str, why: str) -> None:
+        """Ends ``node``'s outage though it did not answer: it is no longer called at all
+        (``why``; a cluster master a failover replaced). The recovery line says so, naming
+        the node; before, such an outage stayed open for good, and its end was never
+        logged."""
+        state = self._nodes.get(node)
+        if state is None or not state[1]:
+            return
+        state[1] = False
+        self._down -= 1
+        if self._recovery is not None:
+            self._log.info(
+                "%s (node %s is no longer called: %s)",
+                self._recovery,
+                node,
+                why,
+                extra={"node": node, "retired": True},
+            )
+
+    @property
+    def down_nodes(self) -> list[str]:
+        """The named nodes whose outage was warned about and has not ended."""
+        return [n for n, state in self._nodes.items() if n is not None and state[1]]
+
     @property
     def any_down(self) -> bool:
         """Whether an outage (of any node) was warned about and has not ended: a caller

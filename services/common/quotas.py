@@ -55,7 +55,7 @@ from services.common import redis_errors
 from services.common.auth import current_tenant
 from services.common.errors import ResourceExhausted
 from services.common.logs import ThrottledWarning
-from services.common.redis_client import REDIS_FAILURES, RedisClient, node_of
+from services.common.redis_client import REDIS_FAILURES, RedisClient, answered, node_of
 from services.common.releases import Releases
 
 log = logging.getLogger("gensearch.quotas")
@@ -174,8 +174,7 @@ class Quotas:
         # The outage's end is a line too (once per warning: a flapping Redis is two lines
         # every 30 s at most), per Redis node: a tenant's keys are on one node, and another
         # node's answer is not the end of its outage.
-        if self._unchecked.any_down:
-            self._unchecked.recovered(node_of(self._redis, key))
+        answered(self._unchecked, self._redis, key)
         return reply
 
     def _lease_ms(self, context: grpc.aio.ServicerContext) -> int:

@@ -30,6 +30,7 @@ import asyncio
 import logging
 import weakref
 from typing import Any, Protocol, TypeAlias
+from urllib.parse import urlsplit
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
@@ -73,13 +74,15 @@ def connect(
     never_resend = Retry(NoBackoff(), 0)
     if cluster:
         _quiet_dropped_cluster_nodes()
-        return RedisCluster.from_url(
+        client = RedisCluster.from_url(
             url,
             socket_timeout=socket_timeout,
             socket_connect_timeout=connect_timeout,
             retry=never_resend,
             reinitialize_steps=0,  # MOVED patches the map; see the module docstring
         )
+        _startup_nodes[client] = _address_of(url)
+        return client
     return Redis.from_url(
         url,
         socket_timeout=socket_timeout,
@@ -123,6 +126,18 @@ def _quiet_dropped_cluster_nodes() -> None:
     loop.set_exception_handler(handler)
 
 
+# The node each cluster client of ``connect`` starts from (its URL's host:port): until the
+# client has read a slot map, the only node it calls. Kept here, from the URL we gave it,
+# rather than read from redis-py's node manager (no public API names it).
+_startup_nodes: weakref.WeakKeyDictionary[RedisCluster, str] = weakref.WeakKeyDictionary()
+
+
+def _address_of(url: str) -> str:
+    """``host:port`` of a redis:// URL (never its user name or password)."""
+    parsed = urlsplit(url)
+    return f"{parsed.hostname or 'localhost'}:{parsed.port or 6379}"
+
+
 def node_of(client: RedisClient, key: KeyT | None) -> str | None:
     """The Redis node that serves ``key``, as an outage's log line names it: its
     ``host:port`` (a unix socket's path), never the URL's user name or password; None when
@@ -138,6 +153,10 @@ def node_of(client: RedisClient, key: KeyT | None) -> str | None:
     not for a master down without a replica, which keeps its slots). A standalone client
     has one node: its connection pool's."""
     if isinstance(client, RedisCluster):
+        if not client.get_nodes():
+            # No slot map read yet (public ``get_nodes``: the nodes of the map): every call
+            # goes to the URL's node first, to read one. It used to name no node.
+            return _startup_nodes.get(client)
         if key is None:
             return None
         try:
@@ -149,6 +168,29 @@ def node_of(client: RedisClient, key: KeyT | None) -> str | None:
     if kwargs.get("path"):
         return str(kwargs["path"])
     return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
+
+
+def no_longer_serving(client: RedisClient, nodes: list[str]) -> list[str]:
+    """Those of ``nodes`` (``host:port``) that serve no slot in the cluster client's
+    current map (public ``RedisCluster.get_primaries``): masters a failover replaced by
+    a replica. Their calls now go to the new master, so no answer of theirs will ever end
+    their outage; the client does not call replicas, so their return (as a replica) is
+    never seen either. Empty for a standalone client or before a map is read."""
+    if not isinstance(client, RedisCluster) or not nodes or not client.get_nodes():
+        return []
+    serving = {node.name for node in client.get_primaries()}
+    return [name for name in nodes if name not in serving]
+
+
+def answered(warning: ThrottledWarning, client: RedisClient, key: KeyT | None) -> None:
+    """A call on ``key`` answered: ends the outage of its node (``warning.recovered``) and
+    of any down node a failover has replaced (``no_longer_serving``: ``retired``), whose
+    outage no answer would end. Cheap when nothing is down (most calls)."""
+    if not warning.any_down:
+        return
+    warning.recovered(node_of(client, key))
+    for gone in no_longer_serving(client, warning.down_nodes):
+        warning.retired(gone, "it serves no slot any more: a failover moved its slots")
 
 
 class RedisSettings(Protocol):

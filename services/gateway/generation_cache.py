@@ -62,6 +62,7 @@ from services.common.redis_client import (
     REDIS_FAILURES,
     REDIS_FAILURES_OR_TIMEOUT,
     RedisClient,
+    answered,
     node_of,
 )
 from services.common.well_known import duration_seconds
@@ -238,8 +239,8 @@ class GenerationCache:
 
     def _recovered(self, key: str) -> None:
         """A call on ``key`` answered: the end of its node's outage, if one was logged."""
-        if self._outage.any_down:
-            self._outage.recovered(self._node(key))
+        if self._redis is not None:
+            answered(self._outage, self._redis, key)
 
     def index_key(self, tenant: str, collection: str) -> str:
         """The sorted set naming every live key stored for ``tenant``'s ``collection``

@@ -43,7 +43,7 @@ from redis.commands.core import AsyncScript
 from services.common import redis_errors
 from services.common.logs import ThrottledWarning
 from services.common.quotas import LEASE_SLACK_SECONDS, lua_script
-from services.common.redis_client import REDIS_FAILURES, RedisClient, node_of
+from services.common.redis_client import REDIS_FAILURES, RedisClient, answered, node_of
 from services.common.releases import Releases
 from services.generation.settings import ProviderConfig
 
@@ -269,8 +269,7 @@ class RedisLimits:
             return Admission(answer.wait)
         # The outage's end is a line too (once per warning), per Redis node: a scope's keys
         # are on one node, and another node's answer is not the end of its outage.
-        if self._failed.any_down:
-            self._failed.recovered(node_of(self._redis, keys[0]))
+        answered(self._failed, self._redis, keys[0])
         wait_ms, floor_ms = (int(n) for n in reply)
         return Admission(FLIGHT_FULL if wait_ms < 0 else wait_ms / 1000, floor_ms / 1000)
 

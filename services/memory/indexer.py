@@ -360,8 +360,7 @@ class Indexer:
                     raise _TurnUnreadable(self._store.node(owner)) from err
                 # Per Redis node: a turn read on another Cluster master is not the end of
                 # the dead one's outage (each such read logged it, and the warning again).
-                if self._turn_unreadable.any_down:
-                    self._turn_unreadable.recovered(self._store.node(owner))
+                self._store.answered(self._turn_unreadable, owner)
                 if found is None:
                     return
                 interaction = found

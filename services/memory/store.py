@@ -43,6 +43,7 @@ from importlib import resources
 from typing import Any, Generic, Literal, TypeVar
 
 from gensearch.memory.v1 import memory_service_pb2 as pb
+from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import (
     AskError,
@@ -73,7 +74,7 @@ from services.common.errors import (
     Unavailable,
 )
 from services.common.logs import ThrottledWarning
-from services.common.redis_client import RedisClient, node_of
+from services.common.redis_client import RedisClient, answered, node_of
 from services.memory import keys
 from services.memory.ids import UUIDv7Generator
 from services.memory.recent_turns import RecentTurns
@@ -427,6 +428,15 @@ class StoreWarnings:
         """The node of a call on ``key`` (``redis_client.node_of``; None: not known)."""
         return None if self._redis is None else node_of(self._redis, key)
 
+    def answered(self, key: KeyT | None, write: bool) -> None:
+        """A call on ``key`` answered (``redis_client.answered``: its node's outage ends, and
+        that of a master a failover replaced)."""
+        if self._redis is None:
+            return
+        answered(self.down, self._redis, key)
+        if write:
+            answered(self.full, self._redis, key)
+
 
 def writes(source: str) -> bool:
     """Whether a script's ``source`` calls a command Redis refuses past its maxmemory."""
@@ -506,6 +516,7 @@ async def _redis(
     key: KeyT | None,
     write: bool = False,
     moving: bool = False,
+    at: str | None = None,
 ) -> Any:
     """Awaits one Redis call; its failure becomes the service's error, here and only here.
     ``outage`` logs Redis unreachable, or full, once per outage (and its end), not once per
@@ -513,7 +524,8 @@ async def _redis(
     of no key, or of every node); ``write``: the call may grow what Redis holds, so its
     success ends a full one;
     ``moving``: a slot move's refusal is ``_SlotMoving`` (counted, not logged), for
-    ``_redis_waiting``. (Typed loosely: redis-py annotates a command's result as
+    ``_redis_waiting``; ``at``: the node a call of no key was sent to (one master of
+    ``load_scripts``). (Typed loosely: redis-py annotates a command's result as
     ``Awaitable[T] | T``, one set of annotations for its sync and async clients.)"""
     try:
         out = await call
@@ -521,7 +533,7 @@ async def _redis(
         redis_errors.count("memory", err)
         if moving and _slot_moving(err):
             raise _SlotMoving(err) from None
-        outage.down(err, extra={"error": _describe(err)}, node=outage.node(key))
+        outage.down(err, extra={"error": _describe(err)}, node=at or outage.node(key))
         raise _unavailable() from None
     except (MovedError, AskError) as err:
         redis_errors.count("memory", err)
@@ -542,11 +554,13 @@ async def _redis(
             raise _DeclareFirst(names) from None
         redis_errors.count("memory", err)
         if str(err).startswith(_BUSY) or _MOVING in str(err):
-            outage.down(err, extra={"error": _describe(err)}, node=outage.node(key))
+            outage.down(err, extra={"error": _describe(err)}, node=at or outage.node(key))
             raise _unavailable() from None
         if isinstance(err, OutOfMemoryError) or str(err).startswith(_FULL):
             # A script's refused write is a plain ResponseError: named as Redis's OOM.
-            outage.full(err, extra={"error": _describe(err)}, cause="OOM", node=outage.node(key))
+            outage.full(
+                err, extra={"error": _describe(err)}, cause="OOM", node=at or outage.node(key)
+            )
             raise Unavailable(
                 "memory store unavailable; try again", reason="STORE_UNAVAILABLE"
             ) from None
@@ -554,10 +568,12 @@ async def _redis(
         raise Internal("memory store error") from None
     # Which node answered is worked out only while an outage is open (most calls: none).
     if outage.down.any_down or (write and outage.full.any_down):
-        node = outage.node(key)
-        outage.down.recovered(node)
-        if write:
-            outage.full.recovered(node)
+        if at is not None:
+            outage.down.recovered(at)
+            if write:
+                outage.full.recovered(at)
+        else:
+            outage.answered(key, write)
     return out
 
 
@@ -790,9 +806,32 @@ class MemoryStore:
             self._drop_missing_script, self._get_conversation, self._outbox_add,
             self._outbox_remove, self._unmark_deletion,
         ]  # fmt: skip
-        for script in scripts:
-            # On a cluster, every master: no one node to name.
-            await _redis(self._outage, self._redis.script_load(script.script), key=None)
+        if not isinstance(self._redis, RedisCluster):
+            for script in scripts:
+                await _redis(self._outage, self._redis.script_load(script.script), key=None)
+            return
+        # On a cluster, into each master on its own (public get_primaries, target_nodes),
+        # so that a master down is named in the outage line: one SCRIPT LOAD sent to every
+        # master at once failed naming no node. The map is read first (initialize: a
+        # failure there names the URL's node, the only one called).
+        # A master down does not keep the scripts from the others; the call still fails.
+        await _redis(self._outage, self._redis.initialize(), key=None)
+        failed: Unavailable | None = None
+        for node in self._redis.get_primaries():
+            try:
+                for script in scripts:
+                    await _redis(
+                        self._outage,
+                        self._redis.execute_command(
+                            "SCRIPT LOAD", script.script, target_nodes=node
+                        ),
+                        key=None,
+                        at=node.name,
+                    )
+            except Unavailable as err:
+                failed = failed or err
+        if failed is not None:
+            raise failed
 
     async def close(self) -> None:
         await self._redis.aclose()
@@ -801,6 +840,11 @@ class MemoryStore:
         """The Redis node holding ``owner``'s keys, as outage lines name it (None: not
         known; ``redis_client.node_of``)."""
         return self._outage.node(self.tag(owner))
+
+    def answered(self, warning: ThrottledWarning, owner: Owner) -> None:
+        """A call on ``owner``'s keys answered: ``warning``'s outage of their node ends, and
+        that of a master a failover replaced (``redis_client.answered``)."""
+        answered(warning, self._redis, self.tag(owner))
 
     def tag(self, owner: Owner) -> str:
         """Key prefix of everything ``owner`` owns, including the cluster hash tag."""
