@@ -24,6 +24,7 @@ from gensearch.client import (
     DEFAULT_ADDRESS,
     Chunking,
     Collection,
+    DataObject,
     GenerativeConfig,
     Property,
     Vectorizer,
@@ -127,6 +128,22 @@ def import_argv(path: str) -> list[str]:
         "32",
         "--objects-per-call",
         "64",
+    ]
+
+
+def demo_objects(limit: int | None) -> list[DataObject]:
+    """The objects ``import_corpus`` stores for ``limit``: the import command's own chunker
+    (parsed from ``import_argv``) on the demo's documents. For tests that load the demo
+    collection without the CLI (the bundled model's demo test)."""
+    from services.cli.__main__ import build_parser  # the CLI imports this module
+    from services.cli.importer import chunker_of
+
+    chunker = chunker_of(build_parser().parse_args(import_argv("-")))
+    assert chunker is not None  # import_argv names --chunk-property
+    return [
+        chunk
+        for line in corpus_lines(demo_passages(limit))
+        for chunk in chunker.split(DataObject(id="", properties=json.loads(line)["properties"]))
     ]
 
 

@@ -99,3 +99,7 @@ def test_the_import_command_cuts_the_demo_documents_into_the_demo_passages(
                 (chunk.properties["topic"], chunk.properties["part"], chunk.properties["text"])
             )
     assert sorted(made) == sorted((p.topic, p.part - 1, p.text) for p in passages)
+    stored = demo.demo_objects(limit)  # what the bundled model's demo test loads
+    assert sorted(
+        (o.properties["topic"], o.properties["part"], o.properties["text"]) for o in stored
+    ) == sorted(made)

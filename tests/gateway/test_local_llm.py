@@ -121,10 +121,10 @@ async def test_demo_follow_up_retrieves_the_first_questions_topic(
         timeout=60,
     )
     objects = []
-    for passage in demo.demo_passages(24):
+    for obj in demo.demo_objects(24):  # what the demo's `gensearch import` stores
         props = struct_pb2.Struct()
-        props.update(passage.properties())
-        objects.append(ret_pb.DataObject(id=passage.id, properties=props))
+        props.update(obj.properties)
+        objects.append(ret_pb.DataObject(id=obj.id, properties=props))
     upserted = await stack.retrieval.UpsertObjects(
         ret_pb.UpsertObjectsRequest(collection=demo.COLLECTION, objects=objects),
         metadata=ALICE,

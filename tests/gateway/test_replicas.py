@@ -169,7 +169,7 @@ async def test_a_cut_call_is_not_sent_again_when_its_deadline_leaves_too_little_
     other.clear_queue()  # it would answer at once, were the call sent again
     refused = _cuts_sent_again()
     # The cut comes grace - margin(grace) after the stop starts: at the deadline less
-    # 0.9 × MIN_CALL_SECONDS (margin is a tenth of the grace period below 10 s). A loaded
+    # 0.9 * MIN_CALL_SECONDS (margin is a tenth of the grace period below 10 s). A loaded
     # machine only delays the cut, leaving less than MIN_CALL_SECONDS still; the deadline
     # is 0.45 s away, time for the cut to reach the caller first.
     cut_in = deadline - MIN_CALL_SECONDS * 0.9 - loop.time()
