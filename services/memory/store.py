@@ -2123,6 +2123,10 @@ class MemoryStore:
                 cid = bytes(out[1]).decode()
                 # Its conversation's next page and window no longer expect the turn.
                 self._recent.forget(keys.conversation(tag, cid))
+                # Nor does a read of it: declared with the turn's missing key, its
+                # conversation's keys had a read refused mid-move (TRYAGAIN: UNAVAILABLE)
+                # where the turn's key alone answers NOT_FOUND.
+                self._hints.pop(turn, None)
                 return cid
             declared_names, declared = _declare_turns(tag, named, out)
         raise Aborted(

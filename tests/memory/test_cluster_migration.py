@@ -17,8 +17,9 @@ from prometheus_client import REGISTRY
 from redis.crc import key_slot
 
 from services.common.auth import DEFAULT_TENANT, Identity, Role, forwarded_identity
-from services.common.errors import InvalidArgument, ResourceExhausted, Unavailable
+from services.common.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from services.common.redis_client import RedisClient, connect
+from services.memory import keys
 from services.memory.__main__ import build_server
 from services.memory.store import (
     ConversationRecord,
@@ -1189,3 +1190,55 @@ async def test_a_conversation_without_turns_never_seen_is_answered_mid_move(
     ]
     record = await make_store().get_conversation(OWNER, empty)
     assert (record.name, record.interaction_count) == ("renamed", 0)
+
+
+@pytest.mark.slow
+async def test_a_turn_deleted_mid_move_is_then_not_found(
+    own_cluster: LocalCluster, make_store: Callable[..., MemoryStore]
+) -> None:
+    """DeleteInteraction while the owner's slot moves (the turn's keys moved first, another
+    conversation's still on the old node): once it is acknowledged, a read of the turn
+    answers NOT_FOUND at every step of the move. Before, the store kept the deleted turn's
+    key hint (its conversation hash and list), declared with the turn's key by the read:
+    the turn's key missing with the others there, Redis refused the run (TRYAGAIN) and
+    the read answered UNAVAILABLE for as long as the move lasted."""
+    store = make_store()
+    cid = (await store.create_conversation(OWNER, "d")).conversation_id
+    # Without request_ids: a turn's request_id keys are declared by its deletion, both
+    # owners' (one is missing), so mid-move that is refused until the move ends.
+    doomed, kept = [
+        (await store.create_interaction(OWNER, cid, pb.Interaction(input=f"d{n}"), "", b""))
+        for n in range(2)
+    ]
+    other = (await store.create_conversation(OWNER, "o")).conversation_id
+    for n in range(4):
+        await store.create_interaction(OWNER, other, pb.Interaction(input=f"o{n}"), f"o{n}", b"")
+    # Read once: the turn's hint (its conversation hash) is known, as in a serving replica.
+    await store.get_interaction_data(OWNER, doomed.interaction_id)
+    tag = store.tag(OWNER)
+    steps = {"deleted": 0, "not found": 0}
+
+    async def delete_then_read() -> None:
+        if not steps["deleted"]:
+            assert await store.delete_interaction(OWNER, doomed.interaction_id) == cid
+            steps["deleted"] = 1  # mid-move: the turn's keys are all on the new node
+        with pytest.raises(NotFound):
+            await store.get_interaction_data(OWNER, doomed.interaction_id)
+        steps["not found"] += 1
+        assert (
+            pb.Interaction.FromString(
+                await store.get_interaction_data(OWNER, kept.interaction_id)
+            ).input
+            == "d1"
+        )
+
+    first = [
+        keys.conversation(tag, cid),
+        keys.conversation_interactions(tag, cid),
+        keys.interaction(tag, doomed.interaction_id),
+        keys.interaction(tag, kept.interaction_id),
+        keys.usage(tag),
+    ]
+    await _move_slot(own_cluster, batch=2, between=delete_then_read, first=first)
+    await delete_then_read()
+    assert steps["not found"] >= 3  # read mid-move, the other conversation not moved yet
