@@ -79,13 +79,18 @@ async def build_server(settings: MemorySettings, *, port: int | None = None) -> 
         # append-only file and exits.
         server.on_stop(embedded.stop)
     server.on_stop(store.close)
-    # Runs before store.close (on_stop runs in reverse).
-    resumer = DeletionResumer(store, settings.delete_resume_seconds)
-    resumer.start()
-    server.on_stop(resumer.close)
     if indexer is not None:
         # Runs before store.close (reverse order): index jobs under way still reach Redis.
         server.on_stop(indexer.close)
+    # Runs before indexer.close and store.close (on_stop runs in reverse): a deletion it
+    # finishes sends the index its drop job, as DeleteConversation does.
+    resumer = DeletionResumer(
+        store,
+        settings.delete_resume_seconds,
+        None if indexer is None else indexer.conversation_deleted,
+    )
+    resumer.start()
+    server.on_stop(resumer.close)
     log.info(
         "memory store",
         extra={

@@ -8,23 +8,33 @@ to a later one (a conversation deleted in one batch needs no mark) and unmarks i
 done; this loop, in every replica, finishes the deletions whose mark outlived
 GENSEARCH_MEMORY_DELETE_RESUME_SECONDS (``store.resume_deletions``). Two replicas
 finishing one deletion at once is harmless: each batch deletes what is still listed.
+The interrupted call never got to send the search index its drop job of the conversation
+(the servicer sends it once the deletion is done): ``finished`` is told each deletion
+finished here, for the resume to send it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from services.common.tasks import cancel_and_wait
-from services.memory.store import MemoryStore
+from services.memory.store import MemoryStore, Owner
 
 log = logging.getLogger("gensearch.memory.deletions")
 
 
 class DeletionResumer:
-    def __init__(self, store: MemoryStore, every_seconds: float) -> None:
+    def __init__(
+        self,
+        store: MemoryStore,
+        every_seconds: float,
+        finished: Callable[[Owner, str], object] | None = None,
+    ) -> None:
         self._store = store
         self._every = every_seconds
+        self._finished = finished
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -39,7 +49,7 @@ class DeletionResumer:
         while True:
             await asyncio.sleep(self._every)
             try:
-                finished = await self._store.resume_deletions()
+                finished = await self._store.resume_deletions(finished_one=self._finished)
             except Exception as err:  # Redis down (the store logged it): next period
                 log.warning(
                     "interrupted deletions not finished yet",

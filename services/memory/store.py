@@ -1733,12 +1733,19 @@ class MemoryStore:
         key = self._deleting_key()
         return int(await _redis(self._outage, self._redis.zcard(key), key=key))
 
-    async def resume_deletions(self, count: int = RESUME_BATCH) -> int:
+    async def resume_deletions(
+        self,
+        count: int = RESUME_BATCH,
+        *,
+        finished_one: Callable[[Owner, str], object] | None = None,
+    ) -> int:
         """Finishes up to ``count`` deletions whose call was interrupted
         (``delete_conversation``: last marked more than DELETE_RESUME_SECONDS ago, by this
-        replica's setting); how many it finished. One that fails (its owner's Cluster
-        master down, say) stays marked, for the next resume, and holds no other back:
-        the rest are finished, then the first failure is raised. (Stopping at it, the
+        replica's setting); how many it finished. ``finished_one`` is told the owner and
+        conversation of each, for what the interrupted call did not do after its
+        deletion (the search index's drop job: ``DeletionResumer``). One that fails (its
+        owner's Cluster master down, say) stays marked, for the next resume, and holds no
+        other back: the rest are finished, then the first failure is raised. (Stopping at it, the
         oldest mark first every time, finished no other owner's while it lasted.)"""
         made_by = time.time_ns() // 1_000_000 - self._delete_resume_ms
         due = await _redis(
@@ -1759,6 +1766,8 @@ class MemoryStore:
             try:
                 if await self.delete_conversation(owner, str(cid), finish_only=made_by):
                     finished += 1
+                    if finished_one is not None:
+                        finished_one(owner, str(cid))
             except ServiceError as err:
                 failed = failed or err
         if failed is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,7 +21,12 @@ from services.memory import keys
 from services.memory import store as store_module
 from services.memory.deletions import DeletionResumer
 from services.memory.store import MemoryStore, Owner
-from tests.memory.conftest import Memory
+from services.retrieval.edge_store import EdgeStore
+from services.retrieval.filters import Match
+from tests.memory.conftest import Memory, MemoryFactory
+from tests.memory.test_search_interactions import ALICE as ALICE_RPC
+from tests.memory.test_search_interactions import conversation as search_conversation
+from tests.memory.test_search_interactions import keyword_memory, search_until, turn
 from tests.support.redis_relay import relaying
 
 ALICE = Owner(DEFAULT_TENANT, "alice")
@@ -470,3 +476,42 @@ async def test_one_deletion_the_resume_cannot_finish_holds_no_other_back(
     assert [k for k in left if other in k] == []  # its list went with its last turn
     assert len([k for k in left if ":int:" in k]) == 6  # stuck's 4 + 2, none of other's
     assert await survivor.deletions_pending() == 1  # stuck's, for the next resume
+
+
+async def test_a_resumed_deletion_drops_the_conversation_from_the_search_index(
+    memory_factory: MemoryFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A DeleteConversation cut after its first batch never sent the search index its
+    drop job (the servicer sends it once the deletion is done): the replica whose resume
+    finishes the deletion sends it. Before, the conversation's turns stayed in the index
+    until a sweep (hourly by default) found them gone."""
+    monkeypatch.setattr(store_module, "DELETE_BATCH", 4)
+    memory = await keyword_memory(memory_factory, tmp_path, delete_resume_seconds=0.05)
+    cid = await search_conversation(memory, ALICE_RPC)
+    iids = [await turn(memory, ALICE_RPC, cid, f"pelican {n}", "pouch") for n in range(10)]
+    assert set(await search_until(memory, ALICE_RPC, "pelican", iids)) == set(iids)
+    dying = MemoryStore(memory.redis)
+    script = dying._delete_conversation
+
+    async def then_die(**kwargs: Any) -> object:
+        await script(**kwargs)  # the first batch, on the real Redis; then the call is gone
+        raise asyncio.CancelledError
+
+    dying._delete_conversation = then_die  # type: ignore[assignment]
+    with pytest.raises(asyncio.CancelledError):
+        await dying.delete_conversation(ALICE, cid)
+    for _ in range(500):  # a bound on the wait for the service's resume, not a timing one
+        if await dying.deletions_pending() == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert await dying.deletions_pending() == 0
+    assert await _left(memory, dying, cid) == []
+    # Stopping the service waits for its index jobs under way and frees the index's files.
+    await memory.server.stop(0)
+    engine = EdgeStore(tmp_path / "memory-index")
+    await engine.open()
+    try:
+        indexed = await engine.count(memory.settings.search_collection, Match("c", cid))
+    finally:
+        await engine.close()
+    assert indexed == 0
