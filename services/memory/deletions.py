@@ -19,7 +19,9 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from services.common.errors import ServiceError
 from services.common.tasks import cancel_and_wait
+from services.memory.metrics import DELETIONS_PENDING, DELETIONS_RESUMED
 from services.memory.store import MemoryStore, Owner
 
 log = logging.getLogger("gensearch.memory.deletions")
@@ -49,12 +51,27 @@ class DeletionResumer:
         while True:
             await asyncio.sleep(self._every)
             try:
-                finished = await self._store.resume_deletions(finished_one=self._finished)
+                finished = await self._store.resume_deletions(finished_one=self._finished_one)
             except Exception as err:  # Redis down (the store logged it): next period
                 log.warning(
                     "interrupted deletions not finished yet",
                     extra={"error": (str(err) or type(err).__name__)[:300]},
                 )
-                continue
+                finished = 0
             if finished:
                 log.info("interrupted deletions finished", extra={"finished": finished})
+            await self._count_pending()
+
+    def _finished_one(self, owner: Owner, cid: str) -> None:
+        # Counted one by one: a round that fails past some owners finished the others.
+        DELETIONS_RESUMED.inc()
+        if self._finished is not None:
+            self._finished(owner, cid)
+
+    async def _count_pending(self) -> None:
+        """Sets the gauge of marked deletions (one ZCARD a period): one that stays up, or
+        keeps rising, is deletions the resume cannot finish (the owner's node down)."""
+        try:
+            DELETIONS_PENDING.set(await self._store.deletions_pending())
+        except ServiceError:  # Redis down (the store logged it): the last value stands
+            return

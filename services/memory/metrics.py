@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 # Reasons an index job was not queued (services/memory/indexer.py): a fixed set.
 OUTBOX_FULL = "outbox_full"
@@ -14,4 +14,16 @@ SEARCH_JOBS_DROPPED = Counter(
     "Search index jobs the outbox refused (GENSEARCH_MEMORY_SEARCH_OUTBOX_MAX_JOBS, "
     "GENSEARCH_MEMORY_SEARCH_OUTBOX_JOBS_PER_TENANT): left for the sweep.",
     ["reason"],
+)
+
+# The deletions' resume (services/memory/deletions.py): what is marked, what it finished.
+DELETIONS_PENDING = Gauge(
+    "gensearch_memory_deletions_pending",
+    "DeleteConversation deletions marked in Redis (P:{deletes}:pending): under way, or "
+    "interrupted and not finished yet; read by each replica's resume loop every "
+    "GENSEARCH_MEMORY_DELETE_RESUME_SECONDS.",
+)
+DELETIONS_RESUMED = Counter(
+    "gensearch_memory_deletions_resumed_total",
+    "Interrupted DeleteConversation deletions this replica's resume loop finished.",
 )

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from gensearch.memory.v1 import memory_service_pb2 as pb
+from prometheus_client import REGISTRY
 
 from services.common.auth import DEFAULT_TENANT
 from services.common.errors import NotFound, Unavailable
@@ -37,6 +38,26 @@ async def _conversation(store: MemoryStore, turns: int, name: str = "d") -> str:
     for n in range(turns):
         await store.create_interaction(ALICE, cid, pb.Interaction(input=f"t{n}"), f"{name}{n}")
     return cid
+
+
+async def _cut_after_first_batch(store: MemoryStore, *cids: str) -> None:
+    """A DeleteConversation of each of ``cids`` whose call is gone after its first batch
+    (run on the real Redis): marked, its later batches left to the resume. Each mark
+    made after the one before (the oldest first)."""
+    script = store._delete_conversation
+
+    async def then_die(**kwargs: Any) -> object:
+        await script(**kwargs)
+        raise asyncio.CancelledError
+
+    store._delete_conversation = then_die  # type: ignore[assignment]
+    try:
+        for cid in cids:
+            with pytest.raises(asyncio.CancelledError):
+                await store.delete_conversation(ALICE, cid)
+            await asyncio.sleep(0.01)  # the next mark is later
+    finally:
+        store._delete_conversation = script  # type: ignore[assignment]
 
 
 async def _left(memory: Memory, store: MemoryStore, cid: str) -> list[str]:
@@ -167,15 +188,7 @@ async def test_an_interrupted_delete_nobody_retries_is_finished_by_the_resume(
     cid = await _conversation(dying, 10)
     turn = (await dying.list_interactions(ALICE, cid, 1, None, 1 << 20)).items[0]
     iid = pb.Interaction.FromString(turn).interaction_id
-    script = dying._delete_conversation
-
-    async def then_die(**kwargs: Any) -> object:
-        await script(**kwargs)  # the first batch, on the real Redis; then the call is gone
-        raise asyncio.CancelledError
-
-    dying._delete_conversation = then_die  # type: ignore[assignment]
-    with pytest.raises(asyncio.CancelledError):
-        await dying.delete_conversation(ALICE, cid)
+    await _cut_after_first_batch(dying, cid)
 
     survivor = MemoryStore(memory.redis, delete_resume_seconds=0.001)
     await survivor.load_scripts()
@@ -449,17 +462,7 @@ async def test_one_deletion_the_resume_cannot_finish_holds_no_other_back(
     dying = MemoryStore(memory.redis)
     stuck = await _conversation(dying, 10, "stuck")
     other = await _conversation(dying, 10, "other")
-    script = dying._delete_conversation
-
-    async def then_die(**kwargs: Any) -> object:
-        await script(**kwargs)
-        raise asyncio.CancelledError
-
-    dying._delete_conversation = then_die  # type: ignore[assignment]
-    for cid in (stuck, other):  # stuck's mark the older
-        with pytest.raises(asyncio.CancelledError):
-            await dying.delete_conversation(ALICE, cid)
-        await asyncio.sleep(0.01)
+    await _cut_after_first_batch(dying, stuck, other)  # stuck's mark the older
 
     survivor = MemoryStore(memory.redis, delete_resume_seconds=0.001)
     resumed = survivor._delete_conversation
@@ -491,15 +494,7 @@ async def test_a_resumed_deletion_drops_the_conversation_from_the_search_index(
     iids = [await turn(memory, ALICE_RPC, cid, f"pelican {n}", "pouch") for n in range(10)]
     assert set(await search_until(memory, ALICE_RPC, "pelican", iids)) == set(iids)
     dying = MemoryStore(memory.redis)
-    script = dying._delete_conversation
-
-    async def then_die(**kwargs: Any) -> object:
-        await script(**kwargs)  # the first batch, on the real Redis; then the call is gone
-        raise asyncio.CancelledError
-
-    dying._delete_conversation = then_die  # type: ignore[assignment]
-    with pytest.raises(asyncio.CancelledError):
-        await dying.delete_conversation(ALICE, cid)
+    await _cut_after_first_batch(dying, cid)
     for _ in range(500):  # a bound on the wait for the service's resume, not a timing one
         if await dying.deletions_pending() == 0:
             break
@@ -515,3 +510,42 @@ async def test_a_resumed_deletion_drops_the_conversation_from_the_search_index(
     finally:
         await engine.close()
     assert indexed == 0
+
+
+def _metric(name: str) -> float:
+    return REGISTRY.get_sample_value(name) or 0.0
+
+
+async def _resume_until(store: MemoryStore, done: Callable[[], bool]) -> None:
+    """Runs a replica's resume loop (every 10 ms) until ``done`` holds (bounded)."""
+    resumer = DeletionResumer(store, 0.01)
+    resumer.start()
+    try:
+        for _ in range(500):  # a bound on the wait, not a timing assertion
+            if done():
+                return
+            await asyncio.sleep(0.02)
+    finally:
+        await resumer.close()
+
+
+async def test_the_resume_counts_the_marked_deletions_and_those_it_finished(
+    memory: Memory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gensearch_memory_deletions_pending: the deletions marked (here one interrupted, not
+    due yet for a replica whose resume waits an hour); gensearch_memory_deletions_resumed_total:
+    those a replica's resume finished. Before, neither existed: an interrupted deletion
+    the resume could not finish went unseen."""
+    monkeypatch.setattr(store_module, "DELETE_BATCH", 4)
+    dying = MemoryStore(memory.redis)
+    await _cut_after_first_batch(dying, await _conversation(dying, 10))
+    resumed = _metric("gensearch_memory_deletions_resumed_total")
+    patient = MemoryStore(memory.redis, delete_resume_seconds=3600)
+    await _resume_until(patient, lambda: _metric("gensearch_memory_deletions_pending") == 1)
+    assert _metric("gensearch_memory_deletions_pending") == 1
+    assert _metric("gensearch_memory_deletions_resumed_total") == resumed
+    survivor = MemoryStore(memory.redis, delete_resume_seconds=0.001)
+    await _resume_until(survivor, lambda: _metric("gensearch_memory_deletions_pending") == 0)
+    assert _metric("gensearch_memory_deletions_pending") == 0
+    assert _metric("gensearch_memory_deletions_resumed_total") == resumed + 1
+    assert await survivor.deletions_pending() == 0
