@@ -204,6 +204,9 @@ class Summarizer:
                 summarised_turns=len(batch),
                 prompt_tokens=result.usage.prompt_tokens,
                 completion_tokens=result.usage.completion_tokens,
+                # Read before the turns were: a turn deleted since (its words may be in
+                # this summary) makes the update ABORTED, the fold dropped.
+                expected_unfolded_deletions=conversation.unfolded_deletions,
             )
             try:
                 await self._memory.update_conversation_summary(request, job.caller, timeout)

@@ -235,6 +235,11 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
                 turns=request.summarised_turns,
                 prompt_tokens=request.prompt_tokens,
                 completion_tokens=request.completion_tokens,
+                expected_deletions=(
+                    request.expected_unfolded_deletions
+                    if request.HasField("expected_unfolded_deletions")
+                    else None
+                ),
             )
         except SummaryConflict as conflict:
             raise Aborted(
@@ -798,6 +803,7 @@ def _conversation(record: ConversationRecord) -> pb.Conversation:
         create_time=_timestamp(record.create_ms),
         update_time=_timestamp(record.update_ms),
         interaction_count=record.interaction_count,
+        unfolded_deletions=record.unfolded_deletions,
     )
     r, summary = record.retention, record.summary
     if record.expire_ms:

@@ -301,6 +301,9 @@ class ConversationRecord:
     expire_ms: int = 0
     retention: Retention = field(default_factory=Retention)
     summary: Summary = field(default_factory=Summary)
+    # Turns deleted before the summary covered them (delete_interaction.lua): a fold's
+    # update names the count it read first (update_summary.lua).
+    unfolded_deletions: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -372,7 +375,7 @@ CONVERSATION_FIELDS = (
     "user", "name", "create_time", "update_time", "interaction_count", "expire_time",
     "ttl_ms", "max_turns", "summary_disabled", "summary", "summary_through",
     "summary_turns", "summary_prompt_tokens", "summary_completion_tokens", "summary_folds",
-    "summary_update_time", "summary_evicted", "tenant",
+    "summary_update_time", "summary_evicted", "tenant", "unfolded_deletions",
 )  # fmt: skip
 _TENANT = CONVERSATION_FIELDS.index("tenant")
 
@@ -611,6 +614,7 @@ def _conversation(cid: str, row: list[bytes | None]) -> ConversationRecord:
         expire_ms=num(5),
         retention=Retention(num(6), num(7), row[8] == b"1"),
         summary=Summary(text(9), text(10), num(11), num(12), num(13), num(14), num(15), num(16)),
+        unfolded_deletions=num(18),
     )
 
 
@@ -1552,9 +1556,12 @@ class MemoryStore:
         turns: int,
         prompt_tokens: int,
         completion_tokens: int,
+        expected_deletions: int | None = None,
     ) -> ConversationRecord:
         """Compare-and-set of the rolling summary; SummaryConflict when the summary no
-        longer covers the turns up to ``expected_through``."""
+        longer covers the turns up to ``expected_through``, or when ``expected_deletions``
+        (the conversation's ``unfolded_deletions`` as the fold read it first; None: not
+        checked) changed: a turn the fold read may have been deleted since."""
         tag = self.tag(owner)
         now = time.time_ns() // 1_000_000
         # The owner's list too: read when the new summary does not fit (usage.lua).
@@ -1566,7 +1573,8 @@ class MemoryStore:
         ]
         args: list[EncodableT] = [
             self.caller(owner), tag, cid, now, expected_through, through, text, turns,
-            prompt_tokens, completion_tokens, self._grace, self._max_bytes, *self._gone_check(),
+            prompt_tokens, completion_tokens, self._grace, self._max_bytes,
+            "" if expected_deletions is None else expected_deletions, *self._gone_check(),
         ]  # fmt: skip
         named: dict[str, str] = {}
         evicted, declared = _declare_turns(tag, named)

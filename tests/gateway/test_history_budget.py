@@ -592,3 +592,33 @@ async def test_a_window_of_a_million_tokens_keeps_the_prompt_within_generations_
     assert second.answer
     sent = stack.fake.chat_requests[-1].json["messages"]
     assert sum(len(m["content"]) for m in sent) <= 20_000
+
+
+async def test_a_turn_deleted_while_its_fold_runs_never_reaches_the_summary(
+    stack_factory: StackFactory,
+) -> None:
+    """DeleteInteraction of a turn a fold under way is summarising (the fold's model call
+    held): once the deletion is acknowledged, the summary never holds the turn's words.
+    Before, the fold's compare-and-set checked only the turns the summary covered, which a
+    deletion does not change: the held fold wrote the deleted turn into the summary."""
+    stack = await _stack(stack_factory)
+    cid = await _conversation(stack)
+    ids = await _fill(stack, cid, 6)
+    stack.fake.gate = asyncio.Event()
+    fold = asyncio.create_task(_fold_directly(stack, cid, 2))  # folds q0..q3
+    try:
+        await asyncio.wait_for(stack.fake.gate_reached.wait(), 30)  # a bound, not a timing
+        held = [r for r in stack.fake.chat_requests if is_fold(r.json)]
+        assert len(held) == 1 and 1 in _labels(held[0].json["messages"][-1]["content"])
+        await stack.memory.DeleteInteraction(
+            mem_pb.DeleteInteractionRequest(interaction_id=ids[1]), metadata=ALICE
+        )
+    finally:
+        stack.fake.gate.set()
+        await fold
+    assert 1 not in _labels((await _get(stack, cid)).summary.text)
+    # The next fold, made after the deletion, folds the turns still there.
+    await _fold_directly(stack, cid, 2)
+    summary = (await _get(stack, cid)).summary
+    assert summary.through_interaction_id == ids[3]
+    assert set(_labels(summary.text)) == {0, 2, 3}

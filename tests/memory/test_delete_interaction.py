@@ -192,3 +192,46 @@ async def test_the_summary_stays_and_eviction_counts_on(memory_factory: MemoryFa
     )
     assert got.conversation.interaction_count == 2
     assert got.conversation.summary.text == "asked about a and b"
+
+
+async def test_a_fold_that_read_a_turn_since_deleted_is_refused(
+    memory_factory: MemoryFactory,
+) -> None:
+    """unfolded_deletions counts the deleted turns the summary did not cover; a summary
+    update naming an older count (a fold that read the turns before a deletion) is
+    ABORTED, SUMMARY_CHANGED, nothing written. Deleting a turn the summary covers already
+    changes nothing for a fold."""
+    memory = await memory_factory()
+    cid = await conversation(memory, ALICE)
+    a, b, c = [await turn(memory, ALICE, cid, q, "x") for q in ("a", "b", "c")]
+
+    def fold(through: str, deletions: int, expected: str = "") -> object:
+        return memory.stub.UpdateConversationSummary(
+            pb.UpdateConversationSummaryRequest(
+                conversation_id=cid,
+                text=f"up to {through}",
+                expected_through_interaction_id=expected,
+                through_interaction_id=through,
+                expected_unfolded_deletions=deletions,
+            ),
+            metadata=ALICE,
+        )
+
+    got = await memory.stub.GetConversation(
+        pb.GetConversationRequest(conversation_id=cid), metadata=ALICE
+    )
+    assert got.conversation.unfolded_deletions == 0
+    await delete(memory, b)  # not summarised yet
+    err = await expect_error(fold(c, 0), grpc.StatusCode.ABORTED)
+    assert error_info(err).reason == "SUMMARY_CHANGED"
+    got = await memory.stub.GetConversation(
+        pb.GetConversationRequest(conversation_id=cid), metadata=ALICE
+    )
+    assert not got.conversation.HasField("summary")
+    assert got.conversation.unfolded_deletions == 1
+    done = await fold(a, 1)  # read after the deletion: stored
+    assert done.conversation.summary.through_interaction_id == a
+    await delete(memory, a)  # summarised already: no fold is refused for it
+    done = await fold(c, 1, expected=a)
+    assert done.conversation.unfolded_deletions == 1
+    assert done.conversation.summary.text == f"up to {c}"

@@ -8,7 +8,8 @@ local function conversation(key)
                     'interaction_count', 'expire_time', 'ttl_ms', 'max_turns',
                     'summary_disabled', 'summary', 'summary_through', 'summary_turns',
                     'summary_prompt_tokens', 'summary_completion_tokens', 'summary_folds',
-                    'summary_update_time', 'summary_evicted', 'tenant')
+                    'summary_update_time', 'summary_evicted', 'tenant',
+                    'unfolded_deletions')
 end
 -- The caller, as the store sends it (store.MemoryStore.caller): "<user>\0<tenant>\0<flag>",
 -- the flag '1' when the conversations recorded without a tenant are the caller's (no user

@@ -5,7 +5,8 @@
 -- slot: TRYAGAIN; a run that needs it asks for it, nothing written), then the keys of
 -- the turns declared for eviction (declared_turns, keys.lua). ARGV: caller (read.lua), tag, cid, now_ms, expected through,
 -- new through, text, turns folded, prompt tokens, completion tokens, eviction grace, max
--- bytes (of the owner), then the window of the check for gone turns at the limit
+-- bytes (of the owner), expected unfolded_deletions ('' not to check: a conflict when
+-- it changed, as a turn the fold read may have been deleted since), then the window of the check for gone turns at the limit
 -- (usage.lua's gone_check_before_declared: its offset, its turns), then the turns declared
 -- (iid, request_id per turn, their number).
 -- Compare-and-set: the summary changes only if it still covers the turns up to the
@@ -17,10 +18,13 @@
 -- Evicts the turns beyond max_turns the new summary covers.
 gone_check_before_declared()
 local h = redis.call('HMGET', KEYS[1], 'user', 'summary_through', 'summary_disabled',
-                     'tenant', 'interaction_count')
+                     'tenant', 'interaction_count', 'unfolded_deletions')
 if not owns(h[1], h[4], ARGV[1]) then return {0} end
 local current = h[2] or ''
 if current ~= ARGV[5] then return {1, current} end
+if ARGV[13] ~= '' and tonumber(h[6] or '0') ~= tonumber(ARGV[13]) then
+  return {1, current}
+end
 if h[3] == '1' then return {3} end
 -- Without turns, no list: no interaction for the summary to cover.
 if ARGV[6] <= current or tonumber(h[5] or '0') == 0 then return {2} end

@@ -38,7 +38,7 @@ SEARCH_MODE_SEMANTIC: SearchMode
 SEARCH_MODE_KEYWORD: SearchMode
 
 class Conversation(_message.Message):
-    __slots__ = ("conversation_id", "name", "user", "create_time", "update_time", "interaction_count", "expire_time", "ttl", "max_turns", "summary", "summary_disabled")
+    __slots__ = ("conversation_id", "name", "user", "create_time", "update_time", "interaction_count", "expire_time", "ttl", "max_turns", "summary", "summary_disabled", "unfolded_deletions")
     CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     USER_FIELD_NUMBER: _ClassVar[int]
@@ -50,6 +50,7 @@ class Conversation(_message.Message):
     MAX_TURNS_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_DISABLED_FIELD_NUMBER: _ClassVar[int]
+    UNFOLDED_DELETIONS_FIELD_NUMBER: _ClassVar[int]
     conversation_id: str
     name: str
     user: str
@@ -61,7 +62,8 @@ class Conversation(_message.Message):
     max_turns: int
     summary: ConversationSummary
     summary_disabled: bool
-    def __init__(self, conversation_id: _Optional[str] = ..., name: _Optional[str] = ..., user: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., interaction_count: _Optional[int] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_turns: _Optional[int] = ..., summary: _Optional[_Union[ConversationSummary, _Mapping]] = ..., summary_disabled: _Optional[bool] = ...) -> None: ...
+    unfolded_deletions: int
+    def __init__(self, conversation_id: _Optional[str] = ..., name: _Optional[str] = ..., user: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., interaction_count: _Optional[int] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_turns: _Optional[int] = ..., summary: _Optional[_Union[ConversationSummary, _Mapping]] = ..., summary_disabled: _Optional[bool] = ..., unfolded_deletions: _Optional[int] = ...) -> None: ...
 
 class ConversationSummary(_message.Message):
     __slots__ = ("text", "through_interaction_id", "summarised_turns", "prompt_tokens", "completion_tokens", "folds", "update_time", "evicted_unsummarised_turns")
@@ -332,7 +334,7 @@ class SearchInteractionsResponse(_message.Message):
     def __init__(self, hits: _Optional[_Iterable[_Union[InteractionHit, _Mapping]]] = ...) -> None: ...
 
 class UpdateConversationSummaryRequest(_message.Message):
-    __slots__ = ("conversation_id", "text", "expected_through_interaction_id", "through_interaction_id", "summarised_turns", "prompt_tokens", "completion_tokens")
+    __slots__ = ("conversation_id", "text", "expected_through_interaction_id", "through_interaction_id", "summarised_turns", "prompt_tokens", "completion_tokens", "expected_unfolded_deletions")
     CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     EXPECTED_THROUGH_INTERACTION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -340,6 +342,7 @@ class UpdateConversationSummaryRequest(_message.Message):
     SUMMARISED_TURNS_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_UNFOLDED_DELETIONS_FIELD_NUMBER: _ClassVar[int]
     conversation_id: str
     text: str
     expected_through_interaction_id: str
@@ -347,7 +350,8 @@ class UpdateConversationSummaryRequest(_message.Message):
     summarised_turns: int
     prompt_tokens: int
     completion_tokens: int
-    def __init__(self, conversation_id: _Optional[str] = ..., text: _Optional[str] = ..., expected_through_interaction_id: _Optional[str] = ..., through_interaction_id: _Optional[str] = ..., summarised_turns: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ...) -> None: ...
+    expected_unfolded_deletions: int
+    def __init__(self, conversation_id: _Optional[str] = ..., text: _Optional[str] = ..., expected_through_interaction_id: _Optional[str] = ..., through_interaction_id: _Optional[str] = ..., summarised_turns: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., expected_unfolded_deletions: _Optional[int] = ...) -> None: ...
 
 class UpdateConversationSummaryResponse(_message.Message):
     __slots__ = ("conversation",)
