@@ -989,6 +989,64 @@ class MemoryStore:
             reason="CONCURRENT_UPDATE",
         )
 
+    async def _run_declaring(
+        self,
+        tag: str,
+        script: AsyncScript,
+        names: list[str],
+        args: list[EncodableT],
+        *,
+        attempts: int,
+        exhausted: Callable[[], ServiceError],
+        options: RunOptions = _AS_GIVEN,
+        hint: str = "",
+        maybe_missing: str = "",
+    ) -> Any:
+        """``_run`` of a script that may stop, nothing written, naming the turns it would
+        delete (``_DECLARE``: eviction's turns, a deleted turn's request_id keys): run again
+        with those turns' keys declared after ``names`` and their ids after ``args``
+        (``_declare_turns``), every turn named so far, until it answers something else, at
+        most ``attempts`` runs (then ``exhausted()`` is raised: the turns kept changing)."""
+        named: dict[str, str] = {}
+        turn_keys, declared = _declare_turns(tag, named)
+        for _ in range(attempts):
+            out = await self._run(
+                tag,
+                script,
+                names + turn_keys,
+                args + declared,
+                options=options,
+                hint=hint,
+                maybe_missing=maybe_missing,
+            )
+            if not (isinstance(out, list) and out and out[0] == _DECLARE):
+                return out
+            turn_keys, declared = _declare_turns(tag, named, out)
+        raise exhausted()
+
+    async def _run_evicting(
+        self,
+        tag: str,
+        cid: str,
+        script: AsyncScript,
+        names: list[str],
+        args: list[EncodableT],
+        options: RunOptions,
+    ) -> Any:
+        """``_run_declaring`` of an update of conversation ``cid`` that may evict turns
+        (update_conversation.lua, update_summary.lua): ``names`` ends with its list of
+        turns, which may not exist (``_turn_list``)."""
+        return await self._run_declaring(
+            tag,
+            script,
+            names,
+            args,
+            attempts=EVICT_ATTEMPTS,
+            exhausted=lambda: _concurrent_update(cid),
+            options=options,
+            maybe_missing=self._unseen_list(names),
+        )
+
     async def _script(
         self,
         script: AsyncScript,
@@ -1438,22 +1496,9 @@ class MemoryStore:
             keys.usage(tag),
             *self._turn_list(tag, cid),
         ]
-        named: dict[str, str] = {}
-        evicted, declared = _declare_turns(tag, named)
-        for _ in range(EVICT_ATTEMPTS):
-            row = await self._run(
-                tag,
-                self._update_conversation,
-                names + evicted,
-                args + declared,
-                options=_UPDATE_CONVERSATION,
-                maybe_missing=self._unseen_list(names),
-            )
-            if not (isinstance(row, list) and row[0] == _DECLARE):
-                break
-            evicted, declared = _declare_turns(tag, named, row)
-        else:
-            raise _concurrent_update(cid)
+        row = await self._run_evicting(
+            tag, cid, self._update_conversation, names, args, _UPDATE_CONVERSATION
+        )
         if not row:
             raise conversation_not_found(cid)
         if row == -1:
@@ -1576,22 +1621,7 @@ class MemoryStore:
             prompt_tokens, completion_tokens, self._grace, self._max_bytes,
             "" if expected_deletions is None else expected_deletions, *self._gone_check(),
         ]  # fmt: skip
-        named: dict[str, str] = {}
-        evicted, declared = _declare_turns(tag, named)
-        for _ in range(EVICT_ATTEMPTS):
-            out = await self._run(
-                tag,
-                self._update_summary,
-                names + evicted,
-                args + declared,
-                options=_UPDATE_SUMMARY,
-                maybe_missing=self._unseen_list(names),
-            )
-            if out[0] != _DECLARE:
-                break
-            evicted, declared = _declare_turns(tag, named, out)
-        else:
-            raise _concurrent_update(cid)
+        out = await self._run_evicting(tag, cid, self._update_summary, names, args, _UPDATE_SUMMARY)
         status = out[0]
         if status == 0:
             raise conversation_not_found(cid)
@@ -2124,33 +2154,29 @@ class MemoryStore:
         ``_declare_turns``), so mid-reshard Redis refuses a run rather than half of it."""
         tag = self.tag(owner)
         turn = keys.interaction(tag, iid)
-        named: dict[str, str] = {}
-        declared_names, declared = _declare_turns(tag, named)
-        for _ in range(RUN_ATTEMPTS):
-            out = await self._run(
-                tag,
-                self._delete_interaction,
-                [turn, keys.usage(tag), *declared_names],
-                [self.caller(owner), tag, iid, *declared],
-                hint=turn,
-            )
-            if out[0] == 0:
-                raise interaction_not_found(iid)
-            if out[0] != _DECLARE:
-                cid = bytes(out[1]).decode()
-                # Its conversation's next page and window no longer expect the turn.
-                self._recent.forget(keys.conversation(tag, cid))
-                # Nor does a read of it: declared with the turn's missing key, its
-                # conversation's keys had a read refused mid-move (TRYAGAIN: UNAVAILABLE)
-                # where the turn's key alone answers NOT_FOUND.
-                self._hints.pop(turn, None)
-                return cid
-            declared_names, declared = _declare_turns(tag, named, out)
-        raise Aborted(
-            "the interaction kept changing while it was deleted; try again",
-            reason="CONCURRENT_UPDATE",
-            metadata={"interaction_id": iid},
+        out = await self._run_declaring(
+            tag,
+            self._delete_interaction,
+            [turn, keys.usage(tag)],
+            [self.caller(owner), tag, iid],
+            attempts=RUN_ATTEMPTS,
+            exhausted=lambda: Aborted(
+                "the interaction kept changing while it was deleted; try again",
+                reason="CONCURRENT_UPDATE",
+                metadata={"interaction_id": iid},
+            ),
+            hint=turn,
         )
+        if out[0] == 0:
+            raise interaction_not_found(iid)
+        cid = bytes(out[1]).decode()
+        # Its conversation's next page and window no longer expect the turn.
+        self._recent.forget(keys.conversation(tag, cid))
+        # Nor does a read of it: declared with the turn's missing key, its conversation's
+        # keys had a read refused mid-move (TRYAGAIN: UNAVAILABLE) where the turn's key
+        # alone answers NOT_FOUND.
+        self._hints.pop(turn, None)
+        return cid
 
     async def get_interactions(self, owner: Owner, iids: list[str]) -> list[pb.Interaction | None]:
         """Each of ``iids`` that exists and is the caller's, else None, in one round trip."""

@@ -22,12 +22,15 @@ from services.memory import keys
 from services.memory import store as store_module
 from services.memory.deletions import DeletionResumer
 from services.memory.store import MemoryStore, Owner
-from services.retrieval.edge_store import EdgeStore
-from services.retrieval.filters import Match
 from tests.memory.conftest import Memory, MemoryFactory
 from tests.memory.test_search_interactions import ALICE as ALICE_RPC
 from tests.memory.test_search_interactions import conversation as search_conversation
-from tests.memory.test_search_interactions import keyword_memory, search_until, turn
+from tests.memory.test_search_interactions import (
+    indexed_after_stop,
+    keyword_memory,
+    search_until,
+    turn,
+)
 from tests.support.redis_relay import relaying
 
 ALICE = Owner(DEFAULT_TENANT, "alice")
@@ -501,15 +504,7 @@ async def test_a_resumed_deletion_drops_the_conversation_from_the_search_index(
         await asyncio.sleep(0.02)
     assert await dying.deletions_pending() == 0
     assert await _left(memory, dying, cid) == []
-    # Stopping the service waits for its index jobs under way and frees the index's files.
-    await memory.server.stop(0)
-    engine = EdgeStore(tmp_path / "memory-index")
-    await engine.open()
-    try:
-        indexed = await engine.count(memory.settings.search_collection, Match("c", cid))
-    finally:
-        await engine.close()
-    assert indexed == 0
+    assert await indexed_after_stop(memory, tmp_path, "c", [cid]) == {cid: 0}
 
 
 def _metric(name: str) -> float:

@@ -8,8 +8,6 @@ from pathlib import Path
 import grpc
 from gensearch.memory.v1 import memory_service_pb2 as pb
 
-from services.retrieval.edge_store import EdgeStore
-from services.retrieval.filters import Match
 from tests.memory.conftest import Memory, MemoryFactory
 from tests.memory.helpers import expect_error
 from tests.memory.test_search_interactions import (
@@ -17,6 +15,7 @@ from tests.memory.test_search_interactions import (
     BOB,
     as_,
     conversation,
+    indexed_after_stop,
     keyword_memory,
     search,
     search_until,
@@ -40,6 +39,12 @@ async def keys_naming(memory: Memory, text: str) -> list[str]:
     return [
         bytes(key).decode() async for key in memory.redis.scan_iter(match=f"*{text}*", count=1000)
     ]
+
+
+async def get_conversation(memory: Memory, cid: str) -> pb.GetConversationResponse:
+    return await memory.stub.GetConversation(
+        pb.GetConversationRequest(conversation_id=cid), metadata=ALICE
+    )
 
 
 async def expect_not_found(memory: Memory, iid: str, who: tuple[tuple[str, str], ...]) -> str:
@@ -94,9 +99,7 @@ async def test_a_deleted_turn_is_gone_everywhere(
         pb.ListInteractionsRequest(conversation_id=cid), metadata=ALICE
     )
     assert [i.interaction_id for i in listed.interactions] == [second, first]
-    got = await memory.stub.GetConversation(
-        pb.GetConversationRequest(conversation_id=cid), metadata=ALICE
-    )
+    got = await get_conversation(memory, cid)
     assert got.conversation.interaction_count == 2
     # Its bytes went back, exactly: the owner holds what it held before the two turns.
     assert await used_bytes(memory) == before
@@ -115,17 +118,8 @@ async def test_a_deleted_turn_is_gone_everywhere(
     )
     assert again.interaction.interaction_id != doomed
 
-    # The index forgot both (stopping the service ends its jobs and frees the files).
-    await memory.server.stop(0)
-    engine = EdgeStore(tmp_path / "memory-index")
-    await engine.open()
-    try:
-        count = {
-            iid: await engine.count(memory.settings.search_collection, Match("i", iid))
-            for iid in (doomed, unseen, first)
-        }
-    finally:
-        await engine.close()
+    # The index forgot both.
+    count = await indexed_after_stop(memory, tmp_path, "i", [doomed, unseen, first])
     assert count == {doomed: 0, unseen: 0, first: 2}
 
 
@@ -187,9 +181,7 @@ async def test_the_summary_stays_and_eviction_counts_on(memory_factory: MemoryFa
     assert await listed() == [c, b]
     d = await turn(memory, ALICE, cid, "d", "4")  # three: the oldest, b (summarised), left
     assert await listed() == [d, c]
-    got = await memory.stub.GetConversation(
-        pb.GetConversationRequest(conversation_id=cid), metadata=ALICE
-    )
+    got = await get_conversation(memory, cid)
     assert got.conversation.interaction_count == 2
     assert got.conversation.summary.text == "asked about a and b"
 
@@ -206,27 +198,19 @@ async def test_a_fold_that_read_a_turn_since_deleted_is_refused(
     a, b, c = [await turn(memory, ALICE, cid, q, "x") for q in ("a", "b", "c")]
 
     def fold(through: str, deletions: int, expected: str = "") -> object:
-        return memory.stub.UpdateConversationSummary(
-            pb.UpdateConversationSummaryRequest(
-                conversation_id=cid,
-                text=f"up to {through}",
-                expected_through_interaction_id=expected,
-                through_interaction_id=through,
-                expected_unfolded_deletions=deletions,
-            ),
-            metadata=ALICE,
-        )
+        """A summary up to ``through`` by a fold that read ``deletions`` first."""
+        request = pb.UpdateConversationSummaryRequest(conversation_id=cid, text=f"up to {through}")
+        request.expected_through_interaction_id = expected
+        request.through_interaction_id = through
+        request.expected_unfolded_deletions = deletions
+        return memory.stub.UpdateConversationSummary(request, metadata=ALICE)
 
-    got = await memory.stub.GetConversation(
-        pb.GetConversationRequest(conversation_id=cid), metadata=ALICE
-    )
+    got = await get_conversation(memory, cid)
     assert got.conversation.unfolded_deletions == 0
     await delete(memory, b)  # not summarised yet
     err = await expect_error(fold(c, 0), grpc.StatusCode.ABORTED)
     assert error_info(err).reason == "SUMMARY_CHANGED"
-    got = await memory.stub.GetConversation(
-        pb.GetConversationRequest(conversation_id=cid), metadata=ALICE
-    )
+    got = await get_conversation(memory, cid)
     assert not got.conversation.HasField("summary")
     assert got.conversation.unfolded_deletions == 1
     done = await fold(a, 1)  # read after the deletion: stored

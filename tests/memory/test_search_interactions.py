@@ -57,6 +57,24 @@ async def turn(memory: Memory, who: Metadata, cid: str, question: str, answer: s
     return made.interaction.interaction_id
 
 
+async def indexed_after_stop(
+    memory: Memory, tmp_path: Path, field: str, values: Sequence[str]
+) -> dict[str, int]:
+    """The index's entries (two a turn: its input and its response) whose ``field`` ("i":
+    the turn, "c": its conversation) is each of ``values``, read by the test's own engine
+    once the service stopped (which ends its index jobs under way and frees the files)."""
+    await memory.server.stop(0)
+    engine = EdgeStore(tmp_path / "memory-index")
+    await engine.open()
+    try:
+        return {
+            value: await engine.count(memory.settings.search_collection, Match(field, value))
+            for value in values
+        }
+    finally:
+        await engine.close()
+
+
 async def search(memory: Memory, who: Metadata, query: str, **fields: object) -> list[str]:
     found = await memory.stub.SearchInteractions(
         pb.SearchInteractionsRequest(query=query, **fields),  # type: ignore[arg-type]
@@ -195,16 +213,7 @@ async def test_deleted_conversations_and_expired_turns_leave_search(
     # And the index itself forgot them: the deleted conversation's entries at once, the
     # expired turn's when a search met it. (Stopping the service ends its index jobs and
     # frees the engine's files for a look of our own.)
-    await memory.server.stop(0)
-    engine = EdgeStore(tmp_path / "memory-index")
-    await engine.open()
-    try:
-        count = {
-            iid: await engine.count(memory.settings.search_collection, Match("i", iid))
-            for iid in (gone, unseen, kept, expiring)
-        }
-    finally:
-        await engine.close()
+    count = await indexed_after_stop(memory, tmp_path, "i", [gone, unseen, kept, expiring])
     # Two entries a turn: its input and its response.
     assert count == {gone: 0, unseen: 0, kept: 2, expiring: 0}
 
