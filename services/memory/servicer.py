@@ -220,7 +220,12 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
             else ""
         )
         through = _id(request.through_interaction_id, "through_interaction_id")
-        for field in ("summarised_turns", "prompt_tokens", "completion_tokens"):
+        for field in (
+            "summarised_turns",
+            "prompt_tokens",
+            "completion_tokens",
+            "expected_unfolded_deletions",
+        ):
             if getattr(request, field) < 0:
                 raise InvalidArgument(
                     f"{field} must not be negative", field=field, reason="NEGATIVE_COUNT"

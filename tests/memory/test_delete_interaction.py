@@ -207,6 +207,10 @@ async def test_a_fold_that_read_a_turn_since_deleted_is_refused(
 
     got = await get_conversation(memory, cid)
     assert got.conversation.unfolded_deletions == 0
+    negative = await expect_error(
+        fold(c, -1), grpc.StatusCode.INVALID_ARGUMENT, "expected_unfolded_deletions"
+    )
+    assert error_info(negative).reason == "NEGATIVE_COUNT"
     await delete(memory, b)  # not summarised yet
     err = await expect_error(fold(c, 0), grpc.StatusCode.ABORTED)
     assert error_info(err).reason == "SUMMARY_CHANGED"
