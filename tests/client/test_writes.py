@@ -136,6 +136,35 @@ async def test_update_summary_is_a_compare_and_set(client: AsyncGensearch) -> No
         await conversations.update_summary(disabled.id, "x", through_interaction_id=turn)
 
 
+async def test_a_summary_read_before_a_turn_was_deleted_is_refused(
+    client: AsyncGensearch,
+) -> None:
+    """expected_unfolded_deletions: a summary made from turns read before one of them was
+    deleted (the conversation's unfolded_deletions changed since) is refused, so it
+    cannot carry the deleted turn's words; read again, it is stored."""
+    conversations = client.conversations
+    conv = await conversations.create("deleted talk")
+    first, second = [
+        (await conversations.add_interaction(conv.id, f"question {i}", f"answer {i}")).id
+        for i in range(2)
+    ]
+    read = await conversations.get(conv.id)
+    assert read.unfolded_deletions == 0
+    await conversations.delete_interaction(first)
+    with pytest.raises(errors.SummaryChangedError):
+        await conversations.update_summary(
+            conv.id, "Both questions.", through_interaction_id=second,
+            expected_unfolded_deletions=read.unfolded_deletions,
+        )  # fmt: skip
+    read = await conversations.get(conv.id)
+    assert read.unfolded_deletions == 1 and read.summary is None
+    stored = await conversations.update_summary(
+        conv.id, "The second question.", through_interaction_id=second,
+        expected_unfolded_deletions=read.unfolded_deletions,
+    )  # fmt: skip
+    assert stored.summary and stored.summary.text == "The second question."
+
+
 def test_writes_from_the_blocking_client(running_stack: RunningStack) -> None:
     with Gensearch(running_stack.address) as client:
         conv = client.conversations.create("sync")

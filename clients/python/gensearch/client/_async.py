@@ -1502,6 +1502,7 @@ class Conversations:
         summarised_turns: int = 0,
         prompt_tokens: int = 0,
         completion_tokens: int = 0,
+        expected_unfolded_deletions: int | None = None,
         timeout: Timeout = DEFAULT,
     ) -> t.Conversation:
         """Replace the conversation's rolling summary with ``text``, covering the turns up
@@ -1509,8 +1510,11 @@ class Conversations:
         still covers up to ``expected_through_interaction_id`` ("" when there is none):
         a compare-and-set, so a concurrent writer (the gateway's own summarizer, say)
         makes this raise ``SummaryChangedError`` (``metadata["through_interaction_id"]``:
-        what the summary covers now). Turns beyond ``max_turns`` that it covers are
-        evicted. Not retried (a write)."""
+        what the summary covers now). ``expected_unfolded_deletions``: the conversation's
+        ``unfolded_deletions`` as read before the turns summarised were; when a turn was
+        deleted since (it changed), ``SummaryChangedError`` too, as the summary may hold
+        the deleted turn's words (None: not checked). Turns beyond ``max_turns`` that it
+        covers are evicted. Not retried (a write)."""
         request = mpb.UpdateConversationSummaryRequest(
             conversation_id=conversation_id,
             text=text,
@@ -1520,6 +1524,8 @@ class Conversations:
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
         )
+        if expected_unfolded_deletions is not None:
+            request.expected_unfolded_deletions = expected_unfolded_deletions
         reply = await self._t.unary(self._t.memory.UpdateConversationSummary, request, timeout)
         return t.from_proto(t.Conversation, reply.conversation)
 

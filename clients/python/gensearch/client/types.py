@@ -946,6 +946,9 @@ class Conversation:
     max_turns: int = 0
     summary: ConversationSummary | None = None
     summary_disabled: bool = False
+    # Turns deleted before the summary covered them (update_summary's
+    # expected_unfolded_deletions).
+    unfolded_deletions: int = 0
     raw: Any = field(default=None, repr=False, compare=False)
 
     @property
