@@ -255,17 +255,11 @@ def make_index(
 
         store = EdgeStore(data_dir / "memory-index")
     else:
-        from qdrant_client import AsyncQdrantClient
-
+        from services.retrieval.server_client import qdrant_server_client
         from services.retrieval.server_store import ServerStore
 
-        client = (
-            AsyncQdrantClient(location=":memory:")
-            if url == ":memory:"
-            else AsyncQdrantClient(url=url, api_key=qdrant_api_key or None)
-        )
         store = ServerStore(
-            client,
+            qdrant_server_client(url, qdrant_api_key or None, None),
             variables="GENSEARCH_MEMORY_SEARCH_QDRANT_URL, GENSEARCH_MEMORY_SEARCH_QDRANT_API_KEY",
         )
     embedder = None

@@ -6,7 +6,6 @@ import asyncio
 import logging
 
 from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as pb_grpc
-from qdrant_client import AsyncQdrantClient
 
 from services.common.errors import Unavailable
 from services.common.logs import configure_logging, register_secret, url_secrets
@@ -16,6 +15,7 @@ from services.retrieval.catalog import Catalog
 from services.retrieval.edge_store import EdgeStore
 from services.retrieval.embedders import Embedders, LocalEmbedder
 from services.retrieval.rerankers import Rerankers
+from services.retrieval.server_client import qdrant_server_client
 from services.retrieval.server_store import OUTAGE_REASONS, ServerStore
 from services.retrieval.servicer import RetrievalServicer
 from services.retrieval.settings import RetrievalSettings
@@ -36,13 +36,11 @@ def make_store(settings: RetrievalSettings) -> VectorStore:
             settings.flush_interval_seconds,
         )
     if url == ":memory:":
-        return ServerStore(AsyncQdrantClient(location=":memory:"))
+        return ServerStore(qdrant_server_client(url, None, None))
     api_key = settings.qdrant_api_key.get_secret_value() or None
     for secret in (api_key, *url_secrets(url)):
         register_secret(secret)
-    return ServerStore(
-        AsyncQdrantClient(url=url, api_key=api_key, timeout=int(settings.qdrant_timeout))
-    )
+    return ServerStore(qdrant_server_client(url, api_key, int(settings.qdrant_timeout)))
 
 
 async def build_server(

@@ -70,3 +70,6 @@ async def test_starts_and_answers_unavailable_while_qdrant_is_unreachable(
     text = stderr.decode()
     assert "Traceback" not in text and API_KEY not in text
     assert "GENSEARCH_RETRIEVAL_QDRANT_URL" in text  # the warning names the setting
+    # ... and is the only one: not also qdrant-client's "Failed to obtain server version …
+    # Set check_compatibility=False", a parameter no setting reaches.
+    assert "check_compatibility" not in text, text[-2000:]
