@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import secrets
 import shlex
@@ -38,6 +39,7 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from pydantic import SecretStr, ValidationError
+from pydantic_settings import SettingsError
 
 from services.cli.client import CliError, check_health
 from services.cli.output import command_name, note
@@ -211,7 +213,15 @@ async def start(args: argparse.Namespace) -> Stack:
     from services.common.logs import configure_logging
     from services.common.otel_environment import otel_problems
 
-    configure_logging(args.log_level.upper(), service="gensearch")
+    level = args.log_level.upper()
+    # As a service alone checks GENSEARCH_LOG_LEVEL: logging's own refusal came out as
+    # "error: ValueError: Unknown level: 'LOUD'", naming neither the option nor the variable.
+    if level not in logging.getLevelNamesMapping():
+        raise CliError(
+            "invalid setting: --log-level (GENSEARCH_LOG_LEVEL): "
+            "must be DEBUG, INFO, WARNING, ERROR or CRITICAL"
+        )
+    configure_logging(level, service="gensearch")
     # The OTEL_* variables the services' tracing reads, as each service checks them alone
     # (load_settings): the SDK misread a bad one later, some in a traceback.
     otel = otel_problems()
@@ -238,6 +248,8 @@ async def start(args: argparse.Namespace) -> Stack:
             raise CliError(f"invalid setting: {_setting_problems(err)}") from None
         if isinstance(err, ApiKeyError):  # its message names the entry, never a key
             raise CliError(f"invalid API keys: {err}") from None
+        if isinstance(err, SettingsError):  # a dict or list variable that is not JSON
+            raise CliError(f"invalid setting: {_unparsable_setting(err)}") from None
         raise
     return stack
 
@@ -256,6 +268,31 @@ def _setting_problems(err: ValidationError) -> str:
             field = str(e["loc"][0]) if e["loc"] else ""
             problems.append(f"{field.upper()}: {e['msg']}".removeprefix(": "))
     return "; ".join(problems)
+
+
+def _unparsable_setting(err: SettingsError) -> str:
+    """The variable that is not JSON, as the service reading it names it alone.
+
+    pydantic-settings names only the field (``request_limits``), which every service has:
+    the one meant is the service whose variable for it is set and does not parse.
+    """
+    from services.common.settings import unparsable_field, unparsable_problem
+
+    field = unparsable_field(err)
+    classes = [cls for cls in _settings_classes() if field in cls.model_fields]
+    for cls in classes:
+        for name, named in cls.env_names().items():
+            if named == field and name in os.environ and not _is_json(os.environ[name]):
+                return unparsable_problem(cls, err)
+    return unparsable_problem(classes[0], err) if classes else "a value is not valid JSON"
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _settings_classes() -> tuple[type[CommonSettings], ...]:

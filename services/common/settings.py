@@ -793,9 +793,21 @@ def load_settings(cls: type[S]) -> S:
             for error in err.errors(include_input=False, include_url=False)
         ]
     except SettingsError as err:  # a dict or list field whose value is not JSON
-        field = _UNPARSABLE_FIELD.search(str(err))
-        problems = [setting_problem(cls, (field.group(1),) if field else (), "not valid JSON")]
+        problems = [unparsable_problem(cls, err)]
     sys.exit("\n".join(f"invalid setting {p}" for p in problems))
+
+
+def unparsable_field(err: SettingsError) -> str | None:
+    """The field whose variable pydantic-settings could not parse as JSON, if it says."""
+    field = _UNPARSABLE_FIELD.search(str(err))
+    return field.group(1) if field else None
+
+
+def unparsable_problem(cls: type[CommonSettings], err: SettingsError) -> str:
+    """A dict or list variable that is not JSON, named as ``setting_problem`` names one:
+    pydantic-settings' own message names the field and its source, not the variable."""
+    field = unparsable_field(err)
+    return setting_problem(cls, (field,) if field else (), "not valid JSON")
 
 
 def setting_problem(cls: type[CommonSettings], loc: tuple[int | str, ...], message: str) -> str:

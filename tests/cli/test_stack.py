@@ -322,6 +322,16 @@ def test_settings_updated_by_up_keep_the_keys_already_read(tmp_path: Path) -> No
             },
             "invalid setting: OTEL_EXPORTER_OTLP_TIMEOUT: must be a number of seconds above 0",
         ),
+        (
+            # up said 'SettingsError: error parsing value for field "request_limits" from
+            # source "EnvSettingsSource"': no variable, and every service has the field.
+            {"GENSEARCH_GATEWAY_REQUEST_LIMITS": "{bad"},
+            "invalid setting: GENSEARCH_GATEWAY_REQUEST_LIMITS: not valid JSON",
+        ),
+        (
+            {"GENSEARCH_RETRIEVAL_REQUEST_LIMITS": "[1"},
+            "invalid setting: GENSEARCH_RETRIEVAL_REQUEST_LIMITS: not valid JSON",
+        ),
     ],
 )
 async def test_an_invalid_setting_reads_as_when_a_service_runs_alone(
@@ -336,6 +346,19 @@ async def test_an_invalid_setting_reads_as_when_a_service_runs_alone(
     ):
         await stack_mod.start(args)
     assert str(err.value) == expected
+
+
+async def test_an_unknown_log_level_names_the_option_and_the_variable(tmp_path: Path) -> None:
+    """It was logging's own "error: ValueError: Unknown level: 'LOUD'" (a service alone
+    says "invalid setting GENSEARCH_LOG_LEVEL: must be DEBUG, …")."""
+    args = up_args(tmp_path / "data", log_level="loud")
+    with mock.patch.dict(os.environ, FREE_PORTS), pytest.raises(stack_mod.CliError) as err:
+        await stack_mod.start(args)
+    assert str(err.value) == (
+        "invalid setting: --log-level (GENSEARCH_LOG_LEVEL): "
+        "must be DEBUG, INFO, WARNING, ERROR or CRITICAL"
+    )
+    assert not (tmp_path / "data").exists()  # refused before anything was made
 
 
 @pytest.mark.timeout(60)  # before the fix, the second up came up in this process and served
