@@ -292,10 +292,14 @@ class Authenticator:
             if self._token:
                 # Forwarded identities with a token but no keys: the gateway holds the
                 # keys, and nobody else may call this service (a key could not be checked).
+                # The caller may be a gateway started without the token: its client gets
+                # this message relayed, and "call the gateway" alone sent the operator
+                # to what they had just done.
                 raise Unauthenticated(
                     f"this service takes calls only from the gateway, with {TOKEN_HEADER!r} "
                     "(GENSEARCH_INTERNAL_TOKEN); it has no API keys configured "
-                    "(GENSEARCH_API_KEYS, GENSEARCH_API_KEYS_FILE): call the gateway",
+                    "(GENSEARCH_API_KEYS, GENSEARCH_API_KEYS_FILE): call the gateway, "
+                    "and give the gateway the same GENSEARCH_INTERNAL_TOKEN",
                     field=TOKEN_HEADER,
                     reason="MISSING_INTERNAL_TOKEN",
                 )

@@ -406,6 +406,11 @@ async def test_a_backend_with_a_token_and_no_keys_takes_the_gateway_alone(
             "x-gensearch-internal-token",
         )
         assert "GENSEARCH_API_KEYS" in (caught.value.details() or "")
+        # A gateway started without the token gets this relayed to its client: the fix
+        # is on the gateway, which "call the gateway" alone did not say.
+        assert "give the gateway the same GENSEARCH_INTERNAL_TOKEN" in (
+            caught.value.details() or ""
+        )
         assert "internal-secret" not in (caught.value.details() or "") + str(info)
         assert await who(b"", metadata=FORWARDED_CAROL) == b"carol"
         # Closed: nothing to warn about.
