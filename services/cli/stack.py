@@ -452,6 +452,7 @@ async def _start_parts(stack: Stack) -> None:
     keys = memory_settings.api_key_map()
     retrieval_settings = RetrievalSettings(**shared, qdrant_url=args.qdrant_url)
     generation_settings = _generation_settings(args, shared)
+    _check_providers(args, generation_settings)
     gateway_settings = GatewaySettings(**shared, **_tokenize_at(generation_settings))
     _check_ports(
         args,
@@ -586,6 +587,31 @@ def _generation_settings(args: argparse.Namespace, shared: dict[str, Any]) -> Ge
         providers=_provider_overrides(args, base_url),
         local_llm_autostart=wants_local,
     )
+
+
+def _check_providers(args: argparse.Namespace, generation: GenerationSettings) -> None:
+    """The providers as ``load_settings`` checks them for the service alone, before
+    anything starts, naming the option that set a value: ``--llm-base-url notaurl`` was
+    "error: ProviderError: GENSEARCH_GENERATION_PROVIDERS[0].base_url (provider 'local'):
+    …", a variable the user never set, once Redis and the models had started."""
+    from services.common.settings import http_url_problem
+
+    if args.llm_base_url and (problem := http_url_problem(args.llm_base_url)):
+        raise CliError(f"invalid setting: --llm-base-url {problem}")
+    problems = generation.problems()
+    if not problems:
+        return
+    default = "GENSEARCH_GENERATION_DEFAULT_PROVIDER"
+    options = {f"{default}:": f"--llm-provider ({default}):"}
+    if args.llm_base_url or args.llm_model:  # the entry _provider_overrides appended
+        ours = f"GENSEARCH_GENERATION_PROVIDERS[{len(generation.providers) - 1}]."
+        options |= {ours + "base_url": "--llm-base-url", ours + "default_model": "--llm-model"}
+    named = []
+    for problem in problems:
+        for variable, option in options.items():
+            problem = problem.replace(variable, option)
+        named.append(problem)
+    raise CliError(f"invalid setting: {'; '.join(named)}")
 
 
 def _warn_if_no_provider_key(generation: GenerationSettings) -> None:

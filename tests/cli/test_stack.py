@@ -348,6 +348,37 @@ async def test_an_invalid_setting_reads_as_when_a_service_runs_alone(
     assert str(err.value) == expected
 
 
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (
+            {"llm_base_url": "notaurl"},
+            "invalid setting: --llm-base-url must be an http:// or https:// URL",
+        ),
+        (
+            {"llm_provider": "nosuch"},
+            "invalid setting: --llm-provider (GENSEARCH_GENERATION_DEFAULT_PROVIDER): not a "
+            "configured provider (anyscale, local, ollama, openai, vllm)",
+        ),
+        (
+            # A provider of one's own needs its model: was PROVIDERS[0].default_model.
+            {"llm_provider": "mine", "llm_base_url": "http://127.0.0.1:1/v1"},
+            "invalid setting: --llm-model (provider 'mine'): Field required",
+        ),
+    ],
+)
+async def test_a_bad_llm_option_names_the_option_before_anything_starts(
+    tmp_path: Path, overrides: dict[str, str], expected: str
+) -> None:
+    """They were "error: ProviderError: GENSEARCH_GENERATION_PROVIDERS[0].base_url
+    (provider 'local'): …" (a variable nobody set) and "ProviderError: …", the type's name
+    in front, as a service alone never says."""
+    args = up_args(tmp_path / "data", **overrides)
+    with mock.patch.dict(os.environ, FREE_PORTS), pytest.raises(stack_mod.CliError) as err:
+        await stack_mod.start(args)
+    assert str(err.value) == expected
+
+
 async def test_an_unknown_log_level_names_the_option_and_the_variable(tmp_path: Path) -> None:
     """It was logging's own "error: ValueError: Unknown level: 'LOUD'" (a service alone
     says "invalid setting GENSEARCH_LOG_LEVEL: must be DEBUG, …")."""
