@@ -306,7 +306,14 @@ def _settings_classes() -> tuple[type[CommonSettings], ...]:
 
 def _prepare_data_dir(name: str) -> Path:
     data_dir = Path(name).expanduser().resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        # Was "error: FileNotFoundError: [Errno 2] …", naming neither option nor variable.
+        raise CliError(
+            f"--data-dir (GENSEARCH_DATA_DIR) {str(data_dir)!r} cannot be created: "
+            f"{err.strerror or type(err).__name__}"
+        ) from None
     return data_dir
 
 

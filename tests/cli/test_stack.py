@@ -379,6 +379,20 @@ async def test_a_bad_llm_option_names_the_option_before_anything_starts(
     assert str(err.value) == expected
 
 
+async def test_a_data_dir_that_cannot_be_made_is_one_line_naming_the_option(
+    tmp_path: Path,
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    args = up_args(blocker / "data")
+    with mock.patch.dict(os.environ, FREE_PORTS), pytest.raises(stack_mod.CliError) as err:
+        await stack_mod.start(args)
+    assert str(err.value) == (
+        f"--data-dir (GENSEARCH_DATA_DIR) {str(blocker / 'data')!r} cannot be created: "
+        "Not a directory"
+    )
+
+
 async def test_an_unknown_log_level_names_the_option_and_the_variable(tmp_path: Path) -> None:
     """It was logging's own "error: ValueError: Unknown level: 'LOUD'" (a service alone
     says "invalid setting GENSEARCH_LOG_LEVEL: must be DEBUG, …")."""
