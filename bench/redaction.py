@@ -1,14 +1,13 @@
-"""What the log redactor costs with its set of caller keys full: registering a new key, and
-redacting one record.
+"""What the log redactor costs in a call holding many caller keys: hiding a new key, and
+redacting one record of that call.
 
     .venv/bin/python bench/redaction.py [--keys 256] [--key-bytes 1024] [--rounds 7]
 
-Fills the redactor (services/common/logs.py) with ``--keys`` transient secrets of
+Gives one call (services/common/logs.py, ``hide_in_this_call``) ``--keys`` keys of
 ``--key-bytes`` random key characters, then times, median of ``--rounds`` rounds of CPU time
-(``time.process_time``): registering a new key (each one evicts the oldest, as a caller
-sending new keys does), and ``redact`` of a typical log line (~200 bytes) and of a 10 KB one
-(an upstream's error body: line breaks, JSON escapes, base64 and hex runs), neither holding
-a secret, which is what nearly every record is.
+(``time.process_time``): hiding a new key in it, and ``redact`` of a typical log line (~200
+bytes) and of a 10 KB one (an upstream's error body: line breaks, JSON escapes, base64 and
+hex runs), neither holding a secret, which is what nearly every record is.
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "gen")]
 
-from services.common.logs import redact, register_secret  # noqa: E402
+from services.common.logs import hide_in_this_call, redact  # noqa: E402
 
 KEY_CHARS = string.ascii_letters + string.digits + "-_"
 TYPICAL = (
@@ -73,15 +72,13 @@ def main() -> None:
     args = parser.parse_args()
     rng = random.Random(42)
     for _ in range(args.keys):
-        register_secret(_key(rng, args.key_bytes), transient=True)
+        hide_in_this_call(_key(rng, args.key_bytes))
     long_line = _long_line(rng)
     assert redact(TYPICAL) == TYPICAL  # nothing in them is a secret: all of it is scanned
     rounds: dict[str, list[float]] = {"register": [], "typical": [], "long": []}
     for _ in range(args.rounds):
         fresh = [_key(rng, args.key_bytes) for _ in range(20)]
-        rounds["register"].append(
-            _cpu_per_call(lambda key: register_secret(key, transient=True), fresh)
-        )
+        rounds["register"].append(_cpu_per_call(hide_in_this_call, fresh))
         rounds["typical"].append(_cpu_per_call(redact, [TYPICAL] * 200))
         rounds["long"].append(_cpu_per_call(redact, [long_line] * 20))
     print(f"{args.keys} keys of {args.key_bytes} bytes; CPU per call, median of {args.rounds}:")

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 from services.common.ascii_text import OUTSIDE_PRINTABLE, check_ascii
 from services.common.errors import InvalidArgument, PermissionDenied, Unauthenticated, over_limit
-from services.common.logs import register_secret
+from services.common.logs import hide_in_this_call
 
 ANONYMOUS = "anonymous"
 DEFAULT_TENANT = "default"
@@ -53,9 +53,8 @@ FORWARDED_HEADERS = frozenset({TOKEN_HEADER, USER_HEADER, TENANT_HEADER, ROLE_HE
 # provider's name may hold '_' (model_names.PROVIDER_NAME), so its header may too.
 CALLER_KEY_HEADER = re.compile(r"x-[a-z0-9][a-z0-9_-]*-api-key")
 # The longest caller key taken by default (GENSEARCH_<SERVICE>_MAX_CALLER_KEY_BYTES): real
-# provider keys are under 300 bytes. The log redactor holds up to MAX_TRANSIENT_SECRETS
-# keys and looks for each in every log line longer than it: time and memory that grow with
-# their length.
+# provider keys are under 300 bytes. The log redactor looks for each of a call's keys in
+# every log line of that call longer than it: time that grows with their length.
 DEFAULT_MAX_CALLER_KEY_BYTES = 1024
 MAX_NAME_LEN = 256
 # Printable ASCII, no control characters: user and tenant names travel in gRPC metadata
@@ -250,12 +249,12 @@ class Authenticator:
         for key, value in keys:
             self._check_caller_key(key, value)
         for _, value in keys:
-            # Registered in every service a key passes through (the gateway holds them
-            # all; alone in its process its redactor would know none), once the call
-            # authenticated and its keys are within the bound: no unauthenticated call may
-            # push the callers' keys out of the redactor's bounded set. A key registered
-            # already costs a dict lookup (register_secret skips it).
-            register_secret(value, transient=True)
+            # Hidden in every service a key passes through (the gateway holds them all;
+            # alone in its process its redactor would know none), in this call's log
+            # lines, errors and spans only (its context, which the tasks it starts copy):
+            # a caller's header hides nothing from another call's lines, however many
+            # keys it sends, nor can it push another call's key out of anything.
+            hide_in_this_call(value)
         return identity
 
     def _check_caller_key(self, header: str, value: str) -> None:

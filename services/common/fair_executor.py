@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -36,6 +37,9 @@ class _Job:
     fn: Callable[..., Any]
     args: tuple[Any, ...]
     done: asyncio.Future[Any]
+    # The caller's context, which the thread runs ``fn`` in (as ``asyncio.to_thread``
+    # does): what it logs is redacted of the keys of the call it serves.
+    context: contextvars.Context
 
 
 class FairExecutor:
@@ -49,7 +53,7 @@ class FairExecutor:
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
-        job = _Job(fn, args, loop.create_future())
+        job = _Job(fn, args, loop.create_future(), contextvars.copy_context())
         tenant = current_tenant()
         queue = self._queues.get(tenant)
         if queue is None:
@@ -99,7 +103,7 @@ class FairExecutor:
                 continue  # cancelled while it waited: never run
             self._running = job
             try:
-                running = self._executor.submit(job.fn, *job.args)
+                running = self._executor.submit(job.context.run, job.fn, *job.args)
             except RuntimeError as err:  # shut down
                 self._running = None
                 job.done.set_exception(err)

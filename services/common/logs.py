@@ -1,11 +1,13 @@
 """JSON logs on stderr with secrets redacted.
 
-Known secret values (API keys, tokens) are registered at start-up and scrubbed from every
-record, together with anything that looks like a bearer token or a provider key. Each line
-carries an ISO-8601 UTC ``time`` (``2026-12-02T03:04:05.123Z``) and, when a span is current
-(always, inside an RPC), the ``trace_id`` and ``span_id`` that find it in the tracing backend
-and in the other services' logs. ``ThrottledWarning`` keeps a failing dependency to one
-line per outage (per node of it: a Redis Cluster's masters each have their own).
+Known secret values are scrubbed from every record, together with anything that looks like
+a bearer token or a provider key: the operator's (API keys, tokens: ``register_secret`` at
+start-up) from every line, a caller's key (``hide_in_this_call``) from its own call's lines.
+Each line carries an ISO-8601 UTC ``time`` (``2026-12-02T03:04:05.123Z``) and, when a span
+is current (always, inside an RPC), the ``trace_id`` and ``span_id`` that find it in the
+tracing backend and in the other services' logs. ``ThrottledWarning`` keeps a failing
+dependency to one line per outage (per node of it: a Redis Cluster's masters each have their
+own).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import math
 import re
 import sys
 import time
-from collections import OrderedDict
+from contextvars import ContextVar
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -29,12 +31,10 @@ from pythonjsonlogger.json import JsonFormatter
 from redis.exceptions import AskError, MovedError
 
 REDACTED = "[REDACTED]"
-# Secrets from configuration, kept for the life of the process.
+# Secrets from configuration, kept for the life of the process and hidden everywhere.
 _pinned: set[str] = set()
-# Secrets that arrive with requests (per-call provider keys): a bounded, most recently
-# used set, so callers sending ever new keys cannot grow memory or slow every log line.
-_transient: OrderedDict[str, None] = OrderedDict()
-MAX_TRANSIENT_SECRETS = 256
+# The compiled regexes of the other spellings of this many secrets are kept (see _spellings).
+SPELLINGS_CACHED = 256
 # A good part of a secret of 2 * MIN_PIECE characters or more is redacted too (an upstream
 # quoting a key cut short): a run of key characters found inside it, at least MIN_PIECE
 # long and half its length. A provider's own mask ("sk-abc***xyz") shows less.
@@ -42,9 +42,9 @@ MIN_PIECE = 12
 
 
 class _Known:
-    """The secrets registered at one moment, as redaction reads them: never changed, but
-    replaced whole by ``register_secret`` (a log record formatted on another thread meanwhile
-    sees all of the old ones or all of the new).
+    """The secrets known at one moment, as redaction reads them: never changed, but
+    replaced whole by ``register_secret`` or ``hide_in_this_call`` (a log record formatted
+    on another thread meanwhile sees all of the old ones or all of the new).
 
     No pattern over all of them is compiled: that took ~0.2 s of the event loop with 256
     secrets of 1 KiB, for every new caller key (this, ~0.04 ms; bench/redaction.py). Each
@@ -84,24 +84,61 @@ _PATTERNS = [
 ]
 
 
-def register_secret(value: str | None, *, transient: bool = False) -> None:
-    """Never log this value (ignored when too short to be a real secret).
-
-    ``transient`` is for values that arrive with requests rather than from configuration.
-    """
+def register_secret(value: str | None) -> None:
+    """Never log this value, in any call (ignored when too short to be a real secret): for
+    the operator's own secrets, from configuration. A caller's key goes to
+    ``hide_in_this_call`` instead."""
     if not value or len(value) < 4 or value in _pinned:
         return
-    if transient:
-        if value in _transient:
-            _transient.move_to_end(value)
-            return
-        _transient[value] = None
-        if len(_transient) > MAX_TRANSIENT_SECRETS:
-            _transient.popitem(last=False)
-    else:
-        _pinned.add(value)
-        _transient.pop(value, None)
+    _pinned.add(value)
     _publish()
+
+
+class _CallSecrets:
+    """The keys one call carries (its ``x-*-api-key`` headers), and the secrets its log
+    lines, errors and spans are redacted of: these and the operator's (``_pinned``)."""
+
+    __slots__ = ("_combined", "secrets")
+
+    def __init__(self, secrets: tuple[str, ...]) -> None:
+        self.secrets = secrets
+        # (the operator's secrets it was built with, them and this call's): rebuilt when
+        # one of the operator's is registered later. Replaced whole: the call's tasks and
+        # threads may read it at once.
+        self._combined: tuple[_Known | None, _Known] | None = None
+
+    def known(self, pinned: _Known | None) -> _Known:
+        combined = self._combined
+        if combined is None or combined[0] is not pinned:
+            everything = [*(pinned.secrets if pinned is not None else ()), *self.secrets]
+            combined = self._combined = (pinned, _Known(everything))
+        return combined[1]
+
+
+# A caller's keys are its call's alone: hidden in what that call (and the tasks and threads
+# it starts, which copy its context) logs, reports and traces, never in another call's. A
+# process-wide list of callers' keys let any caller hide any word ("failed", a tenant's
+# name) from every tenant's log lines with a header "x-foo-api-key: failed", and, bounded,
+# let a caller push another call's key out with a flood of its own while that call ran.
+_call_secrets: ContextVar[_CallSecrets | None] = ContextVar("gensearch_call_secrets", default=None)
+
+
+def hide_in_this_call(value: str | None) -> None:
+    """Never log this value in the call being served (its context: the tasks it starts and
+    ``asyncio.to_thread`` copy it), nor quote it in its errors and spans (ignored when too
+    short to be a real secret). For a caller's key: hidden from no other call's lines."""
+    if not value or len(value) < 4 or value in _pinned:
+        return
+    current = _call_secrets.get()
+    if current is not None and value in current.secrets:
+        return
+    _call_secrets.set(_CallSecrets((*(current.secrets if current else ()), value)))
+
+
+def call_secrets() -> tuple[str, ...]:
+    """The keys hidden in the call being served (``hide_in_this_call``)."""
+    current = _call_secrets.get()
+    return current.secrets if current is not None else ()
 
 
 # Query arguments of a service URL (Redis, Qdrant, an LLM endpoint) that carry a secret:
@@ -138,11 +175,19 @@ def redacted_url(url: str) -> str:
 
 def _publish() -> None:
     global _known
-    _known = _Known([*_pinned, *_transient])
+    _known = _Known([*_pinned])
+
+
+def _current_known() -> _Known | None:
+    """The secrets to hide here: the operator's, and the keys of the call being served."""
+    call = _call_secrets.get()
+    return _known if call is None else call.known(_known)
 
 
 def redact(text: str) -> str:
-    known = _known
+    """``text`` without the operator's secrets, the keys of the call being served (its
+    context) and anything shaped like a key or token."""
+    known = _current_known()
     if known is not None:
         # Longest first, so a secret containing another is replaced whole.
         for secret in known.found_in(text):
@@ -210,7 +255,7 @@ def _found_decoded(text: str, known: _Known) -> list[str]:
     return sorted(hits, key=len, reverse=True)
 
 
-@functools.lru_cache(maxsize=MAX_TRANSIENT_SECRETS)
+@functools.lru_cache(maxsize=SPELLINGS_CACHED)
 def _spellings(secret: str) -> re.Pattern[str]:
     """``secret`` however each of its characters is spelled (as is, percent-encoded once or
     more, escaped, an HTML character reference), line breaks allowed between them."""

@@ -1,7 +1,8 @@
 """Provider API keys: a per-request key in gRPC metadata wins over the environment.
 
-Every key we see is registered with the log redactor before it is used, so it can never
-appear in a log line; keys travel only in upstream request headers.
+Every key we see is given to the log redactor before it is used, so it can never appear in
+a log line: the environment's for every call, a caller's for its own call (the
+authenticator hid it already); keys travel only in upstream request headers.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 
-from services.common.logs import register_secret
+from services.common.logs import hide_in_this_call, register_secret
 from services.generation.settings import ProviderConfig
 
 Metadata = Iterable[tuple[str, str | bytes]] | None
@@ -29,7 +30,7 @@ def request_key(config: ProviderConfig, metadata: Metadata) -> str | None:
     header = config.key_header
     for key, value in metadata or ():
         if key.lower() == header and isinstance(value, str) and value.strip():
-            register_secret(value.strip(), transient=True)
+            hide_in_this_call(value.strip())
             return value.strip()
     return None
 

@@ -48,7 +48,7 @@ from services.common.errors import (
     Unavailable,
 )
 from services.common.fair_executor import FairExecutor
-from services.common.logs import register_secret
+from services.common.logs import hide_in_this_call, register_secret
 from services.common.openai_api import ATTEMPTS, OpenAIClients, authorized, upstream_span
 from services.common.tracing import service_tracer
 from services.common.upstream_retry import RetryPolicy
@@ -139,7 +139,7 @@ def use_caller_key(metadata: Iterable[tuple[str, str | bytes]] | None) -> None:
     """Take the caller's ``x-embedding-api-key`` (if any) for the embeddings of this RPC,
     and the ``x-embedding-base-url`` it names for it."""
     key = header_value(metadata, EMBEDDING_KEY_HEADER)
-    register_secret(key, transient=True)
+    hide_in_this_call(key)
     _caller_key.set((key, header_value(metadata, EMBEDDING_URL_HEADER)))
 
 

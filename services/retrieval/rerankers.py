@@ -63,7 +63,7 @@ from services.common.errors import (
     out_of_range,
     quote,
 )
-from services.common.logs import register_secret
+from services.common.logs import hide_in_this_call, register_secret
 from services.common.model_names import check_model_name
 from services.common.openai_api import (
     ATTEMPTS,
@@ -101,7 +101,7 @@ def use_caller_rerank_key(metadata: Iterable[tuple[str, str | bytes]] | None) ->
     """Take the caller's ``x-rerank-api-key`` (if any) for a caller-named rerank endpoint,
     and the ``x-rerank-base-url`` it names for it."""
     key = header_value(metadata, RERANK_KEY_HEADER)
-    register_secret(key, transient=True)
+    hide_in_this_call(key)
     _caller_key.set((key, header_value(metadata, RERANK_URL_HEADER)))
 
 

@@ -1,8 +1,8 @@
-"""A caller's key for an upstream (x-<provider>-api-key) is kept out of the logs
-(logs.register_secret) only once its call authenticated. Registered before the credential
-check, every unauthenticated call with a new such header made the redactor recompile its
-pattern of up to MAX_TRANSIENT_SECRETS keys: ~0.4 s of the event loop per call with 4 KB
-keys, for anyone, and the real callers' keys pushed out of it."""
+"""A caller's key for an upstream (x-<provider>-api-key) is kept out of its call's logs
+(logs.hide_in_this_call) only once its call authenticated. Registered before the credential
+check (then in a process-wide list), every unauthenticated call with a new such header made
+the redactor recompile its pattern of up to 256 keys: ~0.4 s of the event loop per call
+with 4 KB keys, for anyone, and the real callers' keys pushed out of it."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def test_an_unauthenticated_call_registers_no_caller_key(
     upstream = "sk-upstream-unauthenticated-0123456789"
     with pytest.raises(Unauthenticated):
         authenticator().authenticate((*credentials, ("x-openai-api-key", upstream)))
-    assert upstream not in logs._transient
+    assert upstream not in logs.call_secrets()
 
 
 def test_an_authenticated_call_s_caller_key_is_never_logged() -> None:
@@ -43,7 +43,7 @@ def test_an_authenticated_call_s_caller_key_is_never_logged() -> None:
         (("authorization", f"Bearer {KEY}"), ("x-openai-api-key", upstream))
     )
     assert identity.user == "alice"
-    assert upstream in logs._transient
+    assert upstream in logs.call_secrets()
     assert upstream not in logs.redact(f"key {upstream}")
 
 
@@ -61,7 +61,7 @@ def test_a_caller_key_past_the_bound_is_refused_unregistered() -> None:
     assert "x-openai-api-key" in err.message and upstream[:40] not in err.message
     assert err.metadata["limit_bytes"] == "1024" and err.metadata["size_bytes"] == "1025"
     assert err.metadata["setting"] == "GENSEARCH_<SERVICE>_MAX_CALLER_KEY_BYTES"
-    assert upstream not in logs._transient
+    assert upstream not in logs.call_secrets()
 
 
 def test_the_bound_is_a_setting_named_in_the_refusal() -> None:
@@ -73,7 +73,7 @@ def test_the_bound_is_a_setting_named_in_the_refusal() -> None:
     )
     at_bound = "e" * 64
     auth.authenticate((("authorization", f"Bearer {KEY}"), ("x-embedding-api-key", at_bound)))
-    assert at_bound in logs._transient
+    assert at_bound in logs.call_secrets()
     with pytest.raises(InvalidArgument) as raised:
         auth.authenticate((("authorization", f"Bearer {KEY}"), ("x-rerank-api-key", "r" * 65)))
     assert raised.value.metadata["setting"] == "GENSEARCH_RETRIEVAL_MAX_CALLER_KEY_BYTES"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 import string
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -21,28 +20,28 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.common import logs
-from services.common.logs import REDACTED, redact, register_secret
+from services.common.logs import REDACTED, call_secrets, hide_in_this_call, redact, register_secret
 
 
 @contextmanager
 def own_secrets() -> Iterator[None]:
     """The redactor's secrets as they were before, afterwards: what a test registers (some
     of it short and common) must not redact another test's text."""
-    pinned, transient, known = set(logs._pinned), OrderedDict(logs._transient), logs._known
+    pinned, known = set(logs._pinned), logs._known
+    call = logs._call_secrets.set(None)  # this test's own call, holding no key yet
     try:
         yield
     finally:
+        logs._call_secrets.reset(call)
         logs._pinned.clear()
         logs._pinned.update(pinned)
-        logs._transient.clear()
-        logs._transient.update(transient)
         logs._known = known
 
 
-def test_registering_a_new_key_into_a_full_set_compiles_no_pattern(
+def test_hiding_a_new_key_in_a_call_holding_many_compiles_no_pattern(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    keys = [f"sk-full-{i:04d}-" + "k" * 1010 for i in range(logs.MAX_TRANSIENT_SECRETS + 1)]
+    keys = [f"sk-full-{i:04d}-" + "k" * 1010 for i in range(301)]
     compiled: list[str] = []
     compile_: Callable[..., re.Pattern[str]] = re.compile
 
@@ -52,40 +51,42 @@ def test_registering_a_new_key_into_a_full_set_compiles_no_pattern(
 
     with own_secrets():
         for key in keys[:-1]:
-            register_secret(key, transient=True)
+            hide_in_this_call(key)
         monkeypatch.setattr(re, "compile", spy)
-        register_secret(keys[-1], transient=True)
+        hide_in_this_call(keys[-1])
         monkeypatch.undo()
         assert compiled == []
-        # ... and the new key is hidden at once, the oldest evicted.
+        # ... and the new key is hidden at once, none of the others let go.
         assert redact(f"with {keys[-1]}.") == f"with {REDACTED}."
-        assert keys[0] not in logs._transient and len(logs._transient) == len(keys) - 1
+        assert redact(f"with {keys[0]}.") == f"with {REDACTED}."
+        assert call_secrets() == tuple(keys)
 
 
-def test_the_bound_evicts_the_least_recently_registered_key() -> None:
+def test_a_call_holds_every_key_it_was_given_and_no_copy_of_a_pinned_one() -> None:
+    """No bound evicts a call's key: a call's keys are its own (its metadata bounds how
+    many), so no other caller's keys can push one out while it runs."""
     with own_secrets():
         register_secret("pinned-config-secret-0002")
-        keys = [f"caller-key-{i:06d}" for i in range(logs.MAX_TRANSIENT_SECRETS)]
+        keys = [f"caller-key-{i:06d}" for i in range(300)]
         for key in keys:
-            register_secret(key, transient=True)
-        register_secret(keys[0], transient=True)  # used again: now the most recent
-        register_secret("caller-key-newest", transient=True)
-        assert len(logs._transient) == logs.MAX_TRANSIENT_SECRETS
-        # The least recently used went, and is no longer redacted (nor held anywhere).
-        assert redact(f"x {keys[1]} y") == f"x {keys[1]} y"
-        for key in (keys[0], keys[2], keys[-1], "caller-key-newest"):
+            hide_in_this_call(key)
+        hide_in_this_call(keys[0])  # sent again: held once
+        assert call_secrets() == tuple(keys)
+        for key in (keys[0], keys[1], keys[-1], "pinned-config-secret-0002"):
             assert redact(f"x {key} y") == f"x {REDACTED} y", key
-        # A configuration secret is never evicted, nor a transient copy of it kept.
-        register_secret("pinned-config-secret-0002", transient=True)
-        assert "pinned-config-secret-0002" not in logs._transient
-        assert redact("pinned-config-secret-0002") == REDACTED
+        # A configuration secret is hidden everywhere already: no call copy is kept.
+        hide_in_this_call("pinned-config-secret-0002")
+        assert "pinned-config-secret-0002" not in call_secrets()
+        # One registered after the call got its keys is hidden in it too.
+        register_secret("pinned-config-secret-0003")
+        assert redact("x pinned-config-secret-0003") == f"x {REDACTED}"
 
 
 def test_a_secret_holding_another_is_hidden_whole() -> None:
     with own_secrets():
-        register_secret("abc.d*ef", transient=True)
-        register_secret("x(abc.d*ef)+y", transient=True)
-        register_secret("d*ef)+y|z", transient=True)
+        hide_in_this_call("abc.d*ef")
+        hide_in_this_call("x(abc.d*ef)+y")
+        hide_in_this_call("d*ef)+y|z")
         assert redact("1 x(abc.d*ef)+y 2 abc.d*ef 3") == f"1 {REDACTED} 2 {REDACTED} 3"
         assert redact("d*ef)+y|z and abcXd*ef") == f"{REDACTED} and abcXd*ef"
 
@@ -100,7 +101,7 @@ def test_a_secret_a_further_decoding_would_change_is_still_found() -> None:
             ("pass%41word-0123", quote("pass%41word-0123", safe="")),
             ("pw&amp;0123456789", "".join(f"&#{ord(c)};" for c in "pw&amp;0123456789")),
         ):
-            register_secret(secret, transient=True)
+            hide_in_this_call(secret)
             assert redact(f"upstream said: {spelled}!") == f"upstream said: {REDACTED}!"
 
 
@@ -113,11 +114,11 @@ def test_a_long_text_holding_a_secret_in_another_spelling_is_not_shown() -> None
     key = "a" * 1024
     block = "%61" * 1023 + "X"
     with own_secrets():
-        register_secret(key, transient=True)
+        hide_in_this_call(key)
         long_text = "%61" * 1024 + " then " + block * 8
         assert redact(long_text) == REDACTED
         short_key = "pw-" + "b" * 29
-        register_secret(short_key, transient=True)
+        hide_in_this_call(short_key)
         spelled = quote(short_key, safe="").replace("b", "%62")
         assert redact(f"said {spelled} and more") == f"said {REDACTED} and more"
 
@@ -177,7 +178,7 @@ def test_no_registered_secret_survives_in_any_spelling(
     secrets, text, quoted = case
     with own_secrets():
         for secret in secrets:
-            register_secret(secret, transient=not pinned)
+            (register_secret if pinned else hide_in_this_call)(secret)
         # Where the marker stands, nothing of the text is shown: a NUL (in no secret).
         shown = redact(text).replace(REDACTED, "\0")
     for secret in secrets:

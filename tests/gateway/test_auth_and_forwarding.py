@@ -20,7 +20,7 @@ from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as ret_grpc
 from google.protobuf import struct_pb2
 
 from services.common.auth import Identity, Role, forwarded_identity
-from services.common.logs import REDACTED, redact
+from services.common.logs import ACCESS_LOGGER, REDACTED, redact
 from tests.gateway.conftest import (
     ALICE,
     AS_ALICE,
@@ -442,12 +442,29 @@ async def test_a_failed_import_keeps_its_rejections_reasons_through_the_gateway(
 
 async def test_the_gateway_redacts_every_callers_key_it_holds(stack: Stack) -> None:
     # The gateway holds the caller's x-*-api-key headers to pass them on; deployed alone
-    # (no generation service in its process to register them), its own log lines and
-    # exception messages must hide them too. No pattern catches this key's shape.
+    # (no generation service in its process to hide them), its own log lines and
+    # exception messages must hide them too -- in that call, not in every other call's
+    # (a caller's header once hid its value from every tenant's lines; test failed
+    # before). No pattern catches this key's shape. What a line logged in each call
+    # would show is read where that call logs its access line: in its own context.
     key = f"gwkey{uuid.uuid4().hex}"
-    assert redact(f"said {key}") == f"said {key}"
-    await stack.memory.ListConversations(
-        mem_pb.ListConversationsRequest(page_size=1),
-        metadata=(*ALICE, ("x-nobody-api-key", key)),
-    )
-    assert redact(f"said {key}") == f"said {REDACTED}"
+    seen: list[str] = []
+
+    class InTheCall(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(redact(f"said {key}"))
+
+    access = logging.getLogger(ACCESS_LOGGER)
+    handler, level = InTheCall(), access.level
+    access.addHandler(handler)
+    access.setLevel(logging.INFO)
+    try:
+        await stack.memory.ListConversations(
+            mem_pb.ListConversationsRequest(page_size=1),
+            metadata=(*ALICE, ("x-nobody-api-key", key)),
+        )
+    finally:
+        access.removeHandler(handler)
+        access.setLevel(level)
+    assert f"said {REDACTED}" in seen  # the gateway's call hid it
+    assert redact(f"said {key}") == f"said {key}"  # nowhere else

@@ -17,7 +17,6 @@ from gensearch.generation.v1 import generation_service_pb2 as pb
 from gensearch.generation.v1 import generation_service_pb2_grpc as pb_grpc
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from services.common.logs import MAX_TRANSIENT_SECRETS
 from services.devlaunch.processes import free_port
 from services.generation.settings import ProviderError
 from tests.generation.conftest import (
@@ -31,6 +30,9 @@ from tests.generation.conftest import (
 from tests.support.fake_openai import Behaviour, FakeOpenAI
 from tests.support.rpc import error_info
 
+# Other callers' keys sent while a call waits: more than the process-wide list of callers'
+# keys once held (256), which pushed the oldest out.
+OTHER_CALLERS = 300
 ENV_KEY = "sk-envkey-0123456789abcdef"
 REQUEST_KEY = "sk-requestkey-fedcba9876543210"
 
@@ -305,7 +307,7 @@ async def test_a_key_the_provider_names_its_answer_by_reaches_no_reply_or_span(
 async def test_a_key_pushed_out_of_the_redactor_meanwhile_is_still_not_quoted(
     fake: FakeOpenAI, start_service: StartService
 ) -> None:
-    """The redactor keeps the latest MAX_TRANSIENT_SECRETS callers' keys. A call whose
+    """The redactor once kept the latest 256 callers' keys, process-wide. A call whose
     answer took long enough for that many other callers' keys to arrive had its own key
     forgotten by the time the provider's error quoted it: a key not shaped like OpenAI's
     (``sk-...``) then went into the error as it was."""
@@ -327,7 +329,7 @@ async def test_a_key_pushed_out_of_the_redactor_meanwhile_is_still_not_quoted(
             metadata=(("x-fake-api-key", f"other-callers-key-{i:04d}-abcdef"),),
             timeout=60,
         )
-        for i in range(MAX_TRANSIENT_SECRETS + 10)
+        for i in range(OTHER_CALLERS)
     ]
     await fake.wait_for_requests(len(others) + 1, timeout=60)
     fake.gate.set()
@@ -350,7 +352,7 @@ async def test_a_key_pushed_out_of_the_redactor_meanwhile_names_no_answer(
     stream: bool,
 ) -> None:
     """As above for an answer that succeeds: a call whose answer came after
-    MAX_TRANSIENT_SECRETS other callers' keys had its own key forgotten by the redactor,
+    256 other callers' keys had its own key forgotten by the redactor,
     so a provider naming its answer by that key (``model``, ``finish_reason``) had it pass
     the check that keeps a secret out of the reply and the span (spans are not redacted)."""
     key = "gsk_live_caller_key_0123456789abcdef"
@@ -381,7 +383,7 @@ async def test_a_key_pushed_out_of_the_redactor_meanwhile_names_no_answer(
                 metadata=(("x-fake-api-key", f"other-callers-key-{i:04d}-abcdef"),),
                 timeout=60,
             )
-            for i in range(MAX_TRANSIENT_SECRETS + 10)
+            for i in range(OTHER_CALLERS)
         )
     )
     assert all(reply.text == "hi" for reply in others)

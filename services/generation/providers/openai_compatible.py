@@ -26,7 +26,7 @@ from openai.types.chat.chat_completion_chunk import Choice as ChunkChoice
 from opentelemetry.trace import Span
 
 from services.common.errors import seconds_text
-from services.common.logs import ThrottledWarning, redact, register_secret
+from services.common.logs import ThrottledWarning, hide_in_this_call, redact
 from services.common.model_names import MAX_MODEL_CHARS
 from services.common.openai_api import (
     ATTEMPTS,
@@ -216,7 +216,7 @@ class OpenAICompatibleProvider(Provider):
             fault = turns.rate_limited
         fault.attempts = turns.retrier.attempts
         fault.waited = turns.waited
-        # Back in the redactor before the error quotes the provider's text (_hold_key).
+        # Hidden in this call before the error quotes the provider's text (_hold_key).
         _hold_key(request.api_key)
         UPSTREAM_REQUESTS.labels(
             self.name, outcome_label(fault.cause if fault.kind == "http" else fault.kind)
@@ -633,12 +633,12 @@ def _absorb(chunk: object, state: _StreamState) -> list[str]:
 
 
 def _hold_key(api_key: str | None) -> None:
-    """Puts a caller's key back in the redactor (the latest MAX_TRANSIENT_SECRETS callers'
-    keys only) before the provider's text is checked or quoted, with no await in between:
-    the key came with the call, and may have left while it waited, as many other callers'
-    keys came; then an answer or an error naming it (a key not shaped like sk-...) passed
-    into the reply, the span or the error. O(1) while it is still held."""
-    register_secret(api_key, transient=True)
+    """Makes sure a caller's key is hidden in this call (its context) before the provider's
+    text is checked or quoted: the authenticator hid it already where the call came in
+    through the chassis; this keeps it so wherever a provider is called. A key hidden
+    already costs a tuple lookup. Held by the call's context, it cannot be pushed out by
+    other callers' keys while the call waits."""
+    hide_in_this_call(api_key)
 
 
 def json_schema_format(fmt: JsonSchemaFormat) -> dict[str, Any]:
