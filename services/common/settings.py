@@ -267,9 +267,9 @@ class CommonSettings(BaseSettings):
     )
     # Longest value of a caller's key header (x-<provider>-api-key, x-embedding-api-key,
     # ...) an authenticated call may carry; longer is INVALID_ARGUMENT naming the header.
-    # The log redactor holds each key (the 256 most recent) and looks for it in every log
-    # line longer than the key (services/common/auth.py): real provider keys are under
-    # 300 bytes.
+    # The log redactor looks for each of a call's keys in every log line of that call
+    # longer than the key (services/common/auth.py): real provider keys are under 300
+    # bytes.
     max_caller_key_bytes: int = Field(
         default=DEFAULT_MAX_CALLER_KEY_BYTES, ge=64, le=MAX_METADATA_BYTES
     )
