@@ -22,7 +22,7 @@ import math
 import re
 import sys
 import time
-from contextvars import ContextVar
+from contextvars import Context, ContextVar, copy_context
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -133,6 +133,15 @@ def hide_in_this_call(value: str | None) -> None:
     if current is not None and value in current.secrets:
         return
     _call_secrets.set(_CallSecrets((*(current.secrets if current else ()), value)))
+
+
+def context_of_no_call() -> Context:
+    """A copy of the current context holding no caller's key: for long-lived work a call
+    happens to start but that serves every call (a queue's workers), whose own lines must
+    hide no word of the call that started it."""
+    context = copy_context()
+    context.run(_call_secrets.set, None)
+    return context
 
 
 def call_secrets() -> tuple[str, ...]:

@@ -26,6 +26,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Coroutine
 from typing import Any, Generic, TypeVar
 
+from services.common.logs import context_of_no_call
 from services.common.tasks import cancel_and_wait
 
 log = logging.getLogger("gensearch.gateway.background")
@@ -72,7 +73,12 @@ class WorkQueue(Generic[J]):
         self._jobs.setdefault(tenant, deque()).append((job, contextvars.copy_context()))
         self._ready.put_nowait(None)
         if not self._workers:  # started by the first job: they need a running loop
-            self._workers = [asyncio.create_task(self._work()) for _ in range(self._worker_count)]
+            # In a context of no call: a worker outlives the call that started it, and
+            # serves every tenant's jobs (each runs in its own call's context, below).
+            self._workers = [
+                asyncio.create_task(self._work(), context=context_of_no_call())
+                for _ in range(self._worker_count)
+            ]
         return True
 
     def waiting(self) -> int:
@@ -106,8 +112,14 @@ class WorkQueue(Generic[J]):
             await self._ready.get()
             job, context = self._next()  # no await between: the token and its job go together
             try:
-                await asyncio.create_task(self._run(job), context=context)
-            except Exception:  # a worker must outlive any one job
-                log.exception("background job failed", extra={"queue": self._name})
+                await asyncio.create_task(self._logged(job), context=context)
             finally:
                 self._ready.task_done()
+
+    async def _logged(self, job: J) -> None:
+        """``job`` run, its failure logged in its own call's context: the line is redacted
+        of that call's keys (logs.hide_in_this_call), which the error may quote."""
+        try:
+            await self._run(job)
+        except Exception:  # a worker must outlive any one job
+            log.exception("background job failed", extra={"queue": self._name})

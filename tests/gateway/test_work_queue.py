@@ -7,8 +7,12 @@ the gateway's shutdown with it."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import json
 
+from services.common.logs import REDACTED, hide_in_this_call
 from services.gateway.background import WorkQueue
+from tests.generation.test_call_scoped_secrets import formatted_lines
 
 
 async def test_drain_ends_a_worker_whose_job_lost_its_cancel() -> None:
@@ -78,3 +82,34 @@ async def test_a_tenant_flooding_the_queue_leaves_room_and_turns_to_the_others()
     await queue.idle()
     assert ran == ["a0", "a1", "b0", "a2", "a3"]
     await queue.drain()
+
+
+async def test_a_jobs_failure_is_logged_redacted_of_its_own_calls_keys_alone() -> None:
+    """Each job's failure line hides the keys of the call that queued it, and no other's:
+    the workers, started by the first call's job, once logged every job's failure in that
+    call's context (its keys hidden from every later job's line, the later call's own key
+    shown)."""
+
+    async def job(message: str) -> None:
+        raise RuntimeError(message)
+
+    queue: WorkQueue[str] = WorkQueue(
+        job, name="test", size=4, per_tenant=4, workers=1, drain_timeout=1
+    )
+
+    def from_call(key: str, message: str) -> None:
+        hide_in_this_call(key)
+        assert queue.submit("t", message)
+
+    first, second = "first-callers-key-0123", "second-callers-key-4567"
+    with formatted_lines() as logs:
+        contextvars.copy_context().run(from_call, first, f"refused {first}")
+        await queue.idle()
+        contextvars.copy_context().run(from_call, second, f"refused {second}; {first}")
+        await queue.idle()
+        await queue.drain()
+    failures = [json.loads(line) for line in logs.lines if "background job failed" in line]
+    assert [line["exc_info"].splitlines()[-1] for line in failures] == [
+        f"RuntimeError: refused {REDACTED}",
+        f"RuntimeError: refused {REDACTED}; {first}",
+    ]
