@@ -6,6 +6,8 @@ with 4 KB keys, for anyone, and the real callers' keys pushed out of it."""
 
 from __future__ import annotations
 
+import contextvars
+
 import pytest
 
 from services.common import logs
@@ -80,10 +82,15 @@ def test_the_bound_is_a_setting_named_in_the_refusal() -> None:
     assert CommonSettings().max_caller_key_bytes == 1024
 
 
-def test_a_key_registered_already_does_not_recompile_the_redactor() -> None:
+def test_a_key_hidden_already_in_the_call_changes_nothing() -> None:
     upstream = "sk-upstream-again-0123456789"
     call = (("authorization", f"Bearer {KEY}"), ("x-openai-api-key", upstream))
-    authenticator().authenticate(call)
-    pattern = logs._known
-    authenticator().authenticate(call)
-    assert logs._known is pattern
+
+    def twice() -> None:
+        authenticator().authenticate(call)
+        held = logs._call_secrets.get()
+        authenticator().authenticate(call)
+        assert logs._call_secrets.get() is held  # nothing rebuilt, the key held once
+        assert logs.call_secrets().count(upstream) == 1
+
+    contextvars.copy_context().run(twice)

@@ -2,9 +2,10 @@
 
 Every downstream call carries the caller's identity (user, tenant, role); generation calls
 also carry the caller's provider keys (``x-<provider>-api-key``) unchanged. Those keys are
-never logged nor stored: the chassis registers each with the log redactor
-(``services/common/auth.py``). Retrieval calls also carry the base URLs the caller names
-for its embedding and rerank keys (``x-embedding-base-url``, ``x-rerank-base-url``).
+never logged nor stored: the chassis hides each from the log lines, errors and spans of
+the call that carries it (``services/common/auth.py``, ``logs.hide_in_this_call``).
+Retrieval calls also carry the base URLs the caller names for its embedding and rerank
+keys (``x-embedding-base-url``, ``x-rerank-base-url``).
 """
 
 from __future__ import annotations
