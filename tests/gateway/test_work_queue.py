@@ -12,7 +12,7 @@ import json
 
 from services.common.logs import REDACTED, hide_in_this_call
 from services.gateway.background import WorkQueue
-from tests.generation.test_call_scoped_secrets import formatted_lines
+from tests.support.log_lines import formatted_lines
 
 
 async def test_drain_ends_a_worker_whose_job_lost_its_cancel() -> None:

@@ -11,10 +11,8 @@ JSON formatter, in the context they are logged in (as configure_logging's handle
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
-from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -22,40 +20,13 @@ from gensearch.generation.v1 import generation_service_pb2 as pb
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from services.common.auth import Authenticator
-from services.common.logs import REDACTED, call_secrets, json_formatter
+from services.common.logs import REDACTED, call_secrets
 from tests.generation.conftest import StartService, fake_provider, user
 from tests.support.fake_openai import Behaviour, FakeOpenAI
+from tests.support.log_lines import formatted_lines
 from tests.support.rpc import error_info
 
 FLOOD = 300  # more keys than the old process-wide list held (256)
-
-
-class FormattedLines(logging.Handler):
-    """Every record as the services write it: the JSON line of ``json_formatter``."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.setFormatter(json_formatter("test"))
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(self.format(record))
-
-    def of(self, message: str) -> list[dict[str, object]]:
-        return [line for line in map(json.loads, self.lines) if line.get("message") == message]
-
-
-@contextlib.contextmanager
-def formatted_lines() -> Iterator[FormattedLines]:
-    root = logging.getLogger()
-    handler, level = FormattedLines(), root.level
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG)
-    try:
-        yield handler
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(level)
 
 
 async def test_a_callers_key_hides_nothing_in_another_calls_lines_or_errors(
