@@ -1710,6 +1710,10 @@ class MemoryStore:
                 marking = await self._marked(mark)
                 marked = marked or marking
             status = await self._script(self._delete_conversation, names + turns + requests, args)
+            for turn in turns:
+                # A read of a deleted turn declares its key alone, as DeleteInteraction's
+                # does (its hint's conversation keys, missing mid-move, had it refused).
+                self._hints.pop(turn, None)
             if status == 3:
                 started = True
                 if marking and not marked:

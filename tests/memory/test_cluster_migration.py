@@ -1242,3 +1242,35 @@ async def test_a_turn_deleted_mid_move_is_then_not_found(
     await _move_slot(own_cluster, batch=2, between=delete_then_read, first=first)
     await delete_then_read()
     assert steps["not found"] >= 3  # read mid-move, the other conversation not moved yet
+
+
+@pytest.mark.slow
+async def test_a_turn_of_a_deleted_conversation_is_then_not_found_mid_move(
+    own_cluster: LocalCluster, make_store: Callable[..., MemoryStore]
+) -> None:
+    """A read of a turn of a conversation DeleteConversation deleted answers NOT_FOUND at
+    every step of a later move of the owner's slot. Before, the store kept the turn's key
+    hint (its conversation's hash), declared with the turn's key by the read: both missing
+    mid-move, Redis refused the run (TRYAGAIN) and the read answered UNAVAILABLE for as
+    long as the move lasted (DeleteInteraction already dropped its turn's hint)."""
+    store = make_store()
+    cid = (await store.create_conversation(OWNER, "c")).conversation_id
+    turn = await store.create_interaction(OWNER, cid, pb.Interaction(input="c"), "", b"")
+    other = (await store.create_conversation(OWNER, "o")).conversation_id
+    for n in range(4):
+        await store.create_interaction(OWNER, other, pb.Interaction(input=f"o{n}"), f"o{n}", b"")
+    # Read once: the turn's hint (its conversation hash) is known, as in a serving replica.
+    await store.get_interaction_data(OWNER, turn.interaction_id)
+    assert await store.delete_conversation(OWNER, cid)
+    answers: list[str] = []
+
+    async def read() -> None:
+        try:
+            await store.get_interaction_data(OWNER, turn.interaction_id)
+            answers.append("found")
+        except (NotFound, Unavailable) as err:
+            answers.append(type(err).__name__)
+
+    await _move_slot(own_cluster, batch=2, between=read, first=[keys.usage(store.tag(OWNER))])
+    assert len(answers) >= 3
+    assert answers == ["NotFound"] * len(answers)
