@@ -630,19 +630,23 @@ def _declare_turns(
     other node."""
     pairs = [bytes(v).decode() for v in (reply or [])[1:]]
     turns.update(zip(pairs[0::2], pairs[1::2], strict=True))
-    names = [keys.interaction(tag, iid) for iid in turns]
-    # Both owners' request_id keys of a shared tag (keys.request): a turn's entry is under
-    # the one its writer used; forget_interaction deletes whichever still names it.
-    names += [
+    names = [keys.interaction(tag, iid) for iid in turns] + _request_keys(tag, turns)
+    args: list[EncodableT] = []
+    for iid, rid in turns.items():
+        args += [iid, rid]
+    return names, [*args, len(turns)]
+
+
+def _request_keys(tag: str, turns: dict[str, str]) -> list[str]:
+    """Both owners' request_id keys of a shared tag (keys.request) for the request_ids of
+    ``turns`` (iid -> request_id): a turn's entry is under the one its writer used;
+    lua/keys.lua's forget_interaction deletes whichever is declared and still names it."""
+    return [
         keys.request(tag, rid, apart=apart)
         for rid in turns.values()
         if rid
         for apart in (False, True)
     ]
-    args: list[EncodableT] = []
-    for iid, rid in turns.items():
-        args += [iid, rid]
-    return names, [*args, len(turns)]
 
 
 # How a turn's request fingerprint starts: the client's request_fingerprint (digested),
@@ -1001,12 +1005,20 @@ class MemoryStore:
         options: RunOptions = _AS_GIVEN,
         hint: str = "",
         maybe_missing: str = "",
+        present_requests: bool = False,
     ) -> Any:
         """``_run`` of a script that may stop, nothing written, naming the turns it would
         delete (``_DECLARE``: eviction's turns, a deleted turn's request_id keys): run again
         with those turns' keys declared after ``names`` and their ids after ``args``
         (``_declare_turns``), every turn named so far, until it answers something else, at
-        most ``attempts`` runs (then ``exhausted()`` is raised: the turns kept changing)."""
+        most ``attempts`` runs (then ``exhausted()`` is raised: the turns kept changing).
+
+        ``present_requests``: of the turns' request_id keys, only those found (``_present``)
+        are declared. Each turn has at most one of its two (``_request_keys``), and
+        mid-reshard Redis refuses a run declaring a missing key for the whole move
+        (TRYAGAIN), so a run declaring both is refused until the move ends even with every
+        key it needs on one node. Two more round trips a turn with a request_id: for one
+        turn (DeleteInteraction), not eviction's many."""
         named: dict[str, str] = {}
         turn_keys, declared = _declare_turns(tag, named)
         for _ in range(attempts):
@@ -1022,6 +1034,10 @@ class MemoryStore:
             if not (isinstance(out, list) and out and out[0] == _DECLARE):
                 return out
             turn_keys, declared = _declare_turns(tag, named, out)
+            if present_requests:
+                requests = _request_keys(tag, named)
+                absent = set(requests) - set(await self._present(requests))
+                turn_keys = [name for name in turn_keys if name not in absent]
         raise exhausted()
 
     async def _run_evicting(
@@ -2153,15 +2169,16 @@ class MemoryStore:
         accounting, in one atomic step; returns its conversation's id. NOT_FOUND when it
         is missing or not the caller's (a retry after a deletion included). The
         conversation's summary is not rewritten. Every key the script touches is declared:
-        the turn's conversation hash and list (asked for by a first run, then kept as the
-        turn's hint) and its request_id keys (named by a run, as eviction's are:
-        ``_declare_turns``), so mid-reshard Redis refuses a run rather than half of it."""
+        the turn's conversation hash and list and the owner's usage (asked for by a first
+        run: a turn deleted already is read alone) and its request_id keys (named by a
+        run, as eviction's are: ``_declare_turns``; only the one that exists:
+        ``present_requests``), so mid-reshard Redis refuses a run rather than half of it."""
         tag = self.tag(owner)
         turn = keys.interaction(tag, iid)
         out = await self._run_declaring(
             tag,
             self._delete_interaction,
-            [turn, keys.usage(tag)],
+            [turn],
             [self.caller(owner), tag, iid],
             attempts=RUN_ATTEMPTS,
             exhausted=lambda: Aborted(
@@ -2170,6 +2187,7 @@ class MemoryStore:
                 metadata={"interaction_id": iid},
             ),
             hint=turn,
+            present_requests=True,
         )
         if out[0] == 0:
             raise interaction_not_found(iid)

@@ -1245,6 +1245,53 @@ async def test_a_turn_deleted_mid_move_is_then_not_found(
 
 
 @pytest.mark.slow
+async def test_a_turn_with_a_request_id_is_deleted_mid_move(
+    own_cluster: LocalCluster, make_store: Callable[..., MemoryStore]
+) -> None:
+    """DeleteInteraction of a turn stored with a request_id, mid-move, every key the turn
+    has (its key, its conversation's, its request_id key) on the new node and another
+    conversation's still on the old one: the turn is deleted at once, and a retry then
+    answers NOT_FOUND, at every step of the move. Before, the deletion declared both
+    owners' request_id keys of the shared tag (keys.request), one of which never exists:
+    Redis refused the run (TRYAGAIN: UNAVAILABLE) for as long as the move lasted."""
+    store = make_store()
+    cid = (await store.create_conversation(OWNER, "r")).conversation_id
+    doomed, kept = [
+        (await store.create_interaction(OWNER, cid, pb.Interaction(input=f"r{n}"), f"r{n}", b""))
+        for n in range(2)
+    ]
+    other = (await store.create_conversation(OWNER, "o")).conversation_id
+    for n in range(4):
+        await store.create_interaction(OWNER, other, pb.Interaction(input=f"o{n}"), f"o{n}", b"")
+    tag = store.tag(OWNER)
+    answers: list[str] = []
+
+    async def delete() -> None:
+        try:
+            answers.append(await store.delete_interaction(OWNER, doomed.interaction_id))
+        except (NotFound, Unavailable) as err:
+            answers.append(type(err).__name__)
+
+    # Both owners' request_id keys of the shared tag (one of each pair exists).
+    requests = [keys.request(tag, f"r{n}", apart=a) for n in range(2) for a in (False, True)]
+    first = [
+        keys.conversation(tag, cid),
+        keys.conversation_interactions(tag, cid),
+        keys.interaction(tag, doomed.interaction_id),
+        keys.interaction(tag, kept.interaction_id),
+        keys.usage(tag),
+        *requests,  # the ones that exist move (MIGRATE skips the others)
+    ]
+    target = await _move_slot(own_cluster, batch=2, between=delete, first=first)
+    assert len(answers) >= 3  # mid-move: the other conversation not moved yet
+    assert answers == [cid] + ["NotFound"] * (len(answers) - 1)
+    async with target.client() as new:
+        assert await new.exists(keys.interaction(tag, doomed.interaction_id), *requests[:2]) == 0
+        assert await new.exists(keys.interaction(tag, kept.interaction_id)) == 1
+        assert await new.exists(*requests[2:]) == 1  # the kept turn's request_id key
+
+
+@pytest.mark.slow
 async def test_a_turn_of_a_deleted_conversation_is_then_not_found_mid_move(
     own_cluster: LocalCluster, make_store: Callable[..., MemoryStore]
 ) -> None:

@@ -1,6 +1,8 @@
 -- needs: read keys usage retention
--- KEYS: int, usage, then the turn's conversation hash and its list of turns (the store
--- names them from what a run before asked for: read.lua's declare_first), then the keys
+-- KEYS: int, then the turn's conversation hash, its list of turns and the owner's usage
+-- (the store names them from what a run before asked for: read.lua's declare_first; not
+-- up front: a turn already deleted is then read alone, so mid-reshard it answers missing
+-- where a run declaring it with a key that exists is refused for the move), then the keys
 -- of the turn declared for deletion (declared_turns, keys.lua: its interaction key and
 -- its request_id keys). ARGV: caller (read.lua), tag, iid, then the turn declared for
 -- deletion (declared_turns: iid, request_id, their number).
@@ -16,7 +18,7 @@
 local row = interaction(KEYS[1])
 if not row[1] then return {0} end
 local conv = ARGV[2] .. ':conv:' .. row[1]
-declare_first({conv, conv .. ':ints'})
+declare_first({conv, conv .. ':ints', usage_key(ARGV[2])})
 if not callers(conv, ARGV[1]) then return {0} end
 local declared = declared_turns()
 local rid = redis.call('HGET', KEYS[1], 'request_id') or ''
