@@ -2093,24 +2093,21 @@ class MemoryStore:
 
     async def get_interaction_traces(self, owner: Owner, iid: str) -> bytes:
         """The interaction's serialized traces (b"" when it has none)."""
-        tag = self.tag(owner)
-        turn = keys.interaction(tag, iid)
-        out = await self._run(
-            tag, self._get_interaction_traces, [turn], [self.caller(owner), tag], hint=turn
-        )
-        if out is None:
-            raise interaction_not_found(iid)
-        return bytes(out[0])
+        return bytes((await self._read_turn(owner, iid, self._get_interaction_traces))[0])
 
     async def get_interaction_data(self, owner: Owner, iid: str) -> bytes:
+        return bytes(await self._read_turn(owner, iid, self._get_interaction))
+
+    async def _read_turn(self, owner: Owner, iid: str, script: AsyncScript) -> Any:
+        """The answer of a read of one of the caller's turns (get_interaction.lua,
+        get_interaction_traces.lua: ARGV caller, tag), its hint declared up front; NOT_FOUND
+        when the script answers nil (missing, or not the caller's)."""
         tag = self.tag(owner)
         turn = keys.interaction(tag, iid)
-        data = await self._run(
-            tag, self._get_interaction, [turn], [self.caller(owner), tag], hint=turn
-        )
-        if data is None:
+        out = await self._run(tag, script, [turn], [self.caller(owner), tag], hint=turn)
+        if out is None:
             raise interaction_not_found(iid)
-        return bytes(data)
+        return out
 
     async def update_interaction(
         self, owner: Owner, iid: str, change: Callable[[pb.Interaction], None]
@@ -2202,36 +2199,32 @@ class MemoryStore:
 
     async def get_interactions(self, owner: Owner, iids: list[str]) -> list[pb.Interaction | None]:
         """Each of ``iids`` that exists and is the caller's, else None, in one round trip."""
-        if not iids:
-            return []
-        tag = self.tag(owner)
-        turns = [keys.interaction(tag, iid) for iid in iids]
-        out = await self._run(
-            tag,
-            self._get_interactions,
-            turns + self._known(turns),
-            [self.caller(owner), tag, len(iids)],
-        )
+        out = await self._read_turns(owner, iids, self._get_interactions)
         found = [pb.Interaction.FromString(data) if data else None for data in out]
-        for turn, interaction in zip(turns, found, strict=True):
+        tag = self.tag(owner)
+        for iid, interaction in zip(iids, found, strict=True):
             if interaction is not None:
-                self._hint(turn, [keys.conversation(tag, interaction.conversation_id)])
+                self._hint(
+                    keys.interaction(tag, iid),
+                    [keys.conversation(tag, interaction.conversation_id)],
+                )
         return found
 
     async def interactions_exist(self, owner: Owner, iids: list[str]) -> list[bool]:
         """Whether each of ``iids`` exists and is the caller's, in one round trip, without
         reading or parsing the interactions (the search index's sweep)."""
+        return [flag == 1 for flag in await self._read_turns(owner, iids, self._interactions_exist)]
+
+    async def _read_turns(self, owner: Owner, iids: list[str], script: AsyncScript) -> list[Any]:
+        """The answer of a read of several of the caller's turns in one round trip
+        (get_interactions.lua, interactions_exist.lua: ARGV caller, tag, their number), one
+        item a turn; the conversation hashes ``_hint`` keeps for them declared up front."""
         if not iids:
             return []
         tag = self.tag(owner)
         turns = [keys.interaction(tag, iid) for iid in iids]
-        out = await self._run(
-            tag,
-            self._interactions_exist,
-            turns + self._known(turns),
-            [self.caller(owner), tag, len(iids)],
-        )
-        return [flag == 1 for flag in out]
+        names = turns + self._known(turns)
+        return list(await self._run(tag, script, names, [self.caller(owner), tag, len(iids)]))
 
     # -- the search index's outbox -------------------------------------------------------
     # P:{search-outbox}:jobs     ZSET  index work waiting (failed, or beyond the running
