@@ -944,7 +944,14 @@ class MemoryStore:
         (GENSEARCH_MEMORY_SLOT_MOVE_WAIT_SECONDS) for a key there is no need of: a run
         that needs it (the conversation has turns) asks for it (lua/read.lua's
         declare_first), and that run waits for the move as any other."""
-        names = list(names) + self._hints.get(hint, []) if hint else list(names)
+        # A hint may be stale: its turn deleted or evicted since, by another replica too
+        # (only the deleting replica forgets it). Mid-move Redis refuses, for the whole
+        # move, a run declaring the missing turn's key beside its conversation's (TRYAGAIN),
+        # so a hinted run a move refuses is made again at once without the hint: a run
+        # that needs the conversation asks for it (declare_first) and waits as any other.
+        hinted = list(self._hints.get(hint, [])) if hint else []
+        base = len(names)
+        names = list(names) + hinted
         args = list(args)
         missing: list[str] = []
         asked = [] if asked is None else asked
@@ -964,13 +971,20 @@ class MemoryStore:
             if options.sample_at is not None and declared >= RUN_ATTEMPTS - SAMPLE_RUNS:
                 args[options.sample_at] = 0
             try:
-                out = await self._script(script, names, args, refused_moving=bool(maybe_missing))
+                out = await self._script(
+                    script, names, args, refused_moving=bool(maybe_missing or hinted)
+                )
                 if hint and asked:
                     self._hint(hint, asked)
                 return out
             except _SlotMoving:
-                names.remove(maybe_missing)
-                maybe_missing = ""
+                if hinted:
+                    del names[base : base + len(hinted)]
+                    self._hints.pop(hint, None)
+                    hinted = []
+                if maybe_missing:
+                    names.remove(maybe_missing)
+                    maybe_missing = ""
             except _DeclareFirst as first:
                 declared += 1
                 wanted = await self._to_declare(first.names, args, options, missing)

@@ -1321,3 +1321,47 @@ async def test_a_turn_of_a_deleted_conversation_is_then_not_found_mid_move(
     await _move_slot(own_cluster, batch=2, between=read, first=[keys.usage(store.tag(OWNER))])
     assert len(answers) >= 3
     assert answers == ["NotFound"] * len(answers)
+
+
+@pytest.mark.slow
+async def test_a_turn_another_replica_deleted_is_not_found_mid_move(
+    own_cluster: LocalCluster, make_store: Callable[..., MemoryStore]
+) -> None:
+    """A replica that read a turn keeps its key hint (its conversation's hash); another
+    replica deletes the turn. Mid-move, a read of it by the first answers NOT_FOUND, as on
+    the replica that deleted it. Before, the first still declared the stale hint with the
+    turn's missing key: Redis refused the run (TRYAGAIN) and the read answered UNAVAILABLE
+    for as long as the move lasted (only the deleting replica forgot its hint)."""
+    reader, deleter = make_store(), make_store()
+    cid = (await reader.create_conversation(OWNER, "d")).conversation_id
+    doomed, kept = [
+        (await reader.create_interaction(OWNER, cid, pb.Interaction(input=f"d{n}"), "", b""))
+        for n in range(2)
+    ]
+    other = (await reader.create_conversation(OWNER, "o")).conversation_id
+    for n in range(4):
+        await reader.create_interaction(OWNER, other, pb.Interaction(input=f"o{n}"), f"o{n}", b"")
+    await reader.get_interaction_data(OWNER, doomed.interaction_id)  # the reader's hint
+    tag = reader.tag(OWNER)
+    steps = {"deleted": 0, "not found": 0}
+
+    async def delete_then_read() -> None:
+        if not steps["deleted"]:
+            assert await deleter.delete_interaction(OWNER, doomed.interaction_id) == cid
+            steps["deleted"] = 1
+        with pytest.raises(NotFound):
+            await reader.get_interaction_data(OWNER, doomed.interaction_id)
+        steps["not found"] += 1
+        kept_now = await reader.get_interaction_data(OWNER, kept.interaction_id)
+        assert pb.Interaction.FromString(kept_now).input == "d1"
+
+    first = [
+        keys.conversation(tag, cid),
+        keys.conversation_interactions(tag, cid),
+        keys.interaction(tag, doomed.interaction_id),
+        keys.interaction(tag, kept.interaction_id),
+        keys.usage(tag),
+    ]
+    await _move_slot(own_cluster, batch=2, between=delete_then_read, first=first)
+    await delete_then_read()
+    assert steps["not found"] >= 3  # read mid-move, the other conversation not moved yet
