@@ -189,6 +189,15 @@ def answered(warning: ThrottledWarning, client: RedisClient, key: KeyT | None) -
     if not warning.any_down:
         return
     warning.recovered(node_of(client, key))
+    if isinstance(client, RedisCluster) and (mapped := client.get_nodes()):
+        # An outage named before any map by the URL's name for its node, which the map
+        # names otherwise (a host name where the map lists addresses), ends here: the map
+        # was read from that node, so it answered. Left open, the check below ended it as
+        # a failover's old master. (Named as the map names it, it is a node of the map:
+        # only its own answer ends it.)
+        url_node = _startup_nodes.get(client)
+        if url_node is not None and url_node not in {node.name for node in mapped}:
+            warning.recovered(url_node)
     for gone in no_longer_serving(client, warning.down_nodes):
         warning.retired(gone, "it serves no slot any more: a failover moved its slots")
 

@@ -99,3 +99,30 @@ async def test_a_master_replaced_by_a_failover_has_its_outage_ended_naming_it(
         assert len([r for r in caplog.records if r.levelno == logging.INFO]) == 1
     finally:
         await redis.aclose()
+
+
+async def test_the_urls_node_named_before_any_map_ends_as_a_recovery_once_a_map_is_read(
+    own_cluster: LocalCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The URL names its node otherwise than the slot map does (a host name, as a
+    Kubernetes Service's, where the map lists addresses). An outage of it named before any
+    map (the URL's name) ends when the map is read, which that node answered: a recovery
+    line naming it. Before, the first answer after the map ended it as a master a failover
+    had replaced (a false 'failover' line)."""
+    port = own_cluster.nodes[0].port
+    redis = connect(f"redis://localhost:{port}", cluster=True, socket_timeout=2, connect_timeout=1)
+    log = logging.getLogger("gensearch.test.outage")
+    caplog.set_level(logging.INFO, log.name)
+    warning = ThrottledWarning(log, "cache unavailable (%s)", recovery="cache reachable again")
+    try:
+        before_map = node_of(redis, "k")
+        assert before_map == f"localhost:{port}"
+        warning(ConnectionError("refused"), node=before_map)
+        await redis.set("k", "v")  # the map is read from the URL's node: it answered
+        assert node_of(redis, "k") != before_map  # the map names it otherwise
+        answered(warning, redis, "k")
+        ends = [r for r in caplog.records if r.levelno == logging.INFO]
+        assert [r.getMessage() for r in ends] == [f"cache reachable again (node {before_map})"]
+        assert warning.down_nodes == []
+    finally:
+        await redis.aclose()
