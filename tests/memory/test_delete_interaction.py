@@ -223,3 +223,44 @@ async def test_a_fold_that_read_a_turn_since_deleted_is_refused(
     done = await fold(c, 1, expected=a)
     assert done.conversation.unfolded_deletions == 1
     assert done.conversation.summary.text == f"up to {c}"
+
+
+async def test_a_fold_is_refused_only_for_a_turn_it_folded(
+    memory_factory: MemoryFactory,
+) -> None:
+    """A turn deleted while a fold runs that is newer than what the fold summarises (the
+    newest turns it leaves out: a deleted last answer, say) does not refuse it: its words
+    are not in the summary. Before, every deletion of an unsummarised turn refused the
+    fold under way, so a conversation whose newest turns were deleted during each fold
+    never got a summary. One of the folded turns deleted still refuses it, and so do more
+    deletions since the fold's read than memory keeps the ids of (8)."""
+    memory = await memory_factory()
+    cid = await conversation(memory, ALICE)
+    ids = [await turn(memory, ALICE, cid, f"q{n}", "x") for n in range(30)]
+
+    def fold(through: int, deletions: int, expected: int | None = None) -> object:
+        request = pb.UpdateConversationSummaryRequest(conversation_id=cid, text=f"to {through}")
+        request.expected_through_interaction_id = "" if expected is None else ids[expected]
+        request.through_interaction_id = ids[through]
+        request.expected_unfolded_deletions = deletions
+        return memory.stub.UpdateConversationSummary(request, metadata=ALICE)
+
+    async def delete_all(turns: range) -> None:
+        for n in turns:
+            await delete(memory, ids[n])
+
+    await delete_all(range(28, 30))  # newer than the fold's turns, deleted during it
+    done = await fold(1, 0)
+    assert done.conversation.summary.through_interaction_id == ids[1]
+    await delete(memory, ids[2])  # one of the next fold's turns
+    err = await expect_error(fold(3, 2, expected=1), grpc.StatusCode.ABORTED)
+    assert error_info(err).reason == "SUMMARY_CHANGED"
+    await delete_all(range(5, 13))  # 8 newer ones since the count 3 was read: all kept
+    done = await fold(3, 3, expected=1)
+    assert done.conversation.summary.through_interaction_id == ids[3]
+    await delete_all(range(13, 22))  # 9 newer ones since the count 11 was read
+    err = await expect_error(fold(4, 11, expected=3), grpc.StatusCode.ABORTED)
+    assert error_info(err).reason == "SUMMARY_CHANGED"
+    done = await fold(4, 20, expected=3)  # read after them
+    assert done.conversation.unfolded_deletions == 20
+    assert done.conversation.summary.text == "to 4"

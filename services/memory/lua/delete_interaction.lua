@@ -9,8 +9,9 @@
 -- Deletes one of the caller's turns as eviction deletes a turn (retention.lua's
 -- drop_turns): its keys, its request_id key, its list entry, its count, its bytes. The
 -- conversation's summary, update_time and summary_evicted are left as they are; a turn
--- the summary does not cover yet bumps unfolded_deletions, so a fold under way that read
--- it (and may hold its words) is refused (update_summary.lua).
+-- the summary does not cover yet bumps unfolded_deletions (and is kept among the last
+-- ones deleted: retention.lua's note_unfolded_deletion), so a fold under way that read it
+-- (and may hold its words) is refused (update_summary.lua).
 -- Returns {0} missing or not the caller's (nothing written), {1, cid} deleted, {7, iid,
 -- request_id} the turn's keys to declare and run again with (nothing written: its
 -- request_id is read only from its key, so the request_id keys are declared by a second
@@ -30,6 +31,6 @@ if redis.call('ZSCORE', conv .. ':ints', ARGV[3]) == false then
 end
 drop_turns(ARGV[2], row[1], {ARGV[3]}, declared)
 if ARGV[3] > (redis.call('HGET', conv, 'summary_through') or '') then
-  redis.call('HINCRBY', conv, 'unfolded_deletions', 1)
+  note_unfolded_deletion(conv, ARGV[3])
 end
 return {1, row[1]}

@@ -263,3 +263,35 @@ local function room_for_turn(tag, cid, count, cap, grace)
   local oldest = redis.call('ZRANGE', conv .. ':ints', 0, 0)[1]
   return through ~= '' and oldest ~= nil and oldest <= through
 end
+
+-- The deletions of turns the summary did not cover (delete_interaction.lua) that a fold
+-- may have read: the count unfolded_deletions, and the ids of the last
+-- UNFOLDED_DELETED_KEPT of them (unfolded_deleted, space-separated, oldest first), so a
+-- fold is refused only when a turn it folded was deleted, not for a newer one it left out
+-- (update_summary.lua): the newest turns were deleted during folds for ever otherwise.
+local UNFOLDED_DELETED_KEPT = 8
+local function note_unfolded_deletion(conv, iid)
+  redis.call('HINCRBY', conv, 'unfolded_deletions', 1)
+  local ids = {}
+  for id in string.gmatch(redis.call('HGET', conv, 'unfolded_deleted') or '', '%S+') do
+    ids[#ids + 1] = id
+  end
+  ids[#ids + 1] = iid
+  local first = math.max(1, #ids - UNFOLDED_DELETED_KEPT + 1)
+  redis.call('HSET', conv, 'unfolded_deleted', table.concat(ids, ' ', first, #ids))
+end
+-- Whether the last ``since`` deletions noted (note_unfolded_deletion) all deleted turns
+-- newer than ``through``: none of them was in a fold up to ``through``. False when they
+-- are not all kept (more than UNFOLDED_DELETED_KEPT, or noted before the ids were).
+local function deleted_only_after(conv, since, through)
+  if since < 1 or since > UNFOLDED_DELETED_KEPT then return false end
+  local ids = {}
+  for id in string.gmatch(redis.call('HGET', conv, 'unfolded_deleted') or '', '%S+') do
+    ids[#ids + 1] = id
+  end
+  if #ids < since then return false end
+  for i = #ids - since + 1, #ids do
+    if ids[i] <= through then return false end
+  end
+  return true
+end

@@ -6,7 +6,7 @@
 -- the turns declared for eviction (declared_turns, keys.lua). ARGV: caller (read.lua), tag, cid, now_ms, expected through,
 -- new through, text, turns folded, prompt tokens, completion tokens, eviction grace, max
 -- bytes (of the owner), expected unfolded_deletions ('' not to check: a conflict when
--- it changed, as a turn the fold read may have been deleted since), then the window of the check for gone turns at the limit
+-- a turn up to the new through was deleted since, whose words the fold may hold), then the window of the check for gone turns at the limit
 -- (usage.lua's gone_check_before_declared: its offset, its turns), then the turns declared
 -- (iid, request_id per turn, their number).
 -- Compare-and-set: the summary changes only if it still covers the turns up to the
@@ -22,7 +22,10 @@ local h = redis.call('HMGET', KEYS[1], 'user', 'summary_through', 'summary_disab
 if not owns(h[1], h[4], ARGV[1]) then return {0} end
 local current = h[2] or ''
 if current ~= ARGV[5] then return {1, current} end
-if ARGV[13] ~= '' and tonumber(h[6] or '0') ~= tonumber(ARGV[13]) then
+-- Turns deleted since the fold read the count: refused unless each was newer than what
+-- it folds (a turn it left out: its words are not in this summary).
+local since = ARGV[13] ~= '' and tonumber(h[6] or '0') - tonumber(ARGV[13]) or 0
+if since ~= 0 and not deleted_only_after(KEYS[1], since, ARGV[6]) then
   return {1, current}
 end
 if h[3] == '1' then return {3} end

@@ -1511,10 +1511,11 @@ class Conversations:
         a compare-and-set, so a concurrent writer (the gateway's own summarizer, say)
         makes this raise ``SummaryChangedError`` (``metadata["through_interaction_id"]``:
         what the summary covers now). ``expected_unfolded_deletions``: the conversation's
-        ``unfolded_deletions`` as read before the turns summarised were; when a turn was
-        deleted since (it changed), ``SummaryChangedError`` too, as the summary may hold
-        the deleted turn's words (None: not checked). Turns beyond ``max_turns`` that it
-        covers are evicted. Not retried (a write)."""
+        ``unfolded_deletions`` as read before the turns summarised were; when one of the
+        turns up to ``through_interaction_id`` was deleted since (or more than 8 turns
+        were), ``SummaryChangedError`` too, as the summary may hold the deleted turn's
+        words; a newer turn deleted meanwhile does not refuse it (None: not checked).
+        Turns beyond ``max_turns`` that it covers are evicted. Not retried (a write)."""
         request = mpb.UpdateConversationSummaryRequest(
             conversation_id=conversation_id,
             text=text,

@@ -168,11 +168,12 @@ type Conversation struct {
 	Summary *ConversationSummary `protobuf:"bytes,73,opt,name=summary,proto3" json:"summary,omitempty"`
 	// No summary is made or used for this conversation (and eviction waits for none).
 	SummaryDisabled bool `protobuf:"varint,74,opt,name=summary_disabled,json=summaryDisabled,proto3" json:"summary_disabled,omitempty"`
-	// Turns deleted (DeleteInteraction) that the summary did not cover yet. A fold reads it
-	// before it reads the turns it summarises and sends it back as
-	// UpdateConversationSummaryRequest.expected_unfolded_deletions: a turn deleted while
-	// the fold ran then makes its update ABORTED (SUMMARY_CHANGED), so the deleted turn's
-	// words never reach the summary.
+	// Turns deleted (DeleteInteraction) that the summary did not cover yet: a running
+	// count, never reset, only compared. A fold reads it before it reads the turns it
+	// summarises and sends it back as
+	// UpdateConversationSummaryRequest.expected_unfolded_deletions: one of the turns it
+	// folds deleted while it ran then makes its update ABORTED (SUMMARY_CHANGED), so the
+	// deleted turn's words never reach the summary.
 	UnfoldedDeletions int64 `protobuf:"varint,1085,opt,name=unfolded_deletions,json=unfoldedDeletions,proto3" json:"unfolded_deletions,omitempty"`
 }
 
@@ -2100,8 +2101,10 @@ type UpdateConversationSummaryRequest struct {
 	PromptTokens     int64 `protobuf:"varint,6,opt,name=prompt_tokens,json=promptTokens,proto3" json:"prompt_tokens,omitempty"`
 	CompletionTokens int64 `protobuf:"varint,7,opt,name=completion_tokens,json=completionTokens,proto3" json:"completion_tokens,omitempty"`
 	// Conversation.unfolded_deletions as read before the turns this summary covers were
-	// read: ABORTED (SUMMARY_CHANGED) when it changed since (an unsummarised turn was
-	// deleted meanwhile, and this summary may hold its words). Unset: not checked.
+	// read: ABORTED (SUMMARY_CHANGED) when a turn up to through_interaction_id was deleted
+	// since (this summary may hold its words), or more than 8 turns were (memory keeps the
+	// ids of the last 8 only). Turns newer than through_interaction_id deleted meanwhile
+	// do not refuse it. Unset: not checked.
 	ExpectedUnfoldedDeletions *int64 `protobuf:"varint,1086,opt,name=expected_unfolded_deletions,json=expectedUnfoldedDeletions,proto3,oneof" json:"expected_unfolded_deletions,omitempty"`
 }
 

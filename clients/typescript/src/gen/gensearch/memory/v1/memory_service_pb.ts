@@ -95,11 +95,12 @@ export type Conversation = Message<"gensearch.memory.v1.Conversation"> & {
   summaryDisabled: boolean;
 
   /**
-   * Turns deleted (DeleteInteraction) that the summary did not cover yet. A fold reads it
-   * before it reads the turns it summarises and sends it back as
-   * UpdateConversationSummaryRequest.expected_unfolded_deletions: a turn deleted while
-   * the fold ran then makes its update ABORTED (SUMMARY_CHANGED), so the deleted turn's
-   * words never reach the summary.
+   * Turns deleted (DeleteInteraction) that the summary did not cover yet: a running
+   * count, never reset, only compared. A fold reads it before it reads the turns it
+   * summarises and sends it back as
+   * UpdateConversationSummaryRequest.expected_unfolded_deletions: one of the turns it
+   * folds deleted while it ran then makes its update ABORTED (SUMMARY_CHANGED), so the
+   * deleted turn's words never reach the summary.
    *
    * @generated from field: int64 unfolded_deletions = 1085;
    */
@@ -1019,8 +1020,10 @@ export type UpdateConversationSummaryRequest = Message<"gensearch.memory.v1.Upda
 
   /**
    * Conversation.unfolded_deletions as read before the turns this summary covers were
-   * read: ABORTED (SUMMARY_CHANGED) when it changed since (an unsummarised turn was
-   * deleted meanwhile, and this summary may hold its words). Unset: not checked.
+   * read: ABORTED (SUMMARY_CHANGED) when a turn up to through_interaction_id was deleted
+   * since (this summary may hold its words), or more than 8 turns were (memory keeps the
+   * ids of the last 8 only). Turns newer than through_interaction_id deleted meanwhile
+   * do not refuse it. Unset: not checked.
    *
    * @generated from field: optional int64 expected_unfolded_deletions = 1086;
    */
