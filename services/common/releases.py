@@ -16,6 +16,8 @@ import logging
 from collections.abc import Coroutine
 from typing import Any
 
+from services.common.tasks import cancel_and_wait
+
 log = logging.getLogger("gensearch.releases")
 
 
@@ -42,7 +44,10 @@ class Releases:
 
     async def settle(self, timeout: float) -> None:
         """Waits for the pending releases, at most ``timeout`` seconds (the grace period:
-        past it the process is going away all the same, and the leases free the slots)."""
+        past it the process is going away all the same, and the leases free the slots).
+        Those still pending then are cancelled, and ended before this returns: left
+        running, each went on against the Redis client closed right after (or hung on a
+        Redis that does not answer) past the service's close, a task nobody awaited."""
         if not self._pending:
             return
         _, left = await asyncio.wait(set(self._pending), timeout=max(timeout, 0.0))
@@ -51,3 +56,4 @@ class Releases:
                 "releases of Redis slots still pending at close: their leases free them",
                 extra={"releases": len(left)},
             )
+            await asyncio.gather(*(cancel_and_wait(task) for task in left), return_exceptions=True)

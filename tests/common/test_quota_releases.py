@@ -140,3 +140,45 @@ async def test_a_release_on_its_way_at_shutdown_ends_before_the_client_closes(
             assert await _slots_taken(direct) == 0, "the slot stayed taken past the close"
     finally:
         await direct.aclose()
+
+
+def _releases_running() -> list[asyncio.Task[object]]:
+    """The quota releases still running on this loop (their coroutine ``Quotas._release``)."""
+    return [
+        task
+        for task in asyncio.all_tasks()
+        if not task.done() and getattr(task.get_coro(), "__qualname__", "") == "Quotas._release"
+    ]
+
+
+async def test_a_release_still_pending_when_settle_gives_up_is_ended_not_left_running(
+    redis_server: RedisProcess,
+) -> None:
+    """Redis stops answering at close: ``settle`` gives up after its bound, and the release
+    it gave up on is ended then (cancelled), not left running against the client closed
+    right after, a task nobody awaits past the service's close (before, it was)."""
+    answer = asyncio.Event()  # never set while the test looks: this Redis does not answer
+    releasing = asyncio.Event()
+
+    async def before(args: list[bytes]) -> None:
+        if args[:1] == [b"ZREM"]:
+            releasing.set()
+            await answer.wait()
+
+    async with relaying(redis_server.url, before) as url:
+        quotas, redis = _quotas(url)
+        try:
+            inside = asyncio.Event()
+            call = asyncio.create_task(_inside(quotas, inside))
+            await asyncio.wait_for(inside.wait(), 20)
+            call.cancel()  # the shutdown's cut: the release goes to a Redis that hangs
+            await asyncio.wait_for(releasing.wait(), 20)
+            call.cancel()  # gRPC's cancel at the end of the grace period
+            with pytest.raises(asyncio.CancelledError):
+                await call
+            assert len(_releases_running()) == 1
+            await quotas.settle(0.1)  # a grace period that ends with the release on its way
+            assert _releases_running() == [], "the release was left running past settle"
+        finally:
+            answer.set()
+            await redis.aclose()
