@@ -185,8 +185,8 @@ def _cut_charged(calls: Calls) -> ServiceError | None:
     carrying the requests already made, as any failed answer's error does, so that the
     gateway charges them to the tenant's quota (the cut's status had none: they went
     uncounted); None when the cancellation is not the cut (the client went away). A
-    request on its way at the cut is not counted: whether it reached the provider is not
-    known."""
+    request on its way at the cut is not counted, whether it reached the provider not
+    known, unless it is a stream whose text had begun to come (``Calls.streaming``)."""
     cut = shutdown_cut.claimed()
     return None if cut is None else calls.charged_to(cut)
 
@@ -223,8 +223,9 @@ async def _stream(plan: Plan, calls: Calls) -> AsyncGenerator[Event, None]:
             async for chunk in chunks:
                 if chunk.final is not None:
                     retry = chunk.final
-                    calls.made += retry.attempts
+                    calls.finished(retry.attempts)
                 elif chunk.delta:
+                    calls.streaming = True
                     parts.append(chunk.delta)
                     yield Event(delta=chunk.delta)
     except ServiceError as err:

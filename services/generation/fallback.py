@@ -62,16 +62,26 @@ class Calls:
     a corrective retry."""
 
     made: int = 0
+    # A stream whose text has begun to come and whose final chunk (its attempts) has not:
+    # its request surely reached the provider, so an answer ended meanwhile (the server's
+    # cut) counts it. Before, a stream's request was counted only at its final chunk.
+    streaming: bool = False
 
     def failed(self, err: ServiceError) -> None:
         """Adds the attempts of a pair that raised: the provider adapter puts them in
         the error's metadata (``upstream.to_service_error``; 0 when nothing was sent)."""
+        self.streaming = False  # its attempts, counted here
         self.made += metadata_count(err.metadata, ATTEMPTS) or 0
+
+    def finished(self, attempts: int) -> None:
+        """Adds the attempts of a stream that came to its final chunk."""
+        self.streaming = False
+        self.made += attempts
 
     def charged_to(self, err: ServiceError) -> ServiceError:
         """``err`` carrying the count, for a caller that charges calls even when the
-        answer failed."""
-        err.metadata[UPSTREAM_CALLS] = str(self.made)
+        answer failed: a stream under way counted once (its attempts are not known yet)."""
+        err.metadata[UPSTREAM_CALLS] = str(self.made + self.streaming)
         return err
 
 
@@ -146,7 +156,9 @@ async def stream(
                 async for chunk in chunks:
                     sent = sent or bool(chunk.delta)
                     if chunk.final is not None:
-                        calls.made += chunk.final.attempts
+                        calls.finished(chunk.final.attempts)
+                    elif chunk.delta:
+                        calls.streaming = True
                     yield target, chunk
             return
         except ServiceError as err:

@@ -107,3 +107,30 @@ async def test_a_cut_stream_says_how_many_llm_requests_it_made(
     info = error_info(err)
     assert info.reason == "SHUTTING_DOWN"
     assert info.metadata["upstream_calls"] == "1"
+
+
+async def test_a_stream_cut_while_its_answer_streams_counts_that_request(
+    service: Service, fake: FakeOpenAI
+) -> None:
+    """The stream's answer was invalid, and its corrective retry was streaming (its first
+    delta had come, the next was slow) as the server stopped: that request surely reached
+    the provider, so the cut's ``upstream_calls`` counts it with the first. Before, a
+    stream's request was counted only at its final chunk, and the cut said 1."""
+    fake.enqueue(Behaviour.ok(text="not json"), Behaviour.ok(text="a b c d", chunk_delay=30))
+    call = service.stub.StreamGenerate(
+        pb.StreamGenerateRequest(messages=[user("x")], response_format=_schema())
+    )
+    restarted = False
+
+    def retry_streaming(message: pb.StreamGenerateResponse) -> bool:
+        nonlocal restarted
+        restarted = restarted or message.restart
+        return restarted and bool(message.delta)
+
+    messages, err = await stopped_mid_stream(
+        call, lambda: service.server.stop(GRACE), at=retry_streaming
+    )
+    assert any(m.restart for m in messages) and messages[-1].delta
+    info = error_info(err)
+    assert info.reason == "SHUTTING_DOWN"
+    assert info.metadata["upstream_calls"] == "2"
