@@ -162,9 +162,11 @@ class GenerationClient(ServiceClient):
         return super().map_error(err)
 
     async def _charge_extra(self, calls: int, caller: Caller, waited: _Waited) -> None:
-        """Charges the ``calls`` of the call's outcome beyond the one admitted before it,
-        and those of a try cut by shutdown (once)."""
-        extra = max(calls - 1, 0) + waited.cut_calls
+        """Charges the ``calls`` of the call's outcome and those of a try cut by shutdown
+        (once), beyond the one admitted before the first try. That one is either try's:
+        a second try that made no request (refused unrun) leaves it to the cut try's,
+        which were charged on top of it before."""
+        extra = max(calls + waited.cut_calls - 1, 0)
         waited.cut_calls = 0
         if self.after_generate is not None and extra > 0:
             await self.after_generate(extra, caller.tenant)
@@ -362,6 +364,12 @@ class GenerationClient(ServiceClient):
             waited.note(err)
             await self._charge_extra(upstream_calls(err.metadata), caller, waited)
             raise caller_fields_refused(err, prompt_field, max_tokens_field) from None
+        finally:
+            if waited.cut_calls:
+                # The reader stopped before the last message (the count), or it had none:
+                # the cut try's requests are known all the same, and were left uncharged.
+                # The try that streamed made one at least (the admitted one covers it).
+                await self._charge_extra(1, caller, waited)
 
     async def list_models(self, caller: Caller, timeout: float | None) -> gen_pb.ListModelsResponse:
         return await self.unary("ListModels", gen_pb.ListModelsRequest(), caller, timeout)
