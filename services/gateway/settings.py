@@ -169,7 +169,9 @@ class GatewaySettings(SchemaBoundSettings):
     summary_timeout: float = Field(default=60.0, gt=0, le=MAX_WAIT_SECONDS)
     # At shutdown, queued folds get this long to finish.
     summary_drain_timeout: float = Field(default=10.0, ge=0, le=MAX_WAIT_SECONDS)
-    # Turns one fold call takes at most, and turns a fold reads looking for pending ones.
+    # Turns one fold call takes at most, and pending turns one fold takes at most (the
+    # oldest ones: a summary covers every turn up to the last it folded; the rest wait
+    # for the next fold).
     summary_max_batch_turns: int = Field(default=50, ge=1, le=10_000)
     summary_max_read_turns: int = Field(default=1000, ge=1, le=100_000)
 

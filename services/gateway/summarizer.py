@@ -11,6 +11,10 @@ Several replicas may fold one conversation at once: memory's UpdateConversationS
 a compare-and-set on the interaction the summary covers up to, so the slower writer gets
 ABORTED and drops its fold (the summary it would have replaced already moved on).
 
+A fold takes the oldest pending turns first, at most ``summary_max_read_turns`` of them:
+memory counts every turn up to the last one folded as summarised, so a turn it skipped
+would never be in the summary (``_unsummarised``).
+
 Before each LLM call the fold asks memory whether the summary it will write fits the
 owner's storage (CheckStorage with ``summary``: the accounting UpdateConversationSummary
 applies), so an owner whose memory is full costs no call; the text is cut to memory's
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -243,15 +248,24 @@ class Summarizer:
         return checked if checked is not None else mem_pb.CheckStorageResponse()
 
     async def _unsummarised(self, job: FoldJob, through: str, keep: int) -> list[Turn]:
-        """The turns newer than ``through`` that the next prompt will not carry, oldest
-        first: the newest ``keep`` of them stay if they fit ``job.keep_tokens``; once one
-        does not, it and every older one are pending."""
-        found: list[Turn] = []
+        """The oldest ``summary_max_read_turns`` turns newer than ``through`` that the next
+        prompt will not carry, oldest first: the newest ``keep`` turns stay if they fit
+        ``job.keep_tokens``; once one does not, it and every older one are pending.
+
+        Memory lists newest first, so the walk goes on down to ``through`` (or the
+        conversation's first turn), however many pending turns lie between: the summary
+        must fold the oldest ones first, since UpdateConversationSummary marks every turn
+        up to the last one folded as covered. It used to stop after reading
+        ``summary_max_read_turns`` turns and fold those, the newest pending ones, and the
+        older turns it never read were then counted as summarised. Only the oldest
+        ``summary_max_read_turns`` pending turns are held and folded (the LLM calls of a
+        fold stay bounded); the rest are the next fold's. The reads are bounded by the
+        conversation's stored turns (memory's MAX_INTERACTIONS_PER_CONVERSATION)."""
+        oldest: deque[Turn] = deque(maxlen=self._s.summary_max_read_turns)
         kept = used = 0
         keeping = True
         token = ""
-        read = 0
-        while read < self._s.summary_max_read_turns:
+        while True:
             page = await self._memory.list_interactions(
                 mem_pb.ListInteractionsRequest(
                     conversation_id=job.conversation_id, page_size=_PAGE, page_token=token
@@ -262,9 +276,8 @@ class Summarizer:
             texts = [t for i in page.interactions for t in (i.input, i.response)]
             counts = await job.tokenizer.count(texts) if keeping else []
             for n, i in enumerate(page.interactions):
-                read += 1
                 if through and i.interaction_id <= through:
-                    return found[::-1]
+                    return list(reversed(oldest))
                 if keeping:
                     cost = counts[2 * n] + counts[2 * n + 1] + 2 * _MESSAGE_OVERHEAD
                     if kept < keep and used + cost <= job.keep_tokens:
@@ -272,11 +285,11 @@ class Summarizer:
                         used += cost
                         continue
                     keeping = False
-                found.append(Turn(i.input, i.response, i.interaction_id))
+                # Newest to oldest: a full deque drops its newest, leaving the oldest.
+                oldest.append(Turn(i.input, i.response, i.interaction_id))
             token = page.next_page_token
             if not token or not page.interactions:
-                break
-        return found[::-1]
+                return list(reversed(oldest))
 
     async def _batch(self, job: FoldJob, summary: str, pending: list[Turn]) -> list[Turn]:
         """The oldest pending turns whose fold prompt fits the model's window (at least

@@ -485,14 +485,16 @@ async def test_budget_summary_eviction_and_expiry_on_a_cluster(
     assert [c.conversation_id for c in listed_conversations.conversations] == [cid]
 
 
-async def _fold_directly(stack: Stack, cid: str, keep_turns: int) -> None:
+async def _fold_directly(stack: Stack, cid: str, keep_turns: int, **overrides: Any) -> None:
     """One fold of ``cid`` keeping its ``keep_turns`` newest turns, by a gateway replica of
-    its own (the job a turn would queue, run in the foreground)."""
+    its own (the job a turn would queue, run in the foreground), with ``overrides`` of its
+    settings."""
     settings = GatewaySettings(
         memory_addr=f"127.0.0.1:{stack.servers['memory'].port}",
         generation_addr=f"127.0.0.1:{stack.servers['generation'].port}",
         internal_token=TOKEN,
         metrics_port=None,
+        **overrides,
     )
     backends = Backends.build(settings)
     alice = Identity("alice", "alice", Role.ADMIN)
@@ -622,3 +624,28 @@ async def test_a_turn_deleted_while_its_fold_runs_never_reaches_the_summary(
     summary = (await _get(stack, cid)).summary
     assert summary.through_interaction_id == ids[3]
     assert set(_labels(summary.text)) == {0, 2, 3}
+
+
+async def test_a_fold_with_more_pending_turns_than_it_reads_folds_the_oldest_first(
+    stack_factory: StackFactory,
+) -> None:
+    """More turns wait to be folded than SUMMARY_MAX_READ_TURNS (here 4; 10 pending, 2
+    kept): each fold folds the oldest 4 still pending, so every turn the summary claims to
+    cover (up to summary.through_interaction_id) is in it, and the next folds catch up.
+    Before, the fold read the newest turns only, folded q8 and q9, and set the summary's
+    through to q9: q0..q7 were counted as summarised without ever reaching the model."""
+    stack = await _stack(stack_factory)
+    cid = await _conversation(stack)
+    ids = await _fill(stack, cid, 12)
+    for through in (3, 7, 9):
+        await _fold_directly(stack, cid, 2, summary_max_read_turns=4)
+        summary = (await _get(stack, cid)).summary
+        assert summary.through_interaction_id == ids[through]
+        assert set(_labels(summary.text)) == set(range(through + 1))
+        assert summary.summarised_turns == through + 1
+    folds = [r.json for r in stack.fake.chat_requests if is_fold(r.json)]
+    assert len(folds) == 3  # at most 4 turns a fold: one model call each here
+    # The last fold found nothing older than the turns the prompt keeps: q10, q11 stay out.
+    await _fold_directly(stack, cid, 2, summary_max_read_turns=4)
+    assert len([r for r in stack.fake.chat_requests if is_fold(r.json)]) == 3
+    assert (await _get(stack, cid)).summary.through_interaction_id == ids[9]
