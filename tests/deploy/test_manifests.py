@@ -346,13 +346,24 @@ SHUTDOWN_DRAINS = {
 }
 
 
+# Services that, before closing their Redis client, await the slot releases still on
+# their way (services/common/releases.py's settle) for up to one more grace period: the
+# gateway's quota slots (services/gateway/__main__.py), generation's provider slots
+# (ProviderRegistry.close). Only with a Redis URL set: without one there is no settle.
+RELEASE_SETTLES = ("gateway", "generation")
+
+
 def _drains(docs: tuple[Doc, ...], service: str) -> float:
-    """Seconds ``service``'s shutdown drains may take: the rendered config's values, or
-    the settings' defaults."""
+    """Seconds ``service``'s shutdown hooks may take after its grace period: the
+    rendered config's values, or the settings' defaults."""
+    env = config(docs)
+    prefix = f"GENSEARCH_{service.upper()}_"
     total = 0.0
     for name in SHUTDOWN_DRAINS.get(service, ()):
-        value = config(docs).get(f"GENSEARCH_{service.upper()}_{name.upper()}")
+        value = env.get(prefix + name.upper())
         total += float(value if value is not None else GatewaySettings.model_fields[name].default)
+    if service in RELEASE_SETTLES and env.get(prefix + "REDIS_URL"):
+        total += float(env[prefix + "GRACE_PERIOD"])
     return total
 
 
@@ -360,8 +371,10 @@ def _drains(docs: tuple[Doc, ...], service: str) -> float:
 def test_termination_grace_covers_drain(path: str) -> None:
     """Kubernetes kills a pod terminationGracePeriodSeconds after it began terminating:
     the preStop sleep, then the grace period (calls still running at its end get
-    SHUTTING_DOWN), then the shutdown drains must all fit in it, or the pod is killed
-    mid-drain (the gateway's Ask clean-ups and summary folds cut, keys left held)."""
+    SHUTTING_DOWN), then the shutdown drains, then the wait for pending Redis slot
+    releases (one more grace period) must all fit in it, or the pod is killed mid-drain
+    (the gateway's Ask clean-ups and summary folds cut, keys left held, quota and provider
+    slots taken until their leases end)."""
     docs = render(path)
     for service in SERVICES:
         grace = float(config(docs)[f"GENSEARCH_{service.upper()}_GRACE_PERIOD"])
