@@ -716,6 +716,20 @@ KUBE_DNS = Endpoint(
     {"k8s-app": "kube-dns"},
 )
 INTERNET = Endpoint("internet", None)
+# An OpenTelemetry collector (OTLP/gRPC) in a namespace labelled for tracing.
+OTLP_PORT = 4317
+COLLECTOR = Endpoint(
+    "observability/otel-collector",
+    "observability",
+    {"kubernetes.io/metadata.name": "observability", "gensearch.io/tracing": "true"},
+    {"app.kubernetes.io/name": "otel-collector"},
+)
+UNLABELLED_COLLECTOR = Endpoint(
+    "default/otel-collector",
+    "default",
+    {"kubernetes.io/metadata.name": "default"},
+    {"app.kubernetes.io/name": "otel-collector"},
+)
 
 
 def _endpoints(docs: tuple[Doc, ...]) -> dict[str, Endpoint]:
@@ -787,6 +801,22 @@ def test_network_policies(overlay: str) -> None:
     assert not can_connect(policies, pods["generation"], tei, 8080)  # docs/generation.md
     if overlay == "dev":
         assert reachable_from("local-llm", 8088) == {"generation"}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_services_can_export_traces_to_a_labelled_collector(overlay: str) -> None:
+    """OTEL_EXPORTER_OTLP_ENDPOINT (docs/operations.md#tracing) is all an operator sets to
+    export spans: default-deny must not drop them. Every service reaches OTLP/gRPC in a
+    namespace labelled gensearch.io/tracing=true, nothing else in the stack does, and no
+    service reaches that port anywhere else."""
+    docs = render(f"overlays/{overlay}")
+    policies = of_kind(docs, "NetworkPolicy")
+    pods = _endpoints(docs)
+    exporting = {p.name for p in pods.values() if can_connect(policies, p, COLLECTOR, OTLP_PORT)}
+    assert exporting == set(SERVICES)
+    for pod in pods.values():
+        assert not can_connect(policies, pod, UNLABELLED_COLLECTOR, OTLP_PORT), pod.name
+        assert not can_connect(policies, pod, COLLECTOR, OTLP_PORT + 1), pod.name
 
 
 def test_network_policy_evaluator_is_not_vacuous() -> None:
