@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path, PurePosixPath
+from typing import Any, get_args
 from urllib.parse import urlsplit
 
 import kubernetes_validate
@@ -537,6 +538,64 @@ def test_base_secrets_are_obvious_placeholders(path: str) -> None:
         "GENSEARCH_API_KEYS",
         "GENSEARCH_INTERNAL_TOKEN",
     }
+
+
+def _secret_settings() -> dict[str, str]:
+    """Variable -> service, for every SecretStr setting of the four services (a token, a
+    key, a URL that may carry a password)."""
+    from pydantic import SecretStr
+
+    names: dict[str, str] = {}
+    for service in SERVICES:
+        cls = settings_class(service)
+        for variable, field in cls.env_names().items():
+            if SecretStr in (cls.model_fields[field].annotation, *_args(cls, field)):
+                names[variable] = service
+    return names
+
+
+def _args(cls: type[Any], field: str) -> tuple[Any, ...]:
+    """The members of a field's type (``SecretStr | None`` -> SecretStr, None)."""
+    return get_args(cls.model_fields[field].annotation)
+
+
+def _literal_secrets(docs: tuple[Doc, ...]) -> list[str]:
+    """Secret settings whose value is written in a manifest (the ConfigMap or a container's
+    env value) rather than taken from a Secret. A URL without a password is no secret (the
+    Redis URLs in config.env); with one, it belongs in a Secret too."""
+    secret = _secret_settings()
+    found = []
+    literal = dict(config(docs))
+    for workload in workloads(docs):
+        for c in containers(workload):
+            for entry in c.get("env", []):
+                if "value" in entry:
+                    literal[entry["name"]] = entry["value"]
+    for name, value in literal.items():
+        if (
+            name in secret
+            and value
+            and not (urlsplit(value).scheme and urlsplit(value).password is None)
+        ):
+            found.append(name)
+    return found
+
+
+@pytest.mark.parametrize("path", ALL)
+def test_no_secret_setting_is_written_in_a_manifest(path: str) -> None:
+    docs = render(path)
+    assert _secret_settings().keys() >= {
+        "GENSEARCH_INTERNAL_TOKEN",
+        "GENSEARCH_MEMORY_REDIS_URL",
+        "GENSEARCH_MEMORY_PAGE_TOKEN_SECRET",
+    }
+    assert _literal_secrets(docs) == []
+    # The check would see one: a password in a ConfigMap URL, a token as an env value.
+    doctored = [dict(d) for d in docs]
+    for doc in doctored:
+        if doc["kind"] == "ConfigMap" and doc["metadata"]["name"].startswith("gensearch-config"):
+            doc["data"] = {**doc["data"], "GENSEARCH_MEMORY_REDIS_URL": "redis://:pw@redis:6379"}
+    assert _literal_secrets(tuple(doctored)) == ["GENSEARCH_MEMORY_REDIS_URL"]
 
 
 KEYS_SECRET = "gensearch-api-keys"
