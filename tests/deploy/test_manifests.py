@@ -236,6 +236,39 @@ def test_each_service_reads_its_namespace(
     assert mine and all(loaded.reads(k) for k in mine), mine
 
 
+# Methods the gateway forwards, by the service that serves them (request_limits keys).
+FORWARDED_TO = {
+    "ImportObjects": "retrieval",
+    "UpsertObjects": "retrieval",
+    "CreateInteraction": "memory",
+}
+
+
+@pytest.mark.parametrize("path", ALL)
+def test_the_services_settings_agree_with_each_other(
+    path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Settings each service reads alone but that must agree across services (the
+    settings' own comments: "keep it at most memory's" ...), loaded from what each overlay
+    gives the pods: else a call the gateway accepts is refused behind it."""
+    from services.common.settings import FORWARDING_HEADROOM_BYTES
+
+    _set_environment(monkeypatch, _env(render(path)))
+    gateway, memory, retrieval, generation = (settings_class(s)() for s in SERVICES)
+    assert gateway.memory_max_claim_seconds <= memory.max_claim_seconds
+    assert gateway.ask_answer_bytes <= memory.max_text_bytes
+    assert gateway.ask_search_text_chars <= retrieval.max_query_text_chars
+    assert gateway.ask_search_text_chars <= retrieval.max_rerank_query_chars
+    behind = {"memory": memory, "retrieval": retrieval, "generation": generation}
+    for name, downstream in behind.items():
+        # The gateway adds headers when it forwards a call.
+        assert (
+            downstream.max_metadata_bytes >= gateway.max_metadata_bytes + FORWARDING_HEADROOM_BYTES
+        ), name
+    for method, service in FORWARDED_TO.items():
+        assert gateway.request_limit(method) <= behind[service].request_limit(method), method
+
+
 def _set_environment(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
     for key in [k for k in os.environ if k.startswith("GENSEARCH_")]:
         monkeypatch.delenv(key)
