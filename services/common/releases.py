@@ -6,7 +6,8 @@ cancel at the end of the grace period) would lose the release with it: the slot 
 taken, for every replica, until its lease ended. So the release runs as a task of its
 own, shielded from the call's cancellation. And that task must end before the service
 closes its Redis client: closed under it (or the process gone), the release was lost the
-same way. ``settle`` waits for the pending ones, bounded by the shutdown's grace period.
+same way. ``settle`` waits for the pending ones, as long as ``settle_wait`` says: each is
+one Redis command, which the client's own timeouts bound.
 """
 
 from __future__ import annotations
@@ -19,6 +20,15 @@ from typing import Any
 from services.common.tasks import cancel_and_wait
 
 log = logging.getLogger("gensearch.releases")
+
+
+def settle_wait(socket_timeout: float, connect_timeout: float) -> float:
+    """How long a close waits for the pending releases: each is one Redis command, which
+    the client's timeouts bound (a connection, then its answer), twice for one sent again
+    after a redirect or a reconnect. They run at once, so this bounds them all. Not the
+    grace period: that came before, and a second one made the pod's budget
+    (terminationGracePeriodSeconds) grow by as much, for a wait of a second at most."""
+    return 2 * (connect_timeout + socket_timeout)
 
 
 class Releases:
@@ -43,8 +53,8 @@ class Releases:
         await asyncio.shield(self.start(release))
 
     async def settle(self, timeout: float) -> None:
-        """Waits for the pending releases, at most ``timeout`` seconds (the grace period:
-        past it the process is going away all the same, and the leases free the slots).
+        """Waits for the pending releases, at most ``timeout`` seconds (``settle_wait``:
+        past it Redis is not answering, and the leases free the slots).
         Those still pending then are cancelled, and ended before this returns: left
         running, each went on against the Redis client closed right after (or hung on a
         Redis that does not answer) past the service's close, a task nobody awaited."""

@@ -15,6 +15,7 @@ from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as ret_grpc
 from services.common.logs import configure_logging
 from services.common.quotas import Quotas
 from services.common.redis_client import RedisClient, connect_configured
+from services.common.releases import settle_wait
 from services.common.server import GrpcServer, run_until_signal
 from services.common.settings import load_settings, warn_unknown_variables
 from services.common.tracing import client_interceptors
@@ -67,8 +68,9 @@ async def build(settings: GatewaySettings, *, port: int | None = None) -> Gatewa
         server.on_stop(redis.aclose)
     if quotas is not None:
         # Run just before the client closes (callbacks run last-registered first): the
-        # slots' releases still on their way end first, bounded by the grace period.
-        server.on_stop(functools.partial(quotas.settle, settings.grace_period))
+        # slots' releases still on their way end first, bounded by the client's timeouts.
+        wait = settle_wait(settings.redis_socket_timeout, settings.redis_connect_timeout)
+        server.on_stop(functools.partial(quotas.settle, wait))
         clients.generation.before_generate = quotas.charge_llm
         clients.generation.after_generate = quotas.charge_llm_made
     token = settings.internal_token.get_secret_value()

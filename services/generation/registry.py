@@ -15,7 +15,7 @@ from services.common.egress import (
 from services.common.errors import InvalidArgument, quote
 from services.common.openai_api import OpenAIClients
 from services.common.redis_client import RedisClient
-from services.common.releases import Releases
+from services.common.releases import Releases, settle_wait
 from services.common.upstream_retry import RetryPolicy
 from services.common.values import check_chars
 from services.generation.providers import DEFAULT_MAX_ANSWER_CHARS, Provider, make_provider
@@ -68,7 +68,7 @@ class ProviderRegistry:
         close_wait: float = 0.0,
     ) -> None:
         """``releases``: the providers' shared limits' releases (``shared_limits``),
-        awaited at ``close`` for at most ``close_wait`` seconds (the grace period) before
+        awaited at ``close`` for at most ``close_wait`` seconds (releases.settle_wait) before
         the Redis client closes."""
         if default not in providers:
             raise ValueError(f"default provider {default!r} is not configured")
@@ -133,7 +133,7 @@ class ProviderRegistry:
             max_response_bytes=settings.max_response_bytes,
             max_url_chars=settings.max_url_chars,
             releases=releases,
-            close_wait=settings.grace_period,
+            close_wait=settle_wait(settings.redis_socket_timeout, settings.redis_connect_timeout),
         )
 
     def get(self, name: str, field: str = "provider") -> Provider:

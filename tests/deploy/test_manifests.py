@@ -12,7 +12,9 @@ from urllib.parse import urlsplit
 import kubernetes_validate
 import pytest
 
+from services.common.releases import settle_wait
 from services.gateway.settings import GatewaySettings
+from services.generation.settings import GenerationSettings
 from tests.deploy.manifests import (
     K8S_VERSION,
     OVERLAYS,
@@ -381,10 +383,10 @@ SHUTDOWN_DRAINS = {
 
 
 # Services that, before closing their Redis client, await the slot releases still on
-# their way (services/common/releases.py's settle) for up to one more grace period: the
-# gateway's quota slots (services/gateway/__main__.py), generation's provider slots
+# their way (services/common/releases.py's settle) for up to settle_wait of their Redis
+# timeouts: the gateway's quota slots (services/gateway/__main__.py), generation's provider slots
 # (ProviderRegistry.close). Only with a Redis URL set: without one there is no settle.
-RELEASE_SETTLES = ("gateway", "generation")
+RELEASE_SETTLES = {"gateway": GatewaySettings, "generation": GenerationSettings}
 
 
 def _drains(docs: tuple[Doc, ...], service: str) -> float:
@@ -396,8 +398,14 @@ def _drains(docs: tuple[Doc, ...], service: str) -> float:
     for name in SHUTDOWN_DRAINS.get(service, ()):
         value = env.get(prefix + name.upper())
         total += float(value if value is not None else GatewaySettings.model_fields[name].default)
-    if service in RELEASE_SETTLES and env.get(prefix + "REDIS_URL"):
-        total += float(env[prefix + "GRACE_PERIOD"])
+    settings = RELEASE_SETTLES.get(service)
+    if settings is not None and env.get(prefix + "REDIS_URL"):
+
+        def timeout(name: str) -> float:
+            value = env.get(prefix + name.upper())
+            return float(value if value is not None else settings.model_fields[name].default)
+
+        total += settle_wait(timeout("redis_socket_timeout"), timeout("redis_connect_timeout"))
     return total
 
 
@@ -406,7 +414,7 @@ def test_termination_grace_covers_drain(path: str) -> None:
     """Kubernetes kills a pod terminationGracePeriodSeconds after it began terminating:
     the preStop sleep, then the grace period (calls still running at its end get
     SHUTTING_DOWN), then the shutdown drains, then the wait for pending Redis slot
-    releases (one more grace period) must all fit in it, or the pod is killed mid-drain
+    releases (settle_wait of the Redis timeouts) must all fit in it, or the pod is killed mid-drain
     (the gateway's Ask clean-ups and summary folds cut, keys left held, quota and provider
     slots taken until their leases end)."""
     docs = render(path)
