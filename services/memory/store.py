@@ -36,7 +36,7 @@ import os
 import random
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -914,6 +914,7 @@ class MemoryStore:
         options: RunOptions = _AS_GIVEN,
         asked: list[str] | None = None,
         maybe_missing: str = "",
+        hinted_turns: Sequence[str] = (),
     ) -> Any:
         """The answer of ``script`` (on ``names``, ``args``), after what a run of it
         stopped for, nothing written (``asked``, given empty, gets the keys its runs asked
@@ -933,8 +934,10 @@ class MemoryStore:
 
         ``hint`` (a turn's key) names the call's turn: the keys a run of it asked for are
         kept (its conversation's hash: a turn never changes conversation) and declared up
-        front by the next call naming it, which so takes one round trip. ``options``: where
-        the script's ARGV holds what the runs rewrite (``RunOptions``).
+        front by the next call naming it, which so takes one round trip. ``hinted_turns``
+        (without ``hint``): the turns' keys of a many-turn read, whose kept keys are
+        declared up front the same way (``_known``), and dropped the same way (below).
+        ``options``: where the script's ARGV holds what the runs rewrite (``RunOptions``).
 
         ``maybe_missing``: a key of ``names`` that may not exist (the list of turns of a
         conversation this replica has not seen without turns, ``_turn_list``: one without
@@ -949,7 +952,10 @@ class MemoryStore:
         # move, a run declaring the missing turn's key beside its conversation's (TRYAGAIN),
         # so a hinted run a move refuses is made again at once without the hint: a run
         # that needs the conversation asks for it (declare_first) and waits as any other.
-        hinted = list(self._hints.get(hint, [])) if hint else []
+        # A many-turn read names its turns (``hinted_turns``): the same for each (a
+        # batch read of a turn deleted elsewhere was refused for the whole move).
+        hinted_turns = [hint] if hint else list(hinted_turns)
+        hinted = self._known(hinted_turns)
         base = len(names)
         names = list(names) + hinted
         args = list(args)
@@ -980,7 +986,8 @@ class MemoryStore:
             except _SlotMoving:
                 if hinted:
                     del names[base : base + len(hinted)]
-                    self._hints.pop(hint, None)
+                    for turn in hinted_turns:
+                        self._hints.pop(turn, None)
                     hinted = []
                 if maybe_missing:
                     names.remove(maybe_missing)
@@ -2237,8 +2244,8 @@ class MemoryStore:
             return []
         tag = self.tag(owner)
         turns = [keys.interaction(tag, iid) for iid in iids]
-        names = turns + self._known(turns)
-        return list(await self._run(tag, script, names, [self.caller(owner), tag, len(iids)]))
+        args: list[EncodableT] = [self.caller(owner), tag, len(iids)]
+        return list(await self._run(tag, script, turns, args, hinted_turns=turns))
 
     # -- the search index's outbox -------------------------------------------------------
     # P:{search-outbox}:jobs     ZSET  index work waiting (failed, or beyond the running

@@ -1365,3 +1365,46 @@ async def test_a_turn_another_replica_deleted_is_not_found_mid_move(
     await _move_slot(own_cluster, batch=2, between=delete_then_read, first=first)
     await delete_then_read()
     assert steps["not found"] >= 3  # read mid-move, the other conversation not moved yet
+
+
+async def test_a_batch_read_of_a_turn_another_replica_deleted_is_answered_mid_move(
+    own_cluster: LocalCluster, make_store: Callable[..., MemoryStore]
+) -> None:
+    """As the one-turn read above, for the many-turn reads (GetInteractions' store call,
+    the search sweep's interactions_exist): the reader's kept hint of a turn another
+    replica deleted (its conversation's hash) is declared beside the turn's missing key.
+    Mid-move the read of that turn answers it missing, as without the hint. Before, Redis
+    refused the run (TRYAGAIN) for the whole move and the read answered UNAVAILABLE: only
+    the one-turn reads (``hint``) dropped a stale hint when a move refused them."""
+    reader, deleter = make_store(), make_store()
+    cid = (await reader.create_conversation(OWNER, "d")).conversation_id
+    doomed, kept = [
+        (await reader.create_interaction(OWNER, cid, pb.Interaction(input=f"d{n}"), "", b""))
+        for n in range(2)
+    ]
+    other = (await reader.create_conversation(OWNER, "o")).conversation_id
+    for n in range(4):
+        await reader.create_interaction(OWNER, other, pb.Interaction(input=f"o{n}"), f"o{n}", b"")
+    # The reader's hint of the doomed turn (its conversation's hash), kept by a batch read.
+    assert (await reader.get_interactions(OWNER, [doomed.interaction_id]))[0] is not None
+    tag = reader.tag(OWNER)
+    steps = {"deleted": 0, "answered": 0}
+
+    async def delete_then_read() -> None:
+        if not steps["deleted"]:
+            assert await deleter.delete_interaction(OWNER, doomed.interaction_id) == cid
+            steps["deleted"] = 1
+        assert await reader.get_interactions(OWNER, [doomed.interaction_id]) == [None]
+        assert await reader.interactions_exist(OWNER, [doomed.interaction_id]) == [False]
+        steps["answered"] += 1
+
+    first = [
+        keys.conversation(tag, cid),
+        keys.conversation_interactions(tag, cid),
+        keys.interaction(tag, doomed.interaction_id),
+        keys.interaction(tag, kept.interaction_id),
+        keys.usage(tag),
+    ]
+    await _move_slot(own_cluster, batch=2, between=delete_then_read, first=first)
+    await delete_then_read()
+    assert steps["answered"] >= 3  # read mid-move, the other conversation not moved yet
