@@ -18,7 +18,7 @@ the hit's chunk with ``neighbors`` chunks on each side, or its whole document. H
 The prompt numbers passages, not hits: ``[n]`` names the n-th passage, the citation's ``id``
 is its best-ranked hit and ``hit_ids`` every hit it holds. A hit without the chunking
 properties, or placed past ``MAX_POSITION``, is its own passage (a whole collection without
-chunking: FAILED_PRECONDITION).
+chunking: FAILED_PRECONDITION); such a chunk is never another hit's neighbour.
 """
 
 from __future__ import annotations
@@ -191,9 +191,8 @@ async def expand(
     for rank, hit in enumerate(hits):
         props = hit.properties.fields
         document = _plain(props[doc_prop]) if doc_prop in props else None
-        position = props[order_prop].number_value if order_prop in props else None
-        # ``not <=``: NaN and infinities are no position either.
-        if is_empty(document) or position is None or not abs(position) <= MAX_POSITION:
+        position = _placed(hit, order_prop)
+        if is_empty(document) or position is None:
             alone.append((rank, hit))
         else:
             located.append((rank, hit, document, position))
@@ -221,8 +220,15 @@ async def expand(
     for (rank, hit, document, position), index in zip(located, hit_ranges, strict=True):
         chunk_list = fetched[index]
         _, chunks, windows = docs.setdefault(_key(document), (document, {}, []))
-        for chunk in [*chunk_list.chunks, hit]:
-            chunks.setdefault(chunk.id, chunk)
+        for chunk in chunk_list.chunks:
+            # A whole document's range has no bounds, so it also brings the document's
+            # chunks stored without a position (the order property is not required): they
+            # have no place among its chunks (their order and passage bounds were infinite,
+            # and an Ask or GenerativeSearch failed INTERNAL), so they stay out, as from any
+            # window of neighbours.
+            if _placed(chunk, order_prop) is not None:
+                chunks.setdefault(chunk.id, chunk)
+        chunks.setdefault(hit.id, hit)
         low, high = (
             (-math.inf, math.inf) if expansion.whole_document else (position - k, position + k)
         )
@@ -377,6 +383,15 @@ def _bounds(position: float, k: int, whole: bool) -> tuple[int | None, int | Non
 
 def _key(document: Any) -> str:
     return to_text(document)
+
+
+def _placed(chunk: ret_pb.Hit, order_prop: str) -> float | None:
+    """``chunk``'s position when it has one GetChunks can take: a number within
+    ±``MAX_POSITION`` (``not <=``: NaN and infinities are no position either)."""
+    value = chunk.properties.fields.get(order_prop)
+    if value is None or value.WhichOneof("kind") != "number_value":
+        return None
+    return value.number_value if abs(value.number_value) <= MAX_POSITION else None
 
 
 def _position(chunk: ret_pb.Hit, order_prop: str) -> float:

@@ -484,6 +484,41 @@ async def test_whole_document_and_streaming(stack: Stack) -> None:
     assert list(by_doc["a"].chunk_ids) == [ids[f"a{i}"] for i in range(6)]
 
 
+async def test_a_chunk_stored_without_a_position_stays_out_of_its_whole_document(
+    stack: Stack,
+) -> None:
+    """The order property is not required when a chunk is stored, and a whole document's
+    GetChunks range has no bounds, so it brings such a chunk too: it has no place in the
+    document's order. Before, its infinite position ended the passage (``last``) and the
+    Ask or GenerativeSearch failed INTERNAL."""
+    ids = await create_docs(stack)
+    unplaced = struct_pb2.Struct()
+    unplaced.update({"doc_id": "a", "text": "Alpha note without a place."})
+    stored = await stack.retrieval.UpsertObjects(
+        ret_pb.UpsertObjectsRequest(
+            collection="Docs", objects=[ret_pb.DataObject(properties=unplaced, vector=vector(3))]
+        ),
+        metadata=ALICE,
+    )
+    assert not stored.errors
+    whole = gw_pb.ContextExpansion(whole_document=True)
+    search = gw_pb.GenerativeSearchRequest(
+        collection="Docs",
+        keyword=ret_pb.Keyword(text="zebra"),
+        limit=3,
+        expand_context=whole,
+        generate=gw_pb.Generate(grouped_task="Summarise"),
+    )
+    answered = await stack.stub.Ask(zebra_ask(whole_document=True), metadata=ALICE)
+    searched = await stack.stub.GenerativeSearch(search, metadata=ALICE)
+    for passages in (answered.passages, searched.passages):
+        by_doc = {p.document.string_value: p for p in passages}
+        assert list(by_doc["a"].chunk_ids) == [ids[f"a{i}"] for i in range(6)]
+        assert (by_doc["a"].first, by_doc["a"].last) == (0, 5)
+    for request in stack.fake.chat_requests:
+        assert "without a place" not in request.json["messages"][-1]["content"]
+
+
 async def test_generative_search_groups_over_passages(stack: Stack) -> None:
     ids = await create_docs(stack)
     fields: dict[str, Any] = {
