@@ -17,6 +17,7 @@ without compatibility characters keeps exactly the tokens it had before normaliz
 
 from __future__ import annotations
 
+import re
 import threading
 
 import qdrant_edge
@@ -25,6 +26,20 @@ from services.retrieval.normalize import nfkc
 from services.retrieval.store import SparseVector
 
 _local = threading.local()
+
+# The characters of one word that are scored; the rest of a longer run of word characters
+# is dropped, in documents and queries alike (so a word past it still finds itself). The
+# engine's stemmer takes time quadratic in a word's length: one 200 000-letter word cost
+# 1.4 s of CPU, a 4 MB request of one word about ten minutes, for any writer within the
+# bytes-written quota. No language has words this long. Not a setting: a document's stored
+# vector was made with it, and queries must cut words the same way to match it.
+MAX_WORD_CHARS = 128
+_LONG_WORD = re.compile(rf"(\w{{{MAX_WORD_CHARS}}})\w+")
+
+
+def _words_cut(text: str) -> str:
+    """``text`` (NFKC) with every run of word characters cut to ``MAX_WORD_CHARS``."""
+    return _LONG_WORD.sub(r"\1", text)
 
 
 def _model() -> qdrant_edge.Bm25:
@@ -37,7 +52,7 @@ def _model() -> qdrant_edge.Bm25:
 
 def document_vector(text: str) -> SparseVector | None:
     """The stored vector of a document's text; None when it has no indexable word."""
-    vec = _model().embed_document(nfkc(text))
+    vec = _model().embed_document(_words_cut(nfkc(text)))
     if not vec.indices:
         return None
     return SparseVector(indices=list(vec.indices), values=list(vec.values))
@@ -45,7 +60,7 @@ def document_vector(text: str) -> SparseVector | None:
 
 def query_vector(text: str) -> SparseVector | None:
     """The query vector of a keyword search; None when only stop words remain."""
-    vec = _model().embed_query(nfkc(text))
+    vec = _model().embed_query(_words_cut(nfkc(text)))
     if not vec.indices:
         return None
     return SparseVector(indices=list(vec.indices), values=list(vec.values))
