@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
+from services.common import logs
 from services.devlaunch.redis_server import RedisProcess
 from tests.support.redis_cluster import LocalCluster
 from tests.support.spans import spans_fixture  # noqa: F401  (the `spans` fixture)
@@ -15,6 +16,16 @@ from tests.support.spans import spans_fixture  # noqa: F401  (the `spans` fixtur
 # Model weights come from packages on disk, never from a hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True)
+def _no_caller_keys_from_another_test() -> Iterator[None]:
+    """Each test starts with no caller's key hidden in its context: a synchronous test that
+    hides one (logs.hide_in_this_call) sets it in the main thread's context, which every
+    later test (and the tasks of an async one) would otherwise inherit."""
+    token = logs._call_secrets.set(None)
+    yield
+    logs._call_secrets.reset(token)
 
 
 @pytest.fixture
