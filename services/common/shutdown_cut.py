@@ -15,12 +15,15 @@ a stream but not its writes: cancelled while gRPC sends, a stream could not end 
 status), as ``call_deadline.Cutoff`` is. Work that wants to say what it did before the cut
 (an import stream: what it imported) catches the ``CancelledError`` and calls ``claimed``:
 the cut's error to add to and raise, or None when the cancellation was not the cut (the
-client went away).
+client went away). A stream's work may be out of its step as the cut lands (its message
+being written), and the next step is refused before the work runs: work that says what it
+did registers it up front (``noting``), and every cut error of the call carries it.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from contextvars import ContextVar
 from types import TracebackType
 
@@ -81,6 +84,15 @@ class Draining:
 _call_cut: ContextVar[CallCut | None] = ContextVar("gensearch_call_cut", default=None)
 
 
+def noting(note: Callable[[Unavailable], object]) -> None:
+    """In a call's work: ``note`` adds what the work did to each cut error of the call,
+    also one raised as a stream's next step starts, with the work not running to catch
+    it (the cut landed as a message was written). No call of the chassis: nothing."""
+    cut = _call_cut.get()
+    if cut is not None:
+        cut.note = note
+
+
 def claimed() -> Unavailable | None:
     """In an ``except asyncio.CancelledError`` of a call's work: the SHUTTING_DOWN error to
     raise in its place (the task no longer cancelled) when the cancellation is the
@@ -92,7 +104,7 @@ def claimed() -> Unavailable | None:
 class CallCut:
     """``async with`` around a call's work, entered again for each step of a stream."""
 
-    __slots__ = ("_draining", "_ended", "_task", "sent", "streaming")
+    __slots__ = ("_draining", "_ended", "_task", "note", "sent", "streaming")
 
     def __init__(self, draining: Draining, streaming: bool) -> None:
         self._draining = draining
@@ -101,6 +113,7 @@ class CallCut:
         self._ended = False
         self.streaming = streaming
         self.sent = 0  # messages of a stream written before the cut
+        self.note: Callable[[Unavailable], object] | None = None  # see ``noting``
 
     def error(self) -> Unavailable:
         grace = seconds_text(self._draining.grace)
@@ -110,7 +123,7 @@ class CallCut:
             metadata["sent_count"] = str(self.sent)
             done = f" after {self.sent} messages of its stream were sent"
         server = f"the {self._draining.service} service" if self._draining.service else "the server"
-        return Unavailable(
+        err = Unavailable(
             f"{server} is shutting down and ended the call{done}, its grace period "
             f"({grace} s, {self._draining.setting}) about to end; the call may be retried "
             "(another replica serves it; a write may have taken effect before the cut: "
@@ -118,6 +131,9 @@ class CallCut:
             reason=REASON,
             metadata=metadata,
         )
+        if self.note is not None:
+            self.note(err)
+        return err
 
     def end(self) -> None:
         if self._task is not None and not self._ended:

@@ -163,6 +163,9 @@ async def _generate(plan: Plan, calls: Calls) -> Answer:
 
 async def stream(plan: Plan) -> AsyncGenerator[Event, None]:
     calls = Calls()
+    # A cut landing as a message is written refuses the next step before this runs: the
+    # count goes on that error too (the gateway charged only the admitted request).
+    shutdown_cut.noting(calls.charged_to)
     try:
         async with contextlib.aclosing(_stream(plan, calls)) as events:
             async for event in events:

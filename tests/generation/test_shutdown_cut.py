@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 
 import grpc
+import pytest
 from gensearch.generation.v1 import generation_service_pb2 as pb
 from google.protobuf import struct_pb2
 
@@ -134,3 +135,32 @@ async def test_a_stream_cut_while_its_answer_streams_counts_that_request(
     info = error_info(err)
     assert info.reason == "SHUTTING_DOWN"
     assert info.metadata["upstream_calls"] == "2"
+
+
+async def test_a_stream_cut_while_a_message_is_written_counts_its_llm_requests(
+    service: Service, fake: FakeOpenAI
+) -> None:
+    """The cut lands while the stream's message is being written (the client reads
+    nothing, so the large first delta waits on flow control): the call is in no step, and
+    the next step is refused SHUTTING_DOWN at its start. That status carries the LLM
+    request under way (its text had begun to come) as a cut inside a step does. Before,
+    it had no ``upstream_calls``, and the gateway charged only the request it admitted."""
+    big = "x" * 3_000_000
+    fake.enqueue(Behaviour.ok(text=f"{big} b", chunk_delay=3600))
+    call = service.stub.StreamGenerate(pb.StreamGenerateRequest(messages=[user("x")]))
+    await fake.wait_for_requests(1)
+    draining = service.server.draining
+    for _ in range(3000):  # the step ends as the delta goes out, into the held write
+        if not draining.running:
+            break
+        await asyncio.sleep(0.01)
+    assert draining.end_calls() == 0  # the cut, between steps: no step to cancel
+    messages = []
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        async for message in call:
+            messages.append(message)
+    assert len(messages) == 1 and messages[0].delta.startswith("x")
+    info = error_info(raised.value)
+    assert info.reason == "SHUTTING_DOWN"
+    assert info.metadata["sent_count"] == "1"
+    assert info.metadata["upstream_calls"] == "1"
