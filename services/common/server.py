@@ -56,6 +56,7 @@ from services.common.request_parse import Undecodable, Unreceived, message_type,
 from services.common.settings import CommonSettings
 from services.common.shutdown_cut import CallCut, Draining, margin
 from services.common.stream_idle import STALLED, IdleLimit
+from services.common.task_context import log_tasks_in_their_context
 from services.common.tracing import tracer
 
 log = logging.getLogger("gensearch.server")
@@ -529,6 +530,9 @@ class GrpcServer:
         raise_file_limit()
         # A reply its client refused (over the client's receive limit) is no server error.
         quiet_undelivered_replies()
+        # asyncio's lines about a task (an exception never retrieved) hide the keys of
+        # the call that started it, though logged at garbage collection, outside the call.
+        log_tasks_in_their_context()
         self._server = self._build()
         names = (
             *self._service_names,

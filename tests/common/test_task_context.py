@@ -1,0 +1,62 @@
+"""asyncio's "Task exception was never retrieved", logged as the garbage collector frees a
+task, outside any call, hides the key of the call that started the task
+(services/common/task_context.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import io
+import logging
+from collections.abc import Iterator
+from contextvars import copy_context
+
+import pytest
+
+from services.common.logs import hide_in_this_call, json_formatter
+from services.common.task_context import log_tasks_in_their_context
+
+# Shaped like no key (those are hidden everywhere): only its call's context hides it.
+KEY = "tangerine-walrus"
+
+
+@pytest.fixture
+def asyncio_lines() -> Iterator[io.StringIO]:
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(json_formatter("test"))
+    logger = logging.getLogger("asyncio")
+    logger.addHandler(handler)
+    try:
+        yield out
+    finally:
+        logger.removeHandler(handler)
+
+
+async def _fails_quoting_the_key() -> None:
+    raise RuntimeError(f"the provider refused the key {KEY}")
+
+
+async def test_an_unretrieved_task_exception_is_logged_with_the_callers_key_hidden(
+    asyncio_lines: io.StringIO,
+) -> None:
+    loop = asyncio.get_running_loop()
+    handler_before = loop.get_exception_handler()
+    assert log_tasks_in_their_context(loop)
+    try:
+
+        def in_the_call() -> asyncio.Task[None]:
+            hide_in_this_call(KEY)
+            return loop.create_task(_fails_quoting_the_key())
+
+        task = copy_context().run(in_the_call)  # the call's context, not this test's
+        await asyncio.wait([task])
+        del task  # never awaited, its exception never retrieved
+        gc.collect()
+    finally:
+        loop.set_task_factory(None)
+        loop.set_exception_handler(handler_before)
+    line = asyncio_lines.getvalue()
+    assert "Task exception was never retrieved" in line
+    assert "the provider refused the key" in line
+    assert KEY not in line
