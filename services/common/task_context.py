@@ -56,7 +56,9 @@ def log_tasks_in_their_context(loop: asyncio.AbstractEventLoop | None = None) ->
 
     def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         task = context.get("task") or context.get("future")
-        if isinstance(task, _ContextTask):
+        # A line about the task from its own step is in its context already (entering it
+        # again would raise).
+        if isinstance(task, _ContextTask) and asyncio.current_task(loop) is not task:
             task.created_in.run(_pass_on, previous, loop, context)
         else:
             _pass_on(previous, loop, context)

@@ -60,3 +60,25 @@ async def test_an_unretrieved_task_exception_is_logged_with_the_callers_key_hidd
     assert "Task exception was never retrieved" in line
     assert "the provider refused the key" in line
     assert KEY not in line
+
+
+async def test_a_line_about_a_task_from_its_own_step_is_logged() -> None:
+    """The loop's handler called for a task while that task runs (its context entered
+    already) logs the line as it is: entering the context again raised RuntimeError, and
+    the loop reported its handler's failure instead of the line."""
+    loop = asyncio.get_running_loop()
+    seen: list[str] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: seen.append(context["message"]))
+    try:
+        assert log_tasks_in_their_context(loop)
+
+        async def own_step() -> None:
+            task = asyncio.current_task()
+            loop.call_exception_handler({"message": "about me", "task": task})
+
+        await asyncio.create_task(own_step())
+    finally:
+        loop.set_task_factory(None)
+        loop.set_exception_handler(previous)
+    assert seen == ["about me"]
