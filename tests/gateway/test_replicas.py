@@ -19,6 +19,7 @@ from prometheus_client import REGISTRY
 from services.common.server import GrpcServer
 from services.common.shutdown_cut import MARGIN_SHARE, margin
 from services.devlaunch.redis_server import RedisProcess
+from services.gateway.clients import generation as generation_client
 from services.gateway.clients.generation import MIN_CALL_SECONDS
 from services.generation.__main__ import build_server as build_generation
 from services.generation.settings import GenerationSettings
@@ -141,7 +142,9 @@ def _cuts_sent_again() -> float:
 
 
 async def test_a_cut_call_is_not_sent_again_when_its_deadline_leaves_too_little_time(
-    stack_factory: StackFactory, replicas: list[tuple[GrpcServer, FakeOpenAI]]
+    stack_factory: StackFactory,
+    replicas: list[tuple[GrpcServer, FakeOpenAI]],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A Generate cut by its replica's shutdown with less than MIN_CALL_SECONDS of its
     caller's deadline left is not sent again (the other replica, which would answer at
@@ -149,6 +152,14 @@ async def test_a_cut_call_is_not_sent_again_when_its_deadline_leaves_too_little_
     The replica is stopped with the grace period that puts its cut in the middle of the
     call's last MIN_CALL_SECONDS (shutdown_cut.margin: the cut comes that long before the
     grace period ends)."""
+    # The window the cut must land in (less than the minimum left, but before the
+    # gateway's own cutoff, 0.2 s before the deadline) is MIN_CALL_SECONDS wide: 0.5 s
+    # left a loaded CI a quarter of a second before the caller got DEADLINE_EXCEEDED
+    # instead. The test widens the gateway's minimum (read when the cut comes) to have
+    # seconds on either side of the cut.
+    min_call_seconds = 4.0
+    assert min_call_seconds > MIN_CALL_SECONDS
+    monkeypatch.setattr(generation_client, "MIN_CALL_SECONDS", min_call_seconds)
     target = "ipv4:" + ",".join(f"127.0.0.1:{server.port}" for server, _ in replicas)
     stack = await stack_factory(generation=False, generation_addr=target)
     for _, fake in replicas:
@@ -156,7 +167,7 @@ async def test_a_cut_call_is_not_sent_again_when_its_deadline_leaves_too_little_
     generation = gen_grpc.GenerationServiceStub(stack.channel)
     hello = [gen_pb.Message(role=gen_pb.ROLE_USER, content="hello")]
     loop = asyncio.get_running_loop()
-    timeout = 8.0
+    timeout = 12.0
     deadline = loop.time() + timeout
     call = generation.Generate(
         gen_pb.GenerateRequest(messages=hello), metadata=ALICE, timeout=timeout
@@ -168,12 +179,14 @@ async def test_a_cut_call_is_not_sent_again_when_its_deadline_leaves_too_little_
     other = replicas[1 - running][1]
     other.clear_queue()  # it would answer at once, were the call sent again
     refused = _cuts_sent_again()
-    # The cut comes grace - margin(grace) after the stop starts: at the deadline less
-    # 0.9 * MIN_CALL_SECONDS (margin is a tenth of the grace period below 10 s). A loaded
-    # machine only delays the cut, leaving less than MIN_CALL_SECONDS still; the deadline
-    # is 0.45 s away, time for the cut to reach the caller first.
-    cut_in = deadline - MIN_CALL_SECONDS * 0.9 - loop.time()
-    grace = cut_in / (1 - MARGIN_SHARE)
+    # The cut comes grace - margin(grace) after the stop starts: in the middle of the
+    # window, 2.1 s before the deadline (1.9 s after less than the minimum is left). A
+    # loaded machine only delays the cut, leaving less than the minimum still; the
+    # deadline is seconds away, time for the cut to reach the caller first.
+    cut_in = deadline - (min_call_seconds + 0.2) / 2 - loop.time()
+    assert cut_in > 0, "the call reached a replica too late to be cut before its deadline"
+    # margin is a share of the grace period, at most MAX_MARGIN: grace = cut_in + margin.
+    grace = cut_in + margin(cut_in / (1 - MARGIN_SHARE))
     assert grace - margin(grace) == pytest.approx(cut_in)
     stopping = asyncio.create_task(replicas[running][0].stop(grace))
     err = await failure_of(call)
