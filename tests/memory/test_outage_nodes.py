@@ -6,9 +6,11 @@ it: no answer of it would ever end it). Real Redis Cluster nodes on loopback."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import uuid
+from collections.abc import Iterator
 
 import pytest
 
@@ -27,10 +29,31 @@ def _closed_port() -> int:
         return int(s.getsockname()[1])
 
 
+@contextlib.contextmanager
+def _refusing_port() -> Iterator[int]:
+    """A loopback port bound but not listening while the block runs: connections to it
+    are refused, and no other process (a parallel test's server) can take it meanwhile,
+    as it could a port closed again (``_closed_port``)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        yield int(s.getsockname()[1])
+
+
+def _ends(caplog: pytest.LogCaptureFixture, log: logging.Logger) -> list[logging.LogRecord]:
+    """``log``'s INFO records (outage ends): only its own, whatever another test left the
+    level of other loggers at (an INFO line of the Redis client or another service module
+    would otherwise be counted)."""
+    return [r for r in caplog.records if r.name == log.name and r.levelno == logging.INFO]
+
+
 async def test_a_call_before_any_slot_map_names_the_urls_node(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    port = _closed_port()  # nothing listens: the client never reads a map
+    with _refusing_port() as port:  # nothing listens: the client never reads a map
+        await _no_map_call(caplog, port)
+
+
+async def _no_map_call(caplog: pytest.LogCaptureFixture, port: int) -> None:
     redis = connect(
         f"redis://user:secret@127.0.0.1:{port}", cluster=True, socket_timeout=1, connect_timeout=1
     )
@@ -88,7 +111,7 @@ async def test_a_master_replaced_by_a_failover_has_its_outage_ended_naming_it(
         warning(ConnectionError("refused"), node=replaced)
         warning(ConnectionError("refused"), node=still_listed)
         answered(warning, redis, "k")
-        ends = [r for r in caplog.records if r.levelno == logging.INFO]
+        ends = _ends(caplog, log)
         assert [getattr(r, "node", None) for r in ends] == [replaced], [
             r.getMessage() for r in ends
         ]
@@ -96,7 +119,7 @@ async def test_a_master_replaced_by_a_failover_has_its_outage_ended_naming_it(
         assert "failover" in ends[0].getMessage()
         assert warning.down_nodes == [still_listed]  # its own answer ends it, not another's
         answered(warning, redis, "k")
-        assert len([r for r in caplog.records if r.levelno == logging.INFO]) == 1
+        assert len(_ends(caplog, log)) == 1
     finally:
         await redis.aclose()
 
@@ -121,7 +144,7 @@ async def test_the_urls_node_named_before_any_map_ends_as_a_recovery_once_a_map_
         await redis.set("k", "v")  # the map is read from the URL's node: it answered
         assert node_of(redis, "k") != before_map  # the map names it otherwise
         answered(warning, redis, "k")
-        ends = [r for r in caplog.records if r.levelno == logging.INFO]
+        ends = _ends(caplog, log)
         assert [r.getMessage() for r in ends] == [f"cache reachable again (node {before_map})"]
         assert warning.down_nodes == []
     finally:
