@@ -4,6 +4,7 @@ another module are still shown. Before, it matched that message from any module.
 
 from __future__ import annotations
 
+import threading
 import warnings
 
 from services.retrieval.server_client import UNREACHABLE_VERSION_WARNING, qdrant_server_client
@@ -12,12 +13,30 @@ from services.retrieval.server_client import UNREACHABLE_VERSION_WARNING, qdrant
 UNREACHABLE = "http://127.0.0.1:9"
 
 
+def _built_and_checked(url: str) -> None:
+    """Builds a client of ``url`` and waits (bounded) for its version check to end: the
+    check runs in a thread of its own, and warns from there. Without the wait the test
+    looked before the thread had warned, so it passed with no filter at all, and the
+    warning came after ``catch_warnings`` had restored the process' filters."""
+    before = set(threading.enumerate())
+    qdrant_server_client(url, None, 1)
+    checks = [
+        thread
+        for thread in set(threading.enumerate()) - before
+        if "_check_compatibility" in thread.name  # "Thread-N (target)"
+    ]
+    assert checks, "the client started no version check: this test checks nothing"
+    for thread in checks:
+        thread.join(30)  # a bound, not a timing: refused at once on loopback
+        assert not thread.is_alive(), "the version check never ended"
+
+
 def _warned_from(module: str) -> list[warnings.WarningMessage]:
     """What a UserWarning with the unreachable-version words, warned from ``module``, leaves
     once the filter is in (``catch_warnings`` restores the process' filters after)."""
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
-        qdrant_server_client(UNREACHABLE, None, 1)
+        _built_and_checked(UNREACHABLE)
         seen.clear()  # whatever building the client warned (nothing, if filtered)
         warnings.warn_explicit(
             f"{UNREACHABLE_VERSION_WARNING}. Unable to check client-server compatibility.",
@@ -44,5 +63,5 @@ def test_the_same_words_from_another_module_are_still_shown() -> None:
 def test_building_a_client_of_an_unreachable_server_warns_nothing() -> None:
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
-        qdrant_server_client(UNREACHABLE, None, 1)
+        _built_and_checked(UNREACHABLE)
     assert [str(w.message) for w in seen if "server version" in str(w.message)] == []
