@@ -20,9 +20,6 @@ from services.common.redis_client import RedisClient, connect
 from services.devlaunch.redis_server import RedisProcess
 from tests.support.redis_relay import relaying
 
-# How long the relay holds a release that is on its way as the service stops.
-SLOW_RELEASE = 0.5
-
 
 class _Context:
     """What ``admit`` reads of a call: its remaining time."""
@@ -116,12 +113,15 @@ async def test_a_release_on_its_way_at_shutdown_ends_before_the_client_closes(
     redis_server: RedisProcess,
 ) -> None:
     direct = connect(redis_server.url, cluster=False, socket_timeout=5, connect_timeout=5)
-    releasing = asyncio.Event()
+    releasing, let_release = asyncio.Event(), asyncio.Event()
 
     async def before(args: list[bytes]) -> None:
         if args[:1] == [b"ZREM"]:
             releasing.set()
-            await asyncio.sleep(SLOW_RELEASE)
+            # Held until the stop has begun settling. A fixed delay (0.5 s) assumed the
+            # stop came sooner: on a loaded machine the release could end first, and the
+            # test then passed without a release on its way at the stop.
+            await let_release.wait()
 
     try:
         async with relaying(redis_server.url, before) as url:
@@ -135,7 +135,11 @@ async def test_a_release_on_its_way_at_shutdown_ends_before_the_client_closes(
             with pytest.raises(asyncio.CancelledError):
                 await call
             # The gateway's stop: settle (bounded by the grace period), then close.
-            await quotas.settle(30)
+            settling = asyncio.create_task(quotas.settle(30))
+            await asyncio.sleep(0)  # settle's first step runs: it waits on the release
+            assert not settling.done(), "settle did not wait for the release on its way"
+            let_release.set()
+            await settling
             await redis.aclose()
             assert await _slots_taken(direct) == 0, "the slot stayed taken past the close"
     finally:
