@@ -28,9 +28,6 @@ from services.generation.registry import ProviderRegistry
 from services.generation.settings import ProviderConfig
 from tests.support.redis_relay import relaying
 
-# How long the relay holds the release: the stop comes while it is on its way.
-SLOW_RELEASE = 0.5
-
 
 def _sha(name: str) -> bytes:
     return hashlib.sha1(lua_script(name).encode()).hexdigest().encode()
@@ -62,6 +59,8 @@ async def test_a_release_on_its_way_at_close_frees_the_slot_before_redis_closes(
     # A provider's queue for the operator's key.
     requests_key, _, flight_key, _ = probe.keys(scope_of("p", None))
     admitting, let_admit, releasing = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    settling, let_release = asyncio.Event(), asyncio.Event()
+    taken_after_settle: list[int] = []
 
     async def before(args: list[bytes]) -> None:
         if args[:2] == [b"EVALSHA", _sha("provider_admit")] and not admitting.is_set():
@@ -71,12 +70,25 @@ async def test_a_release_on_its_way_at_close_frees_the_slot_before_redis_closes(
             # As on one connection: the admission, sent first, has run by then.
             await _until(lambda: direct.exists(requests_key), "ran the held admission")
             releasing.set()
-            await asyncio.sleep(SLOW_RELEASE)
+            # Held until the close settles the releases. A fixed delay (0.5 s) assumed the
+            # close came sooner: on a loaded machine the release could end first, and the
+            # test passed without a release on its way at the close.
+            await let_release.wait()
 
     try:
         async with relaying(redis_server.url, before) as url:
             client = connect(url, cluster=False, socket_timeout=5, connect_timeout=5)
             releases = Releases()
+            settle = releases.settle
+
+            async def settle_seen(timeout: float) -> None:
+                settling.set()
+                await settle(timeout)
+                # Read as settle ends, before the close goes on: the relay forwards the
+                # held release once let go, whether or not its client is still there.
+                taken_after_settle.append(await direct.zcard(flight_key))
+
+            releases.settle = settle_seen  # type: ignore[method-assign]
             limits = RedisLimits(
                 client, DeclaredLimits.of(config), key_prefix="gensearch", releases=releases
             )
@@ -102,7 +114,12 @@ async def test_a_release_on_its_way_at_close_frees_the_slot_before_redis_closes(
             call.cancel()  # gRPC's cancel at the end of the grace period
             with pytest.raises(asyncio.CancelledError):
                 await call
-            await registry.close()
+            closing = asyncio.create_task(registry.close())
+            # A bound, not a timing: the close reaches the releases' settle.
+            await asyncio.wait_for(settling.wait(), 20)
+            let_release.set()
+            await closing
+            assert taken_after_settle == [0], "the close did not wait for the release"
             assert await direct.zcard(flight_key) == 0, "the slot stayed taken past the close"
     finally:
         await direct.aclose()
