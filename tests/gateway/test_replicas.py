@@ -29,7 +29,9 @@ from tests.support.fake_openai import Behaviour, FakeOpenAI
 from tests.support.rpc import error_info, failure_of
 
 # The stopping replica's grace period: its calls are ended a tenth of it before its end.
-GRACE = 2.0
+# 2 s left 0.2 s for the cut status to reach the gateway before gRPC (its own thread, not
+# the loaded event loop) cancelled the call, which then was not sent again; 5 s leaves 0.5.
+GRACE = 5.0
 
 
 async def _replica(fake: FakeOpenAI) -> GrpcServer:
