@@ -83,16 +83,17 @@ class Metered:
             await direct.aclose()
         return int(n or 0)
 
-    async def fresh_window(self) -> None:
+    async def fresh_window(self, needed: float = 15.0) -> None:
         """Waits out the last seconds of the quota's minute (on Redis' clock), so that a
-        test's calls all fall in one window and the count is theirs alone."""
+        test's calls all fall in one window and the count is theirs alone: those of a
+        window with less than ``needed`` seconds left."""
         direct = connect(self.redis.url, cluster=False, socket_timeout=2, connect_timeout=2)
         try:
             seconds, micros = await direct.time()  # type: ignore[misc]
         finally:
             await direct.aclose()
         into = seconds % 60 + micros / 1e6
-        if into > 45:
+        if into > 60 - needed:
             await asyncio.sleep(60.2 - into)
 
 
