@@ -1203,16 +1203,7 @@ async def test_a_turn_deleted_mid_move_is_then_not_found(
     the turn's key missing with the others there, Redis refused the run (TRYAGAIN) and
     the read answered UNAVAILABLE for as long as the move lasted."""
     store = make_store()
-    cid = (await store.create_conversation(OWNER, "d")).conversation_id
-    # Without request_ids: a turn's request_id keys are declared by its deletion, both
-    # owners' (one is missing), so mid-move that is refused until the move ends.
-    doomed, kept = [
-        (await store.create_interaction(OWNER, cid, pb.Interaction(input=f"d{n}"), "", b""))
-        for n in range(2)
-    ]
-    other = (await store.create_conversation(OWNER, "o")).conversation_id
-    for n in range(4):
-        await store.create_interaction(OWNER, other, pb.Interaction(input=f"o{n}"), f"o{n}", b"")
+    cid, doomed, kept = await _two_turns_beside_four(store, "d")
     # Read once: the turn's hint (its conversation hash) is known, as in a serving replica.
     await store.get_interaction_data(OWNER, doomed.interaction_id)
     tag = store.tag(OWNER)
@@ -1232,13 +1223,7 @@ async def test_a_turn_deleted_mid_move_is_then_not_found(
             == "d1"
         )
 
-    first = [
-        keys.conversation(tag, cid),
-        keys.conversation_interactions(tag, cid),
-        keys.interaction(tag, doomed.interaction_id),
-        keys.interaction(tag, kept.interaction_id),
-        keys.usage(tag),
-    ]
+    first = _conversation_keys(tag, cid, doomed, kept)
     await _move_slot(own_cluster, batch=2, between=delete_then_read, first=first)
     await delete_then_read()
     assert steps["not found"] >= 3  # read mid-move, the other conversation not moved yet
@@ -1255,14 +1240,7 @@ async def test_a_turn_with_a_request_id_is_deleted_mid_move(
     owners' request_id keys of the shared tag (keys.request), one of which never exists:
     Redis refused the run (TRYAGAIN: UNAVAILABLE) for as long as the move lasted."""
     store = make_store()
-    cid = (await store.create_conversation(OWNER, "r")).conversation_id
-    doomed, kept = [
-        (await store.create_interaction(OWNER, cid, pb.Interaction(input=f"r{n}"), f"r{n}", b""))
-        for n in range(2)
-    ]
-    other = (await store.create_conversation(OWNER, "o")).conversation_id
-    for n in range(4):
-        await store.create_interaction(OWNER, other, pb.Interaction(input=f"o{n}"), f"o{n}", b"")
+    cid, doomed, kept = await _two_turns_beside_four(store, "r", request_ids=True)
     tag = store.tag(OWNER)
     answers: list[str] = []
 
@@ -1274,14 +1252,8 @@ async def test_a_turn_with_a_request_id_is_deleted_mid_move(
 
     # Both owners' request_id keys of the shared tag (one of each pair exists).
     requests = [keys.request(tag, f"r{n}", apart=a) for n in range(2) for a in (False, True)]
-    first = [
-        keys.conversation(tag, cid),
-        keys.conversation_interactions(tag, cid),
-        keys.interaction(tag, doomed.interaction_id),
-        keys.interaction(tag, kept.interaction_id),
-        keys.usage(tag),
-        *requests,  # the ones that exist move (MIGRATE skips the others)
-    ]
+    # The ones that exist move (MIGRATE skips the others).
+    first = [*_conversation_keys(tag, cid, doomed, kept), *requests]
     target = await _move_slot(own_cluster, batch=2, between=delete, first=first)
     assert len(answers) >= 3  # mid-move: the other conversation not moved yet
     assert answers == [cid] + ["NotFound"] * (len(answers) - 1)
@@ -1333,14 +1305,7 @@ async def test_a_turn_another_replica_deleted_is_not_found_mid_move(
     turn's missing key: Redis refused the run (TRYAGAIN) and the read answered UNAVAILABLE
     for as long as the move lasted (only the deleting replica forgot its hint)."""
     reader, deleter = make_store(), make_store()
-    cid = (await reader.create_conversation(OWNER, "d")).conversation_id
-    doomed, kept = [
-        (await reader.create_interaction(OWNER, cid, pb.Interaction(input=f"d{n}"), "", b""))
-        for n in range(2)
-    ]
-    other = (await reader.create_conversation(OWNER, "o")).conversation_id
-    for n in range(4):
-        await reader.create_interaction(OWNER, other, pb.Interaction(input=f"o{n}"), f"o{n}", b"")
+    cid, doomed, kept = await _two_turns_beside_four(reader, "d")
     await reader.get_interaction_data(OWNER, doomed.interaction_id)  # the reader's hint
     tag = reader.tag(OWNER)
     steps = {"deleted": 0, "not found": 0}
@@ -1355,13 +1320,7 @@ async def test_a_turn_another_replica_deleted_is_not_found_mid_move(
         kept_now = await reader.get_interaction_data(OWNER, kept.interaction_id)
         assert pb.Interaction.FromString(kept_now).input == "d1"
 
-    first = [
-        keys.conversation(tag, cid),
-        keys.conversation_interactions(tag, cid),
-        keys.interaction(tag, doomed.interaction_id),
-        keys.interaction(tag, kept.interaction_id),
-        keys.usage(tag),
-    ]
+    first = _conversation_keys(tag, cid, doomed, kept)
     await _move_slot(own_cluster, batch=2, between=delete_then_read, first=first)
     await delete_then_read()
     assert steps["not found"] >= 3  # read mid-move, the other conversation not moved yet
@@ -1377,14 +1336,7 @@ async def test_a_batch_read_of_a_turn_another_replica_deleted_is_answered_mid_mo
     refused the run (TRYAGAIN) for the whole move and the read answered UNAVAILABLE: only
     the one-turn reads (``hint``) dropped a stale hint when a move refused them."""
     reader, deleter = make_store(), make_store()
-    cid = (await reader.create_conversation(OWNER, "d")).conversation_id
-    doomed, kept = [
-        (await reader.create_interaction(OWNER, cid, pb.Interaction(input=f"d{n}"), "", b""))
-        for n in range(2)
-    ]
-    other = (await reader.create_conversation(OWNER, "o")).conversation_id
-    for n in range(4):
-        await reader.create_interaction(OWNER, other, pb.Interaction(input=f"o{n}"), f"o{n}", b"")
+    cid, doomed, kept = await _two_turns_beside_four(reader, "d")
     # The reader's hint of the doomed turn (its conversation's hash), kept by a batch read.
     assert (await reader.get_interactions(OWNER, [doomed.interaction_id]))[0] is not None
     tag = reader.tag(OWNER)
@@ -1398,13 +1350,36 @@ async def test_a_batch_read_of_a_turn_another_replica_deleted_is_answered_mid_mo
         assert await reader.interactions_exist(OWNER, [doomed.interaction_id]) == [False]
         steps["answered"] += 1
 
-    first = [
-        keys.conversation(tag, cid),
-        keys.conversation_interactions(tag, cid),
-        keys.interaction(tag, doomed.interaction_id),
-        keys.interaction(tag, kept.interaction_id),
-        keys.usage(tag),
-    ]
+    first = _conversation_keys(tag, cid, doomed, kept)
     await _move_slot(own_cluster, batch=2, between=delete_then_read, first=first)
     await delete_then_read()
     assert steps["answered"] >= 3  # read mid-move, the other conversation not moved yet
+
+
+async def _two_turns_beside_four(
+    store: MemoryStore, name: str, *, request_ids: bool = False
+) -> tuple[str, pb.Interaction, pb.Interaction]:
+    """Conversation ``name`` with two turns (the one a test deletes, then the one it keeps)
+    and another of four turns, whose keys a move that takes ``_conversation_keys`` first
+    leaves on the old node for its first steps: the steps a test reads mid-move."""
+    cid = (await store.create_conversation(OWNER, name)).conversation_id
+    doomed, kept = [
+        await store.create_interaction(
+            OWNER, cid, pb.Interaction(input=f"{name}{n}"), f"{name}{n}" if request_ids else "", b""
+        )
+        for n in range(2)
+    ]
+    other = (await store.create_conversation(OWNER, "o")).conversation_id
+    for n in range(4):
+        await store.create_interaction(OWNER, other, pb.Interaction(input=f"o{n}"), f"o{n}", b"")
+    return cid, doomed, kept
+
+
+def _conversation_keys(tag: str, cid: str, *turns: pb.Interaction) -> list[str]:
+    """The keys of conversation ``cid`` with ``turns``, and its owner's usage."""
+    return [
+        keys.conversation(tag, cid),
+        keys.conversation_interactions(tag, cid),
+        *(keys.interaction(tag, turn.interaction_id) for turn in turns),
+        keys.usage(tag),
+    ]
