@@ -34,13 +34,18 @@ _local = threading.local()
 # bytes-written quota. No language has words this long. Not a setting: a document's stored
 # vector was made with it, and queries must cut words the same way to match it.
 MAX_WORD_CHARS = 128
+# Letters and digits, not "_": the engine's tokenizer splits at it, so an underscore-joined
+# run is many short words (no stemmer cost), each kept. Cut as one, every word past the
+# bound was lost ("a_b_..._sourdough" no longer found by "sourdough"; a run of "_" before a
+# word left no word at all).
+_WORD = r"[^\W_]"
 # Anchored at a word's start: unanchored, every position of a shorter run was tried, each
 # scanning on to its end (0.2 s per MB of 127-letter words).
-_LONG_WORD = re.compile(rf"(?<!\w)(\w{{{MAX_WORD_CHARS}}})\w+")
+_LONG_WORD = re.compile(rf"(?<!{_WORD})({_WORD}{{{MAX_WORD_CHARS}}}){_WORD}+")
 
 
 def _words_cut(text: str) -> str:
-    """``text`` (NFKC) with every run of word characters cut to ``MAX_WORD_CHARS``."""
+    """``text`` (NFKC) with every run of letters and digits cut to ``MAX_WORD_CHARS``."""
     return _LONG_WORD.sub(r"\1", text)
 
 

@@ -23,6 +23,19 @@ def test_a_long_word_is_scored_by_its_first_characters() -> None:
     assert bm25.document_vector(accented) == bm25.document_vector(accented[:-10])
 
 
+def test_underscore_joined_words_are_each_kept() -> None:
+    """The tokenizer splits at "_": a run of words joined by it, or of "_" before a word,
+    is no long word. Before, it was cut as one at MAX_WORD_CHARS characters, and every
+    word past them was lost."""
+    joined = "_".join(["quarterly", "revenue", "report"] * 12) + "_sourdough"
+    assert len(joined) > bm25.MAX_WORD_CHARS
+    stored = bm25.document_vector(joined)
+    wanted = bm25.query_vector("sourdough")
+    assert stored is not None and wanted is not None
+    assert set(wanted.indices) <= set(stored.indices)
+    assert bm25.document_vector("_" * (bm25.MAX_WORD_CHARS + 22) + "Introduction") is not None
+
+
 async def test_a_long_word_still_finds_its_object(retrieval: Retrieval) -> None:
     s = retrieval.stub
     await s.CreateCollection(pb.CreateCollectionRequest(collection=vector_collection("Words")))
