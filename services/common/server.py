@@ -532,7 +532,12 @@ class GrpcServer:
         quiet_undelivered_replies()
         # asyncio's lines about a task (an exception never retrieved) hide the keys of
         # the call that started it, though logged at garbage collection, outside the call.
-        log_tasks_in_their_context()
+        if not log_tasks_in_their_context():
+            log.warning(
+                "the event loop has another task factory: asyncio's lines about a task "
+                "(an exception never retrieved) are written outside its call, its "
+                "caller's keys not hidden"
+            )
         self._server = self._build()
         names = (
             *self._service_names,

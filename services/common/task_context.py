@@ -30,18 +30,26 @@ class _ContextTask(asyncio.Task[Any]):
         *,
         loop: asyncio.AbstractEventLoop,
         context: Context,
+        **more: Any,  # what later Pythons pass (3.13: name=, eager_start=)
     ) -> None:
-        super().__init__(coro, loop=loop, context=context)
+        super().__init__(coro, loop=loop, context=context, **more)
         self.created_in = context
+
+
+# asyncio names a task by its class in its lines ("Task exception was never retrieved")
+# and its repr: the same words as before, for the logs' readers and their searches.
+_ContextTask.__name__ = _ContextTask.__qualname__ = "Task"
 
 
 def _factory(
     loop: asyncio.AbstractEventLoop,
     coro: Generator[Any, None, Any] | Coroutine[Any, Any, Any],
     context: Context | None = None,
+    **more: Any,
 ) -> asyncio.Future[Any]:
     # What asyncio.Task does without a context: a copy of the current one.
-    return _ContextTask(coro, loop=loop, context=copy_context() if context is None else context)
+    context = copy_context() if context is None else context
+    return _ContextTask(coro, loop=loop, context=context, **more)
 
 
 def log_tasks_in_their_context(loop: asyncio.AbstractEventLoop | None = None) -> bool:
@@ -56,11 +64,23 @@ def log_tasks_in_their_context(loop: asyncio.AbstractEventLoop | None = None) ->
 
     def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         task = context.get("task") or context.get("future")
-        # A line about the task from its own step is in its context already (entering it
-        # again would raise).
-        if isinstance(task, _ContextTask) and asyncio.current_task(loop) is not task:
-            task.created_in.run(_pass_on, previous, loop, context)
-        else:
+        if not isinstance(task, _ContextTask):
+            _pass_on(previous, loop, context)
+            return
+        entered = False
+
+        def inside() -> None:
+            nonlocal entered
+            entered = True
+            _pass_on(previous, loop, context)
+
+        try:
+            task.created_in.run(inside)
+        except RuntimeError:
+            if entered:
+                raise  # the handler's own error: the loop reports it
+            # Its context is entered already (the task's own step, another task sharing
+            # the context, a loop that runs handlers in it): the line is written there.
             _pass_on(previous, loop, context)
 
     loop.set_exception_handler(handle)

@@ -82,3 +82,33 @@ async def test_a_line_about_a_task_from_its_own_step_is_logged() -> None:
         loop.set_task_factory(None)
         loop.set_exception_handler(previous)
     assert seen == ["about me"]
+
+
+async def test_a_line_about_a_task_whose_context_another_task_runs_in_is_logged(
+    asyncio_lines: io.StringIO,
+) -> None:
+    """Two tasks made with one context: the failed one freed while the other runs (the
+    context entered). Entering it again raised RuntimeError: the loop wrote "Unhandled
+    error in exception handler" and the line outside the call, its key in clear."""
+    loop = asyncio.get_running_loop()
+    handler_before = loop.get_exception_handler()
+    assert log_tasks_in_their_context(loop)
+    try:
+        shared = copy_context()
+        shared.run(hide_in_this_call, KEY)
+        failed = loop.create_task(_fails_quoting_the_key(), context=shared)
+        await asyncio.wait([failed])
+
+        async def frees_it() -> None:
+            nonlocal failed
+            del failed  # never awaited, its exception never retrieved
+            gc.collect()
+
+        await loop.create_task(frees_it(), context=shared)
+    finally:
+        loop.set_task_factory(None)
+        loop.set_exception_handler(handler_before)
+    line = asyncio_lines.getvalue()
+    assert "Task exception was never retrieved" in line
+    assert "Unhandled error" not in line
+    assert KEY not in line
