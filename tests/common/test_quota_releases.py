@@ -134,7 +134,7 @@ async def test_a_release_on_its_way_at_shutdown_ends_before_the_client_closes(
             call.cancel()  # gRPC's cancel at the end of the grace period
             with pytest.raises(asyncio.CancelledError):
                 await call
-            # The gateway's stop: settle (bounded by the grace period), then close.
+            # The gateway's stop: settle (bounded by settle_wait), then close.
             settling = asyncio.create_task(quotas.settle(30))
             await asyncio.sleep(0)  # settle's first step runs: it waits on the release
             assert not settling.done(), "settle did not wait for the release on its way"
@@ -181,7 +181,7 @@ async def test_a_release_still_pending_when_settle_gives_up_is_ended_not_left_ru
             with pytest.raises(asyncio.CancelledError):
                 await call
             assert len(_releases_running()) == 1
-            await quotas.settle(0.1)  # a grace period that ends with the release on its way
+            await quotas.settle(0.1)  # a settle_wait that ends with the release on its way
             assert _releases_running() == [], "the release was left running past settle"
         finally:
             answer.set()
