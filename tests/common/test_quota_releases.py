@@ -10,7 +10,6 @@ connection is being made (the client's other connection busy), or on its way."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -19,6 +18,7 @@ from services.common.quotas import Quotas
 from services.common.redis_client import RedisClient, connect
 from services.devlaunch.redis_server import RedisProcess
 from tests.support.redis_relay import relaying
+from tests.support.waiting import until
 
 
 class _Context:
@@ -46,20 +46,19 @@ async def _slots_taken(direct: RedisClient) -> int:
     return sum([await direct.zcard(key) for key in keys])
 
 
-async def _until(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    end = asyncio.get_running_loop().time() + 20
-    while asyncio.get_running_loop().time() < end:
-        if await check():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"never {what}")
-
-
 async def _inside(quotas: Quotas, inside: asyncio.Event) -> None:
     set_current_identity(Identity("judy", "judy", Role.ADMIN))
     async with quotas.admit("/x/Y", _Context()):  # type: ignore[arg-type]
         inside.set()
         await asyncio.Event().wait()
+
+
+async def _admitted(quotas: Quotas) -> asyncio.Task[None]:
+    """A call that holds its slot until cancelled, returned once it holds it."""
+    inside = asyncio.Event()
+    call = asyncio.create_task(_inside(quotas, inside))
+    await asyncio.wait_for(inside.wait(), 20)
+    return call
 
 
 async def test_a_call_cancelled_again_while_its_slot_is_released_still_frees_it(
@@ -82,9 +81,7 @@ async def test_a_call_cancelled_again_while_its_slot_is_released_still_frees_it(
         async with relaying(redis_server.url, before) as url:
             quotas, redis = _quotas(url)
             try:
-                inside = asyncio.Event()
-                call = asyncio.create_task(_inside(quotas, inside))
-                await asyncio.wait_for(inside.wait(), 20)
+                call = await _admitted(quotas)
                 assert await _slots_taken(direct) == 1
                 # The client's one connection busy: the release has to make another.
                 holder = asyncio.create_task(redis.get("hold"))
@@ -102,7 +99,7 @@ async def test_a_call_cancelled_again_while_its_slot_is_released_still_frees_it(
                 async def free() -> bool:
                     return await _slots_taken(direct) == 0
 
-                await _until(free, "freed the cancelled call's slot")
+                await until(free, "freed the cancelled call's slot")
             finally:
                 await redis.aclose()
     finally:
@@ -126,9 +123,7 @@ async def test_a_release_on_its_way_at_shutdown_ends_before_the_client_closes(
     try:
         async with relaying(redis_server.url, before) as url:
             quotas, redis = _quotas(url)
-            inside = asyncio.Event()
-            call = asyncio.create_task(_inside(quotas, inside))
-            await asyncio.wait_for(inside.wait(), 20)
+            call = await _admitted(quotas)
             call.cancel()  # the shutdown's cut
             await asyncio.wait_for(releasing.wait(), 20)
             call.cancel()  # gRPC's cancel at the end of the grace period
@@ -172,9 +167,7 @@ async def test_a_release_still_pending_when_settle_gives_up_is_ended_not_left_ru
     async with relaying(redis_server.url, before) as url:
         quotas, redis = _quotas(url)
         try:
-            inside = asyncio.Event()
-            call = asyncio.create_task(_inside(quotas, inside))
-            await asyncio.wait_for(inside.wait(), 20)
+            call = await _admitted(quotas)
             call.cancel()  # the shutdown's cut: the release goes to a Redis that hangs
             await asyncio.wait_for(releasing.wait(), 20)
             call.cancel()  # gRPC's cancel at the end of the grace period

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -27,19 +26,11 @@ from services.generation.rate_buckets import DeclaredLimits, RedisLimits, scope_
 from services.generation.registry import ProviderRegistry
 from services.generation.settings import ProviderConfig
 from tests.support.redis_relay import relaying
+from tests.support.waiting import until
 
 
 def _sha(name: str) -> bytes:
     return hashlib.sha1(lua_script(name).encode()).hexdigest().encode()
-
-
-async def _until(check: Callable[[], Awaitable[object]], what: str) -> None:
-    end = asyncio.get_running_loop().time() + 20
-    while asyncio.get_running_loop().time() < end:
-        if await check():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"never {what}")
 
 
 async def test_a_release_on_its_way_at_close_frees_the_slot_before_redis_closes(
@@ -68,7 +59,7 @@ async def test_a_release_on_its_way_at_close_frees_the_slot_before_redis_closes(
             await let_admit.wait()
         elif args[:2] == [b"EVALSHA", _sha("provider_release")]:
             # As on one connection: the admission, sent first, has run by then.
-            await _until(lambda: direct.exists(requests_key), "ran the held admission")
+            await until(lambda: direct.exists(requests_key), "ran the held admission")
             releasing.set()
             # Held until the close settles the releases. A fixed delay (0.5 s) assumed the
             # close came sooner: on a loaded machine the release could end first, and the
