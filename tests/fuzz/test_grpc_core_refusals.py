@@ -28,9 +28,10 @@ TEXT = gzip.compress(b"hello")
 INTERNAL = grpc.StatusCode.INTERNAL.value[0]
 
 # name: (headers, message bytes, compressed flag, status code, gRPC's message, the code of
-# the call's access line: None where gRPC cancels the handler, as a rule before it starts
-# (refused headers); INVALID_ARGUMENT where the handler runs, reads no request and answers
-# MALFORMED_REQUEST, which gRPC's own status has already replaced (refused bodies))
+# the call's access line as a rule, which the test waits for: None where gRPC cancels the
+# handler, as a rule before it starts (refused headers); INVALID_ARGUMENT where the handler
+# runs, reads no request and answers MALFORMED_REQUEST, which gRPC's own status has already
+# replaced (refused bodies). A rule, not a promise: the test asserts at most one line)
 REFUSED = {
     "-bin header not base64": (
         [("x-foo-bin", "!!not base64!!")],
@@ -131,8 +132,9 @@ async def test_grpc_answers_itself_without_a_traceback(
             await asyncio.sleep(0.01)
     lines.remove(f"{path} OK")
     # At most one line for the refused call, never a server error: where the handler runs
-    # it reads no request, or is cancelled (when gRPC is quicker, before it starts).
-    assert len(lines) == wanted - 1 or (access is None and len(lines) == 1), lines
+    # it reads no request, or is cancelled; when gRPC is quicker it never starts and writes
+    # none (seen for a refused body too, once, on a loaded CI machine).
+    assert len(lines) <= 1, lines
     assert set(lines) <= {f"{path} INVALID_ARGUMENT", f"{path} CANCELLED"}, lines
     logged = [r for r in caplog.records if r.exc_info or "Traceback" in r.getMessage()]
     assert logged == []
