@@ -44,7 +44,7 @@ import hashlib
 import logging
 import uuid
 from collections.abc import AsyncIterator
-from functools import cache
+from functools import cache, partial
 from importlib import resources
 from typing import Any
 
@@ -220,8 +220,8 @@ class Quotas:
         except BaseException:
             # Cancelled (or failed) with the script in flight: Redis may have taken the slot
             # all the same. Release it whatever happened (ZREM of an absent member is a
-            # no-op), shielded so a second cancellation does not stop it.
-            await self._releasing.run(self._release(key, call_id))
+            # no-op), apart from the call so a second cancellation does not stop it.
+            await self._releasing.run(partial(self._release, key, call_id))
             raise
         if entered == 0:
             raise QuotaExceeded(self.CONCURRENT, self.concurrent_calls, CONCURRENT_RETRY_SECONDS)
@@ -241,10 +241,11 @@ class Quotas:
             if renewal is not None:
                 ended.set()
                 renewal.cancel()
-                # Shielded: a call cancelled (again) while its release is on its way, as
-                # gRPC cancels a call still running at the end of the grace period, lost
-                # it, and the slot stayed taken until its lease ended.
-                await self._releasing.run(self._release(key, call_id))
+                # Apart from the call once a cancel reaches it: a call cancelled (again)
+                # while its release is on its way, as gRPC cancels a call still running at
+                # the end of the grace period, lost it, and the slot stayed taken until its
+                # lease ended. In the call's own task otherwise (no task per call).
+                await self._releasing.run(partial(self._release, key, call_id))
 
     async def settle(self, timeout: float) -> None:
         """Waits (at most ``timeout`` seconds) for the releases still on their way: run

@@ -3,18 +3,21 @@ that must outlive the call that started them, and that the service's close await
 
 A call cancelled while it frees a slot (its client gave up, the shutdown cut, gRPC's
 cancel at the end of the grace period) would lose the release with it: the slot stayed
-taken, for every replica, until its lease ended. So the release runs as a task of its
-own, shielded from the call's cancellation. And that task must end before the service
-closes its Redis client: closed under it (or the process gone), the release was lost the
-same way. ``settle`` waits for the pending ones, as long as ``settle_wait`` says: each is
-one Redis command, which the client's own timeouts bound.
+taken, for every replica, until its lease ended. So a release a cancel reaches runs as a
+task of its own, shielded from the call's cancellation. And that task must end before the
+service closes its Redis client: closed under it (or the process gone), the release was
+lost the same way. ``settle`` waits for the pending ones, as long as ``settle_wait`` says:
+each is one Redis command, which the client's own timeouts bound.
+
+A call nothing cancels (nearly all of them) releases in its own task: a task and a shield
+for every call's release cost a task per quota-admitted call, for the rare one cancelled.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from services.common.tasks import cancel_and_wait
@@ -32,25 +35,42 @@ def settle_wait(socket_timeout: float, connect_timeout: float) -> float:
 
 
 class Releases:
-    """Background releases, referenced until done and awaited by ``settle``."""
+    """Releases a cancel reached, run apart from their call and awaited by ``settle``."""
 
     def __init__(self) -> None:
         self._pending: set[asyncio.Task[None]] = set()
 
-    @property
-    def pending(self) -> int:
-        return len(self._pending)
-
-    def start(self, release: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    def _start(self, release: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(release)
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
         return task
 
-    async def run(self, release: Coroutine[Any, Any, None]) -> None:
-        """Runs ``release`` to its end, whatever cancels the caller meanwhile: the caller
-        is cancelled at once, the release goes on (and ``settle`` awaits it)."""
-        await asyncio.shield(self.start(release))
+    async def run(self, release: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Runs ``release()`` to its end, whatever cancels the caller meanwhile: the caller
+        is cancelled at once, the release goes on (and ``settle`` awaits it).
+
+        In the caller's own task while nothing cancels it: no task of its own on the
+        usual path. A caller already being cancelled (its release is where gRPC's second
+        cancel, at the end of the grace period, lands) starts it as a shielded task at
+        once. A cancel that interrupts it in the caller starts it again in such a task, so
+        ``release`` must be safe to run twice (a ZREM of the call's member, the provider's
+        release without refund): the first may have reached Redis."""
+        caller = asyncio.current_task()
+        cancels = caller.cancelling() if caller is not None else 0
+        if cancels:
+            await asyncio.shield(self._start(release()))
+            return
+        try:
+            await release()
+        except asyncio.CancelledError:
+            self._start(release())
+            raise
+        if caller is not None and caller.cancelling() > cancels:
+            # A cancel the release swallowed (Python 3.11 loses one landing as a Redis
+            # command's wait_for completes, services/common/tasks.py): the caller is
+            # cancelled all the same, as it was when it waited on the shield.
+            raise asyncio.CancelledError
 
     async def settle(self, timeout: float) -> None:
         """Waits for the pending releases, at most ``timeout`` seconds (``settle_wait``:

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import heapq
 import itertools
 import uuid
@@ -328,9 +329,12 @@ class ProviderLimiter:
         does not stop it. No tokens come back: whether the admission took any is not known,
         and giving back some it never took would let calls past the declared limit."""
         assert self._shared is not None
-        # A task of the shared limits' releases: the registry's close awaits it before
-        # closing Redis (closed under it, the slot stayed taken until its lease ended).
-        await self._shared.releases.run(self._shared.release(self.scope, call_id, 0.0))
+        # Run by the shared limits' releases: cancelled, a task the registry's close awaits
+        # before closing Redis (closed under it, the slot stayed taken until its lease
+        # ended). No refund: run twice (a cancel interrupted the first), it changes nothing.
+        await self._shared.releases.run(
+            functools.partial(self._shared.release, self.scope, call_id, 0.0)
+        )
 
     def _wake_hopeless(self) -> None:
         """Queued calls whose deadline ends before anything can start learn it now, not

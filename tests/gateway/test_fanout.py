@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import grpc
 
@@ -17,6 +16,7 @@ from services.gateway.fanout import (
     collect_outcomes,
     fan_out_stream,
 )
+from tests.support.tasks_made import tasks_made
 
 
 def _sleeper(delay: float, value: str, tracker: list[int] | None = None) -> Job[str]:
@@ -132,24 +132,11 @@ async def test_abandoning_the_stream_cancels_jobs() -> None:
 async def test_waiting_for_outcomes_makes_no_task_per_job() -> None:
     # One task per job and none per event: waiting with asyncio.wait_for made one more
     # task for every outcome and delta (Python 3.11), CPU spent per hit.
-    loop = asyncio.get_running_loop()
-    made = [0]
-    factory = loop.get_task_factory()
-
-    def counting(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Future[Any]:
-        made[0] += 1
-        if factory is not None:
-            return factory(loop, coro, **kwargs)
-        return asyncio.Task(coro, loop=loop, **kwargs)
-
-    loop.set_task_factory(counting)
-    try:
+    with tasks_made() as made:
         jobs = {i: _sleeper(0.01 * (i % 3), f"v{i}") for i in range(20)}
         outcomes = await collect_outcomes(fan_out_stream(jobs, max_concurrency=None, timeout=5))
-    finally:
-        loop.set_task_factory(factory)
     assert [outcomes[i].value for i in range(20)] == [f"v{i}" for i in range(20)]
-    assert made[0] == 20
+    assert len(made) == 20
 
 
 async def test_a_consumer_that_stops_reading_holds_the_jobs_back() -> None:
