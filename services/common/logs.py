@@ -144,12 +144,6 @@ def context_of_no_call() -> Context:
     return context
 
 
-def call_secrets() -> tuple[str, ...]:
-    """The keys hidden in the call being served (``hide_in_this_call``)."""
-    current = _call_secrets.get()
-    return current.secrets if current is not None else ()
-
-
 # Query arguments of a service URL (Redis, Qdrant, an LLM endpoint) that carry a secret:
 # redis-py takes ``?password=``, some endpoints ``?api-key=`` or ``?token=``.
 _URL_SECRET_ARGUMENT = re.compile(
