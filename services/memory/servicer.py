@@ -59,6 +59,7 @@ DEFAULT_PAGE_SIZE = 10
 MAX_PAGE_SIZE = 100
 _CONVERSATIONS = "c"
 _INTERACTIONS = "i"
+_INTERACTIONS_OLDEST_FIRST = "io"
 _TRACES = "t"
 DEFAULT_SEARCH_LIMIT = 10
 _ADDITIONAL_INFO = "additional_info"
@@ -343,13 +344,28 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
     ) -> pb.ListInteractionsResponse:
         cid = _id(request.conversation_id, "conversation_id")
         size = _page_size(request.page_size)
+        after = ""
+        if request.after_interaction_id:
+            after = _id(request.after_interaction_id, "after_interaction_id")
         owner = _owner()
-        cursor = await self._cursor(request.page_token, _INTERACTIONS, cid, owner)
+        # A token is one list's: its order and its lower bound are part of it (a plain
+        # listing's scope stays the conversation alone, so tokens issued before read on).
+        kind = _INTERACTIONS_OLDEST_FIRST if request.oldest_first else _INTERACTIONS
+        scope = f"{cid}>{after}" if after else cid
+        cursor = await self._cursor(request.page_token, kind, scope, owner)
         page = await self._store.list_interactions(
-            owner, cid, size, cursor, self._settings.page_bytes
+            owner,
+            cid,
+            size,
+            cursor,
+            self._settings.page_bytes,
+            oldest_first=request.oldest_first,
+            after=after,
         )
-        token = await self._next_token(_INTERACTIONS, cid, page.next_cursor, owner)
-        answer = pb.ListInteractionsResponse(next_page_token=token)
+        token = await self._next_token(kind, scope, page.next_cursor, owner)
+        answer = pb.ListInteractionsResponse(
+            next_page_token=token, oldest_first=request.oldest_first
+        )
         for data in page.items:
             answer.interactions.add().MergeFromString(data)
         return answer

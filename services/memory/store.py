@@ -2061,30 +2061,57 @@ class MemoryStore:
         return pb.Interaction.FromString(await self.get_interaction_data(owner, iid))
 
     async def list_interactions(
-        self, owner: Owner, cid: str, page_size: int, cursor: str | None, max_bytes: int
+        self,
+        owner: Owner,
+        cid: str,
+        page_size: int,
+        cursor: str | None,
+        max_bytes: int,
+        *,
+        oldest_first: bool = False,
+        after: str = "",
     ) -> Page[bytes]:
-        """A page of serialized ``Interaction`` messages, newest first: at most
-        ``page_size`` of them, and fewer when more would exceed ``max_bytes`` (then
-        ``next_cursor`` continues right after the last one returned)."""
+        """A page of serialized ``Interaction`` messages, newest first (``oldest_first``:
+        oldest first): at most ``page_size`` of them, and fewer when more would exceed
+        ``max_bytes`` (then ``next_cursor`` continues right after the last one returned).
+        ``after``: only the turns whose id sorts after it (newer), in either order; a
+        position, so it need not name a turn that exists. Ids sort by creation
+        (``ids.py``), and the list is read from the position on: a page costs
+        O(log N + page_size) however many turns lie before it."""
         tag = self.tag(owner)
-        start = f"({cursor}" if cursor else "+"
+        if oldest_first:
+            start = f"({cursor}" if cursor else f"({after}" if after else "-"
+            stop = "+"
+        else:
+            start = f"({cursor}" if cursor else "+"
+            stop = f"({after}" if after else "-"
+        # Only a plain first page is the newest page the replica guesses the turns of.
+        newest_page = cursor is None and not oldest_first and not after
         conv = keys.conversation(tag, cid)
         for _ in range(RUN_ATTEMPTS):
             # The newest page's turns (an Ask's history) as the last read found them and
             # this replica's writes since added, declared up front; a run asks for any
-            # other (lua/list_interactions.lua). A later page is read once: asked for.
-            turns = self._recent.page(conv, page_size) if cursor is None else []
+            # other (lua/list_interactions.lua). Any other page is read once: asked for.
+            turns = self._recent.page(conv, page_size) if newest_page else []
             out = await self._run(
                 tag,
                 self._list_interactions,
                 [conv, keys.conversation_interactions(tag, cid), *turns],
-                [self.caller(owner), tag, start, page_size, max_bytes],
+                [
+                    self.caller(owner),
+                    tag,
+                    start,
+                    page_size,
+                    max_bytes,
+                    stop,
+                    "1" if oldest_first else "0",
+                ],
             )
             if out is None:
                 raise conversation_not_found(cid)
             if out[0] != 0:
                 read = 2 + int(out[1])
-                if cursor is None:
+                if newest_page:
                     ids = [bytes(iid).decode() for iid in out[2:read]]
                     turns = [keys.interaction(tag, iid) for iid in ids]
                     self._recent.learn_page(conv, turns, page_size)

@@ -1,7 +1,10 @@
 -- needs: read
 -- KEYS: conv, ints, then the page's turn keys (those the store expects, store.py's
 -- RecentTurns; a run that lacks one asks for it: read.lua's declare_first).
--- ARGV: caller (read.lua), tag, start bound, page size, page byte budget.
+-- ARGV: caller (read.lua), tag, start bound, page size, page byte budget, stop bound,
+-- '1' for oldest first (the bounds are ZRANGE BYLEX's, in the page's order: newest first
+-- from '+' or '(<cursor>' down to '-' or '(<after>'; oldest first from '-', '(<after>' or
+-- '(<cursor>' up to '+').
 -- Returns nil when the conversation is not the caller's; {0} when a turn it lists has no
 -- key here (below); else {last id or '', m, id1, ..., idm, data1, ...}: the ids of the m
 -- turns the page read (the store declares them up front next time), then the page, where
@@ -11,7 +14,12 @@
 if not callers(KEYS[1], ARGV[1]) then return false end
 local n = tonumber(ARGV[4])
 local budget = tonumber(ARGV[5])
-local ids = redis.call('ZRANGE', KEYS[2], ARGV[3], '-', 'BYLEX', 'REV', 'LIMIT', 0, n + 1)
+local ids
+if ARGV[7] == '1' then
+  ids = redis.call('ZRANGE', KEYS[2], ARGV[3], ARGV[6], 'BYLEX', 'LIMIT', 0, n + 1)
+else
+  ids = redis.call('ZRANGE', KEYS[2], ARGV[3], ARGV[6], 'BYLEX', 'REV', 'LIMIT', 0, n + 1)
+end
 -- The page's turns are read only declared (read.lua's declare_first: a run that lacks
 -- one names them, and the store runs it again with them declared).
 local m = math.min(n, #ids)

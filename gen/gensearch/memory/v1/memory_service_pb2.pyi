@@ -248,22 +248,28 @@ class GetInteractionResponse(_message.Message):
     def __init__(self, interaction: _Optional[_Union[Interaction, _Mapping]] = ...) -> None: ...
 
 class ListInteractionsRequest(_message.Message):
-    __slots__ = ("conversation_id", "page_size", "page_token")
+    __slots__ = ("conversation_id", "page_size", "page_token", "oldest_first", "after_interaction_id")
     CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    OLDEST_FIRST_FIELD_NUMBER: _ClassVar[int]
+    AFTER_INTERACTION_ID_FIELD_NUMBER: _ClassVar[int]
     conversation_id: str
     page_size: int
     page_token: str
-    def __init__(self, conversation_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    oldest_first: bool
+    after_interaction_id: str
+    def __init__(self, conversation_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., oldest_first: _Optional[bool] = ..., after_interaction_id: _Optional[str] = ...) -> None: ...
 
 class ListInteractionsResponse(_message.Message):
-    __slots__ = ("interactions", "next_page_token")
+    __slots__ = ("interactions", "next_page_token", "oldest_first")
     INTERACTIONS_FIELD_NUMBER: _ClassVar[int]
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    OLDEST_FIRST_FIELD_NUMBER: _ClassVar[int]
     interactions: _containers.RepeatedCompositeFieldContainer[Interaction]
     next_page_token: str
-    def __init__(self, interactions: _Optional[_Iterable[_Union[Interaction, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+    oldest_first: bool
+    def __init__(self, interactions: _Optional[_Iterable[_Union[Interaction, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., oldest_first: _Optional[bool] = ...) -> None: ...
 
 class UpdateInteractionRequest(_message.Message):
     __slots__ = ("interaction", "update_mask")

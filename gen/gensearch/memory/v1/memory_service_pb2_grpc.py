@@ -172,7 +172,7 @@ class MemoryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListInteractions(self, request, context):
-        """Lists a conversation's interactions, newest first.
+        """Lists a conversation's interactions, newest first (oldest first when asked).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -58,7 +58,7 @@ class MemoryServiceStub:
     GetInteraction: _grpc.UnaryUnaryMultiCallable[_memory_service_pb2.GetInteractionRequest, _memory_service_pb2.GetInteractionResponse]
     """Returns one interaction of the caller's."""
     ListInteractions: _grpc.UnaryUnaryMultiCallable[_memory_service_pb2.ListInteractionsRequest, _memory_service_pb2.ListInteractionsResponse]
-    """Lists a conversation's interactions, newest first."""
+    """Lists a conversation's interactions, newest first (oldest first when asked)."""
     UpdateInteraction: _grpc.UnaryUnaryMultiCallable[_memory_service_pb2.UpdateInteractionRequest, _memory_service_pb2.UpdateInteractionResponse]
     """Changes an interaction's additional_info (the only field that may change, as in
     OpenSearch's memory API), as named by a field mask.
@@ -126,7 +126,7 @@ class MemoryServiceAsyncStub(MemoryServiceStub):
     GetInteraction: _aio.UnaryUnaryMultiCallable[_memory_service_pb2.GetInteractionRequest, _memory_service_pb2.GetInteractionResponse]  # type: ignore[assignment]
     """Returns one interaction of the caller's."""
     ListInteractions: _aio.UnaryUnaryMultiCallable[_memory_service_pb2.ListInteractionsRequest, _memory_service_pb2.ListInteractionsResponse]  # type: ignore[assignment]
-    """Lists a conversation's interactions, newest first."""
+    """Lists a conversation's interactions, newest first (oldest first when asked)."""
     UpdateInteraction: _aio.UnaryUnaryMultiCallable[_memory_service_pb2.UpdateInteractionRequest, _memory_service_pb2.UpdateInteractionResponse]  # type: ignore[assignment]
     """Changes an interaction's additional_info (the only field that may change, as in
     OpenSearch's memory API), as named by a field mask.
@@ -239,7 +239,7 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _memory_service_pb2.ListInteractionsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_memory_service_pb2.ListInteractionsResponse, _abc.Awaitable[_memory_service_pb2.ListInteractionsResponse]]:
-        """Lists a conversation's interactions, newest first."""
+        """Lists a conversation's interactions, newest first (oldest first when asked)."""
 
     @_abc_1.abstractmethod
     def UpdateInteraction(

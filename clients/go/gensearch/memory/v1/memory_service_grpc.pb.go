@@ -34,7 +34,7 @@ type MemoryServiceClient interface {
 	CreateInteraction(ctx context.Context, in *CreateInteractionRequest, opts ...grpc.CallOption) (*CreateInteractionResponse, error)
 	// Returns one interaction of the caller's.
 	GetInteraction(ctx context.Context, in *GetInteractionRequest, opts ...grpc.CallOption) (*GetInteractionResponse, error)
-	// Lists a conversation's interactions, newest first.
+	// Lists a conversation's interactions, newest first (oldest first when asked).
 	ListInteractions(ctx context.Context, in *ListInteractionsRequest, opts ...grpc.CallOption) (*ListInteractionsResponse, error)
 	// Changes an interaction's additional_info (the only field that may change, as in
 	// OpenSearch's memory API), as named by a field mask.
@@ -223,7 +223,7 @@ type MemoryServiceServer interface {
 	CreateInteraction(context.Context, *CreateInteractionRequest) (*CreateInteractionResponse, error)
 	// Returns one interaction of the caller's.
 	GetInteraction(context.Context, *GetInteractionRequest) (*GetInteractionResponse, error)
-	// Lists a conversation's interactions, newest first.
+	// Lists a conversation's interactions, newest first (oldest first when asked).
 	ListInteractions(context.Context, *ListInteractionsRequest) (*ListInteractionsResponse, error)
 	// Changes an interaction's additional_info (the only field that may change, as in
 	// OpenSearch's memory API), as named by a field mask.
