@@ -13,7 +13,9 @@ ABORTED and drops its fold (the summary it would have replaced already moved on)
 
 A fold takes the oldest pending turns first, at most ``summary_max_read_turns`` of them:
 memory counts every turn up to the last one folded as summarised, so a turn it skipped
-would never be in the summary (``_unsummarised``).
+would never be in the summary (``_unsummarised``). It reads those turns alone (memory's
+ListInteractions oldest first, after the summary's end), so a long backlog costs each
+fold no more reads than a short one.
 
 Before each LLM call the fold asks memory whether the summary it will write fits the
 owner's storage (CheckStorage with ``summary``: the accounting UpdateConversationSummary
@@ -252,41 +254,111 @@ class Summarizer:
         prompt will not carry, oldest first: the newest ``keep`` turns stay if they fit
         ``job.keep_tokens``; once one does not, it and every older one are pending.
 
-        Memory lists newest first, so the walk goes on down to ``through`` (or the
-        conversation's first turn), however many pending turns lie between: the summary
-        must fold the oldest ones first, since UpdateConversationSummary marks every turn
-        up to the last one folded as covered. It used to stop after reading
-        ``summary_max_read_turns`` turns and fold those, the newest pending ones, and the
-        older turns it never read were then counted as summarised. Only the oldest
-        ``summary_max_read_turns`` pending turns are held and folded (the LLM calls of a
-        fold stay bounded); the rest are the next fold's. The reads are bounded by the
-        conversation's stored turns (memory's MAX_INTERACTIONS_PER_CONVERSATION)."""
-        oldest: deque[Turn] = deque(maxlen=self._s.summary_max_read_turns)
+        The oldest pending turns, since UpdateConversationSummary marks every turn up to
+        the last one folded as covered (a fold that took the newest ones counted the older
+        turns it never read as summarised). Bounded reads find them, however long the
+        backlog: the newest turns after ``through``, newest first, down to the first one
+        the prompt does not keep, read with up to ``summary_max_read_turns`` more (at most
+        ``keep`` + 1 + that many turns: when they reach ``through``, they hold every
+        pending turn, the usual case, one read); else the turns right after ``through``,
+        oldest first, up to that one and at most ``summary_max_read_turns`` of them. A
+        fold used to read the conversation newest first down to ``through``: every turn of
+        a backlog, on every turn's fold until it caught up (a long one could outlast
+        ``summary_timeout`` and never advance). A memory that does not list oldest first
+        (older than the field, mid-upgrade) gets that walk still (``_walk_down``)."""
+        newest, pending = await self._newest_pending(job, through, keep)
+        if newest is None:
+            return []
+        if pending is None:
+            pending = await self._oldest_pending(job, through, newest)
+        if pending is None:
+            pending = await self._walk_down(job, through, newest)
+        return pending
+
+    async def _list(
+        self, job: FoldJob, token: str, after: str, size: int = _PAGE, oldest_first: bool = False
+    ) -> mem_pb.ListInteractionsResponse:
+        return await self._memory.list_interactions(
+            mem_pb.ListInteractionsRequest(
+                conversation_id=job.conversation_id,
+                page_size=size,
+                page_token=token,
+                oldest_first=oldest_first,
+                after_interaction_id=after,
+            ),
+            job.caller,
+            self._s.summary_timeout,
+        )
+
+    async def _newest_pending(
+        self, job: FoldJob, through: str, keep: int
+    ) -> tuple[str | None, list[Turn] | None]:
+        """The id of the newest turn newer than ``through`` that the next prompt will not
+        carry (None: every such turn is kept), newest first the first turn past the
+        ``keep`` newest or past ``job.keep_tokens``; and, when the read that found it
+        reached ``through`` (or the first turn), the oldest ``summary_max_read_turns``
+        pending turns it holds, oldest first (None: more lie beyond it)."""
+        limit = self._s.summary_max_read_turns
         kept = used = 0
-        keeping = True
         token = ""
         while True:
-            page = await self._memory.list_interactions(
-                mem_pb.ListInteractionsRequest(
-                    conversation_id=job.conversation_id, page_size=_PAGE, page_token=token
-                ),
-                job.caller,
-                self._s.summary_timeout,
+            # The turns still to keep, the first not kept, and as many pending as a fold
+            # takes: a backlog that short is read whole here.
+            page = await self._list(job, token, through, min(_PAGE, keep - kept + 1 + limit))
+            turns = [i for i in page.interactions if not through or i.interaction_id > through]
+            # A memory without the bound lists on past ``through``: that is its end too.
+            whole = not page.next_page_token or len(turns) < len(page.interactions)
+            counts = await job.tokenizer.count([t for i in turns for t in (i.input, i.response)])
+            for n, i in enumerate(turns):
+                cost = counts[2 * n] + counts[2 * n + 1] + 2 * _MESSAGE_OVERHEAD
+                if kept < keep and used + cost <= job.keep_tokens:
+                    kept += 1
+                    used += cost
+                    continue
+                if not whole:
+                    return i.interaction_id, None
+                oldest = [Turn(t.input, t.response, t.interaction_id) for t in reversed(turns[n:])]
+                return i.interaction_id, oldest[:limit]
+            if whole or not turns:
+                return None, None
+            token = page.next_page_token
+
+    async def _oldest_pending(self, job: FoldJob, through: str, newest: str) -> list[Turn] | None:
+        """The turns after ``through`` up to ``newest``, oldest first, at most
+        ``summary_max_read_turns``: read oldest first from ``through`` on, no further
+        (None when memory lists newest first only)."""
+        limit = self._s.summary_max_read_turns
+        pending: list[Turn] = []
+        token = ""
+        while len(pending) < limit:
+            page = await self._list(
+                job, token, through, min(_PAGE, limit - len(pending)), oldest_first=True
             )
-            texts = [t for i in page.interactions for t in (i.input, i.response)]
-            counts = await job.tokenizer.count(texts) if keeping else []
-            for n, i in enumerate(page.interactions):
+            if not page.oldest_first:
+                return None
+            for i in page.interactions:
+                if i.interaction_id > newest:  # a turn the prompt keeps, and all after it
+                    return pending
+                pending.append(Turn(i.input, i.response, i.interaction_id))
+            token = page.next_page_token
+            if not token or not page.interactions:
+                break
+        return pending
+
+    async def _walk_down(self, job: FoldJob, through: str, newest: str) -> list[Turn]:
+        """``_oldest_pending`` for a memory that lists newest first only: newest first down
+        to ``through`` (or the conversation's first turn), holding the oldest
+        ``summary_max_read_turns`` turns up to ``newest``."""
+        oldest: deque[Turn] = deque(maxlen=self._s.summary_max_read_turns)
+        token = ""
+        while True:
+            page = await self._list(job, token, through)
+            for i in page.interactions:
                 if through and i.interaction_id <= through:
                     return list(reversed(oldest))
-                if keeping:
-                    cost = counts[2 * n] + counts[2 * n + 1] + 2 * _MESSAGE_OVERHEAD
-                    if kept < keep and used + cost <= job.keep_tokens:
-                        kept += 1
-                        used += cost
-                        continue
-                    keeping = False
-                # Newest to oldest: a full deque drops its newest, leaving the oldest.
-                oldest.append(Turn(i.input, i.response, i.interaction_id))
+                if i.interaction_id <= newest:
+                    # Newest to oldest: a full deque drops its newest, leaving the oldest.
+                    oldest.append(Turn(i.input, i.response, i.interaction_id))
             token = page.next_page_token
             if not token or not page.interactions:
                 return list(reversed(oldest))

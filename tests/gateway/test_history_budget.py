@@ -30,6 +30,7 @@ from services.gateway.tokens import Estimate
 from tests.gateway.conftest import ALICE, BOB, TOKEN, Stack, StackFactory, create_books
 from tests.support.fake_openai import Behaviour
 from tests.support.redis_cluster import LocalCluster
+from tests.support.relay import Relay, serving
 
 WINDOW = 1600
 RESERVE = 100
@@ -490,11 +491,13 @@ async def _fold_directly(stack: Stack, cid: str, keep_turns: int, **overrides: A
     its own (the job a turn would queue, run in the foreground), with ``overrides`` of its
     settings."""
     settings = GatewaySettings(
-        memory_addr=f"127.0.0.1:{stack.servers['memory'].port}",
-        generation_addr=f"127.0.0.1:{stack.servers['generation'].port}",
-        internal_token=TOKEN,
-        metrics_port=None,
-        **overrides,
+        **{
+            "memory_addr": f"127.0.0.1:{stack.servers['memory'].port}",
+            "generation_addr": f"127.0.0.1:{stack.servers['generation'].port}",
+            "internal_token": TOKEN,
+            "metrics_port": None,
+            **overrides,
+        }
     )
     backends = Backends.build(settings)
     alice = Identity("alice", "alice", Role.ADMIN)
@@ -649,3 +652,84 @@ async def test_a_fold_with_more_pending_turns_than_it_reads_folds_the_oldest_fir
     await _fold_directly(stack, cid, 2, summary_max_read_turns=4)
     assert len([r for r in stack.fake.chat_requests if is_fold(r.json)]) == 3
     assert (await _get(stack, cid)).summary.through_interaction_id == ids[9]
+
+
+_LIST = "/gensearch.memory.v1.MemoryService/ListInteractions"
+
+
+class _CountingMemory(Relay):
+    """Memory as it is, every method relayed, counting the turns ListInteractions answers
+    (what a fold reads of the conversation). ``older``: a memory from before
+    ListInteractions' oldest_first and after_interaction_id (both taken out of the
+    request, so it lists newest first from the newest turn)."""
+
+    def __init__(self, older: bool = False) -> None:
+        super().__init__()
+        self.older = older
+        self.turns_read = 0
+
+    def request(self, method: str, request: bytes) -> bytes:
+        if method != _LIST or not self.older:
+            return request
+        asked = mem_pb.ListInteractionsRequest.FromString(request)
+        asked.ClearField("oldest_first")
+        asked.ClearField("after_interaction_id")
+        return asked.SerializeToString()
+
+    async def answer(self, method: str, answer: bytes) -> bytes:
+        if method == _LIST:
+            self.turns_read += len(mem_pb.ListInteractionsResponse.FromString(answer).interactions)
+        return answer
+
+
+async def test_a_fold_far_behind_reads_only_the_turns_it_folds(
+    stack_factory: StackFactory,
+) -> None:
+    """A backlog of 250 pending turns, SUMMARY_MAX_READ_TURNS 4, 2 turns kept: each fold
+    reads the 7 newest turns (the 2 kept, the newest pending one, and 4 more, which would
+    have been every pending turn of a short backlog), then the 4 right after the summary's
+    end (ListInteractions oldest first, after it): 11 however long the backlog, and folds
+    those 4. Before, every fold read the conversation newest first down to the summary's
+    end: all 250 turns, 3 pages, on every turn until it caught up."""
+    stack = await _stack(stack_factory)
+    cid = await _conversation(stack)
+    ids = await _fill(stack, cid, 250)
+    counting = _CountingMemory()
+    counting.target = f"127.0.0.1:{stack.servers['memory'].port}"
+    async with serving(counting) as address:
+        for through in (3, 7):
+            counting.turns_read = 0
+            await _fold_directly(stack, cid, 2, summary_max_read_turns=4, memory_addr=address)
+            assert counting.turns_read == (2 + 1 + 4) + 4
+            summary = (await _get(stack, cid)).summary
+            assert summary.through_interaction_id == ids[through]
+            assert set(_labels(summary.text)) == set(range(through + 1))
+    # The same reading through the gateway's MemoryService, for a client.
+    after = await stack.memory.ListInteractions(
+        mem_pb.ListInteractionsRequest(
+            conversation_id=cid, page_size=2, oldest_first=True, after_interaction_id=ids[7]
+        ),
+        metadata=ALICE,
+    )
+    assert after.oldest_first
+    assert [i.interaction_id for i in after.interactions] == ids[8:10]
+
+
+async def test_a_fold_on_a_memory_that_lists_newest_first_only_still_folds_the_oldest(
+    stack_factory: StackFactory,
+) -> None:
+    """Mid-upgrade, a memory older than oldest_first lists newest first whatever the fold
+    asks (and says nothing of the order): the fold sees it and walks down to the summary's
+    end as before, so it still folds the oldest pending turns, never the newest. A guard:
+    the old fold only ever walked down."""
+    stack = await _stack(stack_factory)
+    cid = await _conversation(stack)
+    ids = await _fill(stack, cid, 12)
+    older = _CountingMemory(older=True)
+    older.target = f"127.0.0.1:{stack.servers['memory'].port}"
+    async with serving(older) as address:
+        for through in (3, 7, 9):
+            await _fold_directly(stack, cid, 2, summary_max_read_turns=4, memory_addr=address)
+            summary = (await _get(stack, cid)).summary
+            assert summary.through_interaction_id == ids[through]
+            assert set(_labels(summary.text)) == set(range(through + 1))
