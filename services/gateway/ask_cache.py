@@ -120,6 +120,11 @@ class SemanticAnswers:
             threshold = s.semantic_cache_min_similarity
         if request.conversation_id or request.new_conversation:
             policy = Policy()  # history (or a turn to store): never from the cache
+        if len(request.llm_question) > s.semantic_cache_max_question_chars:
+            # No entry can hold it (retrieval refuses it): asked uncached, no cache call.
+            # Sent, its refused lookup and store read as a broken cache (errors counted,
+            # WARNINGs logged) whenever any caller asked a long question.
+            policy = Policy()
         used = policy.mode.reads or policy.mode.writes
         key = context_key(request, info, options) if used else ""
         return SemanticPlan(policy, threshold, key)

@@ -285,6 +285,11 @@ class GatewaySettings(SchemaBoundSettings):
     # Semantic cache: cosine similarity a stored question needs when neither the request
     # nor the collection sets one (requests may choose within [0.5, 1]).
     semantic_cache_min_similarity: float = Field(default=0.92, ge=0.5, le=1.0)
+    # Longest question (characters, as asked) the semantic cache is used for: a longer one
+    # is asked uncached, with no cache call. Keep it at most retrieval's
+    # MAX_CACHED_QUESTION_CHARS, which refuses a longer one: each such Ask then counted a
+    # lookup error and a failed store and logged two WARNINGs, at any caller's will.
+    semantic_cache_max_question_chars: int = Field(default=8000, ge=100, le=MAX_SIZE_BYTES)
     # Semantic cache stores run after the answer, in the background: stores waiting at
     # most (beyond: dropped and counted), the workers that make them, how long one store
     # may take once a worker makes it, and how long the waiting ones get at shutdown

@@ -532,3 +532,25 @@ async def test_the_ask_span_says_whether_the_cache_answered(
     await asked(sem, gw_pb.AskRequest(collection="Books", llm_question=Q1), metadata=ALICE)
     last = [s for s in spans.get_finished_spans() if s.name.endswith("/Ask")][-1]
     assert "gensearch.cache.hit" not in (last.attributes or {})
+
+
+async def test_a_question_too_long_for_the_cache_is_no_cache_failure(
+    sem: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Any caller could ask a question longer than the cache holds (the gateway takes
+    32,768 characters, retrieval's cache 8,000): its lookup and store were refused by
+    retrieval, and each such Ask logged two WARNINGs and counted a lookup error and a
+    failed store, the signs of a broken cache an operator alerts on. Such a question is
+    asked uncached, with no cache call."""
+    long_question = Q1 + " " + "really " * 1200  # past 8,000 characters
+    errors, failed = lookups("error"), stores("failed")
+    with caplog.at_level("WARNING", logger="gensearch.gateway"):
+        first = await asked(sem, ask(long_question), metadata=ALICE)
+        second = await asked(sem, ask(long_question), metadata=ALICE)
+    assert first.answer and not first.cached and not second.cached
+    assert calls(sem) == 2  # both generated: never cached
+    assert lookups("error") == errors and stores("failed") == failed
+    assert not [r for r in caplog.records if "semantic cache" in r.getMessage()]
+    # A question the cache holds is still cached.
+    await asked(sem, ask(Q1), metadata=ALICE)
+    assert (await asked(sem, ask(Q1), metadata=ALICE)).cached
