@@ -35,6 +35,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import grpc
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.generation.v1 import generation_service_pb2 as gen_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
@@ -206,10 +207,25 @@ class SemanticAnswers:
             timeout = self._b.settings.semantic_cache_store_timeout
             await retrieval.store_cached_answer(job.request, job.caller, timeout)
         except ServiceError as err:
+            if _refused_entry(err):
+                # The entry's own size: no cache in trouble. Counted and warned as
+                # ``failed``, any writer's large objects (shown as hits, kept with the
+                # answer) made a healthy cache look broken on every Ask.
+                SEMANTIC_STORES.labels("refused").inc()
+                log.info("semantic cache store refused", extra={"reason": err.reason})
+                return
             SEMANTIC_STORES.labels("failed").inc()
             log.warning("semantic cache store failed", extra={"reason": err.reason})
             return
         SEMANTIC_STORES.labels("stored").inc()
+
+
+def _refused_entry(err: ServiceError) -> bool:
+    """Whether retrieval refused this entry for its size (larger than an entry or the
+    tenant's whole cache may be: INVALID_ARGUMENT naming ``answer``) rather than failed to
+    store it. A collection's cache full (COLLECTION_FULL) stays a WARNING: the operator's
+    bound is reached."""
+    return err.code == grpc.StatusCode.INVALID_ARGUMENT and err.field == "answer"
 
 
 def _sources(objects: Sequence[ret_pb.Hit]) -> list[ret_pb.CachedAnswerSource]:

@@ -27,8 +27,8 @@ CACHE_LOOKUPS = Counter(
 )
 SEMANTIC_STORES = Counter(
     "gensearch_gateway_semantic_cache_stores_total",
-    "Semantic answer cache stores, made after the answer: stored, failed, dropped (queue "
-    "full or stopping).",
+    "Semantic answer cache stores, made after the answer: stored, failed, refused (the "
+    "entry too large), dropped (queue full or stopping).",
     ["outcome"],
 )
 SUMMARY_FOLDS = Counter(

@@ -554,3 +554,25 @@ async def test_a_question_too_long_for_the_cache_is_no_cache_failure(
     # A question the cache holds is still cached.
     await asked(sem, ask(Q1), metadata=ALICE)
     assert (await asked(sem, ask(Q1), metadata=ALICE)).cached
+
+
+async def test_an_answer_too_large_for_the_cache_is_refused_not_failed(
+    stack_factory: StackFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A writer's object of 1.2 MB, shown as a hit (the prompt reads only its title): the
+    answer with its hits is more than retrieval's cache keeps (MAX_CACHED_ANSWER_BYTES,
+    1 MiB), so its store is refused. That is the entry's size, not a cache in trouble:
+    counted ``refused`` and said at INFO. Before, every such Ask counted a ``failed``
+    store and logged a WARNING, a broken cache's signs, at any writer's will."""
+    stack = await stack_factory(shared={"api_keys": KEYS})
+    big = {"title": "Dune", "body": "desert " * 180_000, "year": 1965, "tags": ["sf"]}
+    await create_books(stack, books=[big], metadata=ALICE)
+    failed, refused = stores("failed"), stores("refused")
+    question = ask(Q1, context_field_list=["title"])
+    with caplog.at_level("INFO", logger="gensearch.gateway"):
+        answered = await asked(stack, question, metadata=ALICE)
+    assert answered.answer and len(answered.hits[0].properties["body"]) > 10**6
+    assert stores("failed") == failed and stores("refused") == refused + 1
+    said = [r for r in caplog.records if "semantic cache store" in r.getMessage()]
+    assert [r.levelname for r in said] == ["INFO"]
+    assert not (await asked(stack, question, metadata=ALICE)).cached  # nothing was kept
