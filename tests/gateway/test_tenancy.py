@@ -12,7 +12,7 @@ import pytest
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.memory.v1 import memory_service_pb2 as mem_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
-from google.protobuf import duration_pb2, struct_pb2
+from google.protobuf import duration_pb2, field_mask_pb2, struct_pb2
 
 from tests.gateway.conftest import BOOKS, DIM, Stack, StackFactory, create_books, vector
 from tests.gateway.test_generative_search import _near
@@ -451,3 +451,144 @@ async def _all(call: Any) -> list[Any]:
             if message.DESCRIPTOR.fields_by_name.get(name) and message.HasField(name):
                 message.ClearField(name)
     return messages
+
+
+class _As:
+    """A stub whose calls carry ``who``'s metadata."""
+
+    def __init__(self, stub: Any, who: Any) -> None:
+        self._stub, self._who = stub, who
+
+    def __getattr__(self, name: str) -> Callable[[Any], Any]:
+        return lambda request: getattr(self._stub, name)(request, metadata=self._who)
+
+
+def _memory_calls(
+    s: Stack, who: Any, cid: str, iid: str, token: str
+) -> dict[str, Callable[[], Any]]:
+    """Every memory call, through the gateway and as ``who``, that names conversation
+    ``cid`` or turn ``iid`` (with ``token``, a page token their owner was given)."""
+    m, gateway = _As(s.memory, who), _As(s.stub, who)
+
+    def mask(*paths: str) -> field_mask_pb2.FieldMask:
+        return field_mask_pb2.FieldMask(paths=paths)
+
+    summary = {"conversation_id": cid, "text": "t", "through_interaction_id": iid}
+    rid = "0123456789abcdef0123456789abcdef"
+    return {
+        "GetConversation": lambda: m.GetConversation(
+            mem_pb.GetConversationRequest(conversation_id=cid)
+        ),
+        "UpdateConversation name": lambda: m.UpdateConversation(
+            mem_pb.UpdateConversationRequest(
+                conversation_id=cid, name="n", update_mask=mask("name")
+            )
+        ),
+        "UpdateConversation ttl": lambda: m.UpdateConversation(
+            mem_pb.UpdateConversationRequest(
+                conversation_id=cid, ttl=duration_pb2.Duration(seconds=60), update_mask=mask("ttl")
+            )
+        ),
+        "UpdateConversation no mask": lambda: m.UpdateConversation(
+            mem_pb.UpdateConversationRequest(conversation_id=cid)
+        ),
+        "UpdateConversation fixed field": lambda: m.UpdateConversation(
+            mem_pb.UpdateConversationRequest(conversation_id=cid, update_mask=mask("user"))
+        ),
+        "UpdateConversationSummary": lambda: m.UpdateConversationSummary(
+            mem_pb.UpdateConversationSummaryRequest(**summary)
+        ),
+        "UpdateConversationSummary expected": lambda: m.UpdateConversationSummary(
+            mem_pb.UpdateConversationSummaryRequest(**summary, expected_through_interaction_id=iid)
+        ),
+        "ListInteractions": lambda: m.ListInteractions(
+            mem_pb.ListInteractionsRequest(conversation_id=cid)
+        ),
+        "ListInteractions page token": lambda: m.ListInteractions(
+            mem_pb.ListInteractionsRequest(conversation_id=cid, page_token=token)
+        ),
+        "CreateInteraction": lambda: m.CreateInteraction(
+            mem_pb.CreateInteractionRequest(conversation_id=cid, input="x", response="y")
+        ),
+        "CreateInteraction request_id": lambda: m.CreateInteraction(
+            mem_pb.CreateInteractionRequest(
+                conversation_id=cid, input="x", response="y", request_id=rid
+            )
+        ),
+        "CheckStorage": lambda: m.CheckStorage(
+            mem_pb.CheckStorageRequest(conversation_id=cid, bytes=10)
+        ),
+        "CheckStorage summary": lambda: m.CheckStorage(
+            mem_pb.CheckStorageRequest(conversation_id=cid, bytes=10, summary=True)
+        ),
+        "CheckStorage request_id": lambda: m.CheckStorage(
+            mem_pb.CheckStorageRequest(conversation_id=cid, bytes=10, request_id=rid)
+        ),
+        "GetInteraction": lambda: m.GetInteraction(
+            mem_pb.GetInteractionRequest(interaction_id=iid)
+        ),
+        "UpdateInteraction": lambda: m.UpdateInteraction(
+            mem_pb.UpdateInteractionRequest(
+                interaction=mem_pb.Interaction(
+                    interaction_id=iid, additional_info=struct_pb2.Struct()
+                )
+            )
+        ),
+        "ListInteractionTraces": lambda: m.ListInteractionTraces(
+            mem_pb.ListInteractionTracesRequest(interaction_id=iid)
+        ),
+        "Ask request_id": lambda: gateway.Ask(
+            gw_pb.AskRequest(
+                collection="Books", llm_question="q", conversation_id=cid, request_id=rid
+            )
+        ),
+        "DeleteInteraction": lambda: m.DeleteInteraction(
+            mem_pb.DeleteInteractionRequest(interaction_id=iid)
+        ),
+        "DeleteConversation": lambda: m.DeleteConversation(
+            mem_pb.DeleteConversationRequest(conversation_id=cid)
+        ),
+    }
+
+
+async def test_every_memory_call_on_anothers_conversation_answers_as_on_a_missing_one(
+    tenants: Stack,
+) -> None:
+    """Each memory call (and an Ask with a request_id) naming a conversation and turn of
+    alice's, made by another user of her tenant or a namesake of another tenant: the same
+    code, message and details (ids aside) as for ids that never existed, and alice's
+    conversation unchanged. A guard (it passed before): the Ask alone was checked so."""
+    s = tenants
+    await create_books(s, metadata=ALICE)
+    await create_books(s, metadata=ALICE_OF_GLOBEX)
+    made = await s.memory.CreateConversation(mem_pb.CreateConversationRequest(), metadata=ALICE)
+    cid = made.conversation.conversation_id
+    for i in range(2):
+        turn = mem_pb.CreateInteractionRequest(conversation_id=cid, input=f"q{i}", response="a")
+        await s.memory.CreateInteraction(turn, metadata=ALICE)
+    page = await s.memory.ListInteractions(
+        mem_pb.ListInteractionsRequest(conversation_id=cid, page_size=1), metadata=ALICE
+    )
+    iid, token = page.interactions[0].interaction_id, page.next_page_token
+    missing = (str(uuid.uuid4()), str(uuid.uuid4()))
+    before = await s.memory.GetConversation(
+        mem_pb.GetConversationRequest(conversation_id=cid), metadata=ALICE
+    )
+    codes = set()
+    for who in (RITA, ALICE_OF_GLOBEX):
+        theirs = _memory_calls(s, who, cid, iid, token)
+        none = _memory_calls(s, who, *missing, token)
+        for name, call in theirs.items():
+            got = whole_answer(await failure_of(call()), cid, iid)
+            expected = whole_answer(await failure_of(none[name]()), *missing)
+            assert got == expected, name
+            codes.add(got[0])
+    assert codes == {grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT}
+    after = await s.memory.GetConversation(
+        mem_pb.GetConversationRequest(conversation_id=cid), metadata=ALICE
+    )
+    assert after == before
+    listed = await s.memory.ListInteractions(
+        mem_pb.ListInteractionsRequest(conversation_id=cid), metadata=ALICE
+    )
+    assert [t.input for t in listed.interactions] == ["q1", "q0"]
