@@ -915,6 +915,7 @@ class MemoryStore:
         asked: list[str] | None = None,
         maybe_missing: str = "",
         hinted_turns: Sequence[str] = (),
+        unchecked: Sequence[str] = (),
     ) -> Any:
         """The answer of ``script`` (on ``names``, ``args``), after what a run of it
         stopped for, nothing written (``asked``, given empty, gets the keys its runs asked
@@ -933,10 +934,11 @@ class MemoryStore:
           ``_to_declare`` for keys that may not exist).
 
         ``hint`` (a turn's key) names the call's turn: the keys a run of it asked for are
-        kept (its conversation's hash: a turn never changes conversation) and declared up
-        front by the next call naming it, which so takes one round trip. ``hinted_turns``
-        (without ``hint``): the turns' keys of a many-turn read, whose kept keys are
-        declared up front the same way (``_known``), and dropped the same way (below).
+        kept, beside those kept already (its conversation's hash: a turn never changes
+        conversation), and declared up front by the next call naming it, which so takes
+        one round trip. ``hinted_turns`` (without ``hint``): the turns' keys of a
+        many-turn read, whose kept keys are declared up front the same way (``_known``),
+        and dropped the same way (below).
         ``options``: where the script's ARGV holds what the runs rewrite (``RunOptions``).
 
         ``maybe_missing``: a key of ``names`` that may not exist (the list of turns of a
@@ -946,7 +948,13 @@ class MemoryStore:
         move refuses is made again at once without it, rather than waiting out the move
         (GENSEARCH_MEMORY_SLOT_MOVE_WAIT_SECONDS) for a key there is no need of: a run
         that needs it (the conversation has turns) asks for it (lua/read.lua's
-        declare_first), and that run waits for the move as any other."""
+        declare_first), and that run waits for the move as any other.
+
+        ``unchecked``: keys of ``names`` that may not exist either, but that no run asks
+        for again (a deleted turn's request_id keys: lua/keys.lua's forget_interaction
+        skips an undeclared one). Declared as they are, no round trip to check them, until
+        a move refuses a run: then each is read (``_present``) and only those found stay
+        declared, so a missing one does not have the run refused for the whole move."""
         # A hint may be stale: its turn deleted or evicted since, by another replica too
         # (only the deleting replica forgets it). Mid-move Redis refuses, for the whole
         # move, a run declaring the missing turn's key beside its conversation's (TRYAGAIN),
@@ -978,10 +986,17 @@ class MemoryStore:
                 args[options.sample_at] = 0
             try:
                 out = await self._script(
-                    script, names, args, refused_moving=bool(maybe_missing or hinted)
+                    script, names, args, refused_moving=bool(maybe_missing or hinted or unchecked)
                 )
                 if hint and asked:
-                    self._hint(hint, asked)
+                    # Added to what was kept, not in its place: a turn's hint, its
+                    # conversation's hash (kept by its write or a read), grows by what a
+                    # DeleteInteraction's first run asks for (the list, the usage). Replaced,
+                    # the delete's next run declared no hash and asked for it again: one
+                    # more run on every delete of a turn the replica knew. (A request_id's
+                    # hint reused after its ttl so keeps the earlier turn's keys too:
+                    # declared, read by nothing, as any stale hint; dropped as one, below.)
+                    self._hint(hint, list(dict.fromkeys(hinted + asked)))
                 return out
             except _SlotMoving:
                 if hinted:
@@ -992,6 +1007,10 @@ class MemoryStore:
                 if maybe_missing:
                     names.remove(maybe_missing)
                     maybe_missing = ""
+                if unchecked:
+                    absent = set(unchecked) - set(await self._present(list(unchecked)))
+                    names = [name for name in names if name not in absent]
+                    unchecked = ()
             except _DeclareFirst as first:
                 declared += 1
                 wanted = await self._to_declare(first.names, args, options, missing)
@@ -1034,12 +1053,15 @@ class MemoryStore:
         (``_declare_turns``), every turn named so far, until it answers something else, at
         most ``attempts`` runs (then ``exhausted()`` is raised: the turns kept changing).
 
-        ``present_requests``: of the turns' request_id keys, only those found (``_present``)
-        are declared. Each turn has at most one of its two (``_request_keys``), and
-        mid-reshard Redis refuses a run declaring a missing key for the whole move
-        (TRYAGAIN), so a run declaring both is refused until the move ends even with every
-        key it needs on one node. Two more round trips a turn with a request_id: for one
-        turn (DeleteInteraction), not eviction's many."""
+        ``present_requests``: the turns' request_id keys are ``_run``'s ``unchecked``:
+        when a move refuses the run, only those found (``_present``) stay declared. Each
+        turn has at most one of its two (``_request_keys``; none once its request_id_ttl
+        ran out), and mid-reshard Redis refuses a run declaring a missing key for the
+        whole move (TRYAGAIN), so a run declaring both is refused until the move ends
+        even with every key it needs on one node. Checked only then: with no move under
+        way a missing key declared costs nothing, where reading them first cost two more
+        round trips on every delete of a turn with a request_id. For one turn
+        (DeleteInteraction), not eviction's many (each read alone)."""
         named: dict[str, str] = {}
         turn_keys, declared = _declare_turns(tag, named)
         for _ in range(attempts):
@@ -1051,14 +1073,11 @@ class MemoryStore:
                 options=options,
                 hint=hint,
                 maybe_missing=maybe_missing,
+                unchecked=_request_keys(tag, named) if present_requests else (),
             )
             if not (isinstance(out, list) and out and out[0] == _DECLARE):
                 return out
             turn_keys, declared = _declare_turns(tag, named, out)
-            if present_requests:
-                requests = _request_keys(tag, named)
-                absent = set(requests) - set(await self._present(requests))
-                turn_keys = [name for name in turn_keys if name not in absent]
         raise exhausted()
 
     async def _run_evicting(
@@ -2216,7 +2235,7 @@ class MemoryStore:
         conversation's summary is not rewritten. Every key the script touches is declared:
         the turn's conversation hash and list and the owner's usage (asked for by a first
         run: a turn deleted already is read alone) and its request_id keys (named by a
-        run, as eviction's are: ``_declare_turns``; only the one that exists:
+        run, as eviction's are: ``_declare_turns``; mid-move only the one that exists:
         ``present_requests``), so mid-reshard Redis refuses a run rather than half of it."""
         tag = self.tag(owner)
         turn = keys.interaction(tag, iid)

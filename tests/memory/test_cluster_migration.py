@@ -1236,9 +1236,10 @@ async def test_a_turn_with_a_request_id_is_deleted_mid_move(
     """DeleteInteraction of a turn stored with a request_id, mid-move, every key the turn
     has (its key, its conversation's, its request_id key) on the new node and another
     conversation's still on the old one: the turn is deleted at once, and a retry then
-    answers NOT_FOUND, at every step of the move. Before, the deletion declared both
-    owners' request_id keys of the shared tag (keys.request), one of which never exists:
-    Redis refused the run (TRYAGAIN: UNAVAILABLE) for as long as the move lasted."""
+    answers NOT_FOUND, at every step of the move. The deletion declares both owners'
+    request_id keys of the shared tag (keys.request), one of which never exists: Redis
+    refuses that run (TRYAGAIN), and it is made again with only the keys found. Before,
+    it answered UNAVAILABLE for as long as the move lasted."""
     store = make_store()
     cid, doomed, kept = await _two_turns_beside_four(store, "r", request_ids=True)
     tag = store.tag(OWNER)

@@ -3,12 +3,19 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import grpc
+import pytest
 from gensearch.memory.v1 import memory_service_pb2 as pb
+from gensearch.memory.v1 import memory_service_pb2_grpc as pb_grpc
 
-from tests.memory.conftest import Memory, MemoryFactory
+from services.common.redis_client import connect
+from services.devlaunch.redis_server import RedisProcess
+from services.memory.__main__ import build_server
+from services.memory.store import lua_source
+from tests.memory.conftest import Memory, MemoryFactory, make_settings
 from tests.memory.helpers import expect_error
 from tests.memory.test_search_interactions import (
     ALICE,
@@ -21,6 +28,7 @@ from tests.memory.test_search_interactions import (
     search_until,
     turn,
 )
+from tests.support.redis_relay import relaying
 from tests.support.rpc import error_info
 
 
@@ -264,3 +272,57 @@ async def test_a_fold_is_refused_only_for_a_turn_it_folded(
     done = await fold(4, 20, expected=3)  # read after them
     assert done.conversation.unfolded_deletions == 20
     assert done.conversation.summary.text == "to 4"
+
+
+@pytest.mark.parametrize("request_id", ["", "zebra-request"])
+async def test_a_delete_with_no_slot_move_sends_only_its_three_runs(
+    redis_server: RedisProcess, request_id: str
+) -> None:
+    """DeleteInteraction, no slot move under way, on the replica that wrote the turn: its
+    script's three runs (the first asks for the turn's conversation list and the owner's
+    usage, the second names the turn's request_id, the third deletes) and no other
+    command. Counted from the commands that reach a real Redis through a relay. Before:
+    a fourth run, as the first run's keys replaced the turn's kept conversation hash
+    (``MemoryStore._run``'s hint), which the third run then asked for again; and, for a
+    turn with a request_id, two EXISTS more (which of the two owners' request_id keys of
+    a shared tag exists), needed only when a move refuses a run declaring a missing one."""
+    deleting = False
+    sent: list[str] = []
+    sha = hashlib.sha1(lua_source("delete_interaction").encode()).hexdigest().encode()
+
+    async def step(args: list[bytes]) -> None:
+        # Only the owner's keys (the service's own loops use tags of their own: {deletes}).
+        if deleting and any(b"{u:" in arg for arg in args):
+            command = args[0].upper()
+            sent.append("delete_interaction" if args[1:2] == [sha] else command.decode())
+
+    async with relaying(redis_server.url, step) as url:
+        server = await build_server(make_settings(url), port=0)
+        await server.start()
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+        stub = pb_grpc.MemoryServiceStub(channel)
+        redis = connect(redis_server.url, cluster=False, socket_timeout=5, connect_timeout=2)
+        try:
+            made = await stub.CreateConversation(pb.CreateConversationRequest(), metadata=ALICE)
+            ask = pb.CreateInteractionRequest(
+                conversation_id=made.conversation.conversation_id,
+                input="zebra",
+                request_id=request_id,
+            )
+            iid = (await stub.CreateInteraction(ask, metadata=ALICE)).interaction.interaction_id
+            # Its key, and its request_id's if it has one.
+            named = [f"*{iid}*"] + ([f"*:req:{request_id}"] if request_id else [])
+            for pattern in named:
+                assert [key async for key in redis.scan_iter(match=pattern)] != [], pattern
+            deleting = True
+            await stub.DeleteInteraction(
+                pb.DeleteInteractionRequest(interaction_id=iid), metadata=ALICE
+            )
+            deleting = False
+            assert sent == ["delete_interaction"] * 3
+            for pattern in named:  # deleted whole (both owners' request_id keys declared)
+                assert [key async for key in redis.scan_iter(match=pattern)] == [], pattern
+        finally:
+            await redis.aclose()
+            await channel.close()
+            await server.stop(0)

@@ -11,9 +11,10 @@ local function interaction_keys(tag, iid)
 end
 -- Deletes one interaction's keys, and its request_id entry (rid: the turn's request_id,
 -- '' for none) if it still names it: either owner's of a shared tag, 'req' or 't:req'
--- (services/memory/keys.py request). Its caller declared those that exist (eviction
--- declares both; DeleteInteraction only those it found, as a missing key declared has
--- Redis refuse the run for a whole slot move): one undeclared is not there to read.
+-- (services/memory/keys.py request). Its caller declared those that may exist (eviction
+-- declares both; DeleteInteraction both, then, once a slot move refused that run, only
+-- those it found, as a missing key declared has Redis refuse the run for the whole move):
+-- one undeclared is not there to read.
 local function forget_interaction(tag, iid, rid)
   if rid ~= '' then
     for _, kind in ipairs({':req:', ':t:req:'}) do
