@@ -955,13 +955,16 @@ class MemoryStore:
         skips an undeclared one). Declared as they are, no round trip to check them, until
         a move refuses a run: then each is read (``_present``) and only those found stay
         declared, so a missing one does not have the run refused for the whole move."""
-        # A hint may be stale: its turn deleted or evicted since, by another replica too
-        # (only the deleting replica forgets it). Mid-move Redis refuses, for the whole
-        # move, a run declaring the missing turn's key beside its conversation's (TRYAGAIN),
-        # so a hinted run a move refuses is made again at once without the hint: a run
-        # that needs the conversation asks for it (declare_first) and waits as any other.
-        # A many-turn read names its turns (``hinted_turns``): the same for each (a
-        # batch read of a turn deleted elsewhere was refused for the whole move).
+        # A hint may be stale: its turn deleted or evicted since, by this replica or
+        # another. Mid-move Redis refuses, for the whole move, a run declaring the missing
+        # turn's key beside its conversation's (TRYAGAIN), so a hinted run a move refuses
+        # is made again at once without the hint: a run that needs the conversation asks
+        # for it (declare_first) and waits as any other. A many-turn read names its turns
+        # (``hinted_turns``): the same for each (a batch read of a turn deleted elsewhere
+        # was refused for the whole move). This covers every stale hint, so the deletes
+        # do not forget their turns' hints too: that saved only the deleting replica's
+        # first refused run of a read of one of them, mid-move (redis-py's own tries of
+        # it, about 0.1 s), the answer the same; every other replica pays it anyway.
         hinted_turns = [hint] if hint else list(hinted_turns)
         hinted = self._known(hinted_turns)
         base = len(names)
@@ -1766,10 +1769,6 @@ class MemoryStore:
                 marking = await self._marked(mark)
                 marked = marked or marking
             status = await self._script(self._delete_conversation, names + turns + requests, args)
-            for turn in turns:
-                # A read of a deleted turn declares its key alone, as DeleteInteraction's
-                # does (its hint's conversation keys, missing mid-move, had it refused).
-                self._hints.pop(turn, None)
             if status == 3:
                 started = True
                 if marking and not marked:
@@ -2258,10 +2257,6 @@ class MemoryStore:
         cid = bytes(out[1]).decode()
         # Its conversation's next page and window no longer expect the turn.
         self._recent.forget(keys.conversation(tag, cid))
-        # Nor does a read of it: declared with the turn's missing key, its conversation's
-        # keys had a read refused mid-move (TRYAGAIN: UNAVAILABLE) where the turn's key
-        # alone answers NOT_FOUND.
-        self._hints.pop(turn, None)
         return cid
 
     async def get_interactions(self, owner: Owner, iids: list[str]) -> list[pb.Interaction | None]:

@@ -1198,10 +1198,12 @@ async def test_a_turn_deleted_mid_move_is_then_not_found(
 ) -> None:
     """DeleteInteraction while the owner's slot moves (the turn's keys moved first, another
     conversation's still on the old node): once it is acknowledged, a read of the turn
-    answers NOT_FOUND at every step of the move. Before, the store kept the deleted turn's
-    key hint (its conversation hash and list), declared with the turn's key by the read:
-    the turn's key missing with the others there, Redis refused the run (TRYAGAIN) and
-    the read answered UNAVAILABLE for as long as the move lasted."""
+    answers NOT_FOUND at every step of the move. The store keeps the deleted turn's key
+    hint (its conversation hash and list), declared with the turn's key by the read: the
+    turn's key missing with the others there, Redis refuses that run (TRYAGAIN), and the
+    read is made again without the hint (``MemoryStore._run``). Before (the hint neither
+    forgotten at the delete nor dropped at the refusal), the read answered UNAVAILABLE for
+    as long as the move lasted."""
     store = make_store()
     cid, doomed, kept = await _two_turns_beside_four(store, "d")
     # Read once: the turn's hint (its conversation hash) is known, as in a serving replica.
@@ -1272,7 +1274,7 @@ async def test_a_turn_of_a_deleted_conversation_is_then_not_found_mid_move(
     every step of a later move of the owner's slot. Before, the store kept the turn's key
     hint (its conversation's hash), declared with the turn's key by the read: both missing
     mid-move, Redis refused the run (TRYAGAIN) and the read answered UNAVAILABLE for as
-    long as the move lasted (DeleteInteraction already dropped its turn's hint)."""
+    long as the move lasted. Now a run a move refuses is made again without the hint."""
     store = make_store()
     cid = (await store.create_conversation(OWNER, "c")).conversation_id
     turn = await store.create_interaction(OWNER, cid, pb.Interaction(input="c"), "", b"")
