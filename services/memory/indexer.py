@@ -22,6 +22,13 @@ Redis is the truth; the index (``search_index.py``) is derived from it and may l
   (``kill -9``) between the Redis write and the index write leaves it there, for the next
   drain of any replica. It was lost with the replica before, and the turn never found by
   search if the index knew none of its owner's turns (the sweep walks known owners only).
+- A deletion's drop job is in the outbox before the deletion runs (``deleting``), and
+  taken out once the index dropped the entries: a replica killed between the deletion
+  and the drop (the call acknowledged or not, the deletion's marks removed or not) leaves
+  it for the next drain. It was only in the replica's memory before, and the entries
+  stayed until the sweep (hourly by default). A drain runs a drop job only once what it
+  names is gone from Redis: one written ahead of a deletion that never ran (the call
+  failed first) drops nothing.
 """
 
 from __future__ import annotations
@@ -233,6 +240,39 @@ class Indexer:
             )
             return None
 
+    async def deleting(self, owner: Owner, *, cid: str = "", iid: str = "") -> DropAhead:
+        """Writes the drop job of a deletion of the conversation ``cid`` (or of the turn
+        ``iid``) to the outbox, due a retry period from now, before the deletion runs
+        (awaited, one round trip): then given to ``deleted`` once the deletion is done, or
+        to ``not_deleted`` when there was nothing to delete. A deletion that fails
+        otherwise (it may have run in part) leaves the job to a drain, which drops the
+        entries only if what it names is gone (``_apply``)."""
+        op, ident = (_DROP_CONVERSATION, cid) if cid else (_DROP_INTERACTION, iid)
+        job = [op, owner.tenant, owner.user, ident]
+        started = time.monotonic()
+        # Shielded: a call cancelled meanwhile still knows whether the job is there.
+        return DropAhead(job, await asyncio.shield(self._start_ahead(job)), started)
+
+    async def deleted(self, ahead: DropAhead) -> None:
+        """The deletion ``ahead`` was written for is done: its drop runs here, in the
+        background, and is taken out of the outbox once the index did it. A deletion
+        slower than half a retry period writes the job again (awaited): a drain may have
+        found what it names still there, before the deletion ran, and taken it out
+        (``stored``'s reason, for a turn not written yet)."""
+        queued = ahead.queued
+        if queued is not False and time.monotonic() - ahead.started > self._retry / 2:
+            queued = await asyncio.shield(self._start_ahead(ahead.job))
+        self._spawn(ahead.job, None, queued)
+
+    def not_deleted(self, ahead: DropAhead) -> None:
+        """Nothing was deleted (NOT_FOUND): the job written ahead is taken out, in the
+        background (left there, a drain would only find nothing to drop; meanwhile it held
+        a place of the outbox's bounds, a tenant deleting missing ids filling its share)."""
+        if ahead.queued:
+            out = asyncio.get_running_loop().create_task(self._done_ahead(ahead.job))
+            self._tasks.add(out)
+            out.add_done_callback(self._tasks.discard)
+
     def conversation_deleted(self, owner: Owner, cid: str) -> None:
         self._spawn([_DROP_CONVERSATION, owner.tenant, owner.user, cid])
 
@@ -348,9 +388,15 @@ class Indexer:
         else:
             self._outage(err, extra={"job": job[0], "error": _describe(err)})
 
-    async def _apply(self, job: list[str], interaction: pb.Interaction | None) -> None:
+    async def _apply(
+        self, job: list[str], interaction: pb.Interaction | None, *, drained: bool = False
+    ) -> None:
+        """``drained``: a job taken from the outbox, a drop of which runs only once what it
+        names is gone from Redis (``deleting`` writes it before the deletion runs)."""
         op, tenant, user, ident = job
         owner = Owner(tenant, user)
+        if drained and op != _INDEX and await self._still_there(owner, op, ident):
+            return  # its deletion never ran (the call failed first): nothing to drop
         if op == _INDEX:
             if interaction is None:
                 # A retry: what Redis holds now (nothing if the turn is gone).
@@ -371,6 +417,19 @@ class Indexer:
             await self._index.remove_conversation(owner, ident)
         self._outage.recovered()
 
+    async def _still_there(self, owner: Owner, op: str, ident: str) -> bool:
+        """Whether the conversation or turn a drop job names is still the owner's in Redis."""
+        try:
+            if op == _DROP_INTERACTION:
+                return (await self._store.interactions_exist(owner, [ident]))[0]
+            try:
+                await self._store.get_conversation(owner, ident, counted=False)
+            except NotFound:
+                return False
+            return True
+        except Exception as err:
+            raise _TurnUnreadable(self._store.node(owner)) from err
+
     async def drain(self) -> int:
         """Tries the outbox's due jobs once; how many succeeded."""
         await self._adopt_legacy()
@@ -386,7 +445,7 @@ class Indexer:
                 await self._queue(member, job, now + int(self._retry * 1000))
                 continue
             try:
-                await self._apply(job, None)
+                await self._apply(job, None, drained=True)
             except Exception as err:
                 self._failed(err, job)
                 # Already queued: only its due time moves, never refused.
@@ -581,6 +640,18 @@ class _TurnUnreadable(Exception):
     def __init__(self, node: str | None) -> None:
         super().__init__(node)
         self.node = node
+
+
+class DropAhead:
+    """A deletion's drop job written to the outbox before the deletion runs
+    (``Indexer.deleting``): ``queued`` as ``Indexer._write_ahead`` answered (True queued,
+    False refused by the outbox's bounds, None not taken by Redis), ``started`` the
+    time.monotonic() it was sent."""
+
+    def __init__(self, job: list[str], queued: bool | None, started: float) -> None:
+        self.job = job
+        self.queued = queued
+        self.started = started
 
 
 class WriteAhead:

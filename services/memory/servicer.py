@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -261,10 +262,32 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
     ) -> pb.DeleteConversationResponse:
         cid = _id(request.conversation_id, "conversation_id")
         owner = _owner()
-        await self._store.delete_conversation(owner, cid)
-        if self._indexer is not None:
-            self._indexer.conversation_deleted(owner, cid)
+        await self._deleting(lambda: self._store.delete_conversation(owner, cid), owner, cid=cid)
         return pb.DeleteConversationResponse()
+
+    async def _deleting(
+        self,
+        deletion: Callable[[], Awaitable[object]],
+        owner: Owner,
+        *,
+        cid: str = "",
+        iid: str = "",
+    ) -> None:
+        """Runs ``deletion`` (of the conversation ``cid`` or the turn ``iid``) with the
+        search index's drop job written to the outbox before it (indexer.deleting): a
+        replica killed at any point after the deletion ran leaves the job to a drain.
+        Sent only after the deletion before, it was lost with a replica killed in
+        between, and the entries stayed in the index until the sweep."""
+        if self._indexer is None:
+            await deletion()
+            return
+        ahead = await self._indexer.deleting(owner, cid=cid, iid=iid)
+        try:
+            await deletion()
+        except NotFound:
+            self._indexer.not_deleted(ahead)
+            raise
+        await self._indexer.deleted(ahead)
 
     async def CreateInteraction(
         self, request: pb.CreateInteractionRequest, context: grpc.aio.ServicerContext
@@ -414,9 +437,7 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
         outbox retries it; a search re-reads every hit, so it is never returned meanwhile)."""
         iid = _id(request.interaction_id, "interaction_id")
         owner = _owner()
-        await self._store.delete_interaction(owner, iid)
-        if self._indexer is not None:
-            self._indexer.interaction_deleted(owner, iid)
+        await self._deleting(lambda: self._store.delete_interaction(owner, iid), owner, iid=iid)
         return pb.DeleteInteractionResponse()
 
     async def ListInteractionTraces(

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from gensearch.memory.v1 import memory_service_pb2 as pb
 from prometheus_client import REGISTRY
@@ -26,8 +27,10 @@ from tests.memory.conftest import Memory, MemoryFactory
 from tests.memory.test_search_interactions import ALICE as ALICE_RPC
 from tests.memory.test_search_interactions import conversation as search_conversation
 from tests.memory.test_search_interactions import (
+    eventually,
     indexed_after_stop,
     keyword_memory,
+    search,
     search_until,
     turn,
 )
@@ -544,3 +547,62 @@ async def test_the_resume_counts_the_marked_deletions_and_those_it_finished(
     assert _metric("gensearch_memory_deletions_pending") == 0
     assert _metric("gensearch_memory_deletions_resumed_total") == resumed + 1
     assert await survivor.deletions_pending() == 0
+
+
+async def test_a_half_deleted_conversations_turns_are_never_search_hits(
+    memory_factory: MemoryFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between a DeleteConversation's first batch and the resume (its turns still in Redis
+    and in the index, no drop run yet), search answers none of them: every hit is read
+    again as the caller, and a turn whose conversation hash is gone is gone. A guard (it
+    held before): search must never depend on the drop job having run."""
+    monkeypatch.setattr(store_module, "DELETE_BATCH", 4)
+    memory = await keyword_memory(memory_factory, tmp_path, delete_resume_seconds=3600)
+    cid = await search_conversation(memory, ALICE_RPC)
+    kept_cid = await search_conversation(memory, ALICE_RPC)
+    iids = [await turn(memory, ALICE_RPC, cid, f"heron {n}", "wading") for n in range(6)]
+    kept = await turn(memory, ALICE_RPC, kept_cid, "heron nest", "reeds")
+    assert set(await search_until(memory, ALICE_RPC, "heron", [*iids, kept])) == {*iids, kept}
+    dying = MemoryStore(memory.redis)
+    await _cut_after_first_batch(dying, cid)
+    left = [k for k in await _left(memory, dying, cid) if ":int:" in k and k.split(":")[-1] in iids]
+    assert len(left) == 2  # the window: turns still stored, their conversation gone
+    assert await search(memory, ALICE_RPC, "heron") == [kept]
+    assert await search(memory, ALICE_RPC, "wading") == []
+
+
+async def test_a_delete_of_nothing_leaves_no_drop_job_behind(
+    memory_factory: MemoryFactory, tmp_path: Path
+) -> None:
+    """A deletion's drop job is written to the outbox before the deletion runs; one that
+    found nothing to delete (NOT_FOUND) takes it out again, so deletes of missing ids do
+    not fill the outbox (its bounds are shared with the tenant's index jobs)."""
+    # No drain (retry period of an hour): only the call itself takes its job out.
+    memory = await memory_factory(
+        search_index="keyword", data_dir=tmp_path, search_retry_seconds=3600
+    )
+    outbox = "gensearch:{search-outbox}:jobs"
+    for request in (
+        pb.DeleteConversationRequest(conversation_id=str(uuid.uuid4())),
+        pb.DeleteInteractionRequest(interaction_id=str(uuid.uuid4())),
+    ):
+        call = (
+            memory.stub.DeleteConversation
+            if isinstance(request, pb.DeleteConversationRequest)
+            else memory.stub.DeleteInteraction
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await call(request, metadata=ALICE_RPC)  # type: ignore[operator]
+        assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+    assert await eventually(lambda: _outbox_empty(memory, outbox))
+    # A deletion that did delete leaves its job only until its drop ran.
+    cid = await search_conversation(memory, ALICE_RPC)
+    await turn(memory, ALICE_RPC, cid, "egret", "white")
+    await memory.stub.DeleteConversation(
+        pb.DeleteConversationRequest(conversation_id=cid), metadata=ALICE_RPC
+    )
+    assert await eventually(lambda: _outbox_empty(memory, outbox))
+
+
+async def _outbox_empty(memory: Memory, outbox: str) -> bool:
+    return await memory.redis.zcard(outbox) == 0
