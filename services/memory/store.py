@@ -915,7 +915,7 @@ class MemoryStore:
         asked: list[str] | None = None,
         maybe_missing: str = "",
         hinted_turns: Sequence[str] = (),
-        unchecked: Sequence[str] = (),
+        maybe_absent: Sequence[str] = (),
     ) -> Any:
         """The answer of ``script`` (on ``names``, ``args``), after what a run of it
         stopped for, nothing written (``asked``, given empty, gets the keys its runs asked
@@ -950,11 +950,11 @@ class MemoryStore:
         that needs it (the conversation has turns) asks for it (lua/read.lua's
         declare_first), and that run waits for the move as any other.
 
-        ``unchecked``: keys of ``names`` that may not exist either, but that no run asks
-        for again (a deleted turn's request_id keys: lua/keys.lua's forget_interaction
-        skips an undeclared one). Declared as they are, no round trip to check them, until
-        a move refuses a run: then each is read (``_present``) and only those found stay
-        declared, so a missing one does not have the run refused for the whole move."""
+        ``maybe_absent``: keys of ``names`` of which some may not exist, none needed when
+        missing (the request_id keys of turns a run deletes: of both owners' of a shared
+        tag, one never exists). A run a move refuses is made again at once with only those
+        found (``_present``, read each alone): a missing one declared had Redis refuse it
+        for the whole move. Read only then: no round trip outside a slot move."""
         # A hint may be stale: its turn deleted or evicted since, by this replica or
         # another. Mid-move Redis refuses, for the whole move, a run declaring the missing
         # turn's key beside its conversation's (TRYAGAIN), so a hinted run a move refuses
@@ -989,7 +989,10 @@ class MemoryStore:
                 args[options.sample_at] = 0
             try:
                 out = await self._script(
-                    script, names, args, refused_moving=bool(maybe_missing or hinted or unchecked)
+                    script,
+                    names,
+                    args,
+                    refused_moving=bool(maybe_missing or hinted or maybe_absent),
                 )
                 if hint and asked:
                     # Added to what was kept, not in its place: a turn's hint, its
@@ -1010,10 +1013,10 @@ class MemoryStore:
                 if maybe_missing:
                     names.remove(maybe_missing)
                     maybe_missing = ""
-                if unchecked:
-                    absent = set(unchecked) - set(await self._present(list(unchecked)))
+                if maybe_absent:
+                    absent = set(maybe_absent) - set(await self._present(list(maybe_absent)))
                     names = [name for name in names if name not in absent]
-                    unchecked = ()
+                    maybe_absent = ()
             except _DeclareFirst as first:
                 declared += 1
                 wanted = await self._to_declare(first.names, args, options, missing)
@@ -1048,7 +1051,6 @@ class MemoryStore:
         options: RunOptions = _AS_GIVEN,
         hint: str = "",
         maybe_missing: str = "",
-        present_requests: bool = False,
     ) -> Any:
         """``_run`` of a script that may stop, nothing written, naming the turns it would
         delete (``_DECLARE``: eviction's turns, a deleted turn's request_id keys): run again
@@ -1056,15 +1058,13 @@ class MemoryStore:
         (``_declare_turns``), every turn named so far, until it answers something else, at
         most ``attempts`` runs (then ``exhausted()`` is raised: the turns kept changing).
 
-        ``present_requests``: the turns' request_id keys are ``_run``'s ``unchecked``:
-        when a move refuses the run, only those found (``_present``) stay declared. Each
-        turn has at most one of its two (``_request_keys``; none once its request_id_ttl
-        ran out), and mid-reshard Redis refuses a run declaring a missing key for the
-        whole move (TRYAGAIN), so a run declaring both is refused until the move ends
-        even with every key it needs on one node. Checked only then: with no move under
-        way a missing key declared costs nothing, where reading them first cost two more
-        round trips on every delete of a turn with a request_id. For one turn
-        (DeleteInteraction), not eviction's many (each read alone)."""
+        The turns' request_id keys are declared as ``maybe_absent``: each turn has at most
+        one of its two (``_request_keys``), and mid-reshard Redis refuses a run declaring
+        a missing key for the whole move (TRYAGAIN), so a run declaring both was refused
+        until the move ended even with every key it needs on one node. Only a run a move
+        refuses reads which exist (``_run``). Before, DeleteInteraction read them on every
+        call (two more round trips a turn with a request_id), and eviction
+        (UpdateConversation's max_turns, a summary) declared both: refused for the move."""
         named: dict[str, str] = {}
         turn_keys, declared = _declare_turns(tag, named)
         for _ in range(attempts):
@@ -1076,7 +1076,7 @@ class MemoryStore:
                 options=options,
                 hint=hint,
                 maybe_missing=maybe_missing,
-                unchecked=_request_keys(tag, named) if present_requests else (),
+                maybe_absent=_request_keys(tag, named),
             )
             if not (isinstance(out, list) and out and out[0] == _DECLARE):
                 return out
@@ -2235,7 +2235,7 @@ class MemoryStore:
         the turn's conversation hash and list and the owner's usage (asked for by a first
         run: a turn deleted already is read alone) and its request_id keys (named by a
         run, as eviction's are: ``_declare_turns``; mid-move only the one that exists:
-        ``present_requests``), so mid-reshard Redis refuses a run rather than half of it."""
+        ``_run_declaring``), so mid-reshard Redis refuses a run rather than half of it."""
         tag = self.tag(owner)
         turn = keys.interaction(tag, iid)
         out = await self._run_declaring(
@@ -2250,7 +2250,6 @@ class MemoryStore:
                 metadata={"interaction_id": iid},
             ),
             hint=turn,
-            present_requests=True,
         )
         if out[0] == 0:
             raise interaction_not_found(iid)

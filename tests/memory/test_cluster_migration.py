@@ -1267,6 +1267,66 @@ async def test_a_turn_with_a_request_id_is_deleted_mid_move(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("by", ["max_turns", "summary"])
+async def test_turns_with_request_ids_are_evicted_mid_move(
+    own_cluster: LocalCluster, make_store: Callable[..., MemoryStore], by: str
+) -> None:
+    """Eviction of turns stored with request_ids (UpdateConversation lowering max_turns, a
+    summary covering them), mid-move: once every key of the conversation (its turns' and
+    their request_id keys included) is on the new node, another conversation's still on
+    the old one, the eviction runs, and the evicted turns' keys are gone. Before, it
+    declared both owners' request_id keys of the shared tag (keys.request), one of each
+    pair never existing: Redis refused the run (TRYAGAIN: UNAVAILABLE) for as long as the
+    move lasted."""
+    store = make_store()
+    cid = (await store.create_conversation(OWNER, "e")).conversation_id
+    turns = [
+        await store.create_interaction(OWNER, cid, pb.Interaction(input=f"e{n}"), f"e{n}", b"")
+        for n in range(4)
+    ]
+    iids = [turn.interaction_id for turn in turns]
+    if by == "summary":
+        await store.update_conversation(OWNER, cid, ConversationUpdate(max_turns=2))
+    other = (await store.create_conversation(OWNER, "o")).conversation_id
+    for n in range(4):
+        await store.create_interaction(OWNER, other, pb.Interaction(input=f"o{n}"), f"o{n}", b"")
+    tag = store.tag(OWNER)
+    _, source, _ = _move(own_cluster)
+    answers: list[str] = []
+
+    async def evict() -> None:
+        if answers and answers[-1] != "Unavailable":
+            return
+        try:
+            if by == "max_turns":
+                await store.update_conversation(
+                    OWNER, cid, ConversationUpdate(max_turns=2, summary_disabled=True)
+                )
+            else:
+                await store.update_summary(
+                    OWNER, cid, expected_through="", through=iids[1], text="s", turns=2,
+                    prompt_tokens=1, completion_tokens=1,
+                )  # fmt: skip
+        except Unavailable:
+            answers.append("Unavailable")
+            return
+        async with source.client() as old:  # mid-move: the other conversation not moved yet
+            answers.append("evicted" if await old.exists(keys.conversation(tag, other)) else "late")
+
+    # Both owners' request_id keys of the shared tag (one of each pair exists; MIGRATE
+    # skips the others), moved with the conversation's keys before the other's.
+    requests = [keys.request(tag, f"e{n}", apart=a) for n in range(4) for a in (False, True)]
+    first = [f"{tag}:convs", *_conversation_keys(tag, cid, *turns), *requests]
+    target = await _move_slot(own_cluster, batch=2, between=evict, first=first)
+    assert answers[-1] == "evicted", answers
+    async with target.client() as new:
+        evicted = [keys.interaction(tag, iid) for iid in iids[:2]]
+        assert await new.exists(*evicted, *requests[:4]) == 0
+        assert await new.exists(*(keys.interaction(tag, iid) for iid in iids[2:])) == 2
+        assert await new.exists(*requests[4:]) == 2  # the kept turns' request_id keys
+
+
+@pytest.mark.slow
 async def test_a_turn_of_a_deleted_conversation_is_then_not_found_mid_move(
     own_cluster: LocalCluster, make_store: Callable[..., MemoryStore]
 ) -> None:
