@@ -80,12 +80,16 @@ def script_server(target: Target, tag: str) -> tuple[str, int]:
     return url.hostname, url.port
 
 
+# The conversation hash's fields charged by their length (lua/usage.lua's conversation_bytes).
+CHARGED_FIELDS = ("name", "summary", "unfolded_deleted")
+
+
 async def usage_bytes(client: RedisClient, tag: str, cid: str) -> tuple[int, int, int]:
     """The owner's usage hash's field for ``cid`` and its total, and the bytes measured
     from the conversation's keys (lua/usage.lua: 256 of overhead per conversation and per
-    turn)."""
+    turn; a conversation's name, summary and ids of its last deleted unfolded turns)."""
     conv = f"{tag}:conv:{cid}"
-    measured = 256 + await client.hstrlen(conv, "name") + await client.hstrlen(conv, "summary")
+    measured = 256 + sum([await client.hstrlen(conv, f) for f in CHARGED_FIELDS])
     for iid in await client.zrange(f"{conv}:ints", 0, -1):
         key = f"{tag}:int:{iid.decode()}"
         measured += 256 + await client.hstrlen(key, "data") + await client.hstrlen(key, "traces")

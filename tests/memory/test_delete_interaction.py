@@ -16,7 +16,7 @@ from services.devlaunch.redis_server import RedisProcess
 from services.memory.__main__ import build_server
 from services.memory.store import lua_source
 from tests.memory.conftest import Memory, MemoryFactory, make_settings
-from tests.memory.helpers import expect_error
+from tests.memory.helpers import expect_error, usage_bytes
 from tests.memory.test_search_interactions import (
     ALICE,
     BOB,
@@ -109,8 +109,10 @@ async def test_a_deleted_turn_is_gone_everywhere(
     assert [i.interaction_id for i in listed.interactions] == [second, first]
     got = await get_conversation(memory, cid)
     assert got.conversation.interaction_count == 2
-    # Its bytes went back, exactly: the owner holds what it held before the two turns.
-    assert await used_bytes(memory) == before
+    # Its bytes went back, exactly: the owner holds what it held before the two turns, and
+    # the ids of the two deleted turns the summary did not cover, which the conversation
+    # keeps for the folds (charged as its name and summary are).
+    assert await used_bytes(memory) == before + len(f"{unseen} {doomed}")
     # No key names it any more (its hash, with its traces), nor its request_id.
     assert await keys_naming(memory, doomed) == []
     assert await keys_naming(memory, "zebra-request") == []
@@ -326,3 +328,23 @@ async def test_a_delete_with_no_slot_move_sends_only_its_three_runs(
             await redis.aclose()
             await channel.close()
             await server.stop(0)
+
+
+async def test_the_ids_of_deleted_unfolded_turns_are_charged_to_their_owner(
+    memory: Memory,
+) -> None:
+    """The conversation keeps the ids of the last 8 deleted turns its summary does not
+    cover (``unfolded_deleted``, for the folds): charged to the owner's storage as its
+    name and summary are, and bounded (the last 8 only). Before, not charged: the owner's
+    usage said 256 bytes for a conversation holding about 300 more."""
+    cid = await conversation(memory, ALICE)
+    empty = await used_bytes(memory)
+    iids = [await turn(memory, ALICE, cid, f"q{n}", "a") for n in range(10)]
+    for iid in iids:
+        await delete(memory, iid)
+    [conv] = [bytes(k).decode() async for k in memory.redis.scan_iter(match=f"*:conv:{cid}")]
+    kept = await memory.redis.hget(conv, "unfolded_deleted")
+    assert kept.decode().split() == iids[-8:]
+    assert await used_bytes(memory) == empty + len(kept)
+    field, total, measured = await usage_bytes(memory.redis, conv.partition(":conv:")[0], cid)
+    assert field == total == measured

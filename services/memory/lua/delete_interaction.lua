@@ -31,6 +31,6 @@ if redis.call('ZSCORE', conv .. ':ints', ARGV[3]) == false then
 end
 drop_turns(ARGV[2], row[1], {ARGV[3]}, declared)
 if ARGV[3] > (redis.call('HGET', conv, 'summary_through') or '') then
-  note_unfolded_deletion(conv, ARGV[3])
+  note_unfolded_deletion(ARGV[2], row[1], conv, ARGV[3])
 end
 return {1, row[1]}

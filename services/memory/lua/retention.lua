@@ -269,16 +269,21 @@ end
 -- UNFOLDED_DELETED_KEPT of them (unfolded_deleted, space-separated, oldest first), so a
 -- fold is refused only when a turn it folded was deleted, not for a newer one it left out
 -- (update_summary.lua): the newest turns were deleted during folds for ever otherwise.
+-- The ids' bytes (at most about 300: 8 ids of 36, never cleared) are charged to the
+-- conversation (`tag`, `cid`) as its name and summary are (usage.lua's conversation_bytes).
 local UNFOLDED_DELETED_KEPT = 8
-local function note_unfolded_deletion(conv, iid)
+local function note_unfolded_deletion(tag, cid, conv, iid)
   redis.call('HINCRBY', conv, 'unfolded_deletions', 1)
+  local kept = redis.call('HGET', conv, 'unfolded_deleted') or ''
   local ids = {}
-  for id in string.gmatch(redis.call('HGET', conv, 'unfolded_deleted') or '', '%S+') do
+  for id in string.gmatch(kept, '%S+') do
     ids[#ids + 1] = id
   end
   ids[#ids + 1] = iid
   local first = math.max(1, #ids - UNFOLDED_DELETED_KEPT + 1)
-  redis.call('HSET', conv, 'unfolded_deleted', table.concat(ids, ' ', first, #ids))
+  local now = table.concat(ids, ' ', first, #ids)
+  redis.call('HSET', conv, 'unfolded_deleted', now)
+  count_bytes(tag, cid, #now - #kept)
 end
 -- Whether the last ``since`` deletions noted (note_unfolded_deletion) all deleted turns
 -- newer than ``through``: none of them was in a fold up to ``through``. False when they

@@ -2,7 +2,8 @@
 -- tag:usage, holds 'total' (the owner's stored bytes) and one field per conversation
 -- (cid -> its bytes), beside tag:convs and in the same slot, so the script that writes
 -- also checks and counts, atomically: two writes at the limit cannot both pass.
--- A conversation counts a fixed overhead plus its name and summary; a turn its serialized
+-- A conversation counts a fixed overhead plus its name, summary and the ids of its last
+-- deleted unfolded turns (retention.lua's note_unfolded_deletion); a turn its serialized
 -- data and traces plus a fixed overhead (the hash, the id list entry, the request id and
 -- its fingerprint: the overhead keeps a flood of tiny turns from filling Redis
 -- uncounted).
@@ -49,7 +50,8 @@ end
 -- A conversation's bytes (key `conv`: its hash) with its turns summing `turns`.
 local function conversation_bytes(conv, turns)
   return CONVERSATION_OVERHEAD + redis.call('HSTRLEN', conv, 'name')
-         + redis.call('HSTRLEN', conv, 'summary') + turns
+         + redis.call('HSTRLEN', conv, 'summary')
+         + redis.call('HSTRLEN', conv, 'unfolded_deleted') + turns
 end
 local function forget_usage(tag, cid)
   local usage = usage_key(tag)
