@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from services.devlaunch.redis_server import RedisProcess
 from services.memory import keys
 from services.memory import store as store_module
 from services.memory.deletions import DeletionResumer
+from services.memory.metrics import DELETIONS_PENDING
 from services.memory.store import MemoryStore, Owner
 from tests.memory.conftest import Memory, MemoryFactory
 from tests.memory.test_search_interactions import ALICE as ALICE_RPC
@@ -35,6 +37,7 @@ from tests.memory.test_search_interactions import (
     turn,
 )
 from tests.support.redis_relay import relaying
+from tests.support.waiting import until
 
 ALICE = Owner(DEFAULT_TENANT, "alice")
 
@@ -510,21 +513,36 @@ async def test_a_resumed_deletion_drops_the_conversation_from_the_search_index(
     assert await indexed_after_stop(memory, tmp_path, "c", [cid]) == {cid: 0}
 
 
+PENDING = "gensearch_memory_deletions_pending"
+RESUMED = "gensearch_memory_deletions_resumed_total"
+
+
 def _metric(name: str) -> float:
     return REGISTRY.get_sample_value(name) or 0.0
 
 
-async def _resume_until(store: MemoryStore, done: Callable[[], bool]) -> None:
-    """Runs a replica's resume loop (every 10 ms) until ``done`` holds (bounded)."""
-    resumer = DeletionResumer(store, 0.01)
+@asynccontextmanager
+async def _resuming(store: MemoryStore) -> AsyncIterator[list[str]]:
+    """A replica's resume loop (a round every 10 ms) running for the block; yields the
+    conversations it finished, as the servicer's ``finished`` hook is told them."""
+    finished: list[str] = []
+    resumer = DeletionResumer(store, 0.01, finished=lambda _owner, cid: finished.append(cid))
     resumer.start()
     try:
-        for _ in range(500):  # a bound on the wait, not a timing assertion
-            if done():
-                return
-            await asyncio.sleep(0.02)
+        yield finished
     finally:
         await resumer.close()
+
+
+async def _gauge_reads(value: float, what: str) -> None:
+    """Waits (bounded) for the pending gauge to read ``value``. Called while a resume
+    loop runs, from a value no round sets (-1): what it reads, a round of that loop
+    set, not its start, its close or an earlier test."""
+
+    async def reads() -> bool:
+        return _metric(PENDING) == value
+
+    await until(reads, what)
 
 
 async def test_the_resume_counts_the_marked_deletions_and_those_it_finished(
@@ -533,20 +551,31 @@ async def test_the_resume_counts_the_marked_deletions_and_those_it_finished(
     """gensearch_memory_deletions_pending: the deletions marked (here one interrupted, not
     due yet for a replica whose resume waits an hour); gensearch_memory_deletions_resumed_total:
     those a replica's resume finished. Before, neither existed: an interrupted deletion
-    the resume could not finish went unseen."""
+    the resume could not finish went unseen. The gauge is read while each loop runs: one
+    set only when the loop starts or closes would read 1 (or -1) where it must read 0
+    (or 1)."""
     monkeypatch.setattr(store_module, "DELETE_BATCH", 4)
     dying = MemoryStore(memory.redis)
-    await _cut_after_first_batch(dying, await _conversation(dying, 10))
-    resumed = _metric("gensearch_memory_deletions_resumed_total")
+    cid = await _conversation(dying, 10)
+    await _cut_after_first_batch(dying, cid)
+    resumed = _metric(RESUMED)
+
+    DELETIONS_PENDING.set(-1)
     patient = MemoryStore(memory.redis, delete_resume_seconds=3600)
-    await _resume_until(patient, lambda: _metric("gensearch_memory_deletions_pending") == 1)
-    assert _metric("gensearch_memory_deletions_pending") == 1
-    assert _metric("gensearch_memory_deletions_resumed_total") == resumed
+    async with _resuming(patient) as finished:
+        await _gauge_reads(1, "the interrupted deletion counted as pending")
+        assert _metric(RESUMED) == resumed  # a round ran, and finished nothing
+        assert finished == []
+        assert await patient.deletions_pending() == 1
+
+    DELETIONS_PENDING.set(-1)
     survivor = MemoryStore(memory.redis, delete_resume_seconds=0.001)
-    await _resume_until(survivor, lambda: _metric("gensearch_memory_deletions_pending") == 0)
-    assert _metric("gensearch_memory_deletions_pending") == 0
-    assert _metric("gensearch_memory_deletions_resumed_total") == resumed + 1
+    async with _resuming(survivor) as finished:
+        await _gauge_reads(0, "the resumed deletion no longer counted as pending")
+        assert _metric(RESUMED) == resumed + 1
+        assert finished == [cid]
     assert await survivor.deletions_pending() == 0
+    assert await _left(memory, survivor, cid) == []
 
 
 async def test_a_half_deleted_conversations_turns_are_never_search_hits(
