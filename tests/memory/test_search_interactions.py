@@ -18,7 +18,6 @@ from gensearch.client.errors import InvalidModeError, from_rpc_error
 from gensearch.memory.v1 import memory_service_pb2 as pb
 from google.protobuf import duration_pb2
 
-from services.memory.settings import MemorySettings
 from services.retrieval.edge_store import EdgeStore
 from services.retrieval.filters import Match
 from tests.memory.conftest import INTERNAL_TOKEN, Memory, MemoryFactory
@@ -264,7 +263,14 @@ async def test_search_arguments_and_modes(memory_factory: MemoryFactory, tmp_pat
     assert error_info(disabled).reason == "SEARCH_DISABLED"
     assert "GENSEARCH_MEMORY_SEARCH_INDEX" in (disabled.details() or "")
     assert error_info(disabled).metadata["setting"] == "GENSEARCH_MEMORY_SEARCH_INDEX"
-    assert "search_index" in MemorySettings.model_fields  # the setting the name is made of
+    # The variable it names is the one that turns search on: set in the environment, as
+    # the operator would, a service started with no search setting of its own finds turns.
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(error_info(disabled).metadata["setting"], "keyword")
+        on = await memory_factory(data_dir=tmp_path / "named", search_retry_seconds=0.2)
+    cid = await conversation(on, ALICE)
+    iid = await turn(on, ALICE, cid, "narwhal tusks", "are teeth")
+    assert await search_until(on, ALICE, "narwhal", [iid]) == [iid]
     memory = await keyword_memory(memory_factory, tmp_path, max_search_limit=5)
     for request, field in (
         (pb.SearchInteractionsRequest(query=""), "query"),
