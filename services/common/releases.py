@@ -80,6 +80,11 @@ class Releases:
         Redis that does not answer) past the service's close, a task nobody awaited."""
         if not self._pending:
             return
+        # Said before the wait: a close that stalls (up to ``timeout``) says what for.
+        log.info(
+            "waiting for releases of Redis slots before closing",
+            extra={"releases": len(self._pending), "timeout": timeout},
+        )
         _, left = await asyncio.wait(set(self._pending), timeout=max(timeout, 0.0))
         if left:
             log.warning(

@@ -5,16 +5,17 @@ Without it the client closed under the release, and the slot stayed taken, for e
 replica, until its lease ended. ``tests/common/test_quota_releases.py`` checks ``settle``
 itself; this checks the gateway's stop is wired to it.
 
-A relay in front of the real Redis holds the release (ZREM) until the stop is settling;
-if the stop ends without ever settling, the release is still held when Redis is read."""
+A relay in front of the real Redis holds the release (ZREM) until the stop is settling
+(its line "waiting for releases of Redis slots", logged as the wait begins); if the stop
+ends without ever settling, the release is still held when Redis is read."""
 
 from __future__ import annotations
 
 import asyncio
-import types
+import logging
 import uuid
-from typing import Any
 
+import pytest
 from gensearch.generation.v1 import generation_service_pb2 as gen_pb
 from gensearch.generation.v1 import generation_service_pb2_grpc as gen_grpc
 
@@ -27,22 +28,21 @@ from tests.support.rpc import failure_of
 from tests.support.waiting import until
 
 GRACE = 1.0
+SETTLING = "waiting for releases of Redis slots before closing"
 
 
-def _awaiting(task: asyncio.Task[Any], qualname: str) -> bool:
-    """Whether ``task`` is suspended inside a coroutine named ``qualname`` (its chain of
-    awaited coroutines, followed through ``cr_await``)."""
-    awaited: Any = task.get_coro()
-    while isinstance(awaited, types.CoroutineType):
-        if awaited.__qualname__ == qualname:
-            return True
-        awaited = awaited.cr_await
-    return False
+def _settling(caplog: pytest.LogCaptureFixture) -> bool:
+    """Whether a close has begun its wait for the releases still on their way (the line
+    is logged just before that wait, which lasts until they end or its bound)."""
+    return any(
+        r.name == "gensearch.releases" and r.getMessage() == SETTLING for r in caplog.records
+    )
 
 
 async def test_a_stopping_gateway_frees_the_slot_whose_release_is_on_its_way(
-    stack_factory: StackFactory, shared_redis: RedisProcess
+    stack_factory: StackFactory, shared_redis: RedisProcess, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="gensearch.releases")
     prefix = f"settle-{uuid.uuid4().hex[:8]}"
     direct = connect(shared_redis.url, cluster=False, socket_timeout=5, connect_timeout=5)
     releasing, let_release = asyncio.Event(), asyncio.Event()
@@ -74,7 +74,7 @@ async def test_a_stopping_gateway_frees_the_slot_whose_release_is_on_its_way(
             await asyncio.wait_for(releasing.wait(), 30)
 
             async def settling_or_ended() -> bool:
-                return stopping.done() or _awaiting(stopping, "Quotas.settle")
+                return stopping.done() or _settling(caplog)
 
             await until(settling_or_ended, "settled the releases or ended the stop", 30)
             # Let the release go only while the stop waits for it: a stop that closed the
