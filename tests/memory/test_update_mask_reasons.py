@@ -69,18 +69,24 @@ async def test_update_conversation_refusals(memory: Memory, path: str, reason: s
     assert got.conversation.name == ""  # nothing of a refused update landed
 
 
-@pytest.mark.parametrize(("path", "reason"), INTERACTION_PATHS.items())
-async def test_update_interaction_refusals(memory: Memory, path: str, reason: str) -> None:
+async def _new_input_of_a_new_turn(memory: Memory, *paths: str) -> pb.UpdateInteractionRequest:
+    """An update giving a turn made for it a new input, with ``paths`` as its mask (none:
+    no mask)."""
     made = await memory.stub.CreateInteraction(
         pb.CreateInteractionRequest(
             new_conversation=pb.CreateConversationRequest(), input="q", response="a"
         ),
         metadata=ALICE,
     )
-    request = pb.UpdateInteractionRequest(
+    return pb.UpdateInteractionRequest(
         interaction=pb.Interaction(interaction_id=made.interaction.interaction_id, input="x"),
-        update_mask=field_mask_pb2.FieldMask(paths=["additional_info", path]),
+        update_mask=field_mask_pb2.FieldMask(paths=paths) if paths else None,
     )
+
+
+@pytest.mark.parametrize(("path", "reason"), INTERACTION_PATHS.items())
+async def test_update_interaction_refusals(memory: Memory, path: str, reason: str) -> None:
+    request = await _new_input_of_a_new_turn(memory, "additional_info", path)
     await _refusal(memory.stub.UpdateInteraction(request, metadata=ALICE), reason, path)
 
 
@@ -88,15 +94,8 @@ async def test_a_changed_fixed_field_without_a_mask_is_field_not_updatable(
     memory: Memory,
 ) -> None:
     """The same rule without a mask: the field exists and cannot change."""
-    made = await memory.stub.CreateInteraction(
-        pb.CreateInteractionRequest(
-            new_conversation=pb.CreateConversationRequest(), input="q", response="a"
-        ),
-        metadata=ALICE,
-    )
-    request = pb.UpdateInteractionRequest(
-        interaction=pb.Interaction(interaction_id=made.interaction.interaction_id, input="x"),
-    )
+    request = await _new_input_of_a_new_turn(memory)
+    assert not request.HasField("update_mask")
     err = await expect_error(
         memory.stub.UpdateInteraction(request, metadata=ALICE),
         grpc.StatusCode.INVALID_ARGUMENT,
