@@ -6,6 +6,7 @@ LLM that holds its answer back; real gRPC clients."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import grpc
 import pytest
@@ -23,15 +24,24 @@ from tests.support.rpc import error_info, failure_of, stopped_mid_stream
 GRACE = 5.0
 
 
+async def _cut(
+    service: Service, fake: FakeOpenAI, request: pb.GenerateRequest, requests: int
+) -> grpc.aio.AioRpcError:
+    """A Generate of ``request`` cut by the server's stop once the fake LLM has had
+    ``requests`` requests (the last held): its failure, the stop ended."""
+    call = service.stub.Generate(request)
+    await fake.wait_for_requests(requests)
+    stopping = asyncio.create_task(service.server.stop(GRACE))
+    err = await failure_of(call)
+    await stopping
+    return err
+
+
 async def test_a_generate_call_running_at_the_end_of_the_grace_period_is_shutting_down(
     service: Service, fake: FakeOpenAI
 ) -> None:
     fake.enqueue(Behaviour.hang())
-    call = service.stub.Generate(pb.GenerateRequest(messages=[user("x")]))
-    await fake.wait_for_requests(1)
-    stopping = asyncio.create_task(service.server.stop(GRACE))
-    err = await failure_of(call)
-    await stopping
+    err = await _cut(service, fake, pb.GenerateRequest(messages=[user("x")]), requests=1)
     assert err.code() == grpc.StatusCode.UNAVAILABLE
     info = error_info(err)
     assert info.reason == "SHUTTING_DOWN"
@@ -77,41 +87,41 @@ def _schema() -> pb.ResponseFormat:
     return pb.ResponseFormat(json_schema=schema)
 
 
+async def _cut_schema_stream(
+    service: Service, at: Callable[[pb.StreamGenerateResponse], bool]
+) -> tuple[list[pb.StreamGenerateResponse], grpc.aio.AioRpcError]:
+    """A StreamGenerate asking for JSON of ``_schema()``, cut by the server's stop at the
+    first message ``at`` accepts: the messages read, and its failure."""
+    request = pb.StreamGenerateRequest(messages=[user("x")], response_format=_schema())
+    return await stopped_mid_stream(
+        service.stub.StreamGenerate(request), lambda: service.server.stop(GRACE), at=at
+    )
+
+
+def _upstream_calls_of_the_cut(err: grpc.aio.AioRpcError) -> str:
+    """The LLM requests a cut call's SHUTTING_DOWN status says it made."""
+    info = error_info(err)
+    assert info.reason == "SHUTTING_DOWN"
+    return info.metadata["upstream_calls"]
+
+
+@pytest.mark.parametrize("streaming", [False, True], ids=["unary", "stream"])
 async def test_a_cut_call_says_how_many_llm_requests_it_made(
-    service: Service, fake: FakeOpenAI
+    service: Service, fake: FakeOpenAI, streaming: bool
 ) -> None:
     """The requests made before the cut are on its status (``upstream_calls``), as on any
     failed call's, so the gateway charges them to the tenant's quota: the answer (not
     valid for the schema) came, the corrective retry was on its way as the server
-    stopped. Before, the cut's status had no count and the request went uncounted."""
+    stopped. Before, the cut's status had no count and the request went uncounted. A
+    stream the same, cut once it said it restarts."""
     fake.enqueue(Behaviour.ok(text="not json"), Behaviour.hang())
-    call = service.stub.Generate(
-        pb.GenerateRequest(messages=[user("x")], response_format=_schema())
-    )
-    await fake.wait_for_requests(2)
-    stopping = asyncio.create_task(service.server.stop(GRACE))
-    err = await failure_of(call)
-    await stopping
-    info = error_info(err)
-    assert info.reason == "SHUTTING_DOWN"
-    assert info.metadata["upstream_calls"] == "1"
-
-
-async def test_a_cut_stream_says_how_many_llm_requests_it_made(
-    service: Service, fake: FakeOpenAI
-) -> None:
-    """As a unary call: the stream's answer was invalid, its corrective retry on its way."""
-    fake.enqueue(Behaviour.ok(text="not json"), Behaviour.hang())
-    call = service.stub.StreamGenerate(
-        pb.StreamGenerateRequest(messages=[user("x")], response_format=_schema())
-    )
-    messages, err = await stopped_mid_stream(
-        call, lambda: service.server.stop(GRACE), at=lambda m: m.restart
-    )
-    assert messages[-1].restart
-    info = error_info(err)
-    assert info.reason == "SHUTTING_DOWN"
-    assert info.metadata["upstream_calls"] == "1"
+    if streaming:
+        messages, err = await _cut_schema_stream(service, at=lambda m: m.restart)
+        assert messages[-1].restart
+    else:
+        request = pb.GenerateRequest(messages=[user("x")], response_format=_schema())
+        err = await _cut(service, fake, request, requests=2)
+    assert _upstream_calls_of_the_cut(err) == "1"
 
 
 async def test_a_stream_cut_while_its_answer_streams_counts_that_request(
@@ -122,9 +132,6 @@ async def test_a_stream_cut_while_its_answer_streams_counts_that_request(
     the provider, so the cut's ``upstream_calls`` counts it with the first. Before, a
     stream's request was counted only at its final chunk, and the cut said 1."""
     fake.enqueue(Behaviour.ok(text="not json"), Behaviour.ok(text="a b c d", chunk_delay=30))
-    call = service.stub.StreamGenerate(
-        pb.StreamGenerateRequest(messages=[user("x")], response_format=_schema())
-    )
     restarted = False
 
     def retry_streaming(message: pb.StreamGenerateResponse) -> bool:
@@ -132,13 +139,9 @@ async def test_a_stream_cut_while_its_answer_streams_counts_that_request(
         restarted = restarted or message.restart
         return restarted and bool(message.delta)
 
-    messages, err = await stopped_mid_stream(
-        call, lambda: service.server.stop(GRACE), at=retry_streaming
-    )
+    messages, err = await _cut_schema_stream(service, at=retry_streaming)
     assert any(m.restart for m in messages) and messages[-1].delta
-    info = error_info(err)
-    assert info.reason == "SHUTTING_DOWN"
-    assert info.metadata["upstream_calls"] == "2"
+    assert _upstream_calls_of_the_cut(err) == "2"
 
 
 async def test_a_stream_cut_while_a_message_is_written_counts_its_llm_requests(
