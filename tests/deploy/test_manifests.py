@@ -395,18 +395,16 @@ def _drains(docs: tuple[Doc, ...], service: str) -> float:
     rendered config's values, or the settings' defaults."""
     env = config(docs)
     prefix = f"GENSEARCH_{service.upper()}_"
-    total = 0.0
-    for name in SHUTDOWN_DRAINS.get(service, ()):
+
+    def seconds(settings: type[Any], name: str) -> float:
         value = env.get(prefix + name.upper())
-        total += float(value if value is not None else GatewaySettings.model_fields[name].default)
+        return float(value if value is not None else settings.model_fields[name].default)
+
+    total = sum(seconds(GatewaySettings, name) for name in SHUTDOWN_DRAINS.get(service, ()))
     settings = RELEASE_SETTLES.get(service)
     if settings is not None and env.get(prefix + "REDIS_URL"):
-
-        def timeout(name: str) -> float:
-            value = env.get(prefix + name.upper())
-            return float(value if value is not None else settings.model_fields[name].default)
-
-        total += settle_wait(timeout("redis_socket_timeout"), timeout("redis_connect_timeout"))
+        socket, connect = (seconds(settings, f"redis_{t}_timeout") for t in ("socket", "connect"))
+        total += settle_wait(socket, connect)
     return total
 
 
@@ -803,34 +801,31 @@ def test_prod_uses_a_hosted_provider() -> None:
 # --- network policies ------------------------------------------------------------------
 
 NAMESPACE = "gensearch"
-OUTSIDE_POD = Endpoint("default/client", "default", {"kubernetes.io/metadata.name": "default"})
-PROMETHEUS = Endpoint(
+
+
+def _pod(
+    name: str, labels: dict[str, str], namespace_labels: dict[str, str] | None = None
+) -> Endpoint:
+    """A pod ``<namespace>/<pod>`` outside gensearch's namespace, with ``labels``; its
+    namespace has Kubernetes' own name label and ``namespace_labels``."""
+    namespace = name.split("/")[0]
+    own = {"kubernetes.io/metadata.name": namespace}
+    return Endpoint(name, namespace, {**own, **(namespace_labels or {})}, labels)
+
+
+OUTSIDE_POD = _pod("default/client", {})
+PROMETHEUS = _pod(
     "monitoring/prometheus",
-    "monitoring",
-    {"kubernetes.io/metadata.name": "monitoring", "gensearch.io/monitoring": "true"},
     {"app.kubernetes.io/name": "prometheus"},
+    {"gensearch.io/monitoring": "true"},
 )
-KUBE_DNS = Endpoint(
-    "kube-system/coredns",
-    "kube-system",
-    {"kubernetes.io/metadata.name": "kube-system"},
-    {"k8s-app": "kube-dns"},
-)
+KUBE_DNS = _pod("kube-system/coredns", {"k8s-app": "kube-dns"})
 INTERNET = Endpoint("internet", None)
 # An OpenTelemetry collector (OTLP/gRPC) in a namespace labelled for tracing.
 OTLP_PORT = 4317
-COLLECTOR = Endpoint(
-    "observability/otel-collector",
-    "observability",
-    {"kubernetes.io/metadata.name": "observability", "gensearch.io/tracing": "true"},
-    {"app.kubernetes.io/name": "otel-collector"},
-)
-UNLABELLED_COLLECTOR = Endpoint(
-    "default/otel-collector",
-    "default",
-    {"kubernetes.io/metadata.name": "default"},
-    {"app.kubernetes.io/name": "otel-collector"},
-)
+OTEL_COLLECTOR = {"app.kubernetes.io/name": "otel-collector"}
+COLLECTOR = _pod("observability/otel-collector", OTEL_COLLECTOR, {"gensearch.io/tracing": "true"})
+UNLABELLED_COLLECTOR = _pod("default/otel-collector", OTEL_COLLECTOR)
 
 
 def _endpoints(docs: tuple[Doc, ...]) -> dict[str, Endpoint]:
