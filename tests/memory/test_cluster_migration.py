@@ -1205,30 +1205,9 @@ async def test_a_turn_deleted_mid_move_is_then_not_found(
     forgotten at the delete nor dropped at the refusal), the read answered UNAVAILABLE for
     as long as the move lasted."""
     store = make_store()
-    cid, doomed, kept = await _two_turns_beside_four(store, "d")
-    # Read once: the turn's hint (its conversation hash) is known, as in a serving replica.
-    await store.get_interaction_data(OWNER, doomed.interaction_id)
-    tag = store.tag(OWNER)
-    steps = {"deleted": 0, "not found": 0}
-
-    async def delete_then_read() -> None:
-        if not steps["deleted"]:
-            assert await store.delete_interaction(OWNER, doomed.interaction_id) == cid
-            steps["deleted"] = 1  # mid-move: the turn's keys are all on the new node
-        with pytest.raises(NotFound):
-            await store.get_interaction_data(OWNER, doomed.interaction_id)
-        steps["not found"] += 1
-        assert (
-            pb.Interaction.FromString(
-                await store.get_interaction_data(OWNER, kept.interaction_id)
-            ).input
-            == "d1"
-        )
-
-    first = _conversation_keys(tag, cid, doomed, kept)
-    await _move_slot(own_cluster, batch=2, between=delete_then_read, first=first)
-    await delete_then_read()
-    assert steps["not found"] >= 3  # read mid-move, the other conversation not moved yet
+    await _deleted_then_read_through_a_move(
+        own_cluster, store, store, _hint_by_a_read, _read_turn_not_found
+    )
 
 
 @pytest.mark.slow
@@ -1368,25 +1347,9 @@ async def test_a_turn_another_replica_deleted_is_not_found_mid_move(
     turn's missing key: Redis refused the run (TRYAGAIN) and the read answered UNAVAILABLE
     for as long as the move lasted (only the deleting replica forgot its hint)."""
     reader, deleter = make_store(), make_store()
-    cid, doomed, kept = await _two_turns_beside_four(reader, "d")
-    await reader.get_interaction_data(OWNER, doomed.interaction_id)  # the reader's hint
-    tag = reader.tag(OWNER)
-    steps = {"deleted": 0, "not found": 0}
-
-    async def delete_then_read() -> None:
-        if not steps["deleted"]:
-            assert await deleter.delete_interaction(OWNER, doomed.interaction_id) == cid
-            steps["deleted"] = 1
-        with pytest.raises(NotFound):
-            await reader.get_interaction_data(OWNER, doomed.interaction_id)
-        steps["not found"] += 1
-        kept_now = await reader.get_interaction_data(OWNER, kept.interaction_id)
-        assert pb.Interaction.FromString(kept_now).input == "d1"
-
-    first = _conversation_keys(tag, cid, doomed, kept)
-    await _move_slot(own_cluster, batch=2, between=delete_then_read, first=first)
-    await delete_then_read()
-    assert steps["not found"] >= 3  # read mid-move, the other conversation not moved yet
+    await _deleted_then_read_through_a_move(
+        own_cluster, reader, deleter, _hint_by_a_read, _read_turn_not_found
+    )
 
 
 async def test_a_batch_read_of_a_turn_another_replica_deleted_is_answered_mid_move(
@@ -1399,24 +1362,65 @@ async def test_a_batch_read_of_a_turn_another_replica_deleted_is_answered_mid_mo
     refused the run (TRYAGAIN) for the whole move and the read answered UNAVAILABLE: only
     the one-turn reads (``hint``) dropped a stale hint when a move refused them."""
     reader, deleter = make_store(), make_store()
+    await _deleted_then_read_through_a_move(
+        own_cluster, reader, deleter, _hint_by_a_batch_read, _batch_read_turn_missing
+    )
+
+
+async def _hint_by_a_read(store: MemoryStore, iid: str) -> None:
+    """Read once: the turn's hint (its conversation hash) is known, as in a serving
+    replica."""
+    await store.get_interaction_data(OWNER, iid)
+
+
+async def _hint_by_a_batch_read(store: MemoryStore, iid: str) -> None:
+    """The turn's hint (its conversation's hash), kept by a batch read."""
+    assert (await store.get_interactions(OWNER, [iid]))[0] is not None
+
+
+async def _read_turn_not_found(
+    store: MemoryStore, doomed: pb.Interaction, kept: pb.Interaction
+) -> None:
+    with pytest.raises(NotFound):
+        await store.get_interaction_data(OWNER, doomed.interaction_id)
+    kept_now = await store.get_interaction_data(OWNER, kept.interaction_id)
+    assert pb.Interaction.FromString(kept_now).input == "d1"
+
+
+async def _batch_read_turn_missing(
+    store: MemoryStore, doomed: pb.Interaction, _kept: pb.Interaction
+) -> None:
+    assert await store.get_interactions(OWNER, [doomed.interaction_id]) == [None]
+    assert await store.interactions_exist(OWNER, [doomed.interaction_id]) == [False]
+
+
+Hint = Callable[[MemoryStore, str], Awaitable[None]]
+Read = Callable[[MemoryStore, pb.Interaction, pb.Interaction], Awaitable[None]]
+
+
+async def _deleted_then_read_through_a_move(
+    cluster: LocalCluster, reader: MemoryStore, deleter: MemoryStore, hint: Hint, read: Read
+) -> None:
+    """``reader`` keeps the key hint (``hint``: a read) of turn ``doomed`` of
+    ``_two_turns_beside_four``; ``deleter`` (the same replica or another) deletes it at the
+    first step of a move of the owner's slot, the conversation's keys moved first, the
+    other's still on the old node. ``read`` (the reader's checks of ``doomed`` and
+    ``kept``) runs at that step, at each later one and once the move ended."""
     cid, doomed, kept = await _two_turns_beside_four(reader, "d")
-    # The reader's hint of the doomed turn (its conversation's hash), kept by a batch read.
-    assert (await reader.get_interactions(OWNER, [doomed.interaction_id]))[0] is not None
-    tag = reader.tag(OWNER)
-    steps = {"deleted": 0, "answered": 0}
+    await hint(reader, doomed.interaction_id)
+    steps = {"deleted": 0, "read": 0}
 
     async def delete_then_read() -> None:
         if not steps["deleted"]:
             assert await deleter.delete_interaction(OWNER, doomed.interaction_id) == cid
-            steps["deleted"] = 1
-        assert await reader.get_interactions(OWNER, [doomed.interaction_id]) == [None]
-        assert await reader.interactions_exist(OWNER, [doomed.interaction_id]) == [False]
-        steps["answered"] += 1
+            steps["deleted"] = 1  # mid-move: the turn's keys are all on the new node
+        await read(reader, doomed, kept)
+        steps["read"] += 1
 
-    first = _conversation_keys(tag, cid, doomed, kept)
-    await _move_slot(own_cluster, batch=2, between=delete_then_read, first=first)
+    first = _conversation_keys(reader.tag(OWNER), cid, doomed, kept)
+    await _move_slot(cluster, batch=2, between=delete_then_read, first=first)
     await delete_then_read()
-    assert steps["answered"] >= 3  # read mid-move, the other conversation not moved yet
+    assert steps["read"] >= 3  # read mid-move, the other conversation not moved yet
 
 
 async def _two_turns_beside_four(
