@@ -383,7 +383,11 @@ async def test_the_index_of_a_collections_entries_names_only_the_live_ones(
     that set at DeleteCollection blocked Redis for all of them."""
     await create_books(cached, metadata=ALICE)
     for n in range(3):
-        request = search(ttl_s=1.0, grouped=False)
+        # The first two searches' entries live 1 s and expire before the next search;
+        # the last one's live a minute: each write drops the members past their expiry,
+        # so with 1 s a loaded machine that took longer than that over the last search's
+        # five generations dropped its own first entries (4 members, not 5).
+        request = search(ttl_s=1.0 if n < 2 else 60.0, grouped=False)
         request.generate.single_prompt = f"Prompt {n}: {{title}}"  # 5 new keys each time
         await cached.stub.GenerativeSearch(request, metadata=ALICE)
         if n < 2:
