@@ -234,9 +234,11 @@ async def test_an_entry_stored_before_sources_were_kept_never_answers(
 @pytest.mark.parametrize("adapter", ADAPTERS)
 async def test_expired_entries_never_answer(make_retrieval: MakeRetrieval, adapter: str) -> None:
     r = await start(make_retrieval, adapter)
-    await r.stub.StoreCachedAnswer(store(seconds=2), metadata=ACME)
+    # 5 s: the lookup right after the store finds it however slowly a loaded machine
+    # embeds and writes (the expiry is set before the write, the lookup embeds again).
+    await r.stub.StoreCachedAnswer(store(seconds=5), metadata=ACME)
     assert (await r.stub.LookupCachedAnswer(lookup(Q), metadata=ACME)).found
-    await asyncio.sleep(2.5)
+    await asyncio.sleep(5.5)
     assert not (await r.stub.LookupCachedAnswer(lookup(Q), metadata=ACME)).found
 
 
@@ -345,13 +347,15 @@ async def test_a_ttl_past_the_services_maximum_is_cut_to_it(
 ) -> None:
     # The gateway checks a TTL against its own maximum; one past retrieval's was refused
     # here, so the gateway's background store failed and the answer was never cached.
-    r = await make_retrieval("edge", internal_token=SecretStr(TOKEN), max_cached_answer_ttl=1)
+    # A 5 s maximum: the lookup right after the store finds it however slowly a loaded
+    # machine runs the two (with 1 s it could expire in between).
+    r = await make_retrieval("edge", internal_token=SecretStr(TOKEN), max_cached_answer_ttl=5)
     await r.stub.CreateCollection(
         pb.CreateCollectionRequest(collection=vector_collection("Docs")), metadata=ACME
     )
     await r.stub.StoreCachedAnswer(store(seconds=3600), metadata=ACME)
     assert (await r.stub.LookupCachedAnswer(lookup(), metadata=ACME)).found
-    await asyncio.sleep(1.2)
+    await asyncio.sleep(5.5)
     assert not (await r.stub.LookupCachedAnswer(lookup(), metadata=ACME)).found
 
 
