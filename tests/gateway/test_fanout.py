@@ -142,6 +142,16 @@ async def test_waiting_for_outcomes_makes_no_task_per_job() -> None:
     assert len(made) == 20
 
 
+async def _until_at_least(emitted: list[int], count: int) -> None:
+    """Waits (polled, 20 s at most) until ``count`` deltas were emitted: after a fixed
+    0.1 s, a loaded process could still be short of them and fail on a count that only
+    comes later. Then the caller checks that no more come."""
+    end = asyncio.get_running_loop().time() + 20
+    while emitted[0] < count:
+        assert asyncio.get_running_loop().time() < end, f"{emitted[0]} deltas, never {count}"
+        await asyncio.sleep(0.01)
+
+
 async def test_a_consumer_that_stops_reading_holds_the_jobs_back() -> None:
     """At most ``max_buffered`` deltas wait for the consumer (QA: a client reading a
     stream slowly left every hit's whole answer queued in the gateway)."""
@@ -155,7 +165,8 @@ async def test_a_consumer_that_stops_reading_holds_the_jobs_back() -> None:
 
     stream = fan_out_stream({0: chatty, 1: chatty}, max_concurrency=None, timeout=5, max_buffered=4)
     first = await anext(stream)  # the consumer takes one delta, then reads nothing
-    await asyncio.sleep(0.1)
+    await _until_at_least(emitted, 5)
+    await asyncio.sleep(0.1)  # room for any more to be emitted
     assert emitted[0] == 5  # the one taken and the four waiting; both jobs wait for room
     events = [first] + [e async for e in stream]
     assert sum(1 for e in events if isinstance(e, Delta)) == 200  # none lost
@@ -193,7 +204,8 @@ async def test_a_reader_that_stops_holds_one_generation_back() -> None:
     generation = asyncio.ensure_future(generate())
     generation.add_done_callback(lambda _: buffer.close())
     assert await buffer.get() == "x"  # the reader takes one delta, then reads nothing
-    await asyncio.sleep(0.1)
+    await _until_at_least(emitted, 5)
+    await asyncio.sleep(0.1)  # room for any more to be emitted
     assert emitted[0] == 5 and not generation.done()  # the one taken, four waiting
     texts = ["x"]
     while (text := await buffer.get()) is not None:
