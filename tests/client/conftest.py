@@ -7,5 +7,10 @@ from tests.cli.conftest import (  # noqa: F401 (the fixtures)
     running_stack,
     shared_list,
 )
-from tests.gateway.conftest import fake, shared_redis, stack_factory  # noqa: F401 (the fixtures)
+from tests.gateway.conftest import (  # noqa: F401 (the fixtures)
+    fake,
+    shared_redis,
+    stack_embedder,
+    stack_factory,
+)
 from tests.support.gateway_process import gateway_process  # noqa: F401 (the fixture)

@@ -19,11 +19,11 @@ import pytest
 from gensearch.client import Gensearch, types
 
 from tests.cli.conftest import RunningStack
-from tests.gateway.conftest import fake, shared_redis, stack_factory
+from tests.gateway.conftest import fake, shared_redis, stack_embedder, stack_factory
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.gateway_process import gateway_process
 
-__all__ = ["fake", "gateway_process", "shared_redis", "stack_factory"]
+__all__ = ["fake", "gateway_process", "shared_redis", "stack_embedder", "stack_factory"]
 
 ROOT = Path(__file__).resolve().parents[2]
 # The id the features programs name beside two real ones (never written).

@@ -34,6 +34,7 @@ from services.generation.settings import GenerationSettings
 from services.memory.__main__ import build_server as build_memory
 from services.memory.settings import MemorySettings
 from services.retrieval.__main__ import build_server as build_retrieval
+from services.retrieval.embedders import LocalEmbedder
 from services.retrieval.settings import RetrievalSettings
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.redis_cluster import LocalCluster
@@ -121,9 +122,27 @@ def shared_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProc
         loop.close()
 
 
+@pytest.fixture(scope="session")
+def stack_embedder() -> Iterator[LocalEmbedder]:
+    """The local model every stack's retrieval uses, loaded once, before any call. Each
+    stack loaded its own in its first call that needed it, and the session's first such
+    load imported torch inside that call's deadline: 72 s on a loaded 2-core machine,
+    so an Ask's first semantic cache lookup ended DEADLINE_EXCEEDED at 30 s."""
+    defaults = RetrievalSettings.model_fields
+    embedder = LocalEmbedder(
+        batch_size=defaults["embed_batch_size"].default,
+        threads=defaults["local_embed_threads"].default,
+    )
+    embedder.load()
+    try:
+        yield embedder
+    finally:
+        embedder.close()
+
+
 @pytest.fixture
 async def stack_factory(
-    tmp_path: Path, shared_redis: RedisProcess, fake: FakeOpenAI
+    tmp_path: Path, shared_redis: RedisProcess, fake: FakeOpenAI, stack_embedder: LocalEmbedder
 ) -> AsyncIterator[StackFactory]:
     """``await stack_factory(**gateway_settings)``; ``generation=False`` leaves the
     generation address pointing at a port where nothing listens; ``shared`` settings go to
@@ -156,7 +175,9 @@ async def stack_factory(
         data = tmp_path / f"stack{len(stacks)}"
         # The operator allows collections to name the loopback fake as their vectorizer.
         servers["retrieval"] = await build_retrieval(
-            RetrievalSettings(data_dir=data, allowed_hosts="http://127.0.0.1", **common), port=0
+            RetrievalSettings(data_dir=data, allowed_hosts="http://127.0.0.1", **common),
+            port=0,
+            local_embedder=stack_embedder,
         )
         if generation:
             servers["generation"] = await build_generation(
