@@ -596,7 +596,10 @@ async def test_a_write_redis_does_not_answer_never_loses_the_answer(
                 single_prompt="{a}", grouped_task="t", cache=gw_pb.GenerationCache(mode=REFRESH)
             ),
         )
-        response = await stack.stub.GenerateOnObjects(request, metadata=ALICE, timeout=1.0)
+        # A 3 s budget, still short of Redis' 5 s socket timeout: the hit's and the grouped
+        # task's LLM calls (0.1 s each) have room on a loaded machine; with 1 s, what the
+        # budget left them after the call's own set-up could run out.
+        response = await stack.stub.GenerateOnObjects(request, metadata=ALICE, timeout=3.0)
         assert response.hits[0].generation.result == "x"
         assert response.grouped.result and not response.grouped.HasField("error")
     finally:
